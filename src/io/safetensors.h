@@ -1,0 +1,65 @@
+/* safetensors.h — memory-mapped safetensors files: one file or a sharded set
+ * (model.safetensors.index.json), header parsed and validated up front
+ * (offsets in range, non-overlapping, sizes consistent with dtype*shape),
+ * plus a writer for checkpoints and benchmarks. */
+#ifndef LMC_SAFETENSORS_H
+#define LMC_SAFETENSORS_H
+
+#include "lmc.h"
+#include "core/dtype.h"
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define LMC_ST_MAX_DIMS 8
+
+struct lmc_st_tensor {
+    char *name;                     /* owned */
+    enum lmc_dtype dtype;
+    int ndim;
+    int64_t shape[LMC_ST_MAX_DIMS];
+    int64_t numel;
+    const void *data;               /* points into the mapping */
+    size_t nbytes;
+    int file;                       /* index into lmc_st.files */
+};
+
+struct lmc_st_file {
+    char *path;                     /* owned */
+    void *map;                      /* whole-file mapping (or malloc'd copy) */
+    size_t size;
+};
+
+struct lmc_st {
+    struct lmc_st_file *files;
+    int n_files;
+    struct lmc_st_tensor *tensors;  /* sorted by name */
+    int64_t n_tensors;
+};
+
+/* Opens dir/model.safetensors, or the shards named by
+ * dir/model.safetensors.index.json. On error *st is left empty (freeable). */
+lmc_status lmc_st_open_dir(struct lmc_st *st, const char *dir, lmc_err *err);
+/* Opens one safetensors file (path). */
+lmc_status lmc_st_open_file(struct lmc_st *st, const char *path, lmc_err *err);
+/* Parses and validates a safetensors image already in memory (buf, len); the
+ * tensors' data point into buf, which the caller keeps alive. `label` names
+ * the source in messages. Used by the fuzz target and by lmc_st_open_file. */
+lmc_status lmc_st_parse(struct lmc_st *st, const void *buf, size_t len, const char *label, lmc_err *err);
+/* Binary search by name; NULL if absent. */
+const struct lmc_st_tensor *lmc_st_find(const struct lmc_st *st, const char *name);
+void lmc_st_free(struct lmc_st *st);
+
+/* Writer: describe tensors, then write them in one file. data must hold
+ * numel*dtype_size bytes. Metadata (string pairs) may be NULL. */
+struct lmc_st_write_tensor {
+    const char *name;
+    enum lmc_dtype dtype;
+    int ndim;
+    int64_t shape[LMC_ST_MAX_DIMS];
+    const void *data;
+};
+lmc_status lmc_st_write(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
+                        const char *const *meta_kv, int n_meta, lmc_err *err);
+
+#endif

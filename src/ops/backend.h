@@ -1,0 +1,66 @@
+/* backend.h — the backend table. Model code reaches every op through a
+ * `struct lmc_backend`; a new backend (CUDA, ...) is a new table, never new
+ * branches in model code. Activations are float32 row-major on the CPU
+ * backend; weight matrices are `struct lmc_mat` in their on-disk dtype
+ * (F32/F16/BF16), used in place. */
+#ifndef LMC_BACKEND_H
+#define LMC_BACKEND_H
+
+#include "lmc.h"
+#include "core/dtype.h"
+
+#include <stdint.h>
+
+/* A weight matrix (rows, cols) row-major, e.g. a Linear weight (out, in) or
+ * an embedding table (vocab, hidden). */
+struct lmc_mat {
+    enum lmc_dtype dtype;   /* F32, F16 or BF16 */
+    int64_t rows, cols;
+    const void *data;
+};
+
+struct lmc_backend {
+    const char *name;
+    void *ctx;              /* backend state: thread pool, scratch, streams */
+
+    /* y(M,N) = x(M,K) @ w(N,K)^T (+ bias(N) if non-NULL). N = w->rows, K = w->cols. */
+    void (*matmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                   const float *bias);
+    /* y(n,C) = table[ids[i]] converted to f32. ids are in range (caller checks). */
+    void (*embed)(void *ctx, float *y, const struct lmc_mat *table, const int32_t *ids, int64_t n);
+    /* y(M,C) = x / sqrt(mean(x^2) + eps) * w. y may alias x. */
+    void (*rmsnorm)(void *ctx, float *y, const float *x, const float *w, int64_t M, int64_t C,
+                    float eps);
+    /* y(M,C) = (x - mean) / sqrt(var + eps) * w + b. y may alias x. */
+    void (*layernorm)(void *ctx, float *y, const float *x, const float *w, const float *b,
+                      int64_t M, int64_t C, float eps);
+    /* In-place rotary embedding, HF "rotate_half" layout: for each row m and
+     * head h, the first `rot_dim` dims of x[m, h*head_dim ...] are rotated as
+     * pairs (i, i + rot_dim/2) by angle pos[m]*inv_freq[i], cos/sin multiplied
+     * by attn_scale. x is (M, n_heads*head_dim). Angles computed in double. */
+    void (*rope)(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_dim,
+                 int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale);
+    /* Causal attention for M new queries at positions pos0..pos0+M-1 over a
+     * cache holding positions 0..pos0+M-1:
+     *   q   (M, n_heads*hd)
+     *   k,v (>= pos0+M rows, n_kv*hd) — row t is position t
+     *   out (M, n_heads*hd)
+     * Head h uses kv head h / (n_heads/n_kv). scale multiplies q·k.
+     * window > 0 limits each query to the last `window` positions. */
+    void (*attention)(void *ctx, float *out, const float *q, const float *k, const float *v,
+                      int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                      float scale, int64_t window);
+    /* y[i] = silu(gate[i]) * up[i], i < n. y may alias gate. */
+    void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+    /* y[i] = gelu(x[i]) (tanh approximation when tanh_approx). y may alias x. */
+    void (*gelu)(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
+    /* y[i] = a[i] + b[i]. y may alias a or b. */
+    void (*add)(void *ctx, float *y, const float *a, const float *b, int64_t n);
+};
+
+/* The CPU backend with n_threads threads (0 = number of online CPUs).
+ * lmc_backend_cpu_free releases the table's ctx. */
+lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err);
+void lmc_backend_cpu_free(struct lmc_backend *be);
+
+#endif

@@ -1,0 +1,53 @@
+/* test.h — a minimal test harness: CHECK macros that count and report
+ * failures, a deterministic RNG for random inputs, and the closing
+ * "N passed, N failed" line. Each tests/test_*.c is one CTest test. */
+#ifndef LMC_TEST_H
+#define LMC_TEST_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static int test_passed, test_failed;
+
+#define CHECK(cond) do { \
+    if (cond) test_passed++; \
+    else { test_failed++; fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); } \
+} while (0)
+
+#define CHECK_MSG(cond, ...) do { \
+    if (cond) test_passed++; \
+    else { test_failed++; fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } \
+} while (0)
+
+/* Relative error max|a-b| / max(max|b|, tiny). */
+static inline double test_rel_err_f32_f64(const float *a, const double *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > num || d != d) num = d;
+        if (fabs(b[i]) > den) den = fabs(b[i]);
+    }
+    return num / (den > 1e-30 ? den : 1e-30);
+}
+
+static inline uint64_t test_rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+/* Uniform in [-1, 1), never exactly 0. */
+static inline float test_rand(uint64_t *s) {
+    float f = (float)((test_rng_next(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+    return f == 0.0f ? 0.5f : f;
+}
+
+static inline int test_finish(const char *name) {
+    printf("%s: %d passed, %d failed\n", name, test_passed, test_failed);
+    return test_failed ? 1 : 0;
+}
+
+#endif
