@@ -1,0 +1,191 @@
+/* forward.c — the shared transformer forward over a KV cache, composed
+ * only of backend-table ops: pre-norm blocks with RMSNorm+RoPE+SwiGLU
+ * (Llama family) or LayerNorm+learned positions+GELU (GPT-2). Also the KV
+ * cache and activation scratch, both sized up front. */
+#include "model/model.h"
+#include "core/core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx) {
+    const struct lmc_config *c = &m->cfg;
+    return 2 * (size_t)c->num_layers * (size_t)ctx * (size_t)(c->num_kv_heads * c->head_dim) *
+           sizeof(float);
+}
+
+lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, int64_t ctx, lmc_err *err) {
+    memset(kv, 0, sizeof *kv);
+    if (ctx <= 0 || ctx > (1 << 24))
+        return lmc_err_set(err, LMC_ERR_ARG, "context length %lld out of range (1..16777216)",
+                           (long long)ctx);
+    const struct lmc_config *c = &m->cfg;
+    kv->ctx = ctx;
+    kv->n_layers = c->num_layers;
+    kv->row = c->num_kv_heads * c->head_dim;
+    size_t half = lmc_kv_bytes(m, ctx) / 2;
+    kv->k = malloc(half);
+    kv->v = malloc(half);
+    if (!kv->k || !kv->v) {
+        lmc_kv_free(kv);
+        return lmc_err_set(err, LMC_ERR_OOM, "KV cache for %lld positions needs %zu bytes",
+                           (long long)ctx, 2 * half);
+    }
+    return LMC_OK;
+}
+
+void lmc_kv_free(struct lmc_kv *kv) {
+    free(kv->k);
+    free(kv->v);
+    memset(kv, 0, sizeof *kv);
+}
+
+/* floats per token of each scratch buffer */
+static void acts_sizes(const struct lmc_model *m, int64_t *big, int64_t *ff) {
+    const struct lmc_config *c = &m->cfg;
+    int64_t qd = c->num_heads * c->head_dim;
+    *big = LMC_MAX(c->hidden_size, qd);
+    *ff = c->intermediate_size;
+}
+
+size_t lmc_acts_bytes(const struct lmc_model *m, int64_t max_tokens) {
+    int64_t big, ff;
+    acts_sizes(m, &big, &ff);
+    return (size_t)max_tokens * sizeof(float) * (size_t)(6 * big + 2 * ff) +
+           (size_t)max_tokens * sizeof(int32_t);
+}
+
+lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, int64_t max_tokens,
+                         lmc_err *err) {
+    memset(a, 0, sizeof *a);
+    int64_t big, ff;
+    acts_sizes(m, &big, &ff);
+    a->max_tokens = max_tokens;
+    size_t nb = (size_t)max_tokens * (size_t)big * sizeof(float);
+    size_t nf = (size_t)max_tokens * (size_t)ff * sizeof(float);
+    a->x = malloc(nb);
+    a->h = malloc(nb);
+    a->q = malloc(nb);
+    a->k = malloc(nb);
+    a->v = malloc(nb);
+    a->att = malloc(nb);
+    a->ff1 = malloc(nf);
+    a->ff2 = malloc(nf);
+    a->pos = malloc((size_t)max_tokens * sizeof(int32_t));
+    a->inv_freq = malloc((size_t)(m->cfg.head_dim / 2 + 1) * sizeof(double));
+    if (!a->x || !a->h || !a->q || !a->k || !a->v || !a->att || !a->ff1 || !a->ff2 || !a->pos ||
+        !a->inv_freq) {
+        lmc_acts_free(a);
+        return lmc_err_set(err, LMC_ERR_OOM, "activations for %lld tokens: out of memory",
+                           (long long)max_tokens);
+    }
+    return LMC_OK;
+}
+
+void lmc_acts_free(struct lmc_acts *a) {
+    free(a->x);
+    free(a->h);
+    free(a->q);
+    free(a->k);
+    free(a->v);
+    free(a->att);
+    free(a->ff1);
+    free(a->ff2);
+    free(a->pos);
+    free(a->inv_freq);
+    memset(a, 0, sizeof *a);
+}
+
+static void norm(const struct lmc_backend *be, const struct lmc_config *c, float *y, const float *x,
+                 const float *w, const float *b, int64_t n) {
+    if (c->arch == LMC_ARCH_GPT2)
+        be->layernorm(be->ctx, y, x, w, b, n, c->hidden_size, (float)c->norm_eps);
+    else
+        be->rmsnorm(be->ctx, y, x, w, n, c->hidden_size, (float)c->norm_eps);
+}
+
+/* One chunk of n <= a->max_tokens tokens. */
+static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
+                          struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
+                          int64_t pos0, float *logits, bool all_logits) {
+    const struct lmc_config *c = &m->cfg;
+    int64_t C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
+    int64_t kvd = KV * hd, I = c->intermediate_size;
+    float attn_scale = 1.0f;
+    for (int64_t i = 0; i < n; i++) a->pos[i] = (int32_t)(pos0 + i);
+    be->embed(be->ctx, a->x, &m->tok_emb, ids, n);
+    if (m->pos_emb.data) {
+        be->embed(be->ctx, a->h, &m->pos_emb, a->pos, n);
+        be->add(be->ctx, a->x, a->x, a->h, n * C);
+    }
+    if (m->rot_dim) lmc_rope_freqs(c, m->rot_dim, pos0 + n, a->inv_freq, &attn_scale);
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        const struct lmc_layer *L = &m->layers[l];
+        float *kc = kv->k + (size_t)l * (size_t)kv->ctx * (size_t)kvd;
+        float *vc = kv->v + (size_t)l * (size_t)kv->ctx * (size_t)kvd;
+        norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
+        be->matmul(be->ctx, a->q, a->h, n, &L->wq, L->bq);
+        /* K and V go straight into the cache rows of these positions */
+        be->matmul(be->ctx, kc + pos0 * kvd, a->h, n, &L->wk, L->bk);
+        be->matmul(be->ctx, vc + pos0 * kvd, a->h, n, &L->wv, L->bv);
+        if (m->rot_dim) {
+            be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, a->inv_freq, attn_scale);
+            be->rope(be->ctx, kc + pos0 * kvd, n, KV, hd, m->rot_dim, a->pos, a->inv_freq,
+                     attn_scale);
+        }
+        be->attention(be->ctx, a->att, a->q, kc, vc, n, pos0, H, KV, hd, scale, c->sliding_window);
+        be->matmul(be->ctx, a->h, a->att, n, &L->wo, L->bo);
+        be->add(be->ctx, a->x, a->x, a->h, n * C);
+        norm(be, c, a->h, a->x, L->norm2_w, L->norm2_b, n);
+        if (c->arch == LMC_ARCH_GPT2) {
+            be->matmul(be->ctx, a->ff1, a->h, n, &L->w_up, L->b_up);
+            be->gelu(be->ctx, a->ff1, a->ff1, n * I, c->act == LMC_ACT_GELU_TANH);
+        } else {
+            be->matmul(be->ctx, a->ff1, a->h, n, &L->w_gate, L->b_gate);
+            be->matmul(be->ctx, a->ff2, a->h, n, &L->w_up, L->b_up);
+            be->swiglu(be->ctx, a->ff1, a->ff1, a->ff2, n * I);
+        }
+        be->matmul(be->ctx, a->h, a->ff1, n, &L->w_down, L->b_down);
+        be->add(be->ctx, a->x, a->x, a->h, n * C);
+    }
+    if (!logits) return; /* a non-final chunk of a prompt: only the cache matters */
+    if (all_logits) {
+        norm(be, c, a->h, a->x, m->norm_f_w, m->norm_f_b, n);
+        be->matmul(be->ctx, logits, a->h, n, &m->lm_head, NULL);
+    } else {
+        norm(be, c, a->h, a->x + (n - 1) * C, m->norm_f_w, m->norm_f_b, 1);
+        be->matmul(be->ctx, logits, a->h, 1, &m->lm_head, NULL);
+    }
+}
+
+lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend *be,
+                             struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
+                             int64_t pos0, float *logits, bool all_logits, lmc_err *err) {
+    const struct lmc_config *c = &m->cfg;
+    if (n <= 0) return lmc_err_set(err, LMC_ERR_ARG, "forward: no tokens");
+    if (pos0 < 0 || pos0 + n > kv->ctx)
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "context full: %lld tokens at position %lld exceed the context of %lld",
+                           (long long)n, (long long)pos0, (long long)kv->ctx);
+    if (m->pos_emb.data && pos0 + n > m->pos_emb.rows)
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "%lld positions exceed the model's %lld learned positions",
+                           (long long)(pos0 + n), (long long)m->pos_emb.rows);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return lmc_err_set(err, LMC_ERR_ARG, "token id %d at index %lld is outside the vocabulary (0..%lld)",
+                               ids[i], (long long)i, (long long)c->vocab_size - 1);
+    for (int64_t done = 0; done < n;) {
+        int64_t step = LMC_MIN(a->max_tokens, n - done);
+        bool last = done + step == n;
+        float *out = all_logits ? logits + done * c->vocab_size : logits;
+        if (all_logits || last)
+            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, out, all_logits);
+        else
+            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, NULL, false);
+        done += step;
+    }
+    return LMC_OK;
+}

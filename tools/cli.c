@@ -1,0 +1,138 @@
+/* cli.c — shared option parsing and model opening for lmc commands. */
+#include "cli.h"
+#include "core/core.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_f64(const char *s, double lo, double hi, double *out) {
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+int cli_fail(const char *what, const lmc_err *err) {
+    fprintf(stderr, "lmc: %s: %s\n", what, err->msg[0] ? err->msg : lmc_status_str(err->status));
+    return 1;
+}
+
+int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    const char *v = *i + 1 < argc ? argv[*i + 1] : NULL;
+    int64_t n;
+    if (!strcmp(a, "--json")) {
+        c->json = true;
+        return 1;
+    }
+    bool takes = !strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--threads") ||
+                 !strcmp(a, "-t") || !strcmp(a, "--ctx") || !strcmp(a, "--dtype") ||
+                 !strcmp(a, "--device");
+    if (!takes) return 0;
+    if (!v) {
+        fprintf(stderr, "lmc: option %s needs a value\n", a);
+        return -1;
+    }
+    (*i)++;
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        c->model_dir = v;
+    } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
+        if (!cli_parse_i64(v, 1, 1024, &n)) {
+            fprintf(stderr, "lmc: --threads expects an integer in 1..1024, got '%s'\n", v);
+            return -1;
+        }
+        c->threads = (int)n;
+    } else if (!strcmp(a, "--ctx")) {
+        if (!cli_parse_i64(v, 1, 1 << 24, &n)) {
+            fprintf(stderr, "lmc: --ctx expects an integer in 1..16777216, got '%s'\n", v);
+            return -1;
+        }
+        c->ctx = n;
+    } else if (!strcmp(a, "--dtype")) {
+        if (!strcmp(v, "fp32") || !strcmp(v, "f32")) c->wdtype = LMC_WDTYPE_F32;
+        else if (!strcmp(v, "bf16")) c->wdtype = LMC_WDTYPE_BF16;
+        else if (!strcmp(v, "f16") || !strcmp(v, "fp16")) c->wdtype = LMC_WDTYPE_F16;
+        else if (!strcmp(v, "auto")) c->wdtype = LMC_WDTYPE_AUTO;
+        else {
+            fprintf(stderr, "lmc: --dtype expects fp32, bf16, f16 or auto, got '%s'\n", v);
+            return -1;
+        }
+    } else if (!strcmp(a, "--device")) {
+        if (strcmp(v, "cpu") != 0) {
+            fprintf(stderr, "lmc: --device %s: this build has only the cpu device\n", v);
+            return -1;
+        }
+        c->device = v;
+    }
+    return 1;
+}
+
+int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) {
+    memset(cm, 0, sizeof *cm);
+    lmc_err err = {0};
+    if (!c->model_dir) {
+        fprintf(stderr, "lmc: no model folder given (-m DIR)\n");
+        return 1;
+    }
+    if (lmc_tokenizer_load(&cm->tok, c->model_dir, &err)) return cli_fail("tokenizer", &err);
+    if (!need_model) return 0;
+    struct lmc_model_opts mo = {.wdtype = c->wdtype};
+    if (lmc_model_load(&cm->model, c->model_dir, &mo, &err)) {
+        cli_close(cm);
+        return cli_fail("model", &err);
+    }
+    cm->have_model = true;
+    if (lmc_backend_cpu_init(&cm->be, c->threads, &err)) {
+        cli_close(cm);
+        return cli_fail("backend", &err);
+    }
+    cm->have_be = true;
+    return 0;
+}
+
+void cli_close(struct cli_model *cm) {
+    if (cm->have_be) lmc_backend_cpu_free(&cm->be);
+    if (cm->have_model) lmc_model_free(&cm->model);
+    if (cm->tok) lmc_tokenizer_free(cm->tok);
+    memset(cm, 0, sizeof *cm);
+}
+
+int64_t cli_ctx(const struct cli_common *c, const struct lmc_model *m) {
+    if (c->ctx > 0) return c->ctx;
+    int64_t n = m->cfg.max_position_embeddings;
+    return n > 0 && n < 4096 ? n : 4096;
+}
+
+void cli_json_str(const char *s, size_t n) {
+    putchar('"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        switch (ch) {
+        case '"': fputs("\\\"", stdout); break;
+        case '\\': fputs("\\\\", stdout); break;
+        case '\n': fputs("\\n", stdout); break;
+        case '\r': fputs("\\r", stdout); break;
+        case '\t': fputs("\\t", stdout); break;
+        default:
+            if (ch < 0x20) printf("\\u%04x", ch);
+            else putchar(ch);
+        }
+    }
+    putchar('"');
+}

@@ -1,0 +1,56 @@
+/* cli.h — shared pieces of the lmc command-line tool: the options every
+ * model command takes, opening a model folder (model, tokenizer, backend)
+ * and small parsing helpers. Each command lives in its own cmd_*.c. */
+#ifndef LMC_CLI_H
+#define LMC_CLI_H
+
+#include "lmc.h"
+#include "model/model.h"
+#include "ops/backend.h"
+#include "tokenizer/tokenizer.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cli_common {
+    const char *model_dir;
+    int threads;              /* 0 = all cores */
+    int64_t ctx;              /* 0 = model maximum (capped) */
+    enum lmc_wdtype wdtype;
+    const char *device;       /* "cpu" (default) */
+    bool json;
+};
+
+struct cli_model {
+    struct lmc_model model;
+    struct lmc_tokenizer *tok;
+    struct lmc_backend be;
+    bool have_model, have_be;
+};
+
+/* Consumes a common option at argv[*i] (advancing *i past its value);
+ * returns 1 if consumed, 0 if not a common option, -1 on a bad value. */
+int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i);
+/* Loads what the command needs; prints the error and returns non-zero. */
+int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model);
+void cli_close(struct cli_model *cm);
+/* Default context for a model: min(max_position_embeddings, 4096) unless set. */
+int64_t cli_ctx(const struct cli_common *c, const struct lmc_model *m);
+
+/* Value parsing that rejects junk ("12x", empty, out of range). */
+bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
+bool cli_parse_f64(const char *s, double lo, double hi, double *out);
+/* Prints "lmc: <what>: <msg>" to stderr and returns 1. */
+int cli_fail(const char *what, const lmc_err *err);
+/* JSON-escapes s[0..n) into stdout (with quotes). */
+void cli_json_str(const char *s, size_t n);
+
+int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_parity(int argc, char **argv);
+
+#endif

@@ -1,0 +1,200 @@
+/* cmd_eval.c — `lmc eval` (mean NLL and perplexity of a text with a
+ * sliding window) and `lmc info` (architecture, parameters, dtypes, memory
+ * for a context). */
+#include "cli.h"
+#include "core/core.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EVAL_CHUNK 256
+
+/* Adds -log p(ids[t+1] | ..ids[t]) for rows whose target index is in
+ * [lo, hi) to *nll. Row r of logits predicts ids[first + r + 1]. */
+static void score_rows(const float *logits, int64_t V, int64_t rows, int64_t first,
+                       const int32_t *ids, int64_t lo, int64_t hi, double *nll, int64_t *count) {
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t tgt = first + r + 1;
+        if (tgt < lo || tgt >= hi) continue;
+        const float *l = logits + r * V;
+        double mx = l[0], sum = 0;
+        for (int64_t i = 1; i < V; i++) mx = l[i] > mx ? l[i] : mx;
+        for (int64_t i = 0; i < V; i++) sum += exp((double)l[i] - mx);
+        *nll += mx + log(sum) - (double)l[ids[tgt]];
+        (*count)++;
+    }
+}
+
+int cmd_eval(int argc, char **argv) {
+    struct cli_common c = {0};
+    const char *file = NULL, *text_arg = NULL;
+    int64_t stride = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
+        else if (!strcmp(argv[i], "--stride") && i + 1 < argc) {
+            if (!cli_parse_i64(argv[++i], 1, 1 << 24, &stride)) {
+                fprintf(stderr, "lmc eval: --stride expects a positive integer\n");
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "lmc eval: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!file == !text_arg) {
+        fprintf(stderr, "lmc eval: give exactly one of --text-file F or --text TEXT\n");
+        return 2;
+    }
+    lmc_err err = {0};
+    char *text = NULL;
+    size_t len = 0;
+    if (file) {
+        if (lmc_file_read(file, (size_t)1 << 31, &text, &len, &err)) return cli_fail("eval", &err);
+    } else {
+        text = strdup(text_arg);
+        len = strlen(text);
+    }
+    struct cli_model cm;
+    if (cli_open(&cm, &c, true)) {
+        free(text);
+        return 1;
+    }
+    int rc = 0;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    struct lmc_kv kv = {0};
+    struct lmc_acts acts = {0};
+    float *logits = NULL;
+    if (lmc_tokenizer_encode(cm.tok, text, len, false, &ids, &n, &err)) {
+        rc = cli_fail("eval", &err);
+        goto done;
+    }
+    if (n < 2) {
+        fprintf(stderr, "lmc eval: the text has %lld token(s); at least 2 are needed\n", (long long)n);
+        rc = 1;
+        goto done;
+    }
+    int64_t ctx = LMC_MIN(cli_ctx(&c, &cm.model), n);
+    if (stride <= 0 || stride > ctx) stride = ctx > 1 ? ctx / 2 : 1;
+    if (ctx == n) stride = ctx;
+    int64_t V = cm.model.cfg.vocab_size;
+    if (lmc_kv_init(&kv, &cm.model, ctx, &err) || lmc_acts_init(&acts, &cm.model, EVAL_CHUNK, &err)) {
+        rc = cli_fail("eval", &err);
+        goto done;
+    }
+    logits = malloc((size_t)EVAL_CHUNK * (size_t)V * sizeof(float));
+    if (!logits) {
+        rc = 1;
+        goto done;
+    }
+    double nll = 0, t0 = lmc_time_now();
+    int64_t count = 0, prev_end = 1, processed = 0;
+    for (int64_t begin = 0;; begin += stride) {
+        int64_t end = LMC_MIN(begin + ctx, n);
+        /* window ids[begin, end) from an empty cache; score targets in [prev_end, end) */
+        for (int64_t p = 0; p < end - begin; p += EVAL_CHUNK) {
+            int64_t m = LMC_MIN(EVAL_CHUNK, end - begin - p);
+            if (begin + p + m < prev_end) { /* nothing to score: only build the cache */
+                if (lmc_model_forward(&cm.model, &cm.be, &acts, &kv, ids + begin + p, m, p, logits,
+                                      false, &err))
+                    break;
+                processed += m;
+                continue;
+            }
+            if (lmc_model_forward(&cm.model, &cm.be, &acts, &kv, ids + begin + p, m, p, logits, true,
+                                  &err))
+                break;
+            processed += m;
+            score_rows(logits, V, m, begin + p, ids, prev_end, end, &nll, &count);
+        }
+        if (err.status) {
+            rc = cli_fail("eval", &err);
+            goto done;
+        }
+        prev_end = end;
+        if (end == n) break;
+    }
+    double secs = lmc_time_now() - t0;
+    double mean = nll / (double)count;
+    if (c.json) {
+        printf("{\"tokens\":%lld,\"nll\":%.9g,\"ppl\":%.9g}\n", (long long)n, mean, exp(mean));
+    } else {
+        printf("tokens %lld  predicted %lld  nll %.6f  perplexity %.4f\n", (long long)n,
+               (long long)count, mean, exp(mean));
+    }
+    fprintf(stderr, "lmc: eval ctx %lld stride %lld: %lld tokens processed in %.2f s (%.1f tok/s)\n",
+            (long long)ctx, (long long)stride, (long long)processed, secs, (double)processed / secs);
+done:
+    free(logits);
+    lmc_kv_free(&kv);
+    lmc_acts_free(&acts);
+    free(ids);
+    free(text);
+    cli_close(&cm);
+    return rc;
+}
+
+static const char *rope_name(enum lmc_rope_type t) {
+    static const char *names[] = {"default", "linear", "dynamic", "llama3", "yarn"};
+    return (unsigned)t < 5 ? names[t] : "?";
+}
+
+int cmd_info(int argc, char **argv) {
+    struct cli_common c = {0};
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r == 0) {
+            fprintf(stderr, "lmc info: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    struct cli_model cm;
+    if (cli_open(&cm, &c, true)) return 1;
+    const struct lmc_model *m = &cm.model;
+    const struct lmc_config *k = &m->cfg;
+    int64_t ctx = cli_ctx(&c, m);
+    int64_t by_dtype[LMC_DTYPE_COUNT] = {0};
+    for (int64_t i = 0; i < m->st.n_tensors; i++) by_dtype[m->st.tensors[i].dtype] += m->st.tensors[i].numel;
+    size_t kvb = lmc_kv_bytes(m, ctx), actb = lmc_acts_bytes(m, LMC_MIN(ctx, 512));
+    size_t logitb = (size_t)k->vocab_size * sizeof(float);
+    size_t total = m->weight_bytes + kvb + actb + logitb;
+    if (c.json) {
+        printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"layers\":%lld,"
+               "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
+               "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
+               "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
+               k->model_type, k->arch == LMC_ARCH_GPT2 ? "gpt2" : "llama", (long long)m->n_params,
+               (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
+               (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
+               (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
+               (long long)ctx, kvb, actb + logitb, total);
+    } else {
+        printf("model        %s (%s family)\n", k->model_type, k->arch == LMC_ARCH_GPT2 ? "gpt2" : "llama");
+        printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
+        printf("layers       %lld, hidden %lld, intermediate %lld, vocab %lld\n", (long long)k->num_layers,
+               (long long)k->hidden_size, (long long)k->intermediate_size, (long long)k->vocab_size);
+        printf("attention    %lld heads, %lld kv heads, head_dim %lld%s\n", (long long)k->num_heads,
+               (long long)k->num_kv_heads, (long long)k->head_dim, k->qkv_bias ? ", qkv bias" : "");
+        if (k->arch != LMC_ARCH_GPT2)
+            printf("rope         %s, theta %g, factor %g\n", rope_name(k->rope.type), k->rope.theta, k->rope.factor);
+        printf("positions    %lld%s\n", (long long)k->max_position_embeddings,
+               k->tie_word_embeddings ? ", tied embeddings" : "");
+        printf("on disk      ");
+        for (int t = 0; t < LMC_DTYPE_COUNT; t++)
+            if (by_dtype[t]) printf("%s %lld elems  ", lmc_dtype_name(t), (long long)by_dtype[t]);
+        printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
+        printf("weights      %.1f MiB as used\n", (double)m->weight_bytes / 1048576.0);
+        printf("context %-5lld KV cache %.1f MiB + activations %.1f MiB -> total %.1f MiB\n",
+               (long long)ctx, (double)kvb / 1048576.0, (double)(actb + logitb) / 1048576.0,
+               (double)total / 1048576.0);
+    }
+    cli_close(&cm);
+    return 0;
+}

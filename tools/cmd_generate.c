@@ -1,0 +1,255 @@
+/* cmd_generate.c — `lmc generate` (stream a continuation, or --json) and
+ * `lmc chat` (interactive multi-turn chat with the model's template). */
+#include "cli.h"
+#include "core/core.h"
+#include "infer/session.h"
+#include "tokenizer/chat_template.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_STOP 16
+
+struct gen_args {
+    struct cli_common c;
+    const char *prompt;
+    struct lmc_gen_opts g;
+    const char *stops[MAX_STOP];
+    bool temp_set, no_special;
+    const char *system;
+};
+
+static bool emit_stdout(void *user, const char *text, size_t len) {
+    (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return true;
+}
+
+/* Parses generation options shared by generate and chat; returns 0 ok,
+ * 2 on a usage error. */
+static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
+    memset(a, 0, sizeof *a);
+    lmc_sampler_defaults(&a->g.sampling);
+    a->g.max_new = 128;
+    a->g.stop = a->stops;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&a->c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool ok = true;
+        struct lmc_sampler_params *p = &a->g.sampling;
+        if (!strcmp(o, "--ignore-eos")) { a->g.ignore_eos = true; continue; }
+        if (!strcmp(o, "--no-special")) { a->no_special = true; continue; }
+        if (!v) {
+            fprintf(stderr, "lmc: unknown option or missing value: %s\n", o);
+            return 2;
+        }
+        i++;
+        if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
+        else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
+        else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
+        else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
+        else if (!strcmp(o, "--top-p")) ok = cli_parse_f64(v, 1e-9, 1, &p->top_p);
+        else if (!strcmp(o, "--min-p")) ok = cli_parse_f64(v, 0, 1, &p->min_p);
+        else if (!strcmp(o, "--repeat-penalty")) ok = cli_parse_f64(v, 1e-3, 100, &p->repeat_penalty);
+        else if (!strcmp(o, "--repeat-last-n")) ok = cli_parse_i64(v, 0, 1 << 24, &p->repeat_last_n);
+        else if (!strcmp(o, "--seed")) {
+            int64_t s;
+            ok = cli_parse_i64(v, 0, INT64_MAX, &s);
+            p->seed = (uint64_t)s;
+        } else if (!strcmp(o, "--stop")) {
+            if (a->g.n_stop == MAX_STOP || !*v) ok = false;
+            else a->stops[a->g.n_stop++] = v;
+        } else if (!strcmp(o, "--system")) a->system = v;
+        else {
+            fprintf(stderr, "lmc: unknown option %s\n", o);
+            return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "lmc: invalid value '%s' for %s\n", v, o);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+/* Sampling defaults from generation_config.json unless given on the
+ * command line: greedy when do_sample is false. */
+static void apply_model_defaults(struct gen_args *a, const struct lmc_config *c) {
+    if (a->temp_set) return;
+    a->g.sampling.temperature = c->gen_do_sample ? c->gen_temperature : 0.0;
+}
+
+int cmd_generate(int argc, char **argv) {
+    struct gen_args a;
+    if (parse_gen_args(&a, argc, argv)) return 2;
+    if (!a.prompt) {
+        fprintf(stderr, "lmc generate: no prompt (-p TEXT)\n");
+        return 2;
+    }
+    struct cli_model cm;
+    if (cli_open(&cm, &a.c, true)) return 1;
+    apply_model_defaults(&a, &cm.model.cfg);
+    lmc_err err = {0};
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int rc = 0;
+    struct lmc_session s;
+    struct lmc_gen_result res = {0};
+    bool have_s = false;
+    if (lmc_tokenizer_encode(cm.tok, a.prompt, strlen(a.prompt), !a.no_special, &ids, &n, &err)) {
+        rc = cli_fail("prompt", &err);
+        goto done;
+    }
+    int64_t ctx = cli_ctx(&a.c, &cm.model);
+    if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, ctx, 512, &err)) {
+        rc = cli_fail("session", &err);
+        goto done;
+    }
+    have_s = true;
+    if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
+    if (lmc_session_generate(&s, ids, n, &a.g, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
+        rc = cli_fail("generate", &err);
+        goto done;
+    }
+    double tps = res.decode_s > 0 && res.n_ids > 1 ? (double)(res.n_ids - 1) / res.decode_s : 0;
+    if (a.c.json) {
+        printf("{\"prompt_ids\":[");
+        for (int64_t i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
+        printf("],\"ids\":[");
+        for (int64_t i = 0; i < res.n_ids; i++) printf("%s%d", i ? "," : "", res.ids[i]);
+        printf("],\"text\":");
+        cli_json_str(res.text, res.text_len);
+        printf(",\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"tokens_per_s\":%.3f,"
+               "\"finish_reason\":\"%s\"}\n",
+               (long long)n, (long long)res.n_ids, tps, res.finish_reason);
+    } else {
+        printf("\n");
+    }
+    fprintf(stderr, "lmc: prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens at %.2f tok/s (%s)\n",
+            (long long)n, res.prefill_s, res.prefill_s > 0 ? (double)n / res.prefill_s : 0.0,
+            (long long)res.n_ids, tps, res.finish_reason);
+done:
+    lmc_gen_result_free(&res);
+    free(ids);
+    if (have_s) lmc_session_free(&s);
+    cli_close(&cm);
+    return rc;
+}
+
+/* Stop strings that end an assistant turn in each style. */
+static int turn_stops(enum lmc_chat_style st, const char **out) {
+    switch (st) {
+    case LMC_CHAT_LLAMA3: out[0] = "<|eot_id|>"; return 1;
+    case LMC_CHAT_CHATML: out[0] = "<|im_end|>"; return 1;
+    case LMC_CHAT_ZEPHYR: out[0] = "</s>"; out[1] = "<|user|>"; return 2;
+    case LMC_CHAT_LLAMA2: out[0] = "</s>"; out[1] = "[INST]"; return 2;
+    default: return 0;
+    }
+}
+
+static bool emit_collect(void *user, const char *text, size_t len) {
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    (void)user;
+    return true;
+}
+
+int cmd_chat(int argc, char **argv) {
+    struct gen_args a;
+    if (parse_gen_args(&a, argc, argv)) return 2;
+    struct cli_model cm;
+    if (cli_open(&cm, &a.c, true)) return 1;
+    if (!a.temp_set) {
+        a.g.sampling.temperature = cm.model.cfg.gen_do_sample ? cm.model.cfg.gen_temperature : 0.7;
+    }
+    lmc_err err = {0};
+    int rc = 0;
+    enum lmc_chat_style style;
+    if (lmc_chat_detect(lmc_tokenizer_chat_template(cm.tok), &style, &err)) {
+        cli_close(&cm);
+        return cli_fail("chat template", &err);
+    }
+    if (style == LMC_CHAT_NONE) {
+        fprintf(stderr, "lmc chat: %s has no chat_template in tokenizer_config.json; "
+                        "use `lmc generate` for plain continuation\n", a.c.model_dir);
+        cli_close(&cm);
+        return 1;
+    }
+    a.g.n_stop += turn_stops(style, a.stops + a.g.n_stop);
+    struct lmc_session s;
+    if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, cli_ctx(&a.c, &cm.model), 512, &err)) {
+        cli_close(&cm);
+        return cli_fail("session", &err);
+    }
+    struct lmc_chat_msg *msgs = NULL;
+    int n_msgs = 0, cap = 0;
+    char **owned = NULL;
+    fprintf(stderr, "lmc chat (%s template); empty line or /exit quits, /reset starts over\n",
+            lmc_chat_style_name(style));
+    char line[16384];
+    int64_t max_new = a.g.max_new;
+    for (;;) {
+        fprintf(stderr, "> ");
+        if (!fgets(line, sizeof line, stdin)) break;
+        line[strcspn(line, "\r\n")] = 0;
+        if (!line[0] || !strcmp(line, "/exit")) break;
+        if (!strcmp(line, "/reset")) {
+            for (int i = 0; i < n_msgs; i++) free(owned[i]);
+            n_msgs = 0;
+            continue;
+        }
+        if (n_msgs + 3 > cap) {
+            cap = cap ? cap * 2 : 16;
+            msgs = realloc(msgs, (size_t)cap * sizeof *msgs);
+            owned = realloc(owned, (size_t)cap * sizeof *owned);
+            if (!msgs || !owned) { rc = 1; break; }
+        }
+        if (n_msgs == 0 && a.system) {
+            owned[n_msgs] = strdup(a.system);
+            msgs[n_msgs] = (struct lmc_chat_msg){"system", owned[n_msgs]};
+            n_msgs++;
+        }
+        owned[n_msgs] = strdup(line);
+        msgs[n_msgs] = (struct lmc_chat_msg){"user", owned[n_msgs]};
+        n_msgs++;
+        char *prompt = NULL;
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        struct lmc_gen_result res = {0};
+        if (lmc_chat_render(style, msgs, n_msgs, lmc_tokenizer_bos_str(cm.tok),
+                            lmc_tokenizer_eos_str(cm.tok), &prompt, &err) ||
+            lmc_tokenizer_encode(cm.tok, prompt, strlen(prompt), false, &ids, &n, &err)) {
+            cli_fail("chat", &err);
+            free(owned[--n_msgs]);
+            free(prompt);
+            continue;
+        }
+        a.g.max_new = LMC_MIN(max_new, s.kv.ctx - n);
+        if (a.g.max_new <= 0 ||
+            lmc_session_generate(&s, ids, n, &a.g, emit_collect, NULL, &res, &err)) {
+            if (a.g.max_new <= 0) lmc_err_set(&err, LMC_ERR_ARG, "conversation fills the context; /reset");
+            cli_fail("chat", &err);
+            free(owned[--n_msgs]);
+        } else {
+            printf("\n");
+            fprintf(stderr, "[%lld tokens, %.1f tok/s]\n", (long long)res.n_ids,
+                    res.decode_s > 0 ? (double)res.n_ids / res.decode_s : 0.0);
+            owned[n_msgs] = strdup(res.text);
+            msgs[n_msgs] = (struct lmc_chat_msg){"assistant", owned[n_msgs]};
+            n_msgs++;
+        }
+        lmc_gen_result_free(&res);
+        free(ids);
+        free(prompt);
+    }
+    for (int i = 0; i < n_msgs; i++) free(owned[i]);
+    free(owned);
+    free(msgs);
+    lmc_session_free(&s);
+    cli_close(&cm);
+    return rc;
+}

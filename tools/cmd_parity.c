@@ -1,0 +1,250 @@
+/* cmd_parity.c — `lmc parity DIR`: checks a model folder against reference
+ * outputs laid out as in shared/fixtures (ref.json, ref_logits.safetensors):
+ * tokenizer probes (ids and decode, exact), prompt encodings, per-prompt
+ * logits (relative error), and greedy continuations. Prints each check with
+ * its measured error; exits non-zero on any failure. */
+#include "cli.h"
+#include "core/core.h"
+#include "infer/sampler.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct report {
+    bool json;
+    int passed, failed, noted;
+    bool first;
+};
+
+static void check(struct report *r, bool assert_it, bool ok, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void check(struct report *r, bool assert_it, bool ok, const char *name, const char *fmt, ...) {
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    const char *verdict = !assert_it ? "NOTE" : ok ? "PASS" : "FAIL";
+    if (!assert_it) r->noted++;
+    else if (ok) r->passed++;
+    else r->failed++;
+    if (r->json) {
+        printf("%s{\"check\":", r->first ? "" : ",");
+        cli_json_str(name, strlen(name));
+        printf(",\"result\":\"%s\",\"detail\":", verdict);
+        cli_json_str(detail, strlen(detail));
+        printf("}");
+        r->first = false;
+    } else {
+        printf("%s  %-34s %s\n", verdict, name, detail);
+    }
+}
+
+/* Reads a JSON array of integers into a malloc'd array; NULL if not one. */
+static int32_t *json_ids(const cJSON *a, int64_t *n) {
+    if (!cJSON_IsArray(a)) return NULL;
+    *n = cJSON_GetArraySize(a);
+    int32_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
+    int64_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) {
+        if (!cJSON_IsNumber(e)) {
+            free(ids);
+            return NULL;
+        }
+        ids[i++] = (int32_t)e->valuedouble;
+    }
+    return ids;
+}
+
+static bool ids_equal(const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
+    return na == nb && (na == 0 || memcmp(a, b, (size_t)na * sizeof *a) == 0);
+}
+
+static void check_tokenizer(struct report *r, const struct lmc_tokenizer *tok, const cJSON *ref) {
+    const cJSON *probes = cJSON_GetObjectItemCaseSensitive(ref, "tokenizer_probes"), *p;
+    int i = 0;
+    cJSON_ArrayForEach(p, probes) {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(p, "text");
+        const cJSON *dec = cJSON_GetObjectItemCaseSensitive(p, "decoded");
+        int64_t nref = 0, n = 0;
+        int32_t *want = json_ids(cJSON_GetObjectItemCaseSensitive(p, "ids"), &nref), *got = NULL;
+        char name[64];
+        snprintf(name, sizeof name, "tokenizer probe %d encode", i);
+        lmc_err err = {0};
+        if (!cJSON_IsString(text) || !want) {
+            check(r, true, false, name, "ref.json: probe %d lacks text/ids", i);
+        } else if (lmc_tokenizer_encode(tok, text->valuestring, strlen(text->valuestring), false, &got, &n, &err)) {
+            check(r, true, false, name, "%s", err.msg);
+        } else {
+            int64_t first = 0;
+            while (first < n && first < nref && got[first] == want[first]) first++;
+            check(r, true, ids_equal(got, n, want, nref), name,
+                  "%lld ids (ref %lld), first difference at %lld", (long long)n, (long long)nref,
+                  ids_equal(got, n, want, nref) ? -1LL : (long long)first);
+        }
+        free(got);
+        snprintf(name, sizeof name, "tokenizer probe %d decode", i);
+        char *out = NULL;
+        size_t len = 0;
+        if (want && cJSON_IsString(dec)) {
+            if (lmc_tokenizer_decode(tok, want, nref, &out, &len, &err))
+                check(r, true, false, name, "%s", err.msg);
+            else
+                check(r, true, len == strlen(dec->valuestring) && !memcmp(out, dec->valuestring, len),
+                      name, "%zu bytes (ref %zu)", len, strlen(dec->valuestring));
+        }
+        free(out);
+        free(want);
+        i++;
+    }
+}
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= num)) num = d; /* NaN propagates */
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return num / (den > 0 ? den : 1);
+}
+
+static void check_prompts(struct report *r, struct cli_model *cm, const cJSON *ref,
+                          const struct lmc_st *ref_logits, bool bf16) {
+    const struct lmc_model *m = &cm->model;
+    int64_t V = m->cfg.vocab_size;
+    double tol = bf16 ? 2e-2 : 1e-4;
+    const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(ref, "prompts"), *p;
+    int i = 0;
+    cJSON_ArrayForEach(p, prompts) {
+        char name[64];
+        lmc_err err = {0};
+        int64_t n = 0, ng = 0, nenc = 0;
+        int32_t *ids = json_ids(cJSON_GetObjectItemCaseSensitive(p, "ids"), &n);
+        int32_t *greedy = json_ids(cJSON_GetObjectItemCaseSensitive(p, "greedy_new_ids"), &ng);
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(p, "text");
+        int32_t *enc = NULL;
+        if (!ids || n == 0 || !greedy || !cJSON_IsString(text)) {
+            snprintf(name, sizeof name, "prompt %d", i);
+            check(r, true, false, name, "ref.json: prompt %d lacks text/ids/greedy_new_ids", i);
+            goto next;
+        }
+        snprintf(name, sizeof name, "prompt %d encode", i);
+        if (lmc_tokenizer_encode(cm->tok, text->valuestring, strlen(text->valuestring), false, &enc, &nenc, &err))
+            check(r, true, false, name, "%s", err.msg);
+        else
+            check(r, true, ids_equal(enc, nenc, ids, n), name, "%lld ids (ref %lld)", (long long)nenc, (long long)n);
+        /* logits of every position, from an empty cache */
+        struct lmc_kv kv;
+        struct lmc_acts acts;
+        int64_t ctx = n + ng;
+        float *logits = malloc((size_t)n * (size_t)V * sizeof(float));
+        snprintf(name, sizeof name, "prompt %d logits", i);
+        if (!logits || lmc_kv_init(&kv, m, ctx, &err)) {
+            check(r, true, false, name, "%s", logits ? err.msg : "out of memory");
+            free(logits);
+            goto next;
+        }
+        if (lmc_acts_init(&acts, m, ctx, &err) ||
+            lmc_model_forward(m, &cm->be, &acts, &kv, ids, n, 0, logits, true, &err)) {
+            check(r, true, false, name, "%s", err.msg);
+        } else {
+            char tname[32];
+            snprintf(tname, sizeof tname, "prompt%d", i);
+            const struct lmc_st_tensor *t = lmc_st_find(ref_logits, tname);
+            if (!t || t->dtype != LMC_DTYPE_F32 || t->numel != n * V) {
+                check(r, true, false, name, "ref_logits.safetensors: '%s' missing or not F32 (%lld, %lld)",
+                      tname, (long long)n, (long long)V);
+            } else {
+                double e = rel_err(logits, t->data, n * V);
+                check(r, true, e <= tol, name, "max rel err %.3e (tol %.0e) over %lld x %lld", e, tol,
+                      (long long)n, (long long)V);
+            }
+            /* greedy continuation, no EOS stop, through the decode path */
+            int32_t *got = malloc((size_t)ng * sizeof *got);
+            float *last = logits + (n - 1) * V;
+            int64_t k = 0;
+            for (; got && k < ng; k++) {
+                got[k] = lmc_argmax(last, V);
+                if (k + 1 < ng &&
+                    lmc_model_forward(m, &cm->be, &acts, &kv, &got[k], 1, n + k, last, false, &err))
+                    break;
+            }
+            int64_t agree = 0;
+            while (agree < k && got[agree] == greedy[agree]) agree++;
+            snprintf(name, sizeof name, "prompt %d greedy", i);
+            check(r, !bf16, agree == ng, name, "%lld of %lld ids agree before the first difference",
+                  (long long)agree, (long long)ng);
+            free(got);
+            lmc_acts_free(&acts);
+        }
+        lmc_kv_free(&kv);
+        free(logits);
+    next:
+        free(enc);
+        free(ids);
+        free(greedy);
+        i++;
+    }
+}
+
+int cmd_parity(int argc, char **argv) {
+    struct cli_common c = {0};
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (argv[i][0] != '-' && !c.model_dir) c.model_dir = argv[i];
+        else {
+            fprintf(stderr, "lmc parity: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!c.model_dir) {
+        fprintf(stderr, "usage: lmc parity DIR [--dtype fp32|bf16] [--json]\n");
+        return 2;
+    }
+    bool bf16 = c.wdtype == LMC_WDTYPE_BF16 || c.wdtype == LMC_WDTYPE_F16;
+    lmc_err err = {0};
+    char path[4096];
+    char *text = NULL;
+    if (!lmc_path_join(path, sizeof path, c.model_dir, "ref.json") ||
+        lmc_file_read(path, (size_t)1 << 28, &text, NULL, &err))
+        return cli_fail("parity", &err);
+    cJSON *ref = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(ref)) {
+        cJSON_Delete(ref);
+        fprintf(stderr, "lmc parity: %s: not a JSON object\n", path);
+        return 1;
+    }
+    struct lmc_st ref_logits = {0};
+    if (!lmc_path_join(path, sizeof path, c.model_dir, "ref_logits.safetensors") ||
+        lmc_st_open_file(&ref_logits, path, &err)) {
+        cJSON_Delete(ref);
+        return cli_fail("parity", &err);
+    }
+    struct cli_model cm;
+    if (cli_open(&cm, &c, true)) {
+        cJSON_Delete(ref);
+        lmc_st_free(&ref_logits);
+        return 1;
+    }
+    struct report r = {.json = c.json, .first = true};
+    if (r.json) printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"checks\":[", c.model_dir, bf16 ? "bf16" : "fp32");
+    else printf("parity %s (%s weights)\n", c.model_dir, bf16 ? "bf16" : "fp32");
+    check_tokenizer(&r, cm.tok, ref);
+    check_prompts(&r, &cm, ref, &ref_logits, bf16);
+    if (r.json) printf("],\"passed\":%d,\"failed\":%d}\n", r.passed, r.failed);
+    else printf("%d passed, %d failed\n", r.passed, r.failed);
+    cli_close(&cm);
+    lmc_st_free(&ref_logits);
+    cJSON_Delete(ref);
+    return r.failed ? 1 : 0;
+}

@@ -1,0 +1,39 @@
+/* lmc.c — the lmc command-line tool: dispatches to one command per file. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"generate", cmd_generate, "generate -m DIR -p TEXT [-n N] [--temp T] ...  continue a prompt"},
+    {"chat", cmd_chat, "chat -m DIR                                      interactive chat"},
+    {"tokenize", cmd_tokenize, "tokenize -m DIR --text TEXT [--add-special]     print ids as JSON"},
+    {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
+    {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N]  perplexity"},
+    {"info", cmd_info, "info -m DIR [--ctx N]                           model summary"},
+    {"parity", cmd_parity, "parity DIR [--dtype fp32|bf16] [--json]         check against references"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: lmc COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %s\n", commands[i].help);
+    fprintf(f, "\ncommon options: -m DIR, --threads N, --ctx N, --dtype fp32|bf16|f16, "
+               "--device cpu, --json\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "lmc: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
