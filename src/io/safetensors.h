@@ -19,7 +19,9 @@ struct lmc_st_tensor {
     int ndim;
     int64_t shape[LMC_ST_MAX_DIMS];
     int64_t numel;
-    const void *data;               /* points into the mapping */
+    const void *data;               /* points into the mapping; aligned to the dtype only
+                                     * when the file's header is padded to 8 bytes
+                                     * (lmc_st_write and HF writers do this) */
     size_t nbytes;
     int file;                       /* index into lmc_st.files */
 };
@@ -28,6 +30,7 @@ struct lmc_st_file {
     char *path;                     /* owned */
     void *map;                      /* whole-file mapping (or malloc'd copy) */
     size_t size;
+    int map_kind;                   /* 0 borrowed (lmc_st_parse), 1 mmap, 2 malloc */
 };
 
 struct lmc_st {
@@ -35,6 +38,8 @@ struct lmc_st {
     int n_files;
     struct lmc_st_tensor *tensors;  /* sorted by name */
     int64_t n_tensors;
+    char **meta;                    /* "__metadata__" pairs: key0, val0, key1, ... (owned) */
+    int n_meta;                     /* number of pairs (all files together) */
 };
 
 /* Opens dir/model.safetensors, or the shards named by
@@ -48,6 +53,8 @@ lmc_status lmc_st_open_file(struct lmc_st *st, const char *path, lmc_err *err);
 lmc_status lmc_st_parse(struct lmc_st *st, const void *buf, size_t len, const char *label, lmc_err *err);
 /* Binary search by name; NULL if absent. */
 const struct lmc_st_tensor *lmc_st_find(const struct lmc_st *st, const char *name);
+/* Value of a "__metadata__" key (first file that has it); NULL if absent. */
+const char *lmc_st_meta_get(const struct lmc_st *st, const char *key);
 void lmc_st_free(struct lmc_st *st);
 
 /* Writer: describe tensors, then write them in one file. data must hold
