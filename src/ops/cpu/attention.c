@@ -1,0 +1,101 @@
+/* attention.c — causal multi-head attention over a KV cache (see backend.h
+ * for shapes). One task per (query, head): scores into the thread's scratch,
+ * max-subtracted exp (stable softmax), sum in double, then the weighted sum
+ * of V rows. Head h reads kv head h / (n_heads / n_kv) (GQA); window > 0
+ * keeps the last `window` positions, the query's own included. */
+#include "ops/cpu/ops_cpu.h"
+
+#include <string.h>
+
+struct attn_job {
+    struct lmc_cpu_ctx *c;
+    float *out;
+    const float *q, *k, *v;
+    int64_t M, pos0, n_heads, n_kv, hd, window;
+    float scale;
+};
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float s = 0;
+#ifdef __AVX2__
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    }
+    if (i + 8 <= n) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+        i += 8;
+    }
+    s = lmc_hsum256(_mm256_add_ps(a0, a1));
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* y += a * x */
+static inline void axpy(float *y, float a, const float *x, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    __m256 av = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* s[i] = exp(s[i] - mx); returns the sum in double */
+static double exp_sum(float *s, int64_t n, float mx) {
+    int64_t i = 0;
+    double sum = 0;
+#ifdef __AVX2__
+    __m256 mv = _mm256_set1_ps(mx);
+    __m256d acc = _mm256_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = lmc_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
+        _mm256_storeu_ps(s + i, e);
+        acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(e)),
+                                               _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1))));
+    }
+    sum = lmc_hsum256d(acc);
+#endif
+    for (; i < n; i++) {
+        s[i] = expf(s[i] - mx);
+        sum += s[i];
+    }
+    return sum;
+}
+
+static void attn_task(void *arg, int64_t t, int thread) {
+    const struct attn_job *j = arg;
+    int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd;
+    int64_t p = j->pos0 + m;
+    int64_t lo = j->window > 0 ? LMC_MAX(0, p - j->window + 1) : 0, n = p - lo + 1;
+    int64_t kvh = h / (j->n_heads / j->n_kv), kv_row = j->n_kv * hd;
+    const float *q = j->q + (m * j->n_heads + h) * hd;
+    const float *kb = j->k + lo * kv_row + kvh * hd, *vb = j->v + lo * kv_row + kvh * hd;
+    float *s = j->c->scratch[thread], *o = j->out + (m * j->n_heads + h) * hd;
+
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        s[i] = j->scale * dot(q, kb + i * kv_row, hd);
+        if (s[i] > mx) mx = s[i];
+    }
+    double sum = exp_sum(s, n, mx);
+    memset(o, 0, (size_t)hd * sizeof(float));
+    for (int64_t i = 0; i < n; i++) axpy(o, s[i], vb + i * kv_row, hd);
+    float inv = (float)(1.0 / sum);
+    for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+}
+
+void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, const float *v,
+                       int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                       float scale, int64_t window) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0);
+    if (M <= 0 || n_heads <= 0 || hd <= 0) return;
+    struct attn_job j = {c, out, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale};
+    lmc_cpu_scratch_reserve(c, (size_t)(pos0 + M));
+    lmc_pool_run(c->pool, M * n_heads, attn_task, &j);
+}

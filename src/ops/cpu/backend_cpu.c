@@ -1,0 +1,67 @@
+/* backend_cpu.c — the CPU backend table: thread pool, per-thread scratch,
+ * and the op entry points (each op lives in its own file). */
+#include "ops/cpu/ops_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <cblas.h>
+
+void lmc_cpu_scratch_reserve(struct lmc_cpu_ctx *c, size_t n) {
+    n = (n + 15) & ~(size_t)15;
+    for (int t = 0; t < c->n_threads; t++) {
+        if (c->scratch_cap[t] >= n) continue;
+        free(c->scratch[t]);
+        c->scratch[t] = aligned_alloc(64, n * sizeof(float));
+        LMC_ASSERT(c->scratch[t] != NULL);
+        c->scratch_cap[t] = n;
+    }
+}
+
+lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err) {
+    memset(be, 0, sizeof *be);
+    struct lmc_cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) return lmc_err_set(err, LMC_ERR_OOM, "cpu backend: out of memory");
+    lmc_status st = lmc_pool_init(&c->pool, n_threads, err);
+    if (st != LMC_OK) {
+        free(c);
+        return st;
+    }
+    c->n_threads = lmc_pool_threads(c->pool);
+    c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
+    c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
+    if (!c->scratch || !c->scratch_cap) {
+        free(c->scratch);
+        free(c->scratch_cap);
+        lmc_pool_free(c->pool);
+        free(c);
+        return lmc_err_set(err, LMC_ERR_OOM, "cpu backend: out of memory");
+    }
+    /* Our threads split GEMMs among themselves and each calls sgemm on its
+     * share, so OpenBLAS must not start threads of its own. This setting is
+     * process-wide (OpenBLAS has no per-call thread count). */
+    openblas_set_num_threads(1);
+
+    be->name = "cpu";
+    be->ctx = c;
+    be->matmul = lmc_cpu_matmul;
+    be->embed = lmc_cpu_embed;
+    be->rmsnorm = lmc_cpu_rmsnorm;
+    be->layernorm = lmc_cpu_layernorm;
+    be->rope = lmc_cpu_rope;
+    be->attention = lmc_cpu_attention;
+    be->swiglu = lmc_cpu_swiglu;
+    be->gelu = lmc_cpu_gelu;
+    be->add = lmc_cpu_add;
+    return LMC_OK;
+}
+
+void lmc_backend_cpu_free(struct lmc_backend *be) {
+    if (!be || !be->ctx) return;
+    struct lmc_cpu_ctx *c = be->ctx;
+    lmc_pool_free(c->pool);
+    for (int t = 0; t < c->n_threads; t++) free(c->scratch[t]);
+    free(c->scratch);
+    free(c->scratch_cap);
+    free(c);
+    memset(be, 0, sizeof *be);
+}

@@ -1,0 +1,235 @@
+/* matmul.c — y(M,N) = x(M,K) @ w(N,K)^T (+ bias) on the CPU, weights in
+ * F32, F16 or BF16 used in place.
+ *
+ * Two paths:
+ *  - small M (decode, small batches): our own dot-product kernels. W's rows
+ *    are split across threads in contiguous slices; each thread walks its
+ *    slice 4 rows at a time with independent accumulators, converting f16
+ *    (F16C) / bf16 (shift) on the fly, so W streams from memory once at
+ *    close to full bandwidth. Two x rows share each converted W vector.
+ *  - large M (prefill): OpenBLAS sgemm, single-threaded per call, on blocks
+ *    of W rows claimed by our threads. F16/BF16 blocks are first converted
+ *    into the thread's f32 scratch (never the whole matrix).
+ * A scalar path serves builds without AVX2. */
+#include "ops/cpu/ops_cpu.h"
+
+#include <cblas.h>
+#include <string.h>
+
+/* M at or above which the sgemm path is used. */
+#define MM_GEMM_MIN_M 12
+/* W rows per sgemm task. */
+#define MM_GEMM_NB 128
+/* Minimum W elements per small-M task (below: fewer threads). */
+#define MM_MIN_TASK_ELEMS 32768
+
+struct mm_job {
+    struct lmc_cpu_ctx *c;
+    float *y;
+    const float *x;
+    int64_t M, N, K;
+    const void *w;
+    enum lmc_dtype dt;
+    const float *bias;
+    int64_t n_tasks;
+};
+
+static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
+    switch (dt) {
+    case LMC_DTYPE_F16: return lmc_f16_to_f32(((const uint16_t *)w)[i]);
+    case LMC_DTYPE_BF16: return lmc_bf16_to_f32(((const uint16_t *)w)[i]);
+    default: return ((const float *)w)[i];
+    }
+}
+
+#ifdef __AVX2__
+
+static inline __m256 ld_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 ld_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __m256 ld_bf16(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+static inline float sc_f32(const float *p) { return *p; }
+static inline float sc_f16(const uint16_t *p) { return lmc_f16_to_f32(*p); }
+static inline float sc_bf16(const uint16_t *p) { return lmc_bf16_to_f32(*p); }
+
+/* Kernels per weight type S (element type T, vector load LD, scalar SC):
+ *   k1x4: one x row against 4 W rows, two accumulators per row;
+ *   k2x4: two x rows against 4 W rows (each W vector loaded once);
+ *   k1x1: one x row against one W row. */
+#define MM_KERNELS(S, T)                                                                      \
+    static void k1x4_##S(const float *x, const T *w0, const T *w1, const T *w2, const T *w3,  \
+                         int64_t K, float *out) {                                             \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                            \
+        int64_t i = 0;                                                                        \
+        for (; i + 16 <= K; i += 16) {                                                        \
+            __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);              \
+            a0 = _mm256_fmadd_ps(ld_##S(w0 + i), x0, a0);                                     \
+            a1 = _mm256_fmadd_ps(ld_##S(w1 + i), x0, a1);                                     \
+            a2 = _mm256_fmadd_ps(ld_##S(w2 + i), x0, a2);                                     \
+            a3 = _mm256_fmadd_ps(ld_##S(w3 + i), x0, a3);                                     \
+            b0 = _mm256_fmadd_ps(ld_##S(w0 + i + 8), x1, b0);                                 \
+            b1 = _mm256_fmadd_ps(ld_##S(w1 + i + 8), x1, b1);                                 \
+            b2 = _mm256_fmadd_ps(ld_##S(w2 + i + 8), x1, b2);                                 \
+            b3 = _mm256_fmadd_ps(ld_##S(w3 + i + 8), x1, b3);                                 \
+        }                                                                                     \
+        if (i + 8 <= K) {                                                                     \
+            __m256 x0 = _mm256_loadu_ps(x + i);                                               \
+            a0 = _mm256_fmadd_ps(ld_##S(w0 + i), x0, a0);                                     \
+            a1 = _mm256_fmadd_ps(ld_##S(w1 + i), x0, a1);                                     \
+            a2 = _mm256_fmadd_ps(ld_##S(w2 + i), x0, a2);                                     \
+            a3 = _mm256_fmadd_ps(ld_##S(w3 + i), x0, a3);                                     \
+            i += 8;                                                                           \
+        }                                                                                     \
+        float s0 = lmc_hsum256(_mm256_add_ps(a0, b0)), s1 = lmc_hsum256(_mm256_add_ps(a1, b1)); \
+        float s2 = lmc_hsum256(_mm256_add_ps(a2, b2)), s3 = lmc_hsum256(_mm256_add_ps(a3, b3)); \
+        for (; i < K; i++) {                                                                  \
+            s0 += sc_##S(w0 + i) * x[i];                                                      \
+            s1 += sc_##S(w1 + i) * x[i];                                                      \
+            s2 += sc_##S(w2 + i) * x[i];                                                      \
+            s3 += sc_##S(w3 + i) * x[i];                                                      \
+        }                                                                                     \
+        out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;                                   \
+    }                                                                                         \
+    static void k2x4_##S(const float *x, const float *xb, const T *w0, const T *w1,           \
+                         const T *w2, const T *w3, int64_t K, float *out, float *outb) {      \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                            \
+        int64_t i = 0;                                                                        \
+        for (; i + 8 <= K; i += 8) {                                                          \
+            __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(xb + i), v;              \
+            v = ld_##S(w0 + i), a0 = _mm256_fmadd_ps(v, x0, a0), b0 = _mm256_fmadd_ps(v, x1, b0); \
+            v = ld_##S(w1 + i), a1 = _mm256_fmadd_ps(v, x0, a1), b1 = _mm256_fmadd_ps(v, x1, b1); \
+            v = ld_##S(w2 + i), a2 = _mm256_fmadd_ps(v, x0, a2), b2 = _mm256_fmadd_ps(v, x1, b2); \
+            v = ld_##S(w3 + i), a3 = _mm256_fmadd_ps(v, x0, a3), b3 = _mm256_fmadd_ps(v, x1, b3); \
+        }                                                                                     \
+        float s[8] = {lmc_hsum256(a0), lmc_hsum256(a1), lmc_hsum256(a2), lmc_hsum256(a3),     \
+                      lmc_hsum256(b0), lmc_hsum256(b1), lmc_hsum256(b2), lmc_hsum256(b3)};    \
+        for (; i < K; i++) {                                                                  \
+            float v0 = sc_##S(w0 + i), v1 = sc_##S(w1 + i);                                   \
+            float v2 = sc_##S(w2 + i), v3 = sc_##S(w3 + i);                                   \
+            s[0] += v0 * x[i], s[1] += v1 * x[i], s[2] += v2 * x[i], s[3] += v3 * x[i];       \
+            s[4] += v0 * xb[i], s[5] += v1 * xb[i], s[6] += v2 * xb[i], s[7] += v3 * xb[i];   \
+        }                                                                                     \
+        memcpy(out, s, 4 * sizeof(float));                                                    \
+        memcpy(outb, s + 4, 4 * sizeof(float));                                               \
+    }                                                                                         \
+    static float k1x1_##S(const float *x, const T *w, int64_t K) {                            \
+        __m256 a = _mm256_setzero_ps(), b = a;                                                \
+        int64_t i = 0;                                                                        \
+        for (; i + 16 <= K; i += 16) {                                                        \
+            a = _mm256_fmadd_ps(ld_##S(w + i), _mm256_loadu_ps(x + i), a);                    \
+            b = _mm256_fmadd_ps(ld_##S(w + i + 8), _mm256_loadu_ps(x + i + 8), b);            \
+        }                                                                                     \
+        if (i + 8 <= K) {                                                                     \
+            a = _mm256_fmadd_ps(ld_##S(w + i), _mm256_loadu_ps(x + i), a);                    \
+            i += 8;                                                                           \
+        }                                                                                     \
+        float s = lmc_hsum256(_mm256_add_ps(a, b));                                           \
+        for (; i < K; i++) s += sc_##S(w + i) * x[i];                                         \
+        return s;                                                                             \
+    }                                                                                         \
+    /* rows [r0, r1) of W for all M rows of x */                                              \
+    static void rows_##S(const struct mm_job *j, int64_t r0, int64_t r1) {                    \
+        const T *w = j->w;                                                                    \
+        int64_t K = j->K, N = j->N, M = j->M, r = r0;                                         \
+        for (; r + 4 <= r1; r += 4) {                                                         \
+            const T *w0 = w + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;                \
+            int64_t m = 0;                                                                    \
+            for (; m + 2 <= M; m += 2)                                                        \
+                k2x4_##S(j->x + m * K, j->x + (m + 1) * K, w0, w1, w2, w3, K,                 \
+                         j->y + m * N + r, j->y + (m + 1) * N + r);                           \
+            if (m < M) k1x4_##S(j->x + m * K, w0, w1, w2, w3, K, j->y + m * N + r);           \
+        }                                                                                     \
+        for (; r < r1; r++)                                                                   \
+            for (int64_t m = 0; m < M; m++) j->y[m * N + r] = k1x1_##S(j->x + m * K, w + r * K, K); \
+    }
+
+MM_KERNELS(f32, float)
+MM_KERNELS(f16, uint16_t)
+MM_KERNELS(bf16, uint16_t)
+
+static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
+    switch (j->dt) {
+    case LMC_DTYPE_F16: rows_f16(j, r0, r1); break;
+    case LMC_DTYPE_BF16: rows_bf16(j, r0, r1); break;
+    default: rows_f32(j, r0, r1); break;
+    }
+}
+
+#else /* scalar reference path */
+
+static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
+    int64_t K = j->K, N = j->N;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *wr = (const char *)j->w + (size_t)(r * K) * (size_t)lmc_dtype_size(j->dt);
+        for (int64_t m = 0; m < j->M; m++) {
+            const float *x = j->x + m * K;
+            float s = 0;
+            for (int64_t i = 0; i < K; i++) s += w_at(wr, j->dt, i) * x[i];
+            j->y[m * N + r] = s;
+        }
+    }
+}
+
+#endif
+
+static void add_bias(const struct mm_job *j, int64_t r0, int64_t r1) {
+    if (!j->bias) return;
+    for (int64_t m = 0; m < j->M; m++) {
+        float *yr = j->y + m * j->N;
+        for (int64_t r = r0; r < r1; r++) yr[r] += j->bias[r];
+    }
+}
+
+static void small_task(void *arg, int64_t t, int thread) {
+    const struct mm_job *j = arg;
+    int64_t r0, r1;
+    lmc_cpu_range(j->N, j->n_tasks, t, 4, &r0, &r1);
+    rows_dispatch(j, r0, r1);
+    add_bias(j, r0, r1);
+}
+
+static void gemm_task(void *arg, int64_t t, int thread) {
+    const struct mm_job *j = arg;
+    int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
+    const float *b;
+    if (j->dt == LMC_DTYPE_F32) {
+        b = (const float *)j->w + r0 * K;
+    } else {
+        float *s = j->c->scratch[thread];
+        const uint16_t *w = (const uint16_t *)j->w + r0 * K;
+        lmc_cpu_row_to_f32(s, w, j->dt, (r1 - r0) * K);
+        b = s;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->M, (int)(r1 - r0), (int)K, 1.0f,
+                j->x, (int)K, b, (int)K, 0.0f, j->y + r0, (int)j->N);
+    add_bias(j, r0, r1);
+}
+
+void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                    const float *bias) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || w->dtype == LMC_DTYPE_F16 ||
+               w->dtype == LMC_DTYPE_BF16);
+    LMC_ASSERT(M >= 0 && w->rows >= 0 && w->cols >= 0);
+    if (M == 0 || w->rows == 0) return;
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1};
+    if (w->cols == 0) {
+        for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
+        for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
+        return;
+    }
+    if (M >= MM_GEMM_MIN_M && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
+        if (j.dt != LMC_DTYPE_F32) lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
+        j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
+        lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
+        return;
+    }
+    j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, 1);
+    lmc_pool_run(c->pool, j.n_tasks, small_task, &j);
+}

@@ -1,0 +1,122 @@
+/* ops_cpu.h — internals shared by the CPU backend's op files: the backend
+ * context (thread pool, per-thread scratch), range splitting, and small
+ * SIMD helpers (horizontal sums, a vector exp accurate to a few ulp). */
+#ifndef LMC_OPS_CPU_H
+#define LMC_OPS_CPU_H
+
+#include "core/core.h"
+#include "core/threadpool.h"
+#include "ops/backend.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+/* Per-thread scratch buffers grow on demand; the caller reserves before a
+ * parallel run (lmc_cpu_scratch_reserve), tasks use scratch[thread]. */
+struct lmc_cpu_ctx {
+    struct lmc_pool *pool;
+    int n_threads;
+    float **scratch;      /* [n_threads], 64-byte aligned */
+    size_t *scratch_cap;  /* floats */
+};
+
+/* Makes every thread's scratch hold at least n floats. Called from the
+ * calling thread before lmc_pool_run; aborts (LMC_ASSERT) if memory runs
+ * out, as op signatures carry no status. */
+void lmc_cpu_scratch_reserve(struct lmc_cpu_ctx *c, size_t n);
+
+/* Number of tasks to split `work` units into when a task should cover at
+ * least `min_per_task` units: between 1 and n_threads (times `oversplit`). */
+static inline int64_t lmc_cpu_ntasks(const struct lmc_cpu_ctx *c, int64_t work,
+                                     int64_t min_per_task, int oversplit) {
+    int64_t t = work / (min_per_task > 0 ? min_per_task : 1);
+    int64_t cap = (int64_t)c->n_threads * oversplit;
+    if (t > cap) t = cap;
+    return t < 1 ? 1 : t;
+}
+
+/* Contiguous slice [*lo, *hi) of n items for task t of nt, boundaries on
+ * multiples of `align` (except the end). */
+static inline void lmc_cpu_range(int64_t n, int64_t nt, int64_t t, int64_t align,
+                                 int64_t *lo, int64_t *hi) {
+    int64_t blocks = (n + align - 1) / align;
+    int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    *lo = LMC_MIN(b0 * align, n);
+    *hi = LMC_MIN(b1 * align, n);
+}
+
+/* The op entry points (one file each). */
+void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                    const float *bias);
+void lmc_cpu_embed(void *ctx, float *y, const struct lmc_mat *table, const int32_t *ids,
+                   int64_t n);
+void lmc_cpu_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t M, int64_t C,
+                     float eps);
+void lmc_cpu_layernorm(void *ctx, float *y, const float *x, const float *w, const float *b,
+                       int64_t M, int64_t C, float eps);
+void lmc_cpu_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_dim,
+                  int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale);
+void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, const float *v,
+                       int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                       float scale, int64_t window);
+void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
+void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
+
+/* Converts n elements of a row of dtype dt to f32. */
+void lmc_cpu_row_to_f32(float *dst, const void *src, enum lmc_dtype dt, int64_t n);
+
+#ifdef __AVX2__
+static inline float lmc_hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline double lmc_hsum256d(__m256d v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+    return _mm_cvtsd_f64(s);
+}
+
+/* exp(x) for 8 floats: x = n*ln2 + r with |r| <= ln2/2, degree-7 Taylor polynomial
+ * for exp(r) (relative error ~1 ulp), 2^n built in the exponent bits.
+ * Saturates to 0 below -87.3 and +inf above 88.7; NaN propagates. */
+static inline __m256 lmc_exp256(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.7228f), lo = _mm256_set1_ps(-87.3365f);
+    __m256 big = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+    __m256 small = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* r = x - n*ln2 in two steps (Cody-Waite) */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n; n in [-126, 128]: split in two factors so n = 128 and n = -126
+     * both stay representable */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    __m256 res = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    res = _mm256_blendv_ps(res, _mm256_set1_ps(INFINITY), big);
+    res = _mm256_blendv_ps(res, _mm256_setzero_ps(), small);
+    /* NaN inputs: min/max dropped them, restore */
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    return _mm256_blendv_ps(res, x, nan);
+}
+#endif
+
+#endif

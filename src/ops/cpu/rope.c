@@ -1,0 +1,60 @@
+/* rope.c — rotary position embedding in place, HF "rotate_half" layout:
+ * pairs (i, i + rot_dim/2) of the first rot_dim dims of every head rotate by
+ * pos*inv_freq[i]; angles, cos and sin in double, cos/sin times attn_scale.
+ * Dims past rot_dim are left as they are. */
+#include "ops/cpu/ops_cpu.h"
+
+#define ROPE_CHUNK 64
+
+struct rope_job {
+    float *x;
+    int64_t M, n_heads, head_dim, rot_dim, n_tasks;
+    const int32_t *pos;
+    const double *inv_freq;
+    float attn_scale;
+};
+
+static void rope_task(void *arg, int64_t t, int thread) {
+    const struct rope_job *j = arg;
+    int64_t lo, hi, half = j->rot_dim / 2, row = j->n_heads * j->head_dim;
+    float cs[ROPE_CHUNK], sn[ROPE_CHUNK];
+    lmc_cpu_range(j->M, j->n_tasks, t, 1, &lo, &hi);
+    for (int64_t m = lo; m < hi; m++) {
+        double p = (double)j->pos[m];
+        for (int64_t i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
+            int64_t n = LMC_MIN(ROPE_CHUNK, half - i0);
+            for (int64_t i = 0; i < n; i++) {
+                double a = p * j->inv_freq[i0 + i];
+                cs[i] = (float)(cos(a) * j->attn_scale);
+                sn[i] = (float)(sin(a) * j->attn_scale);
+            }
+            for (int64_t h = 0; h < j->n_heads; h++) {
+                float *x1 = j->x + m * row + h * j->head_dim + i0, *x2 = x1 + half;
+                int64_t i = 0;
+#ifdef __AVX2__
+                for (; i + 8 <= n; i += 8) {
+                    __m256 a = _mm256_loadu_ps(x1 + i), b = _mm256_loadu_ps(x2 + i);
+                    __m256 c = _mm256_loadu_ps(cs + i), s = _mm256_loadu_ps(sn + i);
+                    _mm256_storeu_ps(x1 + i, _mm256_fmsub_ps(a, c, _mm256_mul_ps(b, s)));
+                    _mm256_storeu_ps(x2 + i, _mm256_fmadd_ps(b, c, _mm256_mul_ps(a, s)));
+                }
+#endif
+                for (; i < n; i++) {
+                    float a = x1[i], b = x2[i];
+                    x1[i] = a * cs[i] - b * sn[i];
+                    x2[i] = b * cs[i] + a * sn[i];
+                }
+            }
+        }
+    }
+}
+
+void lmc_cpu_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_dim,
+                  int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0);
+    if (M <= 0 || rot_dim == 0 || n_heads <= 0) return;
+    struct rope_job j = {x, M, n_heads, head_dim, rot_dim, 1, pos, inv_freq, attn_scale};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * n_heads * rot_dim, 8192, 1), M);
+    lmc_pool_run(c->pool, j.n_tasks, rope_task, &j);
+}

@@ -1,0 +1,36 @@
+/* swiglu.c — y[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+ * y may alias gate (or up). */
+#include "ops/cpu/ops_cpu.h"
+
+struct swiglu_job {
+    float *y;
+    const float *g, *u;
+    int64_t n, n_tasks;
+};
+
+static void swiglu_task(void *arg, int64_t t, int thread) {
+    const struct swiglu_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
+    int64_t i = lo;
+#ifdef __AVX2__
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= hi; i += 8) {
+        __m256 g = _mm256_loadu_ps(j->g + i), u = _mm256_loadu_ps(j->u + i);
+        __m256 d = _mm256_add_ps(one, lmc_exp256(_mm256_sub_ps(zero, g)));
+        _mm256_storeu_ps(j->y + i, _mm256_mul_ps(_mm256_div_ps(g, d), u));
+    }
+#endif
+    for (; i < hi; i++) {
+        float g = j->g[i];
+        j->y[i] = g / (1.0f + expf(-g)) * j->u[i];
+    }
+}
+
+void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (n <= 0) return;
+    struct swiglu_job j = {y, gate, up, n, 1};
+    j.n_tasks = lmc_cpu_ntasks(c, n, 16384, 1);
+    lmc_pool_run(c->pool, j.n_tasks, swiglu_task, &j);
+}

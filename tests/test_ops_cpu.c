@@ -1,0 +1,393 @@
+/* test_ops_cpu.c — the CPU backend's ops against float64 references written
+ * here, on random non-zero inputs of odd sizes, every weight dtype, with 1,
+ * 2 and 3 threads; plus the thread pool (every task exactly once, many runs
+ * in a row, zero tasks). Prints the largest relative error seen per op. */
+#include "core/core.h"
+#include "core/membw.h"
+#include "core/threadpool.h"
+#include "ops/backend.h"
+#include "test.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define TOL 1e-5
+
+static uint64_t rng = 12345;
+
+enum { E_MATMUL, E_EMBED, E_RMS, E_LN, E_ROPE, E_ATTN, E_SWIGLU, E_GELU, E_GELU_T, E_ADD, E_N };
+static const char *err_names[E_N] = {"matmul", "embed", "rmsnorm", "layernorm", "rope",
+                                     "attention", "swiglu", "gelu(erf)", "gelu(tanh)", "add"};
+static double max_err[E_N];
+
+static void record(int op, double e) {
+    if (e > max_err[op] || e != e) max_err[op] = e;
+}
+
+static float *rand_f(int64_t n, float scale) {
+    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) p[i] = test_rand(&rng) * scale;
+    return p;
+}
+static double *dalloc(int64_t n) { return calloc((size_t)(n > 0 ? n : 1), sizeof(double)); }
+
+/* ---- thread pool ---- */
+
+struct count_job {
+    _Atomic int *hits;
+    int n_threads;
+    _Atomic int bad_thread;
+};
+
+static void count_task(void *arg, int64_t t, int thread) {
+    struct count_job *j = arg;
+    atomic_fetch_add(&j->hits[t], 1);
+    if (thread < 0 || thread >= j->n_threads) atomic_store(&j->bad_thread, 1);
+}
+
+static void test_pool(void) {
+    for (int nt = 1; nt <= 4; nt++) {
+        struct lmc_pool *pool;
+        lmc_err err;
+        CHECK(lmc_pool_init(&pool, nt, &err) == LMC_OK);
+        CHECK(lmc_pool_threads(pool) == nt);
+        static const int64_t sizes[] = {0, 1, 2, 3, 7, 1000};
+        enum { MAXT = 1000 };
+        _Atomic int *hits = malloc(MAXT * sizeof *hits);
+        struct count_job j = {hits, nt, 0};
+        for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+            for (int i = 0; i < MAXT; i++) atomic_init(&hits[i], 0);
+            lmc_pool_run(pool, sizes[s], count_task, &j);
+            int ok = 1;
+            for (int64_t i = 0; i < MAXT; i++) ok &= atomic_load(&hits[i]) == (i < sizes[s]);
+            CHECK_MSG(ok, "threads %d tasks %lld", nt, (long long)sizes[s]);
+        }
+        /* many runs in a row: each task exactly once per run */
+        for (int i = 0; i < MAXT; i++) atomic_init(&hits[i], 0);
+        const int runs = 3000;
+        for (int r = 0; r < runs; r++) lmc_pool_run(pool, 1 + r % 5, count_task, &j);
+        int64_t expect[5] = {0}, ok = 1;
+        for (int r = 0; r < runs; r++)
+            for (int t = 0; t < 1 + r % 5; t++) expect[t]++;
+        for (int t = 0; t < 5; t++) ok &= atomic_load(&hits[t]) == expect[t];
+        CHECK_MSG(ok, "threads %d: repeated runs", nt);
+        CHECK(atomic_load(&j.bad_thread) == 0);
+        free(hits);
+        lmc_pool_free(pool);
+    }
+    /* a pool with sleeping workers still wakes up */
+    struct lmc_pool *pool;
+    CHECK(lmc_pool_init(&pool, 3, NULL) == LMC_OK);
+    _Atomic int hits[8];
+    for (int i = 0; i < 8; i++) atomic_init(&hits[i], 0);
+    struct count_job j = {hits, 3, 0};
+    for (int r = 0; r < 3; r++) {
+        struct timespec ts = {0, 3000000};
+        nanosleep(&ts, NULL);
+        lmc_pool_run(pool, 8, count_task, &j);
+    }
+    int ok = 1;
+    for (int i = 0; i < 8; i++) ok &= atomic_load(&hits[i]) == 3;
+    CHECK(ok);
+    lmc_pool_free(pool);
+    lmc_pool_free(NULL);
+}
+
+/* ---- matmul ---- */
+
+static const enum lmc_dtype dtypes[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
+
+/* Random weights in dtype dt, and the same (rounded) values as double. */
+static void *make_weights(enum lmc_dtype dt, int64_t n, double *ref) {
+    void *w = malloc((size_t)n * (dt == LMC_DTYPE_F32 ? 4 : 2));
+    for (int64_t i = 0; i < n; i++) {
+        float f = test_rand(&rng);
+        if (dt == LMC_DTYPE_F32) {
+            ((float *)w)[i] = f;
+            ref[i] = f;
+        } else if (dt == LMC_DTYPE_F16) {
+            uint16_t h = lmc_f32_to_f16(f);
+            ((uint16_t *)w)[i] = h;
+            ref[i] = lmc_f16_to_f32(h);
+        } else {
+            uint16_t h = lmc_f32_to_bf16(f);
+            ((uint16_t *)w)[i] = h;
+            ref[i] = lmc_bf16_to_f32(h);
+        }
+    }
+    return w;
+}
+
+static void test_matmul(struct lmc_backend *be) {
+    static const int64_t Ms[] = {1, 2, 3, 5, 17, 130};
+    static const int64_t NK[][2] = {{131, 77}, {7, 5}, {64, 48}, {33, 200}, {4, 16}};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
+            int64_t N = NK[s][0], K = NK[s][1];
+            double *wr = dalloc(N * K);
+            void *wd = make_weights(dtypes[d], N * K, wr);
+            struct lmc_mat w = {dtypes[d], N, K, wd};
+            float *bias = rand_f(N, 1.0f);
+            for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+                int64_t M = Ms[mi];
+                float *x = rand_f(M * K, 1.0f), *y = rand_f(M * N, 1.0f);
+                double *ref = dalloc(M * N);
+                for (int with_bias = 0; with_bias < 2; with_bias++) {
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t n = 0; n < N; n++) {
+                            double acc = with_bias ? bias[n] : 0;
+                            for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * wr[n * K + k];
+                            ref[m * N + n] = acc;
+                        }
+                    be->matmul(be->ctx, y, x, M, &w, with_bias ? bias : NULL);
+                    double e = test_rel_err_f32_f64(y, ref, M * N);
+                    record(E_MATMUL, e);
+                    CHECK_MSG(e <= TOL, "matmul %s M=%lld N=%lld K=%lld bias=%d: rel err %g",
+                              lmc_dtype_name(dtypes[d]), (long long)M, (long long)N,
+                              (long long)K, with_bias, e);
+                }
+                free(x), free(y), free(ref);
+            }
+            free(wr), free(wd), free(bias);
+        }
+}
+
+static void test_embed(struct lmc_backend *be) {
+    const int64_t V = 37, C = 45, n = 11;
+    for (size_t d = 0; d < 3; d++) {
+        double *tr = dalloc(V * C);
+        void *td = make_weights(dtypes[d], V * C, tr);
+        struct lmc_mat t = {dtypes[d], V, C, td};
+        int32_t ids[11];
+        for (int i = 0; i < n; i++) ids[i] = (int32_t)(test_rng_next(&rng) % V);
+        ids[0] = 0, ids[1] = (int32_t)V - 1;
+        float *y = rand_f(n * C, 1.0f);
+        double *ref = dalloc(n * C);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t c = 0; c < C; c++) ref[i * C + c] = tr[ids[i] * C + c];
+        be->embed(be->ctx, y, &t, ids, n);
+        double e = test_rel_err_f32_f64(y, ref, n * C);
+        record(E_EMBED, e);
+        CHECK_MSG(e == 0, "embed %s: rel err %g", lmc_dtype_name(dtypes[d]), e);
+        free(tr), free(td), free(y), free(ref);
+    }
+}
+
+/* ---- norms ---- */
+
+static void test_norms(struct lmc_backend *be) {
+    static const int64_t shapes[][2] = {{1, 77}, {3, 64}, {17, 768}, {130, 13}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int64_t M = shapes[s][0], C = shapes[s][1];
+        for (int alias = 0; alias < 2; alias++)
+            for (int offset = 0; offset < 2; offset++) {
+                float *x = rand_f(M * C, 2.0f), *w = rand_f(C, 1.0f), *b = rand_f(C, 1.0f);
+                for (int64_t i = 0; offset && i < M * C; i++) x[i] += 30.0f; /* mean >> spread */
+                float *y = alias ? x : rand_f(M * C, 1.0f);
+                double *r1 = dalloc(M * C), *r2 = dalloc(M * C);
+                const double eps = 1e-5;
+                for (int64_t m = 0; m < M; m++) {
+                    const float *xr = x + m * C;
+                    double ss = 0, mean = 0, var = 0;
+                    for (int64_t c = 0; c < C; c++) ss += (double)xr[c] * xr[c], mean += xr[c];
+                    mean /= (double)C;
+                    for (int64_t c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
+                    var /= (double)C;
+                    for (int64_t c = 0; c < C; c++) {
+                        r1[m * C + c] = xr[c] / sqrt(ss / (double)C + eps) * w[c];
+                        r2[m * C + c] = (xr[c] - mean) / sqrt(var + eps) * w[c] + b[c];
+                    }
+                }
+                float *x2 = malloc((size_t)(M * C) * sizeof(float));
+                memcpy(x2, x, (size_t)(M * C) * sizeof(float));
+                be->rmsnorm(be->ctx, y, x, w, M, C, (float)eps);
+                double e = test_rel_err_f32_f64(y, r1, M * C);
+                record(E_RMS, e);
+                CHECK_MSG(e <= TOL, "rmsnorm M=%lld C=%lld alias=%d: %g", (long long)M,
+                          (long long)C, alias, e);
+                float *y2 = alias ? x2 : y;
+                be->layernorm(be->ctx, y2, x2, w, b, M, C, (float)eps);
+                e = test_rel_err_f32_f64(y2, r2, M * C);
+                record(E_LN, e);
+                CHECK_MSG(e <= TOL, "layernorm M=%lld C=%lld alias=%d offset=%d: %g",
+                          (long long)M, (long long)C, alias, offset, e);
+                if (!alias) free(y);
+                free(x), free(x2), free(w), free(b), free(r1), free(r2);
+            }
+    }
+}
+
+/* ---- rope ---- */
+
+static void test_rope(struct lmc_backend *be) {
+    static const int64_t cfg[][4] = {/* M, n_heads, head_dim, rot_dim */
+                                     {5, 3, 14, 14}, {5, 3, 14, 8}, {1, 2, 64, 64},
+                                     {9, 4, 64, 16}, {3, 2, 160, 150}, {33, 1, 6, 2}};
+    for (size_t s = 0; s < sizeof cfg / sizeof *cfg; s++)
+        for (int sc = 0; sc < 2; sc++) {
+            int64_t M = cfg[s][0], H = cfg[s][1], D = cfg[s][2], R = cfg[s][3], n = M * H * D;
+            float scale = sc ? 0.87f : 1.0f;
+            float *x = rand_f(n, 1.0f);
+            double *ref = dalloc(n), *inv = dalloc(R / 2);
+            int32_t *pos = malloc((size_t)M * sizeof *pos);
+            for (int64_t i = 0; i < R / 2; i++) inv[i] = pow(10000.0, -2.0 * (double)i / (double)R);
+            for (int64_t m = 0; m < M; m++) pos[m] = (int32_t)(test_rng_next(&rng) % 4000);
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *xh = x + (m * H + h) * D;
+                    double *rh = ref + (m * H + h) * D;
+                    for (int64_t d = 0; d < D; d++) rh[d] = xh[d];
+                    for (int64_t i = 0; i < R / 2; i++) {
+                        double a = pos[m] * inv[i], c = cos(a) * scale, sn = sin(a) * scale;
+                        rh[i] = xh[i] * c - xh[i + R / 2] * sn;
+                        rh[i + R / 2] = xh[i + R / 2] * c + xh[i] * sn;
+                    }
+                }
+            be->rope(be->ctx, x, M, H, D, R, pos, inv, scale);
+            double e = test_rel_err_f32_f64(x, ref, n);
+            record(E_ROPE, e);
+            CHECK_MSG(e <= TOL, "rope M=%lld H=%lld D=%lld R=%lld: %g", (long long)M,
+                      (long long)H, (long long)D, (long long)R, e);
+            free(x), free(ref), free(inv), free(pos);
+        }
+}
+
+/* ---- attention ---- */
+
+static void attn_ref(double *out, const float *q, const float *k, const float *v, int64_t M,
+                     int64_t pos0, int64_t H, int64_t KV, int64_t D, double scale,
+                     int64_t window) {
+    double *s = dalloc(pos0 + M);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t p = pos0 + m, g = h / (H / KV);
+            int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+            const float *qh = q + (m * H + h) * D;
+            double mx = -INFINITY, sum = 0;
+            for (int64_t t = lo; t <= p; t++) {
+                double acc = 0;
+                for (int64_t d = 0; d < D; d++) acc += (double)qh[d] * k[(t * KV + g) * D + d];
+                s[t] = acc * scale;
+                if (s[t] > mx) mx = s[t];
+            }
+            for (int64_t t = lo; t <= p; t++) sum += (s[t] = exp(s[t] - mx));
+            double *o = out + (m * H + h) * D;
+            for (int64_t d = 0; d < D; d++) {
+                double acc = 0;
+                for (int64_t t = lo; t <= p; t++) acc += s[t] * v[(t * KV + g) * D + d];
+                o[d] = acc / sum;
+            }
+        }
+    free(s);
+}
+
+static void test_attention(struct lmc_backend *be) {
+    static const int64_t cfg[][3] = {/* M, pos0, window */
+                                     {1, 0, 0}, {1, 37, 0}, {1, 37, 5}, {5, 0, 0},
+                                     {17, 9, 0}, {17, 9, 6}, {130, 0, 0}, {3, 60, 64}};
+    static const int64_t heads[][3] = {{4, 4, 16}, {4, 2, 13}, {8, 2, 24}, {2, 1, 64}};
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
+        for (size_t hh = 0; hh < sizeof heads / sizeof *heads; hh++) {
+            int64_t M = cfg[c][0], pos0 = cfg[c][1], win = cfg[c][2];
+            int64_t H = heads[hh][0], KV = heads[hh][1], D = heads[hh][2], T = pos0 + M;
+            float scale = 1.0f / sqrtf((float)D);
+            float *q = rand_f(M * H * D, 2.0f), *k = rand_f(T * KV * D, 2.0f);
+            float *v = rand_f(T * KV * D, 1.0f), *out = rand_f(M * H * D, 1.0f);
+            double *ref = dalloc(M * H * D);
+            attn_ref(ref, q, k, v, M, pos0, H, KV, D, scale, win);
+            be->attention(be->ctx, out, q, k, v, M, pos0, H, KV, D, scale, win);
+            double e = test_rel_err_f32_f64(out, ref, M * H * D);
+            record(E_ATTN, e);
+            CHECK_MSG(e <= TOL, "attention M=%lld pos0=%lld win=%lld H=%lld KV=%lld D=%lld: %g",
+                      (long long)M, (long long)pos0, (long long)win, (long long)H,
+                      (long long)KV, (long long)D, e);
+            free(q), free(k), free(v), free(out), free(ref);
+        }
+}
+
+/* ---- elementwise ---- */
+
+static void test_elementwise(struct lmc_backend *be) {
+    static const int64_t sizes[] = {1, 13, 100003};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
+        for (int alias = 0; alias < 2; alias++) {
+            int64_t n = sizes[s];
+            float *a = rand_f(n, 12.0f), *b = rand_f(n, 3.0f);
+            float *y = alias ? a : rand_f(n, 1.0f);
+            float *a0 = malloc((size_t)n * sizeof(float));
+            double *ref = dalloc(n);
+            double e;
+            memcpy(a0, a, (size_t)n * sizeof(float));
+
+            for (int64_t i = 0; i < n; i++) ref[i] = a0[i] / (1.0 + exp(-(double)a0[i])) * b[i];
+            be->swiglu(be->ctx, y, a, b, n);
+            record(E_SWIGLU, e = test_rel_err_f32_f64(y, ref, n));
+            CHECK_MSG(e <= TOL, "swiglu n=%lld alias=%d: %g", (long long)n, alias, e);
+
+            for (int tanh_approx = 0; tanh_approx < 2; tanh_approx++) {
+                memcpy(a, a0, (size_t)n * sizeof(float));
+                for (int64_t i = 0; i < n; i++) {
+                    double x = a0[i];
+                    ref[i] = tanh_approx
+                                 ? 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)))
+                                 : 0.5 * x * erfc(-x / sqrt(2.0));
+                }
+                be->gelu(be->ctx, y, a, n, tanh_approx);
+                record(tanh_approx ? E_GELU_T : E_GELU, e = test_rel_err_f32_f64(y, ref, n));
+                CHECK_MSG(e <= TOL, "gelu n=%lld tanh=%d alias=%d: %g", (long long)n,
+                          tanh_approx, alias, e);
+            }
+
+            memcpy(a, a0, (size_t)n * sizeof(float));
+            for (int64_t i = 0; i < n; i++) ref[i] = (double)a0[i] + b[i];
+            be->add(be->ctx, y, a, b, n);
+            record(E_ADD, e = test_rel_err_f32_f64(y, ref, n));
+            CHECK_MSG(e <= TOL, "add n=%lld alias=%d: %g", (long long)n, alias, e);
+
+            if (!alias) free(y);
+            free(a), free(b), free(a0), free(ref);
+        }
+}
+
+/* exp at the edges of its range, through swiglu: silu(g) * 1 */
+static void test_extremes(struct lmc_backend *be) {
+    float g[16] = {-100, -88.5f, -87, -50, -1e-30f, 0, 1e-30f, 1, 20, 50, 87, 88.5f, 89, 100,
+                   -3.5f, 3.5f};
+    float one[16], y[16];
+    for (int i = 0; i < 16; i++) one[i] = 1.0f;
+    be->swiglu(be->ctx, y, g, one, 16);
+    int ok = 1;
+    for (int i = 0; i < 16; i++) {
+        double r = g[i] / (1.0 + exp(-(double)g[i]));
+        ok &= fabs(y[i] - r) <= 1e-6 * fmax(1.0, fabs(r));
+    }
+    CHECK(ok);
+}
+
+int main(void) {
+    test_pool();
+    for (int nt = 1; nt <= 3; nt++) {
+        struct lmc_backend be;
+        lmc_err err;
+        lmc_status st = lmc_backend_cpu_init(&be, nt, &err);
+        CHECK(st == LMC_OK);
+        if (st != LMC_OK) continue;
+        test_matmul(&be);
+        test_embed(&be);
+        test_norms(&be);
+        test_rope(&be);
+        test_attention(&be);
+        test_elementwise(&be);
+        test_extremes(&be);
+        lmc_backend_cpu_free(&be);
+    }
+    {
+        struct lmc_pool *pool;
+        CHECK(lmc_pool_init(&pool, 2, NULL) == LMC_OK);
+        CHECK(lmc_membw_read_gbs(pool, 1 << 20) > 0);
+        lmc_pool_free(pool);
+    }
+    for (int i = 0; i < E_N; i++) printf("  max rel err %-10s %.3g\n", err_names[i], max_err[i]);
+    return test_finish("test_ops_cpu");
+}
