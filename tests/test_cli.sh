@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# test_cli.sh — the lmc command line end to end on the fixtures: greedy
+# generate --json equals transformers' greedy ids, streaming equals the JSON
+# text, stop strings, tokenize/detokenize, eval's NLL against the reference
+# logits, info's parameter count, and bad input giving clear errors with the
+# right exit codes. Usage: test_cli.sh PATH/TO/lmc
+set -u
+LMC="$1"
+FIX=tests/fixtures
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+
+for m in llama-tiny qwen2-tiny gpt2-tiny; do
+  D=$FIX/$m
+  text=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['text'])")
+  want=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['greedy_new_ids'])" | tr -d ' ')
+  "$LMC" generate -m "$D" -p "$text" --no-special --temp 0 -n 24 --ignore-eos --json >"$TMP/out.json" 2>"$TMP/err"
+  ok $? "$m generate --json exit"
+  got=$(python3 -c "import json;print(json.load(open('$TMP/out.json'))['ids'])" | tr -d ' ')
+  [ "$got" = "$want" ]; ok $? "$m greedy ids: got $got want $want"
+  # streaming prints the same text as the JSON object
+  "$LMC" generate -m "$D" -p "$text" --no-special --temp 0 -n 24 --ignore-eos >"$TMP/stream.txt" 2>/dev/null
+  python3 - "$TMP/out.json" "$TMP/stream.txt" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); s = open(sys.argv[2], 'rb').read().decode('utf-8')
+assert s == j['text'] + '\n', (s, j['text'])
+assert j['prompt_tokens'] == len(j['prompt_ids']) and j['completion_tokens'] == len(j['ids'])
+PY
+  ok $? "$m streamed text equals JSON text"
+  # tokenize matches the reference ids; detokenize inverts it
+  ids=$(python3 -c "import json;print(','.join(map(str,json.load(open('$D/ref.json'))['tokenizer_probes'][0]['ids'])))")
+  ptext=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['tokenizer_probes'][0]['text'])")
+  got=$("$LMC" tokenize -m "$D" --text "$ptext" | tr -d '[] \n')
+  [ "$got" = "$ids" ]; ok $? "$m tokenize"
+  got=$("$LMC" detokenize -m "$D" --ids "$ids")
+  [ "$got" = "$ptext" ]; ok $? "$m detokenize"
+  # eval --json: nll over the n-1 predicted positions equals the reference logits' NLL
+  "$LMC" eval -m "$D" --text "$text" --json >"$TMP/eval.json" 2>/dev/null
+  ok $? "$m eval exit"
+  python3 - "$D" "$TMP/eval.json" <<'PY'
+import json, struct, sys, math
+d, out = sys.argv[1], json.load(open(sys.argv[2]))
+ref = json.load(open(d + '/ref.json'))['prompts'][0]
+f = open(d + '/ref_logits.safetensors', 'rb'); n = struct.unpack('<Q', f.read(8))[0]
+h = json.loads(f.read(n)); t = h['prompt0']; T, V = t['shape']; b, e = t['data_offsets']
+f.seek(8 + n + b); vals = struct.unpack('<%df' % (T * V), f.read(e - b))
+ids = ref['ids']; nll = 0.0
+for i in range(T - 1):
+    row = vals[i * V:(i + 1) * V]; mx = max(row)
+    nll += mx + math.log(sum(math.exp(x - mx) for x in row)) - row[ids[i + 1]]
+nll /= T - 1
+assert out['tokens'] == T, out
+assert abs(out['nll'] - nll) <= 1e-4 * abs(nll), (out['nll'], nll)
+assert abs(out['ppl'] - math.exp(nll)) <= 1e-3 * math.exp(nll)
+PY
+  ok $? "$m eval nll matches reference logits"
+  # sliding window shorter than the text still scores every position
+  "$LMC" eval -m "$D" --text "$text" --ctx 8 --json >"$TMP/eval8.json" 2>/dev/null
+  python3 -c "import json,math;j=json.load(open('$TMP/eval8.json'));assert math.isfinite(j['nll']) and j['nll']>0" ; ok $? "$m eval sliding window"
+  # info: parameter count equals the sum over the file's tensors (tied counted once)
+  "$LMC" info -m "$D" --json >"$TMP/info.json"
+  python3 - "$D" "$TMP/info.json" <<'PY'
+import json, struct, sys
+d = sys.argv[1]; info = json.load(open(sys.argv[2]))
+f = open(d + '/model.safetensors', 'rb'); n = struct.unpack('<Q', f.read(8))[0]
+h = json.loads(f.read(n)); h.pop('__metadata__', None)
+tot = 0
+for v in h.values():
+    p = 1
+    for s in v['shape']: p *= s
+    tot += p
+assert info['parameters'] == tot, (info['parameters'], tot)
+PY
+  ok $? "$m info parameter count"
+done
+
+# stop strings: output ends before the stop string
+D=$FIX/gpt2-tiny
+text=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['text'])")
+full=$("$LMC" generate -m "$D" -p "$text" --temp 0 -n 24 --ignore-eos 2>/dev/null)
+stop=$(python3 -c "import sys; s=sys.argv[1]; print(s[len(s)//2:len(s)//2+2])" "$full")
+cut=$("$LMC" generate -m "$D" -p "$text" --temp 0 -n 24 --ignore-eos --stop "$stop" 2>/dev/null)
+python3 -c "import sys; f,c,s=sys.argv[1:]; assert f.startswith(c) and s not in c and f[len(c):].startswith(s), (f,c,s)" "$full" "$cut" "$stop"
+ok $? "stop string"
+# seeded sampling is reproducible
+a=$("$LMC" generate -m "$D" -p "$text" --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.01 --seed 42 -n 16 --json 2>/dev/null)
+b=$("$LMC" generate -m "$D" -p "$text" --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.01 --seed 42 -n 16 --json 2>/dev/null)
+[ -n "$a" ] && [ "$a" = "$b" ]; ok $? "seeded sampling reproducible"
+
+# bad input: clear message, non-zero exit, no crash (exit < 128)
+expect() { # expect CODE NEEDLE -- command...
+  local code=$1 needle=$2; shift 3
+  "$@" >"$TMP/o" 2>"$TMP/e"; local rc=$?
+  if [ $rc -ne "$code" ] || ! grep -qF -- "$needle" "$TMP/e"; then
+    fail=$((fail+1)); echo "FAIL: '$*' exit $rc (want $code), stderr: $(cat "$TMP/e")" >&2
+  else pass=$((pass+1)); fi
+}
+expect 2 "usage" -- "$LMC"
+expect 2 "unknown command" -- "$LMC" frobnicate
+expect 1 "/nonexistent" -- "$LMC" generate -m /nonexistent -p hi
+expect 2 "--temp" -- "$LMC" generate -m "$D" -p hi --temp -1
+expect 2 "--ctx" -- "$LMC" generate -m "$D" -p hi --ctx 12x
+expect 2 "no prompt" -- "$LMC" generate -m "$D"
+expect 1 "UTF-8" -- "$LMC" generate -m "$D" -p $'abc\xff\xfe'
+expect 1 "UTF-8" -- "$LMC" tokenize -m "$D" --text $'\xc3'
+expect 1 "99999" -- "$LMC" detokenize -m "$D" --ids 1,99999
+expect 2 "not a token id" -- "$LMC" detokenize -m "$D" --ids 1,x
+expect 1 "context" -- "$LMC" generate -m "$D" -p "$text" --ctx 4
+# a truncated safetensors file and a hostile config name the file
+mkdir -p "$TMP/bad"; cp "$D"/*.json "$TMP/bad/"
+head -c 1000 "$D/model.safetensors" >"$TMP/bad/model.safetensors"
+expect 1 "model.safetensors" -- "$LMC" generate -m "$TMP/bad" -p hi
+cp "$D/model.safetensors" "$TMP/bad/"; echo '{"model_type": "gpt2", "n_embd": "big"}' >"$TMP/bad/config.json"
+expect 1 "n_embd" -- "$LMC" info -m "$TMP/bad"
+echo '{"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 999999999999}' >"$TMP/bad/config.json"
+expect 1 "vocab_size" -- "$LMC" info -m "$TMP/bad"
+printf '{"model": {"type": "BPE", "vocab": 5}}' >"$TMP/bad/tokenizer.json"
+expect 1 "tokenizer.json" -- "$LMC" tokenize -m "$TMP/bad" --text hi
+printf '\x00\x01garbage' >"$TMP/bad/tokenizer.json"
+expect 1 "tokenizer.json" -- "$LMC" tokenize -m "$TMP/bad" --text hi
+
+echo "test_cli: $pass passed, $fail failed"
+[ $fail -eq 0 ]
