@@ -141,9 +141,9 @@ static void test_forward_consistency(const char *dir, int threads) {
     float *full = malloc((size_t)(n * V) * sizeof(float)), *one = malloc((size_t)(n * V) * sizeof(float));
     struct lmc_kv kv;
     struct lmc_acts big, small;
-    CHECK(lmc_kv_init(&kv, &m, 32, &err) == LMC_OK);
-    CHECK(lmc_acts_init(&big, &m, 16, &err) == LMC_OK);
-    CHECK(lmc_acts_init(&small, &m, 3, &err) == LMC_OK);
+    CHECK(lmc_kv_init(&kv, &m, &be, 32, &err) == LMC_OK);
+    CHECK(lmc_acts_init(&big, &m, &be, 16, 16, &err) == LMC_OK);
+    CHECK(lmc_acts_init(&small, &m, &be, 3, 3, &err) == LMC_OK);
     CHECK(lmc_model_forward(&m, &be, &big, &kv, ids, n, 0, full, true, &err) == LMC_OK);
     CHECK(lmc_model_forward(&m, &be, &small, &kv, ids, n, 0, one, true, &err) == LMC_OK);
     CHECK_MSG(max_rel(one, full, n * V) < 1e-5, "chunked vs full %g", max_rel(one, full, n * V));

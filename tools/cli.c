@@ -92,23 +92,23 @@ int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) 
     }
     if (lmc_tokenizer_load(&cm->tok, c->model_dir, &err)) return cli_fail("tokenizer", &err);
     if (!need_model) return 0;
-    struct lmc_model_opts mo = {.wdtype = c->wdtype};
-    if (lmc_model_load(&cm->model, c->model_dir, &mo, &err)) {
-        cli_close(cm);
-        return cli_fail("model", &err);
-    }
-    cm->have_model = true;
     if (lmc_backend_cpu_init(&cm->be, c->threads, &err)) {
         cli_close(cm);
         return cli_fail("backend", &err);
     }
     cm->have_be = true;
+    struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
+    if (lmc_model_load(&cm->model, c->model_dir, &mo, &err)) {
+        cli_close(cm);
+        return cli_fail("model", &err);
+    }
+    cm->have_model = true;
     return 0;
 }
 
 void cli_close(struct cli_model *cm) {
-    if (cm->have_be) lmc_backend_cpu_free(&cm->be);
     if (cm->have_model) lmc_model_free(&cm->model);
+    if (cm->have_be) lmc_backend_cpu_free(&cm->be);
     if (cm->tok) lmc_tokenizer_free(cm->tok);
     memset(cm, 0, sizeof *cm);
 }

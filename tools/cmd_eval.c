@@ -84,7 +84,8 @@ int cmd_eval(int argc, char **argv) {
     if (stride <= 0 || stride > ctx) stride = ctx > 1 ? ctx / 2 : 1;
     if (ctx == n) stride = ctx;
     int64_t V = cm.model.cfg.vocab_size;
-    if (lmc_kv_init(&kv, &cm.model, ctx, &err) || lmc_acts_init(&acts, &cm.model, EVAL_CHUNK, &err)) {
+    if (lmc_kv_init(&kv, &cm.model, &cm.be, ctx, &err) ||
+        lmc_acts_init(&acts, &cm.model, &cm.be, EVAL_CHUNK, EVAL_CHUNK, &err)) {
         rc = cli_fail("eval", &err);
         goto done;
     }
@@ -162,8 +163,8 @@ int cmd_info(int argc, char **argv) {
     int64_t ctx = cli_ctx(&c, m);
     int64_t by_dtype[LMC_DTYPE_COUNT] = {0};
     for (int64_t i = 0; i < m->st.n_tensors; i++) by_dtype[m->st.tensors[i].dtype] += m->st.tensors[i].numel;
-    size_t kvb = lmc_kv_bytes(m, ctx), actb = lmc_acts_bytes(m, LMC_MIN(ctx, 512));
-    size_t logitb = (size_t)k->vocab_size * sizeof(float);
+    size_t kvb = lmc_kv_bytes(m, ctx), actb = lmc_acts_bytes(m, LMC_MIN(ctx, 512), 1);
+    size_t logitb = (size_t)k->vocab_size * sizeof(float); /* host copy for the sampler */
     size_t total = m->weight_bytes + kvb + actb + logitb;
     if (c.json) {
         printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"layers\":%lld,"

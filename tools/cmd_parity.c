@@ -146,12 +146,12 @@ static void check_prompts(struct report *r, struct cli_model *cm, const cJSON *r
         int64_t ctx = n + ng;
         float *logits = malloc((size_t)n * (size_t)V * sizeof(float));
         snprintf(name, sizeof name, "prompt %d logits", i);
-        if (!logits || lmc_kv_init(&kv, m, ctx, &err)) {
+        if (!logits || lmc_kv_init(&kv, m, &cm->be, ctx, &err)) {
             check(r, true, false, name, "%s", logits ? err.msg : "out of memory");
             free(logits);
             goto next;
         }
-        if (lmc_acts_init(&acts, m, ctx, &err) ||
+        if (lmc_acts_init(&acts, m, &cm->be, ctx, n, &err) ||
             lmc_model_forward(m, &cm->be, &acts, &kv, ids, n, 0, logits, true, &err)) {
             check(r, true, false, name, "%s", err.msg);
         } else {

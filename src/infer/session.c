@@ -13,8 +13,8 @@ lmc_status lmc_session_init(struct lmc_session *s, const struct lmc_model *m,
     s->model = m;
     s->be = be;
     s->tok = tok;
-    lmc_status st = lmc_kv_init(&s->kv, m, ctx, err);
-    if (!st) st = lmc_acts_init(&s->acts, m, LMC_MAX(1, LMC_MIN(max_batch, ctx)), err);
+    lmc_status st = lmc_kv_init(&s->kv, m, be, ctx, err);
+    if (!st) st = lmc_acts_init(&s->acts, m, be, LMC_MAX(1, LMC_MIN(max_batch, ctx)), 1, err);
     if (st) {
         lmc_session_free(s);
         return st;

@@ -15,18 +15,20 @@ size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx) {
            sizeof(float);
 }
 
-lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, int64_t ctx, lmc_err *err) {
+lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
+                       int64_t ctx, lmc_err *err) {
     memset(kv, 0, sizeof *kv);
     if (ctx <= 0 || ctx > (1 << 24))
         return lmc_err_set(err, LMC_ERR_ARG, "context length %lld out of range (1..16777216)",
                            (long long)ctx);
     const struct lmc_config *c = &m->cfg;
+    kv->be = be;
     kv->ctx = ctx;
     kv->n_layers = c->num_layers;
     kv->row = c->num_kv_heads * c->head_dim;
     size_t half = lmc_kv_bytes(m, ctx) / 2;
-    kv->k = malloc(half);
-    kv->v = malloc(half);
+    kv->k = be->alloc(be->ctx, half);
+    kv->v = be->alloc(be->ctx, half);
     if (!kv->k || !kv->v) {
         lmc_kv_free(kv);
         return lmc_err_set(err, LMC_ERR_OOM, "KV cache for %lld positions needs %zu bytes",
@@ -36,46 +38,48 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, int64_t ctx
 }
 
 void lmc_kv_free(struct lmc_kv *kv) {
-    free(kv->k);
-    free(kv->v);
+    if (kv->be) {
+        if (kv->k) kv->be->free(kv->be->ctx, kv->k);
+        if (kv->v) kv->be->free(kv->be->ctx, kv->v);
+    }
     memset(kv, 0, sizeof *kv);
 }
 
-/* floats per token of each scratch buffer */
-static void acts_sizes(const struct lmc_model *m, int64_t *big, int64_t *ff) {
+/* floats per token of the wide scratch buffers */
+static int64_t acts_width(const struct lmc_model *m) {
     const struct lmc_config *c = &m->cfg;
-    int64_t qd = c->num_heads * c->head_dim;
-    *big = LMC_MAX(c->hidden_size, qd);
-    *ff = c->intermediate_size;
+    return LMC_MAX(c->hidden_size, c->num_heads * c->head_dim);
 }
 
-size_t lmc_acts_bytes(const struct lmc_model *m, int64_t max_tokens) {
-    int64_t big, ff;
-    acts_sizes(m, &big, &ff);
-    return (size_t)max_tokens * sizeof(float) * (size_t)(6 * big + 2 * ff) +
-           (size_t)max_tokens * sizeof(int32_t);
+size_t lmc_acts_bytes(const struct lmc_model *m, int64_t max_tokens, int64_t logit_rows) {
+    const struct lmc_config *c = &m->cfg;
+    return (size_t)max_tokens * sizeof(float) * (size_t)(4 * acts_width(m) + 2 * c->intermediate_size) +
+           (size_t)logit_rows * (size_t)c->vocab_size * sizeof(float) +
+           (size_t)max_tokens * 2 * sizeof(int32_t) + (size_t)(c->head_dim / 2 + 1) * sizeof(double);
 }
 
-lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, int64_t max_tokens,
-                         lmc_err *err) {
+lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, const struct lmc_backend *be,
+                         int64_t max_tokens, int64_t logit_rows, lmc_err *err) {
     memset(a, 0, sizeof *a);
-    int64_t big, ff;
-    acts_sizes(m, &big, &ff);
+    const struct lmc_config *c = &m->cfg;
+    a->be = be;
     a->max_tokens = max_tokens;
-    size_t nb = (size_t)max_tokens * (size_t)big * sizeof(float);
-    size_t nf = (size_t)max_tokens * (size_t)ff * sizeof(float);
-    a->x = malloc(nb);
-    a->h = malloc(nb);
-    a->q = malloc(nb);
-    a->k = malloc(nb);
-    a->v = malloc(nb);
-    a->att = malloc(nb);
-    a->ff1 = malloc(nf);
-    a->ff2 = malloc(nf);
-    a->pos = malloc((size_t)max_tokens * sizeof(int32_t));
-    a->inv_freq = malloc((size_t)(m->cfg.head_dim / 2 + 1) * sizeof(double));
-    if (!a->x || !a->h || !a->q || !a->k || !a->v || !a->att || !a->ff1 || !a->ff2 || !a->pos ||
-        !a->inv_freq) {
+    a->logit_rows = LMC_MAX(1, logit_rows);
+    size_t nb = (size_t)max_tokens * (size_t)acts_width(m) * sizeof(float);
+    size_t nf = (size_t)max_tokens * (size_t)c->intermediate_size * sizeof(float);
+    void *(*al)(void *, size_t) = be->alloc;
+    a->x = al(be->ctx, nb);
+    a->h = al(be->ctx, nb);
+    a->q = al(be->ctx, nb);
+    a->att = al(be->ctx, nb);
+    a->ff1 = al(be->ctx, nf);
+    a->ff2 = al(be->ctx, nf);
+    a->logits = al(be->ctx, (size_t)a->logit_rows * (size_t)c->vocab_size * sizeof(float));
+    a->ids = al(be->ctx, (size_t)max_tokens * sizeof(int32_t));
+    a->pos = al(be->ctx, (size_t)max_tokens * sizeof(int32_t));
+    a->inv_freq = al(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
+    if (!a->x || !a->h || !a->q || !a->att || !a->ff1 || !a->ff2 || !a->logits || !a->ids ||
+        !a->pos || !a->inv_freq) {
         lmc_acts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "activations for %lld tokens: out of memory",
                            (long long)max_tokens);
@@ -84,16 +88,11 @@ lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, int64_t 
 }
 
 void lmc_acts_free(struct lmc_acts *a) {
-    free(a->x);
-    free(a->h);
-    free(a->q);
-    free(a->k);
-    free(a->v);
-    free(a->att);
-    free(a->ff1);
-    free(a->ff2);
-    free(a->pos);
-    free(a->inv_freq);
+    if (a->be) {
+        void *bufs[] = {a->x, a->h, a->q, a->att, a->ff1, a->ff2, a->logits, a->ids, a->pos, a->inv_freq};
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+            if (bufs[i]) a->be->free(a->be->ctx, bufs[i]);
+    }
     memset(a, 0, sizeof *a);
 }
 
@@ -107,19 +106,26 @@ static void norm(const struct lmc_backend *be, const struct lmc_config *c, float
 
 /* One chunk of n <= a->max_tokens tokens. */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
-                          struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
-                          int64_t pos0, float *logits, bool all_logits) {
+                          struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
+                          int64_t pos0, float *host_logits, bool all_logits) {
     const struct lmc_config *c = &m->cfg;
     int64_t C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
     int64_t kvd = KV * hd, I = c->intermediate_size;
     float attn_scale = 1.0f;
-    for (int64_t i = 0; i < n; i++) a->pos[i] = (int32_t)(pos0 + i);
-    be->embed(be->ctx, a->x, &m->tok_emb, ids, n);
+    int32_t pos[n];
+    for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(pos0 + i);
+    be->upload(be->ctx, a->pos, pos, (size_t)n * sizeof *pos);
+    be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);
+    be->embed(be->ctx, a->x, &m->tok_emb, a->ids, n);
     if (m->pos_emb.data) {
         be->embed(be->ctx, a->h, &m->pos_emb, a->pos, n);
         be->add(be->ctx, a->x, a->x, a->h, n * C);
     }
-    if (m->rot_dim) lmc_rope_freqs(c, m->rot_dim, pos0 + n, a->inv_freq, &attn_scale);
+    if (m->rot_dim) {
+        double inv_freq[m->rot_dim / 2];
+        lmc_rope_freqs(c, m->rot_dim, pos0 + n, inv_freq, &attn_scale);
+        be->upload(be->ctx, a->inv_freq, inv_freq, sizeof inv_freq);
+    }
     float scale = 1.0f / sqrtf((float)hd);
     for (int64_t l = 0; l < c->num_layers; l++) {
         const struct lmc_layer *L = &m->layers[l];
@@ -150,14 +156,11 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
         be->matmul(be->ctx, a->h, a->ff1, n, &L->w_down, L->b_down);
         be->add(be->ctx, a->x, a->x, a->h, n * C);
     }
-    if (!logits) return; /* a non-final chunk of a prompt: only the cache matters */
-    if (all_logits) {
-        norm(be, c, a->h, a->x, m->norm_f_w, m->norm_f_b, n);
-        be->matmul(be->ctx, logits, a->h, n, &m->lm_head, NULL);
-    } else {
-        norm(be, c, a->h, a->x + (n - 1) * C, m->norm_f_w, m->norm_f_b, 1);
-        be->matmul(be->ctx, logits, a->h, 1, &m->lm_head, NULL);
-    }
+    if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
+    int64_t rows = all_logits ? n : 1;
+    norm(be, c, a->h, a->x + (n - rows) * C, m->norm_f_w, m->norm_f_b, rows);
+    be->matmul(be->ctx, a->logits, a->h, rows, &m->lm_head, NULL);
+    be->download(be->ctx, host_logits, a->logits, (size_t)(rows * c->vocab_size) * sizeof(float));
 }
 
 lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend *be,
@@ -177,8 +180,9 @@ lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return lmc_err_set(err, LMC_ERR_ARG, "token id %d at index %lld is outside the vocabulary (0..%lld)",
                                ids[i], (long long)i, (long long)c->vocab_size - 1);
+    int64_t chunk = all_logits ? LMC_MIN(a->max_tokens, a->logit_rows) : a->max_tokens;
     for (int64_t done = 0; done < n;) {
-        int64_t step = LMC_MIN(a->max_tokens, n - done);
+        int64_t step = LMC_MIN(chunk, n - done);
         bool last = done + step == n;
         float *out = all_logits ? logits + done * c->vocab_size : logits;
         if (all_logits || last)

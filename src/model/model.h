@@ -42,10 +42,17 @@ struct lmc_model {
     /* owned allocations (converted weights, f32 copies of vectors) */
     void **owned;
     int n_owned, cap_owned;
+    /* weights uploaded to a non-host backend (freed through it) */
+    const struct lmc_backend *placed_on;
+    void **placed;
+    int n_placed;
 };
 
 struct lmc_model_opts {
     enum lmc_wdtype wdtype;
+    /* backend the weights are used on; NULL or a host-memory backend keeps
+     * them in place, others get one upload at load */
+    const struct lmc_backend *be;
 };
 
 /* Loads dir (config.json, model.safetensors[.index.json]). Every tensor the
@@ -56,31 +63,38 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
                           lmc_err *err);
 void lmc_model_free(struct lmc_model *m);
 
-/* KV cache for one sequence: per layer K and V rows (ctx, n_kv*hd) f32. */
+/* KV cache for one sequence: per layer K and V rows (ctx, n_kv*hd) f32,
+ * in backend memory. */
 struct lmc_kv {
+    const struct lmc_backend *be;
     int64_t ctx;                         /* capacity in positions */
     int64_t n_layers, row;               /* row = n_kv*hd */
     float *k, *v;                        /* (L, ctx, row) */
 };
-lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, int64_t ctx, lmc_err *err);
+lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
+                       int64_t ctx, lmc_err *err);
 void lmc_kv_free(struct lmc_kv *kv);
 size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx);
 
-/* Activation scratch for up to max_tokens tokens per forward call. */
+/* Activation scratch in backend memory for up to max_tokens tokens per
+ * forward step, with logits for up to logit_rows rows (>= 1). */
 struct lmc_acts {
-    int64_t max_tokens;
-    float *x, *h, *q, *k, *v, *att, *ff1, *ff2;
-    int32_t *pos;
-    double *inv_freq;
+    const struct lmc_backend *be;
+    int64_t max_tokens, logit_rows;
+    float *x, *h, *q, *att, *ff1, *ff2;  /* (T, C|H*hd) and (T, I) */
+    float *logits;                       /* (logit_rows, V) */
+    int32_t *ids, *pos;                  /* (T) */
+    double *inv_freq;                    /* (head_dim/2) */
 };
-lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, int64_t max_tokens, lmc_err *err);
+lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, const struct lmc_backend *be,
+                         int64_t max_tokens, int64_t logit_rows, lmc_err *err);
 void lmc_acts_free(struct lmc_acts *a);
-size_t lmc_acts_bytes(const struct lmc_model *m, int64_t max_tokens);
+size_t lmc_acts_bytes(const struct lmc_model *m, int64_t max_tokens, int64_t logit_rows);
 
-/* Runs ids[0..n) at positions pos0.. through the model, appending their K/V
- * to kv (pos0 + n <= kv->ctx, ids < vocab: checked, LMC_ERR_ARG). n may
- * exceed a->max_tokens: it is processed in chunks. logits receives
- * (n, V) rows when all_logits, else only the last token's (V). */
+/* Runs ids[0..n) (host) at positions pos0.. through the model, appending
+ * their K/V to kv (pos0 + n <= kv->ctx, ids < vocab: checked, LMC_ERR_ARG).
+ * n may exceed a->max_tokens: it is processed in chunks. logits (host)
+ * receives (n, V) rows when all_logits, else only the last token's (V). */
 lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend *be,
                              struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
                              int64_t pos0, float *logits, bool all_logits, lmc_err *err);

@@ -161,6 +161,54 @@ static size_t mat_bytes(const struct lmc_mat *w) {
     return w->data ? (size_t)(w->rows * w->cols * lmc_dtype_size(w->dtype)) : 0;
 }
 
+/* Copies one weight buffer into backend memory; false when out of memory. */
+static bool place(struct lmc_model *m, const struct lmc_backend *be, const void **data, size_t bytes) {
+    if (!*data || !bytes) return true;
+    for (int i = 0; i < m->n_placed; i++) /* tied weights: one upload */
+        if (m->placed[2 * i + 1] == *data) {
+            *data = m->placed[2 * i];
+            return true;
+        }
+    void *dev = be->alloc(be->ctx, bytes);
+    if (!dev) return false;
+    be->upload(be->ctx, dev, *data, bytes);
+    m->placed[2 * m->n_placed] = dev; /* pairs: device copy, host original */
+    m->placed[2 * m->n_placed + 1] = (void *)*data;
+    m->n_placed++;
+    *data = dev;
+    return true;
+}
+
+/* Uploads every weight to a backend that cannot read host memory. */
+static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *be, lmc_err *err) {
+    int64_t L = m->cfg.num_layers;
+    m->placed = calloc((size_t)(2 * (L * 19 + 8)), sizeof *m->placed);
+    if (!m->placed) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    m->placed_on = be;
+    int64_t C = m->cfg.hidden_size, I = m->cfg.intermediate_size;
+    int64_t qd = m->cfg.num_heads * m->cfg.head_dim, kvd = m->cfg.num_kv_heads * m->cfg.head_dim;
+    bool ok = place(m, be, &m->tok_emb.data, mat_bytes(&m->tok_emb)) &&
+              place(m, be, &m->pos_emb.data, mat_bytes(&m->pos_emb)) &&
+              place(m, be, &m->lm_head.data, mat_bytes(&m->lm_head)) &&
+              place(m, be, (const void **)&m->norm_f_w, (size_t)C * 4) &&
+              place(m, be, (const void **)&m->norm_f_b, (size_t)C * 4);
+    for (int64_t l = 0; ok && l < L; l++) {
+        struct lmc_layer *y = &m->layers[l];
+        struct lmc_mat *mats[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w_gate, &y->w_up, &y->w_down};
+        for (size_t i = 0; ok && i < sizeof mats / sizeof *mats; i++)
+            ok = place(m, be, &mats[i]->data, mat_bytes(mats[i]));
+        const float **vecs[] = {&y->norm1_w, &y->norm1_b, &y->norm2_w, &y->norm2_b, &y->bq, &y->bk,
+                                &y->bv, &y->bo, &y->b_gate, &y->b_up, &y->b_down};
+        int64_t lens[] = {C, C, C, C, qd, kvd, kvd, C, I, I, C};
+        for (size_t i = 0; ok && i < sizeof vecs / sizeof *vecs; i++)
+            ok = place(m, be, (const void **)vecs[i], (size_t)lens[i] * 4);
+    }
+    if (!ok)
+        return lmc_err_set(err, LMC_ERR_OOM, "not enough %s memory for the weights (%zu bytes)",
+                           be->name, m->weight_bytes);
+    return LMC_OK;
+}
+
 lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                           lmc_err *err) {
     memset(m, 0, sizeof *m);
@@ -206,10 +254,17 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
               mat_bytes(&L->w_gate) + mat_bytes(&L->w_up) + mat_bytes(&L->w_down);
     }
     m->weight_bytes = wb;
+    if (opts && opts->be && !opts->be->host_memory && (s = place_weights(m, opts->be, err))) {
+        lmc_err_prefix(err, "loading %s: ", dir);
+        lmc_model_free(m);
+        return s;
+    }
     return LMC_OK;
 }
 
 void lmc_model_free(struct lmc_model *m) {
+    for (int i = 0; i < m->n_placed; i++) m->placed_on->free(m->placed_on->ctx, m->placed[2 * i]);
+    free(m->placed);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);

@@ -9,6 +9,8 @@
 #include "lmc.h"
 #include "core/dtype.h"
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* A weight matrix (rows, cols) row-major, e.g. a Linear weight (out, in) or
@@ -22,6 +24,17 @@ struct lmc_mat {
 struct lmc_backend {
     const char *name;
     void *ctx;              /* backend state: thread pool, scratch, streams */
+
+    /* Memory. Every pointer an op receives (activations, KV cache, ids,
+     * positions, weights) lives in memory from alloc. host_memory backends
+     * (the CPU) can use host pointers, such as memory-mapped weights, as
+     * they are; others get weights uploaded once at load. */
+    bool host_memory;
+    void *(*alloc)(void *ctx, size_t bytes);        /* NULL when out of memory */
+    void (*free)(void *ctx, void *p);
+    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);   /* host -> backend */
+    void (*download)(void *ctx, void *dst, const void *src, size_t bytes); /* backend -> host */
+    void (*sync)(void *ctx);                        /* wait for queued work */
 
     /* y(M,N) = x(M,K) @ w(N,K)^T (+ bias(N) if non-NULL). N = w->rows, K = w->cols. */
     void (*matmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
@@ -37,7 +50,8 @@ struct lmc_backend {
     /* In-place rotary embedding, HF "rotate_half" layout: for each row m and
      * head h, the first `rot_dim` dims of x[m, h*head_dim ...] are rotated as
      * pairs (i, i + rot_dim/2) by angle pos[m]*inv_freq[i], cos/sin multiplied
-     * by attn_scale. x is (M, n_heads*head_dim). Angles computed in double. */
+     * by attn_scale. x is (M, n_heads*head_dim). Angles computed in double
+     * (inv_freq is backend memory, rot_dim/2 doubles). */
     void (*rope)(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_dim,
                  int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale);
     /* Causal attention for M new queries at positions pos0..pos0+M-1 over a

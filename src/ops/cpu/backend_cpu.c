@@ -43,6 +43,12 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
 
     be->name = "cpu";
     be->ctx = c;
+    be->host_memory = true;
+    be->alloc = lmc_cpu_alloc;
+    be->free = lmc_cpu_free;
+    be->upload = lmc_cpu_copy;
+    be->download = lmc_cpu_copy;
+    be->sync = lmc_cpu_sync;
     be->matmul = lmc_cpu_matmul;
     be->embed = lmc_cpu_embed;
     be->rmsnorm = lmc_cpu_rmsnorm;

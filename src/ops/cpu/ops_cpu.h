@@ -50,6 +50,10 @@ static inline void lmc_cpu_range(int64_t n, int64_t nt, int64_t t, int64_t align
 }
 
 /* The op entry points (one file each). */
+void *lmc_cpu_alloc(void *ctx, size_t bytes);
+void lmc_cpu_free(void *ctx, void *p);
+void lmc_cpu_copy(void *ctx, void *dst, const void *src, size_t bytes);
+void lmc_cpu_sync(void *ctx);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
 void lmc_cpu_embed(void *ctx, float *y, const struct lmc_mat *table, const int32_t *ids,
