@@ -214,8 +214,8 @@ static void test_mini(void) {
     lmc_status st = lmc_tokenizer_load_json(&t, mini_json, strlen(mini_json), "{\"add_bos_token\":false}", 23, &err);
     CHECK_MSG(st == LMC_OK, "%s", err.msg);
     if (st) return;
-    int32_t w1[] = {2, 5, 6, 7};
-    expect_ids(t, "ab abc<eos>", false, w1, 4);
+    int32_t w1[] = {2, 3, 2, 6, 7}; /* "a b" outranks "Ġa b" */
+    expect_ids(t, "ab abc<eos>", false, w1, 5);
     /* add_bos_token=false in the config overrides the template */
     expect_ids(t, "ab", true, w1, 1);
     lmc_tokenizer_free(t);

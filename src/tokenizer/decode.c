@@ -206,8 +206,10 @@ lmc_status lmc_tokenizer_decode(const struct lmc_tokenizer *t, const int32_t *id
         const char *s;
         size_t sl;
         if (t->added_of[id] >= 0) {
-            s = t->added[t->added_of[id]].content;
-            sl = t->added[t->added_of[id]].len;
+            /* HF decodes a normalized added token as its normalized form */
+            const struct tok_added *ad = &t->added[t->added_of[id]];
+            s = ad->normalized ? ad->norm : ad->content;
+            sl = ad->normalized ? ad->norm_len : ad->len;
         } else if (t->tok[id]) {
             s = t->tok[id];
             sl = t->tok_len[id];

@@ -75,10 +75,20 @@ static bool buf_add(struct buf *b, const char *s, size_t n) {
     return true;
 }
 
-/* Whether NFC leaves cp unchanged whatever surrounds it: below the first
- * combining mark, CJK unified ideographs, and the emoji blocks. */
+/* Code points NFC leaves unchanged whatever surrounds them: canonical
+ * combining class 0, NFC_Quick_Check = Yes and never the second half of a
+ * canonical composition (checked against the Unicode 14 tables when these
+ * ranges were chosen). Text made only of these is its own NFC. */
 static bool nfc_stable(uint32_t cp) {
-    return cp < 0x300 || (cp >= 0x4e00 && cp <= 0x9fff) || (cp >= 0x1f300 && cp <= 0x1faff);
+    static const uint32_t r[][2] = {
+        {0x0, 0x2ff},       {0x370, 0x373},     {0x376, 0x37d},     {0x384, 0x386},   {0x388, 0x482},
+        {0x48a, 0x52f},     {0x5d0, 0x5ea},     {0x620, 0x64a},     {0x2010, 0x2027}, {0x2030, 0x205e},
+        {0x20a0, 0x20c0},   {0x2190, 0x21ff},   {0x3000, 0x3029},   {0x3030, 0x303f}, {0x3041, 0x3096},
+        {0x309b, 0x30ff},   {0x4e00, 0x9fff},   {0xac00, 0xd7a3},   {0xff01, 0xff60}, {0x1f300, 0x1faff},
+    };
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
+        if (cp >= r[i][0] && cp <= r[i][1]) return true;
+    return false;
 }
 
 lmc_status lmc_tok_normalize(const struct lmc_tokenizer *t, const char *s, size_t n, char **out,
