@@ -121,8 +121,8 @@ static lmc_status cfg_parse_json(struct cfg_ctx *x, const char *json, size_t len
     if (!root) {
         long long at = end && end >= json && end <= json + len ? (long long)(end - json) : -1;
         return lmc_err_set(x->err, LMC_ERR_FORMAT,
-                           "%s: not valid JSON (error near byte %lld of %zu; nesting deeper than %d is refused)",
-                           x->label, at, len, CJSON_NESTING_LIMIT);
+                           "%s: not valid JSON, or nested deeper than %d levels (error near byte %lld of %zu)",
+                           x->label, CJSON_NESTING_LIMIT, at, len);
     }
     for (const char *p = end; p && p < json + len; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {

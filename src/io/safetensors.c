@@ -200,8 +200,8 @@ static lmc_status st_parse_entry(struct lmc_st_tensor *t, const cJSON *e, const 
         if (!lmc_mul_ok(numel, t->shape[i], &numel)) {
             char s[256];
             st_shape_str(s, sizeof s, t->shape, i + 1);
-            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': field 'shape' %s... overflows (element count too large)",
-                               label, nm, s);
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': field 'shape' %s%s overflows (element count above 2^63)",
+                               label, nm, s, i + 1 < ndim ? "..." : "");
         }
     }
     t->numel = numel;
