@@ -86,7 +86,12 @@ ok $? "stop string"
 # seeded sampling is reproducible
 a=$("$LMC" generate -m "$D" -p "$text" --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.01 --seed 42 -n 16 --json 2>/dev/null)
 b=$("$LMC" generate -m "$D" -p "$text" --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.01 --seed 42 -n 16 --json 2>/dev/null)
-[ -n "$a" ] && [ "$a" = "$b" ]; ok $? "seeded sampling reproducible"
+ia=$(echo "$a" | python3 -c "import json,sys;print(json.load(sys.stdin)['ids'])")
+ib=$(echo "$b" | python3 -c "import json,sys;print(json.load(sys.stdin)['ids'])")
+[ -n "$ia" ] && [ "$ia" = "$ib" ]; ok $? "seeded sampling reproducible"
+c=$("$LMC" generate -m "$D" -p "$text" --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.01 --seed 43 -n 16 --json 2>/dev/null)
+ic=$(echo "$c" | python3 -c "import json,sys;print(json.load(sys.stdin)['ids'])")
+[ "$ia" != "$ic" ]; ok $? "another seed samples differently"
 
 # bad input: clear message, non-zero exit, no crash (exit < 128)
 expect() { # expect CODE NEEDLE -- command...
@@ -111,7 +116,7 @@ expect 1 "context" -- "$LMC" generate -m "$D" -p "$text" --ctx 4
 mkdir -p "$TMP/bad"; cp "$D"/*.json "$TMP/bad/"
 head -c 1000 "$D/model.safetensors" >"$TMP/bad/model.safetensors"
 expect 1 "model.safetensors" -- "$LMC" generate -m "$TMP/bad" -p hi
-cp "$D/model.safetensors" "$TMP/bad/"; echo '{"model_type": "gpt2", "n_embd": "big"}' >"$TMP/bad/config.json"
+cp "$D/model.safetensors" "$TMP/bad/"; echo '{"model_type": "gpt2", "vocab_size": 512, "n_embd": "big"}' >"$TMP/bad/config.json"
 expect 1 "n_embd" -- "$LMC" info -m "$TMP/bad"
 echo '{"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 999999999999}' >"$TMP/bad/config.json"
 expect 1 "vocab_size" -- "$LMC" info -m "$TMP/bad"

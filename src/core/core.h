@@ -41,6 +41,12 @@ size_t lmc_utf8_valid_prefix(const char *s, size_t n);
  * streaming output). Invalid bytes count as complete single bytes. */
 size_t lmc_utf8_complete_prefix(const char *s, size_t n);
 
+/* Copies s[0..n) to out replacing each maximal invalid subsequence with
+ * U+FFFD (as Python's errors="replace" does). If !final, an incomplete
+ * sequence at the end is left unconsumed. out needs 3*n+1 bytes. Returns
+ * the bytes written; *consumed gets the input bytes used. */
+size_t lmc_utf8_sanitize(const char *s, size_t n, bool final, char *out, size_t *consumed);
+
 /* Monotonic time in seconds. */
 double lmc_time_now(void);
 

@@ -148,9 +148,11 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     double t1 = lmc_time_now();
     res->prefill_s = t1 - t0;
     res->finish_reason = "length";
-    size_t emitted = 0;
-    char *text = NULL;
-    size_t tl = 0;
+    /* raw: decoded bytes of the generated ids; clean: raw with invalid
+     * UTF-8 replaced by U+FFFD and an unfinished character held back;
+     * emitted: bytes of clean already passed to emit. */
+    size_t emitted = 0, rl = 0, cl = 0;
+    char *raw = NULL, *clean = NULL;
     bool done = false;
     int64_t n_gen = 0;
     while (!st && !done && n_gen < o->max_new) {
@@ -160,23 +162,27 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
             break;
         }
         all[n_prompt + n_gen++] = id;
-        free(text);
-        text = NULL;
-        st = decode_gen(s, dec_base, n_ctx, n_gen, &text, &tl, err);
+        free(raw);
+        raw = NULL;
+        st = decode_gen(s, dec_base, n_ctx, n_gen, &raw, &rl, err);
         if (st) break;
-        size_t stop_at = stop_find(text, tl, o);
-        size_t ready;
-        if (stop_at < tl) {
+        char *c2 = realloc(clean, 3 * rl + 1);
+        if (!c2) {
+            st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+            break;
+        }
+        clean = c2;
+        cl = lmc_utf8_sanitize(raw, rl, false, clean, NULL);
+        size_t stop_at = stop_find(clean, cl, o), ready;
+        if (stop_at < cl) {
             ready = stop_at;
             done = true;
             res->finish_reason = "stop";
         } else {
-            ready = lmc_utf8_complete_prefix(text, tl);
-            size_t hold = stop_holdback(text, ready, o);
-            ready -= hold;
+            ready = cl - stop_holdback(clean, cl, o);
         }
         if (ready > emitted) {
-            if (emit && !emit(user, text + emitted, ready - emitted)) done = true;
+            if (emit && !emit(user, clean + emitted, ready - emitted)) done = true;
             emitted = ready;
         }
         if (done || n_gen == o->max_new) break;
@@ -188,13 +194,17 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
                                false, err);
         if (!st) s->cached[s->n_cached++] = id;
     }
-    if (!st && !done && text && tl > emitted) {
-        /* end of generation: flush what was held back (incomplete UTF-8 is
-         * replaced by what the decoder produced; hold-backs are released) */
-        size_t valid = lmc_utf8_valid_prefix(text + emitted, tl - emitted);
-        if (valid && emit) emit(user, text + emitted, valid);
-        emitted += valid;
+    if (!st && !done && clean) {
+        /* end of generation: an unfinished character becomes U+FFFD, held
+         * back stop-string prefixes are released */
+        cl = lmc_utf8_sanitize(raw, rl, true, clean, NULL);
+        size_t end = stop_find(clean, cl, o);
+        if (end < cl) res->finish_reason = "stop";
+        if (end > emitted && emit) emit(user, clean + emitted, end - emitted);
+        if (end > emitted) emitted = end;
     }
+    free(raw);
+    char *text = clean;
     res->decode_s = lmc_time_now() - t1;
     lmc_sampler_free(&smp);
     if (st) {
