@@ -65,7 +65,7 @@ static void test_pool(void) {
         }
         /* many runs in a row: each task exactly once per run */
         for (int i = 0; i < MAXT; i++) atomic_init(&hits[i], 0);
-        const int runs = 3000;
+        const int runs = 20000;
         for (int r = 0; r < runs; r++) lmc_pool_run(pool, 1 + r % 5, count_task, &j);
         int64_t expect[5] = {0}, ok = 1;
         for (int r = 0; r < runs; r++)

@@ -1,12 +1,14 @@
 /* threadpool.c — persistent worker threads for data-parallel loops.
  *
- * A run publishes (fn, arg, n_tasks) and bumps a generation counter; workers
- * notice the new generation by spinning for a short while after their last
- * run and otherwise by sleeping on the counter with a futex. Tasks are
- * claimed with an atomic counter, so the caller's thread works alongside the
- * workers and fast threads pick up the slack of slow ones. The caller returns
- * once every worker has acknowledged the generation, which guarantees no
- * worker still reads the published job when the next run overwrites it.
+ * A run publishes (fn, arg, n_tasks), resets the task counter and bumps a
+ * generation word; workers notice the new generation by spinning for a short
+ * while after their last run, otherwise by sleeping on the word with a futex.
+ * Tasks are claimed with a compare-and-swap on a 64-bit counter that carries
+ * the generation in its high half, so a worker that wakes late can never
+ * claim a task of a job it did not read. The caller's thread works alongside
+ * the workers and returns as soon as every task is done: it never waits for
+ * a worker that was descheduled before claiming anything (the machine may be
+ * oversubscribed), it just does the work itself.
  *
  * Decode calls this ~100 times per token, so the hot path is: no syscalls
  * while workers are spinning, one FUTEX_WAKE only when someone sleeps. */
@@ -47,16 +49,16 @@ struct lmc_pool {
     int n_threads;
     struct worker *workers; /* n_threads - 1 */
 
-    /* the published job, valid for generation `gen` */
-    lmc_pool_fn fn;
-    void *arg;
-    int64_t n_tasks;
+    /* the published job; read by workers only through a validated claim */
+    _Atomic(lmc_pool_fn) fn;
+    _Atomic(void *) arg;
+    _Atomic int64_t n_tasks;
 
     _Alignas(64) _Atomic uint32_t gen;   /* futex word: bumped per run */
     _Atomic int sleepers;                /* workers inside FUTEX_WAIT */
     _Atomic int stop;
-    _Alignas(64) _Atomic int64_t next;   /* next unclaimed task */
-    _Alignas(64) _Atomic int pending;    /* workers yet to finish this gen */
+    _Alignas(64) _Atomic uint64_t ctr;   /* gen << 32 | next unclaimed task */
+    _Alignas(64) _Atomic int64_t done;   /* tasks finished this run */
 };
 
 static long futex_op(_Atomic uint32_t *addr, int op, uint32_t val) {
@@ -69,14 +71,26 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void run_tasks(struct lmc_pool *p, int thread) {
-    lmc_pool_fn fn = p->fn;
-    void *arg = p->arg;
-    int64_t n = p->n_tasks;
+/* Claims and runs tasks of generation g until none is left (or the job is
+ * no longer g). The job's fields are read before each claim and trusted
+ * only if the claim's CAS succeeds: the caller closes the counter before it
+ * rewrites them (release fence there, acquire fence here), so a successful
+ * CAS on generation g proves the fields read were g's. */
+static void run_tasks(struct lmc_pool *p, uint32_t g, int thread) {
+    uint64_t c = atomic_load_explicit(&p->ctr, memory_order_acquire);
     for (;;) {
-        int64_t t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= n) break;
-        fn(arg, t, thread);
+        if ((uint32_t)(c >> 32) != g) return;
+        lmc_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+        void *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
+        uint64_t n = (uint64_t)atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if ((c & 0xffffffffu) >= n) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->ctr, &c, c + 1, memory_order_acquire,
+                                                   memory_order_acquire))
+            continue;
+        fn(arg, (int64_t)(c & 0xffffffffu), thread);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        c = atomic_load_explicit(&p->ctr, memory_order_acquire);
     }
 }
 
@@ -88,6 +102,7 @@ static uint32_t wait_gen(struct lmc_pool *p, uint32_t seen) {
         g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g != seen) return g;
         CPU_RELAX();
+        if ((i & 4095) == 4095) sched_yield(); /* let a runnable thread have this core */
         if ((i & 255) == 255) {
             int64_t t = now_ns();
             if (!t0) t0 = t;
@@ -111,8 +126,7 @@ static void *worker_main(void *a) {
     for (;;) {
         seen = wait_gen(p, seen);
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) break;
-        run_tasks(p, w->index);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        run_tasks(p, seen, w->index);
     }
     return NULL;
 }
@@ -133,8 +147,11 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
     atomic_init(&p->gen, 0);
     atomic_init(&p->sleepers, 0);
     atomic_init(&p->stop, 0);
-    atomic_init(&p->next, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->ctr, 0);
+    atomic_init(&p->done, 0);
+    atomic_init(&p->fn, NULL);
+    atomic_init(&p->arg, NULL);
+    atomic_init(&p->n_tasks, 0);
     if (n_threads > 1) {
         p->workers = calloc((size_t)n_threads - 1, sizeof *p->workers);
         if (!p->workers) {
@@ -177,17 +194,23 @@ void lmc_pool_run(struct lmc_pool *p, int64_t n_tasks, lmc_pool_fn fn, void *arg
         for (int64_t t = 0; t < n_tasks; t++) fn(arg, t, 0);
         return;
     }
-    p->fn = fn;
-    p->arg = arg;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
-    atomic_fetch_add(&p->gen, 1); /* seq_cst: publishes the job, pairs with sleepers */
+    LMC_ASSERT(n_tasks < ((int64_t)1 << 32) - 1);
+    uint32_t g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+    /* close the counter (no claim of any generation can succeed), then
+     * rewrite the job, then open it for generation g */
+    atomic_store_explicit(&p->ctr, (uint64_t)g << 32 | 0xffffffffu, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ctr, (uint64_t)g << 32, memory_order_release);
+    atomic_store(&p->gen, g); /* seq_cst: publishes the job, pairs with sleepers */
     if (atomic_load(&p->sleepers) > 0) futex_op(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
-    run_tasks(p, 0);
-    for (unsigned i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++) {
+    run_tasks(p, g, 0);
+    for (unsigned i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks; i++) {
         CPU_RELAX();
-        /* a worker may have been descheduled (oversubscribed machine) */
+        /* a worker holding a task may have been descheduled */
         if ((i & 1023) == 1023) sched_yield();
     }
 }
