@@ -116,19 +116,19 @@ static lmc_status cfg_str(struct cfg_ctx *x, const cJSON *obj, const char *prefi
 static lmc_status cfg_parse_json(struct cfg_ctx *x, const char *json, size_t len, cJSON **out) {
     *out = NULL;
     if (!json && len) return lmc_err_set(x->err, LMC_ERR_ARG, "%s: NULL text", x->label);
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json ? json : "", len, &end, 0);
+    const char *txt = json ? json : "", *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(txt, len, &end, 0);
     if (!root) {
-        long long at = end && end >= json && end <= json + len ? (long long)(end - json) : -1;
+        long long at = end && end >= txt && end <= txt + len ? (long long)(end - txt) : -1;
         return lmc_err_set(x->err, LMC_ERR_FORMAT,
                            "%s: not valid JSON, or nested deeper than %d levels (error near byte %lld of %zu)",
                            x->label, CJSON_NESTING_LIMIT, at, len);
     }
-    for (const char *p = end; p && p < json + len; p++) {
+    for (const char *p = end; p && p < txt + len; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
             cJSON_Delete(root);
             return lmc_err_set(x->err, LMC_ERR_FORMAT, "%s: unexpected text after the JSON object (byte %lld)",
-                               x->label, (long long)(p - json));
+                               x->label, (long long)(p - txt));
         }
     }
     if (!cJSON_IsObject(root)) {
