@@ -312,7 +312,7 @@ static void test_unsupported_and_errors(void) {
     free(out);
 
     /* Llama 3.2 writes today's date */
-    char t32[4096];
+    char t32[8192];
     snprintf(t32, sizeof t32, "%s", tmpl_llama3_1);
     char *p = strstr(t32, "{%- if not date_string is defined %}");
     CHECK(p != NULL);
