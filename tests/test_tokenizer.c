@@ -317,6 +317,31 @@ static void test_malformed(void) {
         CHECK(lmc_tokenizer_eos(t) == 7);
         lmc_tokenizer_free(t);
     }
+    /* tokenizer.json must be UTF-8 */
+    {
+        char *s = variant("\"c\":6", "\"\xc3(\":6");
+        expect_fail(s, strlen(s), LMC_ERR_FORMAT, "UTF-8");
+        free(s);
+    }
+    /* the ByteLevel decoder maps a token byte by byte only when every char is
+     * in the byte table; an added token with a space is written as it is */
+    {
+        char *s = variant("{\"id\":8,", "{\"id\":9,\"content\":\"x y\",\"normalized\":false},{\"id\":8,");
+        CHECK_MSG(lmc_tokenizer_load_json(&t, s, strlen(s), NULL, 0, &err) == LMC_OK, "%s", err.msg);
+        free(s);
+        if (t) {
+            int32_t ids[] = {9, 3, 0, 9};
+            char *txt = NULL;
+            size_t tl = 0;
+            CHECK(lmc_tokenizer_decode(t, ids, 4, &txt, &tl, &err) == LMC_OK);
+            CHECK_MSG(txt && strcmp(txt, "x y ax y") == 0, "decode: '%s'", txt);
+            free(txt);
+            int32_t w[] = {9, 4}; /* "x y" then "\u0120a" */
+            expect_ids(t, "x y a", false, w, 2);
+            lmc_tokenizer_free(t);
+            t = NULL;
+        }
+    }
     /* a folder without tokenizer.json */
     CHECK(lmc_tokenizer_load(&t, "tests/fixtures/no-such-model", &err) == LMC_ERR_IO && !t);
 }

@@ -577,6 +577,9 @@ static lmc_status config_token(struct ld *L, const cJSON *cfg, const char *key, 
 
 static lmc_status load_config(struct ld *L, const char *json, size_t len) {
     struct lmc_tokenizer *t = L->t;
+    size_t valid = lmc_utf8_valid_prefix(json, len);
+    if (valid != len)
+        return lmc_err_set(L->err, LMC_ERR_FORMAT, "%s: not valid UTF-8 at byte offset %zu", L->src, valid);
     cJSON *cfg = cJSON_ParseWithLength(json, len);
     if (!cfg || !cJSON_IsObject(cfg)) {
         cJSON_Delete(cfg);
@@ -662,6 +665,11 @@ void lmc_tokenizer_free(struct lmc_tokenizer *t) {
 static lmc_status load_all(struct ld *L, const char *tok_json, size_t tok_len, const char *cfg_json, size_t cfg_len,
                            const char *cfg_src) {
     struct lmc_tokenizer *t = L->t;
+    /* Every string flows into UTF-8 text handling (PCRE2 runs without its
+     * own UTF check), so the file must be UTF-8 as JSON requires. */
+    size_t valid = lmc_utf8_valid_prefix(tok_json, tok_len);
+    if (valid != tok_len)
+        return lmc_err_set(L->err, LMC_ERR_FORMAT, "%s: not valid UTF-8 at byte offset %zu", L->src, valid);
     const char *e = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(tok_json, tok_len, &e, 0);
     if (!root) {
