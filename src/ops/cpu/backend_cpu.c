@@ -17,15 +17,6 @@ void lmc_cpu_scratch_reserve(struct lmc_cpu_ctx *c, size_t n) {
     }
 }
 
-void lmc_cpu_xbuf_reserve(struct lmc_cpu_ctx *c, size_t n) {
-    n = (n + 15) & ~(size_t)15;
-    if (c->xbuf_cap >= n) return;
-    free(c->xbuf);
-    c->xbuf = aligned_alloc(64, n * sizeof(float));
-    LMC_ASSERT(c->xbuf != NULL);
-    c->xbuf_cap = n;
-}
-
 lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err) {
     memset(be, 0, sizeof *be);
     struct lmc_cpu_ctx *c = calloc(1, sizeof *c);
@@ -77,7 +68,6 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     for (int t = 0; t < c->n_threads; t++) free(c->scratch[t]);
     free(c->scratch);
     free(c->scratch_cap);
-    free(c->xbuf);
     free(c);
     memset(be, 0, sizeof *be);
 }

@@ -34,7 +34,6 @@ struct mm_job {
     enum lmc_dtype dt;
     const float *bias;
     int64_t n_tasks;
-    const float *xp; /* M=1, BF16, AVX-512: x with each 32-block split even|odd */
 };
 
 static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
@@ -169,82 +168,39 @@ static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
 
 
 #ifdef __AVX512F__
-/* M=1 with AVX-512: one W row at a time (a single sequential stream per
- * thread), four 16-lane accumulators. BF16 rows are read 32 at a time; the
- * even elements come out with one shift, the odd ones with one mask, which
- * is why x is pre-split into even|odd halves per 32-block (xp). */
-static float dot512_f32(const float *x, const float *w, int64_t K) {
-    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
-    int64_t i = 0;
-    for (; i + 64 <= K; i += 64) {
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a);
-        b = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), b);
-        c = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), c);
-        d = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), d);
-    }
-    for (; i + 16 <= K; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-    for (; i < K; i++) s += w[i] * x[i];
-    return s;
-}
+/* M=1 F16/BF16 with AVX-512: one W row at a time (a single sequential
+ * stream per thread), 16 weights per 256-bit load widened to 16 lanes, four
+ * accumulators, software prefetch 4 KB ahead. (F32 stays on AVX2: 64-byte
+ * loads of unaligned rows, the usual case for mmapped weights, stream
+ * markedly slower on this CPU than 32-byte ones.) */
+#define MM_PF_BYTES 4096
 static inline __m512 ld512_f16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
-static float dot512_f16(const float *x, const uint16_t *w, int64_t K) {
-    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
-    int64_t i = 0;
-    for (; i + 64 <= K; i += 64) {
-        a = _mm512_fmadd_ps(ld512_f16(w + i), _mm512_loadu_ps(x + i), a);
-        b = _mm512_fmadd_ps(ld512_f16(w + i + 16), _mm512_loadu_ps(x + i + 16), b);
-        c = _mm512_fmadd_ps(ld512_f16(w + i + 32), _mm512_loadu_ps(x + i + 32), c);
-        d = _mm512_fmadd_ps(ld512_f16(w + i + 48), _mm512_loadu_ps(x + i + 48), d);
-    }
-    for (; i + 16 <= K; i += 16) a = _mm512_fmadd_ps(ld512_f16(w + i), _mm512_loadu_ps(x + i), a);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-    for (; i < K; i++) s += lmc_f16_to_f32(w[i]) * x[i];
-    return s;
+static inline __m512 ld512_bf16(const uint16_t *p) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
-static float dot512_bf16(const float *xp, const uint16_t *w, int64_t K) {
-    const __m512i hi_mask = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
-    int64_t i = 0;
-    for (; i + 64 <= K; i += 64) {
-        __m512i v0 = _mm512_loadu_si512(w + i), v1 = _mm512_loadu_si512(w + i + 32);
-        a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xp + i), a);
-        b = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi_mask)), _mm512_loadu_ps(xp + i + 16), b);
-        c = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_loadu_ps(xp + i + 32), c);
-        d = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi_mask)), _mm512_loadu_ps(xp + i + 48), d);
+#define DOT512(S)                                                                             \
+    static float dot512_##S(const float *x, const uint16_t *w, int64_t K) {                   \
+        __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;                                  \
+        int64_t i = 0;                                                                        \
+        for (; i + 64 <= K; i += 64) {                                                        \
+            _mm_prefetch((const char *)(w + i) + MM_PF_BYTES, _MM_HINT_T0);                   \
+            _mm_prefetch((const char *)(w + i + 32) + MM_PF_BYTES, _MM_HINT_T0);              \
+            a = _mm512_fmadd_ps(ld512_##S(w + i), _mm512_loadu_ps(x + i), a);                 \
+            b = _mm512_fmadd_ps(ld512_##S(w + i + 16), _mm512_loadu_ps(x + i + 16), b);      \
+            c = _mm512_fmadd_ps(ld512_##S(w + i + 32), _mm512_loadu_ps(x + i + 32), c);      \
+            d = _mm512_fmadd_ps(ld512_##S(w + i + 48), _mm512_loadu_ps(x + i + 48), d);      \
+        }                                                                                     \
+        for (; i + 16 <= K; i += 16)                                                          \
+            a = _mm512_fmadd_ps(ld512_##S(w + i), _mm512_loadu_ps(x + i), a);                 \
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d))); \
+        for (; i < K; i++) s += sc_##S(w + i) * x[i];                                         \
+        return s;                                                                             \
     }
-    for (; i + 32 <= K; i += 32) {
-        __m512i v0 = _mm512_loadu_si512(w + i);
-        a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xp + i), a);
-        b = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi_mask)), _mm512_loadu_ps(xp + i + 16), b);
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-    for (; i < K; i++) s += lmc_bf16_to_f32(w[i]) * xp[i]; /* the tail of xp is x as is */
-    return s;
-}
-/* xp: per full 32-block of x, the 16 even elements then the 16 odd ones. */
-static void split_even_odd(float *xp, const float *x, int64_t K) {
-    int64_t i = 0;
-    for (; i + 32 <= K; i += 32)
-        for (int k = 0; k < 16; k++) xp[i + k] = x[i + 2 * k], xp[i + 16 + k] = x[i + 2 * k + 1];
-    for (; i < K; i++) xp[i] = x[i];
-}
-static void gemv512(const struct mm_job *j, int64_t r0, int64_t r1) {
-    int64_t K = j->K;
-    switch (j->dt) {
-    case LMC_DTYPE_F16:
-        for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_f16(j->x, (const uint16_t *)j->w + r * K, K);
-        break;
-    case LMC_DTYPE_BF16:
-        for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_bf16(j->xp, (const uint16_t *)j->w + r * K, K);
-        break;
-    default:
-        for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_f32(j->x, (const float *)j->w + r * K, K);
-        break;
-    }
-}
+DOT512(f16)
+DOT512(bf16)
 #endif
 
 #else /* scalar reference path */
@@ -277,8 +233,13 @@ static void small_task(void *arg, int64_t t, int thread) {
     int64_t r0, r1;
     lmc_cpu_range(j->N, j->n_tasks, t, 4, &r0, &r1);
 #ifdef __AVX512F__
-    if (j->M == 1) gemv512(j, r0, r1);
-    else
+    if (j->M == 1 && j->dt != LMC_DTYPE_F32) {
+        const uint16_t *w = j->w;
+        if (j->dt == LMC_DTYPE_F16)
+            for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_f16(j->x, w + r * j->K, j->K);
+        else
+            for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_bf16(j->x, w + r * j->K, j->K);
+    } else
 #endif
         rows_dispatch(j, r0, r1);
     add_bias(j, r0, r1);
@@ -308,7 +269,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
                w->dtype == LMC_DTYPE_BF16);
     LMC_ASSERT(M >= 0 && w->rows >= 0 && w->cols >= 0);
     if (M == 0 || w->rows == 0) return;
-    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL};
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1};
     if (w->cols == 0) {
         for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
@@ -321,12 +282,5 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         return;
     }
     j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, MM_OVERSPLIT);
-#ifdef __AVX512F__
-    if (M == 1 && j.dt == LMC_DTYPE_BF16) {
-        lmc_cpu_xbuf_reserve(c, (size_t)j.K);
-        split_even_odd(c->xbuf, x, j.K);
-        j.xp = c->xbuf;
-    }
-#endif
     lmc_pool_run(c->pool, j.n_tasks, small_task, &j);
 }

@@ -22,16 +22,12 @@ struct lmc_cpu_ctx {
     int n_threads;
     float **scratch;      /* [n_threads], 64-byte aligned */
     size_t *scratch_cap;  /* floats */
-    float *xbuf;          /* shared read-only input staging, filled by the caller */
-    size_t xbuf_cap;      /* floats */
 };
 
 /* Makes every thread's scratch hold at least n floats. Called from the
  * calling thread before lmc_pool_run; aborts (LMC_ASSERT) if memory runs
  * out, as op signatures carry no status. */
 void lmc_cpu_scratch_reserve(struct lmc_cpu_ctx *c, size_t n);
-/* Makes c->xbuf hold at least n floats (calling thread, before a run). */
-void lmc_cpu_xbuf_reserve(struct lmc_cpu_ctx *c, size_t n);
 
 /* Number of tasks to split `work` units into when a task should cover at
  * least `min_per_task` units: between 1 and n_threads (times `oversplit`). */
