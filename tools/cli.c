@@ -1,6 +1,7 @@
 /* cli.c — shared option parsing and model opening for lmc commands. */
 #include "cli.h"
 #include "core/core.h"
+#include "ops/backend_cuda.h"
 
 #include <errno.h>
 #include <math.h>
@@ -74,8 +75,8 @@ int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i) {
             return -1;
         }
     } else if (!strcmp(a, "--device")) {
-        if (strcmp(v, "cpu") != 0) {
-            fprintf(stderr, "lmc: --device %s: this build has only the cpu device\n", v);
+        if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0) {
+            fprintf(stderr, "lmc: --device expects cpu or cuda, got '%s'\n", v);
             return -1;
         }
         c->device = v;
@@ -92,23 +93,56 @@ int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) 
     }
     if (lmc_tokenizer_load(&cm->tok, c->model_dir, &err)) return cli_fail("tokenizer", &err);
     if (!need_model) return 0;
-    if (lmc_backend_cpu_init(&cm->be, c->threads, &err)) {
+    /* --device cuda, or by default the GPU when there is one (falling back
+     * to the CPU when the model does not fit in its memory) */
+    bool want_cuda = c->device ? !strcmp(c->device, "cuda") : lmc_cuda_device_count() > 0;
+    if (want_cuda) {
+        if (lmc_backend_cuda_init(&cm->be, 0, &err)) {
+            if (c->device) {
+                cli_close(cm);
+                return cli_fail("backend", &err);
+            }
+            want_cuda = false;
+        }
+    }
+    if (!want_cuda && lmc_backend_cpu_init(&cm->be, c->threads, &err)) {
         cli_close(cm);
         return cli_fail("backend", &err);
     }
     cm->have_be = true;
     struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
     if (lmc_model_load(&cm->model, c->model_dir, &mo, &err)) {
-        cli_close(cm);
-        return cli_fail("model", &err);
+        if (!(want_cuda && !c->device && err.status == LMC_ERR_OOM)) {
+            cli_close(cm);
+            return cli_fail("model", &err);
+        }
+        lmc_backend_cuda_free(&cm->be); /* too big for the GPU: the CPU it is */
+        cm->have_be = false;
+        if (lmc_backend_cpu_init(&cm->be, c->threads, &err)) {
+            cli_close(cm);
+            return cli_fail("backend", &err);
+        }
+        cm->have_be = true;
+        if (lmc_model_load(&cm->model, c->model_dir, &mo, &err)) {
+            cli_close(cm);
+            return cli_fail("model", &err);
+        }
     }
     cm->have_model = true;
+    /* --dtype fp32 or f32 weights on the GPU: the fp32 checking mode,
+     * attention included */
+    if (!strcmp(cm->be.name, "cuda") &&
+        (c->wdtype == LMC_WDTYPE_F32 || cm->model.lm_head.dtype == LMC_DTYPE_F32))
+        lmc_backend_cuda_set_fp32_attention(&cm->be, true);
     return 0;
 }
 
 void cli_close(struct cli_model *cm) {
     if (cm->have_model) lmc_model_free(&cm->model);
-    if (cm->have_be) lmc_backend_cpu_free(&cm->be);
+    if (cm->have_be) {
+        if (!strcmp(cm->be.name, "cuda")) lmc_backend_cuda_free(&cm->be);
+        else lmc_backend_cpu_free(&cm->be);
+    }
     if (cm->tok) lmc_tokenizer_free(cm->tok);
     memset(cm, 0, sizeof *cm);
 }

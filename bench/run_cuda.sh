@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# run_cuda.sh — the GPU machine's script: builds the CUDA targets, runs the
+# CUDA op tests, fixture parity on the GPU (fp32 and bf16), the sanitizers
+# on the quick op tests, and the benches (our attention vs torch SDPA flash
+# and cuDNN; a random 1.1B Llama's prefill and decode vs transformers).
+# Logs go to $OUT (or /tmp/lmc-cuda-out). Sections: build test parity
+# sanitize attn model (default: all but sanitize).
+# Usage (device): source .devdeps/device-deps.sh unpack && bench/run_cuda.sh [SECTION ...]
+set -u -o pipefail
+OUT=${OUT:-/tmp/lmc-cuda-out}
+mkdir -p "$OUT"
+secs=${*:-build test parity attn model}
+has() { [[ " $secs " == *" $1 "* ]]; }
+B=build-dev
+rc=0
+echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+if has build || [ ! -x $B/lmc ]; then
+  cmake -S . -B $B -DLMC_WERROR=ON >"$OUT/build.log" 2>&1 &&
+    make -C $B -j16 lmc_cli test_ops_cuda bench_attn_cuda bench_model_cuda >>"$OUT/build.log" 2>&1 ||
+    { tail -40 "$OUT/build.log"; exit 1; }
+  echo "build ok"
+fi
+if has test; then
+  timeout 300 $B/test_ops_cuda >"$OUT/test_ops_cuda.log" 2>&1; r=$?
+  grep -v "^FAIL" "$OUT/test_ops_cuda.log" | tail -20
+  grep "^FAIL" "$OUT/test_ops_cuda.log" | head -30
+  echo "test_ops_cuda rc=$r"
+  [ $r = 0 ] || rc=1
+fi
+if has parity; then
+  for f in tests/fixtures/*/; do
+    grep -q '"mamba"' "$f/config.json" && continue
+    for dt in fp32 bf16; do
+      $B/lmc parity "$f" --device cuda --dtype $dt >"$OUT/parity.tmp" 2>&1; r=$?
+      cat "$OUT/parity.tmp" >>"$OUT/parity.log"
+      echo "parity $f $dt rc=$r: $(grep -E 'logits|greedy' "$OUT/parity.tmp" | awk '{print $1, $5, $6, $7, $8}' | tr '\n' ';')"
+      [ $r = 0 ] || rc=1
+    done
+  done
+fi
+if has sanitize; then
+  for tool in memcheck racecheck; do
+    timeout 280 compute-sanitizer --tool $tool --error-exitcode 9 $B/test_ops_cuda --quick \
+      >"$OUT/sanitize-$tool.log" 2>&1; r=$?
+    echo "compute-sanitizer $tool rc=$r: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
+  done
+fi
+shapes="16,12,1024,64 8,16,2048,128 2,16,8192,128 1,32,16384,128"
+if has attn; then
+  echo "--- ours (f32 q/k/v in memory, bf16 tensor cores)"
+  $B/bench_attn_cuda $shapes 2>&1 | tee "$OUT/bench_attn.log"
+  echo "--- torch SDPA (bf16)"
+  python3 bench/bench_cuda.py attn $shapes 2>&1 | tee -a "$OUT/bench_attn.log"
+fi
+if has model; then
+  python3 bench/bench_cuda.py bw 2>&1 | tee "$OUT/bench_model.log"
+  M=/tmp/llama-1.1b
+  [ -f $M/config.json ] || python3 bench/bench_cuda.py makemodel $M 2>&1 | tail -1
+  $B/bench_model_cuda $M 512 128 2>&1 | tee -a "$OUT/bench_model.log"
+  python3 bench/bench_cuda.py hf $M 512 128 2>&1 | grep -v Warning | tee -a "$OUT/bench_model.log"
+fi
+exit $rc

@@ -1,0 +1,415 @@
+/* attention.cu — causal multi-head attention over a KV cache on the GPU
+ * (shapes in backend.h), two kernels:
+ *
+ *  - attention_fwd_kernel<HD> (prefill, bf16 tensor cores): a
+ *    FlashAttention-2-style forward. A block of 4 warps owns 64 queries of
+ *    one head; each warp owns 16 query rows. Q (pre-scaled by
+ *    scale*log2(e)) is rounded to bf16 and kept in registers as mma
+ *    A-fragments; K and V tiles of 64 keys are converted from the f32 cache
+ *    to bf16 in shared memory (V transposed, so both B operands load as
+ *    32-bit words). S = Q K^T and O += P V run on mma.sync.m16n8k16 (bf16
+ *    in, f32 accumulate); the softmax is online (running max and sum per
+ *    row, in f32 registers), so S x S scores never exist. Keys past a row's
+ *    position (causal), before its window, or past the cache are masked.
+ *    Head dims 64, 80, 96, 128; GQA by reading kv head h / (H / KV).
+ *
+ *  - attention_dec_fwd_kernel (decode and the fp32 mode): split-K flash
+ *    decoding in f32. A block of 4 warps owns one (query, head, key split);
+ *    the warps take keys in turn, each lane a slice of the head dim, with
+ *    an online softmax per warp; the warps merge in shared memory, and
+ *    when the keys were split a second kernel (attention_combine_fwd_kernel)
+ *    merges the splits' (max, sum, acc) partials.
+ *
+ * A row whose keys are all masked in a tile keeps its running max at
+ * -inf; exponents are then taken against 0 so no inf - inf appears. */
+#include "ops/cuda/common.cuh"
+
+struct attn_args {
+    float *out;
+    const float *q, *k, *v;
+    int64_t M, pos0, window;
+    int H, KV, hd;
+    float scale_log2;              /* scale * log2(e): softmax in base 2 */
+    int64_t q_row, kv_row;         /* floats per row: H*hd, KV*hd */
+    int64_t q_bstride, kv_bstride; /* floats per sequence of a batch */
+};
+
+/* ------------------------------------------------------------------ */
+/* bf16 tensor-core prefill                                            */
+
+#define TC_BM 64
+#define TC_BN 64
+#define TC_THREADS 128
+
+__device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                               uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&h;
+}
+
+__device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *(const uint32_t *)p; }
+
+template <int HD>
+__global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_args a) {
+    constexpr int KS = HD + 8;    /* Q/K smem row stride (bf16): conflict-free fragment loads */
+    constexpr int VS = TC_BN + 8; /* V^T smem row stride */
+    constexpr int C4 = HD / 4;    /* float4s per row */
+    __shared__ __align__(16) __nv_bfloat16 Ks[TC_BN * KS];
+    __shared__ __align__(16) __nv_bfloat16 Vt[HD * VS];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int64_t m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * TC_BM; /* longest tiles first */
+    const int h = blockIdx.y, kvh = h / (a.H / a.KV);
+    const int64_t b = blockIdx.z, M = a.M;
+    const float *q = a.q + b * a.q_bstride + (int64_t)h * HD;
+    const float *kb = a.k + b * a.kv_bstride + (int64_t)kvh * HD;
+    const float *vb = a.v + b * a.kv_bstride + (int64_t)kvh * HD;
+    float *out = a.out + b * a.q_bstride + (int64_t)h * HD;
+
+    /* Q tile, scaled, to bf16 (staged in Ks), then to registers */
+    for (int idx = tid; idx < TC_BM * C4; idx += TC_THREADS) {
+        int r = idx / C4, c4 = idx % C4;
+        float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (m0 + r < M) f = *(const float4 *)(q + (m0 + r) * a.q_row + c4 * 4);
+        uint2 u;
+        u.x = pack_bf16(f.x * a.scale_log2, f.y * a.scale_log2);
+        u.y = pack_bf16(f.z * a.scale_log2, f.w * a.scale_log2);
+        *(uint2 *)&Ks[r * KS + c4 * 4] = u;
+    }
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; kc++) {
+        const __nv_bfloat16 *p = &Ks[(warp * 16 + g) * KS + kc * 16 + t * 2];
+        qf[kc][0] = ld_u32(p);
+        qf[kc][1] = ld_u32(p + 8 * KS);
+        qf[kc][2] = ld_u32(p + 8);
+        qf[kc][3] = ld_u32(p + 8 * KS + 8);
+    }
+    __syncthreads();
+
+    const int64_t last_m = LMC_MIN(m0 + TC_BM, M) - 1;
+    const int64_t p_lo = a.pos0 + m0, p_hi = a.pos0 + last_m;
+    const int64_t k_lo = a.window > 0 ? LMC_MAX((int64_t)0, p_lo - a.window + 1) : 0;
+    /* positions of this thread's two rows (rows past M act as the last row) */
+    int64_t pr[2];
+    pr[0] = a.pos0 + LMC_MIN(m0 + warp * 16 + g, last_m);
+    pr[1] = a.pos0 + LMC_MIN(m0 + warp * 16 + g + 8, last_m);
+    const int64_t w_first = a.pos0 + LMC_MIN(m0 + warp * 16, last_m);
+    const int64_t w_last = a.pos0 + LMC_MIN(m0 + warp * 16 + 15, last_m);
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+
+    for (int64_t n0 = k_lo / TC_BN * TC_BN; n0 <= p_hi; n0 += TC_BN) {
+        /* K tile, row-major bf16; keys past p_hi are zero (and masked) */
+        for (int idx = tid; idx < TC_BN * C4; idx += TC_THREADS) {
+            int r = idx / C4, c4 = idx % C4;
+            float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (n0 + r <= p_hi) f = *(const float4 *)(kb + (n0 + r) * a.kv_row + c4 * 4);
+            uint2 u;
+            u.x = pack_bf16(f.x, f.y);
+            u.y = pack_bf16(f.z, f.w);
+            *(uint2 *)&Ks[r * KS + c4 * 4] = u;
+        }
+        /* V tile transposed: Vt[d][key], two keys per 32-bit store */
+        for (int idx = tid; idx < (TC_BN / 2) * C4; idx += TC_THREADS) {
+            int rp = idx % (TC_BN / 2), c4 = idx / (TC_BN / 2);
+            int64_t key = n0 + 2 * rp;
+            float4 f0 = make_float4(0.f, 0.f, 0.f, 0.f), f1 = f0;
+            if (key <= p_hi) f0 = *(const float4 *)(vb + key * a.kv_row + c4 * 4);
+            if (key + 1 <= p_hi) f1 = *(const float4 *)(vb + (key + 1) * a.kv_row + c4 * 4);
+            uint32_t *dst = (uint32_t *)&Vt[(c4 * 4) * VS + 2 * rp];
+            dst[0] = pack_bf16(f0.x, f1.x);
+            dst[VS / 2] = pack_bf16(f0.y, f1.y);
+            dst[VS] = pack_bf16(f0.z, f1.z);
+            dst[3 * VS / 2] = pack_bf16(f0.w, f1.w);
+        }
+        __syncthreads();
+
+        float s[TC_BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TC_BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++)
+#pragma unroll
+            for (int nt = 0; nt < TC_BN / 8; nt++) {
+                const __nv_bfloat16 *p = &Ks[(nt * 8 + g) * KS + kc * 16 + t * 2];
+                mma_bf16_16816(s[nt], qf[kc], ld_u32(p), ld_u32(p + 8));
+            }
+
+        bool need_mask = n0 + TC_BN - 1 > w_first || (a.window > 0 && n0 <= w_last - a.window);
+        if (need_mask) {
+#pragma unroll
+            for (int nt = 0; nt < TC_BN / 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int64_t key = n0 + nt * 8 + t * 2 + (i & 1), p = pr[i >> 1];
+                    bool ok = key <= p && (a.window <= 0 || key > p - a.window);
+                    if (!ok) s[nt][i] = -INFINITY;
+                }
+        }
+
+        /* online softmax, rows g (e=0) and g+8 (e=1); a row's 64 scores
+         * are spread over the 4 threads of a quad */
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < TC_BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * e], s[nt][2 * e + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(mrow[e], mx);
+            float muse = mnew == -INFINITY ? 0.f : mnew;
+            float corr = exp2f(mrow[e] - muse);
+            mrow[e] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < TC_BN / 8; nt++) {
+                s[nt][2 * e] = exp2f(s[nt][2 * e] - muse);
+                s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - muse);
+                sum += s[nt][2 * e] + s[nt][2 * e + 1];
+            }
+            lrow[e] = lrow[e] * corr + sum;
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++) {
+                o[dt][2 * e] *= corr;
+                o[dt][2 * e + 1] *= corr;
+            }
+        }
+
+        /* O += P V: the S accumulators are already P's A-fragment layout */
+#pragma unroll
+        for (int kc = 0; kc < TC_BN / 16; kc++) {
+            uint32_t pa[4];
+            pa[0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
+            pa[1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
+            pa[2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+            pa[3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++) {
+                const __nv_bfloat16 *p = &Vt[(dt * 8 + g) * VS + kc * 16 + t * 2];
+                mma_bf16_16816(o[dt], pa, ld_u32(p), ld_u32(p + 8));
+            }
+        }
+        __syncthreads(); /* before the next tile overwrites Ks / Vt */
+    }
+
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        float l = lrow[e];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        float inv = l > 0.f ? 1.0f / l : 0.f;
+        int64_t row = m0 + warp * 16 + g + 8 * e;
+        if (row < M) {
+            float *orow = out + row * a.q_row;
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++)
+                *(float2 *)(orow + dt * 8 + t * 2) = make_float2(o[dt][2 * e] * inv, o[dt][2 * e + 1] * inv);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* f32 split-K (flash-decoding) kernel                                 */
+
+#define DEC_WARPS 4
+#define DEC_MAXJ 8 /* head_dim <= 256 */
+#define DEC_UNROLL 4
+
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+attention_dec_fwd_kernel(struct attn_args a, int64_t kps, int splits, float *part) {
+    extern __shared__ float dsh[]; /* q (hd), then per warp: m, l, acc (hd) */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = a.hd;
+    const int64_t mb = blockIdx.x, b = mb / a.M, m = mb % a.M;
+    const int h = blockIdx.y, split = blockIdx.z, kvh = h / (a.H / a.KV);
+    const float *q = a.q + b * a.q_bstride + m * a.q_row + (int64_t)h * hd;
+    const float *kb = a.k + b * a.kv_bstride + (int64_t)kvh * hd;
+    const float *vb = a.v + b * a.kv_bstride + (int64_t)kvh * hd;
+    float *qs = dsh, *wsh = dsh + hd + warp * (hd + 2);
+
+    const int64_t p = a.pos0 + m;
+    const int64_t lo = a.window > 0 ? LMC_MAX((int64_t)0, p - a.window + 1) : 0;
+    const int64_t k0 = lo + split * kps, k1 = LMC_MIN(p + 1, k0 + kps); /* [k0, k1) */
+
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[d] * a.scale_log2;
+    __syncthreads();
+    float qd[DEC_MAXJ], acc[DEC_MAXJ];
+#pragma unroll
+    for (int j = 0; j < DEC_MAXJ; j++) {
+        int d = lane + 32 * j;
+        qd[j] = d < hd ? qs[d] : 0.f;
+        acc[j] = 0.f;
+    }
+    float mrun = -INFINITY, lrun = 0.f;
+    for (int64_t kk = k0 + warp * DEC_UNROLL; kk < k1; kk += DEC_WARPS * DEC_UNROLL) {
+        float sc[DEC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            int64_t key = kk + u;
+            float part_s = 0.f;
+            if (key < k1) {
+                const float *kr = kb + key * a.kv_row;
+#pragma unroll
+                for (int j = 0; j < DEC_MAXJ; j++) {
+                    int d = lane + 32 * j;
+                    if (d < hd) part_s = fmaf(qd[j], kr[d], part_s);
+                }
+            }
+            sc[u] = part_s;
+        }
+        float mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            sc[u] = lmc_warp_sum(sc[u]);
+            if (kk + u >= k1) sc[u] = -INFINITY;
+            mx = fmaxf(mx, sc[u]);
+        }
+        float mnew = fmaxf(mrun, mx); /* finite: key kk is always valid */
+        float corr = exp2f(mrun - mnew);
+        mrun = mnew;
+        lrun *= corr;
+#pragma unroll
+        for (int j = 0; j < DEC_MAXJ; j++) acc[j] *= corr;
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            if (kk + u >= k1) break;
+            float pu = exp2f(sc[u] - mnew);
+            lrun += pu;
+            const float *vr = vb + (kk + u) * a.kv_row;
+#pragma unroll
+            for (int j = 0; j < DEC_MAXJ; j++) {
+                int d = lane + 32 * j;
+                if (d < hd) acc[j] = fmaf(pu, vr[d], acc[j]);
+            }
+        }
+    }
+    if (lane == 0) wsh[0] = mrun, wsh[1] = lrun;
+#pragma unroll
+    for (int j = 0; j < DEC_MAXJ; j++) {
+        int d = lane + 32 * j;
+        if (d < hd) wsh[2 + d] = acc[j];
+    }
+    __syncthreads();
+    /* merge the warps */
+    float mall = -INFINITY;
+    for (int w = 0; w < DEC_WARPS; w++) mall = fmaxf(mall, dsh[hd + w * (hd + 2)]);
+    float muse = mall == -INFINITY ? 0.f : mall, lall = 0.f;
+    float wt[DEC_WARPS];
+    for (int w = 0; w < DEC_WARPS; w++) {
+        const float *ws = dsh + hd + w * (hd + 2);
+        wt[w] = exp2f(ws[0] - muse);
+        lall += ws[1] * wt[w];
+    }
+    int64_t row = b * a.M + m;
+    float *dst = splits == 1 ? a.out + b * a.q_bstride + m * a.q_row + (int64_t)h * hd
+                             : part + ((row * a.H + h) * splits + split) * (int64_t)(hd + 2);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float s = 0.f;
+        for (int w = 0; w < DEC_WARPS; w++) s += dsh[hd + w * (hd + 2) + 2 + d] * wt[w];
+        if (splits == 1) dst[d] = lall > 0.f ? s / lall : 0.f;
+        else dst[2 + d] = s;
+    }
+    if (splits > 1 && threadIdx.x == 0) dst[0] = mall, dst[1] = lall;
+}
+
+__global__ void attention_combine_fwd_kernel(struct attn_args a, int splits, const float *part) {
+    const int64_t row = blockIdx.x, b = row / a.M, m = row % a.M;
+    const int h = blockIdx.y, hd = a.hd;
+    const float *pp = part + (row * a.H + h) * splits * (int64_t)(hd + 2);
+    float mall = -INFINITY;
+    for (int s = 0; s < splits; s++) mall = fmaxf(mall, pp[s * (hd + 2)]);
+    float muse = mall == -INFINITY ? 0.f : mall, lall = 0.f;
+    for (int s = 0; s < splits; s++) lall += pp[s * (hd + 2) + 1] * exp2f(pp[s * (hd + 2)] - muse);
+    float *dst = a.out + b * a.q_bstride + m * a.q_row + (int64_t)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int s = 0; s < splits; s++)
+            acc += pp[s * (hd + 2) + 2 + d] * exp2f(pp[s * (hd + 2)] - muse);
+        dst[d] = lall > 0.f ? acc / lall : 0.f;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+
+static bool tc_ok(const struct attn_args *a) {
+    if (a->hd != 64 && a->hd != 80 && a->hd != 96 && a->hd != 128) return false;
+    uintptr_t al = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->out;
+    return al % 16 == 0 && a->q_bstride % 4 == 0 && a->kv_bstride % 4 == 0;
+}
+
+static void launch_tc(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t batch) {
+    dim3 grid((unsigned)((a->M + TC_BM - 1) / TC_BM), (unsigned)a->H, (unsigned)batch);
+    switch (a->hd) {
+    case 64: attention_fwd_kernel<64><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
+    case 80: attention_fwd_kernel<80><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
+    case 96: attention_fwd_kernel<96><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
+    default: attention_fwd_kernel<128><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
+    }
+    LMC_CUDA_LAUNCH_CHECK();
+}
+
+static void launch_dec(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t batch) {
+    LMC_ASSERT(a->hd <= 32 * DEC_MAXJ);
+    int64_t n_max = a->pos0 + a->M; /* keys of the last query */
+    if (a->window > 0) n_max = LMC_MIN(n_max, a->window);
+    int64_t rows = batch * a->M * a->H, want = (2 * (int64_t)c->n_sm + rows - 1) / rows;
+    int64_t splits = LMC_MAX((int64_t)1, LMC_MIN(want, (n_max + 127) / 128));
+    int64_t kps = (n_max + splits - 1) / splits;
+    splits = (n_max + kps - 1) / kps;
+    LMC_ASSERT(splits <= 65535 && batch * a->M <= 0x7fffffff);
+    if (splits > 1)
+        lmc_cuda_reserve(c, &c->attn_part, &c->attn_part_bytes,
+                         (size_t)(rows * splits * (a->hd + 2)) * sizeof(float));
+    dim3 grid((unsigned)(batch * a->M), (unsigned)a->H, (unsigned)splits);
+    size_t shm = (size_t)(a->hd + DEC_WARPS * (a->hd + 2)) * sizeof(float);
+    attention_dec_fwd_kernel<<<grid, DEC_WARPS * 32, shm, c->stream>>>(*a, kps, (int)splits,
+                                                                       (float *)c->attn_part);
+    LMC_CUDA_LAUNCH_CHECK();
+    if (splits > 1) {
+        dim3 g2((unsigned)(batch * a->M), (unsigned)a->H);
+        attention_combine_fwd_kernel<<<g2, 128, 0, c->stream>>>(*a, (int)splits,
+                                                               (const float *)c->attn_part);
+        LMC_CUDA_LAUNCH_CHECK();
+    }
+}
+
+extern "C" enum lmc_cuda_attn_kind lmc_cuda_attention_ex(
+    void *ctx, float *out, const float *q, const float *k, const float *v, int64_t M, int64_t pos0,
+    int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window, int64_t batch,
+    int64_t q_bstride, int64_t kv_bstride, enum lmc_cuda_attn_kind kind) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0);
+    if (M <= 0 || n_heads <= 0 || hd <= 0 || batch <= 0) return kind;
+    LMC_ASSERT(n_heads <= 65535);
+    struct attn_args a;
+    a.out = out, a.q = q, a.k = k, a.v = v;
+    a.M = M, a.pos0 = pos0, a.window = window;
+    a.H = (int)n_heads, a.KV = (int)n_kv, a.hd = (int)hd;
+    a.scale_log2 = scale * 1.4426950408889634f;
+    a.q_row = n_heads * hd, a.kv_row = n_kv * hd;
+    a.q_bstride = q_bstride, a.kv_bstride = kv_bstride;
+    if (kind == LMC_CUDA_ATTN_AUTO)
+        kind = !c->attn_fp32 && M >= 16 && tc_ok(&a) ? LMC_CUDA_ATTN_TC : LMC_CUDA_ATTN_F32;
+    if (kind == LMC_CUDA_ATTN_TC && !tc_ok(&a)) kind = LMC_CUDA_ATTN_F32;
+    if (kind == LMC_CUDA_ATTN_TC) launch_tc(c, &a, batch);
+    else launch_dec(c, &a, batch);
+    return kind;
+}
+
+extern "C" void lmc_cuda_attention(void *ctx, float *out, const float *q, const float *k,
+                                   const float *v, int64_t M, int64_t pos0, int64_t n_heads,
+                                   int64_t n_kv, int64_t hd, float scale, int64_t window) {
+    lmc_cuda_attention_ex(ctx, out, q, k, v, M, pos0, n_heads, n_kv, hd, scale, window, 1, 0, 0,
+                          LMC_CUDA_ATTN_AUTO);
+}

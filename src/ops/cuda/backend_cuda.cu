@@ -1,0 +1,170 @@
+/* backend_cuda.cu — the CUDA backend table: device selection, the context
+ * (stream, cuBLASLt handle and workspace), the memory entries (cudaMalloc,
+ * copies on the backend's stream) and scratch growth. Each op lives in its
+ * own .cu file. */
+#include "ops/cuda/common.cuh"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+
+extern "C" void lmc_cuda_fail(const char *what, const char *msg, const char *file, int line) {
+    lmc_log(0, "CUDA: %s failed: %s", what, msg);
+    lmc_assert_fail(what, file, line);
+}
+
+extern "C" int lmc_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no driver / no device: not sticky, clear it */
+        return 0;
+    }
+    return n;
+}
+
+void lmc_cuda_reserve(struct lmc_cuda_ctx *c, void **buf, size_t *cap, size_t bytes) {
+    if (*cap >= bytes) return;
+    size_t want = bytes + bytes / 4;
+    if (*buf) {
+        LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        LMC_CUDA_CHECK(cudaFree(*buf));
+        *buf = NULL;
+        *cap = 0;
+    }
+    LMC_CUDA_CHECK(cudaMalloc(buf, want));
+    *cap = want;
+}
+
+extern "C" void *lmc_cuda_alloc(void *ctx, size_t bytes) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    LMC_CUDA_CHECK(cudaSetDevice(c->device));
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory is the caller's to report */
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void lmc_cuda_free_mem(void *ctx, void *p) {
+    (void)ctx;
+    if (p) LMC_CUDA_CHECK(cudaFree(p));
+}
+
+/* Transfers are synchronous for the caller: the host buffer may be reused
+ * (or go out of scope) as soon as the call returns, and downloaded data is
+ * there. Both wait for the work queued before them on the stream. */
+extern "C" void lmc_cuda_upload(void *ctx, void *dst, const void *src, size_t bytes) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (!bytes) return;
+    LMC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+extern "C" void lmc_cuda_download(void *ctx, void *dst, const void *src, size_t bytes) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (!bytes) return;
+    LMC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+extern "C" void lmc_cuda_sync(void *ctx) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void ctx_release(struct lmc_cuda_ctx *c) {
+    /* teardown: report nothing, the device may already be in error */
+    for (int i = 0; i < LMC_CUDA_MM_PLANS; i++) {
+        struct lmc_cuda_mm_plan *p = &c->plans[i];
+        if (!p->used) continue;
+        cublasLtMatrixLayoutDestroy(p->a);
+        cublasLtMatrixLayoutDestroy(p->b);
+        cublasLtMatrixLayoutDestroy(p->c);
+        cublasLtMatmulDescDestroy(p->desc);
+    }
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->lt_ws) cudaFree(c->lt_ws);
+    if (c->scratch) cudaFree(c->scratch);
+    if (c->attn_part) cudaFree(c->attn_part);
+    if (c->lt) cublasLtDestroy(c->lt);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    (void)cudaGetLastError();
+    free(c);
+}
+
+extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, lmc_err *err) {
+    memset(be, 0, sizeof *be);
+    int n = lmc_cuda_device_count();
+    if (n == 0)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "cuda backend: no CUDA device found");
+    if (device < 0 || device >= n)
+        return lmc_err_set(err, LMC_ERR_ARG, "cuda backend: device %d out of range (0..%d)", device,
+                           n - 1);
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) return lmc_err_set(err, LMC_ERR_OOM, "cuda backend: out of memory");
+    c->device = device;
+    cudaError_t e;
+    cudaDeviceProp prop;
+    if ((e = cudaSetDevice(device)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
+        ctx_release(c);
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "cuda backend: device %d: %s", device,
+                           cudaGetErrorString(e));
+    }
+    if (prop.major < 8) {
+        ctx_release(c);
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "cuda backend: device %d (%s) has compute capability %d.%d; "
+                           "this build needs 9.0 (sm_90)", device, prop.name, prop.major, prop.minor);
+    }
+    c->n_sm = prop.multiProcessorCount;
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        ctx_release(c);
+        return lmc_err_set(err, LMC_ERR_OOM, "cuda backend: cannot create a stream: %s",
+                           cudaGetErrorString(e));
+    }
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+        c->lt = NULL;
+        ctx_release(c);
+        return lmc_err_set(err, LMC_ERR_OOM, "cuda backend: cannot create a cuBLASLt handle");
+    }
+    c->lt_ws_bytes = LT_WORKSPACE_BYTES;
+    if (cudaMalloc(&c->lt_ws, c->lt_ws_bytes) != cudaSuccess) {
+        c->lt_ws = NULL;
+        ctx_release(c);
+        return lmc_err_set(err, LMC_ERR_OOM, "cuda backend: cannot allocate %zu bytes of workspace",
+                           (size_t)LT_WORKSPACE_BYTES);
+    }
+    be->name = "cuda";
+    be->ctx = c;
+    be->host_memory = false;
+    be->alloc = lmc_cuda_alloc;
+    be->free = lmc_cuda_free_mem;
+    be->upload = lmc_cuda_upload;
+    be->download = lmc_cuda_download;
+    be->sync = lmc_cuda_sync;
+    be->matmul = lmc_cuda_matmul;
+    be->embed = lmc_cuda_embed;
+    be->rmsnorm = lmc_cuda_rmsnorm;
+    be->layernorm = lmc_cuda_layernorm;
+    be->rope = lmc_cuda_rope;
+    be->attention = lmc_cuda_attention;
+    be->swiglu = lmc_cuda_swiglu;
+    be->gelu = lmc_cuda_gelu;
+    be->add = lmc_cuda_add;
+    return LMC_OK;
+}
+
+extern "C" void lmc_backend_cuda_free(struct lmc_backend *be) {
+    if (!be || !be->ctx) return;
+    ctx_release((struct lmc_cuda_ctx *)be->ctx);
+    memset(be, 0, sizeof *be);
+}
+
+extern "C" void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool on) {
+    if (be && be->ctx && be->name && !strcmp(be->name, "cuda"))
+        ((struct lmc_cuda_ctx *)be->ctx)->attn_fp32 = on;
+}

@@ -1,0 +1,64 @@
+/* ops_cuda.h — the CUDA backend's op entry points (one .cu file each),
+ * callable from C: the table in backend_cuda.cu points at them, and tests
+ * and benches may call the extended launchers directly. ctx is the
+ * backend's `struct lmc_cuda_ctx` (common.cuh). All work is queued on the
+ * ctx's stream; pointers are device memory from the backend's alloc. */
+#ifndef LMC_OPS_CUDA_H
+#define LMC_OPS_CUDA_H
+
+#include "ops/backend.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+void *lmc_cuda_alloc(void *ctx, size_t bytes);
+void lmc_cuda_free_mem(void *ctx, void *p);
+void lmc_cuda_upload(void *ctx, void *dst, const void *src, size_t bytes);
+void lmc_cuda_download(void *ctx, void *dst, const void *src, size_t bytes);
+void lmc_cuda_sync(void *ctx);
+
+void lmc_cuda_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                     const float *bias);
+void lmc_cuda_embed(void *ctx, float *y, const struct lmc_mat *table, const int32_t *ids,
+                    int64_t n);
+void lmc_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t M, int64_t C,
+                      float eps);
+void lmc_cuda_layernorm(void *ctx, float *y, const float *x, const float *w, const float *b,
+                        int64_t M, int64_t C, float eps);
+void lmc_cuda_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_dim,
+                   int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale);
+void lmc_cuda_attention(void *ctx, float *out, const float *q, const float *k, const float *v,
+                        int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                        float scale, int64_t window);
+void lmc_cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+void lmc_cuda_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
+void lmc_cuda_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
+
+/* Which attention kernel lmc_cuda_attention_ex runs. AUTO picks as the
+ * table entry does (tensor cores for prefill unless fp32 attention is set). */
+enum lmc_cuda_attn_kind {
+    LMC_CUDA_ATTN_AUTO = 0,
+    LMC_CUDA_ATTN_TC,    /* bf16 mma.sync FlashAttention-2-style kernel */
+    LMC_CUDA_ATTN_F32,   /* fp32 split-K (flash-decoding) kernel */
+};
+
+/* The attention op over `batch` independent sequences: sequence b reads
+ * q + b*q_bstride, k/v + b*kv_bstride and writes out + b*q_bstride
+ * (strides in floats); other arguments as the table's attention. Returns
+ * the kind that ran. */
+enum lmc_cuda_attn_kind lmc_cuda_attention_ex(void *ctx, float *out, const float *q,
+                                              const float *k, const float *v, int64_t M,
+                                              int64_t pos0, int64_t n_heads, int64_t n_kv,
+                                              int64_t hd, float scale, int64_t window,
+                                              int64_t batch, int64_t q_bstride,
+                                              int64_t kv_bstride, enum lmc_cuda_attn_kind kind);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
