@@ -143,10 +143,15 @@ done:
 /* Stop strings that end an assistant turn in each style. */
 static int turn_stops(enum lmc_chat_style st, const char **out) {
     switch (st) {
-    case LMC_CHAT_LLAMA3: out[0] = "<|eot_id|>"; return 1;
-    case LMC_CHAT_CHATML: out[0] = "<|im_end|>"; return 1;
+    case LMC_CHAT_LLAMA3:
+    case LMC_CHAT_LLAMA31:
+    case LMC_CHAT_LLAMA32: out[0] = "<|eot_id|>"; return 1;
+    case LMC_CHAT_CHATML:
+    case LMC_CHAT_CHATML_QWEN:
+    case LMC_CHAT_CHATML_QWEN25: out[0] = "<|im_end|>"; return 1;
     case LMC_CHAT_ZEPHYR: out[0] = "</s>"; out[1] = "<|user|>"; return 2;
-    case LMC_CHAT_LLAMA2: out[0] = "</s>"; out[1] = "[INST]"; return 2;
+    case LMC_CHAT_LLAMA2:
+    case LMC_CHAT_MISTRAL: out[0] = "</s>"; out[1] = "[INST]"; return 2;
     default: return 0;
     }
 }
