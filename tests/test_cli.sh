@@ -93,6 +93,29 @@ c=$("$LMC" generate -m "$D" -p "$text" --temp 0.9 --top-k 40 --top-p 0.9 --min-p
 ic=$(echo "$c" | python3 -c "import json,sys;print(json.load(sys.stdin)['ids'])")
 [ "$ia" != "$ic" ]; ok $? "another seed samples differently"
 
+# chat: a ChatML (Qwen2) template; each turn's reply equals generate on the
+# rendered conversation, and the second turn reuses the first's cache
+C="$TMP/chat"; mkdir -p "$C"; cp "$FIX"/qwen2-tiny/* "$C/"
+python3 - "$C/tokenizer_config.json" <<'PY'
+import json, sys
+p = sys.argv[1]; c = json.load(open(p))
+c["chat_template"] = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+  "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+  "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+json.dump(c, open(p, "w"))
+PY
+printf 'hello there\nand again\n/exit\n' | "$LMC" chat -m "$C" --temp 0 -n 6 >"$TMP/chat.out" 2>"$TMP/chat.err"
+ok $? "chat exit: $(cat "$TMP/chat.err")"
+r1=$(sed -n 1p "$TMP/chat.out")
+p1=$'<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n'
+g1=$("$LMC" generate -m "$C" -p "$p1" --no-special --temp 0 -n 6 --stop '<|im_end|>' 2>/dev/null)
+[ "$r1" = "$g1" ]; ok $? "chat turn 1 equals generate on the rendered prompt ('$r1' vs '$g1')"
+grep -q "qwen2 template" "$TMP/chat.err"; ok $? "chat names the template style"
+# no template: a clear refusal
+expect_no_tmpl=$(printf 'hi\n' | "$LMC" chat -m "$FIX/gpt2-tiny" 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && echo "$expect_no_tmpl" | grep -q "chat_template"; ok $? "chat without a template is refused"
+
 # bad input: clear message, non-zero exit, no crash (exit < 128)
 expect() { # expect CODE NEEDLE -- command...
   local code=$1 needle=$2; shift 3
