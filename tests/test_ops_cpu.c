@@ -6,6 +6,7 @@
 #include "core/membw.h"
 #include "core/threadpool.h"
 #include "ops/backend.h"
+#include "ops/cpu/ops_cpu.h"
 #include "test.h"
 
 #include <stdatomic.h>
@@ -119,15 +120,20 @@ static void *make_weights(enum lmc_dtype dt, int64_t n, double *ref) {
     return w;
 }
 
-static void test_matmul(struct lmc_backend *be) {
-    static const int64_t Ms[] = {1, 2, 3, 5, 17, 130};
+static void matmul_cases(struct lmc_backend *be, int path) {
+    static const int64_t Ms[] = {1, 2, 3, 5, 9, 11, 17, 130};
     static const int64_t NK[][2] = {{131, 77}, {7, 5}, {64, 48}, {33, 200}, {4, 16}};
     for (size_t d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
             int64_t N = NK[s][0], K = NK[s][1];
             double *wr = dalloc(N * K);
-            void *wd = make_weights(dtypes[d], N * K, wr);
-            struct lmc_mat w = {dtypes[d], N, K, wd};
+            void *w0 = make_weights(dtypes[d], N * K, wr);
+            /* weights at an element offset: W's alignment varies (mmapped files) */
+            size_t es = (size_t)lmc_dtype_size(dtypes[d]), off = es * (s % 3);
+            char *wd = malloc((size_t)(N * K) * es + 64);
+            memcpy(wd + off, w0, (size_t)(N * K) * es);
+            free(w0);
+            struct lmc_mat w = {dtypes[d], N, K, wd + off};
             float *bias = rand_f(N, 1.0f);
             for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
                 int64_t M = Ms[mi];
@@ -143,14 +149,25 @@ static void test_matmul(struct lmc_backend *be) {
                     be->matmul(be->ctx, y, x, M, &w, with_bias ? bias : NULL);
                     double e = test_rel_err_f32_f64(y, ref, M * N);
                     record(E_MATMUL, e);
-                    CHECK_MSG(e <= TOL, "matmul %s M=%lld N=%lld K=%lld bias=%d: rel err %g",
+                    CHECK_MSG(e <= TOL, "matmul %s M=%lld N=%lld K=%lld bias=%d gemm=%d: %g",
                               lmc_dtype_name(dtypes[d]), (long long)M, (long long)N,
-                              (long long)K, with_bias, e);
+                              (long long)K, with_bias, path, e);
                 }
                 free(x), free(y), free(ref);
             }
             free(wr), free(wd), free(bias);
         }
+}
+
+static void test_matmul(struct lmc_backend *be) {
+    struct lmc_cpu_ctx *ctx = be->ctx;
+    int64_t gemm_default = ctx->gemm_min_m;
+    /* both paths at every M: our kernels only, and OpenBLAS sgemm from M = 12 */
+    for (int path = 0; path < 2; path++) {
+        ctx->gemm_min_m = path ? 12 : INT64_MAX;
+        matmul_cases(be, path);
+    }
+    ctx->gemm_min_m = gemm_default;
 }
 
 static void test_embed(struct lmc_backend *be) {
@@ -329,8 +346,9 @@ static void test_elementwise(struct lmc_backend *be) {
                 memcpy(a, a0, (size_t)n * sizeof(float));
                 for (int64_t i = 0; i < n; i++) {
                     double x = a0[i];
+                    /* 0.5 x (1 + tanh u) = x sigmoid(2u), without the cancellation */
                     ref[i] = tanh_approx
-                                 ? 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)))
+                                 ? x / (1 + exp(-2 * sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)))
                                  : 0.5 * x * erfc(-x / sqrt(2.0));
                 }
                 be->gelu(be->ctx, y, a, n, tanh_approx);

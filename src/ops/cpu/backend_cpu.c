@@ -17,6 +17,15 @@ void lmc_cpu_scratch_reserve(struct lmc_cpu_ctx *c, size_t n) {
     }
 }
 
+void lmc_cpu_xbuf_reserve(struct lmc_cpu_ctx *c, size_t n) {
+    n = (n + 15) & ~(size_t)15;
+    if (c->xbuf_cap >= n) return;
+    free(c->xbuf);
+    c->xbuf = aligned_alloc(64, n * sizeof(float));
+    LMC_ASSERT(c->xbuf != NULL);
+    c->xbuf_cap = n;
+}
+
 lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err) {
     memset(be, 0, sizeof *be);
     struct lmc_cpu_ctx *c = calloc(1, sizeof *c);
@@ -27,6 +36,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
         return st;
     }
     c->n_threads = lmc_pool_threads(c->pool);
+    c->gemm_min_m = LMC_CPU_GEMM_MIN_M;
     c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
     c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
     if (!c->scratch || !c->scratch_cap) {
@@ -68,6 +78,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     for (int t = 0; t < c->n_threads; t++) free(c->scratch[t]);
     free(c->scratch);
     free(c->scratch_cap);
+    free(c->xbuf);
     free(c);
     memset(be, 0, sizeof *be);
 }

@@ -16,8 +16,6 @@
 #include <cblas.h>
 #include <string.h>
 
-/* M at or above which the sgemm path is used. */
-#define MM_GEMM_MIN_M 12
 /* W rows per sgemm task. */
 #define MM_GEMM_NB 128
 /* Minimum W elements per small-M task (below: fewer threads). */
@@ -34,6 +32,10 @@ struct mm_job {
     enum lmc_dtype dt;
     const float *bias;
     int64_t n_tasks;
+    /* AVX-512 path, M >= 4: x staged with row stride ldx, placed so that
+     * element `peel` of every row is 64-byte aligned like W's (if K % 16 == 0) */
+    const float *xs;
+    int64_t ldx, peel;
 };
 
 static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
@@ -167,7 +169,8 @@ static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
 }
 
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define MM_AVX512 1
 /* M=1 F16/BF16 with AVX-512: one W row at a time (a single sequential
  * stream per thread), 16 weights per 256-bit load widened to 16 lanes, four
  * accumulators, software prefetch 4 KB ahead. (F32 stays on AVX2: 64-byte
@@ -201,6 +204,89 @@ static inline __m512 ld512_bf16(const uint16_t *p) {
     }
 DOT512(f16)
 DOT512(bf16)
+
+/* Small M >= 4 with AVX-512: 4 x rows against 4 W rows per 16-wide step
+ * (16 accumulators), each converted W vector used 4 times; K tails with
+ * masked loads. */
+static inline __m512 ld512_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 ldm512_f32(const float *p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+static inline __m512 ldm512_f16(const uint16_t *p, __mmask16 k) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+}
+static inline __m512 ldm512_bf16(const uint16_t *p, __mmask16 k) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+/* 4 sums of 16 lanes each -> one 4-float vector */
+static inline __m128 reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d) {
+#define MM_FOLD(v) _mm256_add_ps(_mm512_castps512_ps256(v), \
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(MM_FOLD(a), MM_FOLD(b)),
+                              _mm256_hadd_ps(MM_FOLD(c), MM_FOLD(d)));
+#undef MM_FOLD
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#define MM_MB 48 /* x rows per L2 block, multiple of 4 */
+#define MM_U4(v) _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)
+/* 4 x rows (stride ldx) against 4 W rows (stride ldw) over K, into y (stride
+ * ldy). The first `peel` elements are taken as one masked step so that the
+ * following loads are aligned (the caller staged x to match W's alignment). */
+#define K4X4_512(S, T)                                                                        \
+    static void k4x4_512_##S(const float *x, int64_t ldx, const T *w, int64_t ldw, int64_t K, \
+                             int64_t peel, float *y, int64_t ldy) {                           \
+        __m512 acc[4][4];                                                                     \
+        MM_U4(m) MM_U4(r) acc[m][r] = _mm512_setzero_ps();                                    \
+        for (int64_t i = 0; i < K;) {                                                         \
+            int64_t n = LMC_MIN(i == 0 && peel > 0 ? peel : 16, K - i);                       \
+            __m512 wv[4], xv[4];                                                              \
+            if (n == 16) {                                                                    \
+                MM_U4(r) wv[r] = ld512_##S(w + r * ldw + i);                                  \
+                MM_U4(m) xv[m] = _mm512_loadu_ps(x + m * ldx + i);                            \
+            } else {                                                                          \
+                __mmask16 k = (__mmask16)((1u << n) - 1);                                     \
+                MM_U4(r) wv[r] = ldm512_##S(w + r * ldw + i, k);                              \
+                MM_U4(m) xv[m] = _mm512_maskz_loadu_ps(k, x + m * ldx + i);                   \
+            }                                                                                 \
+            MM_U4(m) MM_U4(r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv[m], acc[m][r]);           \
+            i += n;                                                                           \
+        }                                                                                     \
+        MM_U4(m) _mm_storeu_ps(y + m * ldy, reduce4_512(acc[m][0], acc[m][1], acc[m][2], acc[m][3])); \
+    }                                                                                         \
+    static void rows512_##S(const struct mm_job *j, int64_t r0, int64_t r1) {                 \
+        const T *w = j->w;                                                                    \
+        int64_t K = j->K, N = j->N, M = j->M, r = r0;                                         \
+        /* blocks of MM_MB staged x rows stay in L2 while the slice's W tiles pass */         \
+        for (int64_t mb = 0; mb + 4 <= M; mb += MM_MB) {                                      \
+            int64_t me = LMC_MIN(M, mb + MM_MB) & ~(int64_t)3;                                \
+            for (int64_t rr = r0; rr + 4 <= r1; rr += 4)                                      \
+                for (int64_t m = mb; m < me; m += 4)                                          \
+                    k4x4_512_##S(j->xs + m * j->ldx, j->ldx, w + rr * K, K, K, j->peel,       \
+                                 j->y + m * N + rr, N);                                       \
+        }                                                                                     \
+        for (; r + 4 <= r1; r += 4) {                                                         \
+            const T *w0 = w + r * K;                                                          \
+            int64_t m = M & ~(int64_t)3;                                                      \
+            for (; m + 2 <= M; m += 2)                                                        \
+                k2x4_##S(j->x + m * K, j->x + (m + 1) * K, w0, w0 + K, w0 + 2 * K, w0 + 3 * K, \
+                         K, j->y + m * N + r, j->y + (m + 1) * N + r);                        \
+            if (m < M)                                                                        \
+                k1x4_##S(j->x + m * K, w0, w0 + K, w0 + 2 * K, w0 + 3 * K, K, j->y + m * N + r); \
+        }                                                                                     \
+        for (; r < r1; r++)                                                                   \
+            for (int64_t m = 0; m < M; m++)                                                   \
+                j->y[m * N + r] = k1x1_##S(j->x + m * K, w + r * K, K);                       \
+    }
+K4X4_512(f32, float)
+K4X4_512(f16, uint16_t)
+K4X4_512(bf16, uint16_t)
+
+static void rows512_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
+    switch (j->dt) {
+    case LMC_DTYPE_F16: rows512_f16(j, r0, r1); break;
+    case LMC_DTYPE_BF16: rows512_bf16(j, r0, r1); break;
+    default: rows512_f32(j, r0, r1); break;
+    }
+}
 #endif
 
 #else /* scalar reference path */
@@ -232,8 +318,10 @@ static void small_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
     int64_t r0, r1;
     lmc_cpu_range(j->N, j->n_tasks, t, 4, &r0, &r1);
-#ifdef __AVX512F__
-    if (j->M == 1 && j->dt != LMC_DTYPE_F32) {
+#ifdef MM_AVX512
+    if (j->M >= 4) {
+        rows512_dispatch(j, r0, r1);
+    } else if (j->M == 1 && j->dt != LMC_DTYPE_F32) {
         const uint16_t *w = j->w;
         if (j->dt == LMC_DTYPE_F16)
             for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_f16(j->x, w + r * j->K, j->K);
@@ -269,18 +357,29 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
                w->dtype == LMC_DTYPE_BF16);
     LMC_ASSERT(M >= 0 && w->rows >= 0 && w->cols >= 0);
     if (M == 0 || w->rows == 0) return;
-    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1};
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0};
     if (w->cols == 0) {
         for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
         return;
     }
-    if (M >= MM_GEMM_MIN_M && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
+    if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (j.dt != LMC_DTYPE_F32) lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
         j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
     }
     j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, MM_OVERSPLIT);
+#ifdef MM_AVX512
+    if (M >= 4) {
+        int64_t es = lmc_dtype_size(j.dt), woff = (int64_t)(((uintptr_t)j.w / (uintptr_t)es) % 16);
+        j.peel = (16 - woff) % 16;
+        j.ldx = (j.K + 15) / 16 * 16 + 16;
+        lmc_cpu_xbuf_reserve(c, (size_t)(M * j.ldx));
+        float *xs = c->xbuf + woff;
+        for (int64_t m = 0; m < M; m++) memcpy(xs + m * j.ldx, x + m * j.K, (size_t)j.K * sizeof(float));
+        j.xs = xs;
+    }
+#endif
     lmc_pool_run(c->pool, j.n_tasks, small_task, &j);
 }

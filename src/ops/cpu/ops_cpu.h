@@ -22,12 +22,26 @@ struct lmc_cpu_ctx {
     int n_threads;
     float **scratch;      /* [n_threads], 64-byte aligned */
     size_t *scratch_cap;  /* floats */
+    int64_t gemm_min_m;   /* matmul: M from which OpenBLAS sgemm is used */
+    float *xbuf;          /* shared staging of an op's input, written by the caller */
+    size_t xbuf_cap;      /* floats */
 };
+
+/* Default gemm_min_m. With AVX-512 (+BW, VL) our own 4x4-blocked kernels
+ * outrun the sgemm of the Debian OpenBLAS at every M measured (its Zen
+ * builds use AVX2 kernels), so sgemm is then never used by default. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LMC_CPU_GEMM_MIN_M INT64_MAX
+#else
+#define LMC_CPU_GEMM_MIN_M 12
+#endif
 
 /* Makes every thread's scratch hold at least n floats. Called from the
  * calling thread before lmc_pool_run; aborts (LMC_ASSERT) if memory runs
  * out, as op signatures carry no status. */
 void lmc_cpu_scratch_reserve(struct lmc_cpu_ctx *c, size_t n);
+/* Makes c->xbuf (64-byte aligned) hold at least n floats; same rules. */
+void lmc_cpu_xbuf_reserve(struct lmc_cpu_ctx *c, size_t n);
 
 /* Number of tasks to split `work` units into when a task should cover at
  * least `min_per_task` units: between 1 and n_threads (times `oversplit`). */
