@@ -3,8 +3,8 @@
 # CUDA op tests, fixture parity on the GPU (fp32 and bf16), the sanitizers
 # on the quick op tests, and the benches (our attention vs torch SDPA flash
 # and cuDNN; a random 1.1B Llama's prefill and decode vs transformers).
-# Logs go to $OUT (or /tmp/lmc-cuda-out). Sections: build test parity
-# sanitize attn model (default: all but sanitize).
+# Logs go to $OUT (or /tmp/lmc-cuda-out). Sections, run in this order:
+# build test parity attn model sanitize (default: all but sanitize).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/run_cuda.sh [SECTION ...]
 set -u -o pipefail
 OUT=${OUT:-/tmp/lmc-cuda-out}
@@ -38,13 +38,6 @@ if has parity; then
     done
   done
 fi
-if has sanitize; then
-  for tool in memcheck racecheck; do
-    timeout 280 compute-sanitizer --tool $tool --error-exitcode 9 $B/test_ops_cuda --quick \
-      >"$OUT/sanitize-$tool.log" 2>&1; r=$?
-    echo "compute-sanitizer $tool rc=$r: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
-  done
-fi
 shapes="16,12,1024,64 8,16,2048,128 2,16,8192,128 1,32,16384,128"
 if has attn; then
   echo "--- ours (f32 q/k/v in memory, bf16 tensor cores)"
@@ -58,5 +51,12 @@ if has model; then
   [ -f $M/config.json ] || python3 bench/bench_cuda.py makemodel $M 2>&1 | tail -1
   $B/bench_model_cuda $M 512 128 2>&1 | tee -a "$OUT/bench_model.log"
   python3 bench/bench_cuda.py hf $M 512 128 2>&1 | grep -v Warning | tee -a "$OUT/bench_model.log"
+fi
+if has sanitize; then
+  for tool in memcheck racecheck; do
+    timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $B/test_ops_cuda --quick \
+      >"$OUT/sanitize-$tool.log" 2>&1; r=$?
+    echo "compute-sanitizer $tool rc=$r: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
+  done
 fi
 exit $rc

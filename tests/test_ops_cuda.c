@@ -87,8 +87,8 @@ static const enum lmc_dtype dtypes[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE
 
 static void test_matmul(int quick) {
     static const int64_t Ms[] = {1, 2, 3, 5, 8, 9, 17, 130};
-    static const int64_t NK[][2] = {{131, 77}, {7, 5}, {64, 48}, {33, 200}, {4, 16}, {1000, 512}};
-    size_t nnk = quick ? 5 : 6;
+    static const int64_t NK[][2] = {{131, 77}, {7, 5}, {64, 48}, {33, 200}, {4, 16}, {1000, 512}, {257, 2056}};
+    size_t nnk = quick ? 5 : 7;
     for (size_t d = 0; d < 3; d++)
         for (size_t s = 0; s < nnk; s++) {
             int64_t N = NK[s][0], K = NK[s][1];
@@ -284,6 +284,12 @@ static double attn_case(int64_t M, int64_t pos0, int64_t H, int64_t KV, int64_t 
     int64_t T = pos0 + M;
     float scale = 1.0f / sqrtf((float)D);
     float *q = rand_f(M * H * D, qscale), *k = rand_f(T * KV * D, 2.0f), *v = rand_f(T * KV * D, 1.0f);
+    if (qscale > 10) { /* peaked: bf16-exact inputs, so only the kernel's own rounding counts */
+        float *bufs[3] = {q, k, v};
+        int64_t lens[3] = {M * H * D, T * KV * D, T * KV * D};
+        for (int b = 0; b < 3; b++)
+            for (int64_t i = 0; i < lens[b]; i++) bufs[b][i] = lmc_bf16_to_f32(lmc_f32_to_bf16(bufs[b][i]));
+    }
     float *q_d = up(q, (size_t)(M * H * D) * 4), *k_d = up(k, (size_t)(T * KV * D) * 4);
     float *v_d = up(v, (size_t)(T * KV * D) * 4), *o_d = dev_poison(M * H * D);
     enum lmc_cuda_attn_kind ran = lmc_cuda_attention_ex(gpu.ctx, o_d, q_d, k_d, v_d, M, pos0, H, KV,
@@ -374,10 +380,11 @@ static void test_attention_sizes(int quick) {
                                kind == LMC_CUDA_ATTN_TC ? "tc" : "f32", e);
                 }
         }
-    /* peaked softmax (large logits) and a batch through _ex: no NaN */
+    /* peaked softmax (logits in the hundreds): no NaN, and exact but for
+     * the kernel's rounding of P to bf16 */
     for (int kind = LMC_CUDA_ATTN_TC; kind <= LMC_CUDA_ATTN_F32; kind++) {
         double e = attn_case(300, 5, 4, 2, 128, 0, (enum lmc_cuda_attn_kind)kind, 60.0f, 300);
-        CHECK_MSG(e <= (kind == LMC_CUDA_ATTN_TC ? 5e-2 : 1e-4), "attention peaked kind %d: %g", kind, e);
+        CHECK_MSG(e <= (kind == LMC_CUDA_ATTN_TC ? 2e-2 : 1e-4), "attention peaked kind %d: %g", kind, e);
     }
 }
 

@@ -3,11 +3,12 @@
  *
  *  - attention_fwd_kernel<HD> (prefill, bf16 tensor cores): a
  *    FlashAttention-2-style forward. A block of 4 warps owns 64 queries of
- *    one head; each warp owns 16 query rows. Q (pre-scaled by
- *    scale*log2(e)) is rounded to bf16 and kept in registers as mma
- *    A-fragments; K and V tiles of 64 keys are converted from the f32 cache
- *    to bf16 in shared memory (V transposed, so both B operands load as
- *    32-bit words). S = Q K^T and O += P V run on mma.sync.m16n8k16 (bf16
+ *    one head; each warp owns 16 query rows. Q is rounded to bf16 and
+ *    kept in registers as mma
+ *    A-fragments. K and V tiles of 64 keys are copied from the f32 cache
+ *    by cp.async into f32 staging while the previous tile computes, then
+ *    converted to bf16 in shared memory (V transposed, so both B operands
+ *    load as 32-bit words). S = Q K^T (scaled by scale*log2(e) in f32) and O += P V run on mma.sync.m16n8k16 (bf16
  *    in, f32 accumulate); the softmax is online (running max and sum per
  *    row, in f32 registers), so S x S scores never exist. Keys past a row's
  *    position (causal), before its window, or past the cache are masked.
@@ -57,13 +58,29 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *(const uint32_t *)p; }
 
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
+    uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+/* Dynamic shared memory of attention_fwd_kernel<HD>: f32 staging of the
+ * next K and V tiles (rows padded by 4 floats), then the bf16 K tile and
+ * the bf16 V^T tile the tensor cores read. */
+static constexpr size_t tc_smem_bytes(int hd) {
+    return (size_t)2 * TC_BN * (hd + 4) * 4 + ((size_t)TC_BN * (hd + 8) + (size_t)hd * (TC_BN + 8)) * 2;
+}
+
 template <int HD>
 __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_args a) {
     constexpr int KS = HD + 8;    /* Q/K smem row stride (bf16): conflict-free fragment loads */
     constexpr int VS = TC_BN + 8; /* V^T smem row stride */
+    constexpr int FS = HD + 4;    /* f32 staging row stride */
     constexpr int C4 = HD / 4;    /* float4s per row */
-    __shared__ __align__(16) __nv_bfloat16 Ks[TC_BN * KS];
-    __shared__ __align__(16) __nv_bfloat16 Vt[HD * VS];
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    float *Kf = (float *)tc_smem, *Vf = Kf + TC_BN * FS;
+    __nv_bfloat16 *Ks = (__nv_bfloat16 *)(Vf + TC_BN * FS), *Vt = Ks + TC_BN * KS;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int64_t m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * TC_BM; /* longest tiles first */
     const int h = blockIdx.y, kvh = h / (a.H / a.KV);
@@ -73,14 +90,56 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
     const float *vb = a.v + b * a.kv_bstride + (int64_t)kvh * HD;
     float *out = a.out + b * a.q_bstride + (int64_t)h * HD;
 
-    /* Q tile, scaled, to bf16 (staged in Ks), then to registers */
+    const int64_t last_m = LMC_MIN(m0 + TC_BM, M) - 1;
+    const int64_t p_lo = a.pos0 + m0, p_hi = a.pos0 + last_m;
+    const int64_t k_lo = a.window > 0 ? LMC_MAX((int64_t)0, p_lo - a.window + 1) : 0;
+    const int64_t n_first = k_lo / TC_BN * TC_BN;
+
+    /* f32 K/V tile at key n0 into the staging buffers, asynchronously;
+     * keys past p_hi are zero-filled (and masked) */
+    auto issue = [&](int64_t n0) {
+        for (int idx = tid; idx < TC_BN * C4; idx += TC_THREADS) {
+            int r = idx / C4, c4 = idx % C4;
+            bool ok = n0 + r <= p_hi;
+            int64_t off = ok ? (n0 + r) * a.kv_row + c4 * 4 : 0;
+            cp_async16(Kf + r * FS + c4 * 4, kb + off, ok ? 16 : 0);
+            cp_async16(Vf + r * FS + c4 * 4, vb + off, ok ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    /* staging -> bf16 K (row-major) and V^T (two keys per 32-bit store) */
+    auto convert = [&]() {
+        for (int idx = tid; idx < TC_BN * C4; idx += TC_THREADS) {
+            int r = idx / C4, c4 = idx % C4;
+            float4 f = *(const float4 *)(Kf + r * FS + c4 * 4);
+            uint2 u;
+            u.x = pack_bf16(f.x, f.y);
+            u.y = pack_bf16(f.z, f.w);
+            *(uint2 *)&Ks[r * KS + c4 * 4] = u;
+        }
+        for (int idx = tid; idx < (TC_BN / 2) * C4; idx += TC_THREADS) {
+            int rp = idx % (TC_BN / 2), c4 = idx / (TC_BN / 2);
+            float4 f0 = *(const float4 *)(Vf + (2 * rp) * FS + c4 * 4);
+            float4 f1 = *(const float4 *)(Vf + (2 * rp + 1) * FS + c4 * 4);
+            uint32_t *dst = (uint32_t *)&Vt[(c4 * 4) * VS + 2 * rp];
+            dst[0] = pack_bf16(f0.x, f1.x);
+            dst[VS / 2] = pack_bf16(f0.y, f1.y);
+            dst[VS] = pack_bf16(f0.z, f1.z);
+            dst[3 * VS / 2] = pack_bf16(f0.w, f1.w);
+        }
+    };
+
+    issue(n_first); /* the first tile's copy overlaps the Q load */
+
+    /* Q tile to bf16 (staged in Ks), then to registers; the softmax scale is
+     * applied to S in f32, so bf16 rounds only q itself */
     for (int idx = tid; idx < TC_BM * C4; idx += TC_THREADS) {
         int r = idx / C4, c4 = idx % C4;
         float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
         if (m0 + r < M) f = *(const float4 *)(q + (m0 + r) * a.q_row + c4 * 4);
         uint2 u;
-        u.x = pack_bf16(f.x * a.scale_log2, f.y * a.scale_log2);
-        u.y = pack_bf16(f.z * a.scale_log2, f.w * a.scale_log2);
+        u.x = pack_bf16(f.x, f.y);
+        u.y = pack_bf16(f.z, f.w);
         *(uint2 *)&Ks[r * KS + c4 * 4] = u;
     }
     __syncthreads();
@@ -93,11 +152,11 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
         qf[kc][2] = ld_u32(p + 8);
         qf[kc][3] = ld_u32(p + 8 * KS + 8);
     }
+    cp_async_wait_all();
+    __syncthreads(); /* Q fragments read; the first tile landed */
+    convert();
     __syncthreads();
 
-    const int64_t last_m = LMC_MIN(m0 + TC_BM, M) - 1;
-    const int64_t p_lo = a.pos0 + m0, p_hi = a.pos0 + last_m;
-    const int64_t k_lo = a.window > 0 ? LMC_MAX((int64_t)0, p_lo - a.window + 1) : 0;
     /* positions of this thread's two rows (rows past M act as the last row) */
     int64_t pr[2];
     pr[0] = a.pos0 + LMC_MIN(m0 + warp * 16 + g, last_m);
@@ -110,31 +169,9 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
 
-    for (int64_t n0 = k_lo / TC_BN * TC_BN; n0 <= p_hi; n0 += TC_BN) {
-        /* K tile, row-major bf16; keys past p_hi are zero (and masked) */
-        for (int idx = tid; idx < TC_BN * C4; idx += TC_THREADS) {
-            int r = idx / C4, c4 = idx % C4;
-            float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (n0 + r <= p_hi) f = *(const float4 *)(kb + (n0 + r) * a.kv_row + c4 * 4);
-            uint2 u;
-            u.x = pack_bf16(f.x, f.y);
-            u.y = pack_bf16(f.z, f.w);
-            *(uint2 *)&Ks[r * KS + c4 * 4] = u;
-        }
-        /* V tile transposed: Vt[d][key], two keys per 32-bit store */
-        for (int idx = tid; idx < (TC_BN / 2) * C4; idx += TC_THREADS) {
-            int rp = idx % (TC_BN / 2), c4 = idx / (TC_BN / 2);
-            int64_t key = n0 + 2 * rp;
-            float4 f0 = make_float4(0.f, 0.f, 0.f, 0.f), f1 = f0;
-            if (key <= p_hi) f0 = *(const float4 *)(vb + key * a.kv_row + c4 * 4);
-            if (key + 1 <= p_hi) f1 = *(const float4 *)(vb + (key + 1) * a.kv_row + c4 * 4);
-            uint32_t *dst = (uint32_t *)&Vt[(c4 * 4) * VS + 2 * rp];
-            dst[0] = pack_bf16(f0.x, f1.x);
-            dst[VS / 2] = pack_bf16(f0.y, f1.y);
-            dst[VS] = pack_bf16(f0.z, f1.z);
-            dst[3 * VS / 2] = pack_bf16(f0.w, f1.w);
-        }
-        __syncthreads();
+    for (int64_t n0 = n_first; n0 <= p_hi; n0 += TC_BN) {
+        const bool more = n0 + TC_BN <= p_hi;
+        if (more) issue(n0 + TC_BN); /* lands while this tile computes */
 
         float s[TC_BN / 8][4];
 #pragma unroll
@@ -146,6 +183,11 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
                 const __nv_bfloat16 *p = &Ks[(nt * 8 + g) * KS + kc * 16 + t * 2];
                 mma_bf16_16816(s[nt], qf[kc], ld_u32(p), ld_u32(p + 8));
             }
+
+#pragma unroll
+        for (int nt = 0; nt < TC_BN / 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[nt][i] *= a.scale_log2;
 
         bool need_mask = n0 + TC_BN - 1 > w_first || (a.window > 0 && n0 <= w_last - a.window);
         if (need_mask) {
@@ -201,7 +243,12 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
                 mma_bf16_16816(o[dt], pa, ld_u32(p), ld_u32(p + 8));
             }
         }
-        __syncthreads(); /* before the next tile overwrites Ks / Vt */
+        if (more) {
+            cp_async_wait_all();
+            __syncthreads(); /* every warp is done with Ks / Vt; the next tile landed */
+            convert();
+            __syncthreads();
+        }
     }
 
 #pragma unroll
@@ -350,12 +397,20 @@ static bool tc_ok(const struct attn_args *a) {
 
 static void launch_tc(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t batch) {
     dim3 grid((unsigned)((a->M + TC_BM - 1) / TC_BM), (unsigned)a->H, (unsigned)batch);
+#define TC_LAUNCH(HD)                                                                         \
+    do {                                                                                      \
+        LMC_CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<HD>,                         \
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,      \
+                                            (int)tc_smem_bytes(HD)));                         \
+        attention_fwd_kernel<HD><<<grid, TC_THREADS, tc_smem_bytes(HD), c->stream>>>(*a);     \
+    } while (0)
     switch (a->hd) {
-    case 64: attention_fwd_kernel<64><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
-    case 80: attention_fwd_kernel<80><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
-    case 96: attention_fwd_kernel<96><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
-    default: attention_fwd_kernel<128><<<grid, TC_THREADS, 0, c->stream>>>(*a); break;
+    case 64: TC_LAUNCH(64); break;
+    case 80: TC_LAUNCH(80); break;
+    case 96: TC_LAUNCH(96); break;
+    default: TC_LAUNCH(128); break;
     }
+#undef TC_LAUNCH
     LMC_CUDA_LAUNCH_CHECK();
 }
 

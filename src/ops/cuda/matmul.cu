@@ -56,7 +56,26 @@ matmul_gemv_fwd_kernel(float *y, const float *x, const T *w, const float *bias, 
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[m] = 0.0f;
         if (vec) {
-            for (int64_t k = (int64_t)lane * 8; k < K; k += 256) {
+            int64_t k = (int64_t)lane * 8;
+            /* four 16-byte weight loads in flight per lane before their use */
+            for (; k + 768 < K; k += 1024) {
+                float wf[4][8];
+#pragma unroll
+                for (int u = 0; u < 4; u++) load8(wr + k + 256 * u, wf[u]);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    if (m < M) {
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                            float xf[8];
+                            load8(x + m * K + k + 256 * u, xf);
+#pragma unroll
+                            for (int i = 0; i < 8; i++) acc[m] = fmaf(wf[u][i], xf[i], acc[m]);
+                        }
+                    }
+                }
+            }
+            for (; k < K; k += 256) {
                 float wf[8];
                 load8(wr + k, wf);
 #pragma unroll
