@@ -87,7 +87,8 @@ int main(int argc, char **argv) {
     }
     if (threads < 1) threads = 2;
     double budget = quick ? 0.1 : 0.4;
-    static const int64_t shapes[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
+    static const int64_t shapes[][2] = {{256, 768}, {768, 768}, {2048, 768}, {768, 2048},
+                                        {32000, 768}};
     static const enum lmc_dtype dts[] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
     const int64_t MP = 512;
     lmc_err err;

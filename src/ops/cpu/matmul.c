@@ -20,8 +20,17 @@
 #define MM_GEMM_NB 128
 /* Minimum W elements per small-M task (below: fewer threads). */
 #define MM_MIN_TASK_ELEMS 32768
-/* Small-M tasks per thread: slack for a thread the OS preempts. */
+/* Small-M tasks per thread: slack for a thread the OS preempts... */
 #define MM_OVERSPLIT 4
+/* ...but each M=1 task streams at least this many weight bytes: every task
+ * start pays DRAM latency before the prefetchers are up to speed. */
+#ifndef MM_MIN_TASK_BYTES
+#define MM_MIN_TASK_BYTES (256 * 1024)
+#endif
+/* Bytes prefetched in a burst when an M=1 task starts. */
+#ifndef MM_PF_START
+#define MM_PF_START 4096
+#endif
 
 struct mm_job {
     struct lmc_cpu_ctx *c;
@@ -318,6 +327,14 @@ static void small_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
     int64_t r0, r1;
     lmc_cpu_range(j->N, j->n_tasks, t, 4, &r0, &r1);
+#ifdef __AVX2__
+    if (j->M == 1) { /* get many misses in flight at once */
+        size_t es = (size_t)lmc_dtype_size(j->dt);
+        const char *p = (const char *)j->w + (size_t)(r0 * j->K) * es;
+        size_t n = LMC_MIN((size_t)((r1 - r0) * j->K) * es, (size_t)MM_PF_START);
+        for (size_t b = 0; b < n; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+    }
+#endif
 #ifdef MM_AVX512
     if (j->M >= 4) {
         rows512_dispatch(j, r0, r1);
@@ -369,7 +386,13 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
     }
-    j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, MM_OVERSPLIT);
+    if (M == 1) {
+        int64_t bytes = j.N * j.K * lmc_dtype_size(j.dt), nt = c->n_threads;
+        int64_t k = LMC_MAX(1, LMC_MIN(MM_OVERSPLIT, bytes / (nt * MM_MIN_TASK_BYTES)));
+        j.n_tasks = bytes < MM_MIN_TASK_BYTES ? 1 : nt * k;
+    } else {
+        j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, MM_OVERSPLIT);
+    }
 #ifdef MM_AVX512
     if (M >= 4) {
         int64_t es = lmc_dtype_size(j.dt), woff = (int64_t)(((uintptr_t)j.w / (uintptr_t)es) % 16);
