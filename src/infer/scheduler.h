@@ -1,0 +1,94 @@
+/* scheduler.h — continuous batching over a paged KV cache. One scheduler
+ * thread owns the model and the cache; requests are submitted from any
+ * thread and join the running batch between decode steps; prompts are
+ * prefilled in chunks so a long prompt does not stall the others; when KV
+ * blocks run out, requests wait or are preempted (freed and recomputed
+ * later), never failed mid-stream. Results stream back through a callback
+ * called on the scheduler thread. */
+#ifndef LMC_SCHEDULER_H
+#define LMC_SCHEDULER_H
+
+#include "lmc.h"
+#include "infer/sampler.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct lmc_sched; /* opaque */
+
+struct lmc_sched_opts {
+    int max_batch;              /* sequences decoded together (default 64) */
+    int block_size;             /* tokens per KV block (default 16) */
+    int64_t kv_blocks;          /* blocks in the pool (0: from kv_bytes) */
+    size_t kv_bytes;            /* memory for the pool when kv_blocks == 0 */
+    int64_t max_step_tokens;    /* token budget per step, prefill chunks included (default 512) */
+    int64_t ctx;                /* longest sequence (prompt + output) */
+    bool prefix_cache;          /* reuse full blocks with equal token prefixes (default on) */
+};
+void lmc_sched_opts_default(struct lmc_sched_opts *o);
+
+#define LMC_SCHED_MAX_STOP 8
+#define LMC_SCHED_MAX_TOP_LOGPROBS 20
+
+struct lmc_request {
+    struct lmc_sampler_params sampling; /* seed: per request, so results do not depend on the batch */
+    int64_t max_tokens;
+    const char *stop[LMC_SCHED_MAX_STOP]; /* copied at submit */
+    int n_stop;
+    bool ignore_eos;
+    int top_logprobs;           /* 0..LMC_SCHED_MAX_TOP_LOGPROBS; <0: no logprobs */
+};
+
+enum lmc_sched_event_kind { LMC_EV_TOKEN = 0, LMC_EV_DONE, LMC_EV_ERROR };
+
+struct lmc_sched_event {
+    enum lmc_sched_event_kind kind;
+    uint64_t req_id;
+    /* TOKEN: the token and the new valid UTF-8 text it completes (may be
+     * empty while a character or a possible stop string is pending) */
+    int32_t token;
+    const char *text;
+    size_t text_len;
+    float logprob;              /* log p(token) after processing, if requested */
+    int n_top;
+    int32_t top_ids[LMC_SCHED_MAX_TOP_LOGPROBS];
+    float top_logprobs[LMC_SCHED_MAX_TOP_LOGPROBS];
+    /* DONE: "stop" or "length"; usage counts */
+    const char *finish_reason;
+    int64_t prompt_tokens, completion_tokens, cached_prompt_tokens;
+    /* ERROR */
+    const char *error;
+};
+
+/* Called on the scheduler thread; must not block for long. After DONE or
+ * ERROR no further events come for that request. */
+typedef void (*lmc_sched_fn)(void *user, const struct lmc_sched_event *ev);
+
+lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
+                          const struct lmc_backend *be, const struct lmc_tokenizer *tok,
+                          const struct lmc_sched_opts *o, lmc_err *err);
+/* Stops the thread (pending requests get ERROR "shutting down") and frees. */
+void lmc_sched_free(struct lmc_sched *s);
+
+/* Queues a request (prompt ids are copied). LMC_ERR_ARG for a prompt that
+ * with max_tokens cannot fit ctx or the whole pool, or bad parameters. */
+lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t n_prompt,
+                            const struct lmc_request *r, lmc_sched_fn fn, void *user,
+                            uint64_t *req_id, lmc_err *err);
+/* Cancels a request (e.g. the client went away): its blocks are freed and
+ * it gets a DONE event with finish_reason "cancelled" unless already done. */
+void lmc_sched_cancel(struct lmc_sched *s, uint64_t req_id);
+
+struct lmc_sched_stats {
+    int64_t running, waiting, preempted_total;
+    int64_t kv_blocks_total, kv_blocks_used;
+    int64_t kv_tokens_stored;      /* tokens held in used blocks (for waste) */
+    int64_t prefix_hits_tokens, prefix_queries_tokens;
+    int64_t requests_total, prompt_tokens_total, generated_tokens_total;
+    int64_t steps;
+};
+void lmc_sched_stats(struct lmc_sched *s, struct lmc_sched_stats *out);
+
+#endif
