@@ -1,6 +1,8 @@
 /* session.c — prompt feeding with prefix reuse, the generation loop, and
- * streaming detokenisation (valid UTF-8 only, stop strings held back). */
+ * streaming detokenisation through detok.c (valid UTF-8 only, stop strings
+ * held back). */
 #include "infer/session.h"
+#include "infer/detok.h"
 #include "core/core.h"
 
 #include <stdlib.h>
@@ -66,63 +68,6 @@ static bool is_eos(const struct lmc_session *s, int32_t id) {
     return s->tok && id == lmc_tokenizer_eos(s->tok);
 }
 
-/* Longest suffix of text[0..n) that is a proper prefix of some stop string. */
-static size_t stop_holdback(const char *text, size_t n, const struct lmc_gen_opts *o) {
-    size_t hold = 0;
-    for (int i = 0; i < o->n_stop; i++) {
-        size_t L = strlen(o->stop[i]);
-        for (size_t k = LMC_MIN(L - 1, n); k > hold; k--)
-            if (memcmp(text + n - k, o->stop[i], k) == 0) {
-                hold = k;
-                break;
-            }
-    }
-    return hold;
-}
-
-/* Earliest occurrence of any stop string in text[0..n), or n if none. */
-static size_t stop_find(const char *text, size_t n, const struct lmc_gen_opts *o) {
-    size_t best = n;
-    for (int i = 0; i < o->n_stop; i++) {
-        size_t L = strlen(o->stop[i]);
-        if (L == 0 || L > n) continue;
-        for (size_t j = 0; j + L <= n && j < best; j++)
-            if (memcmp(text + j, o->stop[i], L) == 0) {
-                best = j;
-                break;
-            }
-    }
-    return best;
-}
-
-/* Text of the generated ids: decode(ctx + gen) minus decode(ctx), where ctx
- * is a few prompt ids, so decoders that strip or merge at the start see the
- * same context the model did. */
-static lmc_status decode_gen(const struct lmc_session *s, const int32_t *all, int64_t n_ctx,
-                             int64_t n_gen, char **out, size_t *len, lmc_err *err) {
-    char *pre = NULL, *full = NULL;
-    size_t lp = 0, lf = 0;
-    lmc_status st = lmc_tokenizer_decode(s->tok, all, n_ctx, &pre, &lp, err);
-    if (!st) st = lmc_tokenizer_decode(s->tok, all, n_ctx + n_gen, &full, &lf, err);
-    if (st) {
-        free(pre);
-        free(full);
-        return st;
-    }
-    if (lf >= lp && memcmp(full, pre, lp) == 0) {
-        memmove(full, full + lp, lf - lp + 1);
-        lf -= lp;
-    } else { /* context did not decode to a prefix: decode the new ids alone */
-        free(full);
-        full = NULL;
-        st = lmc_tokenizer_decode(s->tok, all + n_ctx, n_gen, &full, &lf, err);
-    }
-    free(pre);
-    *out = full;
-    *len = lf;
-    return st;
-}
-
 lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
                                 const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                                 struct lmc_gen_result *res, lmc_err *err) {
@@ -134,13 +79,18 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     if (st) return st;
     int64_t cap = n_prompt + o->max_new;
     int32_t *all = malloc((size_t)LMC_MAX(cap, 1) * sizeof *all);
+    struct lmc_detok dt;
     if (!all) {
         lmc_sampler_free(&smp);
         return lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
     }
+    st = lmc_detok_init(&dt, s->tok, prompt, n_prompt, o->stop, o->n_stop, err);
+    if (st) {
+        free(all);
+        lmc_sampler_free(&smp);
+        return st;
+    }
     memcpy(all, prompt, (size_t)n_prompt * sizeof *all);
-    int64_t n_ctx = LMC_MIN(n_prompt, 8);
-    const int32_t *dec_base = all + n_prompt - n_ctx;
     double t0 = lmc_time_now();
     int64_t before = s->n_cached;
     st = lmc_session_feed(s, prompt, n_prompt, err);
@@ -148,13 +98,10 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     double t1 = lmc_time_now();
     res->prefill_s = t1 - t0;
     res->finish_reason = "length";
-    /* raw: decoded bytes of the generated ids; clean: raw with invalid
-     * UTF-8 replaced by U+FFFD and an unfinished character held back;
-     * emitted: bytes of clean already passed to emit. */
-    size_t emitted = 0, rl = 0, cl = 0;
-    char *raw = NULL, *clean = NULL;
-    bool done = false;
+    bool done = false, stopped = false;
     int64_t n_gen = 0;
+    const char *piece;
+    size_t plen;
     while (!st && !done && n_gen < o->max_new) {
         int32_t id = lmc_sampler_sample(&smp, s->logits, all, n_prompt + n_gen);
         if (!o->ignore_eos && is_eos(s, id)) {
@@ -162,29 +109,13 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
             break;
         }
         all[n_prompt + n_gen++] = id;
-        free(raw);
-        raw = NULL;
-        st = decode_gen(s, dec_base, n_ctx, n_gen, &raw, &rl, err);
+        st = lmc_detok_push(&dt, id, &piece, &plen, &stopped, err);
         if (st) break;
-        char *c2 = realloc(clean, 3 * rl + 1);
-        if (!c2) {
-            st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
-            break;
-        }
-        clean = c2;
-        cl = lmc_utf8_sanitize(raw, rl, false, clean, NULL);
-        size_t stop_at = stop_find(clean, cl, o), ready;
-        if (stop_at < cl) {
-            ready = stop_at;
+        if (stopped) {
             done = true;
             res->finish_reason = "stop";
-        } else {
-            ready = cl - stop_holdback(clean, cl, o);
         }
-        if (ready > emitted) {
-            if (emit && !emit(user, clean + emitted, ready - emitted)) done = true;
-            emitted = ready;
-        }
+        if (plen && emit && !emit(user, piece, plen)) done = true;
         if (done || n_gen == o->max_new) break;
         if (s->n_cached >= s->kv.ctx) {
             st = lmc_err_set(err, LMC_ERR_ARG, "context of %lld tokens is full", (long long)s->kv.ctx);
@@ -194,21 +125,15 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
                                false, err);
         if (!st) s->cached[s->n_cached++] = id;
     }
-    if (!st && !done && clean) {
-        /* end of generation: an unfinished character becomes U+FFFD, held
-         * back stop-string prefixes are released */
-        cl = lmc_utf8_sanitize(raw, rl, true, clean, NULL);
-        size_t end = stop_find(clean, cl, o);
-        if (end < cl) res->finish_reason = "stop";
-        if (end > emitted && emit) emit(user, clean + emitted, end - emitted);
-        if (end > emitted) emitted = end;
+    if (!st && !done) {
+        lmc_detok_finish(&dt, &piece, &plen, &stopped);
+        if (stopped) res->finish_reason = "stop";
+        if (plen && emit) emit(user, piece, plen);
     }
-    free(raw);
-    char *text = clean;
     res->decode_s = lmc_time_now() - t1;
     lmc_sampler_free(&smp);
     if (st) {
-        free(text);
+        lmc_detok_free(&dt);
         free(all);
         return st;
     }
@@ -216,9 +141,13 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     if (res->ids) memcpy(res->ids, all + n_prompt, (size_t)n_gen * sizeof *res->ids);
     res->n_ids = n_gen;
     free(all);
-    if (!text) text = calloc(1, 1);
-    if (text) text[emitted] = 0;
+    char *text = malloc(dt.emitted + 1);
+    if (text) {
+        if (dt.emitted) memcpy(text, dt.clean, dt.emitted);
+        text[dt.emitted] = 0;
+    }
     res->text = text;
-    res->text_len = emitted;
+    res->text_len = text ? dt.emitted : 0;
+    lmc_detok_free(&dt);
     return LMC_OK;
 }

@@ -70,6 +70,20 @@ struct lmc_backend {
     void (*gelu)(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
     /* y[i] = a[i] + b[i]. y may alias a or b. */
     void (*add)(void *ctx, float *y, const float *a, const float *b, int64_t n);
+    /* Paged attention over many sequences (continuous batching). First
+     * stores k_new/v_new (T, n_kv*hd) into the slots of their tokens: token
+     * i (sequence seq[i], position pos[i]) goes to row
+     * bt[seq[i]*max_blocks + pos[i]/block_size]*block_size + pos[i]%block_size
+     * of kc and vc (n_blocks*block_size, n_kv*hd, this layer's pool). Then
+     * query i (q, out: (T, n_heads*hd)) attends causally to its sequence's
+     * positions 0..pos[i] (window > 0: the last `window`), read through the
+     * block table; GQA and scale as in attention. The positions < pos[i]
+     * not in this batch must already be stored. seq, pos, bt are backend memory. */
+    void (*attention_paged)(void *ctx, float *out, const float *q, const float *k_new,
+                            const float *v_new, float *kc, float *vc, int64_t T,
+                            const int32_t *seq, const int32_t *pos, const int32_t *bt,
+                            int64_t max_blocks, int64_t block_size, int64_t n_heads,
+                            int64_t n_kv, int64_t hd, float scale, int64_t window);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

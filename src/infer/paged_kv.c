@@ -1,0 +1,251 @@
+/* paged_kv.c — blocks, reference counts, copy-on-write and the prefix
+ * cache of the paged KV cache (see paged_kv.h). The prefix cache maps the
+ * chained hash of a full block to the block through chains off a power-of-
+ * two bucket array; registered blocks with no users wait in an LRU list. */
+#include "infer/paged_kv.h"
+#include "core/core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Hash of a block's tokens chained with the previous block's hash. */
+static uint64_t block_hash(uint64_t parent, const int32_t *t, int64_t n) {
+    uint64_t h = mix(parent + 0x9e3779b97f4a7c15ull);
+    for (int64_t i = 0; i < n; i++) h = mix(h ^ ((uint64_t)(uint32_t)t[i] + 0x632be59bd9b4e019ull));
+    return h;
+}
+
+lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
+                             const struct lmc_backend *be, int64_t n_blocks, int64_t block_size,
+                             bool prefix_cache, lmc_err *err) {
+    memset(kv, 0, sizeof *kv);
+    lmc_status st = lmc_kv_pool_init(&kv->pool, m, be, n_blocks, block_size, err);
+    if (st) return st;
+    kv->n_blocks = n_blocks;
+    kv->block_size = block_size;
+    kv->prefix_cache = prefix_cache;
+    kv->n_buckets = 16;
+    while (kv->n_buckets < n_blocks) kv->n_buckets *= 2;
+    size_t nb = (size_t)n_blocks;
+    kv->ref = calloc(nb, sizeof *kv->ref);
+    kv->cached = calloc(nb, sizeof *kv->cached);
+    kv->hash = calloc(nb, sizeof *kv->hash);
+    kv->parent = calloc(nb, sizeof *kv->parent);
+    kv->tokens = malloc(nb * (size_t)block_size * sizeof *kv->tokens);
+    kv->bucket = malloc((size_t)kv->n_buckets * sizeof *kv->bucket);
+    kv->hnext = malloc(nb * sizeof *kv->hnext);
+    kv->free_list = malloc(nb * sizeof *kv->free_list);
+    kv->lru_prev = malloc(nb * sizeof *kv->lru_prev);
+    kv->lru_next = malloc(nb * sizeof *kv->lru_next);
+    if (!kv->ref || !kv->cached || !kv->hash || !kv->parent || !kv->tokens || !kv->bucket ||
+        !kv->hnext || !kv->free_list || !kv->lru_prev || !kv->lru_next) {
+        lmc_paged_kv_free(kv);
+        return lmc_err_set(err, LMC_ERR_OOM, "paged KV tables for %lld blocks: out of memory",
+                           (long long)n_blocks);
+    }
+    for (int64_t i = 0; i < kv->n_buckets; i++) kv->bucket[i] = -1;
+    /* stack: block 0 on top */
+    for (int64_t i = 0; i < n_blocks; i++) kv->free_list[i] = (int32_t)(n_blocks - 1 - i);
+    kv->n_free = n_blocks;
+    kv->lru_head = kv->lru_tail = -1;
+    return LMC_OK;
+}
+
+void lmc_paged_kv_free(struct lmc_paged_kv *kv) {
+    lmc_kv_pool_free(&kv->pool);
+    free(kv->ref);
+    free(kv->cached);
+    free(kv->hash);
+    free(kv->parent);
+    free(kv->tokens);
+    free(kv->bucket);
+    free(kv->hnext);
+    free(kv->free_list);
+    free(kv->lru_prev);
+    free(kv->lru_next);
+    memset(kv, 0, sizeof *kv);
+}
+
+int64_t lmc_paged_kv_used(const struct lmc_paged_kv *kv) {
+    return kv->n_blocks - kv->n_free - kv->n_lru;
+}
+
+static void lru_remove(struct lmc_paged_kv *kv, int32_t b) {
+    int32_t p = kv->lru_prev[b], n = kv->lru_next[b];
+    if (p >= 0) kv->lru_next[p] = n; else kv->lru_head = n;
+    if (n >= 0) kv->lru_prev[n] = p; else kv->lru_tail = p;
+    kv->n_lru--;
+}
+
+static void lru_push_tail(struct lmc_paged_kv *kv, int32_t b) {
+    kv->lru_prev[b] = kv->lru_tail;
+    kv->lru_next[b] = -1;
+    if (kv->lru_tail >= 0) kv->lru_next[kv->lru_tail] = b; else kv->lru_head = b;
+    kv->lru_tail = b;
+    kv->n_lru++;
+}
+
+static void unregister(struct lmc_paged_kv *kv, int32_t b) {
+    int32_t *pp = &kv->bucket[kv->hash[b] & (uint64_t)(kv->n_buckets - 1)];
+    while (*pp != b) {
+        LMC_ASSERT(*pp >= 0);
+        pp = &kv->hnext[*pp];
+    }
+    *pp = kv->hnext[b];
+    kv->cached[b] = false;
+}
+
+/* The registered block holding tokens t under parent hash, or -1. */
+static int32_t lookup(const struct lmc_paged_kv *kv, uint64_t h, uint64_t parent, const int32_t *t) {
+    size_t bs = (size_t)kv->block_size;
+    for (int32_t b = kv->bucket[h & (uint64_t)(kv->n_buckets - 1)]; b >= 0; b = kv->hnext[b])
+        if (kv->hash[b] == h && kv->parent[b] == parent &&
+            !memcmp(kv->tokens + (size_t)b * bs, t, bs * sizeof *t))
+            return b;
+    return -1;
+}
+
+/* A block with ref 1: from the free list, else the least recently used
+ * cached one (evicted from the prefix cache). Caller checked availability. */
+static int32_t take_block(struct lmc_paged_kv *kv) {
+    int32_t b;
+    if (kv->n_free) {
+        b = kv->free_list[--kv->n_free];
+    } else {
+        LMC_ASSERT(kv->n_lru > 0);
+        b = kv->lru_head;
+        lru_remove(kv, b);
+        unregister(kv, b);
+        kv->evictions++;
+    }
+    LMC_ASSERT(kv->ref[b] == 0);
+    kv->ref[b] = 1;
+    return b;
+}
+
+static void drop_block(struct lmc_paged_kv *kv, int32_t b) {
+    LMC_ASSERT(kv->ref[b] > 0);
+    if (--kv->ref[b]) return;
+    if (kv->cached[b]) lru_push_tail(kv, b);
+    else kv->free_list[kv->n_free++] = b;
+}
+
+static bool grow(struct lmc_kv_seq *s, int64_t n) {
+    if (n <= s->cap) return true;
+    int64_t cap = LMC_MAX(n, 2 * s->cap);
+    int32_t *b = realloc(s->blocks, (size_t)cap * sizeof *b);
+    if (!b) return false;
+    s->blocks = b;
+    s->cap = cap;
+    return true;
+}
+
+void lmc_kv_seq_init(struct lmc_kv_seq *s) { memset(s, 0, sizeof *s); }
+
+void lmc_kv_seq_release(struct lmc_paged_kv *kv, struct lmc_kv_seq *s) {
+    for (int64_t i = s->n_blocks - 1; i >= 0; i--) drop_block(kv, s->blocks[i]);
+    s->n_blocks = 0;
+    s->n_hashed = 0;
+    s->last_hash = 0;
+}
+
+void lmc_kv_seq_free(struct lmc_paged_kv *kv, struct lmc_kv_seq *s) {
+    lmc_kv_seq_release(kv, s);
+    free(s->blocks);
+    memset(s, 0, sizeof *s);
+}
+
+int64_t lmc_kv_seq_match_prefix(struct lmc_paged_kv *kv, struct lmc_kv_seq *s,
+                                const int32_t *ids, int64_t n, int64_t max_tokens) {
+    LMC_ASSERT(s->n_blocks == 0);
+    if (!kv->prefix_cache) return 0;
+    int64_t bs = kv->block_size, lim = LMC_MIN(n, max_tokens), b = 0;
+    kv->queries_tokens += n;
+    uint64_t prev = 0;
+    for (; (b + 1) * bs <= lim; b++) {
+        uint64_t h = block_hash(prev, ids + b * bs, bs);
+        int32_t blk = lookup(kv, h, prev, ids + b * bs);
+        if (blk < 0 || !grow(s, b + 1)) break;
+        if (kv->ref[blk]++ == 0) lru_remove(kv, blk);
+        s->blocks[s->n_blocks++] = blk;
+        prev = h;
+    }
+    s->n_hashed = b;
+    s->last_hash = prev;
+    kv->hits_tokens += b * bs;
+    return b * bs;
+}
+
+int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc_kv_seq *s,
+                                 int64_t n_filled, int64_t n_tokens) {
+    int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
+    int64_t need = LMC_MAX(0, want - s->n_blocks);
+    for (int64_t i = n_filled / bs; i < LMC_MIN(s->n_blocks, want); i++)
+        if (kv->ref[s->blocks[i]] > 1) need++;
+    return need;
+}
+
+bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_filled,
+                        int64_t n_tokens) {
+    int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
+    LMC_ASSERT(n_filled >= 0 && n_filled <= n_tokens && n_filled <= s->n_blocks * bs);
+    if (lmc_kv_seq_blocks_needed(kv, s, n_filled, n_tokens) > lmc_paged_kv_available(kv) ||
+        !grow(s, want))
+        return false;
+    /* copy-on-write: blocks to be written that others also use */
+    for (int64_t i = n_filled / bs; i < LMC_MIN(s->n_blocks, want); i++) {
+        int32_t old = s->blocks[i];
+        if (kv->ref[old] == 1) continue;
+        LMC_ASSERT(!kv->cached[old] || i * bs + bs <= n_filled);
+        int32_t nb = take_block(kv);
+        if (i * bs < n_filled) { /* holds written positions: copy them */
+            lmc_kv_pool_copy_block(&kv->pool, nb, old);
+            kv->cow_copies++;
+        }
+        drop_block(kv, old);
+        s->blocks[i] = nb;
+    }
+    while (s->n_blocks < want) s->blocks[s->n_blocks++] = take_block(kv);
+    return true;
+}
+
+void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int32_t *ids,
+                       int64_t n_filled) {
+    if (!kv->prefix_cache) return;
+    int64_t bs = kv->block_size;
+    for (int64_t b = s->n_hashed; (b + 1) * bs <= n_filled && b < s->n_blocks; b++) {
+        const int32_t *t = ids + b * bs;
+        uint64_t h = block_hash(s->last_hash, t, bs);
+        int32_t blk = s->blocks[b];
+        if (!kv->cached[blk] && lookup(kv, h, s->last_hash, t) < 0) {
+            kv->cached[blk] = true;
+            kv->hash[blk] = h;
+            kv->parent[blk] = s->last_hash;
+            memcpy(kv->tokens + (size_t)blk * (size_t)bs, t, (size_t)bs * sizeof *t);
+            int32_t *head = &kv->bucket[h & (uint64_t)(kv->n_buckets - 1)];
+            kv->hnext[blk] = *head;
+            *head = blk;
+        }
+        s->last_hash = h;
+        s->n_hashed = b + 1;
+    }
+}
+
+bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const struct lmc_kv_seq *src) {
+    LMC_ASSERT(dst->n_blocks == 0);
+    if (!grow(dst, src->n_blocks)) return false;
+    for (int64_t i = 0; i < src->n_blocks; i++) {
+        dst->blocks[i] = src->blocks[i];
+        kv->ref[src->blocks[i]]++;
+    }
+    dst->n_blocks = src->n_blocks;
+    dst->n_hashed = src->n_hashed;
+    dst->last_hash = src->last_hash;
+    return true;
+}

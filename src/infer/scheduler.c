@@ -1,0 +1,632 @@
+/* scheduler.c — continuous batching (see scheduler.h). One thread owns the
+ * model's batch scratch and the paged KV cache. Each step it takes new and
+ * cancelled requests from the submitting threads (one mutex), gives every
+ * running sequence its decode token, then prefill chunks in admission order
+ * within max_step_tokens, admits waiting requests while blocks allow (after
+ * a prefix-cache lookup), runs one lmc_model_forward_batch, and samples each
+ * sequence that reached its last token with its own sampler. When blocks
+ * run out, the most recently admitted running sequence is preempted: its
+ * blocks are released (full ones stay in the prefix cache) and it waits at
+ * the front of the queue to recompute prompt + generated tokens; what it
+ * already emitted stays emitted and its sampler state is kept, so its
+ * output does not change. */
+#include "infer/scheduler.h"
+#include "core/core.h"
+#include "infer/detok.h"
+#include "infer/paged_kv.h"
+#include "model/forward_batch.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct req {
+    uint64_t id;
+    struct req *next;              /* incoming list */
+    int32_t *toks;                 /* (n_prompt + max_tokens) prompt, then generated */
+    int64_t n_prompt, n_gen;
+    struct lmc_request r;
+    char *stop[LMC_SCHED_MAX_STOP];
+    lmc_sched_fn fn;
+    void *user;
+    struct lmc_sampler smp;
+    struct lmc_detok dt;
+    struct lmc_kv_seq seq;
+    int64_t n_computed;            /* leading tokens whose K/V are in the cache */
+    int64_t cached_prompt;         /* prompt tokens found in the prefix cache at first admission */
+    bool admitted_once, cancelled;
+    int64_t take;                  /* tokens scheduled this step (0: none) */
+    int slot;                      /* sequence index in this step's batch */
+};
+
+struct lmc_sched {
+    const struct lmc_model *m;
+    const struct lmc_backend *be;
+    const struct lmc_tokenizer *tok;
+    struct lmc_sched_opts o;
+    int64_t max_blocks;            /* blocks per sequence: ceil(ctx / block_size) */
+    struct lmc_paged_kv kv;
+    struct lmc_batch_acts acts;
+    float *logits;                 /* (max_batch, V) host */
+    int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows; /* this step's batch (host) */
+    struct req **sched;            /* (max_batch) scheduled this step */
+    /* scheduler thread only */
+    struct req **waiting, **running;
+    int64_t n_waiting, cap_waiting, n_running;
+    int64_t n_preempted, n_steps, n_generated; /* published into st by publish_stats */
+    /* shared, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    bool stopping;
+    struct req *in_head, *in_tail;
+    int64_t n_incoming;
+    uint64_t *cancels;
+    int64_t n_cancels, cap_cancels;
+    uint64_t next_id;
+    struct lmc_sched_stats st;
+};
+
+void lmc_sched_opts_default(struct lmc_sched_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->max_batch = 64;
+    o->block_size = 16;
+    o->max_step_tokens = 512;
+    o->prefix_cache = true;
+}
+
+static int64_t n_total(const struct req *q) { return q->n_prompt + q->n_gen; }
+
+static void req_free(struct lmc_sched *s, struct req *q) {
+    lmc_kv_seq_free(&s->kv, &q->seq);
+    lmc_sampler_free(&q->smp);
+    lmc_detok_free(&q->dt);
+    for (int i = 0; i < LMC_SCHED_MAX_STOP; i++) free(q->stop[i]);
+    free(q->toks);
+    free(q);
+}
+
+static void emit_done(struct lmc_sched *s, struct req *q, const char *reason, const char *text,
+                      size_t len) {
+    struct lmc_sched_event ev = {0};
+    ev.kind = LMC_EV_DONE;
+    ev.req_id = q->id;
+    ev.token = -1;
+    ev.text = text ? text : "";
+    ev.text_len = len;
+    ev.finish_reason = reason;
+    ev.prompt_tokens = q->n_prompt;
+    ev.completion_tokens = q->n_gen;
+    ev.cached_prompt_tokens = q->cached_prompt;
+    q->fn(q->user, &ev);
+    (void)s;
+}
+
+static void emit_error(struct req *q, const char *msg) {
+    struct lmc_sched_event ev = {0};
+    ev.kind = LMC_EV_ERROR;
+    ev.req_id = q->id;
+    ev.token = -1;
+    ev.text = "";
+    ev.error = msg;
+    q->fn(q->user, &ev);
+}
+
+/* ---- queues (scheduler thread) */
+
+static bool waiting_insert(struct lmc_sched *s, struct req *q, bool front) {
+    if (s->n_waiting == s->cap_waiting) {
+        int64_t cap = LMC_MAX(16, 2 * s->cap_waiting);
+        struct req **w = realloc(s->waiting, (size_t)cap * sizeof *w);
+        if (!w) return false;
+        s->waiting = w;
+        s->cap_waiting = cap;
+    }
+    if (front) {
+        memmove(s->waiting + 1, s->waiting, (size_t)s->n_waiting * sizeof *s->waiting);
+        s->waiting[0] = q;
+    } else {
+        s->waiting[s->n_waiting] = q;
+    }
+    s->n_waiting++;
+    return true;
+}
+
+static void remove_at(struct req **a, int64_t *n, int64_t i) {
+    memmove(a + i, a + i + 1, (size_t)(*n - i - 1) * sizeof *a);
+    (*n)--;
+}
+
+/* Frees the last running sequence's blocks and requeues it first in line. */
+static void preempt_last(struct lmc_sched *s) {
+    struct req *q = s->running[--s->n_running];
+    lmc_kv_seq_release(&s->kv, &q->seq);
+    q->n_computed = 0;
+    q->take = 0;
+    s->n_preempted++;
+    if (!waiting_insert(s, q, true)) { /* no memory to requeue: cannot go on silently */
+        emit_error(q, "out of memory while preempting");
+        req_free(s, q);
+    }
+}
+
+/* ---- one step */
+
+/* Log-softmax of the processed logits (after penalties and temperature)
+ * for the chosen token and the top n. */
+static void logprobs(const struct req *q, const float *row, int64_t V, int32_t id,
+                     struct lmc_sched_event *ev) {
+    double T = q->r.sampling.temperature > 0 ? q->r.sampling.temperature : 1.0;
+    double mx = row[lmc_argmax(row, V)] / T, sum = 0;
+    for (int64_t i = 0; i < V; i++) sum += exp(row[i] / T - mx);
+    double lse = mx + log(sum);
+    ev->logprob = (float)(row[id] / T - lse);
+    int n = (int)LMC_MIN((int64_t)q->r.top_logprobs, V);
+    for (int k = 0; k < n; k++) { /* selection: the k-th largest, first index on ties */
+        int32_t best = -1;
+        for (int64_t i = 0; i < V; i++) {
+            bool taken = false;
+            for (int j = 0; j < k && !taken; j++) taken = ev->top_ids[j] == i;
+            if (!taken && (best < 0 || row[i] > row[best])) best = (int32_t)i;
+        }
+        ev->top_ids[k] = best;
+        ev->top_logprobs[k] = (float)(row[best] / T - lse);
+    }
+    ev->n_top = n;
+}
+
+static bool is_eos(const struct lmc_sched *s, int32_t id) {
+    const struct lmc_config *c = &s->m->cfg;
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_token_ids[i] == id) return true;
+    return s->tok && id == lmc_tokenizer_eos(s->tok);
+}
+
+/* Samples q's next token from row and emits it; true when q is finished
+ * (DONE or ERROR emitted). */
+static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row) {
+    int64_t V = s->m->cfg.vocab_size;
+    int32_t id = lmc_sampler_sample(&q->smp, row, q->toks, n_total(q));
+    const char *piece;
+    size_t plen;
+    bool stopped;
+    if (!q->r.ignore_eos && is_eos(s, id)) {
+        lmc_detok_finish(&q->dt, &piece, &plen, &stopped);
+        emit_done(s, q, "stop", piece, plen);
+        return true;
+    }
+    q->toks[q->n_prompt + q->n_gen++] = id;
+    lmc_err err = {0};
+    if (lmc_detok_push(&q->dt, id, &piece, &plen, &stopped, &err)) {
+        emit_error(q, err.msg);
+        return true;
+    }
+    struct lmc_sched_event ev = {0};
+    ev.kind = LMC_EV_TOKEN;
+    ev.req_id = q->id;
+    ev.token = id;
+    ev.text = piece;
+    ev.text_len = plen;
+    if (q->r.top_logprobs >= 0) logprobs(q, row, V, id, &ev);
+    q->fn(q->user, &ev);
+    if (stopped) {
+        emit_done(s, q, "stop", NULL, 0);
+        return true;
+    }
+    if (q->n_gen >= q->r.max_tokens || n_total(q) >= s->o.ctx) {
+        lmc_detok_finish(&q->dt, &piece, &plen, &stopped);
+        emit_done(s, q, stopped ? "stop" : "length", piece, plen);
+        return true;
+    }
+    return false;
+}
+
+/* Gives q up to *budget tokens of work, preempting later-admitted running
+ * sequences for blocks. false when q itself had to be preempted. */
+static bool schedule_running(struct lmc_sched *s, struct req *q, int64_t *budget) {
+    int64_t take = LMC_MIN(n_total(q) - q->n_computed, *budget);
+    if (take <= 0) return true;
+    while (!lmc_kv_seq_reserve(&s->kv, &q->seq, q->n_computed, q->n_computed + take)) {
+        bool self = s->running[s->n_running - 1] == q;
+        struct req *victim = s->running[s->n_running - 1];
+        if (victim->take) *budget += victim->take;
+        preempt_last(s);
+        if (self) return false;
+    }
+    q->take = take;
+    *budget -= take;
+    return true;
+}
+
+/* Moves waiting requests into the running set while there is room. */
+static void admit(struct lmc_sched *s, int64_t *budget) {
+    while (s->n_waiting && s->n_running < s->o.max_batch && *budget > 0) {
+        struct req *q = s->waiting[0];
+        int64_t total = n_total(q);
+        int64_t hits = s->kv.hits_tokens, queries = s->kv.queries_tokens;
+        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, total - 1);
+        if (!lmc_kv_seq_reserve(&s->kv, &q->seq, matched, total)) {
+            lmc_kv_seq_release(&s->kv, &q->seq); /* wait for blocks; counted when admitted */
+            s->kv.hits_tokens = hits;
+            s->kv.queries_tokens = queries;
+            break;
+        }
+        remove_at(s->waiting, &s->n_waiting, 0);
+        q->n_computed = matched;
+        if (!q->admitted_once) q->cached_prompt = LMC_MIN(matched, q->n_prompt);
+        q->admitted_once = true;
+        s->running[s->n_running++] = q;
+        q->take = LMC_MIN(total - matched, *budget);
+        *budget -= q->take;
+    }
+}
+
+/* Removes running[i] after it finished, releasing its blocks. */
+static void finish_running(struct lmc_sched *s, int64_t i) {
+    struct req *q = s->running[i];
+    remove_at(s->running, &s->n_running, i);
+    req_free(s, q);
+}
+
+static void step(struct lmc_sched *s) {
+    int64_t budget = s->o.max_step_tokens;
+    for (int64_t i = 0; i < s->n_running; i++) s->running[i]->take = 0;
+    /* decode tokens first, then prefill chunks, both in admission order */
+    for (int pass = 0; pass < 2; pass++)
+        for (int64_t i = 0; i < s->n_running && budget > 0; i++) {
+            struct req *q = s->running[i];
+            bool decode = n_total(q) - q->n_computed == 1;
+            if (q->take || decode != (pass == 0)) continue;
+            if (!schedule_running(s, q, &budget)) break;
+        }
+    admit(s, &budget);
+    /* the batch */
+    int64_t T = 0, ns = 0, nl = 0, mb = s->max_blocks;
+    for (int64_t i = 0; i < s->n_running; i++) {
+        struct req *q = s->running[i];
+        if (!q->take) continue;
+        q->slot = (int)ns;
+        s->sched[ns] = q;
+        int32_t *bt = s->b_bt + ns * mb;
+        memcpy(bt, q->seq.blocks, (size_t)q->seq.n_blocks * sizeof *bt);
+        for (int64_t j = q->seq.n_blocks; j < mb; j++) bt[j] = 0;
+        for (int64_t j = 0; j < q->take; j++, T++) {
+            s->b_ids[T] = q->toks[q->n_computed + j];
+            s->b_seq[T] = (int32_t)ns;
+            s->b_pos[T] = (int32_t)(q->n_computed + j);
+        }
+        if (q->n_computed + q->take == n_total(q)) s->b_rows[nl++] = (int32_t)(T - 1);
+        ns++;
+    }
+    if (!ns) return;
+    struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl};
+    lmc_err err = {0};
+    lmc_status st = lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b, s->logits, &err);
+    s->n_steps++;
+    int64_t row = 0;
+    for (int64_t k = 0; k < ns; k++) {
+        struct req *q = s->sched[k];
+        int64_t i = 0;
+        while (s->running[i] != q) i++;
+        if (st) {
+            emit_error(q, err.msg);
+            finish_running(s, i);
+            continue;
+        }
+        q->n_computed += q->take;
+        lmc_kv_seq_commit(&s->kv, &q->seq, q->toks, q->n_computed);
+        bool sampled = q->n_computed == n_total(q);
+        q->take = 0;
+        if (!sampled) continue;
+        int64_t before = q->n_gen;
+        bool done = sample_and_emit(s, q, s->logits + (row++) * s->m->cfg.vocab_size);
+        s->n_generated += q->n_gen - before;
+        if (done) finish_running(s, i);
+    }
+}
+
+/* ---- the thread */
+
+static void publish_stats(struct lmc_sched *s) {
+    int64_t stored = 0;
+    for (int64_t i = 0; i < s->n_running; i++) stored += s->running[i]->n_computed;
+    pthread_mutex_lock(&s->mu);
+    s->st.running = s->n_running;
+    s->st.waiting = s->n_waiting + s->n_incoming;
+    s->st.kv_blocks_total = s->kv.n_blocks;
+    s->st.kv_blocks_used = lmc_paged_kv_used(&s->kv);
+    s->st.kv_tokens_stored = stored;
+    s->st.prefix_hits_tokens = s->kv.hits_tokens;
+    s->st.prefix_queries_tokens = s->kv.queries_tokens;
+    s->st.preempted_total = s->n_preempted;
+    s->st.steps = s->n_steps;
+    s->st.generated_tokens_total = s->n_generated;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Cancels id wherever it is (scheduler thread). */
+static void do_cancel(struct lmc_sched *s, uint64_t id) {
+    for (int64_t i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->id == id) {
+            struct req *q = s->waiting[i];
+            remove_at(s->waiting, &s->n_waiting, i);
+            emit_done(s, q, "cancelled", NULL, 0);
+            req_free(s, q);
+            return;
+        }
+    for (int64_t i = 0; i < s->n_running; i++)
+        if (s->running[i]->id == id) {
+            emit_done(s, s->running[i], "cancelled", NULL, 0);
+            finish_running(s, i);
+            return;
+        }
+}
+
+static void *sched_main(void *arg) {
+    struct lmc_sched *s = arg;
+    uint64_t *cancels = NULL;
+    int64_t cap = 0;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stopping && !s->in_head && !s->n_cancels && !s->n_running && !s->n_waiting)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (s->stopping) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        struct req *in = s->in_head;
+        s->in_head = s->in_tail = NULL;
+        s->n_incoming = 0;
+        int64_t nc = s->n_cancels;
+        if (nc > cap) {
+            uint64_t *c2 = realloc(cancels, (size_t)nc * sizeof *c2);
+            if (c2) {
+                cancels = c2;
+                cap = nc;
+            }
+        }
+        nc = LMC_MIN(nc, cap); /* out of memory: the rest are kept for the next step */
+        if (nc) memcpy(cancels, s->cancels, (size_t)nc * sizeof *cancels);
+        memmove(s->cancels, s->cancels + nc, (size_t)(s->n_cancels - nc) * sizeof *cancels);
+        s->n_cancels -= nc;
+        pthread_mutex_unlock(&s->mu);
+        while (in) {
+            struct req *q = in;
+            in = in->next;
+            if (q->r.max_tokens == 0) {
+                emit_done(s, q, "length", NULL, 0);
+                req_free(s, q);
+            } else if (!waiting_insert(s, q, false)) {
+                emit_error(q, "scheduler: out of memory");
+                req_free(s, q);
+            }
+        }
+        for (int64_t i = 0; i < nc; i++) do_cancel(s, cancels[i]);
+        step(s);
+        publish_stats(s);
+    }
+    free(cancels);
+    /* shutting down: everyone still here gets an error */
+    pthread_mutex_lock(&s->mu);
+    struct req *in = s->in_head;
+    s->in_head = s->in_tail = NULL;
+    s->n_incoming = 0;
+    pthread_mutex_unlock(&s->mu);
+    while (in) {
+        struct req *q = in;
+        in = in->next;
+        emit_error(q, "shutting down");
+        req_free(s, q);
+    }
+    while (s->n_running) {
+        emit_error(s->running[s->n_running - 1], "shutting down");
+        finish_running(s, s->n_running - 1);
+    }
+    while (s->n_waiting) {
+        struct req *q = s->waiting[--s->n_waiting];
+        emit_error(q, "shutting down");
+        req_free(s, q);
+    }
+    publish_stats(s);
+    return NULL;
+}
+
+lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
+                          const struct lmc_backend *be, const struct lmc_tokenizer *tok,
+                          const struct lmc_sched_opts *o, lmc_err *err) {
+    *out = NULL;
+    if (!be->attention_paged)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no paged attention", be->name);
+    struct lmc_sched_opts op;
+    if (o) op = *o;
+    else lmc_sched_opts_default(&op);
+    const struct lmc_config *c = &m->cfg;
+    if (op.ctx <= 0) op.ctx = LMC_MIN(c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096, 4096);
+    if (m->pos_emb.data) op.ctx = LMC_MIN(op.ctx, m->pos_emb.rows);
+    if (op.max_batch <= 0 || op.max_batch > 4096 || op.block_size <= 0 || op.block_size > 1024 ||
+        op.max_step_tokens <= 0 || op.max_step_tokens > (1 << 20) || op.kv_blocks < 0 ||
+        op.ctx > (1 << 24))
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "scheduler options out of range (max_batch %d, block_size %d, "
+                           "max_step_tokens %lld, kv_blocks %lld, ctx %lld)",
+                           op.max_batch, op.block_size, (long long)op.max_step_tokens,
+                           (long long)op.kv_blocks, (long long)op.ctx);
+    int64_t per_seq = (op.ctx + op.block_size - 1) / op.block_size;
+    if (op.kv_blocks == 0) {
+        size_t bb = lmc_kv_pool_block_bytes(m, op.block_size);
+        size_t bytes = op.kv_bytes ? op.kv_bytes : (size_t)2 << 30;
+        op.kv_blocks = (int64_t)(bytes / bb);
+        if (!op.kv_bytes) op.kv_blocks = LMC_MIN(op.kv_blocks, (int64_t)op.max_batch * per_seq);
+        if (op.kv_blocks < 1)
+            return lmc_err_set(err, LMC_ERR_ARG, "kv_bytes %zu holds no block of %zu bytes",
+                               op.kv_bytes, bb);
+    }
+    struct lmc_sched *s = calloc(1, sizeof *s);
+    if (!s) return lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
+    s->m = m;
+    s->be = be;
+    s->tok = tok;
+    s->o = op;
+    s->max_blocks = per_seq;
+    s->next_id = 1;
+    lmc_status st = lmc_paged_kv_init(&s->kv, m, be, op.kv_blocks, op.block_size, op.prefix_cache, err);
+    if (!st)
+        st = lmc_batch_acts_init(&s->acts, m, be, op.max_step_tokens, op.max_batch, per_seq,
+                                 op.max_batch, err);
+    int64_t T = op.max_step_tokens, B = op.max_batch;
+    if (!st) {
+        s->logits = malloc((size_t)B * (size_t)c->vocab_size * sizeof(float));
+        s->b_ids = malloc((size_t)T * sizeof(int32_t));
+        s->b_seq = malloc((size_t)T * sizeof(int32_t));
+        s->b_pos = malloc((size_t)T * sizeof(int32_t));
+        s->b_rows = malloc((size_t)B * sizeof(int32_t));
+        s->b_bt = malloc((size_t)(B * per_seq) * sizeof(int32_t));
+        s->sched = malloc((size_t)B * sizeof *s->sched);
+        s->running = malloc((size_t)B * sizeof *s->running);
+        if (!s->logits || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
+            !s->sched || !s->running)
+            st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
+    }
+    bool mu_ok = false;
+    if (!st) {
+        mu_ok = !pthread_mutex_init(&s->mu, NULL);
+        if (!mu_ok || pthread_cond_init(&s->cv, NULL)) {
+            if (mu_ok) pthread_mutex_destroy(&s->mu);
+            mu_ok = false;
+            st = lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: cannot create a mutex");
+        }
+    }
+    s->st.kv_blocks_total = op.kv_blocks;
+    if (!st && pthread_create(&s->thread, NULL, sched_main, s)) {
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        st = lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: cannot start its thread");
+    }
+    if (st) {
+        lmc_paged_kv_free(&s->kv);
+        lmc_batch_acts_free(&s->acts);
+        free(s->logits);
+        free(s->b_ids);
+        free(s->b_seq);
+        free(s->b_pos);
+        free(s->b_rows);
+        free(s->b_bt);
+        free(s->sched);
+        free(s->running);
+        free(s);
+        return st;
+    }
+    *out = s;
+    return LMC_OK;
+}
+
+void lmc_sched_free(struct lmc_sched *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    lmc_paged_kv_free(&s->kv);
+    lmc_batch_acts_free(&s->acts);
+    free(s->logits);
+    free(s->b_ids);
+    free(s->b_seq);
+    free(s->b_pos);
+    free(s->b_rows);
+    free(s->b_bt);
+    free(s->sched);
+    free(s->running);
+    free(s->waiting);
+    free(s->cancels);
+    free(s);
+}
+
+lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t n_prompt,
+                            const struct lmc_request *r, lmc_sched_fn fn, void *user,
+                            uint64_t *req_id, lmc_err *err) {
+    const struct lmc_config *c = &s->m->cfg;
+    if (!fn) return lmc_err_set(err, LMC_ERR_ARG, "request: no event callback");
+    if (n_prompt <= 0) return lmc_err_set(err, LMC_ERR_ARG, "empty prompt: nothing to condition on");
+    if (r->max_tokens < 0) return lmc_err_set(err, LMC_ERR_ARG, "max_tokens must be >= 0");
+    if (n_prompt > s->o.ctx || r->max_tokens > s->o.ctx - n_prompt)
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "prompt of %lld tokens plus max_tokens %lld exceeds the context of %lld",
+                           (long long)n_prompt, (long long)r->max_tokens, (long long)s->o.ctx);
+    int64_t need = (n_prompt + r->max_tokens + s->o.block_size - 1) / s->o.block_size;
+    if (need > s->kv.n_blocks)
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "prompt of %lld tokens plus max_tokens %lld needs %lld KV blocks; the pool has %lld",
+                           (long long)n_prompt, (long long)r->max_tokens, (long long)need,
+                           (long long)s->kv.n_blocks);
+    if (r->n_stop < 0 || r->n_stop > LMC_SCHED_MAX_STOP)
+        return lmc_err_set(err, LMC_ERR_ARG, "%d stop strings: at most %d", r->n_stop, LMC_SCHED_MAX_STOP);
+    if (r->top_logprobs > LMC_SCHED_MAX_TOP_LOGPROBS)
+        return lmc_err_set(err, LMC_ERR_ARG, "top_logprobs %d: at most %d", r->top_logprobs,
+                           LMC_SCHED_MAX_TOP_LOGPROBS);
+    for (int64_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= c->vocab_size)
+            return lmc_err_set(err, LMC_ERR_ARG, "token id %d at index %lld is outside the vocabulary (0..%lld)",
+                               prompt[i], (long long)i, (long long)c->vocab_size - 1);
+    for (int i = 0; i < r->n_stop; i++)
+        if (!r->stop[i]) return lmc_err_set(err, LMC_ERR_ARG, "stop string %d is NULL", i);
+    struct req *q = calloc(1, sizeof *q);
+    if (!q) return lmc_err_set(err, LMC_ERR_OOM, "request: out of memory");
+    lmc_kv_seq_init(&q->seq);
+    lmc_status st = lmc_sampler_init(&q->smp, &r->sampling, c->vocab_size, err);
+    if (st) {
+        free(q);
+        return st;
+    }
+    q->r = *r;
+    q->fn = fn;
+    q->user = user;
+    q->n_prompt = n_prompt;
+    q->toks = malloc((size_t)(n_prompt + r->max_tokens) * sizeof *q->toks);
+    bool ok = q->toks != NULL;
+    for (int i = 0; i < r->n_stop && ok; i++) ok = (q->stop[i] = strdup(r->stop[i])) != NULL;
+    for (int i = 0; i < LMC_SCHED_MAX_STOP; i++) q->r.stop[i] = i < r->n_stop ? q->stop[i] : NULL;
+    if (ok) memcpy(q->toks, prompt, (size_t)n_prompt * sizeof *prompt);
+    if (!ok || lmc_detok_init(&q->dt, s->tok, prompt, n_prompt, (const char *const *)q->stop,
+                              r->n_stop, err)) {
+        req_free(s, q);
+        return lmc_err_set(err, LMC_ERR_OOM, "request: out of memory");
+    }
+    pthread_mutex_lock(&s->mu);
+    q->id = s->next_id++;
+    if (req_id) *req_id = q->id;
+    if (s->in_tail) s->in_tail->next = q;
+    else s->in_head = q;
+    s->in_tail = q;
+    s->n_incoming++;
+    s->st.requests_total++;
+    s->st.prompt_tokens_total += n_prompt;
+    s->st.waiting++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return LMC_OK;
+}
+
+void lmc_sched_cancel(struct lmc_sched *s, uint64_t req_id) {
+    pthread_mutex_lock(&s->mu);
+    if (s->n_cancels == s->cap_cancels) {
+        int64_t cap = LMC_MAX(16, 2 * s->cap_cancels);
+        uint64_t *c2 = realloc(s->cancels, (size_t)cap * sizeof *c2);
+        if (c2) {
+            s->cancels = c2;
+            s->cap_cancels = cap;
+        }
+    }
+    if (s->n_cancels < s->cap_cancels) s->cancels[s->n_cancels++] = req_id;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void lmc_sched_stats(struct lmc_sched *s, struct lmc_sched_stats *out) {
+    pthread_mutex_lock(&s->mu);
+    *out = s->st;
+    pthread_mutex_unlock(&s->mu);
+}

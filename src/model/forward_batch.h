@@ -1,0 +1,68 @@
+/* forward_batch.h — one forward step over the tokens of many sequences at
+ * once (continuous batching): every matmul and norm runs over the whole
+ * batch, and each token's K/V goes into a slot of a paged KV pool found
+ * through its sequence's block table; attention reads the pool through the
+ * block tables (backend op attention_paged). The pool is plain memory here;
+ * which blocks belong to whom is decided above (infer/paged_kv). */
+#ifndef LMC_FORWARD_BATCH_H
+#define LMC_FORWARD_BATCH_H
+
+#include "lmc.h"
+#include "model/model.h"
+
+#include <stdint.h>
+
+/* The KV memory: n_blocks blocks of block_size positions, per layer, K and
+ * V rows of row = n_kv*hd floats, in backend memory. Position p of a
+ * sequence lives in row block_table[p / block_size] * block_size +
+ * p % block_size of its layer's (n_blocks * block_size, row) matrix. */
+struct lmc_kv_pool {
+    const struct lmc_backend *be;
+    int64_t n_blocks, block_size, n_layers, row;
+    float *k, *v;            /* (L, n_blocks * block_size, row) each */
+};
+/* Bytes of one block over all layers, K and V. */
+size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, int64_t block_size);
+lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
+                            const struct lmc_backend *be, int64_t n_blocks, int64_t block_size,
+                            lmc_err *err);
+void lmc_kv_pool_free(struct lmc_kv_pool *p);
+/* Copies block src to block dst in every layer (copy-on-write). */
+void lmc_kv_pool_copy_block(struct lmc_kv_pool *p, int64_t dst, int64_t src);
+
+/* One step's tokens (host memory). Tokens of a sequence at positions
+ * p0..p1 need that sequence's positions < p0 already in the pool and its
+ * block table covering p1. */
+struct lmc_batch {
+    int64_t n_tokens;
+    const int32_t *ids, *seq, *pos;  /* (n_tokens) id, sequence index, position */
+    int64_t n_seqs;
+    const int32_t *block_tables;     /* (n_seqs, max_blocks) block ids */
+    int64_t max_blocks;
+    const int32_t *logit_tokens;     /* (n_logits) token indices whose logits are wanted */
+    int64_t n_logits;
+};
+
+/* Scratch for steps of up to max_tokens tokens, max_seqs sequences of up
+ * to max_blocks blocks each, and max_logits logits rows. */
+struct lmc_batch_acts {
+    struct lmc_acts a;               /* x, h, q, att, ff1, ff2, logits, ids, pos */
+    int64_t max_seqs, max_blocks;
+    float *kn, *vn;                  /* (T, n_kv*hd) the step's new K and V */
+    int32_t *seq, *rows;             /* (T) sequence index; (max_logits) logit token indices */
+    int32_t *bt;                     /* (max_seqs, max_blocks) */
+    double *inv_freq;                /* (max_seqs, rot_dim/2) */
+};
+lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model *m,
+                               const struct lmc_backend *be, int64_t max_tokens, int64_t max_seqs,
+                               int64_t max_blocks, int64_t max_logits, lmc_err *err);
+void lmc_batch_acts_free(struct lmc_batch_acts *b);
+
+/* Runs the batch and writes (n_logits, V) rows (host) to logits in the
+ * order of b->logit_tokens. Checks ids, positions, sequence indices, block
+ * ids and the scratch sizes (LMC_ERR_ARG). */
+lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_backend *be,
+                                   struct lmc_batch_acts *a, struct lmc_kv_pool *kv,
+                                   const struct lmc_batch *b, float *logits, lmc_err *err);
+
+#endif

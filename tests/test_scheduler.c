@@ -1,0 +1,374 @@
+/* test_scheduler.c — continuous batching on the CPU with the tiny
+ * fixtures: 64 concurrent greedy requests give exactly what single-sequence
+ * lmc_session_generate gives (ids, text, finish reason); seeded sampling
+ * gives the same tokens alone or among 63 others; a tiny KV pool forces
+ * preemption without changing any output; shared prompts hit the prefix
+ * cache (counted) with identical outputs; stop strings, logprobs, cancelling
+ * mid-stream and bad requests; all blocks come back at the end. */
+#include "test.h"
+#include "core/core.h"
+#include "infer/scheduler.h"
+#include "infer/session.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAXGEN 48
+#define NREQ 64
+
+struct result {
+    int32_t ids[MAXGEN];
+    int64_t n;
+    char text[8 * MAXGEN + 64];
+    size_t text_len;
+    const char *finish;
+    int64_t prompt_tokens, completion_tokens, cached;
+    int n_events_after_done;
+    bool done, logprob_ok;
+    uint64_t id;
+    int cancel_after;              /* > 0: cancel from the callback after this many tokens */
+    struct lmc_sched *s;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int n_done;
+
+static void on_event(void *user, const struct lmc_sched_event *ev) {
+    struct result *r = user;
+    pthread_mutex_lock(&mu);
+    if (r->done) r->n_events_after_done++;
+    if (ev->kind == LMC_EV_TOKEN && r->n < MAXGEN) {
+        r->ids[r->n++] = ev->token;
+        if (ev->n_top > 0) { /* the chosen token's logprob is among the top ones, sorted */
+            bool ok = ev->logprob <= 0 && ev->top_logprobs[0] >= ev->logprob;
+            for (int i = 1; i < ev->n_top; i++) ok &= ev->top_logprobs[i] <= ev->top_logprobs[i - 1];
+            r->logprob_ok &= ok;
+        }
+    }
+    if (ev->text_len && r->text_len + ev->text_len < sizeof r->text) {
+        memcpy(r->text + r->text_len, ev->text, ev->text_len);
+        r->text_len += ev->text_len;
+    }
+    if (ev->kind == LMC_EV_DONE || ev->kind == LMC_EV_ERROR) {
+        r->finish = ev->kind == LMC_EV_DONE ? ev->finish_reason : "error";
+        r->prompt_tokens = ev->prompt_tokens;
+        r->completion_tokens = ev->completion_tokens;
+        r->cached = ev->cached_prompt_tokens;
+        r->done = true;
+        n_done++;
+        pthread_cond_broadcast(&cv);
+    }
+    bool cancel = ev->kind == LMC_EV_TOKEN && r->cancel_after > 0 && r->n == r->cancel_after;
+    pthread_mutex_unlock(&mu);
+    if (cancel) lmc_sched_cancel(r->s, r->id);
+}
+
+static void wait_done(int n) {
+    pthread_mutex_lock(&mu);
+    while (n_done < n) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+}
+
+/* Waits until the scheduler has published an idle state. */
+static void wait_idle(struct lmc_sched *s, struct lmc_sched_stats *st) {
+    for (int i = 0; i < 2000; i++) {
+        lmc_sched_stats(s, st);
+        if (!st->running && !st->waiting && !st->kv_blocks_used) return;
+        usleep(1000);
+    }
+}
+
+struct fixture {
+    struct lmc_model m;
+    struct lmc_tokenizer *tok;
+    struct lmc_backend be_ref, be;
+    int32_t prompts[NREQ][64];
+    int64_t n_prompt[NREQ];
+};
+
+static bool fixture_open(struct fixture *f, const char *dir) {
+    lmc_err err = {0};
+    memset(f, 0, sizeof *f);
+    if (lmc_model_load(&f->m, dir, NULL, &err) || lmc_tokenizer_load(&f->tok, dir, &err) ||
+        lmc_backend_cpu_init(&f->be_ref, 1, &err) || lmc_backend_cpu_init(&f->be, 2, &err)) {
+        CHECK_MSG(0, "%s: %s", dir, err.msg);
+        return false;
+    }
+    uint64_t seed = 99;
+    int64_t V = f->m.cfg.vocab_size;
+    for (int i = 0; i < NREQ; i++) {
+        f->n_prompt[i] = 1 + (int64_t)(test_rng_next(&seed) % 40);
+        for (int64_t j = 0; j < f->n_prompt[i]; j++)
+            f->prompts[i][j] = (int32_t)(test_rng_next(&seed) % (uint64_t)V);
+    }
+    return true;
+}
+
+static void fixture_close(struct fixture *f) {
+    lmc_backend_cpu_free(&f->be_ref);
+    lmc_backend_cpu_free(&f->be);
+    lmc_tokenizer_free(f->tok);
+    lmc_model_free(&f->m);
+}
+
+static void request_params(struct lmc_request *r, int i, bool sample) {
+    memset(r, 0, sizeof *r);
+    lmc_sampler_defaults(&r->sampling);
+    r->max_tokens = 8 + (i * 7) % (MAXGEN - 8);
+    r->top_logprobs = -1;
+    if (sample) {
+        r->sampling.temperature = 0.9;
+        r->sampling.top_p = 0.95;
+        r->sampling.seed = 1000 + (uint64_t)i;
+        r->ignore_eos = i % 3 == 0;
+    } else {
+        r->sampling.temperature = 0;
+    }
+}
+
+/* Single-sequence reference. */
+static void reference(struct fixture *f, const int32_t *prompt, int64_t n, const struct lmc_request *r,
+                      struct result *out) {
+    struct lmc_session s;
+    lmc_err err = {0};
+    memset(out, 0, sizeof *out);
+    if (lmc_session_init(&s, &f->m, &f->be_ref, f->tok, 128, 64, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    struct lmc_gen_opts o = {r->max_tokens, r->sampling, (const char *const *)r->stop, r->n_stop,
+                             r->ignore_eos};
+    struct lmc_gen_result g;
+    CHECK(lmc_session_generate(&s, prompt, n, &o, NULL, NULL, &g, &err) == LMC_OK);
+    out->n = LMC_MIN(g.n_ids, MAXGEN);
+    memcpy(out->ids, g.ids, (size_t)out->n * sizeof *g.ids);
+    out->text_len = LMC_MIN(g.text_len, sizeof out->text - 1);
+    memcpy(out->text, g.text, out->text_len);
+    out->finish = g.finish_reason;
+    lmc_gen_result_free(&g);
+    lmc_session_free(&s);
+}
+
+static bool same(const struct result *a, const struct result *b) {
+    return a->n == b->n && !memcmp(a->ids, b->ids, (size_t)a->n * sizeof *a->ids) &&
+           a->text_len == b->text_len && !memcmp(a->text, b->text, a->text_len) &&
+           a->finish && b->finish && !strcmp(a->finish, b->finish);
+}
+
+/* Submits requests idx[0..n) together and waits for all. */
+static void run_all(struct fixture *f, struct lmc_sched *s, const int *idx, int n,
+                    struct lmc_request *reqs, struct result *res) {
+    pthread_mutex_lock(&mu);
+    n_done = 0;
+    pthread_mutex_unlock(&mu);
+    lmc_err err = {0};
+    for (int k = 0; k < n; k++) {
+        int i = idx[k];
+        memset(&res[k], 0, sizeof res[k]);
+        res[k].logprob_ok = true;
+        res[k].s = s;
+        CHECK_MSG(lmc_sched_submit(s, f->prompts[i], f->n_prompt[i], &reqs[k], on_event, &res[k],
+                                   &res[k].id, &err) == LMC_OK, "%s", err.msg);
+    }
+    wait_done(n);
+}
+
+static struct lmc_sched *open_sched(struct fixture *f, int64_t kv_blocks, int block_size,
+                                    int64_t step_tokens, bool prefix) {
+    struct lmc_sched_opts o;
+    lmc_sched_opts_default(&o);
+    o.kv_blocks = kv_blocks;
+    o.block_size = block_size;
+    o.max_step_tokens = step_tokens;
+    o.ctx = 128;
+    o.prefix_cache = prefix;
+    struct lmc_sched *s = NULL;
+    lmc_err err = {0};
+    CHECK_MSG(lmc_sched_init(&s, &f->m, &f->be, f->tok, &o, &err) == LMC_OK, "%s", err.msg);
+    return s;
+}
+
+static void test_fixture(const char *dir, bool full) {
+    struct fixture *f = calloc(1, sizeof *f);
+    if (!fixture_open(f, dir)) {
+        free(f);
+        return;
+    }
+    static struct lmc_request reqs[NREQ];
+    static struct result ref[NREQ], got[NREQ], alone[NREQ];
+    int idx[NREQ];
+    for (int i = 0; i < NREQ; i++) idx[i] = i;
+    struct lmc_sched_stats st;
+
+    /* greedy: 64 at once (chunked prefill: 64-token steps) == one by one */
+    for (int i = 0; i < NREQ; i++) {
+        request_params(&reqs[i], i, false);
+        reference(f, f->prompts[i], f->n_prompt[i], &reqs[i], &ref[i]);
+    }
+    struct lmc_sched *s = open_sched(f, 0, 16, 64, true);
+    if (!s) goto out;
+    run_all(f, s, idx, NREQ, reqs, got);
+    int n_same = 0;
+    for (int i = 0; i < NREQ; i++) n_same += same(&got[i], &ref[i]) && got[i].prompt_tokens == f->n_prompt[i] &&
+                                             got[i].completion_tokens == ref[i].n;
+    CHECK_MSG(n_same == NREQ, "%s greedy: %d of %d identical", dir, n_same, NREQ);
+    wait_idle(s, &st);
+    CHECK(st.kv_blocks_used == 0 && st.running == 0 && st.requests_total == NREQ);
+
+    /* seeded sampling: the same tokens alone and among 63 others */
+    for (int i = 0; i < NREQ; i++) request_params(&reqs[i], i, true);
+    run_all(f, s, idx, NREQ, reqs, got);
+    int n_alone = full ? 6 : 2;
+    n_same = 0;
+    for (int k = 0; k < n_alone; k++) {
+        int i = k * 11;
+        run_all(f, s, &i, 1, &reqs[i], &alone[i]);
+        n_same += same(&alone[i], &got[i]);
+        reference(f, f->prompts[i], f->n_prompt[i], &reqs[i], &ref[i]);
+        n_same += same(&ref[i], &got[i]);
+    }
+    CHECK_MSG(n_same == 2 * n_alone, "%s sampling: %d of %d identical", dir, n_same, 2 * n_alone);
+    wait_idle(s, &st);
+    CHECK(st.kv_blocks_used == 0);
+    lmc_sched_free(s);
+
+    if (full) {
+        /* a tiny pool (24 blocks of 4 tokens, no prefix cache): preemption,
+         * same outputs */
+        for (int i = 0; i < NREQ; i++) {
+            request_params(&reqs[i], i, false);
+            reference(f, f->prompts[i], f->n_prompt[i], &reqs[i], &ref[i]);
+        }
+        s = open_sched(f, 24, 4, 40, false);
+        if (!s) goto out;
+        run_all(f, s, idx, NREQ, reqs, got);
+        n_same = 0;
+        for (int i = 0; i < NREQ; i++) n_same += same(&got[i], &ref[i]);
+        wait_idle(s, &st);
+        CHECK_MSG(n_same == NREQ, "%s preemption: %d of %d identical", dir, n_same, NREQ);
+        CHECK_MSG(st.preempted_total > 0, "no preemption happened");
+        CHECK(st.kv_blocks_used == 0);
+        lmc_sched_free(s);
+
+        /* prefix cache: 16 requests with one 37-token prompt (n > 1 as the
+         * caller does it: same prompt, own seeds), plus a tiny pool with
+         * caching on (hits, evictions and preemption together) */
+        for (int pool = 0; pool < 2; pool++) {
+            s = open_sched(f, pool ? 40 : 0, 4, 64, true);
+            if (!s) goto out;
+            for (int i = 0; i < 16; i++) {
+                f->n_prompt[i] = 37;
+                memcpy(f->prompts[i], f->prompts[40], 37 * sizeof(int32_t));
+                f->prompts[i][36] = (int32_t)(i % 3); /* last token differs: full blocks still shared */
+                request_params(&reqs[i], i, true);
+                reference(f, f->prompts[i], f->n_prompt[i], &reqs[i], &ref[i]);
+            }
+            run_all(f, s, idx, 1, reqs, got); /* the first fills the cache */
+            run_all(f, s, idx + 1, 15, reqs + 1, got + 1);
+            n_same = 0;
+            int64_t cached = 0;
+            for (int i = 0; i < 16; i++) {
+                n_same += same(&got[i], &ref[i]);
+                cached += got[i].cached;
+            }
+            wait_idle(s, &st);
+            CHECK_MSG(n_same == 16, "%s prefix (pool %d): %d of 16 identical", dir, pool, n_same);
+            CHECK_MSG(st.prefix_hits_tokens >= 15 * 36 && cached >= 15 * 36 && got[0].cached == 0,
+                      "prefix hits %lld of %lld queried, %lld cached", (long long)st.prefix_hits_tokens,
+                      (long long)st.prefix_queries_tokens, (long long)cached);
+            CHECK(st.kv_blocks_used == 0);
+            lmc_sched_free(s);
+        }
+    }
+
+    /* stop strings, logprobs, cancelling, bad requests */
+    s = open_sched(f, 0, 16, 512, true);
+    if (!s) goto out;
+    {
+        int i = 5;
+        request_params(&reqs[0], i, false);
+        reqs[0].max_tokens = 40;
+        reqs[0].ignore_eos = true;
+        reference(f, f->prompts[i], f->n_prompt[i], &reqs[0], &ref[0]);
+        char stop[8] = {0};
+        if (ref[0].text_len > 6) memcpy(stop, ref[0].text + ref[0].text_len / 2, 3);
+        reqs[0].stop[0] = stop;
+        reqs[0].n_stop = stop[0] ? 1 : 0;
+        reqs[0].top_logprobs = 5;
+        reference(f, f->prompts[i], f->n_prompt[i], &reqs[0], &ref[0]);
+        run_all(f, s, &i, 1, reqs, got);
+        CHECK_MSG(same(&got[0], &ref[0]), "stop string '%s': %.*s vs %.*s", stop,
+                  (int)got[0].text_len, got[0].text, (int)ref[0].text_len, ref[0].text);
+        CHECK(got[0].logprob_ok);
+        CHECK(!stop[0] || !strcmp(got[0].finish, "stop"));
+        /* cancel from the callback after 3 tokens, while 3 others run on */
+        int four[4] = {1, 2, 3, 4};
+        for (int k = 0; k < 4; k++) {
+            request_params(&reqs[k], four[k], false);
+            reqs[k].max_tokens = 40;
+            reqs[k].ignore_eos = true;
+        }
+        pthread_mutex_lock(&mu);
+        n_done = 0;
+        pthread_mutex_unlock(&mu);
+        lmc_err err = {0};
+        for (int k = 0; k < 4; k++) {
+            memset(&got[k], 0, sizeof got[k]);
+            got[k].s = s;
+            got[k].cancel_after = k == 0 ? 3 : 0;
+            CHECK(lmc_sched_submit(s, f->prompts[four[k]], f->n_prompt[four[k]], &reqs[k], on_event,
+                                   &got[k], &got[k].id, &err) == LMC_OK);
+        }
+        wait_done(4);
+        CHECK_MSG(got[0].finish && !strcmp(got[0].finish, "cancelled") && got[0].n == 3,
+                  "cancel: %s after %lld", got[0].finish, (long long)got[0].n);
+        CHECK(got[1].n == 40 && !strcmp(got[1].finish, "length"));
+        wait_idle(s, &st);
+        CHECK(st.kv_blocks_used == 0 && st.running == 0);
+        lmc_sched_cancel(s, got[1].id); /* already done: ignored */
+        lmc_sched_cancel(s, 12345);     /* unknown: ignored */
+        /* bad requests: clear errors */
+        struct lmc_request r;
+        request_params(&r, 0, false);
+        uint64_t id;
+        int32_t bad = (int32_t)f->m.cfg.vocab_size;
+        CHECK(lmc_sched_submit(s, &bad, 1, &r, on_event, &got[0], &id, &err) == LMC_ERR_ARG);
+        CHECK(strstr(err.msg, "vocabulary") != NULL);
+        CHECK(lmc_sched_submit(s, f->prompts[0], 0, &r, on_event, &got[0], &id, &err) == LMC_ERR_ARG);
+        r.max_tokens = 200;
+        CHECK(lmc_sched_submit(s, f->prompts[0], 1, &r, on_event, &got[0], &id, &err) == LMC_ERR_ARG);
+        CHECK(strstr(err.msg, "context") != NULL);
+        r.max_tokens = 4;
+        r.sampling.temperature = -1;
+        CHECK(lmc_sched_submit(s, f->prompts[0], 1, &r, on_event, &got[0], &id, &err) == LMC_ERR_ARG);
+        /* shutting down with requests in flight: each gets one final event */
+        request_params(&r, 0, false);
+        r.max_tokens = 80;
+        r.ignore_eos = true;
+        pthread_mutex_lock(&mu);
+        n_done = 0;
+        pthread_mutex_unlock(&mu);
+        for (int k = 0; k < 3; k++) {
+            memset(&got[k], 0, sizeof got[k]);
+            CHECK(lmc_sched_submit(s, f->prompts[k], f->n_prompt[k], &r, on_event, &got[k], &id, &err) == LMC_OK);
+        }
+    }
+    lmc_sched_free(s);
+    CHECK(n_done == 3 && got[0].done && got[1].done && got[2].done);
+    for (int k = 0; k < 3; k++) CHECK(got[k].n_events_after_done == 0);
+out:
+    fixture_close(f);
+    free(f);
+}
+
+int main(void) {
+    double t0 = lmc_time_now();
+    test_fixture("tests/fixtures/llama-tiny", true);
+    test_fixture("tests/fixtures/qwen2-tiny", false);
+    test_fixture("tests/fixtures/gpt2-tiny", false);
+    printf("test_scheduler: %.1f s\n", lmc_time_now() - t0);
+    return test_finish("test_scheduler");
+}
