@@ -43,9 +43,14 @@ static void on_event(void *user, const struct lmc_sched_event *ev) {
     if (ev->kind == LMC_EV_TOKEN && r->n < MAXGEN) {
         r->ids[r->n++] = ev->token;
         if (ev->n_top > 0) { /* the chosen token's logprob is among the top ones, sorted */
-            bool ok = ev->logprob <= 0 && ev->top_logprobs[0] >= ev->logprob;
-            for (int i = 1; i < ev->n_top; i++) ok &= ev->top_logprobs[i] <= ev->top_logprobs[i - 1];
-            r->logprob_ok &= ok;
+            /* (used with greedy requests: the chosen token is the top one) */
+            bool ok = ev->logprob <= 0 && ev->top_logprobs[0] == ev->logprob && ev->top_ids[0] == ev->token;
+            double mass = exp(ev->top_logprobs[0]);
+            for (int i = 1; i < ev->n_top; i++) {
+                ok &= ev->top_logprobs[i] <= ev->top_logprobs[i - 1] && ev->top_ids[i] != ev->top_ids[0];
+                mass += exp(ev->top_logprobs[i]);
+            }
+            r->logprob_ok &= ok && mass <= 1.0 + 1e-5 && ev->n_top == 5;
         }
     }
     if (ev->text_len && r->text_len + ev->text_len < sizeof r->text) {

@@ -162,17 +162,17 @@ static void logprobs(const struct req *q, const float *row, int64_t V, int32_t i
     for (int64_t i = 0; i < V; i++) sum += exp(row[i] / T - mx);
     double lse = mx + log(sum);
     ev->logprob = (float)(row[id] / T - lse);
-    int n = (int)LMC_MIN((int64_t)q->r.top_logprobs, V);
-    for (int k = 0; k < n; k++) { /* selection: the k-th largest, first index on ties */
-        int32_t best = -1;
-        for (int64_t i = 0; i < V; i++) {
-            bool taken = false;
-            for (int j = 0; j < k && !taken; j++) taken = ev->top_ids[j] == i;
-            if (!taken && (best < 0 || row[i] > row[best])) best = (int32_t)i;
+    int n = (int)LMC_MIN((int64_t)q->r.top_logprobs, V), have = 0;
+    for (int64_t i = 0; i < V; i++) { /* insertion into the sorted top n; first index on ties */
+        if (have == n && !(row[i] > row[ev->top_ids[n - 1]])) continue;
+        int k = have < n ? have++ : n - 1;
+        while (k > 0 && row[i] > row[ev->top_ids[k - 1]]) {
+            ev->top_ids[k] = ev->top_ids[k - 1];
+            k--;
         }
-        ev->top_ids[k] = best;
-        ev->top_logprobs[k] = (float)(row[best] / T - lse);
+        ev->top_ids[k] = (int32_t)i;
     }
+    for (int k = 0; k < n; k++) ev->top_logprobs[k] = (float)(row[ev->top_ids[k]] / T - lse);
     ev->n_top = n;
 }
 
@@ -388,8 +388,10 @@ static void *sched_main(void *arg) {
         }
         nc = LMC_MIN(nc, cap); /* out of memory: the rest are kept for the next step */
         if (nc) memcpy(cancels, s->cancels, (size_t)nc * sizeof *cancels);
-        memmove(s->cancels, s->cancels + nc, (size_t)(s->n_cancels - nc) * sizeof *cancels);
-        s->n_cancels -= nc;
+        if (nc) {
+            memmove(s->cancels, s->cancels + nc, (size_t)(s->n_cancels - nc) * sizeof *cancels);
+            s->n_cancels -= nc;
+        }
         pthread_mutex_unlock(&s->mu);
         while (in) {
             struct req *q = in;

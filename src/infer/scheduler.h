@@ -47,15 +47,23 @@ struct lmc_sched_event {
     enum lmc_sched_event_kind kind;
     uint64_t req_id;
     /* TOKEN: the token and the new valid UTF-8 text it completes (may be
-     * empty while a character or a possible stop string is pending) */
+     * empty while a character or a possible stop string is pending). text
+     * points into the scheduler's buffers: valid only during the callback.
+     * An end-of-sequence token ends the request with DONE "stop" and gets
+     * no TOKEN event (nor a place in completion_tokens). */
     int32_t token;
     const char *text;
     size_t text_len;
-    float logprob;              /* log p(token) after processing, if requested */
+    float logprob;              /* log p(token) after processing (penalties, then
+                                 * temperature when > 0), if requested; top_ids /
+                                 * top_logprobs: the n_top most likely, best first */
     int n_top;
     int32_t top_ids[LMC_SCHED_MAX_TOP_LOGPROBS];
     float top_logprobs[LMC_SCHED_MAX_TOP_LOGPROBS];
-    /* DONE: "stop" or "length"; usage counts */
+    /* DONE: "stop", "length" or "cancelled"; usage counts. text/text_len
+     * may carry the last text held back until the end (an unfinished
+     * character as U+FFFD, a stop-string prefix that never completed):
+     * append it to the output. */
     const char *finish_reason;
     int64_t prompt_tokens, completion_tokens, cached_prompt_tokens;
     /* ERROR */
