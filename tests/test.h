@@ -4,6 +4,8 @@
 #ifndef LMC_TEST_H
 #define LMC_TEST_H
 
+#include "core/rng.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,12 +35,7 @@ static inline double test_rel_err_f32_f64(const float *a, const double *b, int64
     return num / (den > 1e-30 ? den : 1e-30);
 }
 
-static inline uint64_t test_rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static inline uint64_t test_rng_next(uint64_t *s) { return lmc_rng_next(s); }
 /* Uniform in [-1, 1), never exactly 0. */
 static inline float test_rand(uint64_t *s) {
     float f = (float)((test_rng_next(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;

@@ -7,6 +7,7 @@
 #include "core/core.h"
 
 #include <cjson/cJSON.h>
+#include "io/json_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,16 +27,6 @@ struct cfg_ctx {
     lmc_err *err;
 };
 
-static const char *cfg_kind(const cJSON *v) {
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsNumber(v)) return "a number";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsArray(v)) return "an array";
-    if (cJSON_IsObject(v)) return "an object";
-    return "invalid";
-}
-
 /* The member `key` of obj, or NULL when absent or JSON null. */
 static const cJSON *cfg_get(const cJSON *obj, const char *key) {
     const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
@@ -45,7 +36,7 @@ static const cJSON *cfg_get(const cJSON *obj, const char *key) {
 static lmc_status cfg_type_err(struct cfg_ctx *x, const char *prefix, const char *key, const cJSON *v,
                                const char *want) {
     return lmc_err_set(x->err, LMC_ERR_FORMAT, "%s: field '%s%s' is %s, expected %s", x->label, prefix, key,
-                       cfg_kind(v), want);
+                       lmc_json_kind(v), want);
 }
 
 /* Integer field in [lo, hi]. Absent/null: *out = def, or an error if
@@ -133,7 +124,7 @@ static lmc_status cfg_parse_json(struct cfg_ctx *x, const char *json, size_t len
     }
     if (!cJSON_IsObject(root)) {
         lmc_status s = lmc_err_set(x->err, LMC_ERR_FORMAT, "%s: top level is %s, expected a JSON object", x->label,
-                                   cfg_kind(root));
+                                   lmc_json_kind(root));
         cJSON_Delete(root);
         return s;
     }
@@ -166,7 +157,7 @@ static lmc_status cfg_token_ids(struct cfg_ctx *x, const cJSON *obj, const char 
         if (!cJSON_IsNumber(e) || !isfinite(d) || d != floor(d) || d < 0 || d >= (double)CFG_MAX_SIZE)
             return lmc_err_set(x->err, LMC_ERR_FORMAT,
                                "%s: field '%s' entry %d is %s, expected a non-negative integer token id", x->label,
-                               key, i, cfg_kind(e));
+                               key, i, lmc_json_kind(e));
         ids[(*n)++] = (int64_t)d;
     }
     return LMC_OK;

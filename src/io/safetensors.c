@@ -8,6 +8,7 @@
 #include "core/core.h"
 
 #include <cjson/cJSON.h>
+#include "io/json_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -61,17 +62,6 @@ static bool st_json_uint(const cJSON *v, int64_t *out) {
     if (!isfinite(d) || d < 0 || d > ST_MAX_JSON_INT || d != floor(d)) return false;
     *out = (int64_t)d;
     return true;
-}
-
-static const char *st_json_kind(const cJSON *v) {
-    if (!v) return "missing";
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsNumber(v)) return "a number";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsArray(v)) return "an array";
-    if (cJSON_IsObject(v)) return "an object";
-    return "invalid";
 }
 
 /* Growable tensor / metadata lists while parsing. */
@@ -128,12 +118,12 @@ void lmc_st_free(struct lmc_st *st) {
 static lmc_status st_parse_metadata(struct lmc_st *st, const cJSON *m, const char *label, lmc_err *err) {
     if (!cJSON_IsObject(m))
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: '__metadata__' is %s, expected an object of strings",
-                           label, st_json_kind(m));
+                           label, lmc_json_kind(m));
     int n = 0;
     for (const cJSON *e = m->child; e; e = e->next) {
         if (!cJSON_IsString(e) || !e->string)
             return lmc_err_set(err, LMC_ERR_FORMAT, "%s: '__metadata__' entry '%s' is %s, expected a string",
-                               label, e->string ? e->string : "?", st_json_kind(e));
+                               label, e->string ? e->string : "?", lmc_json_kind(e));
         if (n == INT_MAX / 2 - st->n_meta) return lmc_err_set(err, LMC_ERR_FORMAT, "%s: too much metadata", label);
         n++;
     }
@@ -163,11 +153,11 @@ static lmc_status st_parse_entry(struct lmc_st_tensor *t, const cJSON *e, const 
     if (!cJSON_IsObject(e))
         return lmc_err_set(err, LMC_ERR_FORMAT,
                            "%s: tensor '%s' is %s, expected an object with dtype, shape, data_offsets",
-                           label, nm, st_json_kind(e));
+                           label, nm, lmc_json_kind(e));
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     if (!cJSON_IsString(dt))
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': field 'dtype' is %s, expected a string like \"F32\"",
-                           label, nm, st_json_kind(dt));
+                           label, nm, lmc_json_kind(dt));
     int d = lmc_dtype_parse(dt->valuestring);
     if (d < 0)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
@@ -178,7 +168,7 @@ static lmc_status st_parse_entry(struct lmc_st_tensor *t, const cJSON *e, const 
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
     if (!cJSON_IsArray(sh))
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': field 'shape' is %s, expected an array of integers",
-                           label, nm, st_json_kind(sh));
+                           label, nm, lmc_json_kind(sh));
     int ndim = cJSON_GetArraySize(sh);
     if (ndim > LMC_ST_MAX_DIMS)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s': field 'shape' has %d dimensions, at most %d supported",
@@ -195,7 +185,7 @@ static lmc_status st_parse_entry(struct lmc_st_tensor *t, const cJSON *e, const 
                                    label, nm, i, v->valuedouble);
             return lmc_err_set(err, LMC_ERR_FORMAT,
                                "%s: tensor '%s': field 'shape' entry %d is %s, expected a non-negative integer",
-                               label, nm, i, st_json_kind(v));
+                               label, nm, i, lmc_json_kind(v));
         }
         if (!lmc_mul_ok(numel, t->shape[i], &numel)) {
             char s[256];
@@ -320,7 +310,7 @@ static lmc_status st_parse_into(struct lmc_st *st, const void *buf, size_t len, 
     }
     if (!cJSON_IsObject(root)) {
         s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: header is %s, expected a JSON object {name: {dtype, shape, data_offsets}}",
-                        label, st_json_kind(root));
+                        label, lmc_json_kind(root));
         goto out;
     }
     int64_t count = 0;
@@ -456,7 +446,7 @@ static lmc_status st_open_index(struct lmc_st *st, const char *dir, const char *
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(root) || !cJSON_IsObject(wm)) {
         s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field 'weight_map' is %s, expected an object {tensor: file}",
-                        ipath, cJSON_IsObject(root) ? st_json_kind(wm) : "missing (the file is not an object)");
+                        ipath, cJSON_IsObject(root) ? lmc_json_kind(wm) : "missing (the file is not an object)");
         goto out;
     }
     int n_entries = 0;
@@ -464,7 +454,7 @@ static lmc_status st_open_index(struct lmc_st *st, const char *dir, const char *
         const char *f = cJSON_IsString(e) ? e->valuestring : NULL;
         if (!e->string || !f) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: weight_map entry '%s' is %s, expected a file name string",
-                            ipath, e->string ? e->string : "?", st_json_kind(e));
+                            ipath, e->string ? e->string : "?", lmc_json_kind(e));
             goto out;
         }
         if (!f[0] || strchr(f, '/') || strchr(f, '\\') || strstr(f, "..")) {
