@@ -16,6 +16,9 @@ static const struct {
     {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N]  perplexity"},
     {"info", cmd_info, "info -m DIR [--ctx N]                           model summary"},
     {"parity", cmd_parity, "parity DIR [--dtype fp32|bf16] [--json]         check against references"},
+    {"train-tokenizer", cmd_train_tokenizer, "train-tokenizer --text-file F --vocab N --style gpt2|llama3 -o DIR  byte-level BPE"},
+    {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
+    {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,69 @@
+/* adamw.c — AdamW update, the weight-decay rule and global-norm gradient
+ * clipping. The update follows torch.optim.AdamW's single-tensor float32
+ * path operation by operation, so that one step reproduces torch's result
+ * to float32 rounding. */
+#include "train/adamw.h"
+
+#include <math.h>
+#include <string.h>
+
+void lmc_adamw_cfg_default(struct lmc_adamw_cfg *c) {
+    c->lr = 1e-3;
+    c->beta1 = 0.9;
+    c->beta2 = 0.999;
+    c->eps = 1e-8;
+    c->weight_decay = 0.01;
+}
+
+void lmc_adamw_update(const struct lmc_adamw_cfg *c, int64_t step, double lr, bool decay, float *p,
+                      const float *g, float *m, float *v, int64_t n) {
+    /* torch: bias_correction1 = 1 - beta1^step; step_size = lr / bc1;
+     * bias_correction2_sqrt = sqrt(1 - beta2^step);
+     * denom = sqrt(v) / bc2_sqrt + eps; p -= step_size * m / denom. The
+     * scalars are computed in double (Python floats), the tensors in float. */
+    double bc1 = 1.0 - pow(c->beta1, (double)step);
+    double bc2_sqrt = sqrt(1.0 - pow(c->beta2, (double)step));
+    float step_size = (float)(lr / bc1);
+    float decay_mul = (float)(1.0 - lr * c->weight_decay);
+    float b2 = (float)c->beta2;
+    float one_minus_b1 = (float)(1.0 - c->beta1), one_minus_b2 = (float)(1.0 - c->beta2);
+    float bc2s = (float)bc2_sqrt, eps = (float)c->eps;
+    bool wd = decay && c->weight_decay != 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i];
+        float pi = wd ? p[i] * decay_mul : p[i];
+        /* exp_avg.lerp_(grad, 1 - beta1) == m + (1-beta1) * (g - m) */
+        float mi = m[i] + one_minus_b1 * (gi - m[i]);
+        float vi = v[i] * b2 + one_minus_b2 * gi * gi;
+        float denom = sqrtf(vi) / bc2s + eps;
+        pi = pi - step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi;
+    }
+}
+
+bool lmc_adamw_decays(enum lmc_decay_rule rule, const char *name, int ndim) {
+    if (rule == LMC_DECAY_ALL) return true;
+    if (ndim < 2) return false; /* biases, norm weights and scales */
+    static const char *const exempt[] = {"embed", "wte.", "wpe.", "embeddings"};
+    for (size_t i = 0; i < sizeof exempt / sizeof *exempt; i++)
+        if (strstr(name, exempt[i])) return false;
+    return true;
+}
+
+double lmc_grad_global_norm(float *const *g, const int64_t *n, int k) {
+    double s = 0;
+    for (int t = 0; t < k; t++)
+        for (int64_t i = 0; i < n[t]; i++) s += (double)g[t][i] * (double)g[t][i];
+    return sqrt(s);
+}
+
+double lmc_grad_clip(float *const *g, const int64_t *n, int k, double max_norm) {
+    double norm = lmc_grad_global_norm(g, n, k);
+    if (!isfinite(norm) || !(max_norm > 0) || norm <= max_norm) return norm;
+    float scale = (float)(max_norm / (norm + 1e-6));
+    for (int t = 0; t < k; t++)
+        for (int64_t i = 0; i < n[t]; i++) g[t][i] *= scale;
+    return norm;
+}
