@@ -7,6 +7,7 @@
  * mid-stream and bad requests; all blocks come back at the end. */
 #include "test.h"
 #include "core/core.h"
+#include "infer/detok.h"
 #include "infer/scheduler.h"
 #include "infer/session.h"
 
@@ -369,8 +370,78 @@ out:
     free(f);
 }
 
+/* The streaming detokenizer (moving window) releases exactly the text of
+ * decoding all generated ids at once after the same context, sanitised,
+ * and cuts at the first stop string. Random ids: partial and invalid UTF-8,
+ * special tokens. */
+static void test_detok(const char *dir) {
+    struct lmc_tokenizer *tok;
+    lmc_err err = {0};
+    if (lmc_tokenizer_load(&tok, dir, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    int64_t V = lmc_tokenizer_vocab_size(tok);
+    uint64_t seed = 5;
+    int n_ok = 0, n_stop_ok = 0;
+    enum { N = 120, CTX = 3 };
+    for (int trial = 0; trial < 20; trial++) {
+        int32_t ids[CTX + N];
+        for (int i = 0; i < CTX + N; i++) {
+            /* mostly low ids (bytes, short pieces), some anywhere */
+            uint64_t r = test_rng_next(&seed);
+            ids[i] = (int32_t)(r % 4 ? (r >> 8) % (uint64_t)LMC_MIN(V, 300) : (r >> 8) % (uint64_t)V);
+        }
+        char *pre, *full;
+        size_t lp, lf;
+        CHECK(lmc_tokenizer_decode(tok, ids, CTX, &pre, &lp, &err) == LMC_OK);
+        CHECK(lmc_tokenizer_decode(tok, ids, CTX + N, &full, &lf, &err) == LMC_OK);
+        char *want = malloc(3 * lf + 1), *got = malloc(3 * lf + 64);
+        size_t wl = lf >= lp && !memcmp(full, pre, lp) ? lmc_utf8_sanitize(full + lp, lf - lp, true, want, NULL) : 0;
+        for (int with_stop = 0; with_stop < 2; with_stop++) {
+            char stop[4] = {0};
+            if (with_stop && wl > 20) memcpy(stop, want + wl / 2, 2);
+            const char *stops[1] = {stop};
+            struct lmc_detok d;
+            CHECK(lmc_detok_init(&d, tok, ids, CTX, stops, stop[0] ? 1 : 0, &err) == LMC_OK);
+            size_t gl = 0;
+            const char *p;
+            size_t n;
+            bool stopped = false;
+            for (int i = 0; i < N && !stopped; i++) {
+                CHECK(lmc_detok_push(&d, ids[CTX + i], &p, &n, &stopped, &err) == LMC_OK);
+                memcpy(got + gl, p, n);
+                gl += n;
+            }
+            if (!stopped) {
+                lmc_detok_finish(&d, &p, &n, &stopped);
+                memcpy(got + gl, p, n);
+                gl += n;
+            }
+            lmc_detok_free(&d);
+            if (!with_stop) {
+                n_ok += gl == wl && !memcmp(got, want, wl);
+            } else {
+                const char *at = stop[0] ? memmem(want, wl, stop, strlen(stop)) : NULL;
+                size_t cut = at ? (size_t)(at - want) : wl;
+                n_stop_ok += gl == cut && !memcmp(got, want, cut) && stopped == (at != NULL);
+            }
+        }
+        free(pre);
+        free(full);
+        free(want);
+        free(got);
+    }
+    CHECK_MSG(n_ok == 20, "%s: detok %d of 20 as one decode", dir, n_ok);
+    CHECK_MSG(n_stop_ok == 20, "%s: detok with a stop string %d of 20", dir, n_stop_ok);
+    lmc_tokenizer_free(tok);
+}
+
 int main(void) {
     double t0 = lmc_time_now();
+    test_detok("tests/fixtures/llama-tiny");
+    test_detok("tests/fixtures/qwen2-tiny");
+    test_detok("tests/fixtures/gpt2-tiny");
     test_fixture("tests/fixtures/llama-tiny", true);
     test_fixture("tests/fixtures/qwen2-tiny", false);
     test_fixture("tests/fixtures/gpt2-tiny", false);

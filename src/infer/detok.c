@@ -1,6 +1,9 @@
 /* detok.c — streaming detokenisation with UTF-8 and stop-string holdback
- * (see detok.h). Each push re-decodes the generated ids after the context
- * ids, so byte-level and metaspace decoders see what the model saw. */
+ * (see detok.h). Each push decodes the ids generated since the window last
+ * moved after LMC_DETOK_CTX context ids, so byte-level and metaspace
+ * decoders see what the model saw; once all text is out with no character
+ * or stop-string prefix pending, the window moves on, so the work per token
+ * stays bounded however long the output grows. */
 #include "infer/detok.h"
 #include "core/core.h"
 
@@ -101,10 +104,19 @@ lmc_status lmc_detok_push(struct lmc_detok *d, int32_t id, const char **text, si
         d->ids = n2;
         d->cap *= 2;
     }
+    if (d->settled) { /* all text out, none pending: the window moves on */
+        int64_t n = d->n_ctx + d->n_gen, keep = LMC_MIN(n, LMC_DETOK_CTX);
+        memmove(d->ids, d->ids + n - keep, (size_t)keep * sizeof *d->ids);
+        d->n_ctx = keep;
+        d->n_gen = 0;
+        d->rl = d->cl = d->emitted = 0;
+        d->settled = false;
+    }
     d->ids[d->n_ctx + d->n_gen++] = id;
     lmc_status st = decode_gen(d, err);
     if (st) return st;
-    d->cl = lmc_utf8_sanitize(d->raw, d->rl, false, d->clean, NULL);
+    size_t used;
+    d->cl = lmc_utf8_sanitize(d->raw, d->rl, false, d->clean, &used);
     size_t stop_at = lmc_detok_stop_find(d->clean, d->cl, d->stop, d->n_stop), ready;
     if (stop_at < d->cl) {
         ready = stop_at;
@@ -117,6 +129,7 @@ lmc_status lmc_detok_push(struct lmc_detok *d, int32_t id, const char **text, si
         *len = ready - d->emitted;
         d->emitted = ready;
     }
+    d->settled = !d->stopped && d->emitted == d->cl && used == d->rl;
     return LMC_OK;
 }
 

@@ -68,6 +68,21 @@ static bool is_eos(const struct lmc_session *s, int32_t id) {
     return s->tok && id == lmc_tokenizer_eos(s->tok);
 }
 
+/* Appends p[0..n) to the NUL-terminated growing buffer *buf. */
+static bool append(char **buf, size_t *len, size_t *cap, const char *p, size_t n) {
+    if (*len + n + 1 > *cap) {
+        size_t c = LMC_MAX(2 * *cap, *len + n + 1);
+        char *b = realloc(*buf, c);
+        if (!b) return false;
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return true;
+}
+
 lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
                                 const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                                 struct lmc_gen_result *res, lmc_err *err) {
@@ -102,6 +117,8 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     int64_t n_gen = 0;
     const char *piece;
     size_t plen;
+    char *text = NULL; /* all emitted text */
+    size_t tlen = 0, tcap = 0;
     while (!st && !done && n_gen < o->max_new) {
         int32_t id = lmc_sampler_sample(&smp, s->logits, all, n_prompt + n_gen);
         if (!o->ignore_eos && is_eos(s, id)) {
@@ -114,6 +131,10 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
         if (stopped) {
             done = true;
             res->finish_reason = "stop";
+        }
+        if (plen && !append(&text, &tlen, &tcap, piece, plen)) {
+            st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+            break;
         }
         if (plen && emit && !emit(user, piece, plen)) done = true;
         if (done || n_gen == o->max_new) break;
@@ -128,12 +149,16 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     if (!st && !done) {
         lmc_detok_finish(&dt, &piece, &plen, &stopped);
         if (stopped) res->finish_reason = "stop";
-        if (plen && emit) emit(user, piece, plen);
+        if (plen && !append(&text, &tlen, &tcap, piece, plen))
+            st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+        else if (plen && emit)
+            emit(user, piece, plen);
     }
+    lmc_detok_free(&dt);
     res->decode_s = lmc_time_now() - t1;
     lmc_sampler_free(&smp);
     if (st) {
-        lmc_detok_free(&dt);
+        free(text);
         free(all);
         return st;
     }
@@ -141,13 +166,8 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     if (res->ids) memcpy(res->ids, all + n_prompt, (size_t)n_gen * sizeof *res->ids);
     res->n_ids = n_gen;
     free(all);
-    char *text = malloc(dt.emitted + 1);
-    if (text) {
-        if (dt.emitted) memcpy(text, dt.clean, dt.emitted);
-        text[dt.emitted] = 0;
-    }
+    if (!text) text = calloc(1, 1);
     res->text = text;
-    res->text_len = text ? dt.emitted : 0;
-    lmc_detok_free(&dt);
+    res->text_len = text ? tlen : 0;
     return LMC_OK;
 }
