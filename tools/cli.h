@@ -52,6 +52,8 @@ int cmd_detokenize(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_parity(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_bench_serve(int argc, char **argv);
 int cmd_train_tokenizer(int argc, char **argv);
 int cmd_prepare_data(int argc, char **argv);
 int cmd_plot(int argc, char **argv);

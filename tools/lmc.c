@@ -15,6 +15,8 @@ static const struct {
     {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
     {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N]  perplexity"},
     {"info", cmd_info, "info -m DIR [--ctx N]                           model summary"},
+    {"serve", cmd_serve, "serve -m DIR [--host H] [--port P] [--api-key K] ...  OpenAI-compatible HTTP server"},
+    {"bench-serve", cmd_bench_serve, "bench-serve --url URL [--concurrency C] [--requests N] ...  load a server"},
     {"parity", cmd_parity, "parity DIR [--dtype fp32|bf16] [--json]         check against references"},
     {"train-tokenizer", cmd_train_tokenizer, "train-tokenizer --text-file F --vocab N --style gpt2|llama3 -o DIR  byte-level BPE"},
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},

@@ -1,0 +1,61 @@
+/* fuzz_serve_request.c — libFuzzer target: arbitrary bytes as the body of
+ * /v1/completions and /v1/chat/completions through lmc_serve_parse. A
+ * refused body must carry a 4xx/5xx status and a message; an accepted one
+ * must satisfy the documented ranges, survive the length check and the
+ * turn-stop addition, and format into a response and an error that are
+ * valid JSON. */
+#include "serve/serve.h"
+#include "core/core.h"
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void check_json(char *s) {
+    if (!s) return;
+    cJSON *j = cJSON_Parse(s);
+    LMC_ASSERT(j != NULL);
+    cJSON_Delete(j);
+    free(s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char *buf = malloc(size ? size : 1); /* exact size, not NUL-terminated */
+    if (!buf) return 0;
+    if (size) memcpy(buf, data, size);
+    struct lmc_serve_limits lim;
+    lmc_serve_limits_default(&lim);
+    lim.ctx = 256;
+    lim.vocab = 512;
+    lim.max_body = 1 << 16;
+    for (int k = 0; k < 2; k++) {
+        struct lmc_serve_request r;
+        struct lmc_serve_error e;
+        enum lmc_serve_kind kind = k ? LMC_SERVE_CHAT : LMC_SERVE_COMPLETION;
+        if (lmc_serve_parse(kind, buf, size, &lim, &r, &e) != LMC_OK) {
+            LMC_ASSERT(e.http >= 400 && e.http < 600 && e.err.msg[0]);
+            check_json(lmc_serve_format_error(&e));
+            continue;
+        }
+        LMC_ASSERT(r.n >= 1 && r.n <= lim.max_n && r.r.n_stop <= LMC_SCHED_MAX_STOP - 2);
+        LMC_ASSERT(r.r.max_tokens >= 0 && r.r.max_tokens <= lim.ctx);
+        LMC_ASSERT(r.r.top_logprobs <= LMC_SCHED_MAX_TOP_LOGPROBS);
+        LMC_ASSERT(kind == LMC_SERVE_CHAT ? r.n_msgs > 0 : (r.prompt != NULL) != (r.prompt_ids != NULL));
+        for (int64_t i = 0; i < r.n_prompt_ids; i++) LMC_ASSERT(r.prompt_ids[i] >= 0 && r.prompt_ids[i] < 512);
+        for (int i = 0; i < r.n_msgs; i++) LMC_ASSERT(r.msgs[i].role && r.msgs[i].content);
+        lmc_err se = {0};
+        LMC_ASSERT(lmc_sampler_check(&r.r.sampling, &se) == LMC_OK);
+        if (kind == LMC_SERVE_CHAT) LMC_ASSERT(lmc_serve_add_turn_stops(&r, LMC_CHAT_LLAMA2, &e) == LMC_OK);
+        int64_t n_prompt = r.prompt ? (int64_t)strlen(r.prompt) % 300 : r.n_prompt_ids;
+        if (lmc_serve_check_length(&r, n_prompt, &lim, &e) == LMC_OK)
+            LMC_ASSERT(r.r.max_tokens >= 1 && n_prompt + r.r.max_tokens <= lim.ctx);
+        const char *text = r.prompt ? r.prompt : (r.n_msgs ? r.msgs[0].content : "");
+        struct lmc_serve_choice ch = {text, strlen(text), "stop", NULL, 0};
+        struct lmc_serve_usage u = {n_prompt, 1, 0};
+        check_json(lmc_serve_format_response(kind, "id", 1, r.model ? r.model : "m", &ch, 1, &u, false, NULL));
+        lmc_serve_request_free(&r);
+    }
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,177 @@
+/* cmd_serve.c — `lmc serve`: opens a model, starts the continuous-batching
+ * scheduler and the OpenAI-compatible HTTP server on top of it, and runs
+ * until SIGINT/SIGTERM. Prints "lmc serve: listening on http://HOST:PORT"
+ * on stderr once it accepts connections (tests read the port from it when
+ * started with --port 0). */
+#include "cli.h"
+#include "core/core.h"
+#include "infer/scheduler.h"
+#include "serve/serve.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* "512M", "2G", "1.5GiB", "1000000" -> bytes */
+static bool parse_size(const char *s, size_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !isfinite(v) || v <= 0) return false;
+    double mul = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 'K': mul = 1024.0; end++; break;
+    case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (mul > 1 && (*end == 'i' || *end == 'I')) end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end || v * mul > 1e15) return false;
+    *out = (size_t)(v * mul);
+    return true;
+}
+
+static lmc_status eng_submit(void *ctx, const int32_t *prompt, int64_t n, const struct lmc_request *r,
+                             lmc_sched_fn fn, void *user, uint64_t *id, lmc_err *err) {
+    return lmc_sched_submit(ctx, prompt, n, r, fn, user, id, err);
+}
+static void eng_cancel(void *ctx, uint64_t id) { lmc_sched_cancel(ctx, id); }
+static void eng_stats(void *ctx, struct lmc_sched_stats *st) { lmc_sched_stats(ctx, st); }
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: lmc serve -m DIR [--host 127.0.0.1] [--port 8080] [--device cpu|cuda]\n"
+            "                 [--max-batch N] [--kv-blocks N | --kv-memory SIZE] [--api-key KEY]\n"
+            "                 [--model-name NAME] [--ctx N] [--threads N] [--dtype D]\n"
+            "                 [--max-connections N] [--max-active N] [--max-body SIZE]\n"
+            "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
+            "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
+            "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
+}
+
+int cmd_serve(int argc, char **argv) {
+    struct cli_common c = {0};
+    struct lmc_serve_opts so;
+    lmc_serve_opts_default(&so);
+    struct lmc_sched_opts sc;
+    lmc_sched_opts_default(&sc);
+    const char *name = NULL;
+    char name_buf[256];
+    size_t kv_bytes = 0;
+    int64_t kv_blocks = 0;
+    so.api_key = getenv("LMC_API_KEY");
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage();
+            return 0;
+        }
+        if (!strcmp(o, "--no-prefix-cache")) {
+            sc.prefix_cache = false;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "lmc serve: unknown option or missing value: %s\n", o);
+            usage();
+            return 2;
+        }
+        i++;
+        int64_t n = 0;
+        double d = 0;
+        bool ok = true;
+        if (!strcmp(o, "--host")) so.host = v;
+        else if (!strcmp(o, "--port")) ok = cli_parse_i64(v, 0, 65535, &n), so.port = (int)n;
+        else if (!strcmp(o, "--api-key")) so.api_key = v;
+        else if (!strcmp(o, "--model-name")) name = v;
+        else if (!strcmp(o, "--max-batch")) ok = cli_parse_i64(v, 1, 4096, &n), sc.max_batch = (int)n;
+        else if (!strcmp(o, "--kv-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &kv_blocks);
+        else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
+        else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n;
+        else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
+        else if (!strcmp(o, "--max-connections")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_connections = (int)n;
+        else if (!strcmp(o, "--max-active")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_active = (int)n;
+        else if (!strcmp(o, "--max-body")) ok = parse_size(v, &so.lim.max_body) && so.lim.max_body >= 64;
+        else if (!strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 1, 1 << 24, &so.lim.max_tokens);
+        else if (!strcmp(o, "--max-n")) ok = cli_parse_i64(v, 1, 64, &n), so.lim.max_n = (int)n;
+        else if (!strcmp(o, "--timeout")) ok = cli_parse_i64(v, 1, 86400, &n), so.request_timeout_s = (int)n;
+        else if (!strcmp(o, "--io-timeout")) ok = cli_parse_f64(v, 0.1, 3600, &d), so.io_timeout_ms = (int)(d * 1000);
+        else {
+            fprintf(stderr, "lmc serve: unknown option %s\n", o);
+            usage();
+            return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "lmc serve: invalid value '%s' for %s\n", v, o);
+            return 2;
+        }
+    }
+    if (kv_blocks && kv_bytes) {
+        fprintf(stderr, "lmc serve: give --kv-blocks or --kv-memory, not both\n");
+        return 2;
+    }
+    if (!c.model_dir) {
+        usage();
+        return 2;
+    }
+    if (!name) { /* the folder's last component */
+        const char *e = c.model_dir + strlen(c.model_dir);
+        while (e > c.model_dir && e[-1] == '/') e--;
+        const char *b = e;
+        while (b > c.model_dir && b[-1] != '/') b--;
+        snprintf(name_buf, sizeof name_buf, "%.*s", (int)(e - b), b);
+        name = name_buf[0] ? name_buf : "lmc";
+    }
+    so.model_name = name;
+
+    /* SIGINT/SIGTERM are taken by sigwait below: block them before any
+     * thread starts so that every thread inherits the mask */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct cli_model cm;
+    if (cli_open(&cm, &c, true)) return 1;
+    lmc_err err = {0};
+    sc.ctx = cli_ctx(&c, &cm.model);
+    sc.kv_blocks = kv_blocks;
+    sc.kv_bytes = kv_bytes;
+    struct lmc_sched *sched = NULL;
+    if (lmc_sched_init(&sched, &cm.model, &cm.be, cm.tok, &sc, &err)) {
+        cli_close(&cm);
+        return cli_fail("scheduler", &err);
+    }
+    so.lim.ctx = sc.ctx;
+    so.lim.vocab = lmc_tokenizer_vocab_size(cm.tok);
+    struct lmc_serve_engine eng = {sched, eng_submit, eng_cancel, eng_stats};
+    struct lmc_server *srv = NULL;
+    if (lmc_server_start(&srv, &so, &eng, cm.tok, &err)) {
+        lmc_sched_free(sched);
+        cli_close(&cm);
+        return cli_fail("serve", &err);
+    }
+    struct lmc_sched_stats st;
+    lmc_sched_stats(sched, &st);
+    fprintf(stderr, "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens, max batch %d%s\n", name,
+            cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size, sc.max_batch,
+            so.api_key && *so.api_key ? ", API key required" : "");
+    fprintf(stderr, "lmc serve: listening on http://%s%s%s:%d\n", strchr(so.host, ':') ? "[" : "", so.host,
+            strchr(so.host, ':') ? "]" : "", lmc_server_port(srv));
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "lmc serve: signal %d, shutting down\n", sig);
+    lmc_server_stop(srv);
+    lmc_sched_free(sched);
+    cli_close(&cm);
+    return 0;
+}
