@@ -22,7 +22,7 @@ for t in python3 curl; do
 done
 TMP=$(mktemp -d)
 SRV_PIDS=""
-cleanup() { for p in $SRV_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$TMP"; }
+cleanup() { for p in $SRV_PIDS; do kill "$p" 2>/dev/null; done; [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"; }
 trap cleanup EXIT
 fail=0
 
@@ -333,7 +333,11 @@ ok, m = settle(); check(ok, "KV blocks and requests back to 0 after storms 2-4")
 rss2 = rss_kb()
 print("rss after storm 1: %d kB, after storms 2-4: %d kB; cancelled so far: %d" %
       (rss1, rss2, m.get('lmc_requests_finished_total{reason="cancelled"}', 0)))
-check(rss2 - rss1 < 32 * 1024, "memory does not grow (%d -> %d kB)" % (rss1, rss2))
+if "libasan" in open("/proc/%d/maps" % PID).read():
+    print("memory growth check skipped under AddressSanitizer (its quarantine keeps freed memory); "
+          "LeakSanitizer checks at exit instead")
+else:
+    check(rss2 - rss1 < 32 * 1024, "memory does not grow (%d -> %d kB)" % (rss1, rss2))
 check(m.get('lmc_requests_finished_total{reason="cancelled"}', 0) > 0, "disconnects cancel their requests")
 check(m.get("lmc_kv_blocks_total", 0) == 512, "kv blocks total")
 # the server still answers correctly

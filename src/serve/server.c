@@ -645,8 +645,7 @@ static int handle_generate(struct lmc_server *s, struct mg_connection *c, enum l
     return st;
 }
 
-static int handler(struct mg_connection *c, void *user) {
-    struct lmc_server *s = user;
+static int handle(struct mg_connection *c, struct lmc_server *s) {
     double t0 = lmc_time_now();
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *uri = ri->local_uri ? ri->local_uri : "/";
@@ -694,6 +693,36 @@ static int handler(struct mg_connection *c, void *user) {
     int r = handle_generate(s, c, gen_ch ? LMC_SERVE_CHAT : LMC_SERVE_COMPLETION, t0);
     lmc_serve_metrics_conn(s->metrics, -1);
     return r;
+}
+
+/* civetweb's workers run on 100 KiB stacks (Debian builds it so), too
+ * small for tokenizing, JSON and sanitizer builds: each request is handled
+ * on a thread of our own with a normal stack while the worker waits. */
+struct call {
+    struct mg_connection *c;
+    struct lmc_server *s;
+    int status;
+};
+
+static void *call_main(void *arg) {
+    struct call *k = arg;
+    k->status = handle(k->c, k->s);
+    return NULL;
+}
+
+static int handler(struct mg_connection *c, void *user) {
+    struct call k = {c, user, 0};
+    pthread_attr_t a;
+    pthread_t th;
+    bool ok = pthread_attr_init(&a) == 0;
+    if (ok) {
+        pthread_attr_setstacksize(&a, (size_t)8 << 20);
+        ok = pthread_create(&th, &a, call_main, &k) == 0;
+        pthread_attr_destroy(&a);
+    }
+    if (!ok) return fail(user, c, 503, "server_busy", "cannot start a request thread");
+    pthread_join(th, NULL);
+    return k.status;
 }
 
 static int log_message(const struct mg_connection *c, const char *msg) {
