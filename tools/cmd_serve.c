@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* "512M", "2G", "1.5GiB", "1000000" -> bytes */
 static bool parse_size(const char *s, size_t *out) {
@@ -35,6 +36,12 @@ static bool parse_size(const char *s, size_t *out) {
     *out = (size_t)(v * mul);
     return true;
 }
+
+/* The one piece of process state: set by the SIGINT/SIGTERM handler
+ * (signals can land on any thread, OpenBLAS's included, so a mask plus
+ * sigwait is not enough). */
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
 
 static lmc_status eng_submit(void *ctx, const int32_t *prompt, int64_t n, const struct lmc_request *r,
                              lmc_sched_fn fn, void *user, uint64_t *id, lmc_err *err) {
@@ -131,13 +138,12 @@ int cmd_serve(int argc, char **argv) {
     }
     so.model_name = name;
 
-    /* SIGINT/SIGTERM are taken by sigwait below: block them before any
-     * thread starts so that every thread inherits the mask */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     struct cli_model cm;
@@ -167,9 +173,11 @@ int cmd_serve(int argc, char **argv) {
             so.api_key && *so.api_key ? ", API key required" : "");
     fprintf(stderr, "lmc serve: listening on http://%s%s%s:%d\n", strchr(so.host, ':') ? "[" : "", so.host,
             strchr(so.host, ':') ? "]" : "", lmc_server_port(srv));
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    fprintf(stderr, "lmc serve: signal %d, shutting down\n", sig);
+    while (!stop_signal) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
     lmc_sched_free(sched);
     cli_close(&cm);
