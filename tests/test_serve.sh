@@ -40,6 +40,7 @@ PY
 # start_server LOG ARGS... -> sets PORT and PID
 start_server() {
   local log="$1"; shift
+  : >"$log"
   "$LMC" serve -m "$M" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
   PID=$!
   SRV_PIDS="$SRV_PIDS $PID"

@@ -31,6 +31,7 @@ c["chat_template"] = ("{% for message in messages %}{{'<|im_start|>' + message['
                       "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 json.dump(c, open(p, "w"))
 PY
+: >"$TMP/serve.log"
 "$LMC" serve -m "$M" --host 127.0.0.1 --port 0 >"$TMP/serve.log" 2>&1 &
 PID=$!
 PORT=""
