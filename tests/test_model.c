@@ -150,6 +150,16 @@ static void test_forward_consistency(const char *dir, int threads) {
     for (int64_t i = 0; i < n; i++)
         CHECK(lmc_model_forward(&m, &be, &small, &kv, ids + i, 1, i, one + i * V, false, &err) == LMC_OK);
     CHECK_MSG(max_rel(one, full, n * V) < 1e-5, "token by token vs full %g", max_rel(one, full, n * V));
+    /* fused matmuls sharing an input (q/k/v, gate/up through matmul_multi)
+     * give the logits of separate matmul calls */
+    struct lmc_backend plain = be;
+    plain.matmul_multi = NULL;
+    float *sep = malloc((size_t)(n * V) * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        CHECK(lmc_model_forward(&m, &plain, &small, &kv, ids + i, 1, i, sep + i * V, false, &err) == LMC_OK);
+    CHECK(be.matmul_multi != NULL);
+    CHECK_MSG(max_rel(sep, one, n * V) < 1e-6, "matmul_multi vs matmul %g", max_rel(sep, one, n * V));
+    free(sep);
     /* last-row-only output equals the last row of all logits */
     CHECK(lmc_model_forward(&m, &be, &small, &kv, ids, n, 0, one, false, &err) == LMC_OK);
     CHECK(max_rel(one, full + (n - 1) * V, V) < 1e-5);

@@ -161,13 +161,92 @@ static void matmul_cases(struct lmc_backend *be, int path) {
 
 static void test_matmul(struct lmc_backend *be) {
     struct lmc_cpu_ctx *ctx = be->ctx;
-    int64_t gemm_default = ctx->gemm_min_m;
-    /* both paths at every M: our kernels only, and OpenBLAS sgemm from M = 12 */
-    for (int path = 0; path < 2; path++) {
-        ctx->gemm_min_m = path ? 12 : INT64_MAX;
+    int64_t gemm_default = ctx->gemm_min_m, unit_default = ctx->mm_unit_bytes;
+    /* both paths at every M: our kernels only, and OpenBLAS sgemm from M = 12;
+     * M < 4 also with tiny claim units (many units per thread, much stealing) */
+    for (int path = 0; path < 3; path++) {
+        ctx->gemm_min_m = path == 1 ? 12 : INT64_MAX;
+        ctx->mm_unit_bytes = path == 2 ? 64 : unit_default;
         matmul_cases(be, path);
     }
     ctx->gemm_min_m = gemm_default;
+    ctx->mm_unit_bytes = unit_default;
+}
+
+/* matmul_multi: several weights (mixed dtypes, odd N, misaligned) sharing x,
+ * biases present, absent or partly absent, groups larger than one job holds,
+ * a matrix with no rows; against float64 references. */
+static void test_matmul_multi(struct lmc_backend *be) {
+    struct lmc_cpu_ctx *ctx = be->ctx;
+    int64_t unit_default = ctx->mm_unit_bytes;
+    enum { NW = 11 };
+    static const int64_t Ns[NW] = {131, 7, 64, 0, 33, 257, 4, 3, 96, 13, 50};
+    static const int64_t Ks[] = {77, 5, 200, 48, 1000};
+    static const int64_t Ms[] = {1, 2, 3, 5, 17};
+    static const int64_t units[] = {64, 700, 1 << 20};
+    static const int counts[] = {1, 2, 3, 5, 8, 9, NW};
+    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+        int64_t K = Ks[ki];
+        struct lmc_mat w[NW];
+        const struct lmc_mat *wp[NW];
+        double *wr[NW];
+        void *wd[NW];
+        float *bias[NW];
+        for (int i = 0; i < NW; i++) {
+            enum lmc_dtype dt = dtypes[(i + ki) % 3];
+            size_t es = (size_t)lmc_dtype_size(dt), off = es * (size_t)((i + ki) % 5);
+            wr[i] = dalloc(Ns[i] * K);
+            void *w0 = make_weights(dt, Ns[i] * K, wr[i]);
+            wd[i] = malloc((size_t)(Ns[i] * K) * es + 64);
+            memcpy((char *)wd[i] + off, w0, (size_t)(Ns[i] * K) * es);
+            free(w0);
+            w[i] = (struct lmc_mat){dt, Ns[i], K, (char *)wd[i] + off};
+            wp[i] = &w[i];
+            bias[i] = rand_f(Ns[i], 1.0f);
+        }
+        for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+            int64_t M = Ms[mi];
+            float *x = rand_f(M * K, 1.0f);
+            float *y[NW];
+            double *ref0[NW], *ref[NW]; /* without and with this case's bias */
+            for (int i = 0; i < NW; i++) {
+                y[i] = rand_f(M * Ns[i], 1.0f);
+                ref0[i] = dalloc(M * Ns[i]);
+                ref[i] = dalloc(M * Ns[i]);
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t r = 0; r < Ns[i]; r++) {
+                        double acc = 0;
+                        for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * wr[i][r * K + k];
+                        ref0[i][m * Ns[i] + r] = acc;
+                    }
+            }
+            for (size_t ui = 0; ui < sizeof units / sizeof *units; ui++)
+                for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++)
+                    for (int bmode = 0; bmode < 3; bmode++) { /* no biases, all, every other */
+                        int n = counts[ci];
+                        const float *bp[NW];
+                        for (int i = 0; i < n; i++) {
+                            bp[i] = bmode == 1 || (bmode == 2 && i % 2) ? bias[i] : NULL;
+                            for (int64_t m = 0; m < M; m++)
+                                for (int64_t r = 0; r < Ns[i]; r++)
+                                    ref[i][m * Ns[i] + r] = ref0[i][m * Ns[i] + r] + (bp[i] ? bp[i][r] : 0);
+                        }
+                        ctx->mm_unit_bytes = units[ui];
+                        be->matmul_multi(be->ctx, n, y, x, M, wp, bmode ? bp : NULL);
+                        for (int i = 0; i < n; i++) {
+                            double e = test_rel_err_f32_f64(y[i], ref[i], M * Ns[i]);
+                            record(E_MATMUL, e);
+                            CHECK_MSG(e <= TOL, "matmul_multi n=%d [%d] %s M=%lld N=%lld K=%lld unit=%lld bias=%d: %g",
+                                      n, i, lmc_dtype_name(w[i].dtype), (long long)M, (long long)Ns[i],
+                                      (long long)K, (long long)units[ui], bmode, e);
+                        }
+                    }
+            free(x);
+            for (int i = 0; i < NW; i++) free(y[i]), free(ref0[i]), free(ref[i]);
+        }
+        for (int i = 0; i < NW; i++) free(wr[i]), free(wd[i]), free(bias[i]);
+    }
+    ctx->mm_unit_bytes = unit_default;
 }
 
 static void test_embed(struct lmc_backend *be) {
@@ -392,6 +471,7 @@ int main(void) {
         CHECK(st == LMC_OK);
         if (st != LMC_OK) continue;
         test_matmul(&be);
+        test_matmul_multi(&be);
         test_embed(&be);
         test_norms(&be);
         test_rope(&be);

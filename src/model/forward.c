@@ -104,6 +104,17 @@ static void norm(const struct lmc_backend *be, const struct lmc_config *c, float
         be->rmsnorm(be->ctx, y, x, w, n, c->hidden_size, (float)c->norm_eps);
 }
 
+/* y[i] = x @ w[i]^T + b[i] for i < n: one backend call when the backend
+ * fuses matmuls that share their input, else n calls. */
+static void matmuls(const struct lmc_backend *be, int n, float *const *y, const float *x,
+                    int64_t M, const struct lmc_mat *const *w, const float *const *b) {
+    if (be->matmul_multi) {
+        be->matmul_multi(be->ctx, n, y, x, M, w, b);
+        return;
+    }
+    for (int i = 0; i < n; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
+}
+
 /* One chunk of n <= a->max_tokens tokens. */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
@@ -132,10 +143,12 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
         float *kc = kv->k + (size_t)l * (size_t)kv->ctx * (size_t)kvd;
         float *vc = kv->v + (size_t)l * (size_t)kv->ctx * (size_t)kvd;
         norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
-        be->matmul(be->ctx, a->q, a->h, n, &L->wq, L->bq);
-        /* K and V go straight into the cache rows of these positions */
-        be->matmul(be->ctx, kc + pos0 * kvd, a->h, n, &L->wk, L->bk);
-        be->matmul(be->ctx, vc + pos0 * kvd, a->h, n, &L->wv, L->bv);
+        { /* K and V go straight into the cache rows of these positions */
+            float *y[3] = {a->q, kc + pos0 * kvd, vc + pos0 * kvd};
+            const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
+            const float *b[3] = {L->bq, L->bk, L->bv};
+            matmuls(be, 3, y, a->h, n, w, b);
+        }
         if (m->rot_dim) {
             be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, a->inv_freq, attn_scale);
             be->rope(be->ctx, kc + pos0 * kvd, n, KV, hd, m->rot_dim, a->pos, a->inv_freq,
@@ -149,8 +162,10 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
             be->matmul(be->ctx, a->ff1, a->h, n, &L->w_up, L->b_up);
             be->gelu(be->ctx, a->ff1, a->ff1, n * I, c->act == LMC_ACT_GELU_TANH);
         } else {
-            be->matmul(be->ctx, a->ff1, a->h, n, &L->w_gate, L->b_gate);
-            be->matmul(be->ctx, a->ff2, a->h, n, &L->w_up, L->b_up);
+            float *y[2] = {a->ff1, a->ff2};
+            const struct lmc_mat *w[2] = {&L->w_gate, &L->w_up};
+            const float *b[2] = {L->b_gate, L->b_up};
+            matmuls(be, 2, y, a->h, n, w, b);
             be->swiglu(be->ctx, a->ff1, a->ff1, a->ff2, n * I);
         }
         be->matmul(be->ctx, a->h, a->ff1, n, &L->w_down, L->b_down);

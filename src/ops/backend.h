@@ -84,6 +84,14 @@ struct lmc_backend {
                             const int32_t *seq, const int32_t *pos, const int32_t *bt,
                             int64_t max_blocks, int64_t block_size, int64_t n_heads,
                             int64_t n_kv, int64_t hd, float scale, int64_t window);
+    /* Optional (NULL: call matmul n times). n matmuls sharing one input:
+     * y[i](M, w[i]->rows) = x(M,K) @ w[i]^T (+ bias[i] if bias and bias[i]
+     * are non-NULL), i < n; every w[i] has K = w[i]->cols columns. Same
+     * result as n matmul calls, done as one parallel job (decode: one
+     * thread-pool dispatch for q/k/v, one for gate/up). The y[i] must not
+     * overlap each other or x. */
+    void (*matmul_multi)(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                         const struct lmc_mat *const *w, const float *const *bias);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

@@ -37,11 +37,14 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     }
     c->n_threads = lmc_pool_threads(c->pool);
     c->gemm_min_m = LMC_CPU_GEMM_MIN_M;
+    c->mm_unit_bytes = LMC_CPU_MM_UNIT_BYTES;
     c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
     c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
-    if (!c->scratch || !c->scratch_cap) {
+    c->mm_claim = aligned_alloc(64, (size_t)c->n_threads * LMC_CPU_CLAIM_STRIDE * sizeof *c->mm_claim);
+    if (!c->scratch || !c->scratch_cap || !c->mm_claim) {
         free(c->scratch);
         free(c->scratch_cap);
+        free(c->mm_claim);
         lmc_pool_free(c->pool);
         free(c);
         return lmc_err_set(err, LMC_ERR_OOM, "cpu backend: out of memory");
@@ -60,6 +63,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->download = lmc_cpu_copy;
     be->sync = lmc_cpu_sync;
     be->matmul = lmc_cpu_matmul;
+    be->matmul_multi = lmc_cpu_matmul_multi;
     be->embed = lmc_cpu_embed;
     be->rmsnorm = lmc_cpu_rmsnorm;
     be->layernorm = lmc_cpu_layernorm;
@@ -79,6 +83,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     for (int t = 0; t < c->n_threads; t++) free(c->scratch[t]);
     free(c->scratch);
     free(c->scratch_cap);
+    free(c->mm_claim);
     free(c->xbuf);
     free(c);
     memset(be, 0, sizeof *be);

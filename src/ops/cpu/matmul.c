@@ -1,33 +1,34 @@
 /* matmul.c — y(M,N) = x(M,K) @ w(N,K)^T (+ bias) on the CPU, weights in
- * F32, F16 or BF16 used in place.
+ * F32, F16 or BF16 used in place; and matmul_multi, several such products
+ * sharing x done as one parallel job.
  *
- * Two paths:
- *  - small M (decode, small batches): our own dot-product kernels. W's rows
- *    are split across threads in contiguous slices; each thread walks its
- *    slice 4 rows at a time with independent accumulators, converting f16
- *    (F16C) / bf16 (shift) on the fly, so W streams from memory once at
- *    close to full bandwidth. Two x rows share each converted W vector.
- *  - large M (prefill): OpenBLAS sgemm, single-threaded per call, on blocks
- *    of W rows claimed by our threads. F16/BF16 blocks are first converted
- *    into the thread's f32 scratch (never the whole matrix).
- * A scalar path serves builds without AVX2. */
+ * Paths:
+ *  - M < 4 (decode): our own dot-product kernels, W streamed from memory
+ *    once. M=1 with AVX-512: one W row at a time, 16 lanes, f16 (F16C) /
+ *    bf16 (shift) widened on the fly, f32 with 64-byte-aligned loads.
+ *    Threads claim W in units from a contiguous range each and steal half
+ *    of another's remainder when done (see "M < 4" below).
+ *  - small M >= 4: AVX-512 4x4-blocked kernels (x staged to W's alignment).
+ *  - large M (prefill, from ctx->gemm_min_m): OpenBLAS sgemm, single-
+ *    threaded per call, on blocks of W rows claimed by our threads. F16/BF16
+ *    blocks are first converted into the thread's f32 scratch (never the
+ *    whole matrix).
+ * AVX2 kernels serve builds without AVX-512, a scalar path those without AVX2. */
 #include "ops/cpu/ops_cpu.h"
 
 #include <cblas.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* W rows per sgemm task. */
 #define MM_GEMM_NB 128
 /* Minimum W elements per small-M task (below: fewer threads). */
 #define MM_MIN_TASK_ELEMS 32768
-/* Small-M tasks per thread: slack for a thread the OS preempts... */
+/* Small-M tasks per thread (M >= 4): slack for a thread the OS preempts. */
+#ifndef MM_OVERSPLIT
 #define MM_OVERSPLIT 4
-/* ...but each M=1 task streams at least this many weight bytes: every task
- * start pays DRAM latency before the prefetchers are up to speed. */
-#ifndef MM_MIN_TASK_BYTES
-#define MM_MIN_TASK_BYTES (256 * 1024)
 #endif
-/* Bytes prefetched in a burst when an M=1 task starts. */
+/* Bytes prefetched in a burst where an M=1 thread starts a stream. */
 #ifndef MM_PF_START
 #define MM_PF_START 4096
 #endif
@@ -47,7 +48,7 @@ struct mm_job {
     int64_t ldx, peel;
 };
 
-static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
+__attribute__((unused)) static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
     switch (dt) {
     case LMC_DTYPE_F16: return lmc_f16_to_f32(((const uint16_t *)w)[i]);
     case LMC_DTYPE_BF16: return lmc_bf16_to_f32(((const uint16_t *)w)[i]);
@@ -214,6 +215,38 @@ static inline __m512 ld512_bf16(const uint16_t *p) {
 DOT512(f16)
 DOT512(bf16)
 
+/* M=1 F32: the first step is masked so that every later 64-byte W load is
+ * aligned (64-byte loads that split cache lines stream markedly slower on
+ * this CPU than 32-byte ones); K tail masked too. */
+#ifndef MM_PF_BYTES_F32
+#define MM_PF_BYTES_F32 4096
+#endif
+static float dot512_f32(const float *x, const float *w, int64_t K) {
+    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+    int64_t i = LMC_MIN(K, (int64_t)((-(uintptr_t)w & 63) / sizeof(float)));
+    if (i > 0) {
+        __mmask16 k = (__mmask16)((1u << i) - 1);
+        a = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w), _mm512_maskz_loadu_ps(k, x));
+    }
+    for (; i + 64 <= K; i += 64) {
+        const char *p = (const char *)(w + i) + MM_PF_BYTES_F32;
+        _mm_prefetch(p, _MM_HINT_T0);
+        _mm_prefetch(p + 64, _MM_HINT_T0);
+        _mm_prefetch(p + 128, _MM_HINT_T0);
+        _mm_prefetch(p + 192, _MM_HINT_T0);
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), b);
+        c = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), c);
+        d = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), d);
+    }
+    for (; i + 16 <= K; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a);
+    if (i < K) {
+        __mmask16 k = (__mmask16)((1u << (K - i)) - 1);
+        b = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, w + i), _mm512_maskz_loadu_ps(k, x + i), b);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+}
+
 /* Small M >= 4 with AVX-512: 4 x rows against 4 W rows per 16-wide step
  * (16 accumulators), each converted W vector used 4 times; K tails with
  * masked loads. */
@@ -323,12 +356,12 @@ static void add_bias(const struct mm_job *j, int64_t r0, int64_t r1) {
     }
 }
 
-static void small_task(void *arg, int64_t t, int thread) {
-    const struct mm_job *j = arg;
-    int64_t r0, r1;
-    lmc_cpu_range(j->N, j->n_tasks, t, 4, &r0, &r1);
+/* rows [r0, r1) of W for all M rows of x, bias included (M < 4 always;
+ * M >= 4 only in builds without AVX-512). `start`: a thread's stream
+ * starts here (not where its previous call ended). */
+static void small_rows(const struct mm_job *j, int64_t r0, int64_t r1, bool start) {
 #ifdef __AVX2__
-    if (j->M == 1) { /* get many misses in flight at once */
+    if (j->M == 1 && start) { /* get many misses in flight at once */
         size_t es = (size_t)lmc_dtype_size(j->dt);
         const char *p = (const char *)j->w + (size_t)(r0 * j->K) * es;
         size_t n = LMC_MIN((size_t)((r1 - r0) * j->K) * es, (size_t)MM_PF_START);
@@ -338,16 +371,165 @@ static void small_task(void *arg, int64_t t, int thread) {
 #ifdef MM_AVX512
     if (j->M >= 4) {
         rows512_dispatch(j, r0, r1);
-    } else if (j->M == 1 && j->dt != LMC_DTYPE_F32) {
+    } else if (j->M == 1) {
         const uint16_t *w = j->w;
         if (j->dt == LMC_DTYPE_F16)
             for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_f16(j->x, w + r * j->K, j->K);
-        else
+        else if (j->dt == LMC_DTYPE_BF16)
             for (int64_t r = r0; r < r1; r++) j->y[r] = dot512_bf16(j->x, w + r * j->K, j->K);
+        else
+            for (int64_t r = r0; r < r1; r++)
+                j->y[r] = dot512_f32(j->x, (const float *)j->w + r * j->K, j->K);
     } else
 #endif
         rows_dispatch(j, r0, r1);
     add_bias(j, r0, r1);
+}
+
+static void small_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_job *j = arg;
+    int64_t r0, r1;
+    lmc_cpu_range(j->N, j->n_tasks, t, 4, &r0, &r1);
+    small_rows(j, r0, r1, true);
+}
+
+/* ---- M < 4: one job over the concatenated weight bytes of one or more
+ * matrices sharing x (matmul_multi; matmul is the case of one). The bytes
+ * are cut into units of c->mm_unit_bytes and the units into one contiguous
+ * range per thread. A task claims units from the front of its own range, so
+ * each thread streams one sequential run (which the hardware prefetchers
+ * follow; every jump costs a DRAM latency and a prefetcher ramp). A task
+ * whose range is empty moves the back half of another's remainder into its
+ * own range and goes on, so the threads finish together even when one
+ * starts late or is slowed down, with few jumps. A unit may finish one
+ * matrix and start the next. Claims are a CAS on the range's word
+ * (front << 32 | back); the words are written before lmc_pool_run, which
+ * publishes them, and the pool's completion count orders the results.
+ * Below 3 units the calling thread does it all (no dispatch). */
+#define MM_MULTI_MAX 8
+struct mm_multi_job {
+    struct mm_job part[MM_MULTI_MAX];
+    int64_t start[MM_MULTI_MAX + 1]; /* byte offset of each part in the concatenation */
+    int64_t row_bytes[MM_MULTI_MAX];
+    int n;
+    int64_t unit, n_tasks;
+    _Atomic uint64_t *claim;         /* task t's word: claim[t * LMC_CPU_CLAIM_STRIDE] */
+};
+
+/* First row of part i at or after concatenated byte offset b, on a multiple
+ * of 4 rows (or N): monotonic in b, so consecutive units tile every part. */
+static int64_t multi_row(const struct mm_multi_job *mj, int i, int64_t b) {
+    if (b <= mj->start[i]) return 0;
+    if (b >= mj->start[i + 1]) return mj->part[i].N;
+    int64_t rb = mj->row_bytes[i], r = (b - mj->start[i] + rb - 1) / rb;
+    return LMC_MIN((r + 3) & ~(int64_t)3, mj->part[i].N);
+}
+
+/* bytes [b0, b1) of the concatenation; `start` as in small_rows */
+static void multi_bytes(const struct mm_multi_job *mj, int64_t b0, int64_t b1, bool start) {
+    for (int i = 0; i < mj->n; i++) {
+        if (mj->start[i + 1] <= b0 || mj->start[i] >= b1) continue;
+        int64_t r0 = multi_row(mj, i, b0), r1 = multi_row(mj, i, b1);
+        if (r0 < r1) small_rows(&mj->part[i], r0, r1, start);
+        start = true; /* the next matrix is elsewhere in memory */
+    }
+}
+
+/* The front unit of the range behind w; -1 if empty. */
+static int64_t claim_front(_Atomic uint64_t *w) {
+    uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
+    for (;;) {
+        if ((uint32_t)(v >> 32) >= (uint32_t)v) return -1;
+        if (atomic_compare_exchange_weak_explicit(w, &v, v + ((uint64_t)1 << 32),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return (int64_t)(v >> 32);
+    }
+}
+
+/* Moves the back half of the range behind `victim` (at least one unit)
+ * into the empty range `own`; false if the victim's range is empty. `own`
+ * is written while empty: no other CAS on it can succeed then (a thief's
+ * CAS expects a non-empty value, and no non-empty value ever comes back,
+ * as units only move from unclaimed to claimed). */
+static bool steal_half(_Atomic uint64_t *victim, _Atomic uint64_t *own) {
+    uint64_t v = atomic_load_explicit(victim, memory_order_relaxed);
+    for (;;) {
+        uint64_t f = v >> 32, b = (uint32_t)v;
+        if (f >= b) return false;
+        uint64_t mid = f + (b - f) / 2;
+        if (atomic_compare_exchange_weak_explicit(victim, &v, f << 32 | mid, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            atomic_store_explicit(own, mid << 32 | b, memory_order_relaxed);
+            return true;
+        }
+    }
+}
+
+static void multi_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_multi_job *mj = arg;
+    int64_t u, total = mj->start[mj->n], n = mj->n_tasks;
+    _Atomic uint64_t *own = &mj->claim[t * LMC_CPU_CLAIM_STRIDE];
+    for (bool start = true;; start = true) {
+        for (; (u = claim_front(own)) >= 0; start = false)
+            multi_bytes(mj, u * mj->unit, LMC_MIN(total, (u + 1) * mj->unit), start);
+        int64_t s = 1;
+        while (s < n && !steal_half(&mj->claim[((t + s) % n) * LMC_CPU_CLAIM_STRIDE], own)) s++;
+        if (s == n) return;
+    }
+}
+
+/* matmul_multi for M < 4 on up to MM_MULTI_MAX matrices with K > 0 */
+static void multi_small(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                        const struct lmc_mat *const *w, const float *const *bias) {
+    struct mm_multi_job mj;
+    memset(&mj, 0, sizeof mj);
+    for (int i = 0; i < n; i++) {
+        struct mm_job *j = &mj.part[mj.n];
+        if (w[i]->rows == 0) continue;
+        *j = (struct mm_job){c, y[i], x, M, w[i]->rows, w[i]->cols, w[i]->data, w[i]->dtype,
+                             bias ? bias[i] : NULL, 1, NULL, 0, 0};
+        mj.row_bytes[mj.n] = j->K * lmc_dtype_size(j->dt);
+        mj.start[mj.n + 1] = mj.start[mj.n] + j->N * mj.row_bytes[mj.n];
+        mj.n++;
+    }
+    int64_t total = mj.start[mj.n];
+    if (total == 0) return;
+    /* units fit the 32-bit halves of a claim word */
+    mj.unit = LMC_MAX(LMC_MAX(1, c->mm_unit_bytes), total / ((int64_t)1 << 30) + 1);
+    int64_t n_units = (total + mj.unit - 1) / mj.unit;
+    mj.n_tasks = LMC_MIN(c->n_threads, n_units / 2);
+    if (mj.n_tasks <= 1) {
+        multi_bytes(&mj, 0, total, true);
+        return;
+    }
+    mj.claim = c->mm_claim;
+    for (int64_t t = 0; t < mj.n_tasks; t++)
+        atomic_store_explicit(&mj.claim[t * LMC_CPU_CLAIM_STRIDE],
+                              (uint64_t)(n_units * t / mj.n_tasks) << 32 |
+                                  (uint64_t)(n_units * (t + 1) / mj.n_tasks),
+                              memory_order_relaxed);
+    lmc_pool_run(c->pool, mj.n_tasks, multi_task, &mj);
+}
+
+static bool mat_ok(const struct lmc_mat *w) {
+    return (w->dtype == LMC_DTYPE_F32 || w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16) &&
+           w->rows >= 0 && w->cols >= 0;
+}
+
+void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_mat *const *w, const float *const *bias) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n >= 0 && M >= 0);
+    for (int i = 0; i < n; i++) LMC_ASSERT(mat_ok(w[i]) && w[i]->cols == w[0]->cols);
+    if (n == 0 || M == 0) return;
+    if (M >= 4 || M >= c->gemm_min_m || w[0]->cols == 0) {
+        for (int i = 0; i < n; i++) lmc_cpu_matmul(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
+        return;
+    }
+    for (int i = 0; i < n; i += MM_MULTI_MAX)
+        multi_small(c, LMC_MIN(MM_MULTI_MAX, n - i), y + i, x, M, w + i, bias ? bias + i : NULL);
 }
 
 static void gemm_task(void *arg, int64_t t, int thread) {
@@ -370,9 +552,7 @@ static void gemm_task(void *arg, int64_t t, int thread) {
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias) {
     struct lmc_cpu_ctx *c = ctx;
-    LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || w->dtype == LMC_DTYPE_F16 ||
-               w->dtype == LMC_DTYPE_BF16);
-    LMC_ASSERT(M >= 0 && w->rows >= 0 && w->cols >= 0);
+    LMC_ASSERT(mat_ok(w) && M >= 0);
     if (M == 0 || w->rows == 0) return;
     struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0};
     if (w->cols == 0) {
@@ -386,13 +566,11 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
     }
-    if (M == 1) {
-        int64_t bytes = j.N * j.K * lmc_dtype_size(j.dt), nt = c->n_threads;
-        int64_t k = LMC_MAX(1, LMC_MIN(MM_OVERSPLIT, bytes / (nt * MM_MIN_TASK_BYTES)));
-        j.n_tasks = bytes < MM_MIN_TASK_BYTES ? 1 : nt * k;
-    } else {
-        j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, MM_OVERSPLIT);
+    if (M < 4) { /* the same job as one of several matmuls */
+        multi_small(c, 1, &y, x, M, &w, &bias);
+        return;
     }
+    j.n_tasks = lmc_cpu_ntasks(c, j.N * j.K * M, MM_MIN_TASK_ELEMS, MM_OVERSPLIT);
 #ifdef MM_AVX512
     if (M >= 4) {
         int64_t es = lmc_dtype_size(j.dt), woff = (int64_t)(((uintptr_t)j.w / (uintptr_t)es) % 16);

@@ -9,6 +9,7 @@
 #include "ops/backend.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #ifdef __AVX2__
@@ -23,6 +24,8 @@ struct lmc_cpu_ctx {
     float **scratch;      /* [n_threads], 64-byte aligned */
     size_t *scratch_cap;  /* floats */
     int64_t gemm_min_m;   /* matmul: M from which OpenBLAS sgemm is used */
+    int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
+    _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
 };
@@ -35,6 +38,13 @@ struct lmc_cpu_ctx {
 #else
 #define LMC_CPU_GEMM_MIN_M 12
 #endif
+
+/* Default mm_unit_bytes: the grain at which threads claim (and steal) M=1
+ * weight rows; below two units a matmul runs on the calling thread. */
+#ifndef LMC_CPU_MM_UNIT_BYTES
+#define LMC_CPU_MM_UNIT_BYTES (32 * 1024)
+#endif
+#define LMC_CPU_CLAIM_STRIDE 8 /* 64 bytes between claim words */
 
 /* Makes every thread's scratch hold at least n floats. Called from the
  * calling thread before lmc_pool_run; aborts (LMC_ASSERT) if memory runs
@@ -70,6 +80,8 @@ void lmc_cpu_copy(void *ctx, void *dst, const void *src, size_t bytes);
 void lmc_cpu_sync(void *ctx);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
+void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_mat *const *w, const float *const *bias);
 void lmc_cpu_embed(void *ctx, float *y, const struct lmc_mat *table, const int32_t *ids,
                    int64_t n);
 void lmc_cpu_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t M, int64_t C,
