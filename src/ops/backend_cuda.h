@@ -9,6 +9,7 @@
 #include "ops/backend.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,11 +26,17 @@ int lmc_cuda_device_count(void);
 lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, lmc_err *err);
 void lmc_backend_cuda_free(struct lmc_backend *be);
 
-/* Precision of the attention op: false (default) runs prefill on bf16
- * tensor cores (q, k, v rounded to bf16, fp32 accumulation and softmax);
- * true runs every attention in fp32 (the --dtype fp32 checking mode).
- * Decode-sized calls (few queries) always run in fp32. */
+/* Precision of the attention op: false (default) keeps the KV cache in
+ * bf16 (be->kv_dtype) and runs prefill on bf16 tensor cores (q rounded to
+ * bf16, fp32 accumulation and softmax); true keeps the cache in f32 and
+ * runs every attention in fp32 (the --dtype fp32 checking mode). Set it
+ * before lmc_kv_init. Decode-sized calls (few queries) run the fp32
+ * split-K kernel over either cache type. */
 void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool on);
+
+/* Device memory in use on the backend's GPU (total - free, every process
+ * and the CUDA context included); 0 without CUDA. For benches. */
+size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be);
 
 #ifdef __cplusplus
 }
