@@ -368,8 +368,11 @@ int main(void) {
     const char *name = "";
     corpus(&train, &train_len, &held, &held_len, &name);
     printf("corpus: %s, %zu bytes train, %zu held out\n", name, train_len, held_len);
-    train_style(LMC_BPE_GPT2, 4096, train, train_len, held, held_len);
-    train_style(LMC_BPE_LLAMA3, 3000, train, train_len, held, held_len);
+    /* the fallback corpus (this repository's sources, ~100 KB) has too few
+     * distinct pairs at min_frequency 2 for the larger vocabularies */
+    bool big = train_len > 1000000;
+    train_style(LMC_BPE_GPT2, big ? 4096 : 1024, train, train_len, held, held_len);
+    train_style(LMC_BPE_LLAMA3, big ? 3000 : 900, train, train_len, held, held_len);
     free(train);
     free(held);
     char cmd[128];
