@@ -92,6 +92,50 @@ struct lmc_backend {
      * overlap each other or x. */
     void (*matmul_multi)(void *ctx, int n, float *const *y, const float *x, int64_t M,
                          const struct lmc_mat *const *w, const float *const *bias);
+
+    /* ---- Training: backward ops (NULL where a backend has none). Gradients
+     * are f32; "+=" outputs accumulate into what the caller holds, "="
+     * outputs are overwritten. Weights here are F32 (training master copies). */
+    /* Backward of y(M,N) = x(M,K) @ w(N,K)^T + b: dx (M,K) = dy @ w (+= when
+     * accum_dx, else =; dx NULL: skipped), dw (N,K) += dy^T @ x (NULL:
+     * skipped), db (N) += column sums of dy (NULL: skipped). dx must not
+     * overlap dy or x. Deterministic for a given thread count. */
+    void (*matmul_bwd)(void *ctx, float *dx, float *dw, float *db, const float *dy, const float *x,
+                       int64_t M, const struct lmc_mat *w, int accum_dx);
+    /* dtable(rows, C) += dy(n, C) scattered by ids (rows in range). */
+    void (*embed_bwd)(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
+                      int64_t C);
+    /* RMSNorm backward (x is the forward input): dx (M,C) +=, dw (C) +=. */
+    void (*rmsnorm_bwd)(void *ctx, float *dx, float *dw, const float *dy, const float *x,
+                        const float *w, int64_t M, int64_t C, float eps);
+    /* LayerNorm backward: dx (M,C) +=, dw (C) +=, db (C) +=. */
+    void (*layernorm_bwd)(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                          const float *x, const float *w, int64_t M, int64_t C, float eps);
+    /* Backward of rope (same arguments): rotates the gradient dx in place
+     * by the opposite angles. */
+    void (*rope_bwd)(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t head_dim,
+                     int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale);
+    /* Backward of causal attention for B independent sequences of T tokens
+     * (pos0 = 0; q, dq, dout (B*T, n_heads*hd); k, v, dk, dv (B*T, n_kv*hd)):
+     * dq, dk, dv = (overwritten). The softmax is recomputed from q and k. */
+    void (*attention_bwd)(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                          const float *q, const float *k, const float *v, int64_t B, int64_t T,
+                          int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window);
+    /* dgate[i] = dy[i] * up[i] * silu'(gate[i]), dup[i] = dy[i] * silu(gate[i]).
+     * dgate or dup may alias dy. */
+    void (*swiglu_bwd)(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
+                       const float *up, int64_t n);
+    /* dx[i] = dy[i] * gelu'(x[i]); dx may alias dy. */
+    void (*gelu_bwd)(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
+                     int tanh_approx);
+    /* Fused classifier + cross-entropy over h (M,C) and w (V,C): loss[m] =
+     * logsumexp(h_m @ w^T) - (h_m @ w^T)[targets[m]] (0 where targets[m] < 0).
+     * With dh non-NULL also the backward of sum_m dscale * loss[m]: dh (M,C) =,
+     * dw (V,C) += (dw may be NULL). Logits are made a block of rows at a time:
+     * the full (M,V) logits (or their gradient) never exist at once. */
+    void (*classifier_xent)(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                            const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                            float dscale);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

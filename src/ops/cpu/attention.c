@@ -99,3 +99,69 @@ void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, co
     lmc_cpu_scratch_reserve(c, (size_t)(pos0 + M));
     lmc_pool_run(c->pool, M * n_heads, attn_task, &j);
 }
+
+/* ---- backward (training: B sequences of T tokens from position 0) ----
+ * One task per (sequence, kv head): it owns the dk, dv rows of its kv head
+ * and walks the query heads of its group and every query in order, so the
+ * accumulation order is fixed. Per query i: p = softmax(scale q_i k_j^T)
+ * over j <= i (recomputed), dp_j = dout_i . v_j, ds_j = p_j (dp_j - sum p dp),
+ * dq_i = scale sum_j ds_j k_j, dk_j += scale ds_j q_i, dv_j += p_j dout_i. */
+struct attn_bwd_job {
+    struct lmc_cpu_ctx *c;
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v;
+    int64_t T, n_heads, n_kv, hd, window;
+    float scale;
+};
+
+static void attn_bwd_task(void *arg, int64_t t, int thread) {
+    const struct attn_bwd_job *j = arg;
+    int64_t b = t / j->n_kv, g = t % j->n_kv, hd = j->hd, T = j->T;
+    int64_t group = j->n_heads / j->n_kv, qrow = j->n_heads * hd, kvrow = j->n_kv * hd;
+    const float *kb = j->k + b * T * kvrow + g * hd, *vb = j->v + b * T * kvrow + g * hd;
+    float *dkb = j->dk + b * T * kvrow + g * hd, *dvb = j->dv + b * T * kvrow + g * hd;
+    float *p = j->c->scratch[thread], *dp = p + T;
+    for (int64_t i = 0; i < T; i++) {
+        memset(dkb + i * kvrow, 0, (size_t)hd * sizeof(float));
+        memset(dvb + i * kvrow, 0, (size_t)hd * sizeof(float));
+    }
+    for (int64_t h = g * group; h < (g + 1) * group; h++) {
+        for (int64_t i = 0; i < T; i++) {
+            const float *q = j->q + (b * T + i) * qrow + h * hd;
+            const float *dout = j->dout + (b * T + i) * qrow + h * hd;
+            float *dq = j->dq + (b * T + i) * qrow + h * hd;
+            int64_t lo = j->window > 0 ? LMC_MAX(0, i - j->window + 1) : 0, n = i - lo + 1;
+            float mx = -INFINITY;
+            for (int64_t s = 0; s < n; s++) {
+                p[s] = j->scale * dot(q, kb + (lo + s) * kvrow, hd);
+                if (p[s] > mx) mx = p[s];
+            }
+            double sum = exp_sum(p, n, mx), pdp = 0;
+            float inv = (float)(1.0 / sum);
+            for (int64_t s = 0; s < n; s++) {
+                p[s] *= inv;
+                dp[s] = dot(dout, vb + (lo + s) * kvrow, hd);
+                pdp += (double)p[s] * dp[s];
+            }
+            memset(dq, 0, (size_t)hd * sizeof(float));
+            for (int64_t s = 0; s < n; s++) {
+                float ds = p[s] * (dp[s] - (float)pdp) * j->scale;
+                axpy(dq, ds, kb + (lo + s) * kvrow, hd);
+                axpy(dkb + (lo + s) * kvrow, ds, q, hd);
+                axpy(dvb + (lo + s) * kvrow, p[s], dout, hd);
+            }
+        }
+    }
+}
+
+void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                           const float *q, const float *k, const float *v, int64_t B, int64_t T,
+                           int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                           int64_t window) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0);
+    if (B <= 0 || T <= 0 || hd <= 0) return;
+    struct attn_bwd_job j = {c, dq, dk, dv, dout, q, k, v, T, n_heads, n_kv, hd, window, scale};
+    lmc_cpu_scratch_reserve(c, (size_t)(2 * T));
+    lmc_pool_run(c->pool, B * n_kv, attn_bwd_task, &j);
+}

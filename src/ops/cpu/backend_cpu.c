@@ -73,6 +73,15 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->swiglu = lmc_cpu_swiglu;
     be->gelu = lmc_cpu_gelu;
     be->add = lmc_cpu_add;
+    be->matmul_bwd = lmc_cpu_matmul_bwd;
+    be->embed_bwd = lmc_cpu_embed_bwd;
+    be->rmsnorm_bwd = lmc_cpu_rmsnorm_bwd;
+    be->layernorm_bwd = lmc_cpu_layernorm_bwd;
+    be->rope_bwd = lmc_cpu_rope_bwd;
+    be->attention_bwd = lmc_cpu_attention_bwd;
+    be->swiglu_bwd = lmc_cpu_swiglu_bwd;
+    be->gelu_bwd = lmc_cpu_gelu_bwd;
+    be->classifier_xent = lmc_cpu_classifier_xent;
     return LMC_OK;
 }
 

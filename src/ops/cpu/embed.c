@@ -63,3 +63,33 @@ void lmc_cpu_embed(void *ctx, float *y, const struct lmc_mat *table, const int32
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, n * table->cols, 65536, 1), n);
     lmc_pool_run(c->pool, j.n_tasks, embed_task, &j);
 }
+
+/* ---- backward: dtable[ids[i]] += dy[i] ----
+ * Split by column ranges; each task walks all rows in order, so repeated
+ * ids never race and the sum order is fixed. */
+struct embed_bwd_job {
+    float *dt;
+    const float *dy;
+    const int32_t *ids;
+    int64_t n, C, n_tasks;
+};
+
+static void embed_bwd_task(void *arg, int64_t t, int thread) {
+    const struct embed_bwd_job *j = arg;
+    int64_t lo, hi, C = j->C;
+    lmc_cpu_range(C, j->n_tasks, t, 16, &lo, &hi);
+    for (int64_t i = 0; i < j->n; i++) {
+        float *d = j->dt + (int64_t)j->ids[i] * C;
+        const float *s = j->dy + i * C;
+        for (int64_t k = lo; k < hi; k++) d[k] += s[k];
+    }
+}
+
+void lmc_cpu_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
+                       int64_t C) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (n <= 0 || C <= 0) return;
+    struct embed_bwd_job j = {dtable, dy, ids, n, C, 1};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, n * C, 32768, 1), (C + 15) / 16);
+    lmc_pool_run(c->pool, j.n_tasks, embed_bwd_task, &j);
+}

@@ -46,3 +46,39 @@ void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_appro
     j.n_tasks = lmc_cpu_ntasks(c, n, tanh_approx ? 16384 : 4096, 1);
     lmc_pool_run(c->pool, j.n_tasks, gelu_task, &j);
 }
+
+/* ---- backward ----
+ * tanh form: gelu = 0.5 x (1 + tanh u), u = k0 (x + k1 x^3):
+ *   gelu' = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k0 (1 + 3 k1 x^2)
+ * exact: gelu' = Phi(x) + x phi(x). dx may alias dy. */
+struct gelu_bwd_job {
+    float *dx;
+    const float *dy, *x;
+    int64_t n, n_tasks;
+    int tanh_approx;
+};
+
+static void gelu_bwd_task(void *arg, int64_t t, int thread) {
+    const struct gelu_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        float x = j->x[i], d;
+        if (j->tanh_approx) {
+            float th = tanhf(GELU_K0 * (x + GELU_K1 * x * x * x));
+            d = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * x * x);
+        } else {
+            d = 0.5f * erfcf(-x * 0.70710678118654752f) + x * 0.39894228040143268f * expf(-0.5f * x * x);
+        }
+        j->dx[i] = j->dy[i] * d;
+    }
+}
+
+void lmc_cpu_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
+                      int tanh_approx) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (n <= 0) return;
+    struct gelu_bwd_job j = {dx, dy, x, n, 1, tanh_approx};
+    j.n_tasks = lmc_cpu_ntasks(c, n, 8192, 1);
+    lmc_pool_run(c->pool, j.n_tasks, gelu_bwd_task, &j);
+}

@@ -77,3 +77,68 @@ void lmc_cpu_layernorm(void *ctx, float *y, const float *x, const float *w, cons
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * C, 16384, 1), M);
     lmc_pool_run(c->pool, j.n_tasks, ln_task, &j);
 }
+
+/* ---- backward ----
+ * xhat = (x - mean) * rstd, y = xhat * w + b:
+ *   db += dy, dw += dy * xhat (column ranges, rows in order: deterministic)
+ *   dx += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w (rows)
+ * mean and rstd per row staged in xbuf. */
+struct ln_bwd_job {
+    float *dx, *dw, *db, *stats;
+    const float *dy, *x, *w;
+    int64_t M, C, n_tasks;
+    float eps;
+};
+
+static void ln_bwd_rows(void *arg, int64_t t, int thread) {
+    const struct ln_bwd_job *j = arg;
+    int64_t lo, hi, C = j->C;
+    lmc_cpu_range(j->M, j->n_tasks, t, 1, &lo, &hi);
+    for (int64_t m = lo; m < hi; m++) {
+        const float *x = j->x + m * C, *dy = j->dy + m * C;
+        float *dx = j->dx + m * C;
+        double mean = row_sum(x, C) / (double)C;
+        double rstd = 1.0 / sqrt(row_var_sum(x, C, mean) / (double)C + (double)j->eps);
+        double sg = 0, sgx = 0;
+        for (int64_t i = 0; i < C; i++) {
+            double g = (double)dy[i] * j->w[i], xh = ((double)x[i] - mean) * rstd;
+            sg += g;
+            sgx += g * xh;
+        }
+        sg /= (double)C;
+        sgx /= (double)C;
+        for (int64_t i = 0; i < C; i++) {
+            double g = (double)dy[i] * j->w[i], xh = ((double)x[i] - mean) * rstd;
+            dx[i] += (float)(rstd * (g - sg - xh * sgx));
+        }
+        j->stats[2 * m] = (float)mean;
+        j->stats[2 * m + 1] = (float)rstd;
+    }
+}
+
+static void ln_bwd_cols(void *arg, int64_t t, int thread) {
+    const struct ln_bwd_job *j = arg;
+    int64_t lo, hi, C = j->C;
+    lmc_cpu_range(C, j->n_tasks, t, 8, &lo, &hi);
+    for (int64_t m = 0; m < j->M; m++) {
+        const float *x = j->x + m * C, *dy = j->dy + m * C;
+        float mean = j->stats[2 * m], rstd = j->stats[2 * m + 1];
+        for (int64_t i = lo; i < hi; i++) {
+            if (j->dw) j->dw[i] += dy[i] * ((x[i] - mean) * rstd);
+            if (j->db) j->db[i] += dy[i];
+        }
+    }
+}
+
+void lmc_cpu_layernorm_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                           const float *x, const float *w, int64_t M, int64_t C, float eps) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (M <= 0 || C <= 0) return;
+    lmc_cpu_xbuf_reserve(c, (size_t)(2 * M));
+    struct ln_bwd_job j = {dx, dw, db, c->xbuf, dy, x, w, M, C, 1, eps};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * C, 8192, 1), M);
+    lmc_pool_run(c->pool, j.n_tasks, ln_bwd_rows, &j);
+    if (!dw && !db) return;
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * C, 8192, 1), (C + 7) / 8);
+    lmc_pool_run(c->pool, j.n_tasks, ln_bwd_cols, &j);
+}

@@ -584,3 +584,57 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
 #endif
     lmc_pool_run(c->pool, j.n_tasks, small_task, &j);
 }
+
+/* ---- backward (training) ----
+ * y = x @ w^T + b with F32 weights, through OpenBLAS sgemm split into fixed
+ * slices per task so results do not depend on scheduling: dx by row ranges
+ * of M, dw and db by row ranges of N. */
+struct mm_bwd_job {
+    float *dx, *dw, *db;
+    const float *dy, *x, *w;
+    int64_t M, N, K, n_tasks;
+    int accum_dx;
+};
+
+static void mm_bwd_dx_task(void *arg, int64_t t, int thread) {
+    const struct mm_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->M, j->n_tasks, t, 4, &lo, &hi);
+    if (hi <= lo) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)j->K, (int)j->N,
+                1.0f, j->dy + lo * j->N, (int)j->N, j->w, (int)j->K, j->accum_dx ? 1.0f : 0.0f,
+                j->dx + lo * j->K, (int)j->K);
+}
+
+static void mm_bwd_dw_task(void *arg, int64_t t, int thread) {
+    const struct mm_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->N, j->n_tasks, t, 4, &lo, &hi);
+    if (hi <= lo) return;
+    if (j->dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)j->K, (int)j->M,
+                    1.0f, j->dy + lo, (int)j->N, j->x, (int)j->K, 1.0f, j->dw + lo * j->K, (int)j->K);
+    if (j->db)
+        for (int64_t n = lo; n < hi; n++) {
+            double s = 0;
+            for (int64_t m = 0; m < j->M; m++) s += j->dy[m * j->N + n];
+            j->db[n] += (float)s;
+        }
+}
+
+void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                        const float *x, int64_t M, const struct lmc_mat *w, int accum_dx) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32);
+    if (M <= 0) return;
+    struct mm_bwd_job j = {dx, dw, db, dy, x, w->data, M, w->rows, w->cols, 1, accum_dx};
+    int64_t work = M * w->rows * w->cols;
+    if (dx) {
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (M + 3) / 4);
+        lmc_pool_run(c->pool, j.n_tasks, mm_bwd_dx_task, &j);
+    }
+    if (dw || db) {
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (w->rows + 3) / 4);
+        lmc_pool_run(c->pool, j.n_tasks, mm_bwd_dw_task, &j);
+    }
+}

@@ -97,6 +97,29 @@ void lmc_cpu_attention_paged(void *ctx, float *out, const float *q, const float 
 void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
 void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
+/* Training backward ops (backend.h documents them). */
+void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                        const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);
+void lmc_cpu_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
+                       int64_t C);
+void lmc_cpu_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,
+                         const float *w, int64_t M, int64_t C, float eps);
+void lmc_cpu_layernorm_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                           const float *x, const float *w, int64_t M, int64_t C, float eps);
+void lmc_cpu_rope_bwd(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t head_dim,
+                      int64_t rot_dim, const int32_t *pos, const double *inv_freq,
+                      float attn_scale);
+void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                           const float *q, const float *k, const float *v, int64_t B, int64_t T,
+                           int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                           int64_t window);
+void lmc_cpu_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
+                        const float *up, int64_t n);
+void lmc_cpu_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
+                      int tanh_approx);
+void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                             const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                             float dscale);
 
 /* Converts n elements of a row of dtype dt to f32. */
 void lmc_cpu_row_to_f32(float *dst, const void *src, enum lmc_dtype dt, int64_t n);

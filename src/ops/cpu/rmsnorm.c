@@ -57,3 +57,55 @@ void lmc_cpu_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * C, 16384, 1), M);
     lmc_pool_run(c->pool, j.n_tasks, rms_task, &j);
 }
+
+/* ---- backward ----
+ * y = x * r * w with r = 1/sqrt(mean(x^2) + eps):
+ *   dw[i] += sum_m dy[m,i] x[m,i] r[m]
+ *   dx[m,i] += r w[i] dy[m,i] - x[m,i] r^3 / C * sum_j w[j] dy[m,j] x[m,j]
+ * dx by rows, dw by column ranges (every column sums its rows in order:
+ * deterministic), r staged in xbuf. */
+struct rms_bwd_job {
+    float *dx, *dw, *r;
+    const float *dy, *x, *w;
+    int64_t M, C, n_tasks;
+    float eps;
+};
+
+static void rms_bwd_rows(void *arg, int64_t t, int thread) {
+    const struct rms_bwd_job *j = arg;
+    int64_t lo, hi, C = j->C;
+    lmc_cpu_range(j->M, j->n_tasks, t, 1, &lo, &hi);
+    for (int64_t m = lo; m < hi; m++) {
+        const float *x = j->x + m * C, *dy = j->dy + m * C;
+        float *dx = j->dx + m * C;
+        double r = 1.0 / sqrt(sum_sq(x, C) / (double)C + (double)j->eps), dot = 0;
+        for (int64_t i = 0; i < C; i++) dot += (double)j->w[i] * dy[i] * x[i];
+        double k = r * r * r * dot / (double)C;
+        for (int64_t i = 0; i < C; i++) dx[i] += (float)(r * j->w[i] * dy[i] - k * x[i]);
+        j->r[m] = (float)r;
+    }
+}
+
+static void rms_bwd_cols(void *arg, int64_t t, int thread) {
+    const struct rms_bwd_job *j = arg;
+    int64_t lo, hi, C = j->C;
+    lmc_cpu_range(C, j->n_tasks, t, 8, &lo, &hi);
+    for (int64_t m = 0; m < j->M; m++) {
+        const float *x = j->x + m * C, *dy = j->dy + m * C;
+        float r = j->r[m];
+        for (int64_t i = lo; i < hi; i++) j->dw[i] += dy[i] * x[i] * r;
+    }
+}
+
+void lmc_cpu_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,
+                         const float *w, int64_t M, int64_t C, float eps) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (M <= 0 || C <= 0) return;
+    lmc_cpu_xbuf_reserve(c, (size_t)M);
+    struct rms_bwd_job j = {dx, dw, c->xbuf, dy, x, w, M, C, 1, eps};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * C, 8192, 1), M);
+    lmc_pool_run(c->pool, j.n_tasks, rms_bwd_rows, &j);
+    if (!dw) return;
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * C, 8192, 1), (C + 7) / 8);
+    lmc_pool_run(c->pool, j.n_tasks, rms_bwd_cols, &j);
+}

@@ -58,3 +58,36 @@ void lmc_cpu_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * n_heads * rot_dim, 8192, 1), M);
     lmc_pool_run(c->pool, j.n_tasks, rope_task, &j);
 }
+
+/* ---- backward ----
+ * The rotation is orthogonal (times attn_scale): its transpose rotates by
+ * the opposite angle, (a, b) -> (a c + b s, b c - a s). */
+static void rope_bwd_task(void *arg, int64_t t, int thread) {
+    const struct rope_job *j = arg;
+    int64_t lo, hi, half = j->rot_dim / 2, row = j->n_heads * j->head_dim;
+    lmc_cpu_range(j->M, j->n_tasks, t, 1, &lo, &hi);
+    for (int64_t m = lo; m < hi; m++) {
+        double p = (double)j->pos[m];
+        for (int64_t i = 0; i < half; i++) {
+            double a = p * j->inv_freq[i];
+            float cs = (float)(cos(a) * j->attn_scale), sn = (float)(sin(a) * j->attn_scale);
+            for (int64_t h = 0; h < j->n_heads; h++) {
+                float *x1 = j->x + m * row + h * j->head_dim + i, *x2 = x1 + half;
+                float da = *x1, db = *x2;
+                *x1 = da * cs + db * sn;
+                *x2 = db * cs - da * sn;
+            }
+        }
+    }
+}
+
+void lmc_cpu_rope_bwd(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t head_dim,
+                      int64_t rot_dim, const int32_t *pos, const double *inv_freq,
+                      float attn_scale) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0);
+    if (M <= 0 || rot_dim == 0 || n_heads <= 0) return;
+    struct rope_job j = {dx, M, n_heads, head_dim, rot_dim, 1, pos, inv_freq, attn_scale};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * n_heads * rot_dim, 8192, 1), M);
+    lmc_pool_run(c->pool, j.n_tasks, rope_bwd_task, &j);
+}

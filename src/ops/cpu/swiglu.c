@@ -34,3 +34,33 @@ void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int
     j.n_tasks = lmc_cpu_ntasks(c, n, 16384, 1);
     lmc_pool_run(c->pool, j.n_tasks, swiglu_task, &j);
 }
+
+/* ---- backward ----
+ * s = sigmoid(g): dgate = dy * up * s * (1 + g * (1 - s)), dup = dy * g * s.
+ * Each element is read before it is written (outputs may alias dy). */
+struct swiglu_bwd_job {
+    float *dg, *du;
+    const float *dy, *g, *u;
+    int64_t n, n_tasks;
+};
+
+static void swiglu_bwd_task(void *arg, int64_t t, int thread) {
+    const struct swiglu_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        float g = j->g[i], u = j->u[i], dy = j->dy[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        j->dg[i] = dy * u * s * (1.0f + g * (1.0f - s));
+        j->du[i] = dy * g * s;
+    }
+}
+
+void lmc_cpu_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
+                        const float *up, int64_t n) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (n <= 0) return;
+    struct swiglu_bwd_job j = {dgate, dup, dy, gate, up, n, 1};
+    j.n_tasks = lmc_cpu_ntasks(c, n, 16384, 1);
+    lmc_pool_run(c->pool, j.n_tasks, swiglu_bwd_task, &j);
+}

@@ -1,0 +1,100 @@
+/* backward.h — a trainable model: every parameter as f32 in one arena
+ * (with a same-shaped gradient arena), a table of the tensors under their
+ * Hugging Face names, the training forward that keeps what the backward
+ * needs (sized up front from B, T and the config; optionally only each
+ * layer's input, recomputing the layer in the backward), and the backward
+ * itself, all through backend-table ops. Llama family (GQA, qkv/o/MLP
+ * biases, tied or untied head) and GPT-2.
+ *
+ * Layouts: the arena keeps every matrix as the (out, in) the ops use.
+ * GPT-2's Conv1D weights are (in, out) on disk: their table entry is marked
+ * `transposed` and lmc_tmodel_get / lmc_tmodel_set convert, so gradients,
+ * optimizer state and checkpoints are read and written in the on-disk
+ * layout. Tied embeddings are one tensor (the head reads the embedding). */
+#ifndef LMC_MODEL_BACKWARD_H
+#define LMC_MODEL_BACKWARD_H
+
+#include "lmc.h"
+#include "io/hf_config.h"
+#include "model/model.h"
+#include "ops/backend.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct lmc_tparam {
+    char name[128];         /* HF name, e.g. "model.layers.0.self_attn.q_proj.weight" */
+    int ndim;               /* 1 or 2 */
+    int64_t shape[2];       /* on-disk shape */
+    int64_t off, numel;     /* floats into the arenas */
+    bool transposed;        /* arena holds the transpose of the on-disk 2-D tensor */
+};
+
+/* Views of one arena as the forward's layer table (F32 matrices). */
+struct lmc_tview {
+    struct lmc_mat tok_emb, pos_emb, lm_head; /* (V,C) (P,C) (V,C); pos_emb.data NULL if none */
+    const float *norm_f_w, *norm_f_b;
+    struct lmc_layer *layers;                 /* (L) */
+};
+
+struct lmc_tmodel {
+    struct lmc_config cfg;
+    int64_t rot_dim;
+    struct lmc_tparam *params;
+    int n_params;
+    int64_t numel;          /* floats in each arena */
+    float *w, *g;           /* parameters and gradients (numel each, 64-byte aligned) */
+    struct lmc_tview W, G;  /* views of w and g */
+};
+
+/* Builds the table for cfg and allocates zeroed arenas (LMC_ERR_OOM,
+ * LMC_ERR_ARG for configs that cannot be trained). */
+lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg, lmc_err *err);
+/* GPT-2-style initialisation from seed: matrices and embeddings N(0, std),
+ * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0. */
+void lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std);
+/* Loads a Hugging Face folder (config.json + model.safetensors, any float
+ * dtype) into a new trainable model. Missing tensors or wrong shapes are
+ * LMC_ERR_FORMAT naming the tensor. */
+lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, lmc_err *err);
+void lmc_tmodel_free(struct lmc_tmodel *tm);
+int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name);
+/* Copies parameter i of an arena laid out like tm->w (w, g, or optimizer
+ * state) into out (numel floats) in the on-disk layout; set is the inverse. */
+void lmc_tmodel_get(const struct lmc_tmodel *tm, const float *arena, int i, float *out);
+void lmc_tmodel_set(const struct lmc_tmodel *tm, float *arena, int i, const float *in);
+
+/* Training activations for micro-batches of B sequences of T tokens. */
+struct lmc_tacts {
+    const struct lmc_backend *be;
+    int64_t B, T;
+    bool recompute;         /* keep only layer inputs; recompute each layer in the backward */
+    float *arena;
+    float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
+    struct lmc_tlayer_acts *la; /* (L, or 1 with recompute) */
+    float *hf, *tmp, *loss; /* (BT,C) final norm out, (BT,C) scratch, (BT) per-token loss */
+    float *dx, *dh, *datt, *dq, *dk, *dv, *dact, *dgate, *dup; /* backward scratch */
+    int32_t *ids, *pos, *targets; /* (BT) */
+    double *inv_freq;       /* (rot_dim/2) */
+    float attn_scale;
+};
+
+/* Bytes lmc_tacts_init allocates. */
+size_t lmc_tacts_bytes(const struct lmc_config *cfg, int64_t B, int64_t T, bool recompute);
+lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
+                          const struct lmc_backend *be, int64_t B, int64_t T, bool recompute,
+                          lmc_err *err);
+void lmc_tacts_free(struct lmc_tacts *a);
+
+/* Forward of inputs (B*T ids, host) with next-token targets (B*T ids, host;
+ * < 0: ignored). Returns the sum of the per-token losses in *loss_sum and
+ * the number of counted targets in *count. With backward, then adds the
+ * gradient of dscale * (sum of losses) into tm->g (the caller zeroes tm->g
+ * between optimizer steps; for a mean over N tokens pass dscale = 1/N).
+ * Ids are checked (LMC_ERR_ARG). */
+lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
+                           struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
+                           bool backward, float dscale, double *loss_sum, int64_t *count,
+                           lmc_err *err);
+
+#endif

@@ -1,0 +1,100 @@
+/* classifier_xent.c — the fused classifier + cross-entropy (see backend.h):
+ * logits for a block of R rows at a time (R*V floats in xbuf), a softmax
+ * per row in double, the loss, then in place the logits' gradient
+ * (p - onehot) * dscale, from which dh (block rows) and dw (+=) follow by
+ * sgemm. Only one block of logits exists at a time. Every phase splits
+ * into fixed slices (V columns or block rows), so results are
+ * deterministic for a given thread count. */
+#include "ops/cpu/ops_cpu.h"
+
+#include <cblas.h>
+
+#define XENT_BLOCK_FLOATS ((int64_t)1 << 21) /* 8 MB of logits per block */
+
+struct xent_job {
+    float *loss, *dh, *dw, *lg;
+    const float *h, *w;
+    const int32_t *tg;
+    int64_t r0, R, V, C, n_tasks;
+    float dscale;
+};
+
+/* lg[:, v-slice] = h_block @ w[v-slice]^T */
+static void xent_logits_task(void *arg, int64_t t, int thread) {
+    const struct xent_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->V, j->n_tasks, t, 16, &lo, &hi);
+    if (hi <= lo) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->R, (int)(hi - lo), (int)j->C, 1.0f,
+                j->h + j->r0 * j->C, (int)j->C, j->w + lo * j->C, (int)j->C, 0.0f, j->lg + lo,
+                (int)j->V);
+}
+
+/* per row: loss, then the row of logits becomes its gradient */
+static void xent_softmax_task(void *arg, int64_t t, int thread) {
+    const struct xent_job *j = arg;
+    int64_t lo, hi, V = j->V;
+    lmc_cpu_range(j->R, j->n_tasks, t, 1, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++) {
+        float *l = j->lg + r * V;
+        int32_t tg = j->tg[j->r0 + r];
+        float mx = -INFINITY;
+        for (int64_t v = 0; v < V; v++) mx = l[v] > mx ? l[v] : mx;
+        double sum = 0;
+        for (int64_t v = 0; v < V; v++) sum += exp((double)l[v] - mx);
+        j->loss[j->r0 + r] = tg < 0 ? 0.0f : (float)(log(sum) + mx - l[tg]);
+        if (!j->dh) continue;
+        double k = tg < 0 ? 0.0 : (double)j->dscale / sum;
+        for (int64_t v = 0; v < V; v++) l[v] = (float)(exp((double)l[v] - mx) * k);
+        if (tg >= 0) l[tg] -= j->dscale;
+    }
+}
+
+/* dh[block rows] = g @ w */
+static void xent_dh_task(void *arg, int64_t t, int thread) {
+    const struct xent_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->R, j->n_tasks, t, 1, &lo, &hi);
+    if (hi <= lo) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)j->C, (int)j->V,
+                1.0f, j->lg + lo * j->V, (int)j->V, j->w, (int)j->C, 0.0f,
+                j->dh + (j->r0 + lo) * j->C, (int)j->C);
+}
+
+/* dw[v-slice] += g[:, v-slice]^T @ h_block */
+static void xent_dw_task(void *arg, int64_t t, int thread) {
+    const struct xent_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->V, j->n_tasks, t, 16, &lo, &hi);
+    if (hi <= lo) return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)j->C, (int)j->R, 1.0f,
+                j->lg + lo, (int)j->V, j->h + j->r0 * j->C, (int)j->C, 1.0f, j->dw + lo * j->C,
+                (int)j->C);
+}
+
+void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                             const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                             float dscale) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32);
+    int64_t V = w->rows, C = w->cols;
+    if (M <= 0) return;
+    int64_t Rmax = LMC_MAX(1, LMC_MIN(M, XENT_BLOCK_FLOATS / V));
+    lmc_cpu_xbuf_reserve(c, (size_t)(Rmax * V));
+    struct xent_job j = {loss, dh, dw, c->xbuf, h, w->data, targets, 0, 0, V, C, 1, dscale};
+    for (int64_t r0 = 0; r0 < M; r0 += Rmax) {
+        j.r0 = r0;
+        j.R = LMC_MIN(Rmax, M - r0);
+        int64_t work = j.R * V * C;
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (V + 15) / 16);
+        lmc_pool_run(c->pool, j.n_tasks, xent_logits_task, &j);
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, j.R * V, 4096, 1), j.R);
+        lmc_pool_run(c->pool, j.n_tasks, xent_softmax_task, &j);
+        if (!dh) continue;
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), j.R);
+        lmc_pool_run(c->pool, j.n_tasks, xent_dh_task, &j);
+        if (!dw) continue;
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (V + 15) / 16);
+        lmc_pool_run(c->pool, j.n_tasks, xent_dw_task, &j);
+    }
+}
