@@ -5,7 +5,8 @@
                        backends), bf16, (B, H, S, D); 4*B*H*S*S*D/2 FLOPs
   bw                   device-to-device copy bandwidth (bytes read + written)
   makemodel DIR        a random 1.1B Llama (TinyLlama shape) saved in bf16
-  hf DIR P G           transformers prefill of P tokens and G decode steps
+  hf DIR P G           transformers prefill of P tokens and G decode steps, then
+                       peak memory at a 4096-token context
 
 Times with CUDA events after warm-up, medians of the timed runs."""
 import statistics
@@ -81,6 +82,15 @@ def hf(d, P, G):
     td = max(tg - tp, 1e-9)
     print(f"transformers prefill {P} tokens: {tp * 1e3:.2f} ms, {P / tp:.0f} tok/s")
     print(f"transformers decode {G} tokens: {td / G * 1e3:.3f} ms/token, {G / td:.1f} tok/s")
+    # peak memory at a 4096-token context: prompt of 4096, 32 new tokens
+    ids4 = torch.randint(0, m.config.vocab_size, (1, 4096), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        m.generate(ids4, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    torch.cuda.synchronize()
+    print(f"transformers memory at 4096 context: {torch.cuda.max_memory_allocated() / 1e9:.3f} GB "
+          f"peak allocated ({torch.cuda.max_memory_reserved() / 1e9:.3f} GB reserved), weights included")
 
 
 if __name__ == "__main__":

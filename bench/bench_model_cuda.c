@@ -2,7 +2,11 @@
  * on a backend (cuda by default): prefill of P prompt tokens (median of 3,
  * tokens/s), then G greedy-free decode steps (one token each, the logits
  * downloaded every step as generation does; tokens/s). Prints the weight
- * bytes so a caller can set decode against bytes / bandwidth.
+ * bytes so a caller can set decode against bytes / bandwidth. On CUDA,
+ * then the device memory a 4096-token context takes (KV cache for 4096+32
+ * positions, 512-token prefill chunks, the prompt fed and 32 tokens
+ * decoded): in use after that minus in use right after backend init
+ * (CUDA context and cuBLASLt workspace excluded), weights included.
  * Usage: bench_model_cuda DIR [P=512] [G=128] [--device cpu|cuda] */
 #include "core/core.h"
 #include "model/model.h"
@@ -35,6 +39,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "backend: %s\n", err.msg);
         return 1;
     }
+    size_t mem0 = cuda ? lmc_backend_cuda_mem_used(&be) : 0;
     struct lmc_model m;
     struct lmc_model_opts mo = {.wdtype = LMC_WDTYPE_BF16, .be = &be};
     double t0 = lmc_time_now();
@@ -84,9 +89,34 @@ int main(int argc, char **argv) {
     printf("decode %lld tokens after %lld: %.3f ms/token, %.1f tok/s, %.1f GB/s of weights\n",
            (long long)G, (long long)P, tdec / (double)G * 1e3, (double)G / tdec,
            (double)m.weight_bytes * (double)G / tdec / 1e9);
-    free(ids), free(logits);
     lmc_acts_free(&acts);
     lmc_kv_free(&kv);
+    if (cuda && !getenv("LMC_BENCH_NO_MEM")) { /* memory at a 4k context */
+        const int64_t P4 = 4096, G4 = 32;
+        int32_t *ids4 = malloc((size_t)P4 * sizeof *ids4);
+        for (int64_t i = 0; i < P4; i++) ids4[i] = ids[i % P];
+        if (lmc_kv_init(&kv, &m, &be, P4 + G4, &err) || lmc_acts_init(&acts, &m, &be, 512, 1, &err) ||
+            lmc_model_forward(&m, &be, &acts, &kv, ids4, P4, 0, logits, false, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        for (int64_t g = 0; g < G4; g++) {
+            tok = (int32_t)(g % V);
+            if (lmc_model_forward(&m, &be, &acts, &kv, &tok, 1, P4 + g, logits, false, &err)) {
+                fprintf(stderr, "%s\n", err.msg);
+                return 1;
+            }
+        }
+        size_t used = lmc_backend_cuda_mem_used(&be) - mem0;
+        printf("memory at 4096 context: %.3f GB (KV cache %s %.3f GB, weights %.3f GB)\n",
+               (double)used / 1e9, be.kv_dtype == LMC_DTYPE_F32 ? "f32" : "bf16",
+               (double)lmc_kv_bytes(&m, P4 + G4) / (be.kv_dtype == LMC_DTYPE_F32 ? 1 : 2) / 1e9,
+               (double)m.weight_bytes / 1e9);
+        free(ids4);
+        lmc_acts_free(&acts);
+        lmc_kv_free(&kv);
+    }
+    free(ids), free(logits);
     lmc_model_free(&m);
     if (cuda) lmc_backend_cuda_free(&be);
     else lmc_backend_cpu_free(&be);

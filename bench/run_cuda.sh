@@ -15,7 +15,7 @@ B=build-dev
 rc=0
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 if has build || [ ! -x $B/lmc ]; then
-  cmake -S . -B $B -DLMC_WERROR=ON >"$OUT/build.log" 2>&1 &&
+  cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$OUT/build.log" 2>&1 &&
     make -C $B -j16 lmc_cli test_ops_cuda bench_attn_cuda bench_model_cuda >>"$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
   echo "build ok"
@@ -40,7 +40,7 @@ if has parity; then
 fi
 shapes="16,12,1024,64 8,16,2048,128 2,16,8192,128 1,32,16384,128"
 if has attn; then
-  echo "--- ours (f32 q/k/v in memory, bf16 tensor cores)"
+  echo "--- ours (q f32, K/V bf16 as the cache holds them, bf16 tensor cores)"
   $B/bench_attn_cuda $shapes 2>&1 | tee "$OUT/bench_attn.log"
   echo "--- torch SDPA (bf16)"
   python3 bench/bench_cuda.py attn $shapes 2>&1 | tee -a "$OUT/bench_attn.log"

@@ -23,11 +23,12 @@ static uint64_t rng = 777;
 static struct lmc_backend cpu, gpu;
 
 enum { E_MM_F32, E_MM_LO_SMALL, E_MM_BF16, E_MM_F16, E_EMBED, E_RMS, E_LN, E_ROPE, E_SWIGLU,
-       E_GELU, E_ADD, E_ATTN_F32_CPU, E_ATTN_F32, E_ATTN_TC, E_N };
+       E_GELU, E_ADD, E_ATTN_F32_CPU, E_ATTN_F32, E_ATTN_TC, E_MM_FUSED, E_ROPE_KV, E_N };
 static const char *err_names[E_N] = {"matmul f32", "matmul bf16/f16 M<=8", "matmul bf16",
                                      "matmul f16", "embed", "rmsnorm", "layernorm", "rope",
                                      "swiglu", "gelu", "add", "attn f32 vs cpu",
-                                     "attn f32 vs f64", "attn tc vs f64"};
+                                     "attn f32 vs f64", "attn tc vs f64",
+                                     "matmul add/multi/swiglu", "rope_kv_store (bf16)"};
 static double max_err[E_N];
 static void record(int op, double e) {
     if (e > max_err[op] || e != e) max_err[op] = e;
@@ -60,6 +61,20 @@ static float *down(const float *d, int64_t n) {
     return h;
 }
 static void dfree(void *d) { gpu.free(gpu.ctx, d); }
+
+/* rounds x to bf16 in place (so references see the stored values) and
+ * uploads it as kvt (F32 or BF16) */
+static void *up_kv(float *x, int64_t n, enum lmc_dtype kvt) {
+    if (kvt == LMC_DTYPE_F32) return up(x, (size_t)n * 4);
+    uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * 2);
+    for (int64_t i = 0; i < n; i++) {
+        h[i] = lmc_f32_to_bf16(x[i]);
+        x[i] = lmc_bf16_to_f32(h[i]);
+    }
+    void *d = up(h, (size_t)n * 2);
+    free(h);
+    return d;
+}
 
 /* max|a-b| / max|b| (NaN anywhere gives NaN) */
 static double rel_err(const float *a, const float *b, int64_t n) {
@@ -124,6 +139,138 @@ static void test_matmul(int quick) {
             dfree((void *)wg.data), dfree(bias_d);
             free(wh), free(bias);
         }
+}
+
+/* matmul_add, matmul_multi (q/k/v-like shapes, some biases NULL) and
+ * matmul_swiglu against compositions of CPU ops */
+static void test_matmul_fused(void) {
+    static const int64_t Ms[] = {1, 3, 8, 9, 130};
+    static const int64_t NK[][2] = {{131, 77}, {64, 48}, {257, 2056}, {40, 512}};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof NK / sizeof *NK; s++)
+            for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+                int64_t M = Ms[mi], K = NK[s][1], Ns[3] = {NK[s][0], 33, NK[s][0] / 2 + 1};
+                double tol = dtypes[d] == LMC_DTYPE_F32 || M <= 8 ? 1e-5
+                             : dtypes[d] == LMC_DTYPE_BF16 ? 1e-2 : 2e-3;
+                struct lmc_mat wc[3], wg[3];
+                float *bias[3], *bias_d[3], *yc[3], *y_d[3];
+                for (int i = 0; i < 3; i++) {
+                    void *wh = make_weights(dtypes[d], Ns[i] * K);
+                    size_t wb = (size_t)(Ns[i] * K) * (size_t)lmc_dtype_size(dtypes[d]);
+                    wc[i] = (struct lmc_mat){dtypes[d], Ns[i], K, wh};
+                    wg[i] = (struct lmc_mat){dtypes[d], Ns[i], K, up(wh, wb)};
+                    bias[i] = i == 1 ? NULL : rand_f(Ns[i], 1.0f);
+                    bias_d[i] = i == 1 ? NULL : up(bias[i], (size_t)Ns[i] * 4);
+                    yc[i] = rand_f(M * Ns[i], 1.0f);
+                    y_d[i] = dev_poison(M * Ns[i]);
+                }
+                float *x = rand_f(M * K, 1.0f), *x_d = up(x, (size_t)(M * K) * 4);
+                /* multi */
+                const struct lmc_mat *wp[3] = {&wg[0], &wg[1], &wg[2]};
+                gpu.matmul_multi(gpu.ctx, 3, y_d, x_d, M, wp, (const float *const *)bias_d);
+                for (int i = 0; i < 3; i++) {
+                    cpu.matmul(cpu.ctx, yc[i], x, M, &wc[i], bias[i]);
+                    float *yg = down(y_d[i], M * Ns[i]);
+                    double e = rel_err(yg, yc[i], M * Ns[i]);
+                    record(E_MM_FUSED, e);
+                    CHECK_MSG(e <= tol, "matmul_multi %s M=%lld N=%lld K=%lld: %g",
+                              lmc_dtype_name(dtypes[d]), (long long)M, (long long)Ns[i],
+                              (long long)K, e);
+                    free(yg);
+                }
+                /* add: y0 + x W^T + b */
+                float *y0 = rand_f(M * Ns[0], 3.0f), *t = malloc((size_t)(M * Ns[0]) * 4);
+                float *ya_d = up(y0, (size_t)(M * Ns[0]) * 4);
+                gpu.matmul_add(gpu.ctx, ya_d, x_d, M, &wg[0], bias_d[0]);
+                cpu.matmul(cpu.ctx, t, x, M, &wc[0], bias[0]);
+                cpu.add(cpu.ctx, t, t, y0, M * Ns[0]);
+                float *yg = down(ya_d, M * Ns[0]);
+                double e = rel_err(yg, t, M * Ns[0]);
+                record(E_MM_FUSED, e);
+                CHECK_MSG(e <= tol, "matmul_add %s M=%lld N=%lld K=%lld: %g",
+                          lmc_dtype_name(dtypes[d]), (long long)M, (long long)Ns[0], (long long)K, e);
+                free(yg);
+                /* swiglu: silu(x Wg^T) * (x Wu^T), Wg = w0, Wu = w0 rows shifted (same N) */
+                struct lmc_mat wu_c = wc[0], wu_g = wg[0];
+                void *wuh = make_weights(dtypes[d], Ns[0] * K);
+                wu_c.data = wuh;
+                wu_g.data = up(wuh, (size_t)(Ns[0] * K) * (size_t)lmc_dtype_size(dtypes[d]));
+                float *u = malloc((size_t)(M * Ns[0]) * 4), *ys_d = dev_poison(M * Ns[0]);
+                cpu.matmul(cpu.ctx, t, x, M, &wc[0], NULL);
+                cpu.matmul(cpu.ctx, u, x, M, &wu_c, NULL);
+                cpu.swiglu(cpu.ctx, t, t, u, M * Ns[0]);
+                gpu.matmul_swiglu(gpu.ctx, ys_d, x_d, M, &wg[0], &wu_g);
+                yg = down(ys_d, M * Ns[0]);
+                e = rel_err(yg, t, M * Ns[0]);
+                record(E_MM_FUSED, e);
+                CHECK_MSG(e <= tol, "matmul_swiglu %s M=%lld N=%lld K=%lld: %g",
+                          lmc_dtype_name(dtypes[d]), (long long)M, (long long)Ns[0], (long long)K, e);
+                free(yg), free(u), free(wuh), free(y0), free(t);
+                dfree(ys_d), dfree((void *)wu_g.data), dfree(ya_d);
+                for (int i = 0; i < 3; i++) {
+                    free((void *)wc[i].data), free(bias[i]), free(yc[i]);
+                    dfree((void *)wg[i].data), dfree(y_d[i]);
+                    if (bias_d[i]) dfree(bias_d[i]);
+                }
+                free(x), dfree(x_d);
+            }
+}
+
+/* rope_kv_store: q roped in place, k roped and k/v stored as bf16 into
+ * rows pos[m] of the caches; other rows untouched */
+static void test_rope_kv_store(void) {
+    static const int64_t cfg[][5] = {{1, 8, 2, 64, 64}, {7, 4, 4, 80, 80}, {33, 6, 2, 128, 32},
+                                     {5, 3, 1, 16, 0}};
+    CHECK(gpu.kv_dtype == LMC_DTYPE_BF16);
+    const int64_t ctx = 100;
+    for (size_t s = 0; s < sizeof cfg / sizeof *cfg; s++) {
+        int64_t M = cfg[s][0], H = cfg[s][1], KV = cfg[s][2], D = cfg[s][3], R = cfg[s][4];
+        int64_t kvd = KV * D;
+        float *q = rand_f(M * H * D, 1.0f), *k = rand_f(M * kvd, 1.0f), *v = rand_f(M * kvd, 1.0f);
+        double *inv = malloc((size_t)(R / 2 + 1) * sizeof(double));
+        int32_t *pos = malloc((size_t)M * sizeof *pos);
+        for (int64_t i = 0; i < R / 2; i++) inv[i] = pow(10000.0, -2.0 * (double)i / (double)R);
+        for (int64_t m = 0; m < M; m++) pos[m] = (int32_t)((m * 37 + 11) % ctx);
+        uint16_t *cache = malloc((size_t)(ctx * kvd) * 2);
+        for (int64_t i = 0; i < ctx * kvd; i++) cache[i] = lmc_f32_to_bf16(7.0f);
+        float *q_d = up(q, (size_t)(M * H * D) * 4), *k_d = up(k, (size_t)(M * kvd) * 4);
+        float *v_d = up(v, (size_t)(M * kvd) * 4);
+        void *kc_d = up(cache, (size_t)(ctx * kvd) * 2), *vc_d = up(cache, (size_t)(ctx * kvd) * 2);
+        double *inv_d = up(inv, (size_t)(R / 2 + 1) * sizeof(double));
+        int32_t *pos_d = up(pos, (size_t)M * sizeof *pos);
+        gpu.rope_kv_store(gpu.ctx, q_d, k_d, v_d, kc_d, vc_d, M, H, KV, D, R, pos_d, inv_d, 0.9f);
+        if (R) {
+            cpu.rope(cpu.ctx, q, M, H, D, R, pos, inv, 0.9f);
+            cpu.rope(cpu.ctx, k, M, KV, D, R, pos, inv, 0.9f);
+        }
+        float *qg = down(q_d, M * H * D);
+        double e = rel_err(qg, q, M * H * D);
+        CHECK_MSG(e <= 1e-5, "rope_kv_store q M=%lld: %g", (long long)M, e);
+        uint16_t *kh = malloc((size_t)(ctx * kvd) * 2), *vh = malloc((size_t)(ctx * kvd) * 2);
+        gpu.download(gpu.ctx, kh, kc_d, (size_t)(ctx * kvd) * 2);
+        gpu.download(gpu.ctx, vh, vc_d, (size_t)(ctx * kvd) * 2);
+        double num = 0;
+        int untouched = 1;
+        char *hit = calloc((size_t)ctx, 1);
+        for (int64_t m = 0; m < M; m++) {
+            hit[pos[m]] = 1;
+            for (int64_t i = 0; i < kvd; i++) {
+                num = fmax(num, fabs(lmc_bf16_to_f32(kh[pos[m] * kvd + i]) - k[m * kvd + i]));
+                num = fmax(num, fabs(lmc_bf16_to_f32(vh[pos[m] * kvd + i]) - v[m * kvd + i]));
+            }
+        }
+        for (int64_t p = 0; p < ctx; p++)
+            if (!hit[p])
+                for (int64_t i = 0; i < kvd; i++)
+                    untouched &= kh[p * kvd + i] == cache[0] && vh[p * kvd + i] == cache[0];
+        record(E_ROPE_KV, num);
+        CHECK_MSG(num <= 8e-3, "rope_kv_store k/v M=%lld D=%lld R=%lld: abs err %g", (long long)M,
+                  (long long)D, (long long)R, num);
+        CHECK_MSG(untouched, "rope_kv_store wrote rows it does not own");
+        free(q), free(k), free(v), free(inv), free(pos), free(cache), free(qg), free(kh), free(vh);
+        free(hit);
+        dfree(q_d), dfree(k_d), dfree(v_d), dfree(kc_d), dfree(vc_d), dfree(inv_d), dfree(pos_d);
+    }
 }
 
 static void test_embed(void) {
@@ -280,7 +427,8 @@ static void attn_ref_rows(double *ref, const int64_t *rows, int64_t nr, const fl
 /* Runs one attention shape through `kind` and compares the chosen rows
  * against float64; returns the error. */
 static double attn_case(int64_t M, int64_t pos0, int64_t H, int64_t KV, int64_t D, int64_t win,
-                        enum lmc_cuda_attn_kind kind, float qscale, int64_t max_rows) {
+                        enum lmc_cuda_attn_kind kind, enum lmc_dtype kvt, float qscale,
+                        int64_t max_rows) {
     int64_t T = pos0 + M;
     float scale = 1.0f / sqrtf((float)D);
     float *q = rand_f(M * H * D, qscale), *k = rand_f(T * KV * D, 2.0f), *v = rand_f(T * KV * D, 1.0f);
@@ -290,10 +438,10 @@ static double attn_case(int64_t M, int64_t pos0, int64_t H, int64_t KV, int64_t 
         for (int b = 0; b < 3; b++)
             for (int64_t i = 0; i < lens[b]; i++) bufs[b][i] = lmc_bf16_to_f32(lmc_f32_to_bf16(bufs[b][i]));
     }
-    float *q_d = up(q, (size_t)(M * H * D) * 4), *k_d = up(k, (size_t)(T * KV * D) * 4);
-    float *v_d = up(v, (size_t)(T * KV * D) * 4), *o_d = dev_poison(M * H * D);
-    enum lmc_cuda_attn_kind ran = lmc_cuda_attention_ex(gpu.ctx, o_d, q_d, k_d, v_d, M, pos0, H, KV,
-                                                        D, scale, win, 1, 0, 0, kind);
+    float *q_d = up(q, (size_t)(M * H * D) * 4), *o_d = dev_poison(M * H * D);
+    void *k_d = up_kv(k, T * KV * D, kvt), *v_d = up_kv(v, T * KV * D, kvt);
+    enum lmc_cuda_attn_kind ran = lmc_cuda_attention_ex(gpu.ctx, o_d, q_d, k_d, v_d, kvt, M, pos0,
+                                                        H, KV, D, scale, win, 1, 0, 0, kind);
     CHECK(kind == LMC_CUDA_ATTN_AUTO || ran == kind);
     float *o = down(o_d, M * H * D);
     int64_t nr = LMC_MIN(M, max_rows), *rows = malloc((size_t)nr * sizeof *rows);
@@ -337,8 +485,8 @@ static void test_attention_vs_cpu(void) {
             float *q_d = up(q, (size_t)(M * H * D) * 4), *k_d = up(k, (size_t)(T * KV * D) * 4);
             float *v_d = up(v, (size_t)(T * KV * D) * 4), *o_d = dev_poison(M * H * D);
             cpu.attention(cpu.ctx, oc, q, k, v, M, pos0, H, KV, D, scale, win);
-            lmc_cuda_attention_ex(gpu.ctx, o_d, q_d, k_d, v_d, M, pos0, H, KV, D, scale, win, 1, 0,
-                                  0, LMC_CUDA_ATTN_F32);
+            lmc_cuda_attention_ex(gpu.ctx, o_d, q_d, k_d, v_d, LMC_DTYPE_F32, M, pos0, H, KV, D,
+                                  scale, win, 1, 0, 0, LMC_CUDA_ATTN_F32);
             float *og = down(o_d, M * H * D);
             double e = rel_err(og, oc, M * H * D);
             record(E_ATTN_F32_CPU, e);
@@ -367,14 +515,19 @@ static void test_attention_sizes(int quick) {
                 {S, 0, S > 7 ? S / 3 : 0, "window"},
             };
             for (size_t sh = 0; sh < 4; sh++)
-                for (int kind = LMC_CUDA_ATTN_TC; kind <= LMC_CUDA_ATTN_F32; kind++) {
+                for (int kind = LMC_CUDA_ATTN_TC; kind <= LMC_CUDA_ATTN_F32 + 1; kind++) {
+                    /* tc: bf16 cache; f32 kernel over an f32 cache, then a bf16 one */
+                    enum lmc_cuda_attn_kind kd = kind > LMC_CUDA_ATTN_F32 ? LMC_CUDA_ATTN_F32
+                                                                          : (enum lmc_cuda_attn_kind)kind;
+                    enum lmc_dtype kvt = kind == LMC_CUDA_ATTN_F32 ? LMC_DTYPE_F32 : LMC_DTYPE_BF16;
                     double e = attn_case(shapes[sh].M, shapes[sh].pos0, H, KV, D, shapes[sh].win,
-                                         (enum lmc_cuda_attn_kind)kind, 2.0f, rows);
-                    double tol = kind == LMC_CUDA_ATTN_TC ? 2e-2 : 1e-4;
-                    record(kind == LMC_CUDA_ATTN_TC ? E_ATTN_TC : E_ATTN_F32, e);
-                    CHECK_MSG(e <= tol, "attention %s %s S=%lld H=%lld KV=%lld D=%lld: %g",
-                              kind == LMC_CUDA_ATTN_TC ? "tc" : "f32", shapes[sh].what,
-                              (long long)S, (long long)H, (long long)KV, (long long)D, e);
+                                         kd, kvt, 2.0f, rows);
+                    double tol = kd == LMC_CUDA_ATTN_TC ? 2e-2 : 1e-4;
+                    record(kd == LMC_CUDA_ATTN_TC ? E_ATTN_TC : E_ATTN_F32, e);
+                    CHECK_MSG(e <= tol, "attention %s %s kv %s S=%lld H=%lld KV=%lld D=%lld: %g",
+                              kd == LMC_CUDA_ATTN_TC ? "tc" : "f32", shapes[sh].what,
+                              lmc_dtype_name(kvt), (long long)S, (long long)H, (long long)KV,
+                              (long long)D, e);
                     if (si == nS - 1 && ri == 0 && sh == 0)
                         printf("  attention S=%lld %s: rel err %.3g\n", (long long)S,
                                kind == LMC_CUDA_ATTN_TC ? "tc" : "f32", e);
@@ -383,7 +536,8 @@ static void test_attention_sizes(int quick) {
     /* peaked softmax (logits in the hundreds): no NaN, and exact but for
      * the kernel's rounding of P to bf16 */
     for (int kind = LMC_CUDA_ATTN_TC; kind <= LMC_CUDA_ATTN_F32; kind++) {
-        double e = attn_case(300, 5, 4, 2, 128, 0, (enum lmc_cuda_attn_kind)kind, 60.0f, 300);
+        double e = attn_case(300, 5, 4, 2, 128, 0, (enum lmc_cuda_attn_kind)kind, LMC_DTYPE_BF16,
+                             60.0f, 300);
         CHECK_MSG(e <= (kind == LMC_CUDA_ATTN_TC ? 2e-2 : 1e-4), "attention peaked kind %d: %g", kind, e);
     }
 }
@@ -393,14 +547,16 @@ static void test_attention_batch(void) {
     const int64_t B = 3, M = 77, H = 4, KV = 2, D = 64;
     int64_t qs = M * H * D, ks = M * KV * D;
     float *q = rand_f(B * qs, 2.0f), *k = rand_f(B * ks, 2.0f), *v = rand_f(B * ks, 1.0f);
-    float *q_d = up(q, (size_t)(B * qs) * 4), *k_d = up(k, (size_t)(B * ks) * 4);
-    float *v_d = up(v, (size_t)(B * ks) * 4), *o1 = dev_poison(B * qs), *o2 = dev_poison(B * qs);
+    float *q_d = up(q, (size_t)(B * qs) * 4);
+    uint16_t *k_d = up_kv(k, B * ks, LMC_DTYPE_BF16), *v_d = up_kv(v, B * ks, LMC_DTYPE_BF16);
+    float *o1 = dev_poison(B * qs), *o2 = dev_poison(B * qs);
     for (int kind = LMC_CUDA_ATTN_TC; kind <= LMC_CUDA_ATTN_F32; kind++) {
-        lmc_cuda_attention_ex(gpu.ctx, o1, q_d, k_d, v_d, M, 0, H, KV, D, 0.125f, 0, B, qs, ks,
-                              (enum lmc_cuda_attn_kind)kind);
+        lmc_cuda_attention_ex(gpu.ctx, o1, q_d, k_d, v_d, LMC_DTYPE_BF16, M, 0, H, KV, D, 0.125f, 0,
+                              B, qs, ks, (enum lmc_cuda_attn_kind)kind);
         for (int64_t b = 0; b < B; b++)
-            lmc_cuda_attention_ex(gpu.ctx, o2 + b * qs, q_d + b * qs, k_d + b * ks, v_d + b * ks, M,
-                                  0, H, KV, D, 0.125f, 0, 1, 0, 0, (enum lmc_cuda_attn_kind)kind);
+            lmc_cuda_attention_ex(gpu.ctx, o2 + b * qs, q_d + b * qs, k_d + b * ks, v_d + b * ks,
+                                  LMC_DTYPE_BF16, M, 0, H, KV, D, 0.125f, 0, 1, 0, 0,
+                                  (enum lmc_cuda_attn_kind)kind);
         float *a = down(o1, B * qs), *b = down(o2, B * qs);
         CHECK_MSG(rel_err(a, b, B * qs) == 0, "attention batch kind %d", kind);
         free(a), free(b);
@@ -421,6 +577,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     test_matmul(quick);
+    test_matmul_fused();
+    test_rope_kv_store();
     test_embed();
     test_norms();
     test_rope();

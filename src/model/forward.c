@@ -26,7 +26,8 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struc
     kv->ctx = ctx;
     kv->n_layers = c->num_layers;
     kv->row = c->num_kv_heads * c->head_dim;
-    size_t half = lmc_kv_bytes(m, ctx) / 2;
+    size_t half = lmc_kv_bytes(m, ctx) / 2; /* f32 elements; 16-bit caches take half */
+    if (be->kv_dtype != LMC_DTYPE_F32) half /= 2;
     kv->k = be->alloc(be->ctx, half);
     kv->v = be->alloc(be->ctx, half);
     if (!kv->k || !kv->v) {
@@ -115,6 +116,17 @@ static void matmuls(const struct lmc_backend *be, int n, float *const *y, const 
     for (int i = 0; i < n; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
 }
 
+/* a->x += x @ w^T + b: fused when the backend has matmul_add. */
+static void residual_matmul(const struct lmc_backend *be, struct lmc_acts *a, const float *x,
+                            int64_t n, const struct lmc_mat *w, const float *b, int64_t C) {
+    if (be->matmul_add) {
+        be->matmul_add(be->ctx, a->x, x, n, w, b);
+        return;
+    }
+    be->matmul(be->ctx, a->h, x, n, w, b);
+    be->add(be->ctx, a->x, a->x, a->h, n * C);
+}
+
 /* One chunk of n <= a->max_tokens tokens. */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
@@ -138,29 +150,44 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
         be->upload(be->ctx, a->inv_freq, inv_freq, sizeof inv_freq);
     }
     float scale = 1.0f / sqrtf((float)hd);
+    /* a 16-bit KV cache (backend's kv_dtype) is written by rope_kv_store
+     * from f32 K/V in scratch (att, ff1: free until attention) */
+    bool kv16 = be->kv_dtype != LMC_DTYPE_F32;
+    size_t kv_esz = kv16 ? 2 : sizeof(float);
+    LMC_ASSERT(!kv16 || (be->rope_kv_store && I >= kvd));
     for (int64_t l = 0; l < c->num_layers; l++) {
         const struct lmc_layer *L = &m->layers[l];
-        float *kc = kv->k + (size_t)l * (size_t)kv->ctx * (size_t)kvd;
-        float *vc = kv->v + (size_t)l * (size_t)kv->ctx * (size_t)kvd;
+        char *kc = (char *)kv->k + (size_t)l * (size_t)kv->ctx * (size_t)kvd * kv_esz;
+        char *vc = (char *)kv->v + (size_t)l * (size_t)kv->ctx * (size_t)kvd * kv_esz;
         norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
-        { /* K and V go straight into the cache rows of these positions */
-            float *y[3] = {a->q, kc + pos0 * kvd, vc + pos0 * kvd};
+        if (kv16) {
+            float *y[3] = {a->q, a->att, a->ff1};
             const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
             const float *b[3] = {L->bq, L->bk, L->bv};
             matmuls(be, 3, y, a->h, n, w, b);
+            be->rope_kv_store(be->ctx, a->q, a->att, a->ff1, kc, vc, n, H, KV, hd, m->rot_dim,
+                              a->pos, a->inv_freq, attn_scale);
+        } else { /* K and V go straight into the cache rows of these positions */
+            float *kc32 = (float *)kc, *vc32 = (float *)vc;
+            float *y[3] = {a->q, kc32 + pos0 * kvd, vc32 + pos0 * kvd};
+            const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
+            const float *b[3] = {L->bq, L->bk, L->bv};
+            matmuls(be, 3, y, a->h, n, w, b);
+            if (m->rot_dim) {
+                be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, a->inv_freq, attn_scale);
+                be->rope(be->ctx, kc32 + pos0 * kvd, n, KV, hd, m->rot_dim, a->pos, a->inv_freq,
+                         attn_scale);
+            }
         }
-        if (m->rot_dim) {
-            be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, a->inv_freq, attn_scale);
-            be->rope(be->ctx, kc + pos0 * kvd, n, KV, hd, m->rot_dim, a->pos, a->inv_freq,
-                     attn_scale);
-        }
-        be->attention(be->ctx, a->att, a->q, kc, vc, n, pos0, H, KV, hd, scale, c->sliding_window);
-        be->matmul(be->ctx, a->h, a->att, n, &L->wo, L->bo);
-        be->add(be->ctx, a->x, a->x, a->h, n * C);
+        be->attention(be->ctx, a->att, a->q, (const float *)kc, (const float *)vc, n, pos0, H, KV,
+                      hd, scale, c->sliding_window);
+        residual_matmul(be, a, a->att, n, &L->wo, L->bo, C);
         norm(be, c, a->h, a->x, L->norm2_w, L->norm2_b, n);
         if (c->arch == LMC_ARCH_GPT2) {
             be->matmul(be->ctx, a->ff1, a->h, n, &L->w_up, L->b_up);
             be->gelu(be->ctx, a->ff1, a->ff1, n * I, c->act == LMC_ACT_GELU_TANH);
+        } else if (be->matmul_swiglu && !L->b_gate && !L->b_up) {
+            be->matmul_swiglu(be->ctx, a->ff1, a->h, n, &L->w_gate, &L->w_up);
         } else {
             float *y[2] = {a->ff1, a->ff2};
             const struct lmc_mat *w[2] = {&L->w_gate, &L->w_up};
@@ -168,8 +195,7 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
             matmuls(be, 2, y, a->h, n, w, b);
             be->swiglu(be->ctx, a->ff1, a->ff1, a->ff2, n * I);
         }
-        be->matmul(be->ctx, a->h, a->ff1, n, &L->w_down, L->b_down);
-        be->add(be->ctx, a->x, a->x, a->h, n * C);
+        residual_matmul(be, a, a->ff1, n, &L->w_down, L->b_down, C);
     }
     if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
     int64_t rows = all_logits ? n : 1;

@@ -84,6 +84,7 @@ struct lmc_backend {
                             const int32_t *seq, const int32_t *pos, const int32_t *bt,
                             int64_t max_blocks, int64_t block_size, int64_t n_heads,
                             int64_t n_kv, int64_t hd, float scale, int64_t window);
+
     /* Optional (NULL: call matmul n times). n matmuls sharing one input:
      * y[i](M, w[i]->rows) = x(M,K) @ w[i]^T (+ bias[i] if bias and bias[i]
      * are non-NULL), i < n; every w[i] has K = w[i]->cols columns. Same
@@ -92,6 +93,30 @@ struct lmc_backend {
      * overlap each other or x. */
     void (*matmul_multi)(void *ctx, int n, float *const *y, const float *x, int64_t M,
                          const struct lmc_mat *const *w, const float *const *bias);
+
+    /* KV cache element type (F32 on the CPU; BF16 on the CUDA backend unless
+     * its fp32 checking mode is set). lmc_kv_init sizes the cache by it;
+     * when it is not F32 the cache is written only through rope_kv_store
+     * and read only by attention, whose k/v pointers then point at this
+     * type (cast to const float *). */
+    enum lmc_dtype kv_dtype;
+
+    /* Optional fused ops (NULL: the forward composes the plain ops). */
+    /* y(M,N) += x(M,K) @ w^T (+ bias): the residual add fused into the
+     * matmul. y must not overlap x. */
+    void (*matmul_add)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                       const float *bias);
+    /* y(M,N) = silu(x @ w_gate^T) * (x @ w_up^T), both weights (N,K), no
+     * bias. y must not overlap x. */
+    void (*matmul_swiglu)(void *ctx, float *y, const float *x, int64_t M,
+                          const struct lmc_mat *w_gate, const struct lmc_mat *w_up);
+    /* Rotary embedding of q (M, n_heads*hd) in place and of k (M, n_kv*hd)
+     * (as rope; rot_dim 0: none), then k and v (M, n_kv*hd) stored as
+     * kv_dtype into rows pos[m] of the layer's caches kc, vc (ctx, n_kv*hd).
+     * k and v are left unspecified. */
+    void (*rope_kv_store)(void *ctx, float *q, float *k, const float *v, void *kc, void *vc,
+                          int64_t M, int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim,
+                          const int32_t *pos, const double *inv_freq, float attn_scale);
 
     /* ---- Training: backward ops (NULL where a backend has none). Gradients
      * are f32; "+=" outputs accumulate into what the caller holds, "="

@@ -1,25 +1,28 @@
 /* attention.cu — causal multi-head attention over a KV cache on the GPU
  * (shapes in backend.h), two kernels:
  *
- *  - attention_fwd_kernel<HD> (prefill, bf16 tensor cores): a
- *    FlashAttention-2-style forward. A block of 4 warps owns 64 queries of
- *    one head; each warp owns 16 query rows. Q is rounded to bf16 and
- *    kept in registers as mma
- *    A-fragments. K and V tiles of 64 keys are copied from the f32 cache
- *    by cp.async into f32 staging while the previous tile computes, then
- *    converted to bf16 in shared memory (V transposed, so both B operands
- *    load as 32-bit words). S = Q K^T (scaled by scale*log2(e) in f32) and O += P V run on mma.sync.m16n8k16 (bf16
- *    in, f32 accumulate); the softmax is online (running max and sum per
- *    row, in f32 registers), so S x S scores never exist. Keys past a row's
- *    position (causal), before its window, or past the cache are masked.
- *    Head dims 64, 80, 96, 128; GQA by reading kv head h / (H / KV).
+ *  - attention_fwd_kernel<HD> (prefill, bf16 tensor cores, bf16 K/V): a
+ *    FlashAttention-2-style forward. A block of 8 warps owns 128 queries
+ *    of one head; each warp owns 16 query rows, its Q rounded to bf16 and
+ *    kept in registers as mma A-fragments (read once from f32 q). K and V
+ *    tiles of 64 keys are copied from the bf16 cache by cp.async straight
+ *    into a double-buffered shared-memory ring (the next tile lands while
+ *    this one computes; one barrier per tile); B-fragments load with
+ *    ldmatrix (V with .trans, so V stays row-major). S = Q K^T and
+ *    O += P V run on mma.sync.m16n8k16 (bf16 in, f32 accumulate); scores
+ *    are scaled by scale*log2(e) in f32 and the online softmax uses exp2
+ *    (running max and sum per row in f32 registers). Keys past a row's
+ *    position (causal), before its window, or past the cache are masked;
+ *    a warp skips tiles wholly past its last row. Head dims 64, 80, 96,
+ *    128; GQA by reading kv head h / (H / KV).
  *
- *  - attention_dec_fwd_kernel (decode and the fp32 mode): split-K flash
- *    decoding in f32. A block of 4 warps owns one (query, head, key split);
- *    the warps take keys in turn, each lane a slice of the head dim, with
- *    an online softmax per warp; the warps merge in shared memory, and
- *    when the keys were split a second kernel (attention_combine_fwd_kernel)
- *    merges the splits' (max, sum, acc) partials.
+ *  - attention_dec_fwd_kernel<KT> (decode and the fp32 mode; f32 or bf16
+ *    K/V): split-K flash decoding in f32. A block of 4 warps owns one
+ *    (query, head, key split); the warps take keys in turn, each lane a
+ *    slice of the head dim, with an online softmax per warp; the warps
+ *    merge in shared memory, and when the keys were split a second kernel
+ *    (attention_combine_fwd_kernel) merges the splits' (max, sum, acc)
+ *    partials.
  *
  * A row whose keys are all masked in a tile keeps its running max at
  * -inf; exponents are then taken against 0 so no inf - inf appears. */
@@ -27,20 +30,22 @@
 
 struct attn_args {
     float *out;
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v;             /* f32 or bf16 */
     int64_t M, pos0, window;
     int H, KV, hd;
     float scale_log2;              /* scale * log2(e): softmax in base 2 */
-    int64_t q_row, kv_row;         /* floats per row: H*hd, KV*hd */
-    int64_t q_bstride, kv_bstride; /* floats per sequence of a batch */
+    int64_t q_row, kv_row;         /* elements per row: H*hd, KV*hd */
+    int64_t q_bstride, kv_bstride; /* elements per sequence of a batch */
 };
 
 /* ------------------------------------------------------------------ */
 /* bf16 tensor-core prefill                                            */
 
-#define TC_BM 64
+#define TC_BM 128
 #define TC_BN 64
-#define TC_THREADS 128
+#define TC_WARPS 8
+#define TC_THREADS (TC_WARPS * 32)
 
 __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
                                                uint32_t b1) {
@@ -56,7 +61,18 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *(uint32_t *)&h;
 }
 
-__device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *(const uint32_t *)p; }
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
     uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
@@ -65,29 +81,24 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int byt
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-/* Dynamic shared memory of attention_fwd_kernel<HD>: f32 staging of the
- * next K and V tiles (rows padded by 4 floats), then the bf16 K tile and
- * the bf16 V^T tile the tensor cores read. */
-static constexpr size_t tc_smem_bytes(int hd) {
-    return (size_t)2 * TC_BN * (hd + 4) * 4 + ((size_t)TC_BN * (hd + 8) + (size_t)hd * (TC_BN + 8)) * 2;
-}
+/* Dynamic shared memory of attention_fwd_kernel<HD>: two stages of a bf16
+ * K tile and a bf16 V tile, rows padded by 8 elements (conflict-free
+ * ldmatrix). */
+static constexpr size_t tc_smem_bytes(int hd) { return (size_t)2 * 2 * TC_BN * (hd + 8) * 2; }
 
 template <int HD>
-__global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_args a) {
-    constexpr int KS = HD + 8;    /* Q/K smem row stride (bf16): conflict-free fragment loads */
-    constexpr int VS = TC_BN + 8; /* V^T smem row stride */
-    constexpr int FS = HD + 4;    /* f32 staging row stride */
-    constexpr int C4 = HD / 4;    /* float4s per row */
+__global__ void __launch_bounds__(TC_THREADS, HD <= 64 ? 2 : 1) attention_fwd_kernel(struct attn_args a) {
+    constexpr int KS = HD + 8; /* smem row stride (bf16) */
+    constexpr int C8 = HD / 8; /* 16-byte chunks per row */
     extern __shared__ __align__(16) unsigned char tc_smem[];
-    float *Kf = (float *)tc_smem, *Vf = Kf + TC_BN * FS;
-    __nv_bfloat16 *Ks = (__nv_bfloat16 *)(Vf + TC_BN * FS), *Vt = Ks + TC_BN * KS;
+    __nv_bfloat16 *sm = (__nv_bfloat16 *)tc_smem; /* stage s: K at s*2*BN*KS, V after it */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int64_t m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * TC_BM; /* longest tiles first */
     const int h = blockIdx.y, kvh = h / (a.H / a.KV);
     const int64_t b = blockIdx.z, M = a.M;
     const float *q = a.q + b * a.q_bstride + (int64_t)h * HD;
-    const float *kb = a.k + b * a.kv_bstride + (int64_t)kvh * HD;
-    const float *vb = a.v + b * a.kv_bstride + (int64_t)kvh * HD;
+    const __nv_bfloat16 *kb = (const __nv_bfloat16 *)a.k + b * a.kv_bstride + (int64_t)kvh * HD;
+    const __nv_bfloat16 *vb = (const __nv_bfloat16 *)a.v + b * a.kv_bstride + (int64_t)kvh * HD;
     float *out = a.out + b * a.q_bstride + (int64_t)h * HD;
 
     const int64_t last_m = LMC_MIN(m0 + TC_BM, M) - 1;
@@ -95,72 +106,44 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
     const int64_t k_lo = a.window > 0 ? LMC_MAX((int64_t)0, p_lo - a.window + 1) : 0;
     const int64_t n_first = k_lo / TC_BN * TC_BN;
 
-    /* f32 K/V tile at key n0 into the staging buffers, asynchronously;
-     * keys past p_hi are zero-filled (and masked) */
-    auto issue = [&](int64_t n0) {
-        for (int idx = tid; idx < TC_BN * C4; idx += TC_THREADS) {
-            int r = idx / C4, c4 = idx % C4;
+    /* K/V tile at key n0 into stage st, asynchronously; keys past p_hi are
+     * zero-filled (and masked) */
+    auto issue = [&](int64_t n0, int st) {
+        __nv_bfloat16 *Kd = sm + st * 2 * TC_BN * KS, *Vd = Kd + TC_BN * KS;
+        for (int idx = tid; idx < TC_BN * C8; idx += TC_THREADS) {
+            int r = idx / C8, c8 = idx % C8;
             bool ok = n0 + r <= p_hi;
-            int64_t off = ok ? (n0 + r) * a.kv_row + c4 * 4 : 0;
-            cp_async16(Kf + r * FS + c4 * 4, kb + off, ok ? 16 : 0);
-            cp_async16(Vf + r * FS + c4 * 4, vb + off, ok ? 16 : 0);
+            int64_t off = ok ? (n0 + r) * a.kv_row + c8 * 8 : 0;
+            cp_async16(Kd + r * KS + c8 * 8, kb + off, ok ? 16 : 0);
+            cp_async16(Vd + r * KS + c8 * 8, vb + off, ok ? 16 : 0);
         }
         cp_async_commit();
     };
-    /* staging -> bf16 K (row-major) and V^T (two keys per 32-bit store) */
-    auto convert = [&]() {
-        for (int idx = tid; idx < TC_BN * C4; idx += TC_THREADS) {
-            int r = idx / C4, c4 = idx % C4;
-            float4 f = *(const float4 *)(Kf + r * FS + c4 * 4);
-            uint2 u;
-            u.x = pack_bf16(f.x, f.y);
-            u.y = pack_bf16(f.z, f.w);
-            *(uint2 *)&Ks[r * KS + c4 * 4] = u;
-        }
-        for (int idx = tid; idx < (TC_BN / 2) * C4; idx += TC_THREADS) {
-            int rp = idx % (TC_BN / 2), c4 = idx / (TC_BN / 2);
-            float4 f0 = *(const float4 *)(Vf + (2 * rp) * FS + c4 * 4);
-            float4 f1 = *(const float4 *)(Vf + (2 * rp + 1) * FS + c4 * 4);
-            uint32_t *dst = (uint32_t *)&Vt[(c4 * 4) * VS + 2 * rp];
-            dst[0] = pack_bf16(f0.x, f1.x);
-            dst[VS / 2] = pack_bf16(f0.y, f1.y);
-            dst[VS] = pack_bf16(f0.z, f1.z);
-            dst[3 * VS / 2] = pack_bf16(f0.w, f1.w);
-        }
-    };
 
-    issue(n_first); /* the first tile's copy overlaps the Q load */
+    issue(n_first, 0); /* the first tile's copy overlaps the Q load */
 
-    /* Q tile to bf16 (staged in Ks), then to registers; the softmax scale is
-     * applied to S in f32, so bf16 rounds only q itself */
-    for (int idx = tid; idx < TC_BM * C4; idx += TC_THREADS) {
-        int r = idx / C4, c4 = idx % C4;
-        float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (m0 + r < M) f = *(const float4 *)(q + (m0 + r) * a.q_row + c4 * 4);
-        uint2 u;
-        u.x = pack_bf16(f.x, f.y);
-        u.y = pack_bf16(f.z, f.w);
-        *(uint2 *)&Ks[r * KS + c4 * 4] = u;
-    }
-    __syncthreads();
+    /* Q fragments straight from f32 q (rows past M are zero); the softmax
+     * scale is applied to S in f32, so bf16 rounds only q itself */
+    const int64_t r0 = m0 + warp * 16 + g, r1 = r0 + 8;
     uint32_t qf[HD / 16][4];
 #pragma unroll
     for (int kc = 0; kc < HD / 16; kc++) {
-        const __nv_bfloat16 *p = &Ks[(warp * 16 + g) * KS + kc * 16 + t * 2];
-        qf[kc][0] = ld_u32(p);
-        qf[kc][1] = ld_u32(p + 8 * KS);
-        qf[kc][2] = ld_u32(p + 8);
-        qf[kc][3] = ld_u32(p + 8 * KS + 8);
+        const int c = kc * 16 + t * 2;
+        float2 z = make_float2(0.f, 0.f);
+        float2 x0 = r0 < M ? *(const float2 *)(q + r0 * a.q_row + c) : z;
+        float2 x1 = r1 < M ? *(const float2 *)(q + r1 * a.q_row + c) : z;
+        float2 x2 = r0 < M ? *(const float2 *)(q + r0 * a.q_row + c + 8) : z;
+        float2 x3 = r1 < M ? *(const float2 *)(q + r1 * a.q_row + c + 8) : z;
+        qf[kc][0] = pack_bf16(x0.x, x0.y);
+        qf[kc][1] = pack_bf16(x1.x, x1.y);
+        qf[kc][2] = pack_bf16(x2.x, x2.y);
+        qf[kc][3] = pack_bf16(x3.x, x3.y);
     }
-    cp_async_wait_all();
-    __syncthreads(); /* Q fragments read; the first tile landed */
-    convert();
-    __syncthreads();
 
     /* positions of this thread's two rows (rows past M act as the last row) */
     int64_t pr[2];
-    pr[0] = a.pos0 + LMC_MIN(m0 + warp * 16 + g, last_m);
-    pr[1] = a.pos0 + LMC_MIN(m0 + warp * 16 + g + 8, last_m);
+    pr[0] = a.pos0 + LMC_MIN(r0, last_m);
+    pr[1] = a.pos0 + LMC_MIN(r1, last_m);
     const int64_t w_first = a.pos0 + LMC_MIN(m0 + warp * 16, last_m);
     const int64_t w_last = a.pos0 + LMC_MIN(m0 + warp * 16 + 15, last_m);
 
@@ -169,9 +152,18 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
 
-    for (int64_t n0 = n_first; n0 <= p_hi; n0 += TC_BN) {
-        const bool more = n0 + TC_BN <= p_hi;
-        if (more) issue(n0 + TC_BN); /* lands while this tile computes */
+    /* ldmatrix lane addressing: matrix mat = lane/8, its row lane%8 */
+    const int lm = lane >> 3, lr = lane & 7;
+
+    int st = 0;
+    for (int64_t n0 = n_first; n0 <= p_hi; n0 += TC_BN, st ^= 1) {
+        cp_async_wait_all();
+        __syncthreads(); /* tile n0 landed and is visible; stage st^1 is free */
+        if (n0 + TC_BN <= p_hi) issue(n0 + TC_BN, st ^ 1); /* lands while this tile computes */
+
+        /* this warp's rows see keys (w_first - window, w_last]: skip others */
+        if (n0 > w_last || (a.window > 0 && n0 + TC_BN - 1 <= w_first - a.window)) continue;
+        const __nv_bfloat16 *Ks = sm + st * 2 * TC_BN * KS, *Vs = Ks + TC_BN * KS;
 
         float s[TC_BN / 8][4];
 #pragma unroll
@@ -179,9 +171,11 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++)
 #pragma unroll
-            for (int nt = 0; nt < TC_BN / 8; nt++) {
-                const __nv_bfloat16 *p = &Ks[(nt * 8 + g) * KS + kc * 16 + t * 2];
-                mma_bf16_16816(s[nt], qf[kc], ld_u32(p), ld_u32(p + 8));
+            for (int np = 0; np < TC_BN / 16; np++) {
+                uint32_t bf[4];
+                ldsm_x4(bf, Ks + (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8);
+                mma_bf16_16816(s[2 * np], qf[kc], bf[0], bf[1]);
+                mma_bf16_16816(s[2 * np + 1], qf[kc], bf[2], bf[3]);
             }
 
 #pragma unroll
@@ -238,16 +232,12 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
             pa[2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
             pa[3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
 #pragma unroll
-            for (int dt = 0; dt < HD / 8; dt++) {
-                const __nv_bfloat16 *p = &Vt[(dt * 8 + g) * VS + kc * 16 + t * 2];
-                mma_bf16_16816(o[dt], pa, ld_u32(p), ld_u32(p + 8));
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t bf[4];
+                ldsm_x4_t(bf, Vs + (kc * 16 + (lm & 1) * 8 + lr) * KS + dp * 16 + (lm >> 1) * 8);
+                mma_bf16_16816(o[2 * dp], pa, bf[0], bf[1]);
+                mma_bf16_16816(o[2 * dp + 1], pa, bf[2], bf[3]);
             }
-        }
-        if (more) {
-            cp_async_wait_all();
-            __syncthreads(); /* every warp is done with Ks / Vt; the next tile landed */
-            convert();
-            __syncthreads();
         }
     }
 
@@ -257,7 +247,7 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
         l += __shfl_xor_sync(0xffffffffu, l, 1);
         l += __shfl_xor_sync(0xffffffffu, l, 2);
         float inv = l > 0.f ? 1.0f / l : 0.f;
-        int64_t row = m0 + warp * 16 + g + 8 * e;
+        int64_t row = e ? r1 : r0;
         if (row < M) {
             float *orow = out + row * a.q_row;
 #pragma unroll
@@ -274,6 +264,10 @@ __global__ void __launch_bounds__(TC_THREADS) attention_fwd_kernel(struct attn_a
 #define DEC_MAXJ 8 /* head_dim <= 256 */
 #define DEC_UNROLL 4
 
+__device__ __forceinline__ float ld_kv(const float *p) { return *p; }
+__device__ __forceinline__ float ld_kv(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+
+template <typename KT>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
 attention_dec_fwd_kernel(struct attn_args a, int64_t kps, int splits, float *part) {
     extern __shared__ float dsh[]; /* q (hd), then per warp: m, l, acc (hd) */
@@ -281,8 +275,8 @@ attention_dec_fwd_kernel(struct attn_args a, int64_t kps, int splits, float *par
     const int64_t mb = blockIdx.x, b = mb / a.M, m = mb % a.M;
     const int h = blockIdx.y, split = blockIdx.z, kvh = h / (a.H / a.KV);
     const float *q = a.q + b * a.q_bstride + m * a.q_row + (int64_t)h * hd;
-    const float *kb = a.k + b * a.kv_bstride + (int64_t)kvh * hd;
-    const float *vb = a.v + b * a.kv_bstride + (int64_t)kvh * hd;
+    const KT *kb = (const KT *)a.k + b * a.kv_bstride + (int64_t)kvh * hd;
+    const KT *vb = (const KT *)a.v + b * a.kv_bstride + (int64_t)kvh * hd;
     float *qs = dsh, *wsh = dsh + hd + warp * (hd + 2);
 
     const int64_t p = a.pos0 + m;
@@ -306,11 +300,11 @@ attention_dec_fwd_kernel(struct attn_args a, int64_t kps, int splits, float *par
             int64_t key = kk + u;
             float part_s = 0.f;
             if (key < k1) {
-                const float *kr = kb + key * a.kv_row;
+                const KT *kr = kb + key * a.kv_row;
 #pragma unroll
                 for (int j = 0; j < DEC_MAXJ; j++) {
                     int d = lane + 32 * j;
-                    if (d < hd) part_s = fmaf(qd[j], kr[d], part_s);
+                    if (d < hd) part_s = fmaf(qd[j], ld_kv(kr + d), part_s);
                 }
             }
             sc[u] = part_s;
@@ -333,11 +327,11 @@ attention_dec_fwd_kernel(struct attn_args a, int64_t kps, int splits, float *par
             if (kk + u >= k1) break;
             float pu = exp2f(sc[u] - mnew);
             lrun += pu;
-            const float *vr = vb + (kk + u) * a.kv_row;
+            const KT *vr = vb + (kk + u) * a.kv_row;
 #pragma unroll
             for (int j = 0; j < DEC_MAXJ; j++) {
                 int d = lane + 32 * j;
-                if (d < hd) acc[j] = fmaf(pu, vr[d], acc[j]);
+                if (d < hd) acc[j] = fmaf(pu, ld_kv(vr + d), acc[j]);
             }
         }
     }
@@ -389,10 +383,11 @@ __global__ void attention_combine_fwd_kernel(struct attn_args a, int splits, con
 
 /* ------------------------------------------------------------------ */
 
-static bool tc_ok(const struct attn_args *a) {
+static bool tc_ok(const struct attn_args *a, enum lmc_dtype kv_dtype) {
+    if (kv_dtype != LMC_DTYPE_BF16) return false;
     if (a->hd != 64 && a->hd != 80 && a->hd != 96 && a->hd != 128) return false;
     uintptr_t al = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->out;
-    return al % 16 == 0 && a->q_bstride % 4 == 0 && a->kv_bstride % 4 == 0;
+    return al % 16 == 0 && a->q_bstride % 4 == 0 && a->kv_bstride % 8 == 0;
 }
 
 static void launch_tc(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t batch) {
@@ -414,12 +409,18 @@ static void launch_tc(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t
     LMC_CUDA_LAUNCH_CHECK();
 }
 
-static void launch_dec(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t batch) {
+static void launch_dec(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_t batch,
+                       enum lmc_dtype kv_dtype) {
     LMC_ASSERT(a->hd <= 32 * DEC_MAXJ);
     int64_t n_max = a->pos0 + a->M; /* keys of the last query */
     if (a->window > 0) n_max = LMC_MIN(n_max, a->window);
-    int64_t rows = batch * a->M * a->H, want = (2 * (int64_t)c->n_sm + rows - 1) / rows;
-    int64_t splits = LMC_MAX((int64_t)1, LMC_MIN(want, (n_max + 127) / 128));
+    /* enough blocks for ~8 per SM, at least 32 keys (2 rounds of the 4
+     * warps' 4-key steps) per split: short serial chains per warp */
+    int64_t rows = batch * a->M * a->H;
+    /* the split count depends on one sequence's shape only, so a batched
+     * call computes exactly what per-sequence calls do */
+    int64_t want = (8 * (int64_t)c->n_sm + a->M * a->H - 1) / (a->M * a->H);
+    int64_t splits = LMC_MAX((int64_t)1, LMC_MIN(want, (n_max + 31) / 32));
     int64_t kps = (n_max + splits - 1) / splits;
     splits = (n_max + kps - 1) / kps;
     LMC_ASSERT(splits <= 65535 && batch * a->M <= 0x7fffffff);
@@ -428,8 +429,12 @@ static void launch_dec(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_
                          (size_t)(rows * splits * (a->hd + 2)) * sizeof(float));
     dim3 grid((unsigned)(batch * a->M), (unsigned)a->H, (unsigned)splits);
     size_t shm = (size_t)(a->hd + DEC_WARPS * (a->hd + 2)) * sizeof(float);
-    attention_dec_fwd_kernel<<<grid, DEC_WARPS * 32, shm, c->stream>>>(*a, kps, (int)splits,
-                                                                       (float *)c->attn_part);
+    if (kv_dtype == LMC_DTYPE_BF16)
+        attention_dec_fwd_kernel<__nv_bfloat16><<<grid, DEC_WARPS * 32, shm, c->stream>>>(
+            *a, kps, (int)splits, (float *)c->attn_part);
+    else
+        attention_dec_fwd_kernel<float><<<grid, DEC_WARPS * 32, shm, c->stream>>>(
+            *a, kps, (int)splits, (float *)c->attn_part);
     LMC_CUDA_LAUNCH_CHECK();
     if (splits > 1) {
         dim3 g2((unsigned)(batch * a->M), (unsigned)a->H);
@@ -440,11 +445,13 @@ static void launch_dec(struct lmc_cuda_ctx *c, const struct attn_args *a, int64_
 }
 
 extern "C" enum lmc_cuda_attn_kind lmc_cuda_attention_ex(
-    void *ctx, float *out, const float *q, const float *k, const float *v, int64_t M, int64_t pos0,
-    int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window, int64_t batch,
-    int64_t q_bstride, int64_t kv_bstride, enum lmc_cuda_attn_kind kind) {
+    void *ctx, float *out, const float *q, const void *k, const void *v, enum lmc_dtype kv_dtype,
+    int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+    int64_t window, int64_t batch, int64_t q_bstride, int64_t kv_bstride,
+    enum lmc_cuda_attn_kind kind) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0);
+    LMC_ASSERT(kv_dtype == LMC_DTYPE_F32 || kv_dtype == LMC_DTYPE_BF16);
     if (M <= 0 || n_heads <= 0 || hd <= 0 || batch <= 0) return kind;
     LMC_ASSERT(n_heads <= 65535);
     struct attn_args a;
@@ -455,16 +462,18 @@ extern "C" enum lmc_cuda_attn_kind lmc_cuda_attention_ex(
     a.q_row = n_heads * hd, a.kv_row = n_kv * hd;
     a.q_bstride = q_bstride, a.kv_bstride = kv_bstride;
     if (kind == LMC_CUDA_ATTN_AUTO)
-        kind = !c->attn_fp32 && M >= 16 && tc_ok(&a) ? LMC_CUDA_ATTN_TC : LMC_CUDA_ATTN_F32;
-    if (kind == LMC_CUDA_ATTN_TC && !tc_ok(&a)) kind = LMC_CUDA_ATTN_F32;
+        kind = !c->attn_fp32 && M >= 16 && tc_ok(&a, kv_dtype) ? LMC_CUDA_ATTN_TC : LMC_CUDA_ATTN_F32;
+    if (kind == LMC_CUDA_ATTN_TC && !tc_ok(&a, kv_dtype)) kind = LMC_CUDA_ATTN_F32;
     if (kind == LMC_CUDA_ATTN_TC) launch_tc(c, &a, batch);
-    else launch_dec(c, &a, batch);
+    else launch_dec(c, &a, batch, kv_dtype);
     return kind;
 }
 
+/* The table entry: k and v point at the cache in the backend's kv_dtype. */
 extern "C" void lmc_cuda_attention(void *ctx, float *out, const float *q, const float *k,
                                    const float *v, int64_t M, int64_t pos0, int64_t n_heads,
                                    int64_t n_kv, int64_t hd, float scale, int64_t window) {
-    lmc_cuda_attention_ex(ctx, out, q, k, v, M, pos0, n_heads, n_kv, hd, scale, window, 1, 0, 0,
-                          LMC_CUDA_ATTN_AUTO);
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    lmc_cuda_attention_ex(ctx, out, q, k, v, c->kv_dtype, M, pos0, n_heads, n_kv, hd, scale,
+                          window, 1, 0, 0, LMC_CUDA_ATTN_AUTO);
 }

@@ -53,14 +53,34 @@ extern "C" void lmc_cuda_free_mem(void *ctx, void *p) {
     if (p) LMC_CUDA_CHECK(cudaFree(p));
 }
 
-/* Transfers are synchronous for the caller: the host buffer may be reused
- * (or go out of scope) as soon as the call returns, and downloaded data is
- * there. Both wait for the work queued before them on the stream. */
+/* The host buffer of an upload may be reused (or go out of scope) as soon
+ * as the call returns; downloaded data is there when download returns.
+ * Small uploads (ids, positions, rope frequencies: <= a quarter of the
+ * ring) are copied into a pinned staging ring and queued on the stream
+ * without waiting; the ring restarts after any stream sync (download, sync)
+ * and syncs itself only when full. Large uploads (weights) copy
+ * synchronously from the caller's memory. Downloads wait for the queued
+ * work. */
+#define STAGE_BYTES ((size_t)1 << 20)
+
 extern "C" void lmc_cuda_upload(void *ctx, void *dst, const void *src, size_t bytes) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
     if (!bytes) return;
+    if (c->stage && bytes <= c->stage_bytes / 4) {
+        size_t off = (c->stage_off + 255) & ~(size_t)255;
+        if (off + bytes > c->stage_bytes) { /* ring full: wait until its copies are done */
+            LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+            off = 0;
+        }
+        memcpy((char *)c->stage + off, src, bytes);
+        LMC_CUDA_CHECK(cudaMemcpyAsync(dst, (char *)c->stage + off, bytes, cudaMemcpyHostToDevice,
+                                       c->stream));
+        c->stage_off = off + bytes;
+        return;
+    }
     LMC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->stage_off = 0;
 }
 
 extern "C" void lmc_cuda_download(void *ctx, void *dst, const void *src, size_t bytes) {
@@ -68,11 +88,13 @@ extern "C" void lmc_cuda_download(void *ctx, void *dst, const void *src, size_t 
     if (!bytes) return;
     LMC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->stage_off = 0;
 }
 
 extern "C" void lmc_cuda_sync(void *ctx) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
     LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->stage_off = 0;
 }
 
 static void ctx_release(struct lmc_cuda_ctx *c) {
@@ -89,6 +111,8 @@ static void ctx_release(struct lmc_cuda_ctx *c) {
     if (c->lt_ws) cudaFree(c->lt_ws);
     if (c->scratch) cudaFree(c->scratch);
     if (c->attn_part) cudaFree(c->attn_part);
+    if (c->ff_up) cudaFree(c->ff_up);
+    if (c->stage) cudaFreeHost(c->stage);
     if (c->lt) cublasLtDestroy(c->lt);
     if (c->stream) cudaStreamDestroy(c->stream);
     (void)cudaGetLastError();
@@ -138,7 +162,20 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
         return lmc_err_set(err, LMC_ERR_OOM, "cuda backend: cannot allocate %zu bytes of workspace",
                            (size_t)LT_WORKSPACE_BYTES);
     }
+    if (cudaMallocHost(&c->stage, STAGE_BYTES) != cudaSuccess) {
+        c->stage = NULL;
+        ctx_release(c);
+        return lmc_err_set(err, LMC_ERR_OOM, "cuda backend: cannot allocate %zu bytes of pinned memory",
+                           STAGE_BYTES);
+    }
+    c->stage_bytes = STAGE_BYTES;
+    c->kv_dtype = LMC_DTYPE_BF16;
     be->name = "cuda";
+    be->kv_dtype = c->kv_dtype;
+    be->matmul_multi = lmc_cuda_matmul_multi;
+    be->matmul_add = lmc_cuda_matmul_add;
+    be->matmul_swiglu = lmc_cuda_matmul_swiglu;
+    be->rope_kv_store = lmc_cuda_rope_kv_store;
     be->ctx = c;
     be->host_memory = false;
     be->alloc = lmc_cuda_alloc;
@@ -164,7 +201,20 @@ extern "C" void lmc_backend_cuda_free(struct lmc_backend *be) {
     memset(be, 0, sizeof *be);
 }
 
+extern "C" size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be) {
+    if (!be || !be->ctx) return 0;
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)be->ctx;
+    size_t fr = 0, tot = 0;
+    LMC_CUDA_CHECK(cudaSetDevice(c->device));
+    LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    LMC_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    return tot - fr;
+}
+
 extern "C" void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool on) {
-    if (be && be->ctx && be->name && !strcmp(be->name, "cuda"))
-        ((struct lmc_cuda_ctx *)be->ctx)->attn_fp32 = on;
+    if (be && be->ctx && be->name && !strcmp(be->name, "cuda")) {
+        struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)be->ctx;
+        c->attn_fp32 = on;
+        c->kv_dtype = be->kv_dtype = on ? LMC_DTYPE_F32 : LMC_DTYPE_BF16;
+    }
 }

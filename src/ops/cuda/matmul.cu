@@ -3,8 +3,11 @@
  *
  * Two paths:
  *  - M <= GEMV_MAX_M (decode, small batches): our own kernel, one warp per
- *    W row, 16-byte weight loads converted in registers, f32 x and f32
- *    accumulation, bias fused. W streams from memory once.
+ *    W row, GEMV_U 16-byte weight loads in flight per lane, converted in
+ *    registers, f32 x and f32 accumulation, bias fused. W streams from
+ *    memory once. One launch serves several matrices sharing x
+ *    (matmul_multi: q/k/v), the residual add (matmul_add: y +=) and
+ *    gate/up with SwiGLU (matmul_swiglu: one warp reads both rows).
  *  - larger M (prefill): cuBLASLt. BF16/F16 weights: x is converted to the
  *    weight dtype by a small kernel, then a bf16 x bf16 (f16 x f16) GEMM
  *    with f32 accumulation writes f32. F32 weights: a plain f32 GEMM
@@ -15,6 +18,8 @@
  * cuBLASLt is column-major: row-major y(M,N) is column-major y^T (N,M) =
  * w (column-major (K,N), transposed) times x^T (column-major (K,M)). */
 #include "ops/cuda/common.cuh"
+
+#include <string.h>
 
 #define GEMV_MAX_M 8
 #define GEMV_WARPS 8
@@ -42,85 +47,181 @@ __device__ __forceinline__ void load8(const __half *p, float f[8]) {
     }
 }
 
-/* Rows m < M (M <= MT) of y against every W row; one warp per W row. vec:
- * K % 8 == 0 (16-byte aligned rows) so 8 elements load at once. */
-template <typename T, int MT>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-matmul_gemv_fwd_kernel(float *y, const float *x, const T *w, const float *bias, int M, int64_t N,
-                       int64_t K, int vec) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + warp; n < N;
-         n += (int64_t)gridDim.x * GEMV_WARPS) {
-        const T *wr = w + n * K;
-        float acc[MT];
+/* 8 weights as raw 16-byte words (two for f32), converted at use, so the
+ * loads in flight cost 4 (8) registers each. */
+template <typename T> struct raw8 { uint4 u; };
+template <> struct raw8<float> { uint4 u, v; };
+__device__ __forceinline__ void ldraw(raw8<__nv_bfloat16> &r, const __nv_bfloat16 *p) {
+    r.u = *(const uint4 *)p;
+}
+__device__ __forceinline__ void ldraw(raw8<__half> &r, const __half *p) { r.u = *(const uint4 *)p; }
+__device__ __forceinline__ void ldraw(raw8<float> &r, const float *p) {
+    r.u = *(const uint4 *)p;
+    r.v = *(const uint4 *)(p + 4);
+}
+__device__ __forceinline__ void cvt8(const raw8<__nv_bfloat16> &r, float f[8]) {
+    load8((const __nv_bfloat16 *)&r.u, f);
+}
+__device__ __forceinline__ void cvt8(const raw8<__half> &r, float f[8]) {
+    load8((const __half *)&r.u, f);
+}
+__device__ __forceinline__ void cvt8(const raw8<float> &r, float f[8]) {
+    f[0] = __uint_as_float(r.u.x), f[1] = __uint_as_float(r.u.y);
+    f[2] = __uint_as_float(r.u.z), f[3] = __uint_as_float(r.u.w);
+    f[4] = __uint_as_float(r.v.x), f[5] = __uint_as_float(r.v.y);
+    f[6] = __uint_as_float(r.v.z), f[7] = __uint_as_float(r.v.w);
+}
+
+/* One GEMV launch over up to GEMV_MATS weight matrices sharing x (q/k/v,
+ * or gate/up): output row r < row0[n] belongs to matrix i with row0[i] <=
+ * r < row0[i+1]. mode: GEMV_STORE y = xW^T + b, GEMV_ACC y += xW^T + b,
+ * GEMV_SWIGLU y = silu(x Wg^T) * (x Wu^T) (w[0] gate, w[1] up, rows N). */
+#define GEMV_MATS 4
+enum { GEMV_STORE = 0, GEMV_ACC, GEMV_SWIGLU };
+struct gemv_args {
+    const void *w[GEMV_MATS];
+    float *y[GEMV_MATS];
+    const float *b[GEMV_MATS];
+    int64_t row0[GEMV_MATS + 1];
+    const float *x;
+    int64_t K;
+    int n, M, mode, vec;
+};
+
+#define GEMV_U 8 /* 16-byte weight loads in flight per lane (per matrix) */
+
+/* acc[m] += w-row . x[m] over the lane's slice; R rows (1, or 2 for swiglu) */
+template <typename T, int MT, int R>
+__device__ __forceinline__ void gemv_rows(const T *const wr[R], const float *x, int M, int64_t K,
+                                          int lane, int vec, float acc[R][MT]) {
+    if (vec) {
+        int64_t k = (int64_t)lane * 8;
+        for (; k + (GEMV_U - 1) * 256 < K; k += GEMV_U * 256) {
+            raw8<T> wraw[R][GEMV_U];
 #pragma unroll
-        for (int m = 0; m < MT; m++) acc[m] = 0.0f;
-        if (vec) {
-            int64_t k = (int64_t)lane * 8;
-            /* four 16-byte weight loads in flight per lane before their use */
-            for (; k + 768 < K; k += 1024) {
-                float wf[4][8];
+            for (int r = 0; r < R; r++)
 #pragma unroll
-                for (int u = 0; u < 4; u++) load8(wr + k + 256 * u, wf[u]);
+                for (int u = 0; u < GEMV_U; u++) ldraw(wraw[r][u], wr[r] + k + 256 * u);
 #pragma unroll
-                for (int m = 0; m < MT; m++) {
-                    if (m < M) {
+            for (int u = 0; u < GEMV_U; u++) {
+                float wf[R][8];
 #pragma unroll
-                        for (int u = 0; u < 4; u++) {
-                            float xf[8];
-                            load8(x + m * K + k + 256 * u, xf);
-#pragma unroll
-                            for (int i = 0; i < 8; i++) acc[m] = fmaf(wf[u][i], xf[i], acc[m]);
-                        }
-                    }
-                }
-            }
-            for (; k < K; k += 256) {
-                float wf[8];
-                load8(wr + k, wf);
+                for (int r = 0; r < R; r++) cvt8(wraw[r][u], wf[r]);
 #pragma unroll
                 for (int m = 0; m < MT; m++) {
                     if (m < M) {
                         float xf[8];
-                        load8(x + m * K + k, xf);
+                        load8(x + m * K + k + 256 * u, xf);
 #pragma unroll
-                        for (int i = 0; i < 8; i++) acc[m] = fmaf(wf[i], xf[i], acc[m]);
+                        for (int r = 0; r < R; r++)
+#pragma unroll
+                            for (int i = 0; i < 8; i++) acc[r][m] = fmaf(wf[r][i], xf[i], acc[r][m]);
                     }
                 }
             }
-        } else {
-            for (int64_t k = lane; k < K; k += 32) {
-                float wf = lmc_ld_f(wr, k);
+        }
+        if (k < K) { /* the rest (< GEMV_U chunks): all its loads issued before use */
+            raw8<T> wraw[R][GEMV_U - 1];
 #pragma unroll
-                for (int m = 0; m < MT; m++)
-                    if (m < M) acc[m] = fmaf(wf, x[m * K + k], acc[m]);
+            for (int u = 0; u < GEMV_U - 1; u++)
+                if (k + 256 * u < K)
+#pragma unroll
+                    for (int r = 0; r < R; r++) ldraw(wraw[r][u], wr[r] + k + 256 * u);
+#pragma unroll
+            for (int u = 0; u < GEMV_U - 1; u++) {
+                if (k + 256 * u >= K) break;
+                float wf[R][8];
+#pragma unroll
+                for (int r = 0; r < R; r++) cvt8(wraw[r][u], wf[r]);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    if (m < M) {
+                        float xf[8];
+                        load8(x + m * K + k + 256 * u, xf);
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+#pragma unroll
+                            for (int i = 0; i < 8; i++) acc[r][m] = fmaf(wf[r][i], xf[i], acc[r][m]);
+                    }
+                }
             }
         }
+    } else {
+        for (int64_t k = lane; k < K; k += 32) {
 #pragma unroll
-        for (int m = 0; m < MT; m++) {
-            float s = lmc_warp_sum(acc[m]);
-            if (lane == 0 && m < M) y[m * N + n] = s + (bias ? bias[n] : 0.0f);
+            for (int r = 0; r < R; r++) {
+                float wf = lmc_ld_f(wr[r], k);
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                    if (m < M) acc[r][m] = fmaf(wf, x[m * K + k], acc[r][m]);
+            }
         }
     }
 }
 
-template <typename T>
-static void gemv(struct lmc_cuda_ctx *c, float *y, const float *x, int64_t M, const T *w,
-                 const float *bias, int64_t N, int64_t K) {
-    int vec = K % 8 == 0 && ((uintptr_t)w % 16) == 0 && ((uintptr_t)x % 16) == 0;
-    unsigned grid = (unsigned)LMC_MIN((N + GEMV_WARPS - 1) / GEMV_WARPS, (int64_t)1 << 20);
+/* One warp per output row, GEMV_WARPS rows per block, grid-stride. */
+template <typename T, int MT, int R>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) matmul_gemv_fwd_kernel(struct gemv_args a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t total = a.row0[a.n], K = a.K;
+    for (int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + warp; r < total;
+         r += (int64_t)gridDim.x * GEMV_WARPS) {
+        int i = 0;
+        while (i + 1 < a.n && r >= a.row0[i + 1]) i++;
+        const int64_t n = r - a.row0[i], N = a.row0[i + 1] - a.row0[i];
+        const T *wr[R];
+        wr[0] = (const T *)a.w[i] + n * K;
+        if (R == 2) wr[R - 1] = (const T *)a.w[1] + n * K;
+        float acc[R][MT];
+#pragma unroll
+        for (int q = 0; q < R; q++)
+#pragma unroll
+            for (int m = 0; m < MT; m++) acc[q][m] = 0.0f;
+        gemv_rows<T, MT, R>(wr, a.x, a.M, K, lane, a.vec, acc);
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            float s0 = lmc_warp_sum(acc[0][m]);
+            float s1 = R == 2 ? lmc_warp_sum(acc[R - 1][m]) : 0.0f;
+            if (lane == 0 && m < a.M) {
+                float *yp = a.y[i] + m * N + n;
+                if (R == 2) {
+                    *yp = s0 / (1.0f + expf(-s0)) * s1;
+                } else {
+                    float v = s0 + (a.b[i] ? a.b[i][n] : 0.0f);
+                    *yp = a.mode == GEMV_ACC ? *yp + v : v;
+                }
+            }
+        }
+    }
+}
+
+template <typename T, int R>
+static void gemv_launch_t(struct lmc_cuda_ctx *c, const struct gemv_args *a) {
+    int64_t rows = a->row0[a->n];
+    unsigned grid = (unsigned)LMC_MIN((rows + GEMV_WARPS - 1) / GEMV_WARPS, (int64_t)1 << 20);
     int threads = GEMV_WARPS * 32;
-    if (M == 1)
-        matmul_gemv_fwd_kernel<T, 1><<<grid, threads, 0, c->stream>>>(y, x, w, bias, 1, N, K, vec);
-    else if (M == 2)
-        matmul_gemv_fwd_kernel<T, 2><<<grid, threads, 0, c->stream>>>(y, x, w, bias, 2, N, K, vec);
-    else if (M <= 4)
-        matmul_gemv_fwd_kernel<T, 4><<<grid, threads, 0, c->stream>>>(y, x, w, bias, (int)M, N, K,
-                                                                       vec);
+    if (a->M == 1)
+        matmul_gemv_fwd_kernel<T, 1, R><<<grid, threads, 0, c->stream>>>(*a);
+    else if (a->M == 2)
+        matmul_gemv_fwd_kernel<T, 2, R><<<grid, threads, 0, c->stream>>>(*a);
+    else if (a->M <= 4)
+        matmul_gemv_fwd_kernel<T, 4, R><<<grid, threads, 0, c->stream>>>(*a);
     else
-        matmul_gemv_fwd_kernel<T, 8><<<grid, threads, 0, c->stream>>>(y, x, w, bias, (int)M, N, K,
-                                                                       vec);
+        matmul_gemv_fwd_kernel<T, 8, R><<<grid, threads, 0, c->stream>>>(*a);
     LMC_CUDA_LAUNCH_CHECK();
+}
+
+/* Fills the vec flag (every row 16-byte aligned) and launches by dtype. */
+static void gemv_launch(struct lmc_cuda_ctx *c, struct gemv_args *a, enum lmc_dtype dt) {
+    int es = dt == LMC_DTYPE_F32 ? 4 : 2;
+    uintptr_t al = (uintptr_t)a->x;
+    for (int i = 0; i < a->n; i++) al |= (uintptr_t)a->w[i];
+    if (a->mode == GEMV_SWIGLU) al |= (uintptr_t)a->w[1];
+    a->vec = a->K % 8 == 0 && al % 16 == 0 && ((size_t)a->K * (size_t)es) % 16 == 0;
+    int R2 = a->mode == GEMV_SWIGLU;
+    if (dt == LMC_DTYPE_BF16) R2 ? gemv_launch_t<__nv_bfloat16, 2>(c, a) : gemv_launch_t<__nv_bfloat16, 1>(c, a);
+    else if (dt == LMC_DTYPE_F16) R2 ? gemv_launch_t<__half, 2>(c, a) : gemv_launch_t<__half, 1>(c, a);
+    else R2 ? gemv_launch_t<float, 2>(c, a) : gemv_launch_t<float, 1>(c, a);
 }
 
 template <typename T>
@@ -214,50 +315,152 @@ static struct lmc_cuda_mm_plan *plan_get(struct lmc_cuda_ctx *c, int64_t M, int6
     lmc_cuda_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this GEMM", __FILE__, __LINE__);
 }
 
-extern "C" void lmc_cuda_matmul(void *ctx, float *y, const float *x, int64_t M,
-                                const struct lmc_mat *w, const float *bias) {
-    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+/* x as the GEMM's B operand: converted into scratch for bf16/f16 weights. */
+static const void *gemm_prep(struct lmc_cuda_ctx *c, const float *x, int64_t M, int64_t K,
+                             enum lmc_dtype dt) {
+    if (dt == LMC_DTYPE_F32) return x;
+    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, (size_t)(M * K) * 2);
+    if (dt == LMC_DTYPE_BF16)
+        matmul_cvt_fwd_kernel<<<lmc_cuda_blocks(M * K, 256), 256, 0, c->stream>>>(
+            (__nv_bfloat16 *)c->scratch, x, M * K);
+    else
+        matmul_cvt_fwd_kernel<<<lmc_cuda_blocks(M * K, 256), 256, 0, c->stream>>>(
+            (__half *)c->scratch, x, M * K);
+    LMC_CUDA_LAUNCH_CHECK();
+    return c->scratch;
+}
+
+/* y = b @ w^T (+ bias) + beta*y through cuBLASLt; b from gemm_prep. */
+static void gemm_run(struct lmc_cuda_ctx *c, float *y, const void *b, int64_t M,
+                     const struct lmc_mat *w, const float *bias, float beta) {
     int64_t N = w->rows, K = w->cols;
-    if (M <= 0 || N <= 0) return;
-    LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16);
-    if (K == 0) {
-        LMC_CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), c->stream));
-        if (bias) {
-            matmul_bias_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(y, bias, M, N);
-            LMC_CUDA_LAUNCH_CHECK();
-        }
-        return;
-    }
-    if (M <= GEMV_MAX_M) {
-        if (w->dtype == LMC_DTYPE_BF16)
-            gemv(c, y, x, M, (const __nv_bfloat16 *)w->data, bias, N, K);
-        else if (w->dtype == LMC_DTYPE_F16)
-            gemv(c, y, x, M, (const __half *)w->data, bias, N, K);
-        else
-            gemv(c, y, x, M, (const float *)w->data, bias, N, K);
-        return;
-    }
-    const void *b = x;
-    if (w->dtype != LMC_DTYPE_F32) {
-        lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, (size_t)(M * K) * 2);
-        if (w->dtype == LMC_DTYPE_BF16)
-            matmul_cvt_fwd_kernel<<<lmc_cuda_blocks(M * K, 256), 256, 0, c->stream>>>(
-                (__nv_bfloat16 *)c->scratch, x, M * K);
-        else
-            matmul_cvt_fwd_kernel<<<lmc_cuda_blocks(M * K, 256), 256, 0, c->stream>>>(
-                (__half *)c->scratch, x, M * K);
-        LMC_CUDA_LAUNCH_CHECK();
-        b = c->scratch;
-    }
     struct lmc_cuda_mm_plan *p = plan_get(c, M, N, K, w->dtype, bias != NULL);
     if (p->bias)
         LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                         &bias, sizeof bias));
-    const float one = 1.0f, zero = 0.0f;
-    LMC_CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &one, w->data, p->a, b, p->b, &zero, y, p->c, y,
+    const float one = 1.0f;
+    LMC_CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &one, w->data, p->a, b, p->b, &beta, y, p->c, y,
                                     p->c, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
     if (bias && !p->bias) {
         matmul_bias_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(y, bias, M, N);
         LMC_CUDA_LAUNCH_CHECK();
     }
+}
+
+/* K == 0: y = bias (or 0), or y += bias when accumulating. */
+static void matmul_k0(struct lmc_cuda_ctx *c, float *y, int64_t M, int64_t N, const float *bias,
+                      bool acc) {
+    if (!acc) LMC_CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), c->stream));
+    if (bias) {
+        matmul_bias_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(y, bias, M, N);
+        LMC_CUDA_LAUNCH_CHECK();
+    }
+}
+
+static void check_w(const struct lmc_mat *w) {
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16);
+}
+
+static void matmul_one(struct lmc_cuda_ctx *c, float *y, const float *x, int64_t M,
+                       const struct lmc_mat *w, const float *bias, bool acc) {
+    int64_t N = w->rows, K = w->cols;
+    if (M <= 0 || N <= 0) return;
+    check_w(w);
+    if (K == 0) return matmul_k0(c, y, M, N, bias, acc);
+    if (M <= GEMV_MAX_M) {
+        struct gemv_args a;
+        memset(&a, 0, sizeof a);
+        a.w[0] = w->data, a.y[0] = y, a.b[0] = bias, a.row0[0] = 0, a.row0[1] = N;
+        a.x = x, a.K = K, a.n = 1, a.M = (int)M, a.mode = acc ? GEMV_ACC : GEMV_STORE;
+        gemv_launch(c, &a, w->dtype);
+        return;
+    }
+    gemm_run(c, y, gemm_prep(c, x, M, K, w->dtype), M, w, bias, acc ? 1.0f : 0.0f);
+}
+
+extern "C" void lmc_cuda_matmul(void *ctx, float *y, const float *x, int64_t M,
+                                const struct lmc_mat *w, const float *bias) {
+    matmul_one((struct lmc_cuda_ctx *)ctx, y, x, M, w, bias, false);
+}
+
+extern "C" void lmc_cuda_matmul_add(void *ctx, float *y, const float *x, int64_t M,
+                                    const struct lmc_mat *w, const float *bias) {
+    matmul_one((struct lmc_cuda_ctx *)ctx, y, x, M, w, bias, true);
+}
+
+/* Small M: one GEMV launch over all matrices (same dtype and K, in groups
+ * of GEMV_MATS); large M: x converted once, one cuBLASLt GEMM each. */
+extern "C" void lmc_cuda_matmul_multi(void *ctx, int n, float *const *y, const float *x,
+                                      int64_t M, const struct lmc_mat *const *w,
+                                      const float *const *bias) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (n <= 0 || M <= 0) return;
+    bool same = true;
+    for (int i = 0; i < n; i++) {
+        check_w(w[i]);
+        same = same && w[i]->dtype == w[0]->dtype && w[i]->cols == w[0]->cols && w[i]->rows > 0;
+    }
+    int64_t K = w[0]->cols;
+    if (!same || K == 0) {
+        for (int i = 0; i < n; i++) matmul_one(c, y[i], x, M, w[i], bias ? bias[i] : NULL, false);
+        return;
+    }
+    if (M <= GEMV_MAX_M) {
+        for (int i0 = 0; i0 < n; i0 += GEMV_MATS) {
+            struct gemv_args a;
+            memset(&a, 0, sizeof a);
+            a.n = LMC_MIN(GEMV_MATS, n - i0);
+            for (int j = 0; j < a.n; j++) {
+                a.w[j] = w[i0 + j]->data, a.y[j] = y[i0 + j];
+                a.b[j] = bias ? bias[i0 + j] : NULL;
+                a.row0[j + 1] = a.row0[j] + w[i0 + j]->rows;
+            }
+            a.x = x, a.K = K, a.M = (int)M, a.mode = GEMV_STORE;
+            gemv_launch(c, &a, w[0]->dtype);
+        }
+        return;
+    }
+    const void *b = gemm_prep(c, x, M, K, w[0]->dtype);
+    for (int i = 0; i < n; i++) gemm_run(c, y[i], b, M, w[i], bias ? bias[i] : NULL, 0.0f);
+}
+
+__global__ void matmul_swiglu_fwd_kernel(float *y, const float *u, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float g = y[i];
+        y[i] = g / (1.0f + expf(-g)) * u[i];
+    }
+}
+
+extern "C" void lmc_cuda_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M,
+                                       const struct lmc_mat *wg, const struct lmc_mat *wu) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    int64_t N = wg->rows, K = wg->cols;
+    LMC_ASSERT(wu->rows == N && wu->cols == K);
+    if (M <= 0 || N <= 0) return;
+    check_w(wg), check_w(wu);
+    if (K == 0) { /* silu(0) * 0 */
+        LMC_CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), c->stream));
+        return;
+    }
+    if (M <= GEMV_MAX_M && wg->dtype == wu->dtype) {
+        struct gemv_args a;
+        memset(&a, 0, sizeof a);
+        a.w[0] = wg->data, a.w[1] = wu->data, a.y[0] = y, a.row0[1] = N;
+        a.x = x, a.K = K, a.n = 1, a.M = (int)M, a.mode = GEMV_SWIGLU;
+        gemv_launch(c, &a, wg->dtype);
+        return;
+    }
+    lmc_cuda_reserve(c, &c->ff_up, &c->ff_up_bytes, (size_t)(M * N) * sizeof(float));
+    if (wg->dtype == wu->dtype) {
+        const void *b = gemm_prep(c, x, M, K, wg->dtype);
+        gemm_run(c, y, b, M, wg, NULL, 0.0f);
+        gemm_run(c, (float *)c->ff_up, b, M, wu, NULL, 0.0f);
+    } else {
+        matmul_one(c, y, x, M, wg, NULL, false);
+        matmul_one(c, (float *)c->ff_up, x, M, wu, NULL, false);
+    }
+    matmul_swiglu_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(
+        y, (const float *)c->ff_up, M * N);
+    LMC_CUDA_LAUNCH_CHECK();
 }

@@ -37,6 +37,15 @@ void lmc_cuda_attention(void *ctx, float *out, const float *q, const float *k, c
 void lmc_cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
 void lmc_cuda_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cuda_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
+void lmc_cuda_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                           const struct lmc_mat *const *w, const float *const *bias);
+void lmc_cuda_matmul_add(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                         const float *bias);
+void lmc_cuda_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M,
+                            const struct lmc_mat *w_gate, const struct lmc_mat *w_up);
+void lmc_cuda_rope_kv_store(void *ctx, float *q, float *k, const float *v, void *kc, void *vc,
+                            int64_t M, int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim,
+                            const int32_t *pos, const double *inv_freq, float attn_scale);
 
 /* Which attention kernel lmc_cuda_attention_ex runs. AUTO picks as the
  * table entry does (tensor cores for prefill unless fp32 attention is set). */
@@ -48,10 +57,11 @@ enum lmc_cuda_attn_kind {
 
 /* The attention op over `batch` independent sequences: sequence b reads
  * q + b*q_bstride, k/v + b*kv_bstride and writes out + b*q_bstride
- * (strides in floats); other arguments as the table's attention. Returns
- * the kind that ran. */
+ * (strides in elements); k and v hold kv_dtype elements (F32 or BF16);
+ * other arguments as the table's attention. Returns the kind that ran. */
 enum lmc_cuda_attn_kind lmc_cuda_attention_ex(void *ctx, float *out, const float *q,
-                                              const float *k, const float *v, int64_t M,
+                                              const void *k, const void *v,
+                                              enum lmc_dtype kv_dtype, int64_t M,
                                               int64_t pos0, int64_t n_heads, int64_t n_kv,
                                               int64_t hd, float scale, int64_t window,
                                               int64_t batch, int64_t q_bstride,
