@@ -1,0 +1,162 @@
+/* trainer.c — one optimizer step over accumulated micro-batches and the
+ * validation loss (see trainer.h). Everything runs in a fixed order with
+ * fixed thread splits, so equal state gives equal results. */
+#include "train/trainer.h"
+#include "core/core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
+                            const struct lmc_backend *be, const struct lmc_token_data *train,
+                            const struct lmc_token_data *val, const struct lmc_train_opts *o,
+                            lmc_err *err) {
+    memset(tr, 0, sizeof *tr);
+    tr->tm = *tm;
+    memset(tm, 0, sizeof *tm);
+    tr->be = be;
+    tr->o = *o;
+    tr->train_data = train;
+    tr->val_data = val;
+    lmc_status s;
+    if (o->B <= 0 || o->T <= 0 || o->accum <= 0) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "batch %lld, sequence %lld and accumulation %lld must be positive",
+                        (long long)o->B, (long long)o->T, (long long)o->accum);
+        goto fail;
+    }
+    if (train->vocab_size > (uint32_t)tr->tm.cfg.vocab_size) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "the data's vocabulary (%u) is larger than the model's (%lld)",
+                        train->vocab_size, (long long)tr->tm.cfg.vocab_size);
+        goto fail;
+    }
+    if ((s = lmc_schedule_check(&o->sched, err))) goto fail;
+    if ((s = lmc_tacts_init(&tr->acts, &tr->tm, be, o->B, o->T, o->recompute, err))) goto fail;
+    if ((s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;
+    if (val && (s = lmc_loader_init(&tr->val, val, o->B, o->T, o->seed, false, err))) {
+        tr->val_data = NULL; /* too short for one window: no validation */
+        memset(&tr->val, 0, sizeof tr->val);
+        s = LMC_OK;
+    }
+    size_t n = (size_t)tr->tm.numel;
+    tr->m = calloc(n, sizeof(float));
+    tr->v = calloc(n, sizeof(float));
+    tr->batch = malloc((size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
+    tr->in = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
+    tr->tg = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
+    if (!tr->m || !tr->v || !tr->batch || !tr->in || !tr->tg) {
+        s = lmc_err_set(err, LMC_ERR_OOM, "optimizer state for %lld parameters: out of memory",
+                        (long long)tr->tm.numel);
+        goto fail;
+    }
+    return LMC_OK;
+fail:
+    lmc_trainer_free(tr);
+    return s;
+}
+
+void lmc_trainer_free(struct lmc_trainer *tr) {
+    lmc_tacts_free(&tr->acts);
+    lmc_tmodel_free(&tr->tm);
+    if (tr->train.d) lmc_loader_free(&tr->train);
+    if (tr->val.d) lmc_loader_free(&tr->val);
+    free(tr->m);
+    free(tr->v);
+    free(tr->batch);
+    free(tr->in);
+    free(tr->tg);
+    memset(tr, 0, sizeof *tr);
+}
+
+/* (B, T+1) windows -> inputs and next-token targets */
+static void split_batch(struct lmc_trainer *tr) {
+    int64_t B = tr->o.B, T = tr->o.T;
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(tr->in + b * T, tr->batch + b * (T + 1), (size_t)T * sizeof(int32_t));
+        memcpy(tr->tg + b * T, tr->batch + b * (T + 1) + 1, (size_t)T * sizeof(int32_t));
+    }
+}
+
+lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
+    struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_train_opts *o = &tr->o;
+    memset(st, 0, sizeof *st);
+    memset(tm->g, 0, (size_t)tm->numel * sizeof(float));
+    int64_t per = o->B * o->T;
+    float dscale = (float)(1.0 / (double)(per * o->accum));
+    double sum = 0;
+    int64_t count = 0;
+    for (int64_t k = 0; k < o->accum; k++) {
+        lmc_loader_next(&tr->train, tr->batch);
+        split_batch(tr);
+        double ls;
+        int64_t n;
+        lmc_status s = lmc_tmodel_step(tm, tr->be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
+        if (s) return s;
+        sum += ls;
+        count += n;
+    }
+    st->loss = sum / (double)(count ? count : 1);
+    st->tokens = per * o->accum;
+    /* one gradient array per tensor: global norm and clipping */
+    float **g = malloc((size_t)tm->n_params * sizeof *g);
+    int64_t *len = malloc((size_t)tm->n_params * sizeof *len);
+    if (!g || !len) {
+        free(g);
+        free(len);
+        return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    }
+    for (int i = 0; i < tm->n_params; i++) {
+        g[i] = tm->g + tm->params[i].off;
+        len[i] = tm->params[i].numel;
+    }
+    st->grad_norm = o->clip > 0 ? lmc_grad_clip(g, len, tm->n_params, o->clip)
+                                : lmc_grad_global_norm(g, len, tm->n_params);
+    free(g);
+    free(len);
+    st->lr = lmc_schedule_lr(&o->sched, tr->step);
+    if (!isfinite(st->grad_norm)) {
+        st->skipped = true;
+        tr->step++;
+        return LMC_OK;
+    }
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        bool decay = lmc_adamw_decays(o->decay, p->name, p->ndim);
+        lmc_adamw_update(&o->adamw, tr->step + 1, st->lr, decay, tm->w + p->off, tm->g + p->off,
+                         tr->m + p->off, tr->v + p->off, p->numel);
+    }
+    tr->step++;
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
+    *loss = NAN;
+    if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
+    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
+    if (s) return s;
+    double sum = 0;
+    int64_t count = 0;
+    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / tr->o.B));
+    for (int64_t k = 0; k < nb; k++) {
+        lmc_loader_next(&tr->val, tr->batch);
+        split_batch(tr);
+        double ls;
+        int64_t n;
+        if ((s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, &ls, &n, err)))
+            return s;
+        sum += ls;
+        count += n;
+    }
+    *loss = sum / (double)(count ? count : 1);
+    return LMC_OK;
+}
+
+double lmc_trainer_flops_per_token(const struct lmc_trainer *tr) {
+    const struct lmc_config *c = &tr->tm.cfg;
+    double n = (double)tr->tm.numel;
+    /* forward+backward: 6 flops per parameter, attention scores and mix
+     * 12 L T C (causal halves it; counted in full as is customary) */
+    return 6.0 * n + 12.0 * (double)c->num_layers * (double)tr->o.T *
+                         (double)(c->num_heads * c->head_dim);
+}

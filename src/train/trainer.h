@@ -1,0 +1,81 @@
+/* trainer.h — the training loop's state and one optimizer step: micro-
+ * batches with gradient accumulation from a seeded, resumable loader,
+ * global-norm clipping, the learning-rate schedule, AdamW with the
+ * no-decay rule (or decay on everything), periodic validation loss; and
+ * checkpoints (checkpoint.c): a Hugging Face folder (config.json,
+ * model.safetensors, tokenizer files) plus optimizer.safetensors (AdamW
+ * moments, raw arenas) and trainer_state.json (step, loader position, seed),
+ * from which a resumed run reproduces the uninterrupted one bit for bit on
+ * the same backend and thread count. */
+#ifndef LMC_TRAIN_TRAINER_H
+#define LMC_TRAIN_TRAINER_H
+
+#include "lmc.h"
+#include "model/backward.h"
+#include "train/adamw.h"
+#include "train/data.h"
+#include "train/schedule.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct lmc_train_opts {
+    int64_t B, T;              /* micro-batch: B sequences of T tokens */
+    int64_t accum;             /* micro-batches per optimizer step (>= 1) */
+    struct lmc_adamw_cfg adamw;
+    enum lmc_decay_rule decay;
+    struct lmc_schedule sched; /* sched.total = total optimizer steps */
+    double clip;               /* global-norm clip; 0: none */
+    bool recompute;            /* activation recomputation per layer */
+    uint64_t seed;             /* data order */
+    int64_t eval_batches;      /* validation micro-batches per evaluation */
+};
+
+struct lmc_train_stats {
+    double loss;               /* mean over the step's tokens */
+    double grad_norm;          /* before clipping */
+    double lr;
+    int64_t tokens;
+    bool skipped;              /* non-finite gradient: update skipped */
+};
+
+struct lmc_trainer {
+    struct lmc_tmodel tm;      /* owned */
+    const struct lmc_backend *be;
+    struct lmc_tacts acts;
+    struct lmc_train_opts o;
+    float *m, *v;              /* AdamW moments, laid out like tm.w */
+    int64_t step;              /* optimizer steps done */
+    const struct lmc_token_data *train_data, *val_data; /* val may be NULL */
+    struct lmc_loader train, val;
+    int32_t *batch;            /* (B, T+1) */
+    int32_t *in, *tg;          /* (B*T) */
+};
+
+/* Takes ownership of *tm (also on failure). val may be NULL. */
+lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
+                            const struct lmc_backend *be, const struct lmc_token_data *train,
+                            const struct lmc_token_data *val, const struct lmc_train_opts *o,
+                            lmc_err *err);
+void lmc_trainer_free(struct lmc_trainer *tr);
+/* One optimizer step (accum micro-batches). */
+lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
+/* Mean loss over eval_batches validation micro-batches, always the same
+ * ones (the val loader restarts at position 0, no shuffling). */
+lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
+/* Model FLOPs per trained token (6 N + attention), for throughput / MFU. */
+double lmc_trainer_flops_per_token(const struct lmc_trainer *tr);
+
+/* Writes config.json for a model config (llama family or gpt2) as HF
+ * would, so lmc and transformers can load the checkpoint. */
+lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err);
+/* Saves a checkpoint folder dir (created): model, config (copied from
+ * config_src/config.json when given, else written), tokenizer files copied
+ * from tok_dir (when given and present), optimizer state, trainer state. */
+lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const char *config_src,
+                         const char *tok_dir, lmc_err *err);
+/* Restores optimizer moments, step and loader position from a checkpoint
+ * folder into a trainer initialised from that folder's model. */
+lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err *err);
+
+#endif

@@ -1,0 +1,286 @@
+/* cmd_train.c — `lmc train`: trains a new model (llama or gpt2, sizes from
+ * flags or a JSON file) or continues a Hugging Face folder on token shards
+ * (lmc prepare-data), on the CPU in fp32. Logs every step to stderr (a
+ * progress line on a terminal) and to a JSONL metrics file, evaluates
+ * periodically, saves checkpoints (HF folder + optimizer + data position)
+ * and resumes from one bit-exactly. */
+#include "cli.h"
+#include "core/core.h"
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: lmc train --data DATA -o OUT (-m HF_DIR | --arch llama|gpt2 [sizes] | --model-config F.json\n"
+            "                 | --resume CKPT) [options]\n"
+            "  sizes:     --layers N --hidden N --heads N --kv-heads N --intermediate N --max-pos N\n"
+            "             --vocab N (default: the data's) --tie --rope-theta X\n"
+            "  batch:     --batch B --seq T --accum N --steps N (total) [--stop-at N]\n"
+            "  optimizer: --lr X --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
+            "             --wd X --beta1 X --beta2 X --eps X --decay-all --clip X (0: off)\n"
+            "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
+            "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
+            "             --peak-tflops X (for MFU) --threads N\n");
+}
+
+/* Sizes from a JSON file: the fields of the flags, or an HF config. */
+static int read_model_json(const char *path, struct lmc_config *c) {
+    lmc_err err = {0};
+    char *text = NULL;
+    size_t len = 0;
+    if (lmc_file_read(path, 1 << 20, &text, &len, &err)) return cli_fail("train", &err);
+    lmc_status s = lmc_config_parse(c, text, len, path, &err);
+    free(text);
+    if (s) return cli_fail("train", &err);
+    return 0;
+}
+
+static bool is_tty(void) { return isatty(2); }
+
+int cmd_train(int argc, char **argv) {
+    struct cli_common cc = {0};
+    const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
+    const char *metrics = NULL, *tok_dir = NULL;
+    int64_t layers = 4, hidden = 128, heads = 4, kv_heads = 0, inter = 0, max_pos = 1024, vocab = 0;
+    int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
+    int64_t eval_batches = 8, save_every = 0, seed = 1234;
+    double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
+    double rope_theta = 10000, init_std = 0.02, peak_tflops = 0;
+    bool tie = false, decay_all = false, recompute = false;
+    enum lmc_sched_kind sched = LMC_SCHED_COSINE;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int r = cli_common_arg(&cc, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        }
+        if (!strcmp(a, "--tie")) { tie = true; continue; }
+        if (!strcmp(a, "--decay-all")) { decay_all = true; continue; }
+        if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!v) {
+            fprintf(stderr, "lmc train: unknown option %s (or missing value)\n", a);
+            return 2;
+        }
+        i++;
+        bool ok = true;
+        struct { const char *name; int64_t *p; int64_t lo, hi; } ints[] = {
+            {"--layers", &layers, 1, 1024}, {"--hidden", &hidden, 1, 1 << 16},
+            {"--heads", &heads, 1, 1024}, {"--kv-heads", &kv_heads, 1, 1024},
+            {"--intermediate", &inter, 1, 1 << 20}, {"--max-pos", &max_pos, 1, 1 << 24},
+            {"--vocab", &vocab, 1, (int64_t)1 << 31}, {"--batch", &B, 1, 1 << 20},
+            {"--seq", &T, 1, 1 << 20}, {"--accum", &accum, 1, 1 << 20},
+            {"--steps", &steps, 1, (int64_t)1 << 40}, {"--stop-at", &stop_at, 1, (int64_t)1 << 40},
+            {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
+            {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
+            {"--seed", &seed, 0, INT64_MAX},
+        };
+        struct { const char *name; double *p; double lo, hi; } dbls[] = {
+            {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
+            {"--beta1", &beta1, 0, 1}, {"--beta2", &beta2, 0, 1}, {"--eps", &eps, 0, 1},
+            {"--clip", &clip, 0, 1e9}, {"--rope-theta", &rope_theta, 1, 1e12},
+            {"--init-std", &init_std, 0, 10}, {"--peak-tflops", &peak_tflops, 0, 1e9},
+        };
+        bool found = false;
+        for (size_t k = 0; !found && k < sizeof ints / sizeof *ints; k++)
+            if (!strcmp(a, ints[k].name)) {
+                found = true;
+                ok = cli_parse_i64(v, ints[k].lo, ints[k].hi, ints[k].p);
+            }
+        for (size_t k = 0; !found && k < sizeof dbls / sizeof *dbls; k++)
+            if (!strcmp(a, dbls[k].name)) {
+                found = true;
+                ok = cli_parse_f64(v, dbls[k].lo, dbls[k].hi, dbls[k].p);
+            }
+        if (!found) {
+            found = true;
+            if (!strcmp(a, "--data")) data = v;
+            else if (!strcmp(a, "-o") || !strcmp(a, "--out")) out = v;
+            else if (!strcmp(a, "--arch")) arch = v;
+            else if (!strcmp(a, "--model-config")) model_json = v;
+            else if (!strcmp(a, "--resume")) resume = v;
+            else if (!strcmp(a, "--metrics")) metrics = v;
+            else if (!strcmp(a, "--tokenizer")) tok_dir = v;
+            else if (!strcmp(a, "--schedule")) ok = lmc_schedule_kind_parse(v, &sched);
+            else found = false;
+        }
+        if (!found) {
+            fprintf(stderr, "lmc train: unknown option %s\n", a);
+            return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "lmc train: bad value '%s' for %s\n", v, a);
+            return 2;
+        }
+    }
+    int n_src = !!cc.model_dir + !!arch + !!model_json + !!resume;
+    if (!data || !out || n_src != 1) {
+        usage();
+        fprintf(stderr, "lmc train: needs --data, -o and exactly one of -m, --arch, --model-config, --resume\n");
+        return 2;
+    }
+    lmc_err err = {0};
+    struct lmc_token_data train = {0}, val = {0};
+    if (lmc_token_data_open(&train, data, "train", &err)) return cli_fail("train", &err);
+    bool have_val = lmc_token_data_open(&val, data, "val", &err) == LMC_OK;
+    if (mkdir(out, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "lmc train: cannot create %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+    /* the model */
+    struct lmc_tmodel tm;
+    const char *src_dir = resume ? resume : cc.model_dir;
+    char meta_tok[4096] = "";
+    if (!tok_dir && !src_dir) { /* the tokenizer prepare-data used (DATA/meta.json) */
+        char mp[4096], *text = NULL;
+        lmc_err e2 = {0};
+        if (lmc_path_join(mp, sizeof mp, data, "meta.json") && !lmc_file_read(mp, 1 << 20, &text, NULL, &e2)) {
+            cJSON *mj = cJSON_Parse(text);
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(mj, "tokenizer");
+            if (cJSON_IsString(t)) snprintf(meta_tok, sizeof meta_tok, "%s", t->valuestring);
+            cJSON_Delete(mj);
+            free(text);
+        }
+    }
+    if (!tok_dir) tok_dir = src_dir ? src_dir : meta_tok[0] ? meta_tok : NULL;
+    if (src_dir) {
+        if (lmc_tmodel_load(&tm, src_dir, &err)) return cli_fail("train", &err);
+    } else {
+        struct lmc_config c;
+        memset(&c, 0, sizeof c);
+        if (model_json) {
+            if (read_model_json(model_json, &c)) return 1;
+        } else {
+            bool gpt2 = !strcmp(arch, "gpt2");
+            if (!gpt2 && strcmp(arch, "llama")) {
+                fprintf(stderr, "lmc train: --arch expects llama or gpt2, got '%s'\n", arch);
+                return 2;
+            }
+            c.arch = gpt2 ? LMC_ARCH_GPT2 : LMC_ARCH_LLAMA;
+            snprintf(c.model_type, sizeof c.model_type, "%s", gpt2 ? "gpt2" : "llama");
+            c.vocab_size = vocab ? vocab : (int64_t)train.vocab_size;
+            c.hidden_size = hidden;
+            c.num_layers = layers;
+            c.num_heads = heads;
+            c.num_kv_heads = gpt2 || !kv_heads ? heads : kv_heads;
+            c.head_dim = hidden / heads;
+            c.intermediate_size = inter ? inter : (gpt2 ? 4 * hidden : (8 * hidden / 3 + 63) / 64 * 64);
+            c.max_position_embeddings = max_pos;
+            c.norm_eps = gpt2 ? 1e-5 : 1e-5;
+            c.tie_word_embeddings = gpt2 || tie;
+            c.act = gpt2 ? LMC_ACT_GELU_TANH : LMC_ACT_SILU;
+            c.rope.theta = rope_theta;
+            c.rope.factor = 1;
+            c.rope.partial_rotary_factor = 1;
+            c.bos_token_id = -1;
+            c.pad_token_id = -1;
+            if (train.eos_id != LMC_SHARD_NO_EOS) {
+                c.eos_token_ids[0] = train.eos_id;
+                c.n_eos = 1;
+            }
+            if (hidden % heads) {
+                fprintf(stderr, "lmc train: --hidden %lld is not a multiple of --heads %lld\n",
+                        (long long)hidden, (long long)heads);
+                return 2;
+            }
+        }
+        if (lmc_tmodel_init(&tm, &c, &err)) return cli_fail("train", &err);
+        lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std);
+    }
+    struct lmc_backend be;
+    if (lmc_backend_cpu_init(&be, cc.threads, &err)) return cli_fail("train", &err);
+    struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
+                               .seed = (uint64_t)seed, .eval_batches = eval_batches};
+    lmc_adamw_cfg_default(&o.adamw);
+    o.adamw.lr = lr;
+    o.adamw.beta1 = beta1;
+    o.adamw.beta2 = beta2;
+    o.adamw.eps = eps;
+    o.adamw.weight_decay = wd;
+    o.decay = decay_all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
+    o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : lr / 10, warmup, steps, 0};
+    struct lmc_trainer tr;
+    if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
+        lmc_backend_cpu_free(&be);
+        return cli_fail("train", &err);
+    }
+    if (resume && lmc_ckpt_load_state(&tr, resume, &err)) {
+        lmc_trainer_free(&tr);
+        lmc_backend_cpu_free(&be);
+        return cli_fail("train", &err);
+    }
+    char mpath[4096];
+    if (!metrics) {
+        lmc_path_join(mpath, sizeof mpath, out, "metrics.jsonl");
+        metrics = mpath;
+    }
+    FILE *mf = fopen(metrics, resume ? "a" : "w");
+    if (!mf) {
+        fprintf(stderr, "lmc train: cannot open %s: %s\n", metrics, strerror(errno));
+        lmc_trainer_free(&tr);
+        lmc_backend_cpu_free(&be);
+        return 1;
+    }
+    fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
+                    "%lld steps from %lld\n",
+            tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
+            (long long)B, (long long)T, (long long)accum, (long long)steps, (long long)tr.step);
+    double fpt = lmc_trainer_flops_per_token(&tr);
+    int rc = 0;
+    int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
+    char ck[4096];
+    while (tr.step < end) {
+        struct lmc_train_stats st;
+        double t0 = lmc_time_now();
+        if (lmc_trainer_step(&tr, &st, &err)) {
+            rc = cli_fail("train", &err);
+            break;
+        }
+        double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
+        double vl = NAN;
+        bool last = tr.step == end;
+        if (eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
+            rc = cli_fail("train", &err);
+            break;
+        }
+        fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
+                    "\"tokens_per_s\": %.1f, \"tflops\": %.4g",
+                (long long)tr.step, st.loss, st.lr, st.grad_norm, tps, tfl);
+        if (peak_tflops > 0) fprintf(mf, ", \"mfu\": %.4g", tfl / peak_tflops);
+        if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
+        if (st.skipped) fprintf(mf, ", \"skipped\": true");
+        fprintf(mf, "}\n");
+        fflush(mf);
+        char line[256];
+        int n = snprintf(line, sizeof line, "step %lld/%lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s",
+                         (long long)tr.step, (long long)steps, st.loss, st.lr, st.grad_norm, tps);
+        if (peak_tflops > 0) n += snprintf(line + n, sizeof line - (size_t)n, " | mfu %.1f%%", 100 * tfl / peak_tflops);
+        if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
+        if (is_tty() && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
+        else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);
+        if ((save_every > 0 && tr.step % save_every == 0) || last) {
+            snprintf(ck, sizeof ck, "%s/step_%06lld", out, (long long)tr.step);
+            if (lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+                rc = cli_fail("train", &err);
+                break;
+            }
+            fprintf(stderr, "%scheckpoint %s\n", is_tty() ? "\r\033[K" : "", ck);
+        }
+    }
+    fclose(mf);
+    lmc_trainer_free(&tr);
+    lmc_backend_cpu_free(&be);
+    lmc_token_data_close(&train);
+    if (have_val) lmc_token_data_close(&val);
+    return rc;
+}
