@@ -29,7 +29,7 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %s\n", commands[i].help);
     fprintf(f, "\ncommon options: -m DIR, --threads N, --ctx N, --dtype fp32|bf16|f16, "
-               "--device cpu, --json\n");
+               "--device cpu|cuda, --json\n");
 }
 
 int main(int argc, char **argv) {
