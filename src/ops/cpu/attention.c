@@ -15,58 +15,6 @@ struct attn_job {
     float scale;
 };
 
-static inline float dot(const float *a, const float *b, int64_t n) {
-    int64_t i = 0;
-    float s = 0;
-#ifdef __AVX2__
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
-    }
-    if (i + 8 <= n) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-        i += 8;
-    }
-    s = lmc_hsum256(_mm256_add_ps(a0, a1));
-#endif
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-/* y += a * x */
-static inline void axpy(float *y, float a, const float *x, int64_t n) {
-    int64_t i = 0;
-#ifdef __AVX2__
-    __m256 av = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-#endif
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-/* s[i] = exp(s[i] - mx); returns the sum in double */
-static double exp_sum(float *s, int64_t n, float mx) {
-    int64_t i = 0;
-    double sum = 0;
-#ifdef __AVX2__
-    __m256 mv = _mm256_set1_ps(mx);
-    __m256d acc = _mm256_setzero_pd();
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = lmc_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
-        _mm256_storeu_ps(s + i, e);
-        acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(e)),
-                                               _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1))));
-    }
-    sum = lmc_hsum256d(acc);
-#endif
-    for (; i < n; i++) {
-        s[i] = expf(s[i] - mx);
-        sum += s[i];
-    }
-    return sum;
-}
-
 static void attn_task(void *arg, int64_t t, int thread) {
     const struct attn_job *j = arg;
     int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd;
@@ -79,12 +27,12 @@ static void attn_task(void *arg, int64_t t, int thread) {
 
     float mx = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
-        s[i] = j->scale * dot(q, kb + i * kv_row, hd);
+        s[i] = j->scale * lmc_cpu_dot(q, kb + i * kv_row, hd);
         if (s[i] > mx) mx = s[i];
     }
-    double sum = exp_sum(s, n, mx);
+    double sum = lmc_cpu_exp_sum(s, n, mx);
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int64_t i = 0; i < n; i++) axpy(o, s[i], vb + i * kv_row, hd);
+    for (int64_t i = 0; i < n; i++) lmc_cpu_axpy(o, s[i], vb + i * kv_row, hd);
     float inv = (float)(1.0 / sum);
     for (int64_t d = 0; d < hd; d++) o[d] *= inv;
 }
@@ -133,22 +81,22 @@ static void attn_bwd_task(void *arg, int64_t t, int thread) {
             int64_t lo = j->window > 0 ? LMC_MAX(0, i - j->window + 1) : 0, n = i - lo + 1;
             float mx = -INFINITY;
             for (int64_t s = 0; s < n; s++) {
-                p[s] = j->scale * dot(q, kb + (lo + s) * kvrow, hd);
+                p[s] = j->scale * lmc_cpu_dot(q, kb + (lo + s) * kvrow, hd);
                 if (p[s] > mx) mx = p[s];
             }
-            double sum = exp_sum(p, n, mx), pdp = 0;
+            double sum = lmc_cpu_exp_sum(p, n, mx), pdp = 0;
             float inv = (float)(1.0 / sum);
             for (int64_t s = 0; s < n; s++) {
                 p[s] *= inv;
-                dp[s] = dot(dout, vb + (lo + s) * kvrow, hd);
+                dp[s] = lmc_cpu_dot(dout, vb + (lo + s) * kvrow, hd);
                 pdp += (double)p[s] * dp[s];
             }
             memset(dq, 0, (size_t)hd * sizeof(float));
             for (int64_t s = 0; s < n; s++) {
                 float ds = p[s] * (dp[s] - (float)pdp) * j->scale;
-                axpy(dq, ds, kb + (lo + s) * kvrow, hd);
-                axpy(dkb + (lo + s) * kvrow, ds, q, hd);
-                axpy(dvb + (lo + s) * kvrow, p[s], dout, hd);
+                lmc_cpu_axpy(dq, ds, kb + (lo + s) * kvrow, hd);
+                lmc_cpu_axpy(dkb + (lo + s) * kvrow, ds, q, hd);
+                lmc_cpu_axpy(dvb + (lo + s) * kvrow, p[s], dout, hd);
             }
         }
     }

@@ -19,57 +19,6 @@ struct pattn_job {
     float scale;
 };
 
-/* dot, axpy and exp_sum mirror attention.c's helpers (same summation order). */
-static inline float dot(const float *a, const float *b, int64_t n) {
-    int64_t i = 0;
-    float s = 0;
-#ifdef __AVX2__
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
-    }
-    if (i + 8 <= n) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-        i += 8;
-    }
-    s = lmc_hsum256(_mm256_add_ps(a0, a1));
-#endif
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static inline void axpy(float *y, float a, const float *x, int64_t n) {
-    int64_t i = 0;
-#ifdef __AVX2__
-    __m256 av = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-#endif
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-static double exp_sum(float *s, int64_t n, float mx) {
-    int64_t i = 0;
-    double sum = 0;
-#ifdef __AVX2__
-    __m256 mv = _mm256_set1_ps(mx);
-    __m256d acc = _mm256_setzero_pd();
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = lmc_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
-        _mm256_storeu_ps(s + i, e);
-        acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(e)),
-                                               _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1))));
-    }
-    sum = lmc_hsum256d(acc);
-#endif
-    for (; i < n; i++) {
-        s[i] = expf(s[i] - mx);
-        sum += s[i];
-    }
-    return sum;
-}
-
 static void pattn_task(void *arg, int64_t t, int thread) {
     const struct pattn_job *j = arg;
     int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd, bs = j->bs;
@@ -85,16 +34,16 @@ static void pattn_task(void *arg, int64_t t, int thread) {
         int64_t ps = lo + i, off = ps % bs, run = LMC_MIN(bs - off, n - i);
         const float *kb = j->kc + ((int64_t)bt[ps / bs] * bs + off) * kv_row + kvh * hd;
         for (int64_t r = 0; r < run; r++, i++) {
-            s[i] = j->scale * dot(q, kb + r * kv_row, hd);
+            s[i] = j->scale * lmc_cpu_dot(q, kb + r * kv_row, hd);
             if (s[i] > mx) mx = s[i];
         }
     }
-    double sum = exp_sum(s, n, mx);
+    double sum = lmc_cpu_exp_sum(s, n, mx);
     memset(o, 0, (size_t)hd * sizeof(float));
     for (int64_t i = 0; i < n;) {
         int64_t ps = lo + i, off = ps % bs, run = LMC_MIN(bs - off, n - i);
         const float *vb = j->vc + ((int64_t)bt[ps / bs] * bs + off) * kv_row + kvh * hd;
-        for (int64_t r = 0; r < run; r++, i++) axpy(o, s[i], vb + r * kv_row, hd);
+        for (int64_t r = 0; r < run; r++, i++) lmc_cpu_axpy(o, s[i], vb + r * kv_row, hd);
     }
     float inv = (float)(1.0 / sum);
     for (int64_t d = 0; d < hd; d++) o[d] *= inv;

@@ -173,4 +173,59 @@ static inline __m256 lmc_exp256(__m256 x) {
 }
 #endif
 
+/* Vector helpers shared by the attention ops (forward, paged, backward):
+ * the same summation order everywhere, so contiguous and paged caches give
+ * bit-identical results. */
+static inline float lmc_cpu_dot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float s = 0;
+#ifdef __AVX2__
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    }
+    if (i + 8 <= n) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+        i += 8;
+    }
+    s = lmc_hsum256(_mm256_add_ps(a0, a1));
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* y += a * x */
+static inline void lmc_cpu_axpy(float *y, float a, const float *x, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    __m256 av = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* s[i] = exp(s[i] - mx); returns the sum in double */
+static inline double lmc_cpu_exp_sum(float *s, int64_t n, float mx) {
+    int64_t i = 0;
+    double sum = 0;
+#ifdef __AVX2__
+    __m256 mv = _mm256_set1_ps(mx);
+    __m256d acc = _mm256_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = lmc_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
+        _mm256_storeu_ps(s + i, e);
+        acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(e)),
+                                               _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1))));
+    }
+    sum = lmc_hsum256d(acc);
+#endif
+    for (; i < n; i++) {
+        s[i] = expf(s[i] - mx);
+        sum += s[i];
+    }
+    return sum;
+}
+
 #endif
