@@ -434,6 +434,23 @@ static void *sched_main(void *arg) {
     return NULL;
 }
 
+/* Frees everything lmc_sched_init allocates (the thread already gone). */
+static void sched_release(struct lmc_sched *s) {
+    lmc_paged_kv_free(&s->kv);
+    lmc_batch_acts_free(&s->acts);
+    free(s->logits);
+    free(s->b_ids);
+    free(s->b_seq);
+    free(s->b_pos);
+    free(s->b_rows);
+    free(s->b_bt);
+    free(s->sched);
+    free(s->running);
+    free(s->waiting);
+    free(s->cancels);
+    free(s);
+}
+
 lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                           const struct lmc_backend *be, const struct lmc_tokenizer *tok,
                           const struct lmc_sched_opts *o, lmc_err *err) {
@@ -506,17 +523,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         st = lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: cannot start its thread");
     }
     if (st) {
-        lmc_paged_kv_free(&s->kv);
-        lmc_batch_acts_free(&s->acts);
-        free(s->logits);
-        free(s->b_ids);
-        free(s->b_seq);
-        free(s->b_pos);
-        free(s->b_rows);
-        free(s->b_bt);
-        free(s->sched);
-        free(s->running);
-        free(s);
+        sched_release(s);
         return st;
     }
     *out = s;
@@ -532,19 +539,7 @@ void lmc_sched_free(struct lmc_sched *s) {
     pthread_join(s->thread, NULL);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
-    lmc_paged_kv_free(&s->kv);
-    lmc_batch_acts_free(&s->acts);
-    free(s->logits);
-    free(s->b_ids);
-    free(s->b_seq);
-    free(s->b_pos);
-    free(s->b_rows);
-    free(s->b_bt);
-    free(s->sched);
-    free(s->running);
-    free(s->waiting);
-    free(s->cancels);
-    free(s);
+    sched_release(s);
 }
 
 lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t n_prompt,
