@@ -133,12 +133,19 @@ int cmd_train(int argc, char **argv) {
     struct lmc_token_data train = {0}, val = {0};
     if (lmc_token_data_open(&train, data, "train", &err)) return cli_fail("train", &err);
     bool have_val = lmc_token_data_open(&val, data, "val", &err) == LMC_OK;
+    /* from here on every exit goes through `done`, which releases what was made */
+    int rc = 0;
+    bool have_tm = false, have_be = false, have_tr = false;
+    FILE *mf = NULL;
+    struct lmc_tmodel tm;
+    struct lmc_backend be;
+    struct lmc_trainer tr;
     if (mkdir(out, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "lmc train: cannot create %s: %s\n", out, strerror(errno));
-        return 1;
+        rc = 1;
+        goto done;
     }
     /* the model */
-    struct lmc_tmodel tm;
     const char *src_dir = resume ? resume : cc.model_dir;
     char meta_tok[4096] = "";
     if (!tok_dir && !src_dir) { /* the tokenizer prepare-data used (DATA/meta.json) */
@@ -154,17 +161,24 @@ int cmd_train(int argc, char **argv) {
     }
     if (!tok_dir) tok_dir = src_dir ? src_dir : meta_tok[0] ? meta_tok : NULL;
     if (src_dir) {
-        if (lmc_tmodel_load(&tm, src_dir, &err)) return cli_fail("train", &err);
+        if (lmc_tmodel_load(&tm, src_dir, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
     } else {
         struct lmc_config c;
         memset(&c, 0, sizeof c);
         if (model_json) {
-            if (read_model_json(model_json, &c)) return 1;
+            if (read_model_json(model_json, &c)) {
+                rc = 1;
+                goto done;
+            }
         } else {
             bool gpt2 = !strcmp(arch, "gpt2");
             if (!gpt2 && strcmp(arch, "llama")) {
                 fprintf(stderr, "lmc train: --arch expects llama or gpt2, got '%s'\n", arch);
-                return 2;
+                rc = 2;
+                goto done;
             }
             c.arch = gpt2 ? LMC_ARCH_GPT2 : LMC_ARCH_LLAMA;
             snprintf(c.model_type, sizeof c.model_type, "%s", gpt2 ? "gpt2" : "llama");
@@ -191,14 +205,22 @@ int cmd_train(int argc, char **argv) {
             if (hidden % heads) {
                 fprintf(stderr, "lmc train: --hidden %lld is not a multiple of --heads %lld\n",
                         (long long)hidden, (long long)heads);
-                return 2;
+                rc = 2;
+                goto done;
             }
         }
-        if (lmc_tmodel_init(&tm, &c, &err)) return cli_fail("train", &err);
+        if (lmc_tmodel_init(&tm, &c, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
         lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std);
     }
-    struct lmc_backend be;
-    if (lmc_backend_cpu_init(&be, cc.threads, &err)) return cli_fail("train", &err);
+    have_tm = true;
+    if (lmc_backend_cpu_init(&be, cc.threads, &err)) {
+        rc = cli_fail("train", &err);
+        goto done;
+    }
+    have_be = true;
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
                                .seed = (uint64_t)seed, .eval_batches = eval_batches};
     lmc_adamw_cfg_default(&o.adamw);
@@ -209,34 +231,32 @@ int cmd_train(int argc, char **argv) {
     o.adamw.weight_decay = wd;
     o.decay = decay_all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : lr / 10, warmup, steps, 0};
-    struct lmc_trainer tr;
+    have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
-        lmc_backend_cpu_free(&be);
-        return cli_fail("train", &err);
+        rc = cli_fail("train", &err);
+        goto done;
     }
+    have_tr = true;
     if (resume && lmc_ckpt_load_state(&tr, resume, &err)) {
-        lmc_trainer_free(&tr);
-        lmc_backend_cpu_free(&be);
-        return cli_fail("train", &err);
+        rc = cli_fail("train", &err);
+        goto done;
     }
     char mpath[4096];
     if (!metrics) {
         lmc_path_join(mpath, sizeof mpath, out, "metrics.jsonl");
         metrics = mpath;
     }
-    FILE *mf = fopen(metrics, resume ? "a" : "w");
+    mf = fopen(metrics, resume ? "a" : "w");
     if (!mf) {
         fprintf(stderr, "lmc train: cannot open %s: %s\n", metrics, strerror(errno));
-        lmc_trainer_free(&tr);
-        lmc_backend_cpu_free(&be);
-        return 1;
+        rc = 1;
+        goto done;
     }
     fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
                     "%lld steps from %lld\n",
             tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
             (long long)B, (long long)T, (long long)accum, (long long)steps, (long long)tr.step);
     double fpt = lmc_trainer_flops_per_token(&tr);
-    int rc = 0;
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
     while (tr.step < end) {
@@ -277,9 +297,11 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "%scheckpoint %s\n", is_tty() ? "\r\033[K" : "", ck);
         }
     }
-    fclose(mf);
-    lmc_trainer_free(&tr);
-    lmc_backend_cpu_free(&be);
+done:
+    if (mf) fclose(mf);
+    if (have_tr) lmc_trainer_free(&tr);
+    if (have_tm) lmc_tmodel_free(&tm);
+    if (have_be) lmc_backend_cpu_free(&be);
     lmc_token_data_close(&train);
     if (have_val) lmc_token_data_close(&val);
     return rc;
