@@ -22,7 +22,7 @@ int cmd_train_tokenizer(int argc, char **argv) {
     const char *out = NULL;
     enum lmc_bpe_style style = LMC_BPE_GPT2;
     struct lmc_bpe_opts o = {.vocab_size = 0, .min_frequency = 2};
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes one value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
@@ -55,7 +55,6 @@ int cmd_train_tokenizer(int argc, char **argv) {
             usage();
             return 2;
         }
-        i++;
     }
     if (!n_files || !out || !o.vocab_size) {
         usage();
