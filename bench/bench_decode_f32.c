@@ -20,11 +20,12 @@
  *
  * usage: bench_decode_f32 [-t threads] [-r rounds] [-v variants e.g. 0,1]
  *                         [-m kinds e.g. anon,huge,file] [-o offset_bytes]
- *                         [-f file] [-g 1]
+ *                         [-f file] [-g 1] [-d f32|f16]
  * -g 1: each variant also as v1xxxx, with the decode's other ops between the
  * matmuls (see decode_ops).
  * Variants: see the A/B hooks below. */
 #include "core/core.h"
+#include "core/dtype.h"
 #include "core/membw.h"
 #include "core/threadpool.h"
 #include "ops/backend.h"
@@ -52,7 +53,7 @@ extern int lmc_cpu_mm_pf __attribute__((weak));
 #define KV 256
 #define FF 2048
 #define VOCAB 32000
-#define MAXV 8
+#define MAXV 16
 #define MAXK 3
 #define MAXR 200
 
@@ -77,6 +78,8 @@ static void die(const char *s) {
     exit(1);
 }
 
+static int f16; /* -d f16: F16 weights instead (same shapes, half the bytes) */
+
 static void fill(float *w, size_t n) {
     uint32_t st = 12345;
     for (size_t i = 0; i < n; i++) {
@@ -85,8 +88,21 @@ static void fill(float *w, size_t n) {
     }
 }
 
+/* n weights at p, F32 or F16 */
+static void fill_w(void *p, size_t n) {
+    if (!f16) {
+        fill(p, n);
+        return;
+    }
+    float *t = malloc(n * sizeof(float));
+    if (!t) die("malloc");
+    fill(t, n);
+    for (size_t i = 0; i < n; i++) ((uint16_t *)p)[i] = lmc_f32_to_f16(t[i]);
+    free(t);
+}
+
 static void mem_init(struct mem *mm, const char *kind, size_t off, const char *path) {
-    size_t n = total_floats(), bytes = n * sizeof(float) + off;
+    size_t es = f16 ? 2 : 4, n = total_floats(), bytes = n * es + off;
     mm->kind = kind;
     mm->len = (bytes + 4095) & ~(size_t)4095;
     if (!strcmp(kind, "file")) {
@@ -95,7 +111,7 @@ static void mem_init(struct mem *mm, const char *kind, size_t off, const char *p
         char *tmp = malloc(bytes);
         if (!tmp) die("malloc");
         memset(tmp, 0, off);
-        fill((float *)(tmp + off), n);
+        fill_w(tmp + off, n);
         for (size_t d = 0; d < bytes;) {
             ssize_t k = write(fd, tmp + d, bytes - d);
             if (k <= 0) die("write");
@@ -110,16 +126,17 @@ static void mem_init(struct mem *mm, const char *kind, size_t off, const char *p
         mm->base = mmap(NULL, mm->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (mm->base == MAP_FAILED) die("mmap anon");
         if (!strcmp(kind, "huge") && madvise(mm->base, mm->len, MADV_HUGEPAGE)) die("madvise");
-        fill((float *)(mm->base + off), n);
+        fill_w(mm->base + off, n);
     }
     mm->w = (const float *)(mm->base + off);
-    const float *p = mm->w;
+    const char *p = (const char *)mm->w;
+    enum lmc_dtype dt = f16 ? LMC_DTYPE_F16 : LMC_DTYPE_F32;
     for (int l = 0; l < LAYERS; l++)
         for (int i = 0; i < 7; i++) {
-            mm->m[l][i] = (struct lmc_mat){LMC_DTYPE_F32, shp[i][0], shp[i][1], p};
-            p += shp[i][0] * shp[i][1];
+            mm->m[l][i] = (struct lmc_mat){dt, shp[i][0], shp[i][1], p};
+            p += (size_t)(shp[i][0] * shp[i][1]) * es;
         }
-    mm->head = (struct lmc_mat){LMC_DTYPE_F32, VOCAB, C, p};
+    mm->head = (struct lmc_mat){dt, VOCAB, C, p};
 }
 
 struct bufs {
@@ -233,6 +250,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-o")) off = (size_t)atol(argv[i + 1]);
         else if (!strcmp(argv[i], "-f")) path = argv[i + 1];
         else if (!strcmp(argv[i], "-g")) gaps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-d")) f16 = !strcmp(argv[i + 1], "f16");
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -262,7 +280,7 @@ int main(int argc, char **argv) {
     struct lmc_cpu_ctx *cc = be.ctx;
     struct mem mm[MAXK];
     for (int k = 0; k < nk; k++) mem_init(&mm[k], kinds[k], off, path);
-    size_t n = total_floats();
+    size_t n = total_floats() / (f16 ? 2 : 1); /* the weights' size in floats, for the read */
     double gb = (double)n * sizeof(float) * 1e-9;
     static struct bufs b;
     fill(b.x, FF);

@@ -185,7 +185,9 @@ static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
  * stream per thread), 16 weights per 256-bit load widened to 16 lanes, four
  * accumulators, software prefetch 4 KB ahead. (F32 stays on AVX2: 64-byte
  * loads of unaligned rows, the usual case for mmapped weights, stream
- * markedly slower on this CPU than 32-byte ones.) */
+ * markedly slower on this CPU than 32-byte ones.) The prefetch stays T0:
+ * prefetchnta, which helps F32 (below), ran 2% slower here in
+ * bench_decode_f32 -d f16 (faster in 9 of 30 same-round pairs). */
 #define MM_PF_BYTES 4096
 static inline __m512 ld512_f16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
