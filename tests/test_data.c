@@ -307,6 +307,34 @@ static void prepare(void) {
     o.val_fraction = 1;
     CHECK(!lmc_prepare_data(&o, &s2, &err));
     CHECK(s2.docs[0] == 0 && s2.docs[1] == 5);
+    /* a held-out tail: documents starting at line 7 or later ("Third" on) go to val */
+    o.val_fraction = 0;
+    o.val_from_line = 7;
+    CHECK_MSG(!lmc_prepare_data(&o, &s2, &err), "%s", err.msg);
+    CHECK(s2.docs[0] == 2 && s2.docs[1] == 3);
+    memset(found, 0, sizeof found);
+    CHECK(split_docs(o.out_dir, "train", t, docs, 2, found) == 2);
+    CHECK(split_docs(o.out_dir, "val", t, docs + 2, 3, found + 2) == 3);
+    for (int k = 0; k < 5; k++) CHECK_MSG(found[k], "tail split: document %d missing", k);
+    o.val_from_line = 8; /* a line inside no document start: "Fourth" (line 9) on */
+    CHECK(!lmc_prepare_data(&o, &s2, &err) && s2.docs[0] == 3 && s2.docs[1] == 2);
+    /* lines count on across inputs: the first file has 11 lines (no final newline) */
+    const char *two[] = {txt, txt};
+    o.inputs = two;
+    o.n_inputs = 2;
+    o.val_from_line = 12;
+    CHECK(!lmc_prepare_data(&o, &s2, &err) && s2.docs[0] == 5 && s2.docs[1] == 5);
+    o.val_from_line = 13;
+    CHECK(!lmc_prepare_data(&o, &s2, &err) && s2.docs[0] == 6 && s2.docs[1] == 4);
+    o.val_from_line = 100; /* past the end: nothing held out */
+    CHECK(!lmc_prepare_data(&o, &s2, &err) && s2.docs[0] == 10 && s2.docs[1] == 0);
+    /* with a fraction too, the head is split by the hash and the tail is all val */
+    o.val_fraction = 1;
+    o.val_from_line = 12;
+    CHECK(!lmc_prepare_data(&o, &s2, &err) && s2.docs[0] == 0 && s2.docs[1] == 10);
+    o.inputs = inputs;
+    o.n_inputs = 1;
+    o.val_from_line = 0;
     /* line documents; whole-file documents; u32 ids; small shards */
     o.val_fraction = 0;
     o.doc_split = LMC_DOC_LINE;

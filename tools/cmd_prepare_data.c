@@ -13,13 +13,14 @@ static void usage(void) {
     fprintf(stderr,
             "usage: lmc prepare-data -m DIR --text-file F [--text-file F2 ...] -o DATA\n"
             "         [--jsonl [--field text]] [--docs blank|line|file] [--val-fraction 0.01]\n"
-            "         [--seed N] [--dtype u16|u32] [--shard-tokens N]\n");
+            "         [--val-from-line N] [--seed N] [--dtype u16|u32] [--shard-tokens N]\n");
 }
 
 int cmd_prepare_data(int argc, char **argv) {
     const char *inputs[256];
     struct lmc_prepare_opts o = {.field = "text", .doc_split = LMC_DOC_BLANK_LINE, .val_fraction = 0.01,
                                  .seed = 1234, .inputs = inputs};
+    bool fraction_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t n;
@@ -59,6 +60,12 @@ int cmd_prepare_data(int argc, char **argv) {
                 fprintf(stderr, "lmc prepare-data: --val-fraction '%s': expected a number in [0, 1]\n", v);
                 return 2;
             }
+            fraction_given = true;
+        } else if (!strcmp(a, "--val-from-line")) {
+            if (!cli_parse_i64(v, 1, INT64_MAX, &o.val_from_line)) {
+                fprintf(stderr, "lmc prepare-data: --val-from-line '%s': expected a line number >= 1\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--seed")) {
             if (!cli_parse_i64(v, 0, INT64_MAX, &n)) {
                 fprintf(stderr, "lmc prepare-data: --seed '%s': expected an integer >= 0\n", v);
@@ -84,6 +91,8 @@ int cmd_prepare_data(int argc, char **argv) {
             return 2;
         }
     }
+    /* a held-out tail is the whole validation split unless a fraction is asked for too */
+    if (o.val_from_line > 0 && !fraction_given) o.val_fraction = 0;
     if (!o.tokenizer_dir || !o.out_dir || !o.n_inputs) {
         usage();
         return 2;
@@ -98,7 +107,7 @@ int cmd_prepare_data(int argc, char **argv) {
             (unsigned long long)s.bytes, (unsigned long long)s.docs[0], (unsigned long long)s.tokens[0], s.shards[0],
             (unsigned long long)s.docs[1], (unsigned long long)s.tokens[1], s.shards[1],
             s.dtype == 2 ? "uint16" : "uint32", s.vocab_size, s.eos_id, lmc_time_now() - t0, o.out_dir);
-    if (o.val_fraction > 0 && s.docs[1] == 0)
+    if ((o.val_fraction > 0 || o.val_from_line > 0) && s.docs[1] == 0)
         fprintf(stderr, "lmc prepare-data: warning: no document fell into the validation split\n");
     return 0;
 }

@@ -128,6 +128,10 @@ struct lmc_prepare_opts {
     enum lmc_doc_split doc_split;   /* text files */
     double val_fraction;            /* share of documents in "val" (0..1) */
     uint64_t seed;                  /* decides which documents go to val */
+    int64_t val_from_line;          /* > 0: documents starting at this line or later go to val (lines
+                                     * counted across the inputs in order: the second file's first
+                                     * line follows the first file's last); earlier ones use the
+                                     * val_fraction hash. 0: off */
     uint32_t dtype;                 /* 2, 4, or 0: uint16 when the vocab fits */
     uint64_t shard_tokens;          /* start a new shard after this many tokens (0: 2^28) */
     const char *out_dir;            /* created if missing */
@@ -143,8 +147,9 @@ struct lmc_prepare_stats {
 /* Tokenizes every document, appends the tokenizer's EOS to each, and
  * writes out_dir/train_*.bin, out_dir/val_*.bin and out_dir/meta.json. A
  * document goes to val when a hash of (seed, document number) falls below
- * val_fraction, so the split does not depend on anything else. Errors name
- * the file and line. */
+ * val_fraction, so the split does not depend on anything else, or when it
+ * starts at or after val_from_line (a held-out tail). Errors name the file
+ * and line. */
 lmc_status lmc_prepare_data(const struct lmc_prepare_opts *o, struct lmc_prepare_stats *stats, lmc_err *err);
 
 #endif

@@ -1,7 +1,7 @@
 /* data_prepare.c — turns a text or JSONL corpus into token shards: cuts
  * documents (blank lines, lines, whole files, or one JSONL field per line),
  * tokenizes each, appends EOS, routes it to train or val by a seeded hash of
- * its number, rolls shards over at a token budget, and writes meta.json. */
+ * its number (or to val from a given line on), rolls shards over at a token budget, and writes meta.json. */
 #include "train/data.h"
 
 #include "core/core.h"
@@ -21,6 +21,7 @@ struct prep {
     struct lmc_tokenizer *tok;
     struct lmc_shard_writer *w[2];
     uint64_t doc_no;
+    int64_t line_base; /* lines of the inputs before the current one */
     uint64_t shard_tokens;
     lmc_err *err;
 };
@@ -44,6 +45,7 @@ static lmc_status add_doc(struct prep *P, const char *text, size_t len, const ch
     uint64_t k = P->doc_no++;
     uint64_t h = P->o->seed ^ (k * 0x9e3779b97f4a7c15ull);
     int s = lmc_rng_uniform(&h) < P->o->val_fraction ? 1 : 0;
+    if (P->o->val_from_line > 0 && P->line_base + line >= P->o->val_from_line) s = 1;
     int32_t *ids = NULL;
     int64_t n = 0;
     lmc_status st = lmc_tokenizer_encode(P->tok, text, len, false, &ids, &n, P->err);
@@ -142,6 +144,7 @@ static lmc_status write_meta(struct prep *P) {
     cJSON_AddStringToObject(m, "dtype", P->st->dtype == 2 ? "uint16" : "uint32");
     cJSON_AddNumberToObject(m, "val_fraction", P->o->val_fraction);
     cJSON_AddNumberToObject(m, "seed", (double)P->o->seed);
+    if (P->o->val_from_line > 0) cJSON_AddNumberToObject(m, "val_from_line", (double)P->o->val_from_line);
     for (int s = 0; s < 2; s++) {
         cJSON *o = cJSON_AddObjectToObject(m, split_name[s]);
         cJSON_AddNumberToObject(o, "documents", (double)P->st->docs[s]);
@@ -196,6 +199,8 @@ lmc_status lmc_prepare_data(const struct lmc_prepare_opts *o, struct lmc_prepare
         if ((st = lmc_file_read(o->inputs[k], (size_t)1 << 36, &buf, &len, err))) break;
         stats->bytes += len;
         st = o->jsonl ? jsonl_file(&P, o->inputs[k], buf, len) : text_file(&P, o->inputs[k], buf, len);
+        for (size_t i = 0; i < len; i++) P.line_base += buf[i] == '\n';
+        if (len && buf[len - 1] != '\n') P.line_base++;
         free(buf);
     }
     /* a split with no documents still gets an (empty) shard, so readers find it */
