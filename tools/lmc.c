@@ -21,6 +21,7 @@ static const struct {
     {"train-tokenizer", cmd_train_tokenizer, "train-tokenizer --text-file F --vocab N --style gpt2|llama3 -o DIR  byte-level BPE"},
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
+    {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 
