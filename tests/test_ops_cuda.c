@@ -2,7 +2,9 @@
  * random non-zero inputs of odd sizes (both tables called on the same
  * inputs), and the attention kernels against a float64 reference at
  * S = 1, 7, 128, 1000, 4097, 16384, GQA ratios 1, 4, 8, head dims 64, 80,
- * 96, 128, in prefill, chunked-prefill and decode shapes. Every output is
+ * 96, 128, in prefill, chunked-prefill and decode shapes, and the paged op
+ * against the CPU's (scrambled block tables, mixed prefill/decode, both KV
+ * dtypes). Every output is
  * poisoned (NaN) before the op runs, so unwritten elements fail; no output
  * may hold a NaN. Prints "skipped: no CUDA device" and passes when the
  * build has no CUDA or the machine no GPU.
@@ -23,12 +25,13 @@ static uint64_t rng = 777;
 static struct lmc_backend cpu, gpu;
 
 enum { E_MM_F32, E_MM_LO_SMALL, E_MM_BF16, E_MM_F16, E_EMBED, E_RMS, E_LN, E_ROPE, E_SWIGLU,
-       E_GELU, E_ADD, E_ATTN_F32_CPU, E_ATTN_F32, E_ATTN_TC, E_MM_FUSED, E_ROPE_KV, E_N };
+       E_GELU, E_ADD, E_ATTN_F32_CPU, E_ATTN_F32, E_ATTN_TC, E_MM_FUSED, E_ROPE_KV, E_ATTN_PAGED, E_N };
 static const char *err_names[E_N] = {"matmul f32", "matmul bf16/f16 M<=8", "matmul bf16",
                                      "matmul f16", "embed", "rmsnorm", "layernorm", "rope",
                                      "swiglu", "gelu", "add", "attn f32 vs cpu",
                                      "attn f32 vs f64", "attn tc vs f64",
-                                     "matmul add/multi/swiglu", "rope_kv_store (bf16)"};
+                                     "matmul add/multi/swiglu", "rope_kv_store (bf16)",
+                                     "attention_paged vs cpu"};
 static double max_err[E_N];
 static void record(int op, double e) {
     if (e > max_err[op] || e != e) max_err[op] = e;
@@ -565,6 +568,110 @@ static void test_attention_batch(void) {
     dfree(q_d), dfree(k_d), dfree(v_d), dfree(o1), dfree(o2);
 }
 
+/* The paged op (attention_paged) against the CPU's on the same pool
+ * contents: NS sequences of random lengths (up to maxlen), each with a
+ * prefill chunk or one decode token in the batch, tokens shuffled, blocks
+ * scrambled, both pool dtypes (bf16: K/V rounded first so the CPU sees the
+ * stored values). Also checks the new rows landed in their slots. */
+static double paged_case(int NS, int64_t maxlen, int64_t H, int64_t KV, int64_t hd, int64_t bs,
+                         int64_t win, enum lmc_dtype kvt) {
+    int64_t len[64], nnew[64], row = KV * hd, T = 0, maxb = 0;
+    LMC_ASSERT(NS <= 64);
+    for (int s = 0; s < NS; s++) {
+        len[s] = 1 + (int64_t)(test_rng_next(&rng) % (uint64_t)maxlen);
+        nnew[s] = s % 3 ? 1 : 1 + (int64_t)(test_rng_next(&rng) % (uint64_t)len[s]);
+        T += nnew[s];
+        maxb = LMC_MAX(maxb, (len[s] + bs - 1) / bs);
+    }
+    maxb += (int64_t)(test_rng_next(&rng) % 3); /* spare table columns */
+    int64_t nblocks = NS * maxb + 5, prow = nblocks * bs;
+    int32_t *perm = malloc((size_t)nblocks * 4), *bt = malloc((size_t)(NS * maxb) * 4);
+    for (int64_t i = 0; i < nblocks; i++) perm[i] = (int32_t)i;
+    for (int64_t i = nblocks - 1; i > 0; i--) {
+        int64_t j = (int64_t)(test_rng_next(&rng) % (uint64_t)(i + 1));
+        int32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+    }
+    for (int64_t i = 0; i < NS * maxb; i++) bt[i] = perm[i];
+    /* pool contents: random everywhere (unused slots too), rounded when bf16 */
+    float *kc = rand_f(prow * row, 1.0f), *vc = rand_f(prow * row, 1.0f);
+    int32_t *seq = malloc((size_t)T * 4), *pos = malloc((size_t)T * 4);
+    for (int s = 0, t = 0; s < NS; s++)
+        for (int64_t i = 0; i < nnew[s]; i++, t++) seq[t] = s, pos[t] = (int32_t)(len[s] - nnew[s] + i);
+    for (int64_t i = T - 1; i > 0; i--) {
+        int64_t j = (int64_t)(test_rng_next(&rng) % (uint64_t)(i + 1));
+        int32_t a = seq[i]; seq[i] = seq[j]; seq[j] = a;
+        a = pos[i]; pos[i] = pos[j]; pos[j] = a;
+    }
+    float *q = rand_f(T * H * hd, 2.0f), *kn = rand_f(T * row, 1.0f), *vn = rand_f(T * row, 1.0f);
+    if (kvt == LMC_DTYPE_BF16)
+        for (int64_t i = 0; i < T * row; i++) {
+            kn[i] = lmc_bf16_to_f32(lmc_f32_to_bf16(kn[i]));
+            vn[i] = lmc_bf16_to_f32(lmc_f32_to_bf16(vn[i]));
+        }
+    void *kc_d = up_kv(kc, prow * row, kvt), *vc_d = up_kv(vc, prow * row, kvt);
+    float *q_d = up(q, (size_t)(T * H * hd) * 4), *kn_d = up(kn, (size_t)(T * row) * 4);
+    float *vn_d = up(vn, (size_t)(T * row) * 4), *o_d = dev_poison(T * H * hd);
+    int32_t *seq_d = up(seq, (size_t)T * 4), *pos_d = up(pos, (size_t)T * 4);
+    int32_t *bt_d = up(bt, (size_t)(NS * maxb) * 4);
+    float *oc = malloc((size_t)(T * H * hd) * 4), scale = 1.0f / sqrtf((float)hd);
+    cpu.attention_paged(cpu.ctx, oc, q, kn, vn, kc, vc, T, seq, pos, bt, maxb, bs, H, KV, hd,
+                        scale, win);
+    lmc_backend_cuda_set_fp32_attention(&gpu, kvt == LMC_DTYPE_F32);
+    gpu.attention_paged(gpu.ctx, o_d, q_d, kn_d, vn_d, kc_d, vc_d, T, seq_d, pos_d, bt_d, maxb,
+                        bs, H, KV, hd, scale, win);
+    lmc_backend_cuda_set_fp32_attention(&gpu, false);
+    float *og = down(o_d, T * H * hd);
+    double e = rel_err(og, oc, T * H * hd);
+    /* the pool after the op equals the CPU's (every slot) */
+    size_t es = kvt == LMC_DTYPE_F32 ? 4 : 2, pb = (size_t)(prow * row) * es;
+    unsigned char *kg = malloc(pb), *vg = malloc(pb);
+    gpu.download(gpu.ctx, kg, kc_d, pb);
+    gpu.download(gpu.ctx, vg, vc_d, pb);
+    bool same = true;
+    for (int64_t i = 0; i < prow * row && same; i++) {
+        float a, b;
+        if (es == 4) memcpy(&a, kg + 4 * i, 4), memcpy(&b, vg + 4 * i, 4);
+        else {
+            uint16_t x, y;
+            memcpy(&x, kg + 2 * i, 2), memcpy(&y, vg + 2 * i, 2);
+            a = lmc_bf16_to_f32(x), b = lmc_bf16_to_f32(y);
+        }
+        same = a == kc[i] && b == vc[i];
+    }
+    CHECK_MSG(same, "attention_paged: pool slots differ from the CPU's (H=%lld KV=%lld hd=%lld bs=%lld)",
+              (long long)H, (long long)KV, (long long)hd, (long long)bs);
+    free(perm), free(bt), free(kc), free(vc), free(seq), free(pos), free(q), free(kn), free(vn);
+    free(oc), free(og), free(kg), free(vg);
+    dfree(kc_d), dfree(vc_d), dfree(q_d), dfree(kn_d), dfree(vn_d), dfree(o_d), dfree(seq_d);
+    dfree(pos_d), dfree(bt_d);
+    return e;
+}
+
+static void test_attention_paged(int quick) {
+    /* NS, maxlen, H, KV, hd, bs, window */
+    static const int64_t cfg[][7] = {
+        {5, 41, 4, 4, 16, 16, 0},   {7, 60, 4, 2, 13, 5, 0},    {3, 33, 8, 2, 24, 1, 7},
+        {9, 90, 32, 4, 64, 16, 0},  {1, 700, 32, 4, 64, 16, 0}, {2, 1500, 8, 1, 128, 32, 0},
+        {1, 300, 6, 3, 80, 7, 50},  {17, 200, 16, 1, 96, 16, 0}, {40, 130, 32, 4, 64, 16, 0},
+        {4, 257, 2, 1, 256, 3, 100}, {64, 140, 32, 4, 64, 16, 0}, {1, 3000, 12, 12, 64, 64, 0},
+    };
+    size_t n = sizeof cfg / sizeof *cfg;
+    for (size_t c = 0; c < (quick ? 6 : n); c++)
+        for (int d = 0; d < 2; d++) {
+            enum lmc_dtype kvt = d ? LMC_DTYPE_BF16 : LMC_DTYPE_F32;
+            for (int rep = 0; rep < 2; rep++) {
+                double e = paged_case((int)cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], cfg[c][4],
+                                      cfg[c][5], cfg[c][6], kvt);
+                record(E_ATTN_PAGED, e);
+                CHECK_MSG(e <= 1e-5, "attention_paged vs cpu NS=%lld len<=%lld H=%lld KV=%lld "
+                          "hd=%lld bs=%lld win=%lld kv %s: %g", (long long)cfg[c][0],
+                          (long long)cfg[c][1], (long long)cfg[c][2], (long long)cfg[c][3],
+                          (long long)cfg[c][4], (long long)cfg[c][5], (long long)cfg[c][6],
+                          lmc_dtype_name(kvt), e);
+            }
+        }
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     if (lmc_cuda_device_count() == 0) {
@@ -586,6 +693,7 @@ int main(int argc, char **argv) {
     test_attention_vs_cpu();
     test_attention_batch();
     test_attention_sizes(quick);
+    test_attention_paged(quick);
     for (int i = 0; i < E_N; i++) printf("  max rel err %-22s %.3g\n", err_names[i], max_err[i]);
     lmc_backend_cuda_free(&gpu);
     lmc_backend_cpu_free(&cpu);

@@ -34,12 +34,14 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
     p->block_size = block_size;
     p->n_layers = c->num_layers;
     p->row = c->num_kv_heads * c->head_dim;
-    p->k = be->alloc(be->ctx, (size_t)floats * sizeof(float));
-    p->v = be->alloc(be->ctx, (size_t)floats * sizeof(float));
+    /* elements of the backend's kv_dtype (f32 on the CPU, bf16 on CUDA) */
+    size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
+    p->k = be->alloc(be->ctx, (size_t)floats * es);
+    p->v = be->alloc(be->ctx, (size_t)floats * es);
     if (!p->k || !p->v) {
         lmc_kv_pool_free(p);
         return lmc_err_set(err, LMC_ERR_OOM, "KV pool of %lld blocks needs %zu bytes",
-                           (long long)n_blocks, 2 * (size_t)floats * sizeof(float));
+                           (long long)n_blocks, 2 * (size_t)floats * es);
     }
     return LMC_OK;
 }
@@ -56,14 +58,16 @@ void lmc_kv_pool_copy_block(struct lmc_kv_pool *p, int64_t dst, int64_t src) {
     LMC_ASSERT(dst >= 0 && dst < p->n_blocks && src >= 0 && src < p->n_blocks);
     if (dst == src) return;
     const struct lmc_backend *be = p->be;
-    size_t n = (size_t)(p->block_size * p->row), bytes = n * sizeof(float);
-    float *tmp = be->host_memory ? NULL : malloc(bytes);
+    /* in bytes: the pool holds kv_dtype elements */
+    size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
+    size_t n = (size_t)(p->block_size * p->row) * es, bytes = n;
+    void *tmp = be->host_memory ? NULL : malloc(bytes);
     LMC_ASSERT(be->host_memory || tmp);
     for (int64_t l = 0; l < p->n_layers; l++) {
         size_t base = (size_t)l * (size_t)p->n_blocks * n;
-        float *kv[2] = {p->k, p->v};
+        char *kv[2] = {(char *)p->k, (char *)p->v};
         for (int i = 0; i < 2; i++) {
-            float *d = kv[i] + base + (size_t)dst * n, *s = kv[i] + base + (size_t)src * n;
+            char *d = kv[i] + base + (size_t)dst * n, *s = kv[i] + base + (size_t)src * n;
             if (be->host_memory) {
                 memcpy(d, s, bytes);
             } else { /* no device-to-device op in the table: through the host */
@@ -209,7 +213,9 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
     if (!sc) return lmc_err_set(err, LMC_ERR_OOM, "forward batch: out of memory");
     bool uniform = m->rot_dim ? upload_freqs(m, be, ba, b, sc) : true;
     float scale = 1.0f / sqrtf((float)hd);
-    size_t layer_floats = (size_t)kv->n_blocks * (size_t)bs * (size_t)kvd;
+    /* a layer's slice of the pool, in bytes of the backend's kv_dtype */
+    size_t layer_bytes = (size_t)kv->n_blocks * (size_t)bs * (size_t)kvd *
+                         (size_t)lmc_dtype_size(be->kv_dtype);
     for (int64_t l = 0; l < c->num_layers; l++) {
         const struct lmc_layer *L = &m->layers[l];
         norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
@@ -228,8 +234,9 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
                 be->rope(be->ctx, ba->kn + i * kvd, j - i, KV, hd, m->rot_dim, a->pos + i, fr, sc[s]);
             }
         }
-        be->attention_paged(be->ctx, a->att, a->q, ba->kn, ba->vn, kv->k + l * layer_floats,
-                            kv->v + l * layer_floats, n, ba->seq, a->pos, ba->bt, b->max_blocks,
+        be->attention_paged(be->ctx, a->att, a->q, ba->kn, ba->vn,
+                            (float *)((char *)kv->k + l * layer_bytes),
+                            (float *)((char *)kv->v + l * layer_bytes), n, ba->seq, a->pos, ba->bt, b->max_blocks,
                             bs, H, KV, hd, scale, c->sliding_window);
         be->matmul(be->ctx, a->h, a->att, n, &L->wo, L->bo);
         be->add(be->ctx, a->x, a->x, a->h, n * C);

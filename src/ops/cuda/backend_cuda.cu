@@ -189,6 +189,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->layernorm = lmc_cuda_layernorm;
     be->rope = lmc_cuda_rope;
     be->attention = lmc_cuda_attention;
+    be->attention_paged = lmc_cuda_attention_paged;
     be->swiglu = lmc_cuda_swiglu;
     be->gelu = lmc_cuda_gelu;
     be->add = lmc_cuda_add;

@@ -34,6 +34,11 @@ void lmc_cuda_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head
 void lmc_cuda_attention(void *ctx, float *out, const float *q, const float *k, const float *v,
                         int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
                         float scale, int64_t window);
+void lmc_cuda_attention_paged(void *ctx, float *out, const float *q, const float *k_new,
+                              const float *v_new, float *kc, float *vc, int64_t T,
+                              const int32_t *seq, const int32_t *pos, const int32_t *bt,
+                              int64_t max_blocks, int64_t block_size, int64_t n_heads,
+                              int64_t n_kv, int64_t hd, float scale, int64_t window);
 void lmc_cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
 void lmc_cuda_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cuda_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
