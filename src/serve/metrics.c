@@ -191,6 +191,9 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
         sb_printf(&b, "lmc_kv_blocks_used %lld\n", (long long)st->kv_blocks_used);
         metric(&b, "lmc_kv_blocks_free", "gauge", "KV cache blocks free.");
         sb_printf(&b, "lmc_kv_blocks_free %lld\n", (long long)(st->kv_blocks_total - st->kv_blocks_used));
+        metric(&b, "lmc_kv_tokens_stored", "gauge",
+               "Tokens held in the used KV blocks (1 - stored / (used * block size) is the waste).");
+        sb_printf(&b, "lmc_kv_tokens_stored %lld\n", (long long)st->kv_tokens_stored);
         metric(&b, "lmc_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.");
         sb_printf(&b, "lmc_preemptions_total %lld\n", (long long)st->preempted_total);
         metric(&b, "lmc_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.");
