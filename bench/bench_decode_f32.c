@@ -192,37 +192,6 @@ static void decode(const struct lmc_backend *be, const struct mem *mm, struct bu
     be->matmul(be->ctx, b->logits, b->x, 1, &mm->head, NULL);
 }
 
-/* the read loop of lmc_membw_read_gbs over [w, w + n) */
-struct rd {
-    const float *p;
-    size_t n;
-    int64_t nt;
-    double sink[64];
-};
-static void rd_task(void *arg, int64_t t, int thread) {
-    (void)thread;
-    struct rd *j = arg;
-    size_t per = (j->n / (size_t)j->nt) & ~(size_t)63, lo = per * (size_t)t,
-           hi = t == j->nt - 1 ? j->n : lo + per;
-    const float *p = j->p;
-    double s = 0;
-    size_t i = lo;
-#ifdef __AVX2__
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; i + 32 <= hi; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
-    }
-    float tmp[8];
-    _mm256_storeu_ps(tmp, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (int k = 0; k < 8; k++) s += tmp[k];
-#endif
-    for (; i < hi; i++) s += p[i];
-    j->sink[t] = s;
-}
-
 static int cmpd(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -290,21 +259,16 @@ int main(int argc, char **argv) {
 
     static double dec[MAXK][MAXV][MAXR], rdv[MAXK][MAXR];
     for (int k = 0; k < nk; k++) { /* warm-up: fault everything in */
-        struct rd j = {mm[k].w, n, threads, {0}};
-        lmc_pool_run(cc->pool, threads, rd_task, &j);
+        lmc_membw_read_pass(cc->pool, mm[k].w, n);
         decode(&be, &mm[k], &b);
     }
     for (int r = 0; r < rounds; r++)
         for (int k = 0; k < nk; k++) {
             /* from the first 64-byte boundary: the read measures the memory, not split loads */
             size_t a = (size_t)(-(uintptr_t)mm[k].w & 63) / sizeof(float);
-            struct rd j = {mm[k].w + a, n - a, threads, {0}};
             double best = 1e30;
-            for (int p = 0; p < reps; p++) {
-                double t0 = lmc_time_now();
-                lmc_pool_run(cc->pool, threads, rd_task, &j);
-                best = LMC_MIN(best, lmc_time_now() - t0);
-            }
+            for (int p = 0; p < reps; p++)
+                best = LMC_MIN(best, lmc_membw_read_pass(cc->pool, mm[k].w + a, n - a));
             rdv[k][r] = gb / best;
             for (int vi = 0; vi < nv; vi++) { /* order rotates per round */
                 int v = (vi + r) % nv;

@@ -11,7 +11,7 @@
 #endif
 
 struct bw_job {
-    float *buf;
+    const float *buf;
     size_t n;        /* floats */
     int64_t n_tasks;
     double sink[64]; /* per-task results, defeats dead-code elimination */
@@ -23,11 +23,16 @@ static void slice(const struct bw_job *j, int64_t t, size_t *lo, size_t *hi) {
     *hi = t == j->n_tasks - 1 ? j->n : *lo + per;
 }
 
+struct fill_job {
+    struct bw_job bw;
+    float *buf;
+};
+
 static void fill_task(void *arg, int64_t t, int thread) {
-    struct bw_job *j = arg;
+    struct fill_job *f = arg;
     size_t lo, hi;
-    slice(j, t, &lo, &hi);
-    for (size_t i = lo; i < hi; i++) j->buf[i] = (float)(i & 7);
+    slice(&f->bw, t, &lo, &hi);
+    for (size_t i = lo; i < hi; i++) f->buf[i] = (float)(i & 7);
 }
 
 static void read_task(void *arg, int64_t t, int thread) {
@@ -53,24 +58,30 @@ static void read_task(void *arg, int64_t t, int thread) {
     j->sink[t] = s;
 }
 
-double lmc_membw_read_gbs(struct lmc_pool *pool, size_t bytes) {
+double lmc_membw_read_pass(struct lmc_pool *pool, const float *buf, size_t n) {
     struct bw_job j;
     memset(&j, 0, sizeof j);
-    j.n = bytes / sizeof(float);
-    if (j.n < 4096) return 0;
-    j.buf = aligned_alloc(64, (j.n * sizeof(float) + 63) & ~(size_t)63);
-    if (!j.buf) return 0;
+    j.buf = buf;
+    j.n = n;
     j.n_tasks = LMC_MIN(lmc_pool_threads(pool), 64);
-    lmc_pool_run(pool, j.n_tasks, fill_task, &j); /* first touch by the readers */
-    lmc_pool_run(pool, j.n_tasks, read_task, &j); /* warm-up */
+    double t0 = lmc_time_now();
+    lmc_pool_run(pool, j.n_tasks, read_task, &j);
+    return lmc_time_now() - t0;
+}
+
+double lmc_membw_read_gbs(struct lmc_pool *pool, size_t bytes) {
+    size_t n = bytes / sizeof(float);
+    if (n < 4096) return 0;
+    float *buf = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+    if (!buf) return 0;
+    struct fill_job f = {{buf, n, LMC_MIN(lmc_pool_threads(pool), 64), {0}}, buf};
+    lmc_pool_run(pool, f.bw.n_tasks, fill_task, &f); /* first touch by the readers */
+    lmc_membw_read_pass(pool, buf, n);              /* warm-up */
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = lmc_time_now();
-        lmc_pool_run(pool, j.n_tasks, read_task, &j);
-        double dt = lmc_time_now() - t0;
-        double gbs = (double)(j.n * sizeof(float)) / dt * 1e-9;
+        double gbs = (double)(n * sizeof(float)) / lmc_membw_read_pass(pool, buf, n) * 1e-9;
         if (gbs > best) best = gbs;
     }
-    free(j.buf);
+    free(buf);
     return best;
 }

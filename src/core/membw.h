@@ -13,4 +13,9 @@ struct lmc_pool;
  * Returns 0 if the buffer cannot be allocated. Use >= 1 GB to defeat caches. */
 double lmc_membw_read_gbs(struct lmc_pool *pool, size_t bytes);
 
+/* One read pass over the caller's floats buf[0..n) by every thread of pool,
+ * each a contiguous slice, with the same loop as lmc_membw_read_gbs;
+ * returns the seconds it took. */
+double lmc_membw_read_pass(struct lmc_pool *pool, const float *buf, size_t n);
+
 #endif
