@@ -61,7 +61,7 @@ json.dump({"model_max_length": 2048}, open(sys.argv[1] + "/tokenizer_config.json
 EOF
   LOG="$OUT/serve.log"
   $B/lmc serve -m $MODEL --device cuda --port 0 --max-batch 256 --block-size $BLOCK \
-    --kv-blocks $KV_BLOCKS --max-step-tokens $STEP_TOKENS 2>"$LOG" &
+    --kv-blocks $KV_BLOCKS --max-step-tokens $STEP_TOKENS --max-connections 600 --max-active 600 2>"$LOG" &
   SRV=$!
   trap 'kill $SRV 2>/dev/null' EXIT
   for _ in $(seq 600); do grep -q "listening on" "$LOG" && break; sleep 0.1; done
@@ -70,10 +70,10 @@ EOF
   {
     echo "## Run at $(date -u +%FT%TZ)"
     echo
-    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src tools 2>/dev/null || echo ' (+ uncommitted changes)')"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")$(git diff --quiet HEAD -- src tools 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "- device: $GPU"
     echo "- model: random 1.1B Llama (bench/bench_cuda.py makemodel: 22 layers, hidden 2048, 32 heads, 4 KV heads, bf16 weights, bf16 KV pool)"
-    echo "- server: \`lmc serve --device cuda --max-batch 256 --block-size $BLOCK --kv-blocks $KV_BLOCKS --max-step-tokens $STEP_TOKENS\`"
+    echo "- server: \`lmc serve --device cuda --max-batch 256 --block-size $BLOCK --kv-blocks $KV_BLOCKS --max-step-tokens $STEP_TOKENS --max-connections 600 --max-active 600\`"
     echo "- load: \`lmc bench-serve\`, streaming, prompt $P random tokens, $M new tokens (ignore_eos), greedy"
     echo "- command: \`bench/run_serve_cuda.sh $*\`"
     echo
@@ -106,7 +106,7 @@ print('| %d | %d | %d | %.1f | %.1f / %.1f | %.1f / %.1f | %s |' % (j['concurren
   echo >>"$RES"
 fi
 if has hf; then
-  PYTHONUNBUFFERED=1 timeout 200 python3 - "$MODEL" "$P" "$M" <<'EOF' 2>&1 | grep -v -i warn | tee -a "$RES"
+  PYTHONUNBUFFERED=1 timeout 200 python3 - "$MODEL" "$P" "$M" <<'EOF' 2>&1 | grep -v -i -e warn -e "Loading weights" | tee -a "$RES"
 import sys, time, torch
 from transformers import LlamaForCausalLM
 d, P, G = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

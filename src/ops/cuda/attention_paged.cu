@@ -20,7 +20,9 @@
  *    attention_paged_combine_fwd_kernel merges the splits' (max, sum, acc)
  *    partials. Positions are device memory, so the split count is chosen
  *    from the block table's capacity (max_blocks * block_size, or the
- *    window); splits past a token's keys write an empty partial.
+ *    window) with at most 128 keys a split; blocks of splits past a
+ *    token's keys exit at once, a token whose keys fit in one split is
+ *    written directly, and the combine reads only the splits with keys.
  */
 #include "ops/cuda/common.cuh"
 
@@ -78,6 +80,10 @@ attention_paged_fwd_kernel(struct pattn_args a) {
     const int64_t p = a.pos[t], bs = a.bs;
     const int64_t lo = a.window > 0 ? LMC_MAX((int64_t)0, p - a.window + 1) : 0;
     const int64_t k0 = lo + split * a.kps, k1 = LMC_MIN(p + 1, k0 + a.kps); /* [k0, k1) */
+    /* splits past this token's keys do nothing (the combine skips them);
+     * a token whose keys fit in split 0 is written directly */
+    if (k0 > p) return;
+    const bool direct = a.splits == 1 || p + 1 - lo <= a.kps;
     float *wsh = psh + warp * (hd + 2);
 
     const float *q = a.q + (t * a.H + h) * (int64_t)hd;
@@ -153,21 +159,24 @@ attention_paged_fwd_kernel(struct pattn_args a) {
         wt[w] = exp2f(hs[w * (hd + 2)] - muse);
         lall += hs[w * (hd + 2) + 1] * wt[w];
     }
-    float *dst = a.splits == 1 ? a.out + (t * a.H + h) * (int64_t)hd
-                               : a.part + ((t * a.H + h) * a.splits + split) * (int64_t)(hd + 2);
+    float *dst = direct ? a.out + (t * a.H + h) * (int64_t)hd
+                        : a.part + ((t * a.H + h) * a.splits + split) * (int64_t)(hd + 2);
     for (int d = lane; d < hd; d += 32) {
         float s = 0.f;
         for (int w = 0; w < a.KW; w++) s += hs[w * (hd + 2) + 2 + d] * wt[w];
-        if (a.splits == 1) dst[d] = lall > 0.f ? s / lall : 0.f;
+        if (direct) dst[d] = lall > 0.f ? s / lall : 0.f;
         else dst[2 + d] = s;
     }
-    if (a.splits > 1 && lane == 0) dst[0] = mall, dst[1] = lall;
+    if (!direct && lane == 0) dst[0] = mall, dst[1] = lall;
 }
 
 __global__ void attention_paged_combine_fwd_kernel(struct pattn_args a) {
     const int64_t t = blockIdx.x;
-    const int h = blockIdx.y, hd = a.hd, S = a.splits;
-    const float *pp = a.part + (t * a.H + h) * S * (int64_t)(hd + 2);
+    const int h = blockIdx.y, hd = a.hd;
+    const int64_t p = a.pos[t], lo = a.window > 0 ? LMC_MAX((int64_t)0, p - a.window + 1) : 0;
+    const int S = (int)((p - lo + a.kps) / a.kps); /* splits holding keys */
+    if (S <= 1) return;                            /* written directly */
+    const float *pp = a.part + (t * a.H + h) * a.splits * (int64_t)(hd + 2);
     float mall = -INFINITY;
     for (int s = 0; s < S; s++) mall = fmaxf(mall, pp[s * (hd + 2)]);
     float muse = mall == -INFINITY ? 0.f : mall, lall = 0.f;
@@ -223,7 +232,9 @@ extern "C" void lmc_cuda_attention_paged(void *ctx, float *out, const float *q,
     if (window > 0) n_max = LMC_MIN(n_max, window);
     int64_t rows = T * n_kv * a.n_grp;
     int64_t want = (8 * (int64_t)c->n_sm + rows - 1) / rows;
-    int64_t kps = LMC_MAX((int64_t)(32 * a.KW), (n_max + want - 1) / want);
+    /* at most 128 keys per split: short serial chains per warp whatever
+     * the table's capacity (splits past a token's keys exit at once) */
+    int64_t kps = LMC_MAX((int64_t)(32 * a.KW), LMC_MIN((int64_t)128, (n_max + want - 1) / want));
     int64_t splits = (n_max + kps - 1) / kps;
     LMC_ASSERT(splits <= 65535 && n_kv * a.n_grp <= 65535);
     a.kps = kps, a.splits = (int)splits, a.part = NULL;
