@@ -1,7 +1,9 @@
 /* forward_batch.c — the transformer forward over a batch of tokens from
  * many sequences with a paged KV pool (see forward_batch.h). Composed only
- * of backend-table ops, like forward.c: per layer one matmul per weight over
- * all T tokens, RoPE at each token's own position, attention_paged (which
+ * of backend-table ops, like forward.c, with the same optional fused
+ * entries and fallbacks (matmul_multi for q/k/v and gate/up, matmul_swiglu,
+ * matmul_add for the o/down residuals): per layer the matmuls run over all
+ * T tokens, RoPE at each token's own position, attention_paged (which
  * stores the new K/V in their slots and attends through the block tables),
  * then the MLP; logits only for the requested tokens (gathered with embed
  * over the hidden states viewed as an F32 table). */
@@ -125,6 +127,28 @@ static void norm(const struct lmc_backend *be, const struct lmc_config *c, float
         be->rmsnorm(be->ctx, y, x, w, n, c->hidden_size, (float)c->norm_eps);
 }
 
+/* y[i] = x @ w[i]^T + b[i] for i < n: one backend call when the backend
+ * fuses matmuls that share their input (matmul_multi), else n calls. */
+static void matmuls(const struct lmc_backend *be, int n, float *const *y, const float *x,
+                    int64_t M, const struct lmc_mat *const *w, const float *const *b) {
+    if (be->matmul_multi) {
+        be->matmul_multi(be->ctx, n, y, x, M, w, b);
+        return;
+    }
+    for (int i = 0; i < n; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
+}
+
+/* a->x += x @ w^T + b: fused when the backend has matmul_add. */
+static void residual_matmul(const struct lmc_backend *be, struct lmc_acts *a, const float *x,
+                            int64_t n, const struct lmc_mat *w, const float *b, int64_t C) {
+    if (be->matmul_add) {
+        be->matmul_add(be->ctx, a->x, x, n, w, b);
+        return;
+    }
+    be->matmul(be->ctx, a->h, x, n, w, b);
+    be->add(be->ctx, a->x, a->x, a->h, n * C);
+}
+
 static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_acts *a,
                               const struct lmc_kv_pool *kv, const struct lmc_batch *b,
                               lmc_err *err) {
@@ -219,9 +243,12 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
     for (int64_t l = 0; l < c->num_layers; l++) {
         const struct lmc_layer *L = &m->layers[l];
         norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
-        be->matmul(be->ctx, a->q, a->h, n, &L->wq, L->bq);
-        be->matmul(be->ctx, ba->kn, a->h, n, &L->wk, L->bk);
-        be->matmul(be->ctx, ba->vn, a->h, n, &L->wv, L->bv);
+        {
+            float *y[3] = {a->q, ba->kn, ba->vn};
+            const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
+            const float *bias[3] = {L->bq, L->bk, L->bv};
+            matmuls(be, 3, y, a->h, n, w, bias);
+        }
         if (m->rot_dim && uniform) {
             be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, ba->inv_freq, sc[0]);
             be->rope(be->ctx, ba->kn, n, KV, hd, m->rot_dim, a->pos, ba->inv_freq, sc[0]);
@@ -238,19 +265,21 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
                             (float *)((char *)kv->k + l * layer_bytes),
                             (float *)((char *)kv->v + l * layer_bytes), n, ba->seq, a->pos, ba->bt, b->max_blocks,
                             bs, H, KV, hd, scale, c->sliding_window);
-        be->matmul(be->ctx, a->h, a->att, n, &L->wo, L->bo);
-        be->add(be->ctx, a->x, a->x, a->h, n * C);
+        residual_matmul(be, a, a->att, n, &L->wo, L->bo, C);
         norm(be, c, a->h, a->x, L->norm2_w, L->norm2_b, n);
         if (c->arch == LMC_ARCH_GPT2) {
             be->matmul(be->ctx, a->ff1, a->h, n, &L->w_up, L->b_up);
             be->gelu(be->ctx, a->ff1, a->ff1, n * I, c->act == LMC_ACT_GELU_TANH);
+        } else if (be->matmul_swiglu && !L->b_gate && !L->b_up) {
+            be->matmul_swiglu(be->ctx, a->ff1, a->h, n, &L->w_gate, &L->w_up);
         } else {
-            be->matmul(be->ctx, a->ff1, a->h, n, &L->w_gate, L->b_gate);
-            be->matmul(be->ctx, a->ff2, a->h, n, &L->w_up, L->b_up);
+            float *y[2] = {a->ff1, a->ff2};
+            const struct lmc_mat *w[2] = {&L->w_gate, &L->w_up};
+            const float *bias[2] = {L->b_gate, L->b_up};
+            matmuls(be, 2, y, a->h, n, w, bias);
             be->swiglu(be->ctx, a->ff1, a->ff1, a->ff2, n * I);
         }
-        be->matmul(be->ctx, a->h, a->ff1, n, &L->w_down, L->b_down);
-        be->add(be->ctx, a->x, a->x, a->h, n * C);
+        residual_matmul(be, a, a->ff1, n, &L->w_down, L->b_down, C);
     }
     free(sc);
     if (b->n_logits == 0) return LMC_OK;
