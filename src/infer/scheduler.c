@@ -473,7 +473,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                            (long long)op.kv_blocks, (long long)op.ctx);
     int64_t per_seq = (op.ctx + op.block_size - 1) / op.block_size;
     if (op.kv_blocks == 0) {
-        size_t bb = lmc_kv_pool_block_bytes(m, op.block_size);
+        size_t bb = lmc_kv_pool_block_bytes(m, be, op.block_size);
         size_t bytes = op.kv_bytes ? op.kv_bytes : (size_t)2 << 30;
         op.kv_blocks = (int64_t)(bytes / bb);
         if (!op.kv_bytes) op.kv_blocks = LMC_MIN(op.kv_blocks, (int64_t)op.max_batch * per_seq);

@@ -14,10 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, int64_t block_size) {
+size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
+                               int64_t block_size) {
     const struct lmc_config *c = &m->cfg;
     return 2 * (size_t)c->num_layers * (size_t)block_size *
-           (size_t)(c->num_kv_heads * c->head_dim) * sizeof(float);
+           (size_t)(c->num_kv_heads * c->head_dim) * (size_t)lmc_dtype_size(be->kv_dtype);
 }
 
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,

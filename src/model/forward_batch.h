@@ -21,8 +21,10 @@ struct lmc_kv_pool {
     int64_t n_blocks, block_size, n_layers, row;
     float *k, *v;            /* (L, n_blocks * block_size, row) each */
 };
-/* Bytes of one block over all layers, K and V. */
-size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, int64_t block_size);
+/* Bytes of one block over all layers, K and V, in the backend's kv_dtype
+ * (f32 on the CPU, bf16 on CUDA). */
+size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
+                               int64_t block_size);
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
                             const struct lmc_backend *be, int64_t n_blocks, int64_t block_size,
                             lmc_err *err);
