@@ -672,6 +672,47 @@ static void test_attention_paged(int quick) {
         }
 }
 
+/* argmax_rows: the GPU's ids equal the CPU's (a left-to-right first strict
+ * maximum) on odd sizes, with ties, NaNs (also at index 0) and -inf rows. */
+static void test_argmax_rows(void) {
+    const int64_t shapes[][2] = {{1, 1}, {3, 7}, {5, 511}, {2, 513}, {7, 1000}, {64, 32000},
+                                 {3, 50257}, {1, 151937}};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int64_t R = shapes[c][0], V = shapes[c][1];
+        float *x = rand_f(R * V, 4.0f);
+        for (int64_t r = 0; r < R; r++) {
+            float *row = x + r * V;
+            switch (r % 5) {
+            case 1: /* a tie: the first one wins */
+                if (V > 2) row[V / 3] = row[V - 1] = 9.0f;
+                break;
+            case 2: /* NaNs are never taken */
+                for (int64_t i = 1; i < V; i += 3) row[i] = NAN;
+                break;
+            case 3: /* NaN at index 0: 0 */
+                row[0] = NAN;
+                break;
+            case 4: /* all -inf but one */
+                for (int64_t i = 0; i < V; i++) row[i] = -INFINITY;
+                row[V / 2] = -1e30f;
+                break;
+            }
+        }
+        int32_t *want = malloc((size_t)R * sizeof *want), *got = malloc((size_t)R * sizeof *got);
+        cpu.argmax_rows(cpu.ctx, want, x, R, V);
+        float *d = up(x, (size_t)(R * V) * sizeof(float));
+        gpu.argmax_rows(gpu.ctx, got, d, R, V);
+        int bad = 0;
+        for (int64_t r = 0; r < R; r++) bad += got[r] != want[r];
+        CHECK_MSG(bad == 0, "argmax_rows %lld x %lld: %d rows differ", (long long)R, (long long)V,
+                  bad);
+        dfree(d);
+        free(x);
+        free(want);
+        free(got);
+    }
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     if (lmc_cuda_device_count() == 0) {
@@ -690,6 +731,7 @@ int main(int argc, char **argv) {
     test_norms();
     test_rope();
     test_elementwise();
+    test_argmax_rows();
     test_attention_vs_cpu();
     test_attention_batch();
     test_attention_sizes(quick);

@@ -4,7 +4,9 @@
  * running sequence its decode token, then prefill chunks in admission order
  * within max_step_tokens, admits waiting requests while blocks allow (after
  * a prefix-cache lookup), runs one lmc_model_forward_batch, and samples each
- * sequence that reached its last token with its own sampler. When blocks
+ * sequence that reached its last token with its own sampler (a step whose
+ * sampled sequences are all plain greedy takes the argmax on the backend
+ * and downloads only the ids). When blocks
  * run out, the most recently admitted running sequence is preempted: its
  * blocks are released (full ones stay in the prefix cache) and it waits at
  * the front of the queue to recompute prompt + generated tokens; what it
@@ -49,6 +51,7 @@ struct lmc_sched {
     struct lmc_paged_kv kv;
     struct lmc_batch_acts acts;
     float *logits;                 /* (max_batch, V) host */
+    int32_t *ids;                  /* (max_batch) host: argmax ids of an all-greedy step */
     int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows; /* this step's batch (host) */
     struct req **sched;            /* (max_batch) scheduled this step */
     /* scheduler thread only */
@@ -183,11 +186,22 @@ static bool is_eos(const struct lmc_sched *s, int32_t id) {
     return s->tok && id == lmc_tokenizer_eos(s->tok);
 }
 
-/* Samples q's next token from row and emits it; true when q is finished
- * (DONE or ERROR emitted). */
-static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row) {
+/* True when q's next token is the plain argmax of its logits: greedy, no
+ * penalties (which change the logits with the history), no logprobs. Steps
+ * where every sampled sequence is so take the argmax on the backend
+ * (lmc_model_forward_batch_argmax) and never download the logits. */
+static bool plain_greedy(const struct req *q) {
+    const struct lmc_sampler_params *p = &q->r.sampling;
+    return p->temperature == 0 && p->repeat_penalty == 1.0 && p->presence_penalty == 0 &&
+           p->frequency_penalty == 0 && q->r.top_logprobs < 0;
+}
+
+/* Samples q's next token from row (row NULL: the token is *given, from the
+ * backend's argmax, and q is plain_greedy) and emits it; true when q is
+ * finished (DONE or ERROR emitted). */
+static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row, int32_t given) {
     int64_t V = s->m->cfg.vocab_size;
-    int32_t id = lmc_sampler_sample(&q->smp, row, q->toks, n_total(q));
+    int32_t id = row ? lmc_sampler_sample(&q->smp, row, q->toks, n_total(q)) : given;
     const char *piece;
     size_t plen;
     bool stopped;
@@ -208,7 +222,7 @@ static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row) {
     ev.token = id;
     ev.text = piece;
     ev.text_len = plen;
-    if (q->r.top_logprobs >= 0) logprobs(q, row, V, id, &ev);
+    if (q->r.top_logprobs >= 0 && row) logprobs(q, row, V, id, &ev);
     q->fn(q->user, &ev);
     if (stopped) {
         emit_done(s, q, "stop", NULL, 0);
@@ -283,6 +297,7 @@ static void step(struct lmc_sched *s) {
     admit(s, &budget);
     /* the batch */
     int64_t T = 0, ns = 0, nl = 0, mb = s->max_blocks;
+    bool greedy = true; /* every sampled sequence plain_greedy */
     for (int64_t i = 0; i < s->n_running; i++) {
         struct req *q = s->running[i];
         if (!q->take) continue;
@@ -296,13 +311,20 @@ static void step(struct lmc_sched *s) {
             s->b_seq[T] = (int32_t)ns;
             s->b_pos[T] = (int32_t)(q->n_computed + j);
         }
-        if (q->n_computed + q->take == n_total(q)) s->b_rows[nl++] = (int32_t)(T - 1);
+        if (q->n_computed + q->take == n_total(q)) {
+            s->b_rows[nl++] = (int32_t)(T - 1);
+            greedy = greedy && plain_greedy(q);
+        }
         ns++;
     }
     if (!ns) return;
     struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl};
     lmc_err err = {0};
-    lmc_status st = lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b, s->logits, &err);
+    lmc_status st = greedy && nl
+                        ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b,
+                                                         s->ids, &err)
+                        : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b,
+                                                  s->logits, &err);
     s->n_steps++;
     int64_t row = 0;
     for (int64_t k = 0; k < ns; k++) {
@@ -320,7 +342,8 @@ static void step(struct lmc_sched *s) {
         q->take = 0;
         if (!sampled) continue;
         int64_t before = q->n_gen;
-        bool done = sample_and_emit(s, q, s->logits + (row++) * s->m->cfg.vocab_size);
+        bool done = greedy ? sample_and_emit(s, q, NULL, s->ids[row++])
+                           : sample_and_emit(s, q, s->logits + (row++) * s->m->cfg.vocab_size, 0);
         s->n_generated += q->n_gen - before;
         if (done) finish_running(s, i);
     }
@@ -439,6 +462,7 @@ static void sched_release(struct lmc_sched *s) {
     lmc_paged_kv_free(&s->kv);
     lmc_batch_acts_free(&s->acts);
     free(s->logits);
+    free(s->ids);
     free(s->b_ids);
     free(s->b_seq);
     free(s->b_pos);
@@ -496,6 +520,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     int64_t T = op.max_step_tokens, B = op.max_batch;
     if (!st) {
         s->logits = malloc((size_t)B * (size_t)c->vocab_size * sizeof(float));
+        s->ids = malloc((size_t)B * sizeof(int32_t));
         s->b_ids = malloc((size_t)T * sizeof(int32_t));
         s->b_seq = malloc((size_t)T * sizeof(int32_t));
         s->b_pos = malloc((size_t)T * sizeof(int32_t));
@@ -503,7 +528,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         s->b_bt = malloc((size_t)(B * per_seq) * sizeof(int32_t));
         s->sched = malloc((size_t)B * sizeof *s->sched);
         s->running = malloc((size_t)B * sizeof *s->running);
-        if (!s->logits || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
+        if (!s->logits || !s->ids || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
             !s->sched || !s->running)
             st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
     }

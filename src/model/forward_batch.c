@@ -213,9 +213,10 @@ static bool upload_freqs(const struct lmc_model *m, const struct lmc_backend *be
     return uniform;
 }
 
-lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_backend *be,
-                                   struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
-                                   const struct lmc_batch *b, float *logits, lmc_err *err) {
+/* The step up to the logits, left in backend memory (ba->a.logits). */
+static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_backend *be,
+                                    struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
+                                    const struct lmc_batch *b, lmc_err *err) {
     lmc_status st = check_batch(m, ba, kv, b, err);
     if (st) return st;
     const struct lmc_config *c = &m->cfg;
@@ -289,7 +290,39 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
     be->embed(be->ctx, a->h, &xt, ba->rows, b->n_logits);
     norm(be, c, a->h, a->h, m->norm_f_w, m->norm_f_b, b->n_logits);
     be->matmul(be->ctx, a->logits, a->h, b->n_logits, &m->lm_head, NULL);
-    be->download(be->ctx, logits, a->logits,
-                 (size_t)(b->n_logits * c->vocab_size) * sizeof(float));
+    return LMC_OK;
+}
+
+lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_backend *be,
+                                   struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
+                                   const struct lmc_batch *b, float *logits, lmc_err *err) {
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
+    if (st || b->n_logits == 0) return st;
+    be->download(be->ctx, logits, ba->a.logits,
+                 (size_t)(b->n_logits * m->cfg.vocab_size) * sizeof(float));
+    return LMC_OK;
+}
+
+lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struct lmc_backend *be,
+                                          struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
+                                          const struct lmc_batch *b, int32_t *ids, lmc_err *err) {
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
+    if (st || b->n_logits == 0) return st;
+    int64_t V = m->cfg.vocab_size;
+    if (be->argmax_rows) {
+        be->argmax_rows(be->ctx, ids, ba->a.logits, b->n_logits, V);
+        return LMC_OK;
+    }
+    /* no device argmax: download and scan (first strict maximum, as the sampler) */
+    float *row = malloc((size_t)V * sizeof *row);
+    if (!row) return lmc_err_set(err, LMC_ERR_OOM, "forward batch: out of memory");
+    for (int64_t r = 0; r < b->n_logits; r++) {
+        be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
+        int64_t best = 0;
+        for (int64_t i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        ids[r] = (int32_t)best;
+    }
+    free(row);
     return LMC_OK;
 }

@@ -66,5 +66,12 @@ void lmc_batch_acts_free(struct lmc_batch_acts *b);
 lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_backend *be,
                                    struct lmc_batch_acts *a, struct lmc_kv_pool *kv,
                                    const struct lmc_batch *b, float *logits, lmc_err *err);
+/* The same step, but writes for each logits row only the id of its
+ * largest logit (host ids, n_logits entries; the first on ties, as greedy
+ * sampling picks): the argmax runs on the backend (argmax_rows) when it
+ * has one, so only the ids leave it. */
+lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struct lmc_backend *be,
+                                          struct lmc_batch_acts *a, struct lmc_kv_pool *kv,
+                                          const struct lmc_batch *b, int32_t *ids, lmc_err *err);
 
 #endif

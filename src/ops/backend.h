@@ -117,6 +117,14 @@ struct lmc_backend {
     void (*rope_kv_store)(void *ctx, float *q, float *k, const float *v, void *kc, void *vc,
                           int64_t M, int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim,
                           const int32_t *pos, const double *inv_freq, float attn_scale);
+    /* Optional (NULL: the caller downloads the logits and takes the argmax
+     * on the host). out_ids[r] (host memory, rows entries) = the index of
+     * the largest of logits[r*V .. r*V+V-1] (backend memory), the first one
+     * on ties, NaN entries never chosen, except that a NaN at index 0 gives
+     * 0 — the same answer as a left-to-right scan keeping the first strict
+     * maximum (the sampler's greedy choice). Waits for the result. */
+    void (*argmax_rows)(void *ctx, int32_t *out_ids, const float *logits, int64_t rows,
+                        int64_t V);
 
     /* ---- Training: backward ops (NULL where a backend has none). Gradients
      * are f32; "+=" outputs accumulate into what the caller holds, "="

@@ -97,6 +97,7 @@ void lmc_cpu_attention_paged(void *ctx, float *out, const float *q, const float 
 void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
 void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
+void lmc_cpu_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);
 /* Training backward ops (backend.h documents them). */
 void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
                         const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);

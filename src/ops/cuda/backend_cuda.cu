@@ -193,6 +193,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->swiglu = lmc_cuda_swiglu;
     be->gelu = lmc_cuda_gelu;
     be->add = lmc_cuda_add;
+    be->argmax_rows = lmc_cuda_argmax_rows;
     return LMC_OK;
 }
 
