@@ -5,13 +5,15 @@
 # `lmc serve --device cuda` on 127.0.0.1 and drives it with `lmc
 # bench-serve` at concurrency 1, 8, 64, 256 (streaming, prompt P random
 # tokens, M new tokens with ignore_eos), samples /metrics during each level
-# for the KV waste (1 - tokens stored / (blocks used x block size)), then
+# for the KV waste (1 - tokens stored / (blocks used x block size); the mean
+# over the samples taken while blocks were in use, and the worst), then
 # times transformers' batched greedy `generate` at batch 64 on the same
 # weights (prompt P, M new tokens) for the ratio. Appends a Markdown table
 # to bench/results/serve-cuda-<date>.md; logs to $OUT (or /tmp/lmc-serve-out).
 # Sections: build test bench hf (default: all).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/run_serve_cuda.sh [SECTION ...]
-# env: P, M, LEVELS, KV_BLOCKS, STEP_TOKENS
+# env: P, M, LEVELS, KV_BLOCKS, STEP_TOKENS, OPS_ARGS (e.g. --quick for
+# test_ops_cuda), COMMIT (recorded when the tree has no .git)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/lmc-serve-out}
@@ -24,7 +26,7 @@ B=build-dev
 MODEL=/tmp/llama-1.1b
 rc=0
 GPU=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
-echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $GPU"
+echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}") $GPU"
 if has build || [ ! -x $B/lmc ]; then
   cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DLMC_WERROR=${LMC_WERROR:-OFF} >"$OUT/build.log" 2>&1 &&
     make -C $B -j16 lmc_cli test_ops_cuda test_sched_cuda >>"$OUT/build.log" 2>&1 ||
@@ -32,7 +34,7 @@ if has build || [ ! -x $B/lmc ]; then
   echo "build ok"
 fi
 if has test; then
-  timeout 150 $B/test_ops_cuda >"$OUT/test_ops_cuda.log" 2>&1; r=$?
+  timeout 150 $B/test_ops_cuda ${OPS_ARGS:-} >"$OUT/test_ops_cuda.log" 2>&1; r=$?
   grep -E "max rel err|passed|failed" "$OUT/test_ops_cuda.log" | tail -20
   grep "^FAIL" "$OUT/test_ops_cuda.log" | head -20
   echo "test_ops_cuda rc=$r"; [ $r = 0 ] || rc=1
@@ -70,14 +72,14 @@ EOF
   {
     echo "## Run at $(date -u +%FT%TZ)"
     echo
-    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")$(git diff --quiet HEAD -- src tools 2>/dev/null || echo ' (+ uncommitted changes)')"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")$(git rev-parse -q HEAD >/dev/null 2>&1 && ! git diff --quiet HEAD -- src tools && echo ' (+ uncommitted changes)')"
     echo "- device: $GPU"
     echo "- model: random 1.1B Llama (bench/bench_cuda.py makemodel: 22 layers, hidden 2048, 32 heads, 4 KV heads, bf16 weights, bf16 KV pool)"
     echo "- server: \`lmc serve --device cuda --max-batch 256 --block-size $BLOCK --kv-blocks $KV_BLOCKS --max-step-tokens $STEP_TOKENS --max-connections 600 --max-active 600\`"
     echo "- load: \`lmc bench-serve\`, streaming, prompt $P random tokens, $M new tokens (ignore_eos), greedy"
     echo "- command: \`bench/run_serve_cuda.sh $*\`"
     echo
-    echo "| concurrency | requests | failed | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | KV waste (worst sample) |"
+    echo "| concurrency | requests | failed | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | KV waste mean / worst sample |"
     echo "|---|---|---|---|---|---|---|"
   } >>"$RES"
   # warm-up (plans, allocations)
@@ -93,14 +95,14 @@ EOF
     MON=$!
     J=$(timeout 200 $B/lmc bench-serve --url "$URL" --concurrency "$C" --requests "$N" --prompt-len "$P" --max-tokens "$M" --json)
     kill $MON 2>/dev/null; wait $MON 2>/dev/null
-    W=$(sort -g "$WASTE" | tail -1); rm -f "$WASTE"
+    W=$(awk '{s += $1; n++; if (n == 1 || $1 > w) w = $1} END{if (n) printf "%.1f%% / %.1f%%", 100 * s / n, 100 * w}' "$WASTE"); rm -f "$WASTE"
     echo "$J" >>"$OUT/bench_serve.json"
     echo "$J" | python3 -c "
 import json, sys
 j = json.load(sys.stdin); w = sys.argv[1]
 print('| %d | %d | %d | %.1f | %.1f / %.1f | %.1f / %.1f | %s |' % (j['concurrency'], j['requests'], j['failed'],
       j['output_tokens_per_s'], 1e3 * j['ttft_s']['p50'], 1e3 * j['ttft_s']['p99'], 1e3 * j['itl_s']['p50'],
-      1e3 * j['itl_s']['p99'], ('%.1f%%' % (100 * float(w))) if w else 'n/a'))" "${W:-}" | tee -a "$RES"
+      1e3 * j['itl_s']['p99'], w or 'n/a'))" "${W:-}" | tee -a "$RES"
   done
   kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
   echo >>"$RES"
