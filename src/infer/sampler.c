@@ -2,6 +2,7 @@
 #include "infer/sampler.h"
 #include "core/core.h"
 #include "core/rng.h"
+#include "ops/cpu/ops_cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -84,59 +85,12 @@ static void apply_penalties(struct lmc_sampler *s, float *logits, const int32_t 
     }
 }
 
-static int cmp_desc(const void *a, const void *b, void *ctx) {
-    const float *pr = ctx;
-    float x = pr[*(const int32_t *)a], y = pr[*(const int32_t *)b];
-    if (x != y) return x < y ? 1 : -1;
-    return *(const int32_t *)a - *(const int32_t *)b;
-}
-
 int32_t lmc_sampler_sample(struct lmc_sampler *s, float *logits, const int32_t *history,
                            int64_t n_history) {
     const struct lmc_sampler_params *p = &s->p;
-    int64_t V = s->vocab;
     apply_penalties(s, logits, history, n_history);
-    if (p->temperature == 0) return lmc_argmax(logits, V);
-    /* softmax at temperature T over all tokens */
-    float mx = logits[lmc_argmax(logits, V)];
-    double sum = 0;
-    for (int64_t i = 0; i < V; i++) {
-        float e = expf((float)((logits[i] - mx) / p->temperature));
-        s->prob[i] = e;
-        sum += e;
-    }
-    /* HF order: top-k, then top-p over the renormalised top-k set, then
-     * min-p relative to the most likely token (prob 1 before normalising). */
-    int64_t n = V;
-    for (int64_t i = 0; i < V; i++) s->idx[i] = (int32_t)i;
-    if (p->top_k > 0 || p->top_p < 1.0) {
-        qsort_r(s->idx, (size_t)n, sizeof *s->idx, cmp_desc, s->prob);
-        if (p->top_k > 0 && n > p->top_k) n = p->top_k;
-    }
-    if (p->top_p < 1.0) {
-        double mass = 0;
-        for (int64_t i = 0; i < n; i++) mass += s->prob[s->idx[i]];
-        double cum = 0, lim = p->top_p * mass;
-        int64_t keep = 0;
-        while (keep < n) {
-            cum += s->prob[s->idx[keep++]];
-            if (cum >= lim) break;
-        }
-        n = keep;
-    }
-    if (p->min_p > 0) {
-        int64_t k = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (s->prob[s->idx[i]] >= (float)p->min_p) s->idx[k++] = s->idx[i];
-        n = k; /* the top token has prob 1 here, so k >= 1 */
-    }
-    (void)sum;
-    double tot = 0;
-    for (int64_t i = 0; i < n; i++) tot += s->prob[s->idx[i]];
-    double r = lmc_rng_uniform(&s->rng) * tot;
-    for (int64_t i = 0; i < n; i++) {
-        r -= s->prob[s->idx[i]];
-        if (r < 0) return s->idx[i];
-    }
-    return s->idx[n - 1];
+    struct lmc_sample_row row = {.temperature = p->temperature, .top_p = p->top_p,
+                                 .min_p = p->min_p, .top_k = p->top_k};
+    if (p->temperature != 0) row.u = lmc_rng_uniform(&s->rng); /* greedy draws nothing */
+    return lmc_sample_logits_row(logits, s->vocab, &row, s->idx, s->prob);
 }

@@ -14,6 +14,7 @@
  * output does not change. */
 #include "infer/scheduler.h"
 #include "core/core.h"
+#include "core/rng.h"
 #include "infer/detok.h"
 #include "infer/paged_kv.h"
 #include "model/forward_batch.h"
@@ -52,6 +53,7 @@ struct lmc_sched {
     struct lmc_batch_acts acts;
     float *logits;                 /* (max_batch, V) host */
     int32_t *ids;                  /* (max_batch) host: argmax ids of an all-greedy step */
+    struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
     int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows; /* this step's batch (host) */
     struct req **sched;            /* (max_batch) scheduled this step */
     /* scheduler thread only */
@@ -196,6 +198,17 @@ static bool plain_greedy(const struct req *q) {
            p->frequency_penalty == 0 && q->r.top_logprobs < 0;
 }
 
+/* True when q's next token depends on its logits row alone (the sampler
+ * without penalties or logprobs): steps where every sampled sequence is so
+ * sample on the backend (sample_rows, lmc_model_forward_batch_sample), with
+ * one uniform per row drawn here from the request's own rng, as
+ * lmc_sampler_sample would. */
+static bool plain_sample(const struct req *q) {
+    const struct lmc_sampler_params *p = &q->r.sampling;
+    return p->repeat_penalty == 1.0 && p->presence_penalty == 0 && p->frequency_penalty == 0 &&
+           q->r.top_logprobs < 0;
+}
+
 /* Samples q's next token from row (row NULL: the token is *given, from the
  * backend's argmax, and q is plain_greedy) and emits it; true when q is
  * finished (DONE or ERROR emitted). */
@@ -298,6 +311,7 @@ static void step(struct lmc_sched *s) {
     /* the batch */
     int64_t T = 0, ns = 0, nl = 0, mb = s->max_blocks;
     bool greedy = true; /* every sampled sequence plain_greedy */
+    bool plain = s->be->sample_rows != NULL; /* every sampled sequence plain_sample */
     for (int64_t i = 0; i < s->n_running; i++) {
         struct req *q = s->running[i];
         if (!q->take) continue;
@@ -314,17 +328,32 @@ static void step(struct lmc_sched *s) {
         if (q->n_computed + q->take == n_total(q)) {
             s->b_rows[nl++] = (int32_t)(T - 1);
             greedy = greedy && plain_greedy(q);
+            plain = plain && plain_sample(q);
         }
         ns++;
     }
     if (!ns) return;
     struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl};
     lmc_err err = {0};
-    lmc_status st = greedy && nl
-                        ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b,
-                                                         s->ids, &err)
-                        : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b,
-                                                  s->logits, &err);
+    if (!nl) greedy = plain = false;
+    if (plain && !greedy) { /* the uniforms, in logits-row order (the order of sched) */
+        int64_t r = 0;
+        for (int64_t k = 0; k < ns; k++) {
+            struct req *q = s->sched[k];
+            if (q->n_computed + q->take != n_total(q)) continue;
+            const struct lmc_sampler_params *p = &q->smp.p;
+            s->sprm[r] = (struct lmc_sample_row){.temperature = p->temperature, .top_p = p->top_p,
+                                                 .min_p = p->min_p, .top_k = p->top_k};
+            if (p->temperature != 0) s->sprm[r].u = lmc_rng_uniform(&q->smp.rng);
+            r++;
+        }
+    }
+    lmc_status st = greedy ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b,
+                                                            s->ids, &err)
+                    : plain ? lmc_model_forward_batch_sample(s->m, s->be, &s->acts, &s->kv.pool,
+                                                             &b, s->sprm, s->ids, &err)
+                            : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b,
+                                                      s->logits, &err);
     s->n_steps++;
     int64_t row = 0;
     for (int64_t k = 0; k < ns; k++) {
@@ -342,7 +371,7 @@ static void step(struct lmc_sched *s) {
         q->take = 0;
         if (!sampled) continue;
         int64_t before = q->n_gen;
-        bool done = greedy ? sample_and_emit(s, q, NULL, s->ids[row++])
+        bool done = greedy || plain ? sample_and_emit(s, q, NULL, s->ids[row++])
                            : sample_and_emit(s, q, s->logits + (row++) * s->m->cfg.vocab_size, 0);
         s->n_generated += q->n_gen - before;
         if (done) finish_running(s, i);
@@ -463,6 +492,7 @@ static void sched_release(struct lmc_sched *s) {
     lmc_batch_acts_free(&s->acts);
     free(s->logits);
     free(s->ids);
+    free(s->sprm);
     free(s->b_ids);
     free(s->b_seq);
     free(s->b_pos);
@@ -521,6 +551,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     if (!st) {
         s->logits = malloc((size_t)B * (size_t)c->vocab_size * sizeof(float));
         s->ids = malloc((size_t)B * sizeof(int32_t));
+        s->sprm = malloc((size_t)B * sizeof *s->sprm);
         s->b_ids = malloc((size_t)T * sizeof(int32_t));
         s->b_seq = malloc((size_t)T * sizeof(int32_t));
         s->b_pos = malloc((size_t)T * sizeof(int32_t));
@@ -528,7 +559,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         s->b_bt = malloc((size_t)(B * per_seq) * sizeof(int32_t));
         s->sched = malloc((size_t)B * sizeof *s->sched);
         s->running = malloc((size_t)B * sizeof *s->running);
-        if (!s->logits || !s->ids || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
+        if (!s->logits || !s->ids || !s->sprm || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
             !s->sched || !s->running)
             st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
     }

@@ -9,6 +9,7 @@
  * over the hidden states viewed as an F32 table). */
 #include "model/forward_batch.h"
 #include "core/core.h"
+#include "ops/cpu/ops_cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -324,5 +325,36 @@ lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struc
         ids[r] = (int32_t)best;
     }
     free(row);
+    return LMC_OK;
+}
+
+lmc_status lmc_model_forward_batch_sample(const struct lmc_model *m, const struct lmc_backend *be,
+                                          struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
+                                          const struct lmc_batch *b,
+                                          const struct lmc_sample_row *params, int32_t *ids,
+                                          lmc_err *err) {
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
+    if (st || b->n_logits == 0) return st;
+    int64_t V = m->cfg.vocab_size;
+    if (be->sample_rows) {
+        be->sample_rows(be->ctx, ids, ba->a.logits, b->n_logits, V, params);
+        return LMC_OK;
+    }
+    /* no device sampler: download each row and run the sampler's core */
+    float *row = malloc((size_t)V * sizeof *row), *prob = malloc((size_t)V * sizeof *prob);
+    int32_t *idx = malloc((size_t)V * sizeof *idx);
+    if (!row || !prob || !idx) {
+        free(row);
+        free(prob);
+        free(idx);
+        return lmc_err_set(err, LMC_ERR_OOM, "forward batch: out of memory");
+    }
+    for (int64_t r = 0; r < b->n_logits; r++) {
+        be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
+        ids[r] = lmc_sample_logits_row(row, V, &params[r], idx, prob);
+    }
+    free(row);
+    free(prob);
+    free(idx);
     return LMC_OK;
 }

@@ -73,5 +73,14 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
 lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struct lmc_backend *be,
                                           struct lmc_batch_acts *a, struct lmc_kv_pool *kv,
                                           const struct lmc_batch *b, int32_t *ids, lmc_err *err);
+/* The same step, sampling each logits row r with params[r] (host; the
+ * sampler's core semantics, penalties already excluded by the caller) into
+ * ids[r] (host): on the backend (sample_rows) when it has one, so only the
+ * ids leave it; otherwise the rows are downloaded and sampled on the host. */
+lmc_status lmc_model_forward_batch_sample(const struct lmc_model *m, const struct lmc_backend *be,
+                                          struct lmc_batch_acts *a, struct lmc_kv_pool *kv,
+                                          const struct lmc_batch *b,
+                                          const struct lmc_sample_row *params, int32_t *ids,
+                                          lmc_err *err);
 
 #endif

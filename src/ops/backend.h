@@ -21,6 +21,16 @@ struct lmc_mat {
     const void *data;
 };
 
+/* One row's sampling parameters for sample_rows (sampler.h semantics;
+ * penalties are applied to the logits before, by the owner of the history). */
+struct lmc_sample_row {
+    double temperature;     /* 0 = greedy argmax (u unused) */
+    double top_p;           /* 1 = off */
+    double min_p;           /* 0 = off */
+    double u;               /* uniform [0, 1) drawn from the request's own rng */
+    int64_t top_k;          /* 0 = off */
+};
+
 struct lmc_backend {
     const char *name;
     void *ctx;              /* backend state: thread pool, scratch, streams */
@@ -125,6 +135,14 @@ struct lmc_backend {
      * maximum (the sampler's greedy choice). Waits for the result. */
     void (*argmax_rows)(void *ctx, int32_t *out_ids, const float *logits, int64_t rows,
                         int64_t V);
+    /* Optional (NULL: download the logits, sample on the host). out_ids[r]
+     * (host memory) = the id lmc_sample_logits_row (ops/cpu/ops_cpu.h: the
+     * sampler's core) picks from logits[r*V ..] (backend memory, finite or
+     * -inf) with params[r] (host memory): temperature 0 = argmax_rows'
+     * answer; else softmax at temperature, top-k, top-p over the top-k set,
+     * min-p relative to the top token, a draw with u. Waits for the result. */
+    void (*sample_rows)(void *ctx, int32_t *out_ids, const float *logits, int64_t rows,
+                        int64_t V, const struct lmc_sample_row *params);
 
     /* ---- Training: backward ops (NULL where a backend has none). Gradients
      * are f32; "+=" outputs accumulate into what the caller holds, "="
