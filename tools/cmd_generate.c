@@ -15,7 +15,7 @@ struct gen_args {
     struct cli_common c;
     const char *prompt;
     struct lmc_gen_opts g;
-    const char *stops[MAX_STOP];
+    const char *stops[MAX_STOP + LMC_CHAT_MAX_TURN_STOPS]; /* chat adds the turn stops */
     bool temp_set, no_special;
     const char *system;
 };
@@ -140,22 +140,6 @@ done:
     return rc;
 }
 
-/* Stop strings that end an assistant turn in each style. */
-static int turn_stops(enum lmc_chat_style st, const char **out) {
-    switch (st) {
-    case LMC_CHAT_LLAMA3:
-    case LMC_CHAT_LLAMA31:
-    case LMC_CHAT_LLAMA32: out[0] = "<|eot_id|>"; return 1;
-    case LMC_CHAT_CHATML:
-    case LMC_CHAT_CHATML_QWEN:
-    case LMC_CHAT_CHATML_QWEN25: out[0] = "<|im_end|>"; return 1;
-    case LMC_CHAT_ZEPHYR: out[0] = "</s>"; out[1] = "<|user|>"; return 2;
-    case LMC_CHAT_LLAMA2:
-    case LMC_CHAT_MISTRAL: out[0] = "</s>"; out[1] = "[INST]"; return 2;
-    default: return 0;
-    }
-}
-
 static bool emit_collect(void *user, const char *text, size_t len) {
     fwrite(text, 1, len, stdout);
     fflush(stdout);
@@ -184,7 +168,7 @@ int cmd_chat(int argc, char **argv) {
         cli_close(&cm);
         return 1;
     }
-    a.g.n_stop += turn_stops(style, a.stops + a.g.n_stop);
+    a.g.n_stop += lmc_chat_turn_stops(style, a.stops + a.g.n_stop);
     struct lmc_session s;
     if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, cli_ctx(&a.c, &cm.model), 512, &err)) {
         cli_close(&cm);

@@ -452,20 +452,8 @@ lmc_status lmc_serve_check_length(struct lmc_serve_request *r, int64_t n_prompt,
 
 lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, enum lmc_chat_style st,
                                     struct lmc_serve_error *e) {
-    const char *s[2];
-    int n = 0;
-    switch (st) {
-    case LMC_CHAT_LLAMA3:
-    case LMC_CHAT_LLAMA31:
-    case LMC_CHAT_LLAMA32: s[n++] = "<|eot_id|>"; break;
-    case LMC_CHAT_CHATML:
-    case LMC_CHAT_CHATML_QWEN:
-    case LMC_CHAT_CHATML_QWEN25: s[n++] = "<|im_end|>"; break;
-    case LMC_CHAT_ZEPHYR: s[n++] = "</s>"; s[n++] = "<|user|>"; break;
-    case LMC_CHAT_LLAMA2:
-    case LMC_CHAT_MISTRAL: s[n++] = "</s>"; s[n++] = "[INST]"; break;
-    default: break;
-    }
+    const char *s[LMC_CHAT_MAX_TURN_STOPS];
+    int n = lmc_chat_turn_stops(st, s);
     if (r->r.n_stop + n > LMC_SCHED_MAX_STOP)
         return lmc_serve_fail(e, 400, "stop", "invalid_value", "too many stop strings");
     for (int i = 0; i < n; i++) r->r.stop[r->r.n_stop++] = s[i];

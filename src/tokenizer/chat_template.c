@@ -273,3 +273,18 @@ lmc_status lmc_chat_render(enum lmc_chat_style style, const struct lmc_chat_msg 
     *out = o.p;
     return LMC_OK;
 }
+
+int lmc_chat_turn_stops(enum lmc_chat_style st, const char **out) {
+    switch (st) {
+    case LMC_CHAT_LLAMA3:
+    case LMC_CHAT_LLAMA31:
+    case LMC_CHAT_LLAMA32: out[0] = "<|eot_id|>"; return 1;
+    case LMC_CHAT_CHATML:
+    case LMC_CHAT_CHATML_QWEN:
+    case LMC_CHAT_CHATML_QWEN25: out[0] = "<|im_end|>"; return 1;
+    case LMC_CHAT_ZEPHYR: out[0] = "</s>"; out[1] = "<|user|>"; return 2;
+    case LMC_CHAT_LLAMA2:
+    case LMC_CHAT_MISTRAL: out[0] = "</s>"; out[1] = "[INST]"; return 2;
+    default: return 0;
+    }
+}

@@ -42,4 +42,10 @@ lmc_status lmc_chat_render(enum lmc_chat_style style, const struct lmc_chat_msg 
                            const char *bos, const char *eos, char **out, lmc_err *err);
 const char *lmc_chat_style_name(enum lmc_chat_style s);
 
+#define LMC_CHAT_MAX_TURN_STOPS 2
+/* The strings that end an assistant turn in this style (e.g. "<|eot_id|>"),
+ * for use as stop strings; writes up to LMC_CHAT_MAX_TURN_STOPS pointers to
+ * static strings into out and returns how many. */
+int lmc_chat_turn_stops(enum lmc_chat_style s, const char **out);
+
 #endif
