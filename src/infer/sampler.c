@@ -2,7 +2,7 @@
 #include "infer/sampler.h"
 #include "core/core.h"
 #include "core/rng.h"
-#include "ops/cpu/ops_cpu.h"
+#include "ops/backend.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -4,6 +4,7 @@
  * cache and activation scratch, both sized up front. */
 #include "model/model.h"
 #include "core/core.h"
+#include "model/layer.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -97,36 +98,6 @@ void lmc_acts_free(struct lmc_acts *a) {
     memset(a, 0, sizeof *a);
 }
 
-static void norm(const struct lmc_backend *be, const struct lmc_config *c, float *y, const float *x,
-                 const float *w, const float *b, int64_t n) {
-    if (c->arch == LMC_ARCH_GPT2)
-        be->layernorm(be->ctx, y, x, w, b, n, c->hidden_size, (float)c->norm_eps);
-    else
-        be->rmsnorm(be->ctx, y, x, w, n, c->hidden_size, (float)c->norm_eps);
-}
-
-/* y[i] = x @ w[i]^T + b[i] for i < n: one backend call when the backend
- * fuses matmuls that share their input, else n calls. */
-static void matmuls(const struct lmc_backend *be, int n, float *const *y, const float *x,
-                    int64_t M, const struct lmc_mat *const *w, const float *const *b) {
-    if (be->matmul_multi) {
-        be->matmul_multi(be->ctx, n, y, x, M, w, b);
-        return;
-    }
-    for (int i = 0; i < n; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
-}
-
-/* a->x += x @ w^T + b: fused when the backend has matmul_add. */
-static void residual_matmul(const struct lmc_backend *be, struct lmc_acts *a, const float *x,
-                            int64_t n, const struct lmc_mat *w, const float *b, int64_t C) {
-    if (be->matmul_add) {
-        be->matmul_add(be->ctx, a->x, x, n, w, b);
-        return;
-    }
-    be->matmul(be->ctx, a->h, x, n, w, b);
-    be->add(be->ctx, a->x, a->x, a->h, n * C);
-}
-
 /* One chunk of n <= a->max_tokens tokens. */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
@@ -159,12 +130,12 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
         const struct lmc_layer *L = &m->layers[l];
         char *kc = (char *)kv->k + (size_t)l * (size_t)kv->ctx * (size_t)kvd * kv_esz;
         char *vc = (char *)kv->v + (size_t)l * (size_t)kv->ctx * (size_t)kvd * kv_esz;
-        norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
+        lmc_layer_norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
         if (kv16) {
             float *y[3] = {a->q, a->att, a->ff1};
             const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
             const float *b[3] = {L->bq, L->bk, L->bv};
-            matmuls(be, 3, y, a->h, n, w, b);
+            lmc_layer_matmuls(be, 3, y, a->h, n, w, b);
             be->rope_kv_store(be->ctx, a->q, a->att, a->ff1, kc, vc, n, H, KV, hd, m->rot_dim,
                               a->pos, a->inv_freq, attn_scale);
         } else { /* K and V go straight into the cache rows of these positions */
@@ -172,7 +143,7 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
             float *y[3] = {a->q, kc32 + pos0 * kvd, vc32 + pos0 * kvd};
             const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
             const float *b[3] = {L->bq, L->bk, L->bv};
-            matmuls(be, 3, y, a->h, n, w, b);
+            lmc_layer_matmuls(be, 3, y, a->h, n, w, b);
             if (m->rot_dim) {
                 be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, a->inv_freq, attn_scale);
                 be->rope(be->ctx, kc32 + pos0 * kvd, n, KV, hd, m->rot_dim, a->pos, a->inv_freq,
@@ -181,25 +152,11 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
         }
         be->attention(be->ctx, a->att, a->q, (const float *)kc, (const float *)vc, n, pos0, H, KV,
                       hd, scale, c->sliding_window);
-        residual_matmul(be, a, a->att, n, &L->wo, L->bo, C);
-        norm(be, c, a->h, a->x, L->norm2_w, L->norm2_b, n);
-        if (c->arch == LMC_ARCH_GPT2) {
-            be->matmul(be->ctx, a->ff1, a->h, n, &L->w_up, L->b_up);
-            be->gelu(be->ctx, a->ff1, a->ff1, n * I, c->act == LMC_ACT_GELU_TANH);
-        } else if (be->matmul_swiglu && !L->b_gate && !L->b_up) {
-            be->matmul_swiglu(be->ctx, a->ff1, a->h, n, &L->w_gate, &L->w_up);
-        } else {
-            float *y[2] = {a->ff1, a->ff2};
-            const struct lmc_mat *w[2] = {&L->w_gate, &L->w_up};
-            const float *b[2] = {L->b_gate, L->b_up};
-            matmuls(be, 2, y, a->h, n, w, b);
-            be->swiglu(be->ctx, a->ff1, a->ff1, a->ff2, n * I);
-        }
-        residual_matmul(be, a, a->ff1, n, &L->w_down, L->b_down, C);
+        lmc_layer_out_mlp(be, c, L, a, n);
     }
     if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
     int64_t rows = all_logits ? n : 1;
-    norm(be, c, a->h, a->x + (n - rows) * C, m->norm_f_w, m->norm_f_b, rows);
+    lmc_layer_norm(be, c, a->h, a->x + (n - rows) * C, m->norm_f_w, m->norm_f_b, rows);
     be->matmul(be->ctx, a->logits, a->h, rows, &m->lm_head, NULL);
     be->download(be->ctx, host_logits, a->logits, (size_t)(rows * c->vocab_size) * sizeof(float));
 }

@@ -9,7 +9,7 @@
  * over the hidden states viewed as an F32 table). */
 #include "model/forward_batch.h"
 #include "core/core.h"
-#include "ops/cpu/ops_cpu.h"
+#include "model/layer.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -121,36 +121,6 @@ void lmc_batch_acts_free(struct lmc_batch_acts *b) {
     memset(b, 0, sizeof *b);
 }
 
-static void norm(const struct lmc_backend *be, const struct lmc_config *c, float *y, const float *x,
-                 const float *w, const float *bias, int64_t n) {
-    if (c->arch == LMC_ARCH_GPT2)
-        be->layernorm(be->ctx, y, x, w, bias, n, c->hidden_size, (float)c->norm_eps);
-    else
-        be->rmsnorm(be->ctx, y, x, w, n, c->hidden_size, (float)c->norm_eps);
-}
-
-/* y[i] = x @ w[i]^T + b[i] for i < n: one backend call when the backend
- * fuses matmuls that share their input (matmul_multi), else n calls. */
-static void matmuls(const struct lmc_backend *be, int n, float *const *y, const float *x,
-                    int64_t M, const struct lmc_mat *const *w, const float *const *b) {
-    if (be->matmul_multi) {
-        be->matmul_multi(be->ctx, n, y, x, M, w, b);
-        return;
-    }
-    for (int i = 0; i < n; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
-}
-
-/* a->x += x @ w^T + b: fused when the backend has matmul_add. */
-static void residual_matmul(const struct lmc_backend *be, struct lmc_acts *a, const float *x,
-                            int64_t n, const struct lmc_mat *w, const float *b, int64_t C) {
-    if (be->matmul_add) {
-        be->matmul_add(be->ctx, a->x, x, n, w, b);
-        return;
-    }
-    be->matmul(be->ctx, a->h, x, n, w, b);
-    be->add(be->ctx, a->x, a->x, a->h, n * C);
-}
-
 static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_acts *a,
                               const struct lmc_kv_pool *kv, const struct lmc_batch *b,
                               lmc_err *err) {
@@ -223,7 +193,7 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
     const struct lmc_config *c = &m->cfg;
     struct lmc_acts *a = &ba->a;
     int64_t n = b->n_tokens, C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads;
-    int64_t hd = c->head_dim, kvd = KV * hd, I = c->intermediate_size, bs = kv->block_size;
+    int64_t hd = c->head_dim, kvd = KV * hd, bs = kv->block_size;
     int64_t half = m->rot_dim / 2;
     be->upload(be->ctx, a->ids, b->ids, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, a->pos, b->pos, (size_t)n * sizeof(int32_t));
@@ -245,12 +215,12 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
                          (size_t)lmc_dtype_size(be->kv_dtype);
     for (int64_t l = 0; l < c->num_layers; l++) {
         const struct lmc_layer *L = &m->layers[l];
-        norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
+        lmc_layer_norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
         {
             float *y[3] = {a->q, ba->kn, ba->vn};
             const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
             const float *bias[3] = {L->bq, L->bk, L->bv};
-            matmuls(be, 3, y, a->h, n, w, bias);
+            lmc_layer_matmuls(be, 3, y, a->h, n, w, bias);
         }
         if (m->rot_dim && uniform) {
             be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, ba->inv_freq, sc[0]);
@@ -268,28 +238,14 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
                             (float *)((char *)kv->k + l * layer_bytes),
                             (float *)((char *)kv->v + l * layer_bytes), n, ba->seq, a->pos, ba->bt, b->max_blocks,
                             bs, H, KV, hd, scale, c->sliding_window);
-        residual_matmul(be, a, a->att, n, &L->wo, L->bo, C);
-        norm(be, c, a->h, a->x, L->norm2_w, L->norm2_b, n);
-        if (c->arch == LMC_ARCH_GPT2) {
-            be->matmul(be->ctx, a->ff1, a->h, n, &L->w_up, L->b_up);
-            be->gelu(be->ctx, a->ff1, a->ff1, n * I, c->act == LMC_ACT_GELU_TANH);
-        } else if (be->matmul_swiglu && !L->b_gate && !L->b_up) {
-            be->matmul_swiglu(be->ctx, a->ff1, a->h, n, &L->w_gate, &L->w_up);
-        } else {
-            float *y[2] = {a->ff1, a->ff2};
-            const struct lmc_mat *w[2] = {&L->w_gate, &L->w_up};
-            const float *bias[2] = {L->b_gate, L->b_up};
-            matmuls(be, 2, y, a->h, n, w, bias);
-            be->swiglu(be->ctx, a->ff1, a->ff1, a->ff2, n * I);
-        }
-        residual_matmul(be, a, a->ff1, n, &L->w_down, L->b_down, C);
+        lmc_layer_out_mlp(be, c, L, a, n);
     }
     free(sc);
     if (b->n_logits == 0) return LMC_OK;
     /* gather the wanted rows of x: embed over x viewed as an (n, C) F32 table */
     struct lmc_mat xt = {LMC_DTYPE_F32, n, C, a->x};
     be->embed(be->ctx, a->h, &xt, ba->rows, b->n_logits);
-    norm(be, c, a->h, a->h, m->norm_f_w, m->norm_f_b, b->n_logits);
+    lmc_layer_norm(be, c, a->h, a->h, m->norm_f_w, m->norm_f_b, b->n_logits);
     be->matmul(be->ctx, a->logits, a->h, b->n_logits, &m->lm_head, NULL);
     return LMC_OK;
 }

@@ -136,8 +136,8 @@ struct lmc_backend {
     void (*argmax_rows)(void *ctx, int32_t *out_ids, const float *logits, int64_t rows,
                         int64_t V);
     /* Optional (NULL: download the logits, sample on the host). out_ids[r]
-     * (host memory) = the id lmc_sample_logits_row (ops/cpu/ops_cpu.h: the
-     * sampler's core) picks from logits[r*V ..] (backend memory, finite or
+     * (host memory) = the id lmc_sample_logits_row (below: the sampler's
+     * core) picks from logits[r*V ..] (backend memory, finite or
      * -inf) with params[r] (host memory): temperature 0 = argmax_rows'
      * answer; else softmax at temperature, top-k, top-p over the top-k set,
      * min-p relative to the top token, a draw with u. Waits for the result. */
@@ -193,5 +193,12 @@ struct lmc_backend {
  * lmc_backend_cpu_free releases the table's ctx. */
 lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err);
 void lmc_backend_cpu_free(struct lmc_backend *be);
+
+/* The sampler's per-row core, on host memory (one source of truth for
+ * lmc_sampler_sample, the CPU sample_rows and the CUDA kernel's semantics;
+ * defined in ops/cpu/sample.c): picks an id from logits (V) with p (p->u
+ * used only when temperature > 0). idx, prob: (V) scratch. */
+int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
+                              int32_t *idx, float *prob);
 
 #endif

@@ -100,12 +100,6 @@ void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n)
 void lmc_cpu_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);
 void lmc_cpu_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V,
                          const struct lmc_sample_row *params);
-/* The sampler's per-row core (one source of truth for lmc_sampler_sample,
- * lmc_cpu_sample_rows and the CUDA kernel's semantics): picks an id from
- * logits (V) with p (p->u used only when temperature > 0). idx, prob: (V)
- * scratch. */
-int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
-                              int32_t *idx, float *prob);
 /* Training backward ops (backend.h documents them). */
 void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
                         const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);
