@@ -48,10 +48,9 @@ curl -s "http://127.0.0.1:$PORT/v1/chat/completions" \
   -d '{"messages":[{"role":"user","content":"Say something"}],"temperature":0,"max_tokens":20}' >"$TMP/want.json"
 
 # a clean profile; no network beyond the loopback server
-timeout 120 "$CHROME" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \
-  --user-data-dir="$TMP/profile" --disable-background-networking --disable-component-update \
-  --disable-sync --virtual-time-budget=30000 --run-all-compositor-stages-before-draw \
-  --dump-dom "http://127.0.0.1:$PORT/?q=Say%20something&temp=0&max_tokens=20" >"$TMP/dom.html" 2>"$TMP/chrome.err"
+DONE='document.querySelector(".msg.error") || (document.querySelector(".msg.assistant[data-done=\"1\"]") && document.getElementById("status").textContent.includes("done:"))'
+timeout 150 python3 tests/webui_cdp.py "$CHROME" "http://127.0.0.1:$PORT/?q=Say%20something&temp=0&max_tokens=20" \
+  "$TMP/profile" 120 "$DONE" >"$TMP/dom.html" 2>"$TMP/chrome.err"
 rc=$?
 python3 - "$TMP/dom.html" "$TMP/want.json" <<'PY'
 import html, json, re, sys
@@ -73,7 +72,7 @@ print("webui reply:", repr(html.unescape(got[0])) if got else None, "| status:",
 sys.exit(0 if ok else 1)
 PY
 res=$?
-if [ $res != 0 ]; then echo "chromium exit $rc"; tail -5 "$TMP/chrome.err"; head -c 3000 "$TMP/dom.html"; fi
+if [ $res != 0 ]; then echo "driver exit $rc"; tail -5 "$TMP/chrome.err" "$TMP/profile.err"; head -c 3000 "$TMP/dom.html"; fi
 # the server saw the page's request
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^lmc_requests_total [2-9]' || { echo "FAIL: no request from the page"; res=1; }
 kill -TERM "$PID"; wait "$PID"; PID=""
