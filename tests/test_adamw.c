@@ -8,6 +8,7 @@
 #include "test.h"
 #include "train/adamw.h"
 #include "train/schedule.h"
+#include "ops/backend.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -115,6 +116,45 @@ static void multi_step(void) {
     CHECK(fabsf(q - 2.0f * (1 - 0.5f * 0.1f)) < 1e-6f);
 }
 
+/* The backend's adamw op (CPU) equals lmc_adamw_update bit for bit, with
+ * and without decay, and with a clipping factor folded in; sumsq is the
+ * float64 sum of squares and does not depend on the thread count. */
+static void backend_ops(void) {
+    enum { N = 200003, STEPS = 3 };
+    struct lmc_backend b1, b2;
+    lmc_err err;
+    CHECK(lmc_backend_cpu_init(&b1, 1, &err) == LMC_OK);
+    CHECK(lmc_backend_cpu_init(&b2, 2, &err) == LMC_OK);
+    float *p = malloc(N * 4), *m = calloc(N, 4), *v = calloc(N, 4), *g = malloc(N * 4);
+    float *p2 = malloc(N * 4), *m2 = calloc(N, 4), *v2 = calloc(N, 4), *gs = malloc(N * 4);
+    uint64_t rng = 7;
+    for (int i = 0; i < N; i++) p2[i] = p[i] = test_rand(&rng);
+    struct lmc_adamw_cfg c = {.lr = 3e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+    int same = 1;
+    for (int s = 1; s <= STEPS; s++) {
+        bool decay = s != 2;
+        float scale = s == 3 ? 0.37f : 1.0f;
+        for (int i = 0; i < N; i++) gs[i] = (g[i] = test_rand(&rng)) * scale;
+        struct lmc_adamw_step st;
+        lmc_adamw_step_make(&c, s, c.lr / s, decay, scale, &st);
+        b1.adamw(b1.ctx, p, g, m, v, N, &st);
+        lmc_adamw_update(&c, s, c.lr / s, decay, p2, gs, m2, v2, N);
+        same &= !memcmp(p, p2, N * 4) && !memcmp(m, m2, N * 4) && !memcmp(v, v2, N * 4);
+    }
+    CHECK_MSG(same, "backend adamw differs from lmc_adamw_update");
+    double want = 0;
+    for (int i = 0; i < N; i++) want += (double)g[i] * g[i];
+    double s1 = b1.sumsq(b1.ctx, g, N), s2 = b2.sumsq(b2.ctx, g, N);
+    CHECK_MSG(fabs(s1 - want) <= 1e-12 * want, "sumsq %.17g want %.17g", s1, want);
+    CHECK(s1 == s2);
+    CHECK(b1.sumsq(b1.ctx, g, 0) == 0.0);
+    b2.zero(b2.ctx, g + 5, 7 * 4);
+    CHECK(g[4] != 0 && g[5] == 0 && g[11] == 0 && g[12] != 0);
+    free(p); free(m); free(v); free(g); free(p2); free(m2); free(v2); free(gs);
+    lmc_backend_cpu_free(&b1);
+    lmc_backend_cpu_free(&b2);
+}
+
 static void decay_rule(void) {
     CHECK(lmc_adamw_decays(LMC_DECAY_DEFAULT, "model.layers.0.self_attn.q_proj.weight", 2));
     CHECK(!lmc_adamw_decays(LMC_DECAY_DEFAULT, "model.layers.0.input_layernorm.weight", 1));
@@ -184,6 +224,7 @@ int main(void) {
     fixture_step("llama-tiny");
     fixture_step("qwen2-tiny");
     multi_step();
+    backend_ops();
     decay_rule();
     clipping();
     schedules();

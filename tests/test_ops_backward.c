@@ -187,7 +187,33 @@ static void test_attention(struct lmc_backend *be, int64_t win) {
     t.r = drand_vec(nq, 1);
     float *q = to_f32(t.q, nq), *k = to_f32(t.k, nk), *v = to_f32(t.v, nk), *r = to_f32(t.r, nq);
     float *dq = malloc((size_t)nq * 4), *dk = malloc((size_t)nk * 4), *dv = malloc((size_t)nk * 4);
-    be->attention_bwd(be->ctx, dq, dk, dv, r, q, k, v, t.B, t.T, t.H, t.KV, t.hd, (float)t.sc, t.win);
+    /* the training forward: out against the forward op, lse against float64 */
+    float *out = malloc((size_t)nq * 4), *lse = malloc((size_t)(t.B * t.T * t.H) * 4);
+    float *out1 = malloc((size_t)nq * 4);
+    be->attention_train(be->ctx, out, lse, q, k, v, t.B, t.T, t.H, t.KV, t.hd, (float)t.sc, t.win);
+    double lerr = 0;
+    int64_t qr = t.H * t.hd, kr = t.KV * t.hd;
+    for (int64_t b = 0; b < t.B; b++) {
+        be->attention(be->ctx, out1 + b * t.T * qr, q + b * t.T * qr, k + b * t.T * kr,
+                      v + b * t.T * kr, t.T, 0, t.H, t.KV, t.hd, (float)t.sc, t.win);
+        for (int64_t i = 0; i < t.T; i++)
+            for (int64_t h = 0; h < t.H; h++) {
+                int64_t g = h / (t.H / t.KV), lo = t.win > 0 && i - t.win + 1 > 0 ? i - t.win + 1 : 0;
+                double sum = 0;
+                for (int64_t j = lo; j <= i; j++) {
+                    double d = 0;
+                    for (int64_t e = 0; e < t.hd; e++)
+                        d += t.q[(b * t.T + i) * qr + h * t.hd + e] * t.k[(b * t.T + j) * kr + g * t.hd + e];
+                    sum += exp(d * t.sc);
+                }
+                lerr = fmax(lerr, fabs(lse[(b * t.T + i) * t.H + h] - log(sum)));
+            }
+    }
+    CHECK_MSG(lerr < 1e-5, "attention_train lse err %.3e", lerr);
+    CHECK(!memcmp(out, out1, (size_t)nq * 4));
+    be->attention_bwd(be->ctx, dq, dk, dv, r, out, lse, q, k, v, t.B, t.T, t.H, t.KV, t.hd,
+                      (float)t.sc, t.win);
+    free(out); free(lse); free(out1);
     check_grad(win ? "attention dq (window)" : "attention dq", at_loss, &t, t.q, nq, dq, NULL);
     check_grad(win ? "attention dk (window)" : "attention dk", at_loss, &t, t.k, nk, dk, NULL);
     check_grad(win ? "attention dv (window)" : "attention dv", at_loss, &t, t.v, nk, dv, NULL);

@@ -464,7 +464,7 @@ static void layer_bwd(struct lmc_tmodel *tm, const struct lmc_backend *be, struc
     }
     norm_bwd(be, c, a->dx, GB(norm2_w), GB(norm2_b), a->dh, x->xmid, L->norm2_w, M);
     be->matmul_bwd(cx, a->datt, GW(wo), GB(bo), a->dx, x->att, M, &L->wo, 0);
-    be->attention_bwd(cx, a->dq, a->dk, a->dv, a->datt, x->q, x->k, x->v, a->B, a->T, H, KV, hd,
+    be->attention_bwd(cx, a->dq, a->dk, a->dv, a->datt, x->att, NULL, x->q, x->k, x->v, a->B, a->T, H, KV, hd,
                       1.0f / sqrtf((float)hd), c->sliding_window);
     if (tm->rot_dim) {
         be->rope_bwd(cx, a->dq, M, H, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);

@@ -31,6 +31,17 @@ struct lmc_sample_row {
     int64_t top_k;          /* 0 = off */
 };
 
+/* One AdamW step's float32 scalars (adamw entry; train/adamw.c makes them
+ * from the optimizer's settings in double, as torch does). */
+struct lmc_adamw_step {
+    float step_size;    /* lr / (1 - beta1^t) */
+    float decay_mul;    /* 1 - lr * weight_decay; 1 for tensors without decay */
+    float beta2, one_minus_b1, one_minus_b2;
+    float bc2_sqrt;     /* sqrt(1 - beta2^t) */
+    float eps;
+    float grad_scale;   /* clipping's factor; 1 = none */
+};
+
 struct lmc_backend {
     const char *name;
     void *ctx;              /* backend state: thread pool, scratch, streams */
@@ -170,8 +181,20 @@ struct lmc_backend {
      * (pos0 = 0; q, dq, dout (B*T, n_heads*hd); k, v, dk, dv (B*T, n_kv*hd)):
      * dq, dk, dv = (overwritten). The softmax is recomputed from q and k. */
     void (*attention_bwd)(void *ctx, float *dq, float *dk, float *dv, const float *dout,
-                          const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                          int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window);
+                          const float *out, const float *lse, const float *q, const float *k,
+                          const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                          int64_t hd, float scale, int64_t window);
+    /* The training forward of causal attention over B independent sequences
+     * of T tokens (pos0 = 0), everything float32 whatever kv_dtype is:
+     * q, out (B*T, n_heads*hd), k, v (B*T, n_kv*hd), and
+     * lse (B*T, n_heads): lse[(b*T+t)*n_heads + h] = log of the sum over the
+     * attended keys j of exp(scale * q_t·k_j) (natural log). attention_bwd
+     * receives out and lse (a backend may use them, FlashAttention-2 style,
+     * instead of recomputing the softmax's normaliser). GQA, scale, window
+     * as attention. */
+    void (*attention_train)(void *ctx, float *out, float *lse, const float *q, const float *k,
+                            const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                            int64_t hd, float scale, int64_t window);
     /* dgate[i] = dy[i] * up[i] * silu'(gate[i]), dup[i] = dy[i] * silu(gate[i]).
      * dgate or dup may alias dy. */
     void (*swiglu_bwd)(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
@@ -187,6 +210,21 @@ struct lmc_backend {
     void (*classifier_xent)(void *ctx, float *loss, float *dh, float *dw, const float *h,
                             const struct lmc_mat *w, const int32_t *targets, int64_t M,
                             float dscale);
+
+    /* ---- Training: memory and the optimizer on the backend. */
+    /* Sets bytes bytes at p (backend memory) to zero. */
+    void (*zero)(void *ctx, void *p, size_t bytes);
+    /* Sum of x[i]^2 over i < n (backend memory), accumulated in double in
+     * an order fixed by n alone (deterministic across runs); waits. */
+    double (*sumsq)(void *ctx, const float *x, int64_t n);
+    /* One AdamW step on n parameters (all backend memory), element by
+     * element exactly as lmc_adamw_update (train/adamw.c) in float32:
+     *   g' = g * grad_scale;  p' = p * decay_mul;
+     *   m = m + one_minus_b1 * (g' - m);  v = v * beta2 + one_minus_b2 * g' * g';
+     *   p = p' - step_size * (m / (sqrtf(v) / bc2_sqrt + eps)).
+     * g is not modified. */
+    void (*adamw)(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
+                  const struct lmc_adamw_step *s);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

@@ -3,6 +3,7 @@
  * path operation by operation, so that one step reproduces torch's result
  * to float32 rounding. */
 #include "train/adamw.h"
+#include "ops/backend.h"
 
 #include <math.h>
 #include <string.h>
@@ -41,6 +42,19 @@ void lmc_adamw_update(const struct lmc_adamw_cfg *c, int64_t step, double lr, bo
         v[i] = vi;
         p[i] = pi;
     }
+}
+
+void lmc_adamw_step_make(const struct lmc_adamw_cfg *c, int64_t step, double lr, bool decay,
+                         float grad_scale, struct lmc_adamw_step *s) {
+    double bc1 = 1.0 - pow(c->beta1, (double)step);
+    s->step_size = (float)(lr / bc1);
+    s->decay_mul = decay && c->weight_decay != 0.0 ? (float)(1.0 - lr * c->weight_decay) : 1.0f;
+    s->beta2 = (float)c->beta2;
+    s->one_minus_b1 = (float)(1.0 - c->beta1);
+    s->one_minus_b2 = (float)(1.0 - c->beta2);
+    s->bc2_sqrt = (float)sqrt(1.0 - pow(c->beta2, (double)step));
+    s->eps = (float)c->eps;
+    s->grad_scale = grad_scale;
 }
 
 bool lmc_adamw_decays(enum lmc_decay_rule rule, const char *name, int ndim) {

@@ -27,6 +27,13 @@ void lmc_adamw_cfg_default(struct lmc_adamw_cfg *c);
 void lmc_adamw_update(const struct lmc_adamw_cfg *c, int64_t step, double lr, bool decay, float *p,
                       const float *g, float *m, float *v, int64_t n);
 
+/* The float32 scalars of the backend's adamw op for this step (the same
+ * values lmc_adamw_update uses); grad_scale multiplies the gradients first
+ * (clipping; 1 = none). */
+struct lmc_adamw_step;
+void lmc_adamw_step_make(const struct lmc_adamw_cfg *c, int64_t step, double lr, bool decay,
+                         float grad_scale, struct lmc_adamw_step *s);
+
 /* Which tensors get weight decay. LMC_DECAY_DEFAULT: every tensor of two or
  * more dimensions except embeddings (names containing "embed", "wte", "wpe");
  * norm weights and biases (1-D) are exempt. LMC_DECAY_ALL: every tensor (what

@@ -5,11 +5,12 @@
  * keeps the last `window` positions, the query's own included. */
 #include "ops/cpu/ops_cpu.h"
 
+#include <math.h>
 #include <string.h>
 
 struct attn_job {
     struct lmc_cpu_ctx *c;
-    float *out;
+    float *out, *lse;       /* lse: (M, n_heads) or NULL */
     const float *q, *k, *v;
     int64_t M, pos0, n_heads, n_kv, hd, window;
     float scale;
@@ -31,6 +32,7 @@ static void attn_task(void *arg, int64_t t, int thread) {
         if (s[i] > mx) mx = s[i];
     }
     double sum = lmc_cpu_exp_sum(s, n, mx);
+    if (j->lse) j->lse[m * j->n_heads + h] = (float)((double)mx + log(sum));
     memset(o, 0, (size_t)hd * sizeof(float));
     for (int64_t i = 0; i < n; i++) lmc_cpu_axpy(o, s[i], vb + i * kv_row, hd);
     float inv = (float)(1.0 / sum);
@@ -43,9 +45,25 @@ void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, co
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0);
     if (M <= 0 || n_heads <= 0 || hd <= 0) return;
-    struct attn_job j = {c, out, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale};
+    struct attn_job j = {c, out, NULL, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale};
     lmc_cpu_scratch_reserve(c, (size_t)(pos0 + M));
     lmc_pool_run(c->pool, M * n_heads, attn_task, &j);
+}
+
+void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, const float *k,
+                             const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                             int64_t hd, float scale, int64_t window) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0);
+    if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
+    int64_t qd = n_heads * hd, kvd = n_kv * hd;
+    lmc_cpu_scratch_reserve(c, (size_t)T);
+    for (int64_t b = 0; b < B; b++) {
+        struct attn_job j = {c,           out + b * T * qd, lse + b * T * n_heads, q + b * T * qd,
+                             k + b * T * kvd, v + b * T * kvd, T, 0, n_heads, n_kv, hd, window,
+                             scale};
+        lmc_pool_run(c->pool, T * n_heads, attn_task, &j);
+    }
 }
 
 /* ---- backward (training: B sequences of T tokens from position 0) ----
@@ -103,9 +121,11 @@ static void attn_bwd_task(void *arg, int64_t t, int thread) {
 }
 
 void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const float *dout,
-                           const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                           int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
-                           int64_t window) {
+                           const float *out, const float *lse, const float *q, const float *k,
+                           const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                           int64_t hd, float scale, int64_t window) {
+    (void)out; /* the softmax is recomputed here; out and lse serve other backends */
+    (void)lse;
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0);
     if (B <= 0 || T <= 0 || hd <= 0) return;

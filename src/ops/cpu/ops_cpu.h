@@ -113,9 +113,16 @@ void lmc_cpu_rope_bwd(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t 
                       int64_t rot_dim, const int32_t *pos, const double *inv_freq,
                       float attn_scale);
 void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const float *dout,
-                           const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                           int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
-                           int64_t window);
+                           const float *out, const float *lse, const float *q, const float *k,
+                           const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                           int64_t hd, float scale, int64_t window);
+void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, const float *k,
+                             const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                             int64_t hd, float scale, int64_t window);
+void lmc_cpu_zero(void *ctx, void *p, size_t bytes);
+double lmc_cpu_sumsq(void *ctx, const float *x, int64_t n);
+void lmc_cpu_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
+                   const struct lmc_adamw_step *s);
 void lmc_cpu_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
                         const float *up, int64_t n);
 void lmc_cpu_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
