@@ -34,6 +34,14 @@ void lmc_backend_cuda_free(struct lmc_backend *be);
  * split-K kernel over either cache type. */
 void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool on);
 
+/* Training precision: true (mixed precision) multiplies F32 weights —
+ * the training master copies — in bf16 with fp32 accumulation (matmul,
+ * matmul_bwd, classifier_xent convert both GEMM operands to bf16; outputs
+ * and gradients stay f32) and runs attention_train / attention_bwd on bf16
+ * tensor cores; false (default) keeps every training op in fp32 (the
+ * checking mode). Inference on BF16/F16 weights is not affected. */
+void lmc_backend_cuda_set_train_bf16(struct lmc_backend *be, bool on);
+
 /* Device memory in use on the backend's GPU (total - free, every process
  * and the CUDA context included); 0 without CUDA. For benches. */
 size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be);

@@ -86,6 +86,12 @@ void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool on) {
     if (f) f(be, on);
 }
 
+void lmc_backend_cuda_set_train_bf16(struct lmc_backend *be, bool on) {
+    void (*f)(struct lmc_backend *, bool) =
+        (void (*)(struct lmc_backend *, bool))cuda_sym("lmc_backend_cuda_set_train_bf16", NULL, 0);
+    if (f) f(be, on);
+}
+
 size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be) {
     size_t (*f)(const struct lmc_backend *) =
         (size_t(*)(const struct lmc_backend *))cuda_sym("lmc_backend_cuda_mem_used", NULL, 0);

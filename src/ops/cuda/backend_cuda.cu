@@ -220,3 +220,8 @@ extern "C" void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool
         c->kv_dtype = be->kv_dtype = on ? LMC_DTYPE_F32 : LMC_DTYPE_BF16;
     }
 }
+
+extern "C" void lmc_backend_cuda_set_train_bf16(struct lmc_backend *be, bool on) {
+    if (be && be->ctx && be->name && !strcmp(be->name, "cuda"))
+        ((struct lmc_cuda_ctx *)be->ctx)->train_bf16 = on;
+}

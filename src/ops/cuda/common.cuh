@@ -69,6 +69,7 @@ struct lmc_cuda_ctx {
     size_t attn_part_bytes;
     bool attn_fp32;              /* lmc_backend_cuda_set_fp32_attention */
     enum lmc_dtype kv_dtype;     /* the table's kv_dtype: BF16, or F32 in the fp32 mode */
+    bool train_bf16;             /* lmc_backend_cuda_set_train_bf16 */
     void *stage;                 /* pinned host staging ring for asynchronous uploads */
     size_t stage_bytes, stage_off;
     void *ff_up;                 /* f32 scratch: the up projection of matmul_swiglu (M > 8) */
