@@ -129,10 +129,9 @@ int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) 
         }
     }
     cm->have_model = true;
-    /* --dtype fp32 or f32 weights on the GPU: the fp32 checking mode,
-     * attention included */
-    if (!strcmp(cm->be.name, "cuda") &&
-        (c->wdtype == LMC_WDTYPE_F32 || cm->model.lm_head.dtype == LMC_DTYPE_F32))
+    /* --dtype fp32 on the GPU: the fp32 checking mode, attention included
+     * (F32 files are otherwise used as bf16 there) */
+    if (!strcmp(cm->be.name, "cuda") && c->wdtype == LMC_WDTYPE_F32)
         lmc_backend_cuda_set_fp32_attention(&cm->be, true);
     return 0;
 }

@@ -39,6 +39,7 @@ struct lmc_model {
     int64_t n_params;
     size_t weight_bytes;                 /* bytes of all weights as used */
     enum lmc_wdtype wdtype;
+    bool on_device;                      /* weights go to a non-host backend */
     /* owned allocations (converted weights, f32 copies of vectors) */
     void **owned;
     int n_owned, cap_owned;

@@ -88,11 +88,17 @@ static void store_elem(void *data, enum lmc_dtype dt, int64_t i, float f) {
     else ((uint16_t *)data)[i] = lmc_f32_to_f16(f);
 }
 
-static enum lmc_dtype target_dtype(enum lmc_wdtype w, enum lmc_dtype disk) {
+/* The dtype a weight is used in. On a host-memory backend AUTO and F32
+ * keep the file's dtype (used in place, converted per row on use, exact).
+ * On a device backend F32 means the fp32 checking mode (every weight
+ * uploaded as F32, BF16/F16 ones expanded), and AUTO uploads F32 files as
+ * BF16 (tensor-core GEMMs, half the memory) and BF16/F16 ones as they are. */
+static enum lmc_dtype target_dtype(enum lmc_wdtype w, enum lmc_dtype disk, bool device) {
     switch (w) {
     case LMC_WDTYPE_BF16: return LMC_DTYPE_BF16;
     case LMC_WDTYPE_F16: return LMC_DTYPE_F16;
-    default: return disk; /* AUTO and F32: used in place, converted per row on use */
+    case LMC_WDTYPE_F32: return device ? LMC_DTYPE_F32 : disk;
+    default: return device && disk == LMC_DTYPE_F32 ? LMC_DTYPE_BF16 : disk;
     }
 }
 
@@ -101,7 +107,7 @@ lmc_status lmc_model_mat(struct lmc_model *m, const char *name, int64_t rows, in
     int64_t shape[2] = {transpose ? cols : rows, transpose ? rows : cols};
     const struct lmc_st_tensor *t = find_tensor(m, name, 2, shape, err);
     if (!t) return err->status;
-    enum lmc_dtype dt = target_dtype(m->wdtype, t->dtype);
+    enum lmc_dtype dt = target_dtype(m->wdtype, t->dtype, m->on_device);
     int es = lmc_dtype_size(dt);
     bool aligned = ((uintptr_t)t->data % (uintptr_t)lmc_dtype_size(t->dtype)) == 0;
     out->rows = rows;
@@ -213,6 +219,7 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
                           lmc_err *err) {
     memset(m, 0, sizeof *m);
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
+    m->on_device = opts && opts->be && !opts->be->host_memory;
     lmc_status s = lmc_config_load(&m->cfg, dir, err);
     if (s) return s;
     s = lmc_st_open_dir(&m->st, dir, err);
