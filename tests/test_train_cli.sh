@@ -3,7 +3,8 @@
 # -> train a tiny llama for a few steps with checkpoints and validation ->
 # the checkpoint loads with `lmc generate` and `lmc eval`; resuming from the
 # step-4 checkpoint gives the same losses as the uninterrupted run; bad
-# options fail cleanly. Usage: test_train_cli.sh PATH/TO/lmc
+# options fail cleanly; --device cuda trains on a GPU machine and fails
+# with a clear error elsewhere. Usage: test_train_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -22,6 +23,7 @@ ARGS="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 
       --steps 8 --lr 3e-3 --warmup 2 --eval-every 4 --eval-batches 2 --save-every 4 --threads 2"
 "$LMC" train $ARGS -o "$TMP/run" 2>"$TMP/err"
 ok $? "train: $(cat "$TMP/err")"
+grep -q "device cpu, fp32" "$TMP/err"; ok $? "logs device and precision"
 CK="$TMP/run/step_000008"
 for f in config.json model.safetensors tokenizer.json optimizer.safetensors trainer_state.json; do
   [ -f "$CK/$f" ]; ok $? "checkpoint has $f"
@@ -57,6 +59,22 @@ ok $? "resumed losses equal"
 ok $? "gpt2 train with --recompute: $(cat "$TMP/err")"
 "$LMC" generate -m "$TMP/g/step_000002" -p "And" -n 4 --temp 0 >/dev/null 2>"$TMP/err"
 ok $? "gpt2 checkpoint generates: $(cat "$TMP/err")"
+
+# the GPU: trains where there is one (bf16 by default); elsewhere a clean error naming cuda
+GARGS="--data $TMP/data --arch llama --layers 1 --hidden 32 --heads 2 --batch 2 --seq 16 --steps 2"
+"$LMC" train $GARGS --device cuda -o "$TMP/cu" 2>"$TMP/err"; r=$?
+if [ $r = 0 ]; then
+  grep -q "device cuda, bf16" "$TMP/err" && [ -f "$TMP/cu/step_000002/model.safetensors" ]
+  ok $? "cuda train (bf16): $(cat "$TMP/err")"
+  "$LMC" train $GARGS --device cuda --dtype fp32 -o "$TMP/cu32" 2>"$TMP/err"
+  ok $? "cuda train (fp32): $(cat "$TMP/err")"
+else
+  [ $r = 1 ] && grep -qi "cuda" "$TMP/err"; ok $? "--device cuda without a GPU fails cleanly ($r: $(cat "$TMP/err"))"
+fi
+"$LMC" train $GARGS --dtype bf16 -o "$TMP/x" 2>"$TMP/err"; r=$?
+[ $r = 2 ] && grep -q "device cuda" "$TMP/err"; ok $? "--dtype bf16 on the cpu rejected ($r)"
+"$LMC" train $GARGS --dtype f16 --device cuda -o "$TMP/x" 2>"$TMP/err"; r=$?
+[ $r = 2 ]; ok $? "--dtype f16 rejected ($r)"
 
 # bad input
 "$LMC" train --data "$TMP/nope" --arch llama -o "$TMP/x" 2>"$TMP/err"; r=$?

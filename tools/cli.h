@@ -37,6 +37,16 @@ void cli_close(struct cli_model *cm);
 /* Default context for a model: min(max_position_embeddings, 4096) unless set. */
 int64_t cli_ctx(const struct cli_common *c, const struct lmc_model *m);
 
+/* The backend of a training command (cli_train.c): --device cpu (default)
+ * or cuda (GPU 0; the backend's LMC_ERR_UNSUPPORTED when the build or the
+ * machine has none), --dtype fp32|bf16: the training precision on the GPU
+ * (default bf16: lmc_backend_cuda_set_train_bf16), fp32 only on the CPU.
+ * *bf16 says which was chosen. Prints the error and returns non-zero (2:
+ * bad option combination, 1: no such backend). */
+int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const char *cmd,
+                      bool *bf16);
+void cli_train_backend_free(struct lmc_backend *be);
+
 /* Value parsing that rejects junk ("12x", empty, out of range). */
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 bool cli_parse_f64(const char *s, double lo, double hi, double *out);

@@ -1,9 +1,10 @@
 /* cmd_train.c — `lmc train`: trains a new model (llama or gpt2, sizes from
  * flags or a JSON file) or continues a Hugging Face folder on token shards
- * (lmc prepare-data), on the CPU in fp32. Logs every step to stderr (a
- * progress line on a terminal) and to a JSONL metrics file, evaluates
- * periodically, saves checkpoints (HF folder + optimizer + data position)
- * and resumes from one bit-exactly. */
+ * (lmc prepare-data), on the CPU in fp32 or (--device cuda) on the GPU in
+ * bf16 mixed precision or fp32. Logs every step to stderr (a progress line
+ * on a terminal) and to a JSONL metrics file, evaluates periodically, saves
+ * checkpoints (HF folder + optimizer + data position) and resumes from one
+ * bit-exactly (on the same device, precision and thread count). */
 #include "cli.h"
 #include "core/core.h"
 #include "train/trainer.h"
@@ -17,6 +18,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* MFU's default peak on the GPU when --peak-tflops is not given: an H100
+ * SXM's dense (no sparsity) tensor-core rate for bf16, and its fp32 rate
+ * without tensor cores for the fp32 checking mode. Other GPUs: pass
+ * --peak-tflops. On the CPU no default (MFU only with --peak-tflops). */
+#define LMC_H100_SXM_BF16_DENSE_TFLOPS 989.0
+#define LMC_H100_SXM_FP32_TFLOPS 67.0
+
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc train --data DATA -o OUT (-m HF_DIR | --arch llama|gpt2 [sizes] | --model-config F.json\n"
@@ -28,7 +36,9 @@ static void usage(void) {
             "             --wd X --beta1 X --beta2 X --eps X --decay-all --clip X (0: off)\n"
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
-            "             --peak-tflops X (for MFU) --threads N\n");
+            "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
+            "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
+            "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
 
 /* Sizes from a JSON file: the fields of the flags, or an HF config. */
@@ -135,11 +145,14 @@ int cmd_train(int argc, char **argv) {
     bool have_val = lmc_token_data_open(&val, data, "val", &err) == LMC_OK;
     /* from here on every exit goes through `done`, which releases what was made */
     int rc = 0;
-    bool have_tm = false, have_be = false, have_tr = false;
+    bool have_tm = false, have_be = false, have_tr = false, bf16 = false;
     FILE *mf = NULL;
     struct lmc_tmodel tm;
     struct lmc_backend be;
     struct lmc_trainer tr;
+    /* the backend first: the model is built in its memory */
+    if ((rc = cli_train_backend(&be, &cc, "train", &bf16))) goto done;
+    have_be = true;
     if (mkdir(out, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "lmc train: cannot create %s: %s\n", out, strerror(errno));
         rc = 1;
@@ -161,7 +174,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (!tok_dir) tok_dir = src_dir ? src_dir : meta_tok[0] ? meta_tok : NULL;
     if (src_dir) {
-        if (lmc_tmodel_load(&tm, src_dir, &err)) {
+        if (lmc_tmodel_load(&tm, src_dir, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -209,18 +222,17 @@ int cmd_train(int argc, char **argv) {
                 goto done;
             }
         }
-        if (lmc_tmodel_init(&tm, &c, &err)) {
+        if (lmc_tmodel_init(&tm, &c, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
-        lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std);
+        have_tm = true;
+        if (lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
     }
     have_tm = true;
-    if (lmc_backend_cpu_init(&be, cc.threads, &err)) {
-        rc = cli_fail("train", &err);
-        goto done;
-    }
-    have_be = true;
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
                                .seed = (uint64_t)seed, .eval_batches = eval_batches};
     lmc_adamw_cfg_default(&o.adamw);
@@ -252,10 +264,20 @@ int cmd_train(int argc, char **argv) {
         rc = 1;
         goto done;
     }
+    bool gpu = !strcmp(be.name, "cuda");
     fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
                     "%lld steps from %lld\n",
             tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
             (long long)B, (long long)T, (long long)accum, (long long)steps, (long long)tr.step);
+    bool peak_given = peak_tflops > 0;
+    if (gpu && !peak_given)
+        peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;
+    fprintf(stderr, "lmc train: device %s, %s", be.name,
+            bf16 ? "bf16 mixed precision (fp32 master weights, gradients and AdamW)" : "fp32");
+    if (peak_tflops > 0)
+        fprintf(stderr, ", MFU against %.0f TFLOP/s%s", peak_tflops,
+                peak_given ? "" : (bf16 ? " (H100 SXM bf16 dense peak)" : " (H100 SXM fp32 peak)"));
+    fprintf(stderr, "\n");
     double fpt = lmc_trainer_flops_per_token(&tr);
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
@@ -301,7 +323,7 @@ done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
-    if (have_be) lmc_backend_cpu_free(&be);
+    if (have_be) cli_train_backend_free(&be);
     lmc_token_data_close(&train);
     if (have_val) lmc_token_data_close(&val);
     return rc;

@@ -12,9 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* What one layer's backward needs from its forward (all (BT, .)). */
+/* What one layer's backward needs from its forward (all (BT, .); lse
+ * (BT, n_heads): attention_train's log-sum-exp, att its output). */
 struct lmc_tlayer_acts {
-    float *h1, *q, *k, *v, *att, *xmid, *h2, *gate, *up, *act;
+    float *h1, *q, *k, *v, *att, *lse, *xmid, *h2, *gate, *up, *act;
 };
 
 /* ---------------- parameter table ---------------- */
@@ -129,8 +130,66 @@ static void layout(struct lmc_tmodel *tm, float *arena, struct lmc_tview *v) {
     else v->lm_head = fmat(P(&s, false, 2, V, C, "lm_head.weight"), V, C);
 }
 
-lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg, lmc_err *err) {
+/* The first op of be's table that training needs and be lacks, or NULL. */
+static const char *missing_op(const struct lmc_backend *be, const struct lmc_config *c,
+                              bool backward, bool optimizer) {
+    bool gpt2 = c->arch == LMC_ARCH_GPT2;
+#define NEED(op) \
+    if (!be->op) return #op
+    NEED(alloc);
+    NEED(free);
+    NEED(upload);
+    NEED(download);
+    NEED(sync);
+    NEED(zero);
+    NEED(embed);
+    NEED(matmul);
+    NEED(add);
+    NEED(attention_train);
+    NEED(classifier_xent);
+    if (gpt2) {
+        NEED(layernorm);
+        NEED(gelu);
+    } else {
+        NEED(rmsnorm);
+        NEED(rope);
+        NEED(swiglu);
+    }
+    if (backward) {
+        NEED(matmul_bwd);
+        NEED(embed_bwd);
+        NEED(attention_bwd);
+        if (gpt2) {
+            NEED(layernorm_bwd);
+            NEED(gelu_bwd);
+        } else {
+            NEED(rmsnorm_bwd);
+            NEED(rope_bwd);
+            NEED(swiglu_bwd);
+        }
+    }
+    if (optimizer) {
+        NEED(sumsq);
+        NEED(adamw);
+    }
+#undef NEED
+    return NULL;
+}
+
+lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct lmc_config *cfg,
+                                    bool backward, bool optimizer, lmc_err *err) {
+    const char *op = missing_op(be, cfg, backward, optimizer);
+    if (!op) return LMC_OK;
+    return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no %s op (needed for training)",
+                       be->name ? be->name : "?", op);
+}
+
+lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
+                           const struct lmc_backend *be, lmc_err *err) {
     memset(tm, 0, sizeof *tm);
+    lmc_status st = lmc_tmodel_check_backend(be, cfg, false, false, err);
+    if (st) return st;
+    tm->be = be;
     tm->cfg = *cfg;
     const struct lmc_config *c = &tm->cfg;
     if (c->num_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 || c->num_heads <= 0 ||
@@ -149,11 +208,11 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg, 
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
     layout(tm, NULL, NULL);
     size_t bytes = (size_t)tm->numel * sizeof(float);
-    tm->w = aligned_alloc(64, (bytes + 63) / 64 * 64);
-    tm->g = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    tm->w = be->alloc(be->ctx, bytes);
+    tm->g = be->alloc(be->ctx, bytes);
     if (!tm->w || !tm->g) goto oom;
-    memset(tm->w, 0, bytes);
-    memset(tm->g, 0, bytes);
+    be->zero(be->ctx, tm->w, bytes); /* padding between tensors stays zero from here on */
+    be->zero(be->ctx, tm->g, bytes);
     layout(tm, tm->w, &tm->W);
     layout(tm, tm->g, &tm->G);
     return LMC_OK;
@@ -167,9 +226,15 @@ void lmc_tmodel_free(struct lmc_tmodel *tm) {
     free(tm->params);
     free(tm->W.layers);
     free(tm->G.layers);
-    free(tm->w);
-    free(tm->g);
+    if (tm->be) {
+        if (tm->w) tm->be->free(tm->be->ctx, tm->w);
+        if (tm->g) tm->be->free(tm->be->ctx, tm->g);
+    }
     memset(tm, 0, sizeof *tm);
+}
+
+void lmc_tmodel_zero_grad(struct lmc_tmodel *tm) {
+    tm->be->zero(tm->be->ctx, tm->g, (size_t)tm->numel * sizeof(float));
 }
 
 int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name) {
@@ -178,28 +243,57 @@ int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name) {
     return -1;
 }
 
-void lmc_tmodel_get(const struct lmc_tmodel *tm, const float *arena, int i, float *out) {
-    const struct lmc_tparam *p = &tm->params[i];
-    const float *src = arena + p->off;
-    if (!p->transposed) {
-        memcpy(out, src, (size_t)p->numel * sizeof(float));
-        return;
-    }
-    int64_t R = p->shape[0], Cc = p->shape[1]; /* disk (R, Cc); arena (Cc, R) */
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < Cc; c++) out[r * Cc + c] = src[c * R + r];
-}
-
-void lmc_tmodel_set(const struct lmc_tmodel *tm, float *arena, int i, const float *in) {
-    const struct lmc_tparam *p = &tm->params[i];
-    float *dst = arena + p->off;
-    if (!p->transposed) {
-        memcpy(dst, in, (size_t)p->numel * sizeof(float));
-        return;
-    }
+/* Transposes the on-disk (R, Cc) tensor of p in `in` into the arena's
+ * (Cc, R) layout in dst, or back (to_disk); both host memory. */
+static void transpose(const struct lmc_tparam *p, float *dst, const float *in, bool to_disk) {
     int64_t R = p->shape[0], Cc = p->shape[1];
     for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < Cc; c++) dst[c * R + r] = in[r * Cc + c];
+        for (int64_t c = 0; c < Cc; c++) {
+            if (to_disk) dst[r * Cc + c] = in[c * R + r];
+            else dst[c * R + r] = in[r * Cc + c];
+        }
+}
+
+lmc_status lmc_tmodel_download_param(const struct lmc_tmodel *tm, const float *arena, int i,
+                                     float *out, lmc_err *err) {
+    const struct lmc_backend *be = tm->be;
+    const struct lmc_tparam *p = &tm->params[i];
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    if (!p->transposed) {
+        be->download(be->ctx, out, arena + p->off, bytes);
+        return LMC_OK;
+    }
+    float *tmp = malloc(bytes);
+    if (!tmp) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", p->name);
+    be->download(be->ctx, tmp, arena + p->off, bytes);
+    transpose(p, out, tmp, true);
+    free(tmp);
+    return LMC_OK;
+}
+
+lmc_status lmc_tmodel_upload_param(const struct lmc_tmodel *tm, float *arena, int i,
+                                   const float *in, lmc_err *err) {
+    const struct lmc_backend *be = tm->be;
+    const struct lmc_tparam *p = &tm->params[i];
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    float *tmp = NULL;
+    if (p->transposed) {
+        if (!(tmp = malloc(bytes))) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", p->name);
+        transpose(p, tmp, in, false);
+    }
+    be->upload(be->ctx, arena + p->off, tmp ? tmp : in, bytes);
+    be->sync(be->ctx); /* the host buffer may go as soon as this returns */
+    free(tmp);
+    return LMC_OK;
+}
+
+void lmc_tmodel_download_arena(const struct lmc_tmodel *tm, const float *arena, float *host) {
+    tm->be->download(tm->be->ctx, host, arena, (size_t)tm->numel * sizeof(float));
+}
+
+void lmc_tmodel_upload_arena(const struct lmc_tmodel *tm, float *arena, const float *host) {
+    tm->be->upload(tm->be->ctx, arena, host, (size_t)tm->numel * sizeof(float));
+    tm->be->sync(tm->be->ctx);
 }
 
 /* Box-Muller normal from the seeded generator. */
@@ -214,23 +308,32 @@ static bool ends_with(const char *s, const char *suf) {
     return n >= k && !strcmp(s + n - k, suf);
 }
 
-void lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std) {
+lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std, lmc_err *err) {
+    const struct lmc_backend *be = tm->be;
     uint64_t s = seed ^ 0x6c6d632d696e6974ull;
     double res_std = std / sqrt(2.0 * (double)tm->cfg.num_layers);
+    int64_t most = 0;
+    for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel);
+    float *w = malloc((size_t)most * sizeof(float)); /* one tensor, in the arena's layout */
+    if (!w) return lmc_err_set(err, LMC_ERR_OOM, "initialising %lld parameters: out of memory",
+                               (long long)tm->numel);
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        float *w = tm->w + p->off;
         bool norm = strstr(p->name, "norm") || strstr(p->name, "ln_");
         if (p->ndim == 1) {
             float v = norm && ends_with(p->name, ".weight") ? 1.0f : 0.0f;
             for (int64_t k = 0; k < p->numel; k++) w[k] = v;
-            continue;
+        } else {
+            bool resid = ends_with(p->name, "o_proj.weight") ||
+                         ends_with(p->name, "down_proj.weight") || ends_with(p->name, "c_proj.weight");
+            double sd = resid ? res_std : std;
+            for (int64_t k = 0; k < p->numel; k++) w[k] = (float)(normal(&s) * sd);
         }
-        bool resid = ends_with(p->name, "o_proj.weight") || ends_with(p->name, "down_proj.weight") ||
-                     ends_with(p->name, "c_proj.weight");
-        double sd = resid ? res_std : std;
-        for (int64_t k = 0; k < p->numel; k++) w[k] = (float)(normal(&s) * sd);
+        be->upload(be->ctx, tm->w + p->off, w, (size_t)p->numel * sizeof(float));
+        be->sync(be->ctx); /* w is refilled next */
     }
+    free(w);
+    return LMC_OK;
 }
 
 static float st_elem(const struct lmc_st_tensor *t, int64_t i) {
@@ -244,13 +347,14 @@ static float st_elem(const struct lmc_st_tensor *t, int64_t i) {
     return t->dtype == LMC_DTYPE_BF16 ? lmc_bf16_to_f32(h) : lmc_f16_to_f32(h);
 }
 
-lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, lmc_err *err) {
+lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
+                           lmc_err *err) {
     struct lmc_config cfg;
     struct lmc_st st;
     lmc_status s = lmc_config_load(&cfg, dir, err);
     if (s) return s;
     if ((s = lmc_st_open_dir(&st, dir, err))) return s;
-    if ((s = lmc_tmodel_init(tm, &cfg, err))) {
+    if ((s = lmc_tmodel_init(tm, &cfg, be, err))) {
         lmc_st_free(&st);
         return s;
     }
@@ -279,7 +383,7 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, lmc_err *err)
             break;
         }
         for (int64_t k = 0; k < p->numel; k++) buf[k] = st_elem(t, k);
-        lmc_tmodel_set(tm, tm->w, i, buf);
+        s = lmc_tmodel_upload_param(tm, tm->w, i, buf, err);
     }
     free(buf);
     lmc_st_free(&st);
@@ -292,11 +396,11 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, lmc_err *err)
 static int64_t acts_floats(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
     int64_t C = c->hidden_size, I = c->intermediate_size, L = c->num_layers;
     int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim, BT = B * T;
-    int64_t layer = BT * (3 * C + 2 * qd + 2 * kvd + 3 * I);
+    int64_t layer = BT * (3 * C + 2 * qd + 2 * kvd + 3 * I + c->num_heads); /* + lse */
     int64_t n = (L + 1) * BT * C + (recompute ? 1 : L) * layer; /* xs, layer acts */
     n += 2 * BT * C + BT;                                      /* hf, tmp, loss */
     n += 2 * BT * C + 2 * BT * qd + 2 * BT * kvd + 3 * BT * I; /* backward scratch */
-    return n + 16 * 32;                                        /* alignment slack */
+    return n + 16 * 33;                                        /* alignment slack */
 }
 
 size_t lmc_tacts_bytes(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
@@ -309,6 +413,8 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
                           lmc_err *err) {
     memset(a, 0, sizeof *a);
     const struct lmc_config *c = &tm->cfg;
+    lmc_status st = lmc_tmodel_check_backend(be, c, false, false, err);
+    if (st) return st;
     if (B <= 0 || T <= 0 || B * T > ((int64_t)1 << 31))
         return lmc_err_set(err, LMC_ERR_ARG, "batch %lld x %lld out of range", (long long)B, (long long)T);
     if (c->arch == LMC_ARCH_GPT2 && T > c->max_position_embeddings)
@@ -326,7 +432,8 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     a->la = calloc((size_t)nl, sizeof *a->la);
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
-    if (!a->arena || !a->xs || !a->la || !a->ids || !a->inv_freq) {
+    a->loss_host = malloc((size_t)BT * sizeof(float));
+    if (!a->arena || !a->xs || !a->la || !a->ids || !a->inv_freq || !a->loss_host) {
         lmc_tacts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
                            lmc_tacts_bytes(c, B, T, recompute));
@@ -343,6 +450,7 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
         x->k = TAKE(BT * kvd);
         x->v = TAKE(BT * kvd);
         x->att = TAKE(BT * qd);
+        x->lse = TAKE(BT * c->num_heads);
         x->xmid = TAKE(BT * C);
         x->h2 = TAKE(BT * C);
         x->gate = TAKE(BT * I);
@@ -389,6 +497,7 @@ void lmc_tacts_free(struct lmc_tacts *a) {
     }
     free(a->xs);
     free(a->la);
+    free(a->loss_host);
     memset(a, 0, sizeof *a);
 }
 
@@ -415,7 +524,7 @@ static void layer_fwd(const struct lmc_tmodel *tm, const struct lmc_backend *be,
     const struct lmc_config *c = &tm->cfg;
     const struct lmc_layer *L = &tm->W.layers[l];
     int64_t C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
-    int64_t I = c->intermediate_size, T = a->T, M = a->B * a->T, qd = H * hd, kvd = KV * hd;
+    int64_t I = c->intermediate_size, T = a->T, M = a->B * a->T;
     norm_fwd(be, c, x->h1, xin, L->norm1_w, L->norm1_b, M);
     be->matmul(be->ctx, x->q, x->h1, M, &L->wq, L->bq);
     be->matmul(be->ctx, x->k, x->h1, M, &L->wk, L->bk);
@@ -424,10 +533,8 @@ static void layer_fwd(const struct lmc_tmodel *tm, const struct lmc_backend *be,
         be->rope(be->ctx, x->q, M, H, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
         be->rope(be->ctx, x->k, M, KV, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
     }
-    float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t b = 0; b < a->B; b++)
-        be->attention(be->ctx, x->att + b * T * qd, x->q + b * T * qd, x->k + b * T * kvd,
-                      x->v + b * T * kvd, T, 0, H, KV, hd, scale, c->sliding_window);
+    be->attention_train(be->ctx, x->att, x->lse, x->q, x->k, x->v, a->B, T, H, KV, hd,
+                        1.0f / sqrtf((float)hd), c->sliding_window);
     be->matmul(be->ctx, a->tmp, x->att, M, &L->wo, L->bo);
     be->add(be->ctx, x->xmid, xin, a->tmp, M * C);
     norm_fwd(be, c, x->h2, x->xmid, L->norm2_w, L->norm2_b, M);
@@ -464,8 +571,8 @@ static void layer_bwd(struct lmc_tmodel *tm, const struct lmc_backend *be, struc
     }
     norm_bwd(be, c, a->dx, GB(norm2_w), GB(norm2_b), a->dh, x->xmid, L->norm2_w, M);
     be->matmul_bwd(cx, a->datt, GW(wo), GB(bo), a->dx, x->att, M, &L->wo, 0);
-    be->attention_bwd(cx, a->dq, a->dk, a->dv, a->datt, x->att, NULL, x->q, x->k, x->v, a->B, a->T, H, KV, hd,
-                      1.0f / sqrtf((float)hd), c->sliding_window);
+    be->attention_bwd(cx, a->dq, a->dk, a->dv, a->datt, x->att, x->lse, x->q, x->k, x->v, a->B,
+                      a->T, H, KV, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
     if (tm->rot_dim) {
         be->rope_bwd(cx, a->dq, M, H, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
         be->rope_bwd(cx, a->dk, M, KV, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
@@ -484,8 +591,9 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                            lmc_err *err) {
     const struct lmc_config *c = &tm->cfg;
     int64_t C = c->hidden_size, M = a->B * a->T, L = c->num_layers, V = c->vocab_size;
-    if (backward && (!be->matmul_bwd || !be->host_memory))
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no training ops", be->name);
+    LMC_ASSERT(be == tm->be && a->be == be);
+    lmc_status st = lmc_tmodel_check_backend(be, c, backward, false, err);
+    if (st) return st;
     for (int64_t i = 0; i < M; i++) {
         if (inputs[i] < 0 || inputs[i] >= V || targets[i] >= V)
             return lmc_err_set(err, LMC_ERR_ARG, "token id out of range (vocabulary %lld) at %lld",
@@ -504,8 +612,7 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     float *dlm = backward ? (float *)tm->G.lm_head.data : NULL;
     be->classifier_xent(be->ctx, a->loss, backward ? a->dh : NULL, dlm, a->hf, &tm->W.lm_head,
                         a->targets, M, dscale);
-    float *loss = malloc((size_t)M * sizeof(float));
-    if (!loss) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    float *loss = a->loss_host;
     be->download(be->ctx, loss, a->loss, (size_t)M * sizeof(float));
     double sum = 0;
     int64_t n = 0;
@@ -514,12 +621,10 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             sum += loss[i];
             n++;
         }
-    free(loss);
     *loss_sum = sum;
     *count = n;
     if (!backward) return LMC_OK;
-    be->sync(be->ctx);
-    memset(a->dx, 0, (size_t)(M * C) * sizeof(float)); /* host backend: checked above */
+    be->zero(be->ctx, a->dx, (size_t)(M * C) * sizeof(float));
     norm_bwd(be, c, a->dx, (float *)tm->G.norm_f_w, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
              tm->W.norm_f_w, M);
     for (int64_t l = L - 1; l >= 0; l--) {

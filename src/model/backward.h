@@ -6,9 +6,17 @@
  * itself, all through backend-table ops. Llama family (GQA, qkv/o/MLP
  * biases, tied or untied head) and GPT-2.
  *
+ * Memory: the arenas are backend memory (be->alloc; on the CUDA backend
+ * they live on the GPU). Nothing here dereferences them on the host:
+ * weights are built on the host and uploaded (init_random, load), and
+ * whoever needs values on the host (checkpoints, parity checks) downloads
+ * them with lmc_tmodel_download_param / lmc_tmodel_download_arena. The
+ * padding between tensors in every arena is zero and stays zero (so the
+ * global gradient norm can be one sum over the whole arena).
+ *
  * Layouts: the arena keeps every matrix as the (out, in) the ops use.
  * GPT-2's Conv1D weights are (in, out) on disk: their table entry is marked
- * `transposed` and lmc_tmodel_get / lmc_tmodel_set convert, so gradients,
+ * `transposed` and lmc_tmodel_download_param / upload_param convert, so gradients,
  * optimizer state and checkpoints are read and written in the on-disk
  * layout. Tied embeddings are one tensor (the head reads the embedding). */
 #ifndef LMC_MODEL_BACKWARD_H
@@ -38,31 +46,52 @@ struct lmc_tview {
 };
 
 struct lmc_tmodel {
+    const struct lmc_backend *be; /* owns the arenas (not owned; outlives the model) */
     struct lmc_config cfg;
     int64_t rot_dim;
     struct lmc_tparam *params;
     int n_params;
     int64_t numel;          /* floats in each arena */
-    float *w, *g;           /* parameters and gradients (numel each, 64-byte aligned) */
+    float *w, *g;           /* parameters and gradients (numel each, backend memory) */
     struct lmc_tview W, G;  /* views of w and g */
 };
 
-/* Builds the table for cfg and allocates zeroed arenas (LMC_ERR_OOM,
- * LMC_ERR_ARG for configs that cannot be trained). */
-lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg, lmc_err *err);
+/* Names the first op of be's table that training needs and be lacks
+ * (forward ops and zero always; with backward the backward ops; with
+ * optimizer sumsq and adamw): LMC_ERR_UNSUPPORTED "backend X has no OP
+ * op (needed for training)". */
+lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct lmc_config *cfg,
+                                    bool backward, bool optimizer, lmc_err *err);
+/* Builds the table for cfg and allocates arenas in be's memory, zeroed
+ * (LMC_ERR_OOM, LMC_ERR_ARG for configs that cannot be trained,
+ * LMC_ERR_UNSUPPORTED for a backend without the forward ops). */
+lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
+                           const struct lmc_backend *be, lmc_err *err);
 /* GPT-2-style initialisation from seed: matrices and embeddings N(0, std),
- * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0. */
-void lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std);
+ * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0.
+ * Built on the host one tensor at a time and uploaded (LMC_ERR_OOM). */
+lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std, lmc_err *err);
 /* Loads a Hugging Face folder (config.json + model.safetensors, any float
- * dtype) into a new trainable model. Missing tensors or wrong shapes are
- * LMC_ERR_FORMAT naming the tensor. */
-lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, lmc_err *err);
+ * dtype) into a new trainable model on be. Missing tensors or wrong shapes
+ * are LMC_ERR_FORMAT naming the tensor. */
+lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
+                           lmc_err *err);
 void lmc_tmodel_free(struct lmc_tmodel *tm);
 int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name);
-/* Copies parameter i of an arena laid out like tm->w (w, g, or optimizer
- * state) into out (numel floats) in the on-disk layout; set is the inverse. */
-void lmc_tmodel_get(const struct lmc_tmodel *tm, const float *arena, int i, float *out);
-void lmc_tmodel_set(const struct lmc_tmodel *tm, float *arena, int i, const float *in);
+
+/* Host <-> backend copies. `arena` is backend memory laid out like tm->w
+ * (tm->w, tm->g, or an optimizer moment of numel floats).
+ * download_param / upload_param: parameter i, host side in the on-disk
+ * layout (p->numel floats; transposed tensors are converted on the host);
+ * LMC_ERR_OOM when the conversion's scratch cannot be had.
+ * download_arena / upload_arena: the whole arena as it is (numel floats,
+ * arena layout, padding included). Each waits for the copy. */
+lmc_status lmc_tmodel_download_param(const struct lmc_tmodel *tm, const float *arena, int i,
+                                     float *out, lmc_err *err);
+lmc_status lmc_tmodel_upload_param(const struct lmc_tmodel *tm, float *arena, int i,
+                                   const float *in, lmc_err *err);
+void lmc_tmodel_download_arena(const struct lmc_tmodel *tm, const float *arena, float *host);
+void lmc_tmodel_upload_arena(const struct lmc_tmodel *tm, float *arena, const float *host);
 
 /* Training activations for micro-batches of B sequences of T tokens. */
 struct lmc_tacts {
@@ -73,6 +102,7 @@ struct lmc_tacts {
     float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
     struct lmc_tlayer_acts *la; /* (L, or 1 with recompute) */
     float *hf, *tmp, *loss; /* (BT,C) final norm out, (BT,C) scratch, (BT) per-token loss */
+    float *loss_host;       /* (BT) host copy of loss */
     float *dx, *dh, *datt, *dq, *dk, *dv, *dact, *dgate, *dup; /* backward scratch */
     int32_t *ids, *pos, *targets; /* (BT) */
     double *inv_freq;       /* (rot_dim/2) */
@@ -90,11 +120,14 @@ void lmc_tacts_free(struct lmc_tacts *a);
  * < 0: ignored). Returns the sum of the per-token losses in *loss_sum and
  * the number of counted targets in *count. With backward, then adds the
  * gradient of dscale * (sum of losses) into tm->g (the caller zeroes tm->g
- * between optimizer steps; for a mean over N tokens pass dscale = 1/N).
- * Ids are checked (LMC_ERR_ARG). */
+ * with lmc_tmodel_zero_grad between optimizer steps; for a mean over N
+ * tokens pass dscale = 1/N). be must be tm->be. Ids are checked
+ * (LMC_ERR_ARG); a backend without a needed op is LMC_ERR_UNSUPPORTED. */
 lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                            struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
                            bool backward, float dscale, double *loss_sum, int64_t *count,
                            lmc_err *err);
+/* tm->g = 0 (the whole arena, padding included) through be->zero. */
+void lmc_tmodel_zero_grad(struct lmc_tmodel *tm);
 
 #endif

@@ -2,7 +2,8 @@
  * (copied or written), model.safetensors (F32, on-disk layouts), the
  * tokenizer files, plus optimizer.safetensors (the AdamW moments as raw
  * arenas) and trainer_state.json (step, loader position, seed, batch
- * shape). Everything a resumed run needs to continue bit-exactly. */
+ * shape). Everything a resumed run needs to continue bit-exactly. The
+ * arenas are backend memory: saving downloads them, loading uploads. */
 #include "train/trainer.h"
 #include "core/core.h"
 #include "io/safetensors.h"
@@ -102,9 +103,9 @@ lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const ch
         free(buf);
         return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
     }
-    for (int i = 0; i < tm->n_params; i++) {
+    for (int i = 0; i < tm->n_params && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        lmc_tmodel_get(tm, tm->w, i, buf + p->off);
+        s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
         t[i].name = p->name;
         t[i].dtype = LMC_DTYPE_F32;
         t[i].ndim = p->ndim;
@@ -113,19 +114,25 @@ lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const ch
         t[i].data = buf + p->off;
     }
     const char *meta[] = {"format", "pt"};
-    if (!lmc_path_join(path, sizeof path, dir, "model.safetensors"))
+    if (!s && !lmc_path_join(path, sizeof path, dir, "model.safetensors"))
         s = lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
-    else s = lmc_st_write(path, t, tm->n_params, meta, 1, err);
+    if (!s) s = lmc_st_write(path, t, tm->n_params, meta, 1, err);
     free(t);
     free(buf);
     if (s) return s;
     /* optimizer moments, raw (layout of the arenas) */
+    float *mv = malloc((size_t)tm->numel * 2 * sizeof(float));
+    if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    lmc_tmodel_download_arena(tm, tr->m, mv);
+    lmc_tmodel_download_arena(tm, tr->v, mv + tm->numel);
     struct lmc_st_write_tensor ot[2] = {
-        {"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, tr->m},
-        {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, tr->v},
+        {"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, mv},
+        {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, mv + tm->numel},
     };
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
-    if ((s = lmc_st_write(path, ot, 2, NULL, 0, err))) return s;
+    s = lmc_st_write(path, ot, 2, NULL, 0, err);
+    free(mv);
+    if (s) return s;
     /* trainer state */
     char state[512];
     snprintf(state, sizeof state,
@@ -187,8 +194,8 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected F32 adamw.m and adamw.v of %lld elements",
                            path, (long long)tr->tm.numel);
     }
-    memcpy(tr->m, m->data, (size_t)m->numel * sizeof(float));
-    memcpy(tr->v, v->data, (size_t)v->numel * sizeof(float));
+    lmc_tmodel_upload_arena(&tr->tm, tr->m, m->data);
+    lmc_tmodel_upload_arena(&tr->tm, tr->v, v->data);
     lmc_st_free(&st);
     tr->step = step;
     return LMC_OK;

@@ -1,6 +1,9 @@
 /* trainer.c — one optimizer step over accumulated micro-batches and the
  * validation loss (see trainer.h). Everything runs in a fixed order with
- * fixed thread splits, so equal state gives equal results. */
+ * fixed thread splits, so equal state gives equal results. Parameters,
+ * gradients and moments are backend memory: the step reaches them only
+ * through backend ops (zero, sumsq, adamw); the host sees token ids, the
+ * per-row losses and the gradient norm. */
 #include "train/trainer.h"
 #include "core/core.h"
 
@@ -30,6 +33,11 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
                         train->vocab_size, (long long)tr->tm.cfg.vocab_size);
         goto fail;
     }
+    if (tr->tm.be != be) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "the model's arenas belong to another backend than the trainer's");
+        goto fail;
+    }
+    if ((s = lmc_tmodel_check_backend(be, &tr->tm.cfg, true, true, err))) goto fail;
     if ((s = lmc_schedule_check(&o->sched, err))) goto fail;
     if ((s = lmc_tacts_init(&tr->acts, &tr->tm, be, o->B, o->T, o->recompute, err))) goto fail;
     if ((s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;
@@ -38,9 +46,11 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         memset(&tr->val, 0, sizeof tr->val);
         s = LMC_OK;
     }
-    size_t n = (size_t)tr->tm.numel;
-    tr->m = calloc(n, sizeof(float));
-    tr->v = calloc(n, sizeof(float));
+    size_t bytes = (size_t)tr->tm.numel * sizeof(float);
+    tr->m = be->alloc(be->ctx, bytes);
+    tr->v = be->alloc(be->ctx, bytes);
+    if (tr->m) be->zero(be->ctx, tr->m, bytes);
+    if (tr->v) be->zero(be->ctx, tr->v, bytes);
     tr->batch = malloc((size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
     tr->in = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
     tr->tg = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
@@ -57,11 +67,13 @@ fail:
 
 void lmc_trainer_free(struct lmc_trainer *tr) {
     lmc_tacts_free(&tr->acts);
+    if (tr->be) {
+        if (tr->m) tr->be->free(tr->be->ctx, tr->m);
+        if (tr->v) tr->be->free(tr->be->ctx, tr->v);
+    }
     lmc_tmodel_free(&tr->tm);
     if (tr->train.d) lmc_loader_free(&tr->train);
     if (tr->val.d) lmc_loader_free(&tr->val);
-    free(tr->m);
-    free(tr->v);
     free(tr->batch);
     free(tr->in);
     free(tr->tg);
@@ -79,9 +91,10 @@ static void split_batch(struct lmc_trainer *tr) {
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_backend *be = tr->be;
     const struct lmc_train_opts *o = &tr->o;
     memset(st, 0, sizeof *st);
-    memset(tm->g, 0, (size_t)tm->numel * sizeof(float));
+    lmc_tmodel_zero_grad(tm);
     int64_t per = o->B * o->T;
     float dscale = (float)(1.0 / (double)(per * o->accum));
     double sum = 0;
@@ -91,29 +104,20 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         split_batch(tr);
         double ls;
         int64_t n;
-        lmc_status s = lmc_tmodel_step(tm, tr->be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
+        lmc_status s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
         if (s) return s;
         sum += ls;
         count += n;
     }
     st->loss = sum / (double)(count ? count : 1);
     st->tokens = per * o->accum;
-    /* one gradient array per tensor: global norm and clipping */
-    float **g = malloc((size_t)tm->n_params * sizeof *g);
-    int64_t *len = malloc((size_t)tm->n_params * sizeof *len);
-    if (!g || !len) {
-        free(g);
-        free(len);
-        return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
-    }
-    for (int i = 0; i < tm->n_params; i++) {
-        g[i] = tm->g + tm->params[i].off;
-        len[i] = tm->params[i].numel;
-    }
-    st->grad_norm = o->clip > 0 ? lmc_grad_clip(g, len, tm->n_params, o->clip)
-                                : lmc_grad_global_norm(g, len, tm->n_params);
-    free(g);
-    free(len);
+    /* global norm: one sum over the whole gradient arena (the padding
+     * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
+     * folded into the update as grad_scale */
+    st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
+    float grad_scale = 1.0f;
+    if (o->clip > 0 && st->grad_norm > o->clip)
+        grad_scale = (float)(o->clip / (st->grad_norm + 1e-6));
     st->lr = lmc_schedule_lr(&o->sched, tr->step);
     if (!isfinite(st->grad_norm)) {
         st->skipped = true;
@@ -122,10 +126,13 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        bool decay = lmc_adamw_decays(o->decay, p->name, p->ndim);
-        lmc_adamw_update(&o->adamw, tr->step + 1, st->lr, decay, tm->w + p->off, tm->g + p->off,
-                         tr->m + p->off, tr->v + p->off, p->numel);
+        struct lmc_adamw_step as;
+        lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr,
+                            lmc_adamw_decays(o->decay, p->name, p->ndim), grad_scale, &as);
+        be->adamw(be->ctx, tm->w + p->off, tm->g + p->off, tr->m + p->off, tr->v + p->off, p->numel,
+                  &as);
     }
+    be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
     tr->step++;
     return LMC_OK;
 }

@@ -6,7 +6,9 @@
  * model.safetensors, tokenizer files) plus optimizer.safetensors (AdamW
  * moments, raw arenas) and trainer_state.json (step, loader position, seed),
  * from which a resumed run reproduces the uninterrupted one bit for bit on
- * the same backend and thread count. */
+ * the same backend and thread count. The model, gradients and moments live
+ * in the backend's memory (the GPU's on the CUDA backend); checkpoints
+ * download and upload them. */
 #ifndef LMC_TRAIN_TRAINER_H
 #define LMC_TRAIN_TRAINER_H
 
@@ -44,7 +46,7 @@ struct lmc_trainer {
     const struct lmc_backend *be;
     struct lmc_tacts acts;
     struct lmc_train_opts o;
-    float *m, *v;              /* AdamW moments, laid out like tm.w */
+    float *m, *v;              /* AdamW moments, laid out like tm.w (backend memory) */
     int64_t step;              /* optimizer steps done */
     const struct lmc_token_data *train_data, *val_data; /* val may be NULL */
     struct lmc_loader train, val;
@@ -52,13 +54,18 @@ struct lmc_trainer {
     int32_t *in, *tg;          /* (B*T) */
 };
 
-/* Takes ownership of *tm (also on failure). val may be NULL. */
+/* Takes ownership of *tm (also on failure). val may be NULL. be must be
+ * the backend tm was made on (tm->be); a backend lacking a training op is
+ * LMC_ERR_UNSUPPORTED naming the op. */
 lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
                             const struct lmc_backend *be, const struct lmc_token_data *train,
                             const struct lmc_token_data *val, const struct lmc_train_opts *o,
                             lmc_err *err);
 void lmc_trainer_free(struct lmc_trainer *tr);
-/* One optimizer step (accum micro-batches). */
+/* One optimizer step (accum micro-batches): gradients zeroed, summed over
+ * the micro-batches, global norm = sqrt(be->sumsq) over the gradient
+ * arena, clipping folded into be->adamw's grad_scale, one adamw call per
+ * tensor (non-finite norm: the update is skipped, the step still counts). */
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
 /* Mean loss over eval_batches validation micro-batches, always the same
  * ones (the val loader restarts at position 0, no shuffling). */

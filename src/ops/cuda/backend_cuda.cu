@@ -194,6 +194,17 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->gelu = lmc_cuda_gelu;
     be->add = lmc_cuda_add;
     be->argmax_rows = lmc_cuda_argmax_rows;
+    be->matmul_bwd = lmc_cuda_matmul_bwd;
+    be->embed_bwd = lmc_cuda_embed_bwd;
+    be->rmsnorm_bwd = lmc_cuda_rmsnorm_bwd;
+    be->layernorm_bwd = lmc_cuda_layernorm_bwd;
+    be->rope_bwd = lmc_cuda_rope_bwd;
+    be->swiglu_bwd = lmc_cuda_swiglu_bwd;
+    be->gelu_bwd = lmc_cuda_gelu_bwd;
+    be->classifier_xent = lmc_cuda_classifier_xent;
+    be->zero = lmc_cuda_zero;
+    be->sumsq = lmc_cuda_sumsq;
+    be->adamw = lmc_cuda_adamw;
     return LMC_OK;
 }
 

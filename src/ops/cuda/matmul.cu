@@ -240,10 +240,13 @@ __global__ void matmul_cvt_fwd_kernel<__half>(__half *dst, const float *src, int
         dst[i] = __float2half_rn(src[i]);
 }
 
-__global__ void matmul_bias_fwd_kernel(float *y, const float *bias, int64_t M, int64_t N) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * N;
+/* D(m,n) col-major (ld ldd) += bias[i] per row i: the bias when the
+ * heuristic has no epilogue algorithm for it. */
+__global__ void matmul_bias_fwd_kernel(float *d, const float *bias, int64_t m, int64_t n,
+                                       int64_t ldd) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * n;
          i += (int64_t)gridDim.x * blockDim.x)
-        y[i] += bias[i % N];
+        d[(i / m) * ldd + i % m] += bias[i % m];
 }
 
 static cudaDataType_t cuda_type(enum lmc_dtype dt) {
@@ -263,29 +266,44 @@ static void plan_destroy(struct lmc_cuda_mm_plan *p) {
     p->used = false;
 }
 
-/* Builds descriptors and asks the heuristic for an algorithm; false when it
- * has none (the plan is then released). */
-static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p, int64_t M, int64_t N,
-                       int64_t K, enum lmc_dtype dt, bool bias) {
-    cudaDataType_t t = cuda_type(dt);
-    p->M = M, p->N = N, p->K = K, p->dtype = (int)dt, p->bias = bias, p->used = true;
+/* Builds descriptors for the key in *p and asks the heuristic for an
+ * algorithm; false when it has none (the plan is then released). */
+static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p) {
+    cudaDataType_t t = cuda_type((enum lmc_dtype)p->dtype);
+    p->used = true;
     LMC_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasOperation_t ta = p->ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = p->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    if (bias) {
+    if (p->bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType_t bt = CUDA_R_32F;
         LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
     }
-    LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, t, (uint64_t)K, (uint64_t)N, K));
-    LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, t, (uint64_t)K, (uint64_t)M, K));
-    LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)N, (uint64_t)M, N));
+    if (p->ta)
+        LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, t, (uint64_t)p->k, (uint64_t)p->m, p->lda));
+    else
+        LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, t, (uint64_t)p->m, (uint64_t)p->k, p->lda));
+    if (p->tb)
+        LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, t, (uint64_t)p->n, (uint64_t)p->k, p->ldb));
+    else
+        LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, t, (uint64_t)p->k, (uint64_t)p->n, p->ldb));
+    LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)p->m, (uint64_t)p->n, p->ldd));
     cublasLtMatmulPreference_t pref;
     LMC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     LMC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->lt_ws_bytes, sizeof c->lt_ws_bytes));
+    /* pointers need not be 256-byte aligned (the default assumption) */
+    uint32_t al = (uint32_t)p->align;
+    LMC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
+    LMC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
+    LMC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
+    LMC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->a, p->b, p->c, p->c, pref,
@@ -299,27 +317,86 @@ static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p, int64
     return true;
 }
 
-static struct lmc_cuda_mm_plan *plan_get(struct lmc_cuda_ctx *c, int64_t M, int64_t N, int64_t K,
-                                         enum lmc_dtype dt, bool bias) {
-    for (int i = 0; i < LMC_CUDA_MM_PLANS; i++) {
-        struct lmc_cuda_mm_plan *p = &c->plans[i];
-        if (p->used && p->M == M && p->N == N && p->K == K && p->dtype == (int)dt &&
-            p->bias == bias)
-            return p;
-    }
+static bool plan_match(const struct lmc_cuda_mm_plan *p, const struct lmc_cuda_mm_plan *q) {
+    return p->used && p->m == q->m && p->n == q->n && p->k == q->k && p->lda == q->lda &&
+           p->ldb == q->ldb && p->ldd == q->ldd && p->ta == q->ta && p->tb == q->tb &&
+           p->dtype == q->dtype && p->align == q->align && p->bias_req == q->bias_req;
+}
+
+/* The cached plan for key (its descriptor fields unused), built on a miss
+ * (round-robin eviction); with a bias, falls back to a plan without the
+ * epilogue (p->bias false: the caller adds the bias by kernel), cached
+ * under the same key. */
+static struct lmc_cuda_mm_plan *plan_get(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan key) {
+    key.used = true;
+    for (int i = 0; i < LMC_CUDA_MM_PLANS; i++)
+        if (plan_match(&c->plans[i], &key)) return &c->plans[i];
     struct lmc_cuda_mm_plan *p = &c->plans[c->next_plan];
     c->next_plan = (c->next_plan + 1) % LMC_CUDA_MM_PLANS;
     plan_destroy(p);
-    if (plan_build(c, p, M, N, K, dt, bias)) return p;
-    if (bias && plan_build(c, p, M, N, K, dt, false)) return p; /* bias by kernel */
+    *p = key;
+    if (plan_build(c, p)) return p;
+    if (key.bias) {
+        *p = key;
+        p->bias = false;
+        if (plan_build(c, p)) return p;
+    }
     lmc_cuda_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this GEMM", __FILE__, __LINE__);
 }
 
-/* x as the GEMM's B operand: converted into scratch for bf16/f16 weights. */
+static int ptr_align(const void *ptr) {
+    uintptr_t a = (uintptr_t)ptr;
+    int al = 256;
+    while (al > 1 && a % (uintptr_t)al) al >>= 1;
+    return al;
+}
+
+void lmc_cuda_gemm(struct lmc_cuda_ctx *c, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                   const void *A, int64_t lda, const void *B, int64_t ldb, float *D, int64_t ldd,
+                   enum lmc_dtype dt, const float *bias, float beta) {
+    if (m <= 0 || n <= 0) return;
+    LMC_ASSERT(k > 0);
+    struct lmc_cuda_mm_plan key;
+    memset(&key, 0, sizeof key);
+    key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldd = ldd;
+    key.ta = ta, key.tb = tb, key.dtype = (int)dt, key.bias_req = key.bias = bias != NULL;
+    key.align = LMC_MIN(ptr_align(A), LMC_MIN(ptr_align(B), ptr_align(D)));
+    struct lmc_cuda_mm_plan *p = plan_get(c, key);
+    if (p->bias)
+        LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                        &bias, sizeof bias));
+    const float one = 1.0f;
+    LMC_CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &one, A, p->a, B, p->b, &beta, D, p->c, D,
+                                    p->c, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
+    if (bias && !p->bias) {
+        matmul_bias_fwd_kernel<<<lmc_cuda_blocks(m * n, 256), 256, 0, c->stream>>>(D, bias, m, n, ldd);
+        LMC_CUDA_LAUNCH_CHECK();
+    }
+}
+
+void lmc_cuda_to_bf16(struct lmc_cuda_ctx *c, __nv_bfloat16 *dst, const float *src, int64_t n) {
+    if (n <= 0) return;
+    matmul_cvt_fwd_kernel<<<lmc_cuda_blocks(n, 256), 256, 0, c->stream>>>(dst, src, n);
+    LMC_CUDA_LAUNCH_CHECK();
+}
+
+/* The GEMM operand dtype for weights of dtype dt: F32 weights run in bf16
+ * in the mixed-precision training mode, else as stored. */
+static enum lmc_dtype gemm_dtype(const struct lmc_cuda_ctx *c, enum lmc_dtype dt) {
+    return dt == LMC_DTYPE_F32 && c->train_bf16 ? LMC_DTYPE_BF16 : dt;
+}
+
+/* x as the GEMM's B operand: converted into scratch when the GEMM runs in
+ * 16 bits; when weights of dtype wdt are converted too (F32 in the bf16
+ * training mode) the scratch also holds room for wmax of their elements
+ * after x (gemm_run converts each weight there). */
 static const void *gemm_prep(struct lmc_cuda_ctx *c, const float *x, int64_t M, int64_t K,
-                             enum lmc_dtype dt) {
+                             enum lmc_dtype wdt, int64_t wmax) {
+    enum lmc_dtype dt = gemm_dtype(c, wdt);
     if (dt == LMC_DTYPE_F32) return x;
-    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, (size_t)(M * K) * 2);
+    size_t xb = lmc_cuda_al256((size_t)(M * K) * 2);
+    size_t wb = dt != wdt ? (size_t)wmax * 2 : 0;
+    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, xb + wb);
     if (dt == LMC_DTYPE_BF16)
         matmul_cvt_fwd_kernel<<<lmc_cuda_blocks(M * K, 256), 256, 0, c->stream>>>(
             (__nv_bfloat16 *)c->scratch, x, M * K);
@@ -330,21 +407,20 @@ static const void *gemm_prep(struct lmc_cuda_ctx *c, const float *x, int64_t M, 
     return c->scratch;
 }
 
-/* y = b @ w^T (+ bias) + beta*y through cuBLASLt; b from gemm_prep. */
+/* y = b @ w^T (+ bias) + beta*y through cuBLASLt; b from gemm_prep (for M
+ * rows). F32 weights in the bf16 training mode are converted into the
+ * scratch room gemm_prep left after x. */
 static void gemm_run(struct lmc_cuda_ctx *c, float *y, const void *b, int64_t M,
                      const struct lmc_mat *w, const float *bias, float beta) {
     int64_t N = w->rows, K = w->cols;
-    struct lmc_cuda_mm_plan *p = plan_get(c, M, N, K, w->dtype, bias != NULL);
-    if (p->bias)
-        LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                        &bias, sizeof bias));
-    const float one = 1.0f;
-    LMC_CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &one, w->data, p->a, b, p->b, &beta, y, p->c, y,
-                                    p->c, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
-    if (bias && !p->bias) {
-        matmul_bias_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(y, bias, M, N);
-        LMC_CUDA_LAUNCH_CHECK();
+    enum lmc_dtype dt = gemm_dtype(c, w->dtype);
+    const void *a = w->data;
+    if (dt != w->dtype) {
+        __nv_bfloat16 *wb = (__nv_bfloat16 *)((char *)c->scratch + lmc_cuda_al256((size_t)(M * K) * 2));
+        lmc_cuda_to_bf16(c, wb, (const float *)w->data, N * K);
+        a = wb;
     }
+    lmc_cuda_gemm(c, true, false, N, M, K, a, K, b, K, y, N, dt, bias, beta);
 }
 
 /* K == 0: y = bias (or 0), or y += bias when accumulating. */
@@ -352,7 +428,7 @@ static void matmul_k0(struct lmc_cuda_ctx *c, float *y, int64_t M, int64_t N, co
                       bool acc) {
     if (!acc) LMC_CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), c->stream));
     if (bias) {
-        matmul_bias_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(y, bias, M, N);
+        matmul_bias_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(y, bias, N, M, N);
         LMC_CUDA_LAUNCH_CHECK();
     }
 }
@@ -375,7 +451,7 @@ static void matmul_one(struct lmc_cuda_ctx *c, float *y, const float *x, int64_t
         gemv_launch(c, &a, w->dtype);
         return;
     }
-    gemm_run(c, y, gemm_prep(c, x, M, K, w->dtype), M, w, bias, acc ? 1.0f : 0.0f);
+    gemm_run(c, y, gemm_prep(c, x, M, K, w->dtype, N * K), M, w, bias, acc ? 1.0f : 0.0f);
 }
 
 extern "C" void lmc_cuda_matmul(void *ctx, float *y, const float *x, int64_t M,
@@ -420,7 +496,9 @@ extern "C" void lmc_cuda_matmul_multi(void *ctx, int n, float *const *y, const f
         }
         return;
     }
-    const void *b = gemm_prep(c, x, M, K, w[0]->dtype);
+    int64_t wmax = 0;
+    for (int i = 0; i < n; i++) wmax = LMC_MAX(wmax, w[i]->rows * K);
+    const void *b = gemm_prep(c, x, M, K, w[0]->dtype, wmax);
     for (int i = 0; i < n; i++) gemm_run(c, y[i], b, M, w[i], bias ? bias[i] : NULL, 0.0f);
 }
 
@@ -453,7 +531,7 @@ extern "C" void lmc_cuda_matmul_swiglu(void *ctx, float *y, const float *x, int6
     }
     lmc_cuda_reserve(c, &c->ff_up, &c->ff_up_bytes, (size_t)(M * N) * sizeof(float));
     if (wg->dtype == wu->dtype) {
-        const void *b = gemm_prep(c, x, M, K, wg->dtype);
+        const void *b = gemm_prep(c, x, M, K, wg->dtype, N * K);
         gemm_run(c, y, b, M, wg, NULL, 0.0f);
         gemm_run(c, (float *)c->ff_up, b, M, wu, NULL, 0.0f);
     } else {
@@ -463,4 +541,61 @@ extern "C" void lmc_cuda_matmul_swiglu(void *ctx, float *y, const float *x, int6
     matmul_swiglu_fwd_kernel<<<lmc_cuda_blocks(M * N, 256), 256, 0, c->stream>>>(
         y, (const float *)c->ff_up, M * N);
     LMC_CUDA_LAUNCH_CHECK();
+}
+
+/* ---- backward (training) ----
+ * y(M,N) = x(M,K) @ w(N,K)^T + b with F32 weights (the master copies):
+ *   dx(M,K) = / += dy @ w        col-major: dx^T (K,M) = w^T (K,N) dy^T (N,M)
+ *   dw(N,K) += dy^T @ x          col-major: dw^T (K,N) = x^T (K,M) dy (M,N)
+ *   db(N)   += column sums of dy (lmc_colsum: fixed order, no atomics)
+ * fp32 mode: fp32 GEMMs (CUBLAS_COMPUTE_32F, no TF32). bf16 training mode:
+ * w, dy and x are converted to bf16 in scratch, tensor-core GEMMs with f32
+ * accumulation write (or, beta = 1, accumulate into) the f32 gradients.
+ * cuBLASLt with a fixed algorithm per shape is run-to-run deterministic. */
+struct matmul_db_term {
+    const float *dy;
+    int64_t N;
+    __device__ float operator()(int64_t m, int64_t j) const { return dy[m * N + j]; }
+};
+
+extern "C" void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                                    const float *x, int64_t M, const struct lmc_mat *w,
+                                    int accum_dx) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32);
+    const int64_t N = w->rows, K = w->cols;
+    if (M <= 0) return;
+    bool gx = dx && K > 0 && N > 0, gw = dw && K > 0 && N > 0, gb = db && N > 0;
+    if (dx && K > 0 && N == 0 && !accum_dx) /* an empty sum */
+        LMC_CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(M * K) * sizeof(float), c->stream));
+    const bool b16 = c->train_bf16;
+    /* scratch: [w bf16][dy bf16][x bf16][db partials] */
+    size_t o_w = 0, o_dy, o_x, o_db, sz = 0;
+    if (b16 && gx) sz += lmc_cuda_al256((size_t)(N * K) * 2);
+    o_dy = sz;
+    if (b16 && (gx || gw)) sz += lmc_cuda_al256((size_t)(M * N) * 2);
+    o_x = sz;
+    if (b16 && gw) sz += lmc_cuda_al256((size_t)(M * K) * 2);
+    o_db = sz;
+    if (gb) sz += (size_t)(lmc_colsum_chunks(M) * N) * sizeof(double);
+    if (sz) lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, sz);
+    char *s = (char *)c->scratch;
+    const void *W = w->data, *DY = dy, *X = x;
+    enum lmc_dtype dt = LMC_DTYPE_F32;
+    if (b16 && (gx || gw)) {
+        dt = LMC_DTYPE_BF16;
+        lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_dy), dy, M * N);
+        DY = s + o_dy;
+        if (gx) {
+            lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_w), (const float *)w->data, N * K);
+            W = s + o_w;
+        }
+        if (gw) {
+            lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_x), x, M * K);
+            X = s + o_x;
+        }
+    }
+    if (gx) lmc_cuda_gemm(c, false, false, K, M, N, W, K, DY, N, dx, K, dt, NULL, accum_dx ? 1.0f : 0.0f);
+    if (gw) lmc_cuda_gemm(c, false, true, K, N, M, X, K, DY, N, dw, K, dt, NULL, 1.0f);
+    if (gb) lmc_colsum(c, db, (double *)(s + o_db), M, N, matmul_db_term{dy, N});
 }

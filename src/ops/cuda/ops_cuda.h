@@ -53,6 +53,31 @@ void lmc_cuda_rope_kv_store(void *ctx, float *q, float *k, const float *v, void 
                             int64_t M, int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim,
                             const int32_t *pos, const double *inv_freq, float attn_scale);
 
+/* Training (backend.h's "Training" entries; attention_train/attention_bwd
+ * are declared with the attention kernels). */
+void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                         const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);
+void lmc_cuda_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
+                        int64_t C);
+void lmc_cuda_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,
+                          const float *w, int64_t M, int64_t C, float eps);
+void lmc_cuda_layernorm_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                            const float *x, const float *w, int64_t M, int64_t C, float eps);
+void lmc_cuda_rope_bwd(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t head_dim,
+                       int64_t rot_dim, const int32_t *pos, const double *inv_freq,
+                       float attn_scale);
+void lmc_cuda_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
+                         const float *up, int64_t n);
+void lmc_cuda_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
+                       int tanh_approx);
+void lmc_cuda_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                              const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                              float dscale);
+void lmc_cuda_zero(void *ctx, void *p, size_t bytes);
+double lmc_cuda_sumsq(void *ctx, const float *x, int64_t n);
+void lmc_cuda_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
+                    const struct lmc_adamw_step *s);
+
 /* Which attention kernel lmc_cuda_attention_ex runs. AUTO picks as the
  * table entry does (tensor cores for prefill unless fp32 attention is set). */
 enum lmc_cuda_attn_kind {

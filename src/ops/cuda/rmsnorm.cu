@@ -72,3 +72,59 @@ extern "C" void lmc_cuda_rmsnorm(void *ctx, float *y, const float *x, const floa
                                                                                         C, eps);
     LMC_CUDA_LAUNCH_CHECK();
 }
+
+/* ---- backward ----
+ * y = x * r * w, r = 1/sqrt(mean(x^2) + eps) (as the CPU twin):
+ *   dx[m,i] += r w[i] dy[m,i] - x[m,i] r^3 / C * sum_j w[j] dy[m,j] x[m,j]
+ *   dw[i]   += sum_m dy[m,i] x[m,i] r[m]
+ * dx: one block per row, sums in double; r[m] staged (as float) in scratch.
+ * dw: lmc_colsum (fixed-order partial sums, no atomics: deterministic). */
+__global__ void rmsnorm_bwd_kernel(float *dx, float *rbuf, const float *dy, const float *x,
+                                   const float *w, int64_t M, int64_t C, float eps) {
+    __shared__ double sh[32];
+    for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+        const float *xr = x + m * C, *dyr = dy + m * C;
+        double ss = 0, dot = 0;
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+            double xv = xr[i];
+            ss += xv * xv;
+            dot += (double)w[i] * dyr[i] * xv;
+        }
+        ss = lmc_block_sum_d(ss, sh);
+        dot = lmc_block_sum_d(dot, sh);
+        double r = 1.0 / sqrt(ss / (double)C + (double)eps);
+        double k = r * r * r * dot / (double)C;
+        if (dx) {
+            float *dxr = dx + m * C;
+            for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
+                dxr[i] += (float)(r * w[i] * dyr[i] - k * xr[i]);
+        }
+        if (threadIdx.x == 0) rbuf[m] = (float)r;
+    }
+}
+
+struct rmsnorm_dw_term {
+    const float *dy, *x, *r;
+    int64_t C;
+    __device__ float operator()(int64_t m, int64_t j) const {
+        return dy[m * C + j] * x[m * C + j] * r[m];
+    }
+};
+
+extern "C" void lmc_cuda_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy,
+                                     const float *x, const float *w, int64_t M, int64_t C,
+                                     float eps) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (M <= 0 || C <= 0) return;
+    size_t o_part = lmc_cuda_al256((size_t)M * sizeof(float));
+    size_t sz = o_part + (dw ? (size_t)(lmc_colsum_chunks(M) * C) * sizeof(double) : 0);
+    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, sz);
+    float *r = (float *)c->scratch;
+    int threads = C >= 1024 ? 512 : C >= 256 ? 256 : 64;
+    rmsnorm_bwd_kernel<<<(unsigned)LMC_MIN(M, (int64_t)65535), threads, 0, c->stream>>>(
+        dx, r, dy, x, w, M, C, eps);
+    LMC_CUDA_LAUNCH_CHECK();
+    if (dw)
+        lmc_colsum(c, dw, (double *)((char *)c->scratch + o_part), M, C,
+                   rmsnorm_dw_term{dy, x, r, C});
+}

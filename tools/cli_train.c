@@ -1,0 +1,43 @@
+/* cli_train.c — the backend of the training commands (lmc train, lmc
+ * parity --train): --device cpu|cuda (cpu by default: training picks the
+ * GPU only when asked) and --dtype fp32|bf16 (the training precision on
+ * the GPU; the CPU trains in fp32 only). */
+#include "cli.h"
+#include "ops/backend_cuda.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const char *cmd,
+                      bool *bf16) {
+    lmc_err err = {0};
+    bool cuda = c->device && !strcmp(c->device, "cuda");
+    *bf16 = false;
+    if (c->wdtype == LMC_WDTYPE_F16) {
+        fprintf(stderr, "lmc %s: --dtype f16 is not a training precision (fp32 or bf16)\n", cmd);
+        return 2;
+    }
+    if (!cuda) {
+        if (c->wdtype == LMC_WDTYPE_BF16) {
+            fprintf(stderr, "lmc %s: --dtype bf16 needs --device cuda (the CPU trains in fp32)\n", cmd);
+            return 2;
+        }
+        if (lmc_backend_cpu_init(be, c->threads, &err)) return cli_fail(cmd, &err);
+        return 0;
+    }
+    if (lmc_backend_cuda_init(be, 0, &err)) return cli_fail(cmd, &err);
+    /* bf16 by default: mixed precision (bf16 GEMM operands and attention,
+     * f32 master weights, gradients and optimizer). fp32: the checking
+     * mode; the fp32 attention flag is set too, so that no op of the
+     * backend runs in reduced precision (training never uses the KV cache,
+     * whose type is the flag's other effect). */
+    *bf16 = c->wdtype != LMC_WDTYPE_F32;
+    lmc_backend_cuda_set_train_bf16(be, *bf16);
+    if (!*bf16) lmc_backend_cuda_set_fp32_attention(be, true);
+    return 0;
+}
+
+void cli_train_backend_free(struct lmc_backend *be) {
+    if (be->name && !strcmp(be->name, "cuda")) lmc_backend_cuda_free(be);
+    else lmc_backend_cpu_free(be);
+}
