@@ -713,6 +713,66 @@ static void test_argmax_rows(void) {
     }
 }
 
+/* sample_rows: the GPU picks the CPU twin's id (the sampler's core) for the
+ * same uniforms, over temperatures, top-k, top-p, min-p, odd vocab sizes,
+ * rows with ties, -inf entries and a tied maximum. */
+static void test_sample_rows(int quick) {
+    const int64_t shapes[][2] = {{1, 1}, {3, 7}, {5, 511}, {4, 1001}, {8, 32003}, {2, 151937}};
+    const double temps[] = {0, 0.4, 1.0, 1.8};
+    const int64_t topks[] = {0, 1, 7, 50, 2000};
+    const double topps[] = {1.0, 0.95, 0.6, 0.1};
+    const double minps[] = {0, 0.02, 0.5};
+    uint64_t rng = 9191;
+    long rows_checked = 0;
+    size_t nshapes = sizeof shapes / sizeof *shapes;
+    for (size_t s = 0; s < nshapes; s++) {
+        int64_t R = shapes[s][0], V = shapes[s][1];
+        float *x = rand_f(R * V, 5.0f);
+        for (int64_t r = 0; r < R; r++) {
+            float *row = x + r * V;
+            if (r % 4 == 1) for (int64_t i = 0; i < V; i++) row[i] = (float)(int)(row[i] * 2) * 0.5f;
+            if (r % 4 == 2) for (int64_t i = 1; i < V; i += 3) row[i] = -INFINITY;
+            if (r % 4 == 3 && V > 3) row[V - 1] = row[1] = 9.0f;
+        }
+        float *d = up(x, (size_t)(R * V) * sizeof(float));
+        struct lmc_sample_row *prm = malloc((size_t)R * sizeof *prm);
+        int32_t *want = malloc((size_t)R * sizeof *want), *got = malloc((size_t)R * sizeof *got);
+        int bad = 0, combos = 0;
+        for (size_t a = 0; a < 4; a++) for (size_t b = 0; b < 5; b++) for (size_t c = 0; c < 4; c++)
+        for (size_t e = 0; e < 3; e++) {
+            if (quick && V > 100000 && (b + c + e) % 3) continue;
+            for (int64_t r = 0; r < R; r++) {
+                /* rows of one call differ in their parameters too */
+                size_t bb = (b + (size_t)r) % 5;
+                prm[r] = (struct lmc_sample_row){.temperature = temps[a], .top_p = topps[c],
+                                                 .min_p = minps[e], .top_k = topks[bb],
+                                                 .u = (double)(lmc_rng_next(&rng) >> 11) *
+                                                      (1.0 / 9007199254740992.0)};
+            }
+            cpu.sample_rows(cpu.ctx, want, x, R, V, prm);
+            gpu.sample_rows(gpu.ctx, got, d, R, V, prm);
+            for (int64_t r = 0; r < R; r++) {
+                if (got[r] != want[r] && bad < 5)
+                    fprintf(stderr, "  sample_rows V %lld row %lld T %g k %lld p %g minp %g u %.17g: "
+                            "gpu %d cpu %d\n", (long long)V, (long long)r, prm[r].temperature,
+                            (long long)prm[r].top_k, prm[r].top_p, prm[r].min_p, prm[r].u,
+                            got[r], want[r]);
+                bad += got[r] != want[r];
+            }
+            rows_checked += R;
+            combos++;
+        }
+        CHECK_MSG(bad == 0, "sample_rows %lld x %lld: %d of %d rows differ", (long long)R,
+                  (long long)V, bad, (int)(combos * R));
+        dfree(d);
+        free(x);
+        free(prm);
+        free(want);
+        free(got);
+    }
+    printf("  sample_rows: %ld rows checked against the CPU twin\n", rows_checked);
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     if (lmc_cuda_device_count() == 0) {
@@ -732,6 +792,7 @@ int main(int argc, char **argv) {
     test_rope();
     test_elementwise();
     test_argmax_rows();
+    test_sample_rows(quick);
     test_attention_vs_cpu();
     test_attention_batch();
     test_attention_sizes(quick);

@@ -205,6 +205,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->zero = lmc_cuda_zero;
     be->sumsq = lmc_cuda_sumsq;
     be->adamw = lmc_cuda_adamw;
+    be->sample_rows = lmc_cuda_sample_rows;
     return LMC_OK;
 }
 

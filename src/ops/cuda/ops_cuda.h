@@ -43,6 +43,8 @@ void lmc_cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, in
 void lmc_cuda_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cuda_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
 void lmc_cuda_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);
+void lmc_cuda_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V,
+                          const struct lmc_sample_row *params);
 void lmc_cuda_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
                            const struct lmc_mat *const *w, const float *const *bias);
 void lmc_cuda_matmul_add(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
