@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
 # run_cuda.sh — the GPU machine's script: builds the CUDA targets, runs the
 # CUDA op tests, fixture parity on the GPU (fp32 and bf16), the sanitizers
-# on the quick op tests, and the benches (our attention vs torch SDPA flash
-# and cuDNN; a random 1.1B Llama's prefill and decode vs transformers).
+# on the quick op tests, the training checks (CUDA training ops and
+# FlashAttention backward vs the CPU, parity --train on the GPU in bf16 and
+# fp32, a short `lmc train --device cuda` at the default model's size), and
+# the benches (our attention vs torch SDPA flash and cuDNN; a random 1.1B
+# Llama's prefill and decode vs transformers).
 # Logs go to $OUT (or /tmp/lmc-cuda-out). Sections, run in this order:
-# build test parity attn model sanitize (default: all but sanitize).
+# build test parity train attn model sanitize (default: all but sanitize).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/run_cuda.sh [SECTION ...]
 set -u -o pipefail
 OUT=${OUT:-/tmp/lmc-cuda-out}
 mkdir -p "$OUT"
-secs=${*:-build test parity attn model}
+secs=${*:-build test parity train attn model}
 has() { [[ " $secs " == *" $1 "* ]]; }
 B=build-dev
 rc=0
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 if has build || [ ! -x $B/lmc ]; then
   cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$OUT/build.log" 2>&1 &&
-    make -C $B -j16 lmc_cli test_ops_cuda bench_attn_cuda bench_model_cuda >>"$OUT/build.log" 2>&1 ||
+    make -C $B -j16 lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda >>"$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
   echo "build ok"
 fi
 if has test; then
-  timeout 300 $B/test_ops_cuda >"$OUT/test_ops_cuda.log" 2>&1; r=$?
+  timeout 300 $B/test_ops_cuda ${OPS_ARGS:-} >"$OUT/test_ops_cuda.log" 2>&1; r=$?
   grep -v "^FAIL" "$OUT/test_ops_cuda.log" | tail -20
   grep "^FAIL" "$OUT/test_ops_cuda.log" | head -30
   echo "test_ops_cuda rc=$r"
@@ -37,6 +40,34 @@ if has parity; then
       [ $r = 0 ] || rc=1
     done
   done
+fi
+if has train; then
+  for t in test_train_ops_cuda test_attention_train_cuda; do
+    timeout 200 $B/$t >"$OUT/$t.log" 2>&1; r=$?
+    grep -v "^FAIL" "$OUT/$t.log" | tail -14
+    grep "^FAIL" "$OUT/$t.log" | head -20
+    echo "$t rc=$r"
+    [ $r = 0 ] || rc=1
+  done
+  for f in tests/fixtures/*/; do
+    grep -q '"mamba"' "$f/config.json" && continue
+    for dt in bf16 fp32; do
+      timeout 60 $B/lmc parity "$f" --train --device cuda --dtype $dt >"$OUT/parity.tmp" 2>&1; r=$?
+      cat "$OUT/parity.tmp" >>"$OUT/parity_train.log"
+      echo "parity --train $f $dt rc=$r: $(grep -ciE 'fail' "$OUT/parity.tmp") failing lines; $(grep -iE '^ *loss' "$OUT/parity.tmp" | head -1)"
+      [ $r = 0 ] || rc=1
+    done
+  done
+  timeout 120 bash tests/test_train_cli.sh $B/lmc >"$OUT/test_train_cli.log" 2>&1; r=$?
+  tail -3 "$OUT/test_train_cli.log"; echo "test_train_cli rc=$r"; [ $r = 0 ] || rc=1
+  # GPU training throughput at the default model's size (README's recipe, 40 steps)
+  D=/tmp/kjvdata
+  [ -d $D ] || $B/lmc prepare-data -m models/kjv-llama --text-file data/kjv.txt --val-from-line 71726 -o $D >/dev/null 2>&1
+  rm -rf /tmp/kjvrun
+  timeout 150 $B/lmc train --data $D -o /tmp/kjvrun --arch llama --layers 8 --hidden 288 --heads 6 --kv-heads 6 \
+    --intermediate 768 --max-pos 256 --tie --batch 16 --seq 256 --steps 40 --lr 1.5e-3 --warmup 10 \
+    --eval-every 20 --eval-batches 4 --save-every 1000 --device cuda ${TRAIN_ARGS:-} >"$OUT/train_kjv.log" 2>&1; r=$?
+  grep -v "^\s*$" "$OUT/train_kjv.log" | tail -6; echo "lmc train --device cuda rc=$r"; [ $r = 0 ] || rc=1
 fi
 shapes="16,12,1024,64 8,16,2048,128 2,16,8192,128 1,32,16384,128"
 if has attn; then

@@ -12,7 +12,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/kjv-llama}
 P=${P:-128}; M=${M:-128}; THREADS=${THREADS:-2}; LEVELS=${LEVELS:-"1 8 64 256"}
-BLOCK=16
+BLOCK=${BLOCK:-8}
 B=build-bench
 cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DLMC_CUDA=OFF >/dev/null && make -C $B -j"$(nproc)" lmc_cli >/dev/null || exit 1
 LOG=$(mktemp); trap 'kill $SRV 2>/dev/null; rm -f "$LOG"' EXIT

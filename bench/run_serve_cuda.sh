@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 secs=${*:-build test bench hf}
 has() { [[ " $secs " == *" $1 "* ]]; }
 P=${P:-128}; M=${M:-128}; LEVELS=${LEVELS:-"1 8 64 256"}
-BLOCK=16; KV_BLOCKS=${KV_BLOCKS:-8192}; STEP_TOKENS=${STEP_TOKENS:-2048}
+BLOCK=${BLOCK:-8}; KV_BLOCKS=${KV_BLOCKS:-8192}; STEP_TOKENS=${STEP_TOKENS:-2048}
 B=build-dev
 MODEL=/tmp/llama-1.1b
 rc=0

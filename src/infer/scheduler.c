@@ -76,7 +76,7 @@ struct lmc_sched {
 void lmc_sched_opts_default(struct lmc_sched_opts *o) {
     memset(o, 0, sizeof *o);
     o->max_batch = 64;
-    o->block_size = 16;
+    o->block_size = 8;
     o->max_step_tokens = 512;
     o->prefix_cache = true;
 }

@@ -20,7 +20,7 @@ struct lmc_sched; /* opaque */
 
 struct lmc_sched_opts {
     int max_batch;              /* sequences decoded together (default 64) */
-    int block_size;             /* tokens per KV block (default 16) */
+    int block_size;             /* tokens per KV block (default 8) */
     int64_t kv_blocks;          /* blocks in the pool (0: from kv_bytes) */
     size_t kv_bytes;            /* memory for the pool when kv_blocks == 0 */
     int64_t max_step_tokens;    /* token budget per step, prefill chunks included (default 512) */
