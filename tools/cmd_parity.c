@@ -486,6 +486,7 @@ int cmd_parity(int argc, char **argv) {
         cJSON_Delete(ref);
         return rc || r.failed ? 1 : 0;
     }
+    if (!bf16) c.wdtype = LMC_WDTYPE_F32; /* fp32 tolerances: fp32 weights on every device */
     struct lmc_st ref_logits = {0};
     if (!lmc_path_join(path, sizeof path, c.model_dir, "ref_logits.safetensors") ||
         lmc_st_open_file(&ref_logits, path, &err)) {
