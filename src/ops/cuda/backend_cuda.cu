@@ -3,6 +3,7 @@
  * copies on the backend's stream) and scratch growth. Each op lives in its
  * own .cu file. */
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/attention_train.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -205,6 +206,8 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->zero = lmc_cuda_zero;
     be->sumsq = lmc_cuda_sumsq;
     be->adamw = lmc_cuda_adamw;
+    be->attention_train = lmc_cuda_attention_train;
+    be->attention_bwd = lmc_cuda_attention_bwd;
     be->sample_rows = lmc_cuda_sample_rows;
     return LMC_OK;
 }
