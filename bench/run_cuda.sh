@@ -19,7 +19,7 @@ rc=0
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 if has build || [ ! -x $B/lmc ]; then
   cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$OUT/build.log" 2>&1 &&
-    make -C $B -j16 lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda >>"$OUT/build.log" 2>&1 ||
+    make -C $B -j16 ${TARGETS:-lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda} >>"$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
   echo "build ok"
 fi
