@@ -21,7 +21,7 @@ static int32_t reference(const float *x, int64_t V, const struct lmc_sample_row 
     int64_t best = 0;
     for (int64_t i = 1; i < V; i++)
         if (x[i] > x[best]) best = i;
-    if (p->temperature == 0) return (int32_t)best;
+    if (p->temperature == 0 || x[best] == -INFINITY) return (int32_t)best;
     float *pr = malloc((size_t)V * sizeof *pr);
     int64_t *ord = malloc((size_t)V * sizeof *ord);
     for (int64_t i = 0; i < V; i++) pr[i] = (float)exp((double)(float)((x[i] - x[best]) / p->temperature));
@@ -53,8 +53,9 @@ static int32_t reference(const float *x, int64_t V, const struct lmc_sample_row 
     double tot = 0;
     for (int64_t i = 0; i < n; i++) tot += pr[ord[i]];
     double r = p->u * tot;
-    int32_t id = (int32_t)ord[n - 1];
+    int32_t id = (int32_t)ord[0];
     for (int64_t i = 0; i < n; i++) {
+        if (pr[ord[i]] > 0) id = (int32_t)ord[i]; /* rounding fallback: last with p > 0 */
         r -= pr[ord[i]];
         if (r < 0) { id = (int32_t)ord[i]; break; }
     }
@@ -130,6 +131,31 @@ int main(void) {
         }
         free(x);
         free(tmp);
+    }
+    /* u just below 1 with a banned (-inf) token last in rank order: the
+     * draw's rounding must not fall through to a token of probability 0;
+     * a row that is -inf everywhere gives 0, as argmax does */
+    {
+        const float row[11] = {6, 2, 6, 0, 1, 4, 1, 0, 0, 0, -INFINITY};
+        struct lmc_sample_row p = {.temperature = 0.2, .top_p = 1, .min_p = 0,
+                                   .u = 1.0 - 0x1p-53, .top_k = 11};
+        int32_t id = -1;
+        be.sample_rows(be.ctx, &id, row, 1, 11, &p);
+        CHECK_MSG(id != 10 && row[id] > -INFINITY, "u near 1 drew the banned token (%d)", id);
+        float ninf[5] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        p.top_k = 0;
+        be.sample_rows(be.ctx, &id, ninf, 1, 5, &p);
+        CHECK(id == 0);
+        uint64_t r2 = 99;
+        int banned = 0;
+        float big[921];
+        for (int t = 0; t < 200; t++) {
+            for (int i = 0; i < 921; i++) big[i] = (i % 7 == 6) ? -INFINITY : (float)(int)(test_rand(&r2) * 8);
+            p.top_k = 921;
+            be.sample_rows(be.ctx, &id, big, 1, 921, &p);
+            banned += big[id] == -INFINITY;
+        }
+        CHECK_MSG(banned == 0, "%d of 200 draws at u near 1 picked a -inf token", banned);
     }
     printf("test_sample: %ld rows vs the sampler, %ld vs the reference\n", checked, ref_checked);
     lmc_backend_cpu_free(&be);

@@ -29,6 +29,7 @@ int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_s
     /* unnormalised softmax at temperature T (the top token gets exactly 1).
      * exp in double rounded to float: the GPU gets the same bits. */
     float mx = logits[argmax_row(logits, V)];
+    if (mx == -INFINITY) return 0; /* nothing can be drawn: as argmax (and the GPU) */
     for (int64_t i = 0; i < V; i++) {
         float z = (float)((logits[i] - mx) / p->temperature);
         prob[i] = (float)exp((double)z);
@@ -63,11 +64,13 @@ int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_s
     double tot = 0;
     for (int64_t i = 0; i < n; i++) tot += prob[idx[i]];
     double r = p->u * tot;
+    int64_t last = 0;
     for (int64_t i = 0; i < n; i++) {
+        if (prob[idx[i]] > 0) last = i;
         r -= prob[idx[i]];
         if (r < 0) return idx[i];
     }
-    return idx[n - 1];
+    return idx[last]; /* rounding left r >= 0 (u near 1): the last member with p > 0 */
 }
 
 void lmc_cpu_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V,

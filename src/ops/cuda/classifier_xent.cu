@@ -46,7 +46,7 @@ __global__ void classifier_xent_bwd_kernel(float *loss, float *lg, __nv_bfloat16
                 s *= (double)expf(mx - x); /* mx = -inf: s is 0 already */
                 mx = x;
             }
-            s += (double)expf(x - mx);
+            if (x != -INFINITY) s += (double)expf(x - mx); /* -inf while mx is: no mass */
         }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
