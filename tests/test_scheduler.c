@@ -30,6 +30,8 @@ struct result {
     bool done, logprob_ok;
     uint64_t id;
     int cancel_after;              /* > 0: cancel from the callback after this many tokens */
+    bool watch_kv;                 /* read the stats at every token: KV tokens vs blocks */
+    int64_t kv_over, kv_seen;      /* max of stored - used x 16, max stored */
     struct lmc_sched *s;
 };
 
@@ -70,6 +72,12 @@ static void on_event(void *user, const struct lmc_sched_event *ev) {
     bool cancel = ev->kind == LMC_EV_TOKEN && r->cancel_after > 0 && r->n == r->cancel_after;
     pthread_mutex_unlock(&mu);
     if (cancel) lmc_sched_cancel(r->s, r->id);
+    if (r->watch_kv && ev->kind == LMC_EV_TOKEN) { /* the stats of the step before */
+        struct lmc_sched_stats st;
+        lmc_sched_stats(r->s, &st);
+        r->kv_over = LMC_MAX(r->kv_over, st.kv_tokens_stored - st.kv_blocks_used * 16);
+        r->kv_seen = LMC_MAX(r->kv_seen, st.kv_tokens_stored);
+    }
 }
 
 static void wait_done(int n) {
@@ -334,6 +342,32 @@ static void test_fixture(const char *dir, bool full) {
         CHECK(got[1].n == 40 && !strcmp(got[1].finish, "length"));
         wait_idle(s, &st);
         CHECK(st.kv_blocks_used == 0 && st.running == 0);
+        /* the waste metric's numerator counts each block once: four equal
+         * prompts share their prefix blocks, so tokens stored never exceed
+         * used blocks x block size */
+        pthread_mutex_lock(&mu);
+        n_done = 0;
+        pthread_mutex_unlock(&mu);
+        for (int k = 0; k < 4; k++) {
+            request_params(&reqs[k], 1, false);
+            reqs[k].max_tokens = 30;
+            reqs[k].ignore_eos = true;
+            memset(&got[k], 0, sizeof got[k]);
+            got[k].s = s;
+            got[k].watch_kv = true;
+            CHECK(lmc_sched_submit(s, f->prompts[1], f->n_prompt[1], &reqs[k], on_event, &got[k],
+                                   &got[k].id, &err) == LMC_OK);
+        }
+        wait_done(4);
+        int64_t worst = 0, seen_stored = 0;
+        for (int k = 0; k < 4; k++) {
+            worst = LMC_MAX(worst, got[k].kv_over);
+            seen_stored = LMC_MAX(seen_stored, got[k].kv_seen);
+        }
+        CHECK_MSG(worst <= 0, "kv tokens stored exceed used blocks x 16 by %lld", (long long)worst);
+        CHECK(seen_stored > 0);
+        wait_idle(s, &st);
+        CHECK(st.kv_blocks_used == 0 && st.kv_tokens_stored == 0);
         lmc_sched_cancel(s, got[1].id); /* already done: ignored */
         lmc_sched_cancel(s, 12345);     /* unknown: ignored */
         /* bad requests: clear errors */

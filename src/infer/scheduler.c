@@ -56,6 +56,9 @@ struct lmc_sched {
     struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
     int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows; /* this step's batch (host) */
     struct req **sched;            /* (max_batch) scheduled this step */
+    uint32_t *blk_seen;            /* (kv blocks) publish_stats' visit stamp of each block */
+    int32_t *blk_fill;             /* (kv blocks) tokens counted in it this visit */
+    uint32_t stamp;
     /* scheduler thread only */
     struct req **waiting, **running;
     int64_t n_waiting, cap_waiting, n_running;
@@ -380,9 +383,35 @@ static void step(struct lmc_sched *s) {
 
 /* ---- the thread */
 
+/* Tokens held in the blocks running sequences use, each block counted
+ * once (prefix-cache and n > 1 sharers hold the same blocks): the
+ * numerator of the KV waste metric, 1 - stored / (used blocks x size). */
+static int64_t stored_tokens(struct lmc_sched *s) {
+    int64_t bs = s->kv.block_size, stored = 0;
+    if (++s->stamp == 0) { /* wrapped: forget every old stamp */
+        memset(s->blk_seen, 0, (size_t)s->kv.n_blocks * sizeof *s->blk_seen);
+        s->stamp = 1;
+    }
+    for (int64_t i = 0; i < s->n_running; i++) {
+        const struct req *q = s->running[i];
+        for (int64_t j = 0; j < q->seq.n_blocks; j++) {
+            int32_t b = q->seq.blocks[j];
+            int32_t fill = (int32_t)LMC_MIN(bs, LMC_MAX(0, q->n_computed - j * bs));
+            if (s->blk_seen[b] != s->stamp) {
+                s->blk_seen[b] = s->stamp;
+                s->blk_fill[b] = fill;
+                stored += fill;
+            } else if (fill > s->blk_fill[b]) {
+                stored += fill - s->blk_fill[b];
+                s->blk_fill[b] = fill;
+            }
+        }
+    }
+    return stored;
+}
+
 static void publish_stats(struct lmc_sched *s) {
-    int64_t stored = 0;
-    for (int64_t i = 0; i < s->n_running; i++) stored += s->running[i]->n_computed;
+    int64_t stored = stored_tokens(s);
     pthread_mutex_lock(&s->mu);
     s->st.running = s->n_running;
     s->st.waiting = s->n_waiting + s->n_incoming;
@@ -499,6 +528,8 @@ static void sched_release(struct lmc_sched *s) {
     free(s->b_rows);
     free(s->b_bt);
     free(s->sched);
+    free(s->blk_seen);
+    free(s->blk_fill);
     free(s->running);
     free(s->waiting);
     free(s->cancels);
@@ -559,8 +590,10 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         s->b_bt = malloc((size_t)(B * per_seq) * sizeof(int32_t));
         s->sched = malloc((size_t)B * sizeof *s->sched);
         s->running = malloc((size_t)B * sizeof *s->running);
+        s->blk_seen = calloc((size_t)s->kv.n_blocks, sizeof *s->blk_seen);
+        s->blk_fill = malloc((size_t)s->kv.n_blocks * sizeof *s->blk_fill);
         if (!s->logits || !s->ids || !s->sprm || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
-            !s->sched || !s->running)
+            !s->sched || !s->running || !s->blk_seen || !s->blk_fill)
             st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
     }
     bool mu_ok = false;
