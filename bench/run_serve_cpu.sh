@@ -28,7 +28,7 @@ OUT=bench/results/serve-cpu-$(date -u +%F).md
   echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tools || echo ' (+ uncommitted changes)')"
   echo "- device: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; lmc serve --threads $THREADS"
   echo "- model: $MODEL; streaming requests, prompt $P tokens, max $M new tokens, greedy"
-  echo "- command: \`bench/run_serve_cpu.sh $*\`"
+  echo "- command: \`BLOCK=$BLOCK bench/run_serve_cpu.sh $*\` (KV blocks of $BLOCK tokens)"
   echo
   echo "| concurrency | requests | failed | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | KV waste, mean / worst of the samples |"
   echo "|---|---|---|---|---|---|---|"
