@@ -10,6 +10,7 @@
 # Usage: bench/run_serve_cpu.sh [MODEL_DIR]   (env: P, M, THREADS, LEVELS)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+. bench/serve_level.sh
 MODEL=${1:-models/kjv-llama}
 P=${P:-128}; M=${M:-128}; THREADS=${THREADS:-2}; LEVELS=${LEVELS:-"1 8 64 256"}
 BLOCK=${BLOCK:-8}
@@ -35,22 +36,7 @@ OUT=bench/results/serve-cpu-$(date -u +%F).md
 } >>"$OUT"
 for C in $LEVELS; do
   N=$(( C * 2 > 32 ? C * 2 : 32 ))
-  WASTE=$(mktemp)
-  ( while :; do
-      curl -s "$URL/metrics" | awk -v bs=$BLOCK '/^lmc_kv_blocks_used /{u=$2} /^lmc_kv_tokens_stored /{s=$2}
-        END{ if (u > 0) printf "%.4f\n", 1 - s / (u * bs) }' >>"$WASTE"
-      sleep 0.2
-    done ) &
-  MON=$!
-  J=$($B/lmc bench-serve --url "$URL" --concurrency "$C" --requests "$N" --prompt-len "$P" --max-tokens "$M" --json)
-  kill $MON 2>/dev/null; wait $MON 2>/dev/null
-  W=$(awk '{s += $1; if ($1 > m) m = $1; n++} END {if (n) printf "%.1f%% / %.1f%%", 100 * s / n, 100 * m}' "$WASTE"); rm -f "$WASTE"
-  echo "$J" | python3 -c "
-import json, sys
-j = json.load(sys.stdin); w = sys.argv[1]
-print('| %d | %d | %d | %.1f | %.1f / %.1f | %.1f / %.1f | %s |' % (j['concurrency'], j['requests'], j['failed'],
-      j['output_tokens_per_s'], 1e3 * j['ttft_s']['p50'], 1e3 * j['ttft_s']['p99'], 1e3 * j['itl_s']['p50'],
-      1e3 * j['itl_s']['p99'], w or 'n/a'))" "${W:-}" | tee -a "$OUT"
+  serve_level $B/lmc "$URL" "$C" "$N" "$P" "$M" "$BLOCK" | tee -a "$OUT"
 done
 echo >>"$OUT"
 echo "results appended to $OUT"

@@ -16,6 +16,7 @@
 # test_ops_cuda), COMMIT (recorded when the tree has no .git)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+. bench/serve_level.sh
 OUT=${OUT:-/tmp/lmc-serve-out}
 mkdir -p "$OUT"
 secs=${*:-build test bench hf}
@@ -86,23 +87,7 @@ EOF
   $B/lmc bench-serve --url "$URL" --concurrency 8 --requests 8 --prompt-len "$P" --max-tokens 16 >/dev/null 2>&1
   for C in $LEVELS; do
     N=$(( C * 2 > 8 ? C * 2 : 8 ))
-    WASTE=$(mktemp)
-    ( while :; do
-        curl -s "$URL/metrics" | awk -v bs=$BLOCK '/^lmc_kv_blocks_used /{u=$2} /^lmc_kv_tokens_stored /{s=$2}
-          END{ if (u > 0) printf "%.4f\n", 1 - s / (u * bs) }' >>"$WASTE"
-        sleep 0.2
-      done ) &
-    MON=$!
-    J=$(timeout 200 $B/lmc bench-serve --url "$URL" --concurrency "$C" --requests "$N" --prompt-len "$P" --max-tokens "$M" --json)
-    kill $MON 2>/dev/null; wait $MON 2>/dev/null
-    W=$(awk '{s += $1; n++; if (n == 1 || $1 > w) w = $1} END{if (n) printf "%.1f%% / %.1f%%", 100 * s / n, 100 * w}' "$WASTE"); rm -f "$WASTE"
-    echo "$J" >>"$OUT/bench_serve.json"
-    echo "$J" | python3 -c "
-import json, sys
-j = json.load(sys.stdin); w = sys.argv[1]
-print('| %d | %d | %d | %.1f | %.1f / %.1f | %.1f / %.1f | %s |' % (j['concurrency'], j['requests'], j['failed'],
-      j['output_tokens_per_s'], 1e3 * j['ttft_s']['p50'], 1e3 * j['ttft_s']['p99'], 1e3 * j['itl_s']['p50'],
-      1e3 * j['itl_s']['p99'], w or 'n/a'))" "${W:-}" | tee -a "$RES"
+    serve_level $B/lmc "$URL" "$C" "$N" "$P" "$M" "$BLOCK" "$OUT/bench_serve.json" | tee -a "$RES"
   done
   kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
   echo >>"$RES"
