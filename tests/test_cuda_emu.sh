@@ -2,10 +2,14 @@
 # test_cuda_emu.sh — every CUDA kernel's logic checked against its CPU twin
 # without a GPU: tests/cuda_emu/transform.py rewrites the src/ops/cuda
 # sources for the CPU emulator (tests/cuda_emu/emu.h: one fiber per GPU
-# thread), g++ compiles them (in parallel) with the host stand-ins and the
-# harness against the build's liblmc.a, and the harness compares the real
-# launchers with the CPU backend (tests/cuda_emu/harness.cc says what is
-# covered), printing the largest error of each check.
+# thread; the CUDA runtime and cuBLASLt as host models of their documented
+# semantics: cuda_runtime_model.h, cublaslt_model.h), g++ compiles them (in
+# parallel) with the models, the host stand-ins and the harness against the
+# build's liblmc.a, and the harness compares the real launchers — and,
+# through the real lmc_backend_cuda_init table, the model forward and a
+# training step on tests/fixtures — with the CPU backend
+# (tests/cuda_emu/harness.cc says what is covered), printing the largest
+# error of each check.
 # Usage: test_cuda_emu.sh PATH/TO/lmc [SECTION...] — the build dir is the
 # binary's; sections as harness.cc lists them (default: all).
 # Skipped (exit 0) without g++ or python3, off x86-64, and in sanitizer
@@ -39,10 +43,11 @@ export -f compile
 # in parallel (LMC_EMU_JOBS, default 2), the largest unit first
 { echo "$TMP/gen/ops/cuda/attention_train.cu"
   grep -v '^attention_train.cu$' "$TMP/units" | sed "s|^|$TMP/gen/ops/cuda/|"
-  echo "$EMU/standins.cc"; echo "$EMU/harness.cc"
+  echo "$EMU/harness.cc"; echo "$EMU/standins.cc"
+  echo "$EMU/cuda_runtime_model.cc"; echo "$EMU/cublaslt_model.cc"
 } | xargs -d '\n' -n 1 -P "${LMC_EMU_JOBS:-2}" bash -c 'compile "$1"' _ ||
   { echo "test_cuda_emu: compiling the emulated CUDA sources failed" >&2; exit 1; }
 LIBS="$(pkg-config --libs libcjson libpcre2-8 2>/dev/null || echo -lcjson -lpcre2-8)"
 g++ -o "$TMP/harness" "$TMP"/*.o "$BUILD/liblmc.a" $LIBS -lopenblas -lcivetweb -lpthread -ldl -lm ||
   { echo "test_cuda_emu: link failed" >&2; exit 1; }
-"$TMP/harness" "${@:2}"
+LMC_EMU_FIXTURES="$SRC/tests/fixtures" "$TMP/harness" "${@:2}"

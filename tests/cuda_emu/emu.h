@@ -30,8 +30,11 @@
  *    and rounded once; ldmatrix x4 (.trans), cp.async (synchronous, zero
  *    fill) as the PTX ISA describes them; other inline PTX is refused by
  *    transform.py;
- *  - cuBLASLt (lmc_cuda_gemm) and cub's radix sort are host stand-ins
- *    (standins.cc), so matmul.cu and backend_cuda.cu are not emulated;
+ *  - the CUDA runtime and cuBLASLt are host models of their documented
+ *    semantics (cuda_runtime_model.h, cublaslt_model.h: device memory is
+ *    recorded host memory, copies and GEMM arguments are checked, the GEMM
+ *    runs on the host in double); cub's radix sort is a host stand-in
+ *    (standins.cc). matmul.cu and backend_cuda.cu run as they are;
  *  - atomics are plain read-modify-writes (no switch can interleave them).
  */
 #pragma once
@@ -52,27 +55,10 @@
 #define __align__(x)
 #define __restrict__
 
-/* ---- runtime, cuBLASLt and cub types the sources name */
-typedef struct emu_stream *cudaStream_t;
-typedef int cudaError_t;
-#define cudaSuccess 0
-enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-static inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-static inline const char *cudaGetErrorString(cudaError_t) { return "emulated"; }
-static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t = nullptr) {
-    memset(p, v, n);
-    return cudaSuccess;
-}
-void emu_smem_optin(const void *kernel, int bytes);
-template <typename K> static inline cudaError_t cudaFuncSetAttribute(K kernel, cudaFuncAttribute, int v) {
-    emu_smem_optin((const void *)kernel, v);
-    return cudaSuccess;
-}
-typedef int cublasStatus_t;
-typedef void *cublasLtHandle_t, *cublasLtMatmulDesc_t, *cublasLtMatrixLayout_t;
-struct cublasLtMatmulAlgo_t { uint64_t data[8]; };
-#define CUBLAS_STATUS_SUCCESS 0
-static inline const char *cublasLtGetStatusString(cublasStatus_t) { return "emulated"; }
+/* ---- the CUDA runtime (cuda_runtime_model.h); cuBLASLt is cublaslt_model.h */
+#include "cuda_runtime_model.h"
+
+/* ---- cub */
 namespace cub {
 struct DeviceRadixSort { /* ascending sort of all 64 key bits (standins.cc) */
     static cudaError_t SortKeys(void *tmp, size_t &tmp_bytes, const uint64_t *in, uint64_t *out,
@@ -89,11 +75,13 @@ struct dim3 {
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint2 { uint32_t x, y; };
+struct uint4 { uint32_t x, y, z, w; };
 static inline float2 make_float2(float a, float b) { return {a, b}; }
 static inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 struct __nv_bfloat16 { uint16_t x; };
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 struct __half { uint16_t x; };
+struct __half2 { __half x, y; };
 static inline uint16_t emu_f2bf(float f) { /* round to nearest even; NaN stays NaN */
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -112,11 +100,14 @@ static inline float __bfloat162float(__nv_bfloat16 h) { return emu_bf2f(h.x); }
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
     return {{emu_f2bf(a)}, {emu_f2bf(b)}};
 }
+static inline float2 __bfloat1622float2(__nv_bfloat162 h) { return {emu_bf2f(h.x.x), emu_bf2f(h.y.x)}; }
 static inline float __half2float(__half h) {
     int e = (h.x >> 10) & 31, m = h.x & 1023;
     float v = e == 31 ? (m ? NAN : INFINITY) : e ? ldexpf((float)(m | 1024), e - 25) : ldexpf((float)m, -24);
     return h.x >> 15 ? -v : v;
 }
+static inline __half __float2half_rn(float f);
+static inline float2 __half22float2(__half2 h) { return {__half2float(h.x), __half2float(h.y)}; }
 static inline __half __float2half_rn(float f) { /* round to nearest even */
     uint32_t u;
     memcpy(&u, &f, 4);

@@ -1,10 +1,7 @@
-/* standins.cc — the emulator's globals and scheduler (emu.h), and host
- * stand-ins for what the emulated .cu files call outside themselves:
- * backend_cuda.cu's lmc_cuda_reserve / upload / download / fail (device
- * memory is host memory here), matmul.cu's lmc_cuda_gemm (a plain loop over
- * the column-major contract, double accumulation, checking cuBLASLt's layout
- * rules) and lmc_cuda_to_bf16, and cub::DeviceRadixSort::SortKeys
- * (std::sort). */
+/* standins.cc — the emulator's globals and scheduler (emu.h), and the host
+ * stand-in for cub::DeviceRadixSort::SortKeys (std::sort). The CUDA
+ * runtime and cuBLASLt are modelled in cuda_runtime_model.cc and
+ * cublaslt_model.cc; backend_cuda.cu and matmul.cu run as they are. */
 #include "ops/cuda/common.cuh"
 
 #include <map>
@@ -112,53 +109,6 @@ void emu_run_grid(dim3 g, dim3 b, size_t smem, const std::function<void()> &body
                     }
                 }
             }
-}
-
-/* ---- backend_cuda.cu stand-ins */
-extern "C" void lmc_cuda_fail(const char *what, const char *msg, const char *file, int line) {
-    fprintf(stderr, "lmc_cuda_fail: %s: %s at %s:%d\n", what, msg, file, line);
-    abort();
-}
-void lmc_cuda_reserve(struct lmc_cuda_ctx *, void **buf, size_t *cap, size_t bytes) {
-    if (bytes <= *cap) return;
-    free(*buf);
-    size_t n = lmc_cuda_al256(bytes);
-    *buf = aligned_alloc(256, n);
-    memset(*buf, 0xff, n); /* fresh device memory is garbage: NaN */
-    *cap = bytes;
-}
-extern "C" void lmc_cuda_upload(void *, void *dst, const void *src, size_t b) { memcpy(dst, src, b); }
-extern "C" void lmc_cuda_download(void *, void *dst, const void *src, size_t b) { memcpy(dst, src, b); }
-
-/* ---- matmul.cu stand-ins */
-long emu_gemm_calls;
-static double ld_elem(const void *p, int64_t i, enum lmc_dtype dt) {
-    if (dt == LMC_DTYPE_F32) return ((const float *)p)[i];
-    if (dt == LMC_DTYPE_BF16) return emu_bf2f(((const uint16_t *)p)[i]);
-    if (dt == LMC_DTYPE_F16) return __half2float(((const __half *)p)[i]);
-    LMC_ASSERT(!"emu gemm: dtype");
-    return 0;
-}
-void lmc_cuda_gemm(struct lmc_cuda_ctx *, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                   const void *A, int64_t lda, const void *B, int64_t ldb, float *D, int64_t ldd,
-                   enum lmc_dtype dt, const float *bias, float beta) {
-    emu_gemm_calls++;
-    if (m <= 0 || n <= 0) return;
-    LMC_ASSERT(k > 0); /* cuBLASLt: a leading dimension covers the stored matrix's rows */
-    LMC_ASSERT(lda >= (ta ? k : m) && ldb >= (tb ? n : k) && ldd >= m);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t i = 0; i < m; i++) {
-            double s = 0;
-            for (int64_t p = 0; p < k; p++)
-                s += ld_elem(A, ta ? p + i * lda : i + p * lda, dt) *
-                     ld_elem(B, tb ? j + p * ldb : p + j * ldb, dt);
-            float r = (float)s;
-            if (bias) r += bias[i];
-            D[i + j * ldd] = beta == 0 ? r : r + beta * D[i + j * ldd];
-        }
-}
-void lmc_cuda_to_bf16(struct lmc_cuda_ctx *, __nv_bfloat16 *dst, const float *src, int64_t n) {
-    for (int64_t i = 0; i < n; i++) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
 /* ---- cub stand-in */

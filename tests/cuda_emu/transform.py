@@ -4,7 +4,9 @@ src/ops/cuda) into C++ for the CPU emulator (emu.h), written to
 OUT_DIR/ops/cuda/ under the same names, so that `-I OUT_DIR` ahead of
 `-I src` makes the real launchers include the rewritten common.cuh:
 
-  - the CUDA, cuBLASLt and cub includes become #include "emu.h";
+  - the CUDA and cub includes become #include "emu.h" (the device model,
+    with the runtime model cuda_runtime_model.h), cuBLASLt's becomes
+    #include "cublaslt_model.h";
   - `extern __shared__ T name[];` points name at the block's dynamic shared
     memory (E.smem); other `__shared__` variables become `static` (one copy,
     shared by the block's fibers; blocks run one at a time);
@@ -14,14 +16,13 @@ OUT_DIR/ops/cuda/ under the same names, so that `-I OUT_DIR` ahead of
     x4 (.trans), cp.async (+ commit / wait); anything else is an error, so
     a kernel the emulator cannot model fails loudly instead of passing.
 
-matmul.cu (cuBLASLt) and backend_cuda.cu (device management) are not
-rewritten: standins.cc replaces what the other files use of them.
-Python 3 standard library only."""
+Every file is rewritten, matmul.cu and backend_cuda.cu included: they
+call the runtime and cuBLASLt models. Python 3 standard library only."""
 import os
 import re
 import sys
 
-SKIP = {"matmul.cu", "backend_cuda.cu"}
+SKIP = set()
 
 
 def split_top(s, sep):
@@ -95,7 +96,8 @@ def same_lines(old, new):
 
 
 def transform(src, where, deduced):
-    src = re.sub(r"#include\s*<(cuda_runtime|cuda_bf16|cuda_fp16|cublasLt)\.h>", '#include "emu.h"', src)
+    src = re.sub(r"#include\s*<cublasLt\.h>", '#include "cublaslt_model.h"', src)
+    src = re.sub(r"#include\s*<(cuda_runtime|cuda_bf16|cuda_fp16)\.h>", '#include "emu.h"', src)
     src = re.sub(r"#include\s*<cub/[\w/]+\.cuh>", '#include "emu.h"', src)
     src = re.sub(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s*)?([\w ]+?)\s*(\w+)\[\]\s*;",
                  lambda m: same_lines(m.group(0), "%s *%s = (%s *)E.smem;" % (m.group(1), m.group(2), m.group(1))), src)

@@ -139,7 +139,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "cuda backend: device %d: %s", device,
                            cudaGetErrorString(e));
     }
-    if (prop.major < 8) {
+    if (prop.major < 9) {
         ctx_release(c);
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
                            "cuda backend: device %d (%s) has compute capability %d.%d; "

@@ -53,6 +53,7 @@ struct lmc_cuda_mm_plan {
     int dtype;          /* enum lmc_dtype of A and B */
     int align;          /* min alignment in bytes of A, B and D (<= 256) */
     bool bias_req;      /* the GEMM adds a bias (part of the key) */
+    int bias_align;     /* its alignment in bytes (<= 256; part of the key) */
     bool bias;          /* the epilogue adds it (else a kernel does) */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;

@@ -268,7 +268,9 @@ static void plan_destroy(struct lmc_cuda_mm_plan *p) {
 
 /* Builds descriptors for the key in *p and asks the heuristic for an
  * algorithm; false when it has none (the plan is then released). */
-static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p) {
+/* bias: the call's bias pointer, set before the heuristic, which reads its
+ * alignment from it (a NULL one reads as 256-byte aligned). */
+static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p, const float *bias) {
     cudaDataType_t t = cuda_type((enum lmc_dtype)p->dtype);
     p->used = true;
     LMC_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -280,6 +282,8 @@ static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p) {
         cudaDataType_t bt = CUDA_R_32F;
         LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                        &bias, sizeof bias));
     }
     if (p->ta)
         LMC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, t, (uint64_t)p->k, (uint64_t)p->m, p->lda));
@@ -320,14 +324,16 @@ static bool plan_build(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan *p) {
 static bool plan_match(const struct lmc_cuda_mm_plan *p, const struct lmc_cuda_mm_plan *q) {
     return p->used && p->m == q->m && p->n == q->n && p->k == q->k && p->lda == q->lda &&
            p->ldb == q->ldb && p->ldd == q->ldd && p->ta == q->ta && p->tb == q->tb &&
-           p->dtype == q->dtype && p->align == q->align && p->bias_req == q->bias_req;
+           p->dtype == q->dtype && p->align == q->align && p->bias_req == q->bias_req &&
+           p->bias_align == q->bias_align;
 }
 
 /* The cached plan for key (its descriptor fields unused), built on a miss
  * (round-robin eviction); with a bias, falls back to a plan without the
  * epilogue (p->bias false: the caller adds the bias by kernel), cached
  * under the same key. */
-static struct lmc_cuda_mm_plan *plan_get(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan key) {
+static struct lmc_cuda_mm_plan *plan_get(struct lmc_cuda_ctx *c, struct lmc_cuda_mm_plan key,
+                                         const float *bias) {
     key.used = true;
     for (int i = 0; i < LMC_CUDA_MM_PLANS; i++)
         if (plan_match(&c->plans[i], &key)) return &c->plans[i];
@@ -335,11 +341,11 @@ static struct lmc_cuda_mm_plan *plan_get(struct lmc_cuda_ctx *c, struct lmc_cuda
     c->next_plan = (c->next_plan + 1) % LMC_CUDA_MM_PLANS;
     plan_destroy(p);
     *p = key;
-    if (plan_build(c, p)) return p;
+    if (plan_build(c, p, bias)) return p;
     if (key.bias) {
         *p = key;
         p->bias = false;
-        if (plan_build(c, p)) return p;
+        if (plan_build(c, p, NULL)) return p;
     }
     lmc_cuda_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this GEMM", __FILE__, __LINE__);
 }
@@ -361,7 +367,8 @@ void lmc_cuda_gemm(struct lmc_cuda_ctx *c, bool ta, bool tb, int64_t m, int64_t 
     key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldd = ldd;
     key.ta = ta, key.tb = tb, key.dtype = (int)dt, key.bias_req = key.bias = bias != NULL;
     key.align = LMC_MIN(ptr_align(A), LMC_MIN(ptr_align(B), ptr_align(D)));
-    struct lmc_cuda_mm_plan *p = plan_get(c, key);
+    key.bias_align = bias ? ptr_align(bias) : 0;
+    struct lmc_cuda_mm_plan *p = plan_get(c, key, bias);
     if (p->bias)
         LMC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                         &bias, sizeof bias));
