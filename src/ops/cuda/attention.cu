@@ -27,6 +27,7 @@
  * A row whose keys are all masked in a tile keeps its running max at
  * -inf; exponents are then taken against 0 so no inf - inf appears. */
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 
 struct attn_args {
     float *out;
@@ -46,33 +47,6 @@ struct attn_args {
 #define TC_BN 64
 #define TC_WARPS 8
 #define TC_THREADS (TC_WARPS * 32)
-
-__device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                               uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&h;
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
     uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
@@ -134,10 +108,10 @@ __global__ void __launch_bounds__(TC_THREADS, HD <= 64 ? 2 : 1) attention_fwd_ke
         float2 x1 = r1 < M ? *(const float2 *)(q + r1 * a.q_row + c) : z;
         float2 x2 = r0 < M ? *(const float2 *)(q + r0 * a.q_row + c + 8) : z;
         float2 x3 = r1 < M ? *(const float2 *)(q + r1 * a.q_row + c + 8) : z;
-        qf[kc][0] = pack_bf16(x0.x, x0.y);
-        qf[kc][1] = pack_bf16(x1.x, x1.y);
-        qf[kc][2] = pack_bf16(x2.x, x2.y);
-        qf[kc][3] = pack_bf16(x3.x, x3.y);
+        qf[kc][0] = lmc_pack_bf16(x0.x, x0.y);
+        qf[kc][1] = lmc_pack_bf16(x1.x, x1.y);
+        qf[kc][2] = lmc_pack_bf16(x2.x, x2.y);
+        qf[kc][3] = lmc_pack_bf16(x3.x, x3.y);
     }
 
     /* positions of this thread's two rows (rows past M act as the last row) */
@@ -173,9 +147,9 @@ __global__ void __launch_bounds__(TC_THREADS, HD <= 64 ? 2 : 1) attention_fwd_ke
 #pragma unroll
             for (int np = 0; np < TC_BN / 16; np++) {
                 uint32_t bf[4];
-                ldsm_x4(bf, Ks + (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8);
-                mma_bf16_16816(s[2 * np], qf[kc], bf[0], bf[1]);
-                mma_bf16_16816(s[2 * np + 1], qf[kc], bf[2], bf[3]);
+                lmc_ldsm_x4(bf, Ks + (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8);
+                lmc_mma_bf16(s[2 * np], qf[kc], bf[0], bf[1]);
+                lmc_mma_bf16(s[2 * np + 1], qf[kc], bf[2], bf[3]);
             }
 
 #pragma unroll
@@ -195,48 +169,20 @@ __global__ void __launch_bounds__(TC_THREADS, HD <= 64 ? 2 : 1) attention_fwd_ke
                 }
         }
 
-        /* online softmax, rows g (e=0) and g+8 (e=1); a row's 64 scores
-         * are spread over the 4 threads of a quad */
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < TC_BN / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * e], s[nt][2 * e + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(mrow[e], mx);
-            float muse = mnew == -INFINITY ? 0.f : mnew;
-            float corr = exp2f(mrow[e] - muse);
-            mrow[e] = mnew;
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < TC_BN / 8; nt++) {
-                s[nt][2 * e] = exp2f(s[nt][2 * e] - muse);
-                s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - muse);
-                sum += s[nt][2 * e] + s[nt][2 * e + 1];
-            }
-            lrow[e] = lrow[e] * corr + sum;
-#pragma unroll
-            for (int dt = 0; dt < HD / 8; dt++) {
-                o[dt][2 * e] *= corr;
-                o[dt][2 * e + 1] *= corr;
-            }
-        }
+        /* online softmax, rows g and g+8 */
+        lmc_online_softmax(s, mrow, lrow, o);
 
         /* O += P V: the S accumulators are already P's A-fragment layout */
 #pragma unroll
         for (int kc = 0; kc < TC_BN / 16; kc++) {
             uint32_t pa[4];
-            pa[0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
-            pa[1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
-            pa[2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-            pa[3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+            lmc_c2a(pa, s[2 * kc], s[2 * kc + 1]);
 #pragma unroll
             for (int dp = 0; dp < HD / 16; dp++) {
                 uint32_t bf[4];
-                ldsm_x4_t(bf, Vs + (kc * 16 + (lm & 1) * 8 + lr) * KS + dp * 16 + (lm >> 1) * 8);
-                mma_bf16_16816(o[2 * dp], pa, bf[0], bf[1]);
-                mma_bf16_16816(o[2 * dp + 1], pa, bf[2], bf[3]);
+                lmc_ldsm_x4_t(bf, Vs + (kc * 16 + (lm & 1) * 8 + lr) * KS + dp * 16 + (lm >> 1) * 8);
+                lmc_mma_bf16(o[2 * dp], pa, bf[0], bf[1]);
+                lmc_mma_bf16(o[2 * dp + 1], pa, bf[2], bf[3]);
             }
         }
     }

@@ -49,8 +49,7 @@
  * buffer lives in ctx->attn_part (grown with lmc_cuda_reserve). */
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/attention_train.h"
-
-#include <string.h>
+#include "ops/cuda/mma.cuh"
 
 #define AT_LOG2E 1.4426950408889634f
 #define AT_LN2 0.6931471805599453f
@@ -380,35 +379,6 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_bwd_dq_f32_kernel(struct
 #define B_WARPS 4
 #define B_THREADS (B_WARPS * 32)
 
-static __device__ __forceinline__ void at_mma(float c[4], const uint32_t a[4], uint32_t b0,
-                                              uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ uint32_t at_pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &h, sizeof u);
-    return u;
-}
-
-static __device__ __forceinline__ void at_ldsm(uint32_t r[4], const void *p) {
-    uint32_t s = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-static __device__ __forceinline__ void at_ldsm_t(uint32_t r[4], const void *p) {
-    uint32_t s = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-
 /* ROWS x HD floats of src (row stride `stride`, 16-byte aligned rows) into
  * dst as bf16 with row stride HD + 8; rows >= valid are zero. */
 template <int ROWS, int HD>
@@ -422,19 +392,10 @@ static __device__ __forceinline__ void bf_tile_load(__nv_bfloat16 *dst, const fl
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
         if (r < valid) x = __ldg((const float4 *)(src + (int64_t)r * stride + c));
         uint2 u;
-        u.x = at_pack(x.x, x.y);
-        u.y = at_pack(x.z, x.w);
+        u.x = lmc_pack_bf16(x.x, x.y);
+        u.y = lmc_pack_bf16(x.z, x.w);
         *(uint2 *)(dst + r * KS + c) = u;
     }
-}
-
-/* C-fragments of two adjacent n-tiles (16 columns) as one A-fragment */
-static __device__ __forceinline__ void at_c2a(uint32_t pa[4], const float c0[4],
-                                              const float c1[4]) {
-    pa[0] = at_pack(c0[0], c0[1]);
-    pa[1] = at_pack(c0[2], c0[3]);
-    pa[2] = at_pack(c1[0], c1[1]);
-    pa[3] = at_pack(c1[2], c1[3]);
 }
 
 static constexpr size_t bf_fwd_smem(int hd) { return (size_t)2 * B_BN * (hd + 8) * 2; }
@@ -471,10 +432,10 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_fwd_bf16_kernel(struct a
         float2 x1 = r1 < T ? *(const float2 *)(q + r1 * q_row + c) : z;
         float2 x2 = r0 < T ? *(const float2 *)(q + r0 * q_row + c + 8) : z;
         float2 x3 = r1 < T ? *(const float2 *)(q + r1 * q_row + c + 8) : z;
-        qf[kc][0] = at_pack(x0.x, x0.y);
-        qf[kc][1] = at_pack(x1.x, x1.y);
-        qf[kc][2] = at_pack(x2.x, x2.y);
-        qf[kc][3] = at_pack(x3.x, x3.y);
+        qf[kc][0] = lmc_pack_bf16(x0.x, x0.y);
+        qf[kc][1] = lmc_pack_bf16(x1.x, x1.y);
+        qf[kc][2] = lmc_pack_bf16(x2.x, x2.y);
+        qf[kc][3] = lmc_pack_bf16(x3.x, x3.y);
     }
     /* positions of this thread's rows; rows past T act as the last row */
     const int64_t pr[2] = {LMC_MIN(r0, last_m), LMC_MIN(r1, last_m)};
@@ -503,9 +464,9 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_fwd_bf16_kernel(struct a
 #pragma unroll
             for (int np = 0; np < B_BN / 16; np++) {
                 uint32_t bf[4];
-                at_ldsm(bf, Ks + (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8);
-                at_mma(s[2 * np], qf[kc], bf[0], bf[1]);
-                at_mma(s[2 * np + 1], qf[kc], bf[2], bf[3]);
+                lmc_ldsm_x4(bf, Ks + (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8);
+                lmc_mma_bf16(s[2 * np], qf[kc], bf[0], bf[1]);
+                lmc_mma_bf16(s[2 * np + 1], qf[kc], bf[2], bf[3]);
             }
 #pragma unroll
         for (int nt = 0; nt < B_BN / 8; nt++)
@@ -523,46 +484,20 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_fwd_bf16_kernel(struct a
                 }
         }
 
-        /* online softmax, rows g (e=0) and g+8 (e=1); a row's scores are
-         * spread over the 4 threads of a quad */
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < B_BN / 8; nt++)
-                mx = fmaxf(mx, fmaxf(s[nt][2 * e], s[nt][2 * e + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(mrow[e], mx);
-            float muse = mnew == -INFINITY ? 0.f : mnew;
-            float corr = exp2f(mrow[e] - muse);
-            mrow[e] = mnew;
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < B_BN / 8; nt++) {
-                s[nt][2 * e] = exp2f(s[nt][2 * e] - muse);
-                s[nt][2 * e + 1] = exp2f(s[nt][2 * e + 1] - muse);
-                sum += s[nt][2 * e] + s[nt][2 * e + 1];
-            }
-            lrow[e] = lrow[e] * corr + sum;
-#pragma unroll
-            for (int dt = 0; dt < HD / 8; dt++) {
-                o[dt][2 * e] *= corr;
-                o[dt][2 * e + 1] *= corr;
-            }
-        }
+        /* online softmax, rows g and g+8 */
+        lmc_online_softmax(s, mrow, lrow, o);
 
         /* O += P V: the S accumulators are P's A-fragments; V via .trans */
 #pragma unroll
         for (int kc = 0; kc < B_BN / 16; kc++) {
             uint32_t pa[4];
-            at_c2a(pa, s[2 * kc], s[2 * kc + 1]);
+            lmc_c2a(pa, s[2 * kc], s[2 * kc + 1]);
 #pragma unroll
             for (int dp = 0; dp < HD / 16; dp++) {
                 uint32_t bf[4];
-                at_ldsm_t(bf, Vs + (kc * 16 + (lm & 1) * 8 + lr) * KS + dp * 16 + (lm >> 1) * 8);
-                at_mma(o[2 * dp], pa, bf[0], bf[1]);
-                at_mma(o[2 * dp + 1], pa, bf[2], bf[3]);
+                lmc_ldsm_x4_t(bf, Vs + (kc * 16 + (lm & 1) * 8 + lr) * KS + dp * 16 + (lm >> 1) * 8);
+                lmc_mma_bf16(o[2 * dp], pa, bf[0], bf[1]);
+                lmc_mma_bf16(o[2 * dp + 1], pa, bf[2], bf[3]);
             }
         }
     }
@@ -642,18 +577,18 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dkdv_bf16_kernel(str
             for (int kc = 0; kc < HD / 16; kc++) {
                 uint32_t ka[4], va[4];
                 const int ao = (warp * 16 + (lm & 1) * 8 + lr) * KS + kc * 16 + (lm >> 1) * 8;
-                at_ldsm(ka, Ks + ao);
-                at_ldsm(va, Vs + ao);
+                lmc_ldsm_x4(ka, Ks + ao);
+                lmc_ldsm_x4(va, Vs + ao);
 #pragma unroll
                 for (int np = 0; np < B_QM / 16; np++) {
                     uint32_t bq[4], bo[4];
                     const int bo_off = (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8;
-                    at_ldsm(bq, Qs + bo_off);
-                    at_ldsm(bo, dOs + bo_off);
-                    at_mma(st[2 * np], ka, bq[0], bq[1]);
-                    at_mma(st[2 * np + 1], ka, bq[2], bq[3]);
-                    at_mma(dpt[2 * np], va, bo[0], bo[1]);
-                    at_mma(dpt[2 * np + 1], va, bo[2], bo[3]);
+                    lmc_ldsm_x4(bq, Qs + bo_off);
+                    lmc_ldsm_x4(bo, dOs + bo_off);
+                    lmc_mma_bf16(st[2 * np], ka, bq[0], bq[1]);
+                    lmc_mma_bf16(st[2 * np + 1], ka, bq[2], bq[3]);
+                    lmc_mma_bf16(dpt[2 * np], va, bo[0], bo[1]);
+                    lmc_mma_bf16(dpt[2 * np + 1], va, bo[2], bo[3]);
                 }
             }
             /* P^T = exp2(S^T scale log2e - lse log2e) (0 where masked),
@@ -673,18 +608,18 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dkdv_bf16_kernel(str
 #pragma unroll
             for (int kc = 0; kc < B_QM / 16; kc++) {
                 uint32_t pa[4], sa[4];
-                at_c2a(pa, st[2 * kc], st[2 * kc + 1]);
-                at_c2a(sa, dpt[2 * kc], dpt[2 * kc + 1]);
+                lmc_c2a(pa, st[2 * kc], st[2 * kc + 1]);
+                lmc_c2a(sa, dpt[2 * kc], dpt[2 * kc + 1]);
 #pragma unroll
                 for (int dp = 0; dp < HD / 16; dp++) {
                     uint32_t bo[4], bq[4];
                     const int to = (kc * 16 + (lm & 1) * 8 + lr) * KS + dp * 16 + (lm >> 1) * 8;
-                    at_ldsm_t(bo, dOs + to);
-                    at_mma(dv[2 * dp], pa, bo[0], bo[1]);
-                    at_mma(dv[2 * dp + 1], pa, bo[2], bo[3]);
-                    at_ldsm_t(bq, Qs + to);
-                    at_mma(dk[2 * dp], sa, bq[0], bq[1]);
-                    at_mma(dk[2 * dp + 1], sa, bq[2], bq[3]);
+                    lmc_ldsm_x4_t(bo, dOs + to);
+                    lmc_mma_bf16(dv[2 * dp], pa, bo[0], bo[1]);
+                    lmc_mma_bf16(dv[2 * dp + 1], pa, bo[2], bo[3]);
+                    lmc_ldsm_x4_t(bq, Qs + to);
+                    lmc_mma_bf16(dk[2 * dp], sa, bq[0], bq[1]);
+                    lmc_mma_bf16(dk[2 * dp + 1], sa, bq[2], bq[3]);
                 }
             }
         }
@@ -756,18 +691,18 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dq_bf16_kernel(struc
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++) {
             uint32_t qa[4], oa[4];
-            at_ldsm(qa, Qs + ao + kc * 16);
-            at_ldsm(oa, dOs + ao + kc * 16);
+            lmc_ldsm_x4(qa, Qs + ao + kc * 16);
+            lmc_ldsm_x4(oa, dOs + ao + kc * 16);
 #pragma unroll
             for (int np = 0; np < B_BN / 16; np++) {
                 uint32_t bk[4], bv[4];
                 const int bo_off = (np * 16 + (lm >> 1) * 8 + lr) * KS + kc * 16 + (lm & 1) * 8;
-                at_ldsm(bk, Ks + bo_off);
-                at_ldsm(bv, Vs + bo_off);
-                at_mma(s[2 * np], qa, bk[0], bk[1]);
-                at_mma(s[2 * np + 1], qa, bk[2], bk[3]);
-                at_mma(dp[2 * np], oa, bv[0], bv[1]);
-                at_mma(dp[2 * np + 1], oa, bv[2], bv[3]);
+                lmc_ldsm_x4(bk, Ks + bo_off);
+                lmc_ldsm_x4(bv, Vs + bo_off);
+                lmc_mma_bf16(s[2 * np], qa, bk[0], bk[1]);
+                lmc_mma_bf16(s[2 * np + 1], qa, bk[2], bk[3]);
+                lmc_mma_bf16(dp[2 * np], oa, bv[0], bv[1]);
+                lmc_mma_bf16(dp[2 * np + 1], oa, bv[2], bv[3]);
             }
         }
         /* dS = P (dP - D), P = 0 where masked; into s */
@@ -785,13 +720,13 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dq_bf16_kernel(struc
 #pragma unroll
         for (int kc = 0; kc < B_BN / 16; kc++) {
             uint32_t da[4];
-            at_c2a(da, s[2 * kc], s[2 * kc + 1]);
+            lmc_c2a(da, s[2 * kc], s[2 * kc + 1]);
 #pragma unroll
             for (int dt = 0; dt < HD / 16; dt++) {
                 uint32_t bk[4];
-                at_ldsm_t(bk, Ks + (kc * 16 + (lm & 1) * 8 + lr) * KS + dt * 16 + (lm >> 1) * 8);
-                at_mma(dq[2 * dt], da, bk[0], bk[1]);
-                at_mma(dq[2 * dt + 1], da, bk[2], bk[3]);
+                lmc_ldsm_x4_t(bk, Ks + (kc * 16 + (lm & 1) * 8 + lr) * KS + dt * 16 + (lm >> 1) * 8);
+                lmc_mma_bf16(dq[2 * dt], da, bk[0], bk[1]);
+                lmc_mma_bf16(dq[2 * dt + 1], da, bk[2], bk[3]);
             }
         }
     }
