@@ -16,15 +16,9 @@
  * support, ties at a cut resolved by id as on the host. min-p is a plain
  * value test. */
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/argmax.cuh"
 
 #define SAMPLE_THREADS 512
-#define SAMPLE_NONE INT64_MAX
-
-__device__ __forceinline__ bool sample_better(float vb, int64_t ib, float va, int64_t ia) {
-    if (ib == SAMPLE_NONE) return false;
-    if (ia == SAMPLE_NONE) return true;
-    return vb > va || (vb == va && ib < ia);
-}
 
 /* block-wide double sum, the same value in every thread; sh: 33 doubles */
 __device__ double sample_block_sum(double v, double *sh) {
@@ -89,45 +83,8 @@ __global__ void sample_rows_kernel(int32_t *ids, const float *logits, float *pro
     float *pr = prob + (int64_t)blockIdx.x * V;
     const struct lmc_sample_row P = params[blockIdx.x];
     __shared__ double sh[33];
-    __shared__ float sv[SAMPLE_THREADS / 32];
-    __shared__ int64_t si[SAMPLE_THREADS / 32];
-    __shared__ int64_t s_best;
-    /* argmax: the host's left-to-right first strict maximum (argmax.cu) */
-    float bv = 0.0f;
-    int64_t bi = SAMPLE_NONE;
-    for (int64_t i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
-        float v = x[i];
-        if (v != v) continue;
-        if (bi == SAMPLE_NONE || v > bv) {
-            bv = v;
-            bi = i;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_down_sync(0xffffffffu, bv, o);
-        int64_t oi = __shfl_down_sync(0xffffffffu, bi, o);
-        if (sample_better(ov, oi, bv, bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        sv[warp] = bv;
-        si[warp] = bi;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < SAMPLE_THREADS / 32; w++)
-            if (sample_better(sv[w], si[w], bv, bi)) {
-                bv = sv[w];
-                bi = si[w];
-            }
-        float x0 = x[0];
-        s_best = (bi == SAMPLE_NONE || x0 != x0) ? 0 : bi;
-    }
-    __syncthreads();
-    int64_t best = s_best;
+    /* argmax: the host's left-to-right first strict maximum */
+    int64_t best = lmc_block_argmax<SAMPLE_THREADS>(x, V);
     if (P.temperature == 0) {
         if (threadIdx.x == 0) ids[blockIdx.x] = (int32_t)best;
         return;
