@@ -20,23 +20,6 @@
 
 #define SAMPLE_THREADS 512
 
-/* block-wide double sum, the same value in every thread; sh: 33 doubles */
-__device__ double sample_block_sum(double v, double *sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0;
-        for (int w = 0; w < SAMPLE_THREADS / 32; w++) t += sh[w];
-        sh[32] = t;
-    }
-    __syncthreads();
-    double r = sh[32];
-    __syncthreads();
-    return r;
-}
-
 __device__ __forceinline__ uint64_t rank_key(float p, int64_t i) {
     return ((uint64_t)__float_as_uint(p) << 32) | (uint64_t)(0xffffffffu - (uint32_t)i);
 }
@@ -65,7 +48,7 @@ __device__ uint64_t sample_search(const float *pr, int64_t V, struct sample_cut 
             uint64_t key = c.by_rank ? rk : (uint64_t)(0xffffffffu - (uint32_t)i);
             if (key >= cand) acc += c.weigh ? (double)p : 1.0;
         }
-        double t = sample_block_sum(acc, sh);
+        double t = lmc_block_sum_d(acc, sh);
         bool ok = strict ? t > target : t >= target;
         if (bit == top + 1) {
             *found = ok;
@@ -82,7 +65,7 @@ __global__ void sample_rows_kernel(int32_t *ids, const float *logits, float *pro
     const float *x = logits + (int64_t)blockIdx.x * V;
     float *pr = prob + (int64_t)blockIdx.x * V;
     const struct lmc_sample_row P = params[blockIdx.x];
-    __shared__ double sh[33];
+    __shared__ double sh[32];
     /* argmax: the host's left-to-right first strict maximum */
     int64_t best = lmc_block_argmax<SAMPLE_THREADS>(x, V);
     if (P.temperature == 0) {
@@ -104,7 +87,7 @@ __global__ void sample_rows_kernel(int32_t *ids, const float *logits, float *pro
         double mass = 0;
         for (int64_t i = threadIdx.x; i < V; i += SAMPLE_THREADS)
             if (rank_key(pr[i], i) >= c.kset) mass += (double)pr[i];
-        mass = sample_block_sum(mass, sh);
+        mass = lmc_block_sum_d(mass, sh);
         uint64_t K = sample_search(pr, V, c, P.top_p * mass, false, &found, sh);
         if (found && K > c.kset) c.kset = K;
     }
@@ -116,7 +99,7 @@ __global__ void sample_rows_kernel(int32_t *ids, const float *logits, float *pro
         float p = pr[i];
         if (rank_key(p, i) >= c.kset && p >= c.minp) tot += (double)p;
     }
-    tot = sample_block_sum(tot, sh);
+    tot = lmc_block_sum_d(tot, sh);
     uint64_t K = sample_search(pr, V, c, P.u * tot, true, &found, sh);
     if (!found) {
         /* rounding left u * tot unreached: the last member in walk order,
@@ -130,7 +113,7 @@ __global__ void sample_rows_kernel(int32_t *ids, const float *logits, float *pro
             float p = pr[i];
             if (rank_key(p, i) >= c.kset && p >= c.minp) n += 1.0;
         }
-        n = sample_block_sum(n, sh);
+        n = lmc_block_sum_d(n, sh);
         K = sample_search(pr, V, cc, n, false, &found, sh);
     }
     if (threadIdx.x == 0) ids[blockIdx.x] = (int32_t)(0xffffffffu - (uint32_t)K);
