@@ -21,33 +21,8 @@
 
 #ifdef LMC_HAVE_CUDA
 
-static uint64_t rng = 20240611;
-static struct lmc_backend cpu, gpu;
-
-static float *rand_f(int64_t n, float scale) {
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) p[i] = test_rand(&rng) * scale;
-    return p;
-}
-static void *up(const void *h, size_t bytes) {
-    void *d = gpu.alloc(gpu.ctx, bytes);
-    LMC_ASSERT(d != NULL);
-    gpu.upload(gpu.ctx, d, h, bytes);
-    return d;
-}
-static float *dev_poison(int64_t n) {
-    float *h = malloc((size_t)n * sizeof(float));
-    for (int64_t i = 0; i < n; i++) h[i] = NAN;
-    float *d = up(h, (size_t)n * sizeof(float));
-    free(h);
-    return d;
-}
-static float *down(const float *d, int64_t n) {
-    float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    gpu.download(gpu.ctx, h, d, (size_t)n * sizeof(float));
-    return h;
-}
-static void dfree(void *d) { gpu.free(gpu.ctx, d); }
+#define TEST_CUDA_SEED 20240611
+#include "test_cuda.h"
 
 /* max|a-b| / max|b|; NaN anywhere in a gives NaN. Where the reference is
  * all zero (dq, dk with one key per query: T = 1, window 1) the error is

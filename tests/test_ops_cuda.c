@@ -21,8 +21,8 @@
 
 #ifdef LMC_HAVE_CUDA
 
-static uint64_t rng = 777;
-static struct lmc_backend cpu, gpu;
+#define TEST_CUDA_SEED 777
+#include "test_cuda.h"
 
 enum { E_MM_F32, E_MM_LO_SMALL, E_MM_BF16, E_MM_F16, E_EMBED, E_RMS, E_LN, E_ROPE, E_SWIGLU,
        E_GELU, E_ADD, E_ATTN_F32_CPU, E_ATTN_F32, E_ATTN_TC, E_MM_FUSED, E_ROPE_KV, E_ATTN_PAGED, E_N };
@@ -36,34 +36,6 @@ static double max_err[E_N];
 static void record(int op, double e) {
     if (e > max_err[op] || e != e) max_err[op] = e;
 }
-
-static float *rand_f(int64_t n, float scale) {
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) p[i] = test_rand(&rng) * scale;
-    return p;
-}
-
-/* device copy of host data */
-static void *up(const void *h, size_t bytes) {
-    void *d = gpu.alloc(gpu.ctx, bytes);
-    LMC_ASSERT(d != NULL);
-    gpu.upload(gpu.ctx, d, h, bytes);
-    return d;
-}
-/* device buffer of n floats filled with NaN */
-static float *dev_poison(int64_t n) {
-    float *h = malloc((size_t)n * sizeof(float));
-    for (int64_t i = 0; i < n; i++) h[i] = NAN;
-    float *d = up(h, (size_t)n * sizeof(float));
-    free(h);
-    return d;
-}
-static float *down(const float *d, int64_t n) {
-    float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    gpu.download(gpu.ctx, h, d, (size_t)n * sizeof(float));
-    return h;
-}
-static void dfree(void *d) { gpu.free(gpu.ctx, d); }
 
 /* rounds x to bf16 in place (so references see the stored values) and
  * uploads it as kvt (F32 or BF16) */

@@ -23,8 +23,8 @@
 
 #ifdef LMC_HAVE_CUDA
 
-static uint64_t rng = 4242;
-static struct lmc_backend cpu, gpu;
+#define TEST_CUDA_SEED 4242
+#include "test_cuda.h"
 
 enum { E_MM_BWD, E_MM_BWD_BF16, E_MM_FWD_BF16, E_EMBED, E_RMS, E_LN, E_ROPE, E_SWIGLU, E_GELU,
        E_XENT_LOSS, E_XENT_GRAD, E_XENT_LOSS_BF16, E_XENT_GRAD_BF16, E_SUMSQ, E_ADAMW_CPU, E_N };
@@ -39,39 +39,11 @@ static void record(int op, double e) {
     if (e > max_err[op] || e != e) max_err[op] = e;
 }
 
-static float *rand_f(int64_t n, float scale) {
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) p[i] = test_rand(&rng) * scale;
-    return p;
-}
 static float *copy_f(const float *a, int64_t n) {
     float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
     memcpy(p, a, (size_t)n * sizeof(float));
     return p;
 }
-
-/* device copy of host data */
-static void *up(const void *h, size_t bytes) {
-    void *d = gpu.alloc(gpu.ctx, bytes ? bytes : 1);
-    LMC_ASSERT(d != NULL);
-    if (bytes) gpu.upload(gpu.ctx, d, h, bytes);
-    return d;
-}
-static float *upf(const float *h, int64_t n) { return up(h, (size_t)n * sizeof(float)); }
-/* device buffer of n floats filled with NaN */
-static float *dev_poison(int64_t n) {
-    float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) h[i] = NAN;
-    float *d = upf(h, n);
-    free(h);
-    return d;
-}
-static float *down(const float *d, int64_t n) {
-    float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    if (n) gpu.download(gpu.ctx, h, d, (size_t)n * sizeof(float));
-    return h;
-}
-static void dfree(void *d) { gpu.free(gpu.ctx, d); }
 
 /* max|a-b| / max|b| (NaN anywhere gives NaN) */
 static double rel_err(const float *a, const float *b, int64_t n) {
