@@ -73,10 +73,15 @@ double lmc_grad_global_norm(float *const *g, const int64_t *n, int k) {
     return sqrt(s);
 }
 
+float lmc_grad_clip_scale(double norm, double max_norm) {
+    if (!isfinite(norm) || !(max_norm > 0) || norm <= max_norm) return 1.0f;
+    return (float)(max_norm / (norm + 1e-6));
+}
+
 double lmc_grad_clip(float *const *g, const int64_t *n, int k, double max_norm) {
     double norm = lmc_grad_global_norm(g, n, k);
-    if (!isfinite(norm) || !(max_norm > 0) || norm <= max_norm) return norm;
-    float scale = (float)(max_norm / (norm + 1e-6));
+    float scale = lmc_grad_clip_scale(norm, max_norm);
+    if (scale == 1.0f) return norm;
     for (int t = 0; t < k; t++)
         for (int64_t i = 0; i < n[t]; i++) g[t][i] *= scale;
     return norm;

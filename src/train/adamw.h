@@ -41,6 +41,10 @@ void lmc_adamw_step_make(const struct lmc_adamw_cfg *c, int64_t step, double lr,
 enum lmc_decay_rule { LMC_DECAY_DEFAULT, LMC_DECAY_ALL };
 bool lmc_adamw_decays(enum lmc_decay_rule rule, const char *name, int ndim);
 
+/* The factor torch.nn.utils.clip_grad_norm_ scales gradients by for a
+ * global norm `norm`: max_norm / (norm + 1e-6) when max_norm > 0 and a
+ * finite norm exceeds it, else 1. */
+float lmc_grad_clip_scale(double norm, double max_norm);
 /* L2 norm over k gradient arrays g[i] of n[i] floats, accumulated in double. */
 double lmc_grad_global_norm(float *const *g, const int64_t *n, int k);
 /* Clips in place as torch.nn.utils.clip_grad_norm_: if the global norm

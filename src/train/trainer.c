@@ -115,9 +115,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
      * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
      * folded into the update as grad_scale */
     st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
-    float grad_scale = 1.0f;
-    if (o->clip > 0 && st->grad_norm > o->clip)
-        grad_scale = (float)(o->clip / (st->grad_norm + 1e-6));
+    float grad_scale = lmc_grad_clip_scale(st->grad_norm, o->clip);
     st->lr = lmc_schedule_lr(&o->sched, tr->step);
     if (!isfinite(st->grad_norm)) {
         st->skipped = true;
