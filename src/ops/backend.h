@@ -232,6 +232,11 @@ struct lmc_backend {
 lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err);
 void lmc_backend_cpu_free(struct lmc_backend *be);
 
+/* The AdamW formula of the adamw entry on host memory (defined in
+ * ops/cpu/adamw.c): the CPU op and lmc_adamw_update both run it. */
+void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
+                     const struct lmc_adamw_step *s);
+
 /* The sampler's per-row core, on host memory (one source of truth for
  * lmc_sampler_sample, the CPU sample_rows and the CUDA kernel's semantics;
  * defined in ops/cpu/sample.c): picks an id from logits (V) with p (p->u

@@ -18,32 +18,15 @@ void lmc_adamw_cfg_default(struct lmc_adamw_cfg *c) {
 
 void lmc_adamw_update(const struct lmc_adamw_cfg *c, int64_t step, double lr, bool decay, float *p,
                       const float *g, float *m, float *v, int64_t n) {
-    /* torch: bias_correction1 = 1 - beta1^step; step_size = lr / bc1;
-     * bias_correction2_sqrt = sqrt(1 - beta2^step);
-     * denom = sqrt(v) / bc2_sqrt + eps; p -= step_size * m / denom. The
-     * scalars are computed in double (Python floats), the tensors in float. */
-    double bc1 = 1.0 - pow(c->beta1, (double)step);
-    double bc2_sqrt = sqrt(1.0 - pow(c->beta2, (double)step));
-    float step_size = (float)(lr / bc1);
-    float decay_mul = (float)(1.0 - lr * c->weight_decay);
-    float b2 = (float)c->beta2;
-    float one_minus_b1 = (float)(1.0 - c->beta1), one_minus_b2 = (float)(1.0 - c->beta2);
-    float bc2s = (float)bc2_sqrt, eps = (float)c->eps;
-    bool wd = decay && c->weight_decay != 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        float gi = g[i];
-        float pi = wd ? p[i] * decay_mul : p[i];
-        /* exp_avg.lerp_(grad, 1 - beta1) == m + (1-beta1) * (g - m) */
-        float mi = m[i] + one_minus_b1 * (gi - m[i]);
-        float vi = v[i] * b2 + one_minus_b2 * gi * gi;
-        float denom = sqrtf(vi) / bc2s + eps;
-        pi = pi - step_size * (mi / denom);
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = pi;
-    }
+    struct lmc_adamw_step s;
+    lmc_adamw_step_make(c, step, lr, decay, 1.0f, &s);
+    lmc_adamw_apply(p, g, m, v, n, &s);
 }
 
+/* torch: bias_correction1 = 1 - beta1^step; step_size = lr / bc1;
+ * bias_correction2_sqrt = sqrt(1 - beta2^step); denom = sqrt(v) /
+ * bc2_sqrt + eps; p -= step_size * m / denom. The scalars are computed in
+ * double (Python floats), the tensors in float (lmc_adamw_apply). */
 void lmc_adamw_step_make(const struct lmc_adamw_cfg *c, int64_t step, double lr, bool decay,
                          float grad_scale, struct lmc_adamw_step *s) {
     double bc1 = 1.0 - pow(c->beta1, (double)step);

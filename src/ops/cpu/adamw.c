@@ -1,7 +1,8 @@
 /* adamw.c — the optimizer's backend ops on the CPU (see backend.h): zero,
  * a deterministic sum of squares (fixed chunks summed in order, so the
  * result depends on n alone, not on the thread count) and the element-wise
- * AdamW update, operation by operation as train/adamw.c's reference. */
+ * AdamW update (lmc_adamw_apply, the one implementation of the formula:
+ * train/adamw.c's lmc_adamw_update runs it too). */
 #include "ops/cpu/ops_cpu.h"
 
 #include <math.h>
@@ -48,17 +49,22 @@ double lmc_cpu_sumsq(void *ctx, const float *x, int64_t n) {
     return s;
 }
 
-void lmc_cpu_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
-                   const struct lmc_adamw_step *s) {
-    (void)ctx;
+void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
+                     const struct lmc_adamw_step *s) {
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i] * s->grad_scale;
         float pi = p[i] * s->decay_mul;
-        float mi = m[i] + s->one_minus_b1 * (gi - m[i]);
+        float mi = m[i] + s->one_minus_b1 * (gi - m[i]); /* torch's exp_avg.lerp_(g, 1 - beta1) */
         float vi = v[i] * s->beta2 + s->one_minus_b2 * gi * gi;
         float denom = sqrtf(vi) / s->bc2_sqrt + s->eps;
         m[i] = mi;
         v[i] = vi;
         p[i] = pi - s->step_size * (mi / denom);
     }
+}
+
+void lmc_cpu_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
+                   const struct lmc_adamw_step *s) {
+    (void)ctx;
+    lmc_adamw_apply(p, g, m, v, n, s);
 }
