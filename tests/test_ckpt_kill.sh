@@ -18,7 +18,9 @@
 # before its first save. The last run finishes; every checkpoint 1..N and
 # the last loss of every step equal the reference's. The kill count is
 # bounded (8 to 30 kills: more only until two of them have left a temporary
-# folder behind, i.e. were seen to land inside a save).
+# folder behind, i.e. were seen to land inside a save; fewer if the run
+# reaches its last step first, which takes kills landing late on a loaded
+# machine; at least 4 are required, one of them inside a save).
 # Usage: test_ckpt_kill.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -32,7 +34,7 @@ python3 - "$LMC" "$TMP" <<'PY'
 import ctypes, os, random, select, struct, subprocess, sys
 
 lmc, tmp = sys.argv[1], sys.argv[2]
-N = 16
+N = 24
 COMMON = [lmc, "train", "--data", f"{tmp}/data", "--threads", "1", "--save-every", "1"]
 FRESH = ["--arch", "llama", "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
          "--batch", "3", "--seq", "16", "--accum", "2", "--steps", str(N), "--lr", "3e-3", "--warmup", "3",
@@ -140,8 +142,12 @@ rc = run.finish()
 check(rc == 0, "reference run: %d %s" % (rc, run.err.decode(errors="replace")))
 check(steps_in(ref) == list(range(1, N + 1)), "reference saved every step: %s" % steps_in(ref))
 check(starts == 1, "the start line is seen")
-E = min(counts.values()) if counts else 0
-check(E >= 8, "each save shows its stages (folder, files, rename): %s" % counts)
+# the stages of one save: the folder made; each file created and closed (a
+# .safetensors file as NAME.tmp, then renamed); the folder renamed (from, to).
+# The events inside the folder before the test's watch on it is in place are
+# not seen (a kill then lands at a later stage); those in OUT always are.
+E = 3 + sum(3 if f.endswith(".safetensors") else 2 for f in listdir(os.path.join(ref, step_name(1))))
+check(all(3 <= counts.get(s, 0) <= E for s in range(1, N + 1)), "every save seen (%d stages): %s" % (E, counts))
 if failed:
     print("test_ckpt_kill: %d passed, %d failed" % (passed, failed))
     sys.exit(1)
@@ -185,7 +191,7 @@ while kills < 30 and not (kills >= 8 and landed_inside >= 2):
     check(s == 1 or (s - 1) in have, "after a kill in save %d: step %d intact (%s)" % (s, s - 1, have))
 
 print("test_ckpt_kill: %d kills, %d left a temporary (landed inside a save)" % (kills, landed_inside))
-check(kills >= 8 and landed_inside >= 1, "kills landed inside saves: %d of %d" % (landed_inside, kills))
+check(kills >= 4 and landed_inside >= 1, "kills landed inside saves: %d of %d" % (landed_inside, kills))
 
 # ---- the last run finishes from what is left ----
 have = steps_in(out)
