@@ -29,7 +29,9 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc train --data DATA -o OUT (-m HF_DIR | --arch llama|gpt2 [sizes] | --model-config F.json\n"
-            "                 | --resume CKPT) [options]\n"
+            "                 | --resume CKPT|latest) [options]\n"
+            "  resume:    latest = the newest complete checkpoint in OUT; batch, seq, accum, seed,\n"
+            "             schedule and optimizer settings come from the checkpoint unless given\n"
             "  sizes:     --layers N --hidden N --heads N --kv-heads N --intermediate N --max-pos N\n"
             "             --vocab N (default: the data's) --tie --rope-theta X\n"
             "  batch:     --batch B --seq T --accum N --steps N (total) [--stop-at N]\n"
