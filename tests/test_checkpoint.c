@@ -277,6 +277,22 @@ static void opts(void) {
     CHECK(lmc_ckpt_read_opts(rpath("nope"), 0, &o, &err) == LMC_ERR_IO && strstr(err.msg, "nope"));
 }
 
+static void state_parse(void) {
+    /* a buffer without a terminating NUL, cut right after the object */
+    const char text[] = "{\"step\": 7, \"epoch\": 1, \"index\": 0, \"seq_len\": 64, \"schedule\": {\"kind\": \"linear\"}}xx";
+    struct lmc_train_state st;
+    lmc_err err = {0};
+    CHECK_MSG(!lmc_train_state_parse(text, sizeof text - 3, "s.json", &st, &err), "%s", err.msg);
+    CHECK(st.step == 7 && st.epoch == 1 && st.index == 0 && st.o.T == 64 && st.o.sched.kind == LMC_SCHED_LINEAR);
+    CHECK(st.have == (LMC_TSTATE_STEP | LMC_TSTATE_EPOCH | LMC_TSTATE_INDEX | LMC_TOPT_SEQ | LMC_TOPT_SCHED));
+    CHECK(lmc_train_state_parse(text, sizeof text - 1, "s.json", &st, &err) == LMC_ERR_FORMAT && strstr(err.msg, "s.json"));
+    CHECK(lmc_train_state_parse(text, 10, "s.json", &st, &err) == LMC_ERR_FORMAT);
+    CHECK(lmc_train_state_parse("{\"step\": -1}", 12, "s.json", &st, &err) == LMC_ERR_FORMAT && strstr(err.msg, "step"));
+    CHECK(lmc_train_state_parse("{\"index\": 1e300}", 16, "s.json", &st, &err) == LMC_ERR_FORMAT &&
+          strstr(err.msg, "index"));
+    CHECK(!lmc_train_state_parse("{}", 2, "s.json", &st, &err) && st.have == 0 && st.step == -1);
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/lmc_test_ckpt_XXXXXX");
     if (!mkdtemp(root)) return 1;
@@ -285,6 +301,7 @@ int main(void) {
     prepare();
     publish();
     opts();
+    state_parse();
     lmc_err err = {0};
     if (lmc_ckpt_remove_tree(root, &err)) fprintf(stderr, "could not remove %s: %s\n", root, err.msg);
     return test_finish("test_checkpoint");

@@ -224,30 +224,32 @@ static char *state_json(const struct lmc_trainer *tr) {
     return text;
 }
 
-/* A field of trainer_state.json: absent (false, *v untouched) or a number
- * (true); anything else is LMC_ERR_FORMAT naming the field. */
-static lmc_status get_f64(const cJSON *o, const char *k, const char *path, bool *have, double *v, lmc_err *err) {
+/* A number field: absent (*have false, *v untouched) or a finite number;
+ * anything else is LMC_ERR_FORMAT naming the field. */
+static lmc_status get_f64(const cJSON *o, const char *k, const char *src, bool *have, double *v, lmc_err *err) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
     *have = x != NULL;
     if (!x) return LMC_OK;
     if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble))
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected a finite number", path, k);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected a finite number", src, k);
     *v = x->valuedouble;
     return LMC_OK;
 }
-static lmc_status get_i64(const cJSON *o, const char *k, const char *path, int64_t lo, bool *have, int64_t *v,
+static lmc_status get_i64(const cJSON *o, const char *k, const char *src, int64_t lo, bool *have, int64_t *v,
                           lmc_err *err) {
     double d = 0;
-    lmc_status s = get_f64(o, k, path, have, &d, err);
+    lmc_status s = get_f64(o, k, src, have, &d, err);
     if (s || !*have) return s;
     if (!(d >= (double)lo && d <= 9007199254740992.0) || d != (double)(int64_t)d)
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected an integer >= %lld", path, k,
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected an integer >= %lld", src, k,
                            (long long)lo);
     *v = (int64_t)d;
     return LMC_OK;
 }
 
-static lmc_status get_seed(const cJSON *o, const char *path, bool *have, uint64_t *v, lmc_err *err) {
+/* "seed": a decimal string (what we write: exact beyond 2^53) or, in files
+ * of older versions, a number. */
+static lmc_status get_seed(const cJSON *o, const char *src, bool *have, uint64_t *v, lmc_err *err) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "seed");
     *have = x != NULL;
     if (!x) return LMC_OK;
@@ -264,25 +266,85 @@ static lmc_status get_seed(const cJSON *o, const char *path, bool *have, uint64_
             return LMC_OK;
         }
     } else if (cJSON_IsNumber(x) && x->valuedouble >= 0 && x->valuedouble < 18446744073709551616.0) {
-        *v = (uint64_t)x->valuedouble; /* older files wrote a number */
+        *v = (uint64_t)x->valuedouble;
         return LMC_OK;
     }
-    return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"seed\": expected a decimal integer", path);
+    return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"seed\": expected a decimal integer", src);
 }
 
-static lmc_status read_state(const char *dir, char *path, size_t cap, cJSON **out, lmc_err *err) {
+lmc_status lmc_train_state_parse(const char *text, size_t len, const char *src, struct lmc_train_state *st,
+                                 lmc_err *err) {
+    memset(st, 0, sizeof *st);
+    st->step = st->epoch = st->index = -1;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    while (j && end && end < text + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')) end++;
+    if (!cJSON_IsObject(j) || !end || end != text + len) { /* trailing bytes too */
+        cJSON_Delete(j);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected a JSON object", src);
+    }
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(j, "schedule");
+    const cJSON *aw = cJSON_GetObjectItemCaseSensitive(j, "adamw");
+    lmc_status s = LMC_OK;
+    if ((sc && !cJSON_IsObject(sc)) || (aw && !cJSON_IsObject(aw)))
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: \"schedule\" and \"adamw\": expected objects", src);
+    struct lmc_train_opts *o = &st->o;
+    bool h = false;
+    /* each field: parsed when present, its bit set in st->have */
+#define I64(obj, key, lo, bit, field)                                                                       \
+    if (!s && obj && !(s = get_i64(obj, key, src, lo, &h, &field, err)) && h) st->have |= (bit);
+#define F64(obj, key, bit, field)                                                                           \
+    if (!s && obj && !(s = get_f64(obj, key, src, &h, &field, err)) && h) st->have |= (bit);
+    I64(j, "step", 0, LMC_TSTATE_STEP, st->step)
+    I64(j, "epoch", 0, LMC_TSTATE_EPOCH, st->epoch)
+    I64(j, "index", 0, LMC_TSTATE_INDEX, st->index)
+    I64(j, "batch", 1, LMC_TOPT_BATCH, o->B)
+    I64(j, "seq_len", 1, LMC_TOPT_SEQ, o->T)
+    I64(j, "accum", 1, LMC_TOPT_ACCUM, o->accum)
+    if (!s && !(s = get_seed(j, src, &h, &o->seed, err)) && h) st->have |= LMC_TOPT_SEED;
+    I64(sc, "total", 1, LMC_TOPT_STEPS, o->sched.total)
+    F64(sc, "lr_max", LMC_TOPT_LR, o->sched.lr_max)
+    F64(sc, "lr_min", LMC_TOPT_MIN_LR, o->sched.lr_min)
+    I64(sc, "warmup", 0, LMC_TOPT_WARMUP, o->sched.warmup)
+    I64(sc, "decay_steps", 0, LMC_TSTATE_DECAY_STEPS, o->sched.decay_steps)
+    F64(aw, "lr", LMC_TSTATE_ADAMW_LR, o->adamw.lr)
+    F64(aw, "beta1", LMC_TOPT_BETA1, o->adamw.beta1)
+    F64(aw, "beta2", LMC_TOPT_BETA2, o->adamw.beta2)
+    F64(aw, "eps", LMC_TOPT_EPS, o->adamw.eps)
+    F64(aw, "weight_decay", LMC_TOPT_WD, o->adamw.weight_decay)
+    F64(j, "clip", LMC_TOPT_CLIP, o->clip)
+#undef I64
+#undef F64
+    const cJSON *k = sc ? cJSON_GetObjectItemCaseSensitive(sc, "kind") : NULL;
+    if (!s && k) {
+        if (cJSON_IsString(k) && lmc_schedule_kind_parse(k->valuestring, &o->sched.kind))
+            st->have |= LMC_TOPT_SCHED;
+        else
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"schedule.kind\": expected cosine, linear, wsd or "
+                            "constant", src);
+    }
+    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(j, "decay");
+    if (!s && dr) {
+        bool all = cJSON_IsString(dr) && !strcmp(dr->valuestring, "all");
+        if (!all && !(cJSON_IsString(dr) && !strcmp(dr->valuestring, "default")))
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"decay\": expected \"default\" or \"all\"", src);
+        o->decay = all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
+        st->have |= LMC_TOPT_DECAY;
+    }
+    cJSON_Delete(j);
+    return s;
+}
+
+static lmc_status read_state(const char *dir, char *path, size_t cap, struct lmc_train_state *st, lmc_err *err) {
     char *text = NULL;
+    size_t len = 0;
     if (!lmc_path_join(path, cap, dir, "trainer_state.json"))
         return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
-    lmc_status s = lmc_file_read(path, 1 << 20, &text, NULL, err);
+    lmc_status s = lmc_file_read(path, 1 << 20, &text, &len, err);
     if (s) return s;
-    *out = cJSON_Parse(text);
+    s = lmc_train_state_parse(text, len, path, st, err);
     free(text);
-    if (!cJSON_IsObject(*out)) {
-        cJSON_Delete(*out);
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected a JSON object", path);
-    }
-    return LMC_OK;
+    return s;
 }
 
 unsigned lmc_train_opt_bit(const char *flag) {
@@ -300,89 +362,48 @@ unsigned lmc_train_opt_bit(const char *flag) {
 
 lmc_status lmc_ckpt_read_opts(const char *dir, unsigned given, struct lmc_train_opts *o, lmc_err *err) {
     char path[4096];
-    cJSON *j = NULL;
-    lmc_status s = read_state(dir, path, sizeof path, &j, err);
+    struct lmc_train_state st;
+    lmc_status s = read_state(dir, path, sizeof path, &st, err);
     if (s) return s;
-    struct lmc_train_opts r = *o;
-    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(j, "schedule");
-    const cJSON *aw = cJSON_GetObjectItemCaseSensitive(j, "adamw");
-    if ((sc && !cJSON_IsObject(sc)) || (aw && !cJSON_IsObject(aw))) {
-        cJSON_Delete(j);
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: \"schedule\" and \"adamw\": expected objects", path);
-    }
-    bool h = false;
-    int64_t i64 = 0;
-    double f = 0;
-    uint64_t seed = 0;
-    /* each: read into a temporary, apply unless the caller gave the setting */
-#define I64(obj, key, lo, bit, field)                                                                       \
-    if (!s && !(s = get_i64(obj, key, path, lo, &h, &i64, err)) && h && !(given & (bit))) field = i64;
-#define F64(obj, key, bit, field)                                                                           \
-    if (!s && !(s = get_f64(obj, key, path, &h, &f, err)) && h && !(given & (bit))) field = f;
-    I64(j, "batch", 1, LMC_TOPT_BATCH, r.B)
-    I64(j, "seq_len", 1, LMC_TOPT_SEQ, r.T)
-    I64(j, "accum", 1, LMC_TOPT_ACCUM, r.accum)
-    if (!s && !(s = get_seed(j, path, &h, &seed, err)) && h && !(given & LMC_TOPT_SEED)) r.seed = seed;
-    if (sc) {
-        I64(sc, "total", 1, LMC_TOPT_STEPS, r.sched.total)
-        F64(sc, "lr_max", LMC_TOPT_LR, r.sched.lr_max)
-        F64(sc, "lr_min", LMC_TOPT_MIN_LR, r.sched.lr_min)
-        I64(sc, "warmup", 0, LMC_TOPT_WARMUP, r.sched.warmup)
-        I64(sc, "decay_steps", 0, 0, r.sched.decay_steps)
-        const cJSON *k = cJSON_GetObjectItemCaseSensitive(sc, "kind");
-        enum lmc_sched_kind kind = r.sched.kind;
-        if (!s && k && !(cJSON_IsString(k) && lmc_schedule_kind_parse(k->valuestring, &kind)))
-            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"schedule.kind\": expected cosine, linear, wsd or "
-                            "constant", path);
-        if (!s && k && !(given & LMC_TOPT_SCHED)) r.sched.kind = kind;
-    }
-    if (aw) {
-        F64(aw, "lr", LMC_TOPT_LR, r.adamw.lr)
-        F64(aw, "beta1", LMC_TOPT_BETA1, r.adamw.beta1)
-        F64(aw, "beta2", LMC_TOPT_BETA2, r.adamw.beta2)
-        F64(aw, "eps", LMC_TOPT_EPS, r.adamw.eps)
-        F64(aw, "weight_decay", LMC_TOPT_WD, r.adamw.weight_decay)
-    }
-    F64(j, "clip", LMC_TOPT_CLIP, r.clip)
-#undef I64
-#undef F64
-    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(j, "decay");
-    if (!s && dr) {
-        bool all = cJSON_IsString(dr) && !strcmp(dr->valuestring, "all");
-        if (!all && !(cJSON_IsString(dr) && !strcmp(dr->valuestring, "default")))
-            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"decay\": expected \"default\" or \"all\"", path);
-        else if (!(given & LMC_TOPT_DECAY))
-            r.decay = all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
-    }
-    cJSON_Delete(j);
-    if (s) return s;
-    *o = r;
+    const struct lmc_train_opts *f = &st.o;
+    unsigned take = st.have & ~given; /* present in the file, not given by the caller */
+    if (take & LMC_TOPT_BATCH) o->B = f->B;
+    if (take & LMC_TOPT_SEQ) o->T = f->T;
+    if (take & LMC_TOPT_ACCUM) o->accum = f->accum;
+    if (take & LMC_TOPT_SEED) o->seed = f->seed;
+    if (take & LMC_TOPT_STEPS) o->sched.total = f->sched.total;
+    if (take & LMC_TOPT_LR) o->sched.lr_max = f->sched.lr_max;
+    if ((take & LMC_TSTATE_ADAMW_LR) && !(given & LMC_TOPT_LR)) o->adamw.lr = f->adamw.lr;
+    if (take & LMC_TOPT_MIN_LR) o->sched.lr_min = f->sched.lr_min;
+    if (take & LMC_TOPT_WARMUP) o->sched.warmup = f->sched.warmup;
+    if (take & LMC_TOPT_SCHED) o->sched.kind = f->sched.kind;
+    if (take & LMC_TSTATE_DECAY_STEPS) o->sched.decay_steps = f->sched.decay_steps;
+    if (take & LMC_TOPT_WD) o->adamw.weight_decay = f->adamw.weight_decay;
+    if (take & LMC_TOPT_BETA1) o->adamw.beta1 = f->adamw.beta1;
+    if (take & LMC_TOPT_BETA2) o->adamw.beta2 = f->adamw.beta2;
+    if (take & LMC_TOPT_EPS) o->adamw.eps = f->adamw.eps;
+    if (take & LMC_TOPT_DECAY) o->decay = f->decay;
+    if (take & LMC_TOPT_CLIP) o->clip = f->clip;
     return LMC_OK;
 }
 
 lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err *err) {
     char path[4096];
-    cJSON *o = NULL;
-    lmc_status s = read_state(dir, path, sizeof path, &o, err);
+    struct lmc_train_state ts;
+    lmc_status s = read_state(dir, path, sizeof path, &ts, err);
     if (s) return s;
-    bool h1, h2, h3, h4, h5;
-    int64_t step = -1, epoch = -1, index = -1, T = tr->o.T;
-    uint64_t seed = tr->o.seed;
-    if (!(s = get_i64(o, "step", path, 0, &h1, &step, err)) && !(s = get_i64(o, "epoch", path, 0, &h2, &epoch, err)) &&
-        !(s = get_i64(o, "index", path, 0, &h3, &index, err)) && !(s = get_i64(o, "seq_len", path, 1, &h4, &T, err)))
-        s = get_seed(o, path, &h5, &seed, err);
-    cJSON_Delete(o);
-    if (s) return s;
-    if (!h1 || !h2 || !h3) return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch and index", path);
+    unsigned pos = LMC_TSTATE_STEP | LMC_TSTATE_EPOCH | LMC_TSTATE_INDEX;
+    if ((ts.have & pos) != pos) return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch and index", path);
     /* the position counts windows of T+1 tokens in an order drawn from the
      * seed: the batch size may change, the window length and seed may not */
-    if (T != tr->o.T)
+    if ((ts.have & LMC_TOPT_SEQ) && ts.o.T != tr->o.T)
         return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with sequence length %lld, resumed with %lld "
-                           "(the data position would not carry over)", path, (long long)T, (long long)tr->o.T);
-    if (seed != tr->o.seed)
+                           "(the data position would not carry over)", path, (long long)ts.o.T, (long long)tr->o.T);
+    if ((ts.have & LMC_TOPT_SEED) && ts.o.seed != tr->o.seed)
         return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with seed %llu, resumed with %llu (the data order "
-                           "would not carry over)", path, (unsigned long long)seed, (unsigned long long)tr->o.seed);
-    if ((s = lmc_loader_seek(&tr->train, epoch, index, err))) return s;
+                           "would not carry over)", path, (unsigned long long)ts.o.seed,
+                           (unsigned long long)tr->o.seed);
+    if ((s = lmc_loader_seek(&tr->train, ts.epoch, ts.index, err))) return s;
     struct lmc_st st;
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;
@@ -396,6 +417,6 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     lmc_tmodel_upload_arena(&tr->tm, tr->m, m->data);
     lmc_tmodel_upload_arena(&tr->tm, tr->v, v->data);
     lmc_st_free(&st);
-    tr->step = step;
+    tr->step = ts.step;
     return LMC_OK;
 }

@@ -77,6 +77,27 @@ enum {
     LMC_TOPT_DECAY = 1u << 13,  /* o.decay */
     LMC_TOPT_CLIP = 1u << 14,   /* o.clip */
 };
+/* trainer_state.json parsed: the fields present, each with its bit in
+ * `have` (the LMC_TOPT_* bits for settings, LMC_TSTATE_* for the rest;
+ * LMC_TOPT_LR for schedule.lr_max, LMC_TSTATE_ADAMW_LR for adamw.lr). */
+enum {
+    LMC_TSTATE_STEP = 1u << 16,
+    LMC_TSTATE_EPOCH = 1u << 17,
+    LMC_TSTATE_INDEX = 1u << 18,
+    LMC_TSTATE_DECAY_STEPS = 1u << 19,
+    LMC_TSTATE_ADAMW_LR = 1u << 20,
+};
+struct lmc_train_state {
+    int64_t step, epoch, index; /* -1 when absent */
+    struct lmc_train_opts o;    /* the settings present; zero where absent */
+    unsigned have;
+};
+/* Parses trainer_state.json text (len bytes, need not be NUL-terminated;
+ * src names it in messages). LMC_ERR_FORMAT naming the field for a value
+ * of the wrong kind or range; unknown fields are ignored. */
+lmc_status lmc_train_state_parse(const char *text, size_t len, const char *src, struct lmc_train_state *st,
+                                 lmc_err *err);
+
 /* The bit of an `lmc train` option ("--batch", "--lr", ...); 0 for options
  * that are not resumed settings. */
 unsigned lmc_train_opt_bit(const char *flag);
