@@ -245,7 +245,9 @@ static void opts(void) {
     CHECK_MSG(!lmc_ckpt_read_opts(dir, given, &o, &err), "%s", err.msg);
     CHECK(o.B == 8 && o.sched.lr_max == 3e-4 && o.adamw.lr == 3e-4 && o.sched.total == 100);
     CHECK(o.decay == LMC_DECAY_DEFAULT && o.sched.kind == LMC_SCHED_COSINE);
-    CHECK(o.T == 16 && o.accum == 2 && o.sched.lr_min == 1e-5 && o.adamw.beta1 == 0.8 && o.clip == 0.5);
+    CHECK(o.T == 16 && o.accum == 2 && o.sched.lr_min == 3e-5 && o.adamw.beta1 == 0.8 && o.clip == 0.5);
+    o = base_opts(); /* min lr alone */
+    CHECK(!lmc_ckpt_read_opts(dir, LMC_TOPT_MIN_LR, &o, &err) && o.sched.lr_min == 3e-5 && o.sched.lr_max == 0.0012345678901234567);
     /* a file of an older version (no settings but batch shape): the rest stays */
     put(p, "{\"step\": 4, \"epoch\": 0, \"index\": 32, \"seed\": 1234, \"batch\": 8, \"seq_len\": 32, \"accum\": 1}");
     o = base_opts();

@@ -366,6 +366,7 @@ lmc_status lmc_ckpt_read_opts(const char *dir, unsigned given, struct lmc_train_
     lmc_status s = read_state(dir, path, sizeof path, &st, err);
     if (s) return s;
     const struct lmc_train_opts *f = &st.o;
+    if (given & LMC_TOPT_LR) given |= LMC_TOPT_MIN_LR; /* the caller's min lr derives from its lr */
     unsigned take = st.have & ~given; /* present in the file, not given by the caller */
     if (take & LMC_TOPT_BATCH) o->B = f->B;
     if (take & LMC_TOPT_SEQ) o->T = f->T;

@@ -103,7 +103,9 @@ lmc_status lmc_train_state_parse(const char *text, size_t len, const char *src, 
 unsigned lmc_train_opt_bit(const char *flag);
 /* Fills the settings of o whose bit is not in `given` from dir's
  * trainer_state.json (fields a file lacks, from older versions, stay as
- * they are; the schedule's decay_steps always comes from the file).
+ * they are; the schedule's decay_steps always comes from the file). A
+ * given LMC_TOPT_LR keeps the caller's min lr too (lmc train's default min
+ * lr is lr / 10).
  * LMC_ERR_FORMAT naming the file and field for a malformed value. */
 lmc_status lmc_ckpt_read_opts(const char *dir, unsigned given, struct lmc_train_opts *o, lmc_err *err);
 
