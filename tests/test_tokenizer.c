@@ -265,6 +265,7 @@ static void test_malformed(void) {
     struct { const char *from, *to; lmc_status st; const char *needle; } cases[] = {
         {"\"vocab\":{", "\"vocab\":5,\"v\":{", LMC_ERR_FORMAT, "model.vocab"},
         {"\"vocab\":{\"a\":0,", "\"vocab\":\"oops\",\"x\":{\"a\":0,", LMC_ERR_FORMAT, "model.vocab"},
+        {"\"vocab\":{\"a\":0,", "\"vocab\":{\"a\":0.5,", LMC_ERR_FORMAT, "model.vocab[\"a\"]: expected a non-negative"},
         {"\"a b\"", "\"a q\"", LMC_ERR_FORMAT, "model.merges[0]"},
         {"\"a b\"", "\"ab\"", LMC_ERR_FORMAT, "model.merges[0]"},
         {"[\"\\u0120\",\"a\"]", "[\"\\u0120\",1]", LMC_ERR_FORMAT, "model.merges[1]"},

@@ -2,7 +2,8 @@
 # test_train_cli.sh — `lmc train` end to end: train-tokenizer -> prepare-data
 # -> train a tiny llama for a few steps with checkpoints and validation ->
 # the checkpoint loads with `lmc generate` and `lmc eval`; resuming from the
-# step-4 checkpoint gives the same losses as the uninterrupted run; bad
+# step-4 checkpoint gives the same losses as the uninterrupted run; --resume
+# latest with the checkpoint's settings; bad resumes refused; bad
 # options fail cleanly; --device cuda trains on a GPU machine and fails
 # with a clear error elsewhere. Usage: test_train_cli.sh PATH/TO/lmc
 set -u
@@ -53,6 +54,28 @@ a = [json.loads(l) for l in open(sys.argv[1])][4:]; b = [json.loads(l) for l in 
 assert [r["loss"] for r in a] == [r["loss"] for r in b], (a, b)
 PY
 ok $? "resumed losses equal"
+
+# --resume latest: settings from the checkpoint (batch 4 x 32, schedule),
+# --steps given overrides the total; bad resumes fail naming the cause
+cp -r "$TMP/run" "$TMP/run2"
+"$LMC" train --data "$TMP/data" --resume latest --steps 10 --threads 2 -o "$TMP/run2" 2>"$TMP/err"
+ok $? "resume latest: $(cat "$TMP/err")"
+grep -q "batch 4 x 32 x 1 accum, 10 steps from 8" "$TMP/err"; ok $? "resume latest takes batch from step_000008: $(head -1 "$TMP/err")"
+python3 - "$TMP/run2/step_000010/trainer_state.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["step"] == 10 and s["batch"] == 4 and s["seq_len"] == 32 and s["schedule"]["total"] == 10, s
+assert s["schedule"]["warmup"] == 2 and s["schedule"]["lr_max"] == 3e-3 and s["adamw"]["lr"] == 3e-3, s
+PY
+ok $? "resumed checkpoint keeps the saved settings, --steps overridden"
+mkdir -p "$TMP/bad" && cp "$TMP/run/step_000004"/* "$TMP/bad/" && rm "$TMP/bad/optimizer.safetensors"
+"$LMC" train --data "$TMP/data" --resume "$TMP/bad" -o "$TMP/x" 2>"$TMP/err"; r=$?
+[ $r = 1 ] && grep -q "optimizer.safetensors" "$TMP/err"; ok $? "incomplete checkpoint named ($r: $(cat "$TMP/err"))"
+"$LMC" train --data "$TMP/data" --resume "$TMP/run/step_000004" --seq 16 -o "$TMP/x" 2>"$TMP/err"; r=$?
+[ $r = 1 ] && grep -q "sequence length 32" "$TMP/err"; ok $? "another --seq refused ($r: $(cat "$TMP/err"))"
+mkdir -p "$TMP/empty"
+"$LMC" train --data "$TMP/data" --resume latest -o "$TMP/empty" 2>"$TMP/err"; r=$?
+[ $r = 1 ] && grep -q "no complete checkpoint" "$TMP/err"; ok $? "resume latest without checkpoints ($r: $(cat "$TMP/err"))"
 
 # recomputation and gpt2 run
 "$LMC" train --data "$TMP/data" --arch gpt2 --layers 1 --hidden 32 --heads 2 --max-pos 64 --batch 2 --seq 16 --steps 2 --recompute --threads 2 -o "$TMP/g" 2>"$TMP/err"

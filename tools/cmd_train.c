@@ -7,6 +7,7 @@
  * bit-exactly (on the same device, precision and thread count). */
 #include "cli.h"
 #include "core/core.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 
 #include <cjson/cJSON.h>
@@ -28,7 +29,9 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc train --data DATA -o OUT (-m HF_DIR | --arch llama|gpt2 [sizes] | --model-config F.json\n"
-            "                 | --resume CKPT) [options]\n"
+            "                 | --resume CKPT|latest) [options]\n"
+            "  resume:    latest = the newest complete checkpoint in OUT; batch, seq, accum, seed,\n"
+            "             schedule and optimizer settings come from the checkpoint unless given\n"
             "  sizes:     --layers N --hidden N --heads N --kv-heads N --intermediate N --max-pos N\n"
             "             --vocab N (default: the data's) --tie --rope-theta X\n"
             "  batch:     --batch B --seq T --accum N --steps N (total) [--stop-at N]\n"
@@ -66,11 +69,13 @@ int cmd_train(int argc, char **argv) {
     double rope_theta = 10000, init_std = 0.02, peak_tflops = 0;
     bool tie = false, decay_all = false, recompute = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
+    unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int r = cli_common_arg(&cc, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
+        given |= lmc_train_opt_bit(a);
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
@@ -153,11 +158,14 @@ int cmd_train(int argc, char **argv) {
     /* the backend first: the model is built in its memory */
     if ((rc = cli_train_backend(&be, &cc, "train", &bf16))) goto done;
     have_be = true;
-    if (mkdir(out, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "lmc train: cannot create %s: %s\n", out, strerror(errno));
-        rc = 1;
+    /* OUT made, temporaries of interrupted saves removed; --resume latest resolved */
+    char resume_dir[4096];
+    if (lmc_ckpt_out_prepare(out, NULL, &err) ||
+        (resume && lmc_ckpt_resolve(out, resume, resume_dir, sizeof resume_dir, &err))) {
+        rc = cli_fail("train", &err);
         goto done;
     }
+    if (resume) resume = resume_dir;
     /* the model */
     const char *src_dir = resume ? resume : cc.model_dir;
     char meta_tok[4096] = "";
@@ -243,6 +251,11 @@ int cmd_train(int argc, char **argv) {
     o.adamw.weight_decay = wd;
     o.decay = decay_all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : lr / 10, warmup, steps, 0};
+    if (resume && lmc_ckpt_read_opts(resume, given, &o, &err)) { /* settings not given: the checkpoint's */
+        rc = cli_fail("train", &err);
+        goto done;
+    }
+    steps = o.sched.total;
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -268,7 +281,7 @@ int cmd_train(int argc, char **argv) {
     fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
                     "%lld steps from %lld\n",
             tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
-            (long long)B, (long long)T, (long long)accum, (long long)steps, (long long)tr.step);
+            (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;

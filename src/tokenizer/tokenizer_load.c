@@ -436,9 +436,10 @@ static lmc_status load_added(struct ld *L, const cJSON *arr) {
     return LMC_OK;
 }
 
-static lmc_status load_model(struct ld *L, const cJSON *model, const cJSON *added_arr) {
+/* model.type (BPE), and the BPE options: those we do not implement must be
+ * absent or neutral; byte_fallback, fuse_unk and ignore_merges are read. */
+static lmc_status load_model_options(struct ld *L, const cJSON *model) {
     struct lmc_tokenizer *t = L->t;
-    if (!cJSON_IsObject(model)) return fmt(L, "model", "an object");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
     if (type && !cJSON_IsString(type)) return fmt(L, "model.type", "a string");
     if (type && strcmp(type->valuestring, "BPE") != 0) return unsupported(L, "model", type->valuestring);
@@ -456,14 +457,27 @@ static lmc_status load_model(struct ld *L, const cJSON *model, const cJSON *adde
         (st = get_bool(L, model, "fuse_unk", "model", &t->fuse_unk)) ||
         (st = get_bool(L, model, "ignore_merges", "model", &t->ignore_merges)))
         return st;
+    return LMC_OK;
+}
 
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    if (!cJSON_IsObject(vocab)) return fmt(L, "model.vocab", "an object mapping token strings to ids");
-    if ((st = load_added(L, added_arr))) return st;
+/* model.vocab (token string -> id) into the id tables (t->tok, tok_len,
+ * added_of sized by the largest id of the vocab and the added tokens,
+ * which load_added has read) and the string -> id map. Ids must be unique
+ * among vocab entries and among added tokens (an added token may reuse a
+ * vocab id), and not far beyond the entry count (a guard on the tables'
+ * size). */
+static lmc_status load_vocab(struct ld *L, const cJSON *vocab) {
+    struct lmc_tokenizer *t = L->t;
     int64_t n_entries = cJSON_GetArraySize(vocab), max_id = -1;
     for (const cJSON *c = vocab->child; c; c = c->next) {
         int32_t id;
-        if (!as_id(c, &id)) return fmt(L, "model.vocab", "non-negative integer ids");
+        if (!as_id(c, &id)) {
+            char f[96];
+            size_t n = strlen(c->string);
+            int shown = (int)lmc_utf8_valid_prefix(c->string, n < 48 ? n : 48); /* whole characters */
+            snprintf(f, sizeof f, "model.vocab[\"%.*s\"]", shown, c->string);
+            return fmt(L, f, "a non-negative integer id");
+        }
         if (id > max_id) max_id = id;
     }
     for (size_t i = 0; i < t->n_added; i++)
@@ -483,7 +497,7 @@ static lmc_status load_model(struct ld *L, const cJSON *model, const cJSON *adde
             return lmc_err_set(L->err, LMC_ERR_FORMAT, "%s: added_tokens: id %d is used twice", L->src, t->added[i].id);
         t->added_of[t->added[i].id] = (int32_t)i;
     }
-    if ((st = lmc_tok_strmap_init(&t->vocab, (size_t)n_entries))) return oom(L);
+    if (lmc_tok_strmap_init(&t->vocab, (size_t)n_entries)) return oom(L);
     for (const cJSON *c = vocab->child; c; c = c->next) {
         int32_t id = (int32_t)c->valuedouble;
         if (t->tok[id])
@@ -496,65 +510,87 @@ static lmc_status load_model(struct ld *L, const cJSON *model, const cJSON *adde
         if (!lmc_tok_strmap_put(&t->vocab, t->tok, t->tok_len, id))
             return lmc_err_set(L->err, LMC_ERR_FORMAT, "%s: model.vocab: token '%s' appears twice", L->src, c->string);
     }
+    return LMC_OK;
+}
 
-    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+/* The two sides of merge c (field name f): "left right" (one space) as
+ * older files write it, or a [left, right] pair as newer ones do. */
+static lmc_status merge_sides(struct ld *L, const cJSON *c, const char *f, const char **a, size_t *al, const char **b,
+                              size_t *bl) {
+    if (cJSON_IsString(c)) {
+        const char *sp = strchr(c->valuestring, ' ');
+        if (!sp || strchr(sp + 1, ' ')) return fmt(L, f, "\"left right\" (one space)");
+        *a = c->valuestring;
+        *al = (size_t)(sp - *a);
+        *b = sp + 1;
+        *bl = strlen(*b);
+        return LMC_OK;
+    }
+    if (cJSON_IsArray(c) && cJSON_GetArraySize(c) == 2 && cJSON_IsString(c->child) && cJSON_IsString(c->child->next)) {
+        *a = c->child->valuestring;
+        *al = strlen(*a);
+        *b = c->child->next->valuestring;
+        *bl = strlen(*b);
+        return LMC_OK;
+    }
+    return fmt(L, f, "a \"left right\" string or a [left, right] pair");
+}
+
+/* model.merges (optional) into the merge map: rank = position in the list;
+ * the left, right and concatenated tokens must all be in the vocab. A
+ * repeated pair keeps its first rank. */
+static lmc_status load_merges(struct ld *L, const cJSON *merges) {
+    struct lmc_tokenizer *t = L->t;
     if (merges && !cJSON_IsArray(merges)) return fmt(L, "model.merges", "an array");
     int n_merges = merges ? cJSON_GetArraySize(merges) : 0;
-    if ((st = lmc_tok_mergemap_init(&t->merges, (size_t)n_merges))) return oom(L);
+    if (lmc_tok_mergemap_init(&t->merges, (size_t)n_merges)) return oom(L);
     char *cat = NULL;
     size_t cat_cap = 0;
     int rank = 0;
-    for (const cJSON *c = merges ? merges->child : NULL; c; c = c->next, rank++) {
+    lmc_status st = LMC_OK;
+    for (const cJSON *c = merges ? merges->child : NULL; c && !st; c = c->next, rank++) {
         char f[96];
         snprintf(f, sizeof f, "model.merges[%d]", rank);
-        const char *a, *b;
-        size_t al, bl;
-        if (cJSON_IsString(c)) {
-            const char *sp = strchr(c->valuestring, ' ');
-            if (!sp || strchr(sp + 1, ' ')) { free(cat); return fmt(L, f, "\"left right\" (one space)"); }
-            a = c->valuestring;
-            al = (size_t)(sp - a);
-            b = sp + 1;
-            bl = strlen(b);
-        } else if (cJSON_IsArray(c) && cJSON_GetArraySize(c) == 2 && cJSON_IsString(c->child) &&
-                   cJSON_IsString(c->child->next)) {
-            a = c->child->valuestring;
-            al = strlen(a);
-            b = c->child->next->valuestring;
-            bl = strlen(b);
-        } else {
-            free(cat);
-            return fmt(L, f, "a \"left right\" string or a [left, right] pair");
-        }
-        int32_t ia = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, a, al);
-        int32_t ib = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, b, bl);
+        const char *a = NULL, *b = NULL;
+        size_t al = 0, bl = 0;
+        if ((st = merge_sides(L, c, f, &a, &al, &b, &bl))) break;
         if (al + bl + 1 > cat_cap) {
             cat_cap = 2 * (al + bl + 1);
             char *p = realloc(cat, cat_cap);
-            if (!p) { free(cat); return oom(L); }
+            if (!p) {
+                st = oom(L);
+                break;
+            }
             cat = p;
         }
         memcpy(cat, a, al);
         memcpy(cat + al, b, bl);
+        int32_t ia = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, a, al);
+        int32_t ib = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, b, bl);
         int32_t im = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, cat, al + bl);
         if (ia < 0 || ib < 0 || im < 0) {
             const char *which = ia < 0 ? "left token" : ib < 0 ? "right token" : "merged token";
-            lmc_err_set(L->err, LMC_ERR_FORMAT, "%s: %s: %s '%.*s' is not in model.vocab", L->src, f, which,
-                        (int)(ia < 0 ? al : ib < 0 ? bl : al + bl), ia < 0 ? a : ib < 0 ? b : cat);
-            free(cat);
-            return LMC_ERR_FORMAT;
+            st = lmc_err_set(L->err, LMC_ERR_FORMAT, "%s: %s: %s '%.*s' is not in model.vocab", L->src, f, which,
+                             (int)(ia < 0 ? al : ib < 0 ? bl : al + bl), ia < 0 ? a : ib < 0 ? b : cat);
+            break;
         }
-        lmc_tok_mergemap_put(&t->merges, ia, ib, rank, im); /* a repeated pair keeps its first rank */
+        lmc_tok_mergemap_put(&t->merges, ia, ib, rank, im);
     }
     free(cat);
+    return st;
+}
 
+/* The byte-fallback tokens <0xXX> present in the vocab, and model.unk_token
+ * (a string naming a vocab token, or null). */
+static lmc_status load_special_ids(struct ld *L, const cJSON *model) {
+    struct lmc_tokenizer *t = L->t;
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->byte_id[b] = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, name, 6);
     }
     t->unk_id = -1;
-    v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     if (v && !cJSON_IsNull(v)) {
         if (!cJSON_IsString(v)) return fmt(L, "model.unk_token", "a string or null");
         t->unk_id = lmc_tok_strmap_get(&t->vocab, t->tok, t->tok_len, v->valuestring, strlen(v->valuestring));
@@ -563,6 +599,20 @@ static lmc_status load_model(struct ld *L, const cJSON *model, const cJSON *adde
                                v->valuestring);
     }
     return LMC_OK;
+}
+
+/* The "model" object: options, then the added tokens (their ids size the
+ * id tables with the vocab's), the vocab, the merges, the special ids. */
+static lmc_status load_model(struct ld *L, const cJSON *model, const cJSON *added_arr) {
+    if (!cJSON_IsObject(model)) return fmt(L, "model", "an object");
+    lmc_status st = load_model_options(L, model);
+    if (st) return st;
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    if (!cJSON_IsObject(vocab)) return fmt(L, "model.vocab", "an object mapping token strings to ids");
+    if ((st = load_added(L, added_arr)) || (st = load_vocab(L, vocab)) ||
+        (st = load_merges(L, cJSON_GetObjectItemCaseSensitive(model, "merges"))))
+        return st;
+    return load_special_ids(L, model);
 }
 
 /* A token field of tokenizer_config.json: a string, {"content": ...} or null. */

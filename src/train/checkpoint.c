@@ -1,15 +1,18 @@
 /* checkpoint.c — training checkpoints as Hugging Face folders: config.json
  * (copied or written), model.safetensors (F32, on-disk layouts), the
  * tokenizer files, plus optimizer.safetensors (the AdamW moments as raw
- * arenas) and trainer_state.json (step, loader position, seed, batch
- * shape). Everything a resumed run needs to continue bit-exactly. The
- * arenas are backend memory: saving downloads them, loading uploads. */
-#include "train/trainer.h"
+ * arenas) and trainer_state.json (step, loader position and the run's
+ * settings: batch shape, seed, schedule, AdamW, decay rule, clipping).
+ * Everything a resumed run needs to continue bit-exactly. The arenas are
+ * backend memory: saving downloads them, loading uploads. The folder is
+ * published atomically (checkpoint_dir.c). */
+#include "train/checkpoint.h"
 #include "core/core.h"
 #include "io/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,12 +91,27 @@ lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_er
     return s;
 }
 
+/* The files of a checkpoint, written into dir (the temporary folder). */
+static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, const char *config_src,
+                              const char *tok_dir, lmc_err *err);
+static char *state_json(const struct lmc_trainer *tr);
+
 lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const char *config_src,
                          const char *tok_dir, lmc_err *err) {
+    char tmp[4096];
+    lmc_status s = lmc_ckpt_begin(dir, tmp, sizeof tmp, err);
+    if (s) return s;
+    if ((s = write_files(tr, tmp, config_src, tok_dir, err)) || (s = lmc_ckpt_commit(tmp, dir, err))) {
+        lmc_ckpt_abort(tmp);
+        return s;
+    }
+    return LMC_OK;
+}
+
+static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, const char *config_src,
+                              const char *tok_dir, lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
     char path[4096], src[4096];
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create (%s)", dir, strerror(errno));
     lmc_status s = LMC_OK;
     /* model.safetensors: every tensor in its on-disk layout */
     struct lmc_st_write_tensor *t = calloc((size_t)tm->n_params, sizeof *t);
@@ -134,56 +152,259 @@ lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const ch
     free(mv);
     if (s) return s;
     /* trainer state */
-    char state[512];
-    snprintf(state, sizeof state,
-             "{\n  \"step\": %lld,\n  \"epoch\": %lld,\n  \"index\": %lld,\n  \"seed\": %llu,\n"
-             "  \"batch\": %lld,\n  \"seq_len\": %lld,\n  \"accum\": %lld\n}\n",
-             (long long)tr->step, (long long)tr->train.epoch, (long long)tr->train.index,
-             (unsigned long long)tr->o.seed, (long long)tr->o.B, (long long)tr->o.T,
-             (long long)tr->o.accum);
+    char *state = state_json(tr);
+    if (!state) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
     lmc_path_join(path, sizeof path, dir, "trainer_state.json");
-    if ((s = write_text(path, state, err))) return s;
+    s = write_text(path, state, err);
+    free(state);
+    if (s) return s;
     /* config and tokenizer */
     lmc_path_join(path, sizeof path, dir, "config.json");
-    if (config_src && lmc_path_join(src, sizeof src, config_src, "config.json") && lmc_file_exists(src)) {
-        if (strcmp(src, path) != 0) s = copy_file(src, path, err);
-    } else {
+    if (config_src && lmc_path_join(src, sizeof src, config_src, "config.json") && lmc_file_exists(src))
+        s = copy_file(src, path, err);
+    else
         s = lmc_config_write(&tm->cfg, path, err);
-    }
     if (s) return s;
     static const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json",
                                       "generation_config.json", "special_tokens_map.json"};
     for (size_t i = 0; tok_dir && i < sizeof tok_files / sizeof *tok_files; i++) {
         lmc_path_join(src, sizeof src, tok_dir, tok_files[i]);
         lmc_path_join(path, sizeof path, dir, tok_files[i]);
-        if (lmc_file_exists(src) && strcmp(src, path) != 0 && (s = copy_file(src, path, err))) return s;
+        if (lmc_file_exists(src) && (s = copy_file(src, path, err))) return s;
     }
     return LMC_OK;
 }
 
-static int64_t jint(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
+/* ---- trainer_state.json ---- */
+
+static const char *const sched_names[] = {"constant", "cosine", "linear", "wsd"};
+
+/* Doubles as "%.17g" (exact round trip), integers exactly. */
+static void add_f64(cJSON *o, const char *k, double v) {
+    char b[40];
+    snprintf(b, sizeof b, "%.17g", v);
+    cJSON_AddRawToObject(o, k, b);
+}
+static void add_i64(cJSON *o, const char *k, int64_t v) {
+    char b[32];
+    snprintf(b, sizeof b, "%lld", (long long)v);
+    cJSON_AddRawToObject(o, k, b);
+}
+
+static char *state_json(const struct lmc_trainer *tr) {
+    const struct lmc_train_opts *o = &tr->o;
+    cJSON *j = cJSON_CreateObject(), *sc = cJSON_CreateObject(), *aw = cJSON_CreateObject();
+    char seed[32];
+    add_i64(j, "step", tr->step);
+    add_i64(j, "epoch", tr->train.epoch);
+    add_i64(j, "index", tr->train.index);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed); /* a string: exact beyond 2^53 */
+    cJSON_AddStringToObject(j, "seed", seed);
+    add_i64(j, "batch", o->B);
+    add_i64(j, "seq_len", o->T);
+    add_i64(j, "accum", o->accum);
+    unsigned k = (unsigned)o->sched.kind;
+    cJSON_AddStringToObject(sc, "kind", k < 4 ? sched_names[k] : "?");
+    add_f64(sc, "lr_max", o->sched.lr_max);
+    add_f64(sc, "lr_min", o->sched.lr_min);
+    add_i64(sc, "warmup", o->sched.warmup);
+    add_i64(sc, "total", o->sched.total);
+    add_i64(sc, "decay_steps", o->sched.decay_steps);
+    cJSON_AddItemToObject(j, "schedule", sc);
+    add_f64(aw, "lr", o->adamw.lr);
+    add_f64(aw, "beta1", o->adamw.beta1);
+    add_f64(aw, "beta2", o->adamw.beta2);
+    add_f64(aw, "eps", o->adamw.eps);
+    add_f64(aw, "weight_decay", o->adamw.weight_decay);
+    cJSON_AddItemToObject(j, "adamw", aw);
+    cJSON_AddStringToObject(j, "decay", o->decay == LMC_DECAY_ALL ? "all" : "default");
+    add_f64(j, "clip", o->clip);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    return text;
+}
+
+/* A number field: absent (*have false, *v untouched) or a finite number;
+ * anything else is LMC_ERR_FORMAT naming the field. */
+static lmc_status get_f64(const cJSON *o, const char *k, const char *src, bool *have, double *v, lmc_err *err) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
+    *have = x != NULL;
+    if (!x) return LMC_OK;
+    if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble))
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected a finite number", src, k);
+    *v = x->valuedouble;
+    return LMC_OK;
+}
+static lmc_status get_i64(const cJSON *o, const char *k, const char *src, int64_t lo, bool *have, int64_t *v,
+                          lmc_err *err) {
+    double d = 0;
+    lmc_status s = get_f64(o, k, src, have, &d, err);
+    if (s || !*have) return s;
+    if (!(d >= (double)lo && d <= 9007199254740992.0) || d != (double)(int64_t)d)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected an integer >= %lld", src, k,
+                           (long long)lo);
+    *v = (int64_t)d;
+    return LMC_OK;
+}
+
+/* "seed": a decimal string (what we write: exact beyond 2^53) or, in files
+ * of older versions, a number. */
+static lmc_status get_seed(const cJSON *o, const char *src, bool *have, uint64_t *v, lmc_err *err) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "seed");
+    *have = x != NULL;
+    if (!x) return LMC_OK;
+    if (cJSON_IsString(x)) {
+        const char *c = x->valuestring;
+        uint64_t r = 0;
+        size_t n = 0;
+        for (; c[n] >= '0' && c[n] <= '9' && n < 20; n++) {
+            if (r > (UINT64_MAX - (uint64_t)(c[n] - '0')) / 10) break;
+            r = r * 10 + (uint64_t)(c[n] - '0');
+        }
+        if (n > 0 && c[n] == 0) {
+            *v = r;
+            return LMC_OK;
+        }
+    } else if (cJSON_IsNumber(x) && x->valuedouble >= 0 && x->valuedouble < 18446744073709551616.0) {
+        *v = (uint64_t)x->valuedouble;
+        return LMC_OK;
+    }
+    return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"seed\": expected a decimal integer", src);
+}
+
+lmc_status lmc_train_state_parse(const char *text, size_t len, const char *src, struct lmc_train_state *st,
+                                 lmc_err *err) {
+    memset(st, 0, sizeof *st);
+    st->step = st->epoch = st->index = -1;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    while (j && end && end < text + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')) end++;
+    if (!cJSON_IsObject(j) || !end || end != text + len) { /* trailing bytes too */
+        cJSON_Delete(j);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected a JSON object", src);
+    }
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(j, "schedule");
+    const cJSON *aw = cJSON_GetObjectItemCaseSensitive(j, "adamw");
+    lmc_status s = LMC_OK;
+    if ((sc && !cJSON_IsObject(sc)) || (aw && !cJSON_IsObject(aw)))
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: \"schedule\" and \"adamw\": expected objects", src);
+    struct lmc_train_opts *o = &st->o;
+    bool h = false;
+    /* each field: parsed when present, its bit set in st->have */
+#define I64(obj, key, lo, bit, field)                                                                       \
+    if (!s && obj && !(s = get_i64(obj, key, src, lo, &h, &field, err)) && h) st->have |= (bit);
+#define F64(obj, key, bit, field)                                                                           \
+    if (!s && obj && !(s = get_f64(obj, key, src, &h, &field, err)) && h) st->have |= (bit);
+    I64(j, "step", 0, LMC_TSTATE_STEP, st->step)
+    I64(j, "epoch", 0, LMC_TSTATE_EPOCH, st->epoch)
+    I64(j, "index", 0, LMC_TSTATE_INDEX, st->index)
+    I64(j, "batch", 1, LMC_TOPT_BATCH, o->B)
+    I64(j, "seq_len", 1, LMC_TOPT_SEQ, o->T)
+    I64(j, "accum", 1, LMC_TOPT_ACCUM, o->accum)
+    if (!s && !(s = get_seed(j, src, &h, &o->seed, err)) && h) st->have |= LMC_TOPT_SEED;
+    I64(sc, "total", 1, LMC_TOPT_STEPS, o->sched.total)
+    F64(sc, "lr_max", LMC_TOPT_LR, o->sched.lr_max)
+    F64(sc, "lr_min", LMC_TOPT_MIN_LR, o->sched.lr_min)
+    I64(sc, "warmup", 0, LMC_TOPT_WARMUP, o->sched.warmup)
+    I64(sc, "decay_steps", 0, LMC_TSTATE_DECAY_STEPS, o->sched.decay_steps)
+    F64(aw, "lr", LMC_TSTATE_ADAMW_LR, o->adamw.lr)
+    F64(aw, "beta1", LMC_TOPT_BETA1, o->adamw.beta1)
+    F64(aw, "beta2", LMC_TOPT_BETA2, o->adamw.beta2)
+    F64(aw, "eps", LMC_TOPT_EPS, o->adamw.eps)
+    F64(aw, "weight_decay", LMC_TOPT_WD, o->adamw.weight_decay)
+    F64(j, "clip", LMC_TOPT_CLIP, o->clip)
+#undef I64
+#undef F64
+    const cJSON *k = sc ? cJSON_GetObjectItemCaseSensitive(sc, "kind") : NULL;
+    if (!s && k) {
+        if (cJSON_IsString(k) && lmc_schedule_kind_parse(k->valuestring, &o->sched.kind))
+            st->have |= LMC_TOPT_SCHED;
+        else
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"schedule.kind\": expected cosine, linear, wsd or "
+                            "constant", src);
+    }
+    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(j, "decay");
+    if (!s && dr) {
+        bool all = cJSON_IsString(dr) && !strcmp(dr->valuestring, "all");
+        if (!all && !(cJSON_IsString(dr) && !strcmp(dr->valuestring, "default")))
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"decay\": expected \"default\" or \"all\"", src);
+        o->decay = all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
+        st->have |= LMC_TOPT_DECAY;
+    }
+    cJSON_Delete(j);
+    return s;
+}
+
+static lmc_status read_state(const char *dir, char *path, size_t cap, struct lmc_train_state *st, lmc_err *err) {
+    char *text = NULL;
+    size_t len = 0;
+    if (!lmc_path_join(path, cap, dir, "trainer_state.json"))
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+    lmc_status s = lmc_file_read(path, 1 << 20, &text, &len, err);
+    if (s) return s;
+    s = lmc_train_state_parse(text, len, path, st, err);
+    free(text);
+    return s;
+}
+
+unsigned lmc_train_opt_bit(const char *flag) {
+    static const struct { const char *flag; unsigned bit; } t[] = {
+        {"--batch", LMC_TOPT_BATCH},   {"--seq", LMC_TOPT_SEQ},         {"--accum", LMC_TOPT_ACCUM},
+        {"--seed", LMC_TOPT_SEED},     {"--steps", LMC_TOPT_STEPS},     {"--lr", LMC_TOPT_LR},
+        {"--min-lr", LMC_TOPT_MIN_LR}, {"--warmup", LMC_TOPT_WARMUP},   {"--schedule", LMC_TOPT_SCHED},
+        {"--wd", LMC_TOPT_WD},         {"--beta1", LMC_TOPT_BETA1},     {"--beta2", LMC_TOPT_BETA2},
+        {"--eps", LMC_TOPT_EPS},       {"--decay-all", LMC_TOPT_DECAY}, {"--clip", LMC_TOPT_CLIP},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        if (!strcmp(flag, t[i].flag)) return t[i].bit;
+    return 0;
+}
+
+lmc_status lmc_ckpt_read_opts(const char *dir, unsigned given, struct lmc_train_opts *o, lmc_err *err) {
+    char path[4096];
+    struct lmc_train_state st;
+    lmc_status s = read_state(dir, path, sizeof path, &st, err);
+    if (s) return s;
+    const struct lmc_train_opts *f = &st.o;
+    if (given & LMC_TOPT_LR) given |= LMC_TOPT_MIN_LR; /* the caller's min lr derives from its lr */
+    unsigned take = st.have & ~given; /* present in the file, not given by the caller */
+    if (take & LMC_TOPT_BATCH) o->B = f->B;
+    if (take & LMC_TOPT_SEQ) o->T = f->T;
+    if (take & LMC_TOPT_ACCUM) o->accum = f->accum;
+    if (take & LMC_TOPT_SEED) o->seed = f->seed;
+    if (take & LMC_TOPT_STEPS) o->sched.total = f->sched.total;
+    if (take & LMC_TOPT_LR) o->sched.lr_max = f->sched.lr_max;
+    if ((take & LMC_TSTATE_ADAMW_LR) && !(given & LMC_TOPT_LR)) o->adamw.lr = f->adamw.lr;
+    if (take & LMC_TOPT_MIN_LR) o->sched.lr_min = f->sched.lr_min;
+    if (take & LMC_TOPT_WARMUP) o->sched.warmup = f->sched.warmup;
+    if (take & LMC_TOPT_SCHED) o->sched.kind = f->sched.kind;
+    if (take & LMC_TSTATE_DECAY_STEPS) o->sched.decay_steps = f->sched.decay_steps;
+    if (take & LMC_TOPT_WD) o->adamw.weight_decay = f->adamw.weight_decay;
+    if (take & LMC_TOPT_BETA1) o->adamw.beta1 = f->adamw.beta1;
+    if (take & LMC_TOPT_BETA2) o->adamw.beta2 = f->adamw.beta2;
+    if (take & LMC_TOPT_EPS) o->adamw.eps = f->adamw.eps;
+    if (take & LMC_TOPT_DECAY) o->decay = f->decay;
+    if (take & LMC_TOPT_CLIP) o->clip = f->clip;
+    return LMC_OK;
 }
 
 lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err *err) {
     char path[4096];
-    char *text = NULL;
-    lmc_path_join(path, sizeof path, dir, "trainer_state.json");
-    lmc_status s = lmc_file_read(path, 1 << 20, &text, NULL, err);
+    struct lmc_train_state ts;
+    lmc_status s = read_state(dir, path, sizeof path, &ts, err);
     if (s) return s;
-    cJSON *o = cJSON_Parse(text);
-    free(text);
-    int64_t step = jint(o, "step"), epoch = jint(o, "epoch"), index = jint(o, "index");
-    int64_t B = jint(o, "batch"), T = jint(o, "seq_len");
-    cJSON_Delete(o);
-    if (step < 0 || epoch < 0 || index < 0)
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch and index", path);
-    if (B != tr->o.B || T != tr->o.T)
-        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with batch %lld x %lld, resumed with %lld x %lld "
-                           "(the data position would not carry over)", path, (long long)B,
-                           (long long)T, (long long)tr->o.B, (long long)tr->o.T);
-    if ((s = lmc_loader_seek(&tr->train, epoch, index, err))) return s;
+    unsigned pos = LMC_TSTATE_STEP | LMC_TSTATE_EPOCH | LMC_TSTATE_INDEX;
+    if ((ts.have & pos) != pos) return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch and index", path);
+    /* the position counts windows of T+1 tokens in an order drawn from the
+     * seed: the batch size may change, the window length and seed may not */
+    if ((ts.have & LMC_TOPT_SEQ) && ts.o.T != tr->o.T)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with sequence length %lld, resumed with %lld "
+                           "(the data position would not carry over)", path, (long long)ts.o.T, (long long)tr->o.T);
+    if ((ts.have & LMC_TOPT_SEED) && ts.o.seed != tr->o.seed)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with seed %llu, resumed with %llu (the data order "
+                           "would not carry over)", path, (unsigned long long)ts.o.seed,
+                           (unsigned long long)tr->o.seed);
+    if ((s = lmc_loader_seek(&tr->train, ts.epoch, ts.index, err))) return s;
     struct lmc_st st;
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;
@@ -197,6 +418,6 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     lmc_tmodel_upload_arena(&tr->tm, tr->m, m->data);
     lmc_tmodel_upload_arena(&tr->tm, tr->v, v->data);
     lmc_st_free(&st);
-    tr->step = step;
+    tr->step = ts.step;
     return LMC_OK;
 }
