@@ -34,6 +34,7 @@ struct lmc_server {
     int port;
     int64_t created;
     pthread_mutex_t mu;               /* guards what follows */
+    pthread_cond_t idle;              /* signalled when active drops to 0 */
     uint64_t counter;
     int active;                       /* generation requests being handled */
     struct gen *active_gens;          /* their list, for lmc_server_stop to wake */
@@ -730,7 +731,7 @@ static int handle_generate(struct lmc_server *s, struct mg_connection *c, enum l
     }
     st = generate(&g);
     pthread_mutex_lock(&s->mu);
-    s->active--;
+    if (--s->active == 0) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->mu);
     lmc_serve_request_free(&r);
     return st;
@@ -841,6 +842,7 @@ lmc_status lmc_server_start(struct lmc_server **out, const struct lmc_serve_opts
     s->api_key = o->api_key && *o->api_key ? strdup(o->api_key) : NULL;
     s->created = (int64_t)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->idle, NULL);
     if (!s->host || !s->model_name || (o->api_key && *o->api_key && !s->api_key)) {
         lmc_server_stop(s);
         return lmc_err_set(err, LMC_ERR_OOM, "server: out of memory");
@@ -885,7 +887,9 @@ int lmc_server_port(const struct lmc_server *s) { return s->port; }
 void lmc_server_stop(struct lmc_server *s) {
     if (!s) return;
     /* every request being generated ends now (each stream gets an error
-     * event, each waiting answer a 503), then civetweb waits for them */
+     * event, each waiting answer a 503; new ones get 503), and their last
+     * bytes are written before civetweb stops (from then on its writes
+     * fail); the wait is bounded by the socket write timeout */
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     for (struct gen *g = s->active_gens; g; g = g->next) {
@@ -894,12 +898,19 @@ void lmc_server_stop(struct lmc_server *s) {
         pthread_cond_signal(&g->cv);
         pthread_mutex_unlock(&g->mu);
     }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 2 + (s->o.io_timeout_ms > 0 ? s->o.io_timeout_ms : 30000) / 1000;
+    while (s->active > 0)
+        if (pthread_cond_timedwait(&s->idle, &s->mu, &ts)) break;
+    if (s->active > 0) lmc_log(1, "serve: %d requests still being answered at shutdown", s->active);
     pthread_mutex_unlock(&s->mu);
     if (s->mg) {
         mg_stop(s->mg);
         mg_exit_library();
     }
     lmc_serve_metrics_free(s->metrics);
+    pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->mu);
     free(s->host);
     free(s->model_name);
