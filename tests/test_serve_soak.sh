@@ -70,10 +70,12 @@ fi
 python3 tests/serve_soak.py --port "$PORT" --pid "$PID" --shutdown --streams 16 || fail=1
 kill -TERM "$PID" 2>/dev/null  # (again, had the client failed before sending it)
 # wait for the exit, at most 60 s
+T_STREAMS=$(date +%s%N)
 timeout 60 tail --pid="$PID" -f /dev/null || { echo "FAIL: no exit 60 s after SIGTERM"; kill -KILL "$PID"; }
 wait "$PID"
 rc=$?
 PID=""
+echo "test_serve_soak: server exited $(( ($(date +%s%N) - T_STREAMS) / 1000000 )) ms after its last stream ended, status $rc"
 if [ $rc != 0 ]; then echo "FAIL: server exit status $rc after SIGTERM"; fail=1; fi
 grep -q "shutting down" "$LOG" || { echo "FAIL: no shutdown message"; fail=1; }
 if grep -E -q "LeakSanitizer|AddressSanitizer|runtime error:" "$LOG"; then
