@@ -3,7 +3,8 @@
 library only). Against a running `lmc serve` on 127.0.0.1:PORT it runs
 ROUNDS rounds of CLIENTS concurrent clients, each round the same mix:
 streamed and non-streamed completions and chat, n > 1, logprobs, stop
-strings, seeded sampling (pairs that must agree), clients that disconnect
+strings, seeded sampling (pairs that must agree), prompts sharing a long
+prefix (prefix-cache hits), clients that disconnect
 mid-stream or before reading, malformed JSON and oversized bodies, while
 /health is probed after every 16th finished client. After each round it
 waits (on /metrics values, bounded) until nothing runs and no KV block is
@@ -169,6 +170,8 @@ async def client(port, rnd, rng, k, seeded):
     req = {"max_tokens": rng.randint(1, 20), "temperature": rng.choice([0, 0.7, 1.0])}
     if chat:
         req["messages"] = [{"role": "user", "content": prompt(rng)}]
+    elif mix == 1:  # one long shared prefix: later ones find its blocks in the prefix cache
+        req["prompt"] = " ".join(WORDS[:40]) + " " + prompt(rng, 1, 10)
     else:
         req["prompt"] = prompt(rng)
     stream = mix in (0, 2, 4, 6, 8, 13, 14)
@@ -327,10 +330,14 @@ async def soak(a):
                "kv_blocks_used": m.get("lmc_kv_blocks_used"), "prefix_cache_blocks": m.get("lmc_prefix_cache_blocks"),
                "prefix_cache_blocks_max": m.get("lmc_prefix_cache_blocks_max"),
                "prefix_cache_evictions": m.get("lmc_prefix_cache_evictions_total"),
+               "prefix_cache_hits": m.get("lmc_prefix_cache_hits_total"),
                "open_fds": m.get("process_open_fds"), "health_ok": sum(1 for h in health if h == 200),
                "mix": rnd.counts}
         print(json.dumps(row), flush=True)
         rows.append(row)
+        pm = m.get("process_resident_memory_bytes", 0) / 2**20
+        if not (0.9 * rss <= pm <= 1.1 * rss):  # two reads a moment apart of one number
+            fail(f"round {i}: process_resident_memory_bytes {pm:.1f} MB vs VmRSS {rss:.1f} MB")
         if m.get("lmc_kv_blocks_used") != 0:
             fail(f"round {i}: {m.get('lmc_kv_blocks_used')} KV blocks still in use")
         if not (m.get("lmc_prefix_cache_blocks", 1e18) <= m.get("lmc_prefix_cache_blocks_max", -1)):
@@ -346,6 +353,8 @@ async def soak(a):
         last = rows[-1]
         if not last["prefix_cache_evictions"]:
             fail("the prefix cache never evicted: its bound was not exercised")
+        if not last["prefix_cache_hits"]:
+            fail("no prefix-cache hit in the whole soak")
     if a.check_rss and len(rows) >= 3:
         base = rows[1]["rss_mb"]
         for r in rows[2:]:
