@@ -364,14 +364,34 @@ async def soak(a):
 
 
 async def shutdown(a):
-    """Opens a.streams long streams; once each has its first token, prints
-    'in flight' and reads each to its end; every stream must end with a
-    finish chunk or an error event, then [DONE]."""
+    """Opens a.streams long streams and 4 long non-streamed requests; once
+    each stream has its first token and /metrics shows them all running,
+    sends SIGTERM and reads each to its end: every stream must end with a
+    finish chunk or an error event, then [DONE]; every non-streamed one
+    with its answer or a server_shutting_down error (a 503, or after the
+    heartbeat's 200 the error as the body)."""
     firsts = []
     ready = asyncio.Event()
+    n_plain = 4
+
+    async def plain(k):
+        req = {"prompt": prompt(random.Random(1000 + k)), "max_tokens": 150, "temperature": 0, "ignore_eos": True}
+        st, _, body = await http(a.port, "POST", "/v1/completions", req, timeout=300)
+        try:
+            js = json.loads(body)
+        except ValueError:
+            fail(f"shutdown request {k}: HTTP {st}, body {body[:120]!r}")
+            return "broken"
+        err = js.get("error", {}).get("code") if isinstance(js.get("error"), dict) else None
+        if err == "server_shutting_down" and st in (200, 503):
+            return f"error:{err}:{st}"
+        if st == 200 and js.get("choices") and js["choices"][0].get("finish_reason"):
+            return "finished"
+        fail(f"shutdown request {k}: HTTP {st}, body {body[:160]!r}")
+        return "broken"
 
     async def one(k):
-        req = {"prompt": prompt(random.Random(k)), "max_tokens": 200, "stream": True, "temperature": 0,
+        req = {"prompt": prompt(random.Random(k)), "max_tokens": 150, "stream": True, "temperature": 0,
                "ignore_eos": True}
         data = json.dumps(req).encode()
         r, w = await asyncio.open_connection(HOST, a.port)
@@ -403,17 +423,26 @@ async def shutdown(a):
         return "broken"
 
     tasks = [asyncio.create_task(one(k)) for k in range(a.streams)]
+    tasks += [asyncio.create_task(plain(k)) for k in range(n_plain)]
     await asyncio.wait_for(ready.wait(), 300)
-    print(json.dumps({"in_flight": len(firsts)}), flush=True)
+    t_end = time.monotonic() + 120
+    while True:  # the non-streamed ones show only as running requests
+        m = await metrics(a.port)
+        if m.get("lmc_requests_running", 0) >= a.streams + n_plain or time.monotonic() > t_end:
+            break
+        await asyncio.sleep(0.05)  # pacing of the poll; the condition is the metric
+    print(json.dumps({"in_flight": len(firsts), "running": m.get("lmc_requests_running")}), flush=True)
     os.kill(a.pid, signal.SIGTERM)
     ends = await asyncio.gather(*tasks, return_exceptions=True)
     out = {}
     for k, e in enumerate(ends):
         if isinstance(e, BaseException):
-            fail(f"shutdown stream {k}: {type(e).__name__}: {e}")
+            fail(f"shutdown request {k}: {type(e).__name__}: {e}")
             e = "exception"
         out[e] = out.get(e, 0) + 1
-    print(json.dumps({"stream_ends": out}), flush=True)
+    print(json.dumps({"ends": out}), flush=True)
+    if sum(v for k, v in out.items() if k.startswith("error:")) == 0:
+        fail("no request was cut by the shutdown: nothing was in flight")
 
 
 def main():

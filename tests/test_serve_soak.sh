@@ -8,9 +8,10 @@
 # during each round. After each round: no 5xx, KV blocks in use back to 0,
 # the prefix cache (bounded to 64 blocks here) within its bound and
 # evicting; resident memory after rounds 2.. within 5% of round 1's (round
-# 0 warms up). Then SIGTERM with 16 streams in flight: each stream ends
-# with a finish chunk or an error event and [DONE], and the server exits 0
-# within 60 s.
+# 0 warms up). Then SIGTERM with 16 streams and 4 non-streamed requests
+# in flight: each stream ends with a finish chunk or an error event and
+# [DONE], each other request with its answer or a server_shutting_down
+# error, and the server exits 0 within 60 s.
 # Under AddressSanitizer (the binary links libasan) the RSS criterion is
 # skipped — the allocator's quarantine holds freed memory by design — and
 # the exit status and the log carry LeakSanitizer's verdict at shutdown
@@ -66,7 +67,8 @@ else
   python3 tests/serve_soak.py --port "$PORT" --pid "$PID" --rounds 5 --clients 128 --check-rss || fail=1
 fi
 
-# SIGTERM (sent by the client once all 16 streams have their first token)
+# SIGTERM (sent by the client once all 16 streams have their first token
+# and the 4 others run)
 python3 tests/serve_soak.py --port "$PORT" --pid "$PID" --shutdown --streams 16 || fail=1
 kill -TERM "$PID" 2>/dev/null  # (again, had the client failed before sending it)
 # wait for the exit, at most 60 s
