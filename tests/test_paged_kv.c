@@ -1,7 +1,9 @@
 /* test_paged_kv.c — block management of the paged KV cache: allocation and
  * release, exhaustion (all-or-nothing reserve), copy-on-write after a fork,
- * prefix-cache hits, misses, LRU eviction order and duplicate blocks, and
- * that every block comes back at the end. */
+ * prefix-cache hits, misses, LRU eviction order and duplicate blocks, the
+ * cache's bound (LRU eviction down to it; the blocks ever handed out stay
+ * within peak use + bound however many sequences pass), and that every
+ * block comes back at the end. */
 #include "test.h"
 #include "core/core.h"
 #include "infer/paged_kv.h"
@@ -175,6 +177,59 @@ static void test_prefix_off(void) {
     lmc_paged_kv_free(&kv);
 }
 
+/* The prefix cache's bound: released registered blocks beyond it are
+ * evicted least recently used first (a sequence's last block before its
+ * prefix); lowering it evicts at once; hits are counted in blocks; and
+ * over many sequences with distinct tokens the set of block ids ever
+ * handed out (the pool memory ever touched) stays within peak use plus the
+ * bound: the free list gives back the hottest block first. */
+static void test_cache_limit(void) {
+    struct lmc_paged_kv kv;
+    lmc_err err = {0};
+    CHECK(lmc_paged_kv_init(&kv, &m, &be, 64, 4, true, &err) == LMC_OK);
+    lmc_paged_kv_set_cache_limit(&kv, 2);
+    int32_t ids[12];
+    for (int i = 0; i < 12; i++) ids[i] = 300 + i;
+    struct lmc_kv_seq a, b;
+    lmc_kv_seq_init(&a);
+    lmc_kv_seq_init(&b);
+    CHECK(lmc_kv_seq_reserve(&kv, &a, 0, 12));
+    lmc_kv_seq_commit(&kv, &a, ids, 12);
+    int32_t a0 = a.blocks[0], a1 = a.blocks[1], a2 = a.blocks[2];
+    CHECK(kv.cached[a0] && kv.cached[a1] && kv.cached[a2] && kv.n_lru == 0);
+    lmc_kv_seq_free(&kv, &a);
+    CHECK_MSG(kv.n_lru == 2 && kv.evictions == 1 && !kv.cached[a2] && kv.cached[a0] && kv.cached[a1],
+              "n_lru %lld evictions %lld", (long long)kv.n_lru, (long long)kv.evictions);
+    CHECK(kv.n_free == 62 && lmc_paged_kv_used(&kv) == 0);
+    CHECK(lmc_kv_seq_match_prefix(&kv, &b, ids, 12, 12) == 8 && kv.hits_blocks == 2 && kv.n_lru == 0);
+    lmc_kv_seq_free(&kv, &b);
+    CHECK(kv.n_lru == 2);
+    lmc_paged_kv_set_cache_limit(&kv, 0);
+    CHECK(kv.n_lru == 0 && kv.n_free == 64 && kv.evictions == 3 && !kv.cached[a0] && !kv.cached[a1]);
+    CHECK(lmc_kv_seq_match_prefix(&kv, &b, ids, 12, 12) == 0);
+    /* 200 sequences of 5 blocks, 3 alive at once, all tokens distinct */
+    lmc_paged_kv_set_cache_limit(&kv, 6);
+    struct lmc_kv_seq live[3];
+    for (int k = 0; k < 3; k++) lmc_kv_seq_init(&live[k]);
+    int32_t top = -1, t[20];
+    int64_t peak = 0;
+    for (int n = 0; n < 200; n++) {
+        struct lmc_kv_seq *q = &live[n % 3];
+        lmc_kv_seq_release(&kv, q);
+        for (int i = 0; i < 20; i++) t[i] = 1000 + n * 20 + i;
+        CHECK(lmc_kv_seq_match_prefix(&kv, q, t, 20, 20) == 0);
+        CHECK(lmc_kv_seq_reserve(&kv, q, 0, 20));
+        lmc_kv_seq_commit(&kv, q, t, 20);
+        for (int64_t i = 0; i < q->n_blocks; i++) top = LMC_MAX(top, q->blocks[i]);
+        peak = LMC_MAX(peak, lmc_paged_kv_used(&kv));
+        CHECK(kv.n_lru <= 6);
+    }
+    CHECK_MSG(peak == 15 && top < 15 + 6, "blocks touched up to %d with peak use %lld", top, (long long)peak);
+    for (int k = 0; k < 3; k++) lmc_kv_seq_free(&kv, &live[k]);
+    CHECK(lmc_paged_kv_used(&kv) == 0 && kv.n_lru == 6 && kv.n_free == 58);
+    lmc_paged_kv_free(&kv);
+}
+
 int main(void) {
     lmc_err err = {0};
     if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) ||
@@ -186,6 +241,7 @@ int main(void) {
     test_cow();
     test_prefix();
     test_prefix_off();
+    test_cache_limit();
     lmc_backend_cpu_free(&be);
     lmc_model_free(&m);
     return test_finish("test_paged_kv");

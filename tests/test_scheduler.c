@@ -3,8 +3,12 @@
  * lmc_session_generate gives (ids, text, finish reason); seeded sampling
  * gives the same tokens alone or among 63 others; a tiny KV pool forces
  * preemption without changing any output; shared prompts hit the prefix
- * cache (counted) with identical outputs; stop strings, logprobs, cancelling
- * mid-stream and bad requests; all blocks come back at the end. */
+ * cache (counted) with identical outputs, also with the cache bounded to a
+ * few blocks (LRU eviction, bound held); stop strings, logprobs on every
+ * token, cancelling mid-stream (and cancels of finished or unknown ids that
+ * change nothing), bad requests; shutting down with requests running and
+ * waiting (each ends once, with its tokens so far and "shutting down");
+ * all blocks come back at the end. */
 #include "test.h"
 #include "core/core.h"
 #include "infer/detok.h"
@@ -14,7 +18,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define MAXGEN 48
 #define NREQ 64
@@ -27,6 +30,10 @@ struct result {
     const char *finish;
     int64_t prompt_tokens, completion_tokens, cached;
     int n_events_after_done;
+    int64_t n_top_events;          /* TOKEN events that carried top logprobs */
+    char error[64];                /* the ERROR event's message */
+    int64_t n_all;                 /* every TOKEN event (n stops at MAXGEN) */
+    bool gate;                     /* may hold the scheduler in its callback (see gate_pair) */
     bool done, logprob_ok;
     uint64_t id;
     int cancel_after;              /* > 0: cancel from the callback after this many tokens */
@@ -38,6 +45,9 @@ struct result {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int n_done;
+static bool at_gate, gate_open;
+static struct result *gate_pair[2]; /* the first of them to reach its 2nd token once both
+                                     * have one holds the scheduler thread until gate_open */
 
 static void on_event(void *user, const struct lmc_sched_event *ev) {
     struct result *r = user;
@@ -54,6 +64,7 @@ static void on_event(void *user, const struct lmc_sched_event *ev) {
                 mass += exp(ev->top_logprobs[i]);
             }
             r->logprob_ok &= ok && mass <= 1.0 + 1e-5 && ev->n_top == 5;
+            r->n_top_events++;
         }
     }
     if (ev->text_len && r->text_len + ev->text_len < sizeof r->text) {
@@ -62,6 +73,7 @@ static void on_event(void *user, const struct lmc_sched_event *ev) {
     }
     if (ev->kind == LMC_EV_DONE || ev->kind == LMC_EV_ERROR) {
         r->finish = ev->kind == LMC_EV_DONE ? ev->finish_reason : "error";
+        if (ev->kind == LMC_EV_ERROR) snprintf(r->error, sizeof r->error, "%s", ev->error ? ev->error : "");
         r->prompt_tokens = ev->prompt_tokens;
         r->completion_tokens = ev->completion_tokens;
         r->cached = ev->cached_prompt_tokens;
@@ -70,6 +82,14 @@ static void on_event(void *user, const struct lmc_sched_event *ev) {
         pthread_cond_broadcast(&cv);
     }
     bool cancel = ev->kind == LMC_EV_TOKEN && r->cancel_after > 0 && r->n == r->cancel_after;
+    if (ev->kind == LMC_EV_TOKEN) r->n_all++;
+    if (ev->kind == LMC_EV_TOKEN && r->n_all == 1) pthread_cond_broadcast(&cv); /* first token */
+    if (ev->kind == LMC_EV_TOKEN && r->gate && !at_gate && r->n_all >= 2 && gate_pair[0]->n_all > 0 &&
+        gate_pair[1]->n_all > 0) { /* hold the scheduler thread here */
+        at_gate = true;
+        pthread_cond_broadcast(&cv);
+        while (!gate_open) pthread_cond_wait(&cv, &mu);
+    }
     pthread_mutex_unlock(&mu);
     if (cancel) lmc_sched_cancel(r->s, r->id);
     if (r->watch_kv && ev->kind == LMC_EV_TOKEN) { /* the stats of the step before */
@@ -86,13 +106,15 @@ static void wait_done(int n) {
     pthread_mutex_unlock(&mu);
 }
 
-/* Waits until the scheduler has published an idle state. */
+/* Waits for the scheduler's idle state (published after the step that
+ * sent the last events); a minute without it is a failure. */
 static void wait_idle(struct lmc_sched *s, struct lmc_sched_stats *st) {
-    for (int i = 0; i < 2000; i++) {
-        lmc_sched_stats(s, st);
-        if (!st->running && !st->waiting && !st->kv_blocks_used) return;
-        usleep(1000);
-    }
+    CHECK_MSG(lmc_sched_wait_idle(s, 60, st), "scheduler not idle: %lld running, %lld waiting, %lld blocks",
+              (long long)st->running, (long long)st->waiting, (long long)st->kv_blocks_used);
+}
+
+static bool finish_is(const struct result *r, const char *reason) {
+    return r->finish && !strcmp(r->finish, reason);
 }
 
 struct fixture {
@@ -190,10 +212,12 @@ static void run_all(struct fixture *f, struct lmc_sched *s, const int *idx, int 
     wait_done(n);
 }
 
-static struct lmc_sched *open_sched(struct fixture *f, int64_t kv_blocks, int block_size,
-                                    int64_t step_tokens, bool prefix) {
+static struct lmc_sched *open_sched_opts(struct fixture *f, int64_t kv_blocks, int block_size,
+                                         int64_t step_tokens, bool prefix, int64_t cache_blocks, int max_batch) {
     struct lmc_sched_opts o;
     lmc_sched_opts_default(&o);
+    o.prefix_cache_blocks = cache_blocks;
+    if (max_batch) o.max_batch = max_batch;
     o.kv_blocks = kv_blocks;
     o.block_size = block_size;
     o.max_step_tokens = step_tokens;
@@ -203,6 +227,11 @@ static struct lmc_sched *open_sched(struct fixture *f, int64_t kv_blocks, int bl
     lmc_err err = {0};
     CHECK_MSG(lmc_sched_init(&s, &f->m, &f->be, f->tok, &o, &err) == LMC_OK, "%s", err.msg);
     return s;
+}
+
+static struct lmc_sched *open_sched(struct fixture *f, int64_t kv_blocks, int block_size,
+                                    int64_t step_tokens, bool prefix) {
+    return open_sched_opts(f, kv_blocks, block_size, step_tokens, prefix, 0, 0);
 }
 
 static void test_fixture(const char *dir, bool full) {
@@ -270,8 +299,11 @@ static void test_fixture(const char *dir, bool full) {
         /* prefix cache: 16 requests with one 37-token prompt (n > 1 as the
          * caller does it: same prompt, own seeds), plus a tiny pool with
          * caching on (hits, evictions and preemption together) */
-        for (int pool = 0; pool < 2; pool++) {
-            s = open_sched(f, pool ? 40 : 0, 4, 64, true);
+        /* pool 2: the cache bounded to 3 blocks with no user: after the
+         * first request only its 3 leading blocks stay (12 tokens), the
+         * rest is evicted, and the bound holds at the end */
+        for (int pool = 0; pool < 3; pool++) {
+            s = open_sched_opts(f, pool == 1 ? 40 : 0, 4, 64, true, pool == 2 ? 3 : 0, 0);
             if (!s) goto out;
             for (int i = 0; i < 16; i++) {
                 f->n_prompt[i] = 37;
@@ -290,10 +322,17 @@ static void test_fixture(const char *dir, bool full) {
             }
             wait_idle(s, &st);
             CHECK_MSG(n_same == 16, "%s prefix (pool %d): %d of 16 identical", dir, pool, n_same);
-            CHECK_MSG(st.prefix_hits_tokens >= 15 * 36 && cached >= 15 * 36 && got[0].cached == 0,
-                      "prefix hits %lld of %lld queried, %lld cached", (long long)st.prefix_hits_tokens,
-                      (long long)st.prefix_queries_tokens, (long long)cached);
-            CHECK(st.kv_blocks_used == 0);
+            int64_t want = pool == 2 ? 15 * 12 : 15 * 36;
+            CHECK_MSG(st.prefix_hits_tokens >= want && cached >= want && got[0].cached == 0,
+                      "pool %d: prefix hits %lld of %lld queried, %lld cached", pool,
+                      (long long)st.prefix_hits_tokens, (long long)st.prefix_queries_tokens, (long long)cached);
+            CHECK(st.kv_blocks_used == 0 && st.prefix_hits_blocks * 4 == st.prefix_hits_tokens);
+            if (pool == 2)
+                CHECK_MSG(st.prefix_cache_blocks_max == 3 && st.prefix_cache_blocks == 3 && st.prefix_evictions > 0,
+                          "bounded cache: %lld of %lld blocks, %lld evictions", (long long)st.prefix_cache_blocks,
+                          (long long)st.prefix_cache_blocks_max, (long long)st.prefix_evictions);
+            else
+                CHECK(st.prefix_cache_blocks > 0 && st.prefix_cache_blocks <= st.prefix_cache_blocks_max);
             lmc_sched_free(s);
         }
     }
@@ -308,16 +347,21 @@ static void test_fixture(const char *dir, bool full) {
         reqs[0].ignore_eos = true;
         reference(f, f->prompts[i], f->n_prompt[i], &reqs[0], &ref[0]);
         char stop[8] = {0};
-        if (ref[0].text_len > 6) memcpy(stop, ref[0].text + ref[0].text_len / 2, 3);
+        size_t full_len = ref[0].text_len;
+        CHECK_MSG(full_len > 6, "%s: 40 tokens gave only %zu bytes of text", dir, full_len);
+        if (full_len > 6) memcpy(stop, ref[0].text + full_len / 2, 3);
+        CHECK(stop[0] != 0);
         reqs[0].stop[0] = stop;
-        reqs[0].n_stop = stop[0] ? 1 : 0;
+        reqs[0].n_stop = 1;
         reqs[0].top_logprobs = 5;
         reference(f, f->prompts[i], f->n_prompt[i], &reqs[0], &ref[0]);
         run_all(f, s, &i, 1, reqs, got);
         CHECK_MSG(same(&got[0], &ref[0]), "stop string '%s': %.*s vs %.*s", stop,
                   (int)got[0].text_len, got[0].text, (int)ref[0].text_len, ref[0].text);
         CHECK(got[0].logprob_ok);
-        CHECK(!stop[0] || !strcmp(got[0].finish, "stop"));
+        CHECK_MSG(got[0].n > 0 && got[0].n_top_events == got[0].n, "%lld tokens, %lld with top logprobs",
+                  (long long)got[0].n, (long long)got[0].n_top_events);
+        CHECK(finish_is(&got[0], "stop") && finish_is(&ref[0], "stop") && got[0].text_len < full_len);
         /* cancel from the callback after 3 tokens, while 3 others run on */
         int four[4] = {1, 2, 3, 4};
         for (int k = 0; k < 4; k++) {
@@ -337,9 +381,12 @@ static void test_fixture(const char *dir, bool full) {
                                    &got[k], &got[k].id, &err) == LMC_OK);
         }
         wait_done(4);
-        CHECK_MSG(got[0].finish && !strcmp(got[0].finish, "cancelled") && got[0].n == 3,
-                  "cancel: %s after %lld", got[0].finish, (long long)got[0].n);
-        CHECK(got[1].n == 40 && !strcmp(got[1].finish, "length"));
+        CHECK_MSG(finish_is(&got[0], "cancelled") && got[0].n == 3 && got[0].completion_tokens == 3,
+                  "cancel: %s after %lld", got[0].finish ? got[0].finish : "(none)", (long long)got[0].n);
+        for (int k = 1; k < 4; k++)
+            CHECK_MSG(got[k].n == 40 && finish_is(&got[k], "length"), "request beside the cancelled one: %s after %lld",
+                      got[k].finish ? got[k].finish : "(none)", (long long)got[k].n);
+        for (int k = 0; k < 4; k++) CHECK(got[k].n_events_after_done == 0);
         wait_idle(s, &st);
         CHECK(st.kv_blocks_used == 0 && st.running == 0);
         /* the waste metric's numerator counts each block once: four equal
@@ -368,8 +415,24 @@ static void test_fixture(const char *dir, bool full) {
         CHECK(seen_stored > 0);
         wait_idle(s, &st);
         CHECK(st.kv_blocks_used == 0 && st.kv_tokens_stored == 0);
-        lmc_sched_cancel(s, got[1].id); /* already done: ignored */
-        lmc_sched_cancel(s, 12345);     /* unknown: ignored */
+        /* cancelling a finished id or an unknown one changes nothing: no
+         * late event for the finished one, and a request submitted right
+         * after runs to its full length */
+        lmc_sched_cancel(s, got[1].id);
+        lmc_sched_cancel(s, got[1].id + 1000000);
+        {
+            int i1 = 1;
+            struct result late;
+            request_params(&reqs[0], 1, false);
+            reqs[0].max_tokens = 20;
+            reqs[0].ignore_eos = true;
+            run_all(f, s, &i1, 1, reqs, &late);
+            CHECK_MSG(finish_is(&late, "length") && late.n == 20, "after stale cancels: %s after %lld",
+                      late.finish ? late.finish : "(none)", (long long)late.n);
+            for (int k = 0; k < 4; k++) CHECK(got[k].n_events_after_done == 0);
+            wait_idle(s, &st);
+            CHECK(st.finished_total == st.requests_total);
+        }
         /* bad requests: clear errors */
         struct lmc_request r;
         request_params(&r, 0, false);
@@ -384,21 +447,68 @@ static void test_fixture(const char *dir, bool full) {
         r.max_tokens = 4;
         r.sampling.temperature = -1;
         CHECK(lmc_sched_submit(s, f->prompts[0], 1, &r, on_event, &got[0], &id, &err) == LMC_ERR_ARG);
-        /* shutting down with requests in flight: each gets one final event */
+    }
+    lmc_sched_free(s);
+
+    /* shutting down with requests in flight: a batch of 2, so requests 0
+     * and 1 run and 2 and 3 wait; the scheduler thread is held inside the
+     * callback of 0 or 1 (the first to reach a 2nd token once both have
+     * one: their first steps may differ) while the test checks that
+     * (0 and 1 have streamed tokens, none is done, 2 and 3 have nothing)
+     * and begins the shutdown; released, the thread ends its step and
+     * then every request: each of the 4 gets exactly one final event,
+     * ERROR "shutting down", after the tokens it had */
+    s = open_sched_opts(f, 0, 16, 512, true, 0, 2);
+    if (!s) goto out;
+    {
+        struct lmc_request r;
         request_params(&r, 0, false);
-        r.max_tokens = 80;
         r.ignore_eos = true;
         pthread_mutex_lock(&mu);
         n_done = 0;
+        at_gate = gate_open = false;
+        gate_pair[0] = &got[0];
+        gate_pair[1] = &got[1];
         pthread_mutex_unlock(&mu);
-        for (int k = 0; k < 3; k++) {
+        lmc_err err = {0};
+        for (int k = 0; k < 4; k++) {
             memset(&got[k], 0, sizeof got[k]);
-            CHECK(lmc_sched_submit(s, f->prompts[k], f->n_prompt[k], &r, on_event, &got[k], &id, &err) == LMC_OK);
+            got[k].gate = k < 2;
+            r.max_tokens = 128 - f->n_prompt[k];
+            CHECK(lmc_sched_submit(s, f->prompts[k], f->n_prompt[k], &r, on_event, &got[k], &got[k].id, &err) ==
+                  LMC_OK);
+        }
+        pthread_mutex_lock(&mu);
+        while (!at_gate) pthread_cond_wait(&cv, &mu);
+        int running = 0, waiting = 0;
+        for (int k = 0; k < 4; k++) {
+            running += k < 2 && got[k].n_all > 0 && !got[k].done;
+            waiting += k >= 2 && got[k].n_all == 0 && !got[k].done;
+        }
+        int64_t before[4];
+        for (int k = 0; k < 4; k++) before[k] = got[k].n_all;
+        pthread_mutex_unlock(&mu);
+        CHECK_MSG(running == 2 && waiting == 2, "before shutdown: %d running with tokens, %d waiting", running,
+                  waiting);
+        lmc_sched_stop(s);
+        pthread_mutex_lock(&mu);
+        gate_open = true;
+        pthread_cond_broadcast(&cv);
+        pthread_mutex_unlock(&mu);
+        lmc_sched_free(s);
+        CHECK(n_done == 4);
+        for (int k = 0; k < 4; k++) {
+            /* the step the thread was in may give the other of 0 and 1 one more token */
+            bool tokens_ok = k < 2 ? got[k].n_all >= before[k] && got[k].n_all <= before[k] + 1 &&
+                                         got[k].n_all < 128 - f->n_prompt[k]
+                                   : got[k].n_all == 0;
+            CHECK_MSG(got[k].done && finish_is(&got[k], "error") && !strcmp(got[k].error, "shutting down") &&
+                          tokens_ok && got[k].n_events_after_done == 0,
+                      "request %d after shutdown: %s (%s) after %lld tokens (%lld before), %d late events", k,
+                      got[k].finish ? got[k].finish : "(none)", got[k].error, (long long)got[k].n_all,
+                      (long long)before[k], got[k].n_events_after_done);
         }
     }
-    lmc_sched_free(s);
-    CHECK(n_done == 3 && got[0].done && got[1].done && got[2].done);
-    for (int k = 0; k < 3; k++) CHECK(got[k].n_events_after_done == 0);
 out:
     fixture_close(f);
     free(f);

@@ -367,8 +367,7 @@ PY
 
 # graceful stop
 kill -TERM "$PID"
-for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$PID" 2>/dev/null; then echo "FAIL: server did not stop on SIGTERM"; fail=1; kill -9 "$PID"; fi
+if ! timeout 10 tail --pid="$PID" -f /dev/null; then echo "FAIL: server did not stop on SIGTERM"; fail=1; kill -9 "$PID"; fi
 wait "$PID"; rc=$?
 [ "$rc" = 0 ] || { echo "FAIL: server exit code $rc"; fail=1; }
 

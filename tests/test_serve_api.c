@@ -275,7 +275,13 @@ static void test_metrics(void) {
     lmc_serve_metrics_itl(m, 0.003);
     lmc_serve_metrics_itl(m, 100);
     lmc_serve_metrics_finish(m, "length", 4, 0.5);
-    struct lmc_sched_stats st = {.running = 2, .waiting = 1, .kv_blocks_total = 100, .kv_blocks_used = 30};
+    struct lmc_sched_stats st = {.running = 2, .waiting = 1, .kv_blocks_total = 100, .kv_blocks_used = 30,
+                                 .prefix_cache_blocks = 7, .prefix_cache_blocks_max = 25, .prefix_hits_blocks = 11,
+                                 .prefix_evictions = 13};
+    /* the process's resident memory, as Prometheus clients name it: this
+     * process's own, so at least the 1 MiB touched here */
+    static char touched[1 << 20];
+    memset(touched, 1, sizeof touched);
     char *t = lmc_serve_metrics_render(m, &st);
     CHECK(t != NULL);
     if (t) {
@@ -292,6 +298,14 @@ static void test_metrics(void) {
         CHECK(strstr(t, "lmc_http_responses_total{code=\"other\"} 1\n") != NULL);
         CHECK(strstr(t, "lmc_requests_finished_total{reason=\"length\"} 1\n") != NULL);
         CHECK(strstr(t, "# TYPE lmc_time_to_first_token_seconds histogram\n") != NULL);
+        CHECK(strstr(t, "lmc_prefix_cache_blocks 7\n") && strstr(t, "lmc_prefix_cache_blocks_max 25\n"));
+        CHECK(strstr(t, "lmc_prefix_cache_hits_total 11\n") && strstr(t, "lmc_prefix_cache_evictions_total 13\n"));
+        CHECK(strstr(t, "# TYPE lmc_prefix_cache_evictions_total counter\n") != NULL);
+        const char *rss = strstr(t, "\nprocess_resident_memory_bytes ");
+        CHECK(rss && strtod(rss + 31, NULL) >= (double)sizeof touched && touched[12345] == 1);
+        CHECK(strstr(t, "# TYPE process_resident_memory_bytes gauge\n") != NULL);
+        const char *fds = strstr(t, "\nprocess_open_fds ");
+        CHECK(fds && strtod(fds + 18, NULL) >= 3);
     }
     free(t);
     lmc_serve_metrics_free(m);

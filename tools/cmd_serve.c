@@ -58,6 +58,7 @@ static void usage(void) {
             "                 [--max-connections N] [--max-active N] [--max-body SIZE]\n"
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
+            "                 [--prefix-cache-blocks N]\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -103,6 +104,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
+        else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
         else if (!strcmp(o, "--max-connections")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_connections = (int)n;
         else if (!strcmp(o, "--max-active")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_active = (int)n;
         else if (!strcmp(o, "--max-body")) ok = parse_size(v, &so.lim.max_body) && so.lim.max_body >= 64;
@@ -168,9 +170,11 @@ int cmd_serve(int argc, char **argv) {
     }
     struct lmc_sched_stats st;
     lmc_sched_stats(sched, &st);
-    fprintf(stderr, "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens, max batch %d%s\n", name,
-            cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size, sc.max_batch,
-            so.api_key && *so.api_key ? ", API key required" : "");
+    fprintf(stderr,
+            "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (prefix cache up to %lld), "
+            "max batch %d%s\n",
+            name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
+            (long long)st.prefix_cache_blocks_max, sc.max_batch, so.api_key && *so.api_key ? ", API key required" : "");
     fprintf(stderr, "lmc serve: listening on http://%s%s%s:%d\n", strchr(so.host, ':') ? "[" : "", so.host,
             strchr(so.host, ':') ? "]" : "", lmc_server_port(srv));
     while (!stop_signal) {

@@ -54,6 +54,7 @@ lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
     for (int64_t i = 0; i < n_blocks; i++) kv->free_list[i] = (int32_t)(n_blocks - 1 - i);
     kv->n_free = n_blocks;
     kv->lru_head = kv->lru_tail = -1;
+    kv->max_cached = n_blocks;
     return LMC_OK;
 }
 
@@ -111,19 +112,31 @@ static int32_t lookup(const struct lmc_paged_kv *kv, uint64_t h, uint64_t parent
     return -1;
 }
 
+/* Takes the least recently used cached block with no user out of the
+ * prefix cache (it becomes a plain block with ref 0, not on any list). */
+static int32_t evict_lru(struct lmc_paged_kv *kv) {
+    LMC_ASSERT(kv->n_lru > 0);
+    int32_t b = kv->lru_head;
+    lru_remove(kv, b);
+    unregister(kv, b);
+    kv->evictions++;
+    return b;
+}
+
+/* Evicts onto the free list until the LRU is within its bound. */
+static void trim_cache(struct lmc_paged_kv *kv) {
+    while (kv->n_lru > kv->max_cached) kv->free_list[kv->n_free++] = evict_lru(kv);
+}
+
+void lmc_paged_kv_set_cache_limit(struct lmc_paged_kv *kv, int64_t max_cached) {
+    kv->max_cached = LMC_MAX(0, LMC_MIN(max_cached, kv->n_blocks));
+    trim_cache(kv);
+}
+
 /* A block with ref 1: from the free list, else the least recently used
  * cached one (evicted from the prefix cache). Caller checked availability. */
 static int32_t take_block(struct lmc_paged_kv *kv) {
-    int32_t b;
-    if (kv->n_free) {
-        b = kv->free_list[--kv->n_free];
-    } else {
-        LMC_ASSERT(kv->n_lru > 0);
-        b = kv->lru_head;
-        lru_remove(kv, b);
-        unregister(kv, b);
-        kv->evictions++;
-    }
+    int32_t b = kv->n_free ? kv->free_list[--kv->n_free] : evict_lru(kv);
     LMC_ASSERT(kv->ref[b] == 0);
     kv->ref[b] = 1;
     return b;
@@ -132,8 +145,12 @@ static int32_t take_block(struct lmc_paged_kv *kv) {
 static void drop_block(struct lmc_paged_kv *kv, int32_t b) {
     LMC_ASSERT(kv->ref[b] > 0);
     if (--kv->ref[b]) return;
-    if (kv->cached[b]) lru_push_tail(kv, b);
-    else kv->free_list[kv->n_free++] = b;
+    if (!kv->cached[b]) {
+        kv->free_list[kv->n_free++] = b;
+        return;
+    }
+    lru_push_tail(kv, b);
+    trim_cache(kv);
 }
 
 static bool grow(struct lmc_kv_seq *s, int64_t n) {
@@ -179,6 +196,7 @@ int64_t lmc_kv_seq_match_prefix(struct lmc_paged_kv *kv, struct lmc_kv_seq *s,
     s->n_hashed = b;
     s->last_hash = prev;
     kv->hits_tokens += b * bs;
+    kv->hits_blocks += b;
     return b * bs;
 }
 

@@ -6,7 +6,11 @@
  * under the hash of its tokens chained with the previous block's hash, so
  * a later sequence with the same token prefix reuses it. Blocks whose
  * reference count drops to 0 stay cached (an LRU list) and are evicted,
- * least recently used first, when the free list is empty. Owned by one
+ * least recently used first, when the free list is empty or when the LRU
+ * holds more than max_cached blocks (the prefix cache's bound: the memory
+ * it may keep beyond what running sequences use). The free list is a
+ * stack, so blocks are reused hottest first and the pool's pages that were
+ * ever touched stay at the peak of (used + cached) blocks. Owned by one
  * thread (the scheduler's); not locked. */
 #ifndef LMC_PAGED_KV_H
 #define LMC_PAGED_KV_H
@@ -36,8 +40,9 @@ struct lmc_paged_kv {
     /* LRU of registered blocks with ref 0: head is evicted first */
     int32_t *lru_prev, *lru_next, lru_head, lru_tail;
     int64_t n_lru;
+    int64_t max_cached;        /* bound on n_lru (default n_blocks) */
     /* counters */
-    int64_t hits_tokens, queries_tokens, evictions, cow_copies;
+    int64_t hits_tokens, queries_tokens, hits_blocks, evictions, cow_copies;
 };
 
 /* One sequence's view: its block table and how far its blocks are
@@ -54,6 +59,11 @@ lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
                              const struct lmc_backend *be, int64_t n_blocks, int64_t block_size,
                              bool prefix_cache, lmc_err *err);
 void lmc_paged_kv_free(struct lmc_paged_kv *kv);
+
+/* Bounds the blocks the prefix cache keeps with no user (0..n_blocks; 0
+ * keeps none, so a prefix is shared only while a sequence holds it);
+ * evicts the least recently used ones beyond it now. */
+void lmc_paged_kv_set_cache_limit(struct lmc_paged_kv *kv, int64_t max_cached);
 
 /* Blocks referenced by at least one sequence. */
 int64_t lmc_paged_kv_used(const struct lmc_paged_kv *kv);

@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct req {
     uint64_t id;
@@ -62,10 +63,11 @@ struct lmc_sched {
     /* scheduler thread only */
     struct req **waiting, **running;
     int64_t n_waiting, cap_waiting, n_running;
-    int64_t n_preempted, n_steps, n_generated; /* published into st by publish_stats */
+    int64_t n_preempted, n_steps, n_generated, n_finished; /* published into st by publish_stats */
     /* shared, under mu */
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t idle_cv;        /* broadcast by publish_stats */
     pthread_t thread;
     bool stopping;
     struct req *in_head, *in_tail;
@@ -107,11 +109,12 @@ static void emit_done(struct lmc_sched *s, struct req *q, const char *reason, co
     ev.prompt_tokens = q->n_prompt;
     ev.completion_tokens = q->n_gen;
     ev.cached_prompt_tokens = q->cached_prompt;
+    s->n_finished++;
     q->fn(q->user, &ev);
-    (void)s;
 }
 
-static void emit_error(struct req *q, const char *msg) {
+static void emit_error(struct lmc_sched *s, struct req *q, const char *msg) {
+    s->n_finished++;
     struct lmc_sched_event ev = {0};
     ev.kind = LMC_EV_ERROR;
     ev.req_id = q->id;
@@ -154,7 +157,7 @@ static void preempt_last(struct lmc_sched *s) {
     q->take = 0;
     s->n_preempted++;
     if (!waiting_insert(s, q, true)) { /* no memory to requeue: cannot go on silently */
-        emit_error(q, "out of memory while preempting");
+        emit_error(s, q, "out of memory while preempting");
         req_free(s, q);
     }
 }
@@ -229,7 +232,7 @@ static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row, int3
     q->toks[q->n_prompt + q->n_gen++] = id;
     lmc_err err = {0};
     if (lmc_detok_push(&q->dt, id, &piece, &plen, &stopped, &err)) {
-        emit_error(q, err.msg);
+        emit_error(s, q, err.msg);
         return true;
     }
     struct lmc_sched_event ev = {0};
@@ -274,12 +277,13 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
     while (s->n_waiting && s->n_running < s->o.max_batch && *budget > 0) {
         struct req *q = s->waiting[0];
         int64_t total = n_total(q);
-        int64_t hits = s->kv.hits_tokens, queries = s->kv.queries_tokens;
+        int64_t hits = s->kv.hits_tokens, queries = s->kv.queries_tokens, hit_blocks = s->kv.hits_blocks;
         int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, total - 1);
         if (!lmc_kv_seq_reserve(&s->kv, &q->seq, matched, total)) {
             lmc_kv_seq_release(&s->kv, &q->seq); /* wait for blocks; counted when admitted */
             s->kv.hits_tokens = hits;
             s->kv.queries_tokens = queries;
+            s->kv.hits_blocks = hit_blocks;
             break;
         }
         remove_at(s->waiting, &s->n_waiting, 0);
@@ -364,7 +368,7 @@ static void step(struct lmc_sched *s) {
         int64_t i = 0;
         while (s->running[i] != q) i++;
         if (st) {
-            emit_error(q, err.msg);
+            emit_error(s, q, err.msg);
             finish_running(s, i);
             continue;
         }
@@ -420,9 +424,15 @@ static void publish_stats(struct lmc_sched *s) {
     s->st.kv_tokens_stored = stored;
     s->st.prefix_hits_tokens = s->kv.hits_tokens;
     s->st.prefix_queries_tokens = s->kv.queries_tokens;
+    s->st.prefix_cache_blocks = s->kv.n_lru;
+    s->st.prefix_cache_blocks_max = s->kv.prefix_cache ? s->kv.max_cached : 0;
+    s->st.prefix_hits_blocks = s->kv.hits_blocks;
+    s->st.prefix_evictions = s->kv.evictions;
+    s->st.finished_total = s->n_finished;
     s->st.preempted_total = s->n_preempted;
     s->st.steps = s->n_steps;
     s->st.generated_tokens_total = s->n_generated;
+    pthread_cond_broadcast(&s->idle_cv);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -481,7 +491,7 @@ static void *sched_main(void *arg) {
                 emit_done(s, q, "length", NULL, 0);
                 req_free(s, q);
             } else if (!waiting_insert(s, q, false)) {
-                emit_error(q, "scheduler: out of memory");
+                emit_error(s, q, "scheduler: out of memory");
                 req_free(s, q);
             }
         }
@@ -499,16 +509,16 @@ static void *sched_main(void *arg) {
     while (in) {
         struct req *q = in;
         in = in->next;
-        emit_error(q, "shutting down");
+        emit_error(s, q, "shutting down");
         req_free(s, q);
     }
     while (s->n_running) {
-        emit_error(s->running[s->n_running - 1], "shutting down");
+        emit_error(s, s->running[s->n_running - 1], "shutting down");
         finish_running(s, s->n_running - 1);
     }
     while (s->n_waiting) {
         struct req *q = s->waiting[--s->n_waiting];
-        emit_error(q, "shutting down");
+        emit_error(s, q, "shutting down");
         req_free(s, q);
     }
     publish_stats(s);
@@ -549,7 +559,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     if (op.ctx <= 0) op.ctx = LMC_MIN(c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096, 4096);
     if (m->pos_emb.data) op.ctx = LMC_MIN(op.ctx, m->pos_emb.rows);
     if (op.max_batch <= 0 || op.max_batch > 4096 || op.block_size <= 0 || op.block_size > 1024 ||
-        op.max_step_tokens <= 0 || op.max_step_tokens > (1 << 20) || op.kv_blocks < 0 ||
+        op.max_step_tokens <= 0 || op.max_step_tokens > (1 << 20) || op.kv_blocks < 0 || op.prefix_cache_blocks < 0 ||
         op.ctx > (1 << 24))
         return lmc_err_set(err, LMC_ERR_ARG,
                            "scheduler options out of range (max_batch %d, block_size %d, "
@@ -575,6 +585,11 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     s->max_blocks = per_seq;
     s->next_id = 1;
     lmc_status st = lmc_paged_kv_init(&s->kv, m, be, op.kv_blocks, op.block_size, op.prefix_cache, err);
+    if (!st) {
+        if (op.prefix_cache_blocks <= 0) op.prefix_cache_blocks = LMC_MAX(1, op.kv_blocks / 4);
+        s->o.prefix_cache_blocks = op.prefix_cache_blocks = LMC_MIN(op.prefix_cache_blocks, op.kv_blocks);
+        lmc_paged_kv_set_cache_limit(&s->kv, op.prefix_cache_blocks);
+    }
     if (!st)
         st = lmc_batch_acts_init(&s->acts, m, be, op.max_step_tokens, op.max_batch, per_seq,
                                  op.max_batch, err);
@@ -599,14 +614,18 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     bool mu_ok = false;
     if (!st) {
         mu_ok = !pthread_mutex_init(&s->mu, NULL);
-        if (!mu_ok || pthread_cond_init(&s->cv, NULL)) {
+        bool cv_ok = mu_ok && !pthread_cond_init(&s->cv, NULL);
+        if (!cv_ok || pthread_cond_init(&s->idle_cv, NULL)) {
+            if (cv_ok) pthread_cond_destroy(&s->cv);
             if (mu_ok) pthread_mutex_destroy(&s->mu);
             mu_ok = false;
             st = lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: cannot create a mutex");
         }
     }
     s->st.kv_blocks_total = op.kv_blocks;
+    s->st.prefix_cache_blocks_max = op.prefix_cache ? op.prefix_cache_blocks : 0;
     if (!st && pthread_create(&s->thread, NULL, sched_main, s)) {
+        pthread_cond_destroy(&s->idle_cv);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);
         st = lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: cannot start its thread");
@@ -619,13 +638,18 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     return LMC_OK;
 }
 
-void lmc_sched_free(struct lmc_sched *s) {
-    if (!s) return;
+void lmc_sched_stop(struct lmc_sched *s) {
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+void lmc_sched_free(struct lmc_sched *s) {
+    if (!s) return;
+    lmc_sched_stop(s);
     pthread_join(s->thread, NULL);
+    pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     sched_release(s);
@@ -682,6 +706,11 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
         return lmc_err_set(err, LMC_ERR_OOM, "request: out of memory");
     }
     pthread_mutex_lock(&s->mu);
+    if (s->stopping) { /* the thread may be gone: nobody would ever answer it */
+        pthread_mutex_unlock(&s->mu);
+        req_free(s, q);
+        return lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: shutting down");
+    }
     q->id = s->next_id++;
     if (req_id) *req_id = q->id;
     if (s->in_tail) s->in_tail->next = q;
@@ -715,4 +744,25 @@ void lmc_sched_stats(struct lmc_sched *s, struct lmc_sched_stats *out) {
     pthread_mutex_lock(&s->mu);
     *out = s->st;
     pthread_mutex_unlock(&s->mu);
+}
+
+bool lmc_sched_wait_idle(struct lmc_sched *s, double timeout_s, struct lmc_sched_stats *out) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double t = (double)ts.tv_nsec / 1e9 + LMC_MAX(0.0, timeout_s);
+    ts.tv_sec += (time_t)t;
+    ts.tv_nsec = (long)((t - (double)(time_t)t) * 1e9);
+    pthread_mutex_lock(&s->mu);
+    bool idle;
+    /* st.waiting counts incoming requests too (submit bumps it) */
+    while (!(idle = !s->st.running && !s->st.waiting && !s->st.kv_blocks_used &&
+                    s->st.finished_total == s->st.requests_total))
+        if (pthread_cond_timedwait(&s->idle_cv, &s->mu, &ts)) {
+            idle = !s->st.running && !s->st.waiting && !s->st.kv_blocks_used &&
+                   s->st.finished_total == s->st.requests_total;
+            break;
+        }
+    if (out) *out = s->st;
+    pthread_mutex_unlock(&s->mu);
+    return idle;
 }

@@ -26,6 +26,8 @@ struct lmc_sched_opts {
     int64_t max_step_tokens;    /* token budget per step, prefill chunks included (default 512) */
     int64_t ctx;                /* longest sequence (prompt + output) */
     bool prefix_cache;          /* reuse full blocks with equal token prefixes (default on) */
+    int64_t prefix_cache_blocks; /* blocks the prefix cache may keep with no running user,
+                                  * least recently used evicted beyond (0: a quarter of the pool) */
 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
 
@@ -77,7 +79,12 @@ typedef void (*lmc_sched_fn)(void *user, const struct lmc_sched_event *ev);
 lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                           const struct lmc_backend *be, const struct lmc_tokenizer *tok,
                           const struct lmc_sched_opts *o, lmc_err *err);
-/* Stops the thread (pending requests get ERROR "shutting down") and frees. */
+/* Begins the shutdown without waiting: from now on submit refuses, and the
+ * thread, once the step it is in ends, sends every request it still has
+ * (running, waiting or just submitted) one ERROR "shutting down" and
+ * exits. */
+void lmc_sched_stop(struct lmc_sched *s);
+/* lmc_sched_stop, then waits for the thread and frees. */
 void lmc_sched_free(struct lmc_sched *s);
 
 /* Queues a request (prompt ids are copied). LMC_ERR_ARG for a prompt that
@@ -94,9 +101,17 @@ struct lmc_sched_stats {
     int64_t kv_blocks_total, kv_blocks_used;
     int64_t kv_tokens_stored;      /* tokens held in used blocks (for waste) */
     int64_t prefix_hits_tokens, prefix_queries_tokens;
+    int64_t prefix_cache_blocks;   /* blocks held only by the prefix cache (no running user) */
+    int64_t prefix_cache_blocks_max; /* its bound */
+    int64_t prefix_hits_blocks, prefix_evictions; /* blocks reused; blocks evicted */
     int64_t requests_total, prompt_tokens_total, generated_tokens_total;
+    int64_t finished_total;        /* requests that got their DONE or ERROR event */
     int64_t steps;
 };
 void lmc_sched_stats(struct lmc_sched *s, struct lmc_sched_stats *out);
+/* Waits until the scheduler has published a state with nothing running,
+ * waiting or incoming and no KV block in use (every submitted request has
+ * had its last event), or timeout_s passes; true when idle. */
+bool lmc_sched_wait_idle(struct lmc_sched *s, double timeout_s, struct lmc_sched_stats *out);
 
 #endif

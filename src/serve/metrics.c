@@ -1,8 +1,13 @@
 /* metrics.c — the server's counters and latency histograms, rendered in
  * the Prometheus text format for GET /metrics together with the
- * scheduler's gauges (running/waiting requests, KV blocks). All updates
- * take one mutex; they happen a few times per token at most. */
+ * scheduler's gauges (running/waiting requests, KV blocks, prefix cache)
+ * and the process's own (resident and virtual memory, open descriptors,
+ * read from /proc/self as Prometheus client libraries name them). All
+ * updates take one mutex; they happen a few times per token at most. */
 #include "serve/serve.h"
+
+#include <dirent.h>
+#include <unistd.h>
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -152,6 +157,32 @@ static void hist_render(struct sbuf *b, const char *name, const char *help, cons
               h->sum, name, (unsigned long long)h->n);
 }
 
+/* Resident and virtual bytes from /proc/self/statm; false when unreadable. */
+static bool proc_memory(double *rss, double *vsz) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return false;
+    unsigned long long size = 0, res = 0;
+    int k = fscanf(f, "%llu %llu", &size, &res);
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    if (k != 2 || page <= 0) return false;
+    *rss = (double)res * (double)page;
+    *vsz = (double)size * (double)page;
+    return true;
+}
+
+/* Open file descriptors (entries of /proc/self/fd less the one opendir
+ * holds); -1 when unreadable. */
+static int64_t proc_open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int64_t n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1;
+}
+
 char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sched_stats *st) {
     struct sbuf b = {0};
     b.cap = 4096;
@@ -200,8 +231,30 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
         sb_printf(&b, "lmc_prefix_cache_hit_tokens_total %lld\n", (long long)st->prefix_hits_tokens);
         metric(&b, "lmc_prefix_cache_query_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.");
         sb_printf(&b, "lmc_prefix_cache_query_tokens_total %lld\n", (long long)st->prefix_queries_tokens);
+        metric(&b, "lmc_prefix_cache_blocks", "gauge",
+               "KV blocks held only by the prefix cache (no running request uses them).");
+        sb_printf(&b, "lmc_prefix_cache_blocks %lld\n", (long long)st->prefix_cache_blocks);
+        metric(&b, "lmc_prefix_cache_blocks_max", "gauge",
+               "Bound on lmc_prefix_cache_blocks (least recently used blocks are evicted beyond it).");
+        sb_printf(&b, "lmc_prefix_cache_blocks_max %lld\n", (long long)st->prefix_cache_blocks_max);
+        metric(&b, "lmc_prefix_cache_hits_total", "counter", "KV blocks reused from the prefix cache.");
+        sb_printf(&b, "lmc_prefix_cache_hits_total %lld\n", (long long)st->prefix_hits_blocks);
+        metric(&b, "lmc_prefix_cache_evictions_total", "counter", "KV blocks evicted from the prefix cache.");
+        sb_printf(&b, "lmc_prefix_cache_evictions_total %lld\n", (long long)st->prefix_evictions);
         metric(&b, "lmc_scheduler_steps_total", "counter", "Scheduler steps (batched forwards).");
         sb_printf(&b, "lmc_scheduler_steps_total %lld\n", (long long)st->steps);
+    }
+    double rss, vsz;
+    if (proc_memory(&rss, &vsz)) {
+        metric(&b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        sb_printf(&b, "process_resident_memory_bytes %.0f\n", rss);
+        metric(&b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+        sb_printf(&b, "process_virtual_memory_bytes %.0f\n", vsz);
+    }
+    int64_t fds = proc_open_fds();
+    if (fds >= 0) {
+        metric(&b, "process_open_fds", "gauge", "Number of open file descriptors.");
+        sb_printf(&b, "process_open_fds %lld\n", (long long)fds);
     }
     if (b.bad) {
         free(b.s);
