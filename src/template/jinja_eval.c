@@ -13,8 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_RANGE 100000
-
 bool jerr(struct jctx *c, const char *kind, const char *fmt, ...) {
     if (c->failed) return false;
     c->failed = true;
@@ -257,7 +255,7 @@ static bool eval_slice(struct jctx *c, const struct jnode *n, jv *out) {
         if (!l) return false;
         for (int64_t i = a; st > 0 ? i < b : i > b; i += st)
             if (!jl_push(c, l, obj.u.l->v[i])) return false;
-        *out = jv_list(l, obj.flag);
+        *out = jv_list(l, obj.flag == 1);
         return true;
     }
     if (st == 1) {
@@ -338,7 +336,7 @@ static bool repeat(struct jctx *c, jv seq, int64_t k, jv *out) {
     for (int64_t i = 0; i < k; i++)
         for (size_t j = 0; j < seq.u.l->n; j++)
             if (!jl_push(c, l, seq.u.l->v[j])) return false;
-    *out = jv_list(l, seq.flag);
+    *out = jv_list(l, seq.flag == 1);
     return true;
 }
 
@@ -464,7 +462,7 @@ static bool binop(struct jctx *c, int op, jv a, jv b, jv *out) {
         memcpy(l->v, a.u.l->v, a.u.l->n * sizeof(jv));
         if (b.u.l->n) memcpy(l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof(jv));
         l->n = a.u.l->n + b.u.l->n;
-        *out = jv_list(l, a.flag);
+        *out = jv_list(l, a.flag == 1);
         return true;
     }
     if (op == JO_MUL && (a.t == JV_STR || a.t == JV_LIST) && (b.t == JV_INT || b.t == JV_BOOL))
@@ -528,7 +526,7 @@ static bool call_macro(struct jctx *c, struct jmacro *m, jv *args, size_t nargs,
     }
     for (size_t i = 0; i < d->nnames; i++)
         if (!bound_p[i] && !frame_set(c, f, d->names[i], jv_undef(d->names[i]))) return false;
-    if (!frame_set(c, f, "varargs", jv_list(varargs, false)) || !frame_set(c, f, "kwargs", jv_dict(kwargs)))
+    if (!frame_set(c, f, "varargs", jv_list(varargs, true)) || !frame_set(c, f, "kwargs", jv_dict(kwargs)))
         return false;
     /* defaults: evaluated now, in the macro's scope, seeing the parameters before them */
     struct jframe *saved_frame = c->frame;
@@ -558,101 +556,11 @@ static bool call_macro(struct jctx *c, struct jmacro *m, jv *args, size_t nargs,
     return !c->failed;
 }
 
-static bool builtin_strftime(struct jctx *c, jv fmt, jv *out) {
-    if (fmt.t != JV_STR) return jerr(c, "TypeError", "strftime_now() argument must be str, not %s", jv_typename(fmt));
-    struct tm tmv = {0};
-    const struct lmc_jinja_opts *o = c->opts;
-    if (o && o->now_set) {
-        tmv.tm_year = o->now_year - 1900;
-        tmv.tm_mon = o->now_month - 1;
-        tmv.tm_mday = o->now_day;
-        tmv.tm_hour = o->now_hour;
-        tmv.tm_min = o->now_min;
-        tmv.tm_sec = o->now_sec;
-        time_t t = timegm(&tmv); /* fills in the weekday and the day of the year */
-        gmtime_r(&t, &tmv);
-    } else {
-        time_t now = time(NULL);
-        localtime_r(&now, &tmv);
-    }
-    char f[256], res[1024];
-    if (fmt.n >= sizeof f) return jerr(c, "ValueError", "strftime format too long");
-    memcpy(f, fmt.u.s, fmt.n);
-    f[fmt.n] = 0;
-    size_t k = strftime(res, sizeof res, f, &tmv);
-    *out = jv_str_dup(c, res, k);
-    return !c->failed;
-}
-
-static bool builtin(struct jctx *c, int id, jv *args, size_t nargs, const char **kwn, jv *kwv, size_t nkw, jv *out) {
-    switch (id) {
-    case JB_RAISE: {
-        jv m = nargs ? args[0] : jv_strn("", 0);
-        struct jbuf b = {0};
-        if (!jv_write_str(c, &b, m)) return free(b.p), false;
-        jerr(c, "TemplateError", "%s", b.p ? b.p : "");
-        free(b.p);
-        return false;
-    }
-    case JB_STRFTIME:
-        if (nargs != 1) return jerr(c, "TypeError", "strftime_now() takes one argument");
-        return builtin_strftime(c, args[0], out);
-    case JB_RANGE: {
-        int64_t a = 0, b, st = 1;
-        for (size_t i = 0; i < nargs; i++) {
-            if (args[i].t == JV_BOOL) args[i] = jv_int(args[i].u.b);
-            if (args[i].t != JV_INT)
-                return jerr(c, "TypeError", "'%s' object cannot be interpreted as an integer", jv_typename(args[i]));
-        }
-        if (nargs == 1) b = args[0].u.i;
-        else if (nargs == 2 || nargs == 3) {
-            a = args[0].u.i;
-            b = args[1].u.i;
-            if (nargs == 3) st = args[2].u.i;
-        } else return jerr(c, "TypeError", "range expected 1 to 3 arguments, got %zu", nargs);
-        if (st == 0) return jerr(c, "ValueError", "range() arg 3 must not be zero");
-        double cnt = st > 0 ? ceil(((double)b - (double)a) / (double)st) : ceil(((double)a - (double)b) / (double)-st);
-        if (cnt > MAX_RANGE)
-            return jerr(c, "OverflowError", "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).",
-                        MAX_RANGE);
-        struct jlist *l = jl_new(c, cnt > 0 ? (size_t)cnt : 0);
-        if (!l) return false;
-        for (int64_t i = a; st > 0 ? i < b : i > b; i += st) l->v[l->n++] = jv_int(i);
-        *out = jv_list(l, false);
-        return true;
-    }
-    case JB_NAMESPACE:
-    case JB_DICT: {
-        struct jdict *d = jd_new(c, 0);
-        if (!d) return false;
-        for (size_t i = 0; i < nargs; i++) {
-            if (args[i].t == JV_DICT) {
-                for (size_t k = 0; k < args[i].u.d->n; k++)
-                    if (!jd_set(c, d, args[i].u.d->k[k], args[i].u.d->v[k])) return false;
-            } else if (args[i].t == JV_LIST) {
-                for (size_t k = 0; k < args[i].u.l->n; k++) {
-                    jv p = args[i].u.l->v[k];
-                    if (p.t != JV_LIST || p.u.l->n != 2)
-                        return jerr(c, "ValueError", "dictionary update sequence element has wrong length");
-                    if (!jd_set(c, d, p.u.l->v[0], p.u.l->v[1])) return false;
-                }
-            } else return jerr(c, "TypeError", "'%s' object is not iterable", jv_typename(args[i]));
-        }
-        for (size_t i = 0; i < nkw; i++)
-            if (!jd_set(c, d, jv_strn(kwn[i], strlen(kwn[i])), kwv[i])) return false;
-        *out = jv_dict(d);
-        out->flag = id == JB_NAMESPACE;
-        return true;
-    }
-    }
-    return jerr(c, "TypeError", "unknown builtin");
-}
-
 bool jcall(struct jctx *c, jv fn, jv *args, size_t nargs, const char **kwn, jv *kwv, size_t nkw, jv *out) {
     if (!jstep(c)) return false;
     switch (fn.t) {
     case JV_MACRO: return call_macro(c, fn.u.m, args, nargs, kwn, kwv, nkw, out);
-    case JV_BUILTIN: return builtin(c, fn.u.builtin, args, nargs, kwn, kwv, nkw, out);
+    case JV_BUILTIN: return jbuiltin(c, fn.u.builtin, args, nargs, kwn, kwv, nkw, out);
     case JV_BOUND: {
         jv self = fn.u.bm->self;
         const char *name = fn.u.bm->name;
@@ -853,7 +761,8 @@ static bool exec_for(struct jctx *c, const struct jnode *n) {
     struct jloop *lp = ja_alloc(&c->arena, sizeof *lp);
     if (!lp) return joom(c);
     jv parent_loop;
-    lp->depth = frame_get(outer, "loop", &parent_loop) && parent_loop.t == JV_LOOP ? parent_loop.u.loop->depth + 1 : 1;
+    (void)parent_loop;
+    lp->depth = 1; /* depth counts recursive loop() calls only, which are not supported */
     lp->items = items;
     lp->length = (int64_t)items->n;
     jv lv = {0};

@@ -411,7 +411,7 @@ bool jfilter(struct jctx *c, const char *name, jv in, jv *a, size_t na, const ch
         if (isnan(x) && in.t != JV_FLOAT) return jerr(c, "TypeError", "round needs a number");
         double sc = pow(10, p.t == JV_INT ? (double)p.u.i : 0);
         double r = jv_is_str(m, "floor") ? floor(x * sc) / sc : jv_is_str(m, "ceil") ? ceil(x * sc) / sc
-                                                                                     : round(x * sc) / sc;
+                                                                                     : rint(x * sc) / sc;
         *out = jv_float(r);
         return true;
     }
@@ -424,7 +424,9 @@ bool jfilter(struct jctx *c, const char *name, jv in, jv *a, size_t na, const ch
     if (!strcmp(n, "items")) {
         if (in.t == JV_UNDEF) { struct jlist *l = jl_new(c, 0); if (!l) return false; *out = jv_list(l, false); return true; }
         if (in.t != JV_DICT) return jerr(c, "TypeError", "Can only get item pairs from a mapping.");
-        return jmethod(c, in, "items", NULL, 0, NULL, NULL, 0, out);
+        if (!jmethod(c, in, "items", NULL, 0, NULL, NULL, 0, out)) return false;
+        out->flag = 0;
+        return true;
     }
     if (!strcmp(n, "dictsort")) {
         if (in.t != JV_DICT) return jerr(c, "TypeError", "dictsort needs a mapping");
@@ -439,7 +441,7 @@ bool jfilter(struct jctx *c, const char *name, jv in, jv *a, size_t na, const ch
         if (!keys) return joom(c);
         for (size_t i = 0; i < l->n; i++) keys[i] = fold(c, l->v[i].u.l->v[pos], cs);
         if (!sort_list(c, l, keys, rev)) return false;
-        *out = items;
+        *out = jv_list(l, false);
         return true;
     }
     if (!strcmp(n, "sort")) {

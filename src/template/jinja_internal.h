@@ -187,6 +187,7 @@ bool jgetattr(struct jctx *c, jv obj, const char *name, jv *out);
 bool jgetitem(struct jctx *c, jv obj, jv key, jv *out);
 bool jiter(struct jctx *c, jv v, struct jlist **out);    /* list of the items of an iterable */
 bool jstep(struct jctx *c);
+bool jbuiltin(struct jctx *c, int id, jv *args, size_t nargs, const char **kwn, jv *kwv, size_t nkw, jv *out);
 
 /* filters and tests (jinja_filters.c), methods (jinja_methods.c) */
 bool jfilter(struct jctx *c, const char *name, jv in, jv *args, size_t nargs, const char **kwn, jv *kwv, size_t nkw,

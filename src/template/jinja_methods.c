@@ -180,14 +180,6 @@ static bool str_split(struct jctx *c, jv s, jv sep, int64_t maxsplit, bool right
             if (i >= s.n) break;
             if (maxsplit >= 0 && k >= maxsplit) {
                 size_t e = s.n;
-                while (e > i) { /* the rest, right-stripped */
-                    size_t q = e - 1;
-                    while (q > i && ((unsigned char)s.u.s[q] & 0xc0) == 0x80) q--;
-                    uint32_t cp;
-                    ju_next(s.u.s + q, e - q, &cp);
-                    if (!ju_isspace(cp)) break;
-                    e = q;
-                }
                 if (!push_str(c, l, s.u.s + i, e - i)) return false;
                 break;
             }
@@ -267,7 +259,7 @@ bool jstr_replace(struct jctx *c, jv s, jv old, jv new_, int64_t count, jv *out)
 }
 
 static bool affix(struct jctx *c, jv s, jv p, bool end, bool *out) {
-    if (p.t == JV_LIST && p.flag) {
+    if (p.t == JV_LIST && p.flag == 1) {
         *out = false;
         for (size_t i = 0; i < p.u.l->n; i++) {
             bool r;
@@ -478,6 +470,7 @@ bool jmethod(struct jctx *c, jv self, const char *m, jv *a, size_t na, const cha
             }
             l->n = d->n;
             *out = jv_list(l, false);
+            out->flag = m[0] == 'i' ? 2 : m[0] == 'k' ? 3 : 4; /* dict_items / dict_keys / dict_values */
             return true;
         }
         if (!strcmp(m, "copy")) {
@@ -572,7 +565,7 @@ bool jpy_format(struct jctx *c, jv fmt, jv *args, size_t nargs, const char **kwn
 bool jpy_percent(struct jctx *c, jv fmt, jv arg, jv *out) {
     struct jbuf b = {.limit = c->max_output};
     size_t ai = 0;
-    bool tuple = arg.t == JV_LIST && arg.flag;
+    bool tuple = arg.t == JV_LIST && arg.flag == 1;
     const char *s = fmt.u.s;
     size_t n = fmt.n;
     for (size_t i = 0; i < n; i++) {

@@ -257,7 +257,8 @@ const char *jv_typename(jv v) {
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
-    case JV_LIST: return v.flag ? "tuple" : "list";
+    case JV_LIST: return v.flag == 1 ? "tuple" : v.flag == 2 ? "dict_items" : v.flag == 3 ? "dict_keys"
+                       : v.flag == 4 ? "dict_values" : "list";
     case JV_DICT: return v.flag ? "Namespace" : "dict";
     case JV_MACRO: return "Macro";
     case JV_BUILTIN: return "function";
@@ -423,13 +424,14 @@ static bool write_value(struct jctx *c, struct jbuf *b, jv v, bool repr, int dep
     case JV_FLOAT: jv_float_repr(v.u.f, tmp, sizeof tmp); return jbuf_puts(b, tmp);
     case JV_STR: return repr ? write_str_repr(b, v.u.s, v.n) : jbuf_put(b, v.u.s, v.n);
     case JV_LIST: {
-        bool ok = jbuf_putc(b, v.flag ? '(' : '[');
+        static const char *const view[] = {"", "", "dict_items(", "dict_keys(", "dict_values("};
+        bool ok = jbuf_puts(b, view[v.flag <= 4 ? v.flag : 0]) && jbuf_putc(b, v.flag == 1 ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n && ok; i++) {
             if (i) ok = jbuf_puts(b, ", ");
             ok = ok && write_value(c, b, v.u.l->v[i], true, depth + 1);
         }
-        if (v.flag && v.u.l->n == 1) ok = ok && jbuf_putc(b, ',');
-        return ok && jbuf_putc(b, v.flag ? ')' : ']');
+        if (v.flag == 1 && v.u.l->n == 1) ok = ok && jbuf_putc(b, ',');
+        return ok && jbuf_putc(b, v.flag == 1 ? ')' : ']') && (v.flag < 2 || jbuf_putc(b, ')'));
     }
     case JV_DICT: {
         bool ok = jbuf_puts(b, v.flag ? "<Namespace {" : "{");
