@@ -18,6 +18,7 @@ struct gen_args {
     const char *stops[MAX_STOP + LMC_CHAT_MAX_TURN_STOPS]; /* chat adds the turn stops */
     bool temp_set, no_special;
     const char *system;
+    const char *chat_template;   /* --chat-template FILE */
 };
 
 static bool emit_stdout(void *user, const char *text, size_t len) {
@@ -64,6 +65,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
             if (a->g.n_stop == MAX_STOP || !*v) ok = false;
             else a->stops[a->g.n_stop++] = v;
         } else if (!strcmp(o, "--system")) a->system = v;
+        else if (!strcmp(o, "--chat-template")) a->chat_template = v;
         else {
             fprintf(stderr, "lmc: unknown option %s\n", o);
             return 2;
@@ -157,28 +159,23 @@ int cmd_chat(int argc, char **argv) {
     }
     lmc_err err = {0};
     int rc = 0;
-    enum lmc_chat_style style;
-    if (lmc_chat_detect(lmc_tokenizer_chat_template(cm.tok), &style, &err)) {
+    struct lmc_chat_template *ct = NULL;
+    if (lmc_chat_template_load(a.c.model_dir, a.chat_template, cm.tok, &ct, &err)) {
         cli_close(&cm);
         return cli_fail("chat template", &err);
     }
-    if (style == LMC_CHAT_NONE) {
-        fprintf(stderr, "lmc chat: %s has no chat_template in tokenizer_config.json; "
-                        "use `lmc generate` for plain continuation\n", a.c.model_dir);
-        cli_close(&cm);
-        return 1;
-    }
-    a.g.n_stop += lmc_chat_turn_stops(style, a.stops + a.g.n_stop);
+    a.g.n_stop += lmc_chat_template_turn_stops(ct, a.stops + a.g.n_stop);
     struct lmc_session s;
     if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, cli_ctx(&a.c, &cm.model), 512, &err)) {
+        lmc_chat_template_free(ct);
         cli_close(&cm);
         return cli_fail("session", &err);
     }
     struct lmc_chat_msg *msgs = NULL;
     int n_msgs = 0, cap = 0;
     char **owned = NULL;
-    fprintf(stderr, "lmc chat (%s template); empty line or /exit quits, /reset starts over\n",
-            lmc_chat_style_name(style));
+    fprintf(stderr, "lmc chat (the model's chat template%s); empty line or /exit quits, /reset starts over\n",
+            a.chat_template ? ", from --chat-template" : "");
     char line[16384];
     int64_t max_new = a.g.max_new;
     for (;;) {
@@ -209,8 +206,7 @@ int cmd_chat(int argc, char **argv) {
         int32_t *ids = NULL;
         int64_t n = 0;
         struct lmc_gen_result res = {0};
-        if (lmc_chat_render(style, msgs, n_msgs, lmc_tokenizer_bos_str(cm.tok),
-                            lmc_tokenizer_eos_str(cm.tok), &prompt, &err) ||
+        if (lmc_chat_template_render_msgs(ct, msgs, n_msgs, &prompt, &err) ||
             lmc_tokenizer_encode(cm.tok, prompt, strlen(prompt), false, &ids, &n, &err)) {
             cli_fail("chat", &err);
             free(owned[--n_msgs]);
@@ -239,6 +235,7 @@ int cmd_chat(int argc, char **argv) {
     free(owned);
     free(msgs);
     lmc_session_free(&s);
+    lmc_chat_template_free(ct);
     cli_close(&cm);
     return rc;
 }
