@@ -459,7 +459,7 @@ static bool binop(struct jctx *c, int op, jv a, jv b, jv *out) {
     if (op == JO_ADD && a.t == JV_LIST && b.t == JV_LIST && a.flag == b.flag) {
         struct jlist *l = jl_new(c, a.u.l->n + b.u.l->n);
         if (!l) return false;
-        memcpy(l->v, a.u.l->v, a.u.l->n * sizeof(jv));
+        if (a.u.l->n) memcpy(l->v, a.u.l->v, a.u.l->n * sizeof(jv));
         if (b.u.l->n) memcpy(l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof(jv));
         l->n = a.u.l->n + b.u.l->n;
         *out = jv_list(l, a.flag == 1);

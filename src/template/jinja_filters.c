@@ -89,14 +89,14 @@ static bool sort_list(struct jctx *c, struct jlist *l, jv *keys, bool reverse) {
             while (i < mid) tmp[k++] = idx[i++];
             while (j < hi) tmp[k++] = idx[j++];
         }
-        memcpy(idx, tmp, n * sizeof *idx);
+        if (n) memcpy(idx, tmp, n * sizeof *idx);
     }
     if (ok) {
         jv *v = malloc((n ? n : 1) * sizeof *v);
         if (!v) ok = joom(c);
         else {
             for (size_t i = 0; i < n; i++) v[i] = l->v[idx[i]];
-            memcpy(l->v, v, n * sizeof *v);
+            if (n) memcpy(l->v, v, n * sizeof *v);
             free(v);
         }
     }

@@ -284,7 +284,11 @@ bool jv_truthy(jv v) {
 static bool is_num(jv v) { return v.t == JV_INT || v.t == JV_FLOAT || v.t == JV_BOOL; }
 static double num(jv v) { return v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : (double)v.u.b; }
 
-bool jv_equal(jv a, jv b) {
+static bool equal_d(jv a, jv b, int depth);
+bool jv_equal(jv a, jv b) { return equal_d(a, b, 0); }
+
+static bool equal_d(jv a, jv b, int depth) {
+    if (depth > 200) return false; /* deeper than any template's data; never recurse unbounded */
     if (is_num(a) && is_num(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) {
             int64_t x = a.t == JV_INT ? a.u.i : a.u.b, y = b.t == JV_INT ? b.u.i : b.u.b;
@@ -299,14 +303,14 @@ bool jv_equal(jv a, jv b) {
     case JV_LIST:
         if (a.flag != b.flag || a.u.l->n != b.u.l->n) return false;
         for (size_t i = 0; i < a.u.l->n; i++)
-            if (!jv_equal(a.u.l->v[i], b.u.l->v[i])) return false;
+            if (!equal_d(a.u.l->v[i], b.u.l->v[i], depth + 1)) return false;
         return true;
     case JV_DICT:
         if (a.flag || b.flag) return a.u.d == b.u.d;
         if (a.u.d->n != b.u.d->n) return false;
         for (size_t i = 0; i < a.u.d->n; i++) {
             jv o;
-            if (!jd_get(b.u.d, a.u.d->k[i], &o) || !jv_equal(a.u.d->v[i], o)) return false;
+            if (!jd_get(b.u.d, a.u.d->k[i], &o) || !equal_d(a.u.d->v[i], o, depth + 1)) return false;
         }
         return true;
     case JV_MACRO: return a.u.m == b.u.m;
@@ -315,7 +319,11 @@ bool jv_equal(jv a, jv b) {
     }
 }
 
-bool jv_compare(struct jctx *c, jv a, jv b, int *cmp) {
+static bool compare_d(struct jctx *c, jv a, jv b, int *cmp, int depth);
+bool jv_compare(struct jctx *c, jv a, jv b, int *cmp) { return compare_d(c, a, b, cmp, 0); }
+
+static bool compare_d(struct jctx *c, jv a, jv b, int *cmp, int depth) {
+    if (depth > 200) return jerr(c, "RecursionError", "maximum recursion depth exceeded in comparison");
     if (is_num(a) && is_num(b)) {
         if (a.t == JV_INT && b.t == JV_INT) *cmp = a.u.i < b.u.i ? -1 : a.u.i > b.u.i;
         else {
@@ -334,7 +342,7 @@ bool jv_compare(struct jctx *c, jv a, jv b, int *cmp) {
         size_t m = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < m; i++) {
             if (jv_equal(a.u.l->v[i], b.u.l->v[i])) continue;
-            return jv_compare(c, a.u.l->v[i], b.u.l->v[i], cmp);
+            return compare_d(c, a.u.l->v[i], b.u.l->v[i], cmp, depth + 1);
         }
         *cmp = a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;
         return true;
