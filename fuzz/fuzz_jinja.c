@@ -3,9 +3,11 @@
  * {"messages": [...], "tools": [...]}. The template is parsed and rendered
  * with tight bounds (steps, output, memory, depth); any outcome but a crash,
  * a leak or an error without a message is a bug. The JSON part also goes
- * through the chat-template path as messages. */
+ * through the chat-template path as messages, and the whole input through
+ * the tool-call parser in every format. */
 #include "core/core.h"
 #include "template/jinja.h"
+#include "infer/tool_call.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdint.h>
@@ -54,6 +56,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             free(out);
             lmc_chat_template_free(ct);
         }
+    }
+    /* the input as a model's reply: calls are whole and valid, or there are none */
+    for (int f = 0; f < 4; f++) {
+        struct lmc_tool_parse tp;
+        if (lmc_tool_calls_parse((const char *)data, size, (enum lmc_tool_format)f, &tp, &err) != LMC_OK) continue;
+        LMC_ASSERT(tp.content != NULL);
+        for (int i = 0; i < tp.n_calls; i++) {
+            cJSON *a = cJSON_Parse(tp.calls[i].arguments);
+            LMC_ASSERT(tp.calls[i].name[0] && tp.calls[i].id[0] && cJSON_IsObject(a));
+            cJSON_Delete(a);
+        }
+        lmc_tool_parse_free(&tp);
     }
     cJSON_Delete(vars);
     free(buf);

@@ -304,7 +304,7 @@ bool jiter(struct jctx *c, jv v, struct jlist **out) {
 /* ---- operators ---- */
 static bool is_num(jv v) { return v.t == JV_INT || v.t == JV_FLOAT || v.t == JV_BOOL; }
 static double numd(jv v) { return v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : (double)v.u.b; }
-static int64_t numi(jv v) { return v.t == JV_INT ? v.u.i : (int64_t)v.u.b; }
+static int64_t numi(jv v) { return v.t == JV_INT ? v.u.i : v.t == JV_BOOL ? (int64_t)v.u.b : 0; }
 
 static const char *op_sym(int op) {
     static const char *s[] = {"", "+", "-", "*", "/", "//", "%", "**", "~"};
