@@ -19,6 +19,8 @@ struct gen_args {
     bool temp_set, no_special;
     const char *system;
     const char *chat_template;   /* --chat-template FILE */
+    const char *json_schema;     /* --json-schema FILE */
+    const char *grammar;         /* --grammar json */
 };
 
 static bool emit_stdout(void *user, const char *text, size_t len) {
@@ -66,6 +68,8 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
             else a->stops[a->g.n_stop++] = v;
         } else if (!strcmp(o, "--system")) a->system = v;
         else if (!strcmp(o, "--chat-template")) a->chat_template = v;
+        else if (!strcmp(o, "--json-schema")) a->json_schema = v;
+        else if (!strcmp(o, "--grammar")) a->grammar = v;
         else {
             fprintf(stderr, "lmc: unknown option %s\n", o);
             return 2;
@@ -85,6 +89,40 @@ static void apply_model_defaults(struct gen_args *a, const struct lmc_config *c)
     a->g.sampling.temperature = c->gen_do_sample ? c->gen_temperature : 0.0;
 }
 
+/* --json-schema FILE / --grammar json: the grammar, its parse state and the
+ * tokenizer's vocabulary as bytes; prints the error and returns non-zero. */
+static int open_grammar(const struct gen_args *a, const struct cli_model *cm, struct lmc_grammar **g,
+                        struct lmc_grammar_state **gs, struct lmc_grammar_vocab **gv) {
+    lmc_err err = {0};
+    lmc_status st;
+    if (a->json_schema && a->grammar) {
+        fprintf(stderr, "lmc generate: give --json-schema or --grammar, not both\n");
+        return 2;
+    }
+    if (a->grammar) {
+        if (strcmp(a->grammar, "json")) {
+            fprintf(stderr, "lmc generate: --grammar takes 'json' (any JSON object); GBNF files are not supported "
+                            "yet, use --json-schema FILE\n");
+            return 2;
+        }
+        st = lmc_grammar_json_object(g, &err);
+    } else {
+        char *text = NULL;
+        size_t len = 0;
+        st = lmc_file_read(a->json_schema, (size_t)16 << 20, &text, &len, &err);
+        if (!st) st = lmc_grammar_from_json_schema(text, len, g, &err);
+        if (st) lmc_err_prefix(&err, "%s: ", a->json_schema);
+        free(text);
+    }
+    int32_t eos[LMC_MAX_EOS + 1];
+    int n_eos = 0;
+    for (int i = 0; i < cm->model.cfg.n_eos && n_eos < LMC_MAX_EOS; i++) eos[n_eos++] = cm->model.cfg.eos_token_ids[i];
+    if (lmc_tokenizer_eos(cm->tok) >= 0) eos[n_eos++] = lmc_tokenizer_eos(cm->tok);
+    if (!st) st = lmc_grammar_vocab_from_tokenizer(cm->tok, cm->model.cfg.vocab_size, eos, n_eos, gv, &err);
+    if (!st) st = lmc_grammar_state_new(*g, gs, &err);
+    return st ? cli_fail("structured output", &err) : 0;
+}
+
 int cmd_generate(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
@@ -102,6 +140,9 @@ int cmd_generate(int argc, char **argv) {
     struct lmc_session s;
     struct lmc_gen_result res = {0};
     bool have_s = false;
+    struct lmc_grammar *gr = NULL;
+    struct lmc_grammar_state *gs = NULL;
+    struct lmc_grammar_vocab *gv = NULL;
     if (lmc_tokenizer_encode(cm.tok, a.prompt, strlen(a.prompt), !a.no_special, &ids, &n, &err)) {
         rc = cli_fail("prompt", &err);
         goto done;
@@ -113,7 +154,10 @@ int cmd_generate(int argc, char **argv) {
     }
     have_s = true;
     if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
-    if (lmc_session_generate(&s, ids, n, &a.g, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
+    if (a.json_schema || a.grammar) { /* structured output */
+        if ((rc = open_grammar(&a, &cm, &gr, &gs, &gv))) goto done;
+    }
+    if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
         rc = cli_fail("generate", &err);
         goto done;
     }
@@ -135,6 +179,9 @@ int cmd_generate(int argc, char **argv) {
             (long long)n, res.prefill_s, res.prefill_s > 0 ? (double)n / res.prefill_s : 0.0,
             (long long)res.n_ids, tps, res.finish_reason);
 done:
+    lmc_grammar_state_free(gs);
+    lmc_grammar_vocab_free(gv);
+    lmc_grammar_free(gr);
     lmc_gen_result_free(&res);
     free(ids);
     if (have_s) lmc_session_free(&s);

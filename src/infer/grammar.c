@@ -54,6 +54,8 @@ struct lmc_grammar_vocab {
     int32_t *eos;
     int n_eos;
     int32_t *dup;     /* dup[t]: the next token with the same bytes as t, or -1 */
+    char *bytes;      /* every token's bytes, token t at bytes + off[t], off[t+1] - off[t] long */
+    size_t *off;
 };
 
 /* ---- building ---- */
@@ -466,6 +468,19 @@ lmc_status lmc_grammar_vocab_new(const char *const *tokens, const size_t *len, i
     v->eos = e;
     v->n_eos = n_eos;
     v->dup = dup;
+    size_t total = 0;
+    for (int32_t t = 0; t < n_vocab; t++) total += len[t];
+    v->bytes = malloc(total ? total : 1);
+    v->off = malloc(((size_t)n_vocab + 1) * sizeof *v->off);
+    if (!v->bytes || !v->off) {
+        lmc_grammar_vocab_free(v);
+        return lmc_err_set(err, LMC_ERR_OOM, "grammar vocab: out of memory");
+    }
+    v->off[0] = 0;
+    for (int32_t t = 0; t < n_vocab; t++) {
+        if (len[t]) memcpy(v->bytes + v->off[t], tokens[t], len[t]);
+        v->off[t + 1] = v->off[t] + len[t];
+    }
     *out = v;
     return LMC_OK;
 }
@@ -475,7 +490,17 @@ void lmc_grammar_vocab_free(struct lmc_grammar_vocab *v) {
     free(v->nodes);
     free(v->eos);
     free(v->dup);
+    free(v->bytes);
+    free(v->off);
     free(v);
+}
+
+bool lmc_grammar_accept_token(struct lmc_grammar_state *s, const struct lmc_grammar_vocab *v, int32_t id) {
+    if (id < 0 || id >= v->n_vocab) return false;
+    for (int i = 0; i < v->n_eos; i++)
+        if (v->eos[i] == id) return lmc_grammar_can_end(s);
+    size_t n = v->off[id + 1] - v->off[id];
+    return n > 0 && lmc_grammar_accept(s, v->bytes + v->off[id], n);
 }
 
 struct walk {

@@ -58,6 +58,13 @@ bool lmc_grammar_can_continue(const struct lmc_grammar_state *s);
 lmc_status lmc_grammar_vocab_new(const char *const *tokens, const size_t *len, int32_t n_vocab, const int32_t *eos,
                                  int n_eos, struct lmc_grammar_vocab **out, lmc_err *err);
 void lmc_grammar_vocab_free(struct lmc_grammar_vocab *v);
+/* Advances by token id's bytes (an eos id: only checks the sentence is complete). */
+bool lmc_grammar_accept_token(struct lmc_grammar_state *s, const struct lmc_grammar_vocab *v, int32_t id);
+/* The vocabulary of a tokenizer: each id's bytes as decode([id]) gives them,
+ * special tokens none (never allowed) except the eos ids. */
+struct lmc_tokenizer;
+lmc_status lmc_grammar_vocab_from_tokenizer(const struct lmc_tokenizer *t, int64_t n_vocab, const int32_t *eos,
+                                            int n_eos, struct lmc_grammar_vocab **out, lmc_err *err);
 /* allowed[id] = 1 if token id can follow the state. LMC_ERR_ARG when no
  * token is allowed (a dead end). */
 lmc_status lmc_grammar_mask(struct lmc_grammar_state *s, struct lmc_grammar_vocab *v, uint8_t *allowed,
