@@ -33,13 +33,29 @@ struct lmc_grammar {
     int n_pend;
 };
 
-struct stack { uint32_t *v; uint32_t n; };
-struct sset { struct stack *s; uint32_t n, cap; bool overflow; };
+/* a set of stacks stored flat (no allocation per stack): stack i is data[s[i].off .. + s[i].n) */
+struct stack { uint32_t off, n; };
+struct sset { struct stack *s; uint32_t n, cap; uint32_t *data; uint32_t used, dcap; bool overflow; };
 
 struct cache_entry { uint64_t key; uint32_t *sig; uint32_t sig_n; uint8_t *mask; };
 
+/* a lazily built automaton over the stack sets a mask walk meets: each
+ * distinct set gets an id once, and its transition per byte is computed
+ * once, so walking the vocabulary trie costs a table lookup per node */
+#define DFA_MAX 4096
+struct dfa_state { uint32_t *sig; uint32_t sig_n; uint64_t hash; struct sset set; int32_t *next; };
+struct dfa {
+    struct dfa_state *st;
+    uint32_t n, cap;
+    int32_t *index;          /* open addressing: hash -> id + 1 (0: empty) */
+    uint32_t index_cap;
+};
+
+static void dfa_free(struct dfa *d);
+
 struct lmc_grammar_state {
     const struct lmc_grammar *g;
+    struct dfa dfa;
     struct sset cur;
     struct cache_entry cache[CACHE_SLOTS];
     uint32_t cache_next;
@@ -226,34 +242,27 @@ lmc_status lmc_grammar_finish(struct lmc_grammar *g, int start, lmc_err *err) {
 
 /* ---- stack sets ---- */
 static void sset_clear(struct sset *s) {
-    for (uint32_t i = 0; i < s->n; i++) free(s->s[i].v);
     s->n = 0;
+    s->used = 0;
     s->overflow = false;
 }
 static void sset_free(struct sset *s) {
-    sset_clear(s);
     free(s->s);
+    free(s->data);
     memset(s, 0, sizeof *s);
-}
-
-static bool stack_eq(const struct stack *a, const uint32_t *v, uint32_t n) {
-    return a->n == n && (n == 0 || !memcmp(a->v, v, n * sizeof *v));
 }
 
 static void sset_add(struct sset *s, const uint32_t *v, uint32_t n) {
     for (uint32_t i = 0; i < s->n; i++)
-        if (stack_eq(&s->s[i], v, n)) return;
-    if (s->n == MAX_STACKS || !grow((void **)&s->s, &s->cap, s->n + 1, sizeof *s->s)) {
+        if (s->s[i].n == n && (n == 0 || !memcmp(s->data + s->s[i].off, v, n * sizeof *v))) return;
+    if (s->n == MAX_STACKS || !grow((void **)&s->s, &s->cap, s->n + 1, sizeof *s->s) ||
+        !grow((void **)&s->data, &s->dcap, s->used + n + 1, sizeof *s->data)) {
         s->overflow = true;
         return;
     }
-    uint32_t *c = malloc((n ? n : 1) * sizeof *c);
-    if (!c) {
-        s->overflow = true;
-        return;
-    }
-    if (n) memcpy(c, v, n * sizeof *c);
-    s->s[s->n++] = (struct stack){c, n};
+    if (n) memcpy(s->data + s->used, v, n * sizeof *v);
+    s->s[s->n++] = (struct stack){s->used, n};
+    s->used += n;
 }
 
 /* expands stack v[0..n) (with spare room up to MAX_DEPTH) into s */
@@ -298,8 +307,9 @@ static void advance(const struct lmc_grammar *g, const struct sset *in, uint8_t 
     sset_clear(out);
     for (uint32_t i = 0; i < in->n; i++) {
         const struct stack *st = &in->s[i];
-        if (st->n == 0 || !has_byte(g, st->v[st->n - 1], b)) continue;
-        memcpy(scratch, st->v, st->n * sizeof *scratch);
+        const uint32_t *sv = in->data + st->off;
+        if (st->n == 0 || !has_byte(g, sv[st->n - 1], b)) continue;
+        memcpy(scratch, sv, st->n * sizeof *scratch);
         scratch[st->n - 1]++;
         expand(g, scratch, st->n, out, 0);
     }
@@ -332,6 +342,7 @@ lmc_status lmc_grammar_state_new(const struct lmc_grammar *g, struct lmc_grammar
 
 void lmc_grammar_state_free(struct lmc_grammar_state *s) {
     if (!s) return;
+    dfa_free(&s->dfa);
     sset_free(&s->cur);
     for (int i = 0; i < CACHE_SLOTS; i++) {
         free(s->cache[i].sig);
@@ -503,35 +514,6 @@ bool lmc_grammar_accept_token(struct lmc_grammar_state *s, const struct lmc_gram
     return n > 0 && lmc_grammar_accept(s, v->bytes + v->off[id], n);
 }
 
-struct walk {
-    const struct lmc_grammar *g;
-    const struct lmc_grammar_vocab *v;
-    uint8_t *allowed;
-    uint32_t *scratch;
-    struct sset *levels;   /* one stack set per depth */
-    uint32_t max_level;
-    bool overflow;
-};
-
-static void walk(struct walk *w, const struct sset *in, uint32_t node, uint32_t level) {
-    const struct tnode *nd = &w->v->nodes[node];
-    for (uint32_t k = 0; k < nd->n_child; k++) {
-        uint32_t c = nd->child0 + k;
-        const struct tnode *cn = &w->v->nodes[c];
-        if (level + 1 >= w->max_level) {
-            w->overflow = true;
-            return;
-        }
-        struct sset *out = &w->levels[level + 1];
-        advance(w->g, in, cn->byte, out, w->scratch);
-        if (out->overflow) w->overflow = true;
-        if (out->n == 0) continue;
-        for (int32_t t = cn->token; t >= 0; t = w->v->dup[t]) w->allowed[t] = 1;
-        if (cn->n_child) walk(w, out, c, level + 1);
-        /* out is reused by the next sibling */
-    }
-}
-
 /* signature of a stack set: its stacks' contents, each prefixed by its length, in order */
 static uint32_t *signature(const struct sset *s, uint32_t *n, uint64_t *hash) {
     uint32_t total = 1;
@@ -542,7 +524,7 @@ static uint32_t *signature(const struct sset *s, uint32_t *n, uint64_t *hash) {
     sig[k++] = s->n;
     for (uint32_t i = 0; i < s->n; i++) {
         sig[k++] = s->s[i].n;
-        memcpy(sig + k, s->s[i].v, s->s[i].n * sizeof *sig);
+        if (s->s[i].n) memcpy(sig + k, s->data + s->s[i].off, s->s[i].n * sizeof *sig);
         k += s->s[i].n;
     }
     uint64_t h = 1469598103934665603ull;
@@ -550,6 +532,102 @@ static uint32_t *signature(const struct sset *s, uint32_t *n, uint64_t *hash) {
     *n = k;
     *hash = h;
     return sig;
+}
+
+static void dfa_free(struct dfa *d) {
+    for (uint32_t i = 0; i < d->n; i++) {
+        free(d->st[i].sig);
+        sset_free(&d->st[i].set);
+        free(d->st[i].next);
+    }
+    free(d->st);
+    free(d->index);
+    memset(d, 0, sizeof *d);
+}
+
+/* the id of stack set x (added if new); -1 when out of room or memory */
+static int32_t dfa_intern(struct dfa *d, const struct sset *x) {
+    uint32_t sn;
+    uint64_t h;
+    uint32_t *sig = signature(x, &sn, &h);
+    if (!sig) return -1;
+    if (d->index_cap == 0) {
+        d->index_cap = 2 * DFA_MAX;
+        d->index = calloc(d->index_cap, sizeof *d->index);
+        if (!d->index) {
+            free(sig);
+            d->index_cap = 0;
+            return -1;
+        }
+    }
+    uint32_t slot = (uint32_t)(h % d->index_cap);
+    while (d->index[slot]) {
+        const struct dfa_state *e = &d->st[d->index[slot] - 1];
+        if (e->hash == h && e->sig_n == sn && !memcmp(e->sig, sig, sn * sizeof *sig)) {
+            free(sig);
+            return d->index[slot] - 1;
+        }
+        slot = (slot + 1) % d->index_cap;
+    }
+    if (d->n == DFA_MAX || !grow((void **)&d->st, &d->cap, d->n + 1, sizeof *d->st)) {
+        free(sig);
+        return -1;
+    }
+    struct dfa_state *e = &d->st[d->n];
+    memset(e, 0, sizeof *e);
+    e->sig = sig;
+    e->sig_n = sn;
+    e->hash = h;
+    e->next = malloc(256 * sizeof *e->next);
+    for (uint32_t i = 0; i < x->n; i++) sset_add(&e->set, x->data + x->s[i].off, x->s[i].n);
+    if (!e->next || e->set.overflow) {
+        free(e->next);
+        free(sig);
+        sset_free(&e->set);
+        return -1;
+    }
+    for (int b = 0; b < 256; b++) e->next[b] = -2;
+    d->index[slot] = (int32_t)d->n + 1;
+    return (int32_t)d->n++;
+}
+
+struct walk {
+    const struct lmc_grammar *g;
+    struct dfa *dfa;
+    const struct lmc_grammar_vocab *v;
+    uint8_t *allowed;
+    uint32_t *scratch;
+    struct sset tmp;
+    bool overflow;
+};
+
+static void walk(struct walk *w, int32_t id, uint32_t node, int depth) {
+    const struct tnode *nd = &w->v->nodes[node];
+    if (depth > 1024) {
+        w->overflow = true;
+        return;
+    }
+    for (uint32_t k = 0; k < nd->n_child && !w->overflow; k++) {
+        uint32_t c = nd->child0 + k;
+        const struct tnode *cn = &w->v->nodes[c];
+        int32_t nid = w->dfa->st[id].next[cn->byte];
+        if (nid == -2) { /* not computed yet */
+            advance(w->g, &w->dfa->st[id].set, cn->byte, &w->tmp, w->scratch);
+            if (w->tmp.overflow) {
+                w->overflow = true;
+                return;
+            }
+            nid = w->tmp.n ? dfa_intern(w->dfa, &w->tmp) : -1;
+            if (w->tmp.n && nid < 0) {
+                w->overflow = true;
+                return;
+            }
+            w->dfa->st[id].next[cn->byte] = nid;
+        }
+        if (nid < 0) continue;
+        for (int32_t t = cn->token; t >= 0; t = w->v->dup[t]) w->allowed[t] = 1;
+        if (cn->n_child) walk(w, nid, c, depth + 1);
+    }
 }
 
 lmc_status lmc_grammar_mask(struct lmc_grammar_state *s, struct lmc_grammar_vocab *v, uint8_t *allowed,
@@ -575,21 +653,20 @@ lmc_status lmc_grammar_mask(struct lmc_grammar_state *s, struct lmc_grammar_voca
         }
     }
     memset(allowed, 0, (size_t)v->n_vocab);
-    struct walk w = {s->g, v, allowed, malloc(MAX_DEPTH * sizeof(uint32_t)), calloc(260, sizeof(struct sset)), 260,
-                     false};
-    if (!w.scratch || !w.levels) {
+    if (s->dfa.n > DFA_MAX / 2) dfa_free(&s->dfa); /* start over rather than fill up mid-walk */
+    struct walk w = {s->g, &s->dfa, v, allowed, malloc(MAX_DEPTH * sizeof(uint32_t)), {0}, false};
+    int32_t root = w.scratch ? dfa_intern(&s->dfa, &s->cur) : -1;
+    if (root < 0) {
         free(w.scratch);
-        free(w.levels);
         free(sig);
-        return lmc_err_set(err, LMC_ERR_OOM, "grammar: out of memory");
+        return lmc_err_set(err, LMC_ERR_OOM, "grammar: out of memory or parser states");
     }
-    walk(&w, &s->cur, 0, 0);
-    for (uint32_t i = 0; i < w.max_level; i++) sset_free(&w.levels[i]);
-    free(w.levels);
+    walk(&w, root, 0, 0);
+    sset_free(&w.tmp);
     free(w.scratch);
     if (w.overflow) {
         free(sig);
-        return lmc_err_set(err, LMC_ERR_ARG, "grammar: too many parse stacks while masking");
+        return lmc_err_set(err, LMC_ERR_ARG, "grammar: too many parse stacks or parser states while masking");
     }
     {
         struct cache_entry *e = &s->cache[s->cache_next++ % CACHE_SLOTS];
