@@ -2,7 +2,8 @@
  * first line is a JSON Schema, the rest a candidate output. The schema is
  * compiled (or refused with a message), the output fed byte by byte, and a
  * token mask computed over a small fixed vocabulary at the end; a mask must
- * never allow EOS unless the output is complete. */
+ * never allow EOS unless the output is complete. The schema line is also
+ * read as GBNF text. */
 #include "core/core.h"
 #include "infer/grammar.h"
 
@@ -19,6 +20,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lmc_err err;
     memset(&err, 0, sizeof err);
     struct lmc_grammar *g = NULL;
+    if (lmc_grammar_from_gbnf((const char *)data, sn, &g, &err) == LMC_OK) {
+        struct lmc_grammar_state *s = NULL;
+        if (lmc_grammar_state_new(g, &s, &err) == LMC_OK) {
+            for (size_t i = 0; i < rn; i++)
+                if (!lmc_grammar_accept(s, rest + i, 1)) break;
+            lmc_grammar_state_free(s);
+        }
+        lmc_grammar_free(g);
+    } else LMC_ASSERT(!g && err.msg[0]);
+    g = NULL;
+    memset(&err, 0, sizeof err);
     if (lmc_grammar_from_json_schema((const char *)data, sn, &g, &err) != LMC_OK) {
         LMC_ASSERT(!g && err.msg[0]);
         return 0;

@@ -379,7 +379,52 @@ static void test_errors(void) {
     lmc_grammar_free(g);
 }
 
+static bool ref_gbnf(const char *s) { /* root ::= ("ab" | [x-y]+) "!"? — or a single "é" */
+    size_t n = strlen(s);
+    if (!strcmp(s, "\xc3\xa9")) return true;
+    if (n && s[n - 1] == '!') n--;
+    if (n == 2 && !memcmp(s, "ab", 2)) return true;
+    if (n == 0) return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != 'x' && s[i] != 'y') return false;
+    return true;
+}
+
+static bool ref_gbnf_neg(const char *s) { /* root ::= [^a"]{1,2} : one or two characters, none of them a or " */
+    size_t chars = 0;
+    if (!utf8_ok(s)) return false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == 'a' || *p == '"') return false;
+        chars += (*p & 0xc0) != 0x80;
+    }
+    return chars >= 1 && chars <= 2;
+}
+
+static void test_gbnf(void) {
+    lmc_err err = {0};
+    struct lmc_grammar *g = NULL;
+    const char *t1 = "# a comment\nroot ::= (\"ab\" | xy) \"!\"? | [\u00e9]\nxy ::= [x-y]+\n";
+    CHECK_MSG(lmc_grammar_from_gbnf(t1, strlen(t1), &g, &err) == LMC_OK, "%s", err.msg);
+    const char *p1[] = {"a", "b", "x", "y", "!", "\xc3\xa9", "\xc3"};
+    int n;
+    if (g) brute("gbnf", g, p1, 7, 4, ref_gbnf, &n);
+    lmc_grammar_free(g);
+    const char *t2 = "root ::= [^a\"]{1,2}";
+    CHECK_MSG(lmc_grammar_from_gbnf(t2, strlen(t2), &g, &err) == LMC_OK, "%s", err.msg);
+    const char *p2[] = {"a", "\"", "b", "\xc3\xa9", "\xc3", "\n"};
+    if (g) brute("gbnf negated class", g, p2, 6, 4, ref_gbnf_neg, &n);
+    lmc_grammar_free(g);
+    static const char *bad[] = {"root ::= x", "x ::= \"a\"", "root ::= \"a", "root ::= [b-a]", "root ::= (\"a\"",
+                                "root ::= \"a\"\nroot ::= \"b\"", "root ::= \"a\"{3,1}", "root ::= root \"a\" | \"b\"",
+                                "root ::= [^\u00e9]", "::= \"a\""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        g = NULL;
+        CHECK_MSG(lmc_grammar_from_gbnf(bad[i], strlen(bad[i]), &g, &err) != LMC_OK && !g && err.msg[0], "%s", bad[i]);
+    }
+}
+
 int main(void) {
+    test_gbnf();
     test_brute_force();
     test_masks();
     test_errors();

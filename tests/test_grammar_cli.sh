@@ -52,7 +52,19 @@ done
 printf '%s' '{"type":"string","pattern":"^a+$"}' >"$TMP/bad.json"
 "$LMC" generate -m "$FIX/qwen2-tiny" -p x --json-schema "$TMP/bad.json" >/dev/null 2>"$TMP/err"
 [ $? -eq 1 ] && grep -q "pattern" "$TMP/err"; ok $? "unsupported keyword named: $(cat "$TMP/err")"
-"$LMC" generate -m "$FIX/qwen2-tiny" -p x --grammar 'root ::= "a"' >/dev/null 2>"$TMP/err"
-[ $? -eq 2 ]; ok $? "GBNF text refused as a usage error"
+# a GBNF file: yes/no answers, or a small list
+printf '%s\n' 'root ::= answer | "[" item ("," item){0,2} "]"' 'answer ::= "yes" | "no"' 'item ::= [a-c]+' >"$TMP/g.gbnf"
+for seed in 1 2 3 4; do
+  "$LMC" generate -m "$FIX/qwen2-tiny" -p "say:" --grammar "$TMP/g.gbnf" -n 40 --temp 1.0 --seed $seed --json >"$TMP/out.json" 2>"$TMP/err"
+  ok $? "gbnf seed $seed exit: $(cat "$TMP/err")"
+  python3 -c "
+import json, re, sys
+o = json.load(open('$TMP/out.json'))
+sys.exit(0 if o['finish_reason'] != 'stop' or re.fullmatch(r'yes|no|\[[a-c]+(,[a-c]+){0,2}\]', o['text']) else 1)"
+  ok $? "gbnf seed $seed: $(python3 -c "import json;print(json.load(open('$TMP/out.json'))['text'])") matches"
+done
+printf '%s\n' 'root ::= missing' >"$TMP/bad.gbnf"
+"$LMC" generate -m "$FIX/qwen2-tiny" -p x --grammar "$TMP/bad.gbnf" >/dev/null 2>"$TMP/err"
+[ $? -eq 1 ] && grep -q "not defined" "$TMP/err"; ok $? "a bad GBNF file: $(cat "$TMP/err")"
 echo "test_grammar_cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -89,7 +89,7 @@ static void apply_model_defaults(struct gen_args *a, const struct lmc_config *c)
     a->g.sampling.temperature = c->gen_do_sample ? c->gen_temperature : 0.0;
 }
 
-/* --json-schema FILE / --grammar json: the grammar, its parse state and the
+/* --json-schema FILE / --grammar json|FILE.gbnf: the grammar, its parse state and the
  * tokenizer's vocabulary as bytes; prints the error and returns non-zero. */
 static int open_grammar(const struct gen_args *a, const struct cli_model *cm, struct lmc_grammar **g,
                         struct lmc_grammar_state **gs, struct lmc_grammar_vocab **gv) {
@@ -99,19 +99,15 @@ static int open_grammar(const struct gen_args *a, const struct cli_model *cm, st
         fprintf(stderr, "lmc generate: give --json-schema or --grammar, not both\n");
         return 2;
     }
-    if (a->grammar) {
-        if (strcmp(a->grammar, "json")) {
-            fprintf(stderr, "lmc generate: --grammar takes 'json' (any JSON object); GBNF files are not supported "
-                            "yet, use --json-schema FILE\n");
-            return 2;
-        }
-        st = lmc_grammar_json_object(g, &err);
-    } else {
+    if (a->grammar && !strcmp(a->grammar, "json")) st = lmc_grammar_json_object(g, &err);
+    else { /* a JSON Schema file or a GBNF file */
+        const char *path = a->grammar ? a->grammar : a->json_schema;
         char *text = NULL;
         size_t len = 0;
-        st = lmc_file_read(a->json_schema, (size_t)16 << 20, &text, &len, &err);
-        if (!st) st = lmc_grammar_from_json_schema(text, len, g, &err);
-        if (st) lmc_err_prefix(&err, "%s: ", a->json_schema);
+        st = lmc_file_read(path, (size_t)16 << 20, &text, &len, &err);
+        if (!st) st = a->grammar ? lmc_grammar_from_gbnf(text, len, g, &err)
+                                 : lmc_grammar_from_json_schema(text, len, g, &err);
+        if (st) lmc_err_prefix(&err, "%s: ", path);
         free(text);
     }
     int32_t eos[LMC_MAX_EOS + 1];

@@ -39,6 +39,9 @@ lmc_status lmc_grammar_finish(struct lmc_grammar *g, int start, lmc_err *err);
  * lists), enum, const, anyOf/oneOf, $ref to #/$defs or #/definitions,
  * nullable. Unsupported keywords are an error naming them. */
 lmc_status lmc_grammar_from_json_schema(const char *schema, size_t n, struct lmc_grammar **out, lmc_err *err);
+/* GBNF text (llama.cpp's notation; start rule `root`; grammar_gbnf.c lists
+ * what is supported). Errors name the line. */
+lmc_status lmc_grammar_from_gbnf(const char *text, size_t n, struct lmc_grammar **out, lmc_err *err);
 /* Any JSON object (response_format json_object). */
 lmc_status lmc_grammar_json_object(struct lmc_grammar **out, lmc_err *err);
 
