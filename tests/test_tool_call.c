@@ -2,8 +2,13 @@
  * Mistral both styles, generic JSON): single and multiple calls, content
  * before calls, arguments given as objects or JSON strings, quotes and tags
  * inside argument strings, and the all-or-nothing rule: truncated or
- * malformed replies come back whole as plain content with no calls. */
+ * malformed replies come back whole as plain content with no calls. Round
+ * trip: the assistant tool-call turn that real templates render (from
+ * tests/fixtures/chat_templates) parses back, in the format the template's
+ * text selects, to the call that was rendered. */
+#include "core/core.h"
 #include "infer/tool_call.h"
+#include "tokenizer/chat_template.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -35,7 +40,44 @@ static void expect(const char *text, enum lmc_tool_format f, const char *content
 
 static void plain(const char *text, enum lmc_tool_format f) { expect(text, f, text, 0, NULL); }
 
+/* the assistant turn between two markers of a fixture's tool-call rendering */
+static void round_trip(const char *file, const char *begin, const char *end, const char *want_fmt) {
+    char path[256], *text = NULL;
+    snprintf(path, sizeof path, "tests/fixtures/chat_templates/%s.json", file);
+    lmc_err err = {0};
+    CHECK(lmc_file_read(path, 8u << 20, &text, NULL, &err) == LMC_OK);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!j) return;
+    const char *tmpl = cJSON_GetObjectItem(j, "template")->valuestring;
+    const char *r = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "cases"), 6), "rendered")->valuestring;
+    struct lmc_chat_template *ct = NULL;
+    CHECK(lmc_chat_template_new(tmpl, "<s>", "</s>", &ct, &err) == LMC_OK);
+    const char *fmt = lmc_chat_template_tool_format(ct);
+    CHECK_MSG(!strcmp(fmt, want_fmt), "%s: format %s", file, fmt);
+    const char *a = strstr(strstr(r, "Weather in Paris?"), begin);
+    const char *b = a ? strstr(a + strlen(begin), end) : NULL;
+    CHECK_MSG(a && b, "%s: markers not found", file);
+    if (a && b) {
+        a += strlen(begin);
+        struct lmc_tool_parse p;
+        CHECK(lmc_tool_calls_parse(a, (size_t)(b - a), lmc_tool_format_from_name(fmt), &p, &err) == LMC_OK);
+        CHECK_MSG(p.n_calls == 1 && !strcmp(p.calls[0].name, "get_weather") &&
+                      !strcmp(p.calls[0].arguments, "{\"city\":\"Paris\"}"),
+                  "%s: [%.*s] -> %d calls", file, (int)(b - a), a, p.n_calls);
+        lmc_tool_parse_free(&p);
+    }
+    lmc_chat_template_free(ct);
+    cJSON_Delete(j);
+}
+
 int main(void) {
+    round_trip("Qwen-Qwen2.5-7B-Instruct", "<|im_start|>assistant\n", "<|im_end|>", "hermes");
+    round_trip("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "<|im_start|>assistant\n", "<|im_end|>", "hermes");
+    round_trip("MiMo-VL", "<|im_start|>assistant\n", "<|im_end|>", "hermes");
+    round_trip("ibm-granite-granite-4.0", "<|end_of_role|>", "<|end_of_text|>", "hermes");
+    round_trip("meta-llama-Llama-3.2-3B-Instruct", "assistant<|end_header_id|>\n\n", "<|eot_id|>", "llama3");
+    round_trip("unsloth-mistral-Devstral-Small-2507", "[/INST]", "</s>", "mistral");
     /* Hermes / Qwen */
     const char *w1[] = {"get_weather|{\"city\":\"Paris\"}"};
     expect("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
