@@ -58,7 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
     /* the input as a model's reply: calls are whole and valid, or there are none */
-    for (int f = 0; f < 4; f++) {
+    for (int f = 0; f < 6; f++) {
         struct lmc_tool_parse tp;
         if (lmc_tool_calls_parse((const char *)data, size, (enum lmc_tool_format)f, &tp, &err) != LMC_OK) continue;
         LMC_ASSERT(tp.content != NULL);

@@ -78,6 +78,23 @@ int main(void) {
     round_trip("ibm-granite-granite-4.0", "<|end_of_role|>", "<|end_of_text|>", "hermes");
     round_trip("meta-llama-Llama-3.2-3B-Instruct", "assistant<|end_header_id|>\n\n", "<|eot_id|>", "llama3");
     round_trip("unsloth-mistral-Devstral-Small-2507", "[/INST]", "</s>", "mistral");
+    round_trip("Qwen3-Coder", "<|im_start|>assistant\n", "<|im_end|>", "qwen3_xml");
+    round_trip("StepFun3.5-Flash", "</think>\n", "<|im_end|>", "qwen3_xml");
+    round_trip("GLM-4.7-Flash", "</think>", "<|observation|>", "glm");
+    round_trip("poolside-Laguna-XS-2.1", "</think>\n", "\n</assistant>", "glm");
+    round_trip("inclusionai-ling-3.0-flash", "<think></think>", "<|role_end|>", "glm");
+    /* XML-style values: JSON when they parse, strings otherwise; malformed -> plain */
+    const char *x1[] = {"f|{\"n\":21,\"s\":\"two words\",\"o\":{\"k\":[1]}}"};
+    expect("<tool_call>\n<function=f>\n<parameter=n>\n21\n</parameter>\n<parameter=s>\ntwo words\n</parameter>\n"
+           "<parameter=o>\n{\"k\": [1]}\n</parameter>\n</function>\n</tool_call>",
+           LMC_TOOL_QWEN3_XML, "", 1, x1);
+    plain("<tool_call>\n<function=f>\n<parameter=n>\n21\n</parameter>\n", LMC_TOOL_QWEN3_XML);
+    plain("<tool_call>\n<function=f>\n<parameter=n>\n21\n</function>\n</tool_call>", LMC_TOOL_QWEN3_XML);
+    const char *g1[] = {"get|{\"a\":\"x\"}", "put|{}"};
+    expect("ok <tool_call>get<arg_key>a</arg_key><arg_value>x</arg_value></tool_call><tool_call>put</tool_call>",
+           LMC_TOOL_GLM, "ok", 2, g1);
+    plain("<tool_call>get<arg_key>a</arg_key></tool_call>", LMC_TOOL_GLM);
+    plain("<tool_call>get<arg_key>a</arg_key><arg_value>x", LMC_TOOL_GLM);
     /* Hermes / Qwen */
     const char *w1[] = {"get_weather|{\"city\":\"Paris\"}"};
     expect("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",

@@ -18,6 +18,8 @@ enum lmc_tool_format lmc_tool_format_from_name(const char *name) {
     if (!strcmp(name, "hermes")) return LMC_TOOL_HERMES;
     if (!strcmp(name, "llama3")) return LMC_TOOL_LLAMA3;
     if (!strcmp(name, "mistral")) return LMC_TOOL_MISTRAL;
+    if (!strcmp(name, "qwen3_xml")) return LMC_TOOL_QWEN3_XML;
+    if (!strcmp(name, "glm")) return LMC_TOOL_GLM;
     return LMC_TOOL_JSON;
 }
 
@@ -307,6 +309,126 @@ static void parse_json(struct acc *a, const char *s, size_t n) {
     cJSON_Delete(j);
 }
 
+/* s[0..n) with one leading and one trailing newline dropped, as a JSON value if it is one, else a string */
+static cJSON *xml_value(const char *s, size_t n) {
+    if (n && s[0] == '\n') s++, n--;
+    if (n && s[n - 1] == '\n') n--;
+    cJSON *v = parse_exact(s, n);
+    if (v && !cJSON_IsString(v)) return v;
+    cJSON_Delete(v);
+    char *t = malloc(n + 1);
+    if (!t) return NULL;
+    memcpy(t, s, n);
+    t[n] = 0;
+    v = cJSON_CreateString(t);
+    free(t);
+    return v;
+}
+
+/* expects literal `lit` at *p (after whitespace when ws); advances past it */
+static bool eat(const char **p, const char *end, const char *lit, bool ws) {
+    const char *q = *p;
+    if (ws)
+        while (q < end && is_ws(*q)) q++;
+    size_t l = strlen(lit);
+    if ((size_t)(end - q) < l || memcmp(q, lit, l)) return false;
+    *p = q + l;
+    return true;
+}
+
+/* text up to the next `stop` (not included); NULL when absent */
+static const char *until(const char *p, const char *end, const char *stop) { return find(p, (size_t)(end - p), stop); }
+
+/* one <tool_call> body in Qwen3-Coder XML (glm: GLM's arg_key/arg_value) -> a call */
+static void xml_call(struct acc *a, const char *p, const char *end, bool glm) {
+    cJSON *call = cJSON_CreateObject(), *args = cJSON_CreateObject();
+    char name[256];
+    const char *q;
+    bool ok = call && args;
+    if (ok && !glm) {
+        ok = eat(&p, end, "<function=", true) && (q = until(p, end, ">")) && (size_t)(q - p) < sizeof name;
+        if (ok) {
+            memcpy(name, p, (size_t)(q - p));
+            name[q - p] = 0;
+            p = q + 1;
+        }
+        while (ok && eat(&p, end, "<parameter=", true)) {
+            const char *k = p, *ke = until(p, end, ">");
+            const char *ve = ke ? until(ke + 1, end, "</parameter>") : NULL;
+            ok = ke && ve && ke > k;
+            if (!ok) break;
+            char key[256];
+            size_t kl = (size_t)(ke - k) < sizeof key - 1 ? (size_t)(ke - k) : sizeof key - 1;
+            memcpy(key, k, kl);
+            key[kl] = 0;
+            cJSON *v = xml_value(ke + 1, (size_t)(ve - ke - 1));
+            ok = v != NULL;
+            if (ok) cJSON_AddItemToObject(args, key, v);
+            p = ve + strlen("</parameter>");
+        }
+        ok = ok && eat(&p, end, "</function>", true);
+    } else if (ok) {
+        const char *ne = p;
+        while (ne < end && *ne != '<' && *ne != '\n') ne++;
+        size_t nl = (size_t)(ne - p);
+        while (nl && is_ws(p[nl - 1])) nl--;
+        while (nl && is_ws(*p)) p++, nl--;
+        ok = nl > 0 && nl < sizeof name;
+        if (ok) {
+            memcpy(name, p, nl);
+            name[nl] = 0;
+            p = ne;
+        }
+        while (ok && eat(&p, end, "<arg_key>", true)) {
+            const char *ke = until(p, end, "</arg_key>");
+            ok = ke && ke > p;
+            if (!ok) break;
+            char key[256];
+            size_t kl = (size_t)(ke - p) < sizeof key - 1 ? (size_t)(ke - p) : sizeof key - 1;
+            memcpy(key, p, kl);
+            key[kl] = 0;
+            p = ke + strlen("</arg_key>");
+            ok = eat(&p, end, "<arg_value>", true);
+            const char *ve = ok ? until(p, end, "</arg_value>") : NULL;
+            ok = ok && ve;
+            if (!ok) break;
+            cJSON *v = xml_value(p, (size_t)(ve - p));
+            ok = v != NULL;
+            if (ok) cJSON_AddItemToObject(args, key, v);
+            p = ve + strlen("</arg_value>");
+        }
+    }
+    while (ok && p < end && is_ws(*p)) p++;
+    ok = ok && p == end;
+    if (ok) {
+        cJSON_AddStringToObject(call, "name", name);
+        cJSON_AddItemToObject(call, "arguments", args);
+        args = NULL;
+        add_call(a, call, NULL);
+    } else a->bad = true;
+    cJSON_Delete(args);
+    cJSON_Delete(call);
+}
+
+static void parse_xml(struct acc *a, const char *s, size_t n, size_t *content_end, bool glm) {
+    static const char open[] = "<tool_call>", close[] = "</tool_call>";
+    const char *end = s + n, *p = find(s, n, open);
+    if (!p) return;
+    *content_end = (size_t)(p - s);
+    while (p && !a->bad) {
+        const char *body = p + strlen(open), *e = until(body, end, close);
+        if (!e) { /* truncated */
+            a->bad = true;
+            break;
+        }
+        xml_call(a, body, e, glm);
+        const char *next = e + strlen(close);
+        p = until(next, end, open);
+        for (const char *r = next; r < (p ? p : end); r++)
+            if (!is_ws(*r)) a->bad = true;
+    }
+}
+
 lmc_status lmc_tool_calls_parse(const char *text, size_t n, enum lmc_tool_format fmt, struct lmc_tool_parse *out,
                                 lmc_err *err) {
     memset(out, 0, sizeof *out);
@@ -318,6 +440,8 @@ lmc_status lmc_tool_calls_parse(const char *text, size_t n, enum lmc_tool_format
     switch (fmt) {
     case LMC_TOOL_HERMES: parse_hermes(&a, s, n, &content_end); break;
     case LMC_TOOL_MISTRAL: parse_mistral(&a, s, n, &content_end); break;
+    case LMC_TOOL_QWEN3_XML: parse_xml(&a, s, n, &content_end, false); break;
+    case LMC_TOOL_GLM: parse_xml(&a, s, n, &content_end, true); break;
     case LMC_TOOL_LLAMA3:
         parse_llama3(&a, s, n);
         content_end = 0;

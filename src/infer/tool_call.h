@@ -5,7 +5,11 @@
  * <|python_tag|>, several separated by ';'), Mistral ([TOOL_CALLS] followed
  * by a JSON list, or name[ARGS]{json} per call), or generic JSON (the whole
  * reply, optionally in a ```json fence, is a call, a list of calls or
- * {"tool_calls": [...]}). All or nothing: a reply with any malformed or
+ * {"tool_calls": [...]}), Qwen3-Coder XML (<tool_call><function=NAME>
+ * <parameter=KEY>value</parameter></function></tool_call>) and GLM
+ * (<tool_call>NAME<arg_key>KEY</arg_key><arg_value>value</arg_value>
+ * </tool_call>), whose values are JSON when they parse as JSON and strings
+ * otherwise. All or nothing: a reply with any malformed or
  * truncated call comes back as plain content with no calls. */
 #ifndef LMC_TOOL_CALL_H
 #define LMC_TOOL_CALL_H
@@ -14,7 +18,8 @@
 
 #include <stddef.h>
 
-enum lmc_tool_format { LMC_TOOL_JSON = 0, LMC_TOOL_HERMES, LMC_TOOL_LLAMA3, LMC_TOOL_MISTRAL };
+enum lmc_tool_format { LMC_TOOL_JSON = 0, LMC_TOOL_HERMES, LMC_TOOL_LLAMA3, LMC_TOOL_MISTRAL, LMC_TOOL_QWEN3_XML,
+                       LMC_TOOL_GLM };
 
 struct lmc_tool_call {
     char *id;          /* the model's id if it gave one, else "call_" + 24 hex digits */
@@ -28,7 +33,7 @@ struct lmc_tool_parse {
     int n_calls;
 };
 
-/* "hermes", "llama3", "mistral", "json" (lmc_chat_template_tool_format's names) -> format */
+/* "hermes", "llama3", "mistral", "qwen3_xml", "glm", "json" (lmc_chat_template_tool_format's names) -> format */
 enum lmc_tool_format lmc_tool_format_from_name(const char *name);
 /* Parses text[0..n). Only allocation failure is an error; *out is always
  * filled on LMC_OK. */

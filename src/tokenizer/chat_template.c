@@ -298,6 +298,8 @@ int lmc_chat_template_turn_stops(const struct lmc_chat_template *ct, const char 
 const char *lmc_chat_template_tool_format(const struct lmc_chat_template *ct) {
     for (int i = 0; ct && i < ct->n; i++) {
         const char *t = ct->tm[i].text;
+        if (strstr(t, "<function=") && strstr(t, "<parameter=")) return "qwen3_xml";
+        if (strstr(t, "<arg_key>")) return "glm";
         if (strstr(t, "<tool_call>")) return "hermes";
         if (strstr(t, "[TOOL_CALLS]")) return "mistral";
         if (strstr(t, "<|start_header_id|>") && strstr(t, "parameters")) return "llama3";

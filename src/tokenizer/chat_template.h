@@ -62,8 +62,9 @@ lmc_status lmc_chat_template_render_msgs(const struct lmc_chat_template *ct, con
  * the pointers live as long as ct. Returns how many (<= the max). */
 int lmc_chat_template_turn_stops(const struct lmc_chat_template *ct, const char **out);
 /* The tool-call text format the template teaches the model: "hermes"
- * (<tool_call>{json}</tool_call>), "llama3" (bare JSON with "parameters"),
- * "mistral" ([TOOL_CALLS]) or "json" (anything else). */
+ * (<tool_call>{json}</tool_call>), "qwen3_xml" (<function=...>), "glm"
+ * (<arg_key>), "llama3" (bare JSON with "parameters"), "mistral"
+ * ([TOOL_CALLS]) or "json" (anything else). */
 const char *lmc_chat_template_tool_format(const struct lmc_chat_template *ct);
 
 #endif
