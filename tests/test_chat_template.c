@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct chat_case {
@@ -397,7 +398,20 @@ static void test_loading(void) {
     out = render_dir(dir, NULL, msgs, NULL, NULL, &err);
     CHECK_MSG(out && !strcmp(out, "Jhi"), "%s", out ? out : err.msg);
     free(out);
-    char file[600];
+    /* additional_chat_templates/NAME.jinja beside it: tool_use from there */
+    char sub[600], file[700];
+    snprintf(sub, sizeof sub, "%s/additional_chat_templates", dir);
+    CHECK(mkdir(sub, 0700) == 0);
+    write_file(sub, "tool_use.jinja", "U{{ tools | length }}");
+    out = render_dir(dir, NULL, msgs, "[1, 2]", NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "U2"), "%s", out ? out : err.msg);
+    free(out);
+    out = render_dir(dir, NULL, msgs, NULL, NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "Jhi"), "%s", out ? out : err.msg);
+    free(out);
+    snprintf(file, sizeof file, "%s/tool_use.jinja", sub);
+    unlink(file);
+    rmdir(sub);
     snprintf(file, sizeof file, "%s/mine.jinja", dir);
     write_file(dir, "mine.jinja", "M{{ eos_token }}");
     out = render_dir(dir, file, msgs, NULL, NULL, &err);

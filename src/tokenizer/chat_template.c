@@ -8,6 +8,8 @@
 #include "template/jinja.h"
 #include "tokenizer/tokenizer.h"
 
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,13 +143,43 @@ static const char *token_text(const cJSON *v) {
     return NULL;
 }
 
+/* chat_template.jinja ("default") and additional_chat_templates/NAME.jinja
+ * beside the model */
+static lmc_status add_file_templates(struct lmc_chat_template *ct, const char *dir, lmc_err *err) {
+    char path[4096], sub[4096];
+    char *text = NULL;
+    lmc_status st = LMC_OK;
+    if (lmc_path_join(path, sizeof path, dir, "chat_template.jinja") && lmc_file_exists(path)) {
+        st = lmc_file_read(path, MAX_FILE, &text, NULL, err);
+        if (!st) st = add_template(ct, "default", text, path, err);
+        free(text);
+        text = NULL;
+    }
+    if (st || !lmc_path_join(sub, sizeof sub, dir, "additional_chat_templates")) return st;
+    DIR *d = opendir(sub);
+    if (!d) return st;
+    struct dirent *e;
+    while (!st && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l <= 6 || strcmp(e->d_name + l - 6, ".jinja") || !lmc_path_join(path, sizeof path, sub, e->d_name)) continue;
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(l - 6), e->d_name);
+        st = lmc_file_read(path, MAX_FILE, &text, NULL, err);
+        if (!st) st = add_template(ct, name, text, path, err);
+        free(text);
+        text = NULL;
+    }
+    closedir(d);
+    return st;
+}
+
 lmc_status lmc_chat_template_load(const char *dir, const char *template_file, const struct lmc_tokenizer *tok,
                                   struct lmc_chat_template **out, lmc_err *err) {
     *out = NULL;
     struct lmc_chat_template *ct = ct_new(err);
     if (!ct) return LMC_ERR_OOM;
     lmc_status st = LMC_OK;
-    char cfg_path[4096], jinja_path[4096];
+    char cfg_path[4096];
     cJSON *cfg = NULL;
     char *text = NULL;
     if (dir && lmc_path_join(cfg_path, sizeof cfg_path, dir, "tokenizer_config.json") && lmc_file_exists(cfg_path)) {
@@ -174,10 +206,8 @@ lmc_status lmc_chat_template_load(const char *dir, const char *template_file, co
     if (!st && template_file) {
         st = lmc_file_read(template_file, MAX_FILE, &text, NULL, err);
         if (!st) st = add_template(ct, "default", text, template_file, err);
-    } else if (!st && dir && lmc_path_join(jinja_path, sizeof jinja_path, dir, "chat_template.jinja") &&
-               lmc_file_exists(jinja_path)) {
-        st = lmc_file_read(jinja_path, MAX_FILE, &text, NULL, err);
-        if (!st) st = add_template(ct, "default", text, jinja_path, err);
+    } else if (!st && dir && (st = add_file_templates(ct, dir, err)) == LMC_OK && ct->n) {
+        /* template files take priority over tokenizer_config.json, as in transformers */
     } else if (!st && cfg) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         if (cJSON_IsString(t)) st = add_template(ct, "default", t->valuestring, cfg_path, err);

@@ -3,9 +3,10 @@
  * passes: messages, tools, documents, add_generation_prompt, the special
  * tokens of tokenizer_config.json (bos_token, eos_token, ...) and extra
  * keyword arguments such as enable_thinking. Templates come from
- * --chat-template FILE, chat_template.jinja beside the model, or
- * tokenizer_config.json's chat_template (a string, or a list of named
- * templates: "tool_use" when tools are given, else "default"). */
+ * --chat-template FILE, else the template files beside the model
+ * (chat_template.jinja = "default", additional_chat_templates/NAME.jinja),
+ * else tokenizer_config.json's chat_template (a string, or a list of named
+ * templates); "tool_use" is chosen when tools are given, else "default". */
 #ifndef LMC_CHAT_TEMPLATE_H
 #define LMC_CHAT_TEMPLATE_H
 
@@ -31,8 +32,9 @@ lmc_status lmc_chat_template_new(const char *text, const char *bos, const char *
  * clear message when the model has none. */
 lmc_status lmc_chat_template_from_tokenizer(const struct lmc_tokenizer *tok, struct lmc_chat_template **out,
                                             lmc_err *err);
-/* From a model folder: template_file if given, else chat_template.jinja,
- * else tokenizer_config.json's chat_template (every named template kept);
+/* From a model folder: template_file if given, else chat_template.jinja and
+ * additional_chat_templates/NAME.jinja, else tokenizer_config.json's
+ * chat_template (every named template kept);
  * special tokens from tokenizer_config.json, falling back to tok's bos/eos
  * (tok may be NULL). */
 lmc_status lmc_chat_template_load(const char *model_dir, const char *template_file, const struct lmc_tokenizer *tok,
