@@ -114,6 +114,22 @@ static void bounds(void) {
     for (int i = 0; i < 400 && k + 40 < sizeof deep; i++) k += (size_t)snprintf(deep + k, sizeof deep - k, "{%% if 1 %%}");
     CHECK(render(deep, NULL, NULL, &out, &e) == LMC_ERR_FORMAT);
     free(out);
+    /* long operator and filter chains: bounded evaluation depth, no stack overflow */
+    size_t big = 400000;
+    char *chain = malloc(big + 64);
+    if (chain) {
+        size_t k2 = (size_t)snprintf(chain, 64, "{{ 1");
+        while (k2 + 8 < big) k2 += (size_t)snprintf(chain + k2, 16, " + 1");
+        snprintf(chain + k2, 16, " }}");
+        CHECK(render(chain, NULL, NULL, &out, &e) != LMC_OK && strstr(e.msg, "RecursionError"));
+        free(out);
+        k2 = (size_t)snprintf(chain, 64, "{{ 'x'");
+        while (k2 + 8 < big) k2 += (size_t)snprintf(chain + k2, 16, "|trim");
+        snprintf(chain + k2, 16, " }}");
+        CHECK(render(chain, NULL, NULL, &out, &e) != LMC_OK);
+        free(out);
+        free(chain);
+    }
     /* errors name the line */
     CHECK(render("a\nb\n{{ 1 + }}", NULL, NULL, &out, &e) == LMC_ERR_FORMAT);
     CHECK(strstr(e.msg, "line 3") != NULL);

@@ -595,7 +595,20 @@ static bool eval_filter(struct jctx *c, const struct jnode *n, jv *out) {
     return ok;
 }
 
+static bool jeval_node(struct jctx *c, const struct jnode *n, jv *out);
+
+/* bounds the C recursion of long chains (a + b + c ..., x|f|g|...) that the parser builds without nesting */
 bool jeval(struct jctx *c, const struct jnode *n, jv *out) {
+    if (++c->eval_depth > 1000) {
+        c->eval_depth--;
+        return jerr(c, "RecursionError", "expression nested more than 1000 deep");
+    }
+    bool ok = jeval_node(c, n, out);
+    c->eval_depth--;
+    return ok;
+}
+
+static bool jeval_node(struct jctx *c, const struct jnode *n, jv *out) {
     if (!jstep(c)) return false;
     c->line = n->line;
     switch (n->kind) {

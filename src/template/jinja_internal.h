@@ -136,6 +136,7 @@ struct jctx {
     bool failed;
     int64_t steps, max_steps;
     int depth, max_depth;
+    int eval_depth;           /* nesting of expression evaluation (long operator chains) */
     size_t max_output;
     struct jframe *globals;
     struct jframe *frame;     /* the innermost scope */
