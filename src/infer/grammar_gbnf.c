@@ -316,21 +316,23 @@ static int item(struct gp *p) {
         if (c == '*') { p->i++; x = repeat_rule(p, x, 0, -1); }
         else if (c == '+') { p->i++; x = repeat_rule(p, x, 1, -1); }
         else if (c == '?') { p->i++; x = repeat_rule(p, x, 0, 1); }
-        else if (c == '{') {
+        else if (c == '{') { /* {m} {m,} {m,n}; the text is not NUL-terminated: digits read by hand */
             p->i++;
-            char *e;
-            long m = strtol(p->s + p->i, &e, 10), n = m;
-            if (e == p->s + p->i) return gfail(p, "expected a count after '{'"), -1;
-            p->i = (size_t)(e - p->s);
+            long m = 0, n;
+            size_t d0 = p->i;
+            while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9' && m <= 100000) m = m * 10 + (p->s[p->i++] - '0');
+            if (p->i == d0) return gfail(p, "expected a count after '{'"), -1;
+            n = m;
             if (p->i < p->n && p->s[p->i] == ',') {
                 p->i++;
                 n = -1;
-                if (p->i < p->n && p->s[p->i] != '}') {
-                    n = strtol(p->s + p->i, &e, 10);
-                    p->i = (size_t)(e - p->s);
+                if (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9') {
+                    n = 0;
+                    while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9' && n <= 100000)
+                        n = n * 10 + (p->s[p->i++] - '0');
                 }
             }
-            if (p->i >= p->n || p->s[p->i] != '}' || m < 0 || (n >= 0 && n < m)) return gfail(p, "bad {m,n}"), -1;
+            if (p->i >= p->n || p->s[p->i] != '}' || (n >= 0 && n < m)) return gfail(p, "bad {m,n}"), -1;
             p->i++;
             x = repeat_rule(p, x, m, n);
         } else return x;

@@ -49,7 +49,11 @@ static bool attr_path(struct jctx *c, jv item, jv path, jv *out) {
         bool digits = key.n > 0;
         for (size_t k = 0; k < key.n; k++)
             if (key.u.s[k] < '0' || key.u.s[k] > '9') digits = false;
-        if (digits) key = jv_int(strtoll(key.u.s, NULL, 10));
+        if (digits && key.n < 18) { /* not NUL-terminated: digits read by hand */
+            int64_t x = 0;
+            for (size_t k = 0; k < key.n; k++) x = x * 10 + (key.u.s[k] - '0');
+            key = jv_int(x);
+        }
         if (cur.t == JV_UNDEF) return jerr(c, "UndefinedError", "'%.*s' is undefined", (int)path.n, path.u.s);
         if (!jgetitem(c, cur, key, &cur)) return false;
         if (!dot) break;
