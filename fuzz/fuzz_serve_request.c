@@ -46,7 +46,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int i = 0; i < r.n_msgs; i++) LMC_ASSERT(r.msgs[i].role && r.msgs[i].content);
         lmc_err se = {0};
         LMC_ASSERT(lmc_sampler_check(&r.r.sampling, &se) == LMC_OK);
-        if (kind == LMC_SERVE_CHAT) LMC_ASSERT(lmc_serve_add_turn_stops(&r, LMC_CHAT_LLAMA2, &e) == LMC_OK);
+        struct lmc_chat_template *ct = NULL; /* its stop strings are referenced by r */
+        if (kind == LMC_SERVE_CHAT) {
+            lmc_err ce = {0};
+            LMC_ASSERT(lmc_chat_template_new("[INST] {{ messages[0].content }} [/INST]<|im_end|>", "<s>", "</s>", &ct,
+                                             &ce) == LMC_OK);
+            LMC_ASSERT(lmc_serve_add_turn_stops(&r, ct, &e) == LMC_OK);
+        }
         int64_t n_prompt = r.prompt ? (int64_t)strlen(r.prompt) % 300 : r.n_prompt_ids;
         if (lmc_serve_check_length(&r, n_prompt, &lim, &e) == LMC_OK)
             LMC_ASSERT(r.r.max_tokens >= 1 && n_prompt + r.r.max_tokens <= lim.ctx);
@@ -55,6 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct lmc_serve_usage u = {n_prompt, 1, 0};
         check_json(lmc_serve_format_response(kind, "id", 1, r.model ? r.model : "m", &ch, 1, &u, false, NULL));
         lmc_serve_request_free(&r);
+        lmc_chat_template_free(ct);
     }
     free(buf);
     return 0;

@@ -1,20 +1,26 @@
-/* test_chat_template.c — chat template detection and rendering against the
- * public templates of Llama 3 / 3.1, Qwen2 / 2.5, ChatML, Llama 2, Mistral
- * and Zephyr (typed in below). The expected strings are what the Jinja
- * templates render (trim_blocks + lstrip_blocks, add_generation_prompt=True,
- * as transformers renders them) for a 3-turn conversation without and with a
- * system message; the contents carry stray whitespace on purpose, since the
- * Llama templates strip it and the others keep it. */
+/* test_chat_template.c — chat templates through the one rendering path
+ * (the Jinja engine): the public templates of Llama 3 / 3.1, Qwen2 / 2.5,
+ * ChatML, Llama 2, Mistral and Zephyr (typed in below; the expected strings
+ * are transformers' renderings with add_generation_prompt=True) for a
+ * 3-turn conversation without and with a system message, with stray
+ * whitespace on purpose; refusals with the template's own message; and
+ * loading from a model folder: tokenizer_config.json's chat_template as a
+ * string or a list of named templates (tool_use chosen when tools are
+ * given), chat_template.jinja, an explicit file, special tokens given as
+ * AddedToken objects, extra variables, turn stop strings, and the
+ * `lmc chat-template` command (its --now date). */
+#include "core/core.h"
 #include "tokenizer/chat_template.h"
 #include "test.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 struct chat_case {
     const char *name, *tmpl;
-    enum lmc_chat_style style;
     const char *bos, *eos;
     const char *want;     /* user, assistant, user */
     const char *want_sys; /* system first; NULL: the template refuses it */
@@ -221,28 +227,28 @@ static const char tmpl_gemma[] =
     "' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n"
     "'}}{% endif %}";
 static const struct chat_case cases[] = {
-    {"llama3", tmpl_llama3, LMC_CHAT_LLAMA3, "<|begin_of_text|>", "<|eot_id|>",
+    {"llama3", tmpl_llama3, "<|begin_of_text|>", "<|eot_id|>",
      "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello, who are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello, who are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
-    {"llama3.1", tmpl_llama3_1, LMC_CHAT_LLAMA31, "<|begin_of_text|>", "<|eot_id|>",
+    {"llama3.1", tmpl_llama3_1, "<|begin_of_text|>", "<|eot_id|>",
      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello, who are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nYou are terse.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello, who are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
-    {"qwen2", tmpl_qwen2, LMC_CHAT_CHATML_QWEN, "", "<|im_end|>",
+    {"qwen2", tmpl_qwen2, "", "<|im_end|>",
      "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n  Hello, who are you?  <|im_end|>\n<|im_start|>assistant\n I am an assistant.\n<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n<|im_start|>assistant\n",
      "<|im_start|>system\n You are terse. <|im_end|>\n<|im_start|>user\n  Hello, who are you?  <|im_end|>\n<|im_start|>assistant\n I am an assistant.\n<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n<|im_start|>assistant\n"},
-    {"qwen2.5", tmpl_qwen2_5, LMC_CHAT_CHATML_QWEN25, "", "<|im_end|>",
+    {"qwen2.5", tmpl_qwen2_5, "", "<|im_end|>",
      "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n  Hello, who are you?  <|im_end|>\n<|im_start|>assistant\n I am an assistant.\n<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n<|im_start|>assistant\n",
      "<|im_start|>system\n You are terse. <|im_end|>\n<|im_start|>user\n  Hello, who are you?  <|im_end|>\n<|im_start|>assistant\n I am an assistant.\n<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n<|im_start|>assistant\n"},
-    {"chatml", tmpl_chatml, LMC_CHAT_CHATML, "<s>", "<|im_end|>",
+    {"chatml", tmpl_chatml, "<s>", "<|im_end|>",
      "<|im_start|>user\n  Hello, who are you?  <|im_end|>\n<|im_start|>assistant\n I am an assistant.\n<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n<|im_start|>assistant\n",
      "<|im_start|>system\n You are terse. <|im_end|>\n<|im_start|>user\n  Hello, who are you?  <|im_end|>\n<|im_start|>assistant\n I am an assistant.\n<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n<|im_start|>assistant\n"},
-    {"llama2", tmpl_llama2, LMC_CHAT_LLAMA2, "<s>", "</s>",
+    {"llama2", tmpl_llama2, "<s>", "</s>",
      "<s>[INST] Hello, who are you? [/INST] I am an assistant. </s><s>[INST] What is 2+2? [/INST]",
      "<s>[INST] <<SYS>>\n You are terse. \n<</SYS>>\n\n  Hello, who are you? [/INST] I am an assistant. </s><s>[INST] What is 2+2? [/INST]"},
-    {"mistral", tmpl_mistral, LMC_CHAT_MISTRAL, "<s>", "</s>",
+    {"mistral", tmpl_mistral, "<s>", "</s>",
      "<s>[INST]   Hello, who are you?   [/INST] I am an assistant.\n</s>[INST] What is 2+2?\n [/INST]",
      NULL},
-    {"zephyr", tmpl_zephyr, LMC_CHAT_ZEPHYR, "<s>", "</s>",
+    {"zephyr", tmpl_zephyr, "<s>", "</s>",
      "<|user|>\n  Hello, who are you?  </s>\n<|assistant|>\n I am an assistant.\n</s>\n<|user|>\nWhat is 2+2?\n</s>\n<|assistant|>\n",
      "<|system|>\n You are terse. </s>\n<|user|>\n  Hello, who are you?  </s>\n<|assistant|>\n I am an assistant.\n</s>\n<|user|>\nWhat is 2+2?\n</s>\n<|assistant|>\n"},
 };
@@ -254,21 +260,23 @@ static const struct lmc_chat_msg conv_sys[] = {
     {"user", "What is 2+2?\n"},
 };
 
+
 static void test_cases(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const struct chat_case *c = &cases[i];
-        enum lmc_chat_style st = LMC_CHAT_NONE;
         lmc_err err = {0};
-        CHECK_MSG(lmc_chat_detect(c->tmpl, &st, &err) == LMC_OK, "%s: %s", c->name, err.msg);
-        CHECK_MSG(st == c->style, "%s: detected %s", c->name, lmc_chat_style_name(st));
+        struct lmc_chat_template *ct = NULL;
+        CHECK_MSG(lmc_chat_template_new(c->tmpl, c->bos, c->eos, &ct, &err) == LMC_OK, "%s: %s", c->name, err.msg);
+        if (!ct) continue;
         for (int with_sys = 0; with_sys < 2; with_sys++) {
             const struct lmc_chat_msg *m = with_sys ? conv_sys : conv_sys + 1;
             int n = with_sys ? 4 : 3;
             const char *want = with_sys ? c->want_sys : c->want;
             char *out = NULL;
-            lmc_status s = lmc_chat_render(st, m, n, c->bos, c->eos, &out, &err);
+            lmc_status s = lmc_chat_template_render_msgs(ct, m, n, &out, &err);
             if (!want) {
-                CHECK_MSG(s == LMC_ERR_ARG && out == NULL, "%s: system message should be refused", c->name);
+                CHECK_MSG(s != LMC_OK && out == NULL, "%s: system message should be refused", c->name);
+                CHECK_MSG(strstr(err.msg, "TemplateError: ") == err.msg, "%s: %s", c->name, err.msg);
                 continue;
             }
             CHECK_MSG(s == LMC_OK, "%s: %s", c->name, err.msg);
@@ -276,65 +284,155 @@ static void test_cases(void) {
                       out ? out : "(null)", want);
             free(out);
         }
+        const char *stops[LMC_CHAT_MAX_TURN_STOPS];
+        int ns = lmc_chat_template_turn_stops(ct, stops);
+        CHECK_MSG(ns >= 1 && !strcmp(stops[ns - 1], c->eos), "%s: %d stops", c->name, ns);
+        lmc_chat_template_free(ct);
     }
 }
 
-static void test_unsupported_and_errors(void) {
-    enum lmc_chat_style st = LMC_CHAT_LLAMA3;
+static lmc_status render1(const char *tmpl, const struct lmc_chat_msg *m, int n, char **out, lmc_err *err) {
+    struct lmc_chat_template *ct = NULL;
+    *out = NULL;
+    lmc_status st = lmc_chat_template_new(tmpl, "<s>", "</s>", &ct, err);
+    if (!st) st = lmc_chat_template_render_msgs(ct, m, n, out, err);
+    lmc_chat_template_free(ct);
+    return st;
+}
+
+static void test_refusals(void) {
     lmc_err err = {0};
-    CHECK(lmc_chat_detect(NULL, &st, &err) == LMC_OK && st == LMC_CHAT_NONE);
-    CHECK(lmc_chat_detect(tmpl_phi3, &st, &err) == LMC_ERR_UNSUPPORTED);
-    CHECK_MSG(strstr(err.msg, "supported styles") && strstr(err.msg, "ChatML"), "%s", err.msg);
-    CHECK(lmc_chat_detect(tmpl_gemma, &st, &err) == LMC_ERR_UNSUPPORTED);
-    CHECK(lmc_chat_detect("{{ messages }}", &st, &err) == LMC_ERR_UNSUPPORTED);
-    char *out = (char *)1;
-    CHECK(lmc_chat_render(LMC_CHAT_NONE, conv_sys, 2, NULL, NULL, &out, &err) == LMC_ERR_UNSUPPORTED && !out);
-
-    /* Llama 2 refuses roles that do not alternate */
+    char *out = NULL;
+    /* templates the old recogniser refused now render */
+    CHECK(render1(tmpl_phi3, conv_sys + 1, 3, &out, &err) == LMC_OK);
+    CHECK(out && !strcmp(out, "<|user|>\n  Hello, who are you?  <|end|>\n<|assistant|>\n I am an assistant.\n<|end|>\n"
+                              "<|user|>\nWhat is 2+2?\n<|end|>\n<|assistant|>\n"));
+    free(out);
+    CHECK(render1(tmpl_gemma, conv_sys + 1, 3, &out, &err) == LMC_OK);
+    CHECK(out && !strcmp(out, "<s><start_of_turn>user\nHello, who are you?<end_of_turn>\n<start_of_turn>model\n"
+                              "I am an assistant.<end_of_turn>\n<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n"
+                              "<start_of_turn>model\n"));
+    free(out);
+    /* and refuse what the template refuses, in its words */
+    CHECK(render1(tmpl_gemma, conv_sys, 4, &out, &err) != LMC_OK && !out);
+    CHECK_MSG(!strcmp(err.msg, "TemplateError: System role not supported"), "%s", err.msg);
     struct lmc_chat_msg two_users[] = {{"user", "a"}, {"user", "b"}};
-    CHECK(lmc_chat_render(LMC_CHAT_LLAMA2, two_users, 2, NULL, NULL, &out, &err) == LMC_ERR_ARG && !out);
+    CHECK(render1(tmpl_llama2, two_users, 2, &out, &err) != LMC_OK);
     CHECK_MSG(strstr(err.msg, "alternate") != NULL, "%s", err.msg);
-    CHECK(lmc_chat_render(LMC_CHAT_MISTRAL, two_users, 2, NULL, NULL, &out, &err) == LMC_ERR_ARG);
     struct lmc_chat_msg no_content[] = {{"user", NULL}};
-    CHECK(lmc_chat_render(LMC_CHAT_CHATML, no_content, 1, NULL, NULL, &out, &err) == LMC_ERR_ARG);
-
-    /* NULL bos/eos fall back to the family's usual strings */
-    CHECK(lmc_chat_render(LMC_CHAT_LLAMA2, conv_sys + 1, 1, NULL, NULL, &out, &err) == LMC_OK);
-    CHECK(out && strcmp(out, "<s>[INST] Hello, who are you? [/INST]") == 0);
-    free(out);
-    CHECK(lmc_chat_render(LMC_CHAT_LLAMA3, conv_sys + 3, 1, NULL, NULL, &out, &err) == LMC_OK);
-    CHECK(out && strcmp(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
-                             "<|start_header_id|>assistant<|end_header_id|>\n\n") == 0);
-    free(out);
+    CHECK(render1(tmpl_chatml, no_content, 1, &out, &err) == LMC_ERR_ARG);
     /* an empty conversation renders only what the template writes outside the loop */
-    CHECK(lmc_chat_render(LMC_CHAT_CHATML, NULL, 0, NULL, NULL, &out, &err) == LMC_OK);
+    CHECK(render1(tmpl_chatml, NULL, 0, &out, &err) == LMC_OK);
     CHECK(out && strcmp(out, "<|im_start|>assistant\n") == 0);
     free(out);
+    /* a template that does not parse is an error naming the line */
+    struct lmc_chat_template *ct = NULL;
+    CHECK(lmc_chat_template_new("a\n{% if %}", NULL, NULL, &ct, &err) == LMC_ERR_FORMAT && !ct);
+    CHECK_MSG(strstr(err.msg, "line 2") != NULL, "%s", err.msg);
+}
 
-    /* Llama 3.2 writes today's date */
-    char t32[8192];
-    snprintf(t32, sizeof t32, "%s", tmpl_llama3_1);
-    char *p = strstr(t32, "{%- if not date_string is defined %}");
-    CHECK(p != NULL);
-    if (p) {
-        const char *ins = "{%- if strftime_now is defined %}{%- set date_string = strftime_now(\"%d %b %Y\") %}{%- endif %}";
-        memmove(p + strlen(ins), p, strlen(p) + 1);
-        memcpy(p, ins, strlen(ins));
-    }
-    CHECK(lmc_chat_detect(t32, &st, &err) == LMC_OK && st == LMC_CHAT_LLAMA32);
-    CHECK(lmc_chat_render(st, conv_sys, 4, "<|begin_of_text|>", "<|eot_id|>", &out, &err) == LMC_OK);
-    char date[64], want[160];
-    time_t now = time(NULL);
-    struct tm tmv;
-    localtime_r(&now, &tmv);
-    strftime(date, sizeof date, "%d %b %Y", &tmv);
-    snprintf(want, sizeof want, "Today Date: %s\n\nYou are terse.<|eot_id|>", date);
-    CHECK_MSG(out && strstr(out, want) != NULL, "%s", out);
+static void write_file(const char *dir, const char *name, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *render_dir(const char *dir, const char *file, const char *msgs, const char *tools, const char *kwargs,
+                        lmc_err *err) {
+    struct lmc_chat_template *ct = NULL;
+    char *out = NULL;
+    cJSON *m = cJSON_Parse(msgs), *t = tools ? cJSON_Parse(tools) : NULL, *k = kwargs ? cJSON_Parse(kwargs) : NULL;
+    struct lmc_chat_render_opts o = {.tools = t, .kwargs = k, .add_generation_prompt = true,
+                                     .now_year = 2026, .now_month = 12, .now_day = 5};
+    if (!lmc_chat_template_load(dir, file, NULL, &ct, err)) lmc_chat_template_render(ct, m, &o, &out, err);
+    lmc_chat_template_free(ct);
+    cJSON_Delete(m);
+    cJSON_Delete(t);
+    cJSON_Delete(k);
+    return out;
+}
+
+static void test_loading(void) {
+    char dir[] = "/tmp/lmc_chat_template_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    lmc_err err = {0};
+    const char *msgs = "[{\"role\":\"user\",\"content\":\"hi\"}]";
+    /* no template at all */
+    struct lmc_chat_template *ct = NULL;
+    CHECK(lmc_chat_template_load(dir, NULL, NULL, &ct, &err) == LMC_ERR_UNSUPPORTED && !ct);
+    CHECK_MSG(strstr(err.msg, "--chat-template") != NULL, "%s", err.msg);
+    /* a string template; special tokens as strings and AddedToken objects; every *_token passed */
+    write_file(dir, "tokenizer_config.json",
+               "{\"bos_token\": {\"content\": \"<B>\", \"lstrip\": false}, \"eos_token\": \"<E>\", "
+               "\"pad_token\": \"<P>\", \"model_max_length\": 8, "
+               "\"chat_template\": \"{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"
+               "{{ pad_token }}{{ tools | length if tools else 'none' }}{{ documents }}"
+               "{% if enable_thinking is defined %}T{{ enable_thinking }}{% endif %}"
+               "{% if add_generation_prompt %}>{% endif %}{{ strftime_now('%Y') }}\"}");
+    char *out = render_dir(dir, NULL, msgs, NULL, NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "<B>hi<E><P>noneNone>2026"), "%s", out ? out : err.msg);
     free(out);
+    out = render_dir(dir, NULL, msgs, "[{\"type\":\"function\"}]", "{\"enable_thinking\": false}", &err);
+    CHECK_MSG(out && !strcmp(out, "<B>hi<E><P>1NoneTFalse>2026"), "%s", out ? out : err.msg);
+    free(out);
+    /* a list of named templates: tool_use when tools are given */
+    write_file(dir, "tokenizer_config.json",
+               "{\"eos_token\": \"<|im_end|>\", \"chat_template\": [{\"name\": \"default\", \"template\": \"D\"}, "
+               "{\"name\": \"tool_use\", \"template\": \"T{{ tools[0].name }}<|im_end|>\"}]}");
+    out = render_dir(dir, NULL, msgs, NULL, NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "D"), "%s", out ? out : err.msg);
+    free(out);
+    out = render_dir(dir, NULL, msgs, "[{\"name\": \"f\"}]", NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "Tf<|im_end|>"), "%s", out ? out : err.msg);
+    free(out);
+    CHECK(lmc_chat_template_load(dir, NULL, NULL, &ct, &err) == LMC_OK);
+    const char *stops[LMC_CHAT_MAX_TURN_STOPS];
+    CHECK(lmc_chat_template_turn_stops(ct, stops) == 1 && !strcmp(stops[0], "<|im_end|>"));
+    lmc_chat_template_free(ct);
+    /* chat_template.jinja beside it wins, as in transformers; an explicit file wins over both */
+    write_file(dir, "chat_template.jinja", "J{{ messages[0].content }}\n");
+    out = render_dir(dir, NULL, msgs, NULL, NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "Jhi"), "%s", out ? out : err.msg);
+    free(out);
+    /* additional_chat_templates/NAME.jinja beside it: tool_use from there */
+    char sub[600], file[700];
+    snprintf(sub, sizeof sub, "%s/additional_chat_templates", dir);
+    CHECK(mkdir(sub, 0700) == 0);
+    write_file(sub, "tool_use.jinja", "U{{ tools | length }}");
+    out = render_dir(dir, NULL, msgs, "[1, 2]", NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "U2"), "%s", out ? out : err.msg);
+    free(out);
+    out = render_dir(dir, NULL, msgs, NULL, NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "Jhi"), "%s", out ? out : err.msg);
+    free(out);
+    snprintf(file, sizeof file, "%s/tool_use.jinja", sub);
+    unlink(file);
+    rmdir(sub);
+    snprintf(file, sizeof file, "%s/mine.jinja", dir);
+    write_file(dir, "mine.jinja", "M{{ eos_token }}");
+    out = render_dir(dir, file, msgs, NULL, NULL, &err);
+    CHECK_MSG(out && !strcmp(out, "M<|im_end|>"), "%s", out ? out : err.msg);
+    free(out);
+    /* malformed config */
+    write_file(dir, "tokenizer_config.json", "{\"chat_template\": 5}");
+    unlink(file);
+    snprintf(file, sizeof file, "%s/chat_template.jinja", dir);
+    unlink(file);
+    CHECK(lmc_chat_template_load(dir, NULL, NULL, &ct, &err) == LMC_ERR_FORMAT && !ct);
+    write_file(dir, "tokenizer_config.json", "{not json");
+    CHECK(lmc_chat_template_load(dir, NULL, NULL, &ct, &err) == LMC_ERR_FORMAT && !ct);
+    snprintf(file, sizeof file, "%s/tokenizer_config.json", dir);
+    unlink(file);
+    rmdir(dir);
 }
 
 int main(void) {
     test_cases();
-    test_unsupported_and_errors();
+    test_refusals();
+    test_loading();
     return test_finish("test_chat_template");
 }

@@ -73,8 +73,12 @@ static void test_valid(void) {
     CHECK(r.n_msgs == 3 && !strcmp(r.msgs[1].content, "ab") && !strcmp(r.msgs[2].content, "") &&
           !strcmp(r.msgs[0].role, "system"));
     CHECK(r.logprobs && r.r.top_logprobs == 2 && r.r.max_tokens == 5);
-    CHECK(lmc_serve_add_turn_stops(&r, LMC_CHAT_CHATML, &e) == LMC_OK && r.r.n_stop == 1 &&
-          !strcmp(r.r.stop[0], "<|im_end|>"));
+    struct lmc_chat_template *ct = NULL;
+    lmc_err ce = {0};
+    CHECK(lmc_chat_template_new("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                                "{% endfor %}", NULL, "<|im_end|>", &ct, &ce) == LMC_OK);
+    CHECK(lmc_serve_add_turn_stops(&r, ct, &e) == LMC_OK && r.r.n_stop == 1 && !strcmp(r.r.stop[0], "<|im_end|>"));
+    lmc_chat_template_free(ct);
     lmc_serve_request_free(&r);
 }
 

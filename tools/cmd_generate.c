@@ -18,6 +18,9 @@ struct gen_args {
     const char *stops[MAX_STOP + LMC_CHAT_MAX_TURN_STOPS]; /* chat adds the turn stops */
     bool temp_set, no_special;
     const char *system;
+    const char *chat_template;   /* --chat-template FILE */
+    const char *json_schema;     /* --json-schema FILE */
+    const char *grammar;         /* --grammar json */
 };
 
 static bool emit_stdout(void *user, const char *text, size_t len) {
@@ -64,6 +67,9 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
             if (a->g.n_stop == MAX_STOP || !*v) ok = false;
             else a->stops[a->g.n_stop++] = v;
         } else if (!strcmp(o, "--system")) a->system = v;
+        else if (!strcmp(o, "--chat-template")) a->chat_template = v;
+        else if (!strcmp(o, "--json-schema")) a->json_schema = v;
+        else if (!strcmp(o, "--grammar")) a->grammar = v;
         else {
             fprintf(stderr, "lmc: unknown option %s\n", o);
             return 2;
@@ -83,6 +89,36 @@ static void apply_model_defaults(struct gen_args *a, const struct lmc_config *c)
     a->g.sampling.temperature = c->gen_do_sample ? c->gen_temperature : 0.0;
 }
 
+/* --json-schema FILE / --grammar json|FILE.gbnf: the grammar, its parse state and the
+ * tokenizer's vocabulary as bytes; prints the error and returns non-zero. */
+static int open_grammar(const struct gen_args *a, const struct cli_model *cm, struct lmc_grammar **g,
+                        struct lmc_grammar_state **gs, struct lmc_grammar_vocab **gv) {
+    lmc_err err = {0};
+    lmc_status st;
+    if (a->json_schema && a->grammar) {
+        fprintf(stderr, "lmc generate: give --json-schema or --grammar, not both\n");
+        return 2;
+    }
+    if (a->grammar && !strcmp(a->grammar, "json")) st = lmc_grammar_json_object(g, &err);
+    else { /* a JSON Schema file or a GBNF file */
+        const char *path = a->grammar ? a->grammar : a->json_schema;
+        char *text = NULL;
+        size_t len = 0;
+        st = lmc_file_read(path, (size_t)16 << 20, &text, &len, &err);
+        if (!st) st = a->grammar ? lmc_grammar_from_gbnf(text, len, g, &err)
+                                 : lmc_grammar_from_json_schema(text, len, g, &err);
+        if (st) lmc_err_prefix(&err, "%s: ", path);
+        free(text);
+    }
+    int32_t eos[LMC_MAX_EOS + 1];
+    int n_eos = 0;
+    for (int i = 0; i < cm->model.cfg.n_eos && n_eos < LMC_MAX_EOS; i++) eos[n_eos++] = cm->model.cfg.eos_token_ids[i];
+    if (lmc_tokenizer_eos(cm->tok) >= 0) eos[n_eos++] = lmc_tokenizer_eos(cm->tok);
+    if (!st) st = lmc_grammar_vocab_from_tokenizer(cm->tok, cm->model.cfg.vocab_size, eos, n_eos, gv, &err);
+    if (!st) st = lmc_grammar_state_new(*g, gs, &err);
+    return st ? cli_fail("structured output", &err) : 0;
+}
+
 int cmd_generate(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
@@ -100,6 +136,9 @@ int cmd_generate(int argc, char **argv) {
     struct lmc_session s;
     struct lmc_gen_result res = {0};
     bool have_s = false;
+    struct lmc_grammar *gr = NULL;
+    struct lmc_grammar_state *gs = NULL;
+    struct lmc_grammar_vocab *gv = NULL;
     if (lmc_tokenizer_encode(cm.tok, a.prompt, strlen(a.prompt), !a.no_special, &ids, &n, &err)) {
         rc = cli_fail("prompt", &err);
         goto done;
@@ -111,7 +150,10 @@ int cmd_generate(int argc, char **argv) {
     }
     have_s = true;
     if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
-    if (lmc_session_generate(&s, ids, n, &a.g, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
+    if (a.json_schema || a.grammar) { /* structured output */
+        if ((rc = open_grammar(&a, &cm, &gr, &gs, &gv))) goto done;
+    }
+    if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
         rc = cli_fail("generate", &err);
         goto done;
     }
@@ -133,6 +175,9 @@ int cmd_generate(int argc, char **argv) {
             (long long)n, res.prefill_s, res.prefill_s > 0 ? (double)n / res.prefill_s : 0.0,
             (long long)res.n_ids, tps, res.finish_reason);
 done:
+    lmc_grammar_state_free(gs);
+    lmc_grammar_vocab_free(gv);
+    lmc_grammar_free(gr);
     lmc_gen_result_free(&res);
     free(ids);
     if (have_s) lmc_session_free(&s);
@@ -157,28 +202,23 @@ int cmd_chat(int argc, char **argv) {
     }
     lmc_err err = {0};
     int rc = 0;
-    enum lmc_chat_style style;
-    if (lmc_chat_detect(lmc_tokenizer_chat_template(cm.tok), &style, &err)) {
+    struct lmc_chat_template *ct = NULL;
+    if (lmc_chat_template_load(a.c.model_dir, a.chat_template, cm.tok, &ct, &err)) {
         cli_close(&cm);
         return cli_fail("chat template", &err);
     }
-    if (style == LMC_CHAT_NONE) {
-        fprintf(stderr, "lmc chat: %s has no chat_template in tokenizer_config.json; "
-                        "use `lmc generate` for plain continuation\n", a.c.model_dir);
-        cli_close(&cm);
-        return 1;
-    }
-    a.g.n_stop += lmc_chat_turn_stops(style, a.stops + a.g.n_stop);
+    a.g.n_stop += lmc_chat_template_turn_stops(ct, a.stops + a.g.n_stop);
     struct lmc_session s;
     if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, cli_ctx(&a.c, &cm.model), 512, &err)) {
+        lmc_chat_template_free(ct);
         cli_close(&cm);
         return cli_fail("session", &err);
     }
     struct lmc_chat_msg *msgs = NULL;
     int n_msgs = 0, cap = 0;
     char **owned = NULL;
-    fprintf(stderr, "lmc chat (%s template); empty line or /exit quits, /reset starts over\n",
-            lmc_chat_style_name(style));
+    fprintf(stderr, "lmc chat (the model's chat template%s); empty line or /exit quits, /reset starts over\n",
+            a.chat_template ? ", from --chat-template" : "");
     char line[16384];
     int64_t max_new = a.g.max_new;
     for (;;) {
@@ -209,8 +249,7 @@ int cmd_chat(int argc, char **argv) {
         int32_t *ids = NULL;
         int64_t n = 0;
         struct lmc_gen_result res = {0};
-        if (lmc_chat_render(style, msgs, n_msgs, lmc_tokenizer_bos_str(cm.tok),
-                            lmc_tokenizer_eos_str(cm.tok), &prompt, &err) ||
+        if (lmc_chat_template_render_msgs(ct, msgs, n_msgs, &prompt, &err) ||
             lmc_tokenizer_encode(cm.tok, prompt, strlen(prompt), false, &ids, &n, &err)) {
             cli_fail("chat", &err);
             free(owned[--n_msgs]);
@@ -239,6 +278,7 @@ int cmd_chat(int argc, char **argv) {
     free(owned);
     free(msgs);
     lmc_session_free(&s);
+    lmc_chat_template_free(ct);
     cli_close(&cm);
     return rc;
 }

@@ -10,7 +10,8 @@ static const struct {
     const char *help;
 } commands[] = {
     {"generate", cmd_generate, "generate -m DIR -p TEXT [-n N] [--temp T] ...  continue a prompt"},
-    {"chat", cmd_chat, "chat -m DIR                                      interactive chat"},
+    {"chat", cmd_chat, "chat -m DIR [--chat-template FILE]               interactive chat"},
+    {"chat-template", cmd_chat_template, "chat-template -m DIR --messages F.json [--tools F.json] [--add-generation-prompt] [--template FILE] [--now YYYY-MM-DD]  print the prompt"},
     {"tokenize", cmd_tokenize, "tokenize -m DIR --text TEXT [--add-special]     print ids as JSON"},
     {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
     {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N]  perplexity"},

@@ -5,6 +5,7 @@
 #include "infer/detok.h"
 #include "core/core.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,7 +87,15 @@ static bool append(char **buf, size_t *len, size_t *cap, const char *p, size_t n
 lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
                                 const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                                 struct lmc_gen_result *res, lmc_err *err) {
+    return lmc_session_generate_grammar(s, prompt, n_prompt, o, NULL, NULL, emit, user, res, err);
+}
+
+lmc_status lmc_session_generate_grammar(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
+                                        const struct lmc_gen_opts *o, struct lmc_grammar_state *grammar,
+                                        struct lmc_grammar_vocab *vocab, lmc_emit_fn emit, void *user,
+                                        struct lmc_gen_result *res, lmc_err *err) {
     memset(res, 0, sizeof *res);
+    if (grammar && !vocab) return lmc_err_set(err, LMC_ERR_ARG, "structured output: no grammar vocabulary");
     int64_t V = s->model->cfg.vocab_size;
     if (o->max_new < 0) return lmc_err_set(err, LMC_ERR_ARG, "max new tokens must be >= 0");
     struct lmc_sampler smp;
@@ -94,13 +103,16 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     if (st) return st;
     int64_t cap = n_prompt + o->max_new;
     int32_t *all = malloc((size_t)LMC_MAX(cap, 1) * sizeof *all);
+    uint8_t *allowed = grammar ? malloc((size_t)V) : NULL;
     struct lmc_detok dt;
-    if (!all) {
+    if (!all || (grammar && !allowed)) {
+        free(allowed);
         lmc_sampler_free(&smp);
         return lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
     }
     st = lmc_detok_init(&dt, s->tok, prompt, n_prompt, o->stop, o->n_stop, err);
     if (st) {
+        free(allowed);
         free(all);
         lmc_sampler_free(&smp);
         return st;
@@ -120,8 +132,18 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
     char *text = NULL; /* all emitted text */
     size_t tlen = 0, tcap = 0;
     while (!st && !done && n_gen < o->max_new) {
+        if (grammar) { /* structured output: only tokens that keep the output valid */
+            if ((st = lmc_grammar_mask(grammar, vocab, allowed, err))) break;
+            for (int64_t v = 0; v < V; v++)
+                if (!allowed[v]) s->logits[v] = -INFINITY;
+        }
         int32_t id = lmc_sampler_sample(&smp, s->logits, all, n_prompt + n_gen);
-        if (!o->ignore_eos && is_eos(s, id)) {
+        if (grammar && !lmc_grammar_accept_token(grammar, vocab, id)) {
+            st = lmc_err_set(err, LMC_ERR_INTERNAL, "structured output: the sampler chose token %d, which the "
+                             "grammar does not allow", (int)id);
+            break;
+        }
+        if ((!o->ignore_eos || grammar) && is_eos(s, id)) {
             res->finish_reason = "stop";
             break;
         }
@@ -155,6 +177,7 @@ lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, in
             emit(user, piece, plen);
     }
     lmc_detok_free(&dt);
+    free(allowed);
     res->decode_s = lmc_time_now() - t1;
     lmc_sampler_free(&smp);
     if (st) {

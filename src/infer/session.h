@@ -7,6 +7,7 @@
 #define LMC_SESSION_H
 
 #include "lmc.h"
+#include "infer/grammar.h"
 #include "infer/sampler.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -59,5 +60,12 @@ void lmc_gen_result_free(struct lmc_gen_result *r);
 lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
                                 const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                                 struct lmc_gen_result *res, lmc_err *err);
+/* The same with structured output: tokens the grammar state cannot take
+ * are masked out before sampling, end of sequence only once the output is
+ * complete (eos ends it even with ignore_eos); the state advances. */
+lmc_status lmc_session_generate_grammar(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
+                                        const struct lmc_gen_opts *o, struct lmc_grammar_state *grammar,
+                                        struct lmc_grammar_vocab *vocab, lmc_emit_fn emit, void *user,
+                                        struct lmc_gen_result *res, lmc_err *err);
 
 #endif

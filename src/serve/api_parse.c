@@ -450,10 +450,10 @@ lmc_status lmc_serve_check_length(struct lmc_serve_request *r, int64_t n_prompt,
     return LMC_OK;
 }
 
-lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, enum lmc_chat_style st,
+lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, const struct lmc_chat_template *ct,
                                     struct lmc_serve_error *e) {
     const char *s[LMC_CHAT_MAX_TURN_STOPS];
-    int n = lmc_chat_turn_stops(st, s);
+    int n = lmc_chat_template_turn_stops(ct, s);
     if (r->r.n_stop + n > LMC_SCHED_MAX_STOP)
         return lmc_serve_fail(e, 400, "stop", "invalid_value", "too many stop strings");
     for (int i = 0; i < n; i++) r->r.stop[r->r.n_stop++] = s[i];

@@ -77,9 +77,9 @@ void lmc_serve_request_free(struct lmc_serve_request *r);
  * prompt + max_tokens against the context (400 context_length_exceeded). */
 lmc_status lmc_serve_check_length(struct lmc_serve_request *r, int64_t n_prompt,
                                   const struct lmc_serve_limits *lim, struct lmc_serve_error *e);
-/* Appends the end-of-turn stop strings of a chat style to r (static
- * strings, not owned); 400 if they do not fit with the request's own. */
-lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, enum lmc_chat_style st,
+/* Appends the end-of-turn stop strings of a chat template to r (owned by
+ * ct, not r); 400 if they do not fit with the request's own. */
+lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, const struct lmc_chat_template *ct,
                                     struct lmc_serve_error *e);
 
 /* ---- response formatting. Every function returns a malloc'd

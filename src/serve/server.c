@@ -31,7 +31,7 @@ struct lmc_server {
     char *host, *api_key, *model_name;
     struct lmc_serve_engine eng;
     const struct lmc_tokenizer *tok;
-    enum lmc_chat_style style;
+    struct lmc_chat_template *chat;   /* NULL: the model has none */
     lmc_err chat_err;                 /* why there is no chat template, if none */
     struct lmc_serve_metrics *metrics;
     int port;
@@ -364,19 +364,18 @@ static lmc_status build_prompt(struct lmc_server *s, struct lmc_serve_request *r
     *ids = NULL;
     *n = 0;
     if (r->kind == LMC_SERVE_CHAT) {
-        if (s->style == LMC_CHAT_NONE)
+        if (!s->chat)
             return lmc_serve_fail(e, 400, "messages", "no_chat_template", "%s",
                                   s->chat_err.msg[0] ? s->chat_err.msg
                                                      : "this model has no chat template "
                                                        "(tokenizer_config.json); use /v1/completions");
         char *text = NULL;
-        if (lmc_chat_render(s->style, r->msgs, r->n_msgs, lmc_tokenizer_bos_str(s->tok),
-                            lmc_tokenizer_eos_str(s->tok), &text, &err))
+        if (lmc_chat_template_render_msgs(s->chat, r->msgs, r->n_msgs, &text, &err))
             return lmc_serve_fail(e, 400, "messages", "invalid_value", "%s", err.msg);
         lmc_status st = lmc_tokenizer_encode(s->tok, text, strlen(text), false, ids, n, &err);
         free(text);
         if (st) return lmc_serve_fail(e, 400, "messages", "invalid_value", "%s", err.msg);
-        return lmc_serve_add_turn_stops(r, s->style, e);
+        return lmc_serve_add_turn_stops(r, s->chat, e);
     }
     if (r->prompt_ids) {
         *ids = r->prompt_ids;
@@ -796,7 +795,7 @@ static int handle(struct mg_connection *c, struct lmc_server *s) {
     }
     if (models)
         return send_json(s, c, 200,
-                         lmc_serve_format_models(s->model_name, s->created, s->o.lim.ctx, s->style != LMC_CHAT_NONE),
+                         lmc_serve_format_models(s->model_name, s->created, s->o.lim.ctx, s->chat != NULL),
                          NULL);
     lmc_serve_metrics_conn(s->metrics, 1);
     int r = handle_generate(s, c, gen_ch ? LMC_SERVE_CHAT : LMC_SERVE_COMPLETION, t0);
@@ -864,7 +863,7 @@ lmc_status lmc_server_start(struct lmc_server **out, const struct lmc_serve_opts
         lmc_server_stop(s);
         return lmc_err_set(err, LMC_ERR_OOM, "server: out of memory");
     }
-    if (lmc_chat_detect(lmc_tokenizer_chat_template(tok), &s->style, &s->chat_err)) s->style = LMC_CHAT_NONE;
+    if (lmc_chat_template_from_tokenizer(tok, &s->chat, &s->chat_err)) s->chat = NULL;
     lmc_status st = lmc_serve_metrics_init(&s->metrics, err);
     if (st) {
         lmc_server_stop(s);
@@ -931,6 +930,7 @@ void lmc_server_stop(struct lmc_server *s) {
     pthread_mutex_destroy(&s->mu);
     free(s->host);
     free(s->model_name);
+    lmc_chat_template_free(s->chat);
     free(s->api_key);
     free(s);
 }

@@ -1,51 +1,72 @@
-/* chat_template.h — renders a conversation into a prompt string following
- * the model's chat template. The Jinja template text is recognised as one of
- * the known styles (Llama 3, ChatML/Qwen, Mistral/Llama 2 [INST], Zephyr)
- * and rendered by our own code; anything else is reported as unsupported
- * rather than guessed. */
+/* chat_template.h — a model's chat template(s), rendered by the Jinja engine
+ * (src/template) with the variables transformers' apply_chat_template
+ * passes: messages, tools, documents, add_generation_prompt, the special
+ * tokens of tokenizer_config.json (bos_token, eos_token, ...) and extra
+ * keyword arguments such as enable_thinking. Templates come from
+ * --chat-template FILE, else the template files beside the model
+ * (chat_template.jinja = "default", additional_chat_templates/NAME.jinja),
+ * else tokenizer_config.json's chat_template (a string, or a list of named
+ * templates); "tool_use" is chosen when tools are given, else "default". */
 #ifndef LMC_CHAT_TEMPLATE_H
 #define LMC_CHAT_TEMPLATE_H
 
 #include "lmc.h"
 
+#include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
 
-enum lmc_chat_style {
-    LMC_CHAT_NONE = 0,   /* no template */
-    LMC_CHAT_LLAMA3,
-    LMC_CHAT_CHATML,
-    LMC_CHAT_LLAMA2,     /* Llama 2 / Mistral [INST] ... [/INST] */
-    LMC_CHAT_ZEPHYR,
-    LMC_CHAT_CHATML_QWEN,   /* ChatML + default system "You are a helpful assistant." (Qwen2) */
-    LMC_CHAT_CHATML_QWEN25, /* ChatML + default system "You are Qwen, created by Alibaba Cloud. ..." */
-    LMC_CHAT_MISTRAL,       /* [INST] without <<SYS>>; a system message is refused, as the template does */
-    LMC_CHAT_LLAMA31,       /* Llama 3.1: system header with "Cutting Knowledge Date", date 26 Jul 2024 */
-    LMC_CHAT_LLAMA32,       /* Llama 3.2/3.3: as 3.1 with today's date (strftime_now) */
-};
+struct lmc_tokenizer;
+struct lmc_chat_template;
 
 struct lmc_chat_msg {
-    const char *role;    /* "system", "user", "assistant" */
+    const char *role;    /* "system", "user", "assistant", "tool", ... */
     const char *content;
 };
 
-/* Detects the style of a Jinja chat template; LMC_ERR_UNSUPPORTED with a
- * clear message if it matches none. NULL template -> LMC_CHAT_NONE. */
-lmc_status lmc_chat_detect(const char *tmpl, enum lmc_chat_style *style, lmc_err *err);
-/* Renders msgs with the generation prompt for the assistant appended
- * (add_generation_prompt=True). bos/eos are the tokenizer's strings (NULL:
- * the family's usual "<s>"/"</s>" or "<|begin_of_text|>"). The result starts
- * with the BOS text where the template writes it, so encode it without
- * add_special. Role orders a template refuses -> LMC_ERR_ARG. *out is
- * malloc'd. */
-lmc_status lmc_chat_render(enum lmc_chat_style style, const struct lmc_chat_msg *msgs, int n,
-                           const char *bos, const char *eos, char **out, lmc_err *err);
-const char *lmc_chat_style_name(enum lmc_chat_style s);
+/* Compiles one template text with the given special tokens (NULL: none). */
+lmc_status lmc_chat_template_new(const char *text, const char *bos, const char *eos, struct lmc_chat_template **out,
+                                 lmc_err *err);
+/* The template the tokenizer loaded (tokenizer_config.json or
+ * chat_template.jinja) with its bos/eos strings; LMC_ERR_UNSUPPORTED with a
+ * clear message when the model has none. */
+lmc_status lmc_chat_template_from_tokenizer(const struct lmc_tokenizer *tok, struct lmc_chat_template **out,
+                                            lmc_err *err);
+/* From a model folder: template_file if given, else chat_template.jinja and
+ * additional_chat_templates/NAME.jinja, else tokenizer_config.json's
+ * chat_template (every named template kept);
+ * special tokens from tokenizer_config.json, falling back to tok's bos/eos
+ * (tok may be NULL). */
+lmc_status lmc_chat_template_load(const char *model_dir, const char *template_file, const struct lmc_tokenizer *tok,
+                                  struct lmc_chat_template **out, lmc_err *err);
+void lmc_chat_template_free(struct lmc_chat_template *ct);
 
-#define LMC_CHAT_MAX_TURN_STOPS 2
-/* The strings that end an assistant turn in this style (e.g. "<|eot_id|>"),
- * for use as stop strings; writes up to LMC_CHAT_MAX_TURN_STOPS pointers to
- * static strings into out and returns how many. */
-int lmc_chat_turn_stops(enum lmc_chat_style s, const char **out);
+struct lmc_chat_render_opts {
+    const cJSON *tools;        /* array or NULL (None) */
+    const cJSON *documents;    /* array or NULL (None) */
+    const cJSON *kwargs;       /* object of extra variables (enable_thinking, ...) or NULL */
+    bool add_generation_prompt;
+    int now_year, now_month, now_day;   /* strftime_now's date; 0: the clock */
+};
+
+/* Renders messages (a cJSON array of message objects). Errors carry the
+ * template's own message, e.g. "TemplateError: System role not supported".
+ * *out is malloc'd. */
+lmc_status lmc_chat_template_render(const struct lmc_chat_template *ct, const cJSON *messages,
+                                    const struct lmc_chat_render_opts *o, char **out, lmc_err *err);
+/* Renders role/content messages with add_generation_prompt=True. */
+lmc_status lmc_chat_template_render_msgs(const struct lmc_chat_template *ct, const struct lmc_chat_msg *msgs, int n,
+                                         char **out, lmc_err *err);
+
+#define LMC_CHAT_MAX_TURN_STOPS 4
+/* Strings that end an assistant turn for this template (its end-of-turn
+ * marker, e.g. "<|im_end|>", and the eos token), for use as stop strings;
+ * the pointers live as long as ct. Returns how many (<= the max). */
+int lmc_chat_template_turn_stops(const struct lmc_chat_template *ct, const char **out);
+/* The tool-call text format the template teaches the model: "hermes"
+ * (<tool_call>{json}</tool_call>), "qwen3_xml" (<function=...>), "glm"
+ * (<arg_key>), "llama3" (bare JSON with "parameters"), "mistral"
+ * ([TOOL_CALLS]) or "json" (anything else). */
+const char *lmc_chat_template_tool_format(const struct lmc_chat_template *ct);
 
 #endif
