@@ -7,6 +7,9 @@
  *   - batched decode of all prompts at once from a slot pool in scrambled
  *     slot order: the same ids as one at a time;
  *   - the state bytes per sequence;
+ *   - training: ref.json's batch (B=2, T=32): the loss and every
+ *     parameter's gradient (ref_grads.safetensors) through the backward
+ *     ops (max|err| / max|ref| <= 1e-4 per tensor);
  *   - bad input: inconsistent configs, missing A_log / D, wrong shapes,
  *     bad time_step_limit: clear errors naming the field or tensor. */
 #include "test.h"
@@ -142,6 +145,93 @@ static void test_fixture(struct lmc_backend *be, const char *name) {
     lmc_mamba_free(&m);
 }
 
+/* ---- training: loss and gradients ---- */
+static int64_t read_ids(const cJSON *rows, int32_t *out, int64_t max) {
+    int64_t n = 0;
+    const cJSON *row, *v;
+    cJSON_ArrayForEach(row, rows) cJSON_ArrayForEach(v, row) if (n < max) out[n++] = (int32_t)v->valueint;
+    return n;
+}
+
+static void test_train(struct lmc_backend *be, const char *name) {
+    char dir[256], path[512], *json;
+    size_t len;
+    lmc_err err;
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
+    struct lmc_mamba_model m;
+    if (lmc_mamba_load(&m, dir, be, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/ref.json", dir);
+    CHECK(!lmc_file_read(path, 1 << 24, &json, &len, &err));
+    cJSON *ref = cJSON_Parse(json);
+    free(json);
+    const cJSON *tr = cJSON_GetObjectItem(ref, "train");
+    const int64_t B = cJSON_GetObjectItem(tr, "B")->valueint, T = cJSON_GetObjectItem(tr, "T")->valueint;
+    const double want_loss = cJSON_GetObjectItem(tr, "loss")->valuedouble;
+    int32_t *in = malloc((size_t)(B * T) * 4), *tg = malloc((size_t)(B * T) * 4);
+    CHECK(read_ids(cJSON_GetObjectItem(tr, "inputs"), in, B * T) == B * T);
+    CHECK(read_ids(cJSON_GetObjectItem(tr, "targets"), tg, B * T) == B * T);
+    cJSON_Delete(ref);
+    struct lmc_mamba_grads g;
+    double loss = 0;
+    CHECK(!lmc_mamba_grads_init(&g, &m, &err));
+    CHECK_MSG(!lmc_mamba_loss_backward(&m, in, tg, B, T, &loss, &g, &err), "%s", err.msg);
+    const double el = fabs(loss - want_loss) / fabs(want_loss);
+    CHECK_MSG(el <= 1e-5, "%s loss %.8f vs %.8f", name, loss, want_loss);
+    struct lmc_st rg;
+    snprintf(path, sizeof path, "%s/ref_grads.safetensors", dir);
+    CHECK(!lmc_st_open_file(&rg, path, &err));
+    const struct lmc_mamba_config *c = &m.cfg;
+    double worst = 0;
+    const char *wname = "";
+    int n_cmp = 0;
+    for (int64_t i = 0; i < rg.n_tensors; i++) {
+        const struct lmc_st_tensor *t = &rg.tensors[i];
+        const float *got = NULL;
+        int64_t stride = 0, cols = 0; /* dt_proj: the first R columns of the widened gradient */
+        long long l = -1;
+        char field[128] = "";
+        if (!strcmp(t->name, "backbone.embeddings.weight")) got = g.embed;
+        else if (!strcmp(t->name, "backbone.norm_f.weight")) got = g.norm_f;
+        else if (!strcmp(t->name, "lm_head.weight")) got = g.lm_head;
+        else if (sscanf(t->name, "backbone.layers.%lld.%127s", &l, field) == 2 && l >= 0 && l < c->num_layers) {
+            const struct lmc_mamba_layer_grads *G = &g.layers[l];
+            struct { const char *n; const float *p; } map[] = {
+                {"norm.weight", G->norm_w}, {"mixer.in_proj.weight", G->in_proj}, {"mixer.in_proj.bias", G->in_proj_b},
+                {"mixer.conv1d.weight", G->conv_w}, {"mixer.conv1d.bias", G->conv_b},
+                {"mixer.x_proj.weight", G->x_proj}, {"mixer.dt_proj.bias", G->dt_bias}, {"mixer.dt_bias", G->dt_bias},
+                {"mixer.A_log", G->A_log}, {"mixer.D", G->Dskip}, {"mixer.norm.weight", G->gnorm_w},
+                {"mixer.out_proj.weight", G->out_proj}, {"mixer.out_proj.bias", G->out_proj_b}};
+            for (size_t k = 0; k < sizeof map / sizeof map[0]; k++)
+                if (!strcmp(field, map[k].n)) got = map[k].p;
+            if (!strcmp(field, "mixer.dt_proj.weight"))
+                got = G->dt_proj_ext, stride = c->xproj_dim, cols = c->time_step_rank;
+        }
+        CHECK_MSG(got != NULL, "%s: no gradient for %s", name, t->name);
+        if (!got || t->dtype != LMC_DTYPE_F32) continue;
+        const float *r = t->data;
+        double num = 0, den = 0;
+        for (int64_t k = 0; k < t->numel; k++) {
+            const float v = stride ? got[(k / cols) * stride + k % cols] : got[k];
+            num = fmax(num, fabs((double)v - r[k]));
+            den = fmax(den, fabs((double)r[k]));
+            if (v != v) num = INFINITY;
+        }
+        const double e = num / (den > 0 ? den : 1);
+        CHECK_MSG(e <= 1e-4, "%s grad %s: rel err %.3e", name, t->name, e);
+        if (e > worst) worst = e, wname = t->name;
+        n_cmp++;
+    }
+    printf("  %s: loss %.7f (ref %.7f, rel %.1e); %d gradients, worst rel err %.2e (%s)\n", name, loss,
+           want_loss, el, n_cmp, worst, wname);
+    lmc_st_free(&rg);
+    lmc_mamba_grads_free(&g, &m);
+    free(in), free(tg);
+    lmc_mamba_free(&m);
+}
+
 /* ---- bad input ---- */
 static const char *M2_CFG =
     "{\"model_type\": \"mamba2\", \"vocab_size\": 512, \"hidden_size\": 64, \"num_hidden_layers\": 2,"
@@ -260,6 +350,8 @@ int main(void) {
     }
     test_fixture(&be, "mamba-tiny");
     test_fixture(&be, "mamba2-tiny");
+    test_train(&be, "mamba-tiny");
+    test_train(&be, "mamba2-tiny");
     test_config_errors();
     test_weight_errors(&be, "mamba-tiny", "backbone.layers.1.mixer.A_log", 1,
                        "missing tensor 'backbone.layers.1.mixer.A_log'");

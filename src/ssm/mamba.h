@@ -129,4 +129,33 @@ lmc_status lmc_mamba_forward(const struct lmc_mamba_model *m, struct lmc_mamba_s
                              const int32_t *slots, const int32_t *ids, int64_t B, int64_t T,
                              float *logits, lmc_err *err);
 
+
+
+/* ---- training (ssm/mamba_train.c): loss and gradients through the
+ * backward ops; weights must be F32 (the backward ops' master copies). ---- */
+struct lmc_mamba_layer_grads {   /* shapes as the layer's tensors; NULL where absent */
+    float *norm_w, *in_proj, *in_proj_b, *conv_w, *conv_b;
+    float *x_proj;
+    float *dt_proj_ext;          /* (D, R + 2N): dt_proj.weight's gradient is its first R columns */
+    float *dt_bias, *A_log, *Dskip, *gnorm_w, *out_proj, *out_proj_b;
+};
+struct lmc_mamba_grads {
+    float *embed, *norm_f;
+    float *lm_head;              /* NULL when tied (its gradient is in embed) */
+    struct lmc_mamba_layer_grads *layers;
+    void *block;                 /* the one backend allocation holding them all */
+    size_t bytes;
+};
+/* Gradient buffers for m, zeroed (backend memory). */
+lmc_status lmc_mamba_grads_init(struct lmc_mamba_grads *g, const struct lmc_mamba_model *m,
+                                lmc_err *err);
+void lmc_mamba_grads_free(struct lmc_mamba_grads *g, const struct lmc_mamba_model *m);
+/* The mean cross-entropy of targets (host, B*T; < 0: ignored) given inputs
+ * (host, B*T; B sequences of T tokens from a zero state) into *loss, and
+ * its gradient added into g. Activations of every layer are kept
+ * (O(L * B*T * (in_proj_dim + conv_dim + ...)) floats); the scans recompute
+ * their states (memory linear in T). */
+lmc_status lmc_mamba_loss_backward(const struct lmc_mamba_model *m, const int32_t *inputs,
+                                   const int32_t *targets, int64_t B, int64_t T, double *loss,
+                                   struct lmc_mamba_grads *g, lmc_err *err);
 #endif

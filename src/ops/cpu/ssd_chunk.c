@@ -59,9 +59,7 @@ static void ssd_fwd_task(void *arg, int64_t task, int thread) {
             const float *Ci = in->Cm + (r0 + i) * in->ldx + g * N;
             for (int64_t jj = 0; jj <= i; jj++) {
                 const float *Bj = in->Bm + (r0 + jj) * in->ldx + g * N;
-                float acc = 0;
-                for (int64_t n = 0; n < N; n++) acc += Ci[n] * Bj[n];
-                CB[i * Lc + jj] = acc;
+                CB[i * Lc + jj] = lmc_cpu_dot(Ci, Bj, N);
             }
         }
         for (int64_t i = 0; i < len; i++) {
@@ -69,16 +67,10 @@ static void ssd_fwd_task(void *arg, int64_t task, int thread) {
             const float *xi = in->x + (r0 + i) * in->ldx + h * P;
             float *yi = j->y + (r0 + i) * H * P + h * P;
             const float e = expf(cs[i]);
-            for (int64_t p = 0; p < P; p++) {
-                const float *Sp = S + p * N;
-                float acc = 0;
-                for (int64_t n = 0; n < N; n++) acc += Sp[n] * Ci[n];
-                yi[p] = e * acc + Dh * xi[p];
-            }
+            for (int64_t p = 0; p < P; p++) yi[p] = e * lmc_cpu_dot(S + p * N, Ci, N) + Dh * xi[p];
             for (int64_t jj = 0; jj <= i; jj++) {
                 const float wgt = expf(cs[i] - cs[jj]) * dtv[jj] * CB[i * Lc + jj];
-                const float *xj = in->x + (r0 + jj) * in->ldx + h * P;
-                for (int64_t p = 0; p < P; p++) yi[p] += wgt * xj[p];
+                lmc_cpu_axpy(yi, wgt, in->x + (r0 + jj) * in->ldx + h * P, P);
             }
         }
         const float eL = expf(cs[len - 1]);
@@ -87,11 +79,7 @@ static void ssd_fwd_task(void *arg, int64_t task, int thread) {
             const float wgt = expf(cs[len - 1] - cs[jj]) * dtv[jj];
             const float *xj = in->x + (r0 + jj) * in->ldx + h * P;
             const float *Bj = in->Bm + (r0 + jj) * in->ldx + g * N;
-            for (int64_t p = 0; p < P; p++) {
-                const float wx = wgt * xj[p];
-                float *Sp = S + p * N;
-                for (int64_t n = 0; n < N; n++) Sp[n] += wx * Bj[n];
-            }
+            for (int64_t p = 0; p < P; p++) lmc_cpu_axpy(S + p * N, wgt * xj[p], Bj, N);
         }
     }
     if (st) memcpy(st, S, (size_t)(P * N) * sizeof *S);

@@ -1,0 +1,241 @@
+/* mamba_train.c — the training pass of a Mamba / Mamba-2 model (ssm/mamba.h):
+ * a forward that keeps each layer's activations, the fused classifier +
+ * cross-entropy, and the backward through matmul_bwd, rmsnorm(_gated)_bwd,
+ * conv1d_causal_bwd and ssm_scan_bwd / ssd_chunk_bwd, accumulating into one
+ * gradient buffer per parameter. */
+#include "ssm/mamba.h"
+#include "core/core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- gradient buffers ---- */
+struct gslot {
+    float **dst;
+    int64_t n;
+};
+
+static int64_t grad_slots(const struct lmc_mamba_model *m, struct lmc_mamba_grads *g, struct gslot *s) {
+    const struct lmc_mamba_config *c = &m->cfg;
+    const int64_t H = c->hidden_size, D = c->d_inner, V = c->vocab_size, K = c->conv_kernel;
+    int64_t n = 0;
+#define SLOT(p, cnt) do { if (s) s[n] = (struct gslot){&(p), (cnt)}; n++; } while (0)
+    SLOT(g->embed, V * H);
+    SLOT(g->norm_f, H);
+    if (m->lm_head.data != m->embed.data) SLOT(g->lm_head, V * H);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        struct lmc_mamba_layer_grads *L = &g->layers[l];
+        const struct lmc_mamba_layer *W = &m->layers[l];
+        SLOT(L->norm_w, H);
+        SLOT(L->in_proj, c->in_proj_dim * H);
+        if (W->in_proj_b) SLOT(L->in_proj_b, c->in_proj_dim);
+        SLOT(L->conv_w, c->conv_dim * K);
+        if (W->conv_b) SLOT(L->conv_b, c->conv_dim);
+        SLOT(L->out_proj, H * D);
+        if (W->out_proj_b) SLOT(L->out_proj_b, H);
+        if (c->kind == LMC_MAMBA_1) {
+            SLOT(L->x_proj, c->xproj_dim * D);
+            SLOT(L->dt_proj_ext, D * c->xproj_dim);
+            SLOT(L->dt_bias, D);
+            SLOT(L->A_log, D * c->state_size);
+            SLOT(L->Dskip, D);
+        } else {
+            SLOT(L->dt_bias, c->num_heads);
+            SLOT(L->A_log, c->num_heads);
+            SLOT(L->Dskip, c->num_heads);
+            SLOT(L->gnorm_w, D);
+        }
+    }
+#undef SLOT
+    return n;
+}
+
+lmc_status lmc_mamba_grads_init(struct lmc_mamba_grads *g, const struct lmc_mamba_model *m,
+                                lmc_err *err) {
+    memset(g, 0, sizeof *g);
+    g->layers = calloc((size_t)m->cfg.num_layers, sizeof *g->layers);
+    if (!g->layers) return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
+    int64_t n = grad_slots(m, g, NULL);
+    struct gslot *s = malloc((size_t)n * sizeof *s);
+    if (!s) {
+        free(g->layers);
+        return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
+    }
+    grad_slots(m, g, s);
+    size_t total = 0;
+    for (int64_t i = 0; i < n; i++) total += ((size_t)s[i].n + 63) / 64 * 64;
+    g->bytes = total * sizeof(float);
+    g->block = m->be->alloc(m->be->ctx, g->bytes);
+    if (!g->block) {
+        free(s), free(g->layers);
+        g->layers = NULL;
+        return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of backend memory for %zu gradient bytes", g->bytes);
+    }
+    m->be->zero(m->be->ctx, g->block, g->bytes);
+    float *p = g->block;
+    for (int64_t i = 0; i < n; i++) *s[i].dst = p, p += ((size_t)s[i].n + 63) / 64 * 64;
+    free(s);
+    return LMC_OK;
+}
+
+void lmc_mamba_grads_free(struct lmc_mamba_grads *g, const struct lmc_mamba_model *m) {
+    if (g->block) m->be->free(m->be->ctx, g->block);
+    free(g->layers);
+    memset(g, 0, sizeof *g);
+}
+
+/* ---- activations kept by the training forward, per layer ---- */
+struct acts {
+    float *xin, *hn, *proj, *cv;  /* (M,H) (M,H) (M,in_proj_dim) (M,conv_dim) */
+    float *xdbl, *delta;          /* Mamba-1: (M,W) (M,D) */
+    float *y, *yn;                /* (M,D) the scan's output; Mamba-2: after the gated norm */
+};
+
+static int64_t act_floats(const struct lmc_mamba_config *c, int64_t M) {
+    return M * (2 * c->hidden_size + c->in_proj_dim + c->conv_dim + c->xproj_dim + 3 * c->d_inner);
+}
+
+static void act_bind(struct acts *a, const struct lmc_mamba_config *c, int64_t M, float *p) {
+    a->xin = p, p += M * c->hidden_size;
+    a->hn = p, p += M * c->hidden_size;
+    a->proj = p, p += M * c->in_proj_dim;
+    a->cv = p, p += M * c->conv_dim;
+    a->xdbl = p, p += M * c->xproj_dim;
+    a->delta = p, p += M * c->d_inner;
+    a->y = p, p += M * c->d_inner;
+    a->yn = p;
+}
+
+lmc_status lmc_mamba_loss_backward(const struct lmc_mamba_model *m, const int32_t *inputs,
+                                   const int32_t *targets, int64_t B, int64_t T, double *loss,
+                                   struct lmc_mamba_grads *g, lmc_err *err) {
+    const struct lmc_mamba_config *c = &m->cfg;
+    struct lmc_backend *be = m->be;
+    const int64_t M = B * T, H = c->hidden_size, D = c->d_inner, N = c->state_size;
+    const int64_t K = c->conv_kernel, IN = c->in_proj_dim, CD = c->conv_dim, V = c->vocab_size;
+    if (B < 1 || T < 1 || M > ((int64_t)1 << 22))
+        return lmc_err_set(err, LMC_ERR_ARG, "mamba: %lld x %lld training tokens", (long long)B, (long long)T);
+    if (!be->matmul_bwd || !be->ssm_scan_bwd || !be->ssd_chunk_bwd || !be->classifier_xent)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "mamba: the %s backend cannot train", be->name);
+    if (m->embed.dtype != LMC_DTYPE_F32 || m->lm_head.dtype != LMC_DTYPE_F32)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "mamba: training needs F32 weights");
+    for (int64_t l = 0; l < c->num_layers; l++)
+        if (m->layers[l].in_proj.dtype != LMC_DTYPE_F32 || m->layers[l].out_proj.dtype != LMC_DTYPE_F32 ||
+            (c->kind == LMC_MAMBA_1 && m->layers[l].x_proj.dtype != LMC_DTYPE_F32))
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "mamba: training needs F32 weights (layer %lld)",
+                               (long long)l);
+    int64_t count = 0;
+    for (int64_t i = 0; i < M; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V || targets[i] >= V)
+            return lmc_err_set(err, LMC_ERR_ARG, "mamba: token id out of range at %lld", (long long)i);
+        count += targets[i] >= 0;
+    }
+    if (!count) return lmc_err_set(err, LMC_ERR_ARG, "mamba: no targets");
+    const int64_t per = act_floats(c, M);
+    /* layers' activations, the final residual and norm, gradients of the
+     * residual and of the mixer's pieces, per-row loss, ids, targets */
+    const int64_t W = c->xproj_dim;
+    const int64_t extra = 2 * M * H + M * H /* dres */ + M * H /* dhn */ + M * IN /* dproj */ +
+                          M * CD /* dcv */ + M * (W + 2 * D) /* dxdbl, dy, dyn */ + M /* loss */;
+    size_t bytes = ((size_t)(c->num_layers * per + extra) + 2 * (size_t)M) * sizeof(float);
+    float *base = be->alloc(be->ctx, bytes);
+    if (!base) return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of backend memory (%zu bytes)", bytes);
+    float *xf = base + c->num_layers * per, *hf = xf + M * H, *dres = hf + M * H, *dhn = dres + M * H;
+    float *dproj = dhn + M * H, *dcv = dproj + M * IN, *dxdbl = dcv + M * CD, *dy = dxdbl + M * W;
+    float *dyn = dy + M * D, *lrow = dyn + M * D;
+    int32_t *dids = (int32_t *)(lrow + M), *dtg = dids + M;
+    be->upload(be->ctx, dids, inputs, (size_t)M * 4);
+    be->upload(be->ctx, dtg, targets, (size_t)M * 4);
+    const float eps = (float)c->norm_eps;
+
+    /* forward, keeping activations */
+    struct acts a;
+    act_bind(&a, c, M, base);
+    be->embed(be->ctx, a.xin, &m->embed, dids, M);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        const struct lmc_mamba_layer *L = &m->layers[l];
+        act_bind(&a, c, M, base + l * per);
+        float *xout = l + 1 < c->num_layers ? base + (l + 1) * per : xf; /* next layer's xin */
+        be->rmsnorm(be->ctx, a.hn, a.xin, L->norm_w, M, H, eps);
+        be->matmul(be->ctx, a.proj, a.hn, M, &L->in_proj, L->in_proj_b);
+        float *yo;
+        if (c->kind == LMC_MAMBA_1) {
+            const int64_t R = c->time_step_rank;
+            be->conv1d_causal(be->ctx, a.cv, a.proj, IN, L->conv_w, L->conv_b, NULL, NULL, B, T, D, K, 1);
+            be->matmul(be->ctx, a.xdbl, a.cv, M, &L->x_proj, NULL);
+            be->matmul(be->ctx, a.delta, a.xdbl, M, &L->dt_proj_ext, NULL);
+            const struct lmc_ssm_io io = {a.cv, a.delta, L->dt_bias, L->A_log, a.xdbl + R, a.xdbl + R + N,
+                                          W, L->Dskip, a.proj + D, IN};
+            be->ssm_scan(be->ctx, a.y, &io, NULL, NULL, B, T, D, N);
+            yo = a.y;
+        } else {
+            const int64_t GN = c->n_groups * N;
+            be->conv1d_causal(be->ctx, a.cv, a.proj + D, IN, L->conv_w, L->conv_b, NULL, NULL, B, T, CD, K, 1);
+            const struct lmc_ssd_io io = {a.cv, a.cv + D, a.cv + D + GN, CD, a.proj + D + CD, IN,
+                                          L->dt_bias, L->A_log, L->Dskip, (float)c->dt_min, (float)c->dt_max};
+            const struct lmc_ssd_shape sh = {B, T, c->num_heads, c->head_dim, c->n_groups, N, c->chunk_size};
+            be->ssd_chunk(be->ctx, a.y, &io, NULL, NULL, &sh);
+            be->rmsnorm_gated(be->ctx, a.yn, a.y, a.proj, IN, L->gnorm_w, M, D, D / c->n_groups, eps);
+            yo = a.yn;
+        }
+        be->matmul(be->ctx, xout, yo, M, &L->out_proj, L->out_proj_b);
+        be->add(be->ctx, xout, xout, a.xin, M * H);
+    }
+    be->rmsnorm(be->ctx, hf, xf, m->norm_f, M, H, eps);
+    be->classifier_xent(be->ctx, lrow, dhn, g->lm_head ? g->lm_head : g->embed, hf, &m->lm_head, dtg, M,
+                        (float)(1.0 / (double)count));
+    float *lh = malloc((size_t)M * sizeof *lh);
+    if (!lh) {
+        be->free(be->ctx, base);
+        return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
+    }
+    be->download(be->ctx, lh, lrow, (size_t)M * 4);
+    be->sync(be->ctx);
+    double sum = 0;
+    for (int64_t i = 0; i < M; i++) sum += lh[i];
+    free(lh);
+    *loss = sum / (double)count;
+
+    /* backward */
+    be->zero(be->ctx, dres, (size_t)(M * H) * 4);
+    be->rmsnorm_bwd(be->ctx, dres, g->norm_f, dhn, xf, m->norm_f, M, H, eps);
+    for (int64_t l = c->num_layers - 1; l >= 0; l--) {
+        const struct lmc_mamba_layer *L = &m->layers[l];
+        struct lmc_mamba_layer_grads *G = &g->layers[l];
+        act_bind(&a, c, M, base + l * per);
+        if (c->kind == LMC_MAMBA_1) {
+            const int64_t R = c->time_step_rank;
+            be->matmul_bwd(be->ctx, dy, G->out_proj, G->out_proj_b, dres, a.y, M, &L->out_proj, 0);
+            const struct lmc_ssm_io io = {a.cv, a.delta, L->dt_bias, L->A_log, a.xdbl + R, a.xdbl + R + N,
+                                          W, L->Dskip, a.proj + D, IN};
+            const struct lmc_ssm_grads sg = {dcv, dyn /* ddelta */, dxdbl + R, dxdbl + R + N, dproj + D,
+                                             G->dt_bias, G->A_log, G->Dskip};
+            be->zero(be->ctx, dxdbl, (size_t)(M * W) * 4); /* dt_r's columns: += below */
+            be->ssm_scan_bwd(be->ctx, &sg, dy, &io, B, T, D, N);
+            /* delta = xdbl @ ext^T: dxdbl[:, :R] =, dxdbl[:, R:] += 0 (ext's zero columns) */
+            be->matmul_bwd(be->ctx, dxdbl, G->dt_proj_ext, NULL, dyn, a.xdbl, M, &L->dt_proj_ext, 1);
+            be->matmul_bwd(be->ctx, dcv, G->x_proj, NULL, dxdbl, a.cv, M, &L->x_proj, 1);
+            be->conv1d_causal_bwd(be->ctx, dproj, G->conv_w, G->conv_b, dcv, a.proj, IN, L->conv_w,
+                                  L->conv_b, B, T, D, K, 1);
+        } else {
+            const int64_t GN = c->n_groups * N;
+            be->matmul_bwd(be->ctx, dyn, G->out_proj, G->out_proj_b, dres, a.yn, M, &L->out_proj, 0);
+            be->rmsnorm_gated_bwd(be->ctx, dy, dproj, G->gnorm_w, dyn, a.y, a.proj, IN, L->gnorm_w, M, D,
+                                  D / c->n_groups, eps);
+            const struct lmc_ssd_io io = {a.cv, a.cv + D, a.cv + D + GN, CD, a.proj + D + CD, IN,
+                                          L->dt_bias, L->A_log, L->Dskip, (float)c->dt_min, (float)c->dt_max};
+            const struct lmc_ssd_shape sh = {B, T, c->num_heads, c->head_dim, c->n_groups, N, c->chunk_size};
+            const struct lmc_ssd_grads sg = {dcv, dcv + D, dcv + D + GN, dproj + D + CD, G->dt_bias, G->A_log,
+                                             G->Dskip};
+            be->ssd_chunk_bwd(be->ctx, &sg, dy, &io, &sh);
+            be->conv1d_causal_bwd(be->ctx, dproj + D, G->conv_w, G->conv_b, dcv, a.proj + D, IN, L->conv_w,
+                                  L->conv_b, B, T, CD, K, 1);
+        }
+        be->matmul_bwd(be->ctx, dhn, G->in_proj, G->in_proj_b, dproj, a.hn, M, &L->in_proj, 0);
+        be->rmsnorm_bwd(be->ctx, dres, G->norm_w, dhn, a.xin, L->norm_w, M, H, eps); /* dres += */
+    }
+    be->embed_bwd(be->ctx, g->embed, dres, dids, M, H);
+    be->sync(be->ctx);
+    be->free(be->ctx, base);
+    return LMC_OK;
+}
