@@ -146,6 +146,33 @@ struct lmc_mamba_grads {
     void *block;                 /* the one backend allocation holding them all */
     size_t bytes;
 };
+/* The mixer of layer l for training, in the shape of the redesign's mixer
+ * ops table (the block around it does norm and residual):
+ *   forward_train: out (B*T, hidden) = mixer(h) (overwritten), keeping in
+ *     acts (lmc_mamba_mixer_act_floats(cfg, B*T) floats bound by
+ *     lmc_mamba_mixer_acts_bind) what the backward needs; zero state.
+ *   backward: dh (B*T, hidden) = dL/dh (overwritten) given dout = dL/dout,
+ *     h and acts of the forward; the layer's gradients +=; ws: backend
+ *     scratch of lmc_mamba_mixer_bwd_ws_floats(cfg, B*T) floats. */
+struct lmc_mamba_mixer_acts {
+    float *proj;                 /* (M, in_proj_dim) */
+    float *cv;                   /* (M, conv_dim) the conv's output */
+    float *xdbl, *delta;         /* Mamba-1: (M, R + 2N), (M, D) */
+    float *y;                    /* (M, D) the scan's output */
+    float *yn;                   /* Mamba-2: (M, D) after the gated norm */
+};
+int64_t lmc_mamba_mixer_act_floats(const struct lmc_mamba_config *c, int64_t rows);
+void lmc_mamba_mixer_acts_bind(struct lmc_mamba_mixer_acts *a, const struct lmc_mamba_config *c,
+                               int64_t rows, float *mem);
+void lmc_mamba_mixer_forward_train(const struct lmc_mamba_model *m, int64_t l, float *out,
+                                   const float *h, struct lmc_mamba_mixer_acts *a, int64_t B,
+                                   int64_t T);
+int64_t lmc_mamba_mixer_bwd_ws_floats(const struct lmc_mamba_config *c, int64_t rows);
+void lmc_mamba_mixer_backward(const struct lmc_mamba_model *m, int64_t l, float *dh,
+                              const float *dout, const float *h,
+                              const struct lmc_mamba_mixer_acts *a, struct lmc_mamba_layer_grads *g,
+                              int64_t B, int64_t T, float *ws);
+
 /* Gradient buffers for m, zeroed (backend memory). */
 lmc_status lmc_mamba_grads_init(struct lmc_mamba_grads *g, const struct lmc_mamba_model *m,
                                 lmc_err *err);
