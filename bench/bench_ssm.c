@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static uint64_t rng_s = 88172645463325252ull;
 static float frand(void) { /* [-1, 1) */
@@ -127,6 +128,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-T")) T = atoll(argv[i + 1]);
         else if (!strcmp(argv[i], "-c")) ctx_long = atoll(argv[i + 1]);
     }
+    setvbuf(stdout, NULL, _IOLBF, 0);
     if (reps < 1 || reps > 64 || T < 1 || ctx_long < 1024) {
         fprintf(stderr, "usage: bench_ssm [-t threads] [-r repeats 1..64] [-T tokens] [-c context >= 1024]\n");
         return 2;
@@ -138,6 +140,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("bench_ssm: %d threads, %d repeats, prefill T=%lld\n", threads, reps, (long long)T);
+    const double wall0 = lmc_time_now();
     double t[64];
     { /* 1. ops alone */
         const int64_t D = 1536, N = 16, K = 4, W = 80;
@@ -215,7 +218,7 @@ int main(int argc, char **argv) {
         const int steps = 32;
         for (int i = -1; i < steps; i++)
             for (int32_t k = 0; k < 2; k++) {
-                int32_t tok = (int32_t)(17 + i * 31 + k);
+                int32_t tok = (int32_t)(17 + (i + 1) * 31 + k);
                 double t0 = lmc_time_now();
                 LMC_ASSERT(!lmc_mamba_forward(&m, &st, &k, &tok, 1, 1, lg, &err));
                 if (i >= 0) ms[k][i] = (lmc_time_now() - t0) * 1e3;
@@ -230,5 +233,11 @@ int main(int argc, char **argv) {
         unbuild(&m);
     }
     lmc_backend_cpu_free(&be);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    const double cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+                         ru.ru_stime.tv_usec * 1e-6;
+    printf("CPU time %.1f s over %.1f s wall: %.2f of the %d threads' cores on average (1.0 each = unloaded)\n",
+           cpu_s, lmc_time_now() - wall0, cpu_s / (lmc_time_now() - wall0) / threads, threads);
     return 0;
 }
