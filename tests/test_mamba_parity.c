@@ -6,6 +6,11 @@
  *     steps with the recurrent state;
  *   - batched decode of all prompts at once from a slot pool in scrambled
  *     slot order: the same ids as one at a time;
+ *   - chunked prefill (a prompt in two calls through the state) == one
+ *     prefill, at every split point; a state snapshot (lmc_mamba_state_copy)
+ *     continued with two different suffixes == their full prefills;
+ *   - BF16 weights (every tensor of the fixture converted): logits within
+ *     2e-2 of the reference;
  *   - the state bytes per sequence;
  *   - training: ref.json's batch (B=2, T=32): the loss and every
  *     parameter's gradient (ref_grads.safetensors) through the backward
@@ -133,6 +138,48 @@ static void test_fixture(struct lmc_backend *be, const char *name) {
     int same = 1;
     for (int i = 0; i < np; i++) same &= !memcmp(gen[i], P[i].want, sizeof gen[i]);
     CHECK_MSG(same, "%s: batched decode from slots differs", name);
+    /* chunked prefill at every split point of prompt 0 == one prefill */
+    {
+        const int64_t n = P[0].n;
+        float *full = malloc((size_t)(n * V) * 4), *part = malloc((size_t)(n * V) * 4);
+        CHECK(!lmc_mamba_forward(&m, NULL, NULL, P[0].ids, 1, n, full, &err));
+        double worst_split = 0;
+        for (int64_t k = 1; k < n; k++) {
+            lmc_mamba_state_reset(&st, &m, 1);
+            const int32_t one = 1;
+            CHECK(!lmc_mamba_forward(&m, &st, &one, P[0].ids, 1, k, part, &err));
+            CHECK(!lmc_mamba_forward(&m, &st, &one, P[0].ids + k, 1, n - k, part + k * V, &err));
+            double num = 0, den = 0;
+            for (int64_t i = 0; i < n * V; i++)
+                num = fmax(num, fabs((double)part[i] - full[i])), den = fmax(den, fabs((double)full[i]));
+            worst_split = fmax(worst_split, num / den);
+        }
+        CHECK_MSG(worst_split <= 1e-5, "%s chunked prefill: %.3e", name, worst_split);
+        /* snapshot after a prefix of 9 tokens, continued two ways */
+        const int64_t pre = 9;
+        lmc_mamba_state_reset(&st, &m, 0);
+        CHECK(!lmc_mamba_forward(&m, &st, NULL, P[0].ids, 1, pre, part, &err));
+        CHECK(!lmc_mamba_state_copy(&st, &m, 2, 0, &err));
+        CHECK(lmc_mamba_state_copy(&st, &m, 3, 0, &err) == LMC_ERR_ARG);
+        int32_t alt[64];
+        const int64_t na = P[1].n < 64 ? P[1].n : 64;
+        memcpy(alt, P[0].ids, (size_t)pre * 4);
+        memcpy(alt + pre, P[1].ids, (size_t)(na - pre > 0 ? na - pre : 0) * 4);
+        const int32_t two = 2;
+        float *ra = malloc((size_t)(na * V) * 4);
+        CHECK(!lmc_mamba_forward(&m, &st, NULL, P[0].ids + pre, 1, n - pre, part, &err)); /* slot 0: prompt 0 */
+        CHECK(!lmc_mamba_forward(&m, &st, &two, alt + pre, 1, na - pre, ra, &err));       /* slot 2: fork */
+        double es = 0, den = 0;
+        for (int64_t i = 0; i < (n - pre) * V; i++)
+            es = fmax(es, fabs((double)part[i] - full[pre * V + i])), den = fmax(den, fabs((double)full[i]));
+        float *fa = malloc((size_t)(na * V) * 4);
+        CHECK(!lmc_mamba_forward(&m, NULL, NULL, alt, 1, na, fa, &err));
+        for (int64_t i = 0; i < (na - pre) * V; i++) es = fmax(es, fabs((double)ra[i] - fa[pre * V + i]));
+        CHECK_MSG(es / den <= 1e-5, "%s state snapshot: %.3e", name, es / den);
+        printf("  %s: chunked prefill at every split %.2e; snapshot forked two ways %.2e\n", name, worst_split,
+               es / den);
+        free(full), free(part), free(ra), free(fa);
+    }
     free(lg);
     lmc_mamba_state_free(&st, &m);
 
@@ -143,6 +190,69 @@ static void test_fixture(struct lmc_backend *be, const char *name) {
     CHECK(lmc_mamba_state_bytes(c) == want);
     printf("  %s: recurrent state %zu bytes per sequence\n", name, lmc_mamba_state_bytes(c));
     lmc_mamba_free(&m);
+}
+
+/* ---- BF16 weights: every tensor converted, logits within 2e-2 ---- */
+static void test_bf16(struct lmc_backend *be, const char *fixture) {
+    char src[256], dir[] = "/tmp/lmc_mamba_bf16XXXXXX", path[512];
+    snprintf(src, sizeof src, "tests/fixtures/%s", fixture);
+    if (!mkdtemp(dir)) {
+        CHECK(0);
+        return;
+    }
+    lmc_err err;
+    struct lmc_st st;
+    CHECK(!lmc_st_open_dir(&st, src, &err));
+    struct lmc_st_write_tensor *w = calloc((size_t)st.n_tensors, sizeof *w);
+    uint16_t **bufs = calloc((size_t)st.n_tensors, sizeof *bufs);
+    for (int64_t i = 0; i < st.n_tensors; i++) {
+        const struct lmc_st_tensor *t = &st.tensors[i];
+        bufs[i] = malloc((size_t)t->numel * 2);
+        for (int64_t k = 0; k < t->numel; k++) bufs[i][k] = lmc_f32_to_bf16(((const float *)t->data)[k]);
+        w[i] = (struct lmc_st_write_tensor){t->name, LMC_DTYPE_BF16, t->ndim, {0}, bufs[i]};
+        memcpy(w[i].shape, t->shape, sizeof t->shape);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(!lmc_st_write(path, w, st.n_tensors, NULL, 0, &err));
+    char *cfg;
+    size_t len;
+    snprintf(path, sizeof path, "%s/config.json", src);
+    CHECK(!lmc_file_read(path, 1 << 20, &cfg, &len, &err));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "wb");
+    fwrite(cfg, 1, len, f);
+    fclose(f);
+    free(cfg);
+    struct lmc_mamba_model m;
+    lmc_status s = lmc_mamba_load(&m, dir, be, &err);
+    CHECK_MSG(s == LMC_OK, "%s bf16: %s", fixture, err.msg);
+    if (!s) {
+        struct prompt P[1];
+        CHECK(load_prompts(src, P, 1) == 1);
+        struct lmc_st ref;
+        snprintf(path, sizeof path, "%s/ref_logits.safetensors", src);
+        CHECK(!lmc_st_open_file(&ref, path, &err));
+        const struct lmc_st_tensor *t = lmc_st_find(&ref, "prompt0");
+        const int64_t V = m.cfg.vocab_size;
+        float *lg = malloc((size_t)(P[0].n * V) * 4);
+        CHECK(!lmc_mamba_forward(&m, NULL, NULL, P[0].ids, 1, P[0].n, lg, &err));
+        double num = 0, den = 0;
+        for (int64_t k = 0; t && k < P[0].n * V; k++)
+            num = fmax(num, fabs((double)lg[k] - ((const float *)t->data)[k])),
+            den = fmax(den, fabs((double)((const float *)t->data)[k]));
+        CHECK_MSG(t && num / den <= 2e-2, "%s bf16 logits: %.3e", fixture, num / den);
+        printf("  %s with BF16 weights: logits rel err %.2e (tol 2e-2)\n", fixture, num / den);
+        free(lg);
+        lmc_st_free(&ref);
+        lmc_mamba_free(&m);
+    }
+    for (int64_t i = 0; i < st.n_tensors; i++) free(bufs[i]);
+    free(bufs), free(w);
+    lmc_st_free(&st);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* ---- training: loss and gradients ---- */
@@ -350,6 +460,8 @@ int main(void) {
     }
     test_fixture(&be, "mamba-tiny");
     test_fixture(&be, "mamba2-tiny");
+    test_bf16(&be, "mamba-tiny");
+    test_bf16(&be, "mamba2-tiny");
     test_train(&be, "mamba-tiny");
     test_train(&be, "mamba2-tiny");
     test_config_errors();

@@ -112,6 +112,11 @@ lmc_status lmc_mamba_state_init(struct lmc_mamba_state *s, const struct lmc_mamb
 /* Zeroes slot s (a new sequence). */
 void lmc_mamba_state_reset(struct lmc_mamba_state *s, const struct lmc_mamba_model *m, int64_t slot);
 void lmc_mamba_state_free(struct lmc_mamba_state *s, const struct lmc_mamba_model *m);
+/* Copies slot src's state (all layers) to slot dst: a snapshot for prefix
+ * reuse (a sequence forked after a shared prompt continues from the copy).
+ * Goes through host memory (backend download + upload). */
+lmc_status lmc_mamba_state_copy(struct lmc_mamba_state *s, const struct lmc_mamba_model *m,
+                                int64_t dst, int64_t src, lmc_err *err);
 
 /* The mixer of layer l on h (B*T, hidden) normed rows, B sequences of T
  * tokens continuing from their state (slots: backend memory, B entries, or

@@ -41,12 +41,12 @@ static lmc_status to_backend(struct lmc_mamba_model *m, const void *src, size_t 
     return LMC_OK;
 }
 
-/* The tensor `name` with shape (d0[, d1[, d2]]) (ndim dims; a trailing 1
- * in the file's shape is allowed for conv1d's (C, 1, K)). NULL when absent
- * and optional. Vectors and conv weights must be F32 (want_f32). */
+/* The tensor `name` with shape (d0[, d1[, d2]]) (ndim dims; a middle 1
+ * in the file's shape is allowed for conv1d's (C, 1, K)); F32, F16 or BF16.
+ * NULL when absent and optional. */
 static lmc_status get_tensor(struct lmc_mamba_model *m, const char *name, int ndim,
-                             const int64_t *shape, bool required, bool want_f32,
-                             const struct lmc_st_tensor **out, lmc_err *err) {
+                             const int64_t *shape, bool required, const struct lmc_st_tensor **out,
+                             lmc_err *err) {
     const struct lmc_st_tensor *t = lmc_st_find(&m->st, name);
     *out = NULL;
     if (!t) {
@@ -70,22 +70,48 @@ static lmc_status get_tensor(struct lmc_mamba_model *m, const char *name, int nd
         return lmc_err_set(err, LMC_ERR_FORMAT, "model.safetensors: tensor '%s' has shape [%s], expected [%s]",
                            name, have, want);
     }
-    if (want_f32 ? t->dtype != LMC_DTYPE_F32
-                 : (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16))
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "model.safetensors: tensor '%s' is %s, expected %s",
-                           name, lmc_dtype_name(t->dtype), want_f32 ? "F32" : "F32, F16 or BF16");
+    if (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "model.safetensors: tensor '%s' is %s, expected F32, F16 or BF16",
+                           name, lmc_dtype_name(t->dtype));
     *out = t;
     return LMC_OK;
 }
 
+/* t's elements as F32 in a malloc'd buffer (the caller frees) */
+static float *to_f32(const struct lmc_st_tensor *t) {
+    float *f = malloc((size_t)t->numel * sizeof *f);
+    if (!f) return NULL;
+    const uint16_t *h = t->data;
+    for (int64_t i = 0; i < t->numel; i++)
+        f[i] = t->dtype == LMC_DTYPE_F32 ? ((const float *)t->data)[i]
+             : t->dtype == LMC_DTYPE_BF16 ? lmc_bf16_to_f32(h[i]) : lmc_f16_to_f32(h[i]);
+    return f;
+}
+
+/* A vector (norm weights, conv, A_log, D, biases): F32 in backend memory
+ * (F16/BF16 converted at load). */
 static lmc_status get_vec(struct lmc_mamba_model *m, const char *name, int ndim, const int64_t *shape,
                           bool required, const float **out, lmc_err *err) {
     const struct lmc_st_tensor *t;
-    lmc_status s = get_tensor(m, name, ndim, shape, required, true, &t, err);
+    lmc_status s = get_tensor(m, name, ndim, shape, required, &t, err);
     *out = NULL;
     if (s || !t) return s;
     const void *p;
-    if ((s = to_backend(m, t->data, t->nbytes, &p, err))) return s;
+    if (t->dtype == LMC_DTYPE_F32) {
+        if ((s = to_backend(m, t->data, t->nbytes, &p, err))) return s;
+    } else {
+        float *f = to_f32(t);
+        if (!f) return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
+        void *q = m->be->alloc(m->be->ctx, (size_t)t->numel * 4);
+        if (!q || (s = own(m, q, err))) {
+            if (q) m->be->free(m->be->ctx, q);
+            free(f);
+            return s ? s : lmc_err_set(err, LMC_ERR_OOM, "mamba: out of backend memory");
+        }
+        m->be->upload(m->be->ctx, q, f, (size_t)t->numel * 4);
+        free(f);
+        p = q;
+    }
     *out = p;
     return LMC_OK;
 }
@@ -94,7 +120,7 @@ static lmc_status get_mat(struct lmc_mamba_model *m, const char *name, int64_t r
                           bool required, struct lmc_mat *out, lmc_err *err) {
     const struct lmc_st_tensor *t;
     const int64_t shape[2] = {rows, cols};
-    lmc_status s = get_tensor(m, name, 2, shape, required, false, &t, err);
+    lmc_status s = get_tensor(m, name, 2, shape, required, &t, err);
     memset(out, 0, sizeof *out);
     if (s || !t) return s;
     const void *p;
@@ -109,11 +135,15 @@ static lmc_status make_dt_ext(struct lmc_mamba_model *m, const char *name, struc
     const struct lmc_mamba_config *c = &m->cfg;
     const int64_t D = c->d_inner, R = c->time_step_rank, W = c->xproj_dim, shape[2] = {D, R};
     const struct lmc_st_tensor *t;
-    lmc_status s = get_tensor(m, name, 2, shape, true, true, &t, err);
+    lmc_status s = get_tensor(m, name, 2, shape, true, &t, err);
     if (s) return s;
-    float *ext = calloc((size_t)(D * W), sizeof *ext);
-    if (!ext) return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
-    for (int64_t d = 0; d < D; d++) memcpy(ext + d * W, (const float *)t->data + d * R, (size_t)R * 4);
+    float *ext = calloc((size_t)(D * W), sizeof *ext), *src = to_f32(t);
+    if (!ext || !src) {
+        free(ext), free(src);
+        return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
+    }
+    for (int64_t d = 0; d < D; d++) memcpy(ext + d * W, src + d * R, (size_t)R * 4);
+    free(src);
     void *p = m->be->alloc(m->be->ctx, (size_t)(D * W) * 4);
     if (!p || (s = own(m, p, err))) {
         if (p) m->be->free(m->be->ctx, p);
@@ -225,6 +255,32 @@ void lmc_mamba_state_reset(struct lmc_mamba_state *s, const struct lmc_mamba_mod
         m->be->zero(m->be->ctx, s->ssm + (l * s->n_slots + slot) * s->ssm_floats,
                     (size_t)s->ssm_floats * 4);
     }
+}
+
+lmc_status lmc_mamba_state_copy(struct lmc_mamba_state *s, const struct lmc_mamba_model *m,
+                                int64_t dst, int64_t src, lmc_err *err) {
+    if (dst < 0 || src < 0 || dst >= s->n_slots || src >= s->n_slots)
+        return lmc_err_set(err, LMC_ERR_ARG, "mamba: state slots %lld -> %lld out of range (%lld slots)",
+                           (long long)src, (long long)dst, (long long)s->n_slots);
+    if (dst == src) return LMC_OK;
+    const int64_t big = LMC_MAX(s->conv_floats, s->ssm_floats);
+    float *tmp = malloc((size_t)(big > 0 ? big : 1) * sizeof *tmp);
+    if (!tmp) return lmc_err_set(err, LMC_ERR_OOM, "mamba: out of memory");
+    struct lmc_backend *be = m->be;
+    for (int64_t l = 0; l < m->cfg.num_layers; l++) {
+        if (s->conv_floats) {
+            be->download(be->ctx, tmp, s->conv + (l * s->n_slots + src) * s->conv_floats, (size_t)s->conv_floats * 4);
+            be->sync(be->ctx);
+            be->upload(be->ctx, s->conv + (l * s->n_slots + dst) * s->conv_floats, tmp, (size_t)s->conv_floats * 4);
+            be->sync(be->ctx);
+        }
+        be->download(be->ctx, tmp, s->ssm + (l * s->n_slots + src) * s->ssm_floats, (size_t)s->ssm_floats * 4);
+        be->sync(be->ctx);
+        be->upload(be->ctx, s->ssm + (l * s->n_slots + dst) * s->ssm_floats, tmp, (size_t)s->ssm_floats * 4);
+        be->sync(be->ctx);
+    }
+    free(tmp);
+    return LMC_OK;
 }
 
 void lmc_mamba_state_free(struct lmc_mamba_state *s, const struct lmc_mamba_model *m) {
