@@ -230,8 +230,9 @@ static void test_bf16(struct lmc_backend *be, const char *fixture) {
         struct prompt P[1];
         CHECK(load_prompts(src, P, 1) == 1);
         struct lmc_st ref;
-        snprintf(path, sizeof path, "%s/ref_logits.safetensors", src);
-        CHECK(!lmc_st_open_file(&ref, path, &err));
+        char rpath[512];
+        snprintf(rpath, sizeof rpath, "%s/ref_logits.safetensors", src);
+        CHECK(!lmc_st_open_file(&ref, rpath, &err));
         const struct lmc_st_tensor *t = lmc_st_find(&ref, "prompt0");
         const int64_t V = m.cfg.vocab_size;
         float *lg = malloc((size_t)(P[0].n * V) * 4);
@@ -249,6 +250,7 @@ static void test_bf16(struct lmc_backend *be, const char *fixture) {
     for (int64_t i = 0; i < st.n_tensors; i++) free(bufs[i]);
     free(bufs), free(w);
     lmc_st_free(&st);
+    snprintf(path, sizeof path, "%s/config.json", dir); /* the temporary copy's files only */
     unlink(path);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     unlink(path);
@@ -445,6 +447,7 @@ static void test_weight_errors(struct lmc_backend *be, const char *fixture, cons
     if (!s) lmc_mamba_free(&m);
     free(w);
     lmc_st_free(&st);
+    snprintf(path, sizeof path, "%s/config.json", dir); /* the temporary copy's files only */
     unlink(path);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     unlink(path);

@@ -115,7 +115,18 @@ static void ssd_step_task(void *arg, int64_t task, int thread) {
     float *y = j->y + b * H * P + h * P;
     for (int64_t p = 0; p < P; p++) {
         float *Sp = S + p * N, xdt = dt * x[p], acc = 0;
-        for (int64_t n = 0; n < N; n++) {
+        int64_t n = 0;
+#ifdef __AVX2__
+        const __m256 va = _mm256_set1_ps(a), vx = _mm256_set1_ps(xdt);
+        __m256 vacc = _mm256_setzero_ps();
+        for (; n + 8 <= N; n += 8) {
+            __m256 v = _mm256_fmadd_ps(va, _mm256_loadu_ps(Sp + n), _mm256_mul_ps(vx, _mm256_loadu_ps(Bm + n)));
+            _mm256_storeu_ps(Sp + n, v);
+            vacc = _mm256_fmadd_ps(v, _mm256_loadu_ps(Cm + n), vacc);
+        }
+        acc = lmc_hsum256(vacc);
+#endif
+        for (; n < N; n++) {
             Sp[n] = a * Sp[n] + xdt * Bm[n];
             acc += Sp[n] * Cm[n];
         }
