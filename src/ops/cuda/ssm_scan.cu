@@ -4,9 +4,12 @@
  * Forward: S lanes of a warp per channel (S = N rounded up to a power of
  * two, at most 32; each lane keeps up to SCAN_MAXJ states in registers),
  * one fused pass per token: discretisation, state update, C readout
- * (a shuffle sum over the S lanes), D skip and the SiLU gate; the
- * sequence runs inside the kernel, channels run in parallel. Decode is the
- * same kernel with T = 1.
+ * (a shuffle sum over the S lanes), D skip and the SiLU gate. Channels run
+ * in parallel; from 2 * SCAN_CHUNK tokens on, chunks of the sequence do
+ * too: each chunk's end state from zero, a pass over chunks turning those
+ * into entering states (the decay over a chunk is exp(A * sum dt)), then
+ * every chunk again from its entering state, writing y. Decode is the
+ * direct kernel with T = 1.
  *
  * Backward: a block holds 256/S channels and loops over the sequences; per
  * channel the states are checkpointed every L = sqrt(T) tokens in global
@@ -26,26 +29,42 @@ static int scan_lanes(int64_t N) {
     return s;
 }
 
+/* Chunked forward (T >= 2 * SCAN_CHUNK): blockIdx.y is a chunk of
+ * SCAN_CHUNK tokens, all chunks run at once. mode SCAN_DIRECT: one chunk
+ * of the whole sequence, from and to `state`. SCAN_LOCAL: each chunk from
+ * a zero state, writing its end state to hbuf (B, nch, D, N) and its sum
+ * of dt to sdt (B, nch, D); no y. SCAN_FINAL: each chunk from the state
+ * entering it (hbuf, after ssm_scan_combine_kernel), writing y. */
+#define SCAN_CHUNK 128
+enum { SCAN_DIRECT = 0, SCAN_LOCAL = 1, SCAN_FINAL = 2 };
+
 __global__ void __launch_bounds__(SCAN_THREADS)
     ssm_scan_fwd_kernel(float *y, lmc_ssm_io in, float *state, const int32_t *slots, int64_t B,
-                        int64_t T, int64_t D, int64_t N, int S) {
+                        int64_t T, int64_t D, int64_t N, int S, int mode, float *hbuf, float *sdt) {
     const int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, ch = g / S;
     const int sub = (int)(g % S), J = (int)((N + S - 1) / S);
     const bool valid = ch < B * D;
     const int64_t b = valid ? ch / D : 0, d = valid ? ch % D : 0;
-    float *st = valid && state ? state + lmc_ssm_slot_d(slots, b) * D * N + d * N : NULL;
+    const int64_t nch = gridDim.y, c = blockIdx.y;
+    const int64_t t0 = mode == SCAN_DIRECT ? 0 : c * SCAN_CHUNK;
+    const int64_t t1 = mode == SCAN_DIRECT ? T : (t0 + SCAN_CHUNK < T ? t0 + SCAN_CHUNK : T);
+    float *st = valid && state && mode == SCAN_DIRECT ? state + lmc_ssm_slot_d(slots, b) * D * N + d * N : NULL;
+    float *hc = valid && mode != SCAN_DIRECT ? hbuf + ((b * nch + c) * D + d) * N : NULL;
     float h[SCAN_MAXJ], A[SCAN_MAXJ];
 #pragma unroll
     for (int j = 0; j < SCAN_MAXJ; j++) {
         const int64_t n = sub + (int64_t)j * S;
-        A[j] = j < J && n < N ? -expf(in.A_log[d * N + n]) : 0.0f;
-        h[j] = st && j < J && n < N ? st[n] : 0.0f;
+        const bool on = j < J && n < N;
+        A[j] = on ? -expf(in.A_log[d * N + n]) : 0.0f;
+        h[j] = on && st ? st[n] : on && hc && mode == SCAN_FINAL ? hc[n] : 0.0f;
     }
     const float bias = in.delta_bias ? in.delta_bias[d] : 0.0f, Dd = in.Dskip ? in.Dskip[d] : 0.0f;
-    for (int64_t t = 0; t < T; t++) {
+    float dtsum = 0.0f;
+    for (int64_t t = t0; t < t1; t++) {
         const int64_t r = b * T + t;
         const float dt = lmc_ssm_softplus_d(in.delta[r * D + d] + bias), u = in.u[r * D + d];
         const float *Bm = in.Bm + r * in.ldbc, *Cm = in.Cm + r * in.ldbc;
+        dtsum += dt;
         float acc = 0.0f;
 #pragma unroll
         for (int j = 0; j < SCAN_MAXJ; j++) {
@@ -55,18 +74,43 @@ __global__ void __launch_bounds__(SCAN_THREADS)
                 acc += h[j] * Cm[n];
             }
         }
+        if (mode == SCAN_LOCAL) continue; /* uniform over the grid */
         for (int o = S / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (valid && sub == 0) {
             float v = acc + Dd * u;
             y[r * D + d] = in.z ? v * lmc_ssm_silu_d(in.z[r * in.ldz + d]) : v;
         }
     }
-    if (st)
+    float *out = st ? st : mode == SCAN_LOCAL ? hc : NULL;
+    if (out)
 #pragma unroll
         for (int j = 0; j < SCAN_MAXJ; j++) {
             const int64_t n = sub + (int64_t)j * S;
-            if (j < J && n < N) st[n] = h[j];
+            if (j < J && n < N) out[n] = h[j];
         }
+    if (mode == SCAN_LOCAL && valid && sub == 0) sdt[(b * nch + c) * D + d] = dtsum;
+}
+
+/* hbuf[c] (a chunk's end state from zero) becomes the state entering chunk
+ * c: h_in(c+1) = exp(A sum(dt of c)) h_in(c) + hbuf[c]; the last one goes
+ * to `state`. One thread per (sequence, channel, state). */
+__global__ void ssm_scan_combine_kernel(float *hbuf, const float *sdt, float *state,
+                                        const int32_t *slots, const float *A_log, int64_t B,
+                                        int64_t nch, int64_t D, int64_t N) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B * D * N;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t n = i % N, d = (i / N) % D, b = i / (N * D);
+        const float A = -expf(A_log[d * N + n]);
+        float *st = state ? state + lmc_ssm_slot_d(slots, b) * D * N + d * N + n : NULL;
+        float h = st ? *st : 0.0f;
+        for (int64_t c = 0; c < nch; c++) {
+            float *q = hbuf + ((b * nch + c) * D + d) * N + n;
+            const float loc = *q;
+            *q = h;
+            h = expf(A * sdt[(b * nch + c) * D + d]) * h + loc;
+        }
+        if (st) *st = h;
+    }
 }
 
 extern "C" void lmc_cuda_ssm_scan(void *ctx, float *y, const struct lmc_ssm_io *in, float *state,
@@ -77,8 +121,27 @@ extern "C" void lmc_cuda_ssm_scan(void *ctx, float *y, const struct lmc_ssm_io *
     const int S = scan_lanes(N);
     const int64_t threads = B * D * S;
     LMC_ASSERT((threads + SCAN_THREADS - 1) / SCAN_THREADS <= 0x7fffffff);
-    ssm_scan_fwd_kernel<<<(unsigned)((threads + SCAN_THREADS - 1) / SCAN_THREADS), SCAN_THREADS, 0,
-                          c->stream>>>(y, *in, state, slots, B, T, D, N, S);
+    const unsigned bx = (unsigned)((threads + SCAN_THREADS - 1) / SCAN_THREADS);
+    if (T < 2 * SCAN_CHUNK) {
+        ssm_scan_fwd_kernel<<<dim3(bx, 1), SCAN_THREADS, 0, c->stream>>>(y, *in, state, slots, B, T, D, N,
+                                                                         S, SCAN_DIRECT, nullptr, nullptr);
+        LMC_CUDA_LAUNCH_CHECK();
+        return;
+    }
+    /* chunks in parallel: local end states, the pass over chunks, the outputs */
+    const int64_t nch = (T + SCAN_CHUNK - 1) / SCAN_CHUNK;
+    LMC_ASSERT(nch <= 65535);
+    const size_t o_s = lmc_cuda_al256((size_t)(B * nch * D * N) * 4);
+    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, o_s + (size_t)(B * nch * D) * 4);
+    float *hbuf = (float *)c->scratch, *sdt = (float *)((char *)c->scratch + o_s);
+    ssm_scan_fwd_kernel<<<dim3(bx, (unsigned)nch), SCAN_THREADS, 0, c->stream>>>(
+        y, *in, nullptr, nullptr, B, T, D, N, S, SCAN_LOCAL, hbuf, sdt);
+    LMC_CUDA_LAUNCH_CHECK();
+    ssm_scan_combine_kernel<<<lmc_cuda_blocks(B * D * N, 256), 256, 0, c->stream>>>(
+        hbuf, sdt, state, slots, in->A_log, B, nch, D, N);
+    LMC_CUDA_LAUNCH_CHECK();
+    ssm_scan_fwd_kernel<<<dim3(bx, (unsigned)nch), SCAN_THREADS, 0, c->stream>>>(
+        y, *in, nullptr, nullptr, B, T, D, N, S, SCAN_FINAL, hbuf, sdt);
     LMC_CUDA_LAUNCH_CHECK();
 }
 
