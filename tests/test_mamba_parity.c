@@ -14,13 +14,16 @@
  *   - the state bytes per sequence;
  *   - training: ref.json's batch (B=2, T=32): the loss and every
  *     parameter's gradient (ref_grads.safetensors) through the backward
- *     ops (max|err| / max|ref| <= 1e-4 per tensor);
+ *     ops (max|err| / max|ref| <= 1e-4 per tensor), then one AdamW step
+ *     (ref.json's settings, decay on every tensor) from those gradients
+ *     against ref_step.safetensors (1e-4 per tensor);
  *   - bad input: inconsistent configs, missing A_log / D, wrong shapes,
  *     bad time_step_limit: clear errors naming the field or tensor. */
 #include "test.h"
 #include "ssm/mamba.h"
 #include "core/core.h"
 #include "io/safetensors.h"
+#include "train/adamw.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -282,6 +285,14 @@ static void test_train(struct lmc_backend *be, const char *name) {
     const cJSON *tr = cJSON_GetObjectItem(ref, "train");
     const int64_t B = cJSON_GetObjectItem(tr, "B")->valueint, T = cJSON_GetObjectItem(tr, "T")->valueint;
     const double want_loss = cJSON_GetObjectItem(tr, "loss")->valuedouble;
+    const cJSON *aw = cJSON_GetObjectItem(tr, "adamw");
+    struct lmc_adamw_cfg ac;
+    lmc_adamw_cfg_default(&ac);
+    ac.lr = cJSON_GetObjectItem(aw, "lr")->valuedouble;
+    ac.beta1 = cJSON_GetObjectItem(aw, "beta1")->valuedouble;
+    ac.beta2 = cJSON_GetObjectItem(aw, "beta2")->valuedouble;
+    ac.eps = cJSON_GetObjectItem(aw, "eps")->valuedouble;
+    ac.weight_decay = cJSON_GetObjectItem(aw, "weight_decay")->valuedouble;
     int32_t *in = malloc((size_t)(B * T) * 4), *tg = malloc((size_t)(B * T) * 4);
     CHECK(read_ids(cJSON_GetObjectItem(tr, "inputs"), in, B * T) == B * T);
     CHECK(read_ids(cJSON_GetObjectItem(tr, "targets"), tg, B * T) == B * T);
@@ -292,9 +303,14 @@ static void test_train(struct lmc_backend *be, const char *name) {
     CHECK_MSG(!lmc_mamba_loss_backward(&m, in, tg, B, T, &loss, &g, &err), "%s", err.msg);
     const double el = fabs(loss - want_loss) / fabs(want_loss);
     CHECK_MSG(el <= 1e-5, "%s loss %.8f vs %.8f", name, loss, want_loss);
-    struct lmc_st rg;
+    struct lmc_st rg, rs, mw;
     snprintf(path, sizeof path, "%s/ref_grads.safetensors", dir);
     CHECK(!lmc_st_open_file(&rg, path, &err));
+    snprintf(path, sizeof path, "%s/ref_step.safetensors", dir);
+    CHECK(!lmc_st_open_file(&rs, path, &err));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(!lmc_st_open_file(&mw, path, &err));
+    double worst_step = 0;
     const struct lmc_mamba_config *c = &m.cfg;
     double worst = 0;
     const char *wname = "";
@@ -333,12 +349,32 @@ static void test_train(struct lmc_backend *be, const char *name) {
         }
         const double e = num / (den > 0 ? den : 1);
         CHECK_MSG(e <= 1e-4, "%s grad %s: rel err %.3e", name, t->name, e);
+        /* one AdamW step from our gradient vs transformers' step */
+        const struct lmc_st_tensor *p0 = lmc_st_find(&mw, t->name), *p1 = lmc_st_find(&rs, t->name);
+        CHECK(p0 && p1 && p0->numel == t->numel && p1->numel == t->numel);
+        if (p0 && p1 && p0->numel == t->numel && p1->numel == t->numel) {
+            float *pp = malloc((size_t)t->numel * 4), *gg = malloc((size_t)t->numel * 4);
+            float *mm = calloc((size_t)t->numel, 4), *vv = calloc((size_t)t->numel, 4);
+            memcpy(pp, p0->data, (size_t)t->numel * 4);
+            for (int64_t k = 0; k < t->numel; k++) gg[k] = stride ? got[(k / cols) * stride + k % cols] : got[k];
+            lmc_adamw_update(&ac, 1, ac.lr, true, pp, gg, mm, vv, t->numel);
+            double sn = 0, sd = 0;
+            for (int64_t k = 0; k < t->numel; k++) {
+                const double ref1 = ((const float *)p1->data)[k];
+                sn = fmax(sn, fabs((double)pp[k] - ref1)), sd = fmax(sd, fabs(ref1));
+            }
+            CHECK_MSG(sn / sd <= 1e-4, "%s adamw step %s: rel err %.3e", name, t->name, sn / sd);
+            worst_step = fmax(worst_step, sn / sd);
+            free(pp), free(gg), free(mm), free(vv);
+        }
         if (e > worst) worst = e, wname = t->name;
         n_cmp++;
     }
-    printf("  %s: loss %.7f (ref %.7f, rel %.1e); %d gradients, worst rel err %.2e (%s)\n", name, loss,
-           want_loss, el, n_cmp, worst, wname);
+    printf("  %s: loss %.7f (ref %.7f, rel %.1e); %d gradients, worst rel err %.2e (%s); AdamW step %.2e\n",
+           name, loss, want_loss, el, n_cmp, worst, wname, worst_step);
     lmc_st_free(&rg);
+    lmc_st_free(&rs);
+    lmc_st_free(&mw);
     lmc_mamba_grads_free(&g, &m);
     free(in), free(tg);
     lmc_mamba_free(&m);
