@@ -6,8 +6,9 @@
  *   1. ops alone: conv1d_causal + ssm_scan prefill over T tokens (one
  *      layer's mixer core), and Mamba-2's ssd_chunk at mamba2-130m's shape
  *      (24 heads x 64, state 128, chunk 256): tokens/s;
- *   2. the whole model: prefill tokens/s (T tokens, logits of the last row
- *      only) and decode ms/token (batch 1, state carried);
+ *   2. the whole model, Mamba-1 130M and Mamba-2 at mamba2-130m's shape:
+ *      prefill tokens/s (T tokens, logits of the last row only) and decode
+ *      ms/token (batch 1, state carried);
  *   3. decode cost against context: a 2-layer model of the same width,
  *      two state slots advanced by chunked prefill to 1k and to 16k tokens,
  *      then decode steps alternating between the slots: the cost must not
@@ -90,13 +91,50 @@ static void build(struct lmc_mamba_model *m, struct lmc_backend *be, int64_t n_l
         L->out_proj = mat(H, D, 1.0f / sqrtf((float)D));
     }
 }
+/* a Mamba-2 model of mamba2-130m's shape (24 heads x 64, state 128, 1
+ * group, chunk 256), in host memory */
+static void build2(struct lmc_mamba_model *m, struct lmc_backend *be) {
+    const char *cfg = "{\"model_type\": \"mamba2\", \"vocab_size\": 50280, \"hidden_size\": 768,"
+                      " \"num_hidden_layers\": 24, \"state_size\": 128, \"conv_kernel\": 4, \"expand\": 2,"
+                      " \"num_heads\": 24, \"head_dim\": 64, \"n_groups\": 1, \"chunk_size\": 256,"
+                      " \"tie_word_embeddings\": true}";
+    lmc_err err;
+    memset(m, 0, sizeof *m);
+    LMC_ASSERT(!lmc_mamba_config_parse(&m->cfg, cfg, strlen(cfg), "bench", &err));
+    m->be = be;
+    const struct lmc_mamba_config *c = &m->cfg;
+    const int64_t H = c->hidden_size, D = c->d_inner, NH = c->num_heads;
+    m->embed = mat(c->vocab_size, H, 0.02f);
+    m->lm_head = m->embed;
+    m->norm_f = cst(H, 1.0f);
+    m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        struct lmc_mamba_layer *L = &m->layers[l];
+        L->norm_w = cst(H, 1.0f);
+        L->in_proj = mat(c->in_proj_dim, H, 1.0f / sqrtf((float)H));
+        L->conv_w = rnd(c->conv_dim * c->conv_kernel, 0.5f);
+        L->conv_b = rnd(c->conv_dim, 0.1f);
+        float *A = malloc((size_t)NH * 4), *dtb = malloc((size_t)NH * 4);
+        for (int64_t h = 0; h < NH; h++) {
+            A[h] = logf((float)(1 + h % 16));
+            float dt = expf(logf(1e-3f) + (0.5f + 0.5f * frand()) * (logf(0.1f) - logf(1e-3f)));
+            dtb[h] = dt + logf(-expm1f(-dt));
+        }
+        L->A_log = A;
+        L->dt_bias = dtb;
+        L->Dskip = cst(NH, 1.0f);
+        L->gnorm_w = cst(D, 1.0f);
+        L->out_proj = mat(H, D, 1.0f / sqrtf((float)D));
+    }
+}
+
 static void unbuild(struct lmc_mamba_model *m) {
     for (int64_t l = 0; l < m->cfg.num_layers; l++) {
         struct lmc_mamba_layer *L = &m->layers[l];
         free((void *)L->norm_w), free((void *)L->in_proj.data), free((void *)L->conv_w);
         free((void *)L->conv_b), free((void *)L->x_proj.data), free((void *)L->dt_proj_ext.data);
         free((void *)L->dt_bias), free((void *)L->A_log), free((void *)L->Dskip);
-        free((void *)L->out_proj.data);
+        free((void *)L->out_proj.data), free((void *)L->gnorm_w);
     }
     free(m->layers), free((void *)m->embed.data), free((void *)m->norm_f);
 }
@@ -194,6 +232,31 @@ int main(int argc, char **argv) {
                (double)T / median(t, pr));
         const double dm = decode_ms(&m, &st, 16);
         printf("mamba-130m decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", dm,
+               1e3 / dm, lmc_mamba_state_bytes(&m.cfg));
+        lmc_mamba_state_free(&st, &m);
+        free(ids), free(lg);
+        unbuild(&m);
+    }
+    { /* 2b. the whole Mamba-2 130M shape */
+        struct lmc_mamba_model m;
+        build2(&m, &be);
+        int32_t *ids = malloc((size_t)T * 4);
+        for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
+        float *lg = malloc((size_t)m.cfg.vocab_size * 4);
+        struct lmc_mamba_state st;
+        LMC_ASSERT(!lmc_mamba_state_init(&st, &m, 1, &err));
+        int pr = reps < 3 ? reps : 3;
+        for (int r = -1; r < pr; r++) {
+            lmc_mamba_state_reset(&st, &m, 0);
+            double t0 = lmc_time_now();
+            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
+            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
+            if (r >= 0) t[r] = lmc_time_now() - t0;
+        }
+        printf("mamba2-130m (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", (long long)T,
+               (double)T / median(t, pr));
+        const double dm = decode_ms(&m, &st, 16);
+        printf("mamba2-130m decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", dm,
                1e3 / dm, lmc_mamba_state_bytes(&m.cfg));
         lmc_mamba_state_free(&st, &m);
         free(ids), free(lg);
