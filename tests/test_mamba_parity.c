@@ -311,38 +311,28 @@ static void test_train(struct lmc_backend *be, const char *name) {
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     CHECK(!lmc_st_open_file(&mw, path, &err));
     double worst_step = 0;
-    const struct lmc_mamba_config *c = &m.cfg;
     double worst = 0;
     const char *wname = "";
     int n_cmp = 0;
+    /* our gradients by name (lmc_mamba_grads_params): one per reference tensor */
+    const int64_t np = lmc_mamba_grads_params(&m, &g, NULL);
+    struct lmc_mamba_param *prm = calloc((size_t)np, sizeof *prm);
+    lmc_mamba_grads_params(&m, &g, prm);
+    CHECK_MSG(np == rg.n_tensors, "%s: %lld gradients, the reference has %lld", name, (long long)np,
+              (long long)rg.n_tensors);
     for (int64_t i = 0; i < rg.n_tensors; i++) {
         const struct lmc_st_tensor *t = &rg.tensors[i];
         const float *got = NULL;
-        int64_t stride = 0, cols = 0; /* dt_proj: the first R columns of the widened gradient */
-        long long l = -1;
-        char field[128] = "";
-        if (!strcmp(t->name, "backbone.embeddings.weight")) got = g.embed;
-        else if (!strcmp(t->name, "backbone.norm_f.weight")) got = g.norm_f;
-        else if (!strcmp(t->name, "lm_head.weight")) got = g.lm_head;
-        else if (sscanf(t->name, "backbone.layers.%lld.%127s", &l, field) == 2 && l >= 0 && l < c->num_layers) {
-            const struct lmc_mamba_layer_grads *G = &g.layers[l];
-            struct { const char *n; const float *p; } map[] = {
-                {"norm.weight", G->norm_w}, {"mixer.in_proj.weight", G->in_proj}, {"mixer.in_proj.bias", G->in_proj_b},
-                {"mixer.conv1d.weight", G->conv_w}, {"mixer.conv1d.bias", G->conv_b},
-                {"mixer.x_proj.weight", G->x_proj}, {"mixer.dt_proj.bias", G->dt_bias}, {"mixer.dt_bias", G->dt_bias},
-                {"mixer.A_log", G->A_log}, {"mixer.D", G->Dskip}, {"mixer.norm.weight", G->gnorm_w},
-                {"mixer.out_proj.weight", G->out_proj}, {"mixer.out_proj.bias", G->out_proj_b}};
-            for (size_t k = 0; k < sizeof map / sizeof map[0]; k++)
-                if (!strcmp(field, map[k].n)) got = map[k].p;
-            if (!strcmp(field, "mixer.dt_proj.weight"))
-                got = G->dt_proj_ext, stride = c->xproj_dim, cols = c->time_step_rank;
-        }
+        int64_t stride = 0, cols = 1;
+        for (int64_t k = 0; k < np; k++)
+            if (!strcmp(prm[k].name, t->name) && prm[k].rows * prm[k].cols == t->numel)
+                got = prm[k].grad, stride = prm[k].ld, cols = prm[k].cols;
         CHECK_MSG(got != NULL, "%s: no gradient for %s", name, t->name);
         if (!got || t->dtype != LMC_DTYPE_F32) continue;
         const float *r = t->data;
         double num = 0, den = 0;
         for (int64_t k = 0; k < t->numel; k++) {
-            const float v = stride ? got[(k / cols) * stride + k % cols] : got[k];
+            const float v = got[(k / cols) * stride + k % cols];
             num = fmax(num, fabs((double)v - r[k]));
             den = fmax(den, fabs((double)r[k]));
             if (v != v) num = INFINITY;
@@ -356,7 +346,7 @@ static void test_train(struct lmc_backend *be, const char *name) {
             float *pp = malloc((size_t)t->numel * 4), *gg = malloc((size_t)t->numel * 4);
             float *mm = calloc((size_t)t->numel, 4), *vv = calloc((size_t)t->numel, 4);
             memcpy(pp, p0->data, (size_t)t->numel * 4);
-            for (int64_t k = 0; k < t->numel; k++) gg[k] = stride ? got[(k / cols) * stride + k % cols] : got[k];
+            for (int64_t k = 0; k < t->numel; k++) gg[k] = got[(k / cols) * stride + k % cols];
             lmc_adamw_update(&ac, 1, ac.lr, true, pp, gg, mm, vv, t->numel);
             double sn = 0, sd = 0;
             for (int64_t k = 0; k < t->numel; k++) {
@@ -372,6 +362,7 @@ static void test_train(struct lmc_backend *be, const char *name) {
     }
     printf("  %s: loss %.7f (ref %.7f, rel %.1e); %d gradients, worst rel err %.2e (%s); AdamW step %.2e\n",
            name, loss, want_loss, el, n_cmp, worst, wname, worst_step);
+    free(prm);
     lmc_st_free(&rg);
     lmc_st_free(&rs);
     lmc_st_free(&mw);

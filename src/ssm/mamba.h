@@ -178,6 +178,19 @@ void lmc_mamba_mixer_backward(const struct lmc_mamba_model *m, int64_t l, float 
                               const struct lmc_mamba_mixer_acts *a, struct lmc_mamba_layer_grads *g,
                               int64_t B, int64_t T, float *ws);
 
+/* Every parameter's gradient with its Hugging Face tensor name (for
+ * checkpoints, the optimizer, parity): grad (backend memory) holds rows x
+ * cols at row stride ld (ld > cols only for dt_proj.weight, the first R
+ * columns of dt_proj_ext's gradient). out NULL: returns the count only. */
+#define LMC_MAMBA_NAME_MAX 96
+struct lmc_mamba_param {
+    char name[LMC_MAMBA_NAME_MAX];
+    float *grad;
+    int64_t rows, cols, ld;
+};
+int64_t lmc_mamba_grads_params(const struct lmc_mamba_model *m, const struct lmc_mamba_grads *g,
+                               struct lmc_mamba_param *out);
+
 /* Gradient buffers for m, zeroed (backend memory). */
 lmc_status lmc_mamba_grads_init(struct lmc_mamba_grads *g, const struct lmc_mamba_model *m,
                                 lmc_err *err);

@@ -6,47 +6,76 @@
 #include "ssm/mamba.h"
 #include "core/core.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- gradient buffers ---- */
 struct gslot {
     float **dst;
-    int64_t n;
+    int64_t rows, cols, ld;  /* the buffer holds rows * ld floats */
+    char name[LMC_MAMBA_NAME_MAX];
 };
 
+/* Every parameter's gradient buffer with its HF tensor name, in the order
+ * the block lays them out; s NULL: count only. */
 static int64_t grad_slots(const struct lmc_mamba_model *m, struct lmc_mamba_grads *g, struct gslot *s) {
     const struct lmc_mamba_config *c = &m->cfg;
     const int64_t H = c->hidden_size, D = c->d_inner, V = c->vocab_size, K = c->conv_kernel;
+    const int64_t W = c->xproj_dim, NH = c->num_heads;
     int64_t n = 0;
-#define SLOT(p, cnt) do { if (s) s[n] = (struct gslot){&(p), (cnt)}; n++; } while (0)
-    SLOT(g->embed, V * H);
-    SLOT(g->norm_f, H);
-    if (m->lm_head.data != m->embed.data) SLOT(g->lm_head, V * H);
+    char pre[48] = "";
+#define SLOT(p, r, cl, ldv, nm)                                                      \
+    do {                                                                              \
+        if (s) {                                                                      \
+            s[n] = (struct gslot){&(p), (r), (cl), (ldv), ""};                        \
+            snprintf(s[n].name, sizeof s[n].name, "%s%s", pre, nm);                   \
+        }                                                                             \
+        n++;                                                                          \
+    } while (0)
+    SLOT(g->embed, V, H, H, "backbone.embeddings.weight");
+    SLOT(g->norm_f, 1, H, H, "backbone.norm_f.weight");
+    if (m->lm_head.data != m->embed.data) SLOT(g->lm_head, V, H, H, "lm_head.weight");
     for (int64_t l = 0; l < c->num_layers; l++) {
         struct lmc_mamba_layer_grads *L = &g->layers[l];
-        const struct lmc_mamba_layer *W = &m->layers[l];
-        SLOT(L->norm_w, H);
-        SLOT(L->in_proj, c->in_proj_dim * H);
-        if (W->in_proj_b) SLOT(L->in_proj_b, c->in_proj_dim);
-        SLOT(L->conv_w, c->conv_dim * K);
-        if (W->conv_b) SLOT(L->conv_b, c->conv_dim);
-        SLOT(L->out_proj, H * D);
-        if (W->out_proj_b) SLOT(L->out_proj_b, H);
+        const struct lmc_mamba_layer *Wt = &m->layers[l];
+        snprintf(pre, sizeof pre, "backbone.layers.%lld.", (long long)l);
+        SLOT(L->norm_w, 1, H, H, "norm.weight");
+        SLOT(L->in_proj, c->in_proj_dim, H, H, "mixer.in_proj.weight");
+        if (Wt->in_proj_b) SLOT(L->in_proj_b, 1, c->in_proj_dim, c->in_proj_dim, "mixer.in_proj.bias");
+        SLOT(L->conv_w, c->conv_dim, K, K, "mixer.conv1d.weight");
+        if (Wt->conv_b) SLOT(L->conv_b, 1, c->conv_dim, c->conv_dim, "mixer.conv1d.bias");
+        SLOT(L->out_proj, H, D, D, "mixer.out_proj.weight");
+        if (Wt->out_proj_b) SLOT(L->out_proj_b, 1, H, H, "mixer.out_proj.bias");
         if (c->kind == LMC_MAMBA_1) {
-            SLOT(L->x_proj, c->xproj_dim * D);
-            SLOT(L->dt_proj_ext, D * c->xproj_dim);
-            SLOT(L->dt_bias, D);
-            SLOT(L->A_log, D * c->state_size);
-            SLOT(L->Dskip, D);
+            SLOT(L->x_proj, W, D, D, "mixer.x_proj.weight");
+            SLOT(L->dt_proj_ext, D, c->time_step_rank, W, "mixer.dt_proj.weight");
+            SLOT(L->dt_bias, 1, D, D, "mixer.dt_proj.bias");
+            SLOT(L->A_log, D, c->state_size, c->state_size, "mixer.A_log");
+            SLOT(L->Dskip, 1, D, D, "mixer.D");
         } else {
-            SLOT(L->dt_bias, c->num_heads);
-            SLOT(L->A_log, c->num_heads);
-            SLOT(L->Dskip, c->num_heads);
-            SLOT(L->gnorm_w, D);
+            SLOT(L->dt_bias, 1, NH, NH, "mixer.dt_bias");
+            SLOT(L->A_log, 1, NH, NH, "mixer.A_log");
+            SLOT(L->Dskip, 1, NH, NH, "mixer.D");
+            SLOT(L->gnorm_w, 1, D, D, "mixer.norm.weight");
         }
     }
 #undef SLOT
+    return n;
+}
+
+int64_t lmc_mamba_grads_params(const struct lmc_mamba_model *m, const struct lmc_mamba_grads *g,
+                               struct lmc_mamba_param *out) {
+    int64_t n = grad_slots(m, (struct lmc_mamba_grads *)g, NULL);
+    if (!out) return n;
+    struct gslot *s = malloc((size_t)n * sizeof *s);
+    LMC_ASSERT(s != NULL);
+    grad_slots(m, (struct lmc_mamba_grads *)g, s);
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(out[i].name, s[i].name, sizeof out[i].name);
+        out[i].grad = *s[i].dst, out[i].rows = s[i].rows, out[i].cols = s[i].cols, out[i].ld = s[i].ld;
+    }
+    free(s);
     return n;
 }
 
@@ -63,7 +92,7 @@ lmc_status lmc_mamba_grads_init(struct lmc_mamba_grads *g, const struct lmc_mamb
     }
     grad_slots(m, g, s);
     size_t total = 0;
-    for (int64_t i = 0; i < n; i++) total += ((size_t)s[i].n + 63) / 64 * 64;
+    for (int64_t i = 0; i < n; i++) total += ((size_t)(s[i].rows * s[i].ld) + 63) / 64 * 64;
     g->bytes = total * sizeof(float);
     g->block = m->be->alloc(m->be->ctx, g->bytes);
     if (!g->block) {
@@ -73,7 +102,7 @@ lmc_status lmc_mamba_grads_init(struct lmc_mamba_grads *g, const struct lmc_mamb
     }
     m->be->zero(m->be->ctx, g->block, g->bytes);
     float *p = g->block;
-    for (int64_t i = 0; i < n; i++) *s[i].dst = p, p += ((size_t)s[i].n + 63) / 64 * 64;
+    for (int64_t i = 0; i < n; i++) *s[i].dst = p, p += ((size_t)(s[i].rows * s[i].ld) + 63) / 64 * 64;
     free(s);
     return LMC_OK;
 }
