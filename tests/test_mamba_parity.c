@@ -421,6 +421,18 @@ static void test_config_errors(void) {
     expect_cfg_error("{\"model_type\": \"mamba\", \"vocab_size\": 5, \"hidden_size\": 4, "
                      "\"num_hidden_layers\": 1, \"intermediate_size\": 9}",
                      "intermediate_size 9 != expand (2) * hidden_size (4)");
+    { /* Python's bare Infinity (transformers 4 configs), outside strings only */
+        char *j = replace(M2_CFG, "[0.0, {\"__float__\": \"Infinity\"}]", "[0.5, Infinity], \"note\": \"NaN Infinity\"");
+        CHECK(!lmc_mamba_config_parse(&c, j, strlen(j), "config.json", &err));
+        CHECK(c.dt_min == 0.5 && isinf(c.dt_max) && c.dt_max > 0);
+        free(j);
+        j = replace(M2_CFG, "[0.0, {\"__float__\": \"Infinity\"}]", "[NaN, Infinity]");
+        expect_cfg_error(j, "time_step_limit");
+        free(j);
+        j = replace(M2_CFG, "[0.0, {\"__float__\": \"Infinity\"}]", "[-Infinity, 1]");
+        expect_cfg_error(j, "time_step_limit");
+        free(j);
+    }
     expect_cfg_error("[1, 2]", "expected a JSON object");
     expect_cfg_error("{\"model_type\": ", "not valid JSON");
     const char *m1 = "{\"model_type\": \"mamba\", \"vocab_size\": 5, \"hidden_size\": 40, "

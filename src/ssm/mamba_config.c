@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,10 +206,60 @@ static lmc_status mc_parse(struct mc *x, struct lmc_mamba_config *c) {
     return LMC_OK;
 }
 
+/* Python's json writes float('inf') as a bare Infinity (transformers 4
+ * configs: "time_step_limit": [0.0, Infinity]), which is not JSON: outside
+ * strings, Infinity, -Infinity and NaN become the strings "Infinity",
+ * "-Infinity", "NaN" (mc_float_value reads the first two). NULL when out of
+ * memory; *out_len set. */
+static char *mc_quote_nonfinite(const char *json, size_t len, size_t *out_len) {
+    static const char *const words[] = {"-Infinity", "Infinity", "NaN"};
+    if (len > (SIZE_MAX - 1) / 2) return NULL;
+    char *o = malloc(2 * len + 1); /* each word grows by 2 quotes, never doubles */
+    if (!o) return NULL;
+    size_t n = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len;) {
+        const char ch = json[i];
+        if (in_str) {
+            o[n++] = ch, i++;
+            if (ch == '\\' && i < len) o[n++] = json[i++];
+            else if (ch == '"') in_str = false;
+            continue;
+        }
+        if (ch == '"') {
+            in_str = true;
+            o[n++] = ch, i++;
+            continue;
+        }
+        size_t k = 0;
+        for (; k < 3; k++) {
+            const size_t wl = strlen(words[k]);
+            if (wl <= len - i && !memcmp(json + i, words[k], wl)) break;
+        }
+        if (k < 3) {
+            const size_t wl = strlen(words[k]);
+            o[n++] = '"';
+            memcpy(o + n, words[k], wl);
+            n += wl;
+            o[n++] = '"';
+            i += wl;
+            continue;
+        }
+        o[n++] = ch, i++;
+    }
+    o[n] = 0;
+    *out_len = n;
+    return o;
+}
+
 lmc_status lmc_mamba_config_parse(struct lmc_mamba_config *c, const char *json, size_t len,
                                   const char *label, lmc_err *err) {
     memset(c, 0, sizeof *c);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    size_t qlen = 0;
+    char *q = mc_quote_nonfinite(json, len, &qlen);
+    if (!q) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", label);
+    cJSON *root = cJSON_ParseWithLength(q, qlen);
+    free(q);
     if (!root) return lmc_err_set(err, LMC_ERR_FORMAT, "%s: not valid JSON", label);
     struct mc x = {label, err, root};
     lmc_status s = cJSON_IsObject(root)
