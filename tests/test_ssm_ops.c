@@ -7,7 +7,8 @@
  * (L = sum(r * f) with random r, the op's backward given dy = r). Prefill
  * against step-by-step decode (<= 1e-5) at lengths 1, 7, 1000, 4097, and
  * for Mamba-2 every split point and every length inside a chunk (the
- * carried state crosses the chunk boundary at each position). */
+ * carried state crosses the chunk boundary at each position); batched
+ * prefill and decode through a slot table == each sequence alone. */
 #include "test.h"
 #include "ops/backend.h"
 #include "ops/cpu/ssm_cpu.h"
@@ -545,6 +546,80 @@ static void test_slots(struct lmc_backend *be) {
     ssd_free(&c);
 }
 
+/* batched prefill through slots == each sequence alone from its own state
+ * (conv, scan, SSD; B = 3 sequences of T = 9 into slots {4, 0, 2} of 5) */
+static void test_slots_prefill(struct lmc_backend *be) {
+    const int64_t B = 3, T = 9, NS = 5;
+    const int32_t slots[3] = {4, 0, 2};
+    { /* conv */
+        const int64_t C = 11, K = 4, ldx = C + 2, SS = (K - 1) * C;
+        double *xd = dvec(B * T * ldx, -1, 1), *wd = dvec(C * K, -1, 1), *bd = dvec(C, -1, 1), *pd = dvec(NS * SS, -1, 1);
+        float *x = f32(xd, B * T * ldx), *w = f32(wd, C * K), *bias = f32(bd, C), *pool = f32(pd, NS * SS);
+        float *y = fnan(B * T * C), *y1 = fnan(T * C), *st = malloc((size_t)SS * 4);
+        double e = 0, es = 0;
+        float *pool0 = f32(pd, NS * SS);
+        be->conv1d_causal(be->ctx, y, x, ldx, w, bias, pool, slots, B, T, C, K, 1);
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(st, pool0 + slots[b] * SS, (size_t)SS * 4);
+            be->conv1d_causal(be->ctx, y1, x + b * T * ldx, ldx, w, bias, st, NULL, 1, T, C, K, 1);
+            e = fmax(e, rel_f(y + b * T * C, y1, T, C, C, C));
+            es = fmax(es, rel_f(pool + slots[b] * SS, st, 1, SS, 0, 0));
+        }
+        CHECK_MSG(e == 0 && es == 0 && pool[SS] == pool0[SS], "conv slots prefill: %.3e %.3e", e, es);
+        free(xd), free(wd), free(bd), free(pd), free(x), free(w), free(bias), free(pool), free(pool0), free(y), free(y1), free(st);
+    }
+    { /* Mamba-1 scan */
+        struct scan_case c = {B, T, 13, 5, 0, 0, 1, 1, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        scan_alloc(&c);
+        struct scan_f f;
+        scan_f32(&f, &c);
+        const int64_t D = c.D, N = c.N, SS = D * N;
+        double *pd = dvec(NS * SS, -1, 1);
+        float *pool = f32(pd, NS * SS), *pool0 = f32(pd, NS * SS), *y = fnan(B * T * D), *y1 = fnan(T * D);
+        float *st = malloc((size_t)SS * 4);
+        be->ssm_scan(be->ctx, y, &f.io, pool, slots, B, T, D, N);
+        double e = 0, es = 0;
+        for (int64_t b = 0; b < B; b++) {
+            struct lmc_ssm_io io = f.io;
+            io.u += b * T * D, io.delta += b * T * D, io.Bm += b * T * c.ldbc, io.Cm += b * T * c.ldbc;
+            io.z += b * T * c.ldz;
+            memcpy(st, pool0 + slots[b] * SS, (size_t)SS * 4);
+            be->ssm_scan(be->ctx, y1, &io, st, NULL, 1, T, D, N);
+            e = fmax(e, rel_f(y + b * T * D, y1, T, D, D, D));
+            es = fmax(es, rel_f(pool + slots[b] * SS, st, 1, SS, 0, 0));
+        }
+        CHECK_MSG(e == 0 && es == 0 && pool[SS] == pool0[SS], "scan slots prefill: %.3e %.3e", e, es);
+        free(pd), free(pool), free(pool0), free(y), free(y1), free(st);
+        scan_f32_free(&f);
+        scan_free(&c);
+    }
+    { /* Mamba-2 SSD */
+        struct ssd_case c = {{B, T, 4, 3, 2, 5, 4}, 0, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+        ssd_alloc(&c);
+        struct ssd_f f;
+        ssd_f32(&f, &c);
+        const int64_t HP = 12, SS = 4 * 3 * 5;
+        double *pd = dvec(NS * SS, -1, 1);
+        float *pool = f32(pd, NS * SS), *pool0 = f32(pd, NS * SS), *y = fnan(B * T * HP), *y1 = fnan(T * HP);
+        float *st = malloc((size_t)SS * 4);
+        be->ssd_chunk(be->ctx, y, &f.io, pool, slots, &c.s);
+        struct lmc_ssd_shape one = c.s;
+        one.B = 1;
+        double e = 0, es = 0;
+        for (int64_t b = 0; b < B; b++) {
+            struct lmc_ssd_io io = ssd_at(&f.io, b * T);
+            memcpy(st, pool0 + slots[b] * SS, (size_t)SS * 4);
+            be->ssd_chunk(be->ctx, y1, &io, st, NULL, &one);
+            e = fmax(e, rel_f(y + b * T * HP, y1, T, HP, HP, HP));
+            es = fmax(es, rel_f(pool + slots[b] * SS, st, 1, SS, 0, 0));
+        }
+        CHECK_MSG(e == 0 && es == 0 && pool[SS] == pool0[SS], "ssd slots prefill: %.3e %.3e", e, es);
+        free(pd), free(pool), free(pool0), free(y), free(y1), free(st);
+        ssd_f32_free(&f);
+        ssd_free(&c);
+    }
+}
+
 /* ================= rmsnorm_gated ================= */
 struct rg_case { int64_t M, C, group, ldz; int gate; double *x, *z, *w, *r; };
 static void rg_ref(const struct rg_case *c, double *y) {
@@ -613,6 +688,7 @@ int main(void) {
         test_scan(&be);
         test_ssd(&be);
         test_slots(&be);
+        test_slots_prefill(&be);
         test_rmsnorm_gated(&be);
         if (threads == 1) {
             test_scan_prefill_vs_step(&be);
