@@ -85,6 +85,18 @@ static void ssd_fwd_task(void *arg, int64_t task, int thread) {
     if (st) memcpy(st, S, (size_t)(P * N) * sizeof *S);
 }
 
+/* out[i] = a * in[i] + c * b[i], i < n (out may be in) */
+static inline void ssd_decay_add(float *out, const float *in, float a, float c, const float *b, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256 va = _mm256_set1_ps(a), vc = _mm256_set1_ps(c);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(in + i),
+                                                  _mm256_mul_ps(vc, _mm256_loadu_ps(b + i))));
+#endif
+    for (; i < n; i++) out[i] = a * in[i] + c * b[i];
+}
+
 static void ssd_check(const struct lmc_ssd_io *in, const struct lmc_ssd_shape *s) {
     LMC_ASSERT(s->H > 0 && s->P > 0 && s->G > 0 && s->N > 0 && s->H % s->G == 0);
     LMC_ASSERT(s->chunk > 0 && in->ldx >= s->H * s->P && in->lddt >= s->H);
@@ -167,8 +179,7 @@ static void ssd_bwd_head(const struct ssd_job *j, int64_t b, int64_t h, float *c
         const int64_t r = b * T + t;
         const float dt = ssd_dt(in, r, h, NULL), a = expf(dt * A);
         const float *x = in->x + r * in->ldx + h * P, *Bm = in->Bm + r * in->ldx + g * N;
-        for (int64_t p = 0; p < P; p++)
-            for (int64_t n = 0; n < N; n++) S[p * N + n] = a * S[p * N + n] + dt * x[p] * Bm[n];
+        for (int64_t p = 0; p < P; p++) ssd_decay_add(S + p * N, S + p * N, a, dt * x[p], Bm, N);
     }
     double dA = 0, dD = 0, dbias = 0;
     for (int64_t t1 = T; t1 > 0;) {
@@ -180,8 +191,7 @@ static void ssd_bwd_head(const struct ssd_job *j, int64_t b, int64_t h, float *c
             const float *x = in->x + r * in->ldx + h * P, *Bm = in->Bm + r * in->ldx + g * N;
             const float *Sp = seg + i * PN;
             float *Sn = seg + (i + 1) * PN;
-            for (int64_t p = 0; p < P; p++)
-                for (int64_t n = 0; n < N; n++) Sn[p * N + n] = a * Sp[p * N + n] + dt * x[p] * Bm[n];
+            for (int64_t p = 0; p < P; p++) ssd_decay_add(Sn + p * N, Sp + p * N, a, dt * x[p], Bm, N);
         }
         for (int64_t i = len - 1; i >= 0; i--) {
             const int64_t r = b * T + t0 + i;
@@ -195,20 +205,38 @@ static void ssd_bwd_head(const struct ssd_job *j, int64_t b, int64_t h, float *c
             float *dx = gr->dx + r * in->ldx + h * P;
             double ddt = 0, gs = 0;
             for (int64_t n = 0; n < N; n++) GB[n] = 0;
+            /* G (= dL/dS_t after the += below) is stored already scaled by a:
+             * the carry into token t-1 */
             for (int64_t p = 0; p < P; p++) {
                 float *Gp = G + p * N;
-                const float *Scp = Sc + p * N, *Spp = Sp + p * N;
-                float gb = 0;
-                for (int64_t n = 0; n < N; n++) {
-                    Gp[n] += dy[p] * Cm[n];
-                    pCr[n] += Scp[n] * dy[p];
-                    gb += Gp[n] * Bm[n];
-                    GB[n] += Gp[n] * x[p];
-                    gs += (double)Gp[n] * Spp[n];
+                const float *Scp = Sc + p * N, *Spp = Sp + p * N, dyp = dy[p], xp = x[p];
+                float gb = 0, gsp = 0;
+                int64_t n = 0;
+#ifdef __AVX2__
+                const __m256 vdy = _mm256_set1_ps(dyp), vx = _mm256_set1_ps(xp), va = _mm256_set1_ps(a);
+                __m256 vgb = _mm256_setzero_ps(), vgs = _mm256_setzero_ps();
+                for (; n + 8 <= N; n += 8) {
+                    const __m256 gv = _mm256_fmadd_ps(vdy, _mm256_loadu_ps(Cm + n), _mm256_loadu_ps(Gp + n));
+                    _mm256_storeu_ps(Gp + n, _mm256_mul_ps(gv, va));
+                    _mm256_storeu_ps(pCr + n, _mm256_fmadd_ps(_mm256_loadu_ps(Scp + n), vdy, _mm256_loadu_ps(pCr + n)));
+                    vgb = _mm256_fmadd_ps(gv, _mm256_loadu_ps(Bm + n), vgb);
+                    _mm256_storeu_ps(GB + n, _mm256_fmadd_ps(gv, vx, _mm256_loadu_ps(GB + n)));
+                    vgs = _mm256_fmadd_ps(gv, _mm256_loadu_ps(Spp + n), vgs);
                 }
-                dx[p] = dt * gb + Dh * dy[p];
-                ddt += (double)x[p] * gb;
-                dD += (double)dy[p] * x[p];
+                gb = lmc_hsum256(vgb), gsp = lmc_hsum256(vgs);
+#endif
+                for (; n < N; n++) {
+                    const float gv = Gp[n] + dyp * Cm[n];
+                    Gp[n] = gv * a;
+                    pCr[n] += Scp[n] * dyp;
+                    gb += gv * Bm[n];
+                    GB[n] += gv * xp;
+                    gsp += gv * Spp[n];
+                }
+                gs += gsp;
+                dx[p] = dt * gb + Dh * dyp;
+                ddt += (double)xp * gb;
+                dD += (double)dyp * xp;
             }
             for (int64_t n = 0; n < N; n++) pBr[n] += dt * GB[n];
             ddt += (double)a * A * gs;
@@ -218,7 +246,6 @@ static void ssd_bwd_head(const struct ssd_job *j, int64_t b, int64_t h, float *c
                                                                 : (float)ddt * lmc_ssm_softplus_grad(raw);
             gr->ddt[r * in->lddt + h] = dr;
             dbias += dr;
-            for (int64_t k = 0; k < PN; k++) G[k] *= a;
         }
         t1 = t0;
     }
