@@ -8,6 +8,7 @@
 
 #include "lmc.h"
 #include "core/dtype.h"
+#include "ops/ssm.h" /* operand structs of the SSM entries (issue 15) */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -225,6 +226,58 @@ struct lmc_backend {
      * g is not modified. */
     void (*adamw)(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
                   const struct lmc_adamw_step *s);
+
+    /* ---- Selective state-space models (Mamba, Mamba-2; issue 15). Operands,
+     * state layouts and `slots` are documented in ops/ssm.h. NULL where a
+     * backend has none. */
+    /* Causal depthwise conv1d over B sequences of T tokens: y (B*T, C) =
+     * bias[c] + sum_k w[c,k] * x[t-K+1+k, c] (x row r at r * ldx; w (C, K) as
+     * HF's conv1d.weight (C, 1, K)), then SiLU when silu. Inputs before t=0
+     * come from state ((K-1, C) per slot, updated) or are 0 (state NULL). y
+     * must not overlap x. */
+    void (*conv1d_causal)(void *ctx, float *y, const float *x, int64_t ldx, const float *w,
+                          const float *bias, float *state, const int32_t *slots, int64_t B,
+                          int64_t T, int64_t C, int64_t K, int silu);
+    /* Its backward (zero state before t=0): dx = (row r at r * ldx, only the
+     * C columns), dw (C, K) +=, dbias (C) += (NULL skips). */
+    void (*conv1d_causal_bwd)(void *ctx, float *dx, float *dw, float *dbias, const float *dy,
+                              const float *x, int64_t ldx, const float *w, const float *bias,
+                              int64_t B, int64_t T, int64_t C, int64_t K, int silu);
+    /* One decode token per sequence: x, y (B rows); state required. */
+    void (*conv1d_causal_step)(void *ctx, float *y, const float *x, int64_t ldx, const float *w,
+                               const float *bias, float *state, const int32_t *slots, int64_t B,
+                               int64_t C, int64_t K, int silu);
+    /* Mamba-1 selective scan over B sequences of T tokens: y (B*T, D) =. */
+    void (*ssm_scan)(void *ctx, float *y, const struct lmc_ssm_io *in, float *state,
+                     const int32_t *slots, int64_t B, int64_t T, int64_t D, int64_t N);
+    /* Its backward (zero state before t=0), recomputing the states from the
+     * inputs (memory O(sqrt(T)) per channel, linear overall). */
+    void (*ssm_scan_bwd)(void *ctx, const struct lmc_ssm_grads *g, const float *dy,
+                         const struct lmc_ssm_io *in, int64_t B, int64_t T, int64_t D,
+                         int64_t N);
+    /* One decode token per sequence (T = 1), the plain recurrence; state required. */
+    void (*ssm_scan_step)(void *ctx, float *y, const struct lmc_ssm_io *in, float *state,
+                          const int32_t *slots, int64_t B, int64_t D, int64_t N);
+    /* Mamba-2 SSD, chunked, over s->B sequences of s->T tokens: y (B*T, H*P) =. */
+    void (*ssd_chunk)(void *ctx, float *y, const struct lmc_ssd_io *in, float *state,
+                      const int32_t *slots, const struct lmc_ssd_shape *s);
+    /* Its backward (zero state before t=0), states recomputed as ssm_scan_bwd. */
+    void (*ssd_chunk_bwd)(void *ctx, const struct lmc_ssd_grads *g, const float *dy,
+                          const struct lmc_ssd_io *in, const struct lmc_ssd_shape *s);
+    /* One decode token per sequence (s->T must be 1); state required. */
+    void (*ssd_step)(void *ctx, float *y, const struct lmc_ssd_io *in, float *state,
+                     const int32_t *slots, const struct lmc_ssd_shape *s);
+    /* Gated RMSNorm (Mamba-2, norm_before_gate = False): v = x * silu(z) (z
+     * NULL: v = x), y (M,C) = v / sqrt(mean(v^2) + eps) * w, the mean over
+     * each group of `group` columns (C % group == 0). z row m at m * ldz. y
+     * may alias x. */
+    void (*rmsnorm_gated)(void *ctx, float *y, const float *x, const float *z, int64_t ldz,
+                          const float *w, int64_t M, int64_t C, int64_t group, float eps);
+    /* Its backward: dx (M,C) =, dz = (row m at m * ldz; unused when z is
+     * NULL), dw (C) += (NULL skips). */
+    void (*rmsnorm_gated_bwd)(void *ctx, float *dx, float *dz, float *dw, const float *dy,
+                              const float *x, const float *z, int64_t ldz, const float *w,
+                              int64_t M, int64_t C, int64_t group, float eps);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

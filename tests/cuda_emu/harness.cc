@@ -21,6 +21,9 @@
  *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
+ *   ssm         conv1d_causal / ssm_scan / ssd_chunk / rmsnorm_gated .cu:
+ *               forward, decode step, backward; mamba-tiny / mamba2-tiny
+ *               through the CUDA table (harness_ssm.inc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1050,6 +1053,8 @@ static void test_e2e() {
     emu_strict_device = false;
 }
 
+#include "harness_ssm.inc"
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1058,12 +1063,13 @@ int main(int argc, char **argv) {
     struct { const char *name; void (*fn)(); } sections[] = {
         {"attn_train", test_attn_train}, {"sample", test_sample}, {"ops", test_ops},
         {"xent", test_xent}, {"attn", test_attn}, {"mm", test_mm}, {"e2e", test_e2e},
+        {"ssm", test_ssm}, /* last: the others keep their seeds (LMC_EMU_SEED + index) */
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm)\n", argv[i]);
             return 2;
         }
     }

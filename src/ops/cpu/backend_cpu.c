@@ -1,6 +1,7 @@
 /* backend_cpu.c — the CPU backend table: thread pool, per-thread scratch,
  * and the op entry points (each op lives in its own file). */
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/ssm_cpu.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,18 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->zero = lmc_cpu_zero;
     be->sumsq = lmc_cpu_sumsq;
     be->adamw = lmc_cpu_adamw;
+    /* state-space models (issue 15; ops/cpu/ssm_cpu.h) */
+    be->conv1d_causal = lmc_cpu_conv1d_causal;
+    be->conv1d_causal_bwd = lmc_cpu_conv1d_causal_bwd;
+    be->conv1d_causal_step = lmc_cpu_conv1d_causal_step;
+    be->ssm_scan = lmc_cpu_ssm_scan;
+    be->ssm_scan_bwd = lmc_cpu_ssm_scan_bwd;
+    be->ssm_scan_step = lmc_cpu_ssm_scan_step;
+    be->ssd_chunk = lmc_cpu_ssd_chunk;
+    be->ssd_chunk_bwd = lmc_cpu_ssd_chunk_bwd;
+    be->ssd_step = lmc_cpu_ssd_step;
+    be->rmsnorm_gated = lmc_cpu_rmsnorm_gated;
+    be->rmsnorm_gated_bwd = lmc_cpu_rmsnorm_gated_bwd;
     return LMC_OK;
 }
 

@@ -4,6 +4,7 @@
  * own .cu file. */
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/attention_train.h"
+#include "ops/cuda/ssm.cuh"
 
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,18 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;
     be->sample_rows = lmc_cuda_sample_rows;
+    /* state-space models (issue 15; ops/cuda/ssm.cuh) */
+    be->conv1d_causal = lmc_cuda_conv1d_causal;
+    be->conv1d_causal_bwd = lmc_cuda_conv1d_causal_bwd;
+    be->conv1d_causal_step = lmc_cuda_conv1d_causal_step;
+    be->ssm_scan = lmc_cuda_ssm_scan;
+    be->ssm_scan_bwd = lmc_cuda_ssm_scan_bwd;
+    be->ssm_scan_step = lmc_cuda_ssm_scan_step;
+    be->ssd_chunk = lmc_cuda_ssd_chunk;
+    be->ssd_chunk_bwd = lmc_cuda_ssd_chunk_bwd;
+    be->ssd_step = lmc_cuda_ssd_step;
+    be->rmsnorm_gated = lmc_cuda_rmsnorm_gated;
+    be->rmsnorm_gated_bwd = lmc_cuda_rmsnorm_gated_bwd;
     return LMC_OK;
 }
 
