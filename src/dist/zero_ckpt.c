@@ -127,7 +127,11 @@ lmc_status lmc_zero_manifest_parse(const char *text, size_t len, const char *pat
             goto out;
         }
         m->unit_n[i] = (int64_t)v->valuedouble;
-        total += m->unit_n[i];
+        if (!lmc_add_ok(total, m->unit_n[i], &total) || total > numel) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: units add up to more than \"numel\" (%lld)", path,
+                            (long long)numel);
+            goto out;
+        }
     }
     if (total != numel) {
         s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: units add up to %lld, \"numel\" says %lld", path,
