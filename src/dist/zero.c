@@ -32,6 +32,37 @@ static void bfree(struct lmc_zero *z, void *p, size_t bytes) {
     z->bytes_now -= bytes;
 }
 
+static lmc_status pool_init(struct lmc_zero_pool *pl, int n) {
+    pl->buf = calloc((size_t)n, sizeof *pl->buf);
+    pl->used = calloc((size_t)n, sizeof *pl->used);
+    pl->n = 0;
+    return pl->buf && pl->used ? LMC_OK : LMC_ERR_OOM;
+}
+/* A free slot, allocating one more when all are in use (NULL: no memory). */
+static float *pool_get(struct lmc_zero *z, struct lmc_zero_pool *pl) {
+    for (int i = 0; i < pl->n; i++)
+        if (!pl->used[i]) {
+            pl->used[i] = true;
+            return pl->buf[i];
+        }
+    float *b = balloc(z, z->slot_bytes);
+    if (!b) return NULL;
+    LMC_ASSERT(pl->n < z->n_units);
+    pl->buf[pl->n] = b;
+    pl->used[pl->n++] = true;
+    return b;
+}
+static void pool_put(struct lmc_zero_pool *pl, float *b) {
+    for (int i = 0; i < pl->n; i++)
+        if (pl->buf[i] == b) pl->used[i] = false;
+}
+static void pool_free(struct lmc_zero *z, struct lmc_zero_pool *pl) {
+    for (int i = 0; pl->buf && i < pl->n; i++) bfree(z, pl->buf[i], z->slot_bytes);
+    free(pl->buf);
+    free(pl->used);
+    memset(pl, 0, sizeof *pl);
+}
+
 int64_t lmc_zero_real(const struct lmc_zero_unit *u, int q) {
     int64_t left = u->n - (int64_t)q * u->s;
     return left <= 0 ? 0 : left < u->s ? left : u->s;
@@ -174,6 +205,9 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
     z->gather_work = calloc((size_t)z->n_units, sizeof *z->gather_work);
     z->ugrad = calloc((size_t)z->n_units, sizeof *z->ugrad);
     z->red_work = calloc((size_t)z->n_units, sizeof *z->red_work);
+    ok = ok && pool_init(&z->ppool, z->n_units) == LMC_OK && pool_init(&z->gpool, z->n_units) == LMC_OK;
+    for (int u = 0; u < z->n_units; u++)
+        z->slot_bytes = LMC_MAX(z->slot_bytes, (size_t)z->units[u].s * (size_t)z->W * sizeof(float));
     if (!ok || !z->gathered || !z->gather_work || !z->ugrad || !z->red_work) {
         s = lmc_err_set(err, LMC_ERR_OOM, "zero: cannot allocate %.1f MiB of training state on %s",
                         (double)(z->stage == 0 ? 4 * fb : 2 * fb + 3 * sb) / 1048576.0, be->name);
@@ -215,12 +249,11 @@ fail:
 void lmc_zero_free(struct lmc_zero *z) {
     if (!z) return;
     for (int u = 0; z->units && u < z->n_units; u++) {
-        size_t ub = (size_t)z->units[u].s * (size_t)z->W * sizeof(float);
         if (z->gather_work && z->gather_work[u]) z->comm->wait(z->comm, z->gather_work[u], NULL);
         if (z->red_work && z->red_work[u]) z->comm->wait(z->comm, z->red_work[u], NULL);
-        if (z->gathered && z->gathered[u]) bfree(z, z->gathered[u], ub);
-        if (z->ugrad && z->ugrad[u]) bfree(z, z->ugrad[u], ub);
     }
+    pool_free(z, &z->ppool);
+    pool_free(z, &z->gpool);
     size_t fb = (size_t)z->PA * sizeof(float), sb = (size_t)z->S * sizeof(float);
     bfree(z, z->p_full, fb);
     bfree(z, z->g_full, fb);
@@ -255,7 +288,7 @@ lmc_status lmc_zero_unit_prefetch(struct lmc_zero *z, int u, lmc_err *err) {
     if (u < 0 || u >= z->n_units) return LMC_OK; /* "the next unit" past the end */
     if (z->stage != 3 || z->W == 1 || z->gathered[u]) return LMC_OK;
     const struct lmc_zero_unit *U = &z->units[u];
-    z->gathered[u] = balloc(z, unit_bytes(z, u));
+    z->gathered[u] = pool_get(z, &z->ppool);
     if (!z->gathered[u]) return lmc_err_set(err, LMC_ERR_OOM, "zero: cannot allocate unit %d's parameters", u);
     return z->comm->iall_gather(z->comm, z->p_sh + U->sh_off, z->gathered[u], U->s, LMC_DTYPE_F32,
                                 &z->gather_work[u], err);
@@ -286,7 +319,7 @@ void lmc_zero_unit_release(struct lmc_zero *z, int u) {
     LMC_ASSERT(u >= 0 && u < z->n_units);
     if (z->stage != 3 || z->W == 1 || !z->gathered[u]) return;
     LMC_ASSERT(z->gather_work[u] == NULL); /* released after use, so waited */
-    bfree(z, z->gathered[u], unit_bytes(z, u));
+    pool_put(&z->ppool, z->gathered[u]);
     z->gathered[u] = NULL;
 }
 
@@ -304,7 +337,7 @@ lmc_status lmc_zero_unit_grads(struct lmc_zero *z, int u, float **g, lmc_err *er
     }
     if (!z->ugrad[u]) {
         LMC_ASSERT(z->red_work[u] == NULL);
-        if (!(z->ugrad[u] = balloc(z, unit_bytes(z, u))))
+        if (!(z->ugrad[u] = pool_get(z, &z->gpool)))
             return lmc_err_set(err, LMC_ERR_OOM, "zero: cannot allocate unit %d's gradients", u);
         z->be->zero(z->be->ctx, z->ugrad[u], unit_bytes(z, u));
     }
@@ -321,7 +354,7 @@ static lmc_status finish_unit_reduce(struct lmc_zero *z, int u, lmc_err *err) {
         s = z->comm->wait(z->comm, w, err);
     }
     if (z->stage >= 2 && z->ugrad[u] && z->pending_unit == u) {
-        bfree(z, z->ugrad[u], unit_bytes(z, u));
+        pool_put(&z->gpool, z->ugrad[u]);
         z->ugrad[u] = NULL;
         z->pending_unit = -1;
     }

@@ -13,6 +13,14 @@ struct lmc_zero_unit {
     int t0, t1;       /* its tensors [t0, t1) */
 };
 
+/* Unit-sized buffers reused across units and steps (sized once: the
+ * largest unit), so stages 2 and 3 do not churn the allocator. */
+struct lmc_zero_pool {
+    float **buf;
+    bool *used;
+    int n;                      /* allocated so far (<= n_units) */
+};
+
 struct lmc_zero {
     struct lmc_comm *comm;
     struct lmc_backend *be;
@@ -30,6 +38,8 @@ struct lmc_zero {
     float **gathered;           /* (n_units) stage 3: gathered parameters */
     struct lmc_comm_work **gather_work;
     float **ugrad;              /* (n_units) stage 2/3: full gradient buffers */
+    struct lmc_zero_pool ppool, gpool; /* where gathered / ugrad point */
+    size_t slot_bytes;
     struct lmc_comm_work **red_work;
     int pending_unit;           /* stage 2/3: unit whose reduce-scatter is in flight */
     size_t bytes_now, bytes_peak;
