@@ -30,6 +30,7 @@ struct mlp_run {
     int stage;
     int steps;
     int64_t global_batch;
+    int accum;             /* micro-steps per step (0 = 1): each rank's slice in this many parts */
     double lr, max_norm;
     int save_at;           /* save a checkpoint after this step (0: never) */
     const char *ckpt_dir;
@@ -222,22 +223,33 @@ static inline lmc_status mlp_train_zero(const struct mlp_cfg *m, const struct ml
     mlp_adamw_cfg(o, &ac);
     for (int64_t step = start; step < o->steps && !s; step++) {
         for (int64_t i = 0; i < nb; i++) A.y[i] = mlp_example(m, step * G + b0 + i, A.a[0] + i * m->dims[0]);
-        float *P, *Gr;
-        for (int l = 0; l < m->L && !s; l++) {
-            if ((s = lmc_zero_unit_prefetch(z, l + 1, err)) || (s = lmc_zero_unit_params(z, l, &P, err))) break;
-            mlp_layer_fwd(m, l, P, A.a[l], A.a[l + 1], nb);
-            lmc_zero_unit_release(z, l);
-        }
-        if (s) break;
-        double loss = mlp_xent(A.a[m->L], A.y, A.d[m->L], nb, m->dims[m->L], 1.0f / (float)G);
-        if (o->die_step > 0 && step + 1 == o->die_step && c->rank == o->die_rank) raise(SIGKILL);
-        for (int l = m->L - 1; l >= 0 && !s; l--) {
-            if ((s = lmc_zero_unit_prefetch(z, l - 1, err)) || (s = lmc_zero_unit_params(z, l, &P, err)) ||
-                (s = lmc_zero_unit_grads(z, l, &Gr, err)))
-                break;
-            mlp_layer_bwd(m, l, P, Gr, A.a[l], A.a[l + 1], A.d[l + 1], l ? A.d[l] : NULL, nb);
-            lmc_zero_unit_release(z, l);
-            s = lmc_zero_unit_grads_done(z, l, err);
+        /* gradient accumulation: the slice in `accum` micro-batches; the
+         * reductions start on the last one only */
+        int nacc = o->accum > 0 ? o->accum : 1;
+        double loss = 0;
+        for (int mb = 0; mb < nacc && !s; mb++) {
+            int64_t m0, mn;
+            lmc_dist_slice(nb, mb, nacc, &m0, &mn);
+            struct mlp_acts V; /* views of this micro-batch's rows */
+            for (int l = 0; l <= m->L; l++) V.a[l] = A.a[l] + m0 * m->dims[l], V.d[l] = A.d[l] + m0 * m->dims[l];
+            V.y = A.y + m0;
+            float *P, *Gr;
+            for (int l = 0; l < m->L && !s; l++) {
+                if ((s = lmc_zero_unit_prefetch(z, l + 1, err)) || (s = lmc_zero_unit_params(z, l, &P, err))) break;
+                mlp_layer_fwd(m, l, P, V.a[l], V.a[l + 1], mn);
+                lmc_zero_unit_release(z, l);
+            }
+            if (s) break;
+            loss += mlp_xent(V.a[m->L], V.y, V.d[m->L], mn, m->dims[m->L], 1.0f / (float)G);
+            if (o->die_step > 0 && step + 1 == o->die_step && c->rank == o->die_rank) raise(SIGKILL);
+            for (int l = m->L - 1; l >= 0 && !s; l--) {
+                if ((s = lmc_zero_unit_prefetch(z, l - 1, err)) || (s = lmc_zero_unit_params(z, l, &P, err)) ||
+                    (s = lmc_zero_unit_grads(z, l, &Gr, err)))
+                    break;
+                mlp_layer_bwd(m, l, P, Gr, V.a[l], V.a[l + 1], V.d[l + 1], l ? V.d[l] : NULL, mn);
+                lmc_zero_unit_release(z, l);
+                if (mb == nacc - 1) s = lmc_zero_unit_grads_done(z, l, err);
+            }
         }
         double norm = 0;
         if (s || (s = lmc_zero_grad_norm(z, &norm, err))) break;

@@ -322,6 +322,20 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* gradient accumulation: 2 micro-steps per step, reductions on the last */
+    for (int stage = 0; stage <= 3; stage++) {
+        memset(res, 0, sizeof *res);
+        struct zjob j = {base_run(stage), res, init, -1, -1};
+        j.run.accum = 2;
+        struct spawn_opts so = {2, 0};
+        spawn(&so, run_zero, &j, dir, codes);
+        CHECK_MSG(all_ok(codes, 2), "accumulation stage %d", stage);
+        double dl = 0;
+        for (int k = 0; k < STEPS; k++) dl = fmax(dl, fabs(res->losses[k] - rl[k]) / fabs(rl[k]));
+        CHECK_MSG(dl <= 1e-6 && rel(res->params, ref, P) <= 1e-6, "accumulation stage %d: losses %.3g params %.3g",
+                  stage, dl, rel(res->params, ref, P));
+    }
+
     /* sharded checkpoints: save after step 10, resume, bit-identical end */
     for (int stage = 0; stage <= 3; stage++) {
         char ck[600];
