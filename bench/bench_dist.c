@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
             memset(res, 0, sizeof *res);
             struct bjob j = {{.stage = stage, .steps = steps, .global_batch = batch, .lr = 1e-3, .max_norm = 1.0},
                              init, res};
-            struct spawn_opts so = {W, 0};
+            struct spawn_opts so = {.world = W};
             int codes[8];
             spawn(&so, bench_rank, &j, dir, codes);
             for (int r = 0; r < W; r++)

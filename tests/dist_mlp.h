@@ -36,6 +36,7 @@ struct mlp_run {
     const char *ckpt_dir;
     bool resume;           /* load ckpt_dir first */
     int die_rank, die_step; /* this rank raises SIGKILL in this step (die_step > 0) */
+    int die_signal;         /* 0: SIGKILL; SIGSTOP: the rank stalls instead */
     const char *desc_extra; /* appended to the start-up config check */
     float *params_at_save;  /* if set: the full parameters when saving */
 };
@@ -241,7 +242,8 @@ static inline lmc_status mlp_train_zero(const struct mlp_cfg *m, const struct ml
             }
             if (s) break;
             loss += mlp_xent(V.a[m->L], V.y, V.d[m->L], mn, m->dims[m->L], 1.0f / (float)G);
-            if (o->die_step > 0 && step + 1 == o->die_step && c->rank == o->die_rank) raise(SIGKILL);
+            if (o->die_step > 0 && step + 1 == o->die_step && c->rank == o->die_rank)
+                raise(o->die_signal ? o->die_signal : SIGKILL);
             for (int l = m->L - 1; l >= 0 && !s; l--) {
                 if ((s = lmc_zero_unit_prefetch(z, l - 1, err)) || (s = lmc_zero_unit_params(z, l, &P, err)) ||
                     (s = lmc_zero_unit_grads(z, l, &Gr, err)))

@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,8 @@ typedef int (*rank_fn)(struct lmc_comm *c, int rank, void *arg);
 struct spawn_opts {
     int world;
     int claimed_world_of_last; /* > 0: the last rank claims this world instead */
+    double timeout_s;          /* the communicator's (0: 120 s) */
+    int stopped_rank;          /* > 0: this rank stops itself; killed once the others exit */
 };
 
 /* Runs fn on world forked ranks; codes[r] = exit code (or 128 + signal);
@@ -54,7 +57,8 @@ static inline void spawn(const struct spawn_opts *so, rank_fn fn, void *arg, con
             } else {
                 int w = (so->claimed_world_of_last > 0 && r == W - 1) ? so->claimed_world_of_last : W;
                 if (r != 0) close(lfd);
-                struct lmc_comm_tcp_opts o = {r, w, r, "127.0.0.1", port, r == 0 ? lfd : -1, 120};
+                struct lmc_comm_tcp_opts o = {r, w, r, "127.0.0.1", port, r == 0 ? lfd : -1,
+                                              so->timeout_s > 0 ? so->timeout_s : 120};
                 s = lmc_comm_tcp_init(&c, &o, &err);
             }
             if (s) {
@@ -67,7 +71,10 @@ static inline void spawn(const struct spawn_opts *so, rank_fn fn, void *arg, con
         }
     }
     close(lfd);
-    for (int r = 0; r < W; r++) {
+    for (int k = 0; k < W; k++) {
+        /* the stopped rank last: it ends only when killed */
+        int r = so->stopped_rank > 0 ? (k < so->stopped_rank ? k : k + 1 < W ? k + 1 : so->stopped_rank) : k;
+        if (so->stopped_rank > 0 && r == so->stopped_rank) kill(pids[r], SIGKILL);
         int st = 0;
         while (waitpid(pids[r], &st, 0) < 0 && errno == EINTR) {}
         codes[r] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);

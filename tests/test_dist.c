@@ -278,7 +278,7 @@ int main(int argc, char **argv) {
 
     /* collectives on 2, 3 and 4 ranks */
     for (int W = 2; W <= 4; W++) {
-        struct spawn_opts so = {W, 0};
+        struct spawn_opts so = {.world = W};
         spawn(&so, run_collectives, NULL, dir, codes);
         CHECK_MSG(all_ok(codes, W), "collectives world %d: %s", W, slurp(dir, 0));
     }
@@ -300,7 +300,7 @@ int main(int argc, char **argv) {
         for (int stage = 0; stage <= 3; stage++) {
             memset(res, 0, sizeof *res);
             struct zjob j = {base_run(stage), res, init, -1, -1};
-            struct spawn_opts so = {W, 0};
+            struct spawn_opts so = {.world = W};
             spawn(&so, run_zero, &j, dir, codes);
             CHECK_MSG(all_ok(codes, W), "zero stage %d world %d: %s", stage, W, slurp(dir, 0));
             double dl = 0;
@@ -327,7 +327,7 @@ int main(int argc, char **argv) {
         memset(res, 0, sizeof *res);
         struct zjob j = {base_run(stage), res, init, -1, -1};
         j.run.accum = 2;
-        struct spawn_opts so = {2, 0};
+        struct spawn_opts so = {.world = 2};
         spawn(&so, run_zero, &j, dir, codes);
         CHECK_MSG(all_ok(codes, 2), "accumulation stage %d", stage);
         double dl = 0;
@@ -345,7 +345,7 @@ int main(int argc, char **argv) {
         struct zjob j = {base_run(stage), res, init, -1, -1};
         j.run.save_at = 10;
         j.run.ckpt_dir = ck;
-        struct spawn_opts so = {2, 0};
+        struct spawn_opts so = {.world = 2};
         spawn(&so, run_zero, &j, dir, codes);
         CHECK_MSG(all_ok(codes, 2), "save stage %d: %s", stage, slurp(dir, 0));
         struct zres full = *res;
@@ -369,7 +369,7 @@ int main(int argc, char **argv) {
             struct zjob j4 = {base_run(3), res, init, -1, -1};
             j4.run.resume = true;
             j4.run.ckpt_dir = ck;
-            struct spawn_opts s4 = {4, 0};
+            struct spawn_opts s4 = {.world = 4};
             spawn(&s4, run_zero, &j4, dir, codes);
             CHECK_MSG(all_ok(codes, 4), "reshard: %s", slurp(dir, 0));
             CHECK_MSG(rel(res->params, ref, P) <= 1e-6, "reshard params %.3g", rel(res->params, ref, P));
@@ -394,7 +394,7 @@ int main(int argc, char **argv) {
         struct zjob j = {base_run(2), res, init, -1, -1};
         j.run.die_rank = 1;
         j.run.die_step = 3;
-        struct spawn_opts so = {3, 0};
+        struct spawn_opts so = {.world = 3};
         double t0 = lmc_time_now();
         spawn(&so, run_zero, &j, dir, codes);
         double took = lmc_time_now() - t0;
@@ -407,10 +407,28 @@ int main(int argc, char **argv) {
         printf("killed rank 1: the others exited in %.2f s: %s", took, slurp(dir, 0));
     }
 
+    /* a stalled rank (stopped, its sockets open): the others give up after
+     * the communicator's timeout (2 s here) naming it */
+    {
+        struct zjob j = {base_run(2), res, init, -1, -1};
+        j.run.die_rank = 1;
+        j.run.die_step = 3;
+        j.run.die_signal = SIGSTOP;
+        struct spawn_opts so = {.world = 3, .timeout_s = 2.0, .stopped_rank = 1};
+        spawn(&so, run_zero, &j, dir, codes);
+        for (int r = 0; r < 3; r += 2) {
+            const char *e = slurp(dir, r);
+            CHECK_MSG(codes[r] == 2 && ((strstr(e, "no progress from rank") && strstr(e, "1 within 2 s")) ||
+                                        strstr(e, "lost rank 1 (reported")),
+                      "rank %d: %d %s", r, codes[r], e);
+        }
+        printf("stalled rank 1: %s", slurp(dir, 0));
+    }
+
     /* mismatched configurations are refused at start-up, on every rank */
     for (int k = 0; k < 2; k++) {
         struct zjob j = {base_run(1), res, init, 1, k == 0 ? -1 : 3};
-        struct spawn_opts so = {2, 0};
+        struct spawn_opts so = {.world = 2};
         spawn(&so, run_zero, &j, dir, codes);
         for (int r = 0; r < 2; r++) {
             const char *e = slurp(dir, r);
@@ -420,7 +438,7 @@ int main(int argc, char **argv) {
     }
     /* a rank claiming another world is refused by the rendezvous */
     {
-        struct spawn_opts so = {2, 3};
+        struct spawn_opts so = {.world = 2, .claimed_world_of_last = 3};
         spawn(&so, run_collectives, NULL, dir, codes);
         CHECK(codes[0] == 3 && codes[1] == 3);
         CHECK_MSG(strstr(slurp(dir, 0), "different world size"), "%s", slurp(dir, 0));
