@@ -19,11 +19,13 @@ static void test_env(void) {
     lmc_err err = {0};
     const char *none[] = {"HOME=/root", NULL};
     CHECK(lmc_dist_env_parse(&e, table_env, none, &err) == LMC_OK);
-    CHECK(e.launcher == LMC_LAUNCH_NONE && e.rank == 0 && e.world == 1);
+    CHECK(e.launcher == LMC_LAUNCH_NONE && e.rank == 0 && e.world == 1 && e.local_world == 1);
+    CHECK(lmc_dist_cpu_threads(&e, 16) == 16);
     const char *ompi[] = {"OMPI_COMM_WORLD_RANK=3", "OMPI_COMM_WORLD_SIZE=4", "OMPI_COMM_WORLD_LOCAL_RANK=1",
-                          "RANK=0", "WORLD_SIZE=2", NULL};
+                          "OMPI_COMM_WORLD_LOCAL_SIZE=3", "RANK=0", "WORLD_SIZE=2", NULL};
     CHECK(lmc_dist_env_parse(&e, table_env, ompi, &err) == LMC_OK);
-    CHECK(e.launcher == LMC_LAUNCH_MPI && e.rank == 3 && e.world == 4 && e.local_rank == 1);
+    CHECK(e.launcher == LMC_LAUNCH_MPI && e.rank == 3 && e.world == 4 && e.local_rank == 1 && e.local_world == 3);
+    CHECK(lmc_dist_cpu_threads(&e, 16) == 5 && lmc_dist_cpu_threads(&e, 2) == 1);
     const char *torch[] = {"RANK=5", "WORLD_SIZE=8", "LOCAL_RANK=1", "MASTER_ADDR=10.0.0.7", "MASTER_PORT=29500", NULL};
     CHECK(lmc_dist_env_parse(&e, table_env, torch, &err) == LMC_OK);
     CHECK(e.launcher == LMC_LAUNCH_TORCHRUN && e.rank == 5 && e.world == 8 && e.local_rank == 1 &&
@@ -32,6 +34,7 @@ static void test_env(void) {
                            "MASTER_PORT=1234", NULL};
     CHECK(lmc_dist_env_parse(&e, table_env, slurm, &err) == LMC_OK);
     CHECK(e.launcher == LMC_LAUNCH_SLURM && e.rank == 2 && e.world == 3 && !strcmp(e.master_addr, "node1"));
+    CHECK(e.local_world == 0 && lmc_dist_cpu_threads(&e, 8) == 8); /* unknown: all cores */
     /* refused, naming the variable */
     const char *bad1[] = {"RANK=4", "WORLD_SIZE=4", "MASTER_ADDR=a", "MASTER_PORT=1", NULL};
     CHECK(lmc_dist_env_parse(&e, table_env, bad1, &err) == LMC_ERR_ARG && strstr(err.msg, "RANK=4"));

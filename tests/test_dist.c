@@ -218,8 +218,14 @@ static int mpi_main(const char *mode) {
         printf("test_dist: skipped: built without MPI\n");
         return 77;
     }
-    if (lmc_comm_mpi_init(&c, 120, &err)) {
+    /* what lmc train will call: the launcher (mpirun) picks the mpi communicator */
+    setenv("LMC_DIST_TIMEOUT", "120", 1);
+    if (lmc_dist_init(&c, LMC_DIST_HOST, &err)) {
         fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    if (strcmp(c.name, "mpi") || c.world < 2) {
+        fprintf(stderr, "test_dist %s: lmc_dist_init gave %s with world %d under mpirun\n", mode, c.name, c.world);
         return 1;
     }
     int64_t P = mlp_numel();

@@ -65,7 +65,8 @@ lmc_status lmc_dist_env_parse(struct lmc_dist_env *e, lmc_getenv_fn ge, void *u,
     lmc_status s;
     /* mpirun (Open MPI, then MPICH/PMI) */
     const char *mr[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK"}, *mw[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"},
-               *ml[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
+               *ml[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"},
+               *mlw[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
     for (int k = 0; k < 2; k++) {
         if ((s = env_int(ge, u, mw[k], 1, maxw, &e->world, &pw, err))) return s;
         if ((s = env_int(ge, u, mr[k], 0, maxw, &e->rank, &pr, err))) return s;
@@ -76,6 +77,7 @@ lmc_status lmc_dist_env_parse(struct lmc_dist_env *e, lmc_getenv_fn ge, void *u,
         if (e->rank >= e->world)
             return lmc_err_set(err, LMC_ERR_ARG, "dist: %s=%d is not below %s=%d", mr[k], e->rank, mw[k], e->world);
         if ((s = env_int(ge, u, ml[k], 0, maxw, &e->local_rank, &pl, err))) return s;
+        if ((s = env_int(ge, u, mlw[k], 1, maxw, &e->local_world, &pl, err))) return s;
         e->launcher = LMC_LAUNCH_MPI;
         return LMC_OK;
     }
@@ -89,6 +91,7 @@ lmc_status lmc_dist_env_parse(struct lmc_dist_env *e, lmc_getenv_fn ge, void *u,
         if (e->rank >= e->world)
             return lmc_err_set(err, LMC_ERR_ARG, "dist: RANK=%d is not below WORLD_SIZE=%d", e->rank, e->world);
         if ((s = env_int(ge, u, "LOCAL_RANK", 0, maxw, &e->local_rank, &pl, err))) return s;
+        if ((s = env_int(ge, u, "LOCAL_WORLD_SIZE", 1, maxw, &e->local_world, &pl, err))) return s;
         e->launcher = LMC_LAUNCH_TORCHRUN;
         return env_master(e, ge, u, "WORLD_SIZE", err);
     }
@@ -100,12 +103,19 @@ lmc_status lmc_dist_env_parse(struct lmc_dist_env *e, lmc_getenv_fn ge, void *u,
             return lmc_err_set(err, LMC_ERR_ARG, "dist: SLURM_PROCID=%d is not below SLURM_NTASKS=%d",
                                e->rank, e->world);
         if ((s = env_int(ge, u, "SLURM_LOCALID", 0, maxw, &e->local_rank, &pl, err))) return s;
+        if ((s = env_int(ge, u, "SLURM_NTASKS_PER_NODE", 1, maxw, &e->local_world, &pl, err))) return s;
         e->launcher = LMC_LAUNCH_SLURM;
         return env_master(e, ge, u, "SLURM_NTASKS", err);
     }
     e->world = 1;
     e->rank = 0;
+    e->local_world = 1;
     return LMC_OK;
+}
+
+int lmc_dist_cpu_threads(const struct lmc_dist_env *e, int online_cores) {
+    int n = e->local_world > 0 ? online_cores / e->local_world : online_cores;
+    return n > 0 ? n : 1;
 }
 
 lmc_status lmc_dist_init(struct lmc_comm *c, int device, lmc_err *err) {

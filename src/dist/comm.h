@@ -116,6 +116,7 @@ enum lmc_launcher { LMC_LAUNCH_NONE = 0, LMC_LAUNCH_MPI, LMC_LAUNCH_TORCHRUN, LM
 struct lmc_dist_env {
     enum lmc_launcher launcher;
     int rank, world, local_rank;
+    int local_world;    /* processes on this host (0: the launcher does not say) */
     char master_addr[256];
     int master_port;
 };
@@ -123,12 +124,18 @@ struct lmc_dist_env {
 /* Reads the launch environment through getenv_fn (getenv when NULL):
  * mpirun (OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK, PMI_RANK/PMI_SIZE), torchrun
  * (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm
- * (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT).
+ * (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT);
+ * local_world from OMPI_COMM_WORLD_LOCAL_SIZE / MPI_LOCALNRANKS,
+ * LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE.
  * No variables: LMC_LAUNCH_NONE, rank 0 of 1. Malformed or inconsistent
  * values are refused naming the variable. */
 typedef const char *(*lmc_getenv_fn)(const char *name, void *user);
 lmc_status lmc_dist_env_parse(struct lmc_dist_env *e, lmc_getenv_fn getenv_fn, void *user,
                               lmc_err *err);
+
+/* CPU threads for one rank: the online cores split among the ranks of
+ * this host (local_world; all of them when unknown), at least 1. */
+int lmc_dist_cpu_threads(const struct lmc_dist_env *e, int online_cores);
 
 /* Starts the communicator this process was launched for: single without a
  * launcher, mpi under mpirun, tcp under torchrun/Slurm variables; with
