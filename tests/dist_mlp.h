@@ -33,6 +33,7 @@ struct mlp_run {
     int accum;             /* micro-steps per step (0 = 1): each rank's slice in this many parts */
     double lr, max_norm;
     int save_at;           /* save a checkpoint after this step (0: never) */
+    int save_before;       /* also save after this earlier step (0: never) */
     const char *ckpt_dir;
     bool resume;           /* load ckpt_dir first */
     int die_rank, die_step; /* this rank raises SIGKILL in this step (die_step > 0) */
@@ -262,6 +263,7 @@ static inline lmc_status mlp_train_zero(const struct mlp_cfg *m, const struct ml
         if ((s = lmc_zero_apply(z, &sd, &sn, err))) break;
         if ((s = lmc_zero_sum_f64(z, &loss, 1, err))) break;
         losses[step] = loss / (double)G;
+        if (o->save_before == step + 1 && (s = lmc_zero_save(z, o->ckpt_dir, step + 1, err))) break;
         if (o->save_at == step + 1) {
             if ((s = lmc_zero_save(z, o->ckpt_dir, step + 1, err))) break;
             if (o->params_at_save) s = lmc_zero_params_to_host(z, o->params_at_save, err);

@@ -18,7 +18,9 @@
  * rank (its process died, its socket closed) or no progress within the
  * communicator's timeout fails the call with LMC_ERR_IO and a message
  * naming the rank; the communicator is then broken and every later call
- * fails the same way (callers exit). */
+ * fails the same way. Free it before exiting: the tcp communicator then
+ * tells the other ranks which rank was lost, so their messages name it too
+ * (it waits up to 10 s for them to hang up). */
 #ifndef LMC_COMM_H
 #define LMC_COMM_H
 

@@ -31,6 +31,7 @@
 
 struct tcp_ctx {
     int *fd;            /* (world) socket to each peer; -1 for self */
+    bool broken;        /* an exchange failed: free lingers (see tcp_free) */
 };
 
 struct hello {
@@ -309,6 +310,7 @@ static lmc_status tcp_exchange(struct lmc_xport *t, struct lmc_xfer *x, int n, c
         }
     }
 out:
+    if (ret) tc->broken = true;
     free(pfs);
     free(pmap);
     free(st);
@@ -316,9 +318,44 @@ out:
     return ret;
 }
 
+/* After a failure: half-close every socket (the abort headers already
+ * sent are followed by a FIN) and read until each peer closes too, for at
+ * most 10 s. Closing with unread data would send a reset, and a reset can
+ * make the peer drop the abort header that names the lost rank. */
+static void linger_broken(struct lmc_xport *t) {
+    struct tcp_ctx *tc = t->ctx;
+    int W = t->world;
+    struct pollfd *pf = malloc(sizeof *pf * (size_t)W);
+    int *who = malloc(sizeof *who * (size_t)W);
+    if (!pf || !who) goto out;
+    for (int p = 0; p < W; p++)
+        if (tc->fd[p] >= 0) shutdown(tc->fd[p], SHUT_WR);
+    double deadline = lmc_time_now() + LMC_MIN(t->timeout_s, 10.0);
+    for (;;) {
+        int n = 0;
+        for (int p = 0; p < W; p++)
+            if (tc->fd[p] >= 0) who[n] = p, pf[n++] = (struct pollfd){tc->fd[p], POLLIN, 0};
+        int left = ms_left(deadline);
+        if (n == 0 || left == 0 || poll(pf, (nfds_t)n, left) <= 0) break;
+        for (int i = 0; i < n; i++) {
+            if (!pf[i].revents) continue;
+            char sink[4096];
+            ssize_t r = recv(pf[i].fd, sink, sizeof sink, 0);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK)) {
+                close(pf[i].fd);
+                tc->fd[who[i]] = -1;
+            }
+        }
+    }
+out:
+    free(pf);
+    free(who);
+}
+
 static void tcp_free(struct lmc_xport *t) {
     if (!t) return;
     struct tcp_ctx *tc = t->ctx;
+    if (tc && tc->fd && tc->broken) linger_broken(t);
     if (tc) {
         for (int p = 0; tc->fd && p < t->world; p++)
             if (tc->fd[p] >= 0) close(tc->fd[p]);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SHARD_MAGIC "LMCZSHD1"
@@ -275,7 +276,9 @@ lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_
     size_t data = 3 * (size_t)z->S * sizeof(float);
     float *buf = malloc(data ? data : 4);
     lmc_status s = LMC_OK;
-    if (!buf) s = lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory");
+    if (mkdir(dir, 0755) && errno != EEXIST) /* every rank: the folder may be shared or not */
+        s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot create the checkpoint folder: %s", dir, strerror(errno));
+    else if (!buf) s = lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory");
     if (!s) {
         shard_to_host(z, buf);
         struct shard_header h = {.version = 1, .rank = (uint32_t)z->r, .world = (uint32_t)z->W,
