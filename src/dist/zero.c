@@ -280,6 +280,14 @@ void lmc_zero_unit_range(const struct lmc_zero *z, int u, int64_t *offset, int64
     *numel = z->units[u].n;
 }
 
+/* Device communicators run on their own stream: the backend's queued work
+ * on a buffer must be done before a collective reads it (and before a
+ * released buffer is reused). The backend's stream is not visible here, so
+ * this waits; host communicators need nothing. */
+static void dev_sync(struct lmc_zero *z) {
+    if (z->comm->device_buffers && z->be->sync) z->be->sync(z->be->ctx);
+}
+
 static size_t unit_bytes(const struct lmc_zero *z, int u) {
     return (size_t)z->units[u].s * (size_t)z->W * sizeof(float);
 }
@@ -319,6 +327,7 @@ void lmc_zero_unit_release(struct lmc_zero *z, int u) {
     LMC_ASSERT(u >= 0 && u < z->n_units);
     if (z->stage != 3 || z->W == 1 || !z->gathered[u]) return;
     LMC_ASSERT(z->gather_work[u] == NULL); /* released after use, so waited */
+    dev_sync(z);
     pool_put(&z->ppool, z->gathered[u]);
     z->gathered[u] = NULL;
 }
@@ -367,6 +376,7 @@ lmc_status lmc_zero_unit_grads_done(struct lmc_zero *z, int u, lmc_err *err) {
     const struct lmc_zero_unit *U = &z->units[u];
     struct lmc_comm *c = z->comm;
     if (z->red_work[u]) return lmc_err_set(err, LMC_ERR_ARG, "zero: unit %d's gradients were already done this step", u);
+    dev_sync(z);
     switch (z->stage) {
     case 0:
         return c->iall_reduce(c, z->g_full + U->pa_off, U->n, LMC_DTYPE_F32, LMC_REDUCE_SUM, &z->red_work[u], err);
@@ -456,6 +466,7 @@ lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay
         }
     }
     if ((z->stage == 1 || z->stage == 2) && z->W > 1) {
+        dev_sync(z); /* AdamW's updates before the gathers read them */
         for (int u = 0; u < z->n_units && !s; u++) {
             const struct lmc_zero_unit *U = &z->units[u];
             s = z->comm->iall_gather(z->comm, z->p_full + U->pa_off + (int64_t)z->r * U->s, z->p_full + U->pa_off,
@@ -471,6 +482,7 @@ lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay
     }
     if (z->g_full) be->zero(be->ctx, z->g_full, (size_t)z->PA * sizeof(float));
     if (z->g_sh) be->zero(be->ctx, z->g_sh, (size_t)z->S * sizeof(float));
+    dev_sync(z); /* the next step's gathers read the updated shards */
     return s;
 }
 

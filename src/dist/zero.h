@@ -29,8 +29,10 @@
  *         lmc_zero_unit_release(u); lmc_zero_unit_grads_done(u)
  *     lmc_zero_grad_norm(&norm); clip = lmc_grad_clip_scale(norm, max);
  *     lmc_zero_apply(decay step, no-decay step, both with grad_scale clip)
- * Buffers are backend memory; with device buffers the caller syncs its
- * backend before grads_done/apply. All ranks call in the same order. */
+ * Buffers are backend memory. With a device communicator (nccl) this
+ * module waits for the backend's queued work (be->sync) before a
+ * collective reads a buffer and before a released buffer is reused. All
+ * ranks call in the same order. */
 #ifndef LMC_DIST_ZERO_H
 #define LMC_DIST_ZERO_H
 
