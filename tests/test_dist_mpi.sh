@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # test_dist_mpi.sh — the mpi communicator under mpirun (2 and 4 ranks on
 # this machine, oversubscribed): collectives against serial reductions and
-# ZeRO 0-3 against the one-process run (test_dist --mpi); a rank killed
+# ZeRO 0-3 against the one-process run (test_dist --mpi); `lmc comm-bench`
+# (checked collectives, one process and 3 ranks); a rank killed
 # mid-step ends the job with a non-zero status naming it; ranks started
 # with different batches are refused at start-up. Skipped when mpirun is
 # missing or lmc was built without MPI. Usage: test_dist_mpi.sh PATH/TO/lmc
 set -u
+LMC="$1"
 BIN="$(dirname "$1")/test_dist"
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-skip() { echo "test_dist_mpi: skipped: $1"; exit 0; }
+skip() { echo "test_dist_mpi: skipped: $1 ($pass passed before)"; exit 0; }
+# lmc comm-bench without a launcher: the single communicator's identities
+"$LMC" comm-bench --sizes 1000,7 --iters 2 2>/dev/null | grep -q "comm-bench: ok"; ok $? "comm-bench, one process"
 command -v mpirun >/dev/null 2>&1 || skip "no mpirun (apt-get install openmpi-bin libopenmpi-dev)"
 [ -x "$BIN" ] || skip "no $BIN"
 "$BIN" --mpi >/dev/null 2>&1; [ $? = 77 ] && skip "lmc built without MPI"
@@ -26,6 +30,12 @@ for n in 2 4; do
   grep -q "test_dist --mpi: ok" "$TMP/out"; ok $? "np $n: no ok line: $(tail -5 "$TMP/out")"
   grep "mpi world" "$TMP/out"
 done
+
+# lmc comm-bench under mpirun: checked collectives through lmc_dist_init, on odd sizes
+"${MPIRUN[@]}" -np 3 "$LMC" comm-bench --sizes 1001,65537 --iters 2 >"$TMP/out" 2>&1
+ok $? "mpirun -np 3 lmc comm-bench: $(tail -5 "$TMP/out")"
+grep -q "comm-bench: ok" "$TMP/out"; ok $? "comm-bench: $(cat "$TMP/out")"
+grep -q "mpi communicator, 3 ranks" "$TMP/out"; ok $? "comm-bench did not use mpi: $(cat "$TMP/out")"
 
 # a killed rank: mpirun ends the job non-zero and names the rank
 "${MPIRUN[@]}" -np 3 "$BIN" --mpi-die >"$TMP/out" 2>&1
