@@ -48,9 +48,9 @@ static inline int64_t mlp_layout(const struct mlp_cfg *m, struct lmc_zero_tensor
         int64_t in = m->dims[l], out = m->dims[l + 1];
         snprintf(names[2 * l], 16, "w%d", l);
         snprintf(names[2 * l + 1], 16, "b%d", l);
-        t[2 * l] = (struct lmc_zero_tensor){names[2 * l], off, in * out, l, true};
+        t[2 * l] = (struct lmc_zero_tensor){names[2 * l], off, in * out, l, true, 2, {out, in}};
         off += in * out;
-        t[2 * l + 1] = (struct lmc_zero_tensor){names[2 * l + 1], off, out, l, false};
+        t[2 * l + 1] = (struct lmc_zero_tensor){names[2 * l + 1], off, out, l, false, 1, {out}};
         off += out;
     }
     return off;

@@ -16,6 +16,7 @@
 #include "dist/comm.h"
 #include "dist/zero.h"
 #include "ops/backend.h"
+#include "io/safetensors.h"
 #include "core/core.h"
 
 #include <errno.h>
@@ -274,7 +275,35 @@ static int mpi_main(const char *mode) {
     return code;
 }
 
+/* --make-ckpt DIR: a 2-rank ZeRO-1 run saving after step 10 into DIR (for
+ * test_zero_cli.sh's convert-checkpoint), the parameters then in DIR/params.f32. */
+static int make_ckpt(const char *ck) {
+    if (mkdir(ck, 0755) && errno != EEXIST) return 1;
+    int64_t P = mlp_numel();
+    float *init = malloc(sizeof(float) * (size_t)P);
+    mlp_init(&MLP, init, 42);
+    struct zres *res = mmap(NULL, sizeof *res, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    struct zjob j = {base_run(1), res, init, -1, -1};
+    j.run.save_at = 10;
+    j.run.ckpt_dir = ck;
+    struct spawn_opts so = {.world = 2};
+    int codes[2];
+    spawn(&so, run_zero, &j, ck, codes);
+    char path[600];
+    snprintf(path, sizeof path, "%s/params.f32", ck);
+    FILE *f = fopen(path, "wb");
+    bool ok = !codes[0] && !codes[1] && f && fwrite(res->at_save, sizeof(float), (size_t)P, f) == (size_t)P;
+    if (f) fclose(f);
+    for (int r = 0; r < 2; r++) {
+        snprintf(path, sizeof path, "%s/rank%d.err", ck, r);
+        unlink(path);
+    }
+    free(init);
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 2 && !strcmp(argv[1], "--make-ckpt")) return make_ckpt(argv[2]);
     if (argc > 1) return mpi_main(argv[1]);
     setenv("LMC_DIST_TIMEOUT", "120", 1);
     char tmpl[] = "/tmp/lmc_test_dist_XXXXXX";
@@ -393,6 +422,23 @@ int main(int argc, char **argv) {
             spawn(&s4, run_zero, &j4, dir, codes);
             CHECK_MSG(all_ok(codes, 4), "reshard: %s", slurp(dir, 0));
             CHECK_MSG(rel(res->params, ref, P) <= 1e-6, "reshard params %.3g", rel(res->params, ref, P));
+            /* export: one safetensors file with the tensors' names and shapes */
+            char st_path[700];
+            snprintf(st_path, sizeof st_path, "%s/export.safetensors", dir);
+            CHECK_MSG(lmc_zero_export_safetensors(ck, st_path, &err) == LMC_OK, "%s", err.msg);
+            struct lmc_st st;
+            CHECK(lmc_st_open_file(&st, st_path, &err) == LMC_OK && st.n_tensors == 6);
+            struct lmc_zero_tensor tt[2 * MLP_MAX_L];
+            char tn[2 * MLP_MAX_L][16];
+            mlp_layout(&MLP, tt, tn);
+            for (int k = 0; k < 6; k++) {
+                const struct lmc_st_tensor *e = lmc_st_find(&st, tt[k].name);
+                CHECK_MSG(e && e->dtype == LMC_DTYPE_F32 && e->ndim == tt[k].ndim && e->shape[0] == tt[k].shape[0] &&
+                          e->numel == tt[k].numel &&
+                          !memcmp(e->data, full.at_save + tt[k].offset, sizeof(float) * (size_t)tt[k].numel),
+                          "export tensor %s", tt[k].name);
+            }
+            lmc_st_free(&st);
             /* damaged shards are refused by name */
             snprintf(path, sizeof path, "%s/zero-step%08d-rank%05d.bin", ck, 10, 1);
             FILE *f = fopen(path, "r+b");

@@ -93,6 +93,7 @@ static uint64_t layout_hash(const struct lmc_zero_cfg *cfg) {
         MIX(t->numel);
         MIX(t->unit);
         MIX(t->decay);
+        for (int d = 0; d < t->ndim && d < 4; d++) MIX(t->shape[d]);
     }
 #undef MIX
     return h;
@@ -117,6 +118,13 @@ static lmc_status check_cfg(const struct lmc_zero_cfg *cfg, lmc_err *err) {
             return lmc_err_set(err, LMC_ERR_ARG, "zero: tensor %s has unit %d after unit %d (units are "
                                "numbered 0, 1, ... in arena order)", nm, t->unit, prev);
         if (i == 0 && t->unit != 0) return lmc_err_set(err, LMC_ERR_ARG, "zero: the first unit must be 0");
+        if (t->ndim < 0 || t->ndim > 4) return lmc_err_set(err, LMC_ERR_ARG, "zero: tensor %s has %d dimensions", nm, t->ndim);
+        int64_t prod = 1;
+        for (int d = 0; d < t->ndim; d++)
+            if (!lmc_mul_ok(prod, t->shape[d], &prod)) prod = -1;
+        if (t->ndim > 0 && prod != t->numel)
+            return lmc_err_set(err, LMC_ERR_ARG, "zero: tensor %s: shape gives %lld elements, numel is %lld", nm,
+                               (long long)prod, (long long)t->numel);
         if (!lmc_add_ok(at, t->numel, &at)) return lmc_err_set(err, LMC_ERR_ARG, "zero: arena too large");
     }
     return LMC_OK;

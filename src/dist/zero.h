@@ -44,6 +44,8 @@ struct lmc_zero_tensor {
     int64_t offset, numel; /* elements in the flat arena */
     int unit;              /* units are numbered 0.. in arena order */
     bool decay;            /* AdamW weight decay applies */
+    int ndim;              /* shape for exported checkpoints (0: 1-D, numel) */
+    int64_t shape[4];
 };
 
 struct lmc_zero_cfg {
@@ -122,6 +124,10 @@ lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc
  * caller frees; m and v may be NULL). */
 lmc_status lmc_zero_consolidate(const char *dir, float **params, float **m, float **v, int64_t *numel,
                                 int64_t *step, lmc_err *err);
+
+/* Offline: the checkpoint's parameters as one safetensors file (float32,
+ * the tensors' names and shapes as given to lmc_zero_init). */
+lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err);
 
 /* ---- Memory per rank (bytes) for psi parameters at stage s and world n:
  * the ZeRO paper's mixed-precision figures (2-byte weights and gradients,

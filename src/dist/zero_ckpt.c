@@ -12,6 +12,7 @@
 #include "dist/zero_internal.h"
 #include "core/core.h"
 #include "io/json_util.h"
+#include "io/safetensors.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -65,6 +66,8 @@ static lmc_status layout_for(const int64_t *unit_n, int n_units, int W, int64_t 
 void lmc_zero_manifest_free(struct lmc_zero_manifest *m) {
     if (!m) return;
     free(m->unit_n);
+    for (int i = 0; m->tensors && i < m->n_tensors; i++) free((void *)m->tensors[i].name);
+    free(m->tensors);
     memset(m, 0, sizeof *m);
 }
 
@@ -76,6 +79,61 @@ static lmc_status get_i64(const cJSON *root, const char *key, int64_t lo, int64_
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: \"%s\" is %s, expected an integer in [%lld, %lld]", path,
                            key, lmc_json_kind(v), (long long)lo, (long long)hi);
     *out = (int64_t)v->valuedouble;
+    return LMC_OK;
+}
+
+/* The optional "tensors" list: names, contiguous ranges covering the
+ * arena, shapes whose product is the numel. */
+static lmc_status parse_tensors(const cJSON *arr, int64_t numel, const char *path, struct lmc_zero_manifest *m,
+                                lmc_err *err) {
+    if (!arr) return LMC_OK;
+    int n = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : -1;
+    if (n < 0 || n > (1 << 20))
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: \"tensors\" is %s, expected an array", path, lmc_json_kind(arr));
+    if (n == 0) return LMC_OK;
+    m->tensors = calloc((size_t)n, sizeof *m->tensors);
+    if (!m->tensors) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *o = cJSON_GetArrayItem(arr, i);
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
+        const cJSON *shape = cJSON_GetObjectItemCaseSensitive(o, "shape");
+        struct lmc_zero_tensor *t = &m->tensors[i];
+        char where[64];
+        snprintf(where, sizeof where, "tensors[%d]", i);
+        if (!cJSON_IsObject(o) || !cJSON_IsString(name) || !name->valuestring[0] || strlen(name->valuestring) > 255)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s needs a \"name\" of 1 to 255 characters", path, where);
+        if (!(t->name = strdup(name->valuestring))) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
+        m->n_tensors = i + 1;
+        int64_t unit;
+        lmc_status s;
+        if ((s = get_i64(o, "offset", 0, numel, &t->offset, path, err)) ||
+            (s = get_i64(o, "numel", 1, numel, &t->numel, path, err)) ||
+            (s = get_i64(o, "unit", 0, 1 << 20, &unit, path, err)))
+            return lmc_err_prefix(err, "%s: ", where);
+        t->unit = (int)unit;
+        t->decay = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "decay"));
+        if (t->offset != at || t->numel > numel - at)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s (%s) covers [%lld, +%lld); expected offset %lld within "
+                               "%lld parameters", path, where, t->name, (long long)t->offset, (long long)t->numel,
+                               (long long)at, (long long)numel);
+        at += t->numel;
+        int nd = cJSON_IsArray(shape) ? cJSON_GetArraySize(shape) : 0;
+        int64_t prod = 1;
+        for (int d = 0; d < nd && d < 4; d++) {
+            const cJSON *v = cJSON_GetArrayItem(shape, d);
+            if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > (double)numel) prod = -1;
+            else t->shape[d] = (int64_t)v->valuedouble;
+            if (prod > 0 && !lmc_mul_ok(prod, t->shape[d], &prod)) prod = -1;
+        }
+        if (nd < 1 || nd > 4 || prod != t->numel)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s (%s): \"shape\" must list 1 to 4 sizes whose product "
+                               "is its numel %lld", path, where, t->name, (long long)t->numel);
+        t->ndim = nd;
+    }
+    if (at != numel)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: the tensors cover %lld of %lld parameters", path, (long long)at,
+                           (long long)numel);
     return LMC_OK;
 }
 
@@ -139,6 +197,7 @@ lmc_status lmc_zero_manifest_parse(const char *text, size_t len, const char *pat
                         (long long)total, (long long)numel);
         goto out;
     }
+    if ((s = parse_tensors(cJSON_GetObjectItemCaseSensitive(root, "tensors"), numel, path, m, err))) goto out;
     m->n_units = n;
     m->world = (int)world;
     m->stage = (int)stage;
@@ -312,6 +371,11 @@ lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_
             cJSON_AddNumberToObject(o, "numel", (double)z->tensors[t].numel);
             cJSON_AddNumberToObject(o, "unit", z->tensors[t].unit);
             cJSON_AddBoolToObject(o, "decay", z->tensors[t].decay);
+            cJSON *shape = cJSON_CreateArray();
+            if (z->tensors[t].ndim == 0) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)z->tensors[t].numel));
+            for (int d = 0; d < z->tensors[t].ndim; d++)
+                cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)z->tensors[t].shape[d]));
+            cJSON_AddItemToObject(o, "shape", shape);
             cJSON_AddItemToArray(tensors, o);
         }
         for (int q = 0; q < z->W; q++) {
@@ -451,6 +515,41 @@ lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc
     }
 out:
     if (!s) *step = man.step;
+    lmc_zero_manifest_free(&man);
+    return s;
+}
+
+lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err) {
+    struct lmc_zero_manifest man;
+    lmc_status s = read_manifest(dir, &man, err);
+    if (s) return s;
+    float *P = NULL;
+    int64_t numel = 0, step = 0;
+    struct lmc_st_write_tensor *wt = NULL;
+    if (man.n_tensors == 0) {
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s/%s lists no tensors: nothing to name in an export", dir, MANIFEST);
+        goto out;
+    }
+    if ((s = lmc_zero_consolidate(dir, &P, NULL, NULL, &numel, &step, err))) goto out;
+    if (!(wt = calloc((size_t)man.n_tensors, sizeof *wt))) {
+        s = lmc_err_set(err, LMC_ERR_OOM, "zero export: out of memory");
+        goto out;
+    }
+    for (int i = 0; i < man.n_tensors; i++) {
+        const struct lmc_zero_tensor *t = &man.tensors[i];
+        wt[i].name = t->name;
+        wt[i].dtype = LMC_DTYPE_F32;
+        wt[i].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) wt[i].shape[d] = t->shape[d];
+        wt[i].data = P + t->offset;
+    }
+    char stepbuf[32];
+    snprintf(stepbuf, sizeof stepbuf, "%lld", (long long)step);
+    const char *meta[] = {"format", "pt", "lmc_zero_step", stepbuf};
+    s = lmc_st_write(out_path, wt, man.n_tensors, meta, 2, err);
+out:
+    free(wt);
+    free(P);
     lmc_zero_manifest_free(&man);
     return s;
 }

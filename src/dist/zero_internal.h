@@ -55,6 +55,8 @@ struct lmc_zero_manifest {
     int64_t step, numel;
     uint64_t layout_hash;
     int64_t *unit_n;  /* (n_units) */
+    int n_tensors;    /* 0 when the manifest lists none */
+    struct lmc_zero_tensor *tensors; /* names owned (freed with the manifest) */
 };
 /* Parses manifest text (path names it in errors); frees nothing on failure. */
 lmc_status lmc_zero_manifest_parse(const char *text, size_t len, const char *path, struct lmc_zero_manifest *m,
