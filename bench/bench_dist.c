@@ -54,7 +54,9 @@ static int bench_rank(struct lmc_comm *c, int rank, void *arg) {
     struct mlp_run o = j->run;
     double *losses = calloc((size_t)o.steps, sizeof(double));
     struct lmc_zero_stats st;
+    o.log_memory = getenv("LMC_BENCH_LOG_MEMORY") != NULL;
     struct mlp_run warm = o;
+    warm.log_memory = false;
     warm.steps = 2;
     lmc_status s = mlp_train_zero(&BM, &warm, c, &be, j->init, losses, NULL, NULL, &err);
     c->barrier(c, &err);

@@ -40,6 +40,7 @@ struct mlp_run {
     int die_signal;         /* 0: SIGKILL; SIGSTOP: the rank stalls instead */
     const char *desc_extra; /* appended to the start-up config check */
     float *params_at_save;  /* if set: the full parameters when saving */
+    bool log_memory;        /* lmc_zero_log_memory at the end */
 };
 
 static inline int64_t mlp_layout(const struct mlp_cfg *m, struct lmc_zero_tensor *t, char names[][16]) {
@@ -272,6 +273,7 @@ static inline lmc_status mlp_train_zero(const struct mlp_cfg *m, const struct ml
     mlp_acts_free(m, &A);
     if (!s && final) s = lmc_zero_params_to_host(z, final, err);
     if (stats) lmc_zero_get_stats(z, stats);
+    if (o->log_memory) lmc_zero_log_memory(z);
 out:
     lmc_zero_free(z);
     return s;

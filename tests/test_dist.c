@@ -335,9 +335,14 @@ int main(int argc, char **argv) {
         for (int stage = 0; stage <= 3; stage++) {
             memset(res, 0, sizeof *res);
             struct zjob j = {base_run(stage), res, init, -1, -1};
+            j.run.log_memory = true;
             struct spawn_opts so = {.world = W};
             spawn(&so, run_zero, &j, dir, codes);
             CHECK_MSG(all_ok(codes, W), "zero stage %d world %d: %s", stage, W, slurp(dir, 0));
+            char logline[64];
+            snprintf(logline, sizeof logline, "zero-%d on %d rank%s: state", stage, W, W == 1 ? "" : "s");
+            CHECK_MSG(strstr(slurp(dir, 0), logline) && (W == 1 || !strstr(slurp(dir, 1), logline)),
+                      "memory log on rank 0 only: %s", slurp(dir, 0));
             double dl = 0;
             for (int k = 0; k < STEPS; k++) dl = fmax(dl, fabs(res->losses[k] - rl[k]) / fabs(rl[k]));
             double dp = rel(res->params, ref, P);

@@ -513,6 +513,22 @@ void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st) {
     st->shard_numel = z->S;
 }
 
+void lmc_zero_log_memory(const struct lmc_zero *z) {
+    struct lmc_zero_mem f;
+    lmc_zero_mem_fp32(z->stage, z->W, z->numel, &f);
+    long hwm = -1;
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    while (fp && fgets(line, sizeof line, fp))
+        if (!strncmp(line, "VmHWM:", 6)) hwm = strtol(line + 6, NULL, 10);
+    if (fp) fclose(fp);
+    const double M = 1048576.0;
+    lmc_dist_log(z->comm, 1, "zero-%d on %d rank%s: state %.1f MiB (peak %.1f; formula %.1f + %.1f of unit buffers), "
+                 "peak RSS %.1f MiB", z->stage, z->W, z->W == 1 ? "" : "s", (double)z->bytes_now / M,
+                 (double)z->bytes_peak / M, f.total / M,
+                 (double)(z->ppool.n + z->gpool.n) * (double)z->slot_bytes / M, hwm >= 0 ? (double)hwm / 1024.0 : -1.0);
+}
+
 void lmc_zero_mem_mixed(int stage, int world, int64_t psi, struct lmc_zero_mem *m) {
     double P = (double)psi, N = world > 0 ? world : 1;
     m->weights = stage >= 3 ? 2 * P / N : 2 * P;

@@ -108,6 +108,9 @@ lmc_status lmc_zero_sum_f64(struct lmc_zero *z, double *vals, int n, lmc_err *er
 lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err);
 
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st);
+/* Logs on rank 0: this rank's ZeRO state (now, peak) against the fp32
+ * formula, and its peak resident set (VmHWM) where /proc tells it. */
+void lmc_zero_log_memory(const struct lmc_zero *z);
 
 /* ---- Sharded checkpoints (zero_ckpt.c). Each rank writes its shard of
  * parameters and AdamW moments (the same layout whatever the stage) to
