@@ -36,7 +36,16 @@ static void fill(float *x, int64_t n, int rank, int salt) {
     for (int64_t i = 0; i < n; i++) x[i] = test_rand(&s);
 }
 
-static int check_collectives(struct lmc_comm *c) {
+/* Reductions in the fixed rank order are exact to the serial sum; MPI's
+ * own (mpi-native) only close to it. */
+static bool same(const float *a, const float *b, int64_t n, bool exact) {
+    if (exact) return !memcmp(a, b, sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++)
+        if (fabsf(a[i] - b[i]) > 1e-5f * fmaxf(1.0f, fabsf(b[i]))) return false;
+    return true;
+}
+
+static int check_collectives(struct lmc_comm *c, bool exact) {
     int W = c->world, me = c->rank, bad = 0;
     lmc_err err = {0};
     const int64_t sizes[] = {1, 7, 1001, 65537 + 3};
@@ -53,7 +62,7 @@ static int check_collectives(struct lmc_comm *c) {
             for (int64_t i = 0; i < n; i++) want[i] = p ? want[i] + in[i] : in[i];
         }
         if (c->all_reduce(c, x, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, &err)) bad++, fprintf(stderr, "%s\n", err.msg);
-        if (memcmp(x, want, sizeof(float) * (size_t)n)) bad++, fprintf(stderr, "rank %d: all_reduce n=%lld differs\n", me, (long long)n);
+        if (!same(x, want, n, exact)) bad++, fprintf(stderr, "rank %d: all_reduce n=%lld differs\n", me, (long long)n);
         for (int p = 0; p < W; p++) { /* float64 sums of the first 41 elements */
             fill(in, n, p, (int)k);
             for (int64_t i = 0; i < n && i <= 40; i++) ref64[i] = (p ? ref64[i] : 0) + in[i];
@@ -68,7 +77,7 @@ static int check_collectives(struct lmc_comm *c) {
             fill(in, n, p, (int)k);
             for (int64_t i = 0; i < n; i++) want[i] = p && want[i] > in[i] ? want[i] : in[i];
         }
-        if (memcmp(out, want, sizeof(float) * (size_t)n)) bad++, fprintf(stderr, "all_reduce MAX differs\n");
+        if (!same(out, want, n, true)) bad++, fprintf(stderr, "all_reduce MAX differs\n");
         memset(want, 0, sizeof(float) * (size_t)n);
         for (int p = 0; p < W; p++) {
             fill(in, n, p, (int)k);
@@ -85,8 +94,7 @@ static int check_collectives(struct lmc_comm *c) {
             fill(in, n * W, p, (int)k + 50);
             for (int64_t i = 0; i < n; i++) want[i] = p ? want[i] + in[(int64_t)me * n + i] : in[(int64_t)me * n + i];
         }
-        if (c->reduce_scatter(c, x, out, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, &err) ||
-            memcmp(out, want, sizeof(float) * (size_t)n))
+        if (c->reduce_scatter(c, x, out, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, &err) || !same(out, want, n, exact))
             bad++, fprintf(stderr, "rank %d: reduce_scatter n=%lld differs\n", me, (long long)n);
         /* all_gather and async overlap: gather, then an all-reduce started
          * before waiting on the gather */
@@ -130,7 +138,7 @@ static int check_collectives(struct lmc_comm *c) {
 
 static int run_collectives(struct lmc_comm *c, int rank, void *arg) {
     (void)rank, (void)arg;
-    return check_collectives(c) ? 1 : 0;
+    return check_collectives(c, true) ? 1 : 0;
 }
 
 /* Shared (mmap'd) results of a ZeRO run. */
@@ -225,7 +233,8 @@ static int mpi_main(const char *mode) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    if (strcmp(c.name, "mpi") || c.world < 2) {
+    bool native = !strcmp(c.name, "mpi-native"); /* LMC_DIST_MPI_NATIVE=1: MPI's own reduction order */
+    if ((strcmp(c.name, "mpi") && !native) || c.world < 2) {
         fprintf(stderr, "test_dist %s: lmc_dist_init gave %s with world %d under mpirun\n", mode, c.name, c.world);
         return 1;
     }
@@ -238,7 +247,7 @@ static int mpi_main(const char *mode) {
     lmc_backend_cpu_init(&be, 1, &err);
     int bad = 0;
     if (!strcmp(mode, "--mpi")) {
-        bad += check_collectives(&c);
+        bad += check_collectives(&c, !native);
         struct mlp_run o = base_run(0);
         mlp_train_ref(&MLP, &o, init, rl, ref);
         for (int stage = 0; stage <= 3; stage++) {
@@ -253,8 +262,9 @@ static int mpi_main(const char *mode) {
             double dp = rel(fin, ref, P);
             if (dl > 1e-6 || dp > 1e-6) bad++;
             if (stage == 0) memcpy(fin0, fin, sizeof(float) * (size_t)P);
-            else if (memcmp(fin, fin0, sizeof(float) * (size_t)P)) bad++;
-            if (c.rank == 0) printf("mpi world %d stage %d: loss rel %.2e, params rel %.2e\n", c.world, stage, dl, dp);
+            else if (!native && memcmp(fin, fin0, sizeof(float) * (size_t)P)) bad++;
+            if (c.rank == 0)
+                printf("%s world %d stage %d: loss rel %.2e, params rel %.2e\n", c.name, c.world, stage, dl, dp);
         }
     } else {
         struct mlp_run o = base_run(2);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_dist_mpi.sh — the mpi communicator under mpirun (2 and 4 ranks on
 # this machine, oversubscribed): collectives against serial reductions and
-# ZeRO 0-3 against the one-process run (test_dist --mpi); `lmc comm-bench`
+# ZeRO 0-3 against the one-process run (test_dist --mpi), also with MPI's
+# own collectives (LMC_DIST_MPI_NATIVE=1); `lmc comm-bench`
 # (checked collectives, one process and 3 ranks); a rank killed
 # mid-step ends the job with a non-zero status naming it; ranks started
 # with different batches are refused at start-up. Skipped when mpirun is
@@ -30,6 +31,13 @@ for n in 2 4; do
   grep -q "test_dist --mpi: ok" "$TMP/out"; ok $? "np $n: no ok line: $(tail -5 "$TMP/out")"
   grep "mpi world" "$TMP/out"
 done
+
+# MPI's own collectives (LMC_DIST_MPI_NATIVE=1): the same checks within
+# 1e-6 (their order of the sums is MPI's, so stages need not match bitwise)
+LMC_DIST_MPI_NATIVE=1 "${MPIRUN[@]}" -x LMC_DIST_MPI_NATIVE -np 3 "$BIN" --mpi >"$TMP/out" 2>&1
+ok $? "native: mpirun -np 3 test_dist --mpi: $(tail -20 "$TMP/out")"
+grep -q "mpi-native world 3 stage 3" "$TMP/out"; ok $? "native: not used: $(tail -5 "$TMP/out")"
+grep "mpi-native world" "$TMP/out" | tail -1
 
 # lmc comm-bench under mpirun: checked collectives through lmc_dist_init, on odd sizes
 "${MPIRUN[@]}" -np 3 "$LMC" comm-bench --sizes 1001,65537 --iters 2 >"$TMP/out" 2>&1

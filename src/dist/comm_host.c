@@ -158,6 +158,14 @@ static lmc_status run_work(struct host_ctx *h, struct lmc_comm_work *w, lmc_err 
     int me = t->rank, W = t->world, n = 0;
     const char *what = work_names[w->kind];
     size_t es = w->kind <= W_ALL_GATHER ? (size_t)lmc_dtype_size(w->dtype) : 1;
+    lmc_status ns = LMC_ERR_UNSUPPORTED;
+    if (w->kind == W_ALL_REDUCE && t->native_all_reduce)
+        ns = t->native_all_reduce(t, w->buf, w->count, w->dtype, w->op, err);
+    else if (w->kind == W_REDUCE_SCATTER && t->native_reduce_scatter)
+        ns = t->native_reduce_scatter(t, w->sbuf, w->buf, w->count, w->dtype, w->op, err);
+    else if (w->kind == W_ALL_GATHER && t->native_all_gather)
+        ns = t->native_all_gather(t, w->sbuf, w->buf, w->count, w->dtype, err);
+    if (ns != LMC_ERR_UNSUPPORTED) return ns;
     switch (w->kind) {
     case W_ALL_REDUCE: {
         parts_balanced(h, w->count);

@@ -28,6 +28,16 @@ struct lmc_xport {
     lmc_status (*exchange)(struct lmc_xport *t, struct lmc_xfer *x, int n, const char *what,
                            lmc_err *err);
     void (*free)(struct lmc_xport *t);
+    /* Optional (mpi with LMC_DIST_MPI_NATIVE=1): the transport's own
+     * collectives, whose reduction order it picks. Each returns
+     * LMC_ERR_UNSUPPORTED for a case it leaves to comm_host.c (then
+     * nothing was communicated). */
+    lmc_status (*native_all_reduce)(struct lmc_xport *t, void *buf, int64_t count, enum lmc_dtype dt,
+                                    enum lmc_reduce_op op, lmc_err *err);
+    lmc_status (*native_reduce_scatter)(struct lmc_xport *t, const void *send, void *recv, int64_t count,
+                                        enum lmc_dtype dt, enum lmc_reduce_op op, lmc_err *err);
+    lmc_status (*native_all_gather)(struct lmc_xport *t, const void *send, void *recv, int64_t count,
+                                    enum lmc_dtype dt, lmc_err *err);
 };
 
 /* Makes c a communicator over t (owned by c from here on, freed by c->free,
