@@ -5,7 +5,8 @@
 # from --params or a model folder. `lmc convert-checkpoint`: a 2-rank
 # sharded checkpoint (made by test_dist --make-ckpt) becomes
 # model.safetensors holding the parameters at the save, bit for bit, plus
-# the folder's config.json. Bad values fail cleanly.
+# the folder's config.json. `lmc comm-bench` over tcp from torchrun-style
+# variables; `lmc train` under a launcher refused. Bad values fail cleanly.
 # Usage: test_zero_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -41,5 +42,22 @@ tail -c 2076 "$TMP/out/model.safetensors" | cmp -s - "$TMP/ck/params.f32"; ok $?
 grep -q '"w0":{"dtype":"F32","shape":\[17,13\]' "$TMP/out/model.safetensors"; ok $? "w0's shape"
 "$LMC" convert-checkpoint "$TMP/nothing" -o "$TMP/out2" 2>"$TMP/err"; [ $? = 1 ]; ok $? "missing checkpoint: exit 1"
 grep -q "zero-manifest.json" "$TMP/err"; ok $? "missing manifest not named: $(cat "$TMP/err")"
+# torchrun-style variables: two lmc comm-bench processes meet at
+# MASTER_ADDR:MASTER_PORT over tcp (a free port from the OS; tried again
+# with another one if it was taken meanwhile)
+for try in 1 2 3; do
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=30 \
+    "$LMC" comm-bench --sizes 1001,7 --iters 2 >"$TMP/r1" 2>&1 &
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=30 \
+    "$LMC" comm-bench --sizes 1001,7 --iters 2 >"$TMP/r0" 2>&1
+  rc0=$?; wait $!; rc1=$?
+  grep -q "cannot listen" "$TMP/r0" || break
+done
+[ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "torchrun-style comm-bench: $(cat "$TMP/r0" "$TMP/r1")"
+grep -q "tcp communicator, 2 ranks" "$TMP/r0" && grep -q "comm-bench: ok" "$TMP/r0"; ok $? "tcp comm-bench: $(cat "$TMP/r0")"
+# lmc train under a launcher is refused until the trainer is wired
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "$LMC" train --data "$TMP/none" -o "$TMP/o" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "rank 1 of 2; distributed training is not wired" "$TMP/err"; ok $? "lmc train under torchrun: $(cat "$TMP/err")"
 echo "test_zero_cli: $pass passed, $fail failed"
 [ $fail = 0 ]
