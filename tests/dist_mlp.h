@@ -41,6 +41,7 @@ struct mlp_run {
     const char *desc_extra; /* appended to the start-up config check */
     float *params_at_save;  /* if set: the full parameters when saving */
     bool log_memory;        /* lmc_zero_log_memory at the end */
+    bool init_on_host;      /* lmc_zero_cfg.init_on_host */
 };
 
 static inline int64_t mlp_layout(const struct mlp_cfg *m, struct lmc_zero_tensor *t, char names[][16]) {
@@ -215,7 +216,7 @@ static inline lmc_status mlp_train_zero(const struct mlp_cfg *m, const struct ml
              o->max_norm, o->desc_extra ? o->desc_extra : "");
     lmc_status s = c->device_buffers ? LMC_OK : lmc_dist_check_same(c, "training configuration", desc, err);
     if (s) return s;
-    struct lmc_zero_cfg zc = {o->stage, t, 2 * m->L};
+    struct lmc_zero_cfg zc = {o->stage, t, 2 * m->L, o->init_on_host};
     struct lmc_zero *z;
     if ((s = lmc_zero_init(&z, &zc, c, be, init, err))) return s;
     int64_t start = 0;

@@ -232,19 +232,19 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
      * (backend memory to backend memory through a host bounce of one unit) */
     for (int u = 0; u < z->n_units; u++) {
         const struct lmc_zero_unit *U = &z->units[u];
-        float *host = malloc((size_t)U->n * sizeof(float));
+        float *host = cfg->init_on_host ? (float *)(init_params + U->off) : malloc((size_t)U->n * sizeof(float));
         if (!host) {
             s = lmc_err_set(err, LMC_ERR_OOM, "zero: out of memory");
             goto fail;
         }
-        be->download(ctx, host, init_params + U->off, (size_t)U->n * sizeof(float));
+        if (!cfg->init_on_host) be->download(ctx, host, init_params + U->off, (size_t)U->n * sizeof(float));
         if (z->stage <= 2) {
             be->upload(ctx, z->p_full + U->pa_off, host, (size_t)U->n * sizeof(float));
         } else {
             int64_t k = lmc_zero_real(U, z->r);
             if (k > 0) be->upload(ctx, z->p_sh + U->sh_off, host + (int64_t)z->r * U->s, (size_t)k * sizeof(float));
         }
-        free(host);
+        if (!cfg->init_on_host) free(host);
     }
     if ((s = check_same_everywhere(z, err))) goto fail;
     *out = z;

@@ -52,6 +52,8 @@ struct lmc_zero_cfg {
     int stage;             /* 0..3 */
     const struct lmc_zero_tensor *tensors;
     int n_tensors;         /* in arena order, covering [0, numel) without gaps */
+    bool init_on_host;     /* init_params is host memory (e.g. memory-mapped
+                            * weights): a GPU never holds the full model */
 };
 
 struct lmc_zero_stats {
@@ -61,8 +63,9 @@ struct lmc_zero_stats {
 
 struct lmc_zero;
 
-/* Sets up the sharded state; init_params (backend memory, the full arena,
- * the same on every rank) is copied: the caller may free it after. Checks
+/* Sets up the sharded state; init_params (the full arena, the same on
+ * every rank; backend memory, or host memory with cfg->init_on_host) is
+ * copied: the caller may free it after. Checks
  * that all ranks have the same tensor list and stage (refused otherwise). */
 lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, struct lmc_comm *comm,
                          struct lmc_backend *be, const float *init_params, lmc_err *err);
