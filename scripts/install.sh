@@ -3,7 +3,7 @@
 # are missing and builds lmc into build/ (warnings as errors). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="build-essential cmake pkg-config libopenblas-dev libcjson-dev libpcre2-dev libcivetweb-dev"
+PKGS="build-essential cmake pkg-config libopenblas-dev libcjson-dev libpcre2-dev libcivetweb-dev libopenmpi-dev openmpi-bin"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

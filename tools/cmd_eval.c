@@ -2,6 +2,7 @@
  * sliding window) and `lmc info` (architecture, parameters, dtypes, memory
  * for a context). */
 #include "cli.h"
+#include "dist/zero.h"
 #include "core/core.h"
 
 #include <math.h>
@@ -146,9 +147,44 @@ static const char *rope_name(enum lmc_rope_type t) {
     return (unsigned)t < 5 ? names[t] : "?";
 }
 
+/* The per-rank training memory of --zero S --world N (zero.h's formulas). */
+static void print_zero_mem(int stage, int world, int64_t psi, bool json) {
+    struct lmc_zero_mem mx, f;
+    lmc_zero_mem_mixed(stage, world, psi, &mx);
+    lmc_zero_mem_fp32(stage, world, psi, &f);
+    if (json) {
+        printf("{\"zero_stage\":%d,\"world\":%d,\"parameters\":%lld,\"mixed\":{\"weights\":%.0f,\"grads\":%.0f,"
+               "\"optimizer\":%.0f,\"total\":%.0f},\"fp32\":{\"weights\":%.0f,\"grads\":%.0f,\"optimizer\":%.0f,"
+               "\"total\":%.0f}}\n", stage, world, (long long)psi, mx.weights, mx.grads, mx.optimizer, mx.total,
+               f.weights, f.grads, f.optimizer, f.total);
+        return;
+    }
+    const double M = 1048576.0;
+    printf("ZeRO-%d, %d rank%s, %lld parameters: per rank (activations not included: ZeRO does not shard them)\n",
+           stage, world, world == 1 ? "" : "s", (long long)psi);
+    printf("  mixed precision (bf16 weights+grads, fp32 master+Adam): weights %.1f MiB, grads %.1f MiB, "
+           "optimizer %.1f MiB, total %.1f MiB\n", mx.weights / M, mx.grads / M, mx.optimizer / M, mx.total / M);
+    printf("  fp32 (lmc's ZeRO layout today):                        weights %.1f MiB, grads %.1f MiB, "
+           "optimizer %.1f MiB, total %.1f MiB\n", f.weights / M, f.grads / M, f.optimizer / M, f.total / M);
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
+    int64_t zero = -1, world = 1, params = 0;
     for (int i = 1; i < argc; i++) {
+        if ((!strcmp(argv[i], "--zero") || !strcmp(argv[i], "--world") || !strcmp(argv[i], "--params")) &&
+            i + 1 < argc) {
+            const char *o = argv[i++];
+            bool ok = !strcmp(o, "--zero")    ? cli_parse_i64(argv[i], 0, 3, &zero)
+                      : !strcmp(o, "--world") ? cli_parse_i64(argv[i], 1, 1 << 20, &world)
+                                              : cli_parse_i64(argv[i], 1, INT64_C(1) << 50, &params);
+            if (!ok) {
+                fprintf(stderr, "lmc info: bad value for %s: '%s' (--zero 0..3, --world >= 1, --params >= 1)\n", o,
+                        argv[i]);
+                return 2;
+            }
+            continue;
+        }
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r == 0) {
@@ -156,8 +192,25 @@ int cmd_info(int argc, char **argv) {
             return 2;
         }
     }
+    if (zero < 0 && (world != 1 || params)) {
+        fprintf(stderr, "lmc info: --world and --params go with --zero S\n");
+        return 2;
+    }
+    if (zero >= 0 && !c.model_dir) {
+        if (!params) {
+            fprintf(stderr, "lmc info: --zero needs -m DIR or --params N\n");
+            return 2;
+        }
+        print_zero_mem((int)zero, (int)world, params, c.json);
+        return 0;
+    }
     struct cli_model cm;
     if (cli_open(&cm, &c, true)) return 1;
+    if (zero >= 0) {
+        print_zero_mem((int)zero, (int)world, params ? params : cm.model.n_params, c.json);
+        cli_close(&cm);
+        return 0;
+    }
     const struct lmc_model *m = &cm.model;
     const struct lmc_config *k = &m->cfg;
     int64_t ctx = cli_ctx(&c, m);

@@ -7,6 +7,7 @@
  * bit-exactly (on the same device, precision and thread count). */
 #include "cli.h"
 #include "core/core.h"
+#include "dist/comm.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -59,6 +60,19 @@ static int read_model_json(const char *path, struct lmc_config *c) {
 static bool is_tty(void) { return isatty(2); }
 
 int cmd_train(int argc, char **argv) {
+    /* several processes would each train the same model into the same
+     * folder: refuse until the trainer calls src/dist (README:
+     * "Distributed training") */
+    struct lmc_dist_env denv;
+    lmc_err derr = {0};
+    if (lmc_dist_env_parse(&denv, NULL, NULL, &derr) || denv.world > 1) {
+        if (denv.world > 1)
+            fprintf(stderr, "lmc train: started as rank %d of %d; distributed training is not wired into the "
+                    "trainer yet: run one process\n", denv.rank, denv.world);
+        else
+            fprintf(stderr, "lmc train: %s\n", derr.msg);
+        return 2;
+    }
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;

@@ -15,7 +15,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "tokenize -m DIR --text TEXT [--add-special]     print ids as JSON"},
     {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
     {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N]  perplexity"},
-    {"info", cmd_info, "info -m DIR [--ctx N]                           model summary"},
+    {"info", cmd_info, "info -m DIR [--ctx N] [--zero S --world N]      model summary; ZeRO memory per rank"},
     {"serve", cmd_serve, "serve -m DIR [--host H] [--port P] [--api-key K] ...  OpenAI-compatible HTTP server"},
     {"bench-serve", cmd_bench_serve, "bench-serve --url URL [--concurrency C] [--requests N] ...  load a server"},
     {"parity", cmd_parity, "parity DIR [--dtype fp32|bf16] [--json]         check against references"},
@@ -23,6 +23,8 @@ static const struct {
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
     {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
+    {"convert-checkpoint", cmd_convert_checkpoint, "convert-checkpoint CKPT -o OUT                  sharded ZeRO checkpoint -> model.safetensors"},
+    {"comm-bench", cmd_comm_bench, "comm-bench [--sizes N,N] [--iters K] [--device cpu|cuda]  check and time the collectives (mpirun/torchrun)"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 

@@ -1,6 +1,7 @@
 /* comm_single.c — the world-size-1 communicator: every collective over one
  * rank is the identity (in place) or a copy (out of place). Host memory. */
 #include "dist/comm.h"
+#include "core/core.h"
 
 #include <string.h>
 
@@ -44,6 +45,46 @@ static lmc_status single_barrier(struct lmc_comm *c, lmc_err *err) {
     return LMC_OK;
 }
 
+static lmc_status single_p2p(struct lmc_comm *c, int peer, lmc_err *err) {
+    (void)c;
+    return lmc_err_set(err, LMC_ERR_ARG, "comm: send/recv with peer %d in a world of 1", peer);
+}
+static lmc_status single_send(struct lmc_comm *c, const void *buf, size_t bytes, int peer,
+                              lmc_err *err) {
+    (void)buf, (void)bytes;
+    return single_p2p(c, peer, err);
+}
+static lmc_status single_recv(struct lmc_comm *c, void *buf, size_t bytes, int peer, lmc_err *err) {
+    (void)buf, (void)bytes;
+    return single_p2p(c, peer, err);
+}
+
+/* Async forms complete at start: the work handle is NULL. */
+static lmc_status single_iall_reduce(struct lmc_comm *c, void *buf, int64_t count,
+                                     enum lmc_dtype dtype, enum lmc_reduce_op op,
+                                     struct lmc_comm_work **w, lmc_err *err) {
+    *w = NULL;
+    return single_all_reduce(c, buf, count, dtype, op, err);
+}
+static lmc_status single_ireduce_scatter(struct lmc_comm *c, const void *send, void *recv,
+                                         int64_t count, enum lmc_dtype dtype,
+                                         enum lmc_reduce_op op, struct lmc_comm_work **w,
+                                         lmc_err *err) {
+    *w = NULL;
+    return single_reduce_scatter(c, send, recv, count, dtype, op, err);
+}
+static lmc_status single_iall_gather(struct lmc_comm *c, const void *send, void *recv,
+                                     int64_t count, enum lmc_dtype dtype,
+                                     struct lmc_comm_work **w, lmc_err *err) {
+    *w = NULL;
+    return single_all_gather(c, send, recv, count, dtype, err);
+}
+static lmc_status single_wait(struct lmc_comm *c, struct lmc_comm_work *w, lmc_err *err) {
+    (void)c, (void)err;
+    LMC_ASSERT(w == NULL);
+    return LMC_OK;
+}
+
 static void single_free(struct lmc_comm *c) { memset(c, 0, sizeof *c); }
 
 void lmc_comm_single_init(struct lmc_comm *c) {
@@ -56,5 +97,11 @@ void lmc_comm_single_init(struct lmc_comm *c) {
     c->all_gather = single_all_gather;
     c->reduce_scatter = single_reduce_scatter;
     c->barrier = single_barrier;
+    c->send = single_send;
+    c->recv = single_recv;
+    c->iall_reduce = single_iall_reduce;
+    c->ireduce_scatter = single_ireduce_scatter;
+    c->iall_gather = single_iall_gather;
+    c->wait = single_wait;
     c->free = single_free;
 }

@@ -1,0 +1,149 @@
+/* zero.h — data-parallel training state sharded ZeRO-style over a
+ * communicator: parameters, gradients and AdamW moments of a model whose
+ * float32 parameters form one flat arena described by a tensor list.
+ *
+ *   stage 0  every rank holds everything; gradients are all-reduced;
+ *   stage 1  AdamW moments sharded: gradients reduce-scattered, AdamW on
+ *            this rank's shard, parameters all-gathered;
+ *   stage 2  gradients sharded too: each unit's (layer's) gradient is
+ *            reduce-scattered as soon as its backward ends and its full
+ *            buffer freed (at most two units' full gradients exist);
+ *   stage 3  parameters sharded too: a unit's parameters are all-gathered
+ *            before use and freed after (prefetch starts the next one's).
+ *
+ * Tensors are grouped into units (a layer, the embeddings...); a unit is a
+ * contiguous range of the arena. Each unit is split into `world` equal
+ * parts (its length padded with zeros to a multiple of world); rank r owns
+ * part r of every unit, and its shard is those parts one after another.
+ * Every stage reduces in the communicator's fixed order, partitions the
+ * gradient norm by the same shards and runs AdamW element by element, so
+ * stages 0-3 at one world size give the same bits, and the sharded
+ * checkpoint (zero_ckpt.c) is the same whatever the stage.
+ *
+ * A step, as the trainer runs it (global batch = world * micro-batch;
+ * each rank's loss gradient scaled by 1 / global count):
+ *     for u in forward order: p = lmc_zero_unit_params(u) (stage 3: after
+ *         lmc_zero_unit_prefetch(u+1)), forward, lmc_zero_unit_release(u)
+ *     for u in backward order: p = lmc_zero_unit_params(u); g =
+ *         lmc_zero_unit_grads(u); backward accumulates into g;
+ *         lmc_zero_unit_release(u); lmc_zero_unit_grads_done(u)
+ *     lmc_zero_grad_norm(&norm); clip = lmc_grad_clip_scale(norm, max);
+ *     lmc_zero_apply(decay step, no-decay step, both with grad_scale clip)
+ * Buffers are backend memory. With a device communicator (nccl) this
+ * module waits for the backend's queued work (be->sync) before a
+ * collective reads a buffer and before a released buffer is reused. All
+ * ranks call in the same order. */
+#ifndef LMC_DIST_ZERO_H
+#define LMC_DIST_ZERO_H
+
+#include "dist/comm.h"
+#include "ops/backend.h"
+
+struct lmc_zero_tensor {
+    const char *name;
+    int64_t offset, numel; /* elements in the flat arena */
+    int unit;              /* units are numbered 0.. in arena order */
+    bool decay;            /* AdamW weight decay applies */
+    int ndim;              /* shape for exported checkpoints (0: 1-D, numel) */
+    int64_t shape[4];
+};
+
+struct lmc_zero_cfg {
+    int stage;             /* 0..3 */
+    const struct lmc_zero_tensor *tensors;
+    int n_tensors;         /* in arena order, covering [0, numel) without gaps */
+    bool init_on_host;     /* init_params is host memory (e.g. memory-mapped
+                            * weights): a GPU never holds the full model */
+};
+
+struct lmc_zero_stats {
+    size_t bytes_now, bytes_peak; /* backend memory held by this module */
+    int64_t shard_numel;          /* this rank's shard (elements, padding included) */
+};
+
+struct lmc_zero;
+
+/* Sets up the sharded state; init_params (the full arena, the same on
+ * every rank; backend memory, or host memory with cfg->init_on_host) is
+ * copied: the caller may free it after. Checks
+ * that all ranks have the same tensor list and stage (refused otherwise). */
+lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, struct lmc_comm *comm,
+                         struct lmc_backend *be, const float *init_params, lmc_err *err);
+void lmc_zero_free(struct lmc_zero *z);
+
+int lmc_zero_n_units(const struct lmc_zero *z);
+/* Unit u's range in the arena's layout. */
+void lmc_zero_unit_range(const struct lmc_zero *z, int u, int64_t *offset, int64_t *numel);
+
+/* Stage 3: starts gathering unit u's parameters (no-op otherwise or when
+ * already started). */
+lmc_status lmc_zero_unit_prefetch(struct lmc_zero *z, int u, lmc_err *err);
+/* Unit u's parameters (its numel elements, in the arena's order), valid
+ * until lmc_zero_unit_release(u) in stage 3 and until the next apply in the
+ * other stages. */
+lmc_status lmc_zero_unit_params(struct lmc_zero *z, int u, float **p, lmc_err *err);
+void lmc_zero_unit_release(struct lmc_zero *z, int u);
+
+/* Where backward accumulates unit u's gradient (zeroed at the start of a
+ * step; numel elements). Stage 2/3: a buffer of its own, until
+ * lmc_zero_unit_grads_done(u). */
+lmc_status lmc_zero_unit_grads(struct lmc_zero *z, int u, float **g, lmc_err *err);
+/* Unit u's gradient for this step is complete: starts its reduction
+ * (stage 2/3 then free its full buffer once reduced). Once per unit per
+ * step, on the last micro-step of gradient accumulation. */
+lmc_status lmc_zero_unit_grads_done(struct lmc_zero *z, int u, lmc_err *err);
+
+/* Waits for every reduction and returns the global gradient norm (the same
+ * on every rank; sqrt of the sum of squares over all ranks' shards). */
+lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err);
+/* AdamW on this rank's shard (decay for tensors with decay set, nodecay for
+ * the others; grad_scale carries clipping), then the parameters are
+ * gathered (stages 0-2) and the gradients zeroed for the next step. */
+lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay,
+                          const struct lmc_adamw_step *nodecay, lmc_err *err);
+
+/* All ranks' values summed in the fixed rank order (losses, token counts);
+ * host doubles, whatever the communicator's memory. */
+lmc_status lmc_zero_sum_f64(struct lmc_zero *z, double *vals, int n, lmc_err *err);
+
+/* The full parameters (numel floats, host memory) as a plain array: every
+ * rank gets them (stage 3 gathers). */
+lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err);
+
+void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st);
+/* Logs on rank 0: this rank's ZeRO state (now, peak) against the fp32
+ * formula, and its peak resident set (VmHWM) where /proc tells it. */
+void lmc_zero_log_memory(const struct lmc_zero *z);
+
+/* ---- Sharded checkpoints (zero_ckpt.c). Each rank writes its shard of
+ * parameters and AdamW moments (the same layout whatever the stage) to
+ * dir/zero-step<S>-rank<R>.bin; then rank 0 writes dir/zero-manifest.json
+ * (world, layout, step, shard files) by an atomic rename, and each rank
+ * removes its shards of older steps: a save interrupted anywhere leaves the
+ * previous checkpoint loadable. */
+lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_err *err);
+/* Loads the checkpoint in dir into z (the same tensor list; any world size:
+ * another world's shards are consolidated and re-split); *step gets its step. */
+lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc_err *err);
+/* Offline, without a communicator: the checkpoint's full parameters and
+ * moments as plain arrays of *numel floats in the arena's layout (malloc'd,
+ * caller frees; m and v may be NULL). */
+lmc_status lmc_zero_consolidate(const char *dir, float **params, float **m, float **v, int64_t *numel,
+                                int64_t *step, lmc_err *err);
+
+/* Offline: the checkpoint's parameters as one safetensors file (float32,
+ * the tensors' names and shapes as given to lmc_zero_init). */
+lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err);
+
+/* ---- Memory per rank (bytes) for psi parameters at stage s and world n:
+ * the ZeRO paper's mixed-precision figures (2-byte weights and gradients,
+ * 12 bytes of fp32 master weights and Adam moments: 16psi, 4psi + 12psi/n,
+ * 2psi + 14psi/n, 16psi/n) and this module's float32 layout (4-byte
+ * weights and gradients, 8 bytes of moments). */
+struct lmc_zero_mem {
+    double weights, grads, optimizer, total;
+};
+void lmc_zero_mem_mixed(int stage, int world, int64_t psi, struct lmc_zero_mem *m);
+void lmc_zero_mem_fp32(int stage, int world, int64_t psi, struct lmc_zero_mem *m);
+
+#endif

@@ -1,0 +1,75 @@
+/* cmd_convert_checkpoint.c — `lmc convert-checkpoint CKPT -o OUT`: a
+ * sharded ZeRO checkpoint (any world size) consolidated into a plain
+ * folder: OUT/model.safetensors (float32, the tensors' names and shapes
+ * from the manifest) plus the checkpoint folder's other files that make a
+ * Hugging Face folder (config.json, generation_config.json, tokenizer
+ * files), copied as they are. */
+#include "cli.h"
+#include "core/core.h"
+#include "dist/zero.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static bool copy_file(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
+    bool ok = a && b;
+    char buf[65536];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+    if (a) fclose(a);
+    if (b && fclose(b)) ok = false;
+    return ok;
+}
+
+/* The files of an HF folder besides the weights. */
+static bool hf_side_file(const char *name) {
+    size_t n = strlen(name);
+    if (!strcmp(name, "zero-manifest.json") || !strcmp(name, "model.safetensors.index.json")) return false;
+    return (n > 5 && !strcmp(name + n - 5, ".json")) || (n > 6 && !strcmp(name + n - 6, ".model")) ||
+           !strcmp(name, "merges.txt") || !strcmp(name, "vocab.txt");
+}
+
+int cmd_convert_checkpoint(int argc, char **argv) {
+    const char *in = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (argv[i][0] != '-' && !in) in = argv[i];
+        else {
+            fprintf(stderr, "lmc convert-checkpoint: unexpected argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!in || !out) {
+        fprintf(stderr, "usage: lmc convert-checkpoint CKPT_DIR -o OUT_DIR\n");
+        return 2;
+    }
+    if (mkdir(out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "lmc convert-checkpoint: cannot create %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+    char path[4096], from[4096];
+    lmc_err err = {0};
+    if (!lmc_path_join(path, sizeof path, out, "model.safetensors")) return 2;
+    if (lmc_zero_export_safetensors(in, path, &err)) return cli_fail("convert-checkpoint", &err);
+    DIR *d = opendir(in);
+    struct dirent *e;
+    int copied = 0;
+    while (d && (e = readdir(d))) {
+        if (!hf_side_file(e->d_name)) continue;
+        if (!lmc_path_join(from, sizeof from, in, e->d_name) || !lmc_path_join(path, sizeof path, out, e->d_name) ||
+            !copy_file(from, path)) {
+            fprintf(stderr, "lmc convert-checkpoint: cannot copy %s to %s\n", e->d_name, out);
+            closedir(d);
+            return 1;
+        }
+        copied++;
+    }
+    if (d) closedir(d);
+    fprintf(stderr, "lmc convert-checkpoint: %s/model.safetensors written, %d other file%s copied\n", out, copied,
+            copied == 1 ? "" : "s");
+    return 0;
+}
