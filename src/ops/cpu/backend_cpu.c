@@ -1,6 +1,7 @@
 /* backend_cpu.c — the CPU backend table: thread pool, per-thread scratch,
  * and the op entry points (each op lives in its own file). */
 #include "ops/cpu/ops_cpu.h"
+#include "ops/optim_ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->zero = lmc_cpu_zero;
     be->sumsq = lmc_cpu_sumsq;
     be->adamw = lmc_cpu_adamw;
+    be->muon = lmc_cpu_muon;           /* ops/optim_ops.h */
+    be->adamw8bit = lmc_cpu_adamw8bit;
     return LMC_OK;
 }
 
