@@ -81,4 +81,11 @@ void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t
                        float *absmax_m, float *absmax_v, int64_t n, int64_t block,
                        const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
 
+/* The CUDA backend's entries (ops/cuda/newton_schulz.cu, ops/cuda/adamw8bit.cu). */
+void lmc_cuda_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                   const struct lmc_muon_step *s, float *work);
+void lmc_cuda_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
+                        float *absmax_m, float *absmax_v, int64_t n, int64_t block,
+                        const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
+
 #endif

@@ -18,6 +18,8 @@
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
  *               BF16 / F16 weights, bias epilogue and fallback, backward
  *               in fp32 and train_bf16 (see test_mm)
+ *   optim       adamw8bit.cu and newton_schulz.cu (Muon) vs their CPU twins
+ *               (harness_optim.cc)
  *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
@@ -1050,6 +1052,8 @@ static void test_e2e() {
     emu_strict_device = false;
 }
 
+#include "harness_optim.cc" /* test_optim: the optimizer kernels */
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1058,12 +1062,13 @@ int main(int argc, char **argv) {
     struct { const char *name; void (*fn)(); } sections[] = {
         {"attn_train", test_attn_train}, {"sample", test_sample}, {"ops", test_ops},
         {"xent", test_xent}, {"attn", test_attn}, {"mm", test_mm}, {"e2e", test_e2e},
+        {"optim", test_optim},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e optim)\n", argv[i]);
             return 2;
         }
     }
