@@ -353,6 +353,11 @@ static void test_groups_and_bytes(void) {
     lmc_optim_describe(&o, desc, sizeof desc);
     printf("  %s\n", desc);
     CHECK(strstr(desc, "muon: 2 tensors, 126 params") && strstr(desc, "adamw: 4 tensors"));
+    char info[256];
+    size_t ib = 0;
+    CHECK(!lmc_optim_info(&c, small, 6, info, sizeof info, &ib, &err) && ib == o.state_bytes);
+    printf("  %s\n", info);
+    CHECK(!strncmp(info, "optimizer muon: adamw: 4 tensors", 32) && strstr(info, desc));
     lmc_optim_free(&o);
     /* bad shapes are refused by name */
     small[2].rows = 0;

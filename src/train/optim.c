@@ -416,21 +416,45 @@ enum lmc_optim_group lmc_optim_group_of(const struct lmc_optim *o, int i) {
     return o->slots[i].group;
 }
 
-void lmc_optim_describe(const struct lmc_optim *o, char *buf, size_t cap) {
+static void describe_slots(const struct lmc_optim_slot *slots, int n, size_t state_bytes, char *buf,
+                           size_t cap) {
     size_t len = 0;
+    int64_t total = 0;
     if (cap) buf[0] = 0;
+    for (int i = 0; i < n; i++) total += slots[i].rows * slots[i].cols;
     for (int g = 0; g <= LMC_GROUP_APOLLO; g++) {
         int nt = 0;
         int64_t np = 0;
-        for (int i = 0; i < o->n_params; i++)
-            if ((int)o->slots[i].group == g) nt++, np += o->slots[i].rows * o->slots[i].cols;
+        for (int i = 0; i < n; i++)
+            if ((int)slots[i].group == g) nt++, np += slots[i].rows * slots[i].cols;
         if (!nt || len >= cap) continue;
         int w = snprintf(buf + len, cap - len, "%s%s: %d tensors, %lld params", len ? "; " : "",
                          lmc_optim_group_name((enum lmc_optim_group)g), nt, (long long)np);
         if (w > 0) len += (size_t)w;
     }
     if (len < cap)
-        snprintf(buf + len, cap - len, "%sstate %zu bytes", len ? "; " : "", o->state_bytes);
+        snprintf(buf + len, cap - len, "%sstate %zu bytes (%.3f per parameter)", len ? "; " : "", state_bytes,
+                 total ? (double)state_bytes / (double)total : 0.0);
+}
+
+void lmc_optim_describe(const struct lmc_optim *o, char *buf, size_t cap) {
+    describe_slots(o->slots, o->n_params, o->state_bytes, buf, cap);
+}
+
+lmc_status lmc_optim_info(const struct lmc_optim_cfg *c, const struct lmc_optim_param *params, int n,
+                          char *buf, size_t cap, size_t *state_bytes, lmc_err *err) {
+    struct lmc_optim_slot *slots = calloc((size_t)(n > 0 ? n : 1), sizeof *slots);
+    if (!slots) return lmc_err_set(err, LMC_ERR_OOM, "optimizer: out of memory");
+    size_t sb = 0;
+    lmc_status st = plan(c, params, n, slots, &sb, NULL, NULL, err);
+    if (!st) {
+        int w = snprintf(buf, cap, "optimizer %s: ", lmc_optim_kind_name(c->kind));
+        size_t off = w > 0 && (size_t)w < cap ? (size_t)w : 0;
+        describe_slots(slots, n, sb, buf + off, cap - off);
+        if (state_bytes) *state_bytes = sb;
+    }
+    free(slots);
+    return st;
 }
 
 /* ---- state as named tensors */

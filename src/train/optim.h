@@ -153,6 +153,14 @@ struct lmc_optim {
 lmc_status lmc_optim_state_bytes(const struct lmc_optim_cfg *c, const struct lmc_optim_param *params,
                                  int n, size_t *state_bytes, lmc_err *err);
 
+/* `lmc info --optim X` and the training log's start-up line, without
+ * allocating state: "optimizer muon: muon: 72 tensors, 85M params; adamw:
+ * ...; state N bytes (B per parameter)" into buf, the bytes into
+ * *state_bytes (may be NULL). Parameters need shapes and roles only (p and
+ * g may be any non-NULL pointers). */
+lmc_status lmc_optim_info(const struct lmc_optim_cfg *c, const struct lmc_optim_param *params, int n,
+                          char *buf, size_t cap, size_t *state_bytes, lmc_err *err);
+
 /* Groups the parameters and allocates all state (zeroed) in one arena on
  * be. Fails with LMC_ERR_UNSUPPORTED when be lacks an op the kind needs
  * (GaLore / APOLLO on a non-host backend), LMC_ERR_ARG on a bad cfg or

@@ -4,7 +4,8 @@
  * projection back (GaLore) or the channel/tensor scaling of the raw
  * gradient with the norm-growth limiter (APOLLO), and the decoupled weight
  * decay applied after the update, as the authors' AdamW does. Products go
- * through OpenBLAS sgemm; norms are accumulated in double. */
+ * through OpenBLAS sgemm; norms are accumulated in double; the singular
+ * vectors come from LAPACK's dsyevr on the Gram matrix (galore_refresh). */
 #include "train/optim_internal.h"
 #include "core/core.h"
 
@@ -15,69 +16,86 @@
 /* LAPACK from OpenBLAS (Debian's libopenblas ships the Fortran symbols but
  * no LAPACKE header). The trailing lengths are gfortran's hidden
  * CHARACTER-length arguments. */
-extern void dgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, double *a,
-                    const int *lda, double *s, double *u, const int *ldu, double *vt, const int *ldvt,
-                    double *work, const int *lwork, int *info, size_t ljobu, size_t ljobvt);
+extern void dsyevr_(const char *jobz, const char *range, const char *uplo, const int *n, double *a,
+                    const int *lda, const double *vl, const double *vu, const int *il, const int *iu,
+                    const double *abstol, int *m, double *w, double *z, const int *ldz, int *isuppz,
+                    double *work, const int *lwork, int *iwork, const int *liwork, int *info, size_t,
+                    size_t, size_t);
 
-/* dgesvd of the column-major (cols, rows) matrix that the row-major
- * gradient is: right (rows >= cols) wants its left vectors U' (= G's V),
- * left wants its right vectors VT' (= G's U^T). lwork -1 queries. */
-static int svd_call(const struct lmc_optim_slot *s, double *a, double *sv, double *out, double *work,
-                    int lwork) {
-    const int m = (int)s->cols, n = (int)s->rows, k = m < n ? m : n;
-    int info = 0, one = 1;
-    if (s->right)
-        dgesvd_("S", "N", &m, &n, a, &m, sv, out, &m, NULL, &one, work, &lwork, &info, 1, 1);
-    else
-        dgesvd_("N", "S", &m, &n, a, &m, sv, NULL, &one, out, &k, work, &lwork, &info, 1, 1);
-    return info;
+/* GaLore's top-r singular vectors on the smaller side (k = min(rows,
+ * cols): right singular vectors when rows >= cols, left ones otherwise)
+ * are the eigenvectors of the k x k Gram matrix (G^T G or G G^T, in
+ * double) with the r largest eigenvalues: dsyevr computes only those,
+ * which costs a fraction of a full dgesvd (measured 329 s -> see
+ * bench/results/optim-2026-12-05.md for GPT-2 124M's 48 matrices). The
+ * vectors are the same as the SVD's up to sign, which the sign rule fixes. */
+static int syevr_call(int k, int r, double *gram, double *w, double *z, int *isuppz, double *work,
+                      int lwork, int *iwork, int liwork) {
+    const double zero = 0;
+    const int il = k - r + 1, iu = k;
+    int m = 0, info = 0;
+    /* row-major upper (cblas) is column-major lower */
+    dsyevr_("V", "I", "L", &k, gram, &k, &zero, &zero, &il, &iu, &zero, &m, w, z, &k, isuppz, work, &lwork,
+            iwork, &liwork, &info, 1, 1, 1);
+    return info ? info : m != r ? -1 : 0;
 }
 
-static size_t svd_out_doubles(const struct lmc_optim_slot *s) {
-    return s->right ? (size_t)(s->cols * s->cols) : (size_t)(s->rows * s->rows);
+/* doubles: G copy (rows*cols), Gram (k*k), w (k), Z (k*r), isuppz and
+ * iwork (as doubles), then the LAPACK work (svd_lwork) */
+static size_t svd_doubles(const struct lmc_optim_slot *s, int liwork) {
+    const size_t k = (size_t)LMC_MIN(s->rows, s->cols), r = (size_t)s->rank;
+    return (size_t)(s->rows * s->cols) + k * k + k + k * r + r + 1 + (size_t)liwork / 2 + 1;
 }
 
 size_t lmc_optim_lowrank_scratch(const struct lmc_optim_slot *s, enum lmc_optim_group g,
                                  int *svd_lwork) {
     *svd_lwork = 0;
     if (g != LMC_GROUP_GALORE && g != LMC_GROUP_APOLLO) return 0;
-    const size_t n = (size_t)(s->rows * s->cols), nl = (size_t)(s->low_rows * s->low_cols);
+    const size_t nl = (size_t)(s->low_rows * s->low_cols);
     size_t d = (nl + 1) / 2; /* R (floats) */
     if (g == LMC_GROUP_APOLLO) {
         d += 2 * (size_t)LMC_MAX(s->rows, s->cols); /* channel norms of R and N */
         d += (size_t)(s->rank * (s->right ? s->cols : s->rows)); /* the Gaussian draw */
         return d;
     }
-    d += n + (size_t)LMC_MIN(s->rows, s->cols) + svd_out_doubles(s);
-    double q = 0, dummy = 0;
-    if (svd_call(s, &dummy, &dummy, &dummy, &q, -1) == 0) *svd_lwork = (int)q + 1;
-    return d;
+    const int k = (int)LMC_MIN(s->rows, s->cols), r = (int)s->rank;
+    const int il = k - r + 1, iu = k, lq = -1;
+    double q = 0, dummy = 0, zero = 0;
+    int iq = 0, m = 0, info = 0, isz[2];
+    dsyevr_("V", "I", "L", &k, &dummy, &k, &zero, &zero, &il, &iu, &zero, &m, &dummy, &dummy, &k, isz, &q, &lq,
+            &iq, &lq, &info, 1, 1, 1); /* workspace query */
+    *svd_lwork = (int)LMC_MAX(q, 26.0 * k) + 1;
+    return d + svd_doubles(s, 10 * k);
 }
 
 /* GaLore's projection: the top-rank singular vectors of g (sign: largest
  * entry positive), into s->proj — right: (rank, cols), row j = v_j; left:
  * (rows, rank), column j = u_j. */
 static void galore_refresh(struct lmc_optim *o, struct lmc_optim_slot *s) {
-    const int64_t n = s->rows * s->cols, k = LMC_MIN(s->rows, s->cols);
+    const int64_t n = s->rows * s->cols, k = LMC_MIN(s->rows, s->cols), r = s->rank;
     const size_t nl = (size_t)(s->low_rows * s->low_cols);
-    double *a = o->host_scratch + (nl + 1) / 2, *sv = a + n, *out = sv + k;
+    double *a = o->host_scratch + (nl + 1) / 2, *gram = a + n, *w = gram + k * k, *z = w + k;
+    int *isuppz = (int *)(z + k * r), *iwork = isuppz + 2 * r + 2;
     double *work = o->host_scratch + o->host_scratch_doubles;
+    const int liwork = 10 * (int)k; /* LAPACK's minimum; the scratch holds max(query, this) */
     for (int64_t i = 0; i < n; i++) a[i] = s->g[i];
-    int info = svd_call(s, a, sv, out, work, o->svd_lwork);
-    LMC_ASSERT(info == 0); /* dgesvd fails only on NaN input or non-convergence */
-    const int64_t dim = s->right ? s->cols : s->rows;
-    for (int64_t j = 0; j < s->rank; j++) {
-        /* element e of vector j: right U'[e + j*cols]; left VT'[j + e*k] */
+    if (s->right) /* G^T G (cols, cols) */
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)k, (int)s->rows, 1.0, a, (int)s->cols, 0.0, gram,
+                    (int)k);
+    else /* G G^T (rows, rows) */
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)k, (int)s->cols, 1.0, a, (int)s->cols, 0.0,
+                    gram, (int)k);
+    int info = syevr_call((int)k, (int)r, gram, w, z, isuppz, work, o->svd_lwork, iwork, liwork);
+    LMC_ASSERT(info == 0); /* fails only on NaN input or non-convergence */
+    for (int64_t j = 0; j < r; j++) {
+        const double *v = z + (r - 1 - j) * k; /* ascending eigenvalues: the largest last */
         double best = 0;
-        for (int64_t e = 0; e < dim; e++) {
-            double x = s->right ? out[e + j * s->cols] : out[j + e * k];
-            if (fabs(x) > fabs(best)) best = x;
-        }
+        for (int64_t e = 0; e < k; e++)
+            if (fabs(v[e]) > fabs(best)) best = v[e];
         double sg = best < 0 ? -1.0 : 1.0;
-        for (int64_t e = 0; e < dim; e++) {
-            double x = sg * (s->right ? out[e + j * s->cols] : out[j + e * k]);
-            if (s->right) s->proj[j * s->cols + e] = (float)x;
-            else s->proj[e * s->rank + j] = (float)x;
+        for (int64_t e = 0; e < k; e++) {
+            if (s->right) s->proj[j * s->cols + e] = (float)(sg * v[e]);
+            else s->proj[e * s->rank + j] = (float)(sg * v[e]);
         }
     }
 }

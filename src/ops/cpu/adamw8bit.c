@@ -1,7 +1,8 @@
 /* adamw8bit.c — 8-bit AdamW on the CPU: the dynamic 8-bit code, the
  * nearest-code quantiser and the one-pass blockwise step (dequantize both
  * moments, AdamW's element formula, requantize with the block's new
- * absmax), as ops/optim_ops.h states them. */
+ * absmax), as ops/optim_ops.h states them; the op runs whole blocks per
+ * thread-pool task. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
@@ -31,16 +32,12 @@ void lmc_q8_dynamic_code(float code[256], bool is_signed) {
 }
 
 uint8_t lmc_q8_quantize(const float code[256], float x) {
-    /* lo = the last index with code[lo] <= x (0 if none) */
-    int lo = 0, hi = 255;
     if (x <= code[0]) return 0;
-    if (x >= code[255]) return 255;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (code[mid] <= x) lo = mid;
-        else hi = mid;
-    }
-    int q = (x - code[lo] <= code[hi] - x) ? lo : hi;
+    /* q = the last index with code[q] <= x: a branch-free binary search */
+    int q = 0;
+    for (int step = 128; step; step >>= 1) q += code[q + step] <= x ? step : 0;
+    if (q == 255) return 255;
+    if (x - code[q] > code[q + 1] - x) q++; /* nearest, the lower on a tie */
     if (code[q] == 0.0f && x != 0.0f) q = x > 0 ? q + 1 : q - 1; /* never 0 for x != 0 */
     return (uint8_t)q;
 }
@@ -74,9 +71,34 @@ void lmc_adamw8bit_apply(float *p, const float *g, uint8_t *qm, uint8_t *qv, flo
     }
 }
 
+struct q8_job {
+    float *p;
+    const float *g;
+    uint8_t *qm, *qv;
+    float *am, *av;
+    int64_t n, block, blocks_per_task;
+    const float *cm, *cv;
+    const struct lmc_adamw_step *s;
+};
+
+static void q8_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct q8_job *j = arg;
+    const int64_t b0 = t * j->blocks_per_task, lo = b0 * j->block;
+    const int64_t len = LMC_MIN(j->n - lo, j->blocks_per_task * j->block);
+    lmc_adamw8bit_apply(j->p + lo, j->g + lo, j->qm + lo, j->qv + lo, j->am + b0, j->av + b0, len, j->block, j->cm,
+                        j->cv, j->s);
+}
+
+/* Whole blocks per task (the result does not depend on the thread count). */
 void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
                        float *absmax_m, float *absmax_v, int64_t n, int64_t block,
                        const float *code_m, const float *code_v, const struct lmc_adamw_step *s) {
-    (void)ctx;
-    lmc_adamw8bit_apply(p, g, qm, qv, absmax_m, absmax_v, n, block, code_m, code_v, s);
+    struct lmc_cpu_ctx *c = ctx;
+    if (n <= 0) return;
+    const int64_t nb = (n + block - 1) / block, per = LMC_MAX((int64_t)1, ((int64_t)1 << 16) / block);
+    const int64_t tasks = (nb + per - 1) / per;
+    struct q8_job j = {p, g, qm, qv, absmax_m, absmax_v, n, block, per, code_m, code_v, s};
+    if (tasks == 1) q8_task(&j, 0, 0);
+    else lmc_pool_run(c->pool, tasks, q8_task, &j);
 }
