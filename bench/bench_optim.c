@@ -8,7 +8,8 @@
  * GaLore and APOLLO refresh their projection at step 1 and every `gap`
  * steps: the refresh step is timed on its own (step 1, also the warm-up)
  * and amortised over the default gap of 200.
- * Usage: bench_optim [rounds (default 3)] [threads (default 2)] */
+ * Usage: bench_optim [rounds (default 3)] [threads (default 2)] [kinds, e.g.
+ * adamw,adamw8bit (default all; AdamW is always run as the peer)] */
 #include "core/core.h"
 #include "ops/backend.h"
 #include "train/optim.h"
@@ -33,6 +34,7 @@ static int add(struct lmc_optim_param *ps, int n, char names[][96], const char *
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 3, threads = argc > 2 ? atoi(argv[2]) : 2;
+    const char *only = argc > 3 ? argv[3] : NULL;
     if (rounds < 1 || rounds > 100) rounds = 3;
     static struct lmc_optim_param ps[MAXP];
     static char names[MAXP][96];
@@ -76,7 +78,17 @@ int main(int argc, char **argv) {
     double first[K], t[K][100];
     printf("GPT-2 124M parameter list: %d tensors, %lld parameters; %d threads, %d rounds\n", n, (long long)total,
            threads, rounds);
+    bool on[K];
     for (int k = 0; k < K; k++) {
+        const char *nm = lmc_optim_kind_name((enum lmc_optim_kind)k);
+        size_t l = strlen(nm);
+        on[k] = k == 0 || !only;
+        for (const char *q = only; q && *q && !on[k]; q += strcspn(q, ",") + (q[strcspn(q, ",")] == ',')) {
+            on[k] = !strncmp(q, nm, l) && (q[l] == ',' || !q[l]);
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        if (!on[k]) continue;
         struct lmc_optim_cfg c;
         lmc_optim_cfg_default(&c, (enum lmc_optim_kind)k);
         c.adamw.lr = 6e-4;
@@ -90,6 +102,7 @@ int main(int argc, char **argv) {
     }
     for (int r = 0; r < rounds; r++)
         for (int k = 0; k < K; k++) {
+            if (!on[k]) continue;
             double t0 = lmc_time_now();
             lmc_optim_step(&opt[k], 6e-4, 2 + r, 1.0f);
             t[k][r] = lmc_time_now() - t0;
@@ -98,6 +111,7 @@ int main(int argc, char **argv) {
            "| amortised over 200 steps | vs AdamW |\n|---|---|---|---|---|---|---|---|\n", rounds);
     double base = 0;
     for (int k = 0; k < K; k++) {
+        if (!on[k]) continue;
         qsort(t[k], (size_t)rounds, sizeof(double), cmp_d);
         double med = rounds % 2 ? t[k][rounds / 2] : 0.5 * (t[k][rounds / 2 - 1] + t[k][rounds / 2]);
         if (k == 0) base = med;
@@ -108,7 +122,8 @@ int main(int argc, char **argv) {
                (double)opt[k].state_bytes / (double)total, med, med / base, refresh ? "" : "(warm-up) ", first[k],
                am, am / base);
     }
-    for (int k = 0; k < K; k++) lmc_optim_free(&opt[k]);
+    for (int k = 0; k < K; k++)
+        if (on[k]) lmc_optim_free(&opt[k]);
     lmc_backend_cpu_free(&be);
     free(pm), free(gm);
     return 0;

@@ -173,6 +173,48 @@ static void test_adamw8bit(const struct lmc_st *st) {
     run_free(&r);
 }
 
+/* The CPU op (threaded, table-driven quantiser on large tensors) gives the
+ * bits of lmc_adamw8bit_apply (binary search), and both quantisers agree
+ * on codes, midpoints, their neighbours, zeros and NaN. */
+static void test_q8_paths(void) {
+    float code[2][256];
+    lmc_q8_dynamic_code(code[0], true), lmc_q8_dynamic_code(code[1], false);
+    long bad = 0, n_checked = 0;
+    for (int sg = 0; sg < 2; sg++)
+        for (int i = 0; i < 256; i += 1) {
+            float c0 = code[sg][i], c1 = code[sg][i < 255 ? i + 1 : i], mid = c0 + (c1 - c0) * 0.5f;
+            float xs[] = {c0, nextafterf(c0, -2), nextafterf(c0, 2), mid, nextafterf(mid, -2), nextafterf(mid, 2)};
+            for (size_t k = 0; k < sizeof xs / sizeof *xs; k += (i % 8 == 0 ? 1 : 3)) {
+                n_checked++;
+                bad += lmc_q8_quantize(code[sg], xs[k]) != lmc_q8_quantize_fast_check(code[sg], xs[k]);
+            }
+        }
+    float sp[] = {0.0f, -0.0f, NAN, -NAN, 1e-30f, -1e-30f, 1.0f, -1.0f};
+    for (size_t k = 0; k < sizeof sp / sizeof *sp; k++)
+        for (int sg = 0; sg < 2; sg++, n_checked++)
+            bad += lmc_q8_quantize(code[sg], sp[k]) != lmc_q8_quantize_fast_check(code[sg], sp[k]);
+    CHECK_MSG(bad == 0, "%ld of %ld", bad, n_checked);
+    const int64_t n = 300001, block = 256, nb = (n + block - 1) / block;
+    float *p = malloc(n * 4), *p2 = malloc(n * 4), *g = malloc(n * 4), *a = calloc(4 * nb, 4);
+    uint8_t *q = calloc(4 * n, 1);
+    uint64_t seed = 5;
+    for (int64_t i = 0; i < n; i++) p[i] = p2[i] = test_rand(&seed) * 0.1f;
+    for (int t = 1; t <= 3; t++) {
+        for (int64_t i = 0; i < n; i++) g[i] = test_rand(&seed) * (float)(1 + i % 13);
+        struct lmc_adamw_cfg c;
+        lmc_adamw_cfg_default(&c);
+        struct lmc_adamw_step st;
+        lmc_adamw_step_make(&c, t, 1e-3, true, 1.0f, &st);
+        cpu.adamw8bit(cpu.ctx, p, g, q, q + n, a, a + nb, n, block, code[0], code[1], &st);
+        lmc_adamw8bit_apply(p2, g, q + 2 * n, q + 3 * n, a + 2 * nb, a + 3 * nb, n, block, code[0], code[1], &st);
+    }
+    bool same = !memcmp(p, p2, n * 4) && !memcmp(q, q + 2 * n, 2 * n) && !memcmp(a, a + 2 * nb, 2 * nb * 4);
+    printf("  8-bit quantisers: %ld probe values agree: %s; threaded table-driven op = serial core on %lld "
+           "elements x 3 steps: %s\n", n_checked, bad ? "NO" : "yes", (long long)n, same ? "bit-exact" : "DIFFERS");
+    CHECK(same);
+    free(p), free(p2), free(g), free(a), free(q);
+}
+
 /* The scalar quintic applied `steps` times: what NS does to each singular value. */
 static double quintic(double x, int steps) {
     for (int i = 0; i < steps; i++) x = 3.4445 * x - 4.7750 * x * x * x + 2.0315 * x * x * x * x * x;
@@ -439,6 +481,7 @@ int main(void) {
     test_refs(&st);
     test_adamw8bit(&st);
     lmc_st_free(&st);
+    test_q8_paths();
     test_newton_schulz();
     test_resume();
     test_groups_and_bytes();

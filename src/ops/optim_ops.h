@@ -65,6 +65,9 @@ void lmc_q8_dynamic_code(float code[256], bool is_signed);
 /* The index of the code value nearest x (a value already divided by its
  * block's absmax, in [-1, 1]) under the rule above. */
 uint8_t lmc_q8_quantize(const float code[256], float x);
+/* The CPU op's table-driven quantiser on x (builds its table each call:
+ * for tests, which check it gives lmc_q8_quantize's answer). */
+uint8_t lmc_q8_quantize_fast_check(const float code[256], float x);
 
 /* 8-bit AdamW's element formula is AdamW's (backend.h's adamw entry) on the
  * dequantized moments; the new moments' absmax per block is taken after

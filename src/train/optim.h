@@ -165,7 +165,7 @@ lmc_status lmc_optim_info(const struct lmc_optim_cfg *c, const struct lmc_optim_
  * be. Fails with LMC_ERR_UNSUPPORTED when be lacks an op the kind needs
  * (GaLore / APOLLO on a non-host backend), LMC_ERR_ARG on a bad cfg or
  * parameter, LMC_ERR_OOM when the arena does not fit. params are copied
- * (their pointers must stay valid until lmc_optim_free). */
+ * (their pointers, and be, must stay valid until lmc_optim_free). */
 lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
                           const struct lmc_backend *be, const struct lmc_optim_param *params,
                           int n, lmc_err *err);
