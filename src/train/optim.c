@@ -511,39 +511,37 @@ out:
     return st;
 }
 
-lmc_status lmc_optim_load(struct lmc_optim *o, const char *path, lmc_err *err) {
-    struct lmc_st st;
-    lmc_status s = lmc_st_open_file(&st, path, err);
-    if (s) return s;
-    const char *kind = lmc_st_meta_get(&st, "lmc.optimizer");
-    if (!kind || strcmp(kind, lmc_optim_kind_name(o->cfg.kind))) {
-        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer state of '%s', expected '%s'", path,
-                        kind ? kind : "(none)", lmc_optim_kind_name(o->cfg.kind));
-        goto out;
-    }
+lmc_status lmc_optim_load_st(struct lmc_optim *o, const struct lmc_st *st, const char *path, lmc_err *err) {
+    const char *kind = lmc_st_meta_get(st, "lmc.optimizer");
+    if (!kind || strcmp(kind, lmc_optim_kind_name(o->cfg.kind)))
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer state of '%s', expected '%s'", path,
+                           kind ? kind : "(none)", lmc_optim_kind_name(o->cfg.kind));
     int n = lmc_optim_state_count(o);
-    if (st.n_tensors != n) {
-        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: %lld optimizer state tensors, expected %d", path,
-                        (long long)st.n_tensors, n);
-        goto out;
-    }
+    if (st->n_tensors != n)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: %lld optimizer state tensors, expected %d", path,
+                           (long long)st->n_tensors, n);
     for (int k = 0; k < n; k++) { /* check everything before changing anything */
         struct lmc_optim_state_tensor t;
         lmc_optim_state_get(o, k, &t);
-        const struct lmc_st_tensor *f = lmc_st_find(&st, t.name);
-        if (!f || f->dtype != t.dtype || f->numel != t.numel) {
-            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor %s: expected %s of %lld elements%s", path, t.name,
-                            lmc_dtype_name(t.dtype), (long long)t.numel, f ? "" : " (missing)");
-            goto out;
-        }
+        const struct lmc_st_tensor *f = lmc_st_find(st, t.name);
+        if (!f || f->dtype != t.dtype || f->numel != t.numel)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor %s: expected %s of %lld elements%s", path, t.name,
+                               lmc_dtype_name(t.dtype), (long long)t.numel, f ? "" : " (missing)");
     }
     for (int k = 0; k < n; k++) {
         struct lmc_optim_state_tensor t;
         lmc_optim_state_get(o, k, &t);
-        const struct lmc_st_tensor *f = lmc_st_find(&st, t.name);
+        const struct lmc_st_tensor *f = lmc_st_find(st, t.name);
         o->be->upload(o->be->ctx, t.data, f->data, f->nbytes);
     }
-out:
+    return LMC_OK;
+}
+
+lmc_status lmc_optim_load(struct lmc_optim *o, const char *path, lmc_err *err) {
+    struct lmc_st st;
+    lmc_status s = lmc_st_open_file(&st, path, err);
+    if (s) return s;
+    s = lmc_optim_load_st(o, &st, path, err);
     lmc_st_free(&st);
     return s;
 }

@@ -202,6 +202,9 @@ lmc_status lmc_optim_save(const struct lmc_optim *o, const char *path, lmc_err *
  * parameter list: every tensor must be present with its dtype and size,
  * else LMC_ERR_FORMAT naming the file and tensor. */
 lmc_status lmc_optim_load(struct lmc_optim *o, const char *path, lmc_err *err);
+/* The same from a parsed safetensors image (path names it in messages). */
+struct lmc_st;
+lmc_status lmc_optim_load_st(struct lmc_optim *o, const struct lmc_st *st, const char *path, lmc_err *err);
 
 /* The documented Gaussian generator of APOLLO's projections: n values
  * N(0,1) * mul into out (double), from splitmix64 (core/rng.h) seeded with
