@@ -1,7 +1,7 @@
 /* newton_schulz.c — Muon's step on the CPU: Nesterov momentum, the quintic
  * Newton–Schulz orthogonalisation (per iteration OpenBLAS ssyrk for the
- * symmetric X X^T and A A, ssymm for B X: 3k^2 n + k^3 multiply-adds
- * instead of general GEMMs' 4k^2 n + 2k^3) and the scaled, decoupled-decay
+ * symmetric X X^T and A A, ssymm for B X: 3k^2 n + k^3 flops per
+ * iteration instead of general GEMMs' 4k^2 n + 2k^3) and the scaled, decoupled-decay
  * update, as
  * ops/optim_ops.h states it (torch.optim.Muon's order of operations, in
  * float32; the Frobenius norm is accumulated in double). */
