@@ -436,7 +436,7 @@ static void test_flags(void) {
     lmc_optim_cfg_default(&c, LMC_OPTIM_ADAMW);
     char *argv[] = {"train", "--optim", "muon", "--muon-lr", "0.05", "--muon-ns-steps", "3", "--muon-scale",
                     "moonlight", "--lr", "1e-3", "--galore-rank", "64", "--apollo-scale-type", "tensor",
-                    "--adamw8bit-block", "512", "--muon-nesterov", "0"};
+                    "--adamw8bit-block", "512", "--muon-nesterov", "0", "--muon-ns-bf16", "0"};
     int argc = (int)(sizeof argv / sizeof *argv), i = 1, ours = 0, theirs = 0;
     lmc_err err;
     while (i < argc) {
@@ -445,10 +445,10 @@ static void test_flags(void) {
         if (used) ours++;
         else theirs++, i++;
     }
-    CHECK(ours == 8 && theirs == 2);
+    CHECK(ours == 9 && theirs == 2);
     CHECK(c.kind == LMC_OPTIM_MUON && c.muon_lr == 0.05 && c.muon_ns_steps == 3 &&
           c.muon_scale == LMC_MUON_SCALE_MOONLIGHT && c.galore_rank == 64 &&
-          c.apollo_scale_type == LMC_APOLLO_TENSOR && c.q8_block == 512 && !c.muon_nesterov);
+          c.apollo_scale_type == LMC_APOLLO_TENSOR && c.q8_block == 512 && !c.muon_nesterov && !c.muon_ns_bf16);
     CHECK(!lmc_optim_cfg_check(&c, &err));
     char *bad[][2] = {{"--optim", "sgd"}, {"--muon-lr", "x"}, {"--muon-momentum", "1"}, {"--galore-rank", "0"},
                       {"--muon-scale", "big"}, {"--apollo-rank", "3.5"}, {"--muon-lr", NULL}};

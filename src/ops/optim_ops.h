@@ -31,6 +31,8 @@ struct lmc_muon_step {
     float decay_mul;         /* 1 - lr * weight_decay */
     float lr_adj;            /* lr * max(1, rows/cols)^0.5, or lr * 0.2 * sqrt(max(rows, cols)) */
     float grad_scale;        /* clipping's factor; 1 = none */
+    int ns_bf16;             /* CUDA: the iteration's GEMM operands in bf16 (tensor cores,
+                                fp32 accumulation and element-wise math); the CPU runs fp32 */
 };
 
 /* Floats of work memory the muon op needs for a (rows, cols) matrix:

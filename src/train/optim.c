@@ -49,6 +49,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->muon_ns_steps = 5;
     c->muon_nesterov = true;
     c->muon_scale = LMC_MUON_SCALE_SHAPE;
+    c->muon_ns_bf16 = true;
     c->galore_rank = 128;
     c->galore_update_gap = 200;
     c->galore_scale = 0.25;
@@ -120,7 +121,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
                                          "--galore-scale", "--apollo-scale"};
     static const char *const iflags[] = {"--muon-ns-steps", "--muon-nesterov", "--galore-rank",
                                          "--galore-update-gap", "--apollo-rank", "--apollo-update-gap",
-                                         "--apollo-seed", "--adamw8bit-block"};
+                                         "--apollo-seed", "--adamw8bit-block", "--muon-ns-bf16"};
     double *dd[] = {&c->muon_lr, &c->muon_momentum, &c->muon_weight_decay, &c->galore_scale,
                     &c->apollo_scale};
     int k = 0;
@@ -133,8 +134,8 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
             t = D, dst = dd[k];
             if (k == 1) hi = 0.999999;
         } else {
-            for (k = 0; k < 8 && strcmp(f, iflags[k]); k++) {}
-            if (k == 8) return LMC_OK; /* not ours */
+            for (k = 0; k < 9 && strcmp(f, iflags[k]); k++) {}
+            if (k == 9) return LMC_OK; /* not ours */
             t = I;
         }
     }
@@ -155,7 +156,8 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     } else if (t == D) {
         if ((s = num_arg(f, v, lo, hi, (double *)dst, err))) return s;
     } else {
-        long long x = 0, ilo = k == 1 ? 0 : k == 6 ? 0 : 1, ihi = k == 1 ? 1 : k == 6 ? INT64_MAX : 1 << 30;
+        const bool flag01 = k == 1 || k == 8;
+        long long x = 0, ilo = flag01 || k == 6 ? 0 : 1, ihi = flag01 ? 1 : k == 6 ? INT64_MAX : 1 << 30;
         if ((s = int_arg(f, v, ilo, ihi, &x, err))) return s;
         switch (k) {
         case 0: c->muon_ns_steps = (int)x; break;
@@ -165,6 +167,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         case 4: c->apollo_rank = (int)x; break;
         case 5: c->apollo_update_gap = (int)x; break;
         case 6: c->apollo_seed = (uint64_t)x; break;
+        case 8: c->muon_ns_bf16 = x != 0; break;
         default: c->q8_block = (int)x; break;
         }
     }
@@ -401,7 +404,7 @@ void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_sca
                 .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
                 .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
                 .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
-                .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale};
+                .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = c->muon_ns_bf16};
             be->muon(be->ctx, s->p, s->g, s->buf, s->rows, s->cols, &ms, o->work);
             break;
         }

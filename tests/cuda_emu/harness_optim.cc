@@ -3,8 +3,9 @@
  * their CPU twins on odd sizes — 8-bit AdamW (adamw8bit.cu vs
  * ops/cpu/adamw8bit.c: parameters, absmax and codes; a code may differ by
  * one step where the CPU's contracted FMAs move a value across a
- * quantisation midpoint) and Muon (momentum, fp32 Newton–Schulz through
- * lmc_cuda_gemm, update; wide, tall and square shapes), over three steps. */
+ * quantisation midpoint) and Muon (momentum, Newton–Schulz through
+ * lmc_cuda_gemm in fp32 and with bf16 operands, update; wide, tall and
+ * square shapes), over three steps. */
 extern "C" {
 #include "ops/optim_ops.h"
 }
@@ -41,15 +42,16 @@ static void test_optim() {
         check("adamw8bit codes differing (per mille)", 1000.0 * flips / (6.0 * n), 5, "n=%ld block=%ld", (long)n,
               (long)block);
     }
+    for (int bf : {0, 1})
     for (auto sh : std::vector<std::pair<int64_t, int64_t>>{{37, 101}, {129, 61}, {64, 64}, {1, 9}, {176, 64}}) {
         const int64_t rows = sh.first, cols = sh.second, n = rows * cols;
         auto p = rv(n, 0.1f), p2 = p, buf = rv(n, 0.5f), buf2 = buf;
         std::vector<float> w(lmc_muon_work_floats(rows, cols)), w2 = w;
-        double worst_p = 0, worst_b = 0, worst_u = 0;
+        double worst_p = 0, worst_b = 0, worst_u = 0, worst_cos = 0;
         for (int t = 1; t <= 3; t++) {
             auto g = rv(n), before = p, before2 = p2;
             lmc_muon_step s = {0.95f, t != 2, 5, 3.4445f, -4.7750f, 2.0315f, 1e-7f, 1 - 0.02f * 0.1f,
-                               0.02f * sqrtf(std::max(1.0f, (float)rows / cols)), t == 3 ? 0.5f : 1.0f};
+                               0.02f * sqrtf(std::max(1.0f, (float)rows / cols)), t == 3 ? 0.5f : 1.0f, bf};
             lmc_cuda_muon(cc, p.data(), g.data(), buf.data(), rows, cols, &s, w.data());
             cpu.muon(cpu.ctx, p2.data(), g.data(), buf2.data(), rows, cols, &s, w2.data());
             worst_b = std::max(worst_b, rel(buf, buf2));
@@ -57,9 +59,18 @@ static void test_optim() {
             std::vector<float> d(n), d2(n); /* the updates, relative to their own size */
             for (int64_t i = 0; i < n; i++) d[i] = p[i] - before[i], d2[i] = p2[i] - before2[i];
             worst_u = std::max(worst_u, rel(d, d2));
+            worst_cos = std::max(worst_cos, 1 - cosine(d.data(), d2.data(), d.size()));
         }
-        check("muon update (p - p_before)", worst_u, 1e-4, "%ldx%ld", (long)rows, (long)cols);
         check("muon momentum", worst_b, 1e-6, "%ldx%ld", (long)rows, (long)cols);
-        check("muon params", worst_p, 1e-5, "%ldx%ld", (long)rows, (long)cols);
+        if (!bf) {
+            check("muon update (p - p_before)", worst_u, 1e-4, "%ldx%ld", (long)rows, (long)cols);
+            check("muon params", worst_p, 1e-5, "%ldx%ld", (long)rows, (long)cols);
+        } else {
+            /* bf16 operands round each GEMM's inputs to 8 mantissa bits, and the
+             * quintic (which oscillates rather than converges) carries that into
+             * the output: the update's direction is checked, and its size loosely */
+            check("muon bf16 update (1 - cosine)", worst_cos, 5e-3, "%ldx%ld", (long)rows, (long)cols);
+            check("muon bf16 update (rel)", worst_u, 0.15, "%ldx%ld", (long)rows, (long)cols);
+        }
     }
 }

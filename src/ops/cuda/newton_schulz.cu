@@ -5,8 +5,10 @@
  * the division by max(norm, eps) read on the device (no host sync); five
  * quintic iterations as three fp32 cuBLASLt GEMMs each (lmc_cuda_gemm:
  * A = X X^T, A A, B X) with element-wise kernels for B = b A + c A A and
- * Y = a X + B X; and the decayed update of p. In fp32 (the CPU twin's
- * precision); a bf16 Newton–Schulz is not done yet. */
+ * Y = a X + B X; and the decayed update of p. With ns_bf16 the GEMMs
+ * read bf16 copies of X, A and B (tensor cores, fp32 accumulation) while
+ * X, A, B and the element-wise steps stay fp32; without it everything is
+ * fp32 (the CPU twin's precision). */
 #include "ops/cuda/common.cuh"
 
 extern "C" {
@@ -77,8 +79,12 @@ extern "C" void lmc_cuda_muon(void *ctx, float *p, const float *g, float *buf, i
     const int tr = rows > cols;
     const int64_t k = tr ? cols : rows, w = tr ? rows : cols;
     float *X = work, *Y = work + k * w, *A = Y + k * w, *B = A + k * k;
-    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, sizeof(float));
+    const size_t o_xb = 256, o_ab = o_xb + lmc_cuda_al256((size_t)(k * w) * 2),
+                 o_bb = o_ab + lmc_cuda_al256((size_t)(k * k) * 2), need = o_bb + lmc_cuda_al256((size_t)(k * k) * 2);
+    lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, s->ns_bf16 ? need : sizeof(float));
     float *nrm = (float *)c->scratch;
+    __nv_bfloat16 *xb = (__nv_bfloat16 *)((char *)c->scratch + o_xb);
+    __nv_bfloat16 *ab = (__nv_bfloat16 *)((char *)c->scratch + o_ab), *bb = (__nv_bfloat16 *)((char *)c->scratch + o_bb);
     const unsigned bl = lmc_cuda_blocks(n, NS_THREADS), bk = lmc_cuda_blocks(k * k, NS_THREADS);
     muon_momentum_kernel<<<bl, NS_THREADS, 0, c->stream>>>(X, buf, g, rows, cols, tr, *s);
     LMC_CUDA_LAUNCH_CHECK();
@@ -88,13 +94,18 @@ extern "C" void lmc_cuda_muon(void *ctx, float *p, const float *g, float *buf, i
     LMC_CUDA_LAUNCH_CHECK();
     /* Row-major X (k, w) is the column-major (w, k) matrix Xc; A, B are
      * symmetric, so their layout does not matter. */
+    const enum lmc_dtype dt = s->ns_bf16 ? LMC_DTYPE_BF16 : LMC_DTYPE_F32;
     for (int it = 0; it < s->ns_steps; it++) {
-        lmc_cuda_gemm(c, true, false, k, k, w, X, w, X, w, A, k, LMC_DTYPE_F32, NULL, 0.0f); /* A = X X^T */
-        lmc_cuda_gemm(c, false, false, k, k, k, A, k, A, k, B, k, LMC_DTYPE_F32, NULL, 0.0f); /* B = A A */
+        const void *xo = X, *ao = A, *bo = B;
+        if (s->ns_bf16) lmc_cuda_to_bf16(c, xb, X, k * w), xo = xb;
+        lmc_cuda_gemm(c, true, false, k, k, w, xo, w, xo, w, A, k, dt, NULL, 0.0f); /* A = X X^T */
+        if (s->ns_bf16) lmc_cuda_to_bf16(c, ab, A, k * k), ao = ab;
+        lmc_cuda_gemm(c, false, false, k, k, k, ao, k, ao, k, B, k, dt, NULL, 0.0f); /* B = A A */
         muon_axpby_kernel<<<bk, NS_THREADS, 0, c->stream>>>(B, A, k * k, s->ns_b, s->ns_c); /* B = b A + c A A */
         LMC_CUDA_LAUNCH_CHECK();
+        if (s->ns_bf16) lmc_cuda_to_bf16(c, bb, B, k * k), bo = bb;
         /* Y^T (w, k) = Xc B: Y = B X */
-        lmc_cuda_gemm(c, false, false, w, k, k, X, w, B, k, Y, w, LMC_DTYPE_F32, NULL, 0.0f);
+        lmc_cuda_gemm(c, false, false, w, k, k, xo, w, bo, k, Y, w, dt, NULL, 0.0f);
         muon_axpby_kernel<<<bl, NS_THREADS, 0, c->stream>>>(Y, X, n, s->ns_a, 1.0f); /* Y = a X + B X */
         LMC_CUDA_LAUNCH_CHECK();
         float *t = X;
