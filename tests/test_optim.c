@@ -407,6 +407,32 @@ static void test_groups_and_bytes(void) {
     for (int i = 0; i < 6; i++) free(mem[i]);
 }
 
+/* lmc_optim_step_one over the parameters in reverse order (as a backward
+ * pass completes them), each reading its gradient from one shared buffer
+ * (lmc_optim_set_grad), gives lmc_optim_step's bits, for every kind. */
+static void test_step_one(void) {
+    for (int k = 0; k < LMC_OPTIM_KIND_COUNT; k++) {
+        struct lmc_optim_cfg c;
+        double lr;
+        cfg_for(&c, (enum lmc_optim_kind)k, &lr);
+        struct run a, b;
+        lmc_err err;
+        CHECK(!run_init(&a, &c, &err) && !run_init(&b, &c, &err));
+        float *shared = malloc(176 * 64 * 4);
+        for (int64_t t = 1; t <= 3; t++) {
+            run_steps(&a, lr, t, t, 1.0f);
+            for (int j = NP - 1; j >= 0; j--) {
+                gen(shared, prow[j] * pcol[j], 100000 * (uint64_t)t + (uint64_t)j, 1.0f);
+                lmc_optim_set_grad(&b.opt, j, shared);
+                lmc_optim_step_one(&b.opt, j, lr, t, 1.0f);
+            }
+        }
+        CHECK_MSG(same_params(&a, &b), "%s", lmc_optim_kind_name((enum lmc_optim_kind)k));
+        free(shared);
+        run_free(&a), run_free(&b);
+    }
+}
+
 static void test_moonlight(void) {
     /* the same Muon step with the Moonlight scale moves p by 0.2 sqrt(max) / max(1, r/c)^0.5 times as much */
     for (int j = 0; j < 3; j++) {
@@ -486,6 +512,7 @@ int main(void) {
     test_resume();
     test_groups_and_bytes();
     test_moonlight();
+    test_step_one();
     test_flags();
     lmc_backend_cpu_free(&cpu);
     return test_finish("test_optim");

@@ -377,41 +377,49 @@ lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
     return LMC_OK;
 }
 
-void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale) {
+void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, float grad_scale) {
+    LMC_ASSERT(i >= 0 && i < o->n_params);
     const struct lmc_backend *be = o->be;
     const struct lmc_optim_cfg *c = &o->cfg;
-    for (int i = 0; i < o->n_params; i++) {
-        struct lmc_optim_slot *s = &o->slots[i];
-        const int64_t n = s->rows * s->cols;
-        switch (s->group) {
-        case LMC_GROUP_ADAMW:
-        case LMC_GROUP_ADAMW8BIT: {
-            struct lmc_adamw_step as;
-            lmc_adamw_step_make(&c->adamw, step, lr, s->decay, grad_scale, &as);
-            if (s->group == LMC_GROUP_ADAMW) be->adamw(be->ctx, s->p, s->g, s->m, s->v, n, &as);
-            else
-                be->adamw8bit(be->ctx, s->p, s->g, s->qm, s->qv, s->am, s->av, n, c->q8_block, o->code_m,
-                              o->code_v, &as);
-            break;
-        }
-        case LMC_GROUP_MUON: {
-            /* torch.optim.Muon: adjusted_lr = lr * ratio; p *= 1 - lr * wd; p -= adjusted_lr * O */
-            double mlr = c->adamw.lr > 0 ? c->muon_lr * (lr / c->adamw.lr) : c->muon_lr;
-            double ratio = c->muon_scale == LMC_MUON_SCALE_MOONLIGHT
-                               ? 0.2 * sqrt((double)LMC_MAX(s->rows, s->cols))
-                               : sqrt(LMC_MAX(1.0, (double)s->rows / (double)s->cols));
-            struct lmc_muon_step ms = {
-                .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
-                .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
-                .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
-                .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = c->muon_ns_bf16};
-            be->muon(be->ctx, s->p, s->g, s->buf, s->rows, s->cols, &ms, o->work);
-            break;
-        }
-        case LMC_GROUP_GALORE: lmc_optim_galore_step(o, s, lr, step, grad_scale); break;
-        case LMC_GROUP_APOLLO: lmc_optim_apollo_step(o, s, lr, step, grad_scale); break;
-        }
+    struct lmc_optim_slot *s = &o->slots[i];
+    const int64_t n = s->rows * s->cols;
+    switch (s->group) {
+    case LMC_GROUP_ADAMW:
+    case LMC_GROUP_ADAMW8BIT: {
+        struct lmc_adamw_step as;
+        lmc_adamw_step_make(&c->adamw, step, lr, s->decay, grad_scale, &as);
+        if (s->group == LMC_GROUP_ADAMW) be->adamw(be->ctx, s->p, s->g, s->m, s->v, n, &as);
+        else
+            be->adamw8bit(be->ctx, s->p, s->g, s->qm, s->qv, s->am, s->av, n, c->q8_block, o->code_m,
+                          o->code_v, &as);
+        break;
     }
+    case LMC_GROUP_MUON: {
+        /* torch.optim.Muon: adjusted_lr = lr * ratio; p *= 1 - lr * wd; p -= adjusted_lr * O */
+        double mlr = c->adamw.lr > 0 ? c->muon_lr * (lr / c->adamw.lr) : c->muon_lr;
+        double ratio = c->muon_scale == LMC_MUON_SCALE_MOONLIGHT
+                           ? 0.2 * sqrt((double)LMC_MAX(s->rows, s->cols))
+                           : sqrt(LMC_MAX(1.0, (double)s->rows / (double)s->cols));
+        struct lmc_muon_step ms = {
+            .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
+            .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
+            .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
+            .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = c->muon_ns_bf16};
+        be->muon(be->ctx, s->p, s->g, s->buf, s->rows, s->cols, &ms, o->work);
+        break;
+    }
+    case LMC_GROUP_GALORE: lmc_optim_galore_step(o, s, lr, step, grad_scale); break;
+    case LMC_GROUP_APOLLO: lmc_optim_apollo_step(o, s, lr, step, grad_scale); break;
+    }
+}
+
+void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale) {
+    for (int i = 0; i < o->n_params; i++) lmc_optim_step_one(o, i, lr, step, grad_scale);
+}
+
+void lmc_optim_set_grad(struct lmc_optim *o, int i, const float *g) {
+    LMC_ASSERT(i >= 0 && i < o->n_params && g);
+    o->slots[i].g = g;
 }
 
 enum lmc_optim_group lmc_optim_group_of(const struct lmc_optim *o, int i) {

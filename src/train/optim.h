@@ -181,6 +181,15 @@ void lmc_optim_free(struct lmc_optim *o);
  * projection when (step - 1) % gap == 0). grad_scale multiplies every
  * gradient first (clipping; 1 = none). The gradients are not modified. */
 void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale);
+/* The same for parameter i alone (lmc_optim_step = this for i = 0..n-1):
+ * a trainer can update each tensor as soon as its gradient is complete
+ * (GaLore's per-layer update) and, with lmc_optim_set_grad, point several
+ * parameters at one reused gradient buffer, so that the full gradient of
+ * only one layer lives at a time. grad_scale must then be known before the
+ * whole gradient is (no global-norm clipping, or a clip from the last step). */
+void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, float grad_scale);
+/* Points parameter i at another gradient buffer (backend memory, same shape). */
+void lmc_optim_set_grad(struct lmc_optim *o, int i, const float *g);
 
 /* The group parameter i was put in, and a one-line summary per group
  * ("muon: 14 tensors, 1.2M params; adamw: 5 tensors, ...") into buf. */
