@@ -457,6 +457,21 @@ static void test_moonlight(void) {
     }
 }
 
+static void test_roles(void) {
+    static const struct { const char *name; int ndim; enum lmc_param_role want; } t[] = {
+        {"model.embed_tokens.weight", 2, LMC_ROLE_EMBEDDING}, {"lm_head.weight", 2, LMC_ROLE_HEAD},
+        {"model.layers.0.self_attn.q_proj.weight", 2, LMC_ROLE_MATRIX},
+        {"model.layers.0.self_attn.q_proj.bias", 1, LMC_ROLE_BIAS},
+        {"model.layers.0.input_layernorm.weight", 1, LMC_ROLE_NORM}, {"model.norm.weight", 1, LMC_ROLE_NORM},
+        {"model.layers.1.mlp.down_proj.weight", 2, LMC_ROLE_MATRIX}, {"transformer.wte.weight", 2, LMC_ROLE_EMBEDDING},
+        {"transformer.wpe.weight", 2, LMC_ROLE_EMBEDDING}, {"transformer.h.0.ln_1.bias", 1, LMC_ROLE_NORM},
+        {"transformer.h.0.attn.c_attn.bias", 1, LMC_ROLE_BIAS}, {"transformer.h.0.mlp.c_fc.weight", 2, LMC_ROLE_MATRIX},
+        {"transformer.ln_f.weight", 1, LMC_ROLE_NORM},
+        {"model.layers.0.mixer.conv1d.weight", 3, LMC_ROLE_OTHER}, {"model.layers.0.mixer.D", 1, LMC_ROLE_OTHER}};
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        CHECK_MSG(lmc_optim_role_guess(t[i].name, t[i].ndim) == t[i].want, "%s", t[i].name);
+}
+
 static void test_flags(void) {
     struct lmc_optim_cfg c;
     lmc_optim_cfg_default(&c, LMC_OPTIM_ADAMW);
@@ -513,6 +528,7 @@ int main(void) {
     test_groups_and_bytes();
     test_moonlight();
     test_step_one();
+    test_roles();
     test_flags();
     lmc_backend_cpu_free(&cpu);
     return test_finish("test_optim");

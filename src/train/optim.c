@@ -175,6 +175,17 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     return LMC_OK;
 }
 
+enum lmc_param_role lmc_optim_role_guess(const char *name, int ndim) {
+    if (ndim < 2) {
+        if (strstr(name, "norm") || strstr(name, "ln_")) return LMC_ROLE_NORM;
+        size_t l = strlen(name);
+        return l >= 5 && !strcmp(name + l - 5, ".bias") ? LMC_ROLE_BIAS : LMC_ROLE_OTHER;
+    }
+    if (strstr(name, "embed") || strstr(name, "wte.") || strstr(name, "wpe.")) return LMC_ROLE_EMBEDDING;
+    if (strstr(name, "lm_head")) return LMC_ROLE_HEAD;
+    return ndim == 2 ? LMC_ROLE_MATRIX : LMC_ROLE_OTHER;
+}
+
 /* ---- grouping and sizing */
 static enum lmc_optim_group group_for(const struct lmc_optim_cfg *c, const struct lmc_optim_param *p) {
     bool matrix = p->role == LMC_ROLE_MATRIX && p->rows > 1 && p->cols > 1;

@@ -66,6 +66,12 @@ enum lmc_param_role {
     LMC_ROLE_OTHER,       /* anything else (AdamW) */
 };
 
+/* A role from a Hugging Face tensor name and rank, for callers without a
+ * spec table yet: 1-D "norm"/"ln_" NORM, other 1-D ".bias" BIAS;
+ * 2-D "embed"/"wte."/"wpe." EMBEDDING, "lm_head" HEAD, other 2-D MATRIX;
+ * anything else OTHER. */
+enum lmc_param_role lmc_optim_role_guess(const char *name, int ndim);
+
 enum lmc_muon_scale { LMC_MUON_SCALE_SHAPE = 0, LMC_MUON_SCALE_MOONLIGHT };
 enum lmc_apollo_scale { LMC_APOLLO_CHANNEL = 0, LMC_APOLLO_TENSOR };
 
@@ -118,7 +124,10 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
 lmc_status lmc_optim_cfg_check(const struct lmc_optim_cfg *c, lmc_err *err);
 
 /* One trainable tensor. p and g are backend memory of rows*cols floats,
- * row-major (a 1-D tensor of n: rows 1, cols n). name is copied. */
+ * row-major (a 1-D tensor of n: rows 1, cols n); rows = output features
+ * (a Linear's (out, in); GPT-2's Conv1D weights, (in, out) on disk, are
+ * given as (out, in), since Muon's scale max(1, rows/cols)^0.5 reads the
+ * orientation). name is copied. */
 struct lmc_optim_param {
     const char *name;
     float *p;
