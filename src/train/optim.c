@@ -256,7 +256,7 @@ static lmc_status plan(const struct lmc_optim_cfg *c, const struct lmc_optim_par
     for (int i = 0; i < n; i++) {
         const struct lmc_optim_param *p = &params[i];
         const char *nm = p->name ? p->name : "(unnamed)";
-        if (p->rows < 1 || p->cols < 1 || p->rows > ((int64_t)1 << 31) || p->cols > ((int64_t)1 << 31) ||
+        if (p->rows < 1 || p->cols < 1 || p->rows > INT32_MAX || p->cols > INT32_MAX ||
             p->rows * p->cols > ((int64_t)1 << 40))
             return lmc_err_set(err, LMC_ERR_ARG, "optimizer: parameter %s: bad shape (%lld, %lld)", nm,
                                (long long)p->rows, (long long)p->cols);
