@@ -42,7 +42,8 @@ struct lmc_adamw_step {
     float grad_scale;   /* clipping's factor; 1 = none */
 };
 
-struct lmc_muon_step; /* ops/optim_ops.h (the optimizer entries at the end) */
+struct lmc_muon_step;    /* ops/optim_ops.h (the optimizer entries at the end) */
+struct lmc_lowrank_step;
 
 struct lmc_backend {
     const char *name;
@@ -243,6 +244,13 @@ struct lmc_backend {
     void (*adamw8bit)(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
                       float *absmax_m, float *absmax_v, int64_t n, int64_t block,
                       const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
+    /* One GaLore / APOLLO step in rank-r space (ops/optim_ops.h) on p, g
+     * (rows, cols), the low-rank moments m, v, the projection proj and
+     * APOLLO's prev_norm (1 float), all backend memory; work:
+     * lmc_lowrank_work_floats(rows, cols, rank) floats of backend memory. */
+    void (*lowrank)(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                    float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                    const struct lmc_lowrank_step *s, float *work);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

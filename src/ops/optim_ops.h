@@ -79,14 +79,49 @@ void lmc_adamw8bit_apply(float *p, const float *g, uint8_t *qm, uint8_t *qv, flo
                          float *absmax_v, int64_t n, int64_t block, const float *code_m,
                          const float *code_v, const struct lmc_adamw_step *s);
 
-/* The CPU backend's entries (ops/cpu/newton_schulz.c, ops/cpu/adamw8bit.c). */
+/* ---- GaLore / APOLLO: one step in the rank-r space given the projection
+ * P (train/optim_lowrank.c refreshes it on the host). right (rows >= cols):
+ * P (rank, cols), R = gs G P^T (rows, rank); else P (rows, rank), R = gs P^T G
+ * (rank, cols). m = m b1 + omb1 R; v = v b2 + omb2 R^2 (the authors' order);
+ * N = m / (sqrtf(v) + eps).
+ *  GaLore: p += alpha * back(N) (right: N P; left: P N), alpha = -step * scale.
+ *  APOLLO: channel factors f = ||N_c|| / (||R_c|| + 1e-8) per row of R (right)
+ *  or per column (left), or one for the tensor; S = G gs f; the limiter:
+ *  with prev = *prev_norm >= 0, lim = max(||S|| / (prev + 1e-8), 1.01) / 1.01,
+ *  *prev_norm = ||S|| / lim (else lim = 1, *prev_norm = ||S||);
+ *  p += alpha * ((S / lim) * sqrt_scale), alpha = -step.
+ * Then p += p * decay (decay = -lr wd; 0: none). Norms in double. */
+struct lmc_lowrank_step {
+    int apollo, right, tensor;
+    float beta1, beta2, one_minus_b1, one_minus_b2, eps;
+    float grad_scale;
+    float alpha;
+    float sqrt_scale;
+    float decay;
+};
+/* Floats of work memory the lowrank op needs (R, channel sums, factors). */
+int64_t lmc_lowrank_work_floats(int64_t rows, int64_t cols, int64_t rank);
+/* The step on host memory (the CPU op). m, v: the low-rank moments; proj: P;
+ * prev_norm: one float (APOLLO; unused by GaLore). */
+void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float *proj,
+                       float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                       const struct lmc_lowrank_step *s, float *work);
+
+/* The CPU backend's entries (ops/cpu/newton_schulz.c, ops/cpu/adamw8bit.c,
+ * ops/cpu/lowrank.c). */
+void lmc_cpu_lowrank(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                     float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                     const struct lmc_lowrank_step *s, float *work);
 void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                   const struct lmc_muon_step *s, float *work);
 void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
                        float *absmax_m, float *absmax_v, int64_t n, int64_t block,
                        const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
 
-/* The CUDA backend's entries (ops/cuda/newton_schulz.cu, ops/cuda/adamw8bit.cu). */
+/* The CUDA backend's entries (ops/cuda/newton_schulz.cu, adamw8bit.cu, lowrank.cu). */
+void lmc_cuda_lowrank(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                      float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                      const struct lmc_lowrank_step *s, float *work);
 void lmc_cuda_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                    const struct lmc_muon_step *s, float *work);
 void lmc_cuda_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,

@@ -275,6 +275,8 @@ static lmc_status plan(const struct lmc_optim_cfg *c, const struct lmc_optim_par
         }
         if (s.group == LMC_GROUP_ADAMW8BIT) s.nblocks = (s.rows * s.cols + c->q8_block - 1) / c->q8_block;
         if (s.group == LMC_GROUP_MUON) wf = LMC_MAX(wf, lmc_muon_work_floats(s.rows, s.cols));
+        if (s.group == LMC_GROUP_GALORE || s.group == LMC_GROUP_APOLLO)
+            wf = LMC_MAX(wf, lmc_lowrank_work_floats(s.rows, s.cols, s.rank));
         struct field f[4];
         int nf = slot_fields(&s, f);
         for (int k = 0; k < nf; k++) {
@@ -316,9 +318,9 @@ lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
     const char *kn = lmc_optim_kind_name(c->kind);
     bool lowrank = c->kind == LMC_OPTIM_GALORE || c->kind == LMC_OPTIM_APOLLO || c->kind == LMC_OPTIM_APOLLO_MINI;
     if (!be->adamw || !be->zero || (c->kind == LMC_OPTIM_MUON && !be->muon) ||
-        (c->kind == LMC_OPTIM_ADAMW8BIT && !be->adamw8bit) || (lowrank && !be->host_memory))
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "optimizer %s: not available on the %s backend%s", kn,
-                           be->name, lowrank ? " (GaLore and APOLLO run on the CPU only for now)" : "");
+        (c->kind == LMC_OPTIM_ADAMW8BIT && !be->adamw8bit) || (lowrank && !be->lowrank))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "optimizer %s: not available on the %s backend (no %s op)",
+                           kn, be->name, lowrank ? "lowrank" : c->kind == LMC_OPTIM_MUON ? "muon" : "adamw8bit");
     o->slots = calloc((size_t)(n > 0 ? n : 1), sizeof *o->slots);
     if (!o->slots) return lmc_err_set(err, LMC_ERR_OOM, "optimizer: out of memory");
     o->n_params = n;
@@ -419,8 +421,8 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
         be->muon(be->ctx, s->p, s->g, s->buf, s->rows, s->cols, &ms, o->work);
         break;
     }
-    case LMC_GROUP_GALORE: lmc_optim_galore_step(o, s, lr, step, grad_scale); break;
-    case LMC_GROUP_APOLLO: lmc_optim_apollo_step(o, s, lr, step, grad_scale); break;
+    case LMC_GROUP_GALORE:
+    case LMC_GROUP_APOLLO: lmc_optim_lowrank_step(o, s, lr, step, grad_scale); break;
     }
 }
 

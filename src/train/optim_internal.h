@@ -30,14 +30,14 @@ struct lmc_optim_slot {
     float *prev_norm;            /* APOLLO's limiter: last ||S|| (1; < 0: none yet) */
 };
 
-/* The host doubles one low-rank slot's step needs as scratch, and the
- * LAPACK workspace (doubles) of its SVD (GaLore; 0 otherwise). */
+/* The host doubles one low-rank slot's projection refresh needs as
+ * scratch, and the LAPACK workspace (doubles) of GaLore's eigensolver
+ * (0 otherwise). */
 size_t lmc_optim_lowrank_scratch(const struct lmc_optim_slot *s, enum lmc_optim_group g,
                                  int *svd_lwork);
-/* One GaLore / APOLLO step of slot s on host memory. */
-void lmc_optim_galore_step(struct lmc_optim *o, struct lmc_optim_slot *s, double lr, int64_t step,
-                           float grad_scale);
-void lmc_optim_apollo_step(struct lmc_optim *o, struct lmc_optim_slot *s, double lr, int64_t step,
-                           float grad_scale);
+/* One GaLore / APOLLO step of slot s: the projection refreshed on the host
+ * when due, then the backend's lowrank op. */
+void lmc_optim_lowrank_step(struct lmc_optim *o, struct lmc_optim_slot *s, double lr, int64_t step,
+                            float grad_scale);
 
 #endif

@@ -91,6 +91,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->adamw = lmc_cpu_adamw;
     be->muon = lmc_cpu_muon;           /* ops/optim_ops.h */
     be->adamw8bit = lmc_cpu_adamw8bit;
+    be->lowrank = lmc_cpu_lowrank;
     return LMC_OK;
 }
 
