@@ -32,7 +32,9 @@
  *    tensor-wise, scale 128.
  *  - 8-bit AdamW: torch.optim.AdamW's formula on blockwise 8-bit moments
  *    (ops/optim_ops.h).
- * GaLore and APOLLO run on host-memory backends (the CPU) only for now. */
+ * Every kind runs on any backend with the muon / adamw8bit / lowrank ops
+ * (CPU, CUDA); GaLore's and APOLLO's projections are refreshed on the host
+ * (the gradient downloaded for GaLore's eigensolver) every gap steps. */
 #ifndef LMC_TRAIN_OPTIM_H
 #define LMC_TRAIN_OPTIM_H
 
@@ -174,7 +176,7 @@ lmc_status lmc_optim_info(const struct lmc_optim_cfg *c, const struct lmc_optim_
 
 /* Groups the parameters and allocates all state (zeroed) in one arena on
  * be. Fails with LMC_ERR_UNSUPPORTED when be lacks an op the kind needs
- * (GaLore / APOLLO on a non-host backend), LMC_ERR_ARG on a bad cfg or
+ * (muon, adamw8bit, lowrank), LMC_ERR_ARG on a bad cfg or
  * parameter, LMC_ERR_OOM when the arena does not fit. params are copied
  * (their pointers, and be, must stay valid until lmc_optim_free). */
 lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,

@@ -18,7 +18,8 @@
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
  *               BF16 / F16 weights, bias epilogue and fallback, backward
  *               in fp32 and train_bf16 (see test_mm)
- *   optim       adamw8bit.cu and newton_schulz.cu (Muon) vs their CPU twins
+ *   optim       adamw8bit.cu, newton_schulz.cu (Muon), lowrank.cu (GaLore,
+ *               APOLLO) vs their CPU twins
  *               (harness_optim.cc)
  *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW

@@ -212,6 +212,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->adamw = lmc_cuda_adamw;
     be->muon = lmc_cuda_muon;           /* ops/optim_ops.h */
     be->adamw8bit = lmc_cuda_adamw8bit;
+    be->lowrank = lmc_cuda_lowrank;
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;
     be->sample_rows = lmc_cuda_sample_rows;
