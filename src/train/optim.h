@@ -18,7 +18,8 @@
  *    schedule (see lmc_optim_step).
  *  - GaLore (galore-torch GaLoreAdamW, proj_type "std"): P = top-r right
  *    singular vectors (rows >= cols; low = G P^T) or left ones (low = P^T G)
- *    of the gradient, by LAPACK dgesvd, each vector's sign fixed so that its
+ *    of the gradient (the eigenvectors of its Gram matrix on the smaller
+ *    side, LAPACK dsyevr in double), each vector's sign fixed so that its
  *    largest-magnitude entry is positive, refreshed at steps 1, 1 + T, ...;
  *    m, v of low's shape; step = lr sqrt(1-b2^t) / (1-b1^t);
  *    p -= step * scale * back(m / (sqrt(v) + eps)); then p -= lr wd p.
@@ -156,7 +157,7 @@ struct lmc_optim {
     size_t state_bytes;              /* optimizer state proper (what checkpoints carry) */
     float *work;                     /* backend scratch inside the arena (Muon) */
     float *code_m, *code_v;          /* backend copies of the 8-bit codes */
-    double *host_scratch;            /* host memory: GaLore's SVD, APOLLO's reductions */
+    double *host_scratch;            /* host memory: the projection refreshes */
     size_t host_scratch_doubles;
     int svd_lwork;
 };

@@ -1,5 +1,5 @@
 /* optim_internal.h — what optim.c (grouping, arena, state, dispatch) and
- * optim_lowrank.c (GaLore and APOLLO steps on host memory) share: the
+ * optim_lowrank.c (GaLore's and APOLLO's projection refreshes) share: the
  * per-parameter slot with its group, shapes and state pointers. */
 #ifndef LMC_TRAIN_OPTIM_INTERNAL_H
 #define LMC_TRAIN_OPTIM_INTERNAL_H

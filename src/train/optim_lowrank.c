@@ -25,8 +25,8 @@ extern void dsyevr_(const char *jobz, const char *range, const char *uplo, const
  * cols): right singular vectors when rows >= cols, left ones otherwise)
  * are the eigenvectors of the k x k Gram matrix (G^T G or G G^T, in
  * double) with the r largest eigenvalues: dsyevr computes only those,
- * which costs a fraction of a full dgesvd (measured 329 s -> see
- * bench/results/optim-2026-12-05.md for GPT-2 124M's 48 matrices). The
+ * which costs a fraction of a full dgesvd (GPT-2 124M's 48 matrices: 329 s
+ * with dgesvd, 14-23 s this way; bench/results/optim-2026-12-05.md). The
  * vectors are the same as the SVD's up to sign, which the sign rule fixes. */
 static int syevr_call(int k, int r, double *gram, double *w, double *z, int *isuppz, double *work,
                       int lwork, int *iwork, int liwork) {
