@@ -43,6 +43,9 @@ struct lmc_adamw_step {
     float grad_scale;   /* clipping's factor; 1 = none */
 };
 
+struct lmc_muon_step;    /* ops/optim_ops.h (the optimizer entries at the end) */
+struct lmc_lowrank_step;
+
 struct lmc_backend {
     const char *name;
     void *ctx;              /* backend state: thread pool, scratch, streams */
@@ -278,6 +281,28 @@ struct lmc_backend {
     void (*rmsnorm_gated_bwd)(void *ctx, float *dx, float *dz, float *dw, const float *dy,
                               const float *x, const float *z, int64_t ldz, const float *w,
                               int64_t M, int64_t C, int64_t group, float eps);
+    /* ---- Memory-efficient optimizers (train/optim.h; formulas and host
+     * cores in ops/optim_ops.h). NULL where a backend has none: the
+     * optimizer then refuses to start with a clear error. */
+    /* One Muon step on p, g, buf (rows, cols), all backend memory; work:
+     * lmc_muon_work_floats(rows, cols) floats of backend memory. */
+    void (*muon)(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                 const struct lmc_muon_step *s, float *work);
+    /* One 8-bit AdamW step on n parameters: moments as codes qm, qv (n bytes)
+     * and per-block absmax_m, absmax_v (ceil(n / block) floats); code_m,
+     * code_v (256 floats each) the signed and unsigned dynamic codes; all
+     * backend memory. AdamW's formula (adamw entry) on the dequantized
+     * moments, then re-quantized with the block's new absmax. */
+    void (*adamw8bit)(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
+                      float *absmax_m, float *absmax_v, int64_t n, int64_t block,
+                      const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
+    /* One GaLore / APOLLO step in rank-r space (ops/optim_ops.h) on p, g
+     * (rows, cols), the low-rank moments m, v, the projection proj and
+     * APOLLO's prev_norm (1 float), all backend memory; work:
+     * lmc_lowrank_work_floats(rows, cols, rank) floats of backend memory. */
+    void (*lowrank)(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                    float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                    const struct lmc_lowrank_step *s, float *work);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

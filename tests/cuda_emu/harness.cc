@@ -18,6 +18,9 @@
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
  *               BF16 / F16 weights, bias epilogue and fallback, backward
  *               in fp32 and train_bf16 (see test_mm)
+ *   optim       adamw8bit.cu, newton_schulz.cu (Muon), lowrank.cu (GaLore,
+ *               APOLLO) vs their CPU twins
+ *               (harness_optim.cc)
  *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
@@ -1054,6 +1057,7 @@ static void test_e2e() {
 }
 
 #include "harness_ssm.inc"
+#include "harness_optim.cc" /* test_optim: the optimizer kernels */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1063,13 +1067,16 @@ int main(int argc, char **argv) {
     struct { const char *name; void (*fn)(); } sections[] = {
         {"attn_train", test_attn_train}, {"sample", test_sample}, {"ops", test_ops},
         {"xent", test_xent}, {"attn", test_attn}, {"mm", test_mm}, {"e2e", test_e2e},
-        {"ssm", test_ssm}, /* last: the others keep their seeds (LMC_EMU_SEED + index) */
+        /* appended last: the earlier sections keep their seeds (LMC_EMU_SEED + index) */
+        {"ssm", test_ssm},
+        {"optim", test_optim},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
             fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e optim)\n", argv[i]);
             return 2;
         }
     }

@@ -2,6 +2,7 @@
  * and the op entry points (each op lives in its own file). */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/ssm_cpu.h"
+#include "ops/optim_ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,9 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->ssd_step = lmc_cpu_ssd_step;
     be->rmsnorm_gated = lmc_cpu_rmsnorm_gated;
     be->rmsnorm_gated_bwd = lmc_cpu_rmsnorm_gated_bwd;
+    be->muon = lmc_cpu_muon;           /* ops/optim_ops.h */
+    be->adamw8bit = lmc_cpu_adamw8bit;
+    be->lowrank = lmc_cpu_lowrank;
     return LMC_OK;
 }
 

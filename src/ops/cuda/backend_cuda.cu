@@ -6,6 +6,10 @@
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/ssm.cuh"
 
+extern "C" {
+#include "ops/optim_ops.h"
+}
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -207,6 +211,9 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->zero = lmc_cuda_zero;
     be->sumsq = lmc_cuda_sumsq;
     be->adamw = lmc_cuda_adamw;
+    be->muon = lmc_cuda_muon;           /* ops/optim_ops.h */
+    be->adamw8bit = lmc_cuda_adamw8bit;
+    be->lowrank = lmc_cuda_lowrank;
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;
     be->sample_rows = lmc_cuda_sample_rows;

@@ -1,0 +1,84 @@
+/* lowrank.c — GaLore's and APOLLO's step on the CPU, given the projection
+ * (ops/optim_ops.h states the formulas; train/optim_lowrank.c refreshes
+ * the projection): the projected gradient through OpenBLAS sgemm, the
+ * authors' Adam moments in rank-r space, then GaLore's projection back
+ * (sgemm into p) or APOLLO's channel/tensor scaling of the raw gradient
+ * with the norm-growth limiter; the decay after the update. */
+#include "ops/cpu/ops_cpu.h"
+#include "ops/optim_ops.h"
+
+#include <cblas.h>
+#include <math.h>
+
+int64_t lmc_lowrank_work_floats(int64_t rows, int64_t cols, int64_t rank) {
+    const bool right = rows >= cols;
+    const int64_t nl = right ? rows * rank : rank * cols, nch = right ? rows : cols;
+    return ((nl + 1) & ~(int64_t)1) + 5 * nch + 8;
+}
+
+void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float *proj,
+                       float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                       const struct lmc_lowrank_step *s, float *work) {
+    const bool right = s->right;
+    LMC_ASSERT(right == (rows >= cols) && rank >= 1 && rank <= LMC_MIN(rows, cols));
+    const int64_t low_rows = right ? rows : rank, low_cols = right ? rank : cols, nl = low_rows * low_cols;
+    const int M = (int)rows, N = (int)cols, r = (int)rank;
+    float *R = work;
+    double *nr = (double *)(work + ((nl + 1) & ~(int64_t)1)), *nn = nr + (right ? rows : cols);
+    /* R = gs G P^T (right) or gs P^T G */
+    if (right) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, s->grad_scale, g, N, proj, N, 0.0f, R, r);
+    else cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, s->grad_scale, proj, r, g, N, 0.0f, R, N);
+    for (int64_t i = 0; i < nl; i++) {
+        m[i] = m[i] * s->beta1 + R[i] * s->one_minus_b1;
+        v[i] = v[i] * s->beta2 + s->one_minus_b2 * (R[i] * R[i]);
+    }
+    if (!s->apollo) {
+        for (int64_t i = 0; i < nl; i++) R[i] = m[i] / (sqrtf(v[i]) + s->eps); /* N, in place */
+        if (right)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, r, s->alpha, R, r, proj, N, 1.0f, p, N);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, r, s->alpha, proj, r, R, N, 1.0f, p, N);
+    } else {
+        /* channel: a row of R (right) or a column (left); one for the tensor */
+        const bool tensor = s->tensor;
+        const int64_t ch = tensor ? 1 : right ? rows : cols;
+        for (int64_t q = 0; q < ch; q++) nr[q] = nn[q] = 0;
+        for (int64_t i = 0; i < nl; i++) {
+            int64_t q = tensor ? 0 : right ? i / low_cols : i % low_cols;
+            float x = m[i] / (sqrtf(v[i]) + s->eps);
+            nr[q] += (double)R[i] * R[i];
+            nn[q] += (double)x * x;
+        }
+        for (int64_t q = 0; q < ch; q++) nr[q] = (double)(float)(sqrt(nn[q]) / (sqrt(nr[q]) + 1e-8));
+        double ss = 0;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < cols; j++) {
+                double x = (double)(g[i * cols + j] * s->grad_scale) * nr[tensor ? 0 : right ? i : j];
+                ss += x * x;
+            }
+        float prev = *prev_norm;
+        double nrm = sqrt(ss), lim = 1.0;
+        if (prev >= 0) {
+            lim = LMC_MAX(nrm / ((double)prev + 1e-8), 1.01) / 1.01;
+            prev = (float)(nrm / lim);
+        } else {
+            prev = (float)nrm;
+        }
+        *prev_norm = prev;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < cols; j++) {
+                float f = (float)nr[tensor ? 0 : right ? i : j];
+                float S = (float)((double)(g[i * cols + j] * s->grad_scale * f) / lim);
+                p[i * cols + j] += s->alpha * (S * s->sqrt_scale);
+            }
+    }
+    if (s->decay != 0.0f)
+        for (int64_t i = 0; i < rows * cols; i++) p[i] += p[i] * s->decay;
+}
+
+void lmc_cpu_lowrank(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                     float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                     const struct lmc_lowrank_step *s, float *work) {
+    (void)ctx;
+    lmc_lowrank_apply(p, g, m, v, proj, prev_norm, rows, cols, rank, s, work);
+}

@@ -1,0 +1,75 @@
+/* newton_schulz.c — Muon's step on the CPU: Nesterov momentum, the quintic
+ * Newton–Schulz orthogonalisation (per iteration OpenBLAS ssyrk for the
+ * symmetric X X^T and A A, ssymm for B X: 3k^2 n + k^3 flops per
+ * iteration instead of general GEMMs' 4k^2 n + 2k^3) and the scaled, decoupled-decay
+ * update, as
+ * ops/optim_ops.h states it (torch.optim.Muon's order of operations, in
+ * float32; the Frobenius norm is accumulated in double). */
+#include "ops/cpu/ops_cpu.h"
+#include "ops/optim_ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+int64_t lmc_muon_work_floats(int64_t rows, int64_t cols) {
+    int64_t k = LMC_MIN(rows, cols), n = rows < cols ? cols : rows;
+    return 2 * k * n + 2 * k * k;
+}
+
+float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_muon_step *s,
+                               float *work) {
+    LMC_ASSERT(k >= 1 && k <= n);
+    float *X = work, *Y = work + k * n, *A = Y + k * n, *B = A + k * k;
+    if (x != X) memcpy(X, x, (size_t)(k * n) * sizeof *X);
+    double ss = 0;
+    for (int64_t i = 0; i < k * n; i++) ss += (double)X[i] * (double)X[i];
+    float nrm = (float)sqrt(ss);
+    if (nrm < s->ns_eps) nrm = s->ns_eps;
+    for (int64_t i = 0; i < k * n; i++) X[i] /= nrm;
+    const int K = (int)k, N = (int)n;
+    for (int it = 0; it < s->ns_steps; it++) {
+        /* A = X X^T (k, k), symmetric: the upper triangle by ssyrk, mirrored */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, K, N, 1.0f, X, N, 0.0f, A, K);
+        for (int64_t i = 0; i < k; i++)
+            for (int64_t j = 0; j < i; j++) A[i * k + j] = A[j * k + i];
+        /* B = b A + c A A^T (= b A + c A A): the upper triangle */
+        memcpy(B, A, (size_t)(k * k) * sizeof *B);
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, K, K, s->ns_c, A, K, s->ns_b, B, K);
+        /* Y = a X + B X, B read from its upper triangle */
+        memcpy(Y, X, (size_t)(k * n) * sizeof *Y);
+        cblas_ssymm(CblasRowMajor, CblasLeft, CblasUpper, K, N, 1.0f, B, K, X, N, s->ns_a, Y, N);
+        float *t = X;
+        X = Y, Y = t;
+    }
+    return X;
+}
+
+void lmc_muon_apply(float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                    const struct lmc_muon_step *s, float *work) {
+    const int64_t n = rows * cols;
+    const bool tr = rows > cols;
+    const int64_t k = tr ? cols : rows, w = tr ? rows : cols;
+    float *X = work;
+    const float mu = s->momentum, omm = 1.0f - s->momentum;
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i] * s->grad_scale;
+        float b = omm < 0.5f ? buf[i] + omm * (gi - buf[i]) : gi - (gi - buf[i]) * mu;
+        buf[i] = b;
+        /* torch's lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w) */
+        float u = !s->nesterov ? b : mu < 0.5f ? gi + mu * (b - gi) : b - (b - gi) * omm;
+        if (tr) X[(i % cols) * w + i / cols] = u; /* X = u^T (cols, rows) */
+        else X[i] = u;
+    }
+    const float *O = lmc_newton_schulz_apply(X, k, w, s, work);
+    for (int64_t i = 0; i < n; i++) {
+        float o = tr ? O[(i % cols) * w + i / cols] : O[i];
+        p[i] = p[i] * s->decay_mul - s->lr_adj * o;
+    }
+}
+
+void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                  const struct lmc_muon_step *s, float *work) {
+    (void)ctx;
+    lmc_muon_apply(p, g, buf, rows, cols, s, work);
+}

@@ -1,0 +1,131 @@
+/* optim_ops.h — the backend ops of the memory-efficient optimizers
+ * (train/optim.h): Muon's step (momentum, quintic Newton–Schulz
+ * orthogonalisation, scaled update) and 8-bit AdamW's blockwise
+ * dequantize / update / requantize pass, with their step scalars, the
+ * dynamic 8-bit code, and the host-memory cores that the CPU backend runs
+ * (one source of truth for the formulas; the CUDA twins follow them
+ * operation by operation). */
+#ifndef LMC_OPS_OPTIM_OPS_H
+#define LMC_OPS_OPTIM_OPS_H
+
+#include "ops/backend.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* One Muon step's scalars (torch.optim.Muon's formula, float32 tensors):
+ * (each lerp evaluated as torch does: start + w (end - start) for w < 0.5,
+ * else end - (end - start)(1 - w))
+ *   g' = g * grad_scale
+ *   buf = buf + (1 - momentum) * (g' - buf)                 (buf.lerp_(g, 1 - mu))
+ *   u = nesterov ? g' + momentum * (buf - g') : buf          (g.lerp(buf, mu))
+ *   X = u (u^T when rows > cols);  X = X / max(||X||_F, ns_eps)
+ *   ns_steps times: A = X X^T;  B = ns_b A + ns_c A A;  X = ns_a X + B X
+ *   p = p * decay_mul - lr_adj * (X, transposed back)          */
+struct lmc_muon_step {
+    float momentum;
+    int nesterov;
+    int ns_steps;
+    float ns_a, ns_b, ns_c;  /* 3.4445, -4.7750, 2.0315 */
+    float ns_eps;            /* 1e-7 (torch) */
+    float decay_mul;         /* 1 - lr * weight_decay */
+    float lr_adj;            /* lr * max(1, rows/cols)^0.5, or lr * 0.2 * sqrt(max(rows, cols)) */
+    float grad_scale;        /* clipping's factor; 1 = none */
+    int ns_bf16;             /* CUDA: the iteration's GEMM operands in bf16 (tensor cores,
+                                fp32 accumulation and element-wise math); the CPU runs fp32 */
+};
+
+/* Floats of work memory the muon op needs for a (rows, cols) matrix:
+ * X and its next iterate (k*n each) and A, B (k*k each), k = min, n = max. */
+int64_t lmc_muon_work_floats(int64_t rows, int64_t cols);
+
+/* Quintic Newton–Schulz on host memory: x (k, n) row-major, k <= n, is
+ * replaced by its orthogonalised iterate (after Frobenius normalisation
+ * and s->ns_steps iterations). work: 2*k*n + 2*k*k floats (x may be its
+ * first k*n floats). Returns the pointer (x or work) holding the result. */
+float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_muon_step *s,
+                               float *work);
+
+/* Muon's step on host memory (the CPU op): p, g, buf (rows, cols). */
+void lmc_muon_apply(float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                    const struct lmc_muon_step *s, float *work);
+
+/* ---- 8-bit AdamW. Each moment is stored as one byte per element (an
+ * index into a 256-entry code, sorted ascending) and one float per block
+ * of `block` elements (the block's absmax): value = code[q] * absmax.
+ * The dynamic code (Dettmers' dynamic tree quantisation, our generator):
+ * magnitudes 10^-E * (0.1 + 0.9 * (j + 0.5) / 2^(B-1-E)), j < 2^(B-1-E),
+ * for E = 0..6 (B = 7 magnitude bits signed, 8 unsigned), plus 0 and 1.0;
+ * the signed code has each magnitude with both signs (127*2 + 2 = 256),
+ * the unsigned one 254 magnitudes + 2. Quantisation picks the nearest code
+ * value (the lower on a tie), except that a non-zero value never becomes 0
+ * (it takes the nearest non-zero code of its sign): a second moment
+ * rounded to 0 would divide a non-zero first moment by eps. */
+#define LMC_Q8_BLOCK_MIN 64
+#define LMC_Q8_BLOCK_MAX 2048
+void lmc_q8_dynamic_code(float code[256], bool is_signed);
+/* The index of the code value nearest x (a value already divided by its
+ * block's absmax, in [-1, 1]) under the rule above. */
+uint8_t lmc_q8_quantize(const float code[256], float x);
+/* The CPU op's table-driven quantiser on x (builds its table each call:
+ * for tests, which check it gives lmc_q8_quantize's answer). */
+uint8_t lmc_q8_quantize_fast_check(const float code[256], float x);
+
+/* 8-bit AdamW's element formula is AdamW's (backend.h's adamw entry) on the
+ * dequantized moments; the new moments' absmax per block is taken after
+ * the update and the moments are re-quantized with it. n elements in
+ * blocks of `block` (the last one may be short). */
+void lmc_adamw8bit_apply(float *p, const float *g, uint8_t *qm, uint8_t *qv, float *absmax_m,
+                         float *absmax_v, int64_t n, int64_t block, const float *code_m,
+                         const float *code_v, const struct lmc_adamw_step *s);
+
+/* ---- GaLore / APOLLO: one step in the rank-r space given the projection
+ * P (train/optim_lowrank.c refreshes it on the host). right (rows >= cols):
+ * P (rank, cols), R = gs G P^T (rows, rank); else P (rows, rank), R = gs P^T G
+ * (rank, cols). m = m b1 + omb1 R; v = v b2 + omb2 R^2 (the authors' order);
+ * N = m / (sqrtf(v) + eps).
+ *  GaLore: p += alpha * back(N) (right: N P; left: P N), alpha = -step * scale.
+ *  APOLLO: channel factors f = ||N_c|| / (||R_c|| + 1e-8) per row of R (right)
+ *  or per column (left), or one for the tensor; S = G gs f; the limiter:
+ *  with prev = *prev_norm >= 0, lim = max(||S|| / (prev + 1e-8), 1.01) / 1.01,
+ *  *prev_norm = ||S|| / lim (else lim = 1, *prev_norm = ||S||);
+ *  p += alpha * ((S / lim) * sqrt_scale), alpha = -step.
+ * Then p += p * decay (decay = -lr wd; 0: none). Norms in double. */
+struct lmc_lowrank_step {
+    int apollo, right, tensor;
+    float beta1, beta2, one_minus_b1, one_minus_b2, eps;
+    float grad_scale;
+    float alpha;
+    float sqrt_scale;
+    float decay;
+};
+/* Floats of work memory the lowrank op needs (R, channel sums, factors). */
+int64_t lmc_lowrank_work_floats(int64_t rows, int64_t cols, int64_t rank);
+/* The step on host memory (the CPU op). m, v: the low-rank moments; proj: P;
+ * prev_norm: one float (APOLLO; unused by GaLore). */
+void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float *proj,
+                       float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                       const struct lmc_lowrank_step *s, float *work);
+
+/* The CPU backend's entries (ops/cpu/newton_schulz.c, ops/cpu/adamw8bit.c,
+ * ops/cpu/lowrank.c). */
+void lmc_cpu_lowrank(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                     float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                     const struct lmc_lowrank_step *s, float *work);
+void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                  const struct lmc_muon_step *s, float *work);
+void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
+                       float *absmax_m, float *absmax_v, int64_t n, int64_t block,
+                       const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
+
+/* The CUDA backend's entries (ops/cuda/newton_schulz.cu, adamw8bit.cu, lowrank.cu). */
+void lmc_cuda_lowrank(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
+                      float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
+                      const struct lmc_lowrank_step *s, float *work);
+void lmc_cuda_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                   const struct lmc_muon_step *s, float *work);
+void lmc_cuda_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
+                        float *absmax_m, float *absmax_v, int64_t n, int64_t block,
+                        const float *code_m, const float *code_v, const struct lmc_adamw_step *s);
+
+#endif
