@@ -171,19 +171,19 @@ int cmd_info(int argc, char **argv) {
                "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
                "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
                "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
-               k->model_type, k->arch == LMC_ARCH_GPT2 ? "gpt2" : "llama", (long long)m->n_params,
+               k->model_type, m->arch->name, (long long)m->n_params,
                (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
                (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
                (long long)ctx, kvb, actb + logitb, total);
     } else {
-        printf("model        %s (%s family)\n", k->model_type, k->arch == LMC_ARCH_GPT2 ? "gpt2" : "llama");
+        printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
         printf("layers       %lld, hidden %lld, intermediate %lld, vocab %lld\n", (long long)k->num_layers,
                (long long)k->hidden_size, (long long)k->intermediate_size, (long long)k->vocab_size);
         printf("attention    %lld heads, %lld kv heads, head_dim %lld%s\n", (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, k->qkv_bias ? ", qkv bias" : "");
-        if (k->arch != LMC_ARCH_GPT2)
+        if (m->rot_dim)
             printf("rope         %s, theta %g, factor %g\n", rope_name(k->rope.type), k->rope.theta, k->rope.factor);
         printf("positions    %lld%s\n", (long long)k->max_position_embeddings,
                k->tie_word_embeddings ? ", tied embeddings" : "");

@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include "io/json_util.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@
 #define CFG_MAX_VOCAB ((int64_t)1 << 24) /* inclusive */
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEAD_DIM 1024
-#define CFG_SUPPORTED "llama, mistral, qwen2, gpt2"
+#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2"
 
 /* Parsing context: the file label for messages. */
 struct cfg_ctx {
@@ -258,7 +259,9 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
     lmc_status s;
     bool qwen2 = strcmp(c->model_type, "qwen2") == 0;
     bool mistral = strcmp(c->model_type, "mistral") == 0;
-    c->arch = LMC_ARCH_LLAMA;
+    bool qwen3 = strcmp(c->model_type, "qwen3") == 0;
+    c->arch = qwen3 ? LMC_ARCH_QWEN3 : LMC_ARCH_LLAMA;
+    c->qk_norm = qwen3;
     if ((s = cfg_int(x, root, "", "vocab_size", true, 0, 1, CFG_MAX_VOCAB, &c->vocab_size))) return s;
     if ((s = cfg_int(x, root, "", "hidden_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->hidden_size))) return s;
     if ((s = cfg_int(x, root, "", "intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->intermediate_size)))
@@ -281,7 +284,7 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
                                x->label, (long long)hd, CFG_MAX_HEAD_DIM);
     }
     c->head_dim = hd;
-    int64_t def_pos = qwen2 ? 32768 : mistral ? 131072 : 2048; /* transformers' defaults */
+    int64_t def_pos = qwen2 || qwen3 ? 32768 : mistral ? 131072 : 2048; /* transformers' defaults */
     if ((s = cfg_int(x, root, "", "max_position_embeddings", false, def_pos, 1, CFG_MAX_SIZE - 1,
                      &c->max_position_embeddings)))
         return s;
@@ -298,7 +301,7 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
     if ((s = cfg_act(x, "hidden_act", act ? act : "silu", &c->act))) return s;
 
     bool use_sw = true;
-    if (qwen2 && (s = cfg_bool(x, root, "", "use_sliding_window", false, &use_sw))) return s;
+    if ((qwen2 || qwen3) && (s = cfg_bool(x, root, "", "use_sliding_window", false, &use_sw))) return s;
     int64_t sw = 0;
     if ((s = cfg_int(x, root, "", "sliding_window", false, 0, 0, CFG_MAX_SIZE - 1, &sw))) return s;
     c->sliding_window = use_sw ? sw : 0;
@@ -410,7 +413,8 @@ lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len, 
                         "%s: model_type 'mamba' is not supported yet (supported: " CFG_SUPPORTED ")", x.label);
         goto out;
     }
-    bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0;
+    bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0 ||
+                 strcmp(mt, "qwen3") == 0;
     bool gpt2 = strcmp(mt, "gpt2") == 0;
     if (!llama && !gpt2) {
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: " CFG_SUPPORTED ")",
@@ -487,4 +491,60 @@ lmc_status lmc_config_load(struct lmc_config *c, const char *dir, lmc_err *err) 
     s = lmc_config_parse_generation(c, text, len, path, err);
     free(text);
     return s;
+}
+
+/* The config writer, the parser's twin (moved here from train/checkpoint.c). */
+lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err) {
+    cJSON *o = cJSON_CreateObject(), *arch = cJSON_CreateArray();
+    bool gpt2 = c->arch == LMC_ARCH_GPT2, qwen3 = c->arch == LMC_ARCH_QWEN3;
+    bool qwen2 = !gpt2 && !qwen3 && c->qkv_bias && !c->o_bias; /* llama's attention_bias covers o too */
+    cJSON_AddItemToArray(arch, cJSON_CreateString(gpt2 ? "GPT2LMHeadModel" : qwen3 ? "Qwen3ForCausalLM"
+                                                  : qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    cJSON_AddItemToObject(o, "architectures", arch);
+    cJSON_AddStringToObject(o, "model_type", gpt2 ? "gpt2" : qwen3 ? "qwen3" : qwen2 ? "qwen2" : "llama");
+    cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+    if (gpt2) {
+        cJSON_AddNumberToObject(o, "n_embd", (double)c->hidden_size);
+        cJSON_AddNumberToObject(o, "n_layer", (double)c->num_layers);
+        cJSON_AddNumberToObject(o, "n_head", (double)c->num_heads);
+        cJSON_AddNumberToObject(o, "n_inner", (double)c->intermediate_size);
+        cJSON_AddNumberToObject(o, "n_positions", (double)c->max_position_embeddings);
+        cJSON_AddNumberToObject(o, "layer_norm_epsilon", c->norm_eps);
+        cJSON_AddStringToObject(o, "activation_function", c->act == LMC_ACT_GELU ? "gelu" : "gelu_new");
+        cJSON_AddBoolToObject(o, "tie_word_embeddings", true);
+    } else {
+        cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
+        cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
+        cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->num_layers);
+        cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->num_heads);
+        cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->num_kv_heads);
+        cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
+        cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
+        cJSON_AddNumberToObject(o, "rms_norm_eps", c->norm_eps);
+        cJSON_AddStringToObject(o, "hidden_act", "silu");
+        if (!qwen2) cJSON_AddBoolToObject(o, "attention_bias", c->qkv_bias);
+        cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
+        cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
+        cJSON_AddNumberToObject(o, "rope_theta", c->rope.theta);
+        cJSON *rp = cJSON_CreateObject();
+        cJSON_AddNumberToObject(rp, "rope_theta", c->rope.theta);
+        cJSON_AddStringToObject(rp, "rope_type", "default");
+        cJSON_AddItemToObject(o, "rope_parameters", rp);
+    }
+    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
+    if (c->n_eos > 0) cJSON_AddNumberToObject(o, "eos_token_id", (double)c->eos_token_ids[0]);
+    cJSON_AddStringToObject(o, "torch_dtype", "float32");
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!text) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(text);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create (%s)", path, strerror(errno));
+    }
+    size_t n = strlen(text);
+    bool ok = fwrite(text, 1, n, f) == n;
+    ok = (fclose(f) == 0) && ok;
+    free(text);
+    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", path);
 }
