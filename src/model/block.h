@@ -74,6 +74,11 @@ struct lmc_run {
     const float *seq_scales;          /* host (n_seqs) */
     /* TRAIN: B sequences of T tokens from position 0 */
     int64_t B, T;
+    /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer):
+     * SEQ: the sequence's slots (lmc_kv.state); PAGED: seq_state[s] for
+     * sequence s. NULL while no mixer keeps any (attention). */
+    void *state;
+    void *const *seq_state;
 };
 
 /* What one layer's forward keeps (training: per layer, for the backward;

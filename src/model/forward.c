@@ -35,7 +35,12 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struc
     if (be->kv_dtype != LMC_DTYPE_F32) half /= 2;
     kv->k = be->alloc(be->ctx, half);
     kv->v = be->alloc(be->ctx, half);
-    if (!kv->k || !kv->v) {
+    kv->state_bytes = lmc_model_seq_slot_bytes(m);
+    if (kv->state_bytes) {
+        kv->state = be->alloc(be->ctx, kv->state_bytes);
+        if (kv->state) be->zero(be->ctx, kv->state, kv->state_bytes);
+    }
+    if (!kv->k || !kv->v || (kv->state_bytes && !kv->state)) {
         lmc_kv_free(kv);
         return lmc_err_set(err, LMC_ERR_OOM, "KV cache for %lld positions needs %zu bytes",
                            (long long)ctx, 2 * half);
@@ -47,6 +52,7 @@ void lmc_kv_free(struct lmc_kv *kv) {
     if (kv->be) {
         if (kv->k) kv->be->free(kv->be->ctx, kv->k);
         if (kv->v) kv->be->free(kv->be->ctx, kv->v);
+        if (kv->state) kv->be->free(kv->be->ctx, kv->state);
     }
     memset(kv, 0, sizeof *kv);
 }
@@ -139,7 +145,8 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
     int64_t C = c->hidden_size;
     struct lmc_run r = {.mode = LMC_RUN_SEQ, .be = be, .cfg = c, .arch = m->arch, .n = n,
                         .rot_dim = m->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
-                        .attn_scale = 1.0f, .tmp = a->tmp, .kv = kv, .pos0 = pos0};
+                        .attn_scale = 1.0f, .tmp = a->tmp, .kv = kv, .pos0 = pos0,
+                        .state = kv->state};
     for (int64_t i = 0; i < n; i++) a->pos_host[i] = (int32_t)(pos0 + i);
     be->upload(be->ctx, a->pos, a->pos_host, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);

@@ -61,6 +61,8 @@ struct lmc_kv {
     int64_t ctx;                         /* capacity in positions */
     int64_t n_layers, row;               /* row = n_kv*hd */
     float *k, *v;                        /* (L, ctx, row) */
+    void *state;                         /* fixed per-sequence slots of recurrent layers */
+    size_t state_bytes;                  /* (lmc_model_seq_slot_bytes; 0 and NULL today) */
 };
 lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
                        int64_t ctx, lmc_err *err);
