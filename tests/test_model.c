@@ -287,6 +287,34 @@ static void test_config_build(void) {
     CHECK(!lmc_config_build(&c, "gpt2", &sh, &err) && c.intermediate_size == 256 && c.tie_word_embeddings &&
           lmc_arch_of(&c) == &lmc_arch_gpt2 && lmc_arch_rot_dim(&lmc_arch_gpt2, &c) == 0);
     CHECK(!lmc_config_build(&c, "qwen3", &sh, &err) && c.qk_norm && lmc_arch_of(&c) == &lmc_arch_qwen3);
+    /* written as transformers would, read back as the same model */
+    const char *names[] = {"llama", "gpt2", "qwen3"};
+    for (int i = 0; i < 3; i++) {
+        struct lmc_config back;
+        char path[] = "/tmp/lmc-test-config-XXXXXX";
+        int fd = mkstemp(path);
+        CHECK(fd >= 0);
+        close(fd);
+        sh.tie = i == 0;
+        CHECK(!lmc_config_build(&c, names[i], &sh, &err));
+        c.qkv_bias = i == 2;
+        c.o_bias = i == 2;
+        c.eos_token_ids[0] = 7;
+        c.n_eos = 1;
+        CHECK_MSG(!lmc_config_write(&c, path, &err), "%s", err.msg);
+        char *text = NULL;
+        size_t len = 0;
+        CHECK(!lmc_file_read(path, 1 << 20, &text, &len, &err));
+        CHECK_MSG(text && !lmc_config_parse(&back, text, len, path, &err), "%s: %s", names[i], err.msg);
+        CHECK_MSG(lmc_arch_of(&back) == lmc_arch_of(&c) && back.hidden_size == c.hidden_size &&
+                  back.intermediate_size == c.intermediate_size && back.num_kv_heads == c.num_kv_heads &&
+                  back.head_dim == c.head_dim && back.qk_norm == c.qk_norm && (i == 1 || back.qkv_bias == c.qkv_bias) &&
+                  back.tie_word_embeddings == c.tie_word_embeddings && back.n_eos == 1 &&
+                  back.eos_token_ids[0] == 7, "%s config round trip", names[i]);
+        free(text);
+        unlink(path);
+    }
+    sh.tie = false;
     CHECK(lmc_config_build(&c, "bert", &sh, &err) == LMC_ERR_ARG && strstr(err.msg, "bert"));
     sh.hidden = 30;
     CHECK(lmc_config_build(&c, "llama", &sh, &err) == LMC_ERR_ARG && strstr(err.msg, "multiple"));

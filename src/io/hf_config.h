@@ -85,8 +85,5 @@ lmc_status lmc_config_parse_generation(struct lmc_config *c, const char *json, s
                                        const char *label, lmc_err *err);
 /* Reads dir/config.json and, if present, dir/generation_config.json. */
 lmc_status lmc_config_load(struct lmc_config *c, const char *dir, lmc_err *err);
-/* Writes config.json for a model config (llama, qwen2, qwen3 or gpt2) as
- * HF would, so lmc and transformers can load the checkpoint. */
-lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err);
 
 #endif

@@ -5,7 +5,10 @@
 #include "model/arch.h"
 #include "core/core.h"
 
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct lmc_architecture *const archs[] = {&lmc_arch_llama, &lmc_arch_gpt2, &lmc_arch_qwen3};
@@ -208,4 +211,26 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err) {
     if (!lmc_mul_ok(qd, c->hidden_size, &p) || p > lim || c->num_layers > (1 << 20))
         return lmc_err_set(err, LMC_ERR_ARG, "config: attention sizes out of range");
     return LMC_OK;
+}
+
+lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    lmc_arch_of(c)->config_json(c, o);
+    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
+    if (c->n_eos > 0) cJSON_AddNumberToObject(o, "eos_token_id", (double)c->eos_token_ids[0]);
+    cJSON_AddStringToObject(o, "torch_dtype", "float32");
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!text) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(text);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create (%s)", path, strerror(errno));
+    }
+    size_t n = strlen(text);
+    bool ok = fwrite(text, 1, n, f) == n;
+    ok = (fclose(f) == 0) && ok;
+    free(text);
+    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", path);
 }

@@ -67,6 +67,8 @@ struct lmc_tensor_spec {
     uint8_t dim[2];           /* model layout (out, in) or (n) */
 };
 
+struct cJSON;
+
 struct lmc_architecture {
     const char *name;                    /* "llama", "gpt2", "qwen3" */
     const char *hf_class;                /* "LlamaForCausalLM" */
@@ -81,6 +83,9 @@ struct lmc_architecture {
     /* fills the architecture's fields of a config built from sizes
      * (lmc_config_build): arch, model_type, rules, default intermediate size */
     void (*config_defaults)(struct lmc_config *c);
+    /* adds the HF config.json fields of the family to o (architectures,
+     * model_type, sizes, norms, positions) */
+    void (*config_json)(const struct lmc_config *c, struct cJSON *o);
 };
 
 /* The architecture of a parsed config (never NULL for a parsed config). */
@@ -130,6 +135,15 @@ struct lmc_model_shape {
  * LMC_ERR_ARG for unknown architectures or inconsistent sizes. */
 lmc_status lmc_config_build(struct lmc_config *c, const char *arch, const struct lmc_model_shape *s,
                             lmc_err *err);
+
+/* Writes config.json for c as transformers would (the architecture's
+ * config_json plus token ids and dtype), so lmc and transformers load the
+ * checkpoint. */
+lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err);
+/* The Llama-style fields (arch_llama.c), shared by the families built on
+ * it: cls / type name the HF class and model_type. */
+void lmc_arch_llama_json(const struct lmc_config *c, struct cJSON *o, const char *cls,
+                         const char *type, bool attention_bias_field);
 
 /* Checks every size product the model code forms from c (C*V, L*..., the
  * per-token widths) fits int64 with room (LMC_ERR_ARG naming the field). */

@@ -4,9 +4,10 @@
  * (tanh) MLP, head tied to wte. Conv1D weights are (in, out) on disk
  * (LMC_TF_TRANSPOSED): the loader and the training arena keep (out, in). */
 #include "model/arch.h"
-
-#include <stdio.h>
 #include "core/core.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
 
 #define LAYER(n) "transformer.h.%lld." n
 #define T(name, kind, slot, parts, role, fl, d0, d1) {LAYER(name), true, kind, slot, parts, role, LMC_WHEN_ALWAYS, fl, {d0, d1}}
@@ -48,6 +49,22 @@ static void defaults(struct lmc_config *c) {
     c->act = LMC_ACT_GELU_TANH;
 }
 
+static void config_json(const struct lmc_config *c, cJSON *o) {
+    cJSON *arch = cJSON_CreateArray();
+    cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
+    cJSON_AddItemToObject(o, "architectures", arch);
+    cJSON_AddStringToObject(o, "model_type", "gpt2");
+    cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+    cJSON_AddNumberToObject(o, "n_embd", (double)c->hidden_size);
+    cJSON_AddNumberToObject(o, "n_layer", (double)c->num_layers);
+    cJSON_AddNumberToObject(o, "n_head", (double)c->num_heads);
+    cJSON_AddNumberToObject(o, "n_inner", (double)c->intermediate_size);
+    cJSON_AddNumberToObject(o, "n_positions", (double)c->max_position_embeddings);
+    cJSON_AddNumberToObject(o, "layer_norm_epsilon", c->norm_eps);
+    cJSON_AddStringToObject(o, "activation_function", c->act == LMC_ACT_GELU ? "gelu" : "gelu_new");
+    cJSON_AddBoolToObject(o, "tie_word_embeddings", true);
+}
+
 const struct lmc_architecture lmc_arch_gpt2 = {
     .name = "gpt2",
     .hf_class = "GPT2LMHeadModel",
@@ -60,4 +77,5 @@ const struct lmc_architecture lmc_arch_gpt2 = {
     .learned_pos = true,
     .check = check,
     .config_defaults = defaults,
+    .config_json = config_json,
 };

@@ -4,6 +4,7 @@
  * biases), tied or untied head. */
 #include "model/arch.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 
 #define LAYER(n) "model.layers.%lld." n
@@ -46,6 +47,40 @@ static void defaults(struct lmc_config *c) {
     c->act = LMC_ACT_SILU;
 }
 
+void lmc_arch_llama_json(const struct lmc_config *c, cJSON *o, const char *cls, const char *type,
+                         bool attention_bias_field) {
+    cJSON *arch = cJSON_CreateArray();
+    cJSON_AddItemToArray(arch, cJSON_CreateString(cls));
+    cJSON_AddItemToObject(o, "architectures", arch);
+    cJSON_AddStringToObject(o, "model_type", type);
+    cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+    cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
+    cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
+    cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->num_layers);
+    cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->num_heads);
+    cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->num_kv_heads);
+    cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
+    cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
+    cJSON_AddNumberToObject(o, "rms_norm_eps", c->norm_eps);
+    cJSON_AddStringToObject(o, "hidden_act", "silu");
+    if (attention_bias_field) cJSON_AddBoolToObject(o, "attention_bias", c->qkv_bias);
+    cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
+    cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddNumberToObject(o, "rope_theta", c->rope.theta);
+    cJSON *rp = cJSON_CreateObject();
+    cJSON_AddNumberToObject(rp, "rope_theta", c->rope.theta);
+    cJSON_AddStringToObject(rp, "rope_type", "default");
+    cJSON_AddItemToObject(o, "rope_parameters", rp);
+}
+
+/* Qwen2 (q/k/v biases without an o bias) is written as Qwen2; llama's
+ * attention_bias covers o too. */
+static void config_json(const struct lmc_config *c, cJSON *o) {
+    bool qwen2 = c->qkv_bias && !c->o_bias;
+    lmc_arch_llama_json(c, o, qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM", qwen2 ? "qwen2" : "llama",
+                        !qwen2);
+}
+
 const struct lmc_architecture lmc_arch_llama = {
     .name = "llama",
     .hf_class = "LlamaForCausalLM",
@@ -56,4 +91,5 @@ const struct lmc_architecture lmc_arch_llama = {
     .ffn = &lmc_ffn_swiglu,
     .check = check,
     .config_defaults = defaults,
+    .config_json = config_json,
 };

@@ -5,6 +5,7 @@
  * attention mixer applies the q/k norms when their slots are bound. */
 #include "model/arch.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 
 #define LAYER(n) "model.layers.%lld." n
@@ -48,6 +49,10 @@ static void defaults(struct lmc_config *c) {
     c->norm_eps = 1e-6;
 }
 
+static void config_json(const struct lmc_config *c, cJSON *o) {
+    lmc_arch_llama_json(c, o, "Qwen3ForCausalLM", "qwen3", true);
+}
+
 const struct lmc_architecture lmc_arch_qwen3 = {
     .name = "qwen3",
     .hf_class = "Qwen3ForCausalLM",
@@ -58,4 +63,5 @@ const struct lmc_architecture lmc_arch_qwen3 = {
     .ffn = &lmc_ffn_swiglu,
     .check = check,
     .config_defaults = defaults,
+    .config_json = config_json,
 };
