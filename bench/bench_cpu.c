@@ -426,7 +426,7 @@ static int child_main(const struct opts *o, const char *dir) {
     /* Decode: short prompt, then one token per forward, greedy next id, as
      * generation does. Repetition -1 is a warm-up. Bandwidth around it. */
     size_t rss_prefill = rss_now(), peak = rss_peak(); /* before the bandwidth buffers */
-    size_t ws = (size_t)decode_bytes(m.lm_head.dtype == LMC_DTYPE_F32 ? 4 : 2);
+    size_t ws = (size_t)decode_bytes(m.w.head.w.dtype == LMC_DTYPE_F32 ? 4 : 2);
     double bw[2][2]; /* [before, after][1 GB, decode working set] */
     for (int k = 0; k < 2; k++) {
         settle();

@@ -344,11 +344,12 @@ def bench_one(kind, mode, a):
     for i in range(a.warmup):
         losses.append(step(i))
     warm_s = time.perf_counter() - t0
-    times = []
+    times, cpu_times = [], []
     for i in range(a.steps):
-        s0 = time.perf_counter()
+        s0, c0 = time.perf_counter(), time.process_time()
         losses.append(step(a.warmup + i))
         times.append(time.perf_counter() - s0)
+        cpu_times.append(time.process_time() - c0)  # all threads' CPU time (a loaded host's fair share)
     tok = a.batch * a.seq
     med = statistics.median(times)
     tps = tok / med
@@ -359,6 +360,7 @@ def bench_one(kind, mode, a):
         "warmup_steps": a.warmup, "steps_timed": a.steps, "warmup_s": round(warm_s, 2),
         "step_ms_median": round(1e3 * med, 3), "tokens_per_s": round(tps, 1),
         "tokens_per_s_mean": round(tok * len(times) / sum(times), 1),
+        "cpu_s_per_step_median": round(statistics.median(cpu_times), 4) if cpu_times else None,
         "flops_per_token": fpt, "tflops": round(tps * fpt / 1e12, 3),
         "peak_tflops": a.peak_tflops, "mfu": round(tps * fpt / 1e12 / a.peak_tflops, 5),
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,

@@ -1,10 +1,15 @@
 /* test_model.c — model loading and forward: broken model folders (missing,
  * extra, mis-shaped and non-float tensors, unknown model_type, missing
  * folder) give clear errors; prefill in one call, in chunks and token by
- * token give the same logits; session prefix reuse; bad ids rejected. */
+ * token give the same logits; session prefix reuse; bad ids rejected. The
+ * architectures' tensor spec tables: each names exactly the tensors of its
+ * fixture, the trainer's parameter table is the same list in the same
+ * order, configs built from sizes and overflowing configs; the sequence
+ * state the scheduler asks for. */
 #include "test.h"
 #include "infer/session.h"
 #include "io/safetensors.h"
+#include "model/backward.h"
 #include "model/model.h"
 #include "core/core.h"
 
@@ -38,10 +43,12 @@ static void write_text(const char *path, const char *text) {
 enum edit { DROP, EXTRA, RESHAPE, INTS };
 
 /* Writes a copy of llama-tiny into dir with one tensor edited. */
-static void make_variant(const char *dir, enum edit e, const char *target) {
+static void make_variant_of(const char *src, const char *dir, enum edit e, const char *target) {
     struct lmc_st st = {0};
     lmc_err err = {0};
-    if (lmc_st_open_file(&st, FIX "/model.safetensors", &err)) return;
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    if (lmc_st_open_file(&st, path, &err)) return;
     struct lmc_st_write_tensor *w = calloc((size_t)st.n_tensors + 1, sizeof *w);
     int64_t n = 0;
     static int32_t ints[64];
@@ -69,13 +76,18 @@ static void make_variant(const char *dir, enum edit e, const char *target) {
                                             .shape = {4}, .data = ints};
         n++;
     }
-    char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     CHECK(lmc_st_write(path, w, n, NULL, 0, &err) == LMC_OK);
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s/config.json", src);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    copy_file(FIX "/config.json", path);
+    copy_file(cfg, path);
     free(w);
     lmc_st_free(&st);
+}
+
+static void make_variant(const char *dir, enum edit e, const char *target) {
+    make_variant_of(FIX, dir, e, target);
 }
 
 static void expect_load_error(const char *dir, lmc_status want, const char *needle) {
@@ -109,6 +121,9 @@ static void test_bad_folders(void) {
     write_text(path, "{\"model_type\": \"llama\", ");
     expect_load_error(dir, LMC_ERR_FORMAT, "config.json");
     expect_load_error("/nonexistent/lmc-model", LMC_ERR_IO, "/nonexistent/lmc-model");
+    /* qwen3: its per-head norms are required, shaped (head_dim) */
+    make_variant_of("tests/fixtures/qwen3-tiny", dir, DROP, "model.layers.1.self_attn.k_norm.weight");
+    expect_load_error(dir, LMC_ERR_FORMAT, "missing tensor 'model.layers.1.self_attn.k_norm.weight' (expected shape [24])");
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
@@ -187,10 +202,141 @@ static void test_forward_consistency(const char *dir, int threads) {
     lmc_model_free(&m);
 }
 
+struct names {
+    const char *list[64];
+    bool required[64];
+    int n;
+};
+
+static lmc_status collect(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    (void)err;
+    struct names *nm = user;
+    LMC_ASSERT(nm->n < 64);
+    nm->list[nm->n] = strdup(t->name);
+    nm->required[nm->n++] = t->required;
+    return LMC_OK;
+}
+
+/* The spec table of dir's architecture names each tensor of its file once
+ * (the loader's unexpected-tensor check would fail otherwise; here names
+ * and counts directly), binds every slot the block reads, and the
+ * trainer's parameter table is the table's required tensors in order. */
+static void test_spec_table(const char *dir, const char *arch, int want_tensors) {
+    struct lmc_model m;
+    lmc_err err = {0};
+    if (lmc_model_load(&m, dir, NULL, &err)) {
+        CHECK_MSG(0, "%s: %s", dir, err.msg);
+        return;
+    }
+    CHECK_MSG(!strcmp(m.arch->name, arch), "%s: architecture %s", dir, m.arch->name);
+    struct names nm = {0};
+    CHECK(!lmc_arch_walk(m.arch, &m.cfg, collect, &nm, &err));
+    CHECK_MSG(lmc_arch_count(m.arch, &m.cfg) == nm.n, "%s: count %d", dir, nm.n);
+    int on_disk = 0;
+    for (int i = 0; i < nm.n; i++) {
+        bool found = false;
+        for (int64_t k = 0; k < m.st.n_tensors; k++) {
+            const char *name = m.st.tensors[k].name, *ap = m.arch->alt_prefix;
+            found |= !strcmp(name, nm.list[i]) ||
+                     (ap && !strncmp(nm.list[i], ap, strlen(ap)) && !strcmp(name, nm.list[i] + strlen(ap)));
+        }
+        CHECK_MSG(found || !nm.required[i], "%s: required %s on disk", dir, nm.list[i]);
+        on_disk += found;
+        for (int k = 0; k < i; k++) CHECK_MSG(strcmp(nm.list[k], nm.list[i]), "%s twice", nm.list[i]);
+    }
+    CHECK_MSG(on_disk == m.st.n_tensors && on_disk == want_tensors, "%s: %d of %lld tensors named (want %d)",
+              dir, on_disk, (long long)m.st.n_tensors, want_tensors);
+    for (int64_t l = 0; l < m.cfg.num_layers; l++) {
+        const struct lmc_block_w *b = &m.w.layers[l];
+        CHECK(b->lin[LMC_L_Q].w.data && b->lin[LMC_L_K].w.data && b->lin[LMC_L_V].w.data &&
+              b->lin[LMC_L_O].w.data && b->lin[LMC_L_UP].w.data && b->lin[LMC_L_DOWN].w.data &&
+              b->vec[LMC_V_NORM1] && b->vec[LMC_V_NORM2]);
+        CHECK((b->vec[LMC_V_Q_NORM] != NULL) == m.cfg.qk_norm && (b->vec[LMC_V_K_NORM] != NULL) == m.cfg.qk_norm);
+        CHECK((b->lin[LMC_L_GATE].w.data != NULL) == (m.arch->ffn == &lmc_ffn_swiglu));
+    }
+    CHECK(m.w.tok_emb.data && m.w.head.w.data && m.w.norm_f);
+    struct lmc_backend be;
+    LMC_ASSERT(!lmc_backend_cpu_init(&be, 1, &err));
+    struct lmc_tmodel tm;
+    CHECK_MSG(!lmc_tmodel_init(&tm, &m.cfg, &be, &err), "%s", err.msg);
+    int k = 0;
+    for (int i = 0; i < nm.n; i++) {
+        if (!nm.required[i]) continue;
+        CHECK_MSG(k < tm.n_params && !strcmp(tm.params[k].name, nm.list[i]), "%s: param %d is %s", dir, k,
+                  k < tm.n_params ? tm.params[k].name : "-");
+        k++;
+    }
+    CHECK(k == tm.n_params);
+    lmc_tmodel_free(&tm);
+    lmc_backend_cpu_free(&be);
+    /* sequence state: K/V rows per token, blocks for n tokens, no fixed slots */
+    CHECK(lmc_model_kv_floats_per_token(&m.cfg) == m.cfg.num_layers * m.cfg.num_kv_heads * m.cfg.head_dim);
+    CHECK(lmc_model_seq_blocks(&m, 17, 8) == 3 && lmc_model_seq_blocks(&m, 16, 8) == 2);
+    CHECK(lmc_model_seq_slot_bytes(&m) == 0);
+    for (int i = 0; i < nm.n; i++) free((void *)nm.list[i]);
+    lmc_model_free(&m);
+}
+
+/* Configs from sizes (what lmc train --arch builds) and size checks. */
+static void test_config_build(void) {
+    struct lmc_config c;
+    lmc_err err = {0};
+    struct lmc_model_shape sh = {.vocab = 100, .hidden = 64, .layers = 2, .heads = 4, .max_pos = 32};
+    CHECK(!lmc_config_build(&c, "llama", &sh, &err) && c.intermediate_size == 192 && c.num_kv_heads == 4 &&
+          c.head_dim == 16 && !c.tie_word_embeddings && lmc_arch_of(&c) == &lmc_arch_llama);
+    CHECK(!lmc_config_build(&c, "gpt2", &sh, &err) && c.intermediate_size == 256 && c.tie_word_embeddings &&
+          lmc_arch_of(&c) == &lmc_arch_gpt2 && lmc_arch_rot_dim(&lmc_arch_gpt2, &c) == 0);
+    CHECK(!lmc_config_build(&c, "qwen3", &sh, &err) && c.qk_norm && lmc_arch_of(&c) == &lmc_arch_qwen3);
+    /* written as transformers would, read back as the same model */
+    const char *names[] = {"llama", "gpt2", "qwen3"};
+    for (int i = 0; i < 3; i++) {
+        struct lmc_config back;
+        char path[] = "/tmp/lmc-test-config-XXXXXX";
+        int fd = mkstemp(path);
+        CHECK(fd >= 0);
+        close(fd);
+        sh.tie = i == 0;
+        CHECK(!lmc_config_build(&c, names[i], &sh, &err));
+        c.qkv_bias = i == 2;
+        c.o_bias = i == 2;
+        c.eos_token_ids[0] = 7;
+        c.n_eos = 1;
+        CHECK_MSG(!lmc_config_write(&c, path, &err), "%s", err.msg);
+        char *text = NULL;
+        size_t len = 0;
+        CHECK(!lmc_file_read(path, 1 << 20, &text, &len, &err));
+        CHECK_MSG(text && !lmc_config_parse(&back, text, len, path, &err), "%s: %s", names[i], err.msg);
+        CHECK_MSG(lmc_arch_of(&back) == lmc_arch_of(&c) && back.hidden_size == c.hidden_size &&
+                  back.intermediate_size == c.intermediate_size && back.num_kv_heads == c.num_kv_heads &&
+                  back.head_dim == c.head_dim && back.qk_norm == c.qk_norm && (i == 1 || back.qkv_bias == c.qkv_bias) &&
+                  back.tie_word_embeddings == c.tie_word_embeddings && back.n_eos == 1 &&
+                  back.eos_token_ids[0] == 7, "%s config round trip", names[i]);
+        free(text);
+        unlink(path);
+    }
+    sh.tie = false;
+    CHECK(lmc_config_build(&c, "bert", &sh, &err) == LMC_ERR_ARG && strstr(err.msg, "bert"));
+    sh.hidden = 30;
+    CHECK(lmc_config_build(&c, "llama", &sh, &err) == LMC_ERR_ARG && strstr(err.msg, "multiple"));
+    sh.hidden = 64;
+    sh.kv_heads = 3;
+    CHECK(lmc_config_build(&c, "llama", &sh, &err) == LMC_ERR_ARG);
+    sh.kv_heads = 0;
+    sh.vocab = (int64_t)1 << 40; /* vocab x hidden overflows the limit */
+    CHECK_MSG(lmc_config_build(&c, "llama", &sh, &err) == LMC_ERR_ARG && strstr(err.msg, "vocab_size"), "%s",
+              err.msg);
+}
+
 int main(void) {
     test_bad_folders();
+    test_config_build();
+    test_spec_table("tests/fixtures/llama-tiny", "llama", 21);
+    test_spec_table("tests/fixtures/qwen2-tiny", "llama", 26);
+    test_spec_table("tests/fixtures/gpt2-tiny", "gpt2", 28);
+    test_spec_table("tests/fixtures/qwen3-tiny", "qwen3", 25);
     test_forward_consistency("tests/fixtures/llama-tiny", 1);
     test_forward_consistency("tests/fixtures/qwen2-tiny", 2);
     test_forward_consistency("tests/fixtures/gpt2-tiny", 3);
+    test_forward_consistency("tests/fixtures/qwen3-tiny", 2);
     return test_finish("test_model");
 }

@@ -168,10 +168,49 @@ static void print_zero_mem(int stage, int world, int64_t psi, bool json) {
            "optimizer %.1f MiB, total %.1f MiB\n", f.weights / M, f.grads / M, f.optimizer / M, f.total / M);
 }
 
+/* `lmc info --tensors`: the architecture's tensor spec table expanded for
+ * this model, with each tensor's role and what the file holds. */
+struct tensor_list {
+    const struct lmc_model *m;
+    bool json;
+    int n;
+};
+
+static lmc_status print_tensor(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    (void)err;
+    struct tensor_list *tl = user;
+    static const char *roles[] = {"embedding", "matrix", "norm", "bias"};
+    const struct lmc_st_tensor *x = lmc_st_find(&tl->m->st, t->name);
+    const char *ap = tl->m->arch->alt_prefix;
+    if (!x && ap && !strncmp(t->name, ap, strlen(ap))) x = lmc_st_find(&tl->m->st, t->name + strlen(ap));
+    const char *role = t->spec->role < 4 ? roles[t->spec->role] : "?";
+    const char *dt = x ? lmc_dtype_name(x->dtype) : t->required ? "missing" : "absent (tied)";
+    bool tr = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
+    char shape[64];
+    if (t->ndim == 2) snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->disk[0], (long long)t->disk[1]);
+    else snprintf(shape, sizeof shape, "%lld", (long long)t->disk[0]);
+    if (tl->json)
+        printf("%s{\"name\":\"%s\",\"role\":\"%s\",\"shape\":[%s],\"dtype\":\"%s\","
+               "\"transposed\":%s,\"required\":%s}", tl->n ? "," : "", x ? x->name : t->name, role, shape,
+               dt, tr ? "true" : "false", t->required ? "true" : "false");
+    else if (t->ndim == 2)
+        printf("%-56s %-9s [%lld, %lld]%s %s\n", x ? x->name : t->name, role, (long long)t->disk[0],
+               (long long)t->disk[1], tr ? " (in, out)" : "", dt);
+    else
+        printf("%-56s %-9s [%lld] %s\n", x ? x->name : t->name, role, (long long)t->disk[0], dt);
+    tl->n++;
+    return LMC_OK;
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
     int64_t zero = -1, world = 1, params = 0;
+    bool tensors = false;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tensors")) {
+            tensors = true;
+            continue;
+        }
         if ((!strcmp(argv[i], "--zero") || !strcmp(argv[i], "--world") || !strcmp(argv[i], "--params")) &&
             i + 1 < argc) {
             const char *o = argv[i++];
@@ -213,6 +252,15 @@ int cmd_info(int argc, char **argv) {
     }
     const struct lmc_model *m = &cm.model;
     const struct lmc_config *k = &m->cfg;
+    if (tensors) {
+        struct tensor_list tl = {m, c.json, 0};
+        lmc_err err = {0};
+        if (c.json) printf("[");
+        lmc_arch_walk(m->arch, &m->cfg, print_tensor, &tl, &err);
+        if (c.json) printf("]\n");
+        cli_close(&cm);
+        return 0;
+    }
     int64_t ctx = cli_ctx(&c, m);
     int64_t by_dtype[LMC_DTYPE_COUNT] = {0};
     for (int64_t i = 0; i < m->st.n_tensors; i++) by_dtype[m->st.tensors[i].dtype] += m->st.tensors[i].numel;
@@ -224,19 +272,19 @@ int cmd_info(int argc, char **argv) {
                "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
                "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
                "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
-               k->model_type, k->arch == LMC_ARCH_GPT2 ? "gpt2" : "llama", (long long)m->n_params,
+               k->model_type, m->arch->name, (long long)m->n_params,
                (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
                (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
                (long long)ctx, kvb, actb + logitb, total);
     } else {
-        printf("model        %s (%s family)\n", k->model_type, k->arch == LMC_ARCH_GPT2 ? "gpt2" : "llama");
+        printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
         printf("layers       %lld, hidden %lld, intermediate %lld, vocab %lld\n", (long long)k->num_layers,
                (long long)k->hidden_size, (long long)k->intermediate_size, (long long)k->vocab_size);
         printf("attention    %lld heads, %lld kv heads, head_dim %lld%s\n", (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, k->qkv_bias ? ", qkv bias" : "");
-        if (k->arch != LMC_ARCH_GPT2)
+        if (m->rot_dim)
             printf("rope         %s, theta %g, factor %g\n", rope_name(k->rope.type), k->rope.theta, k->rope.factor);
         printf("positions    %lld%s\n", (long long)k->max_position_embeddings,
                k->tie_word_embeddings ? ", tied embeddings" : "");

@@ -245,7 +245,7 @@ static void check_tensors(struct report *r, const struct lmc_tmodel *tm, const f
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         const struct lmc_st_tensor *t = lmc_st_find(st, p->name);
-        char name[160];
+        char name[200];
         snprintf(name, sizeof name, "%s %s", what, p->name);
         if (!t || t->dtype != LMC_DTYPE_F32 || t->numel != p->numel) {
             check(r, true, false, name, "reference tensor missing or not F32 with %lld elements",

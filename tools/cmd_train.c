@@ -29,7 +29,7 @@
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: lmc train --data DATA -o OUT (-m HF_DIR | --arch llama|gpt2 [sizes] | --model-config F.json\n"
+            "usage: lmc train --data DATA -o OUT (-m HF_DIR | --arch llama|gpt2|qwen3 [sizes] | --model-config F.json\n"
             "                 | --resume CKPT|latest) [options]\n"
             "  resume:    latest = the newest complete checkpoint in OUT; batch, seq, accum, seed,\n"
             "             schedule and optimizer settings come from the checkpoint unless given\n"
@@ -209,39 +209,18 @@ int cmd_train(int argc, char **argv) {
                 goto done;
             }
         } else {
-            bool gpt2 = !strcmp(arch, "gpt2");
-            if (!gpt2 && strcmp(arch, "llama")) {
-                fprintf(stderr, "lmc train: --arch expects llama or gpt2, got '%s'\n", arch);
+            struct lmc_model_shape sh = {.vocab = vocab ? vocab : (int64_t)train.vocab_size,
+                                         .hidden = hidden, .layers = layers, .heads = heads,
+                                         .kv_heads = kv_heads, .intermediate = inter,
+                                         .max_pos = max_pos, .tie = tie, .rope_theta = rope_theta};
+            if (lmc_config_build(&c, arch, &sh, &err)) { /* bad --arch / sizes: a usage error */
+                fprintf(stderr, "lmc train: %s\n", err.msg);
                 rc = 2;
                 goto done;
             }
-            c.arch = gpt2 ? LMC_ARCH_GPT2 : LMC_ARCH_LLAMA;
-            snprintf(c.model_type, sizeof c.model_type, "%s", gpt2 ? "gpt2" : "llama");
-            c.vocab_size = vocab ? vocab : (int64_t)train.vocab_size;
-            c.hidden_size = hidden;
-            c.num_layers = layers;
-            c.num_heads = heads;
-            c.num_kv_heads = gpt2 || !kv_heads ? heads : kv_heads;
-            c.head_dim = hidden / heads;
-            c.intermediate_size = inter ? inter : (gpt2 ? 4 * hidden : (8 * hidden / 3 + 63) / 64 * 64);
-            c.max_position_embeddings = max_pos;
-            c.norm_eps = gpt2 ? 1e-5 : 1e-5;
-            c.tie_word_embeddings = gpt2 || tie;
-            c.act = gpt2 ? LMC_ACT_GELU_TANH : LMC_ACT_SILU;
-            c.rope.theta = rope_theta;
-            c.rope.factor = 1;
-            c.rope.partial_rotary_factor = 1;
-            c.bos_token_id = -1;
-            c.pad_token_id = -1;
             if (train.eos_id != LMC_SHARD_NO_EOS) {
                 c.eos_token_ids[0] = train.eos_id;
                 c.n_eos = 1;
-            }
-            if (hidden % heads) {
-                fprintf(stderr, "lmc train: --hidden %lld is not a multiple of --heads %lld\n",
-                        (long long)hidden, (long long)heads);
-                rc = 2;
-                goto done;
             }
         }
         if (lmc_tmodel_init(&tm, &c, &be, &err)) {

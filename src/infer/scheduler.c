@@ -557,7 +557,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     else lmc_sched_opts_default(&op);
     const struct lmc_config *c = &m->cfg;
     if (op.ctx <= 0) op.ctx = LMC_MIN(c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096, 4096);
-    if (m->pos_emb.data) op.ctx = LMC_MIN(op.ctx, m->pos_emb.rows);
+    if (m->w.pos_emb.data) op.ctx = LMC_MIN(op.ctx, m->w.pos_emb.rows);
     if (op.max_batch <= 0 || op.max_batch > 4096 || op.block_size <= 0 || op.block_size > 1024 ||
         op.max_step_tokens <= 0 || op.max_step_tokens > (1 << 20) || op.kv_blocks < 0 || op.prefix_cache_blocks < 0 ||
         op.ctx > (1 << 24))
@@ -566,7 +566,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                            "max_step_tokens %lld, kv_blocks %lld, ctx %lld)",
                            op.max_batch, op.block_size, (long long)op.max_step_tokens,
                            (long long)op.kv_blocks, (long long)op.ctx);
-    int64_t per_seq = (op.ctx + op.block_size - 1) / op.block_size;
+    int64_t per_seq = LMC_MAX(1, lmc_model_seq_blocks(m, op.ctx, op.block_size));
     if (op.kv_blocks == 0) {
         size_t bb = lmc_kv_pool_block_bytes(m, be, op.block_size);
         size_t bytes = op.kv_bytes ? op.kv_bytes : (size_t)2 << 30;

@@ -19,7 +19,7 @@
 #define CFG_MAX_VOCAB ((int64_t)1 << 24) /* inclusive */
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEAD_DIM 1024
-#define CFG_SUPPORTED "llama, mistral, qwen2, gpt2"
+#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2"
 
 /* Parsing context: the file label for messages. */
 struct cfg_ctx {
@@ -258,7 +258,9 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
     lmc_status s;
     bool qwen2 = strcmp(c->model_type, "qwen2") == 0;
     bool mistral = strcmp(c->model_type, "mistral") == 0;
-    c->arch = LMC_ARCH_LLAMA;
+    bool qwen3 = strcmp(c->model_type, "qwen3") == 0;
+    c->arch = qwen3 ? LMC_ARCH_QWEN3 : LMC_ARCH_LLAMA;
+    c->qk_norm = qwen3;
     if ((s = cfg_int(x, root, "", "vocab_size", true, 0, 1, CFG_MAX_VOCAB, &c->vocab_size))) return s;
     if ((s = cfg_int(x, root, "", "hidden_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->hidden_size))) return s;
     if ((s = cfg_int(x, root, "", "intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->intermediate_size)))
@@ -281,7 +283,7 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
                                x->label, (long long)hd, CFG_MAX_HEAD_DIM);
     }
     c->head_dim = hd;
-    int64_t def_pos = qwen2 ? 32768 : mistral ? 131072 : 2048; /* transformers' defaults */
+    int64_t def_pos = qwen2 || qwen3 ? 32768 : mistral ? 131072 : 2048; /* transformers' defaults */
     if ((s = cfg_int(x, root, "", "max_position_embeddings", false, def_pos, 1, CFG_MAX_SIZE - 1,
                      &c->max_position_embeddings)))
         return s;
@@ -298,7 +300,7 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
     if ((s = cfg_act(x, "hidden_act", act ? act : "silu", &c->act))) return s;
 
     bool use_sw = true;
-    if (qwen2 && (s = cfg_bool(x, root, "", "use_sliding_window", false, &use_sw))) return s;
+    if ((qwen2 || qwen3) && (s = cfg_bool(x, root, "", "use_sliding_window", false, &use_sw))) return s;
     int64_t sw = 0;
     if ((s = cfg_int(x, root, "", "sliding_window", false, 0, 0, CFG_MAX_SIZE - 1, &sw))) return s;
     c->sliding_window = use_sw ? sw : 0;
@@ -410,7 +412,8 @@ lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len, 
                         "%s: model_type 'mamba' is not supported yet (supported: " CFG_SUPPORTED ")", x.label);
         goto out;
     }
-    bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0;
+    bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0 ||
+                 strcmp(mt, "qwen3") == 0;
     bool gpt2 = strcmp(mt, "gpt2") == 0;
     if (!llama && !gpt2) {
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: " CFG_SUPPORTED ")",

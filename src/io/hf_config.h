@@ -10,7 +10,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2 };
+/* Which architecture file (src/model/arch_*.c) runs the model; only the
+ * parser and the architecture files themselves set or read it. */
+enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3 };
 enum lmc_act { LMC_ACT_SILU = 0, LMC_ACT_GELU_TANH, LMC_ACT_GELU };
 enum lmc_rope_type {
     LMC_ROPE_DEFAULT = 0,
@@ -38,7 +40,7 @@ struct lmc_rope_config {
 
 struct lmc_config {
     enum lmc_arch arch;
-    char model_type[32];            /* "llama", "mistral", "qwen2", "gpt2" */
+    char model_type[32];            /* "llama", "mistral", "qwen2", "qwen3", "gpt2" */
     int64_t vocab_size;
     int64_t hidden_size;
     int64_t intermediate_size;      /* GPT-2: n_inner or 4*n_embd */
@@ -51,6 +53,7 @@ struct lmc_config {
     bool qkv_bias;                  /* attention_bias (llama) or qwen2 */
     bool o_bias;                    /* attention_bias (llama); false for qwen2 */
     bool mlp_bias;
+    bool qk_norm;                   /* RMSNorm of q and k per head (qwen3) */
     bool tie_word_embeddings;
     int64_t sliding_window;         /* 0 when absent/null/disabled */
     enum lmc_act act;               /* hidden_act / activation_function */
@@ -72,7 +75,7 @@ struct lmc_config {
 /* Parses config.json text (json, len). `label` names the file in messages.
  * Validates: required fields present with the right types, sizes positive
  * and bounded (heads divide hidden, kv heads divide heads, < 2^31 etc.),
- * model_type known (llama, mistral, qwen2, gpt2; others -> UNSUPPORTED naming
+ * model_type known (llama, mistral, qwen2, qwen3, gpt2; others -> UNSUPPORTED naming
  * the type). */
 lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len,
                             const char *label, lmc_err *err);

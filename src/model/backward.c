@@ -1,139 +1,67 @@
-/* backward.c — trainable models (see backward.h): the parameter table and
- * arenas, loading from and initialising without a checkpoint, the
- * training forward that saves activations, and the backward pass, composed
- * only of backend-table ops. */
+/* backward.c — trainable models (see backward.h): the parameter table
+ * built from the architecture's tensor spec table, the arenas and their
+ * views, loading from and initialising without a checkpoint, and the
+ * training step: the block's forward (LMC_RUN_TRAIN, saving what the
+ * backward needs) and backward per layer (model/block.c), the classifier
+ * and the embeddings around them. */
 #include "model/backward.h"
 #include "core/core.h"
 #include "core/rng.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* What one layer's backward needs from its forward (all (BT, .); lse
- * (BT, n_heads): attention_train's log-sum-exp, att its output). */
-struct lmc_tlayer_acts {
-    float *h1, *q, *k, *v, *att, *lse, *xmid, *h2, *gate, *up, *act;
-};
 
 /* ---------------- parameter table ---------------- */
 
 struct layout_state {
     struct lmc_tmodel *tm;
-    float *arena;           /* NULL: record the table */
+    int cap;
+};
+
+static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    struct layout_state *s = user;
+    struct lmc_tmodel *tm = s->tm;
+    if (!t->required) return LMC_OK; /* optional on disk (a tied head's copy): not trained */
+    if (tm->n_params >= s->cap)
+        return lmc_err_set(err, LMC_ERR_ARG, "parameter table: more than %d tensors", s->cap);
+    struct lmc_tparam *p = &tm->params[tm->n_params++];
+    snprintf(p->name, sizeof p->name, "%s", t->name);
+    p->ndim = t->ndim;
+    p->shape[0] = t->disk[0];
+    p->shape[1] = t->ndim == 2 ? t->disk[1] : 1;
+    p->numel = t->numel;
+    p->transposed = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
+    p->role = (enum lmc_role)t->spec->role;
+    p->off = tm->numel;
+    int64_t padded = (p->numel + 15) / 16 * 16;
+    if (!lmc_add_ok(tm->numel, padded, &tm->numel) || tm->numel > ((int64_t)1 << 40))
+        return lmc_err_set(err, LMC_ERR_ARG, "model too large (%s)", t->name);
+    return LMC_OK;
+}
+
+struct bind_state {
+    struct lmc_tmodel *tm;
     int next;
 };
 
-/* Adds (record) or finds (bind) the next tensor; returns its arena pointer. */
-static float *P(struct layout_state *s, bool transposed, int ndim, int64_t s0, int64_t s1,
-                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static float *P(struct layout_state *s, bool transposed, int ndim, int64_t s0, int64_t s1,
-                const char *fmt, ...) {
-    struct lmc_tmodel *tm = s->tm;
-    if (!s->arena) {
-        struct lmc_tparam *p = &tm->params[tm->n_params++];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(p->name, sizeof p->name, fmt, ap);
-        va_end(ap);
-        p->ndim = ndim;
-        p->shape[0] = s0;
-        p->shape[1] = ndim == 2 ? s1 : 1;
-        p->numel = p->shape[0] * p->shape[1];
-        p->transposed = transposed;
-        p->off = tm->numel;
-        tm->numel += (p->numel + 15) / 16 * 16;
-        return NULL;
-    }
-    return s->arena + tm->params[s->next++].off;
-}
-
-static struct lmc_mat fmat(const float *data, int64_t rows, int64_t cols) {
-    struct lmc_mat m = {LMC_DTYPE_F32, rows, cols, data};
-    return m;
-}
-
-/* Walks every tensor in one fixed order: records the table (arena NULL) or
- * binds the views of an arena. */
-static void layout(struct lmc_tmodel *tm, float *arena, struct lmc_tview *v) {
-    const struct lmc_config *c = &tm->cfg;
-    int64_t C = c->hidden_size, V = c->vocab_size, I = c->intermediate_size;
-    int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
-    struct layout_state s = {tm, arena, 0};
-    struct lmc_tview dummy;
-    struct lmc_layer dl;
-    if (!v) v = &dummy;
-    bool rec = !arena;
-    if (c->arch == LMC_ARCH_GPT2) {
-        float *p = P(&s, false, 2, V, C, "transformer.wte.weight");
-        v->tok_emb = fmat(p, V, C);
-        v->lm_head = v->tok_emb;
-        p = P(&s, false, 2, c->max_position_embeddings, C, "transformer.wpe.weight");
-        v->pos_emb = fmat(p, c->max_position_embeddings, C);
-        for (int64_t l = 0; l < c->num_layers; l++) {
-            struct lmc_layer *L = rec ? &dl : &v->layers[l];
-            long long li = (long long)l;
-            L->norm1_w = P(&s, false, 1, C, 0, "transformer.h.%lld.ln_1.weight", li);
-            L->norm1_b = P(&s, false, 1, C, 0, "transformer.h.%lld.ln_1.bias", li);
-            p = P(&s, true, 2, C, 3 * C, "transformer.h.%lld.attn.c_attn.weight", li);
-            L->wq = fmat(p, C, C);
-            L->wk = fmat(p ? p + C * C : NULL, C, C);
-            L->wv = fmat(p ? p + 2 * C * C : NULL, C, C);
-            float *b = P(&s, false, 1, 3 * C, 0, "transformer.h.%lld.attn.c_attn.bias", li);
-            L->bq = b;
-            L->bk = b ? b + C : NULL;
-            L->bv = b ? b + 2 * C : NULL;
-            L->wo = fmat(P(&s, true, 2, C, C, "transformer.h.%lld.attn.c_proj.weight", li), C, C);
-            L->bo = P(&s, false, 1, C, 0, "transformer.h.%lld.attn.c_proj.bias", li);
-            L->norm2_w = P(&s, false, 1, C, 0, "transformer.h.%lld.ln_2.weight", li);
-            L->norm2_b = P(&s, false, 1, C, 0, "transformer.h.%lld.ln_2.bias", li);
-            L->w_up = fmat(P(&s, true, 2, C, I, "transformer.h.%lld.mlp.c_fc.weight", li), I, C);
-            L->b_up = P(&s, false, 1, I, 0, "transformer.h.%lld.mlp.c_fc.bias", li);
-            L->w_down = fmat(P(&s, true, 2, I, C, "transformer.h.%lld.mlp.c_proj.weight", li), C, I);
-            L->b_down = P(&s, false, 1, C, 0, "transformer.h.%lld.mlp.c_proj.bias", li);
-            L->w_gate = fmat(NULL, 0, 0);
-            L->b_gate = NULL;
-        }
-        v->norm_f_w = P(&s, false, 1, C, 0, "transformer.ln_f.weight");
-        v->norm_f_b = P(&s, false, 1, C, 0, "transformer.ln_f.bias");
-        return;
-    }
-    v->tok_emb = fmat(P(&s, false, 2, V, C, "model.embed_tokens.weight"), V, C);
-    v->pos_emb = fmat(NULL, 0, 0);
-    for (int64_t l = 0; l < c->num_layers; l++) {
-        struct lmc_layer *L = rec ? &dl : &v->layers[l];
-        long long li = (long long)l;
-        const char *pre = "model.layers";
-        memset(L, 0, sizeof *L);
-        L->norm1_w = P(&s, false, 1, C, 0, "%s.%lld.input_layernorm.weight", pre, li);
-        L->wq = fmat(P(&s, false, 2, qd, C, "%s.%lld.self_attn.q_proj.weight", pre, li), qd, C);
-        if (c->qkv_bias) L->bq = P(&s, false, 1, qd, 0, "%s.%lld.self_attn.q_proj.bias", pre, li);
-        L->wk = fmat(P(&s, false, 2, kvd, C, "%s.%lld.self_attn.k_proj.weight", pre, li), kvd, C);
-        if (c->qkv_bias) L->bk = P(&s, false, 1, kvd, 0, "%s.%lld.self_attn.k_proj.bias", pre, li);
-        L->wv = fmat(P(&s, false, 2, kvd, C, "%s.%lld.self_attn.v_proj.weight", pre, li), kvd, C);
-        if (c->qkv_bias) L->bv = P(&s, false, 1, kvd, 0, "%s.%lld.self_attn.v_proj.bias", pre, li);
-        L->wo = fmat(P(&s, false, 2, C, qd, "%s.%lld.self_attn.o_proj.weight", pre, li), C, qd);
-        if (c->o_bias) L->bo = P(&s, false, 1, C, 0, "%s.%lld.self_attn.o_proj.bias", pre, li);
-        L->norm2_w = P(&s, false, 1, C, 0, "%s.%lld.post_attention_layernorm.weight", pre, li);
-        L->w_gate = fmat(P(&s, false, 2, I, C, "%s.%lld.mlp.gate_proj.weight", pre, li), I, C);
-        if (c->mlp_bias) L->b_gate = P(&s, false, 1, I, 0, "%s.%lld.mlp.gate_proj.bias", pre, li);
-        L->w_up = fmat(P(&s, false, 2, I, C, "%s.%lld.mlp.up_proj.weight", pre, li), I, C);
-        if (c->mlp_bias) L->b_up = P(&s, false, 1, I, 0, "%s.%lld.mlp.up_proj.bias", pre, li);
-        L->w_down = fmat(P(&s, false, 2, C, I, "%s.%lld.mlp.down_proj.weight", pre, li), C, I);
-        if (c->mlp_bias) L->b_down = P(&s, false, 1, C, 0, "%s.%lld.mlp.down_proj.bias", pre, li);
-    }
-    v->norm_f_w = P(&s, false, 1, C, 0, "model.norm.weight");
-    v->norm_f_b = NULL;
-    if (c->tie_word_embeddings) v->lm_head = v->tok_emb;
-    else v->lm_head = fmat(P(&s, false, 2, V, C, "lm_head.weight"), V, C);
+static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    (void)err;
+    struct bind_state *s = user;
+    if (!t->required) return LMC_OK;
+    const struct lmc_tparam *p = &s->tm->params[s->next++];
+    LMC_ASSERT(!strcmp(p->name, t->name));
+    lmc_weights_bind(&s->tm->W, t, s->tm->w + p->off, LMC_DTYPE_F32);
+    lmc_weights_bind(&s->tm->G, t, s->tm->g + p->off, LMC_DTYPE_F32);
+    return LMC_OK;
 }
 
 /* The first op of be's table that training needs and be lacks, or NULL. */
 static const char *missing_op(const struct lmc_backend *be, const struct lmc_config *c,
                               bool backward, bool optimizer) {
-    bool gpt2 = c->arch == LMC_ARCH_GPT2;
+    const struct lmc_architecture *a = lmc_arch_of(c);
+    const char *m;
 #define NEED(op) \
     if (!be->op) return #op
     NEED(alloc);
@@ -145,28 +73,16 @@ static const char *missing_op(const struct lmc_backend *be, const struct lmc_con
     NEED(embed);
     NEED(matmul);
     NEED(add);
-    NEED(attention_train);
     NEED(classifier_xent);
-    if (gpt2) {
-        NEED(layernorm);
-        NEED(gelu);
-    } else {
-        NEED(rmsnorm);
-        NEED(rope);
-        NEED(swiglu);
-    }
+    if ((m = a->norm->missing(be, false)) || (m = a->mixer->missing(be, c, false)) ||
+        (m = a->ffn->missing(be, c, false)))
+        return m;
     if (backward) {
         NEED(matmul_bwd);
         NEED(embed_bwd);
-        NEED(attention_bwd);
-        if (gpt2) {
-            NEED(layernorm_bwd);
-            NEED(gelu_bwd);
-        } else {
-            NEED(rmsnorm_bwd);
-            NEED(rope_bwd);
-            NEED(swiglu_bwd);
-        }
+        if ((m = a->norm->missing(be, true)) || (m = a->mixer->missing(be, c, true)) ||
+            (m = a->ffn->missing(be, c, true)))
+            return m;
     }
     if (optimizer) {
         NEED(sumsq);
@@ -187,34 +103,45 @@ lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct l
 lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
                            const struct lmc_backend *be, lmc_err *err) {
     memset(tm, 0, sizeof *tm);
-    lmc_status st = lmc_tmodel_check_backend(be, cfg, false, false, err);
-    if (st) return st;
-    tm->be = be;
-    tm->cfg = *cfg;
-    const struct lmc_config *c = &tm->cfg;
+    const struct lmc_config *c = cfg;
     if (c->num_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 || c->num_heads <= 0 ||
         c->num_kv_heads <= 0 || c->num_heads % c->num_kv_heads || c->head_dim <= 0 ||
-        c->intermediate_size <= 0 || (c->arch == LMC_ARCH_GPT2 && c->num_heads * c->head_dim != c->hidden_size))
+        c->intermediate_size <= 0 || lmc_config_check_sizes(c, err) || lmc_arch_of(c)->check(c, err))
         return lmc_err_set(err, LMC_ERR_ARG, "model config: sizes are not trainable (layers %lld, "
                            "hidden %lld, heads %lld/%lld, head_dim %lld)", (long long)c->num_layers,
                            (long long)c->hidden_size, (long long)c->num_heads,
                            (long long)c->num_kv_heads, (long long)c->head_dim);
-    tm->rot_dim = c->arch == LMC_ARCH_GPT2
-                      ? 0
-                      : (int64_t)((double)c->head_dim * c->rope.partial_rotary_factor) / 2 * 2;
-    tm->params = calloc((size_t)(c->num_layers * 16 + 8), sizeof *tm->params);
+    lmc_status st = lmc_tmodel_check_backend(be, cfg, false, false, err);
+    if (st) return st;
+    tm->be = be;
+    tm->cfg = *cfg;
+    c = &tm->cfg;
+    tm->arch = lmc_arch_of(c);
+    tm->rot_dim = lmc_arch_rot_dim(tm->arch, c);
+    int64_t cap = lmc_arch_count(tm->arch, c);
+    if (cap <= 0 || cap > (1 << 24))
+        return lmc_err_set(err, LMC_ERR_ARG, "model config: %lld tensors out of range", (long long)cap);
+    tm->params = calloc((size_t)cap, sizeof *tm->params);
     tm->W.layers = calloc((size_t)c->num_layers, sizeof *tm->W.layers);
     tm->G.layers = calloc((size_t)c->num_layers, sizeof *tm->G.layers);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
-    layout(tm, NULL, NULL);
+    struct layout_state ls = {tm, (int)cap};
+    if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {
+        lmc_tmodel_free(tm);
+        return st;
+    }
     size_t bytes = (size_t)tm->numel * sizeof(float);
     tm->w = be->alloc(be->ctx, bytes);
     tm->g = be->alloc(be->ctx, bytes);
     if (!tm->w || !tm->g) goto oom;
     be->zero(be->ctx, tm->w, bytes); /* padding between tensors stays zero from here on */
     be->zero(be->ctx, tm->g, bytes);
-    layout(tm, tm->w, &tm->W);
-    layout(tm, tm->g, &tm->G);
+    struct bind_state bs = {tm, 0};
+    LMC_ASSERT(!lmc_arch_walk(tm->arch, c, bind, &bs, err) && bs.next == tm->n_params);
+    if (!tm->W.head.w.data) { /* tied: the head reads the embedding */
+        tm->W.head.w = tm->W.tok_emb;
+        tm->G.head.w = tm->G.tok_emb;
+    }
     return LMC_OK;
 oom:
     lmc_tmodel_free(tm);
@@ -303,9 +230,18 @@ static double normal(uint64_t *s) {
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
 
-static bool ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), k = strlen(suf);
-    return n >= k && !strcmp(s + n - k, suf);
+/* Which tensors are residual output projections (spec flag LMC_TF_RESID). */
+struct flag_state {
+    bool *resid;
+    int i;
+};
+
+static lmc_status flag_resid(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    (void)err;
+    struct flag_state *fs = user;
+    if (!t->required) return LMC_OK; /* not in the parameter table (record() skips it too) */
+    fs->resid[fs->i++] = (t->spec->flags & LMC_TF_RESID) != 0;
+    return LMC_OK;
 }
 
 lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std, lmc_err *err) {
@@ -315,24 +251,28 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
     int64_t most = 0;
     for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel);
     float *w = malloc((size_t)most * sizeof(float)); /* one tensor, in the arena's layout */
-    if (!w) return lmc_err_set(err, LMC_ERR_OOM, "initialising %lld parameters: out of memory",
-                               (long long)tm->numel);
+    bool *resid = calloc((size_t)tm->n_params, sizeof *resid);
+    struct flag_state fs = {resid, 0};
+    if (!w || !resid || lmc_arch_walk(tm->arch, &tm->cfg, flag_resid, &fs, err)) {
+        free(w);
+        free(resid);
+        return lmc_err_set(err, LMC_ERR_OOM, "initialising %lld parameters: out of memory",
+                           (long long)tm->numel);
+    }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        bool norm = strstr(p->name, "norm") || strstr(p->name, "ln_");
-        if (p->ndim == 1) {
-            float v = norm && ends_with(p->name, ".weight") ? 1.0f : 0.0f;
+        if (p->role == LMC_ROLE_NORM || p->role == LMC_ROLE_BIAS) {
+            float v = p->role == LMC_ROLE_NORM ? 1.0f : 0.0f;
             for (int64_t k = 0; k < p->numel; k++) w[k] = v;
         } else {
-            bool resid = ends_with(p->name, "o_proj.weight") ||
-                         ends_with(p->name, "down_proj.weight") || ends_with(p->name, "c_proj.weight");
-            double sd = resid ? res_std : std;
+            double sd = resid[i] ? res_std : std;
             for (int64_t k = 0; k < p->numel; k++) w[k] = (float)(normal(&s) * sd);
         }
         be->upload(be->ctx, tm->w + p->off, w, (size_t)p->numel * sizeof(float));
         be->sync(be->ctx); /* w is refilled next */
     }
     free(w);
+    free(resid);
     return LMC_OK;
 }
 
@@ -363,7 +303,8 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
         const struct lmc_tparam *p = &tm->params[i];
         const char *name = p->name;
         const struct lmc_st_tensor *t = lmc_st_find(&st, name);
-        if (!t && !strncmp(name, "transformer.", 12)) t = lmc_st_find(&st, name + 12);
+        const char *ap = tm->arch->alt_prefix;
+        if (!t && ap && !strncmp(name, ap, strlen(ap))) t = lmc_st_find(&st, name + strlen(ap));
         if (!t) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s'", dir, name);
             break;
@@ -393,19 +334,29 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
 
 /* ---------------- activations ---------------- */
 
+#define A16(n) (((n) + 15) / 16 * 16)
+
+/* Floats of the activation arena; -1 when out of range. */
 static int64_t acts_floats(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
-    int64_t C = c->hidden_size, I = c->intermediate_size, L = c->num_layers;
-    int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim, BT = B * T;
-    int64_t layer = BT * (3 * C + 2 * qd + 2 * kvd + 3 * I + c->num_heads); /* + lse */
-    int64_t n = (L + 1) * BT * C + (recompute ? 1 : L) * layer; /* xs, layer acts */
-    n += 2 * BT * C + BT;                                      /* hf, tmp, loss */
-    n += 2 * BT * C + 2 * BT * qd + 2 * BT * kvd + 3 * BT * I; /* backward scratch */
-    return n + 16 * 33;                                        /* alignment slack */
+    const struct lmc_architecture *a = lmc_arch_of(c);
+    int64_t L = c->num_layers, BT, BTC;
+    if (B <= 0 || T <= 0 || !lmc_mul_ok(B, T, &BT) || BT > ((int64_t)1 << 31) ||
+        !lmc_mul_ok(BT, c->hidden_size, &BTC) || BTC > ((int64_t)1 << 40))
+        return -1;
+    int64_t xs, layer, saves, n;
+    layer = lmc_block_save_floats(a, c, BT, LMC_RUN_TRAIN);
+    if (!lmc_mul_ok(L + 1, A16(BTC), &xs) || !lmc_mul_ok(recompute ? 1 : L, layer, &saves)) return -1;
+    n = xs + saves;
+    n += 4 * A16(BTC) + A16(BT);                   /* hf, tmp, dx, dh; loss */
+    n += A16(lmc_block_bwd_floats(a, c, BT));      /* backward scratch */
+    return n > ((int64_t)1 << 42) ? -1 : n;
 }
 
 size_t lmc_tacts_bytes(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
-    return (size_t)acts_floats(c, B, T, recompute) * sizeof(float) +
-           (size_t)(3 * B * T) * sizeof(int32_t) + (size_t)(c->head_dim / 2 + 1) * sizeof(double);
+    int64_t n = acts_floats(c, B, T, recompute);
+    if (n < 0) return 0;
+    return (size_t)n * sizeof(float) + (size_t)(3 * B * T) * sizeof(int32_t) +
+           (size_t)(c->head_dim / 2 + 1) * sizeof(double);
 }
 
 lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
@@ -415,25 +366,29 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     const struct lmc_config *c = &tm->cfg;
     lmc_status st = lmc_tmodel_check_backend(be, c, false, false, err);
     if (st) return st;
-    if (B <= 0 || T <= 0 || B * T > ((int64_t)1 << 31))
+    int64_t nf = acts_floats(c, B, T, recompute);
+    if (nf < 0)
         return lmc_err_set(err, LMC_ERR_ARG, "batch %lld x %lld out of range", (long long)B, (long long)T);
-    if (c->arch == LMC_ARCH_GPT2 && T > c->max_position_embeddings)
+    if (tm->arch->learned_pos && T > c->max_position_embeddings)
         return lmc_err_set(err, LMC_ERR_ARG, "sequence length %lld exceeds the model's %lld positions",
                            (long long)T, (long long)c->max_position_embeddings);
-    int64_t C = c->hidden_size, I = c->intermediate_size, L = c->num_layers, BT = B * T;
-    int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+    int64_t C = c->hidden_size, L = c->num_layers, BT = B * T;
     a->be = be;
     a->B = B;
     a->T = T;
     a->recompute = recompute;
     int64_t nl = recompute ? 1 : L;
-    a->arena = be->alloc(be->ctx, (size_t)acts_floats(c, B, T, recompute) * sizeof(float));
+    a->arena = be->alloc(be->ctx, (size_t)nf * sizeof(float));
     a->xs = calloc((size_t)(L + 1), sizeof *a->xs);
-    a->la = calloc((size_t)nl, sizeof *a->la);
+    a->saves = calloc((size_t)nl, sizeof *a->saves);
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
     a->loss_host = malloc((size_t)BT * sizeof(float));
-    if (!a->arena || !a->xs || !a->la || !a->ids || !a->inv_freq || !a->loss_host) {
+    int32_t *pos = malloc((size_t)BT * sizeof *pos);
+    double *freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof *freq);
+    if (!a->arena || !a->xs || !a->saves || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq) {
+        free(pos);
+        free(freq);
         lmc_tacts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
                            lmc_tacts_bytes(c, B, T, recompute));
@@ -441,51 +396,27 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     a->pos = a->ids + BT;
     a->targets = a->ids + 2 * BT;
     float *p = a->arena;
-#define TAKE(n) (p += ((n) + 15) / 16 * 16, p - ((n) + 15) / 16 * 16)
-    for (int64_t l = 0; l <= L; l++) a->xs[l] = TAKE(BT * C);
-    for (int64_t l = 0; l < nl; l++) {
-        struct lmc_tlayer_acts *x = &a->la[l];
-        x->h1 = TAKE(BT * C);
-        x->q = TAKE(BT * qd);
-        x->k = TAKE(BT * kvd);
-        x->v = TAKE(BT * kvd);
-        x->att = TAKE(BT * qd);
-        x->lse = TAKE(BT * c->num_heads);
-        x->xmid = TAKE(BT * C);
-        x->h2 = TAKE(BT * C);
-        x->gate = TAKE(BT * I);
-        x->up = TAKE(BT * I);
-        x->act = TAKE(BT * I);
-    }
-    a->hf = TAKE(BT * C);
-    a->tmp = TAKE(BT * C);
-    a->loss = TAKE(BT);
-    a->dx = TAKE(BT * C);
-    a->dh = TAKE(BT * C);
-    a->datt = TAKE(BT * qd);
-    a->dq = TAKE(BT * qd);
-    a->dk = TAKE(BT * kvd);
-    a->dv = TAKE(BT * kvd);
-    a->dact = TAKE(BT * I);
-    a->dgate = TAKE(BT * I);
-    a->dup = TAKE(BT * I);
-#undef TAKE
-    LMC_ASSERT(p <= a->arena + acts_floats(c, B, T, recompute));
+    for (int64_t l = 0; l <= L; l++, p += A16(BT * C)) a->xs[l] = p;
+    for (int64_t l = 0; l < nl; l++)
+        p = lmc_block_save_carve(tm->arch, c, BT, LMC_RUN_TRAIN, p, &a->saves[l]);
+    a->hf = p, p += A16(BT * C);
+    a->tmp = p, p += A16(BT * C);
+    a->dx = p, p += A16(BT * C);
+    a->dh = p, p += A16(BT * C);
+    a->loss = p, p += A16(BT);
+    a->scratch = p, p += A16(lmc_block_bwd_floats(tm->arch, c, BT));
+    LMC_ASSERT(p <= a->arena + nf);
     /* positions restart at 0 in every sequence; rotary tables for length T */
-    int32_t *pos = malloc((size_t)BT * sizeof *pos);
-    if (!pos) {
-        lmc_tacts_free(a);
-        return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
-    }
     for (int64_t i = 0; i < BT; i++) pos[i] = (int32_t)(i % T);
     be->upload(be->ctx, a->pos, pos, (size_t)BT * sizeof *pos);
-    free(pos);
     a->attn_scale = 1.0f;
     if (tm->rot_dim) {
-        double inv_freq[tm->rot_dim / 2];
-        lmc_rope_freqs(c, tm->rot_dim, T, inv_freq, &a->attn_scale);
-        be->upload(be->ctx, a->inv_freq, inv_freq, sizeof inv_freq);
+        lmc_rope_freqs(c, tm->rot_dim, T, freq, &a->attn_scale);
+        be->upload(be->ctx, a->inv_freq, freq, (size_t)(tm->rot_dim / 2) * sizeof *freq);
     }
+    be->sync(be->ctx);
+    free(pos);
+    free(freq);
     return LMC_OK;
 }
 
@@ -496,101 +427,21 @@ void lmc_tacts_free(struct lmc_tacts *a) {
         if (a->inv_freq) a->be->free(a->be->ctx, a->inv_freq);
     }
     free(a->xs);
-    free(a->la);
+    free(a->saves);
     free(a->loss_host);
     memset(a, 0, sizeof *a);
 }
 
-/* ---------------- forward ---------------- */
-
-static void norm_fwd(const struct lmc_backend *be, const struct lmc_config *c, float *y,
-                     const float *x, const float *w, const float *b, int64_t n) {
-    if (c->arch == LMC_ARCH_GPT2) be->layernorm(be->ctx, y, x, w, b, n, c->hidden_size, (float)c->norm_eps);
-    else be->rmsnorm(be->ctx, y, x, w, n, c->hidden_size, (float)c->norm_eps);
-}
-
-static void norm_bwd(const struct lmc_backend *be, const struct lmc_config *c, float *dx,
-                     float *dw, float *db, const float *dy, const float *x, const float *w,
-                     int64_t n) {
-    if (c->arch == LMC_ARCH_GPT2)
-        be->layernorm_bwd(be->ctx, dx, dw, db, dy, x, w, n, c->hidden_size, (float)c->norm_eps);
-    else be->rmsnorm_bwd(be->ctx, dx, dw, dy, x, w, n, c->hidden_size, (float)c->norm_eps);
-}
-
-/* Layer l from xin into its saved activations and xout. */
-static void layer_fwd(const struct lmc_tmodel *tm, const struct lmc_backend *be,
-                      const struct lmc_tacts *a, int64_t l, struct lmc_tlayer_acts *x,
-                      const float *xin, float *xout) {
-    const struct lmc_config *c = &tm->cfg;
-    const struct lmc_layer *L = &tm->W.layers[l];
-    int64_t C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
-    int64_t I = c->intermediate_size, T = a->T, M = a->B * a->T;
-    norm_fwd(be, c, x->h1, xin, L->norm1_w, L->norm1_b, M);
-    be->matmul(be->ctx, x->q, x->h1, M, &L->wq, L->bq);
-    be->matmul(be->ctx, x->k, x->h1, M, &L->wk, L->bk);
-    be->matmul(be->ctx, x->v, x->h1, M, &L->wv, L->bv);
-    if (tm->rot_dim) {
-        be->rope(be->ctx, x->q, M, H, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
-        be->rope(be->ctx, x->k, M, KV, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
-    }
-    be->attention_train(be->ctx, x->att, x->lse, x->q, x->k, x->v, a->B, T, H, KV, hd,
-                        1.0f / sqrtf((float)hd), c->sliding_window);
-    be->matmul(be->ctx, a->tmp, x->att, M, &L->wo, L->bo);
-    be->add(be->ctx, x->xmid, xin, a->tmp, M * C);
-    norm_fwd(be, c, x->h2, x->xmid, L->norm2_w, L->norm2_b, M);
-    if (c->arch == LMC_ARCH_GPT2) {
-        be->matmul(be->ctx, x->up, x->h2, M, &L->w_up, L->b_up);
-        be->gelu(be->ctx, x->act, x->up, M * I, c->act == LMC_ACT_GELU_TANH);
-    } else {
-        be->matmul(be->ctx, x->gate, x->h2, M, &L->w_gate, L->b_gate);
-        be->matmul(be->ctx, x->up, x->h2, M, &L->w_up, L->b_up);
-        be->swiglu(be->ctx, x->act, x->gate, x->up, M * I);
-    }
-    be->matmul(be->ctx, a->tmp, x->act, M, &L->w_down, L->b_down);
-    be->add(be->ctx, xout, x->xmid, a->tmp, M * C);
-}
-
-/* Backward of layer l: a->dx holds d(xout) on entry and d(xin) on return. */
-static void layer_bwd(struct lmc_tmodel *tm, const struct lmc_backend *be, struct lmc_tacts *a,
-                      int64_t l, const struct lmc_tlayer_acts *x, const float *xin) {
-    const struct lmc_config *c = &tm->cfg;
-    const struct lmc_layer *L = &tm->W.layers[l], *G = &tm->G.layers[l];
-    int64_t H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
-    int64_t I = c->intermediate_size, M = a->B * a->T;
-    void *cx = be->ctx;
-#define GW(m) ((float *)(G->m.data))
-#define GB(v) ((float *)(G->v))
-    be->matmul_bwd(cx, a->dact, GW(w_down), GB(b_down), a->dx, x->act, M, &L->w_down, 0);
-    if (c->arch == LMC_ARCH_GPT2) {
-        be->gelu_bwd(cx, a->dact, a->dact, x->up, M * I, c->act == LMC_ACT_GELU_TANH);
-        be->matmul_bwd(cx, a->dh, GW(w_up), GB(b_up), a->dact, x->h2, M, &L->w_up, 0);
-    } else {
-        be->swiglu_bwd(cx, a->dgate, a->dup, a->dact, x->gate, x->up, M * I);
-        be->matmul_bwd(cx, a->dh, GW(w_gate), GB(b_gate), a->dgate, x->h2, M, &L->w_gate, 0);
-        be->matmul_bwd(cx, a->dh, GW(w_up), GB(b_up), a->dup, x->h2, M, &L->w_up, 1);
-    }
-    norm_bwd(be, c, a->dx, GB(norm2_w), GB(norm2_b), a->dh, x->xmid, L->norm2_w, M);
-    be->matmul_bwd(cx, a->datt, GW(wo), GB(bo), a->dx, x->att, M, &L->wo, 0);
-    be->attention_bwd(cx, a->dq, a->dk, a->dv, a->datt, x->att, x->lse, x->q, x->k, x->v, a->B,
-                      a->T, H, KV, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
-    if (tm->rot_dim) {
-        be->rope_bwd(cx, a->dq, M, H, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
-        be->rope_bwd(cx, a->dk, M, KV, hd, tm->rot_dim, a->pos, a->inv_freq, a->attn_scale);
-    }
-    be->matmul_bwd(cx, a->dh, GW(wq), GB(bq), a->dq, x->h1, M, &L->wq, 0);
-    be->matmul_bwd(cx, a->dh, GW(wk), GB(bk), a->dk, x->h1, M, &L->wk, 1);
-    be->matmul_bwd(cx, a->dh, GW(wv), GB(bv), a->dv, x->h1, M, &L->wv, 1);
-    norm_bwd(be, c, a->dx, GB(norm1_w), GB(norm1_b), a->dh, xin, L->norm1_w, M);
-#undef GW
-#undef GB
-}
+/* ---------------- the step ---------------- */
 
 lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                            struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
                            bool backward, float dscale, double *loss_sum, int64_t *count,
                            lmc_err *err) {
     const struct lmc_config *c = &tm->cfg;
+    const struct lmc_architecture *ar = tm->arch;
     int64_t C = c->hidden_size, M = a->B * a->T, L = c->num_layers, V = c->vocab_size;
+    float eps = (float)c->norm_eps;
     LMC_ASSERT(be == tm->be && a->be == be);
     lmc_status st = lmc_tmodel_check_backend(be, c, backward, false, err);
     if (st) return st;
@@ -599,18 +450,17 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             return lmc_err_set(err, LMC_ERR_ARG, "token id out of range (vocabulary %lld) at %lld",
                                (long long)V, (long long)i);
     }
+    struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
+                        .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
+                        .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
-    be->embed(be->ctx, a->xs[0], &tm->W.tok_emb, a->ids, M);
-    if (tm->W.pos_emb.data) {
-        be->embed(be->ctx, a->tmp, &tm->W.pos_emb, a->pos, M);
-        be->add(be->ctx, a->xs[0], a->xs[0], a->tmp, M * C);
-    }
+    lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);
     for (int64_t l = 0; l < L; l++)
-        layer_fwd(tm, be, a, l, &a->la[a->recompute ? 0 : l], a->xs[l], a->xs[l + 1]);
-    norm_fwd(be, c, a->hf, a->xs[L], tm->W.norm_f_w, tm->W.norm_f_b, M);
-    float *dlm = backward ? (float *)tm->G.lm_head.data : NULL;
-    be->classifier_xent(be->ctx, a->loss, backward ? a->dh : NULL, dlm, a->hf, &tm->W.lm_head,
+        lmc_block_fwd(&r, l, &tm->W.layers[l], &a->saves[a->recompute ? 0 : l], a->xs[l], a->xs[l + 1]);
+    ar->norm->fwd(be, a->hf, a->xs[L], tm->W.norm_f, tm->W.norm_f_b, M, C, eps);
+    float *dlm = backward ? (float *)tm->G.head.w.data : NULL;
+    be->classifier_xent(be->ctx, a->loss, backward ? a->dh : NULL, dlm, a->hf, &tm->W.head.w,
                         a->targets, M, dscale);
     float *loss = a->loss_host;
     be->download(be->ctx, loss, a->loss, (size_t)M * sizeof(float));
@@ -625,12 +475,12 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     *count = n;
     if (!backward) return LMC_OK;
     be->zero(be->ctx, a->dx, (size_t)(M * C) * sizeof(float));
-    norm_bwd(be, c, a->dx, (float *)tm->G.norm_f_w, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
-             tm->W.norm_f_w, M);
+    ar->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
+                  tm->W.norm_f, M, C, eps);
     for (int64_t l = L - 1; l >= 0; l--) {
-        struct lmc_tlayer_acts *x = &a->la[a->recompute ? 0 : l];
-        if (a->recompute) layer_fwd(tm, be, a, l, x, a->xs[l], a->tmp);
-        layer_bwd(tm, be, a, l, x, a->xs[l]);
+        const struct lmc_block_save *s = &a->saves[a->recompute ? 0 : l];
+        if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
+        lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
     }
     be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
     if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, M, C);

@@ -14,11 +14,14 @@
  * padding between tensors in every arena is zero and stays zero (so the
  * global gradient norm can be one sum over the whole arena).
  *
- * Layouts: the arena keeps every matrix as the (out, in) the ops use.
- * GPT-2's Conv1D weights are (in, out) on disk: their table entry is marked
- * `transposed` and lmc_tmodel_download_param / upload_param convert, so gradients,
- * optimizer state and checkpoints are read and written in the on-disk
- * layout. Tied embeddings are one tensor (the head reads the embedding). */
+ * Layouts: the parameter table is the architecture's tensor spec table
+ * (model/arch.h) expanded for the config, in its order; the arena keeps
+ * every matrix as the (out, in) the ops use. Tensors stored (in, out) on
+ * disk (GPT-2's Conv1D) are marked `transposed` and lmc_tmodel_download_param /
+ * upload_param convert, so gradients, optimizer state and checkpoints are
+ * read and written in the on-disk layout. Tied embeddings are one tensor
+ * (the head reads the embedding). The forward and backward are the block's
+ * (model/block.h, LMC_RUN_TRAIN): the same code that serves inference. */
 #ifndef LMC_MODEL_BACKWARD_H
 #define LMC_MODEL_BACKWARD_H
 
@@ -30,34 +33,31 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* One trainable tensor (the optimizers' parameter table). */
 struct lmc_tparam {
-    char name[128];         /* HF name, e.g. "model.layers.0.self_attn.q_proj.weight" */
+    char name[160];         /* HF name, e.g. "model.layers.0.self_attn.q_proj.weight" */
     int ndim;               /* 1 or 2 */
     int64_t shape[2];       /* on-disk shape */
     int64_t off, numel;     /* floats into the arenas */
     bool transposed;        /* arena holds the transpose of the on-disk 2-D tensor */
-};
-
-/* Views of one arena as the forward's layer table (F32 matrices). */
-struct lmc_tview {
-    struct lmc_mat tok_emb, pos_emb, lm_head; /* (V,C) (P,C) (V,C); pos_emb.data NULL if none */
-    const float *norm_f_w, *norm_f_b;
-    struct lmc_layer *layers;                 /* (L) */
+    enum lmc_role role;     /* from the spec table: embedding, matrix, norm, bias */
 };
 
 struct lmc_tmodel {
     const struct lmc_backend *be; /* owns the arenas (not owned; outlives the model) */
     struct lmc_config cfg;
+    const struct lmc_architecture *arch;
     int64_t rot_dim;
     struct lmc_tparam *params;
     int n_params;
     int64_t numel;          /* floats in each arena */
     float *w, *g;           /* parameters and gradients (numel each, backend memory) */
-    struct lmc_tview W, G;  /* views of w and g */
+    struct lmc_weights W, G; /* views of w and g (F32) */
 };
 
 /* Names the first op of be's table that training needs and be lacks
- * (forward ops and zero always; with backward the backward ops; with
+ * (forward ops and zero always, the architecture's norm / mixer /
+ * feed-forward ops included; with backward the backward ops; with
  * optimizer sumsq and adamw): LMC_ERR_UNSUPPORTED "backend X has no OP
  * op (needed for training)". */
 lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct lmc_config *cfg,
@@ -93,17 +93,18 @@ lmc_status lmc_tmodel_upload_param(const struct lmc_tmodel *tm, float *arena, in
 void lmc_tmodel_download_arena(const struct lmc_tmodel *tm, const float *arena, float *host);
 void lmc_tmodel_upload_arena(const struct lmc_tmodel *tm, float *arena, const float *host);
 
-/* Training activations for micro-batches of B sequences of T tokens. */
+/* Training activations for micro-batches of B sequences of T tokens, one
+ * arena sized up front (overflow-checked). */
 struct lmc_tacts {
     const struct lmc_backend *be;
     int64_t B, T;
     bool recompute;         /* keep only layer inputs; recompute each layer in the backward */
     float *arena;
     float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
-    struct lmc_tlayer_acts *la; /* (L, or 1 with recompute) */
+    struct lmc_block_save *saves; /* (L, or 1 with recompute) what each block keeps */
     float *hf, *tmp, *loss; /* (BT,C) final norm out, (BT,C) scratch, (BT) per-token loss */
     float *loss_host;       /* (BT) host copy of loss */
-    float *dx, *dh, *datt, *dq, *dk, *dv, *dact, *dgate, *dup; /* backward scratch */
+    float *dx, *dh, *scratch; /* backward: (BT,C), (BT,C), the block's backward scratch */
     int32_t *ids, *pos, *targets; /* (BT) */
     double *inv_freq;       /* (rot_dim/2) */
     float attn_scale;
@@ -127,6 +128,12 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                            struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
                            bool backward, float dscale, double *loss_sum, int64_t *count,
                            lmc_err *err);
+/* Whether weight decay applies to p: decay_all, or p is a matrix (the spec
+ * table's role: embeddings, norms and biases are exempt). */
+static inline bool lmc_tparam_decays(const struct lmc_tparam *p, bool decay_all) {
+    return decay_all || p->role == LMC_ROLE_MATRIX;
+}
+
 /* tm->g = 0 (the whole arena, padding included) through be->zero. */
 void lmc_tmodel_zero_grad(struct lmc_tmodel *tm);
 

@@ -1,19 +1,21 @@
-/* forward.c — the shared transformer forward over a KV cache, composed
- * only of backend-table ops: pre-norm blocks with RMSNorm+RoPE+SwiGLU
- * (Llama family) or LayerNorm+learned positions+GELU (GPT-2). Also the KV
- * cache and activation scratch, both sized up front. */
+/* forward.c — the single-sequence driver: fills a struct lmc_run
+ * (LMC_RUN_SEQ) and runs the architecture's one block per layer
+ * (block.c) over a contiguous KV cache, then the final norm and head.
+ * Also the KV cache and activation scratch, both sized up front with
+ * overflow-checked products (nothing is allocated per step). */
 #include "model/model.h"
 #include "core/core.h"
-#include "model/layer.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* f32 bytes of K and V for ctx positions; 0 when the product overflows */
 size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx) {
-    const struct lmc_config *c = &m->cfg;
-    return 2 * (size_t)c->num_layers * (size_t)ctx * (size_t)(c->num_kv_heads * c->head_dim) *
-           sizeof(float);
+    int64_t f;
+    if (ctx < 0 || !lmc_mul_ok(lmc_model_kv_floats_per_token(&m->cfg), ctx, &f) || f > INT64_MAX / 8)
+        return 0;
+    return 2 * (size_t)f * sizeof(float);
 }
 
 lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
@@ -23,15 +25,22 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struc
         return lmc_err_set(err, LMC_ERR_ARG, "context length %lld out of range (1..16777216)",
                            (long long)ctx);
     const struct lmc_config *c = &m->cfg;
+    if (lmc_kv_bytes(m, ctx) == 0)
+        return lmc_err_set(err, LMC_ERR_ARG, "KV cache for %lld positions: size out of range", (long long)ctx);
     kv->be = be;
     kv->ctx = ctx;
     kv->n_layers = c->num_layers;
-    kv->row = c->num_kv_heads * c->head_dim;
+    kv->row = m->arch->mixer->kv_row(c);
     size_t half = lmc_kv_bytes(m, ctx) / 2; /* f32 elements; 16-bit caches take half */
     if (be->kv_dtype != LMC_DTYPE_F32) half /= 2;
     kv->k = be->alloc(be->ctx, half);
     kv->v = be->alloc(be->ctx, half);
-    if (!kv->k || !kv->v) {
+    kv->state_bytes = lmc_model_seq_slot_bytes(m);
+    if (kv->state_bytes) {
+        kv->state = be->alloc(be->ctx, kv->state_bytes);
+        if (kv->state) be->zero(be->ctx, kv->state, kv->state_bytes);
+    }
+    if (!kv->k || !kv->v || (kv->state_bytes && !kv->state)) {
         lmc_kv_free(kv);
         return lmc_err_set(err, LMC_ERR_OOM, "KV cache for %lld positions needs %zu bytes",
                            (long long)ctx, 2 * half);
@@ -43,45 +52,64 @@ void lmc_kv_free(struct lmc_kv *kv) {
     if (kv->be) {
         if (kv->k) kv->be->free(kv->be->ctx, kv->k);
         if (kv->v) kv->be->free(kv->be->ctx, kv->v);
+        if (kv->state) kv->be->free(kv->be->ctx, kv->state);
     }
     memset(kv, 0, sizeof *kv);
 }
 
-/* floats per token of the wide scratch buffers */
-static int64_t acts_width(const struct lmc_model *m) {
+#define A16(n) (((n) + 15) / 16 * 16)
+
+/* Floats of each piece for max_tokens tokens and logit_rows rows; false
+ * when a product overflows. */
+struct acts_size {
+    int64_t xrows, x, save, logits, half;
+};
+
+static bool acts_size(const struct lmc_model *m, int64_t max_tokens, int64_t logit_rows,
+                      struct acts_size *z) {
     const struct lmc_config *c = &m->cfg;
-    return LMC_MAX(c->hidden_size, c->num_heads * c->head_dim);
+    z->xrows = LMC_MAX(max_tokens, logit_rows);
+    z->half = c->head_dim / 2 + 1;
+    if (max_tokens <= 0 || max_tokens > (1 << 24) || logit_rows <= 0 || logit_rows > (1 << 24) ||
+        !lmc_mul_ok(z->xrows, c->hidden_size, &z->x) || z->x > ((int64_t)1 << 40) ||
+        !lmc_mul_ok(logit_rows, c->vocab_size, &z->logits) || z->logits > ((int64_t)1 << 40))
+        return false;
+    z->x = A16(z->x);
+    /* the block's per-token widths are bounded by the config checks: n * width fits */
+    z->save = lmc_block_save_floats(m->arch, c, max_tokens, LMC_RUN_SEQ);
+    return z->save > 0 && z->save < ((int64_t)1 << 42);
 }
 
 size_t lmc_acts_bytes(const struct lmc_model *m, int64_t max_tokens, int64_t logit_rows) {
-    const struct lmc_config *c = &m->cfg;
-    return (size_t)max_tokens * sizeof(float) * (size_t)(4 * acts_width(m) + 2 * c->intermediate_size) +
-           (size_t)logit_rows * (size_t)c->vocab_size * sizeof(float) +
-           (size_t)max_tokens * 2 * sizeof(int32_t) + (size_t)(c->head_dim / 2 + 1) * sizeof(double);
+    struct acts_size z;
+    if (!acts_size(m, max_tokens, LMC_MAX(1, logit_rows), &z)) return 0;
+    return (size_t)(3 * z.x + z.save + z.logits) * sizeof(float) +
+           (size_t)max_tokens * 2 * sizeof(int32_t) + (size_t)z.half * sizeof(double);
 }
 
 lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, const struct lmc_backend *be,
                          int64_t max_tokens, int64_t logit_rows, lmc_err *err) {
     memset(a, 0, sizeof *a);
-    const struct lmc_config *c = &m->cfg;
+    struct acts_size z;
+    if (!acts_size(m, max_tokens, LMC_MAX(1, logit_rows), &z))
+        return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld tokens, %lld logits rows: out of range",
+                           (long long)max_tokens, (long long)logit_rows);
     a->be = be;
     a->max_tokens = max_tokens;
     a->logit_rows = LMC_MAX(1, logit_rows);
-    size_t nb = (size_t)max_tokens * (size_t)acts_width(m) * sizeof(float);
-    size_t nf = (size_t)max_tokens * (size_t)c->intermediate_size * sizeof(float);
     void *(*al)(void *, size_t) = be->alloc;
-    a->x = al(be->ctx, nb);
-    a->h = al(be->ctx, nb);
-    a->q = al(be->ctx, nb);
-    a->att = al(be->ctx, nb);
-    a->ff1 = al(be->ctx, nf);
-    a->ff2 = al(be->ctx, nf);
-    a->logits = al(be->ctx, (size_t)a->logit_rows * (size_t)c->vocab_size * sizeof(float));
+    a->x = al(be->ctx, (size_t)z.x * sizeof(float));
+    a->h = al(be->ctx, (size_t)z.x * sizeof(float));
+    a->tmp = al(be->ctx, (size_t)z.x * sizeof(float));
+    a->save = al(be->ctx, (size_t)z.save * sizeof(float));
+    a->logits = al(be->ctx, (size_t)z.logits * sizeof(float));
     a->ids = al(be->ctx, (size_t)max_tokens * sizeof(int32_t));
     a->pos = al(be->ctx, (size_t)max_tokens * sizeof(int32_t));
-    a->inv_freq = al(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
-    if (!a->x || !a->h || !a->q || !a->att || !a->ff1 || !a->ff2 || !a->logits || !a->ids ||
-        !a->pos || !a->inv_freq) {
+    a->inv_freq = al(be->ctx, (size_t)z.half * sizeof(double));
+    a->pos_host = malloc((size_t)max_tokens * sizeof(int32_t));
+    a->freq_host = malloc((size_t)z.half * sizeof(double));
+    if (!a->x || !a->h || !a->tmp || !a->save || !a->logits || !a->ids || !a->pos || !a->inv_freq ||
+        !a->pos_host || !a->freq_host) {
         lmc_acts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "activations for %lld tokens: out of memory",
                            (long long)max_tokens);
@@ -91,11 +119,22 @@ lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, const st
 
 void lmc_acts_free(struct lmc_acts *a) {
     if (a->be) {
-        void *bufs[] = {a->x, a->h, a->q, a->att, a->ff1, a->ff2, a->logits, a->ids, a->pos, a->inv_freq};
+        void *bufs[] = {a->x, a->h, a->tmp, a->save, a->logits, a->ids, a->pos, a->inv_freq};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             if (bufs[i]) a->be->free(a->be->ctx, bufs[i]);
     }
+    free(a->pos_host);
+    free(a->freq_host);
     memset(a, 0, sizeof *a);
+}
+
+/* Final norm of rows (n, C) from x into a->h, then the head into a->logits. */
+void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_acts *a,
+                      const float *x, int64_t rows) {
+    const struct lmc_config *c = &m->cfg;
+    m->arch->norm->fwd(be, a->h, x, m->w.norm_f, m->w.norm_f_b, rows, c->hidden_size, (float)c->norm_eps);
+    const struct lmc_linear *H = &m->w.head;
+    lmc_linear_fwd(be, 1, &H, &a->logits, a->h, rows);
 }
 
 /* One chunk of n <= a->max_tokens tokens. */
@@ -103,61 +142,26 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
                           int64_t pos0, float *host_logits, bool all_logits) {
     const struct lmc_config *c = &m->cfg;
-    int64_t C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads, hd = c->head_dim;
-    int64_t kvd = KV * hd, I = c->intermediate_size;
-    float attn_scale = 1.0f;
-    int32_t pos[n];
-    for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(pos0 + i);
-    be->upload(be->ctx, a->pos, pos, (size_t)n * sizeof *pos);
+    int64_t C = c->hidden_size;
+    struct lmc_run r = {.mode = LMC_RUN_SEQ, .be = be, .cfg = c, .arch = m->arch, .n = n,
+                        .rot_dim = m->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
+                        .attn_scale = 1.0f, .tmp = a->tmp, .kv = kv, .pos0 = pos0,
+                        .state = kv->state};
+    for (int64_t i = 0; i < n; i++) a->pos_host[i] = (int32_t)(pos0 + i);
+    be->upload(be->ctx, a->pos, a->pos_host, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);
-    be->embed(be->ctx, a->x, &m->tok_emb, a->ids, n);
-    if (m->pos_emb.data) {
-        be->embed(be->ctx, a->h, &m->pos_emb, a->pos, n);
-        be->add(be->ctx, a->x, a->x, a->h, n * C);
-    }
+    lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
     if (m->rot_dim) {
-        double inv_freq[m->rot_dim / 2];
-        lmc_rope_freqs(c, m->rot_dim, pos0 + n, inv_freq, &attn_scale);
-        be->upload(be->ctx, a->inv_freq, inv_freq, sizeof inv_freq);
+        lmc_rope_freqs(c, m->rot_dim, pos0 + n, a->freq_host, &r.attn_scale);
+        be->upload(be->ctx, a->inv_freq, a->freq_host, (size_t)(m->rot_dim / 2) * sizeof(double));
     }
-    float scale = 1.0f / sqrtf((float)hd);
-    /* a 16-bit KV cache (backend's kv_dtype) is written by rope_kv_store
-     * from f32 K/V in scratch (att, ff1: free until attention) */
-    bool kv16 = be->kv_dtype != LMC_DTYPE_F32;
-    size_t kv_esz = kv16 ? 2 : sizeof(float);
-    LMC_ASSERT(!kv16 || (be->rope_kv_store && I >= kvd));
-    for (int64_t l = 0; l < c->num_layers; l++) {
-        const struct lmc_layer *L = &m->layers[l];
-        char *kc = (char *)kv->k + (size_t)l * (size_t)kv->ctx * (size_t)kvd * kv_esz;
-        char *vc = (char *)kv->v + (size_t)l * (size_t)kv->ctx * (size_t)kvd * kv_esz;
-        lmc_layer_norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
-        if (kv16) {
-            float *y[3] = {a->q, a->att, a->ff1};
-            const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
-            const float *b[3] = {L->bq, L->bk, L->bv};
-            lmc_layer_matmuls(be, 3, y, a->h, n, w, b);
-            be->rope_kv_store(be->ctx, a->q, a->att, a->ff1, kc, vc, n, H, KV, hd, m->rot_dim,
-                              a->pos, a->inv_freq, attn_scale);
-        } else { /* K and V go straight into the cache rows of these positions */
-            float *kc32 = (float *)kc, *vc32 = (float *)vc;
-            float *y[3] = {a->q, kc32 + pos0 * kvd, vc32 + pos0 * kvd};
-            const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
-            const float *b[3] = {L->bq, L->bk, L->bv};
-            lmc_layer_matmuls(be, 3, y, a->h, n, w, b);
-            if (m->rot_dim) {
-                be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, a->inv_freq, attn_scale);
-                be->rope(be->ctx, kc32 + pos0 * kvd, n, KV, hd, m->rot_dim, a->pos, a->inv_freq,
-                         attn_scale);
-            }
-        }
-        be->attention(be->ctx, a->att, a->q, (const float *)kc, (const float *)vc, n, pos0, H, KV,
-                      hd, scale, c->sliding_window);
-        lmc_layer_out_mlp(be, c, L, a, n);
-    }
+    struct lmc_block_save s;
+    lmc_block_save_carve(m->arch, c, n, LMC_RUN_SEQ, a->save, &s);
+    s.h1 = s.h2 = a->h;
+    for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
     if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
     int64_t rows = all_logits ? n : 1;
-    lmc_layer_norm(be, c, a->h, a->x + (n - rows) * C, m->norm_f_w, m->norm_f_b, rows);
-    be->matmul(be->ctx, a->logits, a->h, rows, &m->lm_head, NULL);
+    lmc_model_logits(m, be, a, a->x + (n - rows) * C, rows);
     be->download(be->ctx, host_logits, a->logits, (size_t)(rows * c->vocab_size) * sizeof(float));
 }
 
@@ -170,10 +174,10 @@ lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend
         return lmc_err_set(err, LMC_ERR_ARG,
                            "context full: %lld tokens at position %lld exceed the context of %lld",
                            (long long)n, (long long)pos0, (long long)kv->ctx);
-    if (m->pos_emb.data && pos0 + n > m->pos_emb.rows)
+    if (m->w.pos_emb.data && pos0 + n > m->w.pos_emb.rows)
         return lmc_err_set(err, LMC_ERR_ARG,
                            "%lld positions exceed the model's %lld learned positions",
-                           (long long)(pos0 + n), (long long)m->pos_emb.rows);
+                           (long long)(pos0 + n), (long long)m->w.pos_emb.rows);
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return lmc_err_set(err, LMC_ERR_ARG, "token id %d at index %lld is outside the vocabulary (0..%lld)",

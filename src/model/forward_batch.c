@@ -1,15 +1,12 @@
-/* forward_batch.c — the transformer forward over a batch of tokens from
- * many sequences with a paged KV pool (see forward_batch.h). Composed only
- * of backend-table ops, like forward.c, with the same optional fused
- * entries and fallbacks (matmul_multi for q/k/v and gate/up, matmul_swiglu,
- * matmul_add for the o/down residuals): per layer the matmuls run over all
- * T tokens, RoPE at each token's own position, attention_paged (which
- * stores the new K/V in their slots and attends through the block tables),
- * then the MLP; logits only for the requested tokens (gathered with embed
- * over the hidden states viewed as an F32 table). */
+/* forward_batch.c — the batched driver (see forward_batch.h): fills a
+ * struct lmc_run (LMC_RUN_PAGED) and runs the architecture's one block per
+ * layer over all T tokens of the step (the attention mixer stores the new
+ * K/V through the block tables and attends with attention_paged, RoPE at
+ * each token's own position); logits only for the requested tokens
+ * (gathered with embed over the hidden states viewed as an F32 table).
+ * Every buffer, host staging included, is sized at init. */
 #include "model/forward_batch.h"
 #include "core/core.h"
-#include "model/layer.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -17,9 +14,8 @@
 
 size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
                                int64_t block_size) {
-    const struct lmc_config *c = &m->cfg;
-    return 2 * (size_t)c->num_layers * (size_t)block_size *
-           (size_t)(c->num_kv_heads * c->head_dim) * (size_t)lmc_dtype_size(be->kv_dtype);
+    return 2 * (size_t)block_size * (size_t)lmc_model_kv_floats_per_token(&m->cfg) *
+           (size_t)lmc_dtype_size(be->kv_dtype);
 }
 
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
@@ -29,20 +25,21 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
     const struct lmc_config *c = &m->cfg;
     int64_t rows, floats;
     if (n_blocks <= 0 || n_blocks > INT32_MAX || block_size <= 0 || block_size > 4096 ||
-        !lmc_mul_ok(n_blocks, block_size, &rows) || !lmc_mul_ok(rows, c->num_layers, &rows) ||
-        !lmc_mul_ok(rows, c->num_kv_heads * c->head_dim, &floats) || floats > INT64_MAX / 8)
+        !lmc_mul_ok(n_blocks, block_size, &rows) ||
+        !lmc_mul_ok(rows, lmc_model_kv_floats_per_token(c), &floats) || floats > INT64_MAX / 8)
         return lmc_err_set(err, LMC_ERR_ARG, "KV pool of %lld blocks of %lld tokens: out of range",
                            (long long)n_blocks, (long long)block_size);
     p->be = be;
     p->n_blocks = n_blocks;
     p->block_size = block_size;
     p->n_layers = c->num_layers;
-    p->row = c->num_kv_heads * c->head_dim;
+    p->row = m->arch->mixer->kv_row(c);
     /* elements of the backend's kv_dtype (f32 on the CPU, bf16 on CUDA) */
     size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
     p->k = be->alloc(be->ctx, (size_t)floats * es);
     p->v = be->alloc(be->ctx, (size_t)floats * es);
-    if (!p->k || !p->v) {
+    if (!be->host_memory) p->stage = malloc((size_t)(block_size * p->row) * es);
+    if (!p->k || !p->v || (!be->host_memory && !p->stage)) {
         lmc_kv_pool_free(p);
         return lmc_err_set(err, LMC_ERR_OOM, "KV pool of %lld blocks needs %zu bytes",
                            (long long)n_blocks, 2 * (size_t)floats * es);
@@ -55,6 +52,7 @@ void lmc_kv_pool_free(struct lmc_kv_pool *p) {
         if (p->k) p->be->free(p->be->ctx, p->k);
         if (p->v) p->be->free(p->be->ctx, p->v);
     }
+    free(p->stage);
     memset(p, 0, sizeof *p);
 }
 
@@ -65,8 +63,7 @@ void lmc_kv_pool_copy_block(struct lmc_kv_pool *p, int64_t dst, int64_t src) {
     /* in bytes: the pool holds kv_dtype elements */
     size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
     size_t n = (size_t)(p->block_size * p->row) * es, bytes = n;
-    void *tmp = be->host_memory ? NULL : malloc(bytes);
-    LMC_ASSERT(be->host_memory || tmp);
+    void *tmp = p->stage;
     for (int64_t l = 0; l < p->n_layers; l++) {
         size_t base = (size_t)l * (size_t)p->n_blocks * n;
         char *kv[2] = {(char *)p->k, (char *)p->v};
@@ -80,7 +77,6 @@ void lmc_kv_pool_copy_block(struct lmc_kv_pool *p, int64_t dst, int64_t src) {
             }
         }
     }
-    free(tmp);
 }
 
 lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model *m,
@@ -93,16 +89,21 @@ lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model 
     lmc_status st = lmc_acts_init(&b->a, m, be, max_tokens, max_logits, err);
     if (st) return st;
     const struct lmc_config *c = &m->cfg;
-    size_t kvd = (size_t)(c->num_kv_heads * c->head_dim);
+    size_t half = (size_t)(c->head_dim / 2 + 1), V = (size_t)c->vocab_size;
     b->max_seqs = max_seqs;
     b->max_blocks = max_blocks;
-    b->kn = be->alloc(be->ctx, (size_t)max_tokens * kvd * sizeof(float));
-    b->vn = be->alloc(be->ctx, (size_t)max_tokens * kvd * sizeof(float));
     b->seq = be->alloc(be->ctx, (size_t)max_tokens * sizeof(int32_t));
     b->rows = be->alloc(be->ctx, (size_t)max_logits * sizeof(int32_t));
     b->bt = be->alloc(be->ctx, (size_t)(max_seqs * max_blocks) * sizeof(int32_t));
-    b->inv_freq = be->alloc(be->ctx, (size_t)max_seqs * (size_t)(c->head_dim / 2 + 1) * sizeof(double));
-    if (!b->kn || !b->vn || !b->seq || !b->rows || !b->bt || !b->inv_freq) {
+    b->inv_freq = be->alloc(be->ctx, (size_t)max_seqs * half * sizeof(double));
+    b->len_host = malloc((size_t)max_seqs * sizeof *b->len_host);
+    b->freq_host = malloc((size_t)max_seqs * half * sizeof *b->freq_host);
+    b->scale_host = malloc((size_t)max_seqs * sizeof *b->scale_host);
+    b->row_host = malloc(V * sizeof *b->row_host);
+    b->prob_host = malloc(V * sizeof *b->prob_host);
+    b->idx_host = malloc(V * sizeof *b->idx_host);
+    if (!b->seq || !b->rows || !b->bt || !b->inv_freq || !b->len_host || !b->freq_host ||
+        !b->scale_host || !b->row_host || !b->prob_host || !b->idx_host) {
         lmc_batch_acts_free(b);
         return lmc_err_set(err, LMC_ERR_OOM, "batch scratch for %lld tokens: out of memory",
                            (long long)max_tokens);
@@ -113,10 +114,16 @@ lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model 
 void lmc_batch_acts_free(struct lmc_batch_acts *b) {
     const struct lmc_backend *be = b->a.be;
     if (be) {
-        void *bufs[] = {b->kn, b->vn, b->seq, b->rows, b->bt, b->inv_freq};
+        void *bufs[] = {b->seq, b->rows, b->bt, b->inv_freq};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             if (bufs[i]) be->free(be->ctx, bufs[i]);
     }
+    free(b->len_host);
+    free(b->freq_host);
+    free(b->scale_host);
+    free(b->row_host);
+    free(b->prob_host);
+    free(b->idx_host);
     lmc_acts_free(&b->a);
     memset(b, 0, sizeof *b);
 }
@@ -145,9 +152,9 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
         if (s < 0 || s >= b->n_seqs || p < 0 || p / kv->block_size >= b->max_blocks)
             return lmc_err_set(err, LMC_ERR_ARG, "token %lld: sequence %lld / position %lld out of range",
                                (long long)i, (long long)s, (long long)p);
-        if (m->pos_emb.data && p >= m->pos_emb.rows)
+        if (m->w.pos_emb.data && p >= m->w.pos_emb.rows)
             return lmc_err_set(err, LMC_ERR_ARG, "position %lld exceeds the model's %lld learned positions",
-                               (long long)p, (long long)m->pos_emb.rows);
+                               (long long)p, (long long)m->w.pos_emb.rows);
         int64_t blk = b->block_tables[s * b->max_blocks + p / kv->block_size];
         if (blk < 0 || blk >= kv->n_blocks)
             return lmc_err_set(err, LMC_ERR_ARG, "token %lld: block %lld outside the pool of %lld",
@@ -161,15 +168,16 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
 }
 
 /* Uploads per-sequence rotary frequencies (each for its sequence's length
- * after this step, as forward.c does per chunk) and fills sc (n_seqs) with
+ * after this step, as forward.c does per chunk) and fills scale_host with
  * their cos/sin scales; returns true when every sequence's row is the same
  * (one rope call for the whole batch). */
 static bool upload_freqs(const struct lmc_model *m, const struct lmc_backend *be,
-                         struct lmc_batch_acts *a, const struct lmc_batch *b, float *sc) {
+                         struct lmc_batch_acts *a, const struct lmc_batch *b) {
     int64_t half = m->rot_dim / 2, ns = b->n_seqs;
-    int64_t *len = calloc((size_t)ns, sizeof *len);
-    double *f = malloc((size_t)(ns * half) * sizeof *f);
-    LMC_ASSERT(len && f);
+    int64_t *len = a->len_host;
+    double *f = a->freq_host;
+    float *sc = a->scale_host;
+    for (int64_t s = 0; s < ns; s++) len[s] = 0;
     for (int64_t i = 0; i < b->n_tokens; i++)
         len[b->seq[i]] = LMC_MAX(len[b->seq[i]], (int64_t)b->pos[i] + 1);
     bool uniform = true;
@@ -179,8 +187,6 @@ static bool upload_freqs(const struct lmc_model *m, const struct lmc_backend *be
             uniform = false;
     }
     be->upload(be->ctx, a->inv_freq, f, (size_t)(ns * half) * sizeof *f);
-    free(len);
-    free(f);
     return uniform;
 }
 
@@ -192,61 +198,30 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
     if (st) return st;
     const struct lmc_config *c = &m->cfg;
     struct lmc_acts *a = &ba->a;
-    int64_t n = b->n_tokens, C = c->hidden_size, H = c->num_heads, KV = c->num_kv_heads;
-    int64_t hd = c->head_dim, kvd = KV * hd, bs = kv->block_size;
-    int64_t half = m->rot_dim / 2;
+    int64_t n = b->n_tokens, C = c->hidden_size;
     be->upload(be->ctx, a->ids, b->ids, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, a->pos, b->pos, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, ba->seq, b->seq, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, ba->bt, b->block_tables, (size_t)(b->n_seqs * b->max_blocks) * sizeof(int32_t));
     if (b->n_logits)
         be->upload(be->ctx, ba->rows, b->logit_tokens, (size_t)b->n_logits * sizeof(int32_t));
-    be->embed(be->ctx, a->x, &m->tok_emb, a->ids, n);
-    if (m->pos_emb.data) {
-        be->embed(be->ctx, a->h, &m->pos_emb, a->pos, n);
-        be->add(be->ctx, a->x, a->x, a->h, n * C);
-    }
-    float *sc = malloc((size_t)b->n_seqs * sizeof *sc);
-    if (!sc) return lmc_err_set(err, LMC_ERR_OOM, "forward batch: out of memory");
-    bool uniform = m->rot_dim ? upload_freqs(m, be, ba, b, sc) : true;
-    float scale = 1.0f / sqrtf((float)hd);
-    /* a layer's slice of the pool, in bytes of the backend's kv_dtype */
-    size_t layer_bytes = (size_t)kv->n_blocks * (size_t)bs * (size_t)kvd *
-                         (size_t)lmc_dtype_size(be->kv_dtype);
-    for (int64_t l = 0; l < c->num_layers; l++) {
-        const struct lmc_layer *L = &m->layers[l];
-        lmc_layer_norm(be, c, a->h, a->x, L->norm1_w, L->norm1_b, n);
-        {
-            float *y[3] = {a->q, ba->kn, ba->vn};
-            const struct lmc_mat *w[3] = {&L->wq, &L->wk, &L->wv};
-            const float *bias[3] = {L->bq, L->bk, L->bv};
-            lmc_layer_matmuls(be, 3, y, a->h, n, w, bias);
-        }
-        if (m->rot_dim && uniform) {
-            be->rope(be->ctx, a->q, n, H, hd, m->rot_dim, a->pos, ba->inv_freq, sc[0]);
-            be->rope(be->ctx, ba->kn, n, KV, hd, m->rot_dim, a->pos, ba->inv_freq, sc[0]);
-        } else if (m->rot_dim) { /* length-dependent RoPE: per run of one sequence's tokens */
-            for (int64_t i = 0, j; i < n; i = j) {
-                int64_t s = b->seq[i];
-                for (j = i; j < n && b->seq[j] == s;) j++;
-                const double *fr = ba->inv_freq + s * half;
-                be->rope(be->ctx, a->q + i * H * hd, j - i, H, hd, m->rot_dim, a->pos + i, fr, sc[s]);
-                be->rope(be->ctx, ba->kn + i * kvd, j - i, KV, hd, m->rot_dim, a->pos + i, fr, sc[s]);
-            }
-        }
-        be->attention_paged(be->ctx, a->att, a->q, ba->kn, ba->vn,
-                            (float *)((char *)kv->k + l * layer_bytes),
-                            (float *)((char *)kv->v + l * layer_bytes), n, ba->seq, a->pos, ba->bt, b->max_blocks,
-                            bs, H, KV, hd, scale, c->sliding_window);
-        lmc_layer_out_mlp(be, c, L, a, n);
-    }
-    free(sc);
+    lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
+    bool uniform = m->rot_dim ? upload_freqs(m, be, ba, b) : true;
+    struct lmc_run r = {.mode = LMC_RUN_PAGED, .be = be, .cfg = c, .arch = m->arch, .n = n,
+                        .rot_dim = m->rot_dim, .pos = a->pos, .inv_freq = ba->inv_freq,
+                        .attn_scale = m->rot_dim ? ba->scale_host[0] : 1.0f, .tmp = a->tmp,
+                        .pool = kv, .seq = ba->seq, .bt = ba->bt, .seq_host = b->seq,
+                        .max_blocks = b->max_blocks, .uniform = uniform,
+                        .seq_freqs = ba->inv_freq, .seq_scales = ba->scale_host};
+    struct lmc_block_save s;
+    lmc_block_save_carve(m->arch, c, n, LMC_RUN_PAGED, a->save, &s);
+    s.h1 = s.h2 = a->h;
+    for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
     if (b->n_logits == 0) return LMC_OK;
     /* gather the wanted rows of x: embed over x viewed as an (n, C) F32 table */
     struct lmc_mat xt = {LMC_DTYPE_F32, n, C, a->x};
-    be->embed(be->ctx, a->h, &xt, ba->rows, b->n_logits);
-    lmc_layer_norm(be, c, a->h, a->h, m->norm_f_w, m->norm_f_b, b->n_logits);
-    be->matmul(be->ctx, a->logits, a->h, b->n_logits, &m->lm_head, NULL);
+    be->embed(be->ctx, a->tmp, &xt, ba->rows, b->n_logits);
+    lmc_model_logits(m, be, a, a->tmp, b->n_logits);
     return LMC_OK;
 }
 
@@ -271,8 +246,7 @@ lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struc
         return LMC_OK;
     }
     /* no device argmax: download and scan (first strict maximum, as the sampler) */
-    float *row = malloc((size_t)V * sizeof *row);
-    if (!row) return lmc_err_set(err, LMC_ERR_OOM, "forward batch: out of memory");
+    float *row = ba->row_host;
     for (int64_t r = 0; r < b->n_logits; r++) {
         be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
         int64_t best = 0;
@@ -280,7 +254,6 @@ lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struc
             if (row[i] > row[best]) best = i;
         ids[r] = (int32_t)best;
     }
-    free(row);
     return LMC_OK;
 }
 
@@ -297,20 +270,9 @@ lmc_status lmc_model_forward_batch_sample(const struct lmc_model *m, const struc
         return LMC_OK;
     }
     /* no device sampler: download each row and run the sampler's core */
-    float *row = malloc((size_t)V * sizeof *row), *prob = malloc((size_t)V * sizeof *prob);
-    int32_t *idx = malloc((size_t)V * sizeof *idx);
-    if (!row || !prob || !idx) {
-        free(row);
-        free(prob);
-        free(idx);
-        return lmc_err_set(err, LMC_ERR_OOM, "forward batch: out of memory");
-    }
     for (int64_t r = 0; r < b->n_logits; r++) {
-        be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
-        ids[r] = lmc_sample_logits_row(row, V, &params[r], idx, prob);
+        be->download(be->ctx, ba->row_host, ba->a.logits + r * V, (size_t)V * sizeof(float));
+        ids[r] = lmc_sample_logits_row(ba->row_host, V, &params[r], ba->idx_host, ba->prob_host);
     }
-    free(row);
-    free(prob);
-    free(idx);
     return LMC_OK;
 }

@@ -20,9 +20,11 @@ struct lmc_kv_pool {
     const struct lmc_backend *be;
     int64_t n_blocks, block_size, n_layers, row;
     float *k, *v;            /* (L, n_blocks * block_size, row) each */
+    void *stage;             /* host staging of one block's layer (device backends) */
 };
 /* Bytes of one block over all layers, K and V, in the backend's kv_dtype
- * (f32 on the CPU, bf16 on CUDA). */
+ * (f32 on the CPU, bf16 on CUDA); rows per layer come from the mixers'
+ * sequence state (lmc_model_kv_floats_per_token). */
 size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
                                int64_t block_size);
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
@@ -46,14 +48,20 @@ struct lmc_batch {
 };
 
 /* Scratch for steps of up to max_tokens tokens, max_seqs sequences of up
- * to max_blocks blocks each, and max_logits logits rows. */
+ * to max_blocks blocks each, and max_logits logits rows; the host staging
+ * of a step is part of it (a step allocates nothing). */
 struct lmc_batch_acts {
-    struct lmc_acts a;               /* x, h, q, att, ff1, ff2, logits, ids, pos */
+    struct lmc_acts a;               /* x, h, tmp, save, logits, ids, pos */
     int64_t max_seqs, max_blocks;
-    float *kn, *vn;                  /* (T, n_kv*hd) the step's new K and V */
     int32_t *seq, *rows;             /* (T) sequence index; (max_logits) logit token indices */
     int32_t *bt;                     /* (max_seqs, max_blocks) */
     double *inv_freq;                /* (max_seqs, rot_dim/2) */
+    /* host */
+    int64_t *len_host;               /* (max_seqs) */
+    double *freq_host;               /* (max_seqs, rot_dim/2) */
+    float *scale_host;               /* (max_seqs) */
+    float *row_host, *prob_host;     /* (V) argmax / sampling fallbacks */
+    int32_t *idx_host;               /* (V) */
 };
 lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model *m,
                                const struct lmc_backend *be, int64_t max_tokens, int64_t max_seqs,

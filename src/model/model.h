@@ -1,14 +1,16 @@
-/* model.h — a loaded causal language model: config, weights (memory-mapped
- * where the dtype allows, otherwise converted once into an owned buffer),
- * and the forward pass over a KV cache through the backend table. One
- * implementation per architecture family (llama.c, gpt2.c) fills the
- * per-layer weight table; the forward in forward.c is shared. */
+/* model.h — a loaded causal language model: config, architecture (its
+ * tensor spec table and block recipe, model/arch.h), weights bound into
+ * the block slots (memory-mapped where the dtype allows, otherwise
+ * converted once into an owned buffer), the forward over a KV cache, and
+ * the sequence state the scheduler sizes through the model. */
 #ifndef LMC_MODEL_H
 #define LMC_MODEL_H
 
 #include "lmc.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "model/arch.h"
+#include "model/block.h"
 #include "ops/backend.h"
 
 #include <stdbool.h>
@@ -18,24 +20,12 @@
  * under AUTO; BF16/F16 convert F32 matrices once at load). */
 enum lmc_wdtype { LMC_WDTYPE_AUTO = 0, LMC_WDTYPE_F32, LMC_WDTYPE_BF16, LMC_WDTYPE_F16 };
 
-struct lmc_layer {
-    const float *norm1_w, *norm1_b;      /* (C) attention-input norm; b NULL for RMSNorm */
-    struct lmc_mat wq, wk, wv, wo;       /* (H*hd, C) (KV*hd, C) (KV*hd, C) (C, H*hd) */
-    const float *bq, *bk, *bv, *bo;      /* NULL when absent */
-    const float *norm2_w, *norm2_b;      /* (C) MLP-input norm */
-    struct lmc_mat w_gate, w_up, w_down; /* (I, C) (I, C) (C, I); w_gate unused for GELU MLP */
-    const float *b_gate, *b_up, *b_down;
-};
-
 struct lmc_model {
     struct lmc_config cfg;
+    const struct lmc_architecture *arch;
     struct lmc_st st;                    /* the mapped safetensors */
-    struct lmc_mat tok_emb;              /* (V, C) */
-    struct lmc_mat pos_emb;              /* (P, C) GPT-2 learned positions; data NULL otherwise */
-    struct lmc_mat lm_head;              /* (V, C), may share tok_emb's data */
-    const float *norm_f_w, *norm_f_b;    /* (C) */
-    struct lmc_layer *layers;            /* (L) */
-    int64_t rot_dim;                     /* rotary dims per head (0 for GPT-2) */
+    struct lmc_weights w;                /* bound by the arch's spec table */
+    int64_t rot_dim;                     /* rotary dims per head (0: learned positions) */
     int64_t n_params;
     size_t weight_bytes;                 /* bytes of all weights as used */
     enum lmc_wdtype wdtype;
@@ -46,7 +36,7 @@ struct lmc_model {
     /* weights uploaded to a non-host backend (freed through it) */
     const struct lmc_backend *placed_on;
     void **placed;
-    int n_placed;
+    int n_placed, cap_placed;
 };
 
 struct lmc_model_opts {
@@ -71,6 +61,8 @@ struct lmc_kv {
     int64_t ctx;                         /* capacity in positions */
     int64_t n_layers, row;               /* row = n_kv*hd */
     float *k, *v;                        /* (L, ctx, row) */
+    void *state;                         /* fixed per-sequence slots of recurrent layers */
+    size_t state_bytes;                  /* (lmc_model_seq_slot_bytes; 0 and NULL today) */
 };
 lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
                        int64_t ctx, lmc_err *err);
@@ -78,14 +70,18 @@ void lmc_kv_free(struct lmc_kv *kv);
 size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx);
 
 /* Activation scratch in backend memory for up to max_tokens tokens per
- * forward step, with logits for up to logit_rows rows (>= 1). */
+ * forward step, with logits for up to logit_rows rows (>= 1), plus the
+ * host staging a step needs (no allocation per step). */
 struct lmc_acts {
     const struct lmc_backend *be;
     int64_t max_tokens, logit_rows;
-    float *x, *h, *q, *att, *ff1, *ff2;  /* (T, C|H*hd) and (T, I) */
+    float *x, *h, *tmp;                  /* (T, C) residual stream, norm output, scratch */
+    float *save;                         /* the block's scratch (lmc_block_save_floats) */
     float *logits;                       /* (logit_rows, V) */
     int32_t *ids, *pos;                  /* (T) */
     double *inv_freq;                    /* (head_dim/2) */
+    int32_t *pos_host;                   /* host (T) */
+    double *freq_host;                   /* host (head_dim/2) */
 };
 lmc_status lmc_acts_init(struct lmc_acts *a, const struct lmc_model *m, const struct lmc_backend *be,
                          int64_t max_tokens, int64_t logit_rows, lmc_err *err);
@@ -100,24 +96,24 @@ lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend
                              struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
                              int64_t pos0, float *logits, bool all_logits, lmc_err *err);
 
+/* Final norm of rows (rows, C) of x into a->h and the head into a->logits. */
+void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_acts *a,
+                      const float *x, int64_t rows);
+
 /* Rotary inverse frequencies (rot_dim/2) and cos/sin scale for a sequence
  * of total length seq_len, per the config's rope type (HF semantics). */
 void lmc_rope_freqs(const struct lmc_config *c, int64_t rot_dim, int64_t seq_len, double *inv_freq,
                     float *attn_scale);
 
-/* Architecture fill-ins, called by lmc_model_load after the config and
- * safetensors are open: bind every layer's tensors. */
-lmc_status lmc_llama_bind(struct lmc_model *m, lmc_err *err);
-lmc_status lmc_gpt2_bind(struct lmc_model *m, lmc_err *err);
+/* Sequence state, per layer kind (the mixers' kv_row / slot_bytes): the
+ * scheduler sizes sequences through these. KV blocks of block_size
+ * positions a sequence of n_tokens needs (0 when no layer keeps K/V rows),
+ * and bytes of fixed per-sequence slots (recurrent layers; 0 today). */
+int64_t lmc_model_seq_blocks(const struct lmc_model *m, int64_t n_tokens, int64_t block_size);
+size_t lmc_model_seq_slot_bytes(const struct lmc_model *m);
+/* Floats of K (and of V) one token keeps over all layers. */
+int64_t lmc_model_kv_floats_per_token(const struct lmc_config *c);
 
-/* Helpers for the bind functions (weights.c). */
-lmc_status lmc_model_mat(struct lmc_model *m, const char *name, int64_t rows, int64_t cols,
-                         bool transpose, struct lmc_mat *out, lmc_err *err);
-lmc_status lmc_model_vec(struct lmc_model *m, const char *name, int64_t n, const float **out,
-                         lmc_err *err);
-/* Like lmc_model_vec but returns LMC_OK with *out = NULL when absent. */
-lmc_status lmc_model_vec_opt(struct lmc_model *m, const char *name, int64_t n, const float **out,
-                             lmc_err *err);
 void *lmc_model_own(struct lmc_model *m, size_t bytes);
 
 #endif

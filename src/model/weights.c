@@ -1,18 +1,14 @@
 /* weights.c — model loading shared by all architectures: opens config and
- * safetensors, binds named tensors with shape/dtype checks (converting or
+ * safetensors, walks the architecture's tensor spec table binding every
+ * tensor into the weight slots with shape/dtype checks (converting or
  * transposing into owned buffers only when needed), rejects missing and
- * unexpected tensors, and frees it all. */
+ * unexpected tensors, uploads to a device backend, and frees it all. */
 #include "model/model.h"
 #include "core/core.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Bookkeeping that only lives during load: which tensors were bound. */
-struct bind_state {
-    bool *used;
-};
 
 void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {
@@ -25,50 +21,6 @@ void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (buf) m->owned[m->n_owned++] = buf;
     return buf;
-}
-
-static void mark_used(struct lmc_model *m, const struct lmc_st_tensor *t) {
-    struct bind_state *bs = (struct bind_state *)m->owned[0];
-    bs->used[t - m->st.tensors] = true;
-}
-
-static const struct lmc_st_tensor *find_tensor(struct lmc_model *m, const char *name, int ndim,
-                                               const int64_t *shape, lmc_err *err) {
-    const struct lmc_st_tensor *t = lmc_st_find(&m->st, name);
-    if (!t) {
-        if (ndim == 1)
-            lmc_err_set(err, LMC_ERR_FORMAT, "missing tensor '%s' (expected shape [%lld])", name,
-                        (long long)shape[0]);
-        else
-            lmc_err_set(err, LMC_ERR_FORMAT, "missing tensor '%s' (expected shape [%lld, %lld])",
-                        name, (long long)shape[0], (long long)shape[1]);
-        return NULL;
-    }
-    const char *file = m->st.files[t->file].path;
-    bool ok = t->ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
-    if (!ok) {
-        char got[128] = "[";
-        for (int i = 0; i < t->ndim; i++) {
-            size_t l = strlen(got);
-            snprintf(got + l, sizeof got - l, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        }
-        strncat(got, "]", sizeof got - strlen(got) - 1);
-        if (ndim == 1)
-            lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld]", file,
-                        name, got, (long long)shape[0]);
-        else
-            lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld, %lld]",
-                        file, name, got, (long long)shape[0], (long long)shape[1]);
-        return NULL;
-    }
-    if (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16) {
-        lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16",
-                    file, name, lmc_dtype_name(t->dtype));
-        return NULL;
-    }
-    mark_used(m, t);
-    return t;
 }
 
 static float elem_f32(const void *data, enum lmc_dtype dt, int64_t i) {
@@ -102,54 +54,84 @@ static enum lmc_dtype target_dtype(enum lmc_wdtype w, enum lmc_dtype disk, bool 
     }
 }
 
-lmc_status lmc_model_mat(struct lmc_model *m, const char *name, int64_t rows, int64_t cols,
-                         bool transpose, struct lmc_mat *out, lmc_err *err) {
-    int64_t shape[2] = {transpose ? cols : rows, transpose ? rows : cols};
-    const struct lmc_st_tensor *t = find_tensor(m, name, 2, shape, err);
-    if (!t) return err->status;
-    enum lmc_dtype dt = target_dtype(m->wdtype, t->dtype, m->on_device);
-    int es = lmc_dtype_size(dt);
-    bool aligned = ((uintptr_t)t->data % (uintptr_t)lmc_dtype_size(t->dtype)) == 0;
-    out->rows = rows;
-    out->cols = cols;
-    out->dtype = dt;
-    if (!transpose && dt == t->dtype && aligned) {
-        out->data = t->data;
+struct load_state {
+    struct lmc_model *m;
+    bool *used;
+};
+
+static const struct lmc_st_tensor *lookup(const struct lmc_model *m, const char *name) {
+    const struct lmc_st_tensor *t = lmc_st_find(&m->st, name);
+    const char *ap = m->arch->alt_prefix;
+    size_t n = ap ? strlen(ap) : 0;
+    if (!t && ap && !strncmp(name, ap, n)) t = lmc_st_find(&m->st, name + n);
+    return t;
+}
+
+static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tensor *t,
+                              const struct lmc_tensor_ref *r, lmc_err *err) {
+    char got[128] = "[";
+    for (int i = 0; i < t->ndim; i++) {
+        size_t l = strlen(got);
+        snprintf(got + l, sizeof got - l, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    }
+    strncat(got, "]", sizeof got - strlen(got) - 1);
+    const char *file = st->files[t->file].path;
+    if (r->ndim == 1)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld]", file,
+                           t->name, got, (long long)r->disk[0]);
+    return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld, %lld]", file,
+                       t->name, got, (long long)r->disk[0], (long long)r->disk[1]);
+}
+
+/* Binds one tensor of the spec table: vectors as owned f32, matrices in
+ * their use dtype (in place when possible). */
+static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
+    struct load_state *ls = user;
+    struct lmc_model *m = ls->m;
+    const struct lmc_st_tensor *t = lookup(m, r->name);
+    if (!t) {
+        if (!r->required) return LMC_OK;
+        if (r->ndim == 1)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "missing tensor '%s' (expected shape [%lld])", r->name,
+                               (long long)r->disk[0]);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "missing tensor '%s' (expected shape [%lld, %lld])",
+                           r->name, (long long)r->disk[0], (long long)r->disk[1]);
+    }
+    bool ok = t->ndim == r->ndim && t->shape[0] == r->disk[0] && (r->ndim == 1 || t->shape[1] == r->disk[1]);
+    if (!ok) return shape_error(&m->st, t, r, err);
+    if (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16",
+                           m->st.files[t->file].path, t->name, lmc_dtype_name(t->dtype));
+    ls->used[t - m->st.tensors] = true;
+    if (r->ndim == 1) { /* vectors: f32 copies */
+        float *buf = lmc_model_own(m, (size_t)r->numel * sizeof(float));
+        if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': out of memory", r->name);
+        for (int64_t i = 0; i < r->numel; i++) buf[i] = elem_f32(t->data, t->dtype, i);
+        lmc_weights_bind(&m->w, r, buf, LMC_DTYPE_F32);
         return LMC_OK;
     }
-    void *buf = lmc_model_own(m, (size_t)(rows * cols * es));
-    if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': cannot allocate %lld bytes", name,
-                                 (long long)(rows * cols * es));
+    bool transpose = (r->spec->flags & LMC_TF_TRANSPOSED) != 0;
+    enum lmc_dtype dt = target_dtype(m->wdtype, t->dtype, m->on_device);
+    int64_t rows = r->rows, cols = r->cols;
+    bool aligned = ((uintptr_t)t->data % (uintptr_t)lmc_dtype_size(t->dtype)) == 0;
+    if (!transpose && dt == t->dtype && aligned) {
+        lmc_weights_bind(&m->w, r, t->data, dt);
+        return LMC_OK;
+    }
+    size_t bytes = (size_t)r->numel * (size_t)lmc_dtype_size(dt);
+    void *buf = lmc_model_own(m, bytes);
+    if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': cannot allocate %zu bytes", r->name, bytes);
     if (!transpose && dt == t->dtype) {
         memcpy(buf, t->data, t->nbytes);
     } else {
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++) {
-                int64_t src = transpose ? c * rows + r : r * cols + c;
-                store_elem(buf, dt, r * cols + c, elem_f32(t->data, t->dtype, src));
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < cols; j++) {
+                int64_t src = transpose ? j * rows + i : i * cols + j;
+                store_elem(buf, dt, i * cols + j, elem_f32(t->data, t->dtype, src));
             }
     }
-    out->data = buf;
+    lmc_weights_bind(&m->w, r, buf, dt);
     return LMC_OK;
-}
-
-lmc_status lmc_model_vec(struct lmc_model *m, const char *name, int64_t n, const float **out,
-                         lmc_err *err) {
-    int64_t shape[1] = {n};
-    const struct lmc_st_tensor *t = find_tensor(m, name, 1, shape, err);
-    if (!t) return err->status;
-    float *buf = lmc_model_own(m, (size_t)n * sizeof(float));
-    if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': out of memory", name);
-    for (int64_t i = 0; i < n; i++) buf[i] = elem_f32(t->data, t->dtype, i);
-    *out = buf;
-    return LMC_OK;
-}
-
-lmc_status lmc_model_vec_opt(struct lmc_model *m, const char *name, int64_t n, const float **out,
-                             lmc_err *err) {
-    *out = NULL;
-    if (!lmc_st_find(&m->st, name)) return LMC_OK;
-    return lmc_model_vec(m, name, n, out, err);
 }
 
 /* Buffers that HF checkpoints carry but that hold no parameters. */
@@ -164,7 +146,7 @@ static bool harmless_extra(const char *name) {
 }
 
 static size_t mat_bytes(const struct lmc_mat *w) {
-    return w->data ? (size_t)(w->rows * w->cols * lmc_dtype_size(w->dtype)) : 0;
+    return w->data ? (size_t)w->rows * (size_t)w->cols * (size_t)lmc_dtype_size(w->dtype) : 0;
 }
 
 /* Copies one weight buffer into backend memory; false when out of memory. */
@@ -175,6 +157,7 @@ static bool place(struct lmc_model *m, const struct lmc_backend *be, const void 
             *data = m->placed[2 * i];
             return true;
         }
+    LMC_ASSERT(m->n_placed < m->cap_placed);
     void *dev = be->alloc(be->ctx, bytes);
     if (!dev) return false;
     be->upload(be->ctx, dev, *data, bytes);
@@ -185,29 +168,30 @@ static bool place(struct lmc_model *m, const struct lmc_backend *be, const void 
     return true;
 }
 
-/* Uploads every weight to a backend that cannot read host memory. */
+/* Uploads every bound weight (every slot) to a backend that cannot read
+ * host memory. */
 static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *be, lmc_err *err) {
-    int64_t L = m->cfg.num_layers;
-    m->placed = calloc((size_t)(2 * (L * 19 + 8)), sizeof *m->placed);
+    int64_t L = m->cfg.num_layers, C = m->cfg.hidden_size;
+    int64_t cap = L * (2 * LMC_L_N + LMC_V_N) + 8;
+    m->placed = calloc((size_t)(2 * cap), sizeof *m->placed);
     if (!m->placed) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    m->cap_placed = (int)cap;
     m->placed_on = be;
-    int64_t C = m->cfg.hidden_size, I = m->cfg.intermediate_size;
-    int64_t qd = m->cfg.num_heads * m->cfg.head_dim, kvd = m->cfg.num_kv_heads * m->cfg.head_dim;
-    bool ok = place(m, be, &m->tok_emb.data, mat_bytes(&m->tok_emb)) &&
-              place(m, be, &m->pos_emb.data, mat_bytes(&m->pos_emb)) &&
-              place(m, be, &m->lm_head.data, mat_bytes(&m->lm_head)) &&
-              place(m, be, (const void **)&m->norm_f_w, (size_t)C * 4) &&
-              place(m, be, (const void **)&m->norm_f_b, (size_t)C * 4);
+    struct lmc_weights *w = &m->w;
+    bool ok = place(m, be, &w->tok_emb.data, mat_bytes(&w->tok_emb)) &&
+              place(m, be, &w->pos_emb.data, mat_bytes(&w->pos_emb)) &&
+              place(m, be, &w->head.w.data, mat_bytes(&w->head.w)) &&
+              place(m, be, (const void **)&w->norm_f, (size_t)C * 4) &&
+              place(m, be, (const void **)&w->norm_f_b, (size_t)C * 4);
     for (int64_t l = 0; ok && l < L; l++) {
-        struct lmc_layer *y = &m->layers[l];
-        struct lmc_mat *mats[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w_gate, &y->w_up, &y->w_down};
-        for (size_t i = 0; ok && i < sizeof mats / sizeof *mats; i++)
-            ok = place(m, be, &mats[i]->data, mat_bytes(mats[i]));
-        const float **vecs[] = {&y->norm1_w, &y->norm1_b, &y->norm2_w, &y->norm2_b, &y->bq, &y->bk,
-                                &y->bv, &y->bo, &y->b_gate, &y->b_up, &y->b_down};
-        int64_t lens[] = {C, C, C, C, qd, kvd, kvd, C, I, I, C};
-        for (size_t i = 0; ok && i < sizeof vecs / sizeof *vecs; i++)
-            ok = place(m, be, (const void **)vecs[i], (size_t)lens[i] * 4);
+        struct lmc_block_w *y = &w->layers[l];
+        for (int i = 0; ok && i < LMC_L_N; i++) {
+            struct lmc_linear *lin = &y->lin[i];
+            ok = place(m, be, &lin->w.data, mat_bytes(&lin->w)) &&
+                 place(m, be, (const void **)&lin->bias, (size_t)lin->w.rows * 4);
+        }
+        for (int i = 0; ok && i < LMC_V_N; i++)
+            ok = place(m, be, (const void **)&y->vec[i], (size_t)y->vec_n[i] * 4);
     }
     if (!ok)
         return lmc_err_set(err, LMC_ERR_OOM, "not enough %s memory for the weights (%zu bytes)",
@@ -222,21 +206,24 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
     m->on_device = opts && opts->be && !opts->be->host_memory;
     lmc_status s = lmc_config_load(&m->cfg, dir, err);
     if (s) return s;
+    m->arch = lmc_arch_of(&m->cfg);
+    if ((s = lmc_config_check_sizes(&m->cfg, err)) || (s = m->arch->check(&m->cfg, err))) {
+        lmc_err_prefix(err, "loading %s: ", dir);
+        return s;
+    }
+    m->rot_dim = lmc_arch_rot_dim(m->arch, &m->cfg);
     s = lmc_st_open_dir(&m->st, dir, err);
     if (s) return s;
-    /* owned[0] is the bind bookkeeping, freed with the rest */
-    struct bind_state *bs = lmc_model_own(m, sizeof *bs);
     bool *used = calloc((size_t)m->st.n_tensors + 1, 1);
-    if (!bs || !used) {
+    m->w.layers = calloc((size_t)m->cfg.num_layers, sizeof *m->w.layers);
+    if (!used || !m->w.layers) {
         free(used);
         lmc_model_free(m);
         return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     }
-    bs->used = used;
-    m->layers = calloc((size_t)m->cfg.num_layers, sizeof *m->layers);
-    if (!m->layers) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
-    else if (m->cfg.arch == LMC_ARCH_GPT2) s = lmc_gpt2_bind(m, err);
-    else s = lmc_llama_bind(m, err);
+    struct load_state ls = {m, used};
+    s = lmc_arch_walk(m->arch, &m->cfg, load_one, &ls, err);
+    if (!s && !m->w.head.w.data) m->w.head.w = m->w.tok_emb; /* tied */
     for (int64_t i = 0; !s && i < m->st.n_tensors; i++) {
         const struct lmc_st_tensor *t = &m->st.tensors[i];
         if (used[i]) m->n_params += t->numel;
@@ -247,19 +234,19 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
                             (long long)m->cfg.num_layers);
     }
     free(used);
-    bs->used = NULL;
     if (s) {
         lmc_err_prefix(err, "loading %s: ", dir);
         lmc_model_free(m);
         return s;
     }
-    size_t wb = mat_bytes(&m->tok_emb) + mat_bytes(&m->pos_emb);
-    if (m->lm_head.data != m->tok_emb.data) wb += mat_bytes(&m->lm_head);
-    for (int64_t l = 0; l < m->cfg.num_layers; l++) {
-        const struct lmc_layer *L = &m->layers[l];
-        wb += mat_bytes(&L->wq) + mat_bytes(&L->wk) + mat_bytes(&L->wv) + mat_bytes(&L->wo) +
-              mat_bytes(&L->w_gate) + mat_bytes(&L->w_up) + mat_bytes(&L->w_down);
-    }
+    size_t wb = mat_bytes(&m->w.tok_emb) + mat_bytes(&m->w.pos_emb);
+    if (m->w.head.w.data != m->w.tok_emb.data) wb += mat_bytes(&m->w.head.w);
+    for (int64_t l = 0; l < m->cfg.num_layers; l++)
+        for (int i = 0; i < LMC_L_N; i++) {
+            /* views of one fused tensor (parts) count once: by distinct data */
+            const struct lmc_mat *w = &m->w.layers[l].lin[i].w;
+            wb += mat_bytes(w);
+        }
     m->weight_bytes = wb;
     if (opts && opts->be && !opts->be->host_memory && (s = place_weights(m, opts->be, err))) {
         lmc_err_prefix(err, "loading %s: ", dir);
@@ -274,7 +261,23 @@ void lmc_model_free(struct lmc_model *m) {
     free(m->placed);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
-    free(m->layers);
+    free(m->w.layers);
     lmc_st_free(&m->st);
     memset(m, 0, sizeof *m);
+}
+
+int64_t lmc_model_kv_floats_per_token(const struct lmc_config *c) {
+    const struct lmc_architecture *a = lmc_arch_of(c);
+    return c->num_layers * (a->mixer->kv_row(c) + a->ffn->kv_row(c));
+}
+
+int64_t lmc_model_seq_blocks(const struct lmc_model *m, int64_t n_tokens, int64_t block_size) {
+    if (lmc_model_kv_floats_per_token(&m->cfg) == 0) return 0;
+    return (n_tokens + block_size - 1) / block_size;
+}
+
+size_t lmc_model_seq_slot_bytes(const struct lmc_model *m) {
+    const struct lmc_config *c = &m->cfg;
+    return (size_t)c->num_layers *
+           (size_t)(m->arch->mixer->slot_bytes(c) + m->arch->ffn->slot_bytes(c));
 }

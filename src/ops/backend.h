@@ -168,6 +168,15 @@ struct lmc_backend {
      * overlap dy or x. Deterministic for a given thread count. */
     void (*matmul_bwd)(void *ctx, float *dx, float *dw, float *db, const float *dy, const float *x,
                        int64_t M, const struct lmc_mat *w, int accum_dx);
+    /* Optional (NULL: matmul_bwd n times). The backward of n matmuls
+     * sharing the input x (matmul_multi's): dx (M,K) = sum_i dy[i] @ w[i]
+     * (+= when accum_dx; dx NULL: skipped), dw[i] += dy[i]^T @ x, db[i] +=
+     * column sums of dy[i] (NULL entries skipped); dy[i] is (M, w[i]->rows).
+     * Same results as the n matmul_bwd calls (each dx contribution summed
+     * in i order), done as one parallel job. */
+    void (*matmul_bwd_multi)(void *ctx, int n, float *dx, float *const *dw, float *const *db,
+                             const float *const *dy, const float *x, int64_t M,
+                             const struct lmc_mat *const *w, int accum_dx);
     /* dtable(rows, C) += dy(n, C) scattered by ids (rows in range). */
     void (*embed_bwd)(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
                       int64_t C);

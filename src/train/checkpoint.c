@@ -9,6 +9,7 @@
 #include "train/checkpoint.h"
 #include "core/core.h"
 #include "io/safetensors.h"
+#include "model/arch.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -41,54 +42,6 @@ static lmc_status copy_file(const char *src, const char *dst, lmc_err *err) {
     ok = (fclose(f) == 0) && ok;
     free(buf);
     return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", dst);
-}
-
-lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err) {
-    cJSON *o = cJSON_CreateObject(), *arch = cJSON_CreateArray();
-    bool gpt2 = c->arch == LMC_ARCH_GPT2;
-    bool qwen2 = !gpt2 && c->qkv_bias && !c->o_bias; /* llama's attention_bias covers o too */
-    cJSON_AddItemToArray(arch, cJSON_CreateString(gpt2 ? "GPT2LMHeadModel" : qwen2 ? "Qwen2ForCausalLM"
-                                                                                 : "LlamaForCausalLM"));
-    cJSON_AddItemToObject(o, "architectures", arch);
-    cJSON_AddStringToObject(o, "model_type", gpt2 ? "gpt2" : qwen2 ? "qwen2" : "llama");
-    cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
-    if (gpt2) {
-        cJSON_AddNumberToObject(o, "n_embd", (double)c->hidden_size);
-        cJSON_AddNumberToObject(o, "n_layer", (double)c->num_layers);
-        cJSON_AddNumberToObject(o, "n_head", (double)c->num_heads);
-        cJSON_AddNumberToObject(o, "n_inner", (double)c->intermediate_size);
-        cJSON_AddNumberToObject(o, "n_positions", (double)c->max_position_embeddings);
-        cJSON_AddNumberToObject(o, "layer_norm_epsilon", c->norm_eps);
-        cJSON_AddStringToObject(o, "activation_function", c->act == LMC_ACT_GELU ? "gelu" : "gelu_new");
-        cJSON_AddBoolToObject(o, "tie_word_embeddings", true);
-    } else {
-        cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
-        cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
-        cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->num_layers);
-        cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->num_heads);
-        cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->num_kv_heads);
-        cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
-        cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
-        cJSON_AddNumberToObject(o, "rms_norm_eps", c->norm_eps);
-        cJSON_AddStringToObject(o, "hidden_act", "silu");
-        if (!qwen2) cJSON_AddBoolToObject(o, "attention_bias", c->qkv_bias);
-        cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
-        cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
-        cJSON_AddNumberToObject(o, "rope_theta", c->rope.theta);
-        cJSON *rp = cJSON_CreateObject();
-        cJSON_AddNumberToObject(rp, "rope_theta", c->rope.theta);
-        cJSON_AddStringToObject(rp, "rope_type", "default");
-        cJSON_AddItemToObject(o, "rope_parameters", rp);
-    }
-    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
-    if (c->n_eos > 0) cJSON_AddNumberToObject(o, "eos_token_id", (double)c->eos_token_ids[0]);
-    cJSON_AddStringToObject(o, "torch_dtype", "float32");
-    char *text = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!text) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
-    lmc_status s = write_text(path, text, err);
-    free(text);
-    return s;
 }
 
 /* The files of a checkpoint, written into dir (the temporary folder). */

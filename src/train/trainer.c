@@ -126,7 +126,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         const struct lmc_tparam *p = &tm->params[i];
         struct lmc_adamw_step as;
         lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr,
-                            lmc_adamw_decays(o->decay, p->name, p->ndim), grad_scale, &as);
+                            lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL), grad_scale, &as);
         be->adamw(be->ctx, tm->w + p->off, tm->g + p->off, tr->m + p->off, tr->v + p->off, p->numel,
                   &as);
     }

@@ -73,9 +73,6 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
 /* Model FLOPs per trained token (6 N + attention), for throughput / MFU. */
 double lmc_trainer_flops_per_token(const struct lmc_trainer *tr);
 
-/* Writes config.json for a model config (llama family or gpt2) as HF
- * would, so lmc and transformers can load the checkpoint. */
-lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err);
 /* Saves a checkpoint folder dir (created): model, config (copied from
  * config_src/config.json when given, else written), tokenizer files copied
  * from tok_dir (when given and present), optimizer state, trainer state. */

@@ -1,10 +1,14 @@
-/* attention.c — causal multi-head attention over a KV cache (see backend.h
- * for shapes). One task per (query, head): scores into the thread's scratch,
- * max-subtracted exp (stable softmax), sum in double, then the weighted sum
- * of V rows. Head h reads kv head h / (n_heads / n_kv) (GQA); window > 0
- * keeps the last `window` positions, the query's own included. */
+/* attention.c — causal multi-head attention (see backend.h for shapes).
+ * Inference over a KV cache: one task per (query, head): scores into the
+ * thread's scratch, max-subtracted exp (stable softmax), sum in double,
+ * then the weighted sum of V rows; the training forward is the same kernel
+ * (keeping lse). The training backward: blocks of queries against their
+ * keys through sgemm (below). Head h reads
+ * kv head h / (n_heads / n_kv) (GQA); window > 0 keeps the last `window`
+ * positions, the query's own included. */
 #include "ops/cpu/ops_cpu.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -66,56 +70,83 @@ void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, 
     }
 }
 
-/* ---- backward (training: B sequences of T tokens from position 0) ----
- * One task per (sequence, kv head): it owns the dk, dv rows of its kv head
- * and walks the query heads of its group and every query in order, so the
- * accumulation order is fixed. Per query i: p = softmax(scale q_i k_j^T)
- * over j <= i (recomputed), dp_j = dout_i . v_j, ds_j = p_j (dp_j - sum p dp),
- * dq_i = scale sum_j ds_j k_j, dk_j += scale ds_j q_i, dv_j += p_j dout_i. */
-struct attn_bwd_job {
-    struct lmc_cpu_ctx *c;
+/* ---- backward, blocked (training: B sequences of T tokens from position 0) ----
+ * The training forward above is the inference kernel's (bit-identical to
+ * it, as tests require). The backward works on blocks of ATQ queries
+ * against the keys they see through sgemm. */
+#define ATQ 64
+
+struct attn_train_job {
     float *dq, *dk, *dv;
-    const float *dout, *q, *k, *v;
-    int64_t T, n_heads, n_kv, hd, window;
+    const float *lse, *q, *k, *v, *dout;
+    float **scratch;
+    int64_t T, n_heads, n_kv, hd, window, nqb;
     float scale;
 };
 
+/* The keys row i sees, relative to the block's first key lo: [*a, *b). */
+static inline void row_keys(const struct attn_train_job *j, int64_t i, int64_t lo, int64_t *a,
+                            int64_t *b) {
+    *a = (j->window > 0 ? LMC_MAX(0, i - j->window + 1) : 0) - lo;
+    *b = i + 1 - lo;
+}
+
+/* S (R, nk) = scale * Q K^T for queries i0.. of head h against keys lo.. */
+static void block_scores(const struct attn_train_job *j, float *S, int64_t b, int64_t h, int64_t i0,
+                         int64_t R, int64_t lo, int64_t nk) {
+    int64_t hd = j->hd, qrow = j->n_heads * hd, kvrow = j->n_kv * hd;
+    int64_t kvh = h / (j->n_heads / j->n_kv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nk, (int)hd, j->scale,
+                j->q + (b * j->T + i0) * qrow + h * hd, (int)qrow,
+                j->k + (b * j->T + lo) * kvrow + kvh * hd, (int)kvrow, 0.0f, S, (int)nk);
+}
+
+/* ---- backward (training: B sequences of T tokens from position 0) ----
+ * One task per (sequence, kv head): it owns the dk, dv rows of its kv head
+ * and walks the query heads of its group and their query blocks in order,
+ * so the accumulation order is fixed. Per block (sgemms as the forward):
+ * P = exp(scale Q K^T - lse) masked, dP = dout V^T, D_i = sum_j P dP (in
+ * double), dS = P (dP - D) scale; dq = dS K, dk += dS^T Q, dv += P^T dout.
+ * Scratch: 2 ATQ x T floats per thread. */
 static void attn_bwd_task(void *arg, int64_t t, int thread) {
-    const struct attn_bwd_job *j = arg;
+    const struct attn_train_job *j = arg;
     int64_t b = t / j->n_kv, g = t % j->n_kv, hd = j->hd, T = j->T;
     int64_t group = j->n_heads / j->n_kv, qrow = j->n_heads * hd, kvrow = j->n_kv * hd;
-    const float *kb = j->k + b * T * kvrow + g * hd, *vb = j->v + b * T * kvrow + g * hd;
     float *dkb = j->dk + b * T * kvrow + g * hd, *dvb = j->dv + b * T * kvrow + g * hd;
-    float *p = j->c->scratch[thread], *dp = p + T;
+    const float *vb = j->v + b * T * kvrow + g * hd, *kb = j->k + b * T * kvrow + g * hd;
+    float *P = j->scratch[thread], *dP = P + ATQ * T;
     for (int64_t i = 0; i < T; i++) {
         memset(dkb + i * kvrow, 0, (size_t)hd * sizeof(float));
         memset(dvb + i * kvrow, 0, (size_t)hd * sizeof(float));
     }
     for (int64_t h = g * group; h < (g + 1) * group; h++) {
-        for (int64_t i = 0; i < T; i++) {
-            const float *q = j->q + (b * T + i) * qrow + h * hd;
-            const float *dout = j->dout + (b * T + i) * qrow + h * hd;
-            float *dq = j->dq + (b * T + i) * qrow + h * hd;
-            int64_t lo = j->window > 0 ? LMC_MAX(0, i - j->window + 1) : 0, n = i - lo + 1;
-            float mx = -INFINITY;
-            for (int64_t s = 0; s < n; s++) {
-                p[s] = j->scale * lmc_cpu_dot(q, kb + (lo + s) * kvrow, hd);
-                if (p[s] > mx) mx = p[s];
+        for (int64_t qb = 0; qb < j->nqb; qb++) {
+            int64_t i0 = qb * ATQ, R = LMC_MIN(T, i0 + ATQ) - i0;
+            int64_t lo = j->window > 0 ? LMC_MAX(0, i0 - j->window + 1) : 0, nk = i0 + R - lo;
+            const float *Q = j->q + (b * T + i0) * qrow + h * hd;
+            const float *dO = j->dout + (b * T + i0) * qrow + h * hd;
+            block_scores(j, P, b, h, i0, R, lo, nk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nk, (int)hd, 1.0f, dO,
+                        (int)qrow, vb + lo * kvrow, (int)kvrow, 0.0f, dP, (int)nk);
+            for (int64_t r = 0; r < R; r++) {
+                float *p = P + r * nk, *dp = dP + r * nk;
+                int64_t a, e;
+                row_keys(j, i0 + r, lo, &a, &e);
+                lmc_cpu_exp_sum(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
+                for (int64_t x = 0; x < a; x++) p[x] = 0;
+                for (int64_t x = e; x < nk; x++) p[x] = 0;
+                double D = 0;
+                for (int64_t x = a; x < e; x++) D += (double)p[x] * dp[x];
+                float Df = (float)D;
+                for (int64_t x = 0; x < nk; x++) dp[x] = p[x] * (dp[x] - Df) * j->scale;
             }
-            double sum = lmc_cpu_exp_sum(p, n, mx), pdp = 0;
-            float inv = (float)(1.0 / sum);
-            for (int64_t s = 0; s < n; s++) {
-                p[s] *= inv;
-                dp[s] = lmc_cpu_dot(dout, vb + (lo + s) * kvrow, hd);
-                pdp += (double)p[s] * dp[s];
-            }
-            memset(dq, 0, (size_t)hd * sizeof(float));
-            for (int64_t s = 0; s < n; s++) {
-                float ds = p[s] * (dp[s] - (float)pdp) * j->scale;
-                lmc_cpu_axpy(dq, ds, kb + (lo + s) * kvrow, hd);
-                lmc_cpu_axpy(dkb + (lo + s) * kvrow, ds, q, hd);
-                lmc_cpu_axpy(dvb + (lo + s) * kvrow, p[s], dout, hd);
-            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)hd, (int)nk, 1.0f, dP,
+                        (int)nk, kb + lo * kvrow, (int)kvrow, 0.0f, j->dq + (b * T + i0) * qrow + h * hd,
+                        (int)qrow);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)R, 1.0f, dP,
+                        (int)nk, Q, (int)qrow, 1.0f, dkb + lo * kvrow, (int)kvrow);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)hd, (int)R, 1.0f, P,
+                        (int)nk, dO, (int)qrow, 1.0f, dvb + lo * kvrow, (int)kvrow);
         }
     }
 }
@@ -124,12 +155,15 @@ void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const flo
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
                            int64_t hd, float scale, int64_t window) {
-    (void)out; /* the softmax is recomputed here; out and lse serve other backends */
-    (void)lse;
+    (void)out; /* the probabilities come from q, k and the forward's lse */
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0);
     if (B <= 0 || T <= 0 || hd <= 0) return;
-    struct attn_bwd_job j = {c, dq, dk, dv, dout, q, k, v, T, n_heads, n_kv, hd, window, scale};
-    lmc_cpu_scratch_reserve(c, (size_t)(2 * T));
+    LMC_ASSERT(T <= INT32_MAX && n_heads * hd <= INT32_MAX);
+    struct attn_train_job j = {.dq = dq, .dk = dk, .dv = dv, .lse = lse, .q = q, .k = k,
+                               .v = v, .dout = dout, .scratch = c->scratch, .T = T, .n_heads = n_heads,
+                               .n_kv = n_kv, .hd = hd, .window = window, .nqb = (T + ATQ - 1) / ATQ,
+                               .scale = scale};
+    lmc_cpu_scratch_reserve(c, (size_t)(2 * ATQ * T));
     lmc_pool_run(c->pool, B * n_kv, attn_bwd_task, &j);
 }

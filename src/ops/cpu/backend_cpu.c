@@ -78,6 +78,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->argmax_rows = lmc_cpu_argmax_rows;
     be->sample_rows = lmc_cpu_sample_rows;
     be->matmul_bwd = lmc_cpu_matmul_bwd;
+    be->matmul_bwd_multi = lmc_cpu_matmul_bwd_multi;
     be->embed_bwd = lmc_cpu_embed_bwd;
     be->rmsnorm_bwd = lmc_cpu_rmsnorm_bwd;
     be->layernorm_bwd = lmc_cpu_layernorm_bwd;

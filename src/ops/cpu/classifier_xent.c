@@ -30,8 +30,11 @@ static void xent_logits_task(void *arg, int64_t t, int thread) {
                 (int)j->V);
 }
 
-/* per row: loss, then the row of logits becomes its gradient */
+/* per row: loss, then the row of logits becomes its gradient. The exps
+ * are the attention ops' vectorised float exp (lmc_cpu_exp_sum), summed
+ * in double; the row holds them in place, then their scaled values. */
 static void xent_softmax_task(void *arg, int64_t t, int thread) {
+    (void)thread;
     const struct xent_job *j = arg;
     int64_t lo, hi, V = j->V;
     lmc_cpu_range(j->R, j->n_tasks, t, 1, &lo, &hi);
@@ -40,12 +43,12 @@ static void xent_softmax_task(void *arg, int64_t t, int thread) {
         int32_t tg = j->tg[j->r0 + r];
         float mx = -INFINITY;
         for (int64_t v = 0; v < V; v++) mx = l[v] > mx ? l[v] : mx;
-        double sum = 0;
-        for (int64_t v = 0; v < V; v++) sum += exp((double)l[v] - mx);
-        j->loss[j->r0 + r] = tg < 0 ? 0.0f : (float)(log(sum) + mx - l[tg]);
+        float lt = tg < 0 ? 0.0f : l[tg];
+        double sum = lmc_cpu_exp_sum(l, V, mx);
+        j->loss[j->r0 + r] = tg < 0 ? 0.0f : (float)(log(sum) + mx - lt);
         if (!j->dh) continue;
-        double k = tg < 0 ? 0.0 : (double)j->dscale / sum;
-        for (int64_t v = 0; v < V; v++) l[v] = (float)(exp((double)l[v] - mx) * k);
+        float k = tg < 0 ? 0.0f : (float)((double)j->dscale / sum);
+        for (int64_t v = 0; v < V; v++) l[v] *= k;
         if (tg >= 0) l[tg] -= j->dscale;
     }
 }

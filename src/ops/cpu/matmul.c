@@ -1,6 +1,7 @@
 /* matmul.c — y(M,N) = x(M,K) @ w(N,K)^T (+ bias) on the CPU, weights in
  * F32, F16 or BF16 used in place; and matmul_multi, several such products
- * sharing x done as one parallel job.
+ * sharing x done as one parallel job; the training backward matmul_bwd and
+ * matmul_bwd_multi (the backward of several products sharing x, two jobs).
  *
  * Paths:
  *  - M < 4 (decode): our own dot-product kernels, W streamed from memory
@@ -649,3 +650,77 @@ void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float 
         lmc_pool_run(c->pool, j.n_tasks, mm_bwd_dw_task, &j);
     }
 }
+
+/* matmul_bwd_multi: the backward of n matmuls sharing x in two jobs. dx:
+ * tasks own row ranges of M and run the n products into their rows in i
+ * order (beta 0 for the first unless accum_dx); dw / db: tasks own ranges
+ * of the concatenated rows of all w[i] (a range may span matrices). */
+#define MM_BWD_MULTI_MAX 8
+struct mm_bwdm_job {
+    int n;
+    float *dx;
+    float *const *dw, *const *db;
+    const float *const *dy;
+    const float *x;
+    const float *w[MM_BWD_MULTI_MAX];
+    int64_t N[MM_BWD_MULTI_MAX], start[MM_BWD_MULTI_MAX + 1];
+    int64_t M, K, n_tasks;
+    int accum_dx;
+};
+
+static void mm_bwdm_dx_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_bwdm_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->M, j->n_tasks, t, 4, &lo, &hi);
+    if (hi <= lo) return;
+    for (int i = 0; i < j->n; i++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)j->K, (int)j->N[i],
+                    1.0f, j->dy[i] + lo * j->N[i], (int)j->N[i], j->w[i], (int)j->K,
+                    i == 0 && !j->accum_dx ? 0.0f : 1.0f, j->dx + lo * j->K, (int)j->K);
+}
+
+static void mm_bwdm_dw_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_bwdm_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->start[j->n], j->n_tasks, t, 4, &lo, &hi);
+    for (int i = 0; i < j->n && lo < hi; i++) {
+        int64_t a = LMC_MAX(lo, j->start[i]) - j->start[i], b = LMC_MIN(hi, j->start[i + 1]) - j->start[i];
+        if (b <= a) continue;
+        int64_t N = j->N[i];
+        if (j->dw[i])
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(b - a), (int)j->K, (int)j->M, 1.0f,
+                        j->dy[i] + a, (int)N, j->x, (int)j->K, 1.0f, j->dw[i] + a * j->K, (int)j->K);
+        if (j->db[i])
+            for (int64_t c = a; c < b; c++) {
+                double s = 0;
+                for (int64_t m = 0; m < j->M; m++) s += j->dy[i][m * N + c];
+                j->db[i][c] += (float)s;
+            }
+    }
+}
+
+void lmc_cpu_matmul_bwd_multi(void *ctx, int n, float *dx, float *const *dw, float *const *db,
+                              const float *const *dy, const float *x, int64_t M,
+                              const struct lmc_mat *const *w, int accum_dx) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n > 0 && n <= MM_BWD_MULTI_MAX);
+    if (M <= 0) return;
+    struct mm_bwdm_job j = {.n = n, .dx = dx, .dw = dw, .db = db, .dy = dy, .x = x, .M = M,
+                            .K = w[0]->cols, .accum_dx = accum_dx};
+    for (int i = 0; i < n; i++) {
+        LMC_ASSERT(w[i]->dtype == LMC_DTYPE_F32 && w[i]->cols == j.K);
+        j.w[i] = w[i]->data;
+        j.N[i] = w[i]->rows;
+        j.start[i + 1] = j.start[i] + w[i]->rows;
+    }
+    int64_t work = M * j.start[n] * j.K;
+    if (dx) {
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (M + 3) / 4);
+        lmc_pool_run(c->pool, j.n_tasks, mm_bwdm_dx_task, &j);
+    }
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (j.start[n] + 3) / 4);
+    lmc_pool_run(c->pool, j.n_tasks, mm_bwdm_dw_task, &j);
+}
+

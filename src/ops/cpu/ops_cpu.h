@@ -103,6 +103,9 @@ void lmc_cpu_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64
 /* Training backward ops (backend.h documents them). */
 void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
                         const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);
+void lmc_cpu_matmul_bwd_multi(void *ctx, int n, float *dx, float *const *dw, float *const *db,
+                              const float *const *dy, const float *x, int64_t M,
+                              const struct lmc_mat *const *w, int accum_dx);
 void lmc_cpu_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
                        int64_t C);
 void lmc_cpu_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,

@@ -1,0 +1,155 @@
+/* arch.h — an architecture is one file (arch_<name>.c): its tensor spec
+ * table, its block recipe (norm, mixer and feed-forward ops tables,
+ * positions) and its config defaults. Everything that lists tensors — the
+ * inference loader (weights.c), the trainer's parameter layout
+ * (backward.c), checkpoint writing, `lmc info`, parity — walks the table
+ * with lmc_arch_walk; nothing outside the arch_*.c files compares
+ * architectures. */
+#ifndef LMC_MODEL_ARCH_H
+#define LMC_MODEL_ARCH_H
+
+#include "lmc.h"
+#include "io/hf_config.h"
+#include "model/block.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Shape symbols, resolved from the config. */
+enum lmc_dimsym {
+    LMC_D_1 = 0,  /* absent dimension (1-D tensors) */
+    LMC_D_C,      /* hidden_size */
+    LMC_D_V,      /* vocab_size */
+    LMC_D_I,      /* intermediate_size */
+    LMC_D_QD,     /* num_heads * head_dim */
+    LMC_D_KVD,    /* num_kv_heads * head_dim */
+    LMC_D_HD,     /* head_dim */
+    LMC_D_P,      /* max_position_embeddings */
+    LMC_D_3C,     /* 3 * hidden_size (GPT-2's fused c_attn) */
+};
+
+/* What a tensor is: the optimizer's decay rule, initialisation and `lmc
+ * info` read it. */
+enum lmc_role {
+    LMC_ROLE_EMBED,   /* token or position table: no decay, N(0, std) */
+    LMC_ROLE_MATRIX,  /* a linear's weight: decayed, N(0, std) (residual outputs scaled) */
+    LMC_ROLE_NORM,    /* a norm's scale: no decay, ones */
+    LMC_ROLE_BIAS,    /* a linear's or a norm's bias: no decay, zeros */
+};
+
+/* Where a tensor binds. */
+enum lmc_tkind {
+    LMC_TK_TOK_EMB, LMC_TK_POS_EMB, LMC_TK_HEAD, LMC_TK_NORM_F, LMC_TK_NORM_F_B, /* global */
+    LMC_TK_LIN_W,     /* layer linear weight, slot..slot+parts-1 (rows split evenly) */
+    LMC_TK_LIN_B,     /* layer linear bias, likewise */
+    LMC_TK_VEC,       /* layer vector slot */
+};
+
+/* When a tensor exists. */
+enum lmc_when {
+    LMC_WHEN_ALWAYS,
+    LMC_WHEN_QKV_BIAS, LMC_WHEN_O_BIAS, LMC_WHEN_MLP_BIAS,
+    LMC_WHEN_UNTIED,  /* required untied; tied: optional (bound over the embedding when present) */
+};
+
+#define LMC_TF_TRANSPOSED 1u  /* stored (in, out) on disk; used as (out, in) */
+#define LMC_TF_RESID      2u  /* a residual output projection (init std / sqrt(2 L)) */
+
+struct lmc_tensor_spec {
+    const char *name;         /* HF name; per-layer names hold one %lld (the layer index) */
+    bool per_layer;
+    uint8_t kind;             /* enum lmc_tkind */
+    uint8_t slot;             /* enum lmc_lslot / lmc_vslot for layer kinds */
+    uint8_t parts;            /* slots one tensor fills (0 or 1: one) */
+    uint8_t role;             /* enum lmc_role */
+    uint8_t when;             /* enum lmc_when */
+    uint8_t flags;            /* LMC_TF_* */
+    uint8_t dim[2];           /* model layout (out, in) or (n) */
+};
+
+struct cJSON;
+
+struct lmc_architecture {
+    const char *name;                    /* "llama", "gpt2", "qwen3" */
+    const char *hf_class;                /* "LlamaForCausalLM" */
+    const struct lmc_tensor_spec *specs;
+    int n_specs;
+    const char *alt_prefix;              /* names may lack this prefix on disk, or NULL */
+    const struct lmc_norm_ops *norm;
+    const struct lmc_part_ops *mixer, *ffn;
+    bool learned_pos;                    /* positions from pos_emb; else RoPE */
+    /* configs the block recipe cannot run (beyond the config parser's checks) */
+    lmc_status (*check)(const struct lmc_config *c, lmc_err *err);
+    /* fills the architecture's fields of a config built from sizes
+     * (lmc_config_build): arch, model_type, rules, default intermediate size */
+    void (*config_defaults)(struct lmc_config *c);
+    /* adds the HF config.json fields of the family to o (architectures,
+     * model_type, sizes, norms, positions) */
+    void (*config_json)(const struct lmc_config *c, struct cJSON *o);
+};
+
+/* The architecture of a parsed config (never NULL for a parsed config). */
+const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c);
+/* By name ("llama", "gpt2", "qwen3"), or NULL. */
+const struct lmc_architecture *lmc_arch_find(const char *name);
+/* "llama, gpt2, qwen3" */
+const char *lmc_arch_names(void);
+
+/* Rotary dimensions per head (0 without RoPE). */
+int64_t lmc_arch_rot_dim(const struct lmc_architecture *a, const struct lmc_config *c);
+
+/* One tensor of a concrete model. */
+struct lmc_tensor_ref {
+    const struct lmc_tensor_spec *spec;
+    int64_t layer;                       /* -1 for globals */
+    char name[160];
+    int ndim;
+    int64_t rows, cols;                  /* model layout; cols 1 for 1-D */
+    int64_t disk[2];                     /* on-disk shape */
+    int64_t numel;
+    bool required;                       /* false: optional (bound when present) */
+};
+
+/* Calls fn for every tensor c's model has, in layout order (the table's
+ * globals before the first per-layer entry, the layers, the remaining
+ * globals), stopping at the first error. Shapes are overflow-checked
+ * (LMC_ERR_ARG). */
+typedef lmc_status (*lmc_tensor_fn)(void *user, const struct lmc_tensor_ref *t, lmc_err *err);
+lmc_status lmc_arch_walk(const struct lmc_architecture *a, const struct lmc_config *c, lmc_tensor_fn fn,
+                         void *user, lmc_err *err);
+/* Number of tensors the walk visits (bound for tables built from it). */
+int64_t lmc_arch_count(const struct lmc_architecture *a, const struct lmc_config *c);
+
+/* Binds data (model layout, dtype dt) of t into w. */
+void lmc_weights_bind(struct lmc_weights *w, const struct lmc_tensor_ref *t, const void *data,
+                      enum lmc_dtype dt);
+
+/* The shape of a model built from scratch. */
+struct lmc_model_shape {
+    int64_t vocab, hidden, layers, heads, kv_heads, intermediate, max_pos;
+    bool tie;
+    double rope_theta;
+};
+/* A config for architecture `arch` of shape s (kv_heads 0: = heads;
+ * intermediate 0: the architecture's default), as lmc train builds one.
+ * LMC_ERR_ARG for unknown architectures or inconsistent sizes. */
+lmc_status lmc_config_build(struct lmc_config *c, const char *arch, const struct lmc_model_shape *s,
+                            lmc_err *err);
+
+/* Writes config.json for c as transformers would (the architecture's
+ * config_json plus token ids and dtype), so lmc and transformers load the
+ * checkpoint. */
+lmc_status lmc_config_write(const struct lmc_config *c, const char *path, lmc_err *err);
+/* The Llama-style fields (arch_llama.c), shared by the families built on
+ * it: cls / type name the HF class and model_type. */
+void lmc_arch_llama_json(const struct lmc_config *c, struct cJSON *o, const char *cls,
+                         const char *type, bool attention_bias_field);
+
+/* Checks every size product the model code forms from c (C*V, L*..., the
+ * per-token widths) fits int64 with room (LMC_ERR_ARG naming the field). */
+lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
+
+/* Architectures (arch_*.c). */
+extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3;
+
+#endif

@@ -1,0 +1,111 @@
+/* block.c — the one block (see block.h): norm ops tables (RMSNorm,
+ * LayerNorm), the block's forward and backward over the architecture's
+ * mixer and feed-forward parts, and the sizes of what it keeps. */
+#include "model/block.h"
+#include "core/core.h"
+#include "model/arch.h"
+
+static void rms_fwd(const struct lmc_backend *be, float *y, const float *x, const float *w,
+                    const float *b, int64_t M, int64_t C, float eps) {
+    (void)b;
+    be->rmsnorm(be->ctx, y, x, w, M, C, eps);
+}
+
+static void rms_bwd(const struct lmc_backend *be, float *dx, float *dw, float *db, const float *dy,
+                    const float *x, const float *w, int64_t M, int64_t C, float eps) {
+    (void)db;
+    be->rmsnorm_bwd(be->ctx, dx, dw, dy, x, w, M, C, eps);
+}
+
+static const char *rms_missing(const struct lmc_backend *be, bool backward) {
+    if (!be->rmsnorm) return "rmsnorm";
+    if (backward && !be->rmsnorm_bwd) return "rmsnorm_bwd";
+    return NULL;
+}
+
+static void ln_fwd(const struct lmc_backend *be, float *y, const float *x, const float *w,
+                   const float *b, int64_t M, int64_t C, float eps) {
+    be->layernorm(be->ctx, y, x, w, b, M, C, eps);
+}
+
+static void ln_bwd(const struct lmc_backend *be, float *dx, float *dw, float *db, const float *dy,
+                   const float *x, const float *w, int64_t M, int64_t C, float eps) {
+    be->layernorm_bwd(be->ctx, dx, dw, db, dy, x, w, M, C, eps);
+}
+
+static const char *ln_missing(const struct lmc_backend *be, bool backward) {
+    if (!be->layernorm) return "layernorm";
+    if (backward && !be->layernorm_bwd) return "layernorm_bwd";
+    return NULL;
+}
+
+const struct lmc_norm_ops lmc_norm_rms = {"rmsnorm", rms_fwd, rms_bwd, rms_missing};
+const struct lmc_norm_ops lmc_norm_layer = {"layernorm", ln_fwd, ln_bwd, ln_missing};
+
+#define ALIGN16(n) (((n) + 15) / 16 * 16)
+
+int64_t lmc_block_save_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                              enum lmc_run_mode mode) {
+    int64_t per = mode == LMC_RUN_TRAIN ? 3 * ALIGN16(n * c->hidden_size) : 0;
+    return per + ALIGN16(a->mixer->save_floats(c, n, mode)) + ALIGN16(a->ffn->save_floats(c, n, mode));
+}
+
+float *lmc_block_save_carve(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                            enum lmc_run_mode mode, float *p, struct lmc_block_save *s) {
+    s->h1 = s->xmid = s->h2 = NULL;
+    if (mode == LMC_RUN_TRAIN) {
+        int64_t nc = ALIGN16(n * c->hidden_size);
+        s->h1 = p;
+        s->xmid = p + nc;
+        s->h2 = p + 2 * nc;
+        p += 3 * nc;
+    }
+    s->mix = p;
+    p += ALIGN16(a->mixer->save_floats(c, n, mode));
+    s->ffn = p;
+    p += ALIGN16(a->ffn->save_floats(c, n, mode));
+    return p;
+}
+
+int64_t lmc_block_bwd_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n) {
+    return LMC_MAX(a->mixer->bwd_floats(c, n), a->ffn->bwd_floats(c, n));
+}
+
+void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                   const struct lmc_block_save *s, const float *x_in, float *x_out) {
+    const struct lmc_config *c = r->cfg;
+    const struct lmc_architecture *a = r->arch;
+    int64_t n = r->n, C = c->hidden_size;
+    float eps = (float)c->norm_eps;
+    float *xmid = s->xmid ? s->xmid : x_out;
+    a->norm->fwd(r->be, s->h1, x_in, W->vec[LMC_V_NORM1], W->vec[LMC_V_NORM1_B], n, C, eps);
+    a->mixer->fwd(r, l, W, s->mix, s->h1, x_in, xmid);
+    a->norm->fwd(r->be, s->h2, xmid, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], n, C, eps);
+    a->ffn->fwd(r, l, W, s->ffn, s->h2, xmid, x_out);
+}
+
+void lmc_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                   const struct lmc_block_w *G, const struct lmc_block_save *s, const float *x_in,
+                   float *dx, float *dh, float *scratch) {
+    const struct lmc_config *c = r->cfg;
+    const struct lmc_architecture *a = r->arch;
+    int64_t n = r->n, C = c->hidden_size;
+    float eps = (float)c->norm_eps;
+    LMC_ASSERT(s->xmid);
+    /* x_out = xmid + ffn(norm2(xmid)); xmid = x_in + mixer(norm1(x_in)) */
+    a->ffn->bwd(r, l, W, G, s->ffn, s->h2, dx, dh, scratch);
+    a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM2], (float *)G->vec[LMC_V_NORM2_B], dh, s->xmid,
+                 W->vec[LMC_V_NORM2], n, C, eps);
+    a->mixer->bwd(r, l, W, G, s->mix, s->h1, dx, dh, scratch);
+    a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM1], (float *)G->vec[LMC_V_NORM1_B], dh, x_in,
+                 W->vec[LMC_V_NORM1], n, C, eps);
+}
+
+void lmc_weights_embed(const struct lmc_backend *be, const struct lmc_weights *w, float *x,
+                       const int32_t *ids, const int32_t *pos, int64_t n, float *tmp) {
+    be->embed(be->ctx, x, &w->tok_emb, ids, n);
+    if (w->pos_emb.data) {
+        be->embed(be->ctx, tmp, &w->pos_emb, pos, n);
+        be->add(be->ctx, x, x, tmp, n * w->tok_emb.cols);
+    }
+}

@@ -1,0 +1,151 @@
+/* block.h — the one transformer block: norm1 + token mixer + norm2 +
+ * feed-forward, with residuals. The mixer (attention today; a recurrent
+ * scan later) and the feed-forward part (dense MLP today; mixture of
+ * experts later) are small ops tables with a forward (every run mode) and a
+ * backward; the norms are an ops table too. One block definition serves
+ * single-sequence inference (LMC_RUN_SEQ), batched scheduler steps over a
+ * paged KV pool (LMC_RUN_PAGED) and training (LMC_RUN_TRAIN): the drivers
+ * (forward.c, forward_batch.c, backward.c) only fill a `struct lmc_run` and
+ * the buffers, then call lmc_block_fwd / lmc_block_bwd per layer.
+ *
+ * Weights live in named slots (enum lmc_lslot / lmc_vslot) that the
+ * architecture's tensor spec table (arch.h) binds HF tensors to; a new
+ * mixer or feed-forward kind adds its slots here. */
+#ifndef LMC_MODEL_BLOCK_H
+#define LMC_MODEL_BLOCK_H
+
+#include "io/hf_config.h"
+#include "model/linear.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Linear slots of a block. */
+enum lmc_lslot { LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_N };
+/* Vector slots of a block (f32). */
+enum lmc_vslot {
+    LMC_V_NORM1, LMC_V_NORM1_B, LMC_V_NORM2, LMC_V_NORM2_B, LMC_V_Q_NORM, LMC_V_K_NORM, LMC_V_N
+};
+
+struct lmc_block_w {
+    struct lmc_linear lin[LMC_L_N];   /* unbound slots: w.data NULL */
+    const float *vec[LMC_V_N];        /* unbound slots: NULL */
+    int64_t vec_n[LMC_V_N];           /* floats of each bound vector */
+};
+
+/* A model's weights (inference: mapped/converted/uploaded; training: views
+ * of the parameter or gradient arena). */
+struct lmc_weights {
+    struct lmc_mat tok_emb;           /* (V, C) */
+    struct lmc_mat pos_emb;           /* (P, C) learned positions; data NULL otherwise */
+    struct lmc_linear head;           /* (V, C); w may share tok_emb's data (tied) */
+    const float *norm_f, *norm_f_b;   /* (C); b NULL for RMSNorm */
+    struct lmc_block_w *layers;       /* (L) */
+};
+
+enum lmc_run_mode { LMC_RUN_SEQ, LMC_RUN_PAGED, LMC_RUN_TRAIN };
+
+struct lmc_kv;
+struct lmc_kv_pool;
+
+/* One forward step's context, shared by every layer. Buffers are backend
+ * memory unless marked host. */
+struct lmc_run {
+    enum lmc_run_mode mode;
+    const struct lmc_backend *be;
+    const struct lmc_config *cfg;
+    const struct lmc_architecture *arch;
+    int64_t n;                        /* tokens in the step (rows of every activation) */
+    int64_t rot_dim;                  /* rotary dims per head; 0: no RoPE */
+    const int32_t *pos;               /* (n) positions */
+    const double *inv_freq;           /* rotary frequencies (SEQ, TRAIN, PAGED when uniform) */
+    float attn_scale;
+    float *tmp;                       /* (n, max(C, I)) scratch for unfused residuals */
+    /* SEQ: one sequence's contiguous cache, new tokens at pos0.. */
+    struct lmc_kv *kv;
+    int64_t pos0;
+    /* PAGED */
+    struct lmc_kv_pool *pool;
+    const int32_t *seq, *bt;          /* (n) sequence of each token; block tables */
+    const int32_t *seq_host;          /* host copy of seq (runs of one sequence) */
+    int64_t max_blocks;
+    bool uniform;                     /* one rotary table for all sequences */
+    const double *seq_freqs;          /* (n_seqs, rot_dim/2) when !uniform */
+    const float *seq_scales;          /* host (n_seqs) */
+    /* TRAIN: B sequences of T tokens from position 0 */
+    int64_t B, T;
+    /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer):
+     * SEQ: the sequence's slots (lmc_kv.state); PAGED: seq_state[s] for
+     * sequence s. NULL while no mixer keeps any (attention). */
+    void *state;
+    void *const *seq_state;
+};
+
+/* What one layer's forward keeps (training: per layer, for the backward;
+ * inference: shared scratch). xmid NULL: the residual stream is updated in
+ * place (inference). mix / ffn: the ops' own regions (save_floats). */
+struct lmc_block_save {
+    float *h1, *xmid, *h2;            /* (n, C) */
+    float *mix, *ffn;
+};
+
+struct lmc_norm_ops {
+    const char *name;
+    void (*fwd)(const struct lmc_backend *be, float *y, const float *x, const float *w,
+                const float *b, int64_t M, int64_t C, float eps);
+    /* dx (M,C) +=, dw +=, db += (db NULL when the norm has no bias) */
+    void (*bwd)(const struct lmc_backend *be, float *dx, float *dw, float *db, const float *dy,
+                const float *x, const float *w, int64_t M, int64_t C, float eps);
+    /* the first backend op it needs and be lacks, or NULL */
+    const char *(*missing)(const struct lmc_backend *be, bool backward);
+};
+
+/* A token mixer or a feed-forward part. */
+struct lmc_part_ops {
+    const char *name;
+    /* Floats of the region lmc_block_save.mix / .ffn for n tokens (training
+     * saves it per layer; inference uses one as scratch). */
+    int64_t (*save_floats)(const struct lmc_config *c, int64_t n, enum lmc_run_mode mode);
+    /* Floats of backward scratch for n tokens. */
+    int64_t (*bwd_floats)(const struct lmc_config *c, int64_t n);
+    /* y (n, C) = res + part(h) (y may equal res: in place); save: its region. */
+    void (*fwd)(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
+                const float *h, const float *res, float *y);
+    /* dh (n, C) = d part(h) / dh applied to dy (=); gradients += into G. */
+    void (*bwd)(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                const struct lmc_block_w *G, const float *save, const float *h, const float *dy,
+                float *dh, float *scratch);
+    const char *(*missing)(const struct lmc_backend *be, const struct lmc_config *c,
+                           bool backward);
+    /* Sequence state per layer (mixers; 0 for feed-forward parts): floats
+     * of K (and as many of V) per token in the paged pool, and bytes of a
+     * fixed per-sequence slot (recurrent state). */
+    int64_t (*kv_row)(const struct lmc_config *c);
+    int64_t (*slot_bytes)(const struct lmc_config *c);
+};
+
+extern const struct lmc_norm_ops lmc_norm_rms, lmc_norm_layer;
+extern const struct lmc_part_ops lmc_mixer_attention;
+extern const struct lmc_part_ops lmc_ffn_swiglu, lmc_ffn_gelu;
+
+/* x_out = block(x_in) (x_out may equal x_in when s->xmid is NULL). */
+void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                   const struct lmc_block_save *s, const float *x_in, float *x_out);
+/* Backward of layer l: dx holds d(x_out) on entry and d(x_in) on return;
+ * dh (n, C) and scratch (lmc_block_bwd_floats) are scratch. */
+void lmc_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                   const struct lmc_block_w *G, const struct lmc_block_save *s, const float *x_in,
+                   float *dx, float *dh, float *scratch);
+/* x (n, C) = tok_emb[ids] (+ pos_emb[pos] when learned; tmp (n, C) scratch). */
+void lmc_weights_embed(const struct lmc_backend *be, const struct lmc_weights *w, float *x,
+                       const int32_t *ids, const int32_t *pos, int64_t n, float *tmp);
+int64_t lmc_block_bwd_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n);
+/* Floats of lmc_block_save's regions for n tokens (h1, xmid, h2 included
+ * only in training). */
+int64_t lmc_block_save_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                              enum lmc_run_mode mode);
+/* Carves a save set out of p (returns the end; 16-float aligned pieces). */
+float *lmc_block_save_carve(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                            enum lmc_run_mode mode, float *p, struct lmc_block_save *s);
+
+#endif

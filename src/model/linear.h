@@ -1,0 +1,70 @@
+/* linear.h — the model's one matrix abstraction: a Linear layer y = x W^T
+ * + b whose weight may be in any format, with an optional bias, optional
+ * low-rank adapters and a split for tensor parallelism. lmc_linear_fwd /
+ * lmc_linear_bwd are the only place model code reaches the backend's
+ * matmul entries: they pick the kernel for the format and fuse what the
+ * backend can fuse (several linears sharing one input: matmul_multi /
+ * matmul_bwd_multi; SwiGLU: matmul_swiglu; residual accumulate:
+ * matmul_add), falling back to plain ops otherwise. */
+#ifndef LMC_MODEL_LINEAR_H
+#define LMC_MODEL_LINEAR_H
+
+#include "ops/backend.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Weight formats. DENSE: w is an lmc_mat in F32, BF16 or F16. Block-
+ * quantized formats add an entry here, keep their packed blocks in w.data
+ * (w.rows/cols = out/in features) and their scales, zeros and group index
+ * in the fields below; lmc_linear_fwd dispatches on the format. */
+enum lmc_wformat { LMC_WFMT_DENSE = 0 };
+
+/* Tensor-parallel split: COLUMN shards the output features (no collective
+ * after the matmul), ROW shards the input features (an all-reduce after).
+ * Only NONE exists today; the collective goes into lmc_linear_fwd/bwd. */
+enum lmc_split { LMC_SPLIT_NONE = 0, LMC_SPLIT_COLUMN, LMC_SPLIT_ROW };
+
+/* A low-rank adapter: y += scale * (x A^T) B^T, A (r, in), B (out, r). */
+struct lmc_adapter {
+    struct lmc_mat a, b;
+    float scale;
+};
+
+struct lmc_linear {
+    enum lmc_wformat format;
+    struct lmc_mat w;              /* (out, in) */
+    const void *scales, *zeros;    /* quantized formats; NULL for DENSE */
+    const int32_t *g_idx;          /* quantized formats with act-order; NULL otherwise */
+    int64_t group_size;            /* quantized formats; 0 for DENSE */
+    const float *bias;             /* (out) or NULL */
+    enum lmc_split split;
+    const struct lmc_adapter *adapters; /* n_adapters of them (none applied yet: asserted 0) */
+    int n_adapters;
+};
+
+/* y[i](M, out_i) = x(M, in) @ L[i]^T (+ bias) for i < k (k <= 8): one
+ * backend job when the backend has matmul_multi. The y[i] must not overlap
+ * each other or x. */
+void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                    float *const *y, const float *x, int64_t M);
+/* y = res + x @ L^T (+ bias). y == res: accumulated in place (the fused
+ * matmul_add when the backend has it, else through tmp (M, out)); y != res:
+ * tmp unused. */
+void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
+                        const float *res, const float *x, int64_t M, float *tmp);
+/* y(M, out) = silu(x @ G^T + bg) * (x @ U^T + bu): one fused matmul_swiglu
+ * when the backend has it and there are no biases; else two matmuls (tmp
+ * (M, out) holds the up projection) and swiglu. */
+void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear *G,
+                           const struct lmc_linear *U, float *y, const float *x, int64_t M,
+                           float *tmp);
+/* Backward of y[i] = x @ L[i]^T + b[i], i < k (F32 weights): dx (M, in) =
+ * sum_i dy[i] @ L[i] (+= when accum_dx), dW[i] += dy[i]^T x and db[i] +=
+ * column sums of dy[i] into the gradient linears D[i] (their w.data and
+ * bias; NULL parts skipped). One job when the backend has matmul_bwd_multi. */
+void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                    const struct lmc_linear *const *D, float *dx, const float *const *dy,
+                    const float *x, int64_t M, bool accum_dx);
+
+#endif
