@@ -22,6 +22,7 @@ static const struct {
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
     {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
+    {"merge", cmd_merge, "merge -m BASE --lora DIR[:SCALE] -o OUT          fold LoRA adapters into the weights"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 
@@ -30,7 +31,7 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %s\n", commands[i].help);
     fprintf(f, "\ncommon options: -m DIR, --threads N, --ctx N, --dtype fp32|bf16|f16, "
-               "--device cpu|cuda, --json\n");
+               "--device cpu|cuda, --json, --lora DIR[:SCALE]\n");
 }
 
 int main(int argc, char **argv) {

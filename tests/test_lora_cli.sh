@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# test_lora_cli.sh — LoRA on the command line: `parity --lora` on the PEFT
+# fixture (logits <= 1e-4), `lmc merge` (the merged folder gives the same
+# logits; a bf16 base stays bf16), `generate`/`eval` with DIR:SCALE, and
+# clean failures (missing adapter, an existing output folder, no temp
+# folder left). Usage: test_lora_cli.sh PATH/TO/lmc
+set -u
+LMC="$1"
+FIX=tests/fixtures/llama-tiny
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+
+"$LMC" parity "$FIX" --lora "$FIX/lora" >"$TMP/p" 2>&1
+ok $? "parity --lora: $(tail -3 "$TMP/p")"
+[ "$(grep -c 'PASS  prompt [0-9] logits' "$TMP/p")" = 3 ]; ok $? "three prompts' logits checked"
+
+"$LMC" merge -m "$FIX" --lora "$FIX/lora" -o "$TMP/merged" 2>"$TMP/err"
+ok $? "merge: $(cat "$TMP/err")"
+cp "$FIX/ref.json" "$FIX/lora/ref_logits.safetensors" "$TMP/merged/"
+"$LMC" parity "$TMP/merged" >"$TMP/p" 2>&1
+[ "$(grep -c 'PASS  prompt [0-9] logits' "$TMP/p")" = 3 ]; ok $? "merged logits: $(grep logits "$TMP/p")"
+
+# dtype kept: a bf16 base merges into bf16 weights
+"$LMC" convert -m "$FIX" -o "$TMP/bf16" --dtype bf16 2>/dev/null
+"$LMC" merge -m "$TMP/bf16" --lora "$FIX/lora" -o "$TMP/mbf16" 2>/dev/null
+ok $? "merge into a bf16 base"
+python3 - "$TMP/mbf16/model.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+d = {v['dtype'] for k, v in h.items() if k != '__metadata__'}
+sys.exit(0 if d == {'BF16'} else 1)
+PY
+ok $? "merged bf16 folder keeps BF16 tensors"
+
+"$LMC" generate -m "$FIX" --lora "$FIX/lora:0.5" -p "Hello" -n 4 --temp 0 >/dev/null 2>"$TMP/err"
+ok $? "generate --lora DIR:0.5: $(cat "$TMP/err")"
+a=$("$LMC" eval -m "$FIX" --text "In the beginning God created" 2>/dev/null)
+b=$("$LMC" eval -m "$FIX" --lora "$FIX/lora" --text "In the beginning God created" 2>/dev/null)
+c=$("$LMC" eval -m "$FIX" --lora "$FIX/lora:0" --text "In the beginning God created" 2>/dev/null)
+[ -n "$a" ] && [ "$a" != "$b" ] && [ "$a" = "$c" ]; ok $? "eval: adapter changes the loss, scale 0 does not ($a / $b / $c)"
+
+"$LMC" generate -m "$FIX" --lora "$TMP/none" -p "Hi" -n 1 >/dev/null 2>"$TMP/err"
+[ $? = 1 ] && grep -q "adapter_config.json" "$TMP/err"; ok $? "missing adapter named: $(cat "$TMP/err")"
+"$LMC" merge -m "$FIX" --lora "$FIX/lora" -o "$TMP/merged" 2>"$TMP/err"
+[ $? != 0 ] && ! ls -d "$TMP"/merged.tmp-* >/dev/null 2>&1; ok $? "merge onto an existing folder fails, no temp left"
+"$LMC" parity "$FIX" --lora "$FIX/lora:2" >/dev/null 2>&1
+[ $? = 2 ]; ok $? "parity refuses a scaled adapter"
+
+echo "test_lora_cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
