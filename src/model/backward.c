@@ -136,17 +136,31 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
     if (!tm->w || !tm->g) goto oom;
     be->zero(be->ctx, tm->w, bytes); /* padding between tensors stays zero from here on */
     be->zero(be->ctx, tm->g, bytes);
-    struct bind_state bs = {tm, 0};
-    LMC_ASSERT(!lmc_arch_walk(tm->arch, c, bind, &bs, err) && bs.next == tm->n_params);
-    if (!tm->W.head.w.data) { /* tied: the head reads the embedding */
-        tm->W.head.w = tm->W.tok_emb;
-        tm->G.head.w = tm->G.tok_emb;
-    }
+    LMC_ASSERT(lmc_tmodel_bind(tm) == tm->n_params);
     return LMC_OK;
 oom:
     lmc_tmodel_free(tm);
     return lmc_err_set(err, LMC_ERR_OOM, "model of %lld parameters: out of memory",
                        (long long)tm->numel);
+}
+
+int lmc_tmodel_bind(struct lmc_tmodel *tm) {
+    size_t lb = (size_t)tm->cfg.num_layers * sizeof *tm->W.layers;
+    struct lmc_block_w *wl = tm->W.layers, *gl = tm->G.layers;
+    memset(wl, 0, lb);
+    memset(gl, 0, lb);
+    memset(&tm->W, 0, sizeof tm->W);
+    memset(&tm->G, 0, sizeof tm->G);
+    tm->W.layers = wl;
+    tm->G.layers = gl;
+    struct bind_state bs = {tm, 0};
+    lmc_err err = {0};
+    LMC_ASSERT(!lmc_arch_walk(tm->arch, &tm->cfg, bind, &bs, &err));
+    if (!tm->W.head.w.data) { /* tied: the head reads the embedding */
+        tm->W.head.w = tm->W.tok_emb;
+        tm->G.head.w = tm->G.tok_emb;
+    }
+    return bs.next;
 }
 
 void lmc_tmodel_free(struct lmc_tmodel *tm) {

@@ -41,6 +41,7 @@ struct lmc_tparam {
     int64_t off, numel;     /* floats into the arenas */
     bool transposed;        /* arena holds the transpose of the on-disk 2-D tensor */
     enum lmc_role role;     /* from the spec table: embedding, matrix, norm, bias */
+    bool frozen;            /* not trained (a frozen base under adapters): no optimizer state */
 };
 
 struct lmc_tmodel {
@@ -53,6 +54,11 @@ struct lmc_tmodel {
     int64_t numel;          /* floats in each arena */
     float *w, *g;           /* parameters and gradients (numel each, backend memory) */
     struct lmc_weights W, G; /* views of w and g (F32) */
+    /* Floats before the first trainable parameter: 0, or with a frozen base
+     * (adapter training, train/lora_train.c) the base's part of the arenas;
+     * every parameter at or past it is trainable, every one before frozen.
+     * The optimizer's moments and the gradient norm cover [trainable_off, numel). */
+    int64_t trainable_off;
 };
 
 /* Names the first op of be's table that training needs and be lacks
@@ -77,6 +83,10 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
 lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
                            lmc_err *err);
 void lmc_tmodel_free(struct lmc_tmodel *tm);
+/* (Re)binds the views W and G to the arenas tm->w / tm->g by the spec
+ * table (after the arenas move); adapters and frozen views are the
+ * caller's to set again. Returns the number of table tensors bound. */
+int lmc_tmodel_bind(struct lmc_tmodel *tm);
 int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name);
 
 /* Host <-> backend copies. `arena` is backend memory laid out like tm->w

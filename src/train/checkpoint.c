@@ -44,6 +44,9 @@ lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const ch
                          const char *tok_dir, lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
     char path[4096], src[4096];
+    if (tm->trainable_off) /* adapters: lmc finetune writes PEFT folders (train/lora.c) */
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: full checkpoints of a frozen-base run are not "
+                           "written (save the adapter instead)", dir);
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
         return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create (%s)", dir, strerror(errno));
     lmc_status s = LMC_OK;
@@ -119,6 +122,8 @@ static int64_t jint(const cJSON *o, const char *k) {
 }
 
 lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err *err) {
+    if (tr->tm.trainable_off)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: resuming a frozen-base run is not supported", dir);
     char path[4096];
     char *text = NULL;
     lmc_path_join(path, sizeof path, dir, "trainer_state.json");
