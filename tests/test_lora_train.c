@@ -21,8 +21,11 @@ struct batch {
     int64_t n;
 };
 
-static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, lmc_err *err) {
+static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
+                             lmc_err *err) {
     (void)err;
+    *segs = NULL;
+    *n_segs = 0;
     struct batch *b = user;
     memcpy(in, b->in, (size_t)b->n * sizeof *in);
     memcpy(tg, b->tg, (size_t)b->n * sizeof *tg);

@@ -397,10 +397,9 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
     a->loss_host = malloc((size_t)BT * sizeof(float));
-    int32_t *pos = malloc((size_t)BT * sizeof *pos);
+    int32_t *pos = a->pos_host = malloc((size_t)BT * sizeof *pos);
     double *freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof *freq);
     if (!a->arena || !a->xs || !a->saves || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq) {
-        free(pos);
         free(freq);
         lmc_tacts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
@@ -428,7 +427,6 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
         be->upload(be->ctx, a->inv_freq, freq, (size_t)(tm->rot_dim / 2) * sizeof *freq);
     }
     be->sync(be->ctx);
-    free(pos);
     free(freq);
     return LMC_OK;
 }
@@ -442,6 +440,7 @@ void lmc_tacts_free(struct lmc_tacts *a) {
     free(a->xs);
     free(a->saves);
     free(a->loss_host);
+    free(a->pos_host);
     memset(a, 0, sizeof *a);
 }
 
@@ -463,9 +462,29 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             return lmc_err_set(err, LMC_ERR_ARG, "token id out of range (vocabulary %lld) at %lld",
                                (long long)V, (long long)i);
     }
+    if (a->segs || a->pos_packed) { /* positions restart per packed segment (or back to per row) */
+        int64_t end = 0;
+        for (int64_t i = 0; a->segs && i < a->n_segs; i++) {
+            int64_t o = a->segs[2 * i], len = a->segs[2 * i + 1];
+            if (o != end || len <= 0 || len > M - o)
+                return lmc_err_set(err, LMC_ERR_ARG, "packed segment %lld (%lld, %lld) does not follow the "
+                                   "previous one inside the %lld rows", (long long)i, (long long)o,
+                                   (long long)len, (long long)M);
+            for (int64_t t = 0; t < len; t++) a->pos_host[o + t] = (int32_t)t;
+            end = o + len;
+        }
+        if (a->segs && end != M)
+            return lmc_err_set(err, LMC_ERR_ARG, "packed segments cover %lld of %lld rows", (long long)end,
+                               (long long)M);
+        if (!a->segs)
+            for (int64_t i = 0; i < M; i++) a->pos_host[i] = (int32_t)(i % a->T);
+        be->upload(be->ctx, a->pos, a->pos_host, (size_t)M * sizeof(int32_t));
+        a->pos_packed = a->segs != NULL;
+    }
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
-                        .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T};
+                        .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
+                        .segs = a->segs, .n_segs = a->n_segs};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
     lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);

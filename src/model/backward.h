@@ -118,6 +118,14 @@ struct lmc_tacts {
     int32_t *ids, *pos, *targets; /* (BT) */
     double *inv_freq;       /* (rot_dim/2) */
     float attn_scale;
+    /* Packed sequences, set by the caller before lmc_tmodel_step (NULL: B
+     * sequences of T): n_segs (start, len) pairs over the B*T rows, in
+     * order and covering them; attention stays within a segment and
+     * positions restart at each (padding-free packing). */
+    const int64_t *segs;
+    int64_t n_segs;
+    int32_t *pos_host;      /* (BT) host staging of the positions */
+    bool pos_packed;        /* a->pos holds a packed step's positions */
 };
 
 /* Bytes lmc_tacts_init allocates. */

@@ -107,7 +107,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     int64_t count = 0;
     for (int64_t k = 0; k < o->accum; k++) {
         if (o->next_batch) {
-            lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, err);
+            lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
             if (s) return s;
         } else {
             lmc_loader_next(&tr->train, tr->batch);
@@ -158,6 +158,8 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
     lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
     if (s) return s;
+    tr->acts.segs = NULL; /* validation windows are whole rows */
+    tr->acts.n_segs = 0;
     double sum = 0;
     int64_t count = 0;
     int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / tr->o.B));

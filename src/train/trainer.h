@@ -32,10 +32,12 @@ struct lmc_train_opts {
     uint64_t seed;             /* data order */
     int64_t eval_batches;      /* validation micro-batches per evaluation */
     /* Optional batch source instead of the token loader (supervised
-     * fine-tuning): fills B*T inputs and targets (< 0: not counted). The
-     * step's loss is then the mean over the counted targets of all its
+     * fine-tuning): fills B*T inputs and targets (< 0: not counted) and
+     * sets *segs / *n_segs to packed segments (lmc_tacts.segs) or NULL / 0.
+     * The step's loss is then the mean over the counted targets of all its
      * micro-batches (gradients summed, scaled by 1/count in the update). */
-    lmc_status (*next_batch)(void *user, int32_t *inputs, int32_t *targets, lmc_err *err);
+    lmc_status (*next_batch)(void *user, int32_t *inputs, int32_t *targets, const int64_t **segs,
+                             int64_t *n_segs, lmc_err *err);
     void *batch_user;
 };
 
