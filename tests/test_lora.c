@@ -334,8 +334,8 @@ static void test_io(void) {
     CHECK(lo.n_mods == 2 * c.num_layers && lo.mods[0].parts == 3 && lo.mods[0].transposed);
     for (int i = 0; i < lo.n_mods; i++) /* non-zero B to compare */
         for (int64_t k = 0; k < lo.mods[i].out * 3; k++) lo.mods[i].b[k] = test_rand(&seed);
-    CHECK_MSG(!lmc_lora_save(&lo, dir, &c, &err), "save: %s", err.msg);
-    CHECK_MSG(!lmc_lora_save(&lo, dir, &c, &err), "save over an adapter folder: %s", err.msg);
+    CHECK_MSG(!lmc_lora_save(&lo, dir, &c, NULL, &err), "save: %s", err.msg);
+    CHECK_MSG(!lmc_lora_save(&lo, dir, &c, NULL, &err), "save over an adapter folder: %s", err.msg);
     CHECK_MSG(!lmc_lora_load(&back, dir, &c, &err), "load: %s", err.msg);
     bool same = back.n_mods == lo.n_mods && back.cfg.rslora && back.cfg.r == 3 && back.cfg.fan_in_fan_out;
     for (int i = 0; same && i < lo.n_mods; i++)
@@ -348,7 +348,7 @@ static void test_io(void) {
     /* a folder that is not an adapter is never replaced */
     snprintf(path, sizeof path, "%s/other", d);
     mkdir(path, 0777);
-    CHECK(lmc_lora_save(&lo, path, &c, &err) == LMC_ERR_IO && strstr(err.msg, "not an adapter folder"));
+    CHECK(lmc_lora_save(&lo, path, &c, NULL, &err) == LMC_ERR_IO && strstr(err.msg, "not an adapter folder"));
     rmdir(path);
     /* bad configs */
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);

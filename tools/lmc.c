@@ -22,6 +22,7 @@ static const struct {
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
     {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
+    {"finetune", cmd_finetune, "finetune -m BASE --data F.jsonl -o OUT [--lora-r N --pack --full ...]  SFT (LoRA or full)"},
     {"merge", cmd_merge, "merge -m BASE --lora DIR[:SCALE] -o OUT          fold LoRA adapters into the weights"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };

@@ -366,8 +366,12 @@ static lmc_status write_config(const struct lmc_lora *lo, const char *path, cons
     return LMC_OK;
 }
 
+static const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                  "chat_template.jinja"};
+
 static void remove_adapter_dir(const char *dir) {
-    static const char *files[] = {"adapter_config.json", "adapter_model.safetensors"};
+    static const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+                                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"};
     char p[4200];
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
@@ -376,8 +380,23 @@ static void remove_adapter_dir(const char *dir) {
     rmdir(dir);
 }
 
+static lmc_status copy_into(const char *src_dir, const char *name, const char *dst_dir, lmc_err *err) {
+    char src[4200], dst[4200], *buf;
+    size_t len;
+    snprintf(src, sizeof src, "%s/%s", src_dir, name);
+    if (!lmc_file_exists(src)) return LMC_OK;
+    snprintf(dst, sizeof dst, "%s/%s", dst_dir, name);
+    lmc_status s = lmc_file_read(src, (size_t)1 << 30, &buf, &len, err);
+    if (s) return s;
+    FILE *f = fopen(dst, "wb");
+    bool ok = f && fwrite(buf, 1, len, f) == len;
+    if (f && fclose(f)) ok = false;
+    free(buf);
+    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", dst, strerror(errno));
+}
+
 lmc_status lmc_lora_save(const struct lmc_lora *lo, const char *dir, const struct lmc_config *mc,
-                         lmc_err *err) {
+                         const char *tok_dir, lmc_err *err) {
     char tmp[4096], path[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid()) >= (int)sizeof tmp)
         return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
@@ -403,6 +422,8 @@ lmc_status lmc_lora_save(const struct lmc_lora *lo, const char *dir, const struc
     if ((s = lmc_st_write(path, t, 2 * lo->n_mods, meta, 1, err))) goto out;
     snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
     if ((s = write_config(lo, path, mc, err))) goto out;
+    for (size_t i = 0; tok_dir && i < sizeof tok_files / sizeof *tok_files; i++)
+        if ((s = copy_into(tok_dir, tok_files[i], tmp, err))) goto out;
     /* replace an existing adapter folder, never anything else */
     struct stat sb;
     if (stat(dir, &sb) == 0) {

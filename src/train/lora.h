@@ -60,11 +60,12 @@ lmc_status lmc_lora_load(struct lmc_lora *lo, const char *dir, const struct lmc_
  * kaiming-uniform default), B = 0. */
 lmc_status lmc_lora_create(struct lmc_lora *lo, const struct lmc_lora_config *cfg,
                            const struct lmc_config *mc, uint64_t seed, lmc_err *err);
-/* Writes a PEFT folder dir (adapter_config.json, adapter_model.safetensors)
- * through a temporary folder renamed at the end (an existing dir is
- * replaced only when it holds an adapter). */
+/* Writes a PEFT folder dir (adapter_config.json, adapter_model.safetensors,
+ * and the tokenizer files of tok_dir when given) through a temporary
+ * folder renamed at the end (an existing dir is replaced only when it
+ * holds an adapter). */
 lmc_status lmc_lora_save(const struct lmc_lora *lo, const char *dir, const struct lmc_config *mc,
-                         lmc_err *err);
+                         const char *tok_dir, lmc_err *err);
 void lmc_lora_free(struct lmc_lora *lo);
 
 /* Sets cfg->targets from a comma list or "all-linear" (LMC_ERR_ARG). */

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# test_finetune.sh — `lmc finetune` end to end on llama-tiny and gpt2-tiny:
+# LoRA on prompt/completion data lowers the loss and writes a PEFT folder
+# (adapter_config.json with PEFT's fields, the tokenizer) that `generate`
+# and `eval --lora` load and that PEFT loads to the same NLL (skipped
+# without torch/peft); --pack, --full, --rslora; bad lines named with
+# their line number or skipped; options not implemented refused cleanly;
+# no temp folder left behind. Usage: test_finetune.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+
+for i in $(seq 1 24); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want\"}"
+done >"$TMP/d.jsonl"
+COMMON="--seq 32 --batch 4 --lr 1e-2 --threads 2 --schedule constant"
+
+for M in llama-tiny gpt2-tiny; do
+  FIX=tests/fixtures/$M
+  "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/ad-$M" $COMMON --steps 12 --lora-r 4 --lora-alpha 8 \
+    2>"$TMP/err"
+  ok $? "$M finetune: $(tail -3 "$TMP/err")"
+  first=$(head -1 "$TMP/ad-$M.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+  last=$(tail -1 "$TMP/ad-$M.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+  awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a * 0.97) }'; ok $? "$M LoRA loss falls ($first -> $last)"
+  for f in adapter_config.json adapter_model.safetensors tokenizer.json; do
+    [ -f "$TMP/ad-$M/$f" ]; ok $? "$M adapter folder has $f"
+  done
+  grep -Eq '"peft_type":[[:space:]]*"LORA"' "$TMP/ad-$M/adapter_config.json" && grep -Eq '"task_type":[[:space:]]*"CAUSAL_LM"' \
+    "$TMP/ad-$M/adapter_config.json"; ok $? "$M adapter_config fields"
+  ! ls -d "$TMP"/ad-$M.tmp-* >/dev/null 2>&1; ok $? "$M no temp folder left"
+  "$LMC" generate -m "$FIX" --lora "$TMP/ad-$M" -p "Verse 3 says:" -n 6 --temp 0 >/dev/null 2>"$TMP/err"
+  ok $? "$M generate --lora: $(cat "$TMP/err")"
+  TEXT="Verse 7 says: the lord is my shepherd 2 and I shall not want"
+  nll=$("$LMC" eval -m "$FIX" --lora "$TMP/ad-$M" --text "$TEXT" --json 2>/dev/null | sed 's/.*"nll":\([0-9.e+-]*\).*/\1/')
+  python3 tests/lora_peft_check.py "$FIX" "$TMP/ad-$M" "$TEXT" "$nll" >"$TMP/py" 2>&1
+  rc=$?
+  if [ $rc = 77 ]; then echo "skip: PEFT not importable"; else ok $rc "$M PEFT loads lmc's adapter: $(tail -1 "$TMP/py")"; echo "$M: $(tail -1 "$TMP/py")"; fi
+done
+
+FIX=tests/fixtures/llama-tiny
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/packed" $COMMON --steps 3 --pack --rslora \
+  --lora-targets q_proj,v_proj 2>"$TMP/err"
+ok $? "finetune --pack --rslora: $(tail -2 "$TMP/err")"
+grep -Eq '"use_rslora":[[:space:]]*true' "$TMP/packed/adapter_config.json"; ok $? "rslora recorded"
+grep -q "packed" "$TMP/err"; ok $? "packing logged"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/full" $COMMON --lr 1e-3 --steps 3 --full 2>"$TMP/err"
+ok $? "finetune --full: $(tail -2 "$TMP/err")"
+[ -f "$TMP/full/model.safetensors" ] && [ -f "$TMP/full/config.json" ]; ok $? "full fine-tune writes an HF folder"
+"$LMC" eval -m "$TMP/full" --text "Verse 1 says:" >/dev/null 2>&1; ok $? "the full fine-tune loads"
+
+printf '{"text":"fine"}\n{"prompt": 3}\n' >"$TMP/bad.jsonl"
+"$LMC" finetune -m "$FIX" --data "$TMP/bad.jsonl" -o "$TMP/x" $COMMON --steps 1 2>"$TMP/err"
+[ $? = 1 ] && grep -q "bad.jsonl:2:" "$TMP/err"; ok $? "bad line named: $(cat "$TMP/err")"
+"$LMC" finetune -m "$FIX" --data "$TMP/bad.jsonl" -o "$TMP/x" $COMMON --steps 1 --skip-bad-lines 2>"$TMP/err"
+ok $? "--skip-bad-lines: $(tail -1 "$TMP/err")"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --lora-dropout 0.1 2>/dev/null
+[ $? = 2 ]; ok $? "nonzero dropout refused"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --qlora nf4 2>/dev/null
+[ $? = 2 ]; ok $? "--qlora refused"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --lora-targets nothing 2>"$TMP/err"
+[ $? = 1 ] && grep -q "match no linear" "$TMP/err"; ok $? "targets matching nothing: $(cat "$TMP/err")"
+[ ! -e "$TMP/y" ]; ok $? "nothing written on failure"
+
+echo "test_finetune: $pass passed, $fail failed"
+[ "$fail" = 0 ]
