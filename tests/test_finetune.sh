@@ -37,6 +37,10 @@ for M in llama-tiny gpt2-tiny; do
   nll=$("$LMC" eval -m "$FIX" --lora "$TMP/ad-$M" --text "$TEXT" --json 2>/dev/null | sed 's/.*"nll":\([0-9.e+-]*\).*/\1/')
   python3 tests/lora_peft_check.py "$FIX" "$TMP/ad-$M" "$TEXT" "$nll" >"$TMP/py" 2>&1
   rc=$?
+  "$LMC" merge -m "$FIX" --lora "$TMP/ad-$M" -o "$TMP/merged-$M" 2>/dev/null
+  mnll=$("$LMC" eval -m "$TMP/merged-$M" --text "$TEXT" --json 2>/dev/null | sed 's/.*"nll":\([0-9.e+-]*\).*/\1/')
+  awk -v a="$nll" -v b="$mnll" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * a) }'
+  ok $? "$M merged model gives the adapter's NLL ($nll vs $mnll)"
   if [ $rc = 77 ]; then echo "skip: PEFT not importable"; else ok $rc "$M PEFT loads lmc's adapter: $(tail -1 "$TMP/py")"; echo "$M: $(tail -1 "$TMP/py")"; fi
 done
 

@@ -105,8 +105,16 @@ lmc_status lmc_lora_config_read(struct lmc_lora_config *c, const char *dir, lmc_
         return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
     lmc_status s = lmc_file_read(path, 1 << 24, &text, &len, err);
     if (s) return s;
-    cJSON *o = cJSON_ParseWithLength(text, len);
+    s = lmc_lora_config_parse(c, text, len, path, err);
     free(text);
+    return s;
+}
+
+lmc_status lmc_lora_config_parse(struct lmc_lora_config *c, const char *text, size_t len, const char *path,
+                                 lmc_err *err) {
+    memset(c, 0, sizeof *c);
+    lmc_status s = LMC_OK;
+    cJSON *o = cJSON_ParseWithLength(text, len);
     if (!cJSON_IsObject(o)) {
         cJSON_Delete(o);
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: not a JSON object", path);

@@ -50,6 +50,9 @@ double lmc_lora_scale(const struct lmc_lora_config *c);
 /* Reads dir/adapter_config.json (LMC_ERR_FORMAT naming the field; a
  * peft_type other than LORA, DoRA, biases: LMC_ERR_UNSUPPORTED). */
 lmc_status lmc_lora_config_read(struct lmc_lora_config *c, const char *dir, lmc_err *err);
+/* The same from text[0..len) (path names it in messages). */
+lmc_status lmc_lora_config_parse(struct lmc_lora_config *c, const char *text, size_t len, const char *path,
+                                 lmc_err *err);
 /* Reads an adapter folder for a model of config mc: every tensor must be a
  * lora_A/lora_B pair of a linear the model has, with shapes (r, in) and
  * (out, r) (errors name the key). */

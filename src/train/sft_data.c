@@ -43,8 +43,8 @@ static lmc_status add_span(struct lmc_sft_data *d, const struct lmc_tokenizer *t
     int32_t *ids = NULL;
     int64_t n = 0;
     lmc_status s = lmc_tokenizer_encode(tok, text, len, bos, &ids, &n, err);
-    if (!s) s = grow(d, n, err);
-    if (!s) {
+    if (!s && n > 0) s = grow(d, n, err);
+    if (!s && n > 0) {
         memcpy(d->ids + d->n_ids, ids, (size_t)n * sizeof *ids);
         memset(d->label + d->n_ids, lab ? 1 : 0, (size_t)n);
         d->n_ids += n;
