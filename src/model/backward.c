@@ -253,6 +253,7 @@ struct flag_state {
 static lmc_status flag_resid(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
     (void)err;
     struct flag_state *fs = user;
+    if (!t->required) return LMC_OK; /* not in the parameter table (record() skips it too) */
     fs->resid[fs->i++] = (t->spec->flags & LMC_TF_RESID) != 0;
     return LMC_OK;
 }

@@ -18,7 +18,7 @@
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
  *               BF16 / F16 weights, bias epilogue and fallback, backward
  *               in fp32 and train_bf16 (see test_mm)
- *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
+ *   e2e         llama-, gpt2-, qwen2- and qwen3-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
@@ -887,7 +887,8 @@ static void test_mm() {
 /* End to end through the real CUDA table (lmc_backend_cuda_init in
  * emulation), strict device mode (memsets, copies and GEMM operands must be
  * device memory of the right extent): for tests/fixtures llama-tiny,
- * gpt2-tiny and qwen2-tiny (qkv biases),
+ * gpt2-tiny, qwen2-tiny (qkv biases) and qwen3-tiny (q/k RMSNorm per head,
+ * head_dim 24),
  *  (a) the forward logits of one 13-token prompt (every position) and one
  *      decode step after it, vs the CPU backend on F32 weights: the fp32
  *      mode (F32 weights, fp32 attention and KV cache; tol 1e-4) and bf16
@@ -977,7 +978,7 @@ static bool train_step(const struct lmc_backend *be, const char *dir, const std:
 
 static void test_e2e() {
     emu_strict_device = true;
-    const char *models[3] = {"llama-tiny", "gpt2-tiny", "qwen2-tiny"};
+    const char *models[4] = {"llama-tiny", "gpt2-tiny", "qwen2-tiny", "qwen3-tiny"};
     for (const char *mn : models) {
         std::string dir = std::string(fixtures()) + "/" + mn;
         const int64_t V = 512;
