@@ -49,5 +49,28 @@ c=$("$LMC" eval -m "$FIX" --lora "$FIX/lora:0" --text "In the beginning God crea
 "$LMC" parity "$FIX" --lora "$FIX/lora:2" >/dev/null 2>&1
 [ $? = 2 ]; ok $? "parity refuses a scaled adapter"
 
+# serve --lora: the server's greedy completion is generate --lora's
+if command -v curl >/dev/null; then
+  "$LMC" serve -m "$FIX" --lora "$FIX/lora" --host 127.0.0.1 --port 0 >"$TMP/serve.log" 2>&1 &
+  SPID=$!
+  PORT=""
+  for _ in $(seq 1 400); do
+    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/serve.log")
+    [ -n "$PORT" ] && break
+    kill -0 "$SPID" 2>/dev/null || break
+    sleep 0.05
+  done
+  want=$("$LMC" generate -m "$FIX" --lora "$FIX/lora" -p "Once upon a time" -n 8 --temp 0 --no-special --json 2>/dev/null |
+         python3 -c 'import json,sys; print(json.load(sys.stdin)["text"])')
+  got=$(curl -s "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+        -d '{"prompt":"Once upon a time","max_tokens":8,"temperature":0}' |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])' 2>/dev/null)
+  base=$("$LMC" generate -m "$FIX" -p "Once upon a time" -n 8 --temp 0 --no-special --json 2>/dev/null |
+         python3 -c 'import json,sys; print(json.load(sys.stdin)["text"])')
+  [ -n "$PORT" ] && [ -n "$want" ] && [ "$got" = "$want" ] && [ "$want" != "$base" ]
+  ok $? "serve --lora completes as generate --lora ('$got' / '$want', base '$base')"
+  kill "$SPID" 2>/dev/null; wait "$SPID" 2>/dev/null
+fi
+
 echo "test_lora_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]
