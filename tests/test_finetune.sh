@@ -50,6 +50,11 @@ FIX=tests/fixtures/llama-tiny
 ok $? "finetune --pack --rslora: $(tail -2 "$TMP/err")"
 grep -Eq '"use_rslora":[[:space:]]*true' "$TMP/packed/adapter_config.json"; ok $? "rslora recorded"
 grep -q "packed" "$TMP/err"; ok $? "packing logged"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/val" $COMMON --steps 4 --val-fraction 0.25 --eval-every 2 \
+  2>"$TMP/err"
+ok $? "finetune --val-fraction: $(tail -2 "$TMP/err")"
+[ "$(grep -c '"val_loss"' "$TMP/val.metrics.jsonl")" = 2 ] && grep -q "(6 for validation)" "$TMP/err"
+ok $? "validation loss every 2 steps on 6 held-out examples"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/full" $COMMON --lr 1e-3 --steps 3 --full 2>"$TMP/err"
 ok $? "finetune --full: $(tail -2 "$TMP/err")"
 [ -f "$TMP/full/model.safetensors" ] && [ -f "$TMP/full/config.json" ]; ok $? "full fine-tune writes an HF folder"

@@ -75,7 +75,7 @@ static void test_data(void) {
     char path[256];
     snprintf(path, sizeof path, "%s/d.jsonl", tmpdir);
     struct lmc_sft_opts o = {.seq = 512};
-    struct lmc_sft_data d;
+    struct lmc_sft_data d, one_more;
     if (lmc_sft_load(&d, path, tok, &o, &err)) {
         CHECK_MSG(0, "load: %s", err.msg);
         lmc_tokenizer_free(tok);
@@ -103,6 +103,13 @@ static void test_data(void) {
     for (int64_t i = 0; i < d.n_ex; i++)
         for (int64_t t = 1; t < d.ex[i].n; t++) targets += d.label[d.ex[i].off + t];
     CHECK(targets == d.n_targets);
+    /* --val-fraction: one of three examples moves, targets follow it */
+    struct lmc_sft_data val;
+    int64_t before = d.n_targets;
+    CHECK(!lmc_sft_split(&d, 0.3, 5, &val, &err));
+    CHECK(d.n_ex == 2 && val.n_ex == 1 && d.n_targets + val.n_targets == before && val.n_targets > 0);
+    CHECK(lmc_sft_split(&val, 0.5, 5, &one_more, &err) == LMC_ERR_ARG);
+    lmc_sft_free(&val);
     lmc_sft_free(&d);
     /* --loss-on all; truncation to --seq 6 */
     o.loss_all = true;

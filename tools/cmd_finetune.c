@@ -24,7 +24,8 @@ static void usage(void) {
             "usage: lmc finetune -m BASE --data FILE.jsonl -o OUT [options]\n"
             "  LoRA:      --lora-r N (16) --lora-alpha X (32) --lora-targets LIST|all-linear (all-linear)\n"
             "             --rslora --lora-dropout 0 (other values: not yet)   | --full (all weights)\n"
-            "  data:      --seq T (2048) --pack --loss-on assistant|all --skip-bad-lines --val-data FILE.jsonl\n"
+            "  data:      --seq T (2048) --pack --loss-on assistant|all --skip-bad-lines\n"
+            "             --val-data FILE.jsonl | --val-fraction X (validation loss every --eval-every and at the end)\n"
             "  length:    --epochs E (1) | --steps N\n"
             "  batch:     --batch B (4) --accum N (1)\n"
             "  optimizer: --lr X (2e-4 LoRA, 2e-5 full) --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
@@ -77,7 +78,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *loss_on = "assistant";
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
-    double eps = 1e-8, clip = 1.0;
+    double eps = 1e-8, clip = 1.0, val_fraction = 0;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     for (int i = 1; i < argc; i++) {
@@ -124,6 +125,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) ok = cli_parse_i64(v, 0, INT64_MAX, &seed);
         else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
         else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
+        else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
         else if (!strcmp(a, "--epochs")) ok = cli_parse_f64(v, 1e-6, 1e6, &epochs);
         else if (!strcmp(a, "--lr")) ok = cli_parse_f64(v, 0, 10, &lr);
         else if (!strcmp(a, "--min-lr")) ok = cli_parse_f64(v, 0, 10, &min_lr);
@@ -180,13 +182,19 @@ int cmd_finetune(int argc, char **argv) {
         cli_fail("finetune", &err);
         goto done;
     }
-    if (val_data && lmc_sft_load(&vd, val_data, tok, &so, &err)) {
+    if (val_data && val_fraction > 0) {
+        fprintf(stderr, "lmc finetune: give --val-data or --val-fraction, not both\n");
+        rc = 2;
+        goto done;
+    }
+    if ((val_data && lmc_sft_load(&vd, val_data, tok, &so, &err)) ||
+        (val_fraction > 0 && lmc_sft_split(&d, val_fraction, (uint64_t)seed, &vd, &err))) {
         cli_fail("finetune", &err);
         goto done;
     }
-    fprintf(stderr, "lmc finetune: %lld examples, %lld target tokens, %lld truncated to %lld, %lld bad lines "
-                    "skipped\n", (long long)d.n_ex, (long long)d.n_targets, (long long)d.n_truncated, (long long)T,
-            (long long)d.n_skipped);
+    fprintf(stderr, "lmc finetune: %lld examples (%lld for validation), %lld target tokens, %lld truncated to "
+                    "%lld, %lld bad lines skipped\n", (long long)d.n_ex, (long long)vd.n_ex, (long long)d.n_targets,
+            (long long)d.n_truncated, (long long)T, (long long)d.n_skipped);
     bool bf16;
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;

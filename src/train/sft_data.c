@@ -9,6 +9,7 @@
 #include "tokenizer/chat_template.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,6 +232,47 @@ void lmc_sft_free(struct lmc_sft_data *d) {
     free(d->label);
     free(d->ex);
     memset(d, 0, sizeof *d);
+}
+
+lmc_status lmc_sft_split(struct lmc_sft_data *d, double fraction, uint64_t seed, struct lmc_sft_data *val,
+                         lmc_err *err) {
+    memset(val, 0, sizeof *val);
+    if (d->n_ex < 2 || !(fraction > 0 && fraction < 1))
+        return lmc_err_set(err, LMC_ERR_ARG, "validation split of %g needs a fraction in (0, 1) and at least 2 "
+                           "examples (have %lld)", fraction, (long long)d->n_ex);
+    int64_t nv = (int64_t)llround(fraction * (double)d->n_ex);
+    nv = LMC_MAX(1, LMC_MIN(nv, d->n_ex - 1));
+    uint8_t *pick = calloc((size_t)d->n_ex, 1);
+    if (!pick) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    uint64_t s = seed ^ 0x76616c2d73706c69ull;
+    for (int64_t k = 0; k < nv;) { /* nv distinct examples */
+        int64_t i = (int64_t)(lmc_rng_next(&s) % (uint64_t)d->n_ex);
+        if (!pick[i]) pick[i] = 1, k++;
+    }
+    lmc_status st = LMC_OK;
+    int64_t kept = 0;
+    d->n_targets = 0;
+    for (int64_t i = 0; i < d->n_ex && !st; i++) {
+        struct lmc_sft_example e = d->ex[i];
+        int64_t t = 0;
+        for (int64_t k = 1; k < e.n; k++) t += d->label[e.off + k];
+        if (!pick[i]) {
+            d->ex[kept++] = e;
+            d->n_targets += t;
+            continue;
+        }
+        if (!(st = grow(val, e.n, err))) {
+            memcpy(val->ids + val->n_ids, d->ids + e.off, (size_t)e.n * sizeof *val->ids);
+            memcpy(val->label + val->n_ids, d->label + e.off, (size_t)e.n);
+            val->ex[val->n_ex++] = (struct lmc_sft_example){val->n_ids, e.n};
+            val->n_ids += e.n;
+            val->n_targets += t;
+        }
+    }
+    d->n_ex = kept;
+    free(pick);
+    if (st) lmc_sft_free(val);
+    return st;
 }
 
 /* ---------------- batches ---------------- */

@@ -41,6 +41,11 @@ lmc_status lmc_sft_add_line(struct lmc_sft_data *d, const char *text, size_t len
                             const char *path, const struct lmc_tokenizer *tok, const struct lmc_sft_opts *o,
                             lmc_err *err);
 void lmc_sft_free(struct lmc_sft_data *d);
+/* Moves round(fraction * n_ex) examples (at least 1, fewer than all; a
+ * seeded choice) from d into a new val (--val-fraction). LMC_ERR_ARG when
+ * d has fewer than 2 examples. */
+lmc_status lmc_sft_split(struct lmc_sft_data *d, double fraction, uint64_t seed, struct lmc_sft_data *val,
+                         lmc_err *err);
 
 /* Micro-batches of B rows of T tokens over the examples in a seeded order
  * (reshuffled each epoch). */
