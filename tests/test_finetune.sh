@@ -45,6 +45,21 @@ for M in llama-tiny gpt2-tiny; do
 done
 
 FIX=tests/fixtures/llama-tiny
+# checkpoints and --resume: the resumed run ends with the same adapter, bit for bit
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/A" $COMMON --steps 6 --save-every 3 2>"$TMP/err"
+ok $? "finetune --save-every: $(tail -2 "$TMP/err")"
+for f in adapter_config.json adapter_model.safetensors optimizer.safetensors trainer_state.json; do
+  [ -f "$TMP/A.ckpt/step_000003/$f" ]; ok $? "checkpoint has $f"
+done
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/B" $COMMON --steps 6 --save-every 3 \
+  --resume "$TMP/A.ckpt/step_000003" 2>"$TMP/err"
+ok $? "finetune --resume: $(tail -2 "$TMP/err")"
+cmp -s "$TMP/A/adapter_model.safetensors" "$TMP/B/adapter_model.safetensors"; ok $? "resumed adapter is bit-identical"
+[ "$(tail -3 "$TMP/A.metrics.jsonl" | cut -d, -f1-2)" = "$(cut -d, -f1-2 "$TMP/B.metrics.jsonl")" ]
+ok $? "resumed losses of steps 4..6 equal"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/C" $COMMON --batch 2 --steps 6 \
+  --resume "$TMP/A.ckpt/step_000003" 2>"$TMP/err"
+[ $? = 1 ] && grep -q "saved with batch 4" "$TMP/err"; ok $? "resume with another batch refused: $(cat "$TMP/err" | tail -1)"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/packed" $COMMON --steps 3 --pack --rslora \
   --lora-targets q_proj,v_proj 2>"$TMP/err"
 ok $? "finetune --pack --rslora: $(tail -2 "$TMP/err")"

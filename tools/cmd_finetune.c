@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void usage(void) {
@@ -30,7 +31,8 @@ static void usage(void) {
             "  batch:     --batch B (4) --accum N (1)\n"
             "  optimizer: --lr X (2e-4 LoRA, 2e-5 full) --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
-            "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n");
+            "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
+            "             --save-every N (OUT.ckpt/step_N: adapter + AdamW state) --resume OUT.ckpt/step_N\n");
 }
 
 struct src {
@@ -75,8 +77,9 @@ static lmc_status val_loss(struct lmc_trainer *tr, const struct lmc_sft_data *vd
 int cmd_finetune(int argc, char **argv) {
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
-    const char *loss_on = "assistant";
+    const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
+    int64_t save_every = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false;
@@ -111,6 +114,8 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--lora-targets")) targets = v;
         else if (!strcmp(a, "--metrics")) metrics = v;
         else if (!strcmp(a, "--val-data")) val_data = v;
+        else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--save-every")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &save_every);
         else if (!strcmp(a, "--loss-on")) {
             loss_on = v;
             ok = !strcmp(v, "assistant") || !strcmp(v, "completion") || !strcmp(v, "all");
@@ -154,6 +159,10 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (dropout != 0 && !full) {
         fprintf(stderr, "lmc finetune: --lora-dropout %g is not implemented yet (only 0)\n", dropout);
+        return 2;
+    }
+    if (full && (resume || save_every)) {
+        fprintf(stderr, "lmc finetune: --save-every / --resume are for LoRA runs (not yet with --full)\n");
         return 2;
     }
     if (cc.n_lora) {
@@ -207,8 +216,15 @@ int cmd_finetune(int argc, char **argv) {
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
         snprintf(lc.base_model, sizeof lc.base_model, "%s", cc.model_dir);
-        if (lmc_lora_parse_targets(&lc, targets, &err) || lmc_lora_create(&lo, &lc, &tm.cfg, (uint64_t)seed, &err) ||
-            lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
+        lmc_status ls = resume ? lmc_lora_load(&lo, resume, &tm.cfg, &err)
+                               : lmc_lora_parse_targets(&lc, targets, &err) ||
+                                         lmc_lora_create(&lo, &lc, &tm.cfg, (uint64_t)seed, &err);
+        if (resume) { /* the checkpoint's adapter settings hold */
+            r = lo.cfg.r;
+            rslora = lo.cfg.rslora;
+            snprintf(lo.cfg.base_model, sizeof lo.cfg.base_model, "%s", cc.model_dir);
+        }
+        if (ls || lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -235,6 +251,14 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     have_tr = true;
+    if (resume) {
+        int64_t ep, nx;
+        if (lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err) || lmc_sft_batcher_seek(&src.b, ep, nx, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
+    }
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
     fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
@@ -247,7 +271,7 @@ int cmd_finetune(int argc, char **argv) {
         snprintf(mpath, sizeof mpath, "%s.metrics.jsonl", out);
         metrics = mpath;
     }
-    if (!(mf = fopen(metrics, "w"))) {
+    if (!(mf = fopen(metrics, resume ? "a" : "w"))) {
         fprintf(stderr, "lmc finetune: cannot open %s: %s\n", metrics, strerror(errno));
         goto done;
     }
@@ -276,6 +300,17 @@ int cmd_finetune(int argc, char **argv) {
         if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
         if (tty && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", tty ? "\r" : "", line);
+        if (save_every && tr.step % save_every == 0) {
+            char ck[4300];
+            snprintf(ck, sizeof ck, "%s.ckpt", out);
+            mkdir(ck, 0777);
+            snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
+            if (lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+                cli_fail("finetune", &err);
+                goto done;
+            }
+            fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
+        }
     }
     if (!full) {
         if (lmc_lora_train_read(&lt, &tr.tm, &lo, &err) ||

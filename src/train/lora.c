@@ -379,7 +379,8 @@ static const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json", "sp
 
 static void remove_adapter_dir(const char *dir) {
     static const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
-                                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"};
+                                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                                  "optimizer.safetensors", "trainer_state.json"}; /* and a checkpoint's */
     char p[4200];
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);

@@ -3,6 +3,10 @@
  * views rebound with the base's gradient views cut, the adapters bound. */
 #include "train/lora_train.h"
 #include "core/core.h"
+#include "io/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,4 +165,93 @@ void lmc_lora_train_free(struct lmc_lora_train *lt) {
     free(lt->wad);
     free(lt->gad);
     memset(lt, 0, sizeof *lt);
+}
+
+/* ---------------- checkpoints ---------------- */
+
+static lmc_status write_text_atomic(const char *path, const char *text, lmc_err *err) {
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    bool ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f)) ok = false;
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt, struct lmc_lora *lo,
+                              const char *dir, const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err) {
+    const struct lmc_tmodel *tm = &tr->tm;
+    lmc_status s = lmc_lora_train_read(lt, tm, lo, err);
+    if (!s) s = lmc_lora_save(lo, dir, &tm->cfg, tok_dir, err);
+    if (s) return s;
+    int64_t n = tm->numel - tm->trainable_off;
+    float *mv = malloc((size_t)n * 2 * sizeof(float));
+    if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    tr->be->download(tr->be->ctx, mv, tr->m, (size_t)n * sizeof(float));
+    tr->be->download(tr->be->ctx, mv + n, tr->v, (size_t)n * sizeof(float));
+    struct lmc_st_write_tensor t[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {n}, mv},
+                                       {"adamw.v", LMC_DTYPE_F32, 1, {n}, mv + n}};
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    s = lmc_st_write(tmp, t, 2, NULL, 0, err);
+    free(mv);
+    if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (s) return s;
+    char state[512];
+    snprintf(state, sizeof state,
+             "{\"step\": %lld, \"batch\": %lld, \"seq_len\": %lld, \"accum\": %lld, \"epoch\": %lld, "
+             "\"example\": %lld, \"trainable\": %lld}\n",
+             (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)tr->o.accum, (long long)epoch,
+             (long long)next, (long long)n);
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    return write_text_atomic(path, state, err);
+}
+
+static int64_t jint(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 9e15 ? (int64_t)v->valuedouble : -1;
+}
+
+lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
+                                    lmc_err *err) {
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    lmc_status s = lmc_file_read(path, 1 << 20, &text, &len, err);
+    if (s) return s;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    int64_t step = jint(o, "step"), B = jint(o, "batch"), T = jint(o, "seq_len"), ac = jint(o, "accum");
+    int64_t n = jint(o, "trainable");
+    *epoch = jint(o, "epoch");
+    *next = jint(o, "example");
+    cJSON_Delete(o);
+    int64_t want = tr->tm.numel - tr->tm.trainable_off;
+    if (step < 0 || *epoch < 0 || *next < 0 || n < 0)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch, example and trainable", path);
+    if (B != tr->o.B || T != tr->o.T || ac != tr->o.accum || n != want)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with batch %lld x %lld x %lld accum and %lld trainable "
+                           "floats; resumed with %lld x %lld x %lld and %lld", path, (long long)B, (long long)T,
+                           (long long)ac, (long long)n, (long long)tr->o.B, (long long)tr->o.T,
+                           (long long)tr->o.accum, (long long)want);
+    struct lmc_st st;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if ((s = lmc_st_open_file(&st, path, err))) return s;
+    const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
+    if (!m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 || m->numel != want || v->numel != want) {
+        lmc_st_free(&st);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected F32 adamw.m and adamw.v of %lld floats", path,
+                           (long long)want);
+    }
+    tr->be->upload(tr->be->ctx, tr->m, m->data, (size_t)want * sizeof(float));
+    tr->be->upload(tr->be->ctx, tr->v, v->data, (size_t)want * sizeof(float));
+    tr->be->sync(tr->be->ctx);
+    lmc_st_free(&st);
+    tr->step = step;
+    return LMC_OK;
 }

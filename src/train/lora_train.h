@@ -11,6 +11,7 @@
 #include "lmc.h"
 #include "model/backward.h"
 #include "train/lora.h"
+#include "train/trainer.h"
 
 struct lmc_lora_train {
     const struct lmc_backend *be;
@@ -28,6 +29,16 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
 /* Copies the adapter's current A and B from tm into lo (same modules). */
 lmc_status lmc_lora_train_read(const struct lmc_lora_train *lt, const struct lmc_tmodel *tm, struct lmc_lora *lo,
                                lmc_err *err);
+/* An adapter checkpoint: dir is a PEFT folder (lo gets the current A, B;
+ * tokenizer files from tok_dir) plus optimizer.safetensors (the adapter's
+ * AdamW moments) and trainer_state.json (step, batch shape, data epoch and
+ * example), written last: a folder without it is not a checkpoint. */
+lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt, struct lmc_lora *lo,
+                              const char *dir, const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err);
+/* Restores moments and step into tr (attached with dir's adapter) and
+ * returns the data position. Batch shape mismatch: LMC_ERR_ARG. */
+lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
+                                    lmc_err *err);
 /* Frees what attach allocated (tm keeps its arenas; free tm first or after). */
 void lmc_lora_train_free(struct lmc_lora_train *lt);
 

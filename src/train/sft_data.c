@@ -307,6 +307,16 @@ lmc_status lmc_sft_batcher_init(struct lmc_sft_batcher *b, const struct lmc_sft_
     return LMC_OK;
 }
 
+lmc_status lmc_sft_batcher_seek(struct lmc_sft_batcher *b, int64_t epoch, int64_t next, lmc_err *err) {
+    if (epoch < 0 || next < 0 || next > b->d->n_ex)
+        return lmc_err_set(err, LMC_ERR_ARG, "data position epoch %lld example %lld out of range (%lld examples)",
+                           (long long)epoch, (long long)next, (long long)b->d->n_ex);
+    b->epoch = epoch;
+    b->next = next;
+    shuffle(b);
+    return LMC_OK;
+}
+
 void lmc_sft_batcher_free(struct lmc_sft_batcher *b) {
     free(b->order);
     free(b->segs);

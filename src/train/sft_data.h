@@ -66,5 +66,7 @@ void lmc_sft_batch(struct lmc_sft_batcher *b, int32_t *in, int32_t *tg, const in
 /* Micro-batches one epoch takes (in the first epoch's order). */
 int64_t lmc_sft_batches_per_epoch(const struct lmc_sft_batcher *b);
 void lmc_sft_batcher_free(struct lmc_sft_batcher *b);
+/* Continues at example `next` of epoch `epoch` (a checkpoint's position). */
+lmc_status lmc_sft_batcher_seek(struct lmc_sft_batcher *b, int64_t epoch, int64_t next, lmc_err *err);
 
 #endif
