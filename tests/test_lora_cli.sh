@@ -49,6 +49,11 @@ c=$("$LMC" eval -m "$FIX" --lora "$FIX/lora:0" --text "In the beginning God crea
 "$LMC" parity "$FIX" --lora "$FIX/lora:2" >/dev/null 2>&1
 [ $? = 2 ]; ok $? "parity refuses a scaled adapter"
 
+for i in $(seq 1 50); do echo "line $i of some text for the shards"; done >"$TMP/corpus.txt"
+"$LMC" prepare-data -m "$FIX" --text-file "$TMP/corpus.txt" -o "$TMP/data" >/dev/null 2>&1
+"$LMC" train --data "$TMP/data" -o "$TMP/t" -m "$FIX" --lora "$FIX/lora" >/dev/null 2>"$TMP/err"
+[ $? = 2 ] && grep -q "lora is not used" "$TMP/err"; ok $? "train refuses --lora: $(cat "$TMP/err")"
+
 # serve --lora: the server's greedy completion is generate --lora's
 if command -v curl >/dev/null; then
   "$LMC" serve -m "$FIX" --lora "$FIX/lora" --host 127.0.0.1 --port 0 >"$TMP/serve.log" 2>&1 &
