@@ -146,9 +146,48 @@ static const char *rope_name(enum lmc_rope_type t) {
     return (unsigned)t < 5 ? names[t] : "?";
 }
 
+/* `lmc info --tensors`: the architecture's tensor spec table expanded for
+ * this model, with each tensor's role and what the file holds. */
+struct tensor_list {
+    const struct lmc_model *m;
+    bool json;
+    int n;
+};
+
+static lmc_status print_tensor(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    (void)err;
+    struct tensor_list *tl = user;
+    static const char *roles[] = {"embedding", "matrix", "norm", "bias"};
+    const struct lmc_st_tensor *x = lmc_st_find(&tl->m->st, t->name);
+    const char *ap = tl->m->arch->alt_prefix;
+    if (!x && ap && !strncmp(t->name, ap, strlen(ap))) x = lmc_st_find(&tl->m->st, t->name + strlen(ap));
+    const char *role = t->spec->role < 4 ? roles[t->spec->role] : "?";
+    const char *dt = x ? lmc_dtype_name(x->dtype) : t->required ? "missing" : "absent (tied)";
+    bool tr = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
+    char shape[64];
+    if (t->ndim == 2) snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->disk[0], (long long)t->disk[1]);
+    else snprintf(shape, sizeof shape, "%lld", (long long)t->disk[0]);
+    if (tl->json)
+        printf("%s{\"name\":\"%s\",\"role\":\"%s\",\"shape\":[%s],\"dtype\":\"%s\","
+               "\"transposed\":%s,\"required\":%s}", tl->n ? "," : "", x ? x->name : t->name, role, shape,
+               dt, tr ? "true" : "false", t->required ? "true" : "false");
+    else if (t->ndim == 2)
+        printf("%-56s %-9s [%lld, %lld]%s %s\n", x ? x->name : t->name, role, (long long)t->disk[0],
+               (long long)t->disk[1], tr ? " (in, out)" : "", dt);
+    else
+        printf("%-56s %-9s [%lld] %s\n", x ? x->name : t->name, role, (long long)t->disk[0], dt);
+    tl->n++;
+    return LMC_OK;
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
+    bool tensors = false;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tensors")) {
+            tensors = true;
+            continue;
+        }
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r == 0) {
@@ -160,6 +199,15 @@ int cmd_info(int argc, char **argv) {
     if (cli_open(&cm, &c, true)) return 1;
     const struct lmc_model *m = &cm.model;
     const struct lmc_config *k = &m->cfg;
+    if (tensors) {
+        struct tensor_list tl = {m, c.json, 0};
+        lmc_err err = {0};
+        if (c.json) printf("[");
+        lmc_arch_walk(m->arch, &m->cfg, print_tensor, &tl, &err);
+        if (c.json) printf("]\n");
+        cli_close(&cm);
+        return 0;
+    }
     int64_t ctx = cli_ctx(&c, m);
     int64_t by_dtype[LMC_DTYPE_COUNT] = {0};
     for (int64_t i = 0; i < m->st.n_tensors; i++) by_dtype[m->st.tensors[i].dtype] += m->st.tensors[i].numel;
