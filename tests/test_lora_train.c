@@ -116,7 +116,7 @@ static void run(const char *model) {
             continue;
         }
         float *h = malloc(sizeof(float) * (size_t)p->numel);
-        lmc_tmodel_download_param(&tr.tm, tr.tm.g, i, h, &err);
+        be.download(be.ctx, h, lmc_tmodel_grad(&tr.tm, p), sizeof(float) * (size_t)p->numel);
         for (int64_t k = 0; k < p->numel; k++) h[k] /= (float)counted; /* summed gradients */
         double eg = rel(h, g->data, p->numel);
         lmc_tmodel_download_param(&tr.tm, tr.tm.w, i, h, &err);

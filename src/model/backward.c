@@ -53,7 +53,8 @@ static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err)
     const struct lmc_tparam *p = &s->tm->params[s->next++];
     LMC_ASSERT(!strcmp(p->name, t->name));
     lmc_weights_bind(&s->tm->W, t, s->tm->w + p->off, LMC_DTYPE_F32);
-    lmc_weights_bind(&s->tm->G, t, s->tm->g + p->off, LMC_DTYPE_F32);
+    if (p->off >= s->tm->g_off) /* frozen tensors past g_off have no gradient views */
+        lmc_weights_bind(&s->tm->G, t, lmc_tmodel_grad(s->tm, p), LMC_DTYPE_F32);
     return LMC_OK;
 }
 
@@ -175,7 +176,7 @@ void lmc_tmodel_free(struct lmc_tmodel *tm) {
 }
 
 void lmc_tmodel_zero_grad(struct lmc_tmodel *tm) {
-    tm->be->zero(tm->be->ctx, tm->g, (size_t)tm->numel * sizeof(float));
+    tm->be->zero(tm->be->ctx, tm->g, (size_t)(tm->numel - tm->g_off) * sizeof(float));
 }
 
 int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name) {

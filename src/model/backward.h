@@ -59,7 +59,16 @@ struct lmc_tmodel {
      * every parameter at or past it is trainable, every one before frozen.
      * The optimizer's moments and the gradient norm cover [trainable_off, numel). */
     int64_t trainable_off;
+    /* The gradient arena g holds the layout's floats [g_off, numel)
+     * (lmc_tmodel_grad): 0, or trainable_off with a frozen base, whose
+     * gradient views then write into a scratch that nothing reads. */
+    int64_t g_off;
 };
+
+/* Parameter p's gradient in tm->g. */
+static inline float *lmc_tmodel_grad(const struct lmc_tmodel *tm, const struct lmc_tparam *p) {
+    return tm->g + (p->off - tm->g_off);
+}
 
 /* Names the first op of be's table that training needs and be lacks
  * (forward ops and zero always, the architecture's norm / mixer /
@@ -152,7 +161,7 @@ static inline bool lmc_tparam_decays(const struct lmc_tparam *p, bool decay_all)
     return decay_all || p->role == LMC_ROLE_MATRIX;
 }
 
-/* tm->g = 0 (the whole arena, padding included) through be->zero. */
+/* tm->g = 0 (the whole arena, padding included; numel - g_off floats) through be->zero. */
 void lmc_tmodel_zero_grad(struct lmc_tmodel *tm);
 
 #endif

@@ -49,7 +49,7 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
         nparts += lo->mods[k].parts;
     }
     struct lmc_tparam *np = realloc(tm->params, (size_t)(n_base + 2 * lo->n_mods) * sizeof *np);
-    lt->bufs = calloc((size_t)lo->n_mods + 2, sizeof *lt->bufs);
+    lt->bufs = calloc((size_t)lo->n_mods + 3, sizeof *lt->bufs);
     lt->wad = calloc((size_t)nparts + 1, sizeof *lt->wad);
     lt->gad = calloc((size_t)nparts + 1, sizeof *lt->gad);
     if (np) tm->params = np;
@@ -67,9 +67,10 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
             return s;
         }
     }
-    /* new arenas: the base copied, the adapter uploaded, padding zero */
-    size_t bytes = (size_t)tm->numel * sizeof(float);
-    float *w = be->alloc(be->ctx, bytes), *g = be->alloc(be->ctx, bytes);
+    /* new arenas: the base copied, the adapter uploaded, padding zero; the
+     * gradient arena holds only the adapter's part (g_off = base) */
+    size_t bytes = (size_t)tm->numel * sizeof(float), gbytes = (size_t)(tm->numel - base) * sizeof(float);
+    float *w = be->alloc(be->ctx, bytes), *g = be->alloc(be->ctx, gbytes);
     float *host = malloc((size_t)base * sizeof(float));
     if (!w || !g || !host) {
         if (w) be->free(be->ctx, w);
@@ -80,7 +81,7 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
         goto oom;
     }
     be->zero(be->ctx, w, bytes);
-    be->zero(be->ctx, g, bytes);
+    be->zero(be->ctx, g, gbytes);
     be->download(be->ctx, host, tm->w, (size_t)base * sizeof(float));
     be->upload(be->ctx, w, host, (size_t)base * sizeof(float));
     be->sync(be->ctx);
@@ -94,16 +95,34 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
         be->upload(be->ctx, w + tm->params[n_base + 2 * k].off, m->a, (size_t)(r * m->in) * sizeof(float));
         be->upload(be->ctx, w + tm->params[n_base + 2 * k + 1].off, m->b, (size_t)(m->out * r) * sizeof(float));
     }
-    for (int i = 0; i < n_base; i++) tm->params[i].frozen = true;
-    tm->trainable_off = base;
+    int64_t sink_n = 16;
+    for (int i = 0; i < n_base; i++) {
+        tm->params[i].frozen = true;
+        if (tm->params[i].role != LMC_ROLE_MATRIX) sink_n = LMC_MAX(sink_n, tm->params[i].numel);
+    }
+    tm->trainable_off = tm->g_off = base;
     LMC_ASSERT(lmc_tmodel_bind(tm) == n_base);
-    /* the frozen base: no weight gradients for the linears and the head */
+    /* the frozen base: no weight gradients for the linears and the head
+     * (views left NULL); the embeddings' and norms' backward ops still
+     * write theirs: into one scratch, never read or cleared */
+    float *sink = own(lt, (size_t)sink_n * sizeof(float));
+    if (!sink) goto oom;
+    be->zero(be->ctx, sink, (size_t)sink_n * sizeof(float));
+    struct lmc_weights *Wv = &tm->W, *Gv = &tm->G;
+    Gv->tok_emb = Wv->tok_emb;
+    Gv->tok_emb.data = sink;
+    if (Wv->pos_emb.data) {
+        Gv->pos_emb = Wv->pos_emb;
+        Gv->pos_emb.data = sink;
+    }
+    Gv->norm_f = sink;
+    Gv->norm_f_b = Wv->norm_f_b ? sink : NULL;
+    Gv->head.w.data = NULL;
     for (int64_t l = 0; l < tm->cfg.num_layers; l++)
-        for (int sl = 0; sl < LMC_L_N; sl++) {
-            tm->G.layers[l].lin[sl].w.data = NULL;
-            tm->G.layers[l].lin[sl].bias = NULL;
+        for (int v = 0; v < LMC_V_N; v++) {
+            Gv->layers[l].vec[v] = Wv->layers[l].vec[v] ? sink : NULL;
+            Gv->layers[l].vec_n[v] = Wv->layers[l].vec_n[v];
         }
-    tm->G.head.w.data = NULL;
     float *scratch = own(lt, (size_t)(SCRATCH_ROWS * (2 * r + omax)) * sizeof(float));
     if (!scratch) goto oom;
     float sc = (float)lmc_lora_scale(&lo->cfg);
@@ -127,8 +146,8 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
                                     .s = {LMC_DTYPE_F32, r, r, ds}, .scale = sc, .scratch = scratch,
                                     .scratch_rows = SCRATCH_ROWS};
             lt->wad[next] = a;
-            a.a.data = g + pa->off; /* GPT-2's c_attn parts share A: dA sums over them */
-            a.b.data = g + pb->off + p * po * r;
+            a.a.data = lmc_tmodel_grad(tm, pa); /* GPT-2's c_attn parts share A: dA sums over them */
+            a.b.data = lmc_tmodel_grad(tm, pb) + p * po * r;
             lt->gad[next] = a;
             struct lmc_linear *wl = &tm->W.layers[m->layer].lin[m->slot + p];
             struct lmc_linear *gl = &tm->G.layers[m->layer].lin[m->slot + p];

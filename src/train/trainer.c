@@ -126,7 +126,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
      * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
      * folded into the update as grad_scale */
     int64_t t0 = tm->trainable_off;
-    st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g + t0, tm->numel - t0));
+    st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g + (t0 - tm->g_off), tm->numel - t0));
     double inv = 1.0;
     if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
         inv = 1.0 / (double)(count ? count : 1);
@@ -145,7 +145,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         struct lmc_adamw_step as;
         lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr,
                             lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL), grad_scale, &as);
-        be->adamw(be->ctx, tm->w + p->off, tm->g + p->off, tr->m + (p->off - t0),
+        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0),
                   tr->v + (p->off - t0), p->numel, &as);
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */

@@ -1086,7 +1086,7 @@ static bool lora_step(const struct lmc_backend *be, const std::string &dir, cons
     if (ok) {
         off = tm.trainable_off;
         g.resize((size_t)(tm.numel - off));
-        be->download(be->ctx, g.data(), tm.g + off, g.size() * sizeof(float));
+        be->download(be->ctx, g.data(), tm.g + (off - tm.g_off), g.size() * sizeof(float));
     } else {
         printf("FAIL lora step on %s: %s\n", be->name, err.msg), n_fail++;
     }
