@@ -75,6 +75,24 @@ ok $? "finetune --full: $(tail -2 "$TMP/err")"
 [ -f "$TMP/full/model.safetensors" ] && [ -f "$TMP/full/config.json" ]; ok $? "full fine-tune writes an HF folder"
 "$LMC" eval -m "$TMP/full" --text "Verse 1 says:" >/dev/null 2>&1; ok $? "the full fine-tune loads"
 
+# chat data: llama-tiny with a ChatML template
+mkdir -p "$TMP/chat"; cp "$FIX"/config.json "$FIX"/model.safetensors "$FIX"/tokenizer.json "$TMP/chat/"
+python3 - "$FIX/tokenizer_config.json" "$TMP/chat/tokenizer_config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["chat_template"] = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+json.dump(c, open(sys.argv[2], "w"))
+PY
+for i in $(seq 1 12); do
+  echo "{\"messages\":[{\"role\":\"user\",\"content\":\"Quote verse $i\"},{\"role\":\"assistant\",\"content\":\"The lord is my shepherd $i\"}]}"
+done >"$TMP/chat.jsonl"
+"$LMC" finetune -m "$TMP/chat" --data "$TMP/chat.jsonl" -o "$TMP/chat-ad" $COMMON --seq 160 --steps 2 --pack 2>"$TMP/err"
+ok $? "finetune on messages data: $(tail -2 "$TMP/err")"
+grep -q "12 examples" "$TMP/err"; ok $? "12 chat examples read"
+"$LMC" finetune -m "$FIX" --data "$TMP/chat.jsonl" -o "$TMP/z" $COMMON --steps 1 2>"$TMP/err"
+[ $? = 1 ] && grep -q "chat template" "$TMP/err"; ok $? "messages without a template: $(tail -1 "$TMP/err")"
+
 printf '{"text":"fine"}\n{"prompt": 3}\n' >"$TMP/bad.jsonl"
 "$LMC" finetune -m "$FIX" --data "$TMP/bad.jsonl" -o "$TMP/x" $COMMON --steps 1 2>"$TMP/err"
 [ $? = 1 ] && grep -q "bad.jsonl:2:" "$TMP/err"; ok $? "bad line named: $(cat "$TMP/err")"
