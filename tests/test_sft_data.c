@@ -118,6 +118,11 @@ static void test_data(void) {
     CHECK(d.n_truncated == 3 && d.ex[2].n == 7);
     for (int64_t t = 0; t < d.ex[2].n; t++) CHECK(d.label[d.ex[2].off + t]);
     lmc_sft_free(&d);
+    /* --truncate no: the first long example is refused, naming its line */
+    o.refuse_long = true;
+    CHECK(lmc_sft_load(&d, path, tok, &o, &err) == LMC_ERR_FORMAT && strstr(err.msg, "d.jsonl:1: example of") &&
+          strstr(err.msg, "longer than --seq 6"));
+    o.refuse_long = false;
     /* malformed lines: named, or skipped */
     write_file("bad.jsonl", "{\"text\":\"ok line\"}\n{\"prompt\":\"x\"}\n{\"text\": 3}\n{bad json\n"
                             "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n{\"foo\":1}\n");

@@ -25,7 +25,8 @@ static void usage(void) {
             "usage: lmc finetune -m BASE --data FILE.jsonl -o OUT [options]\n"
             "  LoRA:      --lora-r N (16) --lora-alpha X (32) --lora-targets LIST|all-linear (all-linear)\n"
             "             --rslora --lora-dropout 0 (other values: not yet)   | --full (all weights)\n"
-            "  data:      --seq T (2048) --pack --loss-on assistant|all --skip-bad-lines\n"
+            "  data:      --seq T (2048) --truncate yes|no (longer examples cut, counted; or refused) --pack\n"
+            "             --loss-on assistant|all --skip-bad-lines\n"
             "             --val-data FILE.jsonl | --val-fraction X (validation loss every --eval-every and at the end)\n"
             "  length:    --epochs E (1) | --steps N\n"
             "  batch:     --batch B (4) --accum N (1)\n"
@@ -82,7 +83,7 @@ int cmd_finetune(int argc, char **argv) {
     int64_t save_every = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
-    bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false;
+    bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -115,6 +116,10 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--metrics")) metrics = v;
         else if (!strcmp(a, "--val-data")) val_data = v;
         else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--truncate")) {
+            ok = !strcmp(v, "yes") || !strcmp(v, "no");
+            refuse_long = !strcmp(v, "no");
+        }
         else if (!strcmp(a, "--save-every")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &save_every);
         else if (!strcmp(a, "--loss-on")) {
             loss_on = v;
@@ -186,7 +191,8 @@ int cmd_finetune(int argc, char **argv) {
     char tmp[4200];
     tmp[0] = 0;
     if (lmc_tokenizer_load(&tok, cc.model_dir, &err)) return cli_fail("finetune", &err);
-    struct lmc_sft_opts so = {.seq = T, .loss_all = !strcmp(loss_on, "all"), .skip_bad_lines = skip_bad};
+    struct lmc_sft_opts so = {.seq = T, .loss_all = !strcmp(loss_on, "all"), .skip_bad_lines = skip_bad,
+                              .refuse_long = refuse_long};
     if (lmc_sft_load(&d, data, tok, &so, &err)) {
         cli_fail("finetune", &err);
         goto done;

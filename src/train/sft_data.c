@@ -176,6 +176,11 @@ lmc_status lmc_sft_add_line(struct lmc_sft_data *d, const char *text, size_t len
         d->n_ids = start;
         return bad(path, line, "fewer than two tokens", err);
     }
+    if (n - 1 > o->seq && o->refuse_long) {
+        d->n_ids = start;
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s:%lld: example of %lld tokens is longer than --seq %lld "
+                           "(--truncate yes cuts it)", path, (long long)line, (long long)(n - 1), (long long)o->seq);
+    }
     if (n - 1 > o->seq) { /* inputs n-1 after the shift */
         d->n_ids = start + o->seq + 1;
         n = o->seq + 1;

@@ -19,6 +19,7 @@ struct lmc_sft_opts {
     int64_t seq;          /* tokens per example after the shift (longer: truncated, counted) */
     bool loss_all;        /* --loss-on all: every token is a target */
     bool skip_bad_lines;  /* malformed lines skipped (counted) instead of an error */
+    bool refuse_long;     /* --truncate no: an example longer than seq is an error (a bad line) */
 };
 
 struct lmc_sft_example {
