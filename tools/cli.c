@@ -42,7 +42,7 @@ int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i) {
         c->json = true;
         return 1;
     }
-    bool takes = !strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--threads") ||
+    bool takes = !strcmp(a, "--lora") || !strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--threads") ||
                  !strcmp(a, "-t") || !strcmp(a, "--ctx") || !strcmp(a, "--dtype") ||
                  !strcmp(a, "--device");
     if (!takes) return 0;
@@ -51,7 +51,9 @@ int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i) {
         return -1;
     }
     (*i)++;
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+    if (!strcmp(a, "--lora")) {
+        if (!cli_lora_arg(c, v)) return -1;
+    } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
         c->model_dir = v;
     } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
         if (!cli_parse_i64(v, 1, 1024, &n)) {
@@ -82,6 +84,55 @@ int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i) {
         c->device = v;
     }
     return 1;
+}
+
+bool cli_lora_arg(struct cli_common *c, const char *v) {
+    if (c->n_lora == CLI_MAX_LORA) {
+        fprintf(stderr, "lmc: at most %d --lora adapters\n", CLI_MAX_LORA);
+        return false;
+    }
+    double mul = 1.0;
+    size_t n = strlen(v);
+    const char *colon = strrchr(v, ':');
+    if (colon && colon[1]) {
+        char *end;
+        errno = 0;
+        double m = strtod(colon + 1, &end);
+        if (!*end && !errno) { /* DIR:SCALE; otherwise the colon is part of DIR */
+            if (!isfinite(m) || fabs(m) > 1e6) {
+                fprintf(stderr, "lmc: --lora %s: bad scale\n", v);
+                return false;
+            }
+            mul = m;
+            n = (size_t)(colon - v);
+        }
+    }
+    if (n == 0 || n >= sizeof c->lora_dir[0]) {
+        fprintf(stderr, "lmc: --lora '%s': expected DIR[:SCALE]\n", v);
+        return false;
+    }
+    memcpy(c->lora_dir[c->n_lora], v, n);
+    c->lora_dir[c->n_lora][n] = 0;
+    c->lora_mul[c->n_lora++] = mul;
+    return true;
+}
+
+/* Loads and binds the --lora adapters into the loaded model. */
+static int open_lora(struct cli_model *cm, const struct cli_common *c) {
+    lmc_err err = {0};
+    const struct lmc_lora *los[CLI_MAX_LORA];
+    for (int i = 0; i < c->n_lora; i++) {
+        if (lmc_lora_load(&cm->lora[i], c->lora_dir[i], &cm->model.cfg, &err)) return cli_fail("--lora", &err);
+        cm->n_lora++;
+        los[i] = &cm->lora[i];
+    }
+    if (c->n_lora) {
+        if (lmc_lora_bind(&cm->lora_bind, &cm->model.w, &cm->model.cfg, los, c->lora_mul, c->n_lora,
+                          &cm->be, &err))
+            return cli_fail("--lora", &err);
+        cm->have_bind = true;
+    }
+    return 0;
 }
 
 int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) {
@@ -133,10 +184,16 @@ int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) 
      * (F32 files are otherwise used as bf16 there) */
     if (!strcmp(cm->be.name, "cuda") && c->wdtype == LMC_WDTYPE_F32)
         lmc_backend_cuda_set_fp32_attention(&cm->be, true);
+    if (open_lora(cm, c)) {
+        cli_close(cm);
+        return 1;
+    }
     return 0;
 }
 
 void cli_close(struct cli_model *cm) {
+    if (cm->have_bind) lmc_lora_unbind(&cm->lora_bind, &cm->model.w, &cm->model.cfg);
+    for (int i = 0; i < cm->n_lora; i++) lmc_lora_free(&cm->lora[i]);
     if (cm->have_model) lmc_model_free(&cm->model);
     if (cm->have_be) {
         if (!strcmp(cm->be.name, "cuda")) lmc_backend_cuda_free(&cm->be);

@@ -8,9 +8,12 @@
 #include "model/model.h"
 #include "ops/backend.h"
 #include "tokenizer/tokenizer.h"
+#include "train/lora.h"
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#define CLI_MAX_LORA 8
 
 struct cli_common {
     const char *model_dir;
@@ -19,6 +22,10 @@ struct cli_common {
     enum lmc_wdtype wdtype;
     const char *device;       /* "cpu" (default) */
     bool json;
+    /* --lora DIR[:SCALE] (repeatable): PEFT adapters applied to the model */
+    char lora_dir[CLI_MAX_LORA][1024];
+    double lora_mul[CLI_MAX_LORA];
+    int n_lora;
 };
 
 struct cli_model {
@@ -26,12 +33,18 @@ struct cli_model {
     struct lmc_tokenizer *tok;
     struct lmc_backend be;
     bool have_model, have_be;
+    struct lmc_lora lora[CLI_MAX_LORA];
+    struct lmc_lora_binding lora_bind;
+    int n_lora;
+    bool have_bind;
 };
 
 /* Consumes a common option at argv[*i] (advancing *i past its value);
  * returns 1 if consumed, 0 if not a common option, -1 on a bad value. */
 int cli_common_arg(struct cli_common *c, int argc, char **argv, int *i);
-/* Loads what the command needs; prints the error and returns non-zero. */
+/* Parses DIR[:SCALE] of --lora into c (returns false on a bad value). */
+bool cli_lora_arg(struct cli_common *c, const char *v);
+/* Loads what the command needs (adapters of --lora bound into the model); prints the error and returns non-zero. */
 int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model);
 void cli_close(struct cli_model *cm);
 /* Default context for a model: min(max_position_embeddings, 4096) unless set. */
@@ -72,5 +85,7 @@ int cmd_train(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_comm_bench(int argc, char **argv);
 int cmd_convert_checkpoint(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
 
 #endif

@@ -13,6 +13,11 @@ int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const 
     lmc_err err = {0};
     bool cuda = c->device && !strcmp(c->device, "cuda");
     *bf16 = false;
+    if (c->n_lora) { /* adapters are trained by lmc finetune, applied by the inference commands */
+        fprintf(stderr, "lmc %s: --lora is not used here (lmc finetune trains adapters; lmc merge folds them in)\n",
+                cmd);
+        return 2;
+    }
     if (c->wdtype == LMC_WDTYPE_F16) {
         fprintf(stderr, "lmc %s: --dtype f16 is not a training precision (fp32 or bf16)\n", cmd);
         return 2;

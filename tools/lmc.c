@@ -25,6 +25,8 @@ static const struct {
     {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
     {"convert-checkpoint", cmd_convert_checkpoint, "convert-checkpoint CKPT -o OUT                  sharded ZeRO checkpoint -> model.safetensors"},
     {"comm-bench", cmd_comm_bench, "comm-bench [--sizes N,N] [--iters K] [--device cpu|cuda]  check and time the collectives (mpirun/torchrun)"},
+    {"finetune", cmd_finetune, "finetune -m BASE --data F.jsonl -o OUT [--lora-r N --pack --full ...]  SFT (LoRA or full)"},
+    {"merge", cmd_merge, "merge -m BASE --lora DIR[:SCALE] -o OUT          fold LoRA adapters into the weights"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 
@@ -33,7 +35,7 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %s\n", commands[i].help);
     fprintf(f, "\ncommon options: -m DIR, --threads N, --ctx N, --dtype fp32|bf16|f16, "
-               "--device cpu|cuda, --json\n");
+               "--device cpu|cuda, --json, --lora DIR[:SCALE]\n");
 }
 
 int main(int argc, char **argv) {

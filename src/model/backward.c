@@ -53,7 +53,8 @@ static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err)
     const struct lmc_tparam *p = &s->tm->params[s->next++];
     LMC_ASSERT(!strcmp(p->name, t->name));
     lmc_weights_bind(&s->tm->W, t, s->tm->w + p->off, LMC_DTYPE_F32);
-    lmc_weights_bind(&s->tm->G, t, s->tm->g + p->off, LMC_DTYPE_F32);
+    if (p->off >= s->tm->g_off) /* frozen tensors past g_off have no gradient views */
+        lmc_weights_bind(&s->tm->G, t, lmc_tmodel_grad(s->tm, p), LMC_DTYPE_F32);
     return LMC_OK;
 }
 
@@ -136,17 +137,31 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
     if (!tm->w || !tm->g) goto oom;
     be->zero(be->ctx, tm->w, bytes); /* padding between tensors stays zero from here on */
     be->zero(be->ctx, tm->g, bytes);
-    struct bind_state bs = {tm, 0};
-    LMC_ASSERT(!lmc_arch_walk(tm->arch, c, bind, &bs, err) && bs.next == tm->n_params);
-    if (!tm->W.head.w.data) { /* tied: the head reads the embedding */
-        tm->W.head.w = tm->W.tok_emb;
-        tm->G.head.w = tm->G.tok_emb;
-    }
+    LMC_ASSERT(lmc_tmodel_bind(tm) == tm->n_params);
     return LMC_OK;
 oom:
     lmc_tmodel_free(tm);
     return lmc_err_set(err, LMC_ERR_OOM, "model of %lld parameters: out of memory",
                        (long long)tm->numel);
+}
+
+int lmc_tmodel_bind(struct lmc_tmodel *tm) {
+    size_t lb = (size_t)tm->cfg.num_layers * sizeof *tm->W.layers;
+    struct lmc_block_w *wl = tm->W.layers, *gl = tm->G.layers;
+    memset(wl, 0, lb);
+    memset(gl, 0, lb);
+    memset(&tm->W, 0, sizeof tm->W);
+    memset(&tm->G, 0, sizeof tm->G);
+    tm->W.layers = wl;
+    tm->G.layers = gl;
+    struct bind_state bs = {tm, 0};
+    lmc_err err = {0};
+    LMC_ASSERT(!lmc_arch_walk(tm->arch, &tm->cfg, bind, &bs, &err));
+    if (!tm->W.head.w.data) { /* tied: the head reads the embedding */
+        tm->W.head.w = tm->W.tok_emb;
+        tm->G.head.w = tm->G.tok_emb;
+    }
+    return bs.next;
 }
 
 void lmc_tmodel_free(struct lmc_tmodel *tm) {
@@ -161,7 +176,7 @@ void lmc_tmodel_free(struct lmc_tmodel *tm) {
 }
 
 void lmc_tmodel_zero_grad(struct lmc_tmodel *tm) {
-    tm->be->zero(tm->be->ctx, tm->g, (size_t)tm->numel * sizeof(float));
+    tm->be->zero(tm->be->ctx, tm->g, (size_t)(tm->numel - tm->g_off) * sizeof(float));
 }
 
 int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name) {
@@ -384,10 +399,9 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
     a->loss_host = malloc((size_t)BT * sizeof(float));
-    int32_t *pos = malloc((size_t)BT * sizeof *pos);
+    int32_t *pos = a->pos_host = malloc((size_t)BT * sizeof *pos);
     double *freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof *freq);
     if (!a->arena || !a->xs || !a->saves || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq) {
-        free(pos);
         free(freq);
         lmc_tacts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
@@ -415,7 +429,6 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
         be->upload(be->ctx, a->inv_freq, freq, (size_t)(tm->rot_dim / 2) * sizeof *freq);
     }
     be->sync(be->ctx);
-    free(pos);
     free(freq);
     return LMC_OK;
 }
@@ -429,6 +442,7 @@ void lmc_tacts_free(struct lmc_tacts *a) {
     free(a->xs);
     free(a->saves);
     free(a->loss_host);
+    free(a->pos_host);
     memset(a, 0, sizeof *a);
 }
 
@@ -450,9 +464,29 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             return lmc_err_set(err, LMC_ERR_ARG, "token id out of range (vocabulary %lld) at %lld",
                                (long long)V, (long long)i);
     }
+    if (a->segs || a->pos_packed) { /* positions restart per packed segment (or back to per row) */
+        int64_t end = 0;
+        for (int64_t i = 0; a->segs && i < a->n_segs; i++) {
+            int64_t o = a->segs[2 * i], len = a->segs[2 * i + 1];
+            if (o != end || len <= 0 || len > M - o)
+                return lmc_err_set(err, LMC_ERR_ARG, "packed segment %lld (%lld, %lld) does not follow the "
+                                   "previous one inside the %lld rows", (long long)i, (long long)o,
+                                   (long long)len, (long long)M);
+            for (int64_t t = 0; t < len; t++) a->pos_host[o + t] = (int32_t)t;
+            end = o + len;
+        }
+        if (a->segs && end != M)
+            return lmc_err_set(err, LMC_ERR_ARG, "packed segments cover %lld of %lld rows", (long long)end,
+                               (long long)M);
+        if (!a->segs)
+            for (int64_t i = 0; i < M; i++) a->pos_host[i] = (int32_t)(i % a->T);
+        be->upload(be->ctx, a->pos, a->pos_host, (size_t)M * sizeof(int32_t));
+        a->pos_packed = a->segs != NULL;
+    }
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
-                        .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T};
+                        .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
+                        .segs = a->segs, .n_segs = a->n_segs};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
     lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);

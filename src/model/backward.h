@@ -41,6 +41,7 @@ struct lmc_tparam {
     int64_t off, numel;     /* floats into the arenas */
     bool transposed;        /* arena holds the transpose of the on-disk 2-D tensor */
     enum lmc_role role;     /* from the spec table: embedding, matrix, norm, bias */
+    bool frozen;            /* not trained (a frozen base under adapters): no optimizer state */
 };
 
 struct lmc_tmodel {
@@ -53,7 +54,21 @@ struct lmc_tmodel {
     int64_t numel;          /* floats in each arena */
     float *w, *g;           /* parameters and gradients (numel each, backend memory) */
     struct lmc_weights W, G; /* views of w and g (F32) */
+    /* Floats before the first trainable parameter: 0, or with a frozen base
+     * (adapter training, train/lora_train.c) the base's part of the arenas;
+     * every parameter at or past it is trainable, every one before frozen.
+     * The optimizer's moments and the gradient norm cover [trainable_off, numel). */
+    int64_t trainable_off;
+    /* The gradient arena g holds the layout's floats [g_off, numel)
+     * (lmc_tmodel_grad): 0, or trainable_off with a frozen base, whose
+     * gradient views then write into a scratch that nothing reads. */
+    int64_t g_off;
 };
+
+/* Parameter p's gradient in tm->g. */
+static inline float *lmc_tmodel_grad(const struct lmc_tmodel *tm, const struct lmc_tparam *p) {
+    return tm->g + (p->off - tm->g_off);
+}
 
 /* Names the first op of be's table that training needs and be lacks
  * (forward ops and zero always, the architecture's norm / mixer /
@@ -77,6 +92,10 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
 lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
                            lmc_err *err);
 void lmc_tmodel_free(struct lmc_tmodel *tm);
+/* (Re)binds the views W and G to the arenas tm->w / tm->g by the spec
+ * table (after the arenas move); adapters and frozen views are the
+ * caller's to set again. Returns the number of table tensors bound. */
+int lmc_tmodel_bind(struct lmc_tmodel *tm);
 int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name);
 
 /* Host <-> backend copies. `arena` is backend memory laid out like tm->w
@@ -108,6 +127,14 @@ struct lmc_tacts {
     int32_t *ids, *pos, *targets; /* (BT) */
     double *inv_freq;       /* (rot_dim/2) */
     float attn_scale;
+    /* Packed sequences, set by the caller before lmc_tmodel_step (NULL: B
+     * sequences of T): n_segs (start, len) pairs over the B*T rows, in
+     * order and covering them; attention stays within a segment and
+     * positions restart at each (padding-free packing). */
+    const int64_t *segs;
+    int64_t n_segs;
+    int32_t *pos_host;      /* (BT) host staging of the positions */
+    bool pos_packed;        /* a->pos holds a packed step's positions */
 };
 
 /* Bytes lmc_tacts_init allocates. */
@@ -134,7 +161,7 @@ static inline bool lmc_tparam_decays(const struct lmc_tparam *p, bool decay_all)
     return decay_all || p->role == LMC_ROLE_MATRIX;
 }
 
-/* tm->g = 0 (the whole arena, padding included) through be->zero. */
+/* tm->g = 0 (the whole arena, padding included; numel - g_off floats) through be->zero. */
 void lmc_tmodel_zero_grad(struct lmc_tmodel *tm);
 
 #endif

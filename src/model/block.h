@@ -72,8 +72,12 @@ struct lmc_run {
     bool uniform;                     /* one rotary table for all sequences */
     const double *seq_freqs;          /* (n_seqs, rot_dim/2) when !uniform */
     const float *seq_scales;          /* host (n_seqs) */
-    /* TRAIN: B sequences of T tokens from position 0 */
+    /* TRAIN: B sequences of T tokens from position 0; or, with segs, the
+     * packed sequences: n_segs (start, len) pairs over the n rows, in
+     * order and covering them (host memory; attention stays within one) */
     int64_t B, T;
+    const int64_t *segs;
+    int64_t n_segs;
     /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer):
      * SEQ: the sequence's slots (lmc_kv.state); PAGED: seq_state[s] for
      * sequence s. NULL while no mixer keeps any (attention). */

@@ -1,12 +1,74 @@
 /* linear.c — lmc_linear_fwd/bwd (see linear.h): format dispatch and the
- * fused backend entries, with plain-op fallbacks. */
+ * fused backend entries, with plain-op fallbacks; low-rank adapters
+ * (LoRA) added after the base matmul and differentiated in the backward. */
 #include "model/linear.h"
 #include "core/core.h"
 
 #define LIN_MAX 8
 
 static void check(const struct lmc_linear *L) {
-    LMC_ASSERT(L->format == LMC_WFMT_DENSE && L->split == LMC_SPLIT_NONE && L->n_adapters == 0);
+    LMC_ASSERT(L->format == LMC_WFMT_DENSE && L->split == LMC_SPLIT_NONE && L->n_adapters >= 0);
+    for (int j = 0; j < L->n_adapters; j++) {
+        const struct lmc_adapter *A = &L->adapters[j];
+        int64_t r = A->a.rows;
+        LMC_ASSERT(r > 0 && A->a.cols == L->w.cols && A->b.rows == L->w.rows && A->b.cols == r &&
+                   A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0);
+    }
+}
+
+/* y (M, out) += scale * (x A^T) B^T for every adapter of L, in row chunks
+ * of the adapter's scratch: u = x A^T, v = u diag(scale), y += v B^T. */
+static void adapters_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
+                         const float *x, int64_t M) {
+    int64_t in = L->w.cols, out = L->w.rows;
+    for (int j = 0; j < L->n_adapters; j++) {
+        const struct lmc_adapter *A = &L->adapters[j];
+        int64_t r = A->a.rows, R = A->scratch_rows;
+        float *u = A->scratch, *v = u + R * r, *t = v + R * r;
+        for (int64_t m0 = 0; m0 < M; m0 += R) {
+            int64_t mc = LMC_MIN(R, M - m0);
+            float *yc = y + m0 * out;
+            be->matmul(be->ctx, u, x + m0 * in, mc, &A->a, NULL);
+            be->matmul(be->ctx, v, u, mc, &A->s, NULL);
+            if (be->matmul_add) {
+                be->matmul_add(be->ctx, yc, v, mc, &A->b, NULL);
+            } else {
+                be->matmul(be->ctx, t, v, mc, &A->b, NULL);
+                be->add(be->ctx, yc, yc, t, mc * out);
+            }
+        }
+    }
+}
+
+/* The adapters' part of the backward of y = x W^T + adapters: dx (M, in)
+ * += scale * (dy B) A (dx NULL: skipped), dB += scale * dy^T (x A^T), dA
+ * += scale * (dy B)^T x into D's adapters when D has them. */
+static void adapters_bwd(const struct lmc_backend *be, const struct lmc_linear *L,
+                         const struct lmc_linear *D, float *dx, const float *dy, const float *x,
+                         int64_t M) {
+    int64_t in = L->w.cols, out = L->w.rows;
+    bool grads = D && D->adapters && D->n_adapters == L->n_adapters;
+    for (int j = 0; j < L->n_adapters; j++) {
+        const struct lmc_adapter *A = &L->adapters[j];
+        float *dA = grads ? (float *)D->adapters[j].a.data : NULL;
+        float *dB = grads ? (float *)D->adapters[j].b.data : NULL;
+        if (!dx && !dA && !dB) continue;
+        int64_t r = A->a.rows, R = A->scratch_rows;
+        float *u = A->scratch, *v = u + R * r;
+        for (int64_t m0 = 0; m0 < M; m0 += R) {
+            int64_t mc = LMC_MIN(R, M - m0);
+            const float *xc = x + m0 * in, *dyc = dy + m0 * out;
+            if (dB) {
+                be->matmul(be->ctx, u, xc, mc, &A->a, NULL);
+                be->matmul(be->ctx, v, u, mc, &A->s, NULL);
+                be->matmul_bwd(be->ctx, NULL, dB, NULL, dyc, v, mc, &A->b, 0);
+            }
+            /* u = dy B (mc, r); v = u diag(scale); dx += v A, dA += v^T x */
+            be->matmul_bwd(be->ctx, u, NULL, NULL, dyc, v, mc, &A->b, 0);
+            be->matmul(be->ctx, v, u, mc, &A->s, NULL);
+            be->matmul_bwd(be->ctx, dx ? dx + m0 * in : NULL, dA, NULL, v, xc, mc, &A->a, 1);
+        }
+    }
 }
 
 void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
@@ -19,11 +81,10 @@ void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear
         w[i] = &L[i]->w;
         b[i] = L[i]->bias;
     }
-    if (k > 1 && be->matmul_multi) {
-        be->matmul_multi(be->ctx, k, y, x, M, w, b);
-        return;
-    }
-    for (int i = 0; i < k; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
+    if (k > 1 && be->matmul_multi) be->matmul_multi(be->ctx, k, y, x, M, w, b);
+    else
+        for (int i = 0; i < k; i++) be->matmul(be->ctx, y[i], x, M, w[i], b[i]);
+    for (int i = 0; i < k; i++) adapters_fwd(be, L[i], y[i], x, M);
 }
 
 void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
@@ -33,13 +94,15 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
     if (y == res) {
         if (be->matmul_add) {
             be->matmul_add(be->ctx, y, x, M, &L->w, L->bias);
-            return;
+        } else {
+            be->matmul(be->ctx, tmp, x, M, &L->w, L->bias);
+            be->add(be->ctx, y, y, tmp, n);
         }
-        be->matmul(be->ctx, tmp, x, M, &L->w, L->bias);
-        be->add(be->ctx, y, y, tmp, n);
+        adapters_fwd(be, L, y, x, M);
         return;
     }
     be->matmul(be->ctx, y, x, M, &L->w, L->bias);
+    adapters_fwd(be, L, y, x, M);
     be->add(be->ctx, y, y, res, n);
 }
 
@@ -48,7 +111,7 @@ void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear
                            float *tmp) {
     check(G);
     check(U);
-    if (be->matmul_swiglu && !G->bias && !U->bias) {
+    if (be->matmul_swiglu && !G->bias && !U->bias && !G->n_adapters && !U->n_adapters) {
         be->matmul_swiglu(be->ctx, y, x, M, &G->w, &U->w);
         return;
     }
@@ -70,10 +133,10 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
         dw[i] = D[i] ? (float *)D[i]->w.data : NULL;
         db[i] = D[i] ? (float *)D[i]->bias : NULL;
     }
-    if (k > 1 && be->matmul_bwd_multi) {
+    if (k > 1 && be->matmul_bwd_multi)
         be->matmul_bwd_multi(be->ctx, k, dx, dw, db, dy, x, M, w, accum_dx);
-        return;
-    }
-    for (int i = 0; i < k; i++)
-        be->matmul_bwd(be->ctx, dx, dw[i], db[i], dy[i], x, M, w[i], accum_dx || i > 0);
+    else
+        for (int i = 0; i < k; i++)
+            be->matmul_bwd(be->ctx, dx, dw[i], db[i], dy[i], x, M, w[i], accum_dx || i > 0);
+    for (int i = 0; i < k; i++) adapters_bwd(be, L[i], D[i], dx, dy[i], x, M);
 }

@@ -25,10 +25,18 @@ enum lmc_wformat { LMC_WFMT_DENSE = 0 };
  * Only NONE exists today; the collective goes into lmc_linear_fwd/bwd. */
 enum lmc_split { LMC_SPLIT_NONE = 0, LMC_SPLIT_COLUMN, LMC_SPLIT_ROW };
 
-/* A low-rank adapter: y += scale * (x A^T) B^T, A (r, in), B (out, r). */
+/* A low-rank adapter: y += scale * (x A^T) B^T, A (r, in), B (out, r),
+ * F32. The backend table has no scaling op, so the scale is applied as a
+ * matmul with s = diag(scale) (r, r), exact in f32. scratch (backend
+ * memory, scratch_rows * (2 r + out) floats) holds the low-rank products
+ * of up to scratch_rows rows; longer inputs go through in row chunks.
+ * Adapters of the gradient linear (lmc_linear_bwd's D) hold dA and dB in
+ * a.data / b.data (NULL: not accumulated). */
 struct lmc_adapter {
-    struct lmc_mat a, b;
+    struct lmc_mat a, b, s;
     float scale;
+    float *scratch;
+    int64_t scratch_rows;
 };
 
 struct lmc_linear {
@@ -39,7 +47,7 @@ struct lmc_linear {
     int64_t group_size;            /* quantized formats; 0 for DENSE */
     const float *bias;             /* (out) or NULL */
     enum lmc_split split;
-    const struct lmc_adapter *adapters; /* n_adapters of them (none applied yet: asserted 0) */
+    const struct lmc_adapter *adapters; /* n_adapters of them, added after the base matmul */
     int n_adapters;
 };
 
@@ -62,7 +70,9 @@ void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear
 /* Backward of y[i] = x @ L[i]^T + b[i], i < k (F32 weights): dx (M, in) =
  * sum_i dy[i] @ L[i] (+= when accum_dx), dW[i] += dy[i]^T x and db[i] +=
  * column sums of dy[i] into the gradient linears D[i] (their w.data and
- * bias; NULL parts skipped). One job when the backend has matmul_bwd_multi. */
+ * bias; NULL parts skipped: a frozen base). One job when the backend has
+ * matmul_bwd_multi. Adapters of L[i] add their dx part, and their dA / dB
+ * into D[i]'s adapters (same count) when D[i] has them. */
 void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
                     const struct lmc_linear *const *D, float *dx, const float *const *dy,
                     const float *x, int64_t M, bool accum_dx);

@@ -51,6 +51,9 @@ static char *state_json(const struct lmc_trainer *tr);
 
 lmc_status lmc_ckpt_save(const struct lmc_trainer *tr, const char *dir, const char *config_src,
                          const char *tok_dir, lmc_err *err) {
+    if (tr->tm.trainable_off) /* adapters: lmc finetune writes PEFT folders (train/lora.c) */
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: full checkpoints of a frozen-base run are not "
+                           "written (save the adapter instead)", dir);
     char tmp[4096];
     lmc_status s = lmc_ckpt_begin(dir, tmp, sizeof tmp, err);
     if (s) return s;
@@ -342,6 +345,8 @@ lmc_status lmc_ckpt_read_opts(const char *dir, unsigned given, struct lmc_train_
 }
 
 lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err *err) {
+    if (tr->tm.trainable_off)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: resuming a frozen-base run is not supported", dir);
     char path[4096];
     struct lmc_train_state ts;
     lmc_status s = read_state(dir, path, sizeof path, &ts, err);

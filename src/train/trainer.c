@@ -28,7 +28,11 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
                         (long long)o->B, (long long)o->T, (long long)o->accum);
         goto fail;
     }
-    if (train->vocab_size > (uint32_t)tr->tm.cfg.vocab_size) {
+    if (!train && !o->next_batch) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "no training data");
+        goto fail;
+    }
+    if (train && train->vocab_size > (uint32_t)tr->tm.cfg.vocab_size) {
         s = lmc_err_set(err, LMC_ERR_ARG, "the data's vocabulary (%u) is larger than the model's (%lld)",
                         train->vocab_size, (long long)tr->tm.cfg.vocab_size);
         goto fail;
@@ -40,13 +44,14 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
     if ((s = lmc_tmodel_check_backend(be, &tr->tm.cfg, true, true, err))) goto fail;
     if ((s = lmc_schedule_check(&o->sched, err))) goto fail;
     if ((s = lmc_tacts_init(&tr->acts, &tr->tm, be, o->B, o->T, o->recompute, err))) goto fail;
-    if ((s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;
+    if (train && (s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;
     if (val && (s = lmc_loader_init(&tr->val, val, o->B, o->T, o->seed, false, err))) {
         tr->val_data = NULL; /* too short for one window: no validation */
         memset(&tr->val, 0, sizeof tr->val);
         s = LMC_OK;
     }
-    size_t bytes = (size_t)tr->tm.numel * sizeof(float);
+    /* moments of the trainable part only (a frozen base has none) */
+    size_t bytes = (size_t)(tr->tm.numel - tr->tm.trainable_off) * sizeof(float);
     tr->m = be->alloc(be->ctx, bytes);
     tr->v = be->alloc(be->ctx, bytes);
     if (tr->m) be->zero(be->ctx, tr->m, bytes);
@@ -96,12 +101,18 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
     int64_t per = o->B * o->T;
-    float dscale = (float)(1.0 / (double)(per * o->accum));
+    /* a batch source: gradients of the summed loss, 1/count in the update */
+    float dscale = o->next_batch ? 1.0f : (float)(1.0 / (double)(per * o->accum));
     double sum = 0;
     int64_t count = 0;
     for (int64_t k = 0; k < o->accum; k++) {
-        lmc_loader_next(&tr->train, tr->batch);
-        split_batch(tr);
+        if (o->next_batch) {
+            lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
+            if (s) return s;
+        } else {
+            lmc_loader_next(&tr->train, tr->batch);
+            split_batch(tr);
+        }
         double ls;
         int64_t n;
         lmc_status s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
@@ -114,8 +125,14 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     /* global norm: one sum over the whole gradient arena (the padding
      * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
      * folded into the update as grad_scale */
-    st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
-    float grad_scale = lmc_grad_clip_scale(st->grad_norm, o->clip);
+    int64_t t0 = tm->trainable_off;
+    st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g + (t0 - tm->g_off), tm->numel - t0));
+    double inv = 1.0;
+    if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
+        inv = 1.0 / (double)(count ? count : 1);
+        st->grad_norm *= inv;
+    }
+    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
     st->lr = lmc_schedule_lr(&o->sched, tr->step);
     if (!isfinite(st->grad_norm)) {
         st->skipped = true;
@@ -124,11 +141,12 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
+        if (p->frozen) continue;
         struct lmc_adamw_step as;
         lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr,
                             lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL), grad_scale, &as);
-        be->adamw(be->ctx, tm->w + p->off, tm->g + p->off, tr->m + p->off, tr->v + p->off, p->numel,
-                  &as);
+        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0),
+                  tr->v + (p->off - t0), p->numel, &as);
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
     tr->step++;
@@ -140,6 +158,8 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
     lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
     if (s) return s;
+    tr->acts.segs = NULL; /* validation windows are whole rows */
+    tr->acts.n_segs = 0;
     double sum = 0;
     int64_t count = 0;
     int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / tr->o.B));

@@ -31,6 +31,14 @@ struct lmc_train_opts {
     bool recompute;            /* activation recomputation per layer */
     uint64_t seed;             /* data order */
     int64_t eval_batches;      /* validation micro-batches per evaluation */
+    /* Optional batch source instead of the token loader (supervised
+     * fine-tuning): fills B*T inputs and targets (< 0: not counted) and
+     * sets *segs / *n_segs to packed segments (lmc_tacts.segs) or NULL / 0.
+     * The step's loss is then the mean over the counted targets of all its
+     * micro-batches (gradients summed, scaled by 1/count in the update). */
+    lmc_status (*next_batch)(void *user, int32_t *inputs, int32_t *targets, const int64_t **segs,
+                             int64_t *n_segs, lmc_err *err);
+    void *batch_user;
 };
 
 struct lmc_train_stats {
@@ -54,7 +62,8 @@ struct lmc_trainer {
     int32_t *in, *tg;          /* (B*T) */
 };
 
-/* Takes ownership of *tm (also on failure). val may be NULL. be must be
+/* Takes ownership of *tm (also on failure). val may be NULL; train may
+ * be NULL with o->next_batch. be must be
  * the backend tm was made on (tm->be); a backend lacking a training op is
  * LMC_ERR_UNSUPPORTED naming the op. */
 lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,

@@ -27,6 +27,8 @@
  *   ssm         conv1d_causal / ssm_scan / ssd_chunk / rmsnorm_gated .cu:
  *               forward, decode step, backward; mamba-tiny / mamba2-tiny
  *               through the CUDA table (harness_ssm.inc)
+ *   lora        LoRA adapters through the real CUDA table: the PEFT fixture's
+ *               forward, training steps padded and packed (see test_lora)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -37,6 +39,8 @@ extern "C" {
 #include "core/dtype.h"
 #include "model/backward.h"
 #include "model/model.h"
+#include "train/lora.h"
+#include "train/lora_train.h"
 }
 
 #include <cstdarg>
@@ -1059,6 +1063,120 @@ static void test_e2e() {
 
 #include "harness_ssm.inc"
 #include "harness_optim.cc" /* test_optim: the optimizer kernels */
+/* LoRA through the real CUDA table (lmc_linear's adapter matmuls with K
+ * and N = r, matmul_bwd with dx NULL, diag(scale)): (a) the PEFT fixture's
+ * adapter bound into llama-tiny, fp32 logits vs the CPU; (b) a training
+ * step with the lora_train fixture's adapter over the frozen base, padded
+ * and packed (attention per segment, B = 1 launches of odd T): loss and
+ * every lora_A/B gradient vs the CPU, fp32 and bf16. */
+static bool lora_step(const struct lmc_backend *be, const std::string &dir, const std::vector<int32_t> &in,
+                      const std::vector<int32_t> &tg, const int64_t *segs, int64_t n_segs, double &loss,
+                      std::vector<float> &g, int64_t &off) {
+    lmc_err err;
+    struct lmc_tmodel tm;
+    struct lmc_lora lo;
+    struct lmc_lora_train lt;
+    if (lmc_tmodel_load(&tm, dir.c_str(), be, &err)) { printf("FAIL lora tmodel %s\n", err.msg), n_fail++; return false; }
+    if (lmc_lora_load(&lo, (dir + "/lora_train").c_str(), &tm.cfg, &err) || lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
+        printf("FAIL lora attach %s\n", err.msg), n_fail++;
+        lmc_tmodel_free(&tm);
+        return false;
+    }
+    struct lmc_tacts a;
+    bool ok = !lmc_tacts_init(&a, &tm, be, 1, (int64_t)in.size(), false, &err);
+    int64_t count = 0;
+    if (ok) {
+        a.segs = segs, a.n_segs = n_segs;
+        lmc_tmodel_zero_grad(&tm);
+        ok = !lmc_tmodel_step(&tm, be, &a, in.data(), tg.data(), true, 1.0f, &loss, &count, &err);
+        lmc_tacts_free(&a);
+    }
+    if (ok) {
+        off = tm.trainable_off;
+        g.resize((size_t)(tm.numel - off));
+        be->download(be->ctx, g.data(), tm.g + (off - tm.g_off), g.size() * sizeof(float));
+    } else {
+        printf("FAIL lora step on %s: %s\n", be->name, err.msg), n_fail++;
+    }
+    lmc_tmodel_free(&tm);
+    lmc_lora_train_free(&lt);
+    lmc_lora_free(&lo);
+    return ok;
+}
+
+static void test_lora() {
+    emu_strict_device = true;
+    lmc_err err;
+    /* (a) inference with the PEFT fixture */
+    {
+        std::string dir = std::string(fixtures()) + "/llama-tiny";
+        std::vector<int32_t> ids(11);
+        for (auto &i : ids) i = irand(512);
+        std::vector<float> out[2];
+        const struct lmc_backend *bes[2] = {&cpu, &gpu};
+        lmc_backend_cuda_set_fp32_attention(&gpu, true);
+        for (int k = 0; k < 2; k++) {
+            struct lmc_model m;
+            struct lmc_model_opts mo = {LMC_WDTYPE_F32, bes[k]};
+            struct lmc_lora lo;
+            struct lmc_lora_binding bind;
+            double mul = 1;
+            if (lmc_model_load(&m, dir.c_str(), &mo, &err)) { printf("FAIL %s\n", err.msg), n_fail++; return; }
+            const struct lmc_lora *los[1] = {&lo};
+            if (lmc_lora_load(&lo, (dir + "/lora").c_str(), &m.cfg, &err) ||
+                lmc_lora_bind(&bind, &m.w, &m.cfg, los, &mul, 1, bes[k], &err)) {
+                printf("FAIL lora bind %s\n", err.msg), n_fail++;
+                return;
+            }
+            struct lmc_kv kv;
+            struct lmc_acts a;
+            out[k].assign(ids.size() * 512, NAN);
+            if (lmc_kv_init(&kv, &m, bes[k], (int64_t)ids.size(), &err) ||
+                lmc_acts_init(&a, &m, bes[k], (int64_t)ids.size(), (int64_t)ids.size(), &err) ||
+                lmc_model_forward(&m, bes[k], &a, &kv, ids.data(), (int64_t)ids.size(), 0, out[k].data(), true, &err))
+                printf("FAIL lora forward %s\n", err.msg), n_fail++;
+            lmc_acts_free(&a);
+            lmc_kv_free(&kv);
+            lmc_lora_unbind(&bind, &m.w, &m.cfg);
+            lmc_lora_free(&lo);
+            lmc_model_free(&m);
+        }
+        lmc_backend_cuda_set_fp32_attention(&gpu, false);
+        double e = rel(out[1], out[0]);
+        printf("  llama-tiny + PEFT adapter forward fp32: logits %.2e\n", e);
+        check("lora forward fp32 logits", e, 1e-4, "llama-tiny");
+    }
+    /* (b) training steps, padded and packed */
+    const char *models[3] = {"llama-tiny", "gpt2-tiny", "qwen2-tiny"};
+    for (const char *mn : models) {
+        std::string dir = std::string(fixtures()) + "/" + mn;
+        const int64_t T = 29;
+        std::vector<int32_t> in(T), tg(T);
+        for (auto &i : in) i = irand(512);
+        for (int64_t i = 0; i < T; i++) tg[i] = i % 5 == 0 ? -1 : irand(512);
+        const int64_t segs[6] = {0, 11, 11, 13, 24, 5};
+        for (int packed = 0; packed < 2; packed++) {
+            double lc, lg;
+            std::vector<float> gc, gg;
+            int64_t oc, og;
+            const int64_t *sg = packed ? segs : nullptr;
+            if (!lora_step(&cpu, dir, in, tg, sg, packed ? 3 : 0, lc, gc, oc)) continue;
+            for (int bf = 0; bf < 2; bf++) {
+                lmc_backend_cuda_set_train_bf16(&gpu, bf);
+                if (!lora_step(&gpu, dir, in, tg, sg, packed ? 3 : 0, lg, gg, og)) continue;
+                std::string p = std::string("lora train ") + (bf ? "bf16 " : "fp32 ") + (packed ? "packed " : "");
+                double el = fabs(lg - lc) / fabs(lc), eg = rel(gg, gc), cs = cosine(gg.data(), gc.data(), gc.size());
+                check(p + "loss", el, bf ? 2e-2 : 1e-5, "%s", mn);
+                if (bf) check(p + "lora grads (1 - cosine)", 1 - cs, 1e-2, "%s", mn);
+                else check(p + "lora grads", eg, 1e-4, "%s", mn);
+                printf("  %s lora train %s%s: loss %.2e, grads rel %.2e, cosine %.6f\n", mn, bf ? "bf16" : "fp32",
+                       packed ? " packed" : "", el, eg, cs);
+            }
+            lmc_backend_cuda_set_train_bf16(&gpu, false);
+        }
+    }
+    emu_strict_device = false;
+}
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1071,6 +1189,7 @@ int main(int argc, char **argv) {
         /* appended last: the earlier sections keep their seeds (LMC_EMU_SEED + index) */
         {"ssm", test_ssm},
         {"optim", test_optim},
+        {"lora", test_lora},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
@@ -1078,6 +1197,7 @@ int main(int argc, char **argv) {
         if (!known) {
             fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm)\n", argv[i]);
             fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e optim)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e lora)\n", argv[i]);
             return 2;
         }
     }

@@ -1,0 +1,276 @@
+/* lora_train.c — adapters as trainable parameters over a frozen base (see
+ * lora_train.h): the parameter table extended, the arenas moved, the
+ * views rebound with the base's gradient views cut, the adapters bound. */
+#include "train/lora_train.h"
+#include "core/core.h"
+#include "io/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCRATCH_ROWS 256
+
+static void *own(struct lmc_lora_train *lt, size_t bytes) {
+    void *p = lt->be->alloc(lt->be->ctx, bytes);
+    if (p) lt->bufs[lt->n_bufs++] = p;
+    return p;
+}
+
+static lmc_status add_param(struct lmc_tmodel *tm, const char *module, const char *which, int64_t rows,
+                            int64_t cols, lmc_err *err) {
+    struct lmc_tparam *p = &tm->params[tm->n_params++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "base_model.model.%s.%s.weight", module, which);
+    p->ndim = 2;
+    p->shape[0] = rows;
+    p->shape[1] = cols;
+    p->numel = rows * cols;
+    p->role = LMC_ROLE_MATRIX;
+    p->off = tm->numel;
+    if (!lmc_add_ok(tm->numel, (p->numel + 15) / 16 * 16, &tm->numel) || tm->numel > ((int64_t)1 << 40))
+        return lmc_err_set(err, LMC_ERR_ARG, "adapter too large (%s)", p->name);
+    return LMC_OK;
+}
+
+lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *tm, const struct lmc_lora *lo,
+                                 lmc_err *err) {
+    memset(lt, 0, sizeof *lt);
+    const struct lmc_backend *be = tm->be;
+    lt->be = be;
+    LMC_ASSERT(tm->trainable_off == 0);
+    int64_t r = lo->cfg.r, base = tm->numel, omax = 0, nparts = 0;
+    int n_base = tm->n_params;
+    for (int k = 0; k < lo->n_mods; k++) {
+        omax = LMC_MAX(omax, lo->mods[k].out / lo->mods[k].parts);
+        nparts += lo->mods[k].parts;
+    }
+    struct lmc_tparam *np = realloc(tm->params, (size_t)(n_base + 2 * lo->n_mods) * sizeof *np);
+    lt->bufs = calloc((size_t)lo->n_mods + 3, sizeof *lt->bufs);
+    lt->wad = calloc((size_t)nparts + 1, sizeof *lt->wad);
+    lt->gad = calloc((size_t)nparts + 1, sizeof *lt->gad);
+    if (np) tm->params = np;
+    if (!np || !lt->bufs || !lt->wad || !lt->gad) goto oom;
+    lmc_status s;
+    lt->first_param = n_base;
+    lt->n_mods = lo->n_mods;
+    for (int k = 0; k < lo->n_mods; k++) {
+        const struct lmc_lora_module *m = &lo->mods[k];
+        if ((s = add_param(tm, m->module, "lora_A", r, m->in, err)) ||
+            (s = add_param(tm, m->module, "lora_B", m->out, r, err))) {
+            tm->n_params = n_base;
+            tm->numel = base;
+            lmc_lora_train_free(lt);
+            return s;
+        }
+    }
+    /* new arenas: the base copied, the adapter uploaded, padding zero; the
+     * gradient arena holds only the adapter's part (g_off = base) */
+    size_t bytes = (size_t)tm->numel * sizeof(float), gbytes = (size_t)(tm->numel - base) * sizeof(float);
+    float *w = be->alloc(be->ctx, bytes), *g = be->alloc(be->ctx, gbytes);
+    float *host = malloc((size_t)base * sizeof(float));
+    if (!w || !g || !host) {
+        if (w) be->free(be->ctx, w);
+        if (g) be->free(be->ctx, g);
+        free(host);
+        tm->n_params = n_base;
+        tm->numel = base;
+        goto oom;
+    }
+    be->zero(be->ctx, w, bytes);
+    be->zero(be->ctx, g, gbytes);
+    be->download(be->ctx, host, tm->w, (size_t)base * sizeof(float));
+    be->upload(be->ctx, w, host, (size_t)base * sizeof(float));
+    be->sync(be->ctx);
+    free(host);
+    be->free(be->ctx, tm->w);
+    be->free(be->ctx, tm->g);
+    tm->w = w;
+    tm->g = g;
+    for (int k = 0; k < lo->n_mods; k++) {
+        const struct lmc_lora_module *m = &lo->mods[k];
+        be->upload(be->ctx, w + tm->params[n_base + 2 * k].off, m->a, (size_t)(r * m->in) * sizeof(float));
+        be->upload(be->ctx, w + tm->params[n_base + 2 * k + 1].off, m->b, (size_t)(m->out * r) * sizeof(float));
+    }
+    int64_t sink_n = 16;
+    for (int i = 0; i < n_base; i++) {
+        tm->params[i].frozen = true;
+        if (tm->params[i].role != LMC_ROLE_MATRIX) sink_n = LMC_MAX(sink_n, tm->params[i].numel);
+    }
+    tm->trainable_off = tm->g_off = base;
+    LMC_ASSERT(lmc_tmodel_bind(tm) == n_base);
+    /* the frozen base: no weight gradients for the linears and the head
+     * (views left NULL); the embeddings' and norms' backward ops still
+     * write theirs: into one scratch, never read or cleared */
+    float *sink = own(lt, (size_t)sink_n * sizeof(float));
+    if (!sink) goto oom;
+    be->zero(be->ctx, sink, (size_t)sink_n * sizeof(float));
+    struct lmc_weights *Wv = &tm->W, *Gv = &tm->G;
+    Gv->tok_emb = Wv->tok_emb;
+    Gv->tok_emb.data = sink;
+    if (Wv->pos_emb.data) {
+        Gv->pos_emb = Wv->pos_emb;
+        Gv->pos_emb.data = sink;
+    }
+    Gv->norm_f = sink;
+    Gv->norm_f_b = Wv->norm_f_b ? sink : NULL;
+    Gv->head.w.data = NULL;
+    for (int64_t l = 0; l < tm->cfg.num_layers; l++)
+        for (int v = 0; v < LMC_V_N; v++) {
+            Gv->layers[l].vec[v] = Wv->layers[l].vec[v] ? sink : NULL;
+            Gv->layers[l].vec_n[v] = Wv->layers[l].vec_n[v];
+        }
+    float *scratch = own(lt, (size_t)(SCRATCH_ROWS * (2 * r + omax)) * sizeof(float));
+    if (!scratch) goto oom;
+    float sc = (float)lmc_lora_scale(&lo->cfg);
+    float *diag = calloc((size_t)(r * r), sizeof *diag);
+    if (!diag) goto oom;
+    for (int64_t q = 0; q < r; q++) diag[q * r + q] = sc;
+    int64_t next = 0;
+    for (int k = 0; k < lo->n_mods; k++) {
+        const struct lmc_lora_module *m = &lo->mods[k];
+        float *ds = own(lt, (size_t)(r * r) * sizeof(float));
+        if (!ds) {
+            free(diag);
+            goto oom;
+        }
+        be->upload(be->ctx, ds, diag, (size_t)(r * r) * sizeof(float));
+        const struct lmc_tparam *pa = &tm->params[n_base + 2 * k], *pb = pa + 1;
+        int64_t po = m->out / m->parts;
+        for (int p = 0; p < m->parts; p++) {
+            struct lmc_adapter a = {.a = {LMC_DTYPE_F32, r, m->in, w + pa->off},
+                                    .b = {LMC_DTYPE_F32, po, r, w + pb->off + p * po * r},
+                                    .s = {LMC_DTYPE_F32, r, r, ds}, .scale = sc, .scratch = scratch,
+                                    .scratch_rows = SCRATCH_ROWS};
+            lt->wad[next] = a;
+            a.a.data = lmc_tmodel_grad(tm, pa); /* GPT-2's c_attn parts share A: dA sums over them */
+            a.b.data = lmc_tmodel_grad(tm, pb) + p * po * r;
+            lt->gad[next] = a;
+            struct lmc_linear *wl = &tm->W.layers[m->layer].lin[m->slot + p];
+            struct lmc_linear *gl = &tm->G.layers[m->layer].lin[m->slot + p];
+            LMC_ASSERT(wl->n_adapters == 0 && wl->w.rows == po && wl->w.cols == m->in);
+            wl->adapters = &lt->wad[next];
+            gl->adapters = &lt->gad[next];
+            wl->n_adapters = gl->n_adapters = 1;
+            next++;
+        }
+    }
+    free(diag);
+    be->sync(be->ctx);
+    return LMC_OK;
+oom:
+    lmc_lora_train_free(lt);
+    return lmc_err_set(err, LMC_ERR_OOM, "LoRA training state: out of memory");
+}
+
+lmc_status lmc_lora_train_read(const struct lmc_lora_train *lt, const struct lmc_tmodel *tm, struct lmc_lora *lo,
+                               lmc_err *err) {
+    LMC_ASSERT(lo->n_mods == lt->n_mods);
+    lmc_status s = LMC_OK;
+    for (int k = 0; k < lo->n_mods && !s; k++) {
+        int i = lt->first_param + 2 * k;
+        if (!(s = lmc_tmodel_download_param(tm, tm->w, i, lo->mods[k].a, err)))
+            s = lmc_tmodel_download_param(tm, tm->w, i + 1, lo->mods[k].b, err);
+    }
+    return s;
+}
+
+void lmc_lora_train_free(struct lmc_lora_train *lt) {
+    for (int i = 0; i < lt->n_bufs; i++) lt->be->free(lt->be->ctx, lt->bufs[i]);
+    free(lt->bufs);
+    free(lt->wad);
+    free(lt->gad);
+    memset(lt, 0, sizeof *lt);
+}
+
+/* ---------------- checkpoints ---------------- */
+
+static lmc_status write_text_atomic(const char *path, const char *text, lmc_err *err) {
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    bool ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f)) ok = false;
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt, struct lmc_lora *lo,
+                              const char *dir, const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err) {
+    const struct lmc_tmodel *tm = &tr->tm;
+    lmc_status s = lmc_lora_train_read(lt, tm, lo, err);
+    if (!s) s = lmc_lora_save(lo, dir, &tm->cfg, tok_dir, err);
+    if (s) return s;
+    int64_t n = tm->numel - tm->trainable_off;
+    float *mv = malloc((size_t)n * 2 * sizeof(float));
+    if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    tr->be->download(tr->be->ctx, mv, tr->m, (size_t)n * sizeof(float));
+    tr->be->download(tr->be->ctx, mv + n, tr->v, (size_t)n * sizeof(float));
+    struct lmc_st_write_tensor t[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {n}, mv},
+                                       {"adamw.v", LMC_DTYPE_F32, 1, {n}, mv + n}};
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    s = lmc_st_write(tmp, t, 2, NULL, 0, err);
+    free(mv);
+    if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (s) return s;
+    char state[512];
+    snprintf(state, sizeof state,
+             "{\"step\": %lld, \"batch\": %lld, \"seq_len\": %lld, \"accum\": %lld, \"epoch\": %lld, "
+             "\"example\": %lld, \"trainable\": %lld}\n",
+             (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)tr->o.accum, (long long)epoch,
+             (long long)next, (long long)n);
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    return write_text_atomic(path, state, err);
+}
+
+static int64_t jint(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 9e15 ? (int64_t)v->valuedouble : -1;
+}
+
+lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
+                                    lmc_err *err) {
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    lmc_status s = lmc_file_read(path, 1 << 20, &text, &len, err);
+    if (s) return s;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    int64_t step = jint(o, "step"), B = jint(o, "batch"), T = jint(o, "seq_len"), ac = jint(o, "accum");
+    int64_t n = jint(o, "trainable");
+    *epoch = jint(o, "epoch");
+    *next = jint(o, "example");
+    cJSON_Delete(o);
+    int64_t want = tr->tm.numel - tr->tm.trainable_off;
+    if (step < 0 || *epoch < 0 || *next < 0 || n < 0)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch, example and trainable", path);
+    if (B != tr->o.B || T != tr->o.T || ac != tr->o.accum || n != want)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with batch %lld x %lld x %lld accum and %lld trainable "
+                           "floats; resumed with %lld x %lld x %lld and %lld", path, (long long)B, (long long)T,
+                           (long long)ac, (long long)n, (long long)tr->o.B, (long long)tr->o.T,
+                           (long long)tr->o.accum, (long long)want);
+    struct lmc_st st;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if ((s = lmc_st_open_file(&st, path, err))) return s;
+    const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
+    if (!m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 || m->numel != want || v->numel != want) {
+        lmc_st_free(&st);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected F32 adamw.m and adamw.v of %lld floats", path,
+                           (long long)want);
+    }
+    tr->be->upload(tr->be->ctx, tr->m, m->data, (size_t)want * sizeof(float));
+    tr->be->upload(tr->be->ctx, tr->v, v->data, (size_t)want * sizeof(float));
+    tr->be->sync(tr->be->ctx);
+    lmc_st_free(&st);
+    tr->step = step;
+    return LMC_OK;
+}

@@ -1,0 +1,45 @@
+/* lora_train.h — training LoRA adapters over a frozen base: the adapter's
+ * A and B become parameters of a trainable model (lmc_tmodel), appended to
+ * its parameter table under PEFT's key names past tm->trainable_off, the
+ * base's tensors marked frozen (no weight gradients: the gradient views of
+ * the base linears and the head are NULL; no optimizer state), and bound
+ * as lmc_linear adapters in both the weight views (A, B) and the gradient
+ * views (dA, dB). lmc_trainer_step then trains only the adapter. */
+#ifndef LMC_TRAIN_LORA_TRAIN_H
+#define LMC_TRAIN_LORA_TRAIN_H
+
+#include "lmc.h"
+#include "model/backward.h"
+#include "train/lora.h"
+#include "train/trainer.h"
+
+struct lmc_lora_train {
+    const struct lmc_backend *be;
+    struct lmc_adapter *wad, *gad;   /* per adapted linear: views into tm->w / tm->g */
+    void **bufs;                     /* diag(scale) per module, the shared scratch */
+    int n_bufs;
+    int first_param, n_mods;
+};
+
+/* Appends lo's modules (lo->cfg.r, its scale) to tm (moving its arenas) and
+ * binds them; lo's A and B are the initial values. lo must fit tm's config
+ * (lmc_lora_load / lmc_lora_create with it). LMC_ERR_OOM, LMC_ERR_ARG. */
+lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *tm, const struct lmc_lora *lo,
+                                 lmc_err *err);
+/* Copies the adapter's current A and B from tm into lo (same modules). */
+lmc_status lmc_lora_train_read(const struct lmc_lora_train *lt, const struct lmc_tmodel *tm, struct lmc_lora *lo,
+                               lmc_err *err);
+/* An adapter checkpoint: dir is a PEFT folder (lo gets the current A, B;
+ * tokenizer files from tok_dir) plus optimizer.safetensors (the adapter's
+ * AdamW moments) and trainer_state.json (step, batch shape, data epoch and
+ * example), written last: a folder without it is not a checkpoint. */
+lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt, struct lmc_lora *lo,
+                              const char *dir, const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err);
+/* Restores moments and step into tr (attached with dir's adapter) and
+ * returns the data position. Batch shape mismatch: LMC_ERR_ARG. */
+lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
+                                    lmc_err *err);
+/* Frees what attach allocated (tm keeps its arenas; free tm first or after). */
+void lmc_lora_train_free(struct lmc_lora_train *lt);
+
+#endif

@@ -1,0 +1,352 @@
+/* cmd_finetune.c — `lmc finetune -m BASE --data FILE.jsonl -o OUT`:
+ * supervised fine-tuning on JSONL (messages / prompt+completion / text,
+ * train/sft_data.h) with LoRA over a frozen base (default; OUT is a PEFT
+ * adapter folder) or all weights (--full; OUT is a Hugging Face folder),
+ * through the trainer (batch, accumulation, schedule, clipping, AdamW,
+ * recomputation), a validation loss (--val-data), a JSONL metrics file and
+ * a progress line. The output is written to a temporary folder renamed at
+ * the end. */
+#include "cli.h"
+#include "core/core.h"
+#include "train/lora_train.h"
+#include "train/sft_data.h"
+#include "train/trainer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: lmc finetune -m BASE --data FILE.jsonl -o OUT [options]\n"
+            "  LoRA:      --lora-r N (16) --lora-alpha X (32) --lora-targets LIST|all-linear (all-linear)\n"
+            "             --rslora --lora-dropout 0 (other values: not yet)   | --full (all weights)\n"
+            "  data:      --seq T (2048) --truncate yes|no (longer examples cut, counted; or refused) --pack\n"
+            "             --loss-on assistant|all --skip-bad-lines\n"
+            "             --val-data FILE.jsonl | --val-fraction X (validation loss every --eval-every and at the end)\n"
+            "  length:    --epochs E (1) | --steps N\n"
+            "  batch:     --batch B (4) --accum N (1)\n"
+            "  optimizer: --lr X (2e-4 LoRA, 2e-5 full) --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
+            "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
+            "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
+            "             --save-every N (OUT.ckpt/step_N: adapter + AdamW state) --resume OUT.ckpt/step_N\n");
+}
+
+struct src {
+    struct lmc_sft_batcher b;
+};
+
+static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
+                             lmc_err *err) {
+    (void)err;
+    lmc_sft_batch(&((struct src *)user)->b, in, tg, segs, n_segs);
+    return LMC_OK;
+}
+
+/* Mean loss over every validation example once (padded rows). */
+static lmc_status val_loss(struct lmc_trainer *tr, const struct lmc_sft_data *vd, double *out, lmc_err *err) {
+    struct lmc_sft_batcher vb;
+    lmc_status s = lmc_sft_batcher_init(&vb, vd, tr->o.B, tr->o.T, false, 0, 0, err);
+    if (s) return s;
+    for (int64_t i = 0; i < vd->n_ex; i++) vb.order[i] = i;
+    double sum = 0;
+    int64_t count = 0;
+    tr->acts.segs = NULL;
+    tr->acts.n_segs = 0;
+    for (int64_t k = 0; k < (vd->n_ex + tr->o.B - 1) / tr->o.B && !s; k++) {
+        const int64_t *sg;
+        int64_t ns, n;
+        double ls;
+        lmc_sft_batch(&vb, tr->in, tr->tg, &sg, &ns);
+        if (k == (vd->n_ex - 1) / tr->o.B) /* the last batch's wrapped rows are not counted */
+            for (int64_t r = vd->n_ex - k * tr->o.B; r < tr->o.B; r++)
+                for (int64_t t = 0; t < tr->o.T; t++) tr->tg[r * tr->o.T + t] = -1;
+        if (!(s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, &ls, &n, err))) {
+            sum += ls;
+            count += n;
+        }
+    }
+    lmc_sft_batcher_free(&vb);
+    *out = sum / (double)(count ? count : 1);
+    return s;
+}
+
+int cmd_finetune(int argc, char **argv) {
+    struct cli_common cc = {0};
+    const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
+    const char *loss_on = "assistant", *resume = NULL;
+    int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
+    int64_t save_every = 0;
+    double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
+    double eps = 1e-8, clip = 1.0, val_fraction = 0;
+    bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
+    enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rr = cli_common_arg(&cc, argc, argv, &i);
+        if (rr < 0) return 2;
+        if (rr > 0) continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        }
+        if (!strcmp(a, "--rslora")) { rslora = true; continue; }
+        if (!strcmp(a, "--full")) { full = true; continue; }
+        if (!strcmp(a, "--pack")) { pack = true; continue; }
+        if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
+        if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--qlora")) {
+            fprintf(stderr, "lmc finetune: --qlora is not available yet (it needs the 4-bit base formats "
+                            "of the quantization work)\n");
+            return 2;
+        }
+        if (!v) {
+            fprintf(stderr, "lmc finetune: unknown option %s (or missing value)\n", a);
+            return 2;
+        }
+        i++;
+        bool ok = true, found = true;
+        if (!strcmp(a, "--data")) data = v;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--lora-targets")) targets = v;
+        else if (!strcmp(a, "--metrics")) metrics = v;
+        else if (!strcmp(a, "--val-data")) val_data = v;
+        else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--truncate")) {
+            ok = !strcmp(v, "yes") || !strcmp(v, "no");
+            refuse_long = !strcmp(v, "no");
+        }
+        else if (!strcmp(a, "--save-every")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &save_every);
+        else if (!strcmp(a, "--loss-on")) {
+            loss_on = v;
+            ok = !strcmp(v, "assistant") || !strcmp(v, "completion") || !strcmp(v, "all");
+        } else if (!strcmp(a, "--schedule")) ok = lmc_schedule_kind_parse(v, &sched);
+        else if (!strcmp(a, "--lora-r")) ok = cli_parse_i64(v, 1, 4096, &r);
+        else if (!strcmp(a, "--batch")) ok = cli_parse_i64(v, 1, 1 << 16, &B);
+        else if (!strcmp(a, "--seq")) ok = cli_parse_i64(v, 2, 1 << 20, &T);
+        else if (!strcmp(a, "--accum")) ok = cli_parse_i64(v, 1, 1 << 20, &accum);
+        else if (!strcmp(a, "--steps")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &steps);
+        else if (!strcmp(a, "--warmup")) ok = cli_parse_i64(v, 0, (int64_t)1 << 40, &warmup);
+        else if (!strcmp(a, "--eval-every")) ok = cli_parse_i64(v, 0, (int64_t)1 << 40, &eval_every);
+        else if (!strcmp(a, "--seed")) ok = cli_parse_i64(v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
+        else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
+        else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
+        else if (!strcmp(a, "--epochs")) ok = cli_parse_f64(v, 1e-6, 1e6, &epochs);
+        else if (!strcmp(a, "--lr")) ok = cli_parse_f64(v, 0, 10, &lr);
+        else if (!strcmp(a, "--min-lr")) ok = cli_parse_f64(v, 0, 10, &min_lr);
+        else if (!strcmp(a, "--wd")) ok = cli_parse_f64(v, 0, 10, &wd);
+        else if (!strcmp(a, "--beta1")) ok = cli_parse_f64(v, 0, 1, &beta1);
+        else if (!strcmp(a, "--beta2")) ok = cli_parse_f64(v, 0, 1, &beta2);
+        else if (!strcmp(a, "--eps")) ok = cli_parse_f64(v, 0, 1, &eps);
+        else if (!strcmp(a, "--clip")) ok = cli_parse_f64(v, 0, 1e9, &clip);
+        else found = false;
+        if (!found) {
+            fprintf(stderr, "lmc finetune: unknown option %s\n", a);
+            return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "lmc finetune: bad value '%s' for %s\n", v, a);
+            return 2;
+        }
+    }
+    if (!cc.model_dir || !data || !out) {
+        usage();
+        return 2;
+    }
+    if (steps && epochs) {
+        fprintf(stderr, "lmc finetune: give --epochs or --steps, not both\n");
+        return 2;
+    }
+    if (dropout != 0 && !full) {
+        fprintf(stderr, "lmc finetune: --lora-dropout %g is not implemented yet (only 0)\n", dropout);
+        return 2;
+    }
+    if (full && (resume || save_every)) {
+        fprintf(stderr, "lmc finetune: --save-every / --resume are for LoRA runs (not yet with --full)\n");
+        return 2;
+    }
+    if (cc.n_lora) {
+        fprintf(stderr, "lmc finetune: --lora applies adapters at inference; merge first (lmc merge)\n");
+        return 2;
+    }
+    if (lr < 0) lr = full ? 2e-5 : 2e-4;
+    lmc_err err = {0};
+    int rc = 1;
+    struct lmc_tokenizer *tok = NULL;
+    struct lmc_sft_data d = {0}, vd = {0};
+    struct lmc_backend be;
+    struct lmc_tmodel tm;
+    struct lmc_lora lo = {0};
+    struct lmc_lora_train lt = {0};
+    struct lmc_trainer tr;
+    struct src src;
+    memset(&src, 0, sizeof src);
+    bool have_be = false, have_tm = false, have_tr = false, have_lt = false;
+    FILE *mf = NULL;
+    char tmp[4200];
+    tmp[0] = 0;
+    if (lmc_tokenizer_load(&tok, cc.model_dir, &err)) return cli_fail("finetune", &err);
+    struct lmc_sft_opts so = {.seq = T, .loss_all = !strcmp(loss_on, "all"), .skip_bad_lines = skip_bad,
+                              .refuse_long = refuse_long};
+    if (lmc_sft_load(&d, data, tok, &so, &err)) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
+    if (val_data && val_fraction > 0) {
+        fprintf(stderr, "lmc finetune: give --val-data or --val-fraction, not both\n");
+        rc = 2;
+        goto done;
+    }
+    if ((val_data && lmc_sft_load(&vd, val_data, tok, &so, &err)) ||
+        (val_fraction > 0 && lmc_sft_split(&d, val_fraction, (uint64_t)seed, &vd, &err))) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
+    fprintf(stderr, "lmc finetune: %lld examples (%lld for validation), %lld target tokens, %lld truncated to "
+                    "%lld, %lld bad lines skipped\n", (long long)d.n_ex, (long long)vd.n_ex, (long long)d.n_targets,
+            (long long)d.n_truncated, (long long)T, (long long)d.n_skipped);
+    bool bf16;
+    if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
+    rc = 1;
+    have_be = true;
+    if (lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
+    have_tm = true;
+    if (!full) {
+        struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
+        snprintf(lc.base_model, sizeof lc.base_model, "%s", cc.model_dir);
+        lmc_status ls = resume ? lmc_lora_load(&lo, resume, &tm.cfg, &err)
+                               : lmc_lora_parse_targets(&lc, targets, &err) ||
+                                         lmc_lora_create(&lo, &lc, &tm.cfg, (uint64_t)seed, &err);
+        if (resume) { /* the checkpoint's adapter settings hold */
+            r = lo.cfg.r;
+            rslora = lo.cfg.rslora;
+            snprintf(lo.cfg.base_model, sizeof lo.cfg.base_model, "%s", cc.model_dir);
+        }
+        if (ls || lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        have_lt = true;
+    }
+    int32_t pad = lmc_tokenizer_eos(tok);
+    if (lmc_sft_batcher_init(&src.b, &d, B, T, pack, (uint64_t)seed, pad, &err)) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
+    if (!steps) {
+        int64_t per = lmc_sft_batches_per_epoch(&src.b);
+        steps = (int64_t)ceil((epochs > 0 ? epochs : 1.0) * (double)per / (double)accum);
+        if (steps < 1) steps = 1;
+    }
+    struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
+                               .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
+    o.adamw = (struct lmc_adamw_cfg){lr, beta1, beta2, eps, wd};
+    o.decay = LMC_DECAY_DEFAULT;
+    o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};
+    have_tm = false;
+    if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
+    have_tr = true;
+    if (resume) {
+        int64_t ep, nx;
+        if (lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err) || lmc_sft_batcher_seek(&src.b, ep, nx, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
+    }
+    int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
+    fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
+                    "%lld steps, device %s\n", tr.tm.cfg.model_type,
+            full ? "full fine-tuning" : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
+            (long long)tr.tm.trainable_off + (full ? trainable : 0), (long long)B, (long long)T, (long long)accum,
+            pack ? ", packed" : "", (long long)steps, be.name);
+    char mpath[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out, (long)getpid());
+    if (!metrics) {
+        snprintf(mpath, sizeof mpath, "%s.metrics.jsonl", out);
+        metrics = mpath;
+    }
+    if (!(mf = fopen(metrics, resume ? "a" : "w"))) {
+        fprintf(stderr, "lmc finetune: cannot open %s: %s\n", metrics, strerror(errno));
+        goto done;
+    }
+    bool tty = isatty(2);
+    while (tr.step < steps) {
+        struct lmc_train_stats st;
+        double t0 = lmc_time_now();
+        if (lmc_trainer_step(&tr, &st, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        double dt = lmc_time_now() - t0, vl = NAN;
+        bool last = tr.step == steps;
+        if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, &vd, &vl, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f",
+                (long long)tr.step, st.loss, st.lr, st.grad_norm, (double)st.tokens / dt);
+        if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
+        fprintf(mf, "}\n");
+        fflush(mf);
+        char line[256];
+        int n = snprintf(line, sizeof line, "step %lld/%lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s",
+                         (long long)tr.step, (long long)steps, st.loss, st.lr, st.grad_norm, (double)st.tokens / dt);
+        if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
+        if (tty && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
+        else fprintf(stderr, "%s%s\n", tty ? "\r" : "", line);
+        if (save_every && tr.step % save_every == 0) {
+            char ck[4300];
+            snprintf(ck, sizeof ck, "%s.ckpt", out);
+            mkdir(ck, 0777);
+            snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
+            if (lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+                cli_fail("finetune", &err);
+                goto done;
+            }
+            fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
+        }
+    }
+    if (!full) {
+        if (lmc_lora_train_read(&lt, &tr.tm, &lo, &err) ||
+            lmc_lora_save(&lo, out, &tr.tm.cfg, cc.model_dir, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        fprintf(stderr, "lmc finetune: adapter (%d modules, r %lld) written to %s\n", lo.n_mods, (long long)r, out);
+    } else {
+        if (lmc_ckpt_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        if (rename(tmp, out) != 0) {
+            fprintf(stderr, "lmc finetune: cannot rename %s to %s: %s (left in place)\n", tmp, out, strerror(errno));
+            goto done;
+        }
+        fprintf(stderr, "lmc finetune: model written to %s\n", out);
+    }
+    rc = 0;
+done:
+    if (mf) fclose(mf);
+    lmc_sft_batcher_free(&src.b);
+    if (have_tr) lmc_trainer_free(&tr);
+    if (have_tm) lmc_tmodel_free(&tm);
+    if (have_lt) lmc_lora_train_free(&lt);
+    lmc_lora_free(&lo);
+    if (have_be) cli_train_backend_free(&be);
+    lmc_sft_free(&d);
+    lmc_sft_free(&vd);
+    lmc_tokenizer_free(tok);
+    return rc;
+}
