@@ -66,17 +66,31 @@ static lmc_status bad(const char *path, int64_t line, const char *what, lmc_err 
     return lmc_err_set(err, LMC_ERR_FORMAT, "%s:%lld: %s", path, (long long)line, what);
 }
 
+static lmc_status render_spans(struct lmc_sft_data *d, const struct lmc_chat_template *ct, const cJSON *arr,
+                               const char *path, int64_t line, const struct lmc_tokenizer *tok,
+                               const struct lmc_sft_opts *o, lmc_err *err);
+
 /* messages: the rendered conversation cut into spans; assistant spans
  * (content + the end-of-turn string right after it) are targets. */
 static lmc_status add_messages(struct lmc_sft_data *d, const cJSON *arr, const char *path, int64_t line,
                                const struct lmc_tokenizer *tok, const struct lmc_sft_opts *o, lmc_err *err) {
-    enum lmc_chat_style style;
-    lmc_status s = lmc_chat_detect(lmc_tokenizer_chat_template(tok), &style, err);
-    if (s) return s;
-    if (style == LMC_CHAT_NONE)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s:%lld: \"messages\" data needs a chat template in the "
-                           "model's tokenizer_config.json (or use prompt/completion or text data)", path,
-                           (long long)line);
+    struct lmc_chat_template *ct = NULL;
+    lmc_status s = lmc_chat_template_from_tokenizer(tok, &ct, err);
+    if (s) {
+        lmc_err_prefix(err, "%s:%lld: \"messages\" data needs the model's chat template (or use prompt/completion "
+                       "or text data): ", path, (long long)line);
+        return s;
+    }
+    s = render_spans(d, ct, arr, path, line, tok, o, err);
+    lmc_chat_template_free(ct);
+    return s;
+}
+
+/* add_messages' body with the compiled template. */
+static lmc_status render_spans(struct lmc_sft_data *d, const struct lmc_chat_template *ct, const cJSON *arr,
+                               const char *path, int64_t line, const struct lmc_tokenizer *tok,
+                               const struct lmc_sft_opts *o, lmc_err *err) {
+    lmc_status s = LMC_OK;
     struct lmc_chat_msg msgs[MAX_MSGS];
     int n = 0, last_asst = -1;
     const cJSON *m;
@@ -95,11 +109,10 @@ static lmc_status add_messages(struct lmc_sft_data *d, const cJSON *arr, const c
         n++;
     }
     if (last_asst < 0) return bad(path, line, "no assistant message", err);
-    const char *bos = lmc_tokenizer_bos_str(tok), *eos = lmc_tokenizer_eos_str(tok);
     const char *stops[LMC_CHAT_MAX_TURN_STOPS];
-    int n_stops = lmc_chat_turn_stops(style, stops);
+    int n_stops = lmc_chat_template_turn_stops(ct, stops);
     char *full = NULL;
-    if ((s = lmc_chat_render(style, msgs, last_asst + 1, bos, eos, &full, err))) {
+    if ((s = lmc_chat_template_render_msgs(ct, msgs, last_asst + 1, &full, err))) {
         lmc_err_prefix(err, "%s:%lld: ", path, (long long)line);
         return s;
     }
@@ -107,7 +120,7 @@ static lmc_status add_messages(struct lmc_sft_data *d, const cJSON *arr, const c
     for (int k = 0; k <= last_asst && !s; k++) {
         if (strcmp(msgs[k].role, "assistant")) continue;
         char *pre = NULL;
-        if ((s = lmc_chat_render(style, msgs, k, bos, eos, &pre, err))) break;
+        if ((s = lmc_chat_template_render_msgs(ct, msgs, k, &pre, err))) break;
         size_t pl = strlen(pre), cl = strlen(msgs[k].content);
         if (pl < done || pl + cl > flen || strncmp(full, pre, pl) || strncmp(full + pl, msgs[k].content, cl)) {
             free(pre);
