@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "infer/session.h"
+#include "infer/spec.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdio.h>
@@ -18,7 +19,67 @@ struct gen_args {
     const char *stops[MAX_STOP + LMC_CHAT_MAX_TURN_STOPS]; /* chat adds the turn stops */
     bool temp_set, no_special;
     const char *system;
+    /* speculative decoding (generate only): mode 0 = off */
+    struct lmc_spec_opts spec;
+    const char *draft_dir;
 };
+
+/* --- speculative decoding options (issue 17) -------------------------- */
+
+static bool emit_stdout(void *user, const char *text, size_t len);
+
+/* Consumes a speculative-decoding option o with value v; returns 1 if it
+ * was one (*ok: the value parsed), 0 otherwise. */
+static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool *ok) {
+    struct lmc_spec_opts *sp = &a->spec;
+    if (!strcmp(o, "--prompt-lookup")) {
+        sp->mode = LMC_SPEC_LOOKUP;
+        *ok = cli_parse_i64(v, 1, 16, &sp->lookup_ngram);
+    } else if (!strcmp(o, "--draft-model")) {
+        sp->mode = LMC_SPEC_DRAFT;
+        a->draft_dir = v;
+    } else if (!strcmp(o, "--self-spec")) {
+        sp->mode = LMC_SPEC_SELF;
+        *ok = cli_parse_i64(v, 1, 1 << 20, &sp->self_layers);
+    } else if (!strcmp(o, "--draft-tokens")) {
+        *ok = cli_parse_i64(v, 1, 64, &sp->draft_tokens);
+    } else if (!strcmp(o, "--draft-adapt")) {
+        *ok = !strcmp(v, "on") || !strcmp(v, "off");
+        sp->adaptive = !strcmp(v, "on");
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Generates with speculative decoding (a->spec.mode set): loads the draft
+ * model when one is named (same options as the target), prints the
+ * acceptance statistics on stderr. */
+static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm, const int32_t *ids,
+                                int64_t n, int64_t ctx, struct lmc_gen_result *res,
+                                struct lmc_spec_stats *stats, lmc_err *err) {
+    struct lmc_model draft;
+    bool have_draft = false;
+    lmc_status st = LMC_OK;
+    if (a->spec.mode == LMC_SPEC_DRAFT) {
+        struct lmc_model_opts mo = {.wdtype = a->c.wdtype, .be = &cm->be};
+        st = lmc_model_load(&draft, a->draft_dir, &mo, err);
+        if (st) return st;
+        have_draft = true;
+    }
+    struct lmc_spec sp;
+    st = lmc_spec_init(&sp, &cm->model, &cm->be, cm->tok, have_draft ? &draft : NULL, &a->spec, ctx,
+                       err);
+    if (!st) {
+        st = lmc_spec_generate(&sp, ids, n, &a->g, a->c.json ? NULL : emit_stdout, NULL, res, stats,
+                               err);
+        lmc_spec_free(&sp);
+    }
+    if (have_draft) lmc_model_free(&draft);
+    return st;
+}
+
+/* ---------------------------------------------------------------------- */
 
 static bool emit_stdout(void *user, const char *text, size_t len) {
     (void)user;
@@ -34,6 +95,8 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
     lmc_sampler_defaults(&a->g.sampling);
     a->g.max_new = 128;
     a->g.stop = a->stops;
+    a->spec.draft_tokens = 4;
+    a->spec.adaptive = true;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&a->c, argc, argv, &i);
         if (r < 0) return 2;
@@ -48,7 +111,8 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
             return 2;
         }
         i++;
-        if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
+        if (parse_spec_arg(a, o, v, &ok)) {}
+        else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
         else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
@@ -105,6 +169,20 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int64_t ctx = cli_ctx(&a.c, &cm.model);
+    struct lmc_spec_stats sstats = {0};
+    if (a.spec.mode) {
+        if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
+        if (generate_spec(&a, &cm, ids, n, ctx, &res, &sstats, &err)) {
+            rc = cli_fail("generate", &err);
+            goto done;
+        }
+        fprintf(stderr, "lmc: speculative: %lld rounds, %lld drafted, %lld accepted (%.1f%%), "
+                        "%.2f tokens per target forward\n",
+                (long long)sstats.rounds, (long long)sstats.drafted, (long long)sstats.accepted,
+                sstats.drafted ? 100.0 * (double)sstats.accepted / (double)sstats.drafted : 0.0,
+                sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0);
+        goto report;
+    }
     if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, ctx, 512, &err)) {
         rc = cli_fail("session", &err);
         goto done;
@@ -115,6 +193,7 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("generate", &err);
         goto done;
     }
+report:;
     double tps = res.decode_s > 0 && res.n_ids > 1 ? (double)(res.n_ids - 1) / res.decode_s : 0;
     if (a.c.json) {
         printf("{\"prompt_ids\":[");
@@ -150,6 +229,10 @@ static bool emit_collect(void *user, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
+    if (a.spec.mode) {
+        fprintf(stderr, "lmc chat: speculative decoding is available in `lmc generate` only\n");
+        return 2;
+    }
     struct cli_model cm;
     if (cli_open(&cm, &a.c, true)) return 1;
     if (!a.temp_set) {
