@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# test_spec_cli.sh — lmc generate's speculative decoding flags end to end:
+# on every fixture, greedy --prompt-lookup / --self-spec / --draft-model give
+# transformers' greedy ids (ref.json) and the same streamed text as the
+# JSON; on models/kjv-llama the same ids as plain greedy; bad values and
+# combinations exit 2 with a message; chat refuses them. Usage: PATH/TO/lmc
+set -u
+LMC="$1"
+FIX=tests/fixtures
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+ids() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['ids'])" "$1" | tr -d ' '; }
+
+for m in llama-tiny qwen2-tiny gpt2-tiny; do
+  D=$FIX/$m
+  text=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['text'])")
+  want=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['greedy_new_ids'])" | tr -d ' ')
+  for f in "--prompt-lookup 2" "--self-spec 1 --draft-tokens 3" "--draft-model $D --draft-tokens 5" \
+           "--prompt-lookup 3 --draft-tokens 8 --draft-adapt off"; do
+    "$LMC" generate -m "$D" -p "$text" --no-special --temp 0 -n 24 --ignore-eos --json $f >"$TMP/out.json" 2>"$TMP/err"
+    ok $? "$m $f exit"
+    got=$(ids "$TMP/out.json")
+    [ "$got" = "$want" ]; ok $? "$m $f greedy ids: got $got want $want"
+    grep -q "speculative: .* rounds" "$TMP/err"; ok $? "$m $f statistics line"
+    "$LMC" generate -m "$D" -p "$text" --no-special --temp 0 -n 24 --ignore-eos $f >"$TMP/stream.txt" 2>/dev/null
+    python3 - "$TMP/out.json" "$TMP/stream.txt" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); s = open(sys.argv[2], 'rb').read().decode('utf-8')
+assert s == j['text'] + '\n', (s, j['text'])
+PY
+    ok $? "$m $f streamed text equals JSON text"
+  done
+done
+
+K=models/kjv-llama
+P="And God said, Let there be light: and there was light. And God saw the light, that it was good: and God divided the light from the darkness. And God called the light"
+"$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json >"$TMP/plain.json" 2>/dev/null; ok $? "kjv plain"
+for f in "--prompt-lookup 3" "--self-spec 2" "--draft-model $K --draft-tokens 6"; do
+  "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json $f >"$TMP/spec.json" 2>/dev/null; ok $? "kjv $f"
+  [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv $f equals plain greedy"
+done
+# sampling runs (seeded: the same seed gives the same text)
+"$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/a.json" 2>/dev/null
+"$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/b.json" 2>/dev/null
+[ "$(ids "$TMP/a.json")" = "$(ids "$TMP/b.json")" ]; ok $? "seeded speculative sampling reproducible"
+
+# bad values
+for f in "--prompt-lookup 0" "--prompt-lookup 17" "--draft-tokens 0" "--draft-tokens 65" "--draft-adapt maybe" "--self-spec x"; do
+  "$LMC" generate -m $K -p hi $f >/dev/null 2>"$TMP/err"; rc=$?
+  [ $rc = 2 ] && grep -q "invalid value" "$TMP/err"; ok $? "$f refused (rc $rc)"
+done
+"$LMC" generate -m $K -p hi --self-spec 8 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "self-speculation layers 8 out of range (1..7)" "$TMP/err"; ok $? "--self-spec 8 of 8 layers refused (rc $rc)"
+"$LMC" generate -m $K -p hi --draft-model $FIX/llama-tiny >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "draft model vocabulary of 512 tokens differs from the target's 8192" "$TMP/err"; ok $? "draft of another vocabulary refused (rc $rc)"
+"$LMC" generate -m $K -p hi --draft-model "$TMP/none" >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "none" "$TMP/err"; ok $? "missing draft folder named (rc $rc)"
+echo hi | "$LMC" chat -m $FIX/llama-tiny --prompt-lookup 2 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 2 ] && grep -q "generate. only" "$TMP/err"; ok $? "chat refuses speculative flags (rc $rc)"
+
+echo "test_spec_cli: $pass passed, $fail failed"
+[ $fail = 0 ]
