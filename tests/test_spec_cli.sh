@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# test_spec_cli.sh — lmc generate's speculative decoding flags end to end:
+# test_spec_cli.sh — lmc generate's speculative decoding and --kv-dtype flags end to end:
 # on every fixture, greedy --prompt-lookup / --self-spec / --draft-model give
 # transformers' greedy ids (ref.json) and the same streamed text as the
-# JSON; on models/kjv-llama the same ids as plain greedy; bad values and
+# JSON; on models/kjv-llama the same ids as plain greedy (also with q8, q4
+# and kivi2 caches, against plain greedy with that cache); bad values and
 # combinations exit 2 with a message; chat refuses them. Usage: PATH/TO/lmc
 set -u
 LMC="$1"
@@ -40,6 +41,20 @@ for f in "--prompt-lookup 3" "--self-spec 2" "--draft-model $K --draft-tokens 6"
   "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json $f >"$TMP/spec.json" 2>/dev/null; ok $? "kjv $f"
   [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv $f equals plain greedy"
 done
+# compressed KV caches: speculative greedy equals plain greedy with the same format
+for kvf in "q8" "q4" "kivi2 --kv-residual 32"; do
+  "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json --kv-dtype $kvf >"$TMP/plain.json" 2>/dev/null; ok $? "kjv --kv-dtype $kvf"
+  [ "$(python3 -c "import json;print(len(json.load(open('$TMP/plain.json'))['ids']))")" = 80 ]; ok $? "kjv --kv-dtype $kvf: 80 tokens"
+  for f in "--prompt-lookup 3" "--self-spec 3"; do
+    "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json --kv-dtype $kvf $f >"$TMP/spec.json" 2>/dev/null; ok $? "kjv --kv-dtype $kvf $f"
+    [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv --kv-dtype $kvf $f equals plain greedy"
+  done
+done
+"$LMC" generate -m $K -p hi --kv-dtype q9 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 2 ] && grep -q "invalid value 'q9' for --kv-dtype" "$TMP/err"; ok $? "--kv-dtype q9 refused (rc $rc)"
+"$LMC" generate -m $K -p hi -n 2 --kv-dtype kivi2 --kv-residual 4000 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "kivi2 needs .* bytes per layer" "$TMP/err"; ok $? "KIVI ring larger than the cache refused (rc $rc)"
+
 # sampling runs (seeded: the same seed gives the same text)
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/a.json" 2>/dev/null
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/b.json" 2>/dev/null

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "infer/session.h"
+#include "infer/kvq.h"
 #include "infer/spec.h"
 #include "tokenizer/chat_template.h"
 
@@ -22,6 +23,9 @@ struct gen_args {
     /* speculative decoding (generate only): mode 0 = off */
     struct lmc_spec_opts spec;
     const char *draft_dir;
+    /* compressed KV cache (issue 17): NONE = the backend's own */
+    enum lmc_kvq_fmt kv_fmt;
+    int64_t kv_residual;
 };
 
 /* --- speculative decoding options (issue 17) -------------------------- */
@@ -43,6 +47,11 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         *ok = cli_parse_i64(v, 1, 1 << 20, &sp->self_layers);
     } else if (!strcmp(o, "--draft-tokens")) {
         *ok = cli_parse_i64(v, 1, 64, &sp->draft_tokens);
+    } else if (!strcmp(o, "--kv-dtype")) {
+        a->kv_fmt = lmc_kvq_parse(v);
+        *ok = a->kv_fmt != LMC_KVQ_NONE || !strcmp(v, "f32");
+    } else if (!strcmp(o, "--kv-residual")) {
+        *ok = cli_parse_i64(v, 0, 4096, &a->kv_residual);
     } else if (!strcmp(o, "--draft-adapt")) {
         *ok = !strcmp(v, "on") || !strcmp(v, "off");
         sp->adaptive = !strcmp(v, "on");
@@ -55,8 +64,9 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
 /* Generates with speculative decoding (a->spec.mode set): loads the draft
  * model when one is named (same options as the target), prints the
  * acceptance statistics on stderr. */
-static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm, const int32_t *ids,
-                                int64_t n, int64_t ctx, struct lmc_gen_result *res,
+static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
+                                const struct lmc_backend *gbe, const int32_t *ids, int64_t n,
+                                int64_t ctx, struct lmc_gen_result *res,
                                 struct lmc_spec_stats *stats, lmc_err *err) {
     struct lmc_model draft;
     bool have_draft = false;
@@ -68,14 +78,26 @@ static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm, const 
         have_draft = true;
     }
     struct lmc_spec sp;
-    st = lmc_spec_init(&sp, &cm->model, &cm->be, cm->tok, have_draft ? &draft : NULL, &a->spec, ctx,
-                       err);
+    a->spec.kv_fmt = a->kv_fmt;
+    a->spec.kv_residual = a->kv_residual;
+    st = lmc_spec_init(&sp, &cm->model, gbe, cm->tok, have_draft ? &draft : NULL, &a->spec, ctx, err);
     if (!st) {
         st = lmc_spec_generate(&sp, ids, n, &a->g, a->c.json ? NULL : emit_stdout, NULL, res, stats,
                                err);
         lmc_spec_free(&sp);
     }
     if (have_draft) lmc_model_free(&draft);
+    return st;
+}
+
+/* The backend generation runs on: cm's, or its compressed-KV variant
+ * (--kv-dtype) in *kq. */
+static lmc_status gen_backend(const struct gen_args *a, const struct cli_model *cm,
+                              struct lmc_backend *kq, const struct lmc_backend **out, lmc_err *err) {
+    *out = &cm->be;
+    if (!a->kv_fmt) return LMC_OK;
+    lmc_status st = lmc_kvq_backend(kq, &cm->be, err);
+    if (!st) *out = kq;
     return st;
 }
 
@@ -97,6 +119,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
     a->g.stop = a->stops;
     a->spec.draft_tokens = 4;
     a->spec.adaptive = true;
+    a->kv_residual = 128;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&a->c, argc, argv, &i);
         if (r < 0) return 2;
@@ -170,9 +193,15 @@ int cmd_generate(int argc, char **argv) {
     }
     int64_t ctx = cli_ctx(&a.c, &cm.model);
     struct lmc_spec_stats sstats = {0};
+    struct lmc_backend kqbe;
+    const struct lmc_backend *gbe;
+    if (gen_backend(&a, &cm, &kqbe, &gbe, &err)) {
+        rc = cli_fail("--kv-dtype", &err);
+        goto done;
+    }
     if (a.spec.mode) {
         if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
-        if (generate_spec(&a, &cm, ids, n, ctx, &res, &sstats, &err)) {
+        if (generate_spec(&a, &cm, gbe, ids, n, ctx, &res, &sstats, &err)) {
             rc = cli_fail("generate", &err);
             goto done;
         }
@@ -183,11 +212,15 @@ int cmd_generate(int argc, char **argv) {
                 sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0);
         goto report;
     }
-    if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, ctx, 512, &err)) {
+    if (lmc_session_init(&s, &cm.model, gbe, cm.tok, ctx, 512, &err)) {
         rc = cli_fail("session", &err);
         goto done;
     }
     have_s = true;
+    if (a.kv_fmt && lmc_kvq_kv_format(&s.kv, a.kv_fmt, a.kv_residual, &err)) {
+        rc = cli_fail("--kv-dtype", &err);
+        goto done;
+    }
     if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
     if (lmc_session_generate(&s, ids, n, &a.g, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
         rc = cli_fail("generate", &err);
@@ -229,8 +262,8 @@ static bool emit_collect(void *user, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
-    if (a.spec.mode) {
-        fprintf(stderr, "lmc chat: speculative decoding is available in `lmc generate` only\n");
+    if (a.spec.mode || a.kv_fmt) {
+        fprintf(stderr, "lmc chat: speculative decoding and --kv-dtype are available in `lmc generate` only\n");
         return 2;
     }
     struct cli_model cm;

@@ -4,6 +4,7 @@
  * rollback and adaptive K; streaming and stops as session.c does them. */
 #include "infer/spec.h"
 #include "infer/detok.h"
+#include "infer/kvq.h"
 #include "infer/sampler.h"
 #include "infer/spec_sample.h"
 #include "core/core.h"
@@ -76,6 +77,10 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     sp->logits = malloc((size_t)(K + 1) * (size_t)V * sizeof(float));
     sp->p = malloc((size_t)(K + 1) * (size_t)V * sizeof(float));
     if (!sp->logits || !sp->p) goto oom;
+    if (o->kv_fmt) {
+        st = lmc_kvq_kv_format(&sp->kv, o->kv_fmt, o->kv_residual, err);
+        if (st) goto fail;
+    }
     if (o->mode == LMC_SPEC_LOOKUP) return LMC_OK;
     if (o->mode == LMC_SPEC_SELF) {
         /* a shallow view: same weights, the first L layers, the shared head */
@@ -89,6 +94,10 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
         st = lmc_kv_init(&sp->dkv, draft, be, ctx, err);
         if (st) goto fail;
         sp->dkv_owned = true;
+        if (o->kv_fmt) {
+            st = lmc_kvq_kv_format(&sp->dkv, o->kv_fmt, o->kv_residual, err);
+            if (st) goto fail;
+        }
     }
     st = lmc_acts_init(&sp->dacts, sp->draft, be, LMC_MIN(512, ctx), 1, err);
     if (st) goto fail;

@@ -15,6 +15,7 @@
 #include "lmc.h"
 #include "infer/session.h"
 #include "model/model.h"
+#include "ops/cpu/kvquant.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -27,6 +28,10 @@ struct lmc_spec_opts {
     int64_t lookup_ngram;      /* LOOKUP: longest n-gram matched (1..16) */
     int64_t self_layers;       /* SELF: layers of the draft (1..num_layers-1) */
     bool adaptive;             /* K from the running acceptance rate (else fixed) */
+    /* compressed KV caches (infer/kvq.h): the backend must be made by
+     * lmc_kvq_backend; NONE: the backend's own cache */
+    enum lmc_kvq_fmt kv_fmt;
+    int64_t kv_residual;       /* KIVI: recent tokens kept in f16 */
 };
 
 struct lmc_spec_stats {
