@@ -3,7 +3,9 @@
 # on every fixture, greedy --prompt-lookup / --self-spec / --draft-model give
 # transformers' greedy ids (ref.json) and the same streamed text as the
 # JSON; on models/kjv-llama the same ids as plain greedy (also with q8, q4
-# and kivi2 caches, against plain greedy with that cache); bad values and
+# and kivi2 caches, against plain greedy with that cache); attention sinks:
+# a window that never fills equals plain greedy, a small one generates 600
+# tokens past the 256 positions (plain and speculative); bad values and
 # combinations exit 2 with a message; chat refuses them. Usage: PATH/TO/lmc
 set -u
 LMC="$1"
@@ -54,6 +56,26 @@ done
 [ $rc = 2 ] && grep -q "invalid value 'q9' for --kv-dtype" "$TMP/err"; ok $? "--kv-dtype q9 refused (rc $rc)"
 "$LMC" generate -m $K -p hi -n 2 --kv-dtype kivi2 --kv-residual 4000 >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "kivi2 needs .* bytes per layer" "$TMP/err"; ok $? "KIVI ring larger than the cache refused (rc $rc)"
+
+# StreamingLLM: a window that never fills changes nothing; a small one
+# generates far past the model's 256 positions, evicting
+P2="And God said, Let there be light: and there was light. And God saw the light"
+"$LMC" generate -m $K -p "$P2" --temp 0 -n 150 --json >"$TMP/plain.json" 2>/dev/null
+for f in "" "--prompt-lookup 3" "--self-spec 4"; do
+  "$LMC" generate -m $K -p "$P2" --temp 0 -n 150 --json --attention-sinks 4 --kv-window 2000 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks, big window $f"
+  [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/s.json")" ] && grep -q " 0 evicted" "$TMP/err"; ok $? "sinks, big window $f equals plain greedy"
+  "$LMC" generate -m $K -p "$P2" --temp 0.8 --seed 5 -n 600 --json --attention-sinks 4 --kv-window 100 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks 4 window 100 $f: 600 tokens"
+  [ "$(python3 -c "import json;print(len(json.load(open('$TMP/s.json'))['ids']))")" = 600 ]; ok $? "600 tokens past 256 positions ($f)"
+  grep -qE " [1-9][0-9]* evicted" "$TMP/err"; ok $? "tokens evicted ($f)"
+done
+"$LMC" generate -m $K -p "$P2" --attention-sinks 4 --kv-window 4 --prompt-lookup 2 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "KV window 4 must exceed the draft tokens 4" "$TMP/err"; ok $? "window <= K refused (rc $rc)"
+"$LMC" generate -m $FIX/gpt2-tiny -p hi --kv-window 40 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "rotary positions" "$TMP/err"; ok $? "sinks on learned positions refused (rc $rc)"
+"$LMC" generate -m $K -p "$P2" --kv-window 10 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "exceeds the context of 10 (attention sinks + KV window)" "$TMP/err"; ok $? "prompt longer than the window refused (rc $rc)"
+"$LMC" generate -m $K -p "$P2" --kv-window 100 --kv-dtype q8 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "do not combine" "$TMP/err"; ok $? "sinks with a compressed cache refused (rc $rc)"
 
 # sampling runs (seeded: the same seed gives the same text)
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/a.json" 2>/dev/null

@@ -52,6 +52,10 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         *ok = a->kv_fmt != LMC_KVQ_NONE || !strcmp(v, "f32");
     } else if (!strcmp(o, "--kv-residual")) {
         *ok = cli_parse_i64(v, 0, 4096, &a->kv_residual);
+    } else if (!strcmp(o, "--attention-sinks")) {
+        *ok = cli_parse_i64(v, 0, 1 << 20, &sp->sinks);
+    } else if (!strcmp(o, "--kv-window")) {
+        *ok = cli_parse_i64(v, 1, 1 << 24, &sp->window);
     } else if (!strcmp(o, "--draft-adapt")) {
         *ok = !strcmp(v, "on") || !strcmp(v, "off");
         sp->adaptive = !strcmp(v, "on");
@@ -199,17 +203,19 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("--kv-dtype", &err);
         goto done;
     }
-    if (a.spec.mode) {
-        if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
+    if (a.spec.mode || a.spec.window) {
+        if (a.spec.window) ctx = a.spec.sinks + a.spec.window; /* unbounded generation */
+        else if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
         if (generate_spec(&a, &cm, gbe, ids, n, ctx, &res, &sstats, &err)) {
             rc = cli_fail("generate", &err);
             goto done;
         }
         fprintf(stderr, "lmc: speculative: %lld rounds, %lld drafted, %lld accepted (%.1f%%), "
-                        "%.2f tokens per target forward\n",
+                        "%.2f tokens per target forward, %lld evicted\n",
                 (long long)sstats.rounds, (long long)sstats.drafted, (long long)sstats.accepted,
                 sstats.drafted ? 100.0 * (double)sstats.accepted / (double)sstats.drafted : 0.0,
-                sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0);
+                sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0,
+                (long long)sstats.evicted);
         goto report;
     }
     if (lmc_session_init(&s, &cm.model, gbe, cm.tok, ctx, 512, &err)) {
@@ -262,8 +268,8 @@ static bool emit_collect(void *user, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
-    if (a.spec.mode || a.kv_fmt) {
-        fprintf(stderr, "lmc chat: speculative decoding and --kv-dtype are available in `lmc generate` only\n");
+    if (a.spec.mode || a.kv_fmt || a.spec.window) {
+        fprintf(stderr, "lmc chat: speculative decoding, --kv-dtype and attention sinks are available in `lmc generate` only\n");
         return 2;
     }
     struct cli_model cm;

@@ -6,8 +6,8 @@
  * tokens moves the window rows down by e slots and rotates their keys back
  * by e positions (rotations compose: R(p - e) k = R(-e) R(p) k).
  * The policy is pure; lmc_stream_evict_rows applies it to one layer's f32
- * K/V rows. Generation wiring (a --attention-sinks S --kv-window W loop)
- * is pending the model's per-layer sequence state. */
+ * K/V rows; infer/spec.c's generation loop runs it (lmc generate
+ * --attention-sinks S --kv-window W). */
 #ifndef LMC_KVQ_STREAM_H
 #define LMC_KVQ_STREAM_H
 

@@ -5,6 +5,7 @@
 #include "infer/spec.h"
 #include "infer/detok.h"
 #include "infer/kvq.h"
+#include "infer/kvq_stream.h"
 #include "infer/sampler.h"
 #include "infer/spec_sample.h"
 #include "core/core.h"
@@ -33,12 +34,31 @@ int64_t lmc_spec_next_k(double alpha, int64_t kmax) {
     return k >= (double)kmax ? kmax : LMC_MAX(1, (int64_t)k);
 }
 
+static lmc_status check_stream(const struct lmc_spec_opts *o, const struct lmc_model *m,
+                               const struct lmc_backend *be, lmc_err *err) {
+    struct lmc_stream_policy p = {o->sinks, o->window, 1};
+    lmc_status st = lmc_stream_check(&p, err);
+    if (st) return st;
+    if (!m->rot_dim)
+        return lmc_err_set(err, LMC_ERR_ARG, "attention sinks need rotary positions (this model has learned ones)");
+    if (o->mode == LMC_SPEC_DRAFT || o->kv_fmt)
+        return lmc_err_set(err, LMC_ERR_ARG, "attention sinks do not combine with a draft model or a compressed cache yet");
+    if (be->kv_dtype != LMC_DTYPE_F32 || !be->host_memory)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "attention sinks need the CPU backend's f32 cache");
+    if (o->window <= o->draft_tokens)
+        return lmc_err_set(err, LMC_ERR_ARG, "KV window %lld must exceed the draft tokens %lld",
+                           (long long)o->window, (long long)o->draft_tokens);
+    return LMC_OK;
+}
+
 static lmc_status check_opts(const struct lmc_spec_opts *o, const struct lmc_model *m,
                              const struct lmc_model *draft, lmc_err *err) {
     if (o->draft_tokens < 1 || o->draft_tokens > 64)
         return lmc_err_set(err, LMC_ERR_ARG, "draft tokens %lld out of range (1..64)",
                            (long long)o->draft_tokens);
     switch (o->mode) {
+    case LMC_SPEC_NONE:
+        return LMC_OK;
     case LMC_SPEC_LOOKUP:
         if (o->lookup_ngram < 1 || o->lookup_ngram > 16)
             return lmc_err_set(err, LMC_ERR_ARG, "prompt lookup n-gram %lld out of range (1..16)",
@@ -65,7 +85,20 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
                          const struct lmc_spec_opts *o, int64_t ctx, lmc_err *err) {
     memset(sp, 0, sizeof *sp);
     lmc_status st = check_opts(o, m, draft, err);
+    if (!st && o->window > 0) st = check_stream(o, m, be, err);
     if (st) return st;
+    if (o->window > 0) {
+        float scale = 1;
+        sp->inv_freq = malloc((size_t)(m->rot_dim / 2 + 1) * sizeof *sp->inv_freq);
+        if (!sp->inv_freq) return lmc_err_set(err, LMC_ERR_OOM, "speculative decoding: out of memory");
+        ctx = o->sinks + o->window;
+        lmc_rope_freqs(&m->cfg, m->rot_dim, ctx, sp->inv_freq, &scale);
+        if (scale != 1.0f) {
+            free(sp->inv_freq);
+            sp->inv_freq = NULL;
+            return lmc_err_set(err, LMC_ERR_ARG, "attention sinks: rotary scaling with an attention factor is not supported");
+        }
+    }
     sp->model = m;
     sp->be = be;
     sp->tok = tok;
@@ -81,7 +114,7 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
         st = lmc_kvq_kv_format(&sp->kv, o->kv_fmt, o->kv_residual, err);
         if (st) goto fail;
     }
-    if (o->mode == LMC_SPEC_LOOKUP) return LMC_OK;
+    if (o->mode == LMC_SPEC_LOOKUP || o->mode == LMC_SPEC_NONE) return LMC_OK;
     if (o->mode == LMC_SPEC_SELF) {
         /* a shallow view: same weights, the first L layers, the shared head */
         sp->self_view = *m;
@@ -121,6 +154,7 @@ void lmc_spec_free(struct lmc_spec *sp) {
     free(sp->p);
     free(sp->dlogits);
     free(sp->q);
+    free(sp->inv_freq);
     memset(sp, 0, sizeof *sp);
 }
 
@@ -149,7 +183,8 @@ static bool append(char **buf, size_t *len, size_t *cap, const char *p, size_t n
 struct gen {
     int32_t *all;              /* prompt + output + room for K drafts */
     int64_t n;                 /* ids decided (prompt + generated) */
-    int64_t tc, dc;            /* positions valid in the target / draft cache */
+    int64_t tc, dc;            /* ids whose rows are valid in the target / draft cache */
+    int64_t shift;             /* streaming: ids evicted; id i >= sinks sits at position i - shift */
     struct lmc_sampler ts, ds; /* target (acceptance uniforms), draft (draws) */
     struct lmc_detok dt;
     bool have_dt;
@@ -162,11 +197,28 @@ struct gen {
 static lmc_status draft_step(struct lmc_spec *sp, struct gen *g, int64_t k, float *q, lmc_err *err) {
     int64_t upto = g->n + k; /* ids all[0..upto) conditioned on */
     lmc_status st = lmc_model_forward(sp->draft, sp->be, &sp->dacts, &sp->dkv, g->all + g->dc,
-                                      upto - g->dc, g->dc, sp->dlogits, false, err);
+                                      upto - g->dc, g->dc - g->shift, sp->dlogits, false, err);
     if (st) return st;
     g->dc = upto;
     lmc_sampler_probs(&g->ds, sp->dlogits, g->all, upto, q);
     return LMC_OK;
+}
+
+/* Streaming: makes room in the target cache for m more rows (sinks kept,
+ * the oldest window rows evicted, the rest moved down and re-rotated). */
+static void stream_make_room(struct lmc_spec *sp, struct gen *g, int64_t m,
+                             struct lmc_spec_stats *stats) {
+    struct lmc_stream_policy p = {sp->o.sinks, sp->o.window, 1};
+    int64_t used = g->tc - g->shift;
+    int64_t e = lmc_stream_evict_count(&p, used, m);
+    if (!e) return;
+    const struct lmc_config *c = &sp->model->cfg;
+    size_t layer = (size_t)sp->kv.ctx * (size_t)sp->kv.row;
+    for (int64_t l = 0; l < sp->kv.n_layers; l++)
+        lmc_stream_evict_rows(sp->kv.k + l * layer, sp->kv.v + l * layer, used, c->num_kv_heads,
+                              c->head_dim, sp->model->rot_dim, sp->inv_freq, p.sinks, e);
+    g->shift += e;
+    stats->evicted += e;
 }
 
 /* Drafts up to K tokens into all[n..n+k); returns k. */
@@ -198,9 +250,11 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     int64_t V = m->cfg.vocab_size, Kmax = sp->o.draft_tokens, ctx = sp->kv.ctx;
     if (o->max_new < 0) return lmc_err_set(err, LMC_ERR_ARG, "max new tokens must be >= 0");
     if (n_prompt <= 0) return lmc_err_set(err, LMC_ERR_ARG, "empty prompt: nothing to condition on");
+    bool stream = sp->o.window > 0;
     if (n_prompt > ctx)
-        return lmc_err_set(err, LMC_ERR_ARG, "prompt of %lld tokens exceeds the context of %lld",
-                           (long long)n_prompt, (long long)ctx);
+        return lmc_err_set(err, LMC_ERR_ARG, "prompt of %lld tokens exceeds the context of %lld%s",
+                           (long long)n_prompt, (long long)ctx,
+                           stream ? " (attention sinks + KV window)" : "");
     struct gen g;
     memset(&g, 0, sizeof g);
     lmc_status st = lmc_sampler_init(&g.ts, &o->sampling, V, err);
@@ -245,9 +299,11 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     while (!done && !eos && n_gen < o->max_new) {
         /* no drafts past what is still wanted (the round adds one more) or
          * past the context (the verify forward fills positions n-1..n-1+k) */
-        int64_t kcap = LMC_MIN(K, LMC_MIN(o->max_new - n_gen - 1, ctx - g.n));
+        int64_t kcap = LMC_MIN(K, LMC_MIN(o->max_new - n_gen - 1, stream ? sp->o.window - 1 : ctx - g.n));
+        if (sp->o.mode == LMC_SPEC_NONE) kcap = 0;
         int64_t k = 0;
-        if (g.n > ctx) {
+        if (stream) stream_make_room(sp, &g, LMC_MAX(kcap, 0) + 1, stats);
+        else if (g.n > ctx) {
             st = lmc_err_set(err, LMC_ERR_ARG, "context of %lld tokens is full", (long long)ctx);
             break;
         }
@@ -256,8 +312,8 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             if (st) break;
             if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
         }
-        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1, g.n - 1,
-                               sp->logits, true, err);
+        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
+                               g.n - 1 - g.shift, sp->logits, true, err);
         if (st) break;
         g.tc = g.n + k;
         for (int64_t i = 0; i <= k; i++)

@@ -8,7 +8,9 @@
  * The output has exactly the target's sampling distribution for every
  * sampler setting; greedy output equals plain greedy decoding up to the
  * rounding differences of a batched versus a one-token forward. K adapts
- * to the running acceptance rate. Uses session.h's options and result. */
+ * to the running acceptance rate. Uses session.h's options and result.
+ * The same loop runs StreamingLLM eviction (kvq_stream.h) and compressed
+ * caches (kvq.h); mode NONE is plain decoding through it. */
 #ifndef LMC_SPEC_H
 #define LMC_SPEC_H
 
@@ -20,7 +22,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum lmc_spec_mode { LMC_SPEC_LOOKUP = 1, LMC_SPEC_DRAFT, LMC_SPEC_SELF };
+/* NONE: no drafts (plain decoding through this loop, for streaming) */
+enum lmc_spec_mode { LMC_SPEC_NONE = 0, LMC_SPEC_LOOKUP, LMC_SPEC_DRAFT, LMC_SPEC_SELF };
 
 struct lmc_spec_opts {
     enum lmc_spec_mode mode;
@@ -32,12 +35,18 @@ struct lmc_spec_opts {
      * lmc_kvq_backend; NONE: the backend's own cache */
     enum lmc_kvq_fmt kv_fmt;
     int64_t kv_residual;       /* KIVI: recent tokens kept in f16 */
+    /* StreamingLLM (infer/kvq_stream.h): window > 0 bounds the cache to
+     * sinks + window positions for unbounded generation (rotary models, the
+     * CPU f32 cache, no draft model, no compressed cache; ctx is then
+     * sinks + window) */
+    int64_t sinks, window;
 };
 
 struct lmc_spec_stats {
     int64_t rounds;            /* target verification forwards */
     int64_t drafted, accepted; /* draft tokens proposed / accepted */
     int64_t draft_forwards;    /* draft-model forwards (DRAFT, SELF) */
+    int64_t evicted;           /* tokens evicted by streaming */
 };
 
 struct lmc_spec {
@@ -57,10 +66,12 @@ struct lmc_spec {
     bool dkv_owned;
     struct lmc_acts dacts;
     float *dlogits, *q;        /* (V) draft logits, (K, V) draft probabilities */
+    double *inv_freq;          /* (rot_dim/2) streaming: the keys' re-rotation */
 };
 
 /* draft: the draft model for LMC_SPEC_DRAFT (same vocabulary size: checked,
- * LMC_ERR_ARG), NULL otherwise. Options checked with LMC_ERR_ARG. */
+ * LMC_ERR_ARG), NULL otherwise. Options checked with LMC_ERR_ARG. With
+ * streaming, ctx is ignored (the cache holds sinks + window positions). */
 lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const struct lmc_backend *be,
                          const struct lmc_tokenizer *tok, const struct lmc_model *draft,
                          const struct lmc_spec_opts *o, int64_t ctx, lmc_err *err);
