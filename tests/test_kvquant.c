@@ -15,6 +15,7 @@
 #include "core/core.h"
 #include "core/dtype.h"
 #include "infer/kvq.h"
+#include "ops/cpu/kvquant_layout.h"
 #include "model/model.h"
 
 #include <stdlib.h>
@@ -164,6 +165,20 @@ static void test_layer(enum lmc_kvq_fmt f, int64_t R) {
             }
         }
         CHECK_MSG(bad == 0, "kivi2: %d old values beyond half a step", bad);
+    }
+    { /* the element decoder the CUDA kernel shares equals the row decoder */
+        const struct lmc_kvq_hdr *h = b.k;
+        struct lmc_kvq_layout L = lmc_kvq_layout_of(h->fmt, h->ctx, h->row, h->residual);
+        int same = 0;
+        for (int64_t t = 0; t < at; t++) {
+            lmc_kvq_layer_row(b.k, b.v, t, k, v);
+            int ok = 1;
+            for (int c = 0; c < ROW; c++)
+                ok &= lmc_kvq_elem(h, &L, b.k, 0, t, c) == k[c] && lmc_kvq_elem(h, &L, b.v, 1, t, c) == v[c];
+            same += ok;
+        }
+        CHECK_MSG(same == at, "%s: lmc_kvq_elem differs from the row decoder at %lld rows", name,
+                  (long long)(at - same));
     }
     double e0 = decode_err(&b, K, V, at);
     /* rollback to 101 (inside a quantized KIVI block), then other rows */

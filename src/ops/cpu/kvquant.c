@@ -3,6 +3,7 @@
  * storing rows (with KIVI's residual ring and block quantization of keys
  * per channel) and decoding one position's rows. */
 #include "ops/cpu/kvquant.h"
+#include "ops/cpu/kvquant_layout.h"
 #include "core/core.h"
 #include "core/dtype.h"
 
@@ -10,13 +11,6 @@
 #include <string.h>
 
 #define G LMC_KVQ_GROUP
-#define KVQ_MAGIC 0x6b7671636163686full
-#define HDR 64
-
-struct hdr {
-    uint64_t magic;
-    int64_t fmt, ctx, row, residual, len, n_quant;
-};
 
 const char *lmc_kvq_name(enum lmc_kvq_fmt f) {
     switch (f) {
@@ -80,10 +74,6 @@ void lmc_kvq_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, 
     for (int64_t i = 0; i < n; i++) x[i] = (float)codes[i] * lmc_f16_to_f32(scales[i / G]);
 }
 
-static inline int get_code(const uint8_t *codes, int64_t i, int bits) {
-    int64_t b = i * bits;
-    return (codes[b >> 3] >> (b & 7)) & ((1 << bits) - 1);
-}
 
 void lmc_kvq_asym_quant(const float *x, int64_t n, int bits, uint8_t *codes, uint16_t *sm) {
     LMC_ASSERT(bits == 2 || bits == 4);
@@ -114,50 +104,8 @@ void lmc_kvq_asym_quant(const float *x, int64_t n, int bits, uint8_t *codes, uin
 void lmc_kvq_asym_dequant(const uint8_t *codes, const uint16_t *sm, int64_t n, int bits, float *x) {
     for (int64_t i = 0; i < n; i++) {
         int64_t gi = i / G;
-        x[i] = lmc_f16_to_f32(sm[2 * gi + 1]) + (float)get_code(codes, i, bits) * lmc_f16_to_f32(sm[2 * gi]);
+        x[i] = lmc_f16_to_f32(sm[2 * gi + 1]) + (float)lmc_kvq_code(codes, i, bits) * lmc_f16_to_f32(sm[2 * gi]);
     }
-}
-
-/* Byte offsets of a layer's arrays inside its K and V regions. */
-struct layout {
-    size_t kcodes, kscales, kring, kend; /* in the K region (after the header) */
-    size_t vcodes, vscales, vring, vend; /* in the V region */
-    int64_t rowbytes, ng, ring;          /* code bytes per row (row formats / KIVI values) */
-};
-
-static size_t al8(size_t x) { return (x + 7) & ~(size_t)7; }
-
-static struct layout layout_of(enum lmc_kvq_fmt f, int64_t ctx, int64_t row, int64_t residual) {
-    struct layout L = {0};
-    size_t C = (size_t)ctx, r = (size_t)row;
-    L.ng = ngroups(row);
-    size_t ng = (size_t)L.ng;
-    L.kcodes = HDR;
-    L.vcodes = 0;
-    if (f == LMC_KVQ_Q8) {
-        L.rowbytes = row;
-        L.kscales = al8(L.kcodes + C * r);
-        L.kend = L.kscales + C * ng * 2;
-        L.vscales = al8(C * r);
-        L.vend = L.vscales + C * ng * 2;
-    } else if (f == LMC_KVQ_Q4) {
-        L.rowbytes = (row * 4 + 7) / 8;
-        L.kscales = al8(L.kcodes + C * (size_t)L.rowbytes);
-        L.kend = L.kscales + C * ng * 4;
-        L.vscales = al8(C * (size_t)L.rowbytes);
-        L.vend = L.vscales + C * ng * 4;
-    } else { /* KIVI2 */
-        size_t nb = (C + G - 1) / G;
-        L.rowbytes = (row * 2 + 7) / 8;
-        L.ring = residual + G;
-        L.kscales = al8(L.kcodes + nb * r * (G / 4));
-        L.kring = al8(L.kscales + nb * r * 4);
-        L.kend = L.kring + (size_t)L.ring * r * 2;
-        L.vscales = al8(C * (size_t)L.rowbytes);
-        L.vring = al8(L.vscales + C * ng * 4);
-        L.vend = L.vring + (size_t)L.ring * r * 2;
-    }
-    return L;
 }
 
 lmc_status lmc_kvq_layer_init(void *kregion, void *vregion, enum lmc_kvq_fmt f, int64_t ctx,
@@ -169,21 +117,21 @@ lmc_status lmc_kvq_layer_init(void *kregion, void *vregion, enum lmc_kvq_fmt f, 
     if (f == LMC_KVQ_KIVI2 && (residual < 0 || residual > 4096))
         return lmc_err_set(err, LMC_ERR_ARG, "KIVI residual length %lld out of range (0..4096)",
                            (long long)residual);
-    struct layout L = layout_of(f, ctx, row, residual);
+    struct lmc_kvq_layout L = lmc_kvq_layout_of(f, ctx, row, residual);
     size_t have = (size_t)ctx * (size_t)row * 2;
     if (L.kend > have || L.vend > have)
         return lmc_err_set(err, LMC_ERR_ARG,
                            "KV cache format %s needs %zu bytes per layer, the %lld-position cache "
                            "has %zu (a longer context or a shorter residual)",
                            lmc_kvq_name(f), LMC_MAX(L.kend, L.vend), (long long)ctx, have);
-    struct hdr h = {KVQ_MAGIC, f, ctx, row, f == LMC_KVQ_KIVI2 ? residual : 0, 0, 0};
+    struct lmc_kvq_hdr h = {LMC_KVQ_MAGIC, f, ctx, row, f == LMC_KVQ_KIVI2 ? residual : 0, 0, 0};
     memcpy(kregion, &h, sizeof h);
     return LMC_OK;
 }
 
-static struct hdr *hdr_of(const void *kregion) {
-    struct hdr *h = (struct hdr *)kregion;
-    LMC_ASSERT(h->magic == KVQ_MAGIC);
+static struct lmc_kvq_hdr *hdr_of(const void *kregion) {
+    struct lmc_kvq_hdr *h = (struct lmc_kvq_hdr *)kregion;
+    LMC_ASSERT(h->magic == LMC_KVQ_MAGIC);
     return h;
 }
 
@@ -196,7 +144,7 @@ static void f32_to_f16_row(const float *x, int64_t n, uint16_t *y) {
 }
 
 /* KIVI: quantizes the block of G positions starting at h->n_quant out of the ring. */
-static void kivi_quant_block(struct hdr *h, const struct layout *L, void *kr, void *vr) {
+static void kivi_quant_block(struct lmc_kvq_hdr *h, const struct lmc_kvq_layout *L, void *kr, void *vr) {
     int64_t r = h->row, b0 = h->n_quant, blk = b0 / G;
     uint16_t *kring = AT(kr, L->kring, uint16_t), *vring = AT(vr, L->vring, uint16_t);
     float tmp[G], vrow[r];
@@ -214,7 +162,7 @@ static void kivi_quant_block(struct hdr *h, const struct layout *L, void *kr, vo
 }
 
 /* Decodes position t: key row into k and value row into v (either NULL). */
-static void decode(const struct hdr *h, const struct layout *L, const void *kr, const void *vr,
+static void decode(const struct lmc_kvq_hdr *h, const struct lmc_kvq_layout *L, const void *kr, const void *vr,
                    int64_t t, float *k, float *v) {
     int64_t r = h->row;
     size_t rb = (size_t)L->rowbytes, sg = (size_t)L->ng;
@@ -249,24 +197,24 @@ static void decode(const struct hdr *h, const struct layout *L, const void *kr, 
         const uint16_t *sm = AT(kr, L->kscales, const uint16_t) + (size_t)(blk * r) * 2;
         for (int64_t c = 0; c < r; c++)
             k[c] = lmc_f16_to_f32(sm[2 * c + 1]) +
-                   (float)get_code(codes + c * (G / 4), tt, 2) * lmc_f16_to_f32(sm[2 * c]);
+                   (float)lmc_kvq_code(codes + c * (G / 4), tt, 2) * lmc_f16_to_f32(sm[2 * c]);
     }
     if (v) lmc_kvq_asym_dequant(AT(vr, L->vcodes, const uint8_t) + (size_t)t * rb,
                                 AT(vr, L->vscales, const uint16_t) + (size_t)t * sg * 2, r, 2, v);
 }
 
 void lmc_kvq_layer_row(const void *kregion, const void *vregion, int64_t t, float *k, float *v) {
-    const struct hdr *h = hdr_of(kregion);
+    const struct lmc_kvq_hdr *h = hdr_of(kregion);
     LMC_ASSERT(t >= 0 && t < h->len);
-    struct layout L = layout_of((enum lmc_kvq_fmt)h->fmt, h->ctx, h->row, h->residual);
+    struct lmc_kvq_layout L = lmc_kvq_layout_of((enum lmc_kvq_fmt)h->fmt, h->ctx, h->row, h->residual);
     decode(h, &L, kregion, vregion, t, k, v);
 }
 
 void lmc_kvq_layer_store(void *kregion, void *vregion, const float *k, const float *v, int64_t n,
                          int64_t pos) {
-    struct hdr *h = hdr_of(kregion);
+    struct lmc_kvq_hdr *h = hdr_of(kregion);
     LMC_ASSERT(pos >= 0 && pos <= h->len && pos + n <= h->ctx);
-    struct layout L = layout_of((enum lmc_kvq_fmt)h->fmt, h->ctx, h->row, h->residual);
+    struct lmc_kvq_layout L = lmc_kvq_layout_of((enum lmc_kvq_fmt)h->fmt, h->ctx, h->row, h->residual);
     int64_t r = h->row;
     size_t rb = (size_t)L.rowbytes, sg = (size_t)L.ng;
     if (h->fmt == LMC_KVQ_KIVI2 && pos < h->n_quant) {
@@ -305,3 +253,6 @@ void lmc_kvq_layer_store(void *kregion, void *vregion, const float *k, const flo
         }
     }
 }
+
+_Static_assert(LMC_KVQ_G == LMC_KVQ_GROUP, "one group size");
+_Static_assert(sizeof(struct lmc_kvq_hdr) <= LMC_KVQ_HDR, "header fits its bytes");
