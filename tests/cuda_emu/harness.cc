@@ -18,6 +18,8 @@
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
  *               BF16 / F16 weights, bias epilogue and fallback, backward
  *               in fp32 and train_bf16 (see test_mm)
+ *   kvq         attention_kvq.cu: attention over compressed KV layers (q8,
+ *               q4, KIVI-2) written by the CPU store, vs lmc_kvq_attention
  *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
@@ -29,6 +31,8 @@
 
 extern "C" {
 #include "core/dtype.h"
+#include "ops/cpu/kvquant.h"
+#include "ops/cuda/kvquant_cuda.h"
 #include "model/backward.h"
 #include "model/model.h"
 }
@@ -1050,6 +1054,46 @@ static void test_e2e() {
     emu_strict_device = false;
 }
 
+/* attention_kvq.cu against the CPU twin on layers the CPU store filled
+ * (prefill chunks then single tokens, a rollback included) */
+static void test_kvq() {
+    struct { int fmt; int64_t R, ctx, H, KV, D, M, win; } cs[] = {
+        {LMC_KVQ_Q8, 0, 200, 6, 3, 20, 5, 0},   {LMC_KVQ_Q4, 0, 200, 6, 3, 20, 5, 40},
+        {LMC_KVQ_KIVI2, 32, 200, 6, 3, 20, 5, 0}, {LMC_KVQ_KIVI2, 5, 160, 4, 2, 64, 1, 0},
+        {LMC_KVQ_Q8, 0, 96, 4, 4, 48, 3, 17},   {LMC_KVQ_KIVI2, 12, 300, 2, 1, 96, 7, 0},
+    };
+    for (auto &c : cs) {
+        const int64_t row = c.KV * c.D, len = c.ctx - 9, pos0 = len - c.M;
+        std::vector<uint8_t> kr((size_t)(c.ctx * row * 2)), vr((size_t)(c.ctx * row * 2));
+        lmc_err err;
+        if (lmc_kvq_layer_init(kr.data(), vr.data(), (enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R, &err)) {
+            check("kvq layer init", 1, 0, "%s", err.msg);
+            continue;
+        }
+        std::vector<float> K = rv(len * row, 2), V = rv(len * row), K2 = rv(len * row, 2);
+        lmc_kvq_layer_store(kr.data(), vr.data(), K.data(), V.data(), len / 2, 0);
+        lmc_kvq_layer_store(kr.data(), vr.data(), K2.data(), V.data(), 7, len / 2);   /* later rolled back */
+        lmc_kvq_layer_store(kr.data(), vr.data(), K.data() + (len / 2 - 3) * row, V.data() + (len / 2 - 3) * row,
+                            3, len / 2 - 3);
+        for (int64_t t = len / 2; t < len; t++)
+            lmc_kvq_layer_store(kr.data(), vr.data(), K.data() + t * row, V.data() + t * row, 1, t);
+        std::vector<float> q = rv(c.M * c.H * c.D, 2), ref(c.M * c.H * c.D), o = nans(c.M * c.H * c.D);
+        float scale = 1.0f / sqrtf((float)c.D);
+        lmc_kvq_attention(cpu.ctx, ref.data(), q.data(), (const float *)kr.data(), (const float *)vr.data(), c.M,
+                          pos0, c.H, c.KV, c.D, scale, c.win);
+        lmc_cuda_kvq_attention(cc, o.data(), q.data(), (const float *)kr.data(), (const float *)vr.data(), c.M, pos0,
+                               c.H, c.KV, c.D, scale, c.win);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < o.size(); i++) {
+            num = o[i] != o[i] ? INFINITY : std::max(num, (double)fabs(o[i] - ref[i]));
+            den = std::max(den, (double)fabs(ref[i]));
+        }
+        check(std::string("attention_kvq (") + lmc_kvq_name((enum lmc_kvq_fmt)c.fmt) + ")", num / den, 1e-5,
+              "ctx=%ld H=%ld KV=%ld D=%ld M=%ld win=%ld R=%ld", (long)c.ctx, (long)c.H, (long)c.KV, (long)c.D,
+              (long)c.M, (long)c.win, (long)c.R);
+    }
+}
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1057,13 +1101,13 @@ int main(int argc, char **argv) {
     cc = (struct lmc_cuda_ctx *)gpu.ctx; /* n_sm 132, kv_dtype BF16: as on an H100 */
     struct { const char *name; void (*fn)(); } sections[] = {
         {"attn_train", test_attn_train}, {"sample", test_sample}, {"ops", test_ops},
-        {"xent", test_xent}, {"attn", test_attn}, {"mm", test_mm}, {"e2e", test_e2e},
+        {"xent", test_xent}, {"attn", test_attn}, {"mm", test_mm}, {"kvq", test_kvq}, {"e2e", test_e2e},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm kvq e2e)\n", argv[i]);
             return 2;
         }
     }
