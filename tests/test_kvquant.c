@@ -5,7 +5,10 @@
  * position as its format prescribes (q8/q4 rows bit-equal to quantizing the
  * row alone, KIVI's last R..R+31 positions exact f16, older keys within
  * half a per-channel step, values within half a per-token step), rollback
- * (including into a quantized KIVI block) then new rows; attention over the
+ * (including into a quantized KIVI block) then new rows, and 60 random
+ * stores with rollbacks per format and seed against a ground-truth copy
+ * (q8/q4 bit-equal to the true row quantized alone, KIVI within a step,
+ * its recent rows exact f16); attention over the
  * compressed rows equals float64 attention over the decoded rows (1e-5),
  * with GQA, windows and several queries; its error against the float cache
  * is printed per format and bounded; through llama-tiny and kjv-llama the
@@ -235,6 +238,79 @@ static void test_layer(enum lmc_kvq_fmt f, int64_t R) {
     free(b.v);
 }
 
+/* Random stores and rollbacks against a ground-truth copy: q8/q4 rows stay
+ * bit-equal to quantizing the true row alone; KIVI rows within two steps
+ * of the truth (a rolled-back block is quantized again), the newest R
+ * stored since the last rollback exact f16. */
+static void test_random_ops(enum lmc_kvq_fmt f, int64_t R, uint64_t seed) {
+    enum { C = 150 };
+    size_t bytes = (size_t)C * ROW * 2;
+    struct layer_buf b = {malloc(bytes), malloc(bytes)};
+    static float truth_k[C * ROW], truth_v[C * ROW], nk[C * ROW], nv[C * ROW];
+    lmc_err err = {0};
+    CHECK(lmc_kvq_layer_init(b.k, b.v, f, C, ROW, R, &err) == LMC_OK);
+    int64_t len = 0, ops = 0, bad = 0, fresh = 0; /* rows >= fresh stored since the last rollback */
+    float k[ROW], v[ROW];
+    while (ops < 60) {
+        int64_t pos = len == 0 ? 0 : (int64_t)(test_rng_next(&seed) % 4 == 0 ? test_rng_next(&seed) % (uint64_t)(len + 1) : (uint64_t)len);
+        int64_t n = 1 + (int64_t)(test_rng_next(&seed) % 9);
+        if (pos + n > C) {
+            pos = 0;
+        }
+        make_rows(nk, n, test_rng_next(&seed));
+        make_rows(nv, n, test_rng_next(&seed));
+        lmc_kvq_layer_store(b.k, b.v, nk, nv, n, pos);
+        if (pos < len) fresh = pos; /* rows before pos may have come back dequantized */
+        memcpy(truth_k + pos * ROW, nk, (size_t)(n * ROW) * sizeof(float));
+        memcpy(truth_v + pos * ROW, nv, (size_t)(n * ROW) * sizeof(float));
+        len = pos + n;
+        ops++;
+        CHECK(lmc_kvq_layer_len(b.k) == len);
+        for (int64_t t = 0; t < len; t++) {
+            lmc_kvq_layer_row(b.k, b.v, t, k, v);
+            if (f != LMC_KVQ_KIVI2) { /* bit-equal to the true row quantized alone */
+                float qk[ROW], qv[ROW];
+                if (f == LMC_KVQ_Q8) {
+                    int8_t cd[ROW];
+                    uint16_t sc[2];
+                    lmc_kvq_q8_quant(truth_k + t * ROW, ROW, cd, sc);
+                    lmc_kvq_q8_dequant(cd, sc, ROW, qk);
+                    lmc_kvq_q8_quant(truth_v + t * ROW, ROW, cd, sc);
+                    lmc_kvq_q8_dequant(cd, sc, ROW, qv);
+                } else {
+                    uint8_t cd[ROW];
+                    uint16_t sm[4];
+                    lmc_kvq_asym_quant(truth_k + t * ROW, ROW, 4, cd, sm);
+                    lmc_kvq_asym_dequant(cd, sm, ROW, 4, qk);
+                    lmc_kvq_asym_quant(truth_v + t * ROW, ROW, 4, cd, sm);
+                    lmc_kvq_asym_dequant(cd, sm, ROW, 4, qv);
+                }
+                bad += memcmp(k, qk, sizeof k) != 0 || memcmp(v, qv, sizeof v) != 0;
+                continue;
+            }
+            for (int c = 0; c < ROW; c++) {
+                float tk = truth_k[t * ROW + c], tv = truth_v[t * ROW + c];
+                /* |values| <= 8: a block's range <= 16, a 2-bit step <= 16/3;
+                 * quantized twice (rollback): within one step */
+                double lim = 16.0 / 3 * 1.01;
+                if (t >= len - R && t >= fresh)
+                    lim = 1e-3 * fmax(1.0, fabs(tk)) + 1e-3 * fmax(1.0, fabs(tv));
+                if (!(fabs(k[c] - tk) <= lim && fabs(v[c] - tv) <= lim)) {
+                    if (!bad && getenv("KVQ_DEBUG"))
+                        fprintf(stderr, "op %lld pos %lld n %lld len %lld t %lld c %d: k %g want %g, v %g want %g\n",
+                                (long long)ops, (long long)pos, (long long)n, (long long)len, (long long)t, c,
+                                k[c], tk, v[c], tv);
+                    bad++;
+                }
+            }
+        }
+    }
+    CHECK_MSG(bad == 0, "%s R=%lld: %lld values off after random stores and rollbacks", lmc_kvq_name(f),
+              (long long)R, (long long)bad);
+    free(b.k);
+    free(b.v);
+}
+
 static void test_model(const char *dir, double bound) {
     struct lmc_model m;
     struct lmc_backend cpu, kq;
@@ -300,6 +376,12 @@ int main(void) {
     test_layer(LMC_KVQ_Q4, 0);
     test_layer(LMC_KVQ_KIVI2, 32);
     test_layer(LMC_KVQ_KIVI2, 5);
+    for (uint64_t sd = 1; sd <= 3; sd++) {
+        test_random_ops(LMC_KVQ_Q8, 0, sd);
+        test_random_ops(LMC_KVQ_Q4, 0, sd);
+        test_random_ops(LMC_KVQ_KIVI2, 32, sd);
+        test_random_ops(LMC_KVQ_KIVI2, 3, sd);
+    }
     test_model("tests/fixtures/llama-tiny", 0.02);
     test_model("tests/fixtures/gpt2-tiny", 0.02);
     test_model("models/kjv-llama", 0.02);
