@@ -4,10 +4,12 @@
  * models/kjv-llama, for prompt lookup, self-speculation and a draft model,
  * fixed and adaptive K, with rejections (and so cache rollbacks) counted;
  * and the distribution of the first and second sampled tokens of
- * llama-tiny under self-speculation (temperature 1, top-k 24) over 20,000
- * seeded runs matches the target's own (exact marginals from enumerating
- * the first token): chi-square p > 0.001 and total variation below 3x the
- * expected sampling TV. Bad options give LMC_ERR_ARG. */
+ * llama-tiny over 20,000 seeded runs matches the target's own (exact
+ * marginals from enumerating the first token), under self-speculation
+ * (temperature 1, top-k 24) and with gpt2-tiny as the draft model
+ * (temperature 0.8, top-p 0.9, repetition/presence/frequency penalties):
+ * chi-square p > 0.001 and total variation below 3x the expected sampling
+ * TV. Bad options give LMC_ERR_ARG. */
 #include "test.h"
 #include "core/core.h"
 #include "infer/sampler.h"
@@ -165,15 +167,15 @@ static double chi2_p(const int64_t *cnt, const double *prob, int64_t n, int64_t 
     return dof < 1 ? 1.0 : gamma_q(dof / 2.0, stat / 2.0);
 }
 
-static void test_distribution(const struct lmc_model *m) {
+static void test_distribution(const char *name, const struct lmc_model *m,
+                              const struct lmc_model *draft, struct lmc_spec_opts o,
+                              const struct lmc_sampler_params *sampling) {
     enum { N = 20000 };
     int64_t V = m->cfg.vocab_size;
     const int32_t prompt[5] = {7, 100, 33, 7, 250};
     struct lmc_gen_opts g;
     memset(&g, 0, sizeof g);
-    lmc_sampler_defaults(&g.sampling);
-    g.sampling.temperature = 1.0;
-    g.sampling.top_k = 24;
+    g.sampling = *sampling;
     g.max_new = 3;
     g.ignore_eos = true;
     /* exact marginals of tokens 1 and 2 and their joint */
@@ -203,8 +205,7 @@ static void test_distribution(const struct lmc_model *m) {
         }
     }
     struct lmc_spec sp;
-    struct lmc_spec_opts o = {.mode = LMC_SPEC_SELF, .draft_tokens = 2, .self_layers = 1};
-    CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_OK);
+    CHECK(lmc_spec_init(&sp, m, &be, NULL, draft, &o, 64, &err) == LMC_OK);
     int64_t acc = 0, drafted = 0;
     for (int i = 0; i < N; i++) {
         g.sampling.seed = 1000 + (uint64_t)i;
@@ -223,7 +224,7 @@ static void test_distribution(const struct lmc_model *m) {
     }
     double tv, tvb;
     double pa = chi2_p(c1, m1, V, N, &tv, &tvb);
-    printf("  llama-tiny self-spec T=1 top-k 24: token 1 chi2 p = %.4f TV = %.4f (bound %.4f)\n", pa, tv, 3 * tvb);
+    printf("  %-34s token 1 chi2 p = %.4f TV = %.4f (bound %.4f)\n", name, pa, tv, 3 * tvb);
     CHECK_MSG(pa > 0.001 && tv < 3 * tvb, "token 1: p %.3g TV %.4f", pa, tv);
     pa = chi2_p(c2, m2, V, N, &tv, &tvb);
     printf("  %34s token 2 chi2 p = %.4f TV = %.4f (bound %.4f)\n", "", pa, tv, 3 * tvb);
@@ -307,7 +308,21 @@ int main(void) {
     free(ids);
     if (tok) lmc_tokenizer_free(tok);
     cur_tok = NULL;
-    test_distribution(&llama);
+    struct lmc_sampler_params sp1;
+    lmc_sampler_defaults(&sp1);
+    sp1.top_k = 24;
+    test_distribution("llama-tiny self-spec T=1 top-k 24", &llama, NULL,
+                      (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 2, .self_layers = 1}, &sp1);
+    /* a draft model of other weights, penalties over the drafted history, top-p */
+    struct lmc_sampler_params sp2;
+    lmc_sampler_defaults(&sp2);
+    sp2.temperature = 0.8;
+    sp2.top_p = 0.9;
+    sp2.repeat_penalty = 1.3;
+    sp2.presence_penalty = 0.4;
+    sp2.frequency_penalty = 0.2;
+    test_distribution("llama-tiny gpt2 draft, penalties", &llama, &gpt2,
+                      (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 2}, &sp2);
     lmc_model_free(&llama);
     lmc_model_free(&gpt2);
     lmc_model_free(&qwen);
