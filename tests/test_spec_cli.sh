@@ -77,6 +77,10 @@ done
 "$LMC" generate -m $K -p "$P2" --kv-window 100 --kv-dtype q8 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "do not combine" "$TMP/err"; ok $? "sinks with a compressed cache refused (rc $rc)"
 
+# lmc info: KV bytes per token per format (8 layers x 288 per row)
+"$LMC" info -m $K >"$TMP/info.txt" 2>/dev/null
+grep -q "^KV bytes/token  f32 18432, bf16 9216, q8 4896, q4 2880, kivi2 1728$" "$TMP/info.txt"; ok $? "lmc info KV bytes per token"
+
 # sampling runs (seeded: the same seed gives the same text)
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/a.json" 2>/dev/null
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/b.json" 2>/dev/null

@@ -3,6 +3,7 @@
  * for a context). */
 #include "cli.h"
 #include "core/core.h"
+#include "ops/cpu/kvquant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -195,6 +196,13 @@ int cmd_info(int argc, char **argv) {
         printf("context %-5lld KV cache %.1f MiB + activations %.1f MiB -> total %.1f MiB\n",
                (long long)ctx, (double)kvb / 1048576.0, (double)(actb + logitb) / 1048576.0,
                (double)total / 1048576.0);
+        /* KV bytes per token by format (lmc generate --kv-dtype; issue 17) */
+        int64_t row = k->num_kv_heads * k->head_dim, nl = k->num_layers;
+        printf("KV bytes/token  f32 %lld, bf16 %lld, q8 %.0f, q4 %.0f, kivi2 %.0f\n",
+               (long long)(8 * row * nl), (long long)(4 * row * nl),
+               (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_Q8, row),
+               (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_Q4, row),
+               (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_KIVI2, row));
     }
     cli_close(&cm);
     return 0;
