@@ -50,6 +50,20 @@ static void test_quantizers(void) {
         }
         CHECK_MSG(bad == 0, "%d-bit: %d values beyond half a step", bits, bad);
     }
+    /* the shared (host + device) f16 conversions equal core/dtype.h's */
+    int diff = 0;
+    uint64_t s2 = 77;
+    for (int i = 0; i < 200000; i++) {
+        uint32_t u = (uint32_t)test_rng_next(&s2);
+        float f;
+        memcpy(&f, &u, 4);
+        if (i % 2) f = test_rand(&s2) * (float)ldexp(1.0, (int)(test_rng_next(&s2) % 40) - 26);
+        if (f != f) continue;
+        diff += lmc_kvq_to_f16(f) != lmc_f32_to_f16(f);
+        uint16_t h = (uint16_t)u;
+        diff += !(lmc_kvq_f16(h) == lmc_f16_to_f32(h) || (lmc_kvq_f16(h) != lmc_kvq_f16(h)));
+    }
+    CHECK_MSG(diff == 0, "%d f16 conversions differ from core/dtype.h", diff);
     /* a constant group: exact */
     float cst[5] = {0.3f, 0.3f, 0.3f, 0.3f, 0.3f};
     uint8_t cc[2];

@@ -40,34 +40,9 @@ double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row) {
     }
 }
 
-/* f16 at or above / at or below x (finite x within the f16 range). */
-static uint16_t f16_step(uint16_t h, int up) {
-    if ((h & 0x7fff) == 0) return up ? 0x0001 : 0x8001;
-    if (h & 0x8000) return (uint16_t)(up ? h - 1 : h + 1);
-    return (uint16_t)(up ? h + 1 : h - 1);
-}
-static uint16_t f16_up(float x) {
-    uint16_t h = lmc_f32_to_f16(x);
-    return lmc_f16_to_f32(h) < x ? f16_step(h, 1) : h;
-}
-static uint16_t f16_down(float x) {
-    uint16_t h = lmc_f32_to_f16(x);
-    return lmc_f16_to_f32(h) > x ? f16_step(h, 0) : h;
-}
-
 void lmc_kvq_q8_quant(const float *x, int64_t n, int8_t *codes, uint16_t *scales) {
-    for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, gi++) {
-        int64_t e = LMC_MIN(n, g0 + G);
-        float amax = 0;
-        for (int64_t i = g0; i < e; i++) amax = fmaxf(amax, fabsf(x[i]));
-        uint16_t s16 = f16_up(amax / 127.0f);
-        float s = lmc_f16_to_f32(s16);
-        scales[gi] = s16;
-        for (int64_t i = g0; i < e; i++) {
-            float c = s > 0 ? rintf(x[i] / s) : 0;
-            codes[i] = (int8_t)LMC_MAX(-127.0f, LMC_MIN(127.0f, c));
-        }
-    }
+    for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, gi++)
+        lmc_kvq_q8_group(x + g0, 1, LMC_MIN(G, n - g0), codes + g0, scales + gi);
 }
 
 void lmc_kvq_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, float *x) {
@@ -77,28 +52,8 @@ void lmc_kvq_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, 
 
 void lmc_kvq_asym_quant(const float *x, int64_t n, int bits, uint8_t *codes, uint16_t *sm) {
     LMC_ASSERT(bits == 2 || bits == 4);
-    int levels = (1 << bits) - 1;
-    memset(codes, 0, (size_t)((n * bits + 7) / 8));
-    for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, gi++) {
-        int64_t e = LMC_MIN(n, g0 + G);
-        float mn = x[g0], mx = x[g0];
-        for (int64_t i = g0; i < e; i++) {
-            mn = fminf(mn, x[i]);
-            mx = fmaxf(mx, x[i]);
-        }
-        uint16_t m16 = f16_down(mn);
-        float m = lmc_f16_to_f32(m16);
-        uint16_t s16 = f16_up((mx - m) / (float)levels);
-        float s = lmc_f16_to_f32(s16);
-        sm[2 * gi] = s16;
-        sm[2 * gi + 1] = m16;
-        for (int64_t i = g0; i < e; i++) {
-            float c = s > 0 ? rintf((x[i] - m) / s) : 0;
-            int ci = (int)LMC_MAX(0.0f, LMC_MIN((float)levels, c));
-            int64_t b = i * bits;
-            codes[b >> 3] |= (uint8_t)(ci << (b & 7));
-        }
-    }
+    for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, gi++) /* groups start on byte boundaries */
+        lmc_kvq_asym_group(x + g0, 1, LMC_MIN(G, n - g0), bits, codes + g0 * bits / 8, sm + 2 * gi);
 }
 
 void lmc_kvq_asym_dequant(const uint8_t *codes, const uint16_t *sm, int64_t n, int bits, float *x) {
@@ -140,7 +95,7 @@ int64_t lmc_kvq_layer_len(const void *kregion) { return hdr_of(kregion)->len; }
 #define AT(base, off, type) ((type *)((char *)(base) + (off)))
 
 static void f32_to_f16_row(const float *x, int64_t n, uint16_t *y) {
-    for (int64_t i = 0; i < n; i++) y[i] = lmc_f32_to_f16(x[i]);
+    for (int64_t i = 0; i < n; i++) y[i] = lmc_kvq_to_f16(x[i]);
 }
 
 /* KIVI: quantizes the block of G positions starting at h->n_quant out of the ring. */

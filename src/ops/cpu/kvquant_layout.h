@@ -5,6 +5,7 @@
 #ifndef LMC_KVQUANT_LAYOUT_H
 #define LMC_KVQUANT_LAYOUT_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -97,6 +98,82 @@ LMC_KVQ_HD float lmc_kvq_f16(uint16_t h) {
 LMC_KVQ_HD int lmc_kvq_code(const uint8_t *codes, int64_t i, int bits) {
     int64_t b = i * bits;
     return (codes[b >> 3] >> (b & 7)) & ((1 << bits) - 1);
+}
+
+/* float to IEEE half bits, round to nearest even (core/dtype.h's
+ * lmc_f32_to_f16, here for the device too) */
+LMC_KVQ_HD uint16_t lmc_kvq_to_f16(float f) {
+    union { uint32_t u; float f; } x;
+    x.f = f;
+    uint32_t u = x.u, sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+    if (a < 0x38800000u) {
+        if (a < 0x33000000u) return (uint16_t)sign;
+        uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
+        uint32_t out = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (out & 1u))) out++;
+        return (uint16_t)(sign | out);
+    }
+    uint32_t out = (a >> 13) - (112u << 10), rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (out & 1u))) out++;
+    return (uint16_t)(sign | out);
+}
+
+/* the f16 at or above / at or below x (finite x in the f16 range) */
+LMC_KVQ_HD uint16_t lmc_kvq_f16_step(uint16_t h, int up) {
+    if ((h & 0x7fff) == 0) return up ? 0x0001 : 0x8001;
+    if (h & 0x8000) return (uint16_t)(up ? h - 1 : h + 1);
+    return (uint16_t)(up ? h + 1 : h - 1);
+}
+LMC_KVQ_HD uint16_t lmc_kvq_f16_up(float x) {
+    uint16_t h = lmc_kvq_to_f16(x);
+    return lmc_kvq_f16(h) < x ? lmc_kvq_f16_step(h, 1) : h;
+}
+LMC_KVQ_HD uint16_t lmc_kvq_f16_down(float x) {
+    uint16_t h = lmc_kvq_to_f16(x);
+    return lmc_kvq_f16(h) > x ? lmc_kvq_f16_step(h, 0) : h;
+}
+
+/* One group of n <= 32 values x[i * xs]: int8 symmetric codes and the f16
+ * scale (|x - code * scale| <= scale / 2). */
+LMC_KVQ_HD void lmc_kvq_q8_group(const float *x, int64_t xs, int64_t n, int8_t *codes,
+                                 uint16_t *scale) {
+    float amax = 0;
+    for (int64_t i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i * xs]));
+    uint16_t s16 = lmc_kvq_f16_up(amax / 127.0f);
+    float s = lmc_kvq_f16(s16);
+    *scale = s16;
+    for (int64_t i = 0; i < n; i++) {
+        float c = s > 0 ? rintf(x[i * xs] / s) : 0;
+        codes[i] = (int8_t)fmaxf(-127.0f, fminf(127.0f, c));
+    }
+}
+
+/* One group of n <= 32 values x[i * xs]: `bits`-bit asymmetric codes packed
+ * from codes[0] (the group's ceil(n * bits / 8) bytes, overwritten), sm[0]
+ * the f16 scale, sm[1] the f16 minimum. */
+LMC_KVQ_HD void lmc_kvq_asym_group(const float *x, int64_t xs, int64_t n, int bits,
+                                   uint8_t *codes, uint16_t *sm) {
+    int levels = (1 << bits) - 1;
+    float mn = x[0], mx = x[0];
+    for (int64_t i = 0; i < n; i++) {
+        mn = fminf(mn, x[i * xs]);
+        mx = fmaxf(mx, x[i * xs]);
+    }
+    uint16_t m16 = lmc_kvq_f16_down(mn);
+    float m = lmc_kvq_f16(m16);
+    uint16_t s16 = lmc_kvq_f16_up((mx - m) / (float)levels);
+    float s = lmc_kvq_f16(s16);
+    sm[0] = s16;
+    sm[1] = m16;
+    for (int64_t b = 0; b < (n * bits + 7) / 8; b++) codes[b] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float c = s > 0 ? rintf((x[i * xs] - m) / s) : 0;
+        int ci = (int)fmaxf(0.0f, fminf((float)levels, c));
+        int64_t b = i * bits;
+        codes[b >> 3] |= (uint8_t)(ci << (b & 7));
+    }
 }
 
 /* Element c of position t's key (kv = 0) or value (kv = 1) row; base is
