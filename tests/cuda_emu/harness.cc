@@ -18,8 +18,9 @@
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
  *               BF16 / F16 weights, bias epilogue and fallback, backward
  *               in fp32 and train_bf16 (see test_mm)
- *   kvq         attention_kvq.cu: attention over compressed KV layers (q8,
- *               q4, KIVI-2) written by the CPU store, vs lmc_kvq_attention
+ *   kvq         attention_kvq.cu: the compressed store (q8, q4, KIVI-2 with
+ *               rollbacks) decodes as the CPU store's, and attention over
+ *               the CPU-written layers vs lmc_kvq_attention
  *   e2e         llama-, gpt2- and qwen2-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
@@ -1077,6 +1078,44 @@ static void test_kvq() {
                             3, len / 2 - 3);
         for (int64_t t = len / 2; t < len; t++)
             lmc_kvq_layer_store(kr.data(), vr.data(), K.data() + t * row, V.data() + t * row, 1, t);
+        /* the CUDA store, same sequence, in device memory: the same bytes
+         * decode the same */
+        {
+            const size_t bytes = (size_t)(c.ctx * row * 2);
+            std::vector<uint8_t> gk(bytes), gv(bytes);
+            lmc_kvq_layer_init(gk.data(), gv.data(), (enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R, &err);
+            void *dk = gpu.alloc(gpu.ctx, bytes), *dv = gpu.alloc(gpu.ctx, bytes);
+            void *dkn = gpu.alloc(gpu.ctx, (size_t)len * row * 4), *dvn = gpu.alloc(gpu.ctx, (size_t)len * row * 4);
+            void *dpos = gpu.alloc(gpu.ctx, (size_t)len * 4);
+            gpu.upload(gpu.ctx, dk, gk.data(), bytes);
+            gpu.upload(gpu.ctx, dv, gv.data(), bytes);
+            auto st = [&](const float *kk, const float *vv, int64_t n, int64_t p0) {
+                std::vector<int32_t> pos(n);
+                for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(p0 + i);
+                gpu.upload(gpu.ctx, dkn, kk, (size_t)(n * row) * 4);
+                gpu.upload(gpu.ctx, dvn, vv, (size_t)(n * row) * 4);
+                gpu.upload(gpu.ctx, dpos, pos.data(), (size_t)n * 4);
+                lmc_cuda_kvq_rope_kv_store(cc, nullptr, (float *)dkn, (const float *)dvn, dk, dv, n, c.H, c.KV, c.D,
+                                           0, (const int32_t *)dpos, nullptr, 1.0f);
+            };
+            st(K.data(), V.data(), len / 2, 0);
+            st(K2.data(), V.data(), 7, len / 2);
+            st(K.data() + (len / 2 - 3) * row, V.data() + (len / 2 - 3) * row, 3, len / 2 - 3);
+            for (int64_t t = len / 2; t < len; t++) st(K.data() + t * row, V.data() + t * row, 1, t);
+            gpu.download(gpu.ctx, gk.data(), dk, bytes);
+            gpu.download(gpu.ctx, gv.data(), dv, bytes);
+            for (void *pp : {dk, dv, dkn, dvn, dpos}) gpu.free(gpu.ctx, pp);
+            double e = lmc_kvq_layer_len(gk.data()) == len ? 0 : INFINITY;
+            std::vector<float> a(row), b(row), a2(row), b2(row);
+            for (int64_t t = 0; t < len; t++) {
+                lmc_kvq_layer_row(kr.data(), vr.data(), t, a.data(), b.data());
+                lmc_kvq_layer_row(gk.data(), gv.data(), t, a2.data(), b2.data());
+                for (int64_t i = 0; i < row; i++)
+                    e = std::max(e, (double)std::max(fabsf(a[i] - a2[i]), fabsf(b[i] - b2[i])));
+            }
+            check(std::string("kvq store (") + lmc_kvq_name((enum lmc_kvq_fmt)c.fmt) + ")", e, 0,
+                  "ctx=%ld row=%ld R=%ld", (long)c.ctx, (long)row, (long)c.R);
+        }
         std::vector<float> q = rv(c.M * c.H * c.D, 2), ref(c.M * c.H * c.D), o = nans(c.M * c.H * c.D);
         float scale = 1.0f / sqrtf((float)c.D);
         lmc_kvq_attention(cpu.ctx, ref.data(), q.data(), (const float *)kr.data(), (const float *)vr.data(), c.M,
