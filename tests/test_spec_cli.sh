@@ -81,6 +81,23 @@ done
 "$LMC" info -m $K >"$TMP/info.txt" 2>/dev/null
 grep -q "^KV bytes/token  f32 18432, bf16 9216, q8 4896, q4 2880, kivi2 1728$" "$TMP/info.txt"; ok $? "lmc info KV bytes per token"
 
+# lmc eval --kv-dtype: perplexity with a compressed cache (a KJV passage)
+head -c 6000 data/kjv.txt | tail -c 4000 >"$TMP/val.txt"
+for f in f32 q8 q4 "kivi2 --kv-residual 32"; do
+  "$LMC" eval -m $K --text-file "$TMP/val.txt" --kv-dtype $f --json >>"$TMP/ppl.txt" 2>/dev/null; ok $? "eval --kv-dtype $f"
+done
+python3 - "$TMP/ppl.txt" <<'PY'
+import json, sys
+p = [json.loads(l)["ppl"] for l in open(sys.argv[1])]
+assert len(p) == 4 and all(x > 1 for x in p), p
+assert abs(p[1] / p[0] - 1) < 0.005, p   # q8 within 0.5%
+assert abs(p[2] / p[0] - 1) < 0.02, p    # q4 within 2%
+assert abs(p[3] / p[0] - 1) < 0.05, p    # kivi2 within 5%
+PY
+ok $? "eval perplexity per KV format within bounds of f32"
+"$LMC" eval -m $K --text-file "$TMP/val.txt" --kv-dtype q3 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 2 ] && grep -q "kv-dtype expects" "$TMP/err"; ok $? "eval --kv-dtype q3 refused (rc $rc)"
+
 # sampling runs (seeded: the same seed gives the same text)
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/a.json" 2>/dev/null
 "$LMC" generate -m $K -p "$P" --temp 0.8 --top-k 40 --seed 7 -n 40 --json --prompt-lookup 2 >"$TMP/b.json" 2>/dev/null
