@@ -34,6 +34,7 @@ extern "C" {
 #include "core/dtype.h"
 #include "ops/cpu/kvquant.h"
 #include "ops/cuda/kvquant_cuda.h"
+#include "infer/kvq.h"
 #include "model/backward.h"
 #include "model/model.h"
 }
@@ -1055,8 +1056,42 @@ static void test_e2e() {
     emu_strict_device = false;
 }
 
+/* a model forward (prompt, all logits; then one decode step) with a
+ * compressed cache of format fmt through backend be's kvq variant */
+static bool kvq_forward(const struct lmc_backend *base, const char *dir, int fmt, int64_t R,
+                        const std::vector<int32_t> &ids, std::vector<float> &all, std::vector<float> &next) {
+    lmc_err err;
+    struct lmc_backend be;
+    struct lmc_model m;
+    struct lmc_model_opts mo = {LMC_WDTYPE_F32, base};
+    if (lmc_kvq_backend(&be, base, &err) || lmc_model_load(&m, dir, &mo, &err)) {
+        printf("FAIL kvq load %s: %s\n", dir, err.msg);
+        n_fail++;
+        return false;
+    }
+    const int64_t n = (int64_t)ids.size(), V = m.cfg.vocab_size;
+    struct lmc_kv kv;
+    struct lmc_acts a;
+    bool ok = !lmc_kv_init(&kv, &m, &be, 96, &err);
+    if (ok && lmc_acts_init(&a, &m, &be, 32, 32, &err)) lmc_kv_free(&kv), ok = false;
+    if (ok) {
+        all.assign((size_t)(n * V), NAN), next.assign((size_t)V, NAN);
+        int32_t nid = (int32_t)((ids[n - 1] * 7 + 3) % V);
+        if (lmc_kvq_kv_format(&kv, (enum lmc_kvq_fmt)fmt, R, &err) ||
+            lmc_model_forward(&m, &be, &a, &kv, ids.data(), n, 0, all.data(), true, &err) ||
+            lmc_model_forward(&m, &be, &a, &kv, &nid, 1, n, next.data(), false, &err))
+            ok = false;
+        lmc_acts_free(&a);
+        lmc_kv_free(&kv);
+    }
+    if (!ok) printf("FAIL kvq forward %s on %s: %s\n", dir, base->name, err.msg), n_fail++;
+    lmc_model_free(&m);
+    return ok;
+}
+
 /* attention_kvq.cu against the CPU twin on layers the CPU store filled
- * (prefill chunks then single tokens, a rollback included) */
+ * (prefill chunks then single tokens, a rollback included); then the
+ * CUDA compressed-cache table through a model forward vs the CPU's */
 static void test_kvq() {
     struct { int fmt; int64_t R, ctx, H, KV, D, M, win; } cs[] = {
         {LMC_KVQ_Q8, 0, 200, 6, 3, 20, 5, 0},   {LMC_KVQ_Q4, 0, 200, 6, 3, 20, 5, 40},
@@ -1130,6 +1165,20 @@ static void test_kvq() {
         check(std::string("attention_kvq (") + lmc_kvq_name((enum lmc_kvq_fmt)c.fmt) + ")", num / den, 1e-5,
               "ctx=%ld H=%ld KV=%ld D=%ld M=%ld win=%ld R=%ld", (long)c.ctx, (long)c.H, (long)c.KV, (long)c.D,
               (long)c.M, (long)c.win, (long)c.R);
+    }
+    /* end to end: llama-tiny with each compressed cache, CUDA table vs CPU */
+    std::string dir = std::string(fixtures()) + "/llama-tiny";
+    std::vector<int32_t> ids(70);
+    for (auto &i : ids) i = irand(512);
+    for (int fmt = LMC_KVQ_Q8; fmt <= LMC_KVQ_KIVI2; fmt++) {
+        std::vector<float> ca, cn, ga, gn;
+        if (!kvq_forward(&cpu, dir.c_str(), fmt, 16, ids, ca, cn) || !kvq_forward(&gpu, dir.c_str(), fmt, 16, ids, ga, gn))
+            continue;
+        const std::string nm = std::string("kvq e2e llama-tiny (") + lmc_kvq_name((enum lmc_kvq_fmt)fmt) + ")";
+        double e1 = rel(ga, ca), e2 = rel(gn, cn);
+        printf("  %s: prompt logits %.2e, decode logits %.2e\n", nm.c_str(), e1, e2);
+        check(nm + " prompt", e1, 1e-3);
+        check(nm + " decode", e2, 1e-3);
     }
 }
 

@@ -20,6 +20,9 @@
 #include "ops/cpu/kvquant_layout.h"
 #include "ops/cuda/kvquant_cuda.h"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/backend_cuda.h"
+
+#include <string.h>
 
 #define KVQ_THREADS 128
 #define KVQ_MAX_POS 12000
@@ -192,4 +195,13 @@ extern "C" void lmc_cuda_kvq_attention(void *ctx, float *out, const float *q, co
         out, q, (const uint8_t *)k, (const uint8_t *)v, pos0, (int)n_heads, (int)n_kv, (int)hd, scale,
         window);
     LMC_CUDA_LAUNCH_CHECK();
+}
+
+/* the compressed-cache variant of a CUDA table (backend_cuda.h) */
+extern "C" void lmc_backend_cuda_set_kvq(struct lmc_backend *be) {
+    if (!be || !be->name || strcmp(be->name, "cuda")) return;
+    be->kv_dtype = LMC_DTYPE_I16;
+    be->rope_kv_store = lmc_cuda_kvq_rope_kv_store;
+    be->attention = lmc_cuda_kvq_attention;
+    be->attention_paged = NULL;
 }
