@@ -4,6 +4,8 @@
 #include "cli.h"
 #include "dist/zero.h"
 #include "core/core.h"
+#include "infer/kvq.h"
+#include "ops/cpu/kvquant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -32,13 +34,27 @@ int cmd_eval(int argc, char **argv) {
     struct cli_common c = {0};
     const char *file = NULL, *text_arg = NULL;
     int64_t stride = 0;
+    enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype (issue 17) */
+    int64_t kv_residual = 128;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
-        else if (!strcmp(argv[i], "--stride") && i + 1 < argc) {
+        else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc) {
+            const char *v = argv[++i];
+            kv_fmt = lmc_kvq_parse(v);
+            if (!kv_fmt && strcmp(v, "f32")) {
+                fprintf(stderr, "lmc eval: --kv-dtype expects f32, q8, q4 or kivi2\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--kv-residual") && i + 1 < argc) {
+            if (!cli_parse_i64(argv[++i], 0, 4096, &kv_residual)) {
+                fprintf(stderr, "lmc eval: --kv-residual expects 0..4096\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--stride") && i + 1 < argc) {
             if (!cli_parse_i64(argv[++i], 1, 1 << 24, &stride)) {
                 fprintf(stderr, "lmc eval: --stride expects a positive integer\n");
                 return 2;
@@ -85,8 +101,18 @@ int cmd_eval(int argc, char **argv) {
     if (stride <= 0 || stride > ctx) stride = ctx > 1 ? ctx / 2 : 1;
     if (ctx == n) stride = ctx;
     int64_t V = cm.model.cfg.vocab_size;
-    if (lmc_kv_init(&kv, &cm.model, &cm.be, ctx, &err) ||
-        lmc_acts_init(&acts, &cm.model, &cm.be, EVAL_CHUNK, EVAL_CHUNK, &err)) {
+    struct lmc_backend kqbe;
+    const struct lmc_backend *be = &cm.be;
+    if (kv_fmt) { /* a compressed cache: every window restarts it at position 0 */
+        if (lmc_kvq_backend(&kqbe, &cm.be, &err)) {
+            rc = cli_fail("eval", &err);
+            goto done;
+        }
+        be = &kqbe;
+    }
+    if (lmc_kv_init(&kv, &cm.model, be, ctx, &err) ||
+        lmc_acts_init(&acts, &cm.model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
+        (kv_fmt && lmc_kvq_kv_format(&kv, kv_fmt, kv_residual, &err))) {
         rc = cli_fail("eval", &err);
         goto done;
     }
@@ -103,13 +129,13 @@ int cmd_eval(int argc, char **argv) {
         for (int64_t p = 0; p < end - begin; p += EVAL_CHUNK) {
             int64_t m = LMC_MIN(EVAL_CHUNK, end - begin - p);
             if (begin + p + m < prev_end) { /* nothing to score: only build the cache */
-                if (lmc_model_forward(&cm.model, &cm.be, &acts, &kv, ids + begin + p, m, p, logits,
+                if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits,
                                       false, &err))
                     break;
                 processed += m;
                 continue;
             }
-            if (lmc_model_forward(&cm.model, &cm.be, &acts, &kv, ids + begin + p, m, p, logits, true,
+            if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits, true,
                                   &err))
                 break;
             processed += m;
@@ -296,6 +322,13 @@ int cmd_info(int argc, char **argv) {
         printf("context %-5lld KV cache %.1f MiB + activations %.1f MiB -> total %.1f MiB\n",
                (long long)ctx, (double)kvb / 1048576.0, (double)(actb + logitb) / 1048576.0,
                (double)total / 1048576.0);
+        /* KV bytes per token by format (lmc generate --kv-dtype; issue 17) */
+        int64_t row = k->num_kv_heads * k->head_dim, nl = k->num_layers;
+        printf("KV bytes/token  f32 %lld, bf16 %lld, q8 %.0f, q4 %.0f, kivi2 %.0f\n",
+               (long long)(8 * row * nl), (long long)(4 * row * nl),
+               (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_Q8, row),
+               (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_Q4, row),
+               (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_KIVI2, row));
     }
     cli_close(&cm);
     return 0;

@@ -3,6 +3,8 @@
 #include "cli.h"
 #include "core/core.h"
 #include "infer/session.h"
+#include "infer/kvq.h"
+#include "infer/spec.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdio.h>
@@ -21,7 +23,92 @@ struct gen_args {
     const char *chat_template;   /* --chat-template FILE */
     const char *json_schema;     /* --json-schema FILE */
     const char *grammar;         /* --grammar json */
+    /* speculative decoding (generate only): mode 0 = off */
+    struct lmc_spec_opts spec;
+    const char *draft_dir;
+    /* compressed KV cache (issue 17): NONE = the backend's own */
+    enum lmc_kvq_fmt kv_fmt;
+    int64_t kv_residual;
 };
+
+/* --- speculative decoding options (issue 17) -------------------------- */
+
+static bool emit_stdout(void *user, const char *text, size_t len);
+
+/* Consumes a speculative-decoding option o with value v; returns 1 if it
+ * was one (*ok: the value parsed), 0 otherwise. */
+static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool *ok) {
+    struct lmc_spec_opts *sp = &a->spec;
+    if (!strcmp(o, "--prompt-lookup")) {
+        sp->mode = LMC_SPEC_LOOKUP;
+        *ok = cli_parse_i64(v, 1, 16, &sp->lookup_ngram);
+    } else if (!strcmp(o, "--draft-model")) {
+        sp->mode = LMC_SPEC_DRAFT;
+        a->draft_dir = v;
+    } else if (!strcmp(o, "--self-spec")) {
+        sp->mode = LMC_SPEC_SELF;
+        *ok = cli_parse_i64(v, 1, 1 << 20, &sp->self_layers);
+    } else if (!strcmp(o, "--draft-tokens")) {
+        *ok = cli_parse_i64(v, 1, 64, &sp->draft_tokens);
+    } else if (!strcmp(o, "--kv-dtype")) {
+        a->kv_fmt = lmc_kvq_parse(v);
+        *ok = a->kv_fmt != LMC_KVQ_NONE || !strcmp(v, "f32");
+    } else if (!strcmp(o, "--kv-residual")) {
+        *ok = cli_parse_i64(v, 0, 4096, &a->kv_residual);
+    } else if (!strcmp(o, "--attention-sinks")) {
+        *ok = cli_parse_i64(v, 0, 1 << 20, &sp->sinks);
+    } else if (!strcmp(o, "--kv-window")) {
+        *ok = cli_parse_i64(v, 1, 1 << 24, &sp->window);
+    } else if (!strcmp(o, "--draft-adapt")) {
+        *ok = !strcmp(v, "on") || !strcmp(v, "off");
+        sp->adaptive = !strcmp(v, "on");
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Generates with speculative decoding (a->spec.mode set): loads the draft
+ * model when one is named (same options as the target), prints the
+ * acceptance statistics on stderr. */
+static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
+                                const struct lmc_backend *gbe, const int32_t *ids, int64_t n,
+                                int64_t ctx, struct lmc_gen_result *res,
+                                struct lmc_spec_stats *stats, lmc_err *err) {
+    struct lmc_model draft;
+    bool have_draft = false;
+    lmc_status st = LMC_OK;
+    if (a->spec.mode == LMC_SPEC_DRAFT) {
+        struct lmc_model_opts mo = {.wdtype = a->c.wdtype, .be = &cm->be};
+        st = lmc_model_load(&draft, a->draft_dir, &mo, err);
+        if (st) return st;
+        have_draft = true;
+    }
+    struct lmc_spec sp;
+    a->spec.kv_fmt = a->kv_fmt;
+    a->spec.kv_residual = a->kv_residual;
+    st = lmc_spec_init(&sp, &cm->model, gbe, cm->tok, have_draft ? &draft : NULL, &a->spec, ctx, err);
+    if (!st) {
+        st = lmc_spec_generate(&sp, ids, n, &a->g, a->c.json ? NULL : emit_stdout, NULL, res, stats,
+                               err);
+        lmc_spec_free(&sp);
+    }
+    if (have_draft) lmc_model_free(&draft);
+    return st;
+}
+
+/* The backend generation runs on: cm's, or its compressed-KV variant
+ * (--kv-dtype) in *kq. */
+static lmc_status gen_backend(const struct gen_args *a, const struct cli_model *cm,
+                              struct lmc_backend *kq, const struct lmc_backend **out, lmc_err *err) {
+    *out = &cm->be;
+    if (!a->kv_fmt) return LMC_OK;
+    lmc_status st = lmc_kvq_backend(kq, &cm->be, err);
+    if (!st) *out = kq;
+    return st;
+}
+
+/* ---------------------------------------------------------------------- */
 
 static bool emit_stdout(void *user, const char *text, size_t len) {
     (void)user;
@@ -37,6 +124,9 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
     lmc_sampler_defaults(&a->g.sampling);
     a->g.max_new = 128;
     a->g.stop = a->stops;
+    a->spec.draft_tokens = 4;
+    a->spec.adaptive = true;
+    a->kv_residual = 128;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&a->c, argc, argv, &i);
         if (r < 0) return 2;
@@ -51,7 +141,8 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
             return 2;
         }
         i++;
-        if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
+        if (parse_spec_arg(a, o, v, &ok)) {}
+        else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
         else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
@@ -144,11 +235,43 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int64_t ctx = cli_ctx(&a.c, &cm.model);
-    if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, ctx, 512, &err)) {
+    struct lmc_spec_stats sstats = {0};
+    struct lmc_backend kqbe;
+    const struct lmc_backend *gbe;
+    if (gen_backend(&a, &cm, &kqbe, &gbe, &err)) {
+        rc = cli_fail("--kv-dtype", &err);
+        goto done;
+    }
+    if ((a.spec.mode || a.spec.window) && (a.json_schema || a.grammar)) {
+        fprintf(stderr, "lmc generate: --json-schema/--grammar do not combine with speculative decoding or "
+                        "--attention-sinks/--kv-window (the speculative loop applies no grammar)\n");
+        rc = 2;
+        goto done;
+    }
+    if (a.spec.mode || a.spec.window) {
+        if (a.spec.window) ctx = a.spec.sinks + a.spec.window; /* unbounded generation */
+        else if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
+        if (generate_spec(&a, &cm, gbe, ids, n, ctx, &res, &sstats, &err)) {
+            rc = cli_fail("generate", &err);
+            goto done;
+        }
+        fprintf(stderr, "lmc: speculative: %lld rounds, %lld drafted, %lld accepted (%.1f%%), "
+                        "%.2f tokens per target forward, %lld evicted\n",
+                (long long)sstats.rounds, (long long)sstats.drafted, (long long)sstats.accepted,
+                sstats.drafted ? 100.0 * (double)sstats.accepted / (double)sstats.drafted : 0.0,
+                sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0,
+                (long long)sstats.evicted);
+        goto report;
+    }
+    if (lmc_session_init(&s, &cm.model, gbe, cm.tok, ctx, 512, &err)) {
         rc = cli_fail("session", &err);
         goto done;
     }
     have_s = true;
+    if (a.kv_fmt && lmc_kvq_kv_format(&s.kv, a.kv_fmt, a.kv_residual, &err)) {
+        rc = cli_fail("--kv-dtype", &err);
+        goto done;
+    }
     if (n + a.g.max_new > ctx) a.g.max_new = LMC_MAX(0, ctx - n);
     if (a.json_schema || a.grammar) { /* structured output */
         if ((rc = open_grammar(&a, &cm, &gr, &gs, &gv))) goto done;
@@ -157,6 +280,7 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("generate", &err);
         goto done;
     }
+report:;
     double tps = res.decode_s > 0 && res.n_ids > 1 ? (double)(res.n_ids - 1) / res.decode_s : 0;
     if (a.c.json) {
         printf("{\"prompt_ids\":[");
@@ -195,6 +319,10 @@ static bool emit_collect(void *user, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
+    if (a.spec.mode || a.kv_fmt || a.spec.window) {
+        fprintf(stderr, "lmc chat: speculative decoding, --kv-dtype and attention sinks are available in `lmc generate` only\n");
+        return 2;
+    }
     struct cli_model cm;
     if (cli_open(&cm, &a.c, true)) return 1;
     if (!a.temp_set) {

@@ -94,3 +94,25 @@ int32_t lmc_sampler_sample(struct lmc_sampler *s, float *logits, const int32_t *
     if (p->temperature != 0) row.u = lmc_rng_uniform(&s->rng); /* greedy draws nothing */
     return lmc_sample_logits_row(logits, s->vocab, &row, s->idx, s->prob);
 }
+
+void lmc_sampler_probs(struct lmc_sampler *s, float *logits, const int32_t *history,
+                       int64_t n_history, float *probs) {
+    const struct lmc_sampler_params *p = &s->p;
+    int64_t V = s->vocab;
+    apply_penalties(s, logits, history, n_history);
+    memset(probs, 0, (size_t)V * sizeof *probs);
+    if (p->temperature == 0) {
+        probs[lmc_argmax(logits, V)] = 1.0f;
+        return;
+    }
+    struct lmc_sample_row row = {.temperature = p->temperature, .top_p = p->top_p,
+                                 .min_p = p->min_p, .top_k = p->top_k};
+    int64_t n = lmc_sample_filter_row(logits, V, &row, s->idx, s->prob);
+    if (n == 0) { /* every logit -inf: the sampler returns id 0 */
+        probs[0] = 1.0f;
+        return;
+    }
+    double tot = 0;
+    for (int64_t i = 0; i < n; i++) tot += s->prob[s->idx[i]];
+    for (int64_t i = 0; i < n; i++) probs[s->idx[i]] = (float)(s->prob[s->idx[i]] / tot);
+}

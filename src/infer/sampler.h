@@ -40,6 +40,12 @@ void lmc_sampler_free(struct lmc_sampler *s);
  * seen so far (prompt + generated) for the penalties. */
 int32_t lmc_sampler_sample(struct lmc_sampler *s, float *logits, const int32_t *history,
                            int64_t n_history);
+/* The distribution lmc_sampler_sample draws from, as dense normalised
+ * probabilities probs (V): the same penalties (logits modified in place)
+ * and filters; greedy (temperature 0) gives a one-hot row at the argmax.
+ * Draws nothing from the rng. Speculative decoding's p and q. */
+void lmc_sampler_probs(struct lmc_sampler *s, float *logits, const int32_t *history,
+                       int64_t n_history, float *probs);
 /* Index of the largest logit (first on ties). */
 int32_t lmc_argmax(const float *x, int64_t n);
 

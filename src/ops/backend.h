@@ -330,5 +330,11 @@ void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
  * used only when temperature > 0). idx, prob: (V) scratch. */
 int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
                               int32_t *idx, float *prob);
+/* The filtering half of lmc_sample_logits_row (temperature > 0): returns
+ * the number n of candidates kept; idx[0..n) are their ids and prob[idx[i]]
+ * their unnormalised weights (the draw picks idx[i] with probability
+ * prob[idx[i]] / sum). 0 when every logit is -inf. */
+int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
+                              int32_t *idx, float *prob);
 
 #endif

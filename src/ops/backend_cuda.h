@@ -42,6 +42,12 @@ void lmc_backend_cuda_set_fp32_attention(struct lmc_backend *be, bool on);
  * checking mode). Inference on BF16/F16 weights is not affected. */
 void lmc_backend_cuda_set_train_bf16(struct lmc_backend *be, bool on);
 
+/* Turns a copy of the CUDA table (sharing its ctx) into the compressed
+ * KV-cache variant (infer/kvq.h): kv_dtype an opaque 2-byte slot,
+ * rope_kv_store and attention the compressed store and attention of
+ * ops/cuda/attention_kvq.cu, no paged attention. No-op without CUDA. */
+void lmc_backend_cuda_set_kvq(struct lmc_backend *be);
+
 /* Device memory in use on the backend's GPU (total - free, every process
  * and the CUDA context included); 0 without CUDA. For benches. */
 size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be);

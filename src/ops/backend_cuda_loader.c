@@ -97,3 +97,9 @@ size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be) {
         (size_t(*)(const struct lmc_backend *))cuda_sym("lmc_backend_cuda_mem_used", NULL, 0);
     return f ? f(be) : 0;
 }
+
+void lmc_backend_cuda_set_kvq(struct lmc_backend *be) {
+    void (*f)(struct lmc_backend *) =
+        (void (*)(struct lmc_backend *))cuda_sym("lmc_backend_cuda_set_kvq", NULL, 0);
+    if (f) f(be);
+}

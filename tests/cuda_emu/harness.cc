@@ -24,6 +24,9 @@
  *   e2e         llama-, gpt2-, qwen2- and qwen3-tiny through the real CUDA table:
  *               forward logits (fp32, bf16) and a training step + AdamW
  *               (fp32, train_bf16) vs the CPU backend (see test_e2e)
+ *   kvq         attention_kvq.cu: the compressed store (q8, q4, KIVI-2 with
+ *               rollbacks) decodes as the CPU store's, and attention over
+ *               the CPU-written layers vs lmc_kvq_attention
  *   ssm         conv1d_causal / ssm_scan / ssd_chunk / rmsnorm_gated .cu:
  *               forward, decode step, backward; mamba-tiny / mamba2-tiny
  *               through the CUDA table (harness_ssm.inc)
@@ -1177,6 +1180,7 @@ static void test_lora() {
     }
     emu_strict_device = false;
 }
+#include "harness_kvq.cc" /* test_kvq: the compressed KV cache kernels */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1190,14 +1194,13 @@ int main(int argc, char **argv) {
         {"ssm", test_ssm},
         {"optim", test_optim},
         {"lora", test_lora},
+        {"kvq", test_kvq},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm)\n", argv[i]);
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e optim)\n", argv[i]);
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e lora)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq)\n", argv[i]);
             return 2;
         }
     }

@@ -1,6 +1,8 @@
 /* sample.c — the sampler's per-row core (softmax at temperature, top-k,
  * top-p over the renormalised top-k set, min-p relative to the top token,
- * a draw with a given uniform) and the CPU backend's sample_rows, which
+ * a draw with a given uniform; the filter alone is lmc_sample_filter_row,
+ * which speculative decoding uses for full distributions) and the CPU
+ * backend's sample_rows, which
  * applies it to each row. lmc_sampler_sample (infer/sampler.c) calls the
  * same core after its penalties, and the CUDA kernel (ops/cuda/sample.cu)
  * reproduces it: one definition of the semantics. */
@@ -23,13 +25,13 @@ static int64_t argmax_row(const float *x, int64_t n) {
     return best;
 }
 
-int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
+int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
                               int32_t *idx, float *prob) {
-    if (p->temperature == 0) return (int32_t)argmax_row(logits, V);
+    LMC_ASSERT(p->temperature > 0);
     /* unnormalised softmax at temperature T (the top token gets exactly 1).
      * exp in double rounded to float: the GPU gets the same bits. */
     float mx = logits[argmax_row(logits, V)];
-    if (mx == -INFINITY) return 0; /* nothing can be drawn: as argmax (and the GPU) */
+    if (mx == -INFINITY) return 0; /* nothing can be drawn */
     for (int64_t i = 0; i < V; i++) {
         float z = (float)((logits[i] - mx) / p->temperature);
         prob[i] = (float)exp((double)z);
@@ -61,6 +63,14 @@ int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_s
             if (prob[idx[i]] >= (float)p->min_p) idx[k++] = idx[i];
         n = k; /* the top token has prob 1 here, so k >= 1 */
     }
+    return n;
+}
+
+int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
+                              int32_t *idx, float *prob) {
+    if (p->temperature == 0) return (int32_t)argmax_row(logits, V);
+    int64_t n = lmc_sample_filter_row(logits, V, p, idx, prob);
+    if (n == 0) return 0; /* all logits -inf: as argmax (and the GPU) */
     double tot = 0;
     for (int64_t i = 0; i < n; i++) tot += prob[idx[i]];
     double r = p->u * tot;

@@ -1,0 +1,50 @@
+/* kvq.c — the CPU backend variant for compressed KV caches (see kvq.h). */
+#include "infer/kvq.h"
+#include "ops/cpu/kvquant_layout.h"
+#include "core/core.h"
+#include "ops/backend_cuda.h"
+
+#include <string.h>
+
+lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err) {
+    if (cpu->name && !strcmp(cpu->name, "cuda")) {
+        *out = *cpu;
+        lmc_backend_cuda_set_kvq(out);
+        if (out->attention == cpu->attention)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the CUDA module has no compressed KV cache");
+        return LMC_OK;
+    }
+    if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "compressed KV caches run on the CPU and CUDA backends only (not %s)",
+                           cpu->name ? cpu->name : "?");
+    *out = *cpu;
+    out->kv_dtype = LMC_DTYPE_I16; /* opaque 2-byte slots: the layer's compressed data */
+    out->rope_kv_store = lmc_kvq_rope_kv_store;
+    out->attention = lmc_kvq_attention;
+    out->attention_paged = NULL; /* the paged pool is not compressed (pending) */
+    return LMC_OK;
+}
+
+lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err) {
+    const struct lmc_backend *be = kv->be;
+    if (!be || be->kv_dtype != LMC_DTYPE_I16 || !be->rope_kv_store)
+        return lmc_err_set(err, LMC_ERR_ARG, "KV cache was not made with the compressed-cache backend");
+    size_t layer = (size_t)kv->ctx * (size_t)kv->row * 2;
+    /* the header is all a fresh layer needs: made on the host, uploaded
+     * where the cache is device memory */
+    _Alignas(8) unsigned char hdr[LMC_KVQ_HDR];
+    for (int64_t l = 0; l < kv->n_layers; l++) {
+        char *kr = (char *)kv->k + (size_t)l * layer, *vr = (char *)kv->v + (size_t)l * layer;
+        if (be->host_memory) {
+            lmc_status st = lmc_kvq_layer_init(kr, vr, f, kv->ctx, kv->row, residual, err);
+            if (st) return st;
+            continue;
+        }
+        if (layer < sizeof hdr) return lmc_err_set(err, LMC_ERR_ARG, "KV cache layer too small");
+        lmc_status st = lmc_kvq_layer_init(hdr, NULL, f, kv->ctx, kv->row, residual, err);
+        if (st) return st;
+        be->upload(be->ctx, kr, hdr, sizeof hdr);
+    }
+    return LMC_OK;
+}

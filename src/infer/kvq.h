@@ -1,0 +1,28 @@
+/* kvq.h — compressed KV caches (q8, q4, kivi2: ops/cpu/kvquant.h) for a
+ * single-sequence model forward on the CPU, without changes to the model
+ * code: a CPU backend variant whose KV element type is an opaque 2-byte
+ * slot (so lmc_kv_init allocates ctx * row * 2 bytes per layer and the
+ * forward writes the cache only through rope_kv_store and reads it only
+ * through attention), with those two entries replaced by the compressed
+ * store and the attention that reads compressed rows. The cache then
+ * holds the compressed rows only (no f32 copy); its allocation is still
+ * sized as a 2-byte cache until the model's per-layer sequence state can
+ * size it by format (pending the model-layer redesign). */
+#ifndef LMC_KVQ_H
+#define LMC_KVQ_H
+
+#include "lmc.h"
+#include "model/model.h"
+#include "ops/cpu/kvquant.h"
+
+/* out = cpu with kv_dtype, rope_kv_store and attention replaced (sharing
+ * cpu's ctx: free only cpu). LMC_ERR_UNSUPPORTED unless cpu is the CPU
+ * backend. */
+lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err);
+
+/* Prepares every layer of kv (from lmc_kv_init with such a backend) for
+ * format f; KIVI keeps the last `residual` tokens in f16. Call again to
+ * start a new sequence from position 0 in another format. */
+lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
+
+#endif

@@ -1,0 +1,392 @@
+/* spec.c — speculative decoding of one sequence (see spec.h): drafting by
+ * prompt lookup, a draft model or the target's first layers, one batched
+ * verification forward per round, acceptance by spec_sample.c, position
+ * rollback and adaptive K; streaming and stops as session.c does them. */
+#include "infer/spec.h"
+#include "infer/detok.h"
+#include "infer/kvq.h"
+#include "infer/kvq_stream.h"
+#include "infer/sampler.h"
+#include "infer/spec_sample.h"
+#include "core/core.h"
+#include "core/rng.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k, int32_t *out) {
+    for (int64_t g = LMC_MIN(ngram, n - 1); g >= 1; g--) {
+        const int32_t *tail = ids + n - g;
+        for (int64_t j = n - g - 1; j >= 0; j--) {
+            if (memcmp(ids + j, tail, (size_t)g * sizeof *ids)) continue;
+            int64_t m = LMC_MIN(k, n - (j + g));
+            memcpy(out, ids + j + g, (size_t)m * sizeof *out);
+            return m;
+        }
+    }
+    return 0;
+}
+
+int64_t lmc_spec_next_k(double alpha, int64_t kmax) {
+    if (!(alpha >= 0)) alpha = 0;
+    if (alpha > 0.98) alpha = 0.98;
+    double k = 1 + alpha / (1 - alpha);
+    return k >= (double)kmax ? kmax : LMC_MAX(1, (int64_t)k);
+}
+
+static lmc_status check_stream(const struct lmc_spec_opts *o, const struct lmc_model *m,
+                               const struct lmc_backend *be, lmc_err *err) {
+    struct lmc_stream_policy p = {o->sinks, o->window, 1};
+    lmc_status st = lmc_stream_check(&p, err);
+    if (st) return st;
+    if (!m->rot_dim)
+        return lmc_err_set(err, LMC_ERR_ARG, "attention sinks need rotary positions (this model has learned ones)");
+    if (o->mode == LMC_SPEC_DRAFT || o->kv_fmt)
+        return lmc_err_set(err, LMC_ERR_ARG, "attention sinks do not combine with a draft model or a compressed cache yet");
+    if (be->kv_dtype != LMC_DTYPE_F32 || !be->host_memory)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "attention sinks need the CPU backend's f32 cache");
+    if (o->window <= o->draft_tokens)
+        return lmc_err_set(err, LMC_ERR_ARG, "KV window %lld must exceed the draft tokens %lld",
+                           (long long)o->window, (long long)o->draft_tokens);
+    return LMC_OK;
+}
+
+static lmc_status check_opts(const struct lmc_spec_opts *o, const struct lmc_model *m,
+                             const struct lmc_model *draft, lmc_err *err) {
+    if (o->draft_tokens < 1 || o->draft_tokens > 64)
+        return lmc_err_set(err, LMC_ERR_ARG, "draft tokens %lld out of range (1..64)",
+                           (long long)o->draft_tokens);
+    switch (o->mode) {
+    case LMC_SPEC_NONE:
+        return LMC_OK;
+    case LMC_SPEC_LOOKUP:
+        if (o->lookup_ngram < 1 || o->lookup_ngram > 16)
+            return lmc_err_set(err, LMC_ERR_ARG, "prompt lookup n-gram %lld out of range (1..16)",
+                               (long long)o->lookup_ngram);
+        return LMC_OK;
+    case LMC_SPEC_DRAFT:
+        if (!draft) return lmc_err_set(err, LMC_ERR_ARG, "speculative decoding: no draft model");
+        if (draft->cfg.vocab_size != m->cfg.vocab_size)
+            return lmc_err_set(err, LMC_ERR_ARG,
+                               "draft model vocabulary of %lld tokens differs from the target's %lld",
+                               (long long)draft->cfg.vocab_size, (long long)m->cfg.vocab_size);
+        return LMC_OK;
+    case LMC_SPEC_SELF:
+        if (o->self_layers < 1 || o->self_layers >= m->cfg.num_layers)
+            return lmc_err_set(err, LMC_ERR_ARG, "self-speculation layers %lld out of range (1..%lld)",
+                               (long long)o->self_layers, (long long)m->cfg.num_layers - 1);
+        return LMC_OK;
+    }
+    return lmc_err_set(err, LMC_ERR_ARG, "speculative decoding: unknown mode %d", (int)o->mode);
+}
+
+lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const struct lmc_backend *be,
+                         const struct lmc_tokenizer *tok, const struct lmc_model *draft,
+                         const struct lmc_spec_opts *o, int64_t ctx, lmc_err *err) {
+    memset(sp, 0, sizeof *sp);
+    lmc_status st = check_opts(o, m, draft, err);
+    if (!st && o->window > 0) st = check_stream(o, m, be, err);
+    if (st) return st;
+    if (o->window > 0) {
+        float scale = 1;
+        sp->inv_freq = malloc((size_t)(m->rot_dim / 2 + 1) * sizeof *sp->inv_freq);
+        if (!sp->inv_freq) return lmc_err_set(err, LMC_ERR_OOM, "speculative decoding: out of memory");
+        ctx = o->sinks + o->window;
+        lmc_rope_freqs(&m->cfg, m->rot_dim, ctx, sp->inv_freq, &scale);
+        if (scale != 1.0f) {
+            free(sp->inv_freq);
+            sp->inv_freq = NULL;
+            return lmc_err_set(err, LMC_ERR_ARG, "attention sinks: rotary scaling with an attention factor is not supported");
+        }
+    }
+    sp->model = m;
+    sp->be = be;
+    sp->tok = tok;
+    sp->o = *o;
+    int64_t K = o->draft_tokens, V = m->cfg.vocab_size;
+    st = lmc_kv_init(&sp->kv, m, be, ctx, err);
+    if (!st) st = lmc_acts_init(&sp->acts, m, be, LMC_MAX(K + 1, LMC_MIN(512, ctx)), K + 1, err);
+    if (st) goto fail;
+    sp->logits = malloc((size_t)(K + 1) * (size_t)V * sizeof(float));
+    sp->p = malloc((size_t)(K + 1) * (size_t)V * sizeof(float));
+    if (!sp->logits || !sp->p) goto oom;
+    if (o->kv_fmt) {
+        st = lmc_kvq_kv_format(&sp->kv, o->kv_fmt, o->kv_residual, err);
+        if (st) goto fail;
+    }
+    if (o->mode == LMC_SPEC_LOOKUP || o->mode == LMC_SPEC_NONE) return LMC_OK;
+    if (o->mode == LMC_SPEC_SELF) {
+        /* a shallow view: same weights, the first L layers, the shared head */
+        sp->self_view = *m;
+        sp->self_view.cfg.num_layers = o->self_layers;
+        sp->draft = &sp->self_view;
+        sp->dkv = sp->kv;
+        sp->dkv.n_layers = o->self_layers;
+    } else {
+        sp->draft = draft;
+        st = lmc_kv_init(&sp->dkv, draft, be, ctx, err);
+        if (st) goto fail;
+        sp->dkv_owned = true;
+        if (o->kv_fmt) {
+            st = lmc_kvq_kv_format(&sp->dkv, o->kv_fmt, o->kv_residual, err);
+            if (st) goto fail;
+        }
+    }
+    st = lmc_acts_init(&sp->dacts, sp->draft, be, LMC_MIN(512, ctx), 1, err);
+    if (st) goto fail;
+    sp->dlogits = malloc((size_t)V * sizeof(float));
+    sp->q = malloc((size_t)K * (size_t)V * sizeof(float));
+    if (!sp->dlogits || !sp->q) goto oom;
+    return LMC_OK;
+oom:
+    st = lmc_err_set(err, LMC_ERR_OOM, "speculative decoding: out of memory");
+fail:
+    lmc_spec_free(sp);
+    return st;
+}
+
+void lmc_spec_free(struct lmc_spec *sp) {
+    lmc_kv_free(&sp->kv);
+    if (sp->dkv_owned) lmc_kv_free(&sp->dkv);
+    lmc_acts_free(&sp->acts);
+    lmc_acts_free(&sp->dacts);
+    free(sp->logits);
+    free(sp->p);
+    free(sp->dlogits);
+    free(sp->q);
+    free(sp->inv_freq);
+    memset(sp, 0, sizeof *sp);
+}
+
+static bool is_eos(const struct lmc_spec *sp, int32_t id) {
+    const struct lmc_config *c = &sp->model->cfg;
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_token_ids[i] == id) return true;
+    return sp->tok && id == lmc_tokenizer_eos(sp->tok);
+}
+
+static bool append(char **buf, size_t *len, size_t *cap, const char *p, size_t n) {
+    if (*len + n + 1 > *cap) {
+        size_t c = LMC_MAX(2 * *cap, *len + n + 1);
+        char *b = realloc(*buf, c);
+        if (!b) return false;
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return true;
+}
+
+/* Everything one generation carries between rounds. */
+struct gen {
+    int32_t *all;              /* prompt + output + room for K drafts */
+    int64_t n;                 /* ids decided (prompt + generated) */
+    int64_t tc, dc;            /* ids whose rows are valid in the target / draft cache */
+    int64_t shift;             /* streaming: ids evicted; id i >= sinks sits at position i - shift */
+    struct lmc_sampler ts, ds; /* target (acceptance uniforms), draft (draws) */
+    struct lmc_detok dt;
+    bool have_dt;
+    char *text;
+    size_t tlen, tcap;
+};
+
+/* Runs the draft model over the ids it has not seen up to all[n+k-1] and
+ * leaves its distribution for position n+k in q. */
+static lmc_status draft_step(struct lmc_spec *sp, struct gen *g, int64_t k, float *q, lmc_err *err) {
+    int64_t upto = g->n + k; /* ids all[0..upto) conditioned on */
+    lmc_status st = lmc_model_forward(sp->draft, sp->be, &sp->dacts, &sp->dkv, g->all + g->dc,
+                                      upto - g->dc, g->dc - g->shift, sp->dlogits, false, err);
+    if (st) return st;
+    g->dc = upto;
+    lmc_sampler_probs(&g->ds, sp->dlogits, g->all, upto, q);
+    return LMC_OK;
+}
+
+/* Streaming: makes room in the target cache for m more rows (sinks kept,
+ * the oldest window rows evicted, the rest moved down and re-rotated). */
+static void stream_make_room(struct lmc_spec *sp, struct gen *g, int64_t m,
+                             struct lmc_spec_stats *stats) {
+    struct lmc_stream_policy p = {sp->o.sinks, sp->o.window, 1};
+    int64_t used = g->tc - g->shift;
+    int64_t e = lmc_stream_evict_count(&p, used, m);
+    if (!e) return;
+    const struct lmc_config *c = &sp->model->cfg;
+    size_t layer = (size_t)sp->kv.ctx * (size_t)sp->kv.row;
+    for (int64_t l = 0; l < sp->kv.n_layers; l++)
+        lmc_stream_evict_rows(sp->kv.k + l * layer, sp->kv.v + l * layer, used, c->num_kv_heads,
+                              c->head_dim, sp->model->rot_dim, sp->inv_freq, p.sinks, e);
+    g->shift += e;
+    stats->evicted += e;
+}
+
+/* Drafts up to K tokens into all[n..n+k); returns k. */
+static lmc_status draft(struct lmc_spec *sp, struct gen *g, int64_t K, int64_t *k_out, lmc_err *err) {
+    int64_t V = sp->model->cfg.vocab_size;
+    if (sp->o.mode == LMC_SPEC_LOOKUP) {
+        *k_out = lmc_spec_lookup(g->all, g->n, sp->o.lookup_ngram, K, g->all + g->n);
+        return LMC_OK;
+    }
+    if (sp->o.mode == LMC_SPEC_SELF) g->dc = g->tc; /* the shared cache is the target's */
+    for (int64_t k = 0; k < K; k++) {
+        float *q = sp->q + k * V;
+        lmc_status st = draft_step(sp, g, k, q, err);
+        if (st) return st;
+        g->all[g->n + k] = lmc_spec_draw(q, V, lmc_rng_uniform(&g->ds.rng));
+    }
+    *k_out = K;
+    return LMC_OK;
+}
+
+lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t n_prompt,
+                             const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
+                             struct lmc_gen_result *res, struct lmc_spec_stats *stats, lmc_err *err) {
+    memset(res, 0, sizeof *res);
+    struct lmc_spec_stats stl = {0};
+    if (!stats) stats = &stl;
+    memset(stats, 0, sizeof *stats);
+    const struct lmc_model *m = sp->model;
+    int64_t V = m->cfg.vocab_size, Kmax = sp->o.draft_tokens, ctx = sp->kv.ctx;
+    if (o->max_new < 0) return lmc_err_set(err, LMC_ERR_ARG, "max new tokens must be >= 0");
+    if (n_prompt <= 0) return lmc_err_set(err, LMC_ERR_ARG, "empty prompt: nothing to condition on");
+    bool stream = sp->o.window > 0;
+    if (n_prompt > ctx)
+        return lmc_err_set(err, LMC_ERR_ARG, "prompt of %lld tokens exceeds the context of %lld%s",
+                           (long long)n_prompt, (long long)ctx,
+                           stream ? " (attention sinks + KV window)" : "");
+    struct gen g;
+    memset(&g, 0, sizeof g);
+    lmc_status st = lmc_sampler_init(&g.ts, &o->sampling, V, err);
+    if (st) return st;
+    struct lmc_sampler_params dp = o->sampling;
+    dp.seed ^= 0xd4af7ull; /* the draft's draws: their own stream */
+    st = lmc_sampler_init(&g.ds, &dp, V, err);
+    if (st) goto out;
+    g.all = malloc((size_t)(n_prompt + o->max_new + Kmax + 2) * sizeof *g.all);
+    if (!g.all) {
+        st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+        goto out;
+    }
+    if (sp->tok) {
+        st = lmc_detok_init(&g.dt, sp->tok, prompt, n_prompt, o->stop, o->n_stop, err);
+        if (st) goto out;
+        g.have_dt = true;
+    }
+    memcpy(g.all, prompt, (size_t)n_prompt * sizeof *g.all);
+    g.n = n_prompt;
+    double t0 = lmc_time_now();
+    /* prefill all but the last prompt id: each round feeds the last decided
+     * id and the drafts together */
+    if (n_prompt > 1) {
+        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all, n_prompt - 1, 0, sp->logits,
+                               false, err);
+        if (st) goto out;
+        if (sp->o.mode == LMC_SPEC_DRAFT) {
+            st = lmc_model_forward(sp->draft, sp->be, &sp->dacts, &sp->dkv, g.all, n_prompt - 1, 0,
+                                   sp->dlogits, false, err);
+            if (st) goto out;
+        }
+    }
+    g.tc = g.dc = n_prompt - 1;
+    res->n_prompt_new = n_prompt;
+    double t1 = lmc_time_now();
+    res->prefill_s = t1 - t0;
+    res->finish_reason = "length";
+    int64_t n_gen = 0, K = Kmax;
+    double alpha = 0.7;
+    bool done = false, stopped = false, eos = false;
+    while (!done && !eos && n_gen < o->max_new) {
+        /* no drafts past what is still wanted (the round adds one more) or
+         * past the context (the verify forward fills positions n-1..n-1+k) */
+        int64_t kcap = LMC_MIN(K, LMC_MIN(o->max_new - n_gen - 1, stream ? sp->o.window - 1 : ctx - g.n));
+        if (sp->o.mode == LMC_SPEC_NONE) kcap = 0;
+        int64_t k = 0;
+        if (stream) stream_make_room(sp, &g, LMC_MAX(kcap, 0) + 1, stats);
+        else if (g.n > ctx) {
+            st = lmc_err_set(err, LMC_ERR_ARG, "context of %lld tokens is full", (long long)ctx);
+            break;
+        }
+        if (kcap > 0) {
+            st = draft(sp, &g, kcap, &k, err);
+            if (st) break;
+            if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
+        }
+        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
+                               g.n - 1 - g.shift, sp->logits, true, err);
+        if (st) break;
+        g.tc = g.n + k;
+        for (int64_t i = 0; i <= k; i++)
+            lmc_sampler_probs(&g.ts, sp->logits + i * V, g.all, g.n + i, sp->p + i * V);
+        int32_t out[65];
+        const float *q = sp->o.mode == LMC_SPEC_LOOKUP ? NULL : sp->q;
+        int64_t a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
+        stats->rounds++;
+        stats->drafted += k;
+        stats->accepted += a;
+        if (k > 0 && sp->o.adaptive) {
+            alpha = 0.8 * alpha + 0.2 * ((double)a / (double)k);
+            K = lmc_spec_next_k(alpha, Kmax);
+        }
+        for (int64_t i = 0; i <= a && !done && n_gen < o->max_new; i++) {
+            int32_t id = out[i];
+            if (!o->ignore_eos && is_eos(sp, id)) {
+                res->finish_reason = "stop";
+                eos = true;
+                break;
+            }
+            g.all[g.n++] = id;
+            n_gen++;
+            const char *piece = NULL;
+            size_t plen = 0;
+            if (g.have_dt) {
+                st = lmc_detok_push(&g.dt, id, &piece, &plen, &stopped, err);
+                if (st) break;
+            }
+            if (stopped) {
+                done = true;
+                res->finish_reason = "stop";
+            }
+            if (plen && !append(&g.text, &g.tlen, &g.tcap, piece, plen)) {
+                st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+                break;
+            }
+            if (plen && emit && !emit(user, piece, plen)) done = true;
+        }
+        if (st) break;
+        /* rollback: rows past the last decided id's predecessor are stale */
+        g.tc = g.n - 1;
+        if (g.dc > g.n - 1) g.dc = g.n - 1;
+    }
+    if (!st && !done && g.have_dt) {
+        const char *piece = NULL;
+        size_t plen = 0;
+        lmc_detok_finish(&g.dt, &piece, &plen, &stopped);
+        if (stopped) res->finish_reason = "stop";
+        if (plen && !append(&g.text, &g.tlen, &g.tcap, piece, plen))
+            st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+        else if (plen && emit)
+            emit(user, piece, plen);
+    }
+    res->decode_s = lmc_time_now() - t1;
+    if (!st) {
+        int64_t np = n_prompt;
+        res->ids = malloc((size_t)LMC_MAX(n_gen, 1) * sizeof *res->ids);
+        if (!res->ids) {
+            st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
+        } else {
+            memcpy(res->ids, g.all + np, (size_t)n_gen * sizeof *res->ids);
+            res->n_ids = n_gen;
+            res->text = g.text ? g.text : calloc(1, 1);
+            res->text_len = g.text ? g.tlen : 0;
+            g.text = NULL;
+        }
+    }
+out:
+    if (g.have_dt) lmc_detok_free(&g.dt);
+    free(g.text);
+    free(g.all);
+    lmc_sampler_free(&g.ts);
+    lmc_sampler_free(&g.ds);
+    return st;
+}

@@ -1,0 +1,97 @@
+/* spec.h — speculative decoding of one sequence: drafts K tokens (prompt
+ * lookup: n-gram matches in the prompt and output so far; a draft model
+ * with the same vocabulary; or self-speculation: the target's first L
+ * layers and its head), verifies them in one batched forward of the target
+ * (all K+1 logit rows), accepts by the speculative sampling rule
+ * (spec_sample.h) and rolls the caches back past rejected tokens (the
+ * single-sequence cache is position-indexed: rollback is a position reset).
+ * The output has exactly the target's sampling distribution for every
+ * sampler setting; greedy output equals plain greedy decoding up to the
+ * rounding differences of a batched versus a one-token forward. K adapts
+ * to the running acceptance rate. Uses session.h's options and result.
+ * The same loop runs StreamingLLM eviction (kvq_stream.h) and compressed
+ * caches (kvq.h); mode NONE is plain decoding through it. */
+#ifndef LMC_SPEC_H
+#define LMC_SPEC_H
+
+#include "lmc.h"
+#include "infer/session.h"
+#include "model/model.h"
+#include "ops/cpu/kvquant.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* NONE: no drafts (plain decoding through this loop, for streaming) */
+enum lmc_spec_mode { LMC_SPEC_NONE = 0, LMC_SPEC_LOOKUP, LMC_SPEC_DRAFT, LMC_SPEC_SELF };
+
+struct lmc_spec_opts {
+    enum lmc_spec_mode mode;
+    int64_t draft_tokens;      /* K: the most drafts per round (1..64) */
+    int64_t lookup_ngram;      /* LOOKUP: longest n-gram matched (1..16) */
+    int64_t self_layers;       /* SELF: layers of the draft (1..num_layers-1) */
+    bool adaptive;             /* K from the running acceptance rate (else fixed) */
+    /* compressed KV caches (infer/kvq.h): the backend must be made by
+     * lmc_kvq_backend; NONE: the backend's own cache */
+    enum lmc_kvq_fmt kv_fmt;
+    int64_t kv_residual;       /* KIVI: recent tokens kept in f16 */
+    /* StreamingLLM (infer/kvq_stream.h): window > 0 bounds the cache to
+     * sinks + window positions for unbounded generation (rotary models, the
+     * CPU f32 cache, no draft model, no compressed cache; ctx is then
+     * sinks + window) */
+    int64_t sinks, window;
+};
+
+struct lmc_spec_stats {
+    int64_t rounds;            /* target verification forwards */
+    int64_t drafted, accepted; /* draft tokens proposed / accepted */
+    int64_t draft_forwards;    /* draft-model forwards (DRAFT, SELF) */
+    int64_t evicted;           /* tokens evicted by streaming */
+};
+
+struct lmc_spec {
+    const struct lmc_model *model;
+    const struct lmc_backend *be;
+    const struct lmc_tokenizer *tok;
+    struct lmc_spec_opts o;
+    struct lmc_kv kv;
+    struct lmc_acts acts;      /* logit_rows = K + 1 */
+    float *logits, *p;         /* (K+1, V) target logits, target probabilities */
+    /* the draft (DRAFT: its own model, cache and scratch; SELF: a view of
+     * the target with num_layers = L writing the target's cache rows of
+     * layers 0..L-1, which the verifier overwrites with equal values) */
+    const struct lmc_model *draft;
+    struct lmc_model self_view;
+    struct lmc_kv dkv;
+    bool dkv_owned;
+    struct lmc_acts dacts;
+    float *dlogits, *q;        /* (V) draft logits, (K, V) draft probabilities */
+    double *inv_freq;          /* (rot_dim/2) streaming: the keys' re-rotation */
+};
+
+/* draft: the draft model for LMC_SPEC_DRAFT (same vocabulary size: checked,
+ * LMC_ERR_ARG), NULL otherwise. Options checked with LMC_ERR_ARG. With
+ * streaming, ctx is ignored (the cache holds sinks + window positions). */
+lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const struct lmc_backend *be,
+                         const struct lmc_tokenizer *tok, const struct lmc_model *draft,
+                         const struct lmc_spec_opts *o, int64_t ctx, lmc_err *err);
+void lmc_spec_free(struct lmc_spec *sp);
+
+/* Generates like lmc_session_generate (same options, stop strings, EOS,
+ * streaming and result; the cache starts empty each call). stats may be
+ * NULL. */
+lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t n_prompt,
+                             const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
+                             struct lmc_gen_result *res, struct lmc_spec_stats *stats, lmc_err *err);
+
+/* Prompt lookup: the longest n-gram (ngram down to 1) ending ids[n-1] that
+ * also occurs earlier (the latest such occurrence) proposes the tokens that
+ * followed it; writes up to k of them to out and returns how many (0 when
+ * nothing matches). */
+int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k, int32_t *out);
+
+/* The next K from the running per-draft acceptance rate alpha in [0, 1]:
+ * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]. */
+int64_t lmc_spec_next_k(double alpha, int64_t kmax);
+
+#endif

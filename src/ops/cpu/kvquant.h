@@ -1,0 +1,75 @@
+/* kvquant.h — compressed KV-cache rows on the CPU: int8 (symmetric, one
+ * f16 scale per 32 values of a token's row), int4 (asymmetric, f16 scale
+ * and minimum per 32 values of a row) and KIVI-2 (Liu et al. 2024: keys
+ * quantized per channel over blocks of 32 tokens, values per token in
+ * groups of 32 channels, both 2-bit asymmetric, the most recent R tokens
+ * kept in f16 until a whole block of keys is older than them).
+ *
+ * A layer's compressed cache lives inside the bytes the model allocates
+ * for a 2-byte KV cache (backend kv_dtype of size 2: ctx * row * 2 bytes
+ * for K and again for V): a header at the start of the K region, then the
+ * format's codes, scales and (KIVI) residual ring. The model writes it only
+ * through rope_kv_store and reads it only through attention (backend.h's
+ * contract for non-f32 caches), so lmc_kvq_rope_kv_store and
+ * lmc_kvq_attention here are those two entries of a CPU backend variant
+ * (infer/kvq.c). The attention decodes each cached row once per call, in
+ * place, never a dequantized copy of the cache. */
+#ifndef LMC_KVQUANT_H
+#define LMC_KVQUANT_H
+
+#include "lmc.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LMC_KVQ_GROUP 32 /* values per scale (rows), tokens per key block (KIVI) */
+
+enum lmc_kvq_fmt { LMC_KVQ_NONE = 0, LMC_KVQ_Q8, LMC_KVQ_Q4, LMC_KVQ_KIVI2 };
+
+/* "q8", "q4", "kivi2"; NULL for NONE. Parse returns NONE for unknown. */
+const char *lmc_kvq_name(enum lmc_kvq_fmt f);
+enum lmc_kvq_fmt lmc_kvq_parse(const char *s);
+
+/* Steady-state bytes per token of K and V together for a row of `row`
+ * values per token and per layer (codes and scales; the KIVI ring of R+32
+ * f16 rows is a constant per sequence, not counted). bf16 is 4 * row. */
+double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row);
+
+/* Group quantizers (n values, groups of LMC_KVQ_GROUP, the last possibly
+ * partial). q8: codes (n) int8, scales (ceil(n/32)) f16 with
+ * |x - code * scale| <= scale / 2. asym (bits 2 or 4): codes packed
+ * little-end first (ceil(n*bits/8) bytes), sm (2 per group) f16 scale then
+ * minimum, |x - (min + code * scale)| <= scale / 2. */
+void lmc_kvq_q8_quant(const float *x, int64_t n, int8_t *codes, uint16_t *scales);
+void lmc_kvq_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, float *x);
+void lmc_kvq_asym_quant(const float *x, int64_t n, int bits, uint8_t *codes, uint16_t *sm);
+void lmc_kvq_asym_dequant(const uint8_t *codes, const uint16_t *sm, int64_t n, int bits, float *x);
+
+/* Prepares the layer caches of a KV buffer: region l of K is k + l * ctx *
+ * row * 2 bytes (the same for V). LMC_ERR_ARG when the format's data does
+ * not fit in ctx * row * 2 bytes (KIVI with a context shorter than about
+ * its ring) or residual is out of range (KIVI: 0..4096). */
+lmc_status lmc_kvq_layer_init(void *kregion, void *vregion, enum lmc_kvq_fmt f, int64_t ctx,
+                              int64_t row, int64_t residual, lmc_err *err);
+/* Positions stored in a layer cache (0 after init). */
+int64_t lmc_kvq_layer_len(const void *kregion);
+/* Appends n rows k, v (n, row) at positions len..len+n-1 after dropping
+ * positions >= pos (pos <= len; KIVI: a dropped part of a quantized block
+ * comes back to the ring dequantized). */
+void lmc_kvq_layer_store(void *kregion, void *vregion, const float *k, const float *v, int64_t n,
+                         int64_t pos);
+/* Decodes position t's key and value rows (row floats each). */
+void lmc_kvq_layer_row(const void *kregion, const void *vregion, int64_t t, float *k, float *v);
+
+/* The two backend entries (backend.h semantics, CPU ctx). kc, vc: one
+ * layer's regions as prepared by lmc_kvq_layer_init. pos must be
+ * consecutive (single-sequence forward). */
+void lmc_kvq_rope_kv_store(void *ctx, float *q, float *k, const float *v, void *kc, void *vc,
+                           int64_t M, int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim,
+                           const int32_t *pos, const double *inv_freq, float attn_scale);
+void lmc_kvq_attention(void *ctx, float *out, const float *q, const float *k, const float *v,
+                       int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                       float scale, int64_t window);
+
+#endif
