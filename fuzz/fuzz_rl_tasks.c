@@ -1,7 +1,7 @@
 /* fuzz_rl_tasks.c — libFuzzer target: arbitrary bytes through the RL task
  * parser (lmc_rl_tasks_parse) and the reward's answer extraction and
- * number parsing (every mode, a fixed regex); parsed tasks always have a
- * prompt, an error always a message. */
+ * number parsing (every mode, a fixed regex); parsed tasks have a prompt or
+ * messages (not both), an error always a message. */
 #include "core/core.h"
 #include "train/reward.h"
 #include "train/rl.h"
@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t n;
     if (lmc_rl_tasks_parse(buf, size, "fuzz.jsonl", &t, &n, &err) == LMC_OK) {
         LMC_ASSERT(n > 0);
-        for (int64_t i = 0; i < n; i++) LMC_ASSERT(t[i].prompt != NULL);
+        for (int64_t i = 0; i < n; i++) LMC_ASSERT((t[i].prompt != NULL) != (t[i].messages != NULL));
         lmc_rl_tasks_free(t, n);
     } else {
         LMC_ASSERT(err.msg[0] != 0);

@@ -6,12 +6,15 @@
  *    a random direction of all parameters;
  *  - one GRPO step: the log-probabilities the trainer recomputes for the
  *    sampled tokens equal the sampler's (fp32, <= 1e-5), metrics sane;
+ *  - chat "messages" tasks rendered through a chat template (an error
+ *    naming the task without one);
  *  - task JSONL errors name the line. */
 #include "test.h"
 #include "core/core.h"
 #include "ops/backend.h"
 #include "train/rl.h"
 #include "train/rl_model.h"
+#include "tokenizer/chat_template.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -120,6 +123,22 @@ static void step(struct lmc_backend *be) {
     s = lmc_rl_step(&rl, &mt, &err);
     CHECK_MSG(!s && isfinite(mt.vf_loss) && mt.logp_maxdiff <= 1e-5, "%s %g", err.msg, mt.logp_maxdiff);
     lmc_rl_free(&rl);
+    lmc_rl_tasks_free(t, n);
+    /* chat messages go through the chat template with the generation prompt */
+    const char *cj = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi there\"}], \"answer\": \"e\"}\n";
+    CHECK(!lmc_rl_tasks_parse(cj, strlen(cj), "chat.jsonl", &t, &n, &err) && n == 1 && t[0].messages && !t[0].prompt);
+    o.algo = LMC_RL_GRPO;
+    CHECK(lmc_rl_init(&rl, DIR_, be, tok, t, n, &o, &err) == LMC_ERR_ARG && strstr(err.msg, "task 1"));
+    struct lmc_chat_template *ct;
+    CHECK(!lmc_chat_template_new("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                                 "{% if add_generation_prompt %}<assistant>{% endif %}", "", "", &ct, &err));
+    o.chat = ct;
+    CHECK(!lmc_rl_init(&rl, DIR_, be, tok, t, n, &o, &err));
+    CHECK(t[0].prompt && !strcmp(t[0].prompt, "<user>hi there<assistant>"));
+    s = lmc_rl_step(&rl, &mt, &err);
+    CHECK_MSG(!s && mt.logp_maxdiff <= 1e-5, "%s", err.msg);
+    lmc_rl_free(&rl);
+    lmc_chat_template_free(ct);
     lmc_rl_tasks_free(t, n);
     lmc_tokenizer_free(tok);
     const char *bad[] = {"{\"prompt\": 1}\n", "{\"prompt\": \"a\"}\nnot json\n", "{\"messages\": []}\n",

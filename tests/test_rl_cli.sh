@@ -4,7 +4,8 @@
 # `lmc plot` draws reward/accuracy/kl from it, the saved policy loads and
 # generates, the sampler's and the trainer's log-probs agree (<= 1e-5),
 # and bad input fails cleanly: --lora (pending), a malformed tasks file
-# (named with its line), an unknown algorithm, a reward command that
+# (named with its line), an unknown algorithm, chat messages without a
+# template (and with --chat-template they run), a reward command that
 # prints garbage (named with the task).
 # Usage: test_rl_cli.sh PATH/TO/lmc
 set -u
@@ -44,6 +45,14 @@ printf '{"prompt": "a", "answer": "b"}\n{"prompt": 3}\n' > "$TMP/bad.jsonl"
 "$LMC" rl $COMMON --algo dpo -o "$TMP/x" 2> /dev/null; [ $? = 2 ]; ok $? "unknown algo refused"
 "$LMC" rl $COMMON --reward-cmd "echo nope" --steps 1 -o "$TMP/x" 2> "$TMP/e3"; rc=$?
 [ $rc != 0 ] && grep -q "task 1" "$TMP/e3" && grep -q "not one number" "$TMP/e3"; ok $? "bad reward-cmd output names the task"
+
+printf '{"messages": [{"role": "user", "content": "hi"}], "answer": "e"}\n' > "$TMP/c.jsonl"
+printf '{%% for m in messages %%}<{{ m.role }}>{{ m.content }}{%% endfor %%}{%% if add_generation_prompt %%}<assistant>{%% endif %%}' > "$TMP/t.jinja"
+"$LMC" rl -m $M --tasks "$TMP/c.jsonl" --group 2 --prompts 1 --max-new 4 --steps 1 --threads 1 -o "$TMP/c" 2> "$TMP/e4"; rc=$?
+[ $rc != 0 ] && grep -q "chat template" "$TMP/e4"; ok $? "messages without a chat template: clear error"
+"$LMC" rl -m $M --tasks "$TMP/c.jsonl" --group 2 --prompts 1 --max-new 4 --steps 1 --threads 1 \
+    --chat-template "$TMP/t.jinja" -o "$TMP/c" 2> /dev/null && [ -s "$TMP/c/metrics.jsonl" ]
+ok $? "messages tasks through --chat-template"
 
 echo "test_rl_cli: $pass passed, $fail failed"
 [ $fail = 0 ]

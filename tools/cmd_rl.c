@@ -5,6 +5,7 @@
  * a Hugging Face folder OUT/final. */
 #include "cli.h"
 #include "core/core.h"
+#include "tokenizer/chat_template.h"
 #include "train/rl.h"
 #include "train/trainer.h"
 
@@ -23,8 +24,9 @@ static void usage(void) {
             "              [--extract auto|boxed|hash|regex|number] [--answer-regex RE]\n"
             "              [--format-tags OPEN,CLOSE] [--format-weight 0.5] [--length-penalty C] [--length-free N]\n"
             "              [--reward-cmd 'PROG ARG...'] [--reward-timeout 10] [--eval FILE.jsonl] [--seed 1]\n"
-            "              [--grad-clip 1] [--threads N]   (--lora: pending)\n"
-            "Each task line: {\"prompt\": \"...\", \"answer\": \"...\"}.\n");
+            "              [--grad-clip 1] [--chat-template FILE] [--threads N]   (--lora: pending)\n"
+            "Each task line: {\"prompt\": \"...\", \"answer\": \"...\"} or {\"messages\": [...], \"answer\": ...}\n"
+            "(messages rendered by the model's chat template with the generation prompt).\n");
 }
 
 /* splits s on spaces into a NULL-terminated argv (no shell, no quoting) */
@@ -64,7 +66,7 @@ int cmd_rl(int argc, char **argv) {
     struct cli_common cc = {0};
     struct lmc_rl_opts o;
     lmc_rl_opts_default(&o);
-    const char *tasks_path = NULL, *out = NULL, *eval_path = NULL, *fmt = NULL, *rcmd = NULL;
+    const char *tmpl_file = NULL, *tasks_path = NULL, *out = NULL, *eval_path = NULL, *fmt = NULL, *rcmd = NULL;
     int64_t steps = 100, seed = 1;
     double clip = 0.2, clip_high = -1;
     for (int i = 1; i < argc; i++) {
@@ -113,6 +115,7 @@ int cmd_rl(int argc, char **argv) {
         else if (!strcmp(a, "--eval")) eval_path = v;
         else if (!strcmp(a, "--answer-regex")) o.regex = v, o.extract = LMC_EXTRACT_REGEX;
         else if (!strcmp(a, "--format-tags")) fmt = v;
+        else if (!strcmp(a, "--chat-template")) tmpl_file = v;
         else if (!strcmp(a, "--reward-cmd")) rcmd = v;
         else if (!strcmp(a, "--algo")) {
             if (!strcmp(v, "grpo")) o.algo = LMC_RL_GRPO;
@@ -180,6 +183,7 @@ int cmd_rl(int argc, char **argv) {
     struct lmc_rl rl = {0};
     bool have_rl = false, have_be = false;
     struct lmc_backend be;
+    struct lmc_chat_template *ct = NULL;
     FILE *mf = NULL;
     if (load_tasks(tasks_path, &tasks, &nt, &err) || (eval_path && load_tasks(eval_path, &etasks, &ne, &err))) {
         rc = cli_fail("rl", &err);
@@ -196,6 +200,16 @@ int cmd_rl(int argc, char **argv) {
         goto done;
     }
     have_be = true;
+    bool chat = false;
+    for (int64_t i = 0; i < nt; i++) chat |= tasks[i].messages != NULL;
+    for (int64_t i = 0; i < ne; i++) chat |= etasks[i].messages != NULL;
+    if (chat) {
+        if (lmc_chat_template_load(cc.model_dir, tmpl_file, cm.tok, &ct, &err)) {
+            rc = cli_fail("rl: chat template for the tasks' messages", &err);
+            goto done;
+        }
+        o.chat = ct;
+    }
     if (lmc_rl_init(&rl, cc.model_dir, &be, cm.tok, tasks, nt, &o, &err)) {
         rc = cli_fail("rl", &err);
         goto done;
@@ -264,6 +278,7 @@ done:
     if (mf) fclose(mf);
     if (have_rl) lmc_rl_free(&rl);
     if (have_be) lmc_backend_cpu_free(&be);
+    if (ct) lmc_chat_template_free(ct);
     cli_close(&cm);
     lmc_rl_tasks_free(tasks, nt);
     lmc_rl_tasks_free(etasks, ne);

@@ -7,6 +7,7 @@
 #include "io/json_util.h"
 #include "train/adamw.h"
 #include "train/rl_model.h"
+#include "tokenizer/chat_template.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@ void lmc_rl_tasks_free(struct lmc_rl_task *t, int64_t n) {
     if (!t) return;
     for (int64_t i = 0; i < n; i++) {
         free(t[i].prompt);
+        free(t[i].messages);
         free(t[i].answer);
         free(t[i].ids);
     }
@@ -57,11 +59,19 @@ lmc_status lmc_rl_tasks_parse(const char *buf, size_t len, const char *path, str
         }
         const cJSON *pr = cJSON_GetObjectItemCaseSensitive(j, "prompt");
         const cJSON *an = cJSON_GetObjectItemCaseSensitive(j, "answer");
-        if (!cJSON_IsString(pr)) {
-            bool chat = cJSON_GetObjectItemCaseSensitive(j, "messages") != NULL;
+        const cJSON *ms = cJSON_GetObjectItemCaseSensitive(j, "messages");
+        char *msg_text = NULL;
+        if (!pr && cJSON_IsArray(ms) && cJSON_GetArraySize(ms) > 0) {
+            if (!(msg_text = cJSON_PrintUnformatted(ms))) {
+                cJSON_Delete(j);
+                s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
+                goto fail;
+            }
+        } else if (!cJSON_IsString(pr)) {
             cJSON_Delete(j);
-            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s:%lld: \"prompt\" must be a string%s", path,
-                            (long long)line, chat ? " (chat \"messages\" are not supported yet)" : "");
+            s = lmc_err_set(err, LMC_ERR_FORMAT,
+                            "%s:%lld: needs \"prompt\" (a string) or \"messages\" (a non-empty array)", path,
+                            (long long)line);
             goto fail;
         }
         char num[64];
@@ -72,6 +82,7 @@ lmc_status lmc_rl_tasks_parse(const char *buf, size_t len, const char *path, str
             ans = num;
         } else if (an && !cJSON_IsNull(an)) {
             cJSON_Delete(j);
+            free(msg_text);
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s:%lld: \"answer\" must be a string or a number", path,
                             (long long)line);
             goto fail;
@@ -81,17 +92,19 @@ lmc_status lmc_rl_tasks_parse(const char *buf, size_t len, const char *path, str
             struct lmc_rl_task *q = realloc(t, (size_t)nc * sizeof *q);
             if (!q) {
                 cJSON_Delete(j);
+                free(msg_text);
                 s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
                 goto fail;
             }
             t = q, cap = nc;
         }
         memset(&t[cnt], 0, sizeof t[cnt]);
-        t[cnt].prompt = dup_n(pr->valuestring, strlen(pr->valuestring));
+        t[cnt].prompt = msg_text ? NULL : dup_n(pr->valuestring, strlen(pr->valuestring));
+        t[cnt].messages = msg_text;
         t[cnt].answer = ans ? dup_n(ans, strlen(ans)) : NULL;
         cnt++;
         cJSON_Delete(j);
-        if (!t[cnt - 1].prompt || (ans && !t[cnt - 1].answer)) {
+        if ((!msg_text && !t[cnt - 1].prompt) || (ans && !t[cnt - 1].answer)) {
             s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
             goto fail;
         }
@@ -109,6 +122,20 @@ fail:
 }
 
 /* ---------------- setup ---------------- */
+
+/* a "messages" task's prompt through the chat template */
+static lmc_status render(const struct lmc_chat_template *ct, struct lmc_rl_task *t, int64_t i, lmc_err *err) {
+    if (!ct)
+        return lmc_err_set(err, LMC_ERR_ARG, "task %lld has chat messages but no chat template was given",
+                           (long long)(i + 1));
+    cJSON *m = cJSON_Parse(t->messages);
+    if (!m) return lmc_err_set(err, LMC_ERR_OOM, "task %lld: out of memory", (long long)(i + 1));
+    struct lmc_chat_render_opts ro = {.add_generation_prompt = true, .now_year = 2026, .now_month = 1, .now_day = 1};
+    lmc_status s = lmc_chat_template_render(ct, m, &ro, &t->prompt, err);
+    cJSON_Delete(m);
+    if (s) lmc_err_prefix(err, "task %lld messages", (long long)(i + 1));
+    return s;
+}
 
 void lmc_rl_opts_default(struct lmc_rl_opts *o) {
     memset(o, 0, sizeof *o);
@@ -166,8 +193,9 @@ lmc_status lmc_rl_init(struct lmc_rl *rl, const char *policy_dir, const struct l
     }
     int64_t maxp = 0;
     for (int64_t i = 0; i < n_tasks; i++) {
+        if (!tasks[i].prompt && (s = render(o->chat, &tasks[i], i, err))) goto fail;
         if (!tasks[i].ids &&
-            (s = lmc_tokenizer_encode(tok, tasks[i].prompt, strlen(tasks[i].prompt), true, &tasks[i].ids,
+            (s = lmc_tokenizer_encode(tok, tasks[i].prompt, strlen(tasks[i].prompt), !tasks[i].messages, &tasks[i].ids,
                                       &tasks[i].n_ids, err))) {
             lmc_err_prefix(err, "task %lld prompt", (long long)(i + 1));
             goto fail;
@@ -348,7 +376,8 @@ lmc_status lmc_rl_eval(struct lmc_rl *rl, struct lmc_rl_task *tasks, int64_t n, 
     if (n < 1) return lmc_err_set(err, LMC_ERR_ARG, "rl eval: no tasks");
     for (int64_t i = 0; i < n; i++) {
         lmc_status s = LMC_OK;
-        if (!tasks[i].ids && (s = lmc_tokenizer_encode(rl->tok, tasks[i].prompt, strlen(tasks[i].prompt), true,
+        if (!tasks[i].prompt && (s = render(rl->o.chat, &tasks[i], i, err))) return s;
+        if (!tasks[i].ids && (s = lmc_tokenizer_encode(rl->tok, tasks[i].prompt, strlen(tasks[i].prompt), !tasks[i].messages,
                                                         &tasks[i].ids, &tasks[i].n_ids, err)))
             return lmc_err_prefix(err, "eval task %lld prompt", (long long)(i + 1)), s;
         if (tasks[i].n_ids < 1 || tasks[i].n_ids > rl->T - rl->o.max_new)

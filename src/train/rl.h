@@ -19,15 +19,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct lmc_chat_template;
+
 struct lmc_rl_task {
-    char *prompt;             /* text given to the model as is */
+    char *prompt;             /* text given to the model as is (or rendered from messages) */
+    char *messages;           /* chat messages as JSON text, or NULL */
     char *answer;             /* what the reward matches (may be NULL with --reward-cmd) */
     int32_t *ids;             /* the prompt's tokens (filled by lmc_rl_init) */
     int64_t n_ids;
 };
 
-/* Parses JSONL (one object per non-blank line): "prompt" (string) and
- * "answer" (string or number). Errors name path and line. */
+/* Parses JSONL (one object per non-blank line): "prompt" (string) or
+ * "messages" (an array of chat messages, rendered by lmc_rl_init through
+ * the chat template with the generation prompt), and "answer" (string or
+ * number). Errors name path and line. */
 lmc_status lmc_rl_tasks_parse(const char *buf, size_t len, const char *path, struct lmc_rl_task **tasks,
                               int64_t *n, lmc_err *err);
 void lmc_rl_tasks_free(struct lmc_rl_task *tasks, int64_t n);
@@ -54,6 +59,7 @@ struct lmc_rl_opts {
     double len_coef;
     int64_t len_free;
     char **reward_cmd;        /* argv, NULL-terminated; NULL: built-in rewards */
+    const struct lmc_chat_template *chat; /* renders "messages" tasks (NULL: such tasks are an error) */
     double reward_timeout;
     uint64_t seed;
 };
