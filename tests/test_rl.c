@@ -6,6 +6,8 @@
  *    a random direction of all parameters;
  *  - one GRPO step: the log-probabilities the trainer recomputes for the
  *    sampled tokens equal the sampler's (fp32, <= 1e-5), metrics sane;
+ *  - micro-batches of 2 rows update the policy as the whole batch of 8
+ *    (GRPO, 2 epochs: the re-forward before each backward);
  *  - chat "messages" tasks rendered through a chat template (an error
  *    naming the task without one);
  *  - task JSONL errors name the line. */
@@ -31,6 +33,15 @@ static double objective(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_
     for (int64_t i = 0; i < M; i++) L += (double)w[i] * lp[i];
     for (int64_t i = 0; i < M * C; i++) L += (double)u[i] * hid[i];
     return L;
+}
+
+static int64_t tm_numel(const char *dir, const struct lmc_backend *be) {
+    lmc_err err = {0};
+    struct lmc_tmodel tm;
+    LMC_ASSERT(!lmc_tmodel_load(&tm, dir, be, &err));
+    int64_t n = tm.numel;
+    lmc_tmodel_free(&tm);
+    return n;
 }
 
 static void grads(struct lmc_backend *be) {
@@ -124,6 +135,34 @@ static void step(struct lmc_backend *be) {
     CHECK_MSG(!s && isfinite(mt.vf_loss) && mt.logp_maxdiff <= 1e-5, "%s %g", err.msg, mt.logp_maxdiff);
     lmc_rl_free(&rl);
     lmc_rl_tasks_free(t, n);
+    /* micro-batches of 2 rows give the same update as the whole batch of 8 */
+    {
+        t = NULL;
+        CHECK(!lmc_rl_tasks_parse(jl, strlen(jl), "t.jsonl", &t, &n, &err));
+        float *w[2];
+        double loss[2];
+        for (int k = 0; k < 2; k++) {
+            struct lmc_rl_opts mo = o;
+            mo.algo = LMC_RL_GRPO, mo.micro = k ? 2 : 0;
+            CHECK(!lmc_rl_init(&rl, DIR_, be, tok, t, n, &mo, &err));
+            CHECK(!lmc_rl_step(&rl, &mt, &err));
+            loss[k] = mt.loss;
+            w[k] = malloc((size_t)rl.pol.numel * sizeof(float));
+            lmc_tmodel_download_arena(&rl.pol, rl.pol.w, w[k]);
+            n = rl.n_tasks;
+            lmc_rl_free(&rl);
+        }
+        double num = 0, den = 0;
+        int64_t nw = tm_numel(DIR_, be);
+        for (int64_t i = 0; i < nw; i++) num = fmax(num, fabs(w[0][i] - w[1][i])), den = fmax(den, fabs(w[0][i]));
+        CHECK_MSG(num <= 1e-5 * den && fabs(loss[0] - loss[1]) <= 1e-6, "micro-batches: %g / %g, loss %g vs %g", num,
+                  den, loss[0], loss[1]);
+        struct lmc_rl_opts mo = o;
+        mo.micro = 3;
+        CHECK(lmc_rl_init(&rl, DIR_, be, tok, t, n, &mo, &err) == LMC_ERR_ARG && strstr(err.msg, "micro-batch"));
+        free(w[0]), free(w[1]);
+        lmc_rl_tasks_free(t, n);
+    }
     /* chat messages go through the chat template with the generation prompt */
     const char *cj = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi there\"}], \"answer\": \"e\"}\n";
     CHECK(!lmc_rl_tasks_parse(cj, strlen(cj), "chat.jsonl", &t, &n, &err) && n == 1 && t[0].messages && !t[0].prompt);

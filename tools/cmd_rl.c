@@ -18,7 +18,8 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc rl -m POLICY --tasks FILE.jsonl -o OUT [--algo grpo|ppo] [--group 8] [--prompts 4]\n"
-            "              [--steps 100] [--max-new 256] [--epochs 1] [--lr 1e-6] [--temperature 1]\n"
+            "              [--steps 100] [--max-new 256] [--epochs 1] [--micro ROWS] [--lr 1e-6]\n"
+            "              [--temperature 1]\n"
             "              [--kl 0.04] [--clip 0.2] [--clip-high 0.2] [--loss seq|token|dr] [--no-std]\n"
             "              [--ppo-kl 0.05] [--vf-coef 0.1] [--gamma 1] [--lam 0.95] [--clip-value 0.2]\n"
             "              [--extract auto|boxed|hash|regex|number] [--answer-regex RE]\n"
@@ -94,7 +95,7 @@ int cmd_rl(int argc, char **argv) {
             {"--group", &o.group, 1, 4096}, {"--prompts", &o.prompts, 1, 4096},
             {"--max-new", &o.max_new, 1, 1 << 20}, {"--epochs", &o.epochs, 1, 1024},
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--seed", &seed, 0, INT64_MAX},
-            {"--length-free", &o.len_free, 0, 1 << 20},
+            {"--length-free", &o.len_free, 0, 1 << 20}, {"--micro", &o.micro, 0, 1 << 20},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &o.lr, 0, 10}, {"--temperature", &o.temperature, 0, 100}, {"--kl", &o.grpo.beta, 0, 100},

@@ -208,7 +208,13 @@ lmc_status lmc_rl_init(struct lmc_rl *rl, const char *policy_dir, const struct l
     }
     rl->T = maxp + o->max_new; /* prompt + response + EOS, minus one for the shift */
     rl->B = o->prompts * o->group;
-    if ((s = lmc_tacts_init(&rl->acts, &rl->pol, be, rl->B, rl->T, false, err))) goto fail;
+    rl->MB = o->micro > 0 ? o->micro : rl->B;
+    if (rl->MB > rl->B || rl->B % rl->MB) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "rl: micro-batch %lld must divide the batch (%lld prompts x %lld)",
+                        (long long)rl->MB, (long long)o->prompts, (long long)o->group);
+        goto fail;
+    }
+    if ((s = lmc_tacts_init(&rl->acts, &rl->pol, be, rl->MB, rl->T, false, err))) goto fail;
     size_t bytes = (size_t)rl->pol.numel * sizeof(float);
     rl->m = be->alloc(be->ctx, bytes);
     rl->v = be->alloc(be->ctx, bytes);
@@ -438,6 +444,34 @@ static void gather(const struct lmc_rl *rl, const struct batch *b, const float *
             tok[k] = rows[j * rl->T + b->start[j] + (k - b->off[j])];
 }
 
+/* forward of every micro-batch of the batch's rows */
+static lmc_status fwd_all(struct lmc_rl *rl, struct lmc_tmodel *tm, const struct batch *b, float *lpf, float *hid,
+                          lmc_err *err) {
+    int64_t T = rl->T, MB = rl->MB, C = tm->cfg.hidden_size;
+    for (int64_t r0 = 0; r0 < rl->B; r0 += MB) {
+        lmc_status s = lmc_rl_fwd(tm, &rl->acts, b->in + r0 * T, b->tg + r0 * T, lpf + r0 * T,
+                                  hid ? hid + r0 * T * C : NULL, err);
+        if (s) return s;
+    }
+    return LMC_OK;
+}
+
+/* backward of every micro-batch (after fwd_all on the policy: with one
+ * micro-batch its activations are still there, else it is recomputed) */
+static lmc_status bwd_all(struct lmc_rl *rl, const struct batch *b, float *lpf, lmc_err *err) {
+    struct lmc_tmodel *tm = &rl->pol;
+    int64_t T = rl->T, MB = rl->MB, C = tm->cfg.hidden_size;
+    for (int64_t r0 = 0; r0 < rl->B; r0 += MB) {
+        lmc_status s;
+        if (MB < rl->B && (s = lmc_rl_fwd(tm, &rl->acts, b->in + r0 * T, b->tg + r0 * T, lpf + r0 * T, NULL, err)))
+            return s;
+        if ((s = lmc_rl_bwd(tm, &rl->acts, b->tg + r0 * T, b->dlf + r0 * T, b->dhid ? b->dhid + r0 * T * C : NULL,
+                            err)))
+            return s;
+    }
+    return LMC_OK;
+}
+
 lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *err) {
     const struct lmc_rl_opts *o = &rl->o;
     const struct lmc_backend *be = rl->be;
@@ -509,10 +543,10 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
     mt->rollout_tok_s = mt->gen_s > 0 ? (double)mt->rollout_tokens / mt->gen_s : 0;
     /* the reference, then the rollout policy's log-probabilities (and values) */
     if (rl->have_ref) {
-        if ((s = lmc_rl_fwd(&rl->ref, &rl->acts, b.in, b.tg, b.lpf, NULL, err))) goto done;
+        if ((s = fwd_all(rl, &rl->ref, &b, b.lpf, NULL, err))) goto done;
         gather(rl, &b, b.lpf, b.ref);
     }
-    if ((s = lmc_rl_fwd(tm, &rl->acts, b.in, b.tg, b.lpf, b.hid, err))) goto done;
+    if ((s = fwd_all(rl, tm, &b, b.lpf, b.hid, err))) goto done;
     gather(rl, &b, b.lpf, b.old);
     double ent = 0;
     for (int64_t k = 0; k < ntok; k++) {
@@ -537,7 +571,7 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
     for (int64_t e = 0; e < o->epochs; e++) {
         if (e == 0) memcpy(b.logp, b.old, N * sizeof(double));
         else {
-            if ((s = lmc_rl_fwd(tm, &rl->acts, b.in, b.tg, b.lpf, b.hid, err))) goto done;
+            if ((s = fwd_all(rl, tm, &b, b.lpf, b.hid, err))) goto done;
             gather(rl, &b, b.lpf, b.logp);
         }
         struct lmc_rl_stats st;
@@ -574,7 +608,7 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
             }
         double t2 = now_s();
         lmc_tmodel_zero_grad(tm);
-        if ((s = lmc_rl_bwd(tm, &rl->acts, b.tg, b.dlf, b.dhid, err))) {
+        if ((s = bwd_all(rl, &b, b.lpf, err))) {
             free(gvh);
             goto done;
         }

@@ -5,8 +5,8 @@
  * the losses (train/rl_loss.h) through the training forward/backward
  * (train/rl_model.h), AdamW on the policy (and the PPO value head), a
  * frozen reference model for the KL, and per-step metrics. Full-parameter
- * training on one backend; one micro-batch (all rollouts of a step) per
- * optimisation step. */
+ * training on one backend; the rollouts of a step are one batch, run as
+ * micro-batches of --micro rows with the gradients accumulated. */
 #ifndef LMC_TRAIN_RL_H
 #define LMC_TRAIN_RL_H
 
@@ -45,6 +45,9 @@ struct lmc_rl_opts {
     int64_t prompts;          /* prompts per step */
     int64_t max_new;
     int64_t epochs;           /* optimisation steps per batch of rollouts (GRPO's mu) */
+    int64_t micro;            /* rows per forward/backward (0: the whole batch); must divide
+                               * prompts * group. Below the batch, each optimisation step runs
+                               * the forwards twice (log-probs for the loss, then the backward) */
     double temperature;
     double lr, grad_clip;
     struct lmc_rl_grpo_cfg grpo;
@@ -84,7 +87,7 @@ struct lmc_rl {
     struct lmc_tacts acts;
     float *m, *v;             /* AdamW moments of the policy (backend memory) */
     float *vh, *vh_m, *vh_v;  /* PPO value head (C weights + bias), host */
-    int64_t step, T, B;
+    int64_t step, T, B, MB;   /* MB: rows per micro-batch */
 };
 
 /* Loads the policy (and, when a KL is used, a frozen reference) from
