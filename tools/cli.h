@@ -82,6 +82,7 @@ int cmd_train_tokenizer(int argc, char **argv);
 int cmd_prepare_data(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_rl(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_comm_bench(int argc, char **argv);
 int cmd_convert_checkpoint(int argc, char **argv);

@@ -21,6 +21,7 @@ static const struct {
     {"parity", cmd_parity, "parity DIR [--dtype fp32|bf16] [--json]         check against references"},
     {"train-tokenizer", cmd_train_tokenizer, "train-tokenizer --text-file F --vocab N --style gpt2|llama3 -o DIR  byte-level BPE"},
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
+    {"rl", cmd_rl, "rl -m POLICY --tasks FILE.jsonl -o OUT [--algo grpo|ppo] [--group 8] ...  RL from verifiable rewards (CPU)"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
     {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
     {"convert-checkpoint", cmd_convert_checkpoint, "convert-checkpoint CKPT -o OUT                  sharded ZeRO checkpoint -> model.safetensors"},

@@ -174,7 +174,7 @@ static void logprobs(const struct req *q, const float *row, int64_t V, int32_t i
     double lse = mx + log(sum);
     ev->logprob = (float)(row[id] / T - lse);
     int n = (int)LMC_MIN((int64_t)q->r.top_logprobs, V), have = 0;
-    for (int64_t i = 0; i < V; i++) { /* insertion into the sorted top n; first index on ties */
+    for (int64_t i = 0; n > 0 && i < V; i++) { /* insertion into the sorted top n (none when n = 0); first index on ties */
         if (have == n && !(row[i] > row[ev->top_ids[n - 1]])) continue;
         int k = have < n ? have++ : n - 1;
         while (k > 0 && row[i] > row[ev->top_ids[k - 1]]) {
