@@ -38,6 +38,13 @@ static void usage(void) {
             "  batch:     --batch B --seq T --accum N --steps N (total) [--stop-at N]\n"
             "  optimizer: --lr X --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
             "             --wd X --beta1 X --beta2 X --eps X --decay-all --clip X (0: off)\n"
+            "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (default adamw; give it\n"
+            "             before its settings: --muon-lr X --muon-momentum X --muon-weight-decay X\n"
+            "             --muon-ns-steps N --muon-nesterov 0|1 --muon-scale shape|moonlight --muon-ns-bf16 0|1\n"
+            "             --galore-rank N --galore-update-gap N --galore-scale X --apollo-rank N\n"
+            "             --apollo-update-gap N --apollo-scale X --apollo-scale-type channel|tensor\n"
+            "             --apollo-seed N --adamw8bit-block N); Muon/GaLore/APOLLO take the 2-D hidden\n"
+            "             matrices, AdamW (--lr ...) the embeddings, head, norms and biases\n"
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
@@ -84,11 +91,27 @@ int cmd_train(int argc, char **argv) {
     bool tie = false, decay_all = false, recompute = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
+    struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
+    lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
+    bool optim_flags = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int r = cli_common_arg(&cc, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
+        bool used = false;
+        int j = i;
+        lmc_err oerr = {0};
+        if (lmc_optim_parse_arg(&ocfg, argc, argv, &j, &used, &oerr)) {
+            fprintf(stderr, "lmc train: %s\n", oerr.msg);
+            return 2;
+        }
+        if (used) {
+            if (!strcmp(a, "--optim")) given |= LMC_TOPT_OPTIM;
+            else optim_flags = true;
+            i = j - 1;
+            continue;
+        }
         given |= lmc_train_opt_bit(a);
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
@@ -244,8 +267,22 @@ int cmd_train(int argc, char **argv) {
     o.adamw.weight_decay = wd;
     o.decay = decay_all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : lr / 10, warmup, steps, 0};
+    o.optim = ocfg;
     if (resume && lmc_ckpt_read_opts(resume, given, &o, &err)) { /* settings not given: the checkpoint's */
         rc = cli_fail("train", &err);
+        goto done;
+    }
+    if (resume && !(given & LMC_TOPT_OPTIM) && optim_flags) {
+        /* the checkpoint's optimizer, with the settings given as flags on top */
+        for (int i = 1; i < argc; i++) {
+            bool used = false;
+            int j = i;
+            if (lmc_optim_parse_arg(&o.optim, argc, argv, &j, &used, &err) == LMC_OK && used) i = j - 1;
+        }
+    }
+    if (lmc_optim_cfg_check(&o.optim, &err)) {
+        fprintf(stderr, "lmc train: %s\n", err.msg);
+        rc = 2;
         goto done;
     }
     steps = o.sched.total;
@@ -275,6 +312,9 @@ int cmd_train(int argc, char **argv) {
                     "%lld steps from %lld\n",
             tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
             (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
+    char odesc[1024];
+    lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
+    fprintf(stderr, "lmc train: %s\n", odesc);
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;

@@ -8,6 +8,7 @@
 #include "core/core.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,15 +47,35 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         memset(&tr->val, 0, sizeof tr->val);
         s = LMC_OK;
     }
-    size_t bytes = (size_t)tr->tm.numel * sizeof(float);
-    tr->m = be->alloc(be->ctx, bytes);
-    tr->v = be->alloc(be->ctx, bytes);
-    if (tr->m) be->zero(be->ctx, tr->m, bytes);
-    if (tr->v) be->zero(be->ctx, tr->v, bytes);
+    if (o->optim.kind != LMC_OPTIM_ADAMW) {
+        struct lmc_optim_cfg oc = o->optim;
+        oc.adamw = o->adamw;
+        struct lmc_optim_param *pp = calloc((size_t)tr->tm.n_params, sizeof *pp);
+        if (!pp) {
+            s = lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
+            goto fail;
+        }
+        lmc_trainer_optim_params(&tr->tm, o->decay == LMC_DECAY_ALL, pp);
+        s = lmc_optim_init(&tr->opt, &oc, be, pp, tr->tm.n_params, err);
+        free(pp);
+        if (s) goto fail;
+        tr->have_opt = true;
+    } else {
+        size_t bytes = (size_t)tr->tm.numel * sizeof(float);
+        tr->m = be->alloc(be->ctx, bytes);
+        tr->v = be->alloc(be->ctx, bytes);
+        if (tr->m) be->zero(be->ctx, tr->m, bytes);
+        if (tr->v) be->zero(be->ctx, tr->v, bytes);
+        if (!tr->m || !tr->v) {
+            s = lmc_err_set(err, LMC_ERR_OOM, "optimizer state for %lld parameters: out of memory",
+                            (long long)tr->tm.numel);
+            goto fail;
+        }
+    }
     tr->batch = malloc((size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
     tr->in = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
     tr->tg = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
-    if (!tr->m || !tr->v || !tr->batch || !tr->in || !tr->tg) {
+    if (!tr->batch || !tr->in || !tr->tg) {
         s = lmc_err_set(err, LMC_ERR_OOM, "optimizer state for %lld parameters: out of memory",
                         (long long)tr->tm.numel);
         goto fail;
@@ -71,6 +92,7 @@ void lmc_trainer_free(struct lmc_trainer *tr) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
         if (tr->v) tr->be->free(tr->be->ctx, tr->v);
     }
+    if (tr->have_opt) lmc_optim_free(&tr->opt);
     lmc_tmodel_free(&tr->tm);
     if (tr->train.d) lmc_loader_free(&tr->train);
     if (tr->val.d) lmc_loader_free(&tr->val);
@@ -122,6 +144,12 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         tr->step++;
         return LMC_OK;
     }
+    if (tr->have_opt) {
+        lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
+        be->sync(be->ctx);
+        tr->step++;
+        return LMC_OK;
+    }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         struct lmc_adamw_step as;
@@ -155,6 +183,55 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     }
     *loss = sum / (double)(count ? count : 1);
     return LMC_OK;
+}
+
+enum lmc_param_role lmc_trainer_param_role(enum lmc_role role, const char *name) {
+    switch (role) {
+    case LMC_ROLE_EMBED: return LMC_PROLE_EMBEDDING;
+    case LMC_ROLE_NORM: return LMC_PROLE_NORM;
+    case LMC_ROLE_BIAS: return LMC_PROLE_BIAS;
+    case LMC_ROLE_MATRIX:
+        return lmc_optim_role_guess(name, 2) == LMC_PROLE_HEAD ? LMC_PROLE_HEAD : LMC_PROLE_MATRIX;
+    }
+    return LMC_PROLE_OTHER;
+}
+
+void lmc_trainer_optim_params(const struct lmc_tmodel *tm, bool decay_all, struct lmc_optim_param *params) {
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        struct lmc_optim_param *q = &params[i];
+        q->name = p->name;
+        q->p = tm->w + p->off;
+        q->g = tm->g + p->off;
+        if (p->ndim == 2) { /* the arena's (out, in) */
+            q->rows = p->transposed ? p->shape[1] : p->shape[0];
+            q->cols = p->transposed ? p->shape[0] : p->shape[1];
+        } else {
+            q->rows = 1;
+            q->cols = p->numel;
+        }
+        q->role = lmc_trainer_param_role(p->role, p->name);
+        q->decay = lmc_tparam_decays(p, decay_all);
+    }
+}
+
+void lmc_trainer_describe_optim(const struct lmc_trainer *tr, char *buf, size_t cap) {
+    if (tr->have_opt) {
+        int w = snprintf(buf, cap, "optimizer %s: ", lmc_optim_kind_name(tr->opt.cfg.kind));
+        size_t off = w > 0 && (size_t)w < cap ? (size_t)w : 0;
+        lmc_optim_describe(&tr->opt, buf + off, cap - off);
+        return;
+    }
+    /* AdamW: the trainer's own arenas, described as lmc_optim_info does */
+    struct lmc_optim_param *pp = calloc((size_t)tr->tm.n_params, sizeof *pp);
+    struct lmc_optim_cfg c;
+    lmc_err err = {0};
+    lmc_optim_cfg_default(&c, LMC_OPTIM_ADAMW);
+    c.adamw = tr->o.adamw;
+    if (!pp || (lmc_trainer_optim_params(&tr->tm, tr->o.decay == LMC_DECAY_ALL, pp),
+                lmc_optim_info(&c, pp, tr->tm.n_params, buf, cap, NULL, &err)))
+        snprintf(buf, cap, "optimizer adamw");
+    free(pp);
 }
 
 double lmc_trainer_flops_per_token(const struct lmc_trainer *tr) {

@@ -16,6 +16,7 @@
 #include "model/backward.h"
 #include "train/adamw.h"
 #include "train/data.h"
+#include "train/optim.h"
 #include "train/schedule.h"
 
 #include <stdbool.h>
@@ -25,6 +26,9 @@ struct lmc_train_opts {
     int64_t B, T;              /* micro-batch: B sequences of T tokens */
     int64_t accum;             /* micro-batches per optimizer step (>= 1) */
     struct lmc_adamw_cfg adamw;
+    struct lmc_optim_cfg optim; /* kind LMC_OPTIM_ADAMW (zero): the trainer's own AdamW arenas m, v;
+                                 * any other kind: an lmc_optim over the parameter table, its AdamW
+                                 * group configured from `adamw` (optim.adamw is ignored) */
     enum lmc_decay_rule decay;
     struct lmc_schedule sched; /* sched.total = total optimizer steps */
     double clip;               /* global-norm clip; 0: none */
@@ -46,7 +50,9 @@ struct lmc_trainer {
     const struct lmc_backend *be;
     struct lmc_tacts acts;
     struct lmc_train_opts o;
-    float *m, *v;              /* AdamW moments, laid out like tm.w (backend memory) */
+    float *m, *v;              /* AdamW moments, laid out like tm.w (backend memory; AdamW only) */
+    struct lmc_optim opt;      /* every other optimizer kind (o.optim.kind != LMC_OPTIM_ADAMW) */
+    bool have_opt;
     int64_t step;              /* optimizer steps done */
     const struct lmc_token_data *train_data, *val_data; /* val may be NULL */
     struct lmc_loader train, val;
@@ -70,6 +76,15 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
 /* Mean loss over eval_batches validation micro-batches, always the same
  * ones (the val loader restarts at position 0, no shuffling). */
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
+/* The optimizer's parameter list for tm (params[tm->n_params]): arena
+ * pointers, (out, in) shapes as the arenas hold them, roles from the
+ * spec table (a MATRIX named lm_head is the HEAD), decay from the rule. */
+void lmc_trainer_optim_params(const struct lmc_tmodel *tm, bool decay_all, struct lmc_optim_param *params);
+/* The optimizer role of a spec-table role and tensor name. */
+enum lmc_param_role lmc_trainer_param_role(enum lmc_role role, const char *name);
+/* The start-up line: the optimizer's groups and state bytes. */
+void lmc_trainer_describe_optim(const struct lmc_trainer *tr, char *buf, size_t cap);
+
 /* Model FLOPs per trained token (6 N + attention), for throughput / MFU. */
 double lmc_trainer_flops_per_token(const struct lmc_trainer *tr);
 
