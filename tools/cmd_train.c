@@ -48,6 +48,8 @@ static void usage(void) {
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
+            "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
+            "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -67,19 +69,15 @@ static int read_model_json(const char *path, struct lmc_config *c) {
 static bool is_tty(void) { return isatty(2); }
 
 int cmd_train(int argc, char **argv) {
-    /* several processes would each train the same model into the same
-     * folder: refuse until the trainer calls src/dist (README:
-     * "Distributed training") */
+    /* launched as one of several ranks (mpirun, torchrun/Slurm variables):
+     * data-parallel training through src/dist (lmc_trainer_dist_init) */
     struct lmc_dist_env denv;
     lmc_err derr = {0};
-    if (lmc_dist_env_parse(&denv, NULL, NULL, &derr) || denv.world > 1) {
-        if (denv.world > 1)
-            fprintf(stderr, "lmc train: started as rank %d of %d; distributed training is not wired into the "
-                    "trainer yet: run one process\n", denv.rank, denv.world);
-        else
-            fprintf(stderr, "lmc train: %s\n", derr.msg);
+    if (lmc_dist_env_parse(&denv, NULL, NULL, &derr)) {
+        fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
+    int64_t zero = -1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -135,7 +133,7 @@ int cmd_train(int argc, char **argv) {
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--stop-at", &stop_at, 1, (int64_t)1 << 40},
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
-            {"--seed", &seed, 0, INT64_MAX},
+            {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -182,6 +180,15 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     lmc_err err = {0};
+    /* the communicator: several ranks, or --zero given on one */
+    struct lmc_comm comm;
+    bool dist = denv.world > 1 || zero >= 0;
+    if (dist) {
+        if (zero < 0) zero = 0;
+        if (!cc.threads) cc.threads = lmc_dist_cpu_threads(&denv, (int)sysconf(_SC_NPROCESSORS_ONLN));
+        if (lmc_dist_init(&comm, LMC_DIST_HOST, &err)) return cli_fail("train", &err);
+    }
+    bool root = !dist || comm.rank == 0;
     struct lmc_token_data train = {0}, val = {0};
     if (lmc_token_data_open(&train, data, "train", &err)) return cli_fail("train", &err);
     bool have_val = lmc_token_data_open(&val, data, "val", &err) == LMC_OK;
@@ -197,7 +204,7 @@ int cmd_train(int argc, char **argv) {
     have_be = true;
     /* OUT made, temporaries of interrupted saves removed; --resume latest resolved */
     char resume_dir[4096];
-    if (lmc_ckpt_out_prepare(out, NULL, &err) ||
+    if ((root && lmc_ckpt_out_prepare(out, NULL, &err)) || (dist && comm.barrier(&comm, &err)) ||
         (resume && lmc_ckpt_resolve(out, resume, resume_dir, sizeof resume_dir, &err))) {
         rc = cli_fail("train", &err);
         goto done;
@@ -292,6 +299,17 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     have_tr = true;
+    if (dist) {
+        char desc[1024];
+        snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
+                 "seed %lld, zero %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
+                 (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, o.adamw.lr, (long long)o.seed,
+                 (long long)zero, lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
+        if (lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+    }
     if (resume && lmc_ckpt_load_state(&tr, resume, &err)) {
         rc = cli_fail("train", &err);
         goto done;
@@ -301,29 +319,38 @@ int cmd_train(int argc, char **argv) {
         lmc_path_join(mpath, sizeof mpath, out, "metrics.jsonl");
         metrics = mpath;
     }
-    mf = fopen(metrics, resume ? "a" : "w");
-    if (!mf) {
+    if (root) mf = fopen(metrics, resume ? "a" : "w");
+    if (root && !mf) {
         fprintf(stderr, "lmc train: cannot open %s: %s\n", metrics, strerror(errno));
         rc = 1;
         goto done;
     }
     bool gpu = !strcmp(be.name, "cuda");
-    fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
-                    "%lld steps from %lld\n",
-            tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
-            (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
+    /* from here on, logs on rank 0 only */
+    if (root)
+        fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
+                        "%lld steps from %lld\n",
+                tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
+                (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
+    if (root && dist)
+        fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
+                        "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
+                (long long)(o.B * comm.world), (long long)o.T, (long long)o.accum,
+                (long long)(o.B * comm.world * o.accum), cc.threads);
     char odesc[1024];
     lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
-    fprintf(stderr, "lmc train: %s\n", odesc);
+    if (root) fprintf(stderr, "lmc train: %s\n", odesc);
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;
-    fprintf(stderr, "lmc train: device %s, %s", be.name,
-            bf16 ? "bf16 mixed precision (fp32 master weights, gradients and AdamW)" : "fp32");
-    if (peak_tflops > 0)
-        fprintf(stderr, ", MFU against %.0f TFLOP/s%s", peak_tflops,
-                peak_given ? "" : (bf16 ? " (H100 SXM bf16 dense peak)" : " (H100 SXM fp32 peak)"));
-    fprintf(stderr, "\n");
+    if (root) {
+        fprintf(stderr, "lmc train: device %s, %s", be.name,
+                bf16 ? "bf16 mixed precision (fp32 master weights, gradients and AdamW)" : "fp32");
+        if (peak_tflops > 0)
+            fprintf(stderr, ", MFU against %.0f TFLOP/s%s", peak_tflops,
+                    peak_given ? "" : (bf16 ? " (H100 SXM bf16 dense peak)" : " (H100 SXM fp32 peak)"));
+        fprintf(stderr, "\n");
+    }
     double fpt = lmc_trainer_flops_per_token(&tr);
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
@@ -337,9 +364,19 @@ int cmd_train(int argc, char **argv) {
         double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
         double vl = NAN;
         bool last = tr.step == end;
-        if (eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
+        if (root && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;
+        }
+        bool save = (save_every > 0 && tr.step % save_every == 0) || last;
+        char zd[4096];
+        snprintf(zd, sizeof zd, "%s/zero", out);
+        if (!root) { /* the other ranks: their shards of the optimizer state */
+            if (save && lmc_trainer_dist_save(&tr, zd, &err)) {
+                rc = cli_fail("train", &err);
+                break;
+            }
+            continue;
         }
         fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
                     "\"tokens_per_s\": %.1f, \"tflops\": %.4g",
@@ -356,9 +393,9 @@ int cmd_train(int argc, char **argv) {
         if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
         if (is_tty() && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);
-        if ((save_every > 0 && tr.step % save_every == 0) || last) {
+        if (save) {
             snprintf(ck, sizeof ck, "%s/step_%06lld", out, (long long)tr.step);
-            if (lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+            if ((dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
                 rc = cli_fail("train", &err);
                 break;
             }
@@ -370,6 +407,7 @@ done:
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_be) cli_train_backend_free(&be);
+    if (dist) comm.free(&comm);
     lmc_token_data_close(&train);
     if (have_val) lmc_token_data_close(&val);
     return rc;

@@ -10,6 +10,7 @@
  * published atomically (checkpoint_dir.c). */
 #include "train/checkpoint.h"
 #include "core/core.h"
+#include "dist/comm.h"
 #include "io/safetensors.h"
 #include "model/arch.h"
 
@@ -95,6 +96,13 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     if (s) return s;
     /* optimizer state: another kind's named tensors (lmc_optim_save), or
      * the AdamW moments raw (layout of the arenas) */
+    if (tr->zero) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
+        if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        const char *zmeta[] = {"lmc.optimizer", "zero", "lmc.zero.dir", "../zero"};
+        if ((s = lmc_st_write(path, NULL, 0, zmeta, 2, err))) return s;
+        goto state;
+    }
     if (tr->have_opt) {
         if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
             return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
@@ -208,6 +216,12 @@ static char *state_json(const struct lmc_trainer *tr) {
     add_f64(aw, "weight_decay", o->adamw.weight_decay);
     cJSON_AddItemToObject(j, "adamw", aw);
     cJSON_AddItemToObject(j, "optim", optim_json(&o->optim));
+    if (tr->zero) {
+        cJSON *z = cJSON_CreateObject();
+        add_i64(z, "stage", tr->zero_stage);
+        add_i64(z, "world", tr->comm->world);
+        cJSON_AddItemToObject(j, "zero", z);
+    }
     cJSON_AddStringToObject(j, "decay", o->decay == LMC_DECAY_ALL ? "all" : "default");
     add_f64(j, "clip", o->clip);
     char *text = cJSON_Print(j);
@@ -458,6 +472,21 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     struct lmc_st st;
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;
+    const char *okind = lmc_st_meta_get(&st, "lmc.optimizer");
+    if (tr->zero || (okind && !strcmp(okind, "zero"))) { /* sharded: DIR/../zero */
+        bool sharded = okind && !strcmp(okind, "zero");
+        lmc_st_free(&st);
+        if (!sharded || !tr->zero)
+            return lmc_err_set(err, LMC_ERR_FORMAT, sharded ? "%s: sharded optimizer state (a data-parallel run): "
+                               "resume it with the same mpirun -np N and --zero" : "%s: a one-process checkpoint "
+                               "cannot be resumed by a data-parallel run yet", path);
+        char zdir[4096];
+        if (snprintf(zdir, sizeof zdir, "%s/../zero", dir) >= (int)sizeof zdir)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_trainer_dist_load(tr, zdir, ts.step, err))) return s;
+        tr->step = ts.step;
+        return LMC_OK;
+    }
     if (tr->have_opt) { /* another kind: named tensors, the kind checked */
         s = lmc_optim_load_st(&tr->opt, &st, path, err);
         lmc_st_free(&st);

@@ -5,7 +5,9 @@
  * through backend ops (zero, sumsq, adamw); the host sees token ids, the
  * per-row losses and the gradient norm. */
 #include "train/trainer.h"
+#include "train/trainer_internal.h"
 #include "core/core.h"
+#include "dist/comm.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -87,6 +89,7 @@ fail:
 }
 
 void lmc_trainer_free(struct lmc_trainer *tr) {
+    lmc_trainer_dist_free(tr);
     lmc_tacts_free(&tr->acts);
     if (tr->be) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
@@ -103,7 +106,8 @@ void lmc_trainer_free(struct lmc_trainer *tr) {
 }
 
 /* (B, T+1) windows -> inputs and next-token targets */
-static void split_batch(struct lmc_trainer *tr) {
+static void split_batch(struct lmc_trainer *tr) { lmc_trainer_split_batch(tr); }
+void lmc_trainer_split_batch(struct lmc_trainer *tr) {
     int64_t B = tr->o.B, T = tr->o.T;
     for (int64_t b = 0; b < B; b++) {
         memcpy(tr->in + b * T, tr->batch + b * (T + 1), (size_t)T * sizeof(int32_t));
@@ -112,6 +116,7 @@ static void split_batch(struct lmc_trainer *tr) {
 }
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
+    if (tr->zero) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     const struct lmc_train_opts *o = &tr->o;
@@ -170,7 +175,9 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     if (s) return s;
     double sum = 0;
     int64_t count = 0;
-    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / tr->o.B));
+    /* data parallel: the windows one process with batch world x B reads */
+    int64_t world = tr->comm ? tr->comm->world : 1;
+    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
     for (int64_t k = 0; k < nb; k++) {
         lmc_loader_next(&tr->val, tr->batch);
         split_batch(tr);

@@ -56,6 +56,11 @@ struct lmc_trainer {
     int64_t step;              /* optimizer steps done */
     const struct lmc_token_data *train_data, *val_data; /* val may be NULL */
     struct lmc_loader train, val;
+    /* data parallel (trainer_dist.c; NULL: one process) */
+    struct lmc_comm *comm;
+    struct lmc_zero *zero;
+    int zero_stage;
+    int32_t *gbatch;           /* (world B, T+1): every rank's rows of the global micro-batch */
     int32_t *batch;            /* (B, T+1) */
     int32_t *in, *tg;          /* (B*T) */
 };
@@ -74,8 +79,31 @@ void lmc_trainer_free(struct lmc_trainer *tr);
  * tensor (non-finite norm: the update is skipped, the step still counts). */
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
 /* Mean loss over eval_batches validation micro-batches, always the same
- * ones (the val loader restarts at position 0, no shuffling). */
+ * ones (the val loader restarts at position 0, no shuffling). Data
+ * parallel: the windows of eval_batches global micro-batches (world x B),
+ * evaluated by the calling rank alone (no collective). */
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
+/* Data-parallel training over comm (trainer_dist.c), after
+ * lmc_trainer_init: ZeRO stage 0..3 (src/dist/zero.h) over the model's
+ * parameter arena as one unit. Each optimizer step then reads a global
+ * micro-batch of world x B sequences (the loader's order, as one process
+ * with batch world x B reads it) and this rank trains on rows [rank B,
+ * (rank+1) B); gradients are reduced by the zero module, which runs AdamW
+ * on this rank's shard and gathers the parameters back into tm.w; the
+ * loss, norm, clipping and learning rate are the global ones. AdamW only
+ * (another --optim is LMC_ERR_UNSUPPORTED) on a host backend (CPU). All
+ * ranks must call with the same model and options (checked: refused
+ * naming the first differing rank). With one unit, stages 2 and 3 give
+ * stage 1's results and memory (the model keeps its full arenas). */
+struct lmc_comm;
+lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
+                                 lmc_err *err);
+/* Sharded optimizer state of the step just done into zero_dir (every rank;
+ * lmc_zero_save), and its restore (lmc_zero_load; the state must be of the
+ * step *step expected, else LMC_ERR_FORMAT naming both steps). */
+lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err);
+lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err);
+
 /* The optimizer's parameter list for tm (params[tm->n_params]): arena
  * pointers, (out, in) shapes as the arenas hold them, roles from the
  * spec table (a MATRIX named lm_head is the HEAD), decay from the rule. */
