@@ -103,9 +103,28 @@ ok $? "resumed sharded run equals the uninterrupted one bit for bit"
 # ranks that disagree: refused at start-up
 "${MPIRUN[@]}" -np 1 "$LMC" train $A --batch 2 -o "$TMP/bad" : -np 1 "$LMC" train $A --batch 3 -o "$TMP/bad" 2>"$TMP/err"
 [ $? -ne 0 ] && grep -q "rank 1" "$TMP/err"; ok $? "mismatched batches refused: $(tail -3 "$TMP/err")"
-# --optim other than adamw: refused clearly
-"${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon -o "$TMP/bad2" 2>"$TMP/err"
-[ $? -ne 0 ] && grep -q "AdamW only" "$TMP/err"; ok $? "--optim muon with ranks refused: $(tail -2 "$TMP/err")"
+# --optim muon: replicated with --zero 0 (equals one process; resume
+# bit-exact from the whole optimizer state rank 0 saved); refused with --zero 1
+"$LMC" train $A --batch 4 --optim muon -o "$TMP/m1" 2>"$TMP/err"; ok $? "muon single: $(tail -n 2 "$TMP/err")"
+"${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon -o "$TMP/m2" 2>"$TMP/err"; ok $? "muon world 2: $(tail -n 2 "$TMP/err")"
+"${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon --stop-at 10 -o "$TMP/m3" 2>"$TMP/err" &&
+"${MPIRUN[@]}" -np 2 "$LMC" train --data "$TMP/data" --threads 1 --resume latest -o "$TMP/m3" 2>"$TMP/err"
+ok $? "muon world 2 stop + resume: $(tail -n 2 "$TMP/err")"
+python3 - "$TMP" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+l = lambda d: [json.loads(x)["loss"] for x in open(f"{tmp}/{d}/metrics.jsonl")]
+a, b, c = l("m1"), l("m2"), l("m3")
+w = max(abs(x - y) / abs(y) for x, y in zip(b, a))
+print(f"muon world 2 vs one process: losses max rel {w:.2e}")
+assert len(a) == len(b) == 20 and w <= 1e-6, (a, b)
+assert b == c, (b, c)
+assert open(f"{tmp}/m2/step_000020/optimizer.safetensors", "rb").read() == \
+       open(f"{tmp}/m3/step_000020/optimizer.safetensors", "rb").read()
+PY
+ok $? "muon replicated at world 2 equals one process (1e-6); resume bit-exact"
+"${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon --zero 1 -o "$TMP/bad2" 2>"$TMP/err"
+[ $? -ne 0 ] && grep -q "shards AdamW only" "$TMP/err"; ok $? "--optim muon --zero 1 refused: $(tail -n 2 "$TMP/err")"
 
 echo "test_train_zero: $pass passed, $fail failed"
 [ $fail = 0 ]

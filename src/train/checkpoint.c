@@ -216,7 +216,7 @@ static char *state_json(const struct lmc_trainer *tr) {
     add_f64(aw, "weight_decay", o->adamw.weight_decay);
     cJSON_AddItemToObject(j, "adamw", aw);
     cJSON_AddItemToObject(j, "optim", optim_json(&o->optim));
-    if (tr->zero) {
+    if (tr->comm) {
         cJSON *z = cJSON_CreateObject();
         add_i64(z, "stage", tr->zero_stage);
         add_i64(z, "world", tr->comm->world);

@@ -116,7 +116,7 @@ void lmc_trainer_split_batch(struct lmc_trainer *tr) {
 }
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
-    if (tr->zero) return lmc_trainer_dist_step(tr, st, err);
+    if (tr->comm) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     const struct lmc_train_opts *o = &tr->o;

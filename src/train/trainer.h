@@ -90,8 +90,10 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
  * with batch world x B reads it) and this rank trains on rows [rank B,
  * (rank+1) B); gradients are reduced by the zero module, which runs AdamW
  * on this rank's shard and gathers the parameters back into tm.w; the
- * loss, norm, clipping and learning rate are the global ones. AdamW only
- * (another --optim is LMC_ERR_UNSUPPORTED) on a host backend (CPU). All
+ * loss, norm, clipping and learning rate are the global ones. Another
+ * optimizer kind runs replicated (stage 0 only: the gradient all-reduced,
+ * the same step on every rank, its state saved whole by rank 0; stages
+ * 1-3 with it are LMC_ERR_UNSUPPORTED). A host backend (CPU) only. All
  * ranks must call with the same model and options (checked: refused
  * naming the first differing rank). With one unit, stages 2 and 3 give
  * stage 1's results and memory (the model keeps its full arenas). */
@@ -99,7 +101,7 @@ struct lmc_comm;
 lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
                                  lmc_err *err);
 /* Sharded optimizer state of the step just done into zero_dir (every rank;
- * lmc_zero_save), and its restore (lmc_zero_load; the state must be of the
+ * lmc_zero_save; nothing when replicated), and its restore (lmc_zero_load; the state must be of the
  * step *step expected, else LMC_ERR_FORMAT naming both steps). */
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err);
 lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err);

@@ -6,7 +6,9 @@
  * (reduce / reduce-scatter in the communicator's fixed order), which
  * computes the global norm, runs AdamW on this rank's shard and gathers
  * the parameters, copied back into the model's arena for the next
- * forward. Host backends only (the copies are the backend's download, a
+ * forward. Another optimizer kind (--optim) runs replicated (--zero 0):
+ * the gradient arena all-reduced in the communicator's fixed order, then
+ * the same lmc_optim step on every rank. Host backends only (the copies are the backend's download, a
  * memcpy there). */
 #include "train/trainer_internal.h"
 #include "core/core.h"
@@ -37,18 +39,25 @@ static lmc_status pull_params(struct lmc_trainer *tr, lmc_err *err) {
     return LMC_OK;
 }
 
+static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err);
+
 lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
                                  lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
     if (stage < 0 || stage > 3) return lmc_err_set(err, LMC_ERR_ARG, "--zero %d: expected 0, 1, 2 or 3", stage);
-    if (tr->have_opt)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel training runs AdamW only (the zero module's "
-                           "optimizer); --optim %s is not wired into it yet", lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (tr->have_opt && stage > 0)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d shards AdamW only (the zero module's optimizer); "
+                           "--optim %s runs with --zero 0 (replicated)", stage, lmc_optim_kind_name(tr->opt.cfg.kind));
     if (strcmp(tr->be->name, "cpu") || comm->device_buffers)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel training runs on the CPU backend only for now "
                            "(backend %s)", tr->be->name);
     lmc_status s = lmc_dist_check_same(comm, "training configuration", desc, err);
     if (s) return s;
+    if (tr->have_opt) { /* replicated: gradients all-reduced, the optimizer run alike on every rank */
+        tr->comm = comm;
+        tr->zero_stage = 0;
+        return global_loader(tr, err);
+    }
     /* the tensor list: the parameters in arena order, the padding between
      * them as tensors of their own (zero, and zero gradients) */
     struct lmc_zero_tensor *t = calloc((size_t)tm->n_params * 2 + 1, sizeof *t);
@@ -87,8 +96,18 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     }
     tr->comm = comm;
     tr->zero_stage = stage;
-    /* the loader reads global micro-batches: world x B rows */
-    int64_t gB = (int64_t)comm->world * tr->o.B;
+    s = global_loader(tr, err);
+    /* the moments live in the zero module */
+    if (!s && tr->m) tr->be->free(tr->be->ctx, tr->m);
+    if (!s && tr->v) tr->be->free(tr->be->ctx, tr->v);
+    if (!s) tr->m = tr->v = NULL;
+    return s;
+}
+
+/* the loader reads global micro-batches: world x B rows */
+static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err) {
+    lmc_status s = LMC_OK;
+    int64_t gB = (int64_t)tr->comm->world * tr->o.B;
     tr->gbatch = malloc((size_t)(gB * (tr->o.T + 1)) * sizeof(int32_t));
     if (!tr->gbatch) s = lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
     int64_t ep = tr->train.epoch, ix = tr->train.index;
@@ -98,10 +117,6 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         s = lmc_loader_init(&tr->train, tr->train_data, gB, tr->o.T, tr->o.seed, true, err);
     }
     if (!s) s = lmc_loader_seek(&tr->train, ep, ix, err);
-    /* the moments live in the zero module */
-    if (!s && tr->m) tr->be->free(tr->be->ctx, tr->m);
-    if (!s && tr->v) tr->be->free(tr->be->ctx, tr->v);
-    if (!s) tr->m = tr->v = NULL;
     if (s) lmc_trainer_dist_free(tr);
     return s;
 }
@@ -127,6 +142,19 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         sums[0] += ls;
         sums[1] += (double)cnt;
     }
+    st->tokens = per * world * o->accum;
+    st->lr = lmc_schedule_lr(&o->sched, tr->step);
+    if (!tr->zero) { /* replicated (another optimizer kind): all-reduce, then the same step everywhere */
+        if ((s = tr->comm->all_reduce(tr->comm, tm->g, tm->numel, LMC_DTYPE_F32, LMC_REDUCE_SUM, err)) ||
+            (s = tr->comm->all_reduce(tr->comm, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)))
+            return s;
+        st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
+        st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
+        if (!isfinite(st->grad_norm)) st->skipped = true;
+        else lmc_optim_step(&tr->opt, st->lr, tr->step + 1, lmc_grad_clip_scale(st->grad_norm, o->clip));
+        tr->step++;
+        return LMC_OK;
+    }
     float *g = NULL;
     if ((s = lmc_zero_unit_grads(tr->zero, 0, &g, err))) return s;
     be->download(be->ctx, g, tm->g, (size_t)tm->numel * sizeof(float));
@@ -134,8 +162,6 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
     if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) return s;
     if ((s = lmc_zero_sum_f64(tr->zero, sums, 2, err))) return s;
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
-    st->tokens = per * world * o->accum;
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
     if (!isfinite(st->grad_norm)) { /* the same on every rank */
         st->skipped = true;
         tr->step++;
@@ -151,6 +177,7 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
 }
 
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err) {
+    if (!tr->zero) return LMC_OK; /* replicated: rank 0's checkpoint holds the whole state */
     return lmc_zero_save(tr->zero, zero_dir, tr->step, err);
 }
 
