@@ -9,7 +9,8 @@
 # bit for bit; ranks started with different batches are refused at
 # start-up naming the rank; resuming a sharded checkpoint without mpirun is
 # refused. Also ZeRO-1 on two processes launched with torchrun-style
-# variables (tcp rendezvous), same comparison. The mpirun part is skipped
+# variables (tcp rendezvous), same comparison; a rank killed mid-run ends
+# the other with a message naming it. The mpirun part is skipped
 # when mpirun is missing or lmc was built without MPI.
 # Usage: test_train_zero.sh PATH/TO/lmc
 set -u
@@ -44,6 +45,39 @@ for try in 1 2 3; do
 done
 [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "torchrun-style train: $(tail -n 3 "$TMP/t0" "$TMP/t1")"
 grep -q "data parallel, 2 ranks, ZeRO-1" "$TMP/t0"; ok $? "tcp start-up line: $(grep parallel "$TMP/t0")"
+# a rank killed mid-run (tcp): the other exits non-zero naming it, well
+# within LMC_DIST_TIMEOUT (a watchdog bound, not a wait: the kill is sent
+# when rank 0 has logged step 2)
+python3 - "$LMC" "$TMP" $A <<'PY'
+import os, select, signal, socket, subprocess, sys, time
+lmc, tmp, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+def start(r):
+    env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               LMC_DIST_TIMEOUT="60")
+    a = [x if x != "20" else "2000" for x in args]  # --steps 2000: still running when killed
+    return subprocess.Popen([lmc, "train", *a, "--batch", "2", "--zero", "2", "--save-every", "0", "--eval-every", "0",
+                             "-o", f"{tmp}/kill"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+p1 = start(1); p0 = start(0)
+buf = b""
+while b"step 2/" not in buf:
+    r, _, _ = select.select([p0.stderr], [], [], 120)
+    if not r: sys.exit("no progress from rank 0 in 120 s")
+    chunk = os.read(p0.stderr.fileno(), 4096)
+    if not chunk: sys.exit("rank 0 ended early: " + buf.decode(errors="replace")[-500:])
+    buf += chunk
+p1.send_signal(signal.SIGKILL); p1.wait()
+t0 = time.monotonic()
+try: rest = p0.communicate(timeout=120)[1]
+except subprocess.TimeoutExpired:
+    p0.kill(); sys.exit("rank 0 still running 120 s after rank 1 died")
+msg = (buf + rest).decode(errors="replace")
+assert p0.returncode != 0, msg[-500:]
+assert "rank 1" in msg, msg[-500:]
+print(f"rank 0 exited {p0.returncode} {time.monotonic() - t0:.1f} s after rank 1 was killed:",
+      [l for l in msg.splitlines() if "rank 1" in l][-1][:200])
+PY
+ok $? "a killed rank ends the other with a message naming it"
 command -v mpirun >/dev/null 2>&1 || skip "no mpirun (apt-get install openmpi-bin libopenmpi-dev)"
 "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --zero 0 -o "$TMP/z0" 2>"$TMP/err"
 rc=$?
