@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -339,7 +340,9 @@ int cmd_train(int argc, char **argv) {
                 (long long)(o.B * comm.world * o.accum), cc.threads);
     char odesc[1024];
     lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
-    if (root) fprintf(stderr, "lmc train: %s\n", odesc);
+    if (root)
+        fprintf(stderr, "lmc train: %s%s\n", odesc,
+                tr.zero && zero >= 1 ? " in all; each rank holds its 1/N shard (ZeRO)" : "");
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;
@@ -402,6 +405,7 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "%scheckpoint %s\n", is_tty() ? "\r\033[K" : "", ck);
         }
     }
+    if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
