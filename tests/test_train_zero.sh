@@ -9,7 +9,9 @@
 # bit for bit; ranks started with different batches are refused at
 # start-up naming the rank; resuming a sharded checkpoint without mpirun is
 # refused. Also ZeRO-1 on two processes launched with torchrun-style
-# variables (tcp rendezvous), same comparison; a rank killed mid-run ends
+# variables (tcp rendezvous), same comparison; Muon replicated at --zero 0
+# (= one process; resumed at world 2 bit-exact and by one process with the
+# same global batch to 1e-6); a rank killed mid-run ends
 # the other with a message naming it. The mpirun part is skipped
 # when mpirun is missing or lmc was built without MPI.
 # Usage: test_train_zero.sh PATH/TO/lmc
@@ -157,6 +159,20 @@ assert open(f"{tmp}/m2/step_000020/optimizer.safetensors", "rb").read() == \
        open(f"{tmp}/m3/step_000020/optimizer.safetensors", "rb").read()
 PY
 ok $? "muon replicated at world 2 equals one process (1e-6); resume bit-exact"
+# the replicated state is whole: one process resumes it with the same global batch
+rm -rf "$TMP/m4"; mkdir -p "$TMP/m4"; cp -r "$TMP/m3/step_000010" "$TMP/m4/"
+"$LMC" train --data "$TMP/data" --threads 1 --batch 4 --resume latest -o "$TMP/m4" 2>"$TMP/err"
+ok $? "muon world-2 checkpoint resumed by one process: $(tail -n 2 "$TMP/err")"
+python3 - "$TMP" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+a = [json.loads(x)["loss"] for x in open(f"{tmp}/m2/metrics.jsonl")][10:]
+b = [json.loads(x)["loss"] for x in open(f"{tmp}/m4/metrics.jsonl")]
+w = max(abs(x - y) / abs(y) for x, y in zip(b, a))
+print(f"muon world 2 -> 1 resume: losses max rel {w:.2e}")
+assert len(b) == 10 and w <= 1e-6, (a, b)
+PY
+ok $? "muon world 2 -> 1 resume equals the world-2 run (1e-6)"
 "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon --zero 1 -o "$TMP/bad2" 2>"$TMP/err"
 [ $? -ne 0 ] && grep -q "shards AdamW only" "$TMP/err"; ok $? "--optim muon --zero 1 refused: $(tail -n 2 "$TMP/err")"
 
