@@ -28,7 +28,7 @@ static int cmp_d(const void *a, const void *b) {
 static int add(struct lmc_optim_param *ps, int n, char names[][96], const char *name, int64_t rows,
                int64_t cols, enum lmc_param_role role) {
     snprintf(names[n], 96, "%s", name);
-    ps[n] = (struct lmc_optim_param){names[n], NULL, NULL, rows, cols, role, role == LMC_OPTIM_ROLE_MATRIX};
+    ps[n] = (struct lmc_optim_param){names[n], NULL, NULL, rows, cols, role, role == LMC_PROLE_MATRIX};
     return n + 1;
 }
 
@@ -40,24 +40,24 @@ int main(int argc, char **argv) {
     static char names[MAXP][96];
     int n = 0;
     const int64_t C = 768;
-    n = add(ps, n, names, "wte", 50257, C, LMC_OPTIM_ROLE_EMBEDDING);
-    n = add(ps, n, names, "wpe", 1024, C, LMC_OPTIM_ROLE_EMBEDDING);
+    n = add(ps, n, names, "wte", 50257, C, LMC_PROLE_EMBEDDING);
+    n = add(ps, n, names, "wpe", 1024, C, LMC_PROLE_EMBEDDING);
     for (int l = 0; l < 12; l++) {
         char b[96];
         static const struct { const char *nm; int64_t r, c; enum lmc_param_role role; } L[] = {
-            {"ln_1.weight", 1, 768, LMC_OPTIM_ROLE_NORM}, {"ln_1.bias", 1, 768, LMC_OPTIM_ROLE_NORM},
-            {"attn.c_attn.weight", 2304, 768, LMC_OPTIM_ROLE_MATRIX}, {"attn.c_attn.bias", 1, 2304, LMC_OPTIM_ROLE_BIAS},
-            {"attn.c_proj.weight", 768, 768, LMC_OPTIM_ROLE_MATRIX}, {"attn.c_proj.bias", 1, 768, LMC_OPTIM_ROLE_BIAS},
-            {"ln_2.weight", 1, 768, LMC_OPTIM_ROLE_NORM}, {"ln_2.bias", 1, 768, LMC_OPTIM_ROLE_NORM},
-            {"mlp.c_fc.weight", 3072, 768, LMC_OPTIM_ROLE_MATRIX}, {"mlp.c_fc.bias", 1, 3072, LMC_OPTIM_ROLE_BIAS},
-            {"mlp.c_proj.weight", 768, 3072, LMC_OPTIM_ROLE_MATRIX}, {"mlp.c_proj.bias", 1, 768, LMC_OPTIM_ROLE_BIAS}};
+            {"ln_1.weight", 1, 768, LMC_PROLE_NORM}, {"ln_1.bias", 1, 768, LMC_PROLE_NORM},
+            {"attn.c_attn.weight", 2304, 768, LMC_PROLE_MATRIX}, {"attn.c_attn.bias", 1, 2304, LMC_PROLE_BIAS},
+            {"attn.c_proj.weight", 768, 768, LMC_PROLE_MATRIX}, {"attn.c_proj.bias", 1, 768, LMC_PROLE_BIAS},
+            {"ln_2.weight", 1, 768, LMC_PROLE_NORM}, {"ln_2.bias", 1, 768, LMC_PROLE_NORM},
+            {"mlp.c_fc.weight", 3072, 768, LMC_PROLE_MATRIX}, {"mlp.c_fc.bias", 1, 3072, LMC_PROLE_BIAS},
+            {"mlp.c_proj.weight", 768, 3072, LMC_PROLE_MATRIX}, {"mlp.c_proj.bias", 1, 768, LMC_PROLE_BIAS}};
         for (size_t k = 0; k < sizeof L / sizeof *L; k++) {
             snprintf(b, sizeof b, "h.%d.%s", l, L[k].nm);
             n = add(ps, n, names, b, L[k].r, L[k].c, L[k].role);
         }
     }
-    n = add(ps, n, names, "ln_f.weight", 1, C, LMC_OPTIM_ROLE_NORM);
-    n = add(ps, n, names, "ln_f.bias", 1, C, LMC_OPTIM_ROLE_NORM);
+    n = add(ps, n, names, "ln_f.weight", 1, C, LMC_PROLE_NORM);
+    n = add(ps, n, names, "ln_f.bias", 1, C, LMC_PROLE_NORM);
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += ps[i].rows * ps[i].cols;
     float *pm = malloc((size_t)total * 4), *gm = malloc((size_t)total * 4);

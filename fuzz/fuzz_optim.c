@@ -43,8 +43,8 @@ static void args(const uint8_t *data, size_t size) {
 
 static void state(const uint8_t *data, size_t size, int kind) {
     static float p[2][35], g[2][35];
-    struct lmc_optim_param ps[2] = {{"w", p[0], g[0], 5, 7, LMC_OPTIM_ROLE_MATRIX, true},
-                                    {"n", p[1], g[1], 1, 35, LMC_OPTIM_ROLE_NORM, false}};
+    struct lmc_optim_param ps[2] = {{"w", p[0], g[0], 5, 7, LMC_PROLE_MATRIX, true},
+                                    {"n", p[1], g[1], 1, 35, LMC_PROLE_NORM, false}};
     struct lmc_backend be;
     lmc_err err;
     if (lmc_backend_cpu_init(&be, 1, &err)) return;

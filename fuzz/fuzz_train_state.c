@@ -27,6 +27,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         LMC_ASSERT(!(st.have & LMC_TOPT_WARMUP) || o->sched.warmup >= 0);
         LMC_ASSERT(!(st.have & LMC_TOPT_SCHED) || (unsigned)o->sched.kind <= LMC_SCHED_WSD);
         LMC_ASSERT(isfinite(o->sched.lr_max) && isfinite(o->adamw.beta1) && isfinite(o->clip));
+        lmc_err e2;
+        memset(&e2, 0, sizeof e2);
+        LMC_ASSERT(!(st.have & LMC_TOPT_OPTIM) || lmc_optim_cfg_check(&o->optim, &e2) == LMC_OK);
     } else {
         LMC_ASSERT(err.msg[0] != 0);
     }

@@ -295,6 +295,36 @@ static void state_parse(void) {
     CHECK(!lmc_train_state_parse("{}", 2, "s.json", &st, &err) && st.have == 0 && st.step == -1);
 }
 
+/* "optim": the kind's defaults, then the fields present; bad values name the field */
+static void state_parse_optim(void) {
+    struct lmc_train_state st;
+    lmc_err err = {0};
+    const char *ok = "{\"optim\": {\"kind\": \"galore\", \"galore_rank\": 8, \"galore_scale\": 0.5, "
+                     "\"apollo_seed\": \"18446744073709551615\", \"muon_scale\": \"moonlight\"}}";
+    CHECK_MSG(!lmc_train_state_parse(ok, strlen(ok), "s.json", &st, &err), "%s", err.msg);
+    CHECK(st.have == LMC_TOPT_OPTIM && st.o.optim.kind == LMC_OPTIM_GALORE && st.o.optim.galore_rank == 8 &&
+          st.o.optim.galore_scale == 0.5 && st.o.optim.galore_update_gap == 200 &&
+          st.o.optim.apollo_seed == UINT64_MAX && st.o.optim.muon_scale == LMC_MUON_SCALE_MOONLIGHT);
+    const char *mini = "{\"optim\": {\"kind\": \"apollo-mini\"}}";
+    CHECK(!lmc_train_state_parse(mini, strlen(mini), "s.json", &st, &err) && st.o.optim.apollo_rank == 1 &&
+          st.o.optim.apollo_scale_type == LMC_APOLLO_TENSOR);
+    static const char *bad[][2] = {
+        {"{\"optim\": 3}", "optim.kind"},
+        {"{\"optim\": {\"kind\": \"sgd\"}}", "optim.kind"},
+        {"{\"optim\": {\"kind\": \"galore\", \"galore_rank\": 0}}", "optim"},
+        {"{\"optim\": {\"kind\": \"galore\", \"galore_rank\": 1e12}}", "galore_rank"},
+        {"{\"optim\": {\"kind\": \"muon\", \"muon_lr\": \"x\"}}", "muon_lr"},
+        {"{\"optim\": {\"kind\": \"muon\", \"muon_scale\": \"big\"}}", "muon_scale"},
+        {"{\"optim\": {\"kind\": \"apollo\", \"apollo_scale_type\": 1}}", "apollo_scale_type"},
+        {"{\"optim\": {\"kind\": \"apollo\", \"apollo_seed\": \"-1\"}}", "apollo_seed"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        lmc_status s = lmc_train_state_parse(bad[i][0], strlen(bad[i][0]), "s.json", &st, &err);
+        CHECK_MSG(s == LMC_ERR_FORMAT && strstr(err.msg, bad[i][1]) && strstr(err.msg, "s.json"), "%s: %s",
+                  bad[i][0], err.msg);
+    }
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/lmc_test_ckpt_XXXXXX");
     if (!mkdtemp(root)) return 1;
@@ -304,6 +334,7 @@ int main(void) {
     publish();
     opts();
     state_parse();
+    state_parse_optim();
     lmc_err err = {0};
     if (lmc_ckpt_remove_tree(root, &err)) fprintf(stderr, "could not remove %s: %s\n", root, err.msg);
     return test_finish("test_checkpoint");

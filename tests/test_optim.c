@@ -24,8 +24,8 @@ static const char *const pname[NP] = {
     "model.layers.0.self_attn.o_proj.weight", "model.layers.0.self_attn.k_proj.weight",
     "model.layers.0.mlp.gate_proj.weight", "model.layers.0.input_layernorm.weight"};
 static const int64_t prow[NP] = {64, 32, 176, 1}, pcol[NP] = {64, 64, 64, 64};
-static const enum lmc_param_role prole[NP] = {LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_MATRIX,
-                                              LMC_OPTIM_ROLE_NORM};
+static const enum lmc_param_role prole[NP] = {LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_MATRIX,
+                                              LMC_PROLE_NORM};
 
 static struct lmc_backend cpu;
 
@@ -342,12 +342,12 @@ static void test_resume(void) {
 static void test_groups_and_bytes(void) {
     float dummy[4];
     struct lmc_optim_param ps[] = {
-        {"embed", dummy, dummy, 50304, 768, LMC_OPTIM_ROLE_EMBEDDING, false},
-        {"q", dummy, dummy, 768, 768, LMC_OPTIM_ROLE_MATRIX, true},
-        {"up", dummy, dummy, 3072, 768, LMC_OPTIM_ROLE_MATRIX, true},
-        {"norm", dummy, dummy, 1, 768, LMC_OPTIM_ROLE_NORM, false},
-        {"bias", dummy, dummy, 1, 768, LMC_OPTIM_ROLE_BIAS, false},
-        {"head", dummy, dummy, 50304, 768, LMC_OPTIM_ROLE_HEAD, true},
+        {"embed", dummy, dummy, 50304, 768, LMC_PROLE_EMBEDDING, false},
+        {"q", dummy, dummy, 768, 768, LMC_PROLE_MATRIX, true},
+        {"up", dummy, dummy, 3072, 768, LMC_PROLE_MATRIX, true},
+        {"norm", dummy, dummy, 1, 768, LMC_PROLE_NORM, false},
+        {"bias", dummy, dummy, 1, 768, LMC_PROLE_BIAS, false},
+        {"head", dummy, dummy, 50304, 768, LMC_PROLE_HEAD, true},
     };
     const int n = 6;
     const double emb = 50304.0 * 768, q = 768.0 * 768, up = 3072.0 * 768, vec = 768;
@@ -390,7 +390,7 @@ static void test_groups_and_bytes(void) {
     }
     CHECK(!lmc_optim_init(&o, &c, &cpu, small, 6, &err));
     for (int i = 0; i < 6; i++)
-        CHECK(lmc_optim_group_of(&o, i) == (small[i].role == LMC_OPTIM_ROLE_MATRIX ? LMC_GROUP_MUON : LMC_GROUP_ADAMW));
+        CHECK(lmc_optim_group_of(&o, i) == (small[i].role == LMC_PROLE_MATRIX ? LMC_GROUP_MUON : LMC_GROUP_ADAMW));
     char desc[256];
     lmc_optim_describe(&o, desc, sizeof desc);
     printf("  %s\n", desc);
@@ -459,15 +459,15 @@ static void test_moonlight(void) {
 
 static void test_roles(void) {
     static const struct { const char *name; int ndim; enum lmc_param_role want; } t[] = {
-        {"model.embed_tokens.weight", 2, LMC_OPTIM_ROLE_EMBEDDING}, {"lm_head.weight", 2, LMC_OPTIM_ROLE_HEAD},
-        {"model.layers.0.self_attn.q_proj.weight", 2, LMC_OPTIM_ROLE_MATRIX},
-        {"model.layers.0.self_attn.q_proj.bias", 1, LMC_OPTIM_ROLE_BIAS},
-        {"model.layers.0.input_layernorm.weight", 1, LMC_OPTIM_ROLE_NORM}, {"model.norm.weight", 1, LMC_OPTIM_ROLE_NORM},
-        {"model.layers.1.mlp.down_proj.weight", 2, LMC_OPTIM_ROLE_MATRIX}, {"transformer.wte.weight", 2, LMC_OPTIM_ROLE_EMBEDDING},
-        {"transformer.wpe.weight", 2, LMC_OPTIM_ROLE_EMBEDDING}, {"transformer.h.0.ln_1.bias", 1, LMC_OPTIM_ROLE_NORM},
-        {"transformer.h.0.attn.c_attn.bias", 1, LMC_OPTIM_ROLE_BIAS}, {"transformer.h.0.mlp.c_fc.weight", 2, LMC_OPTIM_ROLE_MATRIX},
-        {"transformer.ln_f.weight", 1, LMC_OPTIM_ROLE_NORM},
-        {"model.layers.0.mixer.conv1d.weight", 3, LMC_OPTIM_ROLE_OTHER}, {"model.layers.0.mixer.D", 1, LMC_OPTIM_ROLE_OTHER}};
+        {"model.embed_tokens.weight", 2, LMC_PROLE_EMBEDDING}, {"lm_head.weight", 2, LMC_PROLE_HEAD},
+        {"model.layers.0.self_attn.q_proj.weight", 2, LMC_PROLE_MATRIX},
+        {"model.layers.0.self_attn.q_proj.bias", 1, LMC_PROLE_BIAS},
+        {"model.layers.0.input_layernorm.weight", 1, LMC_PROLE_NORM}, {"model.norm.weight", 1, LMC_PROLE_NORM},
+        {"model.layers.1.mlp.down_proj.weight", 2, LMC_PROLE_MATRIX}, {"transformer.wte.weight", 2, LMC_PROLE_EMBEDDING},
+        {"transformer.wpe.weight", 2, LMC_PROLE_EMBEDDING}, {"transformer.h.0.ln_1.bias", 1, LMC_PROLE_NORM},
+        {"transformer.h.0.attn.c_attn.bias", 1, LMC_PROLE_BIAS}, {"transformer.h.0.mlp.c_fc.weight", 2, LMC_PROLE_MATRIX},
+        {"transformer.ln_f.weight", 1, LMC_PROLE_NORM},
+        {"model.layers.0.mixer.conv1d.weight", 3, LMC_PROLE_OTHER}, {"model.layers.0.mixer.D", 1, LMC_PROLE_OTHER}};
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
         CHECK_MSG(lmc_optim_role_guess(t[i].name, t[i].ndim) == t[i].want, "%s", t[i].name);
 }

@@ -18,8 +18,8 @@
 
 #define NP 5
 static const int64_t prow[NP] = {64, 32, 176, 1, 37}, pcol[NP] = {64, 64, 64, 64, 101};
-static const enum lmc_param_role prole[NP] = {LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_NORM,
-                                              LMC_OPTIM_ROLE_MATRIX};
+static const enum lmc_param_role prole[NP] = {LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_NORM,
+                                              LMC_PROLE_MATRIX};
 static const char *const pname[NP] = {"o", "k", "gate", "norm", "odd"};
 
 struct side {

@@ -6,7 +6,7 @@
 # sharded checkpoint (made by test_dist --make-ckpt) becomes
 # model.safetensors holding the parameters at the save, bit for bit, plus
 # the folder's config.json. `lmc comm-bench` over tcp from torchrun-style
-# variables; `lmc train` under a launcher refused. Bad values fail cleanly.
+# variables; `lmc train` under a malformed launcher environment refused. Bad values fail cleanly.
 # Usage: test_zero_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -56,8 +56,9 @@ for try in 1 2 3; do
 done
 [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "torchrun-style comm-bench: $(cat "$TMP/r0" "$TMP/r1")"
 grep -q "tcp communicator, 2 ranks" "$TMP/r0" && grep -q "comm-bench: ok" "$TMP/r0"; ok $? "tcp comm-bench: $(cat "$TMP/r0")"
-# lmc train under a launcher is refused until the trainer is wired
-RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "$LMC" train --data "$TMP/none" -o "$TMP/o" 2>"$TMP/err"
-[ $? = 2 ] && grep -q "rank 1 of 2; distributed training is not wired" "$TMP/err"; ok $? "lmc train under torchrun: $(cat "$TMP/err")"
+# lmc train under a malformed launcher environment: a usage error naming
+# the variable (training under launchers: test_train_zero.sh)
+RANK=2 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "$LMC" train --data "$TMP/none" -o "$TMP/o" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "RANK" "$TMP/err"; ok $? "lmc train under a bad torchrun environment: $(cat "$TMP/err")"
 echo "test_zero_cli: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -3,6 +3,7 @@
  * for a context). */
 #include "cli.h"
 #include "dist/zero.h"
+#include "train/trainer.h"
 #include "core/core.h"
 #include "infer/kvq.h"
 #include "ops/cpu/kvquant.h"
@@ -228,13 +229,85 @@ static lmc_status print_tensor(void *user, const struct lmc_tensor_ref *t, lmc_e
     return LMC_OK;
 }
 
+/* `lmc info --optim X`: the trainer's parameter list (the spec table's
+ * tensors the file holds, tied heads left out) and the optimizer's groups
+ * and state bytes for it. */
+struct optim_list {
+    const struct lmc_model *m;
+    struct lmc_optim_param *p;
+    char (*names)[160];
+    int n, cap;
+};
+
+static lmc_status add_optim_param(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
+    (void)err;
+    struct optim_list *ol = user;
+    const struct lmc_st_tensor *x = lmc_st_find(&ol->m->st, t->name);
+    const char *ap = ol->m->arch->alt_prefix;
+    if (!x && ap && !strncmp(t->name, ap, strlen(ap))) x = lmc_st_find(&ol->m->st, t->name + strlen(ap));
+    if ((!x && !t->required) || ol->n >= ol->cap) return LMC_OK; /* tied: trained as the embedding */
+    static float dummy;
+    snprintf(ol->names[ol->n], sizeof ol->names[ol->n], "%s", t->name);
+    struct lmc_optim_param *q = &ol->p[ol->n++];
+    q->name = ol->names[ol->n - 1];
+    q->p = &dummy;
+    q->g = &dummy;
+    q->rows = t->ndim == 2 ? t->rows : 1;
+    q->cols = t->ndim == 2 ? t->cols : t->numel;
+    q->role = lmc_trainer_param_role((enum lmc_role)t->spec->role, t->name);
+    q->decay = t->spec->role == LMC_ROLE_MATRIX;
+    return LMC_OK;
+}
+
+static int print_optim(const struct lmc_model *m, const struct lmc_optim_cfg *oc, bool json) {
+    struct optim_list ol = {m, NULL, NULL, 0, (int)lmc_arch_count(m->arch, &m->cfg)};
+    ol.p = calloc((size_t)ol.cap + 1, sizeof *ol.p);
+    ol.names = calloc((size_t)ol.cap + 1, sizeof *ol.names);
+    lmc_err err = {0};
+    char buf[1024];
+    size_t bytes = 0;
+    int64_t np = 0;
+    int rc = 0;
+    if (!ol.p || !ol.names) {
+        lmc_err_set(&err, LMC_ERR_OOM, "out of memory");
+        rc = cli_fail("info", &err);
+    } else if (lmc_arch_walk(m->arch, &m->cfg, add_optim_param, &ol, &err) ||
+               lmc_optim_info(oc, ol.p, ol.n, buf, sizeof buf, &bytes, &err)) {
+        rc = cli_fail("info", &err);
+    } else {
+        for (int i = 0; i < ol.n; i++) np += ol.p[i].rows * ol.p[i].cols;
+        if (json)
+            printf("{\"optimizer\":\"%s\",\"parameters\":%lld,\"state_bytes\":%zu,\"bytes_per_parameter\":%.6g}\n",
+                   lmc_optim_kind_name(oc->kind), (long long)np, bytes, np ? (double)bytes / (double)np : 0.0);
+        else
+            printf("%s\n", buf);
+    }
+    free(ol.p);
+    free(ol.names);
+    return rc;
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
     int64_t zero = -1, world = 1, params = 0;
-    bool tensors = false;
+    bool tensors = false, optim = false;
+    struct lmc_optim_cfg ocfg;
+    lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tensors")) {
             tensors = true;
+            continue;
+        }
+        bool used = false;
+        int j = i;
+        lmc_err oerr = {0};
+        if (lmc_optim_parse_arg(&ocfg, argc, argv, &j, &used, &oerr) || (used && lmc_optim_cfg_check(&ocfg, &oerr))) {
+            fprintf(stderr, "lmc info: %s\n", oerr.msg);
+            return 2;
+        }
+        if (used) {
+            optim = true;
+            i = j - 1;
             continue;
         }
         if ((!strcmp(argv[i], "--zero") || !strcmp(argv[i], "--world") || !strcmp(argv[i], "--params")) &&
@@ -278,6 +351,11 @@ int cmd_info(int argc, char **argv) {
     }
     const struct lmc_model *m = &cm.model;
     const struct lmc_config *k = &m->cfg;
+    if (optim) {
+        int rc = print_optim(m, &ocfg, c.json);
+        cli_close(&cm);
+        return rc;
+    }
     if (tensors) {
         struct tensor_list tl = {m, c.json, 0};
         lmc_err err = {0};

@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -38,9 +39,18 @@ static void usage(void) {
             "  batch:     --batch B --seq T --accum N --steps N (total) [--stop-at N]\n"
             "  optimizer: --lr X --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
             "             --wd X --beta1 X --beta2 X --eps X --decay-all --clip X (0: off)\n"
+            "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (default adamw; give it\n"
+            "             before its settings: --muon-lr X --muon-momentum X --muon-weight-decay X\n"
+            "             --muon-ns-steps N --muon-nesterov 0|1 --muon-scale shape|moonlight --muon-ns-bf16 0|1\n"
+            "             --galore-rank N --galore-update-gap N --galore-scale X --apollo-rank N\n"
+            "             --apollo-update-gap N --apollo-scale X --apollo-scale-type channel|tensor\n"
+            "             --apollo-seed N --adamw8bit-block N); Muon/GaLore/APOLLO take the 2-D hidden\n"
+            "             matrices, AdamW (--lr ...) the embeddings, head, norms and biases\n"
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
+            "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
+            "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -60,19 +70,15 @@ static int read_model_json(const char *path, struct lmc_config *c) {
 static bool is_tty(void) { return isatty(2); }
 
 int cmd_train(int argc, char **argv) {
-    /* several processes would each train the same model into the same
-     * folder: refuse until the trainer calls src/dist (README:
-     * "Distributed training") */
+    /* launched as one of several ranks (mpirun, torchrun/Slurm variables):
+     * data-parallel training through src/dist (lmc_trainer_dist_init) */
     struct lmc_dist_env denv;
     lmc_err derr = {0};
-    if (lmc_dist_env_parse(&denv, NULL, NULL, &derr) || denv.world > 1) {
-        if (denv.world > 1)
-            fprintf(stderr, "lmc train: started as rank %d of %d; distributed training is not wired into the "
-                    "trainer yet: run one process\n", denv.rank, denv.world);
-        else
-            fprintf(stderr, "lmc train: %s\n", derr.msg);
+    if (lmc_dist_env_parse(&denv, NULL, NULL, &derr)) {
+        fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
+    int64_t zero = -1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -84,11 +90,27 @@ int cmd_train(int argc, char **argv) {
     bool tie = false, decay_all = false, recompute = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
+    struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
+    lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
+    bool optim_flags = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int r = cli_common_arg(&cc, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
+        bool used = false;
+        int j = i;
+        lmc_err oerr = {0};
+        if (lmc_optim_parse_arg(&ocfg, argc, argv, &j, &used, &oerr)) {
+            fprintf(stderr, "lmc train: %s\n", oerr.msg);
+            return 2;
+        }
+        if (used) {
+            if (!strcmp(a, "--optim")) given |= LMC_TOPT_OPTIM;
+            else optim_flags = true;
+            i = j - 1;
+            continue;
+        }
         given |= lmc_train_opt_bit(a);
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
@@ -112,7 +134,7 @@ int cmd_train(int argc, char **argv) {
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--stop-at", &stop_at, 1, (int64_t)1 << 40},
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
-            {"--seed", &seed, 0, INT64_MAX},
+            {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -159,6 +181,15 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     lmc_err err = {0};
+    /* the communicator: several ranks, or --zero given on one */
+    struct lmc_comm comm;
+    bool dist = denv.world > 1 || zero >= 0;
+    if (dist) {
+        if (zero < 0) zero = 0;
+        if (!cc.threads) cc.threads = lmc_dist_cpu_threads(&denv, (int)sysconf(_SC_NPROCESSORS_ONLN));
+        if (lmc_dist_init(&comm, LMC_DIST_HOST, &err)) return cli_fail("train", &err);
+    }
+    bool root = !dist || comm.rank == 0;
     struct lmc_token_data train = {0}, val = {0};
     if (lmc_token_data_open(&train, data, "train", &err)) return cli_fail("train", &err);
     bool have_val = lmc_token_data_open(&val, data, "val", &err) == LMC_OK;
@@ -174,7 +205,7 @@ int cmd_train(int argc, char **argv) {
     have_be = true;
     /* OUT made, temporaries of interrupted saves removed; --resume latest resolved */
     char resume_dir[4096];
-    if (lmc_ckpt_out_prepare(out, NULL, &err) ||
+    if ((root && lmc_ckpt_out_prepare(out, NULL, &err)) || (dist && comm.barrier(&comm, &err)) ||
         (resume && lmc_ckpt_resolve(out, resume, resume_dir, sizeof resume_dir, &err))) {
         rc = cli_fail("train", &err);
         goto done;
@@ -244,8 +275,22 @@ int cmd_train(int argc, char **argv) {
     o.adamw.weight_decay = wd;
     o.decay = decay_all ? LMC_DECAY_ALL : LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : lr / 10, warmup, steps, 0};
+    o.optim = ocfg;
     if (resume && lmc_ckpt_read_opts(resume, given, &o, &err)) { /* settings not given: the checkpoint's */
         rc = cli_fail("train", &err);
+        goto done;
+    }
+    if (resume && !(given & LMC_TOPT_OPTIM) && optim_flags) {
+        /* the checkpoint's optimizer, with the settings given as flags on top */
+        for (int i = 1; i < argc; i++) {
+            bool used = false;
+            int j = i;
+            if (lmc_optim_parse_arg(&o.optim, argc, argv, &j, &used, &err) == LMC_OK && used) i = j - 1;
+        }
+    }
+    if (lmc_optim_cfg_check(&o.optim, &err)) {
+        fprintf(stderr, "lmc train: %s\n", err.msg);
+        rc = 2;
         goto done;
     }
     steps = o.sched.total;
@@ -255,6 +300,17 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     have_tr = true;
+    if (dist) {
+        char desc[1024];
+        snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
+                 "seed %lld, zero %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
+                 (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, o.adamw.lr, (long long)o.seed,
+                 (long long)zero, lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
+        if (lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+    }
     if (resume && lmc_ckpt_load_state(&tr, resume, &err)) {
         rc = cli_fail("train", &err);
         goto done;
@@ -264,26 +320,40 @@ int cmd_train(int argc, char **argv) {
         lmc_path_join(mpath, sizeof mpath, out, "metrics.jsonl");
         metrics = mpath;
     }
-    mf = fopen(metrics, resume ? "a" : "w");
-    if (!mf) {
+    if (root) mf = fopen(metrics, resume ? "a" : "w");
+    if (root && !mf) {
         fprintf(stderr, "lmc train: cannot open %s: %s\n", metrics, strerror(errno));
         rc = 1;
         goto done;
     }
     bool gpu = !strcmp(be.name, "cuda");
-    fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
-                    "%lld steps from %lld\n",
-            tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
-            (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
+    /* from here on, logs on rank 0 only */
+    if (root)
+        fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
+                        "%lld steps from %lld\n",
+                tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
+                (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
+    if (root && dist)
+        fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
+                        "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
+                (long long)(o.B * comm.world), (long long)o.T, (long long)o.accum,
+                (long long)(o.B * comm.world * o.accum), cc.threads);
+    char odesc[1024];
+    lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
+    if (root)
+        fprintf(stderr, "lmc train: %s%s\n", odesc,
+                tr.zero && zero >= 1 ? " in all; each rank holds its 1/N shard (ZeRO)" : "");
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;
-    fprintf(stderr, "lmc train: device %s, %s", be.name,
-            bf16 ? "bf16 mixed precision (fp32 master weights, gradients and AdamW)" : "fp32");
-    if (peak_tflops > 0)
-        fprintf(stderr, ", MFU against %.0f TFLOP/s%s", peak_tflops,
-                peak_given ? "" : (bf16 ? " (H100 SXM bf16 dense peak)" : " (H100 SXM fp32 peak)"));
-    fprintf(stderr, "\n");
+    if (root) {
+        fprintf(stderr, "lmc train: device %s, %s", be.name,
+                bf16 ? "bf16 mixed precision (fp32 master weights, gradients and AdamW)" : "fp32");
+        if (peak_tflops > 0)
+            fprintf(stderr, ", MFU against %.0f TFLOP/s%s", peak_tflops,
+                    peak_given ? "" : (bf16 ? " (H100 SXM bf16 dense peak)" : " (H100 SXM fp32 peak)"));
+        fprintf(stderr, "\n");
+    }
     double fpt = lmc_trainer_flops_per_token(&tr);
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
@@ -297,9 +367,19 @@ int cmd_train(int argc, char **argv) {
         double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
         double vl = NAN;
         bool last = tr.step == end;
-        if (eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
+        if (root && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;
+        }
+        bool save = (save_every > 0 && tr.step % save_every == 0) || last;
+        char zd[4096];
+        snprintf(zd, sizeof zd, "%s/zero", out);
+        if (!root) { /* the other ranks: their shards of the optimizer state */
+            if (save && lmc_trainer_dist_save(&tr, zd, &err)) {
+                rc = cli_fail("train", &err);
+                break;
+            }
+            continue;
         }
         fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
                     "\"tokens_per_s\": %.1f, \"tflops\": %.4g",
@@ -316,20 +396,22 @@ int cmd_train(int argc, char **argv) {
         if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
         if (is_tty() && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);
-        if ((save_every > 0 && tr.step % save_every == 0) || last) {
+        if (save) {
             snprintf(ck, sizeof ck, "%s/step_%06lld", out, (long long)tr.step);
-            if (lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+            if ((dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
                 rc = cli_fail("train", &err);
                 break;
             }
             fprintf(stderr, "%scheckpoint %s\n", is_tty() ? "\r\033[K" : "", ck);
         }
     }
+    if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_be) cli_train_backend_free(&be);
+    if (dist) comm.free(&comm);
     lmc_token_data_close(&train);
     if (have_val) lmc_token_data_close(&val);
     return rc;

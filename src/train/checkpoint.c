@@ -1,13 +1,16 @@
 /* checkpoint.c — training checkpoints as Hugging Face folders: config.json
  * (copied or written), model.safetensors (F32, on-disk layouts), the
  * tokenizer files, plus optimizer.safetensors (the AdamW moments as raw
- * arenas) and trainer_state.json (step, loader position and the run's
- * settings: batch shape, seed, schedule, AdamW, decay rule, clipping).
+ * arenas, or another optimizer's named state tensors, lmc_optim_save) and
+ * trainer_state.json (step, loader position and the run's settings: batch
+ * shape, seed, schedule, AdamW, optimizer kind and settings, decay rule,
+ * clipping).
  * Everything a resumed run needs to continue bit-exactly. The arenas are
  * backend memory: saving downloads them, loading uploads. The folder is
  * published atomically (checkpoint_dir.c). */
 #include "train/checkpoint.h"
 #include "core/core.h"
+#include "dist/comm.h"
 #include "io/safetensors.h"
 #include "model/arch.h"
 
@@ -94,7 +97,21 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     free(t);
     free(buf);
     if (s) return s;
-    /* optimizer moments, raw (layout of the arenas) */
+    /* optimizer state: another kind's named tensors (lmc_optim_save), or
+     * the AdamW moments raw (layout of the arenas) */
+    if (tr->zero) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
+        if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        const char *zmeta[] = {"lmc.optimizer", "zero", "lmc.zero.dir", "../zero"};
+        if ((s = lmc_st_write(path, NULL, 0, zmeta, 2, err))) return s;
+        goto state;
+    }
+    if (tr->have_opt) {
+        if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_optim_save(&tr->opt, path, err))) return s;
+        goto state;
+    }
     float *mv = malloc((size_t)tm->numel * 2 * sizeof(float));
     if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
     lmc_tmodel_download_arena(tm, tr->m, mv);
@@ -107,6 +124,7 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     s = lmc_st_write(path, ot, 2, NULL, 0, err);
     free(mv);
     if (s) return s;
+state:;
     /* trainer state */
     char *state = state_json(tr);
     if (!state) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
@@ -147,6 +165,33 @@ static void add_i64(cJSON *o, const char *k, int64_t v) {
     cJSON_AddRawToObject(o, k, b);
 }
 
+/* "optim": the kind and every setting of the other kinds (AdamW's group
+ * settings are "adamw"'s). */
+static cJSON *optim_json(const struct lmc_optim_cfg *c) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "kind", lmc_optim_kind_name(c->kind));
+    if (c->kind == LMC_OPTIM_ADAMW) return j;
+    char seed[32];
+    add_f64(j, "muon_lr", c->muon_lr);
+    add_f64(j, "muon_momentum", c->muon_momentum);
+    add_f64(j, "muon_weight_decay", c->muon_weight_decay);
+    add_i64(j, "muon_ns_steps", c->muon_ns_steps);
+    add_i64(j, "muon_nesterov", c->muon_nesterov);
+    cJSON_AddStringToObject(j, "muon_scale", c->muon_scale == LMC_MUON_SCALE_MOONLIGHT ? "moonlight" : "shape");
+    add_i64(j, "muon_ns_bf16", c->muon_ns_bf16);
+    add_i64(j, "galore_rank", c->galore_rank);
+    add_i64(j, "galore_update_gap", c->galore_update_gap);
+    add_f64(j, "galore_scale", c->galore_scale);
+    add_i64(j, "apollo_rank", c->apollo_rank);
+    add_i64(j, "apollo_update_gap", c->apollo_update_gap);
+    add_f64(j, "apollo_scale", c->apollo_scale);
+    cJSON_AddStringToObject(j, "apollo_scale_type", c->apollo_scale_type == LMC_APOLLO_TENSOR ? "tensor" : "channel");
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->apollo_seed);
+    cJSON_AddStringToObject(j, "apollo_seed", seed);
+    add_i64(j, "q8_block", c->q8_block);
+    return j;
+}
+
 static char *state_json(const struct lmc_trainer *tr) {
     const struct lmc_train_opts *o = &tr->o;
     cJSON *j = cJSON_CreateObject(), *sc = cJSON_CreateObject(), *aw = cJSON_CreateObject();
@@ -173,6 +218,13 @@ static char *state_json(const struct lmc_trainer *tr) {
     add_f64(aw, "eps", o->adamw.eps);
     add_f64(aw, "weight_decay", o->adamw.weight_decay);
     cJSON_AddItemToObject(j, "adamw", aw);
+    cJSON_AddItemToObject(j, "optim", optim_json(&o->optim));
+    if (tr->comm) {
+        cJSON *z = cJSON_CreateObject();
+        add_i64(z, "stage", tr->zero_stage);
+        add_i64(z, "world", tr->comm->world);
+        cJSON_AddItemToObject(j, "zero", z);
+    }
     cJSON_AddStringToObject(j, "decay", o->decay == LMC_DECAY_ALL ? "all" : "default");
     add_f64(j, "clip", o->clip);
     char *text = cJSON_Print(j);
@@ -205,8 +257,9 @@ static lmc_status get_i64(const cJSON *o, const char *k, const char *src, int64_
 
 /* "seed": a decimal string (what we write: exact beyond 2^53) or, in files
  * of older versions, a number. */
-static lmc_status get_seed(const cJSON *o, const char *src, bool *have, uint64_t *v, lmc_err *err) {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "seed");
+static lmc_status get_seed_field(const cJSON *o, const char *key, const char *src, bool *have, uint64_t *v,
+                                 lmc_err *err) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
     *have = x != NULL;
     if (!x) return LMC_OK;
     if (cJSON_IsString(x)) {
@@ -225,7 +278,62 @@ static lmc_status get_seed(const cJSON *o, const char *src, bool *have, uint64_t
         *v = (uint64_t)x->valuedouble;
         return LMC_OK;
     }
-    return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"seed\": expected a decimal integer", src);
+    return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": expected a decimal integer", src, key);
+}
+static lmc_status get_seed(const cJSON *o, const char *src, bool *have, uint64_t *v, lmc_err *err) {
+    return get_seed_field(o, "seed", src, have, v, err);
+}
+
+/* "optim" (optim_json): the kind's defaults, then the fields present. */
+static lmc_status parse_optim(const cJSON *op, const char *src, struct lmc_optim_cfg *c, lmc_err *err) {
+    const cJSON *k = cJSON_IsObject(op) ? cJSON_GetObjectItemCaseSensitive(op, "kind") : NULL;
+    enum lmc_optim_kind kind;
+    lmc_err e2 = {0};
+    if (!cJSON_IsString(k) || lmc_optim_kind_parse(k->valuestring, &kind, &e2))
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"optim.kind\": expected adamw, adamw8bit, muon, galore, "
+                           "apollo or apollo-mini", src);
+    lmc_optim_cfg_default(c, kind);
+    bool h = false;
+    lmc_status s = LMC_OK;
+    int64_t iv = 0;
+    struct { const char *key; double *p; } dbl[] = {
+        {"muon_lr", &c->muon_lr}, {"muon_momentum", &c->muon_momentum},
+        {"muon_weight_decay", &c->muon_weight_decay}, {"galore_scale", &c->galore_scale},
+        {"apollo_scale", &c->apollo_scale},
+    };
+    for (size_t i = 0; !s && i < sizeof dbl / sizeof *dbl; i++) s = get_f64(op, dbl[i].key, src, &h, dbl[i].p, err);
+    struct { const char *key; int *p; } ints[] = {
+        {"muon_ns_steps", &c->muon_ns_steps}, {"galore_rank", &c->galore_rank},
+        {"galore_update_gap", &c->galore_update_gap}, {"apollo_rank", &c->apollo_rank},
+        {"apollo_update_gap", &c->apollo_update_gap}, {"q8_block", &c->q8_block},
+    };
+    for (size_t i = 0; !s && i < sizeof ints / sizeof *ints; i++) {
+        if ((s = get_i64(op, ints[i].key, src, 0, &h, &iv, err)) || !h) continue;
+        if (iv > (1 << 30)) s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"%s\": too large", src, ints[i].key);
+        else *ints[i].p = (int)iv;
+    }
+    if (!s && !(s = get_i64(op, "muon_nesterov", src, 0, &h, &iv, err)) && h) c->muon_nesterov = iv != 0;
+    if (!s && !(s = get_i64(op, "muon_ns_bf16", src, 0, &h, &iv, err)) && h) c->muon_ns_bf16 = iv != 0;
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(op, "muon_scale");
+    if (!s && x) {
+        if (cJSON_IsString(x) && !strcmp(x->valuestring, "moonlight")) c->muon_scale = LMC_MUON_SCALE_MOONLIGHT;
+        else if (cJSON_IsString(x) && !strcmp(x->valuestring, "shape")) c->muon_scale = LMC_MUON_SCALE_SHAPE;
+        else s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"optim.muon_scale\": expected shape or moonlight", src);
+    }
+    x = cJSON_GetObjectItemCaseSensitive(op, "apollo_scale_type");
+    if (!s && x) {
+        if (cJSON_IsString(x) && !strcmp(x->valuestring, "tensor")) c->apollo_scale_type = LMC_APOLLO_TENSOR;
+        else if (cJSON_IsString(x) && !strcmp(x->valuestring, "channel")) c->apollo_scale_type = LMC_APOLLO_CHANNEL;
+        else s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"optim.apollo_scale_type\": expected channel or tensor",
+                             src);
+    }
+    if (!s && cJSON_GetObjectItemCaseSensitive(op, "apollo_seed")) {
+        uint64_t seed = 0;
+        if (!(s = get_seed_field(op, "apollo_seed", src, &h, &seed, err))) c->apollo_seed = seed;
+    }
+    if (!s && lmc_optim_cfg_check(c, &e2))
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"optim\": %s", src, e2.msg);
+    return s;
 }
 
 lmc_status lmc_train_state_parse(const char *text, size_t len, const char *src, struct lmc_train_state *st,
@@ -279,6 +387,8 @@ lmc_status lmc_train_state_parse(const char *text, size_t len, const char *src, 
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"schedule.kind\": expected cosine, linear, wsd or "
                             "constant", src);
     }
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "optim");
+    if (!s && op && !(s = parse_optim(op, src, &o->optim, err))) st->have |= LMC_TOPT_OPTIM;
     const cJSON *dr = cJSON_GetObjectItemCaseSensitive(j, "decay");
     if (!s && dr) {
         bool all = cJSON_IsString(dr) && !strcmp(dr->valuestring, "all");
@@ -341,6 +451,7 @@ lmc_status lmc_ckpt_read_opts(const char *dir, unsigned given, struct lmc_train_
     if (take & LMC_TOPT_EPS) o->adamw.eps = f->adamw.eps;
     if (take & LMC_TOPT_DECAY) o->decay = f->decay;
     if (take & LMC_TOPT_CLIP) o->clip = f->clip;
+    if (take & LMC_TOPT_OPTIM) o->optim = f->optim;
     return LMC_OK;
 }
 
@@ -366,6 +477,35 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     struct lmc_st st;
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;
+    const char *okind = lmc_st_meta_get(&st, "lmc.optimizer");
+    if (tr->zero || (okind && !strcmp(okind, "zero"))) { /* sharded: DIR/../zero */
+        bool sharded = okind && !strcmp(okind, "zero");
+        lmc_st_free(&st);
+        if (!sharded || !tr->zero)
+            return lmc_err_set(err, LMC_ERR_FORMAT, sharded ? "%s: sharded optimizer state (a data-parallel run): "
+                               "resume it with the same mpirun -np N and --zero" : "%s: a one-process checkpoint "
+                               "cannot be resumed by a data-parallel run yet", path);
+        char zdir[4096];
+        if (snprintf(zdir, sizeof zdir, "%s/../zero", dir) >= (int)sizeof zdir)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_trainer_dist_load(tr, zdir, ts.step, err))) return s;
+        tr->step = ts.step;
+        return LMC_OK;
+    }
+    if (tr->have_opt) { /* another kind: named tensors, the kind checked */
+        s = lmc_optim_load_st(&tr->opt, &st, path, err);
+        lmc_st_free(&st);
+        if (s) return s;
+        tr->step = ts.step;
+        return LMC_OK;
+    }
+    const char *kind = lmc_st_meta_get(&st, "lmc.optimizer");
+    if (kind) {
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer state of '%s', expected adamw (give --optim %s)",
+                        path, kind, kind);
+        lmc_st_free(&st);
+        return s;
+    }
     const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
     if (!m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 ||
         m->numel != tr->tm.numel || v->numel != tr->tm.numel) {

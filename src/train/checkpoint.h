@@ -76,6 +76,7 @@ enum {
     LMC_TOPT_EPS = 1u << 12,    /* o.adamw.eps */
     LMC_TOPT_DECAY = 1u << 13,  /* o.decay */
     LMC_TOPT_CLIP = 1u << 14,   /* o.clip */
+    LMC_TOPT_OPTIM = 1u << 15,  /* o.optim (kind and settings; "--optim") */
 };
 /* trainer_state.json parsed: the fields present, each with its bit in
  * `have` (the LMC_TOPT_* bits for settings, LMC_TSTATE_* for the rest;

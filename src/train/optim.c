@@ -177,18 +177,18 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
 
 enum lmc_param_role lmc_optim_role_guess(const char *name, int ndim) {
     if (ndim < 2) {
-        if (strstr(name, "norm") || strstr(name, "ln_")) return LMC_OPTIM_ROLE_NORM;
+        if (strstr(name, "norm") || strstr(name, "ln_")) return LMC_PROLE_NORM;
         size_t l = strlen(name);
-        return l >= 5 && !strcmp(name + l - 5, ".bias") ? LMC_OPTIM_ROLE_BIAS : LMC_OPTIM_ROLE_OTHER;
+        return l >= 5 && !strcmp(name + l - 5, ".bias") ? LMC_PROLE_BIAS : LMC_PROLE_OTHER;
     }
-    if (strstr(name, "embed") || strstr(name, "wte.") || strstr(name, "wpe.")) return LMC_OPTIM_ROLE_EMBEDDING;
-    if (strstr(name, "lm_head")) return LMC_OPTIM_ROLE_HEAD;
-    return ndim == 2 ? LMC_OPTIM_ROLE_MATRIX : LMC_OPTIM_ROLE_OTHER;
+    if (strstr(name, "embed") || strstr(name, "wte.") || strstr(name, "wpe.")) return LMC_PROLE_EMBEDDING;
+    if (strstr(name, "lm_head")) return LMC_PROLE_HEAD;
+    return ndim == 2 ? LMC_PROLE_MATRIX : LMC_PROLE_OTHER;
 }
 
 /* ---- grouping and sizing */
 static enum lmc_optim_group group_for(const struct lmc_optim_cfg *c, const struct lmc_optim_param *p) {
-    bool matrix = p->role == LMC_OPTIM_ROLE_MATRIX && p->rows > 1 && p->cols > 1;
+    bool matrix = p->role == LMC_PROLE_MATRIX && p->rows > 1 && p->cols > 1;
     switch (c->kind) {
     case LMC_OPTIM_ADAMW8BIT:
         return p->rows * p->cols >= Q8_MIN_NUMEL ? LMC_GROUP_ADAMW8BIT : LMC_GROUP_ADAMW;

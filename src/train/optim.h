@@ -4,7 +4,7 @@
  * The caller describes every trainable tensor once (pointers to the weight
  * and its gradient in backend memory, its shape and its role); lmc_optim_init
  * groups them by the authors' rule — Muon, GaLore and APOLLO only on 2-D
- * hidden matrices (LMC_OPTIM_ROLE_MATRIX); embeddings, the output head, norms,
+ * hidden matrices (LMC_PROLE_MATRIX); embeddings, the output head, norms,
  * biases and anything else on AdamW (8-bit AdamW puts every tensor on its
  * 8-bit step) — sizes all state up front and allocates it in one backend
  * arena. lmc_optim_step then updates every parameter from its gradient.
@@ -59,14 +59,14 @@ enum lmc_optim_kind {
 };
 
 /* A parameter's role (the model's tensor spec table gives it). Only
- * LMC_OPTIM_ROLE_MATRIX takes Muon / GaLore / APOLLO. */
+ * LMC_PROLE_MATRIX takes Muon / GaLore / APOLLO. */
 enum lmc_param_role {
-    LMC_OPTIM_ROLE_MATRIX = 0,  /* 2-D hidden weight (attention and MLP projections) */
-    LMC_OPTIM_ROLE_EMBEDDING,   /* token / position embeddings */
-    LMC_OPTIM_ROLE_HEAD,        /* output head (lm_head) */
-    LMC_OPTIM_ROLE_NORM,        /* norm weights and biases */
-    LMC_OPTIM_ROLE_BIAS,        /* linear biases */
-    LMC_OPTIM_ROLE_OTHER,       /* anything else (AdamW) */
+    LMC_PROLE_MATRIX = 0,  /* 2-D hidden weight (attention and MLP projections) */
+    LMC_PROLE_EMBEDDING,   /* token / position embeddings */
+    LMC_PROLE_HEAD,        /* output head (lm_head) */
+    LMC_PROLE_NORM,        /* norm weights and biases */
+    LMC_PROLE_BIAS,        /* linear biases */
+    LMC_PROLE_OTHER,       /* anything else (AdamW) */
 };
 
 /* A role from a Hugging Face tensor name and rank, for callers without a

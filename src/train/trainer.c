@@ -5,9 +5,12 @@
  * through backend ops (zero, sumsq, adamw); the host sees token ids, the
  * per-row losses and the gradient norm. */
 #include "train/trainer.h"
+#include "train/trainer_internal.h"
 #include "core/core.h"
+#include "dist/comm.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,16 +53,36 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         memset(&tr->val, 0, sizeof tr->val);
         s = LMC_OK;
     }
-    /* moments of the trainable part only (a frozen base has none) */
-    size_t bytes = (size_t)(tr->tm.numel - tr->tm.trainable_off) * sizeof(float);
-    tr->m = be->alloc(be->ctx, bytes);
-    tr->v = be->alloc(be->ctx, bytes);
-    if (tr->m) be->zero(be->ctx, tr->m, bytes);
-    if (tr->v) be->zero(be->ctx, tr->v, bytes);
+    if (o->optim.kind != LMC_OPTIM_ADAMW) {
+        struct lmc_optim_cfg oc = o->optim;
+        oc.adamw = o->adamw;
+        struct lmc_optim_param *pp = calloc((size_t)tr->tm.n_params, sizeof *pp);
+        if (!pp) {
+            s = lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
+            goto fail;
+        }
+        int np = lmc_trainer_optim_params(&tr->tm, o->decay == LMC_DECAY_ALL, pp);
+        s = lmc_optim_init(&tr->opt, &oc, be, pp, np, err);
+        free(pp);
+        if (s) goto fail;
+        tr->have_opt = true;
+    } else {
+        /* moments of the trainable part only (a frozen base has none) */
+        size_t bytes = (size_t)(tr->tm.numel - tr->tm.trainable_off) * sizeof(float);
+        tr->m = be->alloc(be->ctx, bytes);
+        tr->v = be->alloc(be->ctx, bytes);
+        if (tr->m) be->zero(be->ctx, tr->m, bytes);
+        if (tr->v) be->zero(be->ctx, tr->v, bytes);
+        if (!tr->m || !tr->v) {
+            s = lmc_err_set(err, LMC_ERR_OOM, "optimizer state for %lld parameters: out of memory",
+                            (long long)tr->tm.numel);
+            goto fail;
+        }
+    }
     tr->batch = malloc((size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
     tr->in = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
     tr->tg = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
-    if (!tr->m || !tr->v || !tr->batch || !tr->in || !tr->tg) {
+    if (!tr->batch || !tr->in || !tr->tg) {
         s = lmc_err_set(err, LMC_ERR_OOM, "optimizer state for %lld parameters: out of memory",
                         (long long)tr->tm.numel);
         goto fail;
@@ -71,11 +94,13 @@ fail:
 }
 
 void lmc_trainer_free(struct lmc_trainer *tr) {
+    lmc_trainer_dist_free(tr);
     lmc_tacts_free(&tr->acts);
     if (tr->be) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
         if (tr->v) tr->be->free(tr->be->ctx, tr->v);
     }
+    if (tr->have_opt) lmc_optim_free(&tr->opt);
     lmc_tmodel_free(&tr->tm);
     if (tr->train.d) lmc_loader_free(&tr->train);
     if (tr->val.d) lmc_loader_free(&tr->val);
@@ -86,7 +111,8 @@ void lmc_trainer_free(struct lmc_trainer *tr) {
 }
 
 /* (B, T+1) windows -> inputs and next-token targets */
-static void split_batch(struct lmc_trainer *tr) {
+static void split_batch(struct lmc_trainer *tr) { lmc_trainer_split_batch(tr); }
+void lmc_trainer_split_batch(struct lmc_trainer *tr) {
     int64_t B = tr->o.B, T = tr->o.T;
     for (int64_t b = 0; b < B; b++) {
         memcpy(tr->in + b * T, tr->batch + b * (T + 1), (size_t)T * sizeof(int32_t));
@@ -95,6 +121,7 @@ static void split_batch(struct lmc_trainer *tr) {
 }
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
+    if (tr->comm) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     const struct lmc_train_opts *o = &tr->o;
@@ -139,6 +166,12 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         tr->step++;
         return LMC_OK;
     }
+    if (tr->have_opt) {
+        lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
+        be->sync(be->ctx);
+        tr->step++;
+        return LMC_OK;
+    }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         if (p->frozen) continue;
@@ -162,7 +195,9 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     tr->acts.n_segs = 0;
     double sum = 0;
     int64_t count = 0;
-    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / tr->o.B));
+    /* data parallel: the windows one process with batch world x B reads */
+    int64_t world = tr->comm ? tr->comm->world : 1;
+    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
     for (int64_t k = 0; k < nb; k++) {
         lmc_loader_next(&tr->val, tr->batch);
         split_batch(tr);
@@ -175,6 +210,58 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     }
     *loss = sum / (double)(count ? count : 1);
     return LMC_OK;
+}
+
+enum lmc_param_role lmc_trainer_param_role(enum lmc_role role, const char *name) {
+    switch (role) {
+    case LMC_ROLE_EMBED: return LMC_PROLE_EMBEDDING;
+    case LMC_ROLE_NORM: return LMC_PROLE_NORM;
+    case LMC_ROLE_BIAS: return LMC_PROLE_BIAS;
+    case LMC_ROLE_MATRIX:
+        return lmc_optim_role_guess(name, 2) == LMC_PROLE_HEAD ? LMC_PROLE_HEAD : LMC_PROLE_MATRIX;
+    }
+    return LMC_PROLE_OTHER;
+}
+
+int lmc_trainer_optim_params(const struct lmc_tmodel *tm, bool decay_all, struct lmc_optim_param *params) {
+    int n = 0;
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        if (p->frozen) continue; /* a frozen base (LoRA) has no gradient and no optimizer state */
+        struct lmc_optim_param *q = &params[n++];
+        q->name = p->name;
+        q->p = tm->w + p->off;
+        q->g = lmc_tmodel_grad(tm, p);
+        if (p->ndim == 2) { /* the arena's (out, in) */
+            q->rows = p->transposed ? p->shape[1] : p->shape[0];
+            q->cols = p->transposed ? p->shape[0] : p->shape[1];
+        } else {
+            q->rows = 1;
+            q->cols = p->numel;
+        }
+        q->role = lmc_trainer_param_role(p->role, p->name);
+        q->decay = lmc_tparam_decays(p, decay_all);
+    }
+    return n;
+}
+
+void lmc_trainer_describe_optim(const struct lmc_trainer *tr, char *buf, size_t cap) {
+    if (tr->have_opt) {
+        int w = snprintf(buf, cap, "optimizer %s: ", lmc_optim_kind_name(tr->opt.cfg.kind));
+        size_t off = w > 0 && (size_t)w < cap ? (size_t)w : 0;
+        lmc_optim_describe(&tr->opt, buf + off, cap - off);
+        return;
+    }
+    /* AdamW: the trainer's own arenas, described as lmc_optim_info does */
+    struct lmc_optim_param *pp = calloc((size_t)tr->tm.n_params, sizeof *pp);
+    struct lmc_optim_cfg c;
+    lmc_err err = {0};
+    lmc_optim_cfg_default(&c, LMC_OPTIM_ADAMW);
+    c.adamw = tr->o.adamw;
+    int np = pp ? lmc_trainer_optim_params(&tr->tm, tr->o.decay == LMC_DECAY_ALL, pp) : 0;
+    if (!pp || lmc_optim_info(&c, pp, np, buf, cap, NULL, &err))
+        snprintf(buf, cap, "optimizer adamw");
+    free(pp);
 }
 
 double lmc_trainer_flops_per_token(const struct lmc_trainer *tr) {

@@ -16,6 +16,7 @@
 #include "model/backward.h"
 #include "train/adamw.h"
 #include "train/data.h"
+#include "train/optim.h"
 #include "train/schedule.h"
 
 #include <stdbool.h>
@@ -25,6 +26,9 @@ struct lmc_train_opts {
     int64_t B, T;              /* micro-batch: B sequences of T tokens */
     int64_t accum;             /* micro-batches per optimizer step (>= 1) */
     struct lmc_adamw_cfg adamw;
+    struct lmc_optim_cfg optim; /* kind LMC_OPTIM_ADAMW (zero): the trainer's own AdamW arenas m, v;
+                                 * any other kind: an lmc_optim over the parameter table, its AdamW
+                                 * group configured from `adamw` (optim.adamw is ignored) */
     enum lmc_decay_rule decay;
     struct lmc_schedule sched; /* sched.total = total optimizer steps */
     double clip;               /* global-norm clip; 0: none */
@@ -54,10 +58,17 @@ struct lmc_trainer {
     const struct lmc_backend *be;
     struct lmc_tacts acts;
     struct lmc_train_opts o;
-    float *m, *v;              /* AdamW moments, laid out like tm.w (backend memory) */
+    float *m, *v;              /* AdamW moments, laid out like tm.w (backend memory; AdamW only) */
+    struct lmc_optim opt;      /* every other optimizer kind (o.optim.kind != LMC_OPTIM_ADAMW) */
+    bool have_opt;
     int64_t step;              /* optimizer steps done */
     const struct lmc_token_data *train_data, *val_data; /* val may be NULL */
     struct lmc_loader train, val;
+    /* data parallel (trainer_dist.c; NULL: one process) */
+    struct lmc_comm *comm;
+    struct lmc_zero *zero;
+    int zero_stage;
+    int32_t *gbatch;           /* (world B, T+1): every rank's rows of the global micro-batch */
     int32_t *batch;            /* (B, T+1) */
     int32_t *in, *tg;          /* (B*T) */
 };
@@ -77,8 +88,43 @@ void lmc_trainer_free(struct lmc_trainer *tr);
  * tensor (non-finite norm: the update is skipped, the step still counts). */
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
 /* Mean loss over eval_batches validation micro-batches, always the same
- * ones (the val loader restarts at position 0, no shuffling). */
+ * ones (the val loader restarts at position 0, no shuffling). Data
+ * parallel: the windows of eval_batches global micro-batches (world x B),
+ * evaluated by the calling rank alone (no collective). */
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
+/* Data-parallel training over comm (trainer_dist.c), after
+ * lmc_trainer_init: ZeRO stage 0..3 (src/dist/zero.h) over the model's
+ * parameter arena as one unit. Each optimizer step then reads a global
+ * micro-batch of world x B sequences (the loader's order, as one process
+ * with batch world x B reads it) and this rank trains on rows [rank B,
+ * (rank+1) B); gradients are reduced by the zero module, which runs AdamW
+ * on this rank's shard and gathers the parameters back into tm.w; the
+ * loss, norm, clipping and learning rate are the global ones. Another
+ * optimizer kind runs replicated (stage 0 only: the gradient all-reduced,
+ * the same step on every rank, its state saved whole by rank 0; stages
+ * 1-3 with it are LMC_ERR_UNSUPPORTED). A host backend (CPU) only. All
+ * ranks must call with the same model and options (checked: refused
+ * naming the first differing rank). With one unit, stages 2 and 3 give
+ * stage 1's results and memory (the model keeps its full arenas). */
+struct lmc_comm;
+lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
+                                 lmc_err *err);
+/* Sharded optimizer state of the step just done into zero_dir (every rank;
+ * lmc_zero_save; nothing when replicated), and its restore (lmc_zero_load; the state must be of the
+ * step *step expected, else LMC_ERR_FORMAT naming both steps). */
+lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err);
+lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err);
+
+/* The optimizer's parameter list for tm (room for params[tm->n_params];
+ * frozen parameters skipped; returns how many were filled): arena
+ * pointers, (out, in) shapes as the arenas hold them, roles from the
+ * spec table (a MATRIX named lm_head is the HEAD), decay from the rule. */
+int lmc_trainer_optim_params(const struct lmc_tmodel *tm, bool decay_all, struct lmc_optim_param *params);
+/* The optimizer role of a spec-table role and tensor name. */
+enum lmc_param_role lmc_trainer_param_role(enum lmc_role role, const char *name);
+/* The start-up line: the optimizer's groups and state bytes. */
+void lmc_trainer_describe_optim(const struct lmc_trainer *tr, char *buf, size_t cap);
+
 /* Model FLOPs per trained token (6 N + attention), for throughput / MFU. */
 double lmc_trainer_flops_per_token(const struct lmc_trainer *tr);
 

@@ -119,7 +119,7 @@ static void test_optim() {
      * emulated GPU: host refreshes, downloads and uploads included) vs the CPU */
     for (int k = 0; k < LMC_OPTIM_KIND_COUNT; k++) {
         const int64_t R[3] = {37, 176, 1}, C[3] = {101, 64, 64};
-        const lmc_param_role role[3] = {LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_MATRIX, LMC_OPTIM_ROLE_NORM};
+        const lmc_param_role role[3] = {LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_NORM};
         std::vector<float> ph[3], gh[3];
         float *pd[3], *gd[3], *pc[3], *gc[3];
         lmc_optim_param pg[3], pcpu[3];

@@ -1,0 +1,15 @@
+/* trainer_internal.h — what trainer.c and trainer_dist.c share: the batch
+ * split and the data-parallel step (not part of the trainer's API). */
+#ifndef LMC_TRAIN_TRAINER_INTERNAL_H
+#define LMC_TRAIN_TRAINER_INTERNAL_H
+
+#include "train/trainer.h"
+
+/* tr->batch (B, T+1) windows -> tr->in, tr->tg */
+void lmc_trainer_split_batch(struct lmc_trainer *tr);
+/* lmc_trainer_step with tr->zero set */
+lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
+/* frees the zero state and global batch (no-op without) */
+void lmc_trainer_dist_free(struct lmc_trainer *tr);
+
+#endif
