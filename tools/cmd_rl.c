@@ -72,6 +72,11 @@ int cmd_rl(int argc, char **argv) {
     double clip = 0.2, clip_high = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--lora")) { /* before the common options, which take --lora for inference */
+            fprintf(stderr, "lmc rl: --lora is pending (LoRA training is not wired into rl yet); "
+                            "rl trains all parameters\n");
+            return 2;
+        }
         int r = cli_common_arg(&cc, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -80,11 +85,6 @@ int cmd_rl(int argc, char **argv) {
             return 0;
         }
         if (!strcmp(a, "--no-std")) { o.scale_std = false; continue; }
-        if (!strcmp(a, "--lora")) {
-            fprintf(stderr, "lmc rl: --lora is pending (LoRA is being built on another branch); "
-                            "rl trains all parameters\n");
-            return 2;
-        }
         if (!v) {
             fprintf(stderr, "lmc rl: unknown option %s (or missing value)\n", a);
             return 2;
