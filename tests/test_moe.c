@@ -5,7 +5,10 @@
  * exactly tied router rows (routing must pick the lower expert); a case
  * where one expert receives no token; a case with top-k = experts (every
  * expert receives every token). Backward (d input, d router, d experts)
- * against central differences of the float64 reference. Also: configs with
+ * against central differences of the float64 reference, through the
+ * backend's grouped GEMM and through the per-expert fallback; the grouped
+ * GEMM op (moe_gemm, moe_gemm_bwd) against a float64 per-expert loop with
+ * empty experts and an expert holding every row. Also: configs with
  * top-k above the expert count are refused by the parser. */
 #include "io/hf_config.h"
 #include "model/arch.h"
@@ -198,6 +201,45 @@ static void make(struct moecase *m, uint64_t seed) {
     for (int64_t i = 0; i < E * xsz(m); i++) m->wx[i] = 0.5 * test_rand(&s);
 }
 
+/* The backend's grouped GEMM against a float64 per-expert loop: rows of
+ * x grouped by expert per off (empty experts, an expert with every row). */
+static void gemm_case(const struct lmc_backend *be, const int64_t *off, int64_t E, int64_t N, int64_t K,
+                      uint64_t seed) {
+    int64_t rows = off[E];
+    uint64_t s = seed;
+    float *x = malloc((size_t)(rows * K) * sizeof(float)), *dy = malloc((size_t)(rows * N) * sizeof(float));
+    float *w = malloc((size_t)(E * N * K) * sizeof(float)), *dw = malloc((size_t)(E * N * K) * sizeof(float));
+    float *y = malloc((size_t)(rows * N) * sizeof(float)), *dx = malloc((size_t)(rows * K) * sizeof(float));
+    double *ry = calloc((size_t)(rows * N), sizeof(double)), *rdx = calloc((size_t)(rows * K), sizeof(double));
+    double *rdw = calloc((size_t)(E * N * K), sizeof(double));
+    for (int64_t i = 0; i < rows * K; i++) x[i] = test_rand(&s), dx[i] = test_rand(&s), rdx[i] = dx[i];
+    for (int64_t i = 0; i < rows * N; i++) dy[i] = test_rand(&s);
+    for (int64_t i = 0; i < E * N * K; i++) w[i] = test_rand(&s), dw[i] = test_rand(&s), rdw[i] = dw[i];
+    struct lmc_mat m[16];
+    const struct lmc_mat *wp[16];
+    float *dwp[16];
+    for (int64_t e = 0; e < E; e++) {
+        m[e] = (struct lmc_mat){LMC_DTYPE_F32, N, K, w + e * N * K};
+        wp[e] = &m[e];
+        dwp[e] = dw + e * N * K;
+        for (int64_t r = off[e]; r < off[e + 1]; r++)
+            for (int64_t j = 0; j < N; j++)
+                for (int64_t c = 0; c < K; c++) {
+                    double wv = w[e * N * K + j * K + c];
+                    ry[r * N + j] += (double)x[r * K + c] * wv;
+                    rdx[r * K + c] += (double)dy[r * N + j] * wv;
+                    rdw[e * N * K + j * K + c] += (double)dy[r * N + j] * x[r * K + c];
+                }
+    }
+    be->moe_gemm(be->ctx, y, x, off, E, wp);
+    be->moe_gemm_bwd(be->ctx, dx, dwp, dy, x, off, E, wp, 1);
+    double ey = test_rel_err_f32_f64(y, ry, rows * N), ex = test_rel_err_f32_f64(dx, rdx, rows * K);
+    double ew = test_rel_err_f32_f64(dw, rdw, E * N * K);
+    CHECK_MSG(ey < 1e-5 && ex < 1e-5 && ew < 1e-5, "moe_gemm E %lld N %lld K %lld: y %.2e dx %.2e dw %.2e",
+              (long long)E, (long long)N, (long long)K, ey, ex, ew);
+    free(x), free(dy), free(w), free(dw), free(y), free(dx), free(ry), free(rdx), free(rdw);
+}
+
 static void drop(struct moecase *m) { free(m->h), free(m->res), free(m->wr), free(m->wx); }
 
 static void parse_errors(void) {
@@ -245,6 +287,19 @@ int main(void) {
     struct moecase d = {.n = 6, .C = 9, .E = 3, .k = 3, .I = 4, .norm = false};
     make(&d, 3);
     run_case("top3-of-3", &d, &be, true, 0, true);
+    /* the per-expert lmc_linear path (backends without moe_gemm) */
+    struct lmc_backend plain = be;
+    plain.moe_gemm = NULL;
+    plain.moe_gemm_bwd = NULL;
+    a.norm = true;
+    run_case("top2-of-5 per-expert path", &a, &plain, true, 0, false);
+    run_case("top3-of-3 per-expert path", &d, &plain, true, 0, true);
+    /* the grouped GEMM itself */
+    const int64_t off1[] = {0, 0, 5, 5, 12, 13}, off2[] = {0, 0, 9, 9};
+    gemm_case(&be, off1, 5, 7, 13, 11);
+    gemm_case(&be, off2, 3, 17, 5, 12);
+    const int64_t off3[] = {0, 1, 2, 3};
+    gemm_case(&be, off3, 3, 33, 19, 13);
     drop(&a);
     drop(&b);
     drop(&d);

@@ -4,7 +4,8 @@
  * probabilities renormalised when the config says so (norm_topk_prob;
  * always in Mixtral), and SwiGLU experts. Tokens are grouped by expert (a
  * counting sort of the n x k choices) so that each expert runs one GEMM
- * over its rows through lmc_linear (any weight format); the weighted
+ * over its rows (the backend's grouped GEMM, moe_gemm, for plain dense
+ * experts; else lmc_linear per expert, any weight format); the weighted
  * expert outputs are summed per token onto the residual. Forward in every
  * run mode (each row of a batched step is routed on its own) and backward
  * through the experts and the router. Routing runs on host memory. */
@@ -23,7 +24,7 @@ struct moe_save {
     float *wts;         /* (n, k) their weights */
     int32_t *perm;      /* (n k) grouped row -> choice t*k+j */
     int32_t *row;       /* (n k) choice -> grouped row */
-    int32_t *off;       /* (E + 1) first grouped row of each expert */
+    int64_t *off;       /* (E + 1) first grouped row of each expert */
     float *xs;          /* (n k, C) gathered inputs */
     float *g, *u, *a;   /* (n k, I) gate, up, silu(gate) * up */
     float *o;           /* (n k, C) expert outputs */
@@ -40,7 +41,7 @@ static int64_t carve(const struct lmc_config *c, int64_t n, float *p, struct moe
     TAKE(wts, float, nk);
     TAKE(perm, int32_t, nk);
     TAKE(row, int32_t, nk);
-    TAKE(off, int32_t, E + 1);
+    TAKE(off, int64_t, 2 * (E + 1));
     TAKE(xs, float, nk * C);
     TAKE(g, float, nk * I);
     TAKE(u, float, nk * I);
@@ -86,18 +87,40 @@ static void route(const struct lmc_config *c, int64_t n, struct moe_save *s) {
         if (c->norm_topk_prob)
             for (int64_t j = 0; j < k; j++) w[j] = (float)((double)w[j] / tot);
     }
-    int32_t *off = s->off;
+    int64_t *off = s->off;
     memset(off, 0, (size_t)(E + 1) * sizeof *off);
     for (int64_t i = 0; i < n * k; i++) off[s->sel[i] + 1]++;
     for (int64_t e = 0; e < E; e++) off[e + 1] += off[e];
     for (int64_t i = 0; i < n * k; i++) { /* stable: rows of an expert in token order */
         int32_t e = s->sel[i];
-        int32_t r = off[e]++;
+        int32_t r = (int32_t)off[e]++;
         s->perm[r] = (int32_t)i;
         s->row[i] = r;
     }
     for (int64_t e = E; e > 0; e--) off[e] = off[e - 1];
     off[0] = 0;
+}
+
+/* The backend's grouped GEMM applies when every expert linear is a plain
+ * dense weight (no bias, adapter or block format); else one lmc_linear call
+ * per expert. */
+static bool grouped(const struct lmc_backend *be, const struct lmc_block_w *W, int64_t E, bool backward) {
+    if (!be->moe_gemm || (backward && !be->moe_gemm_bwd)) return false;
+    for (int64_t i = 0; i < E * LMC_X_N; i++) {
+        const struct lmc_linear *L = &W->experts[i];
+        if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters) return false;
+    }
+    return true;
+}
+
+#define MAX_E 4096 /* lmc_arch_moe_check's bound */
+
+static void mats(const struct lmc_block_w *W, int64_t E, int x, const struct lmc_mat **out) {
+    for (int64_t e = 0; e < E; e++) out[e] = &W->experts[e * LMC_X_N + x].w;
+}
+
+static void grads(const struct lmc_block_w *G, int64_t E, int x, float **out) {
+    for (int64_t e = 0; e < E; e++) out[e] = (float *)G->experts[e * LMC_X_N + x].w.data;
 }
 
 static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
@@ -114,7 +137,15 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     route(c, n, &s);
     for (int64_t i = 0; i < n * k; i++)
         memcpy(s.xs + i * C, h + (int64_t)(s.perm[i] / k) * C, (size_t)C * sizeof(float));
-    for (int64_t e = 0; e < E; e++) { /* one GEMM per expert over its rows */
+    const struct lmc_mat *wp[MAX_E];
+    bool grp = grouped(be, W, E, false);
+    if (grp) {
+        mats(W, E, LMC_X_GATE, wp);
+        be->moe_gemm(be->ctx, s.g, s.xs, s.off, E, wp);
+        mats(W, E, LMC_X_UP, wp);
+        be->moe_gemm(be->ctx, s.u, s.xs, s.off, E, wp);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) { /* one GEMM per expert over its rows */
         int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
         if (!m) continue;
         const struct lmc_linear *X = &W->experts[e * LMC_X_N];
@@ -123,7 +154,11 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         lmc_linear_fwd(be, 2, GU, ys, s.xs + r0 * C, m);
     }
     be->swiglu(be->ctx, s.a, s.g, s.u, n * k * I);
-    for (int64_t e = 0; e < E; e++) {
+    if (grp) {
+        mats(W, E, LMC_X_DOWN, wp);
+        be->moe_gemm(be->ctx, s.o, s.a, s.off, E, wp);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) {
         int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
         if (!m) continue;
         const struct lmc_linear *D = &W->experts[e * LMC_X_N + LMC_X_DOWN];
@@ -180,7 +215,15 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         for (int64_t e = 0; e < E; e++) pd += dp[e] * p[e];
         for (int64_t e = 0; e < E; e++) dlog[t * E + e] = (float)(p[e] * (dp[e] - pd));
     }
-    for (int64_t e = 0; e < E; e++) {
+    const struct lmc_mat *wp[MAX_E];
+    float *dw[MAX_E];
+    bool grp = grouped(be, W, E, true);
+    if (grp) {
+        mats(W, E, LMC_X_DOWN, wp);
+        grads(G, E, LMC_X_DOWN, dw);
+        be->moe_gemm_bwd(be->ctx, da, dw, dox, s.a, s.off, E, wp, 0);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) {
         int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
         if (!m) continue;
         const struct lmc_linear *D = &W->experts[e * LMC_X_N + LMC_X_DOWN];
@@ -189,7 +232,15 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         lmc_linear_bwd(be, 1, &D, &GD, da + r0 * I, &d, s.a + r0 * I, m, false);
     }
     be->swiglu_bwd(be->ctx, da, du, da, s.g, s.u, nk * I); /* dgate over da */
-    for (int64_t e = 0; e < E; e++) { /* dox now holds d(xs) */
+    if (grp) { /* dox now holds d(xs) */
+        mats(W, E, LMC_X_GATE, wp);
+        grads(G, E, LMC_X_GATE, dw);
+        be->moe_gemm_bwd(be->ctx, dox, dw, da, s.xs, s.off, E, wp, 0);
+        mats(W, E, LMC_X_UP, wp);
+        grads(G, E, LMC_X_UP, dw);
+        be->moe_gemm_bwd(be->ctx, dox, dw, du, s.xs, s.off, E, wp, 1);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) { /* dox now holds d(xs) */
         int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
         if (!m) continue;
         const struct lmc_linear *X = &W->experts[e * LMC_X_N], *GX = &G->experts[e * LMC_X_N];
