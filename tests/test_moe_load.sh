@@ -4,7 +4,8 @@
 # bad checkpoints fail with errors naming the problem: fewer or more experts
 # in the config than on disk (the router's shape is named), a missing
 # expert tensor, top-k above the expert count, an expert tensor of the
-# wrong shape. Usage: test_moe_load.sh PATH/TO/lmc
+# wrong shape; `lmc train --arch mixtral|qwen3moe` from scratch writes a
+# checkpoint that loads and generates. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -60,5 +61,20 @@ s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
 open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
 PY
 expect "experts.2.w3.weight" "missing expert tensor"
+# from scratch: lmc train --arch mixtral|qwen3moe writes a checkpoint lmc loads and generates from
+for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 17))"; done >"$TMP/corpus.txt"
+"$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" >/dev/null 2>&1
+"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/corpus.txt" --docs line --val-fraction 0.1 -o "$TMP/data" >/dev/null 2>&1
+ok $? "prepare-data"
+for a in mixtral qwen3moe; do
+  "$LMC" train --data "$TMP/data" --arch $a --layers 2 --hidden 64 --heads 4 --kv-heads 2 --batch 2 --seq 16 \
+    --steps 2 --lr 3e-3 --warmup 1 --save-every 2 --threads 2 -o "$TMP/run_$a" >"$TMP/out" 2>&1
+  ok $? "train --arch $a: $(tail -3 "$TMP/out")"
+  "$LMC" info -m "$TMP/run_$a/step_000002" --json >"$TMP/i.json" 2>&1 &&
+    python3 -c "import json,sys; i=json.load(open(sys.argv[1])); assert i['experts']==8 and i['active_parameters']<i['parameters']" "$TMP/i.json"
+  ok $? "$a checkpoint: info $(head -c 300 "$TMP/i.json")"
+  "$LMC" generate -m "$TMP/run_$a/step_000002" -p "the" -n 4 >"$TMP/out" 2>&1
+  ok $? "$a checkpoint: generate $(tail -2 "$TMP/out")"
+done
 echo "test_moe_load: $pass passed, $fail failed"
 [ $fail = 0 ]
