@@ -20,6 +20,8 @@ struct moecase {
     int64_t n, C, E, k, I;
     bool norm;
     double *h, *res, *wr, *wx; /* wx: E x (gate (I,C), up (I,C), down (C,I)) */
+    int64_t SI;                /* shared expert width (0: none) */
+    double *ws;                /* gate (SI,C), up (SI,C), down (C,SI), shared gate (C) */
 };
 
 static int64_t xsz(const struct moecase *m) { return 3 * m->I * m->C; }
@@ -69,6 +71,23 @@ static void ref_fwd(const struct moecase *m, const double *h, const double *wr, 
                 y[t * C + c] += w * o;
             }
         }
+        if (m->SI > 0) {
+            int64_t SI = m->SI;
+            const double *G = m->ws, *U = G + SI * C, *D = U + SI * C, *sgw = D + C * SI;
+            double sa[64], l = 0;
+            for (int64_t c = 0; c < C; c++) l += sgw[c] * x[c];
+            double sig = 1 / (1 + exp(-l));
+            for (int64_t i = 0; i < SI; i++) {
+                double g = 0, u = 0;
+                for (int64_t c = 0; c < C; c++) g += G[i * C + c] * x[c], u += U[i * C + c] * x[c];
+                sa[i] = g / (1 + exp(-g)) * u;
+            }
+            for (int64_t c = 0; c < C; c++) {
+                double o = 0;
+                for (int64_t i = 0; i < SI; i++) o += D[c * SI + i] * sa[i];
+                y[t * C + c] += sig * o;
+            }
+        }
     }
 }
 
@@ -108,6 +127,9 @@ static void run_case(const char *name, struct moecase *m, const struct lmc_backe
     c.num_experts_per_tok = m->k;
     c.moe_intermediate_size = I;
     c.norm_topk_prob = m->norm;
+    c.shared_expert_intermediate_size = m->SI;
+    int64_t SI = m->SI, nws = SI > 0 ? 3 * SI * C + C : 0;
+    float *ws = nws ? to_f32(m->ws, nws) : NULL, *gws = nws ? calloc((size_t)nws, sizeof(float)) : NULL;
     float *h = to_f32(m->h, n * C), *res = to_f32(m->res, n * C), *wr = to_f32(m->wr, E * C);
     float *wx = to_f32(m->wx, E * nx);
     struct lmc_linear ex[64 * LMC_X_N], gex[64 * LMC_X_N];
@@ -121,6 +143,14 @@ static void run_case(const char *name, struct moecase *m, const struct lmc_backe
     float *gwr = calloc((size_t)(E * C), sizeof(float)), *gwx = calloc((size_t)(E * nx), sizeof(float));
     W.lin[LMC_L_ROUTER].w = (struct lmc_mat){LMC_DTYPE_F32, E, C, wr};
     G.lin[LMC_L_ROUTER].w = (struct lmc_mat){LMC_DTYPE_F32, E, C, gwr};
+    if (SI > 0) {
+        int64_t shape[4][2] = {{SI, C}, {SI, C}, {C, SI}, {1, C}};
+        int slot[4] = {LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_SHARED_GATE};
+        for (int x = 0; x < 4; x++) {
+            W.lin[slot[x]].w = (struct lmc_mat){LMC_DTYPE_F32, shape[x][0], shape[x][1], ws + x * SI * C};
+            G.lin[slot[x]].w = (struct lmc_mat){LMC_DTYPE_F32, shape[x][0], shape[x][1], gws + x * SI * C};
+        }
+    }
     for (int64_t e = 0; e < E; e++) {
         int64_t shape[3][2] = {{I, C}, {I, C}, {C, I}};
         for (int x = 0; x < LMC_X_N; x++) {
@@ -181,12 +211,19 @@ static void run_case(const char *name, struct moecase *m, const struct lmc_backe
             worst = err > worst ? err : worst;
         }
         CHECK_MSG(worst < 2e-3, "%s: d experts worst rel err %.3e", name, worst);
+        worst = 0;
+        for (int64_t i = 0; i < nws; i++) {
+            double d = fd(m, m->ws, i, dy), err = fabs(d - gws[i]) / (fabs(d) + 1e-2);
+            worst = err > worst ? err : worst;
+        }
+        CHECK_MSG(worst < 2e-3, "%s: d shared expert worst rel err %.3e", name, worst);
         free(dy);
         free(dyf);
         free(dh);
         free(scratch);
     }
     free(h), free(res), free(wr), free(wx), free(gwr), free(gwx), free(save), free(y), free(y2), free(yr);
+    free(ws), free(gws);
 }
 
 static void make(struct moecase *m, uint64_t seed) {
@@ -199,6 +236,9 @@ static void make(struct moecase *m, uint64_t seed) {
     for (int64_t i = 0; i < n * C; i++) m->h[i] = test_rand(&s), m->res[i] = test_rand(&s);
     for (int64_t i = 0; i < E * C; i++) m->wr[i] = test_rand(&s);
     for (int64_t i = 0; i < E * xsz(m); i++) m->wx[i] = 0.5 * test_rand(&s);
+    int64_t nws = m->SI > 0 ? 3 * m->SI * C + C : 0;
+    m->ws = nws ? malloc((size_t)nws * sizeof(double)) : NULL;
+    for (int64_t i = 0; i < nws; i++) m->ws[i] = 0.5 * test_rand(&s);
 }
 
 /* The backend's grouped GEMM against a float64 per-expert loop: rows of
@@ -240,7 +280,7 @@ static void gemm_case(const struct lmc_backend *be, const int64_t *off, int64_t 
     free(x), free(dy), free(w), free(dw), free(y), free(dx), free(ry), free(rdx), free(rdw);
 }
 
-static void drop(struct moecase *m) { free(m->h), free(m->res), free(m->wr), free(m->wx); }
+static void drop(struct moecase *m) { free(m->h), free(m->res), free(m->wr), free(m->wx), free(m->ws); }
 
 static void parse_errors(void) {
     const char *bad = "{\"model_type\":\"mixtral\",\"vocab_size\":32,\"hidden_size\":16,\"intermediate_size\":8,"
@@ -300,6 +340,12 @@ int main(void) {
     gemm_case(&be, off2, 3, 17, 5, 12);
     const int64_t off3[] = {0, 1, 2, 3};
     gemm_case(&be, off3, 3, 33, 19, 13);
+    /* a shared expert with its sigmoid gate (Qwen2-MoE) */
+    struct moecase q = {.n = 7, .C = 11, .E = 6, .k = 2, .I = 5, .norm = false, .SI = 9};
+    make(&q, 4);
+    run_case("qwen2moe shared expert", &q, &be, true, 0, false);
+    run_case("qwen2moe shared expert, per-expert path", &q, &plain, true, 0, false);
+    drop(&q);
     drop(&a);
     drop(&b);
     drop(&d);

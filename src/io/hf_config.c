@@ -19,7 +19,7 @@
 #define CFG_MAX_VOCAB ((int64_t)1 << 24) /* inclusive */
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEAD_DIM 1024
-#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe"
+#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe"
 
 /* Parsing context: the file label for messages. */
 struct cfg_ctx {
@@ -256,7 +256,7 @@ static lmc_status cfg_act(struct cfg_ctx *x, const char *key, const char *name, 
 
 /* The expert fields of mixtral / qwen3_moe (mixtral: experts as wide as
  * intermediate_size, top-k always renormalised). */
-static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c, bool mixtral) {
+static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c, bool mixtral, bool shared) {
     lmc_status s;
     const char *ne = cJSON_GetObjectItemCaseSensitive(root, "num_local_experts") ? "num_local_experts"
                                                                                  : "num_experts";
@@ -276,6 +276,9 @@ static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_confi
                          &c->moe_intermediate_size)))
             return s;
         if ((s = cfg_bool(x, root, "", "norm_topk_prob", false, &c->norm_topk_prob))) return s;
+        if (shared && (s = cfg_int(x, root, "", "shared_expert_intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1,
+                                   &c->shared_expert_intermediate_size)))
+            return s;
         int64_t step = 1;
         if ((s = cfg_int(x, root, "", "decoder_sparse_step", false, 1, 1, CFG_MAX_LAYERS, &step))) return s;
         const cJSON *only = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers");
@@ -295,10 +298,13 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
     bool qwen3 = strcmp(c->model_type, "qwen3") == 0;
     bool mixtral = strcmp(c->model_type, "mixtral") == 0;
     bool qwen3moe = strcmp(c->model_type, "qwen3_moe") == 0;
-    c->arch = qwen3 ? LMC_ARCH_QWEN3 : mixtral ? LMC_ARCH_MIXTRAL : qwen3moe ? LMC_ARCH_QWEN3MOE : LMC_ARCH_LLAMA;
+    bool qwen2moe = strcmp(c->model_type, "qwen2_moe") == 0;
+    c->arch = qwen3 ? LMC_ARCH_QWEN3 : mixtral ? LMC_ARCH_MIXTRAL : qwen3moe ? LMC_ARCH_QWEN3MOE
+            : qwen2moe ? LMC_ARCH_QWEN2MOE : LMC_ARCH_LLAMA;
     c->qk_norm = qwen3 || qwen3moe;
-    if ((mixtral || qwen3moe) && (s = cfg_moe(x, root, c, mixtral))) return s;
+    if ((mixtral || qwen3moe || qwen2moe) && (s = cfg_moe(x, root, c, mixtral, qwen2moe))) return s;
     if (qwen3moe) qwen3 = true; /* the Qwen3 defaults below */
+    if (qwen2moe) qwen2 = true; /* Qwen2's attention (q/k/v biases) and defaults */
     if ((s = cfg_int(x, root, "", "vocab_size", true, 0, 1, CFG_MAX_VOCAB, &c->vocab_size))) return s;
     if ((s = cfg_int(x, root, "", "hidden_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->hidden_size))) return s;
     if ((s = cfg_int(x, root, "", "intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->intermediate_size)))
@@ -451,7 +457,8 @@ lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len, 
         goto out;
     }
     bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0 ||
-                 strcmp(mt, "qwen3") == 0 || strcmp(mt, "mixtral") == 0 || strcmp(mt, "qwen3_moe") == 0;
+                 strcmp(mt, "qwen3") == 0 || strcmp(mt, "mixtral") == 0 || strcmp(mt, "qwen3_moe") == 0 ||
+                 strcmp(mt, "qwen2_moe") == 0;
     bool gpt2 = strcmp(mt, "gpt2") == 0;
     if (!llama && !gpt2) {
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: " CFG_SUPPORTED ")",

@@ -12,7 +12,7 @@
 #include <string.h>
 
 static const struct lmc_architecture *const archs[] = {&lmc_arch_llama, &lmc_arch_gpt2, &lmc_arch_qwen3,
-                                                       &lmc_arch_mixtral, &lmc_arch_qwen3moe};
+                                                       &lmc_arch_mixtral, &lmc_arch_qwen3moe, &lmc_arch_qwen2moe};
 #define N_ARCHS ((int)(sizeof archs / sizeof *archs))
 
 const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
@@ -21,7 +21,7 @@ const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
     static const struct lmc_architecture *const by_enum[] = {
         [LMC_ARCH_LLAMA] = &lmc_arch_llama, [LMC_ARCH_GPT2] = &lmc_arch_gpt2,
         [LMC_ARCH_QWEN3] = &lmc_arch_qwen3, [LMC_ARCH_MIXTRAL] = &lmc_arch_mixtral,
-        [LMC_ARCH_QWEN3MOE] = &lmc_arch_qwen3moe};
+        [LMC_ARCH_QWEN3MOE] = &lmc_arch_qwen3moe, [LMC_ARCH_QWEN2MOE] = &lmc_arch_qwen2moe};
     LMC_ASSERT((int)c->arch >= 0 && (size_t)c->arch < sizeof by_enum / sizeof *by_enum);
     return by_enum[c->arch];
 }
@@ -32,7 +32,7 @@ const struct lmc_architecture *lmc_arch_find(const char *name) {
     return NULL;
 }
 
-const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe"; }
+const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe, qwen2moe"; }
 
 int64_t lmc_arch_rot_dim(const struct lmc_architecture *a, const struct lmc_config *c) {
     if (a->learned_pos) return 0;
@@ -51,6 +51,7 @@ static int64_t dim_of(const struct lmc_config *c, int d) {
     case LMC_D_3C: return 3 * c->hidden_size;
     case LMC_D_E: return c->num_experts;
     case LMC_D_EI: return c->moe_intermediate_size;
+    case LMC_D_SI: return c->shared_expert_intermediate_size;
     default: return 1;
     }
 }
@@ -244,6 +245,8 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err) {
         {"num_experts x hidden_size", c->num_experts > 0 ? c->num_experts : 1, c->hidden_size},
         {"moe_intermediate_size x hidden_size", c->num_experts > 0 ? c->moe_intermediate_size : 1,
          c->hidden_size},
+        {"shared_expert_intermediate_size x hidden_size",
+         c->shared_expert_intermediate_size > 0 ? c->shared_expert_intermediate_size : 1, c->hidden_size},
         {"num_layers x num_experts x moe_intermediate_size", c->num_layers,
          c->num_experts > 0 ? c->num_experts * c->moe_intermediate_size : 1},
     };

@@ -28,6 +28,7 @@ enum lmc_dimsym {
     LMC_D_3C,     /* 3 * hidden_size (GPT-2's fused c_attn) */
     LMC_D_E,      /* num_experts (the router's rows) */
     LMC_D_EI,     /* moe_intermediate_size (one expert's width) */
+    LMC_D_SI,     /* shared_expert_intermediate_size */
 };
 
 /* What a tensor is: the optimizer's decay rule, initialisation and `lmc
@@ -165,6 +166,6 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
 
 /* Architectures (arch_*.c). */
 extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3, lmc_arch_mixtral,
-    lmc_arch_qwen3moe;
+    lmc_arch_qwen3moe, lmc_arch_qwen2moe;
 
 #endif

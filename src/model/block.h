@@ -21,7 +21,8 @@
 #include <stdint.h>
 
 /* Linear slots of a block. */
-enum lmc_lslot { LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_ROUTER, LMC_L_N };
+enum lmc_lslot { LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_ROUTER,
+                 LMC_L_SHARED_GATE /* (1, C): sigmoid gate of a shared expert */, LMC_L_N };
 /* Linears of one expert (mixture of experts: lmc_block_w.experts). */
 enum lmc_xslot { LMC_X_GATE, LMC_X_UP, LMC_X_DOWN, LMC_X_N };
 /* Vector slots of a block (f32). */

@@ -6,7 +6,10 @@
  * counting sort of the n x k choices) so that each expert runs one GEMM
  * over its rows (the backend's grouped GEMM, moe_gemm, for plain dense
  * experts; else lmc_linear per expert, any weight format); the weighted
- * expert outputs are summed per token onto the residual. Forward in every
+ * expert outputs are summed per token onto the residual. A shared expert
+ * (Qwen2-MoE: shared_expert_intermediate_size > 0, a dense SwiGLU in the
+ * block's gate/up/down slots) adds sigmoid(h . shared_gate) times its
+ * output for every token. Forward in every
  * run mode (each row of a batched step is routed on its own) and backward
  * through the experts and the router. Routing runs on host memory. */
 #include "core/core.h"
@@ -28,6 +31,9 @@ struct moe_save {
     float *xs;          /* (n k, C) gathered inputs */
     float *g, *u, *a;   /* (n k, I) gate, up, silu(gate) * up */
     float *o;           /* (n k, C) expert outputs */
+    float *sg, *su, *sa; /* (n, SI) the shared expert's gate, up, act (when it exists) */
+    float *so;          /* (n, C) its output */
+    float *sl;          /* (n) its gate logit */
 };
 
 static int64_t carve(const struct lmc_config *c, int64_t n, float *p, struct moe_save *s) {
@@ -47,6 +53,14 @@ static int64_t carve(const struct lmc_config *c, int64_t n, float *p, struct moe
     TAKE(u, float, nk * I);
     TAKE(a, float, nk * I);
     TAKE(o, float, nk * C);
+    int64_t SI = c->shared_expert_intermediate_size;
+    if (SI > 0) {
+        TAKE(sg, float, n * SI);
+        TAKE(su, float, n * SI);
+        TAKE(sa, float, n * SI);
+        TAKE(so, float, n * C);
+        TAKE(sl, float, n);
+    }
 #undef TAKE
     return at;
 }
@@ -57,8 +71,9 @@ static int64_t moe_save_floats(const struct lmc_config *c, int64_t n, enum lmc_r
 }
 
 static int64_t moe_bwd_floats(const struct lmc_config *c, int64_t n) {
-    int64_t nk = n * c->num_experts_per_tok;
-    return A16(nk * c->hidden_size) + 2 * A16(nk * c->moe_intermediate_size) + A16(n * c->num_experts);
+    int64_t nk = n * c->num_experts_per_tok, SI = c->shared_expert_intermediate_size;
+    int64_t shared = SI > 0 ? A16(n * c->hidden_size) + 2 * A16(n * SI) + A16(n) : 0;
+    return A16(nk * c->hidden_size) + 2 * A16(nk * c->moe_intermediate_size) + A16(n * c->num_experts) + shared;
 }
 
 /* probs (logits on entry) -> softmax; sel/wts: top-k; perm/row/off: grouping. */
@@ -165,12 +180,24 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         float *o = s.o + r0 * C;
         lmc_linear_fwd(be, 1, &D, &o, s.a + r0 * I, m);
     }
-    for (int64_t t = 0; t < n; t++)
+    int64_t SI = c->shared_expert_intermediate_size;
+    if (SI > 0) { /* the shared expert and its gate logit */
+        const struct lmc_linear *GU[3] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP], &W->lin[LMC_L_SHARED_GATE]};
+        float *ys[3] = {s.sg, s.su, s.sl};
+        lmc_linear_fwd(be, 3, GU, ys, h, n);
+        be->swiglu(be->ctx, s.sa, s.sg, s.su, n * SI);
+        const struct lmc_linear *D = &W->lin[LMC_L_DOWN];
+        lmc_linear_fwd(be, 1, &D, &s.so, s.sa, n);
+    }
+    for (int64_t t = 0; t < n; t++) {
+        float sig = SI > 0 ? 1.0f / (1.0f + expf(-s.sl[t])) : 0.0f;
         for (int64_t ch = 0; ch < C; ch++) {
             float acc = 0;
             for (int64_t j = 0; j < k; j++) acc += s.wts[t * k + j] * s.o[(int64_t)s.row[t * k + j] * C + ch];
+            if (SI > 0) acc += sig * s.so[t * C + ch];
             y[t * C + ch] = res[t * C + ch] + acc;
         }
+    }
 }
 
 static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
@@ -258,6 +285,27 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER], *GR = &G->lin[LMC_L_ROUTER];
     const float *dl = dlog;
     lmc_linear_bwd(be, 1, &R, &GR, dh, &dl, h, n, true);
+    int64_t SI = c->shared_expert_intermediate_size;
+    if (SI <= 0) return;
+    /* shared expert: y += sig(l) so; dso = sig dy, dl = sig (1 - sig) (dy . so) */
+    float *dso = dlog + A16(n * E), *dsg = dso + A16(n * C), *dsu = dsg + A16(n * SI), *dsl = dsu + A16(n * SI);
+    for (int64_t t = 0; t < n; t++) {
+        float sig = 1.0f / (1.0f + expf(-s.sl[t]));
+        double dot = 0;
+        for (int64_t ch = 0; ch < C; ch++) {
+            dot += (double)dy[t * C + ch] * s.so[t * C + ch];
+            dso[t * C + ch] = sig * dy[t * C + ch];
+        }
+        dsl[t] = (float)(sig * (1.0f - sig) * dot);
+    }
+    const struct lmc_linear *D = &W->lin[LMC_L_DOWN], *GD = &G->lin[LMC_L_DOWN];
+    const float *d = dso;
+    lmc_linear_bwd(be, 1, &D, &GD, dsg, &d, s.sa, n, false);
+    be->swiglu_bwd(be->ctx, dsg, dsu, dsg, s.sg, s.su, n * SI); /* dgate over dsg */
+    const struct lmc_linear *L[3] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP], &W->lin[LMC_L_SHARED_GATE]};
+    const struct lmc_linear *GL[3] = {&G->lin[LMC_L_GATE], &G->lin[LMC_L_UP], &G->lin[LMC_L_SHARED_GATE]};
+    const float *dys[3] = {dsg, dsu, dsl};
+    lmc_linear_bwd(be, 3, L, GL, dh, dys, h, n, true);
 }
 
 static const char *moe_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
