@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test_info_tensors.sh — `lmc info --tensors` lists the architecture's
 # tensor spec table for a model: for every fixture (llama, qwen2, gpt2,
-# qwen3; mixtral, qwen3moe with one row per expert tensor) each tensor of model.safetensors appears once with its on-disk
-# shape and dtype, nothing else is listed except a tied head marked absent,
+# qwen3; mixtral, qwen3moe with one row per expert tensor) each tensor of
+# model.safetensors appears once with its on-disk shape and dtype, nothing else is listed except a tied head marked absent,
 # roles are what the names say (embeddings, norms, biases, matrices), and
 # the text form names the same tensors. Usage: test_info_tensors.sh PATH/TO/lmc
 set -u
