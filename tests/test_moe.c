@@ -12,6 +12,7 @@
  * top-k above the expert count are refused by the parser. */
 #include "io/hf_config.h"
 #include "model/arch.h"
+#include "model/backward.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -280,6 +281,53 @@ static void gemm_case(const struct lmc_backend *be, const int64_t *off, int64_t 
     free(x), free(dy), free(w), free(dw), free(y), free(dx), free(ry), free(rdx), free(rdw);
 }
 
+/* A whole model of architecture `arch` on the CPU: the gradient of the
+ * summed loss against central differences (in float32, so loose) for the
+ * first entries of every tensor whose name contains one of `names`. */
+static void model_grads(const struct lmc_backend *be, const char *arch, const char *const *names, int n_names) {
+    struct lmc_model_shape sh = {37, 16, 2, 2, 1, 12, 64, false, 10000};
+    struct lmc_config c;
+    lmc_err err = {0};
+    struct lmc_tmodel tm;
+    struct lmc_tacts a;
+    if (lmc_config_build(&c, arch, &sh, &err) || lmc_tmodel_init(&tm, &c, be, &err) ||
+        lmc_tmodel_init_random(&tm, 7, 0.4, &err) || lmc_tacts_init(&a, &tm, be, 1, 6, false, &err)) {
+        CHECK_MSG(0, "%s: %s", arch, err.msg);
+        return;
+    }
+    int32_t in[6] = {3, 17, 5, 30, 11, 2}, tg[6] = {17, 5, 30, 11, 2, 9};
+    double L0;
+    int64_t cnt;
+    lmc_tmodel_zero_grad(&tm);
+    CHECK(!lmc_tmodel_step(&tm, be, &a, in, tg, true, 1.0f, &L0, &cnt, &err));
+    int checked = 0;
+    double worst = 0;
+    for (int i = 0; i < tm.n_params; i++) {
+        bool want = false;
+        for (int j = 0; j < n_names; j++) want |= strstr(tm.params[i].name, names[j]) != NULL;
+        if (!want) continue;
+        for (int64_t e = 0; e < 4 && e < tm.params[i].numel; e++) {
+            float *w = tm.w + tm.params[i].off + e, keep = *w, eps = 2e-3f;
+            double lp, lm;
+            *w = keep + eps;
+            lmc_tmodel_step(&tm, be, &a, in, tg, false, 1.0f, &lp, &cnt, &err);
+            *w = keep - eps;
+            lmc_tmodel_step(&tm, be, &a, in, tg, false, 1.0f, &lm, &cnt, &err);
+            *w = keep;
+            double fdv = (lp - lm) / (2.0 * eps), g = tm.g[tm.params[i].off + e];
+            double rel = fabs(fdv - g) / (fabs(fdv) + 0.05);
+            worst = rel > worst ? rel : worst;
+            if (rel > 0.03)
+                fprintf(stderr, "%s %s[%lld]: fd %.6f grad %.6f\n", arch, tm.params[i].name, (long long)e, fdv, g);
+            checked++;
+        }
+    }
+    CHECK_MSG(checked >= 4 * n_names && worst < 0.03, "%s: %d gradients vs central differences, worst %.3e", arch,
+              checked, worst);
+    lmc_tacts_free(&a);
+    lmc_tmodel_free(&tm);
+}
+
 static void drop(struct moecase *m) { free(m->h), free(m->res), free(m->wr), free(m->wx), free(m->ws); }
 
 static void parse_errors(void) {
@@ -350,6 +398,15 @@ int main(void) {
     drop(&b);
     drop(&d);
     parse_errors();
+    /* whole models: q/k norms over the full projection (olmoe), the shared expert (qwen2moe) */
+    const char *on[] = {"layers.0.self_attn.q_norm", "layers.1.self_attn.k_norm", "layers.0.mlp.gate.",
+                        "layers.1.mlp.experts.1.down_proj"};
+    model_grads(&be, "olmoe", on, 4);
+    const char *qn[] = {"layers.0.mlp.shared_expert_gate", "layers.1.mlp.shared_expert.up_proj",
+                        "layers.0.self_attn.q_proj.bias", "layers.1.mlp.gate."};
+    model_grads(&be, "qwen2moe", qn, 4);
+    const char *mn[] = {"layers.0.block_sparse_moe.gate", "layers.1.block_sparse_moe.experts.0.w1"};
+    model_grads(&be, "mixtral", mn, 2);
     lmc_backend_cpu_free(&be);
     return test_finish("test_moe");
 }

@@ -4,7 +4,7 @@
 # bad checkpoints fail with errors naming the problem: fewer or more experts
 # in the config than on disk (the router's shape is named), a missing
 # expert tensor, top-k above the expert count, an expert tensor of the
-# wrong shape; `lmc train --arch mixtral|qwen3moe|qwen2moe` from scratch writes a
+# wrong shape; `lmc train --arch mixtral|qwen3moe|qwen2moe|olmoe` from scratch writes a
 # checkpoint that loads and generates. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -66,7 +66,7 @@ for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy
 "$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" >/dev/null 2>&1
 "$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/corpus.txt" --docs line --val-fraction 0.1 -o "$TMP/data" >/dev/null 2>&1
 ok $? "prepare-data"
-for a in mixtral qwen3moe qwen2moe; do
+for a in mixtral qwen3moe qwen2moe olmoe; do
   "$LMC" train --data "$TMP/data" --arch $a --layers 2 --hidden 64 --heads 4 --kv-heads 2 --batch 2 --seq 16 \
     --steps 2 --lr 3e-3 --warmup 1 --save-every 2 --threads 2 -o "$TMP/run_$a" >"$TMP/out" 2>&1
   ok $? "train --arch $a: $(tail -3 "$TMP/out")"

@@ -19,7 +19,7 @@
 #define CFG_MAX_VOCAB ((int64_t)1 << 24) /* inclusive */
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEAD_DIM 1024
-#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe"
+#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe, olmoe"
 
 /* Parsing context: the file label for messages. */
 struct cfg_ctx {
@@ -256,7 +256,8 @@ static lmc_status cfg_act(struct cfg_ctx *x, const char *key, const char *name, 
 
 /* The expert fields of mixtral / qwen3_moe (mixtral: experts as wide as
  * intermediate_size, top-k always renormalised). */
-static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c, bool mixtral, bool shared) {
+static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c, bool mixtral, bool shared,
+                          bool olmoe) {
     lmc_status s;
     const char *ne = cJSON_GetObjectItemCaseSensitive(root, "num_local_experts") ? "num_local_experts"
                                                                                  : "num_experts";
@@ -267,10 +268,14 @@ static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_confi
         return lmc_err_set(x->err, LMC_ERR_FORMAT,
                            "%s: 'num_experts_per_tok' (%lld) exceeds the number of experts '%s' (%lld)", x->label,
                            (long long)c->num_experts_per_tok, ne, (long long)c->num_experts);
-    if (mixtral) {
+    if (mixtral || olmoe) { /* experts intermediate_size wide */
         if ((s = cfg_int(x, root, "", "intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->moe_intermediate_size)))
             return s;
         c->norm_topk_prob = true;
+        if (olmoe && (s = cfg_bool(x, root, "", "norm_topk_prob", false, &c->norm_topk_prob))) return s;
+        const cJSON *clip = cJSON_GetObjectItemCaseSensitive(root, "clip_qkv");
+        if (olmoe && clip && !cJSON_IsNull(clip))
+            return lmc_err_set(x->err, LMC_ERR_UNSUPPORTED, "%s: 'clip_qkv' is not supported yet", x->label);
     } else {
         if ((s = cfg_int(x, root, "", "moe_intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1,
                          &c->moe_intermediate_size)))
@@ -299,10 +304,12 @@ static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_con
     bool mixtral = strcmp(c->model_type, "mixtral") == 0;
     bool qwen3moe = strcmp(c->model_type, "qwen3_moe") == 0;
     bool qwen2moe = strcmp(c->model_type, "qwen2_moe") == 0;
+    bool olmoe = strcmp(c->model_type, "olmoe") == 0;
     c->arch = qwen3 ? LMC_ARCH_QWEN3 : mixtral ? LMC_ARCH_MIXTRAL : qwen3moe ? LMC_ARCH_QWEN3MOE
-            : qwen2moe ? LMC_ARCH_QWEN2MOE : LMC_ARCH_LLAMA;
-    c->qk_norm = qwen3 || qwen3moe;
-    if ((mixtral || qwen3moe || qwen2moe) && (s = cfg_moe(x, root, c, mixtral, qwen2moe))) return s;
+            : qwen2moe ? LMC_ARCH_QWEN2MOE : olmoe ? LMC_ARCH_OLMOE : LMC_ARCH_LLAMA;
+    c->qk_norm = qwen3 || qwen3moe || olmoe;
+    if ((mixtral || qwen3moe || qwen2moe || olmoe) && (s = cfg_moe(x, root, c, mixtral, qwen2moe, olmoe)))
+        return s;
     if (qwen3moe) qwen3 = true; /* the Qwen3 defaults below */
     if (qwen2moe) qwen2 = true; /* Qwen2's attention (q/k/v biases) and defaults */
     if ((s = cfg_int(x, root, "", "vocab_size", true, 0, 1, CFG_MAX_VOCAB, &c->vocab_size))) return s;
@@ -458,7 +465,7 @@ lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len, 
     }
     bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0 ||
                  strcmp(mt, "qwen3") == 0 || strcmp(mt, "mixtral") == 0 || strcmp(mt, "qwen3_moe") == 0 ||
-                 strcmp(mt, "qwen2_moe") == 0;
+                 strcmp(mt, "qwen2_moe") == 0 || strcmp(mt, "olmoe") == 0;
     bool gpt2 = strcmp(mt, "gpt2") == 0;
     if (!llama && !gpt2) {
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: " CFG_SUPPORTED ")",

@@ -13,7 +13,7 @@
 /* Which architecture file (src/model/arch_*.c) runs the model; only the
  * parser and the architecture files themselves set or read it. */
 enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3, LMC_ARCH_MIXTRAL, LMC_ARCH_QWEN3MOE,
-                LMC_ARCH_QWEN2MOE };
+                LMC_ARCH_QWEN2MOE, LMC_ARCH_OLMOE };
 enum lmc_act { LMC_ACT_SILU = 0, LMC_ACT_GELU_TANH, LMC_ACT_GELU };
 enum lmc_rope_type {
     LMC_ROPE_DEFAULT = 0,
@@ -84,7 +84,7 @@ struct lmc_config {
 /* Parses config.json text (json, len). `label` names the file in messages.
  * Validates: required fields present with the right types, sizes positive
  * and bounded (heads divide hidden, kv heads divide heads, < 2^31 etc.),
- * model_type known (llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe; others -> UNSUPPORTED naming
+ * model_type known (llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe, olmoe; others -> UNSUPPORTED naming
  * the type). */
 lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len,
                             const char *label, lmc_err *err);

@@ -12,7 +12,8 @@
 #include <string.h>
 
 static const struct lmc_architecture *const archs[] = {&lmc_arch_llama, &lmc_arch_gpt2, &lmc_arch_qwen3,
-                                                       &lmc_arch_mixtral, &lmc_arch_qwen3moe, &lmc_arch_qwen2moe};
+                                                       &lmc_arch_mixtral, &lmc_arch_qwen3moe, &lmc_arch_qwen2moe,
+                                                       &lmc_arch_olmoe};
 #define N_ARCHS ((int)(sizeof archs / sizeof *archs))
 
 const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
@@ -21,7 +22,8 @@ const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
     static const struct lmc_architecture *const by_enum[] = {
         [LMC_ARCH_LLAMA] = &lmc_arch_llama, [LMC_ARCH_GPT2] = &lmc_arch_gpt2,
         [LMC_ARCH_QWEN3] = &lmc_arch_qwen3, [LMC_ARCH_MIXTRAL] = &lmc_arch_mixtral,
-        [LMC_ARCH_QWEN3MOE] = &lmc_arch_qwen3moe, [LMC_ARCH_QWEN2MOE] = &lmc_arch_qwen2moe};
+        [LMC_ARCH_QWEN3MOE] = &lmc_arch_qwen3moe, [LMC_ARCH_QWEN2MOE] = &lmc_arch_qwen2moe,
+        [LMC_ARCH_OLMOE] = &lmc_arch_olmoe};
     LMC_ASSERT((int)c->arch >= 0 && (size_t)c->arch < sizeof by_enum / sizeof *by_enum);
     return by_enum[c->arch];
 }
@@ -32,7 +34,7 @@ const struct lmc_architecture *lmc_arch_find(const char *name) {
     return NULL;
 }
 
-const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe, qwen2moe"; }
+const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe, qwen2moe, olmoe"; }
 
 int64_t lmc_arch_rot_dim(const struct lmc_architecture *a, const struct lmc_config *c) {
     if (a->learned_pos) return 0;

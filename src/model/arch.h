@@ -166,6 +166,6 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
 
 /* Architectures (arch_*.c). */
 extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3, lmc_arch_mixtral,
-    lmc_arch_qwen3moe, lmc_arch_qwen2moe;
+    lmc_arch_qwen3moe, lmc_arch_qwen2moe, lmc_arch_olmoe;
 
 #endif
