@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test_info_tensors.sh — `lmc info --tensors` lists the architecture's
 # tensor spec table for a model: for every fixture (llama, qwen2, gpt2,
-# qwen3) each tensor of model.safetensors appears once with its on-disk
-# shape and dtype, nothing else is listed except a tied head marked absent,
+# qwen3; mixtral, qwen3moe with one row per expert tensor) each tensor of
+# model.safetensors appears once with its on-disk shape and dtype, nothing else is listed except a tied head marked absent,
 # roles are what the names say (embeddings, norms, biases, matrices), and
 # the text form names the same tensors. Usage: test_info_tensors.sh PATH/TO/lmc
 set -u
@@ -10,7 +10,7 @@ LMC="$1"
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-for m in llama-tiny qwen2-tiny gpt2-tiny qwen3-tiny; do
+for m in llama-tiny qwen2-tiny gpt2-tiny qwen3-tiny mixtral-tiny qwen3moe-tiny; do
   D=tests/fixtures/$m
   "$LMC" info -m "$D" --tensors --json >"$TMP/t.json" 2>"$TMP/err"; ok $? "$m info --tensors: $(cat "$TMP/err")"
   "$LMC" info -m "$D" --tensors >"$TMP/t.txt" 2>>"$TMP/err"; ok $? "$m info --tensors (text)"

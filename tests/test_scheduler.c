@@ -589,6 +589,8 @@ int main(void) {
     test_fixture("tests/fixtures/llama-tiny", true);
     test_fixture("tests/fixtures/qwen2-tiny", false);
     test_fixture("tests/fixtures/gpt2-tiny", false);
+    test_fixture("tests/fixtures/mixtral-tiny", false);   /* mixture of experts: each row routed */
+    test_fixture("tests/fixtures/qwen3moe-tiny", false);
     printf("test_scheduler: %.1f s\n", lmc_time_now() - t0);
     return test_finish("test_scheduler");
 }

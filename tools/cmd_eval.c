@@ -372,18 +372,26 @@ int cmd_info(int argc, char **argv) {
     size_t logitb = (size_t)k->vocab_size * sizeof(float); /* host copy for the sampler */
     size_t total = m->weight_bytes + kvb + actb + logitb;
     if (c.json) {
-        printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"layers\":%lld,"
+        printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"active_parameters\":%lld,"
+               "\"experts\":%lld,\"experts_per_token\":%lld,\"layers\":%lld,"
                "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
                "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
                "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
                k->model_type, m->arch->name, (long long)m->n_params,
-               (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
+               (long long)lmc_arch_active_params(k, m->n_params), (long long)k->num_experts,
+               (long long)k->num_experts_per_tok, (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
                (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
                (long long)ctx, kvb, actb + logitb, total);
     } else {
         printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
+        if (k->num_experts > 0) {
+            int64_t act = lmc_arch_active_params(k, m->n_params);
+            printf("experts      %lld per layer, %lld per token, width %lld; active parameters %lld (%.2f M)\n",
+                   (long long)k->num_experts, (long long)k->num_experts_per_tok,
+                   (long long)k->moe_intermediate_size, (long long)act, (double)act / 1e6);
+        }
         printf("layers       %lld, hidden %lld, intermediate %lld, vocab %lld\n", (long long)k->num_layers,
                (long long)k->hidden_size, (long long)k->intermediate_size, (long long)k->vocab_size);
         printf("attention    %lld heads, %lld kv heads, head_dim %lld%s\n", (long long)k->num_heads,

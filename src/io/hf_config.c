@@ -19,7 +19,7 @@
 #define CFG_MAX_VOCAB ((int64_t)1 << 24) /* inclusive */
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEAD_DIM 1024
-#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2"
+#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe, olmoe"
 
 /* Parsing context: the file label for messages. */
 struct cfg_ctx {
@@ -254,13 +254,64 @@ static lmc_status cfg_act(struct cfg_ctx *x, const char *key, const char *name, 
     return LMC_OK;
 }
 
+/* The expert fields of mixtral / qwen3_moe (mixtral: experts as wide as
+ * intermediate_size, top-k always renormalised). */
+static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c, bool mixtral, bool shared,
+                          bool olmoe) {
+    lmc_status s;
+    const char *ne = cJSON_GetObjectItemCaseSensitive(root, "num_local_experts") ? "num_local_experts"
+                                                                                 : "num_experts";
+    if ((s = cfg_int(x, root, "", ne, true, 0, 1, 4096, &c->num_experts))) return s;
+    if ((s = cfg_int(x, root, "", "num_experts_per_tok", true, 0, 1, 1 << 16, &c->num_experts_per_tok)))
+        return s;
+    if (c->num_experts_per_tok > c->num_experts)
+        return lmc_err_set(x->err, LMC_ERR_FORMAT,
+                           "%s: 'num_experts_per_tok' (%lld) exceeds the number of experts '%s' (%lld)", x->label,
+                           (long long)c->num_experts_per_tok, ne, (long long)c->num_experts);
+    if (mixtral || olmoe) { /* experts intermediate_size wide */
+        if ((s = cfg_int(x, root, "", "intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->moe_intermediate_size)))
+            return s;
+        c->norm_topk_prob = true;
+        if (olmoe && (s = cfg_bool(x, root, "", "norm_topk_prob", false, &c->norm_topk_prob))) return s;
+        const cJSON *clip = cJSON_GetObjectItemCaseSensitive(root, "clip_qkv");
+        if (olmoe && clip && !cJSON_IsNull(clip))
+            return lmc_err_set(x->err, LMC_ERR_UNSUPPORTED, "%s: 'clip_qkv' is not supported yet", x->label);
+    } else {
+        if ((s = cfg_int(x, root, "", "moe_intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1,
+                         &c->moe_intermediate_size)))
+            return s;
+        if ((s = cfg_bool(x, root, "", "norm_topk_prob", false, &c->norm_topk_prob))) return s;
+        if (shared && (s = cfg_int(x, root, "", "shared_expert_intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1,
+                                   &c->shared_expert_intermediate_size)))
+            return s;
+        int64_t step = 1;
+        if ((s = cfg_int(x, root, "", "decoder_sparse_step", false, 1, 1, CFG_MAX_LAYERS, &step))) return s;
+        const cJSON *only = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers");
+        if (step != 1 || (cJSON_IsArray(only) && cJSON_GetArraySize(only) > 0))
+            return lmc_err_set(x->err, LMC_ERR_UNSUPPORTED,
+                               "%s: dense layers among the expert layers ('decoder_sparse_step' %lld, "
+                               "'mlp_only_layers') are not supported yet", x->label, (long long)step);
+    }
+    if ((s = cfg_bool(x, root, "", "output_router_logits", false, &c->output_router_logits))) return s;
+    return cfg_num(x, root, "", "router_aux_loss_coef", 0.001, 0.0, 1e6, &c->router_aux_loss_coef);
+}
+
 static lmc_status cfg_llama(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c) {
     lmc_status s;
     bool qwen2 = strcmp(c->model_type, "qwen2") == 0;
     bool mistral = strcmp(c->model_type, "mistral") == 0;
     bool qwen3 = strcmp(c->model_type, "qwen3") == 0;
-    c->arch = qwen3 ? LMC_ARCH_QWEN3 : LMC_ARCH_LLAMA;
-    c->qk_norm = qwen3;
+    bool mixtral = strcmp(c->model_type, "mixtral") == 0;
+    bool qwen3moe = strcmp(c->model_type, "qwen3_moe") == 0;
+    bool qwen2moe = strcmp(c->model_type, "qwen2_moe") == 0;
+    bool olmoe = strcmp(c->model_type, "olmoe") == 0;
+    c->arch = qwen3 ? LMC_ARCH_QWEN3 : mixtral ? LMC_ARCH_MIXTRAL : qwen3moe ? LMC_ARCH_QWEN3MOE
+            : qwen2moe ? LMC_ARCH_QWEN2MOE : olmoe ? LMC_ARCH_OLMOE : LMC_ARCH_LLAMA;
+    c->qk_norm = qwen3 || qwen3moe || olmoe;
+    if ((mixtral || qwen3moe || qwen2moe || olmoe) && (s = cfg_moe(x, root, c, mixtral, qwen2moe, olmoe)))
+        return s;
+    if (qwen3moe) qwen3 = true; /* the Qwen3 defaults below */
+    if (qwen2moe) qwen2 = true; /* Qwen2's attention (q/k/v biases) and defaults */
     if ((s = cfg_int(x, root, "", "vocab_size", true, 0, 1, CFG_MAX_VOCAB, &c->vocab_size))) return s;
     if ((s = cfg_int(x, root, "", "hidden_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->hidden_size))) return s;
     if ((s = cfg_int(x, root, "", "intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1, &c->intermediate_size)))
@@ -413,7 +464,8 @@ lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len, 
         goto out;
     }
     bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0 ||
-                 strcmp(mt, "qwen3") == 0;
+                 strcmp(mt, "qwen3") == 0 || strcmp(mt, "mixtral") == 0 || strcmp(mt, "qwen3_moe") == 0 ||
+                 strcmp(mt, "qwen2_moe") == 0 || strcmp(mt, "olmoe") == 0;
     bool gpt2 = strcmp(mt, "gpt2") == 0;
     if (!llama && !gpt2) {
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: " CFG_SUPPORTED ")",

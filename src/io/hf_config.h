@@ -12,7 +12,8 @@
 
 /* Which architecture file (src/model/arch_*.c) runs the model; only the
  * parser and the architecture files themselves set or read it. */
-enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3 };
+enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3, LMC_ARCH_MIXTRAL, LMC_ARCH_QWEN3MOE,
+                LMC_ARCH_QWEN2MOE, LMC_ARCH_OLMOE };
 enum lmc_act { LMC_ACT_SILU = 0, LMC_ACT_GELU_TANH, LMC_ACT_GELU };
 enum lmc_rope_type {
     LMC_ROPE_DEFAULT = 0,
@@ -70,12 +71,20 @@ struct lmc_config {
     bool gen_do_sample;
     double gen_temperature, gen_top_p, gen_min_p, gen_repetition_penalty;
     int64_t gen_top_k;
+    /* mixture of experts (mixtral, qwen3_moe; 0 experts: dense) */
+    int64_t num_experts;            /* num_local_experts / num_experts */
+    int64_t num_experts_per_tok;    /* top-k */
+    int64_t moe_intermediate_size;  /* each expert's width (mixtral: intermediate_size) */
+    bool norm_topk_prob;            /* renormalise the top-k probabilities (mixtral: always) */
+    int64_t shared_expert_intermediate_size; /* qwen2_moe's shared expert (sigmoid-gated); 0: none */
+    bool output_router_logits;      /* training adds the load-balancing loss */
+    double router_aux_loss_coef;
 };
 
 /* Parses config.json text (json, len). `label` names the file in messages.
  * Validates: required fields present with the right types, sizes positive
  * and bounded (heads divide hidden, kv heads divide heads, < 2^31 etc.),
- * model_type known (llama, mistral, qwen2, qwen3, gpt2; others -> UNSUPPORTED naming
+ * model_type known (llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe, olmoe; others -> UNSUPPORTED naming
  * the type). */
 lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len,
                             const char *label, lmc_err *err);

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct lmc_architecture *const archs[] = {&lmc_arch_llama, &lmc_arch_gpt2, &lmc_arch_qwen3};
+static const struct lmc_architecture *const archs[] = {&lmc_arch_llama, &lmc_arch_gpt2, &lmc_arch_qwen3,
+                                                       &lmc_arch_mixtral, &lmc_arch_qwen3moe, &lmc_arch_qwen2moe,
+                                                       &lmc_arch_olmoe};
 #define N_ARCHS ((int)(sizeof archs / sizeof *archs))
 
 const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
@@ -19,7 +21,9 @@ const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
      * registry is indexed by it */
     static const struct lmc_architecture *const by_enum[] = {
         [LMC_ARCH_LLAMA] = &lmc_arch_llama, [LMC_ARCH_GPT2] = &lmc_arch_gpt2,
-        [LMC_ARCH_QWEN3] = &lmc_arch_qwen3};
+        [LMC_ARCH_QWEN3] = &lmc_arch_qwen3, [LMC_ARCH_MIXTRAL] = &lmc_arch_mixtral,
+        [LMC_ARCH_QWEN3MOE] = &lmc_arch_qwen3moe, [LMC_ARCH_QWEN2MOE] = &lmc_arch_qwen2moe,
+        [LMC_ARCH_OLMOE] = &lmc_arch_olmoe};
     LMC_ASSERT((int)c->arch >= 0 && (size_t)c->arch < sizeof by_enum / sizeof *by_enum);
     return by_enum[c->arch];
 }
@@ -30,7 +34,7 @@ const struct lmc_architecture *lmc_arch_find(const char *name) {
     return NULL;
 }
 
-const char *lmc_arch_names(void) { return "llama, gpt2, qwen3"; }
+const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe, qwen2moe, olmoe"; }
 
 int64_t lmc_arch_rot_dim(const struct lmc_architecture *a, const struct lmc_config *c) {
     if (a->learned_pos) return 0;
@@ -47,6 +51,9 @@ static int64_t dim_of(const struct lmc_config *c, int d) {
     case LMC_D_HD: return c->head_dim;
     case LMC_D_P: return c->max_position_embeddings;
     case LMC_D_3C: return 3 * c->hidden_size;
+    case LMC_D_E: return c->num_experts;
+    case LMC_D_EI: return c->moe_intermediate_size;
+    case LMC_D_SI: return c->shared_expert_intermediate_size;
     default: return 1;
     }
 }
@@ -63,14 +70,16 @@ static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, 
     }
 }
 
-static lmc_status visit(const struct lmc_config *c, const struct lmc_tensor_spec *s, int64_t layer,
-                        lmc_tensor_fn fn, void *user, lmc_err *err) {
+static lmc_status visit_one(const struct lmc_config *c, const struct lmc_tensor_spec *s, int64_t layer,
+                            int64_t expert, lmc_tensor_fn fn, void *user, lmc_err *err) {
     struct lmc_tensor_ref t;
     memset(&t, 0, sizeof t);
     if (!exists(c, s, &t.required)) return LMC_OK;
     t.spec = s;
     t.layer = layer;
-    if (s->per_layer) snprintf(t.name, sizeof t.name, s->name, (long long)layer);
+    t.expert = expert;
+    if (expert >= 0) snprintf(t.name, sizeof t.name, s->name, (long long)layer, (long long)expert);
+    else if (s->per_layer) snprintf(t.name, sizeof t.name, s->name, (long long)layer);
     else snprintf(t.name, sizeof t.name, "%s", s->name);
     t.ndim = s->dim[1] == LMC_D_1 ? 1 : 2;
     t.rows = dim_of(c, s->dim[0]);
@@ -87,6 +96,18 @@ static lmc_status visit(const struct lmc_config *c, const struct lmc_tensor_spec
         return lmc_err_set(err, LMC_ERR_ARG, "tensor '%s': %lld rows do not split in %d", t.name,
                            (long long)t.rows, parts);
     return fn(user, &t, err);
+}
+
+/* Expert tensors expand to one per expert, in expert order. */
+static lmc_status visit(const struct lmc_config *c, const struct lmc_tensor_spec *s, int64_t layer,
+                        lmc_tensor_fn fn, void *user, lmc_err *err) {
+    if (s->kind != LMC_TK_EXPERT_W) return visit_one(c, s, layer, -1, fn, user, err);
+    if (c->num_experts <= 0)
+        return lmc_err_set(err, LMC_ERR_ARG, "tensor '%s': the config has no experts", s->name);
+    lmc_status st;
+    for (int64_t e = 0; e < c->num_experts; e++)
+        if ((st = visit_one(c, s, layer, e, fn, user, err))) return st;
+    return LMC_OK;
 }
 
 lmc_status lmc_arch_walk(const struct lmc_architecture *a, const struct lmc_config *c, lmc_tensor_fn fn,
@@ -147,12 +168,35 @@ void lmc_weights_bind(struct lmc_weights *w, const struct lmc_tensor_ref *t, con
         for (int i = 0; i < parts; i++)
             w->layers[t->layer].lin[s->slot + i].bias = data ? (const float *)data + i * pr : NULL;
         break;
+    case LMC_TK_EXPERT_W: {
+        struct lmc_linear *X = &w->layers[t->layer].experts[t->expert * LMC_X_N + s->slot];
+        X->w = m;
+        break;
+    }
     case LMC_TK_VEC:
         w->layers[t->layer].vec[s->slot] = data;
         w->layers[t->layer].vec_n[s->slot] = t->rows;
         break;
     default: LMC_ASSERT(!"unknown tensor kind");
     }
+}
+
+struct lmc_block_w *lmc_weights_layers_alloc(const struct lmc_config *c) {
+    int64_t L = c->num_layers, nx = c->num_experts > 0 ? c->num_experts * LMC_X_N : 0;
+    if (L <= 0 || L > (1 << 20) || nx < 0 || nx > ((int64_t)1 << 20)) return NULL;
+    size_t head = (size_t)L * sizeof(struct lmc_block_w);
+    head = (head + 63) / 64 * 64;
+    struct lmc_block_w *ls = calloc(1, head + (size_t)L * (size_t)nx * sizeof(struct lmc_linear));
+    if (!ls) return NULL;
+    for (int64_t l = 0; nx && l < L; l++)
+        ls[l].experts = (struct lmc_linear *)((char *)ls + head) + l * nx;
+    return ls;
+}
+
+int64_t lmc_arch_active_params(const struct lmc_config *c, int64_t total) {
+    if (c->num_experts <= 0) return total;
+    int64_t per = 3 * c->moe_intermediate_size * c->hidden_size; /* gate, up, down */
+    return total - c->num_layers * (c->num_experts - c->num_experts_per_tok) * per;
 }
 
 lmc_status lmc_config_build(struct lmc_config *c, const char *arch, const struct lmc_model_shape *s,
@@ -200,6 +244,13 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err) {
         {"num_kv_heads x head_dim", c->num_kv_heads, c->head_dim},
         {"max_position_embeddings x hidden_size", c->max_position_embeddings, c->hidden_size},
         {"num_layers x hidden_size", c->num_layers, c->hidden_size},
+        {"num_experts x hidden_size", c->num_experts > 0 ? c->num_experts : 1, c->hidden_size},
+        {"moe_intermediate_size x hidden_size", c->num_experts > 0 ? c->moe_intermediate_size : 1,
+         c->hidden_size},
+        {"shared_expert_intermediate_size x hidden_size",
+         c->shared_expert_intermediate_size > 0 ? c->shared_expert_intermediate_size : 1, c->hidden_size},
+        {"num_layers x num_experts x moe_intermediate_size", c->num_layers,
+         c->num_experts > 0 ? c->num_experts * c->moe_intermediate_size : 1},
     };
     for (size_t i = 0; i < sizeof prods / sizeof *prods; i++) {
         int64_t p;

@@ -26,6 +26,9 @@ enum lmc_dimsym {
     LMC_D_HD,     /* head_dim */
     LMC_D_P,      /* max_position_embeddings */
     LMC_D_3C,     /* 3 * hidden_size (GPT-2's fused c_attn) */
+    LMC_D_E,      /* num_experts (the router's rows) */
+    LMC_D_EI,     /* moe_intermediate_size (one expert's width) */
+    LMC_D_SI,     /* shared_expert_intermediate_size */
 };
 
 /* What a tensor is: the optimizer's decay rule, initialisation and `lmc
@@ -43,6 +46,8 @@ enum lmc_tkind {
     LMC_TK_LIN_W,     /* layer linear weight, slot..slot+parts-1 (rows split evenly) */
     LMC_TK_LIN_B,     /* layer linear bias, likewise */
     LMC_TK_VEC,       /* layer vector slot */
+    LMC_TK_EXPERT_W,  /* an expert's linear weight: one tensor per expert (the name holds a
+                       * second %lld, the expert index); slot: enum lmc_xslot */
 };
 
 /* When a tensor exists. */
@@ -102,6 +107,7 @@ int64_t lmc_arch_rot_dim(const struct lmc_architecture *a, const struct lmc_conf
 struct lmc_tensor_ref {
     const struct lmc_tensor_spec *spec;
     int64_t layer;                       /* -1 for globals */
+    int64_t expert;                      /* LMC_TK_EXPERT_W: the expert index; else -1 */
     char name[160];
     int ndim;
     int64_t rows, cols;                  /* model layout; cols 1 for 1-D */
@@ -123,6 +129,15 @@ int64_t lmc_arch_count(const struct lmc_architecture *a, const struct lmc_config
 /* Binds data (model layout, dtype dt) of t into w. */
 void lmc_weights_bind(struct lmc_weights *w, const struct lmc_tensor_ref *t, const void *data,
                       enum lmc_dtype dt);
+
+/* The (num_layers) layer weights of c's model, zeroed, with each layer's
+ * expert linears (block.h) in the same allocation: one free() releases it.
+ * NULL when out of memory. */
+struct lmc_block_w *lmc_weights_layers_alloc(const struct lmc_config *c);
+/* Parameters a token runs through: all but the (num_experts -
+ * num_experts_per_tok) unselected experts of each layer (= total when
+ * dense). */
+int64_t lmc_arch_active_params(const struct lmc_config *c, int64_t total);
 
 /* The shape of a model built from scratch. */
 struct lmc_model_shape {
@@ -150,6 +165,7 @@ void lmc_arch_llama_json(const struct lmc_config *c, struct cJSON *o, const char
 lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
 
 /* Architectures (arch_*.c). */
-extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3;
+extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3, lmc_arch_mixtral,
+    lmc_arch_qwen3moe, lmc_arch_qwen2moe, lmc_arch_olmoe;
 
 #endif

@@ -53,13 +53,17 @@ static int64_t attn_bwd_floats(const struct lmc_config *c, int64_t n) {
     return 2 * A16(n * qd) + 3 * A16(n * kvd);
 }
 
-/* RMSNorm per head of q (n, H*hd) and k (n, KV*hd), from qi/ki (may alias). */
+/* RMSNorm of q (n, H*hd) and k (n, KV*hd), from qi/ki (may alias): per head
+ * when the scales are head_dim long (Qwen3), over the whole projection when
+ * they are as long as it (OLMoE). */
 static void qk_norm(const struct lmc_run *r, const struct lmc_block_w *W, float *q, const float *qi,
                     float *k, const float *ki) {
     const struct lmc_config *c = r->cfg;
     const struct lmc_backend *be = r->be;
-    be->rmsnorm(be->ctx, q, qi, W->vec[LMC_V_Q_NORM], r->n * c->num_heads, c->head_dim, (float)c->norm_eps);
-    be->rmsnorm(be->ctx, k, ki, W->vec[LMC_V_K_NORM], r->n * c->num_kv_heads, c->head_dim,
+    int64_t qw = W->vec_n[LMC_V_Q_NORM], kw = W->vec_n[LMC_V_K_NORM];
+    be->rmsnorm(be->ctx, q, qi, W->vec[LMC_V_Q_NORM], r->n * c->num_heads * c->head_dim / qw, qw,
+                (float)c->norm_eps);
+    be->rmsnorm(be->ctx, k, ki, W->vec[LMC_V_K_NORM], r->n * c->num_kv_heads * c->head_dim / kw, kw,
                 (float)c->norm_eps);
 }
 
@@ -185,10 +189,11 @@ static void attn_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         float eps = (float)c->norm_eps;
         be->zero(be->ctx, datt, (size_t)(n * qd) * sizeof(float));
         be->zero(be->ctx, dkpre, (size_t)(n * kvd) * sizeof(float));
+        int64_t qw = W->vec_n[LMC_V_Q_NORM], kw = W->vec_n[LMC_V_K_NORM]; /* hd, or the whole row */
         be->rmsnorm_bwd(be->ctx, datt, (float *)G->vec[LMC_V_Q_NORM], dq, s.qpre, W->vec[LMC_V_Q_NORM],
-                        n * H, hd, eps);
+                        n * H * hd / qw, qw, eps);
         be->rmsnorm_bwd(be->ctx, dkpre, (float *)G->vec[LMC_V_K_NORM], dk, s.kpre, W->vec[LMC_V_K_NORM],
-                        n * KV, hd, eps);
+                        n * KV * hd / kw, kw, eps);
         dys[0] = datt;
         dys[1] = dkpre;
     }

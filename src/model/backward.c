@@ -123,8 +123,8 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
     if (cap <= 0 || cap > (1 << 24))
         return lmc_err_set(err, LMC_ERR_ARG, "model config: %lld tensors out of range", (long long)cap);
     tm->params = calloc((size_t)cap, sizeof *tm->params);
-    tm->W.layers = calloc((size_t)c->num_layers, sizeof *tm->W.layers);
-    tm->G.layers = calloc((size_t)c->num_layers, sizeof *tm->G.layers);
+    tm->W.layers = lmc_weights_layers_alloc(c);
+    tm->G.layers = lmc_weights_layers_alloc(c);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
     struct layout_state ls = {tm, (int)cap};
     if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {

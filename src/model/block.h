@@ -21,7 +21,10 @@
 #include <stdint.h>
 
 /* Linear slots of a block. */
-enum lmc_lslot { LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_N };
+enum lmc_lslot { LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_ROUTER,
+                 LMC_L_SHARED_GATE /* (1, C): sigmoid gate of a shared expert */, LMC_L_N };
+/* Linears of one expert (mixture of experts: lmc_block_w.experts). */
+enum lmc_xslot { LMC_X_GATE, LMC_X_UP, LMC_X_DOWN, LMC_X_N };
 /* Vector slots of a block (f32). */
 enum lmc_vslot {
     LMC_V_NORM1, LMC_V_NORM1_B, LMC_V_NORM2, LMC_V_NORM2_B, LMC_V_Q_NORM, LMC_V_K_NORM, LMC_V_N
@@ -31,6 +34,7 @@ struct lmc_block_w {
     struct lmc_linear lin[LMC_L_N];   /* unbound slots: w.data NULL */
     const float *vec[LMC_V_N];        /* unbound slots: NULL */
     int64_t vec_n[LMC_V_N];           /* floats of each bound vector */
+    struct lmc_linear *experts;       /* (num_experts, LMC_X_N); NULL for dense models */
 };
 
 /* A model's weights (inference: mapped/converted/uploaded; training: views
@@ -131,6 +135,7 @@ struct lmc_part_ops {
 extern const struct lmc_norm_ops lmc_norm_rms, lmc_norm_layer;
 extern const struct lmc_part_ops lmc_mixer_attention;
 extern const struct lmc_part_ops lmc_ffn_swiglu, lmc_ffn_gelu;
+extern const struct lmc_part_ops lmc_ffn_moe; /* ffn_moe.c */
 
 /* x_out = block(x_in) (x_out may equal x_in when s->xmid is NULL). */
 void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,

@@ -215,7 +215,7 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
     s = lmc_st_open_dir(&m->st, dir, err);
     if (s) return s;
     bool *used = calloc((size_t)m->st.n_tensors + 1, 1);
-    m->w.layers = calloc((size_t)m->cfg.num_layers, sizeof *m->w.layers);
+    m->w.layers = lmc_weights_layers_alloc(&m->cfg);
     if (!used || !m->w.layers) {
         free(used);
         lmc_model_free(m);
@@ -247,6 +247,9 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
             const struct lmc_mat *w = &m->w.layers[l].lin[i].w;
             wb += mat_bytes(w);
         }
+    for (int64_t l = 0; l < m->cfg.num_layers; l++)
+        for (int64_t i = 0; m->w.layers[l].experts && i < m->cfg.num_experts * LMC_X_N; i++)
+            wb += mat_bytes(&m->w.layers[l].experts[i].w);
     m->weight_bytes = wb;
     if (opts && opts->be && !opts->be->host_memory && (s = place_weights(m, opts->be, err))) {
         lmc_err_prefix(err, "loading %s: ", dir);

@@ -312,6 +312,21 @@ struct lmc_backend {
     void (*lowrank)(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
                     float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
                     const struct lmc_lowrank_step *s, float *work);
+
+    /* ---- Mixture of experts: grouped GEMM (ops/cpu/moe_gemm.c,
+     * ops/cuda/moe_gemm.cu). Optional (NULL: the model runs one matmul per
+     * expert). E experts whose rows are contiguous: rows off[e] ..
+     * off[e+1]-1 of x (rows, K) go through expert e's weight w[e] (N, K):
+     * those rows of y (rows, N) = x_e @ w[e]^T. off: host memory, E+1
+     * entries, nondecreasing from 0; w: host array of E matrices of one
+     * shape and dtype (F32, BF16 or F16). Experts without rows are skipped. */
+    void (*moe_gemm)(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                     const struct lmc_mat *const *w);
+    /* Backward (F32 weights): dx rows of e (rows, K) = dy_e @ w[e] (+= when
+     * accum_dx; dx NULL: skipped), dw[e] (N, K) += dy_e^T @ x_e (dw NULL:
+     * skipped); dx must not overlap dy or x. Deterministic. */
+    void (*moe_gemm_bwd)(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                         const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

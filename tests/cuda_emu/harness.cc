@@ -27,6 +27,10 @@
  *   kvq         attention_kvq.cu: the compressed store (q8, q4, KIVI-2 with
  *               rollbacks) decodes as the CPU store's, and attention over
  *               the CPU-written layers vs lmc_kvq_attention
+ *   moe         moe_gemm.cu: grouped GEMM forward (F32 / BF16 / F16
+ *               weights) and backward (dx =, +=; dw +=) vs the CPU twin,
+ *               odd sizes, experts without rows, one with every row, more
+ *               experts than one launch covers (test_moe)
  *   ssm         conv1d_causal / ssm_scan / ssd_chunk / rmsnorm_gated .cu:
  *               forward, decode step, backward; mamba-tiny / mamba2-tiny
  *               through the CUDA table (harness_ssm.inc)
@@ -1182,6 +1186,52 @@ static void test_lora() {
 }
 #include "harness_kvq.cc" /* test_kvq: the compressed KV cache kernels */
 
+/* moe_gemm.cu vs ops/cpu/moe_gemm.c: rows grouped by expert per off */
+static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum lmc_dtype dt) {
+    int64_t E = (int64_t)off.size() - 1, rows = off.back();
+    std::vector<wpair> w;
+    std::vector<const lmc_mat *> wh, wd;
+    w.reserve((size_t)E);
+    for (int64_t e = 0; e < E; e++) w.push_back(make_w(gpu, dt, N, K, (size_t)irand(3)));
+    for (auto &p : w) wh.push_back(&p.h), wd.push_back(&p.d);
+    std::vector<float> x = rv((size_t)(rows * K)), y = nans((size_t)(rows * N));
+    float *dx_ = dup_dev(gpu, x), *dy_ = dev_nan(gpu, (size_t)(rows * N), 1);
+    cpu.moe_gemm(cpu.ctx, y.data(), x.data(), off.data(), E, wh.data());
+    gpu.moe_gemm(gpu.ctx, dy_, dx_, off.data(), E, wd.data());
+    char nm[64];
+    snprintf(nm, sizeof nm, "moe_gemm fwd %s", dtn(dt));
+    check(nm, rel(down(gpu, dy_, (size_t)(rows * N)), y), dt == LMC_DTYPE_F32 ? 1e-5 : 1e-4, "E %lld N %lld K %lld",
+          (long long)E, (long long)N, (long long)K);
+    if (dt == LMC_DTYPE_F32) {
+        for (int accum = 0; accum < 2; accum++) {
+            std::vector<float> g = rv((size_t)(rows * N)), dxc = rv((size_t)(rows * K));
+            std::vector<std::vector<float>> dwc;
+            std::vector<float *> dwh, dwd;
+            for (int64_t e = 0; e < E; e++) dwc.push_back(rv((size_t)(N * K)));
+            for (int64_t e = 0; e < E; e++) dwd.push_back(dup_dev(gpu, dwc[(size_t)e]));
+            for (auto &v : dwc) dwh.push_back(v.data());
+            float *gd = dup_dev(gpu, g), *dxd = dup_dev(gpu, dxc);
+            cpu.moe_gemm_bwd(cpu.ctx, dxc.data(), dwh.data(), g.data(), x.data(), off.data(), E, wh.data(), accum);
+            gpu.moe_gemm_bwd(gpu.ctx, dxd, dwd.data(), gd, dx_, off.data(), E, wd.data(), accum);
+            check(accum ? "moe_gemm bwd dx +=" : "moe_gemm bwd dx =", rel(down(gpu, dxd, (size_t)(rows * K)), dxc), 1e-5);
+            double ew = 0;
+            for (int64_t e = 0; e < E; e++)
+                ew = std::max(ew, rel(down(gpu, dwd[(size_t)e], (size_t)(N * K)), dwc[(size_t)e]));
+            check("moe_gemm bwd dw +=", ew, 1e-5);
+        }
+    }
+}
+
+static void test_moe() {
+    for (enum lmc_dtype dt : {LMC_DTYPE_F32, LMC_DTYPE_BF16, LMC_DTYPE_F16}) {
+        moe_case({0, 0, 5, 5, 12, 13}, 7, 13, dt);  /* empty experts, odd sizes */
+        moe_case({0, 0, 37, 37}, 19, 5, dt);        /* one expert holds every row */
+    }
+    std::vector<int64_t> off(131, 0);               /* 130 experts: two launches */
+    for (int64_t e = 1; e <= 130; e++) off[(size_t)e] = off[(size_t)e - 1] + (e % 41 == 0 ? 3 : e == 130 ? 2 : 0);
+    moe_case(off, 5, 3, LMC_DTYPE_F32);
+}
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1195,12 +1245,13 @@ int main(int argc, char **argv) {
         {"optim", test_optim},
         {"lora", test_lora},
         {"kvq", test_kvq},
+        {"moe", test_moe},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe)\n", argv[i]);
             return 2;
         }
     }

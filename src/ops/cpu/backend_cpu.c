@@ -106,6 +106,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->muon = lmc_cpu_muon;           /* ops/optim_ops.h */
     be->adamw8bit = lmc_cpu_adamw8bit;
     be->lowrank = lmc_cpu_lowrank;
+    be->moe_gemm = lmc_cpu_moe_gemm; /* mixture of experts */
+    be->moe_gemm_bwd = lmc_cpu_moe_gemm_bwd;
     return LMC_OK;
 }
 

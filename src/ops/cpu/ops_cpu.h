@@ -106,6 +106,10 @@ void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float 
 void lmc_cpu_matmul_bwd_multi(void *ctx, int n, float *dx, float *const *dw, float *const *db,
                               const float *const *dy, const float *x, int64_t M,
                               const struct lmc_mat *const *w, int accum_dx);
+void lmc_cpu_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                      const struct lmc_mat *const *w);
+void lmc_cpu_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                          const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
 void lmc_cpu_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
                        int64_t C);
 void lmc_cpu_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,

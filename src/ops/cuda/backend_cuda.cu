@@ -206,6 +206,8 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->layernorm_bwd = lmc_cuda_layernorm_bwd;
     be->rope_bwd = lmc_cuda_rope_bwd;
     be->swiglu_bwd = lmc_cuda_swiglu_bwd;
+    be->moe_gemm = lmc_cuda_moe_gemm; /* mixture of experts */
+    be->moe_gemm_bwd = lmc_cuda_moe_gemm_bwd;
     be->gelu_bwd = lmc_cuda_gelu_bwd;
     be->classifier_xent = lmc_cuda_classifier_xent;
     be->zero = lmc_cuda_zero;

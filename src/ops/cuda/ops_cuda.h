@@ -68,6 +68,10 @@ void lmc_cuda_layernorm_bwd(void *ctx, float *dx, float *dw, float *db, const fl
 void lmc_cuda_rope_bwd(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t head_dim,
                        int64_t rot_dim, const int32_t *pos, const double *inv_freq,
                        float attn_scale);
+void lmc_cuda_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                       const struct lmc_mat *const *w);
+void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                           const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
 void lmc_cuda_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
                          const float *up, int64_t n);
 void lmc_cuda_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,

@@ -1,0 +1,335 @@
+/* ffn_moe.c — the mixture-of-experts feed-forward part (lmc_ffn_moe): a
+ * router linear (num_experts rows), softmax over the experts, the top-k
+ * experts per token (ties to the lower index, as torch.topk), their
+ * probabilities renormalised when the config says so (norm_topk_prob;
+ * always in Mixtral), and SwiGLU experts. Tokens are grouped by expert (a
+ * counting sort of the n x k choices) so that each expert runs one GEMM
+ * over its rows (the backend's grouped GEMM, moe_gemm, for plain dense
+ * experts; else lmc_linear per expert, any weight format); the weighted
+ * expert outputs are summed per token onto the residual. A shared expert
+ * (Qwen2-MoE: shared_expert_intermediate_size > 0, a dense SwiGLU in the
+ * block's gate/up/down slots) adds sigmoid(h . shared_gate) times its
+ * output for every token. Forward in every
+ * run mode (each row of a batched step is routed on its own) and backward
+ * through the experts and the router. Routing runs on host memory. */
+#include "core/core.h"
+#include "model/arch.h"
+
+#include <math.h>
+#include <string.h>
+
+#define A16(n) (((n) + 15) / 16 * 16)
+
+/* The pieces of the save region (floats; index arrays stored as int32). */
+struct moe_save {
+    float *probs;       /* (n, E) softmax of the router logits */
+    int32_t *sel;       /* (n, k) chosen experts, best first */
+    float *wts;         /* (n, k) their weights */
+    int32_t *perm;      /* (n k) grouped row -> choice t*k+j */
+    int32_t *row;       /* (n k) choice -> grouped row */
+    int64_t *off;       /* (E + 1) first grouped row of each expert */
+    float *xs;          /* (n k, C) gathered inputs */
+    float *g, *u, *a;   /* (n k, I) gate, up, silu(gate) * up */
+    float *o;           /* (n k, C) expert outputs */
+    float *sg, *su, *sa; /* (n, SI) the shared expert's gate, up, act (when it exists) */
+    float *so;          /* (n, C) its output */
+    float *sl;          /* (n) its gate logit */
+};
+
+static int64_t carve(const struct lmc_config *c, int64_t n, float *p, struct moe_save *s) {
+    int64_t E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
+    int64_t I = c->moe_intermediate_size, nk = n * k, at = 0;
+#define TAKE(field, type, count) \
+    if (s) s->field = (type *)(p + at); \
+    at += A16(count)
+    TAKE(probs, float, n * E);
+    TAKE(sel, int32_t, nk);
+    TAKE(wts, float, nk);
+    TAKE(perm, int32_t, nk);
+    TAKE(row, int32_t, nk);
+    TAKE(off, int64_t, 2 * (E + 1));
+    TAKE(xs, float, nk * C);
+    TAKE(g, float, nk * I);
+    TAKE(u, float, nk * I);
+    TAKE(a, float, nk * I);
+    TAKE(o, float, nk * C);
+    int64_t SI = c->shared_expert_intermediate_size;
+    if (SI > 0) {
+        TAKE(sg, float, n * SI);
+        TAKE(su, float, n * SI);
+        TAKE(sa, float, n * SI);
+        TAKE(so, float, n * C);
+        TAKE(sl, float, n);
+    }
+#undef TAKE
+    return at;
+}
+
+static int64_t moe_save_floats(const struct lmc_config *c, int64_t n, enum lmc_run_mode mode) {
+    (void)mode;
+    return carve(c, n, NULL, NULL);
+}
+
+static int64_t moe_bwd_floats(const struct lmc_config *c, int64_t n) {
+    int64_t nk = n * c->num_experts_per_tok, SI = c->shared_expert_intermediate_size;
+    int64_t shared = SI > 0 ? A16(n * c->hidden_size) + 2 * A16(n * SI) + A16(n) : 0;
+    return A16(nk * c->hidden_size) + 2 * A16(nk * c->moe_intermediate_size) + A16(n * c->num_experts) + shared;
+}
+
+/* probs (logits on entry) -> softmax; sel/wts: top-k; perm/row/off: grouping. */
+static void route(const struct lmc_config *c, int64_t n, struct moe_save *s) {
+    int64_t E = c->num_experts, k = c->num_experts_per_tok;
+    for (int64_t t = 0; t < n; t++) {
+        float *p = s->probs + t * E;
+        double mx = p[0], sum = 0;
+        for (int64_t e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+        for (int64_t e = 0; e < E; e++) sum += exp((double)p[e] - mx);
+        for (int64_t e = 0; e < E; e++) p[e] = (float)(exp((double)p[e] - mx) / sum);
+        int32_t *sel = s->sel + t * k;
+        float *w = s->wts + t * k;
+        double tot = 0;
+        for (int64_t j = 0; j < k; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; e++) {
+                bool taken = false;
+                for (int64_t i = 0; i < j; i++) taken |= sel[i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e; /* ties: lower index */
+            }
+            sel[j] = (int32_t)best;
+            w[j] = p[best];
+            tot += p[best];
+        }
+        if (c->norm_topk_prob)
+            for (int64_t j = 0; j < k; j++) w[j] = (float)((double)w[j] / tot);
+    }
+    int64_t *off = s->off;
+    memset(off, 0, (size_t)(E + 1) * sizeof *off);
+    for (int64_t i = 0; i < n * k; i++) off[s->sel[i] + 1]++;
+    for (int64_t e = 0; e < E; e++) off[e + 1] += off[e];
+    for (int64_t i = 0; i < n * k; i++) { /* stable: rows of an expert in token order */
+        int32_t e = s->sel[i];
+        int32_t r = (int32_t)off[e]++;
+        s->perm[r] = (int32_t)i;
+        s->row[i] = r;
+    }
+    for (int64_t e = E; e > 0; e--) off[e] = off[e - 1];
+    off[0] = 0;
+}
+
+/* The backend's grouped GEMM applies when every expert linear is a plain
+ * dense weight (no bias, adapter or block format); else one lmc_linear call
+ * per expert. */
+static bool grouped(const struct lmc_backend *be, const struct lmc_block_w *W, int64_t E, bool backward) {
+    if (!be->moe_gemm || (backward && !be->moe_gemm_bwd)) return false;
+    for (int64_t i = 0; i < E * LMC_X_N; i++) {
+        const struct lmc_linear *L = &W->experts[i];
+        if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters) return false;
+    }
+    return true;
+}
+
+#define MAX_E 4096 /* lmc_arch_moe_check's bound */
+
+static void mats(const struct lmc_block_w *W, int64_t E, int x, const struct lmc_mat **out) {
+    for (int64_t e = 0; e < E; e++) out[e] = &W->experts[e * LMC_X_N + x].w;
+}
+
+static void grads(const struct lmc_block_w *G, int64_t E, int x, float **out) {
+    for (int64_t e = 0; e < E; e++) out[e] = (float *)G->experts[e * LMC_X_N + x].w.data;
+}
+
+static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
+                    const float *h, const float *res, float *y) {
+    (void)l;
+    const struct lmc_backend *be = r->be;
+    const struct lmc_config *c = r->cfg;
+    int64_t n = r->n, E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
+    int64_t I = c->moe_intermediate_size;
+    struct moe_save s;
+    carve(c, n, save, &s);
+    const struct lmc_linear *R = &W->lin[LMC_L_ROUTER];
+    lmc_linear_fwd(be, 1, &R, &s.probs, h, n);
+    route(c, n, &s);
+    for (int64_t i = 0; i < n * k; i++)
+        memcpy(s.xs + i * C, h + (int64_t)(s.perm[i] / k) * C, (size_t)C * sizeof(float));
+    const struct lmc_mat *wp[MAX_E];
+    bool grp = grouped(be, W, E, false);
+    if (grp) {
+        mats(W, E, LMC_X_GATE, wp);
+        be->moe_gemm(be->ctx, s.g, s.xs, s.off, E, wp);
+        mats(W, E, LMC_X_UP, wp);
+        be->moe_gemm(be->ctx, s.u, s.xs, s.off, E, wp);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) { /* one GEMM per expert over its rows */
+        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *X = &W->experts[e * LMC_X_N];
+        const struct lmc_linear *GU[2] = {&X[LMC_X_GATE], &X[LMC_X_UP]};
+        float *ys[2] = {s.g + r0 * I, s.u + r0 * I};
+        lmc_linear_fwd(be, 2, GU, ys, s.xs + r0 * C, m);
+    }
+    be->swiglu(be->ctx, s.a, s.g, s.u, n * k * I);
+    if (grp) {
+        mats(W, E, LMC_X_DOWN, wp);
+        be->moe_gemm(be->ctx, s.o, s.a, s.off, E, wp);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) {
+        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *D = &W->experts[e * LMC_X_N + LMC_X_DOWN];
+        float *o = s.o + r0 * C;
+        lmc_linear_fwd(be, 1, &D, &o, s.a + r0 * I, m);
+    }
+    int64_t SI = c->shared_expert_intermediate_size;
+    if (SI > 0) { /* the shared expert and its gate logit */
+        const struct lmc_linear *GU[3] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP], &W->lin[LMC_L_SHARED_GATE]};
+        float *ys[3] = {s.sg, s.su, s.sl};
+        lmc_linear_fwd(be, 3, GU, ys, h, n);
+        be->swiglu(be->ctx, s.sa, s.sg, s.su, n * SI);
+        const struct lmc_linear *D = &W->lin[LMC_L_DOWN];
+        lmc_linear_fwd(be, 1, &D, &s.so, s.sa, n);
+    }
+    for (int64_t t = 0; t < n; t++) {
+        float sig = SI > 0 ? 1.0f / (1.0f + expf(-s.sl[t])) : 0.0f;
+        for (int64_t ch = 0; ch < C; ch++) {
+            float acc = 0;
+            for (int64_t j = 0; j < k; j++) acc += s.wts[t * k + j] * s.o[(int64_t)s.row[t * k + j] * C + ch];
+            if (SI > 0) acc += sig * s.so[t * C + ch];
+            y[t * C + ch] = res[t * C + ch] + acc;
+        }
+    }
+}
+
+static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                    const struct lmc_block_w *G, const float *save, const float *h, const float *dy,
+                    float *dh, float *scratch) {
+    (void)l;
+    const struct lmc_backend *be = r->be;
+    const struct lmc_config *c = r->cfg;
+    int64_t n = r->n, E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
+    int64_t I = c->moe_intermediate_size, nk = n * k;
+    struct moe_save s;
+    carve(c, n, (float *)save, &s);
+    float *dox = scratch, *da = dox + A16(nk * C), *du = da + A16(nk * I), *dlog = du + A16(nk * I);
+    /* d(weights) into dlog's rows (n, k) first, then the softmax backward */
+    for (int64_t t = 0; t < n; t++) {
+        double dw[64], *dwp = dw;
+        LMC_ASSERT(k <= 64);
+        for (int64_t j = 0; j < k; j++) {
+            const float *o = s.o + (int64_t)s.row[t * k + j] * C, *g = dy + t * C;
+            float *d = dox + (int64_t)s.row[t * k + j] * C, w = s.wts[t * k + j];
+            double acc = 0;
+            for (int64_t ch = 0; ch < C; ch++) {
+                acc += (double)g[ch] * o[ch];
+                d[ch] = w * g[ch];
+            }
+            dwp[j] = acc;
+        }
+        const float *p = s.probs + t * E;
+        const int32_t *sel = s.sel + t * k;
+        double dp[4096];
+        LMC_ASSERT(E <= 4096);
+        for (int64_t e = 0; e < E; e++) dp[e] = 0;
+        if (c->norm_topk_prob) { /* w_j = p_j / S over the chosen */
+            double S = 0, dot = 0;
+            for (int64_t j = 0; j < k; j++) S += p[sel[j]];
+            for (int64_t j = 0; j < k; j++) dot += dwp[j] * (p[sel[j]] / S);
+            for (int64_t j = 0; j < k; j++) dp[sel[j]] = (dwp[j] - dot) / S;
+        } else {
+            for (int64_t j = 0; j < k; j++) dp[sel[j]] = dwp[j];
+        }
+        double pd = 0;
+        for (int64_t e = 0; e < E; e++) pd += dp[e] * p[e];
+        for (int64_t e = 0; e < E; e++) dlog[t * E + e] = (float)(p[e] * (dp[e] - pd));
+    }
+    const struct lmc_mat *wp[MAX_E];
+    float *dw[MAX_E];
+    bool grp = grouped(be, W, E, true);
+    if (grp) {
+        mats(W, E, LMC_X_DOWN, wp);
+        grads(G, E, LMC_X_DOWN, dw);
+        be->moe_gemm_bwd(be->ctx, da, dw, dox, s.a, s.off, E, wp, 0);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) {
+        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *D = &W->experts[e * LMC_X_N + LMC_X_DOWN];
+        const struct lmc_linear *GD = &G->experts[e * LMC_X_N + LMC_X_DOWN];
+        const float *d = dox + r0 * C;
+        lmc_linear_bwd(be, 1, &D, &GD, da + r0 * I, &d, s.a + r0 * I, m, false);
+    }
+    be->swiglu_bwd(be->ctx, da, du, da, s.g, s.u, nk * I); /* dgate over da */
+    if (grp) { /* dox now holds d(xs) */
+        mats(W, E, LMC_X_GATE, wp);
+        grads(G, E, LMC_X_GATE, dw);
+        be->moe_gemm_bwd(be->ctx, dox, dw, da, s.xs, s.off, E, wp, 0);
+        mats(W, E, LMC_X_UP, wp);
+        grads(G, E, LMC_X_UP, dw);
+        be->moe_gemm_bwd(be->ctx, dox, dw, du, s.xs, s.off, E, wp, 1);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) { /* dox now holds d(xs) */
+        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *X = &W->experts[e * LMC_X_N], *GX = &G->experts[e * LMC_X_N];
+        const struct lmc_linear *L[2] = {&X[LMC_X_GATE], &X[LMC_X_UP]};
+        const struct lmc_linear *Dg[2] = {&GX[LMC_X_GATE], &GX[LMC_X_UP]};
+        const float *dys[2] = {da + r0 * I, du + r0 * I};
+        lmc_linear_bwd(be, 2, L, Dg, dox + r0 * C, dys, s.xs + r0 * C, m, false);
+    }
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t ch = 0; ch < C; ch++) {
+            float acc = 0;
+            for (int64_t j = 0; j < k; j++) acc += dox[(int64_t)s.row[t * k + j] * C + ch];
+            dh[t * C + ch] = acc;
+        }
+    const struct lmc_linear *R = &W->lin[LMC_L_ROUTER], *GR = &G->lin[LMC_L_ROUTER];
+    const float *dl = dlog;
+    lmc_linear_bwd(be, 1, &R, &GR, dh, &dl, h, n, true);
+    int64_t SI = c->shared_expert_intermediate_size;
+    if (SI <= 0) return;
+    /* shared expert: y += sig(l) so; dso = sig dy, dl = sig (1 - sig) (dy . so) */
+    float *dso = dlog + A16(n * E), *dsg = dso + A16(n * C), *dsu = dsg + A16(n * SI), *dsl = dsu + A16(n * SI);
+    for (int64_t t = 0; t < n; t++) {
+        float sig = 1.0f / (1.0f + expf(-s.sl[t]));
+        double dot = 0;
+        for (int64_t ch = 0; ch < C; ch++) {
+            dot += (double)dy[t * C + ch] * s.so[t * C + ch];
+            dso[t * C + ch] = sig * dy[t * C + ch];
+        }
+        dsl[t] = (float)(sig * (1.0f - sig) * dot);
+    }
+    const struct lmc_linear *D = &W->lin[LMC_L_DOWN], *GD = &G->lin[LMC_L_DOWN];
+    const float *d = dso;
+    lmc_linear_bwd(be, 1, &D, &GD, dsg, &d, s.sa, n, false);
+    be->swiglu_bwd(be->ctx, dsg, dsu, dsg, s.sg, s.su, n * SI); /* dgate over dsg */
+    const struct lmc_linear *L[3] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP], &W->lin[LMC_L_SHARED_GATE]};
+    const struct lmc_linear *GL[3] = {&G->lin[LMC_L_GATE], &G->lin[LMC_L_UP], &G->lin[LMC_L_SHARED_GATE]};
+    const float *dys[3] = {dsg, dsu, dsl};
+    lmc_linear_bwd(be, 3, L, GL, dh, dys, h, n, true);
+}
+
+static const char *moe_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
+    if (!be->host_memory) return "mixture-of-experts routing (host memory backends only so far)";
+    if (!be->swiglu) return "swiglu";
+    if (backward && !be->swiglu_bwd) return "swiglu_bwd";
+    if (backward && c->output_router_logits)
+        return "mixture-of-experts load-balancing loss (output_router_logits; not implemented yet)";
+    if (c->num_experts_per_tok > 64) return "mixture-of-experts top-k above 64";
+    return NULL;
+}
+
+static int64_t none(const struct lmc_config *c) {
+    (void)c;
+    return 0;
+}
+
+const struct lmc_part_ops lmc_ffn_moe = {
+    .name = "moe_swiglu",
+    .save_floats = moe_save_floats,
+    .bwd_floats = moe_bwd_floats,
+    .fwd = moe_fwd,
+    .bwd = moe_bwd,
+    .missing = moe_missing,
+    .kv_row = none,
+    .slot_bytes = none,
+};

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# test_moe_load.sh — mixture-of-experts checkpoints: `lmc info` reports
+# total and active parameters (checked against the tensors on disk), and
+# bad checkpoints fail with errors naming the problem: fewer or more experts
+# in the config than on disk (the router's shape is named), a missing
+# expert tensor, top-k above the expert count, an expert tensor of the
+# wrong shape; `lmc train --arch mixtral|qwen3moe|qwen2moe|olmoe` from scratch writes a
+# checkpoint that loads and generates. Usage: test_moe_load.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+for m in mixtral-tiny qwen3moe-tiny; do
+  D=tests/fixtures/$m
+  "$LMC" info -m "$D" --json >"$TMP/i.json" 2>"$TMP/err"; ok $? "$m info: $(cat "$TMP/err")"
+  python3 - "$D" "$TMP/i.json" <<'PY'
+import json, struct, sys, re
+d = sys.argv[1]
+f = open(d + "/model.safetensors", "rb"); n = struct.unpack("<Q", f.read(8))[0]
+hdr = {k: v for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
+cfg = json.load(open(d + "/config.json")); info = json.load(open(sys.argv[2]))
+numel = lambda s: s[0] * (s[1] if len(s) > 1 else 1)
+total = sum(numel(v["shape"]) for v in hdr.values())
+E = cfg.get("num_local_experts", cfg.get("num_experts")); k = cfg["num_experts_per_tok"]
+expert = sum(numel(v["shape"]) for n, v in hdr.items() if re.search(r"\.experts\.\d+\.", n))
+active = total - expert + expert * k // E
+assert info["parameters"] == total, (info["parameters"], total)
+assert info["active_parameters"] == active, (info["active_parameters"], active)
+assert info["experts"] == E and info["experts_per_token"] == k
+PY
+  ok $? "$m: total/active parameters"
+done
+# bad checkpoints, made from mixtral-tiny
+mk() { rm -rf "$TMP/b"; cp -r tests/fixtures/mixtral-tiny "$TMP/b"; chmod -R u+w "$TMP/b"; }
+setcfg() { python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c[sys.argv[2]]=int(sys.argv[3]); json.dump(c,open(p,'w'))" "$TMP/b/config.json" "$1" "$2"; }
+expect() { # expect PATTERN WHAT
+  "$LMC" info -m "$TMP/b" >"$TMP/out" 2>&1; local rc=$?
+  [ $rc -ne 0 ] && grep -q -- "$1" "$TMP/out"; ok $? "$2: rc $rc, got: $(head -c 300 "$TMP/out")"
+  ! grep -qi "assert\|segmentation" "$TMP/out"; ok $? "$2: crashed"
+}
+mk; setcfg num_local_experts 3; expect "gate.weight' has shape \[4, 64\], expected \[3, 64\]" "config with fewer experts"
+mk; setcfg num_local_experts 5; expect "gate.weight' has shape \[4, 64\], expected \[5, 64\]" "config with more experts"
+mk; setcfg num_experts_per_tok 5; expect "num_experts_per_tok" "top-k above the expert count"
+mk; python3 - "$TMP/b/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+del h["model.layers.1.block_sparse_moe.experts.2.w3.weight"]  # data stays; header drops it
+h["model.layers.0.block_sparse_moe.experts.1.w2.weight"]["shape"] = [96, 64]
+s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
+open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
+PY
+expect "experts.1.w2.weight" "expert tensor of the wrong shape"
+mk; python3 - "$TMP/b/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+del h["model.layers.1.block_sparse_moe.experts.2.w3.weight"]
+s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
+open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
+PY
+expect "experts.2.w3.weight" "missing expert tensor"
+# from scratch: lmc train --arch mixtral|qwen3moe writes a checkpoint lmc loads and generates from
+for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 17))"; done >"$TMP/corpus.txt"
+"$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" >/dev/null 2>&1
+"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/corpus.txt" --docs line --val-fraction 0.1 -o "$TMP/data" >/dev/null 2>&1
+ok $? "prepare-data"
+for a in mixtral qwen3moe qwen2moe olmoe; do
+  "$LMC" train --data "$TMP/data" --arch $a --layers 2 --hidden 64 --heads 4 --kv-heads 2 --batch 2 --seq 16 \
+    --steps 2 --lr 3e-3 --warmup 1 --save-every 2 --threads 2 -o "$TMP/run_$a" >"$TMP/out" 2>&1
+  ok $? "train --arch $a: $(tail -3 "$TMP/out")"
+  "$LMC" info -m "$TMP/run_$a/step_000002" --json >"$TMP/i.json" 2>&1 &&
+    python3 -c "import json,sys; i=json.load(open(sys.argv[1])); assert i['experts']==8 and i['active_parameters']<i['parameters']" "$TMP/i.json"
+  ok $? "$a checkpoint: info $(head -c 300 "$TMP/i.json")"
+  "$LMC" generate -m "$TMP/run_$a/step_000002" -p "the" -n 4 >"$TMP/out" 2>&1
+  ok $? "$a checkpoint: generate $(tail -2 "$TMP/out")"
+done
+echo "test_moe_load: $pass passed, $fail failed"
+[ $fail = 0 ]
