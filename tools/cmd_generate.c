@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "infer/session.h"
+#include "dist/tp_model.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdio.h>
@@ -21,7 +22,36 @@ struct gen_args {
     const char *chat_template;   /* --chat-template FILE */
     const char *json_schema;     /* --json-schema FILE */
     const char *grammar;         /* --grammar json */
+    int64_t tp;                  /* --tp N (generate): tensor-parallel ranks */
 };
+
+/* ---- --tp N: the model sharded over the N ranks of a launcher
+ * (torchrun/Slurm variables or mpirun; dist/tp_model.h); rank 0 prints. */
+struct gen_tp {
+    struct lmc_comm comm;
+    struct lmc_tp_model m;
+    bool comm_up, sharded;
+};
+
+static int gen_tp_open(struct gen_tp *t, int64_t tp, const struct lmc_model *full) {
+    lmc_err err = {0};
+    memset(t, 0, sizeof *t);
+    if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("--tp", &err);
+    t->comm_up = true;
+    if (t->comm.world != tp) {
+        fprintf(stderr, "lmc: --tp %lld needs %lld ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                (long long)tp, (long long)tp, t->comm.world);
+        return 2;
+    }
+    if (lmc_tp_model_shard(&t->m, full, &t->comm, &err)) return cli_fail("--tp", &err);
+    t->sharded = true;
+    return 0;
+}
+
+static void gen_tp_close(struct gen_tp *t) {
+    if (t->sharded) lmc_tp_model_free(&t->m);
+    if (t->comm_up) t->comm.free(&t->comm);
+}
 
 static bool emit_stdout(void *user, const char *text, size_t len) {
     (void)user;
@@ -53,6 +83,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
         i++;
         if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
         else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
+        else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &a->tp);
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
         else if (!strcmp(o, "--top-p")) ok = cli_parse_f64(v, 1e-9, 1, &p->top_p);
@@ -127,8 +158,22 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     struct cli_model cm;
+    if (a.tp > 1 && a.c.wdtype == LMC_WDTYPE_AUTO) a.c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     if (cli_open(&cm, &a.c, true)) return 1;
     apply_model_defaults(&a, &cm.model.cfg);
+    struct gen_tp tp = {0};
+    const struct lmc_model *model = &cm.model;
+    bool quiet = false; /* ranks other than 0 of --tp */
+    if (a.tp > 1) {
+        int r = gen_tp_open(&tp, a.tp, &cm.model);
+        if (r) {
+            gen_tp_close(&tp);
+            cli_close(&cm);
+            return r;
+        }
+        model = &tp.m.m;
+        quiet = tp.comm.rank != 0;
+    }
     lmc_err err = {0};
     int32_t *ids = NULL;
     int64_t n = 0;
@@ -143,8 +188,8 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("prompt", &err);
         goto done;
     }
-    int64_t ctx = cli_ctx(&a.c, &cm.model);
-    if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, ctx, 512, &err)) {
+    int64_t ctx = cli_ctx(&a.c, model);
+    if (lmc_session_init(&s, model, &cm.be, cm.tok, ctx, 512, &err)) {
         rc = cli_fail("session", &err);
         goto done;
     }
@@ -153,10 +198,13 @@ int cmd_generate(int argc, char **argv) {
     if (a.json_schema || a.grammar) { /* structured output */
         if ((rc = open_grammar(&a, &cm, &gr, &gs, &gv))) goto done;
     }
-    if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
+    if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json || quiet ? NULL : emit_stdout, NULL, &res,
+                                     &err) ||
+        (a.tp > 1 && lmc_tp_model_check(&tp.m, &err))) {
         rc = cli_fail("generate", &err);
         goto done;
     }
+    if (quiet) goto done;
     double tps = res.decode_s > 0 && res.n_ids > 1 ? (double)(res.n_ids - 1) / res.decode_s : 0;
     if (a.c.json) {
         printf("{\"prompt_ids\":[");
@@ -181,6 +229,7 @@ done:
     lmc_gen_result_free(&res);
     free(ids);
     if (have_s) lmc_session_free(&s);
+    gen_tp_close(&tp);
     cli_close(&cm);
     return rc;
 }
