@@ -9,6 +9,7 @@
 #include "model/arch.h"
 #include "model/model.h"
 #include "model/forward_batch.h"
+#include "dist/ring_attn.h"
 
 #include <math.h>
 
@@ -84,6 +85,28 @@ static void rope_qk(const struct lmc_run *r, float *q, float *k) {
     }
 }
 
+/* ---- context parallelism (block.h's lmc_cp_group): ring attention per
+ * sequence instead of the backend's attention_train / attention_bwd. */
+static void cp_fwd(const struct lmc_run *r, float *att, float *lse, const float *q, const float *k,
+                   const float *v, int64_t H, int64_t KV, int64_t hd, float scale) {
+    struct lmc_cp_group *g = r->cp;
+    struct lmc_ring_attn_shape sh = {g->T_global, H, KV, hd, scale};
+    for (int64_t b = 0; b < r->B && !g->st; b++)
+        g->st = lmc_ring_attn_fwd(g->c, &sh, att + b * r->T * H * hd, lse + b * r->T * H, q + b * r->T * H * hd,
+                                  k + b * r->T * KV * hd, v + b * r->T * KV * hd, &g->err);
+}
+
+static void cp_bwd(const struct lmc_run *r, float *dq, float *dk, float *dv, const float *datt,
+                   const float *att, const float *lse, const float *q, const float *k, const float *v,
+                   int64_t H, int64_t KV, int64_t hd, float scale) {
+    struct lmc_cp_group *g = r->cp;
+    struct lmc_ring_attn_shape sh = {g->T_global, H, KV, hd, scale};
+    int64_t qo = r->T * H * hd, ko = r->T * KV * hd;
+    for (int64_t b = 0; b < r->B && !g->st; b++)
+        g->st = lmc_ring_attn_bwd(g->c, &sh, dq + b * qo, dk + b * ko, dv + b * ko, datt + b * qo, att + b * qo,
+                                  lse + b * r->T * H, q + b * qo, k + b * ko, v + b * ko, &g->err);
+}
+
 static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
                      const float *h, const float *res, float *y) {
     const struct lmc_config *c = r->cfg;
@@ -135,8 +158,12 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         lmc_linear_fwd(be, 3, L, ys, h, n);
         if (qkn) qk_norm(r, W, s.q, s.qpre, s.k, s.kpre);
         rope_qk(r, s.q, s.k);
-        be->attention_train(be->ctx, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd, scale,
-                            c->sliding_window);
+        if (r->cp) {
+            LMC_ASSERT(c->sliding_window == 0);
+            cp_fwd(r, s.att, s.lse, s.q, s.k, s.v, H, KV, hd, scale);
+        } else
+            be->attention_train(be->ctx, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd, scale,
+                                c->sliding_window);
         break;
     }
     }
@@ -158,8 +185,10 @@ static void attn_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     float *dkpre = dv + A16(n * kvd);
     const struct lmc_linear *O = &W->lin[LMC_L_O], *GO = &G->lin[LMC_L_O];
     lmc_linear_bwd(be, 1, &O, &GO, datt, &dy, s.att, n, false);
-    be->attention_bwd(be->ctx, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd,
-                      scale, c->sliding_window);
+    if (r->cp) cp_bwd(r, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, H, KV, hd, scale);
+    else
+        be->attention_bwd(be->ctx, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd,
+                          scale, c->sliding_window);
     if (r->rot_dim) {
         be->rope_bwd(be->ctx, dq, n, H, hd, r->rot_dim, r->pos, r->inv_freq, r->attn_scale);
         be->rope_bwd(be->ctx, dk, n, KV, hd, r->rot_dim, r->pos, r->inv_freq, r->attn_scale);

@@ -108,6 +108,9 @@ struct lmc_tacts {
     int32_t *ids, *pos, *targets; /* (BT) */
     double *inv_freq;       /* (rot_dim/2) */
     float attn_scale;
+    /* context parallel (block.h): set by the caller, with pos holding the
+     * slice's global positions (uploaded over the 0..T-1 of init); NULL: off */
+    struct lmc_cp_group *cp;
 };
 
 /* Bytes lmc_tacts_init allocates. */
