@@ -5,6 +5,7 @@
 #include "infer/session.h"
 #include "infer/kvq.h"
 #include "infer/spec.h"
+#include "dist/tp_model.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdio.h>
@@ -29,6 +30,7 @@ struct gen_args {
     /* compressed KV cache (issue 17): NONE = the backend's own */
     enum lmc_kvq_fmt kv_fmt;
     int64_t kv_residual;
+    int64_t tp;                  /* --tp N (generate): tensor-parallel ranks */
 };
 
 /* --- speculative decoding options (issue 17) -------------------------- */
@@ -110,6 +112,35 @@ static lmc_status gen_backend(const struct gen_args *a, const struct cli_model *
 
 /* ---------------------------------------------------------------------- */
 
+
+/* ---- --tp N: the model sharded over the N ranks of a launcher
+ * (torchrun/Slurm variables or mpirun; dist/tp_model.h); rank 0 prints. */
+struct gen_tp {
+    struct lmc_comm comm;
+    struct lmc_tp_model m;
+    bool comm_up, sharded;
+};
+
+static int gen_tp_open(struct gen_tp *t, int64_t tp, const struct lmc_model *full) {
+    lmc_err err = {0};
+    memset(t, 0, sizeof *t);
+    if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("--tp", &err);
+    t->comm_up = true;
+    if (t->comm.world != tp) {
+        fprintf(stderr, "lmc: --tp %lld needs %lld ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                (long long)tp, (long long)tp, t->comm.world);
+        return 2;
+    }
+    if (lmc_tp_model_shard(&t->m, full, &t->comm, &err)) return cli_fail("--tp", &err);
+    t->sharded = true;
+    return 0;
+}
+
+static void gen_tp_close(struct gen_tp *t) {
+    if (t->sharded) lmc_tp_model_free(&t->m);
+    if (t->comm_up) t->comm.free(&t->comm);
+}
+
 static bool emit_stdout(void *user, const char *text, size_t len) {
     (void)user;
     fwrite(text, 1, len, stdout);
@@ -144,6 +175,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
         if (parse_spec_arg(a, o, v, &ok)) {}
         else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
         else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
+        else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &a->tp);
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
         else if (!strcmp(o, "--top-p")) ok = cli_parse_f64(v, 1e-9, 1, &p->top_p);
@@ -218,8 +250,22 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     struct cli_model cm;
+    if (a.tp > 1 && a.c.wdtype == LMC_WDTYPE_AUTO) a.c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     if (cli_open(&cm, &a.c, true)) return 1;
     apply_model_defaults(&a, &cm.model.cfg);
+    struct gen_tp tp = {0};
+    const struct lmc_model *model = &cm.model;
+    bool quiet = false; /* ranks other than 0 of --tp */
+    if (a.tp > 1) {
+        int r = gen_tp_open(&tp, a.tp, &cm.model);
+        if (r) {
+            gen_tp_close(&tp);
+            cli_close(&cm);
+            return r;
+        }
+        model = &tp.m.m;
+        quiet = tp.comm.rank != 0;
+    }
     lmc_err err = {0};
     int32_t *ids = NULL;
     int64_t n = 0;
@@ -234,12 +280,18 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("prompt", &err);
         goto done;
     }
-    int64_t ctx = cli_ctx(&a.c, &cm.model);
+    int64_t ctx = cli_ctx(&a.c, model);
     struct lmc_spec_stats sstats = {0};
     struct lmc_backend kqbe;
     const struct lmc_backend *gbe;
     if (gen_backend(&a, &cm, &kqbe, &gbe, &err)) {
         rc = cli_fail("--kv-dtype", &err);
+        goto done;
+    }
+    if ((a.spec.mode || a.spec.window || a.kv_fmt) && a.tp > 1) {
+        fprintf(stderr, "lmc generate: --tp does not combine with speculative decoding, --kv-dtype or "
+                        "--attention-sinks/--kv-window yet\n");
+        rc = 2;
         goto done;
     }
     if ((a.spec.mode || a.spec.window) && (a.json_schema || a.grammar)) {
@@ -263,7 +315,7 @@ int cmd_generate(int argc, char **argv) {
                 (long long)sstats.evicted);
         goto report;
     }
-    if (lmc_session_init(&s, &cm.model, gbe, cm.tok, ctx, 512, &err)) {
+    if (lmc_session_init(&s, model, gbe, cm.tok, ctx, 512, &err)) {
         rc = cli_fail("session", &err);
         goto done;
     }
@@ -276,11 +328,14 @@ int cmd_generate(int argc, char **argv) {
     if (a.json_schema || a.grammar) { /* structured output */
         if ((rc = open_grammar(&a, &cm, &gr, &gs, &gv))) goto done;
     }
-    if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json ? NULL : emit_stdout, NULL, &res, &err)) {
+    if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json || quiet ? NULL : emit_stdout, NULL, &res,
+                                     &err) ||
+        (a.tp > 1 && lmc_tp_model_check(&tp.m, &err))) {
         rc = cli_fail("generate", &err);
         goto done;
     }
 report:;
+    if (quiet) goto done;
     double tps = res.decode_s > 0 && res.n_ids > 1 ? (double)(res.n_ids - 1) / res.decode_s : 0;
     if (a.c.json) {
         printf("{\"prompt_ids\":[");
@@ -305,6 +360,7 @@ done:
     lmc_gen_result_free(&res);
     free(ids);
     if (have_s) lmc_session_free(&s);
+    gen_tp_close(&tp);
     cli_close(&cm);
     return rc;
 }

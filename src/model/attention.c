@@ -9,6 +9,7 @@
 #include "model/arch.h"
 #include "model/model.h"
 #include "model/forward_batch.h"
+#include "dist/ring_attn.h"
 
 #include <math.h>
 
@@ -88,6 +89,28 @@ static void rope_qk(const struct lmc_run *r, float *q, float *k) {
     }
 }
 
+/* ---- context parallelism (block.h's lmc_cp_group): ring attention per
+ * sequence instead of the backend's attention_train / attention_bwd. */
+static void cp_fwd(const struct lmc_run *r, float *att, float *lse, const float *q, const float *k,
+                   const float *v, int64_t H, int64_t KV, int64_t hd, float scale) {
+    struct lmc_cp_group *g = r->cp;
+    struct lmc_ring_attn_shape sh = {g->T_global, H, KV, hd, scale};
+    for (int64_t b = 0; b < r->B && !g->st; b++)
+        g->st = lmc_ring_attn_fwd(g->c, &sh, att + b * r->T * H * hd, lse + b * r->T * H, q + b * r->T * H * hd,
+                                  k + b * r->T * KV * hd, v + b * r->T * KV * hd, &g->err);
+}
+
+static void cp_bwd(const struct lmc_run *r, float *dq, float *dk, float *dv, const float *datt,
+                   const float *att, const float *lse, const float *q, const float *k, const float *v,
+                   int64_t H, int64_t KV, int64_t hd, float scale) {
+    struct lmc_cp_group *g = r->cp;
+    struct lmc_ring_attn_shape sh = {g->T_global, H, KV, hd, scale};
+    int64_t qo = r->T * H * hd, ko = r->T * KV * hd;
+    for (int64_t b = 0; b < r->B && !g->st; b++)
+        g->st = lmc_ring_attn_bwd(g->c, &sh, dq + b * qo, dk + b * ko, dv + b * ko, datt + b * qo, att + b * qo,
+                                  lse + b * r->T * H, q + b * qo, k + b * ko, v + b * ko, &g->err);
+}
+
 static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
                      const float *h, const float *res, float *y) {
     const struct lmc_config *c = r->cfg;
@@ -139,6 +162,11 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         lmc_linear_fwd(be, 3, L, ys, h, n);
         if (qkn) qk_norm(r, W, s.q, s.qpre, s.k, s.kpre);
         rope_qk(r, s.q, s.k);
+        if (r->cp) {
+            LMC_ASSERT(c->sliding_window == 0 && !r->segs);
+            cp_fwd(r, s.att, s.lse, s.q, s.k, s.v, H, KV, hd, scale);
+            break;
+        }
         if (!r->segs) {
             be->attention_train(be->ctx, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd, scale,
                                 c->sliding_window);
@@ -171,7 +199,10 @@ static void attn_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     float *dkpre = dv + A16(n * kvd);
     const struct lmc_linear *O = &W->lin[LMC_L_O], *GO = &G->lin[LMC_L_O];
     lmc_linear_bwd(be, 1, &O, &GO, datt, &dy, s.att, n, false);
-    if (!r->segs)
+    if (r->cp) {
+        LMC_ASSERT(!r->segs);
+        cp_bwd(r, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, H, KV, hd, scale);
+    } else if (!r->segs)
         be->attention_bwd(be->ctx, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd,
                           scale, c->sliding_window);
     for (int64_t i = 0; r->segs && i < r->n_segs; i++) {

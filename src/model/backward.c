@@ -486,7 +486,7 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
                         .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
-                        .segs = a->segs, .n_segs = a->n_segs};
+                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
     lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);

@@ -135,6 +135,9 @@ struct lmc_tacts {
     int64_t n_segs;
     int32_t *pos_host;      /* (BT) host staging of the positions */
     bool pos_packed;        /* a->pos holds a packed step's positions */
+    /* context parallel (block.h): set by the caller, with pos holding the
+     * slice's global positions (uploaded over the 0..T-1 of init); NULL: off */
+    struct lmc_cp_group *cp;
 };
 
 /* Bytes lmc_tacts_init allocates. */

@@ -52,6 +52,18 @@ enum lmc_run_mode { LMC_RUN_SEQ, LMC_RUN_PAGED, LMC_RUN_TRAIN };
 struct lmc_kv;
 struct lmc_kv_pool;
 
+/* Context parallelism in training (dist/ring_attn.h): each rank of `c`
+ * holds a zigzag slice of every sequence of T_global tokens; the attention
+ * of LMC_RUN_TRAIN runs around the ring. A failed transfer leaves its
+ * status in st (sticky) for the driver to check after the step. */
+struct lmc_comm;
+struct lmc_cp_group {
+    struct lmc_comm *c;
+    int64_t T_global;
+    lmc_status st;
+    lmc_err err;
+};
+
 /* One forward step's context, shared by every layer. Buffers are backend
  * memory unless marked host. */
 struct lmc_run {
@@ -82,6 +94,7 @@ struct lmc_run {
     int64_t B, T;
     const int64_t *segs;
     int64_t n_segs;
+    struct lmc_cp_group *cp;          /* TRAIN: context parallel (T: this rank's tokens); NULL: off */
     /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer):
      * SEQ: the sequence's slots (lmc_kv.state); PAGED: seq_state[s] for
      * sequence s. NULL while no mixer keeps any (attention). */

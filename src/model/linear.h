@@ -21,9 +21,19 @@
 enum lmc_wformat { LMC_WFMT_DENSE = 0 };
 
 /* Tensor-parallel split: COLUMN shards the output features (no collective
- * after the matmul), ROW shards the input features (an all-reduce after).
- * Only NONE exists today; the collective goes into lmc_linear_fwd/bwd. */
+ * in the forward; dx all-reduced in the backward), ROW shards the input
+ * features (y all-reduced in the forward, the bias joining rank 0's part;
+ * none in the backward). The collective runs over `tp` (below); a failed
+ * one leaves its status in tp->st for the driver to check after the step
+ * (later collectives of a broken communicator fail too). */
 enum lmc_split { LMC_SPLIT_NONE = 0, LMC_SPLIT_COLUMN, LMC_SPLIT_ROW };
+
+struct lmc_comm;
+struct lmc_tp_group {
+    struct lmc_comm *c;            /* the tensor-parallel ranks */
+    lmc_status st;                 /* first failed collective (sticky) */
+    lmc_err err;
+};
 
 /* A low-rank adapter: y += scale * (x A^T) B^T, A (r, in), B (out, r),
  * F32. The backend table has no scaling op, so the scale is applied as a
@@ -47,6 +57,7 @@ struct lmc_linear {
     int64_t group_size;            /* quantized formats; 0 for DENSE */
     const float *bias;             /* (out) or NULL */
     enum lmc_split split;
+    struct lmc_tp_group *tp;       /* split != NONE */
     const struct lmc_adapter *adapters; /* n_adapters of them, added after the base matmul */
     int n_adapters;
 };

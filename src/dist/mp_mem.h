@@ -1,0 +1,35 @@
+/* mp_mem.h — per-rank training memory of a model-parallel layout (tensor
+ * T x pipeline P x context C) as lmc lays it out today: float32 weights,
+ * gradients and AdamW's two moments (16 bytes a parameter) of the rank's
+ * shard (tp_train.h's cut: heads, KV heads replicated when fewer than T,
+ * MLP features; embedding, norms and head replicated; ceil(L/P) layers
+ * per stage, the largest stage holding the embedding or the head), and the
+ * training activation arena (lmc_tacts_bytes of the rank's local config
+ * for its B x ceil(seq/C) tokens) times the micro-batches 1F1B keeps alive
+ * on the first stage (min(P, M)). */
+#ifndef LMC_MP_MEM_H
+#define LMC_MP_MEM_H
+
+#include "io/hf_config.h"
+#include "lmc.h"
+
+struct lmc_mp_layout {
+    int tp, pp, cp;
+    int64_t micro_batch, seq;  /* sequences per micro-batch, tokens per sequence */
+    int micro_batches;         /* M per step (pipeline) */
+};
+
+struct lmc_mp_mem {
+    int64_t params;            /* parameters on the largest rank */
+    int64_t layers;            /* layers on it */
+    int64_t tokens;            /* tokens per micro-batch on a rank */
+    int live;                  /* micro-batches alive at once */
+    double weights, grads, optimizer, activations, total; /* bytes */
+};
+
+/* LMC_ERR_ARG naming the dimension that does not split (heads, KV heads,
+ * layers, sequence) or a value out of range. */
+lmc_status lmc_mp_mem(const struct lmc_config *c, const struct lmc_mp_layout *l, struct lmc_mp_mem *m,
+                      lmc_err *err);
+
+#endif

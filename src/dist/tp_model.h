@@ -1,0 +1,33 @@
+/* tp_model.h — a loaded model cut into one tensor-parallel rank's shard:
+ * attention q/k/v column-parallel by heads (GQA: KV heads split when there
+ * are at least T of them, else the one a rank's q heads share replicated),
+ * the output projection row-parallel, the MLP gate/up (GELU: fc) column-
+ * and down row-parallel, with the all-reduces in lmc_linear_fwd/bwd. The
+ * rank's lmc_model carries a local config (its heads, KV heads and
+ * intermediate size) so the model layer's drivers run it unchanged;
+ * embedding, norms and the head stay replicated. */
+#ifndef LMC_TP_MODEL_H
+#define LMC_TP_MODEL_H
+
+#include "dist/tp.h"
+#include "model/model.h"
+
+struct lmc_tp_model {
+    struct lmc_model m;              /* the rank's model (not to be lmc_model_free'd) */
+    struct lmc_tp_group group;       /* linears point here: do not move the struct */
+    struct lmc_tp_heads heads;
+    struct lmc_block_w *layers;
+    float *arena;                    /* the sharded weights */
+};
+
+/* Shards `full` (host memory, F32 linears: load with LMC_WDTYPE_F32) for
+ * rank c->rank of c->world. Refused with a message naming the field when
+ * heads, KV heads or the layout do not split. `full` must outlive t. */
+lmc_status lmc_tp_model_shard(struct lmc_tp_model *t, const struct lmc_model *full,
+                              struct lmc_comm *c, lmc_err *err);
+void lmc_tp_model_free(struct lmc_tp_model *t);
+
+/* The group's status after a step (the first failed collective), reset. */
+lmc_status lmc_tp_model_check(struct lmc_tp_model *t, lmc_err *err);
+
+#endif

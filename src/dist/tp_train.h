@@ -1,0 +1,32 @@
+/* tp_train.h — tensor-parallel training of the model layer's trainable
+ * model (model/backward.h): a rank's lmc_tmodel holds its shard of every
+ * split tensor (q/k/v and gate/up rows, o/down columns, by heads and MLP
+ * features as tp_model.h) with a local config, so lmc_tmodel_step runs it
+ * unchanged with the collectives in lmc_linear. Replicated tensors (norms,
+ * embedding, head) get the full gradient on every rank; replicated KV heads
+ * (KV heads < T) need lmc_tp_tmodel_sum_replicated after the backward.
+ * Llama family (on-disk (out, in) layouts); GPT-2 is refused. */
+#ifndef LMC_TP_TRAIN_H
+#define LMC_TP_TRAIN_H
+
+#include "dist/tp.h"
+#include "model/backward.h"
+
+/* tm (new, on be) <- rank c->rank's shard of full. g receives the group
+ * (must outlive tm; tm's linears point to it). */
+lmc_status lmc_tp_tmodel_shard(struct lmc_tmodel *tm, struct lmc_tp_group *g,
+                               struct lmc_tp_heads *heads, const struct lmc_tmodel *full,
+                               struct lmc_comm *c, const struct lmc_backend *be, lmc_err *err);
+
+/* Sums the gradients of replicated KV-head tensors over their replicas. */
+lmc_status lmc_tp_tmodel_sum_replicated(struct lmc_tmodel *tm, const struct lmc_tp_group *g,
+                                        const struct lmc_tp_heads *heads, int64_t full_n_kv,
+                                        lmc_err *err);
+
+/* Where tensor `name` of a rank's shard lies in the full tensor: *dim (0:
+ * rows, 1: columns of the on-disk (out, in) layout; -1: replicated), the
+ * first index *a0 and the count *n. */
+void lmc_tp_tensor_cut(const char *name, const struct lmc_tp_heads *h, int64_t head_dim,
+                       int64_t i0, int64_t ni, int *dim, int64_t *a0, int64_t *n);
+
+#endif

@@ -1,0 +1,62 @@
+/* test_mp_mem.c — per-rank memory of model-parallel layouts (mp_mem.h) on
+ * the llama-tiny and qwen2-tiny configs: at TP 1, 2, 4 the parameter count
+ * equals the tensors lmc_tp_tmodel_shard actually allocates for rank 0
+ * (replicated KV heads included), 16 bytes each; the activations at
+ * TP 1 x CP 1 are lmc_tacts_bytes of the config, shrink with CP (CP 4 a
+ * quarter of the tokens) and multiply by the live micro-batches of 1F1B;
+ * pipeline stages hold ceil(L/P) layers; layouts that do not split are
+ * refused naming the dimension. */
+#include "test.h"
+#include "dist/mp_mem.h"
+#include "dist/tp_train.h"
+
+int main(void) {
+    struct lmc_backend be;
+    lmc_err err = {0};
+    CHECK(lmc_backend_cpu_init(&be, 1, &err) == LMC_OK);
+    const char *fx[] = {"tests/fixtures/llama-tiny", "tests/fixtures/qwen2-tiny"};
+    for (int f = 0; f < 2; f++) {
+        struct lmc_tmodel full;
+        if (lmc_tmodel_load(&full, fx[f], &be, &err)) {
+            CHECK_MSG(0, "%s", err.msg);
+            continue;
+        }
+        const struct lmc_config *c = &full.cfg;
+        for (int T = 1; T <= 4; T *= 2) {
+            struct lmc_comm fake = {0};
+            fake.rank = 0, fake.world = T;
+            struct lmc_tmodel tm;
+            struct lmc_tp_group g;
+            struct lmc_tp_heads h;
+            CHECK(lmc_tp_tmodel_shard(&tm, &g, &h, &full, &fake, &be, &err) == LMC_OK);
+            int64_t numel = 0;
+            for (int i = 0; i < tm.n_params; i++) numel += tm.params[i].numel;
+            struct lmc_mp_layout l = {T, 1, 1, 2, 64, 1};
+            struct lmc_mp_mem m;
+            CHECK(lmc_mp_mem(c, &l, &m, &err) == LMC_OK);
+            CHECK_MSG(m.params == numel, "%s TP %d: %lld vs %lld", fx[f], T, (long long)m.params, (long long)numel);
+            CHECK(m.weights == 4.0 * numel && m.optimizer == 8.0 * numel && m.live == 1);
+            lmc_tmodel_free(&tm);
+        }
+        struct lmc_mp_layout l1 = {1, 1, 1, 2, 4096, 1}, l4 = {1, 1, 4, 2, 4096, 1};
+        struct lmc_mp_mem a, b;
+        CHECK(lmc_mp_mem(c, &l1, &a, &err) == LMC_OK && lmc_mp_mem(c, &l4, &b, &err) == LMC_OK);
+        CHECK(a.activations == (double)lmc_tacts_bytes(c, 2, 4096, false));
+        CHECK(b.activations == (double)lmc_tacts_bytes(c, 2, 1024, false) && b.tokens == 2048);
+        CHECK(b.activations < a.activations / 3.5 && b.params == a.params);
+        struct lmc_mp_layout p2 = {1, 2, 1, 2, 64, 8};
+        CHECK(lmc_mp_mem(c, &p2, &a, &err) == LMC_OK && a.layers == 1 && a.live == 2);
+        struct lmc_config one = *c;
+        one.num_layers = 1;
+        CHECK(a.activations == 2.0 * (double)lmc_tacts_bytes(&one, 2, 64, false));
+        struct lmc_mp_layout bad = {3, 1, 1, 1, 64, 1};
+        CHECK(lmc_mp_mem(c, &bad, &a, &err) == LMC_ERR_ARG && strstr(err.msg, "heads"));
+        bad = (struct lmc_mp_layout){1, 3, 1, 1, 64, 1};
+        CHECK(lmc_mp_mem(c, &bad, &a, &err) == LMC_ERR_ARG && strstr(err.msg, "layers"));
+        bad = (struct lmc_mp_layout){1, 1, 8, 1, 7, 1};
+        CHECK(lmc_mp_mem(c, &bad, &a, &err) == LMC_ERR_ARG && strstr(err.msg, "7 tokens"));
+        lmc_tmodel_free(&full);
+    }
+    lmc_backend_cpu_free(&be);
+    return test_finish("test_mp_mem");
+}
