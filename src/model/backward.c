@@ -146,10 +146,18 @@ oom:
 }
 
 int lmc_tmodel_bind(struct lmc_tmodel *tm) {
-    size_t lb = (size_t)tm->cfg.num_layers * sizeof *tm->W.layers;
     struct lmc_block_w *wl = tm->W.layers, *gl = tm->G.layers;
-    memset(wl, 0, lb);
-    memset(gl, 0, lb);
+    /* cleared for a fresh bind, keeping each layer's expert table (lmc_weights_layers_alloc) */
+    size_t nx = tm->cfg.num_experts > 0 ? (size_t)tm->cfg.num_experts * LMC_X_N : 0;
+    for (int64_t l = 0; l < tm->cfg.num_layers; l++) {
+        struct lmc_linear *xw = wl[l].experts, *xg = gl[l].experts;
+        if (xw) memset(xw, 0, nx * sizeof *xw);
+        if (xg) memset(xg, 0, nx * sizeof *xg);
+        memset(&wl[l], 0, sizeof wl[l]);
+        memset(&gl[l], 0, sizeof gl[l]);
+        wl[l].experts = xw;
+        gl[l].experts = xg;
+    }
     memset(&tm->W, 0, sizeof tm->W);
     memset(&tm->G, 0, sizeof tm->G);
     tm->W.layers = wl;
