@@ -11,7 +11,7 @@ pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 
-for m in llama-tiny qwen2-tiny gpt2-tiny; do
+for m in llama-tiny qwen2-tiny gpt2-tiny mamba-tiny mamba2-tiny; do
   D=$FIX/$m
   text=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['text'])")
   want=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['greedy_new_ids'])" | tr -d ' ')

@@ -314,7 +314,7 @@ static void test_bad(void) {
     expect_bad_with("huge intermediate", base_llama, "intermediate_size", "4294967296", LMC_ERR_FORMAT,
                     "intermediate_size", NULL);
     expect_bad_with("bert", base_llama, "model_type", "\"bert\"", LMC_ERR_UNSUPPORTED, "'bert'", "llama, mistral");
-    expect_bad_with("mamba", base_llama, "model_type", "\"mamba\"", LMC_ERR_UNSUPPORTED, "mamba", NULL);
+    expect_bad_with("rwkv", base_llama, "model_type", "\"rwkv\"", LMC_ERR_UNSUPPORTED, "rwkv", NULL);
     expect_bad_with("no model_type", base_llama, "model_type", NULL, LMC_ERR_FORMAT, "model_type", NULL);
     expect_bad_with("model_type number", base_llama, "model_type", "7", LMC_ERR_FORMAT, "model_type", "a number");
     expect_bad_with("bias as string", base_llama, "attention_bias", "\"false\"", LMC_ERR_FORMAT, "attention_bias",

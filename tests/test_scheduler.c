@@ -8,7 +8,8 @@
  * token, cancelling mid-stream (and cancels of finished or unknown ids that
  * change nothing), bad requests; shutting down with requests running and
  * waiting (each ends once, with its tokens so far and "shutting down");
- * all blocks come back at the end. */
+ * all blocks come back at the end. The Mamba fixtures run the greedy and
+ * sampling checks with per-request recurrent state slots. */
 #include "test.h"
 #include "core/core.h"
 #include "infer/detok.h"
@@ -589,6 +590,9 @@ int main(void) {
     test_fixture("tests/fixtures/llama-tiny", true);
     test_fixture("tests/fixtures/qwen2-tiny", false);
     test_fixture("tests/fixtures/gpt2-tiny", false);
+    /* Mamba / Mamba-2: a recurrent-state slot per request instead of KV blocks */
+    test_fixture("tests/fixtures/mamba-tiny", false);
+    test_fixture("tests/fixtures/mamba2-tiny", false);
     printf("test_scheduler: %.1f s\n", lmc_time_now() - t0);
     return test_finish("test_scheduler");
 }

@@ -5,6 +5,7 @@
 #ifndef LMC_HF_CONFIG_H
 #define LMC_HF_CONFIG_H
 
+#include "io/mamba_config.h"
 #include "lmc.h"
 
 #include <stdbool.h>
@@ -12,7 +13,7 @@
 
 /* Which architecture file (src/model/arch_*.c) runs the model; only the
  * parser and the architecture files themselves set or read it. */
-enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3 };
+enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3, LMC_ARCH_MAMBA, LMC_ARCH_MAMBA2 };
 enum lmc_act { LMC_ACT_SILU = 0, LMC_ACT_GELU_TANH, LMC_ACT_GELU };
 enum lmc_rope_type {
     LMC_ROPE_DEFAULT = 0,
@@ -70,6 +71,8 @@ struct lmc_config {
     bool gen_do_sample;
     double gen_temperature, gen_top_p, gen_min_p, gen_repetition_penalty;
     int64_t gen_top_k;
+    /* model_type "mamba" / "mamba2": the SSM sizes (arch_mamba.c) */
+    struct lmc_mamba_config mamba;
 };
 
 /* Parses config.json text (json, len). `label` names the file in messages.

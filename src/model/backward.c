@@ -75,13 +75,13 @@ static const char *missing_op(const struct lmc_backend *be, const struct lmc_con
     NEED(add);
     NEED(classifier_xent);
     if ((m = a->norm->missing(be, false)) || (m = a->mixer->missing(be, c, false)) ||
-        (m = a->ffn->missing(be, c, false)))
+        (a->ffn && (m = a->ffn->missing(be, c, false))))
         return m;
     if (backward) {
         NEED(matmul_bwd);
         NEED(embed_bwd);
         if ((m = a->norm->missing(be, true)) || (m = a->mixer->missing(be, c, true)) ||
-            (m = a->ffn->missing(be, c, true)))
+            (a->ffn && (m = a->ffn->missing(be, c, true))))
             return m;
     }
     if (optimizer) {
