@@ -65,14 +65,14 @@ static int64_t slot_bytes(const struct lmc_config *c) {
     return (f * 4 + 63) / 64 * 64;
 }
 
+/* training: the activations the backward reads; inference: the mixer's scratch */
 static int64_t save_floats(const struct lmc_config *c, int64_t n, enum lmc_run_mode mode) {
-    (void)mode;
+    if (mode == LMC_RUN_TRAIN) return lmc_mamba_mixer_act_floats(&c->mamba, n);
     return lmc_mamba_mixer_ws_floats(&c->mamba, n);
 }
 
 static int64_t bwd_floats(const struct lmc_config *c, int64_t n) {
-    (void)c, (void)n;
-    return 0;
+    return lmc_mamba_mixer_bwd_ws_floats(&c->mamba, n);
 }
 
 static int64_t no_kv(const struct lmc_config *c) {
@@ -129,17 +129,40 @@ static void mix_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         }
         break;
     }
-    case LMC_RUN_TRAIN:
-        lmc_mamba_mix(r->be, &c->mamba, &L, y, res, h, NULL, NULL, NULL, r->B, r->T, save);
+    case LMC_RUN_TRAIN: { /* B sequences of T tokens from a zero state; y = res + mixer(h) */
+        struct lmc_mamba_mixer_acts acts;
+        lmc_mamba_mixer_acts_bind(&acts, &c->mamba, r->n, save);
+        lmc_mamba_mix_train(r->be, &c->mamba, &L, r->tmp, h, &acts, r->B, r->T);
+        r->be->add(r->be->ctx, y, res, r->tmp, r->n * c->hidden_size);
         break;
+    }
     }
 }
 
 static void mix_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
                     const struct lmc_block_w *G, const float *save, const float *h, const float *dy,
                     float *dh, float *scratch) {
-    (void)r, (void)l, (void)W, (void)G, (void)save, (void)h, (void)dy, (void)dh, (void)scratch;
-    LMC_ASSERT(!"mamba mixer: backward through the model layer is not wired (missing() refuses it)");
+    (void)l;
+    const struct lmc_config *c = r->cfg;
+    struct lmc_mamba_layer L;
+    layer_of(W, &L);
+    struct lmc_mamba_mixer_acts acts;
+    lmc_mamba_mixer_acts_bind(&acts, &c->mamba, r->n, (float *)save);
+    const struct lmc_mamba_layer_grads g = {
+        .in_proj = (float *)G->lin[LMC_L_SSM_IN].w.data,
+        .in_proj_b = (float *)G->lin[LMC_L_SSM_IN].bias,
+        .conv_w = (float *)G->vec[LMC_V_SSM_CONV],
+        .conv_b = (float *)G->vec[LMC_V_SSM_CONV_B],
+        .x_proj = (float *)G->lin[LMC_L_SSM_X].w.data,
+        .dt_proj = (float *)G->lin[LMC_L_SSM_DT].w.data,
+        .dt_bias = (float *)G->vec[LMC_V_SSM_DT_B],
+        .A_log = (float *)G->vec[LMC_V_SSM_A_LOG],
+        .Dskip = (float *)G->vec[LMC_V_SSM_D],
+        .gnorm_w = (float *)G->vec[LMC_V_SSM_NORM],
+        .out_proj = (float *)G->lin[LMC_L_O].w.data,
+        .out_proj_b = (float *)G->lin[LMC_L_O].bias,
+    };
+    lmc_mamba_mix_bwd(r->be, &c->mamba, &L, dh, dy, h, &acts, &g, r->B, r->T, scratch);
 }
 
 static const char *mix_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
@@ -147,7 +170,13 @@ static const char *mix_missing(const struct lmc_backend *be, const struct lmc_co
     if (c->mamba.kind == LMC_MAMBA_1 && (!be->ssm_scan || !be->ssm_scan_step)) return "ssm_scan";
     if (c->mamba.kind == LMC_MAMBA_2 && (!be->ssd_chunk || !be->ssd_step || !be->rmsnorm_gated))
         return "ssd_chunk";
-    if (backward) return "mamba mixer backward in the model layer (not wired yet)";
+    if (backward) {
+        if (!be->matmul_bwd) return "matmul_bwd";
+        if (!be->conv1d_causal_bwd) return "conv1d_causal_bwd";
+        if (c->mamba.kind == LMC_MAMBA_1 && !be->ssm_scan_bwd) return "ssm_scan_bwd";
+        if (c->mamba.kind == LMC_MAMBA_2 && (!be->ssd_chunk_bwd || !be->rmsnorm_gated_bwd))
+            return "ssd_chunk_bwd";
+    }
     return NULL;
 }
 

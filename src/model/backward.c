@@ -33,6 +33,7 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->shape[1] = t->ndim == 2 ? t->disk[1] : 1;
     p->numel = t->numel;
     p->transposed = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
+    p->conv = (t->spec->flags & LMC_TF_CONV) != 0;
     p->role = (enum lmc_role)t->spec->role;
     p->off = tm->numel;
     int64_t padded = (p->numel + 15) / 16 * 16;
@@ -311,6 +312,8 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
         }
         bool ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
                   (p->ndim == 1 || t->shape[1] == p->shape[1]);
+        if (t->ndim == 3 && p->ndim == 2) /* a depthwise conv1d weight (rows, 1, K) */
+            ok = t->shape[0] == p->shape[0] && t->shape[1] == 1 && t->shape[2] == p->shape[1];
         if (!ok || (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has the wrong shape or dtype "
                             "(expected F32/F16/BF16 [%lld%s%lld])", dir, name, (long long)p->shape[0],

@@ -40,6 +40,7 @@ struct lmc_tparam {
     int64_t shape[2];       /* on-disk shape */
     int64_t off, numel;     /* floats into the arenas */
     bool transposed;        /* arena holds the transpose of the on-disk 2-D tensor */
+    bool conv;              /* written (shape[0], 1, shape[1]) (a depthwise conv1d weight) */
     enum lmc_role role;     /* from the spec table: embedding, matrix, norm, bias */
 };
 

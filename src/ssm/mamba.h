@@ -114,6 +114,7 @@ struct lmc_mamba_layer_grads {   /* shapes as the layer's tensors; NULL where ab
     float *norm_w, *in_proj, *in_proj_b, *conv_w, *conv_b;
     float *x_proj;
     float *dt_proj_ext;          /* (D, R + 2N): dt_proj.weight's gradient is its first R columns */
+    float *dt_proj;              /* (D, R): used instead when the layer's dt_proj_ext is unset */
     float *dt_bias, *A_log, *Dskip, *gnorm_w, *out_proj, *out_proj_b;
 };
 struct lmc_mamba_grads {
@@ -149,6 +150,16 @@ void lmc_mamba_mixer_backward(const struct lmc_mamba_model *m, int64_t l, float 
                               const float *dout, const float *h,
                               const struct lmc_mamba_mixer_acts *a, struct lmc_mamba_layer_grads *g,
                               int64_t B, int64_t T, float *ws);
+
+/* The same on one layer's weights L and gradients G (the model layer's
+ * mixer: x_proj and dt_proj as on disk when L->dt_proj_ext is unset). */
+void lmc_mamba_mix_train(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                         const struct lmc_mamba_layer *L, float *out, const float *h,
+                         struct lmc_mamba_mixer_acts *a, int64_t B, int64_t T);
+void lmc_mamba_mix_bwd(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                       const struct lmc_mamba_layer *L, float *dh, const float *dout, const float *h,
+                       const struct lmc_mamba_mixer_acts *a, const struct lmc_mamba_layer_grads *G,
+                       int64_t B, int64_t T, float *ws);
 
 /* Every parameter's gradient with its Hugging Face tensor name (for
  * checkpoints, the optimizer, parity): grad (backend memory) holds rows x
