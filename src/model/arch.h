@@ -65,6 +65,8 @@ enum lmc_when {
 #define LMC_TF_TRANSPOSED 1u  /* stored (in, out) on disk; used as (out, in) */
 #define LMC_TF_RESID      2u  /* a residual output projection (init std / sqrt(2 L)) */
 #define LMC_TF_CONV       4u  /* stored (rows, 1, cols) on disk (a depthwise conv1d weight) */
+#define LMC_TF_INIT_ALOG  8u  /* from scratch: log(1..n) along the last dimension (Mamba's A_log) */
+#define LMC_TF_INIT_DT   16u  /* from scratch: softplus^-1(dt), dt log-uniform in [1e-3, 0.1] (dt bias) */
 
 struct lmc_tensor_spec {
     const char *name;         /* HF name; per-layer names hold one %lld (the layer index) */

@@ -34,6 +34,7 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->numel = t->numel;
     p->transposed = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
     p->conv = (t->spec->flags & LMC_TF_CONV) != 0;
+    p->init = t->spec->flags & (LMC_TF_INIT_ALOG | LMC_TF_INIT_DT);
     p->role = (enum lmc_role)t->spec->role;
     p->off = tm->numel;
     int64_t padded = (p->numel + 15) / 16 * 16;
@@ -262,7 +263,15 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
     }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        if (p->role == LMC_ROLE_NORM || p->role == LMC_ROLE_BIAS) {
+        if (p->init & LMC_TF_INIT_ALOG) { /* A = -(1..n) per row, as mamba_ssm initialises it */
+            int64_t n = p->ndim == 2 ? p->shape[1] : p->numel;
+            for (int64_t k = 0; k < p->numel; k++) w[k] = (float)log((double)(k % n + 1));
+        } else if (p->init & LMC_TF_INIT_DT) { /* softplus(bias) = dt, log-uniform in [1e-3, 0.1] */
+            for (int64_t k = 0; k < p->numel; k++) {
+                double dt = exp(log(1e-3) + lmc_rng_uniform(&s) * (log(0.1) - log(1e-3)));
+                w[k] = (float)(dt + log(-expm1(-dt)));
+            }
+        } else if (p->role == LMC_ROLE_NORM || p->role == LMC_ROLE_BIAS) {
             float v = p->role == LMC_ROLE_NORM ? 1.0f : 0.0f;
             for (int64_t k = 0; k < p->numel; k++) w[k] = v;
         } else {
