@@ -79,6 +79,9 @@ static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tenso
     if (r->ndim == 1)
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld]", file,
                            t->name, got, (long long)r->disk[0]);
+    if (r->spec->flags & LMC_TF_CONV)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld, 1, %lld]",
+                           file, t->name, got, (long long)r->disk[0], (long long)r->disk[1]);
     return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld, %lld]", file,
                        t->name, got, (long long)r->disk[0], (long long)r->disk[1]);
 }
