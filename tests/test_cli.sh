@@ -3,7 +3,8 @@
 # generate --json equals transformers' greedy ids, streaming equals the JSON
 # text, stop strings, tokenize/detokenize, eval's NLL against the reference
 # logits, info's parameter count, and bad input giving clear errors with the
-# right exit codes. Usage: test_cli.sh PATH/TO/lmc
+# right exit codes (Mamba: a missing A_log, a conv1d of the wrong rank).
+# Usage: test_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
 FIX=tests/fixtures
@@ -11,7 +12,7 @@ pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 
-for m in llama-tiny qwen2-tiny gpt2-tiny; do
+for m in llama-tiny qwen2-tiny gpt2-tiny mamba-tiny mamba2-tiny; do
   D=$FIX/$m
   text=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['text'])")
   want=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['greedy_new_ids'])" | tr -d ' ')
@@ -73,6 +74,26 @@ for v in h.values():
 assert info['parameters'] == tot, (info['parameters'], tot)
 PY
   ok $? "$m info parameter count"
+done
+
+# Mamba weights: a missing A_log and a conv1d weight of the wrong rank are
+# refused naming the tensor and the expected shape
+for case in drop reshape; do
+  python3 - $FIX/mamba-tiny "$TMP/mbad_$case" $case <<'PY'
+import json, os, shutil, struct, sys
+src, dst, case = sys.argv[1:4]
+os.makedirs(dst, exist_ok=True)
+for f in ['config.json', 'tokenizer.json', 'tokenizer_config.json']: shutil.copy(src + '/' + f, dst)
+b = open(src + '/model.safetensors', 'rb').read(); n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n]); data = b[8 + n:]
+if case == 'drop': del h['backbone.layers.1.mixer.A_log']
+else: h['backbone.layers.0.mixer.conv1d.weight']['shape'] = [128, 4]
+hb = json.dumps(h).encode(); hb += b' ' * ((8 - len(hb) % 8) % 8)
+open(dst + '/model.safetensors', 'wb').write(struct.pack('<Q', len(hb)) + hb + data)
+PY
+  "$LMC" generate -m "$TMP/mbad_$case" -p "a" -n 2 >/dev/null 2>"$TMP/err"; r=$?
+  if [ $case = drop ]; then want="backbone.layers.1.mixer.A_log"; shape="128, 8"; else want="backbone.layers.0.mixer.conv1d.weight"; shape="128, 1, 4"; fi
+  [ $r != 0 ] && grep -q "$want" "$TMP/err" && grep -q "$shape" "$TMP/err"; ok $? "mamba bad weights ($case): $(cat "$TMP/err")"
 done
 
 # stop strings: output ends before the stop string

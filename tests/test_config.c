@@ -314,7 +314,7 @@ static void test_bad(void) {
     expect_bad_with("huge intermediate", base_llama, "intermediate_size", "4294967296", LMC_ERR_FORMAT,
                     "intermediate_size", NULL);
     expect_bad_with("bert", base_llama, "model_type", "\"bert\"", LMC_ERR_UNSUPPORTED, "'bert'", "llama, mistral");
-    expect_bad_with("mamba", base_llama, "model_type", "\"mamba\"", LMC_ERR_UNSUPPORTED, "mamba", NULL);
+    expect_bad_with("rwkv", base_llama, "model_type", "\"rwkv\"", LMC_ERR_UNSUPPORTED, "rwkv", NULL);
     expect_bad_with("no model_type", base_llama, "model_type", NULL, LMC_ERR_FORMAT, "model_type", NULL);
     expect_bad_with("model_type number", base_llama, "model_type", "7", LMC_ERR_FORMAT, "model_type", "a number");
     expect_bad_with("bias as string", base_llama, "attention_bias", "\"false\"", LMC_ERR_FORMAT, "attention_bias",
@@ -365,8 +365,38 @@ static void test_bad(void) {
     free(copy);
 }
 
+/* Mamba / Mamba-2 through the one config parser: the SSM sizes in
+ * lmc_config.mamba, the model-layer fields, and inconsistent sizes refused
+ * naming the fields. */
+static void test_mamba(void) {
+    struct lmc_config c;
+    lmc_err err = {0};
+    lmc_status s = lmc_config_load(&c, "tests/fixtures/mamba-tiny", &err);
+    CHECK_MSG(s == LMC_OK, "mamba-tiny: %s", err.msg);
+    CHECK(c.arch == LMC_ARCH_MAMBA && strcmp(c.model_type, "mamba") == 0 && c.mamba.kind == LMC_MAMBA_1);
+    CHECK(c.vocab_size == 512 && c.hidden_size == 64 && c.num_layers == 2 && c.intermediate_size == 128);
+    CHECK(c.mamba.d_inner == 128 && c.mamba.in_proj_dim == 256 && c.mamba.conv_dim == 128);
+    CHECK(c.mamba.xproj_dim == c.mamba.time_step_rank + 2 * c.mamba.state_size && c.tie_word_embeddings);
+    s = lmc_config_load(&c, "tests/fixtures/mamba2-tiny", &err);
+    CHECK_MSG(s == LMC_OK, "mamba2-tiny: %s", err.msg);
+    CHECK(c.arch == LMC_ARCH_MAMBA2 && strcmp(c.model_type, "mamba2") == 0 && c.mamba.kind == LMC_MAMBA_2);
+    CHECK(c.mamba.num_heads == 8 && c.mamba.head_dim == 16 && c.mamba.n_groups == 1 && c.mamba.chunk_size == 16);
+    CHECK(c.mamba.conv_dim == 128 + 2 * 16 && c.mamba.in_proj_dim == 2 * 128 + 2 * 16 + 8);
+    CHECK(c.bos_token_id == 0 && c.n_eos == 1 && c.eos_token_ids[0] == 2 && c.pad_token_id == 1);
+    CHECK(!c.tie_word_embeddings);
+    /* 8 heads x 16 != expand 2 x hidden 48 */
+    expect_bad("mamba2 heads x head_dim",
+               "{\"model_type\":\"mamba2\",\"vocab_size\":512,\"hidden_size\":48,\"num_hidden_layers\":2,"
+               "\"num_heads\":8,\"head_dim\":16,\"n_groups\":1,\"expand\":2}",
+               LMC_ERR_FORMAT, "num_heads", NULL);
+    expect_bad("mamba without vocab",
+               "{\"model_type\":\"mamba\",\"hidden_size\":64,\"num_hidden_layers\":2}", LMC_ERR_FORMAT,
+               "vocab_size", NULL);
+}
+
 int main(void) {
     test_fixtures();
+    test_mamba();
     test_rope();
     test_styles();
     test_generation();

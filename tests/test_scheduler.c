@@ -8,13 +8,17 @@
  * token, cancelling mid-stream (and cancels of finished or unknown ids that
  * change nothing), bad requests; shutting down with requests running and
  * waiting (each ends once, with its tokens so far and "shutting down");
- * all blocks come back at the end. */
+ * all blocks come back at the end. The Mamba fixtures run the greedy and
+ * sampling checks with per-request recurrent state slots. A session's
+ * prefix reuse (same prompt, a diverging one, an extension) equals fresh
+ * sessions on every fixture. */
 #include "test.h"
 #include "core/core.h"
 #include "infer/detok.h"
 #include "infer/scheduler.h"
 #include "infer/session.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,6 +238,46 @@ static struct lmc_sched *open_sched(struct fixture *f, int64_t kv_blocks, int bl
     return open_sched_opts(f, kv_blocks, block_size, step_tokens, prefix, 0, 0);
 }
 
+/* A session's prefix reuse (chat turns): feeding the same prompt again, a
+ * prompt that diverges inside what is cached (a recurrent state cannot
+ * rewind: it restarts) and one that extends it give the logits of a fresh
+ * session (max abs diff <= 1e-4). */
+static void session_logits(struct fixture *f, struct lmc_session *s, const int32_t *ids, int64_t n,
+                           float *out) {
+    lmc_err err = {0};
+    CHECK_MSG(lmc_session_feed(s, ids, n, &err) == LMC_OK, "%s", err.msg);
+    memcpy(out, s->logits, (size_t)f->m.cfg.vocab_size * sizeof *out);
+}
+
+static void test_session_reuse(struct fixture *f, const char *dir) {
+    const int64_t V = f->m.cfg.vocab_size;
+    float *a = malloc((size_t)V * sizeof *a), *b = malloc((size_t)V * sizeof *b);
+    int32_t p1[40], p2[40];
+    for (int i = 0; i < 40; i++) p1[i] = (int32_t)((i * 37 + 5) % V), p2[i] = p1[i];
+    for (int i = 12; i < 40; i++) p2[i] = (int32_t)((i * 11 + 3) % V); /* diverges at 12 */
+    const struct { const int32_t *ids; int64_t n; } seq[4] = {{p1, 30}, {p1, 30}, {p2, 25}, {p2, 38}};
+    struct lmc_session s;
+    lmc_err err = {0};
+    if (!a || !b || lmc_session_init(&s, &f->m, &f->be_ref, f->tok, 64, 64, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        free(a), free(b);
+        return;
+    }
+    for (int k = 0; k < 4; k++) {
+        session_logits(f, &s, seq[k].ids, seq[k].n, a);
+        struct lmc_session fresh;
+        CHECK(lmc_session_init(&fresh, &f->m, &f->be_ref, f->tok, 64, 64, &err) == LMC_OK);
+        session_logits(f, &fresh, seq[k].ids, seq[k].n, b);
+        lmc_session_free(&fresh);
+        double worst = 0;
+        for (int64_t i = 0; i < V; i++) worst = fmax(worst, fabs((double)a[i] - b[i]));
+        CHECK_MSG(worst <= 1e-4, "%s session reuse step %d: logits differ by %g from a fresh session", dir, k,
+                  worst);
+    }
+    lmc_session_free(&s);
+    free(a), free(b);
+}
+
 static void test_fixture(const char *dir, bool full) {
     struct fixture *f = calloc(1, sizeof *f);
     if (!fixture_open(f, dir)) {
@@ -245,6 +289,7 @@ static void test_fixture(const char *dir, bool full) {
     int idx[NREQ];
     for (int i = 0; i < NREQ; i++) idx[i] = i;
     struct lmc_sched_stats st;
+    test_session_reuse(f, dir);
 
     /* greedy: 64 at once (chunked prefill: 64-token steps) == one by one */
     for (int i = 0; i < NREQ; i++) {
@@ -591,6 +636,9 @@ int main(void) {
     test_fixture("tests/fixtures/gpt2-tiny", false);
     test_fixture("tests/fixtures/mixtral-tiny", false);   /* mixture of experts: each row routed */
     test_fixture("tests/fixtures/qwen3moe-tiny", false);
+    /* Mamba / Mamba-2: a recurrent-state slot per request instead of KV blocks */
+    test_fixture("tests/fixtures/mamba-tiny", false);
+    test_fixture("tests/fixtures/mamba2-tiny", false);
     printf("test_scheduler: %.1f s\n", lmc_time_now() - t0);
     return test_finish("test_scheduler");
 }

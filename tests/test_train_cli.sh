@@ -4,7 +4,8 @@
 # the checkpoint loads with `lmc generate` and `lmc eval`; resuming from the
 # step-4 checkpoint gives the same losses as the uninterrupted run; --resume
 # latest with the checkpoint's settings; bad resumes refused; bad
-# options fail cleanly; --device cuda trains on a GPU machine and fails
+# options fail cleanly; mamba and mamba2 train from scratch and their
+# checkpoints generate; --device cuda trains on a GPU machine and fails
 # with a clear error elsewhere. Usage: test_train_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -82,6 +83,17 @@ mkdir -p "$TMP/empty"
 ok $? "gpt2 train with --recompute: $(cat "$TMP/err")"
 "$LMC" generate -m "$TMP/g/step_000002" -p "And" -n 4 --temp 0 >/dev/null 2>"$TMP/err"
 ok $? "gpt2 checkpoint generates: $(cat "$TMP/err")"
+
+# Mamba / Mamba-2 from scratch: a few steps, the checkpoint (conv1d stored
+# (C, 1, K) as transformers does) loads and generates
+for a in mamba mamba2; do
+  "$LMC" train --data "$TMP/data" --arch $a --layers 1 --hidden 32 --heads 2 --batch 2 --seq 16 --steps 2 --threads 2 -o "$TMP/$a" 2>"$TMP/err"
+  ok $? "$a train: $(cat "$TMP/err")"
+  python3 -c "import json,sys;c=json.load(open('$TMP/$a/step_000002/config.json'));sys.exit(c['model_type']!='$a')"
+  ok $? "$a checkpoint config model_type"
+  "$LMC" generate -m "$TMP/$a/step_000002" -p "And" -n 4 --temp 0 >/dev/null 2>"$TMP/err"
+  ok $? "$a checkpoint generates: $(cat "$TMP/err")"
+done
 
 # the GPU: trains where there is one (bf16 by default); elsewhere a clean error naming cuda
 GARGS="--data $TMP/data --arch llama --layers 1 --hidden 32 --heads 2 --batch 2 --seq 16 --steps 2"

@@ -443,19 +443,20 @@ int cmd_info(int argc, char **argv) {
     for (int64_t i = 0; i < m->st.n_tensors; i++) by_dtype[m->st.tensors[i].dtype] += m->st.tensors[i].numel;
     size_t kvb = lmc_kv_bytes(m, ctx), actb = lmc_acts_bytes(m, LMC_MIN(ctx, 512), 1);
     size_t logitb = (size_t)k->vocab_size * sizeof(float); /* host copy for the sampler */
-    size_t total = m->weight_bytes + kvb + actb + logitb;
+    size_t stb = lmc_model_seq_slot_bytes(m); /* recurrent state per sequence (Mamba) */
+    size_t total = m->weight_bytes + kvb + stb + actb + logitb;
     if (c.json) {
         printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"active_parameters\":%lld,"
                "\"experts\":%lld,\"experts_per_token\":%lld,\"layers\":%lld,"
                "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
                "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
-               "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
+               "\"ctx\":%lld,\"kv_bytes\":%zu,\"state_bytes_per_sequence\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
                k->model_type, m->arch->name, (long long)m->n_params,
                (long long)lmc_arch_active_params(k, m->n_params), (long long)k->num_experts,
                (long long)k->num_experts_per_tok, (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
                (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
-               (long long)ctx, kvb, actb + logitb, total);
+               (long long)ctx, kvb, stb, actb + logitb, total);
     } else {
         printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
@@ -467,8 +468,13 @@ int cmd_info(int argc, char **argv) {
         }
         printf("layers       %lld, hidden %lld, intermediate %lld, vocab %lld\n", (long long)k->num_layers,
                (long long)k->hidden_size, (long long)k->intermediate_size, (long long)k->vocab_size);
-        printf("attention    %lld heads, %lld kv heads, head_dim %lld%s\n", (long long)k->num_heads,
-               (long long)k->num_kv_heads, (long long)k->head_dim, k->qkv_bias ? ", qkv bias" : "");
+        if (stb)
+            printf("ssm          %s, d_inner %lld, state %lld, conv kernel %lld\n", k->model_type,
+                   (long long)k->mamba.d_inner, (long long)k->mamba.state_size,
+                   (long long)k->mamba.conv_kernel);
+        else
+            printf("attention    %lld heads, %lld kv heads, head_dim %lld%s\n", (long long)k->num_heads,
+                   (long long)k->num_kv_heads, (long long)k->head_dim, k->qkv_bias ? ", qkv bias" : "");
         if (m->rot_dim)
             printf("rope         %s, theta %g, factor %g\n", rope_name(k->rope.type), k->rope.theta, k->rope.factor);
         printf("positions    %lld%s\n", (long long)k->max_position_embeddings,
@@ -478,6 +484,8 @@ int cmd_info(int argc, char **argv) {
             if (by_dtype[t]) printf("%s %lld elems  ", lmc_dtype_name(t), (long long)by_dtype[t]);
         printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
         printf("weights      %.1f MiB as used\n", (double)m->weight_bytes / 1048576.0);
+        if (stb)
+            printf("state        %zu bytes per sequence (recurrent, no KV cache)\n", stb);
         printf("context %-5lld KV cache %.1f MiB + activations %.1f MiB -> total %.1f MiB\n",
                (long long)ctx, (double)kvb / 1048576.0, (double)(actb + logitb) / 1048576.0,
                (double)total / 1048576.0);

@@ -29,7 +29,7 @@ lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
     if (st) return st;
     kv->n_blocks = n_blocks;
     kv->block_size = block_size;
-    kv->prefix_cache = prefix_cache;
+    kv->prefix_cache = prefix_cache && !kv->pool.state; /* recurrent state: no prefix reuse yet */
     kv->n_buckets = 16;
     while (kv->n_buckets < n_blocks) kv->n_buckets *= 2;
     size_t nb = (size_t)n_blocks;
@@ -202,6 +202,7 @@ int64_t lmc_kv_seq_match_prefix(struct lmc_paged_kv *kv, struct lmc_kv_seq *s,
 
 int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc_kv_seq *s,
                                  int64_t n_filled, int64_t n_tokens) {
+    if (kv->pool.state) return s->n_blocks ? 0 : 1; /* one state slot per sequence */
     int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
     int64_t need = LMC_MAX(0, want - s->n_blocks);
     for (int64_t i = n_filled / bs; i < LMC_MIN(s->n_blocks, want); i++)
@@ -211,6 +212,14 @@ int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc
 
 bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_filled,
                         int64_t n_tokens) {
+    if (kv->pool.state) { /* recurrent: the sequence's state slot, zeroed when taken */
+        if (s->n_blocks) return true;
+        if (lmc_paged_kv_available(kv) < 1 || !grow(s, 1)) return false;
+        s->blocks[s->n_blocks++] = take_block(kv);
+        const struct lmc_backend *be = kv->pool.be;
+        be->zero(be->ctx, lmc_kv_pool_state(&kv->pool, s->blocks[0]), kv->pool.slot_bytes);
+        return true;
+    }
     int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
     LMC_ASSERT(n_filled >= 0 && n_filled <= n_tokens && n_filled <= s->n_blocks * bs);
     if (lmc_kv_seq_blocks_needed(kv, s, n_filled, n_tokens) > lmc_paged_kv_available(kv) ||
@@ -257,6 +266,7 @@ void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int3
 
 bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const struct lmc_kv_seq *src) {
     LMC_ASSERT(dst->n_blocks == 0);
+    if (kv->pool.state) return false; /* recurrent state is not shared (no copy yet) */
     if (!grow(dst, src->n_blocks)) return false;
     for (int64_t i = 0; i < src->n_blocks; i++) {
         dst->blocks[i] = src->blocks[i];

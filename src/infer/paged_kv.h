@@ -105,7 +105,9 @@ void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int3
 
 /* dst (empty) shares all of src's blocks (n > 1 sampling, beam search);
  * the first write into a shared partial block copies it. false: out of
- * host memory for the table. */
+ * host memory for the table, or a recurrent model (its state slot is not
+ * shared). Recurrent models (pool.state): a sequence holds one block, its
+ * state slot, taken and zeroed by reserve; no prefix cache. */
 bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const struct lmc_kv_seq *src);
 
 /* The pool row of position p of s. */

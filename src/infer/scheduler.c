@@ -667,6 +667,7 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
                            "prompt of %lld tokens plus max_tokens %lld exceeds the context of %lld",
                            (long long)n_prompt, (long long)r->max_tokens, (long long)s->o.ctx);
     int64_t need = (n_prompt + r->max_tokens + s->o.block_size - 1) / s->o.block_size;
+    if (s->kv.pool.state) need = 1; /* recurrent model: one state slot per request */
     if (need > s->kv.n_blocks)
         return lmc_err_set(err, LMC_ERR_ARG,
                            "prompt of %lld tokens plus max_tokens %lld needs %lld KV blocks; the pool has %lld",

@@ -47,6 +47,12 @@ lmc_status lmc_session_feed(struct lmc_session *s, const int32_t *ids, int64_t n
     int64_t keep = 0;
     while (keep < s->n_cached && keep < n && s->cached[keep] == ids[keep]) keep++;
     if (keep == n) keep = n - 1; /* recompute the last one to get its logits */
+    if (s->kv.state_bytes && keep != s->n_cached) {
+        /* a recurrent state holds all n_cached tokens and cannot rewind to
+         * keep: start over from a zero state */
+        s->be->zero(s->be->ctx, s->kv.state, s->kv.state_bytes);
+        keep = 0;
+    }
     s->n_cached = keep;
     lmc_status st = lmc_model_forward(s->model, s->be, &s->acts, &s->kv, ids + keep, n - keep, keep,
                                       s->logits, false, err);

@@ -19,7 +19,7 @@
 #define CFG_MAX_VOCAB ((int64_t)1 << 24) /* inclusive */
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEAD_DIM 1024
-#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe, olmoe"
+#define CFG_SUPPORTED "llama, mistral, qwen2, qwen3, gpt2, mixtral, qwen3_moe, qwen2_moe, olmoe, mamba, mamba2"
 
 /* Parsing context: the file label for messages. */
 struct cfg_ctx {
@@ -408,6 +408,30 @@ static lmc_status cfg_gpt2(struct cfg_ctx *x, const cJSON *root, struct lmc_conf
     return LMC_OK;
 }
 
+/* Mamba / Mamba-2: the SSM parser (io/mamba_config.c) and the fields the
+ * model layer reads (no attention: one pseudo head, no positions). */
+static lmc_status cfg_mamba(struct cfg_ctx *x, const char *json, size_t len, struct lmc_config *c) {
+    struct lmc_mamba_config *m = &c->mamba;
+    lmc_status s = lmc_mamba_config_parse(m, json, len, x->label, x->err);
+    if (s) return s;
+    snprintf(c->model_type, sizeof c->model_type, "%s", m->kind == LMC_MAMBA_1 ? "mamba" : "mamba2");
+    c->arch = m->kind == LMC_MAMBA_1 ? LMC_ARCH_MAMBA : LMC_ARCH_MAMBA2;
+    c->vocab_size = m->vocab_size;
+    c->hidden_size = m->hidden_size;
+    c->num_layers = m->num_layers;
+    c->intermediate_size = m->d_inner;
+    c->num_heads = c->num_kv_heads = 1;
+    c->head_dim = m->hidden_size;
+    c->max_position_embeddings = (int64_t)1 << 20; /* recurrent: no position limit */
+    c->norm_eps = m->norm_eps;
+    c->tie_word_embeddings = m->tie_word_embeddings;
+    c->act = LMC_ACT_SILU;
+    c->rope.theta = 10000;
+    c->rope.factor = 1;
+    c->rope.partial_rotary_factor = 1;
+    return LMC_OK;
+}
+
 /* Fields common to every family: token ids, dtype. */
 static lmc_status cfg_common(struct cfg_ctx *x, const cJSON *root, struct lmc_config *c) {
     lmc_status s;
@@ -458,9 +482,9 @@ lmc_status lmc_config_parse(struct lmc_config *c, const char *json, size_t len, 
                         CFG_SUPPORTED);
         goto out;
     }
-    if (strcmp(mt, "mamba") == 0) {
-        s = lmc_err_set(err, LMC_ERR_UNSUPPORTED,
-                        "%s: model_type 'mamba' is not supported yet (supported: " CFG_SUPPORTED ")", x.label);
+    if (strcmp(mt, "mamba") == 0 || strcmp(mt, "mamba2") == 0) {
+        s = cfg_mamba(&x, json, len, c);
+        if (!s) s = cfg_common(&x, root, c);
         goto out;
     }
     bool llama = strcmp(mt, "llama") == 0 || strcmp(mt, "mistral") == 0 || strcmp(mt, "qwen2") == 0 ||

@@ -5,6 +5,7 @@
 #ifndef LMC_HF_CONFIG_H
 #define LMC_HF_CONFIG_H
 
+#include "io/mamba_config.h"
 #include "lmc.h"
 
 #include <stdbool.h>
@@ -13,7 +14,7 @@
 /* Which architecture file (src/model/arch_*.c) runs the model; only the
  * parser and the architecture files themselves set or read it. */
 enum lmc_arch { LMC_ARCH_LLAMA = 0, LMC_ARCH_GPT2, LMC_ARCH_QWEN3, LMC_ARCH_MIXTRAL, LMC_ARCH_QWEN3MOE,
-                LMC_ARCH_QWEN2MOE, LMC_ARCH_OLMOE };
+                LMC_ARCH_QWEN2MOE, LMC_ARCH_OLMOE, LMC_ARCH_MAMBA, LMC_ARCH_MAMBA2 };
 enum lmc_act { LMC_ACT_SILU = 0, LMC_ACT_GELU_TANH, LMC_ACT_GELU };
 enum lmc_rope_type {
     LMC_ROPE_DEFAULT = 0,
@@ -79,6 +80,8 @@ struct lmc_config {
     int64_t shared_expert_intermediate_size; /* qwen2_moe's shared expert (sigmoid-gated); 0: none */
     bool output_router_logits;      /* training adds the load-balancing loss */
     double router_aux_loss_coef;
+    /* model_type "mamba" / "mamba2": the SSM sizes (arch_mamba.c) */
+    struct lmc_mamba_config mamba;
 };
 
 /* Parses config.json text (json, len). `label` names the file in messages.

@@ -13,7 +13,7 @@
 
 static const struct lmc_architecture *const archs[] = {&lmc_arch_llama, &lmc_arch_gpt2, &lmc_arch_qwen3,
                                                        &lmc_arch_mixtral, &lmc_arch_qwen3moe, &lmc_arch_qwen2moe,
-                                                       &lmc_arch_olmoe};
+                                                       &lmc_arch_olmoe, &lmc_arch_mamba, &lmc_arch_mamba2};
 #define N_ARCHS ((int)(sizeof archs / sizeof *archs))
 
 const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
@@ -23,7 +23,8 @@ const struct lmc_architecture *lmc_arch_of(const struct lmc_config *c) {
         [LMC_ARCH_LLAMA] = &lmc_arch_llama, [LMC_ARCH_GPT2] = &lmc_arch_gpt2,
         [LMC_ARCH_QWEN3] = &lmc_arch_qwen3, [LMC_ARCH_MIXTRAL] = &lmc_arch_mixtral,
         [LMC_ARCH_QWEN3MOE] = &lmc_arch_qwen3moe, [LMC_ARCH_QWEN2MOE] = &lmc_arch_qwen2moe,
-        [LMC_ARCH_OLMOE] = &lmc_arch_olmoe};
+        [LMC_ARCH_OLMOE] = &lmc_arch_olmoe, [LMC_ARCH_MAMBA] = &lmc_arch_mamba,
+        [LMC_ARCH_MAMBA2] = &lmc_arch_mamba2};
     LMC_ASSERT((int)c->arch >= 0 && (size_t)c->arch < sizeof by_enum / sizeof *by_enum);
     return by_enum[c->arch];
 }
@@ -34,7 +35,7 @@ const struct lmc_architecture *lmc_arch_find(const char *name) {
     return NULL;
 }
 
-const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe, qwen2moe, olmoe"; }
+const char *lmc_arch_names(void) { return "llama, gpt2, qwen3, mixtral, qwen3moe, qwen2moe, olmoe, mamba, mamba2"; }
 
 int64_t lmc_arch_rot_dim(const struct lmc_architecture *a, const struct lmc_config *c) {
     if (a->learned_pos) return 0;
@@ -54,6 +55,14 @@ static int64_t dim_of(const struct lmc_config *c, int d) {
     case LMC_D_E: return c->num_experts;
     case LMC_D_EI: return c->moe_intermediate_size;
     case LMC_D_SI: return c->shared_expert_intermediate_size;
+    case LMC_D_SIN: return c->mamba.in_proj_dim;
+    case LMC_D_SDI: return c->mamba.d_inner;
+    case LMC_D_SXP: return c->mamba.xproj_dim;
+    case LMC_D_SR: return c->mamba.time_step_rank;
+    case LMC_D_SN: return c->mamba.state_size;
+    case LMC_D_SCD: return c->mamba.conv_dim;
+    case LMC_D_SK: return c->mamba.conv_kernel;
+    case LMC_D_SH: return c->mamba.num_heads;
     default: return 1;
     }
 }
@@ -65,6 +74,8 @@ static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, 
     case LMC_WHEN_QKV_BIAS: return c->qkv_bias;
     case LMC_WHEN_O_BIAS: return c->o_bias;
     case LMC_WHEN_MLP_BIAS: return c->mlp_bias;
+    case LMC_WHEN_SSM_BIAS: return c->mamba.use_bias;
+    case LMC_WHEN_SSM_CONV_BIAS: return c->mamba.use_conv_bias;
     case LMC_WHEN_UNTIED: *required = !c->tie_word_embeddings; return true;
     default: return true;
     }
@@ -175,7 +186,7 @@ void lmc_weights_bind(struct lmc_weights *w, const struct lmc_tensor_ref *t, con
     }
     case LMC_TK_VEC:
         w->layers[t->layer].vec[s->slot] = data;
-        w->layers[t->layer].vec_n[s->slot] = t->rows;
+        w->layers[t->layer].vec_n[s->slot] = t->numel;
         break;
     default: LMC_ASSERT(!"unknown tensor kind");
     }

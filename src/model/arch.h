@@ -29,6 +29,15 @@ enum lmc_dimsym {
     LMC_D_E,      /* num_experts (the router's rows) */
     LMC_D_EI,     /* moe_intermediate_size (one expert's width) */
     LMC_D_SI,     /* shared_expert_intermediate_size */
+    /* Mamba / Mamba-2 (lmc_config.mamba) */
+    LMC_D_SIN,    /* in_proj rows */
+    LMC_D_SDI,    /* d_inner */
+    LMC_D_SXP,    /* x_proj rows (R + 2N) */
+    LMC_D_SR,     /* time_step_rank */
+    LMC_D_SN,     /* state_size */
+    LMC_D_SCD,    /* conv channels */
+    LMC_D_SK,     /* conv_kernel */
+    LMC_D_SH,     /* SSM heads (Mamba-2) */
 };
 
 /* What a tensor is: the optimizer's decay rule, initialisation and `lmc
@@ -55,10 +64,14 @@ enum lmc_when {
     LMC_WHEN_ALWAYS,
     LMC_WHEN_QKV_BIAS, LMC_WHEN_O_BIAS, LMC_WHEN_MLP_BIAS,
     LMC_WHEN_UNTIED,  /* required untied; tied: optional (bound over the embedding when present) */
+    LMC_WHEN_SSM_BIAS, LMC_WHEN_SSM_CONV_BIAS, /* Mamba use_bias / use_conv_bias */
 };
 
 #define LMC_TF_TRANSPOSED 1u  /* stored (in, out) on disk; used as (out, in) */
 #define LMC_TF_RESID      2u  /* a residual output projection (init std / sqrt(2 L)) */
+#define LMC_TF_CONV       4u  /* stored (rows, 1, cols) on disk (a depthwise conv1d weight) */
+#define LMC_TF_INIT_ALOG  8u  /* from scratch: log(1..n) along the last dimension (Mamba's A_log) */
+#define LMC_TF_INIT_DT   16u  /* from scratch: softplus^-1(dt), dt log-uniform in [1e-3, 0.1] (dt bias) */
 
 struct lmc_tensor_spec {
     const char *name;         /* HF name; per-layer names hold one %lld (the layer index) */
@@ -81,7 +94,7 @@ struct lmc_architecture {
     int n_specs;
     const char *alt_prefix;              /* names may lack this prefix on disk, or NULL */
     const struct lmc_norm_ops *norm;
-    const struct lmc_part_ops *mixer, *ffn;
+    const struct lmc_part_ops *mixer, *ffn; /* ffn NULL: blocks of norm1 + mixer only */
     bool learned_pos;                    /* positions from pos_emb; else RoPE */
     /* configs the block recipe cannot run (beyond the config parser's checks) */
     lmc_status (*check)(const struct lmc_config *c, lmc_err *err);
@@ -111,7 +124,7 @@ struct lmc_tensor_ref {
     char name[160];
     int ndim;
     int64_t rows, cols;                  /* model layout; cols 1 for 1-D */
-    int64_t disk[2];                     /* on-disk shape */
+    int64_t disk[2];                     /* on-disk shape (LMC_TF_CONV: disk[0], 1, disk[1]) */
     int64_t numel;
     bool required;                       /* false: optional (bound when present) */
 };
@@ -166,6 +179,6 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
 
 /* Architectures (arch_*.c). */
 extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3, lmc_arch_mixtral,
-    lmc_arch_qwen3moe, lmc_arch_qwen2moe, lmc_arch_olmoe;
+    lmc_arch_qwen3moe, lmc_arch_qwen2moe, lmc_arch_olmoe, lmc_arch_mamba, lmc_arch_mamba2;
 
 #endif

@@ -33,6 +33,8 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->shape[1] = t->ndim == 2 ? t->disk[1] : 1;
     p->numel = t->numel;
     p->transposed = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
+    p->conv = (t->spec->flags & LMC_TF_CONV) != 0;
+    p->init = t->spec->flags & (LMC_TF_INIT_ALOG | LMC_TF_INIT_DT);
     p->role = (enum lmc_role)t->spec->role;
     p->off = tm->numel;
     int64_t padded = (p->numel + 15) / 16 * 16;
@@ -76,13 +78,13 @@ static const char *missing_op(const struct lmc_backend *be, const struct lmc_con
     NEED(add);
     NEED(classifier_xent);
     if ((m = a->norm->missing(be, false)) || (m = a->mixer->missing(be, c, false)) ||
-        (m = a->ffn->missing(be, c, false)))
+        (a->ffn && (m = a->ffn->missing(be, c, false))))
         return m;
     if (backward) {
         NEED(matmul_bwd);
         NEED(embed_bwd);
         if ((m = a->norm->missing(be, true)) || (m = a->mixer->missing(be, c, true)) ||
-            (m = a->ffn->missing(be, c, true)))
+            (a->ffn && (m = a->ffn->missing(be, c, true))))
             return m;
     }
     if (optimizer) {
@@ -284,7 +286,15 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
     }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        if (p->role == LMC_ROLE_NORM || p->role == LMC_ROLE_BIAS) {
+        if (p->init & LMC_TF_INIT_ALOG) { /* A = -(1..n) per row, as mamba_ssm initialises it */
+            int64_t n = p->ndim == 2 ? p->shape[1] : p->numel;
+            for (int64_t k = 0; k < p->numel; k++) w[k] = (float)log((double)(k % n + 1));
+        } else if (p->init & LMC_TF_INIT_DT) { /* softplus(bias) = dt, log-uniform in [1e-3, 0.1] */
+            for (int64_t k = 0; k < p->numel; k++) {
+                double dt = exp(log(1e-3) + lmc_rng_uniform(&s) * (log(0.1) - log(1e-3)));
+                w[k] = (float)(dt + log(-expm1(-dt)));
+            }
+        } else if (p->role == LMC_ROLE_NORM || p->role == LMC_ROLE_BIAS) {
             float v = p->role == LMC_ROLE_NORM ? 1.0f : 0.0f;
             for (int64_t k = 0; k < p->numel; k++) w[k] = v;
         } else {
@@ -334,6 +344,8 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
         }
         bool ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
                   (p->ndim == 1 || t->shape[1] == p->shape[1]);
+        if (t->ndim == 3 && p->ndim == 2) /* a depthwise conv1d weight (rows, 1, K) */
+            ok = t->shape[0] == p->shape[0] && t->shape[1] == 1 && t->shape[2] == p->shape[1];
         if (!ok || (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has the wrong shape or dtype "
                             "(expected F32/F16/BF16 [%lld%s%lld])", dir, name, (long long)p->shape[0],

@@ -40,6 +40,8 @@ struct lmc_tparam {
     int64_t shape[2];       /* on-disk shape */
     int64_t off, numel;     /* floats into the arenas */
     bool transposed;        /* arena holds the transpose of the on-disk 2-D tensor */
+    bool conv;              /* written (shape[0], 1, shape[1]) (a depthwise conv1d weight) */
+    uint8_t init;           /* LMC_TF_INIT_* of the spec: a special from-scratch value */
     enum lmc_role role;     /* from the spec table: embedding, matrix, norm, bias */
     bool frozen;            /* not trained (a frozen base under adapters): no optimizer state */
 };

@@ -47,7 +47,8 @@ const struct lmc_norm_ops lmc_norm_layer = {"layernorm", ln_fwd, ln_bwd, ln_miss
 int64_t lmc_block_save_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
                               enum lmc_run_mode mode) {
     int64_t per = mode == LMC_RUN_TRAIN ? 3 * ALIGN16(n * c->hidden_size) : 0;
-    return per + ALIGN16(a->mixer->save_floats(c, n, mode)) + ALIGN16(a->ffn->save_floats(c, n, mode));
+    return per + ALIGN16(a->mixer->save_floats(c, n, mode)) +
+           (a->ffn ? ALIGN16(a->ffn->save_floats(c, n, mode)) : 0);
 }
 
 float *lmc_block_save_carve(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
@@ -63,12 +64,12 @@ float *lmc_block_save_carve(const struct lmc_architecture *a, const struct lmc_c
     s->mix = p;
     p += ALIGN16(a->mixer->save_floats(c, n, mode));
     s->ffn = p;
-    p += ALIGN16(a->ffn->save_floats(c, n, mode));
+    if (a->ffn) p += ALIGN16(a->ffn->save_floats(c, n, mode));
     return p;
 }
 
 int64_t lmc_block_bwd_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n) {
-    return LMC_MAX(a->mixer->bwd_floats(c, n), a->ffn->bwd_floats(c, n));
+    return LMC_MAX(a->mixer->bwd_floats(c, n), a->ffn ? a->ffn->bwd_floats(c, n) : 0);
 }
 
 void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
@@ -77,8 +78,12 @@ void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w 
     const struct lmc_architecture *a = r->arch;
     int64_t n = r->n, C = c->hidden_size;
     float eps = (float)c->norm_eps;
-    float *xmid = s->xmid ? s->xmid : x_out;
     a->norm->fwd(r->be, s->h1, x_in, W->vec[LMC_V_NORM1], W->vec[LMC_V_NORM1_B], n, C, eps);
+    if (!a->ffn) { /* norm + mixer only (Mamba) */
+        a->mixer->fwd(r, l, W, s->mix, s->h1, x_in, x_out);
+        return;
+    }
+    float *xmid = s->xmid ? s->xmid : x_out;
     a->mixer->fwd(r, l, W, s->mix, s->h1, x_in, xmid);
     a->norm->fwd(r->be, s->h2, xmid, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], n, C, eps);
     a->ffn->fwd(r, l, W, s->ffn, s->h2, xmid, x_out);
@@ -92,10 +97,12 @@ void lmc_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w 
     int64_t n = r->n, C = c->hidden_size;
     float eps = (float)c->norm_eps;
     LMC_ASSERT(s->xmid);
-    /* x_out = xmid + ffn(norm2(xmid)); xmid = x_in + mixer(norm1(x_in)) */
-    a->ffn->bwd(r, l, W, G, s->ffn, s->h2, dx, dh, scratch);
-    a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM2], (float *)G->vec[LMC_V_NORM2_B], dh, s->xmid,
-                 W->vec[LMC_V_NORM2], n, C, eps);
+    if (a->ffn) {
+        /* x_out = xmid + ffn(norm2(xmid)); xmid = x_in + mixer(norm1(x_in)) */
+        a->ffn->bwd(r, l, W, G, s->ffn, s->h2, dx, dh, scratch);
+        a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM2], (float *)G->vec[LMC_V_NORM2_B], dh, s->xmid,
+                     W->vec[LMC_V_NORM2], n, C, eps);
+    }
     a->mixer->bwd(r, l, W, G, s->mix, s->h1, dx, dh, scratch);
     a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM1], (float *)G->vec[LMC_V_NORM1_B], dh, x_in,
                  W->vec[LMC_V_NORM1], n, C, eps);

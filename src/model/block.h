@@ -21,13 +21,20 @@
 #include <stdint.h>
 
 /* Linear slots of a block. */
-enum lmc_lslot { LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_ROUTER,
-                 LMC_L_SHARED_GATE /* (1, C): sigmoid gate of a shared expert */, LMC_L_N };
+enum lmc_lslot {
+    LMC_L_Q, LMC_L_K, LMC_L_V, LMC_L_O, LMC_L_GATE, LMC_L_UP, LMC_L_DOWN, LMC_L_ROUTER,
+    LMC_L_SHARED_GATE, /* (1, C): sigmoid gate of a shared expert */
+    LMC_L_SSM_IN, LMC_L_SSM_X, LMC_L_SSM_DT, /* Mamba in_proj, x_proj, dt_proj (out_proj: LMC_L_O) */
+    LMC_L_N
+};
 /* Linears of one expert (mixture of experts: lmc_block_w.experts). */
 enum lmc_xslot { LMC_X_GATE, LMC_X_UP, LMC_X_DOWN, LMC_X_N };
 /* Vector slots of a block (f32). */
 enum lmc_vslot {
-    LMC_V_NORM1, LMC_V_NORM1_B, LMC_V_NORM2, LMC_V_NORM2_B, LMC_V_Q_NORM, LMC_V_K_NORM, LMC_V_N
+    LMC_V_NORM1, LMC_V_NORM1_B, LMC_V_NORM2, LMC_V_NORM2_B, LMC_V_Q_NORM, LMC_V_K_NORM,
+    /* Mamba: conv1d weight (conv_dim x K) and bias, dt bias, A_log, D, gated norm (Mamba-2) */
+    LMC_V_SSM_CONV, LMC_V_SSM_CONV_B, LMC_V_SSM_DT_B, LMC_V_SSM_A_LOG, LMC_V_SSM_D, LMC_V_SSM_NORM,
+    LMC_V_N
 };
 
 struct lmc_block_w {
@@ -146,7 +153,7 @@ struct lmc_part_ops {
 };
 
 extern const struct lmc_norm_ops lmc_norm_rms, lmc_norm_layer;
-extern const struct lmc_part_ops lmc_mixer_attention;
+extern const struct lmc_part_ops lmc_mixer_attention, lmc_mixer_mamba;
 extern const struct lmc_part_ops lmc_ffn_swiglu, lmc_ffn_gelu;
 extern const struct lmc_part_ops lmc_ffn_moe; /* ffn_moe.c */
 

@@ -25,7 +25,7 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struc
         return lmc_err_set(err, LMC_ERR_ARG, "context length %lld out of range (1..16777216)",
                            (long long)ctx);
     const struct lmc_config *c = &m->cfg;
-    if (lmc_kv_bytes(m, ctx) == 0)
+    if (lmc_kv_bytes(m, ctx) == 0 && lmc_model_kv_floats_per_token(c) > 0)
         return lmc_err_set(err, LMC_ERR_ARG, "KV cache for %lld positions: size out of range", (long long)ctx);
     kv->be = be;
     kv->ctx = ctx;
@@ -33,14 +33,16 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struc
     kv->row = m->arch->mixer->kv_row(c);
     size_t half = lmc_kv_bytes(m, ctx) / 2; /* f32 elements; 16-bit caches take half */
     if (be->kv_dtype != LMC_DTYPE_F32) half /= 2;
-    kv->k = be->alloc(be->ctx, half);
-    kv->v = be->alloc(be->ctx, half);
+    if (half) { /* recurrent models keep no K/V */
+        kv->k = be->alloc(be->ctx, half);
+        kv->v = be->alloc(be->ctx, half);
+    }
     kv->state_bytes = lmc_model_seq_slot_bytes(m);
     if (kv->state_bytes) {
         kv->state = be->alloc(be->ctx, kv->state_bytes);
         if (kv->state) be->zero(be->ctx, kv->state, kv->state_bytes);
     }
-    if (!kv->k || !kv->v || (kv->state_bytes && !kv->state)) {
+    if ((half && (!kv->k || !kv->v)) || (kv->state_bytes && !kv->state)) {
         lmc_kv_free(kv);
         return lmc_err_set(err, LMC_ERR_OOM, "KV cache for %lld positions needs %zu bytes",
                            (long long)ctx, 2 * half);

@@ -15,7 +15,13 @@
 size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
                                int64_t block_size) {
     return 2 * (size_t)block_size * (size_t)lmc_model_kv_floats_per_token(&m->cfg) *
-           (size_t)lmc_dtype_size(be->kv_dtype);
+               (size_t)lmc_dtype_size(be->kv_dtype) +
+           lmc_model_seq_slot_bytes(m);
+}
+
+void *lmc_kv_pool_state(const struct lmc_kv_pool *p, int64_t b) {
+    LMC_ASSERT(b >= 0 && b < p->n_blocks);
+    return p->state ? (char *)p->state + (size_t)b * p->slot_bytes : NULL;
 }
 
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
@@ -36,10 +42,22 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
     p->row = m->arch->mixer->kv_row(c);
     /* elements of the backend's kv_dtype (f32 on the CPU, bf16 on CUDA) */
     size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
-    p->k = be->alloc(be->ctx, (size_t)floats * es);
-    p->v = be->alloc(be->ctx, (size_t)floats * es);
-    if (!be->host_memory) p->stage = malloc((size_t)(block_size * p->row) * es);
-    if (!p->k || !p->v || (!be->host_memory && !p->stage)) {
+    if (floats) {
+        p->k = be->alloc(be->ctx, (size_t)floats * es);
+        p->v = be->alloc(be->ctx, (size_t)floats * es);
+        if (!be->host_memory) p->stage = malloc((size_t)(block_size * p->row) * es);
+    }
+    p->slot_bytes = lmc_model_seq_slot_bytes(m);
+    if (p->slot_bytes) {
+        if ((size_t)n_blocks > SIZE_MAX / 2 / p->slot_bytes) {
+            lmc_kv_pool_free(p);
+            return lmc_err_set(err, LMC_ERR_ARG, "state pool of %lld slots: out of range",
+                               (long long)n_blocks);
+        }
+        p->state = be->alloc(be->ctx, (size_t)n_blocks * p->slot_bytes);
+    }
+    if ((floats && (!p->k || !p->v || (!be->host_memory && !p->stage))) ||
+        (p->slot_bytes && !p->state)) {
         lmc_kv_pool_free(p);
         return lmc_err_set(err, LMC_ERR_OOM, "KV pool of %lld blocks needs %zu bytes",
                            (long long)n_blocks, 2 * (size_t)floats * es);
@@ -51,6 +69,7 @@ void lmc_kv_pool_free(struct lmc_kv_pool *p) {
     if (p->be) {
         if (p->k) p->be->free(p->be->ctx, p->k);
         if (p->v) p->be->free(p->be->ctx, p->v);
+        if (p->state) p->be->free(p->be->ctx, p->state);
     }
     free(p->stage);
     memset(p, 0, sizeof *p);
@@ -102,7 +121,8 @@ lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model 
     b->row_host = malloc(V * sizeof *b->row_host);
     b->prob_host = malloc(V * sizeof *b->prob_host);
     b->idx_host = malloc(V * sizeof *b->idx_host);
-    if (!b->seq || !b->rows || !b->bt || !b->inv_freq || !b->len_host || !b->freq_host ||
+    b->state_host = calloc((size_t)max_seqs, sizeof *b->state_host);
+    if (!b->state_host || !b->seq || !b->rows || !b->bt || !b->inv_freq || !b->len_host || !b->freq_host ||
         !b->scale_host || !b->row_host || !b->prob_host || !b->idx_host) {
         lmc_batch_acts_free(b);
         return lmc_err_set(err, LMC_ERR_OOM, "batch scratch for %lld tokens: out of memory",
@@ -124,6 +144,7 @@ void lmc_batch_acts_free(struct lmc_batch_acts *b) {
     free(b->row_host);
     free(b->prob_host);
     free(b->idx_host);
+    free(b->state_host);
     lmc_acts_free(&b->a);
     memset(b, 0, sizeof *b);
 }
@@ -146,16 +167,17 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
                            (long long)a->a.logit_rows);
     for (int64_t i = 0; i < T; i++) {
         int64_t id = b->ids[i], s = b->seq[i], p = b->pos[i];
+        int64_t bi = kv->row ? p / kv->block_size : 0; /* recurrent: block 0 is the state slot */
         if (id < 0 || id >= c->vocab_size)
             return lmc_err_set(err, LMC_ERR_ARG, "token id %lld at index %lld is outside the vocabulary (0..%lld)",
                                (long long)id, (long long)i, (long long)c->vocab_size - 1);
-        if (s < 0 || s >= b->n_seqs || p < 0 || p / kv->block_size >= b->max_blocks)
+        if (s < 0 || s >= b->n_seqs || p < 0 || bi >= b->max_blocks)
             return lmc_err_set(err, LMC_ERR_ARG, "token %lld: sequence %lld / position %lld out of range",
                                (long long)i, (long long)s, (long long)p);
         if (m->w.pos_emb.data && p >= m->w.pos_emb.rows)
             return lmc_err_set(err, LMC_ERR_ARG, "position %lld exceeds the model's %lld learned positions",
                                (long long)p, (long long)m->w.pos_emb.rows);
-        int64_t blk = b->block_tables[s * b->max_blocks + p / kv->block_size];
+        int64_t blk = b->block_tables[s * b->max_blocks + bi];
         if (blk < 0 || blk >= kv->n_blocks)
             return lmc_err_set(err, LMC_ERR_ARG, "token %lld: block %lld outside the pool of %lld",
                                (long long)i, (long long)blk, (long long)kv->n_blocks);
@@ -213,6 +235,11 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
                         .pool = kv, .seq = ba->seq, .bt = ba->bt, .seq_host = b->seq,
                         .max_blocks = b->max_blocks, .uniform = uniform,
                         .seq_freqs = ba->inv_freq, .seq_scales = ba->scale_host};
+    if (kv->state) {
+        for (int64_t q = 0; q < b->n_seqs; q++)
+            ba->state_host[q] = lmc_kv_pool_state(kv, b->block_tables[q * b->max_blocks]);
+        r.seq_state = ba->state_host;
+    }
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_PAGED, a->save, &s);
     s.h1 = s.h2 = a->h;

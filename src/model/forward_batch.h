@@ -21,7 +21,14 @@ struct lmc_kv_pool {
     int64_t n_blocks, block_size, n_layers, row;
     float *k, *v;            /* (L, n_blocks * block_size, row) each */
     void *stage;             /* host staging of one block's layer (device backends) */
+    /* Recurrent mixers (Mamba; row 0): a block is a sequence's state slot
+     * of slot_bytes (lmc_model_seq_slot_bytes) at state + block * slot_bytes,
+     * holding no K/V; a sequence keeps one block whatever its length. */
+    void *state;
+    size_t slot_bytes;
 };
+/* Block b's recurrent state (NULL when the model keeps none). */
+void *lmc_kv_pool_state(const struct lmc_kv_pool *p, int64_t b);
 /* Bytes of one block over all layers, K and V, in the backend's kv_dtype
  * (f32 on the CPU, bf16 on CUDA); rows per layer come from the mixers'
  * sequence state (lmc_model_kv_floats_per_token). */
@@ -62,6 +69,7 @@ struct lmc_batch_acts {
     float *scale_host;               /* (max_seqs) */
     float *row_host, *prob_host;     /* (V) argmax / sampling fallbacks */
     int32_t *idx_host;               /* (V) */
+    void **state_host;               /* (max_seqs) each sequence's recurrent state */
 };
 lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model *m,
                                const struct lmc_backend *be, int64_t max_tokens, int64_t max_seqs,

@@ -79,6 +79,9 @@ static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tenso
     if (r->ndim == 1)
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld]", file,
                            t->name, got, (long long)r->disk[0]);
+    if (r->spec->flags & LMC_TF_CONV)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld, 1, %lld]",
+                           file, t->name, got, (long long)r->disk[0], (long long)r->disk[1]);
     return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected [%lld, %lld]", file,
                        t->name, got, (long long)r->disk[0], (long long)r->disk[1]);
 }
@@ -98,12 +101,14 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
                            r->name, (long long)r->disk[0], (long long)r->disk[1]);
     }
     bool ok = t->ndim == r->ndim && t->shape[0] == r->disk[0] && (r->ndim == 1 || t->shape[1] == r->disk[1]);
+    if (r->spec->flags & LMC_TF_CONV) /* (rows, 1, K) */
+        ok = t->ndim == 3 && t->shape[0] == r->disk[0] && t->shape[1] == 1 && t->shape[2] == r->disk[1];
     if (!ok) return shape_error(&m->st, t, r, err);
     if (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16",
                            m->st.files[t->file].path, t->name, lmc_dtype_name(t->dtype));
     ls->used[t - m->st.tensors] = true;
-    if (r->ndim == 1) { /* vectors: f32 copies */
+    if (r->ndim == 1 || r->spec->kind == LMC_TK_VEC) { /* vectors: f32 copies */
         float *buf = lmc_model_own(m, (size_t)r->numel * sizeof(float));
         if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': out of memory", r->name);
         for (int64_t i = 0; i < r->numel; i++) buf[i] = elem_f32(t->data, t->dtype, i);
@@ -271,7 +276,7 @@ void lmc_model_free(struct lmc_model *m) {
 
 int64_t lmc_model_kv_floats_per_token(const struct lmc_config *c) {
     const struct lmc_architecture *a = lmc_arch_of(c);
-    return c->num_layers * (a->mixer->kv_row(c) + a->ffn->kv_row(c));
+    return c->num_layers * (a->mixer->kv_row(c) + (a->ffn ? a->ffn->kv_row(c) : 0));
 }
 
 int64_t lmc_model_seq_blocks(const struct lmc_model *m, int64_t n_tokens, int64_t block_size) {
@@ -282,5 +287,5 @@ int64_t lmc_model_seq_blocks(const struct lmc_model *m, int64_t n_tokens, int64_
 size_t lmc_model_seq_slot_bytes(const struct lmc_model *m) {
     const struct lmc_config *c = &m->cfg;
     return (size_t)c->num_layers *
-           (size_t)(m->arch->mixer->slot_bytes(c) + m->arch->ffn->slot_bytes(c));
+           (size_t)(m->arch->mixer->slot_bytes(c) + (m->arch->ffn ? m->arch->ffn->slot_bytes(c) : 0));
 }

@@ -21,48 +21,11 @@
 #include "lmc.h"
 #include "io/safetensors.h"
 #include "ops/backend.h"
+#include "io/mamba_config.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-enum lmc_mamba_kind { LMC_MAMBA_1 = 1, LMC_MAMBA_2 = 2 };
-
-struct lmc_mamba_config {
-    enum lmc_mamba_kind kind;      /* model_type "mamba" or "mamba2" */
-    int64_t vocab_size, hidden_size, num_layers;
-    int64_t d_inner;               /* Mamba-1 intermediate_size; Mamba-2 expand*hidden */
-    int64_t expand;
-    int64_t state_size;            /* N */
-    int64_t conv_kernel;           /* K */
-    int64_t time_step_rank;        /* R (Mamba-1; "auto" = ceil(hidden/16)) */
-    bool use_bias, use_conv_bias, residual_in_fp32, tie_word_embeddings;
-    double norm_eps;               /* layer_norm_epsilon */
-    /* Mamba-2 */
-    int64_t num_heads, head_dim, n_groups, chunk_size;
-    double dt_min, dt_max;         /* time_step_limit (default 0, +inf) */
-    /* derived */
-    int64_t conv_dim;              /* channels of the conv: D (Mamba-1), D + 2*G*N (Mamba-2) */
-    int64_t in_proj_dim;           /* 2*D (Mamba-1), 2*D + 2*G*N + heads (Mamba-2) */
-    int64_t xproj_dim;             /* R + 2*N (Mamba-1) */
-    int64_t eos_token_id, bos_token_id, pad_token_id; /* -1 when absent */
-};
-
-/* Parses config.json text (json, len) of a MambaForCausalLM or
- * Mamba2ForCausalLM folder; `label` names the file in messages. Checks
- * types, ranges and consistency (num_heads * head_dim == expand * hidden,
- * heads divisible by n_groups, intermediate_size == expand * hidden, ...). */
-lmc_status lmc_mamba_config_parse(struct lmc_mamba_config *c, const char *json, size_t len,
-                                  const char *label, lmc_err *err);
-/* Reads dir/config.json. */
-lmc_status lmc_mamba_config_load(struct lmc_mamba_config *c, const char *dir, lmc_err *err);
-
-/* Floats of recurrent state one sequence needs in one layer: the conv
- * state (K-1, conv_dim) and the SSM state (D, N) or (heads, head_dim, N). */
-int64_t lmc_mamba_conv_state_floats(const struct lmc_mamba_config *c);
-int64_t lmc_mamba_ssm_state_floats(const struct lmc_mamba_config *c);
-/* Bytes per sequence, all layers (lmc info's "state bytes per sequence"). */
-size_t lmc_mamba_state_bytes(const struct lmc_mamba_config *c);
 
 /* One layer's weights (backend memory; F32 vectors; matrices F32/F16/BF16). */
 struct lmc_mamba_layer {
@@ -74,6 +37,8 @@ struct lmc_mamba_layer {
     struct lmc_mat x_proj;         /* Mamba-1: (R + 2N, D) */
     struct lmc_mat dt_proj_ext;    /* Mamba-1: (D, R + 2N) F32: dt_proj.weight, zeros on B|C,
                                       so delta = x_proj's whole row times it (no copy) */
+    struct lmc_mat dt_proj;        /* Mamba-1: (D, R) as on disk; used when dt_proj_ext.data is
+                                      NULL (the model layer's mixer: delta = dt_proj (x_proj[:R] u)) */
     const float *dt_bias;          /* Mamba-1: dt_proj.bias (D); Mamba-2: dt_bias (heads) */
     const float *A_log;            /* (D, N) or (heads) */
     const float *Dskip;            /* (D) or (heads) */
@@ -128,6 +93,13 @@ void lmc_mamba_mixer_forward(const struct lmc_mamba_model *m, int64_t l, float *
                              const float *h, struct lmc_mamba_state *st, const int32_t *slots,
                              int64_t B, int64_t T, float *ws);
 
+/* The same on one layer's weights L: out (B*T, hidden) = res + mixer(h)
+ * (out may equal res); cst / sst: the layer's conv and SSM state base
+ * (slots index them; NULL: slots 0..B-1) or NULL (zero start, not kept). */
+void lmc_mamba_mix(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                   const struct lmc_mamba_layer *L, float *out, const float *res, const float *h,
+                   float *cst, float *sst, const int32_t *slots, int64_t B, int64_t T, float *ws);
+
 /* Whole model: ids (host, B*T) -> logits (host, B*T rows of vocab; NULL:
  * none) through state (NULL: a fresh zero state per call). */
 lmc_status lmc_mamba_forward(const struct lmc_mamba_model *m, struct lmc_mamba_state *st,
@@ -142,6 +114,7 @@ struct lmc_mamba_layer_grads {   /* shapes as the layer's tensors; NULL where ab
     float *norm_w, *in_proj, *in_proj_b, *conv_w, *conv_b;
     float *x_proj;
     float *dt_proj_ext;          /* (D, R + 2N): dt_proj.weight's gradient is its first R columns */
+    float *dt_proj;              /* (D, R): used instead when the layer's dt_proj_ext is unset */
     float *dt_bias, *A_log, *Dskip, *gnorm_w, *out_proj, *out_proj_b;
 };
 struct lmc_mamba_grads {
@@ -177,6 +150,16 @@ void lmc_mamba_mixer_backward(const struct lmc_mamba_model *m, int64_t l, float 
                               const float *dout, const float *h,
                               const struct lmc_mamba_mixer_acts *a, struct lmc_mamba_layer_grads *g,
                               int64_t B, int64_t T, float *ws);
+
+/* The same on one layer's weights L and gradients G (the model layer's
+ * mixer: x_proj and dt_proj as on disk when L->dt_proj_ext is unset). */
+void lmc_mamba_mix_train(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                         const struct lmc_mamba_layer *L, float *out, const float *h,
+                         struct lmc_mamba_mixer_acts *a, int64_t B, int64_t T);
+void lmc_mamba_mix_bwd(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                       const struct lmc_mamba_layer *L, float *dh, const float *dout, const float *h,
+                       const struct lmc_mamba_mixer_acts *a, const struct lmc_mamba_layer_grads *G,
+                       int64_t B, int64_t T, float *ws);
 
 /* Every parameter's gradient with its Hugging Face tensor name (for
  * checkpoints, the optimizer, parity): grad (backend memory) holds rows x

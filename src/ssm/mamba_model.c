@@ -296,28 +296,31 @@ int64_t lmc_mamba_mixer_ws_floats(const struct lmc_mamba_config *c, int64_t rows
     return rows * (c->in_proj_dim + c->conv_dim + D + H);
 }
 
-/* out += out_proj(y) */
-static void out_proj_add(const struct lmc_mamba_model *m, const struct lmc_mamba_layer *L, float *out,
-                         const float *y, int64_t M, float *tmp) {
-    struct lmc_backend *be = m->be;
-    if (be->matmul_add) {
+/* out = res + out_proj(y) */
+static void out_proj_add(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                         const struct lmc_mamba_layer *L, float *out, const float *res, const float *y,
+                         int64_t M, float *tmp) {
+    if (be->matmul_add && out == res) {
         be->matmul_add(be->ctx, out, y, M, &L->out_proj, L->out_proj_b);
         return;
     }
     be->matmul(be->ctx, tmp, y, M, &L->out_proj, L->out_proj_b);
-    be->add(be->ctx, out, out, tmp, M * m->cfg.hidden_size);
+    be->add(be->ctx, out, res, tmp, M * c->hidden_size);
 }
 
 void lmc_mamba_mixer_forward(const struct lmc_mamba_model *m, int64_t l, float *out,
                              const float *h, struct lmc_mamba_state *st, const int32_t *slots,
                              int64_t B, int64_t T, float *ws) {
-    const struct lmc_mamba_config *c = &m->cfg;
-    const struct lmc_mamba_layer *L = &m->layers[l];
-    struct lmc_backend *be = m->be;
-    const int64_t M = B * T, D = c->d_inner, N = c->state_size, K = c->conv_kernel;
-    const bool step = st && T == 1;
     float *cst = st ? st->conv + l * st->n_slots * st->conv_floats : NULL;
     float *sst = st ? st->ssm + l * st->n_slots * st->ssm_floats : NULL;
+    lmc_mamba_mix(m->be, &m->cfg, &m->layers[l], out, out, h, cst, sst, slots, B, T, ws);
+}
+
+void lmc_mamba_mix(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                   const struct lmc_mamba_layer *L, float *out, const float *res, const float *h,
+                   float *cst, float *sst, const int32_t *slots, int64_t B, int64_t T, float *ws) {
+    const int64_t M = B * T, D = c->d_inner, N = c->state_size, K = c->conv_kernel;
+    const bool step = sst && T == 1;
     float *proj = ws;
     be->matmul(be->ctx, proj, h, M, &L->in_proj, L->in_proj_b);
     if (c->kind == LMC_MAMBA_1) {
@@ -326,13 +329,28 @@ void lmc_mamba_mixer_forward(const struct lmc_mamba_model *m, int64_t l, float *
         float *tmp = y + M * D;
         if (step) be->conv1d_causal_step(be->ctx, u, proj, 2 * D, L->conv_w, L->conv_b, cst, slots, B, D, K, 1);
         else be->conv1d_causal(be->ctx, u, proj, 2 * D, L->conv_w, L->conv_b, cst, slots, B, T, D, K, 1);
-        be->matmul(be->ctx, xdbl, u, M, &L->x_proj, NULL);
-        be->matmul(be->ctx, delta, xdbl, M, &L->dt_proj_ext, NULL);
-        const struct lmc_ssm_io io = {u, delta, L->dt_bias, L->A_log, xdbl + R, xdbl + R + N, W,
+        const float *Bm, *Cm;
+        int64_t ld;
+        if (L->dt_proj_ext.data) {
+            be->matmul(be->ctx, xdbl, u, M, &L->x_proj, NULL);
+            be->matmul(be->ctx, delta, xdbl, M, &L->dt_proj_ext, NULL);
+            Bm = xdbl + R, Cm = xdbl + R + N, ld = W;
+        } else { /* x_proj's rows split: dt rank (M, R), then B|C (M, 2N) */
+            size_t es = (size_t)lmc_dtype_size(L->x_proj.dtype);
+            const struct lmc_mat xdt = {L->x_proj.dtype, R, D, L->x_proj.data};
+            const struct lmc_mat xbc = {L->x_proj.dtype, 2 * N, D,
+                                        (const char *)L->x_proj.data + (size_t)(R * D) * es};
+            float *dtr = xdbl, *bc = xdbl + M * R;
+            be->matmul(be->ctx, dtr, u, M, &xdt, NULL);
+            be->matmul(be->ctx, bc, u, M, &xbc, NULL);
+            be->matmul(be->ctx, delta, dtr, M, &L->dt_proj, NULL);
+            Bm = bc, Cm = bc + N, ld = 2 * N;
+        }
+        const struct lmc_ssm_io io = {u, delta, L->dt_bias, L->A_log, Bm, Cm, ld,
                                       L->Dskip, proj + D, 2 * D};
         if (step) be->ssm_scan_step(be->ctx, y, &io, sst, slots, B, D, N);
         else be->ssm_scan(be->ctx, y, &io, sst, slots, B, T, D, N);
-        out_proj_add(m, L, out, y, M, tmp);
+        out_proj_add(be, c, L, out, res, y, M, tmp);
         return;
     }
     const int64_t CD = c->conv_dim, IN = c->in_proj_dim, GN = c->n_groups * N;
@@ -346,7 +364,7 @@ void lmc_mamba_mixer_forward(const struct lmc_mamba_model *m, int64_t l, float *
     else be->ssd_chunk(be->ctx, y, &io, sst, slots, &sh);
     /* norm_before_gate = False, groups of D / n_groups (mamba_ssm's RMSNormGated) */
     be->rmsnorm_gated(be->ctx, y, y, proj, IN, L->gnorm_w, M, D, D / c->n_groups, (float)c->norm_eps);
-    out_proj_add(m, L, out, y, M, tmp);
+    out_proj_add(be, c, L, out, res, y, M, tmp);
 }
 
 lmc_status lmc_mamba_forward(const struct lmc_mamba_model *m, struct lmc_mamba_state *st,

@@ -128,42 +128,65 @@ void lmc_mamba_mixer_acts_bind(struct lmc_mamba_mixer_acts *a, const struct lmc_
     a->yn = mem;
 }
 
-static struct lmc_ssm_io m1_io(const struct lmc_mamba_model *m, const struct lmc_mamba_layer *L,
-                               const struct lmc_mamba_mixer_acts *a) {
-    const struct lmc_mamba_config *c = &m->cfg;
+/* Mamba-1's x_proj output: with dt_proj_ext one (M, R + 2N) matrix; split
+ * (the model layer's weights as on disk), dt rank (M, R) then B|C (M, 2N). */
+static struct lmc_ssm_io m1_io(const struct lmc_mamba_config *c, const struct lmc_mamba_layer *L,
+                               const struct lmc_mamba_mixer_acts *a, int64_t M) {
     const int64_t R = c->time_step_rank, N = c->state_size, D = c->d_inner;
+    if (!L->dt_proj_ext.data)
+        return (struct lmc_ssm_io){a->cv, a->delta, L->dt_bias, L->A_log, a->xdbl + M * R,
+                                   a->xdbl + M * R + N, 2 * N, L->Dskip, a->proj + D, c->in_proj_dim};
     return (struct lmc_ssm_io){a->cv, a->delta, L->dt_bias, L->A_log, a->xdbl + R, a->xdbl + R + N,
                                c->xproj_dim, L->Dskip, a->proj + D, c->in_proj_dim};
 }
 
-static struct lmc_ssd_io m2_io(const struct lmc_mamba_model *m, const struct lmc_mamba_layer *L,
+static struct lmc_ssd_io m2_io(const struct lmc_mamba_config *c, const struct lmc_mamba_layer *L,
                                const struct lmc_mamba_mixer_acts *a) {
-    const struct lmc_mamba_config *c = &m->cfg;
     const int64_t D = c->d_inner, GN = c->n_groups * c->state_size, CD = c->conv_dim;
     return (struct lmc_ssd_io){a->cv, a->cv + D, a->cv + D + GN, CD, a->proj + D + CD, c->in_proj_dim,
                                L->dt_bias, L->A_log, L->Dskip, (float)c->dt_min, (float)c->dt_max};
 }
 
+/* x_proj's two row blocks (dt rank, B|C) as matrices of their own */
+static void xproj_views(const struct lmc_mamba_config *c, const struct lmc_mamba_layer *L,
+                        struct lmc_mat *xdt, struct lmc_mat *xbc) {
+    const int64_t R = c->time_step_rank, N = c->state_size, D = c->d_inner;
+    size_t es = (size_t)lmc_dtype_size(L->x_proj.dtype);
+    *xdt = (struct lmc_mat){L->x_proj.dtype, R, D, L->x_proj.data};
+    *xbc = (struct lmc_mat){L->x_proj.dtype, 2 * N, D, (const char *)L->x_proj.data + (size_t)(R * D) * es};
+}
+
 void lmc_mamba_mixer_forward_train(const struct lmc_mamba_model *m, int64_t l, float *out,
                                    const float *h, struct lmc_mamba_mixer_acts *a, int64_t B,
                                    int64_t T) {
-    const struct lmc_mamba_config *c = &m->cfg;
-    const struct lmc_mamba_layer *L = &m->layers[l];
-    struct lmc_backend *be = m->be;
+    lmc_mamba_mix_train(m->be, &m->cfg, &m->layers[l], out, h, a, B, T);
+}
+
+void lmc_mamba_mix_train(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                         const struct lmc_mamba_layer *L, float *out, const float *h,
+                         struct lmc_mamba_mixer_acts *a, int64_t B, int64_t T) {
     const int64_t M = B * T, D = c->d_inner, N = c->state_size, K = c->conv_kernel;
     const int64_t IN = c->in_proj_dim, CD = c->conv_dim;
     be->matmul(be->ctx, a->proj, h, M, &L->in_proj, L->in_proj_b);
     const float *yo;
     if (c->kind == LMC_MAMBA_1) {
         be->conv1d_causal(be->ctx, a->cv, a->proj, IN, L->conv_w, L->conv_b, NULL, NULL, B, T, D, K, 1);
-        be->matmul(be->ctx, a->xdbl, a->cv, M, &L->x_proj, NULL);
-        be->matmul(be->ctx, a->delta, a->xdbl, M, &L->dt_proj_ext, NULL);
-        const struct lmc_ssm_io io = m1_io(m, L, a);
+        if (L->dt_proj_ext.data) {
+            be->matmul(be->ctx, a->xdbl, a->cv, M, &L->x_proj, NULL);
+            be->matmul(be->ctx, a->delta, a->xdbl, M, &L->dt_proj_ext, NULL);
+        } else {
+            struct lmc_mat xdt, xbc;
+            xproj_views(c, L, &xdt, &xbc);
+            be->matmul(be->ctx, a->xdbl, a->cv, M, &xdt, NULL);
+            be->matmul(be->ctx, a->xdbl + M * c->time_step_rank, a->cv, M, &xbc, NULL);
+            be->matmul(be->ctx, a->delta, a->xdbl, M, &L->dt_proj, NULL);
+        }
+        const struct lmc_ssm_io io = m1_io(c, L, a, M);
         be->ssm_scan(be->ctx, a->y, &io, NULL, NULL, B, T, D, N);
         yo = a->y;
     } else {
         be->conv1d_causal(be->ctx, a->cv, a->proj + D, IN, L->conv_w, L->conv_b, NULL, NULL, B, T, CD, K, 1);
-        const struct lmc_ssd_io io = m2_io(m, L, a);
+        const struct lmc_ssd_io io = m2_io(c, L, a);
         const struct lmc_ssd_shape sh = {B, T, c->num_heads, c->head_dim, c->n_groups, N, c->chunk_size};
         be->ssd_chunk(be->ctx, a->y, &io, NULL, NULL, &sh);
         be->rmsnorm_gated(be->ctx, a->yn, a->y, a->proj, IN, L->gnorm_w, M, D, D / c->n_groups,
@@ -181,24 +204,37 @@ void lmc_mamba_mixer_backward(const struct lmc_mamba_model *m, int64_t l, float 
                               const float *dout, const float *h,
                               const struct lmc_mamba_mixer_acts *a, struct lmc_mamba_layer_grads *G,
                               int64_t B, int64_t T, float *ws) {
-    const struct lmc_mamba_config *c = &m->cfg;
-    const struct lmc_mamba_layer *L = &m->layers[l];
-    struct lmc_backend *be = m->be;
+    lmc_mamba_mix_bwd(m->be, &m->cfg, &m->layers[l], dh, dout, h, a, G, B, T, ws);
+}
+
+void lmc_mamba_mix_bwd(const struct lmc_backend *be, const struct lmc_mamba_config *c,
+                       const struct lmc_mamba_layer *L, float *dh, const float *dout, const float *h,
+                       const struct lmc_mamba_mixer_acts *a, const struct lmc_mamba_layer_grads *G,
+                       int64_t B, int64_t T, float *ws) {
     const int64_t M = B * T, D = c->d_inner, N = c->state_size, K = c->conv_kernel;
     const int64_t IN = c->in_proj_dim, CD = c->conv_dim, W = c->xproj_dim;
     float *dproj = ws, *dcv = dproj + M * IN, *dxdbl = dcv + M * CD, *dy = dxdbl + M * W, *dyn = dy + M * D;
     if (c->kind == LMC_MAMBA_1) {
         const int64_t R = c->time_step_rank;
         be->matmul_bwd(be->ctx, dy, G->out_proj, G->out_proj_b, dout, a->y, M, &L->out_proj, 0);
-        const struct lmc_ssm_io io = m1_io(m, L, a);
+        const struct lmc_ssm_io io = m1_io(c, L, a, M);
+        const bool split = !L->dt_proj_ext.data;
+        float *dB = split ? dxdbl + M * R : dxdbl + R;
         /* ddelta goes to dyn; dB, dC, dz straight into their places in dxdbl / dproj */
-        const struct lmc_ssm_grads sg = {dcv, dyn, dxdbl + R, dxdbl + R + N, dproj + D,
-                                         G->dt_bias, G->A_log, G->Dskip};
-        be->zero(be->ctx, dxdbl, (size_t)(M * W) * 4); /* dt_r's columns: += below */
+        const struct lmc_ssm_grads sg = {dcv, dyn, dB, dB + N, dproj + D, G->dt_bias, G->A_log, G->Dskip};
+        if (!split) be->zero(be->ctx, dxdbl, (size_t)(M * W) * 4); /* dt_r's columns: += below */
         be->ssm_scan_bwd(be->ctx, &sg, dy, &io, B, T, D, N);
-        /* delta = xdbl @ ext^T: dxdbl[:, :R] +=, dxdbl[:, R:] += 0 (ext's zero columns) */
-        be->matmul_bwd(be->ctx, dxdbl, G->dt_proj_ext, NULL, dyn, a->xdbl, M, &L->dt_proj_ext, 1);
-        be->matmul_bwd(be->ctx, dcv, G->x_proj, NULL, dxdbl, a->cv, M, &L->x_proj, 1);
+        if (split) {
+            struct lmc_mat xdt, xbc;
+            xproj_views(c, L, &xdt, &xbc);
+            be->matmul_bwd(be->ctx, dxdbl, G->dt_proj, NULL, dyn, a->xdbl, M, &L->dt_proj, 0);
+            be->matmul_bwd(be->ctx, dcv, G->x_proj, NULL, dxdbl, a->cv, M, &xdt, 1);
+            be->matmul_bwd(be->ctx, dcv, G->x_proj + R * D, NULL, dxdbl + M * R, a->cv, M, &xbc, 1);
+        } else {
+            /* delta = xdbl @ ext^T: dxdbl[:, :R] +=, dxdbl[:, R:] += 0 (ext's zero columns) */
+            be->matmul_bwd(be->ctx, dxdbl, G->dt_proj_ext, NULL, dyn, a->xdbl, M, &L->dt_proj_ext, 1);
+            be->matmul_bwd(be->ctx, dcv, G->x_proj, NULL, dxdbl, a->cv, M, &L->x_proj, 1);
+        }
         be->conv1d_causal_bwd(be->ctx, dproj, G->conv_w, G->conv_b, dcv, a->proj, IN, L->conv_w,
                               L->conv_b, B, T, D, K, 1);
     } else {
@@ -206,7 +242,7 @@ void lmc_mamba_mixer_backward(const struct lmc_mamba_model *m, int64_t l, float 
         be->matmul_bwd(be->ctx, dyn, G->out_proj, G->out_proj_b, dout, a->yn, M, &L->out_proj, 0);
         be->rmsnorm_gated_bwd(be->ctx, dy, dproj, G->gnorm_w, dyn, a->y, a->proj, IN, L->gnorm_w, M, D,
                               D / c->n_groups, (float)c->norm_eps);
-        const struct lmc_ssd_io io = m2_io(m, L, a);
+        const struct lmc_ssd_io io = m2_io(c, L, a);
         const struct lmc_ssd_shape sh = {B, T, c->num_heads, c->head_dim, c->n_groups, N, c->chunk_size};
         const struct lmc_ssd_grads sg = {dcv, dcv + D, dcv + D + GN, dproj + D + CD, G->dt_bias, G->A_log,
                                          G->Dskip};

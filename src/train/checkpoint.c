@@ -88,6 +88,11 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
         t[i].ndim = p->ndim;
         t[i].shape[0] = p->shape[0];
         t[i].shape[1] = p->shape[1];
+        if (p->conv) { /* (C, 1, K) as transformers stores a depthwise conv1d */
+            t[i].ndim = 3;
+            t[i].shape[1] = 1;
+            t[i].shape[2] = p->shape[1];
+        }
         t[i].data = buf + p->off;
     }
     const char *meta[] = {"format", "pt"};

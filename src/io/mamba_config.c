@@ -2,7 +2,7 @@
  * Mamba2ForCausalLM ("mamba2") folder into struct lmc_mamba_config. Every
  * field is type- and range-checked and the derived sizes are checked for
  * consistency; messages name the file, the field and what was expected. */
-#include "ssm/mamba.h"
+#include "io/mamba_config.h"
 #include "core/core.h"
 #include "io/json_util.h"
 
