@@ -48,6 +48,9 @@ export -f compile
 } | xargs -d '\n' -n 1 -P "${LMC_EMU_JOBS:-2}" bash -c 'compile "$1"' _ ||
   { echo "test_cuda_emu: compiling the emulated CUDA sources failed" >&2; exit 1; }
 LIBS="$(pkg-config --libs libcjson libpcre2-8 2>/dev/null || echo -lcjson -lpcre2-8)"
+# liblmc.a holds the MPI communicator when CMake found MPI (src/dist)
+MPILIB="$(sed -n 's/^MPI_mpi_LIBRARY:FILEPATH=//p' "$BUILD/CMakeCache.txt" 2>/dev/null | grep -v NOTFOUND | head -n 1)"
+[ -n "$MPILIB" ] && LIBS="$LIBS $MPILIB"
 g++ -o "$TMP/harness" "$TMP"/*.o "$BUILD/liblmc.a" $LIBS -lopenblas -lcivetweb -lpthread -ldl -lm ||
   { echo "test_cuda_emu: link failed" >&2; exit 1; }
 LMC_EMU_FIXTURES="$SRC/tests/fixtures" "$TMP/harness" "${@:2}"
