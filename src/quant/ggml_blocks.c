@@ -60,7 +60,7 @@ static inline void wr16(uint8_t *p, uint16_t v) {
 }
 
 /* Q4_K/Q5_K's 12 bytes of eight 6-bit scales and eight 6-bit mins. */
-static void kscales_unpack(const uint8_t *s, int16_t *sc, int16_t *mn) {
+void lmc_ggml_kscales_unpack(const uint8_t *s, int16_t *sc, int16_t *mn) {
     for (int j = 0; j < 8; j++) {
         if (j < 4) {
             sc[j] = s[j] & 63;
@@ -122,7 +122,7 @@ void lmc_ggml_unpack_block(int type, const void *src, struct lmc_qblock *b) {
     case LMC_GGML_Q5_K: {
         b->d = rd16(p);
         b->dm = rd16(p + 2);
-        kscales_unpack(p + 4, b->sc, b->mn);
+        lmc_ggml_kscales_unpack(p + 4, b->sc, b->mn);
         bool five = type == LMC_GGML_Q5_K;
         const uint8_t *qh = p + 16, *qs = p + (five ? 48 : 16);
         for (int c = 0; c < 4; c++)

@@ -65,6 +65,8 @@ struct lmc_qblock {
     int16_t sc[16], mn[16];
     uint16_t d, dm;
 };
+/* Q4_K/Q5_K's 12 bytes of eight 6-bit sub-block scales and mins. */
+void lmc_ggml_kscales_unpack(const uint8_t *s, int16_t *sc, int16_t *mn);
 /* Unpacks / packs one block of a GGUF quantized type (Q*_0/1/K). */
 void lmc_ggml_unpack_block(int type, const void *src, struct lmc_qblock *b);
 void lmc_ggml_pack_block(int type, const struct lmc_qblock *b, void *dst);
