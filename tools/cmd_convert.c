@@ -7,6 +7,7 @@
  * are copied. The output is one model.safetensors (shards are merged). */
 #include "cli.h"
 #include "convert_gguf.h"
+#include "quantize.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "io/safetensors.h"
@@ -209,6 +210,19 @@ int cmd_convert(int argc, char **argv) {
         return 2;
     }
     lmc_err err = {0};
+    char cfg[4096];
+    char *ctext = NULL;
+    if (lmc_path_join(cfg, sizeof cfg, in, "config.json") && !lmc_file_read(cfg, 1 << 24, &ctext, NULL, &err) &&
+        strstr(ctext, "\"quantization_config\"")) { /* a quantized folder: dequantize */
+        free(ctext);
+        int64_t nd;
+        if (lmc_dequantize_folder(in, out, to, &nd, &err)) return cli_fail("convert", &err);
+        fprintf(stderr, "lmc convert: %s -> %s: %lld quantized linears dequantized to %s\n", in, out, (long long)nd,
+                lmc_dtype_name(to));
+        return 0;
+    }
+    free(ctext);
+    memset(&err, 0, sizeof err);
     int64_t n_conv = 0;
     size_t bytes = 0;
     if (convert(in, out, to, &n_conv, &bytes, &err)) return cli_fail("convert", &err);

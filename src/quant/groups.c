@@ -121,11 +121,11 @@ void lmc_gptq_tensors_free(struct lmc_gptq_tensors *t) {
 lmc_status lmc_gptq_pack(const struct lmc_qgroups *g, bool v2, struct lmc_gptq_tensors *t, lmc_err *err) {
     memset(t, 0, sizeof *t);
     int b = g->bits;
-    if (g->k % 32 || g->n % 32 || (b != 2 && b != 3 && b != 4 && b != 8))
+    if ((g->k * b) % 32 || (g->n * b) % 32 || (b != 2 && b != 3 && b != 4 && b != 8))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
-                           "GPTQ packing needs K and N multiples of 32 and 2, 3, 4 or 8 bits (got %lld x %lld, %d bits)",
-                           (long long)g->n, (long long)g->k, b);
-    int64_t rows = g->k / 32 * b, zcols = g->n / 32 * b;
+                           "GPTQ packing needs whole int32 words: in and out features times %d bits multiples of 32 "
+                           "(got out %lld, in %lld)", b, (long long)g->n, (long long)g->k);
+    int64_t rows = g->k * b / 32, zcols = g->n * b / 32;
     t->n = g->n;
     t->k = g->k;
     t->n_groups = g->n_groups;
@@ -173,7 +173,7 @@ lmc_status lmc_gptq_unpack(const struct lmc_gptq_tensors *t, const char *label, 
     int b = t->bits;
     if (b != 2 && b != 3 && b != 4 && b != 8)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: GPTQ bits %d (expected 2, 3, 4 or 8)", label, b);
-    if (t->k % 32 || t->n % 32 || t->n_groups <= 0 || t->n_groups > t->k)
+    if ((t->k * b) % 32 || (t->n * b) % 32 || t->n_groups <= 0 || t->n_groups > t->k)
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: GPTQ shape (in %lld, out %lld, %lld groups) is not packable",
                            label, (long long)t->k, (long long)t->n, (long long)t->n_groups);
     int64_t gs = (t->k + t->n_groups - 1) / t->n_groups;
@@ -189,7 +189,7 @@ lmc_status lmc_gptq_unpack(const struct lmc_gptq_tensors *t, const char *label, 
         }
         g->g_idx[i] = gi;
     }
-    int64_t rows = t->k / 32 * b, zcols = t->n / 32 * b;
+    int64_t rows = t->k * b / 32, zcols = t->n * b / 32;
     uint32_t *col = malloc((size_t)rows * 4);
     if (!col) {
         lmc_qgroups_free(g);

@@ -64,6 +64,7 @@ void lmc_nf4_free(struct lmc_nf4 *q) {
     free(q->packed);
     free(q->absmax_q);
     free(q->absmax2);
+    free(q->absmax_f);
     memset(q, 0, sizeof *q);
 }
 
@@ -73,6 +74,7 @@ lmc_status lmc_nf4_quantize(const float *w, int64_t numel, struct lmc_nf4 *q, lm
     q->numel = numel;
     q->n_blocks = (numel + NF4_BLOCK - 1) / NF4_BLOCK;
     q->n_blocks2 = (q->n_blocks + NF4_BLOCK2 - 1) / NF4_BLOCK2;
+    q->blocksize2 = NF4_BLOCK2;
     memcpy(q->quant_map, lmc_nf4_code, sizeof q->quant_map);
     lmc_dynamic_map_signed(q->nested_map);
     q->packed = calloc((size_t)(numel + 1) / 2, 1);
@@ -109,8 +111,16 @@ lmc_status lmc_nf4_quantize(const float *w, int64_t numel, struct lmc_nf4 *q, lm
     return LMC_OK;
 }
 
+/* One rounding per operation (no fused multiply-add), as bitsandbytes'
+ * dequantize_blockwise then `+ offset` compute it in float32. */
+static float mul_rounded(float a, float b) {
+    volatile float p = a * b;
+    return p;
+}
+
 float lmc_nf4_absmax(const struct lmc_nf4 *q, int64_t b) {
-    return q->nested_map[q->absmax_q[b]] * q->absmax2[b / NF4_BLOCK2] + q->offset;
+    if (q->absmax_f) return q->absmax_f[b];
+    return mul_rounded(q->nested_map[q->absmax_q[b]], q->absmax2[b / q->blocksize2]) + q->offset;
 }
 
 void lmc_nf4_dequantize(const struct lmc_nf4 *q, float *w) {

@@ -209,7 +209,7 @@ static float dot_nf4(const struct lmc_qweight *w, int64_t row, const struct lmc_
         float s = 0;
         for (int j = 0; j < 32; j++) {
             uint8_t v = p[32 * b + j];
-            s += lmc_nf4_code[v >> 4] * xf[64 * b + 2 * j] + lmc_nf4_code[v & 15] * xf[64 * b + 2 * j + 1];
+            s += w->code[v >> 4] * xf[64 * b + 2 * j] + w->code[v & 15] * xf[64 * b + 2 * j + 1];
         }
         acc += am[b] * s;
     }
@@ -361,6 +361,7 @@ lmc_status lmc_qweight_init_nf4(struct lmc_qweight *w, const struct lmc_nf4 *q, 
         return lmc_err_set(err, LMC_ERR_OOM, "NF4 weight: out of memory");
     }
     memcpy(codes, q->packed, (size_t)nk / 2);
+    memcpy(w->code, q->quant_map, sizeof w->code);
     for (int64_t b = 0; b < nk / 64; b++) w->absmax[b] = lmc_nf4_absmax(q, b);
     return LMC_OK;
 }

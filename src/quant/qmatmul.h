@@ -73,6 +73,7 @@ struct lmc_qweight {
     int32_t *zero;          /* (n, n_groups) */
     int32_t *perm;          /* (kp): input column of kernel column j, -1 for padding; NULL = identity */
     float *absmax;          /* NF4: (n, k/64) */
+    float code[16];         /* NF4: the file's 16 code values */
     void *owned;            /* repacked codes (freed by lmc_qweight_free) */
 };
 

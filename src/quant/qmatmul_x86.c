@@ -124,7 +124,7 @@ KERNELS(vnni, T_VNNI, dot_vnni)
 T_VNNI static float nf4_avx512(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
     const uint8_t *p = w->data + row * w->row_bytes;
     const float *am = w->absmax + row * (w->k / 64);
-    const __m512 table = _mm512_loadu_ps(lmc_nf4_code);
+    const __m512 table = _mm512_loadu_ps(w->code);
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
     __m512 acc = _mm512_setzero_ps();

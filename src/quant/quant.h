@@ -111,7 +111,7 @@ static inline int32_t lmc_quant_code(float x, float scale, int32_t zero, int32_t
  *           (3-bit codes cross word boundaries: 32 codes in 3 words);
  *   qzeros  (G, N*bits/32) int32: packed along N likewise; v1 stores zero-1;
  *   scales  (G, N) fp16; g_idx (K) int32.
- * K and N must be multiples of 32 (GPTQ's packing unit). */
+ * K*bits and N*bits must be multiples of 32 (whole int32 words). */
 struct lmc_gptq_tensors {
     int64_t n, k, n_groups;
     int bits;
@@ -148,9 +148,11 @@ extern const float lmc_nf4_code[16];
 void lmc_dynamic_map_signed(float map[256]);
 struct lmc_nf4 {
     int64_t numel, n_blocks, n_blocks2;
+    int64_t blocksize2;     /* absmax values per nested block (256) */
     uint8_t *packed;        /* (numel+1)/2 */
-    uint8_t *absmax_q;      /* n_blocks codes */
+    uint8_t *absmax_q;      /* n_blocks codes (double quantization) */
     float *absmax2;         /* n_blocks2 */
+    float *absmax_f;        /* n_blocks plain float32 absmax (files without double quantization); else NULL */
     float offset;
     float quant_map[16], nested_map[256];
 };
@@ -161,8 +163,8 @@ void lmc_nf4_dequantize(const struct lmc_nf4 *q, float *w);
 void lmc_nf4_free(struct lmc_nf4 *q);
 
 /* ---- BitNet b1.58 ternary ----
- * absmean: s = mean|w| (at least 1e-5), q = clamp(round(w/s), -1, 1);
- * w' = q * s. Packed as transformers' bitnet layout: (ceil(N/4), K) uint8,
+ * absmean: s = mean|w| (at least 1e-5), q = clamp(round(w * (1/s)), -1, 1);
+ * w' = q * s (checkpoints store weight_scale = 1/s and w' = q / weight_scale). Packed as transformers' bitnet layout: (ceil(N/4), K) uint8,
  * code q+1 in bits 2j..2j+1 of byte [r][k] for row j*ceil(N/4)+r. */
 float lmc_ternary_quantize(const float *w, int64_t numel, int8_t *q);
 lmc_status lmc_ternary_pack(const int8_t *q, int64_t n, int64_t k, uint8_t **packed, lmc_err *err);

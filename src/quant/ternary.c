@@ -13,8 +13,9 @@ float lmc_ternary_quantize(const float *w, int64_t numel, int8_t *q) {
     for (int64_t i = 0; i < numel; i++) s += fabs((double)w[i]);
     float scale = numel > 0 ? (float)(s / (double)numel) : 0.0f;
     if (scale < 1e-5f) scale = 1e-5f;
+    float inv = 1.0f / scale; /* BitNet's weight_quant: round(w * (1 / mean|w|)) */
     for (int64_t i = 0; i < numel; i++) {
-        float v = nearbyintf(w[i] / scale);
+        float v = nearbyintf(w[i] * inv);
         q[i] = (int8_t)(v < -1 ? -1 : v > 1 ? 1 : v);
     }
     return scale;
