@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "quant/hf_quant.h"
 #include "quantize.h"
+#include "quantize_calib.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -30,13 +31,14 @@ struct qopts {
     const char *skip;       /* comma-separated name fragments */
     const char *calib;
     int64_t calib_tokens;
+    int threads;
 };
 
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc quantize -m DIR -o OUT --method rtn|gptq|nf4|ternary [--bits 2|3|4|8] [--group 32|64|128|-1]\n"
             "                    [--sym|--asym] [--act-order] [--v2] [--skip lm_head,embed]\n"
-            "                    [--calib FILE --calib-tokens N]   (gptq: activations of the layers)\n");
+            "                    [--calib FILE --calib-tokens N (2048)] [--threads N]   (gptq: calibration text)\n");
 }
 
 /* Whether tensor `name` is a block linear's weight to quantize; *conv1d
@@ -157,7 +159,7 @@ static cJSON *quant_config(const struct qopts *o) {
         cJSON_AddBoolToObject(q, "desc_act", o->act_order);
         cJSON_AddBoolToObject(q, "sym", o->sym);
         cJSON_AddBoolToObject(q, "static_groups", o->act_order);
-        cJSON_AddBoolToObject(q, "true_sequential", 1);
+        cJSON_AddBoolToObject(q, "true_sequential", 0); /* sequential per layer, not per sub-module */
         cJSON_AddNumberToObject(q, "damp_percent", 0.01);
         cJSON_AddStringToObject(q, "checkpoint_format", o->v2 ? "gptq_v2" : "gptq");
         cJSON_AddStringToObject(q, "quantizer", !strcmp(o->method, "rtn") ? "lmc rtn" : "lmc gptq");
@@ -177,11 +179,33 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
     struct lmc_st_write_tensor *wt = calloc((size_t)st.n_tensors * 8 + 1, sizeof *wt);
     struct lmc_qtensors *qt = calloc((size_t)st.n_tensors + 1, sizeof *qt);
     int64_t nw = 0;
+    struct lmc_gptq_job *jobs = NULL;
+    struct lmc_qgroups *gq = NULL;
+    float **gw = NULL;
+    int n_jobs = 0;
     *n_q = 0;
     *bytes = 0;
     if (!wt || !qt) {
         s = lmc_err_set(err, LMC_ERR_OOM, "quantize: out of memory");
         goto done;
+    }
+    /* gptq: every linear quantized first, layer by layer through the model */
+    if (!strcmp(o->method, "gptq")) {
+        jobs = calloc((size_t)st.n_tensors + 1, sizeof *jobs);
+        gq = calloc((size_t)st.n_tensors + 1, sizeof *gq);
+        gw = calloc((size_t)st.n_tensors + 1, sizeof *gw);
+        if (!jobs || !gq || !gw) s = lmc_err_set(err, LMC_ERR_OOM, "quantize: out of memory");
+        for (int64_t i = 0; i < st.n_tensors && !s; i++) {
+            const struct lmc_st_tensor *t = &st.tensors[i];
+            bool conv1d;
+            if (!is_linear(t->name, t, o->skip, &conv1d)) continue;
+            if ((s = as_float(t, conv1d, &gw[n_jobs], err))) break;
+            jobs[n_jobs] = (struct lmc_gptq_job){t->name, gw[n_jobs], conv1d ? t->shape[1] : t->shape[0],
+                                                 conv1d ? t->shape[0] : t->shape[1]};
+            n_jobs++;
+        }
+        struct lmc_gptq_opts go = {o->bits, o->group, o->sym, o->act_order, true, 0.01, 128};
+        if (!s) s = lmc_gptq_calibrate(in, o->calib, o->calib_tokens, o->threads, &go, jobs, n_jobs, gq, err);
     }
     for (int64_t i = 0; i < st.n_tensors && !s; i++) {
         const struct lmc_st_tensor *t = &st.tensors[i];
@@ -220,7 +244,13 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
             if (!strcmp(o->method, "rtn")) {
                 s = lmc_quant_rtn(w, n, k, o->bits, gs, o->sym, &g, err);
             } else {
-                s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: not yet");
+                int j = 0;
+                while (j < n_jobs && strcmp(jobs[j].name, t->name)) j++;
+                if (j == n_jobs || !gq[j].q) s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: %s was not quantized", t->name);
+                else {
+                    g = gq[j];
+                    memset(&gq[j], 0, sizeof gq[j]);
+                }
             }
             if (!s) {
                 s = lmc_qtensors_gptq(&g, o->v2, prefix, &qt[i], err);
@@ -245,6 +275,13 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
     if (!s) s = write_config(in, out, quant_config(o), err);
     if (!s) s = copy_files(in, out, err);
 done:
+    for (int j = 0; j < n_jobs; j++) {
+        lmc_qgroups_free(&gq[j]);
+        free(gw[j]);
+    }
+    free(jobs);
+    free(gq);
+    free(gw);
     for (int64_t i = 0; qt && i < st.n_tensors; i++) lmc_qtensors_free(&qt[i]);
     free(qt);
     free(wt);
@@ -362,7 +399,7 @@ lmc_status lmc_dequantize_folder(const char *in, const char *out, int dtype, int
 }
 
 int cmd_quantize(int argc, char **argv) {
-    struct qopts o = {NULL, 4, 128, true, false, false, "lm_head,embed,wte,wpe", NULL, 0};
+    struct qopts o = {NULL, 4, 128, true, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
     const char *in = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -389,6 +426,7 @@ int cmd_quantize(int argc, char **argv) {
         else if (!strcmp(a, "--bits") && cli_parse_i64(v, 2, 8, &x)) o.bits = (int)x;
         else if (!strcmp(a, "--group") && cli_parse_i64(v, -1, 1 << 20, &x) && x != 0) o.group = x;
         else if (!strcmp(a, "--calib-tokens") && cli_parse_i64(v, 1, 1 << 24, &x)) o.calib_tokens = x;
+        else if ((!strcmp(a, "--threads") || !strcmp(a, "-t")) && cli_parse_i64(v, 1, 1024, &x)) o.threads = (int)x;
         else {
             fprintf(stderr, "lmc quantize: bad option or value: %s %s\n", a, v);
             usage();
