@@ -227,6 +227,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         [LMC_QK_U4G] = dot_u4g,   [LMC_QK_U8G] = dot_u8g,   [LMC_QK_NF4] = dot_nf4,
     };
     memcpy(c->dot, portable, sizeof c->dot);
+    memset(c->dot4, 0, sizeof c->dot4);
     c->isa = LMC_QISA_C;
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -238,9 +239,11 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     lmc_qdot_fn t[LMC_QK_COUNT] = {0};
     if (vnni && max_isa >= LMC_QISA_AVX512VNNI) {
         lmc_qdot_table_vnni(t);
+        lmc_qdot4_table_vnni(c->dot4);
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
         lmc_qdot_table_avx2(t);
+        lmc_qdot4_table_avx2(c->dot4);
         c->isa = LMC_QISA_AVX2;
     }
     for (int i = 0; i < LMC_QK_COUNT; i++)
@@ -428,11 +431,18 @@ static void qjob_run(void *arg, int64_t task, int thread) {
     const struct qjob *j = arg;
     const struct lmc_qweight *w = j->w;
     lmc_qdot_fn dot = j->c->dot[w->kernel];
+    lmc_qdot4_fn dot4 = j->c->dot4[w->kernel];
     int64_t r0 = task * j->rows_per_task, r1 = LMC_MIN(w->n, r0 + j->rows_per_task);
     int64_t nb = w->kp / 32;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t i = 0; i < j->m; i++)
-            j->y[i * w->n + r] = dot(w, r, j->xq + i * nb, j->xf ? j->xf + i * w->kp : NULL);
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i = 0;
+        float o[4];
+        for (; dot4 && i + 4 <= j->m; i += 4) { /* a weight row unpacked once for four inputs */
+            dot4(w, r, j->xq + i * nb, nb, o);
+            for (int t = 0; t < 4; t++) j->y[(i + t) * w->n + r] = o[t];
+        }
+        for (; i < j->m; i++) j->y[i * w->n + r] = dot(w, r, j->xq + i * nb, j->xf ? j->xf + i * w->kp : NULL);
+    }
 }
 
 void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,

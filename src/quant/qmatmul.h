@@ -44,9 +44,14 @@ struct lmc_qweight;
 typedef float (*lmc_qdot_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *xq,
                              const float *xf);
 
+/* Four activation rows at once (x: rows xs blocks apart) into out[4]. */
+typedef void (*lmc_qdot4_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs,
+                             float *out);
+
 struct lmc_qctx {
     enum lmc_qisa isa;
     lmc_qdot_fn dot[LMC_QK_COUNT];
+    lmc_qdot4_fn dot4[LMC_QK_COUNT]; /* NULL: four dot calls */
 };
 
 /* Picks the best instruction set the CPU has, at most max_isa (tests pass
@@ -106,5 +111,7 @@ void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out);
 /* The instruction-set kernels (qmatmul_x86.c); NULL slots fall back to C. */
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
+void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
+void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
 
 #endif

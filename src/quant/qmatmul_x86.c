@@ -1,7 +1,9 @@
 /* qmatmul_x86.c — x86 dot products for the quantized matmul: the same
  * kernels compiled twice, once with AVX2 (maddubs + madd) and once with
  * AVX-512 VNNI (vpdpbusd on 256-bit vectors), for Q8_0, Q4_0, Q4_1, Q4_K and
- * lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary); NF4 with AVX-512's 16-entry
+ * lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary), each also in a four-row form
+ * that unpacks a weight block once for four activation rows (Q4_1 single
+ * row only); NF4 with AVX-512's 16-entry
  * table lookup (vpermps). Each function carries its target attribute, so
  * this file builds without -march flags; qmatmul.c calls them only when the
  * CPU has the features. */
@@ -120,6 +122,96 @@ T_AVX2 static inline float hsum_avx2(__m256 v) {
 KERNELS(avx2, T_AVX2, dot_avx2)
 KERNELS(vnni, T_VNNI, dot_vnni)
 
+/* Four activation rows against one weight row: each weight block is loaded
+ * and unpacked once for the four (prefill, batched decode). x holds the
+ * rows' blocks xs apart. */
+#define KERNELS4(SUF, TGT, DOT)                                                                                  \
+    TGT static void q8_0x4_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs, \
+                                 float *out) {                                                                  \
+        const uint8_t *p = w->data + row * w->row_bytes;                                                        \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};   \
+        for (int64_t b = 0; b < w->k / 32; b++, p += 34) {                                                      \
+            __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2)), aq = _mm256_sign_epi8(q, q);              \
+            float d = f16at(p);                                                                                 \
+            for (int i = 0; i < 4; i++) {                                                                       \
+                const struct lmc_q8act *xb = x + i * xs + b;                                                    \
+                __m256i s = DOT(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->q), q));           \
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * xb->d), acc[i]);             \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]);                                                 \
+    }                                                                                                           \
+    TGT static void q4_0x4_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs, \
+                                 float *out) {                                                                  \
+        const uint8_t *p = w->data + row * w->row_bytes;                                                        \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};   \
+        float corr[4] = {0, 0, 0, 0};                                                                           \
+        for (int64_t b = 0; b < w->k / 32; b++, p += 18) {                                                      \
+            __m256i wv = NIB32(p + 2);                                                                          \
+            float d = f16at(p);                                                                                 \
+            for (int i = 0; i < 4; i++) {                                                                       \
+                const struct lmc_q8act *xb = x + i * xs + b;                                                    \
+                __m256i s = DOT(wv, _mm256_loadu_si256((const __m256i *)xb->q));                                \
+                float dd = d * xb->d;                                                                           \
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dd), acc[i]);                    \
+                corr[i] += 8.0f * dd * (float)(xb->s0 + xb->s1);                                                \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]) - corr[i];                                       \
+    }                                                                                                           \
+    TGT static void q4_kx4_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs, \
+                                 float *out) {                                                                  \
+        const uint8_t *p = w->data + row * w->row_bytes;                                                        \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};   \
+        float corr[4] = {0, 0, 0, 0};                                                                           \
+        for (int64_t sb = 0; sb < w->k / 256; sb++, p += 144) {                                                 \
+            int16_t sc[8], mn[8];                                                                               \
+            lmc_ggml_kscales_unpack(p + 4, sc, mn);                                                             \
+            float d = f16at(p), dmin = f16at(p + 2);                                                            \
+            for (int c = 0; c < 4; c++) {                                                                       \
+                __m256i v = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * c));                             \
+                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(15));                                         \
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));                   \
+                float s0 = d * (float)sc[2 * c], s1 = d * (float)sc[2 * c + 1];                                 \
+                float m0 = dmin * (float)mn[2 * c], m1 = dmin * (float)mn[2 * c + 1];                           \
+                for (int i = 0; i < 4; i++) {                                                                   \
+                    const struct lmc_q8act *a = x + i * xs + 8 * sb + 2 * c, *bq = a + 1;                       \
+                    __m256i t0 = DOT(lo, _mm256_loadu_si256((const __m256i *)a->q));                            \
+                    __m256i t1 = DOT(hi, _mm256_loadu_si256((const __m256i *)bq->q));                           \
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t0), _mm256_set1_ps(s0 * a->d), acc[i]);        \
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t1), _mm256_set1_ps(s1 * bq->d), acc[i]);       \
+                    corr[i] += m0 * a->d * (float)(a->s0 + a->s1) + m1 * bq->d * (float)(bq->s0 + bq->s1);      \
+                }                                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]) - corr[i];                                       \
+    }                                                                                                           \
+    TGT static void u4gx4_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs,  \
+                                float *out) {                                                                   \
+        const uint8_t *p = w->data + row * w->row_bytes;                                                        \
+        const float *sc = w->scale + row * w->n_groups;                                                         \
+        const int32_t *zr = w->zero + row * w->n_groups;                                                        \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};   \
+        float corr[4] = {0, 0, 0, 0};                                                                           \
+        for (int64_t g = 0; g < w->n_groups; g++) {                                                             \
+            float z = (float)zr[g];                                                                             \
+            for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) {                                             \
+                __m256i wv = NIB32(p + 16 * b);                                                                 \
+                for (int i = 0; i < 4; i++) {                                                                   \
+                    const struct lmc_q8act *xb = x + i * xs + b;                                                \
+                    __m256i s = DOT(wv, _mm256_loadu_si256((const __m256i *)xb->q));                            \
+                    float dd = sc[g] * xb->d;                                                                   \
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dd), acc[i]);                \
+                    corr[i] += dd * z * (float)(xb->s0 + xb->s1);                                               \
+                }                                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]) - corr[i];                                       \
+    }
+
+KERNELS4(avx2, T_AVX2, dot_avx2)
+KERNELS4(vnni, T_VNNI, dot_vnni)
+
 /* NF4: the 16 codes in one register, looked up per nibble (vpermps). */
 T_VNNI static float nf4_avx512(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
     const uint8_t *p = w->data + row * w->row_bytes;
@@ -144,6 +236,20 @@ T_VNNI static float nf4_avx512(const struct lmc_qweight *w, int64_t row, const s
     return _mm512_reduce_add_ps(acc);
 }
 
+void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4) {
+    dot4[LMC_QK_Q8_0] = q8_0x4_avx2;
+    dot4[LMC_QK_Q4_0] = q4_0x4_avx2;
+    dot4[LMC_QK_Q4_K] = q4_kx4_avx2;
+    dot4[LMC_QK_U4G] = u4gx4_avx2;
+}
+
+void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) {
+    dot4[LMC_QK_Q8_0] = q8_0x4_vnni;
+    dot4[LMC_QK_Q4_0] = q4_0x4_vnni;
+    dot4[LMC_QK_Q4_K] = q4_kx4_vnni;
+    dot4[LMC_QK_U4G] = u4gx4_vnni;
+}
+
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q8_0] = q8_0_avx2;
     dot[LMC_QK_Q4_0] = q4_0_avx2;
@@ -162,6 +268,20 @@ void lmc_qdot_table_vnni(lmc_qdot_fn *dot) {
 }
 
 #else
+void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4) {
+    dot4[LMC_QK_Q8_0] = q8_0x4_avx2;
+    dot4[LMC_QK_Q4_0] = q4_0x4_avx2;
+    dot4[LMC_QK_Q4_K] = q4_kx4_avx2;
+    dot4[LMC_QK_U4G] = u4gx4_avx2;
+}
+
+void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) {
+    dot4[LMC_QK_Q8_0] = q8_0x4_vnni;
+    dot4[LMC_QK_Q4_0] = q4_0x4_vnni;
+    dot4[LMC_QK_Q4_K] = q4_kx4_vnni;
+    dot4[LMC_QK_U4G] = u4gx4_vnni;
+}
+
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) { (void)dot; }
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot) { (void)dot; }
 #endif
