@@ -22,7 +22,8 @@
 
 static void usage(void) {
     fprintf(stderr, "usage: lmc convert -m IN_DIR -o OUT_DIR --dtype bf16|f16|f32\n"
-                    "       lmc convert -m IN_DIR -o FILE.gguf --dtype f32|f16|bf16|q8_0|q4_0\n");
+                    "       lmc convert -m IN_DIR -o FILE.gguf --dtype f32|f16|bf16|q8_0|q4_0\n"
+                    "       lmc convert -m FILE.gguf -o OUT_DIR --dtype f32|f16|bf16\n");
 }
 
 static bool is_float(enum lmc_dtype t) {
@@ -210,6 +211,13 @@ int cmd_convert(int argc, char **argv) {
         return 2;
     }
     lmc_err err = {0};
+    size_t il = strlen(in);
+    if (il > 5 && !strcmp(in + il - 5, ".gguf")) { /* a GGUF file in: a Hugging Face folder out */
+        int64_t nt;
+        if (lmc_convert_from_gguf(in, out, to, &nt, &err)) return cli_fail("convert", &err);
+        fprintf(stderr, "lmc convert: %s -> %s: %lld tensors as %s\n", in, out, (long long)nt, lmc_dtype_name(to));
+        return 0;
+    }
     char cfg[4096];
     char *ctext = NULL;
     if (lmc_path_join(cfg, sizeof cfg, in, "config.json") && !lmc_file_read(cfg, 1 << 24, &ctext, NULL, &err) &&

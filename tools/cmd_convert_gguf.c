@@ -17,9 +17,11 @@
 #include "quant/quant.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct conv {
     struct lmc_gguf_writer *w;
@@ -194,6 +196,25 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: only BPE tokenizers with vocab and merges convert to GGUF", path);
     }
     bool spm = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"));
+    /* llama.cpp names its byte-level split patterns (tokenizer.ggml.pre) */
+    const char *pre = NULL;
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer");
+    const cJSON *ptype = cJSON_GetObjectItemCaseSensitive(pt, "type");
+    if (cJSON_IsString(ptype) && !strcmp(ptype->valuestring, "ByteLevel") &&
+        !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(pt, "use_regex")))
+        pre = "gpt-2";
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
+    if (cJSON_IsArray(seq) && cJSON_GetArraySize(seq) == 2) {
+        const cJSON *re = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(seq, 0), "pattern"), "Regex");
+        if (cJSON_IsString(re)) pre = lmc_gguf_pre_name(re->valuestring);
+    }
+    if (!spm && !pre) {
+        cJSON_Delete(j);
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "%s: this pre_tokenizer has no llama.cpp name (lmc writes gpt-2, llama-bpe and qwen2 splits)",
+                           path);
+    }
     int64_t n = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab) if (cJSON_IsNumber(e) && e->valuedouble + 1 > (double)n) n = (int64_t)e->valuedouble + 1;
@@ -272,8 +293,7 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
     }
     cJSON_Delete(j);
     lmc_gguf_add_str(c->w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
-    if (!spm)
-        lmc_gguf_add_str(c->w, "tokenizer.ggml.pre", !strcmp(cfg->model_type, "qwen2") ? "qwen2" : "gpt-2");
+    if (!spm) lmc_gguf_add_str(c->w, "tokenizer.ggml.pre", pre);
     lmc_gguf_add_str_arr(c->w, "tokenizer.ggml.tokens", toks, (uint64_t)n);
     lmc_gguf_add_arr(c->w, "tokenizer.ggml.token_type", LMC_GGUF_I32, types, (uint64_t)n);
     if (spm) lmc_gguf_add_arr(c->w, "tokenizer.ggml.scores", LMC_GGUF_F32, scores, (uint64_t)n);
@@ -357,5 +377,232 @@ lmc_status lmc_convert_to_gguf(const char *in_dir, const char *out_path, int qty
     for (int64_t i = 0; i < c.n_strs; i++) free(c.strs[i]);
     free(c.strs);
     lmc_st_free(&st);
+    return s;
+}
+
+/* ---- GGUF -> Hugging Face folder ---- */
+
+static lmc_status write_text(const char *dir, const char *name, const char *text, lmc_err *err) {
+    char path[4096];
+    if (!lmc_path_join(path, sizeof path, dir, name)) return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+    FILE *f = fopen(path, "wb");
+    bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    if (f) ok = (fclose(f) == 0) && ok;
+    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", path);
+}
+
+/* GGUF name -> HF name (and whether GPT-2's Conv1D layout applies). */
+static bool hf_name(const char *arch, const char *g, char *out, size_t cap, bool *conv1d) {
+    *conv1d = false;
+    bool gpt2 = !strcmp(arch, "gpt2");
+    static const char *top[][3] = {{"token_embd.weight", "model.embed_tokens.weight", "transformer.wte.weight"},
+                                   {"position_embd.weight", NULL, "transformer.wpe.weight"},
+                                   {"output_norm.weight", "model.norm.weight", "transformer.ln_f.weight"},
+                                   {"output_norm.bias", NULL, "transformer.ln_f.bias"},
+                                   {"output.weight", "lm_head.weight", "lm_head.weight"}};
+    for (size_t i = 0; i < sizeof top / sizeof *top; i++)
+        if (!strcmp(g, top[i][0])) return top[i][gpt2 ? 2 : 1] && snprintf(out, cap, "%s", top[i][gpt2 ? 2 : 1]) > 0;
+    int L;
+    char rest[128];
+    if (sscanf(g, "blk.%d.%127s", &L, rest) != 2) return false;
+    static const char *blk[][3] = {
+        {"attn_norm.weight", "input_layernorm.weight", "ln_1.weight"}, {"attn_norm.bias", NULL, "ln_1.bias"},
+        {"attn_q.weight", "self_attn.q_proj.weight", NULL},             {"attn_q.bias", "self_attn.q_proj.bias", NULL},
+        {"attn_k.weight", "self_attn.k_proj.weight", NULL},             {"attn_k.bias", "self_attn.k_proj.bias", NULL},
+        {"attn_v.weight", "self_attn.v_proj.weight", NULL},             {"attn_v.bias", "self_attn.v_proj.bias", NULL},
+        {"attn_qkv.weight", NULL, "attn.c_attn.weight"},                {"attn_qkv.bias", NULL, "attn.c_attn.bias"},
+        {"attn_output.weight", "self_attn.o_proj.weight", "attn.c_proj.weight"},
+        {"attn_output.bias", "self_attn.o_proj.bias", "attn.c_proj.bias"},
+        {"ffn_norm.weight", "post_attention_layernorm.weight", "ln_2.weight"}, {"ffn_norm.bias", NULL, "ln_2.bias"},
+        {"ffn_gate.weight", "mlp.gate_proj.weight", NULL},              {"ffn_up.weight", "mlp.up_proj.weight", "mlp.c_fc.weight"},
+        {"ffn_up.bias", NULL, "mlp.c_fc.bias"},                         {"ffn_down.weight", "mlp.down_proj.weight", "mlp.c_proj.weight"},
+        {"ffn_down.bias", NULL, "mlp.c_proj.bias"},
+    };
+    for (size_t i = 0; i < sizeof blk / sizeof *blk; i++)
+        if (!strcmp(rest, blk[i][0]) && blk[i][gpt2 ? 2 : 1]) {
+            *conv1d = gpt2 && strstr(rest, ".weight") && strncmp(rest, "attn_norm", 9) && strncmp(rest, "ffn_norm", 8);
+            return snprintf(out, cap, gpt2 ? "transformer.h.%d.%s" : "model.layers.%d.%s", L, blk[i][gpt2 ? 2 : 1]) > 0;
+        }
+    return false;
+}
+
+lmc_status lmc_convert_from_gguf(const char *path, const char *out_dir, int dtype, int64_t *n_tensors, lmc_err *err) {
+    struct lmc_gguf g;
+    lmc_status s = lmc_gguf_open(&g, path, err);
+    if (s) return s;
+    char *arch = NULL, *tok = NULL, *tcfg = NULL;
+    struct lmc_st_write_tensor *wt = NULL;
+    void **bufs = NULL;
+    char (*names)[256] = NULL;
+    cJSON *cfg = NULL;
+    *n_tensors = 0;
+    if ((s = lmc_gguf_get_str(&g, "general.architecture", &arch, NULL, err))) goto out;
+    if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "gpt2")) {
+        s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: architecture '%s' (lmc converts llama, qwen2, gpt2)", path, arch);
+        goto out;
+    }
+    bool gpt2 = !strcmp(arch, "gpt2");
+    int64_t C, L, H, F, ctx, KV = 0, hd = 0;
+    double eps, theta = 10000;
+    bool found;
+    char key[128];
+#define GETI(k, v)                                                                                         \
+    (snprintf(key, sizeof key, "%s." k, arch), lmc_gguf_get_int(&g, key, &(v), NULL, err))
+    if ((s = GETI("embedding_length", C)) || (s = GETI("block_count", L)) || (s = GETI("attention.head_count", H)) ||
+        (s = GETI("feed_forward_length", F)) || (s = GETI("context_length", ctx)))
+        goto out;
+    if (C <= 0 || L <= 0 || H <= 0 || F <= 0 || C % H || L > 4096 || C > (1 << 20)) {
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: hyper-parameters out of range (embedding %lld, blocks %lld, heads %lld)",
+                        path, (long long)C, (long long)L, (long long)H);
+        goto out;
+    }
+    snprintf(key, sizeof key, "%s.%s", arch, gpt2 ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon");
+    if ((s = lmc_gguf_get_float(&g, key, &eps, NULL, err))) goto out;
+    if (!gpt2) {
+        snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
+        if ((s = lmc_gguf_get_int(&g, key, &KV, &found, err))) goto out;
+        if (!found) KV = H;
+        snprintf(key, sizeof key, "%s.attention.key_length", arch);
+        if ((s = lmc_gguf_get_int(&g, key, &hd, &found, err))) goto out;
+        if (!found) hd = C / H;
+        snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+        if ((s = lmc_gguf_get_float(&g, key, &theta, &found, err))) goto out;
+        if (!found) theta = 10000;
+        if (KV <= 0 || H % KV || hd <= 0 || hd % 2) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: %lld heads, %lld kv heads, head size %lld", path, (long long)H,
+                            (long long)KV, (long long)hd);
+            goto out;
+        }
+    }
+    const struct lmc_gguf_tensor *emb = lmc_gguf_find_tensor(&g, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != C) {
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: token_embd.weight is missing or not (%lld, vocab)", path, (long long)C);
+        goto out;
+    }
+    int64_t V = emb->ne[1];
+    bool tied = !lmc_gguf_find_tensor(&g, "output.weight");
+    cfg = cJSON_CreateObject();
+    cJSON *archs = cJSON_AddArrayToObject(cfg, "architectures");
+    cJSON_AddItemToArray(archs, cJSON_CreateString(gpt2 ? "GPT2LMHeadModel" : !strcmp(arch, "qwen2") ? "Qwen2ForCausalLM"
+                                                                                                   : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(cfg, "model_type", arch);
+    cJSON_AddNumberToObject(cfg, "vocab_size", (double)V);
+    cJSON_AddBoolToObject(cfg, "tie_word_embeddings", tied);
+    cJSON_AddStringToObject(cfg, "torch_dtype", dtype == LMC_DTYPE_F32 ? "float32" : dtype == LMC_DTYPE_F16 ? "float16"
+                                                                                                           : "bfloat16");
+    int64_t id;
+    if (!lmc_gguf_get_int(&g, "tokenizer.ggml.bos_token_id", &id, &found, err) && found)
+        cJSON_AddNumberToObject(cfg, "bos_token_id", (double)id);
+    if (!lmc_gguf_get_int(&g, "tokenizer.ggml.eos_token_id", &id, &found, err) && found)
+        cJSON_AddNumberToObject(cfg, "eos_token_id", (double)id);
+    if (gpt2) {
+        cJSON_AddNumberToObject(cfg, "n_embd", (double)C);
+        cJSON_AddNumberToObject(cfg, "n_layer", (double)L);
+        cJSON_AddNumberToObject(cfg, "n_head", (double)H);
+        cJSON_AddNumberToObject(cfg, "n_inner", (double)F);
+        cJSON_AddNumberToObject(cfg, "n_positions", (double)ctx);
+        cJSON_AddNumberToObject(cfg, "layer_norm_epsilon", eps);
+        cJSON_AddStringToObject(cfg, "activation_function", "gelu_new");
+    } else {
+        cJSON_AddNumberToObject(cfg, "hidden_size", (double)C);
+        cJSON_AddNumberToObject(cfg, "num_hidden_layers", (double)L);
+        cJSON_AddNumberToObject(cfg, "num_attention_heads", (double)H);
+        cJSON_AddNumberToObject(cfg, "num_key_value_heads", (double)KV);
+        cJSON_AddNumberToObject(cfg, "head_dim", (double)hd);
+        cJSON_AddNumberToObject(cfg, "intermediate_size", (double)F);
+        cJSON_AddNumberToObject(cfg, "max_position_embeddings", (double)ctx);
+        cJSON_AddNumberToObject(cfg, "rms_norm_eps", eps);
+        cJSON_AddNumberToObject(cfg, "rope_theta", theta);
+        cJSON_AddStringToObject(cfg, "hidden_act", "silu");
+    }
+    wt = calloc((size_t)g.n_tensors + 1, sizeof *wt);
+    bufs = calloc((size_t)g.n_tensors + 1, sizeof *bufs);
+    names = calloc((size_t)g.n_tensors + 1, sizeof *names);
+    if (!wt || !bufs || !names) {
+        s = lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory");
+        goto out;
+    }
+    int64_t nw = 0;
+    for (int64_t i = 0; i < g.n_tensors && !s; i++) {
+        const struct lmc_gguf_tensor *t = &g.tensors[i];
+        bool conv1d;
+        if (!hf_name(arch, t->name, names[nw], sizeof names[nw], &conv1d)) {
+            s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has no Hugging Face name for %s", path, t->name, arch);
+            break;
+        }
+        if (t->n_dims > 2) {
+            s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions", path, t->name, t->n_dims);
+            break;
+        }
+        int64_t cols = t->ne[0], rows = t->ne[1], nb, rb;
+        lmc_ggml_row_bytes(t->type, cols, &rb);
+        float *f = malloc((size_t)(rows * cols) * sizeof *f), *tmp = malloc((size_t)(rows * cols) * sizeof *f);
+        void *o = malloc((size_t)(rows * cols) * (size_t)lmc_dtype_size(dtype));
+        if (!f || !tmp || !o) {
+            free(f), free(tmp), free(o);
+            s = lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", t->name);
+            break;
+        }
+        for (int64_t r = 0; r < rows; r++) lmc_ggml_dequantize_row(t->type, (const uint8_t *)t->data + r * rb, f + r * cols, cols);
+        int64_t heads = !strcmp(arch, "llama") && strstr(t->name, "attn_q.weight") ? H
+                      : !strcmp(arch, "llama") && strstr(t->name, "attn_k.weight") ? KV : 0;
+        if (heads) {
+            if (rows % (2 * heads)) {
+                free(f), free(tmp), free(o);
+                s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s rows do not split into %lld heads", path, t->name,
+                                (long long)heads);
+                break;
+            }
+            lmc_gguf_permute_qk(f, tmp, rows, (size_t)cols * sizeof *f, heads, true);
+            memcpy(f, tmp, (size_t)(rows * cols) * sizeof *f);
+        }
+        if (conv1d) { /* (out, in) -> Conv1D (in, out) */
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c2 = 0; c2 < cols; c2++) tmp[c2 * rows + r] = f[r * cols + c2];
+            memcpy(f, tmp, (size_t)(rows * cols) * sizeof *f);
+        }
+        for (int64_t e = 0; e < rows * cols; e++) {
+            if (dtype == LMC_DTYPE_F32) ((float *)o)[e] = f[e];
+            else ((uint16_t *)o)[e] = dtype == LMC_DTYPE_BF16 ? lmc_f32_to_bf16(f[e]) : lmc_f32_to_f16(f[e]);
+        }
+        free(f);
+        free(tmp);
+        bufs[nw] = o;
+        wt[nw].name = names[nw];
+        wt[nw].dtype = (enum lmc_dtype)dtype;
+        wt[nw].ndim = t->n_dims;
+        if (t->n_dims == 1) wt[nw].shape[0] = cols;
+        else if (conv1d) wt[nw].shape[0] = cols, wt[nw].shape[1] = rows;
+        else wt[nw].shape[0] = rows, wt[nw].shape[1] = cols;
+        wt[nw].data = o;
+        nw++;
+        (void)nb;
+    }
+    if (s) goto out;
+    if (mkdir(out_dir, 0777) != 0 && errno != EEXIST) {
+        s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot create folder: %s", out_dir, strerror(errno));
+        goto out;
+    }
+    char p2[4096];
+    const char *meta[] = {"format", "pt"};
+    lmc_path_join(p2, sizeof p2, out_dir, "model.safetensors");
+    if ((s = lmc_st_write(p2, wt, nw, meta, 1, err))) goto out;
+    *n_tensors = nw;
+    char *cj = cJSON_Print(cfg);
+    s = cj ? write_text(out_dir, "config.json", cj, err) : lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+    free(cj);
+    if (!s && !(s = lmc_gguf_tokenizer_json(&g, &tok, &tcfg, err)) &&
+        !(s = write_text(out_dir, "tokenizer.json", tok, err)))
+        s = write_text(out_dir, "tokenizer_config.json", tcfg, err);
+out:
+    for (int64_t i = 0; bufs && i < g.n_tensors; i++) free(bufs[i]);
+    free(bufs);
+    free(wt);
+    free(names);
+    cJSON_Delete(cfg);
+    free(arch);
+    free(tok);
+    free(tcfg);
+    lmc_gguf_free(&g);
     return s;
 }

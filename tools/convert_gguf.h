@@ -12,4 +12,11 @@
 lmc_status lmc_convert_to_gguf(const char *in_dir, const char *out_path, int qtype, int64_t *n_tensors,
                                int *n_fallback, lmc_err *err);
 
+/* Writes the GGUF file path (llama, qwen2, gpt2) as a Hugging Face folder
+ * out_dir in dtype (LMC_DTYPE_F32/F16/BF16): tensors dequantized and
+ * renamed (Q/K rows back in HF order, GPT-2 Conv1D layout), config.json from
+ * the hyper-parameters, tokenizer.json and tokenizer_config.json from the
+ * tokenizer metadata. */
+lmc_status lmc_convert_from_gguf(const char *path, const char *out_dir, int dtype, int64_t *n_tensors, lmc_err *err);
+
 #endif

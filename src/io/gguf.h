@@ -97,6 +97,15 @@ const char *lmc_gguf_vtype_name(enum lmc_gguf_vtype t);
 void lmc_gguf_permute_qk(const void *src, void *dst, int64_t n_rows, size_t row_bytes, int64_t n_head,
                          bool inverse);
 
+/* ---- tokenizer metadata (gguf_tokenizer.c) ---- */
+/* The split pattern of a llama.cpp pre-tokenizer name ("gpt-2",
+ * "llama-bpe", "qwen2") and back; NULL when unknown. */
+const char *lmc_gguf_pre_regex(const char *pre);
+const char *lmc_gguf_pre_name(const char *regex);
+/* A Hugging Face tokenizer.json and tokenizer_config.json (malloc'd texts)
+ * from tokenizer.ggml.* (models `gpt2` and `llama`); errors name the key. */
+lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, char **cfg_json, lmc_err *err);
+
 /* ---- writer ---- */
 struct lmc_gguf_writer;
 lmc_status lmc_gguf_writer_init(struct lmc_gguf_writer **w, lmc_err *err);
