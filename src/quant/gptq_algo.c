@@ -6,24 +6,37 @@
  * factor's diagonal, update the block's later columns, and after the block
  * the columns to its right in one product. Group parameters (non-static)
  * come from the weights as updated at the start of the column's block, as
- * the reference code reads them. */
+ * the reference code reads them. The Hessian products, the factorisations
+ * (LAPACK dpotrf/dpotri from OpenBLAS) and the lazy updates run in BLAS. */
+
+/* LAPACK (column-major; on a symmetric row-major matrix 'L' addresses the
+ * row-major upper triangle). */
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 #include "quant/gptq_algo.h"
 #include "core/core.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 void lmc_gptq_hessian_add(double *H, int64_t k, const float *x, int64_t n_rows) {
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float *v = x + r * k;
-        for (int64_t i = 0; i < k; i++) {
-            double vi = v[i];
-            if (vi == 0) continue;
-            double *h = H + i * k;
-            for (int64_t j = 0; j < k; j++) h[j] += vi * (double)v[j];
+    enum { CH = 256 };
+    double *xd = malloc((size_t)(CH * k) * sizeof *xd);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += CH) {
+        int64_t m = LMC_MIN(CH, n_rows - r0);
+        if (!xd) { /* no scratch: row by row */
+            for (int64_t r = r0; r < r0 + m; r++)
+                for (int64_t i = 0; i < k; i++)
+                    for (int64_t j = 0; j < k; j++) H[i * k + j] += (double)x[r * k + i] * (double)x[r * k + j];
+            continue;
         }
+        for (int64_t i = 0; i < m * k; i++) xd[i] = x[r0 * k + i];
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)k, (int)m, 1.0, xd, (int)k, xd, (int)k, 1.0,
+                    H, (int)k);
     }
+    free(xd);
 }
 
 /* GPTQ's find_params on one row's values (double). */
@@ -50,46 +63,20 @@ static double qcode(double x, double scale, double zero, int bits) {
     return q < 0 ? 0 : q > maxq ? maxq : q;
 }
 
-/* In-place lower Cholesky of the (k, k) matrix a; false if not positive definite. */
-static bool cholesky(double *a, int64_t k) {
-    for (int64_t j = 0; j < k; j++) {
-        double s = a[j * k + j];
-        for (int64_t p = 0; p < j; p++) s -= a[j * k + p] * a[j * k + p];
-        if (!(s > 0)) return false;
-        double d = sqrt(s);
-        a[j * k + j] = d;
-        for (int64_t i = j + 1; i < k; i++) {
-            double t = a[i * k + j];
-            for (int64_t p = 0; p < j; p++) t -= a[i * k + p] * a[j * k + p];
-            a[i * k + j] = t / d;
-        }
-        for (int64_t i = 0; i < j; i++) a[i * k + j] = 0;
-    }
-    return true;
-}
-
-/* Upper Cholesky factor U of H^-1 (H^-1 = U^T U) from H; H is overwritten. */
-static bool inverse_upper(double *h, int64_t k, double *u) {
-    if (!cholesky(h, k)) return false;
-    /* L^-1 in u (lower), then H^-1 = L^-T L^-1 */
-    memset(u, 0, (size_t)(k * k) * sizeof *u);
-    for (int64_t j = 0; j < k; j++) {
-        u[j * k + j] = 1.0 / h[j * k + j];
-        for (int64_t i = j + 1; i < k; i++) {
-            double s = 0;
-            for (int64_t p = j; p < i; p++) s += h[i * k + p] * u[p * k + j];
-            u[i * k + j] = -s / h[i * k + i];
-        }
-    }
-    for (int64_t i = 0; i < k; i++) /* h = L^-T L^-1 (symmetric) */
-        for (int64_t j = 0; j <= i; j++) {
-            double s = 0;
-            for (int64_t p = i; p < k; p++) s += u[p * k + i] * u[p * k + j];
-            h[i * k + j] = h[j * k + i] = s;
-        }
-    if (!cholesky(h, k)) return false;
-    for (int64_t i = 0; i < k; i++) /* U = L'^T */
-        for (int64_t j = 0; j < k; j++) u[i * k + j] = j >= i ? h[j * k + i] : 0;
+/* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major, lower part
+ * zero) in place of H; false if H is not positive definite. */
+static bool inverse_upper(double *h, int64_t k) {
+    int n = (int)k, info = 0;
+    dpotrf_("L", &n, h, &n, &info);
+    if (info) return false;
+    dpotri_("L", &n, h, &n, &info);
+    if (info) return false;
+    for (int64_t i = 0; i < k; i++) /* the row-major upper triangle holds H^-1 */
+        for (int64_t j = 0; j < i; j++) h[i * k + j] = h[j * k + i];
+    dpotrf_("L", &n, h, &n, &info);
+    if (info) return false;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < i; j++) h[i * k + j] = 0;
     return true;
 }
 
@@ -150,7 +137,8 @@ lmc_status lmc_gptq_quantize(const float *w_in, int64_t n, int64_t k, const doub
     for (int64_t i = 0; i < k; i++) dsum += H[i * k + i];
     double damp = o->damp * dsum / (double)k;
     for (int64_t i = 0; i < k; i++) H[i * k + i] += damp;
-    if (!inverse_upper(H, k, U)) {
+    memcpy(U, H, (size_t)kk * sizeof *U);
+    if (!inverse_upper(U, k)) {
         s = lmc_err_set(err, LMC_ERR_ARG, "gptq: the dampened Hessian is not positive definite (more calibration data?)");
         goto out;
     }
@@ -189,12 +177,9 @@ lmc_status lmc_gptq_quantize(const float *w_in, int64_t n, int64_t k, const doub
                 for (int64_t j = c + 1; j < i2; j++) W[r * k + j] -= e * U[c * k + j];
             }
         }
-        for (int64_t r = 0; r < n; r++) /* lazy batch: the columns right of the block at once */
-            for (int64_t j = i2; j < k; j++) {
-                double acc = 0;
-                for (int64_t i = 0; i < cnt; i++) acc += E[r * block + i] * U[(i1 + i) * k + j];
-                W[r * k + j] -= acc;
-            }
+        if (i2 < k) /* lazy batch: the columns right of the block at once, W[:, i2:] -= E U[i1:i2, i2:] */
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)(k - i2), (int)cnt, -1.0, E, (int)block,
+                        U + i1 * k + i2, (int)k, 1.0, W + i2, (int)k);
     }
     if (loss) *loss = total;
     for (int64_t r = 0; r < n; r++) /* codes back in the original column order */
