@@ -17,6 +17,7 @@
 
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define T_VNNI_KEEP __attribute__((unused, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 T_AVX2 static inline float f16at(const uint8_t *p) {
     uint16_t h;
@@ -120,7 +121,7 @@ T_AVX2 static inline float hsum_avx2(__m256 v) {
     }
 
 KERNELS(avx2, T_AVX2, dot_avx2)
-KERNELS(vnni, T_VNNI, dot_vnni)
+KERNELS(vnni, T_VNNI_KEEP, dot_vnni) /* Q4_0 and 4-bit groups: the AVX-512 forms below */
 
 /* Four activation rows against one weight row: each weight block is loaded
  * and unpacked once for the four (prefill, batched decode). x holds the
@@ -236,6 +237,70 @@ T_VNNI static float nf4_avx512(const struct lmc_qweight *w, int64_t row, const s
     return _mm512_reduce_add_ps(acc);
 }
 
+
+/* AVX-512 single-row Q4_0 and 4-bit groups: two blocks per 512-bit vector
+ * (codes unsigned; the zero point's share subtracted in the vector by a
+ * second vpdpbusd of the zero against the activations). */
+T_VNNI static inline __m512i nib64(const uint8_t *p0, const uint8_t *p1) {
+    __m256i v = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)p1), _mm_loadu_si128((const __m128i *)p0));
+    __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(15));
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
+                              _mm256_permute2x128_si256(lo, hi, 0x31), 1);
+}
+T_VNNI static inline __m512i xq64(const struct lmc_q8act *a, const struct lmc_q8act *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a->q)),
+                              _mm256_loadu_si256((const __m256i *)b->q), 1);
+}
+T_VNNI static inline __m512 two(float a, float b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+}
+
+T_VNNI static float q4_0_avx512(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    int64_t nb = w->k / 32, b = 0;
+    __m512 acc = _mm512_setzero_ps();
+    const __m512i eight = _mm512_set1_epi8(8);
+    for (; b + 2 <= nb; b += 2, p += 36) {
+        __m512i xv = xq64(&x[b], &x[b + 1]);
+        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib64(p + 2, p + 20), xv);
+        s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), two(f16at(p) * x[b].d, f16at(p + 18) * x[b + 1].d), acc);
+    }
+    float r = _mm512_reduce_add_ps(acc);
+    for (; b < nb; b++, p += 18) { /* an odd last block */
+        int32_t t = 0;
+        for (int j = 0; j < 16; j++) t += ((p[2 + j] & 15) - 8) * x[b].q[j] + ((p[2 + j] >> 4) - 8) * x[b].q[j + 16];
+        r += f16at(p) * x[b].d * (float)t;
+    }
+    return r;
+}
+
+T_VNNI static float u4g_avx512(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const float *sc = w->scale + row * w->n_groups;
+    const int32_t *zr = w->zero + row * w->n_groups;
+    __m512 acc = _mm512_setzero_ps();
+    float r = 0;
+    for (int64_t g = 0; g < w->n_groups; g++) {
+        const __m512i z = _mm512_set1_epi8((char)zr[g]);
+        int64_t b = w->gblk[g], e = w->gblk[g + 1];
+        for (; b + 2 <= e; b += 2) {
+            __m512i xv = xq64(&x[b], &x[b + 1]);
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib64(p + 16 * b, p + 16 * b + 16), xv);
+            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, xv));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), two(sc[g] * x[b].d, sc[g] * x[b + 1].d), acc);
+        }
+        for (; b < e; b++) {
+            const uint8_t *q = p + 16 * b;
+            int32_t t = 0;
+            for (int j = 0; j < 16; j++) t += (q[j] & 15) * x[b].q[j] + (q[j] >> 4) * x[b].q[j + 16];
+            r += sc[g] * x[b].d * (float)(t - zr[g] * (x[b].s0 + x[b].s1));
+        }
+    }
+    return r + _mm512_reduce_add_ps(acc);
+}
+
 void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4) {
     dot4[LMC_QK_Q8_0] = q8_0x4_avx2;
     dot4[LMC_QK_Q4_0] = q4_0x4_avx2;
@@ -260,10 +325,10 @@ void lmc_qdot_table_avx2(lmc_qdot_fn *dot) {
 
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q8_0] = q8_0_vnni;
-    dot[LMC_QK_Q4_0] = q4_0_vnni;
+    dot[LMC_QK_Q4_0] = q4_0_avx512;
     dot[LMC_QK_Q4_1] = q4_1_vnni;
     dot[LMC_QK_Q4_K] = q4_k_vnni;
-    dot[LMC_QK_U4G] = u4g_vnni;
+    dot[LMC_QK_U4G] = u4g_avx512;
     dot[LMC_QK_NF4] = nf4_avx512;
 }
 
