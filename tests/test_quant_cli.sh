@@ -64,6 +64,10 @@ for m in gpt2-tiny llama-tiny; do
     rm -rf "$TMP/np" "$TMP/gd"
   done
 done
+# a bf16 model: the running model keeps bf16 matrices, the quantized layers go back in bf16
+"$LMC" convert -m tests/fixtures/llama-tiny -o "$TMP/bf16" --dtype bf16 2>/dev/null
+"$LMC" quantize -m "$TMP/bf16" -o "$TMP/gbf" --method gptq --bits 4 --group 32 --calib "$TMP/calib.txt" --calib-tokens 300 2>"$TMP/err"
+ok $? "gptq on a bf16 model: $(cat "$TMP/err")"
 "$LMC" quantize -m tests/fixtures/gpt2-tiny -o "$TMP/x" --method gptq 2>"$TMP/err"
 [ $? = 2 ] && grep -q "calib" "$TMP/err"; ok $? "gptq without --calib: $(cat "$TMP/err")"
 

@@ -15,6 +15,7 @@
  * gains its `lmc_linear`, this observer belongs there. */
 #include "quantize_calib.h"
 #include "core/core.h"
+#include "core/dtype.h"
 #include "model/model.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
@@ -100,7 +101,7 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     struct cap cap;
     memset(&cap, 0, sizeof cap);
     cap.layer = -1;
-    float **deq = calloc((size_t)n_jobs + 1, sizeof *deq);
+    void **deq = calloc((size_t)n_jobs + 1, sizeof *deq);
     if (!deq) {
         s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
         goto out;
@@ -159,19 +160,39 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
                 lmc_err_prefix(err, "%s: ", jobs[j].name);
                 break;
             }
-            /* the running model continues with this layer quantized */
-            if (!(deq[j] = malloc((size_t)(jobs[j].n * jobs[j].k) * sizeof(float)))) {
+            /* the running model continues with this layer quantized, in
+             * the dtype its matrices have (bf16 files stay bf16) */
+            enum lmc_dtype dt = mats[0]->dtype;
+            int64_t rows = 0;
+            for (int t = 0; t < nm; t++) {
+                rows += mats[t]->rows;
+                if (mats[t]->dtype != dt || mats[t]->cols != jobs[j].k ||
+                    (dt != LMC_DTYPE_F32 && dt != LMC_DTYPE_BF16 && dt != LMC_DTYPE_F16))
+                    s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: %s: the model holds it as %s (%lld x %lld)",
+                                    jobs[j].name, lmc_dtype_name(mats[t]->dtype), (long long)mats[t]->rows,
+                                    (long long)mats[t]->cols);
+            }
+            if (!s && rows != jobs[j].n)
+                s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: %s: %lld rows in the model, %lld in the file",
+                                jobs[j].name, (long long)rows, (long long)jobs[j].n);
+            float *f = s ? NULL : malloc((size_t)(jobs[j].n * jobs[j].k) * sizeof(float));
+            if (!s && (!f || !(deq[j] = malloc((size_t)(jobs[j].n * jobs[j].k) * (size_t)lmc_dtype_size(dt)))))
                 s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
+            if (s) {
+                free(f);
                 break;
             }
-            lmc_qgroups_dequantize(&out[j], deq[j]);
+            lmc_qgroups_dequantize(&out[j], f);
+            for (int64_t e = 0; e < jobs[j].n * jobs[j].k; e++) {
+                if (dt == LMC_DTYPE_F32) ((float *)deq[j])[e] = f[e];
+                else ((uint16_t *)deq[j])[e] = dt == LMC_DTYPE_BF16 ? lmc_f32_to_bf16(f[e]) : lmc_f32_to_f16(f[e]);
+            }
+            free(f);
             int64_t row0 = 0;
             for (int t = 0; t < nm; t++) {
-                LMC_ASSERT(mats[t]->dtype == LMC_DTYPE_F32 && mats[t]->cols == jobs[j].k);
-                mats[t]->data = deq[j] + row0 * jobs[j].k;
+                mats[t]->data = (const char *)deq[j] + (size_t)(row0 * jobs[j].k) * (size_t)lmc_dtype_size(dt);
                 row0 += mats[t]->rows;
             }
-            LMC_ASSERT(row0 == jobs[j].n);
         }
         lmc_log(1, "gptq: layer %d of %lld quantized on %lld calibration tokens", l + 1,
                 (long long)m.cfg.num_layers, (long long)n_ids);
