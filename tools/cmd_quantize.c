@@ -224,9 +224,8 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
         int64_t n = conv1d ? t->shape[1] : t->shape[0], k = conv1d ? t->shape[0] : t->shape[1];
         if (!strcmp(o->method, "nf4")) {
             struct lmc_nf4 q;
-            if (k % 64) s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: NF4 needs rows of whole 64-blocks (in = %lld)",
-                                        t->name, (long long)k);
-            if (!s && !(s = lmc_nf4_quantize(w, n * k, &q, err))) {
+            /* bitsandbytes' blocks of 64 run over the flattened weight (they may span rows) */
+            if (!(s = lmc_nf4_quantize(w, n * k, &q, err))) {
                 s = lmc_qtensors_nf4(&q, n, k, "float32", prefix, &qt[i], err);
                 lmc_nf4_free(&q);
             }
