@@ -291,6 +291,10 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
                 scores[(int64_t)id->valuedouble] = -(float)(k);
         }
     }
+    /* BOS is prepended when the post-processor's single template starts
+     * with a special token (tokenizer_config's add_bos_token overrides) */
+    const cJSON *single = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "post_processor"), "single");
+    bool add_bos = cJSON_IsArray(single) && cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, 0), "SpecialToken");
     cJSON_Delete(j);
     lmc_gguf_add_str(c->w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
     if (!spm) lmc_gguf_add_str(c->w, "tokenizer.ggml.pre", pre);
@@ -302,8 +306,6 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
     if (cfg->n_eos > 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.eos_token_id", (uint32_t)cfg->eos_token_ids[0]);
     if (unk_id >= 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk_id);
     if (cfg->pad_token_id >= 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.padding_token_id", (uint32_t)cfg->pad_token_id);
-    /* BOS is prepended by Llama's SentencePiece tokenizers, not by byte-level ones */
-    bool add_bos = spm;
     if (lmc_path_join(path, sizeof path, dir, "tokenizer_config.json") && lmc_file_exists(path) &&
         !lmc_file_read(path, (size_t)1 << 26, &text, NULL, err)) {
         cJSON *tc = cJSON_Parse(text);
