@@ -1,7 +1,8 @@
 /* fuzz_gguf.c — libFuzzer target: arbitrary bytes through lmc_gguf_parse;
  * on success every tensor's first and last byte is read (ASan proves the
  * bounds), every metadata value goes through the typed getters, string
- * arrays are walked, and lookups are checked; then everything is freed. */
+ * arrays are walked, lookups are checked, and the tokenizer.json is rebuilt
+ * from the metadata (lmc_gguf_tokenizer_json); then everything is freed. */
 #include "io/gguf.h"
 #include "core/core.h"
 
@@ -55,6 +56,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 }
             }
         }
+        char *tj = NULL, *cj = NULL; /* the tokenizer rebuilt from the metadata, when it has one */
+        if (lmc_gguf_tokenizer_json(&g, &tj, &cj, &err) == LMC_OK) LMC_ASSERT(tj && cj);
+        free(tj);
+        free(cj);
         lmc_gguf_free(&g);
     } else {
         LMC_ASSERT(err.msg[0] != 0 && g.tensors == NULL && g.kv == NULL);
