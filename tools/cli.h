@@ -72,5 +72,6 @@ int cmd_train(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_comm_bench(int argc, char **argv);
 int cmd_convert_checkpoint(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 #endif

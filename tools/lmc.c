@@ -22,9 +22,10 @@ static const struct {
     {"train-tokenizer", cmd_train_tokenizer, "train-tokenizer --text-file F --vocab N --style gpt2|llama3 -o DIR  byte-level BPE"},
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
-    {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
     {"convert-checkpoint", cmd_convert_checkpoint, "convert-checkpoint CKPT -o OUT                  sharded ZeRO checkpoint -> model.safetensors"},
     {"comm-bench", cmd_comm_bench, "comm-bench [--sizes N,N] [--iters K] [--device cpu|cuda]  check and time the collectives (mpirun/torchrun)"},
+    {"convert", cmd_convert, "convert -m DIR -o OUT|FILE.gguf --dtype bf16|f16|f32|q8_0|q4_0  rewrite weights (or write GGUF)"},
+    {"quantize", cmd_quantize, "quantize -m DIR -o OUT --method rtn|gptq|nf4|ternary ...  write a quantized HF folder"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 
