@@ -9,9 +9,32 @@ static void check(const struct lmc_linear *L) {
     LMC_ASSERT(L->format == LMC_WFMT_DENSE && L->split == LMC_SPLIT_NONE && L->n_adapters == 0);
 }
 
+/* Quantized formats (issue 10): one backend qmatmul per linear; the fused
+ * dense entries are not used for them. */
+static bool any_quant(int k, const struct lmc_linear *const *L) {
+    for (int i = 0; i < k; i++)
+        if (L[i]->format == LMC_WFMT_QUANT) return true;
+    return false;
+}
+
+static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y, const float *x,
+                      int64_t M) {
+    if (L->format != LMC_WFMT_QUANT) {
+        check(L);
+        be->matmul(be->ctx, y, x, M, &L->w, L->bias);
+        return;
+    }
+    LMC_ASSERT(be->qmatmul != NULL && L->q != NULL && L->split == LMC_SPLIT_NONE && L->n_adapters == 0);
+    be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+}
+
 void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
                     float *const *y, const float *x, int64_t M) {
     LMC_ASSERT(k > 0 && k <= LIN_MAX);
+    if (any_quant(k, L)) {
+        for (int i = 0; i < k; i++) quant_fwd(be, L[i], y[i], x, M);
+        return;
+    }
     const struct lmc_mat *w[LIN_MAX];
     const float *b[LIN_MAX];
     for (int i = 0; i < k; i++) {
@@ -28,6 +51,11 @@ void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear
 
 void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
                         const float *res, const float *x, int64_t M, float *tmp) {
+    if (L->format == LMC_WFMT_QUANT) {
+        quant_fwd(be, L, y == res ? tmp : y, x, M);
+        be->add(be->ctx, y, res, y == res ? tmp : y, M * L->w.rows);
+        return;
+    }
     check(L);
     int64_t n = M * L->w.rows;
     if (y == res) {
@@ -46,6 +74,12 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
 void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear *G,
                            const struct lmc_linear *U, float *y, const float *x, int64_t M,
                            float *tmp) {
+    if (G->format == LMC_WFMT_QUANT || U->format == LMC_WFMT_QUANT) {
+        quant_fwd(be, G, y, x, M);
+        quant_fwd(be, U, tmp, x, M);
+        be->swiglu(be->ctx, y, y, tmp, M * G->w.rows);
+        return;
+    }
     check(G);
     check(U);
     if (be->matmul_swiglu && !G->bias && !U->bias) {

@@ -18,7 +18,16 @@
  * quantized formats add an entry here, keep their packed blocks in w.data
  * (w.rows/cols = out/in features) and their scales, zeros and group index
  * in the fields below; lmc_linear_fwd dispatches on the format. */
-enum lmc_wformat { LMC_WFMT_DENSE = 0 };
+enum lmc_wformat {
+    LMC_WFMT_DENSE = 0,
+    /* Quantized (CPU): `q` holds the kernel-ready weight (quant/qmatmul.h,
+     * GGUF blocks, GPTQ/AWQ/rtn integer groups, NF4 or ternary) and the
+     * backend's qmatmul entry runs it; w keeps rows/cols (data: the codes,
+     * not floats). Forward only. */
+    LMC_WFMT_QUANT,
+};
+
+struct lmc_qweight;
 
 /* Tensor-parallel split: COLUMN shards the output features (no collective
  * after the matmul), ROW shards the input features (an all-reduce after).
@@ -37,6 +46,7 @@ struct lmc_linear {
     const void *scales, *zeros;    /* quantized formats; NULL for DENSE */
     const int32_t *g_idx;          /* quantized formats with act-order; NULL otherwise */
     int64_t group_size;            /* quantized formats; 0 for DENSE */
+    const struct lmc_qweight *q;   /* LMC_WFMT_QUANT: the prepared weight */
     const float *bias;             /* (out) or NULL */
     enum lmc_split split;
     const struct lmc_adapter *adapters; /* n_adapters of them (none applied yet: asserted 0) */

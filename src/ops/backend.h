@@ -45,6 +45,7 @@ struct lmc_adamw_step {
 
 struct lmc_muon_step;    /* ops/optim_ops.h (the optimizer entries at the end) */
 struct lmc_lowrank_step;
+struct lmc_qweight;
 
 struct lmc_backend {
     const char *name;
@@ -312,6 +313,14 @@ struct lmc_backend {
     void (*lowrank)(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
                     float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
                     const struct lmc_lowrank_step *s, float *work);
+
+    /* Quantized weights (issue 10). Optional (NULL: the backend runs no
+     * quantized linears). y(M, w->n) = x(M, w->k) @ W^T (+ bias) for a
+     * weight prepared by quant/qmatmul.h (activations quantized to int8
+     * per block of 32, integer block dots); scratch comes from the
+     * backend's context, no allocation per call once it has grown. */
+    void (*qmatmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                    const float *bias);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).
