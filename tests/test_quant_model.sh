@@ -47,6 +47,24 @@ for m in llama-tiny qwen2-tiny gpt2-tiny; do
   done
 done
 
+# lmc info on quantized folders: method, bits per quantized weight (codes
+# plus the kernel's per-group float scale and int32 zero: 4-bit g32 on the
+# tiny fixture is ~6.1), bytes by tensor kind
+for tag in "methodrtnbits8group1 8 10" "methodrtnbits4group32 4 7"; do
+  set -- $tag
+  "$LMC" info -m "$TMP/llama-tiny-$1" --json >"$TMP/info.json" 2>"$TMP/err"
+  python3 - "$TMP/info.json" "$2" "$3" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); lo, hi = float(sys.argv[2]), float(sys.argv[3])
+assert j["quant_method"] == "gptq", j
+assert lo <= j["quantized_bits_per_weight"] < hi, j
+assert j["bytes_linear_dense"] == 0 and j["bytes_linear_quantized"] > 0 and j["bytes_embedding"] > 0, j
+PY
+  ok $? "info $1: gptq, bits per weight in [$2, $3), bytes by kind"
+done
+"$LMC" info -m "$FIX/llama-tiny" --json | python3 -c "import json,sys;j=json.load(sys.stdin);assert j['quant_method']=='none' and j['bytes_linear_quantized']==0 and j['bytes_linear_dense']>0"
+ok $? "info on a float folder: no quantization"
+
 # the scheduler: lmc serve on the 8-bit llama folder
 Q="$TMP/llama-tiny-methodrtnbits8group1"
 want=$("$LMC" generate -m "$Q" -p "The king said" -n 16 --temp 0 --ignore-eos --no-special --json 2>/dev/null | python3 -c "import json,sys;print(json.load(sys.stdin)['text'])")

@@ -1,6 +1,7 @@
 /* cmd_eval.c — `lmc eval` (mean NLL and perplexity of a text with a
  * sliding window) and `lmc info` (architecture, parameters, dtypes, memory
  * for a context). */
+#include "quant/qmatmul.h"
 #include "cli.h"
 #include "dist/zero.h"
 #include "core/core.h"
@@ -202,6 +203,34 @@ static lmc_status print_tensor(void *user, const struct lmc_tensor_ref *t, lmc_e
     return LMC_OK;
 }
 
+/* Bytes of the weights by kind, and the quantized linears' bits per weight. */
+struct wkinds {
+    const char *method;
+    double bpw;
+    size_t emb, lin_q, lin_dense, head;
+};
+
+static size_t mat_size(const struct lmc_mat *w) {
+    return w->data ? (size_t)w->rows * (size_t)w->cols * (size_t)lmc_dtype_size(w->dtype) : 0;
+}
+
+static void weight_kinds(const struct lmc_model *m, struct wkinds *k) {
+    static const char *names[] = {"none", "gptq", "awq", "bitsandbytes nf4", "bitnet ternary"};
+    memset(k, 0, sizeof *k);
+    k->method = m->quant_method >= 0 && m->quant_method < 5 ? names[m->quant_method] : "?";
+    k->emb = mat_size(&m->w.tok_emb) + mat_size(&m->w.pos_emb);
+    if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
+    double elems = 0;
+    for (int i = 0; i < m->n_qw; i++) {
+        k->lin_q += lmc_qweight_bytes(m->qw[i]);
+        elems += (double)m->qw[i]->n * (double)m->qw[i]->k;
+    }
+    k->bpw = elems > 0 ? 8.0 * (double)k->lin_q / elems : 0;
+    for (int64_t l = 0; l < m->cfg.num_layers; l++)
+        for (int i = 0; i < LMC_L_N; i++)
+            if (m->w.layers[l].lin[i].format == LMC_WFMT_DENSE) k->lin_dense += mat_size(&m->w.layers[l].lin[i].w);
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
     int64_t zero = -1, world = 1, params = 0;
@@ -267,16 +296,21 @@ int cmd_info(int argc, char **argv) {
     size_t kvb = lmc_kv_bytes(m, ctx), actb = lmc_acts_bytes(m, LMC_MIN(ctx, 512), 1);
     size_t logitb = (size_t)k->vocab_size * sizeof(float); /* host copy for the sampler */
     size_t total = m->weight_bytes + kvb + actb + logitb;
+    struct wkinds wk;
+    weight_kinds(m, &wk);
     if (c.json) {
         printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"layers\":%lld,"
                "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
                "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
-               "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
+               "\"ctx\":%lld,\"kv_bytes\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu,",
                k->model_type, m->arch->name, (long long)m->n_params,
                (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
                (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
                (long long)ctx, kvb, actb + logitb, total);
+        printf("\"quant_method\":\"%s\",\"quantized_bits_per_weight\":%.4f,\"bytes_embedding\":%zu,"
+               "\"bytes_linear_quantized\":%zu,\"bytes_linear_dense\":%zu,\"bytes_head\":%zu}\n",
+               wk.method, wk.bpw, wk.emb, wk.lin_q, wk.lin_dense, wk.head);
     } else {
         printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
@@ -293,6 +327,10 @@ int cmd_info(int argc, char **argv) {
             if (by_dtype[t]) printf("%s %lld elems  ", lmc_dtype_name(t), (long long)by_dtype[t]);
         printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
         printf("weights      %.1f MiB as used\n", (double)m->weight_bytes / 1048576.0);
+        printf("quantization %s", wk.method);
+        if (wk.lin_q) printf(", %.3f bits per quantized weight", wk.bpw);
+        printf("\nbytes        embedding %zu, linears quantized %zu, linears dense %zu, head %zu\n", wk.emb,
+               wk.lin_q, wk.lin_dense, wk.head);
         printf("context %-5lld KV cache %.1f MiB + activations %.1f MiB -> total %.1f MiB\n",
                (long long)ctx, (double)kvb / 1048576.0, (double)(actb + logitb) / 1048576.0,
                (double)total / 1048576.0);
