@@ -6,19 +6,15 @@
  * ones, so each later layer is calibrated on the outputs of the already
  * quantized earlier layers (GPTQ's sequential scheme, per layer).
  *
- * The matmul is observed by running the forward on a copy of the CPU
- * backend's table whose matmul records its input and then calls the real
- * one; its ctx is a struct whose first member is a copy of the CPU
- * backend's context, so every other op runs unchanged on it (the copy is
- * written back before the backend is freed). The fused matmul entries are
- * left out so that every linear goes through matmul. When the model layer
- * gains its `lmc_linear`, this observer belongs there. */
+ * The inputs are observed through the observer hook of the block's
+ * lmc_linear slots (linear.h): the q, o, up and down linears of the layer
+ * being calibrated record x^T x into their slot's Hessian (q/k/v and
+ * gate/up share one input, so one of each group records it). */
 #include "quantize_calib.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "model/model.h"
 #include "ops/backend.h"
-#include "ops/cpu/ops_cpu.h"
 #include "quant/gptq_algo.h"
 #include "tokenizer/tokenizer.h"
 
@@ -28,24 +24,18 @@
 
 enum { SLOT_QKV, SLOT_O, SLOT_MLP_IN, SLOT_DOWN, N_SLOTS };
 
+/* One slot's Hessian, the observer's user pointer. */
 struct cap {
-    struct lmc_cpu_ctx cpu; /* first: the CPU ops receive &cap as their ctx */
-    const struct lmc_backend *real;
-    const struct lmc_model *m;
-    int layer;              /* whose inputs are recorded; -1: none */
-    double *H[N_SLOTS];
-    int64_t K[N_SLOTS];
+    double *H;
+    int64_t K;
 };
 
-static void cap_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w, const float *bias) {
-    struct cap *c = ctx;
-    if (c->layer >= 0) {
-        const struct lmc_linear *L = c->m->w.layers[c->layer].lin;
-        int slot = w == &L[LMC_L_Q].w ? SLOT_QKV : w == &L[LMC_L_O].w ? SLOT_O : w == &L[LMC_L_UP].w ? SLOT_MLP_IN
-                 : w == &L[LMC_L_DOWN].w ? SLOT_DOWN : -1;
-        if (slot >= 0) lmc_gptq_hessian_add(c->H[slot], c->K[slot], x, M);
-    }
-    c->real->matmul(ctx, y, x, M, w, bias);
+static const int slot_lin[N_SLOTS] = {LMC_L_Q, LMC_L_O, LMC_L_UP, LMC_L_DOWN};
+
+static void cap_observe(void *user, const struct lmc_linear *L, const float *x, int64_t M) {
+    struct cap *c = user;
+    (void)L;
+    lmc_gptq_hessian_add(c->H, c->K, x, M);
 }
 
 /* The slot of HF linear `name` in layer *layer (-1 if not a block linear),
@@ -99,9 +89,8 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     size_t len = 0;
     int32_t *ids = NULL;
     int64_t n_ids = 0;
-    struct cap cap;
-    memset(&cap, 0, sizeof cap);
-    cap.layer = -1;
+    struct cap cap[N_SLOTS];
+    memset(cap, 0, sizeof cap);
     void **deq = calloc((size_t)n_jobs + 1, sizeof *deq);
     if (!deq) {
         s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
@@ -117,47 +106,49 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     if (n_tokens > 0 && n_ids > n_tokens) n_ids = n_tokens;
     if ((s = lmc_backend_cpu_init(&be, threads, err))) goto out;
     have_be = true;
-    cap.cpu = *(struct lmc_cpu_ctx *)be.ctx;
-    cap.real = &be;
-    cap.m = &m;
-    struct lmc_backend obs = be;
-    obs.ctx = &cap;
-    obs.matmul = cap_matmul;
-    obs.matmul_multi = NULL;
-    obs.matmul_add = NULL;
-    obs.matmul_swiglu = NULL;
     int64_t chunk = LMC_MIN(m.cfg.max_position_embeddings, 512);
     struct lmc_kv kv;
     struct lmc_acts acts;
     memset(&kv, 0, sizeof kv);
     memset(&acts, 0, sizeof acts);
-    if ((s = lmc_kv_init(&kv, &m, &obs, chunk, err)) || (s = lmc_acts_init(&acts, &m, &obs, chunk, 1, err))) {
+    if ((s = lmc_kv_init(&kv, &m, &be, chunk, err)) || (s = lmc_acts_init(&acts, &m, &be, chunk, 1, err))) {
         lmc_kv_free(&kv);
         goto out;
     }
     float *logits = malloc((size_t)m.cfg.vocab_size * sizeof *logits);
     int64_t C = m.cfg.hidden_size, I = m.cfg.intermediate_size, A = m.cfg.num_heads * m.cfg.head_dim;
-    cap.K[SLOT_QKV] = C, cap.K[SLOT_O] = A, cap.K[SLOT_MLP_IN] = C, cap.K[SLOT_DOWN] = I;
-    for (int i = 0; i < N_SLOTS; i++) cap.H[i] = malloc((size_t)(cap.K[i] * cap.K[i]) * sizeof(double));
+    cap[SLOT_QKV].K = C, cap[SLOT_O].K = A, cap[SLOT_MLP_IN].K = C, cap[SLOT_DOWN].K = I;
+    for (int i = 0; i < N_SLOTS; i++) cap[i].H = malloc((size_t)(cap[i].K * cap[i].K) * sizeof(double));
     for (int i = 0; i < N_SLOTS && !s; i++)
-        if (!cap.H[i] || !logits) s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory for the Hessians");
+        if (!cap[i].H || !logits) s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory for the Hessians");
     for (int l = 0; l < m.cfg.num_layers && !s; l++) {
-        for (int i = 0; i < N_SLOTS; i++) memset(cap.H[i], 0, (size_t)(cap.K[i] * cap.K[i]) * sizeof(double));
-        cap.layer = l;
+        struct lmc_linear *lin = m.w.layers[l].lin;
+        for (int i = 0; i < N_SLOTS; i++) {
+            memset(cap[i].H, 0, (size_t)(cap[i].K * cap[i].K) * sizeof(double));
+            lin[slot_lin[i]].observe = cap_observe;
+            lin[slot_lin[i]].observe_user = &cap[i];
+        }
         for (int64_t p = 0; p < n_ids && !s; p += chunk) /* the text in windows of `chunk` tokens */
-            s = lmc_model_forward(&m, &obs, &acts, &kv, ids + p, LMC_MIN(chunk, n_ids - p), 0, logits, false, err);
-        cap.layer = -1;
+            s = lmc_model_forward(&m, &be, &acts, &kv, ids + p, LMC_MIN(chunk, n_ids - p), 0, logits, false, err);
+        for (int i = 0; i < N_SLOTS; i++) {
+            lin[slot_lin[i]].observe = NULL;
+            double tr = 0;
+            for (int64_t d = 0; d < cap[i].K; d++) tr += cap[i].H[d * cap[i].K + d];
+            if (!s && !(tr > 0))
+                s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: layer %d: no inputs of linear slot %d observed", l,
+                                slot_lin[i]);
+        }
         for (int j = 0; j < n_jobs && !s; j++) {
             int layer = -1, nm;
             struct lmc_mat *mats[3];
             int slot = slot_of(&m, jobs[j].name, &layer, mats, &nm);
             if (slot < 0 || layer != l) continue;
-            if (cap.K[slot] != jobs[j].k) {
+            if (cap[slot].K != jobs[j].k) {
                 s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: %s has %lld inputs, its layer input %lld", jobs[j].name,
-                                (long long)jobs[j].k, (long long)cap.K[slot]);
+                                (long long)jobs[j].k, (long long)cap[slot].K);
                 break;
             }
-            if ((s = lmc_gptq_quantize(jobs[j].w, jobs[j].n, jobs[j].k, cap.H[slot], o, &out[j], NULL, err))) {
+            if ((s = lmc_gptq_quantize(jobs[j].w, jobs[j].n, jobs[j].k, cap[slot].H, o, &out[j], NULL, err))) {
                 lmc_err_prefix(err, "%s: ", jobs[j].name);
                 break;
             }
@@ -202,11 +193,8 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     lmc_kv_free(&kv);
     lmc_acts_free(&acts);
 out:
-    for (int i = 0; i < N_SLOTS; i++) free(cap.H[i]);
-    if (have_be) {
-        *(struct lmc_cpu_ctx *)be.ctx = cap.cpu; /* buffers the ops grew through the copy */
-        lmc_backend_cpu_free(&be);
-    }
+    for (int i = 0; i < N_SLOTS; i++) free(cap[i].H);
+    if (have_be) lmc_backend_cpu_free(&be);
     lmc_model_free(&m);
     for (int j = 0; deq && j < n_jobs; j++) free(deq[j]);
     free(deq);

@@ -10,15 +10,16 @@ static void check(const struct lmc_linear *L) {
 }
 
 /* Quantized formats (issue 10): one backend qmatmul per linear; the fused
- * dense entries are not used for them. */
+ * dense entries are not used for them, nor for observed linears. */
 static bool any_quant(int k, const struct lmc_linear *const *L) {
     for (int i = 0; i < k; i++)
-        if (L[i]->format == LMC_WFMT_QUANT) return true;
+        if (L[i]->format == LMC_WFMT_QUANT || L[i]->observe) return true;
     return false;
 }
 
 static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y, const float *x,
                       int64_t M) {
+    if (L->observe) L->observe(L->observe_user, L, x, M);
     if (L->format != LMC_WFMT_QUANT) {
         check(L);
         be->matmul(be->ctx, y, x, M, &L->w, L->bias);
@@ -51,7 +52,7 @@ void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear
 
 void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
                         const float *res, const float *x, int64_t M, float *tmp) {
-    if (L->format == LMC_WFMT_QUANT) {
+    if (L->format == LMC_WFMT_QUANT || L->observe) {
         quant_fwd(be, L, y == res ? tmp : y, x, M);
         be->add(be->ctx, y, res, y == res ? tmp : y, M * L->w.rows);
         return;
@@ -74,7 +75,7 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
 void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear *G,
                            const struct lmc_linear *U, float *y, const float *x, int64_t M,
                            float *tmp) {
-    if (G->format == LMC_WFMT_QUANT || U->format == LMC_WFMT_QUANT) {
+    if (G->format == LMC_WFMT_QUANT || U->format == LMC_WFMT_QUANT || G->observe || U->observe) {
         quant_fwd(be, G, y, x, M);
         quant_fwd(be, U, tmp, x, M);
         be->swiglu(be->ctx, y, y, tmp, M * G->w.rows);

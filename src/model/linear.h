@@ -47,6 +47,11 @@ struct lmc_linear {
     const int32_t *g_idx;          /* quantized formats with act-order; NULL otherwise */
     int64_t group_size;            /* quantized formats; 0 for DENSE */
     const struct lmc_qweight *q;   /* LMC_WFMT_QUANT: the prepared weight */
+    /* Input observer (GPTQ calibration): when set, lmc_linear_fwd calls it
+     * with the linear's input x (M, in) before the product, and runs the
+     * linear unfused. NULL in every model except one being calibrated. */
+    void (*observe)(void *user, const struct lmc_linear *L, const float *x, int64_t M);
+    void *observe_user;
     const float *bias;             /* (out) or NULL */
     enum lmc_split split;
     const struct lmc_adapter *adapters; /* n_adapters of them (none applied yet: asserted 0) */
