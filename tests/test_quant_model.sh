@@ -65,6 +65,22 @@ done
 "$LMC" info -m "$FIX/llama-tiny" --json | python3 -c "import json,sys;j=json.load(sys.stdin);assert j['quant_method']=='none' and j['bytes_linear_quantized']==0 and j['bytes_linear_dense']>0"
 ok $? "info on a float folder: no quantization"
 
+# lmc eval --kl-base: a model against itself has KL 0 and full top-1
+# agreement; the 8-bit folder against its float source a small positive KL
+# (p99 >= mean), ternary a larger one
+kl() { "$LMC" eval -m "$1" --kl-base "$2" --text "$TEXT" --json 2>/dev/null; }
+kl "$FIX/llama-tiny" "$FIX/llama-tiny" | python3 -c "import json,sys;j=json.load(sys.stdin);assert j['kl_mean']==0 and j['kl_p99']==0 and j['top1_agree']==1,j"
+ok $? "eval --kl-base self: KL 0, top-1 1"
+k8=$(kl "$TMP/llama-tiny-methodrtnbits8group1" "$FIX/llama-tiny")
+kt=$(kl "$TMP/llama-tiny-methodternary" "$FIX/llama-tiny")
+python3 - "$k8" "$kt" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+assert 0 < a["kl_mean"] < 1e-3 and a["kl_p99"] >= a["kl_mean"] and 0 <= a["top1_agree"] <= 1, a
+assert b["kl_mean"] > a["kl_mean"] and b["kl_p99"] >= b["kl_mean"], (a, b)
+PY
+ok $? "eval --kl-base: 8-bit $k8; ternary $kt"
+
 # the scheduler: lmc serve on the 8-bit llama folder
 Q="$TMP/llama-tiny-methodrtnbits8group1"
 want=$("$LMC" generate -m "$Q" -p "The king said" -n 16 --temp 0 --ignore-eos --no-special --json 2>/dev/null | python3 -c "import json,sys;print(json.load(sys.stdin)['text'])")

@@ -29,15 +29,43 @@ static void score_rows(const float *logits, int64_t V, int64_t rows, int64_t fir
     }
 }
 
+/* --kl-base: KL(base || model) of row r's next-token distributions, and
+ * whether their argmaxes agree. */
+static double kl_row(const float *lb, const float *lq, int64_t V, bool *agree) {
+    double mb = lb[0], mq = lq[0], sb = 0, sq = 0, kl = 0;
+    int64_t ab = 0, aq = 0;
+    for (int64_t i = 1; i < V; i++) {
+        if (lb[i] > mb) mb = lb[i], ab = i;
+        if (lq[i] > mq) mq = lq[i], aq = i;
+    }
+    for (int64_t i = 0; i < V; i++) {
+        sb += exp((double)lb[i] - mb);
+        sq += exp((double)lq[i] - mq);
+    }
+    double zb = mb + log(sb), zq = mq + log(sq);
+    for (int64_t i = 0; i < V; i++) {
+        double pb = (double)lb[i] - zb;
+        kl += exp(pb) * (pb - ((double)lq[i] - zq));
+    }
+    *agree = ab == aq;
+    return kl > 0 ? kl : 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 int cmd_eval(int argc, char **argv) {
     struct cli_common c = {0};
-    const char *file = NULL, *text_arg = NULL;
+    const char *file = NULL, *text_arg = NULL, *kl_base = NULL;
     int64_t stride = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "--kl-base") && i + 1 < argc) kl_base = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
         else if (!strcmp(argv[i], "--stride") && i + 1 < argc) {
             if (!cli_parse_i64(argv[++i], 1, 1 << 24, &stride)) {
@@ -70,9 +98,28 @@ int cmd_eval(int argc, char **argv) {
     int rc = 0;
     int32_t *ids = NULL;
     int64_t n = 0;
-    struct lmc_kv kv = {0};
-    struct lmc_acts acts = {0};
-    float *logits = NULL;
+    struct lmc_kv kv = {0}, kvb = {0};
+    struct lmc_acts acts = {0}, actsb = {0};
+    float *logits = NULL, *logitsb = NULL;
+    double *kls = NULL, kl_sum = 0;
+    int64_t agree = 0;
+    struct cli_model cb;
+    bool have_base = false;
+    if (kl_base) {
+        struct cli_common cbc = c;
+        cbc.model_dir = kl_base;
+        if (cli_open(&cb, &cbc, true)) {
+            rc = 1;
+            goto done;
+        }
+        have_base = true;
+        if (cb.model.cfg.vocab_size != cm.model.cfg.vocab_size) {
+            fprintf(stderr, "lmc eval: --kl-base %s has %lld tokens in its vocabulary, the model %lld\n", kl_base,
+                    (long long)cb.model.cfg.vocab_size, (long long)cm.model.cfg.vocab_size);
+            rc = 1;
+            goto done;
+        }
+    }
     if (lmc_tokenizer_encode(cm.tok, text, len, false, &ids, &n, &err)) {
         rc = cli_fail("eval", &err);
         goto done;
@@ -87,12 +134,18 @@ int cmd_eval(int argc, char **argv) {
     if (ctx == n) stride = ctx;
     int64_t V = cm.model.cfg.vocab_size;
     if (lmc_kv_init(&kv, &cm.model, &cm.be, ctx, &err) ||
-        lmc_acts_init(&acts, &cm.model, &cm.be, EVAL_CHUNK, EVAL_CHUNK, &err)) {
+        lmc_acts_init(&acts, &cm.model, &cm.be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
+        (have_base && (lmc_kv_init(&kvb, &cb.model, &cb.be, ctx, &err) ||
+                       lmc_acts_init(&actsb, &cb.model, &cb.be, EVAL_CHUNK, EVAL_CHUNK, &err)))) {
         rc = cli_fail("eval", &err);
         goto done;
     }
     logits = malloc((size_t)EVAL_CHUNK * (size_t)V * sizeof(float));
-    if (!logits) {
+    if (have_base) {
+        logitsb = malloc((size_t)EVAL_CHUNK * (size_t)V * sizeof(float));
+        kls = malloc((size_t)n * sizeof *kls);
+    }
+    if (!logits || (have_base && (!logitsb || !kls))) {
         rc = 1;
         goto done;
     }
@@ -105,7 +158,9 @@ int cmd_eval(int argc, char **argv) {
             int64_t m = LMC_MIN(EVAL_CHUNK, end - begin - p);
             if (begin + p + m < prev_end) { /* nothing to score: only build the cache */
                 if (lmc_model_forward(&cm.model, &cm.be, &acts, &kv, ids + begin + p, m, p, logits,
-                                      false, &err))
+                                      false, &err) ||
+                    (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p,
+                                                    logitsb, false, &err)))
                     break;
                 processed += m;
                 continue;
@@ -113,8 +168,21 @@ int cmd_eval(int argc, char **argv) {
             if (lmc_model_forward(&cm.model, &cm.be, &acts, &kv, ids + begin + p, m, p, logits, true,
                                   &err))
                 break;
+            if (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p, logitsb,
+                                               true, &err))
+                break;
             processed += m;
+            int64_t count0 = count;
             score_rows(logits, V, m, begin + p, ids, prev_end, end, &nll, &count);
+            for (int64_t r = 0; have_base && r < m; r++) { /* the rows score_rows counted */
+                int64_t tgt = begin + p + r + 1;
+                if (tgt < prev_end || tgt >= end) continue;
+                bool ag;
+                double k = kl_row(logitsb + r * V, logits + r * V, V, &ag);
+                kls[count0++] = k;
+                kl_sum += k;
+                agree += ag;
+            }
         }
         if (err.status) {
             rc = cli_fail("eval", &err);
@@ -125,18 +193,36 @@ int cmd_eval(int argc, char **argv) {
     }
     double secs = lmc_time_now() - t0;
     double mean = nll / (double)count;
+    double kl_mean = 0, kl_p99 = 0, top1 = 0;
+    if (have_base) {
+        qsort(kls, (size_t)count, sizeof *kls, cmp_double);
+        kl_mean = kl_sum / (double)count;
+        int64_t i99 = (int64_t)ceil(0.99 * (double)count) - 1; /* nearest rank */
+        kl_p99 = kls[LMC_MAX(i99, 0)];
+        top1 = (double)agree / (double)count;
+    }
     if (c.json) {
-        printf("{\"tokens\":%lld,\"nll\":%.9g,\"ppl\":%.9g}\n", (long long)n, mean, exp(mean));
+        printf("{\"tokens\":%lld,\"nll\":%.9g,\"ppl\":%.9g", (long long)n, mean, exp(mean));
+        if (have_base) printf(",\"kl_mean\":%.9g,\"kl_p99\":%.9g,\"top1_agree\":%.9g", kl_mean, kl_p99, top1);
+        printf("}\n");
     } else {
         printf("tokens %lld  predicted %lld  nll %.6f  perplexity %.4f\n", (long long)n,
                (long long)count, mean, exp(mean));
+        if (have_base)
+            printf("vs %s: KL mean %.6f  KL p99 %.6f  top-1 agreement %.2f%%\n", kl_base, kl_mean, kl_p99,
+                   100 * top1);
     }
     fprintf(stderr, "lmc: eval ctx %lld stride %lld: %lld tokens processed in %.2f s (%.1f tok/s)\n",
             (long long)ctx, (long long)stride, (long long)processed, secs, (double)processed / secs);
 done:
     free(logits);
+    free(logitsb);
+    free(kls);
     lmc_kv_free(&kv);
     lmc_acts_free(&acts);
+    lmc_kv_free(&kvb);
+    lmc_acts_free(&actsb);
+    if (have_base) cli_close(&cb);
     free(ids);
     free(text);
     cli_close(&cm);
