@@ -64,6 +64,11 @@ PY
 done
 "$LMC" info -m "$FIX/llama-tiny" --json | python3 -c "import json,sys;j=json.load(sys.stdin);assert j['quant_method']=='none' and j['bytes_linear_quantized']==0 and j['bytes_linear_dense']>0"
 ok $? "info on a float folder: no quantization"
+for m in gpt2-tiny qwen2-tiny; do  # biases of quantized linears count once, packed tensors as their weight
+  a=$("$LMC" info -m "$FIX/$m" --json | python3 -c "import json,sys;print(json.load(sys.stdin)['parameters'])")
+  b=$("$LMC" info -m "$TMP/$m-methodrtnbits8group1" --json | python3 -c "import json,sys;print(json.load(sys.stdin)['parameters'])")
+  [ -n "$a" ] && [ "$a" = "$b" ]; ok $? "$m: info parameters of the 8-bit folder ($b) = the float folder's ($a)"
+done
 
 # lmc eval --kl-base: a model against itself has KL 0 and full top-1
 # agreement; the 8-bit folder against its float source a small positive KL

@@ -62,12 +62,13 @@ struct load_state {
     struct lmc_quant_config qc;
 };
 
-/* Marks every tensor named prefix.* as used. */
+/* Marks every tensor named prefix.* (a quantized linear's packed tensors;
+ * its bias binds through the spec table) as used. */
 static void mark_prefix(struct load_state *ls, const char *prefix) {
     size_t n = strlen(prefix);
     for (int64_t i = 0; i < ls->m->st.n_tensors; i++) {
         const char *t = ls->m->st.tensors[i].name;
-        if (!strncmp(t, prefix, n) && t[n] == '.' && !ls->used[i]) {
+        if (!strncmp(t, prefix, n) && t[n] == '.' && strcmp(t + n, ".bias") && !ls->used[i]) {
             ls->used[i] = true;
             ls->m->n_params -= ls->m->st.tensors[i].numel; /* packed: counted as r->numel instead */
         }
