@@ -139,12 +139,26 @@ static void test_hand_cases(void) {
     CHECK(lmc_tokenizer_encode(l, "\xff", 1, false, &ids, &n, &err) == LMC_ERR_ARG);
     CHECK(lmc_tokenizer_encode(g, "\xed\xa0\x80", 3, false, &ids, &n, &err) == LMC_ERR_ARG); /* surrogate */
 
-    /* out-of-range ids */
-    int32_t oor[] = {5, (int32_t)lmc_tokenizer_vocab_size(g)};
-    CHECK(lmc_tokenizer_decode(g, oor, 2, &txt, &tl, &err) == LMC_ERR_ARG);
+    /* ids past the vocabulary (an embedding padded beyond the tokenizer, as
+     * Qwen2's and padded GPT-2's are) decode as no text, as transformers
+     * does; a negative id is an error naming its position */
+    {
+        int32_t v = (int32_t)lmc_tokenizer_vocab_size(g);
+        int32_t plain[] = {5, 100}, padded[] = {v, 5, v + 7, 100, INT32_MAX};
+        char *want = NULL, *got = NULL;
+        size_t wl = 0, gl = 0;
+        CHECK(lmc_tokenizer_decode(g, plain, 2, &want, &wl, &err) == LMC_OK);
+        CHECK_MSG(lmc_tokenizer_decode(g, padded, 5, &got, &gl, &err) == LMC_OK, "%s", err.msg);
+        CHECK(want && got && wl == gl && wl > 0 && memcmp(want, got, wl) == 0);
+        free(want);
+        free(got);
+        int32_t only[] = {v};
+        CHECK(lmc_tokenizer_decode(l, only, 1, &got, &gl, &err) == LMC_OK && gl == 0 && got && got[0] == 0);
+        free(got);
+    }
+    int32_t neg[] = {7, -1};
+    CHECK(lmc_tokenizer_decode(l, neg, 2, &txt, &tl, &err) == LMC_ERR_ARG);
     CHECK_MSG(strstr(err.msg, "position 1") != NULL, "message: %s", err.msg);
-    int32_t neg[] = {-1};
-    CHECK(lmc_tokenizer_decode(l, neg, 1, &txt, &tl, &err) == LMC_ERR_ARG);
 
     /* special tokens in the text are matched as their ids */
     CHECK(lmc_tokenizer_token_id(g, "<|endoftext|>") == 0);

@@ -88,5 +88,6 @@ int cmd_comm_bench(int argc, char **argv);
 int cmd_convert_checkpoint(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 #endif

@@ -1,13 +1,17 @@
 /* cmd_convert.c — `lmc convert`: rewrites a Hugging Face model folder's
  * weights in another float dtype (bf16, f16 or f32), e.g. to ship an fp32
- * training checkpoint as a half-size bf16 model. Floating tensors (F32, F16,
+ * training checkpoint as a half-size bf16 model; with `-o FILE.gguf`, writes
+ * a GGUF file instead (cmd_convert_gguf.c; also q8_0 and q4_0). Floating tensors (F32, F16,
  * BF16, F64) are converted with round-to-nearest-even; others are copied.
  * config.json gets the new torch_dtype; the tokenizer and generation files
  * are copied. The output is one model.safetensors (shards are merged). */
 #include "cli.h"
+#include "convert_gguf.h"
+#include "quantize.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "io/safetensors.h"
+#include "quant/quant.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -17,7 +21,9 @@
 #include <sys/stat.h>
 
 static void usage(void) {
-    fprintf(stderr, "usage: lmc convert -m IN_DIR -o OUT_DIR --dtype bf16|f16|f32\n");
+    fprintf(stderr, "usage: lmc convert -m IN_DIR -o OUT_DIR --dtype bf16|f16|f32\n"
+                    "       lmc convert -m IN_DIR -o FILE.gguf --dtype f32|f16|bf16|q8_0|q4_0\n"
+                    "       lmc convert -m FILE.gguf -o OUT_DIR --dtype f32|f16|bf16\n");
 }
 
 static bool is_float(enum lmc_dtype t) {
@@ -181,6 +187,21 @@ int cmd_convert(int argc, char **argv) {
         usage();
         return 2;
     }
+    size_t ol = strlen(out);
+    if (ol > 5 && !strcmp(out + ol - 5, ".gguf")) {
+        int q = lmc_ggml_type_parse(!strcmp(dt, "fp16") ? "f16" : !strcmp(dt, "fp32") ? "f32" : dt);
+        if (q != LMC_GGML_F32 && q != LMC_GGML_F16 && q != LMC_GGML_BF16 && q != LMC_GGML_Q8_0 && q != LMC_GGML_Q4_0) {
+            fprintf(stderr, "lmc convert: --dtype '%s': expected f32, f16, bf16, q8_0 or q4_0 for a GGUF file\n", dt);
+            return 2;
+        }
+        lmc_err err = {0};
+        int64_t nt;
+        int nf;
+        if (lmc_convert_to_gguf(in, out, q, &nt, &nf, &err)) return cli_fail("convert", &err);
+        fprintf(stderr, "lmc convert: %s -> %s: %lld tensors as %s (%d matrices kept F16: rows not whole blocks)\n", in,
+                out, (long long)nt, lmc_ggml_type_name(q), nf);
+        return 0;
+    }
     enum lmc_dtype to;
     if (!strcmp(dt, "bf16") || !strcmp(dt, "bfloat16")) to = LMC_DTYPE_BF16;
     else if (!strcmp(dt, "f16") || !strcmp(dt, "fp16") || !strcmp(dt, "float16")) to = LMC_DTYPE_F16;
@@ -190,8 +211,28 @@ int cmd_convert(int argc, char **argv) {
         return 2;
     }
     lmc_err err = {0};
-    int64_t n_conv;
-    size_t bytes;
+    size_t il = strlen(in);
+    if (il > 5 && !strcmp(in + il - 5, ".gguf")) { /* a GGUF file in: a Hugging Face folder out */
+        int64_t nt;
+        if (lmc_convert_from_gguf(in, out, to, &nt, &err)) return cli_fail("convert", &err);
+        fprintf(stderr, "lmc convert: %s -> %s: %lld tensors as %s\n", in, out, (long long)nt, lmc_dtype_name(to));
+        return 0;
+    }
+    char cfg[4096];
+    char *ctext = NULL;
+    if (lmc_path_join(cfg, sizeof cfg, in, "config.json") && !lmc_file_read(cfg, 1 << 24, &ctext, NULL, &err) &&
+        strstr(ctext, "\"quantization_config\"")) { /* a quantized folder: dequantize */
+        free(ctext);
+        int64_t nd;
+        if (lmc_dequantize_folder(in, out, to, &nd, &err)) return cli_fail("convert", &err);
+        fprintf(stderr, "lmc convert: %s -> %s: %lld quantized linears dequantized to %s\n", in, out, (long long)nd,
+                lmc_dtype_name(to));
+        return 0;
+    }
+    free(ctext);
+    memset(&err, 0, sizeof err);
+    int64_t n_conv = 0;
+    size_t bytes = 0;
     if (convert(in, out, to, &n_conv, &bytes, &err)) return cli_fail("convert", &err);
     fprintf(stderr, "lmc convert: %s -> %s: %lld tensors converted to %s, %.1f MB of weights\n", in, out,
             (long long)n_conv, lmc_dtype_name(to), (double)bytes / 1e6);

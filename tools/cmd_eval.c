@@ -1,6 +1,7 @@
 /* cmd_eval.c — `lmc eval` (mean NLL and perplexity of a text with a
  * sliding window) and `lmc info` (architecture, parameters, dtypes, memory
  * for a context). */
+#include "quant/qmatmul.h"
 #include "cli.h"
 #include "dist/mp_mem.h"
 #include "dist/zero.h"
@@ -32,9 +33,36 @@ static void score_rows(const float *logits, int64_t V, int64_t rows, int64_t fir
     }
 }
 
+/* --kl-base: KL(base || model) of row r's next-token distributions, and
+ * whether their argmaxes agree. */
+static double kl_row(const float *lb, const float *lq, int64_t V, bool *agree) {
+    double mb = lb[0], mq = lq[0], sb = 0, sq = 0, kl = 0;
+    int64_t ab = 0, aq = 0;
+    for (int64_t i = 1; i < V; i++) {
+        if (lb[i] > mb) mb = lb[i], ab = i;
+        if (lq[i] > mq) mq = lq[i], aq = i;
+    }
+    for (int64_t i = 0; i < V; i++) {
+        sb += exp((double)lb[i] - mb);
+        sq += exp((double)lq[i] - mq);
+    }
+    double zb = mb + log(sb), zq = mq + log(sq);
+    for (int64_t i = 0; i < V; i++) {
+        double pb = (double)lb[i] - zb;
+        kl += exp(pb) * (pb - ((double)lq[i] - zq));
+    }
+    *agree = ab == aq;
+    return kl > 0 ? kl : 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 int cmd_eval(int argc, char **argv) {
     struct cli_common c = {0};
-    const char *file = NULL, *text_arg = NULL;
+    const char *file = NULL, *text_arg = NULL, *kl_base = NULL;
     int64_t stride = 0;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype (issue 17) */
     int64_t kv_residual = 128;
@@ -43,6 +71,7 @@ int cmd_eval(int argc, char **argv) {
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "--kl-base") && i + 1 < argc) kl_base = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
         else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -87,9 +116,28 @@ int cmd_eval(int argc, char **argv) {
     int rc = 0;
     int32_t *ids = NULL;
     int64_t n = 0;
-    struct lmc_kv kv = {0};
-    struct lmc_acts acts = {0};
-    float *logits = NULL;
+    struct lmc_kv kv = {0}, kvb = {0};
+    struct lmc_acts acts = {0}, actsb = {0};
+    float *logits = NULL, *logitsb = NULL;
+    double *kls = NULL, kl_sum = 0;
+    int64_t agree = 0;
+    struct cli_model cb;
+    bool have_base = false;
+    if (kl_base) {
+        struct cli_common cbc = c;
+        cbc.model_dir = kl_base;
+        if (cli_open(&cb, &cbc, true)) {
+            rc = 1;
+            goto done;
+        }
+        have_base = true;
+        if (cb.model.cfg.vocab_size != cm.model.cfg.vocab_size) {
+            fprintf(stderr, "lmc eval: --kl-base %s has %lld tokens in its vocabulary, the model %lld\n", kl_base,
+                    (long long)cb.model.cfg.vocab_size, (long long)cm.model.cfg.vocab_size);
+            rc = 1;
+            goto done;
+        }
+    }
     if (lmc_tokenizer_encode(cm.tok, text, len, false, &ids, &n, &err)) {
         rc = cli_fail("eval", &err);
         goto done;
@@ -114,12 +162,18 @@ int cmd_eval(int argc, char **argv) {
     }
     if (lmc_kv_init(&kv, &cm.model, be, ctx, &err) ||
         lmc_acts_init(&acts, &cm.model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
-        (kv_fmt && lmc_kvq_kv_format(&kv, kv_fmt, kv_residual, &err))) {
+        (kv_fmt && lmc_kvq_kv_format(&kv, kv_fmt, kv_residual, &err)) ||
+        (have_base && (lmc_kv_init(&kvb, &cb.model, &cb.be, ctx, &err) ||
+                       lmc_acts_init(&actsb, &cb.model, &cb.be, EVAL_CHUNK, EVAL_CHUNK, &err)))) {
         rc = cli_fail("eval", &err);
         goto done;
     }
     logits = malloc((size_t)EVAL_CHUNK * (size_t)V * sizeof(float));
-    if (!logits) {
+    if (have_base) {
+        logitsb = malloc((size_t)EVAL_CHUNK * (size_t)V * sizeof(float));
+        kls = malloc((size_t)n * sizeof *kls);
+    }
+    if (!logits || (have_base && (!logitsb || !kls))) {
         rc = 1;
         goto done;
     }
@@ -132,7 +186,9 @@ int cmd_eval(int argc, char **argv) {
             int64_t m = LMC_MIN(EVAL_CHUNK, end - begin - p);
             if (begin + p + m < prev_end) { /* nothing to score: only build the cache */
                 if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits,
-                                      false, &err))
+                                      false, &err) ||
+                    (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p,
+                                                    logitsb, false, &err)))
                     break;
                 processed += m;
                 continue;
@@ -140,8 +196,21 @@ int cmd_eval(int argc, char **argv) {
             if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits, true,
                                   &err))
                 break;
+            if (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p, logitsb,
+                                               true, &err))
+                break;
             processed += m;
+            int64_t count0 = count;
             score_rows(logits, V, m, begin + p, ids, prev_end, end, &nll, &count);
+            for (int64_t r = 0; have_base && r < m; r++) { /* the rows score_rows counted */
+                int64_t tgt = begin + p + r + 1;
+                if (tgt < prev_end || tgt >= end) continue;
+                bool ag;
+                double k = kl_row(logitsb + r * V, logits + r * V, V, &ag);
+                kls[count0++] = k;
+                kl_sum += k;
+                agree += ag;
+            }
         }
         if (err.status) {
             rc = cli_fail("eval", &err);
@@ -152,18 +221,36 @@ int cmd_eval(int argc, char **argv) {
     }
     double secs = lmc_time_now() - t0;
     double mean = nll / (double)count;
+    double kl_mean = 0, kl_p99 = 0, top1 = 0;
+    if (have_base) {
+        qsort(kls, (size_t)count, sizeof *kls, cmp_double);
+        kl_mean = kl_sum / (double)count;
+        int64_t i99 = (int64_t)ceil(0.99 * (double)count) - 1; /* nearest rank */
+        kl_p99 = kls[LMC_MAX(i99, 0)];
+        top1 = (double)agree / (double)count;
+    }
     if (c.json) {
-        printf("{\"tokens\":%lld,\"nll\":%.9g,\"ppl\":%.9g}\n", (long long)n, mean, exp(mean));
+        printf("{\"tokens\":%lld,\"nll\":%.9g,\"ppl\":%.9g", (long long)n, mean, exp(mean));
+        if (have_base) printf(",\"kl_mean\":%.9g,\"kl_p99\":%.9g,\"top1_agree\":%.9g", kl_mean, kl_p99, top1);
+        printf("}\n");
     } else {
         printf("tokens %lld  predicted %lld  nll %.6f  perplexity %.4f\n", (long long)n,
                (long long)count, mean, exp(mean));
+        if (have_base)
+            printf("vs %s: KL mean %.6f  KL p99 %.6f  top-1 agreement %.2f%%\n", kl_base, kl_mean, kl_p99,
+                   100 * top1);
     }
     fprintf(stderr, "lmc: eval ctx %lld stride %lld: %lld tokens processed in %.2f s (%.1f tok/s)\n",
             (long long)ctx, (long long)stride, (long long)processed, secs, (double)processed / secs);
 done:
     free(logits);
+    free(logitsb);
+    free(kls);
     lmc_kv_free(&kv);
     lmc_acts_free(&acts);
+    lmc_kv_free(&kvb);
+    lmc_acts_free(&actsb);
+    if (have_base) cli_close(&cb);
     free(ids);
     free(text);
     cli_close(&cm);
@@ -336,6 +423,34 @@ static int print_optim(const struct lmc_model *m, const struct lmc_optim_cfg *oc
     return rc;
 }
 
+/* Bytes of the weights by kind, and the quantized linears' bits per weight. */
+struct wkinds {
+    const char *method;
+    double bpw;
+    size_t emb, lin_q, lin_dense, head;
+};
+
+static size_t mat_size(const struct lmc_mat *w) {
+    return w->data ? (size_t)w->rows * (size_t)w->cols * (size_t)lmc_dtype_size(w->dtype) : 0;
+}
+
+static void weight_kinds(const struct lmc_model *m, struct wkinds *k) {
+    static const char *names[] = {"none", "gptq", "awq", "bitsandbytes nf4", "bitnet ternary"};
+    memset(k, 0, sizeof *k);
+    k->method = m->quant_method >= 0 && m->quant_method < 5 ? names[m->quant_method] : "?";
+    k->emb = mat_size(&m->w.tok_emb) + mat_size(&m->w.pos_emb);
+    if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
+    double elems = 0;
+    for (int i = 0; i < m->n_qw; i++) {
+        k->lin_q += lmc_qweight_bytes(m->qw[i]);
+        elems += (double)m->qw[i]->n * (double)m->qw[i]->k;
+    }
+    k->bpw = elems > 0 ? 8.0 * (double)k->lin_q / elems : 0;
+    for (int64_t l = 0; l < m->cfg.num_layers; l++)
+        for (int i = 0; i < LMC_L_N; i++)
+            if (m->w.layers[l].lin[i].format == LMC_WFMT_DENSE) k->lin_dense += mat_size(&m->w.layers[l].lin[i].w);
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
     int64_t zero = -1, world = 1, params = 0;
@@ -445,18 +560,23 @@ int cmd_info(int argc, char **argv) {
     size_t logitb = (size_t)k->vocab_size * sizeof(float); /* host copy for the sampler */
     size_t stb = lmc_model_seq_slot_bytes(m); /* recurrent state per sequence (Mamba) */
     size_t total = m->weight_bytes + kvb + stb + actb + logitb;
+    struct wkinds wk;
+    weight_kinds(m, &wk);
     if (c.json) {
         printf("{\"model_type\":\"%s\",\"architecture\":\"%s\",\"parameters\":%lld,\"active_parameters\":%lld,"
                "\"experts\":%lld,\"experts_per_token\":%lld,\"layers\":%lld,"
                "\"hidden\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,"
                "\"intermediate\":%lld,\"vocab\":%lld,\"max_positions\":%lld,\"weight_bytes\":%zu,"
-               "\"ctx\":%lld,\"kv_bytes\":%zu,\"state_bytes_per_sequence\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu}\n",
+               "\"ctx\":%lld,\"kv_bytes\":%zu,\"state_bytes_per_sequence\":%zu,\"activation_bytes\":%zu,\"total_bytes\":%zu,",
                k->model_type, m->arch->name, (long long)m->n_params,
                (long long)lmc_arch_active_params(k, m->n_params), (long long)k->num_experts,
                (long long)k->num_experts_per_tok, (long long)k->num_layers, (long long)k->hidden_size, (long long)k->num_heads,
                (long long)k->num_kv_heads, (long long)k->head_dim, (long long)k->intermediate_size,
                (long long)k->vocab_size, (long long)k->max_position_embeddings, m->weight_bytes,
                (long long)ctx, kvb, stb, actb + logitb, total);
+        printf("\"quant_method\":\"%s\",\"quantized_bits_per_weight\":%.4f,\"bytes_embedding\":%zu,"
+               "\"bytes_linear_quantized\":%zu,\"bytes_linear_dense\":%zu,\"bytes_head\":%zu}\n",
+               wk.method, wk.bpw, wk.emb, wk.lin_q, wk.lin_dense, wk.head);
     } else {
         printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
@@ -486,6 +606,10 @@ int cmd_info(int argc, char **argv) {
         printf("weights      %.1f MiB as used\n", (double)m->weight_bytes / 1048576.0);
         if (stb)
             printf("state        %zu bytes per sequence (recurrent, no KV cache)\n", stb);
+        printf("quantization %s", wk.method);
+        if (wk.lin_q) printf(", %.3f bits per quantized weight", wk.bpw);
+        printf("\nbytes        embedding %zu, linears quantized %zu, linears dense %zu, head %zu\n", wk.emb,
+               wk.lin_q, wk.lin_dense, wk.head);
         printf("context %-5lld KV cache %.1f MiB + activations %.1f MiB -> total %.1f MiB\n",
                (long long)ctx, (double)kvb / 1048576.0, (double)(actb + logitb) / 1048576.0,
                (double)total / 1048576.0);

@@ -14,7 +14,7 @@ static const struct {
     {"chat-template", cmd_chat_template, "chat-template -m DIR --messages F.json [--tools F.json] [--add-generation-prompt] [--template FILE] [--now YYYY-MM-DD]  print the prompt"},
     {"tokenize", cmd_tokenize, "tokenize -m DIR --text TEXT [--add-special]     print ids as JSON"},
     {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
-    {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N]  perplexity"},
+    {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N] [--kl-base DIR]  perplexity (KL vs a base)"},
     {"info", cmd_info, "info -m DIR [--ctx N] [--tensors] [--zero S --world N] [--optim X ...] [--tp T --pp P --cp C --seq N --fits GIB]  model summary; tensor table; ZeRO, optimizer and model-parallel memory"},
     {"serve", cmd_serve, "serve -m DIR [--host H] [--port P] [--api-key K] ...  OpenAI-compatible HTTP server"},
     {"bench-serve", cmd_bench_serve, "bench-serve --url URL [--concurrency C] [--requests N] ...  load a server"},
@@ -23,11 +23,12 @@ static const struct {
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"rl", cmd_rl, "rl -m POLICY --tasks FILE.jsonl -o OUT [--algo grpo|ppo] [--group 8] ...  RL from verifiable rewards (CPU)"},
     {"train", cmd_train, "train --data DATA -o OUT (-m DIR | --arch llama|gpt2 ... | --resume CKPT) ...  train on the CPU"},
-    {"convert", cmd_convert, "convert -m DIR -o OUT --dtype bf16|f16|f32       rewrite weights in another dtype"},
     {"convert-checkpoint", cmd_convert_checkpoint, "convert-checkpoint CKPT -o OUT                  sharded ZeRO checkpoint -> model.safetensors"},
     {"comm-bench", cmd_comm_bench, "comm-bench [--sizes N,N] [--iters K] [--device cpu|cuda]  check and time the collectives (mpirun/torchrun)"},
     {"finetune", cmd_finetune, "finetune -m BASE --data F.jsonl -o OUT [--lora-r N --pack --full ...]  SFT (LoRA or full)"},
     {"merge", cmd_merge, "merge -m BASE --lora DIR[:SCALE] -o OUT          fold LoRA adapters into the weights"},
+    {"convert", cmd_convert, "convert -m DIR -o OUT|FILE.gguf --dtype bf16|f16|f32|q8_0|q4_0  rewrite weights (or write GGUF)"},
+    {"quantize", cmd_quantize, "quantize -m DIR -o OUT --method rtn|gptq|nf4|ternary ...  write a quantized HF folder"},
     {"plot", cmd_plot, "plot METRICS.jsonl -o curve.svg [--metric loss,val_loss] [--log]  SVG loss curves"},
 };
 

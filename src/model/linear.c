@@ -86,9 +86,35 @@ static void tp_sum(const struct lmc_linear *L, float *buf, int64_t n) {
     g->st = g->c->all_reduce(g->c, buf, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, &g->err);
 }
 
+/* Quantized formats (issue 10): one backend qmatmul per linear; the fused
+ * dense entries are not used for them, nor for observed linears. */
+static bool any_quant(int k, const struct lmc_linear *const *L) {
+    for (int i = 0; i < k; i++)
+        if (L[i]->format == LMC_WFMT_QUANT || L[i]->observe) return true;
+    return false;
+}
+
+static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y, const float *x,
+                      int64_t M) {
+    if (L->observe) L->observe(L->observe_user, L, x, M);
+    if (L->format != LMC_WFMT_QUANT) {
+        check(L);
+        be->matmul(be->ctx, y, x, M, &L->w, tp_bias(L));
+    } else {
+        LMC_ASSERT(be->qmatmul != NULL && L->q != NULL && L->split == LMC_SPLIT_NONE);
+        be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+    }
+    adapters_fwd(be, L, y, x, M); /* LoRA over a quantized or observed base too */
+    if (L->split == LMC_SPLIT_ROW) tp_sum(L, y, M * L->w.rows);
+}
+
 void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
                     float *const *y, const float *x, int64_t M) {
     LMC_ASSERT(k > 0 && k <= LIN_MAX);
+    if (any_quant(k, L)) {
+        for (int i = 0; i < k; i++) quant_fwd(be, L[i], y[i], x, M);
+        return;
+    }
     const struct lmc_mat *w[LIN_MAX];
     const float *b[LIN_MAX];
     for (int i = 0; i < k; i++) {
@@ -106,6 +132,11 @@ void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear
 
 void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
                         const float *res, const float *x, int64_t M, float *tmp) {
+    if (L->format == LMC_WFMT_QUANT || L->observe) {
+        quant_fwd(be, L, y == res ? tmp : y, x, M);
+        be->add(be->ctx, y, res, y == res ? tmp : y, M * L->w.rows);
+        return;
+    }
     check(L);
     int64_t n = M * L->w.rows;
     if (L->split == LMC_SPLIT_ROW) {
@@ -133,6 +164,12 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
 void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear *G,
                            const struct lmc_linear *U, float *y, const float *x, int64_t M,
                            float *tmp) {
+    if (G->format == LMC_WFMT_QUANT || U->format == LMC_WFMT_QUANT || G->observe || U->observe) {
+        quant_fwd(be, G, y, x, M);
+        quant_fwd(be, U, tmp, x, M);
+        be->swiglu(be->ctx, y, y, tmp, M * G->w.rows);
+        return;
+    }
     check(G);
     check(U);
     LMC_ASSERT(G->split != LMC_SPLIT_ROW && U->split != LMC_SPLIT_ROW);

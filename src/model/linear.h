@@ -18,7 +18,16 @@
  * quantized formats add an entry here, keep their packed blocks in w.data
  * (w.rows/cols = out/in features) and their scales, zeros and group index
  * in the fields below; lmc_linear_fwd dispatches on the format. */
-enum lmc_wformat { LMC_WFMT_DENSE = 0 };
+enum lmc_wformat {
+    LMC_WFMT_DENSE = 0,
+    /* Quantized (CPU): `q` holds the kernel-ready weight (quant/qmatmul.h,
+     * GGUF blocks, GPTQ/AWQ/rtn integer groups, NF4 or ternary) and the
+     * backend's qmatmul entry runs it; w keeps rows/cols (data: the codes,
+     * not floats). Forward only. */
+    LMC_WFMT_QUANT,
+};
+
+struct lmc_qweight;
 
 /* Tensor-parallel split: COLUMN shards the output features (no collective
  * in the forward; dx all-reduced in the backward), ROW shards the input
@@ -55,6 +64,12 @@ struct lmc_linear {
     const void *scales, *zeros;    /* quantized formats; NULL for DENSE */
     const int32_t *g_idx;          /* quantized formats with act-order; NULL otherwise */
     int64_t group_size;            /* quantized formats; 0 for DENSE */
+    const struct lmc_qweight *q;   /* LMC_WFMT_QUANT: the prepared weight */
+    /* Input observer (GPTQ calibration): when set, lmc_linear_fwd calls it
+     * with the linear's input x (M, in) before the product, and runs the
+     * linear unfused. NULL in every model except one being calibrated. */
+    void (*observe)(void *user, const struct lmc_linear *L, const float *x, int64_t M);
+    void *observe_user;
     const float *bias;             /* (out) or NULL */
     enum lmc_split split;
     struct lmc_tp_group *tp;       /* split != NONE */

@@ -33,6 +33,12 @@ struct lmc_model {
     /* owned allocations (converted weights, f32 copies of vectors) */
     void **owned;
     int n_owned, cap_owned;
+    /* quantized linears (issue 10): the method of config.json's
+     * quantization_config (enum lmc_qmethod; 0: none) and the prepared
+     * weights the linears point at (freed with the model) */
+    int quant_method;
+    struct lmc_qweight **qw;
+    int n_qw, cap_qw;
     /* weights uploaded to a non-host backend (freed through it) */
     const struct lmc_backend *placed_on;
     void **placed;

@@ -5,6 +5,8 @@
  * unexpected tensors, uploads to a device backend, and frees it all. */
 #include "model/model.h"
 #include "core/core.h"
+#include "quant/hf_quant.h"
+#include "quant/qmatmul.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +59,113 @@ static enum lmc_dtype target_dtype(enum lmc_wdtype w, enum lmc_dtype disk, bool 
 struct load_state {
     struct lmc_model *m;
     bool *used;
+    struct lmc_quant_config qc;
 };
+
+/* Marks every tensor named prefix.* (a quantized linear's packed tensors;
+ * its bias binds through the spec table) as used. */
+static void mark_prefix(struct load_state *ls, const char *prefix) {
+    size_t n = strlen(prefix);
+    for (int64_t i = 0; i < ls->m->st.n_tensors; i++) {
+        const char *t = ls->m->st.tensors[i].name;
+        if (!strncmp(t, prefix, n) && t[n] == '.' && strcmp(t + n, ".bias") && !ls->used[i]) {
+            ls->used[i] = true;
+            ls->m->n_params -= ls->m->st.tensors[i].numel; /* packed: counted as r->numel instead */
+        }
+    }
+}
+
+/* A linear weight of a quantized folder (quantization_config): read with
+ * hf_quant, prepared for the kernels and bound as LMC_WFMT_QUANT (fused
+ * tensors split into row views per part). *found false: the file holds
+ * this linear in float. */
+static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref *r, bool *found,
+                             lmc_err *err) {
+    struct lmc_model *m = ls->m;
+    char prefix[sizeof r->name];
+    size_t n = strlen(r->name);
+    *found = false;
+    if (n < 8 || strcmp(r->name + n - 7, ".weight")) return LMC_OK;
+    memcpy(prefix, r->name, n - 7);
+    prefix[n - 7] = 0;
+    struct lmc_qlinear q;
+    memset(&q, 0, sizeof q);
+    lmc_status s = lmc_qlinear_read(&m->st, prefix, &ls->qc, &q, found, err);
+    const char *ap = m->arch->alt_prefix;
+    const char *name = prefix;
+    if (!s && !*found && ap && !strncmp(prefix, ap, strlen(ap))) {
+        name = prefix + strlen(ap);
+        s = lmc_qlinear_read(&m->st, name, &ls->qc, &q, found, err);
+    }
+    if (s || !*found) return s;
+    if (q.n != r->rows || q.k != r->cols) {
+        lmc_qlinear_free(&q);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "quantized linear '%s' is (%lld, %lld), expected (%lld, %lld)",
+                           name, (long long)q.n, (long long)q.k, (long long)r->rows, (long long)r->cols);
+    }
+    if (q.method == LMC_QM_BNB4 && q.k % 64) {
+        /* the NF4 kernel needs whole blocks of 64 per row: this linear runs
+         * dequantized, as a dense F32 weight */
+        float *f = lmc_model_own(m, (size_t)(q.n * q.k) * sizeof(float));
+        if (!f) {
+            lmc_qlinear_free(&q);
+            return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        }
+        lmc_qlinear_dequantize(&q, f);
+        lmc_qlinear_free(&q);
+        mark_prefix(ls, name);
+        lmc_weights_bind(&m->w, r, f, LMC_DTYPE_F32);
+        m->n_params += r->numel; /* its bytes count with the dense linears */
+        return LMC_OK;
+    }
+    if (m->n_qw == m->cap_qw) {
+        int cap = m->cap_qw ? 2 * m->cap_qw : 64;
+        struct lmc_qweight **p = realloc(m->qw, (size_t)cap * sizeof *p);
+        if (!p) {
+            lmc_qlinear_free(&q);
+            return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        }
+        m->qw = p;
+        m->cap_qw = cap;
+    }
+    struct lmc_qweight *w = calloc(1, sizeof *w);
+    if (!w) {
+        lmc_qlinear_free(&q);
+        return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+    }
+    s = lmc_qlinear_prepare(&q, w, err);
+    lmc_qlinear_free(&q);
+    if (s) {
+        free(w);
+        lmc_err_prefix(err, "%s: ", name);
+        return s;
+    }
+    m->qw[m->n_qw++] = w;
+    mark_prefix(ls, name);
+    int parts = r->spec->parts > 1 ? r->spec->parts : 1;
+    int64_t pr = r->rows / parts;
+    struct lmc_qweight *views = parts > 1 ? lmc_model_own(m, (size_t)parts * sizeof *views) : w;
+    if (!views) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+    for (int i = 0; i < parts; i++) {
+        struct lmc_linear *L = &m->w.layers[r->layer].lin[r->spec->slot + i];
+        if (parts > 1) { /* rows [i*pr, (i+1)*pr) of the fused weight, borrowing its buffers */
+            struct lmc_qweight *v = &views[i];
+            *v = *w;
+            v->n = pr;
+            v->data = w->data + i * pr * w->row_bytes;
+            if (w->scale) v->scale = w->scale + i * pr * w->n_groups;
+            if (w->zero) v->zero = w->zero + i * pr * w->n_groups;
+            if (w->absmax) v->absmax = w->absmax + i * pr * (w->k / 64);
+            v->owned = NULL;
+        }
+        L->format = LMC_WFMT_QUANT;
+        L->q = &views[i];
+        L->w = (struct lmc_mat){LMC_DTYPE_F32, pr, r->cols, views[i].data};
+    }
+    m->n_params += r->numel;
+    m->weight_bytes += lmc_qweight_bytes(w);
+    return LMC_OK;
+}
 
 static const struct lmc_st_tensor *lookup(const struct lmc_model *m, const char *name) {
     const struct lmc_st_tensor *t = lmc_st_find(&m->st, name);
@@ -91,6 +199,11 @@ static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tenso
 static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
     struct load_state *ls = user;
     struct lmc_model *m = ls->m;
+    if (ls->qc.method != LMC_QM_NONE && r->spec->kind == LMC_TK_LIN_W) {
+        bool found;
+        lmc_status s = load_quant(ls, r, &found, err);
+        if (s || found) return s;
+    }
     const struct lmc_st_tensor *t = lookup(m, r->name);
     if (!t) {
         if (!r->required) return LMC_OK;
@@ -204,6 +317,18 @@ static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *b
     return LMC_OK;
 }
 
+static lmc_status read_quant_config(const char *dir, struct lmc_quant_config *qc, lmc_err *err) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+    char *text = NULL;
+    size_t len = 0;
+    lmc_status s = lmc_file_read(path, (size_t)64 << 20, &text, &len, err);
+    if (!s) s = lmc_quant_config_parse(text, len, path, qc, err);
+    free(text);
+    return s;
+}
+
 lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                           lmc_err *err) {
     memset(m, 0, sizeof *m);
@@ -226,8 +351,12 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
         lmc_model_free(m);
         return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     }
-    struct load_state ls = {m, used};
-    s = lmc_arch_walk(m->arch, &m->cfg, load_one, &ls, err);
+    struct load_state ls = {m, used, {0}};
+    if (!s) s = read_quant_config(dir, &ls.qc, err);
+    m->quant_method = (int)ls.qc.method;
+    if (!s && ls.qc.method != LMC_QM_NONE && m->on_device)
+        s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantized weights run on the CPU backend only", dir);
+    if (!s) s = lmc_arch_walk(m->arch, &m->cfg, load_one, &ls, err);
     if (!s && !m->w.head.w.data) m->w.head.w = m->w.tok_emb; /* tied */
     for (int64_t i = 0; !s && i < m->st.n_tensors; i++) {
         const struct lmc_st_tensor *t = &m->st.tensors[i];
@@ -250,12 +379,12 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
         for (int i = 0; i < LMC_L_N; i++) {
             /* views of one fused tensor (parts) count once: by distinct data */
             const struct lmc_mat *w = &m->w.layers[l].lin[i].w;
-            wb += mat_bytes(w);
+            if (m->w.layers[l].lin[i].format == LMC_WFMT_DENSE) wb += mat_bytes(w);
         }
     for (int64_t l = 0; l < m->cfg.num_layers; l++)
         for (int64_t i = 0; m->w.layers[l].experts && i < m->cfg.num_experts * LMC_X_N; i++)
             wb += mat_bytes(&m->w.layers[l].experts[i].w);
-    m->weight_bytes = wb;
+    m->weight_bytes += wb; /* quantized linears were counted at load */
     if (opts && opts->be && !opts->be->host_memory && (s = place_weights(m, opts->be, err))) {
         lmc_err_prefix(err, "loading %s: ", dir);
         lmc_model_free(m);
@@ -265,6 +394,11 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
 }
 
 void lmc_model_free(struct lmc_model *m) {
+    for (int i = 0; i < m->n_qw; i++) {
+        lmc_qweight_free(m->qw[i]);
+        free(m->qw[i]);
+    }
+    free(m->qw);
     for (int i = 0; i < m->n_placed; i++) m->placed_on->free(m->placed_on->ctx, m->placed[2 * i]);
     free(m->placed);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);

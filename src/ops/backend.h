@@ -45,6 +45,7 @@ struct lmc_adamw_step {
 
 struct lmc_muon_step;    /* ops/optim_ops.h (the optimizer entries at the end) */
 struct lmc_lowrank_step;
+struct lmc_qweight;
 
 struct lmc_backend {
     const char *name;
@@ -327,6 +328,13 @@ struct lmc_backend {
      * skipped); dx must not overlap dy or x. Deterministic. */
     void (*moe_gemm_bwd)(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
                          const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
+    /* Quantized weights (issue 10). Optional (NULL: the backend runs no
+     * quantized linears). y(M, w->n) = x(M, w->k) @ W^T (+ bias) for a
+     * weight prepared by quant/qmatmul.h (activations quantized to int8
+     * per block of 32, integer block dots); scratch comes from the
+     * backend's context, no allocation per call once it has grown. */
+    void (*qmatmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                    const float *bias);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

@@ -196,13 +196,18 @@ lmc_status lmc_tokenizer_decode(const struct lmc_tokenizer *t, const int32_t *id
     if (len) *len = 0;
     if (n < 0 || (n > 0 && !ids)) return lmc_err_set(err, LMC_ERR_ARG, "tokenizer decode: %lld ids given", (long long)n);
     struct tlist a = {0}, b = {0};
+    int64_t n_out = 0; /* tokens that produced a string */
     for (int64_t i = 0; i < n; i++) {
         int32_t id = ids[i];
-        if (id < 0 || id >= t->n_ids) {
+        if (id < 0) {
             tl_free(&a);
-            return lmc_err_set(err, LMC_ERR_ARG, "tokenizer decode: id %d at position %lld is outside the vocabulary [0, %lld)",
-                               id, (long long)i, (long long)t->n_ids);
+            return lmc_err_set(err, LMC_ERR_ARG, "tokenizer decode: id %d at position %lld is negative", id,
+                               (long long)i);
         }
+        /* An id the tokenizer has no token for (a model whose embedding has
+         * more rows than the vocabulary: Qwen2, padded GPT-2) decodes as no
+         * text, as Hugging Face's decode skips ids it cannot map. */
+        if (id >= t->n_ids) continue;
         const char *s;
         size_t sl;
         if (t->added_of[id] >= 0) {
@@ -214,11 +219,10 @@ lmc_status lmc_tokenizer_decode(const struct lmc_tokenizer *t, const int32_t *id
             s = t->tok[id];
             sl = t->tok_len[id];
         } else {
-            tl_free(&a);
-            return lmc_err_set(err, LMC_ERR_ARG, "tokenizer decode: id %d at position %lld has no token", id,
-                               (long long)i);
+            continue; /* a hole in the vocabulary: no text, as above */
         }
-        if (!t->has_decoder && i > 0 && !tl_bytes(&a, " ", 1)) goto oom;
+        if (!t->has_decoder && n_out > 0 && !tl_bytes(&a, " ", 1)) goto oom;
+        n_out++;
         if (!tl_bytes(&a, s, sl)) goto oom;
         if (t->has_decoder && !tl_close(&a)) goto oom;
     }

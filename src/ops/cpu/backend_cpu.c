@@ -3,6 +3,7 @@
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/ssm_cpu.h"
 #include "ops/optim_ops.h"
+#include "quant/qmatmul.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,9 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
     c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
     c->mm_claim = aligned_alloc(64, (size_t)c->n_threads * LMC_CPU_CLAIM_STRIDE * sizeof *c->mm_claim);
-    if (!c->scratch || !c->scratch_cap || !c->mm_claim) {
+    c->qctx = calloc(1, sizeof *c->qctx);
+    if (!c->scratch || !c->scratch_cap || !c->mm_claim || !c->qctx) {
+        free(c->qctx);
         free(c->scratch);
         free(c->scratch_cap);
         free(c->mm_claim);
@@ -55,6 +58,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
      * share, so OpenBLAS must not start threads of its own. This setting is
      * process-wide (OpenBLAS has no per-call thread count). */
     openblas_set_num_threads(1);
+    lmc_qctx_init(c->qctx, LMC_QISA_AVX512VNNI);
 
     be->name = "cpu";
     be->ctx = c;
@@ -64,6 +68,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->upload = lmc_cpu_copy;
     be->download = lmc_cpu_copy;
     be->sync = lmc_cpu_sync;
+    be->qmatmul = lmc_cpu_qmatmul;
     be->matmul = lmc_cpu_matmul;
     be->matmul_multi = lmc_cpu_matmul_multi;
     be->embed = lmc_cpu_embed;
@@ -120,6 +125,8 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     free(c->scratch_cap);
     free(c->mm_claim);
     free(c->xbuf);
+    free(c->qctx);
+    free(c->qscratch);
     free(c);
     memset(be, 0, sizeof *be);
 }

@@ -28,6 +28,9 @@ struct lmc_cpu_ctx {
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
+    struct lmc_qctx *qctx; /* quantized matmul: instruction-set table (quant/qmatmul.h) */
+    void *qscratch;       /* its activation scratch, 64-byte aligned, grown to the largest step */
+    size_t qscratch_cap;  /* bytes */
 };
 
 /* Default gemm_min_m. With AVX-512 (+BW, VL) our own 4x4-blocked kernels
@@ -78,6 +81,8 @@ void *lmc_cpu_alloc(void *ctx, size_t bytes);
 void lmc_cpu_free(void *ctx, void *p);
 void lmc_cpu_copy(void *ctx, void *dst, const void *src, size_t bytes);
 void lmc_cpu_sync(void *ctx);
+void lmc_cpu_qmatmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                     const float *bias);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,

@@ -1,0 +1,471 @@
+/* qmatmul.c — the quantized matrix product's driver and portable kernels:
+ * weights prepared for the kernels (GGUF blocks in place; GPTQ/AWQ/rtn/
+ * ternary groups and NF4 repacked), activations quantized per block of 32,
+ * the dispatch table chosen once from the CPU's features, and the C dot
+ * products every instruction set falls back to. */
+#include "quant/qmatmul.h"
+#include "core/core.h"
+#include "core/dtype.h"
+#include "core/threadpool.h"
+
+#include <math.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#include <stdlib.h>
+#include <string.h>
+
+static inline float f16at(const uint8_t *p) { return lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
+
+void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *v = x + 32 * b;
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(v[j]));
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        int s0 = 0, s1 = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)lrintf(v[j] * id);
+            out[b].q[j] = (int8_t)q;
+            if (j < 16) s0 += q;
+            else s1 += q;
+        }
+        out[b].d = d;
+        out[b].s0 = (int16_t)s0;
+        out[b].s1 = (int16_t)s1;
+    }
+}
+
+/* ---- portable dot products: row `row` of w with the activation blocks ---- */
+
+/* GCC 12 with AVX-512 VNNI enabled vectorizes Q8_0's signed-by-signed byte
+ * dot into wrong code (rows after the first came out wrong in
+ * test_qmatmul); the portable kernel is kept scalar there. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define LMC_NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
+#else
+#define LMC_NO_VECTORIZE
+#endif
+
+LMC_NO_VECTORIZE static float dot_q8_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    float acc = 0;
+    for (int64_t b = 0; b < w->k / 32; b++, p += 34) {
+        int32_t s = 0;
+        for (int j = 0; j < 32; j++) s += (int8_t)p[2 + j] * x[b].q[j];
+        acc += f16at(p) * x[b].d * (float)s;
+    }
+    return acc;
+}
+
+static float dot_q4_01(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, bool one) {
+    int bb = one ? 20 : 18, o = one ? 4 : 2;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    float acc = 0;
+    for (int64_t b = 0; b < w->k / 32; b++, p += bb) {
+        int32_t s = 0;
+        for (int j = 0; j < 16; j++) s += (p[o + j] & 15) * x[b].q[j] + (p[o + j] >> 4) * x[b].q[j + 16];
+        int32_t sx = x[b].s0 + x[b].s1;
+        if (one) acc += f16at(p) * x[b].d * (float)s + f16at(p + 2) * x[b].d * (float)sx;
+        else acc += f16at(p) * x[b].d * (float)(s - 8 * sx);
+    }
+    return acc;
+}
+static float dot_q4_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    return dot_q4_01(w, row, x, false);
+}
+static float dot_q4_1(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    return dot_q4_01(w, row, x, true);
+}
+
+static float dot_q5_01(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, bool one) {
+    int bb = one ? 24 : 22, o = one ? 4 : 2;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    float acc = 0;
+    for (int64_t b = 0; b < w->k / 32; b++, p += bb) {
+        uint32_t qh = (uint32_t)p[o] | (uint32_t)p[o + 1] << 8 | (uint32_t)p[o + 2] << 16 | (uint32_t)p[o + 3] << 24;
+        const uint8_t *qs = p + o + 4;
+        int32_t s = 0;
+        for (int j = 0; j < 16; j++) {
+            s += (int)((qs[j] & 15) | ((qh >> j) & 1) << 4) * x[b].q[j];
+            s += (int)((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) * x[b].q[j + 16];
+        }
+        int32_t sx = x[b].s0 + x[b].s1;
+        if (one) acc += f16at(p) * x[b].d * (float)s + f16at(p + 2) * x[b].d * (float)sx;
+        else acc += f16at(p) * x[b].d * (float)(s - 16 * sx);
+    }
+    return acc;
+}
+static float dot_q5_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    return dot_q5_01(w, row, x, false);
+}
+static float dot_q5_1(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    return dot_q5_01(w, row, x, true);
+}
+
+static float dot_qk45(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, bool five) {
+    int bb = five ? 176 : 144;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    float acc = 0;
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += bb, x += 8) {
+        int16_t sc[8], mn[8];
+        lmc_ggml_kscales_unpack(p + 4, sc, mn);
+        float d = f16at(p), dmin = f16at(p + 2);
+        const uint8_t *qh = p + 16, *qs = p + (five ? 48 : 16);
+        for (int c = 0; c < 4; c++) {
+            int32_t s_lo = 0, s_hi = 0;
+            for (int l = 0; l < 32; l++) {
+                int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
+                if (five) {
+                    lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                    hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                }
+                s_lo += lo * x[2 * c].q[l];
+                s_hi += hi * x[2 * c + 1].q[l];
+            }
+            const struct lmc_q8act *a = &x[2 * c], *b = &x[2 * c + 1];
+            acc += d * (float)sc[2 * c] * a->d * (float)s_lo - dmin * (float)mn[2 * c] * a->d * (float)(a->s0 + a->s1);
+            acc += d * (float)sc[2 * c + 1] * b->d * (float)s_hi -
+                   dmin * (float)mn[2 * c + 1] * b->d * (float)(b->s0 + b->s1);
+        }
+    }
+    return acc;
+}
+static float dot_q4_k(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    return dot_qk45(w, row, x, false);
+}
+static float dot_q5_k(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    return dot_qk45(w, row, x, true);
+}
+
+static float dot_q6_k(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    float acc = 0;
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += 210, x += 8) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        float d = f16at(p + 208);
+        int32_t s16[16] = {0};
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *L = p + 64 * h, *H = p + 128 + 32 * h;
+            for (int l = 0; l < 32; l++) {
+                int q0 = (L[l] & 15) | (H[l] & 3) << 4, q1 = (L[l + 32] & 15) | ((H[l] >> 2) & 3) << 4;
+                int q2 = (L[l] >> 4) | ((H[l] >> 4) & 3) << 4, q3 = (L[l + 32] >> 4) | ((H[l] >> 6) & 3) << 4;
+                /* element 128h + 32i + l sits in activation block 4h + i, sub-block (32i + l) / 16 */
+                s16[8 * h + l / 16] += q0 * x[4 * h].q[l];
+                s16[8 * h + 2 + l / 16] += q1 * x[4 * h + 1].q[l];
+                s16[8 * h + 4 + l / 16] += q2 * x[4 * h + 2].q[l];
+                s16[8 * h + 6 + l / 16] += q3 * x[4 * h + 3].q[l];
+            }
+        }
+        for (int s = 0; s < 16; s++) {
+            const struct lmc_q8act *a = &x[s / 2];
+            int32_t sx = s % 2 ? a->s1 : a->s0;
+            acc += d * (float)sc[s] * a->d * (float)(s16[s] - 32 * sx);
+        }
+    }
+    return acc;
+}
+
+static float dot_u4g(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const float *sc = w->scale + row * w->n_groups;
+    const int32_t *zr = w->zero + row * w->n_groups;
+    float acc = 0;
+    for (int64_t g = 0; g < w->n_groups; g++) {
+        float ga = 0;
+        for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) {
+            const uint8_t *q = p + 16 * b;
+            int32_t s = 0;
+            for (int j = 0; j < 16; j++) s += (q[j] & 15) * x[b].q[j] + (q[j] >> 4) * x[b].q[j + 16];
+            ga += x[b].d * (float)(s - zr[g] * (x[b].s0 + x[b].s1));
+        }
+        acc += sc[g] * ga;
+    }
+    return acc;
+}
+
+static float dot_u8g(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const float *sc = w->scale + row * w->n_groups;
+    const int32_t *zr = w->zero + row * w->n_groups;
+    float acc = 0;
+    for (int64_t g = 0; g < w->n_groups; g++) {
+        float ga = 0;
+        for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) {
+            int32_t s = 0;
+            for (int j = 0; j < 32; j++) s += p[32 * b + j] * x[b].q[j];
+            ga += x[b].d * (float)(s - zr[g] * (x[b].s0 + x[b].s1));
+        }
+        acc += sc[g] * ga;
+    }
+    return acc;
+}
+
+static float dot_nf4(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const float *am = w->absmax + row * (w->k / 64);
+    float acc = 0;
+    for (int64_t b = 0; b < w->k / 64; b++) {
+        float s = 0;
+        for (int j = 0; j < 32; j++) {
+            uint8_t v = p[32 * b + j];
+            s += w->code[v >> 4] * xf[64 * b + 2 * j] + w->code[v & 15] * xf[64 * b + 2 * j + 1];
+        }
+        acc += am[b] * s;
+    }
+    return acc;
+}
+
+const char *lmc_qisa_name(enum lmc_qisa isa) {
+    return isa == LMC_QISA_AVX512VNNI ? "avx512-vnni" : isa == LMC_QISA_AVX2 ? "avx2" : "c";
+}
+
+enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
+    static const lmc_qdot_fn portable[LMC_QK_COUNT] = {
+        [LMC_QK_Q8_0] = dot_q8_0, [LMC_QK_Q4_0] = dot_q4_0, [LMC_QK_Q4_1] = dot_q4_1, [LMC_QK_Q5_0] = dot_q5_0,
+        [LMC_QK_Q5_1] = dot_q5_1, [LMC_QK_Q4_K] = dot_q4_k, [LMC_QK_Q5_K] = dot_q5_k, [LMC_QK_Q6_K] = dot_q6_k,
+        [LMC_QK_U4G] = dot_u4g,   [LMC_QK_U8G] = dot_u8g,   [LMC_QK_NF4] = dot_nf4,
+    };
+    memcpy(c->dot, portable, sizeof c->dot);
+    memset(c->dot4, 0, sizeof c->dot4);
+    c->isa = LMC_QISA_C;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    unsigned a, b, cx, d;
+    bool f16c = __get_cpuid(1, &a, &b, &cx, &d) && (cx & (1u << 29)); /* clang's builtin lacks "f16c" */
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    bool vnni = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    lmc_qdot_fn t[LMC_QK_COUNT] = {0};
+    if (vnni && max_isa >= LMC_QISA_AVX512VNNI) {
+        lmc_qdot_table_vnni(t);
+        lmc_qdot4_table_vnni(c->dot4);
+        c->isa = LMC_QISA_AVX512VNNI;
+    } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
+        lmc_qdot_table_avx2(t);
+        lmc_qdot4_table_avx2(c->dot4);
+        c->isa = LMC_QISA_AVX2;
+    }
+    for (int i = 0; i < LMC_QK_COUNT; i++)
+        if (t[i]) c->dot[i] = t[i];
+#endif
+    return c->isa;
+}
+
+/* ---- preparing weights ---- */
+
+lmc_status lmc_qweight_init_ggml(struct lmc_qweight *w, int type, const void *data, int64_t n, int64_t k,
+                                 lmc_err *err) {
+    memset(w, 0, sizeof *w);
+    static const struct { int type; enum lmc_qkernel k; } map[] = {
+        {LMC_GGML_Q8_0, LMC_QK_Q8_0}, {LMC_GGML_Q4_0, LMC_QK_Q4_0}, {LMC_GGML_Q4_1, LMC_QK_Q4_1},
+        {LMC_GGML_Q5_0, LMC_QK_Q5_0}, {LMC_GGML_Q5_1, LMC_QK_Q5_1}, {LMC_GGML_Q4_K, LMC_QK_Q4_K},
+        {LMC_GGML_Q5_K, LMC_QK_Q5_K}, {LMC_GGML_Q6_K, LMC_QK_Q6_K},
+    };
+    int found = -1;
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (map[i].type == type) found = (int)i;
+    int64_t rb;
+    if (found < 0) {
+        const char *nm = lmc_ggml_type_name(type);
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "quantized matmul: no kernel for type %s (%d)", nm ? nm : "?", type);
+    }
+    if (n <= 0 || !lmc_ggml_row_bytes(type, k, &rb) || k <= 0)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "quantized matmul: %s rows of %lld elements are not whole blocks",
+                           lmc_ggml_type_name(type), (long long)k);
+    w->kernel = map[found].k;
+    w->ggml_type = type;
+    w->n = n;
+    w->k = w->kp = k;
+    w->data = data;
+    w->row_bytes = rb;
+    return LMC_OK;
+}
+
+lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgroups *g, lmc_err *err) {
+    memset(w, 0, sizeof *w);
+    w->ggml_type = -1;
+    w->kernel = g->bits <= 4 ? LMC_QK_U4G : LMC_QK_U8G;
+    w->n = g->n;
+    w->k = g->k;
+    w->n_groups = g->n_groups;
+    int64_t ng = g->n_groups;
+    w->gblk = calloc((size_t)ng + 1, sizeof *w->gblk);
+    int64_t *cnt = calloc((size_t)ng, sizeof *cnt);
+    if (!w->gblk || !cnt) goto oom;
+    for (int64_t i = 0; i < g->k; i++) {
+        LMC_ASSERT(g->g_idx[i] >= 0 && g->g_idx[i] < ng);
+        cnt[g->g_idx[i]]++;
+    }
+    for (int64_t i = 0; i < ng; i++) w->gblk[i + 1] = w->gblk[i] + (cnt[i] + 31) / 32;
+    w->kp = w->gblk[ng] * 32;
+    w->perm = malloc((size_t)w->kp * sizeof *w->perm);
+    if (!w->perm) goto oom;
+    for (int64_t i = 0; i < w->kp; i++) w->perm[i] = -1;
+    memset(cnt, 0, (size_t)ng * sizeof *cnt);
+    for (int64_t i = 0; i < g->k; i++) {
+        int32_t gi = g->g_idx[i];
+        w->perm[w->gblk[gi] * 32 + cnt[gi]++] = (int32_t)i;
+    }
+    bool identity = w->kp == w->k;
+    for (int64_t i = 0; i < w->kp && identity; i++) identity = w->perm[i] == i;
+    if (identity) {
+        free(w->perm);
+        w->perm = NULL;
+    }
+    w->row_bytes = w->kernel == LMC_QK_U4G ? w->kp / 2 : w->kp;
+    uint8_t *codes = calloc((size_t)(w->row_bytes * w->n), 1);
+    w->scale = malloc((size_t)(ng * w->n) * sizeof *w->scale);
+    w->zero = malloc((size_t)(ng * w->n) * sizeof *w->zero);
+    w->owned = codes;
+    w->data = codes;
+    if (!codes || !w->scale || !w->zero) goto oom;
+    for (int64_t r = 0; r < w->n; r++) {
+        uint8_t *row = codes + r * w->row_bytes;
+        for (int64_t j = 0; j < w->kp; j++) {
+            int64_t col = w->perm ? w->perm[j] : j;
+            uint8_t q = col >= 0 ? g->q[r * g->k + col] : 0;
+            if (w->kernel == LMC_QK_U8G) row[j] = q;
+            else if (j % 32 < 16) row[j / 32 * 16 + j % 32] |= q;
+            else row[j / 32 * 16 + j % 32 - 16] |= (uint8_t)(q << 4);
+        }
+        for (int64_t gi = 0; gi < ng; gi++) {
+            w->scale[r * ng + gi] = g->scale[gi * g->n + r];
+            w->zero[r * ng + gi] = g->zero[gi * g->n + r];
+        }
+    }
+    free(cnt);
+    return LMC_OK;
+oom:
+    free(cnt);
+    lmc_qweight_free(w);
+    return lmc_err_set(err, LMC_ERR_OOM, "quantized matmul: out of memory preparing (%lld, %lld)", (long long)g->n,
+                       (long long)g->k);
+}
+
+lmc_status lmc_qweight_init_nf4(struct lmc_qweight *w, const struct lmc_nf4 *q, int64_t n, int64_t k,
+                                lmc_err *err) {
+    memset(w, 0, sizeof *w);
+    int64_t nk;
+    if (n <= 0 || k <= 0 || k % 64 || !lmc_mul_ok(n, k, &nk) || nk != q->numel)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "NF4 weight (%lld, %lld): %lld elements stored, rows must be whole blocks of 64",
+                           (long long)n, (long long)k, (long long)q->numel);
+    w->kernel = LMC_QK_NF4;
+    w->ggml_type = -1;
+    w->n = n;
+    w->k = w->kp = k;
+    w->row_bytes = k / 2;
+    uint8_t *codes = malloc((size_t)nk / 2);
+    w->absmax = malloc((size_t)(nk / 64) * sizeof *w->absmax);
+    w->owned = codes;
+    w->data = codes;
+    if (!codes || !w->absmax) {
+        lmc_qweight_free(w);
+        return lmc_err_set(err, LMC_ERR_OOM, "NF4 weight: out of memory");
+    }
+    memcpy(codes, q->packed, (size_t)nk / 2);
+    memcpy(w->code, q->quant_map, sizeof w->code);
+    for (int64_t b = 0; b < nk / 64; b++) w->absmax[b] = lmc_nf4_absmax(q, b);
+    return LMC_OK;
+}
+
+lmc_status lmc_qweight_init_ternary(struct lmc_qweight *w, const int8_t *q, float scale, int64_t n, int64_t k,
+                                    lmc_err *err) {
+    struct lmc_qgroups g;
+    lmc_status s = lmc_qgroups_alloc(&g, n, k, 2, k, err);
+    if (s) return s;
+    for (int64_t i = 0; i < n * k; i++) {
+        if (q[i] < -1 || q[i] > 1) {
+            lmc_qgroups_free(&g);
+            return lmc_err_set(err, LMC_ERR_FORMAT, "ternary weight: value %d at %lld is not -1, 0 or 1", q[i], (long long)i);
+        }
+        g.q[i] = (uint8_t)(q[i] + 1);
+    }
+    for (int64_t r = 0; r < n; r++) {
+        g.scale[r] = scale;
+        g.zero[r] = 1;
+    }
+    s = lmc_qweight_init_groups(w, &g, err);
+    lmc_qgroups_free(&g);
+    return s;
+}
+
+void lmc_qweight_free(struct lmc_qweight *w) {
+    free(w->owned);
+    free(w->gblk);
+    free(w->scale);
+    free(w->zero);
+    free(w->perm);
+    free(w->absmax);
+    memset(w, 0, sizeof *w);
+}
+
+size_t lmc_qweight_bytes(const struct lmc_qweight *w) {
+    size_t b = (size_t)(w->row_bytes * w->n);
+    if (w->scale) b += (size_t)(w->n * w->n_groups) * 8;
+    if (w->absmax) b += (size_t)(w->n * (w->k / 64)) * 4;
+    return b;
+}
+
+/* ---- the product ---- */
+
+/* Inputs gathered into the kernel's column order first (act-order, padding). */
+static bool needs_floats(const struct lmc_qweight *w) { return w->perm != NULL; }
+
+size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m) {
+    size_t f = needs_floats(w) ? (size_t)(m * w->kp) * sizeof(float) : 0;
+    f = (f + 63) / 64 * 64;
+    return f + (size_t)(m * (w->kp / 32)) * sizeof(struct lmc_q8act) + 64;
+}
+
+struct qjob {
+    const struct lmc_qctx *c;
+    const struct lmc_qweight *w;
+    float *y;
+    const struct lmc_q8act *xq;
+    const float *xf;
+    int64_t m, rows_per_task;
+};
+
+static void qjob_run(void *arg, int64_t task, int thread) {
+    const struct qjob *j = arg;
+    const struct lmc_qweight *w = j->w;
+    lmc_qdot_fn dot = j->c->dot[w->kernel];
+    lmc_qdot4_fn dot4 = j->c->dot4[w->kernel];
+    int64_t r0 = task * j->rows_per_task, r1 = LMC_MIN(w->n, r0 + j->rows_per_task);
+    int64_t nb = w->kp / 32;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i = 0;
+        float o[4];
+        for (; dot4 && i + 4 <= j->m; i += 4) { /* a weight row unpacked once for four inputs */
+            dot4(w, r, j->xq + i * nb, nb, o);
+            for (int t = 0; t < 4; t++) j->y[(i + t) * w->n + r] = o[t];
+        }
+        for (; i < j->m; i++) j->y[i * w->n + r] = dot(w, r, j->xq + i * nb, j->xf ? j->xf + i * w->kp : NULL);
+    }
+}
+
+void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
+                 void *scratch, struct lmc_pool *pool) {
+    if (m <= 0) return;
+    uint8_t *sp = scratch;
+    const float *xf = x;
+    if (needs_floats(w)) {
+        float *g = (float *)sp;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < w->kp; j++) g[i * w->kp + j] = w->perm[j] >= 0 ? x[i * w->k + w->perm[j]] : 0.0f;
+        xf = g;
+        sp += ((size_t)(m * w->kp) * sizeof(float) + 63) / 64 * 64;
+    }
+    struct lmc_q8act *xq = (struct lmc_q8act *)sp;
+    int64_t nb = w->kp / 32;
+    if (w->kernel != LMC_QK_NF4)
+        for (int64_t i = 0; i < m; i++) lmc_q8act_quantize(xf + i * w->kp, w->kp, xq + i * nb);
+    struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0};
+    int threads = pool ? lmc_pool_threads(pool) : 1;
+    j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
+    int64_t tasks = (w->n + j.rows_per_task - 1) / j.rows_per_task;
+    if (pool && threads > 1) lmc_pool_run(pool, tasks, qjob_run, &j);
+    else
+        for (int64_t t = 0; t < tasks; t++) qjob_run(&j, t, 0);
+}

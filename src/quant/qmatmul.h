@@ -1,0 +1,117 @@
+/* qmatmul.h — quantized matrix products on the CPU: y(M,N) = x(M,K) @ W^T
+ * for a weight W (N, K) kept in a quantized format, never expanded whole.
+ * Activations are quantized per block of 32 to int8 (one float scale and
+ * the block's integer sums), each weight block is dotted with them in
+ * integers and the block's scales are applied to the integer sum. The
+ * instruction set (AVX-512 VNNI, AVX2, portable C) is chosen once, when a
+ * context is initialised from the CPU's features; there are no globals.
+ *
+ * This is the entry point for a quantized linear: prepare a
+ * `struct lmc_qweight` once at load (lmc_qweight_init_*), then call
+ * lmc_qmatmul for each forward. */
+#ifndef LMC_QMATMUL_H
+#define LMC_QMATMUL_H
+
+#include "lmc.h"
+#include "quant/quant.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct lmc_pool;
+
+enum lmc_qisa { LMC_QISA_C = 0, LMC_QISA_AVX2 = 1, LMC_QISA_AVX512VNNI = 2 };
+
+/* The kernels a weight kind runs with (one slot per kind). */
+enum lmc_qkernel {
+    LMC_QK_Q8_0, LMC_QK_Q4_0, LMC_QK_Q4_1, LMC_QK_Q5_0, LMC_QK_Q5_1,
+    LMC_QK_Q4_K, LMC_QK_Q5_K, LMC_QK_Q6_K,
+    LMC_QK_U4G,  /* 2..4-bit codes in nibbles, scale and integer zero per group (GPTQ, AWQ, rtn, ternary) */
+    LMC_QK_U8G,  /* 5..8-bit codes in bytes, likewise */
+    LMC_QK_NF4,  /* NF4 codes with a float absmax per 64 (float math through the 16-value table) */
+    LMC_QK_COUNT
+};
+
+/* One block of 32 quantized activations: x[j] ~ d * q[j]; s0/s1 the sums
+ * of q[0..15] and q[16..31]. */
+struct lmc_q8act {
+    float d;
+    int16_t s0, s1;
+    int8_t q[32];
+};
+
+struct lmc_qweight;
+typedef float (*lmc_qdot_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *xq,
+                             const float *xf);
+
+/* Four activation rows at once (x: rows xs blocks apart) into out[4]. */
+typedef void (*lmc_qdot4_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs,
+                             float *out);
+
+struct lmc_qctx {
+    enum lmc_qisa isa;
+    lmc_qdot_fn dot[LMC_QK_COUNT];
+    lmc_qdot4_fn dot4[LMC_QK_COUNT]; /* NULL: four dot calls */
+};
+
+/* Picks the best instruction set the CPU has, at most max_isa (tests pass
+ * a lower one to check every path); returns the one chosen. */
+enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa);
+const char *lmc_qisa_name(enum lmc_qisa isa);
+
+/* A weight prepared for the kernels. GGUF blocks are used in place
+ * (borrowed); the other formats are repacked at load into lmc's kernel
+ * layout: per row, blocks of 32 codes, the input dimension permuted so that
+ * each group's columns (GPTQ g_idx, act-order) are contiguous and padded to
+ * whole blocks. */
+struct lmc_qweight {
+    enum lmc_qkernel kernel;
+    int ggml_type;          /* GGUF kinds; -1 otherwise */
+    int64_t n, k;           /* rows (out), columns (in) */
+    int64_t kp;             /* columns in the kernel's order, padded to blocks of 32 */
+    const uint8_t *data;    /* n rows of row_bytes */
+    int64_t row_bytes;
+    /* groups (U4G/U8G): blocks [gblk[g], gblk[g+1]) of every row form group g */
+    int64_t n_groups;
+    int64_t *gblk;          /* n_groups + 1 */
+    float *scale;           /* (n, n_groups) */
+    int32_t *zero;          /* (n, n_groups) */
+    int32_t *perm;          /* (kp): input column of kernel column j, -1 for padding; NULL = identity */
+    float *absmax;          /* NF4: (n, k/64) */
+    float code[16];         /* NF4: the file's 16 code values */
+    void *owned;            /* repacked codes (freed by lmc_qweight_free) */
+};
+
+/* GGUF rows of `type` (any type lmc_ggml_type_info knows with a block of
+ * 32 or 256), data borrowed: n rows of k elements, k a multiple of the block. */
+lmc_status lmc_qweight_init_ggml(struct lmc_qweight *w, int type, const void *data, int64_t n, int64_t k,
+                                 lmc_err *err);
+/* Integer groups (rtn, GPTQ with any g_idx, AWQ): codes repacked. */
+lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgroups *g, lmc_err *err);
+/* bitsandbytes NF4 of a (n, k) weight, k a multiple of 64. */
+lmc_status lmc_qweight_init_nf4(struct lmc_qweight *w, const struct lmc_nf4 *q, int64_t n, int64_t k,
+                                lmc_err *err);
+/* BitNet ternary codes q (n, k) in {-1, 0, 1} with one scale: w = q * scale. */
+lmc_status lmc_qweight_init_ternary(struct lmc_qweight *w, const int8_t *q, float scale, int64_t n, int64_t k,
+                                    lmc_err *err);
+void lmc_qweight_free(struct lmc_qweight *w);
+/* Bytes the weight's codes and scales take (for lmc info / benches). */
+size_t lmc_qweight_bytes(const struct lmc_qweight *w);
+
+/* Scratch lmc_qmatmul needs for m rows of input. */
+size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m);
+/* y(m, n) = x(m, k) @ W^T. scratch: lmc_qmatmul_scratch_bytes(w, m) bytes,
+ * 64-byte aligned. pool may be NULL (one thread). */
+void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
+                 void *scratch, struct lmc_pool *pool);
+
+/* Quantizes n (a multiple of 32) floats into n/32 activation blocks. */
+void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out);
+
+/* The instruction-set kernels (qmatmul_x86.c); NULL slots fall back to C. */
+void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
+void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
+void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
+void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
+
+#endif

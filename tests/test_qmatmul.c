@@ -1,0 +1,190 @@
+/* test_qmatmul.c — the quantized CPU matmul (src/quant/qmatmul*.c) on
+ * every instruction set this CPU has (portable C, AVX2, AVX-512 VNNI) and
+ * every weight kind: GGUF Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K, integer
+ * groups of 2/3/4/8 bits (GPTQ with random act-order g_idx, K not a
+ * multiple of the group or of 32), NF4 and ternary; M = 1..17 rows, odd N.
+ * Two references in float64 from the dequantized weight: with the
+ * activations quantized as the kernel quantizes them (the integer dot
+ * products make this exact up to float summation: 2e-5), and with the
+ * float activations (the int8 activations' own error: 2e-2). */
+#include "core/core.h"
+#include "core/threadpool.h"
+#include "quant/qmatmul.h"
+#include "test.h"
+
+#include <stdlib.h>
+
+struct ref {
+    int64_t n, k;
+    float *wd; /* (n, k) dequantized weight */
+};
+
+/* Checks lmc_qmatmul(w) against the references for M = 1..17. */
+static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const struct ref *r, const char *what,
+                  uint64_t *rng, struct lmc_pool *pool) {
+    int64_t n = r->n, k = r->k, mmax = 17;
+    float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4);
+    float *xg = malloc((size_t)w->kp * 4), *xd = malloc((size_t)k * 4);
+    struct lmc_q8act *xq = malloc((size_t)(w->kp / 32) * sizeof *xq);
+    for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 13));
+    double worst_q = 0, worst_f = 0;
+    for (int64_t m = 1; m <= mmax; m += (m < 4 ? 1 : 6)) {
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(w, m) + 63) / 64 * 64);
+        lmc_qmatmul(c, w, y, x, m, scratch, m % 2 ? pool : NULL);
+        free(scratch);
+        for (int64_t i = 0; i < m; i++) {
+            const float *xi = x + i * k;
+            /* the activations as the kernel sees them */
+            if (w->kernel == LMC_QK_NF4) {
+                memcpy(xd, xi, (size_t)k * 4);
+            } else {
+                for (int64_t j = 0; j < w->kp; j++) {
+                    int64_t col = w->perm ? w->perm[j] : j;
+                    xg[j] = col >= 0 ? xi[col] : 0.0f;
+                }
+                lmc_q8act_quantize(xg, w->kp, xq);
+                for (int64_t j = 0; j < w->kp; j++) {
+                    int64_t col = w->perm ? w->perm[j] : j;
+                    if (col >= 0) xd[col] = xq[j / 32].d * (float)xq[j / 32].q[j % 32];
+                }
+            }
+            double mq = 0, mf = 0, eq = 0, ef = 0;
+            for (int64_t o = 0; o < n; o++) {
+                double sq = 0, sf = 0;
+                for (int64_t j = 0; j < k; j++) {
+                    sq += (double)r->wd[o * k + j] * xd[j];
+                    sf += (double)r->wd[o * k + j] * xi[j];
+                }
+                double got = y[i * n + o];
+                eq = fmax(eq, fabs(got - sq));
+                ef = fmax(ef, fabs(got - sf));
+                mq = fmax(mq, fabs(sq));
+                mf = fmax(mf, fabs(sf));
+            }
+            worst_q = fmax(worst_q, eq / mq);
+            worst_f = fmax(worst_f, ef / mf);
+        }
+    }
+    CHECK_MSG(worst_q < 2e-5, "%s [%s]: error %g against the same int8 activations", what, lmc_qisa_name(c->isa),
+              worst_q);
+    CHECK_MSG(worst_f < 2e-2, "%s [%s]: error %g against float activations", what, lmc_qisa_name(c->isa), worst_f);
+    free(x);
+    free(y);
+    free(xg);
+    free(xd);
+    free(xq);
+}
+
+static void test_ggml(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_1, LMC_GGML_Q5_0,
+                                LMC_GGML_Q5_1, LMC_GGML_Q4_K, LMC_GGML_Q5_K, LMC_GGML_Q6_K};
+    lmc_err err = {0};
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        int64_t be, bb;
+        lmc_ggml_type_info(types[t], &be, &bb);
+        int64_t n = 37, k = be == 32 ? 32 * 7 : 256 * 3, rb;
+        lmc_ggml_row_bytes(types[t], k, &rb);
+        float *wf = malloc((size_t)(n * k) * 4);
+        uint8_t *wq = malloc((size_t)(n * rb));
+        for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 16) % 7));
+        for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(types[t], wf + o * k, wq + o * rb, k);
+        for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(types[t], wq + o * rb, wf + o * k, k);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_ggml(&w, types[t], wq, n, k, &err) == LMC_OK);
+        struct ref r = {n, k, wf};
+        check(c, &w, &r, lmc_ggml_type_name(types[t]), rng, pool);
+        lmc_qweight_free(&w);
+        free(wf);
+        free(wq);
+    }
+}
+
+static void test_groups(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    lmc_err err = {0};
+    const struct { int bits; int64_t n, k, gs; bool act; } cases[] = {
+        {4, 33, 100, 32, false},  /* K = 3 groups + a tail of 4 */
+        {4, 19, 256, 128, true},  /* act-order: random g_idx */
+        {3, 21, 96, 32, true},    {2, 9, 64, 64, false}, {8, 17, 160, 32, true},
+        {4, 11, 75, 75, false},   /* one group per row, K not a multiple of 32 */
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+        struct lmc_qgroups g;
+        CHECK(lmc_qgroups_alloc(&g, cases[t].n, cases[t].k, cases[t].bits, cases[t].gs, &err) == LMC_OK);
+        int maxq = (1 << cases[t].bits) - 1;
+        for (int64_t i = 0; i < g.n * g.k; i++) g.q[i] = (uint8_t)(test_rng_next(rng) % (uint64_t)(maxq + 1));
+        for (int64_t i = 0; i < g.n * g.n_groups; i++) {
+            g.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(rng) % 100) / 100.0f;
+            g.zero[i] = (int32_t)(test_rng_next(rng) % (uint64_t)(maxq + 1));
+        }
+        if (cases[t].act)
+            for (int64_t i = 0; i < g.k; i++) g.g_idx[i] = (int32_t)(test_rng_next(rng) % (uint64_t)g.n_groups);
+        float *wf = malloc((size_t)(g.n * g.k) * 4);
+        lmc_qgroups_dequantize(&g, wf);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_groups(&w, &g, &err) == LMC_OK);
+        CHECK(w.kernel == (cases[t].bits <= 4 ? LMC_QK_U4G : LMC_QK_U8G));
+        CHECK((w.perm != NULL) == (cases[t].act || cases[t].k % 32 != 0 || cases[t].k % cases[t].gs != 0));
+        char what[64];
+        snprintf(what, sizeof what, "groups %d-bit g%lld%s K=%lld", cases[t].bits, (long long)cases[t].gs,
+                 cases[t].act ? " act-order" : "", (long long)cases[t].k);
+        struct ref r = {g.n, g.k, wf};
+        check(c, &w, &r, what, rng, pool);
+        lmc_qweight_free(&w);
+        lmc_qgroups_free(&g);
+        free(wf);
+    }
+}
+
+static void test_nf4_ternary(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    lmc_err err = {0};
+    int64_t n = 21, k = 192;
+    float *wf = malloc((size_t)(n * k) * 4);
+    for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 64) % 3));
+    struct lmc_nf4 q;
+    CHECK(lmc_nf4_quantize(wf, n * k, &q, &err) == LMC_OK);
+    lmc_nf4_dequantize(&q, wf);
+    struct lmc_qweight w;
+    CHECK(lmc_qweight_init_nf4(&w, &q, n, k, &err) == LMC_OK);
+    struct ref r = {n, k, wf};
+    check(c, &w, &r, "NF4", rng, pool);
+    lmc_qweight_free(&w);
+    CHECK(lmc_qweight_init_nf4(&w, &q, n, k + 64, &err) == LMC_ERR_FORMAT);
+    lmc_nf4_free(&q);
+
+    int64_t tn = 13, tk = 90;
+    int8_t *t = malloc((size_t)(tn * tk));
+    for (int64_t i = 0; i < tn * tk; i++) wf[i] = test_rand(rng);
+    float s = lmc_ternary_quantize(wf, tn * tk, t);
+    for (int64_t i = 0; i < tn * tk; i++) wf[i] = (float)t[i] * s;
+    CHECK(lmc_qweight_init_ternary(&w, t, s, tn, tk, &err) == LMC_OK);
+    struct ref rt = {tn, tk, wf};
+    check(c, &w, &rt, "ternary", rng, pool);
+    lmc_qweight_free(&w);
+    t[5] = 2;
+    CHECK(lmc_qweight_init_ternary(&w, t, s, tn, tk, &err) == LMC_ERR_FORMAT);
+    free(t);
+    free(wf);
+}
+
+int main(void) {
+    lmc_err err = {0};
+    struct lmc_pool *pool = NULL;
+    CHECK(lmc_pool_init(&pool, 2, &err) == LMC_OK);
+    enum lmc_qisa seen = (enum lmc_qisa)-1;
+    for (int isa = LMC_QISA_C; isa <= LMC_QISA_AVX512VNNI; isa++) {
+        struct lmc_qctx c;
+        enum lmc_qisa got = lmc_qctx_init(&c, (enum lmc_qisa)isa);
+        if (got == seen) continue; /* this CPU lacks the level: already covered */
+        seen = got;
+        printf("instruction set: %s\n", lmc_qisa_name(got));
+        uint64_t rng = 1234;
+        test_ggml(&c, &rng, pool);
+        test_groups(&c, &rng, pool);
+        test_nf4_ternary(&c, &rng, pool);
+    }
+    struct lmc_qweight w;
+    CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_F16, NULL, 4, 32, &err) == LMC_ERR_UNSUPPORTED);
+    CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_Q4_K, NULL, 4, 100, &err) == LMC_ERR_FORMAT);
+    lmc_pool_free(pool);
+    return test_finish("test_qmatmul");
+}
