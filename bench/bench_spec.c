@@ -25,13 +25,13 @@ static const char *prompts[] = {
     /* narrative: little verbatim repetition */
     "In the beginning God created the heaven and the earth. And the earth was without form, and void;",
     /* genealogy: strongly repetitive */
-    "And Adam lived an hundred and thirty years, and begat a son in his own likeness, after his image; "
-    "and called his name Seth: And the days of Adam after he had begotten Seth were eight hundred years: "
-    "and he begat sons and daughters: And all the days that Adam lived were nine hundred and thirty "
-    "years: and he died. And Seth lived an hundred and five years, and begat Enos:",
+    ("And Adam lived an hundred and thirty years, and begat a son in his own likeness, after his image; "
+     "and called his name Seth: And the days of Adam after he had begotten Seth were eight hundred years: "
+     "and he begat sons and daughters: And all the days that Adam lived were nine hundred and thirty "
+     "years: and he died. And Seth lived an hundred and five years, and begat Enos:"),
     /* psalm with refrain */
-    "O give thanks unto the LORD; for he is good: for his mercy endureth for ever. O give thanks unto the "
-    "God of gods: for his mercy endureth for ever. O give thanks to the Lord of lords:",
+    ("O give thanks unto the LORD; for he is good: for his mercy endureth for ever. O give thanks unto the "
+     "God of gods: for his mercy endureth for ever. O give thanks to the Lord of lords:"),
 };
 
 static int cmp_d(const void *a, const void *b) {
