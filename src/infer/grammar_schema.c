@@ -386,11 +386,20 @@ static bool num_field(const cJSON *s, const char *k, double *v) {
     return true;
 }
 
+/* A bound from the schema as an integer, clamped to +-1e15 before the cast
+ * (a double past int64's range converts with undefined behaviour); the
+ * callers refuse anything out of their own, far smaller, range. */
+static int64_t bound_i64(double v) {
+    if (!(v > -1e15)) return (int64_t)-1e15;
+    if (!(v < 1e15)) return (int64_t)1e15;
+    return (int64_t)v;
+}
+
 static int typed(struct sc *c, const cJSON *s, const char *type) {
     double lo = 0, hi = 0;
     bool has_lo, has_hi;
     if (!strcmp(type, "string")) {
-        int64_t mn = num_field(s, "minLength", &lo) ? (int64_t)lo : 0, mx = num_field(s, "maxLength", &hi) ? (int64_t)hi : -1;
+        int64_t mn = num_field(s, "minLength", &lo) ? bound_i64(lo) : 0, mx = num_field(s, "maxLength", &hi) ? bound_i64(hi) : -1;
         if (cJSON_GetObjectItemCaseSensitive(s, "pattern")) return fail(c, "json schema: \"pattern\" is not supported%s", NULL);
         if (mn < 0 || (mx >= 0 && mx < mn)) return fail(c, "json schema: bad string length bounds%s", NULL);
         return string_rule(c, mn, mx);
@@ -405,7 +414,7 @@ static int typed(struct sc *c, const cJSON *s, const char *type) {
         if (has_hi) hi = floor(hi);
         if (has_lo && has_hi) {
             if (hi < lo) return fail(c, "json schema: integer maximum below minimum%s", NULL);
-            if (hi - lo <= 1000) { /* exact: every value */
+            if (hi - lo <= 1000 && fabs(lo) < 1e15 && fabs(hi) < 1e15) { /* exact: every value (v++ moves) */
                 int r = rule(c, "integer-range");
                 for (double v = lo; v <= hi; v++) {
                     char t[32];
@@ -433,7 +442,7 @@ static int typed(struct sc *c, const cJSON *s, const char *type) {
         const cJSON *items = cJSON_GetObjectItemCaseSensitive(s, "items");
         int it = items ? compile(c, items) : value_rule(c);
         if (it < 0) return -1;
-        int64_t mn = num_field(s, "minItems", &lo) ? (int64_t)lo : 0, mx = num_field(s, "maxItems", &hi) ? (int64_t)hi : -1;
+        int64_t mn = num_field(s, "minItems", &lo) ? bound_i64(lo) : 0, mx = num_field(s, "maxItems", &hi) ? bound_i64(hi) : -1;
         if (mn < 0) return fail(c, "json schema: bad minItems%s", NULL);
         return array_of(c, it, mn, mx);
     }
