@@ -23,8 +23,10 @@ lmc_status lmc_tp_tmodel_shard(struct lmc_tmodel *tm, struct lmc_tp_group *g,
     memset(tm, 0, sizeof *tm);
     memset(g, 0, sizeof *g);
     const struct lmc_config *fc = &full->cfg;
-    if (fc->arch == LMC_ARCH_GPT2)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel training: gpt2 (fused c_attn) does not split yet");
+    for (int i = 0; i < full->arch->n_specs; i++) /* a tensor holding several linears (gpt2's c_attn) */
+        if (full->arch->specs[i].parts > 1)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel training: %s (fused %s) does not split yet",
+                               full->arch->name, full->arch->specs[i].name);
     lmc_status st = lmc_tp_plan_heads(fc->num_heads, fc->num_kv_heads, c->world, c->rank, heads, err);
     if (st) return st;
     int64_t i0, ni;
