@@ -18,7 +18,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (lmc_config_parse(&c, buf, size, "fuzz/config.json", &err) == LMC_OK) {
         LMC_ASSERT(c.vocab_size > 0 && c.hidden_size > 0 && c.num_layers > 0 && c.intermediate_size > 0);
         LMC_ASSERT(c.num_heads > 0 && c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0);
-        LMC_ASSERT(c.head_dim > 0 && c.head_dim <= 1024);
+        if (c.mamba.kind == 0) /* attention: the head size bounds buffers */
+            LMC_ASSERT(c.head_dim > 0 && c.head_dim <= 1024);
+        else /* state-space: no attention heads; the SSM sizes must hold */
+            LMC_ASSERT(c.mamba.d_inner > 0 && c.mamba.state_size > 0 && c.mamba.conv_kernel > 0);
         LMC_ASSERT(c.n_eos >= 0 && c.n_eos <= LMC_MAX_EOS);
         LMC_ASSERT(memchr(c.model_type, 0, sizeof c.model_type) && memchr(c.torch_dtype, 0, sizeof c.torch_dtype));
     } else {
