@@ -8,7 +8,8 @@
 # latest, sharded optimizer state in OUT/zero) equals the uninterrupted one
 # bit for bit; ranks started with different batches are refused at
 # start-up naming the rank; resuming a sharded checkpoint without mpirun is
-# refused. Also ZeRO-1 on two processes launched with torchrun-style
+# refused; a world-2 checkpoint resumed by one process with --zero 1 (resharded)
+# equals the one-process run. Also ZeRO-1 on two processes launched with torchrun-style
 # variables (tcp rendezvous), same comparison; Muon replicated at --zero 0
 # (= one process; resumed at world 2 bit-exact and by one process with the
 # same global batch to 1e-6); a rank killed mid-run ends
@@ -80,6 +81,33 @@ print(f"rank 0 exited {p0.returncode} {time.monotonic() - t0:.1f} s after rank 1
       [l for l in msg.splitlines() if "rank 1" in l][-1][:200])
 PY
 ok $? "a killed rank ends the other with a message naming it"
+# a different world size on resume reshards: 2 tcp ranks (ZeRO-1, batch 2)
+# stop at step 10, one process (--zero 1, batch 4: the same global batch)
+# resumes the sharded checkpoint; the 20 losses equal the one-process run
+for try in 1 2 3; do
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t1" 2>&1 &
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t0" 2>&1
+  rc0=$?; wait $!; rc1=$?
+  grep -q "cannot listen" "$TMP/t0" || break
+  rm -rf "$TMP/rs"
+done
+[ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "world 2 stop at 10: $(tail -n 3 "$TMP/t0" "$TMP/t1")"
+"$LMC" train --data "$TMP/data" --threads 1 --batch 4 --zero 1 --resume latest -o "$TMP/rs" 2>"$TMP/err"
+ok $? "world-2 sharded checkpoint resumed by one process: $(tail -n 3 "$TMP/err")"
+python3 - "$TMP" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+a = [json.loads(l) for l in open(f"{tmp}/single/metrics.jsonl")]
+b = [json.loads(l) for l in open(f"{tmp}/rs/metrics.jsonl")]
+assert [r["step"] for r in b] == list(range(1, 21)), [r["step"] for r in b]
+w = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+print(f"resharded resume 2 -> 1: losses max rel {w:.2e}")
+sys.exit(0 if w <= 1e-6 else 1)
+PY
+ok $? "world 2 -> 1 resume (resharded) equals the one-process run (1e-6)"
 command -v mpirun >/dev/null 2>&1 || skip "no mpirun (apt-get install openmpi-bin libopenmpi-dev)"
 "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --zero 0 -o "$TMP/z0" 2>"$TMP/err"
 rc=$?
