@@ -5,12 +5,16 @@
  * through the trainer (batch, accumulation, schedule, clipping, AdamW,
  * recomputation), a validation loss (--val-data), a JSONL metrics file and
  * a progress line. The output is written to a temporary folder renamed at
- * the end. */
+ * the end. Launched as several ranks (mpirun, torchrun/Slurm variables) it
+ * trains data-parallel, replicated: each rank takes its batches of every
+ * global micro-step, gradients are all-reduced in a fixed order, and rank 0
+ * alone writes metrics, checkpoints and the output. */
 #include "cli.h"
 #include "core/core.h"
 #include "train/lora_train.h"
 #include "train/sft_data.h"
 #include "train/trainer.h"
+#include "dist/comm.h"
 
 #include <errno.h>
 #include <math.h>
@@ -33,7 +37,8 @@ static void usage(void) {
             "  optimizer: --lr X (2e-4 LoRA, 2e-5 full) --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
-            "             --save-every N (OUT.ckpt/step_N: adapter + AdamW state) --resume OUT.ckpt/step_N\n");
+            "             --save-every N (OUT.ckpt/step_N: adapter + AdamW state) --resume OUT.ckpt/step_N\n"
+            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n");
 }
 
 struct src {
@@ -76,11 +81,17 @@ static lmc_status val_loss(struct lmc_trainer *tr, const struct lmc_sft_data *vd
 }
 
 int cmd_finetune(int argc, char **argv) {
+    struct lmc_dist_env denv;
+    lmc_err derr = {0};
+    if (lmc_dist_env_parse(&denv, NULL, NULL, &derr)) {
+        fprintf(stderr, "lmc finetune: %s\n", derr.msg);
+        return 2;
+    }
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0;
+    int64_t save_every = 0, zero = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
@@ -133,6 +144,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) ok = cli_parse_i64(v, 0, (int64_t)1 << 40, &warmup);
         else if (!strcmp(a, "--eval-every")) ok = cli_parse_i64(v, 0, (int64_t)1 << 40, &eval_every);
         else if (!strcmp(a, "--seed")) ok = cli_parse_i64(v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--zero")) ok = cli_parse_i64(v, 0, 3, &zero);
         else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
         else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
         else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
@@ -186,7 +198,9 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_trainer tr;
     struct src src;
     memset(&src, 0, sizeof src);
-    bool have_be = false, have_tm = false, have_tr = false, have_lt = false;
+    bool have_be = false, have_tm = false, have_tr = false, have_lt = false, have_comm = false;
+    bool dist = denv.world > 1, root = true;
+    struct lmc_comm comm;
     FILE *mf = NULL;
     char tmp[4200];
     tmp[0] = 0;
@@ -210,6 +224,15 @@ int cmd_finetune(int argc, char **argv) {
     fprintf(stderr, "lmc finetune: %lld examples (%lld for validation), %lld target tokens, %lld truncated to "
                     "%lld, %lld bad lines skipped\n", (long long)d.n_ex, (long long)vd.n_ex, (long long)d.n_targets,
             (long long)d.n_truncated, (long long)T, (long long)d.n_skipped);
+    if (dist) {
+        if (!cc.threads) cc.threads = lmc_dist_cpu_threads(&denv, (int)sysconf(_SC_NPROCESSORS_ONLN));
+        if (lmc_dist_init(&comm, LMC_DIST_HOST, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        have_comm = true;
+        root = comm.rank == 0;
+    }
     bool bf16;
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;
@@ -257,27 +280,42 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     have_tr = true;
+    if (dist) {
+        char desc[1024];
+        snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
+                 "seed %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
+                 full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
+                 (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
+        if (lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+    }
     if (resume) {
         int64_t ep, nx;
         if (lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err) || lmc_sft_batcher_seek(&src.b, ep, nx, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
-        fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
+        if (root) fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
     }
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
-    fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
+    if (root) fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
             full ? "full fine-tuning" : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
             (long long)tr.tm.trainable_off + (full ? trainable : 0), (long long)B, (long long)T, (long long)accum,
             pack ? ", packed" : "", (long long)steps, be.name);
+    if (root && dist)
+        fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
+                        "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
+                (long long)accum, cc.threads);
     char mpath[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out, (long)getpid());
     if (!metrics) {
         snprintf(mpath, sizeof mpath, "%s.metrics.jsonl", out);
         metrics = mpath;
     }
-    if (!(mf = fopen(metrics, resume ? "a" : "w"))) {
+    if (root && !(mf = fopen(metrics, resume ? "a" : "w"))) {
         fprintf(stderr, "lmc finetune: cannot open %s: %s\n", metrics, strerror(errno));
         goto done;
     }
@@ -295,6 +333,7 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        if (!root) continue; /* metrics, progress, checkpoints: rank 0 */
         fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f",
                 (long long)tr.step, st.loss, st.lr, st.grad_norm, (double)st.tokens / dt);
         if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
@@ -317,6 +356,10 @@ int cmd_finetune(int argc, char **argv) {
             }
             fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
         }
+    }
+    if (!root) { /* the output: rank 0 */
+        rc = 0;
+        goto done;
     }
     if (!full) {
         if (lmc_lora_train_read(&lt, &tr.tm, &lo, &err) ||
@@ -348,5 +391,6 @@ done:
     lmc_sft_free(&d);
     lmc_sft_free(&vd);
     lmc_tokenizer_free(tok);
+    if (have_comm) comm.free(&comm);
     return rc;
 }

@@ -121,21 +121,28 @@ void lmc_trainer_split_batch(struct lmc_trainer *tr) {
 }
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
-    if (tr->comm) return lmc_trainer_dist_step(tr, st, err);
+    const struct lmc_train_opts *o = &tr->o;
+    if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
-    const struct lmc_train_opts *o = &tr->o;
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
     int64_t per = o->B * o->T;
-    /* a batch source: gradients of the summed loss, 1/count in the update */
+    /* a batch source: gradients of the summed loss, 1/count in the update.
+     * Data parallel (replicated, lmc_trainer_dist_init): every rank draws
+     * the world batches of each micro-step and trains on its own, so N
+     * ranks see what one process with accumulation N x accum sees */
     float dscale = o->next_batch ? 1.0f : (float)(1.0 / (double)(per * o->accum));
+    int world = tr->comm ? tr->comm->world : 1, rank = tr->comm ? tr->comm->rank : 0;
     double sum = 0;
     int64_t count = 0;
     for (int64_t k = 0; k < o->accum; k++) {
         if (o->next_batch) {
-            lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
-            if (s) return s;
+            for (int j = 0; j < world; j++) {
+                lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
+                if (s) return s;
+                if (j == rank) break; /* later ranks' batches: drawn after this rank's step */
+            }
         } else {
             lmc_loader_next(&tr->train, tr->batch);
             split_batch(tr);
@@ -146,13 +153,26 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         if (s) return s;
         sum += ls;
         count += n;
+        if (o->next_batch) /* the rest of the global micro-batch */
+            for (int j = rank + 1; j < world; j++)
+                if ((s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err)))
+                    return s;
+    }
+    int64_t t0 = tm->trainable_off;
+    if (tr->comm) { /* fixed-order sums: every rank gets the same bits and takes the same step */
+        double sc[2] = {sum, (double)count};
+        lmc_status s = tr->comm->all_reduce(tr->comm, tm->g + (t0 - tm->g_off), tm->numel - t0, LMC_DTYPE_F32,
+                                            LMC_REDUCE_SUM, err);
+        if (!s) s = tr->comm->all_reduce(tr->comm, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+        if (s) return s;
+        sum = sc[0];
+        count = (int64_t)sc[1];
     }
     st->loss = sum / (double)(count ? count : 1);
-    st->tokens = per * o->accum;
+    st->tokens = per * o->accum * world;
     /* global norm: one sum over the whole gradient arena (the padding
      * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
      * folded into the update as grad_scale */
-    int64_t t0 = tm->trainable_off;
     st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g + (t0 - tm->g_off), tm->numel - t0));
     double inv = 1.0;
     if (o->next_batch) { /* the norm and the update of the mean over the counted targets */

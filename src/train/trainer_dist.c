@@ -8,8 +8,9 @@
  * the parameters, copied back into the model's arena for the next
  * forward. Another optimizer kind (--optim) runs replicated (--zero 0):
  * the gradient arena all-reduced in the communicator's fixed order, then
- * the same lmc_optim step on every rank. Host backends only (the copies are the backend's download, a
- * memcpy there). */
+ * the same lmc_optim step on every rank. A batch source (o.next_batch, lmc
+ * finetune) also runs replicated, in lmc_trainer_step. Host backends only
+ * (the copies are the backend's download, a memcpy there). */
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
@@ -53,6 +54,14 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
                            "(backend %s)", tr->be->name);
     lmc_status s = lmc_dist_check_same(comm, "training configuration", desc, err);
     if (s) return s;
+    if (tr->o.next_batch) { /* a batch source (lmc finetune): replicated, lmc_trainer_step */
+        if (stage > 0)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d: data-parallel fine-tuning runs replicated "
+                               "(--zero 0: gradients all-reduced, the same step on every rank)", stage);
+        tr->comm = comm;
+        tr->zero_stage = 0;
+        return LMC_OK;
+    }
     if (tr->have_opt) { /* replicated: gradients all-reduced, the optimizer run alike on every rank */
         tr->comm = comm;
         tr->zero_stage = 0;

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# test_finetune_dist.sh — `lmc finetune` data-parallel on two processes
+# joined by torchrun-style variables (tcp rendezvous, no MPI needed): LoRA
+# and --full at batch 2 per rank equal one process with batch 2 and
+# accumulation 2 (the same global batch, the same examples in the same
+# order): losses <= 1e-6 relative, written weights <= 1e-6 of their largest
+# magnitude; rank 0 alone writes metrics and the output; --zero 1 refused.
+# Usage: test_finetune_dist.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=60
+FIX=tests/fixtures/llama-tiny
+for i in $(seq 1 23); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
+done >"$TMP/d.jsonl"
+C="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8 --clip 0.5"
+
+# two ranks; retried with another port if the OS gave ours away meanwhile
+pair() { # OUT EXTRA...
+  local o=$1; shift
+  for try in 1 2 3; do
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C -o "$o" "$@" >"$TMP/t1" 2>&1 &
+    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C -o "$o" "$@" >"$TMP/t0" 2>&1
+    rc0=$?; wait $!; rc1=$?
+    grep -q "cannot listen" "$TMP/t0" || break
+  done
+  [ $rc0 = 0 ] && [ $rc1 = 0 ]
+}
+
+for mode in lora full; do
+  X=""; [ $mode = full ] && X="--full"
+  "$LMC" finetune $C -o "$TMP/one-$mode" --batch 2 --accum 2 $X 2>"$TMP/err"; ok $? "$mode one process: $(tail -2 "$TMP/err")"
+  pair "$TMP/two-$mode" --batch 2 $X; ok $? "$mode two ranks: $(tail -n 3 "$TMP/t0" "$TMP/t1")"
+  grep -q "data parallel, 2 ranks (replicated), global batch 4 x 32 x 1 accum" "$TMP/t0"
+  ok $? "$mode start-up line: $(grep parallel "$TMP/t0")"
+  [ "$(grep -c '^step 8/8' "$TMP/t1")" = 0 ] && [ "$(grep -c '^step 8/8' "$TMP/t0")" = 1 ]
+  ok $? "$mode progress on rank 0 only"
+  f=adapter_model.safetensors; [ $mode = full ] && f=model.safetensors
+  python3 - "$TMP/one-$mode" "$TMP/two-$mode" "$f" <<'PY'
+import json, struct, sys
+a, b, f = sys.argv[1:4]
+def rows(d): return [json.loads(l)["loss"] for l in open(d + ".metrics.jsonl")]
+def tensors(d):
+    raw = open(f"{d}/{f}", "rb").read()
+    n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n]); out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]
+        if v["dtype"] != "F32": continue
+        out[k] = struct.unpack(f"<{(e - s) // 4}f", raw[8 + n + s:8 + n + e])
+    return out
+la, lb = rows(a), rows(b)
+assert len(la) == len(lb) == 8, (len(la), len(lb))
+wl = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
+ta, tb = tensors(a), tensors(b)
+assert ta and ta.keys() == tb.keys(), (len(ta), len(tb))
+scale = max(abs(x) for t in ta.values() for x in t)
+wp = max(abs(x - y) for k in ta for x, y in zip(ta[k], tb[k])) / scale
+print(f"{f}: losses max rel {wl:.2e}, weights max |diff| / max |w| {wp:.2e} over {len(ta)} tensors")
+sys.exit(0 if wl <= 1e-6 and wp <= 1e-6 else 1)
+PY
+  ok $? "$mode: two ranks equal one process with the same global batch (1e-6)"
+done
+# sharded states are for lmc train: refused by name
+for try in 1 2 3; do
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C --zero 1 -o "$TMP/z" >"$TMP/t1" 2>&1 &
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C --zero 1 -o "$TMP/z" >"$TMP/t0" 2>&1
+  rc0=$?; wait $!
+  grep -q "cannot listen" "$TMP/t0" || break
+done
+[ $rc0 != 0 ] && grep -q "zero" "$TMP/t0"; ok $? "--zero 1 refused: $(tail -1 "$TMP/t0")"
+echo "test_finetune_dist: $pass passed, $fail failed"
+[ $fail = 0 ]
