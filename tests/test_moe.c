@@ -283,14 +283,21 @@ static void gemm_case(const struct lmc_backend *be, const int64_t *off, int64_t 
 
 /* A whole model of architecture `arch` on the CPU: the gradient of the
  * summed loss against central differences (in float32, so loose) for the
- * first entries of every tensor whose name contains one of `names`. */
-static void model_grads(const struct lmc_backend *be, const char *arch, const char *const *names, int n_names) {
+ * first entries of every tensor whose name contains one of `names`. With
+ * coef > 0 the loss includes the load-balancing loss (output_router_logits,
+ * router_aux_loss_coef coef): its gradient reaches the router and, through
+ * the router's input, every layer below. */
+static void model_grads(const struct lmc_backend *be, const char *arch, const char *const *names, int n_names,
+                        double coef) {
     struct lmc_model_shape sh = {37, 16, 2, 2, 1, 12, 64, false, 10000};
     struct lmc_config c;
     lmc_err err = {0};
     struct lmc_tmodel tm;
     struct lmc_tacts a;
-    if (lmc_config_build(&c, arch, &sh, &err) || lmc_tmodel_init(&tm, &c, be, &err) ||
+    lmc_status st = lmc_config_build(&c, arch, &sh, &err);
+    c.output_router_logits = coef > 0;
+    c.router_aux_loss_coef = coef;
+    if (st || lmc_tmodel_init(&tm, &c, be, &err) ||
         lmc_tmodel_init_random(&tm, 7, 0.4, &err) || lmc_tacts_init(&a, &tm, be, 1, 6, false, &err)) {
         CHECK_MSG(0, "%s: %s", arch, err.msg);
         return;
@@ -322,8 +329,16 @@ static void model_grads(const struct lmc_backend *be, const char *arch, const ch
             checked++;
         }
     }
-    CHECK_MSG(checked >= 4 * n_names && worst < 0.03, "%s: %d gradients vs central differences, worst %.3e", arch,
-              checked, worst);
+    CHECK_MSG(checked >= 4 * n_names && worst < 0.03, "%s (aux coef %g): %d gradients vs central differences, "
+              "worst %.3e", arch, coef, checked, worst);
+    if (coef > 0) { /* the auxiliary term is in the loss and sized as transformers sizes it */
+        double aux = a.moe_aux, ce;
+        tm.cfg.output_router_logits = false;
+        lmc_tmodel_step(&tm, be, &a, in, tg, false, 1.0f, &ce, &cnt, &err);
+        CHECK_MSG(aux > 0 && aux <= (double)(c.num_experts * c.num_experts_per_tok) &&
+                  fabs(L0 - ce - coef * aux * (double)cnt) < 1e-4 * fabs(L0), "%s: aux %.6f, loss %.6f vs ce %.6f",
+                  arch, aux, L0, ce);
+    }
     lmc_tacts_free(&a);
     lmc_tmodel_free(&tm);
 }
@@ -401,12 +416,18 @@ int main(void) {
     /* whole models: q/k norms over the full projection (olmoe), the shared expert (qwen2moe) */
     const char *on[] = {"layers.0.self_attn.q_norm", "layers.1.self_attn.k_norm", "layers.0.mlp.gate.",
                         "layers.1.mlp.experts.1.down_proj"};
-    model_grads(&be, "olmoe", on, 4);
+    model_grads(&be, "olmoe", on, 4, 0);
     const char *qn[] = {"layers.0.mlp.shared_expert_gate", "layers.1.mlp.shared_expert.up_proj",
                         "layers.0.self_attn.q_proj.bias", "layers.1.mlp.gate."};
-    model_grads(&be, "qwen2moe", qn, 4);
+    model_grads(&be, "qwen2moe", qn, 4, 0);
     const char *mn[] = {"layers.0.block_sparse_moe.gate", "layers.1.block_sparse_moe.experts.0.w1"};
-    model_grads(&be, "mixtral", mn, 2);
+    model_grads(&be, "mixtral", mn, 2, 0);
+    /* the load-balancing loss (large coefficients: its gradient dominates the router's) */
+    const char *an[] = {"layers.0.block_sparse_moe.gate", "layers.1.block_sparse_moe.gate", "layers.0.self_attn.q_proj",
+                        "embed_tokens"};
+    model_grads(&be, "mixtral", an, 4, 3.0);
+    const char *aq[] = {"layers.0.mlp.gate.", "layers.1.mlp.gate.", "layers.0.mlp.shared_expert_gate"};
+    model_grads(&be, "qwen2moe", aq, 3, 5.0);
     lmc_backend_cpu_free(&be);
     return test_finish("test_moe");
 }

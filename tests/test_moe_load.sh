@@ -5,7 +5,8 @@
 # in the config than on disk (the router's shape is named), a missing
 # expert tensor, top-k above the expert count, an expert tensor of the
 # wrong shape; `lmc train --arch mixtral|qwen3moe|qwen2moe|olmoe` from scratch writes a
-# checkpoint that loads and generates. Usage: test_moe_load.sh PATH/TO/lmc
+# checkpoint that loads and generates, with the expert load and the
+# load-balancing loss in its metrics file and progress line. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -70,6 +71,19 @@ for a in mixtral qwen3moe qwen2moe olmoe; do
   "$LMC" train --data "$TMP/data" --arch $a --layers 2 --hidden 64 --heads 4 --kv-heads 2 --batch 2 --seq 16 \
     --steps 2 --lr 3e-3 --warmup 1 --save-every 2 --threads 2 -o "$TMP/run_$a" >"$TMP/out" 2>&1
   ok $? "train --arch $a: $(tail -3 "$TMP/out")"
+  grep -q "| aux [0-9.]* | experts [0-9]*-[0-9]*" "$TMP/out"; ok $? "$a progress line shows the expert load: $(tail -1 "$TMP/out")"
+  # metrics: every step routes layers x batch x seq x top-k choices, the aux loss in (0, E top-k]
+  python3 - "$TMP/run_$a/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 2, rows
+for r in rows:
+    t = r["expert_tokens"]
+    assert len(t) == 8 and sum(t) == 2 * 2 * 16 * 2, t
+    assert r["expert_tokens_min"] == min(t) and r["expert_tokens_max"] == max(t), r
+    assert 0 < r["moe_aux_loss"] <= 16, r["moe_aux_loss"]
+PY
+  ok $? "$a metrics: expert load and aux loss"
   "$LMC" info -m "$TMP/run_$a/step_000002" --json >"$TMP/i.json" 2>&1 &&
     python3 -c "import json,sys; i=json.load(open(sys.argv[1])); assert i['experts']==8 and i['active_parameters']<i['parameters']" "$TMP/i.json"
   ok $? "$a checkpoint: info $(head -c 300 "$TMP/i.json")"

@@ -68,7 +68,9 @@ static int64_t dim_of(const struct lmc_config *c, int d) {
 }
 
 /* exists: the tensor is part of this model; *required: must be on disk */
-static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, bool *required) {
+bool lmc_config_layer_sparse(const struct lmc_config *c, int64_t l); /* arch_moe.c */
+
+static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, int64_t layer, bool *required) {
     *required = true;
     switch (s->when) {
     case LMC_WHEN_QKV_BIAS: return c->qkv_bias;
@@ -77,6 +79,8 @@ static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, 
     case LMC_WHEN_SSM_BIAS: return c->mamba.use_bias;
     case LMC_WHEN_SSM_CONV_BIAS: return c->mamba.use_conv_bias;
     case LMC_WHEN_UNTIED: *required = !c->tie_word_embeddings; return true;
+    case LMC_WHEN_SPARSE: return lmc_config_layer_sparse(c, layer);
+    case LMC_WHEN_DENSE: return !lmc_config_layer_sparse(c, layer);
     default: return true;
     }
 }
@@ -85,7 +89,7 @@ static lmc_status visit_one(const struct lmc_config *c, const struct lmc_tensor_
                             int64_t expert, lmc_tensor_fn fn, void *user, lmc_err *err) {
     struct lmc_tensor_ref t;
     memset(&t, 0, sizeof t);
-    if (!exists(c, s, &t.required)) return LMC_OK;
+    if (!exists(c, s, layer, &t.required)) return LMC_OK;
     t.spec = s;
     t.layer = layer;
     t.expert = expert;
