@@ -119,6 +119,7 @@ static void fixture(const char *name, bool recompute) {
 int main(void) {
     fixture("mixtral-tiny", false);
     fixture("qwen3moe-tiny", false);
+    fixture("qwen2moe-tiny", false); /* a dense layer among the sparse ones (mlp_only_layers [1]) */
     fixture("mixtral-tiny", true);
     return test_finish("test_moe_aux");
 }

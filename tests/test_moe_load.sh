@@ -6,13 +6,15 @@
 # expert tensor, top-k above the expert count, an expert tensor of the
 # wrong shape; `lmc train --arch mixtral|qwen3moe|qwen2moe|olmoe` from scratch writes a
 # checkpoint that loads and generates, with the expert load and the
-# load-balancing loss in its metrics file and progress line. Usage: test_moe_load.sh PATH/TO/lmc
+# load-balancing loss in its metrics file and progress line; Qwen2-MoE
+# dense layers (mlp_only_layers) need their MLP tensors; fused 3-D expert
+# tensors load with the same parity as per-expert ones. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-for m in mixtral-tiny qwen3moe-tiny; do
+for m in mixtral-tiny qwen3moe-tiny qwen2moe-tiny olmoe-tiny; do
   D=tests/fixtures/$m
   "$LMC" info -m "$D" --json >"$TMP/i.json" 2>"$TMP/err"; ok $? "$m info: $(cat "$TMP/err")"
   python3 - "$D" "$TMP/i.json" <<'PY'
@@ -62,6 +64,68 @@ s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
 open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
 PY
 expect "experts.2.w3.weight" "missing expert tensor"
+# Qwen2-MoE with a dense layer (mlp_only_layers [1]): its MLP tensors are required, experts refused there
+mkq() { rm -rf "$TMP/b"; cp -r tests/fixtures/qwen2moe-tiny "$TMP/b"; chmod -R u+w "$TMP/b"; }
+dropt() { python3 - "$TMP/b/model.safetensors" "$1" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); del h[sys.argv[2]]
+s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
+open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
+PY
+}
+mkq; dropt model.layers.1.mlp.down_proj.weight; expect "layers.1.mlp.down_proj.weight" "missing dense-layer MLP tensor"
+mkq; python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['mlp_only_layers']=[]; json.dump(c,open(p,'w'))" "$TMP/b/config.json"
+expect "layers.1.mlp.gate.weight" "config says sparse, the checkpoint has a dense layer"
+mkq; python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['mlp_only_layers']='1'; json.dump(c,open(p,'w'))" "$TMP/b/config.json"
+expect "mlp_only_layers" "mlp_only_layers not a list"
+# fused 3-D expert tensors (transformers' in-memory layout): experts.gate_up_proj (E, 2I, C) and
+# experts.down_proj (E, C, I) in place of the per-expert tensors give the same parity (logits, greedy ids,
+# gradients under the per-expert names, one AdamW step)
+fuse() { # fuse SRC DST
+  rm -rf "$2"; cp -r "$1" "$2"; chmod -R u+w "$2"
+  python3 - "$2/model.safetensors" <<'PY'
+import json, re, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); body = b[8 + n:]
+h.pop("__metadata__", None)
+raw = lambda k: body[h[k]["data_offsets"][0]:h[k]["data_offsets"][1]]
+ex = {}
+for k in h:
+    m = re.match(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight$", k)
+    if m: ex.setdefault(int(m.group(1)), {}).setdefault(int(m.group(2)), {})[m.group(3)] = k
+out = {}
+for k in h:
+    if not re.search(r"\.experts\.\d+\.", k): out[k] = (h[k]["dtype"], h[k]["shape"], raw(k))
+for L, es in ex.items():
+    E = len(es); g = lambda e, a, b_: es[e].get(a) or es[e][b_]
+    gu = b"".join(raw(g(e, "gate_proj", "w1")) + raw(g(e, "up_proj", "w3")) for e in range(E))
+    dn = b"".join(raw(g(e, "down_proj", "w2")) for e in range(E))
+    s0 = h[g(0, "gate_proj", "w1")]["shape"]; d0 = h[g(0, "down_proj", "w2")]["shape"]; dt = h[g(0, "down_proj", "w2")]["dtype"]
+    out[f"model.layers.{L}.mlp.experts.gate_up_proj"] = (dt, [E, 2 * s0[0], s0[1]], gu)
+    out[f"model.layers.{L}.mlp.experts.down_proj"] = (dt, [E, d0[0], d0[1]], dn)
+hdr, data = {}, b""
+for k, (dt, sh, r) in out.items():
+    hdr[k] = {"dtype": dt, "shape": sh, "data_offsets": [len(data), len(data) + len(r)]}; data += r
+s = json.dumps(hdr).encode(); s += b" " * (-len(s) % 8)
+open(p, "wb").write(struct.pack("<Q", len(s)) + s + data)
+PY
+}
+for m in mixtral-tiny qwen2moe-tiny; do
+  fuse tests/fixtures/$m "$TMP/fused"
+  "$LMC" parity "$TMP/fused" >"$TMP/out" 2>&1; ok $? "fused $m parity: $(grep -v ^PASS "$TMP/out" | tail -3)"
+  "$LMC" parity "$TMP/fused" --train >"$TMP/out" 2>&1; ok $? "fused $m parity --train: $(grep -v ^PASS "$TMP/out" | tail -3)"
+done
+python3 - "$TMP/fused/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); h["model.layers.0.mlp.experts.down_proj"]["shape"] = [6, 40, 64]
+s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
+open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
+PY
+"$LMC" info -m "$TMP/fused" >"$TMP/out" 2>&1
+[ $? -ne 0 ] && grep -q "experts.down_proj' has 3 dimensions \[6, 40, 64\], expected \[6, 64, 40\]" "$TMP/out"
+ok $? "fused tensor of the wrong shape: $(head -c 300 "$TMP/out")"
 # from scratch: lmc train --arch mixtral|qwen3moe writes a checkpoint lmc loads and generates from
 for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 17))"; done >"$TMP/corpus.txt"
 "$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" >/dev/null 2>&1

@@ -210,8 +210,9 @@ struct lmc_block_w *lmc_weights_layers_alloc(const struct lmc_config *c) {
 
 int64_t lmc_arch_active_params(const struct lmc_config *c, int64_t total) {
     if (c->num_experts <= 0) return total;
-    int64_t per = 3 * c->moe_intermediate_size * c->hidden_size; /* gate, up, down */
-    return total - c->num_layers * (c->num_experts - c->num_experts_per_tok) * per;
+    int64_t per = 3 * c->moe_intermediate_size * c->hidden_size, sparse = 0; /* gate, up, down */
+    for (int64_t l = 0; l < c->num_layers; l++) sparse += lmc_config_layer_sparse(c, l);
+    return total - sparse * (c->num_experts - c->num_experts_per_tok) * per;
 }
 
 lmc_status lmc_config_build(struct lmc_config *c, const char *arch, const struct lmc_model_shape *s,

@@ -45,6 +45,8 @@
     MOE_LIN("mlp.down_proj.weight", LMC_L_DOWN, LMC_D_C, LMC_D_I, LMC_TF_RESID, LMC_WHEN_DENSE)
 
 struct cJSON;
+struct lmc_st;
+struct lmc_st_tensor;
 
 /* Sizes the expert feed-forward part can run (experts, top-k, width). */
 lmc_status lmc_arch_moe_check(const struct lmc_config *c, lmc_err *err);
@@ -54,5 +56,15 @@ void lmc_arch_moe_defaults(struct lmc_config *c, double aux_coef);
  * auxiliary loss; with sparse_layers the Qwen decoder_sparse_step and
  * mlp_only_layers. */
 void lmc_arch_moe_json(const struct lmc_config *c, struct cJSON *o, const char *experts_key, bool sparse_layers);
+/* Fused expert tensors (transformers' in-memory layout, where a checkpoint
+ * has it): model.layers.L.mlp.experts.gate_up_proj (E, 2I, C) and
+ * .down_proj (E, C, I). For the on-disk per-expert name (Mixtral's
+ * block_sparse_moe.experts.N.w1/w3/w2 or mlp.experts.N.gate_proj/up_proj/
+ * down_proj), sets *fused to the fused tensor holding it and *view to a 2-D
+ * tensor over its rows (gate = [e, :I], up = [e, I:], down = [e]); *fused
+ * NULL when there is none. A fused tensor of the wrong shape is
+ * LMC_ERR_FORMAT naming it and the expected shape. */
+lmc_status lmc_arch_moe_fused(const struct lmc_st *st, const struct lmc_config *c, const char *name,
+                              struct lmc_st_tensor *view, const struct lmc_st_tensor **fused, lmc_err *err);
 
 #endif

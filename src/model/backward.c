@@ -5,6 +5,7 @@
  * backward needs) and backward per layer (model/block.c), the classifier
  * and the embeddings around them. */
 #include "model/backward.h"
+#include "model/arch_moe.h"
 #include "core/core.h"
 #include "core/rng.h"
 
@@ -338,6 +339,10 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
         const struct lmc_st_tensor *t = lmc_st_find(&st, name);
         const char *ap = tm->arch->alt_prefix;
         if (!t && ap && !strncmp(name, ap, strlen(ap))) t = lmc_st_find(&st, name + strlen(ap));
+        struct lmc_st_tensor view;
+        const struct lmc_st_tensor *fused = NULL;
+        if (!t && (s = lmc_arch_moe_fused(&st, &tm->cfg, name, &view, &fused, err))) break;
+        if (fused) t = &view; /* a slice of a fused 3-D expert tensor */
         if (!t) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s'", dir, name);
             break;
