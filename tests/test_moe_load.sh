@@ -8,7 +8,8 @@
 # checkpoint that loads and generates, with the expert load and the
 # load-balancing loss in its metrics file and progress line; Qwen2-MoE
 # dense layers (mlp_only_layers) need their MLP tensors; fused 3-D expert
-# tensors load with the same parity as per-expert ones. Usage: test_moe_load.sh PATH/TO/lmc
+# tensors load with the same parity as per-expert ones; rtn / ternary
+# quantized experts load, generate and keep the KL to the float model small. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -126,6 +127,38 @@ PY
 "$LMC" info -m "$TMP/fused" >"$TMP/out" 2>&1
 [ $? -ne 0 ] && grep -q "experts.down_proj' has 3 dimensions \[6, 40, 64\], expected \[6, 64, 40\]" "$TMP/out"
 ok $? "fused tensor of the wrong shape: $(head -c 300 "$TMP/out")"
+# quantized experts: each expert quantized on its own (routers stay float); the folder loads, generates,
+# and its next-token distributions stay near the float model's (8-bit KL < 1e-4, ternary larger)
+T="And God said, Let there be light: and there was light. And God saw the light, that it was good: and God divided the light from the darkness."
+for m in mixtral-tiny qwen2moe-tiny; do
+  for meth in "rtn --bits 8 --group 32" "ternary"; do
+    q="$TMP/q_${m}_${meth%% *}"
+    "$LMC" quantize -m tests/fixtures/$m -o "$q" --method $meth >"$TMP/out" 2>&1; ok $? "quantize $m $meth: $(tail -2 "$TMP/out")"
+    "$LMC" info -m "$q" --json >"$TMP/i.json" 2>&1 && python3 - "$TMP/i.json" "tests/fixtures/$m" "$q" <<'PY'
+import json, struct, sys
+i = json.load(open(sys.argv[1]))
+assert i["bytes_linear_quantized"] > 0 and i["active_parameters"] < i["parameters"], i
+f = open(sys.argv[3] + "/model.safetensors", "rb"); n = struct.unpack("<Q", f.read(8))[0]
+names = json.loads(f.read(n))
+fl = ("F32", "F16", "BF16")
+assert not any((k.endswith("experts.0.w1.weight") or k.endswith("experts.0.gate_proj.weight")) and v["dtype"] in fl
+               for k, v in names.items() if k != "__metadata__"), "expert left float"
+assert any(k.endswith(".gate.weight") and v["dtype"] in fl for k, v in names.items() if k != "__metadata__"), "router quantized"
+PY
+    ok $? "$m $meth: info $(head -c 300 "$TMP/i.json")"
+    "$LMC" generate -m "$q" -p "And God" -n 4 >"$TMP/out" 2>&1; ok $? "$m $meth: generate $(tail -1 "$TMP/out")"
+    "$LMC" eval -m "$q" --kl-base tests/fixtures/$m --text "$T" --json >"$TMP/kl_${meth%% *}" 2>"$TMP/out"; ok $? "$m $meth: eval $(tail -1 "$TMP/out")"
+  done
+  python3 - "$TMP/kl_rtn" "$TMP/kl_ternary" <<'PY'
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert 0 < a["kl_mean"] < 1e-4 and a["top1_agree"] > 0.9, a
+assert b["kl_mean"] > 10 * a["kl_mean"] and b["kl_p99"] >= b["kl_mean"], (a, b)
+PY
+  ok $? "$m: KL 8-bit $(cat "$TMP/kl_rtn"), ternary $(cat "$TMP/kl_ternary")"
+done
+"$LMC" quantize -m tests/fixtures/mixtral-tiny -o "$TMP/qg" --method gptq --calib tests/fixtures/mixtral-tiny/ref.json >"$TMP/out" 2>&1
+[ $? -ne 0 ] && grep -q "mixture-of-experts" "$TMP/out"; ok $? "gptq on experts refused clearly: $(tail -1 "$TMP/out")"
 # from scratch: lmc train --arch mixtral|qwen3moe writes a checkpoint lmc loads and generates from
 for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 17))"; done >"$TMP/corpus.txt"
 "$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" >/dev/null 2>&1

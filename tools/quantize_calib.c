@@ -82,6 +82,11 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     struct lmc_model_opts mo = {LMC_WDTYPE_F32, NULL};
     lmc_status s = lmc_model_load(&m, dir, &mo, err);
     if (s) return s;
+    if (m.cfg.num_experts > 0) { /* expert inputs are the routed rows: not observed yet */
+        lmc_model_free(&m);
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: calibrating the experts of a mixture-of-experts model "
+                           "(%s) is not supported; rtn, nf4 and ternary quantize each expert", dir);
+    }
     struct lmc_tokenizer *tok = NULL;
     struct lmc_backend be;
     bool have_be = false;

@@ -148,7 +148,9 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
     struct lmc_qweight *views = parts > 1 ? lmc_model_own(m, (size_t)parts * sizeof *views) : w;
     if (!views) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
     for (int i = 0; i < parts; i++) {
-        struct lmc_linear *L = &m->w.layers[r->layer].lin[r->spec->slot + i];
+        struct lmc_linear *L = r->spec->kind == LMC_TK_EXPERT_W /* one expert's projection (parts 1) */
+                                   ? &m->w.layers[r->layer].experts[r->expert * LMC_X_N + r->spec->slot]
+                                   : &m->w.layers[r->layer].lin[r->spec->slot + i];
         if (parts > 1) { /* rows [i*pr, (i+1)*pr) of the fused weight, borrowing its buffers */
             struct lmc_qweight *v = &views[i];
             *v = *w;
@@ -200,7 +202,7 @@ static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tenso
 static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
     struct load_state *ls = user;
     struct lmc_model *m = ls->m;
-    if (ls->qc.method != LMC_QM_NONE && r->spec->kind == LMC_TK_LIN_W) {
+    if (ls->qc.method != LMC_QM_NONE && (r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_EXPERT_W)) {
         bool found;
         lmc_status s = load_quant(ls, r, &found, err);
         if (s || found) return s;
