@@ -9,7 +9,8 @@
 # load-balancing loss in its metrics file and progress line; Qwen2-MoE
 # dense layers (mlp_only_layers) need their MLP tensors; fused 3-D expert
 # tensors load with the same parity as per-expert ones; rtn / ternary
-# quantized experts load, generate and keep the KL to the float model small. Usage: test_moe_load.sh PATH/TO/lmc
+# quantized experts load, generate and keep the KL to the float model small;
+# `lmc finetune --lora-targets w1,w2,w3` trains adapters on the experts. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -159,6 +160,24 @@ PY
 done
 "$LMC" quantize -m tests/fixtures/mixtral-tiny -o "$TMP/qg" --method gptq --calib tests/fixtures/mixtral-tiny/ref.json >"$TMP/out" 2>&1
 [ $? -ne 0 ] && grep -q "mixture-of-experts" "$TMP/out"; ok $? "gptq on experts refused clearly: $(tail -1 "$TMP/out")"
+# LoRA on the experts through the CLI: finetune mixtral-tiny with adapters on w1/w2/w3 (the loss falls),
+# then generate with the adapter folder
+for i in $(seq 1 16); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want\"}"
+done >"$TMP/d.jsonl"
+"$LMC" finetune -m tests/fixtures/mixtral-tiny --data "$TMP/d.jsonl" -o "$TMP/ad" --seq 32 --batch 4 --lr 1e-2 \
+  --threads 2 --schedule constant --steps 8 --lora-r 4 --lora-alpha 8 --lora-targets w1,w2,w3 2>"$TMP/err"
+ok $? "mixtral finetune on experts: $(tail -3 "$TMP/err")"
+python3 - "$TMP/ad.metrics.jsonl" "$TMP/ad/adapter_model.safetensors" <<'PY'
+import json, struct, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+assert rows[-1]["loss"] < rows[0]["loss"], (rows[0], rows[-1])
+f = open(sys.argv[2], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+assert any(".block_sparse_moe.experts.3.w2.lora_B" in k for k in h), sorted(h)[:4]
+PY
+ok $? "mixtral expert adapters: loss falls, experts.N.w2 adapters saved"
+"$LMC" generate -m tests/fixtures/mixtral-tiny --lora "$TMP/ad" -p "Verse 3 says:" -n 6 >"$TMP/out" 2>&1
+ok $? "generate with expert adapters: $(tail -2 "$TMP/out")"
 # from scratch: lmc train --arch mixtral|qwen3moe writes a checkpoint lmc loads and generates from
 for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 17))"; done >"$TMP/corpus.txt"
 "$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" >/dev/null 2>&1
