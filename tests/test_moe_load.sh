@@ -206,5 +206,14 @@ PY
   "$LMC" generate -m "$TMP/run_$a/step_000002" -p "the" -n 4 >"$TMP/out" 2>&1
   ok $? "$a checkpoint: generate $(tail -2 "$TMP/out")"
 done
+# a checkpoint of qwen2moe-tiny keeps its dense layer: config.json carries mlp_only_layers, and it reloads
+"$LMC" train --data "$TMP/data" -m tests/fixtures/qwen2moe-tiny --batch 2 --seq 16 --steps 1 --lr 1e-3 --warmup 1 \
+  --save-every 1 --threads 2 -o "$TMP/run_q2" >"$TMP/out" 2>&1
+ok $? "train -m qwen2moe-tiny: $(tail -3 "$TMP/out")"
+python3 -c "import json,sys; c=json.load(open(sys.argv[1])); assert c['mlp_only_layers']==[1] and c['decoder_sparse_step']==1, c" \
+  "$TMP/run_q2/step_000001/config.json"
+ok $? "qwen2moe checkpoint config: mlp_only_layers kept"
+"$LMC" generate -m "$TMP/run_q2/step_000001" -p "the" -n 4 >"$TMP/out" 2>&1
+ok $? "qwen2moe checkpoint generates: $(tail -2 "$TMP/out")"
 echo "test_moe_load: $pass passed, $fail failed"
 [ $fail = 0 ]
