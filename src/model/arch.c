@@ -68,8 +68,6 @@ static int64_t dim_of(const struct lmc_config *c, int d) {
 }
 
 /* exists: the tensor is part of this model; *required: must be on disk */
-bool lmc_config_layer_sparse(const struct lmc_config *c, int64_t l); /* arch_moe.c */
-
 static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, int64_t layer, bool *required) {
     *required = true;
     switch (s->when) {

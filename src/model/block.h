@@ -180,7 +180,7 @@ extern const struct lmc_part_ops lmc_ffn_moe; /* ffn_moe.c */
  * weight * d aux / d p (weight 0: zeros). */
 double lmc_moe_aux_loss(const struct lmc_config *c, struct lmc_moe_stats *s, int64_t n, double weight);
 /* Whether layer l's feed-forward part is the mixture of experts (else the
- * dense MLP: Qwen2-MoE's decoder_sparse_step / mlp_only_layers). */
+ * dense MLP: the Qwen families' decoder_sparse_step / mlp_only_layers; arch_moe.c). */
 bool lmc_config_layer_sparse(const struct lmc_config *c, int64_t l);
 
 /* x_out = block(x_in) (x_out may equal x_in when s->xmid is NULL). */
