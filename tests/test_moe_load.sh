@@ -8,8 +8,9 @@
 # checkpoint that loads and generates, with the expert load and the
 # load-balancing loss in its metrics file and progress line; Qwen2-MoE
 # dense layers (mlp_only_layers) need their MLP tensors; fused 3-D expert
-# tensors load with the same parity as per-expert ones; rtn / ternary
-# quantized experts load, generate and keep the KL to the float model small;
+# tensors load with the same parity as per-expert ones; rtn / ternary /
+# GPTQ quantized experts load, generate and keep the KL to the float model
+# small (GPTQ below rounding);
 # `lmc finetune --lora-targets w1,w2,w3` trains adapters on the experts. Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -158,8 +159,24 @@ assert b["kl_mean"] > 10 * a["kl_mean"] and b["kl_p99"] >= b["kl_mean"], (a, b)
 PY
   ok $? "$m: KL 8-bit $(cat "$TMP/kl_rtn"), ternary $(cat "$TMP/kl_ternary")"
 done
-"$LMC" quantize -m tests/fixtures/mixtral-tiny -o "$TMP/qg" --method gptq --calib tests/fixtures/mixtral-tiny/ref.json >"$TMP/out" 2>&1
-[ $? -ne 0 ] && grep -q "mixture-of-experts" "$TMP/out"; ok $? "gptq on experts refused clearly: $(tail -1 "$TMP/out")"
+# GPTQ: each expert calibrated on the rows routed to it; 4-bit g32 GPTQ nearer the float model than 4-bit
+# rounding (KL); with 2 calibration tokens some experts see none and are rounded (H = I), logged once each
+head -c 30000 data/kjv.txt >"$TMP/calib.txt"
+for m in mixtral-tiny qwen2moe-tiny; do
+  "$LMC" quantize -m tests/fixtures/$m -o "$TMP/qg_$m" --method gptq --bits 4 --group 32 --calib "$TMP/calib.txt" \
+    --calib-tokens 512 >"$TMP/out" 2>&1; ok $? "gptq $m: $(tail -2 "$TMP/out")"
+  "$LMC" quantize -m tests/fixtures/$m -o "$TMP/qr_$m" --method rtn --bits 4 --group 32 >"$TMP/out" 2>&1; ok $? "rtn4 $m"
+  "$LMC" eval -m "$TMP/qg_$m" --kl-base tests/fixtures/$m --text "$T" --json >"$TMP/kg" 2>/dev/null
+  "$LMC" eval -m "$TMP/qr_$m" --kl-base tests/fixtures/$m --text "$T" --json >"$TMP/kr" 2>/dev/null
+  python3 -c "import json,sys; g,r=json.load(open(sys.argv[1])),json.load(open(sys.argv[2])); assert 0 < g['kl_mean'] < r['kl_mean'], (g, r)" \
+    "$TMP/kg" "$TMP/kr"
+  ok $? "$m: gptq KL $(cat "$TMP/kg") below rtn-4 $(cat "$TMP/kr")"
+done
+"$LMC" quantize -m tests/fixtures/qwen2moe-tiny -o "$TMP/qg2" --method gptq --bits 4 --group 32 --calib "$TMP/calib.txt" \
+  --calib-tokens 2 >"$TMP/out" 2>&1; ok $? "gptq with 2 tokens: $(tail -2 "$TMP/out")"
+n=$(grep -c "received no calibration token" "$TMP/out"); [ "$n" -ge 1 ] && ! grep "received no" "$TMP/out" | sort | uniq -d | grep -q .
+ok $? "experts without calibration tokens logged once each ($n)"
+"$LMC" generate -m "$TMP/qg2" -p "And" -n 3 >"$TMP/out" 2>&1; ok $? "gptq folder with rounded experts generates"
 # LoRA on the experts through the CLI: finetune mixtral-tiny with adapters on w1/w2/w3 (the loss falls),
 # then generate with the adapter folder
 for i in $(seq 1 16); do

@@ -130,13 +130,13 @@ static void route(const struct lmc_config *c, int64_t n, struct moe_save *s) {
 }
 
 /* The backend's grouped GEMM applies when every expert linear is a plain
- * dense weight (no bias, adapter or block format); else one lmc_linear call
- * per expert. */
+ * dense weight (no bias, adapter, block format or input observer); else
+ * one lmc_linear call per expert. */
 static bool grouped(const struct lmc_backend *be, const struct lmc_block_w *W, int64_t E, bool backward) {
     if (!be->moe_gemm || (backward && !be->moe_gemm_bwd)) return false;
     for (int64_t i = 0; i < E * LMC_X_N; i++) {
         const struct lmc_linear *L = &W->experts[i];
-        if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters) return false;
+        if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters || L->observe) return false;
     }
     return true;
 }
