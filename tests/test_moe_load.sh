@@ -43,7 +43,7 @@ setcfg() { python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c[s
 expect() { # expect PATTERN WHAT
   "$LMC" info -m "$TMP/b" >"$TMP/out" 2>&1; local rc=$?
   [ $rc -ne 0 ] && grep -q -- "$1" "$TMP/out"; ok $? "$2: rc $rc, got: $(head -c 300 "$TMP/out")"
-  ! grep -qi "assert\|segmentation" "$TMP/out"; ok $? "$2: crashed"
+  ! grep -qi "assert\|segmentation\|sanitizer" "$TMP/out"; ok $? "$2: crashed"
 }
 mk; setcfg num_local_experts 3; expect "gate.weight' has shape \[4, 64\], expected \[3, 64\]" "config with fewer experts"
 mk; setcfg num_local_experts 5; expect "gate.weight' has shape \[4, 64\], expected \[5, 64\]" "config with more experts"
