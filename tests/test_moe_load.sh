@@ -67,6 +67,8 @@ s = json.dumps(h).encode(); s += b" " * (-len(s) % 8)
 open(p, "wb").write(struct.pack("<Q", len(s)) + s + b[8 + n:])
 PY
 expect "experts.2.w3.weight" "missing expert tensor"
+"$LMC" info -m tests/fixtures/qwen2moe-tiny >"$TMP/out" 2>&1 && grep -q "experts      6 per layer, 2 per token, width 40, in 2 of 3 layers" "$TMP/out"
+ok $? "info text: experts in 2 of 3 layers: $(grep experts "$TMP/out")"
 # Qwen2-MoE with a dense layer (mlp_only_layers [1]): its MLP tensors are required, experts refused there
 mkq() { rm -rf "$TMP/b"; cp -r tests/fixtures/qwen2moe-tiny "$TMP/b"; chmod -R u+w "$TMP/b"; }
 dropt() { python3 - "$TMP/b/model.safetensors" "$1" <<'PY'
