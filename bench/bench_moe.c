@@ -11,7 +11,10 @@
  * per-round ratios. Decode time proportional to active parameters means a
  * ratio near 1 (the MoE model holds ~2.6x the dense one's parameters).
  *
- *   bench_moe [--threads N] [--decode N] [--rounds N] [--dir D]
+ * --shape 1b: hidden 1024, 14 layers, 16 heads / 4 kv, 8 experts of width
+ * 2816 (~1.07B parameters, ~0.35B active) and its dense twin.
+ *
+ *   bench_moe [--threads N] [--decode N] [--rounds N] [--dir D] [--shape small|1b]
  */
 #include "core/core.h"
 #include "core/dtype.h"
@@ -27,13 +30,17 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define B_HIDDEN 512
-#define B_LAYERS 8
-#define B_HEADS 8
-#define B_KV 2
+/* The bench shapes (--shape): 8 experts, top-2, vocab 32000 in both. */
+struct shape {
+    const char *name;
+    int64_t hidden, layers, heads, kv, ei;
+};
+static const struct shape shapes[] = {
+    {"small", 512, 8, 8, 2, 1792},    /* 214M total, 82M active */
+    {"1b", 1024, 14, 16, 4, 2816},    /* ~1.07B total, ~0.35B active */
+};
 #define B_EXPERTS 8
 #define B_TOPK 2
-#define B_EI 1792
 #define B_VOCAB 32000
 
 static void die(const char *what, const lmc_err *e) {
@@ -77,7 +84,7 @@ static lmc_status gen_one(void *user, const struct lmc_tensor_ref *r, lmc_err *e
 }
 
 /* Writes dir/config.json and dir/model.safetensors for arch at the bench shape. */
-static void make_model(const char *dir, const char *arch, int64_t inter) {
+static void make_model(const char *dir, const char *arch, const struct shape *sh, int64_t inter) {
     char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     struct stat sb;
@@ -86,7 +93,7 @@ static void make_model(const char *dir, const char *arch, int64_t inter) {
         return;
     }
     mkdir(dir, 0755);
-    struct lmc_model_shape s = {B_VOCAB, B_HIDDEN, B_LAYERS, B_HEADS, B_KV, inter, 4096, false, 10000};
+    struct lmc_model_shape s = {B_VOCAB, sh->hidden, sh->layers, sh->heads, sh->kv, inter, 4096, false, 10000};
     struct lmc_config c;
     lmc_err e = {0};
     if (lmc_config_build(&c, arch, &s, &e)) die("config", &e);
@@ -151,20 +158,23 @@ static int cmp(const void *a, const void *b) {
 int main(int argc, char **argv) {
     int threads = 2, n = 64, rounds = 5;
     const char *root = "/tmp/lmc-bench-moe";
+    const struct shape *sh = &shapes[0];
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--decode")) n = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dir")) root = argv[i + 1];
-        else die("usage: bench_moe [--threads N] [--decode N] [--rounds N] [--dir D]", NULL);
+        else if (!strcmp(argv[i], "--shape") && !strcmp(argv[i + 1], "1b")) sh = &shapes[1];
+        else if (!strcmp(argv[i], "--shape") && !strcmp(argv[i + 1], "small")) sh = &shapes[0];
+        else die("usage: bench_moe [--threads N] [--decode N] [--rounds N] [--dir D] [--shape small|1b]", NULL);
     }
     if (n < 1 || rounds < 1 || rounds > 100 || n > 2000) die("bad --decode / --rounds", NULL);
     char dm[400], dd[400];
     mkdir(root, 0755);
-    snprintf(dm, sizeof dm, "%s/mixtral", root);
-    snprintf(dd, sizeof dd, "%s/dense", root);
-    make_model(dm, "mixtral", B_EI);
-    make_model(dd, "llama", B_TOPK * B_EI);
+    snprintf(dm, sizeof dm, "%s/mixtral-%s", root, sh->name);
+    snprintf(dd, sizeof dd, "%s/dense-%s", root, sh->name);
+    make_model(dm, "mixtral", sh, sh->ei);
+    make_model(dd, "llama", sh, B_TOPK * sh->ei);
     struct lmc_backend be;
     lmc_err e = {0};
     if (lmc_backend_cpu_init(&be, threads, &e)) die("cpu backend", &e);
@@ -188,9 +198,10 @@ int main(int argc, char **argv) {
     qsort(ratio, (size_t)rounds, sizeof(double), cmp);
     printf("| model | parameters | active / token | decode tok/s (median of %d x %d tokens) |\n", rounds, n);
     printf("|---|---|---|---|\n");
-    printf("| mixtral-shape, %d experts top-%d, width %d | %.1fM | %.1fM | %.1f |\n", B_EXPERTS, B_TOPK, B_EI,
+    printf("| mixtral-shape (%s: hidden %lld, %lld layers), %d experts top-%d, width %lld | %.1fM | %.1fM | %.1f |\n",
+           sh->name, (long long)sh->hidden, (long long)sh->layers, B_EXPERTS, B_TOPK, (long long)sh->ei,
            R[0].m.n_params / 1e6, act / 1e6, n / ts[0][rounds / 2]);
-    printf("| dense llama, intermediate %d | %.1fM | %.1fM | %.1f |\n", B_TOPK * B_EI, R[1].m.n_params / 1e6,
+    printf("| dense llama, intermediate %lld | %.1fM | %.1fM | %.1f |\n", (long long)(B_TOPK * sh->ei), R[1].m.n_params / 1e6,
            R[1].m.n_params / 1e6, n / ts[1][rounds / 2]);
     printf("\nmedian per-round decode time ratio moe / dense: %.3f (%d threads)\n", ratio[rounds / 2], threads);
     for (int i = 0; i < 2; i++) {

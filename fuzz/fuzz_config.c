@@ -23,6 +23,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         else /* state-space: no attention heads; the SSM sizes must hold */
             LMC_ASSERT(c.mamba.d_inner > 0 && c.mamba.state_size > 0 && c.mamba.conv_kernel > 0);
         LMC_ASSERT(c.n_eos >= 0 && c.n_eos <= LMC_MAX_EOS);
+        if (c.num_experts > 0) /* mixture of experts: top-k within the experts, a sane sparse step */
+            LMC_ASSERT(c.num_experts_per_tok >= 1 && c.num_experts_per_tok <= c.num_experts &&
+                       c.decoder_sparse_step >= 0 && c.decoder_sparse_step <= 4096);
         LMC_ASSERT(memchr(c.model_type, 0, sizeof c.model_type) && memchr(c.torch_dtype, 0, sizeof c.torch_dtype));
     } else {
         LMC_ASSERT(err.msg[0] != 0);

@@ -283,14 +283,22 @@ static void gemm_case(const struct lmc_backend *be, const int64_t *off, int64_t 
 
 /* A whole model of architecture `arch` on the CPU: the gradient of the
  * summed loss against central differences (in float32, so loose) for the
- * first entries of every tensor whose name contains one of `names`. */
-static void model_grads(const struct lmc_backend *be, const char *arch, const char *const *names, int n_names) {
+ * first entries of every tensor whose name contains one of `names`. With
+ * coef > 0 the loss includes the load-balancing loss (output_router_logits,
+ * router_aux_loss_coef coef): its gradient reaches the router and, through
+ * the router's input, every layer below. */
+static void model_grads(const struct lmc_backend *be, const char *arch, const char *const *names, int n_names,
+                        double coef, int64_t sparse_step) {
     struct lmc_model_shape sh = {37, 16, 2, 2, 1, 12, 64, false, 10000};
     struct lmc_config c;
     lmc_err err = {0};
     struct lmc_tmodel tm;
     struct lmc_tacts a;
-    if (lmc_config_build(&c, arch, &sh, &err) || lmc_tmodel_init(&tm, &c, be, &err) ||
+    lmc_status st = lmc_config_build(&c, arch, &sh, &err);
+    c.output_router_logits = coef > 0;
+    c.router_aux_loss_coef = coef;
+    c.decoder_sparse_step = sparse_step; /* 2: layer 0 dense, layer 1 sparse */
+    if (st || lmc_tmodel_init(&tm, &c, be, &err) ||
         lmc_tmodel_init_random(&tm, 7, 0.4, &err) || lmc_tacts_init(&a, &tm, be, 1, 6, false, &err)) {
         CHECK_MSG(0, "%s: %s", arch, err.msg);
         return;
@@ -322,8 +330,16 @@ static void model_grads(const struct lmc_backend *be, const char *arch, const ch
             checked++;
         }
     }
-    CHECK_MSG(checked >= 4 * n_names && worst < 0.03, "%s: %d gradients vs central differences, worst %.3e", arch,
-              checked, worst);
+    CHECK_MSG(checked >= 4 * n_names && worst < 0.03, "%s (aux coef %g): %d gradients vs central differences, "
+              "worst %.3e", arch, coef, checked, worst);
+    if (coef > 0) { /* the auxiliary term is in the loss and sized as transformers sizes it */
+        double aux = a.moe_aux, ce;
+        tm.cfg.output_router_logits = false;
+        lmc_tmodel_step(&tm, be, &a, in, tg, false, 1.0f, &ce, &cnt, &err);
+        CHECK_MSG(aux > 0 && aux <= (double)(c.num_experts * c.num_experts_per_tok) &&
+                  fabs(L0 - ce - coef * aux * (double)cnt) < 1e-4 * fabs(L0), "%s: aux %.6f, loss %.6f vs ce %.6f",
+                  arch, aux, L0, ce);
+    }
     lmc_tacts_free(&a);
     lmc_tmodel_free(&tm);
 }
@@ -344,6 +360,20 @@ static void parse_errors(void) {
     lmc_err e2 = {0};
     CHECK(lmc_config_parse(&c, none, strlen(none), "config.json", &e2) != LMC_OK);
     CHECK_MSG(strstr(e2.msg, "num_experts") != NULL, "message: %s", e2.msg);
+    const char *only = "{\"model_type\":\"qwen2_moe\",\"vocab_size\":32,\"hidden_size\":16,\"intermediate_size\":8,"
+                       "\"num_hidden_layers\":2,\"num_attention_heads\":2,\"num_experts\":4,\"num_experts_per_tok\":1,"
+                       "\"moe_intermediate_size\":4,\"shared_expert_intermediate_size\":4,\"mlp_only_layers\":[1, -3]}";
+    lmc_err e3 = {0};
+    CHECK(lmc_config_parse(&c, only, strlen(only), "config.json", &e3) != LMC_OK);
+    CHECK_MSG(strstr(e3.msg, "mlp_only_layers") != NULL, "message: %s", e3.msg);
+    const char *ok = "{\"model_type\":\"qwen2_moe\",\"vocab_size\":32,\"hidden_size\":16,\"intermediate_size\":8,"
+                     "\"num_hidden_layers\":6,\"num_attention_heads\":2,\"num_experts\":4,\"num_experts_per_tok\":1,"
+                     "\"moe_intermediate_size\":4,\"shared_expert_intermediate_size\":4,\"mlp_only_layers\":[3],"
+                     "\"decoder_sparse_step\":2}";
+    lmc_err e4 = {0};
+    CHECK_MSG(lmc_config_parse(&c, ok, strlen(ok), "config.json", &e4) == LMC_OK, "%s", e4.msg);
+    bool want[6] = {false, true, false, false, false, true}; /* (l + 1) % 2 == 0, minus layer 3 */
+    for (int64_t l = 0; l < 6; l++) CHECK_MSG(lmc_config_layer_sparse(&c, l) == want[l], "layer %lld", (long long)l);
 }
 
 int main(void) {
@@ -401,12 +431,22 @@ int main(void) {
     /* whole models: q/k norms over the full projection (olmoe), the shared expert (qwen2moe) */
     const char *on[] = {"layers.0.self_attn.q_norm", "layers.1.self_attn.k_norm", "layers.0.mlp.gate.",
                         "layers.1.mlp.experts.1.down_proj"};
-    model_grads(&be, "olmoe", on, 4);
+    model_grads(&be, "olmoe", on, 4, 0, 1);
     const char *qn[] = {"layers.0.mlp.shared_expert_gate", "layers.1.mlp.shared_expert.up_proj",
                         "layers.0.self_attn.q_proj.bias", "layers.1.mlp.gate."};
-    model_grads(&be, "qwen2moe", qn, 4);
+    model_grads(&be, "qwen2moe", qn, 4, 0, 1);
     const char *mn[] = {"layers.0.block_sparse_moe.gate", "layers.1.block_sparse_moe.experts.0.w1"};
-    model_grads(&be, "mixtral", mn, 2);
+    model_grads(&be, "mixtral", mn, 2, 0, 1);
+    /* the load-balancing loss (large coefficients: its gradient dominates the router's) */
+    const char *an[] = {"layers.0.block_sparse_moe.gate", "layers.1.block_sparse_moe.gate", "layers.0.self_attn.q_proj",
+                        "embed_tokens"};
+    model_grads(&be, "mixtral", an, 4, 3.0, 1);
+    const char *aq[] = {"layers.0.mlp.gate.", "layers.1.mlp.gate.", "layers.0.mlp.shared_expert_gate"};
+    model_grads(&be, "qwen2moe", aq, 3, 5.0, 1);
+    /* decoder_sparse_step 2: a dense MLP in layer 0 under the sparse layer 1, with the aux loss */
+    const char *dq[] = {"layers.0.mlp.gate_proj", "layers.0.mlp.down_proj", "layers.1.mlp.gate.",
+                        "layers.1.mlp.experts.2.up_proj", "layers.0.self_attn.v_proj"};
+    model_grads(&be, "qwen3moe", dq, 5, 2.0, 2);
     lmc_backend_cpu_free(&be);
     return test_finish("test_moe");
 }

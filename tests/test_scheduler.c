@@ -636,6 +636,8 @@ int main(void) {
     test_fixture("tests/fixtures/gpt2-tiny", false);
     test_fixture("tests/fixtures/mixtral-tiny", false);   /* mixture of experts: each row routed */
     test_fixture("tests/fixtures/qwen3moe-tiny", false);
+    test_fixture("tests/fixtures/qwen2moe-tiny", false);  /* shared expert, a dense layer among sparse ones */
+    test_fixture("tests/fixtures/olmoe-tiny", false);
     /* Mamba / Mamba-2: a recurrent-state slot per request instead of KV blocks */
     test_fixture("tests/fixtures/mamba-tiny", false);
     test_fixture("tests/fixtures/mamba2-tiny", false);

@@ -581,10 +581,12 @@ int cmd_info(int argc, char **argv) {
         printf("model        %s (%s family)\n", k->model_type, m->arch->name);
         printf("parameters   %lld (%.2f M)\n", (long long)m->n_params, (double)m->n_params / 1e6);
         if (k->num_experts > 0) {
-            int64_t act = lmc_arch_active_params(k, m->n_params);
-            printf("experts      %lld per layer, %lld per token, width %lld; active parameters %lld (%.2f M)\n",
-                   (long long)k->num_experts, (long long)k->num_experts_per_tok,
-                   (long long)k->moe_intermediate_size, (long long)act, (double)act / 1e6);
+            int64_t act = lmc_arch_active_params(k, m->n_params), sparse = 0;
+            for (int64_t l = 0; l < k->num_layers; l++) sparse += lmc_config_layer_sparse(k, l);
+            printf("experts      %lld per layer, %lld per token, width %lld, in %lld of %lld layers; active parameters "
+                   "%lld (%.2f M)\n", (long long)k->num_experts, (long long)k->num_experts_per_tok,
+                   (long long)k->moe_intermediate_size, (long long)sparse, (long long)k->num_layers, (long long)act,
+                   (double)act / 1e6);
         }
         printf("layers       %lld, hidden %lld, intermediate %lld, vocab %lld\n", (long long)k->num_layers,
                (long long)k->hidden_size, (long long)k->intermediate_size, (long long)k->vocab_size);

@@ -49,6 +49,14 @@ static bool is_linear(const char *name, const struct lmc_st_tensor *t, const cha
     if (t->ndim != 2 || n < 7 || strcmp(name + n - 7, ".weight")) return false;
     if (!strstr(name, ".layers.") && !strstr(name, ".h.")) return false;
     if (strstr(name, "norm") || strstr(name, ".ln_")) return false;
+    /* mixture-of-experts routers and the shared expert's gate stay in float
+     * (a few rows that decide the routing; experts are quantized one by one) */
+    static const char *const routers[] = {".mlp.gate.weight", ".block_sparse_moe.gate.weight",
+                                          ".shared_expert_gate.weight"};
+    for (size_t i = 0; i < sizeof routers / sizeof *routers; i++) {
+        size_t k = strlen(routers[i]);
+        if (n > k && !strcmp(name + n - k, routers[i])) return false;
+    }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", skip ? skip : "");
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))

@@ -387,12 +387,25 @@ int cmd_train(int argc, char **argv) {
         if (peak_tflops > 0) fprintf(mf, ", \"mfu\": %.4g", tfl / peak_tflops);
         if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
         if (st.skipped) fprintf(mf, ", \"skipped\": true");
+        double emin = 0, emax = 0;
+        if (st.n_experts > 0) { /* expert load: tokens routed to each expert (over the layers) */
+            emin = emax = st.expert_tokens[0];
+            fprintf(mf, ", \"moe_aux_loss\": %.9g, \"expert_tokens\": [", st.moe_aux);
+            for (int64_t e = 0; e < st.n_experts; e++) {
+                emin = fmin(emin, st.expert_tokens[e]);
+                emax = fmax(emax, st.expert_tokens[e]);
+                fprintf(mf, "%s%.0f", e ? ", " : "", st.expert_tokens[e]);
+            }
+            fprintf(mf, "], \"expert_tokens_min\": %.0f, \"expert_tokens_max\": %.0f", emin, emax);
+        }
         fprintf(mf, "}\n");
         fflush(mf);
         char line[256];
         int n = snprintf(line, sizeof line, "step %lld/%lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s",
                          (long long)tr.step, (long long)steps, st.loss, st.lr, st.grad_norm, tps);
         if (peak_tflops > 0) n += snprintf(line + n, sizeof line - (size_t)n, " | mfu %.1f%%", 100 * tfl / peak_tflops);
+        if (st.n_experts > 0)
+            n += snprintf(line + n, sizeof line - (size_t)n, " | aux %.4f | experts %.0f-%.0f", st.moe_aux, emin, emax);
         if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
         if (is_tty() && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);

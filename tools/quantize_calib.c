@@ -9,7 +9,11 @@
  * The inputs are observed through the observer hook of the block's
  * lmc_linear slots (linear.h): the q, o, up and down linears of the layer
  * being calibrated record x^T x into their slot's Hessian (q/k/v and
- * gate/up share one input, so one of each group records it). */
+ * gate/up share one input, so one of each group records it). In a
+ * mixture-of-experts layer each expert's up and down linears record the
+ * rows routed to that expert (the MoE part runs observed experts through
+ * lmc_linear); an expert no calibration token reaches is rounded with an
+ * identity Hessian. */
 #include "quantize_calib.h"
 #include "core/core.h"
 #include "core/dtype.h"
@@ -22,15 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { SLOT_QKV, SLOT_O, SLOT_MLP_IN, SLOT_DOWN, N_SLOTS };
-
-/* One slot's Hessian, the observer's user pointer. */
+/* One observed input of the layer being calibrated: the Hessian (x^T x)
+ * of the rows its linear `lin` receives (the observer's user pointer). */
 struct cap {
     double *H;
     int64_t K;
+    struct lmc_linear *lin;
 };
-
-static const int slot_lin[N_SLOTS] = {LMC_L_Q, LMC_L_O, LMC_L_UP, LMC_L_DOWN};
 
 static void cap_observe(void *user, const struct lmc_linear *L, const float *x, int64_t M) {
     struct cap *c = user;
@@ -38,11 +40,42 @@ static void cap_observe(void *user, const struct lmc_linear *L, const float *x, 
     lmc_gptq_hessian_add(c->H, c->K, x, M);
 }
 
-/* The slot of HF linear `name` in layer *layer (-1 if not a block linear),
- * and which model matrices it feeds (up to three row slices). */
+/* Whether layer l has a dense MLP or a shared expert in the block's
+ * gate/up/down slots (else only experts). */
+static bool has_mlp(const struct lmc_model *m, int l) {
+    return !lmc_config_layer_sparse(&m->cfg, l) || m->cfg.shared_expert_intermediate_size > 0;
+}
+
+/* The observed inputs of layer l, in this order: q (for q/k/v), o; the
+ * dense MLP's or the shared expert's up (for gate/up) and down when the
+ * layer has one; then each expert's up (for its gate/up) and down (a
+ * mixture-of-experts layer: the rows routed to that expert). Returns the
+ * count (at most 4 + 2 E). */
+static int layer_caps(struct lmc_model *m, int l, struct cap *caps) {
+    const struct lmc_config *c = &m->cfg;
+    struct lmc_block_w *W = &m->w.layers[l];
+    bool sparse = lmc_config_layer_sparse(c, l);
+    int n = 0;
+    caps[n++] = (struct cap){NULL, c->hidden_size, &W->lin[LMC_L_Q]};
+    caps[n++] = (struct cap){NULL, c->num_heads * c->head_dim, &W->lin[LMC_L_O]};
+    if (has_mlp(m, l)) {
+        caps[n++] = (struct cap){NULL, c->hidden_size, &W->lin[LMC_L_UP]};
+        caps[n++] = (struct cap){NULL, sparse ? c->shared_expert_intermediate_size : c->intermediate_size,
+                                 &W->lin[LMC_L_DOWN]};
+    }
+    for (int64_t e = 0; sparse && e < c->num_experts; e++) {
+        caps[n++] = (struct cap){NULL, c->hidden_size, &W->experts[e * LMC_X_N + LMC_X_UP]};
+        caps[n++] = (struct cap){NULL, c->moe_intermediate_size, &W->experts[e * LMC_X_N + LMC_X_DOWN]};
+    }
+    return n;
+}
+
+/* The cap (layer_caps' index) of HF linear `name` in layer *layer (-1 if
+ * not a block linear), and which model matrices it feeds (up to three row
+ * slices). */
 static int slot_of(const struct lmc_model *m, const char *name, int *layer, struct lmc_mat **mats, int *n_mats) {
-    int l;
-    char rest[200];
+    int l, e;
+    char rest[200], p[64];
     *n_mats = 0;
     if (sscanf(name, "model.layers.%d.%199s", &l, rest) != 2 && sscanf(name, "transformer.h.%d.%199s", &l, rest) != 2 &&
         sscanf(name, "h.%d.%199s", &l, rest) != 2)
@@ -50,18 +83,33 @@ static int slot_of(const struct lmc_model *m, const char *name, int *layer, stru
     if (l < 0 || l >= m->cfg.num_layers) return -1;
     struct lmc_linear *L = m->w.layers[l].lin;
     *layer = l;
+    if ((sscanf(rest, "mlp.experts.%d.%63s", &e, p) == 2 || sscanf(rest, "block_sparse_moe.experts.%d.%63s", &e, p) == 2) &&
+        e >= 0 && e < m->cfg.num_experts && lmc_config_layer_sparse(&m->cfg, l)) {
+        static const struct { const char *n; int x; } xt[] = {
+            {"gate_proj.weight", LMC_X_GATE}, {"w1.weight", LMC_X_GATE}, {"up_proj.weight", LMC_X_UP},
+            {"w3.weight", LMC_X_UP},          {"down_proj.weight", LMC_X_DOWN}, {"w2.weight", LMC_X_DOWN}};
+        for (size_t i = 0; i < sizeof xt / sizeof *xt; i++)
+            if (!strcmp(p, xt[i].n)) {
+                mats[0] = &m->w.layers[l].experts[e * LMC_X_N + xt[i].x].w;
+                *n_mats = 1;
+                return (has_mlp(m, l) ? 4 : 2) + 2 * e + (xt[i].x == LMC_X_DOWN);
+            }
+        return -1;
+    }
     static const struct { const char *n; int slot; int which; } t[] = {
-        {"self_attn.q_proj.weight", SLOT_QKV, 0}, {"self_attn.k_proj.weight", SLOT_QKV, 1},
-        {"self_attn.v_proj.weight", SLOT_QKV, 2}, {"self_attn.o_proj.weight", SLOT_O, 3},
-        {"mlp.gate_proj.weight", SLOT_MLP_IN, 4}, {"mlp.up_proj.weight", SLOT_MLP_IN, 5},
-        {"mlp.down_proj.weight", SLOT_DOWN, 6},   {"attn.c_attn.weight", SLOT_QKV, 7},
-        {"attn.c_proj.weight", SLOT_O, 3},        {"mlp.c_fc.weight", SLOT_MLP_IN, 5},
-        {"mlp.c_proj.weight", SLOT_DOWN, 6},
+        {"self_attn.q_proj.weight", 0, 0}, {"self_attn.k_proj.weight", 0, 1},
+        {"self_attn.v_proj.weight", 0, 2}, {"self_attn.o_proj.weight", 1, 3},
+        {"mlp.gate_proj.weight", 2, 4},    {"mlp.up_proj.weight", 2, 5},
+        {"mlp.down_proj.weight", 3, 6},    {"attn.c_attn.weight", 0, 7},
+        {"attn.c_proj.weight", 1, 3},      {"mlp.c_fc.weight", 2, 5},
+        {"mlp.c_proj.weight", 3, 6},       {"mlp.shared_expert.gate_proj.weight", 2, 4},
+        {"mlp.shared_expert.up_proj.weight", 2, 5}, {"mlp.shared_expert.down_proj.weight", 3, 6},
     };
     struct lmc_mat *all[7] = {&L[LMC_L_Q].w, &L[LMC_L_K].w, &L[LMC_L_V].w, &L[LMC_L_O].w,
                               &L[LMC_L_GATE].w, &L[LMC_L_UP].w, &L[LMC_L_DOWN].w};
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
         if (!strcmp(rest, t[i].n)) {
+            if (t[i].slot >= 2 && !has_mlp(m, l)) return -1;
             if (t[i].which == 7) { /* GPT-2's fused q/k/v */
                 mats[0] = &L[LMC_L_Q].w, mats[1] = &L[LMC_L_K].w, mats[2] = &L[LMC_L_V].w;
                 *n_mats = 3;
@@ -89,10 +137,11 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     size_t len = 0;
     int32_t *ids = NULL;
     int64_t n_ids = 0;
-    struct cap cap[N_SLOTS];
-    memset(cap, 0, sizeof cap);
+    int max_caps = 4 + 2 * (int)m.cfg.num_experts;
+    struct cap *cap = calloc((size_t)max_caps, sizeof *cap), *lc = calloc((size_t)max_caps, sizeof *lc);
+    int64_t *cap_k = calloc((size_t)max_caps, sizeof *cap_k); /* floats each cap[i].H holds: cap_k[i]^2 */
     void **deq = calloc((size_t)n_jobs + 1, sizeof *deq);
-    if (!deq) {
+    if (!deq || !cap || !lc || !cap_k) {
         s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
         goto out;
     }
@@ -116,27 +165,40 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
         goto out;
     }
     float *logits = malloc((size_t)m.cfg.vocab_size * sizeof *logits);
-    int64_t C = m.cfg.hidden_size, I = m.cfg.intermediate_size, A = m.cfg.num_heads * m.cfg.head_dim;
-    cap[SLOT_QKV].K = C, cap[SLOT_O].K = A, cap[SLOT_MLP_IN].K = C, cap[SLOT_DOWN].K = I;
-    for (int i = 0; i < N_SLOTS; i++) cap[i].H = malloc((size_t)(cap[i].K * cap[i].K) * sizeof(double));
-    for (int i = 0; i < N_SLOTS && !s; i++)
-        if (!cap[i].H || !logits) s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory for the Hessians");
+    if (!logits) s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
     for (int l = 0; l < m.cfg.num_layers && !s; l++) {
-        struct lmc_linear *lin = m.w.layers[l].lin;
-        for (int i = 0; i < N_SLOTS; i++) {
+        int nc = layer_caps(&m, l, lc);
+        for (int i = 0; i < nc && !s; i++) { /* each Hessian buffer grows to the widest input it has held */
+            if (lc[i].K > cap_k[i]) {
+                free(cap[i].H);
+                if (!(cap[i].H = malloc((size_t)(lc[i].K * lc[i].K) * sizeof(double)))) {
+                    cap_k[i] = 0;
+                    s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory for the Hessians");
+                    break;
+                }
+                cap_k[i] = lc[i].K;
+            }
+            cap[i].K = lc[i].K;
+            cap[i].lin = lc[i].lin;
             memset(cap[i].H, 0, (size_t)(cap[i].K * cap[i].K) * sizeof(double));
-            lin[slot_lin[i]].observe = cap_observe;
-            lin[slot_lin[i]].observe_user = &cap[i];
+            cap[i].lin->observe = cap_observe;
+            cap[i].lin->observe_user = &cap[i];
         }
         for (int64_t p = 0; p < n_ids && !s; p += chunk) /* the text in windows of `chunk` tokens */
             s = lmc_model_forward(&m, &be, &acts, &kv, ids + p, LMC_MIN(chunk, n_ids - p), 0, logits, false, err);
-        for (int i = 0; i < N_SLOTS; i++) {
-            lin[slot_lin[i]].observe = NULL;
+        for (int i = 0; i < nc; i++) lc[i].lin->observe = NULL;
+        for (int i = 0; i < nc && !s; i++) {
             double tr = 0;
             for (int64_t d = 0; d < cap[i].K; d++) tr += cap[i].H[d * cap[i].K + d];
-            if (!s && !(tr > 0))
-                s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: layer %d: no inputs of linear slot %d observed", l,
-                                slot_lin[i]);
+            bool expert = i >= (has_mlp(&m, l) ? 4 : 2);
+            if (!s && !(tr > 0) && expert) { /* an expert no calibration token reached: plain rounding (H = I) */
+                for (int64_t d = 0; d < cap[i].K; d++) cap[i].H[d * cap[i].K + d] = 1;
+                if ((i - (has_mlp(&m, l) ? 4 : 2)) % 2 == 0) /* once per expert (its up, then its down) */
+                    lmc_log(1, "gptq: layer %d: expert %d received no calibration token (rounded without a Hessian)",
+                            l, (i - (has_mlp(&m, l) ? 4 : 2)) / 2);
+            } else if (!s && !(tr > 0)) {
+                s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: layer %d: no inputs of linear %d observed", l, i);
+            }
         }
         for (int j = 0; j < n_jobs && !s; j++) {
             int layer = -1, nm;
@@ -193,7 +255,10 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     lmc_kv_free(&kv);
     lmc_acts_free(&acts);
 out:
-    for (int i = 0; i < N_SLOTS; i++) free(cap[i].H);
+    for (int i = 0; cap && i < max_caps; i++) free(cap[i].H);
+    free(cap);
+    free(lc);
+    free(cap_k);
     if (have_be) lmc_backend_cpu_free(&be);
     lmc_model_free(&m);
     for (int j = 0; deq && j < n_jobs; j++) free(deq[j]);

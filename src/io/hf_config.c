@@ -284,13 +284,23 @@ static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_confi
         if (shared && (s = cfg_int(x, root, "", "shared_expert_intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1,
                                    &c->shared_expert_intermediate_size)))
             return s;
-        int64_t step = 1;
-        if ((s = cfg_int(x, root, "", "decoder_sparse_step", false, 1, 1, CFG_MAX_LAYERS, &step))) return s;
+        c->decoder_sparse_step = 1;
+        if ((s = cfg_int(x, root, "", "decoder_sparse_step", false, 1, 1, CFG_MAX_LAYERS, &c->decoder_sparse_step)))
+            return s;
         const cJSON *only = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers");
-        if (step != 1 || (cJSON_IsArray(only) && cJSON_GetArraySize(only) > 0))
-            return lmc_err_set(x->err, LMC_ERR_UNSUPPORTED,
-                               "%s: dense layers among the expert layers ('decoder_sparse_step' %lld, "
-                               "'mlp_only_layers') are not supported yet", x->label, (long long)step);
+        if (only && !cJSON_IsNull(only) && !cJSON_IsArray(only))
+            return lmc_err_set(x->err, LMC_ERR_FORMAT, "%s: 'mlp_only_layers' must be a list of layer indices",
+                               x->label);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, only) {
+            double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
+            if (!(v >= 0 && v < CFG_MAX_LAYERS) || v != (double)(int64_t)v)
+                return lmc_err_set(x->err, LMC_ERR_FORMAT, "%s: 'mlp_only_layers' holds %s, not a layer index "
+                                   "below %d", x->label, cJSON_IsNumber(it) ? "a number out of range" : "a non-number",
+                                   CFG_MAX_LAYERS);
+            int64_t l = (int64_t)v;
+            c->mlp_only[l / 64] |= (uint64_t)1 << (l % 64);
+        }
     }
     if ((s = cfg_bool(x, root, "", "output_router_logits", false, &c->output_router_logits))) return s;
     return cfg_num(x, root, "", "router_aux_loss_coef", 0.001, 0.0, 1e6, &c->router_aux_loss_coef);

@@ -78,6 +78,11 @@ struct lmc_config {
     int64_t moe_intermediate_size;  /* each expert's width (mixtral: intermediate_size) */
     bool norm_topk_prob;            /* renormalise the top-k probabilities (mixtral: always) */
     int64_t shared_expert_intermediate_size; /* qwen2_moe's shared expert (sigmoid-gated); 0: none */
+    /* qwen2_moe: layer l is sparse when (l + 1) % decoder_sparse_step == 0
+     * and its bit in mlp_only (mlp_only_layers) is clear; else a dense MLP
+     * intermediate_size wide (lmc_config_layer_sparse) */
+    int64_t decoder_sparse_step;    /* 1 (and 0: unset) = every layer */
+    uint64_t mlp_only[64];          /* bit l: layer l is dense (layers < 4096) */
     bool output_router_logits;      /* training adds the load-balancing loss */
     double router_aux_loss_coef;
     /* model_type "mamba" / "mamba2": the SSM sizes (arch_mamba.c) */

@@ -68,7 +68,7 @@ static int64_t dim_of(const struct lmc_config *c, int d) {
 }
 
 /* exists: the tensor is part of this model; *required: must be on disk */
-static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, bool *required) {
+static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, int64_t layer, bool *required) {
     *required = true;
     switch (s->when) {
     case LMC_WHEN_QKV_BIAS: return c->qkv_bias;
@@ -77,6 +77,8 @@ static bool exists(const struct lmc_config *c, const struct lmc_tensor_spec *s, 
     case LMC_WHEN_SSM_BIAS: return c->mamba.use_bias;
     case LMC_WHEN_SSM_CONV_BIAS: return c->mamba.use_conv_bias;
     case LMC_WHEN_UNTIED: *required = !c->tie_word_embeddings; return true;
+    case LMC_WHEN_SPARSE: return lmc_config_layer_sparse(c, layer);
+    case LMC_WHEN_DENSE: return !lmc_config_layer_sparse(c, layer);
     default: return true;
     }
 }
@@ -85,7 +87,7 @@ static lmc_status visit_one(const struct lmc_config *c, const struct lmc_tensor_
                             int64_t expert, lmc_tensor_fn fn, void *user, lmc_err *err) {
     struct lmc_tensor_ref t;
     memset(&t, 0, sizeof t);
-    if (!exists(c, s, &t.required)) return LMC_OK;
+    if (!exists(c, s, layer, &t.required)) return LMC_OK;
     t.spec = s;
     t.layer = layer;
     t.expert = expert;
@@ -206,8 +208,9 @@ struct lmc_block_w *lmc_weights_layers_alloc(const struct lmc_config *c) {
 
 int64_t lmc_arch_active_params(const struct lmc_config *c, int64_t total) {
     if (c->num_experts <= 0) return total;
-    int64_t per = 3 * c->moe_intermediate_size * c->hidden_size; /* gate, up, down */
-    return total - c->num_layers * (c->num_experts - c->num_experts_per_tok) * per;
+    int64_t per = 3 * c->moe_intermediate_size * c->hidden_size, sparse = 0; /* gate, up, down */
+    for (int64_t l = 0; l < c->num_layers; l++) sparse += lmc_config_layer_sparse(c, l);
+    return total - sparse * (c->num_experts - c->num_experts_per_tok) * per;
 }
 
 lmc_status lmc_config_build(struct lmc_config *c, const char *arch, const struct lmc_model_shape *s,

@@ -65,6 +65,7 @@ enum lmc_when {
     LMC_WHEN_QKV_BIAS, LMC_WHEN_O_BIAS, LMC_WHEN_MLP_BIAS,
     LMC_WHEN_UNTIED,  /* required untied; tied: optional (bound over the embedding when present) */
     LMC_WHEN_SSM_BIAS, LMC_WHEN_SSM_CONV_BIAS, /* Mamba use_bias / use_conv_bias */
+    LMC_WHEN_SPARSE, LMC_WHEN_DENSE, /* layers with experts / with the dense MLP (lmc_config_layer_sparse) */
 };
 
 #define LMC_TF_TRANSPOSED 1u  /* stored (in, out) on disk; used as (out, in) */

@@ -5,41 +5,23 @@
  * SwiGLU experts one tensor per expert (mlp.experts.N.gate_proj / up_proj /
  * down_proj, intermediate_size wide), top-k renormalised when
  * norm_topk_prob (default off). clip_qkv is refused by the parser. */
-#include "model/arch.h"
+#include "model/arch_moe.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
 
-#define LAYER(n) "model.layers.%lld." n
-#define LIN(n, slot, o, i, fl) {LAYER(n), true, LMC_TK_LIN_W, slot, 1, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, fl, {o, i}}
-#define BIAS(n, slot, o, when) {LAYER(n), true, LMC_TK_LIN_B, slot, 1, LMC_ROLE_BIAS, when, 0, {o, LMC_D_1}}
-#define EXPERT(n, slot, o, i, fl) \
-    {LAYER("mlp.experts.%lld." n), true, LMC_TK_EXPERT_W, slot, 1, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, fl, {o, i}}
-#define NORM(n, slot, d) {LAYER(n), true, LMC_TK_VEC, slot, 1, LMC_ROLE_NORM, LMC_WHEN_ALWAYS, 0, {d, LMC_D_1}}
-
 static const struct lmc_tensor_spec specs[] = {
-    {"model.embed_tokens.weight", false, LMC_TK_TOK_EMB, 0, 1, LMC_ROLE_EMBED, LMC_WHEN_ALWAYS, 0, {LMC_D_V, LMC_D_C}},
-    NORM("input_layernorm.weight", LMC_V_NORM1, LMC_D_C),
-    LIN("self_attn.q_proj.weight", LMC_L_Q, LMC_D_QD, LMC_D_C, 0),
-    BIAS("self_attn.q_proj.bias", LMC_L_Q, LMC_D_QD, LMC_WHEN_QKV_BIAS),
-    LIN("self_attn.k_proj.weight", LMC_L_K, LMC_D_KVD, LMC_D_C, 0),
-    BIAS("self_attn.k_proj.bias", LMC_L_K, LMC_D_KVD, LMC_WHEN_QKV_BIAS),
-    LIN("self_attn.v_proj.weight", LMC_L_V, LMC_D_KVD, LMC_D_C, 0),
-    BIAS("self_attn.v_proj.bias", LMC_L_V, LMC_D_KVD, LMC_WHEN_QKV_BIAS),
-    LIN("self_attn.o_proj.weight", LMC_L_O, LMC_D_C, LMC_D_QD, LMC_TF_RESID),
-    BIAS("self_attn.o_proj.bias", LMC_L_O, LMC_D_C, LMC_WHEN_O_BIAS),
-    NORM("self_attn.q_norm.weight", LMC_V_Q_NORM, LMC_D_QD),
-    NORM("self_attn.k_norm.weight", LMC_V_K_NORM, LMC_D_KVD),
-    NORM("post_attention_layernorm.weight", LMC_V_NORM2, LMC_D_C),
-    LIN("mlp.gate.weight", LMC_L_ROUTER, LMC_D_E, LMC_D_C, 0),
-    EXPERT("gate_proj.weight", LMC_X_GATE, LMC_D_EI, LMC_D_C, 0),
-    EXPERT("up_proj.weight", LMC_X_UP, LMC_D_EI, LMC_D_C, 0),
-    EXPERT("down_proj.weight", LMC_X_DOWN, LMC_D_C, LMC_D_EI, LMC_TF_RESID),
-    {"model.norm.weight", false, LMC_TK_NORM_F, 0, 1, LMC_ROLE_NORM, LMC_WHEN_ALWAYS, 0, {LMC_D_C, LMC_D_1}},
-    {"lm_head.weight", false, LMC_TK_HEAD, 0, 1, LMC_ROLE_MATRIX, LMC_WHEN_UNTIED, 0, {LMC_D_V, LMC_D_C}},
+    MOE_EMBED,
+    MOE_ATTN,
+    MOE_NORM("self_attn.q_norm.weight", LMC_V_Q_NORM, LMC_D_QD),
+    MOE_NORM("self_attn.k_norm.weight", LMC_V_K_NORM, LMC_D_KVD),
+    MOE_NORM("post_attention_layernorm.weight", LMC_V_NORM2, LMC_D_C),
+    MOE_LIN("mlp.gate.weight", LMC_L_ROUTER, LMC_D_E, LMC_D_C, 0, LMC_WHEN_SPARSE),
+    MOE_EXPERT("mlp.experts.", "gate_proj.weight", LMC_X_GATE, LMC_D_EI, LMC_D_C, 0),
+    MOE_EXPERT("mlp.experts.", "up_proj.weight", LMC_X_UP, LMC_D_EI, LMC_D_C, 0),
+    MOE_EXPERT("mlp.experts.", "down_proj.weight", LMC_X_DOWN, LMC_D_C, LMC_D_EI, LMC_TF_RESID),
+    MOE_FINAL,
 };
-
-lmc_status lmc_arch_moe_check(const struct lmc_config *c, lmc_err *err); /* arch_mixtral.c */
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) { return lmc_arch_moe_check(c, err); }
 
@@ -49,19 +31,14 @@ static void defaults(struct lmc_config *c) {
     snprintf(c->model_type, sizeof c->model_type, "olmoe");
     c->act = LMC_ACT_SILU;
     c->qk_norm = true;
-    if (!c->num_experts) c->num_experts = 8;
-    if (!c->num_experts_per_tok) c->num_experts_per_tok = 2;
+    lmc_arch_moe_defaults(c, 0.01);
     c->moe_intermediate_size = c->intermediate_size;
-    c->router_aux_loss_coef = 0.01;
 }
 
 static void config_json(const struct lmc_config *c, cJSON *o) {
     lmc_arch_llama_json(c, o, "OlmoeForCausalLM", "olmoe", true);
-    cJSON_AddNumberToObject(o, "num_experts", (double)c->num_experts);
-    cJSON_AddNumberToObject(o, "num_experts_per_tok", (double)c->num_experts_per_tok);
+    lmc_arch_moe_json(c, o, "num_experts", false);
     cJSON_AddBoolToObject(o, "norm_topk_prob", c->norm_topk_prob);
-    cJSON_AddBoolToObject(o, "output_router_logits", c->output_router_logits);
-    cJSON_AddNumberToObject(o, "router_aux_loss_coef", c->router_aux_loss_coef);
 }
 
 const struct lmc_architecture lmc_arch_olmoe = {

@@ -5,6 +5,7 @@
  * backward needs) and backward per layer (model/block.c), the classifier
  * and the embeddings around them. */
 #include "model/backward.h"
+#include "model/arch_moe.h"
 #include "core/core.h"
 #include "core/rng.h"
 
@@ -338,6 +339,10 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
         const struct lmc_st_tensor *t = lmc_st_find(&st, name);
         const char *ap = tm->arch->alt_prefix;
         if (!t && ap && !strncmp(name, ap, strlen(ap))) t = lmc_st_find(&st, name + strlen(ap));
+        struct lmc_st_tensor view;
+        const struct lmc_st_tensor *fused = NULL;
+        if (!t && (s = lmc_arch_moe_fused(&st, &tm->cfg, name, &view, &fused, err))) break;
+        if (fused) t = &view; /* a slice of a fused 3-D expert tensor */
         if (!t) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s'", dir, name);
             break;
@@ -419,9 +424,21 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
     a->loss_host = malloc((size_t)BT * sizeof(float));
+    if (c->num_experts > 0) { /* one block: the struct, then count, psum (L, E) and dp (E) */
+        int64_t E = c->num_experts;
+        a->moe = calloc(1, sizeof *a->moe + (size_t)((2 * L + 1) * E) * sizeof(double));
+        if (a->moe) {
+            a->moe->E = E;
+            a->moe->L = L;
+            a->moe->count = (double *)(a->moe + 1);
+            a->moe->psum = a->moe->count + L * E;
+            a->moe->dp = a->moe->psum + L * E;
+        }
+    }
     int32_t *pos = a->pos_host = malloc((size_t)BT * sizeof *pos);
     double *freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof *freq);
-    if (!a->arena || !a->xs || !a->saves || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq) {
+    if (!a->arena || !a->xs || !a->saves || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq ||
+        (c->num_experts > 0 && !a->moe)) {
         free(freq);
         lmc_tacts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
@@ -463,6 +480,7 @@ void lmc_tacts_free(struct lmc_tacts *a) {
     free(a->saves);
     free(a->loss_host);
     free(a->pos_host);
+    free(a->moe);
     memset(a, 0, sizeof *a);
 }
 
@@ -506,7 +524,7 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
                         .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
-                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp};
+                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
     lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);
@@ -525,6 +543,11 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             sum += loss[i];
             n++;
         }
+    if (a->moe) { /* the load-balancing loss, its gradient weighted as the summed loss's (dscale) */
+        double coef = c->output_router_logits ? c->router_aux_loss_coef : 0.0;
+        a->moe_aux = lmc_moe_aux_loss(c, a->moe, M, backward ? coef * (double)dscale * (double)n : 0.0);
+        sum += coef * a->moe_aux * (double)n;
+    }
     *loss_sum = sum;
     *count = n;
     if (!backward) return LMC_OK;

@@ -140,6 +140,12 @@ struct lmc_tacts {
     /* context parallel (block.h): set by the caller, with pos holding the
      * slice's global positions (uploaded over the 0..T-1 of init); NULL: off */
     struct lmc_cp_group *cp;
+    /* mixture of experts (NULL for dense models): each step's expert load
+     * per layer (host memory), and its load-balancing loss (unweighted;
+     * added to the loss as router_aux_loss_coef x aux per counted target
+     * when the config has output_router_logits, as transformers adds it) */
+    struct lmc_moe_stats *moe;
+    double moe_aux;
 };
 
 /* Bytes lmc_tacts_init allocates. */
@@ -154,7 +160,10 @@ void lmc_tacts_free(struct lmc_tacts *a);
  * the number of counted targets in *count. With backward, then adds the
  * gradient of dscale * (sum of losses) into tm->g (the caller zeroes tm->g
  * with lmc_tmodel_zero_grad between optimizer steps; for a mean over N
- * tokens pass dscale = 1/N). be must be tm->be. Ids are checked
+ * tokens pass dscale = 1/N). Mixture of experts with output_router_logits:
+ * the sum includes count x router_aux_loss_coef x the step's
+ * load-balancing loss (a->moe_aux), so sum / count is transformers' loss
+ * with the auxiliary term. be must be tm->be. Ids are checked
  * (LMC_ERR_ARG); a backend without a needed op is LMC_ERR_UNSUPPORTED. */
 lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                            struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,

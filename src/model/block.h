@@ -59,6 +59,19 @@ enum lmc_run_mode { LMC_RUN_SEQ, LMC_RUN_PAGED, LMC_RUN_TRAIN };
 struct lmc_kv;
 struct lmc_kv_pool;
 
+/* Mixture-of-experts routing statistics of one training step (host
+ * memory; lmc_tacts.moe). The forward of layer l writes count[l E + e]
+ * (top-k choices of expert e over the step's n tokens) and psum[l E + e]
+ * (the sum of its router probabilities; rows of dense layers stay zero);
+ * lmc_moe_aux_loss then fills dp (E), the gradient of the weighted
+ * load-balancing loss with respect to each token's probability of e, which
+ * the backward adds (all zero: no auxiliary loss). */
+struct lmc_moe_stats {
+    int64_t E, L;
+    double *count, *psum;             /* (L, E) */
+    double *dp;                       /* (E) */
+};
+
 /* Context parallelism in training (dist/ring_attn.h): each rank of `c`
  * holds a zigzag slice of every sequence of T_global tokens; the attention
  * of LMC_RUN_TRAIN runs around the ring. A failed transfer leaves its
@@ -107,6 +120,8 @@ struct lmc_run {
      * sequence s. NULL while no mixer keeps any (attention). */
     void *state;
     void *const *seq_state;
+    /* TRAIN: routing statistics of mixture-of-experts layers (NULL: none kept) */
+    struct lmc_moe_stats *moe;
 };
 
 /* What one layer's forward keeps (training: per layer, for the backward;
@@ -156,6 +171,17 @@ extern const struct lmc_norm_ops lmc_norm_rms, lmc_norm_layer;
 extern const struct lmc_part_ops lmc_mixer_attention, lmc_mixer_mamba;
 extern const struct lmc_part_ops lmc_ffn_swiglu, lmc_ffn_gelu;
 extern const struct lmc_part_ops lmc_ffn_moe; /* ffn_moe.c */
+
+/* Load-balancing auxiliary loss of a training step over n tokens per layer
+ * from s's counts (ffn_moe.c), as transformers' load_balancing_loss_func
+ * computes it without an attention mask: with f_e = (choices of e over the
+ * sparse layers) / (L_s n) and P_e = (summed probability of e) / (L_s n),
+ * aux = E sum_e f_e P_e (f is a count: no gradient). Fills s->dp with
+ * weight * d aux / d p (weight 0: zeros). */
+double lmc_moe_aux_loss(const struct lmc_config *c, struct lmc_moe_stats *s, int64_t n, double weight);
+/* Whether layer l's feed-forward part is the mixture of experts (else the
+ * dense MLP: the Qwen families' decoder_sparse_step / mlp_only_layers; arch_moe.c). */
+bool lmc_config_layer_sparse(const struct lmc_config *c, int64_t l);
 
 /* x_out = block(x_in) (x_out may equal x_in when s->xmid is NULL). */
 void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,

@@ -9,9 +9,13 @@
  * expert outputs are summed per token onto the residual. A shared expert
  * (Qwen2-MoE: shared_expert_intermediate_size > 0, a dense SwiGLU in the
  * block's gate/up/down slots) adds sigmoid(h . shared_gate) times its
- * output for every token. Forward in every
+ * output for every token. Layers without experts (Qwen's
+ * decoder_sparse_step / mlp_only_layers) run the dense SwiGLU MLP
+ * (lmc_ffn_swiglu) in the same slots. Forward in every
  * run mode (each row of a batched step is routed on its own) and backward
- * through the experts and the router. Routing runs on host memory. */
+ * through the experts and the router. Routing runs on host memory.
+ * Training steps record each layer's expert load (lmc_moe_stats) and the
+ * backward adds the load-balancing loss's gradient (lmc_moe_aux_loss). */
 #include "core/core.h"
 #include "model/arch.h"
 
@@ -65,15 +69,24 @@ static int64_t carve(const struct lmc_config *c, int64_t n, float *p, struct moe
     return at;
 }
 
+/* Whether some layer has the dense MLP (Qwen's decoder_sparse_step / mlp_only_layers). */
+static bool any_dense(const struct lmc_config *c) {
+    for (int64_t l = 0; l < c->num_layers; l++)
+        if (!lmc_config_layer_sparse(c, l)) return true;
+    return false;
+}
+
 static int64_t moe_save_floats(const struct lmc_config *c, int64_t n, enum lmc_run_mode mode) {
-    (void)mode;
-    return carve(c, n, NULL, NULL);
+    int64_t m = carve(c, n, NULL, NULL), d = any_dense(c) ? lmc_ffn_swiglu.save_floats(c, n, mode) : 0;
+    return m > d ? m : d;
 }
 
 static int64_t moe_bwd_floats(const struct lmc_config *c, int64_t n) {
     int64_t nk = n * c->num_experts_per_tok, SI = c->shared_expert_intermediate_size;
     int64_t shared = SI > 0 ? A16(n * c->hidden_size) + 2 * A16(n * SI) + A16(n) : 0;
-    return A16(nk * c->hidden_size) + 2 * A16(nk * c->moe_intermediate_size) + A16(n * c->num_experts) + shared;
+    int64_t m = A16(nk * c->hidden_size) + 2 * A16(nk * c->moe_intermediate_size) + A16(n * c->num_experts) + shared;
+    int64_t d = any_dense(c) ? lmc_ffn_swiglu.bwd_floats(c, n) : 0;
+    return m > d ? m : d;
 }
 
 /* probs (logits on entry) -> softmax; sel/wts: top-k; perm/row/off: grouping. */
@@ -117,13 +130,13 @@ static void route(const struct lmc_config *c, int64_t n, struct moe_save *s) {
 }
 
 /* The backend's grouped GEMM applies when every expert linear is a plain
- * dense weight (no bias, adapter or block format); else one lmc_linear call
- * per expert. */
+ * dense weight (no bias, adapter, block format or input observer); else
+ * one lmc_linear call per expert. */
 static bool grouped(const struct lmc_backend *be, const struct lmc_block_w *W, int64_t E, bool backward) {
     if (!be->moe_gemm || (backward && !be->moe_gemm_bwd)) return false;
     for (int64_t i = 0; i < E * LMC_X_N; i++) {
         const struct lmc_linear *L = &W->experts[i];
-        if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters) return false;
+        if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters || L->observe) return false;
     }
     return true;
 }
@@ -140,7 +153,10 @@ static void grads(const struct lmc_block_w *G, int64_t E, int x, float **out) {
 
 static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
                     const float *h, const float *res, float *y) {
-    (void)l;
+    if (!lmc_config_layer_sparse(r->cfg, l)) { /* a dense layer: the SwiGLU MLP */
+        lmc_ffn_swiglu.fwd(r, l, W, save, h, res, y);
+        return;
+    }
     const struct lmc_backend *be = r->be;
     const struct lmc_config *c = r->cfg;
     int64_t n = r->n, E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
@@ -150,6 +166,14 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER];
     lmc_linear_fwd(be, 1, &R, &s.probs, h, n);
     route(c, n, &s);
+    if (r->moe) { /* this layer's expert load (assigned: a recomputed layer writes it again) */
+        LMC_ASSERT(l < r->moe->L && r->moe->E == E);
+        double *cnt = r->moe->count + l * E, *ps = r->moe->psum + l * E;
+        for (int64_t e = 0; e < E; e++) cnt[e] = ps[e] = 0;
+        for (int64_t i = 0; i < n * k; i++) cnt[s.sel[i]] += 1;
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t e = 0; e < E; e++) ps[e] += s.probs[t * E + e];
+    }
     for (int64_t i = 0; i < n * k; i++)
         memcpy(s.xs + i * C, h + (int64_t)(s.perm[i] / k) * C, (size_t)C * sizeof(float));
     const struct lmc_mat *wp[MAX_E];
@@ -203,11 +227,15 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
 static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
                     const struct lmc_block_w *G, const float *save, const float *h, const float *dy,
                     float *dh, float *scratch) {
-    (void)l;
+    if (!lmc_config_layer_sparse(r->cfg, l)) {
+        lmc_ffn_swiglu.bwd(r, l, W, G, save, h, dy, dh, scratch);
+        return;
+    }
     const struct lmc_backend *be = r->be;
     const struct lmc_config *c = r->cfg;
     int64_t n = r->n, E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
     int64_t I = c->moe_intermediate_size, nk = n * k;
+    const double *aux = r->moe ? r->moe->dp : NULL;
     struct moe_save s;
     carve(c, n, (float *)save, &s);
     float *dox = scratch, *da = dox + A16(nk * C), *du = da + A16(nk * I), *dlog = du + A16(nk * I);
@@ -229,14 +257,14 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         const int32_t *sel = s.sel + t * k;
         double dp[4096];
         LMC_ASSERT(E <= 4096);
-        for (int64_t e = 0; e < E; e++) dp[e] = 0;
+        for (int64_t e = 0; e < E; e++) dp[e] = aux ? aux[e] : 0; /* the load-balancing loss's share */
         if (c->norm_topk_prob) { /* w_j = p_j / S over the chosen */
             double S = 0, dot = 0;
             for (int64_t j = 0; j < k; j++) S += p[sel[j]];
             for (int64_t j = 0; j < k; j++) dot += dwp[j] * (p[sel[j]] / S);
-            for (int64_t j = 0; j < k; j++) dp[sel[j]] = (dwp[j] - dot) / S;
+            for (int64_t j = 0; j < k; j++) dp[sel[j]] += (dwp[j] - dot) / S;
         } else {
-            for (int64_t j = 0; j < k; j++) dp[sel[j]] = dwp[j];
+            for (int64_t j = 0; j < k; j++) dp[sel[j]] += dwp[j];
         }
         double pd = 0;
         for (int64_t e = 0; e < E; e++) pd += dp[e] * p[e];
@@ -312,10 +340,27 @@ static const char *moe_missing(const struct lmc_backend *be, const struct lmc_co
     if (!be->host_memory) return "mixture-of-experts routing (host memory backends only so far)";
     if (!be->swiglu) return "swiglu";
     if (backward && !be->swiglu_bwd) return "swiglu_bwd";
-    if (backward && c->output_router_logits)
-        return "mixture-of-experts load-balancing loss (output_router_logits; not implemented yet)";
     if (c->num_experts_per_tok > 64) return "mixture-of-experts top-k above 64";
-    return NULL;
+    return any_dense(c) ? lmc_ffn_swiglu.missing(be, c, backward) : NULL;
+}
+
+double lmc_moe_aux_loss(const struct lmc_config *c, struct lmc_moe_stats *s, int64_t n, double weight) {
+    int64_t E = s->E, Ls = 0;
+    LMC_ASSERT(E == c->num_experts && s->L == c->num_layers);
+    for (int64_t l = 0; l < s->L; l++) Ls += lmc_config_layer_sparse(c, l);
+    double rows = (double)Ls * (double)n, aux = 0;
+    for (int64_t e = 0; e < E; e++) {
+        double f = 0, P = 0;
+        for (int64_t l = 0; l < s->L; l++) {
+            f += s->count[l * E + e];
+            P += s->psum[l * E + e];
+        }
+        f = rows > 0 ? f / rows : 0;
+        P = rows > 0 ? P / rows : 0;
+        aux += f * P;
+        s->dp[e] = rows > 0 ? weight * (double)E * f / rows : 0; /* d(E f P) / d p = E f / rows */
+    }
+    return aux * (double)E;
 }
 
 static int64_t none(const struct lmc_config *c) {

@@ -4,6 +4,7 @@
  * transposing into owned buffers only when needed), rejects missing and
  * unexpected tensors, uploads to a device backend, and frees it all. */
 #include "model/model.h"
+#include "model/arch_moe.h"
 #include "core/core.h"
 #include "quant/hf_quant.h"
 #include "quant/qmatmul.h"
@@ -147,7 +148,9 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
     struct lmc_qweight *views = parts > 1 ? lmc_model_own(m, (size_t)parts * sizeof *views) : w;
     if (!views) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
     for (int i = 0; i < parts; i++) {
-        struct lmc_linear *L = &m->w.layers[r->layer].lin[r->spec->slot + i];
+        struct lmc_linear *L = r->spec->kind == LMC_TK_EXPERT_W /* one expert's projection (parts 1) */
+                                   ? &m->w.layers[r->layer].experts[r->expert * LMC_X_N + r->spec->slot]
+                                   : &m->w.layers[r->layer].lin[r->spec->slot + i];
         if (parts > 1) { /* rows [i*pr, (i+1)*pr) of the fused weight, borrowing its buffers */
             struct lmc_qweight *v = &views[i];
             *v = *w;
@@ -199,12 +202,18 @@ static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tenso
 static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
     struct load_state *ls = user;
     struct lmc_model *m = ls->m;
-    if (ls->qc.method != LMC_QM_NONE && r->spec->kind == LMC_TK_LIN_W) {
+    if (ls->qc.method != LMC_QM_NONE && (r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_EXPERT_W)) {
         bool found;
         lmc_status s = load_quant(ls, r, &found, err);
         if (s || found) return s;
     }
-    const struct lmc_st_tensor *t = lookup(m, r->name);
+    const struct lmc_st_tensor *t = lookup(m, r->name), *src = t, *fused = NULL;
+    struct lmc_st_tensor view;
+    if (!t && r->spec->kind == LMC_TK_EXPERT_W) { /* a slice of a fused 3-D expert tensor */
+        lmc_status s = lmc_arch_moe_fused(&m->st, &m->cfg, r->name, &view, &fused, err);
+        if (s) return s;
+        if (fused) t = &view, src = fused;
+    }
     if (!t) {
         if (!r->required) return LMC_OK;
         if (r->ndim == 1)
@@ -220,7 +229,7 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     if (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16",
                            m->st.files[t->file].path, t->name, lmc_dtype_name(t->dtype));
-    ls->used[t - m->st.tensors] = true;
+    ls->used[src - m->st.tensors] = true;
     if (r->ndim == 1 || r->spec->kind == LMC_TK_VEC) { /* vectors: f32 copies */
         float *buf = lmc_model_own(m, (size_t)r->numel * sizeof(float));
         if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': out of memory", r->name);

@@ -34,7 +34,7 @@ struct lin_list {
 
 static lmc_status list_one(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
     struct lin_list *ll = user;
-    if (t->spec->kind != LMC_TK_LIN_W || t->layer < 0) return LMC_OK;
+    if ((t->spec->kind != LMC_TK_LIN_W && t->spec->kind != LMC_TK_EXPERT_W) || t->layer < 0) return LMC_OK;
     if (ll->n == ll->cap) {
         int cap = ll->cap ? 2 * ll->cap : 64;
         void *p = realloc(ll->m, (size_t)cap * sizeof *ll->m);
@@ -51,6 +51,7 @@ static lmc_status list_one(void *user, const struct lmc_tensor_ref *t, lmc_err *
     m->module[n] = 0;
     m->layer = t->layer;
     m->slot = t->spec->slot;
+    m->expert = t->spec->kind == LMC_TK_EXPERT_W ? t->expert : -1;
     m->parts = t->spec->parts > 1 ? t->spec->parts : 1;
     m->out = t->rows;
     m->in = t->cols;
@@ -479,6 +480,7 @@ lmc_status lmc_lora_bind(struct lmc_lora_binding *b, struct lmc_weights *w, cons
         for (int i = 0; i < los[k]->n_mods; i++) {
             const struct lmc_lora_module *m = &los[k]->mods[i];
             LMC_ASSERT(m->layer >= 0 && m->layer < L && m->slot + m->parts <= LMC_L_N);
+            LMC_ASSERT(m->expert < mc->num_experts && (m->expert < 0 || (m->parts == 1 && w->layers[m->layer].experts)));
             total += m->parts;
             omax = LMC_MAX(omax, m->out / m->parts);
         }
@@ -487,11 +489,14 @@ lmc_status lmc_lora_bind(struct lmc_lora_binding *b, struct lmc_weights *w, cons
     int64_t sfloats = SCRATCH_ROWS * (2 * rmax + omax);
     float *scratch = b->adapters ? bind_buf(b, NULL, (size_t)sfloats * sizeof(float)) : NULL;
     if (!scratch) goto oom;
-    /* per linear, in (layer, slot) order, the adapters of every folder */
-    int64_t next = 0;
+    /* per linear, in (layer, slot) order then the experts' (expert, slot),
+     * the adapters of every folder */
+    int64_t next = 0, NX = mc->num_experts > 0 ? mc->num_experts * LMC_X_N : 0;
     for (int64_t l = 0; l < L; l++)
-        for (int sl = 0; sl < LMC_L_N; sl++) {
-            struct lmc_linear *lin = &w->layers[l].lin[sl];
+        for (int64_t sl = 0; sl < LMC_L_N + NX; sl++) {
+            bool ex = sl >= LMC_L_N; /* expert (sl - LMC_L_N) / LMC_X_N, slot (sl - LMC_L_N) % LMC_X_N */
+            if (ex && !w->layers[l].experts) break;
+            struct lmc_linear *lin = ex ? &w->layers[l].experts[sl - LMC_L_N] : &w->layers[l].lin[sl];
             int64_t first = next;
             for (int k = 0; k < n; k++) {
                 const struct lmc_lora *lo = los[k];
@@ -499,8 +504,10 @@ lmc_status lmc_lora_bind(struct lmc_lora_binding *b, struct lmc_weights *w, cons
                 float sc = (float)(lmc_lora_scale(&lo->cfg) * mul[k]);
                 for (int i = 0; i < lo->n_mods; i++) {
                     const struct lmc_lora_module *m = &lo->mods[i];
-                    if (m->layer != l || sl < m->slot || sl >= m->slot + m->parts) continue;
-                    int64_t po = m->out / m->parts, p = sl - m->slot;
+                    if (m->layer != l || (m->expert >= 0) != ex) continue;
+                    if (ex ? sl - LMC_L_N != m->expert * LMC_X_N + m->slot : sl < m->slot || sl >= m->slot + m->parts)
+                        continue;
+                    int64_t po = m->out / m->parts, p = ex ? 0 : sl - m->slot;
                     float *diag = calloc((size_t)(r * r), sizeof *diag);
                     if (!diag) goto oom;
                     for (int64_t q = 0; q < r; q++) diag[q * r + q] = sc;
@@ -529,10 +536,16 @@ oom:
 
 void lmc_lora_unbind(struct lmc_lora_binding *b, struct lmc_weights *w, const struct lmc_config *mc) {
     for (int64_t l = 0; w->layers && l < mc->num_layers; l++)
+    {
         for (int sl = 0; sl < LMC_L_N; sl++) {
             w->layers[l].lin[sl].adapters = NULL;
             w->layers[l].lin[sl].n_adapters = 0;
         }
+        for (int64_t i = 0; w->layers[l].experts && i < mc->num_experts * LMC_X_N; i++) {
+            w->layers[l].experts[i].adapters = NULL;
+            w->layers[l].experts[i].n_adapters = 0;
+        }
+    }
     for (int i = 0; i < b->n_bufs; i++) b->be->free(b->be->ctx, b->bufs[i]);
     free(b->bufs);
     free(b->adapters);

@@ -32,11 +32,18 @@ struct lmc_lora_config {
 struct lmc_lora_module {
     char module[160];            /* HF module path, "model.layers.0.self_attn.q_proj" */
     int64_t layer;
-    int slot, parts;             /* lmc_lslot slot..slot+parts-1 (GPT-2 c_attn: 3) */
+    int slot, parts;             /* lmc_lslot slot..slot+parts-1 (GPT-2 c_attn: 3); an expert's: lmc_xslot, 1 */
+    int64_t expert;              /* mixture of experts: the expert whose projection this is; -1: a layer linear */
     int64_t in, out;             /* out over all parts */
     bool transposed;             /* base stored (in, out) on disk (Conv1D) */
     float *a, *b;                /* host f32: A (r, in), B (out, r) */
 };
+
+/* The linear part p of module m adapts in w (a layer slot or an expert's projection). */
+static inline struct lmc_linear *lmc_lora_module_linear(struct lmc_weights *w, const struct lmc_lora_module *m, int p) {
+    if (m->expert >= 0) return &w->layers[m->layer].experts[m->expert * LMC_X_N + m->slot];
+    return &w->layers[m->layer].lin[m->slot + p];
+}
 
 struct lmc_lora {
     struct lmc_lora_config cfg;

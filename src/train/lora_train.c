@@ -149,8 +149,8 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
             a.a.data = lmc_tmodel_grad(tm, pa); /* GPT-2's c_attn parts share A: dA sums over them */
             a.b.data = lmc_tmodel_grad(tm, pb) + p * po * r;
             lt->gad[next] = a;
-            struct lmc_linear *wl = &tm->W.layers[m->layer].lin[m->slot + p];
-            struct lmc_linear *gl = &tm->G.layers[m->layer].lin[m->slot + p];
+            struct lmc_linear *wl = lmc_lora_module_linear(&tm->W, m, p);
+            struct lmc_linear *gl = lmc_lora_module_linear(&tm->G, m, p);
             LMC_ASSERT(wl->n_adapters == 0 && wl->w.rows == po && wl->w.cols == m->in);
             wl->adapters = &lt->wad[next];
             gl->adapters = &lt->gad[next];

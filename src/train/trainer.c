@@ -79,6 +79,11 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
             goto fail;
         }
     }
+    if (tr->tm.cfg.num_experts > 0 &&
+        !(tr->expert_tokens = calloc((size_t)tr->tm.cfg.num_experts, sizeof *tr->expert_tokens))) {
+        s = lmc_err_set(err, LMC_ERR_OOM, "expert load: out of memory");
+        goto fail;
+    }
     tr->batch = malloc((size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
     tr->in = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
     tr->tg = malloc((size_t)(o->B * o->T) * sizeof(int32_t));
@@ -107,7 +112,19 @@ void lmc_trainer_free(struct lmc_trainer *tr) {
     free(tr->batch);
     free(tr->in);
     free(tr->tg);
+    free(tr->expert_tokens);
     memset(tr, 0, sizeof *tr);
+}
+
+void lmc_trainer_moe_add(struct lmc_trainer *tr, struct lmc_train_stats *st, int64_t k, int64_t accum) {
+    const struct lmc_moe_stats *m = tr->acts.moe;
+    if (!m || !tr->expert_tokens) return;
+    if (k == 0) memset(tr->expert_tokens, 0, (size_t)m->E * sizeof *tr->expert_tokens);
+    for (int64_t l = 0; l < m->L; l++)
+        for (int64_t e = 0; e < m->E; e++) tr->expert_tokens[e] += m->count[l * m->E + e];
+    st->n_experts = m->E;
+    st->expert_tokens = tr->expert_tokens;
+    st->moe_aux += tr->acts.moe_aux / (double)(accum > 0 ? accum : 1);
 }
 
 /* (B, T+1) windows -> inputs and next-token targets */
@@ -151,6 +168,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         int64_t n;
         lmc_status s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
         if (s) return s;
+        lmc_trainer_moe_add(tr, st, k, o->accum);
         sum += ls;
         count += n;
         if (o->next_batch) /* the rest of the global micro-batch */

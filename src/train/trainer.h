@@ -51,6 +51,13 @@ struct lmc_train_stats {
     double lr;
     int64_t tokens;
     bool skipped;              /* non-finite gradient: update skipped */
+    /* mixture of experts (n_experts 0: a dense model): the load-balancing
+     * loss (unweighted, mean over the micro-batches) and the tokens routed
+     * to each expert (top-k choices summed over the sparse layers and the
+     * micro-batches; data parallel: this rank's rows) */
+    double moe_aux;
+    int64_t n_experts;
+    const double *expert_tokens; /* (n_experts), the trainer's until its next step */
 };
 
 struct lmc_trainer {
@@ -71,7 +78,11 @@ struct lmc_trainer {
     int32_t *gbatch;           /* (world B, T+1): every rank's rows of the global micro-batch */
     int32_t *batch;            /* (B, T+1) */
     int32_t *in, *tg;          /* (B*T) */
+    double *expert_tokens;     /* (num_experts) the step's expert load (MoE; else NULL) */
 };
+/* Adds the micro-batch tr->acts just ran to st's expert load (MoE; no-op
+ * for dense models); after the last of accum, st->moe_aux is their mean. */
+void lmc_trainer_moe_add(struct lmc_trainer *tr, struct lmc_train_stats *st, int64_t k, int64_t accum);
 
 /* Takes ownership of *tm (also on failure). val may be NULL; train may
  * be NULL with o->next_batch. be must be

@@ -148,6 +148,7 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         double ls;
         int64_t cnt;
         if ((s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &cnt, err))) return s;
+        lmc_trainer_moe_add(tr, st, k, o->accum);
         sums[0] += ls;
         sums[1] += (double)cnt;
     }
