@@ -266,6 +266,31 @@ static void test_replies(void) {
     cJSON_Delete(want);
     cJSON_Delete(got);
     free(ev);
+    /* a named function streams as it decodes: role + head first, then each piece as a fragment, then finish */
+    const char *pieces[] = {"{\"ci", "", "ty\": \"Ro", "me\"}"};
+    char all[256] = "";
+    int heads = 0, frags = 0, fins = 0, roles = 0;
+    for (int i = 0; i < 5; i++) {
+        const char *t = i < 4 ? pieces[i] : "";
+        char *e2 = lmc_serve_ext_stream_named(&r.x, "chatcmpl-3", 5, "m", 0, i == 0, t, strlen(t), i == 4 ? "stop" : NULL);
+        CHECK(e2 != NULL);
+        for (char *line = e2 ? strstr(e2, "data: ") : NULL; line; line = strstr(line + 1, "data: ")) {
+            cJSON *chj = cJSON_Parse(line + 6);
+            cJSON *c1 = cJSON_GetArrayItem(cJSON_GetObjectItem(chj, "choices"), 0), *d = cJSON_GetObjectItem(c1, "delta");
+            const cJSON *k = cJSON_GetArrayItem(cJSON_GetObjectItem(d, "tool_calls"), 0), *fn = cJSON_GetObjectItem(k, "function");
+            roles += str(d, "role") != NULL;
+            if (k && str(k, "id")) heads += !strcmp(str(fn, "name"), "get_weather") && !strncmp(str(k, "id"), "call_", 5) && i == 0;
+            else if (k) {
+                strcat(all, str(fn, "arguments"));
+                frags++;
+            }
+            if (str(c1, "finish_reason")) fins += !strcmp(str(c1, "finish_reason"), "tool_calls") && i == 4;
+            cJSON_Delete(chj);
+        }
+        free(e2);
+    }
+    CHECK_MSG(roles == 1 && heads == 1 && frags == 3 && fins == 1 && !strcmp(all, "{\"city\": \"Rome\"}"),
+              "%d %d %d %d %s", roles, heads, frags, fins, all);
     /* a non-streamed response rewritten */
     struct lmc_serve_choice ch = {"{\"city\":\"Oslo\"}", 15, "stop", NULL, 0};
     struct lmc_serve_usage u = {3, 4, 0};

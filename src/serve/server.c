@@ -477,6 +477,21 @@ static bool tool_mode(const struct gen *g) {
     return g->r->kind == LMC_SERVE_CHAT && g->s->chat && lmc_serve_ext_tool_mode(&g->r->x);
 }
 
+/* A named tool_choice streams its arguments as they come (tools.c); true
+ * when it handled the event. */
+static bool named_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
+    struct lmc_serve_request *r = g->r;
+    if (!tool_mode(g) || r->x.choice != LMC_SERVE_TOOLS_NAMED) return false;
+    char *ev = lmc_serve_ext_stream_named(&r->x, g->id, g->created, g->s->model_name, nd->choice, !a->first_sent,
+                                          nd->text ? nd->text : "", nd->len, finish);
+    a->first_sent = true;
+    if (!ev) gen_end(g, END_FAILED, "out of memory");
+    else if (ev[0] && !w_write(&g->w, ev, strlen(ev))) gen_end(g, END_CLIENT_GONE, NULL);
+    free(ev);
+    g->t_write = lmc_time_now();
+    return true;
+}
+
 /* One queued event. */
 static void gen_event(struct gen *g, const struct ev_node *nd) {
     struct lmc_server *s = g->s;
@@ -488,6 +503,7 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
         a->t_last = nd->t;
         a->completion_tokens++;
         if (g->end != END_NONE) return;
+        if (g->stream && named_stream(g, a, nd, NULL)) return;
         if (!g->stream || tool_mode(g)) { /* tool mode streams the reply once it is read as calls */
             if (!acc_text(a, nd->text ? nd->text : "", nd->len) || (r->logprobs && !acc_tok(a, &nd->tk)))
                 gen_end(g, END_FAILED, "out of memory");
@@ -509,6 +525,7 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
         lmc_serve_metrics_finish(s->metrics, g->end != END_NONE ? "cancelled" : nd->finish, nd->completion_tokens,
                                  nd->t - g->t0);
         if (g->end != END_NONE) return;
+        if (g->stream && named_stream(g, a, nd, nd->finish)) return;
         if (!g->stream || tool_mode(g)) {
             if (!acc_text(a, nd->text ? nd->text : "", nd->len)) gen_end(g, END_FAILED, "out of memory");
             if (!g->stream || g->end != END_NONE) return;

@@ -513,3 +513,61 @@ char *lmc_serve_ext_stream(const struct lmc_serve_ext *x, const char *format, co
     }
     return b.p;
 }
+
+char *lmc_serve_ext_stream_named(const struct lmc_serve_ext *x, const char *id, int64_t created, const char *model,
+                                 int index, bool first, const char *text, size_t len, const char *finish_reason) {
+    struct sbuf b = {0};
+    cJSON *d, *o, *call, *f;
+    if (first) {
+        o = chunk(id, created, model, index, &d);
+        cJSON_AddStringToObject(d, "role", "assistant");
+        cJSON_AddStringToObject(d, "content", "");
+        emit(&b, o);
+        uint64_t h = 1469598103934665603ull;
+        for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        h = (h ^ (uint64_t)index) * 1099511628211ull;
+        char cid[48];
+        snprintf(cid, sizeof cid, "call_%016llx%08llx", (unsigned long long)h,
+                 (unsigned long long)((h * 0x9e3779b97f4a7c15ull) >> 32));
+        o = chunk(id, created, model, index, &d);
+        call = cJSON_CreateObject();
+        f = cJSON_CreateObject();
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(d, "tool_calls"), call);
+        cJSON_AddNumberToObject(call, "index", 0);
+        cJSON_AddStringToObject(call, "id", cid);
+        cJSON_AddStringToObject(call, "type", "function");
+        cJSON_AddItemToObject(call, "function", f);
+        cJSON_AddStringToObject(f, "name", x->choice_name ? x->choice_name : "");
+        cJSON_AddStringToObject(f, "arguments", "");
+        emit(&b, o);
+    }
+    if (len) {
+        char *t = malloc(len + 1);
+        if (!t) b.oom = true;
+        else {
+            memcpy(t, text, len);
+            t[len] = 0;
+            o = chunk(id, created, model, index, &d);
+            call = cJSON_CreateObject();
+            f = cJSON_CreateObject();
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(d, "tool_calls"), call);
+            cJSON_AddNumberToObject(call, "index", 0);
+            cJSON_AddItemToObject(call, "function", f);
+            cJSON_AddStringToObject(f, "arguments", t);
+            emit(&b, o);
+            free(t);
+        }
+    }
+    if (finish_reason) {
+        o = chunk(id, created, model, index, &d);
+        cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0);
+        cJSON_ReplaceItemInObjectCaseSensitive(
+            ch, "finish_reason", cJSON_CreateString(strcmp(finish_reason, "length") ? "tool_calls" : "length"));
+        emit(&b, o);
+    }
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p ? b.p : calloc(1, 1);
+}

@@ -70,4 +70,13 @@ char *lmc_serve_ext_stream(const struct lmc_serve_ext *x, const char *format, co
                            const char *model, int index, bool first, const char *text, size_t len,
                            const char *finish_reason);
 
+/* A named tool_choice streams as it decodes (the output is the
+ * arguments): on the first call (first) the role and the call's head (index
+ * 0, id call_ + hex of the hash of req_id and index, type, function.name,
+ * arguments ""), then text as an arguments fragment (if any), then, with
+ * finish_reason set, the finish chunk ("tool_calls" unless "length").
+ * NULL: out of memory. */
+char *lmc_serve_ext_stream_named(const struct lmc_serve_ext *x, const char *id, int64_t created, const char *model,
+                                 int index, bool first, const char *text, size_t len, const char *finish_reason);
+
 #endif
