@@ -137,6 +137,12 @@ try:
         # auto: the tiny model answers in words, which come back as content
         r = client.chat.completions.create(model="kjv", messages=convo, tools=TOOLS, temperature=0, max_tokens=16)
         check(isinstance(r.choices[0].message.content, str), "auto: content")
+        # auto, streamed: the same content, delta by delta
+        parts = [c.choices[0].delta.content for c in client.chat.completions.create(
+            model="kjv", messages=convo, tools=TOOLS, temperature=0, max_tokens=16, stream=True)
+            if c.choices and c.choices[0].delta.content]
+        check("".join(parts) == r.choices[0].message.content and len(parts) > 1,
+              "auto stream: %r vs %r" % (parts, r.choices[0].message.content))
 
     # 4. response_format json_schema, chat and completions
     rf = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER, "strict": True}}

@@ -291,6 +291,46 @@ static void test_replies(void) {
     }
     CHECK_MSG(roles == 1 && heads == 1 && frags == 3 && fins == 1 && !strcmp(all, "{\"city\": \"Rome\"}"),
               "%d %d %d %d %s", roles, heads, frags, fins, all);
+    /* auto: content streams until a call may begin, the held rest is read as calls at the end */
+    r.x.choice = LMC_SERVE_TOOLS_AUTO;
+    struct { const char *fmt, *pieces[4], *content; int calls; const char *finish; } cases[] = {
+        {"hermes", {"Hello ", "wor", "ld <tool", "_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>"},
+         "Hello world ", 1, "tool_calls"},
+        {"hermes", {"Hello", " <", "b>", " done"}, "Hello <b> done", 0, "stop"},
+        {"hermes", {"a ", "<tool_call>", "{\"name\": \"now\", ", "\"argum"}, "a <tool_call>{\"name\": \"now\", \"argum", 0,
+         "stop"},
+        {"llama3", {" {\"name\": ", "\"now\", \"parameters\"", ": {}}", ""}, "", 1, "tool_calls"},
+        {"json", {"Plain ", "{words}", "", ""}, "Plain {words}", 0, "stop"},
+    };
+    for (int ci = 0; ci < 5; ci++) {
+        char acc[256] = "", content[256] = "";
+        size_t sent = 0;
+        int n_calls = 0, n_content_before_end = 0;
+        const char *fin = NULL;
+        for (int i = 0; i <= 4; i++) {
+            if (i < 4) strcat(acc, cases[ci].pieces[i]);
+            char *e3 = lmc_serve_ext_stream_auto(&r.x, cases[ci].fmt, "chatcmpl-4", 5, "m", 0, i == 0, acc, strlen(acc),
+                                                 &sent, i == 4 ? "stop" : NULL);
+            CHECK(e3 != NULL);
+            for (char *line = e3 ? strstr(e3, "data: ") : NULL; line; line = strstr(line + 1, "data: ")) {
+                cJSON *chj = cJSON_Parse(line + 6);
+                cJSON *c1 = cJSON_GetArrayItem(cJSON_GetObjectItem(chj, "choices"), 0), *d = cJSON_GetObjectItem(c1, "delta");
+                if (str(d, "content") && !str(d, "role")) {
+                    strcat(content, str(d, "content"));
+                    n_content_before_end += i < 4;
+                }
+                const cJSON *k = cJSON_GetArrayItem(cJSON_GetObjectItem(d, "tool_calls"), 0);
+                if (k && str(k, "id")) n_calls++;
+                if (str(c1, "finish_reason")) fin = !strcmp(str(c1, "finish_reason"), "tool_calls") ? "tool_calls" : "stop";
+                cJSON_Delete(chj);
+            }
+            free(e3);
+        }
+        CHECK_MSG(!strcmp(content, cases[ci].content) && n_calls == cases[ci].calls && fin && !strcmp(fin, cases[ci].finish),
+                  "case %d: content [%s] calls %d finish %s", ci, content, n_calls, fin ? fin : "-");
+        if (ci == 1) CHECK(n_content_before_end >= 3); /* it streamed as it came */
+    }
+    r.x.choice = LMC_SERVE_TOOLS_NAMED;
     /* a non-streamed response rewritten */
     struct lmc_serve_choice ch = {"{\"city\":\"Oslo\"}", 15, "stop", NULL, 0};
     struct lmc_serve_usage u = {3, 4, 0};

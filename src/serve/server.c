@@ -196,6 +196,7 @@ struct choice_acc {                   /* what a choice has produced so far */
     int64_t completion_tokens;
     double t_last;
     bool first_sent;
+    size_t sent;                      /* tool mode "auto", streamed: bytes of text sent as content */
 };
 
 enum gen_end {                        /* why a request ends; the first reason wins */
@@ -492,6 +493,19 @@ static bool named_stream(struct gen *g, struct choice_acc *a, const struct ev_no
     return true;
 }
 
+/* tool_choice auto, streamed: content as it comes, up to where a call may
+ * begin; the rest read as calls at the end (tools.c). */
+static void auto_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
+    char *ev = lmc_serve_ext_stream_auto(&g->r->x, lmc_chat_template_tool_format(g->s->chat), g->id, g->created,
+                                         g->s->model_name, nd->choice, !a->first_sent, a->text ? a->text : "", a->len,
+                                         &a->sent, finish);
+    a->first_sent = true;
+    if (!ev) gen_end(g, END_FAILED, "out of memory");
+    else if (ev[0] && !w_write(&g->w, ev, strlen(ev))) gen_end(g, END_CLIENT_GONE, NULL);
+    free(ev);
+    g->t_write = lmc_time_now();
+}
+
 /* One queued event. */
 static void gen_event(struct gen *g, const struct ev_node *nd) {
     struct lmc_server *s = g->s;
@@ -507,6 +521,7 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
         if (!g->stream || tool_mode(g)) { /* tool mode streams the reply once it is read as calls */
             if (!acc_text(a, nd->text ? nd->text : "", nd->len) || (r->logprobs && !acc_tok(a, &nd->tk)))
                 gen_end(g, END_FAILED, "out of memory");
+            if (g->stream && g->end == END_NONE && r->x.choice == LMC_SERVE_TOOLS_AUTO) auto_stream(g, a, nd, NULL);
             return;
         }
         if (!nd->len && !r->logprobs && (r->kind != LMC_SERVE_CHAT || a->first_sent)) return;
@@ -529,6 +544,10 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
         if (!g->stream || tool_mode(g)) {
             if (!acc_text(a, nd->text ? nd->text : "", nd->len)) gen_end(g, END_FAILED, "out of memory");
             if (!g->stream || g->end != END_NONE) return;
+            if (r->x.choice == LMC_SERVE_TOOLS_AUTO) {
+                auto_stream(g, a, nd, nd->finish);
+                return;
+            }
             char *ev = lmc_serve_ext_stream(&r->x, lmc_chat_template_tool_format(s->chat), g->id, g->created,
                                             s->model_name, nd->choice, !a->first_sent, a->text ? a->text : "",
                                             a->len, nd->finish);

@@ -571,3 +571,80 @@ char *lmc_serve_ext_stream_named(const struct lmc_serve_ext *x, const char *id, 
     }
     return b.p ? b.p : calloc(1, 1);
 }
+
+/* where a tool call may begin in text[from..n): the held part starts there */
+static size_t hold_point(const char *format, const char *text, size_t n, size_t from) {
+    bool json_start = !strcmp(format, "llama3") || !strcmp(format, "json");
+    if (json_start && from == 0) { /* a reply that opens with JSON (or a fence) may be a call */
+        size_t i = 0;
+        while (i < n && (text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r')) i++;
+        if (i == n || text[i] == '{' || text[i] == '[' || !strncmp(text + i, "```", LMC_MIN(3, n - i))) return 0;
+    }
+    static const char *const hermes[] = {"<tool_call>", NULL}, *const mistral[] = {"[TOOL_CALLS]", NULL},
+                             *const llama[] = {"<|python_tag|>", NULL}, *const none[] = {NULL};
+    const char *const *mk = !strcmp(format, "hermes") || !strcmp(format, "qwen3_xml") || !strcmp(format, "glm") ? hermes
+                            : !strcmp(format, "mistral")                                                    ? mistral
+                            : !strcmp(format, "llama3")                                                     ? llama
+                                                                                                            : none;
+    size_t limit = n;
+    for (; *mk; mk++) {
+        size_t m = strlen(*mk);
+        for (size_t p = from; p < n; p++) {
+            size_t k = LMC_MIN(m, n - p);
+            if (!memcmp(text + p, *mk, k)) { /* the marker, or its beginning at the end */
+                limit = LMC_MIN(limit, p);
+                break;
+            }
+        }
+    }
+    return limit;
+}
+
+char *lmc_serve_ext_stream_auto(const struct lmc_serve_ext *x, const char *format, const char *id, int64_t created,
+                                const char *model, int index, bool first, const char *text, size_t len, size_t *sent,
+                                const char *finish_reason) {
+    size_t s0 = LMC_MIN(*sent, len);
+    size_t upto = finish_reason ? s0 : LMC_MAX(s0, hold_point(format, text, len, s0));
+    struct sbuf b = {0};
+    cJSON *d;
+    if (first) {
+        cJSON *o = chunk(id, created, model, index, &d);
+        cJSON_AddStringToObject(d, "role", "assistant");
+        cJSON_AddStringToObject(d, "content", "");
+        emit(&b, o);
+    }
+    if (upto > s0) {
+        char *t = malloc(upto - s0 + 1);
+        if (!t) b.oom = true;
+        else {
+            memcpy(t, text + s0, upto - s0);
+            t[upto - s0] = 0;
+            cJSON *o = chunk(id, created, model, index, &d);
+            cJSON_AddStringToObject(d, "content", t);
+            emit(&b, o);
+            free(t);
+        }
+        *sent = upto;
+    }
+    if (finish_reason && !b.oom) { /* the held rest, read as calls */
+        char *rest = lmc_serve_ext_stream(x, format, id, created, model, index, false, text + s0, len - s0, finish_reason);
+        if (!rest) b.oom = true;
+        else {
+            size_t k = strlen(rest);
+            char *q = realloc(b.p, b.n + k + 1);
+            if (!q) b.oom = true;
+            else {
+                memcpy(q + b.n, rest, k + 1);
+                b.p = q;
+                b.n += k;
+            }
+            free(rest);
+        }
+        *sent = len;
+    }
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p ? b.p : calloc(1, 1);
+}

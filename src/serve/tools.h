@@ -70,6 +70,19 @@ char *lmc_serve_ext_stream(const struct lmc_serve_ext *x, const char *format, co
                            const char *model, int index, bool first, const char *text, size_t len,
                            const char *finish_reason);
 
+/* tool_choice "auto" streams its content as it decodes: of text[0..len)
+ * (the reply so far), *sent bytes went out already; the text up to where
+ * a tool call could begin (the format's marker such as <tool_call>, a
+ * possible prefix of it at the end, or, for the Llama 3 and generic JSON
+ * formats, a reply that opens with JSON) goes out as content deltas, the
+ * rest is held. With finish_reason set, what was held is read as tool
+ * calls (lmc_serve_ext_stream's events) and the finish chunk follows.
+ * first: the role goes out first. NULL: out of memory; "" when there is
+ * nothing to send. */
+char *lmc_serve_ext_stream_auto(const struct lmc_serve_ext *x, const char *format, const char *id, int64_t created,
+                                const char *model, int index, bool first, const char *text, size_t len, size_t *sent,
+                                const char *finish_reason);
+
 /* A named tool_choice streams as it decodes (the output is the
  * arguments): on the first call (first) the role and the call's head (index
  * 0, id call_ + hex of the hash of req_id and index, type, function.name,
