@@ -36,8 +36,8 @@ struct cset { uint8_t bits[16]; bool nonascii; };
 
 static int rx_fail(struct rx *x, const char *what) {
     if (!x->failed)
-        lmc_err_set(x->err, LMC_ERR_UNSUPPORTED, "json schema: pattern \"%.80s\": %s (at offset %zu)", x->p, what,
-                    x->i);
+        lmc_err_set(x->err, LMC_ERR_UNSUPPORTED, "json schema: pattern \"%.*s\": %s (at offset %zu)",
+                    (int)(x->n < 80 ? x->n : 80), x->p, what, x->i); /* p is not NUL-terminated */
     x->failed = true;
     return -1;
 }
