@@ -172,7 +172,9 @@ try:
         check("allOf" in str(e), "allOf error: %s" % e)
 finally:
     srv.terminate()
-    srv.wait(timeout=60)
+    rest = srv.stderr.read()  # until the server exits: a sanitizer's report would be here
+    rc = srv.wait(timeout=60)
+    check(rc == 0 and "Sanitizer" not in rest, "server exit %d: %s" % (rc, rest[-2000:]))
     shutil.rmtree(tmp, ignore_errors=True)
 print("test_serve_openai: %s%s" % ("FAILED (%d)" % failed if failed else "ok",
                                    "" if jsonschema else " (jsonschema not installed: schemas not validated)"))
