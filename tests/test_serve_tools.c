@@ -343,6 +343,18 @@ static void test_replies(void) {
     CHECK(!strcmp(str(c, "finish_reason"), "tool_calls") && !strcmp(str(msg, "role"), "assistant") &&
           cJSON_IsNull(cJSON_GetObjectItem(msg, "content")) && cJSON_GetArraySize(cJSON_GetObjectItem(msg, "tool_calls")) == 1);
     CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(resp, "usage"), "completion_tokens")->valueint == 4);
+    { /* the same call in another response gets another id */
+        char *b2 = lmc_serve_ext_response(lmc_serve_format_response(LMC_SERVE_CHAT, "chatcmpl-9", 5, "m", &ch, 1, &u, false,
+                                                                    NULL),
+                                          &r.x, "hermes", texts, lens, 1);
+        cJSON *r2 = b2 ? cJSON_Parse(b2) : NULL;
+        const cJSON *m2 = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(r2, "choices"), 0), "message");
+        const char *id1 = str(cJSON_GetArrayItem(cJSON_GetObjectItem(msg, "tool_calls"), 0), "id");
+        const char *id2 = str(cJSON_GetArrayItem(cJSON_GetObjectItem(m2, "tool_calls"), 0), "id");
+        CHECK(id1 && id2 && !strncmp(id1, "call_", 5) && strlen(id1) == 29 && strcmp(id1, id2) != 0);
+        cJSON_Delete(r2);
+        free(b2);
+    }
     cJSON_Delete(resp);
     free(body);
     lmc_serve_request_free(&r);

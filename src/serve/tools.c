@@ -369,6 +369,27 @@ cJSON *lmc_serve_ext_reply(const struct lmc_serve_ext *x, const char *format, co
     return o;
 }
 
+/* Generated call ids ("call_" + a hash of the reply) made unique per
+ * response and choice, so that the same call made in two turns of a
+ * conversation does not repeat an id; ids the model gave are kept. */
+static void salt_ids(cJSON *rep, const char *rid, int index) {
+    cJSON *tc = cJSON_GetObjectItemCaseSensitive(rep, "tool_calls");
+    int k = 0;
+    for (cJSON *c = tc ? tc->child : NULL; c; c = c->next, k++) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+        if (!cJSON_IsString(id) || strncmp(id->valuestring, "call_", 5)) continue;
+        uint64_t h = 1469598103934665603ull;
+        for (const char *p = rid ? rid : ""; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        for (const char *p = id->valuestring; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        h = (h ^ (uint64_t)index) * 1099511628211ull;
+        h = (h ^ (uint64_t)k) * 1099511628211ull;
+        char buf[48];
+        snprintf(buf, sizeof buf, "call_%016llx%08llx", (unsigned long long)h,
+                 (unsigned long long)((h * 0x9e3779b97f4a7c15ull) >> 32));
+        cJSON_ReplaceItemInObjectCaseSensitive(c, "id", cJSON_CreateString(buf));
+    }
+}
+
 char *lmc_serve_ext_response(char *body, const struct lmc_serve_ext *x, const char *format, const char *const *texts,
                              const size_t *lens, int n) {
     cJSON *root = body ? cJSON_Parse(body) : NULL;
@@ -386,6 +407,8 @@ char *lmc_serve_ext_response(char *body, const struct lmc_serve_ext *x, const ch
             ok = false;
             break;
         }
+        const cJSON *rid = cJSON_GetObjectItemCaseSensitive(root, "id");
+        salt_ids(rep, cJSON_IsString(rid) ? rid->valuestring : NULL, i);
         cJSON_ReplaceItemInObjectCaseSensitive(msg, "content", cJSON_DetachItemFromObject(rep, "content"));
         cJSON *tc = cJSON_DetachItemFromObject(rep, "tool_calls");
         if (tc) cJSON_AddItemToObject(msg, "tool_calls", tc);
@@ -454,6 +477,7 @@ char *lmc_serve_ext_stream(const struct lmc_serve_ext *x, const char *format, co
                            const char *finish_reason) {
     cJSON *rep = lmc_serve_ext_reply(x, format, text, len, finish_reason);
     if (!rep) return NULL;
+    salt_ids(rep, id, index);
     struct sbuf b = {0};
     cJSON *d;
     if (first) {

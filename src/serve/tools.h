@@ -58,7 +58,9 @@ cJSON *lmc_serve_ext_reply(const struct lmc_serve_ext *x, const char *format, co
                            const char *finish_reason);
 
 /* A non-streamed chat response (JSON text, freed here) with each choice's
- * message rewritten by lmc_serve_ext_reply; returns the new text. */
+ * message rewritten by lmc_serve_ext_reply; returns the new text. Call ids
+ * lmc generated are made unique per response id and choice (here and in
+ * the streams). */
 char *lmc_serve_ext_response(char *body, const struct lmc_serve_ext *x, const char *format, const char *const *texts,
                              const size_t *lens, int n);
 
