@@ -31,7 +31,9 @@ ANSWER = {"type": "object", "properties": {
     "verse": {"type": "integer", "minimum": 1, "maximum": 176},
     "book": {"type": "string", "maxLength": 10},
     "tags": {"type": "array", "items": {"enum": ["law", "psalm", "gospel"]}, "minItems": 1, "maxItems": 3},
-    "note": {"anyOf": [{"type": "null"}, {"type": "boolean"}]}}, "required": ["verse", "book", "tags", "note"]}
+    "note": {"anyOf": [{"type": "null"}, {"type": "boolean"}]},
+    "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}(?:[a-c]|_x)?$"}},
+    "required": ["verse", "book", "tags", "note", "code"]}
 
 failed = 0
 
