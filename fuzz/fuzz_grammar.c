@@ -3,7 +3,8 @@
  * compiled (or refused with a message), the output fed byte by byte, and a
  * token mask computed over a small fixed vocabulary at the end; a mask must
  * never allow EOS unless the output is complete. The schema line is also
- * read as GBNF text. */
+ * read as GBNF text, and as a JSON Schema "pattern" regular expression
+ * (grammar_regex.c) whose string grammar is then fed the rest. */
 #include "core/core.h"
 #include "infer/grammar.h"
 
@@ -30,6 +31,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         lmc_grammar_free(g);
     } else LMC_ASSERT(!g && err.msg[0]);
     g = NULL;
+    memset(&err, 0, sizeof err);
+    if (lmc_grammar_new(&g, &err) == LMC_OK) { /* the line as a regex */
+        int r = lmc_grammar_regex_string(g, (const char *)data, sn, &err);
+        if (r < 0) LMC_ASSERT(err.msg[0]);
+        else if (lmc_grammar_finish(g, r, &err) == LMC_OK) {
+            struct lmc_grammar_state *s = NULL;
+            if (lmc_grammar_state_new(g, &s, &err) == LMC_OK) {
+                for (size_t i = 0; i < rn; i++)
+                    if (!lmc_grammar_accept(s, rest + i, 1)) break;
+                lmc_grammar_state_free(s);
+            }
+        }
+        lmc_grammar_free(g);
+        g = NULL;
+    }
     memset(&err, 0, sizeof err);
     if (lmc_grammar_from_json_schema((const char *)data, sn, &g, &err) != LMC_OK) {
         LMC_ASSERT(!g && err.msg[0]);

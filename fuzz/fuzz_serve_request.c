@@ -3,7 +3,10 @@
  * refused body must carry a 4xx/5xx status and a message; an accepted one
  * must satisfy the documented ranges, survive the length check and the
  * turn-stop addition, and format into a response and an error that are
- * valid JSON. */
+ * valid JSON; a chat request's messages and tools render through a template
+ * that shows tool calls (or are refused with a message), and its first
+ * message read back as a reply in tool mode gives a valid response and
+ * stream events (tools.c). */
 #include "serve/serve.h"
 #include "core/core.h"
 
@@ -60,6 +63,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct lmc_serve_choice ch = {text, strlen(text), "stop", NULL, 0};
         struct lmc_serve_usage u = {n_prompt, 1, 0};
         check_json(lmc_serve_format_response(kind, "id", 1, r.model ? r.model : "m", &ch, 1, &u, false, NULL));
+        LMC_ASSERT(r.r.grammar == r.x.grammar);
+        if (kind == LMC_SERVE_CHAT) {
+            struct lmc_chat_template *tt = NULL;
+            lmc_err te = {0};
+            LMC_ASSERT(lmc_chat_template_new("{% for t in tools or [] %}{{ t.function.name }}{% endfor %}"
+                                             "{% for m in messages %}{{ m.role }}{{ m.content }}{% for c in "
+                                             "m.tool_calls or [] %}{{ c.function.name }}{{ c.function.arguments | "
+                                             "tojson }}{% endfor %}{% endfor %}",
+                                             NULL, NULL, &tt, &te) == LMC_OK);
+            char *out = NULL;
+            if (lmc_serve_ext_render(tt, &r.x, &out, &te) != LMC_OK) LMC_ASSERT(te.msg[0]);
+            free(out);
+            lmc_chat_template_free(tt);
+            static const char *const fmts[] = {"hermes", "llama3", "mistral", "json"};
+            const char *f = fmts[size % 4];
+            check_json(lmc_serve_ext_response(
+                lmc_serve_format_response(kind, "id", 1, "m", &ch, 1, &u, false, NULL), &r.x, f, &text, &ch.text_len, 1));
+            char *ev = lmc_serve_ext_stream(&r.x, f, "id", 1, "m", 0, true, text, strlen(text), "stop");
+            for (char *d = ev ? strstr(ev, "data: ") : NULL; d; d = strstr(d + 1, "data: ")) {
+                char *end = strstr(d, "\n\n");
+                LMC_ASSERT(end != NULL);
+                *end = 0;
+                cJSON *j = cJSON_Parse(d + 6);
+                LMC_ASSERT(j != NULL);
+                cJSON_Delete(j);
+                *end = '\n';
+            }
+            free(ev);
+        }
         lmc_serve_request_free(&r);
         lmc_chat_template_free(ct);
     }

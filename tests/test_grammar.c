@@ -360,7 +360,8 @@ static void test_errors(void) {
     struct lmc_grammar *g = NULL;
     CHECK(lmc_grammar_from_json_schema("{\"allOf\": []}", 13, &g, &err) == LMC_ERR_UNSUPPORTED && !g);
     CHECK(strstr(err.msg, "allOf") != NULL);
-    CHECK(lmc_grammar_from_json_schema("{\"type\": \"string\", \"pattern\": \"a+\"}", 36, &g, &err) != LMC_OK);
+    const char *lookahead = "{\"type\": \"string\", \"pattern\": \"(?=a)\"}"; /* unsupported regex syntax */
+    CHECK(lmc_grammar_from_json_schema(lookahead, strlen(lookahead), &g, &err) != LMC_OK && strstr(err.msg, "lookaround"));
     CHECK(lmc_grammar_from_json_schema("{\"$ref\": \"#/$defs/missing\"}", 27, &g, &err) != LMC_OK);
     CHECK(lmc_grammar_from_json_schema("{\"type\": \"wat\"}", 15, &g, &err) != LMC_OK);
     CHECK(lmc_grammar_from_json_schema("{nope", 5, &g, &err) == LMC_ERR_ARG);

@@ -242,7 +242,7 @@ storm = [
     ("/v1/chat/completions", b"{\"messages\":[{\"role\":\"x\",\"content\":\"y\"}]}", 400),
     ("/v1/chat/completions", b"{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400),
     ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": long_prompt}]}).encode(), 400),
-    ("/v1/chat/completions", b"{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[]}", 400),
+    ("/v1/chat/completions", b"{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"functions\":[]}", 400),
     ("/v1/chat/completions", b"{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"top_logprobs\":3}", 400),
 ]
 def storm_once():

@@ -120,7 +120,7 @@ static void test_errors(void) {
     CHECK(parse(LMC_SERVE_COMPLETION, "{\"prompt\":\"a\",\"bogus\":1}", p) == 400 && !strcmp(p, "bogus"));
     CHECK(parse(LMC_SERVE_COMPLETION, "{\"prompt\":\"a\",\"messages\":[]}", p) == 400 && !strcmp(p, "messages"));
     CHECK(parse(LMC_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt\":\"a\"}", p) == 400);
-    CHECK(parse(LMC_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", p) == 400);
+    CHECK(parse(LMC_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"functions\":[]}", p) == 400);
     /* negative or absurd values */
     CHECK(parse(LMC_SERVE_COMPLETION, "{\"prompt\":\"a\",\"max_tokens\":-1}", p) == 400 && !strcmp(p, "max_tokens"));
     CHECK(parse(LMC_SERVE_COMPLETION, "{\"prompt\":\"a\",\"max_tokens\":0}", p) == 400);

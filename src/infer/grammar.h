@@ -35,10 +35,14 @@ lmc_status lmc_grammar_finish(struct lmc_grammar *g, int start, lmc_err *err);
 
 /* JSON Schema (a JSON text) -> grammar: type (object with properties and
  * required, array with items/minItems/maxItems, string with
- * minLength/maxLength/enum/const, integer, number, boolean, null, type
+ * minLength/maxLength/pattern/enum/const, integer, number, boolean, null, type
  * lists), enum, const, anyOf/oneOf, $ref to #/$defs or #/definitions,
  * nullable. Unsupported keywords are an error naming them. */
 lmc_status lmc_grammar_from_json_schema(const char *schema, size_t n, struct lmc_grammar **out, lmc_err *err);
+/* A rule for a JSON string (quotes included) whose value matches an
+ * ECMA-262 regular expression of the common kinds (grammar_regex.c lists
+ * them); -1 with err naming the construct otherwise. */
+int lmc_grammar_regex_string(struct lmc_grammar *g, const char *pattern, size_t n, lmc_err *err);
 /* GBNF text (llama.cpp's notation; start rule `root`; grammar_gbnf.c lists
  * what is supported). Errors name the line. */
 lmc_status lmc_grammar_from_gbnf(const char *text, size_t n, struct lmc_grammar **out, lmc_err *err);

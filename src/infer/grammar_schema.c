@@ -400,7 +400,15 @@ static int typed(struct sc *c, const cJSON *s, const char *type) {
     bool has_lo, has_hi;
     if (!strcmp(type, "string")) {
         int64_t mn = num_field(s, "minLength", &lo) ? bound_i64(lo) : 0, mx = num_field(s, "maxLength", &hi) ? bound_i64(hi) : -1;
-        if (cJSON_GetObjectItemCaseSensitive(s, "pattern")) return fail(c, "json schema: \"pattern\" is not supported%s", NULL);
+        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(s, "pattern");
+        if (pat) { /* a regular expression (grammar_regex.c) */
+            if (!cJSON_IsString(pat)) return fail(c, "json schema: \"pattern\" must be a string%s", NULL);
+            if (num_field(s, "minLength", &lo) || num_field(s, "maxLength", &hi))
+                return fail(c, "json schema: \"pattern\" together with minLength/maxLength is not supported%s", NULL);
+            int r = lmc_grammar_regex_string(c->g, pat->valuestring, strlen(pat->valuestring), c->err);
+            if (r < 0) c->failed = true;
+            return r;
+        }
         if (mn < 0 || (mx >= 0 && mx < mn)) return fail(c, "json schema: bad string length bounds%s", NULL);
         return string_rule(c, mn, mx);
     }

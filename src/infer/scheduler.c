@@ -11,7 +11,9 @@
  * blocks are released (full ones stay in the prefix cache) and it waits at
  * the front of the queue to recompute prompt + generated tokens; what it
  * already emitted stays emitted and its sampler state is kept, so its
- * output does not change. */
+ * output does not change. A request with a grammar (structured output)
+ * is sampled from its logits row with the tokens its parse state cannot
+ * take masked out; the state is freed before its last event. */
 #include "infer/scheduler.h"
 #include "core/core.h"
 #include "core/rng.h"
@@ -35,6 +37,7 @@ struct req {
     lmc_sched_fn fn;
     void *user;
     struct lmc_sampler smp;
+    struct lmc_grammar_state *gs;  /* structured output: the parse state, or NULL */
     struct lmc_detok dt;
     struct lmc_kv_seq seq;
     int64_t n_computed;            /* leading tokens whose K/V are in the cache */
@@ -54,6 +57,8 @@ struct lmc_sched {
     struct lmc_batch_acts acts;
     float *logits;                 /* (max_batch, V) host */
     int32_t *ids;                  /* (max_batch) host: argmax ids of an all-greedy step */
+    struct lmc_grammar_vocab *gv;  /* the vocabulary as bytes for grammar masks (built on first use) */
+    uint8_t *allowed;              /* (V) a grammar mask */
     struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
     int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows; /* this step's batch (host) */
     struct req **sched;            /* (max_batch) scheduled this step */
@@ -91,6 +96,7 @@ static int64_t n_total(const struct req *q) { return q->n_prompt + q->n_gen; }
 static void req_free(struct lmc_sched *s, struct req *q) {
     lmc_kv_seq_free(&s->kv, &q->seq);
     lmc_sampler_free(&q->smp);
+    lmc_grammar_state_free(q->gs);
     lmc_detok_free(&q->dt);
     for (int i = 0; i < LMC_SCHED_MAX_STOP; i++) free(q->stop[i]);
     free(q->toks);
@@ -99,6 +105,8 @@ static void req_free(struct lmc_sched *s, struct req *q) {
 
 static void emit_done(struct lmc_sched *s, struct req *q, const char *reason, const char *text,
                       size_t len) {
+    lmc_grammar_state_free(q->gs); /* the grammar it points to may go with the last event */
+    q->gs = NULL;
     struct lmc_sched_event ev = {0};
     ev.kind = LMC_EV_DONE;
     ev.req_id = q->id;
@@ -114,6 +122,8 @@ static void emit_done(struct lmc_sched *s, struct req *q, const char *reason, co
 }
 
 static void emit_error(struct lmc_sched *s, struct req *q, const char *msg) {
+    lmc_grammar_state_free(q->gs);
+    q->gs = NULL;
     s->n_finished++;
     struct lmc_sched_event ev = {0};
     ev.kind = LMC_EV_ERROR;
@@ -201,7 +211,7 @@ static bool is_eos(const struct lmc_sched *s, int32_t id) {
 static bool plain_greedy(const struct req *q) {
     const struct lmc_sampler_params *p = &q->r.sampling;
     return p->temperature == 0 && p->repeat_penalty == 1.0 && p->presence_penalty == 0 &&
-           p->frequency_penalty == 0 && q->r.top_logprobs < 0;
+           p->frequency_penalty == 0 && q->r.top_logprobs < 0 && !q->gs;
 }
 
 /* True when q's next token depends on its logits row alone (the sampler
@@ -212,7 +222,33 @@ static bool plain_greedy(const struct req *q) {
 static bool plain_sample(const struct req *q) {
     const struct lmc_sampler_params *p = &q->r.sampling;
     return p->repeat_penalty == 1.0 && p->presence_penalty == 0 && p->frequency_penalty == 0 &&
-           q->r.top_logprobs < 0;
+           q->r.top_logprobs < 0 && !q->gs;
+}
+
+/* Masks row to the tokens q's grammar state can take (eos where the text
+ * is complete). false with *msg set on a dead end or no memory. */
+static bool grammar_mask(struct lmc_sched *s, struct req *q, float *row, lmc_err *err) {
+    int64_t V = s->m->cfg.vocab_size;
+    if (!s->gv) {
+        const struct lmc_config *c = &s->m->cfg;
+        int32_t eos[LMC_MAX_EOS + 1];
+        int n_eos = 0;
+        for (int i = 0; i < c->n_eos && n_eos < LMC_MAX_EOS; i++) eos[n_eos++] = c->eos_token_ids[i];
+        if (s->tok && lmc_tokenizer_eos(s->tok) >= 0) eos[n_eos++] = lmc_tokenizer_eos(s->tok);
+        if (!s->tok) {
+            lmc_err_set(err, LMC_ERR_ARG, "structured output needs a tokenizer");
+            return false;
+        }
+        if (lmc_grammar_vocab_from_tokenizer(s->tok, V, eos, n_eos, &s->gv, err)) return false;
+    }
+    if (!s->allowed && !(s->allowed = malloc((size_t)V))) {
+        lmc_err_set(err, LMC_ERR_OOM, "structured output: out of memory");
+        return false;
+    }
+    if (lmc_grammar_mask(q->gs, s->gv, s->allowed, err)) return false;
+    for (int64_t v = 0; v < V; v++)
+        if (!s->allowed[v]) row[v] = -INFINITY;
+    return true;
 }
 
 /* Samples q's next token from row (row NULL: the token is *given, from the
@@ -220,11 +256,22 @@ static bool plain_sample(const struct req *q) {
  * finished (DONE or ERROR emitted). */
 static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row, int32_t given) {
     int64_t V = s->m->cfg.vocab_size;
+    if (q->gs) {
+        lmc_err gerr = {0};
+        if (!row || !grammar_mask(s, q, row, &gerr)) {
+            emit_error(s, q, row ? gerr.msg : "structured output: no logits row");
+            return true;
+        }
+    }
     int32_t id = row ? lmc_sampler_sample(&q->smp, row, q->toks, n_total(q)) : given;
     const char *piece;
     size_t plen;
     bool stopped;
-    if (!q->r.ignore_eos && is_eos(s, id)) {
+    if (q->gs && !lmc_grammar_accept_token(q->gs, s->gv, id)) {
+        emit_error(s, q, "structured output: the sampler chose a token the grammar does not allow");
+        return true;
+    }
+    if ((!q->r.ignore_eos || q->gs) && is_eos(s, id)) {
         lmc_detok_finish(&q->dt, &piece, &plen, &stopped);
         emit_done(s, q, "stop", piece, plen);
         return true;
@@ -532,6 +579,8 @@ static void sched_release(struct lmc_sched *s) {
     free(s->logits);
     free(s->ids);
     free(s->sprm);
+    lmc_grammar_vocab_free(s->gv);
+    free(s->allowed);
     free(s->b_ids);
     free(s->b_seq);
     free(s->b_pos);
@@ -689,6 +738,11 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
     lmc_kv_seq_init(&q->seq);
     lmc_status st = lmc_sampler_init(&q->smp, &r->sampling, c->vocab_size, err);
     if (st) {
+        free(q);
+        return st;
+    }
+    if (r->grammar && (st = lmc_grammar_state_new(r->grammar, &q->gs, err))) {
+        lmc_sampler_free(&q->smp);
         free(q);
         return st;
     }

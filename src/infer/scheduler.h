@@ -9,6 +9,7 @@
 #define LMC_SCHEDULER_H
 
 #include "lmc.h"
+#include "infer/grammar.h"
 #include "infer/sampler.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -41,6 +42,12 @@ struct lmc_request {
     int n_stop;
     bool ignore_eos;
     int top_logprobs;           /* 0..LMC_SCHED_MAX_TOP_LOGPROBS; <0: no logprobs */
+    /* structured output: sampling keeps the text a valid prefix of this
+     * grammar's language and ends only where it is complete (NULL: none).
+     * Borrowed: it must outlive the request's last event. The request gets
+     * its own parse state; the vocabulary's byte strings are built once per
+     * scheduler, on the first such request. */
+    const struct lmc_grammar *grammar;
 };
 
 enum lmc_sched_event_kind { LMC_EV_TOKEN = 0, LMC_EV_DONE, LMC_EV_ERROR };

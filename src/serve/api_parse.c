@@ -54,6 +54,7 @@ void lmc_serve_request_free(struct lmc_serve_request *r) {
     free(r->msgs);
     for (int i = 0; i < LMC_SCHED_MAX_STOP; i++) free(r->stops[i]);
     free(r->user);
+    lmc_serve_ext_free(&r->x);
     memset(r, 0, sizeof *r);
 }
 
@@ -208,7 +209,8 @@ static lmc_status parse_messages(const cJSON *it, const struct lmc_serve_limits 
         if (!cJSON_IsObject(m))
             return lmc_serve_fail(e, 400, param, "invalid_type", "'%s' must be an object", param);
         for (const cJSON *f = m->child; f; f = f->next)
-            if (strcmp(f->string, "role") && strcmp(f->string, "content") && strcmp(f->string, "name")) {
+            if (strcmp(f->string, "role") && strcmp(f->string, "content") && strcmp(f->string, "name") &&
+                strcmp(f->string, "tool_calls") && strcmp(f->string, "tool_call_id")) {
                 snprintf(param, sizeof param, "messages[%d].%.32s", i, f->string);
                 return lmc_serve_fail(e, 400, param, "unsupported_parameter",
                                       "unsupported field '%s' in a message", param);
@@ -219,9 +221,9 @@ static lmc_status parse_messages(const cJSON *it, const struct lmc_serve_limits 
             return lmc_serve_fail(e, 400, param, "invalid_type", "'%s' must be a string", param);
         const char *rs = role->valuestring;
         if (!strcmp(rs, "developer")) rs = "system";
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") && strcmp(rs, "tool"))
             return lmc_serve_fail(e, 400, param, "invalid_value",
-                                  "'%s' must be system, developer, user or assistant", param);
+                                  "'%s' must be system, developer, user, assistant or tool", param);
         char *content = NULL;
         if (parse_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, e, &content)) return e->err.status;
         char *rd = dup_str(rs, e);
@@ -261,9 +263,11 @@ static const char *const common_fields[] = {
     "model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "min_p",
     "seed", "stop", "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs",
     "user", "ignore_eos", "best_of", "logit_bias", NULL};
-static const char *const completion_fields[] = {"prompt", "echo", "suffix", "add_special_tokens", NULL};
+static const char *const completion_fields[] = {"prompt", "echo", "suffix", "add_special_tokens",
+                                                "response_format", NULL};
 static const char *const chat_fields[] = {"messages", "top_logprobs", "max_completion_tokens",
-                                          "response_format", NULL};
+                                          "response_format", "tools", "tool_choice",
+                                          "parallel_tool_calls", NULL};
 
 static bool in_list(const char *const *l, const char *s) {
     for (; *l; l++)
@@ -376,16 +380,10 @@ static lmc_status parse_object(enum lmc_serve_kind kind, const cJSON *root, cons
             r->logprobs = true;
             r->r.top_logprobs = got ? (int)v : 0;
         }
-        const cJSON *rf = G("response_format");
-        if (rf && !cJSON_IsNull(rf)) {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(rf, "type");
-            if (!cJSON_IsObject(rf) || !cJSON_IsString(t) || strcmp(t->valuestring, "text"))
-                return lmc_serve_fail(e, 400, "response_format", "unsupported_parameter",
-                                      "only 'response_format': {\"type\": \"text\"} is supported");
-        }
         r->add_special = 0;
         if (parse_messages(G("messages"), lim, r, e)) return e->err.status;
     }
+    if (lmc_serve_ext_parse(root, r, e)) return e->err.status; /* tools, tool_choice, response_format */
 #undef G
     lmc_err se = {0};
     if (lmc_sampler_check(p, &se))

@@ -10,6 +10,7 @@
 
 #include "lmc.h"
 #include "infer/scheduler.h"
+#include "serve/tools.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -60,6 +61,7 @@ struct lmc_serve_request {
     bool echo;                        /* completions: prepend the prompt to the text */
     int add_special;                  /* -1 default, 0/1 as sent (add_special_tokens) */
     char *user;
+    struct lmc_serve_ext x;           /* tools, tool_choice, response_format (tools.h) */
 };
 
 /* Parses a request body (len bytes, need not be NUL-terminated) for the

@@ -196,6 +196,7 @@ struct choice_acc {                   /* what a choice has produced so far */
     int64_t completion_tokens;
     double t_last;
     bool first_sent;
+    size_t sent;                      /* tool mode "auto", streamed: bytes of text sent as content */
 };
 
 enum gen_end {                        /* why a request ends; the first reason wins */
@@ -370,7 +371,7 @@ static lmc_status build_prompt(struct lmc_server *s, struct lmc_serve_request *r
                                                      : "this model has no chat template "
                                                        "(tokenizer_config.json); use /v1/completions");
         char *text = NULL;
-        if (lmc_chat_template_render_msgs(s->chat, r->msgs, r->n_msgs, &text, &err))
+        if (lmc_serve_ext_render(s->chat, &r->x, &text, &err)) /* messages and tools (tools.c) */
             return lmc_serve_fail(e, 400, "messages", "invalid_value", "%s", err.msg);
         lmc_status st = lmc_tokenizer_encode(s->tok, text, strlen(text), false, ids, n, &err);
         free(text);
@@ -472,6 +473,39 @@ static int gen_submit(struct gen *g, struct lmc_serve_error *e) {
     return 0;
 }
 
+/* Replies are read as tool calls (tools.c): tools given, tool_choice not none. */
+static bool tool_mode(const struct gen *g) {
+    return g->r->kind == LMC_SERVE_CHAT && g->s->chat && lmc_serve_ext_tool_mode(&g->r->x);
+}
+
+/* A named tool_choice streams its arguments as they come (tools.c); true
+ * when it handled the event. */
+static bool named_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
+    struct lmc_serve_request *r = g->r;
+    if (!tool_mode(g) || r->x.choice != LMC_SERVE_TOOLS_NAMED) return false;
+    char *ev = lmc_serve_ext_stream_named(&r->x, g->id, g->created, g->s->model_name, nd->choice, !a->first_sent,
+                                          nd->text ? nd->text : "", nd->len, finish);
+    a->first_sent = true;
+    if (!ev) gen_end(g, END_FAILED, "out of memory");
+    else if (ev[0] && !w_write(&g->w, ev, strlen(ev))) gen_end(g, END_CLIENT_GONE, NULL);
+    free(ev);
+    g->t_write = lmc_time_now();
+    return true;
+}
+
+/* tool_choice auto, streamed: content as it comes, up to where a call may
+ * begin; the rest read as calls at the end (tools.c). */
+static void auto_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
+    char *ev = lmc_serve_ext_stream_auto(&g->r->x, lmc_chat_template_tool_format(g->s->chat), g->id, g->created,
+                                         g->s->model_name, nd->choice, !a->first_sent, a->text ? a->text : "", a->len,
+                                         &a->sent, finish);
+    a->first_sent = true;
+    if (!ev) gen_end(g, END_FAILED, "out of memory");
+    else if (ev[0] && !w_write(&g->w, ev, strlen(ev))) gen_end(g, END_CLIENT_GONE, NULL);
+    free(ev);
+    g->t_write = lmc_time_now();
+}
+
 /* One queued event. */
 static void gen_event(struct gen *g, const struct ev_node *nd) {
     struct lmc_server *s = g->s;
@@ -483,9 +517,11 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
         a->t_last = nd->t;
         a->completion_tokens++;
         if (g->end != END_NONE) return;
-        if (!g->stream) {
+        if (g->stream && named_stream(g, a, nd, NULL)) return;
+        if (!g->stream || tool_mode(g)) { /* tool mode streams the reply once it is read as calls */
             if (!acc_text(a, nd->text ? nd->text : "", nd->len) || (r->logprobs && !acc_tok(a, &nd->tk)))
                 gen_end(g, END_FAILED, "out of memory");
+            if (g->stream && g->end == END_NONE && r->x.choice == LMC_SERVE_TOOLS_AUTO) auto_stream(g, a, nd, NULL);
             return;
         }
         if (!nd->len && !r->logprobs && (r->kind != LMC_SERVE_CHAT || a->first_sent)) return;
@@ -504,8 +540,22 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
         lmc_serve_metrics_finish(s->metrics, g->end != END_NONE ? "cancelled" : nd->finish, nd->completion_tokens,
                                  nd->t - g->t0);
         if (g->end != END_NONE) return;
-        if (!g->stream) {
+        if (g->stream && named_stream(g, a, nd, nd->finish)) return;
+        if (!g->stream || tool_mode(g)) {
             if (!acc_text(a, nd->text ? nd->text : "", nd->len)) gen_end(g, END_FAILED, "out of memory");
+            if (!g->stream || g->end != END_NONE) return;
+            if (r->x.choice == LMC_SERVE_TOOLS_AUTO) {
+                auto_stream(g, a, nd, nd->finish);
+                return;
+            }
+            char *ev = lmc_serve_ext_stream(&r->x, lmc_chat_template_tool_format(s->chat), g->id, g->created,
+                                            s->model_name, nd->choice, !a->first_sent, a->text ? a->text : "",
+                                            a->len, nd->finish);
+            a->first_sent = true;
+            if (!ev) gen_end(g, END_FAILED, "out of memory");
+            else if (!w_write(&g->w, ev, strlen(ev))) gen_end(g, END_CLIENT_GONE, NULL);
+            free(ev);
+            g->t_write = lmc_time_now();
             return;
         }
         char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, s->model_name, nd->choice,
@@ -595,6 +645,19 @@ static int gen_respond(struct gen *g) {
         body = chs ? lmc_serve_format_response(r->kind, g->id, g->created, s->model_name, chs, r->n, &g->u,
                                                r->logprobs, s->tok)
                    : NULL;
+        if (chs && tool_mode(g)) { /* replies read as tool calls (tools.c) */
+            const char **texts = calloc((size_t)r->n, sizeof *texts);
+            size_t *lens = calloc((size_t)r->n, sizeof *lens);
+            for (int i = 0; texts && lens && i < r->n; i++) {
+                texts[i] = chs[i].text;
+                lens[i] = chs[i].text_len;
+            }
+            body = texts && lens ? lmc_serve_ext_response(body, &r->x, lmc_chat_template_tool_format(s->chat), texts,
+                                                          lens, r->n)
+                                 : (free(body), NULL);
+            free(texts);
+            free(lens);
+        }
         free(chs);
     }
     if (!g->w.started) return send_json(s, g->c, http, body, NULL);
