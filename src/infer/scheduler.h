@@ -41,6 +41,8 @@ struct lmc_request {
     int n_stop;
     bool ignore_eos;
     int top_logprobs;           /* 0..LMC_SCHED_MAX_TOP_LOGPROBS; <0: no logprobs */
+    int adapter;                /* the model's serving adapter (train/lora_bank.h), 1..n; 0: the base.
+                                 * Its prefix-cache blocks are its own (never shared across adapters) */
 };
 
 enum lmc_sched_event_kind { LMC_EV_TOKEN = 0, LMC_EV_DONE, LMC_EV_ERROR };
