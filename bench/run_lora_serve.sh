@@ -37,7 +37,11 @@ done
 {
   echo "## Run at $(date -u +%FT%TZ)"
   echo
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tools || echo ' (+ uncommitted changes)')"
+  if git rev-parse --short HEAD >/dev/null 2>&1; then
+    echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tools || echo ' (+ uncommitted changes)')"
+  else
+    echo "- commit: ${COMMIT:-unknown} (tree without .git)"
+  fi
   echo "- device: $DEVICE; $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)$( [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/; GPU /')"
   echo "- model: $MODEL; 4 adapters of rank $R on all seven linears; lmc serve --threads $THREADS --max-batch $C --no-prefix-cache"
   echo "- load: concurrency $C, $N streaming requests per mix, prompt $P tokens, $M new tokens (ignore_eos), greedy"
