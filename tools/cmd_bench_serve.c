@@ -3,7 +3,9 @@
  * requests of P prompt tokens (given as token ids, so the length is exact)
  * and M generated tokens (ignore_eos), then prints throughput and
  * percentiles of time to first token, inter-token latency and request
- * latency. Plain POSIX sockets and HTTP/1.1 (no TLS): no dependency. */
+ * latency. --model A,B,... makes request k name the (k mod count)-th model
+ * (mixed-adapter runs). Plain POSIX sockets and HTTP/1.1 (no TLS): no
+ * dependency. */
 #include "cli.h"
 #include "core/core.h"
 
