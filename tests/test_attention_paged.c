@@ -182,7 +182,7 @@ static void test_forward_batch(const char *dir, int threads) {
                 rows[T] = (int32_t)T;
             }
         }
-        struct lmc_batch b = {T, bid, bseq, bpos, NS, bt, MAXB, rows, T};
+        struct lmc_batch b = {T, bid, bseq, bpos, NS, bt, MAXB, rows, T, NULL};
         CHECK_MSG(lmc_model_forward_batch(&m, &be, &ba, &pool, &b, logits, &err) == LMC_OK, "%s", err.msg);
         for (int64_t t = 0; t < T; t++)
             worst = LMC_MAX(worst, max_rel(logits + t * V, ref[bseq[t]] + bpos[t] * V, V));
@@ -190,9 +190,9 @@ static void test_forward_batch(const char *dir, int threads) {
     CHECK_MSG(worst <= 1e-5, "%s: forward_batch vs forward %g", dir, worst);
     /* bad input is an error, not a crash */
     int32_t bad_id = (int32_t)V, zero = 0, far = MAXB * BS;
-    struct lmc_batch b1 = {1, &bad_id, &zero, &zero, NS, bt, MAXB, rows, 1};
+    struct lmc_batch b1 = {1, &bad_id, &zero, &zero, NS, bt, MAXB, rows, 1, NULL};
     CHECK(lmc_model_forward_batch(&m, &be, &ba, &pool, &b1, logits, &err) == LMC_ERR_ARG);
-    struct lmc_batch b2 = {1, &zero, &zero, &far, NS, bt, MAXB, rows, 1};
+    struct lmc_batch b2 = {1, &zero, &zero, &far, NS, bt, MAXB, rows, 1, NULL};
     CHECK(lmc_model_forward_batch(&m, &be, &ba, &pool, &b2, logits, &err) == LMC_ERR_ARG);
     for (int s = 0; s < NS; s++) free(ref[s]);
     free(logits);

@@ -3,7 +3,9 @@
  * requests of P prompt tokens (given as token ids, so the length is exact)
  * and M generated tokens (ignore_eos), then prints throughput and
  * percentiles of time to first token, inter-token latency and request
- * latency. Plain POSIX sockets and HTTP/1.1 (no TLS): no dependency. */
+ * latency. --model A,B,... makes request k name the (k mod count)-th model
+ * (mixed-adapter runs). Plain POSIX sockets and HTTP/1.1 (no TLS): no
+ * dependency. */
 #include "cli.h"
 #include "core/core.h"
 
@@ -81,8 +83,17 @@ static bool one_request(struct bench *b, int64_t k, double *itl, int64_t *n_itl,
         snprintf(err, errcap, "out of memory");
         goto out;
     }
-    size_t n = (size_t)snprintf(body, cap, "{%s%s%s\"prompt\":[", b->model ? "\"model\":\"" : "",
-                                b->model ? b->model : "", b->model ? "\"," : "");
+    /* --model A,B,...: request k names the (k mod count)-th (mixed-adapter runs) */
+    const char *mname = b->model ? b->model : "";
+    int mlen = (int)strcspn(mname, ",");
+    if (b->model) {
+        int64_t count = 1;
+        for (const char *c = b->model; *c; c++) count += *c == ',';
+        for (int64_t j = 0; j < k % count; j++) mname += strcspn(mname, ",") + 1;
+        mlen = (int)strcspn(mname, ",");
+    }
+    size_t n = (size_t)snprintf(body, cap, "{%s%.*s%s\"prompt\":[", b->model ? "\"model\":\"" : "", mlen,
+                                mname, b->model ? "\"," : "");
     for (int64_t i = 0; i < b->prompt_len; i++) /* distinct per request: no prefix-cache hits */
         n += (size_t)snprintf(body + n, cap - n, "%s%lld", i ? "," : "", (long long)(10 + (k * 37 + i * 13) % 240));
     n += (size_t)snprintf(body + n, cap - n,
@@ -224,7 +235,7 @@ int cmd_bench_serve(int argc, char **argv) {
         }
         if (!v) {
             fprintf(stderr, "usage: lmc bench-serve --url http://HOST:PORT [--concurrency C] [--requests N]\n"
-                            "       [--prompt-len P] [--max-tokens M] [--api-key KEY] [--model NAME] [--json]\n");
+                            "       [--prompt-len P] [--max-tokens M] [--api-key KEY] [--model NAME[,NAME...]] [--json]\n");
             return 2;
         }
         i++;

@@ -7,6 +7,7 @@
 #include "core/core.h"
 #include "infer/scheduler.h"
 #include "serve/serve.h"
+#include "train/lora_bank.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -50,6 +51,79 @@ static lmc_status eng_submit(void *ctx, const int32_t *prompt, int64_t n, const 
 static void eng_cancel(void *ctx, uint64_t id) { lmc_sched_cancel(ctx, id); }
 static void eng_stats(void *ctx, struct lmc_sched_stats *st) { lmc_sched_stats(ctx, st); }
 
+/* ---- named adapters (multi-adapter serving): --lora NAME=DIR[:SCALE] */
+#define SERVE_MAX_ADAPTERS 32
+struct serve_adapters {
+    int n;
+    char name[SERVE_MAX_ADAPTERS][128];
+    const char *names[SERVE_MAX_ADAPTERS];
+    char dir[SERVE_MAX_ADAPTERS][1024];
+    double mul[SERVE_MAX_ADAPTERS];
+    struct lmc_lora lora[SERVE_MAX_ADAPTERS];
+    int n_loaded;
+    struct lmc_lora_bank bank;
+    bool bound;
+};
+
+/* A --lora value NAME=DIR[:SCALE] (a NAME has no '/'): 1 taken, 0 not a
+ * named adapter (a plain DIR[:SCALE], applied to every request), -1 bad. */
+static int named_adapter_arg(struct serve_adapters *a, const char *v) {
+    const char *eq = strchr(v, '=');
+    if (!eq || memchr(v, '/', (size_t)(eq - v))) return 0;
+    size_t nl = (size_t)(eq - v);
+    if (nl == 0 || nl >= sizeof a->name[0]) {
+        fprintf(stderr, "lmc serve: --lora '%s': expected NAME=DIR[:SCALE] with a name of 1..127 bytes\n", v);
+        return -1;
+    }
+    if (a->n == SERVE_MAX_ADAPTERS) {
+        fprintf(stderr, "lmc serve: at most %d named adapters\n", SERVE_MAX_ADAPTERS);
+        return -1;
+    }
+    struct cli_common tmp = {0};
+    if (!cli_lora_arg(&tmp, eq + 1)) return -1;
+    memcpy(a->name[a->n], v, nl);
+    a->name[a->n][nl] = 0;
+    for (int k = 0; k < a->n; k++)
+        if (!strcmp(a->name[k], a->name[a->n])) {
+            fprintf(stderr, "lmc serve: adapter name '%s' given twice\n", a->name[k]);
+            return -1;
+        }
+    snprintf(a->dir[a->n], sizeof a->dir[0], "%s", tmp.lora_dir[0]);
+    a->mul[a->n] = tmp.lora_mul[0];
+    a->names[a->n] = a->name[a->n];
+    a->n++;
+    return 1;
+}
+
+/* Loads the named adapters and binds them side by side (per request). */
+static int open_adapters(struct serve_adapters *a, struct cli_model *cm, const char *base) {
+    lmc_err err = {0};
+    const struct lmc_lora *los[SERVE_MAX_ADAPTERS];
+    for (int k = 0; k < a->n; k++) {
+        if (!strcmp(a->name[k], base)) {
+            fprintf(stderr, "lmc serve: adapter name '%s' is the base model's name (--model-name)\n", base);
+            return 1;
+        }
+        if (lmc_lora_load(&a->lora[k], a->dir[k], &cm->model.cfg, &err)) {
+            char what[200];
+            snprintf(what, sizeof what, "--lora %s", a->name[k]);
+            return cli_fail(what, &err);
+        }
+        a->n_loaded++;
+        los[k] = &a->lora[k];
+    }
+    if (lmc_lora_bank_bind(&a->bank, &cm->model, los, a->mul, a->n, &cm->be, &err)) return cli_fail("--lora", &err);
+    a->bound = true;
+    return 0;
+}
+
+static void close_adapters(struct serve_adapters *a, struct cli_model *cm) {
+    if (a->bound) lmc_lora_bank_unbind(&a->bank, &cm->model);
+    for (int k = 0; k < a->n_loaded; k++) lmc_lora_free(&a->lora[k]);
+    a->bound = false;
+    a->n_loaded = 0;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc serve -m DIR [--host 127.0.0.1] [--port 8080] [--device cpu|cuda]\n"
@@ -58,7 +132,8 @@ static void usage(void) {
             "                 [--max-connections N] [--max-active N] [--max-body SIZE]\n"
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
-            "                 [--prefix-cache-blocks N]\n"
+            "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
+            "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -73,7 +148,17 @@ int cmd_serve(int argc, char **argv) {
     size_t kv_bytes = 0;
     int64_t kv_blocks = 0;
     so.api_key = getenv("LMC_API_KEY");
+    struct serve_adapters ad; /* about 80 KB */
+    memset(&ad, 0, sizeof ad);
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--lora") && i + 1 < argc) {
+            int t = named_adapter_arg(&ad, argv[i + 1]);
+            if (t < 0) return 2;
+            if (t > 0) {
+                i++;
+                continue;
+            }
+        }
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -150,12 +235,20 @@ int cmd_serve(int argc, char **argv) {
 
     struct cli_model cm;
     if (cli_open(&cm, &c, true)) return 1;
+    if (ad.n && open_adapters(&ad, &cm, name)) {
+        close_adapters(&ad, &cm);
+        cli_close(&cm);
+        return 1;
+    }
+    so.adapter_names = ad.names;
+    so.n_adapters = ad.n;
     lmc_err err = {0};
     sc.ctx = cli_ctx(&c, &cm.model);
     sc.kv_blocks = kv_blocks;
     sc.kv_bytes = kv_bytes;
     struct lmc_sched *sched = NULL;
     if (lmc_sched_init(&sched, &cm.model, &cm.be, cm.tok, &sc, &err)) {
+        close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("scheduler", &err);
     }
@@ -165,6 +258,7 @@ int cmd_serve(int argc, char **argv) {
     struct lmc_server *srv = NULL;
     if (lmc_server_start(&srv, &so, &eng, cm.tok, &err)) {
         lmc_sched_free(sched);
+        close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("serve", &err);
     }
@@ -183,6 +277,9 @@ int cmd_serve(int argc, char **argv) {
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
                 (long long)st.prefix_cache_blocks_max, sc.max_batch,
                 so.api_key && *so.api_key ? ", API key required" : "");
+    for (int k = 0; k < ad.n; k++)
+        fprintf(stderr, "lmc serve: adapter %s = %s (scale x%g, r %lld)\n", ad.name[k], ad.dir[k], ad.mul[k],
+                (long long)ad.lora[k].cfg.r);
     fprintf(stderr, "lmc serve: listening on http://%s%s%s:%d\n", strchr(so.host, ':') ? "[" : "", so.host,
             strchr(so.host, ':') ? "]" : "", lmc_server_port(srv));
     while (!stop_signal) {
@@ -192,6 +289,7 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
     lmc_sched_free(sched);
+    close_adapters(&ad, &cm);
     cli_close(&cm);
     return 0;
 }

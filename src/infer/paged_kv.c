@@ -165,11 +165,16 @@ static bool grow(struct lmc_kv_seq *s, int64_t n) {
 
 void lmc_kv_seq_init(struct lmc_kv_seq *s) { memset(s, 0, sizeof *s); }
 
+void lmc_kv_seq_set_namespace(struct lmc_kv_seq *s, uint64_t key) {
+    LMC_ASSERT(s->n_blocks == 0);
+    s->root = s->last_hash = key;
+}
+
 void lmc_kv_seq_release(struct lmc_paged_kv *kv, struct lmc_kv_seq *s) {
     for (int64_t i = s->n_blocks - 1; i >= 0; i--) drop_block(kv, s->blocks[i]);
     s->n_blocks = 0;
     s->n_hashed = 0;
-    s->last_hash = 0;
+    s->last_hash = s->root;
 }
 
 void lmc_kv_seq_free(struct lmc_paged_kv *kv, struct lmc_kv_seq *s) {
@@ -184,7 +189,7 @@ int64_t lmc_kv_seq_match_prefix(struct lmc_paged_kv *kv, struct lmc_kv_seq *s,
     if (!kv->prefix_cache) return 0;
     int64_t bs = kv->block_size, lim = LMC_MIN(n, max_tokens), b = 0;
     kv->queries_tokens += n;
-    uint64_t prev = 0;
+    uint64_t prev = s->root;
     for (; (b + 1) * bs <= lim; b++) {
         uint64_t h = block_hash(prev, ids + b * bs, bs);
         int32_t blk = lookup(kv, h, prev, ids + b * bs);
@@ -275,5 +280,6 @@ bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const stru
     dst->n_blocks = src->n_blocks;
     dst->n_hashed = src->n_hashed;
     dst->last_hash = src->last_hash;
+    dst->root = src->root;
     return true;
 }

@@ -51,7 +51,8 @@ struct lmc_kv_seq {
     int32_t *blocks;           /* (cap) block ids, position p in blocks[p / block_size] */
     int64_t n_blocks, cap;
     int64_t n_hashed;          /* leading blocks registered (or found) in the cache */
-    uint64_t last_hash;        /* chained hash of block n_hashed - 1 (0 before any) */
+    uint64_t last_hash;        /* chained hash of block n_hashed - 1 (root before any) */
+    uint64_t root;             /* the chain's start: its prefix-cache namespace (0: the base model) */
 };
 
 /* Allocates the memory for n_blocks blocks through be and the tables. */
@@ -73,6 +74,11 @@ static inline int64_t lmc_paged_kv_available(const struct lmc_paged_kv *kv) {
 }
 
 void lmc_kv_seq_init(struct lmc_kv_seq *s);
+/* Puts s (empty) in prefix-cache namespace key: its blocks are found and
+ * registered under chains that start from key, so sequences of different
+ * namespaces (e.g. different LoRA adapters over one base) never share
+ * blocks even with equal tokens. 0 is the default namespace. */
+void lmc_kv_seq_set_namespace(struct lmc_kv_seq *s, uint64_t key);
 /* Drops every block (ref--, registered ones go to the LRU, the last block
  * first so a prefix outlives its continuations) and empties the table. */
 void lmc_kv_seq_release(struct lmc_paged_kv *kv, struct lmc_kv_seq *s);

@@ -60,7 +60,7 @@ struct lmc_sched {
     struct lmc_grammar_vocab *gv;  /* the vocabulary as bytes for grammar masks (built on first use) */
     uint8_t *allowed;              /* (V) a grammar mask */
     struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
-    int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows; /* this step's batch (host) */
+    int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows, *b_ad; /* this step's batch (host) */
     struct req **sched;            /* (max_batch) scheduled this step */
     uint32_t *blk_seen;            /* (kv blocks) publish_stats' visit stamp of each block */
     int32_t *blk_fill;             /* (kv blocks) tokens counted in it this visit */
@@ -366,9 +366,24 @@ static void step(struct lmc_sched *s) {
     int64_t T = 0, ns = 0, nl = 0, mb = s->max_blocks;
     bool greedy = true; /* every sampled sequence plain_greedy */
     bool plain = s->be->sample_rows != NULL; /* every sampled sequence plain_sample */
-    for (int64_t i = 0; i < s->n_running; i++) {
-        struct req *q = s->running[i];
-        if (!q->take) continue;
+    /* the scheduled sequences in admission order, then stably by adapter:
+     * each adapter's rows contiguous, one GEMM pair per adapter */
+    int64_t nsch = 0;
+    bool adapters = false;
+    for (int64_t i = 0; i < s->n_running; i++)
+        if (s->running[i]->take) {
+            struct req *q = s->running[i];
+            int64_t k = nsch++;
+            adapters = adapters || q->r.adapter;
+            while (k > 0 && s->sched[k - 1]->r.adapter > q->r.adapter) {
+                s->sched[k] = s->sched[k - 1];
+                k--;
+            }
+            s->sched[k] = q;
+        }
+    for (int64_t i = 0; i < nsch; i++) {
+        struct req *q = s->sched[i];
+        s->b_ad[ns] = q->r.adapter;
         q->slot = (int)ns;
         s->sched[ns] = q;
         int32_t *bt = s->b_bt + ns * mb;
@@ -387,7 +402,8 @@ static void step(struct lmc_sched *s) {
         ns++;
     }
     if (!ns) return;
-    struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl};
+    struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl,
+                          adapters ? s->b_ad : NULL};
     lmc_err err = {0};
     if (!nl) greedy = plain = false;
     if (plain && !greedy) { /* the uniforms, in logits-row order (the order of sched) */
@@ -585,6 +601,7 @@ static void sched_release(struct lmc_sched *s) {
     free(s->b_seq);
     free(s->b_pos);
     free(s->b_rows);
+    free(s->b_ad);
     free(s->b_bt);
     free(s->sched);
     free(s->blk_seen);
@@ -651,12 +668,13 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         s->b_seq = malloc((size_t)T * sizeof(int32_t));
         s->b_pos = malloc((size_t)T * sizeof(int32_t));
         s->b_rows = malloc((size_t)B * sizeof(int32_t));
+        s->b_ad = malloc((size_t)B * sizeof(int32_t));
         s->b_bt = malloc((size_t)(B * per_seq) * sizeof(int32_t));
         s->sched = malloc((size_t)B * sizeof *s->sched);
         s->running = malloc((size_t)B * sizeof *s->running);
         s->blk_seen = calloc((size_t)s->kv.n_blocks, sizeof *s->blk_seen);
         s->blk_fill = malloc((size_t)s->kv.n_blocks * sizeof *s->blk_fill);
-        if (!s->logits || !s->ids || !s->sprm || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_bt ||
+        if (!s->logits || !s->ids || !s->sprm || !s->b_ids || !s->b_seq || !s->b_pos || !s->b_rows || !s->b_ad || !s->b_bt ||
             !s->sched || !s->running || !s->blk_seen || !s->blk_fill)
             st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
     }
@@ -733,9 +751,14 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
                                prompt[i], (long long)i, (long long)c->vocab_size - 1);
     for (int i = 0; i < r->n_stop; i++)
         if (!r->stop[i]) return lmc_err_set(err, LMC_ERR_ARG, "stop string %d is NULL", i);
+    int n_ad = s->m->row_groups ? s->m->row_groups->n_ids : 0;
+    if (r->adapter < 0 || r->adapter > n_ad)
+        return lmc_err_set(err, LMC_ERR_ARG, "adapter %d: the model has %d serving adapters", r->adapter, n_ad);
     struct req *q = calloc(1, sizeof *q);
     if (!q) return lmc_err_set(err, LMC_ERR_OOM, "request: out of memory");
     lmc_kv_seq_init(&q->seq);
+    /* each adapter's prefix-cache namespace: a fixed odd mix of its id (0 for the base) */
+    if (r->adapter) lmc_kv_seq_set_namespace(&q->seq, (uint64_t)r->adapter * UINT64_C(0x9e3779b97f4a7c15) | 1);
     lmc_status st = lmc_sampler_init(&q->smp, &r->sampling, c->vocab_size, err);
     if (st) {
         free(q);

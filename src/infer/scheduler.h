@@ -48,6 +48,8 @@ struct lmc_request {
      * its own parse state; the vocabulary's byte strings are built once per
      * scheduler, on the first such request. */
     const struct lmc_grammar *grammar;
+    int adapter;                /* the model's serving adapter (train/lora_bank.h), 1..n; 0: the base.
+                                 * Its prefix-cache blocks are its own (never shared across adapters) */
 };
 
 enum lmc_sched_event_kind { LMC_EV_TOKEN = 0, LMC_EV_DONE, LMC_EV_ERROR };

@@ -189,6 +189,39 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
     return LMC_OK;
 }
 
+/* Fills the model's row groups from the batch's per-sequence adapters
+ * (model.h row_groups, linear.h): one group per adapter, its tokens
+ * contiguous. */
+static lmc_status group_rows(const struct lmc_model *m, const struct lmc_batch *b, lmc_err *err) {
+    struct lmc_row_groups *g = m->row_groups;
+    int n_ids = g ? g->n_ids : 0;
+    for (int64_t s = 0; s < b->n_seqs; s++)
+        if (b->adapter[s] < 0 || b->adapter[s] > n_ids)
+            return lmc_err_set(err, LMC_ERR_ARG, "sequence %lld: adapter %d, the model has %d",
+                               (long long)s, b->adapter[s], n_ids);
+    if (!g) return LMC_OK;
+    g->n = 0;
+    g->total = b->n_tokens;
+    for (int64_t i = 0; i < b->n_tokens; i++) {
+        int32_t a = b->adapter[b->seq[i]];
+        if (!a) continue;
+        if (g->n && g->id[g->n - 1] == a && g->row0[g->n - 1] + g->rows[g->n - 1] == i) {
+            g->rows[g->n - 1]++;
+            continue;
+        }
+        for (int k = 0; k < g->n; k++)
+            if (g->id[k] == a) {
+                g->n = 0;
+                return lmc_err_set(err, LMC_ERR_ARG, "forward batch: the tokens of adapter %d are not contiguous", a);
+            }
+        LMC_ASSERT(g->n < n_ids);
+        g->id[g->n] = a;
+        g->row0[g->n] = i;
+        g->rows[g->n++] = 1;
+    }
+    return LMC_OK;
+}
+
 /* Uploads per-sequence rotary frequencies (each for its sequence's length
  * after this step, as forward.c does per chunk) and fills scale_host with
  * their cos/sin scales; returns true when every sequence's row is the same
@@ -217,6 +250,7 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
                                     struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
                                     const struct lmc_batch *b, lmc_err *err) {
     lmc_status st = check_batch(m, ba, kv, b, err);
+    if (!st && b->adapter) st = group_rows(m, b, err);
     if (st) return st;
     const struct lmc_config *c = &m->cfg;
     struct lmc_acts *a = &ba->a;
@@ -244,6 +278,7 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_PAGED, a->save, &s);
     s.h1 = s.h2 = a->h;
     for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
+    if (m->row_groups) m->row_groups->n = 0; /* per-row adapters for this step's layers only */
     if (b->n_logits == 0) return LMC_OK;
     /* gather the wanted rows of x: embed over x viewed as an (n, C) F32 table */
     struct lmc_mat xt = {LMC_DTYPE_F32, n, C, a->x};

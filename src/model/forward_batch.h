@@ -52,6 +52,10 @@ struct lmc_batch {
     int64_t max_blocks;
     const int32_t *logit_tokens;     /* (n_logits) token indices whose logits are wanted */
     int64_t n_logits;
+    /* (n_seqs) each sequence's adapter of the model's bank (train/
+     * lora_bank.h; 0: the base), or NULL: every sequence the base. The
+     * tokens of one adapter must be contiguous (one group each). */
+    const int32_t *adapter;
 };
 
 /* Scratch for steps of up to max_tokens tokens, max_seqs sequences of up

@@ -16,30 +16,55 @@ static void check(const struct lmc_linear *L) {
         LMC_ASSERT(r > 0 && A->a.cols == L->w.cols && A->b.rows == L->w.rows && A->b.cols == r &&
                    A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0);
     }
+    LMC_ASSERT(!L->n_slots || (L->slots && L->groups && L->n_slots == L->groups->n_ids &&
+                               L->split == LMC_SPLIT_NONE));
 }
 
-/* y (M, out) += scale * (x A^T) B^T for every adapter of L, in row chunks
- * of the adapter's scratch: u = x A^T, v = u diag(scale), y += v B^T. */
-static void adapters_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
-                         const float *x, int64_t M) {
-    int64_t in = L->w.cols, out = L->w.rows;
-    for (int j = 0; j < L->n_adapters; j++) {
-        const struct lmc_adapter *A = &L->adapters[j];
-        int64_t r = A->a.rows, R = A->scratch_rows;
-        float *u = A->scratch, *v = u + R * r, *t = v + R * r;
-        for (int64_t m0 = 0; m0 < M; m0 += R) {
-            int64_t mc = LMC_MIN(R, M - m0);
-            float *yc = y + m0 * out;
-            be->matmul(be->ctx, u, x + m0 * in, mc, &A->a, NULL);
-            be->matmul(be->ctx, v, u, mc, &A->s, NULL);
-            if (be->matmul_add) {
-                be->matmul_add(be->ctx, yc, v, mc, &A->b, NULL);
-            } else {
-                be->matmul(be->ctx, t, v, mc, &A->b, NULL);
-                be->add(be->ctx, yc, yc, t, mc * out);
-            }
+/* y (M, out) += scale * (x A^T) B^T for one adapter, in row chunks of its
+ * scratch: u = x A^T, v = u diag(scale), y += v B^T. */
+static void adapter_rows(const struct lmc_backend *be, const struct lmc_adapter *A, int64_t in,
+                         int64_t out, float *y, const float *x, int64_t M) {
+    int64_t r = A->a.rows, R = A->scratch_rows;
+    float *u = A->scratch, *v = u + R * r, *t = v + R * r;
+    for (int64_t m0 = 0; m0 < M; m0 += R) {
+        int64_t mc = LMC_MIN(R, M - m0);
+        float *yc = y + m0 * out;
+        be->matmul(be->ctx, u, x + m0 * in, mc, &A->a, NULL);
+        be->matmul(be->ctx, v, u, mc, &A->s, NULL);
+        if (be->matmul_add) {
+            be->matmul_add(be->ctx, yc, v, mc, &A->b, NULL);
+        } else {
+            be->matmul(be->ctx, t, v, mc, &A->b, NULL);
+            be->add(be->ctx, yc, yc, t, mc * out);
         }
     }
+}
+
+/* The per-row adapters of L (linear.h: slots, groups): each group's rows
+ * of y get their adapter's product, one GEMM pair per group. */
+static void slots_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
+                      const float *x, int64_t M) {
+    const struct lmc_row_groups *g = L->groups;
+    if (!L->n_slots || !g->n) return;
+    LMC_ASSERT(g->total == M); /* a linear over the step's rows (not a gathered subset) */
+    int64_t in = L->w.cols, out = L->w.rows;
+    for (int k = 0; k < g->n; k++) {
+        LMC_ASSERT(g->id[k] >= 1 && g->id[k] <= L->n_slots && g->row0[k] >= 0 &&
+                   g->rows[k] >= 0 && g->row0[k] + g->rows[k] <= M);
+        const struct lmc_adapter *A = &L->slots[g->id[k] - 1];
+        if (!A->a.data || !g->rows[k]) continue;
+        LMC_ASSERT(A->a.cols == in && A->b.rows == out && A->scratch && A->scratch_rows > 0);
+        adapter_rows(be, A, in, out, y + g->row0[k] * out, x + g->row0[k] * in, g->rows[k]);
+    }
+}
+
+/* y (M, out) += scale * (x A^T) B^T for every adapter of L, then the
+ * per-row adapters of this step's groups. */
+static void adapters_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
+                         const float *x, int64_t M) {
+    for (int j = 0; j < L->n_adapters; j++)
+        adapter_rows(be, &L->adapters[j], L->w.cols, L->w.rows, y, x, M);
+    slots_fwd(be, L, y, x, M);
 }
 
 /* The adapters' part of the backward of y = x W^T + adapters: dx (M, in)
@@ -173,7 +198,8 @@ void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear
     check(G);
     check(U);
     LMC_ASSERT(G->split != LMC_SPLIT_ROW && U->split != LMC_SPLIT_ROW);
-    if (be->matmul_swiglu && !G->bias && !U->bias && !G->n_adapters && !U->n_adapters) {
+    if (be->matmul_swiglu && !G->bias && !U->bias && !G->n_adapters && !U->n_adapters &&
+        !(G->n_slots && G->groups->n) && !(U->n_slots && U->groups->n)) {
         be->matmul_swiglu(be->ctx, y, x, M, &G->w, &U->w);
         return;
     }

@@ -58,6 +58,19 @@ struct lmc_adapter {
     int64_t scratch_rows;
 };
 
+/* Per-row adapters (multi-adapter serving): one step's rows grouped by
+ * adapter, filled by the batched driver (model/forward_batch.c) before the
+ * layers run and emptied after. Group g is rows row0[g] .. row0[g] +
+ * rows[g] - 1 of every linear input (total rows in all), served by adapter
+ * id[g] (1..n_ids; base rows are in no group). Host memory. */
+struct lmc_row_groups {
+    int n_ids;                     /* adapters the bank holds */
+    int n;                         /* groups this step (0: no per-row adapters) */
+    int64_t total;                 /* rows of the step */
+    int64_t *row0, *rows;          /* (n_ids) each */
+    int32_t *id;                   /* (n_ids) */
+};
+
 struct lmc_linear {
     enum lmc_wformat format;
     struct lmc_mat w;              /* (out, in) */
@@ -75,6 +88,14 @@ struct lmc_linear {
     struct lmc_tp_group *tp;       /* split != NONE */
     const struct lmc_adapter *adapters; /* n_adapters of them, added after the base matmul */
     int n_adapters;
+    /* Per-row adapters (forward only): slots[k - 1] is adapter k of the
+     * bank (a.data NULL: adapter k leaves this linear alone); groups says
+     * which rows take which adapter this step. Each group's rows get their
+     * adapter's low-rank product (one GEMM pair per group), after the
+     * shared adapters above. NULL / 0: none. */
+    const struct lmc_adapter *slots;
+    int n_slots;
+    const struct lmc_row_groups *groups;
 };
 
 /* y[i](M, out_i) = x(M, in) @ L[i]^T (+ bias) for i < k (k <= 8): one

@@ -43,6 +43,10 @@ struct lmc_model {
     const struct lmc_backend *placed_on;
     void **placed;
     int n_placed, cap_placed;
+    /* multi-adapter serving (train/lora_bank.h): the per-row groups the
+     * linears' slots read, filled by lmc_model_forward_batch from the
+     * batch's per-sequence adapters; NULL while no bank is bound */
+    struct lmc_row_groups *row_groups;
 };
 
 struct lmc_model_opts {

@@ -123,6 +123,16 @@ char *lmc_serve_format_error(const struct lmc_serve_error *e);
 /* chat: whether /v1/chat/completions can render prompts (the page uses it). */
 char *lmc_serve_format_models(const char *model, int64_t created, int64_t ctx, bool chat);
 
+/* ---- multi-adapter serving (adapters.c) */
+/* The adapter a request's model field names (vLLM's convention): NULL or
+ * base: 0; names[k]: k + 1; anything else: 404 model_not_found. */
+lmc_status lmc_serve_pick_model(const char *base, const char *const *names, int n, const char *model,
+                                int *adapter, struct lmc_serve_error *e);
+/* /v1/models listing the base (as lmc_serve_format_models) and then each
+ * adapter, with "parent": base. */
+char *lmc_serve_format_models_lora(const char *base, const char *const *names, int n, int64_t created,
+                                   int64_t ctx, bool chat);
+
 /* ---- metrics (thread-safe) */
 #define LMC_SERVE_HIST_MAX 16
 struct lmc_serve_hist {
@@ -170,6 +180,11 @@ struct lmc_serve_opts {
     double heartbeat_s;               /* keep-alive bytes while waiting (default 1) */
     int max_active;                   /* generation requests at once; more get 503 (0: max_connections - 4) */
     struct lmc_serve_limits lim;
+    /* Multi-adapter serving (adapters.c): the names of the engine's
+     * adapters 1..n_adapters; a request's "model" picks the base
+     * (model_name) or one of them. Must outlive the server. */
+    const char *const *adapter_names;
+    int n_adapters;
 };
 void lmc_serve_opts_default(struct lmc_serve_opts *o);
 

@@ -780,9 +780,7 @@ static int handle_generate(struct lmc_server *s, struct mg_connection *c, enum l
         return send_error(s, c, &e);
     }
     free(body);
-    if (r.model && strcmp(r.model, s->model_name) != 0) {
-        lmc_serve_fail(&e, 404, "model", "model_not_found", "The model '%.200s' does not exist; this server has '%s'",
-                       r.model, s->model_name);
+    if (lmc_serve_pick_model(s->model_name, s->o.adapter_names, s->o.n_adapters, r.model, &r.r.adapter, &e)) {
         lmc_serve_request_free(&r);
         return send_error(s, c, &e);
     }
@@ -858,7 +856,8 @@ static int handle(struct mg_connection *c, struct lmc_server *s) {
     }
     if (models)
         return send_json(s, c, 200,
-                         lmc_serve_format_models(s->model_name, s->created, s->o.lim.ctx, s->chat != NULL),
+                         lmc_serve_format_models_lora(s->model_name, s->o.adapter_names, s->o.n_adapters,
+                                                      s->created, s->o.lim.ctx, s->chat != NULL),
                          NULL);
     lmc_serve_metrics_conn(s->metrics, 1);
     int r = handle_generate(s, c, gen_ch ? LMC_SERVE_CHAT : LMC_SERVE_COMPLETION, t0);

@@ -36,6 +36,9 @@
  *               through the CUDA table (harness_ssm.inc)
  *   lora        LoRA adapters through the real CUDA table: the PEFT fixture's
  *               forward, training steps padded and packed (see test_lora)
+ *   lora_rows   per-request adapters (train/lora_bank.h): a paged batch mixing
+ *               base, the PEFT fixture's adapter and a random one (rows
+ *               grouped by adapter) through the CUDA table vs the CPU
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -48,6 +51,9 @@ extern "C" {
 #include "model/model.h"
 #include "train/lora.h"
 #include "train/lora_train.h"
+#include "core/rng.h"
+#include "model/forward_batch.h"
+#include "train/lora_bank.h"
 }
 
 #include <cstdarg>
@@ -1232,6 +1238,68 @@ static void test_moe() {
     moe_case(off, 5, 3, LMC_DTYPE_F32);
 }
 
+/* Per-request adapters: base, the PEFT fixture's adapter (1) and a random
+ * rank-3 adapter on other modules (2) in one paged batch, GPU vs CPU. */
+static void test_lora_rows() {
+    emu_strict_device = true;
+    lmc_err err;
+    std::string dir = std::string(fixtures()) + "/llama-tiny";
+    const int NS = 3, L = 9, BS = 8, MB = 2;
+    const int32_t ad[NS] = {1, 0, 2}, order[NS] = {1, 0, 2}; /* tokens grouped by adapter: 0, 1, 2 */
+    std::vector<int32_t> ids(NS * L), seq(NS * L), pos(NS * L), rows(NS * L), bt(NS * MB);
+    for (int q = 0, t = 0; q < NS; q++)
+        for (int p = 0; p < L; p++, t++) {
+            ids[(size_t)t] = irand(512);
+            seq[(size_t)t] = order[q];
+            pos[(size_t)t] = p;
+            rows[(size_t)t] = t;
+        }
+    for (int i = 0; i < NS * MB; i++) bt[(size_t)i] = (i * 5 + 1) % (NS * MB + 1);
+    std::vector<float> out[2];
+    const struct lmc_backend *bes[2] = {&cpu, &gpu};
+    lmc_backend_cuda_set_fp32_attention(&gpu, true);
+    for (int k = 0; k < 2; k++) {
+        struct lmc_model m;
+        struct lmc_model_opts mo = {LMC_WDTYPE_F32, bes[k]};
+        if (lmc_model_load(&m, dir.c_str(), &mo, &err)) { printf("FAIL %s\n", err.msg), n_fail++; return; }
+        struct lmc_lora lo[2];
+        struct lmc_lora_config lc = {};
+        lc.r = 3;
+        lc.alpha = 6;
+        if (lmc_lora_load(&lo[0], (dir + "/lora").c_str(), &m.cfg, &err) ||
+            lmc_lora_parse_targets(&lc, "k_proj,o_proj,up_proj", &err) || lmc_lora_create(&lo[1], &lc, &m.cfg, 9, &err)) {
+            printf("FAIL lora_rows adapters %s\n", err.msg), n_fail++;
+            return;
+        }
+        uint64_t s = 7; /* the same B for both backends */
+        for (int i = 0; i < lo[1].n_mods; i++)
+            for (int64_t j = 0; j < lo[1].mods[i].out * 3; j++)
+                lo[1].mods[i].b[j] = (float)((double)(lmc_rng_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+        const struct lmc_lora *los[2] = {&lo[0], &lo[1]};
+        double mul[2] = {1, 1};
+        struct lmc_lora_bank bank;
+        struct lmc_kv_pool pool;
+        struct lmc_batch_acts ba;
+        out[k].assign((size_t)(NS * L) * 512, NAN);
+        struct lmc_batch b = {NS * L, ids.data(), seq.data(), pos.data(), NS, bt.data(), MB, rows.data(), NS * L, ad};
+        if (lmc_lora_bank_bind(&bank, &m, los, mul, 2, bes[k], &err) ||
+            lmc_kv_pool_init(&pool, &m, bes[k], NS * MB + 1, BS, &err) ||
+            lmc_batch_acts_init(&ba, &m, bes[k], NS * L, NS, MB, NS * L, &err) ||
+            lmc_model_forward_batch(&m, bes[k], &ba, &pool, &b, out[k].data(), &err))
+            printf("FAIL lora_rows forward %s\n", err.msg), n_fail++;
+        lmc_batch_acts_free(&ba);
+        lmc_kv_pool_free(&pool);
+        lmc_lora_bank_unbind(&bank, &m);
+        lmc_lora_free(&lo[0]);
+        lmc_lora_free(&lo[1]);
+        lmc_model_free(&m);
+    }
+    lmc_backend_cuda_set_fp32_attention(&gpu, false);
+    double e = rel(out[1], out[0]);
+    printf("  llama-tiny, base + 2 adapters in one paged batch, fp32: logits %.2e\n", e);
+    check("lora_rows mixed batch logits", e, 1e-4, "llama-tiny");
+}
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1246,12 +1314,13 @@ int main(int argc, char **argv) {
         {"lora", test_lora},
         {"kvq", test_kvq},
         {"moe", test_moe},
+        {"lora_rows", test_lora_rows},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows)\n", argv[i]);
             return 2;
         }
     }
