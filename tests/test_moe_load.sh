@@ -225,6 +225,25 @@ PY
   "$LMC" generate -m "$TMP/run_$a/step_000002" -p "the" -n 4 >"$TMP/out" 2>&1
   ok $? "$a checkpoint: generate $(tail -2 "$TMP/out")"
 done
+# --router-aux-coef: the loss is cross-entropy + coef x aux (same seed and data with coef 0 and 0.5: the
+# first step's losses differ by 0.5 x that step's aux), and the checkpoint's config.json carries it
+for cf in 0 0.5; do
+  "$LMC" train --data "$TMP/data" --arch mixtral --layers 2 --hidden 64 --heads 4 --kv-heads 2 --batch 2 --seq 16 \
+    --steps 1 --lr 1e-3 --warmup 1 --save-every 1 --threads 2 --router-aux-coef $cf -o "$TMP/aux_$cf" >"$TMP/out" 2>&1
+  ok $? "train --router-aux-coef $cf: $(tail -2 "$TMP/out")"
+done
+python3 - "$TMP/aux_0" "$TMP/aux_0.5" <<'PY'
+import json, sys
+a, b = (json.loads(open(d + "/metrics.jsonl").readline()) for d in sys.argv[1:])
+assert abs(b["loss"] - a["loss"] - 0.5 * b["moe_aux_loss"]) < 1e-5 * b["loss"], (a, b)
+assert a["expert_tokens"] == b["expert_tokens"], (a, b)
+c = json.load(open(sys.argv[2] + "/step_000001/config.json"))
+assert c["output_router_logits"] is True and c["router_aux_loss_coef"] == 0.5, c
+PY
+ok $? "--router-aux-coef 0.5 adds 0.5 x aux to the loss and is saved"
+"$LMC" train --data "$TMP/data" --arch llama --layers 1 --hidden 32 --heads 2 --batch 1 --seq 8 --steps 1 \
+  --router-aux-coef 0.1 -o "$TMP/aux_dense" >"$TMP/out" 2>&1
+[ $? -eq 2 ] && grep -q "needs a mixture-of-experts model" "$TMP/out"; ok $? "--router-aux-coef on a dense model: $(tail -1 "$TMP/out")"
 # a checkpoint of qwen2moe-tiny keeps its dense layer: config.json carries mlp_only_layers, and it reloads
 "$LMC" train --data "$TMP/data" -m tests/fixtures/qwen2moe-tiny --batch 2 --seq 16 --steps 1 --lr 1e-3 --warmup 1 \
   --save-every 1 --threads 2 -o "$TMP/run_q2" >"$TMP/out" 2>&1

@@ -49,6 +49,8 @@ static void usage(void) {
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
+            "  experts:   --router-aux-coef X (mixture of experts: the load-balancing loss x X in the loss,\n"
+            "             as output_router_logits with router_aux_loss_coef X; 0: off; default: config.json)\n"
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
@@ -86,7 +88,7 @@ int cmd_train(int argc, char **argv) {
     int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
     int64_t eval_batches = 8, save_every = 0, seed = 1234;
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
-    double rope_theta = 10000, init_std = 0.02, peak_tflops = 0;
+    double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1;
     bool tie = false, decay_all = false, recompute = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
@@ -141,6 +143,7 @@ int cmd_train(int argc, char **argv) {
             {"--beta1", &beta1, 0, 1}, {"--beta2", &beta2, 0, 1}, {"--eps", &eps, 0, 1},
             {"--clip", &clip, 0, 1e9}, {"--rope-theta", &rope_theta, 1, 1e12},
             {"--init-std", &init_std, 0, 10}, {"--peak-tflops", &peak_tflops, 0, 1e9},
+            {"--router-aux-coef", &aux_coef, 0, 1e6},
         };
         bool found = false;
         for (size_t k = 0; !found && k < sizeof ints / sizeof *ints; k++)
@@ -265,6 +268,16 @@ int cmd_train(int argc, char **argv) {
         }
     }
     have_tm = true;
+    if (aux_coef >= 0) { /* the load-balancing loss, as config.json's output_router_logits / router_aux_loss_coef */
+        if (tm.cfg.num_experts <= 0) {
+            fprintf(stderr, "lmc train: --router-aux-coef needs a mixture-of-experts model (%s has no experts)\n",
+                    tm.cfg.model_type);
+            rc = 2;
+            goto done;
+        }
+        tm.cfg.output_router_logits = aux_coef > 0;
+        tm.cfg.router_aux_loss_coef = aux_coef;
+    }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
                                .seed = (uint64_t)seed, .eval_batches = eval_batches};
     lmc_adamw_cfg_default(&o.adamw);
