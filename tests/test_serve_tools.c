@@ -129,6 +129,14 @@ static void test_parse(void) {
     /* response_format in both endpoints */
     CHECK(parse(LMC_SERVE_CHAT, "{" USER ",\"response_format\":{\"type\":\"json_object\"}}", p, &r) == 200);
     CHECK(r.x.rf == LMC_SERVE_RF_JSON_OBJECT && r.r.grammar);
+    { /* no turn stops under a grammar: a marker's text inside a JSON string must not cut it */
+        struct lmc_chat_template *ct = NULL;
+        lmc_err err = {0};
+        struct lmc_serve_error e;
+        CHECK(lmc_chat_template_new("{{ messages[0].content }}<|im_end|>", NULL, "</s>", &ct, &err) == LMC_OK);
+        CHECK(ct && lmc_serve_add_turn_stops(&r, ct, &e) == LMC_OK && r.r.n_stop == 0);
+        lmc_chat_template_free(ct);
+    }
     lmc_serve_request_free(&r);
     CHECK(parse(LMC_SERVE_COMPLETION,
                 "{\"prompt\":\"a\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\","

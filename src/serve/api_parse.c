@@ -450,6 +450,9 @@ lmc_status lmc_serve_check_length(struct lmc_serve_request *r, int64_t n_prompt,
 
 lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, const struct lmc_chat_template *ct,
                                     struct lmc_serve_error *e) {
+    /* a grammar ends the reply itself (end of sequence once complete); a turn
+     * marker's text inside a JSON string must not cut it */
+    if (r->r.grammar) return LMC_OK;
     const char *s[LMC_CHAT_MAX_TURN_STOPS];
     int n = lmc_chat_template_turn_stops(ct, s);
     if (r->r.n_stop + n > LMC_SCHED_MAX_STOP)

@@ -80,7 +80,8 @@ void lmc_serve_request_free(struct lmc_serve_request *r);
 lmc_status lmc_serve_check_length(struct lmc_serve_request *r, int64_t n_prompt,
                                   const struct lmc_serve_limits *lim, struct lmc_serve_error *e);
 /* Appends the end-of-turn stop strings of a chat template to r (owned by
- * ct, not r); 400 if they do not fit with the request's own. */
+ * ct, not r); 400 if they do not fit with the request's own. None for a
+ * request with a grammar (it ends at end of sequence once complete). */
 lmc_status lmc_serve_add_turn_stops(struct lmc_serve_request *r, const struct lmc_chat_template *ct,
                                     struct lmc_serve_error *e);
 
