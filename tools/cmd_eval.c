@@ -3,6 +3,8 @@
  * for a context). */
 #include "quant/qmatmul.h"
 #include "cli.h"
+#include "io/gguf.h"
+#include "quant/quant.h"
 #include "dist/mp_mem.h"
 #include "dist/zero.h"
 #include "train/trainer.h"
@@ -438,10 +440,13 @@ static void weight_kinds(const struct lmc_model *m, struct wkinds *k) {
     static const char *names[] = {"none", "gptq", "awq", "bitsandbytes nf4", "bitnet ternary"};
     memset(k, 0, sizeof *k);
     k->method = m->quant_method >= 0 && m->quant_method < 5 ? names[m->quant_method] : "?";
+    if (m->gguf) k->method = m->n_qw ? "gguf blocks" : "none (gguf)";
     k->emb = mat_size(&m->w.tok_emb) + mat_size(&m->w.pos_emb);
-    if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
+    if (m->w.head.format == LMC_WFMT_QUANT) k->head = lmc_qweight_bytes(m->w.head.q);
+    else if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
     double elems = 0;
     for (int i = 0; i < m->n_qw; i++) {
+        if (m->qw[i] == m->w.head.q) continue; /* the head's bytes are counted as the head */
         k->lin_q += lmc_qweight_bytes(m->qw[i]);
         elems += (double)m->qw[i]->n * (double)m->qw[i]->k;
     }
@@ -602,7 +607,17 @@ int cmd_info(int argc, char **argv) {
         printf("on disk      ");
         for (int t = 0; t < LMC_DTYPE_COUNT; t++)
             if (by_dtype[t]) printf("%s %lld elems  ", lmc_dtype_name(t), (long long)by_dtype[t]);
-        printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
+        if (m->gguf) {
+            int64_t by_type[LMC_GGML_TYPE_LIMIT] = {0};
+            for (int64_t i = 0; i < m->gguf->n_tensors; i++)
+                if (m->gguf->tensors[i].type >= 0 && m->gguf->tensors[i].type < LMC_GGML_TYPE_LIMIT)
+                    by_type[m->gguf->tensors[i].type]++;
+            for (int t = 0; t < LMC_GGML_TYPE_LIMIT; t++)
+                if (by_type[t] && lmc_ggml_type_name(t)) printf("%s %lld tensors  ", lmc_ggml_type_name(t), (long long)by_type[t]);
+            printf("(GGUF v%u)\n", m->gguf->version);
+        } else {
+            printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
+        }
         printf("weights      %.1f MiB as used\n", (double)m->weight_bytes / 1048576.0);
         if (stb)
             printf("state        %zu bytes per sequence (recurrent, no KV cache)\n", stb);

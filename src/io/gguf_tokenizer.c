@@ -4,9 +4,11 @@
  * from a GGUF's vocabulary: `gpt2` (byte-level BPE with merges) or `llama`
  * (SentencePiece BPE with byte fallback; merges rebuilt from the scores:
  * every split a+b of a token whose halves are tokens, ranked by the
- * token's score, as llama.cpp's SentencePiece tokenizer merges). */
+ * token's score, as llama.cpp's SentencePiece tokenizer merges); the
+ * tokenizer of `-m FILE.gguf` built from them. */
 #include "io/gguf.h"
 #include "core/core.h"
+#include "tokenizer/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -228,6 +230,10 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
     if (!lmc_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab, &found, err) && found)
         cJSON_AddBoolToObject(cfg, "add_bos_token", ab);
     else cJSON_AddBoolToObject(cfg, "add_bos_token", spm);
+    char *tmpl = NULL;
+    if (!lmc_gguf_get_str(g, "tokenizer.chat_template", &tmpl, &found, err) && found)
+        cJSON_AddStringToObject(cfg, "chat_template", tmpl);
+    free(tmpl);
     *cfg_json = cJSON_PrintUnformatted(cfg);
     cJSON_Delete(cfg);
     if (!*tok_json || !*cfg_json) {
@@ -239,5 +245,21 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
 out:
     free(model);
     free(pre);
+    return s;
+}
+
+lmc_status lmc_gguf_tokenizer_load(struct lmc_tokenizer **out, const char *path_or_dir, lmc_err *err) {
+    if (!lmc_gguf_is_file(path_or_dir)) return lmc_tokenizer_load(out, path_or_dir, err);
+    *out = NULL;
+    struct lmc_gguf g;
+    lmc_status s = lmc_gguf_open(&g, path_or_dir, err);
+    if (s) return s;
+    char *tj = NULL, *cj = NULL;
+    s = lmc_gguf_tokenizer_json(&g, &tj, &cj, err);
+    lmc_gguf_free(&g);
+    if (!s) s = lmc_tokenizer_load_json(out, tj, strlen(tj), cj, strlen(cj), err);
+    free(tj);
+    free(cj);
+    if (s) lmc_err_prefix(err, "%s: ", path_or_dir);
     return s;
 }
