@@ -1,5 +1,5 @@
 /* cmd_convert_gguf.c — `lmc convert -m DIR -o FILE.gguf --dtype
- * f32|f16|bf16|q8_0|q4_0`: a Hugging Face folder (Llama/Mistral, Qwen2,
+ * f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k`: a Hugging Face folder (Llama/Mistral, Qwen2,
  * GPT-2) written as a GGUF file llama.cpp loads: llama.cpp's tensor names,
  * its Q/K row order for Llama (not Qwen2, whose rotary layout needs none),
  * GPT-2's Conv1D weights transposed to (out, in), norms and biases kept F32,
@@ -288,6 +288,8 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
         free(text);
         const cJSON *ab = cJSON_GetObjectItemCaseSensitive(tc, "add_bos_token");
         if (cJSON_IsBool(ab)) add_bos = cJSON_IsTrue(ab);
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(tc, "chat_template");
+        if (cJSON_IsString(ct)) lmc_gguf_add_str(c->w, "tokenizer.chat_template", ct->valuestring); /* copied */
         cJSON_Delete(tc);
     }
     lmc_gguf_add_bool(c->w, "tokenizer.ggml.add_bos_token", add_bos);
@@ -316,10 +318,15 @@ lmc_status lmc_convert_to_gguf(const char *in_dir, const char *out_path, int qty
         return s ? s : lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory");
     }
     lmc_gguf_add_str(c.w, "general.name", cfg.model_type);
-    uint32_t ftype = qtype == LMC_GGML_F32 ? 0 : qtype == LMC_GGML_F16 ? 1 : qtype == LMC_GGML_Q4_0 ? 2
-                   : qtype == LMC_GGML_Q8_0 ? 7 : 32; /* llama_ftype: BF16 = 32 */
-    lmc_gguf_add_u32(c.w, "general.file_type", ftype);
-    if (qtype == LMC_GGML_Q4_0 || qtype == LMC_GGML_Q8_0) lmc_gguf_add_u32(c.w, "general.quantization_version", 2);
+    /* llama_ftype of a file mostly of one type (K types: the _S variants) */
+    static const struct { int type; uint32_t ftype; } ft[] = {
+        {LMC_GGML_F32, 0}, {LMC_GGML_F16, 1}, {LMC_GGML_Q4_0, 2}, {LMC_GGML_Q4_1, 3}, {LMC_GGML_Q8_0, 7},
+        {LMC_GGML_Q5_0, 8}, {LMC_GGML_Q5_1, 9}, {LMC_GGML_Q4_K, 14}, {LMC_GGML_Q5_K, 16}, {LMC_GGML_Q6_K, 18},
+        {LMC_GGML_BF16, 32}};
+    for (size_t i = 0; i < sizeof ft / sizeof *ft; i++)
+        if (ft[i].type == qtype) lmc_gguf_add_u32(c.w, "general.file_type", ft[i].ftype);
+    if (qtype != LMC_GGML_F32 && qtype != LMC_GGML_F16 && qtype != LMC_GGML_BF16)
+        lmc_gguf_add_u32(c.w, "general.quantization_version", 2);
     s = lmc_gguf_hparams_write(c.w, &cfg, v, err);
     if (!s) s = add_tokenizer(&c, in_dir, &cfg, err);
     *n_tensors = 0;

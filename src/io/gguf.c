@@ -278,13 +278,7 @@ lmc_status lmc_gguf_open(struct lmc_gguf *g, const char *path, lmc_err *err) {
 
 bool lmc_gguf_is_file(const char *path) {
     struct stat sb;
-    if (!path || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return false;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return false;
-    char magic[4];
-    bool ok = read(fd, magic, 4) == 4 && !memcmp(magic, "GGUF", 4);
-    close(fd);
-    return ok;
+    return path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
 const struct lmc_gguf_kv *lmc_gguf_find(const struct lmc_gguf *g, const char *key) {

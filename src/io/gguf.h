@@ -71,8 +71,8 @@ lmc_status lmc_gguf_parse(struct lmc_gguf *g, const void *buf, size_t len, const
 /* Maps and parses a file. */
 lmc_status lmc_gguf_open(struct lmc_gguf *g, const char *path, lmc_err *err);
 void lmc_gguf_free(struct lmc_gguf *g);
-/* True when path is a regular file that starts with the GGUF magic (what
- * `-m` takes besides a Hugging Face folder). */
+/* True when path is a regular file: `-m` takes a Hugging Face folder or a
+ * GGUF file, so a file is read as GGUF (and its parse errors name it). */
 bool lmc_gguf_is_file(const char *path);
 
 const struct lmc_gguf_kv *lmc_gguf_find(const struct lmc_gguf *g, const char *key);

@@ -65,6 +65,9 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
  * llama.cpp's Q/K row order undone, quantized embeddings dequantized).
  * The loaders' shared parts: */
 lmc_status lmc_model_load_gguf(struct lmc_model *m, const char *path, lmc_err *err);
+/* The same over m->gguf, already parsed (set by the caller, freed by
+ * lmc_model_free; fuzz_gguf binds images in memory); label names it. */
+lmc_status lmc_model_bind_gguf(struct lmc_model *m, const char *label, lmc_err *err);
 /* Counts weight bytes and uploads to a device backend (after the binds). */
 lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opts *opts, lmc_err *err);
 /* Binds w (owned by the model from here, freed on error) as the quantized

@@ -176,23 +176,31 @@ lmc_status lmc_model_load_gguf(struct lmc_model *m, const char *path, lmc_err *e
         m->gguf = NULL;
         return s;
     }
-    struct gload G = {m, NULL, NULL, path};
-    if ((s = lmc_gguf_config(m->gguf, path, &m->cfg, &G.v, err))) return s;
+    return lmc_model_bind_gguf(m, path, err);
+}
+
+lmc_status lmc_model_bind_gguf(struct lmc_model *m, const char *label, lmc_err *err) {
+    struct gload G = {m, NULL, NULL, label};
+    lmc_status s = lmc_gguf_config(m->gguf, label, &m->cfg, &G.v, err);
+    if (s) return s;
     m->arch = lmc_arch_of(&m->cfg);
     if ((s = lmc_config_check_sizes(&m->cfg, err)) || (s = m->arch->check(&m->cfg, err))) return s;
+    if (m->cfg.num_layers > m->gguf->n_tensors) /* every block has tensors: bounds the layer table by the file */
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: block_count %lld, but the file holds %lld tensors", label,
+                           (long long)m->cfg.num_layers, (long long)m->gguf->n_tensors);
     m->rot_dim = lmc_arch_rot_dim(m->arch, &m->cfg);
     G.used = calloc((size_t)m->gguf->n_tensors + 1, 1);
     m->w.layers = lmc_weights_layers_alloc(&m->cfg);
     if (!G.used || !m->w.layers) {
         free(G.used);
-        return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
+        return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", label);
     }
     s = lmc_arch_walk(m->arch, &m->cfg, load_one, &G, err);
     if (!s && !m->w.head.w.data) m->w.head.w = m->w.tok_emb; /* tied, dense */
     for (int64_t i = 0; !s && i < m->gguf->n_tensors; i++)
         if (!G.used[i])
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: unexpected tensor '%s' (not part of a %s model with %lld layers)",
-                            path, m->gguf->tensors[i].name, G.v->name, (long long)m->cfg.num_layers);
+                            label, m->gguf->tensors[i].name, G.v->name, (long long)m->cfg.num_layers);
     free(G.used);
     return s;
 }
