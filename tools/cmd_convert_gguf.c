@@ -267,10 +267,21 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
                 scores[(int64_t)id->valuedouble] = -(float)(k);
         }
     }
-    /* BOS is prepended when the post-processor's single template starts
-     * with a special token (tokenizer_config's add_bos_token overrides) */
-    const cJSON *single = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "post_processor"), "single");
-    bool add_bos = cJSON_IsArray(single) && cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, 0), "SpecialToken");
+    /* BOS is prepended when the post-processor's single template (its own,
+     * or a TemplateProcessing inside a Sequence) starts with a special token
+     * (tokenizer_config's add_bos_token overrides); that token is the BOS
+     * when config.json names none */
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(j, "post_processor");
+    const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
+    const cJSON *sub;
+    cJSON_ArrayForEach(sub, cJSON_GetObjectItemCaseSensitive(pp, "processors")) if (!single)
+        single = cJSON_GetObjectItemCaseSensitive(sub, "single");
+    const cJSON *first = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, 0), "SpecialToken");
+    bool add_bos = cJSON_IsArray(single) && first;
+    int64_t bos_id = cfg->bos_token_id;
+    const cJSON *bos_tok = cJSON_GetObjectItemCaseSensitive(first, "id");
+    for (int64_t i = 0; bos_id < 0 && cJSON_IsString(bos_tok) && i < n; i++)
+        if (!strcmp(toks[i], bos_tok->valuestring)) bos_id = i;
     cJSON_Delete(j);
     lmc_gguf_add_str(c->w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
     if (!spm) lmc_gguf_add_str(c->w, "tokenizer.ggml.pre", pre);
@@ -278,7 +289,7 @@ static lmc_status add_tokenizer(struct conv *c, const char *dir, const struct lm
     lmc_gguf_add_arr(c->w, "tokenizer.ggml.token_type", LMC_GGUF_I32, types, (uint64_t)n);
     if (spm) lmc_gguf_add_arr(c->w, "tokenizer.ggml.scores", LMC_GGUF_F32, scores, (uint64_t)n);
     else lmc_gguf_add_str_arr(c->w, "tokenizer.ggml.merges", ms, (uint64_t)k);
-    if (cfg->bos_token_id >= 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.bos_token_id", (uint32_t)cfg->bos_token_id);
+    if (bos_id >= 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.bos_token_id", (uint32_t)bos_id);
     if (cfg->n_eos > 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.eos_token_id", (uint32_t)cfg->eos_token_ids[0]);
     if (unk_id >= 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk_id);
     if (cfg->pad_token_id >= 0) lmc_gguf_add_u32(c->w, "tokenizer.ggml.padding_token_id", (uint32_t)cfg->pad_token_id);
