@@ -7,8 +7,9 @@
 # Files: lmc convert writes F16 and Q8_0 (and F32, the source of
 # llama-quantize's Q4_K_M). The engines alternate per file.
 # Usage (repository root, after building build/lmc): bench/gguf_ppl.sh [PEER_DIR] [TMPDIR]
+# PEER_BIN=DIR: llama.cpp's bin folder as is (no build script call).
 set -euo pipefail
-B=$(../shared/tools/build-llamacpp-peer.sh ${1:+"$1"})
+B=${PEER_BIN:-$(../shared/tools/build-llamacpp-peer.sh ${1:+"$1"})}
 T=${2:-$(mktemp -d)}
 LMC=./build/lmc
 sed -n '71726,$p' data/kjv.txt >"$T/val.txt"

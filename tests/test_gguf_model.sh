@@ -21,8 +21,9 @@
 #    too) matches its
 #    dequantized folder (KL < 1e-2); the same file against the float folder
 #    is far off for q4_k (the check can fail).
-#  - serve on a q8_0 GGUF answers generate's greedy text; quantize takes a
-#    GGUF input; parity refuses a GGUF without --ref.
+#  - serve on a q8_0 GGUF answers generate's greedy text; chat uses the
+#    file's tokenizer.chat_template (and says when there is none); quantize
+#    takes a GGUF input; parity refuses a GGUF without --ref.
 #  - Hostile files: truncated header / data, a hyper-parameter of the wrong
 #    type, feed_forward_length that disagrees with the tensors, an unknown
 #    architecture, an extra tensor, a file that is not GGUF: exit 1 with the
@@ -104,6 +105,21 @@ k=$(kl "$TMP/w-q4_k.gguf" "$TMP/wide"); ! klok "$k" 1e-2 0.85; ok $? "wide q4_k 
 k=$(kl "$TMP/qz" "$FIX/llama-tiny"); klok "$k" 1e-3 0.9; ok $? "rtn-8 from the GGUF vs the float folder: $k"
 "$LMC" parity "$TMP/llama-tiny-f32.gguf" >/dev/null 2>"$TMP/err"
 [ $? = 2 ] && grep -q "give --ref DIR" "$TMP/err"; ok $? "parity on a GGUF without --ref: $(cat "$TMP/err")"
+
+# chat: the template from tokenizer.chat_template (convert copies tokenizer_config's)
+mkdir -p "$TMP/ct" && cp "$FIX/llama-tiny"/*.json "$FIX/llama-tiny"/*.safetensors "$TMP/ct/"
+python3 - "$TMP/ct/tokenizer_config.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["chat_template"] = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+json.dump(d, open(sys.argv[1], "w"))
+PY
+"$LMC" convert -m "$TMP/ct" -o "$TMP/ct.gguf" --dtype f32 2>/dev/null
+out=$(echo hi | "$LMC" chat -m "$TMP/ct.gguf" -n 3 --temp 0 2>&1); rc=$?
+[ $rc = 0 ] && echo "$out" | grep -q "\[3 tokens"; ok $? "chat -m FILE.gguf with the file's chat template: rc $rc: $out"
+out=$(echo hi | "$LMC" chat -m "$TMP/llama-tiny-f32.gguf" -n 3 --temp 0 2>&1); rc=$?
+[ $rc = 1 ] && echo "$out" | grep -q "no chat template"; ok $? "chat -m FILE.gguf without a template: rc $rc: $out"
 
 # hostile files: exit 1 (not a signal), the file and the key / tensor named
 bad() { # bad FILE PATTERN WHAT
