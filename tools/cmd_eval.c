@@ -396,6 +396,13 @@ static lmc_status print_tensor(void *user, const struct lmc_tensor_ref *t, lmc_e
     if (!x && ap && !strncmp(t->name, ap, strlen(ap))) x = lmc_st_find(&tl->m->st, t->name + strlen(ap));
     const char *role = t->spec->role < 4 ? roles[t->spec->role] : "?";
     const char *dt = x ? lmc_dtype_name(x->dtype) : t->required ? "missing" : "absent (tied)";
+    char gname[192], buf[256];
+    if (tl->m->gguf && lmc_gguf_tensor_name(tl->m->arch, t, gname, sizeof gname)) { /* -m FILE.gguf */
+        const struct lmc_gguf_tensor *g = lmc_gguf_find_tensor(tl->m->gguf, gname);
+        const char *tn = g ? lmc_ggml_type_name(g->type) : NULL;
+        snprintf(buf, sizeof buf, "%s %s", gname, g ? (tn ? tn : "?") : t->required ? "missing" : "absent (tied)");
+        dt = buf;
+    }
     bool tr = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
     char shape[64];
     if (t->ndim == 2) snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->disk[0], (long long)t->disk[1]);
