@@ -2,8 +2,10 @@
  * HF layout (F16 and F32 copies written once under /tmp): prefill tok/s for
  * a 512-token prompt and decode tok/s over 128 tokens, each against peers
  * measured in the same run (memory read bandwidth -> decode roofline, and
- * OpenBLAS sgemm on the prefill GEMM shapes -> prefill roofline) and against
- * the reference numbers of a well-known C/C++ engine on a 2-core machine.
+ * OpenBLAS sgemm on the prefill GEMM shapes -> prefill roofline). The
+ * engine peer (llama.cpp on the same weights) is run by bench/run_cpu.sh,
+ * interleaved with this program: each model's medians also go to stderr as
+ * "bench_cpu: result f16|f32 prefill_tok_s X decode_tok_s Y".
  *
  * Each model is measured in a fresh child process (this binary re-executed
  * with --child) so that peak RSS (ru_maxrss) belongs to that model alone.
@@ -42,10 +44,6 @@
 #define B_INTER 2048
 #define B_VOCAB 32000
 #define B_MAXPOS 2048
-
-/* Reference engine on a 2-core machine like this one (from the issue). */
-static const double PEER_PREFILL[2] = {484.0, 560.0}; /* F16, F32 tok/s */
-static const double PEER_DECODE[2] = {71.0, 43.0};
 
 struct opts {
     const char *dir[2]; /* F16, F32 */
@@ -668,8 +666,6 @@ int main(int argc, char **argv) {
     ROW(lab, "%.1f", gemm_flops / gemm_time[d] * 1e-9);
     ROW("sgemm-bound prefill tok/s (layer GEMMs at sgemm speed, rest free)", "%.1f", P / gemm_time[d]);
     ROW("**prefill % of sgemm bound**", "**%.0f%%**", 100.0 * PREFILL_TPS * gemm_time[d] / P);
-    ROW("peer engine prefill tok/s (issue)", "%.0f", PEER_PREFILL[d]);
-    ROW("**prefill ratio to peer**", "**%.2f×**", PREFILL_TPS / PEER_PREFILL[d]);
     snprintf(lab, sizeof lab, "**decode tok/s** (median per-token time, %d×%d tokens)",
              o.decode_reps, o.decode);
     ROW(lab, "**%.1f**", DEC_TPS);
@@ -681,8 +677,6 @@ int main(int argc, char **argv) {
     ROW("**decode % of roofline**", "**%.0f%%**", 100.0 * DEC_TPS / ROOF_TPS);
     ROW("read bandwidth, buffer = bytes per token, before / after (GB/s)", "%.1f / %.1f", r->bws_pre, r->bws_post);
     ROW("decode % of that working-set roofline", "%.0f%%", 100.0 * DEC_TPS * DEC_BYTES / (bws[d] * 1e9));
-    ROW("peer engine decode tok/s (issue)", "%.0f", PEER_DECODE[d]);
-    ROW("**decode ratio to peer**", "**%.2f×**", DEC_TPS / PEER_DECODE[d]);
     ROW("load time (ms; weights are memory-mapped)", "%.1f", r->load_s * 1e3);
     ROW("RSS after load (MB)", "%.0f", r->rss_load / 1e6);
     ROW("RSS after prefill (MB)", "%.0f", r->rss_prefill / 1e6);
@@ -692,6 +686,12 @@ int main(int argc, char **argv) {
     ROW("CPU share used by other processes during this column's run (noise)", "%.0f%%",
         100.0 * fmax(0.0, r->others));
 #undef ROW
+    for (int d = 0; d < 2; d++) {
+        const struct result *r = &res[d];
+        if (r->have)
+            fprintf(stderr, "bench_cpu: result %s prefill_tok_s %.3f decode_tok_s %.3f\n", d ? "f32" : "f16",
+                    PREFILL_TPS, DEC_TPS);
+    }
     printf("\nsgemm peer, measured just before each model's run "
            "(OpenBLAS, %d threads, median):\n\n| M×N×K | used for | F16 run GFLOP/s | F32 run GFLOP/s |\n"
            "|---|---|---:|---:|\n", o.threads);

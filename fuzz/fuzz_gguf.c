@@ -2,9 +2,12 @@
  * on success every tensor's first and last byte is read (ASan proves the
  * bounds), every metadata value goes through the typed getters, string
  * arrays are walked, lookups are checked, and the tokenizer.json is rebuilt
- * from the metadata (lmc_gguf_tokenizer_json); then everything is freed. */
+ * from the metadata (lmc_gguf_tokenizer_json), and the model loader of
+ * `-m FILE.gguf` binds the image (lmc_model_bind_gguf); then everything is
+ * freed. */
 #include "io/gguf.h"
 #include "core/core.h"
+#include "model/model.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -61,6 +64,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(tj);
         free(cj);
         lmc_gguf_free(&g);
+        /* the model loader of `-m FILE.gguf` over the same image: config
+         * from the metadata, every tensor bound (quantized linears
+         * prepared, Q/K rows permuted), then freed */
+        struct lmc_model m;
+        memset(&m, 0, sizeof m);
+        m.gguf = calloc(1, sizeof *m.gguf);
+        if (m.gguf && lmc_gguf_parse(m.gguf, buf, size, "fuzz.gguf", &err) == LMC_OK &&
+            lmc_model_bind_gguf(&m, "fuzz.gguf", &err) == LMC_OK)
+            LMC_ASSERT(m.w.tok_emb.data && m.w.head.w.data);
+        else if (m.gguf)
+            LMC_ASSERT(err.msg[0] != 0);
+        lmc_model_free(&m);
     } else {
         LMC_ASSERT(err.msg[0] != 0 && g.tensors == NULL && g.kv == NULL);
     }

@@ -1,6 +1,7 @@
 /* cli.c — shared option parsing and model opening for lmc commands. */
 #include "cli.h"
 #include "core/core.h"
+#include "io/gguf.h"
 #include "ops/backend_cuda.h"
 
 #include <errno.h>
@@ -142,7 +143,7 @@ int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) 
         fprintf(stderr, "lmc: no model folder given (-m DIR)\n");
         return 1;
     }
-    if (lmc_tokenizer_load(&cm->tok, c->model_dir, &err)) return cli_fail("tokenizer", &err);
+    if (lmc_gguf_tokenizer_load(&cm->tok, c->model_dir, &err)) return cli_fail("tokenizer", &err);
     if (!need_model) return 0;
     /* --device cuda, or by default the GPU when there is one (falling back
      * to the CPU when the model does not fit in its memory) */

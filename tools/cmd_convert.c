@@ -1,7 +1,7 @@
 /* cmd_convert.c — `lmc convert`: rewrites a Hugging Face model folder's
  * weights in another float dtype (bf16, f16 or f32), e.g. to ship an fp32
  * training checkpoint as a half-size bf16 model; with `-o FILE.gguf`, writes
- * a GGUF file instead (cmd_convert_gguf.c; also q8_0 and q4_0). Floating tensors (F32, F16,
+ * a GGUF file instead (cmd_convert_gguf.c; also q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k). Floating tensors (F32, F16,
  * BF16, F64) are converted with round-to-nearest-even; others are copied.
  * config.json gets the new torch_dtype; the tokenizer and generation files
  * are copied. The output is one model.safetensors (shards are merged). */
@@ -22,7 +22,7 @@
 
 static void usage(void) {
     fprintf(stderr, "usage: lmc convert -m IN_DIR -o OUT_DIR --dtype bf16|f16|f32\n"
-                    "       lmc convert -m IN_DIR -o FILE.gguf --dtype f32|f16|bf16|q8_0|q4_0\n"
+                    "       lmc convert -m IN_DIR -o FILE.gguf --dtype f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
                     "       lmc convert -m FILE.gguf -o OUT_DIR --dtype f32|f16|bf16\n");
 }
 
@@ -190,8 +190,12 @@ int cmd_convert(int argc, char **argv) {
     size_t ol = strlen(out);
     if (ol > 5 && !strcmp(out + ol - 5, ".gguf")) {
         int q = lmc_ggml_type_parse(!strcmp(dt, "fp16") ? "f16" : !strcmp(dt, "fp32") ? "f32" : dt);
-        if (q != LMC_GGML_F32 && q != LMC_GGML_F16 && q != LMC_GGML_BF16 && q != LMC_GGML_Q8_0 && q != LMC_GGML_Q4_0) {
-            fprintf(stderr, "lmc convert: --dtype '%s': expected f32, f16, bf16, q8_0 or q4_0 for a GGUF file\n", dt);
+        bool known = q == LMC_GGML_F32 || q == LMC_GGML_F16 || q == LMC_GGML_BF16 || q == LMC_GGML_Q8_0 ||
+                     q == LMC_GGML_Q4_0 || q == LMC_GGML_Q4_1 || q == LMC_GGML_Q5_0 || q == LMC_GGML_Q5_1 ||
+                     q == LMC_GGML_Q4_K || q == LMC_GGML_Q5_K || q == LMC_GGML_Q6_K;
+        if (!known) {
+            fprintf(stderr, "lmc convert: --dtype '%s': expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, "
+                            "q5_k or q6_k for a GGUF file\n", dt);
             return 2;
         }
         lmc_err err = {0};

@@ -1,8 +1,10 @@
 /* cmd_eval.c — `lmc eval` (mean NLL and perplexity of a text with a
- * sliding window) and `lmc info` (architecture, parameters, dtypes, memory
+ * sliding window, or llama-perplexity's chunks with --chunks) and `lmc info` (architecture, parameters, dtypes, memory
  * for a context). */
 #include "quant/qmatmul.h"
 #include "cli.h"
+#include "io/gguf.h"
+#include "quant/quant.h"
 #include "dist/mp_mem.h"
 #include "dist/zero.h"
 #include "train/trainer.h"
@@ -64,6 +66,7 @@ int cmd_eval(int argc, char **argv) {
     struct cli_common c = {0};
     const char *file = NULL, *text_arg = NULL, *kl_base = NULL;
     int64_t stride = 0;
+    bool chunks = false; /* --chunks: llama-perplexity's scoring */
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype (issue 17) */
     int64_t kv_residual = 128;
     for (int i = 1; i < argc; i++) {
@@ -73,6 +76,7 @@ int cmd_eval(int argc, char **argv) {
         if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
         else if (!strcmp(argv[i], "--kl-base") && i + 1 < argc) kl_base = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
+        else if (!strcmp(argv[i], "--chunks")) chunks = true;
         else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc) {
             const char *v = argv[++i];
             kv_fmt = lmc_kvq_parse(v);
@@ -138,7 +142,7 @@ int cmd_eval(int argc, char **argv) {
             goto done;
         }
     }
-    if (lmc_tokenizer_encode(cm.tok, text, len, false, &ids, &n, &err)) {
+    if (lmc_tokenizer_encode(cm.tok, text, len, chunks, &ids, &n, &err)) {
         rc = cli_fail("eval", &err);
         goto done;
     }
@@ -148,6 +152,19 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     int64_t ctx = LMC_MIN(cli_ctx(&c, &cm.model), n);
+    /* --chunks, as llama-perplexity: the text (BOS prepended when the
+     * tokenizer adds one) cut into n / ctx whole chunks of ctx tokens, each
+     * run from an empty cache with its first token replaced by BOS (when
+     * added), and scored on its second half: targets ctx/2+1 .. ctx-1 */
+    int32_t bos = lmc_tokenizer_bos(cm.tok);
+    bool add_bos = chunks && bos >= 0 && ids[0] == bos;
+    int64_t n_chunks = chunks ? n / ctx : 0;
+    if (chunks && (n_chunks < 1 || ctx < 4)) {
+        fprintf(stderr, "lmc eval: --chunks needs at least one chunk of --ctx tokens (>= 4; the text has %lld)\n",
+                (long long)n);
+        rc = 1;
+        goto done;
+    }
     if (stride <= 0 || stride > ctx) stride = ctx > 1 ? ctx / 2 : 1;
     if (ctx == n) stride = ctx;
     int64_t V = cm.model.cfg.vocab_size;
@@ -179,7 +196,34 @@ int cmd_eval(int argc, char **argv) {
     }
     double nll = 0, t0 = lmc_time_now();
     int64_t count = 0, prev_end = 1, processed = 0;
-    for (int64_t begin = 0;; begin += stride) {
+    for (int64_t ch = 0; ch < n_chunks; ch++) {
+        int32_t *cid = ids + ch * ctx, keep = cid[0];
+        if (add_bos) cid[0] = bos;
+        for (int64_t p = 0; p < ctx && !err.status; p += EVAL_CHUNK) {
+            int64_t m = LMC_MIN(EVAL_CHUNK, ctx - p);
+            if (lmc_model_forward(&cm.model, be, &acts, &kv, cid + p, m, p, logits, true, &err) ||
+                (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, cid + p, m, p, logitsb, true, &err)))
+                break;
+            processed += m;
+            int64_t count0 = count;
+            score_rows(logits, V, m, p, cid, ctx / 2 + 1, ctx, &nll, &count);
+            for (int64_t r = 0; have_base && r < m; r++) {
+                int64_t tgt = p + r + 1;
+                if (tgt < ctx / 2 + 1 || tgt >= ctx) continue;
+                bool ag;
+                double k = kl_row(logitsb + r * V, logits + r * V, V, &ag);
+                kls[count0++] = k;
+                kl_sum += k;
+                agree += ag;
+            }
+        }
+        cid[0] = keep;
+        if (err.status) {
+            rc = cli_fail("eval", &err);
+            goto done;
+        }
+    }
+    for (int64_t begin = 0; !chunks; begin += stride) {
         int64_t end = LMC_MIN(begin + ctx, n);
         /* window ids[begin, end) from an empty cache; score targets in [prev_end, end) */
         for (int64_t p = 0; p < end - begin; p += EVAL_CHUNK) {
@@ -234,14 +278,18 @@ int cmd_eval(int argc, char **argv) {
         if (have_base) printf(",\"kl_mean\":%.9g,\"kl_p99\":%.9g,\"top1_agree\":%.9g", kl_mean, kl_p99, top1);
         printf("}\n");
     } else {
-        printf("tokens %lld  predicted %lld  nll %.6f  perplexity %.4f\n", (long long)n,
-               (long long)count, mean, exp(mean));
+        printf("tokens %lld  predicted %lld  nll %.6f  perplexity %.4f%s\n", (long long)n,
+               (long long)count, mean, exp(mean), chunks ? "  (chunks, as llama-perplexity)" : "");
         if (have_base)
             printf("vs %s: KL mean %.6f  KL p99 %.6f  top-1 agreement %.2f%%\n", kl_base, kl_mean, kl_p99,
                    100 * top1);
     }
-    fprintf(stderr, "lmc: eval ctx %lld stride %lld: %lld tokens processed in %.2f s (%.1f tok/s)\n",
-            (long long)ctx, (long long)stride, (long long)processed, secs, (double)processed / secs);
+    if (chunks)
+        fprintf(stderr, "lmc: eval %lld chunks of %lld (second halves scored%s): %lld tokens processed in %.2f s\n",
+                (long long)n_chunks, (long long)ctx, add_bos ? ", BOS first" : "", (long long)processed, secs);
+    else
+        fprintf(stderr, "lmc: eval ctx %lld stride %lld: %lld tokens processed in %.2f s (%.1f tok/s)\n",
+                (long long)ctx, (long long)stride, (long long)processed, secs, (double)processed / secs);
 done:
     free(logits);
     free(logitsb);
@@ -348,6 +396,13 @@ static lmc_status print_tensor(void *user, const struct lmc_tensor_ref *t, lmc_e
     if (!x && ap && !strncmp(t->name, ap, strlen(ap))) x = lmc_st_find(&tl->m->st, t->name + strlen(ap));
     const char *role = t->spec->role < 4 ? roles[t->spec->role] : "?";
     const char *dt = x ? lmc_dtype_name(x->dtype) : t->required ? "missing" : "absent (tied)";
+    char gname[192], buf[256];
+    if (tl->m->gguf && lmc_gguf_tensor_name(tl->m->arch, t, gname, sizeof gname)) { /* -m FILE.gguf */
+        const struct lmc_gguf_tensor *g = lmc_gguf_find_tensor(tl->m->gguf, gname);
+        const char *tn = g ? lmc_ggml_type_name(g->type) : NULL;
+        snprintf(buf, sizeof buf, "%s %s", gname, g ? (tn ? tn : "?") : t->required ? "missing" : "absent (tied)");
+        dt = buf;
+    }
     bool tr = (t->spec->flags & LMC_TF_TRANSPOSED) != 0;
     char shape[64];
     if (t->ndim == 2) snprintf(shape, sizeof shape, "%lld,%lld", (long long)t->disk[0], (long long)t->disk[1]);
@@ -438,10 +493,13 @@ static void weight_kinds(const struct lmc_model *m, struct wkinds *k) {
     static const char *names[] = {"none", "gptq", "awq", "bitsandbytes nf4", "bitnet ternary"};
     memset(k, 0, sizeof *k);
     k->method = m->quant_method >= 0 && m->quant_method < 5 ? names[m->quant_method] : "?";
+    if (m->gguf) k->method = m->n_qw ? "gguf blocks" : "none (gguf)";
     k->emb = mat_size(&m->w.tok_emb) + mat_size(&m->w.pos_emb);
-    if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
+    if (m->w.head.format == LMC_WFMT_QUANT) k->head = lmc_qweight_bytes(m->w.head.q);
+    else if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
     double elems = 0;
     for (int i = 0; i < m->n_qw; i++) {
+        if (m->qw[i] == m->w.head.q) continue; /* the head's bytes are counted as the head */
         k->lin_q += lmc_qweight_bytes(m->qw[i]);
         elems += (double)m->qw[i]->n * (double)m->qw[i]->k;
     }
@@ -604,7 +662,17 @@ int cmd_info(int argc, char **argv) {
         printf("on disk      ");
         for (int t = 0; t < LMC_DTYPE_COUNT; t++)
             if (by_dtype[t]) printf("%s %lld elems  ", lmc_dtype_name(t), (long long)by_dtype[t]);
-        printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
+        if (m->gguf) {
+            int64_t by_type[LMC_GGML_TYPE_LIMIT] = {0};
+            for (int64_t i = 0; i < m->gguf->n_tensors; i++)
+                if (m->gguf->tensors[i].type >= 0 && m->gguf->tensors[i].type < LMC_GGML_TYPE_LIMIT)
+                    by_type[m->gguf->tensors[i].type]++;
+            for (int t = 0; t < LMC_GGML_TYPE_LIMIT; t++)
+                if (by_type[t] && lmc_ggml_type_name(t)) printf("%s %lld tensors  ", lmc_ggml_type_name(t), (long long)by_type[t]);
+            printf("(GGUF v%u)\n", m->gguf->version);
+        } else {
+            printf("(%d file%s)\n", m->st.n_files, m->st.n_files == 1 ? "" : "s");
+        }
         printf("weights      %.1f MiB as used\n", (double)m->weight_bytes / 1048576.0);
         if (stb)
             printf("state        %zu bytes per sequence (recurrent, no KV cache)\n", stb);

@@ -4,6 +4,7 @@
  * logits (relative error), and greedy continuations. Prints each check with
  * its measured error; exits non-zero on any failure. */
 #include "cli.h"
+#include "io/gguf.h"
 #include "core/core.h"
 #include "infer/sampler.h"
 #include "model/backward.h"
@@ -436,11 +437,13 @@ out:
 int cmd_parity(int argc, char **argv) {
     struct cli_common c = {0};
     bool train = false;
+    const char *ref_dir = NULL; /* --ref DIR: the references (ref.json, ref_logits) of another folder */
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "--train")) train = true;
+        else if (!strcmp(argv[i], "--ref") && i + 1 < argc) ref_dir = argv[++i];
         else if (argv[i][0] != '-' && !c.model_dir) c.model_dir = argv[i];
         else {
             fprintf(stderr, "lmc parity: unknown option %s\n", argv[i]);
@@ -448,7 +451,7 @@ int cmd_parity(int argc, char **argv) {
         }
     }
     if (!c.model_dir) {
-        fprintf(stderr, "usage: lmc parity DIR [--dtype fp32|bf16] [--json]\n"
+        fprintf(stderr, "usage: lmc parity DIR|FILE.gguf [--ref DIR] [--dtype fp32|bf16] [--json]\n"
                         "       lmc parity DIR --train [--device cpu|cuda] [--dtype fp32|bf16] [--json]\n");
         return 2;
     }
@@ -456,7 +459,17 @@ int cmd_parity(int argc, char **argv) {
     lmc_err err = {0};
     char path[4096];
     char *text = NULL;
-    if (!lmc_path_join(path, sizeof path, c.model_dir, "ref.json") ||
+    if (!ref_dir && lmc_gguf_is_file(c.model_dir)) {
+        fprintf(stderr, "lmc parity: %s is a GGUF file, which holds no references: give --ref DIR (the folder "
+                        "with ref.json and ref_logits.safetensors)\n", c.model_dir);
+        return 2;
+    }
+    if (train && ref_dir) {
+        fprintf(stderr, "lmc parity: --train reads the references beside the model folder (no --ref)\n");
+        return 2;
+    }
+    if (!ref_dir) ref_dir = c.model_dir;
+    if (!lmc_path_join(path, sizeof path, ref_dir, "ref.json") ||
         lmc_file_read(path, (size_t)1 << 28, &text, NULL, &err))
         return cli_fail("parity", &err);
     cJSON *ref = cJSON_Parse(text);
@@ -501,7 +514,7 @@ int cmd_parity(int argc, char **argv) {
         fprintf(stderr, "lmc parity: one --lora DIR (scale 1) whose folder holds ref_logits.safetensors\n");
         return 2;
     }
-    const char *logits_dir = c.n_lora ? c.lora_dir[0] : c.model_dir;
+    const char *logits_dir = c.n_lora ? c.lora_dir[0] : ref_dir;
     if (!lmc_path_join(path, sizeof path, logits_dir, "ref_logits.safetensors") ||
         lmc_st_open_file(&ref_logits, path, &err)) {
         cJSON_Delete(ref);

@@ -8,8 +8,10 @@
  * the reverse used by `lmc convert`: a quantized folder dequantized to
  * float (lmc_dequantize_folder). */
 #include "cli.h"
+#include "convert_gguf.h"
 #include "core/core.h"
 #include "core/dtype.h"
+#include "io/gguf.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "quant/hf_quant.h"
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct qopts {
     const char *method;
@@ -405,6 +408,15 @@ lmc_status lmc_dequantize_folder(const char *in, const char *out, int dtype, int
     return s;
 }
 
+/* Removes the folder lmc_convert_from_gguf wrote. */
+static void remove_tmp(const char *dir) {
+    static const char *files[] = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"};
+    char p[4200];
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        if (lmc_path_join(p, sizeof p, dir, files[i])) unlink(p);
+    rmdir(dir);
+}
+
 int cmd_quantize(int argc, char **argv) {
     struct qopts o = {NULL, 4, 128, true, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
     const char *in = NULL, *out = NULL;
@@ -460,7 +472,24 @@ int cmd_quantize(int argc, char **argv) {
     lmc_err err = {0};
     int64_t nq = 0;
     size_t bytes = 0;
-    if (quantize(in, out, &o, &nq, &bytes, &err)) return cli_fail("quantize", &err);
+    /* a GGUF input is dequantized into a temporary folder (F32) first */
+    char tmp[4096] = "";
+    if (lmc_gguf_is_file(in)) {
+        const char *td = getenv("TMPDIR");
+        snprintf(tmp, sizeof tmp, "%s/lmc-quantize-XXXXXX", td && *td ? td : "/tmp");
+        int64_t nt;
+        if (!mkdtemp(tmp)) {
+            fprintf(stderr, "lmc: quantize: %s: cannot create a temporary folder: %s\n", tmp, strerror(errno));
+            return 1;
+        }
+        if (lmc_convert_from_gguf(in, tmp, LMC_DTYPE_F32, &nt, &err)) {
+            remove_tmp(tmp);
+            return cli_fail("quantize", &err);
+        }
+    }
+    lmc_status qs = quantize(tmp[0] ? tmp : in, out, &o, &nq, &bytes, &err);
+    if (tmp[0]) remove_tmp(tmp);
+    if (qs) return cli_fail("quantize", &err);
     fprintf(stderr, "lmc quantize: %s -> %s: %lld linear weights quantized (%s), %.2f MB of tensors\n", in, out,
             (long long)nq, o.method, (double)bytes / 1e6);
     return 0;

@@ -9,16 +9,16 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
-    {"generate", cmd_generate, "generate -m DIR -p TEXT [-n N] [--temp T] ...  continue a prompt"},
+    {"generate", cmd_generate, "generate -m DIR|FILE.gguf -p TEXT [-n N] [--temp T] ...  continue a prompt"},
     {"chat", cmd_chat, "chat -m DIR [--chat-template FILE]               interactive chat"},
     {"chat-template", cmd_chat_template, "chat-template -m DIR --messages F.json [--tools F.json] [--add-generation-prompt] [--template FILE] [--now YYYY-MM-DD]  print the prompt"},
     {"tokenize", cmd_tokenize, "tokenize -m DIR --text TEXT [--add-special]     print ids as JSON"},
     {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
-    {"eval", cmd_eval, "eval -m DIR --text-file F | --text T [--ctx N] [--kl-base DIR]  perplexity (KL vs a base)"},
+    {"eval", cmd_eval, "eval -m DIR|FILE.gguf --text-file F | --text T [--ctx N] [--chunks] [--kl-base DIR]  perplexity (KL vs a base)"},
     {"info", cmd_info, "info -m DIR [--ctx N] [--tensors] [--zero S --world N] [--optim X ...] [--tp T --pp P --cp C --seq N --fits GIB]  model summary; tensor table; ZeRO, optimizer and model-parallel memory"},
     {"serve", cmd_serve, "serve -m DIR [--host H] [--port P] [--api-key K] ...  OpenAI-compatible HTTP server"},
     {"bench-serve", cmd_bench_serve, "bench-serve --url URL [--concurrency C] [--requests N] ...  load a server"},
-    {"parity", cmd_parity, "parity DIR [--dtype fp32|bf16] [--json]         check against references"},
+    {"parity", cmd_parity, "parity DIR|FILE.gguf [--ref DIR] [--dtype fp32|bf16] [--json]  check against references"},
     {"train-tokenizer", cmd_train_tokenizer, "train-tokenizer --text-file F --vocab N --style gpt2|llama3 -o DIR  byte-level BPE"},
     {"prepare-data", cmd_prepare_data, "prepare-data -m DIR --text-file F [--jsonl --field text] -o DATA  token shards"},
     {"rl", cmd_rl, "rl -m POLICY --tasks FILE.jsonl -o OUT [--algo grpo|ppo] [--group 8] ...  RL from verifiable rewards (CPU)"},

@@ -3,6 +3,7 @@
 #include "lmc.h"
 #include "core/core.h"
 #include "infer/session.h"
+#include "io/gguf.h"
 #include "model/model.h"
 #include "ops/backend.h"
 #include "tokenizer/tokenizer.h"
@@ -54,7 +55,7 @@ lmc_status lmc_engine_open(lmc_engine **out, const char *dir, const lmc_engine_o
     if (s) return s;
     lmc_engine *e = calloc(1, sizeof *e);
     if (!e) return lmc_err_set(err, LMC_ERR_OOM, "engine: out of memory");
-    s = lmc_tokenizer_load(&e->tok, dir, err);
+    s = lmc_gguf_tokenizer_load(&e->tok, dir, err);
     if (!s && !(s = lmc_backend_cpu_init(&e->be, o.threads, err))) e->have_be = true;
     mo.be = &e->be;
     if (!s && !(s = lmc_model_load(&e->model, dir, &mo, err))) e->have_model = true;

@@ -276,6 +276,11 @@ lmc_status lmc_gguf_open(struct lmc_gguf *g, const char *path, lmc_err *err) {
     return LMC_OK;
 }
 
+bool lmc_gguf_is_file(const char *path) {
+    struct stat sb;
+    return path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
 const struct lmc_gguf_kv *lmc_gguf_find(const struct lmc_gguf *g, const char *key) {
     for (int64_t i = 0; i < g->n_kv; i++)
         if (g->kv[i].key && !strcmp(g->kv[i].key, key)) return &g->kv[i];

@@ -71,6 +71,9 @@ lmc_status lmc_gguf_parse(struct lmc_gguf *g, const void *buf, size_t len, const
 /* Maps and parses a file. */
 lmc_status lmc_gguf_open(struct lmc_gguf *g, const char *path, lmc_err *err);
 void lmc_gguf_free(struct lmc_gguf *g);
+/* True when path is a regular file: `-m` takes a Hugging Face folder or a
+ * GGUF file, so a file is read as GGUF (and its parse errors name it). */
+bool lmc_gguf_is_file(const char *path);
 
 const struct lmc_gguf_kv *lmc_gguf_find(const struct lmc_gguf *g, const char *key);
 const struct lmc_gguf_tensor *lmc_gguf_find_tensor(const struct lmc_gguf *g, const char *name);
@@ -105,6 +108,10 @@ const char *lmc_gguf_pre_name(const char *regex);
 /* A Hugging Face tokenizer.json and tokenizer_config.json (malloc'd texts)
  * from tokenizer.ggml.* (models `gpt2` and `llama`); errors name the key. */
 lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, char **cfg_json, lmc_err *err);
+/* The tokenizer of `-m`: from a GGUF file's metadata (the JSON above,
+ * tokenizer.chat_template included), or lmc_tokenizer_load of a folder. */
+struct lmc_tokenizer;
+lmc_status lmc_gguf_tokenizer_load(struct lmc_tokenizer **out, const char *path_or_dir, lmc_err *err);
 
 /* ---- writer ---- */
 struct lmc_gguf_writer;

@@ -4,9 +4,11 @@
  * from a GGUF's vocabulary: `gpt2` (byte-level BPE with merges) or `llama`
  * (SentencePiece BPE with byte fallback; merges rebuilt from the scores:
  * every split a+b of a token whose halves are tokens, ranked by the
- * token's score, as llama.cpp's SentencePiece tokenizer merges). */
+ * token's score, as llama.cpp's SentencePiece tokenizer merges); the
+ * tokenizer of `-m FILE.gguf` built from them. */
 #include "io/gguf.h"
 #include "core/core.h"
+#include "tokenizer/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -41,6 +43,51 @@ static char *dup_str(const struct lmc_gguf_str *s) {
     return p;
 }
 
+/* Token string -> first id holding it (strings up to their first NUL, as
+ * the JSON keys they become): open addressing over the token list, so that
+ * vocabularies of 100k+ tokens are indexed in linear time. */
+struct vhash {
+    int64_t *slot; /* id + 1, 0 empty */
+    uint64_t mask;
+    const struct lmc_gguf_str *strs;
+};
+
+static uint64_t vh_key(const char *s, uint64_t n, uint64_t *len) {
+    const char *z = memchr(s, 0, (size_t)n);
+    *len = z ? (uint64_t)(z - s) : n;
+    uint64_t h = 1469598103934665603ull;
+    for (uint64_t i = 0; i < *len; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static int64_t vh_find(const struct vhash *h, const char *s, uint64_t n) {
+    uint64_t len, l2;
+    for (uint64_t k = vh_key(s, n, &len) & h->mask;; k = (k + 1) & h->mask) {
+        int64_t id = h->slot[k] - 1;
+        if (id < 0) return -1;
+        const struct lmc_gguf_str *t = &h->strs[id];
+        vh_key(t->s, t->len, &l2);
+        if (l2 == len && !memcmp(t->s, s, (size_t)len)) return id;
+    }
+}
+
+static bool vh_init(struct vhash *h, const struct lmc_gguf_kv *toks) {
+    uint64_t cap = 16;
+    while (cap < 2 * toks->n) cap *= 2;
+    h->slot = calloc((size_t)cap, sizeof *h->slot);
+    h->mask = cap - 1;
+    h->strs = toks->strs;
+    if (!h->slot) return false;
+    for (uint64_t i = 0; i < toks->n; i++) {
+        if (vh_find(h, toks->strs[i].s, toks->strs[i].len) >= 0) continue; /* the first id keeps the string */
+        uint64_t len;
+        uint64_t k = vh_key(toks->strs[i].s, toks->strs[i].len, &len) & h->mask;
+        while (h->slot[k]) k = (k + 1) & h->mask;
+        h->slot[k] = (int64_t)i + 1;
+    }
+    return true;
+}
+
 struct cand {
     const char *a, *b;
     float score;
@@ -55,6 +102,8 @@ static int cmp_cand(const void *x, const void *y) {
 }
 
 lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, char **cfg_json, lmc_err *err) {
+    struct vhash vh = {0};
+    const cJSON **items = NULL;
     *tok_json = *cfg_json = NULL;
     char *model = NULL, *pre = NULL;
     const struct lmc_gguf_kv *toks, *types = NULL, *merges = NULL, *scores = NULL;
@@ -88,6 +137,11 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
             goto out;
         }
     }
+    items = calloc((size_t)toks->n + 1, sizeof *items); /* the vocab entry of each first id */
+    if (!items || !vh_init(&vh, toks)) {
+        s = lmc_err_set(err, LMC_ERR_OOM, "GGUF tokenizer: out of memory");
+        goto out;
+    }
     cJSON *root = cJSON_CreateObject(), *added = cJSON_AddArrayToObject(root, "added_tokens");
     cJSON_AddStringToObject(root, "version", "1.0");
     cJSON *vocab = cJSON_CreateObject(), *mlist = cJSON_CreateArray();
@@ -96,7 +150,8 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
         char *t = dup_str(&toks->strs[i]);
         if (!t) break;
         int64_t ty = types ? lmc_gguf_arr_i(types, i) : 1;
-        if (!cJSON_GetObjectItemCaseSensitive(vocab, t)) cJSON_AddNumberToObject(vocab, t, (double)i);
+        if (vh_find(&vh, toks->strs[i].s, toks->strs[i].len) == (int64_t)i)
+            items[i] = cJSON_AddNumberToObject(vocab, t, (double)i);
         if (ty == 2 && !unk) unk = strdup(t);
         if (ty == 3 || ty == 4 || ty == 2) {
             cJSON *a = cJSON_CreateObject();
@@ -142,12 +197,8 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
             if (ty != 1 || t->len < 2 || t->len >= 4096) continue;
             for (uint64_t cut = 1; cut < t->len; cut++) {
                 if ((t->s[cut] & 0xC0) == 0x80) continue; /* not inside a UTF-8 character */
-                memcpy(buf, t->s, (size_t)cut);
-                buf[cut] = 0;
-                const cJSON *a = cJSON_GetObjectItemCaseSensitive(vocab, buf);
-                memcpy(buf, t->s + cut, (size_t)(t->len - cut));
-                buf[t->len - cut] = 0;
-                const cJSON *b = cJSON_GetObjectItemCaseSensitive(vocab, buf);
+                int64_t ia = vh_find(&vh, t->s, cut), ib = vh_find(&vh, t->s + cut, t->len - cut);
+                const cJSON *a = ia >= 0 ? items[ia] : NULL, *b = ib >= 0 ? items[ib] : NULL;
                 if (!a || !b) continue;
                 if (nc == cap) {
                     struct cand *n2 = realloc(c, (size_t)(cap *= 2) * sizeof *c);
@@ -228,6 +279,10 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
     if (!lmc_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab, &found, err) && found)
         cJSON_AddBoolToObject(cfg, "add_bos_token", ab);
     else cJSON_AddBoolToObject(cfg, "add_bos_token", spm);
+    char *tmpl = NULL;
+    if (!lmc_gguf_get_str(g, "tokenizer.chat_template", &tmpl, &found, err) && found)
+        cJSON_AddStringToObject(cfg, "chat_template", tmpl);
+    free(tmpl);
     *cfg_json = cJSON_PrintUnformatted(cfg);
     cJSON_Delete(cfg);
     if (!*tok_json || !*cfg_json) {
@@ -237,7 +292,25 @@ lmc_status lmc_gguf_tokenizer_json(const struct lmc_gguf *g, char **tok_json, ch
         s = lmc_err_set(err, LMC_ERR_OOM, "GGUF tokenizer: out of memory");
     }
 out:
+    free(vh.slot);
+    free(items);
     free(model);
     free(pre);
+    return s;
+}
+
+lmc_status lmc_gguf_tokenizer_load(struct lmc_tokenizer **out, const char *path_or_dir, lmc_err *err) {
+    if (!lmc_gguf_is_file(path_or_dir)) return lmc_tokenizer_load(out, path_or_dir, err);
+    *out = NULL;
+    struct lmc_gguf g;
+    lmc_status s = lmc_gguf_open(&g, path_or_dir, err);
+    if (s) return s;
+    char *tj = NULL, *cj = NULL;
+    s = lmc_gguf_tokenizer_json(&g, &tj, &cj, err);
+    lmc_gguf_free(&g);
+    if (!s) s = lmc_tokenizer_load_json(out, tj, strlen(tj), cj, strlen(cj), err);
+    free(tj);
+    free(cj);
+    if (s) lmc_err_prefix(err, "%s: ", path_or_dir);
     return s;
 }

@@ -73,6 +73,8 @@ enum lmc_when {
 #define LMC_TF_CONV       4u  /* stored (rows, 1, cols) on disk (a depthwise conv1d weight) */
 #define LMC_TF_INIT_ALOG  8u  /* from scratch: log(1..n) along the last dimension (Mamba's A_log) */
 #define LMC_TF_INIT_DT   16u  /* from scratch: softplus^-1(dt), dt log-uniform in [1e-3, 0.1] (dt bias) */
+#define LMC_TF_GGUF_ROPE 32u  /* GGUF: llama.cpp's converter reorders the rows per head for its rotary
+                               * layout (variants with permute_qk; heads = rows / head_dim) */
 
 struct lmc_tensor_spec {
     const char *name;         /* HF name; per-layer names hold one %lld (the layer index) */
@@ -84,6 +86,30 @@ struct lmc_tensor_spec {
     uint8_t when;             /* enum lmc_when */
     uint8_t flags;            /* LMC_TF_* */
     uint8_t dim[2];           /* model layout (out, in) or (n) */
+};
+
+/* A GGUF hyper-parameter "<general.architecture>.<key>" and the
+ * config.json field it is (read: GGUF -> config; write: config -> GGUF). */
+struct lmc_gguf_key {
+    const char *key;          /* "embedding_length" */
+    const char *field;        /* "hidden_size" */
+    uint8_t type;             /* enum lmc_gguf_vtype: U32 or F32 */
+    uint8_t use;              /* LMC_GK_* */
+    double def;               /* LMC_GK_DEFAULT: the value when the file lacks the key */
+};
+#define LMC_GK_REQUIRED 0     /* read (an error naming the key when absent) and written */
+#define LMC_GK_OPTIONAL 1     /* read when present (else the field is left out), written */
+#define LMC_GK_DEFAULT  2     /* read, def when absent; written */
+#define LMC_GK_WRITE    3     /* written only (llama.cpp reads it; lmc derives it) */
+
+/* A GGUF architecture (general.architecture) an lmc architecture reads and
+ * writes: llama.cpp's name, the config.json it becomes. */
+struct lmc_gguf_variant {
+    const char *name;         /* "llama", "qwen2", "gpt2" */
+    const char *model_type;   /* config.json model_type */
+    const char *hf_class;     /* config.json architectures[0] */
+    bool permute_qk;          /* LMC_TF_GGUF_ROPE tensors are stored in llama.cpp's row order */
+    const char *fixed_json;   /* config.json fields the GGUF does not hold ({"hidden_act":"silu"}) */
 };
 
 struct cJSON;
@@ -105,6 +131,15 @@ struct lmc_architecture {
     /* adds the HF config.json fields of the family to o (architectures,
      * model_type, sizes, norms, positions) */
     void (*config_json)(const struct lmc_config *c, struct cJSON *o);
+    /* GGUF (llama.cpp) names: gguf_names[i] is specs[i]'s ("blk.%lld.attn_q.weight";
+     * NULL: none; GGUF stores every matrix (out, in), LMC_TF_TRANSPOSED does not apply
+     * there); variants[0] is written unless another's model_type matches the
+     * config's; keys map the hyper-parameters. NULL / 0: no GGUF form. */
+    const char *const *gguf_names;
+    const struct lmc_gguf_variant *gguf;
+    int n_gguf;
+    const struct lmc_gguf_key *gguf_keys;
+    int n_gguf_keys;
 };
 
 /* The architecture of a parsed config (never NULL for a parsed config). */
@@ -177,6 +212,34 @@ void lmc_arch_llama_json(const struct lmc_config *c, struct cJSON *o, const char
 /* Checks every size product the model code forms from c (C*V, L*..., the
  * per-token widths) fits int64 with room (LMC_ERR_ARG naming the field). */
 lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
+
+/* ---- GGUF (llama.cpp) names, from the architectures' tables (gguf_arch.c) ---- */
+struct lmc_gguf;
+struct lmc_gguf_writer;
+/* The architecture and variant of a GGUF general.architecture name
+ * (LMC_ERR_UNSUPPORTED naming it and the known ones). */
+lmc_status lmc_gguf_arch_find(const char *name, const struct lmc_architecture **a,
+                              const struct lmc_gguf_variant **v, lmc_err *err);
+/* The variant c is written as: the one whose model_type is c's, else the
+ * architecture's first; NULL when the architecture has no GGUF form. */
+const struct lmc_gguf_variant *lmc_gguf_variant_of(const struct lmc_config *c);
+/* config.json (a cJSON object the caller deletes) of a GGUF's metadata:
+ * the variant's class and model_type, the key table, vocab_size from
+ * token_embd.weight, tie_word_embeddings from the absence of output.weight,
+ * bos/eos from the tokenizer keys. Errors name `label` and the key. */
+lmc_status lmc_gguf_config_json(const struct lmc_gguf *g, const char *label, struct cJSON **out,
+                                const struct lmc_gguf_variant **v, lmc_err *err);
+/* The same, parsed (lmc_config_parse: every size checked). */
+lmc_status lmc_gguf_config(const struct lmc_gguf *g, const char *label, struct lmc_config *c,
+                           const struct lmc_gguf_variant **v, lmc_err *err);
+/* general.architecture and the key table's hyper-parameters of c. */
+lmc_status lmc_gguf_hparams_write(struct lmc_gguf_writer *w, const struct lmc_config *c,
+                                  const struct lmc_gguf_variant *v, lmc_err *err);
+/* llama.cpp's name of t (a tensor of a's walk) into out (false: none). */
+bool lmc_gguf_tensor_name(const struct lmc_architecture *a, const struct lmc_tensor_ref *t, char *out, size_t cap);
+/* Heads whose rows llama.cpp's converter permuted in t (0: not permuted). */
+int64_t lmc_gguf_rope_heads(const struct lmc_tensor_ref *t, const struct lmc_config *c,
+                            const struct lmc_gguf_variant *v);
 
 /* Architectures (arch_*.c). */
 extern const struct lmc_architecture lmc_arch_llama, lmc_arch_gpt2, lmc_arch_qwen3, lmc_arch_mixtral,

@@ -5,6 +5,7 @@
  * (LMC_TF_TRANSPOSED): the loader and the training arena keep (out, in). */
 #include "model/arch.h"
 #include "core/core.h"
+#include "io/gguf.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -31,6 +32,30 @@ static const struct lmc_tensor_spec specs[] = {
     {"transformer.ln_f.bias", false, LMC_TK_NORM_F_B, 0, 1, LMC_ROLE_BIAS, LMC_WHEN_ALWAYS, 0, {LMC_D_C, LMC_D_1}},
     /* GPT2LMHeadModel always ties; a stored copy is accepted and used */
     {"lm_head.weight", false, LMC_TK_HEAD, 0, 1, LMC_ROLE_MATRIX, LMC_WHEN_UNTIED, 0, {LMC_D_V, LMC_D_C}},
+};
+
+/* llama.cpp's name of each spec above (same order); GGUF keeps every
+ * matrix (out, in): the Conv1D weights are transposed there. */
+static const char *const gguf_names[] = {
+    "token_embd.weight", "position_embd.weight", "blk.%lld.attn_norm.weight", "blk.%lld.attn_norm.bias",
+    "blk.%lld.attn_qkv.weight", "blk.%lld.attn_qkv.bias", "blk.%lld.attn_output.weight",
+    "blk.%lld.attn_output.bias", "blk.%lld.ffn_norm.weight", "blk.%lld.ffn_norm.bias", "blk.%lld.ffn_up.weight",
+    "blk.%lld.ffn_up.bias", "blk.%lld.ffn_down.weight", "blk.%lld.ffn_down.bias", "output_norm.weight",
+    "output_norm.bias", "output.weight",
+};
+_Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
+
+static const struct lmc_gguf_variant gguf_variants[] = {
+    {"gpt2", "gpt2", "GPT2LMHeadModel", false, "{\"activation_function\":\"gelu_new\"}"},
+};
+
+static const struct lmc_gguf_key gguf_keys[] = {
+    {"context_length", "n_positions", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"embedding_length", "n_embd", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"block_count", "n_layer", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"feed_forward_length", "n_inner", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"attention.head_count", "n_head", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"attention.layer_norm_epsilon", "layer_norm_epsilon", LMC_GGUF_F32, LMC_GK_REQUIRED, 0},
 };
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) {
@@ -78,4 +103,9 @@ const struct lmc_architecture lmc_arch_gpt2 = {
     .check = check,
     .config_defaults = defaults,
     .config_json = config_json,
+    .gguf_names = gguf_names,
+    .gguf = gguf_variants,
+    .n_gguf = (int)(sizeof gguf_variants / sizeof *gguf_variants),
+    .gguf_keys = gguf_keys,
+    .n_gguf_keys = (int)(sizeof gguf_keys / sizeof *gguf_keys),
 };

@@ -1,8 +1,9 @@
 /* arch_llama.c — the Llama family (Llama 2/3, Mistral, Qwen2):
  * LlamaForCausalLM-style tensors, pre-norm blocks of RMSNorm, attention
  * with RoPE and GQA (optional q/k/v and o biases), SwiGLU MLP (optional
- * biases), tied or untied head. */
+ * biases), tied or untied head; their GGUF (llama.cpp) names and keys. */
 #include "model/arch.h"
+#include "io/gguf.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -15,9 +16,9 @@
 static const struct lmc_tensor_spec specs[] = {
     {"model.embed_tokens.weight", false, LMC_TK_TOK_EMB, 0, 1, LMC_ROLE_EMBED, LMC_WHEN_ALWAYS, 0, {LMC_D_V, LMC_D_C}},
     NORM("input_layernorm.weight", LMC_V_NORM1),
-    LIN("self_attn.q_proj.weight", LMC_L_Q, LMC_D_QD, LMC_D_C, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, 0),
+    LIN("self_attn.q_proj.weight", LMC_L_Q, LMC_D_QD, LMC_D_C, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, LMC_TF_GGUF_ROPE),
     BIAS("self_attn.q_proj.bias", LMC_L_Q, LMC_D_QD, LMC_WHEN_QKV_BIAS),
-    LIN("self_attn.k_proj.weight", LMC_L_K, LMC_D_KVD, LMC_D_C, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, 0),
+    LIN("self_attn.k_proj.weight", LMC_L_K, LMC_D_KVD, LMC_D_C, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, LMC_TF_GGUF_ROPE),
     BIAS("self_attn.k_proj.bias", LMC_L_K, LMC_D_KVD, LMC_WHEN_QKV_BIAS),
     LIN("self_attn.v_proj.weight", LMC_L_V, LMC_D_KVD, LMC_D_C, LMC_ROLE_MATRIX, LMC_WHEN_ALWAYS, 0),
     BIAS("self_attn.v_proj.bias", LMC_L_V, LMC_D_KVD, LMC_WHEN_QKV_BIAS),
@@ -32,6 +33,39 @@ static const struct lmc_tensor_spec specs[] = {
     BIAS("mlp.down_proj.bias", LMC_L_DOWN, LMC_D_C, LMC_WHEN_MLP_BIAS),
     {"model.norm.weight", false, LMC_TK_NORM_F, 0, 1, LMC_ROLE_NORM, LMC_WHEN_ALWAYS, 0, {LMC_D_C, LMC_D_1}},
     {"lm_head.weight", false, LMC_TK_HEAD, 0, 1, LMC_ROLE_MATRIX, LMC_WHEN_UNTIED, 0, {LMC_D_V, LMC_D_C}},
+};
+
+/* llama.cpp's name of each spec above (same order). */
+static const char *const gguf_names[] = {
+    "token_embd.weight", "blk.%lld.attn_norm.weight",
+    "blk.%lld.attn_q.weight", "blk.%lld.attn_q.bias", "blk.%lld.attn_k.weight", "blk.%lld.attn_k.bias",
+    "blk.%lld.attn_v.weight", "blk.%lld.attn_v.bias", "blk.%lld.attn_output.weight", "blk.%lld.attn_output.bias",
+    "blk.%lld.ffn_norm.weight", "blk.%lld.ffn_gate.weight", "blk.%lld.ffn_gate.bias",
+    "blk.%lld.ffn_up.weight", "blk.%lld.ffn_up.bias", "blk.%lld.ffn_down.weight", "blk.%lld.ffn_down.bias",
+    "output_norm.weight", "output.weight",
+};
+_Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
+
+/* llama.cpp's architectures: Llama and Mistral convert as "llama" (q/k
+ * rows permuted), Qwen2 as "qwen2" (not permuted). */
+static const struct lmc_gguf_variant gguf_variants[] = {
+    {"llama", "llama", "LlamaForCausalLM", true, "{\"hidden_act\":\"silu\"}"},
+    {"qwen2", "qwen2", "Qwen2ForCausalLM", false, "{\"hidden_act\":\"silu\"}"},
+};
+
+static const struct lmc_gguf_key gguf_keys[] = {
+    {"context_length", "max_position_embeddings", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"embedding_length", "hidden_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"block_count", "num_hidden_layers", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"feed_forward_length", "intermediate_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"attention.head_count", "num_attention_heads", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"attention.head_count_kv", "num_key_value_heads", LMC_GGUF_U32, LMC_GK_OPTIONAL, 0},
+    {"attention.layer_norm_rms_epsilon", "rms_norm_eps", LMC_GGUF_F32, LMC_GK_REQUIRED, 0},
+    {"rope.freq_base", "rope_theta", LMC_GGUF_F32, LMC_GK_DEFAULT, 10000},
+    {"attention.key_length", "head_dim", LMC_GGUF_U32, LMC_GK_OPTIONAL, 0},
+    {"attention.value_length", "head_dim", LMC_GGUF_U32, LMC_GK_WRITE, 0},
+    {"rope.dimension_count", "head_dim", LMC_GGUF_U32, LMC_GK_WRITE, 0},
+    {"vocab_size", "vocab_size", LMC_GGUF_U32, LMC_GK_WRITE, 0},
 };
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) {
@@ -92,4 +126,9 @@ const struct lmc_architecture lmc_arch_llama = {
     .check = check,
     .config_defaults = defaults,
     .config_json = config_json,
+    .gguf_names = gguf_names,
+    .gguf = gguf_variants,
+    .n_gguf = (int)(sizeof gguf_variants / sizeof *gguf_variants),
+    .gguf_keys = gguf_keys,
+    .n_gguf_keys = (int)(sizeof gguf_keys / sizeof *gguf_keys),
 };

@@ -24,6 +24,7 @@ struct lmc_model {
     struct lmc_config cfg;
     const struct lmc_architecture *arch;
     struct lmc_st st;                    /* the mapped safetensors */
+    struct lmc_gguf *gguf;               /* -m FILE.gguf: the mapped GGUF (weights borrow from it); else NULL */
     struct lmc_weights w;                /* bound by the arch's spec table */
     int64_t rot_dim;                     /* rotary dims per head (0: learned positions) */
     int64_t n_params;
@@ -62,6 +63,22 @@ struct lmc_model_opts {
  * (except known-harmless buffers such as rotary inv_freq / attn.bias). */
 lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                           lmc_err *err);
+/* dir may also be a GGUF file (llama.cpp; lmc_gguf_is_file): config and
+ * weights from it (weights_gguf.c: F32/F16/BF16 matrices as dense weights,
+ * the block-quantized types bound in place as LMC_WFMT_QUANT linears,
+ * llama.cpp's Q/K row order undone, quantized embeddings dequantized).
+ * The loaders' shared parts: */
+lmc_status lmc_model_load_gguf(struct lmc_model *m, const char *path, lmc_err *err);
+/* The same over m->gguf, already parsed (set by the caller, freed by
+ * lmc_model_free; fuzz_gguf binds images in memory); label names it. */
+lmc_status lmc_model_bind_gguf(struct lmc_model *m, const char *label, lmc_err *err);
+/* Counts weight bytes and uploads to a device backend (after the binds). */
+lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opts *opts, lmc_err *err);
+/* Binds w (owned by the model from here, freed on error) as the quantized
+ * weight of r (a layer linear, split into views for fused parts, or the head). */
+struct lmc_qweight;
+lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_ref *r, struct lmc_qweight *w,
+                                  lmc_err *err);
 void lmc_model_free(struct lmc_model *m);
 
 /* KV cache for one sequence: per layer K and V rows (ctx, n_kv*hd) f32,

@@ -6,6 +6,7 @@
 #include "model/model.h"
 #include "model/arch_moe.h"
 #include "core/core.h"
+#include "io/gguf.h"
 #include "quant/hf_quant.h"
 #include "quant/qmatmul.h"
 
@@ -119,16 +120,6 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
         m->n_params += r->numel; /* its bytes count with the dense linears */
         return LMC_OK;
     }
-    if (m->n_qw == m->cap_qw) {
-        int cap = m->cap_qw ? 2 * m->cap_qw : 64;
-        struct lmc_qweight **p = realloc(m->qw, (size_t)cap * sizeof *p);
-        if (!p) {
-            lmc_qlinear_free(&q);
-            return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        }
-        m->qw = p;
-        m->cap_qw = cap;
-    }
     struct lmc_qweight *w = calloc(1, sizeof *w);
     if (!w) {
         lmc_qlinear_free(&q);
@@ -141,12 +132,37 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
         lmc_err_prefix(err, "%s: ", name);
         return s;
     }
-    m->qw[m->n_qw++] = w;
     mark_prefix(ls, name);
+    return lmc_model_bind_qweight(m, r, w, err);
+}
+
+lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_ref *r, struct lmc_qweight *w,
+                                  lmc_err *err) {
+    LMC_ASSERT(r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_HEAD);
+    if (m->n_qw == m->cap_qw) {
+        int cap = m->cap_qw ? 2 * m->cap_qw : 64;
+        struct lmc_qweight **p = realloc(m->qw, (size_t)cap * sizeof *p);
+        if (!p) {
+            lmc_qweight_free(w);
+            free(w);
+            return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", r->name);
+        }
+        m->qw = p;
+        m->cap_qw = cap;
+    }
+    m->qw[m->n_qw++] = w;
+    m->n_params += r->numel;
+    m->weight_bytes += lmc_qweight_bytes(w);
+    if (r->spec->kind == LMC_TK_HEAD) {
+        m->w.head.format = LMC_WFMT_QUANT;
+        m->w.head.q = w;
+        m->w.head.w = (struct lmc_mat){LMC_DTYPE_F32, r->rows, r->cols, w->data};
+        return LMC_OK;
+    }
     int parts = r->spec->parts > 1 ? r->spec->parts : 1;
     int64_t pr = r->rows / parts;
     struct lmc_qweight *views = parts > 1 ? lmc_model_own(m, (size_t)parts * sizeof *views) : w;
-    if (!views) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+    if (!views) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", r->name);
     for (int i = 0; i < parts; i++) {
         struct lmc_linear *L = r->spec->kind == LMC_TK_EXPERT_W /* one expert's projection (parts 1) */
                                    ? &m->w.layers[r->layer].experts[r->expert * LMC_X_N + r->spec->slot]
@@ -165,8 +181,6 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
         L->q = &views[i];
         L->w = (struct lmc_mat){LMC_DTYPE_F32, pr, r->cols, views[i].data};
     }
-    m->n_params += r->numel;
-    m->weight_bytes += lmc_qweight_bytes(w);
     return LMC_OK;
 }
 
@@ -343,6 +357,15 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
     memset(m, 0, sizeof *m);
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
     m->on_device = opts && opts->be && !opts->be->host_memory;
+    if (lmc_gguf_is_file(dir)) { /* -m FILE.gguf (weights_gguf.c) */
+        lmc_status s = lmc_model_load_gguf(m, dir, err);
+        if (!s) s = lmc_model_load_finish(m, opts, err);
+        if (s) {
+            lmc_err_prefix(err, "loading %s: ", dir);
+            lmc_model_free(m);
+        }
+        return s;
+    }
     lmc_status s = lmc_config_load(&m->cfg, dir, err);
     if (s) return s;
     m->arch = lmc_arch_of(&m->cfg);
@@ -377,13 +400,18 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
                             (long long)m->cfg.num_layers);
     }
     free(used);
+    if (!s) s = lmc_model_load_finish(m, opts, err);
     if (s) {
         lmc_err_prefix(err, "loading %s: ", dir);
         lmc_model_free(m);
         return s;
     }
+    return LMC_OK;
+}
+
+lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opts *opts, lmc_err *err) {
     size_t wb = mat_bytes(&m->w.tok_emb) + mat_bytes(&m->w.pos_emb);
-    if (m->w.head.w.data != m->w.tok_emb.data) wb += mat_bytes(&m->w.head.w);
+    if (m->w.head.w.data != m->w.tok_emb.data && m->w.head.format == LMC_WFMT_DENSE) wb += mat_bytes(&m->w.head.w);
     for (int64_t l = 0; l < m->cfg.num_layers; l++)
         for (int i = 0; i < LMC_L_N; i++) {
             /* views of one fused tensor (parts) count once: by distinct data */
@@ -394,10 +422,10 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
         for (int64_t i = 0; m->w.layers[l].experts && i < m->cfg.num_experts * LMC_X_N; i++)
             wb += mat_bytes(&m->w.layers[l].experts[i].w);
     m->weight_bytes += wb; /* quantized linears were counted at load */
-    if (opts && opts->be && !opts->be->host_memory && (s = place_weights(m, opts->be, err))) {
-        lmc_err_prefix(err, "loading %s: ", dir);
-        lmc_model_free(m);
-        return s;
+    if (opts && opts->be && !opts->be->host_memory) {
+        if (m->n_qw)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "quantized weights run on the CPU backend only");
+        return place_weights(m, opts->be, err);
     }
     return LMC_OK;
 }
@@ -414,6 +442,8 @@ void lmc_model_free(struct lmc_model *m) {
     free(m->owned);
     free(m->w.layers);
     lmc_st_free(&m->st);
+    if (m->gguf) lmc_gguf_free(m->gguf);
+    free(m->gguf);
     memset(m, 0, sizeof *m);
 }
 

@@ -229,6 +229,8 @@ lmc_status lmc_chat_template_load(const char *dir, const char *template_file, co
     }
     free(text);
     cJSON_Delete(cfg);
+    if (!st && ct->n == 0 && tok && lmc_tokenizer_chat_template(tok)) /* a GGUF's tokenizer.chat_template */
+        st = add_template(ct, "default", lmc_tokenizer_chat_template(tok), "tokenizer.chat_template", err);
     if (!st && ct->n == 0)
         st = lmc_err_set(err, LMC_ERR_UNSUPPORTED,
                          "%s has no chat template (no chat_template.jinja and no chat_template in "

@@ -2,8 +2,17 @@
 writer (gguf-py's GGUFWriter), following llama.cpp's convert_hf_to_gguf.py
 conventions (tensor names, Llama's Q/K permutation, GPT-2's Conv1D
 transpose, tokenizer metadata), so that lmc's reader is tested on a file it
-did not write. usage: write_gguf_py.py HF_DIR OUT.gguf"""
+did not write. TYPE (default f32): the matrices in f16, bf16, q8_0, q4_0,
+q4_1, q5_0 or q5_1 through gguf-py's own quantizers (vectors stay F32).
+GGUF_BAD=wrong_type|shape|arch|extra writes a hostile file: a hyper-
+parameter of the wrong type, feed_forward_length disagreeing with the
+tensors, an architecture lmc does not run, a tensor no model has.
+GGUF_DEQ_DIR=DIR also writes DIR, a Hugging Face folder (F32) of the weights
+as gguf-py dequantizes them (Q/K order and Conv1D layout put back), the
+float model a GGUF reader must match.
+usage: write_gguf_py.py HF_DIR OUT.gguf [TYPE]"""
 import json
+import os
 import struct
 import sys
 
@@ -11,6 +20,9 @@ import numpy as np
 import gguf
 
 hf, out = sys.argv[1], sys.argv[2]
+qname = sys.argv[3].upper() if len(sys.argv) > 3 else "F32"
+qtype = gguf.GGMLQuantizationType[qname]
+bad = os.environ.get("GGUF_BAD", "")
 cfg = json.load(open(f"{hf}/config.json"))
 tok = json.load(open(f"{hf}/tokenizer.json"))
 raw = open(f"{hf}/model.safetensors", "rb").read()
@@ -26,12 +38,15 @@ def st(name):
 
 gpt2 = cfg["model_type"] == "gpt2"
 arch = "gpt2" if gpt2 else "llama"
-w = gguf.GGUFWriter(out, arch)
+w = gguf.GGUFWriter(out, "falcon" if bad == "arch" else arch)
 L = cfg["n_layer"] if gpt2 else cfg["num_hidden_layers"]
 H = cfg["n_head"] if gpt2 else cfg["num_attention_heads"]
 C = cfg["n_embd"] if gpt2 else cfg["hidden_size"]
 w.add_block_count(L)
-w.add_embedding_length(C)
+if bad == "wrong_type":
+    w.add_string(f"{arch}.embedding_length", str(C))
+else:
+    w.add_embedding_length(C)
 w.add_head_count(H)
 w.add_context_length(cfg["n_positions"] if gpt2 else cfg["max_position_embeddings"])
 if gpt2:
@@ -39,7 +54,7 @@ if gpt2:
     w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
 else:
     KV = cfg["num_key_value_heads"]
-    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"] + (32 if bad == "shape" else 0))
     w.add_head_count_kv(KV)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
@@ -86,6 +101,14 @@ def permute(x, heads):  # convert_hf_to_gguf.py LlamaModel.permute
     return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
 
 
+def unpermute(x, heads):
+    return x.reshape(heads, x.shape[0] // heads // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+
+deq_dir = os.environ.get("GGUF_DEQ_DIR")
+deq = {}
+
+
 for name in hdr:
     if name == "__metadata__":
         continue
@@ -112,9 +135,45 @@ for name in hdr:
             x = permute(x, H)
         if g.endswith("attn_k.weight"):
             x = permute(x, KV)
-    w.add_tensor(g, np.ascontiguousarray(x))
+    x = np.ascontiguousarray(x)
+    d = x
+    if x.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+        try:
+            qx = gguf.quants.quantize(x, qtype)
+            w.add_tensor(g, qx, raw_dtype=qtype)
+            d = gguf.quants.dequantize(qx, qtype).astype(np.float32).reshape(x.shape)
+        except gguf.quants.QuantError:  # rows not whole blocks: F16, as llama.cpp does
+            w.add_tensor(g, x.astype(np.float16))
+            d = x.astype(np.float16).astype(np.float32)
+    else:
+        w.add_tensor(g, x)
+    if gpt2 and x.ndim == 2 and g.startswith("blk."):
+        d = d.T
+    elif not gpt2 and g.endswith("attn_q.weight"):
+        d = unpermute(d, H)
+    elif not gpt2 and g.endswith("attn_k.weight"):
+        d = unpermute(d, KV)
+    deq[name] = np.ascontiguousarray(d, dtype=np.float32)
+if bad == "extra":
+    w.add_tensor("blk.0.attn_extra.weight", np.ones((4, 4), dtype=np.float32))
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
+if deq_dir:
+    import shutil
+    os.makedirs(deq_dir, exist_ok=True)
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if os.path.exists(f"{hf}/{f}"):
+            shutil.copy(f"{hf}/{f}", f"{deq_dir}/{f}")
+    hdr2, blobs, off = {}, [], 0
+    for k, a in deq.items():
+        b = a.tobytes()
+        hdr2[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(hdr2).encode()
+    h += b" " * (-len(h) % 8)
+    with open(f"{deq_dir}/model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 print(f"{out}: written by gguf-py")
