@@ -36,6 +36,10 @@
  *               through the CUDA table (harness_ssm.inc)
  *   lora        LoRA adapters through the real CUDA table: the PEFT fixture's
  *               forward, training steps padded and packed (see test_lora)
+ *   qmm         qmatmul.cu: quantized weights uploaded through the table
+ *               (GGUF blocks, GPTQ / AWQ / rtn groups, NF4, ternary), the
+ *               GEMV and tensor-core paths vs the dequantized float
+ *               reference and the CPU twin (harness_qmm.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1222,6 +1226,8 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
     }
 }
 
+#include "harness_qmm.cc" /* test_qmm: the quantized matmul kernels */
+
 static void test_moe() {
     for (enum lmc_dtype dt : {LMC_DTYPE_F32, LMC_DTYPE_BF16, LMC_DTYPE_F16}) {
         moe_case({0, 0, 5, 5, 12, 13}, 7, 13, dt);  /* empty experts, odd sizes */
@@ -1246,12 +1252,13 @@ int main(int argc, char **argv) {
         {"lora", test_lora},
         {"kvq", test_kvq},
         {"moe", test_moe},
+        {"qmm", test_qmm},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe qmm)\n", argv[i]);
             return 2;
         }
     }
