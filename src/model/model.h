@@ -43,6 +43,10 @@ struct lmc_model {
     const struct lmc_backend *placed_on;
     void **placed;
     int n_placed, cap_placed;
+    /* quantized linears' copies on a non-host backend (its qweight_upload;
+     * freed through its qweight_free) */
+    struct lmc_qweight **qdev;
+    int n_qdev, cap_qdev;
 };
 
 struct lmc_model_opts {
