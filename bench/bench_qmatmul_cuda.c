@@ -389,15 +389,13 @@ static int dry_run(const struct opts *o) {
             }
             char shape[32];
             snprintf(shape, sizeof shape, "%lldx%lld", (long long)N, (long long)K);
-            for (int b = 0; b <= o->n_batches; b++) {
-                int64_t M = b < o->n_batches ? o->batches[b] : o->prefill;
-                if (M == 0) continue;
-                printf("%-8s %-12s %-10s %5lld %10.2f %10s %10s %10s %10s %8s %8s %8s\n", o->formats[f], shape, "host",
-                       (long long)M, (double)lmc_qweight_bytes(&h.w) / 1e6, "-", "-", "-", "-", "-", "-", "-");
-            }
+            printf("%-8s %-12s %-10s %5s %10.2f %10s %10s %10s %10s %8s %8s %8s\n", o->formats[f], shape, "host", "-",
+                   (double)lmc_qweight_bytes(&h.w) / 1e6, "-", "-", "-", "-", "-", "-", "-");
             free_weight(&h);
         }
-    printf("(dry run: host-side weights and bytes only; times need a GPU)\n");
+    printf("(dry run: host-side weights and bytes only; a GPU run times M =");
+    for (int b = 0; b < o->n_batches; b++) printf(" %lld", (long long)o->batches[b]);
+    printf(" and prefill %lld)\n", (long long)o->prefill);
     return 0;
 }
 

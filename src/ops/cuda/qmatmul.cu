@@ -6,7 +6,7 @@
  *     16-byte loads (every weight byte read once per call), codes turned to
  *     floats in registers and dotted in fp32 with the batch's activations,
  *     scales applied per block, warp shuffles for the sum;
- *   - a dequantize-into-shared-memory GEMM for prefill (M > 16): 64x64
+ *   - a dequantize-into-shared-memory GEMM for prefill (M > 16): 64x128
  *     output tiles, each 32-wide k step dequantizing the weight tile to
  *     bf16 in shared memory next to the bf16-rounded activations, bf16
  *     tensor cores (mma.sync m16n8k16, fp32 accumulation).
@@ -274,7 +274,8 @@ extern "C" const char *lmc_cuda_qweight_layout(const struct lmc_qweight *w) {
 struct qmm_args {
     const uint8_t *codes;
     const __half2 *so;
-    const float *x;          /* (M, ldx) in kernel column order */
+    const float *x;          /* (M, ldx) in kernel column order (GEMV) */
+    const __nv_bfloat16 *xb; /* the same as bf16 (tile GEMM) */
     float *y;                /* (M, n) */
     const float *bias;
     int64_t n, nb, gb, ng, ldx, M;
@@ -385,17 +386,19 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) qgemv_kernel(struct qmm_args 
 }
 
 #define QT_BM 64
-#define QT_BN 64
+#define QT_BN 128
+#define QT_THREADS 256
 #define QT_LD 40 /* bf16 per shared row: 32 + 8 of padding (rows stay 16-byte aligned) */
 #define QT_SMEM ((QT_BM + QT_BN) * QT_LD * 2 + 16 * 4)
 
-/* One 64x64 tile of y per block of 4 warps (2x2, 32x32 each). */
+/* One 64x128 tile of y per block of 8 warps (2x4, 32x32 each); a.xb holds
+ * the activations as bf16 in kernel column order (ld a.ldx). */
 template <int FMT>
-__global__ void __launch_bounds__(128) qgemm_mma_kernel(struct qmm_args a) {
+__global__ void __launch_bounds__(QT_THREADS) qgemm_mma_kernel(struct qmm_args a) {
     extern __shared__ __align__(16) uint8_t qsm[]; /* QT_SMEM bytes: As, Bs, slut */
     __nv_bfloat16 *As = (__nv_bfloat16 *)qsm, *Bs = As + QT_BM * QT_LD;
     float *slut = (float *)(Bs + QT_BN * QT_LD);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
     if (FMT == FMT_G4LUT && tid < 16) slut[tid] = a.lut[tid];
     const int64_t m0 = (int64_t)blockIdx.y * QT_BM, n0 = (int64_t)blockIdx.x * QT_BN;
     constexpr int CB = FMT == FMT_G8 ? 32 : 16; /* code bytes per block */
@@ -409,16 +412,12 @@ __global__ void __launch_bounds__(128) qgemm_mma_kernel(struct qmm_args a) {
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
     for (int64_t b = 0; b < a.nb; b++) {
         __syncthreads(); /* the previous step's fragments are read */
-#pragma unroll
-        for (int i = 0; i < 4; i++) { /* activations: 64 rows x 32 floats */
-            int idx = tid + 128 * i, r = idx >> 3, c4 = idx & 7;
-            int64_t m = m0 + r;
-            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (m < a.M) v = __ldg((const float4 *)(a.x + m * a.ldx + b * 32) + c4);
-            uint2 st;
-            st.x = lmc_pack_bf16(v.x, v.y);
-            st.y = lmc_pack_bf16(v.z, v.w);
-            *(uint2 *)&As[r * QT_LD + c4 * 4] = st;
+        { /* activations: 64 rows x 32 bf16, a 16-byte piece per thread */
+            const int r = tid >> 2, c8 = tid & 3;
+            const int64_t m = m0 + r;
+            uint4 v = {0u, 0u, 0u, 0u};
+            if (m < a.M) v = __ldg((const uint4 *)(a.xb + m * a.ldx + b * 32) + c8);
+            *(uint4 *)&As[r * QT_LD + c8 * 8] = v;
         }
         { /* weights: thread t dequantizes half a block of row t/2 */
             const int r = tid >> 1, h = tid & 1;
@@ -494,6 +493,16 @@ __global__ void __launch_bounds__(128) qgemm_mma_kernel(struct qmm_args a) {
             }
 }
 
+/* xb (M, kp) = bf16 of x (M, k) in kernel column order, zeros for padding. */
+__global__ void qgather_bf16_kernel(__nv_bfloat16 *xb, const float *x, const int32_t *perm, int64_t M, int64_t k,
+                                    int64_t kp) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * kp; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t m = i / kp, j = i % kp;
+        int64_t col = perm ? perm[j] : (j < k ? j : -1);
+        xb[i] = __float2bfloat16_rn(col >= 0 ? x[m * k + col] : 0.0f);
+    }
+}
+
 /* xk (M, kp) = x (M, k) in kernel column order, zeros for padding. */
 __global__ void qgather_kernel(float *xk, const float *x, const int32_t *perm, int64_t M, int64_t k, int64_t kp) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * kp; i += (int64_t)gridDim.x * blockDim.x) {
@@ -526,7 +535,7 @@ static void launch_mma(struct lmc_cuda_ctx *c, const struct qmm_args &a) {
     int64_t gy = (a.M + QT_BM - 1) / QT_BM;
     LMC_ASSERT(gy <= 65535);
     dim3 grid((unsigned)((a.n + QT_BN - 1) / QT_BN), (unsigned)gy);
-    qgemm_mma_kernel<FMT><<<grid, 128, QT_SMEM, c->stream>>>(a);
+    qgemm_mma_kernel<FMT><<<grid, QT_THREADS, QT_SMEM, c->stream>>>(a);
     LMC_CUDA_LAUNCH_CHECK();
 }
 
@@ -546,7 +555,15 @@ extern "C" void lmc_cuda_qmatmul_ex(void *ctx, float *y, const float *x, int64_t
     a.codes = q->codes, a.so = q->so, a.y = y, a.bias = bias;
     a.n = q->n, a.nb = q->nb, a.gb = q->gb, a.ng = q->ng, a.M = M;
     memcpy(a.lut, q->lut, sizeof a.lut);
-    if (q->perm || q->kp != q->k || ((uintptr_t)x & 15)) { /* gathered into kernel order (aligned) */
+    bool gemv = path == LMC_CUDA_Q_GEMV || (path == LMC_CUDA_Q_AUTO && M <= LMC_CUDA_Q_GEMV_MAX_M);
+    if (!gemv) { /* tiles: bf16 activations in kernel order */
+        lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, (size_t)(M * q->kp) * 2);
+        __nv_bfloat16 *xb = (__nv_bfloat16 *)c->scratch;
+        qgather_bf16_kernel<<<lmc_cuda_blocks(M * q->kp, 256), 256, 0, c->stream>>>(xb, x, q->perm, M, q->k, q->kp);
+        LMC_CUDA_LAUNCH_CHECK();
+        a.xb = xb;
+        a.ldx = q->kp;
+    } else if (q->perm || q->kp != q->k || ((uintptr_t)x & 15)) { /* gathered into kernel order (aligned) */
         lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, (size_t)(M * q->kp) * sizeof(float));
         float *xk = (float *)c->scratch;
         qgather_kernel<<<lmc_cuda_blocks(M * q->kp, 256), 256, 0, c->stream>>>(xk, x, q->perm, M, q->k, q->kp);
@@ -557,7 +574,6 @@ extern "C" void lmc_cuda_qmatmul_ex(void *ctx, float *y, const float *x, int64_t
         a.x = x;
         a.ldx = q->k;
     }
-    bool gemv = path == LMC_CUDA_Q_GEMV || (path == LMC_CUDA_Q_AUTO && M <= LMC_CUDA_Q_GEMV_MAX_M);
     if (gemv) {
         if (q->fmt == FMT_G4) launch_gemv<FMT_G4>(c, a);
         else if (q->fmt == FMT_G4LUT) launch_gemv<FMT_G4LUT>(c, a);
