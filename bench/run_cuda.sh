@@ -8,7 +8,8 @@
 # Llama's prefill and decode vs transformers).
 # Logs go to $OUT (or /tmp/lmc-cuda-out). Sections, run in this order:
 # build test parity train attn model qmatmul sanitize (default: all but
-# sanitize). qmatmul: bench_qmatmul_cuda, the quantized GEMV (batch 1/4/16)
+# sanitize). qmatmul: test_qmatmul_cuda (the CUDA quantized matmul vs the
+# float reference and the CPU twin), then bench_qmatmul_cuda: the quantized GEMV (batch 1/4/16)
 # and prefill GEMM (M=512) per format vs the weight-read roofline and bf16
 # (QMM_ARGS passes options, e.g. --formats q4_0,nf4).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/run_cuda.sh [SECTION ...]
@@ -20,9 +21,9 @@ has() { [[ " $secs " == *" $1 "* ]]; }
 B=build-dev
 rc=0
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-if has build || [ ! -x $B/lmc ] || { has qmatmul && [ ! -x $B/bench_qmatmul_cuda ]; }; then
+if has build || [ ! -x $B/lmc ] || { has qmatmul && { [ ! -x $B/bench_qmatmul_cuda ] || [ ! -x $B/test_qmatmul_cuda ]; }; }; then
   cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$OUT/build.log" 2>&1 &&
-    make -C $B -j16 ${TARGETS:-lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda bench_qmatmul_cuda} >>"$OUT/build.log" 2>&1 ||
+    make -C $B -j16 ${TARGETS:-lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda bench_qmatmul_cuda test_qmatmul_cuda} >>"$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
   echo "build ok"
 fi
@@ -87,6 +88,9 @@ if has model; then
   python3 bench/bench_cuda.py hf $M 512 128 2>&1 | grep -v Warning | tee -a "$OUT/bench_model.log"
 fi
 if has qmatmul; then
+  timeout 200 $B/test_qmatmul_cuda >"$OUT/test_qmatmul_cuda.log" 2>&1; r=$?
+  grep -E "FAIL|worst|passed|skipped" "$OUT/test_qmatmul_cuda.log" | head -20
+  echo "test_qmatmul_cuda rc=$r"; [ $r = 0 ] || rc=1
   timeout 500 $B/bench_qmatmul_cuda ${QMM_ARGS:-} 2>&1 | tee "$OUT/bench_qmatmul.log"; r=$?
   echo "bench_qmatmul_cuda rc=$r"; [ $r = 0 ] || rc=1
 fi
