@@ -7,19 +7,23 @@
 # the benches (our attention vs torch SDPA flash and cuDNN; a random 1.1B
 # Llama's prefill and decode vs transformers).
 # Logs go to $OUT (or /tmp/lmc-cuda-out). Sections, run in this order:
-# build test parity train attn model sanitize (default: all but sanitize).
+# build test parity train attn model qmatmul sanitize (default: all but
+# sanitize). qmatmul: test_qmatmul_cuda (the CUDA quantized matmul vs the
+# float reference and the CPU twin), then bench_qmatmul_cuda: the quantized GEMV (batch 1/4/16)
+# and prefill GEMM (M=512) per format vs the weight-read roofline and bf16
+# (QMM_ARGS passes options, e.g. --formats q4_0,nf4).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/run_cuda.sh [SECTION ...]
 set -u -o pipefail
 OUT=${OUT:-/tmp/lmc-cuda-out}
 mkdir -p "$OUT"
-secs=${*:-build test parity train attn model}
+secs=${*:-build test parity train attn model qmatmul}
 has() { [[ " $secs " == *" $1 "* ]]; }
 B=build-dev
 rc=0
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-if has build || [ ! -x $B/lmc ]; then
+if has build || [ ! -x $B/lmc ] || { has qmatmul && { [ ! -x $B/bench_qmatmul_cuda ] || [ ! -x $B/test_qmatmul_cuda ]; }; }; then
   cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$OUT/build.log" 2>&1 &&
-    make -C $B -j16 ${TARGETS:-lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda} >>"$OUT/build.log" 2>&1 ||
+    make -C $B -j16 ${TARGETS:-lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda bench_attn_cuda bench_model_cuda bench_qmatmul_cuda test_qmatmul_cuda} >>"$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
   echo "build ok"
 fi
@@ -82,6 +86,13 @@ if has model; then
   [ -f $M/config.json ] || python3 bench/bench_cuda.py makemodel $M 2>&1 | tail -1
   $B/bench_model_cuda $M 512 128 2>&1 | tee -a "$OUT/bench_model.log"
   python3 bench/bench_cuda.py hf $M 512 128 2>&1 | grep -v Warning | tee -a "$OUT/bench_model.log"
+fi
+if has qmatmul; then
+  timeout 200 $B/test_qmatmul_cuda >"$OUT/test_qmatmul_cuda.log" 2>&1; r=$?
+  grep -E "FAIL|worst|passed|skipped" "$OUT/test_qmatmul_cuda.log" | head -20
+  echo "test_qmatmul_cuda rc=$r"; [ $r = 0 ] || rc=1
+  timeout 500 $B/bench_qmatmul_cuda ${QMM_ARGS:-} 2>&1 | tee "$OUT/bench_qmatmul.log"; r=$?
+  echo "bench_qmatmul_cuda rc=$r"; [ $r = 0 ] || rc=1
 fi
 if has sanitize; then
   for tool in memcheck racecheck; do

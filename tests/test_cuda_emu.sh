@@ -53,4 +53,5 @@ MPILIB="$(sed -n 's/^MPI_mpi_LIBRARY:FILEPATH=//p' "$BUILD/CMakeCache.txt" 2>/de
 [ -n "$MPILIB" ] && LIBS="$LIBS $MPILIB"
 g++ -o "$TMP/harness" "$TMP"/*.o "$BUILD/liblmc.a" $LIBS -lopenblas -lcivetweb -lpthread -ldl -lm ||
   { echo "test_cuda_emu: link failed" >&2; exit 1; }
-LMC_EMU_FIXTURES="$SRC/tests/fixtures" "$TMP/harness" "${@:2}"
+# the build's lmc quantizes model folders for section qmm
+LMC_EMU_LMC="$BUILD/$(basename "$1")" LMC_EMU_FIXTURES="$SRC/tests/fixtures" "$TMP/harness" "${@:2}"

@@ -48,6 +48,10 @@ struct lmc_model {
      * linears' slots read, filled by lmc_model_forward_batch from the
      * batch's per-sequence adapters; NULL while no bank is bound */
     struct lmc_row_groups *row_groups;
+    /* quantized linears' copies on a non-host backend (its qweight_upload;
+     * freed through its qweight_free) */
+    struct lmc_qweight **qdev;
+    int n_qdev, cap_qdev;
 };
 
 struct lmc_model_opts {

@@ -309,6 +309,27 @@ static bool place(struct lmc_model *m, const struct lmc_backend *be, const void 
     return true;
 }
 
+/* A quantized linear on a backend that cannot read host memory: its
+ * prepared weight copied through the backend's qweight_upload (into the
+ * backend's own layout); the linear then points at the copy. */
+static lmc_status place_quant(struct lmc_model *m, const struct lmc_backend *be, struct lmc_linear *L,
+                              lmc_err *err) {
+    if (m->n_qdev == m->cap_qdev) {
+        int cap = m->cap_qdev ? 2 * m->cap_qdev : 64;
+        struct lmc_qweight **p = realloc(m->qdev, (size_t)cap * sizeof *p);
+        if (!p) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
+        m->qdev = p;
+        m->cap_qdev = cap;
+    }
+    struct lmc_qweight *d;
+    lmc_status s = be->qweight_upload(be->ctx, L->q, &d, err);
+    if (s) return s;
+    m->qdev[m->n_qdev++] = d;
+    L->q = d;
+    L->w.data = d->data;
+    return LMC_OK;
+}
+
 /* Uploads every bound weight (every slot) to a backend that cannot read
  * host memory. */
 static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *be, lmc_err *err) {
@@ -328,7 +349,11 @@ static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *b
         struct lmc_block_w *y = &w->layers[l];
         for (int i = 0; ok && i < LMC_L_N; i++) {
             struct lmc_linear *lin = &y->lin[i];
-            ok = place(m, be, &lin->w.data, mat_bytes(&lin->w)) &&
+            if (lin->format == LMC_WFMT_QUANT) {
+                lmc_status qs = place_quant(m, be, lin, err);
+                if (qs) return qs;
+            }
+            ok = (lin->format == LMC_WFMT_QUANT || place(m, be, &lin->w.data, mat_bytes(&lin->w))) &&
                  place(m, be, (const void **)&lin->bias, (size_t)lin->w.rows * 4);
         }
         for (int i = 0; ok && i < LMC_V_N; i++)
@@ -386,8 +411,9 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
     struct load_state ls = {m, used, {0}};
     if (!s) s = read_quant_config(dir, &ls.qc, err);
     m->quant_method = (int)ls.qc.method;
-    if (!s && ls.qc.method != LMC_QM_NONE && m->on_device)
-        s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantized weights run on the CPU backend only", dir);
+    if (!s && ls.qc.method != LMC_QM_NONE && m->on_device && (!opts->be->qweight_upload || !opts->be->qmatmul))
+        s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantized weights: the %s backend has no quantized kernels",
+                        dir, opts->be->name);
     if (!s) s = lmc_arch_walk(m->arch, &m->cfg, load_one, &ls, err);
     if (!s && !m->w.head.w.data) m->w.head.w = m->w.tok_emb; /* tied */
     for (int64_t i = 0; !s && i < m->st.n_tensors; i++) {
@@ -436,6 +462,8 @@ void lmc_model_free(struct lmc_model *m) {
         free(m->qw[i]);
     }
     free(m->qw);
+    for (int i = 0; i < m->n_qdev; i++) m->placed_on->qweight_free(m->placed_on->ctx, m->qdev[i]);
+    free(m->qdev);
     for (int i = 0; i < m->n_placed; i++) m->placed_on->free(m->placed_on->ctx, m->placed[2 * i]);
     free(m->placed);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);

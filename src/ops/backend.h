@@ -335,6 +335,13 @@ struct lmc_backend {
      * backend's context, no allocation per call once it has grown. */
     void (*qmatmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                     const float *bias);
+    /* Optional (NULL on host_memory backends, whose qmatmul takes the host
+     * weight itself): a backend-resident copy of a prepared weight w (host
+     * memory, not kept) in the backend's own layout; *out is what this
+     * backend's qmatmul then receives, released by qweight_free. */
+    lmc_status (*qweight_upload)(void *ctx, const struct lmc_qweight *w, struct lmc_qweight **out,
+                                 lmc_err *err);
+    void (*qweight_free)(void *ctx, struct lmc_qweight *w);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

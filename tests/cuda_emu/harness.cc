@@ -39,6 +39,10 @@
  *   lora_rows   per-request adapters (train/lora_bank.h): a paged batch mixing
  *               base, the PEFT fixture's adapter and a random one (rows
  *               grouped by adapter) through the CUDA table vs the CPU
+ *   qmm         qmatmul.cu: quantized weights uploaded through the table
+ *               (GGUF blocks, GPTQ / AWQ / rtn groups, NF4, ternary), the
+ *               GEMV and tensor-core paths vs the dequantized float
+ *               reference and the CPU twin (harness_qmm.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1228,6 +1232,8 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
     }
 }
 
+#include "harness_qmm.cc" /* test_qmm: the quantized matmul kernels */
+
 static void test_moe() {
     for (enum lmc_dtype dt : {LMC_DTYPE_F32, LMC_DTYPE_BF16, LMC_DTYPE_F16}) {
         moe_case({0, 0, 5, 5, 12, 13}, 7, 13, dt);  /* empty experts, odd sizes */
@@ -1315,12 +1321,13 @@ int main(int argc, char **argv) {
         {"kvq", test_kvq},
         {"moe", test_moe},
         {"lora_rows", test_lora_rows},
+        {"qmm", test_qmm},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm)\n", argv[i]);
             return 2;
         }
     }

@@ -231,6 +231,10 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->ssd_step = lmc_cuda_ssd_step;
     be->rmsnorm_gated = lmc_cuda_rmsnorm_gated;
     be->rmsnorm_gated_bwd = lmc_cuda_rmsnorm_gated_bwd;
+    /* quantized weights (issue 10; qmatmul.cu) */
+    be->qmatmul = lmc_cuda_qmatmul;
+    be->qweight_upload = lmc_cuda_qweight_upload;
+    be->qweight_free = lmc_cuda_qweight_free;
     return LMC_OK;
 }
 

@@ -84,6 +84,34 @@ double lmc_cuda_sumsq(void *ctx, const float *x, int64_t n);
 void lmc_cuda_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
                     const struct lmc_adamw_step *s);
 
+/* Quantized weights (qmatmul.cu; issue 10): the table's qweight_upload /
+ * qweight_free / qmatmul entries. lmc_cuda_qmatmul_ex picks the kernel:
+ * AUTO runs the dequantize-in-register GEMV for M <= LMC_CUDA_Q_GEMV_MAX_M
+ * and the tensor-core tile GEMM above; GEMV / MMA force one (any M). */
+#define LMC_CUDA_Q_GEMV_MAX_M 16
+enum lmc_cuda_qpath { LMC_CUDA_Q_AUTO = 0, LMC_CUDA_Q_GEMV, LMC_CUDA_Q_MMA };
+struct lmc_qweight;
+lmc_status lmc_cuda_qweight_upload(void *ctx, const struct lmc_qweight *w, struct lmc_qweight **out,
+                                   lmc_err *err);
+void lmc_cuda_qweight_free(void *ctx, struct lmc_qweight *w);
+void lmc_cuda_qmatmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                      const float *bias);
+void lmc_cuda_qmatmul_ex(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                         const float *bias, enum lmc_cuda_qpath path);
+/* Device bytes of an uploaded weight (codes, scales, permutation) and its
+ * GPU layout: "g4", "g4-lut" (NF4), "g8" or "dense-bf16". */
+size_t lmc_cuda_qweight_device_bytes(const struct lmc_qweight *w);
+const char *lmc_cuda_qweight_layout(const struct lmc_qweight *w);
+/* For bench_qmatmul_cuda: a device-side copy of an uploaded weight (to
+ * rotate through more bytes than L2 holds), a queued device-to-device copy,
+ * f32 -> bf16, and cuBLASLt's bf16 y(M,N) = x(M,K) @ w(N,K)^T (x, w bf16). */
+lmc_status lmc_cuda_qweight_clone(void *ctx, const struct lmc_qweight *w, struct lmc_qweight **out,
+                                  lmc_err *err);
+void lmc_cuda_copy_d2d(void *ctx, void *dst, const void *src, size_t bytes);
+void lmc_cuda_f32_to_bf16(void *ctx, void *dst, const float *src, int64_t n);
+void lmc_cuda_gemm_bf16(void *ctx, float *y, const void *xb, int64_t M, const void *wb, int64_t N,
+                        int64_t K);
+
 /* Which attention kernel lmc_cuda_attention_ex runs. AUTO picks as the
  * table entry does (tensor cores for prefill unless fp32 attention is set). */
 enum lmc_cuda_attn_kind {
