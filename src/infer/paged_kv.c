@@ -216,8 +216,7 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
         if (s->n_blocks) return true;
         if (lmc_paged_kv_available(kv) < 1 || !grow(s, 1)) return false;
         s->blocks[s->n_blocks++] = take_block(kv);
-        const struct lmc_backend *be = kv->pool.be;
-        be->zero(be->ctx, lmc_kv_pool_state(&kv->pool, s->blocks[0]), kv->pool.slot_bytes);
+        lmc_kv_pool_state_zero(&kv->pool, s->blocks[0]);
         return true;
     }
     int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
