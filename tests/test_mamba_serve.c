@@ -8,7 +8,9 @@
  *      boundary: a sequence whose prompt shares 16 tokens with an earlier
  *      one resumes from the snapshot (match_prefix returns 16, one restore, hits counted) and its
  *      logits are bitwise those of the same chunks computed without reuse;
- *   3. a step giving one sequence two runs is refused (LMC_ERR_ARG). */
+ *   3. a forked sequence (a copy of the state in a slot of its own) and
+ *      its source continue with different tokens as two single runs;
+ *   4. a step giving one sequence two runs is refused (LMC_ERR_ARG). */
 #include "test.h"
 #include "core/core.h"
 #include "infer/paged_kv.h"
@@ -144,7 +146,29 @@ static void run(const char *dir) {
     single(c, ids[4], 21, ref);
     CHECK_MSG(maxdiff(with, ref, c->V) <= 1e-4, "%s: restored vs single run %.3g", dir, maxdiff(with, ref, c->V));
 
-    /* 3. one sequence in two runs of one step */
+    /* 3. fork: seq 0 (15 tokens) forked; each continues with its own token */
+    {
+        struct lmc_kv_seq fk;
+        lmc_kv_seq_init(&fk);
+        CHECK(lmc_kv_seq_fork(&kv, &fk, &seq[0]));
+        CHECK(fk.n_blocks == 1 && fk.blocks[0] != seq[0].blocks[0]);
+        int32_t two[2][MAXT];
+        memcpy(two[0], ids[0], 15 * sizeof(int32_t));
+        memcpy(two[1], ids[0], 15 * sizeof(int32_t));
+        two[0][15] = 3, two[1][15] = 4;
+        int sq[2] = {0, 1}, fr[2] = {15, 15}, to2[2] = {16, 16};
+        int32_t sl2[2] = {seq[0].blocks[0], fk.blocks[0]};
+        CHECK(step(c, &kv, 2, sq, two, fr, to2, sl2, lg, &err) == LMC_OK);
+        double w = 0;
+        for (int k = 0; k < 2; k++) {
+            single(c, two[k], 16, ref);
+            w = fmax(w, maxdiff(lg + k * c->V, ref, c->V));
+        }
+        CHECK_MSG(w <= 1e-4, "%s: forked continuations vs single runs %.3g", dir, w);
+        lmc_kv_seq_free(&kv, &fk);
+    }
+
+    /* 4. one sequence in two runs of one step */
     {
         int32_t t_ids[3] = {1, 2, 3}, t_seq[3] = {0, 1, 0}, t_pos[3] = {0, 0, 1}, bt[2] = {slot[0], slot[1]}, rows[1] = {2};
         struct lmc_batch b = {3, t_ids, t_seq, t_pos, 2, bt, 1, rows, 1};

@@ -332,7 +332,15 @@ void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int3
 
 bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const struct lmc_kv_seq *src) {
     LMC_ASSERT(dst->n_blocks == 0);
-    if (kv->pool.state) return false; /* recurrent state is not shared (no copy yet) */
+    if (kv->pool.state) { /* recurrent: a slot of its own holding a copy of src's state */
+        if (src->n_blocks != 1 || lmc_paged_kv_available(kv) < 1 || !grow(dst, 1)) return false;
+        int32_t b = take_block(kv);
+        lmc_kv_pool_state_copy(&kv->pool, b, src->blocks[0]);
+        dst->blocks[dst->n_blocks++] = b;
+        dst->n_hashed = src->n_hashed;
+        dst->last_hash = src->last_hash;
+        return true;
+    }
     if (!grow(dst, src->n_blocks)) return false;
     for (int64_t i = 0; i < src->n_blocks; i++) {
         dst->blocks[i] = src->blocks[i];

@@ -105,10 +105,11 @@ void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int3
                        int64_t n_filled);
 
 /* dst (empty) shares all of src's blocks (n > 1 sampling, beam search);
- * the first write into a shared partial block copies it. false: out of
- * host memory for the table, or a recurrent model (its state slot is not
- * shared). Recurrent models (pool.state): a sequence holds one block, its
- * state slot, taken and zeroed by reserve. Their prefix cache keeps
+ * the first write into a shared partial block copies it. Recurrent models
+ * (pool.state): dst takes a slot of its own holding a copy of src's state.
+ * false: out of host memory for the table, or (recurrent) no free slot.
+ * Recurrent models: a sequence holds one block, its state slot, taken and
+ * zeroed by reserve. Their prefix cache keeps
  * snapshots instead of K/V blocks: commit copies the live state into a
  * free slot, registered under the chained hash of the prompt's leading
  * blocks, whenever a step ends exactly on a block boundary (block_size is
