@@ -278,6 +278,67 @@ static void test_session_reuse(struct fixture *f, const char *dir) {
     free(a), free(b);
 }
 
+/* Recurrent prefix reuse (Mamba): state snapshots every 8 tokens. 16
+ * requests share a 37-token prompt (the last token differs), greedy and
+ * seeded: the first fills the cache (prefill chunks end on snapshot
+ * boundaries), the other 15 resume from the snapshot after 32 tokens, and
+ * each gives the tokens of a fresh single-sequence run. Then the same with
+ * the cache bounded to 2 snapshots (the bound holds, outputs unchanged), and
+ * with the cache off (no snapshot, no hit). */
+static void test_state_prefix(struct fixture *f, const char *dir) {
+    static struct lmc_request reqs[16];
+    static struct result ref[16], got[16];
+    int idx[16];
+    for (int i = 0; i < 16; i++) {
+        idx[i] = i;
+        f->n_prompt[i] = 37;
+        for (int j = 0; j < 37; j++) f->prompts[i][j] = (int32_t)((7 + 13 * j) % f->m.cfg.vocab_size);
+        f->prompts[i][36] = (int32_t)(i % 3);
+    }
+    for (int mode = 0; mode < 3; mode++) { /* 0: cache, 1: bounded to 2, 2: off */
+        struct lmc_sched_opts o;
+        lmc_sched_opts_default(&o);
+        o.ctx = 128;
+        o.snapshot_tokens = 8;
+        o.max_step_tokens = 64;
+        o.prefix_cache = mode != 2;
+        o.prefix_cache_blocks = mode == 1 ? 2 : 0;
+        struct lmc_sched *s = NULL;
+        lmc_err err = {0};
+        CHECK_MSG(lmc_sched_init(&s, &f->m, &f->be, f->tok, &o, &err) == LMC_OK, "%s", err.msg);
+        if (!s) return;
+        for (int i = 0; i < 16; i++) {
+            request_params(&reqs[i], i, i % 2 == 1);
+            reference(f, f->prompts[i], f->n_prompt[i], &reqs[i], &ref[i]);
+        }
+        run_all(f, s, idx, 1, reqs, got); /* the first fills the cache */
+        run_all(f, s, idx + 1, 15, reqs + 1, got + 1);
+        int n_same = 0;
+        int64_t cached = 0;
+        for (int i = 0; i < 16; i++) {
+            n_same += same(&got[i], &ref[i]);
+            cached += got[i].cached;
+        }
+        struct lmc_sched_stats st;
+        wait_idle(s, &st);
+        CHECK_MSG(n_same == 16, "%s state prefix (mode %d): %d of 16 identical", dir, mode, n_same);
+        CHECK(st.kv_blocks_used == 0 && got[0].cached == 0);
+        if (mode == 0)
+            CHECK_MSG(st.state_restores == 15 && st.prefix_hits_tokens == 15 * 32 && cached == 15 * 32 &&
+                          st.state_snapshots >= 4 && st.prefix_cache_blocks <= st.prefix_cache_blocks_max,
+                      "%s: %lld restores, %lld hit tokens, %lld cached, %lld snapshots", dir,
+                      (long long)st.state_restores, (long long)st.prefix_hits_tokens, (long long)cached,
+                      (long long)st.state_snapshots);
+        if (mode == 1)
+            CHECK_MSG(st.prefix_cache_blocks_max == 2 && st.prefix_cache_blocks <= 2 && st.prefix_evictions > 0,
+                      "%s bounded: %lld of %lld snapshots kept, %lld evictions", dir,
+                      (long long)st.prefix_cache_blocks, (long long)st.prefix_cache_blocks_max,
+                      (long long)st.prefix_evictions);
+        if (mode == 2) CHECK(st.state_snapshots == 0 && st.state_restores == 0 && cached == 0);
+        lmc_sched_free(s);
+    }
+}
+
 static void test_fixture(const char *dir, bool full) {
     struct fixture *f = calloc(1, sizeof *f);
     if (!fixture_open(f, dir)) {
@@ -554,6 +615,7 @@ static void test_fixture(const char *dir, bool full) {
                       (long long)before[k], got[k].n_events_after_done);
         }
     }
+    if (lmc_model_seq_slot_bytes(&f->m) > 0) test_state_prefix(f, dir);
 out:
     fixture_close(f);
     free(f);

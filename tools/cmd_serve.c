@@ -267,9 +267,10 @@ int cmd_serve(int argc, char **argv) {
     size_t state_bytes = lmc_model_seq_slot_bytes(&cm.model); /* recurrent models: state slots */
     if (state_bytes)
         fprintf(stderr, "lmc serve: model %s on %s, ctx %lld, %lld recurrent state slots of %zu bytes "
-                "(no KV cache, no prefix cache), max batch %d%s\n",
+                "(no KV cache; prefix cache up to %lld state snapshots), max batch %d%s\n",
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, state_bytes,
-                sc.max_batch, so.api_key && *so.api_key ? ", API key required" : "");
+                (long long)st.prefix_cache_blocks_max, sc.max_batch,
+                so.api_key && *so.api_key ? ", API key required" : "");
     else
         fprintf(stderr,
                 "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (prefix cache up to %lld), "

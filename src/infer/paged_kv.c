@@ -29,7 +29,7 @@ lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
     if (st) return st;
     kv->n_blocks = n_blocks;
     kv->block_size = block_size;
-    kv->prefix_cache = prefix_cache && !kv->pool.state; /* recurrent state: no prefix reuse yet */
+    kv->prefix_cache = prefix_cache; /* recurrent state: snapshots every block_size tokens */
     kv->n_buckets = 16;
     while (kv->n_buckets < n_blocks) kv->n_buckets *= 2;
     size_t nb = (size_t)n_blocks;
@@ -183,10 +183,45 @@ void lmc_kv_seq_free(struct lmc_paged_kv *kv, struct lmc_kv_seq *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* Recurrent: the live slot starts as a copy of the snapshot of the
+ * longest cached prefix (whole blocks, at most lim tokens). */
+static int64_t match_state(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int32_t *ids,
+                           int64_t lim) {
+    int64_t bs = kv->block_size, best = 0;
+    int32_t snap = -1;
+    uint64_t prev = 0, best_h = 0;
+    for (int64_t b = 0; (b + 1) * bs <= lim; b++) {
+        uint64_t h = block_hash(prev, ids + b * bs, bs);
+        int32_t blk = lookup(kv, h, prev, ids + b * bs);
+        if (blk >= 0) best = b + 1, snap = blk, best_h = h;
+        prev = h;
+    }
+    if (snap < 0 || !grow(s, 1)) return 0;
+    if (kv->ref[snap]++ == 0) lru_remove(kv, snap); /* pinned while the live slot is taken */
+    if (lmc_paged_kv_available(kv) < 1) {
+        drop_block(kv, snap);
+        return 0;
+    }
+    int32_t live = take_block(kv);
+    lmc_kv_pool_state_copy(&kv->pool, live, snap);
+    drop_block(kv, snap);
+    s->blocks[s->n_blocks++] = live;
+    s->n_hashed = best;
+    s->last_hash = best_h;
+    kv->hits_tokens += best * bs;
+    kv->hits_blocks += best;
+    kv->state_restores++;
+    return best * bs;
+}
+
 int64_t lmc_kv_seq_match_prefix(struct lmc_paged_kv *kv, struct lmc_kv_seq *s,
                                 const int32_t *ids, int64_t n, int64_t max_tokens) {
     LMC_ASSERT(s->n_blocks == 0);
     if (!kv->prefix_cache) return 0;
+    if (kv->pool.state) {
+        kv->queries_tokens += n;
+        return match_state(kv, s, ids, LMC_MIN(n, max_tokens));
+    }
     int64_t bs = kv->block_size, lim = LMC_MIN(n, max_tokens), b = 0;
     kv->queries_tokens += n;
     uint64_t prev = s->root;
@@ -221,8 +256,7 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
         if (s->n_blocks) return true;
         if (lmc_paged_kv_available(kv) < 1 || !grow(s, 1)) return false;
         s->blocks[s->n_blocks++] = take_block(kv);
-        const struct lmc_backend *be = kv->pool.be;
-        be->zero(be->ctx, lmc_kv_pool_state(&kv->pool, s->blocks[0]), kv->pool.slot_bytes);
+        lmc_kv_pool_state_zero(&kv->pool, s->blocks[0]);
         return true;
     }
     int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
@@ -247,23 +281,55 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
     return true;
 }
 
+/* Registers blk in the prefix cache under hash h (tokens t after parent). */
+static void register_block(struct lmc_paged_kv *kv, int32_t blk, uint64_t h, uint64_t parent,
+                           const int32_t *t) {
+    size_t bs = (size_t)kv->block_size;
+    kv->cached[blk] = true;
+    kv->hash[blk] = h;
+    kv->parent[blk] = parent;
+    memcpy(kv->tokens + (size_t)blk * bs, t, bs * sizeof *t);
+    int32_t *head = &kv->bucket[h & (uint64_t)(kv->n_buckets - 1)];
+    kv->hnext[blk] = *head;
+    *head = blk;
+}
+
+/* Recurrent: after a step that ended exactly on a block boundary, a copy
+ * of the live state (blocks[0]) becomes a cached snapshot of the prefix
+ * (ref 0, in the LRU: evicted first when a slot is needed); boundaries a
+ * step crossed without ending on them only extend the hash chain. */
+static void commit_state(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int32_t *ids,
+                         int64_t n_filled) {
+    int64_t bs = kv->block_size;
+    for (int64_t b = s->n_hashed; (b + 1) * bs <= n_filled; b++) {
+        const int32_t *t = ids + b * bs;
+        uint64_t h = block_hash(s->last_hash, t, bs);
+        if ((b + 1) * bs == n_filled && s->n_blocks && kv->max_cached > 0 &&
+            lmc_paged_kv_available(kv) > 0 && lookup(kv, h, s->last_hash, t) < 0) {
+            int32_t blk = take_block(kv);
+            lmc_kv_pool_state_copy(&kv->pool, blk, s->blocks[0]);
+            register_block(kv, blk, h, s->last_hash, t);
+            kv->state_snapshots++;
+            drop_block(kv, blk);
+        }
+        s->last_hash = h;
+        s->n_hashed = b + 1;
+    }
+}
+
 void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int32_t *ids,
                        int64_t n_filled) {
     if (!kv->prefix_cache) return;
+    if (kv->pool.state) {
+        commit_state(kv, s, ids, n_filled);
+        return;
+    }
     int64_t bs = kv->block_size;
     for (int64_t b = s->n_hashed; (b + 1) * bs <= n_filled && b < s->n_blocks; b++) {
         const int32_t *t = ids + b * bs;
         uint64_t h = block_hash(s->last_hash, t, bs);
         int32_t blk = s->blocks[b];
-        if (!kv->cached[blk] && lookup(kv, h, s->last_hash, t) < 0) {
-            kv->cached[blk] = true;
-            kv->hash[blk] = h;
-            kv->parent[blk] = s->last_hash;
-            memcpy(kv->tokens + (size_t)blk * (size_t)bs, t, (size_t)bs * sizeof *t);
-            int32_t *head = &kv->bucket[h & (uint64_t)(kv->n_buckets - 1)];
-            kv->hnext[blk] = *head;
-            *head = blk;
-        }
+        if (!kv->cached[blk] && lookup(kv, h, s->last_hash, t) < 0) register_block(kv, blk, h, s->last_hash, t);
         s->last_hash = h;
         s->n_hashed = b + 1;
     }
@@ -271,7 +337,15 @@ void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int3
 
 bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const struct lmc_kv_seq *src) {
     LMC_ASSERT(dst->n_blocks == 0);
-    if (kv->pool.state) return false; /* recurrent state is not shared (no copy yet) */
+    if (kv->pool.state) { /* recurrent: a slot of its own holding a copy of src's state */
+        if (src->n_blocks != 1 || lmc_paged_kv_available(kv) < 1 || !grow(dst, 1)) return false;
+        int32_t b = take_block(kv);
+        lmc_kv_pool_state_copy(&kv->pool, b, src->blocks[0]);
+        dst->blocks[dst->n_blocks++] = b;
+        dst->n_hashed = src->n_hashed;
+        dst->last_hash = src->last_hash;
+        return true;
+    }
     if (!grow(dst, src->n_blocks)) return false;
     for (int64_t i = 0; i < src->n_blocks; i++) {
         dst->blocks[i] = src->blocks[i];

@@ -43,6 +43,7 @@ struct lmc_paged_kv {
     int64_t max_cached;        /* bound on n_lru (default n_blocks) */
     /* counters */
     int64_t hits_tokens, queries_tokens, hits_blocks, evictions, cow_copies;
+    int64_t state_snapshots, state_restores; /* recurrent: snapshots taken, sequences resumed */
 };
 
 /* One sequence's view: its block table and how far its blocks are
@@ -110,10 +111,18 @@ void lmc_kv_seq_commit(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const int3
                        int64_t n_filled);
 
 /* dst (empty) shares all of src's blocks (n > 1 sampling, beam search);
- * the first write into a shared partial block copies it. false: out of
- * host memory for the table, or a recurrent model (its state slot is not
- * shared). Recurrent models (pool.state): a sequence holds one block, its
- * state slot, taken and zeroed by reserve; no prefix cache. */
+ * the first write into a shared partial block copies it. Recurrent models
+ * (pool.state): dst takes a slot of its own holding a copy of src's state.
+ * false: out of host memory for the table, or (recurrent) no free slot.
+ * Recurrent models: a sequence holds one block, its state slot, taken and
+ * zeroed by reserve. Their prefix cache keeps
+ * snapshots instead of K/V blocks: commit copies the live state into a
+ * free slot, registered under the chained hash of the prompt's leading
+ * blocks, whenever a step ends exactly on a block boundary (block_size is
+ * the snapshot interval); match_prefix takes the live slot as a copy of
+ * the longest cached snapshot (hits count its whole blocks). Snapshots
+ * have no user: they sit in the LRU, bounded by the cache limit, and are
+ * evicted first when a sequence needs a slot. */
 bool lmc_kv_seq_fork(struct lmc_paged_kv *kv, struct lmc_kv_seq *dst, const struct lmc_kv_seq *src);
 
 /* The pool row of position p of s. */

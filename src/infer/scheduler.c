@@ -302,10 +302,20 @@ static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row, int3
     return false;
 }
 
+/* Tokens of work for a sequence at n_computed wanting take more: for a
+ * recurrent model with snapshots, a chunk that would cross a snapshot
+ * boundary ends on the last one it reaches (the state there is kept; the
+ * rest follows in the next step). */
+static int64_t cut_take(const struct lmc_sched *s, int64_t n_computed, int64_t take) {
+    if (!s->kv.pool.state || !s->kv.prefix_cache) return take;
+    int64_t bs = s->kv.block_size, edge = (n_computed + take) / bs * bs;
+    return edge > n_computed ? edge - n_computed : take;
+}
+
 /* Gives q up to *budget tokens of work, preempting later-admitted running
  * sequences for blocks. false when q itself had to be preempted. */
 static bool schedule_running(struct lmc_sched *s, struct req *q, int64_t *budget) {
-    int64_t take = LMC_MIN(n_total(q) - q->n_computed, *budget);
+    int64_t take = cut_take(s, q->n_computed, LMC_MIN(n_total(q) - q->n_computed, *budget));
     if (take <= 0) return true;
     while (!lmc_kv_seq_reserve(&s->kv, &q->seq, q->n_computed, q->n_computed + take)) {
         bool self = s->running[s->n_running - 1] == q;
@@ -338,7 +348,7 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         if (!q->admitted_once) q->cached_prompt = LMC_MIN(matched, q->n_prompt);
         q->admitted_once = true;
         s->running[s->n_running++] = q;
-        q->take = LMC_MIN(total - matched, *budget);
+        q->take = cut_take(s, matched, LMC_MIN(total - matched, *budget));
         *budget -= q->take;
     }
 }
@@ -348,6 +358,12 @@ static void finish_running(struct lmc_sched *s, int64_t i) {
     struct req *q = s->running[i];
     remove_at(s->running, &s->n_running, i);
     req_free(s, q);
+}
+
+/* the batch order's key (step): recurrent prefill after the one-token
+ * rows, then the adapter */
+static int64_t sched_key(const struct req *q, bool recurrent) {
+    return (recurrent && q->take != 1 ? (int64_t)1 << 32 : 0) + q->r.adapter;
 }
 
 static void step(struct lmc_sched *s) {
@@ -366,16 +382,20 @@ static void step(struct lmc_sched *s) {
     int64_t T = 0, ns = 0, nl = 0, mb = s->max_blocks;
     bool greedy = true; /* every sampled sequence plain_greedy */
     bool plain = s->be->sample_rows != NULL; /* every sampled sequence plain_sample */
-    /* the scheduled sequences in admission order, then stably by adapter:
-     * each adapter's rows contiguous, one GEMM pair per adapter */
+    /* the scheduled sequences in admission order, then stably by key:
+     * recurrent models run their one-token rows first, together (one
+     * batched decode step over their state slots), then the prefill
+     * chunks; within that, each adapter's rows contiguous (one GEMM pair
+     * per adapter) */
+    const bool recurrent = s->kv.pool.state != NULL;
     int64_t nsch = 0;
     bool adapters = false;
     for (int64_t i = 0; i < s->n_running; i++)
         if (s->running[i]->take) {
             struct req *q = s->running[i];
-            int64_t k = nsch++;
+            int64_t k = nsch++, key = sched_key(q, recurrent);
             adapters = adapters || q->r.adapter;
-            while (k > 0 && s->sched[k - 1]->r.adapter > q->r.adapter) {
+            while (k > 0 && sched_key(s->sched[k - 1], recurrent) > key) {
                 s->sched[k] = s->sched[k - 1];
                 k--;
             }
@@ -454,7 +474,9 @@ static void step(struct lmc_sched *s) {
  * once (prefix-cache and n > 1 sharers hold the same blocks): the
  * numerator of the KV waste metric, 1 - stored / (used blocks x size). */
 static int64_t stored_tokens(struct lmc_sched *s) {
-    int64_t bs = s->kv.block_size, stored = 0;
+    /* recurrent: kv.block_size is the snapshot interval; a slot counts as
+     * one block of the configured size, as before snapshots */
+    int64_t bs = s->kv.pool.state ? s->o.block_size : s->kv.block_size, stored = 0;
     if (++s->stamp == 0) { /* wrapped: forget every old stamp */
         memset(s->blk_seen, 0, (size_t)s->kv.n_blocks * sizeof *s->blk_seen);
         s->stamp = 1;
@@ -491,6 +513,8 @@ static void publish_stats(struct lmc_sched *s) {
     s->st.prefix_cache_blocks_max = s->kv.prefix_cache ? s->kv.max_cached : 0;
     s->st.prefix_hits_blocks = s->kv.hits_blocks;
     s->st.prefix_evictions = s->kv.evictions;
+    s->st.state_snapshots = s->kv.state_snapshots;
+    s->st.state_restores = s->kv.state_restores;
     s->st.finished_total = s->n_finished;
     s->st.preempted_total = s->n_preempted;
     s->st.steps = s->n_steps;
@@ -632,12 +656,22 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                            "max_step_tokens %lld, kv_blocks %lld, ctx %lld)",
                            op.max_batch, op.block_size, (long long)op.max_step_tokens,
                            (long long)op.kv_blocks, (long long)op.ctx);
+    /* recurrent models: a block is a state slot; the paged tables' block
+     * size is the snapshot interval of their prefix cache */
+    const bool recurrent = lmc_model_seq_slot_bytes(m) > 0;
+    if (op.snapshot_tokens == 0) op.snapshot_tokens = 256;
+    if (op.snapshot_tokens < 1 || op.snapshot_tokens > 4096)
+        return lmc_err_set(err, LMC_ERR_ARG, "snapshot_tokens %lld out of range (1..4096)",
+                           (long long)op.snapshot_tokens);
+    const int64_t kv_bs = recurrent ? op.snapshot_tokens : op.block_size;
     int64_t per_seq = LMC_MAX(1, lmc_model_seq_blocks(m, op.ctx, op.block_size));
     if (op.kv_blocks == 0) {
-        size_t bb = lmc_kv_pool_block_bytes(m, be, op.block_size);
+        size_t bb = lmc_kv_pool_block_bytes(m, be, kv_bs);
         size_t bytes = op.kv_bytes ? op.kv_bytes : (size_t)2 << 30;
         op.kv_blocks = (int64_t)(bytes / bb);
-        if (!op.kv_bytes) op.kv_blocks = LMC_MIN(op.kv_blocks, (int64_t)op.max_batch * per_seq);
+        int64_t snaps = recurrent && op.prefix_cache
+                            ? (op.prefix_cache_blocks > 0 ? op.prefix_cache_blocks : op.max_batch) : 0;
+        if (!op.kv_bytes) op.kv_blocks = LMC_MIN(op.kv_blocks, (int64_t)op.max_batch * per_seq + snaps);
         if (op.kv_blocks < 1)
             return lmc_err_set(err, LMC_ERR_ARG, "kv_bytes %zu holds no block of %zu bytes",
                                op.kv_bytes, bb);
@@ -650,9 +684,11 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     s->o = op;
     s->max_blocks = per_seq;
     s->next_id = 1;
-    lmc_status st = lmc_paged_kv_init(&s->kv, m, be, op.kv_blocks, op.block_size, op.prefix_cache, err);
+    lmc_status st = lmc_paged_kv_init(&s->kv, m, be, op.kv_blocks, kv_bs, op.prefix_cache, err);
     if (!st) {
-        if (op.prefix_cache_blocks <= 0) op.prefix_cache_blocks = LMC_MAX(1, op.kv_blocks / 4);
+        if (op.prefix_cache_blocks <= 0)
+            op.prefix_cache_blocks = recurrent ? LMC_MAX(1, op.kv_blocks - op.max_batch)
+                                               : LMC_MAX(1, op.kv_blocks / 4);
         s->o.prefix_cache_blocks = op.prefix_cache_blocks = LMC_MIN(op.prefix_cache_blocks, op.kv_blocks);
         lmc_paged_kv_set_cache_limit(&s->kv, op.prefix_cache_blocks);
     }

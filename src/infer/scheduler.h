@@ -29,6 +29,11 @@ struct lmc_sched_opts {
     bool prefix_cache;          /* reuse full blocks with equal token prefixes (default on) */
     int64_t prefix_cache_blocks; /* blocks the prefix cache may keep with no running user,
                                   * least recently used evicted beyond (0: a quarter of the pool) */
+    /* Recurrent models (Mamba): the prefix cache keeps state snapshots every
+     * snapshot_tokens tokens of a sequence (0: 256); the pool holds max_batch
+     * live slots plus prefix_cache_blocks snapshots (0: max_batch) when
+     * kv_blocks is 0. */
+    int64_t snapshot_tokens;
 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
 
@@ -113,6 +118,7 @@ struct lmc_sched_stats {
     int64_t prefix_cache_blocks;   /* blocks held only by the prefix cache (no running user) */
     int64_t prefix_cache_blocks_max; /* its bound */
     int64_t prefix_hits_blocks, prefix_evictions; /* blocks reused; blocks evicted */
+    int64_t state_snapshots, state_restores; /* recurrent: snapshots taken; requests resumed from one */
     int64_t requests_total, prompt_tokens_total, generated_tokens_total;
     int64_t finished_total;        /* requests that got their DONE or ERROR event */
     int64_t steps;

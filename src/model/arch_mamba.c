@@ -3,9 +3,11 @@
  * the selective-scan mixer, no feed-forward part) and the mixer's ops
  * table over the SSM composition of src/ssm (lmc_mamba_mix). The mixer
  * keeps no K/V rows; each sequence has a fixed recurrent-state slot per
- * layer (the conv state, then the SSM state), read from lmc_run.state
- * (one sequence) or lmc_run.seq_state[s] (batched steps). */
+ * layer in two parts (the conv state, the SSM state), read from
+ * lmc_run.state (one sequence, or the pool of a batched step, whose decode
+ * rows run as one batched step over their slots). */
 #include "model/arch.h"
+#include "model/forward_batch.h"
 #include "core/core.h"
 #include "ssm/mamba.h"
 
@@ -61,8 +63,14 @@ static const struct lmc_tensor_spec specs2[] = {
 static int64_t conv_floats(const struct lmc_config *c) { return lmc_mamba_conv_state_floats(&c->mamba); }
 
 static int64_t slot_bytes(const struct lmc_config *c) {
-    int64_t f = conv_floats(c) + lmc_mamba_ssm_state_floats(&c->mamba);
-    return (f * 4 + 63) / 64 * 64;
+    return (conv_floats(c) + lmc_mamba_ssm_state_floats(&c->mamba)) * 4;
+}
+
+/* two parts: the conv state, then the SSM state (the ops index each by slot) */
+static int slot_parts(const struct lmc_config *c, int64_t *bytes) {
+    bytes[0] = conv_floats(c) * 4;
+    bytes[1] = lmc_mamba_ssm_state_floats(&c->mamba) * 4;
+    return 2;
 }
 
 /* training: the activations the backward reads; inference: the mixer's scratch */
@@ -98,10 +106,19 @@ static void layer_of(const struct lmc_block_w *W, struct lmc_mamba_layer *L) {
     L->out_proj_b = W->lin[LMC_L_O].bias;
 }
 
-static void slot_of(const struct lmc_config *c, void *seq_slots, int64_t l, float **cst, float **sst) {
-    char *base = (char *)seq_slots + (size_t)l * (size_t)slot_bytes(c);
+/* layer l's conv and SSM state of slot 0 in a state of n slots laid out
+ * as lmc_kv_pool's (lmc_kv.state: n = 1) */
+static void slot_of(const struct lmc_config *c, void *state, int64_t n, int64_t l, float **cst, float **sst) {
+    char *base = (char *)state + (size_t)l * (size_t)n * (size_t)slot_bytes(c);
     *cst = (float *)base;
-    *sst = (float *)base + conv_floats(c);
+    *sst = (float *)base + n * conv_floats(c);
+}
+
+/* the end of the run of one sequence's tokens starting at i */
+static int64_t run_end(const struct lmc_run *r, int64_t i) {
+    int64_t j = i + 1;
+    while (j < r->n && r->seq_host[j] == r->seq_host[i]) j++;
+    return j;
 }
 
 static void mix_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
@@ -113,18 +130,24 @@ static void mix_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     switch (r->mode) {
     case LMC_RUN_SEQ:
         LMC_ASSERT(r->state);
-        slot_of(c, r->state, l, &cst, &sst);
+        slot_of(c, r->state, 1, l, &cst, &sst);
         lmc_mamba_mix(r->be, &c->mamba, &L, y, res, h, cst, sst, NULL, 1, r->n, save);
         break;
-    case LMC_RUN_PAGED: { /* runs of one sequence, each from its own slot */
+    case LMC_RUN_PAGED: {
+        /* Consecutive one-token runs (the decode rows, which the scheduler
+         * puts first) go as one batched step over their slots; each longer
+         * run (a prefill chunk) is a scan from its own slot. */
         const int64_t C = c->hidden_size;
+        LMC_ASSERT(r->state && r->tok_slot && r->pool);
+        slot_of(c, r->state, r->pool->n_blocks, l, &cst, &sst);
         for (int64_t i = 0; i < r->n;) {
-            int64_t j = i + 1;
-            while (j < r->n && r->seq_host[j] == r->seq_host[i]) j++;
-            LMC_ASSERT(r->seq_state && r->seq_state[r->seq_host[i]]);
-            slot_of(c, r->seq_state[r->seq_host[i]], l, &cst, &sst);
-            lmc_mamba_mix(r->be, &c->mamba, &L, y + i * C, res + i * C, h + i * C, cst, sst, NULL, 1,
-                          j - i, save);
+            int64_t j = run_end(r, i), B = 1, T = j - i;
+            if (T == 1) {
+                while (j < r->n && run_end(r, j) == j + 1) j++;
+                B = j - i;
+            }
+            lmc_mamba_mix(r->be, &c->mamba, &L, y + i * C, res + i * C, h + i * C, cst, sst,
+                          r->tok_slot + i, B, T, save);
             i = j;
         }
         break;
@@ -189,6 +212,7 @@ const struct lmc_part_ops lmc_mixer_mamba = {
     .missing = mix_missing,
     .kv_row = no_kv,
     .slot_bytes = slot_bytes,
+    .slot_parts = slot_parts,
 };
 
 /* ---- the architectures ---- */

@@ -115,11 +115,13 @@ struct lmc_run {
     const int64_t *segs;
     int64_t n_segs;
     struct lmc_cp_group *cp;          /* TRAIN: context parallel (T: this rank's tokens); NULL: off */
-    /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer):
-     * SEQ: the sequence's slots (lmc_kv.state); PAGED: seq_state[s] for
-     * sequence s. NULL while no mixer keeps any (attention). */
+    /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer),
+     * laid out as lmc_kv_pool's state (forward_batch.h): SEQ: state holds
+     * one slot (lmc_kv.state); PAGED: the pool's state, tok_slot (n) the
+     * slot of each token's sequence (backend memory). NULL while no mixer
+     * keeps any (attention). */
     void *state;
-    void *const *seq_state;
+    const int32_t *tok_slot;
     /* TRAIN: routing statistics of mixture-of-experts layers (NULL: none kept) */
     struct lmc_moe_stats *moe;
 };
@@ -165,7 +167,13 @@ struct lmc_part_ops {
      * fixed per-sequence slot (recurrent state). */
     int64_t (*kv_row)(const struct lmc_config *c);
     int64_t (*slot_bytes)(const struct lmc_config *c);
+    /* The slot's parts (NULL: one part of slot_bytes): their count and
+     * bytes (at most LMC_SLOT_PARTS, summing to slot_bytes); each part of
+     * a layer keeps the slots of all sequences side by side (see
+     * lmc_kv_pool), so an op can index a part by slot number. */
+    int (*slot_parts)(const struct lmc_config *c, int64_t *bytes);
 };
+#define LMC_SLOT_PARTS 4
 
 extern const struct lmc_norm_ops lmc_norm_rms, lmc_norm_layer;
 extern const struct lmc_part_ops lmc_mixer_attention, lmc_mixer_mamba;

@@ -19,9 +19,42 @@ size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backe
            lmc_model_seq_slot_bytes(m);
 }
 
-void *lmc_kv_pool_state(const struct lmc_kv_pool *p, int64_t b) {
+void *lmc_kv_pool_state_part(const struct lmc_kv_pool *p, int64_t l, int k) {
+    LMC_ASSERT(p->state && l >= 0 && l < p->n_layers && k >= 0 && k < p->n_parts);
+    char *q = (char *)p->state + (size_t)l * (size_t)p->n_blocks * p->layer_bytes;
+    for (int i = 0; i < k; i++) q += (size_t)p->n_blocks * (size_t)p->part_bytes[i];
+    return q;
+}
+
+void lmc_kv_pool_state_zero(struct lmc_kv_pool *p, int64_t b) {
     LMC_ASSERT(b >= 0 && b < p->n_blocks);
-    return p->state ? (char *)p->state + (size_t)b * p->slot_bytes : NULL;
+    const struct lmc_backend *be = p->be;
+    for (int64_t l = 0; l < p->n_layers; l++)
+        for (int k = 0; k < p->n_parts; k++)
+            if (p->part_bytes[k])
+                be->zero(be->ctx, (char *)lmc_kv_pool_state_part(p, l, k) + (size_t)b * (size_t)p->part_bytes[k],
+                         (size_t)p->part_bytes[k]);
+}
+
+void lmc_kv_pool_state_copy(struct lmc_kv_pool *p, int64_t dst, int64_t src) {
+    LMC_ASSERT(dst >= 0 && dst < p->n_blocks && src >= 0 && src < p->n_blocks);
+    if (dst == src) return;
+    const struct lmc_backend *be = p->be;
+    for (int64_t l = 0; l < p->n_layers; l++)
+        for (int k = 0; k < p->n_parts; k++) {
+            size_t n = (size_t)p->part_bytes[k];
+            char *base = lmc_kv_pool_state_part(p, l, k);
+            char *d = base + (size_t)dst * n, *s = base + (size_t)src * n;
+            if (!n) continue;
+            if (be->host_memory) {
+                memcpy(d, s, n);
+            } else { /* no device-to-device op in the table: through the host */
+                be->download(be->ctx, p->stage, s, n);
+                be->sync(be->ctx);
+                be->upload(be->ctx, d, p->stage, n);
+                be->sync(be->ctx);
+            }
+        }
 }
 
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
@@ -54,10 +87,20 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
             return lmc_err_set(err, LMC_ERR_ARG, "state pool of %lld slots: out of range",
                                (long long)n_blocks);
         }
+        const struct lmc_part_ops *mx = m->arch->mixer;
+        LMC_ASSERT(!m->arch->ffn || !m->arch->ffn->slot_bytes(c));
+        p->layer_bytes = (size_t)mx->slot_bytes(c);
+        p->n_parts = 1;
+        p->part_bytes[0] = mx->slot_bytes(c);
+        if (mx->slot_parts) p->n_parts = mx->slot_parts(c, p->part_bytes);
+        int64_t sum = 0, big = 0;
+        for (int k = 0; k < p->n_parts; k++) sum += p->part_bytes[k], big = LMC_MAX(big, p->part_bytes[k]);
+        LMC_ASSERT(p->n_parts >= 1 && p->n_parts <= LMC_SLOT_PARTS && (size_t)sum == p->layer_bytes);
         p->state = be->alloc(be->ctx, (size_t)n_blocks * p->slot_bytes);
+        if (!be->host_memory && !p->stage) p->stage = malloc((size_t)big);
     }
     if ((floats && (!p->k || !p->v || (!be->host_memory && !p->stage))) ||
-        (p->slot_bytes && !p->state)) {
+        (p->slot_bytes && (!p->state || (!be->host_memory && !p->stage)))) {
         lmc_kv_pool_free(p);
         return lmc_err_set(err, LMC_ERR_OOM, "KV pool of %lld blocks needs %zu bytes",
                            (long long)n_blocks, 2 * (size_t)floats * es);
@@ -121,9 +164,10 @@ lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model 
     b->row_host = malloc(V * sizeof *b->row_host);
     b->prob_host = malloc(V * sizeof *b->prob_host);
     b->idx_host = malloc(V * sizeof *b->idx_host);
-    b->state_host = calloc((size_t)max_seqs, sizeof *b->state_host);
-    if (!b->state_host || !b->seq || !b->rows || !b->bt || !b->inv_freq || !b->len_host || !b->freq_host ||
-        !b->scale_host || !b->row_host || !b->prob_host || !b->idx_host) {
+    b->tok_slot = be->alloc(be->ctx, (size_t)max_tokens * sizeof(int32_t));
+    b->tok_slot_host = malloc((size_t)max_tokens * sizeof(int32_t));
+    if (!b->tok_slot || !b->tok_slot_host || !b->seq || !b->rows || !b->bt || !b->inv_freq ||
+        !b->len_host || !b->freq_host || !b->scale_host || !b->row_host || !b->prob_host || !b->idx_host) {
         lmc_batch_acts_free(b);
         return lmc_err_set(err, LMC_ERR_OOM, "batch scratch for %lld tokens: out of memory",
                            (long long)max_tokens);
@@ -134,7 +178,7 @@ lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model 
 void lmc_batch_acts_free(struct lmc_batch_acts *b) {
     const struct lmc_backend *be = b->a.be;
     if (be) {
-        void *bufs[] = {b->seq, b->rows, b->bt, b->inv_freq};
+        void *bufs[] = {b->seq, b->rows, b->bt, b->inv_freq, b->tok_slot};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             if (bufs[i]) be->free(be->ctx, bufs[i]);
     }
@@ -144,7 +188,7 @@ void lmc_batch_acts_free(struct lmc_batch_acts *b) {
     free(b->row_host);
     free(b->prob_host);
     free(b->idx_host);
-    free(b->state_host);
+    free(b->tok_slot_host);
     lmc_acts_free(&b->a);
     memset(b, 0, sizeof *b);
 }
@@ -181,6 +225,22 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
         if (blk < 0 || blk >= kv->n_blocks)
             return lmc_err_set(err, LMC_ERR_ARG, "token %lld: block %lld outside the pool of %lld",
                                (long long)i, (long long)blk, (long long)kv->n_blocks);
+    }
+    if (kv->state) { /* recurrent: each sequence's tokens are one run (its state advances once) */
+        int64_t *seen = a->len_host; /* host scratch of max_seqs */
+        for (int64_t s = 0; s < b->n_seqs; s++) seen[s] = 0;
+        for (int64_t i = 0; i < T; i++) {
+            int64_t s = b->seq[i];
+            if (i && s == b->seq[i - 1]) {
+                if (b->pos[i] != b->pos[i - 1] + 1)
+                    return lmc_err_set(err, LMC_ERR_ARG, "token %lld: positions of sequence %lld not consecutive",
+                                       (long long)i, (long long)s);
+                continue;
+            }
+            if (seen[s]++)
+                return lmc_err_set(err, LMC_ERR_ARG, "token %lld: sequence %lld appears in two runs of a "
+                                   "recurrent model's step", (long long)i, (long long)s);
+        }
     }
     for (int64_t i = 0; i < b->n_logits; i++)
         if (b->logit_tokens[i] < 0 || b->logit_tokens[i] >= T)
@@ -270,9 +330,11 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
                         .max_blocks = b->max_blocks, .uniform = uniform,
                         .seq_freqs = ba->inv_freq, .seq_scales = ba->scale_host};
     if (kv->state) {
-        for (int64_t q = 0; q < b->n_seqs; q++)
-            ba->state_host[q] = lmc_kv_pool_state(kv, b->block_tables[q * b->max_blocks]);
-        r.seq_state = ba->state_host;
+        for (int64_t i = 0; i < n; i++)
+            ba->tok_slot_host[i] = b->block_tables[(int64_t)b->seq[i] * b->max_blocks];
+        be->upload(be->ctx, ba->tok_slot, ba->tok_slot_host, (size_t)n * sizeof(int32_t));
+        r.state = kv->state;
+        r.tok_slot = ba->tok_slot;
     }
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_PAGED, a->save, &s);

@@ -9,6 +9,7 @@
 
 #include "lmc.h"
 #include "model/model.h"
+#include "model/block.h"
 
 #include <stdint.h>
 
@@ -22,13 +23,23 @@ struct lmc_kv_pool {
     float *k, *v;            /* (L, n_blocks * block_size, row) each */
     void *stage;             /* host staging of one block's layer (device backends) */
     /* Recurrent mixers (Mamba; row 0): a block is a sequence's state slot
-     * of slot_bytes (lmc_model_seq_slot_bytes) at state + block * slot_bytes,
-     * holding no K/V; a sequence keeps one block whatever its length. */
+     * of slot_bytes (lmc_model_seq_slot_bytes, all layers), holding no
+     * K/V; a sequence keeps one block whatever its length. Layout: layer
+     * l's region at state + l * n_blocks * layer_bytes holds the mixer's
+     * parts one after another (part k: n_blocks slots of part_bytes[k]),
+     * so slot b of part k is at region + n_blocks * (part_bytes[0..k) sum)
+     * + b * part_bytes[k] and the SSM ops index a part by block id. */
     void *state;
-    size_t slot_bytes;
+    size_t slot_bytes, layer_bytes;
+    int n_parts;
+    int64_t part_bytes[LMC_SLOT_PARTS];
 };
-/* Block b's recurrent state (NULL when the model keeps none). */
-void *lmc_kv_pool_state(const struct lmc_kv_pool *p, int64_t b);
+/* Layer l's part k of the state, slot 0 (slot b at + b * part_bytes[k]). */
+void *lmc_kv_pool_state_part(const struct lmc_kv_pool *p, int64_t l, int k);
+/* Zeroes block b's state in every layer (a new sequence). */
+void lmc_kv_pool_state_zero(struct lmc_kv_pool *p, int64_t b);
+/* Copies block src's state to block dst in every layer (snapshots). */
+void lmc_kv_pool_state_copy(struct lmc_kv_pool *p, int64_t dst, int64_t src);
 /* Bytes of one block over all layers, K and V, in the backend's kv_dtype
  * (f32 on the CPU, bf16 on CUDA); rows per layer come from the mixers'
  * sequence state (lmc_model_kv_floats_per_token). */
@@ -73,7 +84,8 @@ struct lmc_batch_acts {
     float *scale_host;               /* (max_seqs) */
     float *row_host, *prob_host;     /* (V) argmax / sampling fallbacks */
     int32_t *idx_host;               /* (V) */
-    void **state_host;               /* (max_seqs) each sequence's recurrent state */
+    int32_t *tok_slot;               /* (max_tokens) state slot of each token's sequence */
+    int32_t *tok_slot_host;          /* (max_tokens) */
 };
 lmc_status lmc_batch_acts_init(struct lmc_batch_acts *b, const struct lmc_model *m,
                                const struct lmc_backend *be, int64_t max_tokens, int64_t max_seqs,
