@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "train/lora_train.h"
+#include "train/qlora.h"
 #include "train/sft_data.h"
 #include "train/trainer.h"
 
@@ -25,6 +26,7 @@ static void usage(void) {
             "usage: lmc finetune -m BASE --data FILE.jsonl -o OUT [options]\n"
             "  LoRA:      --lora-r N (16) --lora-alpha X (32) --lora-targets LIST|all-linear (all-linear)\n"
             "             --rslora --lora-dropout 0 (other values: not yet)   | --full (all weights)\n"
+            "  QLoRA:     --qlora nf4|int4 (the base's linears kept 4-bit; or BASE already quantized)\n"
             "  data:      --seq T (2048) --truncate yes|no (longer examples cut, counted; or refused) --pack\n"
             "             --loss-on assistant|all --skip-bad-lines\n"
             "             --val-data FILE.jsonl | --val-fraction X (validation loss every --eval-every and at the end)\n"
@@ -83,6 +85,8 @@ int cmd_finetune(int argc, char **argv) {
     int64_t save_every = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
+    enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
+    bool qlora = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     for (int i = 1; i < argc; i++) {
@@ -99,11 +103,6 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
-        if (!strcmp(a, "--qlora")) {
-            fprintf(stderr, "lmc finetune: --qlora is not available yet (it needs the 4-bit base formats "
-                            "of the quantization work)\n");
-            return 2;
-        }
         if (!v) {
             fprintf(stderr, "lmc finetune: unknown option %s (or missing value)\n", a);
             return 2;
@@ -116,6 +115,10 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--metrics")) metrics = v;
         else if (!strcmp(a, "--val-data")) val_data = v;
         else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--qlora")) {
+            ok = lmc_qlora_kind_parse(v, &qkind);
+            qlora = true;
+        }
         else if (!strcmp(a, "--truncate")) {
             ok = !strcmp(v, "yes") || !strcmp(v, "no");
             refuse_long = !strcmp(v, "no");
@@ -166,6 +169,10 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --lora-dropout %g is not implemented yet (only 0)\n", dropout);
         return 2;
     }
+    if (qlora && full) {
+        fprintf(stderr, "lmc finetune: --qlora trains adapters over a frozen 4-bit base (not with --full)\n");
+        return 2;
+    }
     if (full && (resume || save_every)) {
         fprintf(stderr, "lmc finetune: --save-every / --resume are for LoRA runs (not yet with --full)\n");
         return 2;
@@ -183,6 +190,7 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_tmodel tm;
     struct lmc_lora lo = {0};
     struct lmc_lora_train lt = {0};
+    struct lmc_qlora ql = {0};
     struct lmc_trainer tr;
     struct src src;
     memset(&src, 0, sizeof src);
@@ -214,11 +222,16 @@ int cmd_finetune(int argc, char **argv) {
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;
     have_be = true;
-    if (lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
+    if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
     }
     have_tm = true;
+    if (qlora)
+        fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s\n",
+                (long long)ql.n_quant, (long long)ql.quant_params,
+                ql.prequantized ? "as quantized in the folder" : (qkind == LMC_QLORA_NF4 ? "NF4" : "int4 (groups of 64)"),
+                (double)ql.quant_bytes / 1048576.0, ql.prequantized ? "" : " (quantized at load)");
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
         snprintf(lc.base_model, sizeof lc.base_model, "%s", cc.model_dir);
@@ -268,8 +281,9 @@ int cmd_finetune(int argc, char **argv) {
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
     fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
-            full ? "full fine-tuning" : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
-            (long long)tr.tm.trainable_off + (full ? trainable : 0), (long long)B, (long long)T, (long long)accum,
+            full ? "full fine-tuning" : qlora ? (rslora ? "QLoRA (rsLoRA scale)" : "QLoRA")
+                                              : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
+            (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params, (long long)B, (long long)T, (long long)accum,
             pack ? ", packed" : "", (long long)steps, be.name);
     char mpath[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out, (long)getpid());
@@ -343,6 +357,7 @@ done:
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_lt) lmc_lora_train_free(&lt);
+    lmc_qlora_free(&ql); /* after the model that points into it */
     lmc_lora_free(&lo);
     if (have_be) cli_train_backend_free(&be);
     lmc_sft_free(&d);

@@ -7,8 +7,8 @@
 
 #define LIN_MAX 8
 
-static void check(const struct lmc_linear *L) {
-    LMC_ASSERT(L->format == LMC_WFMT_DENSE && L->n_adapters >= 0);
+static void check_any(const struct lmc_linear *L) {
+    LMC_ASSERT(L->n_adapters >= 0);
     LMC_ASSERT(L->split == LMC_SPLIT_NONE || (L->tp && L->n_adapters == 0));
     for (int j = 0; j < L->n_adapters; j++) {
         const struct lmc_adapter *A = &L->adapters[j];
@@ -16,6 +16,11 @@ static void check(const struct lmc_linear *L) {
         LMC_ASSERT(r > 0 && A->a.cols == L->w.cols && A->b.rows == L->w.rows && A->b.cols == r &&
                    A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0);
     }
+}
+
+static void check(const struct lmc_linear *L) {
+    LMC_ASSERT(L->format == LMC_WFMT_DENSE);
+    check_any(L);
 }
 
 /* y (M, out) += scale * (x A^T) B^T for every adapter of L, in row chunks
@@ -101,8 +106,15 @@ static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, 
         check(L);
         be->matmul(be->ctx, y, x, M, &L->w, tp_bias(L));
     } else {
-        LMC_ASSERT(be->qmatmul != NULL && L->q != NULL && L->split == LMC_SPLIT_NONE);
-        be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+        LMC_ASSERT(L->q != NULL && L->split == LMC_SPLIT_NONE);
+        check_any(L);
+        if (L->qfloat) {
+            LMC_ASSERT(be->qmatmul_f != NULL);
+            be->qmatmul_f(be->ctx, y, x, M, L->q, L->bias);
+        } else {
+            LMC_ASSERT(be->qmatmul != NULL);
+            be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+        }
     }
     adapters_fwd(be, L, y, x, M); /* LoRA over a quantized or observed base too */
     if (L->split == LMC_SPLIT_ROW) tp_sum(L, y, M * L->w.rows);
@@ -187,6 +199,22 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
                     const struct lmc_linear *const *D, float *dx, const float *const *dy,
                     const float *x, int64_t M, bool accum_dx) {
     LMC_ASSERT(k > 0 && k <= LIN_MAX);
+    if (any_quant(k, L)) { /* a frozen quantized base (QLoRA): dx through the float tiles */
+        for (int i = 0; i < k; i++) {
+            check_any(L[i]);
+            LMC_ASSERT(L[i]->split == LMC_SPLIT_NONE && !L[i]->observe);
+            bool acc = accum_dx || i > 0;
+            if (L[i]->format == LMC_WFMT_QUANT) {
+                LMC_ASSERT(L[i]->qfloat && be->qmatmul_f_bwd && (!D[i] || (!D[i]->w.data && !D[i]->bias)));
+                if (dx) be->qmatmul_f_bwd(be->ctx, dx, dy[i], M, L[i]->q, acc);
+            } else {
+                be->matmul_bwd(be->ctx, dx, D[i] ? (float *)D[i]->w.data : NULL, D[i] ? (float *)D[i]->bias : NULL,
+                               dy[i], x, M, &L[i]->w, acc);
+            }
+            adapters_bwd(be, L[i], D[i], dx, dy[i], x, M);
+        }
+        return;
+    }
     const struct lmc_mat *w[LIN_MAX];
     float *dw[LIN_MAX], *db[LIN_MAX];
     for (int i = 0; i < k; i++) {

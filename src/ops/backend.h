@@ -335,6 +335,16 @@ struct lmc_backend {
      * backend's context, no allocation per call once it has grown. */
     void (*qmatmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                     const float *bias);
+    /* Quantized weights in float math (QLoRA training, issue 12). Optional
+     * (NULL: no training over a quantized base). qmatmul_f: y(M, w->n) =
+     * x @ deq(W)^T (+ bias); qmatmul_f_bwd: dx(M, w->k) = dy(M, w->n) @
+     * deq(W) (+= when accum_dx). W is dequantized a tile of rows at a time
+     * into scratch (never whole), activations stay float: the numbers of a
+     * dense F32 linear holding deq(W), to float rounding. Deterministic. */
+    void (*qmatmul_f)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                      const float *bias);
+    void (*qmatmul_f_bwd)(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
+                          int accum_dx);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

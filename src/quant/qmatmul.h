@@ -98,6 +98,10 @@ void lmc_qweight_free(struct lmc_qweight *w);
 /* Bytes the weight's codes and scales take (for lmc info / benches). */
 size_t lmc_qweight_bytes(const struct lmc_qweight *w);
 
+/* Rows [r0, r0 + nr) of w expanded to float32: dst (nr, w->k), input
+ * columns in their own order (act-order permutation undone). */
+void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t nr, float *dst);
+
 /* Scratch lmc_qmatmul needs for m rows of input. */
 size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m);
 /* y(m, n) = x(m, k) @ W^T. scratch: lmc_qmatmul_scratch_bytes(w, m) bytes,

@@ -83,6 +83,10 @@ void lmc_cpu_copy(void *ctx, void *dst, const void *src, size_t bytes);
 void lmc_cpu_sync(void *ctx);
 void lmc_cpu_qmatmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                      const float *bias);
+void lmc_cpu_qmatmul_f(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                       const float *bias);
+void lmc_cpu_qmatmul_f_bwd(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
+                           int accum_dx);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,

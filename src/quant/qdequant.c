@@ -1,0 +1,56 @@
+/* qdequant.c — rows of a kernel-ready quantized weight (quant/qmatmul.h)
+ * expanded to float32 in the input columns' own order: the tile a float
+ * product (QLoRA training: y = x W^T and dx = dy W with float activations)
+ * works on, so that no whole matrix is ever resident in float. */
+#include "quant/qmatmul.h"
+#include "core/core.h"
+
+#include <string.h>
+
+/* Row r of a U4G/U8G weight: kernel column j (group gi of its block) holds
+ * code q; input column perm[j] (or j) gets scale * (q - zero). */
+static void groups_row(const struct lmc_qweight *w, int64_t r, float *dst) {
+    const uint8_t *row = w->data + r * w->row_bytes;
+    const float *sc = w->scale + r * w->n_groups;
+    const int32_t *zr = w->zero + r * w->n_groups;
+    if (w->perm) memset(dst, 0, (size_t)w->k * sizeof *dst);
+    for (int64_t gi = 0; gi < w->n_groups; gi++) {
+        float s = sc[gi];
+        float z = (float)zr[gi];
+        for (int64_t j = w->gblk[gi] * 32; j < w->gblk[gi + 1] * 32; j++) {
+            int q;
+            if (w->kernel == LMC_QK_U8G) q = row[j];
+            else if (j % 32 < 16) q = row[j / 32 * 16 + j % 32] & 15;
+            else q = row[j / 32 * 16 + j % 32 - 16] >> 4;
+            int64_t col = w->perm ? w->perm[j] : j;
+            if (col >= 0 && col < w->k) dst[col] = s * ((float)q - z);
+        }
+    }
+}
+
+/* Row r of an NF4 weight: element i is code[c] * absmax of its block of 64
+ * (two codes per byte, the first in the high nibble). */
+static void nf4_row(const struct lmc_qweight *w, int64_t r, float *dst) {
+    const uint8_t *row = w->data + r * w->row_bytes;
+    const float *am = w->absmax + r * (w->k / 64);
+    for (int64_t i = 0; i < w->k; i += 2) {
+        float m = am[i / 64];
+        uint8_t b = row[i / 2];
+        dst[i] = w->code[b >> 4] * m;
+        dst[i + 1] = w->code[b & 15] * m;
+    }
+}
+
+void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t nr, float *dst) {
+    LMC_ASSERT(r0 >= 0 && nr >= 0 && r0 + nr <= w->n);
+    for (int64_t i = 0; i < nr; i++) {
+        float *d = dst + i * w->k;
+        int64_t r = r0 + i;
+        switch (w->kernel) {
+        case LMC_QK_U4G:
+        case LMC_QK_U8G: groups_row(w, r, d); break;
+        case LMC_QK_NF4: nf4_row(w, r, d); break;
+        default: lmc_ggml_dequantize_row(w->ggml_type, w->data + r * w->row_bytes, d, w->k); break;
+        }
+    }
+}
