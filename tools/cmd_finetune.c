@@ -25,7 +25,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: lmc finetune -m BASE --data FILE.jsonl -o OUT [options]\n"
             "  LoRA:      --lora-r N (16) --lora-alpha X (32) --lora-targets LIST|all-linear (all-linear)\n"
-            "             --rslora --lora-dropout 0 (other values: not yet)   | --full (all weights)\n"
+            "             --rslora --lora-dropout P (0; training only)   | --full (all weights)\n"
             "  QLoRA:     --qlora nf4|int4 (the base's linears kept 4-bit; or BASE already quantized)\n"
             "  data:      --seq T (2048) --truncate yes|no (longer examples cut, counted; or refused) --pack\n"
             "             --loss-on assistant|all --skip-bad-lines\n"
@@ -40,17 +40,25 @@ static void usage(void) {
 
 struct src {
     struct lmc_sft_batcher b;
+    struct lmc_lora_train *lt; /* LoRA dropout: fresh masks per micro-batch (NULL: none) */
+    uint64_t seed, n_drawn;
 };
 
 static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
                              lmc_err *err) {
     (void)err;
-    lmc_sft_batch(&((struct src *)user)->b, in, tg, segs, n_segs);
+    struct src *s = user;
+    lmc_sft_batch(&s->b, in, tg, segs, n_segs);
+    if (s->lt) lmc_lora_train_dropout(s->lt, true, s->seed ^ (s->n_drawn * 0x2545f4914f6cdd1dull));
+    s->n_drawn++;
     return LMC_OK;
 }
 
-/* Mean loss over every validation example once (padded rows). */
-static lmc_status val_loss(struct lmc_trainer *tr, const struct lmc_sft_data *vd, double *out, lmc_err *err) {
+/* Mean loss over every validation example once (padded rows), LoRA
+ * dropout off (evaluation, as PEFT's model.eval()). */
+static lmc_status val_loss(struct lmc_trainer *tr, struct lmc_lora_train *lt, const struct lmc_sft_data *vd,
+                           double *out, lmc_err *err) {
+    if (lt) lmc_lora_train_dropout(lt, false, 0);
     struct lmc_sft_batcher vb;
     lmc_status s = lmc_sft_batcher_init(&vb, vd, tr->o.B, tr->o.T, false, 0, 0, err);
     if (s) return s;
@@ -165,8 +173,8 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: give --epochs or --steps, not both\n");
         return 2;
     }
-    if (dropout != 0 && !full) {
-        fprintf(stderr, "lmc finetune: --lora-dropout %g is not implemented yet (only 0)\n", dropout);
+    if (dropout >= 1) {
+        fprintf(stderr, "lmc finetune: --lora-dropout must be below 1\n");
         return 2;
     }
     if (qlora && full) {
@@ -222,6 +230,10 @@ int cmd_finetune(int argc, char **argv) {
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;
     have_be = true;
+    if (dropout > 0 && !full && !be.dropout) {
+        fprintf(stderr, "lmc finetune: --lora-dropout: backend %s has no dropout op yet (CPU only)\n", be.name);
+        goto done;
+    }
     if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
@@ -248,6 +260,10 @@ int cmd_finetune(int argc, char **argv) {
             goto done;
         }
         have_lt = true;
+        if (lo.cfg.dropout > 0) {
+            src.lt = &lt;
+            src.seed = (uint64_t)seed;
+        }
     }
     int32_t pad = lmc_tokenizer_eos(tok);
     if (lmc_sft_batcher_init(&src.b, &d, B, T, pack, (uint64_t)seed, pad, &err)) {
@@ -276,6 +292,7 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        src.n_drawn = (uint64_t)(tr.step * accum); /* the dropout masks continue where they were */
         fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
     }
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
@@ -305,7 +322,7 @@ int cmd_finetune(int argc, char **argv) {
         }
         double dt = lmc_time_now() - t0, vl = NAN;
         bool last = tr.step == steps;
-        if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, &vd, &vl, &err)) {
+        if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, src.lt, &vd, &vl, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }

@@ -14,7 +14,8 @@ static void check_any(const struct lmc_linear *L) {
         const struct lmc_adapter *A = &L->adapters[j];
         int64_t r = A->a.rows;
         LMC_ASSERT(r > 0 && A->a.cols == L->w.cols && A->b.rows == L->w.rows && A->b.cols == r &&
-                   A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0);
+                   A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0 &&
+                   A->dropout >= 0.0f && A->dropout < 1.0f);
     }
 }
 
@@ -23,8 +24,22 @@ static void check(const struct lmc_linear *L) {
     check_any(L);
 }
 
+/* The adapter's input for rows [m0, m0 + mc): x itself, or with dropout
+ * its dropped copy in the scratch past u, v and t (element offsets are
+ * global, so every chunking of the rows gives the same mask). */
+static const float *branch_input(const struct lmc_backend *be, const struct lmc_adapter *A, const float *xc,
+                                 int64_t m0, int64_t mc, int64_t in, int64_t out) {
+    if (A->dropout <= 0.0f) return xc;
+    LMC_ASSERT(be->dropout != NULL);
+    int64_t r = A->a.rows, R = A->scratch_rows;
+    float *xd = A->scratch + R * (2 * r + out);
+    be->dropout(be->ctx, xd, xc, mc * in, A->dropout, A->drop_seed, m0 * in);
+    return xd;
+}
+
 /* y (M, out) += scale * (x A^T) B^T for every adapter of L, in row chunks
- * of the adapter's scratch: u = x A^T, v = u diag(scale), y += v B^T. */
+ * of the adapter's scratch: u = x A^T, v = u diag(scale), y += v B^T
+ * (x: dropout(x) with the adapter's dropout). */
 static void adapters_fwd(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
                          const float *x, int64_t M) {
     int64_t in = L->w.cols, out = L->w.rows;
@@ -35,7 +50,7 @@ static void adapters_fwd(const struct lmc_backend *be, const struct lmc_linear *
         for (int64_t m0 = 0; m0 < M; m0 += R) {
             int64_t mc = LMC_MIN(R, M - m0);
             float *yc = y + m0 * out;
-            be->matmul(be->ctx, u, x + m0 * in, mc, &A->a, NULL);
+            be->matmul(be->ctx, u, branch_input(be, A, x + m0 * in, m0, mc, in, out), mc, &A->a, NULL);
             be->matmul(be->ctx, v, u, mc, &A->s, NULL);
             if (be->matmul_add) {
                 be->matmul_add(be->ctx, yc, v, mc, &A->b, NULL);
@@ -64,7 +79,8 @@ static void adapters_bwd(const struct lmc_backend *be, const struct lmc_linear *
         float *u = A->scratch, *v = u + R * r;
         for (int64_t m0 = 0; m0 < M; m0 += R) {
             int64_t mc = LMC_MIN(R, M - m0);
-            const float *xc = x + m0 * in, *dyc = dy + m0 * out;
+            const float *dyc = dy + m0 * out;
+            const float *xc = branch_input(be, A, x + m0 * in, m0, mc, in, out);
             if (dB) {
                 be->matmul(be->ctx, u, xc, mc, &A->a, NULL);
                 be->matmul(be->ctx, v, u, mc, &A->s, NULL);
@@ -73,7 +89,18 @@ static void adapters_bwd(const struct lmc_backend *be, const struct lmc_linear *
             /* u = dy B (mc, r); v = u diag(scale); dx += v A, dA += v^T x */
             be->matmul_bwd(be->ctx, u, NULL, NULL, dyc, v, mc, &A->b, 0);
             be->matmul(be->ctx, v, u, mc, &A->s, NULL);
-            be->matmul_bwd(be->ctx, dx ? dx + m0 * in : NULL, dA, NULL, v, xc, mc, &A->a, 1);
+            if (A->dropout <= 0.0f) {
+                be->matmul_bwd(be->ctx, dx ? dx + m0 * in : NULL, dA, NULL, v, xc, mc, &A->a, 1);
+                continue;
+            }
+            /* with dropout: dA += v^T dropout(x); dx += dropout(v A) (the same mask) */
+            float *xd = (float *)xc;
+            be->matmul_bwd(be->ctx, NULL, dA, NULL, v, xd, mc, &A->a, 1);
+            if (dx) {
+                be->matmul_bwd(be->ctx, xd, NULL, NULL, v, x + m0 * in, mc, &A->a, 0);
+                be->dropout(be->ctx, xd, xd, mc * in, A->dropout, A->drop_seed, m0 * in);
+                be->add(be->ctx, dx + m0 * in, dx + m0 * in, xd, mc * in);
+            }
         }
     }
 }

@@ -56,6 +56,12 @@ struct lmc_adapter {
     float scale;
     float *scratch;
     int64_t scratch_rows;
+    /* LoRA dropout (training only; PEFT: scale * (dropout(x) A^T) B^T):
+     * p in [0, 1) and the mask's seed (the backend's dropout op; the
+     * backward recomputes the same mask). With p > 0 the scratch holds
+     * scratch_rows * (2 r + out + in) floats. 0 at inference. */
+    float dropout;
+    uint64_t drop_seed;
 };
 
 struct lmc_linear {
