@@ -54,6 +54,23 @@ static void test_dequant_rows(void) {
     CHECK_MSG(!memcmp(got, ref, sizeof(float) * (size_t)(n * k)), "nf4 rows");
     lmc_qweight_free(&q);
     lmc_nf4_free(&nf);
+    /* NF4 over the flattened weight (bitsandbytes' blocks), rows of 37:
+     * rows start mid-byte and mid-block; row views of a fused weight */
+    {
+        int64_t kf = 37;
+        CHECK(!lmc_nf4_quantize(w, n * kf, &nf, &err));
+        lmc_nf4_dequantize(&nf, ref);
+        CHECK(!lmc_qweight_init_nf4_flat(&q, &nf, n, kf, &err));
+        lmc_qweight_dequant_rows(&q, 0, n, got);
+        CHECK_MSG(!memcmp(got, ref, sizeof(float) * (size_t)(n * kf)), "flat nf4 rows");
+        struct lmc_qweight v = q;
+        v.n = 12;
+        v.flat_off = 25 * kf; /* rows 25..36 as a view */
+        lmc_qweight_dequant_rows(&v, 1, 11, got);
+        CHECK_MSG(!memcmp(got, ref + 26 * kf, sizeof(float) * (size_t)(11 * kf)), "flat nf4 view rows");
+        lmc_qweight_free(&q);
+        lmc_nf4_free(&nf);
+    }
     /* integer groups, 4 and 8 bits, groups scattered over the inputs (act-order) */
     for (int bits = 4; bits <= 8; bits += 4) {
         struct lmc_qgroups g;
@@ -94,14 +111,15 @@ static void test_dequant_rows(void) {
 }
 
 /* A quantized (n, k) weight of random values and its dequantized floats. */
-static void make_q(struct lmc_qweight *q, float *wd, int64_t n, int64_t k, bool nf4, uint64_t *rng) {
+/* nf4: 0 integer groups, 1 NF4 rows, 2 flat NF4 */
+static void make_q(struct lmc_qweight *q, float *wd, int64_t n, int64_t k, int nf4, uint64_t *rng) {
     lmc_err err = {0};
     float *w = malloc(sizeof(float) * (size_t)(n * k));
     for (int64_t i = 0; i < n * k; i++) w[i] = 0.2f * test_rand(rng);
     if (nf4) {
         struct lmc_nf4 nf;
         CHECK(!lmc_nf4_quantize(w, n * k, &nf, &err));
-        CHECK(!lmc_qweight_init_nf4(q, &nf, n, k, &err));
+        CHECK(!(nf4 == 2 ? lmc_qweight_init_nf4_flat(q, &nf, n, k, &err) : lmc_qweight_init_nf4(q, &nf, n, k, &err)));
         lmc_nf4_free(&nf);
     } else {
         struct lmc_qgroups g;
@@ -116,7 +134,7 @@ static void make_q(struct lmc_qweight *q, float *wd, int64_t n, int64_t k, bool 
 static void test_qmatmul_f(const struct lmc_backend *be) {
     uint64_t rng = 5;
     int64_t M = 13, n = 67, k = 128;
-    for (int nf4 = 0; nf4 < 2; nf4++) {
+    for (int nf4 = 0; nf4 < 3; nf4++) {
         struct lmc_qweight q;
         float *wd = malloc(sizeof(float) * (size_t)(n * k)), *x = malloc(sizeof(float) * (size_t)(M * k));
         float *y = malloc(sizeof(float) * (size_t)(M * n)), *bias = malloc(sizeof(float) * (size_t)n);
@@ -164,10 +182,10 @@ static double loss_of(const struct lmc_backend *be, const struct lmc_linear *L, 
 
 static void test_linear(const struct lmc_backend *be) {
     uint64_t rng = 9;
-    int64_t M = 11, n = 67, k = 128, r = 3;
+    int64_t M = 11, n = 67, k = 100, r = 3; /* flat NF4: rows not whole blocks */
     struct lmc_qweight q;
     float *wd = malloc(sizeof(float) * (size_t)(n * k));
-    make_q(&q, wd, n, k, true, &rng);
+    make_q(&q, wd, n, k, 2, &rng);
     float *A = malloc(sizeof(float) * (size_t)(r * k)), *B = malloc(sizeof(float) * (size_t)(n * r));
     float *S = calloc((size_t)(r * r), sizeof(float)), *scratch = malloc(sizeof(float) * (size_t)(4 * (2 * r + n)));
     float *dA[2], *dB[2], *dx[2], *y[2], *bias = malloc(sizeof(float) * (size_t)n);
@@ -266,12 +284,13 @@ static size_t snapshot(const struct lmc_qlora *ql, uint8_t *out) {
     for (int i = 0; i < ql->n_slots; i++) {
         const struct lmc_qweight *q = &ql->qw[i];
         if (!q->data) continue;
-        size_t nb = (size_t)(q->n * q->row_bytes);
+        size_t nb = q->nf4_flat ? (size_t)(q->n * q->k + 1) / 2 : (size_t)(q->n * q->row_bytes);
+        size_t na = (size_t)(q->nf4_flat ? (q->n * q->k + 63) / 64 : q->n * (q->k / 64)) * sizeof(float);
         if (out) memcpy(out + at, q->data, nb);
         at += nb;
         if (q->absmax) {
-            if (out) memcpy(out + at, q->absmax, (size_t)(q->n * (q->k / 64)) * sizeof(float));
-            at += (size_t)(q->n * (q->k / 64)) * sizeof(float);
+            if (out) memcpy(out + at, q->absmax, na);
+            at += na;
         }
         if (q->scale) {
             if (out) memcpy(out + at, q->scale, (size_t)(q->n * q->n_groups) * sizeof(float));
@@ -308,7 +327,9 @@ static void test_model(const struct lmc_backend *be, const char *model, enum lmc
         CHECK_MSG(0, "%s: %s", model, err.msg);
         return;
     }
-    CHECK_MSG(ql.n_quant >= 2 * tm[0].cfg.num_layers, "%s: %lld linears quantized", model, (long long)ql.n_quant);
+    int64_t per_layer = strstr(model, "gpt2") ? 4 : 7; /* every block linear (c_attn fused) */
+    CHECK_MSG(ql.n_quant == per_layer * tm[0].cfg.num_layers, "%s: %lld linears quantized", model,
+              (long long)ql.n_quant);
     for (int i = 0; i < tm[0].n_params; i++) {
         const struct lmc_tparam *p = &tm[0].params[i];
         if (!p->external) continue;

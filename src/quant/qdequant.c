@@ -1,10 +1,11 @@
 /* qdequant.c — rows of a kernel-ready quantized weight (quant/qmatmul.h)
- * expanded to float32 in the input columns' own order: the tile a float
+ * expanded to float32 (and the flat NF4 weight only this reads) in the input columns' own order: the tile a float
  * product (QLoRA training: y = x W^T and dx = dy W with float activations)
  * works on, so that no whole matrix is ever resident in float. */
 #include "quant/qmatmul.h"
 #include "core/core.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Row r of a U4G/U8G weight: kernel column j (group gi of its block) holds
@@ -41,6 +42,43 @@ static void nf4_row(const struct lmc_qweight *w, int64_t r, float *dst) {
     }
 }
 
+/* Row r of a flat NF4 weight (blocks of 64 over the flattened tensor). */
+static void nf4_flat_row(const struct lmc_qweight *w, int64_t r, float *dst) {
+    int64_t e0 = w->flat_off + r * w->k;
+    for (int64_t i = 0; i < w->k; i++) {
+        int64_t e = e0 + i;
+        uint8_t b = w->data[e / 2];
+        dst[i] = w->code[e & 1 ? b & 15 : b >> 4] * w->absmax[e / 64];
+    }
+}
+
+lmc_status lmc_qweight_init_nf4_flat(struct lmc_qweight *w, const struct lmc_nf4 *q, int64_t n, int64_t k,
+                                     lmc_err *err) {
+    memset(w, 0, sizeof *w);
+    int64_t nk;
+    if (n <= 0 || k <= 0 || !lmc_mul_ok(n, k, &nk) || nk != q->numel)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "NF4 weight (%lld, %lld): %lld elements stored", (long long)n,
+                           (long long)k, (long long)q->numel);
+    w->kernel = LMC_QK_NF4;
+    w->ggml_type = -1;
+    w->nf4_flat = true;
+    w->n = n;
+    w->k = w->kp = k;
+    w->row_bytes = 0;
+    uint8_t *codes = malloc((size_t)(nk + 1) / 2);
+    w->absmax = malloc((size_t)q->n_blocks * sizeof *w->absmax);
+    w->owned = codes;
+    w->data = codes;
+    if (!codes || !w->absmax) {
+        lmc_qweight_free(w);
+        return lmc_err_set(err, LMC_ERR_OOM, "NF4 weight: out of memory");
+    }
+    memcpy(codes, q->packed, (size_t)(nk + 1) / 2);
+    memcpy(w->code, q->quant_map, sizeof w->code);
+    for (int64_t b = 0; b < q->n_blocks; b++) w->absmax[b] = lmc_nf4_absmax(q, b);
+    return LMC_OK;
+}
+
 void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t nr, float *dst) {
     LMC_ASSERT(r0 >= 0 && nr >= 0 && r0 + nr <= w->n);
     for (int64_t i = 0; i < nr; i++) {
@@ -49,7 +87,7 @@ void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t n
         switch (w->kernel) {
         case LMC_QK_U4G:
         case LMC_QK_U8G: groups_row(w, r, d); break;
-        case LMC_QK_NF4: nf4_row(w, r, d); break;
+        case LMC_QK_NF4: w->nf4_flat ? nf4_flat_row(w, r, d) : nf4_row(w, r, d); break;
         default: lmc_ggml_dequantize_row(w->ggml_type, w->data + r * w->row_bytes, d, w->k); break;
         }
     }

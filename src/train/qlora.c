@@ -15,7 +15,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define QLORA_GROUP 64
+#define QLORA_GROUP 64 /* int4: a last partial group when k is not a multiple */
 
 bool lmc_qlora_kind_parse(const char *s, enum lmc_qlora_kind *k) {
     if (!strcmp(s, "nf4")) *k = LMC_QLORA_NF4;
@@ -49,9 +49,8 @@ static bool is_float(const struct lmc_st_tensor *t) {
 static bool pick_external(void *user, const struct lmc_tensor_ref *t) {
     struct pick *p = user;
     if (t->layer < 0 || t->ndim != 2) return false;
-    bool ext = p->prequantized ? !is_float(find(p->st, p->alt_prefix, t->name)) &&
-                                     !(p->method == LMC_QM_BNB4 && t->cols % 64)
-                               : t->cols % 64 == 0;
+    bool ext = !p->prequantized || (!is_float(find(p->st, p->alt_prefix, t->name)) &&
+                                    !(p->method == LMC_QM_BNB4 && t->cols % 64));
     if (ext && p->n_ext == (int)sizeof p->parts) {
         p->too_many = true;
         return false;
@@ -99,10 +98,10 @@ static lmc_status read_float(const struct lmc_st_tensor *t, const struct lmc_tpa
 static lmc_status quantize(const float *w, int64_t n, int64_t k, enum lmc_qlora_kind kind, struct lmc_qweight *q,
                            lmc_err *err) {
     lmc_status s;
-    if (kind == LMC_QLORA_NF4) {
+    if (kind == LMC_QLORA_NF4) { /* bitsandbytes' layout: blocks of 64 over the flattened weight */
         struct lmc_nf4 nf;
         if ((s = lmc_nf4_quantize(w, n * k, &nf, err))) return s;
-        s = lmc_qweight_init_nf4(q, &nf, n, k, err);
+        s = lmc_qweight_init_nf4_flat(q, &nf, n, k, err);
         lmc_nf4_free(&nf);
         return s;
     }
@@ -117,6 +116,11 @@ static lmc_status quantize(const float *w, int64_t n, int64_t k, enum lmc_qlora_
 static void row_view(struct lmc_qweight *v, const struct lmc_qweight *w, int i, int64_t pr) {
     *v = *w;
     v->n = pr;
+    v->owned = NULL;
+    if (w->nf4_flat) { /* same buffers, an element offset */
+        v->flat_off = w->flat_off + i * pr * w->k;
+        return;
+    }
     v->data = w->data + i * pr * w->row_bytes;
     if (w->scale) v->scale = w->scale + i * pr * w->n_groups;
     if (w->zero) v->zero = w->zero + i * pr * w->n_groups;

@@ -1,13 +1,15 @@
 /* qlora.h — QLoRA's base: a trainable model (lmc_tmodel) whose block
  * linears stay 4-bit in memory. Loading a float Hugging Face folder
- * quantizes each linear as it is read (NF4: bitsandbytes' blocks of 64;
- * int4: round-to-nearest, asymmetric, groups of 64); a folder already
+ * quantizes each linear as it is read (NF4: bitsandbytes' blocks of 64
+ * over the flattened weight, double-quantized absmax; int4: round-to-
+ * nearest, asymmetric, groups of 64 along the input); a folder already
  * quantized (quantization_config: bitsandbytes NF4, GPTQ, AWQ, as `lmc
  * quantize` writes them) is used as stored. The quantized linears are
  * tparams kept outside the arenas (backward.h `external`), run in float
  * math per dequantized tile (backend qmatmul_f / qmatmul_f_bwd) and
- * frozen; embeddings, norms, biases and the head stay f32 in the arena.
- * Linears whose input size is not a multiple of 64 stay f32 too. */
+ * frozen; embeddings, norms, biases and the head stay f32 in the arena
+ * (and, in a bitsandbytes folder, linears whose rows are not whole blocks
+ * of 64: dequantized at load, as model loading does). */
 #ifndef LMC_TRAIN_QLORA_H
 #define LMC_TRAIN_QLORA_H
 
