@@ -133,7 +133,7 @@ static void make_q(struct lmc_qweight *q, float *wd, int64_t n, int64_t k, int n
 
 static void test_qmatmul_f(const struct lmc_backend *be) {
     uint64_t rng = 5;
-    int64_t M = 13, n = 67, k = 128;
+    int64_t M = 13, n = 300, k = 128; /* forward tiles 256 + 44, backward 4 x 64 + 44 */
     for (int nf4 = 0; nf4 < 3; nf4++) {
         struct lmc_qweight q;
         float *wd = malloc(sizeof(float) * (size_t)(n * k)), *x = malloc(sizeof(float) * (size_t)(M * k));

@@ -130,6 +130,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     free(c->xbuf);
     free(c->qctx);
     free(c->qscratch);
+    free(c->qf_buf);
     free(c);
     memset(be, 0, sizeof *be);
 }

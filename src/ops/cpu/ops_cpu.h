@@ -31,6 +31,8 @@ struct lmc_cpu_ctx {
     struct lmc_qctx *qctx; /* quantized matmul: instruction-set table (quant/qmatmul.h) */
     void *qscratch;       /* its activation scratch, 64-byte aligned, grown to the largest step */
     size_t qscratch_cap;  /* bytes */
+    float *qf_buf;        /* qmatmul_f: a dequantized tile and its product, grown to the largest step */
+    size_t qf_cap;        /* floats */
 };
 
 /* Default gemm_min_m. With AVX-512 (+BW, VL) our own 4x4-blocked kernels

@@ -1,48 +1,63 @@
 /* qmatmul_f.c — the CPU backend's float products over a quantized weight
  * (QLoRA training, backend.h qmatmul_f / qmatmul_f_bwd): W is expanded a
- * tile of QF_TILE rows at a time into the thread's scratch
- * (lmc_qweight_dequant_rows) and multiplied by OpenBLAS sgemm in float,
- * so no whole matrix is ever resident in float and the numbers are a
- * dense F32 linear's. Forward: one task per tile of output columns.
- * Backward: one task per chunk of rows of dx, each running every tile in
- * order (deterministic; the tile is expanded once per task). */
+ * tile of rows at a time (lmc_qweight_dequant_rows) and multiplied in
+ * float, so no whole matrix is ever resident in float and the numbers are
+ * a dense F32 linear's. Forward: tiles of QF_FWD_TILE rows through the
+ * backend's dense matmul. Backward (OpenBLAS sgemm, as the dense
+ * backward): one task per chunk of rows of dx, each expanding every tile
+ * of QF_TILE rows into its scratch in order (deterministic). */
 #include "ops/cpu/ops_cpu.h"
 #include "quant/qmatmul.h"
 
 #include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
 
-#define QF_TILE 64
+#define QF_TILE 64       /* backward: rows per dequantized tile */
+#define QF_FWD_TILE 256  /* forward */
 
 struct qf_job {
     struct lmc_cpu_ctx *c;
     const struct lmc_qweight *w;
     float *y;
     const float *x, *bias;
-    int64_t M, mc;
+    int64_t M, mc, n0, nt;
     int accum;
 };
 
-static void qf_fwd_task(void *arg, int64_t task, int thread) {
+/* Forward: rows [n0 + 8 task, ...) of the tile dequantized in parallel. */
+static void qf_deq_task(void *arg, int64_t task, int thread) {
+    (void)thread;
     struct qf_job *j = arg;
-    const struct lmc_qweight *w = j->w;
-    int64_t n0 = task * QF_TILE, nt = LMC_MIN(QF_TILE, w->n - n0);
-    float *tile = j->c->scratch[thread];
-    lmc_qweight_dequant_rows(w, n0, nt, tile);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->M, (int)nt, (int)w->k, 1.0f, j->x, (int)w->k,
-                tile, (int)w->k, 0.0f, j->y + n0, (int)w->n);
-    if (j->bias)
-        for (int64_t m = 0; m < j->M; m++)
-            for (int64_t n = 0; n < nt; n++) j->y[m * w->n + n0 + n] += j->bias[n0 + n];
+    int64_t r0 = task * 8, nr = LMC_MIN(8, j->nt - r0);
+    if (nr > 0) lmc_qweight_dequant_rows(j->w, j->n0 + r0, nr, j->y + r0 * j->w->k);
 }
 
+/* y = x deq(W)^T: tiles of QF_FWD_TILE rows, each dequantized (parallel)
+ * into ctx->qf_buf and multiplied by the backend's own dense matmul (its
+ * AVX-512 kernels) into a (M, tile) product copied into y's columns. */
 void lmc_cpu_qmatmul_f(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                        const float *bias) {
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(M >= 0 && w->n > 0 && w->k > 0 && w->n < INT32_MAX && w->k < INT32_MAX && M < INT32_MAX);
     if (M == 0) return;
-    lmc_cpu_scratch_reserve(c, (size_t)(QF_TILE * w->k));
-    struct qf_job j = {.c = c, .w = w, .y = y, .x = x, .bias = bias, .M = M};
-    lmc_pool_run(c->pool, (w->n + QF_TILE - 1) / QF_TILE, qf_fwd_task, &j);
+    int64_t T = LMC_MIN(QF_FWD_TILE, w->n);
+    size_t need = (size_t)(T * w->k + M * T);
+    if (need > c->qf_cap) {
+        free(c->qf_buf);
+        c->qf_buf = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+        LMC_ASSERT(c->qf_buf != NULL); /* op signatures carry no status */
+        c->qf_cap = need;
+    }
+    float *tile = c->qf_buf, *prod = c->qf_buf + T * w->k;
+    for (int64_t n0 = 0; n0 < w->n; n0 += T) {
+        int64_t nt = LMC_MIN(T, w->n - n0);
+        struct qf_job j = {.c = c, .w = w, .y = tile, .n0 = n0, .nt = nt};
+        lmc_pool_run(c->pool, (nt + 7) / 8, qf_deq_task, &j);
+        struct lmc_mat tm = {LMC_DTYPE_F32, nt, w->k, tile};
+        lmc_cpu_matmul(c, prod, x, M, &tm, bias ? bias + n0 : NULL);
+        for (int64_t m = 0; m < M; m++) memcpy(y + m * w->n + n0, prod + m * nt, (size_t)nt * sizeof(float));
+    }
 }
 
 /* dx rows [m0, m0 + mc) = sum over tiles of dy[:, tile] @ tile. */
