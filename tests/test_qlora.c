@@ -92,6 +92,18 @@ static void test_dequant_rows(void) {
         lmc_qweight_free(&q);
         lmc_qgroups_free(&g);
     }
+    /* 4-bit groups in input order (rtn: no permutation, a last partial group) */
+    for (int64_t gs = 64; gs <= 128; gs += 64) {
+        struct lmc_qgroups g;
+        CHECK(!lmc_quant_rtn(w, n, k, 4, gs, false, &g, &err));
+        lmc_qgroups_dequantize(&g, ref);
+        CHECK(!lmc_qweight_init_groups(&q, &g, &err));
+        CHECK(q.perm == NULL);
+        lmc_qweight_dequant_rows(&q, 2, n - 2, got);
+        CHECK_MSG(!memcmp(got, ref + 2 * k, sizeof(float) * (size_t)((n - 2) * k)), "rtn groups of %lld", (long long)gs);
+        lmc_qweight_free(&q);
+        lmc_qgroups_free(&g);
+    }
     /* GGUF Q4_0 rows, used in place */
     int64_t rb;
     CHECK(lmc_ggml_row_bytes(LMC_GGML_Q4_0, k, &rb));

@@ -14,6 +14,20 @@ static void groups_row(const struct lmc_qweight *w, int64_t r, float *dst) {
     const uint8_t *row = w->data + r * w->row_bytes;
     const float *sc = w->scale + r * w->n_groups;
     const int32_t *zr = w->zero + r * w->n_groups;
+    if (!w->perm && w->kernel == LMC_QK_U4G) { /* identity order (kp == k): whole blocks of 32, no lookups */
+        for (int64_t gi = 0; gi < w->n_groups; gi++) {
+            float s = sc[gi], z = (float)zr[gi];
+            for (int64_t b = w->gblk[gi]; b < w->gblk[gi + 1]; b++) {
+                const uint8_t *p = row + b * 16;
+                float *d = dst + b * 32;
+                for (int t = 0; t < 16; t++) {
+                    d[t] = s * ((float)(p[t] & 15) - z);
+                    d[t + 16] = s * ((float)(p[t] >> 4) - z);
+                }
+            }
+        }
+        return;
+    }
     if (w->perm) memset(dst, 0, (size_t)w->k * sizeof *dst);
     for (int64_t gi = 0; gi < w->n_groups; gi++) {
         float s = sc[gi];
@@ -44,11 +58,26 @@ static void nf4_row(const struct lmc_qweight *w, int64_t r, float *dst) {
 
 /* Row r of a flat NF4 weight (blocks of 64 over the flattened tensor). */
 static void nf4_flat_row(const struct lmc_qweight *w, int64_t r, float *dst) {
-    int64_t e0 = w->flat_off + r * w->k;
-    for (int64_t i = 0; i < w->k; i++) {
-        int64_t e = e0 + i;
-        uint8_t b = w->data[e / 2];
-        dst[i] = w->code[e & 1 ? b & 15 : b >> 4] * w->absmax[e / 64];
+    int64_t e = w->flat_off + r * w->k, end = e + w->k;
+    const uint8_t *p = w->data;
+    const float *code = w->code;
+    while (e < end) { /* one block of 64 (or the row's part of it) at a time, codes in pairs */
+        int64_t be = LMC_MIN(end, (e / 64 + 1) * 64);
+        float m = w->absmax[e / 64];
+        if (e & 1) {
+            *dst++ = code[p[e / 2] & 15] * m;
+            e++;
+        }
+        for (; e + 1 < be; e += 2) {
+            uint8_t b = p[e / 2];
+            dst[0] = code[b >> 4] * m;
+            dst[1] = code[b & 15] * m;
+            dst += 2;
+        }
+        if (e < be) {
+            *dst++ = code[p[e / 2] >> 4] * m;
+            e++;
+        }
     }
 }
 
