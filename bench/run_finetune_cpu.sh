@@ -1,20 +1,63 @@
 #!/usr/bin/env bash
-# run_finetune_cpu.sh — CPU fine-tuning cost, LoRA against full fine-tuning
-# in one run on the default model (models/kjv-llama: Llama, 8 layers, hidden
-# 288, vocab 8192, tied): `lmc finetune` on prompt/completion pairs built
-# from data/kjv.txt ("Continue: <verse>" -> the next verse), packed into
-# rows of SEQ tokens, BATCH rows per step, THREADS threads, fp32.
-# Modes, interleaved ROUNDS times: LoRA r 16 alpha 32 on all linears, and
-# --full. Per run: wall tokens/s (median over the steps after SKIP of the
-# metrics file; tokens = BATCH x SEQ per step, padding included) and peak RSS
-# (/usr/bin/time -v). Prints one line per run and the medians and ratios.
+# run_finetune_cpu.sh — CPU fine-tuning cost in one run: LoRA, QLoRA (NF4
+# and int4 bases quantized at load) and full fine-tuning, on the default
+# model (models/kjv-llama: Llama, 8 layers, hidden 288, vocab 8192, tied) or,
+# with MODEL=125m, a random Llama of the 125M bench shape (hidden 768, 12
+# layers, 12 heads, MLP 3072, vocab 8192 with kjv-llama's tokenizer, F16 on
+# disk, made here as bench/quant_decode.sh makes it): `lmc finetune` on
+# prompt/completion pairs built from data/kjv.txt ("Continue: <verse>" ->
+# the next verse), packed into rows of SEQ tokens, BATCH rows per step,
+# THREADS threads, fp32 compute. Modes (MODES), interleaved ROUNDS times:
+# lora (r 16 alpha 32, all linears), qlora-nf4 / qlora-int4 (the same
+# adapter over `--qlora nf4|int4`), full (--full). Per run: wall tokens/s
+# (median over the steps after SKIP of the metrics file; tokens = BATCH x
+# SEQ per step, padding included) and peak RSS (/usr/bin/time -v). Prints
+# one line per run and the medians, with ratios to the first mode.
 # Usage: bench/run_finetune_cpu.sh   env: LMC=build/lmc THREADS=2 ROUNDS=2 STEPS=6 SKIP=2 SEQ=128 BATCH=8
+#        MODEL=models/kjv-llama|125m MODES="lora qlora-nf4 qlora-int4 full"
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-2}; ROUNDS=${ROUNDS:-2}; STEPS=${STEPS:-6}; SKIP=${SKIP:-2}
 SEQ=${SEQ:-128}; BATCH=${BATCH:-8}; MODEL=${MODEL:-models/kjv-llama}; WORK=${WORK:-/tmp/lmc-finetune-cpu}
+MODES=${MODES:-lora qlora-nf4 qlora-int4 full}
 mkdir -p "$WORK"
-echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) threads $THREADS seq $SEQ batch $BATCH" \
+if [ "$MODEL" = 125m ]; then
+  MODEL=$WORK/r125m
+  [ -f "$MODEL/model.safetensors" ] || python3 - models/kjv-llama "$MODEL" <<'PY' || exit 1
+import json, os, shutil, struct, sys
+import numpy as np
+src, dst = sys.argv[1:]
+os.makedirs(dst, exist_ok=True)
+C, L, H, I, V = 768, 12, 12, 3072, 8192
+cfg = json.load(open(os.path.join(src, "config.json")))
+cfg.update(hidden_size=C, intermediate_size=I, num_hidden_layers=L, num_attention_heads=H,
+           num_key_value_heads=H, head_dim=C // H, vocab_size=V, torch_dtype="float16")
+cfg.pop("rope_parameters", None)
+json.dump(cfg, open(os.path.join(dst, "config.json"), "w"))
+for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    if os.path.exists(os.path.join(src, f)): shutil.copy(os.path.join(src, f), dst)
+rng = np.random.default_rng(0)
+t = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
+for l in range(L):
+    p = f"model.layers.{l}."
+    for n, s in (("self_attn.q_proj", (C, C)), ("self_attn.k_proj", (C, C)), ("self_attn.v_proj", (C, C)),
+                 ("self_attn.o_proj", (C, C)), ("mlp.gate_proj", (I, C)), ("mlp.up_proj", (I, C)),
+                 ("mlp.down_proj", (C, I))):
+        t[p + n + ".weight"] = s
+    t[p + "input_layernorm.weight"] = (C,)
+    t[p + "post_attention_layernorm.weight"] = (C,)
+hdr, off, blobs = {}, 0, []
+for n, s in t.items():
+    a = (np.ones(s) if len(s) == 1 else rng.normal(0, 0.02, s)).astype(np.float16)
+    b = a.tobytes(); hdr[n] = {"dtype": "F16", "shape": list(s), "data_offsets": [off, off + len(b)]}
+    off += len(b); blobs.append(b)
+h = json.dumps(hdr).encode(); h += b" " * (-len(h) % 8)
+with open(os.path.join(dst, "model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(h))); f.write(h)
+    for b in blobs: f.write(b)
+PY
+fi
+echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) model $MODEL threads $THREADS seq $SEQ batch $BATCH" \
      "cpu $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$WORK/sft.jsonl" <<'PY'
 import json, re, sys
@@ -34,8 +77,12 @@ with open(sys.argv[1], "w") as f:
 PY
 RES=$WORK/results.txt; : >"$RES"
 for r in $(seq 1 "$ROUNDS"); do
-  for mode in lora full; do
-    extra="--lora-r 16 --lora-alpha 32 --lora-targets all-linear"; [ $mode = full ] && extra="--full --lr 2e-5"
+  for mode in $MODES; do
+    extra="--lora-r 16 --lora-alpha 32 --lora-targets all-linear"
+    case $mode in
+      full) extra="--full --lr 2e-5" ;;
+      qlora-*) extra="$extra --qlora ${mode#qlora-}" ;;
+    esac
     rm -rf "$WORK/out-$mode"
     /usr/bin/time -v "$LMC" finetune -m "$MODEL" --data "$WORK/sft.jsonl" -o "$WORK/out-$mode" --seq "$SEQ" \
       --batch "$BATCH" --pack --steps "$STEPS" --threads "$THREADS" $extra 2>"$WORK/err-$mode" >/dev/null \
@@ -49,6 +96,9 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 med() { awk -v m="$1" -v c="$2" '$1 == m {print $c}' "$RES" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-lt=$(med lora 2); ft=$(med full 2); lr=$(med lora 3); fr=$(med full 3)
-echo "median: LoRA $lt tok/s $((${lr%.*} / 1024)) MiB | full $ft tok/s $((${fr%.*} / 1024)) MiB |" \
-     "LoRA/full tok/s $(awk -v a="$lt" -v b="$ft" 'BEGIN {printf "%.2f", a / b}') RSS $(awk -v a="$lr" -v b="$fr" 'BEGIN {printf "%.2f", a / b}')"
+first=${MODES%% *}; ft=$(med "$first" 2); fr=$(med "$first" 3)
+for mode in $MODES; do
+  t=$(med "$mode" 2); m=$(med "$mode" 3)
+  echo "median $mode: $t tok/s, peak RSS $((${m%.*} / 1024)) MiB; vs $first: tok/s $(awk -v a="$t" -v b="$ft" \
+       'BEGIN {printf "%.2f", a / b}')x, RSS $(awk -v a="$m" -v b="$fr" 'BEGIN {printf "%.2f", a / b}')x"
+done

@@ -98,10 +98,12 @@ printf '{"text":"fine"}\n{"prompt": 3}\n' >"$TMP/bad.jsonl"
 [ $? = 1 ] && grep -q "bad.jsonl:2:" "$TMP/err"; ok $? "bad line named: $(cat "$TMP/err")"
 "$LMC" finetune -m "$FIX" --data "$TMP/bad.jsonl" -o "$TMP/x" $COMMON --steps 1 --skip-bad-lines 2>"$TMP/err"
 ok $? "--skip-bad-lines: $(tail -1 "$TMP/err")"
-"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --lora-dropout 0.1 2>/dev/null
-[ $? = 2 ]; ok $? "nonzero dropout refused"
-"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --qlora nf4 2>/dev/null
-[ $? = 2 ]; ok $? "--qlora refused"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --lora-dropout 1 2>/dev/null
+[ $? = 2 ]; ok $? "dropout 1 refused"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --qlora fp4 2>/dev/null
+[ $? = 2 ]; ok $? "--qlora fp4 refused"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --qlora nf4 --full 2>/dev/null
+[ $? = 2 ]; ok $? "--qlora with --full refused"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --lora-targets nothing 2>"$TMP/err"
 [ $? = 1 ] && grep -q "match no linear" "$TMP/err"; ok $? "targets matching nothing: $(cat "$TMP/err")"
 [ ! -e "$TMP/y" ]; ok $? "nothing written on failure"

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "core/core.h"
 #include "train/lora_train.h"
+#include "train/qlora.h"
 #include "train/sft_data.h"
 #include "train/trainer.h"
 #include "dist/comm.h"
@@ -28,7 +29,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: lmc finetune -m BASE --data FILE.jsonl -o OUT [options]\n"
             "  LoRA:      --lora-r N (16) --lora-alpha X (32) --lora-targets LIST|all-linear (all-linear)\n"
-            "             --rslora --lora-dropout 0 (other values: not yet)   | --full (all weights)\n"
+            "             --rslora --lora-dropout P (0; training only)   | --full (all weights)\n"
+            "  QLoRA:     --qlora nf4|int4 (the base's linears kept 4-bit; or BASE already quantized)\n"
             "  data:      --seq T (2048) --truncate yes|no (longer examples cut, counted; or refused) --pack\n"
             "             --loss-on assistant|all --skip-bad-lines\n"
             "             --val-data FILE.jsonl | --val-fraction X (validation loss every --eval-every and at the end)\n"
@@ -43,17 +45,25 @@ static void usage(void) {
 
 struct src {
     struct lmc_sft_batcher b;
+    struct lmc_lora_train *lt; /* LoRA dropout: fresh masks per micro-batch (NULL: none) */
+    uint64_t seed, n_drawn;
 };
 
 static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
                              lmc_err *err) {
     (void)err;
-    lmc_sft_batch(&((struct src *)user)->b, in, tg, segs, n_segs);
+    struct src *s = user;
+    lmc_sft_batch(&s->b, in, tg, segs, n_segs);
+    if (s->lt) lmc_lora_train_dropout(s->lt, true, s->seed ^ (s->n_drawn * 0x2545f4914f6cdd1dull));
+    s->n_drawn++;
     return LMC_OK;
 }
 
-/* Mean loss over every validation example once (padded rows). */
-static lmc_status val_loss(struct lmc_trainer *tr, const struct lmc_sft_data *vd, double *out, lmc_err *err) {
+/* Mean loss over every validation example once (padded rows), LoRA
+ * dropout off (evaluation, as PEFT's model.eval()). */
+static lmc_status val_loss(struct lmc_trainer *tr, struct lmc_lora_train *lt, const struct lmc_sft_data *vd,
+                           double *out, lmc_err *err) {
+    if (lt) lmc_lora_train_dropout(lt, false, 0);
     struct lmc_sft_batcher vb;
     lmc_status s = lmc_sft_batcher_init(&vb, vd, tr->o.B, tr->o.T, false, 0, 0, err);
     if (s) return s;
@@ -94,6 +104,8 @@ int cmd_finetune(int argc, char **argv) {
     int64_t save_every = 0, zero = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
+    enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
+    bool qlora = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     for (int i = 1; i < argc; i++) {
@@ -110,11 +122,6 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
-        if (!strcmp(a, "--qlora")) {
-            fprintf(stderr, "lmc finetune: --qlora is not available yet (it needs the 4-bit base formats "
-                            "of the quantization work)\n");
-            return 2;
-        }
         if (!v) {
             fprintf(stderr, "lmc finetune: unknown option %s (or missing value)\n", a);
             return 2;
@@ -127,6 +134,10 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--metrics")) metrics = v;
         else if (!strcmp(a, "--val-data")) val_data = v;
         else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--qlora")) {
+            ok = lmc_qlora_kind_parse(v, &qkind);
+            qlora = true;
+        }
         else if (!strcmp(a, "--truncate")) {
             ok = !strcmp(v, "yes") || !strcmp(v, "no");
             refuse_long = !strcmp(v, "no");
@@ -174,8 +185,12 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: give --epochs or --steps, not both\n");
         return 2;
     }
-    if (dropout != 0 && !full) {
-        fprintf(stderr, "lmc finetune: --lora-dropout %g is not implemented yet (only 0)\n", dropout);
+    if (dropout >= 1) {
+        fprintf(stderr, "lmc finetune: --lora-dropout must be below 1\n");
+        return 2;
+    }
+    if (qlora && full) {
+        fprintf(stderr, "lmc finetune: --qlora trains adapters over a frozen 4-bit base (not with --full)\n");
         return 2;
     }
     if (full && (resume || save_every)) {
@@ -195,6 +210,7 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_tmodel tm;
     struct lmc_lora lo = {0};
     struct lmc_lora_train lt = {0};
+    struct lmc_qlora ql = {0};
     struct lmc_trainer tr;
     struct src src;
     memset(&src, 0, sizeof src);
@@ -237,11 +253,20 @@ int cmd_finetune(int argc, char **argv) {
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;
     have_be = true;
-    if (lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
+    if (dropout > 0 && !full && !be.dropout) {
+        fprintf(stderr, "lmc finetune: --lora-dropout: backend %s has no dropout op yet (CPU only)\n", be.name);
+        goto done;
+    }
+    if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
     }
     have_tm = true;
+    if (qlora)
+        fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s\n",
+                (long long)ql.n_quant, (long long)ql.quant_params,
+                ql.prequantized ? "as quantized in the folder" : (qkind == LMC_QLORA_NF4 ? "NF4" : "int4 (groups of 64)"),
+                (double)ql.quant_bytes / 1048576.0, ql.prequantized ? "" : " (quantized at load)");
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
         snprintf(lc.base_model, sizeof lc.base_model, "%s", cc.model_dir);
@@ -258,6 +283,10 @@ int cmd_finetune(int argc, char **argv) {
             goto done;
         }
         have_lt = true;
+        if (lo.cfg.dropout > 0) {
+            src.lt = &lt;
+            src.seed = (uint64_t)seed;
+        }
     }
     int32_t pad = lmc_tokenizer_eos(tok);
     if (lmc_sft_batcher_init(&src.b, &d, B, T, pack, (uint64_t)seed, pad, &err)) {
@@ -297,13 +326,16 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        /* the dropout masks continue where they were (every rank draws the world batches of a micro-step) */
+        src.n_drawn = (uint64_t)(tr.step * accum * (dist ? comm.world : 1));
         if (root) fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
     }
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
     if (root) fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
-            full ? "full fine-tuning" : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
-            (long long)tr.tm.trainable_off + (full ? trainable : 0), (long long)B, (long long)T, (long long)accum,
+            full ? "full fine-tuning" : qlora ? (rslora ? "QLoRA (rsLoRA scale)" : "QLoRA")
+                                              : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
+            (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params, (long long)B, (long long)T, (long long)accum,
             pack ? ", packed" : "", (long long)steps, be.name);
     if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
@@ -329,7 +361,7 @@ int cmd_finetune(int argc, char **argv) {
         }
         double dt = lmc_time_now() - t0, vl = NAN;
         bool last = tr.step == steps;
-        if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, &vd, &vl, &err)) {
+        if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, src.lt, &vd, &vl, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -386,6 +418,7 @@ done:
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_lt) lmc_lora_train_free(&lt);
+    lmc_qlora_free(&ql); /* after the model that points into it */
     lmc_lora_free(&lo);
     if (have_be) cli_train_backend_free(&be);
     lmc_sft_free(&d);

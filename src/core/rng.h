@@ -16,4 +16,17 @@ static inline double lmc_rng_uniform(uint64_t *s) {
     return (double)(lmc_rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* Counter-based keep decision of element i under dropout: the splitmix64
+ * output of (seed, i) compared with p at 32-bit resolution (keep with
+ * probability 1 - p). Pure: forward and backward recompute the same mask. */
+static inline int lmc_dropout_keep(uint64_t seed, uint64_t i, uint32_t p_u32) {
+    uint64_t s = seed ^ (i * 0xd1b54a32d192ed03ull);
+    return (uint32_t)(lmc_rng_next(&s) >> 32) >= p_u32;
+}
+/* p in [0, 1) as the threshold lmc_dropout_keep takes. */
+static inline uint32_t lmc_dropout_threshold(double p) {
+    double t = p * 4294967296.0;
+    return t <= 0 ? 0u : t >= 4294967295.0 ? 4294967295u : (uint32_t)t;
+}
+
 #endif

@@ -8,6 +8,7 @@
 #include "model/arch_moe.h"
 #include "core/core.h"
 #include "core/rng.h"
+#include "quant/qmatmul.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +20,8 @@
 struct layout_state {
     struct lmc_tmodel *tm;
     int cap;
+    bool (*external)(void *user, const struct lmc_tensor_ref *t);
+    void *user;
 };
 
 static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
@@ -37,6 +40,11 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->conv = (t->spec->flags & LMC_TF_CONV) != 0;
     p->init = t->spec->flags & (LMC_TF_INIT_ALOG | LMC_TF_INIT_DT);
     p->role = (enum lmc_role)t->spec->role;
+    if (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t)) {
+        p->external = p->frozen = true;
+        p->off = -1;
+        return LMC_OK;
+    }
     p->off = tm->numel;
     int64_t padded = (p->numel + 15) / 16 * 16;
     if (!lmc_add_ok(tm->numel, padded, &tm->numel) || tm->numel > ((int64_t)1 << 40))
@@ -55,6 +63,17 @@ static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err)
     if (!t->required) return LMC_OK;
     const struct lmc_tparam *p = &s->tm->params[s->next++];
     LMC_ASSERT(!strcmp(p->name, t->name));
+    if (p->external) { /* a quantized frozen linear: no arena floats, no gradient view */
+        int parts = t->spec->parts > 1 ? t->spec->parts : 1;
+        for (int i = 0; i < parts && p->q; i++) {
+            struct lmc_linear *L = &s->tm->W.layers[t->layer].lin[t->spec->slot + i];
+            L->format = LMC_WFMT_QUANT;
+            L->q = &p->q[i];
+            L->qfloat = true;
+            L->w = (struct lmc_mat){LMC_DTYPE_F32, t->rows / parts, t->cols, p->q[i].data};
+        }
+        return LMC_OK;
+    }
     lmc_weights_bind(&s->tm->W, t, s->tm->w + p->off, LMC_DTYPE_F32);
     if (p->off >= s->tm->g_off) /* frozen tensors past g_off have no gradient views */
         lmc_weights_bind(&s->tm->G, t, lmc_tmodel_grad(s->tm, p), LMC_DTYPE_F32);
@@ -106,6 +125,12 @@ lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct l
 
 lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
                            const struct lmc_backend *be, lmc_err *err) {
+    return lmc_tmodel_init_ext(tm, cfg, be, NULL, NULL, err);
+}
+
+lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                               bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
+                               lmc_err *err) {
     memset(tm, 0, sizeof *tm);
     const struct lmc_config *c = cfg;
     if (c->num_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 || c->num_heads <= 0 ||
@@ -129,7 +154,7 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
     tm->W.layers = lmc_weights_layers_alloc(c);
     tm->G.layers = lmc_weights_layers_alloc(c);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
-    struct layout_state ls = {tm, (int)cap};
+    struct layout_state ls = {tm, (int)cap, external, user};
     if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {
         lmc_tmodel_free(tm);
         return st;
@@ -212,6 +237,7 @@ lmc_status lmc_tmodel_download_param(const struct lmc_tmodel *tm, const float *a
     const struct lmc_backend *be = tm->be;
     const struct lmc_tparam *p = &tm->params[i];
     size_t bytes = (size_t)p->numel * sizeof(float);
+    if (p->external) return lmc_err_set(err, LMC_ERR_ARG, "%s: kept quantized outside the arenas", p->name);
     if (!p->transposed) {
         be->download(be->ctx, out, arena + p->off, bytes);
         return LMC_OK;
@@ -229,6 +255,7 @@ lmc_status lmc_tmodel_upload_param(const struct lmc_tmodel *tm, float *arena, in
     const struct lmc_backend *be = tm->be;
     const struct lmc_tparam *p = &tm->params[i];
     size_t bytes = (size_t)p->numel * sizeof(float);
+    if (p->external) return lmc_err_set(err, LMC_ERR_ARG, "%s: kept quantized outside the arenas", p->name);
     float *tmp = NULL;
     if (p->transposed) {
         if (!(tmp = malloc(bytes))) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", p->name);

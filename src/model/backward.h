@@ -44,6 +44,11 @@ struct lmc_tparam {
     uint8_t init;           /* LMC_TF_INIT_* of the spec: a special from-scratch value */
     enum lmc_role role;     /* from the spec table: embedding, matrix, norm, bias */
     bool frozen;            /* not trained (a frozen base under adapters): no optimizer state */
+    /* Kept outside the arenas (QLoRA's 4-bit base, train/qlora.h): off -1,
+     * no floats in w or g, always frozen; bound as LMC_WFMT_QUANT linears
+     * (qfloat) over q[0..parts) once the caller sets q (NULL: unbound). */
+    bool external;
+    const struct lmc_qweight *q;
 };
 
 struct lmc_tmodel {
@@ -84,6 +89,11 @@ lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct l
  * LMC_ERR_UNSUPPORTED for a backend without the forward ops). */
 lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
                            const struct lmc_backend *be, lmc_err *err);
+/* As lmc_tmodel_init, with the linear weights (LMC_TK_LIN_W) for which
+ * external(user, t) is true kept outside the arenas (tparam.external). */
+lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                               bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
+                               lmc_err *err);
 /* GPT-2-style initialisation from seed: matrices and embeddings N(0, std),
  * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0.
  * Built on the host one tensor at a time and uploaded (LMC_ERR_OOM). */

@@ -7,21 +7,41 @@
 
 #define LIN_MAX 8
 
-static void check(const struct lmc_linear *L) {
-    LMC_ASSERT(L->format == LMC_WFMT_DENSE && L->n_adapters >= 0);
+static void check_any(const struct lmc_linear *L) {
+    LMC_ASSERT(L->n_adapters >= 0);
     LMC_ASSERT(L->split == LMC_SPLIT_NONE || (L->tp && L->n_adapters == 0));
     for (int j = 0; j < L->n_adapters; j++) {
         const struct lmc_adapter *A = &L->adapters[j];
         int64_t r = A->a.rows;
         LMC_ASSERT(r > 0 && A->a.cols == L->w.cols && A->b.rows == L->w.rows && A->b.cols == r &&
-                   A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0);
+                   A->s.rows == r && A->s.cols == r && A->scratch && A->scratch_rows > 0 &&
+                   A->dropout >= 0.0f && A->dropout < 1.0f);
     }
     LMC_ASSERT(!L->n_slots || (L->slots && L->groups && L->n_slots == L->groups->n_ids &&
                                L->split == LMC_SPLIT_NONE));
 }
 
+static void check(const struct lmc_linear *L) {
+    LMC_ASSERT(L->format == LMC_WFMT_DENSE);
+    check_any(L);
+}
+
+/* The adapter's input for rows [m0, m0 + mc): x itself, or with dropout
+ * its dropped copy in the scratch past u, v and t (element offsets are
+ * global, so every chunking of the rows gives the same mask). */
+static const float *branch_input(const struct lmc_backend *be, const struct lmc_adapter *A, const float *xc,
+                                 int64_t m0, int64_t mc, int64_t in, int64_t out) {
+    if (A->dropout <= 0.0f) return xc;
+    LMC_ASSERT(be->dropout != NULL);
+    int64_t r = A->a.rows, R = A->scratch_rows;
+    float *xd = A->scratch + R * (2 * r + out);
+    be->dropout(be->ctx, xd, xc, mc * in, A->dropout, A->drop_seed, m0 * in);
+    return xd;
+}
+
 /* y (M, out) += scale * (x A^T) B^T for one adapter, in row chunks of its
- * scratch: u = x A^T, v = u diag(scale), y += v B^T. */
+ * scratch: u = x A^T, v = u diag(scale), y += v B^T (x: dropout(x) with
+ * the adapter's dropout). */
 static void adapter_rows(const struct lmc_backend *be, const struct lmc_adapter *A, int64_t in,
                          int64_t out, float *y, const float *x, int64_t M) {
     int64_t r = A->a.rows, R = A->scratch_rows;
@@ -29,7 +49,7 @@ static void adapter_rows(const struct lmc_backend *be, const struct lmc_adapter 
     for (int64_t m0 = 0; m0 < M; m0 += R) {
         int64_t mc = LMC_MIN(R, M - m0);
         float *yc = y + m0 * out;
-        be->matmul(be->ctx, u, x + m0 * in, mc, &A->a, NULL);
+        be->matmul(be->ctx, u, branch_input(be, A, x + m0 * in, m0, mc, in, out), mc, &A->a, NULL);
         be->matmul(be->ctx, v, u, mc, &A->s, NULL);
         if (be->matmul_add) {
             be->matmul_add(be->ctx, yc, v, mc, &A->b, NULL);
@@ -84,7 +104,8 @@ static void adapters_bwd(const struct lmc_backend *be, const struct lmc_linear *
         float *u = A->scratch, *v = u + R * r;
         for (int64_t m0 = 0; m0 < M; m0 += R) {
             int64_t mc = LMC_MIN(R, M - m0);
-            const float *xc = x + m0 * in, *dyc = dy + m0 * out;
+            const float *dyc = dy + m0 * out;
+            const float *xc = branch_input(be, A, x + m0 * in, m0, mc, in, out);
             if (dB) {
                 be->matmul(be->ctx, u, xc, mc, &A->a, NULL);
                 be->matmul(be->ctx, v, u, mc, &A->s, NULL);
@@ -93,7 +114,18 @@ static void adapters_bwd(const struct lmc_backend *be, const struct lmc_linear *
             /* u = dy B (mc, r); v = u diag(scale); dx += v A, dA += v^T x */
             be->matmul_bwd(be->ctx, u, NULL, NULL, dyc, v, mc, &A->b, 0);
             be->matmul(be->ctx, v, u, mc, &A->s, NULL);
-            be->matmul_bwd(be->ctx, dx ? dx + m0 * in : NULL, dA, NULL, v, xc, mc, &A->a, 1);
+            if (A->dropout <= 0.0f) {
+                be->matmul_bwd(be->ctx, dx ? dx + m0 * in : NULL, dA, NULL, v, xc, mc, &A->a, 1);
+                continue;
+            }
+            /* with dropout: dA += v^T dropout(x); dx += dropout(v A) (the same mask) */
+            float *xd = (float *)xc;
+            be->matmul_bwd(be->ctx, NULL, dA, NULL, v, xd, mc, &A->a, 1);
+            if (dx) {
+                be->matmul_bwd(be->ctx, xd, NULL, NULL, v, x + m0 * in, mc, &A->a, 0);
+                be->dropout(be->ctx, xd, xd, mc * in, A->dropout, A->drop_seed, m0 * in);
+                be->add(be->ctx, dx + m0 * in, dx + m0 * in, xd, mc * in);
+            }
         }
     }
 }
@@ -126,8 +158,15 @@ static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, 
         check(L);
         be->matmul(be->ctx, y, x, M, &L->w, tp_bias(L));
     } else {
-        LMC_ASSERT(be->qmatmul != NULL && L->q != NULL && L->split == LMC_SPLIT_NONE);
-        be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+        LMC_ASSERT(L->q != NULL && L->split == LMC_SPLIT_NONE);
+        check_any(L);
+        if (L->qfloat) {
+            LMC_ASSERT(be->qmatmul_f != NULL);
+            be->qmatmul_f(be->ctx, y, x, M, L->q, L->bias);
+        } else {
+            LMC_ASSERT(be->qmatmul != NULL);
+            be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+        }
     }
     adapters_fwd(be, L, y, x, M); /* LoRA over a quantized or observed base too */
     if (L->split == LMC_SPLIT_ROW) tp_sum(L, y, M * L->w.rows);
@@ -213,6 +252,22 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
                     const struct lmc_linear *const *D, float *dx, const float *const *dy,
                     const float *x, int64_t M, bool accum_dx) {
     LMC_ASSERT(k > 0 && k <= LIN_MAX);
+    if (any_quant(k, L)) { /* a frozen quantized base (QLoRA): dx through the float tiles */
+        for (int i = 0; i < k; i++) {
+            check_any(L[i]);
+            LMC_ASSERT(L[i]->split == LMC_SPLIT_NONE && !L[i]->observe);
+            bool acc = accum_dx || i > 0;
+            if (L[i]->format == LMC_WFMT_QUANT) {
+                LMC_ASSERT(L[i]->qfloat && be->qmatmul_f_bwd && (!D[i] || (!D[i]->w.data && !D[i]->bias)));
+                if (dx) be->qmatmul_f_bwd(be->ctx, dx, dy[i], M, L[i]->q, acc);
+            } else {
+                be->matmul_bwd(be->ctx, dx, D[i] ? (float *)D[i]->w.data : NULL, D[i] ? (float *)D[i]->bias : NULL,
+                               dy[i], x, M, &L[i]->w, acc);
+            }
+            adapters_bwd(be, L[i], D[i], dx, dy[i], x, M);
+        }
+        return;
+    }
     const struct lmc_mat *w[LIN_MAX];
     float *dw[LIN_MAX], *db[LIN_MAX];
     for (int i = 0; i < k; i++) {

@@ -56,6 +56,12 @@ struct lmc_adapter {
     float scale;
     float *scratch;
     int64_t scratch_rows;
+    /* LoRA dropout (training only; PEFT: scale * (dropout(x) A^T) B^T):
+     * p in [0, 1) and the mask's seed (the backend's dropout op; the
+     * backward recomputes the same mask). With p > 0 the scratch holds
+     * scratch_rows * (2 r + out + in) floats. 0 at inference. */
+    float dropout;
+    uint64_t drop_seed;
 };
 
 /* Per-row adapters (multi-adapter serving): one step's rows grouped by
@@ -78,6 +84,10 @@ struct lmc_linear {
     const int32_t *g_idx;          /* quantized formats with act-order; NULL otherwise */
     int64_t group_size;            /* quantized formats; 0 for DENSE */
     const struct lmc_qweight *q;   /* LMC_WFMT_QUANT: the prepared weight */
+    /* LMC_WFMT_QUANT in float math (QLoRA training): the backend's
+     * qmatmul_f (W dequantized per tile, float activations) instead of
+     * qmatmul, and a backward (dx through qmatmul_f_bwd; the base frozen). */
+    bool qfloat;
     /* Input observer (GPTQ calibration): when set, lmc_linear_fwd calls it
      * with the linear's input x (M, in) before the product, and runs the
      * linear unfused. NULL in every model except one being calibrated. */
@@ -114,7 +124,8 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
 void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear *G,
                            const struct lmc_linear *U, float *y, const float *x, int64_t M,
                            float *tmp);
-/* Backward of y[i] = x @ L[i]^T + b[i], i < k (F32 weights): dx (M, in) =
+/* Backward of y[i] = x @ L[i]^T + b[i], i < k (F32 weights, or a frozen
+ * LMC_WFMT_QUANT base with qfloat: dx only, no dW / db): dx (M, in) =
  * sum_i dy[i] @ L[i] (+= when accum_dx), dW[i] += dy[i]^T x and db[i] +=
  * column sums of dy[i] into the gradient linears D[i] (their w.data and
  * bias; NULL parts skipped: a frozen base). One job when the backend has

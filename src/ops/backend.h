@@ -342,6 +342,23 @@ struct lmc_backend {
     lmc_status (*qweight_upload)(void *ctx, const struct lmc_qweight *w, struct lmc_qweight **out,
                                  lmc_err *err);
     void (*qweight_free)(void *ctx, struct lmc_qweight *w);
+    /* Quantized weights in float math (QLoRA training, issue 12). Optional
+     * (NULL: no training over a quantized base). qmatmul_f: y(M, w->n) =
+     * x @ deq(W)^T (+ bias); qmatmul_f_bwd: dx(M, w->k) = dy(M, w->n) @
+     * deq(W) (+= when accum_dx). W is dequantized a tile of rows at a time
+     * into scratch (never whole), activations stay float: the numbers of a
+     * dense F32 linear holding deq(W), to float rounding. Deterministic. */
+    void (*qmatmul_f)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                      const float *bias);
+    void (*qmatmul_f_bwd)(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
+                          int accum_dx);
+    /* Inverted dropout (LoRA dropout, issue 12). Optional (NULL: adapters
+     * train without dropout only). y[i] = x[i] / (1 - p) where element
+     * offset + i is kept, 0 where dropped; whether an element is kept is a
+     * pure function of (seed, offset + i) (lmc_dropout_keep, core/rng.h),
+     * so the backward applies the same mask to the gradient by calling it
+     * again with the same seed. y may alias x. 0 <= p < 1. */
+    void (*dropout)(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

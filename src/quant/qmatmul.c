@@ -401,6 +401,7 @@ void lmc_qweight_free(struct lmc_qweight *w) {
 }
 
 size_t lmc_qweight_bytes(const struct lmc_qweight *w) {
+    if (w->nf4_flat) return (size_t)(w->n * w->k + 1) / 2 + (size_t)((w->n * w->k + 63) / 64) * 4;
     size_t b = (size_t)(w->row_bytes * w->n);
     if (w->scale) b += (size_t)(w->n * w->n_groups) * 8;
     if (w->absmax) b += (size_t)(w->n * (w->k / 64)) * 4;
@@ -447,6 +448,7 @@ static void qjob_run(void *arg, int64_t task, int thread) {
 
 void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
                  void *scratch, struct lmc_pool *pool) {
+    LMC_ASSERT(!w->nf4_flat); /* a training base: float products only */
     if (m <= 0) return;
     uint8_t *sp = scratch;
     const float *xf = x;

@@ -15,6 +15,7 @@
 #include "lmc.h"
 #include "quant/quant.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -79,6 +80,12 @@ struct lmc_qweight {
     int32_t *perm;          /* (kp): input column of kernel column j, -1 for padding; NULL = identity */
     float *absmax;          /* NF4: (n, k/64) */
     float code[16];         /* NF4: the file's 16 code values */
+    /* NF4 with bitsandbytes' blocks of 64 over the flattened weight (any k;
+     * lmc_qweight_init_nf4_flat): element (r, i) is number flat_off + r k + i
+     * of data (two per byte, high nibble first) and absmax. Dequantization
+     * only (lmc_qweight_dequant_rows): the qmatmul kernels refuse it. */
+    bool nf4_flat;
+    int64_t flat_off;
     void *owned;            /* repacked codes (freed by lmc_qweight_free) */
 };
 
@@ -91,12 +98,20 @@ lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgrou
 /* bitsandbytes NF4 of a (n, k) weight, k a multiple of 64. */
 lmc_status lmc_qweight_init_nf4(struct lmc_qweight *w, const struct lmc_nf4 *q, int64_t n, int64_t k,
                                 lmc_err *err);
+/* NF4 of any (n, k) with blocks of 64 over the flattened weight (QLoRA's
+ * training base; float products only). */
+lmc_status lmc_qweight_init_nf4_flat(struct lmc_qweight *w, const struct lmc_nf4 *q, int64_t n, int64_t k,
+                                     lmc_err *err);
 /* BitNet ternary codes q (n, k) in {-1, 0, 1} with one scale: w = q * scale. */
 lmc_status lmc_qweight_init_ternary(struct lmc_qweight *w, const int8_t *q, float scale, int64_t n, int64_t k,
                                     lmc_err *err);
 void lmc_qweight_free(struct lmc_qweight *w);
 /* Bytes the weight's codes and scales take (for lmc info / benches). */
 size_t lmc_qweight_bytes(const struct lmc_qweight *w);
+
+/* Rows [r0, r0 + nr) of w expanded to float32: dst (nr, w->k), input
+ * columns in their own order (act-order permutation undone). */
+void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t nr, float *dst);
 
 /* Scratch lmc_qmatmul needs for m rows of input. */
 size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m);

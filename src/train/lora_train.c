@@ -3,6 +3,7 @@
  * views rebound with the base's gradient views cut, the adapters bound. */
 #include "train/lora_train.h"
 #include "core/core.h"
+#include "core/rng.h"
 #include "io/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -42,10 +43,11 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
     const struct lmc_backend *be = tm->be;
     lt->be = be;
     LMC_ASSERT(tm->trainable_off == 0);
-    int64_t r = lo->cfg.r, base = tm->numel, omax = 0, nparts = 0;
+    int64_t r = lo->cfg.r, base = tm->numel, omax = 0, imax = 0, nparts = 0;
     int n_base = tm->n_params;
     for (int k = 0; k < lo->n_mods; k++) {
         omax = LMC_MAX(omax, lo->mods[k].out / lo->mods[k].parts);
+        imax = LMC_MAX(imax, lo->mods[k].in);
         nparts += lo->mods[k].parts;
     }
     struct lmc_tparam *np = realloc(tm->params, (size_t)(n_base + 2 * lo->n_mods) * sizeof *np);
@@ -123,7 +125,9 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
             Gv->layers[l].vec[v] = Wv->layers[l].vec[v] ? sink : NULL;
             Gv->layers[l].vec_n[v] = Wv->layers[l].vec_n[v];
         }
-    float *scratch = own(lt, (size_t)(SCRATCH_ROWS * (2 * r + omax)) * sizeof(float));
+    /* with dropout the scratch also holds the dropped input (linear.h) */
+    int64_t per_row = 2 * r + omax + (lo->cfg.dropout > 0 ? imax : 0);
+    float *scratch = own(lt, (size_t)(SCRATCH_ROWS * per_row) * sizeof(float));
     if (!scratch) goto oom;
     float sc = (float)lmc_lora_scale(&lo->cfg);
     float *diag = calloc((size_t)(r * r), sizeof *diag);
@@ -145,7 +149,9 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
                                     .b = {LMC_DTYPE_F32, po, r, w + pb->off + p * po * r},
                                     .s = {LMC_DTYPE_F32, r, r, ds}, .scale = sc, .scratch = scratch,
                                     .scratch_rows = SCRATCH_ROWS};
+            a.dropout = (float)lo->cfg.dropout;
             lt->wad[next] = a;
+            a.dropout = 0; /* the gradient views only carry dA / dB */
             a.a.data = lmc_tmodel_grad(tm, pa); /* GPT-2's c_attn parts share A: dA sums over them */
             a.b.data = lmc_tmodel_grad(tm, pb) + p * po * r;
             lt->gad[next] = a;
@@ -159,6 +165,9 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
         }
     }
     free(diag);
+    lt->n_ad = (int)next;
+    lt->dropout = (float)lo->cfg.dropout;
+    lmc_lora_train_dropout(lt, true, 0);
     be->sync(be->ctx);
     return LMC_OK;
 oom:
@@ -176,6 +185,14 @@ lmc_status lmc_lora_train_read(const struct lmc_lora_train *lt, const struct lmc
             s = lmc_tmodel_download_param(tm, tm->w, i + 1, lo->mods[k].b, err);
     }
     return s;
+}
+
+void lmc_lora_train_dropout(struct lmc_lora_train *lt, bool train, uint64_t seed) {
+    for (int i = 0; i < lt->n_ad; i++) {
+        lt->wad[i].dropout = train ? lt->dropout : 0.0f;
+        uint64_t s = seed * 0x9e3779b97f4a7c15ull + (uint64_t)i; /* a different mask per adapted linear */
+        lt->wad[i].drop_seed = lmc_rng_next(&s);
+    }
 }
 
 void lmc_lora_train_free(struct lmc_lora_train *lt) {

@@ -19,6 +19,8 @@ struct lmc_lora_train {
     void **bufs;                     /* diag(scale) per module, the shared scratch */
     int n_bufs;
     int first_param, n_mods;
+    int n_ad;                        /* entries of wad / gad */
+    float dropout;                   /* the adapter's lora_dropout */
 };
 
 /* Appends lo's modules (lo->cfg.r, its scale) to tm (moving its arenas) and
@@ -39,6 +41,10 @@ lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lor
  * returns the data position. Batch shape mismatch: LMC_ERR_ARG. */
 lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
                                     lmc_err *err);
+/* LoRA dropout of every adapter: on (train, the adapter's lora_dropout,
+ * masks drawn from seed: give each micro-batch its own) or off (evaluation).
+ * attach leaves it on with seed 0. */
+void lmc_lora_train_dropout(struct lmc_lora_train *lt, bool train, uint64_t seed);
 /* Frees what attach allocated (tm keeps its arenas; free tm first or after). */
 void lmc_lora_train_free(struct lmc_lora_train *lt);
 

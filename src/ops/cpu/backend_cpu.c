@@ -69,6 +69,9 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->download = lmc_cpu_copy;
     be->sync = lmc_cpu_sync;
     be->qmatmul = lmc_cpu_qmatmul;
+    be->qmatmul_f = lmc_cpu_qmatmul_f;
+    be->qmatmul_f_bwd = lmc_cpu_qmatmul_f_bwd;
+    be->dropout = lmc_cpu_dropout;
     be->matmul = lmc_cpu_matmul;
     be->matmul_multi = lmc_cpu_matmul_multi;
     be->embed = lmc_cpu_embed;
@@ -127,6 +130,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     free(c->xbuf);
     free(c->qctx);
     free(c->qscratch);
+    free(c->qf_buf);
     free(c);
     memset(be, 0, sizeof *be);
 }

@@ -31,6 +31,8 @@ struct lmc_cpu_ctx {
     struct lmc_qctx *qctx; /* quantized matmul: instruction-set table (quant/qmatmul.h) */
     void *qscratch;       /* its activation scratch, 64-byte aligned, grown to the largest step */
     size_t qscratch_cap;  /* bytes */
+    float *qf_buf;        /* qmatmul_f: a dequantized tile and its product, grown to the largest step */
+    size_t qf_cap;        /* floats */
 };
 
 /* Default gemm_min_m. With AVX-512 (+BW, VL) our own 4x4-blocked kernels
@@ -83,6 +85,11 @@ void lmc_cpu_copy(void *ctx, void *dst, const void *src, size_t bytes);
 void lmc_cpu_sync(void *ctx);
 void lmc_cpu_qmatmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                      const float *bias);
+void lmc_cpu_qmatmul_f(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                       const float *bias);
+void lmc_cpu_qmatmul_f_bwd(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
+                           int accum_dx);
+void lmc_cpu_dropout(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,

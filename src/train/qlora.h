@@ -1,0 +1,44 @@
+/* qlora.h — QLoRA's base: a trainable model (lmc_tmodel) whose block
+ * linears stay 4-bit in memory. Loading a float Hugging Face folder
+ * quantizes each linear as it is read (NF4: bitsandbytes' blocks of 64
+ * over the flattened weight, double-quantized absmax; int4: round-to-
+ * nearest, asymmetric, groups of 64 along the input); a folder already
+ * quantized (quantization_config: bitsandbytes NF4, GPTQ, AWQ, as `lmc
+ * quantize` writes them) is used as stored. The quantized linears are
+ * tparams kept outside the arenas (backward.h `external`), run in float
+ * math per dequantized tile (backend qmatmul_f / qmatmul_f_bwd) and
+ * frozen; embeddings, norms, biases and the head stay f32 in the arena
+ * (and, in a bitsandbytes folder, linears whose rows are not whole blocks
+ * of 64: dequantized at load, as model loading does). */
+#ifndef LMC_TRAIN_QLORA_H
+#define LMC_TRAIN_QLORA_H
+
+#include "lmc.h"
+#include "model/backward.h"
+#include "quant/qmatmul.h"
+
+enum lmc_qlora_kind { LMC_QLORA_NF4 = 1, LMC_QLORA_INT4 = 2 };
+
+/* "nf4" / "int4"; false for anything else. */
+bool lmc_qlora_kind_parse(const char *s, enum lmc_qlora_kind *k);
+
+struct lmc_qlora {
+    struct lmc_qweight *qw;   /* one per external tparam (n_params of tm; unused slots zero) */
+    struct lmc_qweight *views; /* parts per tparam (fused tensors: row views borrowing qw) */
+    int n;                    /* views used */
+    int n_slots;              /* entries of qw */
+    int64_t n_quant;          /* linears kept quantized */
+    int64_t quant_params;     /* their weights' elements */
+    size_t quant_bytes;       /* their codes and scales */
+    bool prequantized;        /* the folder was already quantized */
+};
+
+/* Loads dir into tm on be with its linears quantized (see above); ql owns
+ * the quantized weights and must outlive tm (and the trainer that takes
+ * it). Errors name the folder and tensor (LMC_ERR_FORMAT, LMC_ERR_OOM,
+ * LMC_ERR_UNSUPPORTED for a backend without qmatmul_f or a device backend). */
+lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
+                          const struct lmc_backend *be, lmc_err *err);
+void lmc_qlora_free(struct lmc_qlora *ql);
+
+#endif

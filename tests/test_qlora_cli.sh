@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# test_qlora_cli.sh — `lmc finetune --qlora` end to end: NF4 and int4
+# quantized at load (llama-tiny, gpt2-tiny) and over a folder `lmc quantize
+# --method nf4` / `rtn` wrote; the loss falls, the adapter is a PEFT folder
+# that `generate --lora` and `eval --lora` load over the quantized base;
+# the quantized folder is byte-for-byte unchanged. Usage: test_qlora_cli.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+
+for i in $(seq 1 24); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want\"}"
+done >"$TMP/d.jsonl"
+COMMON="--seq 32 --batch 4 --lr 1e-2 --threads 2 --schedule constant --steps 12 --lora-r 4 --lora-alpha 8"
+
+falls() { # metrics file: the last loss below 0.97 x the first
+  local first last
+  first=$(head -1 "$1" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+  last=$(tail -1 "$1" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+  awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a * 0.97) }'
+}
+
+for M in llama-tiny:nf4 gpt2-tiny:int4; do
+  FIX=tests/fixtures/${M%%:*}; Q=${M##*:}
+  "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/ad-$Q" $COMMON --qlora "$Q" 2>"$TMP/err"
+  ok $? "$M finetune --qlora: $(tail -3 "$TMP/err")"
+  grep -q "quantized at load" "$TMP/err"; ok $? "$M base quantized at load"
+  falls "$TMP/ad-$Q.metrics.jsonl"; ok $? "$M QLoRA loss falls"
+  grep -Eq '"peft_type":[[:space:]]*"LORA"' "$TMP/ad-$Q/adapter_config.json"; ok $? "$M PEFT adapter_config"
+  "$LMC" generate -m "$FIX" --lora "$TMP/ad-$Q" -p "Verse 3 says:" -n 4 --temp 0 >/dev/null 2>"$TMP/err"
+  ok $? "$M generate --lora: $(cat "$TMP/err")"
+done
+
+# over an already-quantized folder: trained on it, served from it
+FIX=tests/fixtures/llama-tiny
+for METHOD in nf4 rtn; do
+  "$LMC" quantize -m "$FIX" -o "$TMP/q-$METHOD" --method "$METHOD" --bits 4 --group 64 >/dev/null 2>&1
+  ok $? "quantize --method $METHOD"
+  sum0=$(cat "$TMP/q-$METHOD"/*.safetensors | cksum)
+  "$LMC" finetune -m "$TMP/q-$METHOD" --data "$TMP/d.jsonl" -o "$TMP/ad-q$METHOD" $COMMON --qlora nf4 2>"$TMP/err"
+  ok $? "finetune over the $METHOD folder: $(tail -3 "$TMP/err")"
+  grep -q "kept as quantized in the folder" "$TMP/err"; ok $? "$METHOD folder used as stored"
+  falls "$TMP/ad-q$METHOD.metrics.jsonl"; ok $? "$METHOD-folder QLoRA loss falls"
+  [ "$(cat "$TMP/q-$METHOD"/*.safetensors | cksum)" = "$sum0" ]; ok $? "$METHOD folder unchanged"
+  "$LMC" generate -m "$TMP/q-$METHOD" --lora "$TMP/ad-q$METHOD" -p "Verse 3 says:" -n 4 --temp 0 >/dev/null 2>"$TMP/err"
+  ok $? "generate --lora over the $METHOD base: $(cat "$TMP/err")"
+  TEXT="Verse 7 says: the lord is my shepherd 2 and I shall not want"
+  a=$("$LMC" eval -m "$TMP/q-$METHOD" --text "$TEXT" --json 2>/dev/null | sed 's/.*"nll":\([0-9.e+-]*\).*/\1/')
+  b=$("$LMC" eval -m "$TMP/q-$METHOD" --lora "$TMP/ad-q$METHOD" --text "$TEXT" --json 2>/dev/null | sed 's/.*"nll":\([0-9.e+-]*\).*/\1/')
+  awk -v a="$a" -v b="$b" 'BEGIN { exit !(b < a) }'; ok $? "$METHOD base + adapter: lower NLL on trained text ($a -> $b)"
+done
+
+echo "test_qlora_cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
