@@ -4,12 +4,14 @@
 # - LoRA GRPO trains only the adapter (the trained-parameter count is the
 #   adapter's), the reference is the base with the adapters off: at step 1
 #   (B = 0, policy = base) the KL is exactly 0, later it is > 0; the
+#   sampler's log-probs (rollouts through the scheduler, adapters on) equal
+#   the trainer's within 1e-5; the
 #   result is a PEFT folder that `lmc generate --lora` applies; the base
 #   folder is untouched;
 # - a run checkpointed at step 2 and resumed to step 4 gives the
 #   uninterrupted run's metrics (reward, loss, KL, grad norm, ...) and final
-#   weights byte for byte: LoRA GRPO, full-parameter GRPO and PPO (value
-#   head and its moments);
+#   weights byte for byte: LoRA GRPO and PPO, full-parameter GRPO and PPO
+#   (value head and its moments);
 # - resuming with other settings, or from a folder that is not a
 #   checkpoint, fails with a clear error.
 # Usage: test_rl_lora_resume.sh PATH/TO/lmc
@@ -33,6 +35,8 @@ rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")]
 assert [r["step"] for r in rows] == [1, 2, 3], rows
 assert rows[0]["kl"] == 0, rows[0]          # B = 0: the policy is the reference
 assert rows[2]["kl"] > 0, rows               # the adapter moved away from the base
+# the rollouts sample from the policy with its adapters (scheduler = trainer)
+assert all(r["logp_maxdiff"] <= 1e-5 for r in rows), rows
 c = json.load(open(sys.argv[3]))
 n = int(re.search(r"(\d+) trained parameters", open(sys.argv[2]).read()).group(1))
 # r (in + out) per adapted linear, all seven linears of every layer
@@ -62,7 +66,7 @@ PY
     [ $? = 0 ] || return 1
     for f in "$1"/final/*.safetensors; do cmp -s "$f" "$2/final/$(basename "$f")" || return 1; done
 }
-for v in "lora grpo --lora 4 --lr 2e-2" "full grpo --lr 3e-3" "full ppo --lr 3e-3"; do
+for v in "lora grpo --lora 4 --lr 2e-2" "lora ppo --lora 4 --lr 2e-2" "full grpo --lr 3e-3" "full ppo --lr 3e-3"; do
     set -- $v; name=$1-$2; shift; algo=$1; shift
     "$LMC" rl $COMMON --algo $algo "$@" --steps 4 --save-every 2 -o "$TMP/$name-a" 2> "$TMP/$name-a.log"
     ok $? "$name: uninterrupted run with checkpoints"
