@@ -85,6 +85,13 @@ rc=$?; [ $rc != 0 ] && grep -q "differs from the checkpoint" "$TMP/e1"; ok $? "r
 rc=$?; [ $rc != 0 ]; ok $? "a LoRA checkpoint resumed without --lora refused"
 "$LMC" rl $COMMON --lora 4 --steps 4 --resume "$TMP" -o "$TMP/x" 2> "$TMP/e3"
 rc=$?; [ $rc != 0 ] && grep -q "rl_state.json\|adapter" "$TMP/e3"; ok $? "not a checkpoint: named"
+cp -r "$TMP/full-ppo-a/ckpt/step_000002" "$TMP/bad"
+printf '{"step": 2, "next_task": ' > "$TMP/bad/rl_state.json"
+"$LMC" rl $COMMON --algo ppo --steps 4 --resume "$TMP/bad" -o "$TMP/x" 2> "$TMP/e4"
+rc=$?; [ $rc != 0 ] && grep -q "rl_state.json: not a JSON object" "$TMP/e4"; ok $? "a truncated rl_state.json named"
+printf '{"step": -1}' > "$TMP/bad/rl_state.json"
+"$LMC" rl $COMMON --algo ppo --steps 4 --resume "$TMP/bad" -o "$TMP/x" 2> "$TMP/e5"
+rc=$?; [ $rc != 0 ] && grep -q "expected step" "$TMP/e5"; ok $? "missing fields named"
 "$LMC" rl $COMMON --lora 0 -o "$TMP/x" 2> /dev/null; [ $? = 2 ]; ok $? "--lora 0 refused"
 
 echo "test_rl_lora_resume: $pass passed, $fail failed"
