@@ -159,6 +159,8 @@ def main():
     ap.add_argument("--famous-repeat", type=int, default=3, help="copies of each famous passage's quote task")
     ap.add_argument("--max-words", type=int, default=40, help="verses longer than this are not used")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rl-out", help="also write RL tasks here: rl_tasks.jsonl (2000) and rl_eval.jsonl (100), "
+                    "'Which verse comes after' questions on verses of the training books with the answer")
     ap.add_argument("--base", help="the default model folder (with --chatml-base)")
     ap.add_argument("--chatml-base", help="write the ChatML base folder here")
     a = ap.parse_args()
@@ -198,6 +200,15 @@ def main():
     print("%d verses in %d books; held out %s (%d verses)" % (len(verses), len(books), ",".join(held), len(ev_idx)))
     print("train %d, val %d, eval %d (%s)" % (len(train) - a.val, a.val, len(rows),
                                               ", ".join("%s %d" % kv for kv in sorted(per.items()))))
+    if a.rl_out:
+        os.makedirs(a.rl_out, exist_ok=True)
+        idx = [i for i in range(len(verses) - 1) if verses[i][0] not in held and verses[i + 1][0] == verses[i][0]]
+        r = random.Random(7)
+        r.shuffle(idx)
+        task = lambda i: {"messages": [{"role": "user", "content": "Which verse comes after %s?" % ref(verses[i])}],
+                          "answer": ref(verses[i + 1])}
+        write_jsonl(os.path.join(a.rl_out, "rl_tasks.jsonl"), [task(i) for i in idx[:2000]])
+        write_jsonl(os.path.join(a.rl_out, "rl_eval.jsonl"), [task(i) for i in idx[2000:2100]])
     if a.chatml_base:
         if not a.base:
             raise SystemExit("--chatml-base needs --base")
