@@ -3,7 +3,7 @@
 # GRPO and PPO runs write one metrics line per step with every metric,
 # `lmc plot` draws reward/accuracy/kl from it, the saved policy loads and
 # generates, the sampler's and the trainer's log-probs agree (<= 1e-5),
-# and bad input fails cleanly: --lora (pending), a malformed tasks file
+# and bad input fails cleanly: a malformed tasks file
 # (named with its line), an unknown algorithm, chat messages without a
 # template (and with --chat-template they run), a reward command that
 # prints garbage (named with the task).
@@ -37,8 +37,6 @@ done
 "$LMC" generate -m "$TMP/grpo/final" -p "say" -n 4 --threads 1 > /dev/null 2>&1
 ok $? "the saved policy generates"
 
-"$LMC" rl $COMMON --lora 8 -o "$TMP/x" 2> "$TMP/e1"; rc=$?
-[ $rc = 2 ] && grep -q "pending" "$TMP/e1"; ok $? "--lora reports pending"
 printf '{"prompt": "a", "answer": "b"}\n{"prompt": 3}\n' > "$TMP/bad.jsonl"
 "$LMC" rl -m $M --tasks "$TMP/bad.jsonl" -o "$TMP/x" 2> "$TMP/e2"; rc=$?
 [ $rc != 0 ] && grep -q "bad.jsonl:2" "$TMP/e2"; ok $? "bad task line named"

@@ -1,8 +1,10 @@
 /* cmd_rl.c — `lmc rl`: reinforcement learning from verifiable rewards
  * (GRPO or PPO, train/rl.h) on the CPU backend: reads tasks (JSONL),
- * trains the policy in place for --steps steps, writes one metrics line
- * per step to OUT/metrics.jsonl (for `lmc plot`) and the final policy as
- * a Hugging Face folder OUT/final. */
+ * trains the policy (every weight, or LoRA adapters with --lora R) in
+ * place for --steps steps, writes one metrics line per step to
+ * OUT/metrics.jsonl (for `lmc plot`), checkpoints every --save-every
+ * steps to OUT/ckpt/step_N (--resume continues one bit for bit) and the
+ * final policy as a Hugging Face folder, or a PEFT adapter, OUT/final. */
 #include "cli.h"
 #include "core/core.h"
 #include "tokenizer/chat_template.h"
@@ -25,7 +27,9 @@ static void usage(void) {
             "              [--extract auto|boxed|hash|regex|number] [--answer-regex RE]\n"
             "              [--format-tags OPEN,CLOSE] [--format-weight 0.5] [--length-penalty C] [--length-free N]\n"
             "              [--reward-cmd 'PROG ARG...'] [--reward-timeout 10] [--eval FILE.jsonl] [--seed 1]\n"
-            "              [--grad-clip 1] [--chat-template FILE] [--threads N]   (--lora: pending)\n"
+            "              [--grad-clip 1] [--chat-template FILE] [--threads N]\n"
+            "              [--lora R [--lora-alpha 2R] [--lora-targets LIST|all-linear] [--rslora]]\n"
+            "              [--save-every N (OUT/ckpt/step_N)] [--resume OUT/ckpt/step_N]\n"
             "Each task line: {\"prompt\": \"...\", \"answer\": \"...\"} or {\"messages\": [...], \"answer\": ...}\n"
             "(messages rendered by the model's chat template with the generation prompt).\n");
 }
@@ -68,15 +72,22 @@ int cmd_rl(int argc, char **argv) {
     struct lmc_rl_opts o;
     lmc_rl_opts_default(&o);
     const char *tmpl_file = NULL, *tasks_path = NULL, *out = NULL, *eval_path = NULL, *fmt = NULL, *rcmd = NULL;
-    int64_t steps = 100, seed = 1;
-    double clip = 0.2, clip_high = -1;
+    int64_t steps = 100, seed = 1, lora_r = 0, save_every = 0;
+    double clip = 0.2, clip_high = -1, lora_alpha = 0;
+    const char *lora_targets = "all-linear", *resume = NULL;
+    bool rslora = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--lora")) { /* before the common options, which take --lora for inference */
-            fprintf(stderr, "lmc rl: --lora is pending (LoRA training is not wired into rl yet); "
-                            "rl trains all parameters\n");
-            return 2;
+        if (!strcmp(a, "--lora")) { /* before the common options, which take --lora DIR for inference */
+            if (!v || !cli_parse_i64(v, 1, 4096, &lora_r)) {
+                fprintf(stderr, "lmc rl: --lora takes the adapter rank R (a new adapter is trained; "
+                                "merge an existing one first with lmc merge)\n");
+                return 2;
+            }
+            i++;
+            continue;
         }
+        if (!strcmp(a, "--rslora")) { rslora = true; continue; }
         int r = cli_common_arg(&cc, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
@@ -96,6 +107,7 @@ int cmd_rl(int argc, char **argv) {
             {"--max-new", &o.max_new, 1, 1 << 20}, {"--epochs", &o.epochs, 1, 1024},
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--seed", &seed, 0, INT64_MAX},
             {"--length-free", &o.len_free, 0, 1 << 20}, {"--micro", &o.micro, 0, 1 << 20},
+            {"--save-every", &save_every, 1, (int64_t)1 << 40},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &o.lr, 0, 10}, {"--temperature", &o.temperature, 0, 100}, {"--kl", &o.grpo.beta, 0, 100},
@@ -103,7 +115,7 @@ int cmd_rl(int argc, char **argv) {
             {"--vf-coef", &o.ppo.vf_coef, 0, 100}, {"--gamma", &o.ppo.gamma, 0, 1}, {"--lam", &o.ppo.lam, 0, 1},
             {"--clip-value", &o.ppo.clip_value, 0, 1e9}, {"--format-weight", &o.format_weight, -100, 100},
             {"--length-penalty", &o.len_coef, -100, 100}, {"--reward-timeout", &o.reward_timeout, 0.001, 86400},
-            {"--grad-clip", &o.grad_clip, 0, 1e9},
+            {"--grad-clip", &o.grad_clip, 0, 1e9}, {"--lora-alpha", &lora_alpha, 1e-6, 1e6},
         };
         bool hit = false;
         for (size_t k = 0; !hit && k < sizeof ints / sizeof *ints; k++)
@@ -118,6 +130,8 @@ int cmd_rl(int argc, char **argv) {
         else if (!strcmp(a, "--format-tags")) fmt = v;
         else if (!strcmp(a, "--chat-template")) tmpl_file = v;
         else if (!strcmp(a, "--reward-cmd")) rcmd = v;
+        else if (!strcmp(a, "--lora-targets")) lora_targets = v;
+        else if (!strcmp(a, "--resume")) resume = v;
         else if (!strcmp(a, "--algo")) {
             if (!strcmp(v, "grpo")) o.algo = LMC_RL_GRPO;
             else if (!strcmp(v, "ppo")) o.algo = LMC_RL_PPO;
@@ -154,6 +168,18 @@ int cmd_rl(int argc, char **argv) {
     o.grpo.eps_high = clip_high >= 0 ? clip_high : clip;
     o.ppo.clip = clip;
     o.seed = (uint64_t)seed;
+    o.resume = resume;
+    struct lmc_lora_config lc = {.r = lora_r, .alpha = lora_alpha > 0 ? lora_alpha : 2.0 * (double)lora_r,
+                                 .rslora = rslora};
+    if (!lora_r && (lora_alpha > 0 || rslora || strcmp(lora_targets, "all-linear"))) {
+        fprintf(stderr, "lmc rl: --lora-alpha, --lora-targets and --rslora need --lora R\n");
+        return 2;
+    }
+    if (lora_r) {
+        lmc_err e = {0};
+        if (lmc_lora_parse_targets(&lc, lora_targets, &e)) return cli_fail("rl --lora-targets", &e);
+        o.lora = &lc;
+    }
     char fbuf[512], *rbuf = NULL;
     if (fmt) {
         snprintf(fbuf, sizeof fbuf, "%s", fmt);
@@ -223,7 +249,7 @@ int cmd_rl(int argc, char **argv) {
     }
     char path[4096];
     lmc_path_join(path, sizeof path, out, "metrics.jsonl");
-    if (!(mf = fopen(path, "w"))) {
+    if (!(mf = fopen(path, resume ? "a" : "w"))) {
         fprintf(stderr, "lmc rl: cannot open %s: %s\n", path, strerror(errno));
         rc = 1;
         goto done;
@@ -234,7 +260,11 @@ int cmd_rl(int argc, char **argv) {
         goto done;
     }
     if (etasks) fprintf(stderr, "held-out accuracy before: %.4f (%lld tasks, greedy)\n", acc0, (long long)ne);
-    for (int64_t s = 0; s < steps; s++) {
+    if (resume) fprintf(stderr, "lmc rl: resumed %s at step %lld\n", resume, (long long)rl.step);
+    if (lora_r || resume)
+        fprintf(stderr, "lmc rl: %lld trained parameters%s\n", (long long)(rl.pol.numel - rl.pol.trainable_off),
+                rl.have_lt ? " (LoRA; the reference is the base with the adapters off)" : "");
+    while (rl.step < steps) {
         struct lmc_rl_metrics m;
         if (lmc_rl_step(&rl, &m, &err)) {
             rc = cli_fail("rl", &err);
@@ -250,6 +280,21 @@ int cmd_rl(int argc, char **argv) {
         fflush(mf);
         fprintf(stderr, "step %lld reward %.3f acc %.3f kl %.4f clip %.3f len %.1f rollout %.0f tok/s train %.0f tok/s\n",
                 (long long)m.step, m.reward, m.accuracy, m.kl, m.clip_frac, m.resp_len, m.rollout_tok_s, m.train_tok_s);
+        if (save_every && rl.step % save_every == 0) {
+            char ck[4200];
+            lmc_path_join(path, sizeof path, out, "ckpt");
+            if (mkdir(path, 0755) && errno != EEXIST) {
+                fprintf(stderr, "lmc rl: cannot create %s: %s\n", path, strerror(errno));
+                rc = 1;
+                goto done;
+            }
+            snprintf(ck, sizeof ck, "%s/step_%06lld", path, (long long)rl.step);
+            if (lmc_rl_ckpt_save(&rl, ck, cc.model_dir, &err)) {
+                rc = cli_fail("rl: checkpoint", &err);
+                goto done;
+            }
+            fprintf(stderr, "checkpoint %s\n", ck);
+        }
     }
     if (etasks) {
         if (lmc_rl_eval(&rl, etasks, ne, &acc1, &err)) {
@@ -258,19 +303,9 @@ int cmd_rl(int argc, char **argv) {
         }
         fprintf(stderr, "held-out accuracy after: %.4f\n", acc1);
     }
-    /* the final policy as a Hugging Face folder (a trainer view over the
-     * RL state: model, AdamW moments, step) */
-    struct lmc_trainer tv;
-    memset(&tv, 0, sizeof tv);
-    tv.tm = rl.pol;
-    tv.be = rl.be;
-    tv.m = rl.m, tv.v = rl.v;
-    tv.step = rl.step;
-    tv.o.B = rl.B, tv.o.T = rl.T, tv.o.accum = 1, tv.o.seed = o.seed;
-    char cfg[4096];
+    /* the final policy: a Hugging Face folder, or the adapter as a PEFT folder */
     lmc_path_join(path, sizeof path, out, "final");
-    lmc_path_join(cfg, sizeof cfg, cc.model_dir, "config.json");
-    if (lmc_ckpt_save(&tv, path, cfg, cc.model_dir, &err)) {
+    if (lmc_rl_save_policy(&rl, path, cc.model_dir, &err)) {
         rc = cli_fail("rl: saving the policy", &err);
         goto done;
     }

@@ -165,6 +165,8 @@ void lmc_rl_free(struct lmc_rl *rl) {
     }
     if (rl->pol.params) lmc_tmodel_free(&rl->pol);
     if (rl->have_ref) lmc_tmodel_free(&rl->ref);
+    if (rl->have_lt) lmc_lora_train_free(&rl->lt);
+    lmc_lora_free(&rl->lo);
     free(rl->vh);
     free(rl->vh_m);
     free(rl->vh_v);
@@ -185,9 +187,27 @@ lmc_status lmc_rl_init(struct lmc_rl *rl, const char *policy_dir, const struct l
         return lmc_err_set(err, LMC_ERR_ARG, "rl: group, prompts, max-new, epochs and tasks must be positive");
     if (o->algo == LMC_RL_GRPO && o->group < 2)
         return lmc_err_set(err, LMC_ERR_ARG, "rl: GRPO needs a group of at least 2 completions per prompt");
-    if ((s = lmc_tmodel_load(&rl->pol, policy_dir, be, err))) return s;
+    /* a full-parameter run resumes its policy from the checkpoint; the
+     * reference (and a LoRA run's base) is always policy_dir */
+    char path[4200];
+    bool full_resume = o->resume && !o->lora;
+    if (full_resume && snprintf(path, sizeof path, "%s/policy", o->resume) >= (int)sizeof path)
+        return lmc_err_set(err, LMC_ERR_ARG, "rl: --resume path too long");
+    if ((s = lmc_tmodel_load(&rl->pol, full_resume ? path : policy_dir, be, err))) return s;
     bool need_ref = o->algo == LMC_RL_GRPO ? o->grpo.beta != 0 : o->ppo.kl_coef != 0;
-    if (need_ref) {
+    if (o->lora) {
+        if (o->resume) {
+            snprintf(path, sizeof path, "%s/adapter", o->resume);
+            s = lmc_lora_load(&rl->lo, path, &rl->pol.cfg, err);
+        } else {
+            s = lmc_lora_create(&rl->lo, o->lora, &rl->pol.cfg, o->seed, err);
+        }
+        if (s) goto fail;
+        snprintf(rl->lo.cfg.base_model, sizeof rl->lo.cfg.base_model, "%s", policy_dir);
+        if ((s = lmc_lora_train_attach(&rl->lt, &rl->pol, &rl->lo, err))) goto fail;
+        rl->have_lt = true;
+        rl->ref_off = need_ref;
+    } else if (need_ref) {
         if ((s = lmc_tmodel_load(&rl->ref, policy_dir, be, err))) goto fail;
         rl->have_ref = true;
     }
@@ -215,7 +235,7 @@ lmc_status lmc_rl_init(struct lmc_rl *rl, const char *policy_dir, const struct l
         goto fail;
     }
     if ((s = lmc_tacts_init(&rl->acts, &rl->pol, be, rl->MB, rl->T, false, err))) goto fail;
-    size_t bytes = (size_t)rl->pol.numel * sizeof(float);
+    size_t bytes = (size_t)(rl->pol.numel - rl->pol.trainable_off) * sizeof(float);
     rl->m = be->alloc(be->ctx, bytes);
     rl->v = be->alloc(be->ctx, bytes);
     int64_t C = rl->pol.cfg.hidden_size;
@@ -228,6 +248,7 @@ lmc_status lmc_rl_init(struct lmc_rl *rl, const char *policy_dir, const struct l
     }
     be->zero(be->ctx, rl->m, bytes);
     be->zero(be->ctx, rl->v, bytes);
+    if (o->resume && (s = lmc_rl_ckpt_load_state(rl, o->resume, err))) goto fail;
     return LMC_OK;
 fail:
     lmc_rl_free(rl);
@@ -444,6 +465,16 @@ static void gather(const struct lmc_rl *rl, const struct batch *b, const float *
             tok[k] = rows[j * rl->T + b->start[j] + (k - b->off[j])];
 }
 
+/* LoRA: the reference forward runs the policy with its adapters off (each
+ * adapted linear of the weight views has one adapter, lora_train.c) */
+static void adapters_switch(struct lmc_tmodel *tm, bool on) {
+    for (int64_t l = 0; l < tm->cfg.num_layers; l++)
+        for (int sl = 0; sl < LMC_L_N; sl++) {
+            struct lmc_linear *lin = &tm->W.layers[l].lin[sl];
+            if (lin->adapters) lin->n_adapters = on ? 1 : 0;
+        }
+}
+
 /* forward of every micro-batch of the batch's rows */
 static lmc_status fwd_all(struct lmc_rl *rl, struct lmc_tmodel *tm, const struct batch *b, float *lpf, float *hid,
                           lmc_err *err) {
@@ -477,7 +508,8 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
     const struct lmc_backend *be = rl->be;
     struct lmc_tmodel *tm = &rl->pol;
     int64_t B = rl->B, T = rl->T, G = o->group, P = o->prompts, C = tm->cfg.hidden_size;
-    bool ppo = o->algo == LMC_RL_PPO;
+    bool ppo = o->algo == LMC_RL_PPO, have_ref = rl->have_ref || rl->ref_off;
+    int64_t t0ff = tm->trainable_off;
     memset(mt, 0, sizeof *mt);
     mt->step = rl->step + 1;
     int64_t idx[4096];
@@ -542,8 +574,11 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
     mt->resp_len /= (double)B;
     mt->rollout_tok_s = mt->gen_s > 0 ? (double)mt->rollout_tokens / mt->gen_s : 0;
     /* the reference, then the rollout policy's log-probabilities (and values) */
-    if (rl->have_ref) {
-        if ((s = fwd_all(rl, &rl->ref, &b, b.lpf, NULL, err))) goto done;
+    if (rl->have_ref || rl->ref_off) {
+        if (rl->ref_off) adapters_switch(tm, false);
+        s = fwd_all(rl, rl->ref_off ? tm : &rl->ref, &b, b.lpf, NULL, err);
+        if (rl->ref_off) adapters_switch(tm, true);
+        if (s) goto done;
         gather(rl, &b, b.lpf, b.ref);
     }
     if ((s = fwd_all(rl, tm, &b, b.lpf, b.hid, err))) goto done;
@@ -556,7 +591,7 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
     mt->entropy = ntok ? ent / (double)ntok : 0;
     if (ppo) {
         values_of(rl, &b, b.val);
-        if (rl->have_ref) lmc_rl_ppo_rewards(&o->ppo, B, b.off, b.score, b.old, b.ref, b.rew);
+        if (have_ref) lmc_rl_ppo_rewards(&o->ppo, B, b.off, b.score, b.old, b.ref, b.rew);
         else {
             memset(b.rew, 0, N * sizeof(double));
             for (int64_t j = 0; j < B; j++)
@@ -578,13 +613,13 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
         if (ppo) {
             values_of(rl, &b, b.vnew);
             lmc_rl_ppo_loss(&o->ppo, ntok, b.logp, b.old, b.adv, b.vnew, b.val, b.ret, b.dlogp, b.dv, &st);
-            if (rl->have_ref) {
+            if (have_ref) {
                 double kl = 0;
                 for (int64_t k = 0; k < ntok; k++) kl += b.old[k] - b.ref[k];
                 st.kl = ntok ? kl / (double)ntok : 0;
             }
         } else {
-            lmc_rl_grpo_loss(&gc, B, b.off, b.seq_adv, b.logp, b.old, rl->have_ref ? b.ref : NULL, b.dlogp, &st);
+            lmc_rl_grpo_loss(&gc, B, b.off, b.seq_adv, b.logp, b.old, have_ref ? b.ref : NULL, b.dlogp, &st);
         }
         /* scatter the token gradients to rows */
         double *gvh = ppo ? calloc((size_t)C + 1, sizeof(double)) : NULL;
@@ -612,15 +647,17 @@ lmc_status lmc_rl_step(struct lmc_rl *rl, struct lmc_rl_metrics *mt, lmc_err *er
             free(gvh);
             goto done;
         }
-        double gn = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
+        double gn = sqrt(be->sumsq(be->ctx, tm->g + (t0ff - tm->g_off), tm->numel - t0ff));
         float gscale = lmc_grad_clip_scale(gn, o->grad_clip);
         struct lmc_adamw_cfg ac = {.lr = o->lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0};
         if (isfinite(gn)) {
             for (int i = 0; i < tm->n_params; i++) {
                 const struct lmc_tparam *p = &tm->params[i];
+                if (p->off < t0ff) continue; /* the frozen base of a LoRA policy */
                 struct lmc_adamw_step as;
                 lmc_adamw_step_make(&ac, rl->step * o->epochs + e + 1, o->lr, false, gscale, &as);
-                be->adamw(be->ctx, tm->w + p->off, tm->g + p->off, rl->m + p->off, rl->v + p->off, p->numel, &as);
+                be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), rl->m + (p->off - t0ff),
+                          rl->v + (p->off - t0ff), p->numel, &as);
             }
             if (ppo) {
                 float g32[4097];
