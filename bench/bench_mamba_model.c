@@ -53,7 +53,7 @@ static int batched(struct lmc_model *m, struct lmc_backend *be, int64_t n, int64
             pos[s * 8 + p] = (int32_t)p;
         rows[s] = (int32_t)(s * 8 + 7);
     }
-    struct lmc_batch b = {8 * n, ids, seq, pos, n, bt, 1, rows, n};
+    struct lmc_batch b = {8 * n, ids, seq, pos, n, bt, 1, rows, n, NULL};
     if (lmc_model_forward_batch_argmax(m, be, &ba, &kv.pool, &b, out, &err)) die("prefill", &err);
     double t[2];
     for (int mode = 0; mode < 2; mode++) { /* 0: one batched step; 1: n one-row steps */
@@ -61,12 +61,12 @@ static int batched(struct lmc_model *m, struct lmc_backend *be, int64_t n, int64
         for (int64_t i = 0; i < N; i++) {
             for (int64_t s = 0; s < n; s++) ids[s] = out[s], seq[s] = (int32_t)s, pos[s] = (int32_t)(8 + mode * N + i), rows[s] = (int32_t)s;
             if (mode == 0) {
-                struct lmc_batch d = {n, ids, seq, pos, n, bt, 1, rows, n};
+                struct lmc_batch d = {n, ids, seq, pos, n, bt, 1, rows, n, NULL};
                 if (lmc_model_forward_batch_argmax(m, be, &ba, &kv.pool, &d, out, &err)) die("decode", &err);
             } else {
                 for (int64_t s = 0; s < n; s++) {
                     int32_t z = 0;
-                    struct lmc_batch d = {1, &ids[s], &z, &pos[s], 1, &bt[s], 1, &z, 1};
+                    struct lmc_batch d = {1, &ids[s], &z, &pos[s], 1, &bt[s], 1, &z, 1, NULL};
                     if (lmc_model_forward_batch_argmax(m, be, &ba, &kv.pool, &d, &out[s], &err)) die("decode", &err);
                 }
             }

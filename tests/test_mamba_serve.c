@@ -65,7 +65,7 @@ static lmc_status step(struct ctx *c, struct lmc_paged_kv *kv, int ns, const int
         }
         rows[k] = (int32_t)(T - 1);
     }
-    struct lmc_batch b = {T, t_ids, t_seq, t_pos, ns, bt, 1, rows, ns};
+    struct lmc_batch b = {T, t_ids, t_seq, t_pos, ns, bt, 1, rows, ns, NULL};
     return lmc_model_forward_batch(&c->m, &c->be, &c->ba, &kv->pool, &b, lg, err);
 }
 
@@ -171,7 +171,7 @@ static void run(const char *dir) {
     /* 4. one sequence in two runs of one step */
     {
         int32_t t_ids[3] = {1, 2, 3}, t_seq[3] = {0, 1, 0}, t_pos[3] = {0, 0, 1}, bt[2] = {slot[0], slot[1]}, rows[1] = {2};
-        struct lmc_batch b = {3, t_ids, t_seq, t_pos, 2, bt, 1, rows, 1};
+        struct lmc_batch b = {3, t_ids, t_seq, t_pos, 2, bt, 1, rows, 1, NULL};
         CHECK(lmc_model_forward_batch(&c->m, &c->be, &c->ba, &kv.pool, &b, lg, &err) == LMC_ERR_ARG);
     }
     lmc_kv_seq_free(&kv, &fresh);
