@@ -3,9 +3,10 @@
  *    cross-entropy gradient with dscale c (same op, row by row);
  *  - lmc_rl_bwd with random per-token weights and a hidden-state gradient
  *    against a central finite difference of L = sum w.logp + sum u.h along
- *    a random direction of all parameters;
+ *    a random direction of all parameters, at temperature 1 and 0.7;
  *  - one GRPO step: the log-probabilities the trainer recomputes for the
- *    sampled tokens equal the sampler's (fp32, <= 1e-5), metrics sane;
+ *    sampled tokens equal the sampler's (fp32, <= 1e-5; also sampling at
+ *    temperature 0.7), metrics sane;
  *  - micro-batches of 2 rows update the policy as the whole batch of 8
  *    (GRPO, 2 epochs: the re-forward before each backward);
  *  - chat "messages" tasks rendered through a chat template (an error
@@ -25,9 +26,9 @@
 static const char *DIR_ = "tests/fixtures/llama-tiny";
 
 static double objective(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *in, const int32_t *tg,
-                        const float *w, const float *u, float *lp, float *hid) {
+                        double temp, const float *w, const float *u, float *lp, float *hid) {
     lmc_err err = {0};
-    LMC_ASSERT(!lmc_rl_fwd(tm, a, in, tg, lp, hid, &err));
+    LMC_ASSERT(!lmc_rl_fwd_temp(tm, a, in, tg, temp, lp, hid, &err));
     int64_t M = a->B * a->T, C = tm->cfg.hidden_size;
     double L = 0;
     for (int64_t i = 0; i < M; i++) L += (double)w[i] * lp[i];
@@ -73,30 +74,35 @@ static void grads(struct lmc_backend *be) {
     double num = 0, den = 0;
     for (int64_t i = 0; i < tm.numel; i++) num = fmax(num, fabs(g1[i] - g2[i])), den = fmax(den, fabs(g1[i]));
     CHECK_MSG(num <= 1e-5 * den, "uniform weights: %g / %g", num, den);
-    /* 2: random weights + hidden gradient vs finite differences */
+    /* 2: random weights + hidden gradient vs finite differences, at
+     * temperature 1 and at a sampling temperature 0.7 (logits / 0.7) */
     float *u = malloc((size_t)(M * C) * sizeof(float)), *hid = malloc((size_t)(M * C) * sizeof(float));
-    for (int64_t i = 0; i < M; i++) w[i] = tg[i] >= 0 ? test_rand(&rng) : 0.0f;
-    for (int64_t i = 0; i < M * C; i++) u[i] = 0.05f * test_rand(&rng);
-    lmc_tmodel_zero_grad(&tm);
-    objective(&tm, &a, in, tg, w, u, lp, hid);
-    CHECK(!lmc_rl_bwd(&tm, &a, tg, w, u, &err));
-    lmc_tmodel_download_arena(&tm, tm.g, g1);
     float *w0 = malloc((size_t)tm.numel * sizeof(float)), *d = malloc((size_t)tm.numel * sizeof(float));
     lmc_tmodel_download_arena(&tm, tm.w, w0);
-    double gd = 0;
-    for (int64_t i = 0; i < tm.numel; i++) {
-        d[i] = test_rand(&rng);
-        gd += (double)g1[i] * d[i];
+    for (int ti = 0; ti < 2; ti++) {
+        double temp = ti ? 0.7 : 1.0;
+        lmc_tmodel_upload_arena(&tm, tm.w, w0);
+        for (int64_t i = 0; i < M; i++) w[i] = tg[i] >= 0 ? test_rand(&rng) : 0.0f;
+        for (int64_t i = 0; i < M * C; i++) u[i] = 0.05f * test_rand(&rng);
+        lmc_tmodel_zero_grad(&tm);
+        objective(&tm, &a, in, tg, temp, w, u, lp, hid);
+        CHECK(!lmc_rl_bwd_temp(&tm, &a, tg, temp, w, u, &err));
+        lmc_tmodel_download_arena(&tm, tm.g, g1);
+        double gd = 0;
+        for (int64_t i = 0; i < tm.numel; i++) {
+            d[i] = test_rand(&rng);
+            gd += (double)g1[i] * d[i];
+        }
+        double h = 1e-3, Lp, Lm;
+        for (int64_t i = 0; i < tm.numel; i++) g2[i] = w0[i] + (float)h * d[i];
+        lmc_tmodel_upload_arena(&tm, tm.w, g2);
+        Lp = objective(&tm, &a, in, tg, temp, w, u, lp, hid);
+        for (int64_t i = 0; i < tm.numel; i++) g2[i] = w0[i] - (float)h * d[i];
+        lmc_tmodel_upload_arena(&tm, tm.w, g2);
+        Lm = objective(&tm, &a, in, tg, temp, w, u, lp, hid);
+        double fd = (Lp - Lm) / (2 * h);
+        CHECK_MSG(fabs(fd - gd) <= 2e-2 * fabs(gd) && fabs(gd) > 1e-3, "temp %g: fd %g vs analytic %g", temp, fd, gd);
     }
-    double h = 1e-3, Lp, Lm;
-    for (int64_t i = 0; i < tm.numel; i++) g2[i] = w0[i] + (float)h * d[i];
-    lmc_tmodel_upload_arena(&tm, tm.w, g2);
-    Lp = objective(&tm, &a, in, tg, w, u, lp, hid);
-    for (int64_t i = 0; i < tm.numel; i++) g2[i] = w0[i] - (float)h * d[i];
-    lmc_tmodel_upload_arena(&tm, tm.w, g2);
-    Lm = objective(&tm, &a, in, tg, w, u, lp, hid);
-    double fd = (Lp - Lm) / (2 * h);
-    CHECK_MSG(fabs(fd - gd) <= 2e-2 * fabs(gd) && fabs(gd) > 1e-3, "fd %g vs analytic %g", fd, gd);
     free(g1), free(g2), free(u), free(hid), free(w0), free(d);
     lmc_tacts_free(&a);
     lmc_tmodel_free(&tm);
@@ -128,6 +134,14 @@ static void step(struct lmc_backend *be) {
     CHECK_MSG(!s, "%s", err.msg);
     CHECK(mt.kl > 0); /* the policy moved away from the reference */
     lmc_rl_free(&rl);
+    /* at a sampling temperature the trainer's log-probabilities are the
+     * sampler's too (logits / temperature) */
+    o.temperature = 0.7;
+    CHECK(!lmc_rl_init(&rl, DIR_, be, tok, t, n, &o, &err));
+    s = lmc_rl_step(&rl, &mt, &err);
+    CHECK_MSG(!s && mt.logp_maxdiff <= 1e-5, "temperature 0.7: %s %g", err.msg, mt.logp_maxdiff);
+    lmc_rl_free(&rl);
+    o.temperature = 1.0;
     /* PPO runs too */
     o.algo = LMC_RL_PPO;
     CHECK(!lmc_rl_init(&rl, DIR_, be, tok, t, n, &o, &err));

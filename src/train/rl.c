@@ -475,12 +475,19 @@ static void adapters_switch(struct lmc_tmodel *tm, bool on) {
         }
 }
 
+/* the temperature of the trainer's log-probabilities (policy, old and
+ * reference): the sampling temperature, as the sampler reports them and as
+ * TRL divides the logits; greedy rollouts (0) leave the logits as they are */
+static double train_temp(const struct lmc_rl *rl) {
+    return rl->o.temperature > 0 ? rl->o.temperature : 1.0;
+}
+
 /* forward of every micro-batch of the batch's rows */
 static lmc_status fwd_all(struct lmc_rl *rl, struct lmc_tmodel *tm, const struct batch *b, float *lpf, float *hid,
                           lmc_err *err) {
     int64_t T = rl->T, MB = rl->MB, C = tm->cfg.hidden_size;
     for (int64_t r0 = 0; r0 < rl->B; r0 += MB) {
-        lmc_status s = lmc_rl_fwd(tm, &rl->acts, b->in + r0 * T, b->tg + r0 * T, lpf + r0 * T,
+        lmc_status s = lmc_rl_fwd_temp(tm, &rl->acts, b->in + r0 * T, b->tg + r0 * T, train_temp(rl), lpf + r0 * T,
                                   hid ? hid + r0 * T * C : NULL, err);
         if (s) return s;
     }
@@ -494,10 +501,11 @@ static lmc_status bwd_all(struct lmc_rl *rl, const struct batch *b, float *lpf, 
     int64_t T = rl->T, MB = rl->MB, C = tm->cfg.hidden_size;
     for (int64_t r0 = 0; r0 < rl->B; r0 += MB) {
         lmc_status s;
-        if (MB < rl->B && (s = lmc_rl_fwd(tm, &rl->acts, b->in + r0 * T, b->tg + r0 * T, lpf + r0 * T, NULL, err)))
+        if (MB < rl->B && (s = lmc_rl_fwd_temp(tm, &rl->acts, b->in + r0 * T, b->tg + r0 * T, train_temp(rl),
+                                               lpf + r0 * T, NULL, err)))
             return s;
-        if ((s = lmc_rl_bwd(tm, &rl->acts, b->tg + r0 * T, b->dlf + r0 * T, b->dhid ? b->dhid + r0 * T * C : NULL,
-                            err)))
+        if ((s = lmc_rl_bwd_temp(tm, &rl->acts, b->tg + r0 * T, train_temp(rl), b->dlf + r0 * T,
+                                 b->dhid ? b->dhid + r0 * T * C : NULL, err)))
             return s;
     }
     return LMC_OK;

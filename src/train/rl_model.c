@@ -11,18 +11,45 @@
 
 lmc_status lmc_rl_fwd(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *inputs,
                       const int32_t *targets, float *logp, float *hidden, lmc_err *err) {
+    return lmc_rl_fwd_temp(tm, a, inputs, targets, 1.0, logp, hidden, err);
+}
+
+/* a->hf *= f (host round trip: no backend op for a scale) */
+static lmc_status scale_hf(struct lmc_tmodel *tm, struct lmc_tacts *a, float f, lmc_err *err) {
+    size_t n = (size_t)(a->B * a->T * tm->cfg.hidden_size);
+    float *h = malloc(n * sizeof(float));
+    if (!h) return lmc_err_set(err, LMC_ERR_OOM, "rl forward: %zu bytes for the hidden states", n * sizeof(float));
+    tm->be->download(tm->be->ctx, h, a->hf, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] *= f;
+    tm->be->upload(tm->be->ctx, a->hf, h, n * sizeof(float));
+    free(h);
+    return LMC_OK;
+}
+
+lmc_status lmc_rl_fwd_temp(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *inputs,
+                           const int32_t *targets, double temp, float *logp, float *hidden, lmc_err *err) {
     double sum;
     int64_t count, M = a->B * a->T;
     lmc_status s = lmc_tmodel_step(tm, tm->be, a, inputs, targets, false, 1.0f, &sum, &count, err);
     if (s) return s;
-    for (int64_t i = 0; i < M; i++) logp[i] = targets[i] >= 0 ? -a->loss_host[i] : 0.0f;
     if (hidden)
         tm->be->download(tm->be->ctx, hidden, a->hf, (size_t)(M * tm->cfg.hidden_size) * sizeof(float));
+    if (temp != 1.0) { /* logits / temp = (h / temp) W^T: the head has no bias; a->hf stays scaled for the backward */
+        if ((s = scale_hf(tm, a, (float)(1.0 / temp), err))) return s;
+        tm->be->classifier_xent(tm->be->ctx, a->loss, NULL, NULL, a->hf, &tm->W.head.w, a->targets, M, 1.0f);
+        tm->be->download(tm->be->ctx, a->loss_host, a->loss, (size_t)M * sizeof(float));
+    }
+    for (int64_t i = 0; i < M; i++) logp[i] = targets[i] >= 0 ? -a->loss_host[i] : 0.0f;
     return LMC_OK;
 }
 
 lmc_status lmc_rl_bwd(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *targets,
                       const float *dlogp, const float *dhidden, lmc_err *err) {
+    return lmc_rl_bwd_temp(tm, a, targets, 1.0, dlogp, dhidden, err);
+}
+
+lmc_status lmc_rl_bwd_temp(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *targets, double temp,
+                           const float *dlogp, const float *dhidden, lmc_err *err) {
     const struct lmc_backend *be = tm->be;
     const struct lmc_config *c = &tm->cfg;
     const struct lmc_architecture *ar = tm->arch;
@@ -37,12 +64,16 @@ lmc_status lmc_rl_bwd(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t 
         be->classifier_xent(be->ctx, a->loss + i, a->dh + i * C, dlm, a->hf + i * C, &tm->W.head.w,
                             a->targets + i, 1, -dlogp[i]);
     }
-    if (dhidden) {
+    if (dhidden || temp != 1.0) { /* dh was w.r.t. h / temp */
         size_t bytes = (size_t)(M * C) * sizeof(float);
         float *h = malloc(bytes);
         if (!h) return lmc_err_set(err, LMC_ERR_OOM, "rl backward: %zu bytes for the hidden gradient", bytes);
         be->download(be->ctx, h, a->dh, bytes);
-        for (int64_t i = 0; i < M * C; i++) h[i] += dhidden[i];
+        float f = (float)(1.0 / temp);
+        if (temp != 1.0)
+            for (int64_t i = 0; i < M * C; i++) h[i] *= f;
+        if (dhidden)
+            for (int64_t i = 0; i < M * C; i++) h[i] += dhidden[i];
         be->upload(be->ctx, a->dh, h, bytes);
         free(h);
     }

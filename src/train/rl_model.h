@@ -23,6 +23,14 @@ lmc_status lmc_rl_fwd(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t 
  * (dlogp per token, 0 to skip; dhidden optional, B*T*C). */
 lmc_status lmc_rl_bwd(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *targets,
                       const float *dlogp, const float *dhidden, lmc_err *err);
+/* The same at a sampling temperature: logp[i] = log softmax(logits_i /
+ * temp)[targets[i]] as the sampler draws them (hidden: the final-norm
+ * output itself); the backward of L over those (temp must be the
+ * forward's). temp 1: lmc_rl_fwd / lmc_rl_bwd. */
+lmc_status lmc_rl_fwd_temp(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *inputs,
+                           const int32_t *targets, double temp, float *logp, float *hidden, lmc_err *err);
+lmc_status lmc_rl_bwd_temp(struct lmc_tmodel *tm, struct lmc_tacts *a, const int32_t *targets, double temp,
+                           const float *dlogp, const float *dhidden, lmc_err *err);
 /* m = an inference model reading tm's parameter arena in place (nothing
  * copied or owned: never lmc_model_free it). Updates to tm->w are seen by
  * the next forward. */
