@@ -60,5 +60,14 @@ done
 l1=$(head -1 "$TMP/x1.metrics.jsonl" | cut -d, -f2,4); l2=$(head -1 "$TMP/x2.metrics.jsonl" | cut -d, -f2,4)
 [ -n "$l1" ] && [ "$l1" = "$l2" ]; ok $? "NF4 at load = NF4 folder: step 1 ($l1 vs $l2)"
 
+# bad input: a quantized folder whose linears do not fit its config; an unknown kind
+cp -r "$TMP/q-nf4" "$TMP/q-bad"
+sed -i 's/"intermediate_size":[[:space:]]*176/"intermediate_size": 192/' "$TMP/q-bad/config.json"
+"$LMC" finetune -m "$TMP/q-bad" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora nf4 2>"$TMP/err"
+[ $? = 1 ] && grep -q "mlp" "$TMP/err"; ok $? "mismatched quantized folder refused, naming the tensor: $(cat "$TMP/err")"
+[ ! -e "$TMP/bad" ]; ok $? "nothing written on failure"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora fp4 2>/dev/null
+[ $? = 2 ]; ok $? "--qlora fp4 refused"
+
 echo "test_qlora_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]
