@@ -3,7 +3,8 @@
 # quantized at load (llama-tiny, gpt2-tiny) and over a folder `lmc quantize
 # --method nf4` / `rtn` wrote; the loss falls, the adapter is a PEFT folder
 # that `generate --lora` and `eval --lora` load over the quantized base;
-# the quantized folder is byte-for-byte unchanged. Usage: test_qlora_cli.sh PATH/TO/lmc
+# the quantized folder is byte-for-byte unchanged; NF4 quantized at load
+# and the NF4 folder give the same first step. Usage: test_qlora_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -51,6 +52,22 @@ for METHOD in nf4 rtn; do
   b=$("$LMC" eval -m "$TMP/q-$METHOD" --lora "$TMP/ad-q$METHOD" --text "$TEXT" --json 2>/dev/null | sed 's/.*"nll":\([0-9.e+-]*\).*/\1/')
   awk -v a="$a" -v b="$b" 'BEGIN { exit !(b < a) }'; ok $? "$METHOD base + adapter: lower NLL on trained text ($a -> $b)"
 done
+
+# NF4 quantized at load and the NF4 folder `lmc quantize` writes hold the same
+# numbers (bitsandbytes' blocks of 64 over each flattened weight): equal first steps
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/x1" $COMMON --steps 2 --qlora nf4 2>/dev/null
+"$LMC" finetune -m "$TMP/q-nf4" --data "$TMP/d.jsonl" -o "$TMP/x2" $COMMON --steps 2 --qlora nf4 2>/dev/null
+l1=$(head -1 "$TMP/x1.metrics.jsonl" | cut -d, -f2,4); l2=$(head -1 "$TMP/x2.metrics.jsonl" | cut -d, -f2,4)
+[ -n "$l1" ] && [ "$l1" = "$l2" ]; ok $? "NF4 at load = NF4 folder: step 1 ($l1 vs $l2)"
+
+# bad input: a quantized folder whose linears do not fit its config; an unknown kind
+cp -r "$TMP/q-nf4" "$TMP/q-bad"
+sed -i 's/"intermediate_size":[[:space:]]*176/"intermediate_size": 192/' "$TMP/q-bad/config.json"
+"$LMC" finetune -m "$TMP/q-bad" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora nf4 2>"$TMP/err"
+[ $? = 1 ] && grep -q "mlp" "$TMP/err"; ok $? "mismatched quantized folder refused, naming the tensor: $(cat "$TMP/err")"
+[ ! -e "$TMP/bad" ]; ok $? "nothing written on failure"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora fp4 2>/dev/null
+[ $? = 2 ]; ok $? "--qlora fp4 refused"
 
 echo "test_qlora_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -254,7 +254,7 @@ int cmd_finetune(int argc, char **argv) {
     rc = 1;
     have_be = true;
     if (dropout > 0 && !full && !be.dropout) {
-        fprintf(stderr, "lmc finetune: --lora-dropout: backend %s has no dropout op yet (CPU only)\n", be.name);
+        fprintf(stderr, "lmc finetune: --lora-dropout: backend %s has no dropout op\n", be.name);
         goto done;
     }
     if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {

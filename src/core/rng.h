@@ -5,7 +5,14 @@
 
 #include <stdint.h>
 
-static inline uint64_t lmc_rng_next(uint64_t *s) {
+/* Callable from CUDA device code too (the dropout kernel's mask). */
+#if defined(__CUDACC__)
+#define LMC_RNG_HD __host__ __device__
+#else
+#define LMC_RNG_HD
+#endif
+
+static inline LMC_RNG_HD uint64_t lmc_rng_next(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -19,7 +26,7 @@ static inline double lmc_rng_uniform(uint64_t *s) {
 /* Counter-based keep decision of element i under dropout: the splitmix64
  * output of (seed, i) compared with p at 32-bit resolution (keep with
  * probability 1 - p). Pure: forward and backward recompute the same mask. */
-static inline int lmc_dropout_keep(uint64_t seed, uint64_t i, uint32_t p_u32) {
+static inline LMC_RNG_HD int lmc_dropout_keep(uint64_t seed, uint64_t i, uint32_t p_u32) {
     uint64_t s = seed ^ (i * 0xd1b54a32d192ed03ull);
     return (uint32_t)(lmc_rng_next(&s) >> 32) >= p_u32;
 }

@@ -138,7 +138,8 @@ static lmc_status load_external(struct lmc_tmodel *tm, struct lmc_qlora *ql, int
     if (ql->prequantized) {
         char prefix[160];
         size_t len = strlen(p->name);
-        LMC_ASSERT(len > 7 && !strcmp(p->name + len - 7, ".weight"));
+        if (len <= 7 || strcmp(p->name + len - 7, ".weight"))
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: '%s' is not a linear's weight", dir, p->name);
         memcpy(prefix, p->name, len - 7);
         prefix[len - 7] = 0;
         struct lmc_qlinear ql1;

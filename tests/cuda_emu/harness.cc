@@ -335,6 +335,9 @@ static void test_ops() {
         lmc_cuda_add(cc, y1.data(), g.data(), u.data(), n);
         cpu.add(cpu.ctx, y2.data(), g.data(), u.data(), n);
         check("add", rel(y1, y2), 0, "n=%ld", (long)n);
+        lmc_cuda_dropout(cc, y1.data(), g.data(), n, 0.3f, 77 + (uint64_t)n, 13);
+        cpu.dropout(cpu.ctx, y2.data(), g.data(), n, 0.3f, 77 + (uint64_t)n, 13);
+        check("dropout (same mask)", rel(y1, y2), 0, "n=%ld", (long)n);
         lmc_cuda_swiglu_bwd(cc, a1.data(), b1.data(), dy.data(), g.data(), u.data(), n);
         cpu.swiglu_bwd(cpu.ctx, a2.data(), b2.data(), dy.data(), g.data(), u.data(), n);
         check("swiglu_bwd dgate", rel(a1, a2), 1e-5, "n=%ld", (long)n);

@@ -199,6 +199,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->swiglu = lmc_cuda_swiglu;
     be->gelu = lmc_cuda_gelu;
     be->add = lmc_cuda_add;
+    be->dropout = lmc_cuda_dropout;
     be->argmax_rows = lmc_cuda_argmax_rows;
     be->matmul_bwd = lmc_cuda_matmul_bwd;
     be->embed_bwd = lmc_cuda_embed_bwd;

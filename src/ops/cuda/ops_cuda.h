@@ -42,6 +42,7 @@ void lmc_cuda_attention_paged(void *ctx, float *out, const float *q, const float
 void lmc_cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
 void lmc_cuda_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cuda_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
+void lmc_cuda_dropout(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
 void lmc_cuda_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);
 void lmc_cuda_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V,
                           const struct lmc_sample_row *params);
