@@ -5,8 +5,9 @@
  * batch of five sequences under base / adapter 1 (the PEFT fixture) /
  * adapter 2 (random, other targets and rank) gives, row for row, the
  * logits each sequence gets alone with that adapter bound the ordinary
- * way (lmc_lora_bind); bad adapter ids and non-contiguous groups are
- * errors; the prefix cache keeps namespaces apart; and the scheduler
+ * way (lmc_lora_bind), and so on gpt2-tiny (Conv1D adapters on the fused
+ * c_attn, three parts sharing one A); bad adapter ids and non-contiguous
+ * groups are errors; the prefix cache keeps namespaces apart; and the scheduler
  * serves a mixed batch (held together by an event gate) with exactly the
  * greedy tokens of each request run alone, without sharing prefix blocks
  * across adapters. */
@@ -136,10 +137,10 @@ static void test_linear(const struct lmc_backend *be0, bool fused) {
 /* ---- the model */
 
 /* A second adapter on other targets with rank 3, A and B random. */
-static bool make_adapter2(struct lmc_lora *lo, const struct lmc_config *c) {
+static bool make_adapter2(struct lmc_lora *lo, const struct lmc_config *c, const char *targets) {
     struct lmc_lora_config lc = {.r = 3, .alpha = 6};
     lmc_err err = {0};
-    if (lmc_lora_parse_targets(&lc, "k_proj,o_proj,gate_proj,up_proj", &err) || lmc_lora_create(lo, &lc, c, 5, &err)) {
+    if (lmc_lora_parse_targets(&lc, targets, &err) || lmc_lora_create(lo, &lc, c, 5, &err)) {
         CHECK_MSG(0, "adapter 2: %s", err.msg);
         return false;
     }
@@ -416,7 +417,7 @@ int main(void) {
     }
     struct lmc_tokenizer *tok = NULL;
     if (lmc_tokenizer_load(&tok, FIX, &err)) CHECK_MSG(0, "%s", err.msg);
-    if (tok && make_adapter2(&a2, &m.cfg)) {
+    if (tok && make_adapter2(&a2, &m.cfg, "k_proj,o_proj,gate_proj,up_proj")) {
         const struct lmc_lora *los[2] = {&a1, &a2};
         test_model(&m, &be, los);
         test_namespaces(&m, &be);
@@ -424,6 +425,20 @@ int main(void) {
         lmc_lora_free(&a2);
     }
     if (tok) lmc_tokenizer_free(tok);
+    lmc_lora_free(&a1);
+    lmc_model_free(&m);
+    /* GPT-2: Conv1D (fan_in_fan_out) adapters on the fused c_attn (three
+     * parts sharing one A) next to a second adapter on c_attn and c_fc */
+    const char *g2 = "tests/fixtures/gpt2-tiny";
+    if (lmc_model_load(&m, g2, NULL, &err) || lmc_lora_load(&a1, "tests/fixtures/gpt2-tiny/lora_train", &m.cfg, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return test_finish("test_lora_bank");
+    }
+    if (make_adapter2(&a2, &m.cfg, "c_attn,c_fc")) {
+        const struct lmc_lora *los[2] = {&a1, &a2};
+        test_model(&m, &be, los);
+        lmc_lora_free(&a2);
+    }
     lmc_lora_free(&a1);
     lmc_model_free(&m);
     lmc_backend_cpu_free(&be);
