@@ -107,8 +107,8 @@ for p in "${PROMPTS[@]}"; do
     case $m in a1) L=(--lora "$FIX/lora");; a2) L=(--lora "$TMP/ad2");; *) L=();; esac
     want=$("$LMC" generate -m "$FIX" "${L[@]}" -p "$p" -n 12 --temp 0 --no-special --json 2>/dev/null |
            python3 -c 'import json,sys; print(json.load(sys.stdin)["text"])')
-    got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["choices"][0]["text"]); assert d["model"]' "$TMP/r$i" 2>/dev/null)
-    [ -n "$want" ] && [ "$got" = "$want" ]; ok $? "mixed batch: $m on '$p' equals generate alone ('$got' / '$want')"
+    got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["choices"][0]["text"]); assert d["model"] == sys.argv[2], d["model"]' "$TMP/r$i" "$m" 2>/dev/null)
+    [ -n "$want" ] && [ "$got" = "$want" ]; ok $? "mixed batch: $m on '$p' equals generate alone, response model $m ('$got' / '$want')"
     eval "W_${m//-/_}_$((i/3))=\"\$want\""
     i=$((i+1))
   done

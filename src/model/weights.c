@@ -138,7 +138,7 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
 
 lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_ref *r, struct lmc_qweight *w,
                                   lmc_err *err) {
-    LMC_ASSERT(r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_HEAD);
+    LMC_ASSERT(r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_HEAD || r->spec->kind == LMC_TK_EXPERT_W);
     if (m->n_qw == m->cap_qw) {
         int cap = m->cap_qw ? 2 * m->cap_qw : 64;
         struct lmc_qweight **p = realloc(m->qw, (size_t)cap * sizeof *p);
@@ -449,8 +449,9 @@ lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opt
             wb += mat_bytes(&m->w.layers[l].experts[i].w);
     m->weight_bytes += wb; /* quantized linears were counted at load */
     if (opts && opts->be && !opts->be->host_memory) {
-        if (m->n_qw)
-            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "quantized weights run on the CPU backend only");
+        if (m->n_qw && (!opts->be->qweight_upload || !opts->be->qmatmul))
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "quantized weights: the %s backend has no quantized kernels",
+                               opts->be->name);
         return place_weights(m, opts->be, err);
     }
     return LMC_OK;

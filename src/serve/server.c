@@ -236,6 +236,12 @@ struct gen {
     bool wake;                        /* lmc_server_stop asks the pump to look at s->stopping */
 };
 
+/* the name a response carries: the request's adapter, or the base */
+static const char *gen_model(const struct gen *g) {
+    int a = g->r->r.adapter;
+    return a > 0 && a <= g->s->o.n_adapters ? g->s->o.adapter_names[a - 1] : g->s->model_name;
+}
+
 /* The scheduler callback (scheduler thread): copy, queue, signal. */
 static void on_event(void *user, const struct lmc_sched_event *ev) {
     struct slot *sl = user;
@@ -461,7 +467,7 @@ static int gen_submit(struct gen *g, struct lmc_serve_error *e) {
     if (g->stream && g->end == END_NONE) {
         if (!w_start(s, &g->w, "text/event-stream")) gen_end(g, END_CLIENT_GONE, NULL);
         for (int i = 0; i < r->n && g->echo_len && g->end == END_NONE; i++) {
-            char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, s->model_name, i, g->echo, g->echo_len,
+            char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, gen_model(g), i, g->echo, g->echo_len,
                                               NULL, NULL, false, s->tok);
             if (!ch || !w_write(&g->w, ch, strlen(ch))) gen_end(g, ch ? END_CLIENT_GONE : END_FAILED, "out of memory");
             free(ch);
@@ -483,7 +489,7 @@ static bool tool_mode(const struct gen *g) {
 static bool named_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
     struct lmc_serve_request *r = g->r;
     if (!tool_mode(g) || r->x.choice != LMC_SERVE_TOOLS_NAMED) return false;
-    char *ev = lmc_serve_ext_stream_named(&r->x, g->id, g->created, g->s->model_name, nd->choice, !a->first_sent,
+    char *ev = lmc_serve_ext_stream_named(&r->x, g->id, g->created, gen_model(g), nd->choice, !a->first_sent,
                                           nd->text ? nd->text : "", nd->len, finish);
     a->first_sent = true;
     if (!ev) gen_end(g, END_FAILED, "out of memory");
@@ -497,7 +503,7 @@ static bool named_stream(struct gen *g, struct choice_acc *a, const struct ev_no
  * begin; the rest read as calls at the end (tools.c). */
 static void auto_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
     char *ev = lmc_serve_ext_stream_auto(&g->r->x, lmc_chat_template_tool_format(g->s->chat), g->id, g->created,
-                                         g->s->model_name, nd->choice, !a->first_sent, a->text ? a->text : "", a->len,
+                                         gen_model(g), nd->choice, !a->first_sent, a->text ? a->text : "", a->len,
                                          &a->sent, finish);
     a->first_sent = true;
     if (!ev) gen_end(g, END_FAILED, "out of memory");
@@ -525,7 +531,7 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
             return;
         }
         if (!nd->len && !r->logprobs && (r->kind != LMC_SERVE_CHAT || a->first_sent)) return;
-        char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, s->model_name, nd->choice, nd->text, nd->len,
+        char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, gen_model(g), nd->choice, nd->text, nd->len,
                                           r->logprobs ? &nd->tk : NULL, NULL, !a->first_sent, s->tok);
         a->first_sent = true;
         if (!ch) gen_end(g, END_FAILED, "out of memory");
@@ -549,7 +555,7 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
                 return;
             }
             char *ev = lmc_serve_ext_stream(&r->x, lmc_chat_template_tool_format(s->chat), g->id, g->created,
-                                            s->model_name, nd->choice, !a->first_sent, a->text ? a->text : "",
+                                            gen_model(g), nd->choice, !a->first_sent, a->text ? a->text : "",
                                             a->len, nd->finish);
             a->first_sent = true;
             if (!ev) gen_end(g, END_FAILED, "out of memory");
@@ -558,7 +564,7 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
             g->t_write = lmc_time_now();
             return;
         }
-        char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, s->model_name, nd->choice,
+        char *ch = lmc_serve_format_chunk(r->kind, g->id, g->created, gen_model(g), nd->choice,
                                           nd->text ? nd->text : "", nd->len, NULL, nd->finish, !a->first_sent, s->tok);
         if (!ch) gen_end(g, END_FAILED, "out of memory");
         else if (!w_write(&g->w, ch, strlen(ch))) gen_end(g, END_CLIENT_GONE, NULL);
@@ -624,7 +630,7 @@ static int gen_respond(struct gen *g) {
             }
             free(js);
         } else if (r->include_usage) {
-            char *ch = lmc_serve_format_usage_chunk(r->kind, g->id, g->created, s->model_name, &g->u);
+            char *ch = lmc_serve_format_usage_chunk(r->kind, g->id, g->created, gen_model(g), &g->u);
             if (ch) w_write(&g->w, ch, strlen(ch));
             free(ch);
         }
@@ -642,7 +648,7 @@ static int gen_respond(struct gen *g) {
         for (int i = 0; chs && i < r->n; i++)
             chs[i] = (struct lmc_serve_choice){g->acc[i].text ? g->acc[i].text : "", g->acc[i].len, g->acc[i].finish,
                                                g->acc[i].toks, g->acc[i].n_toks};
-        body = chs ? lmc_serve_format_response(r->kind, g->id, g->created, s->model_name, chs, r->n, &g->u,
+        body = chs ? lmc_serve_format_response(r->kind, g->id, g->created, gen_model(g), chs, r->n, &g->u,
                                                r->logprobs, s->tok)
                    : NULL;
         if (chs && tool_mode(g)) { /* replies read as tool calls (tools.c) */
