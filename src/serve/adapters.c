@@ -15,11 +15,13 @@ lmc_status lmc_serve_pick_model(const char *base, const char *const *names, int 
             *adapter = k + 1;
             return LMC_OK;
         }
-    if (!n) return LMC_OK; /* one model: any name is it (clients that hard-code a model name keep working) */
-    return lmc_serve_fail(e, 404, "model", "model_not_found",
-                          "The model '%.200s' does not exist; this server has '%s' and %d adapter%s "
-                          "(GET /v1/models lists them)",
-                          model, base, n, n == 1 ? "" : "s");
+    if (n)
+        return lmc_serve_fail(e, 404, "model", "model_not_found",
+                              "The model '%.200s' does not exist; this server has '%s' and %d adapter%s "
+                              "(GET /v1/models lists them)",
+                              model, base, n, n == 1 ? "" : "s");
+    return lmc_serve_fail(e, 404, "model", "model_not_found", "The model '%.200s' does not exist; this server has '%s'",
+                          model, base);
 }
 
 static cJSON *model_entry(const char *id, int64_t created, int64_t ctx, bool chat, const char *parent) {
