@@ -4,8 +4,10 @@
  * at temperature 1 and 0.7) and their weighted backward (lmc_rl_bwd_temp),
  * then one whole lmc_rl_step (rollouts through the scheduler on the
  * policy's arena view, rewards, reference and policy forwards, loss,
- * backward, AdamW): the sampled completions, the loss, the KL, the
- * sampler-vs-trainer log-probability gap and the updated weights. */
+ * backward, AdamW), full-parameter GRPO and PPO and LoRA GRPO (the
+ * reference: the policy with its adapters off): the sampled completions,
+ * the loss, the KL, the sampler-vs-trainer log-probability gap and the
+ * updated weights. */
 extern "C" {
 #include "train/rl.h"
 #include "train/rl_model.h"
@@ -18,7 +20,7 @@ struct rl_out {
     std::vector<float> w0, w;            /* the policy before and after */
 };
 
-static bool rl_run(const struct lmc_backend *be, const std::string &dir, enum lmc_rl_algo algo,
+static bool rl_run(const struct lmc_backend *be, const std::string &dir, enum lmc_rl_algo algo, bool lora,
                    const std::vector<int32_t> &in, const std::vector<int32_t> &tg, const std::vector<float> &dl,
                    int64_t B, int64_t T, rl_out &o) {
     lmc_err err;
@@ -33,6 +35,11 @@ static bool rl_run(const struct lmc_backend *be, const std::string &dir, enum lm
     lmc_rl_opts_default(&ro);
     ro.algo = algo, ro.group = 4, ro.prompts = 2, ro.max_new = 8, ro.epochs = 2, ro.lr = 1e-3;
     ro.extract = LMC_EXTRACT_REGEX, ro.regex = "([aeiou])";
+    struct lmc_lora_config lc;
+    memset(&lc, 0, sizeof lc);
+    lc.r = 4, lc.alpha = 8;
+    if (lora && ok) ok = !lmc_lora_parse_targets(&lc, "all-linear", &err);
+    if (lora) ro.lr = 1e-2, ro.lora = &lc; /* a new adapter (B = 0); the reference: adapters off */
     struct lmc_rl rl;
     if (ok) ok = !lmc_rl_init(&rl, dir.c_str(), be, tok, t, n, &ro, &err);
     if (ok) {
@@ -48,7 +55,7 @@ static bool rl_run(const struct lmc_backend *be, const std::string &dir, enum lm
                  !lmc_rl_bwd_temp(&rl.pol, &a, tg.data(), 1.0, dl.data(), nullptr, &err);
         }
         if (ok) {
-            o.grad.resize((size_t)rl.pol.numel);
+            o.grad.resize((size_t)(rl.pol.numel - rl.pol.g_off)); /* LoRA: the adapters' gradients only */
             be->download(be->ctx, o.grad.data(), rl.pol.g, o.grad.size() * sizeof(float));
             lmc_tmodel_zero_grad(&rl.pol);
         }
@@ -81,13 +88,16 @@ static void test_rl() {
     for (auto &i : in) i = irand((int)V);
     for (int64_t i = 0; i < B * T; i++) tg[i] = i % 5 == 1 ? -1 : irand((int)V);
     for (auto &d : dl) d = frand();
-    const enum lmc_rl_algo algos[2] = {LMC_RL_GRPO, LMC_RL_PPO};
-    for (enum lmc_rl_algo al : algos) {
-        const char *an = al == LMC_RL_GRPO ? "grpo" : "ppo";
+    const enum lmc_rl_algo algos[3] = {LMC_RL_GRPO, LMC_RL_PPO, LMC_RL_GRPO};
+    for (int v = 0; v < 3; v++) {
+        enum lmc_rl_algo al = algos[v];
+        bool lora = v == 2;
+        const char *an = lora ? "grpo lora" : al == LMC_RL_GRPO ? "grpo" : "ppo";
         rl_out c, g;
-        if (!rl_run(&cpu, dir, al, in, tg, dl, B, T, c) || !rl_run(&gpu, dir, al, in, tg, dl, B, T, g)) continue;
+        if (!rl_run(&cpu, dir, al, lora, in, tg, dl, B, T, c) || !rl_run(&gpu, dir, al, lora, in, tg, dl, B, T, g))
+            continue;
         std::string p = std::string("rl ") + an + " ";
-        if (al == LMC_RL_GRPO) { /* the fixed batch: the same for both algorithms */
+        if (v == 0) { /* the fixed batch: the same for every variant */
             check("rl logp (fixed batch)", rel(g.lp, c.lp), 1e-5, "llama-tiny");
             check("rl logp T 0.7 (fixed batch)", rel(g.lp_t, c.lp_t), 1e-5, "llama-tiny");
             check("rl weighted backward grads", rel(g.grad, c.grad), 1e-4, "llama-tiny");
