@@ -52,5 +52,18 @@ printf '{%% for m in messages %%}<{{ m.role }}>{{ m.content }}{%% endfor %%}{%% 
     --chat-template "$TMP/t.jinja" -o "$TMP/c" 2> /dev/null && [ -s "$TMP/c/metrics.jsonl" ]
 ok $? "messages tasks through --chat-template"
 
+# the GPU: --device cuda --dtype fp32 runs where there is one (sampler and
+# trainer log-probs agree as on the CPU); elsewhere a clean error naming cuda
+"$LMC" rl $COMMON --algo grpo --steps 1 --device cuda --dtype fp32 -o "$TMP/cu" 2> "$TMP/ecu"; rc=$?
+if [ $rc = 0 ]; then
+    python3 -c "import json,sys; r=json.loads(open(sys.argv[1]).readline()); assert r['logp_maxdiff'] <= 1e-5, r" \
+        "$TMP/cu/metrics.jsonl"
+    ok $? "rl --device cuda --dtype fp32 runs"
+else
+    [ $rc = 1 ] && grep -qi "cuda" "$TMP/ecu"; ok $? "rl --device cuda without a GPU fails cleanly ($rc: $(cat "$TMP/ecu"))"
+fi
+"$LMC" rl $COMMON --dtype bf16 --steps 1 -o "$TMP/x" 2> "$TMP/ebf"; rc=$?
+[ $rc = 2 ] && grep -q "device cuda" "$TMP/ebf"; ok $? "rl --dtype bf16 on the cpu refused ($rc)"
+
 echo "test_rl_cli: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -1,5 +1,5 @@
 /* cmd_rl.c — `lmc rl`: reinforcement learning from verifiable rewards
- * (GRPO or PPO, train/rl.h) on the CPU backend: reads tasks (JSONL),
+ * (GRPO or PPO, train/rl.h) on the CPU or CUDA backend: reads tasks (JSONL),
  * trains the policy (every weight, or LoRA adapters with --lora R) in
  * place for --steps steps, writes one metrics line per step to
  * OUT/metrics.jsonl (for `lmc plot`), checkpoints every --save-every
@@ -27,7 +27,7 @@ static void usage(void) {
             "              [--extract auto|boxed|hash|regex|number] [--answer-regex RE]\n"
             "              [--format-tags OPEN,CLOSE] [--format-weight 0.5] [--length-penalty C] [--length-free N]\n"
             "              [--reward-cmd 'PROG ARG...'] [--reward-timeout 10] [--eval FILE.jsonl] [--seed 1]\n"
-            "              [--grad-clip 1] [--chat-template FILE] [--threads N]\n"
+            "              [--grad-clip 1] [--chat-template FILE] [--threads N] [--device cpu|cuda] [--dtype fp32|bf16]\n"
             "              [--lora R [--lora-alpha 2R] [--lora-targets LIST|all-linear] [--rslora]]\n"
             "              [--save-every N (OUT/ckpt/step_N)] [--resume OUT/ckpt/step_N]\n"
             "Each task line: {\"prompt\": \"...\", \"answer\": \"...\"} or {\"messages\": [...], \"answer\": ...}\n"
@@ -217,15 +217,11 @@ int cmd_rl(int argc, char **argv) {
         goto done;
     }
     if ((rc = cli_open(&cm, &cc, false))) goto done;
-    if (cc.device && strcmp(cc.device, "cpu") != 0) {
-        fprintf(stderr, "lmc rl: only the CPU backend is wired so far\n");
-        rc = 2;
-        goto done;
-    }
-    if (lmc_backend_cpu_init(&be, cc.threads, &err)) {
-        rc = cli_fail("backend", &err);
-        goto done;
-    }
+    /* --device cpu|cuda (cpu by default), --dtype fp32|bf16 on the GPU
+     * (bf16 mixed precision by default; fp32 also keeps the rollouts' KV
+     * cache in f32, so sampler and trainer log-probabilities agree) */
+    bool bf16 = false;
+    if ((rc = cli_train_backend(&be, &cc, "rl", &bf16))) goto done;
     have_be = true;
     bool chat = false;
     for (int64_t i = 0; i < nt; i++) chat |= tasks[i].messages != NULL;
@@ -313,7 +309,7 @@ int cmd_rl(int argc, char **argv) {
 done:
     if (mf) fclose(mf);
     if (have_rl) lmc_rl_free(&rl);
-    if (have_be) lmc_backend_cpu_free(&be);
+    if (have_be) cli_train_backend_free(&be);
     if (ct) lmc_chat_template_free(ct);
     cli_close(&cm);
     lmc_rl_tasks_free(tasks, nt);

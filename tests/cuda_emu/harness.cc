@@ -43,6 +43,11 @@
  *               (GGUF blocks, GPTQ / AWQ / rtn groups, NF4, ternary), the
  *               GEMV and tensor-core paths vs the dequantized float
  *               reference and the CPU twin (harness_qmm.cc)
+ *   rl          lmc rl through the real CUDA table on llama-tiny, fp32: the
+ *               trainer's log-probabilities and weighted backward, then
+ *               GRPO and PPO steps (rollouts through the scheduler on the
+ *               policy's arena view, loss, KL, updated weights) vs the CPU
+ *               (harness_rl.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1236,6 +1241,7 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
 }
 
 #include "harness_qmm.cc" /* test_qmm: the quantized matmul kernels */
+#include "harness_rl.cc" /* test_rl: lmc rl's GRPO / PPO step through the CUDA table */
 
 static void test_moe() {
     for (enum lmc_dtype dt : {LMC_DTYPE_F32, LMC_DTYPE_BF16, LMC_DTYPE_F16}) {
@@ -1325,12 +1331,13 @@ int main(int argc, char **argv) {
         {"moe", test_moe},
         {"lora_rows", test_lora_rows},
         {"qmm", test_qmm},
+        {"rl", test_rl},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl)\n", argv[i]);
             return 2;
         }
     }
