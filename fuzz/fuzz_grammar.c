@@ -4,7 +4,8 @@
  * token mask computed over a small fixed vocabulary at the end; a mask must
  * never allow EOS unless the output is complete. The schema line is also
  * read as GBNF text, and as a JSON Schema "pattern" regular expression
- * (grammar_regex.c) whose string grammar is then fed the rest. */
+ * (grammar_regex.c, with minLength/maxLength from the rest's first byte)
+ * whose string grammar is then fed the rest. */
 #include "core/core.h"
 #include "infer/grammar.h"
 
@@ -33,7 +34,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     g = NULL;
     memset(&err, 0, sizeof err);
     if (lmc_grammar_new(&g, &err) == LMC_OK) { /* the line as a regex */
-        int r = lmc_grammar_regex_string(g, (const char *)data, sn, &err);
+        /* with lengths from the rest's first byte: min 0..7, max 0..31 (unbounded below min) */
+        int64_t mn = rn ? ((unsigned char)rest[0] & 7) : 0, mx = rn ? ((unsigned char)rest[0] >> 3) : -1;
+        if (mx < mn) mx = -1;
+        int r = lmc_grammar_regex_string_len(g, (const char *)data, sn, mn, mx, &err);
         if (r < 0) LMC_ASSERT(err.msg[0]);
         else if (lmc_grammar_finish(g, r, &err) == LMC_OK) {
             struct lmc_grammar_state *s = NULL;

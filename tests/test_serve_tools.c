@@ -368,6 +368,109 @@ static void test_replies(void) {
     lmc_serve_request_free(&r);
 }
 
+/* ---- tool_choice "required", streamed as it decodes */
+static bool utf8_ok(const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        int n = *p < 0x80 ? 0 : *p >= 0xf0 ? 3 : *p >= 0xe0 ? 2 : *p >= 0xc0 ? 1 : -1;
+        if (n < 0) return false;
+        p++;
+        for (int i = 0; i < n; i++, p++)
+            if ((*p & 0xc0) != 0x80) return false;
+    }
+    return true;
+}
+
+/* feeds text one byte at a time; returns how many heads went out; fills
+ * joined[k] with call k's fragments, names[k] its name */
+static int required_run(struct lmc_serve_ext *x, const char *text, char joined[2][256], char names[2][32],
+                        const char **fin, bool *order) {
+    struct lmc_serve_req_stream st = {0};
+    size_t n = strlen(text);
+    int heads = 0, roles = 0, last_head_at = -1;
+    bool frag_early = false;
+    *fin = NULL;
+    *order = true;
+    memset(joined, 0, 2 * 256);
+    memset(names, 0, 2 * 32);
+    for (size_t i = 1; i <= n + 1; i++) {
+        size_t m = i < n ? i : n;
+        char *ev = lmc_serve_ext_stream_required(x, "chatcmpl-7", 5, "m", 0, i == 1, text, m, &st,
+                                                 i == n + 1 ? "stop" : NULL);
+        CHECK(ev != NULL);
+        for (char *line = ev ? strstr(ev, "data: ") : NULL; line; line = strstr(line + 1, "data: ")) {
+            cJSON *chj = cJSON_Parse(line + 6);
+            CHECK(chj != NULL);
+            cJSON *c1 = cJSON_GetArrayItem(cJSON_GetObjectItem(chj, "choices"), 0), *d = cJSON_GetObjectItem(c1, "delta");
+            roles += str(d, "role") != NULL;
+            *order &= roles == 1;
+            const cJSON *k = cJSON_GetArrayItem(cJSON_GetObjectItem(d, "tool_calls"), 0);
+            const cJSON *fn = cJSON_GetObjectItem(k, "function");
+            if (k) {
+                int idx = cJSON_GetObjectItem(k, "index")->valueint;
+                CHECK(idx >= 0 && idx < 2);
+                if (str(k, "id")) { /* heads in order, each before its fragments */
+                    *order &= idx == heads && !strcmp(str(k, "type"), "function") && !strncmp(str(k, "id"), "call_", 5) &&
+                              !strcmp(str(fn, "arguments"), "");
+                    snprintf(names[idx & 1], 32, "%s", str(fn, "name"));
+                    heads++;
+                    last_head_at = (int)i;
+                } else { /* fragments of the newest call only */
+                    *order &= idx == heads - 1 && !cJSON_GetObjectItem(fn, "name") && utf8_ok(str(fn, "arguments"));
+                    strncat(joined[idx & 1], str(fn, "arguments"), 255 - strlen(joined[idx & 1]));
+                    frag_early |= i < n;
+                }
+            }
+            if (str(c1, "finish_reason")) {
+                *order &= i == n + 1 && !*fin;
+                *fin = str(c1, "finish_reason");
+                *fin = !strcmp(*fin, "tool_calls") ? "tool_calls" : !strcmp(*fin, "stop") ? "stop" : "other";
+            }
+            cJSON_Delete(chj);
+        }
+        free(ev);
+    }
+    *order &= heads == 0 || (frag_early && last_head_at < (int)n); /* it streamed before the end */
+    return heads;
+}
+
+static void test_required_stream(void) {
+    char p[64];
+    struct lmc_serve_request r;
+    CHECK(parse(LMC_SERVE_CHAT, "{" USER "," TOOLS ",\"tool_choice\":\"required\"}", p, &r) == 200);
+    CHECK(r.x.choice == LMC_SERVE_TOOLS_REQUIRED && r.x.parallel);
+    char joined[2][256], names[2][32];
+    const char *fin;
+    bool order;
+    /* two calls, whitespace, a nested object, an escaped quote, raw UTF-8 (split across feeds) and a \u escape */
+    const char *text = "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"K\xc3\xb8" "ge \\\"x\\\" \\u00e9\", "
+                       "\"opt\": {\"a\": [1, 2.50]}}},\n {\"name\": \"now\", \"arguments\": {}}]";
+    int heads = required_run(&r.x, text, joined, names, &fin, &order);
+    cJSON *o = reply(&r.x, "hermes", text, "stop");
+    const cJSON *tc = cJSON_GetObjectItem(o, "tool_calls");
+    CHECK_MSG(heads == 2 && order && fin && !strcmp(fin, "tool_calls"), "heads %d order %d fin %s", heads, order,
+              fin ? fin : "-");
+    CHECK(cJSON_GetArraySize(tc) == 2 && cJSON_IsNull(cJSON_GetObjectItem(o, "content")));
+    for (int k = 0; k < 2; k++) { /* the fragments join to the non-streamed arguments, byte for byte */
+        const cJSON *f = cJSON_GetObjectItem(cJSON_GetArrayItem(tc, k), "function");
+        CHECK_MSG(!strcmp(str(f, "name"), names[k]) && !strcmp(str(f, "arguments"), joined[k]), "call %d: [%s] [%s]", k,
+                  str(f, "arguments"), joined[k]);
+    }
+    CHECK(!strcmp(joined[1], "{}") && strstr(joined[0], "{\"a\": [1, 2.50]}"));
+    cJSON_Delete(o);
+    /* not a list: no call is streamed, the text is content at the end */
+    heads = required_run(&r.x, "hello", joined, names, &fin, &order);
+    CHECK(heads == 0 && order && fin && !strcmp(fin, "stop"));
+    /* one call allowed: the second is not streamed, as the non-streamed reply keeps one */
+    r.x.parallel = false;
+    heads = required_run(&r.x, text, joined, names, &fin, &order);
+    o = reply(&r.x, "hermes", text, "stop");
+    tc = cJSON_GetObjectItem(o, "tool_calls");
+    CHECK(heads == 1 && order && cJSON_GetArraySize(tc) == 1 &&
+          !strcmp(str(cJSON_GetObjectItem(cJSON_GetArrayItem(tc, 0), "function"), "arguments"), joined[0]));
+    cJSON_Delete(o);
+    lmc_serve_request_free(&r);
+}
+
 /* ---- the scheduler with per-request grammars */
 #define NR 6
 struct res {
@@ -484,6 +587,7 @@ static void test_sched_grammar(const char *dir) {
 int main(void) {
     test_parse();
     test_replies();
+    test_required_stream();
     test_sched_grammar("tests/fixtures/llama-tiny");
     test_sched_grammar("tests/fixtures/qwen2-tiny");
     printf("test_serve_tools: %d passed, %d failed\n", test_passed, test_failed);

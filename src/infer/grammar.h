@@ -43,6 +43,11 @@ lmc_status lmc_grammar_from_json_schema(const char *schema, size_t n, struct lmc
  * ECMA-262 regular expression of the common kinds (grammar_regex.c lists
  * them); -1 with err naming the construct otherwise. */
 int lmc_grammar_regex_string(struct lmc_grammar *g, const char *pattern, size_t n, lmc_err *err);
+/* The same with the string's length in characters within [min_len,
+ * max_len] (max_len < 0: unbounded); the bound that counts (max_len, or
+ * min_len without one) must be <= 256. */
+int lmc_grammar_regex_string_len(struct lmc_grammar *g, const char *pattern, size_t n, int64_t min_len,
+                                 int64_t max_len, lmc_err *err);
 /* GBNF text (llama.cpp's notation; start rule `root`; grammar_gbnf.c lists
  * what is supported). Errors name the line. */
 lmc_status lmc_grammar_from_gbnf(const char *text, size_t n, struct lmc_grammar **out, lmc_err *err);

@@ -20,6 +20,8 @@
 #define RX_MAX_RULES 20000   /* rules one pattern may create */
 #define RX_MAX_DEPTH 64      /* nested groups */
 #define RX_MAX_SEQ 1024      /* atoms in one alternative */
+#define RX_MAX_LEN 256       /* largest maxLength (or minLength) taken with a pattern */
+#define RX_MAX_WORK 50000000 /* length-pair steps of all length-set concatenations */
 
 struct rx {
     struct lmc_grammar *g;
@@ -29,6 +31,14 @@ struct rx {
     bool failed;
     int depth, rules;
     int top_alts;            /* alternatives at the top level */
+    /* length mode (minLength/maxLength with the pattern): each expression
+     * is a "length set", L + 1 rules where rule k holds its strings of
+     * exactly k characters (-1: none); with sat, k = L means L or more */
+    bool lenmode, sat;
+    int L;
+    int *ls;                 /* the length sets, L + 1 rules each */
+    size_t n_ls, cap_ls;
+    int64_t work;            /* length-pair steps so far */
 };
 
 /* a set of characters: ASCII members as bits, and whether every non-ASCII character is in */
@@ -291,9 +301,143 @@ static int class_rule(struct rx *x) {
     return cs_rule(x, &s);
 }
 
+/* ---- length mode: the pattern's language intersected with a length
+ * range, as rules per exact length (counter 0..L, saturating at L when
+ * there is no maxLength) */
+static int *ls_at(struct rx *x, int h) { return x->ls + (size_t)h * (size_t)(x->L + 1); }
+
+static int ls_new(struct rx *x) {
+    if (x->failed) return -1;
+    size_t w = (size_t)x->L + 1;
+    if (x->n_ls == x->cap_ls) {
+        size_t nc = x->cap_ls ? x->cap_ls * 2 : 64;
+        int *q = realloc(x->ls, nc * w * sizeof *q);
+        if (!q) return rx_fail(x, "out of memory");
+        x->ls = q;
+        x->cap_ls = nc;
+    }
+    int h = (int)x->n_ls++;
+    for (size_t k = 0; k < w; k++) ls_at(x, h)[k] = -1;
+    return h;
+}
+
+/* the length class of i + j characters: -1 past maxLength */
+static int ls_len(const struct rx *x, int i, int j) {
+    int k = i + j;
+    return k <= x->L ? k : x->sat ? x->L : -1;
+}
+
+static int ls_one(struct rx *x, int r) { /* one character */
+    if (r < 0) return -1;
+    int h = ls_new(x), k = ls_len(x, 0, 1);
+    if (h >= 0 && k >= 0) ls_at(x, h)[k] = r;
+    return h;
+}
+
+static int ls_eps(struct rx *x) {
+    int h = ls_new(x), r = rx_rule(x, "re-len");
+    if (h < 0 || r < 0) return -1;
+    lmc_grammar_alt_begin(x->g, r);
+    lmc_grammar_alt_end(x->g);
+    ls_at(x, h)[0] = r;
+    return h;
+}
+
+/* every pair (i, j) of a and b whose lengths make k */
+static int ls_concat(struct rx *x, int a, int b) {
+    int h = ls_new(x);
+    if (h < 0 || a < 0 || b < 0) return -1;
+    x->work += (int64_t)(x->L + 1) * (x->L + 1);
+    if (x->work > RX_MAX_WORK) return rx_fail(x, "too large with this maxLength/minLength (more than 5e7 steps)");
+    for (int k = 0; k <= x->L && !x->failed; k++) {
+        int r = -1;
+        for (int i = 0; i <= k || (x->sat && k == x->L && i <= x->L); i++) {
+            int jlo = i <= k ? k - i : 0, jhi = x->sat && k == x->L ? x->L : jlo;
+            for (int j = jlo; j <= jhi; j++) {
+                if (ls_len(x, i, j) != k) continue;
+                int ra = ls_at(x, a)[i], rb = ls_at(x, b)[j];
+                if (ra < 0 || rb < 0) continue;
+                if (r < 0 && (r = rx_rule(x, "re-len")) < 0) return -1;
+                lmc_grammar_alt_begin(x->g, r);
+                lmc_grammar_add_rule(x->g, ra);
+                lmc_grammar_add_rule(x->g, rb);
+                lmc_grammar_alt_end(x->g);
+            }
+        }
+        ls_at(x, h)[k] = r;
+    }
+    return x->failed ? -1 : h;
+}
+
+static int ls_union(struct rx *x, const int *hs, int n) {
+    int h = ls_new(x);
+    if (h < 0) return -1;
+    for (int k = 0; k <= x->L; k++) {
+        int r = -1;
+        for (int t = 0; t < n; t++) {
+            int rt = ls_at(x, hs[t])[k];
+            if (rt < 0) continue;
+            if (r < 0 && (r = rx_rule(x, "re-len")) < 0) return -1;
+            lmc_grammar_alt_begin(x->g, r);
+            lmc_grammar_add_rule(x->g, rt);
+            lmc_grammar_alt_end(x->g);
+        }
+        ls_at(x, h)[k] = r;
+    }
+    return h;
+}
+
+/* a*: R_0 = "" | ..., R_k = a_i R_j for i >= 1 (the empty a adds nothing) */
+static int ls_star(struct rx *x, int a) {
+    int h = ls_new(x);
+    if (h < 0 || a < 0) return -1;
+    bool reach[RX_MAX_LEN + 1] = {true};
+    for (int j = 0; j <= x->L; j++)
+        for (int i = 1; reach[j] && i <= x->L; i++) {
+            int k = ls_len(x, i, j);
+            if (k >= 0 && ls_at(x, a)[i] >= 0) reach[k] = true;
+        }
+    for (int k = 0; k <= x->L; k++)
+        if (reach[k] && (ls_at(x, h)[k] = rx_rule(x, "re-len")) < 0) return -1;
+    int r0 = ls_at(x, h)[0];
+    lmc_grammar_alt_begin(x->g, r0);
+    lmc_grammar_alt_end(x->g);
+    for (int j = 0; j <= x->L; j++)
+        for (int i = 1; reach[j] && i <= x->L; i++) {
+            int k = ls_len(x, i, j), ra = ls_at(x, a)[i];
+            if (k < 0 || ra < 0) continue;
+            lmc_grammar_alt_begin(x->g, ls_at(x, h)[k]);
+            lmc_grammar_add_rule(x->g, ra);
+            lmc_grammar_add_rule(x->g, ls_at(x, h)[j]);
+            lmc_grammar_alt_end(x->g);
+        }
+    return h;
+}
+
+static int ls_repeat(struct rx *x, int a, int min, int max) {
+    int r = ls_eps(x);
+    for (int t = 0; t < min && r >= 0; t++) r = ls_concat(x, r, a);
+    if (max < 0) return r >= 0 ? ls_concat(x, r, ls_star(x, a)) : -1;
+    if (max > min) {
+        int pair[2] = {ls_eps(x), a};
+        int opt = pair[0] >= 0 ? ls_union(x, pair, 2) : -1;
+        for (int t = 0; t < max - min && r >= 0; t++) r = ls_concat(x, r, opt);
+    }
+    return r;
+}
+
 static int parse_alt(struct rx *x);
 
+static int parse_char(struct rx *x);
+
+/* an atom: a group, or one character (in length mode, as a length set) */
 static int parse_atom(struct rx *x) {
+    if (x->p[x->i] == '(') return parse_char(x);
+    int r = parse_char(x);
+    return x->lenmode ? ls_one(x, r) : r;
+}
+
+static int parse_char(struct rx *x) {
     char c = x->p[x->i];
     if (c == '(') {
         x->i++;
@@ -380,10 +524,15 @@ static int parse_seq(struct rx *x) {
             if (q == '{' && !bound(x, &min, &max)) return -1;
             if (x->i < x->n && x->p[x->i] == '?') x->i++; /* lazy: the same language */
             if (x->i < x->n && strchr("*+{", x->p[x->i])) return rx_fail(x, "a quantifier with nothing to repeat");
-            a = repeat(x, a, min, max);
+            a = x->lenmode ? ls_repeat(x, a, min, max) : repeat(x, a, min, max);
             if (a < 0) return -1;
         }
         ids[n++] = a;
+    }
+    if (x->lenmode) {
+        int h = ls_eps(x);
+        for (int k = 0; k < n && h >= 0; k++) h = ls_concat(x, h, ids[k]);
+        return h;
     }
     int r = rx_rule(x, "re-seq");
     if (r < 0) return -1;
@@ -407,6 +556,7 @@ static int parse_alt(struct rx *x) {
         break;
     }
     if (x->depth == 0) x->top_alts = n;
+    if (x->lenmode) return ls_union(x, alts, n);
     int r = rx_rule(x, "re-alt");
     if (r < 0) return -1;
     for (int k = 0; k < n; k++) {
@@ -417,29 +567,72 @@ static int parse_alt(struct rx *x) {
     return r;
 }
 
+static int regex_body(struct rx *x, int64_t min_len, int64_t max_len);
+
 int lmc_grammar_regex_string(struct lmc_grammar *g, const char *pattern, size_t n, lmc_err *err) {
+    return lmc_grammar_regex_string_len(g, pattern, n, 0, -1, err);
+}
+
+int lmc_grammar_regex_string_len(struct lmc_grammar *g, const char *pattern, size_t n, int64_t min_len,
+                                 int64_t max_len, lmc_err *err) {
     struct rx x = {.g = g, .p = pattern, .n = n, .err = err};
-    if (memchr(pattern, 0, n)) return rx_fail(&x, "a NUL byte");
+    if (min_len < 0 || (max_len >= 0 && max_len < min_len)) return rx_fail(&x, "bad minLength/maxLength");
+    if (min_len > 0 || max_len >= 0) {
+        if ((max_len >= 0 ? max_len : min_len) > RX_MAX_LEN)
+            return rx_fail(&x, "maxLength (or minLength without maxLength) above 256 together with a pattern");
+        x.lenmode = true;
+        x.sat = max_len < 0;
+        x.L = (int)(max_len >= 0 ? max_len : min_len);
+    }
+    int r = regex_body(&x, min_len, max_len);
+    free(x.ls);
+    return r;
+}
+
+static int regex_body(struct rx *x, int64_t min_len, int64_t max_len) {
+    struct lmc_grammar *g = x->g;
+    const char *pattern = x->p;
+    size_t n = x->n;
+    if (memchr(pattern, 0, n)) return rx_fail(x, "a NUL byte");
     bool start = n > 0 && pattern[0] == '^';
-    if (start) x.i = 1;
-    int body = parse_alt(&x);
+    if (start) x->i = 1;
+    int body = parse_alt(x);
     if (body < 0) return -1;
-    bool end = x.i < x.n && x.p[x.i] == '$';
-    if (end) x.i++;
-    if (x.i != x.n) return rx_fail(&x, x.p[x.i] == ')' ? "an unmatched ')'" : "unexpected text");
-    if ((start || end) && x.top_alts > 1) /* ^a|b$ is (^a)|(b$): rarely what was meant */
-        return rx_fail(&x, "anchors around a top-level '|' (write ^(a|b)$)");
+    bool end = x->i < x->n && x->p[x->i] == '$';
+    if (end) x->i++;
+    if (x->i != x->n) return rx_fail(x, x->p[x->i] == ')' ? "an unmatched ')'" : "unexpected text");
+    if ((start || end) && x->top_alts > 1) /* ^a|b$ is (^a)|(b$): rarely what was meant */
+        return rx_fail(x, "anchors around a top-level '|' (write ^(a|b)$)");
     int any = -1;
     if (!start || !end) { /* an unanchored side: any text there */
         struct cset s = {{0}, false};
         cs_negate(&s);
-        int ch = cs_rule(&x, &s);
+        int ch = cs_rule(x, &s);
         if (ch < 0) return -1;
-        any = repeat(&x, ch, 0, -1);
+        any = x->lenmode ? ls_star(x, ls_one(x, ch)) : repeat(x, ch, 0, -1);
         if (any < 0) return -1;
     }
-    int r = rx_rule(&x, "pattern-string");
+    int r = rx_rule(x, "pattern-string");
     if (r < 0) return -1;
+    if (x->lenmode) { /* "..." of each length in [min_len, max_len] (with sat: L means min_len or more) */
+        int t = body;
+        if (!start) t = ls_concat(x, any, t);
+        if (t >= 0 && !end) t = ls_concat(x, t, any);
+        if (t < 0) return -1;
+        int alts = 0;
+        for (int k = (int)min_len; k <= x->L; k++) {
+            int rk = ls_at(x, t)[k];
+            if (rk < 0 || (max_len >= 0 && k > max_len)) continue;
+            lmc_grammar_alt_begin(g, r);
+            lmc_grammar_add_literal(g, "\"", 1);
+            lmc_grammar_add_rule(g, rk);
+            lmc_grammar_add_literal(g, "\"", 1);
+            lmc_grammar_alt_end(g);
+            alts++;
+        }
+        if (!alts) return rx_fail(x, "no string matching it has a length within minLength/maxLength");
+        return r;
+    }
     lmc_grammar_alt_begin(g, r);
     lmc_grammar_add_literal(g, "\"", 1);
     if (!start) lmc_grammar_add_rule(g, any);

@@ -403,9 +403,8 @@ static int typed(struct sc *c, const cJSON *s, const char *type) {
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(s, "pattern");
         if (pat) { /* a regular expression (grammar_regex.c) */
             if (!cJSON_IsString(pat)) return fail(c, "json schema: \"pattern\" must be a string%s", NULL);
-            if (num_field(s, "minLength", &lo) || num_field(s, "maxLength", &hi))
-                return fail(c, "json schema: \"pattern\" together with minLength/maxLength is not supported%s", NULL);
-            int r = lmc_grammar_regex_string(c->g, pat->valuestring, strlen(pat->valuestring), c->err);
+            if (mn < 0 || (mx >= 0 && mx < mn)) return fail(c, "json schema: bad string length bounds%s", NULL);
+            int r = lmc_grammar_regex_string_len(c->g, pat->valuestring, strlen(pat->valuestring), mn, mx, c->err);
             if (r < 0) c->failed = true;
             return r;
         }

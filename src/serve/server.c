@@ -197,6 +197,7 @@ struct choice_acc {                   /* what a choice has produced so far */
     double t_last;
     bool first_sent;
     size_t sent;                      /* tool mode "auto", streamed: bytes of text sent as content */
+    struct lmc_serve_req_stream rs;   /* tool mode "required", streamed: what went out */
 };
 
 enum gen_end {                        /* why a request ends; the first reason wins */
@@ -512,6 +513,18 @@ static void auto_stream(struct gen *g, struct choice_acc *a, const struct ev_nod
     g->t_write = lmc_time_now();
 }
 
+/* tool_choice required, streamed: each call's head and arguments as they
+ * decode (tools.c). */
+static void required_stream(struct gen *g, struct choice_acc *a, const struct ev_node *nd, const char *finish) {
+    char *ev = lmc_serve_ext_stream_required(&g->r->x, g->id, g->created, gen_model(g), nd->choice, !a->first_sent,
+                                             a->text ? a->text : "", a->len, &a->rs, finish);
+    a->first_sent = true;
+    if (!ev) gen_end(g, END_FAILED, "out of memory");
+    else if (ev[0] && !w_write(&g->w, ev, strlen(ev))) gen_end(g, END_CLIENT_GONE, NULL);
+    free(ev);
+    g->t_write = lmc_time_now();
+}
+
 /* One queued event. */
 static void gen_event(struct gen *g, const struct ev_node *nd) {
     struct lmc_server *s = g->s;
@@ -528,6 +541,8 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
             if (!acc_text(a, nd->text ? nd->text : "", nd->len) || (r->logprobs && !acc_tok(a, &nd->tk)))
                 gen_end(g, END_FAILED, "out of memory");
             if (g->stream && g->end == END_NONE && r->x.choice == LMC_SERVE_TOOLS_AUTO) auto_stream(g, a, nd, NULL);
+            if (g->stream && g->end == END_NONE && r->x.choice == LMC_SERVE_TOOLS_REQUIRED && nd->len)
+                required_stream(g, a, nd, NULL);
             return;
         }
         if (!nd->len && !r->logprobs && (r->kind != LMC_SERVE_CHAT || a->first_sent)) return;
@@ -552,6 +567,10 @@ static void gen_event(struct gen *g, const struct ev_node *nd) {
             if (!g->stream || g->end != END_NONE) return;
             if (r->x.choice == LMC_SERVE_TOOLS_AUTO) {
                 auto_stream(g, a, nd, nd->finish);
+                return;
+            }
+            if (r->x.choice == LMC_SERVE_TOOLS_REQUIRED) {
+                required_stream(g, a, nd, nd->finish);
                 return;
             }
             char *ev = lmc_serve_ext_stream(&r->x, lmc_chat_template_tool_format(s->chat), g->id, g->created,

@@ -286,6 +286,126 @@ lmc_status lmc_serve_ext_render(const struct lmc_chat_template *ct, const struct
     return lmc_chat_template_render(ct, x->messages, &o, out, err);
 }
 
+/* ---- the "required" list [{"name": ..., "arguments": ...}, ...], read
+ * as it decodes: where each call's name and raw arguments text lie */
+struct req_call {
+    size_t name_at, name_end, args_at, args_end;
+    bool named, has_args, args_done;
+};
+
+static size_t sk_ws(const char *t, size_t n, size_t p) {
+    while (p < n && (t[p] == ' ' || t[p] == '\n' || t[p] == '\t' || t[p] == '\r')) p++;
+    return p;
+}
+
+/* a JSON value at t[p]: 1 complete (*end after it), 0 cut by the end of text */
+static int sk_value(const char *t, size_t n, size_t p, size_t *end) {
+    if (p >= n) return 0;
+    int depth = 0;
+    bool in_str = false;
+    if (t[p] != '"' && t[p] != '{' && t[p] != '[') { /* a scalar: up to a delimiter */
+        while (p < n && !strchr(",]} \t\n\r", t[p])) p++;
+        *end = p;
+        return p < n;
+    }
+    for (; p < n; p++) {
+        char ch = t[p];
+        if (in_str) {
+            if (ch == '\\') p++;
+            else if (ch == '"') {
+                in_str = false;
+                if (depth == 0) break;
+            }
+        } else if (ch == '"') in_str = true;
+        else if (ch == '{' || ch == '[') depth++;
+        else if ((ch == '}' || ch == ']') && --depth == 0) break;
+    }
+    if (p >= n) return 0;
+    *end = p + 1;
+    return 1;
+}
+
+/* the calls of text (cap of them into c); returns how many were seen */
+static int req_scan(const char *t, size_t n, struct req_call *c, int cap) {
+    size_t p = sk_ws(t, n, 0), end = 0;
+    if (p >= n || t[p] != '[') return 0;
+    int cnt = 0;
+    for (p++;;) {
+        p = sk_ws(t, n, p);
+        if (p < n && t[p] == ',') {
+            p++;
+            continue;
+        }
+        if (p >= n || t[p] != '{') return cnt;
+        struct req_call dummy, *k = cnt < cap ? &c[cnt] : &dummy;
+        memset(k, 0, sizeof *k);
+        cnt++;
+        for (p++;;) {
+            p = sk_ws(t, n, p);
+            if (p < n && t[p] == ',') {
+                p++;
+                continue;
+            }
+            if (p < n && t[p] == '}') {
+                p++;
+                break;
+            }
+            size_t ks = p;
+            if (p >= n || t[p] != '"' || sk_value(t, n, p, &end) != 1) return cnt;
+            size_t ke = end;
+            p = sk_ws(t, n, ke);
+            if (p >= n || t[p] != ':') return cnt;
+            p = sk_ws(t, n, p + 1);
+            int r = sk_value(t, n, p, &end);
+            if (ke - ks == 11 && !memcmp(t + ks, "\"arguments\"", 11) && p < n) {
+                k->has_args = true;
+                k->args_at = p;
+                k->args_end = r == 1 ? end : n;
+                k->args_done = r == 1;
+            } else if (ke - ks == 6 && !memcmp(t + ks, "\"name\"", 6) && r == 1 && t[p] == '"') {
+                k->named = true;
+                k->name_at = p;
+                k->name_end = end;
+            }
+            if (r != 1) return cnt;
+            p = end;
+        }
+    }
+}
+
+/* the calls of text in a new array (NULL with *cnt 0 when none, or out of memory) */
+static struct req_call *req_calls(const char *t, size_t n, int *cnt) {
+    *cnt = req_scan(t, n, NULL, 0);
+    struct req_call *c = *cnt ? calloc((size_t)*cnt, sizeof *c) : NULL;
+    if (!c) *cnt = 0;
+    else req_scan(t, n, c, *cnt);
+    return c;
+}
+
+/* The raw arguments texts of a "required" reply in place of the reprinted
+ * ones, so that the streamed fragments join to them; left as they are
+ * unless the list holds exactly the parsed calls, complete and named. */
+static lmc_status raw_arguments(struct lmc_tool_parse *p, const char *t, size_t n) {
+    int cnt = 0;
+    struct req_call *c = req_calls(t, n, &cnt);
+    bool ok = cnt == p->n_calls && cnt > 0;
+    for (int i = 0; i < cnt && ok; i++) ok = c[i].named && c[i].args_done;
+    for (int i = 0; i < cnt && ok; i++) {
+        size_t m = c[i].args_end - c[i].args_at;
+        char *a = malloc(m + 1);
+        if (!a) {
+            free(c);
+            return LMC_ERR_OOM;
+        }
+        memcpy(a, t + c[i].args_at, m);
+        a[m] = 0;
+        free(p->calls[i].arguments);
+        p->calls[i].arguments = a;
+    }
+    free(c);
+    return LMC_OK;
+}
+
 /* ---- replies */
 static cJSON *calls_json(const struct lmc_tool_parse *p, int n) {
     cJSON *a = cJSON_CreateArray();
@@ -344,6 +464,7 @@ cJSON *lmc_serve_ext_reply(const struct lmc_serve_ext *x, const char *format, co
     } else {
         enum lmc_tool_format f = x->choice == LMC_SERVE_TOOLS_REQUIRED ? LMC_TOOL_JSON : lmc_tool_format_from_name(format);
         st = lmc_tool_calls_parse(text, len, f, &p, &err);
+        if (!st && x->choice == LMC_SERVE_TOOLS_REQUIRED) st = raw_arguments(&p, text, len);
     }
     if (st || !p.content) {
         lmc_tool_parse_free(&p);
@@ -665,6 +786,109 @@ char *lmc_serve_ext_stream_auto(const struct lmc_serve_ext *x, const char *forma
             free(rest);
         }
         *sent = len;
+    }
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p ? b.p : calloc(1, 1);
+}
+
+/* n, or less so that s[0..n) does not end inside a UTF-8 character */
+static size_t utf8_whole(const char *s, size_t n) {
+    size_t i = n;
+    while (i > 0 && n - i < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80) i--;
+    if (i == 0) return n;
+    unsigned char lead = (unsigned char)s[i - 1];
+    if (lead < 0xc0) return n;
+    size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+    return n - (i - 1) < need ? i - 1 : n;
+}
+
+static void call_delta(struct sbuf *b, const char *id, int64_t created, const char *model, int index, int k,
+                       const char *cid, const char *name, const char *args, size_t m) {
+    char *a = malloc(m + 1);
+    if (!a) {
+        b->oom = true;
+        return;
+    }
+    memcpy(a, args, m);
+    a[m] = 0;
+    cJSON *d, *o = chunk(id, created, model, index, &d), *call = cJSON_CreateObject(), *f = cJSON_CreateObject();
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(d, "tool_calls"), call);
+    cJSON_AddNumberToObject(call, "index", k);
+    if (cid) {
+        cJSON_AddStringToObject(call, "id", cid);
+        cJSON_AddStringToObject(call, "type", "function");
+    }
+    cJSON_AddItemToObject(call, "function", f);
+    if (name) cJSON_AddStringToObject(f, "name", name);
+    cJSON_AddStringToObject(f, "arguments", a);
+    free(a);
+    emit(b, o);
+}
+
+char *lmc_serve_ext_stream_required(const struct lmc_serve_ext *x, const char *id, int64_t created, const char *model,
+                                    int index, bool first, const char *text, size_t len,
+                                    struct lmc_serve_req_stream *st, const char *finish_reason) {
+    struct sbuf b = {0};
+    cJSON *d, *o;
+    if (first) {
+        o = chunk(id, created, model, index, &d);
+        cJSON_AddStringToObject(d, "role", "assistant");
+        cJSON_AddStringToObject(d, "content", "");
+        emit(&b, o);
+    }
+    int cnt = 0;
+    struct req_call *c = req_calls(text, len, &cnt);
+    int lim = x->parallel ? cnt : LMC_MIN(cnt, 1);
+    for (int k = LMC_MAX(st->calls - 1, 0); k < lim && !b.oom; k++) {
+        if (k >= st->calls) { /* the head, once the name is whole */
+            if (!c[k].named) break;
+            cJSON *nm = cJSON_ParseWithLength(text + c[k].name_at, c[k].name_end - c[k].name_at);
+            uint64_t h = 1469598103934665603ull;
+            for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+            h = (h ^ (uint64_t)index) * 1099511628211ull;
+            h = (h ^ (uint64_t)k) * 1099511628211ull;
+            char cid[48];
+            snprintf(cid, sizeof cid, "call_%016llx%08llx", (unsigned long long)h,
+                     (unsigned long long)((h * 0x9e3779b97f4a7c15ull) >> 32));
+            if (!cJSON_IsString(nm)) b.oom = true;
+            else call_delta(&b, id, created, model, index, k, cid, nm->valuestring, "", 0);
+            cJSON_Delete(nm);
+            st->calls = k + 1;
+            st->args_sent = 0;
+        }
+        if (c[k].has_args) { /* what is new of the arguments */
+            size_t m = c[k].args_end - c[k].args_at;
+            if (!c[k].args_done && !finish_reason) m = utf8_whole(text + c[k].args_at, m);
+            if (m > st->args_sent)
+                call_delta(&b, id, created, model, index, k, NULL, NULL, text + c[k].args_at + st->args_sent,
+                           m - st->args_sent);
+            st->args_sent = LMC_MAX(st->args_sent, m);
+        }
+        if (!c[k].args_done) break;
+    }
+    free(c);
+    if (finish_reason && !b.oom) {
+        if (st->calls == 0) { /* no call: as the buffered stream reads it */
+            char *rest = lmc_serve_ext_stream(x, "json", id, created, model, index, false, text, len, finish_reason);
+            size_t k = rest ? strlen(rest) : 0;
+            char *q = rest ? realloc(b.p, b.n + k + 1) : NULL;
+            if (!q) b.oom = true;
+            else {
+                memcpy(q + b.n, rest, k + 1);
+                b.p = q;
+                b.n += k;
+            }
+            free(rest);
+        } else {
+            o = chunk(id, created, model, index, &d);
+            cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0);
+            cJSON_ReplaceItemInObjectCaseSensitive(
+                ch, "finish_reason", cJSON_CreateString(strcmp(finish_reason, "length") ? "tool_calls" : "length"));
+            emit(&b, o);
+        }
     }
     if (b.oom) {
         free(b.p);

@@ -94,4 +94,24 @@ char *lmc_serve_ext_stream_auto(const struct lmc_serve_ext *x, const char *forma
 char *lmc_serve_ext_stream_named(const struct lmc_serve_ext *x, const char *id, int64_t created, const char *model,
                                  int index, bool first, const char *text, size_t len, const char *finish_reason);
 
+/* tool_choice "required" streams as it decodes. The output is the JSON
+ * list [{"name": ..., "arguments": {...}}, ...]; text[0..len) is the reply
+ * so far and *st what went out already. A call's head (index, id call_ +
+ * hex of the hash of req_id, index and call, type, function.name,
+ * arguments "") goes out once its name is complete, then its raw
+ * arguments text in fragments as it decodes (never ending inside a UTF-8
+ * character), one call after another. With finish_reason set, the rest of
+ * the arguments and the finish chunk ("tool_calls" unless "length") go
+ * out; a reply in which no call was found is sent as
+ * lmc_serve_ext_stream sends it (content). The non-streamed reply's
+ * arguments are the same raw texts, so the fragments join to them. NULL:
+ * out of memory; "" when there is nothing to send. */
+struct lmc_serve_req_stream {
+    int calls;                        /* heads sent */
+    size_t args_sent;                 /* bytes of the last head's arguments sent */
+};
+char *lmc_serve_ext_stream_required(const struct lmc_serve_ext *x, const char *id, int64_t created, const char *model,
+                                    int index, bool first, const char *text, size_t len,
+                                    struct lmc_serve_req_stream *st, const char *finish_reason);
+
 #endif
