@@ -81,14 +81,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check_json(lmc_serve_ext_response(
                 lmc_serve_format_response(kind, "id", 1, "m", &ch, 1, &u, false, NULL), &r.x, f, &text, &ch.text_len, 1));
             char *ev = lmc_serve_ext_stream(&r.x, f, "id", 1, "m", 0, true, text, strlen(text), "stop");
-            for (char *d = ev ? strstr(ev, "data: ") : NULL; d; d = strstr(d + 1, "data: ")) {
+            /* events one after another, each "data: <json>\n\n" (the text may
+             * itself hold "data: ", escaped inside a JSON string) */
+            for (char *d = ev; d && *d;) {
+                LMC_ASSERT(!strncmp(d, "data: ", 6));
                 char *end = strstr(d, "\n\n");
                 LMC_ASSERT(end != NULL);
                 *end = 0;
-                cJSON *j = cJSON_Parse(d + 6);
-                LMC_ASSERT(j != NULL);
-                cJSON_Delete(j);
+                if (strcmp(d + 6, "[DONE]")) {
+                    cJSON *j = cJSON_Parse(d + 6);
+                    LMC_ASSERT(j != NULL);
+                    cJSON_Delete(j);
+                }
                 *end = '\n';
+                d = end + 2;
             }
             free(ev);
         }
