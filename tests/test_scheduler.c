@@ -594,7 +594,9 @@ static void test_fixture(const char *dir, bool full) {
         int64_t before[4];
         for (int k = 0; k < 4; k++) before[k] = got[k].n_all;
         pthread_mutex_unlock(&mu);
-        CHECK_MSG(running == 2 && waiting == 2, "before shutdown: %d running with tokens, %d waiting", running,
+        /* the gate holds the first of 0 and 1 to stream a 2nd token; the
+         * other may not have its first yet when a step ran only one of them */
+        CHECK_MSG(running >= 1 && waiting == 2, "before shutdown: %d running with tokens, %d waiting", running,
                   waiting);
         lmc_sched_stop(s);
         pthread_mutex_lock(&mu);
