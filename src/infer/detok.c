@@ -38,6 +38,26 @@ size_t lmc_detok_stop_find(const char *text, size_t n, const char *const *stop, 
     return best;
 }
 
+bool lmc_detok_is_eos(const struct lmc_config *c, const struct lmc_tokenizer *tok, int32_t id) {
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_token_ids[i] == id) return true;
+    return tok && id == lmc_tokenizer_eos(tok);
+}
+
+bool lmc_detok_text_append(char **buf, size_t *len, size_t *cap, const char *p, size_t n) {
+    if (*len + n + 1 > *cap) {
+        size_t c = LMC_MAX(2 * *cap, *len + n + 1);
+        char *b = realloc(*buf, c);
+        if (!b) return false;
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return true;
+}
+
 lmc_status lmc_detok_init(struct lmc_detok *d, const struct lmc_tokenizer *tok,
                           const int32_t *prompt, int64_t n_prompt, const char *const *stop,
                           int n_stop, lmc_err *err) {

@@ -8,6 +8,7 @@
 
 #include "lmc.h"
 #include "tokenizer/tokenizer.h"
+#include "io/hf_config.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -50,5 +51,12 @@ lmc_status lmc_detok_push(struct lmc_detok *d, int32_t id, const char **text, si
  * stop-string prefixes are released (up to a stop string, if one is now
  * complete: *stopped). No-op after a stop or with nothing generated. */
 void lmc_detok_finish(struct lmc_detok *d, const char **text, size_t *len, bool *stopped);
+
+/* True when id ends generation: one of the config's eos ids, or the
+ * tokenizer's (tok may be NULL). Shared by session, speculative decoding and
+ * the scheduler. */
+bool lmc_detok_is_eos(const struct lmc_config *c, const struct lmc_tokenizer *tok, int32_t id);
+/* Appends p[0..n) to the NUL-terminated growing buffer *buf (false: out of memory). */
+bool lmc_detok_text_append(char **buf, size_t *len, size_t *cap, const char *p, size_t n);
 
 #endif

@@ -197,13 +197,6 @@ static void logprobs(const struct req *q, const float *row, int64_t V, int32_t i
     ev->n_top = n;
 }
 
-static bool is_eos(const struct lmc_sched *s, int32_t id) {
-    const struct lmc_config *c = &s->m->cfg;
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_token_ids[i] == id) return true;
-    return s->tok && id == lmc_tokenizer_eos(s->tok);
-}
-
 /* True when q's next token is the plain argmax of its logits: greedy, no
  * penalties (which change the logits with the history), no logprobs. Steps
  * where every sampled sequence is so take the argmax on the backend
@@ -271,7 +264,7 @@ static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row, int3
         emit_error(s, q, "structured output: the sampler chose a token the grammar does not allow");
         return true;
     }
-    if ((!q->r.ignore_eos || q->gs) && is_eos(s, id)) {
+    if ((!q->r.ignore_eos || q->gs) && lmc_detok_is_eos(&s->m->cfg, s->tok, id)) {
         lmc_detok_finish(&q->dt, &piece, &plen, &stopped);
         emit_done(s, q, "stop", piece, plen);
         return true;

@@ -68,28 +68,6 @@ void lmc_gen_result_free(struct lmc_gen_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-static bool is_eos(const struct lmc_session *s, int32_t id) {
-    const struct lmc_config *c = &s->model->cfg;
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_token_ids[i] == id) return true;
-    return s->tok && id == lmc_tokenizer_eos(s->tok);
-}
-
-/* Appends p[0..n) to the NUL-terminated growing buffer *buf. */
-static bool append(char **buf, size_t *len, size_t *cap, const char *p, size_t n) {
-    if (*len + n + 1 > *cap) {
-        size_t c = LMC_MAX(2 * *cap, *len + n + 1);
-        char *b = realloc(*buf, c);
-        if (!b) return false;
-        *buf = b;
-        *cap = c;
-    }
-    memcpy(*buf + *len, p, n);
-    *len += n;
-    (*buf)[*len] = 0;
-    return true;
-}
-
 lmc_status lmc_session_generate(struct lmc_session *s, const int32_t *prompt, int64_t n_prompt,
                                 const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                                 struct lmc_gen_result *res, lmc_err *err) {
@@ -149,7 +127,7 @@ lmc_status lmc_session_generate_grammar(struct lmc_session *s, const int32_t *pr
                              "grammar does not allow", (int)id);
             break;
         }
-        if ((!o->ignore_eos || grammar) && is_eos(s, id)) {
+        if ((!o->ignore_eos || grammar) && lmc_detok_is_eos(&s->model->cfg, s->tok, id)) {
             res->finish_reason = "stop";
             break;
         }
@@ -160,7 +138,7 @@ lmc_status lmc_session_generate_grammar(struct lmc_session *s, const int32_t *pr
             done = true;
             res->finish_reason = "stop";
         }
-        if (plen && !append(&text, &tlen, &tcap, piece, plen)) {
+        if (plen && !lmc_detok_text_append(&text, &tlen, &tcap, piece, plen)) {
             st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
             break;
         }
@@ -177,7 +155,7 @@ lmc_status lmc_session_generate_grammar(struct lmc_session *s, const int32_t *pr
     if (!st && !done) {
         lmc_detok_finish(&dt, &piece, &plen, &stopped);
         if (stopped) res->finish_reason = "stop";
-        if (plen && !append(&text, &tlen, &tcap, piece, plen))
+        if (plen && !lmc_detok_text_append(&text, &tlen, &tcap, piece, plen))
             st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
         else if (plen && emit)
             emit(user, piece, plen);

@@ -158,27 +158,6 @@ void lmc_spec_free(struct lmc_spec *sp) {
     memset(sp, 0, sizeof *sp);
 }
 
-static bool is_eos(const struct lmc_spec *sp, int32_t id) {
-    const struct lmc_config *c = &sp->model->cfg;
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_token_ids[i] == id) return true;
-    return sp->tok && id == lmc_tokenizer_eos(sp->tok);
-}
-
-static bool append(char **buf, size_t *len, size_t *cap, const char *p, size_t n) {
-    if (*len + n + 1 > *cap) {
-        size_t c = LMC_MAX(2 * *cap, *len + n + 1);
-        char *b = realloc(*buf, c);
-        if (!b) return false;
-        *buf = b;
-        *cap = c;
-    }
-    memcpy(*buf + *len, p, n);
-    *len += n;
-    (*buf)[*len] = 0;
-    return true;
-}
-
 /* Everything one generation carries between rounds. */
 struct gen {
     int32_t *all;              /* prompt + output + room for K drafts */
@@ -330,7 +309,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
         }
         for (int64_t i = 0; i <= a && !done && n_gen < o->max_new; i++) {
             int32_t id = out[i];
-            if (!o->ignore_eos && is_eos(sp, id)) {
+            if (!o->ignore_eos && lmc_detok_is_eos(&sp->model->cfg, sp->tok, id)) {
                 res->finish_reason = "stop";
                 eos = true;
                 break;
@@ -347,7 +326,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
                 done = true;
                 res->finish_reason = "stop";
             }
-            if (plen && !append(&g.text, &g.tlen, &g.tcap, piece, plen)) {
+            if (plen && !lmc_detok_text_append(&g.text, &g.tlen, &g.tcap, piece, plen)) {
                 st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
                 break;
             }
@@ -363,7 +342,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
         size_t plen = 0;
         lmc_detok_finish(&g.dt, &piece, &plen, &stopped);
         if (stopped) res->finish_reason = "stop";
-        if (plen && !append(&g.text, &g.tlen, &g.tcap, piece, plen))
+        if (plen && !lmc_detok_text_append(&g.text, &g.tlen, &g.tcap, piece, plen))
             st = lmc_err_set(err, LMC_ERR_OOM, "generate: out of memory");
         else if (plen && emit)
             emit(user, piece, plen);
