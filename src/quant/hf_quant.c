@@ -14,6 +14,16 @@
 #include <string.h>
 #include <strings.h>
 
+/* A JSON number as int64, saturated (NaN reads as 0) so a hostile value
+ * never overflows the conversion; the callers then range-check it. */
+static int64_t num_i64(const cJSON *v) {
+    double d = v->valuedouble;
+    if (!(d == d)) return 0;
+    if (d > 9e15) return INT64_C(9000000000000000);
+    if (d < -9e15) return -INT64_C(9000000000000000);
+    return (int64_t)d;
+}
+
 lmc_status lmc_quant_config_parse(const char *config_json, size_t len, const char *label,
                                   struct lmc_quant_config *qc, lmc_err *err) {
     memset(qc, 0, sizeof *qc);
@@ -41,7 +51,7 @@ lmc_status lmc_quant_config_parse(const char *config_json, size_t len, const cha
             goto out;
         }
         qc->bits = bits->valueint;
-        qc->group_size = (int64_t)gs->valuedouble;
+        qc->group_size = num_i64(gs);
         if ((awq && qc->bits != 4) || (!awq && qc->bits != 2 && qc->bits != 3 && qc->bits != 4 && qc->bits != 8) ||
             (qc->group_size != -1 && (qc->group_size < 1 || qc->group_size > (1 << 20)))) {
             s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantization_config: %s with bits %d, group_size %lld",
@@ -119,6 +129,17 @@ static lmc_status need(const struct lmc_st *st, const char *prefix, const char *
     return LMC_OK;
 }
 
+/* A safetensors tensor's bytes need not sit on an int32/f16 boundary (the
+ * offsets are the file's), so the packed GPTQ/AWQ tensors are read through an
+ * aligned copy; NULL in, NULL out. */
+static void *aligned_copy(const struct lmc_st_tensor *t, bool *oom) {
+    if (!t) return NULL;
+    void *p = malloc(t->nbytes ? (size_t)t->nbytes : 1);
+    if (!p) *oom = true;
+    else memcpy(p, t->data, (size_t)t->nbytes);
+    return p;
+}
+
 static lmc_status read_gptq(const struct lmc_st *st, const char *prefix, const struct lmc_quant_config *qc,
                             struct lmc_qlinear *q, lmc_err *err) {
     const struct lmc_st_tensor *qw, *qz, *sc, *gi = NULL;
@@ -140,9 +161,12 @@ static lmc_status read_gptq(const struct lmc_st *st, const char *prefix, const s
     char name[320];
     snprintf(name, sizeof name, "%s.g_idx", prefix);
     if (lmc_st_find(st, name) && (s = need(st, prefix, "g_idx", LMC_DTYPE_I32, 1, gsz, &gi, err))) return s;
-    struct lmc_gptq_tensors t = {n, k, ng, b, qc->gptq_v2, (int32_t *)qw->data, (int32_t *)qz->data,
-                                 gi ? (int32_t *)gi->data : NULL, (uint16_t *)sc->data};
-    s = lmc_gptq_unpack(&t, prefix, &q->g, err);
+    bool oom = false;
+    int32_t *qwd = aligned_copy(qw, &oom), *qzd = aligned_copy(qz, &oom), *gid = aligned_copy(gi, &oom);
+    uint16_t *scd = aligned_copy(sc, &oom);
+    struct lmc_gptq_tensors t = {n, k, ng, b, qc->gptq_v2, qwd, qzd, gid, scd};
+    s = oom ? lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", prefix) : lmc_gptq_unpack(&t, prefix, &q->g, err);
+    free(qwd), free(qzd), free(gid), free(scd);
     if (s) return s;
     q->g.group_size = gs;
     q->n = n;
@@ -162,8 +186,13 @@ static lmc_status read_awq(const struct lmc_st *st, const char *prefix, const st
     if ((s = need(st, prefix, "scales", LMC_DTYPE_F16, 2, ss, &sc, err)) ||
         (s = need(st, prefix, "qzeros", LMC_DTYPE_I32, 2, zs, &qz, err)))
         return s;
-    struct lmc_awq_tensors t = {n, k, ng, (int32_t *)qw->data, (int32_t *)qz->data, (uint16_t *)sc->data};
-    if ((s = lmc_awq_unpack(&t, gs, prefix, &q->g, err))) return s;
+    bool oom = false;
+    int32_t *qwd = aligned_copy(qw, &oom), *qzd = aligned_copy(qz, &oom);
+    uint16_t *scd = aligned_copy(sc, &oom);
+    struct lmc_awq_tensors t = {n, k, ng, qwd, qzd, scd};
+    s = oom ? lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", prefix) : lmc_awq_unpack(&t, gs, prefix, &q->g, err);
+    free(qwd), free(qzd), free(scd);
+    if (s) return s;
     q->n = n;
     q->k = k;
     return LMC_OK;
@@ -183,10 +212,10 @@ static lmc_status read_nf4(const struct lmc_st *st, const char *prefix, struct l
     const cJSON *nbs = cJSON_GetObjectItemCaseSensitive(j, "nested_blocksize"), *off = cJSON_GetObjectItemCaseSensitive(j, "nested_offset");
     bool ok = cJSON_IsArray(shape) && cJSON_GetArraySize(shape) == 2 && cJSON_IsNumber(cJSON_GetArrayItem(shape, 0)) &&
               cJSON_IsNumber(cJSON_GetArrayItem(shape, 1)) && cJSON_IsNumber(bs) && cJSON_IsString(qt);
-    int64_t n = ok ? (int64_t)cJSON_GetArrayItem(shape, 0)->valuedouble : 0;
-    int64_t k = ok ? (int64_t)cJSON_GetArrayItem(shape, 1)->valuedouble : 0;
-    int64_t blk = ok ? (int64_t)bs->valuedouble : 0, blk2 = cJSON_IsNumber(nbs) ? (int64_t)nbs->valuedouble : 0;
-    float offset = cJSON_IsNumber(off) ? (float)off->valuedouble : 0.0f;
+    int64_t n = ok ? num_i64(cJSON_GetArrayItem(shape, 0)) : 0;
+    int64_t k = ok ? num_i64(cJSON_GetArrayItem(shape, 1)) : 0;
+    int64_t blk = ok ? num_i64(bs) : 0, blk2 = cJSON_IsNumber(nbs) ? num_i64(nbs) : 0;
+    float offset = cJSON_IsNumber(off) && fabs(off->valuedouble) < 1e30 ? (float)off->valuedouble : 0.0f;
     bool nf4 = ok && !strcmp(qt->valuestring, "nf4");
     cJSON_Delete(j);
     int64_t nk;

@@ -81,10 +81,16 @@ static lmc_status get_tensor(struct lmc_mamba_model *m, const char *name, int nd
 static float *to_f32(const struct lmc_st_tensor *t) {
     float *f = malloc((size_t)t->numel * sizeof *f);
     if (!f) return NULL;
-    const uint16_t *h = t->data;
-    for (int64_t i = 0; i < t->numel; i++)
-        f[i] = t->dtype == LMC_DTYPE_F32 ? ((const float *)t->data)[i]
-             : t->dtype == LMC_DTYPE_BF16 ? lmc_bf16_to_f32(h[i]) : lmc_f16_to_f32(h[i]);
+    const char *b = t->data; /* the file's offsets need not be aligned: read through memcpy */
+    for (int64_t i = 0; i < t->numel; i++) {
+        uint16_t h;
+        if (t->dtype == LMC_DTYPE_F32) {
+            memcpy(&f[i], b + 4 * i, 4);
+            continue;
+        }
+        memcpy(&h, b + 2 * i, 2);
+        f[i] = t->dtype == LMC_DTYPE_BF16 ? lmc_bf16_to_f32(h) : lmc_f16_to_f32(h);
+    }
     return f;
 }
 
