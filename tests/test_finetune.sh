@@ -3,7 +3,8 @@
 # LoRA on prompt/completion data lowers the loss and writes a PEFT folder
 # (adapter_config.json with PEFT's fields, the tokenizer) that `generate`
 # and `eval --lora` load and that PEFT loads to the same NLL (skipped
-# without torch/peft); --pack, --full, --rslora; bad lines named with
+# without torch/peft); --pack, --full, --rslora; --optim with checkpoints
+# and bit-exact resume (full and LoRA); bad lines named with
 # their line number or skipped; options not implemented refused cleanly;
 # no temp folder left behind. Usage: test_finetune.sh PATH/TO/lmc
 set -u
@@ -74,6 +75,42 @@ ok $? "validation loss every 2 steps on 6 held-out examples"
 ok $? "finetune --full: $(tail -2 "$TMP/err")"
 [ -f "$TMP/full/model.safetensors" ] && [ -f "$TMP/full/config.json" ]; ok $? "full fine-tune writes an HF folder"
 "$LMC" eval -m "$TMP/full" --text "Verse 1 says:" >/dev/null 2>&1; ok $? "the full fine-tune loads"
+
+# --optim in finetune: full fine-tuning with Muon and LoRA with 8-bit AdamW,
+# each checkpointed at step 3 and resumed to the same bytes as the
+# uninterrupted run; the optimizer's state is its own (a resume naming
+# another optimizer is refused)
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/fm" $COMMON --lr 1e-3 --steps 5 --save-every 3 --full \
+  --optim muon --muon-lr 0.02 2>"$TMP/err"
+ok $? "finetune --full --optim muon: $(tail -2 "$TMP/err")"
+grep -q "optimizer muon" "$TMP/err"; ok $? "Muon's parameter groups printed: $(grep optimizer "$TMP/err")"
+for f in model.safetensors optimizer.safetensors trainer_state.json config.json; do
+  [ -f "$TMP/fm.ckpt/step_000003/$f" ]; ok $? "full checkpoint has $f"
+done
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/fm2" $COMMON --lr 1e-3 --steps 5 --full --optim muon \
+  --muon-lr 0.02 --resume "$TMP/fm.ckpt/step_000003" 2>"$TMP/err"
+ok $? "finetune --full --resume: $(tail -2 "$TMP/err")"
+cmp -s "$TMP/fm/model.safetensors" "$TMP/fm2/model.safetensors"; ok $? "resumed Muon full fine-tune is bit-identical"
+[ "$(tail -2 "$TMP/fm.metrics.jsonl" | cut -d, -f1-2)" = "$(cut -d, -f1-2 "$TMP/fm2.metrics.jsonl")" ]
+ok $? "resumed full losses of steps 4..5 equal"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/fa" $COMMON --lr 1e-3 --steps 5 --full 2>"$TMP/err"
+ok $? "finetune --full (adamw): $(tail -1 "$TMP/err")"
+[ "$(head -1 "$TMP/fa.metrics.jsonl" | cut -d, -f2)" = "$(head -1 "$TMP/fm.metrics.jsonl" | cut -d, -f2)" ] &&
+  ! cmp -s "$TMP/fa/model.safetensors" "$TMP/fm/model.safetensors"
+ok $? "Muon and AdamW share step 1's loss and end on different weights"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/l8" $COMMON --steps 5 --save-every 3 --lora-r 4 \
+  --optim adamw8bit 2>"$TMP/err"
+ok $? "finetune --optim adamw8bit (LoRA): $(tail -1 "$TMP/err")"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/l82" $COMMON --steps 5 --lora-r 4 --optim adamw8bit \
+  --resume "$TMP/l8.ckpt/step_000003" 2>"$TMP/err"
+ok $? "LoRA adamw8bit resume: $(tail -1 "$TMP/err")"
+cmp -s "$TMP/l8/adapter_model.safetensors" "$TMP/l82/adapter_model.safetensors"
+ok $? "resumed 8-bit AdamW adapter is bit-identical"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/l83" $COMMON --steps 5 --lora-r 4 \
+  --resume "$TMP/l8.ckpt/step_000003" 2>"$TMP/err"
+[ $? = 1 ] && grep -q "give --optim adamw8bit" "$TMP/err"; ok $? "resume with another optimizer refused: $(tail -1 "$TMP/err")"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/y" --optim sgd 2>"$TMP/err"
+[ $? = 2 ]; ok $? "--optim sgd refused: $(tail -1 "$TMP/err")"
 
 # chat data: llama-tiny with a ChatML template
 mkdir -p "$TMP/chat"; cp "$FIX"/config.json "$FIX"/model.safetensors "$FIX"/tokenizer.json "$TMP/chat/"

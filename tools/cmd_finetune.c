@@ -38,8 +38,11 @@ static void usage(void) {
             "  batch:     --batch B (4) --accum N (1)\n"
             "  optimizer: --lr X (2e-4 LoRA, 2e-5 full) --min-lr X --warmup N --schedule cosine|linear|wsd|constant\n"
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
+            "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (adamw) and its settings\n"
+            "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
-            "             --save-every N (OUT.ckpt/step_N: adapter + AdamW state) --resume OUT.ckpt/step_N\n"
+            "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
+            "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n");
 }
 
@@ -108,11 +111,24 @@ int cmd_finetune(int argc, char **argv) {
     bool qlora = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
+    struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
+    lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rr = cli_common_arg(&cc, argc, argv, &i);
         if (rr < 0) return 2;
         if (rr > 0) continue;
+        bool oused = false;
+        int oj = i;
+        lmc_err oerr = {0};
+        if (lmc_optim_parse_arg(&ocfg, argc, argv, &oj, &oused, &oerr)) {
+            fprintf(stderr, "lmc finetune: %s\n", oerr.msg);
+            return 2;
+        }
+        if (oused) {
+            i = oj - 1;
+            continue;
+        }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
@@ -193,8 +209,9 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --qlora trains adapters over a frozen 4-bit base (not with --full)\n");
         return 2;
     }
-    if (full && (resume || save_every)) {
-        fprintf(stderr, "lmc finetune: --save-every / --resume are for LoRA runs (not yet with --full)\n");
+    lmc_err oerr = {0};
+    if (lmc_optim_cfg_check(&ocfg, &oerr)) {
+        fprintf(stderr, "lmc finetune: %s\n", oerr.msg);
         return 2;
     }
     if (cc.n_lora) {
@@ -248,6 +265,12 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_comm = true;
         root = comm.rank == 0;
+        if (full && (resume || save_every)) {
+            fprintf(stderr, "lmc finetune: --save-every / --resume with --full run in one process (not yet "
+                            "under data parallel)\n");
+            rc = 2;
+            goto done;
+        }
     }
     bool bf16;
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
@@ -257,7 +280,8 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --lora-dropout: backend %s has no dropout op\n", be.name);
         goto done;
     }
-    if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, cc.model_dir, &be, &err)) {
+    const char *wdir = full && resume ? resume : cc.model_dir; /* --full --resume: the checkpoint's weights */
+    if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
     }
@@ -303,6 +327,7 @@ int cmd_finetune(int argc, char **argv) {
     o.adamw = (struct lmc_adamw_cfg){lr, beta1, beta2, eps, wd};
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};
+    o.optim = ocfg;
     have_tm = false;
     if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
         cli_fail("finetune", &err);
@@ -321,8 +346,10 @@ int cmd_finetune(int argc, char **argv) {
         }
     }
     if (resume) {
-        int64_t ep, nx;
-        if (lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err) || lmc_sft_batcher_seek(&src.b, ep, nx, &err)) {
+        int64_t ep = 0, nx = 0;
+        lmc_status ls = full ? lmc_ckpt_load_state(&tr, resume, &err) : lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err);
+        if (full) ep = tr.feed_epoch, nx = tr.feed_index;
+        if (ls || lmc_sft_batcher_seek(&src.b, ep, nx, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -337,6 +364,11 @@ int cmd_finetune(int argc, char **argv) {
                                               : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
             (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params, (long long)B, (long long)T, (long long)accum,
             pack ? ", packed" : "", (long long)steps, be.name);
+    if (root) {
+        char odesc[1024];
+        lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
+        fprintf(stderr, "lmc finetune: %s\n", odesc);
+    }
     if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
                         "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
@@ -382,7 +414,10 @@ int cmd_finetune(int argc, char **argv) {
             snprintf(ck, sizeof ck, "%s.ckpt", out);
             mkdir(ck, 0777);
             snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
-            if (lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+            tr.feed_epoch = src.b.epoch; /* --full: the data position in trainer_state.json */
+            tr.feed_index = src.b.next;
+            if (full ? lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
+                     : lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
                 cli_fail("finetune", &err);
                 goto done;
             }

@@ -202,8 +202,8 @@ static char *state_json(const struct lmc_trainer *tr) {
     cJSON *j = cJSON_CreateObject(), *sc = cJSON_CreateObject(), *aw = cJSON_CreateObject();
     char seed[32];
     add_i64(j, "step", tr->step);
-    add_i64(j, "epoch", tr->train.epoch);
-    add_i64(j, "index", tr->train.index);
+    add_i64(j, "epoch", tr->train_data ? tr->train.epoch : tr->feed_epoch);
+    add_i64(j, "index", tr->train_data ? tr->train.index : tr->feed_index);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed); /* a string: exact beyond 2^53 */
     cJSON_AddStringToObject(j, "seed", seed);
     add_i64(j, "batch", o->B);
@@ -478,7 +478,11 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with seed %llu, resumed with %llu (the data order "
                            "would not carry over)", path, (unsigned long long)ts.o.seed,
                            (unsigned long long)tr->o.seed);
-    if ((s = lmc_loader_seek(&tr->train, ts.epoch, ts.index, err))) return s;
+    if (!tr->train_data) { /* fed by the caller: it seeks its own data */
+        tr->feed_epoch = ts.epoch;
+        tr->feed_index = ts.index;
+    } else if ((s = lmc_loader_seek(&tr->train, ts.epoch, ts.index, err)))
+        return s;
     struct lmc_st st;
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;

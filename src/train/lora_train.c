@@ -225,17 +225,21 @@ lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lor
     if (!s) s = lmc_lora_save(lo, dir, &tm->cfg, tok_dir, err);
     if (s) return s;
     int64_t n = tm->numel - tm->trainable_off;
-    float *mv = malloc((size_t)n * 2 * sizeof(float));
-    if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
-    tr->be->download(tr->be->ctx, mv, tr->m, (size_t)n * sizeof(float));
-    tr->be->download(tr->be->ctx, mv + n, tr->v, (size_t)n * sizeof(float));
-    struct lmc_st_write_tensor t[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {n}, mv},
-                                       {"adamw.v", LMC_DTYPE_F32, 1, {n}, mv + n}};
     char path[4200], tmp[4300];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    s = lmc_st_write(tmp, t, 2, NULL, 0, err);
-    free(mv);
+    if (tr->have_opt) /* another optimizer kind: its named tensors (lmc_optim_save) */
+        s = lmc_optim_save(&tr->opt, tmp, err);
+    else {
+        float *mv = malloc((size_t)n * 2 * sizeof(float));
+        if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+        tr->be->download(tr->be->ctx, mv, tr->m, (size_t)n * sizeof(float));
+        tr->be->download(tr->be->ctx, mv + n, tr->v, (size_t)n * sizeof(float));
+        struct lmc_st_write_tensor t[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {n}, mv},
+                                           {"adamw.v", LMC_DTYPE_F32, 1, {n}, mv + n}};
+        s = lmc_st_write(tmp, t, 2, NULL, 0, err);
+        free(mv);
+    }
     if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     if (s) return s;
     char state[512];
@@ -278,6 +282,15 @@ lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int
     struct lmc_st st;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if ((s = lmc_st_open_file(&st, path, err))) return s;
+    const char *kind = lmc_st_meta_get(&st, "lmc.optimizer");
+    if (tr->have_opt || kind) { /* another kind: lmc_optim_load_st checks kind and settings */
+        s = tr->have_opt ? lmc_optim_load_st(&tr->opt, &st, path, err)
+                         : lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer state of '%s', expected adamw (give "
+                                       "--optim %s)", path, kind, kind);
+        lmc_st_free(&st);
+        if (!s) tr->step = step;
+        return s;
+    }
     const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
     if (!m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 || m->numel != want || v->numel != want) {
         lmc_st_free(&st);

@@ -71,6 +71,9 @@ struct lmc_trainer {
     int64_t step;              /* optimizer steps done */
     const struct lmc_token_data *train_data, *val_data; /* val may be NULL */
     struct lmc_loader train, val;
+    /* o.next_batch runs (no loader): the caller's data position, written to
+     * and read back from checkpoints (trainer_state.json's epoch, index) */
+    int64_t feed_epoch, feed_index;
     /* data parallel (trainer_dist.c; NULL: one process) */
     struct lmc_comm *comm;
     struct lmc_zero *zero;
