@@ -94,6 +94,12 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
 lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
                                lmc_err *err);
+/* As lmc_tmodel_init, with only experts [expert_begin, expert_end) of each
+ * sparse layer in the arenas (expert parallelism, dist/ep_model.h): the
+ * other experts' tensors stay in the table as external (off -1, frozen,
+ * unbound). LMC_ERR_ARG for an empty or out-of-range span. */
+lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                   int64_t expert_begin, int64_t expert_end, lmc_err *err);
 /* GPT-2-style initialisation from seed: matrices and embeddings N(0, std),
  * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0.
  * Built on the host one tensor at a time and uploaded (LMC_ERR_OOM). */
