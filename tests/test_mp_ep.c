@@ -12,7 +12,9 @@
  *    equals the one-process run, and after step 1 every gradient (the
  *    rank's own experts, and the replicated tensors after
  *    lmc_ep_tmodel_reduce_dense) equals the one-process one within 1e-5 of
- *    the tensor's largest; EP 4 recomputes layers in the backward.
+ *    the tensor's largest, and the global gradient norm of every step
+ *    (lmc_ep_tmodel_grad_norm) the one-process norm within 1e-5; EP 4
+ *    recomputes layers in the backward.
  * Also: more ranks than experts and dense models are refused. */
 #include "test.h"
 #include "dist_spawn.h"
@@ -32,6 +34,7 @@ struct ref {
     const struct lmc_tmodel *init; /* the untrained model (shared with the forks) */
     int32_t in[B * T], tgt[B * T];
     double loss[STEPS];     /* global mean loss per step */
+    double norm[STEPS];     /* global gradient norm per step */
     float **grads;          /* step-1 gradient per parameter, on-disk layout */
 };
 
@@ -73,8 +76,8 @@ static lmc_status infer(const struct lmc_model *m, const struct lmc_backend *be,
  * losses[k] = global mean (summed over ranks through g when g is set);
  * grads after step 1 downloaded into g1 (per parameter, NULL: skipped). */
 static lmc_status train(struct lmc_tmodel *tm, const struct lmc_backend *be, const struct ref *r, int64_t s0,
-                        int64_t ns, bool recompute, struct lmc_ep_group *g, double *losses, float **g1,
-                        lmc_err *err) {
+                        int64_t ns, bool recompute, struct lmc_ep_group *g, double *losses, double *norms,
+                        float **g1, lmc_err *err) {
     int64_t total = 0;
     for (int i = 0; i < B * T; i++) total += r->tgt[i] >= 0;
     struct lmc_tacts a;
@@ -92,6 +95,8 @@ static lmc_status train(struct lmc_tmodel *tm, const struct lmc_backend *be, con
         if (!st && g) st = lmc_ep_group_check(g, err);
         if (!st && g) st = lmc_ep_tmodel_reduce_dense(tm, g, err);
         if (!st && g) st = g->c->all_reduce(g->c, &sum, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+        if (!st && g) st = lmc_ep_tmodel_grad_norm(tm, g, &norms[k], err);
+        else if (!st) norms[k] = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
         if (st) break;
         losses[k] = sum / (double)total;
         for (int i = 0; k == 0 && g1 && i < tm->n_params; i++)
@@ -156,14 +161,18 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     lmc_dist_slice(B, rank, c->world, &s0, &ns);
     float **g1 = calloc((size_t)tm.n_params, sizeof *g1);
     for (int i = 0; i < tm.n_params; i++) g1[i] = malloc(sizeof(float) * (size_t)tm.params[i].numel);
-    double losses[STEPS] = {0};
-    st = train(&tm, &be, r, s0, ns, c->world == 4, &g, losses, g1, &err);
+    double losses[STEPS] = {0}, norms[STEPS] = {0};
+    st = train(&tm, &be, r, s0, ns, c->world == 4, &g, losses, norms, g1, &err);
     if (st) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         bad = 1;
     }
     double worst_l = 0, worst_g = 0;
-    for (int k = 0; !st && k < STEPS; k++) worst_l = fmax(worst_l, fabs(losses[k] - r->loss[k]) / fabs(r->loss[k]));
+    for (int k = 0; !st && k < STEPS; k++) {
+        worst_l = fmax(worst_l, fabs(losses[k] - r->loss[k]) / fabs(r->loss[k]));
+        if (!(fabs(norms[k] - r->norm[k]) <= 1e-5 * r->norm[k]))
+            bad = 1, fprintf(stderr, "rank %d: step %d gradient norm %.9g vs %.9g\n", rank, k, norms[k], r->norm[k]);
+    }
     int n_local = 0;
     for (int i = 0; !st && i < tm.n_params; i++) {
         const struct lmc_tparam *p = &tm.params[i];
@@ -221,7 +230,7 @@ int main(void) {
         for (int i = 0; i < B * T; i++) r.tgt[i] = i % T == T - 1 ? -1 : r.in[i + 1];
         r.grads = calloc((size_t)tm.n_params, sizeof(float *));
         for (int i = 0; i < tm.n_params; i++) r.grads[i] = malloc(sizeof(float) * (size_t)tm.params[i].numel);
-        CHECK(train(&tm, &be, &r, 0, B, false, NULL, r.loss, r.grads, &err) == LMC_OK);
+        CHECK(train(&tm, &be, &r, 0, B, false, NULL, r.loss, r.norm, r.grads, &err) == LMC_OK);
         CHECK(r.loss[0] > 0 && r.loss[STEPS - 1] < r.loss[0]);
         for (int W = 2; W <= 4; W += 2) {
             struct spawn_opts so = {.world = W};

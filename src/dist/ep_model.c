@@ -4,6 +4,7 @@
 #include "dist/ep_model.h"
 #include "core/core.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,5 +108,18 @@ lmc_status lmc_ep_tmodel_reduce_dense(struct lmc_tmodel *tm, struct lmc_ep_group
         run0 = dense ? p->off : -1;
         run1 = dense ? p->off + (p->numel + 15) / 16 * 16 : -1;
     }
+    return s;
+}
+
+lmc_status lmc_ep_tmodel_grad_norm(struct lmc_tmodel *tm, struct lmc_ep_group *g, double *norm, lmc_err *err) {
+    double ss[2] = {0, 0}; /* replicated, experts */
+    const struct lmc_backend *be = tm->be;
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        if (p->external || p->frozen || p->off < tm->g_off) continue;
+        ss[lmc_ep_tparam_is_expert(p)] += be->sumsq(be->ctx, lmc_tmodel_grad(tm, p), p->numel);
+    }
+    lmc_status s = g->c->world > 1 ? g->c->all_reduce(g->c, &ss[1], 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err) : LMC_OK;
+    *norm = s ? 0 : sqrt(ss[0] + ss[1]);
     return s;
 }

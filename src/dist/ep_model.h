@@ -43,4 +43,9 @@ bool lmc_ep_tparam_is_expert(const struct lmc_tparam *p);
  * gradients already hold every rank's tokens). */
 lmc_status lmc_ep_tmodel_reduce_dense(struct lmc_tmodel *tm, struct lmc_ep_group *g, lmc_err *err);
 
+/* The global gradient norm (clipping) after lmc_ep_tmodel_reduce_dense:
+ * the replicated tensors counted once, every rank's experts summed; the
+ * same value on every rank. */
+lmc_status lmc_ep_tmodel_grad_norm(struct lmc_tmodel *tm, struct lmc_ep_group *g, double *norm, lmc_err *err);
+
 #endif

@@ -157,6 +157,8 @@ void lmc_moe_experts_fwd(const struct lmc_backend *be, const struct lmc_config *
                          const struct lmc_linear *X, int64_t E, const int64_t *off, const float *xs,
                          float *g, float *u, float *a, float *o) {
     int64_t C = c->hidden_size, I = c->moe_intermediate_size, rows = off[E];
+    for (int64_t e = 0; e < E; e++) /* unbound: another rank's expert, and the weights lost their ep group */
+        LMC_ASSERT(off[e + 1] == off[e] || X[e * LMC_X_N + LMC_X_DOWN].w.data);
     const struct lmc_mat *wp[MAX_E] = {0};
     bool grp = grouped(be, X, E, false);
     if (grp) {
