@@ -27,7 +27,7 @@ enum { PROMPT = 16, MAXTOK = 512 };
 
 struct res {                     /* shared with the forked ranks */
     double prefill_s, decode_s;
-    double rss_mib[4], hwm_mib[4];
+    double rss_mib[4], hwm_mib[4], weights_mib[4];
     int32_t toks[MAXTOK];
 };
 
@@ -85,6 +85,7 @@ static int rank_main(struct lmc_comm *c, int rank, void *arg) {
     double t2 = lmc_time_now();
     if (j->ep > 1 && lmc_ep_group_check(&g, &e)) die("exchange", &e);
     mem(&j->out->rss_mib[rank], &j->out->hwm_mib[rank]);
+    j->out->weights_mib[rank] = (double)m.weight_bytes / 1048576.0;
     if (rank == 0) j->out->prefill_s = t1 - t0, j->out->decode_s = t2 - t1;
     free(logits);
     lmc_acts_free(&a);
@@ -116,7 +117,7 @@ int main(int argc, char **argv) {
     if (R == MAP_FAILED) die("mmap", NULL);
     char tmpl[] = "/tmp/lmc_bench_moe_ep_XXXXXX";
     if (!mkdtemp(tmpl)) die("mkdtemp", NULL);
-    double dec[2][50], pre[2][50], rss[2] = {0, 0}, hwm[2] = {0, 0};
+    double dec[2][50], pre[2][50], rss[2] = {0, 0}, hwm[2] = {0, 0}, wmib[2] = {0, 0};
     bool same = true;
     for (int k = 0; k < rounds; k++)
         for (int o = 0; o < 2; o++) {
@@ -134,7 +135,10 @@ int main(int argc, char **argv) {
                 }
             dec[w][k] = n / r->decode_s;
             pre[w][k] = PROMPT / r->prefill_s;
-            for (int q = 0; q < ep; q++) rss[w] = fmax(rss[w], r->rss_mib[q]), hwm[w] = fmax(hwm[w], r->hwm_mib[q]);
+            for (int q = 0; q < ep; q++) {
+                rss[w] = fmax(rss[w], r->rss_mib[q]), hwm[w] = fmax(hwm[w], r->hwm_mib[q]);
+                wmib[w] = fmax(wmib[w], r->weights_mib[q]);
+            }
             fprintf(stderr, "bench_moe_ep: round %d EP %d: decode %.2f tok/s, prompt %.1f tok/s, rank RSS %.0f", k, ep,
                     dec[w][k], pre[w][k], r->rss_mib[0]);
             for (int q = 1; q < ep; q++) fprintf(stderr, " / %.0f", r->rss_mib[q]);
@@ -145,12 +149,12 @@ int main(int argc, char **argv) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpl);
     if (system(cmd)) {}
     for (int w = 0; w < 2; w++) qsort(dec[w], (size_t)rounds, sizeof(double), cmp), qsort(pre[w], (size_t)rounds, sizeof(double), cmp);
-    printf("| EP | ranks x threads | decode tok/s (median of %d x %d) | prompt tok/s (%d tokens) | RSS per rank, MiB (max over ranks) | peak RSS per rank, MiB |\n",
+    printf("| EP | ranks x threads | decode tok/s (median of %d x %d) | prompt tok/s (%d tokens) | weights bound per rank, MiB | RSS per rank, MiB (max over ranks) | peak RSS per rank, MiB |\n",
            rounds, n, PROMPT);
-    printf("|---|---|---|---|---|---|\n");
+    printf("|---|---|---|---|---|---|---|\n");
     for (int w = 0; w < 2; w++)
-        printf("| %d | %d x %d | %.2f | %.1f | %.0f | %.0f |\n", w + 1, w + 1, threads / (w + 1), dec[w][rounds / 2],
-               pre[w][rounds / 2], rss[w], hwm[w]);
+        printf("| %d | %d x %d | %.2f | %.1f | %.0f | %.0f | %.0f |\n", w + 1, w + 1, threads / (w + 1), dec[w][rounds / 2],
+               pre[w][rounds / 2], wmib[w], rss[w], hwm[w]);
     printf("\nEP 2 greedy tokens %s EP 1's (%s)\n", same ? "equal" : "DIFFER FROM", dir);
     return 0;
 }
