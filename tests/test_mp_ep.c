@@ -14,7 +14,8 @@
  *    lmc_ep_tmodel_reduce_dense) equals the one-process one within 1e-5 of
  *    the tensor's largest, and the global gradient norm of every step
  *    (lmc_ep_tmodel_grad_norm) the one-process norm within 1e-5; EP 4
- *    recomputes layers in the backward.
+ *    recomputes layers in the backward and runs its experts through
+ *    lmc_linear one by one (a backend without the grouped GEMM).
  * Also: more ranks than experts and dense models are refused. */
 #include "test.h"
 #include "dist_spawn.h"
@@ -118,6 +119,7 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     struct lmc_backend be;
     lmc_err err = {0};
     if (lmc_backend_cpu_init(&be, 1, &err)) return 4;
+    if (c->world == 4) be.moe_gemm = NULL, be.moe_gemm_bwd = NULL; /* experts through lmc_linear one by one */
     int bad = 0;
     /* inference */
     struct lmc_model m;
