@@ -16,6 +16,9 @@
  *    (lmc_ep_tmodel_grad_norm) the one-process norm within 1e-5; EP 4
  *    recomputes layers in the backward and runs its experts through
  *    lmc_linear one by one (a backend without the grouped GEMM).
+ *    qwen3moe-tiny trains with the load-balancing loss (coefficient 0.05):
+ *    its routing statistics summed over the ranks (lmc_tacts.moe_dp), the
+ *    loss and the router gradients equal the one-process global batch's.
  * Also: more ranks than experts and dense models are refused. */
 #include "test.h"
 #include "dist_spawn.h"
@@ -84,6 +87,7 @@ static lmc_status train(struct lmc_tmodel *tm, const struct lmc_backend *be, con
     struct lmc_tacts a;
     lmc_status st = lmc_tacts_init(&a, tm, be, ns, T, recompute, err);
     if (st) return st;
+    a.moe_dp = g ? g->c : NULL; /* the load-balancing loss over the global batch */
     float *m = calloc((size_t)tm->numel + 1, sizeof(float)), *v = calloc((size_t)tm->numel + 1, sizeof(float));
     struct lmc_adamw_cfg oc;
     lmc_adamw_cfg_default(&oc);
@@ -226,6 +230,9 @@ int main(void) {
         struct lmc_tmodel init, tm;
         CHECK(lmc_tmodel_load(&init, fx[f], &be, &err) == LMC_OK);
         CHECK(lmc_tmodel_load(&tm, fx[f], &be, &err) == LMC_OK);
+        if (f == 1) /* qwen3moe-tiny with the load-balancing loss (coefficient 0.05) */
+            for (struct lmc_tmodel *p = &init; p; p = p == &init ? &tm : NULL)
+                p->cfg.output_router_logits = true, p->cfg.router_aux_loss_coef = 0.05;
         r.init = &init;
         uint64_t seed = 11 + (uint64_t)f;
         for (int i = 0; i < B * T; i++) r.in[i] = (int32_t)(test_rng_next(&seed) % (uint64_t)r.V);

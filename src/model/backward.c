@@ -6,6 +6,7 @@
  * and the embeddings around them. */
 #include "model/backward.h"
 #include "model/arch_moe.h"
+#include "dist/comm.h"
 #include "core/core.h"
 #include "core/rng.h"
 #include "quant/qmatmul.h"
@@ -592,8 +593,14 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             n++;
         }
     if (a->moe) { /* the load-balancing loss, its gradient weighted as the summed loss's (dscale) */
-        double coef = c->output_router_logits ? c->router_aux_loss_coef : 0.0;
-        a->moe_aux = lmc_moe_aux_loss(c, a->moe, M, backward ? coef * (double)dscale * (double)n : 0.0);
+        double coef = c->output_router_logits ? c->router_aux_loss_coef : 0.0, tot[2] = {(double)M, (double)n};
+        if (a->moe_dp && a->moe_dp->world > 1) { /* over every rank's rows (count and psum are contiguous) */
+            struct lmc_comm *dp = a->moe_dp;
+            if ((st = dp->all_reduce(dp, a->moe->count, 2 * a->moe->L * a->moe->E, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)) ||
+                (st = dp->all_reduce(dp, tot, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)))
+                return st;
+        }
+        a->moe_aux = lmc_moe_aux_loss(c, a->moe, (int64_t)tot[0], backward ? coef * (double)dscale * tot[1] : 0.0);
         sum += coef * a->moe_aux * (double)n;
     }
     *loss_sum = sum;

@@ -162,6 +162,12 @@ struct lmc_tacts {
      * when the config has output_router_logits, as transformers adds it) */
     struct lmc_moe_stats *moe;
     double moe_aux;
+    /* set by the caller (expert-parallel training, dist/ep_model.h): the
+     * routing statistics, rows and counted targets are summed over these
+     * ranks before the load-balancing loss, so every rank uses the global
+     * batch's loss and gradient, as one process with the whole batch
+     * (expert_tokens then counts the global batch). NULL: this rank's own. */
+    struct lmc_comm *moe_dp;
 };
 
 /* Bytes lmc_tacts_init allocates. */
