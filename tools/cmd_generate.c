@@ -6,11 +6,13 @@
 #include "infer/kvq.h"
 #include "infer/spec.h"
 #include "dist/tp_model.h"
+#include "dist/ep_model.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_STOP 16
 
@@ -31,6 +33,7 @@ struct gen_args {
     enum lmc_kvq_fmt kv_fmt;
     int64_t kv_residual;
     int64_t tp;                  /* --tp N (generate): tensor-parallel ranks */
+    int64_t ep;                  /* --ep N (generate): expert-parallel ranks */
 };
 
 /* --- speculative decoding options (issue 17) -------------------------- */
@@ -141,6 +144,51 @@ static void gen_tp_close(struct gen_tp *t) {
     if (t->comm_up) t->comm.free(&t->comm);
 }
 
+/* ---- --ep N: each of the N ranks of a launcher loads only its experts
+ * (dist/ep_model.h) and runs the prompt; the MoE layers exchange their
+ * tokens by alltoallv; rank 0 prints. Opens cm's CPU backend (threads
+ * split among the host's ranks unless --threads) and model. */
+struct gen_ep {
+    struct lmc_comm comm;
+    struct lmc_ep_group g;
+    bool comm_up, loaded;
+};
+
+static int gen_ep_open(struct gen_ep *t, int64_t ep, struct cli_model *cm, const struct cli_common *c) {
+    lmc_err err = {0};
+    memset(t, 0, sizeof *t);
+    if (c->device && strcmp(c->device, "cpu")) {
+        fprintf(stderr, "lmc: --ep runs on the CPU backend only so far (--device %s)\n", c->device);
+        return 2;
+    }
+    if (c->n_lora) {
+        fprintf(stderr, "lmc: --ep does not combine with --lora yet\n");
+        return 2;
+    }
+    struct lmc_dist_env env;
+    if (lmc_dist_env_parse(&env, NULL, NULL, &err)) return cli_fail("--ep", &err);
+    if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("--ep", &err);
+    t->comm_up = true;
+    if (t->comm.world != ep) {
+        fprintf(stderr, "lmc: --ep %lld needs %lld ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                (long long)ep, (long long)ep, t->comm.world);
+        return 2;
+    }
+    int threads = c->threads ? c->threads : lmc_dist_cpu_threads(&env, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    if (lmc_backend_cpu_init(&cm->be, threads, &err)) return cli_fail("backend", &err);
+    cm->have_be = true;
+    struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
+    if (lmc_ep_model_load(&cm->model, &t->g, c->model_dir, &mo, &t->comm, true, &err)) return cli_fail("--ep", &err);
+    cm->have_model = t->loaded = true;
+    return 0;
+}
+
+/* After cli_close (the model points at the group). */
+static void gen_ep_close(struct gen_ep *t) {
+    if (t->loaded) lmc_ep_group_free(&t->g);
+    if (t->comm_up) t->comm.free(&t->comm);
+}
+
 static bool emit_stdout(void *user, const char *text, size_t len) {
     (void)user;
     fwrite(text, 1, len, stdout);
@@ -176,6 +224,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
         else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) a->prompt = v;
         else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &a->tp);
+        else if (!strcmp(o, "--ep")) ok = cli_parse_i64(v, 1, 4096, &a->ep);
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
         else if (!strcmp(o, "--top-p")) ok = cli_parse_f64(v, 1e-9, 1, &p->top_p);
@@ -251,11 +300,24 @@ int cmd_generate(int argc, char **argv) {
     }
     struct cli_model cm;
     if (a.tp > 1 && a.c.wdtype == LMC_WDTYPE_AUTO) a.c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
-    if (cli_open(&cm, &a.c, true)) return 1;
+    if (a.tp > 1 && a.ep > 1) {
+        fprintf(stderr, "lmc generate: --tp and --ep do not combine yet\n");
+        return 2;
+    }
+    struct gen_ep ep = {0};
+    if (cli_open(&cm, &a.c, a.ep <= 1)) return 1;
+    if (a.ep > 1) {
+        int r = gen_ep_open(&ep, a.ep, &cm, &a.c);
+        if (r) {
+            cli_close(&cm);
+            gen_ep_close(&ep);
+            return r;
+        }
+    }
     apply_model_defaults(&a, &cm.model.cfg);
     struct gen_tp tp = {0};
     const struct lmc_model *model = &cm.model;
-    bool quiet = false; /* ranks other than 0 of --tp */
+    bool quiet = a.ep > 1 && ep.comm.rank != 0; /* ranks other than 0 of --tp / --ep */
     if (a.tp > 1) {
         int r = gen_tp_open(&tp, a.tp, &cm.model);
         if (r) {
@@ -288,8 +350,8 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("--kv-dtype", &err);
         goto done;
     }
-    if ((a.spec.mode || a.spec.window || a.kv_fmt) && a.tp > 1) {
-        fprintf(stderr, "lmc generate: --tp does not combine with speculative decoding, --kv-dtype or "
+    if ((a.spec.mode || a.spec.window || a.kv_fmt) && (a.tp > 1 || a.ep > 1)) {
+        fprintf(stderr, "lmc generate: --tp/--ep do not combine with speculative decoding, --kv-dtype or "
                         "--attention-sinks/--kv-window yet\n");
         rc = 2;
         goto done;
@@ -330,7 +392,7 @@ int cmd_generate(int argc, char **argv) {
     }
     if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json || quiet ? NULL : emit_stdout, NULL, &res,
                                      &err) ||
-        (a.tp > 1 && lmc_tp_model_check(&tp.m, &err))) {
+        (a.tp > 1 && lmc_tp_model_check(&tp.m, &err)) || (a.ep > 1 && lmc_ep_group_check(&ep.g, &err))) {
         rc = cli_fail("generate", &err);
         goto done;
     }
@@ -362,6 +424,7 @@ done:
     if (have_s) lmc_session_free(&s);
     gen_tp_close(&tp);
     cli_close(&cm);
+    gen_ep_close(&ep);
     return rc;
 }
 

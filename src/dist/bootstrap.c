@@ -200,3 +200,25 @@ void lmc_dist_log(const struct lmc_comm *c, int level, const char *fmt, ...) {
     va_end(ap);
     lmc_log(level, "%s", buf);
 }
+
+lmc_status lmc_comm_alltoallv_check(const struct lmc_comm *c, const int64_t *send_counts,
+                                    const int64_t *send_offs, const int64_t *recv_counts,
+                                    const int64_t *recv_offs, enum lmc_dtype dtype,
+                                    size_t *send_bytes, size_t *recv_bytes, lmc_err *err) {
+    int64_t es = lmc_dtype_size(dtype), ext[2] = {0, 0};
+    if (es == 0) return lmc_err_set(err, LMC_ERR_ARG, "comm: alltoallv: unknown dtype %d", (int)dtype);
+    const int64_t *cnt[2] = {send_counts, recv_counts}, *off[2] = {send_offs, recv_offs};
+    for (int side = 0; side < 2; side++)
+        for (int p = 0; p < c->world; p++) {
+            int64_t end, bytes;
+            if (cnt[side][p] < 0 || off[side][p] < 0 || !lmc_add_ok(off[side][p], cnt[side][p], &end) ||
+                !lmc_mul_ok(end, es, &bytes))
+                return lmc_err_set(err, LMC_ERR_ARG, "comm: alltoallv on rank %d: %s part %d (offset %lld, "
+                                   "count %lld) out of range", c->rank, side ? "receive" : "send", p,
+                                   (long long)off[side][p], (long long)cnt[side][p]);
+            if (cnt[side][p] > 0 && bytes > ext[side]) ext[side] = bytes;
+        }
+    if (send_bytes) *send_bytes = (size_t)ext[0];
+    if (recv_bytes) *recv_bytes = (size_t)ext[1];
+    return LMC_OK;
+}

@@ -58,6 +58,16 @@ struct lmc_comm {
      * `peer`, matched by a recv of the same size there. */
     lmc_status (*send)(struct lmc_comm *c, const void *buf, size_t bytes, int peer, lmc_err *err);
     lmc_status (*recv)(struct lmc_comm *c, void *buf, size_t bytes, int peer, lmc_err *err);
+    /* All-to-all with per-rank sizes (expert parallelism): send_counts[p]
+     * elements of dtype at send + send_offs[p] go to rank p, and
+     * recv_counts[p] elements from rank p land at recv + recv_offs[p] (all in
+     * elements; offsets and counts of `world` entries each). recv_counts[p]
+     * must equal rank p's send_counts[this rank] (as a send's size must match
+     * its recv); any count may be 0 (a rank may send or receive nothing); the
+     * part to itself is copied. send and recv must not overlap. */
+    lmc_status (*alltoallv)(struct lmc_comm *c, const void *send, const int64_t *send_counts,
+                            const int64_t *send_offs, void *recv, const int64_t *recv_counts,
+                            const int64_t *recv_offs, enum lmc_dtype dtype, lmc_err *err);
 
     /* Asynchronous forms: the same contracts, started in issue order; the
      * buffers must stay untouched until `wait` returns. *w is NULL after a
@@ -159,6 +169,15 @@ void lmc_dist_slice(int64_t n, int rank, int world, int64_t *begin, int64_t *cou
  * descriptions. Host communicators only. */
 lmc_status lmc_dist_check_same(struct lmc_comm *c, const char *what, const char *desc,
                                lmc_err *err);
+
+/* The argument check every alltoallv implementation makes: known dtype,
+ * counts and offsets >= 0, every part's end (offset + count, in bytes)
+ * without overflow; *send_bytes / *recv_bytes the extents the parts reach
+ * (either pointer may be NULL). LMC_ERR_ARG naming the rank and part. */
+lmc_status lmc_comm_alltoallv_check(const struct lmc_comm *c, const int64_t *send_counts,
+                                    const int64_t *send_offs, const int64_t *recv_counts,
+                                    const int64_t *recv_offs, enum lmc_dtype dtype,
+                                    size_t *send_bytes, size_t *recv_bytes, lmc_err *err);
 
 /* lmc_log on rank 0 only (progress lines, metrics). */
 void lmc_dist_log(const struct lmc_comm *c, int level, const char *fmt, ...)

@@ -16,9 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum work_kind { W_ALL_REDUCE, W_REDUCE_SCATTER, W_ALL_GATHER, W_BROADCAST, W_BARRIER, W_SEND, W_RECV };
+enum work_kind { W_ALL_REDUCE, W_REDUCE_SCATTER, W_ALL_GATHER, W_BROADCAST, W_BARRIER, W_SEND, W_RECV,
+                 W_ALLTOALLV };
 static const char *work_names[] = {"all_reduce", "reduce_scatter", "all_gather", "broadcast",
-                                   "barrier", "send", "recv"};
+                                   "barrier", "send", "recv", "alltoallv"};
 
 struct lmc_comm_work {
     enum work_kind kind;
@@ -29,6 +30,7 @@ struct lmc_comm_work {
     enum lmc_reduce_op op;
     size_t bytes;
     int peer;           /* root of broadcast, peer of send/recv */
+    const int64_t *scnt, *soff, *rcnt, *roff; /* alltoallv: per-rank parts (elements) */
     bool done;
     lmc_status st;
     lmc_err err;
@@ -200,6 +202,22 @@ static lmc_status run_work(struct host_ctx *h, struct lmc_comm_work *w, lmc_err 
         }
         return n ? t->exchange(t, h->x, n, what, err) : LMC_OK;
     }
+    case W_ALLTOALLV: { /* one send and one receive per peer with data; the own part copied */
+        size_t e = (size_t)lmc_dtype_size(w->dtype);
+        const unsigned char *sb = w->sbuf;
+        unsigned char *rb = w->buf;
+        for (int p = 0; p < W; p++) {
+            if (p == me) {
+                if (w->scnt[p] > 0) memcpy(rb + (size_t)w->roff[p] * e, sb + (size_t)w->soff[p] * e, (size_t)w->scnt[p] * e);
+                continue;
+            }
+            if (w->scnt[p] > 0)
+                h->x[n++] = (struct lmc_xfer){p, true, (void *)(sb + (size_t)w->soff[p] * e), (size_t)w->scnt[p] * e};
+            if (w->rcnt[p] > 0)
+                h->x[n++] = (struct lmc_xfer){p, false, rb + (size_t)w->roff[p] * e, (size_t)w->rcnt[p] * e};
+        }
+        return n ? t->exchange(t, h->x, n, what, err) : LMC_OK;
+    }
     case W_SEND:
     case W_RECV:
         if (w->bytes == 0) return LMC_OK;
@@ -368,6 +386,21 @@ static lmc_status host_recv(struct lmc_comm *c, void *buf, size_t bytes, int pee
     return run_sync(c, &t, err);
 }
 
+static lmc_status host_alltoallv(struct lmc_comm *c, const void *send, const int64_t *send_counts,
+                                 const int64_t *send_offs, void *recv, const int64_t *recv_counts,
+                                 const int64_t *recv_offs, enum lmc_dtype dt, lmc_err *err) {
+    lmc_status s = lmc_comm_alltoallv_check(c, send_counts, send_offs, recv_counts, recv_offs, dt, NULL,
+                                            NULL, err);
+    if (s) return s;
+    if (send_counts[c->rank] != recv_counts[c->rank])
+        return lmc_err_set(err, LMC_ERR_ARG, "comm: alltoallv on rank %d sends %lld elements to itself and "
+                           "receives %lld", c->rank, (long long)send_counts[c->rank],
+                           (long long)recv_counts[c->rank]);
+    struct lmc_comm_work t = {.kind = W_ALLTOALLV, .buf = recv, .sbuf = send, .dtype = dt, .scnt = send_counts,
+                              .soff = send_offs, .rcnt = recv_counts, .roff = recv_offs};
+    return run_sync(c, &t, err);
+}
+
 static void host_free(struct lmc_comm *c) {
     struct host_ctx *h = c->ctx;
     if (h) {
@@ -428,6 +461,7 @@ lmc_status lmc_comm_host_init(struct lmc_comm *c, struct lmc_xport *t, const cha
     c->barrier = host_barrier;
     c->send = host_send;
     c->recv = host_recv;
+    c->alltoallv = host_alltoallv;
     c->iall_reduce = host_iall_reduce;
     c->ireduce_scatter = host_ireduce_scatter;
     c->iall_gather = host_iall_gather;

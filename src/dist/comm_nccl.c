@@ -45,6 +45,8 @@ struct nccl_api {
     int (*broadcast)(const void *, void *, size_t, int, int, nccl_comm_t, cuda_stream_t);
     int (*send)(const void *, size_t, int, int, nccl_comm_t, cuda_stream_t);
     int (*recv)(void *, size_t, int, int, nccl_comm_t, cuda_stream_t);
+    int (*group_start)(void);
+    int (*group_end)(void);
     int (*set_device)(int);
     int (*stream_create)(cuda_stream_t *, unsigned);
     int (*stream_destroy)(cuda_stream_t);
@@ -89,6 +91,8 @@ static lmc_status load_api(struct nccl_api *a, lmc_err *err) {
         {nccl, "ncclBroadcast", (void **)&a->broadcast},
         {nccl, "ncclSend", (void **)&a->send},
         {nccl, "ncclRecv", (void **)&a->recv},
+        {nccl, "ncclGroupStart", (void **)&a->group_start},
+        {nccl, "ncclGroupEnd", (void **)&a->group_end},
         {rt, "cudaSetDevice", (void **)&a->set_device},
         {rt, "cudaStreamCreateWithFlags", (void **)&a->stream_create},
         {rt, "cudaStreamDestroy", (void **)&a->stream_destroy},
@@ -271,6 +275,32 @@ static lmc_status n_recv(struct lmc_comm *c, void *buf, size_t bytes, int peer, 
     s = finish_start(c, x->api.recv(buf, bytes, NCCL_UINT8, peer, x->comm, x->stream), "recv", &w, err);
     return s ? s : nccl_wait(c, w, err);
 }
+/* One ncclSend and one ncclRecv per rank with data (the own part too: NCCL
+ * pairs a send to itself with the receive) inside one group. */
+static lmc_status n_alltoallv(struct lmc_comm *c, const void *send, const int64_t *send_counts,
+                              const int64_t *send_offs, void *recv, const int64_t *recv_counts,
+                              const int64_t *recv_offs, enum lmc_dtype dt, lmc_err *err) {
+    struct nccl_ctx *x = c->ctx;
+    lmc_status s = usable(c, dt, 0, err);
+    if (!s) s = lmc_comm_alltoallv_check(c, send_counts, send_offs, recv_counts, recv_offs, dt, NULL, NULL, err);
+    if (s) return s;
+    size_t e = (size_t)lmc_dtype_size(dt);
+    int r = x->api.group_start();
+    for (int p = 0; p < c->world && (r == NCCL_SUCCESS || r == NCCL_IN_PROGRESS); p++) {
+        if (send_counts[p] > 0)
+            r = x->api.send((const char *)send + (size_t)send_offs[p] * e, (size_t)send_counts[p] * e, NCCL_UINT8,
+                            p, x->comm, x->stream);
+        if (recv_counts[p] > 0 && (r == NCCL_SUCCESS || r == NCCL_IN_PROGRESS))
+            r = x->api.recv((char *)recv + (size_t)recv_offs[p] * e, (size_t)recv_counts[p] * e, NCCL_UINT8, p,
+                            x->comm, x->stream);
+    }
+    int r2 = x->api.group_end();
+    if (r == NCCL_SUCCESS || r == NCCL_IN_PROGRESS) r = r2;
+    struct lmc_comm_work *w;
+    s = finish_start(c, r, "alltoallv", &w, err);
+    return s ? s : nccl_wait(c, w, err);
+}
+
 static lmc_status n_barrier(struct lmc_comm *c, lmc_err *err) {
     struct nccl_ctx *x = c->ctx;
     return x->host.barrier(&x->host, err);
@@ -344,6 +374,7 @@ lmc_status lmc_comm_nccl_init(struct lmc_comm *c, struct lmc_comm *host, int dev
     c->barrier = n_barrier;
     c->send = n_send;
     c->recv = n_recv;
+    c->alltoallv = n_alltoallv;
     c->iall_reduce = n_iall_reduce;
     c->ireduce_scatter = n_ireduce_scatter;
     c->iall_gather = n_iall_gather;

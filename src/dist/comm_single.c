@@ -59,6 +59,22 @@ static lmc_status single_recv(struct lmc_comm *c, void *buf, size_t bytes, int p
     return single_p2p(c, peer, err);
 }
 
+static lmc_status single_alltoallv(struct lmc_comm *c, const void *send, const int64_t *send_counts,
+                                   const int64_t *send_offs, void *recv, const int64_t *recv_counts,
+                                   const int64_t *recv_offs, enum lmc_dtype dtype, lmc_err *err) {
+    lmc_status s = lmc_comm_alltoallv_check(c, send_counts, send_offs, recv_counts, recv_offs, dtype,
+                                            NULL, NULL, err);
+    if (s) return s;
+    if (send_counts[0] != recv_counts[0])
+        return lmc_err_set(err, LMC_ERR_ARG, "comm: alltoallv sends %lld elements to itself and receives %lld",
+                           (long long)send_counts[0], (long long)recv_counts[0]);
+    size_t es = (size_t)lmc_dtype_size(dtype);
+    if (send_counts[0] > 0)
+        memmove((char *)recv + (size_t)recv_offs[0] * es, (const char *)send + (size_t)send_offs[0] * es,
+                (size_t)send_counts[0] * es);
+    return LMC_OK;
+}
+
 /* Async forms complete at start: the work handle is NULL. */
 static lmc_status single_iall_reduce(struct lmc_comm *c, void *buf, int64_t count,
                                      enum lmc_dtype dtype, enum lmc_reduce_op op,
@@ -99,6 +115,7 @@ void lmc_comm_single_init(struct lmc_comm *c) {
     c->barrier = single_barrier;
     c->send = single_send;
     c->recv = single_recv;
+    c->alltoallv = single_alltoallv;
     c->iall_reduce = single_iall_reduce;
     c->ireduce_scatter = single_ireduce_scatter;
     c->iall_gather = single_iall_gather;

@@ -6,6 +6,7 @@
  * and the embeddings around them. */
 #include "model/backward.h"
 #include "model/arch_moe.h"
+#include "dist/comm.h"
 #include "core/core.h"
 #include "core/rng.h"
 #include "quant/qmatmul.h"
@@ -22,6 +23,7 @@ struct layout_state {
     int cap;
     bool (*external)(void *user, const struct lmc_tensor_ref *t);
     void *user;
+    int64_t xb, xe;         /* experts in the arenas (xe 0: all; expert parallelism) */
 };
 
 static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
@@ -40,7 +42,8 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->conv = (t->spec->flags & LMC_TF_CONV) != 0;
     p->init = t->spec->flags & (LMC_TF_INIT_ALOG | LMC_TF_INIT_DT);
     p->role = (enum lmc_role)t->spec->role;
-    if (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t)) {
+    bool other_rank = t->spec->kind == LMC_TK_EXPERT_W && s->xe > 0 && (t->expert < s->xb || t->expert >= s->xe);
+    if (other_rank || (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t))) {
         p->external = p->frozen = true;
         p->off = -1;
         return LMC_OK;
@@ -128,9 +131,27 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
     return lmc_tmodel_init_ext(tm, cfg, be, NULL, NULL, err);
 }
 
+static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                              bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
+                              int64_t xb, int64_t xe, lmc_err *err);
+
 lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
                                lmc_err *err) {
+    return init_layout(tm, cfg, be, external, user, 0, 0, err);
+}
+
+lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                   int64_t expert_begin, int64_t expert_end, lmc_err *err) {
+    if (expert_begin < 0 || expert_end <= expert_begin || expert_end > cfg->num_experts)
+        return lmc_err_set(err, LMC_ERR_ARG, "experts [%lld, %lld) out of the model's %lld", (long long)expert_begin,
+                           (long long)expert_end, (long long)cfg->num_experts);
+    return init_layout(tm, cfg, be, NULL, NULL, expert_begin, expert_end, err);
+}
+
+static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                              bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
+                              int64_t xb, int64_t xe, lmc_err *err) {
     memset(tm, 0, sizeof *tm);
     const struct lmc_config *c = cfg;
     if (c->num_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 || c->num_heads <= 0 ||
@@ -154,7 +175,7 @@ lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *c
     tm->W.layers = lmc_weights_layers_alloc(c);
     tm->G.layers = lmc_weights_layers_alloc(c);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
-    struct layout_state ls = {tm, (int)cap, external, user};
+    struct layout_state ls = {tm, (int)cap, external, user, xb, xe};
     if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {
         lmc_tmodel_free(tm);
         return st;
@@ -329,6 +350,7 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
             double sd = resid[i] ? res_std : std;
             for (int64_t k = 0; k < p->numel; k++) w[k] = (float)(normal(&s) * sd);
         }
+        if (p->external) continue; /* drawn all the same: the others' values do not depend on it */
         be->upload(be->ctx, tm->w + p->off, w, (size_t)p->numel * sizeof(float));
         be->sync(be->ctx); /* w is refilled next */
     }
@@ -571,8 +593,14 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
             n++;
         }
     if (a->moe) { /* the load-balancing loss, its gradient weighted as the summed loss's (dscale) */
-        double coef = c->output_router_logits ? c->router_aux_loss_coef : 0.0;
-        a->moe_aux = lmc_moe_aux_loss(c, a->moe, M, backward ? coef * (double)dscale * (double)n : 0.0);
+        double coef = c->output_router_logits ? c->router_aux_loss_coef : 0.0, tot[2] = {(double)M, (double)n};
+        if (a->moe_dp && a->moe_dp->world > 1) { /* over every rank's rows (count and psum are contiguous) */
+            struct lmc_comm *dp = a->moe_dp;
+            if ((st = dp->all_reduce(dp, a->moe->count, 2 * a->moe->L * a->moe->E, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)) ||
+                (st = dp->all_reduce(dp, tot, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)))
+                return st;
+        }
+        a->moe_aux = lmc_moe_aux_loss(c, a->moe, (int64_t)tot[0], backward ? coef * (double)dscale * tot[1] : 0.0);
         sum += coef * a->moe_aux * (double)n;
     }
     *loss_sum = sum;

@@ -94,6 +94,12 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
 lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
                                lmc_err *err);
+/* As lmc_tmodel_init, with only experts [expert_begin, expert_end) of each
+ * sparse layer in the arenas (expert parallelism, dist/ep_model.h): the
+ * other experts' tensors stay in the table as external (off -1, frozen,
+ * unbound). LMC_ERR_ARG for an empty or out-of-range span. */
+lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                   int64_t expert_begin, int64_t expert_end, lmc_err *err);
 /* GPT-2-style initialisation from seed: matrices and embeddings N(0, std),
  * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0.
  * Built on the host one tensor at a time and uploaded (LMC_ERR_OOM). */
@@ -156,6 +162,12 @@ struct lmc_tacts {
      * when the config has output_router_logits, as transformers adds it) */
     struct lmc_moe_stats *moe;
     double moe_aux;
+    /* set by the caller (expert-parallel training, dist/ep_model.h): the
+     * routing statistics, rows and counted targets are summed over these
+     * ranks before the load-balancing loss, so every rank uses the global
+     * batch's loss and gradient, as one process with the whole batch
+     * (expert_tokens then counts the global batch). NULL: this rank's own. */
+    struct lmc_comm *moe_dp;
 };
 
 /* Bytes lmc_tacts_init allocates. */

@@ -37,11 +37,17 @@ enum lmc_vslot {
     LMC_V_N
 };
 
+struct lmc_ep_group;
+
 struct lmc_block_w {
     struct lmc_linear lin[LMC_L_N];   /* unbound slots: w.data NULL */
     const float *vec[LMC_V_N];        /* unbound slots: NULL */
     int64_t vec_n[LMC_V_N];           /* floats of each bound vector */
     struct lmc_linear *experts;       /* (num_experts, LMC_X_N); NULL for dense models */
+    /* Expert parallelism (model/moe_ep.h): the experts are split over the
+     * group's ranks and only this rank's are bound in `experts`; NULL: all
+     * experts are here. */
+    struct lmc_ep_group *ep;
 };
 
 /* A model's weights (inference: mapped/converted/uploaded; training: views

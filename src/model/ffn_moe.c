@@ -18,6 +18,8 @@
  * backward adds the load-balancing loss's gradient (lmc_moe_aux_loss). */
 #include "core/core.h"
 #include "model/arch.h"
+#include "model/moe_ep.h"
+#include "dist/comm.h"
 
 #include <math.h>
 #include <string.h>
@@ -132,10 +134,10 @@ static void route(const struct lmc_config *c, int64_t n, struct moe_save *s) {
 /* The backend's grouped GEMM applies when every expert linear is a plain
  * dense weight (no bias, adapter, block format or input observer); else
  * one lmc_linear call per expert. */
-static bool grouped(const struct lmc_backend *be, const struct lmc_block_w *W, int64_t E, bool backward) {
+static bool grouped(const struct lmc_backend *be, const struct lmc_linear *X, int64_t E, bool backward) {
     if (!be->moe_gemm || (backward && !be->moe_gemm_bwd)) return false;
     for (int64_t i = 0; i < E * LMC_X_N; i++) {
-        const struct lmc_linear *L = &W->experts[i];
+        const struct lmc_linear *L = &X[i];
         if (L->format != LMC_WFMT_DENSE || L->bias || L->n_adapters || L->observe) return false;
     }
     return true;
@@ -143,28 +145,101 @@ static bool grouped(const struct lmc_backend *be, const struct lmc_block_w *W, i
 
 #define MAX_E 4096 /* lmc_arch_moe_check's bound */
 
-static void mats(const struct lmc_block_w *W, int64_t E, int x, const struct lmc_mat **out) {
-    for (int64_t e = 0; e < E; e++) out[e] = &W->experts[e * LMC_X_N + x].w;
+static void mats(const struct lmc_linear *X, int64_t E, int x, const struct lmc_mat **out) {
+    for (int64_t e = 0; e < E; e++) out[e] = &X[e * LMC_X_N + x].w;
 }
 
-static void grads(const struct lmc_block_w *G, int64_t E, int x, float **out) {
-    for (int64_t e = 0; e < E; e++) out[e] = (float *)G->experts[e * LMC_X_N + x].w.data;
+static void grads(const struct lmc_linear *GX, int64_t E, int x, float **out) {
+    for (int64_t e = 0; e < E; e++) out[e] = (float *)GX[e * LMC_X_N + x].w.data;
 }
 
-static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
-                    const float *h, const float *res, float *y) {
-    if (!lmc_config_layer_sparse(r->cfg, l)) { /* a dense layer: the SwiGLU MLP */
-        lmc_ffn_swiglu.fwd(r, l, W, save, h, res, y);
-        return;
+void lmc_moe_experts_fwd(const struct lmc_backend *be, const struct lmc_config *c,
+                         const struct lmc_linear *X, int64_t E, const int64_t *off, const float *xs,
+                         float *g, float *u, float *a, float *o) {
+    int64_t C = c->hidden_size, I = c->moe_intermediate_size, rows = off[E];
+    for (int64_t e = 0; e < E; e++) /* unbound: another rank's expert, and the weights lost their ep group */
+        LMC_ASSERT(off[e + 1] == off[e] || X[e * LMC_X_N + LMC_X_DOWN].w.data);
+    const struct lmc_mat *wp[MAX_E] = {0};
+    bool grp = grouped(be, X, E, false);
+    if (grp) {
+        mats(X, E, LMC_X_GATE, wp);
+        be->moe_gemm(be->ctx, g, xs, off, E, wp);
+        mats(X, E, LMC_X_UP, wp);
+        be->moe_gemm(be->ctx, u, xs, off, E, wp);
     }
+    for (int64_t e = 0; !grp && e < E; e++) { /* one GEMM per expert over its rows */
+        int64_t r0 = off[e], m = off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *GU[2] = {&X[e * LMC_X_N + LMC_X_GATE], &X[e * LMC_X_N + LMC_X_UP]};
+        float *ys[2] = {g + r0 * I, u + r0 * I};
+        lmc_linear_fwd(be, 2, GU, ys, xs + r0 * C, m);
+    }
+    if (rows > 0) be->swiglu(be->ctx, a, g, u, rows * I);
+    if (grp) {
+        mats(X, E, LMC_X_DOWN, wp);
+        be->moe_gemm(be->ctx, o, a, off, E, wp);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) {
+        int64_t r0 = off[e], m = off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *D = &X[e * LMC_X_N + LMC_X_DOWN];
+        float *op = o + r0 * C;
+        lmc_linear_fwd(be, 1, &D, &op, a + r0 * I, m);
+    }
+}
+
+void lmc_moe_experts_bwd(const struct lmc_backend *be, const struct lmc_config *c,
+                         const struct lmc_linear *X, const struct lmc_linear *GX, int64_t E,
+                         const int64_t *off, float *dox, float *da, float *du, const float *xs,
+                         const float *g, const float *u, const float *a) {
+    int64_t C = c->hidden_size, I = c->moe_intermediate_size, rows = off[E];
+    const struct lmc_mat *wp[MAX_E] = {0};
+    float *dw[MAX_E] = {0};
+    bool grp = grouped(be, X, E, true);
+    if (grp) {
+        mats(X, E, LMC_X_DOWN, wp);
+        grads(GX, E, LMC_X_DOWN, dw);
+        be->moe_gemm_bwd(be->ctx, da, dw, dox, a, off, E, wp, 0);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) {
+        int64_t r0 = off[e], m = off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *D = &X[e * LMC_X_N + LMC_X_DOWN];
+        const struct lmc_linear *GD = &GX[e * LMC_X_N + LMC_X_DOWN];
+        const float *d = dox + r0 * C;
+        lmc_linear_bwd(be, 1, &D, &GD, da + r0 * I, &d, a + r0 * I, m, false);
+    }
+    if (rows > 0) be->swiglu_bwd(be->ctx, da, du, da, g, u, rows * I); /* dgate over da */
+    if (grp) { /* dox now holds d(xs) */
+        mats(X, E, LMC_X_GATE, wp);
+        grads(GX, E, LMC_X_GATE, dw);
+        be->moe_gemm_bwd(be->ctx, dox, dw, da, xs, off, E, wp, 0);
+        mats(X, E, LMC_X_UP, wp);
+        grads(GX, E, LMC_X_UP, dw);
+        be->moe_gemm_bwd(be->ctx, dox, dw, du, xs, off, E, wp, 1);
+    }
+    for (int64_t e = 0; !grp && e < E; e++) { /* dox now holds d(xs) */
+        int64_t r0 = off[e], m = off[e + 1] - r0;
+        if (!m) continue;
+        const struct lmc_linear *Xe = &X[e * LMC_X_N], *GXe = &GX[e * LMC_X_N];
+        const struct lmc_linear *L[2] = {&Xe[LMC_X_GATE], &Xe[LMC_X_UP]};
+        const struct lmc_linear *Dg[2] = {&GXe[LMC_X_GATE], &GXe[LMC_X_UP]};
+        const float *dys[2] = {da + r0 * I, du + r0 * I};
+        lmc_linear_bwd(be, 2, L, Dg, dox + r0 * C, dys, xs + r0 * C, m, false);
+    }
+}
+
+/* The sparse layer over n rows of h (n may be 0 under expert parallelism:
+ * the rank still takes part in the exchange). */
+static void moe_fwd_rows(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
+                         const float *h, const float *res, float *y, int64_t n) {
     const struct lmc_backend *be = r->be;
     const struct lmc_config *c = r->cfg;
-    int64_t n = r->n, E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
-    int64_t I = c->moe_intermediate_size;
+    int64_t E = c->num_experts, k = c->num_experts_per_tok, C = c->hidden_size;
     struct moe_save s;
     carve(c, n, save, &s);
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER];
-    lmc_linear_fwd(be, 1, &R, &s.probs, h, n);
+    if (n > 0) lmc_linear_fwd(be, 1, &R, &s.probs, h, n);
     route(c, n, &s);
     if (r->moe) { /* this layer's expert load (assigned: a recomputed layer writes it again) */
         LMC_ASSERT(l < r->moe->L && r->moe->E == E);
@@ -176,36 +251,12 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     }
     for (int64_t i = 0; i < n * k; i++)
         memcpy(s.xs + i * C, h + (int64_t)(s.perm[i] / k) * C, (size_t)C * sizeof(float));
-    const struct lmc_mat *wp[MAX_E];
-    bool grp = grouped(be, W, E, false);
-    if (grp) {
-        mats(W, E, LMC_X_GATE, wp);
-        be->moe_gemm(be->ctx, s.g, s.xs, s.off, E, wp);
-        mats(W, E, LMC_X_UP, wp);
-        be->moe_gemm(be->ctx, s.u, s.xs, s.off, E, wp);
-    }
-    for (int64_t e = 0; !grp && e < E; e++) { /* one GEMM per expert over its rows */
-        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
-        if (!m) continue;
-        const struct lmc_linear *X = &W->experts[e * LMC_X_N];
-        const struct lmc_linear *GU[2] = {&X[LMC_X_GATE], &X[LMC_X_UP]};
-        float *ys[2] = {s.g + r0 * I, s.u + r0 * I};
-        lmc_linear_fwd(be, 2, GU, ys, s.xs + r0 * C, m);
-    }
-    be->swiglu(be->ctx, s.a, s.g, s.u, n * k * I);
-    if (grp) {
-        mats(W, E, LMC_X_DOWN, wp);
-        be->moe_gemm(be->ctx, s.o, s.a, s.off, E, wp);
-    }
-    for (int64_t e = 0; !grp && e < E; e++) {
-        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
-        if (!m) continue;
-        const struct lmc_linear *D = &W->experts[e * LMC_X_N + LMC_X_DOWN];
-        float *o = s.o + r0 * C;
-        lmc_linear_fwd(be, 1, &D, &o, s.a + r0 * I, m);
-    }
+    if (W->ep)
+        lmc_ep_experts_fwd(W->ep, l, be, c, W->experts, s.off, s.xs, n * k, s.o);
+    else
+        lmc_moe_experts_fwd(be, c, W->experts, E, s.off, s.xs, s.g, s.u, s.a, s.o);
     int64_t SI = c->shared_expert_intermediate_size;
-    if (SI > 0) { /* the shared expert and its gate logit */
+    if (SI > 0 && n > 0) { /* the shared expert and its gate logit */
         const struct lmc_linear *GU[3] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP], &W->lin[LMC_L_SHARED_GATE]};
         float *ys[3] = {s.sg, s.su, s.sl};
         lmc_linear_fwd(be, 3, GU, ys, h, n);
@@ -222,6 +273,25 @@ static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
             y[t * C + ch] = res[t * C + ch] + acc;
         }
     }
+}
+
+static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
+                    const float *h, const float *res, float *y) {
+    if (!lmc_config_layer_sparse(r->cfg, l)) { /* a dense layer: the SwiGLU MLP */
+        lmc_ffn_swiglu.fwd(r, l, W, save, h, res, y);
+        return;
+    }
+    struct lmc_ep_group *g = W->ep;
+    if (!g || !g->replicated) {
+        moe_fwd_rows(r, l, W, save, h, res, y, r->n);
+        return;
+    }
+    /* every rank holds the same rows: each runs its slice, then all gather them */
+    LMC_ASSERT(!r->moe);
+    int64_t C = r->cfg->hidden_size, t0, tn, W_ = g->c->world, per = (r->n + W_ - 1) / W_;
+    lmc_dist_slice(r->n, g->c->rank, (int)W_, &t0, &tn);
+    moe_fwd_rows(r, l, W, save, h + t0 * C, res + t0 * C, y + t0 * C, tn);
+    lmc_ep_gather_rows(g, y, r->n, C, per);
 }
 
 static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
@@ -270,40 +340,10 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         for (int64_t e = 0; e < E; e++) pd += dp[e] * p[e];
         for (int64_t e = 0; e < E; e++) dlog[t * E + e] = (float)(p[e] * (dp[e] - pd));
     }
-    const struct lmc_mat *wp[MAX_E];
-    float *dw[MAX_E];
-    bool grp = grouped(be, W, E, true);
-    if (grp) {
-        mats(W, E, LMC_X_DOWN, wp);
-        grads(G, E, LMC_X_DOWN, dw);
-        be->moe_gemm_bwd(be->ctx, da, dw, dox, s.a, s.off, E, wp, 0);
-    }
-    for (int64_t e = 0; !grp && e < E; e++) {
-        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
-        if (!m) continue;
-        const struct lmc_linear *D = &W->experts[e * LMC_X_N + LMC_X_DOWN];
-        const struct lmc_linear *GD = &G->experts[e * LMC_X_N + LMC_X_DOWN];
-        const float *d = dox + r0 * C;
-        lmc_linear_bwd(be, 1, &D, &GD, da + r0 * I, &d, s.a + r0 * I, m, false);
-    }
-    be->swiglu_bwd(be->ctx, da, du, da, s.g, s.u, nk * I); /* dgate over da */
-    if (grp) { /* dox now holds d(xs) */
-        mats(W, E, LMC_X_GATE, wp);
-        grads(G, E, LMC_X_GATE, dw);
-        be->moe_gemm_bwd(be->ctx, dox, dw, da, s.xs, s.off, E, wp, 0);
-        mats(W, E, LMC_X_UP, wp);
-        grads(G, E, LMC_X_UP, dw);
-        be->moe_gemm_bwd(be->ctx, dox, dw, du, s.xs, s.off, E, wp, 1);
-    }
-    for (int64_t e = 0; !grp && e < E; e++) { /* dox now holds d(xs) */
-        int64_t r0 = s.off[e], m = s.off[e + 1] - r0;
-        if (!m) continue;
-        const struct lmc_linear *X = &W->experts[e * LMC_X_N], *GX = &G->experts[e * LMC_X_N];
-        const struct lmc_linear *L[2] = {&X[LMC_X_GATE], &X[LMC_X_UP]};
-        const struct lmc_linear *Dg[2] = {&GX[LMC_X_GATE], &GX[LMC_X_UP]};
-        const float *dys[2] = {da + r0 * I, du + r0 * I};
-        lmc_linear_bwd(be, 2, L, Dg, dox + r0 * C, dys, s.xs + r0 * C, m, false);
-    }
+    if (W->ep) /* dox: d(o) in, d(xs) out */
+        lmc_ep_experts_bwd(W->ep, l, be, c, W->experts, G->experts, s.off, dox, nk);
+    else
+        lmc_moe_experts_bwd(be, c, W->experts, G->experts, E, s.off, dox, da, du, s.xs, s.g, s.u, s.a);
     for (int64_t t = 0; t < n; t++)
         for (int64_t ch = 0; ch < C; ch++) {
             float acc = 0;

@@ -67,6 +67,13 @@ struct lmc_model_opts {
  * (except known-harmless buffers such as rotary inv_freq / attn.bias). */
 lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                           lmc_err *err);
+/* As lmc_model_load with only experts [expert_begin, expert_end) of each
+ * sparse layer read and bound (expert parallelism, model/moe_ep.h): the
+ * others' tensors are checked but never touched (their pages stay
+ * unmapped). Float safetensors folders; GGUF files and quantized folders
+ * bind every expert. */
+lmc_status lmc_model_load_experts(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
+                                  int64_t expert_begin, int64_t expert_end, lmc_err *err);
 /* dir may also be a GGUF file (llama.cpp; lmc_gguf_is_file): config and
  * weights from it (weights_gguf.c: F32/F16/BF16 matrices as dense weights,
  * the block-quantized types bound in place as LMC_WFMT_QUANT linears,

@@ -62,6 +62,7 @@ struct load_state {
     struct lmc_model *m;
     bool *used;
     struct lmc_quant_config qc;
+    int64_t xb, xe;          /* experts to bind (xe 0: all) */
 };
 
 /* Marks every tensor named prefix.* (a quantized linear's packed tensors;
@@ -244,6 +245,8 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16",
                            m->st.files[t->file].path, t->name, lmc_dtype_name(t->dtype));
     ls->used[src - m->st.tensors] = true;
+    if (r->spec->kind == LMC_TK_EXPERT_W && ls->xe > 0 && (r->expert < ls->xb || r->expert >= ls->xe))
+        return LMC_OK; /* another rank's expert (expert parallelism): never touched */
     if (r->ndim == 1 || r->spec->kind == LMC_TK_VEC) { /* vectors: f32 copies */
         float *buf = lmc_model_own(m, (size_t)r->numel * sizeof(float));
         if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': out of memory", r->name);
@@ -379,6 +382,11 @@ static lmc_status read_quant_config(const char *dir, struct lmc_quant_config *qc
 
 lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                           lmc_err *err) {
+    return lmc_model_load_experts(m, dir, opts, 0, 0, err);
+}
+
+lmc_status lmc_model_load_experts(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
+                                  int64_t expert_begin, int64_t expert_end, lmc_err *err) {
     memset(m, 0, sizeof *m);
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
     m->on_device = opts && opts->be && !opts->be->host_memory;
@@ -408,7 +416,7 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
         lmc_model_free(m);
         return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     }
-    struct load_state ls = {m, used, {0}};
+    struct load_state ls = {m, used, {0}, expert_begin, expert_end};
     if (!s) s = read_quant_config(dir, &ls.qc, err);
     m->quant_method = (int)ls.qc.method;
     if (!s && ls.qc.method != LMC_QM_NONE && m->on_device && (!opts->be->qweight_upload || !opts->be->qmatmul))
