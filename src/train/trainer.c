@@ -8,6 +8,7 @@
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "train/trainer_tp.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -100,6 +101,7 @@ fail:
 
 void lmc_trainer_free(struct lmc_trainer *tr) {
     lmc_trainer_dist_free(tr);
+    lmc_trainer_tp_free(tr);
     lmc_tacts_free(&tr->acts);
     if (tr->be) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
@@ -139,6 +141,7 @@ void lmc_trainer_split_batch(struct lmc_trainer *tr) {
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     const struct lmc_train_opts *o = &tr->o;
+    if (tr->tp) return lmc_trainer_tp_step(tr, st, err);
     if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
