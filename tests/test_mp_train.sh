@@ -3,8 +3,9 @@
 # started with torchrun-style variables (tcp; a port from the OS, tried
 # again if it was taken meanwhile): 10 steps of a tiny llama (4 heads, 2 KV
 # heads, 2 layers, MLP 96; accumulation 2, clipping, warmup + cosine)
-# at TP 2 (KV heads split) and TP 4 (KV heads replicated), and DP 2 x TP 2
-# on 4 ranks (sub-communicators), give the one-process losses, validation
+# at TP 2 (KV heads split) and TP 4 (KV heads replicated), DP 2 x TP 2
+# on 4 ranks (sub-communicators), and TP 2 and DP 2 x TP 2 with the
+# vocabulary-parallel embedding/head (--tp-vocab), give the one-process losses, validation
 # losses and final parameters (the consolidated checkpoint) within 1e-6
 # relative; rank 0 alone logs; a TP run stopped at step 5 and resumed from
 # its consolidated checkpoint equals the uninterrupted one, and so does a
@@ -48,6 +49,8 @@ grep -q "tensor parallel 2 x data parallel 1" "$TMP/tp2.r0"; ok $? "tp 2 start-u
 [ "$(grep -c '^step' "$TMP/tp2.r1")" = 0 ]; ok $? "rank 1 logged steps"
 run 4 tp4 $A --batch 4 --tp 4; ok $? "tp 4: $(tail -n 3 "$TMP"/tp4.r*)"
 run 4 dp2tp2 $A --batch 2 --tp 2; ok $? "dp 2 x tp 2: $(tail -n 3 "$TMP"/dp2tp2.r*)"
+run 2 vp2 $A --batch 4 --tp 2 --tp-vocab; ok $? "tp 2 vocab-parallel: $(tail -n 3 "$TMP"/vp2.r*)"
+run 4 vp4 $A --batch 2 --tp 2 --tp-vocab; ok $? "dp 2 x tp 2 vocab-parallel: $(tail -n 3 "$TMP"/vp4.r*)"
 grep -q "tensor parallel 2 x data parallel 2 (4 ranks), global batch 4 x 16 x 2" "$TMP/dp2tp2.r0"
 ok $? "dp 2 x tp 2 start-up line: $(grep parallel "$TMP/dp2tp2.r0")"
 # stopped at 5 and resumed (--resume latest) at TP 2, and by one process
@@ -69,7 +72,7 @@ def params(d, name="model.safetensors"):
     return out
 ref, refp, refo = rows("single"), params("single"), params("single", "optimizer.safetensors")
 bad = 0
-for d in ["tp2", "tp4", "dp2tp2", "rs", "rs1"]:
+for d in ["tp2", "tp4", "dp2tp2", "vp2", "vp4", "rs", "rs1"]:
     r, p, o = rows(d), params(d), params(d, "optimizer.safetensors")
     if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)):
         print(d, "steps", [x["step"] for x in r]); bad += 1; continue
@@ -98,6 +101,8 @@ ok $? "tp 2 stopped at 5 and resumed equals the uninterrupted tp 2 run bit for b
 shard=$(sed -n 's/.*each rank holds \([0-9]*\) of the parameters.*/\1/p' "$TMP/tp2.r0")
 total=$(sed -n 's/.*llama, \([0-9]*\) parameters.*/\1/p' "$TMP/tp2.r0")
 [ -n "$shard" ] && [ -n "$total" ] && [ "$shard" -lt "$total" ]; ok $? "tp 2 shard $shard of $total parameters"
+vshard=$(sed -n 's/.*each rank holds \([0-9]*\) of the parameters.*/\1/p' "$TMP/vp2.r0")
+[ -n "$vshard" ] && [ "$vshard" -lt "$shard" ]; ok $? "--tp-vocab shard $vshard below the replicated-vocabulary shard $shard"
 # refusals
 run 2 bad $A --batch 4 --tp 2 --optim muon; [ $? != 0 ] && grep -q "AdamW only" "$TMP/bad.r0"
 ok $? "--tp with muon: $(tail -n 2 "$TMP/bad.r0")"

@@ -43,7 +43,8 @@ static void usage(void) {
             "             --save-every N (OUT.ckpt/step_N: adapter + AdamW state) --resume OUT.ckpt/step_N\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
             "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW, float32,\n"
-            "             the Llama family); OUT is the consolidated model\n");
+            "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
+            "             and head split by vocabulary rows too\n");
 }
 
 struct src {
@@ -109,6 +110,7 @@ int cmd_finetune(int argc, char **argv) {
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
     bool qlora = false;
+    bool tp_vocab = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     for (int i = 1; i < argc; i++) {
@@ -125,6 +127,7 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc finetune: unknown option %s (or missing value)\n", a);
             return 2;
@@ -279,7 +282,7 @@ int cmd_finetune(int argc, char **argv) {
         full_tm = tm;
         have_full = true;
         have_tm = false;
-        lmc_status ts = lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, &be, &err);
+        lmc_status ts = lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
         lmc_tmodel_free(&full_tm);
         have_full = false;
         if (ts) {
@@ -339,7 +342,7 @@ int cmd_finetune(int argc, char **argv) {
         char desc[1024];
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
                  "seed %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
-                 tp > 1 ? "full tp" : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
+                 tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
                  (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */

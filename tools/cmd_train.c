@@ -55,7 +55,8 @@ static void usage(void) {
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
             "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW,\n"
-            "             float32, the Llama family); checkpoints are consolidated one-process folders\n"
+            "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
+            "             --tp-vocab: the embedding and head split by vocabulary rows too\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -97,7 +98,7 @@ int cmd_train(int argc, char **argv) {
     int64_t eval_batches = 8, save_every = 0, seed = 1234;
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
     double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1;
-    bool tie = false, decay_all = false, recompute = false;
+    bool tie = false, decay_all = false, recompute = false, tp_vocab = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -129,6 +130,7 @@ int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--tie")) { tie = true; continue; }
         if (!strcmp(a, "--decay-all")) { decay_all = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc train: unknown option %s (or missing value)\n", a);
             return 2;
@@ -297,7 +299,7 @@ int cmd_train(int argc, char **argv) {
         have_full = true;
         model_numel = full.numel;
         have_tm = false;
-        if (lmc_trainer_tp_shard(&tm, &tps, &full, tp_comm, &be, &err)) {
+        if (lmc_trainer_tp_shard(&tm, &tps, &full, tp_comm, tp_vocab, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -351,9 +353,9 @@ int cmd_train(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, zero %lld, tp %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
+                 "seed %lld, zero %lld, tp %lld%s, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
                  (long long)(model_numel ? model_numel : tr.tm.numel), (long long)o.B, (long long)o.T, (long long)o.accum,
-                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp,
+                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "",
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */

@@ -36,9 +36,10 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         s = lmc_err_set(err, LMC_ERR_ARG, "no training data");
         goto fail;
     }
-    if (train && train->vocab_size > (uint32_t)tr->tm.cfg.vocab_size) {
+    int64_t vocab = tr->tm.vocab ? tr->tm.vocab->V : tr->tm.cfg.vocab_size; /* vocabulary-parallel: the full one */
+    if (train && train->vocab_size > (uint32_t)vocab) {
         s = lmc_err_set(err, LMC_ERR_ARG, "the data's vocabulary (%u) is larger than the model's (%lld)",
-                        train->vocab_size, (long long)tr->tm.cfg.vocab_size);
+                        train->vocab_size, (long long)vocab);
         goto fail;
     }
     if (tr->tm.be != be) {

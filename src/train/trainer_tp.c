@@ -16,7 +16,7 @@
 #include <string.h>
 
 lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp **out,
-                                const struct lmc_tmodel *full, struct lmc_comm *tp,
+                                const struct lmc_tmodel *full, struct lmc_comm *tp, bool vocab,
                                 const struct lmc_backend *be, lmc_err *err) {
     *out = NULL;
     if (full->cfg.num_experts > 0)
@@ -27,7 +27,7 @@ lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp 
                            "split yet (use --full)");
     struct lmc_trainer_tp *t = calloc(1, sizeof *t);
     if (!t) return lmc_err_set(err, LMC_ERR_OOM, "tensor parallel: out of memory");
-    lmc_status s = lmc_tp_tmodel_shard(shard, &t->g, &t->heads, full, tp, be, err);
+    lmc_status s = lmc_tp_tmodel_shard_vocab(shard, &t->g, &t->heads, vocab ? &t->vocab : NULL, full, tp, be, err);
     if (s) {
         free(t);
         return s;
@@ -187,6 +187,10 @@ static lmc_status rank_cut(const struct lmc_trainer_tp *t, int r, const char *na
     if (s) return s;
     int64_t i0, ni;
     lmc_dist_slice(t->full.intermediate_size, r, t->c->world, &i0, &ni);
+    if (t->heads.vocab) {
+        h.vocab = true;
+        lmc_dist_slice(t->full.vocab_size, r, t->c->world, &h.v0, &h.nv);
+    }
     lmc_tp_tensor_cut(name, &h, t->full.head_dim, i0, ni, dim, a0, n);
     return LMC_OK;
 }

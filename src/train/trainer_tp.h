@@ -25,13 +25,16 @@ struct lmc_trainer_tp {
     struct lmc_tp_heads heads;
     struct lmc_config full;      /* the unsharded model's config */
     int64_t i0, ni;              /* this rank's MLP features */
+    struct lmc_tvocab vocab;     /* vocabulary-parallel embedding/head (heads.vocab) */
 };
 
 /* *shard (new, on be) <- rank tp->rank's shard of full; *out (new) holds
  * the group state the shard's linears point to (give it to
- * lmc_trainer_tp_attach, or lmc_trainer_tp_free_state it). */
+ * lmc_trainer_tp_attach, or lmc_trainer_tp_free_state it). vocab: the
+ * embedding and head split by vocabulary rows too (the cross-entropy taken
+ * across the group, the full logits never gathered); else replicated. */
 lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp **out,
-                                const struct lmc_tmodel *full, struct lmc_comm *tp,
+                                const struct lmc_tmodel *full, struct lmc_comm *tp, bool vocab,
                                 const struct lmc_backend *be, lmc_err *err);
 void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t);
 
