@@ -9,7 +9,8 @@
 # losses and final parameters (the consolidated checkpoint) within 1e-6
 # relative; rank 0 alone logs; a TP run stopped at step 5 and resumed from
 # its consolidated checkpoint equals the uninterrupted one, and so does a
-# one-process resume of it; --tp with another optimizer and a world that
+# one-process resume of it; DP 2 x TP 2 under mpirun too (when installed);
+# --tp with another optimizer and a world that
 # --tp does not divide are refused.
 # Usage: test_mp_train.sh PATH/TO/lmc
 set -u
@@ -59,7 +60,17 @@ cp -r "$TMP/rs" "$TMP/rs1"
 R="--data $TMP/data --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2"
 run 2 rs $R --tp 2; ok $? "tp 2 resume: $(tail -n 3 "$TMP"/rs.r*)"
 "$LMC" train $R -o "$TMP/rs1" 2>"$TMP/err"; ok $? "one-process resume: $(tail -3 "$TMP/err")"
-python3 - "$TMP" <<'PY'
+# the same DP 2 x TP 2 under mpirun (sub-communicators over the MPI transport), when there is one
+CASES="tp2 tp4 dp2tp2 vp2 vp4 rs rs1"
+if command -v mpirun >/dev/null 2>&1; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
+    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab -o "$TMP/mpi" 2>"$TMP/mpi.err"
+  rc=$?
+  if grep -q "without MPI\|no MPI" "$TMP/mpi.err"; then echo "test_mp_train: mpirun part skipped (lmc built without MPI)"
+  else ok $rc "mpirun dp 2 x tp 2: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
+fi
+python3 - "$TMP" $CASES <<'PY'
 import json, struct, sys
 tmp = sys.argv[1]
 def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
@@ -72,7 +83,7 @@ def params(d, name="model.safetensors"):
     return out
 ref, refp, refo = rows("single"), params("single"), params("single", "optimizer.safetensors")
 bad = 0
-for d in ["tp2", "tp4", "dp2tp2", "vp2", "vp4", "rs", "rs1"]:
+for d in sys.argv[2:]:
     r, p, o = rows(d), params(d), params(d, "optimizer.safetensors")
     if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)):
         print(d, "steps", [x["step"] for x in r]); bad += 1; continue
