@@ -133,6 +133,9 @@ env = dict(os.environ, RANK="0", WORLD_SIZE="1")
 p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--tp", "2"], env=env,
                    capture_output=True, timeout=60)
 check(p.returncode == 2 and b"needs 2 ranks" in p.stderr, f"--tp 2 on one rank: {p.returncode} {p.stderr[-300:]}")
+p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--tp", "2", "--device", "cuda"],
+                   capture_output=True, timeout=60)
+check(p.returncode == 2 and b"CPU" in p.stderr, f"--tp 2 --device cuda: {p.returncode} {p.stderr[-300:]}")
 print(f"test_mp_serve: {fails} failed")
 sys.exit(1 if fails else 0)
 PY

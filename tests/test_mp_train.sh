@@ -119,5 +119,7 @@ run 2 bad $A --batch 4 --tp 2 --optim muon; [ $? != 0 ] && grep -q "AdamW only" 
 ok $? "--tp with muon: $(tail -n 2 "$TMP/bad.r0")"
 run 3 bad3 $A --batch 4 --tp 2; [ $? != 0 ] && grep -q "multiple of 2 ranks" "$TMP/bad3.r0"
 ok $? "--tp 2 on 3 ranks: $(tail -n 2 "$TMP/bad3.r0")"
+"$LMC" train $A --batch 4 --tp-vocab -o "$TMP/bad1" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp" "$TMP/err"
+ok $? "--tp-vocab without --tp: $(cat "$TMP/err")"
 echo "test_mp_train: $pass passed, $fail failed"
 [ $fail = 0 ]

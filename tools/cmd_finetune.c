@@ -204,6 +204,10 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --save-every / --resume are for LoRA runs (not yet with --full)\n");
         return 2;
     }
+    if (tp_vocab && tp < 2) {
+        fprintf(stderr, "lmc finetune: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
+        return 2;
+    }
     if (tp > 1 && !full) {
         fprintf(stderr, "lmc finetune: --tp trains all weights (--full); adapters over a sharded base do not split yet\n");
         return 2;

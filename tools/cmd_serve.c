@@ -273,6 +273,10 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (tp > 1 && c.device && strcmp(c.device, "cpu")) {
+        fprintf(stderr, "lmc serve: --tp runs on the CPU for now (--device %s)\n", c.device);
+        return 2;
+    }
     if (tp > 1 && ad.n) {
         fprintf(stderr, "lmc serve: --tp does not combine with --lora adapters yet\n");
         return 2;

@@ -197,6 +197,10 @@ int cmd_train(int argc, char **argv) {
     /* the communicator: several ranks, or --zero given on one */
     struct lmc_comm comm;
     bool dist = denv.world > 1 || zero >= 0 || tp > 1;
+    if (tp_vocab && tp < 2) {
+        fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
+        return 2;
+    }
     if (tp > 1 && zero > 0) {
         fprintf(stderr, "lmc train: --tp runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n");
         return 2;
