@@ -3,7 +3,8 @@
 # layout (text and json agree; CP 4 carries a quarter of the activations of
 # CP 1 for a long sequence); --fits lists the layouts under a budget: a
 # 65536-token sequence on llama-tiny does not fit 0.2 GiB with CP 1 and
-# does with CP 4; layouts that do not split and bad values are refused.
+# does with CP 4; --tp-vocab holds fewer parameters per rank; layouts that
+# do not split and bad values are refused.
 # Usage: test_mp_info.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -21,5 +22,8 @@ echo "$fits" | grep -q " 1x1x4: " && ! echo "$fits" | grep -q " 1x1x1: "; ok $? 
 "$LMC" info -m $M --tp 3 >/dev/null 2>&1; [ $? = 1 ]; ok $? "--tp 3 exit"
 "$LMC" info -m $M --tp 3 2>&1 | grep -q "4 attention heads do not split in 3"; ok $? "--tp 3 message"
 "$LMC" info -m $M --cp 0 >/dev/null 2>&1; [ $? = 2 ]; ok $? "--cp 0 accepted"
+pv=$("$LMC" info -m $M --tp 2 --tp-vocab --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["tp_vocab"]; print(d["params"])')
+pr=$("$LMC" info -m $M --tp 2 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert not d["tp_vocab"]; print(d["params"])')
+[ -n "$pv" ] && [ -n "$pr" ] && [ "$pv" -lt "$pr" ]; ok $? "--tp-vocab per-rank parameters $pv below $pr"
 echo "test_mp_info: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -1,7 +1,8 @@
 /* test_mp_mem.c — per-rank memory of model-parallel layouts (mp_mem.h) on
  * the llama-tiny and qwen2-tiny configs: at TP 1, 2, 4 the parameter count
  * equals the tensors lmc_tp_tmodel_shard actually allocates for rank 0
- * (replicated KV heads included), 16 bytes each; the activations at
+ * (replicated KV heads included), 16 bytes each, also with the vocabulary
+ * split (lmc_tp_tmodel_shard_vocab, --tp-vocab); the activations at
  * TP 1 x CP 1 are lmc_tacts_bytes of the config, shrink with CP (CP 4 a
  * quarter of the tokens) and multiply by the live micro-batches of 1F1B;
  * pipeline stages hold ceil(L/P) layers; layouts that do not split are
@@ -31,29 +32,41 @@ int main(void) {
             CHECK(lmc_tp_tmodel_shard(&tm, &g, &h, &full, &fake, &be, &err) == LMC_OK);
             int64_t numel = 0;
             for (int i = 0; i < tm.n_params; i++) numel += tm.params[i].numel;
-            struct lmc_mp_layout l = {T, 1, 1, 2, 64, 1};
+            struct lmc_mp_layout l = {T, 1, 1, 2, 64, 1, false};
             struct lmc_mp_mem m;
             CHECK(lmc_mp_mem(c, &l, &m, &err) == LMC_OK);
             CHECK_MSG(m.params == numel, "%s TP %d: %lld vs %lld", fx[f], T, (long long)m.params, (long long)numel);
             CHECK(m.weights == 4.0 * numel && m.optimizer == 8.0 * numel && m.live == 1);
             lmc_tmodel_free(&tm);
+            /* the vocabulary split too (--tp-vocab): rank 0 holds ceil(V/T) rows */
+            struct lmc_tvocab tv;
+            CHECK(lmc_tp_tmodel_shard_vocab(&tm, &g, &h, &tv, &full, &fake, &be, &err) == LMC_OK);
+            int64_t vnumel = 0;
+            for (int i = 0; i < tm.n_params; i++) vnumel += tm.params[i].numel;
+            l.vocab = true;
+            struct lmc_mp_mem mv;
+            CHECK(lmc_mp_mem(c, &l, &mv, &err) == LMC_OK);
+            CHECK_MSG(mv.params == vnumel && (T == 1 || vnumel < numel), "%s TP %d vocab: %lld vs %lld (%lld whole)",
+                      fx[f], T, (long long)mv.params, (long long)vnumel, (long long)numel);
+            CHECK(mv.activations == m.activations + 4.0 * 2 * 64 * (double)((c->vocab_size + T - 1) / T));
+            lmc_tmodel_free(&tm);
         }
-        struct lmc_mp_layout l1 = {1, 1, 1, 2, 4096, 1}, l4 = {1, 1, 4, 2, 4096, 1};
+        struct lmc_mp_layout l1 = {1, 1, 1, 2, 4096, 1, false}, l4 = {1, 1, 4, 2, 4096, 1, false};
         struct lmc_mp_mem a, b;
         CHECK(lmc_mp_mem(c, &l1, &a, &err) == LMC_OK && lmc_mp_mem(c, &l4, &b, &err) == LMC_OK);
         CHECK(a.activations == (double)lmc_tacts_bytes(c, 2, 4096, false));
         CHECK(b.activations == (double)lmc_tacts_bytes(c, 2, 1024, false) && b.tokens == 2048);
         CHECK(b.activations < a.activations / 3.5 && b.params == a.params);
-        struct lmc_mp_layout p2 = {1, 2, 1, 2, 64, 8};
+        struct lmc_mp_layout p2 = {1, 2, 1, 2, 64, 8, false};
         CHECK(lmc_mp_mem(c, &p2, &a, &err) == LMC_OK && a.layers == 1 && a.live == 2);
         struct lmc_config one = *c;
         one.num_layers = 1;
         CHECK(a.activations == 2.0 * (double)lmc_tacts_bytes(&one, 2, 64, false));
-        struct lmc_mp_layout bad = {3, 1, 1, 1, 64, 1};
+        struct lmc_mp_layout bad = {3, 1, 1, 1, 64, 1, false};
         CHECK(lmc_mp_mem(c, &bad, &a, &err) == LMC_ERR_ARG && strstr(err.msg, "heads"));
-        bad = (struct lmc_mp_layout){1, 3, 1, 1, 64, 1};
+        bad = (struct lmc_mp_layout){1, 3, 1, 1, 64, 1, false};
         CHECK(lmc_mp_mem(c, &bad, &a, &err) == LMC_ERR_ARG && strstr(err.msg, "layers"));
-        bad = (struct lmc_mp_layout){1, 1, 8, 1, 7, 1};
+        bad = (struct lmc_mp_layout){1, 1, 8, 1, 7, 1, false};
         CHECK(lmc_mp_mem(c, &bad, &a, &err) == LMC_ERR_ARG && strstr(err.msg, "7 tokens"));
         lmc_tmodel_free(&full);
     }

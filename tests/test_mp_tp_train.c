@@ -5,7 +5,9 @@
  * 2 sequences of 9 tokens gives the one-process loss and, for every tensor,
  * the one-process gradient of the rank's shard (split tensors: their rows
  * or columns; replicated ones: all of it; replicated KV heads after
- * lmc_tp_tmodel_sum_replicated), within 1e-5 relative. */
+ * lmc_tp_tmodel_sum_replicated), within 1e-5 relative; and the same with
+ * the embedding and head vocabulary-parallel (lmc_tp_tmodel_shard_vocab:
+ * their rows of the rank's vocabulary slice, qwen2-tiny's tied one too). */
 #include "test.h"
 #include "dist_spawn.h"
 #include "dist/tp_train.h"
@@ -17,6 +19,7 @@ enum { B = 2, T = 9 };
 
 struct ref {
     const struct lmc_tmodel *m;
+    bool vocab;             /* the embedding and head vocabulary-parallel too */
     int32_t in[B * T], tgt[B * T];
     double loss;
     float **grads;          /* per parameter, on-disk layout */
@@ -42,9 +45,12 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     struct lmc_tmodel tm;
     struct lmc_tp_group g;
     struct lmc_tp_heads h;
+    struct lmc_tvocab vocab;
     double loss = 0;
     int bad = 0;
-    lmc_status st = lmc_tp_tmodel_shard(&tm, &g, &h, r->m, c, &be, &err);
+    lmc_status st = lmc_tp_tmodel_shard_vocab(&tm, &g, &h, r->vocab ? &vocab : NULL, r->m, c, &be, &err);
+    if (!st && r->vocab && (tm.cfg.vocab_size >= r->m->cfg.vocab_size || !tm.vocab))
+        st = lmc_err_set(&err, LMC_ERR_INTERNAL, "vocabulary not split (%lld rows)", (long long)tm.cfg.vocab_size);
     if (!st) st = step(&tm, &be, r, &loss, &err);
     if (!st && g.st) st = g.st, err = g.err;
     if (!st) st = lmc_tp_tmodel_sum_replicated(&tm, &g, &h, r->m->cfg.num_kv_heads, &err);
@@ -107,14 +113,16 @@ int main(void) {
             r.grads[i] = malloc(sizeof(float) * (size_t)m.params[i].numel);
             lmc_tmodel_download_param(&m, m.g, i, r.grads[i], &err);
         }
-        for (int W = 2; W <= 4; W += 2) {
-            struct spawn_opts so = {.world = W};
-            int codes[16] = {0}, bad = 0;
-            spawn(&so, run_rank, &r, dir, codes);
-            for (int k = 0; k < W; k++)
-                if (codes[k]) bad = 1, fprintf(stderr, "%s TP %d rank %d exit %d: %s", fx[f], W, k, codes[k], slurp(dir, k));
-            CHECK_MSG(!bad, "%s training step at TP %d", fx[f], W);
-        }
+        for (int W = 2; W <= 4; W += 2)
+            for (int v = 0; v < 2; v++) {
+                struct spawn_opts so = {.world = W};
+                int codes[16] = {0}, bad = 0;
+                r.vocab = v;
+                spawn(&so, run_rank, &r, dir, codes);
+                for (int k = 0; k < W; k++)
+                    if (codes[k]) bad = 1, fprintf(stderr, "%s TP %d rank %d exit %d: %s", fx[f], W, k, codes[k], slurp(dir, k));
+                CHECK_MSG(!bad, "%s training step at TP %d%s", fx[f], W, v ? " (vocabulary parallel)" : "");
+            }
         for (int i = 0; i < m.n_params; i++) free(r.grads[i]);
         free(r.grads);
         lmc_tmodel_free(&m);

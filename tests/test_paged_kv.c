@@ -70,6 +70,7 @@ static void test_cow(void) {
     struct lmc_paged_kv kv;
     lmc_err err = {0};
     CHECK(lmc_paged_kv_init(&kv, &m, &be, 6, 4, false, &err) == LMC_OK);
+    kv.log_copies = true; /* tensor-parallel serving replays the copies on the other ranks */
     struct lmc_kv_seq a, b;
     lmc_kv_seq_init(&a);
     lmc_kv_seq_init(&b);
@@ -84,6 +85,7 @@ static void test_cow(void) {
     CHECK(lmc_kv_seq_reserve(&kv, &b, 6, 7));
     CHECK(b.blocks[0] == a.blocks[0] && b.blocks[1] != shared && a.blocks[1] == shared);
     CHECK(kv.cow_copies == 1 && kv.ref[shared] == 1 && kv.ref[b.blocks[0]] == 2);
+    CHECK(kv.n_copy_log == 1 && kv.copy_log[0] == b.blocks[1] && kv.copy_log[1] == shared && !kv.copy_log_lost);
     CHECK(block_is(&kv, b.blocks[1], 2.5f));
     fill_block(&kv, b.blocks[1], 7.0f);
     CHECK(block_is(&kv, a.blocks[1], 2.5f)); /* a's copy untouched */
@@ -97,6 +99,7 @@ static void test_cow(void) {
     CHECK(lmc_kv_seq_fork(&kv, &c, &a)); /* a has 3 blocks, 9 positions reserved, say 8 written */
     CHECK(lmc_kv_seq_reserve(&kv, &c, 8, 9));
     CHECK(c.blocks[2] != a.blocks[2] && kv.cow_copies == 1);
+    CHECK(kv.n_copy_log == 1); /* nothing copied: nothing logged */
     lmc_kv_seq_free(&kv, &a);
     lmc_kv_seq_free(&kv, &b);
     lmc_kv_seq_free(&kv, &c);

@@ -65,6 +65,14 @@ bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 bool cli_parse_f64(const char *s, double lo, double hi, double *out);
 /* Prints "lmc: <what>: <msg>" to stderr and returns 1. */
 int cli_fail(const char *what, const lmc_err *err);
+
+/* --tp T under a launcher (cli_mp.c): the world split into tensor-parallel
+ * groups of T consecutive ranks (*tpc) and the data-parallel groups across
+ * them (*dpc); with world == T nothing is split (both flags false: the
+ * world is the one TP group). Prints the error; 2 on a bad layout. */
+struct lmc_comm;
+int cli_mp_groups(struct lmc_comm *world, int tp, struct lmc_comm *tpc, bool *have_tpc, struct lmc_comm *dpc,
+                  bool *have_dpc, const char *cmd);
 /* JSON-escapes s[0..n) into stdout (with quotes). */
 void cli_json_str(const char *s, size_t n);
 

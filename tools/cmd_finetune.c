@@ -15,6 +15,7 @@
 #include "train/qlora.h"
 #include "train/sft_data.h"
 #include "train/trainer.h"
+#include "train/trainer_tp.h"
 #include "dist/comm.h"
 
 #include <errno.h>
@@ -43,7 +44,10 @@ static void usage(void) {
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
-            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n");
+            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
+            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW, float32,\n"
+            "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
+            "             and head split by vocabulary rows too\n");
 }
 
 struct src {
@@ -104,11 +108,12 @@ int cmd_finetune(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0, zero = 0;
+    int64_t save_every = 0, zero = 0, tp = 1;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
     bool qlora = false;
+    bool tp_vocab = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -138,6 +143,7 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc finetune: unknown option %s (or missing value)\n", a);
             return 2;
@@ -172,6 +178,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--eval-every")) ok = cli_parse_i64(v, 0, (int64_t)1 << 40, &eval_every);
         else if (!strcmp(a, "--seed")) ok = cli_parse_i64(v, 0, INT64_MAX, &seed);
         else if (!strcmp(a, "--zero")) ok = cli_parse_i64(v, 0, 3, &zero);
+        else if (!strcmp(a, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
         else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
         else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
         else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
@@ -214,6 +221,14 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: %s\n", oerr.msg);
         return 2;
     }
+    if (tp_vocab && tp < 2) {
+        fprintf(stderr, "lmc finetune: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
+        return 2;
+    }
+    if (tp > 1 && !full) {
+        fprintf(stderr, "lmc finetune: --tp trains all weights (--full); adapters over a sharded base do not split yet\n");
+        return 2;
+    }
     if (cc.n_lora) {
         fprintf(stderr, "lmc finetune: --lora applies adapters at inference; merge first (lmc merge)\n");
         return 2;
@@ -232,8 +247,11 @@ int cmd_finetune(int argc, char **argv) {
     struct src src;
     memset(&src, 0, sizeof src);
     bool have_be = false, have_tm = false, have_tr = false, have_lt = false, have_comm = false;
-    bool dist = denv.world > 1, root = true;
-    struct lmc_comm comm;
+    bool dist = denv.world > 1 || tp > 1, root = true;
+    struct lmc_comm comm, tpc, dpc;
+    bool have_tpc = false, have_dpc = false, have_full = false;
+    struct lmc_tmodel full_tm;
+    struct lmc_trainer_tp *tps = NULL;
     FILE *mf = NULL;
     char tmp[4200];
     tmp[0] = 0;
@@ -271,6 +289,8 @@ int cmd_finetune(int argc, char **argv) {
             rc = 2;
             goto done;
         }
+        if (tp > 1 && (rc = cli_mp_groups(&comm, (int)tp, &tpc, &have_tpc, &dpc, &have_dpc, "finetune"))) goto done;
+        rc = 1;
     }
     bool bf16;
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
@@ -286,6 +306,19 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     have_tm = true;
+    if (tp > 1) { /* this rank's shard */
+        full_tm = tm;
+        have_full = true;
+        have_tm = false;
+        lmc_status ts = lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
+        lmc_tmodel_free(&full_tm);
+        have_full = false;
+        if (ts) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        have_tm = true;
+    }
     if (qlora)
         fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s\n",
                 (long long)ql.n_quant, (long long)ql.quant_params,
@@ -338,9 +371,12 @@ int cmd_finetune(int argc, char **argv) {
         char desc[1024];
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
                  "seed %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
-                 full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
+                 tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
                  (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
-        if (lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+        struct lmc_trainer_tp *t = tps;
+        tps = NULL; /* the trainer's from here on */
+        if (t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
+              : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -354,7 +390,7 @@ int cmd_finetune(int argc, char **argv) {
             goto done;
         }
         /* the dropout masks continue where they were (every rank draws the world batches of a micro-step) */
-        src.n_drawn = (uint64_t)(tr.step * accum * (dist ? comm.world : 1));
+        src.n_drawn = (uint64_t)(tr.step * accum * (tr.comm ? tr.comm->world : 1));
         if (root) fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
     }
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
@@ -369,7 +405,12 @@ int cmd_finetune(int argc, char **argv) {
         lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
         fprintf(stderr, "lmc finetune: %s\n", odesc);
     }
-    if (root && dist)
+    if (root && tr.tp)
+        fprintf(stderr, "lmc finetune: tensor parallel %lld x data parallel %d (%d ranks), global batch %lld x %lld "
+                        "x %lld accum; each rank holds %lld of the parameters and their AdamW moments\n", (long long)tp,
+                have_dpc ? dpc.world : 1, comm.world, (long long)(B * (have_dpc ? dpc.world : 1)), (long long)T,
+                (long long)accum, (long long)tr.tm.numel);
+    else if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
                         "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
                 (long long)accum, cc.threads);
@@ -424,6 +465,12 @@ int cmd_finetune(int argc, char **argv) {
             fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
         }
     }
+    if (tr.tp) { /* the shards gathered to rank 0, which writes the consolidated model */
+        if (lmc_trainer_tp_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+    }
     if (!root) { /* the output: rank 0 */
         rc = 0;
         goto done;
@@ -436,7 +483,7 @@ int cmd_finetune(int argc, char **argv) {
         }
         fprintf(stderr, "lmc finetune: adapter (%d modules, r %lld) written to %s\n", lo.n_mods, (long long)r, out);
     } else {
-        if (lmc_ckpt_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
+        if (!tr.tp && lmc_ckpt_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -459,6 +506,10 @@ done:
     lmc_sft_free(&d);
     lmc_sft_free(&vd);
     lmc_tokenizer_free(tok);
+    if (have_full) lmc_tmodel_free(&full_tm);
+    lmc_trainer_tp_free_state(tps);
+    if (have_dpc) dpc.free(&dpc);
+    if (have_tpc) tpc.free(&tpc);
     if (have_comm) comm.free(&comm);
     return rc;
 }

@@ -6,6 +6,8 @@
 #include "cli.h"
 #include "core/core.h"
 #include "infer/scheduler.h"
+#include "infer/sched_tp.h"
+#include "dist/tp_model.h"
 #include "serve/serve.h"
 #include "train/lora_bank.h"
 
@@ -124,6 +126,40 @@ static void close_adapters(struct serve_adapters *a, struct cli_model *cm) {
     a->n_loaded = 0;
 }
 
+/* --tp N: the communicator of the launcher's ranks and this rank's shard. */
+struct serve_tp {
+    struct lmc_comm comm;
+    struct lmc_tp_model m;
+    bool comm_up, sharded;
+};
+
+/* Opens the group and shards the model; on a rank other than 0 it then
+ * follows rank 0's steps until rank 0 stops (returns the exit code). */
+static int serve_tp_open(struct serve_tp *t, int tp, struct cli_model *cm) {
+    lmc_err err = {0};
+    if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("serve --tp", &err);
+    t->comm_up = true;
+    if (t->comm.world != tp) {
+        fprintf(stderr, "lmc serve: --tp %d needs %d ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                tp, tp, t->comm.world);
+        return 2;
+    }
+    if (lmc_tp_model_shard(&t->m, &cm->model, &t->comm, &err)) return cli_fail("serve --tp", &err);
+    t->sharded = true;
+    if (t->comm.rank == 0) return 0;
+    struct lmc_sched_follow_stats st;
+    if (lmc_sched_follow(&t->m.m, &cm->be, &t->comm, &t->m.group, &st, &err)) return cli_fail("serve --tp", &err);
+    fprintf(stderr, "lmc serve: rank %d followed %lld steps (%lld tokens, %lld KV blocks copied on write)\n",
+            t->comm.rank, (long long)st.steps, (long long)st.tokens, (long long)st.copies);
+    return 0;
+}
+
+static void serve_tp_close(struct serve_tp *t) {
+    if (t->sharded) lmc_tp_model_free(&t->m);
+    if (t->comm_up) t->comm.free(&t->comm);
+    t->sharded = t->comm_up = false;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc serve -m DIR [--host 127.0.0.1] [--port 8080] [--device cpu|cuda]\n"
@@ -133,7 +169,10 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
+            "                 [--tp N]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
+            "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
+            "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -146,7 +185,7 @@ int cmd_serve(int argc, char **argv) {
     const char *name = NULL;
     char name_buf[256];
     size_t kv_bytes = 0;
-    int64_t kv_blocks = 0;
+    int64_t kv_blocks = 0, tp = 1;
     so.api_key = getenv("LMC_API_KEY");
     struct serve_adapters ad; /* about 80 KB */
     memset(&ad, 0, sizeof ad);
@@ -187,6 +226,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--max-batch")) ok = cli_parse_i64(v, 1, 4096, &n), sc.max_batch = (int)n;
         else if (!strcmp(o, "--kv-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &kv_blocks);
         else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
+        else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
@@ -233,8 +273,32 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (tp > 1 && c.device && strcmp(c.device, "cpu")) {
+        fprintf(stderr, "lmc serve: --tp runs on the CPU for now (--device %s)\n", c.device);
+        return 2;
+    }
+    if (tp > 1 && ad.n) {
+        fprintf(stderr, "lmc serve: --tp does not combine with --lora adapters yet\n");
+        return 2;
+    }
+    if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
     if (cli_open(&cm, &c, true)) return 1;
+    /* --tp: this rank's shard; the ranks other than 0 follow rank 0's steps until it stops */
+    struct serve_tp tpx;
+    memset(&tpx, 0, sizeof tpx);
+    const struct lmc_model *model = &cm.model;
+    if (tp > 1) {
+        int r = serve_tp_open(&tpx, (int)tp, &cm);
+        if (r || tpx.comm.rank != 0) {
+            serve_tp_close(&tpx);
+            cli_close(&cm);
+            return r;
+        }
+        model = &tpx.m.m;
+        sc.tp = &tpx.comm;
+        sc.tp_group = &tpx.m.group;
+    }
     if (ad.n && open_adapters(&ad, &cm, name)) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
@@ -247,8 +311,9 @@ int cmd_serve(int argc, char **argv) {
     sc.kv_blocks = kv_blocks;
     sc.kv_bytes = kv_bytes;
     struct lmc_sched *sched = NULL;
-    if (lmc_sched_init(&sched, &cm.model, &cm.be, cm.tok, &sc, &err)) {
+    if (lmc_sched_init(&sched, model, &cm.be, cm.tok, &sc, &err)) {
         close_adapters(&ad, &cm);
+        serve_tp_close(&tpx);
         cli_close(&cm);
         return cli_fail("scheduler", &err);
     }
@@ -258,6 +323,7 @@ int cmd_serve(int argc, char **argv) {
     struct lmc_server *srv = NULL;
     if (lmc_server_start(&srv, &so, &eng, cm.tok, &err)) {
         lmc_sched_free(sched);
+        serve_tp_close(&tpx);
         close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("serve", &err);
@@ -278,6 +344,10 @@ int cmd_serve(int argc, char **argv) {
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
                 (long long)st.prefix_cache_blocks_max, sc.max_batch,
                 so.api_key && *so.api_key ? ", API key required" : "");
+    if (tp > 1)
+        fprintf(stderr, "lmc serve: tensor parallel over %lld ranks (this rank: %lld of %lld heads, %lld of %lld MLP "
+                "features)\n", (long long)tp, (long long)model->cfg.num_heads, (long long)cm.model.cfg.num_heads,
+                (long long)model->cfg.intermediate_size, (long long)cm.model.cfg.intermediate_size);
     for (int k = 0; k < ad.n; k++)
         fprintf(stderr, "lmc serve: adapter %s = %s (scale x%g, r %lld)\n", ad.name[k], ad.dir[k], ad.mul[k],
                 (long long)ad.lora[k].cfg.r);
@@ -289,7 +359,8 @@ int cmd_serve(int argc, char **argv) {
     }
     fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
-    lmc_sched_free(sched);
+    lmc_sched_free(sched); /* --tp: tells the other ranks to end */
+    serve_tp_close(&tpx);
     close_adapters(&ad, &cm);
     cli_close(&cm);
     return 0;

@@ -11,6 +11,7 @@
 #include "dist/zero.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "train/trainer_tp.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -53,6 +54,9 @@ static void usage(void) {
             "             as output_router_logits with router_aux_loss_coef X; 0: off; default: config.json)\n"
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
+            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW,\n"
+            "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
+            "             --tp-vocab: the embedding and head split by vocabulary rows too\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -71,6 +75,11 @@ static int read_model_json(const char *path, struct lmc_config *c) {
 
 static bool is_tty(void) { return isatty(2); }
 
+static const char *ck_name(char *buf, size_t cap, const char *out, int64_t step) {
+    snprintf(buf, cap, "%s/step_%06lld", out, (long long)step);
+    return buf;
+}
+
 int cmd_train(int argc, char **argv) {
     /* launched as one of several ranks (mpirun, torchrun/Slurm variables):
      * data-parallel training through src/dist (lmc_trainer_dist_init) */
@@ -80,7 +89,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
-    int64_t zero = -1;
+    int64_t zero = -1, tp = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -89,7 +98,7 @@ int cmd_train(int argc, char **argv) {
     int64_t eval_batches = 8, save_every = 0, seed = 1234;
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
     double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1;
-    bool tie = false, decay_all = false, recompute = false;
+    bool tie = false, decay_all = false, recompute = false, tp_vocab = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -121,6 +130,7 @@ int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--tie")) { tie = true; continue; }
         if (!strcmp(a, "--decay-all")) { decay_all = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc train: unknown option %s (or missing value)\n", a);
             return 2;
@@ -136,7 +146,7 @@ int cmd_train(int argc, char **argv) {
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--stop-at", &stop_at, 1, (int64_t)1 << 40},
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
-            {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3},
+            {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -186,12 +196,32 @@ int cmd_train(int argc, char **argv) {
     lmc_err err = {0};
     /* the communicator: several ranks, or --zero given on one */
     struct lmc_comm comm;
-    bool dist = denv.world > 1 || zero >= 0;
+    bool dist = denv.world > 1 || zero >= 0 || tp > 1;
+    if (tp_vocab && tp < 2) {
+        fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
+        return 2;
+    }
+    if (tp > 1 && zero > 0) {
+        fprintf(stderr, "lmc train: --tp runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n");
+        return 2;
+    }
     if (dist) {
         if (zero < 0) zero = 0;
         if (!cc.threads) cc.threads = lmc_dist_cpu_threads(&denv, (int)sysconf(_SC_NPROCESSORS_ONLN));
         if (lmc_dist_init(&comm, LMC_DIST_HOST, &err)) return cli_fail("train", &err);
     }
+    /* --tp T: groups of T consecutive ranks, the data-parallel groups across them */
+    struct lmc_comm tpc, dpc;
+    bool have_tpc = false, have_dpc = false;
+    if (tp > 1 && cli_mp_groups(&comm, (int)tp, &tpc, &have_tpc, &dpc, &have_dpc, "train")) {
+        comm.free(&comm);
+        return 2;
+    }
+    struct lmc_comm *tp_comm = have_tpc ? &tpc : &comm, *dp_comm = have_dpc ? &dpc : NULL;
+    struct lmc_tmodel full;
+    struct lmc_trainer_tp *tps = NULL;
+    bool have_full = false;
+    int64_t model_numel = 0; /* the whole model's parameters (--tp: more than this rank's shard) */
     bool root = !dist || comm.rank == 0;
     struct lmc_token_data train = {0}, val = {0};
     if (lmc_token_data_open(&train, data, "train", &err)) return cli_fail("train", &err);
@@ -268,6 +298,17 @@ int cmd_train(int argc, char **argv) {
         }
     }
     have_tm = true;
+    if (tp > 1) { /* this rank's shard; the full model kept until a resume has cut its moments */
+        full = tm;
+        have_full = true;
+        model_numel = full.numel;
+        have_tm = false;
+        if (lmc_trainer_tp_shard(&tm, &tps, &full, tp_comm, tp_vocab, &be, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+        have_tm = true;
+    }
     if (aux_coef >= 0) { /* the load-balancing loss, as config.json's output_router_logits / router_aux_loss_coef */
         if (tm.cfg.num_experts <= 0) {
             fprintf(stderr, "lmc train: --router-aux-coef needs a mixture-of-experts model (%s has no experts)\n",
@@ -316,17 +357,25 @@ int cmd_train(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, zero %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
-                 (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, o.adamw.lr, (long long)o.seed,
-                 (long long)zero, lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
-        if (lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+                 "seed %lld, zero %lld, tp %lld%s, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
+                 (long long)(model_numel ? model_numel : tr.tm.numel), (long long)o.B, (long long)o.T, (long long)o.accum,
+                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "",
+                 lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
+        struct lmc_trainer_tp *t = tps;
+        tps = NULL; /* the trainer's from here on */
+        if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
+              : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
     }
-    if (resume && lmc_ckpt_load_state(&tr, resume, &err)) {
+    if (resume && (tr.tp ? lmc_trainer_tp_load_state(&tr, &full, resume, &err) : lmc_ckpt_load_state(&tr, resume, &err))) {
         rc = cli_fail("train", &err);
         goto done;
+    }
+    if (have_full) {
+        lmc_tmodel_free(&full);
+        have_full = false;
     }
     char mpath[4096];
     if (!metrics) {
@@ -344,9 +393,15 @@ int cmd_train(int argc, char **argv) {
     if (root)
         fprintf(stderr, "lmc train: %s, %lld parameters, %lld layers, batch %lld x %lld x %lld accum, "
                         "%lld steps from %lld\n",
-                tr.tm.cfg.model_type, (long long)tr.tm.numel, (long long)tr.tm.cfg.num_layers,
+                tr.tm.cfg.model_type, (long long)(model_numel ? model_numel : tr.tm.numel), (long long)tr.tm.cfg.num_layers,
                 (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
-    if (root && dist)
+    if (root && tr.tp)
+        fprintf(stderr, "lmc train: tensor parallel %lld x data parallel %d (%d ranks), global batch %lld x %lld x "
+                        "%lld accum; each rank holds %lld of the parameters and their AdamW moments, %d threads "
+                        "per rank\n", (long long)tp, dp_comm ? dp_comm->world : 1, comm.world,
+                (long long)(o.B * (dp_comm ? dp_comm->world : 1)), (long long)o.T, (long long)o.accum,
+                (long long)tr.tm.numel, cc.threads);
+    else if (root && dist)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
                         "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
                 (long long)(o.B * comm.world), (long long)o.T, (long long)o.accum,
@@ -380,7 +435,9 @@ int cmd_train(int argc, char **argv) {
         double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
         double vl = NAN;
         bool last = tr.step == end;
-        if (root && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
+        /* tensor parallel: the TP group of DP rank 0 evaluates together */
+        bool evaluator = root || (tr.tp && (!dp_comm || dp_comm->rank == 0));
+        if (evaluator && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;
         }
@@ -388,7 +445,8 @@ int cmd_train(int argc, char **argv) {
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
         if (!root) { /* the other ranks: their shards of the optimizer state */
-            if (save && lmc_trainer_dist_save(&tr, zd, &err)) {
+            if (save && (tr.tp ? lmc_trainer_tp_save(&tr, ck_name(ck, sizeof ck, out, tr.step), src_dir, tok_dir, &err)
+                                : lmc_trainer_dist_save(&tr, zd, &err))) {
                 rc = cli_fail("train", &err);
                 break;
             }
@@ -423,8 +481,9 @@ int cmd_train(int argc, char **argv) {
         if (is_tty() && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);
         if (save) {
-            snprintf(ck, sizeof ck, "%s/step_%06lld", out, (long long)tr.step);
-            if ((dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+            ck_name(ck, sizeof ck, out, tr.step);
+            if (tr.tp ? lmc_trainer_tp_save(&tr, ck, src_dir, tok_dir, &err)
+                      : (dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
                 rc = cli_fail("train", &err);
                 break;
             }
@@ -436,7 +495,11 @@ done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
+    if (have_full) lmc_tmodel_free(&full);
+    lmc_trainer_tp_free_state(tps);
     if (have_be) cli_train_backend_free(&be);
+    if (have_dpc) dpc.free(&dpc);
+    if (have_tpc) tpc.free(&tpc);
     if (dist) comm.free(&comm);
     lmc_token_data_close(&train);
     if (have_val) lmc_token_data_close(&val);

@@ -85,6 +85,15 @@ struct lmc_comm {
     void (*free)(struct lmc_comm *c);
 };
 
+/* Sub-communicators (as MPI_Comm_split; comm_split.c): every rank of parent
+ * calls it; the ranks passing the same color >= 0 form one communicator
+ * *sub, ranked by (key, parent rank). A host parent's subs share its
+ * transport: use the parent and its subs one at a time (no async work
+ * outstanding on one while another runs; every rank in the same order), and
+ * free the subs before the parent. A world-1 group is a single
+ * communicator. nccl parents: LMC_ERR_UNSUPPORTED. */
+lmc_status lmc_comm_split(struct lmc_comm *parent, int color, int key, struct lmc_comm *sub, lmc_err *err);
+
 /* World size 1: collectives are copies or no-ops; async works complete at start. */
 void lmc_comm_single_init(struct lmc_comm *c);
 

@@ -42,6 +42,7 @@ struct host_ctx {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
+    pthread_mutex_t xmu;   /* held around each collective: t is shared with sub-communicators */
     struct lmc_comm_work *head, *tail;
     bool stop, thread_started;
     bool broken;        /* a transfer failed: every later work fails with broken_err */
@@ -243,7 +244,9 @@ static void *worker(void *arg) {
             e = h->broken_err;
             s = e.status;
         } else {
+            pthread_mutex_lock(&h->xmu);
             s = run_work(h, w, &e);
+            pthread_mutex_unlock(&h->xmu);
         }
         pthread_mutex_lock(&h->mu);
         if (s && !h->broken) {
@@ -412,6 +415,7 @@ static void host_free(struct lmc_comm *c) {
             pthread_join(h->thread, NULL);
         }
         pthread_mutex_destroy(&h->mu);
+        pthread_mutex_destroy(&h->xmu);
         pthread_cond_destroy(&h->cv_work);
         pthread_cond_destroy(&h->cv_done);
         if (h->t) h->t->free(h->t);
@@ -434,6 +438,7 @@ lmc_status lmc_comm_host_init(struct lmc_comm *c, struct lmc_xport *t, const cha
     }
     h->t = t;
     pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->xmu, NULL);
     pthread_cond_init(&h->cv_work, NULL);
     pthread_cond_init(&h->cv_done, NULL);
     c->ctx = h;
@@ -467,4 +472,11 @@ lmc_status lmc_comm_host_init(struct lmc_comm *c, struct lmc_xport *t, const cha
     c->iall_gather = host_iall_gather;
     c->wait = host_wait;
     return LMC_OK;
+}
+
+struct lmc_xport *lmc_comm_host_xport(struct lmc_comm *c, pthread_mutex_t **lock) {
+    if (c->free != host_free || !c->ctx) return NULL;
+    struct host_ctx *h = c->ctx;
+    *lock = &h->xmu;
+    return h->t;
 }

@@ -45,4 +45,10 @@ struct lmc_xport {
 lmc_status lmc_comm_host_init(struct lmc_comm *c, struct lmc_xport *t, const char *name,
                               int local_rank, lmc_err *err);
 
+/* The transport under host communicator c and the lock its worker holds
+ * around each collective (sub-communicators share both: comm_split.c);
+ * NULL when c is not a host communicator. */
+#include <pthread.h>
+struct lmc_xport *lmc_comm_host_xport(struct lmc_comm *c, pthread_mutex_t **lock);
+
 #endif

@@ -44,10 +44,11 @@ lmc_status lmc_mp_mem(const struct lmc_config *c, const struct lmc_mp_layout *l,
     lc.num_heads = h.nq, lc.num_kv_heads = h.nkv;
     lc.intermediate_size = (c->intermediate_size + l->tp - 1) / l->tp;
     lc.num_layers = (c->num_layers + l->pp - 1) / l->pp;
+    if (l->vocab) lc.vocab_size = (c->vocab_size + l->tp - 1) / l->tp;
     struct count n = {0};
     if ((st = lmc_arch_walk(lmc_arch_of(&lc), &lc, add, &n, err))) return st;
     int64_t globals = n.global;
-    if (l->pp > 1 && !c->tie_word_embeddings) globals -= c->vocab_size * c->hidden_size; /* embedding or head */
+    if (l->pp > 1 && !c->tie_word_embeddings) globals -= lc.vocab_size * c->hidden_size; /* embedding or head */
     m->params = n.layer + globals;
     m->layers = lc.num_layers;
     m->tokens = l->micro_batch * ((l->seq + l->cp - 1) / l->cp);
@@ -58,6 +59,7 @@ lmc_status lmc_mp_mem(const struct lmc_config *c, const struct lmc_mp_layout *l,
     size_t a = lmc_tacts_bytes(&lc, l->micro_batch, (l->seq + l->cp - 1) / l->cp, false);
     if (!a) return lmc_err_set(err, LMC_ERR_ARG, "layout: activations for %lld tokens out of range", (long long)m->tokens);
     m->activations = (double)a * m->live;
+    if (l->vocab) m->activations += 4.0 * (double)m->tokens * (double)lc.vocab_size; /* the logits slice */
     m->total = m->weights + m->grads + m->optimizer + m->activations;
     return LMC_OK;
 }

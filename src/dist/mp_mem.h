@@ -6,7 +6,8 @@
  * per stage, the largest stage holding the embedding or the head), and the
  * training activation arena (lmc_tacts_bytes of the rank's local config
  * for its B x ceil(seq/C) tokens) times the micro-batches 1F1B keeps alive
- * on the first stage (min(P, M)). */
+ * on the first stage (min(P, M)). With vocab, the embedding and head hold
+ * ceil(V/T) rows on the largest rank. */
 #ifndef LMC_MP_MEM_H
 #define LMC_MP_MEM_H
 
@@ -17,6 +18,9 @@ struct lmc_mp_layout {
     int tp, pp, cp;
     int64_t micro_batch, seq;  /* sequences per micro-batch, tokens per sequence */
     int micro_batches;         /* M per step (pipeline) */
+    bool vocab;                /* the embedding and head split over the T ranks by vocabulary
+                                * rows (--tp-vocab); the activations then count the rank's
+                                * (tokens, ceil(V/T)) logits */
 };
 
 struct lmc_mp_mem {

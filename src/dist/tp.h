@@ -25,6 +25,10 @@ struct lmc_tp {
 struct lmc_tp_heads {
     int64_t q0, nq, kv0, nkv;
     int kv_replicas;
+    /* vocabulary-parallel embedding and head (training, tp_train.h): this
+     * rank's rows [v0, v0+nv) of them; vocab false: replicated */
+    bool vocab;
+    int64_t v0, nv;
 };
 lmc_status lmc_tp_plan_heads(int64_t n_heads, int64_t n_kv, int T, int rank, struct lmc_tp_heads *p,
                              lmc_err *err);

@@ -10,7 +10,9 @@
 void lmc_tp_tensor_cut(const char *name, const struct lmc_tp_heads *h, int64_t hd, int64_t i0,
                        int64_t ni, int *dim, int64_t *a0, int64_t *n) {
     *dim = -1, *a0 = 0, *n = 0;
-    if (strstr(name, ".q_proj.")) *dim = 0, *a0 = h->q0 * hd, *n = h->nq * hd;
+    if (h->vocab && (strstr(name, "embed_tokens.") || strstr(name, "lm_head.")))
+        *dim = 0, *a0 = h->v0, *n = h->nv;
+    else if (strstr(name, ".q_proj.")) *dim = 0, *a0 = h->q0 * hd, *n = h->nq * hd;
     else if (strstr(name, ".k_proj.") || strstr(name, ".v_proj.")) *dim = 0, *a0 = h->kv0 * hd, *n = h->nkv * hd;
     else if (strstr(name, ".o_proj.weight")) *dim = 1, *a0 = h->q0 * hd, *n = h->nq * hd;
     else if (strstr(name, ".gate_proj.") || strstr(name, ".up_proj.")) *dim = 0, *a0 = i0, *n = ni;
@@ -20,6 +22,12 @@ void lmc_tp_tensor_cut(const char *name, const struct lmc_tp_heads *h, int64_t h
 lmc_status lmc_tp_tmodel_shard(struct lmc_tmodel *tm, struct lmc_tp_group *g,
                                struct lmc_tp_heads *heads, const struct lmc_tmodel *full,
                                struct lmc_comm *c, const struct lmc_backend *be, lmc_err *err) {
+    return lmc_tp_tmodel_shard_vocab(tm, g, heads, NULL, full, c, be, err);
+}
+
+lmc_status lmc_tp_tmodel_shard_vocab(struct lmc_tmodel *tm, struct lmc_tp_group *g, struct lmc_tp_heads *heads,
+                                     struct lmc_tvocab *vocab, const struct lmc_tmodel *full, struct lmc_comm *c,
+                                     const struct lmc_backend *be, lmc_err *err) {
     memset(tm, 0, sizeof *tm);
     memset(g, 0, sizeof *g);
     const struct lmc_config *fc = &full->cfg;
@@ -36,6 +44,16 @@ lmc_status lmc_tp_tmodel_shard(struct lmc_tmodel *tm, struct lmc_tp_group *g,
                            (long long)fc->intermediate_size, c->world);
     struct lmc_config lc = *fc;
     lc.num_heads = heads->nq, lc.num_kv_heads = heads->nkv, lc.intermediate_size = ni;
+    if (vocab) { /* the embedding's and head's rows of this rank's vocabulary slice */
+        lmc_dist_slice(fc->vocab_size, c->rank, c->world, &heads->v0, &heads->nv);
+        if (heads->nv == 0)
+            return lmc_err_set(err, LMC_ERR_ARG, "tensor parallel: vocabulary %lld does not split in %d",
+                               (long long)fc->vocab_size, c->world);
+        if (full->W.pos_emb.data)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "vocabulary parallel: learned position embeddings");
+        heads->vocab = true;
+        lc.vocab_size = heads->nv;
+    }
     if ((st = lmc_tmodel_init(tm, &lc, be, err))) return st;
     float *fbuf = NULL, *lbuf = NULL;
     for (int i = 0; !st && i < tm->n_params; i++) {
@@ -74,6 +92,10 @@ lmc_status lmc_tp_tmodel_shard(struct lmc_tmodel *tm, struct lmc_tp_group *g,
         return st;
     }
     g->c = c;
+    if (vocab) {
+        *vocab = (struct lmc_tvocab){g, heads->v0, fc->vocab_size};
+        tm->vocab = vocab;
+    }
     static const enum lmc_split split[LMC_L_N] = {
         [LMC_L_Q] = LMC_SPLIT_COLUMN, [LMC_L_K] = LMC_SPLIT_COLUMN, [LMC_L_V] = LMC_SPLIT_COLUMN,
         [LMC_L_O] = LMC_SPLIT_ROW, [LMC_L_GATE] = LMC_SPLIT_COLUMN, [LMC_L_UP] = LMC_SPLIT_COLUMN,

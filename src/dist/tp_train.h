@@ -18,6 +18,15 @@ lmc_status lmc_tp_tmodel_shard(struct lmc_tmodel *tm, struct lmc_tp_group *g,
                                struct lmc_tp_heads *heads, const struct lmc_tmodel *full,
                                struct lmc_comm *c, const struct lmc_backend *be, lmc_err *err);
 
+/* As lmc_tp_tmodel_shard, with vocab non-NULL also the embedding and head
+ * vocabulary-parallel: the rank holds rows heads->v0.. (heads->nv) of them
+ * (a local vocab_size), *vocab (must outlive tm) is set up and tm->vocab
+ * points to it, so lmc_tmodel_step runs the parallel embedding and
+ * cross-entropy (the full logits never gathered). */
+lmc_status lmc_tp_tmodel_shard_vocab(struct lmc_tmodel *tm, struct lmc_tp_group *g, struct lmc_tp_heads *heads,
+                                     struct lmc_tvocab *vocab, const struct lmc_tmodel *full, struct lmc_comm *c,
+                                     const struct lmc_backend *be, lmc_err *err);
+
 /* Sums the gradients of replicated KV-head tensors over their replicas. */
 lmc_status lmc_tp_tmodel_sum_replicated(struct lmc_tmodel *tm, const struct lmc_tp_group *g,
                                         const struct lmc_tp_heads *heads, int64_t full_n_kv,

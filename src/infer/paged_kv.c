@@ -60,6 +60,7 @@ lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
 
 void lmc_paged_kv_free(struct lmc_paged_kv *kv) {
     lmc_kv_pool_free(&kv->pool);
+    free(kv->copy_log);
     free(kv->ref);
     free(kv->cached);
     free(kv->hash);
@@ -250,6 +251,22 @@ int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc
     return need;
 }
 
+static void log_copy(struct lmc_paged_kv *kv, int32_t dst, int32_t src) {
+    if (kv->n_copy_log == kv->copy_log_cap) {
+        int64_t cap = kv->copy_log_cap ? 2 * kv->copy_log_cap : 16;
+        int32_t *p = realloc(kv->copy_log, sizeof(int32_t) * 2 * (size_t)cap);
+        if (!p) {
+            kv->copy_log_lost = true;
+            return;
+        }
+        kv->copy_log = p;
+        kv->copy_log_cap = cap;
+    }
+    kv->copy_log[2 * kv->n_copy_log] = dst;
+    kv->copy_log[2 * kv->n_copy_log + 1] = src;
+    kv->n_copy_log++;
+}
+
 bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_filled,
                         int64_t n_tokens) {
     if (kv->pool.state) { /* recurrent: the sequence's state slot, zeroed when taken */
@@ -273,6 +290,7 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
         if (i * bs < n_filled) { /* holds written positions: copy them */
             lmc_kv_pool_copy_block(&kv->pool, nb, old);
             kv->cow_copies++;
+            if (kv->log_copies) log_copy(kv, nb, old);
         }
         drop_block(kv, old);
         s->blocks[i] = nb;

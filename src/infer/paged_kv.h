@@ -44,6 +44,11 @@ struct lmc_paged_kv {
     /* counters */
     int64_t hits_tokens, queries_tokens, hits_blocks, evictions, cow_copies;
     int64_t state_snapshots, state_restores; /* recurrent: snapshots taken, sequences resumed */
+    /* with log_copies (tensor-parallel serving): the copy-on-write block
+     * copies (dst, src pairs) since the caller last emptied the log */
+    bool log_copies, copy_log_lost; /* lost: a pair could not be logged (out of memory) */
+    int32_t *copy_log;
+    int64_t n_copy_log, copy_log_cap;
 };
 
 /* One sequence's view: its block table and how far its blocks are

@@ -20,7 +20,10 @@
 #include "infer/detok.h"
 #include "infer/paged_kv.h"
 #include "model/forward_batch.h"
+#include "infer/sched_tp.h"
+#include "dist/comm.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -431,12 +434,21 @@ static void step(struct lmc_sched *s) {
             r++;
         }
     }
-    lmc_status st = greedy ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b,
-                                                            s->ids, &err)
-                    : plain ? lmc_model_forward_batch_sample(s->m, s->be, &s->acts, &s->kv.pool,
-                                                             &b, s->sprm, s->ids, &err)
-                            : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b,
-                                                      s->logits, &err);
+    lmc_status st = LMC_OK;
+    if (s->o.tp) { /* the other ranks run this step too (with the blocks copied since the last) */
+        st = s->kv.copy_log_lost ? lmc_err_set(&err, LMC_ERR_OOM, "tensor parallel: KV copy log lost")
+                                 : lmc_sched_tp_step(s->o.tp, &b, s->kv.copy_log, s->kv.n_copy_log, &err);
+        s->kv.n_copy_log = 0;
+    }
+    if (!st)
+        st = greedy ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b, s->ids, &err)
+             : plain ? lmc_model_forward_batch_sample(s->m, s->be, &s->acts, &s->kv.pool, &b, s->sprm, s->ids, &err)
+                     : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b, s->logits, &err);
+    if (!st && s->o.tp_group && s->o.tp_group->st) { /* a collective inside the step failed */
+        st = s->o.tp_group->st;
+        err = s->o.tp_group->err;
+        s->o.tp_group->st = LMC_OK;
+    }
     s->n_steps++;
     int64_t row = 0;
     for (int64_t k = 0; k < ns; k++) {
@@ -540,8 +552,25 @@ static void *sched_main(void *arg) {
     int64_t cap = 0;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stopping && !s->in_head && !s->n_cancels && !s->n_running && !s->n_waiting)
-            pthread_cond_wait(&s->cv, &s->mu);
+        while (!s->stopping && !s->in_head && !s->n_cancels && !s->n_running && !s->n_waiting) {
+            if (!s->o.tp) {
+                pthread_cond_wait(&s->cv, &s->mu);
+                continue;
+            }
+            /* tensor parallel: idle, the followers hear from rank 0 within their
+             * communicator's timeout (a keep-alive every quarter of it) */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            double at = (double)ts.tv_nsec / 1e9 + lmc_comm_default_timeout() / 4;
+            ts.tv_sec += (time_t)at;
+            ts.tv_nsec = (long)((at - floor(at)) * 1e9);
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT) {
+                pthread_mutex_unlock(&s->mu);
+                lmc_err e = {0};
+                lmc_sched_tp_keepalive(s->o.tp, &e); /* a lost follower: the next step fails */
+                pthread_mutex_lock(&s->mu);
+            }
+        }
         if (s->stopping) {
             pthread_mutex_unlock(&s->mu);
             break;
@@ -720,6 +749,17 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     }
     s->st.kv_blocks_total = op.kv_blocks;
     s->st.prefix_cache_blocks_max = op.prefix_cache ? op.prefix_cache_blocks : 0;
+    if (!st && op.tp) { /* tensor parallel: the other ranks learn the pool's shape and follow every step */
+        if (recurrent) st = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel serving: recurrent models");
+        s->kv.log_copies = true;
+        struct lmc_sched_tp_shape sh = {op.kv_blocks, kv_bs, op.max_step_tokens, op.max_batch, per_seq};
+        if (!st) st = lmc_sched_tp_hello(op.tp, &sh, err);
+        if (st) {
+            pthread_cond_destroy(&s->idle_cv);
+            pthread_cond_destroy(&s->cv);
+            pthread_mutex_destroy(&s->mu);
+        }
+    }
     if (!st && pthread_create(&s->thread, NULL, sched_main, s)) {
         pthread_cond_destroy(&s->idle_cv);
         pthread_cond_destroy(&s->cv);
@@ -745,6 +785,10 @@ void lmc_sched_free(struct lmc_sched *s) {
     if (!s) return;
     lmc_sched_stop(s);
     pthread_join(s->thread, NULL);
+    if (s->o.tp) { /* the followers end (a broken group: they end on its error) */
+        lmc_err e = {0};
+        lmc_sched_tp_stop(s->o.tp, &e);
+    }
     pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);

@@ -34,6 +34,11 @@ struct lmc_sched_opts {
      * live slots plus prefix_cache_blocks snapshots (0: max_batch) when
      * kv_blocks is 0. */
     int64_t snapshot_tokens;
+    /* Tensor-parallel serving (infer/sched_tp.h; NULL: none): m is rank 0's
+     * shard; each forward step is sent over tp to the other ranks
+     * (lmc_sched_follow), tp_group's status checked after it. */
+    struct lmc_comm *tp;
+    struct lmc_tp_group *tp_group;
 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
 

@@ -10,6 +10,7 @@
 #include "core/core.h"
 #include "core/rng.h"
 #include "quant/qmatmul.h"
+#include "dist/tp.h" /* the vocabulary-parallel embedding and cross-entropy (tm->vocab) */
 
 #include <math.h>
 #include <stdio.h>
@@ -535,13 +536,41 @@ void lmc_tacts_free(struct lmc_tacts *a) {
 
 /* ---------------- the step ---------------- */
 
+/* Vocabulary-parallel head and cross-entropy (tm->vocab): logits (M, vr)
+ * of this rank's slice, the loss across the group, dh = the all-reduce of
+ * dlogits @ W_r ("f"'s backward), dW_r += dlogits^T hf; host buffers. */
+static lmc_status vocab_head_xent(struct lmc_tmodel *tm, const struct lmc_backend *be, struct lmc_tacts *a,
+                                  const int32_t *targets, bool backward, float dscale, double *sum,
+                                  int64_t *count, lmc_err *err) {
+    const struct lmc_tvocab *vp = tm->vocab;
+    int64_t M = a->B * a->T, vr = tm->cfg.vocab_size, n = 0;
+    float *logits = malloc(sizeof(float) * (size_t)(M * vr));
+    if (!logits) return lmc_err_set(err, LMC_ERR_OOM, "vocabulary-parallel logits (%lld x %lld): out of memory",
+                                    (long long)M, (long long)vr);
+    struct lmc_tp tp = {vp->g->c, be};
+    be->matmul(be->ctx, logits, a->hf, M, &tm->W.head.w, NULL);
+    double mean = 0;
+    lmc_status st = lmc_tp_xent(&tp, &mean, backward ? logits : NULL, logits, M, vp->v0, vr, vp->V, targets, err);
+    for (int64_t i = 0; i < M; i++) n += targets[i] >= 0;
+    *sum = mean * (double)n;
+    *count = n;
+    if (!st && backward) { /* d(mean)/dlogits -> d(dscale x sum) */
+        float s = dscale * (float)n;
+        for (int64_t i = 0; i < M * vr; i++) logits[i] *= s;
+        st = lmc_tp_col_bwd(&tp, a->dh, (float *)tm->G.head.w.data, NULL, logits, a->hf, M, &tm->W.head.w, err);
+    }
+    free(logits);
+    return st;
+}
+
 lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                            struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
                            bool backward, float dscale, double *loss_sum, int64_t *count,
                            lmc_err *err) {
     const struct lmc_config *c = &tm->cfg;
     const struct lmc_architecture *ar = tm->arch;
-    int64_t C = c->hidden_size, M = a->B * a->T, L = c->num_layers, V = c->vocab_size;
+    int64_t C = c->hidden_size, M = a->B * a->T, L = c->num_layers;
+    int64_t V = tm->vocab ? tm->vocab->V : c->vocab_size; /* the full vocabulary */
     float eps = (float)c->norm_eps;
     LMC_ASSERT(be == tm->be && a->be == be);
     lmc_status st = lmc_tmodel_check_backend(be, c, backward, false, err);
@@ -576,22 +605,33 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                         .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
-    lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);
+    if (tm->vocab) { /* each rank's rows, all-reduced */
+        struct lmc_tp tp = {tm->vocab->g->c, be};
+        if ((st = lmc_tp_embed_fwd(&tp, a->xs[0], tm->W.tok_emb.data, tm->vocab->v0, c->vocab_size, V, C, inputs,
+                                   M, err)))
+            return st;
+    } else {
+        lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);
+    }
     for (int64_t l = 0; l < L; l++)
         lmc_block_fwd(&r, l, &tm->W.layers[l], &a->saves[a->recompute ? 0 : l], a->xs[l], a->xs[l + 1]);
     ar->norm->fwd(be, a->hf, a->xs[L], tm->W.norm_f, tm->W.norm_f_b, M, C, eps);
-    float *dlm = backward ? (float *)tm->G.head.w.data : NULL;
-    be->classifier_xent(be->ctx, a->loss, backward ? a->dh : NULL, dlm, a->hf, &tm->W.head.w,
-                        a->targets, M, dscale);
-    float *loss = a->loss_host;
-    be->download(be->ctx, loss, a->loss, (size_t)M * sizeof(float));
     double sum = 0;
     int64_t n = 0;
-    for (int64_t i = 0; i < M; i++)
-        if (targets[i] >= 0) {
-            sum += loss[i];
-            n++;
-        }
+    if (tm->vocab) {
+        if ((st = vocab_head_xent(tm, be, a, targets, backward, dscale, &sum, &n, err))) return st;
+    } else {
+        float *dlm = backward ? (float *)tm->G.head.w.data : NULL;
+        be->classifier_xent(be->ctx, a->loss, backward ? a->dh : NULL, dlm, a->hf, &tm->W.head.w,
+                            a->targets, M, dscale);
+        float *loss = a->loss_host;
+        be->download(be->ctx, loss, a->loss, (size_t)M * sizeof(float));
+        for (int64_t i = 0; i < M; i++)
+            if (targets[i] >= 0) {
+                sum += loss[i];
+                n++;
+            }
+    }
     if (a->moe) { /* the load-balancing loss, its gradient weighted as the summed loss's (dscale) */
         double coef = c->output_router_logits ? c->router_aux_loss_coef : 0.0, tot[2] = {(double)M, (double)n};
         if (a->moe_dp && a->moe_dp->world > 1) { /* over every rank's rows (count and psum are contiguous) */
@@ -614,7 +654,8 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
     }
-    be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
+    if (tm->vocab) lmc_tp_embed_bwd((float *)tm->G.tok_emb.data, tm->vocab->v0, c->vocab_size, C, inputs, M, a->dx);
+    else be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
     if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, M, C);
     return LMC_OK;
 }

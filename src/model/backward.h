@@ -51,6 +51,15 @@ struct lmc_tparam {
     const struct lmc_qweight *q;
 };
 
+/* Vocabulary-parallel embedding and head (tensor-parallel training,
+ * dist/tp_train.h): the model's embedding and head hold rows [v0, v0 +
+ * cfg.vocab_size) of a vocabulary of V; lmc_tmodel_step then looks ids up
+ * and takes the cross-entropy across the group g (host backends). */
+struct lmc_tvocab {
+    struct lmc_tp_group *g;
+    int64_t v0, V;
+};
+
 struct lmc_tmodel {
     const struct lmc_backend *be; /* owns the arenas (not owned; outlives the model) */
     struct lmc_config cfg;
@@ -70,6 +79,7 @@ struct lmc_tmodel {
      * (lmc_tmodel_grad): 0, or trainable_off with a frozen base, whose
      * gradient views then write into a scratch that nothing reads. */
     int64_t g_off;
+    const struct lmc_tvocab *vocab; /* NULL: the whole vocabulary */
 };
 
 /* Parameter p's gradient in tm->g. */

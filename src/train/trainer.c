@@ -8,6 +8,7 @@
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "train/trainer_tp.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -35,9 +36,10 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         s = lmc_err_set(err, LMC_ERR_ARG, "no training data");
         goto fail;
     }
-    if (train && train->vocab_size > (uint32_t)tr->tm.cfg.vocab_size) {
+    int64_t vocab = tr->tm.vocab ? tr->tm.vocab->V : tr->tm.cfg.vocab_size; /* vocabulary-parallel: the full one */
+    if (train && train->vocab_size > (uint32_t)vocab) {
         s = lmc_err_set(err, LMC_ERR_ARG, "the data's vocabulary (%u) is larger than the model's (%lld)",
-                        train->vocab_size, (long long)tr->tm.cfg.vocab_size);
+                        train->vocab_size, (long long)vocab);
         goto fail;
     }
     if (tr->tm.be != be) {
@@ -100,6 +102,7 @@ fail:
 
 void lmc_trainer_free(struct lmc_trainer *tr) {
     lmc_trainer_dist_free(tr);
+    lmc_trainer_tp_free(tr);
     lmc_tacts_free(&tr->acts);
     if (tr->be) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
@@ -139,6 +142,7 @@ void lmc_trainer_split_batch(struct lmc_trainer *tr) {
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     const struct lmc_train_opts *o = &tr->o;
+    if (tr->tp) return lmc_trainer_tp_step(tr, st, err);
     if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;

@@ -60,6 +60,8 @@ struct lmc_train_stats {
     const double *expert_tokens; /* (n_experts), the trainer's until its next step */
 };
 
+struct lmc_trainer_tp;
+
 struct lmc_trainer {
     struct lmc_tmodel tm;      /* owned */
     const struct lmc_backend *be;
@@ -82,6 +84,8 @@ struct lmc_trainer {
     int32_t *batch;            /* (B, T+1) */
     int32_t *in, *tg;          /* (B*T) */
     double *expert_tokens;     /* (num_experts) the step's expert load (MoE; else NULL) */
+    /* tensor parallel (trainer_tp.h; NULL: none): tm is this rank's shard */
+    struct lmc_trainer_tp *tp;
 };
 /* Adds the micro-batch tr->acts just ran to st's expert load (MoE; no-op
  * for dense models); after the last of accum, st->moe_aux is their mean. */

@@ -1,0 +1,339 @@
+/* trainer_tp.c — the trainer's tensor-parallel step, its consolidated
+ * checkpoints and resume (see trainer_tp.h). The step mirrors
+ * lmc_trainer_step: micro-batches (this DP rank's rows of the global batch,
+ * or a batch source's draws), forward + backward through the shard (the
+ * collectives run in lmc_linear), replicated KV-head gradients summed, the
+ * gradient all-reduced over the DP ranks, then the global norm over the
+ * TP group and AdamW per tensor on the shard. */
+#include "train/trainer_tp.h"
+#include "train/trainer_internal.h"
+#include "core/core.h"
+#include "dist/comm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp **out,
+                                const struct lmc_tmodel *full, struct lmc_comm *tp, bool vocab,
+                                const struct lmc_backend *be, lmc_err *err) {
+    *out = NULL;
+    if (full->cfg.num_experts > 0)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel training: %s has mixture-of-experts layers, "
+                           "which do not split yet", full->cfg.model_type);
+    if (full->trainable_off)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel training: a frozen base (adapters) does not "
+                           "split yet (use --full)");
+    struct lmc_trainer_tp *t = calloc(1, sizeof *t);
+    if (!t) return lmc_err_set(err, LMC_ERR_OOM, "tensor parallel: out of memory");
+    lmc_status s = lmc_tp_tmodel_shard_vocab(shard, &t->g, &t->heads, vocab ? &t->vocab : NULL, full, tp, be, err);
+    if (s) {
+        free(t);
+        return s;
+    }
+    t->c = tp;
+    t->full = full->cfg;
+    lmc_dist_slice(full->cfg.intermediate_size, tp->rank, tp->world, &t->i0, &t->ni);
+    *out = t;
+    return LMC_OK;
+}
+
+void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t) { free(t); }
+
+void lmc_trainer_tp_free(struct lmc_trainer *tr) {
+    free(tr->tp);
+    tr->tp = NULL;
+}
+
+lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
+                                 const char *desc, lmc_err *err) {
+    tr->tp = t;
+    if (tr->have_opt)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp trains with AdamW only (--optim %s needs whole matrices)",
+                           lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (tr->tm.trainable_off)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp: a frozen base (adapters) does not split yet (use --full)");
+    if (strcmp(tr->be->name, "cpu") || t->c->device_buffers)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel training runs on the CPU backend only for now "
+                           "(backend %s)", tr->be->name);
+    lmc_status s = lmc_dist_check_same(t->c, "tensor-parallel training configuration", desc, err);
+    if (s || !dp || dp->world <= 1) return s;
+    if ((s = lmc_dist_check_same(dp, "data-parallel training configuration", desc, err))) return s;
+    tr->comm = dp;
+    tr->zero_stage = 0;
+    if (tr->o.next_batch) return LMC_OK; /* a batch source: every rank draws the world's batches */
+    /* the loader reads global micro-batches of dp x B rows */
+    int64_t gB = (int64_t)dp->world * tr->o.B;
+    tr->gbatch = malloc((size_t)(gB * (tr->o.T + 1)) * sizeof(int32_t));
+    if (!tr->gbatch) return lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
+    int64_t ep = tr->train.epoch, ix = tr->train.index;
+    lmc_loader_free(&tr->train);
+    memset(&tr->train, 0, sizeof tr->train);
+    if ((s = lmc_loader_init(&tr->train, tr->train_data, gB, tr->o.T, tr->o.seed, true, err))) return s;
+    return lmc_loader_seek(&tr->train, ep, ix, err);
+}
+
+/* The group's first failed collective (sticky in the linears), reset. */
+static lmc_status group_status(struct lmc_trainer_tp *t, lmc_err *err) {
+    lmc_status s = t->g.st;
+    if (s) {
+        if (err) *err = t->g.err;
+        t->g.st = LMC_OK;
+    }
+    return s;
+}
+
+/* sqrt of the sum of squares of the full model's gradient: split tensors'
+ * shards summed over the group, replicated KV heads once over their
+ * replicas, replicated tensors once. Every rank gets the same bits. */
+static lmc_status global_norm(struct lmc_trainer *tr, double *norm, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    const struct lmc_tmodel *tm = &tr->tm;
+    double split = 0, rep = 0;
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        int dim;
+        int64_t a0, n;
+        lmc_tp_tensor_cut(p->name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+        double ss = tr->be->sumsq(tr->be->ctx, lmc_tmodel_grad(tm, p), p->numel);
+        bool kv = strstr(p->name, ".k_proj.") || strstr(p->name, ".v_proj.");
+        if (dim < 0) rep += ss;
+        else split += kv && t->heads.kv_replicas > 1 ? ss / t->heads.kv_replicas : ss;
+    }
+    lmc_status s = t->c->all_reduce(t->c, &split, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    *norm = sqrt(rep + split);
+    return s;
+}
+
+/* draws this rank's batch of the global micro-step from the batch source
+ * (every DP rank draws them all; those of later ranks after the step) */
+static lmc_status draw(struct lmc_trainer *tr, int from, int to, lmc_err *err) {
+    const struct lmc_train_opts *o = &tr->o;
+    for (int j = from; j < to; j++) {
+        lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
+        if (s) return s;
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_backend *be = tr->be;
+    const struct lmc_train_opts *o = &tr->o;
+    int dw = tr->comm ? tr->comm->world : 1, dr = tr->comm ? tr->comm->rank : 0;
+    memset(st, 0, sizeof *st);
+    lmc_tmodel_zero_grad(tm);
+    int64_t per = o->B * o->T, row = o->T + 1;
+    float dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)dw * (double)o->accum));
+    double sums[2] = {0, 0}; /* loss sum, counted targets */
+    lmc_status s;
+    for (int64_t k = 0; k < o->accum; k++) {
+        if (o->next_batch) {
+            if ((s = draw(tr, 0, dr + 1, err))) return s;
+        } else if (dw > 1) {
+            lmc_loader_next(&tr->train, tr->gbatch);
+            memcpy(tr->batch, tr->gbatch + (int64_t)dr * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
+            lmc_trainer_split_batch(tr);
+        } else {
+            lmc_loader_next(&tr->train, tr->batch);
+            lmc_trainer_split_batch(tr);
+        }
+        double ls;
+        int64_t n;
+        s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
+        if (!s) s = group_status(t, err);
+        if (s) return s;
+        sums[0] += ls;
+        sums[1] += (double)n;
+        if (o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
+    }
+    if ((s = lmc_tp_tmodel_sum_replicated(tm, &t->g, &t->heads, t->full.num_kv_heads, err))) return s;
+    if (dw > 1 && ((s = tr->comm->all_reduce(tr->comm, tm->g, tm->numel, LMC_DTYPE_F32, LMC_REDUCE_SUM, err)) ||
+                   (s = tr->comm->all_reduce(tr->comm, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))))
+        return s;
+    st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
+    st->tokens = per * o->accum * dw;
+    if ((s = global_norm(tr, &st->grad_norm, err))) return s;
+    double inv = 1.0;
+    if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
+        inv = 1.0 / (sums[1] > 0 ? sums[1] : 1);
+        st->grad_norm *= inv;
+    }
+    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
+    st->lr = lmc_schedule_lr(&o->sched, tr->step);
+    tr->step++;
+    if (!isfinite(st->grad_norm)) { /* the same on every rank */
+        st->skipped = true;
+        return LMC_OK;
+    }
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        struct lmc_adamw_step as;
+        lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
+                            grad_scale, &as);
+        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + p->off, tr->v + p->off, p->numel, &as);
+    }
+    be->sync(be->ctx);
+    return LMC_OK;
+}
+
+/* Where rank r's shard of tensor `name` lies in the full tensor. */
+static lmc_status rank_cut(const struct lmc_trainer_tp *t, int r, const char *name, int *dim, int64_t *a0,
+                           int64_t *n, lmc_err *err) {
+    struct lmc_tp_heads h;
+    lmc_status s = lmc_tp_plan_heads(t->full.num_heads, t->full.num_kv_heads, t->c->world, r, &h, err);
+    if (s) return s;
+    int64_t i0, ni;
+    lmc_dist_slice(t->full.intermediate_size, r, t->c->world, &i0, &ni);
+    if (t->heads.vocab) {
+        h.vocab = true;
+        lmc_dist_slice(t->full.vocab_size, r, t->c->world, &h.v0, &h.nv);
+    }
+    lmc_tp_tensor_cut(name, &h, t->full.head_dim, i0, ni, dim, a0, n);
+    return LMC_OK;
+}
+
+/* full (rows, cols) <- src, the (n rows | n cols) shard at a0 */
+static void place(float *full, const float *src, int dim, int64_t a0, int64_t n, int64_t rows, int64_t cols) {
+    if (dim == 0) {
+        memcpy(full + a0 * cols, src, sizeof(float) * (size_t)(n * cols));
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) memcpy(full + r * cols + a0, src + r * n, sizeof(float) * (size_t)n);
+}
+
+/* Shard parameter i of `arena` (laid out as the shard's w) gathered into
+ * TP rank 0's fbuf (the full tensor, on-disk layout); the others send. */
+static lmc_status gather_param(const struct lmc_trainer *tr, const float *arena, int i, const struct lmc_tparam *fp,
+                               float *fbuf, float *lbuf, float *rbuf, lmc_err *err) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    const struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_tparam *p = &tm->params[i];
+    struct lmc_comm *c = t->c;
+    lmc_status s = lmc_tmodel_download_param(tm, arena, i, lbuf, err);
+    int dim;
+    int64_t a0, n;
+    if (!s) s = rank_cut(t, c->rank, p->name, &dim, &a0, &n, err);
+    if (s) return s;
+    int64_t rows = fp->shape[0], cols = fp->ndim == 2 ? fp->shape[1] : 1;
+    if (dim < 0) { /* replicated: rank 0's copy */
+        if (c->rank == 0) memcpy(fbuf, lbuf, sizeof(float) * (size_t)fp->numel);
+        return LMC_OK;
+    }
+    if (c->rank != 0) return c->send(c, lbuf, sizeof(float) * (size_t)p->numel, 0, err);
+    place(fbuf, lbuf, dim, a0, n, rows, cols);
+    for (int r = 1; r < c->world; r++) {
+        if ((s = rank_cut(t, r, p->name, &dim, &a0, &n, err))) return s;
+        int64_t cnt = dim == 0 ? n * cols : rows * n;
+        if ((s = c->recv(c, rbuf, sizeof(float) * (size_t)cnt, r, err))) return s;
+        place(fbuf, rbuf, dim, a0, n, rows, cols);
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, const char *config_src,
+                               const char *tok_dir, lmc_err *err) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    if (tr->comm && tr->comm->rank != 0) return LMC_OK; /* DP replicas: DP rank 0's group writes */
+    bool writer = t->c->rank == 0;
+    const struct lmc_backend *be = tr->be;
+    struct lmc_tmodel full;
+    memset(&full, 0, sizeof full);
+    float *fm = NULL, *fv = NULL, *fbuf = NULL, *lbuf = NULL, *rbuf = NULL;
+    lmc_status s = LMC_OK;
+    if (writer) { /* the full model's layout, from the full config */
+        if ((s = lmc_tmodel_init(&full, &t->full, be, err))) return s;
+        size_t bytes = (size_t)full.numel * sizeof(float);
+        fm = be->alloc(be->ctx, bytes);
+        fv = be->alloc(be->ctx, bytes);
+        if (fm) be->zero(be->ctx, fm, bytes);
+        if (fv) be->zero(be->ctx, fv, bytes);
+    }
+    int64_t maxn = 0;
+    for (int i = 0; i < tr->tm.n_params; i++) maxn = LMC_MAX(maxn, tr->tm.params[i].numel);
+    lbuf = malloc(sizeof(float) * (size_t)maxn);
+    rbuf = malloc(sizeof(float) * (size_t)maxn);
+    if (writer) fbuf = malloc(sizeof(float) * (size_t)full.numel);
+    if (!lbuf || !rbuf || (writer && (!fm || !fv || !fbuf)))
+        s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory gathering the tensor-parallel shards", dir);
+    /* every rank runs the same gathers (the ranks other than 0 only send) */
+    for (int i = 0; !s && i < tr->tm.n_params; i++) {
+        const struct lmc_tparam *p = &tr->tm.params[i];
+        int f = writer ? lmc_tmodel_find(&full, p->name) : -1;
+        if (writer && f < 0) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: the full model has no tensor '%s'", dir, p->name);
+            break;
+        }
+        const struct lmc_tparam *fp = writer ? &full.params[f] : p;
+        const float *src[3] = {tr->tm.w, tr->m, tr->v};
+        float *dst[3] = {full.w, fm, fv};
+        for (int a = 0; !s && a < 3; a++) {
+            s = gather_param(tr, src[a], i, fp, fbuf, lbuf, rbuf, err);
+            if (!s && writer) s = lmc_tmodel_upload_param(&full, dst[a], f, fbuf, err);
+        }
+    }
+    free(lbuf), free(rbuf), free(fbuf);
+    if (!s && writer) { /* the one-process trainer's view of the full state */
+        struct lmc_trainer one = *tr;
+        one.tm = full;
+        one.m = fm, one.v = fv;
+        one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = false;
+        s = lmc_ckpt_save(&one, dir, config_src, tok_dir, err);
+    }
+    if (fm) be->free(be->ctx, fm);
+    if (fv) be->free(be->ctx, fv);
+    if (writer) lmc_tmodel_free(&full);
+    return s;
+}
+
+lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tmodel *full, const char *dir,
+                                     lmc_err *err) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    const struct lmc_backend *be = tr->be;
+    struct lmc_trainer one = *tr;
+    one.tm = *full;
+    one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = false;
+    size_t bytes = (size_t)full->numel * sizeof(float);
+    one.m = be->alloc(be->ctx, bytes);
+    one.v = be->alloc(be->ctx, bytes);
+    float *fbuf = malloc(bytes ? bytes : 1), *lbuf = NULL;
+    int64_t maxn = 0;
+    for (int i = 0; i < tr->tm.n_params; i++) maxn = LMC_MAX(maxn, tr->tm.params[i].numel);
+    lbuf = malloc(sizeof(float) * (size_t)(maxn ? maxn : 1));
+    lmc_status s = LMC_OK;
+    if (!one.m || !one.v || !fbuf || !lbuf)
+        s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory for the optimizer state", dir);
+    if (!s) s = lmc_ckpt_load_state(&one, dir, err);
+    if (!s) {
+        tr->step = one.step;
+        s = lmc_loader_seek(&tr->train, one.train.epoch, one.train.index, err);
+    }
+    const float *src[2] = {one.m, one.v};
+    float *dst[2] = {tr->m, tr->v};
+    for (int i = 0; !s && i < tr->tm.n_params; i++) {
+        const struct lmc_tparam *p = &tr->tm.params[i];
+        int f = lmc_tmodel_find(full, p->name), dim;
+        int64_t a0, n;
+        if (f < 0) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: the model has no tensor '%s'", dir, p->name);
+            break;
+        }
+        const struct lmc_tparam *q = &full->params[f];
+        int64_t rows = q->shape[0], cols = q->ndim == 2 ? q->shape[1] : 1;
+        lmc_tp_tensor_cut(p->name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+        for (int a = 0; !s && a < 2; a++) {
+            s = lmc_tmodel_download_param(full, src[a], f, fbuf, err);
+            if (s) break;
+            if (dim == 0) lmc_tp_take_rows(lbuf, fbuf, cols, a0, n);
+            else if (dim == 1) lmc_tp_take_cols(lbuf, fbuf, rows, cols, a0, n);
+            else memcpy(lbuf, fbuf, sizeof(float) * (size_t)q->numel);
+            s = lmc_tmodel_upload_param(&tr->tm, dst[a], i, lbuf, err);
+        }
+    }
+    free(fbuf), free(lbuf);
+    if (one.m) be->free(be->ctx, one.m);
+    if (one.v) be->free(be->ctx, one.v);
+    return s;
+}

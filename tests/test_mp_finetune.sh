@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# test_mp_finetune.sh — `lmc finetune --full --tp T` (train/trainer_tp.c)
+# on llama-tiny (4 heads, 2 KV heads) with ranks started by torchrun-style
+# variables (tcp, a port from the OS): TP 2, DP 2 x TP 2 (4 ranks, the
+# global batch 4) and TP 2 with the vocabulary-parallel embedding/head
+# (--tp-vocab; also on qwen2-tiny, whose embedding is tied to the head)
+# give the one-process losses (1e-6 relative) and the consolidated model's
+# weights (1e-6 relative in norm); rank 0 alone writes
+# the output and metrics; --tp without --full is refused.
+# Usage: test_mp_finetune.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
+FIX=tests/fixtures/llama-tiny
+for i in $(seq 1 23); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
+done >"$TMP/d.jsonl"
+C="--data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8 --clip 0.5 --full"
+run() { # W OUT ARGS...
+  local W=$1 out=$2; shift 2
+  for try in 1 2 3; do
+    local port pids=() rc=0
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    for r in $(seq $((W - 1)) -1 1); do
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune -m $FIX $C "$@" -o "$TMP/$out" >"$TMP/$out.r$r" 2>&1 &
+      pids+=($!)
+    done
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune -m $FIX $C "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1 || rc=1
+    for p in "${pids[@]}"; do wait $p || rc=1; done
+    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
+  done
+  return $rc
+}
+"$LMC" finetune -m $FIX $C --batch 2 --accum 2 -o "$TMP/one" 2>"$TMP/err"; ok $? "one process: $(tail -2 "$TMP/err")"
+run 2 tp2 --batch 2 --accum 2 --tp 2; ok $? "tp 2: $(tail -n 3 "$TMP"/tp2.r*)"
+grep -q "tensor parallel 2 x data parallel 1 (2 ranks), global batch 2 x 32 x 2 accum" "$TMP/tp2.r0"
+ok $? "tp 2 start-up line: $(grep parallel "$TMP/tp2.r0")"
+run 4 dp2tp2 --batch 2 --tp 2; ok $? "dp 2 x tp 2: $(tail -n 3 "$TMP"/dp2tp2.r*)"
+run 2 vp2 --batch 2 --accum 2 --tp 2 --tp-vocab; ok $? "tp 2 vocabulary-parallel: $(tail -n 3 "$TMP"/vp2.r*)"
+# qwen2-tiny: one KV head (replicated), q/k/v biases, the embedding tied to the head (split by vocabulary)
+FIX=tests/fixtures/qwen2-tiny
+"$LMC" finetune -m $FIX $C --batch 2 --accum 2 -o "$TMP/qone" 2>"$TMP/err"; ok $? "qwen2 one process: $(tail -2 "$TMP/err")"
+run 2 qvp2 --batch 2 --accum 2 --tp 2 --tp-vocab; ok $? "qwen2 tp 2 vocabulary-parallel: $(tail -n 3 "$TMP"/qvp2.r*)"
+run 2 qtp2 --batch 2 --accum 2 --tp 2; ok $? "qwen2 tp 2: $(tail -n 3 "$TMP"/qtp2.r*)"
+[ "$(grep -c '^step 8/8' "$TMP/tp2.r1")" = 0 ] && [ "$(grep -c '^step 8/8' "$TMP/tp2.r0")" = 1 ]
+ok $? "progress on rank 0 only"
+python3 - "$TMP" <<'PY'
+import json, struct, sys
+tmp = sys.argv[1]
+def rows(p): return [json.loads(l) for l in open(p)]
+def params(d):
+    b = open(f"{d}/model.safetensors", "rb").read()
+    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
+    return out
+bad, res = 0, {}
+for d, o in [("tp2", "one"), ("dp2tp2", "one"), ("vp2", "one"), ("qvp2", "qone"), ("qtp2", "qone")]:
+    ref, refp = rows(f"{tmp}/{o}.metrics.jsonl"), params(f"{tmp}/{o}")
+    r, p = rows(f"{tmp}/{d}.metrics.jsonl"), params(f"{tmp}/{d}")
+    assert len(r) == 8 == len(ref) and sorted(p) == sorted(refp), (d, len(r))
+    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
+    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
+              sum(y * y for k in refp for y in refp[k])) ** 0.5
+    worst_p = max(abs(x - y) for k in refp for x, y in zip(p[k], refp[k])) / max(abs(x) for t in refp.values() for x in t)
+    print(f"finetune {d}: losses max rel {worst:.2e}, weights |diff| / |w| {norm_p:.2e} (max |diff| / max |w| {worst_p:.2e})")
+    # qwen2-tiny (tied embedding, lr 1e-2): AdamW magnifies the rounding of
+    # the row-parallel sums on its near-zero gradients (rows of tokens never
+    # seen) to ~2e-6 in norm with or without --tp-vocab (qtp2 is the control)
+    tol = (1e-5, 1e-4) if d.startswith("q") else (1e-6, 1e-5)
+    if not (worst <= 1e-6 and norm_p <= tol[0] and worst_p <= tol[1]): bad += 1
+    res[d] = norm_p
+if res.get("qvp2", 1) > 2 * res.get("qtp2", 0): bad += 1; print("vocabulary parallel adds error", res)
+sys.exit(bad)
+PY
+ok $? "finetune tp 2, dp 2 x tp 2 and vocabulary-parallel tp 2 (llama, tied qwen2) equal one process"
+"$LMC" finetune -m tests/fixtures/llama-tiny --data "$TMP/d.jsonl" --tp 2 -o "$TMP/x" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "full" "$TMP/err"; ok $? "--tp without --full: $(cat "$TMP/err")"
+echo "test_mp_finetune: $pass passed, $fail failed"
+[ $fail = 0 ]
