@@ -69,5 +69,22 @@ sed -i 's/"intermediate_size":[[:space:]]*176/"intermediate_size": 192/' "$TMP/q
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora fp4 2>/dev/null
 [ $? = 2 ]; ok $? "--qlora fp4 refused"
 
+# the GPU: --device cuda --dtype fp32 runs where there is one, its losses
+# those of the CPU run (ad-nf4 above) within 1e-4; elsewhere a clean error
+# naming cuda, never the QLoRA refusal of a backend without the 4-bit path
+FIX=tests/fixtures/llama-tiny
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/cu" $COMMON --qlora nf4 --device cuda --dtype fp32 2>"$TMP/err"
+rc=$?
+if [ $rc = 0 ]; then
+  grep -q "on cuda: .* MiB" "$TMP/err"; ok $? "QLoRA on cuda logs the base's device bytes: $(grep 'QLoRA base' "$TMP/err")"
+  paste <(sed 's/.*"loss": \([0-9.e+-]*\).*/\1/' "$TMP/ad-nf4.metrics.jsonl") \
+        <(sed 's/.*"loss": \([0-9.e+-]*\).*/\1/' "$TMP/cu.metrics.jsonl") |
+    awk '{d = $1 - $2; if (d < 0) d = -d; if (d > 1e-4 * $1) bad = 1} END {exit bad}'
+  ok $? "QLoRA --device cuda --dtype fp32: the CPU run's losses"
+else
+  [ $rc = 1 ] && grep -qi "cuda" "$TMP/err" && ! grep -q "no quantized float matmul" "$TMP/err"
+  ok $? "QLoRA --device cuda without a GPU fails cleanly ($rc: $(cat "$TMP/err"))"
+fi
+
 echo "test_qlora_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -105,6 +105,30 @@ lmc_status lmc_qweight_init_nf4_flat(struct lmc_qweight *w, const struct lmc_nf4
     memcpy(codes, q->packed, (size_t)(nk + 1) / 2);
     memcpy(w->code, q->quant_map, sizeof w->code);
     for (int64_t b = 0; b < q->n_blocks; b++) w->absmax[b] = lmc_nf4_absmax(q, b);
+    lmc_status s = lmc_qweight_keep_dq(w, q, err);
+    if (s) lmc_qweight_free(w);
+    return s;
+}
+
+lmc_status lmc_qweight_keep_dq(struct lmc_qweight *w, const struct lmc_nf4 *q, lmc_err *err) {
+    if (q->absmax_f || !q->absmax_q || !q->absmax2 || q->blocksize2 <= 0) return LMC_OK;
+    int64_t n2 = (q->n_blocks + q->blocksize2 - 1) / q->blocksize2;
+    LMC_ASSERT(n2 <= q->n_blocks2);
+    size_t fl = (size_t)(256 + n2) * sizeof(float);
+    char *p = malloc(fl + (size_t)q->n_blocks);
+    if (!p) return lmc_err_set(err, LMC_ERR_OOM, "NF4 weight: out of memory");
+    float *nested = (float *)p;
+    memcpy(nested, q->nested_map, 256 * sizeof(float));
+    memcpy(nested + 256, q->absmax2, (size_t)n2 * sizeof(float));
+    memcpy(p + fl, q->absmax_q, (size_t)q->n_blocks);
+    w->dq_owned = p;
+    w->dq_nested = nested;
+    w->dq_absmax2 = nested + 256;
+    w->dq_code = (const uint8_t *)(p + fl);
+    w->dq_offset = q->offset;
+    w->dq_b0 = 0;
+    w->dq_bs2 = q->blocksize2;
+    w->dq_n2 = n2;
     return LMC_OK;
 }
 
