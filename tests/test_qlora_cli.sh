@@ -69,6 +69,21 @@ sed -i 's/"intermediate_size":[[:space:]]*176/"intermediate_size": 192/' "$TMP/q
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora fp4 2>/dev/null
 [ $? = 2 ]; ok $? "--qlora fp4 refused"
 
+# lmc info --qlora: the base's 4-bit bytes on the host (NF4 with float
+# absmax: 4.5 bits per weight) and in the GPU's compact form (absmax
+# double-quantized: less, above the 4.127 bits of codes + codes of absmax)
+"$LMC" info -m tests/fixtures/llama-tiny --qlora nf4 --json >"$TMP/info" 2>&1
+python3 - "$TMP/info" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["qlora"] == "nf4" and r["linears"] == 14 and r["weights"] > 0, r
+assert abs(r["host_bits_per_weight"] - 4.5) < 0.01, r
+assert 4.127 < r["device_bits_per_weight"] and r["device_bytes"] > 0 and r["f32_bytes"] > 0, r
+PY
+ok $? "info --qlora nf4: $(cat "$TMP/info")"
+"$LMC" info -m tests/fixtures/llama-tiny --qlora fp4 2>/dev/null
+[ $? = 2 ]; ok $? "info --qlora fp4 refused"
+
 # the GPU: --device cuda --dtype fp32 runs where there is one, its losses
 # those of the CPU run (ad-nf4 above) within 1e-4; elsewhere a clean error
 # naming cuda, never the QLoRA refusal of a backend without the 4-bit path

@@ -145,3 +145,17 @@ void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t n
         }
     }
 }
+
+size_t lmc_qweight_bytes_compact(const struct lmc_qweight *w) {
+    if (w->kernel == LMC_QK_NF4) {
+        int64_t E = w->nf4_flat ? w->flat_off : 0, B0 = E / 64, L = E - B0 * 64 + w->n * w->k, nbl = (L + 63) / 64;
+        size_t b = (size_t)(L + 1) / 2;
+        if (!w->dq_code) return b + (size_t)nbl * sizeof(float);
+        int64_t g = w->dq_b0 + B0, a0 = g / w->dq_bs2, a1 = (g + nbl - 1) / w->dq_bs2;
+        return b + (size_t)nbl + (size_t)(256 + a1 - a0 + 1) * sizeof(float);
+    }
+    if (w->kernel == LMC_QK_U4G || w->kernel == LMC_QK_U8G)
+        return (size_t)(w->n * w->row_bytes) + (size_t)(w->n * w->n_groups) * 8 + (size_t)(w->kp / 32) * 4 +
+               (w->perm ? (size_t)w->kp * 4 : 0);
+    return lmc_qweight_bytes(w);
+}

@@ -124,6 +124,16 @@ void lmc_qweight_free(struct lmc_qweight *w);
 /* Bytes the weight's codes and scales take (for lmc info / benches). */
 size_t lmc_qweight_bytes(const struct lmc_qweight *w);
 
+/* Bytes of w in its compact form — the form a device copy for float math
+ * (backend qweight_upload_f) takes: NF4, the codes of the weight's element
+ * range from its first whole block, per block the double-quantized absmax
+ * code (plus the 256-value nested map and the absmax2 floats its blocks
+ * use) or a float absmax; integer groups, the codes, f32 scale and int32
+ * zero per (row, group), the block -> group map (int32 per block of 32)
+ * and the permutation (int32 per kernel column). Other kinds:
+ * lmc_qweight_bytes. */
+size_t lmc_qweight_bytes_compact(const struct lmc_qweight *w);
+
 /* Rows [r0, r0 + nr) of w expanded to float32: dst (nr, w->k), input
  * columns in their own order (act-order permutation undone). */
 void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t nr, float *dst);

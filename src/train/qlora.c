@@ -179,7 +179,10 @@ static lmc_status load_external(struct lmc_tmodel *tm, struct lmc_qlora *ql, int
         }
     }
     struct lmc_qweight *v = &ql->views[ql->n];
-    for (int j = 0; j < parts; j++) row_view(&v[j], q, j, n / parts);
+    for (int j = 0; j < parts; j++) {
+        row_view(&v[j], q, j, n / parts);
+        ql->compact_bytes += lmc_qweight_bytes_compact(&v[j]);
+    }
     ql->n += parts;
     tm->params[i].q = v;
     ql->n_quant++;

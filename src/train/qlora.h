@@ -30,6 +30,7 @@ struct lmc_qlora {
     int64_t n_quant;          /* linears kept quantized */
     int64_t quant_params;     /* their weights' elements */
     size_t quant_bytes;       /* their codes and scales */
+    size_t compact_bytes;     /* the same in the compact form a device keeps (lmc_qweight_bytes_compact of each view) */
     bool prequantized;        /* the folder was already quantized */
     /* on a backend without host memory (CUDA): every view uploaded through
      * qweight_upload_f (the views then hold copies of the device handles,
