@@ -69,5 +69,39 @@ sed -i 's/"intermediate_size":[[:space:]]*176/"intermediate_size": 192/' "$TMP/q
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --qlora fp4 2>/dev/null
 [ $? = 2 ]; ok $? "--qlora fp4 refused"
 
+# lmc info --qlora: the base's 4-bit bytes on the host (NF4 with float
+# absmax: 4.5 bits per weight) and in the GPU's compact form (absmax
+# double-quantized: less, above the 4.127 bits of codes + codes of absmax)
+"$LMC" info -m tests/fixtures/llama-tiny --qlora nf4 --json >"$TMP/info" 2>&1
+python3 - "$TMP/info" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["qlora"] == "nf4" and r["linears"] == 14 and r["weights"] > 0, r
+assert abs(r["host_bits_per_weight"] - 4.5) < 0.01, r
+assert 4.127 < r["device_bits_per_weight"] and r["device_bytes"] > 0 and r["f32_bytes"] > 0, r
+PY
+ok $? "info --qlora nf4: $(cat "$TMP/info")"
+"$LMC" info -m tests/fixtures/llama-tiny --qlora fp4 2>/dev/null
+[ $? = 2 ]; ok $? "info --qlora fp4 refused"
+
+# the GPU: --device cuda --dtype fp32 runs where there is one, its first two
+# losses (before and after one AdamW step) those of the CPU run (ad-nf4
+# above) within 1e-4 — later steps may drift: AdamW's g / (|g| + 1e-8)
+# turns rounding-level gradients into whole steps; elsewhere a clean error
+# naming cuda, never the QLoRA refusal of a backend without the 4-bit path
+FIX=tests/fixtures/llama-tiny
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/cu" $COMMON --qlora nf4 --device cuda --dtype fp32 2>"$TMP/err"
+rc=$?
+if [ $rc = 0 ]; then
+  grep -q "on cuda: .* MiB" "$TMP/err"; ok $? "QLoRA on cuda logs the base's device bytes: $(grep 'QLoRA base' "$TMP/err")"
+  paste <(head -2 "$TMP/ad-nf4.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/') \
+        <(head -2 "$TMP/cu.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/') |
+    awk '{d = $1 - $2; if (d < 0) d = -d; if (d > 1e-4 * $1) bad = 1} END {exit bad}'
+  ok $? "QLoRA --device cuda --dtype fp32: the CPU run's losses"
+else
+  [ $rc = 1 ] && grep -qi "cuda" "$TMP/err" && ! grep -q "no quantized float matmul" "$TMP/err"
+  ok $? "QLoRA --device cuda without a GPU fails cleanly ($rc: $(cat "$TMP/err"))"
+fi
+
 echo "test_qlora_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

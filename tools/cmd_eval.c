@@ -8,6 +8,7 @@
 #include "dist/mp_mem.h"
 #include "dist/zero.h"
 #include "train/trainer.h"
+#include "train/qlora.h"
 #include "core/core.h"
 #include "infer/kvq.h"
 #include "ops/cpu/kvquant.h"
@@ -511,10 +512,45 @@ static void weight_kinds(const struct lmc_model *m, struct wkinds *k) {
             if (m->w.layers[l].lin[i].format == LMC_WFMT_DENSE) k->lin_dense += mat_size(&m->w.layers[l].lin[i].w);
 }
 
+/* `lmc info --qlora nf4|int4`: the QLoRA base lmc finetune would train
+ * over (quantized at load on the CPU, or as the folder stores it): its
+ * 4-bit bytes on the host and in the compact form a GPU keeps
+ * (qweight_upload_f), and the f32 rest. */
+static int print_qlora_mem(const struct cli_common *c, enum lmc_qlora_kind kind) {
+    lmc_err err = {0};
+    struct lmc_backend be;
+    struct lmc_tmodel tm;
+    struct lmc_qlora ql;
+    if (lmc_backend_cpu_init(&be, c->threads, &err)) return cli_fail("info", &err);
+    if (lmc_qlora_load(&tm, &ql, c->model_dir, kind, &be, &err)) {
+        lmc_backend_cpu_free(&be);
+        return cli_fail("info", &err);
+    }
+    const char *kn = ql.prequantized ? "as stored" : kind == LMC_QLORA_NF4 ? "nf4" : "int4";
+    double w = (double)ql.quant_params, hb = w > 0 ? 8.0 * (double)ql.quant_bytes / w : 0,
+           db = w > 0 ? 8.0 * (double)ql.compact_bytes / w : 0;
+    size_t fb = (size_t)tm.numel * sizeof(float);
+    if (c->json)
+        printf("{\"qlora\":\"%s\",\"linears\":%lld,\"weights\":%lld,\"host_bytes\":%zu,\"device_bytes\":%zu,"
+               "\"host_bits_per_weight\":%.4f,\"device_bits_per_weight\":%.4f,\"f32_bytes\":%zu}\n", kn,
+               (long long)ql.n_quant, (long long)ql.quant_params, ql.quant_bytes, ql.compact_bytes, hb, db, fb);
+    else
+        printf("QLoRA base   %s: %lld linears, %lld weights\n"
+               "  4-bit      %.1f MiB on the host (%.2f bits/weight), %.1f MiB on a GPU (%.2f bits/weight)\n"
+               "  f32        %.1f MiB (embeddings, norms, biases, head; adapters and optimizer not included)\n",
+               kn, (long long)ql.n_quant, (long long)ql.quant_params, (double)ql.quant_bytes / 1048576.0, hb,
+               (double)ql.compact_bytes / 1048576.0, db, (double)fb / 1048576.0);
+    lmc_tmodel_free(&tm);
+    lmc_qlora_free(&ql);
+    lmc_backend_cpu_free(&be);
+    return 0;
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
     int64_t zero = -1, world = 1, params = 0;
-    bool tensors = false, optim = false;
+    bool tensors = false, optim = false, qlora = false;
+    enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
     struct lmc_optim_cfg ocfg;
     lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
     struct mp_opts mp = {1, 1, 1, 4096, 1, 1, 0, false, false};
@@ -543,6 +579,14 @@ int cmd_info(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--tensors")) {
             tensors = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--qlora") && i + 1 < argc) {
+            if (!lmc_qlora_kind_parse(argv[++i], &qkind)) {
+                fprintf(stderr, "lmc info: --qlora takes nf4 or int4, not '%s'\n", argv[i]);
+                return 2;
+            }
+            qlora = true;
             continue;
         }
         bool used = false;
@@ -588,6 +632,13 @@ int cmd_info(int argc, char **argv) {
         }
         print_zero_mem((int)zero, (int)world, params, c.json);
         return 0;
+    }
+    if (qlora) {
+        if (!c.model_dir) {
+            fprintf(stderr, "lmc info: --qlora needs -m DIR\n");
+            return 2;
+        }
+        return print_qlora_mem(&c, qkind);
     }
     struct cli_model cm;
     if (cli_open(&cm, &c, true)) return 1;

@@ -319,11 +319,17 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_tm = true;
     }
-    if (qlora)
-        fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s\n",
+    if (qlora) {
+        char on_dev[96] = "";
+        if (ql.n_dev)
+            snprintf(on_dev, sizeof on_dev, "; on %s: %.1f MiB (%.2f bits/weight)", be.name,
+                     (double)ql.dev_bytes / 1048576.0,
+                     ql.quant_params ? 8.0 * (double)ql.dev_bytes / (double)ql.quant_params : 0.0);
+        fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s%s\n",
                 (long long)ql.n_quant, (long long)ql.quant_params,
                 ql.prequantized ? "as quantized in the folder" : (qkind == LMC_QLORA_NF4 ? "NF4" : "int4 (groups of 64)"),
-                (double)ql.quant_bytes / 1048576.0, ql.prequantized ? "" : " (quantized at load)");
+                (double)ql.quant_bytes / 1048576.0, ql.prequantized ? "" : " (quantized at load)", on_dev);
+    }
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
         snprintf(lc.base_model, sizeof lc.base_model, "%s", cc.model_dir);

@@ -176,6 +176,8 @@ lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_r
             if (w->scale) v->scale = w->scale + i * pr * w->n_groups;
             if (w->zero) v->zero = w->zero + i * pr * w->n_groups;
             if (w->absmax) v->absmax = w->absmax + i * pr * (w->k / 64);
+            if (w->dq_code) v->dq_code = w->dq_code + i * pr * (w->k / 64), v->dq_b0 = w->dq_b0 + i * pr * (w->k / 64);
+            v->dq_owned = NULL;
             v->owned = NULL;
         }
         L->format = LMC_WFMT_QUANT;

@@ -352,6 +352,15 @@ struct lmc_backend {
                       const float *bias);
     void (*qmatmul_f_bwd)(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
                           int accum_dx);
+    /* Optional (NULL on host_memory backends, whose qmatmul_f takes the
+     * host weight itself): a backend-resident copy of w (host memory, not
+     * kept; NF4 — flat or per row, double-quantized absmax kept compact —
+     * or integer groups) for qmatmul_f / qmatmul_f_bwd, dequantizing to
+     * the floats lmc_qweight_dequant_rows gives; *bytes = the backend
+     * memory it takes. Released by qweight_free_f. */
+    lmc_status (*qweight_upload_f)(void *ctx, const struct lmc_qweight *w, struct lmc_qweight **out, size_t *bytes,
+                                   lmc_err *err);
+    void (*qweight_free_f)(void *ctx, struct lmc_qweight *w);
     /* Inverted dropout (LoRA dropout, issue 12). Optional (NULL: adapters
      * train without dropout only). y[i] = x[i] / (1 - p) where element
      * offset + i is kept, 0 where dropped; whether an element is kept is a

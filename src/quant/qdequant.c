@@ -105,6 +105,30 @@ lmc_status lmc_qweight_init_nf4_flat(struct lmc_qweight *w, const struct lmc_nf4
     memcpy(codes, q->packed, (size_t)(nk + 1) / 2);
     memcpy(w->code, q->quant_map, sizeof w->code);
     for (int64_t b = 0; b < q->n_blocks; b++) w->absmax[b] = lmc_nf4_absmax(q, b);
+    lmc_status s = lmc_qweight_keep_dq(w, q, err);
+    if (s) lmc_qweight_free(w);
+    return s;
+}
+
+lmc_status lmc_qweight_keep_dq(struct lmc_qweight *w, const struct lmc_nf4 *q, lmc_err *err) {
+    if (q->absmax_f || !q->absmax_q || !q->absmax2 || q->blocksize2 <= 0) return LMC_OK;
+    int64_t n2 = (q->n_blocks + q->blocksize2 - 1) / q->blocksize2;
+    LMC_ASSERT(n2 <= q->n_blocks2);
+    size_t fl = (size_t)(256 + n2) * sizeof(float);
+    char *p = malloc(fl + (size_t)q->n_blocks);
+    if (!p) return lmc_err_set(err, LMC_ERR_OOM, "NF4 weight: out of memory");
+    float *nested = (float *)p;
+    memcpy(nested, q->nested_map, 256 * sizeof(float));
+    memcpy(nested + 256, q->absmax2, (size_t)n2 * sizeof(float));
+    memcpy(p + fl, q->absmax_q, (size_t)q->n_blocks);
+    w->dq_owned = p;
+    w->dq_nested = nested;
+    w->dq_absmax2 = nested + 256;
+    w->dq_code = (const uint8_t *)(p + fl);
+    w->dq_offset = q->offset;
+    w->dq_b0 = 0;
+    w->dq_bs2 = q->blocksize2;
+    w->dq_n2 = n2;
     return LMC_OK;
 }
 
@@ -120,4 +144,18 @@ void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t n
         default: lmc_ggml_dequantize_row(w->ggml_type, w->data + r * w->row_bytes, d, w->k); break;
         }
     }
+}
+
+size_t lmc_qweight_bytes_compact(const struct lmc_qweight *w) {
+    if (w->kernel == LMC_QK_NF4) {
+        int64_t E = w->nf4_flat ? w->flat_off : 0, B0 = E / 64, L = E - B0 * 64 + w->n * w->k, nbl = (L + 63) / 64;
+        size_t b = (size_t)(L + 1) / 2;
+        if (!w->dq_code) return b + (size_t)nbl * sizeof(float);
+        int64_t g = w->dq_b0 + B0, a0 = g / w->dq_bs2, a1 = (g + nbl - 1) / w->dq_bs2;
+        return b + (size_t)nbl + (size_t)(256 + a1 - a0 + 1) * sizeof(float);
+    }
+    if (w->kernel == LMC_QK_U4G || w->kernel == LMC_QK_U8G)
+        return (size_t)(w->n * w->row_bytes) + (size_t)(w->n * w->n_groups) * 8 + (size_t)(w->kp / 32) * 4 +
+               (w->perm ? (size_t)w->kp * 4 : 0);
+    return lmc_qweight_bytes(w);
 }

@@ -366,7 +366,9 @@ lmc_status lmc_qweight_init_nf4(struct lmc_qweight *w, const struct lmc_nf4 *q, 
     memcpy(codes, q->packed, (size_t)nk / 2);
     memcpy(w->code, q->quant_map, sizeof w->code);
     for (int64_t b = 0; b < nk / 64; b++) w->absmax[b] = lmc_nf4_absmax(q, b);
-    return LMC_OK;
+    lmc_status s = lmc_qweight_keep_dq(w, q, err);
+    if (s) lmc_qweight_free(w);
+    return s;
 }
 
 lmc_status lmc_qweight_init_ternary(struct lmc_qweight *w, const int8_t *q, float scale, int64_t n, int64_t k,
@@ -397,6 +399,7 @@ void lmc_qweight_free(struct lmc_qweight *w) {
     free(w->zero);
     free(w->perm);
     free(w->absmax);
+    free(w->dq_owned);
     memset(w, 0, sizeof *w);
 }
 

@@ -86,6 +86,18 @@ struct lmc_qweight {
      * only (lmc_qweight_dequant_rows): the qmatmul kernels refuse it. */
     bool nf4_flat;
     int64_t flat_off;
+    /* NF4 double quantization as the file or quantizer made it (NULL
+     * dq_code: plain float absmax only): absmax[b] == dq_nested[dq_code[b]]
+     * * dq_absmax2[(dq_b0 + b) / dq_bs2] + dq_offset, each operation rounded
+     * once (lmc_nf4_absmax). A device backend keeps this compact form (8
+     * bits per block of 64 instead of 32) and expands absmax itself. Row
+     * views offset dq_code and dq_b0 as they offset absmax. */
+    const uint8_t *dq_code;
+    const float *dq_absmax2;   /* dq_n2 floats, for blocks 0 .. dq_n2 * dq_bs2 - 1 */
+    const float *dq_nested;    /* 256: the signed dynamic map */
+    float dq_offset;
+    int64_t dq_b0, dq_bs2, dq_n2;
+    void *dq_owned;            /* what the dq_ pointers point into (freed by lmc_qweight_free) */
     void *owned;            /* repacked codes (freed by lmc_qweight_free) */
 };
 
@@ -102,12 +114,25 @@ lmc_status lmc_qweight_init_nf4(struct lmc_qweight *w, const struct lmc_nf4 *q, 
  * training base; float products only). */
 lmc_status lmc_qweight_init_nf4_flat(struct lmc_qweight *w, const struct lmc_nf4 *q, int64_t n, int64_t k,
                                      lmc_err *err);
+/* Keeps q's double-quantized absmax in w (the dq_ fields; n_blocks of
+ * them): a no-op for q with plain float absmax. For lmc_qweight_init_nf4*. */
+lmc_status lmc_qweight_keep_dq(struct lmc_qweight *w, const struct lmc_nf4 *q, lmc_err *err);
 /* BitNet ternary codes q (n, k) in {-1, 0, 1} with one scale: w = q * scale. */
 lmc_status lmc_qweight_init_ternary(struct lmc_qweight *w, const int8_t *q, float scale, int64_t n, int64_t k,
                                     lmc_err *err);
 void lmc_qweight_free(struct lmc_qweight *w);
 /* Bytes the weight's codes and scales take (for lmc info / benches). */
 size_t lmc_qweight_bytes(const struct lmc_qweight *w);
+
+/* Bytes of w in its compact form — the form a device copy for float math
+ * (backend qweight_upload_f) takes: NF4, the codes of the weight's element
+ * range from its first whole block, per block the double-quantized absmax
+ * code (plus the 256-value nested map and the absmax2 floats its blocks
+ * use) or a float absmax; integer groups, the codes, f32 scale and int32
+ * zero per (row, group), the block -> group map (int32 per block of 32)
+ * and the permutation (int32 per kernel column). Other kinds:
+ * lmc_qweight_bytes. */
+size_t lmc_qweight_bytes_compact(const struct lmc_qweight *w);
 
 /* Rows [r0, r0 + nr) of w expanded to float32: dst (nr, w->k), input
  * columns in their own order (act-order permutation undone). */

@@ -125,6 +125,8 @@ static void row_view(struct lmc_qweight *v, const struct lmc_qweight *w, int i, 
     if (w->scale) v->scale = w->scale + i * pr * w->n_groups;
     if (w->zero) v->zero = w->zero + i * pr * w->n_groups;
     if (w->absmax) v->absmax = w->absmax + i * pr * (w->k / 64);
+    if (w->dq_code) v->dq_code = w->dq_code + i * pr * (w->k / 64), v->dq_b0 = w->dq_b0 + i * pr * (w->k / 64);
+    v->dq_owned = NULL;
     v->owned = NULL;
 }
 
@@ -177,12 +179,36 @@ static lmc_status load_external(struct lmc_tmodel *tm, struct lmc_qlora *ql, int
         }
     }
     struct lmc_qweight *v = &ql->views[ql->n];
-    for (int j = 0; j < parts; j++) row_view(&v[j], q, j, n / parts);
+    for (int j = 0; j < parts; j++) {
+        row_view(&v[j], q, j, n / parts);
+        ql->compact_bytes += lmc_qweight_bytes_compact(&v[j]);
+    }
     ql->n += parts;
     tm->params[i].q = v;
     ql->n_quant++;
     ql->quant_params += p->numel;
     ql->quant_bytes += lmc_qweight_bytes(q);
+    return LMC_OK;
+}
+
+/* The views of external tparam i (the last `parts` made) copied to the
+ * backend; the host weight released after. */
+static lmc_status upload_external(struct lmc_qlora *ql, int i, int parts, const char *dir, lmc_err *err) {
+    const struct lmc_backend *be = ql->be;
+    struct lmc_qweight *v = &ql->views[ql->n - parts];
+    for (int j = 0; j < parts; j++) {
+        struct lmc_qweight *d = NULL;
+        size_t bytes = 0;
+        lmc_status s = be->qweight_upload_f(be->ctx, &v[j], &d, &bytes, err);
+        if (s) {
+            lmc_err_prefix(err, "%s: ", dir);
+            return s;
+        }
+        ql->dev[ql->n_dev++] = d;
+        ql->dev_bytes += bytes;
+        v[j] = *d; /* the linear reads the device handle's fields (its owned: the device copy) */
+    }
+    lmc_qweight_free(&ql->qw[i]);
     return LMC_OK;
 }
 
@@ -224,9 +250,10 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
                           const struct lmc_backend *be, lmc_err *err) {
     memset(ql, 0, sizeof *ql);
     memset(tm, 0, sizeof *tm);
-    if (!be->host_memory || !be->qmatmul_f || !be->qmatmul_f_bwd)
+    if (!be->qmatmul_f || !be->qmatmul_f_bwd || (!be->host_memory && (!be->qweight_upload_f || !be->qweight_free_f)))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "QLoRA: backend %s has no quantized float matmul "
-                           "(qmatmul_f; CPU only for now)", be->name ? be->name : "?");
+                           "(qmatmul_f%s)", be->name ? be->name : "?", be->host_memory ? "" : ", qweight_upload_f");
+    ql->be = be;
     struct lmc_config cfg;
     struct lmc_quant_config qc;
     struct lmc_st st;
@@ -254,13 +281,17 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
     ql->qw = calloc((size_t)tm->n_params, sizeof *ql->qw);
     ql->n_slots = tm->n_params;
     ql->views = calloc((size_t)tm->n_params * 4, sizeof *ql->views);
+    if (!be->host_memory && !(ql->dev = calloc((size_t)tm->n_params * 4, sizeof *ql->dev)))
+        s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     if (pk->too_many) s = lmc_err_set(err, LMC_ERR_ARG, "%s: QLoRA: more than %d linears", dir, (int)sizeof pk->parts);
     float *buf = NULL;
     if (!ql->qw || !ql->views) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     for (int i = 0; i < tm->n_params && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         if (p->external) {
-            s = load_external(tm, ql, i, &st, &qc, kind, pk->parts[ext++], dir, &buf, err);
+            int parts = pk->parts[ext++];
+            s = load_external(tm, ql, i, &st, &qc, kind, parts, dir, &buf, err);
+            if (!s && !be->host_memory) s = upload_external(ql, i, parts, dir, err);
             continue;
         }
         const struct lmc_st_tensor *t = find(&st, tm->arch->alt_prefix, p->name);
@@ -288,6 +319,8 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
 }
 
 void lmc_qlora_free(struct lmc_qlora *ql) {
+    for (int i = 0; ql->dev && i < ql->n_dev; i++) ql->be->qweight_free_f(ql->be->ctx, ql->dev[i]);
+    free(ql->dev);
     for (int i = 0; ql->qw && i < ql->n_slots; i++) lmc_qweight_free(&ql->qw[i]);
     free(ql->qw);
     free(ql->views);

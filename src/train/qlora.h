@@ -30,13 +30,24 @@ struct lmc_qlora {
     int64_t n_quant;          /* linears kept quantized */
     int64_t quant_params;     /* their weights' elements */
     size_t quant_bytes;       /* their codes and scales */
+    size_t compact_bytes;     /* the same in the compact form a device keeps (lmc_qweight_bytes_compact of each view) */
     bool prequantized;        /* the folder was already quantized */
+    /* on a backend without host memory (CUDA): every view uploaded through
+     * qweight_upload_f (the views then hold copies of the device handles,
+     * the host weights are released after upload) */
+    const struct lmc_backend *be;
+    struct lmc_qweight **dev; /* n_dev device handles */
+    int n_dev;
+    size_t dev_bytes;         /* the backend memory they take */
 };
 
 /* Loads dir into tm on be with its linears quantized (see above); ql owns
  * the quantized weights and must outlive tm (and the trainer that takes
- * it). Errors name the folder and tensor (LMC_ERR_FORMAT, LMC_ERR_OOM,
- * LMC_ERR_UNSUPPORTED for a backend without qmatmul_f or a device backend). */
+ * it). On a backend without host memory each linear goes to the device
+ * through qweight_upload_f right after it is quantized (the device holds
+ * the 4-bit form; the host copy is released). Errors name the folder and
+ * tensor (LMC_ERR_FORMAT, LMC_ERR_OOM, LMC_ERR_UNSUPPORTED for a backend
+ * without qmatmul_f, or a device backend without qweight_upload_f). */
 lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                           const struct lmc_backend *be, lmc_err *err);
 void lmc_qlora_free(struct lmc_qlora *ql);

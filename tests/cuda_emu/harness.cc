@@ -48,6 +48,12 @@
  *               GRPO and PPO steps (rollouts through the scheduler on the
  *               policy's arena view, loss, KL, updated weights) vs the CPU
  *               (harness_rl.cc)
+ *   qlora       qmatmul_f.cu: QLoRA's 4-bit base (NF4 flat / per row, double-
+ *               quantized or float absmax, row views; int4 / int8 groups,
+ *               act-order) dequantized bit for bit as the host, forward and
+ *               input-gradient backward vs the CPU twin (fp32, bf16), and a
+ *               whole QLoRA finetune step (llama/qwen2/gpt2-tiny) through the
+ *               real table vs the CPU run (harness_qlora.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1315,6 +1321,8 @@ static void test_lora_rows() {
     check("lora_rows mixed batch logits", e, 1e-4, "llama-tiny");
 }
 
+#include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1332,12 +1340,13 @@ int main(int argc, char **argv) {
         {"lora_rows", test_lora_rows},
         {"qmm", test_qmm},
         {"rl", test_rl},
+        {"qlora", test_qlora},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora)\n", argv[i]);
             return 2;
         }
     }

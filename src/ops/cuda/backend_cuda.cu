@@ -236,6 +236,11 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->qmatmul = lmc_cuda_qmatmul;
     be->qweight_upload = lmc_cuda_qweight_upload;
     be->qweight_free = lmc_cuda_qweight_free;
+    /* QLoRA's 4-bit base in float math (issue 12; qmatmul_f.cu) */
+    be->qweight_upload_f = lmc_cuda_qweight_upload_f;
+    be->qweight_free_f = lmc_cuda_qweight_free_f;
+    be->qmatmul_f = lmc_cuda_qmatmul_f;
+    be->qmatmul_f_bwd = lmc_cuda_qmatmul_f_bwd;
     return LMC_OK;
 }
 

@@ -113,6 +113,25 @@ void lmc_cuda_f32_to_bf16(void *ctx, void *dst, const float *src, int64_t n);
 void lmc_cuda_gemm_bf16(void *ctx, float *y, const void *xb, int64_t M, const void *wb, int64_t N,
                         int64_t K);
 
+/* QLoRA's frozen 4-bit base (qmatmul_f.cu; issue 12): the table's
+ * qweight_upload_f / qweight_free_f / qmatmul_f / qmatmul_f_bwd entries.
+ * The _ex launchers take the rows per dequantized tile (0: the default,
+ * the whole weight up to 16M weights); lmc_cuda_qweight_dequant_f writes
+ * rows [r0, r0 + nr) of an uploaded weight as f32 (nr, k) into dst (device
+ * memory), for tests against lmc_qweight_dequant_rows. */
+lmc_status lmc_cuda_qweight_upload_f(void *ctx, const struct lmc_qweight *w, struct lmc_qweight **out,
+                                     size_t *bytes, lmc_err *err);
+void lmc_cuda_qweight_free_f(void *ctx, struct lmc_qweight *w);
+void lmc_cuda_qmatmul_f(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                        const float *bias);
+void lmc_cuda_qmatmul_f_bwd(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
+                            int accum_dx);
+void lmc_cuda_qmatmul_f_ex(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
+                           const float *bias, int64_t tile_rows);
+void lmc_cuda_qmatmul_f_bwd_ex(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
+                               int accum_dx, int64_t tile_rows);
+void lmc_cuda_qweight_dequant_f(void *ctx, const struct lmc_qweight *w, int64_t r0, int64_t nr, float *dst);
+
 /* Which attention kernel lmc_cuda_attention_ex runs. AUTO picks as the
  * table entry does (tensor cores for prefill unless fp32 attention is set). */
 enum lmc_cuda_attn_kind {

@@ -1,0 +1,245 @@
+/* harness_qlora.cc — included by harness.cc (its helpers and backends in
+ * scope): section qlora, QLoRA's frozen 4-bit base on the CUDA backend
+ * (ops/cuda/qmatmul_f.cu) against the CPU twin (ops/cpu/qmatmul_f.c):
+ *   - weights: flat NF4 (blocks of 64 over the flattened weight, n k not a
+ *     multiple of 64) with double-quantized absmax and with plain float
+ *     absmax, a row view of it starting mid-block at an odd element (a
+ *     fused tensor's part), per-row NF4 and a row view of it, int4 rtn
+ *     groups of 64 over K = 75 (padded blocks), 8-bit groups, and act-order
+ *     groups of unequal sizes (a permutation);
+ *   - the device dequantization equals lmc_qweight_dequant_rows bit for
+ *     bit (every row, and a middle range), and the upload reports bytes;
+ *   - forward (bias or not) and input-gradient backward (=, +=) for M = 1,
+ *     7, 33, the default tile and 16-row tiles (odd N: a partial last
+ *     tile), fp32 vs the CPU twin (<= 1e-5), bf16 (train_bf16) <= 1e-2;
+ *   - a whole QLoRA finetune step (lmc_qlora_load through the real table,
+ *     the lora_train fixture's adapter, lmc_trainer_step: forward,
+ *     backward, clipping, AdamW) on llama-tiny NF4, qwen2-tiny int4 and
+ *     gpt2-tiny NF4 (Conv1D, fused c_attn as flat views), fp32: loss,
+ *     every lora_A/B gradient and the adapter after the step vs the CPU
+ *     run; bf16: loss and gradient cosine. */
+extern "C" {
+#include "train/qlora.h"
+#include "train/trainer.h"
+}
+
+/* One host weight: upload, dequantization, forward, backward. */
+static void qlora_op_case(const char *name, const struct lmc_qweight *hw) {
+    const int64_t N = hw->n, K = hw->k;
+    struct lmc_qweight *dw = nullptr;
+    size_t bytes = 0;
+    lmc_err err;
+    if (gpu.qweight_upload_f(gpu.ctx, hw, &dw, &bytes, &err)) {
+        printf("FAIL qlora %s: upload: %s\n", name, err.msg);
+        n_fail++;
+        return;
+    }
+    check(std::string("qlora upload bytes = compact bytes ") + name,
+          fabs((double)bytes - (double)lmc_qweight_bytes_compact(hw)), 0.0, "%zu vs %zu", bytes,
+          lmc_qweight_bytes_compact(hw));
+    /* dequantization: bit for bit */
+    std::vector<float> W((size_t)(N * K));
+    lmc_qweight_dequant_rows(hw, 0, N, W.data());
+    for (int part = 0; part < 2; part++) {
+        int64_t r0 = part ? N / 3 : 0, nr = part ? N - N / 3 - 1 : N;
+        float *dd = dev_nan(gpu, (size_t)(nr * K));
+        lmc_cuda_qweight_dequant_f(gpu.ctx, dw, r0, nr, dd);
+        std::vector<float> got = down(gpu, dd, (size_t)(nr * K));
+        size_t diff = 0;
+        for (size_t i = 0; i < got.size(); i++) diff += memcmp(&got[i], &W[(size_t)(r0 * K) + i], 4) != 0;
+        check(std::string("qlora dequant bit-exact ") + name, (double)diff, 0.0, "rows %lld..%lld: %zu differ",
+              (long long)r0, (long long)(r0 + nr), diff);
+    }
+    for (int64_t M : {1, 7, 33}) {
+        for (int64_t tile : {0, 16}) {
+            std::vector<float> x = rv((size_t)(M * K)), bias = rv((size_t)N), dy = rv((size_t)(M * N)),
+                               dx0 = rv((size_t)(M * K));
+            const bool with_bias = (M + tile) % 2 == 1;
+            std::vector<float> y((size_t)(M * N)), dx((size_t)(M * K)), dxa = dx0;
+            cpu.qmatmul_f(cpu.ctx, y.data(), x.data(), M, hw, with_bias ? bias.data() : nullptr);
+            cpu.qmatmul_f_bwd(cpu.ctx, dx.data(), dy.data(), M, hw, 0);
+            cpu.qmatmul_f_bwd(cpu.ctx, dxa.data(), dy.data(), M, hw, 1);
+            for (int bf = 0; bf < 2; bf++) {
+                lmc_backend_cuda_set_train_bf16(&gpu, bf);
+                float *xd = dup_dev(gpu, x), *bd = dup_dev(gpu, bias), *dyd = dup_dev(gpu, dy);
+                float *yd = dev_nan(gpu, (size_t)(M * N)), *dxd = dev_nan(gpu, (size_t)(M * K)), *dxad = dup_dev(gpu, dx0);
+                lmc_cuda_qmatmul_f_ex(gpu.ctx, yd, xd, M, dw, with_bias ? bd : nullptr, tile);
+                lmc_cuda_qmatmul_f_bwd_ex(gpu.ctx, dxd, dyd, M, dw, 0, tile);
+                lmc_cuda_qmatmul_f_bwd_ex(gpu.ctx, dxad, dyd, M, dw, 1, tile);
+                const double tol = bf ? 1e-2 : 1e-5;
+                const std::string p = std::string("qlora ") + (bf ? "bf16 " : "fp32 ");
+                check(p + "fwd " + name, rel(down(gpu, yd, (size_t)(M * N)), y), tol, "M %lld tile %lld",
+                      (long long)M, (long long)tile);
+                check(p + "bwd dx= " + name, rel(down(gpu, dxd, (size_t)(M * K)), dx), tol, "M %lld tile %lld",
+                      (long long)M, (long long)tile);
+                check(p + "bwd dx+= " + name, rel(down(gpu, dxad, (size_t)(M * K)), dxa), tol, "M %lld tile %lld",
+                      (long long)M, (long long)tile);
+            }
+            lmc_backend_cuda_set_train_bf16(&gpu, false);
+        }
+    }
+    printf("  qlora %s (%lld x %lld): %zu device bytes (%.2f bits/weight)\n", name, (long long)N, (long long)K, bytes,
+           8.0 * (double)bytes / (double)(N * K));
+    gpu.qweight_free_f(gpu.ctx, dw);
+}
+
+static void qlora_ops() {
+    lmc_err err;
+    { /* flat NF4 (double-quantized absmax), n k = 37 * 75 not a multiple of 64; views */
+        const int64_t N = 37, K = 75;
+        std::vector<float> w = rv((size_t)(N * K), 0.2f);
+        struct lmc_nf4 nf;
+        struct lmc_qweight q;
+        LMC_ASSERT(!lmc_nf4_quantize(w.data(), N * K, &nf, &err) && !lmc_qweight_init_nf4_flat(&q, &nf, N, K, &err));
+        LMC_ASSERT(q.dq_code != nullptr);
+        qlora_op_case("nf4 flat dq", &q);
+        struct lmc_qweight v = q; /* rows [13, 36): starts at element 975 (odd, mid-block) */
+        v.n = 23, v.flat_off = 13 * K, v.owned = nullptr, v.dq_owned = nullptr;
+        qlora_op_case("nf4 flat view", &v);
+        struct lmc_qweight p = q; /* plain float absmax */
+        p.dq_code = nullptr;
+        qlora_op_case("nf4 flat absmax f32", &p);
+        lmc_qweight_free(&q);
+        lmc_nf4_free(&nf);
+    }
+    { /* NF4 per row (K a multiple of 64) and a row view */
+        const int64_t N = 33, K = 128;
+        std::vector<float> w = rv((size_t)(N * K), 0.2f);
+        struct lmc_nf4 nf;
+        struct lmc_qweight q;
+        LMC_ASSERT(!lmc_nf4_quantize(w.data(), N * K, &nf, &err) && !lmc_qweight_init_nf4(&q, &nf, N, K, &err));
+        qlora_op_case("nf4 rows", &q);
+        struct lmc_qweight v = q;
+        const int64_t r0 = 11;
+        v.n = 22, v.data = q.data + r0 * q.row_bytes, v.absmax = q.absmax + r0 * (K / 64);
+        v.dq_code = q.dq_code + r0 * (K / 64), v.dq_b0 = q.dq_b0 + r0 * (K / 64);
+        v.owned = nullptr, v.dq_owned = nullptr;
+        qlora_op_case("nf4 rows view", &v);
+        lmc_qweight_free(&q);
+        lmc_nf4_free(&nf);
+    }
+    for (int bits : {4, 8}) { /* rtn groups of 64 over K = 75: a partial group, padded blocks */
+        const int64_t N = 41, K = 75;
+        std::vector<float> w = rv((size_t)(N * K), 0.2f);
+        struct lmc_qgroups g;
+        struct lmc_qweight q;
+        LMC_ASSERT(!lmc_quant_rtn(w.data(), N, K, bits, 64, false, &g, &err) && !lmc_qweight_init_groups(&q, &g, &err));
+        qlora_op_case(bits == 4 ? "int4 g64" : "int8 g64", &q);
+        lmc_qweight_free(&q);
+        lmc_qgroups_free(&g);
+    }
+    { /* act-order: groups of 32 over K = 100 reassigned at random (unequal groups, a permutation) */
+        const int64_t N = 29, K = 100;
+        std::vector<float> w = rv((size_t)(N * K), 0.2f);
+        struct lmc_qgroups g;
+        struct lmc_qweight q;
+        LMC_ASSERT(!lmc_quant_rtn(w.data(), N, K, 4, 32, false, &g, &err));
+        for (int64_t i = 0; i < K; i++) g.g_idx[i] = irand((int)g.n_groups);
+        LMC_ASSERT(!lmc_qweight_init_groups(&q, &g, &err));
+        LMC_ASSERT(q.perm != nullptr);
+        qlora_op_case("int4 act-order", &q);
+        lmc_qweight_free(&q);
+        lmc_qgroups_free(&g);
+    }
+}
+
+/* One QLoRA finetune step of dir (kind) with the lora_train adapter on be. */
+struct qlora_batch { std::vector<int32_t> in, tg; };
+static lmc_status qlora_next(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs, lmc_err *) {
+    auto *b = (qlora_batch *)user;
+    memcpy(in, b->in.data(), b->in.size() * sizeof *in);
+    memcpy(tg, b->tg.data(), b->tg.size() * sizeof *tg);
+    *segs = nullptr, *n_segs = 0;
+    return LMC_OK;
+}
+
+static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enum lmc_qlora_kind kind, qlora_batch &b,
+                       int64_t B, int64_t T, double &loss, std::vector<float> &g, std::vector<float> &w, size_t &dev_bytes,
+                       size_t &compact_bytes) {
+    lmc_err err;
+    struct lmc_tmodel tm;
+    struct lmc_qlora ql;
+    struct lmc_lora lo;
+    struct lmc_lora_train lt;
+    struct lmc_trainer tr;
+    if (lmc_qlora_load(&tm, &ql, dir.c_str(), kind, be, &err)) {
+        printf("FAIL qlora load on %s: %s\n", be->name, err.msg), n_fail++;
+        return false;
+    }
+    dev_bytes = ql.dev_bytes, compact_bytes = ql.compact_bytes;
+    struct lmc_train_opts o = {};
+    o.B = B, o.T = T, o.accum = 1, o.decay = LMC_DECAY_ALL, o.clip = 1.0, o.next_batch = qlora_next, o.batch_user = &b;
+    /* eps 1e-3, not 1e-8: AdamW's first step is g / (|g| + eps), so with a
+     * tiny eps a gradient element at rounding level (|g| ~ 1e-9 of the
+     * largest) would move its weight by a whole lr on one backend and not
+     * on the other; with 1e-3 the update is a smooth function of g */
+    o.adamw = (struct lmc_adamw_cfg){1e-2, 0.9, 0.999, 1e-3, 0.0};
+    o.sched = (struct lmc_schedule){};
+    o.sched.kind = LMC_SCHED_CONSTANT, o.sched.lr_max = 1e-2, o.sched.lr_min = 1e-2, o.sched.total = 100;
+    if (lmc_lora_load(&lo, (dir + "/lora_train").c_str(), &tm.cfg, &err) || lmc_lora_train_attach(&lt, &tm, &lo, &err) ||
+        lmc_trainer_init(&tr, &tm, be, NULL, NULL, &o, &err)) {
+        printf("FAIL qlora attach on %s: %s\n", be->name, err.msg), n_fail++;
+        return false;
+    }
+    struct lmc_train_stats st;
+    bool ok = !lmc_trainer_step(&tr, &st, &err);
+    if (ok) {
+        loss = st.loss;
+        int64_t ng = tr.tm.numel - tr.tm.g_off;
+        g.resize((size_t)ng), w.resize((size_t)ng);
+        be->download(be->ctx, g.data(), tr.tm.g, (size_t)ng * sizeof(float));
+        be->download(be->ctx, w.data(), tr.tm.w + tr.tm.trainable_off, (size_t)ng * sizeof(float));
+    } else {
+        printf("FAIL qlora step on %s: %s\n", be->name, err.msg), n_fail++;
+    }
+    lmc_trainer_free(&tr);
+    lmc_lora_train_free(&lt);
+    lmc_lora_free(&lo);
+    lmc_qlora_free(&ql);
+    return ok;
+}
+
+static void qlora_models() {
+    struct { const char *model; enum lmc_qlora_kind kind; } cases[] = {
+        {"llama-tiny", LMC_QLORA_NF4}, {"qwen2-tiny", LMC_QLORA_INT4}, {"gpt2-tiny", LMC_QLORA_NF4}};
+    for (auto &cs : cases) {
+        const std::string dir = std::string(fixtures()) + "/" + cs.model;
+        const int64_t B = 2, T = 29;
+        qlora_batch b;
+        b.in.resize((size_t)(B * T)), b.tg.resize((size_t)(B * T));
+        for (auto &i : b.in) i = irand(512);
+        for (size_t i = 0; i < b.tg.size(); i++) b.tg[i] = i % 7 == 3 ? -1 : irand(512);
+        double lc, lg;
+        std::vector<float> gc, wc, gg, wg;
+        size_t dc, hc, dg, hg; /* device and compact bytes (CPU: no device copy) */
+        const char *kn = cs.kind == LMC_QLORA_NF4 ? "nf4" : "int4";
+        if (!qlora_step(&cpu, dir, cs.kind, b, B, T, lc, gc, wc, dc, hc)) continue;
+        for (int bf = 0; bf < 2; bf++) {
+            lmc_backend_cuda_set_train_bf16(&gpu, bf);
+            if (!qlora_step(&gpu, dir, cs.kind, b, B, T, lg, gg, wg, dg, hg)) continue;
+            const std::string p = std::string("qlora step ") + (bf ? "bf16 " : "fp32 ");
+            double el = fabs(lg - lc) / fabs(lc), eg = rel(gg, gc), ew = rel(wg, wc);
+            double cs_ = cosine(gg.data(), gc.data(), gc.size());
+            check(p + "loss", el, bf ? 2e-2 : 1e-5, "%s %s", cs.model, kn);
+            if (bf) {
+                check(p + "lora grads (1 - cosine)", 1 - cs_, 1e-2, "%s %s", cs.model, kn);
+            } else {
+                check(p + "lora grads", eg, 1e-4, "%s %s", cs.model, kn);
+                check(p + "adapter after AdamW", ew, 1e-4, "%s %s", cs.model, kn);
+            }
+            check("qlora step device bytes = compact bytes", fabs((double)dg - (double)hc), 0.0,
+                  "%s: %zu device vs %zu", cs.model, dg, hc);
+            printf("  %s %s %s: loss %.7f vs cpu %.7f (%.2e), grads rel %.2e cosine %.7f, adapter %.2e; base %zu B on "
+                   "the device (compact form on the CPU: %zu)\n", cs.model, kn, bf ? "bf16" : "fp32", lg, lc, el, eg, cs_, ew,
+                   dg, hc);
+        }
+        lmc_backend_cuda_set_train_bf16(&gpu, false);
+    }
+}
+
+static void test_qlora() {
+    emu_strict_device = true;
+    qlora_ops();
+    qlora_models();
+    emu_strict_device = false;
+}
