@@ -307,6 +307,7 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     steps = o.sched.total;
+    o.zero_moments = dist && o.optim.kind == LMC_OPTIM_ADAMW; /* the zero module holds them */
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -380,7 +381,8 @@ int cmd_train(int argc, char **argv) {
         double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
         double vl = NAN;
         bool last = tr.step == end;
-        if (root && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
+        if ((root || tr.zero) && eval_every > 0 && (tr.step % eval_every == 0 || last) &&
+            lmc_trainer_eval(&tr, &vl, &err)) { /* with ZeRO a collective */
             rc = cli_fail("train", &err);
             break;
         }

@@ -193,7 +193,7 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
     }
     for (int u = 0; u < z->n_units; u++) {
         struct lmc_zero_unit *U = &z->units[u];
-        U->s = (U->n + z->W - 1) / z->W;
+        U->s = lmc_zero_part_len(U->n, z->W);
         U->pa_off = z->PA;
         U->sh_off = z->S;
         z->PA += U->s * z->W;
@@ -492,6 +492,12 @@ lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay
     if (z->g_sh) be->zero(be->ctx, z->g_sh, (size_t)z->S * sizeof(float));
     dev_sync(z); /* the next step's gathers read the updated shards */
     return s;
+}
+
+void lmc_zero_grads_clear(struct lmc_zero *z) {
+    LMC_ASSERT(z->pending_unit < 0);
+    if (z->g_full) z->be->zero(z->be->ctx, z->g_full, (size_t)z->PA * sizeof(float));
+    if (z->g_sh) z->be->zero(z->be->ctx, z->g_sh, (size_t)z->S * sizeof(float));
 }
 
 lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err) {

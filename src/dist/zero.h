@@ -102,6 +102,10 @@ lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err);
 lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay,
                           const struct lmc_adamw_step *nodecay, lmc_err *err);
 
+/* Zeroes the gradients without a step (after lmc_zero_grad_norm, when the
+ * step is skipped: a non-finite norm). */
+void lmc_zero_grads_clear(struct lmc_zero *z);
+
 /* All ranks' values summed in the fixed rank order (losses, token counts);
  * host doubles, whatever the communicator's memory. */
 lmc_status lmc_zero_sum_f64(struct lmc_zero *z, double *vals, int n, lmc_err *err);

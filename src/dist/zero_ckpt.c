@@ -56,7 +56,7 @@ static lmc_status layout_for(const int64_t *unit_n, int n_units, int W, int64_t 
     *S = 0;
     for (int u = 0; u < n_units; u++) {
         if (unit_n[u] <= 0) return lmc_err_set(err, LMC_ERR_FORMAT, "zero checkpoint: unit %d is empty", u);
-        s[u] = (unit_n[u] + W - 1) / W;
+        s[u] = lmc_zero_part_len(unit_n[u], W);
         sh_off[u] = *S;
         if (!lmc_add_ok(*S, s[u], S)) return lmc_err_set(err, LMC_ERR_FORMAT, "zero checkpoint: too large");
     }
