@@ -13,7 +13,7 @@
  *
  * Tensors are grouped into units (a layer, the embeddings...); a unit is a
  * contiguous range of the arena. Each unit is split into `world` equal
- * parts (its length padded with zeros to a multiple of world); rank r owns
+ * parts (padded with zeros; each part a multiple of 16 floats); rank r owns
  * part r of every unit, and its shard is those parts one after another.
  * Every stage reduces in the communicator's fixed order, partitions the
  * gradient norm by the same shards and runs AdamW element by element, so
