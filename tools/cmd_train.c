@@ -329,6 +329,7 @@ int cmd_train(int argc, char **argv) {
         rc = cli_fail("train", &err);
         goto done;
     }
+    if (tr.zero) lmc_zero_mark_setup(tr.zero); /* training's peak RSS apart from set-up's */
     char mpath[4096];
     if (!metrics) {
         lmc_path_join(mpath, sizeof mpath, out, "metrics.jsonl");

@@ -519,20 +519,36 @@ void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st) {
     st->shard_numel = z->S;
 }
 
-void lmc_zero_log_memory(const struct lmc_zero *z) {
-    struct lmc_zero_mem f;
-    lmc_zero_mem_fp32(z->stage, z->W, z->numel, &f);
+static long vm_hwm_kib(void) {
     long hwm = -1;
     FILE *fp = fopen("/proc/self/status", "r");
     char line[256];
     while (fp && fgets(line, sizeof line, fp))
         if (!strncmp(line, "VmHWM:", 6)) hwm = strtol(line + 6, NULL, 10);
     if (fp) fclose(fp);
+    return hwm;
+}
+
+void lmc_zero_mark_setup(struct lmc_zero *z) {
+    z->setup_hwm_kib = vm_hwm_kib();
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* "5": VmHWM restarts at the current RSS (Linux >= 4.0) */
+    bool ok = f && fputs("5", f) >= 0;
+    if (f) ok = (fclose(f) == 0) && ok;
+    if (!ok) z->setup_hwm_kib = -1;
+}
+
+void lmc_zero_log_memory(const struct lmc_zero *z) {
+    struct lmc_zero_mem f;
+    lmc_zero_mem_fp32(z->stage, z->W, z->numel, &f);
+    long hwm = vm_hwm_kib();
     const double M = 1048576.0;
+    char setup[64] = "";
+    if (z->setup_hwm_kib > 0) snprintf(setup, sizeof setup, " since set-up (set-up %.1f MiB)", (double)z->setup_hwm_kib / 1024.0);
     lmc_dist_log(z->comm, 1, "zero-%d on %d rank%s: state %.1f MiB (peak %.1f; formula %.1f + %.1f of unit buffers), "
-                 "peak RSS %.1f MiB", z->stage, z->W, z->W == 1 ? "" : "s", (double)z->bytes_now / M,
+                 "peak RSS %.1f MiB%s", z->stage, z->W, z->W == 1 ? "" : "s", (double)z->bytes_now / M,
                  (double)z->bytes_peak / M, f.total / M,
-                 (double)(z->ppool.n + z->gpool.n) * (double)z->slot_bytes / M, hwm >= 0 ? (double)hwm / 1024.0 : -1.0);
+                 (double)(z->ppool.n + z->gpool.n) * (double)z->slot_bytes / M, hwm >= 0 ? (double)hwm / 1024.0 : -1.0,
+                 setup);
 }
 
 void lmc_zero_mem_mixed(int stage, int world, int64_t psi, struct lmc_zero_mem *m) {

@@ -116,8 +116,13 @@ lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err)
 
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st);
 /* Logs on rank 0: this rank's ZeRO state (now, peak) against the fp32
- * formula, and its peak resident set (VmHWM) where /proc tells it. */
+ * formula, and its peak resident set (VmHWM) where /proc tells it: since
+ * lmc_zero_mark_setup when that could restart it. */
 void lmc_zero_log_memory(const struct lmc_zero *z);
+/* The end of set-up (the model built whole, then sharded): records this
+ * process's peak resident set and restarts it (/proc/self/clear_refs), so
+ * lmc_zero_log_memory tells the set-up and the training peaks apart. */
+void lmc_zero_mark_setup(struct lmc_zero *z);
 
 /* ---- Sharded checkpoints (zero_ckpt.c). Each rank writes its shard of
  * parameters and AdamW moments (the same layout whatever the stage) to

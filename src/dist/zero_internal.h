@@ -43,6 +43,7 @@ struct lmc_zero {
     struct lmc_comm_work **red_work;
     int pending_unit;           /* stage 2/3: unit whose reduce-scatter is in flight */
     size_t bytes_now, bytes_peak;
+    long setup_hwm_kib;         /* VmHWM at lmc_zero_mark_setup (0: not marked, -1: no restart) */
 };
 
 /* A unit's part length for world W: ceil(n / W) rounded up to 16 floats,
