@@ -9,7 +9,8 @@
 # global batch: losses, validation losses and final parameters <= 1e-6
 # relative (GPT-2's parameters 1e-5, and ZeRO 2 and 3 = ZeRO 0 bit for
 # bit: see below); stop at step 10 + resume equals the uninterrupted run bit for
-# bit at world 4 (ZeRO 2) and world 1 (ZeRO 3). The mpirun part is skipped
+# bit at world 4 (ZeRO 2) and world 1 (ZeRO 3); a world-4 ZeRO-3 checkpoint
+# resumed by 2 ranks (resharded) = the one-process run. The mpirun part is skipped
 # when mpirun is missing or lmc was built without MPI.
 # Usage: test_train_zero_units.sh PATH/TO/lmc
 set -u
@@ -89,6 +90,12 @@ else
     "${MPIRUN[@]}" -np 4 "$LMC" train --data "$TMP/data" --threads 1 --zero 2 --resume latest -o "$TMP/w4r" 2>"$TMP/err"
     ok $? "world 4 zero 2 stop + resume: $(tail -n 3 "$TMP/err")"
     bitexact w4r w4z2; ok $? "world 4 zero 2 resumed = uninterrupted, bit for bit"
+    # another world resumes by resharding: 4 ranks stop at 10, 2 ranks (batch 2: the same global batch) go on
+    "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 1 --zero 3 --stop-at 10 -o "$TMP/w42" 2>"$TMP/err" &&
+    "${MPIRUN[@]}" -np 2 "$LMC" train --data "$TMP/data" --threads 1 --batch 2 --zero 3 --eval-every 10 --eval-batches 2 \
+      --resume latest -o "$TMP/w42" 2>"$TMP/err"
+    ok $? "world 4 -> 2 zero 3 resume: $(tail -n 3 "$TMP/err")"
+    compare w42 ref; ok $? "world 4 -> 2 zero 3 resumed equals the one-process run"
     # tied heads: part 0 serves the embedding and the classifier. GPT-2's
     # key bias has a zero gradient up to rounding (softmax ignores it):
     # AdamW turns the rounding of the 2-rank sum into updates, 3.3e-6 of
