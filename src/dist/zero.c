@@ -83,6 +83,8 @@ static float *part_m(struct lmc_zero *z, float *base, int u, int q) {
     return z->stage == 0 ? base + U->pa_off + (int64_t)q * U->s : base + U->sh_off;
 }
 
+static size_t unit_bytes(const struct lmc_zero *z, int u);
+
 static uint64_t layout_hash(const struct lmc_zero_cfg *cfg) {
     uint64_t h = 1469598103934665603ull;
 #define MIX(v) do { uint64_t x_ = (uint64_t)(v); for (int b_ = 0; b_ < 8; b_++) h = (h ^ ((x_ >> (8 * b_)) & 255)) * 1099511628211ull; } while (0)
@@ -222,14 +224,12 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
         goto fail;
     }
     void *ctx = be->ctx;
-    if (z->p_full) be->zero(ctx, z->p_full, fb);
-    if (z->g_full) be->zero(ctx, z->g_full, fb);
-    if (z->p_sh) be->zero(ctx, z->p_sh, sb);
-    if (z->g_sh) be->zero(ctx, z->g_sh, sb);
-    be->zero(ctx, z->m, mb);
-    be->zero(ctx, z->v, mb);
-    /* the parameters, from the caller's unpadded arena into this layout
-     * (backend memory to backend memory through a host bounce of one unit) */
+    if ((s = check_same_everywhere(z, err))) goto fail;
+    /* the parameters first, unit by unit, from the caller's unpadded arena
+     * into this layout (backend memory to backend memory through a host
+     * bounce of one unit); cfg->released may drop each unit's initial copy
+     * as it goes, so set-up never holds it beside the whole state. The
+     * other buffers are zeroed (touched) after. */
     for (int u = 0; u < z->n_units; u++) {
         const struct lmc_zero_unit *U = &z->units[u];
         float *host = cfg->init_on_host ? (float *)(init_params + U->off) : malloc((size_t)U->n * sizeof(float));
@@ -239,14 +239,23 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
         }
         if (!cfg->init_on_host) be->download(ctx, host, init_params + U->off, (size_t)U->n * sizeof(float));
         if (z->stage <= 2) {
+            be->zero(ctx, z->p_full + U->pa_off, unit_bytes(z, u));
             be->upload(ctx, z->p_full + U->pa_off, host, (size_t)U->n * sizeof(float));
         } else {
             int64_t k = lmc_zero_real(U, z->r);
+            be->zero(ctx, z->p_sh + U->sh_off, (size_t)U->s * sizeof(float));
             if (k > 0) be->upload(ctx, z->p_sh + U->sh_off, host + (int64_t)z->r * U->s, (size_t)k * sizeof(float));
         }
         if (!cfg->init_on_host) free(host);
+        if (cfg->released) {
+            be->sync(ctx); /* the copy is done before the caller drops its source */
+            cfg->released(cfg->user, U->off, U->n);
+        }
     }
-    if ((s = check_same_everywhere(z, err))) goto fail;
+    if (z->g_full) be->zero(ctx, z->g_full, fb);
+    if (z->g_sh) be->zero(ctx, z->g_sh, sb);
+    be->zero(ctx, z->m, mb);
+    be->zero(ctx, z->v, mb);
     *out = z;
     return LMC_OK;
 fail:

@@ -54,6 +54,12 @@ struct lmc_zero_cfg {
     int n_tensors;         /* in arena order, covering [0, numel) without gaps */
     bool init_on_host;     /* init_params is host memory (e.g. memory-mapped
                             * weights): a GPU never holds the full model */
+    /* Optional: called once init_params' floats [off, off + n) (a unit)
+     * are copied, in arena order; the caller may release that memory (it
+     * is not read again), so set-up need not hold the initial parameters
+     * beside the whole state. */
+    void (*released)(void *user, int64_t off, int64_t n);
+    void *user;
 };
 
 struct lmc_zero_stats {

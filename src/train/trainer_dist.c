@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 struct lmc_tdist {
     struct lmc_trainer *tr;
@@ -87,6 +89,19 @@ static lmc_status hook_put(void *user, int part, unsigned what, bool last, lmc_e
 }
 
 static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err);
+
+/* The zero module has copied the model's initial parameters [off, off+n):
+ * their pages are dropped (the CPU backend's memory is host memory; the
+ * arena is freed in hand_over), so set-up holds them and the sharded state
+ * together one unit at a time only. */
+static void drop_initial(void *user, int64_t off, int64_t n) {
+    const float *w = user;
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    uintptr_t a = ((uintptr_t)(w + off) + (uintptr_t)pg - 1) / (uintptr_t)pg * (uintptr_t)pg;
+    uintptr_t e = (uintptr_t)(w + off + n) / (uintptr_t)pg * (uintptr_t)pg;
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
 
 /* The zero tensor list: the parameters in arena order, unit = their
  * part's (numbered over the non-empty parts), the padding before each
@@ -195,7 +210,7 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     for (int i = 0; i < np; i++) d->unit_of[i] = -1;
     int n = 0;
     if ((s = tensor_list(tr, d, t, pad, &n, err))) goto done;
-    struct lmc_zero_cfg zc = {stage, t, n, false};
+    struct lmc_zero_cfg zc = {stage, t, n, false, drop_initial, tr->tm.w}; /* a failure loses the model's weights */
     if ((s = lmc_zero_init(&tr->zero, &zc, comm, (struct lmc_backend *)tr->be, tm->w, err))) {
         tr->zero = NULL;
         goto done;
