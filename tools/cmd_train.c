@@ -348,6 +348,7 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     steps = o.sched.total;
+    o.zero_moments = dist && o.optim.kind == LMC_OPTIM_ADAMW; /* the zero module holds them */
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -377,6 +378,7 @@ int cmd_train(int argc, char **argv) {
         lmc_tmodel_free(&full);
         have_full = false;
     }
+    if (tr.zero) lmc_zero_mark_setup(tr.zero); /* training's peak RSS apart from set-up's */
     char mpath[4096];
     if (!metrics) {
         lmc_path_join(mpath, sizeof mpath, out, "metrics.jsonl");
@@ -435,8 +437,8 @@ int cmd_train(int argc, char **argv) {
         double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
         double vl = NAN;
         bool last = tr.step == end;
-        /* tensor parallel: the TP group of DP rank 0 evaluates together */
-        bool evaluator = root || (tr.tp && (!dp_comm || dp_comm->rank == 0));
+        /* ZeRO: a collective over every rank; tensor parallel: the TP group of DP rank 0 evaluates together */
+        bool evaluator = root || tr.zero || (tr.tp && (!dp_comm || dp_comm->rank == 0));
         if (evaluator && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;

@@ -83,6 +83,8 @@ static float *part_m(struct lmc_zero *z, float *base, int u, int q) {
     return z->stage == 0 ? base + U->pa_off + (int64_t)q * U->s : base + U->sh_off;
 }
 
+static size_t unit_bytes(const struct lmc_zero *z, int u);
+
 static uint64_t layout_hash(const struct lmc_zero_cfg *cfg) {
     uint64_t h = 1469598103934665603ull;
 #define MIX(v) do { uint64_t x_ = (uint64_t)(v); for (int b_ = 0; b_ < 8; b_++) h = (h ^ ((x_ >> (8 * b_)) & 255)) * 1099511628211ull; } while (0)
@@ -193,7 +195,7 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
     }
     for (int u = 0; u < z->n_units; u++) {
         struct lmc_zero_unit *U = &z->units[u];
-        U->s = (U->n + z->W - 1) / z->W;
+        U->s = lmc_zero_part_len(U->n, z->W);
         U->pa_off = z->PA;
         U->sh_off = z->S;
         z->PA += U->s * z->W;
@@ -222,14 +224,12 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
         goto fail;
     }
     void *ctx = be->ctx;
-    if (z->p_full) be->zero(ctx, z->p_full, fb);
-    if (z->g_full) be->zero(ctx, z->g_full, fb);
-    if (z->p_sh) be->zero(ctx, z->p_sh, sb);
-    if (z->g_sh) be->zero(ctx, z->g_sh, sb);
-    be->zero(ctx, z->m, mb);
-    be->zero(ctx, z->v, mb);
-    /* the parameters, from the caller's unpadded arena into this layout
-     * (backend memory to backend memory through a host bounce of one unit) */
+    if ((s = check_same_everywhere(z, err))) goto fail;
+    /* the parameters first, unit by unit, from the caller's unpadded arena
+     * into this layout (backend memory to backend memory through a host
+     * bounce of one unit); cfg->released may drop each unit's initial copy
+     * as it goes, so set-up never holds it beside the whole state. The
+     * other buffers are zeroed (touched) after. */
     for (int u = 0; u < z->n_units; u++) {
         const struct lmc_zero_unit *U = &z->units[u];
         float *host = cfg->init_on_host ? (float *)(init_params + U->off) : malloc((size_t)U->n * sizeof(float));
@@ -239,14 +239,23 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
         }
         if (!cfg->init_on_host) be->download(ctx, host, init_params + U->off, (size_t)U->n * sizeof(float));
         if (z->stage <= 2) {
+            be->zero(ctx, z->p_full + U->pa_off, unit_bytes(z, u));
             be->upload(ctx, z->p_full + U->pa_off, host, (size_t)U->n * sizeof(float));
         } else {
             int64_t k = lmc_zero_real(U, z->r);
+            be->zero(ctx, z->p_sh + U->sh_off, (size_t)U->s * sizeof(float));
             if (k > 0) be->upload(ctx, z->p_sh + U->sh_off, host + (int64_t)z->r * U->s, (size_t)k * sizeof(float));
         }
         if (!cfg->init_on_host) free(host);
+        if (cfg->released) {
+            be->sync(ctx); /* the copy is done before the caller drops its source */
+            cfg->released(cfg->user, U->off, U->n);
+        }
     }
-    if ((s = check_same_everywhere(z, err))) goto fail;
+    if (z->g_full) be->zero(ctx, z->g_full, fb);
+    if (z->g_sh) be->zero(ctx, z->g_sh, sb);
+    be->zero(ctx, z->m, mb);
+    be->zero(ctx, z->v, mb);
     *out = z;
     return LMC_OK;
 fail:
@@ -494,6 +503,12 @@ lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay
     return s;
 }
 
+void lmc_zero_grads_clear(struct lmc_zero *z) {
+    LMC_ASSERT(z->pending_unit < 0);
+    if (z->g_full) z->be->zero(z->be->ctx, z->g_full, (size_t)z->PA * sizeof(float));
+    if (z->g_sh) z->be->zero(z->be->ctx, z->g_sh, (size_t)z->S * sizeof(float));
+}
+
 lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err) {
     struct lmc_backend *be = z->be;
     for (int u = 0; u < z->n_units; u++) {
@@ -513,20 +528,36 @@ void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st) {
     st->shard_numel = z->S;
 }
 
-void lmc_zero_log_memory(const struct lmc_zero *z) {
-    struct lmc_zero_mem f;
-    lmc_zero_mem_fp32(z->stage, z->W, z->numel, &f);
+static long vm_hwm_kib(void) {
     long hwm = -1;
     FILE *fp = fopen("/proc/self/status", "r");
     char line[256];
     while (fp && fgets(line, sizeof line, fp))
         if (!strncmp(line, "VmHWM:", 6)) hwm = strtol(line + 6, NULL, 10);
     if (fp) fclose(fp);
+    return hwm;
+}
+
+void lmc_zero_mark_setup(struct lmc_zero *z) {
+    z->setup_hwm_kib = vm_hwm_kib();
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* "5": VmHWM restarts at the current RSS (Linux >= 4.0) */
+    bool ok = f && fputs("5", f) >= 0;
+    if (f) ok = (fclose(f) == 0) && ok;
+    if (!ok) z->setup_hwm_kib = -1;
+}
+
+void lmc_zero_log_memory(const struct lmc_zero *z) {
+    struct lmc_zero_mem f;
+    lmc_zero_mem_fp32(z->stage, z->W, z->numel, &f);
+    long hwm = vm_hwm_kib();
     const double M = 1048576.0;
+    char setup[64] = "";
+    if (z->setup_hwm_kib > 0) snprintf(setup, sizeof setup, " since set-up (set-up %.1f MiB)", (double)z->setup_hwm_kib / 1024.0);
     lmc_dist_log(z->comm, 1, "zero-%d on %d rank%s: state %.1f MiB (peak %.1f; formula %.1f + %.1f of unit buffers), "
-                 "peak RSS %.1f MiB", z->stage, z->W, z->W == 1 ? "" : "s", (double)z->bytes_now / M,
+                 "peak RSS %.1f MiB%s", z->stage, z->W, z->W == 1 ? "" : "s", (double)z->bytes_now / M,
                  (double)z->bytes_peak / M, f.total / M,
-                 (double)(z->ppool.n + z->gpool.n) * (double)z->slot_bytes / M, hwm >= 0 ? (double)hwm / 1024.0 : -1.0);
+                 (double)(z->ppool.n + z->gpool.n) * (double)z->slot_bytes / M, hwm >= 0 ? (double)hwm / 1024.0 : -1.0,
+                 setup);
 }
 
 void lmc_zero_mem_mixed(int stage, int world, int64_t psi, struct lmc_zero_mem *m) {

@@ -13,7 +13,7 @@
  *
  * Tensors are grouped into units (a layer, the embeddings...); a unit is a
  * contiguous range of the arena. Each unit is split into `world` equal
- * parts (its length padded with zeros to a multiple of world); rank r owns
+ * parts (padded with zeros; each part a multiple of 16 floats); rank r owns
  * part r of every unit, and its shard is those parts one after another.
  * Every stage reduces in the communicator's fixed order, partitions the
  * gradient norm by the same shards and runs AdamW element by element, so
@@ -54,6 +54,12 @@ struct lmc_zero_cfg {
     int n_tensors;         /* in arena order, covering [0, numel) without gaps */
     bool init_on_host;     /* init_params is host memory (e.g. memory-mapped
                             * weights): a GPU never holds the full model */
+    /* Optional: called once init_params' floats [off, off + n) (a unit)
+     * are copied, in arena order; the caller may release that memory (it
+     * is not read again), so set-up need not hold the initial parameters
+     * beside the whole state. */
+    void (*released)(void *user, int64_t off, int64_t n);
+    void *user;
 };
 
 struct lmc_zero_stats {
@@ -102,6 +108,10 @@ lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err);
 lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay,
                           const struct lmc_adamw_step *nodecay, lmc_err *err);
 
+/* Zeroes the gradients without a step (after lmc_zero_grad_norm, when the
+ * step is skipped: a non-finite norm). */
+void lmc_zero_grads_clear(struct lmc_zero *z);
+
 /* All ranks' values summed in the fixed rank order (losses, token counts);
  * host doubles, whatever the communicator's memory. */
 lmc_status lmc_zero_sum_f64(struct lmc_zero *z, double *vals, int n, lmc_err *err);
@@ -112,8 +122,13 @@ lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err)
 
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st);
 /* Logs on rank 0: this rank's ZeRO state (now, peak) against the fp32
- * formula, and its peak resident set (VmHWM) where /proc tells it. */
+ * formula, and its peak resident set (VmHWM) where /proc tells it: since
+ * lmc_zero_mark_setup when that could restart it. */
 void lmc_zero_log_memory(const struct lmc_zero *z);
+/* The end of set-up (the model built whole, then sharded): records this
+ * process's peak resident set and restarts it (/proc/self/clear_refs), so
+ * lmc_zero_log_memory tells the set-up and the training peaks apart. */
+void lmc_zero_mark_setup(struct lmc_zero *z);
 
 /* ---- Sharded checkpoints (zero_ckpt.c). Each rank writes its shard of
  * parameters and AdamW moments (the same layout whatever the stage) to

@@ -33,9 +33,12 @@ struct shard_header {
     uint64_t layout_hash, checksum;
 };
 
-static uint64_t checksum(const void *data, size_t n) {
+#define CHECKSUM_SEED 1469598103934665603ull
+/* FNV-style over 8-byte words, then the tail bytes; checksum_add over
+ * consecutive pieces whose lengths (all but the last) are multiples of 8
+ * equals one call over their concatenation. */
+static uint64_t checksum_add(uint64_t h, const void *data, size_t n) {
     const unsigned char *p = data;
-    uint64_t h = 1469598103934665603ull;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
@@ -45,6 +48,7 @@ static uint64_t checksum(const void *data, size_t n) {
     for (; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
     return h;
 }
+static uint64_t checksum(const void *data, size_t n) { return checksum_add(CHECKSUM_SEED, data, n); }
 
 static void shard_name(char *buf, size_t cap, int64_t step, int rank) {
     snprintf(buf, cap, "zero-step%08" PRId64 "-rank%05d.bin", step, rank);
@@ -56,7 +60,7 @@ static lmc_status layout_for(const int64_t *unit_n, int n_units, int W, int64_t 
     *S = 0;
     for (int u = 0; u < n_units; u++) {
         if (unit_n[u] <= 0) return lmc_err_set(err, LMC_ERR_FORMAT, "zero checkpoint: unit %d is empty", u);
-        s[u] = (unit_n[u] + W - 1) / W;
+        s[u] = lmc_zero_part_len(unit_n[u], W);
         sh_off[u] = *S;
         if (!lmc_add_ok(*S, s[u], S)) return lmc_err_set(err, LMC_ERR_FORMAT, "zero checkpoint: too large");
     }
@@ -264,21 +268,52 @@ static lmc_status read_shard(const char *dir, const struct lmc_zero_manifest *m,
     return s;
 }
 
-/* This rank's shard as host arrays p, m, v (S floats each, in buf). */
-static void shard_to_host(struct lmc_zero *z, float *buf) {
-    struct lmc_backend *be = z->be;
-    float *hp = buf, *hm = buf + z->S, *hv = buf + 2 * z->S;
-    for (int u = 0; u < z->n_units; u++) {
-        const struct lmc_zero_unit *U = &z->units[u];
-        size_t b = (size_t)U->s * sizeof(float);
-        int64_t part = U->pa_off + (int64_t)z->r * U->s;
-        const float *p = z->stage == 3 ? z->p_sh + U->sh_off : z->p_full + part;
-        const float *m = z->stage == 0 ? z->m + part : z->m + U->sh_off;
-        const float *v = z->stage == 0 ? z->v + part : z->v + U->sh_off;
-        be->download(be->ctx, hp + U->sh_off, p, b);
-        be->download(be->ctx, hm + U->sh_off, m, b);
-        be->download(be->ctx, hv + U->sh_off, v, b);
+/* Unit u's part of this rank's shard: parameters (k 0), m (1) or v (2). */
+static const float *shard_part(const struct lmc_zero *z, int k, int u) {
+    const struct lmc_zero_unit *U = &z->units[u];
+    int64_t part = U->pa_off + (int64_t)z->r * U->s;
+    if (k == 0) return z->stage == 3 ? z->p_sh + U->sh_off : z->p_full + part;
+    const float *base = k == 1 ? z->m : z->v;
+    return z->stage == 0 ? base + part : base + U->sh_off;
+}
+
+/* Writes this rank's shard file dir/name: the header, then the arrays p,
+ * m, v (S floats each), streamed one unit part at a time through a host
+ * buffer (no host copy of the whole shard); the checksum is filled in
+ * last. Published by an atomic rename after fsync. */
+static lmc_status write_shard(struct lmc_zero *z, const char *dir, const char *name, struct shard_header *h,
+                              lmc_err *err) {
+    char path[4096], tmp[4200];
+    if (!lmc_path_join(path, sizeof path, dir, name))
+        return lmc_err_set(err, LMC_ERR_ARG, "zero checkpoint: path too long: %s", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    size_t most = z->slot_bytes / (size_t)z->W; /* the largest unit part */
+    float *buf = malloc(most ? most : 4);
+    FILE *f = buf ? fopen(tmp, "wb") : NULL;
+    if (!f) {
+        free(buf);
+        return buf ? lmc_err_set(err, LMC_ERR_IO, "%s: %s", tmp, strerror(errno))
+                   : lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory");
     }
+    uint64_t sum = CHECKSUM_SEED;
+    bool ok = fwrite(h, sizeof *h, 1, f) == 1;
+    for (int k = 0; k < 3 && ok; k++)
+        for (int u = 0; u < z->n_units && ok; u++) {
+            size_t b = (size_t)z->units[u].s * sizeof(float); /* a multiple of 64 bytes */
+            z->be->download(z->be->ctx, buf, shard_part(z, k, u), b);
+            sum = checksum_add(sum, buf, b);
+            ok = fwrite(buf, 1, b, f) == b;
+        }
+    h->checksum = sum;
+    ok = ok && fseek(f, 0, SEEK_SET) == 0 && fwrite(h, sizeof *h, 1, f) == 1 && fflush(f) == 0 &&
+         fsync(fileno(f)) == 0;
+    ok = (fclose(f) == 0) && ok;
+    free(buf);
+    if (!ok || rename(tmp, path)) {
+        unlink(tmp);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    return LMC_OK;
 }
 
 /* Any-rank-failed: every rank learns whether some rank failed. */
@@ -332,24 +367,19 @@ static lmc_status write_file_atomic(const char *dir, const char *name, const voi
 }
 
 lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_err *err) {
-    size_t data = 3 * (size_t)z->S * sizeof(float);
-    float *buf = malloc(data ? data : 4);
     lmc_status s = LMC_OK;
     if (mkdir(dir, 0755) && errno != EEXIST) /* every rank: the folder may be shared or not */
         s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot create the checkpoint folder: %s", dir, strerror(errno));
-    else if (!buf) s = lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory");
     if (!s) {
-        shard_to_host(z, buf);
         struct shard_header h = {.version = 1, .rank = (uint32_t)z->r, .world = (uint32_t)z->W,
                                  .stage = (uint32_t)z->stage, .step = step, .numel = z->numel,
                                  .n_units = z->n_units, .shard_numel = z->S, .layout_hash = z->layout_hash,
-                                 .checksum = checksum(buf, data)};
+                                 .checksum = 0};
         memcpy(h.magic, SHARD_MAGIC, 8);
         char name[64];
         shard_name(name, sizeof name, step, z->r);
-        s = write_file_atomic(dir, name, &h, sizeof h, buf, data, err);
+        s = write_shard(z, dir, name, &h, err);
     }
-    free(buf);
     if ((s = agree(z, s, err, "write its shard"))) return s;
     if (z->r == 0) {
         cJSON *root = cJSON_CreateObject(), *units = cJSON_CreateArray(), *tensors = cJSON_CreateArray(),

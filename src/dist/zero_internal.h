@@ -7,7 +7,7 @@
 
 struct lmc_zero_unit {
     int64_t off, n;   /* range in the caller's (unpadded) arena */
-    int64_t s;        /* part length: ceil(n / world) */
+    int64_t s;        /* part length: lmc_zero_part_len(n, world) */
     int64_t pa_off;   /* offset in the padded full buffers (n padded to world * s) */
     int64_t sh_off;   /* offset of this unit's part in a shard */
     int t0, t1;       /* its tensors [t0, t1) */
@@ -43,8 +43,12 @@ struct lmc_zero {
     struct lmc_comm_work **red_work;
     int pending_unit;           /* stage 2/3: unit whose reduce-scatter is in flight */
     size_t bytes_now, bytes_peak;
+    long setup_hwm_kib;         /* VmHWM at lmc_zero_mark_setup (0: not marked, -1: no restart) */
 };
 
+/* A unit's part length for world W: ceil(n / W) rounded up to 16 floats,
+ * so every unit and part starts 64-byte aligned in the padded buffers. */
+static inline int64_t lmc_zero_part_len(int64_t n, int W) { return ((n + W - 1) / W + 15) / 16 * 16; }
 /* Elements of unit u's part q that are real (not padding). */
 int64_t lmc_zero_real(const struct lmc_zero_unit *u, int q);
 uint64_t lmc_zero_layout_hash(const struct lmc_zero *z);

@@ -25,6 +25,7 @@ struct layout_state {
     bool (*external)(void *user, const struct lmc_tensor_ref *t);
     void *user;
     int64_t xb, xe;         /* experts in the arenas (xe 0: all; expert parallelism) */
+    bool seen_layer;
 };
 
 static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
@@ -43,6 +44,8 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->conv = (t->spec->flags & LMC_TF_CONV) != 0;
     p->init = t->spec->flags & (LMC_TF_INIT_ALOG | LMC_TF_INIT_DT);
     p->role = (enum lmc_role)t->spec->role;
+    if (t->layer >= 0) s->seen_layer = true;
+    p->part = t->layer >= 0 ? (int)t->layer + 1 : s->seen_layer ? (int)tm->cfg.num_layers + 1 : 0;
     bool other_rank = t->spec->kind == LMC_TK_EXPERT_W && s->xe > 0 && (t->expert < s->xb || t->expert >= s->xe);
     if (other_rank || (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t))) {
         p->external = p->frozen = true;
@@ -59,6 +62,10 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
 struct bind_state {
     struct lmc_tmodel *tm;
     int next;
+    int part;              /* -1: every tensor, to the arenas; else that part's, to w / g from base */
+    const float *w;
+    float *g;
+    int64_t base;
 };
 
 static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
@@ -76,6 +83,12 @@ static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err)
             L->qfloat = true;
             L->w = (struct lmc_mat){LMC_DTYPE_F32, t->rows / parts, t->cols, p->q[i].data};
         }
+        return LMC_OK;
+    }
+    if (s->part >= 0) { /* one part's views (lmc_tmodel_bind_part) */
+        if (p->part != s->part) return LMC_OK;
+        if (s->w) lmc_weights_bind(&s->tm->W, t, s->w + (p->off - s->base), LMC_DTYPE_F32);
+        if (s->g) lmc_weights_bind(&s->tm->G, t, s->g + (p->off - s->base), LMC_DTYPE_F32);
         return LMC_OK;
     }
     lmc_weights_bind(&s->tm->W, t, s->tm->w + p->off, LMC_DTYPE_F32);
@@ -176,7 +189,7 @@ static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cf
     tm->W.layers = lmc_weights_layers_alloc(c);
     tm->G.layers = lmc_weights_layers_alloc(c);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
-    struct layout_state ls = {tm, (int)cap, external, user, xb, xe};
+    struct layout_state ls = {tm, (int)cap, external, user, xb, xe, false};
     if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {
         lmc_tmodel_free(tm);
         return st;
@@ -212,14 +225,26 @@ int lmc_tmodel_bind(struct lmc_tmodel *tm) {
     memset(&tm->G, 0, sizeof tm->G);
     tm->W.layers = wl;
     tm->G.layers = gl;
-    struct bind_state bs = {tm, 0};
+    struct bind_state bs = {tm, 0, -1, NULL, NULL, 0};
     lmc_err err = {0};
     LMC_ASSERT(!lmc_arch_walk(tm->arch, &tm->cfg, bind, &bs, &err));
-    if (!tm->W.head.w.data) { /* tied: the head reads the embedding */
+    tm->tied_head = !tm->W.head.w.data;
+    if (tm->tied_head) { /* the head reads the embedding */
         tm->W.head.w = tm->W.tok_emb;
         tm->G.head.w = tm->G.tok_emb;
     }
     return bs.next;
+}
+
+void lmc_tmodel_bind_part(struct lmc_tmodel *tm, int part, const float *w, float *g, int64_t base) {
+    LMC_ASSERT(part >= 0);
+    struct bind_state bs = {tm, 0, part, w, g, base};
+    lmc_err err = {0};
+    LMC_ASSERT(!lmc_arch_walk(tm->arch, &tm->cfg, bind, &bs, &err));
+    if (tm->tied_head && part == 0) {
+        if (w) tm->W.head.w = tm->W.tok_emb;
+        if (g) tm->G.head.w = tm->G.tok_emb;
+    }
 }
 
 void lmc_tmodel_free(struct lmc_tmodel *tm) {
@@ -605,6 +630,12 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                         .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe};
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
+    const struct lmc_tmodel_hooks *hk = a->hooks;
+    const unsigned P = LMC_TPART_PARAMS, G = LMC_TPART_GRADS, head = backward ? P | G : P;
+    const int out = (int)L + 1;
+#define GET(part, what, next) if (hk && (st = hk->get(hk->user, part, what, next, err))) return st
+#define PUT(part, what, last) if (hk && (st = hk->put(hk->user, part, what, last, err))) return st
+    GET(0, P, L > 0 ? 1 : out);
     if (tm->vocab) { /* each rank's rows, all-reduced */
         struct lmc_tp tp = {tm->vocab->g->c, be};
         if ((st = lmc_tp_embed_fwd(&tp, a->xs[0], tm->W.tok_emb.data, tm->vocab->v0, c->vocab_size, V, C, inputs,
@@ -613,8 +644,14 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     } else {
         lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);
     }
-    for (int64_t l = 0; l < L; l++)
+    PUT(0, P, false);
+    for (int64_t l = 0; l < L; l++) {
+        GET((int)l + 1, P, l + 1 < L ? (int)l + 2 : tm->tied_head ? 0 : out);
         lmc_block_fwd(&r, l, &tm->W.layers[l], &a->saves[a->recompute ? 0 : l], a->xs[l], a->xs[l + 1]);
+        PUT((int)l + 1, P, false);
+    }
+    if (tm->tied_head) GET(0, head, out);
+    GET(out, head, backward && L > 0 ? (int)L : -1);
     ar->norm->fwd(be, a->hf, a->xs[L], tm->W.norm_f, tm->W.norm_f_b, M, C, eps);
     double sum = 0;
     int64_t n = 0;
@@ -645,17 +682,27 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     }
     *loss_sum = sum;
     *count = n;
+    if (backward) {
+        be->zero(be->ctx, a->dx, (size_t)(M * C) * sizeof(float));
+        ar->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
+                      tm->W.norm_f, M, C, eps);
+    }
+    PUT(out, head, backward);
+    if (tm->tied_head) PUT(0, head, false);
     if (!backward) return LMC_OK;
-    be->zero(be->ctx, a->dx, (size_t)(M * C) * sizeof(float));
-    ar->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
-                  tm->W.norm_f, M, C, eps);
     for (int64_t l = L - 1; l >= 0; l--) {
         const struct lmc_block_save *s = &a->saves[a->recompute ? 0 : l];
+        GET((int)l + 1, P | G, l > 0 ? (int)l : -1);
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
+        PUT((int)l + 1, P | G, true);
     }
+    GET(0, G, -1);
     if (tm->vocab) lmc_tp_embed_bwd((float *)tm->G.tok_emb.data, tm->vocab->v0, c->vocab_size, C, inputs, M, a->dx);
     else be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
     if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, M, C);
+    PUT(0, G, true);
+#undef GET
+#undef PUT
     return LMC_OK;
 }

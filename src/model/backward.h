@@ -49,6 +49,7 @@ struct lmc_tparam {
      * (qfloat) over q[0..parts) once the caller sets q (NULL: unbound). */
     bool external;
     const struct lmc_qweight *q;
+    int part;               /* lmc_tmodel_hooks' part: 0 before the layers, 1 + layer, L + 1 after */
 };
 
 /* Vocabulary-parallel embedding and head (tensor-parallel training,
@@ -80,6 +81,7 @@ struct lmc_tmodel {
      * gradient views then write into a scratch that nothing reads. */
     int64_t g_off;
     const struct lmc_tvocab *vocab; /* NULL: the whole vocabulary */
+    bool tied_head;         /* the head reads the token embedding (part 0) */
 };
 
 /* Parameter p's gradient in tm->g. */
@@ -178,6 +180,9 @@ struct lmc_tacts {
      * batch's loss and gradient, as one process with the whole batch
      * (expert_tokens then counts the global batch). NULL: this rank's own. */
     struct lmc_comm *moe_dp;
+    /* per-part parameters and gradients (set by the caller; NULL: the
+     * views stay bound to the arenas) */
+    const struct lmc_tmodel_hooks *hooks;
 };
 
 /* Bytes lmc_tacts_init allocates. */
@@ -206,6 +211,32 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
 static inline bool lmc_tparam_decays(const struct lmc_tparam *p, bool decay_all) {
     return decay_all || p->role == LMC_ROLE_MATRIX;
 }
+
+/* ---- Per-part parameters and gradients (data-parallel ZeRO, where a rank
+ * holds a layer's full parameters or gradients only while it runs:
+ * src/train/trainer_dist.c). The parameters fall into parts in arena
+ * order: 0 the tensors before the first layer (embeddings), 1 + l layer
+ * l, L + 1 the tensors after the last layer (final norm, untied head; it
+ * may be empty). With a->hooks set, lmc_tmodel_step calls get(part, what)
+ * before it reads a part's parameters (LMC_TPART_PARAMS) or accumulates
+ * into its gradients (LMC_TPART_GRADS), and put(part, what, last) after
+ * (last: the part's gradient of this micro-step is complete); get's next
+ * names the part whose parameters the step reads next (-1: none), for
+ * prefetching. get binds
+ * the part's views (lmc_tmodel_bind_part) to wherever the caller keeps
+ * them. Order: forward 0, 1..L, then L + 1 (with a tied head: 0 got
+ * first, put after, not last); backward L, ..., 1, then 0 (gradients only).
+ * A failing hook ends the step with its status. */
+enum { LMC_TPART_PARAMS = 1, LMC_TPART_GRADS = 2 };
+struct lmc_tmodel_hooks {
+    void *user;
+    lmc_status (*get)(void *user, int part, unsigned what, int next, lmc_err *err);
+    lmc_status (*put)(void *user, int part, unsigned what, bool last, lmc_err *err);
+};
+/* Binds the views of part's tensors: W to w + (p->off - base) when w is
+ * given, G to g + (p->off - base) when g is given (a tied head follows
+ * part 0). w / g hold the part's floats of the arena layout from base. */
+void lmc_tmodel_bind_part(struct lmc_tmodel *tm, int part, const float *w, float *g, int64_t base);
 
 /* tm->g = 0 (the whole arena, padding included; numel - g_off floats) through be->zero. */
 void lmc_tmodel_zero_grad(struct lmc_tmodel *tm);

@@ -9,6 +9,7 @@
  * backend memory: saving downloads them, loading uploads. The folder is
  * published atomically (checkpoint_dir.c). */
 #include "train/checkpoint.h"
+#include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "io/safetensors.h"
@@ -73,16 +74,22 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     char path[4096], src[4096];
     lmc_status s = LMC_OK;
     /* model.safetensors: every tensor in its on-disk layout */
+    /* data parallel: the model's views point into the zero module; rank 0
+     * has the parameters on the host, on-disk layouts, from lmc_trainer_dist_save */
+    const float *host = tr->zero ? lmc_trainer_dist_params(tr) : NULL;
+    if (tr->zero && !host)
+        return lmc_err_set(err, LMC_ERR_ARG, "checkpoint: the data-parallel parameters were not gathered "
+                           "(lmc_trainer_dist_save first)");
     struct lmc_st_write_tensor *t = calloc((size_t)tm->n_params, sizeof *t);
-    float *buf = malloc((size_t)tm->numel * sizeof(float));
-    if (!t || !buf) {
+    float *buf = host ? NULL : malloc((size_t)tm->numel * sizeof(float));
+    if (!t || (!host && !buf)) {
         free(t);
         free(buf);
         return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
     }
     for (int i = 0; i < tm->n_params && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
+        if (!host) s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
         t[i].name = p->name;
         t[i].dtype = LMC_DTYPE_F32;
         t[i].ndim = p->ndim;
@@ -93,7 +100,7 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
             t[i].shape[1] = 1;
             t[i].shape[2] = p->shape[1];
         }
-        t[i].data = buf + p->off;
+        t[i].data = host ? host + p->off : buf + p->off;
     }
     const char *meta[] = {"format", "pt"};
     if (!s && !lmc_path_join(path, sizeof path, dir, "model.safetensors"))

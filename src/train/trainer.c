@@ -9,6 +9,7 @@
 #include "core/core.h"
 #include "dist/comm.h"
 #include "train/trainer_tp.h"
+#include "dist/zero.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -68,7 +69,7 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         free(pp);
         if (s) goto fail;
         tr->have_opt = true;
-    } else {
+    } else if (!o->zero_moments) {
         /* moments of the trainable part only (a frozen base has none) */
         size_t bytes = (size_t)(tr->tm.numel - tr->tm.trainable_off) * sizeof(float);
         tr->m = be->alloc(be->ctx, bytes);
@@ -240,8 +241,12 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     /* data parallel: the windows one process with batch world x B reads */
     int64_t world = tr->comm ? tr->comm->world : 1;
     int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
+    /* with the zero module (stage 3 gathers parameters: a collective) each
+     * rank evaluates every world-th micro-batch and the sums are added */
+    int64_t share = tr->zero ? world : 1, me = tr->zero ? tr->comm->rank : 0;
     for (int64_t k = 0; k < nb; k++) {
         lmc_loader_next(&tr->val, tr->batch);
+        if (k % share != me) continue;
         split_batch(tr);
         double ls;
         int64_t n;
@@ -249,6 +254,12 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
             return s;
         sum += ls;
         count += n;
+    }
+    if (tr->zero) {
+        double sc[2] = {sum, (double)count};
+        if ((s = lmc_zero_sum_f64(tr->zero, sc, 2, err))) return s;
+        sum = sc[0];
+        count = (int64_t)sc[1];
     }
     *loss = sum / (double)(count ? count : 1);
     return LMC_OK;
@@ -272,8 +283,8 @@ int lmc_trainer_optim_params(const struct lmc_tmodel *tm, bool decay_all, struct
         if (p->frozen) continue; /* a frozen base (LoRA) has no gradient and no optimizer state */
         struct lmc_optim_param *q = &params[n++];
         q->name = p->name;
-        q->p = tm->w + p->off;
-        q->g = lmc_tmodel_grad(tm, p);
+        q->p = tm->w ? tm->w + p->off : NULL; /* data parallel: the arenas are the zero module's */
+        q->g = tm->g ? lmc_tmodel_grad(tm, p) : NULL;
         if (p->ndim == 2) { /* the arena's (out, in) */
             q->rows = p->transposed ? p->shape[1] : p->shape[0];
             q->cols = p->transposed ? p->shape[0] : p->shape[1];

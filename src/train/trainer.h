@@ -34,6 +34,8 @@ struct lmc_train_opts {
     double clip;               /* global-norm clip; 0: none */
     bool recompute;            /* activation recomputation per layer */
     uint64_t seed;             /* data order */
+    bool zero_moments;         /* AdamW data parallel (lmc_trainer_dist_init follows, which
+                                * gives the zero module the moments): none allocated here */
     int64_t eval_batches;      /* validation micro-batches per evaluation */
     /* Optional batch source instead of the token loader (supervised
      * fine-tuning): fills B*T inputs and targets (< 0: not counted) and
@@ -80,6 +82,7 @@ struct lmc_trainer {
     struct lmc_comm *comm;
     struct lmc_zero *zero;
     int zero_stage;
+    struct lmc_tdist *dist;    /* with zero: the per-part hand-over (trainer_dist.c) */
     int32_t *gbatch;           /* (world B, T+1): every rank's rows of the global micro-batch */
     int32_t *batch;            /* (B, T+1) */
     int32_t *in, *tg;          /* (B*T) */
@@ -108,27 +111,37 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
 /* Mean loss over eval_batches validation micro-batches, always the same
  * ones (the val loader restarts at position 0, no shuffling). Data
  * parallel: the windows of eval_batches global micro-batches (world x B),
- * evaluated by the calling rank alone (no collective). */
+ * evaluated by the calling rank alone when replicated; with the zero
+ * module (tr->zero) a collective: every rank evaluates its share. */
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err);
 /* Data-parallel training over comm (trainer_dist.c), after
- * lmc_trainer_init: ZeRO stage 0..3 (src/dist/zero.h) over the model's
- * parameter arena as one unit. Each optimizer step then reads a global
+ * lmc_trainer_init: ZeRO stage 0..3 (src/dist/zero.h), one zero unit per
+ * model part (embeddings, each layer, final norm + head: lmc_tmodel_hooks).
+ * The zero module then owns parameters, gradients and moments: the
+ * model's arenas (and the trainer's moments) are freed and its views
+ * bound into the module's buffers (stage 2: each layer's gradient only
+ * while its backward runs, then reduce-scattered; stage 3: each layer's
+ * parameters only while it runs, gathered before, freed after). Each
+ * optimizer step reads a global
  * micro-batch of world x B sequences (the loader's order, as one process
  * with batch world x B reads it) and this rank trains on rows [rank B,
  * (rank+1) B); gradients are reduced by the zero module, which runs AdamW
- * on this rank's shard and gathers the parameters back into tm.w; the
+ * on this rank's shard and gathers the parameters; the
  * loss, norm, clipping and learning rate are the global ones. Another
  * optimizer kind runs replicated (stage 0 only: the gradient all-reduced,
  * the same step on every rank, its state saved whole by rank 0; stages
  * 1-3 with it are LMC_ERR_UNSUPPORTED). A host backend (CPU) only. All
  * ranks must call with the same model and options (checked: refused
- * naming the first differing rank). With one unit, stages 2 and 3 give
- * stage 1's results and memory (the model keeps its full arenas). */
+ * naming the first differing rank). With the zero module,
+ * lmc_trainer_eval is collective (every rank calls it; each evaluates its
+ * share of the windows) and lmc_trainer_dist_save gathers the parameters
+ * for rank 0's lmc_ckpt_save. */
 struct lmc_comm;
 lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
                                  lmc_err *err);
 /* Sharded optimizer state of the step just done into zero_dir (every rank;
- * lmc_zero_save; nothing when replicated), and its restore (lmc_zero_load; the state must be of the
+ * lmc_zero_save; nothing when replicated; rank 0 also keeps a host copy
+ * of the parameters for lmc_ckpt_save until the next step), and its restore (lmc_zero_load; the state must be of the
  * step *step expected, else LMC_ERR_FORMAT naming both steps). */
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err);
 lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err);

@@ -1,16 +1,21 @@
 /* trainer_dist.c — the trainer's data-parallel step (trainer.h,
- * lmc_trainer_dist_init): ZeRO stages 0-3 of src/dist/zero.h over the
- * model's parameter arena as one unit. Each rank runs forward and backward
- * on its rows of the global micro-batch into the model's own gradient
- * arena; on the last micro-step the gradient is handed to the zero module
- * (reduce / reduce-scatter in the communicator's fixed order), which
- * computes the global norm, runs AdamW on this rank's shard and gathers
- * the parameters, copied back into the model's arena for the next
- * forward. Another optimizer kind (--optim) runs replicated (--zero 0):
- * the gradient arena all-reduced in the communicator's fixed order, then
- * the same lmc_optim step on every rank. A batch source (o.next_batch, lmc
- * finetune) also runs replicated, in lmc_trainer_step. Host backends only
- * (the copies are the backend's download, a memcpy there). */
+ * lmc_trainer_dist_init): ZeRO stages 0-3 of src/dist/zero.h with one
+ * zero unit per model part (embeddings, each layer, final norm + head).
+ * The zero module owns parameters, gradients and AdamW moments; the
+ * model's views point into its buffers, handed over part by part through
+ * the model's hooks (model/backward.h lmc_tmodel_hooks): stages 0-2 bind
+ * the parameters once (the module's full buffer), stages 0-1 the
+ * gradients too; stage 2 binds a part's gradient buffer when its backward
+ * starts and reduce-scatters it when it ends (on the accumulation's last
+ * micro-step), stage 3 also gathers a part's parameters before each use
+ * (prefetching the next part's) and frees them after. Each rank runs
+ * forward and backward on its rows of the global micro-batch; the zero
+ * module computes the global norm, runs AdamW on this rank's shard and
+ * gathers the parameters. Another optimizer kind (--optim) runs
+ * replicated (--zero 0): the model's gradient arena all-reduced in the
+ * communicator's fixed order, then the same lmc_optim step on every rank.
+ * A batch source (o.next_batch, lmc finetune) also runs replicated, in
+ * lmc_trainer_step. Host backends only. */
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
@@ -20,27 +25,140 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+struct lmc_tdist {
+    struct lmc_trainer *tr;
+    struct lmc_tmodel_hooks hooks;
+    int n_parts;              /* L + 2 */
+    int *unit_of;             /* (n_parts) part -> zero unit; -1: an empty part */
+    int64_t *unit_base;       /* (n_units) the unit's first float in the model's arena layout */
+    bool last_micro;          /* this micro-step is the accumulation's last: reduce after it */
+    float *ckpt_w;            /* rank 0, after lmc_trainer_dist_save: the parameters (host, arena layout) */
+};
 
 void lmc_trainer_dist_free(struct lmc_trainer *tr) {
     if (tr->zero) lmc_zero_free(tr->zero);
+    if (tr->dist) {
+        free(tr->dist->unit_of);
+        free(tr->dist->unit_base);
+        free(tr->dist->ckpt_w);
+        free(tr->dist);
+    }
+    if (tr->acts.hooks) tr->acts.hooks = NULL;
     free(tr->gbatch);
     tr->zero = NULL;
+    tr->dist = NULL;
     tr->gbatch = NULL;
     tr->comm = NULL;
 }
 
-/* the zero module's parameters -> the model's arena */
-static lmc_status pull_params(struct lmc_trainer *tr, lmc_err *err) {
-    float *p = NULL;
-    lmc_status s = lmc_zero_unit_prefetch(tr->zero, 0, err);
-    if (!s) s = lmc_zero_unit_params(tr->zero, 0, &p, err);
-    if (s) return s;
-    tr->be->download(tr->be->ctx, tr->tm.w, p, (size_t)tr->tm.numel * sizeof(float));
-    lmc_zero_unit_release(tr->zero, 0);
+const float *lmc_trainer_dist_params(const struct lmc_trainer *tr) { return tr->dist ? tr->dist->ckpt_w : NULL; }
+
+/* The model's hooks: part -> its zero unit's buffers. */
+static lmc_status hook_get(void *user, int part, unsigned what, int next, lmc_err *err) {
+    struct lmc_tdist *d = user;
+    struct lmc_trainer *tr = d->tr;
+    int u = part < d->n_parts ? d->unit_of[part] : -1;
+    if (u < 0) return LMC_OK;
+    lmc_status s = LMC_OK;
+    if ((what & LMC_TPART_PARAMS) && tr->zero_stage == 3) {
+        float *p;
+        if (next >= 0 && next < d->n_parts && d->unit_of[next] >= 0)
+            s = lmc_zero_unit_prefetch(tr->zero, d->unit_of[next], err);
+        if (!s) s = lmc_zero_unit_params(tr->zero, u, &p, err);
+        if (s) return s;
+        lmc_tmodel_bind_part(&tr->tm, part, p, NULL, d->unit_base[u]);
+    }
+    if ((what & LMC_TPART_GRADS) && tr->zero_stage >= 2) {
+        float *g;
+        if ((s = lmc_zero_unit_grads(tr->zero, u, &g, err))) return s;
+        lmc_tmodel_bind_part(&tr->tm, part, NULL, g, d->unit_base[u]);
+    }
+    return LMC_OK;
+}
+
+static lmc_status hook_put(void *user, int part, unsigned what, bool last, lmc_err *err) {
+    struct lmc_tdist *d = user;
+    int u = part < d->n_parts ? d->unit_of[part] : -1;
+    if (u < 0) return LMC_OK;
+    if (what & LMC_TPART_PARAMS) lmc_zero_unit_release(d->tr->zero, u);
+    if ((what & LMC_TPART_GRADS) && last && d->last_micro) return lmc_zero_unit_grads_done(d->tr->zero, u, err);
     return LMC_OK;
 }
 
 static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err);
+
+/* The zero module has copied the model's initial parameters [off, off+n):
+ * their pages are dropped (the CPU backend's memory is host memory; the
+ * arena is freed in hand_over), so set-up holds them and the sharded state
+ * together one unit at a time only. */
+static void drop_initial(void *user, int64_t off, int64_t n) {
+    const float *w = user;
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    uintptr_t a = ((uintptr_t)(w + off) + (uintptr_t)pg - 1) / (uintptr_t)pg * (uintptr_t)pg;
+    uintptr_t e = (uintptr_t)(w + off + n) / (uintptr_t)pg * (uintptr_t)pg;
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* The zero tensor list: the parameters in arena order, unit = their
+ * part's (numbered over the non-empty parts), the padding before each
+ * parameter a tensor of its own in that parameter's unit (zero, with zero
+ * gradients). Fills d's maps. */
+static lmc_status tensor_list(struct lmc_trainer *tr, struct lmc_tdist *d, struct lmc_zero_tensor *t, char (*pad)[32],
+                              int *n_out, lmc_err *err) {
+    const struct lmc_tmodel *tm = &tr->tm;
+    int n = 0, unit = -1, part = -1;
+    int64_t at = 0;
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        if (p->external || p->frozen || p->off < at || p->part < part || p->part >= d->n_parts)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "parameter %s: frozen, kept outside the arena or out of "
+                               "arena order (ZeRO trains every parameter of the arena)", p->name);
+        if (p->part != part) {
+            part = p->part;
+            d->unit_of[part] = ++unit;
+            d->unit_base[unit] = at;
+        }
+        if (p->off > at) {
+            snprintf(pad[i], sizeof pad[i], "pad.%d", i);
+            t[n++] = (struct lmc_zero_tensor){pad[i], at, p->off - at, unit, false, 0, {0}};
+        }
+        t[n++] = (struct lmc_zero_tensor){p->name, p->off, p->numel, unit, lmc_tparam_decays(p, tr->o.decay == LMC_DECAY_ALL),
+                                          p->ndim, {p->shape[0], p->ndim == 2 ? p->shape[1] : 0}};
+        at = p->off + p->numel;
+    }
+    if (tm->numel > at) { /* the arena's tail */
+        snprintf(pad[tm->n_params], sizeof pad[tm->n_params], "pad.%d", tm->n_params);
+        t[n++] = (struct lmc_zero_tensor){pad[tm->n_params], at, tm->numel - at, unit, false, 0, {0}};
+    }
+    *n_out = n;
+    return LMC_OK;
+}
+
+/* Frees the model's parameter arena (the zero module holds the
+ * parameters now) and binds the views that stay put: stages 0-2 the
+ * parameters, stages 0-1 the gradients. */
+static void hand_over(struct lmc_trainer *tr) {
+    struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_backend *be = tr->be;
+    struct lmc_tdist *d = tr->dist;
+    if (tm->w) be->free(be->ctx, tm->w);
+    tm->w = NULL;
+    for (int part = 0; part < d->n_parts; part++) {
+        int u = d->unit_of[part];
+        if (u < 0) continue;
+        float *p = NULL, *g = NULL;
+        lmc_err e;
+        if (tr->zero_stage <= 2) LMC_ASSERT(!lmc_zero_unit_params(tr->zero, u, &p, &e));
+        if (tr->zero_stage <= 1) LMC_ASSERT(!lmc_zero_unit_grads(tr->zero, u, &g, &e));
+        lmc_tmodel_bind_part(tm, part, p, g, d->unit_base[u]);
+    }
+    d->hooks = (struct lmc_tmodel_hooks){d, hook_get, hook_put};
+    tr->acts.hooks = &d->hooks;
+}
 
 lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
                                  lmc_err *err) {
@@ -49,7 +167,7 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     if (tr->have_opt && stage > 0)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d shards AdamW only (the zero module's optimizer); "
                            "--optim %s runs with --zero 0 (replicated)", stage, lmc_optim_kind_name(tr->opt.cfg.kind));
-    if (strcmp(tr->be->name, "cpu") || comm->device_buffers)
+    if (strcmp(tr->be->name, "cpu") || comm->device_buffers || !tr->be->host_memory)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel training runs on the CPU backend only for now "
                            "(backend %s)", tr->be->name);
     lmc_status s = lmc_dist_check_same(comm, "training configuration", desc, err);
@@ -67,49 +185,44 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         tr->zero_stage = 0;
         return global_loader(tr, err);
     }
-    /* the tensor list: the parameters in arena order, the padding between
-     * them as tensors of their own (zero, and zero gradients) */
+    if (tm->g) { /* the gradients and moments will be the zero module's: freed before it allocates */
+        tr->be->free(tr->be->ctx, tr->tm.g);
+        tr->tm.g = NULL;
+    }
+    if (tr->m) tr->be->free(tr->be->ctx, tr->m);
+    if (tr->v) tr->be->free(tr->be->ctx, tr->v);
+    tr->m = tr->v = NULL;
+    struct lmc_tdist *d = calloc(1, sizeof *d);
+    int np = (int)tm->cfg.num_layers + 2;
     struct lmc_zero_tensor *t = calloc((size_t)tm->n_params * 2 + 1, sizeof *t);
     char (*pad)[32] = calloc((size_t)tm->n_params + 1, sizeof *pad);
-    if (!t || !pad) {
-        free(t);
-        free(pad);
-        return lmc_err_set(err, LMC_ERR_OOM, "zero tensor list: out of memory");
+    if (d) {
+        d->tr = tr;
+        d->n_parts = np;
+        d->unit_of = malloc((size_t)np * sizeof *d->unit_of);
+        d->unit_base = calloc((size_t)np, sizeof *d->unit_base);
     }
+    tr->dist = d;
+    if (!d || !t || !pad || !d->unit_of || !d->unit_base) {
+        s = lmc_err_set(err, LMC_ERR_OOM, "zero tensor list: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < np; i++) d->unit_of[i] = -1;
     int n = 0;
-    int64_t at = 0;
-    for (int i = 0; i <= tm->n_params && !s; i++) {
-        int64_t off = i < tm->n_params ? tm->params[i].off : tm->numel;
-        if (off < at) {
-            s = lmc_err_set(err, LMC_ERR_ARG, "parameter %s is out of arena order", tm->params[i].name);
-            break;
-        }
-        if (off > at) {
-            snprintf(pad[i], sizeof pad[i], "pad.%d", i);
-            t[n++] = (struct lmc_zero_tensor){pad[i], at, off - at, 0, false, 0, {0}};
-        }
-        if (i == tm->n_params) break;
-        const struct lmc_tparam *p = &tm->params[i];
-        t[n] = (struct lmc_zero_tensor){p->name, p->off, p->numel, 0, lmc_tparam_decays(p, tr->o.decay == LMC_DECAY_ALL),
-                                        p->ndim, {p->shape[0], p->ndim == 2 ? p->shape[1] : 0}};
-        n++;
-        at = p->off + p->numel;
-    }
-    struct lmc_zero_cfg zc = {stage, t, n, false};
-    if (!s) s = lmc_zero_init(&tr->zero, &zc, comm, (struct lmc_backend *)tr->be, tm->w, err);
-    free(t);
-    free(pad);
-    if (s) {
+    if ((s = tensor_list(tr, d, t, pad, &n, err))) goto done;
+    struct lmc_zero_cfg zc = {stage, t, n, false, drop_initial, tr->tm.w}; /* a failure loses the model's weights */
+    if ((s = lmc_zero_init(&tr->zero, &zc, comm, (struct lmc_backend *)tr->be, tm->w, err))) {
         tr->zero = NULL;
-        return s;
+        goto done;
     }
     tr->comm = comm;
     tr->zero_stage = stage;
+    hand_over(tr);
     s = global_loader(tr, err);
-    /* the moments live in the zero module */
-    if (!s && tr->m) tr->be->free(tr->be->ctx, tr->m);
-    if (!s && tr->v) tr->be->free(tr->be->ctx, tr->v);
-    if (!s) tr->m = tr->v = NULL;
+done:
+    free(t);
+    free(pad);
+    if (s) lmc_trainer_dist_free(tr);
     return s;
 }
 
@@ -136,7 +249,12 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
     const struct lmc_train_opts *o = &tr->o;
     int world = tr->comm->world, rank = tr->comm->rank;
     memset(st, 0, sizeof *st);
-    lmc_tmodel_zero_grad(tm);
+    if (tr->dist) { /* the last checkpoint's host copy of the parameters */
+        free(tr->dist->ckpt_w);
+        tr->dist->ckpt_w = NULL;
+    } else {
+        lmc_tmodel_zero_grad(tm);
+    }
     int64_t per = o->B * o->T, row = o->T + 1;
     float dscale = (float)(1.0 / ((double)per * (double)world * (double)o->accum));
     double sums[2] = {0, 0}; /* loss sum, token count */
@@ -145,6 +263,7 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         lmc_loader_next(&tr->train, tr->gbatch);
         memcpy(tr->batch, tr->gbatch + (int64_t)rank * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
         lmc_trainer_split_batch(tr);
+        if (tr->dist) tr->dist->last_micro = k == o->accum - 1; /* the hooks reduce after the last */
         double ls;
         int64_t cnt;
         if ((s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &cnt, err))) return s;
@@ -165,14 +284,12 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         tr->step++;
         return LMC_OK;
     }
-    float *g = NULL;
-    if ((s = lmc_zero_unit_grads(tr->zero, 0, &g, err))) return s;
-    be->download(be->ctx, g, tm->g, (size_t)tm->numel * sizeof(float));
-    if ((s = lmc_zero_unit_grads_done(tr->zero, 0, err))) return s;
+    /* every part's reduction was started by the hooks during the backward */
     if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) return s;
     if ((s = lmc_zero_sum_f64(tr->zero, sums, 2, err))) return s;
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
     if (!isfinite(st->grad_norm)) { /* the same on every rank */
+        lmc_zero_grads_clear(tr->zero);
         st->skipped = true;
         tr->step++;
         return LMC_OK;
@@ -181,14 +298,41 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
     struct lmc_adamw_step sd, sn;
     lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, true, grad_scale, &sd);
     lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, false, grad_scale, &sn);
-    if ((s = lmc_zero_apply(tr->zero, &sd, &sn, err)) || (s = pull_params(tr, err))) return s;
+    if ((s = lmc_zero_apply(tr->zero, &sd, &sn, err))) return s;
     tr->step++;
     return LMC_OK;
 }
 
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err) {
     if (!tr->zero) return LMC_OK; /* replicated: rank 0's checkpoint holds the whole state */
-    return lmc_zero_save(tr->zero, zero_dir, tr->step, err);
+    lmc_status s = lmc_zero_save(tr->zero, zero_dir, tr->step, err);
+    if (s) return s;
+    /* the parameters for rank 0's checkpoint folder, unit by unit (stage 3 gathers: every rank takes part) */
+    struct lmc_tdist *d = tr->dist;
+    bool root = tr->comm->rank == 0;
+    free(d->ckpt_w);
+    d->ckpt_w = root ? calloc((size_t)tr->tm.numel, sizeof(float)) : NULL;
+    if (root && !d->ckpt_w) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint parameters: out of memory");
+    for (int u = 0; u < lmc_zero_n_units(tr->zero) && !s; u++) {
+        int64_t off, n;
+        float *p;
+        lmc_zero_unit_range(tr->zero, u, &off, &n);
+        if ((s = lmc_zero_unit_params(tr->zero, u, &p, err))) break;
+        if (root) tr->be->download(tr->be->ctx, d->ckpt_w + off, p, (size_t)n * sizeof(float));
+        lmc_zero_unit_release(tr->zero, u);
+    }
+    /* on-disk layouts (lmc_ckpt_save writes them as they are) */
+    for (int i = 0; root && !s && i < tr->tm.n_params; i++) {
+        const struct lmc_tparam *p = &tr->tm.params[i];
+        if (!p->transposed) continue;
+        float *tmp = malloc((size_t)p->numel * sizeof(float));
+        if (!tmp) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint parameters: out of memory");
+        /* the CPU backend's memory is host memory: the host copy reads as an arena */
+        s = lmc_tmodel_download_param(&tr->tm, d->ckpt_w, i, tmp, err);
+        if (!s) memcpy(d->ckpt_w + p->off, tmp, (size_t)p->numel * sizeof(float));
+        free(tmp);
+    }
+    return s;
 }
 
 lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err) {
@@ -199,5 +343,5 @@ lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, i
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: the sharded optimizer state is of step %lld, the checkpoint of "
                            "step %lld (only the newest sharded state is kept: resume from the newest checkpoint)",
                            zero_dir, (long long)got, (long long)step);
-    return pull_params(tr, err);
+    return LMC_OK; /* the model's views point into the zero module's buffers */
 }

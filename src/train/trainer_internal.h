@@ -9,6 +9,10 @@
 void lmc_trainer_split_batch(struct lmc_trainer *tr);
 /* lmc_trainer_step with tr->zero set */
 lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
+/* rank 0 after lmc_trainer_dist_save: the parameters (host memory, the
+ * arena's offsets, each tensor in its on-disk layout) until the next
+ * step; NULL otherwise */
+const float *lmc_trainer_dist_params(const struct lmc_trainer *tr);
 /* frees the zero state and global batch (no-op without) */
 void lmc_trainer_dist_free(struct lmc_trainer *tr);
 
