@@ -348,7 +348,8 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     steps = o.sched.total;
-    o.zero_moments = dist && o.optim.kind == LMC_OPTIM_ADAMW; /* the zero module holds them */
+    /* data parallel AdamW: the zero module holds the moments (tensor parallel: the trainer, per slice) */
+    o.zero_moments = dist && !tps && o.optim.kind == LMC_OPTIM_ADAMW;
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
