@@ -5,6 +5,7 @@
  * started with --port 0). */
 #include "cli.h"
 #include "core/core.h"
+#include "infer/kvq.h"
 #include "infer/scheduler.h"
 #include "serve/serve.h"
 #include "train/lora_bank.h"
@@ -133,6 +134,8 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
+            "                 [--kv-dtype f32|q8|q4] [--spec prompt-lookup [--spec-k K] [--spec-ngram N]\n"
+            "                 [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
@@ -146,7 +149,8 @@ int cmd_serve(int argc, char **argv) {
     const char *name = NULL;
     char name_buf[256];
     size_t kv_bytes = 0;
-    int64_t kv_blocks = 0;
+    int64_t kv_blocks = 0, spec_max_batch = -1;
+    enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
     so.api_key = getenv("LMC_API_KEY");
     struct serve_adapters ad; /* about 80 KB */
     memset(&ad, 0, sizeof ad);
@@ -196,6 +200,21 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 1, 1 << 24, &so.lim.max_tokens);
         else if (!strcmp(o, "--max-n")) ok = cli_parse_i64(v, 1, 64, &n), so.lim.max_n = (int)n;
         else if (!strcmp(o, "--timeout")) ok = cli_parse_i64(v, 1, 86400, &n), so.request_timeout_s = (int)n;
+        else if (!strcmp(o, "--kv-dtype")) ok = (kv_fmt = lmc_kvq_parse(v)) != LMC_KVQ_NONE || !strcmp(v, "f32");
+        else if (!strcmp(o, "--spec")) {
+            if (!strcmp(v, "prompt-lookup")) {
+                sc.spec = LMC_SCHED_SPEC_LOOKUP;
+            } else if (!strncmp(v, "draft:", 6)) {
+                fprintf(stderr, "lmc serve: --spec draft:DIR is not available in the server yet "
+                                "(prompt-lookup is; lmc generate --draft-model has draft models)\n");
+                return 2;
+            } else {
+                ok = false;
+            }
+        }
+        else if (!strcmp(o, "--spec-k")) ok = cli_parse_i64(v, 1, 16, &sc.spec_k);
+        else if (!strcmp(o, "--spec-ngram")) ok = cli_parse_i64(v, 1, 16, &sc.spec_ngram);
+        else if (!strcmp(o, "--spec-max-batch")) ok = cli_parse_i64(v, 0, 4096, &spec_max_batch);
         else if (!strcmp(o, "--io-timeout")) ok = cli_parse_f64(v, 0.1, 3600, &d), so.io_timeout_ms = (int)(d * 1000);
         else {
             fprintf(stderr, "lmc serve: unknown option %s\n", o);
@@ -207,6 +226,7 @@ int cmd_serve(int argc, char **argv) {
             return 2;
         }
     }
+    if (spec_max_batch >= 0) sc.spec_max_batch = (int)spec_max_batch;
     if (kv_blocks && kv_bytes) {
         fprintf(stderr, "lmc serve: give --kv-blocks or --kv-memory, not both\n");
         return 2;
@@ -247,7 +267,13 @@ int cmd_serve(int argc, char **argv) {
     sc.kv_blocks = kv_blocks;
     sc.kv_bytes = kv_bytes;
     struct lmc_sched *sched = NULL;
-    if (lmc_sched_init(&sched, &cm.model, &cm.be, cm.tok, &sc, &err)) {
+    struct lmc_backend kq; /* --kv-dtype q8|q4: the CPU backend with a compressed paged pool */
+    if (kv_fmt && lmc_kvq_paged_backend(&kq, &cm.be, kv_fmt, &err)) {
+        close_adapters(&ad, &cm);
+        cli_close(&cm);
+        return cli_fail("--kv-dtype", &err);
+    }
+    if (lmc_sched_init(&sched, &cm.model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("scheduler", &err);
@@ -273,10 +299,12 @@ int cmd_serve(int argc, char **argv) {
                 so.api_key && *so.api_key ? ", API key required" : "");
     else
         fprintf(stderr,
-                "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (prefix cache up to %lld), "
-                "max batch %d%s\n",
+                "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (%s, %lld bytes per token, "
+                "%.1f MiB; prefix cache up to %lld), max batch %d%s%s\n",
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
-                (long long)st.prefix_cache_blocks_max, sc.max_batch,
+                kv_fmt ? lmc_kvq_name(kv_fmt) : "f32", (long long)st.kv_bytes_per_token,
+                (double)st.kv_pool_bytes / (1024.0 * 1024.0), (long long)st.prefix_cache_blocks_max, sc.max_batch,
+                sc.spec ? ", speculation: prompt lookup" : "",
                 so.api_key && *so.api_key ? ", API key required" : "");
     for (int k = 0; k < ad.n; k++)
         fprintf(stderr, "lmc serve: adapter %s = %s (scale x%g, r %lld)\n", ad.name[k], ad.dir[k], ad.mul[k],
