@@ -13,8 +13,10 @@
 #    requests, reports lmc_kv_bytes_per_token 2 x 8 layers x 184 bytes
 #    (f32: 18,432) and over 6x the f32 server's blocks within the same
 #    lmc_kv_pool_bytes budget, and frees every block;
-#  - bad flags (--spec nonsense, --spec draft:DIR, --spec-k 0, --kv-dtype
-#    kivi2) exit 2 or name the problem.
+#  - `--spec draft:models/kjv-llama` (the model as its own draft): the same
+#    64 streams equal, drafts mostly accepted, blocks freed;
+#  - bad flags (--spec nonsense, --spec draft: with no folder or a missing
+#    one, --spec-k 0 or 17, --kv-dtype kivi2) exit 2 or name the problem.
 # Usage: test_serve_spec.sh PATH/TO/lmc
 set -u
 LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
@@ -24,10 +26,12 @@ for t in python3; do
 done
 [ -d "$M" ] || { echo "FAIL: $M missing"; exit 1; }
 fail=0
-for bad in "--spec nonsense" "--spec draft:$M" "--spec-k 0" "--spec-k 17"; do
+for bad in "--spec nonsense" "--spec draft:" "--spec-k 0" "--spec-k 17"; do
   "$LMC" serve -m "$M" --port 0 $bad >/dev/null 2>&1
   [ $? = 2 ] || { echo "FAIL: serve $bad should exit 2"; fail=1; }
 done
+out=$("$LMC" serve -m "$M" --port 0 --spec draft:/nonexistent/draft 2>&1)
+[ $? != 0 ] && echo "$out" | grep -q "/nonexistent/draft" || { echo "FAIL: a missing draft model should be named: $out"; fail=1; }
 out=$("$LMC" serve -m "$M" --port 0 --kv-dtype kivi2 2>&1)
 [ $? != 0 ] && echo "$out" | grep -q "q8 or q4" || { echo "FAIL: --kv-dtype kivi2 should be refused naming q8/q4: $out"; fail=1; }
 
@@ -119,6 +123,21 @@ try:
           (d, acc, 100 * acc / max(d, 1), ms["lmc_scheduler_steps_total"], mp["lmc_scheduler_steps_total"]))
 finally:
     spec.terminate(); spec.wait()
+# the target as its own draft model (batched draft forwards; greedy identity, drafts mostly accepted)
+dspec, dport, dlog = start("--spec", "draft:" + M, "--spec-k", "3", "--spec-max-batch", "0")
+check("speculation: draft model" in dlog, "draft server's banner: " + dlog)
+try:
+    e = run_all(dport, prompts)
+    differ = [i for i in range(64) if a[i] != e[i]]
+    check(not differ, "%d of 64 greedy streams differ with a draft model, e.g. %s" %
+          (len(differ), [(a[i], e[i]) for i in differ[:2]]))
+    md = idle_metrics(dport)
+    d, acc = md.get("lmc_spec_draft_tokens_total", 0), md.get("lmc_spec_accepted_tokens_total", 0)
+    check(d > 0 and acc > d / 2 and md.get("lmc_kv_blocks_used") == 0, "draft metrics: drafts %s accepted %s" % (d, acc))
+    print("draft model (itself): 64 greedy streams equal; drafts %d, accepted %d; steps %d" %
+          (d, acc, md["lmc_scheduler_steps_total"]))
+finally:
+    dspec.terminate(); dspec.wait()
 q4, qport, _ = start("--kv-dtype", "q4", "--kv-memory", "32M", "--spec", "prompt-lookup", "--spec-max-batch", "0")
 try:
     c = run_all(qport, prompts)

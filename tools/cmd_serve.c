@@ -134,8 +134,8 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--kv-dtype f32|q8|q4] [--spec prompt-lookup [--spec-k K] [--spec-ngram N]\n"
-            "                 [--spec-max-batch N]]\n"
+            "                 [--kv-dtype f32|q8|q4] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
@@ -151,6 +151,9 @@ int cmd_serve(int argc, char **argv) {
     size_t kv_bytes = 0;
     int64_t kv_blocks = 0, spec_max_batch = -1;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
+    const char *draft_dir = NULL;
+    struct lmc_model draft;
+    bool have_draft = false;
     so.api_key = getenv("LMC_API_KEY");
     struct serve_adapters ad; /* about 80 KB */
     memset(&ad, 0, sizeof ad);
@@ -204,10 +207,9 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--spec")) {
             if (!strcmp(v, "prompt-lookup")) {
                 sc.spec = LMC_SCHED_SPEC_LOOKUP;
-            } else if (!strncmp(v, "draft:", 6)) {
-                fprintf(stderr, "lmc serve: --spec draft:DIR is not available in the server yet "
-                                "(prompt-lookup is; lmc generate --draft-model has draft models)\n");
-                return 2;
+            } else if (!strncmp(v, "draft:", 6) && v[6]) {
+                sc.spec = LMC_SCHED_SPEC_DRAFT;
+                draft_dir = v + 6;
             } else {
                 ok = false;
             }
@@ -266,14 +268,26 @@ int cmd_serve(int argc, char **argv) {
     sc.ctx = cli_ctx(&c, &cm.model);
     sc.kv_blocks = kv_blocks;
     sc.kv_bytes = kv_bytes;
+    if (draft_dir) { /* --spec draft:DIR: the draft model, loaded as the target */
+        struct lmc_model_opts mo = {.wdtype = c.wdtype, .be = &cm.be};
+        if (lmc_model_load(&draft, draft_dir, &mo, &err)) {
+            close_adapters(&ad, &cm);
+            cli_close(&cm);
+            return cli_fail("--spec draft", &err);
+        }
+        have_draft = true;
+        sc.draft = &draft;
+    }
     struct lmc_sched *sched = NULL;
     struct lmc_backend kq; /* --kv-dtype q8|q4: the CPU backend with a compressed paged pool */
     if (kv_fmt && lmc_kvq_paged_backend(&kq, &cm.be, kv_fmt, &err)) {
+        if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("--kv-dtype", &err);
     }
     if (lmc_sched_init(&sched, &cm.model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
+        if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("scheduler", &err);
@@ -284,6 +298,7 @@ int cmd_serve(int argc, char **argv) {
     struct lmc_server *srv = NULL;
     if (lmc_server_start(&srv, &so, &eng, cm.tok, &err)) {
         lmc_sched_free(sched);
+        if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("serve", &err);
@@ -304,7 +319,8 @@ int cmd_serve(int argc, char **argv) {
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
                 kv_fmt ? lmc_kvq_name(kv_fmt) : "f32", (long long)st.kv_bytes_per_token,
                 (double)st.kv_pool_bytes / (1024.0 * 1024.0), (long long)st.prefix_cache_blocks_max, sc.max_batch,
-                sc.spec ? ", speculation: prompt lookup" : "",
+                sc.spec == LMC_SCHED_SPEC_LOOKUP ? ", speculation: prompt lookup"
+                : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",
                 so.api_key && *so.api_key ? ", API key required" : "");
     for (int k = 0; k < ad.n; k++)
         fprintf(stderr, "lmc serve: adapter %s = %s (scale x%g, r %lld)\n", ad.name[k], ad.dir[k], ad.mul[k],
@@ -318,6 +334,7 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
     lmc_sched_free(sched);
+    if (have_draft) lmc_model_free(&draft);
     close_adapters(&ad, &cm);
     cli_close(&cm);
     return 0;

@@ -42,6 +42,8 @@ static int64_t n_total(const struct req *q) { return lmc_sched_req_total(q); }
 
 static void req_free(struct lmc_sched *s, struct req *q) {
     lmc_kv_seq_free(&s->kv, &q->seq);
+    if (s->o.draft) lmc_kv_seq_free(&s->dkv, &q->dseq);
+    if (q->dsmp_ok) lmc_sampler_free(&q->dsmp);
     lmc_sampler_free(&q->smp);
     lmc_grammar_state_free(q->gs);
     lmc_detok_free(&q->dt);
@@ -110,7 +112,8 @@ static void remove_at(struct req **a, int64_t *n, int64_t i) {
 static void preempt_last(struct lmc_sched *s) {
     struct req *q = s->running[--s->n_running];
     lmc_kv_seq_release(&s->kv, &q->seq);
-    q->n_computed = 0;
+    if (s->o.draft) lmc_kv_seq_release(&s->dkv, &q->dseq);
+    q->n_computed = q->d_computed = q->d_ready = 0;
     q->take = 0;
     q->n_draft = 0;
     s->n_preempted++;
@@ -320,6 +323,7 @@ static void step(struct lmc_sched *s) {
     int64_t budget = s->o.max_step_tokens;
     for (int64_t i = 0; i < s->n_running; i++) s->running[i]->take = 0;
     s->spec_now = s->o.spec && (!s->o.spec_max_batch || s->n_running <= s->o.spec_max_batch);
+    if (s->spec_now && s->o.draft) lmc_sched_spec_draft_phase(s); /* the drafts, before the budget is split */
     /* decode tokens first, then prefill chunks, both in admission order */
     for (int pass = 0; pass < 2; pass++)
         for (int64_t i = 0; i < s->n_running && budget > 0; i++) {
@@ -587,6 +591,10 @@ static void sched_release(struct lmc_sched *s) {
     free(s->logits);
     free(s->ids);
     free(s->spec_p);
+    lmc_paged_kv_free(&s->dkv);
+    lmc_batch_acts_free(&s->dacts);
+    void *dbufs[] = {s->dlogits, s->dq, s->d_ids, s->d_seq, s->d_pos, s->d_bt, s->d_rows, s->drows};
+    for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++) free(dbufs[i]);
     free(s->sprm);
     lmc_grammar_vocab_free(s->gv);
     free(s->allowed);
@@ -634,16 +642,23 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                            (long long)op.snapshot_tokens);
     const int64_t kv_bs = recurrent ? op.snapshot_tokens : op.block_size;
     if (op.spec) {
-        if (op.spec != LMC_SCHED_SPEC_LOOKUP || op.spec_k < 1 || op.spec_k > 16 || op.spec_ngram < 1 ||
+        if ((op.spec != LMC_SCHED_SPEC_LOOKUP && op.spec != LMC_SCHED_SPEC_DRAFT) || op.spec_k < 1 || op.spec_k > 16 || op.spec_ngram < 1 ||
             op.spec_ngram > 16 || op.spec_max_batch < 0)
             return lmc_err_set(err, LMC_ERR_ARG,
                                "speculation options out of range (mode %d, spec_k %lld: 1..16, "
                                "spec_ngram %lld: 1..16, spec_max_batch %d: >= 0)",
                                op.spec, (long long)op.spec_k, (long long)op.spec_ngram, op.spec_max_batch);
-        if (recurrent)
+        if (recurrent || (op.spec == LMC_SCHED_SPEC_DRAFT && op.draft && lmc_model_seq_slot_bytes(op.draft)))
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
                                "speculative decoding needs an attention KV cache (a recurrent state "
                                "cannot roll back rejected drafts)");
+        if ((op.spec == LMC_SCHED_SPEC_DRAFT) != (op.draft != NULL))
+            return lmc_err_set(err, LMC_ERR_ARG, "a draft model goes with speculation mode draft, and only with it");
+        if (op.draft && op.draft->cfg.vocab_size != c->vocab_size)
+            return lmc_err_set(err, LMC_ERR_ARG, "draft model vocabulary %lld differs from the target's %lld",
+                               (long long)op.draft->cfg.vocab_size, (long long)c->vocab_size);
+    } else {
+        op.draft = NULL;
     }
     int64_t per_seq = LMC_MAX(1, lmc_model_seq_blocks(m, op.ctx, op.block_size));
     if (op.kv_blocks == 0) {
@@ -681,6 +696,25 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     int64_t T = op.max_step_tokens, B = op.max_batch, R = s->max_logits;
     if (!st && op.spec && !(s->spec_p = malloc((size_t)(op.spec_k + 1) * (size_t)c->vocab_size * sizeof(float))))
         st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
+    if (!st && op.draft) { /* the draft's pool (as many blocks), scratch and batch */
+        st = lmc_paged_kv_init(&s->dkv, op.draft, be, op.kv_blocks, op.block_size, false, err);
+        if (!st)
+            st = lmc_batch_acts_init(&s->dacts, op.draft, be, op.max_step_tokens, op.max_batch, per_seq,
+                                     op.max_batch, err);
+        size_t V = (size_t)c->vocab_size, Bz = (size_t)op.max_batch, Tz = (size_t)op.max_step_tokens;
+        if (!st) {
+            s->dlogits = malloc(Bz * V * sizeof(float));
+            s->dq = malloc(Bz * (size_t)op.spec_k * V * sizeof(float));
+            s->d_ids = malloc(Tz * sizeof(int32_t));
+            s->d_seq = malloc(Tz * sizeof(int32_t));
+            s->d_pos = malloc(Tz * sizeof(int32_t));
+            s->d_bt = malloc(Bz * (size_t)per_seq * sizeof(int32_t));
+            s->d_rows = malloc(Bz * sizeof(int32_t));
+            s->drows = malloc(Bz * sizeof *s->drows);
+            if (!s->dlogits || !s->dq || !s->d_ids || !s->d_seq || !s->d_pos || !s->d_bt || !s->d_rows || !s->drows)
+                st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory for the draft model");
+        }
+    }
     if (!st) {
         s->logits = malloc((size_t)R * (size_t)c->vocab_size * sizeof(float));
         s->ids = malloc((size_t)R * sizeof(int32_t));
@@ -791,6 +825,17 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
         lmc_sampler_free(&q->smp);
         free(q);
         return st;
+    }
+    if (s->o.draft) { /* the draft's draws: the request's parameters, their own stream */
+        struct lmc_sampler_params dp = r->sampling;
+        dp.seed ^= 0xd4af7ull;
+        if ((st = lmc_sampler_init(&q->dsmp, &dp, c->vocab_size, err))) {
+            lmc_grammar_state_free(q->gs);
+            lmc_sampler_free(&q->smp);
+            free(q);
+            return st;
+        }
+        q->dsmp_ok = true;
     }
     q->r = *r;
     q->spec_k = s->o.spec_k;

@@ -47,11 +47,18 @@ struct lmc_sched_opts {
      * most spec_max_batch sequences run (0: always; default 16): a large
      * batch already reads each weight once for many tokens. */
     int spec;                   /* enum lmc_sched_spec (default NONE) */
+    /* LMC_SCHED_SPEC_DRAFT: a smaller model with the same vocabulary
+     * (borrowed; outlives the scheduler) drafts instead, batched over the
+     * speculating sequences (spec_k draft forwards per step, its own
+     * paged pool of as many blocks, no prefix cache), each draft drawn
+     * from the request's sampler over the draft's logits (its own rng);
+     * acceptance by min(1, p/q) and the residual norm(max(0, p - q)). */
+    const struct lmc_model *draft;
     int64_t spec_k;             /* most drafts per sequence and step (default 4) */
     int64_t spec_ngram;         /* longest n-gram prompt lookup matches (default 3) */
     int spec_max_batch;
 };
-enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1 };
+enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1, LMC_SCHED_SPEC_DRAFT = 2 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
 
 #define LMC_SCHED_MAX_STOP 8

@@ -35,6 +35,15 @@ struct req {
     int64_t n_draft;               /* speculation: drafts at toks[n_total..) in this step's take */
     int64_t spec_k;                /* speculation: drafts asked for next (adaptive, 1..opts.spec_k) */
     double spec_alpha;             /* speculation: running acceptance rate per draft */
+    /* draft model (opts.draft): its cache, the leading tokens whose K/V
+     * it holds, its sampler (the request's parameters, its own rng), and
+     * this step's drafts ready at toks[n_total..) with their distributions
+     * at dq + d_slot * spec_k * V */
+    struct lmc_kv_seq dseq;
+    int64_t d_computed, d_ready, d_want, d_fed;
+    int d_slot;
+    struct lmc_sampler dsmp;
+    bool dsmp_ok;
     int slot;                      /* sequence index in this step's batch */
 };
 
@@ -51,6 +60,13 @@ struct lmc_sched {
     int32_t *ids;                  /* (max_logits) host: argmax ids of an all-greedy step */
     float *spec_p;                 /* (spec_k + 1, V) host: a speculating row's target distributions */
     bool spec_now;                 /* this step speculates (spec on, batch small enough) */
+    /* draft model (opts.draft): its paged pool, scratch, logits, the
+     * drafts' distributions (max_batch, spec_k, V) and its batch */
+    struct lmc_paged_kv dkv;
+    struct lmc_batch_acts dacts;
+    float *dlogits, *dq;
+    int32_t *d_ids, *d_seq, *d_pos, *d_bt, *d_rows;
+    struct req **drows;
     int64_t n_spec_proposed, n_spec_accepted, n_spec_steps;
     struct lmc_grammar_vocab *gv;  /* the vocabulary as bytes for grammar masks (built on first use) */
     uint8_t *allowed;              /* (V) a grammar mask */
@@ -92,9 +108,16 @@ bool lmc_sched_emit_token(struct lmc_sched *s, struct req *q, float *row, int32_
 /* True when q may speculate: no grammar, no logprobs, attention KV (not a
  * recurrent state). */
 bool lmc_sched_spec_ok(const struct lmc_sched *s, const struct req *q);
+/* Draft model: runs the draft over every running sequence in decode state
+ * that may speculate (catching its cache up first, partly when the step's
+ * token budget runs out), spec_k batched forwards, leaving each one's
+ * drafts at toks[n_total..) (d_ready of them) and their distributions in
+ * dq. A failing draft forward only ends this step's drafting. */
+void lmc_sched_spec_draft_phase(struct lmc_sched *s);
 /* For q in decode state: drafts up to LMC_MIN(q->spec_k, max_drafts) tokens
- * by prompt lookup into q->toks[n_total..) (never past max_tokens - 1 more
- * or the context) and returns how many. */
+ * by prompt lookup (or takes that many of the draft model's d_ready) into
+ * q->toks[n_total..) (never past max_tokens - 1 more or the context) and
+ * returns how many. */
 int64_t lmc_sched_spec_propose(struct lmc_sched *s, struct req *q, int64_t max_drafts);
 /* After the forward that ran q's last token and its q->n_draft drafts:
  * ids (n_draft + 1 argmax ids; greedy q) or logits (n_draft + 1 rows)
