@@ -24,7 +24,9 @@
  *    preemption); with it and with gpt2-tiny (mostly rejected) drafting
  *    for llama-tiny, the same two-sample test at temperature 1 with a
  *    presence penalty (drafts from a non-one-hot q: the min(1, p/q) rule,
- *    and the residual draw);
+ *    and the residual draw); llama-tiny as its own draft, sampled at T 1:
+ *    at least 99% of the drafts kept (q = p: checks the q rows' wiring,
+ *    which the two-sample tests on flat distributions cannot);
  *  - bad options refused. */
 #include "test.h"
 #include "test_chi2.h"
@@ -274,6 +276,34 @@ static void distribution_case(const char *name, const struct lmc_model *m, const
     free(cnt);
 }
 
+/* The target as its own draft, sampled: q equals p up to rounding, so
+ * min(1, p/q) keeps (nearly) every draft; a q row of another position or
+ * sequence, or none, would reject most of them. */
+static void self_draft_case(const struct lmc_model *m, const struct lmc_backend *be, const struct lmc_tokenizer *tok,
+                            const struct prompts *p) {
+    static struct lmc_request reqs[NREQ];
+    static struct result res[NREQ];
+    for (int i = 0; i < NREQ; i++) {
+        greedy_params(&reqs[i], i, 1.0);
+        reqs[i].sampling.temperature = 1.0;
+        reqs[i].sampling.top_k = 40;
+        reqs[i].sampling.presence_penalty = 0.3;
+        reqs[i].sampling.seed = 500 + (uint64_t)i;
+    }
+    g_draft = m;
+    struct lmc_sched *s = open_sched(m, be, tok, true, 0);
+    g_draft = NULL;
+    if (!s) return;
+    struct lmc_sched_stats st;
+    run_all(s, p, NREQ, reqs, res, &st);
+    lmc_sched_free(s);
+    CHECK_MSG(st.spec_proposed_total > 500 && st.spec_accepted_total >= st.spec_proposed_total * 99 / 100,
+              "the target as its own draft, T 1: %lld of %lld drafts accepted", (long long)st.spec_accepted_total,
+              (long long)st.spec_proposed_total);
+    printf("the target as its own draft, sampled at T 1: %lld of %lld drafts accepted\n",
+           (long long)st.spec_accepted_total, (long long)st.spec_proposed_total);
+}
+
 static void bad_options(const struct lmc_model *m, const struct lmc_backend *be) {
     struct lmc_sched_opts o;
     lmc_err err = {0};
@@ -355,6 +385,7 @@ int main(void) {
     struct lmc_model_opts mo16 = {.wdtype = LMC_WDTYPE_BF16};
     if (!lmc_model_load(&d, "tests/fixtures/gpt2-tiny", NULL, &err) &&
         !lmc_model_load(&d16, "tests/fixtures/llama-tiny", &mo16, &err)) {
+        self_draft_case(&m, &cpu, tok, &p);
         g_draft = &d16;
         greedy_case("llama-tiny, bf16 llama-tiny draft", &m, &cpu, tok, &p, 0, 1.0, false);
         greedy_case("llama-tiny, bf16 llama-tiny draft, 40-block pool", &m, &cpu, tok, &p, 40, 1.0, true);
