@@ -13,8 +13,8 @@
  *    as among 63 others; a rejection storm (temperature 1.5) frees every
  *    block;
  *  - distribution: tokens 2, 3 and 4 (the first speculative round: up to
- *    two drafts and the corrected or bonus token) of 3,000 sampled
- *    requests with speculation against 3,000 without (other seeds),
+ *    two drafts and the corrected or bonus token) of 2,000 sampled
+ *    requests with speculation against 2,000 without (other seeds),
  *    llama-tiny on a prompt ending in its own greedy loop, temperature
  *    0.02 (its logits are small), top-k 40, presence penalty 0.005:
  *    two-sample chi-square p > 0.001 each, with drafts both accepted and
@@ -40,7 +40,7 @@
 
 #define MAXGEN 48
 #define NREQ 64
-#define NDIST 3000
+#define NDIST 2000
 
 struct result {
     int32_t ids[MAXGEN];
