@@ -13,7 +13,10 @@
  * already emitted stays emitted and its sampler state is kept, so its
  * output does not change. A request with a grammar (structured output)
  * is sampled from its logits row with the tokens its parse state cannot
- * take masked out; the state is freed before its last event. */
+ * take masked out; the state is freed before its last event. With
+ * speculation on (opts.spec), a decode row may carry drafts after its last
+ * token (several logits rows per sequence in the one forward); their
+ * drafting, verification and rollback live in scheduler_spec.c. */
 #include "infer/scheduler_int.h"
 #include "core/core.h"
 #include "core/rng.h"
