@@ -12,6 +12,7 @@
  * test (p < 1e-6), so the test has power. Greedy gives exactly the argmax
  * chain. Also lmc_spec_draw / lmc_spec_draw_residual edge cases. */
 #include "test.h"
+#include "test_chi2.h"
 #include "infer/sampler.h"
 #include "infer/spec_sample.h"
 #include "core/rng.h"
@@ -33,36 +34,6 @@ static void model_logits(const int32_t *h, int64_t n, bool draft, float sigma, f
         out[i] = 2.0f * W1[a][i] + 0.8f * W2[b][i];
         if (draft) out[i] += sigma * DN[a][i];
     }
-}
-
-/* The regularised upper incomplete gamma Q(s, x) (chi-square survival with
- * s = dof/2, x = stat/2): series for x < s + 1, else a continued fraction. */
-static double gamma_q(double s, double x) {
-    if (x <= 0) return 1.0;
-    double lg = lgamma(s);
-    if (x < s + 1) {
-        double sum = 1.0 / s, term = sum;
-        for (int n = 1; n < 100000; n++) {
-            term *= x / (s + n);
-            sum += term;
-            if (term < sum * 1e-15) break;
-        }
-        return 1.0 - sum * exp(-x + s * log(x) - lg);
-    }
-    double b = x + 1 - s, c = 1e300, d = 1 / b, h = d;
-    for (int i = 1; i < 100000; i++) {
-        double an = -i * (i - s);
-        b += 2;
-        d = an * d + b;
-        if (fabs(d) < 1e-300) d = 1e-300;
-        c = b + an / c;
-        if (fabs(c) < 1e-300) c = 1e-300;
-        d = 1 / d;
-        double del = d * c;
-        h *= del;
-        if (fabs(del - 1) < 1e-15) break;
-    }
-    return exp(-x + s * log(x) - lg) * h;
 }
 
 /* Chi-square goodness of fit of counts against probabilities (n cells),

@@ -5,6 +5,7 @@
  * started with --port 0). */
 #include "cli.h"
 #include "core/core.h"
+#include "infer/kvq.h"
 #include "infer/scheduler.h"
 #include "infer/sched_tp.h"
 #include "dist/tp_model.h"
@@ -169,7 +170,8 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N]\n"
+            "                 [--tp N] [--kv-dtype f32|q8|q4] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
             "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
@@ -185,7 +187,11 @@ int cmd_serve(int argc, char **argv) {
     const char *name = NULL;
     char name_buf[256];
     size_t kv_bytes = 0;
-    int64_t kv_blocks = 0, tp = 1;
+    int64_t kv_blocks = 0, tp = 1, spec_max_batch = -1;
+    enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
+    const char *draft_dir = NULL;
+    struct lmc_model draft;
+    bool have_draft = false;
     so.api_key = getenv("LMC_API_KEY");
     struct serve_adapters ad; /* about 80 KB */
     memset(&ad, 0, sizeof ad);
@@ -236,6 +242,20 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 1, 1 << 24, &so.lim.max_tokens);
         else if (!strcmp(o, "--max-n")) ok = cli_parse_i64(v, 1, 64, &n), so.lim.max_n = (int)n;
         else if (!strcmp(o, "--timeout")) ok = cli_parse_i64(v, 1, 86400, &n), so.request_timeout_s = (int)n;
+        else if (!strcmp(o, "--kv-dtype")) ok = (kv_fmt = lmc_kvq_parse(v)) != LMC_KVQ_NONE || !strcmp(v, "f32");
+        else if (!strcmp(o, "--spec")) {
+            if (!strcmp(v, "prompt-lookup")) {
+                sc.spec = LMC_SCHED_SPEC_LOOKUP;
+            } else if (!strncmp(v, "draft:", 6) && v[6]) {
+                sc.spec = LMC_SCHED_SPEC_DRAFT;
+                draft_dir = v + 6;
+            } else {
+                ok = false;
+            }
+        }
+        else if (!strcmp(o, "--spec-k")) ok = cli_parse_i64(v, 1, 16, &sc.spec_k);
+        else if (!strcmp(o, "--spec-ngram")) ok = cli_parse_i64(v, 1, 16, &sc.spec_ngram);
+        else if (!strcmp(o, "--spec-max-batch")) ok = cli_parse_i64(v, 0, 4096, &spec_max_batch);
         else if (!strcmp(o, "--io-timeout")) ok = cli_parse_f64(v, 0.1, 3600, &d), so.io_timeout_ms = (int)(d * 1000);
         else {
             fprintf(stderr, "lmc serve: unknown option %s\n", o);
@@ -247,6 +267,7 @@ int cmd_serve(int argc, char **argv) {
             return 2;
         }
     }
+    if (spec_max_batch >= 0) sc.spec_max_batch = (int)spec_max_batch;
     if (kv_blocks && kv_bytes) {
         fprintf(stderr, "lmc serve: give --kv-blocks or --kv-memory, not both\n");
         return 2;
@@ -281,6 +302,10 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "lmc serve: --tp does not combine with --lora adapters yet\n");
         return 2;
     }
+    if (tp > 1 && (sc.spec || kv_fmt)) {
+        fprintf(stderr, "lmc serve: --tp does not combine with --spec or a compressed --kv-dtype yet\n");
+        return 2;
+    }
     if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
     if (cli_open(&cm, &c, true)) return 1;
@@ -310,8 +335,26 @@ int cmd_serve(int argc, char **argv) {
     sc.ctx = cli_ctx(&c, &cm.model);
     sc.kv_blocks = kv_blocks;
     sc.kv_bytes = kv_bytes;
+    if (draft_dir) { /* --spec draft:DIR: the draft model, loaded as the target */
+        struct lmc_model_opts mo = {.wdtype = c.wdtype, .be = &cm.be};
+        if (lmc_model_load(&draft, draft_dir, &mo, &err)) {
+            close_adapters(&ad, &cm);
+            cli_close(&cm);
+            return cli_fail("--spec draft", &err);
+        }
+        have_draft = true;
+        sc.draft = &draft;
+    }
     struct lmc_sched *sched = NULL;
-    if (lmc_sched_init(&sched, model, &cm.be, cm.tok, &sc, &err)) {
+    struct lmc_backend kq; /* --kv-dtype q8|q4: the CPU backend with a compressed paged pool */
+    if (kv_fmt && lmc_kvq_paged_backend(&kq, &cm.be, kv_fmt, &err)) {
+        if (have_draft) lmc_model_free(&draft);
+        close_adapters(&ad, &cm);
+        cli_close(&cm);
+        return cli_fail("--kv-dtype", &err);
+    }
+    if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
+        if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         serve_tp_close(&tpx);
         cli_close(&cm);
@@ -324,6 +367,7 @@ int cmd_serve(int argc, char **argv) {
     if (lmc_server_start(&srv, &so, &eng, cm.tok, &err)) {
         lmc_sched_free(sched);
         serve_tp_close(&tpx);
+        if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
         return cli_fail("serve", &err);
@@ -339,10 +383,13 @@ int cmd_serve(int argc, char **argv) {
                 so.api_key && *so.api_key ? ", API key required" : "");
     else
         fprintf(stderr,
-                "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (prefix cache up to %lld), "
-                "max batch %d%s\n",
+                "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (%s, %lld bytes per token, "
+                "%.1f MiB; prefix cache up to %lld), max batch %d%s%s\n",
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
-                (long long)st.prefix_cache_blocks_max, sc.max_batch,
+                kv_fmt ? lmc_kvq_name(kv_fmt) : "f32", (long long)st.kv_bytes_per_token,
+                (double)st.kv_pool_bytes / (1024.0 * 1024.0), (long long)st.prefix_cache_blocks_max, sc.max_batch,
+                sc.spec == LMC_SCHED_SPEC_LOOKUP ? ", speculation: prompt lookup"
+                : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",
                 so.api_key && *so.api_key ? ", API key required" : "");
     if (tp > 1)
         fprintf(stderr, "lmc serve: tensor parallel over %lld ranks (this rank: %lld of %lld heads, %lld of %lld MLP "
@@ -361,6 +408,7 @@ int cmd_serve(int argc, char **argv) {
     lmc_server_stop(srv);
     lmc_sched_free(sched); /* --tp: tells the other ranks to end */
     serve_tp_close(&tpx);
+    if (have_draft) lmc_model_free(&draft);
     close_adapters(&ad, &cm);
     cli_close(&cm);
     return 0;

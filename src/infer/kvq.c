@@ -1,4 +1,6 @@
-/* kvq.c — the CPU backend variant for compressed KV caches (see kvq.h). */
+/* kvq.c — the backend variants for compressed KV caches (see kvq.h): the
+ * single-sequence cache (CPU, CUDA) and the paged pool of the scheduler
+ * (CPU, q8 and q4). */
 #include "infer/kvq.h"
 #include "ops/cpu/kvquant_layout.h"
 #include "core/core.h"
@@ -46,5 +48,21 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
         if (st) return st;
         be->upload(be->ctx, kr, hdr, sizeof hdr);
     }
+    return LMC_OK;
+}
+
+lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
+                                 enum lmc_kvq_fmt f, lmc_err *err) {
+    if (f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "the paged KV pool (lmc serve) takes --kv-dtype f32, q8 or q4, not %s",
+                           lmc_kvq_name(f) ? lmc_kvq_name(f) : "?");
+    if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory || !cpu->attention_paged)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "a compressed paged KV pool runs on the CPU backend only so far (not %s)",
+                           cpu->name ? cpu->name : "?");
+    *out = *cpu;
+    out->attention_paged = f == LMC_KVQ_Q8 ? lmc_kvq_attention_paged_q8 : lmc_kvq_attention_paged_q4;
+    out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8 : lmc_kvq_paged_row_bytes_q4;
     return LMC_OK;
 }

@@ -299,6 +299,13 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
     return true;
 }
 
+void lmc_kv_seq_truncate(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_tokens) {
+    if (kv->pool.state) return; /* one state slot whatever the length */
+    int64_t keep = (n_tokens + kv->block_size - 1) / kv->block_size;
+    LMC_ASSERT(n_tokens >= 0 && s->n_hashed <= keep);
+    while (s->n_blocks > keep) drop_block(kv, s->blocks[--s->n_blocks]);
+}
+
 /* Registers blk in the prefix cache under hash h (tokens t after parent). */
 static void register_block(struct lmc_paged_kv *kv, int32_t blk, uint64_t h, uint64_t parent,
                            const int32_t *t) {

@@ -109,6 +109,11 @@ int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc
 bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_filled,
                         int64_t n_tokens);
 
+/* Releases the blocks of s past those holding positions < n_tokens (a
+ * rollback of speculative rows: the rejected drafts' blocks go back to the
+ * free list). Blocks registered in the prefix cache are never past it. */
+void lmc_kv_seq_truncate(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_tokens);
+
 /* After positions < n_filled of s hold ids[0..n_filled): registers every
  * newly full block in the prefix cache (a block whose hash is already
  * registered to another block stays private). */

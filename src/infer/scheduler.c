@@ -13,8 +13,11 @@
  * already emitted stays emitted and its sampler state is kept, so its
  * output does not change. A request with a grammar (structured output)
  * is sampled from its logits row with the tokens its parse state cannot
- * take masked out; the state is freed before its last event. */
-#include "infer/scheduler.h"
+ * take masked out; the state is freed before its last event. With
+ * speculation on (opts.spec), a decode row may carry drafts after its last
+ * token (several logits rows per sequence in the one forward); their
+ * drafting, verification and rollback live in scheduler_spec.c. */
+#include "infer/scheduler_int.h"
 #include "core/core.h"
 #include "core/rng.h"
 #include "infer/detok.h"
@@ -30,74 +33,23 @@
 #include <string.h>
 #include <time.h>
 
-struct req {
-    uint64_t id;
-    struct req *next;              /* incoming list */
-    int32_t *toks;                 /* (n_prompt + max_tokens) prompt, then generated */
-    int64_t n_prompt, n_gen;
-    struct lmc_request r;
-    char *stop[LMC_SCHED_MAX_STOP];
-    lmc_sched_fn fn;
-    void *user;
-    struct lmc_sampler smp;
-    struct lmc_grammar_state *gs;  /* structured output: the parse state, or NULL */
-    struct lmc_detok dt;
-    struct lmc_kv_seq seq;
-    int64_t n_computed;            /* leading tokens whose K/V are in the cache */
-    int64_t cached_prompt;         /* prompt tokens found in the prefix cache at first admission */
-    bool admitted_once, cancelled;
-    int64_t take;                  /* tokens scheduled this step (0: none) */
-    int slot;                      /* sequence index in this step's batch */
-};
-
-struct lmc_sched {
-    const struct lmc_model *m;
-    const struct lmc_backend *be;
-    const struct lmc_tokenizer *tok;
-    struct lmc_sched_opts o;
-    int64_t max_blocks;            /* blocks per sequence: ceil(ctx / block_size) */
-    struct lmc_paged_kv kv;
-    struct lmc_batch_acts acts;
-    float *logits;                 /* (max_batch, V) host */
-    int32_t *ids;                  /* (max_batch) host: argmax ids of an all-greedy step */
-    struct lmc_grammar_vocab *gv;  /* the vocabulary as bytes for grammar masks (built on first use) */
-    uint8_t *allowed;              /* (V) a grammar mask */
-    struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
-    int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows, *b_ad; /* this step's batch (host) */
-    struct req **sched;            /* (max_batch) scheduled this step */
-    uint32_t *blk_seen;            /* (kv blocks) publish_stats' visit stamp of each block */
-    int32_t *blk_fill;             /* (kv blocks) tokens counted in it this visit */
-    uint32_t stamp;
-    /* scheduler thread only */
-    struct req **waiting, **running;
-    int64_t n_waiting, cap_waiting, n_running;
-    int64_t n_preempted, n_steps, n_generated, n_finished; /* published into st by publish_stats */
-    /* shared, under mu */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_cond_t idle_cv;        /* broadcast by publish_stats */
-    pthread_t thread;
-    bool stopping;
-    struct req *in_head, *in_tail;
-    int64_t n_incoming;
-    uint64_t *cancels;
-    int64_t n_cancels, cap_cancels;
-    uint64_t next_id;
-    struct lmc_sched_stats st;
-};
-
 void lmc_sched_opts_default(struct lmc_sched_opts *o) {
     memset(o, 0, sizeof *o);
     o->max_batch = 64;
     o->block_size = 8;
     o->max_step_tokens = 512;
     o->prefix_cache = true;
+    o->spec_k = 4;
+    o->spec_ngram = 3;
+    o->spec_max_batch = 16;
 }
 
-static int64_t n_total(const struct req *q) { return q->n_prompt + q->n_gen; }
+static int64_t n_total(const struct req *q) { return lmc_sched_req_total(q); }
 
 static void req_free(struct lmc_sched *s, struct req *q) {
     lmc_kv_seq_free(&s->kv, &q->seq);
+    if (s->o.draft) lmc_kv_seq_free(&s->dkv, &q->dseq);
+    if (q->dsmp_ok) lmc_sampler_free(&q->dsmp);
     lmc_sampler_free(&q->smp);
     lmc_grammar_state_free(q->gs);
     lmc_detok_free(&q->dt);
@@ -166,8 +118,10 @@ static void remove_at(struct req **a, int64_t *n, int64_t i) {
 static void preempt_last(struct lmc_sched *s) {
     struct req *q = s->running[--s->n_running];
     lmc_kv_seq_release(&s->kv, &q->seq);
-    q->n_computed = 0;
+    if (s->o.draft) lmc_kv_seq_release(&s->dkv, &q->dseq);
+    q->n_computed = q->d_computed = q->d_ready = 0;
     q->take = 0;
+    q->n_draft = 0;
     s->n_preempted++;
     if (!waiting_insert(s, q, true)) { /* no memory to requeue: cannot go on silently */
         emit_error(s, q, "out of memory while preempting");
@@ -247,10 +201,11 @@ static bool grammar_mask(struct lmc_sched *s, struct req *q, float *row, lmc_err
     return true;
 }
 
-/* Samples q's next token from row (row NULL: the token is *given, from the
- * backend's argmax, and q is plain_greedy) and emits it; true when q is
- * finished (DONE or ERROR emitted). */
-static bool sample_and_emit(struct lmc_sched *s, struct req *q, float *row, int32_t given) {
+/* Samples q's next token from row (row NULL: the token is given, from the
+ * backend's argmax or sampler, or from speculation's verification, and q
+ * has no grammar or logprobs) and emits it; true when q is finished (DONE
+ * or ERROR emitted). */
+bool lmc_sched_emit_token(struct lmc_sched *s, struct req *q, float *row, int32_t given) {
     int64_t V = s->m->cfg.vocab_size;
     if (q->gs) {
         lmc_err gerr = {0};
@@ -311,8 +266,16 @@ static int64_t cut_take(const struct lmc_sched *s, int64_t n_computed, int64_t t
 /* Gives q up to *budget tokens of work, preempting later-admitted running
  * sequences for blocks. false when q itself had to be preempted. */
 static bool schedule_running(struct lmc_sched *s, struct req *q, int64_t *budget) {
-    int64_t take = cut_take(s, q->n_computed, LMC_MIN(n_total(q) - q->n_computed, *budget));
+    int64_t rest = n_total(q) - q->n_computed;
+    q->n_draft = 0;
+    if (rest == 1 && s->spec_now && *budget > 1 && lmc_sched_spec_ok(s, q))
+        q->n_draft = lmc_sched_spec_propose(s, q, *budget - 1);
+    int64_t take = cut_take(s, q->n_computed, LMC_MIN(rest + q->n_draft, *budget));
     if (take <= 0) return true;
+    q->n_draft = LMC_MAX(0, take - rest);
+    /* drafts only with blocks to spare: never preempt anyone for them */
+    if (q->n_draft && !lmc_kv_seq_reserve(&s->kv, &q->seq, q->n_computed, q->n_computed + take))
+        take = rest, q->n_draft = 0;
     while (!lmc_kv_seq_reserve(&s->kv, &q->seq, q->n_computed, q->n_computed + take)) {
         bool self = s->running[s->n_running - 1] == q;
         struct req *victim = s->running[s->n_running - 1];
@@ -365,6 +328,8 @@ static int64_t sched_key(const struct req *q, bool recurrent) {
 static void step(struct lmc_sched *s) {
     int64_t budget = s->o.max_step_tokens;
     for (int64_t i = 0; i < s->n_running; i++) s->running[i]->take = 0;
+    s->spec_now = s->o.spec && (!s->o.spec_max_batch || s->n_running <= s->o.spec_max_batch);
+    if (s->spec_now && s->o.draft) lmc_sched_spec_draft_phase(s); /* the drafts, before the budget is split */
     /* decode tokens first, then prefill chunks, both in admission order */
     for (int pass = 0; pass < 2; pass++)
         for (int64_t i = 0; i < s->n_running && budget > 0; i++) {
@@ -385,7 +350,7 @@ static void step(struct lmc_sched *s) {
      * per adapter) */
     const bool recurrent = s->kv.pool.state != NULL;
     int64_t nsch = 0;
-    bool adapters = false;
+    bool adapters = false, spec_step = false;
     for (int64_t i = 0; i < s->n_running; i++)
         if (s->running[i]->take) {
             struct req *q = s->running[i];
@@ -410,10 +375,12 @@ static void step(struct lmc_sched *s) {
             s->b_seq[T] = (int32_t)ns;
             s->b_pos[T] = (int32_t)(q->n_computed + j);
         }
-        if (q->n_computed + q->take == n_total(q)) {
-            s->b_rows[nl++] = (int32_t)(T - 1);
+        if (q->n_computed + q->take >= n_total(q)) { /* the last token, and any drafts after it */
+            for (int64_t j = n_total(q) - 1; j < q->n_computed + q->take; j++)
+                s->b_rows[nl++] = (int32_t)(T - (q->n_computed + q->take - j));
             greedy = greedy && plain_greedy(q);
-            plain = plain && plain_sample(q);
+            plain = plain && plain_sample(q) && !q->n_draft; /* sampled drafts need the rows */
+            spec_step = spec_step || q->n_draft;
         }
         ns++;
     }
@@ -450,6 +417,7 @@ static void step(struct lmc_sched *s) {
         s->o.tp_group->st = LMC_OK;
     }
     s->n_steps++;
+    s->n_spec_steps += spec_step;
     int64_t row = 0;
     for (int64_t k = 0; k < ns; k++) {
         struct req *q = s->sched[k];
@@ -460,14 +428,25 @@ static void step(struct lmc_sched *s) {
             finish_running(s, i);
             continue;
         }
+        if (q->n_draft) { /* speculation: verify, emit, roll back */
+            int64_t before = q->n_gen, nr = q->n_draft + 1;
+            q->n_computed += q->take;
+            q->take = 0;
+            bool done = lmc_sched_spec_verify(s, q, greedy || plain ? s->ids + row : NULL,
+                                              greedy || plain ? NULL : s->logits + row * s->m->cfg.vocab_size);
+            row += nr;
+            s->n_generated += q->n_gen - before;
+            if (done) finish_running(s, i);
+            continue;
+        }
         q->n_computed += q->take;
         lmc_kv_seq_commit(&s->kv, &q->seq, q->toks, q->n_computed);
         bool sampled = q->n_computed == n_total(q);
         q->take = 0;
         if (!sampled) continue;
         int64_t before = q->n_gen;
-        bool done = greedy || plain ? sample_and_emit(s, q, NULL, s->ids[row++])
-                           : sample_and_emit(s, q, s->logits + (row++) * s->m->cfg.vocab_size, 0);
+        bool done = greedy || plain ? lmc_sched_emit_token(s, q, NULL, s->ids[row++])
+                           : lmc_sched_emit_token(s, q, s->logits + (row++) * s->m->cfg.vocab_size, 0);
         s->n_generated += q->n_gen - before;
         if (done) finish_running(s, i);
     }
@@ -524,6 +503,9 @@ static void publish_stats(struct lmc_sched *s) {
     s->st.preempted_total = s->n_preempted;
     s->st.steps = s->n_steps;
     s->st.generated_tokens_total = s->n_generated;
+    s->st.spec_proposed_total = s->n_spec_proposed;
+    s->st.spec_accepted_total = s->n_spec_accepted;
+    s->st.spec_steps = s->n_spec_steps;
     pthread_cond_broadcast(&s->idle_cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -640,6 +622,11 @@ static void sched_release(struct lmc_sched *s) {
     lmc_batch_acts_free(&s->acts);
     free(s->logits);
     free(s->ids);
+    free(s->spec_p);
+    lmc_paged_kv_free(&s->dkv);
+    lmc_batch_acts_free(&s->dacts);
+    void *dbufs[] = {s->dlogits, s->dq, s->d_ids, s->d_seq, s->d_pos, s->d_bt, s->d_rows, s->drows};
+    for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++) free(dbufs[i]);
     free(s->sprm);
     lmc_grammar_vocab_free(s->gv);
     free(s->allowed);
@@ -686,6 +673,25 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         return lmc_err_set(err, LMC_ERR_ARG, "snapshot_tokens %lld out of range (1..4096)",
                            (long long)op.snapshot_tokens);
     const int64_t kv_bs = recurrent ? op.snapshot_tokens : op.block_size;
+    if (op.spec) {
+        if ((op.spec != LMC_SCHED_SPEC_LOOKUP && op.spec != LMC_SCHED_SPEC_DRAFT) || op.spec_k < 1 || op.spec_k > 16 || op.spec_ngram < 1 ||
+            op.spec_ngram > 16 || op.spec_max_batch < 0)
+            return lmc_err_set(err, LMC_ERR_ARG,
+                               "speculation options out of range (mode %d, spec_k %lld: 1..16, "
+                               "spec_ngram %lld: 1..16, spec_max_batch %d: >= 0)",
+                               op.spec, (long long)op.spec_k, (long long)op.spec_ngram, op.spec_max_batch);
+        if (recurrent || (op.spec == LMC_SCHED_SPEC_DRAFT && op.draft && lmc_model_seq_slot_bytes(op.draft)))
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                               "speculative decoding needs an attention KV cache (a recurrent state "
+                               "cannot roll back rejected drafts)");
+        if ((op.spec == LMC_SCHED_SPEC_DRAFT) != (op.draft != NULL))
+            return lmc_err_set(err, LMC_ERR_ARG, "a draft model goes with speculation mode draft, and only with it");
+        if (op.draft && op.draft->cfg.vocab_size != c->vocab_size)
+            return lmc_err_set(err, LMC_ERR_ARG, "draft model vocabulary %lld differs from the target's %lld",
+                               (long long)op.draft->cfg.vocab_size, (long long)c->vocab_size);
+    } else {
+        op.draft = NULL;
+    }
     int64_t per_seq = LMC_MAX(1, lmc_model_seq_blocks(m, op.ctx, op.block_size));
     if (op.kv_blocks == 0) {
         size_t bb = lmc_kv_pool_block_bytes(m, be, kv_bs);
@@ -714,18 +720,41 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         s->o.prefix_cache_blocks = op.prefix_cache_blocks = LMC_MIN(op.prefix_cache_blocks, op.kv_blocks);
         lmc_paged_kv_set_cache_limit(&s->kv, op.prefix_cache_blocks);
     }
+    /* logits rows: one per sequence, and its drafts when speculating */
+    s->max_logits = (int64_t)op.max_batch * (op.spec ? op.spec_k + 1 : 1);
     if (!st)
         st = lmc_batch_acts_init(&s->acts, m, be, op.max_step_tokens, op.max_batch, per_seq,
-                                 op.max_batch, err);
-    int64_t T = op.max_step_tokens, B = op.max_batch;
+                                 s->max_logits, err);
+    int64_t T = op.max_step_tokens, B = op.max_batch, R = s->max_logits;
+    if (!st && op.spec && !(s->spec_p = malloc((size_t)(op.spec_k + 1) * (size_t)c->vocab_size * sizeof(float))))
+        st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
+    if (!st && op.draft) { /* the draft's pool (as many blocks), scratch and batch */
+        st = lmc_paged_kv_init(&s->dkv, op.draft, be, op.kv_blocks, op.block_size, false, err);
+        if (!st)
+            st = lmc_batch_acts_init(&s->dacts, op.draft, be, op.max_step_tokens, op.max_batch, per_seq,
+                                     op.max_batch, err);
+        size_t V = (size_t)c->vocab_size, Bz = (size_t)op.max_batch, Tz = (size_t)op.max_step_tokens;
+        if (!st) {
+            s->dlogits = malloc(Bz * V * sizeof(float));
+            s->dq = malloc(Bz * (size_t)op.spec_k * V * sizeof(float));
+            s->d_ids = malloc(Tz * sizeof(int32_t));
+            s->d_seq = malloc(Tz * sizeof(int32_t));
+            s->d_pos = malloc(Tz * sizeof(int32_t));
+            s->d_bt = malloc(Bz * (size_t)per_seq * sizeof(int32_t));
+            s->d_rows = malloc(Bz * sizeof(int32_t));
+            s->drows = malloc(Bz * sizeof *s->drows);
+            if (!s->dlogits || !s->dq || !s->d_ids || !s->d_seq || !s->d_pos || !s->d_bt || !s->d_rows || !s->drows)
+                st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory for the draft model");
+        }
+    }
     if (!st) {
-        s->logits = malloc((size_t)B * (size_t)c->vocab_size * sizeof(float));
-        s->ids = malloc((size_t)B * sizeof(int32_t));
+        s->logits = malloc((size_t)R * (size_t)c->vocab_size * sizeof(float));
+        s->ids = malloc((size_t)R * sizeof(int32_t));
         s->sprm = malloc((size_t)B * sizeof *s->sprm);
         s->b_ids = malloc((size_t)T * sizeof(int32_t));
         s->b_seq = malloc((size_t)T * sizeof(int32_t));
         s->b_pos = malloc((size_t)T * sizeof(int32_t));
-        s->b_rows = malloc((size_t)B * sizeof(int32_t));
+        s->b_rows = malloc((size_t)R * sizeof(int32_t));
         s->b_ad = malloc((size_t)B * sizeof(int32_t));
         s->b_bt = malloc((size_t)(B * per_seq) * sizeof(int32_t));
         s->sched = malloc((size_t)B * sizeof *s->sched);
@@ -748,6 +777,8 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         }
     }
     s->st.kv_blocks_total = op.kv_blocks;
+    s->st.kv_bytes_per_token = (int64_t)lmc_kv_pool_token_bytes(m, be);
+    s->st.kv_pool_bytes = (int64_t)lmc_kv_pool_block_bytes(m, be, kv_bs) * op.kv_blocks;
     s->st.prefix_cache_blocks_max = op.prefix_cache ? op.prefix_cache_blocks : 0;
     if (!st && op.tp) { /* tensor parallel: the other ranks learn the pool's shape and follow every step */
         if (recurrent) st = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel serving: recurrent models");
@@ -842,7 +873,20 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
         free(q);
         return st;
     }
+    if (s->o.draft) { /* the draft's draws: the request's parameters, their own stream */
+        struct lmc_sampler_params dp = r->sampling;
+        dp.seed ^= 0xd4af7ull;
+        if ((st = lmc_sampler_init(&q->dsmp, &dp, c->vocab_size, err))) {
+            lmc_grammar_state_free(q->gs);
+            lmc_sampler_free(&q->smp);
+            free(q);
+            return st;
+        }
+        q->dsmp_ok = true;
+    }
     q->r = *r;
+    q->spec_k = s->o.spec_k;
+    q->spec_alpha = 0.7; /* as lmc generate's adaptive K starts */
     q->fn = fn;
     q->user = user;
     q->n_prompt = n_prompt;

@@ -39,7 +39,31 @@ struct lmc_sched_opts {
      * (lmc_sched_follow), tp_group's status checked after it. */
     struct lmc_comm *tp;
     struct lmc_tp_group *tp_group;
+    /* Speculative decoding inside the batch (LMC_SCHED_SPEC_LOOKUP: n-gram
+     * drafts from the sequence's own prompt and output, no second model):
+     * a sequence in decode state runs its last token and up to spec_k
+     * drafts (1..16, default 4; adapted per request to its acceptance
+     * rate) as rows of the step's one forward; greedy requests keep the
+     * drafts equal to the argmax (so their tokens are exactly those without
+     * speculation), sampled ones accept by the speculative sampling rule
+     * (the target's distribution exactly); rejected drafts' KV rows are
+     * rolled back and their blocks released. Requests with a grammar or
+     * logprobs do not speculate; recurrent models refuse it. Only while at
+     * most spec_max_batch sequences run (0: always; default 16): a large
+     * batch already reads each weight once for many tokens. */
+    int spec;                   /* enum lmc_sched_spec (default NONE) */
+    /* LMC_SCHED_SPEC_DRAFT: a smaller model with the same vocabulary
+     * (borrowed; outlives the scheduler) drafts instead, batched over the
+     * speculating sequences (spec_k draft forwards per step, its own
+     * paged pool of as many blocks, no prefix cache), each draft drawn
+     * from the request's sampler over the draft's logits (its own rng);
+     * acceptance by min(1, p/q) and the residual norm(max(0, p - q)). */
+    const struct lmc_model *draft;
+    int64_t spec_k;             /* most drafts per sequence and step (default 4) */
+    int64_t spec_ngram;         /* longest n-gram prompt lookup matches (default 3) */
+    int spec_max_batch;
 };
+enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1, LMC_SCHED_SPEC_DRAFT = 2 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
 
 #define LMC_SCHED_MAX_STOP 8
@@ -127,6 +151,10 @@ struct lmc_sched_stats {
     int64_t requests_total, prompt_tokens_total, generated_tokens_total;
     int64_t finished_total;        /* requests that got their DONE or ERROR event */
     int64_t steps;
+    int64_t kv_bytes_per_token;    /* K and V of one token over all layers in the pool's format */
+    int64_t kv_pool_bytes;         /* the pool's memory (blocks x block bytes) */
+    int64_t spec_proposed_total, spec_accepted_total; /* draft tokens verified / kept */
+    int64_t spec_steps;            /* steps in which some sequence speculated */
 };
 void lmc_sched_stats(struct lmc_sched *s, struct lmc_sched_stats *out);
 /* Waits until the scheduler has published a state with nothing running,

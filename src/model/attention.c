@@ -146,8 +146,7 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     }
     case LMC_RUN_PAGED: {
         struct lmc_kv_pool *p = r->pool;
-        size_t layer_bytes = (size_t)p->n_blocks * (size_t)p->block_size * (size_t)kvd *
-                             (size_t)lmc_dtype_size(be->kv_dtype);
+        size_t layer_bytes = (size_t)p->n_blocks * (size_t)p->block_size * p->row_bytes;
         float *ys[3] = {s.q, s.k, s.v};
         lmc_linear_fwd(be, 3, L, ys, h, n);
         if (qkn) qk_norm(r, W, s.q, s.q, s.k, s.k);

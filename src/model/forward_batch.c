@@ -12,11 +12,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+size_t lmc_kv_pool_row_bytes(const struct lmc_backend *be, int64_t row) {
+    if (row <= 0) return 0;
+    return be->kv_row_bytes ? be->kv_row_bytes(row) : (size_t)row * (size_t)lmc_dtype_size(be->kv_dtype);
+}
+
+size_t lmc_kv_pool_token_bytes(const struct lmc_model *m, const struct lmc_backend *be) {
+    int64_t row = m->arch->mixer->kv_row(&m->cfg), fl = lmc_model_kv_floats_per_token(&m->cfg);
+    if (row <= 0 || fl <= 0) return 0;
+    return 2 * (size_t)(fl / row) * lmc_kv_pool_row_bytes(be, row); /* K and V of fl / row layers */
+}
+
 size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
                                int64_t block_size) {
-    return 2 * (size_t)block_size * (size_t)lmc_model_kv_floats_per_token(&m->cfg) *
-               (size_t)lmc_dtype_size(be->kv_dtype) +
-           lmc_model_seq_slot_bytes(m);
+    return (size_t)block_size * lmc_kv_pool_token_bytes(m, be) + lmc_model_seq_slot_bytes(m);
 }
 
 void *lmc_kv_pool_state_part(const struct lmc_kv_pool *p, int64_t l, int k) {
@@ -73,12 +82,20 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
     p->block_size = block_size;
     p->n_layers = c->num_layers;
     p->row = m->arch->mixer->kv_row(c);
-    /* elements of the backend's kv_dtype (f32 on the CPU, bf16 on CUDA) */
-    size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
+    /* a token's row: kv_dtype elements (f32 on the CPU, bf16 on CUDA) or
+     * the backend's compressed row (kv_row_bytes) */
+    p->row_bytes = lmc_kv_pool_row_bytes(be, p->row);
+    size_t bytes = 0;
     if (floats) {
-        p->k = be->alloc(be->ctx, (size_t)floats * es);
-        p->v = be->alloc(be->ctx, (size_t)floats * es);
-        if (!be->host_memory) p->stage = malloc((size_t)(block_size * p->row) * es);
+        if ((size_t)(floats / p->row) > SIZE_MAX / 2 / p->row_bytes) {
+            lmc_kv_pool_free(p);
+            return lmc_err_set(err, LMC_ERR_ARG, "KV pool of %lld blocks of %lld tokens: out of range",
+                               (long long)n_blocks, (long long)block_size);
+        }
+        bytes = (size_t)(floats / p->row) * p->row_bytes;
+        p->k = be->alloc(be->ctx, bytes);
+        p->v = be->alloc(be->ctx, bytes);
+        if (!be->host_memory) p->stage = malloc((size_t)block_size * p->row_bytes);
     }
     p->slot_bytes = lmc_model_seq_slot_bytes(m);
     if (p->slot_bytes) {
@@ -103,7 +120,7 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
         (p->slot_bytes && (!p->state || (!be->host_memory && !p->stage)))) {
         lmc_kv_pool_free(p);
         return lmc_err_set(err, LMC_ERR_OOM, "KV pool of %lld blocks needs %zu bytes",
-                           (long long)n_blocks, 2 * (size_t)floats * es);
+                           (long long)n_blocks, 2 * bytes);
     }
     return LMC_OK;
 }
@@ -122,9 +139,8 @@ void lmc_kv_pool_copy_block(struct lmc_kv_pool *p, int64_t dst, int64_t src) {
     LMC_ASSERT(dst >= 0 && dst < p->n_blocks && src >= 0 && src < p->n_blocks);
     if (dst == src) return;
     const struct lmc_backend *be = p->be;
-    /* in bytes: the pool holds kv_dtype elements */
-    size_t es = (size_t)lmc_dtype_size(be->kv_dtype);
-    size_t n = (size_t)(p->block_size * p->row) * es, bytes = n;
+    /* in bytes: the pool holds rows of row_bytes */
+    size_t n = (size_t)p->block_size * p->row_bytes, bytes = n;
     void *tmp = p->stage;
     for (int64_t l = 0; l < p->n_layers; l++) {
         size_t base = (size_t)l * (size_t)p->n_blocks * n;

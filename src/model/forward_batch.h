@@ -20,7 +20,9 @@
 struct lmc_kv_pool {
     const struct lmc_backend *be;
     int64_t n_blocks, block_size, n_layers, row;
-    float *k, *v;            /* (L, n_blocks * block_size, row) each */
+    size_t row_bytes;        /* one token's K (or V) row of one layer: row * sizeof kv_dtype,
+                              * or the backend's compressed row (kv_row_bytes) */
+    float *k, *v;            /* (L, n_blocks * block_size, row_bytes bytes) each */
     void *stage;             /* host staging of one block's layer (device backends) */
     /* Recurrent mixers (Mamba; row 0): a block is a sequence's state slot
      * of slot_bytes (lmc_model_seq_slot_bytes, all layers), holding no
@@ -40,9 +42,14 @@ void *lmc_kv_pool_state_part(const struct lmc_kv_pool *p, int64_t l, int k);
 void lmc_kv_pool_state_zero(struct lmc_kv_pool *p, int64_t b);
 /* Copies block src's state to block dst in every layer (snapshots). */
 void lmc_kv_pool_state_copy(struct lmc_kv_pool *p, int64_t dst, int64_t src);
-/* Bytes of one block over all layers, K and V, in the backend's kv_dtype
- * (f32 on the CPU, bf16 on CUDA); rows per layer come from the mixers'
- * sequence state (lmc_model_kv_floats_per_token). */
+/* Bytes of one token's K (or V) row of row values in be's pool: row
+ * elements of kv_dtype (f32 on the CPU, bf16 on CUDA), or what the
+ * backend's kv_row_bytes says (compressed pools, infer/kvq.h). */
+size_t lmc_kv_pool_row_bytes(const struct lmc_backend *be, int64_t row);
+/* KV bytes of one token over all layers, K and V (0 for recurrent models). */
+size_t lmc_kv_pool_token_bytes(const struct lmc_model *m, const struct lmc_backend *be);
+/* Bytes of one block over all layers: block_size tokens of
+ * lmc_kv_pool_token_bytes, plus a recurrent model's state slot. */
 size_t lmc_kv_pool_block_bytes(const struct lmc_model *m, const struct lmc_backend *be,
                                int64_t block_size);
 lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,

@@ -126,6 +126,11 @@ struct lmc_backend {
      * and read only by attention, whose k/v pointers then point at this
      * type (cast to const float *). */
     enum lmc_dtype kv_dtype;
+    /* Optional (NULL: row * sizeof kv_dtype). Bytes one token's K (or V)
+     * row of `row` values takes in a paged KV pool (forward_batch.h), for
+     * backends whose attention_paged stores rows compressed (infer/kvq.h:
+     * q8, q4); the pool is then sized and addressed in these bytes. */
+    size_t (*kv_row_bytes)(int64_t row);
 
     /* Optional fused ops (NULL: the forward composes the plain ops). */
     /* y(M,N) += x(M,K) @ w^T (+ bias): the residual add fused into the

@@ -243,6 +243,17 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
         sb_printf(&b, "lmc_prefix_cache_evictions_total %lld\n", (long long)st->prefix_evictions);
         metric(&b, "lmc_scheduler_steps_total", "counter", "Scheduler steps (batched forwards).");
         sb_printf(&b, "lmc_scheduler_steps_total %lld\n", (long long)st->steps);
+        metric(&b, "lmc_kv_bytes_per_token", "gauge",
+               "KV cache bytes of one token (K and V, all layers) in the pool's format.");
+        sb_printf(&b, "lmc_kv_bytes_per_token %lld\n", (long long)st->kv_bytes_per_token);
+        metric(&b, "lmc_kv_pool_bytes", "gauge", "Memory of the KV pool (blocks x bytes per block).");
+        sb_printf(&b, "lmc_kv_pool_bytes %lld\n", (long long)st->kv_pool_bytes);
+        metric(&b, "lmc_spec_draft_tokens_total", "counter", "Speculative draft tokens verified.");
+        sb_printf(&b, "lmc_spec_draft_tokens_total %lld\n", (long long)st->spec_proposed_total);
+        metric(&b, "lmc_spec_accepted_tokens_total", "counter", "Speculative draft tokens accepted.");
+        sb_printf(&b, "lmc_spec_accepted_tokens_total %lld\n", (long long)st->spec_accepted_total);
+        metric(&b, "lmc_spec_steps_total", "counter", "Scheduler steps in which some sequence speculated.");
+        sb_printf(&b, "lmc_spec_steps_total %lld\n", (long long)st->spec_steps);
     }
     double rss, vsz;
     if (proc_memory(&rss, &vsz)) {

@@ -72,4 +72,28 @@ void lmc_kvq_attention(void *ctx, float *out, const float *q, const float *k, co
                        int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
                        float scale, int64_t window);
 
+/* The paged pool (forward_batch.h) compressed, q8 and q4 only: one
+ * token's K (or V) row in a slot of lmc_kvq_paged_row_bytes bytes (f16
+ * scales, then codes; 8-byte multiple), written by the compressed
+ * attention_paged (attention_paged_kvq.c) and read only by it. The _q8 /
+ * _q4 functions are the backend entries kv_row_bytes and attention_paged
+ * of the variant infer/kvq.h's lmc_kvq_paged_backend makes. */
+size_t lmc_kvq_paged_row_bytes(enum lmc_kvq_fmt f, int64_t row);
+size_t lmc_kvq_paged_row_bytes_q8(int64_t row);
+size_t lmc_kvq_paged_row_bytes_q4(int64_t row);
+/* Quantizes x (row) into a slot; decodes values [a, a+n) of a slot. */
+void lmc_kvq_paged_store(enum lmc_kvq_fmt f, void *slot, const float *x, int64_t row);
+void lmc_kvq_paged_decode(enum lmc_kvq_fmt f, const void *slot, int64_t row, int64_t a, int64_t n,
+                          float *out);
+void lmc_kvq_attention_paged_q8(void *ctx, float *out, const float *q, const float *k_new,
+                                const float *v_new, float *kc, float *vc, int64_t T,
+                                const int32_t *seq, const int32_t *pos, const int32_t *bt,
+                                int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
+                                int64_t hd, float scale, int64_t window);
+void lmc_kvq_attention_paged_q4(void *ctx, float *out, const float *q, const float *k_new,
+                                const float *v_new, float *kc, float *vc, int64_t T,
+                                const int32_t *seq, const int32_t *pos, const int32_t *bt,
+                                int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
+                                int64_t hd, float scale, int64_t window);
+
 #endif

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# test_serve_spec.sh — speculation and compressed KV in `lmc serve` (issue
+# 17) on the default model (models/kjv-llama), each server on 127.0.0.1 and
+# a port the OS picks (read from its "listening on" line, waited on as a
+# blocking read of its stderr, no sleeps):
+#  - 64 concurrent streamed greedy completions (KJV verses, up to 48
+#    tokens) through `--spec prompt-lookup --spec-k 4
+#    --spec-max-batch 0` (speculating at any batch size) give exactly the
+#    text, completion tokens and finish reasons of a server without it;
+#    its /metrics count drafts (lmc_spec_draft_tokens_total > 0) and
+#    accepted ones (> 0, < drafts), and all KV blocks come back;
+#  - `--kv-dtype q4 --kv-memory 32M` (with speculation) answers the same
+#    requests, reports lmc_kv_bytes_per_token 2 x 8 layers x 184 bytes
+#    (f32: 18,432) and over 6x the f32 server's blocks within the same
+#    lmc_kv_pool_bytes budget, and frees every block;
+#  - `--spec draft:models/kjv-llama` (the model as its own draft): the same
+#    64 streams equal, drafts mostly accepted, blocks freed;
+#  - every server exits 0 on SIGTERM (under ASan: nothing leaked);
+#  - bad flags (--spec nonsense, --spec draft: with no folder or a missing
+#    one, --spec-k 0 or 17, --kv-dtype kivi2) exit 2 or name the problem.
+# Usage: test_serve_spec.sh PATH/TO/lmc
+set -u
+LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+M=models/kjv-llama
+for t in python3; do
+  if ! command -v $t >/dev/null; then echo "test_serve_spec: skipped ($t not installed)"; exit 0; fi
+done
+[ -d "$M" ] || { echo "FAIL: $M missing"; exit 1; }
+fail=0
+# under AddressSanitizer (the binary links libasan) 24 requests per server instead of 64
+N=64
+if ldd "$LMC" 2>/dev/null | grep -q libasan || nm "$LMC" 2>/dev/null | grep -q " __asan_init"; then N=24; fi
+for bad in "--spec nonsense" "--spec draft:" "--spec-k 0" "--spec-k 17"; do
+  "$LMC" serve -m "$M" --port 0 $bad >/dev/null 2>&1
+  [ $? = 2 ] || { echo "FAIL: serve $bad should exit 2"; fail=1; }
+done
+out=$("$LMC" serve -m "$M" --port 0 --spec draft:/nonexistent/draft 2>&1)
+[ $? != 0 ] && echo "$out" | grep -q "/nonexistent/draft" || { echo "FAIL: a missing draft model should be named: $out"; fail=1; }
+out=$("$LMC" serve -m "$M" --port 0 --kv-dtype kivi2 2>&1)
+[ $? != 0 ] && echo "$out" | grep -q "q8 or q4" || { echo "FAIL: --kv-dtype kivi2 should be refused naming q8/q4: $out"; fail=1; }
+
+python3 - "$LMC" "$M" "$N" <<'PY' || fail=1
+import http.client, json, re, subprocess, sys, threading
+LMC, M, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fails = []
+def check(cond, what):
+    if not cond:
+        fails.append(what); print("FAIL:", what, flush=True)
+
+def start(*args):
+    p = subprocess.Popen([LMC, "serve", "-m", M, "--host", "127.0.0.1", "--port", "0", "--max-batch", "64",
+                          "--timeout", "120", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = []
+    for line in p.stderr:  # blocking reads until the server says where it listens
+        log.append(line)
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, int(m.group(1)), "".join(log)
+    raise SystemExit("server did not start: " + "".join(log))
+
+def stop(p, name):
+    """SIGTERM; the server must exit 0 (under ASan: no leak at shutdown)"""
+    p.terminate()
+    rc = p.wait()
+    check(rc == 0, "%s server exited %d" % (name, rc))
+
+def stream(port, prompt, n):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    c.request("POST", "/v1/completions", body=json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0,
+              "stream": True, "stream_options": {"include_usage": True}}), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        return {"status": r.status}
+    text, finish, usage = "", None, None
+    for line in r:
+        line = line.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        j = json.loads(line[6:])
+        if j.get("choices"):
+            text += j["choices"][0].get("text", "")
+            finish = j["choices"][0].get("finish_reason") or finish
+        if j.get("usage"):
+            usage = j["usage"]["completion_tokens"]
+    c.close()
+    return {"status": 200, "text": text, "finish": finish, "n": usage}
+
+def metrics(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("GET", "/metrics")
+    body = c.getresponse().read().decode()
+    c.close()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lmc_[a-z_]+) ([0-9.e+-]+)$", body, re.M)}
+
+def run_all(port, prompts):
+    res = [None] * len(prompts)
+    def one(i):
+        res[i] = stream(port, prompts[i], 16 + (i * 7) % 33)
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    return res
+
+def idle_metrics(port):
+    # the last responses are out before the scheduler publishes its idle state: ask until it has
+    for _ in range(100000):
+        m = metrics(port)
+        if m.get("lmc_requests_running", 1) == 0 and m.get("lmc_requests_waiting", 1) == 0:
+            return m
+    return m
+
+# KJV verses (the server tokenizes them)
+prompts = [l for l in open("data/kjv.txt", encoding="utf-8").read().splitlines() if len(l) > 40][:N]
+check(len(prompts) == N, "%d verses in data/kjv.txt" % N)
+
+plain, pport, _ = start("--kv-memory", "32M")
+spec, sport, slog = start("--spec", "prompt-lookup", "--spec-k", "4", "--spec-max-batch", "0")
+check("speculation: prompt lookup" in slog, "spec server's banner: " + slog)
+try:
+    a = run_all(pport, prompts)
+    b = run_all(sport, prompts)
+    differ = [i for i in range(N) if a[i] != b[i] or a[i]["status"] != 200]
+    check(not differ, "%d of %d greedy streams differ with speculation, e.g. %s" %
+          (len(differ), N, [(a[i], b[i]) for i in differ[:2]]))
+    ms, mp = idle_metrics(sport), idle_metrics(pport)
+    d, acc = ms.get("lmc_spec_draft_tokens_total", 0), ms.get("lmc_spec_accepted_tokens_total", 0)
+    check(d > 0 and 0 < acc < d, "spec metrics: drafts %s accepted %s" % (d, acc))
+    check(ms.get("lmc_kv_blocks_used") == 0 and mp.get("lmc_kv_blocks_used") == 0, "blocks in use after")
+    check(mp.get("lmc_kv_bytes_per_token") == 18432 and mp.get("lmc_spec_draft_tokens_total") == 0,
+          "f32 server: bytes per token %s" % mp.get("lmc_kv_bytes_per_token"))
+    print("speculation: %d greedy streams equal; drafts %d, accepted %d (%.0f%%); steps %d vs %d without" %
+          (N, d, acc, 100 * acc / max(d, 1), ms["lmc_scheduler_steps_total"], mp["lmc_scheduler_steps_total"]))
+finally:
+    stop(spec, "lookup")
+# the target as its own draft model (batched draft forwards; greedy identity, drafts mostly accepted)
+dspec, dport, dlog = start("--spec", "draft:" + M, "--spec-k", "3", "--spec-max-batch", "0")
+check("speculation: draft model" in dlog, "draft server's banner: " + dlog)
+try:
+    e = run_all(dport, prompts)
+    differ = [i for i in range(N) if a[i] != e[i]]
+    check(not differ, "%d of %d greedy streams differ with a draft model, e.g. %s" %
+          (len(differ), N, [(a[i], e[i]) for i in differ[:2]]))
+    md = idle_metrics(dport)
+    d, acc = md.get("lmc_spec_draft_tokens_total", 0), md.get("lmc_spec_accepted_tokens_total", 0)
+    check(d > 0 and acc > d / 2 and md.get("lmc_kv_blocks_used") == 0, "draft metrics: drafts %s accepted %s" % (d, acc))
+    print("draft model (itself): %d greedy streams equal; drafts %d, accepted %d; steps %d" %
+          (N, d, acc, md["lmc_scheduler_steps_total"]))
+finally:
+    stop(dspec, "draft")
+q4, qport, _ = start("--kv-dtype", "q4", "--kv-memory", "32M", "--spec", "prompt-lookup", "--spec-max-batch", "0")
+try:
+    c = run_all(qport, prompts)
+    check(all(r["status"] == 200 and r["finish"] in ("stop", "length") for r in c), "q4 server answers: %s" % [r for r in c if r["status"] != 200 or r["finish"] not in ("stop", "length")][:3])
+    mq = idle_metrics(qport)
+    check(mq.get("lmc_kv_bytes_per_token") == 2 * 8 * 184, "q4 bytes per token %s" % mq.get("lmc_kv_bytes_per_token"))
+    check(mq["lmc_kv_blocks_total"] > 6 * mp["lmc_kv_blocks_total"] and mq["lmc_kv_pool_bytes"] <= 32 * 2**20 and
+          mp["lmc_kv_pool_bytes"] <= 32 * 2**20, "q4 blocks %s vs f32 %s" % (mq["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"]))
+    check(mq.get("lmc_kv_blocks_used") == 0, "q4 blocks in use after")
+    same = sum(a[i]["text"] == c[i]["text"] for i in range(N))
+    print("q4 pool: %d bytes per token, %d blocks in 32 MiB (f32 %d); %d of %d greedy texts equal the f32 cache's" %
+          (mq["lmc_kv_bytes_per_token"], mq["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"], same, N))
+finally:
+    stop(q4, "q4"); stop(plain, "plain")
+sys.exit(1 if fails else 0)
+PY
+[ $? = 0 ] || fail=1
+[ $fail = 0 ] && echo "test_serve_spec: passed" || echo "test_serve_spec: FAILED"
+exit $fail
