@@ -94,9 +94,78 @@ static void gb_pack(uint32_t *d, int R, const float *src, int64_t si, int64_t sk
     }
 }
 
+#ifdef GB_X86
+/* gb_pack with the CPU's conversion (vcvtne2ps2bf16: round to nearest
+ * even like lmc_f32_to_bf16; denormals flushed, as vdpbf16ps does to its
+ * inputs anyway) for full panels (n == R): lines of contiguous K (sk == 1)
+ * by 8x8 transposes of pair words, 8 lines at a time; contiguous lines
+ * (si == 1) by interleaving the halves of two converted K rows. The rest
+ * (other strides, the odd K tail) goes to gb_pack. */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n, int64_t kc) {
+    int64_t kf = kc / 2;
+    if (n < R || (sk != 1 && si != 1) || kf == 0) {
+        gb_pack(d, R, src, si, sk, n, kc);
+        return;
+    }
+    if (sk == 1) {
+        const __m512i i1a = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+        const __m512i i1b = _mm512_add_epi32(i1a, _mm512_set1_epi32(4));
+        const __m512i i2a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        const __m512i i2b = _mm512_add_epi32(i2a, _mm512_set1_epi32(8));
+        int64_t p16 = kf / 8 * 8; /* pairs done 8 at a time (16 elements of K) */
+        for (int g = 0; g < R; g += 8) {
+            const float *s = src + g * si;
+            for (int64_t p = 0; p < p16; p += 8) {
+                const float *q = s + 2 * p;
+                __m512i x[4];
+                for (int r = 0; r < 4; r++)
+                    x[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + (2 * r + 1) * si),
+                                                        _mm512_loadu_ps(q + 2 * r * si));
+                __m512i y0 = _mm512_permutex2var_epi32(x[0], i1a, x[1]);
+                __m512i y1 = _mm512_permutex2var_epi32(x[0], i1b, x[1]);
+                __m512i z0 = _mm512_permutex2var_epi32(x[2], i1a, x[3]);
+                __m512i z1 = _mm512_permutex2var_epi32(x[2], i1b, x[3]);
+                __m512i o[4] = {_mm512_permutex2var_epi32(y0, i2a, z0), _mm512_permutex2var_epi32(y0, i2b, z0),
+                                _mm512_permutex2var_epi32(y1, i2a, z1), _mm512_permutex2var_epi32(y1, i2b, z1)};
+                for (int t = 0; t < 4; t++) {
+                    _mm256_storeu_si256((__m256i *)(d + (p + 2 * t) * R + g), _mm512_castsi512_si256(o[t]));
+                    _mm256_storeu_si256((__m256i *)(d + (p + 2 * t + 1) * R + g),
+                                        _mm512_extracti64x4_epi64(o[t], 1));
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                const float *q = s + r * si;
+                for (int64_t p = p16; p < kf; p++) d[p * R + g + r] = gb_pair(q[2 * p], q[2 * p + 1]);
+                if (kf * 2 < kc) d[kf * R + g + r] = gb_pair(q[2 * kf], 0.0f);
+            }
+        }
+        return;
+    }
+    /* si == 1: word i of pair p = (bf16(row 2p)[i], bf16(row 2p+1)[i]) */
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    for (int64_t p = 0; p < kf; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        uint32_t *o = d + p * R;
+        for (int i = 0; i < R; i += 16) {
+            __mmask16 m = R - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (R - i)) - 1);
+            __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, s1 + i),
+                                                     _mm512_maskz_loadu_ps(m, s0 + i));
+            _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(il, x));
+        }
+    }
+    if (kf * 2 < kc)
+        for (int i = 0; i < R; i++) d[kf * R + i] = gb_pair(src[2 * kf * sk + i], 0.0f);
+}
+#endif
+
 /* c (GB_MR x GB_NR, row stride ldc) = (load_c ? c : 0) + a-panel @ b-panel over kp pairs */
 typedef void (*gb_micro_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
                             bool load_c);
+typedef void (*gb_pack_fn)(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n,
+                           int64_t kc);
 
 static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
                               int64_t ldc, bool load_c) {
@@ -148,7 +217,7 @@ GB_TARGET static void gb_micro_avx512(int64_t kp, const uint32_t *a, const uint3
 }
 #endif
 
-static void gb_run(gb_micro_fn micro, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
+static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                    int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc,
                    bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
@@ -167,12 +236,12 @@ static void gb_run(gb_micro_fn micro, int64_t M, int64_t N, int64_t K, const flo
             int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
             bool load_c = accum || pc > 0;
             for (int64_t jr = 0; jr < nc; jr += GB_NR)
-                gb_pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
+                pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
                         LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
                 for (int64_t ir = 0; ir < mc; ir += GB_MR)
-                    gb_pack(ap + ir * kp, GB_MR, A + (ic + ir) * a_sm + pc * a_sk, a_sm, a_sk,
+                    pack(ap + ir * kp, GB_MR, A + (ic + ir) * a_sm + pc * a_sk, a_sm, a_sk,
                             LMC_MIN(GB_MR, mc - ir), kc);
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
@@ -198,15 +267,19 @@ static void gb_run(gb_micro_fn micro, int64_t M, int64_t N, int64_t K, const flo
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws) {
     gb_micro_fn micro = gb_micro_portable;
+    gb_pack_fn pack = gb_pack;
 #ifdef GB_X86
-    if (lmc_cpu_has_bf16()) micro = gb_micro_avx512;
+    if (lmc_cpu_has_bf16()) {
+        micro = gb_micro_avx512;
+        pack = gb_pack_avx512;
+    }
 #endif
-    gb_run(micro, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
 }
