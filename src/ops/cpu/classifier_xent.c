@@ -6,8 +6,7 @@
  * into fixed slices (V columns or block rows), so results are
  * deterministic for a given thread count. The bf16 training mode's twin
  * (lmc_cpu_classifier_xent_bf16) runs the three GEMMs through the bf16
- * GEMM (gemm_bf16.c) on 4x larger blocks (fewer repacks of w) and splits
- * dh by columns, so that each task packs only its slice of w. */
+ * GEMM (gemm_bf16.c) on 4x larger blocks (fewer repacks of w). */
 #include "ops/cpu/gemm_bf16.h"
 
 #include <cblas.h>
@@ -63,19 +62,17 @@ static void xent_softmax_task(void *arg, int64_t t, int thread) {
     }
 }
 
-/* dh[block rows] = g @ w (bf16: dh[block rows, C-slice] = g @ w[:, C-slice]) */
+/* dh[block rows] = g @ w */
 static void xent_dh_task(void *arg, int64_t t, int thread) {
     const struct xent_job *j = arg;
     int64_t lo, hi;
-    if (j->bf16) {
-        lmc_cpu_range(j->C, j->n_tasks, t, 32, &lo, &hi);
-        if (hi > lo)
-            lmc_cpu_gemm_bf16(j->R, hi - lo, j->V, j->lg, j->V, 1, j->w + lo, j->C, 1,
-                              j->dh + j->r0 * j->C + lo, j->C, false, j->c->scratch[thread]);
-        return;
-    }
     lmc_cpu_range(j->R, j->n_tasks, t, 1, &lo, &hi);
     if (hi <= lo) return;
+    if (j->bf16) {
+        lmc_cpu_gemm_bf16(hi - lo, j->C, j->V, j->lg + lo * j->V, j->V, 1, j->w, j->C, 1,
+                          j->dh + (j->r0 + lo) * j->C, j->C, false, j->c->scratch[thread]);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)j->C, (int)j->V,
                 1.0f, j->lg + lo * j->V, (int)j->V, j->w, (int)j->C, 0.0f,
                 j->dh + (j->r0 + lo) * j->C, (int)j->C);
@@ -119,7 +116,7 @@ static void xent_run(struct lmc_cpu_ctx *c, float *loss, float *dh, float *dw, c
         j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, j.R * V, 4096, 1), j.R);
         lmc_pool_run(c->pool, j.n_tasks, xent_softmax_task, &j);
         if (!dh) continue;
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), bf16 ? (C + 31) / 32 : j.R);
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), j.R);
         lmc_pool_run(c->pool, j.n_tasks, xent_dh_task, &j);
         if (!dw) continue;
         j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (V + 15) / 16);

@@ -99,15 +99,17 @@ static void mmb_dw_task(void *arg, int64_t t, int thread) {
 static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
     int64_t Nt = j->start[j->n], work = j->M * Nt * j->K, Nmax = 0;
     for (int i = 0; i < j->n; i++) Nmax = LMC_MAX(Nmax, j->N[i]);
+    /* one task per thread: each task packs the whole of the operand it
+     * shares (w for dx, x for dw), so more tasks would pack it again */
     if (j->dx) {
-        j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 2), (j->M + 7) / 8);
+        j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (j->M + 7) / 8);
         lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws((j->M + j->n_tasks - 1) / j->n_tasks + 8, j->K, Nmax));
         lmc_pool_run(c->pool, j->n_tasks, mmb_dx_task, j);
     }
     bool any = false;
     for (int i = 0; i < j->n; i++) any = any || j->dw[i] || j->db[i];
     if (!any) return;
-    j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 2), (Nt + 7) / 8);
+    j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (Nt + 7) / 8);
     lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws(LMC_MIN(Nmax, (Nt + j->n_tasks - 1) / j->n_tasks + 8),
                                                     j->K, j->M));
     lmc_pool_run(c->pool, j->n_tasks, mmb_dw_task, j);
