@@ -52,8 +52,9 @@ int64_t cli_ctx(const struct cli_common *c, const struct lmc_model *m);
 
 /* The backend of a training command (cli_train.c): --device cpu (default)
  * or cuda (GPU 0; the backend's LMC_ERR_UNSUPPORTED when the build or the
- * machine has none), --dtype fp32|bf16: the training precision on the GPU
- * (default bf16: lmc_backend_cuda_set_train_bf16), fp32 only on the CPU.
+ * machine has none), --dtype fp32|bf16: the training precision (GPU:
+ * default bf16, lmc_backend_cuda_set_train_bf16; CPU: default fp32, bf16
+ * through lmc_backend_cpu_set_train_bf16 where the CPU has AVX512-BF16).
  * *bf16 says which was chosen. Prints the error and returns non-zero (2:
  * bad option combination, 1: no such backend). */
 int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const char *cmd,

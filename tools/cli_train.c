@@ -1,7 +1,8 @@
 /* cli_train.c — the backend of the training commands (lmc train, lmc
  * parity --train): --device cpu|cuda (cpu by default: training picks the
- * GPU only when asked) and --dtype fp32|bf16 (the training precision on
- * the GPU; the CPU trains in fp32 only). */
+ * GPU only when asked) and --dtype fp32|bf16 (the training precision:
+ * bf16 by default on the GPU, fp32 by default on the CPU, whose bf16 mode
+ * needs AVX512-BF16). */
 #include "cli.h"
 #include "ops/backend_cuda.h"
 
@@ -23,11 +24,15 @@ int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const 
         return 2;
     }
     if (!cuda) {
-        if (c->wdtype == LMC_WDTYPE_BF16) {
-            fprintf(stderr, "lmc %s: --dtype bf16 needs --device cuda (the CPU trains in fp32)\n", cmd);
+        /* fp32 by default; bf16: mixed precision (bf16 GEMM operands, f32
+         * sums, master weights, gradients, optimizer and other ops) */
+        if (lmc_backend_cpu_init(be, c->threads, &err)) return cli_fail(cmd, &err);
+        *bf16 = c->wdtype == LMC_WDTYPE_BF16;
+        if (*bf16 && lmc_backend_cpu_set_train_bf16(be, true, &err)) {
+            lmc_backend_cpu_free(be);
+            cli_fail(cmd, &err);
             return 2;
         }
-        if (lmc_backend_cpu_init(be, c->threads, &err)) return cli_fail(cmd, &err);
         return 0;
     }
     if (lmc_backend_cuda_init(be, 0, &err)) return cli_fail(cmd, &err);

@@ -379,6 +379,13 @@ struct lmc_backend {
  * lmc_backend_cpu_free releases the table's ctx. */
 lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *err);
 void lmc_backend_cpu_free(struct lmc_backend *be);
+/* The CPU's bf16 mixed-precision training mode (on) or fp32 (off, the
+ * default): the training GEMMs (matmul, matmul_multi, matmul_bwd,
+ * matmul_bwd_multi, classifier_xent) take bf16-rounded operands with f32
+ * sums (ops/cpu/gemm_bf16.c); weights, gradients, optimizer and every other
+ * op stay f32. LMC_ERR_UNSUPPORTED (nothing changed) where the CPU lacks
+ * AVX512-BF16. */
+lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_err *err);
 
 /* The AdamW formula of the adamw entry on host memory (defined in
  * ops/cpu/adamw.c): the CPU op and lmc_adamw_update both run it. */

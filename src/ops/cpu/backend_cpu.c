@@ -1,6 +1,7 @@
 /* backend_cpu.c — the CPU backend table: thread pool, per-thread scratch,
  * and the op entry points (each op lives in its own file). */
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/ssm_cpu.h"
 #include "ops/optim_ops.h"
 #include "quant/qmatmul.h"
@@ -116,6 +117,18 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->lowrank = lmc_cpu_lowrank;
     be->moe_gemm = lmc_cpu_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cpu_moe_gemm_bwd;
+    return LMC_OK;
+}
+
+lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_err *err) {
+    if (on && !lmc_cpu_has_bf16())
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "cpu backend: bf16 training needs AVX512-BF16, which this CPU lacks (use fp32)");
+    be->matmul = on ? lmc_cpu_matmul_bf16 : lmc_cpu_matmul;
+    be->matmul_multi = on ? lmc_cpu_matmul_multi_bf16 : lmc_cpu_matmul_multi;
+    be->matmul_bwd = on ? lmc_cpu_matmul_bwd_bf16 : lmc_cpu_matmul_bwd;
+    be->matmul_bwd_multi = on ? lmc_cpu_matmul_bwd_multi_bf16 : lmc_cpu_matmul_bwd_multi;
+    be->classifier_xent = on ? lmc_cpu_classifier_xent_bf16 : lmc_cpu_classifier_xent;
     return LMC_OK;
 }
 

@@ -4,8 +4,10 @@
  * (p - onehot) * dscale, from which dh (block rows) and dw (+=) follow by
  * sgemm. Only one block of logits exists at a time. Every phase splits
  * into fixed slices (V columns or block rows), so results are
- * deterministic for a given thread count. */
-#include "ops/cpu/ops_cpu.h"
+ * deterministic for a given thread count. The bf16 training mode's twin
+ * (lmc_cpu_classifier_xent_bf16) runs the three GEMMs through the bf16
+ * GEMM (gemm_bf16.c) on 4x larger blocks (fewer repacks of w). */
+#include "ops/cpu/gemm_bf16.h"
 
 #include <cblas.h>
 
@@ -17,6 +19,8 @@ struct xent_job {
     const int32_t *tg;
     int64_t r0, R, V, C, n_tasks;
     float dscale;
+    struct lmc_cpu_ctx *c; /* bf16 mode: per-thread scratch of the bf16 GEMM */
+    bool bf16;
 };
 
 /* lg[:, v-slice] = h_block @ w[v-slice]^T */
@@ -25,6 +29,11 @@ static void xent_logits_task(void *arg, int64_t t, int thread) {
     int64_t lo, hi;
     lmc_cpu_range(j->V, j->n_tasks, t, 16, &lo, &hi);
     if (hi <= lo) return;
+    if (j->bf16) {
+        lmc_cpu_gemm_bf16(j->R, hi - lo, j->C, j->h + j->r0 * j->C, j->C, 1, j->w + lo * j->C, 1, j->C,
+                          j->lg + lo, j->V, false, j->c->scratch[thread]);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->R, (int)(hi - lo), (int)j->C, 1.0f,
                 j->h + j->r0 * j->C, (int)j->C, j->w + lo * j->C, (int)j->C, 0.0f, j->lg + lo,
                 (int)j->V);
@@ -59,6 +68,11 @@ static void xent_dh_task(void *arg, int64_t t, int thread) {
     int64_t lo, hi;
     lmc_cpu_range(j->R, j->n_tasks, t, 1, &lo, &hi);
     if (hi <= lo) return;
+    if (j->bf16) {
+        lmc_cpu_gemm_bf16(hi - lo, j->C, j->V, j->lg + lo * j->V, j->V, 1, j->w, j->C, 1,
+                          j->dh + (j->r0 + lo) * j->C, j->C, false, j->c->scratch[thread]);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)j->C, (int)j->V,
                 1.0f, j->lg + lo * j->V, (int)j->V, j->w, (int)j->C, 0.0f,
                 j->dh + (j->r0 + lo) * j->C, (int)j->C);
@@ -70,21 +84,29 @@ static void xent_dw_task(void *arg, int64_t t, int thread) {
     int64_t lo, hi;
     lmc_cpu_range(j->V, j->n_tasks, t, 16, &lo, &hi);
     if (hi <= lo) return;
+    if (j->bf16) {
+        lmc_cpu_gemm_bf16(hi - lo, j->C, j->R, j->lg + lo, 1, j->V, j->h + j->r0 * j->C, j->C, 1,
+                          j->dw + lo * j->C, j->C, true, j->c->scratch[thread]);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)j->C, (int)j->R, 1.0f,
                 j->lg + lo, (int)j->V, j->h + j->r0 * j->C, (int)j->C, 1.0f, j->dw + lo * j->C,
                 (int)j->C);
 }
 
-void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
-                             const struct lmc_mat *w, const int32_t *targets, int64_t M,
-                             float dscale) {
-    struct lmc_cpu_ctx *c = ctx;
+static void xent_run(struct lmc_cpu_ctx *c, float *loss, float *dh, float *dw, const float *h,
+                     const struct lmc_mat *w, const int32_t *targets, int64_t M, float dscale,
+                     bool bf16) {
     LMC_ASSERT(w->dtype == LMC_DTYPE_F32);
     int64_t V = w->rows, C = w->cols;
     if (M <= 0) return;
-    int64_t Rmax = LMC_MAX(1, LMC_MIN(M, XENT_BLOCK_FLOATS / V));
+    int64_t Rmax = LMC_MAX(1, LMC_MIN(M, (bf16 ? 4 : 1) * XENT_BLOCK_FLOATS / V));
     lmc_cpu_xbuf_reserve(c, (size_t)(Rmax * V));
-    struct xent_job j = {loss, dh, dw, c->xbuf, h, w->data, targets, 0, 0, V, C, 1, dscale};
+    struct xent_job j = {loss, dh, dw, c->xbuf, h, w->data, targets, 0, 0, V, C, 1, dscale, c, bf16};
+    if (bf16) /* the largest of the three GEMMs' workspaces (logits, dh, dw) */
+        lmc_cpu_scratch_reserve(c, LMC_MAX(lmc_cpu_gemm_bf16_ws(Rmax, V, C),
+                                           LMC_MAX(lmc_cpu_gemm_bf16_ws(Rmax, C, V),
+                                                   lmc_cpu_gemm_bf16_ws(V, C, Rmax))));
     for (int64_t r0 = 0; r0 < M; r0 += Rmax) {
         j.r0 = r0;
         j.R = LMC_MIN(Rmax, M - r0);
@@ -100,4 +122,17 @@ void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const
         j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (V + 15) / 16);
         lmc_pool_run(c->pool, j.n_tasks, xent_dw_task, &j);
     }
+}
+
+void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                             const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                             float dscale) {
+    xent_run(ctx, loss, dh, dw, h, w, targets, M, dscale, false);
+}
+
+void lmc_cpu_classifier_xent_bf16(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                                  const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                                  float dscale) {
+    /* empty products keep the fp32 op's rules */
+    xent_run(ctx, loss, dh, dw, h, w, targets, M, dscale, w->cols > 0 && w->rows > 0);
 }

@@ -1,0 +1,285 @@
+/* gemm_bf16.c — the CPU's bf16 GEMM (mixed-precision training): C(M,N)
+ * (+)= A(M,K) @ B(K,N), f32 operands in any strides rounded to bf16 while
+ * they are packed, exact products, f32 sums.
+ *
+ * Blocking (one thread): K in blocks of at most GB_KC, N in blocks of
+ * GB_NC, M in blocks of GB_MC. Each B block is packed into panels of
+ * GB_NR columns and each A block into panels of GB_MR rows, both as bf16
+ * pairs along K: one 32-bit word holds elements k and k+1 (the low half
+ * k), panel words ordered [pair][row or column]. The AVX512-BF16
+ * microkernel (GB_MR x GB_NR, 16 accumulators) broadcasts one A word and
+ * multiplies it against 16 B words with vdpbf16ps: 2 multiply-adds per
+ * lane and instruction, twice fp32 FMA's. It is compiled with a target
+ * attribute and chosen at run time (__builtin_cpu_supports), so the rest
+ * of the build stays portable; without it a portable microkernel adds the
+ * same exact products in the instruction's order (odd element, then even).
+ * Edge tiles go through a local tile. Results depend only on the shapes,
+ * never on timing. */
+#include "ops/cpu/gemm_bf16.h"
+
+#include <string.h>
+
+#define GB_MR 8
+#define GB_NR 32
+#define GB_KC 384 /* elements of K per block (even) */
+#define GB_MC 96
+#define GB_NC 768
+
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+#define GB_X86 1
+#include <immintrin.h>
+#define GB_TARGET __attribute__((target("avx512f,avx512bf16")))
+#endif
+
+bool lmc_cpu_has_bf16(void) {
+#ifdef GB_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+}
+
+/* K block sizes: nkb blocks of kc elements (kc even, the last may be shorter). */
+static int64_t gb_kc(int64_t K) {
+    int64_t nkb = (K + GB_KC - 1) / GB_KC;
+    int64_t kc = (K + nkb - 1) / nkb;
+    return (kc + 1) & ~(int64_t)1;
+}
+
+size_t lmc_cpu_gemm_bf16_ws(int64_t M, int64_t N, int64_t K) {
+    int64_t kp = gb_kc(K > 0 ? K : 1) / 2;
+    int64_t nc = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
+    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
+    /* each part rounded to 16 words so the B panels start 64-byte aligned */
+    return (size_t)((nc * kp + 15) / 16 * 16 + (mc * kp + 15) / 16 * 16);
+}
+
+static inline uint32_t gb_pair(float lo, float hi) {
+    return (uint32_t)lmc_f32_to_bf16(lo) | (uint32_t)lmc_f32_to_bf16(hi) << 16;
+}
+
+/* Packs R (GB_MR or GB_NR) lines of kc elements: element (i, k) at
+ * src[i*si + k*sk], lines i >= n and k >= kc as zeros, into
+ * d[p*R + i] = pair(k = 2p, 2p+1). */
+static void gb_pack(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n,
+                    int64_t kc) {
+    int64_t kp = (kc + 1) / 2, kf = kc / 2; /* pairs, full pairs */
+    if (n < R || sk == 1) {
+        for (int64_t i = 0; i < R; i++) {
+            if (i >= n) {
+                for (int64_t p = 0; p < kp; p++) d[p * R + i] = 0;
+                continue;
+            }
+            const float *s = src + i * si;
+            if (sk == 1)
+                for (int64_t p = 0; p < kf; p++) d[p * R + i] = gb_pair(s[2 * p], s[2 * p + 1]);
+            else
+                for (int64_t p = 0; p < kf; p++) d[p * R + i] = gb_pair(s[2 * p * sk], s[(2 * p + 1) * sk]);
+            if (kf < kp) d[kf * R + i] = gb_pair(s[2 * kf * sk], 0.0f);
+        }
+        return;
+    }
+    for (int64_t p = 0; p < kp; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        uint32_t *o = d + p * R;
+        if (p < kf) {
+            if (si == 1)
+                for (int i = 0; i < R; i++) o[i] = gb_pair(s0[i], s1[i]);
+            else
+                for (int i = 0; i < R; i++) o[i] = gb_pair(s0[i * si], s1[i * si]);
+        } else {
+            for (int i = 0; i < R; i++) o[i] = gb_pair(s0[i * si], 0.0f);
+        }
+    }
+}
+
+#ifdef GB_X86
+/* gb_pack with the CPU's conversion (vcvtne2ps2bf16: round to nearest
+ * even like lmc_f32_to_bf16; denormals flushed, as vdpbf16ps does to its
+ * inputs anyway) for full panels (n == R): lines of contiguous K (sk == 1)
+ * by 8x8 transposes of pair words, 8 lines at a time; contiguous lines
+ * (si == 1) by interleaving the halves of two converted K rows. The rest
+ * (other strides, the odd K tail) goes to gb_pack. */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n, int64_t kc) {
+    int64_t kf = kc / 2;
+    if (n < R || (sk != 1 && si != 1) || kf == 0) {
+        gb_pack(d, R, src, si, sk, n, kc);
+        return;
+    }
+    if (sk == 1) {
+        const __m512i i1a = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+        const __m512i i1b = _mm512_add_epi32(i1a, _mm512_set1_epi32(4));
+        const __m512i i2a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        const __m512i i2b = _mm512_add_epi32(i2a, _mm512_set1_epi32(8));
+        int64_t p16 = kf / 8 * 8; /* pairs done 8 at a time (16 elements of K) */
+        for (int g = 0; g < R; g += 8) {
+            const float *s = src + g * si;
+            for (int64_t p = 0; p < p16; p += 8) {
+                const float *q = s + 2 * p;
+                __m512i x[4];
+                for (int r = 0; r < 4; r++)
+                    x[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + (2 * r + 1) * si),
+                                                        _mm512_loadu_ps(q + 2 * r * si));
+                __m512i y0 = _mm512_permutex2var_epi32(x[0], i1a, x[1]);
+                __m512i y1 = _mm512_permutex2var_epi32(x[0], i1b, x[1]);
+                __m512i z0 = _mm512_permutex2var_epi32(x[2], i1a, x[3]);
+                __m512i z1 = _mm512_permutex2var_epi32(x[2], i1b, x[3]);
+                __m512i o[4] = {_mm512_permutex2var_epi32(y0, i2a, z0), _mm512_permutex2var_epi32(y0, i2b, z0),
+                                _mm512_permutex2var_epi32(y1, i2a, z1), _mm512_permutex2var_epi32(y1, i2b, z1)};
+                for (int t = 0; t < 4; t++) {
+                    _mm256_storeu_si256((__m256i *)(d + (p + 2 * t) * R + g), _mm512_castsi512_si256(o[t]));
+                    _mm256_storeu_si256((__m256i *)(d + (p + 2 * t + 1) * R + g),
+                                        _mm512_extracti64x4_epi64(o[t], 1));
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                const float *q = s + r * si;
+                for (int64_t p = p16; p < kf; p++) d[p * R + g + r] = gb_pair(q[2 * p], q[2 * p + 1]);
+                if (kf * 2 < kc) d[kf * R + g + r] = gb_pair(q[2 * kf], 0.0f);
+            }
+        }
+        return;
+    }
+    /* si == 1: word i of pair p = (bf16(row 2p)[i], bf16(row 2p+1)[i]) */
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    for (int64_t p = 0; p < kf; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        uint32_t *o = d + p * R;
+        for (int i = 0; i < R; i += 16) {
+            __mmask16 m = R - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (R - i)) - 1);
+            __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, s1 + i),
+                                                     _mm512_maskz_loadu_ps(m, s0 + i));
+            _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(il, x));
+        }
+    }
+    if (kf * 2 < kc)
+        for (int i = 0; i < R; i++) d[kf * R + i] = gb_pair(src[2 * kf * sk + i], 0.0f);
+}
+#endif
+
+/* c (GB_MR x GB_NR, row stride ldc) = (load_c ? c : 0) + a-panel @ b-panel over kp pairs */
+typedef void (*gb_micro_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
+                            bool load_c);
+typedef void (*gb_pack_fn)(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n,
+                           int64_t kc);
+
+static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
+                              int64_t ldc, bool load_c) {
+    float acc[GB_MR][GB_NR];
+    for (int r = 0; r < GB_MR; r++)
+        for (int j = 0; j < GB_NR; j++) acc[r][j] = load_c ? c[r * ldc + j] : 0.0f;
+    for (int64_t p = 0; p < kp; p++, a += GB_MR, b += GB_NR)
+        for (int r = 0; r < GB_MR; r++) {
+            float alo = lmc_bf16_to_f32((uint16_t)a[r]), ahi = lmc_bf16_to_f32((uint16_t)(a[r] >> 16));
+            for (int j = 0; j < GB_NR; j++) {
+                float t = acc[r][j] + ahi * lmc_bf16_to_f32((uint16_t)(b[j] >> 16));
+                acc[r][j] = t + alo * lmc_bf16_to_f32((uint16_t)b[j]);
+            }
+        }
+    for (int r = 0; r < GB_MR; r++)
+        for (int j = 0; j < GB_NR; j++) c[r * ldc + j] = acc[r][j];
+}
+
+#ifdef GB_X86
+GB_TARGET static void gb_micro_avx512(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
+                                      int64_t ldc, bool load_c) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
+           c70 = c00, c71 = c00;
+    for (int64_t p = 0; p < kp; p++, a += GB_MR, b += GB_NR) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);
+        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(b + 16));
+#define GB_ROW(r)                                                                                  \
+    {                                                                                              \
+        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);                                      \
+        c##r##0 = _mm512_dpbf16_ps(c##r##0, av, b0);                                               \
+        c##r##1 = _mm512_dpbf16_ps(c##r##1, av, b1);                                               \
+    }
+        GB_ROW(0) GB_ROW(1) GB_ROW(2) GB_ROW(3) GB_ROW(4) GB_ROW(5) GB_ROW(6) GB_ROW(7)
+#undef GB_ROW
+    }
+#define GB_OUT(r)                                                                                  \
+    {                                                                                              \
+        float *o = c + (int64_t)(r) * ldc;                                                         \
+        if (load_c) {                                                                              \
+            c##r##0 = _mm512_add_ps(c##r##0, _mm512_loadu_ps(o));                                  \
+            c##r##1 = _mm512_add_ps(c##r##1, _mm512_loadu_ps(o + 16));                             \
+        }                                                                                          \
+        _mm512_storeu_ps(o, c##r##0);                                                              \
+        _mm512_storeu_ps(o + 16, c##r##1);                                                         \
+    }
+    GB_OUT(0) GB_OUT(1) GB_OUT(2) GB_OUT(3) GB_OUT(4) GB_OUT(5) GB_OUT(6) GB_OUT(7)
+#undef GB_OUT
+}
+#endif
+
+static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
+                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc,
+                   bool accum, void *ws) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accum)
+            for (int64_t m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    const int64_t kcm = gb_kc(K), kpm = kcm / 2;
+    const int64_t ncm = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
+    uint32_t *bp = ws, *ap = bp + (ncm * kpm + 15) / 16 * 16;
+    float tile[GB_MR * GB_NR];
+    for (int64_t jc = 0; jc < N; jc += GB_NC) {
+        int64_t nc = LMC_MIN(GB_NC, N - jc);
+        for (int64_t pc = 0; pc < K; pc += kcm) {
+            int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
+            bool load_c = accum || pc > 0;
+            for (int64_t jr = 0; jr < nc; jr += GB_NR)
+                pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
+                        LMC_MIN(GB_NR, nc - jr), kc);
+            for (int64_t ic = 0; ic < M; ic += GB_MC) {
+                int64_t mc = LMC_MIN(GB_MC, M - ic);
+                for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                    pack(ap + ir * kp, GB_MR, A + (ic + ir) * a_sm + pc * a_sk, a_sm, a_sk,
+                            LMC_MIN(GB_MR, mc - ir), kc);
+                for (int64_t jr = 0; jr < nc; jr += GB_NR) {
+                    int64_t nr = LMC_MIN(GB_NR, nc - jr);
+                    for (int64_t ir = 0; ir < mc; ir += GB_MR) {
+                        int64_t mr = LMC_MIN(GB_MR, mc - ir);
+                        float *c = C + (ic + ir) * ldc + jc + jr;
+                        if (mr == GB_MR && nr == GB_NR) {
+                            micro(kp, ap + ir * kp, bp + jr * kp, c, ldc, load_c);
+                            continue;
+                        }
+                        micro(kp, ap + ir * kp, bp + jr * kp, tile, GB_NR, false);
+                        for (int64_t r = 0; r < mr; r++)
+                            for (int64_t j = 0; j < nr; j++)
+                                c[r * ldc + j] = load_c ? c[r * ldc + j] + tile[r * GB_NR + j]
+                                                        : tile[r * GB_NR + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
+                                int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
+                                int64_t ldc, bool accum, void *ws) {
+    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+}
+
+void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                       const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
+                       void *ws) {
+    gb_micro_fn micro = gb_micro_portable;
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        micro = gb_micro_avx512;
+        pack = gb_pack_avx512;
+    }
+#endif
+    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+}

@@ -1,0 +1,52 @@
+/* gemm_bf16.h — the CPU's bf16 GEMM for mixed-precision training
+ * (gemm_bf16.c) and the bf16 training ops built on it (matmul_bf16.c). */
+#ifndef LMC_GEMM_BF16_H
+#define LMC_GEMM_BF16_H
+
+#include "ops/cpu/ops_cpu.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* True when this CPU runs AVX512-BF16 (vdpbf16ps); checked at run time. */
+bool lmc_cpu_has_bf16(void);
+
+/* 4-byte words of workspace lmc_cpu_gemm_bf16 needs for these sizes. */
+size_t lmc_cpu_gemm_bf16_ws(int64_t M, int64_t N, int64_t K);
+
+/* C(M,N) = A(M,K) @ B(K,N), or C += when accum. A's element (m,k) is
+ * A[m*a_sm + k*a_sk], B's (k,n) is B[k*b_sk + n*b_sn], C's (m,n) is
+ * C[m*ldc + n]: any transposition of either operand. The operands are
+ * rounded to bf16 (to nearest even, as lmc_f32_to_bf16), the products are
+ * exact and summed in f32 (in C's memory between K blocks). ws: at least
+ * lmc_cpu_gemm_bf16_ws(M, N, K) words, 64-byte aligned. Single-threaded;
+ * callers split M or N among threads. Uses vdpbf16ps when the CPU has it,
+ * else a portable kernel with the same products. */
+void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                       const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
+                       void *ws);
+
+/* The same with the portable kernel forced (tests compare the two). */
+void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
+                                int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
+                                int64_t ldc, bool accum, void *ws);
+
+/* The bf16 training entry points (matmul_bf16.c): the same contracts as
+ * backend.h's matmul, matmul_multi, matmul_bwd, matmul_bwd_multi and
+ * classifier_xent, with the GEMMs in bf16 operands (F32 weights; other
+ * weight types and M < 16 go to the fp32 ops). */
+void lmc_cpu_matmul_bf16(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                         const float *bias);
+void lmc_cpu_matmul_multi_bf16(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                               const struct lmc_mat *const *w, const float *const *bias);
+void lmc_cpu_matmul_bwd_bf16(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                             const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);
+void lmc_cpu_matmul_bwd_multi_bf16(void *ctx, int n, float *dx, float *const *dw, float *const *db,
+                                   const float *const *dy, const float *x, int64_t M,
+                                   const struct lmc_mat *const *w, int accum_dx);
+void lmc_cpu_classifier_xent_bf16(void *ctx, float *loss, float *dh, float *dw, const float *h,
+                                  const struct lmc_mat *w, const int32_t *targets, int64_t M,
+                                  float dscale);
+
+#endif

@@ -1,0 +1,146 @@
+/* matmul_bf16.c — the CPU backend's matmul ops in the bf16 training mode
+ * (lmc_backend_cpu_set_train_bf16): y = x @ w^T (+ bias), the n-way
+ * matmul_multi, and the backward matmul_bwd / matmul_bwd_multi, with the
+ * GEMMs in bf16 operands and f32 sums (gemm_bf16.c); bias, db and every
+ * output stay f32. The contracts are backend.h's. Work is split into fixed
+ * slices (rows of M for y and dx, rows of w for dw and db), and each
+ * element's sum does not depend on the slice, so results are the same for
+ * any thread count. Non-F32 weights and M < GB_MIN_M (decode) take the
+ * fp32 ops of matmul.c. */
+#include "ops/cpu/gemm_bf16.h"
+
+#define GB_MIN_M 16
+#define GB_MIN_TASK_WORK ((int64_t)1 << 18) /* multiply-adds per task at least */
+
+/* ---- forward: tasks own row ranges of M ---- */
+struct mmb_job {
+    struct lmc_cpu_ctx *c;
+    float *y;
+    const float *x, *w, *bias;
+    int64_t M, N, K, n_tasks;
+};
+
+static void mmb_fwd_task(void *arg, int64_t t, int thread) {
+    const struct mmb_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->M, j->n_tasks, t, 8, &lo, &hi);
+    if (hi <= lo) return;
+    lmc_cpu_gemm_bf16(hi - lo, j->N, j->K, j->x + lo * j->K, j->K, 1, j->w, 1, j->K, j->y + lo * j->N,
+                      j->N, false, j->c->scratch[thread]);
+    if (j->bias)
+        for (int64_t m = lo; m < hi; m++)
+            for (int64_t n = 0; n < j->N; n++) j->y[m * j->N + n] += j->bias[n];
+}
+
+void lmc_cpu_matmul_bf16(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                         const float *bias) {
+    struct lmc_cpu_ctx *c = ctx;
+    if (w->dtype != LMC_DTYPE_F32 || M < GB_MIN_M || w->rows == 0 || w->cols == 0) {
+        lmc_cpu_matmul(ctx, y, x, M, w, bias);
+        return;
+    }
+    struct mmb_job j = {c, y, x, w->data, bias, M, w->rows, w->cols, 1};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * j.N * j.K, GB_MIN_TASK_WORK, 2), (M + 7) / 8);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws((M + j.n_tasks - 1) / j.n_tasks + 8, j.N, j.K));
+    lmc_pool_run(c->pool, j.n_tasks, mmb_fwd_task, &j);
+}
+
+void lmc_cpu_matmul_multi_bf16(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                               const struct lmc_mat *const *w, const float *const *bias) {
+    for (int i = 0; i < n; i++) lmc_cpu_matmul_bf16(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
+}
+
+/* ---- backward: the n products sharing x (n = 1: matmul_bwd) ---- */
+#define MMB_MAX 8
+struct mmb_bwd_job {
+    struct lmc_cpu_ctx *c;
+    int n;
+    float *dx;
+    float *dw[MMB_MAX], *db[MMB_MAX];
+    const float *dy[MMB_MAX], *w[MMB_MAX];
+    const float *x;
+    int64_t N[MMB_MAX], start[MMB_MAX + 1];
+    int64_t M, K, n_tasks;
+    int accum_dx;
+};
+
+/* dx rows [lo, hi) = sum_i dy[i] @ w[i], i in order */
+static void mmb_dx_task(void *arg, int64_t t, int thread) {
+    const struct mmb_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->M, j->n_tasks, t, 8, &lo, &hi);
+    if (hi <= lo) return;
+    for (int i = 0; i < j->n; i++)
+        lmc_cpu_gemm_bf16(hi - lo, j->K, j->N[i], j->dy[i] + lo * j->N[i], j->N[i], 1, j->w[i], j->K, 1,
+                          j->dx + lo * j->K, j->K, i > 0 || j->accum_dx, j->c->scratch[thread]);
+}
+
+/* rows [lo, hi) of the concatenated w[i]: dw += dy^T @ x, db += column sums */
+static void mmb_dw_task(void *arg, int64_t t, int thread) {
+    const struct mmb_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->start[j->n], j->n_tasks, t, 8, &lo, &hi);
+    for (int i = 0; i < j->n && lo < hi; i++) {
+        int64_t a = LMC_MAX(lo, j->start[i]) - j->start[i], b = LMC_MIN(hi, j->start[i + 1]) - j->start[i];
+        if (b <= a) continue;
+        int64_t N = j->N[i];
+        if (j->dw[i])
+            lmc_cpu_gemm_bf16(b - a, j->K, j->M, j->dy[i] + a, 1, N, j->x, j->K, 1, j->dw[i] + a * j->K,
+                              j->K, true, j->c->scratch[thread]);
+        if (j->db[i])
+            for (int64_t col = a; col < b; col++) {
+                double s = 0;
+                for (int64_t m = 0; m < j->M; m++) s += j->dy[i][m * N + col];
+                j->db[i][col] += (float)s;
+            }
+    }
+}
+
+static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
+    int64_t Nt = j->start[j->n], work = j->M * Nt * j->K, Nmax = 0;
+    for (int i = 0; i < j->n; i++) Nmax = LMC_MAX(Nmax, j->N[i]);
+    /* one task per thread: each task packs the whole of the operand it
+     * shares (w for dx, x for dw), so more tasks would pack it again */
+    if (j->dx) {
+        j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (j->M + 7) / 8);
+        lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws((j->M + j->n_tasks - 1) / j->n_tasks + 8, j->K, Nmax));
+        lmc_pool_run(c->pool, j->n_tasks, mmb_dx_task, j);
+    }
+    bool any = false;
+    for (int i = 0; i < j->n; i++) any = any || j->dw[i] || j->db[i];
+    if (!any) return;
+    j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (Nt + 7) / 8);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws(LMC_MIN(Nmax, (Nt + j->n_tasks - 1) / j->n_tasks + 8),
+                                                    j->K, j->M));
+    lmc_pool_run(c->pool, j->n_tasks, mmb_dw_task, j);
+}
+
+void lmc_cpu_matmul_bwd_bf16(void *ctx, float *dx, float *dw, float *db, const float *dy,
+                             const float *x, int64_t M, const struct lmc_mat *w, int accum_dx) {
+    lmc_cpu_matmul_bwd_multi_bf16(ctx, 1, dx, &dw, &db, &dy, x, M, &w, accum_dx);
+}
+
+void lmc_cpu_matmul_bwd_multi_bf16(void *ctx, int n, float *dx, float *const *dw, float *const *db,
+                                   const float *const *dy, const float *x, int64_t M,
+                                   const struct lmc_mat *const *w, int accum_dx) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n > 0 && n <= MMB_MAX);
+    if (M <= 0) return;
+    struct mmb_bwd_job j = {.c = c, .n = n, .dx = dx, .x = x, .M = M, .K = w[0]->cols,
+                            .accum_dx = accum_dx};
+    for (int i = 0; i < n; i++) {
+        LMC_ASSERT(w[i]->dtype == LMC_DTYPE_F32 && w[i]->cols == j.K);
+        j.w[i] = w[i]->data;
+        j.dw[i] = dw[i];
+        j.db[i] = db ? db[i] : NULL;
+        j.dy[i] = dy[i];
+        j.N[i] = w[i]->rows;
+        j.start[i + 1] = j.start[i] + w[i]->rows;
+    }
+    if (j.K == 0 || j.start[n] == 0) { /* empty products: the fp32 op's edge rules */
+        if (n == 1) lmc_cpu_matmul_bwd(ctx, dx, dw[0], db ? db[0] : NULL, dy[0], x, M, w[0], accum_dx);
+        else lmc_cpu_matmul_bwd_multi(ctx, n, dx, dw, db, dy, x, M, w, accum_dx);
+        return;
+    }
+    mmb_bwd_run(c, &j);
+}

@@ -1,0 +1,258 @@
+/* test_gemm_bf16.c — the CPU's bf16 training GEMM (ops/cpu/gemm_bf16.c)
+ * and the backend's bf16 training mode (lmc_backend_cpu_set_train_bf16).
+ *  - the kernel, in all four transpositions of A and B, odd M/N/K (several
+ *    K blocks, N blocks and M blocks, edge tiles), = and +=, against a
+ *    float64 sum of the bf16-rounded operands' products: the only error
+ *    left is f32 summation, bounded by K * 2^-24 * sum |products| (with the
+ *    AVX512-BF16 kernel where the CPU has it, and the portable one);
+ *  - the backend ops in the bf16 mode (matmul, matmul_multi, matmul_bwd,
+ *    matmul_bwd_multi, classifier_xent) against the same float64 reference
+ *    of the rounded operands (the classifier, whose logits' gradient is
+ *    itself a computed value, against the exact float64 one within the
+ *    CUDA bf16 GEMM tolerance 2e-2), and bit-identical for 1 and 2 threads;
+ *  - off again: the fp32 ops are back. */
+#include "test.h"
+#include "core/dtype.h"
+#include "ops/backend.h"
+#include "ops/cpu/gemm_bf16.h"
+
+#include <stdlib.h>
+
+static uint64_t rng = 777;
+
+static float *rand_vec(int64_t n) {
+    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = test_rand(&rng);
+    return v;
+}
+static double bfr(float f) { return (double)lmc_bf16_to_f32(lmc_f32_to_bf16(f)); }
+
+/* max over C of |c - ref| / bound, bound = (K+2) * 2^-24 * (sum|products| + |c0|) + 1e-30 */
+static double gemm_check(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                         const float *B, int64_t b_sk, int64_t b_sn, const float *C, int64_t ldc,
+                         const float *C0) {
+    double worst = 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = C0 ? C0[m * ldc + n] : 0, mag = C0 ? fabs(C0[m * ldc + n]) : 0;
+            for (int64_t k = 0; k < K; k++) {
+                double p = bfr(A[m * a_sm + k * a_sk]) * bfr(B[k * b_sk + n * b_sn]);
+                s += p;
+                mag += fabs(p);
+            }
+            double bound = (double)(K + 2) * ldexp(1.0, -24) * mag + 1e-30;
+            double e = fabs((double)C[m * ldc + n] - s) / bound;
+            if (e > worst || e != e) worst = e;
+        }
+    return worst;
+}
+
+static void test_kernel(int portable) {
+    static const int64_t shapes[][3] = {{1, 1, 1},    {7, 33, 5},    {9, 31, 2},     {13, 45, 771},
+                                        {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {3, 1, 4097}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int acc = 0; acc < 2; acc++) {
+                    float *A = rand_vec(M * K), *B = rand_vec(K * N);
+                    int64_t ldc = N + 3;
+                    float *C = rand_vec(M * ldc), *C0 = malloc((size_t)(M * ldc) * sizeof *C0);
+                    memcpy(C0, C, (size_t)(M * ldc) * sizeof *C0);
+                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1; /* ta: A stored (K, M) */
+                    int64_t b_sk = tb ? 1 : N, b_sn = tb ? K : 1; /* tb: B stored (N, K) */
+                    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, N, K) * 4 + 63) / 64 * 64);
+                    (portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16)(
+                        M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
+                    double e = gemm_check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
+                    CHECK_MSG(e <= 1.0, "%s M %lld N %lld K %lld ta %d tb %d accum %d: err/bound %.3g",
+                              portable ? "portable" : "native", (long long)M, (long long)N, (long long)K,
+                              ta, tb, acc, e);
+                    /* the padding columns of C are untouched */
+                    int same = 1;
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
+                    CHECK(same);
+                    free(A), free(B), free(C), free(C0), free(ws);
+                }
+    }
+}
+
+/* The rounding is real: on a product of values that bf16 cannot hold, the
+ * result equals the rounded reference, not the f32 one. */
+static void test_rounds(void) {
+    float a[2] = {1.0f + 0x1p-12f, 3.0f}, b[2] = {1.0f, 0.0f}, c = 0;
+    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(1, 1, 2) * 4 + 63) / 64 * 64);
+    lmc_cpu_gemm_bf16(1, 1, 2, a, 2, 1, b, 1, 1, &c, 1, false, ws);
+    CHECK_MSG(c == 1.0f, "bf16(1 + 2^-12) * 1 = %.9g, expected 1", (double)c);
+    free(ws);
+}
+
+/* ---- the backend ops in the bf16 mode ---- */
+struct ops_out {
+    float *y, *y2, *dx, *dw, *db, *dxm, *dwq, *dwk, *loss, *dh, *dwc;
+};
+
+static void run_ops(struct lmc_backend *be, int64_t M, int64_t N, int64_t K, int64_t N2, int64_t V,
+                    const float *x, const float *w, const float *w2, const float *bias, const float *dy,
+                    const float *dy2, const float *wc, const int32_t *tg, struct ops_out *o) {
+    struct lmc_mat W = {LMC_DTYPE_F32, N, K, (void *)w}, W2 = {LMC_DTYPE_F32, N2, K, (void *)w2};
+    struct lmc_mat WC = {LMC_DTYPE_F32, V, K, (void *)wc};
+    be->matmul(be->ctx, o->y, x, M, &W, bias);
+    const struct lmc_mat *ws[2] = {&W, &W2};
+    float *ys[2] = {o->y2, o->y2 + M * N};
+    const float *bs[2] = {bias, NULL};
+    be->matmul_multi(be->ctx, 2, ys, x, M, ws, bs);
+    memset(o->dw, 0, (size_t)(N * K) * 4);
+    memset(o->db, 0, (size_t)N * 4);
+    be->matmul_bwd(be->ctx, o->dx, o->dw, o->db, dy, x, M, &W, 0);
+    memset(o->dwq, 0, (size_t)(N * K) * 4);
+    memset(o->dwk, 0, (size_t)(N2 * K) * 4);
+    float *dws[2] = {o->dwq, o->dwk}, *dbs[2] = {NULL, NULL};
+    const float *dys[2] = {dy, dy2};
+    for (int64_t i = 0; i < M * K; i++) o->dxm[i] = 0.25f; /* accumulated into */
+    be->matmul_bwd_multi(be->ctx, 2, o->dxm, dws, dbs, dys, x, M, ws, 1);
+    memset(o->dwc, 0, (size_t)(V * K) * 4);
+    be->classifier_xent(be->ctx, o->loss, o->dh, o->dwc, x, &WC, tg, M, 1.0f / (float)M);
+}
+
+static void alloc_out(struct ops_out *o, int64_t M, int64_t N, int64_t K, int64_t N2, int64_t V) {
+    o->y = malloc((size_t)(M * N) * 4);
+    o->y2 = malloc((size_t)(M * (N + N2)) * 4);
+    o->dx = malloc((size_t)(M * K) * 4);
+    o->dw = malloc((size_t)(N * K) * 4);
+    o->db = malloc((size_t)N * 4);
+    o->dxm = malloc((size_t)(M * K) * 4);
+    o->dwq = malloc((size_t)(N * K) * 4);
+    o->dwk = malloc((size_t)(N2 * K) * 4);
+    o->loss = malloc((size_t)M * 4);
+    o->dh = malloc((size_t)(M * K) * 4);
+    o->dwc = malloc((size_t)(V * K) * 4);
+}
+static void free_out(struct ops_out *o) {
+    free(o->y), free(o->y2), free(o->dx), free(o->dw), free(o->db), free(o->dxm), free(o->dwq);
+    free(o->dwk), free(o->loss), free(o->dh), free(o->dwc);
+}
+static int same_bits(const float *a, const float *b, int64_t n) { return !memcmp(a, b, (size_t)n * 4); }
+
+static void test_backend(void) {
+    const int64_t M = 37, N = 45, K = 29, N2 = 19, V = 67;
+    float *x = rand_vec(M * K), *w = rand_vec(N * K), *w2 = rand_vec(N2 * K), *bias = rand_vec(N);
+    float *dy = rand_vec(M * N), *dy2 = rand_vec(M * N2), *wc = rand_vec(V * K);
+    int32_t tg[37];
+    for (int64_t i = 0; i < M; i++) tg[i] = i == 5 ? -1 : (int32_t)(test_rng_next(&rng) % (uint64_t)V);
+    lmc_err err = {0};
+    struct lmc_backend be1, be2;
+    CHECK(lmc_backend_cpu_init(&be1, 1, &err) == LMC_OK);
+    CHECK(lmc_backend_cpu_init(&be2, 2, &err) == LMC_OK);
+    if (!lmc_cpu_has_bf16()) {
+        CHECK(lmc_backend_cpu_set_train_bf16(&be1, true, &err) == LMC_ERR_UNSUPPORTED);
+        printf("this CPU has no AVX512-BF16: the bf16 mode is refused (checked); ops skipped\n");
+        lmc_backend_cpu_free(&be1), lmc_backend_cpu_free(&be2);
+        free(x), free(w), free(w2), free(bias), free(dy), free(dy2), free(wc);
+        return;
+    }
+    CHECK(lmc_backend_cpu_set_train_bf16(&be1, true, &err) == LMC_OK);
+    CHECK(lmc_backend_cpu_set_train_bf16(&be2, true, &err) == LMC_OK);
+    struct ops_out o1, o2;
+    alloc_out(&o1, M, N, K, N2, V);
+    alloc_out(&o2, M, N, K, N2, V);
+    run_ops(&be1, M, N, K, N2, V, x, w, w2, bias, dy, dy2, wc, tg, &o1);
+    run_ops(&be2, M, N, K, N2, V, x, w, w2, bias, dy, dy2, wc, tg, &o2);
+
+    /* y = x @ w^T + bias: the kernel's check on (x, w^T), then the bias */
+    float *yb = malloc((size_t)(M * N) * 4);
+    for (int64_t i = 0; i < M * N; i++) yb[i] = o1.y[i] - bias[i % N];
+    CHECK_MSG(gemm_check(M, N, K, x, K, 1, w, 1, K, yb, N, NULL) <= 1.0 + 1e-3, "matmul bf16");
+    for (int64_t i = 0; i < M * N; i++) yb[i] = o1.y2[i] - bias[i % N];
+    CHECK_MSG(gemm_check(M, N, K, x, K, 1, w, 1, K, yb, N, NULL) <= 1.0 + 1e-3, "matmul_multi[0] bf16");
+    CHECK_MSG(gemm_check(M, N2, K, x, K, 1, w2, 1, K, o1.y2 + M * N, N2, NULL) <= 1.0, "matmul_multi[1] bf16");
+    /* dx = dy @ w, dw = dy^T @ x, db = column sums of dy (f32) */
+    CHECK_MSG(gemm_check(M, K, N, dy, N, 1, w, K, 1, o1.dx, K, NULL) <= 1.0, "matmul_bwd dx bf16");
+    CHECK_MSG(gemm_check(N, K, M, dy, 1, N, x, K, 1, o1.dw, K, NULL) <= 1.0, "matmul_bwd dw bf16");
+    double dbe = 0;
+    for (int64_t n = 0; n < N; n++) {
+        double s = 0;
+        for (int64_t m = 0; m < M; m++) s += dy[m * N + n];
+        dbe = fmax(dbe, fabs(s - o1.db[n]));
+    }
+    CHECK_MSG(dbe < 1e-5, "matmul_bwd db stays f32: err %.3g", dbe);
+    /* multi: dx = 0.25 + dy @ w + dy2 @ w2 (two sums: bound of each term) */
+    {
+        float *d1 = malloc((size_t)(M * K) * 4), *d2 = malloc((size_t)(M * K) * 4);
+        void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, K, N) * 4 + 63) / 64 * 64);
+        lmc_cpu_gemm_bf16(M, K, N, dy, N, 1, w, K, 1, d1, K, false, ws);
+        lmc_cpu_gemm_bf16(M, K, N2, dy2, N2, 1, w2, K, 1, d2, K, false, ws);
+        double e = 0, mag = 0;
+        for (int64_t i = 0; i < M * K; i++) {
+            e = fmax(e, fabs((double)o1.dxm[i] - (0.25 + (double)d1[i] + (double)d2[i])));
+            mag = fmax(mag, fabs((double)o1.dxm[i]));
+        }
+        CHECK_MSG(e <= 4 * ldexp(1.0, -24) * (mag + 1), "matmul_bwd_multi dx: %.3g", e);
+        free(d1), free(d2), free(ws);
+    }
+    CHECK_MSG(gemm_check(N, K, M, dy, 1, N, x, K, 1, o1.dwq, K, NULL) <= 1.0, "bwd_multi dw[0] bf16");
+    CHECK_MSG(gemm_check(N2, K, M, dy2, 1, N2, x, K, 1, o1.dwk, K, NULL) <= 1.0, "bwd_multi dw[1] bf16");
+    /* classifier: exact float64 reference, bf16 tolerance */
+    {
+        double *lg = malloc((size_t)V * sizeof *lg), *g = malloc((size_t)(M * V) * sizeof *g);
+        double *dh = calloc((size_t)(M * K), sizeof *dh), *dwc = calloc((size_t)(V * K), sizeof *dwc);
+        double lerr = 0;
+        for (int64_t m = 0; m < M; m++) {
+            double mx = -1e300, s = 0;
+            for (int64_t v = 0; v < V; v++) {
+                double a = 0;
+                for (int64_t k = 0; k < K; k++) a += (double)x[m * K + k] * wc[v * K + k];
+                lg[v] = a;
+                mx = fmax(mx, a);
+            }
+            for (int64_t v = 0; v < V; v++) s += exp(lg[v] - mx);
+            double l = tg[m] < 0 ? 0 : log(s) + mx - lg[tg[m]];
+            lerr = fmax(lerr, fabs(l - o1.loss[m]) / fmax(1.0, fabs(l)));
+            for (int64_t v = 0; v < V; v++)
+                g[m * V + v] = tg[m] < 0 ? 0 : (exp(lg[v] - mx) / s - (v == tg[m])) / (double)M;
+        }
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t v = 0; v < V; v++)
+                for (int64_t k = 0; k < K; k++) {
+                    dh[m * K + k] += g[m * V + v] * wc[v * K + k];
+                    dwc[v * K + k] += g[m * V + v] * x[m * K + k];
+                }
+        double e1 = test_rel_err_f32_f64(o1.dh, dh, M * K), e2 = test_rel_err_f32_f64(o1.dwc, dwc, V * K);
+        CHECK_MSG(lerr < 2e-2 && e1 < 2e-2 && e2 < 2e-2, "classifier bf16: loss %.3g dh %.3g dw %.3g", lerr,
+                  e1, e2);
+        CHECK_MSG(o1.loss[5] == 0.0f, "ignored target");
+        free(lg), free(g), free(dh), free(dwc);
+    }
+    /* 1 and 2 threads: the same bits */
+    CHECK(same_bits(o1.y, o2.y, M * N) && same_bits(o1.y2, o2.y2, M * (N + N2)));
+    CHECK(same_bits(o1.dx, o2.dx, M * K) && same_bits(o1.dw, o2.dw, N * K) && same_bits(o1.db, o2.db, N));
+    CHECK(same_bits(o1.dxm, o2.dxm, M * K) && same_bits(o1.dwq, o2.dwq, N * K) &&
+          same_bits(o1.dwk, o2.dwk, N2 * K));
+    CHECK(same_bits(o1.loss, o2.loss, M) && same_bits(o1.dh, o2.dh, M * K) &&
+          same_bits(o1.dwc, o2.dwc, V * K));
+    /* off: the fp32 ops again (their matmul error is far below bf16's) */
+    CHECK(lmc_backend_cpu_set_train_bf16(&be1, false, &err) == LMC_OK);
+    run_ops(&be1, M, N, K, N2, V, x, w, w2, bias, dy, dy2, wc, tg, &o2);
+    double e = 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = bias[n];
+            for (int64_t k = 0; k < K; k++) s += (double)x[m * K + k] * w[n * K + k];
+            e = fmax(e, fabs(s - o2.y[m * N + n]));
+        }
+    CHECK_MSG(e < 1e-5, "fp32 again after the bf16 mode: err %.3g", e);
+    free(yb);
+    free_out(&o1), free_out(&o2);
+    lmc_backend_cpu_free(&be1), lmc_backend_cpu_free(&be2);
+    free(x), free(w), free(w2), free(bias), free(dy), free(dy2), free(wc);
+}
+
+int main(void) {
+    printf("AVX512-BF16: %s\n", lmc_cpu_has_bf16() ? "yes" : "no");
+    test_kernel(0);
+    test_kernel(1);
+    test_rounds();
+    test_backend();
+    return test_finish("test_gemm_bf16");
+}
