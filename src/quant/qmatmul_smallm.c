@@ -193,6 +193,15 @@ T_VNNI_INLINE void qsm_q8_0(const struct lmc_qweight *w, int64_t row, const stru
     qsm_store(acc, NULL, MR, out);
 }
 
+/* Weight rows stream from memory: row `row`'s bytes are prefetched
+ * QSM_PF_ROWS rows ahead of the one being dotted. */
+#define QSM_PF_ROWS 4
+static void qsm_prefetch(const struct lmc_qweight *w, int64_t row) {
+    if (row >= w->n) return;
+    const char *p = (const char *)(w->data + row * w->row_bytes);
+    for (int64_t b = 0; b < w->row_bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
 /* One function per register-block height (MR is a constant in each, so the
  * accumulators live in registers), and the row driver over chunks. */
 typedef void (*qsm_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *);
@@ -214,6 +223,7 @@ typedef void (*qsm_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
             int64_t i0;                                                                                  \
             int mr;                                                                                      \
             qsm_chunk(x->m, c, &i0, &mr);                                                                \
+            if (c == 0) qsm_prefetch(w, row + QSM_PF_ROWS);                                              \
             K##_fns[mr](w, row, x, i0, o);                                                               \
             for (int t = 0; t < mr; t++) y[(i0 + t) * ldy] = o[t];                                       \
         }                                                                                                \

@@ -25,6 +25,7 @@ struct lmc_cpu_ctx {
     size_t *scratch_cap;  /* floats */
     int64_t gemm_min_m;   /* matmul: M from which OpenBLAS sgemm is used */
     int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
+    int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
@@ -43,6 +44,20 @@ struct lmc_cpu_ctx {
 #else
 #define LMC_CPU_GEMM_MIN_M 12
 #endif
+
+/* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL);
+ * default mm_small_max: M up to which it runs (bench_smallm measures where
+ * it stops beating matmul.c's 4x4 blocks), 0 without it. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LMC_CPU_SMALLM 1
+#define LMC_CPU_MM_SMALL_MAX 16
+#else
+#define LMC_CPU_MM_SMALL_MAX 0
+#endif
+/* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
+ * F32, F16, BF16), tiles of 4 W rows from r0; LMC_CPU_SMALLM builds only. */
+void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
+                                int64_t K, int64_t N, int64_t r0, int64_t r1);
 
 /* Default mm_unit_bytes: the grain at which threads claim (and steal) M=1
  * weight rows; below two units a matmul runs on the calling thread. */
