@@ -423,8 +423,9 @@ size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m) {
     f = (f + 63) / 64 * 64;
     size_t q = (size_t)(m * (w->kp / 32)) * sizeof(struct lmc_q8act);
     q = (q + 63) / 64 * 64;
-    /* the small-M layout: codes, then scales 8 times (lmc_q8rows) */
-    size_t rows = m <= LMC_QSMALL_MAX ? lmc_q8rows_bytes(w, m) : 0;
+    /* the small-M layout (lmc_q8rows); sized for up to m rows so that the
+     * size never falls as m grows (a buffer for m serves every smaller m) */
+    size_t rows = lmc_q8rows_bytes(w, LMC_MIN(m, LMC_QSMALL_MAX));
     return f + q + rows + 64;
 }
 
