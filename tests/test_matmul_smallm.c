@@ -8,9 +8,9 @@
  *  - quantized weights Q8_0, Q4_0 and 4-bit groups (g32, g128, act-order,
  *    K not a multiple of 32) (quant/qmatmul_smallm.c through lmc_qmatmul),
  *    reference from the dequantized weight and the int8 activations.
- * Each path also gives a row the same bits whatever M is (2..16 for float,
- * 1..16 for the quantized kernels), so verification logits equal decode
- * logits. */
+ * Each small-M kernel also gives a row the same bits whatever M is (float:
+ * the M >= 2 it takes, lmc_cpu_smallm_ok; quantized: 1..16), so a
+ * verification's rows equal each other's batch sizes bit for bit. */
 #include "core/core.h"
 #include "core/dtype.h"
 #include "core/threadpool.h"
@@ -67,7 +67,8 @@ static void test_float(int threads) {
     CHECK(lmc_backend_cpu_init(&be, threads, &err) == LMC_OK);
     struct lmc_cpu_ctx *c = be.ctx;
     int64_t small_default = c->mm_small_max, unit_default = c->mm_unit_bytes;
-    static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}};
+    /* the last: a 4-row tile too large for blocks of more than LMC_CPU_SMALLM_MR rows */
+    static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}, {21, 1601}};
     static const enum lmc_dtype dts[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
@@ -97,7 +98,7 @@ static void test_float(int threads) {
                                   lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K, e0, e1);
                         free(y2);
                     }
-                    if (on && M >= 2 && M < MMAX && !bp) {
+                    if (lmc_cpu_smallm_ok(c, M, K, dts[d]) && lmc_cpu_smallm_ok(c, MMAX - 1, K, dts[d]) && !bp) {
                         bool same = memcmp(y, yall, (size_t)(M * N) * sizeof *y) == 0;
                         CHECK_MSG(same, "matmul %s M=%lld N=%lld K=%lld: rows differ from the M=16 product",
                                   lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K);

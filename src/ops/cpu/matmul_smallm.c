@@ -11,11 +11,12 @@
  * matmul.c's AVX2 and scalar kernels. */
 #include "ops/cpu/ops_cpu.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #ifdef LMC_CPU_SMALLM
 
-#define SM_MR 6 /* x rows per register block: 4 * 6 accumulators + 4 W vectors */
+#define SM_MR LMC_CPU_SMALLM_MR /* x rows per register block: 4 * 6 accumulators + 4 W vectors */
 #define SM_EACH(m) _Pragma("GCC unroll 6") for (int m = 0; m < MR; m++)
 #define SM_R(r) _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
 
@@ -48,9 +49,15 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 
 /* MR x rows (stride K) against R (4 or 1) W rows (stride K) into y (row
  * stride N); MR and R are constants in each instance below. W streams from
- * memory as in the GEMV: the bytes two tiles ahead (the rows are
- * contiguous) are prefetched as this tile goes (4 rows x 16 columns = the
- * element size in 64-byte lines per step). */
+ * memory as in the GEMV: a tile of at most SM_PF_TILE_BYTES (short rows,
+ * which the hardware prefetcher follows badly) prefetches the bytes two
+ * tiles ahead as it goes (the rows are contiguous; 4 rows x 16 columns =
+ * the element size in 64-byte lines per step). Longer rows are left to the
+ * hardware (software prefetch 256-2048 bytes ahead in each row measured no
+ * better, bench_smallm's notes in bench/results/smallm-2026-12-05.md). */
+#ifndef SM_PF_TILE_BYTES
+#define SM_PF_TILE_BYTES 4096
+#endif
 #define SM_TILE(S, T)                                                                             \
     static inline __attribute__((always_inline)) void sm_tile_##S(const float *x, const T *w,     \
                                                                   int64_t K, int MR, int R,       \
@@ -59,8 +66,9 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
         SM_EACH(m) SM_R(r) acc[m][r] = _mm512_setzero_ps();                                       \
         int64_t i = 0;                                                                            \
         const char *pf = (const char *)(w + 8 * K);                                               \
+        bool near = 4 * K * (int64_t)sizeof(T) <= SM_PF_TILE_BYTES;                               \
         for (; i + 16 <= K; i += 16, pf += 64 * sizeof(T)) {                                      \
-            if (R == 4)                                                                           \
+            if (R == 4 && near)                                                                   \
                 for (int l = 0; l < (int)sizeof(T); l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);  \
             SM_R(r) wv[r] = sm_ld_##S(w + r * K + i);                                             \
             SM_EACH(m) {                                                                          \

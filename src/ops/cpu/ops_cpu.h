@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #ifdef __AVX2__
@@ -45,15 +46,28 @@ struct lmc_cpu_ctx {
 #define LMC_CPU_GEMM_MIN_M 12
 #endif
 
-/* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL);
- * default mm_small_max: M up to which it runs (bench_smallm measures where
- * it stops beating matmul.c's 4x4 blocks), 0 without it. */
+/* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL).
+ * Default mm_small_max: M up to which it runs (0 without it); above
+ * LMC_CPU_SMALLM_MR rows it re-reads each 4-row W tile once per block of
+ * rows, so it takes those only where a tile stays in L1 (at most
+ * LMC_CPU_SMALLM_TILE bytes). Measured by bench_smallm and a shape sweep
+ * (bench/results/smallm-2026-12-05.md). */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define LMC_CPU_SMALLM 1
-#define LMC_CPU_MM_SMALL_MAX 16
+#ifndef LMC_CPU_MM_SMALL_MAX
+#define LMC_CPU_MM_SMALL_MAX 32
+#endif
 #else
+#undef LMC_CPU_MM_SMALL_MAX
 #define LMC_CPU_MM_SMALL_MAX 0
 #endif
+#define LMC_CPU_SMALLM_MR 6
+#define LMC_CPU_SMALLM_TILE 6144
+/* Whether an (M, K) product with W in dt goes to the small-M kernel. */
+static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
+    return M >= 2 && M <= c->mm_small_max &&
+           (M <= LMC_CPU_SMALLM_MR || 4 * K * lmc_dtype_size(dt) <= LMC_CPU_SMALLM_TILE);
+}
 /* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
  * F32, F16, BF16), tiles of 4 W rows from r0; LMC_CPU_SMALLM builds only. */
 void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
