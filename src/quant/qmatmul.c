@@ -423,9 +423,8 @@ size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m) {
     f = (f + 63) / 64 * 64;
     size_t q = (size_t)(m * (w->kp / 32)) * sizeof(struct lmc_q8act);
     q = (q + 63) / 64 * 64;
-    /* the small-M layout (lmc_q8rows); sized for up to m rows so that the
-     * size never falls as m grows (a buffer for m serves every smaller m) */
-    size_t rows = lmc_q8rows_bytes(w, LMC_MIN(m, LMC_QSMALL_MAX));
+    /* the small-M layout (lmc_q8rows) */
+    size_t rows = lmc_q8rows_bytes(w, m);
     return f + q + rows + 64;
 }
 
@@ -481,7 +480,7 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
         for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
     struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0, NULL};
     struct lmc_q8rows rows;
-    if (c->dotm[w->kernel] && m <= LMC_MIN(c->small_max, LMC_QSMALL_MAX)) {
+    if (c->dotm[w->kernel] && m <= c->small_max) {
         /* after the q8act blocks (scratch layout: lmc_qmatmul_scratch_bytes) */
         lmc_q8rows_prepare(w, xq, m, sp + ((size_t)(m * nb) * sizeof *xq + 63) / 64 * 64, &rows);
         j.rows = &rows;

@@ -51,13 +51,12 @@ typedef void (*lmc_qdot4_fn)(const struct lmc_qweight *w, int64_t row, const str
 
 /* m activation rows laid out for the small-M kernels (qmatmul_smallm.c):
  * row i's int8 codes at q + i * kp (block b's 32 codes at 32 b: the
- * integers of lmc_q8act); block b's scale d at d8 + i * kp / 4 + 8 b and
- * d * (s0 + s1) at s8 (same place), each repeated 8 times (one vector load
- * gives one or two blocks' values in every lane); for group weights, zg +
- * i * n_groups: per group the sum of its blocks' d * (s0 + s1). */
+ * integers of lmc_q8act); block b's scale d at d8 + i * kp / 4 + 8 b,
+ * repeated 8 times (one vector load gives one or two blocks' scales in
+ * every lane). */
 struct lmc_q8rows {
     const int8_t *q;
-    const float *d8, *s8, *zg;
+    const float *d8;
     int64_t m;
 };
 /* All m rows against weight row `row`: y[i * ldy] = row i's product. */
@@ -66,9 +65,10 @@ typedef void (*lmc_qdotm_fn)(const struct lmc_qweight *w, int64_t row, const str
 
 typedef void (*lmc_q8quant_fn)(const float *x, int64_t n, struct lmc_q8act *out);
 
-/* The most activation rows the small-M kernels take (scratch is sized for
- * them up to here). */
-#define LMC_QSMALL_MAX 16
+/* Default qctx small_max: the small-M kernels take every M (measured no
+ * slower than the four-row kernels at M = 16..64, and exact in the zero
+ * points, so a row's result does not depend on M). */
+#define LMC_QSMALL_MAX INT64_MAX
 
 struct lmc_qctx {
     enum lmc_qisa isa;

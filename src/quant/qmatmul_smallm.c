@@ -1,10 +1,12 @@
-/* qmatmul_smallm.c — quantized products for a few activation rows (M = 1..
- * LMC_QSMALL_MAX: speculative verification, batched decode steps): each
+/* qmatmul_smallm.c — quantized products for any number of activation rows
+ * (made for few: speculative verification, batched decode steps): each
  * weight block is loaded and unpacked once and dotted against every
  * activation row, register-blocked over up to QSM_MR rows at a time (more
  * rows: balanced chunks, the weight row then comes from L1). AVX-512 VNNI
  * kernels for Q8_0, Q4_0 and lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary),
- * two blocks per 512-bit vector, zero points subtracted in integers. A
+ * two blocks per 512-bit vector, zero points subtracted in integers (exact:
+ * qmatmul_x86.c's four-row forms subtract them in floats after the sum,
+ * which loses ~1e-3 of a logit to cancellation on kjv-llama). A
  * row's operations never depend on the other rows, so its result is the
  * same for every M (verification logits = decode logits, bit for bit).
  * Other kinds and instruction sets keep qmatmul.c's per-row kernels.
@@ -86,78 +88,78 @@ T_VNNI_INLINE __m512 qsm_two(float a, float b) {
                                   : _mm512_maskz_loadu_epi8(0xffffffffull, q + (i) * qs + 32 * (b)))
 #define QSM_D(i, b, full) ((full) ? _mm512_loadu_ps(d + (i) * ds + 8 * (b)) \
                                   : _mm512_maskz_loadu_ps(0xff, d + (i) * ds + 8 * (b)))
-#define QSM_S(i, b, full) ((full) ? _mm512_loadu_ps(s8 + (i) * ds + 8 * (b)) \
-                                  : _mm512_maskz_loadu_ps(0xff, s8 + (i) * ds + 8 * (b)))
 
-/* lmc's 4-bit groups: sum over groups g of scale_g * (sum over blocks b of
- * d_b * sum(code * q) - zero_g * zg_g), zg_g = sum of d_b * sum(q) over the
- * group's blocks (lmc_q8rows.zg, per activation row). */
+/* lmc's 4-bit groups: sum over groups g of scale_g * sum over blocks b of
+ * d_b * sum((code - zero_g) * q), the integer part exact (no cancellation
+ * between a large code sum and a large zero term in floats). */
 T_VNNI_INLINE void qsm_u4g(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
                            int MR, float *out) {
     const uint8_t *p = w->data + row * w->row_bytes;
     const float *sc = w->scale + row * w->n_groups;
     const int32_t *zr = w->zero + row * w->n_groups;
-    int64_t ng = w->n_groups, qs = w->kp, ds = w->kp / 4;
+    int64_t qs = w->kp, ds = w->kp / 4;
     const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds, *zg = x->zg + i0 * ng;
+    const float *d = x->d8 + i0 * ds;
     __m512 acc[QSM_MR];
-    float corr[QSM_MR];
-    QSM_EACH(i) acc[i] = _mm512_setzero_ps(), corr[i] = 0;
-    for (int64_t g = 0; g < ng; g++) {
+    QSM_EACH(i) acc[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < w->n_groups; g++) {
+        const __m512i zv = _mm512_set1_epi8((char)zr[g]);
         int64_t b = w->gblk[g], e = w->gblk[g + 1];
         __m512 ga[QSM_MR];
         QSM_EACH(i) ga[i] = _mm512_setzero_ps();
         for (; b + 2 <= e; b += 2) {
             __m512i wv = qsm_nib64(p + 16 * b, p + 16 * b + 16);
             QSM_EACH(i) {
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, QSM_X(i, b, 1));
+                __m512i xv = QSM_X(i, b, 1);
+                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+                s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), zv, xv));
                 ga[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), QSM_D(i, b, 1), ga[i]);
             }
         }
         if (b < e) {
             __m512i wv = qsm_nib32(p + 16 * b);
             QSM_EACH(i) {
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, QSM_X(i, b, 0));
+                __m512i xv = QSM_X(i, b, 0);
+                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+                s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), zv, xv));
                 ga[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), QSM_D(i, b, 0), ga[i]);
             }
         }
         const __m512 sv = _mm512_set1_ps(sc[g]);
-        float sz = sc[g] * (float)zr[g];
-        QSM_EACH(i) {
-            acc[i] = _mm512_fmadd_ps(ga[i], sv, acc[i]);
-            corr[i] += sz * zg[i * ng + g];
-        }
+        QSM_EACH(i) acc[i] = _mm512_fmadd_ps(ga[i], sv, acc[i]);
     }
-    qsm_store(acc, corr, MR, out);
+    qsm_store(acc, NULL, MR, out);
 }
 
 /* GGUF Q4_0 (18-byte blocks: f16 scale, 16 nibble bytes; value (c - 8) d):
- * d_w d_x sum(c q) - 8 d_w (d_x sum(q)), the second from lmc_q8rows.s8
- * (its 8 copies of d_x sum(q) summed by the reduction). */
+ * d_w d_x sum((c - 8) q), the integer part exact. */
 T_VNNI_INLINE void qsm_q4_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
                             int MR, float *out) {
     const uint8_t *p = w->data + row * w->row_bytes;
     int64_t nb = w->k / 32, b = 0, qs = w->kp, ds = w->kp / 4;
     const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds, *s8 = x->s8 + i0 * ds;
+    const float *d = x->d8 + i0 * ds;
+    const __m512i eight = _mm512_set1_epi8(8);
     __m512 acc[QSM_MR];
     QSM_EACH(i) acc[i] = _mm512_setzero_ps();
     for (; b + 2 <= nb; b += 2, p += 36) {
         __m512i wv = qsm_nib64(p + 2, p + 20);
         __m512 dw = qsm_two(qsm_f16(p), qsm_f16(p + 18));
         QSM_EACH(i) {
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, QSM_X(i, b, 1));
+            __m512i xv = QSM_X(i, b, 1);
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 1)), acc[i]);
-            acc[i] = _mm512_fnmadd_ps(dw, QSM_S(i, b, 1), acc[i]);
         }
     }
     if (b < nb) {
         __m512i wv = qsm_nib32(p + 2);
         __m512 dw = _mm512_set1_ps(qsm_f16(p));
         QSM_EACH(i) {
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, QSM_X(i, b, 0));
+            __m512i xv = QSM_X(i, b, 0);
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 0)), acc[i]);
-            acc[i] = _mm512_fnmadd_ps(dw, QSM_S(i, b, 0), acc[i]);
         }
     }
     qsm_store(acc, NULL, MR, out);
@@ -263,23 +265,14 @@ lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return lmc_q8act_quantize; }
 
 void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
                         struct lmc_q8rows *out) {
-    int64_t nb = w->kp / 32, ng = w->gblk ? w->n_groups : 0;
+    int64_t nb = w->kp / 32;
     int8_t *q = buf;
-    float *d8 = (float *)(q + m * nb * 32), *s8 = d8 + m * nb * 8, *zg = s8 + m * nb * 8;
+    float *d8 = (float *)(q + m * nb * 32);
     for (int64_t i = 0; i < m * nb; i++) {
-        float ds = xq[i].d * (float)(xq[i].s0 + xq[i].s1);
         memcpy(q + 32 * i, xq[i].q, 32);
-        for (int j = 0; j < 8; j++) d8[8 * i + j] = xq[i].d, s8[8 * i + j] = ds;
+        for (int j = 0; j < 8; j++) d8[8 * i + j] = xq[i].d;
     }
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t g = 0; g < ng; g++) {
-            float z = 0;
-            for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) z += s8[8 * (i * nb + b)];
-            zg[i * ng + g] = z;
-        }
-    *out = (struct lmc_q8rows){q, d8, s8, zg, m};
+    *out = (struct lmc_q8rows){q, d8, m};
 }
 
-size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) {
-    return (size_t)(m * w->kp) * 3 + (size_t)(m * (w->gblk ? w->n_groups : 0)) * sizeof(float);
-}
+size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) { return (size_t)(m * w->kp) * 2; }
