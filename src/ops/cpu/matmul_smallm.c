@@ -1,5 +1,6 @@
 /* matmul_smallm.c — the float matmul's small-M kernel (M = 2..ctx
- * mm_small_max rows: speculative verification, batched decode steps):
+ * mm_small_max rows: speculative verification, batched decode steps; M = 1
+ * too for short rows, lmc_cpu_smallm_ok in ops_cpu.h):
  * y(M, rows r0..r1) = x(M, K) @ W^T for W in F32, F16 or BF16, with AVX-512.
  * A tile of 4 W rows is loaded (and widened to f32) once per 16 columns and
  * multiplied into every x row of a register block of up to SM_MR rows
@@ -56,7 +57,7 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
  * hardware (software prefetch 256-2048 bytes ahead in each row measured no
  * better, bench_smallm's notes in bench/results/smallm-2026-12-05.md). */
 #ifndef SM_PF_TILE_BYTES
-#define SM_PF_TILE_BYTES 4096
+#define SM_PF_TILE_BYTES LMC_CPU_SMALLM_TILE
 #endif
 #define SM_TILE(S, T)                                                                             \
     static inline __attribute__((always_inline)) void sm_tile_##S(const float *x, const T *w,     \

@@ -47,7 +47,7 @@ struct lmc_cpu_ctx {
 #endif
 
 /* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL).
- * Default mm_small_max: M up to which it runs (0 without it); above
+ * Default mm_small_max: M up to which it runs (0 without it: off); above
  * LMC_CPU_SMALLM_MR rows it re-reads each 4-row W tile once per block of
  * rows, so it takes those only where a tile stays in L1 (at most
  * LMC_CPU_SMALLM_TILE bytes). Measured by bench_smallm and a shape sweep
@@ -63,10 +63,16 @@ struct lmc_cpu_ctx {
 #endif
 #define LMC_CPU_SMALLM_MR 6
 #define LMC_CPU_SMALLM_TILE 6144
+/* M = 1 too where rows are this short (4-row tile bytes): the GEMV's
+ * one-row kernels suit long rows, the tile's prefetch short ones (kjv-llama
+ * decode 1.05-1.37x, CPU time, loaded machine); a row's bits then do not
+ * change between decoding and verification. */
+#define LMC_CPU_SMALLM_M1_TILE 6144
 /* Whether an (M, K) product with W in dt goes to the small-M kernel. */
 static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
-    return M >= 2 && M <= c->mm_small_max &&
-           (M <= LMC_CPU_SMALLM_MR || 4 * K * lmc_dtype_size(dt) <= LMC_CPU_SMALLM_TILE);
+    int64_t tile = 4 * K * lmc_dtype_size(dt);
+    return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE) &&
+           (M <= LMC_CPU_SMALLM_MR || tile <= LMC_CPU_SMALLM_TILE);
 }
 /* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
  * F32, F16, BF16), tiles of 4 W rows from r0; LMC_CPU_SMALLM builds only. */
