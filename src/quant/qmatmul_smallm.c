@@ -66,15 +66,15 @@ T_VNNI_INLINE __m128 qsm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 #undef QSM_FOLD
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
-/* out[i] = sum of acc[i]'s lanes - corr[i] (corr NULL: none), i < MR. */
-T_VNNI_INLINE void qsm_store(const __m512 *acc, const float *corr, int MR, float *out) {
+/* out[i] = the sum of acc[i]'s lanes, i < MR. */
+T_VNNI_INLINE void qsm_store(const __m512 *acc, int MR, float *out) {
     _Pragma("GCC unroll 2") for (int i = 0; i < MR; i += 4) {
         __m512 z = _mm512_setzero_ps();
         __m128 s = qsm_sum4(acc[i], i + 1 < MR ? acc[i + 1] : z, i + 2 < MR ? acc[i + 2] : z,
                             i + 3 < MR ? acc[i + 3] : z);
         float t[4];
         _mm_storeu_ps(t, s);
-        for (int k = 0; k < 4 && i + k < MR; k++) out[i + k] = corr ? t[k] - corr[i + k] : t[k];
+        for (int k = 0; k < 4 && i + k < MR; k++) out[i + k] = t[k];
     }
 }
 T_VNNI_INLINE __m512 qsm_two(float a, float b) {
@@ -128,7 +128,7 @@ T_VNNI_INLINE void qsm_u4g(const struct lmc_qweight *w, int64_t row, const struc
         const __m512 sv = _mm512_set1_ps(sc[g]);
         QSM_EACH(i) acc[i] = _mm512_fmadd_ps(ga[i], sv, acc[i]);
     }
-    qsm_store(acc, NULL, MR, out);
+    qsm_store(acc, MR, out);
 }
 
 /* GGUF Q4_0 (18-byte blocks: f16 scale, 16 nibble bytes; value (c - 8) d):
@@ -162,7 +162,7 @@ T_VNNI_INLINE void qsm_q4_0(const struct lmc_qweight *w, int64_t row, const stru
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 0)), acc[i]);
         }
     }
-    qsm_store(acc, NULL, MR, out);
+    qsm_store(acc, MR, out);
 }
 
 /* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes): |w| times x with
@@ -192,7 +192,7 @@ T_VNNI_INLINE void qsm_q8_0(const struct lmc_qweight *w, int64_t row, const stru
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), acc[i]);
         }
     }
-    qsm_store(acc, NULL, MR, out);
+    qsm_store(acc, MR, out);
 }
 
 /* Weight rows stream from memory: row `row`'s bytes are prefetched
