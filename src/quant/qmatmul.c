@@ -228,6 +228,9 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     };
     memcpy(c->dot, portable, sizeof c->dot);
     memset(c->dot4, 0, sizeof c->dot4);
+    memset(c->dotm, 0, sizeof c->dotm);
+    c->small_max = LMC_QSMALL_MAX;
+    c->quantize = lmc_q8act_quantize;
     c->isa = LMC_QISA_C;
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -240,6 +243,8 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     if (vnni && max_isa >= LMC_QISA_AVX512VNNI) {
         lmc_qdot_table_vnni(t);
         lmc_qdot4_table_vnni(c->dot4);
+        lmc_qdotm_table_vnni(c->dotm);
+        c->quantize = lmc_q8act_quantize_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
         lmc_qdot_table_avx2(t);
@@ -419,7 +424,11 @@ static bool needs_floats(const struct lmc_qweight *w) { return w->perm != NULL; 
 size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m) {
     size_t f = needs_floats(w) ? (size_t)(m * w->kp) * sizeof(float) : 0;
     f = (f + 63) / 64 * 64;
-    return f + (size_t)(m * (w->kp / 32)) * sizeof(struct lmc_q8act) + 64;
+    size_t q = (size_t)(m * (w->kp / 32)) * sizeof(struct lmc_q8act);
+    q = (q + 63) / 64 * 64;
+    /* the small-M layout (lmc_q8rows) */
+    size_t rows = lmc_q8rows_bytes(w, m);
+    return f + q + rows + 64;
 }
 
 struct qjob {
@@ -429,6 +438,7 @@ struct qjob {
     const struct lmc_q8act *xq;
     const float *xf;
     int64_t m, rows_per_task;
+    const struct lmc_q8rows *rows; /* non-NULL: the small-M kernel does all m rows */
 };
 
 static void qjob_run(void *arg, int64_t task, int thread) {
@@ -438,6 +448,11 @@ static void qjob_run(void *arg, int64_t task, int thread) {
     lmc_qdot4_fn dot4 = j->c->dot4[w->kernel];
     int64_t r0 = task * j->rows_per_task, r1 = LMC_MIN(w->n, r0 + j->rows_per_task);
     int64_t nb = w->kp / 32;
+    if (j->rows) {
+        lmc_qdotm_fn dotm = j->c->dotm[w->kernel];
+        for (int64_t r = r0; r < r1; r++) dotm(w, r, j->rows, j->y + r, w->n);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         int64_t i = 0;
         float o[4];
@@ -465,8 +480,14 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
     struct lmc_q8act *xq = (struct lmc_q8act *)sp;
     int64_t nb = w->kp / 32;
     if (w->kernel != LMC_QK_NF4)
-        for (int64_t i = 0; i < m; i++) lmc_q8act_quantize(xf + i * w->kp, w->kp, xq + i * nb);
-    struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0};
+        for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+    struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0, NULL};
+    struct lmc_q8rows rows;
+    if (c->dotm[w->kernel] && m <= c->small_max) {
+        /* after the q8act blocks (scratch layout: lmc_qmatmul_scratch_bytes) */
+        lmc_q8rows_prepare(w, xq, m, sp + ((size_t)(m * nb) * sizeof *xq + 63) / 64 * 64, &rows);
+        j.rows = &rows;
+    }
     int threads = pool ? lmc_pool_threads(pool) : 1;
     j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
     int64_t tasks = (w->n + j.rows_per_task - 1) / j.rows_per_task;

@@ -49,10 +49,34 @@ typedef float (*lmc_qdot_fn)(const struct lmc_qweight *w, int64_t row, const str
 typedef void (*lmc_qdot4_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs,
                              float *out);
 
+/* m activation rows laid out for the small-M kernels (qmatmul_smallm.c):
+ * row i's int8 codes at q + i * kp (block b's 32 codes at 32 b: the
+ * integers of lmc_q8act); block b's scale d at d8 + i * kp / 4 + 8 b,
+ * repeated 8 times (one vector load gives one or two blocks' scales in
+ * every lane). */
+struct lmc_q8rows {
+    const int8_t *q;
+    const float *d8;
+    int64_t m;
+};
+/* All m rows against weight row `row`: y[i * ldy] = row i's product. */
+typedef void (*lmc_qdotm_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, float *y,
+                             int64_t ldy);
+
+typedef void (*lmc_q8quant_fn)(const float *x, int64_t n, struct lmc_q8act *out);
+
+/* Default qctx small_max: the small-M kernels take every M (measured no
+ * slower than the four-row kernels at M = 16..64, and exact in the zero
+ * points, so a row's result does not depend on M). */
+#define LMC_QSMALL_MAX INT64_MAX
+
 struct lmc_qctx {
     enum lmc_qisa isa;
     lmc_qdot_fn dot[LMC_QK_COUNT];
     lmc_qdot4_fn dot4[LMC_QK_COUNT]; /* NULL: four dot calls */
+    lmc_qdotm_fn dotm[LMC_QK_COUNT]; /* small M, each weight row read once (NULL: dot4/dot) */
+    int64_t small_max;               /* M <= small_max (and >= 1) goes to dotm where it exists */
+    lmc_q8quant_fn quantize;         /* lmc_q8act_quantize or a vector form (the same integers) */
 };
 
 /* Picks the best instruction set the CPU has, at most max_isa (tests pass
@@ -153,5 +177,15 @@ void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
 void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
 void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
+/* The small-M kernels (qmatmul_smallm.c). */
+void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm);
+/* lmc_q8act_quantize's AVX-512 form (the same blocks, bit for bit). */
+lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
+/* m rows of w->kp / 32 activation blocks each (row i's at xq + i * kp / 32)
+ * into the small-M layout in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
+ * aligned); out points into buf. */
+void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                        struct lmc_q8rows *out);
+size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m);
 
 #endif

@@ -333,20 +333,8 @@ void lmc_qdot_table_vnni(lmc_qdot_fn *dot) {
 }
 
 #else
-void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4) {
-    dot4[LMC_QK_Q8_0] = q8_0x4_avx2;
-    dot4[LMC_QK_Q4_0] = q4_0x4_avx2;
-    dot4[LMC_QK_Q4_K] = q4_kx4_avx2;
-    dot4[LMC_QK_U4G] = u4gx4_avx2;
-}
-
-void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) {
-    dot4[LMC_QK_Q8_0] = q8_0x4_vnni;
-    dot4[LMC_QK_Q4_0] = q4_0x4_vnni;
-    dot4[LMC_QK_Q4_K] = q4_kx4_vnni;
-    dot4[LMC_QK_U4G] = u4gx4_vnni;
-}
-
+void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4) { (void)dot4; }
+void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) { (void)dot4; }
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) { (void)dot; }
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot) { (void)dot; }
 #endif

@@ -4,8 +4,9 @@
  * matmul_bwd_multi (the backward of several products sharing x, two jobs).
  *
  * Paths:
- *  - M < 4 (decode): our own dot-product kernels, W streamed from memory
- *    once. M=1 with AVX-512: one W row at a time, 16 lanes, f16 (F16C) /
+ *  - M < 4 (decode), and M where lmc_cpu_smallm_ok with AVX-512 (the
+ *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers):
+ *    our own dot-product kernels, W streamed from memory once. M=1 with AVX-512: one W row at a time, 16 lanes, f16 (F16C) /
  *    bf16 (shift) widened on the fly, f32 with 64-byte-aligned loads.
  *    Threads claim W in units from a contiguous range each and steal half
  *    of another's remainder when done (see "M < 4" below).
@@ -368,16 +369,24 @@ static void add_bias(const struct mm_job *j, int64_t r0, int64_t r1) {
     }
 }
 
-/* rows [r0, r1) of W for all M rows of x, bias included (M < 4 always;
+/* rows [r0, r1) of W for all M rows of x, bias included (M < 4, or
+ * lmc_cpu_smallm_ok with AVX-512: the small-M kernel;
  * M >= 4 only in builds without AVX-512). `start`: a thread's stream
  * starts here (not where its previous call ended). */
 static void small_rows(const struct mm_job *j, int64_t r0, int64_t r1, bool start) {
 #ifdef __AVX2__
-    if (j->M == 1 && start) { /* get many misses in flight at once */
+    if ((j->M == 1 || lmc_cpu_smallm_ok(j->c, j->M, j->K, j->dt)) && start) { /* get many misses in flight at once */
         size_t es = (size_t)lmc_dtype_size(j->dt);
         const char *p = (const char *)j->w + (size_t)(r0 * j->K) * es;
         size_t n = LMC_MIN((size_t)((r1 - r0) * j->K) * es, (size_t)MM_PF_START);
         for (size_t b = 0; b < n; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+    }
+#endif
+#ifdef LMC_CPU_SMALLM
+    if (lmc_cpu_smallm_ok(j->c, j->M, j->K, j->dt)) {
+        lmc_cpu_matmul_smallm_rows(j->y, j->x, j->M, j->w, j->dt, j->K, j->N, r0, r1);
+        add_bias(j, r0, r1);
+        return;
     }
 #endif
 #ifdef MM_AVX512
@@ -492,7 +501,7 @@ static void multi_task(void *arg, int64_t t, int thread) {
     }
 }
 
-/* matmul_multi for M < 4 on up to MM_MULTI_MAX matrices with K > 0 */
+/* matmul_multi for M < 4 (or <= mm_small_max) on up to MM_MULTI_MAX matrices with K > 0 */
 static void multi_small(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                         const struct lmc_mat *const *w, const float *const *bias) {
     struct mm_multi_job mj;
@@ -536,7 +545,9 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     LMC_ASSERT(n >= 0 && M >= 0);
     for (int i = 0; i < n; i++) LMC_ASSERT(mat_ok(w[i]) && w[i]->cols == w[0]->cols);
     if (n == 0 || M == 0) return;
-    if (M >= 4 || M >= c->gemm_min_m || w[0]->cols == 0) {
+    bool small = true; /* one GEMV-style job: M < 4, or the small-M kernel for every matrix */
+    for (int i = 0; i < n; i++) small = small && (M < 4 || lmc_cpu_smallm_ok(c, M, w[i]->cols, w[i]->dtype));
+    if (!small || M >= c->gemm_min_m || w[0]->cols == 0) {
         for (int i = 0; i < n; i++) lmc_cpu_matmul(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
         return;
     }
@@ -578,7 +589,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
     }
-    if (M < 4) { /* the same job as one of several matmuls */
+    if (M < 4 || lmc_cpu_smallm_ok(c, M, j.K, j.dt)) { /* the same job as one of several matmuls */
         multi_small(c, 1, &y, x, M, &w, &bias);
         return;
     }

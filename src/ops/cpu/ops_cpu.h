@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #ifdef __AVX2__
@@ -25,6 +26,7 @@ struct lmc_cpu_ctx {
     size_t *scratch_cap;  /* floats */
     int64_t gemm_min_m;   /* matmul: M from which OpenBLAS sgemm is used */
     int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
+    int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
@@ -43,6 +45,39 @@ struct lmc_cpu_ctx {
 #else
 #define LMC_CPU_GEMM_MIN_M 12
 #endif
+
+/* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL).
+ * Default mm_small_max: M up to which it runs (0 without it: off); above
+ * LMC_CPU_SMALLM_MR rows it re-reads each 4-row W tile once per block of
+ * rows, so it takes those only where a tile stays in L1 (at most
+ * LMC_CPU_SMALLM_TILE bytes). Measured by bench_smallm and a shape sweep
+ * (bench/results/smallm-2026-12-05.md). */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LMC_CPU_SMALLM 1
+#ifndef LMC_CPU_MM_SMALL_MAX
+#define LMC_CPU_MM_SMALL_MAX 32
+#endif
+#else
+#undef LMC_CPU_MM_SMALL_MAX
+#define LMC_CPU_MM_SMALL_MAX 0
+#endif
+#define LMC_CPU_SMALLM_MR 6
+#define LMC_CPU_SMALLM_TILE 6144
+/* M = 1 too where rows are this short (4-row tile bytes): the GEMV's
+ * one-row kernels suit long rows, the tile's prefetch short ones (kjv-llama
+ * decode 1.05-1.37x, CPU time, loaded machine); a row's bits then do not
+ * change between decoding and verification. */
+#define LMC_CPU_SMALLM_M1_TILE 6144
+/* Whether an (M, K) product with W in dt goes to the small-M kernel. */
+static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
+    int64_t tile = 4 * K * lmc_dtype_size(dt);
+    return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE) &&
+           (M <= LMC_CPU_SMALLM_MR || tile <= LMC_CPU_SMALLM_TILE);
+}
+/* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
+ * F32, F16, BF16), tiles of 4 W rows from r0; LMC_CPU_SMALLM builds only. */
+void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
+                                int64_t K, int64_t N, int64_t r0, int64_t r1);
 
 /* Default mm_unit_bytes: the grain at which threads claim (and steal) M=1
  * weight rows; below two units a matmul runs on the calling thread. */

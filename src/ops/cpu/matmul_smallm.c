@@ -1,0 +1,133 @@
+/* matmul_smallm.c — the float matmul's small-M kernel (M = 2..ctx
+ * mm_small_max rows: speculative verification, batched decode steps; M = 1
+ * too for short rows, lmc_cpu_smallm_ok in ops_cpu.h):
+ * y(M, rows r0..r1) = x(M, K) @ W^T for W in F32, F16 or BF16, with AVX-512.
+ * A tile of 4 W rows is loaded (and widened to f32) once per 16 columns and
+ * multiplied into every x row of a register block of up to SM_MR rows
+ * (4 x MR accumulators); more rows run as balanced blocks over the same W
+ * tile, which then comes from L1. Each (x row, W row) pair has its own
+ * accumulator and reduction, so a row's result does not depend on M.
+ * matmul.c calls it from its GEMV scheduler (threads claim W byte ranges,
+ * boundaries on multiples of 4 rows). Builds without AVX-512 keep
+ * matmul.c's AVX2 and scalar kernels. */
+#include "ops/cpu/ops_cpu.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+#ifdef LMC_CPU_SMALLM
+
+#define SM_MR LMC_CPU_SMALLM_MR /* x rows per register block: 4 * 6 accumulators + 4 W vectors */
+#define SM_EACH(m) _Pragma("GCC unroll 6") for (int m = 0; m < MR; m++)
+#define SM_R(r) _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+
+static inline __m512 sm_ld_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 sm_ld_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __m512 sm_ld_bf16(const uint16_t *p) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+static inline __m512 sm_ldm_f32(const float *p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+static inline __m512 sm_ldm_f16(const uint16_t *p, __mmask16 k) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+}
+static inline __m512 sm_ldm_bf16(const uint16_t *p, __mmask16 k) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+/* The sums of 4 vectors; each one's arithmetic is the same whatever the
+ * others hold. */
+static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+#define SM_FOLD(v) _mm256_add_ps(_mm512_castps512_ps256(v), \
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(SM_FOLD(a), SM_FOLD(b)), _mm256_hadd_ps(SM_FOLD(c), SM_FOLD(d)));
+#undef SM_FOLD
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* MR x rows (stride K) against R (4 or 1) W rows (stride K) into y (row
+ * stride N); MR and R are constants in each instance below. W streams from
+ * memory as in the GEMV: a tile of at most SM_PF_TILE_BYTES (short rows,
+ * which the hardware prefetcher follows badly) prefetches the bytes two
+ * tiles ahead as it goes (the rows are contiguous; 4 rows x 16 columns =
+ * the element size in 64-byte lines per step). Longer rows are left to the
+ * hardware (software prefetch 256-2048 bytes ahead in each row measured no
+ * better, bench_smallm's notes in bench/results/smallm-2026-12-05.md). */
+#ifndef SM_PF_TILE_BYTES
+#define SM_PF_TILE_BYTES LMC_CPU_SMALLM_TILE
+#endif
+#define SM_TILE(S, T)                                                                             \
+    static inline __attribute__((always_inline)) void sm_tile_##S(const float *x, const T *w,     \
+                                                                  int64_t K, int MR, int R,       \
+                                                                  float *y, int64_t N) {          \
+        __m512 acc[SM_MR][4], wv[4];                                                              \
+        SM_EACH(m) SM_R(r) acc[m][r] = _mm512_setzero_ps();                                       \
+        int64_t i = 0;                                                                            \
+        const char *pf = (const char *)(w + 8 * K);                                               \
+        bool near = 4 * K * (int64_t)sizeof(T) <= SM_PF_TILE_BYTES;                               \
+        for (; i + 16 <= K; i += 16, pf += 64 * sizeof(T)) {                                      \
+            if (R == 4 && near)                                                                   \
+                for (int l = 0; l < (int)sizeof(T); l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);  \
+            SM_R(r) wv[r] = sm_ld_##S(w + r * K + i);                                             \
+            SM_EACH(m) {                                                                          \
+                __m512 xv = _mm512_loadu_ps(x + m * K + i);                                       \
+                SM_R(r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);                        \
+            }                                                                                     \
+        }                                                                                         \
+        if (i < K) {                                                                              \
+            __mmask16 k = (__mmask16)((1u << (K - i)) - 1);                                       \
+            SM_R(r) wv[r] = sm_ldm_##S(w + r * K + i, k);                                         \
+            SM_EACH(m) {                                                                          \
+                __m512 xv = _mm512_maskz_loadu_ps(k, x + m * K + i);                              \
+                SM_R(r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);                        \
+            }                                                                                     \
+        }                                                                                         \
+        __m512 z = _mm512_setzero_ps();                                                           \
+        SM_EACH(m) {                                                                              \
+            __m128 s = sm_sum4(acc[m][0], R > 1 ? acc[m][1] : z, R > 2 ? acc[m][2] : z,           \
+                               R > 3 ? acc[m][3] : z);                                            \
+            if (R == 4) _mm_storeu_ps(y + m * N, s);                                              \
+            else y[m * N] = _mm_cvtss_f32(s);                                                     \
+        }                                                                                         \
+    }
+SM_TILE(f32, float)
+SM_TILE(f16, uint16_t)
+SM_TILE(bf16, uint16_t)
+
+typedef void (*sm_fn)(const float *x, const void *w, int64_t K, float *y, int64_t N);
+#define SM_ONE(S, T, MR, R)                                                                       \
+    static void sm_##S##_##MR##x##R(const float *x, const void *w, int64_t K, float *y, int64_t N) { \
+        sm_tile_##S(x, (const T *)w, K, MR, R, y, N);                                             \
+    }
+#define SM_ALL(S, T)                                                                              \
+    SM_ONE(S, T, 1, 4) SM_ONE(S, T, 2, 4) SM_ONE(S, T, 3, 4) SM_ONE(S, T, 4, 4) SM_ONE(S, T, 5, 4) \
+    SM_ONE(S, T, 6, 4) SM_ONE(S, T, 1, 1) SM_ONE(S, T, 2, 1) SM_ONE(S, T, 3, 1) SM_ONE(S, T, 4, 1) \
+    SM_ONE(S, T, 5, 1) SM_ONE(S, T, 6, 1)                                                         \
+    static const sm_fn sm_##S##_fns[2][SM_MR + 1] = {                                             \
+        {NULL, sm_##S##_1x4, sm_##S##_2x4, sm_##S##_3x4, sm_##S##_4x4, sm_##S##_5x4, sm_##S##_6x4}, \
+        {NULL, sm_##S##_1x1, sm_##S##_2x1, sm_##S##_3x1, sm_##S##_4x1, sm_##S##_5x1, sm_##S##_6x1}};
+SM_ALL(f32, float)
+SM_ALL(f16, uint16_t)
+SM_ALL(bf16, uint16_t)
+
+void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
+                                int64_t K, int64_t N, int64_t r0, int64_t r1) {
+    const sm_fn(*fns)[SM_MR + 1] = dt == LMC_DTYPE_F16 ? sm_f16_fns : dt == LMC_DTYPE_BF16 ? sm_bf16_fns : sm_f32_fns;
+    size_t es = (size_t)lmc_dtype_size(dt);
+    int64_t nch = (M + SM_MR - 1) / SM_MR, base = M / nch, rem = M % nch;
+    for (int64_t r = r0; r < r1;) {
+        int four = r + 4 <= r1;
+        const char *wr = (const char *)w + (size_t)(r * K) * es;
+        for (int64_t c = 0, m0 = 0; c < nch; c++) {
+            int64_t mr = base + (c < rem);
+            fns[four ? 0 : 1][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
+            m0 += mr;
+        }
+        r += four ? 4 : 1;
+    }
+}
+
+#endif

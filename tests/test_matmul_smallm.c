@@ -1,0 +1,228 @@
+/* test_matmul_smallm.c — the small-M products (M = 1..17 activation rows:
+ * speculative verification, batched decode) against float64 references on
+ * random odd sizes:
+ *  - float weights F32/F16/BF16 (ops/cpu/matmul_smallm.c through the CPU
+ *    backend's matmul and matmul_multi, with and without bias, 1 and 2
+ *    threads, tiny claim units so threads split and steal rows), with the
+ *    small-M kernel on and off (ctx->mm_small_max);
+ *  - quantized weights Q8_0, Q4_0 and 4-bit groups (g32, g128, act-order,
+ *    K not a multiple of 32) (quant/qmatmul_smallm.c through lmc_qmatmul),
+ *    reference from the dequantized weight and the int8 activations.
+ * Each small-M kernel also gives a row the same bits whatever M is (float:
+ * the M >= 2 it takes, lmc_cpu_smallm_ok; quantized: every M), so a
+ * verification's rows equal each other's batch sizes bit for bit; the
+ * quantized ones are held to 2e-6 (zero points subtracted in integers). */
+#include "core/core.h"
+#include "core/dtype.h"
+#include "core/threadpool.h"
+#include "ops/backend.h"
+#include "ops/cpu/ops_cpu.h"
+#include "quant/qmatmul.h"
+#include "quant/quant.h"
+#include "test.h"
+
+#include <stdlib.h>
+
+#define MMAX 17
+
+static uint64_t rng = 4242;
+
+static float *rand_f(int64_t n) {
+    float *p = malloc((size_t)n * sizeof *p);
+    for (int64_t i = 0; i < n; i++) p[i] = test_rand(&rng);
+    return p;
+}
+
+/* Random W (N, K) in dt at a byte offset of `off` elements; ref: the same values as double. */
+static void *make_w(enum lmc_dtype dt, int64_t n, size_t off, double *ref, void **base) {
+    size_t es = (size_t)lmc_dtype_size(dt);
+    char *b = malloc((size_t)n * es + 64);
+    for (int64_t i = 0; i < n; i++) {
+        float f = test_rand(&rng);
+        uint16_t h = dt == LMC_DTYPE_F16 ? lmc_f32_to_f16(f) : lmc_f32_to_bf16(f);
+        if (dt == LMC_DTYPE_F32) memcpy(b + off * es + (size_t)i * es, &f, 4), ref[i] = f;
+        else memcpy(b + off * es + (size_t)i * es, &h, 2),
+             ref[i] = dt == LMC_DTYPE_F16 ? lmc_f16_to_f32(h) : lmc_bf16_to_f32(h);
+    }
+    *base = b;
+    return b + off * es;
+}
+
+/* y (M, N) against x @ wr^T (+ bias) in double: relative error. */
+static double err_vs(const float *y, const float *x, const double *wr, const float *bias, int64_t M, int64_t N,
+                     int64_t K) {
+    double num = 0, den = 1e-30;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = bias ? bias[n] : 0;
+            for (int64_t k = 0; k < K; k++) s += (double)x[m * K + k] * wr[n * K + k];
+            num = fmax(num, fabs(y[m * N + n] - s));
+            den = fmax(den, fabs(s));
+        }
+    return num / den;
+}
+
+static void test_float(int threads) {
+    lmc_err err = {0};
+    struct lmc_backend be;
+    CHECK(lmc_backend_cpu_init(&be, threads, &err) == LMC_OK);
+    struct lmc_cpu_ctx *c = be.ctx;
+    int64_t small_default = c->mm_small_max, unit_default = c->mm_unit_bytes;
+    /* the last: a 4-row tile too large for blocks of more than LMC_CPU_SMALLM_MR rows */
+    static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}, {21, 1601}};
+    static const enum lmc_dtype dts[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
+    for (int d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
+            int64_t N = NK[s][0], K = NK[s][1];
+            double *wr = malloc((size_t)(N * K) * sizeof *wr);
+            void *base;
+            struct lmc_mat w = {dts[d], N, K, make_w(dts[d], N * K, s % 3, wr, &base)};
+            float *x = rand_f(MMAX * K), *bias = rand_f(N), *y = rand_f(MMAX * N), *yall = rand_f(MMAX * N);
+            for (int on = 0; on < 2; on++) {
+                c->mm_small_max = on ? small_default : 0;
+                c->mm_unit_bytes = s % 2 ? 64 : unit_default; /* many units: splitting and stealing */
+                be.matmul(be.ctx, yall, x, MMAX - 1, &w, NULL); /* M = 16: every row's reference bits */
+                for (int64_t M = 1; M <= MMAX; M++) {
+                    const float *bp = M % 2 ? bias : NULL;
+                    be.matmul(be.ctx, y, x, M, &w, bp);
+                    double e = err_vs(y, x, wr, bp, M, N, K);
+                    CHECK_MSG(e < 2e-6, "matmul %s M=%lld N=%lld K=%lld small=%d threads=%d: %g",
+                              lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K, on, threads, e);
+                    if (M % 3 == 0) { /* matmul_multi: the same W twice, biases on one */
+                        float *y2 = malloc((size_t)(2 * M * N) * sizeof *y2);
+                        float *ys[2] = {y2, y2 + M * N};
+                        const struct lmc_mat *ws[2] = {&w, &w};
+                        const float *bs[2] = {NULL, bias};
+                        be.matmul_multi(be.ctx, 2, ys, x, M, ws, bs);
+                        double e0 = err_vs(ys[0], x, wr, NULL, M, N, K), e1 = err_vs(ys[1], x, wr, bias, M, N, K);
+                        CHECK_MSG(e0 < 2e-6 && e1 < 2e-6, "matmul_multi %s M=%lld N=%lld K=%lld: %g %g",
+                                  lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K, e0, e1);
+                        free(y2);
+                    }
+                    if (lmc_cpu_smallm_ok(c, M, K, dts[d]) && lmc_cpu_smallm_ok(c, MMAX - 1, K, dts[d])) {
+                        bool same = true; /* the bias is one float add after the sum */
+                        for (int64_t i = 0; i < LMC_MIN(M, MMAX - 1) * N; i++)
+                            same = same && y[i] == yall[i] + (bp ? bp[i % N] : 0.0f);
+                        CHECK_MSG(same, "matmul %s M=%lld N=%lld K=%lld: rows differ from the M=16 product",
+                                  lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K);
+                    }
+                }
+            }
+            c->mm_small_max = small_default;
+            c->mm_unit_bytes = unit_default;
+            free(wr), free(base), free(x), free(bias), free(y), free(yall);
+        }
+    lmc_backend_cpu_free(&be);
+}
+
+/* The dequantized weight's product with the activations as the kernel
+ * quantizes them (the integer part is exact: float summation only). */
+static void check_q(const struct lmc_qctx *c, const struct lmc_qweight *w, const float *wd, const char *what,
+                    struct lmc_pool *pool) {
+    int64_t n = w->n, k = w->k;
+    float *x = rand_f(MMAX * k), *y = malloc((size_t)(MMAX * n) * 4), *yall = malloc((size_t)(MMAX * n) * 4);
+    for (int64_t i = 0; i < MMAX * k; i++) x[i] *= 1.0f + (float)(i % 7);
+    float *xg = malloc((size_t)w->kp * 4);
+    double *xd = malloc((size_t)(MMAX * k) * sizeof *xd), *wr = malloc((size_t)(n * k) * sizeof *wr);
+    struct lmc_q8act *xq = malloc((size_t)(w->kp / 32) * sizeof *xq);
+    for (int64_t i = 0; i < n * k; i++) wr[i] = wd[i];
+    for (int64_t m = 0; m < MMAX; m++) {
+        for (int64_t j = 0; j < w->kp; j++) {
+            int64_t col = w->perm ? w->perm[j] : j;
+            xg[j] = col >= 0 ? x[m * k + col] : 0.0f;
+        }
+        lmc_q8act_quantize(xg, w->kp, xq);
+        for (int64_t j = 0; j < w->kp; j++) {
+            int64_t col = w->perm ? w->perm[j] : j;
+            if (col >= 0) xd[m * k + col] = (double)xq[j / 32].d * xq[j / 32].q[j % 32];
+        }
+    }
+    void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(w, MMAX) + 63) / 64 * 64);
+    lmc_qmatmul(c, w, yall, x, MMAX - 1, scratch, pool);
+    for (int64_t M = 1; M <= MMAX; M++) {
+        lmc_qmatmul(c, w, y, x, M, scratch, M % 2 ? pool : NULL);
+        double num = 0, den = 1e-30;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t o = 0; o < n; o++) {
+                double s = 0;
+                for (int64_t j = 0; j < k; j++) s += wr[o * k + j] * xd[m * k + j];
+                num = fmax(num, fabs(y[m * n + o] - s));
+                den = fmax(den, fabs(s));
+            }
+        /* the small-M kernels subtract zero points in integers: float summation error only */
+        bool small = c->dotm[w->kernel] && M <= c->small_max;
+        CHECK_MSG(num / den < (small ? 2e-6 : 2e-5), "%s [%s, small_max %lld] M=%lld: error %g", what,
+                  lmc_qisa_name(c->isa), (long long)c->small_max, (long long)M, num / den);
+        if (small)
+            CHECK_MSG(memcmp(y, yall, (size_t)(LMC_MIN(M, MMAX - 1) * n) * 4) == 0,
+                      "%s M=%lld: rows differ from the M=16 product", what, (long long)M);
+    }
+    free(scratch), free(x), free(y), free(yall), free(xg), free(xd), free(wr), free(xq);
+}
+
+static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
+    lmc_err err = {0};
+    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0};
+    static const int64_t ks[] = {32 * 9, 32 * 7, 32};
+    for (size_t t = 0; t < 2; t++)
+        for (size_t ki = 0; ki < 3; ki++) {
+            int64_t n = 37 + 2 * (int64_t)ki, k = ks[ki], rb;
+            CHECK(lmc_ggml_row_bytes(types[t], k, &rb));
+            float *wf = rand_f(n * k);
+            uint8_t *wq = malloc((size_t)(n * rb));
+            for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(types[t], wf + o * k, wq + o * rb, k);
+            for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(types[t], wq + o * rb, wf + o * k, k);
+            struct lmc_qweight w;
+            CHECK(lmc_qweight_init_ggml(&w, types[t], wq, n, k, &err) == LMC_OK);
+            char what[64];
+            snprintf(what, sizeof what, "%s N=%lld K=%lld", lmc_ggml_type_name(types[t]), (long long)n, (long long)k);
+            check_q(c, &w, wf, what, pool);
+            lmc_qweight_free(&w);
+            free(wf), free(wq);
+        }
+    static const struct { int64_t n, k, gs; bool act; } g[] = {
+        {33, 288, 32, false}, {41, 288, 128, false}, {19, 163, 32, false}, {23, 256, 64, true}, {7, 75, 75, false},
+    };
+    for (size_t t = 0; t < sizeof g / sizeof *g; t++) {
+        struct lmc_qgroups q;
+        CHECK(lmc_qgroups_alloc(&q, g[t].n, g[t].k, 4, g[t].gs, &err) == LMC_OK);
+        for (int64_t i = 0; i < q.n * q.k; i++) q.q[i] = (uint8_t)(test_rng_next(&rng) % 16);
+        for (int64_t i = 0; i < q.n * q.n_groups; i++) {
+            q.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(&rng) % 100) / 100.0f;
+            q.zero[i] = (int32_t)(test_rng_next(&rng) % 16);
+        }
+        if (g[t].act)
+            for (int64_t i = 0; i < q.k; i++) q.g_idx[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)q.n_groups);
+        float *wf = malloc((size_t)(q.n * q.k) * 4);
+        lmc_qgroups_dequantize(&q, wf);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_groups(&w, &q, &err) == LMC_OK);
+        char what[80];
+        snprintf(what, sizeof what, "4-bit g%lld%s N=%lld K=%lld", (long long)g[t].gs, g[t].act ? " act-order" : "",
+                 (long long)g[t].n, (long long)g[t].k);
+        check_q(c, &w, wf, what, pool);
+        lmc_qweight_free(&w);
+        lmc_qgroups_free(&q);
+        free(wf);
+    }
+}
+
+int main(void) {
+    test_float(1);
+    test_float(2);
+    lmc_err err = {0};
+    struct lmc_pool *pool = NULL;
+    CHECK(lmc_pool_init(&pool, 2, &err) == LMC_OK);
+    enum lmc_qisa seen = (enum lmc_qisa)-1;
+    for (int isa = LMC_QISA_C; isa <= LMC_QISA_AVX512VNNI; isa++) {
+        struct lmc_qctx c;
+        enum lmc_qisa got = lmc_qctx_init(&c, (enum lmc_qisa)isa);
+        if (got == seen) continue; /* this CPU lacks the level: already covered */
+        seen = got;
+        test_quant(&c, pool);
+        c.small_max = 0; /* the per-row kernels the small-M ones replace */
+        test_quant(&c, pool);
+    }
+    lmc_pool_free(pool);
+    return test_finish("test_matmul_smallm");
+}
