@@ -13,7 +13,8 @@
 # models, the order alternating per round; medians over the rounds.
 #
 # Usage (repository root, build/lmc and build/bench_moe built):
-#   bench/run_moe_cpu.sh [SHAPE=1b|small] ; env: PEER_BIN=llama.cpp bin dir, N=32, ROUNDS=3, DIR=/tmp/lmc-bench-moe
+#   bench/run_moe_cpu.sh [SHAPE=1b|small] ; env: PEER_BIN=llama.cpp bin dir, N=32, ROUNDS=3, DIR=/tmp/lmc-bench-moe,
+#   CPP_EXTRA="--poll 0" (extra llama-bench options: on a loaded machine its spin-waiting threads lose the cores)
 set -euo pipefail
 SHAPE=${1:-1b}
 N=${N:-32}
@@ -24,6 +25,7 @@ BM=${BENCH_MOE:-./build/bench_moe}
 B=${PEER_BIN:-$(../shared/tools/build-llamacpp-peer.sh)}
 export LD_LIBRARY_PATH="$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 mkdir -p "$DIR"
+echo "commit $(git rev-parse --short HEAD 2>/dev/null), shape $SHAPE, N=$N, ROUNDS=$ROUNDS, llama-bench extra: ${CPP_EXTRA:-none}"
 echo "uptime before: $(uptime)"
 mapfile -t dirs < <("$BM" --shape "$SHAPE" --dir "$DIR" --write-only 1)
 for d in "${dirs[@]}"; do
@@ -51,7 +53,7 @@ moe="${dirs[0]}.gguf"; dense="${dirs[1]}.gguf"
 P="In the beginning God created the heaven and the earth."
 lmc_run() { "$LMC" generate -m "$1" -p "$P" -n "$N" --temp 0 --ignore-eos --threads 2 2>&1 >/dev/null |
             sed -n 's/.*generated [0-9]* tokens at \([0-9.]*\) tok\/s.*/\1/p' | tail -1; }
-cpp_run() { "$B/llama-bench" -m "$1" -p 0 -n "$N" -r 1 -t 2 -o csv 2>/dev/null |
+cpp_run() { "$B/llama-bench" -m "$1" -p 0 -n "$N" -r 1 -t 2 ${CPP_EXTRA:-} -o csv 2>/dev/null |
             python3 -c "import csv,sys; r=list(csv.DictReader(sys.stdin)); print(r[-1]['avg_ts'])"; }
 declare -A T
 for r in $(seq 1 "$ROUNDS"); do

@@ -14,7 +14,7 @@
 #    too; the names, shapes and keys in the file are llama.cpp's (read back
 #    by a small GGUF reader here); q8_0 files (experts as quantized linears)
 #    match their dequantized folder (KL < 1e-2, top-1 >= 0.85).
-#  - Refused or broken: a Qwen2-MoE with norm_topk_prob true (llama.cpp's
+#  - Refused or broken: OLMoE clip_qkv -1, 0 or a string (the field named); a Qwen2-MoE with norm_topk_prob true (llama.cpp's
 #    qwen2moe never renormalises) is not written; a file whose expert_count
 #    disagrees with the stacks, top-k above the experts, a missing expert
 #    stack, a stack of the wrong expert count: exit 1 naming the key or
@@ -90,6 +90,14 @@ PY
   k=$("$LMC" eval -m "$Q" --kl-base "$TMP/$m-deq" --text "$TEXT" --json 2>"$TMP/err")
   python3 -c "import json,sys;j=json.loads(sys.argv[1]);sys.exit(0 if j['kl_mean']<1e-2 and j['top1_agree']>=0.85 else 1)" "$k" 2>/dev/null
   ok $? "$m q8_0 GGUF (quantized experts) vs its dequantized weights: $k $(cat "$TMP/err")"
+done
+
+# OLMoE's clip_qkv must be a positive number (null: none)
+for v in -1 0 '"big"'; do
+  rm -rf "$TMP/oc"; cp -r "$FIX/olmoe-clip-tiny" "$TMP/oc"; chmod -R u+w "$TMP/oc"
+  python3 -c "import json,sys;p=sys.argv[1];c=json.load(open(p));c['clip_qkv']=json.loads(sys.argv[2]);json.dump(c,open(p,'w'))" "$TMP/oc/config.json" "$v"
+  "$LMC" info -m "$TMP/oc" >"$TMP/out" 2>&1; rc=$?
+  [ $rc -eq 1 ] && grep -q "clip_qkv" "$TMP/out"; ok $? "clip_qkv $v refused naming the field: rc $rc $(head -c 200 "$TMP/out")"
 done
 
 # llama.cpp's qwen2moe never renormalises the top-k: such a model is not written

@@ -43,7 +43,7 @@ lmc_status lmc_gguf_arch_find(const struct lmc_gguf *g, const char *name, const 
                     return LMC_OK;
                 }
                 size_t l = strlen(known);
-                if (!x->needs_key && !strstr(known, x->name))
+                if (!x->needs_key) /* the others share a name listed already */
                     snprintf(known + l, sizeof known - l, "%s%s", l ? ", " : "", x->name);
             }
     return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "general.architecture '%.64s' (lmc reads %s)", name, known);
