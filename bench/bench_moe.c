@@ -14,7 +14,10 @@
  * --shape 1b: hidden 1024, 14 layers, 16 heads / 4 kv, 8 experts of width
  * 2816 (~1.07B parameters, ~0.35B active) and its dense twin.
  *
- *   bench_moe [--threads N] [--decode N] [--rounds N] [--dir D] [--shape small|1b]
+ * --write-only 1: writes the two folders and exits (bench/run_moe_cpu.sh
+ * converts them to GGUF for lmc and llama-bench).
+ *
+ *   bench_moe [--threads N] [--decode N] [--rounds N] [--dir D] [--shape small|1b] [--write-only 1]
  */
 #include "core/core.h"
 #include "core/dtype.h"
@@ -156,7 +159,7 @@ static int cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    int threads = 2, n = 64, rounds = 5;
+    int threads = 2, n = 64, rounds = 5, write_only = 0;
     const char *root = "/tmp/lmc-bench-moe";
     const struct shape *sh = &shapes[0];
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -164,9 +167,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--decode")) n = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dir")) root = argv[i + 1];
+        else if (!strcmp(argv[i], "--write-only")) write_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--shape") && !strcmp(argv[i + 1], "1b")) sh = &shapes[1];
         else if (!strcmp(argv[i], "--shape") && !strcmp(argv[i + 1], "small")) sh = &shapes[0];
-        else die("usage: bench_moe [--threads N] [--decode N] [--rounds N] [--dir D] [--shape small|1b]", NULL);
+        else die("usage: bench_moe [--threads N] [--decode N] [--rounds N] [--dir D] [--shape small|1b] "
+                 "[--write-only 1]", NULL);
     }
     if (n < 1 || rounds < 1 || rounds > 100 || n > 2000) die("bad --decode / --rounds", NULL);
     char dm[400], dd[400];
@@ -175,6 +180,10 @@ int main(int argc, char **argv) {
     snprintf(dd, sizeof dd, "%s/dense-%s", root, sh->name);
     make_model(dm, "mixtral", sh, sh->ei);
     make_model(dd, "llama", sh, B_TOPK * sh->ei);
+    if (write_only) {
+        printf("%s\n%s\n", dm, dd);
+        return 0;
+    }
     struct lmc_backend be;
     lmc_err e = {0};
     if (lmc_backend_cpu_init(&be, threads, &e)) die("cpu backend", &e);

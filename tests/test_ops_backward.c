@@ -2,7 +2,8 @@
  * differences of a float64 reference forward, on random non-zero inputs of
  * odd sizes: L = sum(r * f(inputs)) with random r; the op's backward with
  * dy = r must match dL/dinput. Also: "+=" outputs accumulate, the fused
- * classifier's loss matches its reference, ignored targets give nothing. */
+ * classifier's loss matches its reference, ignored targets give nothing;
+ * clamp's forward against the float64 clamp. */
 #include "test.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
@@ -254,6 +255,39 @@ static void test_elementwise(struct lmc_backend *be) {
     }
 }
 
+/* ---- clamp (clip_qkv): y = min(max(x, -c), c) ---- */
+struct cl { int64_t n; double c, *x, *r; };
+static double cl_loss(void *p) {
+    struct cl *t = p;
+    double L = 0;
+    for (int64_t i = 0; i < t->n; i++) L += t->r[i] * fmin(fmax(t->x[i], -t->c), t->c);
+    return L;
+}
+static void test_clamp(struct lmc_backend *be) {
+    /* 41 for the finite differences; 10007 (three tasks) for the forward and the mask */
+    for (int64_t n = 41; n <= 10007; n += 9966) {
+        struct cl t = {n, 1.3, drand_vec(n, 4), drand_vec(n, 1)};
+        float *x = to_f32(t.x, n), *r = to_f32(t.r, n), *y = malloc((size_t)n * 4), *dx = malloc((size_t)n * 4);
+        be->clamp(be->ctx, y, x, n, 1.3f);
+        int64_t bad = 0, cut = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double want = fmin(fmax((double)x[i], -1.3), 1.3);
+            bad += fabs((double)y[i] - want) > 1e-7 * 1.3;
+            cut += fabs((double)x[i]) > 1.3;
+        }
+        CHECK_MSG(bad == 0 && cut > n / 4 && cut < n, "clamp n=%lld: %lld wrong, %lld clamped", (long long)n,
+                  (long long)bad, (long long)cut);
+        be->clamp_bwd(be->ctx, dx, r, x, n, 1.3f);
+        if (n < 100) check_grad("clamp dx", cl_loss, &t, t.x, n, dx, NULL);
+        for (int64_t i = 0; i < n; i++) bad += dx[i] != (fabs((double)x[i]) <= 1.3 ? r[i] : 0.0f);
+        be->clamp_bwd(be->ctx, r, r, x, n, 1.3f); /* dx aliasing dy */
+        CHECK(!memcmp(r, dx, (size_t)n * 4) && bad == 0);
+        be->clamp(be->ctx, x, x, n, 1.3f); /* in place */
+        CHECK(!memcmp(x, y, (size_t)n * 4));
+        free(t.x); free(t.r); free(x); free(r); free(y); free(dx);
+    }
+}
+
 /* ---- embedding ---- */
 struct em { int64_t n, V, C; int32_t ids[9]; double *tab, *r; };
 static double em_loss(void *p) {
@@ -327,6 +361,7 @@ int main(void) {
     test_attention(&be, 0);
     test_attention(&be, 3);
     test_elementwise(&be);
+    test_clamp(&be);
     test_embed(&be);
     test_xent(&be);
     lmc_backend_cpu_free(&be);

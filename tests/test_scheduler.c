@@ -702,6 +702,7 @@ int main(void) {
     test_fixture("tests/fixtures/qwen3moe-tiny", false);
     test_fixture("tests/fixtures/qwen2moe-tiny", false);  /* shared expert, a dense layer among sparse ones */
     test_fixture("tests/fixtures/olmoe-tiny", false);
+    test_fixture("tests/fixtures/olmoe-clip-tiny", false); /* clip_qkv in the paged batch */
     /* Mamba / Mamba-2: a recurrent-state slot per request instead of KV blocks */
     test_fixture("tests/fixtures/mamba-tiny", false);
     test_fixture("tests/fixtures/mamba2-tiny", false);

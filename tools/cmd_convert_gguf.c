@@ -17,6 +17,7 @@
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "model/arch.h"
+#include "model/arch_moe.h"
 #include "quant/quant.h"
 
 #include <cjson/cJSON.h>
@@ -59,10 +60,11 @@ static int st_to_ggml(enum lmc_dtype t) {
     }
 }
 
-/* HF name -> GGUF name; *transpose for GPT-2 Conv1D weights, *heads > 0 for
- * rows to permute into llama.cpp's rotary order. Returns false to skip. */
 /* HF name -> GGUF name, both from the architecture's tables: the walk of
- * the config's tensors (model/arch.h) names each tensor on both sides. */
+ * the config's tensors (model/arch.h) names each tensor on both sides.
+ * Experts (consecutive in the walk, 0..E-1 of one projection of a layer)
+ * are quantized into one stacked tensor (ne [in, out, experts]), added
+ * after the last. */
 struct to_ctx {
     struct conv *c;
     const struct lmc_config *cfg;
@@ -73,6 +75,7 @@ struct to_ctx {
     int qtype;
     int *n_fallback;
     int64_t n_written;
+    uint8_t *stack; /* the experts of the projection being written */
 };
 
 static const struct lmc_st_tensor *st_lookup(const struct to_ctx *x, const char *name) {
@@ -85,12 +88,21 @@ static const struct lmc_st_tensor *st_lookup(const struct to_ctx *x, const char 
 static lmc_status add_tensor(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
     struct to_ctx *x = user;
     struct conv *c = x->c;
-    const struct lmc_st_tensor *t = st_lookup(x, r->name);
+    const struct lmc_st_tensor *t = st_lookup(x, r->name), *fused = NULL;
+    struct lmc_st_tensor view;
+    if (!t && r->spec->kind == LMC_TK_EXPERT_W) { /* transformers' fused 3-D expert tensors */
+        lmc_status s = lmc_arch_moe_fused(x->st, x->cfg, r->name, &view, &fused, err);
+        if (s) return s;
+        if (fused) {
+            x->used[fused - x->st->tensors] = true;
+            t = &view;
+        }
+    }
     if (!t) {
         if (!r->required) return LMC_OK;
         return lmc_err_set(err, LMC_ERR_FORMAT, "convert: missing tensor '%s'", r->name);
     }
-    x->used[t - x->st->tensors] = true;
+    if (!fused) x->used[t - x->st->tensors] = true;
     if (r->spec->kind == LMC_TK_HEAD && x->cfg->tie_word_embeddings) return LMC_OK; /* a stored copy of the tied head */
     char name[256];
     if (!lmc_gguf_tensor_name(x->a, r, name, sizeof name))
@@ -103,38 +115,52 @@ static lmc_status add_tensor(void *user, const struct lmc_tensor_ref *r, lmc_err
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "convert: tensor '%s': dtype %s with %d dims (expected a float "
                            "tensor of the config's shape)", r->name, lmc_dtype_name(t->dtype), t->ndim);
     int64_t rows = r->ndim == 1 ? 1 : r->rows, cols = r->ndim == 1 ? r->rows : r->cols; /* a vector: one row */
-    float *f = keep(c, malloc((size_t)numel * sizeof *f));
-    if (!f) return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", r->name);
+    /* float copies (freed here; only the quantized rows stay until the file is written) */
+    float *f = malloc((size_t)numel * sizeof *f), *tmp = malloc((size_t)numel * sizeof *tmp);
+    if (!f || !tmp) {
+        free(f);
+        free(tmp);
+        return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", r->name);
+    }
     lmc_ggml_dequantize_row(src, t->data, f, numel);
     if (r->spec->flags & LMC_TF_TRANSPOSED) { /* (in, out) on disk -> (out, in) as GGUF keeps matrices */
-        float *tr = keep(c, malloc((size_t)numel * sizeof *tr));
-        if (!tr) return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", r->name);
         for (int64_t i = 0; i < cols; i++)
-            for (int64_t j = 0; j < rows; j++) tr[j * cols + i] = f[i * rows + j];
-        f = tr;
+            for (int64_t j = 0; j < rows; j++) tmp[j * cols + i] = f[i * rows + j];
+        memcpy(f, tmp, (size_t)numel * sizeof *f);
     }
     int64_t heads = lmc_gguf_rope_heads(r, x->cfg, x->v);
-    if (heads > 0) {
-        if (rows % (2 * heads))
-            return lmc_err_set(err, LMC_ERR_FORMAT, "convert: %s: %lld rows do not split into %lld heads", r->name,
-                               (long long)rows, (long long)heads);
-        float *p = keep(c, malloc((size_t)numel * sizeof *p));
-        if (!p) return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", r->name);
-        lmc_gguf_permute_qk(f, p, rows, (size_t)cols * sizeof *f, heads, false);
-        f = p;
+    if (heads > 0 && rows % (2 * heads)) {
+        free(f);
+        free(tmp);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "convert: %s: %lld rows do not split into %lld heads", r->name,
+                           (long long)rows, (long long)heads);
     }
+    if (heads > 0) {
+        lmc_gguf_permute_qk(f, tmp, rows, (size_t)cols * sizeof *f, heads, false);
+        memcpy(f, tmp, (size_t)numel * sizeof *f);
+    }
+    free(tmp);
     int type = r->ndim == 1 ? LMC_GGML_F32 : x->qtype;
     int64_t rb;
     if (!lmc_ggml_row_bytes(type, cols, &rb)) {
         type = LMC_GGML_F16; /* as llama.cpp: rows that are not whole blocks stay in a float type */
-        (*x->n_fallback)++;
+        if (r->spec->kind != LMC_TK_EXPERT_W || r->expert == 0) (*x->n_fallback)++;
         lmc_ggml_row_bytes(type, cols, &rb);
     }
-    uint8_t *q = keep(c, malloc((size_t)(rows * rb)));
-    if (!q) return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", r->name);
+    bool expert = r->spec->kind == LMC_TK_EXPERT_W;
+    int64_t E = x->cfg->num_experts;
+    if (expert && r->expert == 0) x->stack = keep(c, malloc((size_t)E * (size_t)(rows * rb)));
+    uint8_t *q = expert ? (x->stack ? x->stack + (size_t)r->expert * (size_t)(rows * rb) : NULL)
+                        : keep(c, malloc((size_t)(rows * rb)));
+    if (!q) {
+        free(f);
+        return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", r->name);
+    }
     for (int64_t i = 0; i < rows; i++) lmc_ggml_quantize_row(type, f + i * cols, q + i * rb, cols);
-    int64_t ne[2] = {cols, rows};
-    lmc_gguf_add_tensor(c->w, name, type, r->ndim, ne, q);
+    free(f);
+    if (expert && r->expert < E - 1) return LMC_OK;
+    int64_t ne[3] = {cols, rows, E};
+    lmc_gguf_add_tensor(c->w, name, type, expert ? 3 : r->ndim, ne, expert ? x->stack : q);
     x->n_written++;
     return LMC_OK;
 }
@@ -342,7 +368,7 @@ lmc_status lmc_convert_to_gguf(const char *in_dir, const char *out_path, int qty
     if (!s) s = add_tokenizer(&c, in_dir, &cfg, err);
     *n_tensors = 0;
     *n_fallback = 0;
-    struct to_ctx x = {&c, &cfg, a, v, &st, used, qtype, n_fallback, 0};
+    struct to_ctx x = {&c, &cfg, a, v, &st, used, qtype, n_fallback, 0, NULL};
     if (!s) s = lmc_arch_walk(a, &cfg, add_tensor, &x, err);
     for (int64_t i = 0; !s && i < st.n_tensors; i++) {
         const char *n = st.tensors[i].name;
@@ -402,11 +428,15 @@ static lmc_status take_tensor(void *user, const struct lmc_tensor_ref *r, lmc_er
     }
     x->used[t - x->g->tensors] = true;
     int64_t rows = r->ndim == 1 ? 1 : r->rows, cols = r->ndim == 1 ? r->rows : r->cols, numel = rows * cols, rb;
-    if (t->n_dims != r->ndim || t->ne[0] != cols || (r->ndim == 2 && t->ne[1] != rows))
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has ne [%lld, %lld], the hyper-parameters say [%lld, %lld]",
-                           x->path, name, (long long)t->ne[0], (long long)(t->n_dims > 1 ? t->ne[1] : 1),
-                           (long long)cols, (long long)(r->ndim == 2 ? rows : 1));
-    if (!lmc_ggml_row_bytes(t->type, cols, &rb))
+    const uint8_t *base;
+    bool blocks = lmc_ggml_row_bytes(t->type, cols, &rb);
+    if (!lmc_gguf_tensor_view(t, r, x->cfg, blocks && r->ndim == 2 ? rb : 0, &base)) {
+        char got[96], want[96];
+        lmc_gguf_shape_str(t, r, x->cfg, got, sizeof got, want, sizeof want);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has ne [%s], the hyper-parameters say [%s]", x->path,
+                           name, got, want);
+    }
+    if (!blocks)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: tensor '%s': type %s with rows of %lld", x->path, name,
                            lmc_ggml_type_name(t->type) ? lmc_ggml_type_name(t->type) : "?", (long long)cols);
     float *f = malloc((size_t)numel * sizeof *f), *tmp = malloc((size_t)numel * sizeof *f);
@@ -416,7 +446,7 @@ static lmc_status take_tensor(void *user, const struct lmc_tensor_ref *r, lmc_er
         return lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory for %s", name);
     }
     for (int64_t i = 0; i < rows; i++)
-        lmc_ggml_dequantize_row(t->type, (const uint8_t *)t->data + i * rb, f + i * cols, cols);
+        lmc_ggml_dequantize_row(t->type, base + i * rb, f + i * cols, cols);
     int64_t heads = lmc_gguf_rope_heads(r, x->cfg, x->v);
     lmc_status s = LMC_OK;
     if (heads > 0 && rows % (2 * heads))
@@ -471,10 +501,15 @@ lmc_status lmc_convert_from_gguf(const char *path, const char *out_dir, int dtyp
     }
     if ((s = lmc_config_parse(&cfg, cj, strlen(cj), path, err))) goto out;
     x.a = lmc_arch_of(&cfg);
+    int64_t nt = lmc_arch_count(x.a, &cfg); /* the folder's tensors (one per expert) */
+    if (nt < 0 || nt > ((int64_t)1 << 24)) {
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: the hyper-parameters make %lld tensors", path, (long long)nt);
+        goto out;
+    }
     x.used = calloc((size_t)g.n_tensors + 1, 1);
-    x.wt = calloc((size_t)g.n_tensors + 1, sizeof *x.wt);
-    x.bufs = calloc((size_t)g.n_tensors + 1, sizeof *x.bufs);
-    x.names = calloc((size_t)g.n_tensors + 1, sizeof *x.names);
+    x.wt = calloc((size_t)nt + 1, sizeof *x.wt);
+    x.bufs = calloc((size_t)nt + 1, sizeof *x.bufs);
+    x.names = calloc((size_t)nt + 1, sizeof *x.names);
     if (!x.used || !x.wt || !x.bufs || !x.names) {
         s = lmc_err_set(err, LMC_ERR_OOM, "convert: out of memory");
         goto out;

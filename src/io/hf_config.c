@@ -273,9 +273,8 @@ static lmc_status cfg_moe(struct cfg_ctx *x, const cJSON *root, struct lmc_confi
             return s;
         c->norm_topk_prob = true;
         if (olmoe && (s = cfg_bool(x, root, "", "norm_topk_prob", false, &c->norm_topk_prob))) return s;
-        const cJSON *clip = cJSON_GetObjectItemCaseSensitive(root, "clip_qkv");
-        if (olmoe && clip && !cJSON_IsNull(clip))
-            return lmc_err_set(x->err, LMC_ERR_UNSUPPORTED, "%s: 'clip_qkv' is not supported yet", x->label);
+        /* q, k (after their norms) and v clamped to [-clip_qkv, clip_qkv]; null: none */
+        if (olmoe && (s = cfg_num(x, root, "", "clip_qkv", 0, 1e-30, 1e30, &c->clip_qkv))) return s;
     } else {
         if ((s = cfg_int(x, root, "", "moe_intermediate_size", true, 0, 1, CFG_MAX_SIZE - 1,
                          &c->moe_intermediate_size)))

@@ -84,6 +84,7 @@ struct lmc_config {
     int64_t decoder_sparse_step;    /* 1 (and 0: unset) = every layer */
     uint64_t mlp_only[64];          /* bit l: layer l is dense (layers < 4096) */
     bool output_router_logits;      /* training adds the load-balancing loss */
+    double clip_qkv;                /* olmoe: q, k (normed) and v clamped to [-clip_qkv, clip_qkv]; 0: none */
     double router_aux_loss_coef;
     /* model_type "mamba" / "mamba2": the SSM sizes (arch_mamba.c) */
     struct lmc_mamba_config mamba;

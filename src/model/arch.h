@@ -109,7 +109,13 @@ struct lmc_gguf_variant {
     const char *model_type;   /* config.json model_type */
     const char *hf_class;     /* config.json architectures[0] */
     bool permute_qk;          /* LMC_TF_GGUF_ROPE tensors are stored in llama.cpp's row order */
-    const char *fixed_json;   /* config.json fields the GGUF does not hold ({"hidden_act":"silu"}) */
+    const char *fixed_json;   /* config.json fields the GGUF does not hold ({"hidden_act":"silu"}): read
+                               * as they are; a config with other values is not written (llama.cpp
+                               * would run it otherwise) */
+    const char *needs_key;    /* non-NULL: this variant only for files holding "<name>.<needs_key>"
+                               * (Mixtral: a "llama" file with expert_count); tried before the others */
+    const char *sparse_probe; /* non-NULL: per-layer tensor name whose absence makes a layer dense
+                               * (read as mlp_only_layers) */
 };
 
 struct cJSON;
@@ -216,9 +222,10 @@ lmc_status lmc_config_check_sizes(const struct lmc_config *c, lmc_err *err);
 /* ---- GGUF (llama.cpp) names, from the architectures' tables (gguf_arch.c) ---- */
 struct lmc_gguf;
 struct lmc_gguf_writer;
-/* The architecture and variant of a GGUF general.architecture name
- * (LMC_ERR_UNSUPPORTED naming it and the known ones). */
-lmc_status lmc_gguf_arch_find(const char *name, const struct lmc_architecture **a,
+/* The architecture and variant of a GGUF general.architecture name in g (a
+ * variant with needs_key when g holds the key; g NULL: none of those);
+ * LMC_ERR_UNSUPPORTED naming it and the known ones. */
+lmc_status lmc_gguf_arch_find(const struct lmc_gguf *g, const char *name, const struct lmc_architecture **a,
                               const struct lmc_gguf_variant **v, lmc_err *err);
 /* The variant c is written as: the one whose model_type is c's, else the
  * architecture's first; NULL when the architecture has no GGUF form. */
@@ -235,6 +242,17 @@ lmc_status lmc_gguf_config(const struct lmc_gguf *g, const char *label, struct l
 /* general.architecture and the key table's hyper-parameters of c. */
 lmc_status lmc_gguf_hparams_write(struct lmc_gguf_writer *w, const struct lmc_config *c,
                                   const struct lmc_gguf_variant *v, lmc_err *err);
+/* Whether GGUF tensor t holds r (a tensor of c's walk): ne [rows] for a
+ * vector, [cols, rows] for a matrix (a one-row matrix also as a vector),
+ * [cols, rows, num_experts] for an expert's matrix (every expert of the
+ * layer stacked). *data: r's first row (the expert's slice, rows of rb
+ * bytes: t's row size for r->cols columns). */
+struct lmc_gguf_tensor;
+bool lmc_gguf_tensor_view(const struct lmc_gguf_tensor *t, const struct lmc_tensor_ref *r, const struct lmc_config *c,
+                          int64_t rb, const uint8_t **data);
+/* t's ne as "a, b, c" into got and the ne r needs into want (messages). */
+void lmc_gguf_shape_str(const struct lmc_gguf_tensor *t, const struct lmc_tensor_ref *r, const struct lmc_config *c,
+                        char *got, size_t gcap, char *want, size_t wcap);
 /* llama.cpp's name of t (a tensor of a's walk) into out (false: none). */
 bool lmc_gguf_tensor_name(const struct lmc_architecture *a, const struct lmc_tensor_ref *t, char *out, size_t cap);
 /* Heads whose rows llama.cpp's converter permuted in t (0: not permuted). */

@@ -46,7 +46,7 @@ static const char *const gguf_names[] = {
 _Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
 
 static const struct lmc_gguf_variant gguf_variants[] = {
-    {"gpt2", "gpt2", "GPT2LMHeadModel", false, "{\"activation_function\":\"gelu_new\"}"},
+    {"gpt2", "gpt2", "GPT2LMHeadModel", false, "{\"activation_function\":\"gelu_new\"}", NULL, NULL},
 };
 
 static const struct lmc_gguf_key gguf_keys[] = {

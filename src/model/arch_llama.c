@@ -49,8 +49,8 @@ _Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *
 /* llama.cpp's architectures: Llama and Mistral convert as "llama" (q/k
  * rows permuted), Qwen2 as "qwen2" (not permuted). */
 static const struct lmc_gguf_variant gguf_variants[] = {
-    {"llama", "llama", "LlamaForCausalLM", true, "{\"hidden_act\":\"silu\"}"},
-    {"qwen2", "qwen2", "Qwen2ForCausalLM", false, "{\"hidden_act\":\"silu\"}"},
+    {"llama", "llama", "LlamaForCausalLM", true, "{\"hidden_act\":\"silu\"}", NULL, NULL},
+    {"qwen2", "qwen2", "Qwen2ForCausalLM", false, "{\"hidden_act\":\"silu\"}", NULL, NULL},
 };
 
 static const struct lmc_gguf_key gguf_keys[] = {

@@ -3,8 +3,11 @@
  * (block_sparse_moe.gate, (num_local_experts, C)) and SwiGLU experts stored
  * one tensor per expert as checkpoints save them
  * (block_sparse_moe.experts.N.w1 = gate, w3 = up, w2 = down; each expert
- * intermediate_size wide). Softmax, top-k, always renormalised. */
+ * intermediate_size wide). Softmax, top-k, always renormalised. GGUF:
+ * llama.cpp's "llama" architecture with expert_count (Q/K rows permuted,
+ * the experts stacked per layer). */
 #include "model/arch_moe.h"
+#include "io/gguf.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -19,6 +22,20 @@ static const struct lmc_tensor_spec specs[] = {
     MOE_EXPERT("block_sparse_moe.experts.", "w3.weight", LMC_X_UP, LMC_D_EI, LMC_D_C, 0),
     MOE_FINAL,
 };
+
+static const char *const gguf_names[] = {
+    MOE_GGUF_EMBED, MOE_GGUF_ATTN, "blk.%lld.ffn_norm.weight", MOE_GGUF_ROUTER, MOE_GGUF_GATE_EXPS,
+    MOE_GGUF_DOWN_EXPS, MOE_GGUF_UP_EXPS, MOE_GGUF_FINAL,
+};
+_Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
+
+/* llama.cpp writes Mixtral as "llama" with experts: a llama file holding
+ * llama.expert_count is this one */
+static const struct lmc_gguf_variant gguf_variants[] = {
+    {"llama", "mixtral", "MixtralForCausalLM", true, "{\"hidden_act\":\"silu\"}", "expert_count", NULL},
+};
+
+static const struct lmc_gguf_key gguf_keys[] = {MOE_GGUF_KEYS("num_local_experts")};
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) { return lmc_arch_moe_check(c, err); }
 
@@ -48,4 +65,9 @@ const struct lmc_architecture lmc_arch_mixtral = {
     .check = check,
     .config_defaults = defaults,
     .config_json = config_json,
+    .gguf_names = gguf_names,
+    .gguf = gguf_variants,
+    .n_gguf = (int)(sizeof gguf_variants / sizeof *gguf_variants),
+    .gguf_keys = gguf_keys,
+    .n_gguf_keys = (int)(sizeof gguf_keys / sizeof *gguf_keys),
 };

@@ -25,9 +25,9 @@
 /* input norm and the q/k/v/o projections with their optional biases */
 #define MOE_ATTN                                                                                                     \
     MOE_NORM("input_layernorm.weight", LMC_V_NORM1, LMC_D_C),                                                        \
-    MOE_LIN("self_attn.q_proj.weight", LMC_L_Q, LMC_D_QD, LMC_D_C, 0, LMC_WHEN_ALWAYS),                              \
+    MOE_LIN("self_attn.q_proj.weight", LMC_L_Q, LMC_D_QD, LMC_D_C, LMC_TF_GGUF_ROPE, LMC_WHEN_ALWAYS),               \
     MOE_BIAS("self_attn.q_proj.bias", LMC_L_Q, LMC_D_QD, LMC_WHEN_QKV_BIAS),                                         \
-    MOE_LIN("self_attn.k_proj.weight", LMC_L_K, LMC_D_KVD, LMC_D_C, 0, LMC_WHEN_ALWAYS),                             \
+    MOE_LIN("self_attn.k_proj.weight", LMC_L_K, LMC_D_KVD, LMC_D_C, LMC_TF_GGUF_ROPE, LMC_WHEN_ALWAYS),              \
     MOE_BIAS("self_attn.k_proj.bias", LMC_L_K, LMC_D_KVD, LMC_WHEN_QKV_BIAS),                                        \
     MOE_LIN("self_attn.v_proj.weight", LMC_L_V, LMC_D_KVD, LMC_D_C, 0, LMC_WHEN_ALWAYS),                             \
     MOE_BIAS("self_attn.v_proj.bias", LMC_L_V, LMC_D_KVD, LMC_WHEN_QKV_BIAS),                                        \
@@ -43,6 +43,39 @@
     MOE_LIN("mlp.gate_proj.weight", LMC_L_GATE, LMC_D_I, LMC_D_C, 0, LMC_WHEN_DENSE),                                \
     MOE_LIN("mlp.up_proj.weight", LMC_L_UP, LMC_D_I, LMC_D_C, 0, LMC_WHEN_DENSE),                                    \
     MOE_LIN("mlp.down_proj.weight", LMC_L_DOWN, LMC_D_C, LMC_D_I, LMC_TF_RESID, LMC_WHEN_DENSE)
+
+/* llama.cpp's names of the rows above (GGUF; the same order) */
+#define MOE_GGUF_EMBED "token_embd.weight"
+#define MOE_GGUF_FINAL "output_norm.weight", "output.weight"
+#define MOE_GGUF_ATTN                                                                                                \
+    "blk.%lld.attn_norm.weight", "blk.%lld.attn_q.weight", "blk.%lld.attn_q.bias", "blk.%lld.attn_k.weight",       \
+    "blk.%lld.attn_k.bias", "blk.%lld.attn_v.weight", "blk.%lld.attn_v.bias", "blk.%lld.attn_output.weight",      \
+    "blk.%lld.attn_output.bias"
+/* the router and the experts, stacked (ne [in, out, experts]) per layer and projection */
+#define MOE_GGUF_ROUTER "blk.%lld.ffn_gate_inp.weight"
+#define MOE_GGUF_GATE_EXPS "blk.%lld.ffn_gate_exps.weight"
+#define MOE_GGUF_UP_EXPS "blk.%lld.ffn_up_exps.weight"
+#define MOE_GGUF_DOWN_EXPS "blk.%lld.ffn_down_exps.weight"
+#define MOE_GGUF_QWEN_FFN                                                                                            \
+    MOE_GGUF_ROUTER, MOE_GGUF_GATE_EXPS, MOE_GGUF_UP_EXPS, MOE_GGUF_DOWN_EXPS, "blk.%lld.ffn_gate.weight",         \
+    "blk.%lld.ffn_up.weight", "blk.%lld.ffn_down.weight"
+/* hyper-parameters every MoE family writes (llama.cpp's keys); experts_field
+ * names the config field of the expert count */
+#define MOE_GGUF_KEYS(experts_field)                                                                                 \
+    {"context_length", "max_position_embeddings", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},                                 \
+    {"embedding_length", "hidden_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},                                           \
+    {"block_count", "num_hidden_layers", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},                                          \
+    {"feed_forward_length", "intermediate_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},                                  \
+    {"attention.head_count", "num_attention_heads", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},                               \
+    {"attention.head_count_kv", "num_key_value_heads", LMC_GGUF_U32, LMC_GK_OPTIONAL, 0},                            \
+    {"attention.layer_norm_rms_epsilon", "rms_norm_eps", LMC_GGUF_F32, LMC_GK_REQUIRED, 0},                          \
+    {"rope.freq_base", "rope_theta", LMC_GGUF_F32, LMC_GK_DEFAULT, 10000},                                           \
+    {"attention.key_length", "head_dim", LMC_GGUF_U32, LMC_GK_OPTIONAL, 0},                                          \
+    {"attention.value_length", "head_dim", LMC_GGUF_U32, LMC_GK_WRITE, 0},                                           \
+    {"rope.dimension_count", "head_dim", LMC_GGUF_U32, LMC_GK_WRITE, 0},                                             \
+    {"vocab_size", "vocab_size", LMC_GGUF_U32, LMC_GK_WRITE, 0},                                                     \
+    {"expert_count", experts_field, LMC_GGUF_U32, LMC_GK_REQUIRED, 0},                                               \
+    {"expert_used_count", "num_experts_per_tok", LMC_GGUF_U32, LMC_GK_REQUIRED, 0}
 
 struct cJSON;
 struct lmc_st;

@@ -4,8 +4,14 @@
  * a mixture-of-experts feed-forward part (lmc_ffn_moe): router mlp.gate,
  * SwiGLU experts one tensor per expert (mlp.experts.N.gate_proj / up_proj /
  * down_proj, intermediate_size wide), top-k renormalised when
- * norm_topk_prob (default off). clip_qkv is refused by the parser. */
+ * norm_topk_prob (default off). clip_qkv (when set) clamps q and k after
+ * their norms and v to [-clip_qkv, clip_qkv] before RoPE (the attention
+ * mixer, backend op clamp). GGUF: llama.cpp's "olmoe" (no top-k
+ * renormalisation there; clip_qkv kept as attention.clamp_kqv, which
+ * llama.cpp's olmoe does not apply; its k_norm is hidden_size long, so
+ * llama.cpp runs OLMoE without GQA only). */
 #include "model/arch_moe.h"
+#include "io/gguf.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -21,6 +27,22 @@ static const struct lmc_tensor_spec specs[] = {
     MOE_EXPERT("mlp.experts.", "up_proj.weight", LMC_X_UP, LMC_D_EI, LMC_D_C, 0),
     MOE_EXPERT("mlp.experts.", "down_proj.weight", LMC_X_DOWN, LMC_D_C, LMC_D_EI, LMC_TF_RESID),
     MOE_FINAL,
+};
+
+static const char *const gguf_names[] = {
+    MOE_GGUF_EMBED, MOE_GGUF_ATTN, "blk.%lld.attn_q_norm.weight", "blk.%lld.attn_k_norm.weight",
+    "blk.%lld.ffn_norm.weight", MOE_GGUF_ROUTER, MOE_GGUF_GATE_EXPS, MOE_GGUF_UP_EXPS, MOE_GGUF_DOWN_EXPS,
+    MOE_GGUF_FINAL,
+};
+_Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
+
+static const struct lmc_gguf_variant gguf_variants[] = {
+    {"olmoe", "olmoe", "OlmoeForCausalLM", false, "{\"hidden_act\":\"silu\",\"norm_topk_prob\":false}", NULL, NULL},
+};
+
+static const struct lmc_gguf_key gguf_keys[] = {
+    MOE_GGUF_KEYS("num_experts"),
+    {"attention.clamp_kqv", "clip_qkv", LMC_GGUF_F32, LMC_GK_OPTIONAL, 0},
 };
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) { return lmc_arch_moe_check(c, err); }
@@ -39,6 +61,8 @@ static void config_json(const struct lmc_config *c, cJSON *o) {
     lmc_arch_llama_json(c, o, "OlmoeForCausalLM", "olmoe", true);
     lmc_arch_moe_json(c, o, "num_experts", false);
     cJSON_AddBoolToObject(o, "norm_topk_prob", c->norm_topk_prob);
+    if (c->clip_qkv > 0) cJSON_AddNumberToObject(o, "clip_qkv", c->clip_qkv);
+    else cJSON_AddNullToObject(o, "clip_qkv");
 }
 
 const struct lmc_architecture lmc_arch_olmoe = {
@@ -52,4 +76,9 @@ const struct lmc_architecture lmc_arch_olmoe = {
     .check = check,
     .config_defaults = defaults,
     .config_json = config_json,
+    .gguf_names = gguf_names,
+    .gguf = gguf_variants,
+    .n_gguf = (int)(sizeof gguf_variants / sizeof *gguf_variants),
+    .gguf_keys = gguf_keys,
+    .n_gguf_keys = (int)(sizeof gguf_keys / sizeof *gguf_keys),
 };

@@ -7,8 +7,12 @@
  * (mlp.shared_expert.*, shared_expert_intermediate_size wide) scaled by
  * sigmoid(mlp.shared_expert_gate . h). Layers past decoder_sparse_step's
  * rhythm or listed in mlp_only_layers have the dense MLP (mlp.gate_proj /
- * up_proj / down_proj, intermediate_size wide) instead. */
+ * up_proj / down_proj, intermediate_size wide) instead. GGUF: llama.cpp's
+ * "qwen2moe" (the shared expert as ffn_*_shexp, its gate ffn_gate_inp_shexp;
+ * top-k never renormalised there; dense layers written as ffn_gate/up/down,
+ * which llama.cpp does not run, read back by the absence of their router). */
 #include "model/arch_moe.h"
+#include "io/gguf.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -23,6 +27,24 @@ static const struct lmc_tensor_spec specs[] = {
     MOE_LIN("mlp.shared_expert.down_proj.weight", LMC_L_DOWN, LMC_D_C, LMC_D_SI, LMC_TF_RESID, LMC_WHEN_SPARSE),
     MOE_LIN("mlp.shared_expert_gate.weight", LMC_L_SHARED_GATE, LMC_D_1, LMC_D_C, 0, LMC_WHEN_SPARSE),
     MOE_FINAL,
+};
+
+static const char *const gguf_names[] = {
+    MOE_GGUF_EMBED, MOE_GGUF_ATTN, "blk.%lld.ffn_norm.weight", MOE_GGUF_QWEN_FFN,
+    "blk.%lld.ffn_gate_shexp.weight", "blk.%lld.ffn_up_shexp.weight", "blk.%lld.ffn_down_shexp.weight",
+    "blk.%lld.ffn_gate_inp_shexp.weight", MOE_GGUF_FINAL,
+};
+_Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
+
+static const struct lmc_gguf_variant gguf_variants[] = {
+    {"qwen2moe", "qwen2_moe", "Qwen2MoeForCausalLM", false, "{\"hidden_act\":\"silu\",\"norm_topk_prob\":false}",
+     NULL, MOE_GGUF_ROUTER},
+};
+
+static const struct lmc_gguf_key gguf_keys[] = {
+    MOE_GGUF_KEYS("num_experts"),
+    {"expert_feed_forward_length", "moe_intermediate_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
+    {"expert_shared_feed_forward_length", "shared_expert_intermediate_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
 };
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) {
@@ -63,4 +85,9 @@ const struct lmc_architecture lmc_arch_qwen2moe = {
     .check = check,
     .config_defaults = defaults,
     .config_json = config_json,
+    .gguf_names = gguf_names,
+    .gguf = gguf_variants,
+    .n_gguf = (int)(sizeof gguf_variants / sizeof *gguf_variants),
+    .gguf_keys = gguf_keys,
+    .n_gguf_keys = (int)(sizeof gguf_keys / sizeof *gguf_keys),
 };

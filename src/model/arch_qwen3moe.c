@@ -5,8 +5,12 @@
  * down_proj, moe_intermediate_size wide); softmax, top-k, renormalised when
  * norm_topk_prob. Layers outside decoder_sparse_step's rhythm or listed
  * in mlp_only_layers have the dense MLP (mlp.gate_proj / up_proj /
- * down_proj, intermediate_size wide). */
+ * down_proj, intermediate_size wide). GGUF: llama.cpp's "qwen3moe" (it
+ * renormalises the top-k always; dense layers, which llama.cpp does not
+ * run, are written as ffn_gate/up/down and read back by the absence of
+ * their router). */
 #include "model/arch_moe.h"
+#include "io/gguf.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -19,6 +23,22 @@ static const struct lmc_tensor_spec specs[] = {
     MOE_NORM("post_attention_layernorm.weight", LMC_V_NORM2, LMC_D_C),
     MOE_QWEN_FFN,
     MOE_FINAL,
+};
+
+static const char *const gguf_names[] = {
+    MOE_GGUF_EMBED, MOE_GGUF_ATTN, "blk.%lld.attn_q_norm.weight", "blk.%lld.attn_k_norm.weight",
+    "blk.%lld.ffn_norm.weight", MOE_GGUF_QWEN_FFN, MOE_GGUF_FINAL,
+};
+_Static_assert(sizeof gguf_names / sizeof *gguf_names == sizeof specs / sizeof *specs, "one GGUF name per spec");
+
+static const struct lmc_gguf_variant gguf_variants[] = {
+    {"qwen3moe", "qwen3_moe", "Qwen3MoeForCausalLM", false, "{\"hidden_act\":\"silu\",\"norm_topk_prob\":true}", NULL,
+     MOE_GGUF_ROUTER},
+};
+
+static const struct lmc_gguf_key gguf_keys[] = {
+    MOE_GGUF_KEYS("num_experts"),
+    {"expert_feed_forward_length", "moe_intermediate_size", LMC_GGUF_U32, LMC_GK_REQUIRED, 0},
 };
 
 static lmc_status check(const struct lmc_config *c, lmc_err *err) { return lmc_arch_moe_check(c, err); }
@@ -53,4 +73,9 @@ const struct lmc_architecture lmc_arch_qwen3moe = {
     .check = check,
     .config_defaults = defaults,
     .config_json = config_json,
+    .gguf_names = gguf_names,
+    .gguf = gguf_variants,
+    .n_gguf = (int)(sizeof gguf_variants / sizeof *gguf_variants),
+    .gguf_keys = gguf_keys,
+    .n_gguf_keys = (int)(sizeof gguf_keys / sizeof *gguf_keys),
 };

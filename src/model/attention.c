@@ -1,6 +1,7 @@
 /* attention.c — the attention token mixer (lmc_mixer_attention): q/k/v
  * projections (one fused job), optional per-head q/k RMSNorm (slots
- * LMC_V_Q_NORM / LMC_V_K_NORM bound), RoPE, causal GQA attention through
+ * LMC_V_Q_NORM / LMC_V_K_NORM bound), optional clamping of q, k (after
+ * their norms) and v to [-clip_qkv, clip_qkv] (OLMoE), RoPE, causal GQA attention through
  * the run mode's kernel (contiguous cache, paged pool, or the training
  * kernel that keeps the log-sum-exp), the output projection with the
  * residual; and its backward. Its sequence state: K and V rows of
@@ -18,6 +19,7 @@
 /* The pieces of the save region (n tokens). */
 struct attn_save {
     float *q, *k, *v, *att, *lse, *qpre, *kpre;
+    float *qc, *kc, *vc; /* clip_qkv, training: q, k, v before clamping */
 };
 
 static struct attn_save carve(const struct lmc_config *c, int64_t n, enum lmc_run_mode mode,
@@ -35,6 +37,11 @@ static struct attn_save carve(const struct lmc_config *c, int64_t n, enum lmc_ru
             s.qpre = p, p += A16(n * qd);
             s.kpre = p, p += A16(n * kvd);
         }
+        if (c->clip_qkv > 0) {
+            s.qc = p, p += A16(n * qd);
+            s.kc = p, p += A16(n * kvd);
+            s.vc = p, p += A16(n * kvd);
+        }
     }
     return s;
 }
@@ -45,6 +52,7 @@ static int64_t attn_save_floats(const struct lmc_config *c, int64_t n, enum lmc_
     if (mode == LMC_RUN_TRAIN) {
         f += A16(n * c->num_heads);
         if (c->qk_norm) f += A16(n * qd) + A16(n * kvd);
+        if (c->clip_qkv > 0) f += A16(n * qd) + 2 * A16(n * kvd);
     }
     return f;
 }
@@ -66,6 +74,19 @@ static void qk_norm(const struct lmc_run *r, const struct lmc_block_w *W, float 
                 (float)c->norm_eps);
     be->rmsnorm(be->ctx, k, ki, W->vec[LMC_V_K_NORM], r->n * c->num_kv_heads * c->head_dim / kw, kw,
                 (float)c->norm_eps);
+}
+
+/* clip_qkv: q, k, v clamped in place (from qi, ki, vi, which may alias). */
+static void clip_qkv(const struct lmc_run *r, float *q, const float *qi, float *k, const float *ki, float *v,
+                     const float *vi) {
+    const struct lmc_config *c = r->cfg;
+    const struct lmc_backend *be = r->be;
+    if (c->clip_qkv <= 0) return;
+    float cl = (float)c->clip_qkv;
+    int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+    be->clamp(be->ctx, q, qi, r->n * qd, cl);
+    be->clamp(be->ctx, k, ki, r->n * kvd, cl);
+    be->clamp(be->ctx, v, vi, r->n * kvd, cl);
 }
 
 static void rope_qk(const struct lmc_run *r, float *q, float *k) {
@@ -131,6 +152,7 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
             float *ys[3] = {s.q, s.k, s.v};
             lmc_linear_fwd(be, 3, L, ys, h, n);
             if (qkn) qk_norm(r, W, s.q, s.q, s.k, s.k);
+            clip_qkv(r, s.q, s.q, s.k, s.k, s.v, s.v);
             be->rope_kv_store(be->ctx, s.q, s.k, s.v, kc, vc, n, H, KV, hd, r->rot_dim, r->pos,
                               r->inv_freq, r->attn_scale);
         } else { /* K and V straight into the cache rows of these positions */
@@ -138,6 +160,7 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
             float *ys[3] = {s.q, kn, vn};
             lmc_linear_fwd(be, 3, L, ys, h, n);
             if (qkn) qk_norm(r, W, s.q, s.q, kn, kn);
+            clip_qkv(r, s.q, s.q, kn, kn, vn, vn);
             rope_qk(r, s.q, kn);
         }
         be->attention(be->ctx, s.att, s.q, (const float *)kc, (const float *)vc, n, r->pos0, H, KV, hd,
@@ -150,6 +173,7 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         float *ys[3] = {s.q, s.k, s.v};
         lmc_linear_fwd(be, 3, L, ys, h, n);
         if (qkn) qk_norm(r, W, s.q, s.q, s.k, s.k);
+        clip_qkv(r, s.q, s.q, s.k, s.k, s.v, s.v);
         rope_qk(r, s.q, s.k);
         be->attention_paged(be->ctx, s.att, s.q, s.k, s.v, (float *)((char *)p->k + (size_t)l * layer_bytes),
                             (float *)((char *)p->v + (size_t)l * layer_bytes), n, r->seq, r->pos, r->bt,
@@ -157,9 +181,13 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         break;
     }
     case LMC_RUN_TRAIN: {
-        float *ys[3] = {qkn ? s.qpre : s.q, qkn ? s.kpre : s.k, s.v};
+        /* projections -> (qpre, kpre) -> norms -> (qc, kc, vc) -> clamp -> q, k, v */
+        bool clip = c->clip_qkv > 0;
+        float *qn = clip ? s.qc : s.q, *kn = clip ? s.kc : s.k;
+        float *ys[3] = {qkn ? s.qpre : qn, qkn ? s.kpre : kn, clip ? s.vc : s.v};
         lmc_linear_fwd(be, 3, L, ys, h, n);
-        if (qkn) qk_norm(r, W, s.q, s.qpre, s.k, s.kpre);
+        if (qkn) qk_norm(r, W, qn, s.qpre, kn, s.kpre);
+        if (clip) clip_qkv(r, s.q, s.qc, s.k, s.kc, s.v, s.vc);
         rope_qk(r, s.q, s.k);
         if (r->cp) {
             LMC_ASSERT(c->sliding_window == 0 && !r->segs);
@@ -214,6 +242,12 @@ static void attn_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         be->rope_bwd(be->ctx, dq, n, H, hd, r->rot_dim, r->pos, r->inv_freq, r->attn_scale);
         be->rope_bwd(be->ctx, dk, n, KV, hd, r->rot_dim, r->pos, r->inv_freq, r->attn_scale);
     }
+    if (c->clip_qkv > 0) { /* through the clamps: zero where they cut */
+        float cl = (float)c->clip_qkv;
+        be->clamp_bwd(be->ctx, dq, dq, s.qc, n * qd, cl);
+        be->clamp_bwd(be->ctx, dk, dk, s.kc, n * kvd, cl);
+        be->clamp_bwd(be->ctx, dv, dv, s.vc, n * kvd, cl);
+    }
     const float *dys[3] = {dq, dk, dv};
     if (qkn) { /* through the per-head norms: datt is free again */
         float eps = (float)c->norm_eps;
@@ -237,10 +271,12 @@ static const char *attn_missing(const struct lmc_backend *be, const struct lmc_c
     if (!be->attention_train) return "attention_train";
     if (rope && !be->rope) return "rope";
     if (c->qk_norm && !be->rmsnorm) return "rmsnorm";
+    if (c->clip_qkv > 0 && !be->clamp) return "clamp";
     if (backward) {
         if (!be->attention_bwd) return "attention_bwd";
         if (rope && !be->rope_bwd) return "rope_bwd";
         if (c->qk_norm && !be->rmsnorm_bwd) return "rmsnorm_bwd";
+        if (c->clip_qkv > 0 && !be->clamp_bwd) return "clamp_bwd";
     }
     return NULL;
 }

@@ -5,6 +5,8 @@
  * and BF16 matrices bound as dense weights (in place when the dtype is
  * kept), the block-quantized types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
  * Q5_K, Q6_K) bound in place as quantized linears (never expanded), a
+ * mixture of experts' stacked expert tensors (ne [in, out, experts]) bound
+ * per expert as slices of the stack, a
  * quantized token embedding dequantized for the lookup (a tied head keeps
  * the quantized rows), vectors as f32 copies; llama.cpp's Q/K row order
  * undone (a permuted copy). Tensors the model does not use are errors. */
@@ -73,30 +75,30 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         if (r->ndim == 1)
             return lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s' (expected shape [%lld])", G->path, name,
                                (long long)r->rows);
+        if (r->spec->kind == LMC_TK_EXPERT_W)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s' (expected ne [%lld, %lld, %lld])", G->path,
+                               name, (long long)r->cols, (long long)r->rows, (long long)m->cfg.num_experts);
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s' (expected ne [%lld, %lld])", G->path, name,
                            (long long)r->cols, (long long)r->rows);
     }
     G->used[t - m->gguf->tensors] = true;
-    bool ok = t->n_dims == r->ndim && (r->ndim == 1 ? t->ne[0] == r->rows : t->ne[0] == r->cols && t->ne[1] == r->rows);
-    if (!ok) {
-        char got[96] = "";
-        for (int d = 0; d < t->n_dims; d++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)t->ne[d]);
-        if (r->ndim == 1)
-            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has ne [%s], the config says [%lld]", G->path,
-                               name, got, (long long)r->rows);
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has ne [%s], the config says [%lld, %lld]", G->path,
-                           name, got, (long long)r->cols, (long long)r->rows);
-    }
-    int64_t rows = r->rows, cols = r->cols, rb;
+    int64_t rows = r->rows, cols = r->cols, rb = 0;
+    const uint8_t *base = NULL;
     enum lmc_dtype dt = LMC_DTYPE_F32;
     bool is_float = float_type(t->type, &dt), is_quant = quant_type(t->type);
-    if ((!is_float && !is_quant) || !lmc_ggml_row_bytes(t->type, cols, &rb))
+    bool blocks = lmc_ggml_row_bytes(t->type, cols, &rb); /* a vector: rows of one */
+    if (!lmc_gguf_tensor_view(t, r, &m->cfg, blocks ? rb : 0, &base)) {
+        char got[96], want[96];
+        lmc_gguf_shape_str(t, r, &m->cfg, got, sizeof got, want, sizeof want);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has ne [%s], the config says [%s]", G->path, name, got,
+                           want);
+    }
+    if ((!is_float && !is_quant) || !blocks)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
                            "%s: tensor '%s' is %s (lmc runs F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, "
                            "Q6_K with whole blocks per row)", G->path, name,
                            lmc_ggml_type_name(t->type) ? lmc_ggml_type_name(t->type) : "an unknown type");
-    const void *data = t->data;
+    const void *data = base;
     int64_t heads = lmc_gguf_rope_heads(r, &m->cfg, G->v);
     if (heads > 0) { /* llama.cpp's rotary row order back to Hugging Face's */
         if (rows % (2 * heads))
@@ -104,11 +106,11 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
                                G->path, name, (long long)rows, (long long)heads);
         void *p = lmc_model_own(m, (size_t)(rows * rb));
         if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        lmc_gguf_permute_qk(t->data, p, rows, (size_t)rb, heads, true);
+        lmc_gguf_permute_qk(base, p, rows, (size_t)rb, heads, true);
         data = p;
     }
     uint8_t kind = r->spec->kind;
-    bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD);
+    bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
     if (is_quant && matrix) {
         struct lmc_qweight *w = calloc(1, sizeof *w);
         if (!w) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
@@ -188,6 +190,20 @@ lmc_status lmc_model_bind_gguf(struct lmc_model *m, const char *label, lmc_err *
     if (m->cfg.num_layers > m->gguf->n_tensors) /* every block has tensors: bounds the layer table by the file */
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: block_count %lld, but the file holds %lld tensors", label,
                            (long long)m->cfg.num_layers, (long long)m->gguf->n_tensors);
+    if (m->cfg.num_experts > 0) { /* each sparse layer stacks >= 1 element per expert in 3 tensors */
+        double need = 0, have = 0;
+        for (int64_t l = 0; l < m->cfg.num_layers; l++)
+            need += lmc_config_layer_sparse(&m->cfg, l) ? 3.0 * (double)m->cfg.num_experts : 0.0;
+        for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+            double n = 1;
+            for (int d = 0; d < m->gguf->tensors[i].n_dims; d++) n *= (double)m->gguf->tensors[i].ne[d];
+            have += n;
+        }
+        if (need > have)
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expert_count %lld over %lld layers needs more weights than the "
+                               "file's tensors hold", label, (long long)m->cfg.num_experts,
+                               (long long)m->cfg.num_layers);
+    }
     m->rot_dim = lmc_arch_rot_dim(m->arch, &m->cfg);
     G.used = calloc((size_t)m->gguf->n_tensors + 1, 1);
     m->w.layers = lmc_weights_layers_alloc(&m->cfg);

@@ -373,6 +373,12 @@ struct lmc_backend {
      * so the backward applies the same mask to the gradient by calling it
      * again with the same seed. y may alias x. 0 <= p < 1. */
     void (*dropout)(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
+    /* Clamping to [-c, c] (OLMoE's clip_qkv). Optional (NULL: models with
+     * clip_qkv report the missing op). clamp: y = min(max(x, -c), c), y
+     * may alias x; clamp_bwd: dx = dy where -c <= x <= c, else 0 (x: the
+     * values before clamping; dx may alias dy). c > 0. */
+    void (*clamp)(void *ctx, float *y, const float *x, int64_t n, float c);
+    void (*clamp_bwd)(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

@@ -74,6 +74,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->qmatmul_f = lmc_cpu_qmatmul_f;
     be->qmatmul_f_bwd = lmc_cpu_qmatmul_f_bwd;
     be->dropout = lmc_cpu_dropout;
+    be->clamp = lmc_cpu_clamp;
+    be->clamp_bwd = lmc_cpu_clamp_bwd;
     be->matmul = lmc_cpu_matmul;
     be->matmul_multi = lmc_cpu_matmul_multi;
     be->embed = lmc_cpu_embed;

@@ -125,6 +125,8 @@ void lmc_cpu_qmatmul_f(void *ctx, float *y, const float *x, int64_t M, const str
 void lmc_cpu_qmatmul_f_bwd(void *ctx, float *dx, const float *dy, int64_t M, const struct lmc_qweight *w,
                            int accum_dx);
 void lmc_cpu_dropout(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
+void lmc_cpu_clamp(void *ctx, float *y, const float *x, int64_t n, float c);
+void lmc_cpu_clamp_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
