@@ -1,5 +1,5 @@
 /* test_chi2.h — the chi-square survival function for the statistical
- * tests (test_spec, test_sched_spec). */
+ * tests (test_spec, test_spec_model, test_sched_spec). */
 #ifndef LMC_TEST_CHI2_H
 #define LMC_TEST_CHI2_H
 

@@ -11,6 +11,7 @@
  * chi-square p > 0.001 and total variation below 3x the expected sampling
  * TV. Bad options give LMC_ERR_ARG. */
 #include "test.h"
+#include "test_chi2.h"
 #include "core/core.h"
 #include "infer/sampler.h"
 #include "infer/session.h"
@@ -112,35 +113,6 @@ static void test_greedy_model(const char *dir, const struct lmc_model *m, const 
     snprintf(name, sizeof name, "%s draft model", dir);
     check_greedy(name, m, draft, o, prompt, n, max_new, want, draft != m ? REJECT : ACCEPT | ALL);
     free(want);
-}
-
-/* chi-square survival Q(dof/2, stat/2) (as in test_spec.c) */
-static double gamma_q(double s, double x) {
-    if (x <= 0) return 1.0;
-    double lg = lgamma(s);
-    if (x < s + 1) {
-        double sum = 1.0 / s, term = sum;
-        for (int n = 1; n < 100000; n++) {
-            term *= x / (s + n);
-            sum += term;
-            if (term < sum * 1e-15) break;
-        }
-        return 1.0 - sum * exp(-x + s * log(x) - lg);
-    }
-    double b = x + 1 - s, c = 1e300, d = 1 / b, h = d;
-    for (int i = 1; i < 100000; i++) {
-        double an = -i * (i - s);
-        b += 2;
-        d = an * d + b;
-        if (fabs(d) < 1e-300) d = 1e-300;
-        c = b + an / c;
-        if (fabs(c) < 1e-300) c = 1e-300;
-        d = 1 / d;
-        double del = d * c;
-        h *= del;
-        if (fabs(del - 1) < 1e-15) break;
-    }
-    return exp(-x + s * log(x) - lg) * h;
 }
 
 static double chi2_p(const int64_t *cnt, const double *prob, int64_t n, int64_t N, double *tv,
