@@ -145,6 +145,12 @@ static void metric(struct sbuf *b, const char *name, const char *type, const cha
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A metric with one integer sample: its HELP/TYPE lines, then "name value". */
+static void metric_i64(struct sbuf *b, const char *name, const char *type, const char *help, long long v) {
+    metric(b, name, type, help);
+    sb_printf(b, "%s %lld\n", name, v);
+}
+
 static void hist_render(struct sbuf *b, const char *name, const char *help, const struct lmc_serve_hist *h) {
     metric(b, name, "histogram", help);
     uint64_t cum = 0;
@@ -205,55 +211,48 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
     sb_printf(&b, "lmc_prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
     metric(&b, "lmc_generation_tokens_total", "counter", "Tokens generated.");
     sb_printf(&b, "lmc_generation_tokens_total %llu\n", (unsigned long long)m->completion_tokens);
-    metric(&b, "lmc_http_connections", "gauge", "Requests being handled.");
-    sb_printf(&b, "lmc_http_connections %lld\n", (long long)m->connections);
+    metric_i64(&b, "lmc_http_connections", "gauge", "Requests being handled.", m->connections);
     hist_render(&b, "lmc_time_to_first_token_seconds", "Time from request to its first token.", &m->ttft);
     hist_render(&b, "lmc_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &m->itl);
     hist_render(&b, "lmc_request_duration_seconds", "Time from request to its last token.", &m->e2e);
     pthread_mutex_unlock(&m->mu);
     if (st) {
-        metric(&b, "lmc_requests_running", "gauge", "Sequences in the running batch.");
-        sb_printf(&b, "lmc_requests_running %lld\n", (long long)st->running);
-        metric(&b, "lmc_requests_waiting", "gauge", "Sequences waiting for KV blocks or a batch slot.");
-        sb_printf(&b, "lmc_requests_waiting %lld\n", (long long)st->waiting);
-        metric(&b, "lmc_kv_blocks_total", "gauge", "KV cache blocks in the pool.");
-        sb_printf(&b, "lmc_kv_blocks_total %lld\n", (long long)st->kv_blocks_total);
-        metric(&b, "lmc_kv_blocks_used", "gauge", "KV cache blocks in use.");
-        sb_printf(&b, "lmc_kv_blocks_used %lld\n", (long long)st->kv_blocks_used);
-        metric(&b, "lmc_kv_blocks_free", "gauge", "KV cache blocks free.");
-        sb_printf(&b, "lmc_kv_blocks_free %lld\n", (long long)(st->kv_blocks_total - st->kv_blocks_used));
-        metric(&b, "lmc_kv_tokens_stored", "gauge",
-               "Tokens held in the used KV blocks (1 - stored / (used * block size) is the waste).");
-        sb_printf(&b, "lmc_kv_tokens_stored %lld\n", (long long)st->kv_tokens_stored);
-        metric(&b, "lmc_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.");
-        sb_printf(&b, "lmc_preemptions_total %lld\n", (long long)st->preempted_total);
-        metric(&b, "lmc_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.");
-        sb_printf(&b, "lmc_prefix_cache_hit_tokens_total %lld\n", (long long)st->prefix_hits_tokens);
-        metric(&b, "lmc_prefix_cache_query_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.");
-        sb_printf(&b, "lmc_prefix_cache_query_tokens_total %lld\n", (long long)st->prefix_queries_tokens);
-        metric(&b, "lmc_prefix_cache_blocks", "gauge",
-               "KV blocks held only by the prefix cache (no running request uses them).");
-        sb_printf(&b, "lmc_prefix_cache_blocks %lld\n", (long long)st->prefix_cache_blocks);
-        metric(&b, "lmc_prefix_cache_blocks_max", "gauge",
-               "Bound on lmc_prefix_cache_blocks (least recently used blocks are evicted beyond it).");
-        sb_printf(&b, "lmc_prefix_cache_blocks_max %lld\n", (long long)st->prefix_cache_blocks_max);
-        metric(&b, "lmc_prefix_cache_hits_total", "counter", "KV blocks reused from the prefix cache.");
-        sb_printf(&b, "lmc_prefix_cache_hits_total %lld\n", (long long)st->prefix_hits_blocks);
-        metric(&b, "lmc_prefix_cache_evictions_total", "counter", "KV blocks evicted from the prefix cache.");
-        sb_printf(&b, "lmc_prefix_cache_evictions_total %lld\n", (long long)st->prefix_evictions);
-        metric(&b, "lmc_scheduler_steps_total", "counter", "Scheduler steps (batched forwards).");
-        sb_printf(&b, "lmc_scheduler_steps_total %lld\n", (long long)st->steps);
-        metric(&b, "lmc_kv_bytes_per_token", "gauge",
-               "KV cache bytes of one token (K and V, all layers) in the pool's format.");
-        sb_printf(&b, "lmc_kv_bytes_per_token %lld\n", (long long)st->kv_bytes_per_token);
-        metric(&b, "lmc_kv_pool_bytes", "gauge", "Memory of the KV pool (blocks x bytes per block).");
-        sb_printf(&b, "lmc_kv_pool_bytes %lld\n", (long long)st->kv_pool_bytes);
-        metric(&b, "lmc_spec_draft_tokens_total", "counter", "Speculative draft tokens verified.");
-        sb_printf(&b, "lmc_spec_draft_tokens_total %lld\n", (long long)st->spec_proposed_total);
-        metric(&b, "lmc_spec_accepted_tokens_total", "counter", "Speculative draft tokens accepted.");
-        sb_printf(&b, "lmc_spec_accepted_tokens_total %lld\n", (long long)st->spec_accepted_total);
-        metric(&b, "lmc_spec_steps_total", "counter", "Scheduler steps in which some sequence speculated.");
-        sb_printf(&b, "lmc_spec_steps_total %lld\n", (long long)st->spec_steps);
+        metric_i64(&b, "lmc_requests_running", "gauge", "Sequences in the running batch.", st->running);
+        metric_i64(&b, "lmc_requests_waiting", "gauge", "Sequences waiting for KV blocks or a batch slot.",
+                   st->waiting);
+        metric_i64(&b, "lmc_kv_blocks_total", "gauge", "KV cache blocks in the pool.", st->kv_blocks_total);
+        metric_i64(&b, "lmc_kv_blocks_used", "gauge", "KV cache blocks in use.", st->kv_blocks_used);
+        metric_i64(&b, "lmc_kv_blocks_free", "gauge", "KV cache blocks free.",
+                   st->kv_blocks_total - st->kv_blocks_used);
+        metric_i64(&b, "lmc_kv_tokens_stored", "gauge",
+                   "Tokens held in the used KV blocks (1 - stored / (used * block size) is the waste).",
+                   st->kv_tokens_stored);
+        metric_i64(&b, "lmc_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.",
+                   st->preempted_total);
+        metric_i64(&b, "lmc_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.",
+                   st->prefix_hits_tokens);
+        metric_i64(&b, "lmc_prefix_cache_query_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
+                   st->prefix_queries_tokens);
+        metric_i64(&b, "lmc_prefix_cache_blocks", "gauge",
+                   "KV blocks held only by the prefix cache (no running request uses them).", st->prefix_cache_blocks);
+        metric_i64(&b, "lmc_prefix_cache_blocks_max", "gauge",
+                   "Bound on lmc_prefix_cache_blocks (least recently used blocks are evicted beyond it).",
+                   st->prefix_cache_blocks_max);
+        metric_i64(&b, "lmc_prefix_cache_hits_total", "counter", "KV blocks reused from the prefix cache.",
+                   st->prefix_hits_blocks);
+        metric_i64(&b, "lmc_prefix_cache_evictions_total", "counter", "KV blocks evicted from the prefix cache.",
+                   st->prefix_evictions);
+        metric_i64(&b, "lmc_scheduler_steps_total", "counter", "Scheduler steps (batched forwards).", st->steps);
+        metric_i64(&b, "lmc_kv_bytes_per_token", "gauge",
+                   "KV cache bytes of one token (K and V, all layers) in the pool's format.", st->kv_bytes_per_token);
+        metric_i64(&b, "lmc_kv_pool_bytes", "gauge", "Memory of the KV pool (blocks x bytes per block).",
+                   st->kv_pool_bytes);
+        metric_i64(&b, "lmc_spec_draft_tokens_total", "counter", "Speculative draft tokens verified.",
+                   st->spec_proposed_total);
+        metric_i64(&b, "lmc_spec_accepted_tokens_total", "counter", "Speculative draft tokens accepted.",
+                   st->spec_accepted_total);
+        metric_i64(&b, "lmc_spec_steps_total", "counter", "Scheduler steps in which some sequence speculated.",
+                   st->spec_steps);
     }
     double rss, vsz;
     if (proc_memory(&rss, &vsz)) {
@@ -264,8 +263,7 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
     }
     int64_t fds = proc_open_fds();
     if (fds >= 0) {
-        metric(&b, "process_open_fds", "gauge", "Number of open file descriptors.");
-        sb_printf(&b, "process_open_fds %lld\n", (long long)fds);
+        metric_i64(&b, "process_open_fds", "gauge", "Number of open file descriptors.", fds);
     }
     if (b.bad) {
         free(b.s);
