@@ -22,6 +22,7 @@
  * Also: more ranks than experts and dense models are refused. */
 #include "test.h"
 #include "dist_spawn.h"
+#include "model_greedy.h"
 #include "dist/ep_model.h"
 #include "train/adamw.h"
 
@@ -41,40 +42,6 @@ struct ref {
     double norm[STEPS];     /* global gradient norm per step */
     float **grads;          /* step-1 gradient per parameter, on-disk layout */
 };
-
-static int32_t argmax(const float *x, int64_t n) {
-    int32_t b = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = (int32_t)i;
-    return b;
-}
-
-static lmc_status infer(const struct lmc_model *m, const struct lmc_backend *be, float *logits, int32_t *toks,
-                        lmc_err *err) {
-    int64_t V = m->cfg.vocab_size;
-    int32_t ids[NP];
-    for (int i = 0; i < NP; i++) ids[i] = (int32_t)((i * 37 + 11) % V);
-    struct lmc_kv kv;
-    struct lmc_acts a;
-    lmc_status st = lmc_kv_init(&kv, m, be, NP + NGEN, err);
-    if (st) return st;
-    if ((st = lmc_acts_init(&a, m, be, NP, NP, err))) {
-        lmc_kv_free(&kv);
-        return st;
-    }
-    float *last = malloc(sizeof(float) * (size_t)V);
-    st = lmc_model_forward(m, be, &a, &kv, ids, NP, 0, logits, true, err);
-    int32_t t = st ? 0 : argmax(logits + (NP - 1) * V, V);
-    for (int g = 0; !st && g < NGEN; g++) {
-        toks[g] = t;
-        st = lmc_model_forward(m, be, &a, &kv, &t, 1, NP + g, last, false, err);
-        t = argmax(last, V);
-    }
-    free(last);
-    lmc_acts_free(&a);
-    lmc_kv_free(&kv);
-    return st;
-}
 
 /* STEPS AdamW steps of tm on sequences [s0, s0 + ns) of the global batch;
  * losses[k] = global mean (summed over ranks through g when g is set);
@@ -139,7 +106,7 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
                 bool mine = e >= g.e0 && e < g.e0 + g.ne;
                 if (bound != mine) bad = 1, fprintf(stderr, "rank %d: expert %lld bound %d\n", rank, (long long)e, bound);
             }
-        st = infer(&m, &be, logits, toks, &err);
+        st = model_greedy_run(&m, &be, NP, NGEN, logits, toks, &err);
         if (!st) st = lmc_ep_group_check(&g, &err);
         lmc_model_free(&m);
         lmc_ep_group_free(&g);
@@ -224,7 +191,7 @@ int main(void) {
         }
         struct ref r = {.dir = fx[f], .V = m.cfg.vocab_size};
         r.logits = malloc(sizeof(float) * (size_t)(NP * r.V));
-        CHECK(infer(&m, &be, r.logits, r.toks, &err) == LMC_OK);
+        CHECK(model_greedy_run(&m, &be, NP, NGEN, r.logits, r.toks, &err) == LMC_OK);
         int64_t E = m.cfg.num_experts;
         lmc_model_free(&m);
         struct lmc_tmodel init, tm;

@@ -8,6 +8,7 @@
  * llama, replicated otherwise). Unsplittable layouts are refused. */
 #include "test.h"
 #include "dist_spawn.h"
+#include "model_greedy.h"
 #include "dist/tp_model.h"
 
 #include <stdlib.h>
@@ -21,41 +22,6 @@ struct ref {
     int32_t toks[NGEN];
 };
 
-static int32_t argmax(const float *x, int64_t n) {
-    int32_t b = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = (int32_t)i;
-    return b;
-}
-
-/* Prompt logits and greedy tokens of model m on backend be. */
-static lmc_status run(const struct lmc_model *m, const struct lmc_backend *be, float *logits,
-                      int32_t *toks, lmc_err *err) {
-    int64_t V = m->cfg.vocab_size;
-    int32_t ids[NP];
-    for (int i = 0; i < NP; i++) ids[i] = (int32_t)((i * 37 + 11) % V);
-    struct lmc_kv kv;
-    struct lmc_acts a;
-    lmc_status st = lmc_kv_init(&kv, m, be, NP + NGEN, err);
-    if (st) return st;
-    if ((st = lmc_acts_init(&a, m, be, NP, NP, err))) {
-        lmc_kv_free(&kv);
-        return st;
-    }
-    float *last = malloc(sizeof(float) * (size_t)V);
-    st = lmc_model_forward(m, be, &a, &kv, ids, NP, 0, logits, true, err);
-    int32_t t = st ? 0 : argmax(logits + (NP - 1) * V, V);
-    for (int g = 0; !st && g < NGEN; g++) {
-        toks[g] = t;
-        st = lmc_model_forward(m, be, &a, &kv, &t, 1, NP + g, last, false, err);
-        t = argmax(last, V);
-    }
-    free(last);
-    lmc_acts_free(&a);
-    lmc_kv_free(&kv);
-    return st;
-}
-
 static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     const struct ref *r = arg;
     struct lmc_backend be;
@@ -67,7 +33,7 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     int32_t toks[NGEN] = {0};
     int bad = 0;
     lmc_status st = lmc_tp_model_shard(&t, r->m, c, &err);
-    if (!st) st = run(&t.m, &be, logits, toks, &err);
+    if (!st) st = model_greedy_run(&t.m, &be, NP, NGEN, logits, toks, &err);
     if (!st) st = lmc_tp_model_check(&t, &err);
     if (st) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
@@ -103,7 +69,7 @@ int main(void) {
             continue;
         }
         struct ref r = {&m, malloc(sizeof(float) * (size_t)(NP * m.cfg.vocab_size)), {0}};
-        CHECK(run(&m, &be, r.logits, r.toks, &err) == LMC_OK);
+        CHECK(model_greedy_run(&m, &be, NP, NGEN, r.logits, r.toks, &err) == LMC_OK);
         for (int T = 2; T <= 4; T += 2) {
             struct spawn_opts so = {.world = T};
             int codes[16] = {0}, bad = 0;
