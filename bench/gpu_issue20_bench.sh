@@ -18,6 +18,7 @@ secs=${*:-bt prof attn model serve qmatmul}
 has() { [[ " $secs " == *" $1 "* ]]; }
 left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
 B=build-dev
+export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps}
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 cmake -S . -B $B -DLMC_WERROR=ON >$L/build.log 2>&1 &&
   make -C $B -j16 lmc_cli test_ops_cuda test_train_ops_cuda test_sched_cuda bench_attn_cuda \

@@ -407,7 +407,7 @@ static void test_ops() {
 /* ------------------------------------------------------------------ */
 static void test_xent() {
     for (int bf = 0; bf < 2; bf++)
-        for (int64_t M : {1, 7, 67}) for (int64_t V : {1, 5, 77, 1001}) for (int64_t C : {1, 9, 33})
+        for (int64_t M : {1, 7, 67}) for (int64_t V : {1, 5, 77, 1001, 1004, 64}) for (int64_t C : {1, 9, 33})
             for (int grads = 0; grads < 3; grads++) { /* loss only; + dh; + dh and dw */
                 cc->train_bf16 = bf;
                 auto h = rv(M * C), W = rv(V * C, 0.5f);
