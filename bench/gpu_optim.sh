@@ -22,7 +22,8 @@
 #    8 + that = the measured state bytes per parameter.
 # An optimizer whose run fails because the CUDA backend has no path for it is
 # reported as such in the table, not as a script failure.
-# Usage (device): bench/gpu_optim.sh     (logs and the table under $OUT)
+# Usage (device): bench/gpu_optim.sh     ($OUT gets table.md, test_optim_cuda.log and
+#                 logs.tar.gz with every log and each run's metrics.jsonl)
 # env: OUT (/tmp/lmc-gpu-optim), BUDGET_S (225: the whole script; a run gets
 #      what is left, one that cannot start is listed as skipped), STEPS (20),
 #      SKIP (3), GAP (8: refresh gap of the timed runs), KINDS ("adamw muon
@@ -43,7 +44,9 @@ B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-16}; DEVICE=${DEVICE:-cuda}
 LAYERS=${LAYERS:-12}; HIDDEN=${HIDDEN:-768}; HEADS=${HEADS:-12}; VOCAB=${VOCAB:-50304}; MAXPOS=${MAXPOS:-1024}
 DTYPE=bf16; [ "$DEVICE" = cuda ] || DTYPE=fp32
 WORK=/tmp/lmc-gpu-optim-work
-mkdir -p "$OUT" "$WORK"
+L=$WORK/logs # every log; $OUT gets only table.md, test_optim_cuda.log and logs.tar.gz (the device returns 8 files)
+rm -rf "$L"
+mkdir -p "$OUT" "$WORK" "$L"
 left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
 rc=0
 DEVNAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
@@ -63,11 +66,11 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   fi
   case "${PKG_CONFIG_PATH:-}" in */tmp/devdeps/*) export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps} ;; esac
   t=$(date +%s)
-  if cmake -S . -B "$B" -DLMC_WERROR="${LMC_WERROR:-ON}" >"$OUT/build.log" 2>&1 &&
-     make -C "$B" -j"$JOBS" lmc_cli test_optim_cuda >>"$OUT/build.log" 2>&1; then
+  if cmake -S . -B "$B" -DLMC_WERROR="${LMC_WERROR:-ON}" >"$L/build.log" 2>&1 &&
+     make -C "$B" -j"$JOBS" lmc_cli test_optim_cuda >>"$L/build.log" 2>&1; then
     echo "build ok ($(($(date +%s) - t)) s)"
   else
-    tail -30 "$OUT/build.log"; echo "build FAILED"; exit 1
+    tail -30 "$L/build.log"; echo "build FAILED"; exit 1
   fi
 fi
 LMC=$B/lmc
@@ -75,9 +78,9 @@ LMC=$B/lmc
 
 # ---- the CUDA optimizer tests (GPU vs CPU backend)
 if [ "${SKIP_TEST:-0}" != 1 ]; then
-  timeout 90 "$B/test_optim_cuda" >"$OUT/test_optim_cuda.log" 2>&1; r=$?
-  grep '^FAIL' "$OUT/test_optim_cuda.log" | head -20
-  echo "test_optim_cuda rc=$r: $(tail -1 "$OUT/test_optim_cuda.log")"
+  timeout 90 "$B/test_optim_cuda" >"$L/test_optim_cuda.log" 2>&1; r=$?
+  grep '^FAIL' "$L/test_optim_cuda.log" | head -20
+  echo "test_optim_cuda rc=$r: $(tail -1 "$L/test_optim_cuda.log")"
   [ $r = 0 ] || rc=1
 fi
 
@@ -118,21 +121,21 @@ for k in $KINDS; do
   run=$WORK/run-$k
   rm -rf "$run"
   base=$(smi_used); base=${base:-0}
-  echo 0 >"$OUT/$k.mem"
+  echo 0 >"$L/$k.mem"
   # shellcheck disable=SC2086
   timeout --kill-after=5 $lim "$LMC" train --data "$DATA" -o "$run" --arch gpt2 --vocab "$VOCAB" --layers "$LAYERS" \
     --hidden "$HIDDEN" --heads "$HEADS" --max-pos "$MAXPOS" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --lr 3e-4 \
-    --warmup 0 --eval-every 0 --save-every 0 --device "$DEVICE" --dtype "$DTYPE" $f >"$OUT/$k.log" 2>&1 &
+    --warmup 0 --eval-every 0 --save-every 0 --device "$DEVICE" --dtype "$DTYPE" $f >"$L/$k.log" 2>&1 &
   pid=$!
-  poll_mem $pid "$OUT/$k.mem" &
+  poll_mem $pid "$L/$k.mem" &
   poller=$!
   wait $pid; r=$?
   wait $poller 2>/dev/null
-  cp "$run/metrics.jsonl" "$OUT/$k-metrics.jsonl" 2>/dev/null
+  cp "$run/metrics.jsonl" "$L/$k-metrics.jsonl" 2>/dev/null
   rm -rf "$run"
-  echo "$k rc=$r base=$base peak=$(cat "$OUT/$k.mem") limit=$lim" | tee -a "$WORK/runs.txt"
+  echo "$k rc=$r base=$base peak=$(cat "$L/$k.mem") limit=$lim" | tee -a "$WORK/runs.txt"
   if [ $r != 0 ]; then
-    why=$(grep -v '^step' "$OUT/$k.log" | grep -v '^\s*$' | tail -1 | cut -c1-200)
+    why=$(grep -v '^step' "$L/$k.log" | grep -v '^\s*$' | tail -1 | cut -c1-200)
     echo "  $k: $why"
     # a kind the CUDA backend cannot run is a reported gap, not a failure of this script
     if echo "$why" | grep -qiE "not available on the|no cuda|backend has no"; then
@@ -143,7 +146,7 @@ done
 
 # ---- the table
 SHAPE="$DEVICE, GPT-2 shape: $LAYERS layers, hidden $HIDDEN, $HEADS heads, vocab $VOCAB, $MAXPOS positions, batch $BATCH x $SEQ, $DTYPE"
-python3 - "$WORK/runs.txt" "$OUT" "$STEPS" "$SKIP" "$GAP" "$KINDS" "$SHAPE" <<'PY' | tee "$OUT/table.md"
+python3 - "$WORK/runs.txt" "$L" "$STEPS" "$SKIP" "$GAP" "$KINDS" "$SHAPE" <<'PY' | tee "$L/table.md"
 import json, os, re, statistics, sys
 runs_txt, out, steps, skip, gap, kinds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split()
 shape = sys.argv[7]
@@ -211,6 +214,9 @@ for k in kinds:
     print(f"| {k} | {f(r.get('step'), '%.1f')} | {f(ratio, '%.3f')} | {f(r.get('refresh'), '%.0f')} | {f(am, '%.3f')} "
           f"| {f(r['state'], '%.3f')} | {f(peak, '%d')} | {f(dpp, '%+.2f')} | {f(meas, '%.2f')} | {note} |")
 PY
-tar -czf "$OUT/logs.tar.gz" -C "$OUT" --exclude logs.tar.gz . 2>/dev/null
+cp "$WORK/runs.txt" "$L/"
+cp "$L/table.md" "$OUT/"
+cp "$L/test_optim_cuda.log" "$OUT/" 2>/dev/null
+tar -czf "$OUT/logs.tar.gz" -C "$L" . 2>/dev/null
 echo "=== total $(($(date +%s) - T0)) s; rc=$rc"
 exit $rc
