@@ -7,7 +7,7 @@ and draws them overlaid: axes with ticks, a grid, one coloured polyline with mar
 run and a legend.
 
 Usage: plot_curves.py -o OUT.svg [--key val_loss] [--title T] [--tokens-per-step N]
-                      [--ylabel L] LABEL=metrics.jsonl [LABEL=metrics.jsonl ...]
+                      [--ylabel L] [--max-step S] LABEL=metrics.jsonl [LABEL=metrics.jsonl ...]
 """
 import argparse
 import json
@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--title", default="")
     ap.add_argument("--ylabel", default=None)
     ap.add_argument("--tokens-per-step", type=float, default=0)
+    ap.add_argument("--max-step", type=float, default=0, help="only points at steps <= this (0: all)")
     ap.add_argument("runs", nargs="+", help="LABEL=metrics.jsonl")
     a = ap.parse_args()
 
@@ -73,6 +74,8 @@ def main():
             sys.exit(f"plot_curves: '{spec}' is not LABEL=FILE")
         label, path = spec.split("=", 1)
         pts = load(path, a.key)
+        if a.max_step > 0:
+            pts = [p for p in pts if p[0] <= a.max_step]
         if not pts:
             sys.exit(f"plot_curves: {path} has no '{a.key}' points")
         if a.tokens_per_step > 0:

@@ -22,7 +22,8 @@
 #      EVAL_BATCHES=8 RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
 #      WORK=/tmp/lmc-optim-quality KEEP_CKPT=0 (1 keeps each run's final checkpoint)
 #      SKIP_TRAIN=1: no training, only the table and the SVG from the runs already in WORK
-#      (e.g. after running subsets of KINDS in several invocations with the same settings)
+#      (e.g. after running subsets of KINDS in several invocations with the same settings);
+#      UPTO=N reports only the evaluations at steps <= N (runs cut short: their common part)
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-2}; JOBS=${JOBS:-1}; STEPS=${STEPS:-930}; BATCH=${BATCH:-16}
@@ -72,10 +73,17 @@ if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   echo "end $(date -u +%FT%TZ); load: $(uptime | sed 's/.*load average: //')" >&2
   [ $fail = 0 ] || exit 1
 fi
-python3 - "$WORK" "$KINDS" "$((BATCH * SEQ))" <<'PY'
+python3 - "$WORK" "$KINDS" "$((BATCH * SEQ))" "${UPTO:-0}" <<'PY'
 import json, math, os, re, statistics, sys
-work, kinds, tps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+work, kinds, tps, upto = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4])
 runs = {k: [json.loads(l) for l in open(os.path.join(work, k, "metrics.jsonl")) if l.strip()] for k in kinds}
+if upto > 0:
+    runs = {k: [r for r in v if r["step"] <= upto] for k, v in runs.items()}
+def num(path, default):
+    try:
+        return float(open(path).read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return default
 vals = {k: [r for r in runs[k] if "val_loss" in r] for k in kinds}
 base = vals["adamw"][-1]["val_loss"] if "adamw" in kinds else None
 base_steps = vals["adamw"][-1]["step"] if "adamw" in kinds else None
@@ -89,8 +97,8 @@ for k in kinds:
     m = re.search(r"state (\d+) bytes \(([\d.]+) per parameter\)", open(os.path.join(work, k + ".log")).read())
     st = f"{int(m.group(1)):,} ({float(m.group(2)):.3f})" if m else "? (AdamW: 8 bytes per parameter)"
     med = statistics.median(r["tokens_per_s"] for r in runs[k] if "tokens_per_s" in r)
-    rss = int(open(os.path.join(work, k + ".rss")).read().split()[-1]) / 1024
-    wall = float(open(os.path.join(work, k + ".wall")).read())
+    rss = num(os.path.join(work, k + ".rss"), float("nan")) / 1024
+    wall = num(os.path.join(work, k + ".wall"), float("nan"))
     ratio = math.exp(v - base) if base is not None else float("nan")
     print(f"| {k} | {v:.4f} | {math.exp(v):.2f} | {ratio:.3f} | {reach_s} | {st} | {med:.0f} | {rss:.0f} | {wall:.0f} |")
 print()
@@ -103,5 +111,5 @@ for s in steps:
 PY
 args=()
 for k in $KINDS; do args+=("$k=$WORK/$k/metrics.jsonl"); done
-python3 bench/plot_curves.py -o "$SVG" --key val_loss --ylabel "validation loss" --tokens-per-step $((BATCH * SEQ)) \
+python3 bench/plot_curves.py --max-step "${UPTO:-0}" -o "$SVG" --key val_loss --ylabel "validation loss" --tokens-per-step $((BATCH * SEQ)) \
   --title "KJV, default model shape: validation loss by optimizer ($STEPS steps x $BATCH x $SEQ tokens)" "${args[@]}" >&2
