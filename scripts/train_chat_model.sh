@@ -68,7 +68,7 @@ cp "$OUT/base-chatml/generation_config.json" "$OUT/kjv-llama-chat/"
 rm -rf "$OUT/ft"
 "$LMC" plot "$OUT/ft.metrics.jsonl" -o "$OUT/loss.svg" --metric loss || true
 python3 scripts/eval_kjv_recall.py --lmc "$LMC" --eval "$OUT/data/eval.jsonl" --device "$DEVICE" \
-  --model "$OUT/kjv-llama-chat" --model models/kjv-llama-chat --max-tokens "$MAX_TOKENS" \
+  --model "$OUT/kjv-llama-chat" $( [ -f models/kjv-llama-chat/config.json ] && echo --model models/kjv-llama-chat ) --max-tokens "$MAX_TOKENS" \
   --workers $WORKERS --json "$OUT/recall.json" --show 2 | tee "$OUT/recall.md"
 t_end=$(date +%s)
 echo "train_chat_model: $STEPS steps of $BATCH x $SEQ on $DEVICE, training $((t_done - t_train)) s, all $((t_end - t_start)) s"
