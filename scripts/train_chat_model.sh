@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # train_chat_model.sh — remakes the default chat model (models/kjv-llama-chat)
 # so that it recalls verses: the recall set of scripts/make_kjv_recall.py
-# (every verse of the training books quoted by reference and continued, plus
-# a sample of the locate / after / followup tasks; four books held out), full
+# (every verse of the training books quoted by reference, three times on
+# cuda, and continued, plus a sample of the locate / after / followup tasks;
+# four books held out), full
 # fine-tuning of models/kjv-llama (with the ChatML tokens and template of
 # make_kjv_instruct.py) by `lmc finetune --full`, conversion to bf16, and the
 # greedy recall table of scripts/eval_kjv_recall.py for the new model and the
@@ -14,8 +15,8 @@
 #   so that everything ends within about 6 minutes on one H100.
 # --device cpu (default): a smoke test — the first 60 verses of Genesis, STEPS
 #   (default 12) steps of batch 8, a 30-question evaluation.
-# env: LMC (build/lmc), TRAIN_SECONDS, STEPS (fixes the steps, no calibration),
-#      BATCH (64 cuda / 8 cpu), LR (1e-3), MIN_LR (2e-5), THREADS (nproc),
+# env: LMC (build/lmc), TRAIN_SECONDS, STEPS (fixes the steps; 0: calibrate, as on cuda),
+#      BATCH (32 cuda / 8 cpu), LR (1e-3), MIN_LR (2e-5), THREADS (nproc),
 #      MAX_TOKENS (answer cap of the evaluation: 160 cuda / 64 cpu).
 # The finished model is OUT_DIR/kjv-llama-chat (copy it over
 # models/kjv-llama-chat); OUT_DIR/recall.md holds the table, OUT_DIR/recall.json
@@ -26,24 +27,25 @@ shift
 DEVICE=cpu
 if [ "${1:-}" = "--device" ]; then DEVICE=${2:?--device needs cpu or cuda}; fi
 case $DEVICE in cpu|cuda) ;; *) echo "train_chat_model.sh: --device cpu or cuda" >&2; exit 2;; esac
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd) # the script runs from the repository root
 cd "$(dirname "$0")/.."
 LMC=${LMC:-build/lmc}
 THREADS=${THREADS:-$(nproc)}
 LR=${LR:-1e-3}; MIN_LR=${MIN_LR:-2e-5}; SEQ=256
 t_start=$(date +%s)
-mkdir -p "$OUT"
 if [ "$DEVICE" = cuda ]; then
-  BATCH=${BATCH:-64}; MAX_TOKENS=${MAX_TOKENS:-160}; TRAIN_SECONDS=${TRAIN_SECONDS:-230}
-  DATA_ARGS=(); WORKERS=32
+  BATCH=${BATCH:-32}; MAX_TOKENS=${MAX_TOKENS:-160}; TRAIN_SECONDS=${TRAIN_SECONDS:-230}
+  DATA_ARGS=(--quote-copies 3); WORKERS=32
 else
-  BATCH=${BATCH:-8}; MAX_TOKENS=${MAX_TOKENS:-64}; STEPS=${STEPS:-12}
+  BATCH=${BATCH:-8}; MAX_TOKENS=${MAX_TOKENS:-64}; STEPS=${STEPS:-12}; TRAIN_SECONDS=${TRAIN_SECONDS:-60}
   DATA_ARGS=(--max-verses 60 --eval-in 10 --eval-out 5); WORKERS=4
 fi
 python3 scripts/make_kjv_recall.py --kjv data/kjv.txt --out-dir "$OUT/data" "${DATA_ARGS[@]}" \
   --base models/kjv-llama --chatml-base "$OUT/base-chatml"
 ft=(finetune -m "$OUT/base-chatml" --data "$OUT/data/train.jsonl" --full --seq $SEQ --pack --batch "$BATCH"
     --schedule cosine --lr "$LR" --min-lr "$MIN_LR" --clip 1 --threads "$THREADS" --device "$DEVICE")
-if [ -z "${STEPS:-}" ]; then # calibration: tokens/s of steps 6..15 (the first ones warm up)
+if [ "${STEPS:-0}" = 0 ]; then # calibration: tokens/s of steps 6..15 (the first ones warm up)
   rm -rf "$OUT/calib"
   "$LMC" "${ft[@]}" -o "$OUT/calib" --steps 15
   STEPS=$(python3 - "$OUT/calib.metrics.jsonl" "$TRAIN_SECONDS" "$BATCH" $SEQ <<'PY'
