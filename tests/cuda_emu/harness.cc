@@ -54,6 +54,10 @@
  *               input-gradient backward vs the CPU twin (fp32, bf16), and a
  *               whole QLoRA finetune step (llama/qwen2/gpt2-tiny) through the
  *               real table vs the CPU run (harness_qlora.cc)
+ *   finetune    lmc finetune --full --pack's path: a trainer over the whole
+ *               model fed packed rows by a batch source, two accumulated,
+ *               clipped AdamW steps (llama/qwen2-tiny) vs the CPU run
+ *               (harness_finetune.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1322,6 +1326,7 @@ static void test_lora_rows() {
 }
 
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
+#include "harness_finetune.cc" /* test_finetune: lmc finetune --full --pack's trainer path */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1341,12 +1346,13 @@ int main(int argc, char **argv) {
         {"qmm", test_qmm},
         {"rl", test_rl},
         {"qlora", test_qlora},
+        {"finetune", test_finetune},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora finetune)\n", argv[i]);
             return 2;
         }
     }
