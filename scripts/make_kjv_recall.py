@@ -79,11 +79,13 @@ def main():
     train += other[:int(round(a.other_fraction * len(other)))]
     rng.shuffle(train)
 
+    erng = random.Random(a.seed)  # its own: the questions do not depend on the training options
+
     def pick(idx, n, name):
         rows = []
         for task in ("quote", "continue"):
             cand = [(i, m) for t, i, m in recall(idx) if t == task]
-            rng.shuffle(cand)
+            erng.shuffle(cand)
             rows += [{"set": name, "task": task, "messages": m[:-1], "answer": m[-1]["content"]}
                      for _, m in cand[:n]]
         return rows

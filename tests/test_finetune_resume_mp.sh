@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # test_finetune_resume_mp.sh — `lmc finetune --full` checkpoints under
 # mpirun: data parallel (-np 2) and tensor parallel (-np 2 --tp 2) on
-# llama-tiny. Each layout runs 8 steps uninterrupted, and again with
+# llama-tiny, and TP 2 with the vocabulary split (--tp-vocab) on qwen2-tiny
+# (its embedding tied to the head). Each layout runs 8 steps uninterrupted, and again with
 # --save-every 4 --stop-at 6 (stopped after step 6 without output, as if
 # killed; the step-4 checkpoint is the newest) then --resume from step 4 to
 # the end: the resumed model is bit-identical to the uninterrupted one and
-# steps 5..8 have the same losses; the uninterrupted runs equal one process
+# steps 5..8 have the same losses; the uninterrupted llama runs equal one process
 # with the same global batch (losses 1e-6 relative, weights 1e-6 in norm
 # and 1e-5 of their largest, test_mp_finetune's bounds). The consolidated TP checkpoint also resumes in one process
 # (1e-6). Skipped without mpirun or an MPI build.
@@ -26,12 +27,16 @@ FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
 done >"$TMP/d.jsonl"
-C=(finetune -m $FIX --data "$TMP/d.jsonl" --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8
+C=(finetune --data "$TMP/d.jsonl" --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8
    --clip 0.5 --full)
 
-"$LMC" "${C[@]}" --batch 2 --accum 2 -o "$TMP/one" 2>"$TMP/err"; ok $? "one process: $(tail -2 "$TMP/err")"
-for lay in dp tp; do
-  if [ $lay = dp ]; then X=(--batch 2); else X=(--batch 2 --accum 2 --tp 2); fi
+"$LMC" "${C[@]}" -m $FIX --batch 2 --accum 2 -o "$TMP/one" 2>"$TMP/err"; ok $? "one process: $(tail -2 "$TMP/err")"
+for lay in dp tp tpv; do
+  case $lay in
+    dp) X=(-m $FIX --batch 2);;
+    tp) X=(-m $FIX --batch 2 --accum 2 --tp 2);;
+    tpv) X=(-m tests/fixtures/qwen2-tiny --batch 2 --accum 2 --tp 2 --tp-vocab);; # tied embedding, split by vocabulary
+  esac
   "${MPIRUN[@]}" -np 2 "$LMC" "${C[@]}" "${X[@]}" -o "$TMP/$lay" >"$TMP/$lay.log" 2>&1
   ok $? "$lay uninterrupted: $(tail -3 "$TMP/$lay.log")"
   "${MPIRUN[@]}" -np 2 "$LMC" "${C[@]}" "${X[@]}" --save-every 4 --stop-at 6 -o "$TMP/${lay}k" >"$TMP/${lay}k.log" 2>&1
@@ -55,7 +60,7 @@ PY
   ok $? "$lay: resumed losses of steps 5..8 equal"
 done
 # the consolidated TP checkpoint resumed by one process with the same global batch
-"$LMC" "${C[@]}" --batch 2 --accum 2 --resume "$TMP/tpk.ckpt/step_000004" -o "$TMP/tp1" 2>"$TMP/err"
+"$LMC" "${C[@]}" -m $FIX --batch 2 --accum 2 --resume "$TMP/tpk.ckpt/step_000004" -o "$TMP/tp1" 2>"$TMP/err"
 ok $? "tp checkpoint resumed in one process: $(tail -2 "$TMP/err")"
 python3 - "$TMP" <<'PY'
 import json, struct, sys

@@ -60,6 +60,10 @@
  *               through the real CUDA table: forward logits (fp32, bf16)
  *               and a training step with the load-balancing loss (fp32,
  *               train_bf16) vs the CPU backend (harness_moe.cc)
+ *   finetune    lmc finetune --full --pack's path: a trainer over the whole
+ *               model fed packed rows by a batch source, two accumulated,
+ *               clipped AdamW steps (llama/qwen2-tiny) vs the CPU run
+ *               (harness_finetune.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1350,6 +1354,7 @@ static void test_lora_rows() {
 }
 
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
+#include "harness_finetune.cc" /* test_finetune: lmc finetune --full --pack's trainer path */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1370,12 +1375,13 @@ int main(int argc, char **argv) {
         {"rl", test_rl},
         {"qlora", test_qlora},
         {"moe_e2e", test_moe_e2e},
+        {"finetune", test_finetune},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune)\n", argv[i]);
             return 2;
         }
     }
