@@ -15,7 +15,10 @@
  *       last token; median of ROUNDS), then BATCH sequences of CTX tokens
  *       prefilled into a paged pool and STEPS greedy decode steps of the
  *       whole batch (lmc_model_forward_batch_argmax, the server's step):
- *       tokens/s = BATCH * STEPS / time, median of ROUNDS.
+ *       tokens/s = BATCH * STEPS / time, median of ROUNDS. Both with the
+ *       table as it is ([loop]: moe_gemm one cuBLASLt matmul per expert)
+ *       and with moe_gemm swapped for the grouped launch ([grouped]),
+ *       interleaved in each round.
  *
  * Prints one line per measurement (key value) for bench/gpu_moe.sh. */
 #include "core/core.h"
@@ -158,8 +161,12 @@ static int bench_model(int argc, char **argv) {
     if (P < 1 || P > 16384 || B < 1 || B > 1024 || ctx < 1 || ctx > 4096 || steps < 1 || rounds < 1 || rounds > 20)
         die("option out of range", NULL);
     lmc_err err = {0};
-    struct lmc_backend be;
+    struct lmc_backend be, bes[2];
     if (lmc_backend_cuda_init(&be, 0, &err)) die("backend", &err);
+    bes[0] = be;                                   /* the table: one cuBLASLt matmul per expert */
+    bes[1] = be;
+    bes[1].moe_gemm = lmc_cuda_moe_gemm_grouped;   /* one grouped launch per projection */
+    static const char *names[2] = {"loop", "grouped"};
     struct lmc_model m;
     struct lmc_model_opts mo = {.wdtype = LMC_WDTYPE_BF16, .be = &be};
     if (lmc_model_load(&m, dir, &mo, &err)) die("model", &err);
@@ -173,19 +180,21 @@ static int bench_model(int argc, char **argv) {
     float *logits = malloc((size_t)V * sizeof *logits);
     if (!pid || !logits) die("out of memory", NULL);
     for (int i = 0; i < P; i++) pid[i] = (int32_t)(1 + lmc_rng_next(&seed) % (uint64_t)(V - 1));
-    double tp[20];
-    if (lmc_model_forward(&m, &be, &a, &kv, pid, P, 0, logits, false, &err)) die("prefill", &err); /* warm-up */
-    for (int r = 0; r < rounds; r++) {
-        be.sync(be.ctx);
-        double t0 = lmc_time_now();
-        if (lmc_model_forward(&m, &be, &a, &kv, pid, P, 0, logits, false, &err)) die("prefill", &err);
-        be.sync(be.ctx);
-        tp[r] = lmc_time_now() - t0;
-    }
+    double tp[2][20];
+    for (int r = -1; r < rounds; r++) /* round -1: warm-up; the two paths interleaved */
+        for (int q = 0; q < 2; q++) {
+            be.sync(be.ctx);
+            double t0 = lmc_time_now();
+            if (lmc_model_forward(&m, &bes[q], &a, &kv, pid, P, 0, logits, false, &err)) die("prefill", &err);
+            be.sync(be.ctx);
+            if (r >= 0) tp[q][r] = lmc_time_now() - t0;
+        }
     lmc_acts_free(&a);
     lmc_kv_free(&kv);
-    double tpm = median(tp, rounds);
-    printf("prefill %d tokens: %.2f ms, %.0f tok/s\n", P, tpm * 1e3, P / tpm);
+    for (int q = 0; q < 2; q++) {
+        double t = median(tp[q], rounds);
+        printf("prefill %d tokens [%s]: %.2f ms, %.0f tok/s\n", P, names[q], t * 1e3, P / t);
+    }
     /* batch decode */
     int64_t bs = 16, per = (ctx + steps + 1 + bs - 1) / bs, nb = (int64_t)B * per;
     struct lmc_kv_pool pool;
@@ -207,22 +216,25 @@ static int bench_model(int argc, char **argv) {
     for (int s = 0; s < B; s++) rows[s] = (int32_t)((s + 1) * ctx - 1);
     struct lmc_batch pre = {T, ids, seq, pos, B, bt, per, rows, B, NULL};
     if (lmc_model_forward_batch_argmax(&m, &be, &ba, &pool, &pre, out, &err)) die("batch prefill", &err);
-    double td[20];
-    for (int r = -1; r < rounds; r++) { /* round -1: warm-up */
-        for (int s = 0; s < B; s++) seq[s] = s, rows[s] = s;
-        struct lmc_batch b = {B, out, seq, pos, B, bt, per, rows, B, NULL};
-        be.sync(be.ctx);
-        double t0 = lmc_time_now();
-        for (int st = 0; st < steps; st++) {
-            for (int s = 0; s < B; s++) pos[s] = ctx + st; /* the same positions each round: overwritten */
-            if (lmc_model_forward_batch_argmax(&m, &be, &ba, &pool, &b, out, &err)) die("decode step", &err);
+    double td[2][20];
+    for (int r = -1; r < rounds; r++) /* round -1: warm-up */
+        for (int q = 0; q < 2; q++) {
+            for (int s = 0; s < B; s++) seq[s] = s, rows[s] = s;
+            struct lmc_batch b = {B, out, seq, pos, B, bt, per, rows, B, NULL};
+            be.sync(be.ctx);
+            double t0 = lmc_time_now();
+            for (int st = 0; st < steps; st++) {
+                for (int s = 0; s < B; s++) pos[s] = ctx + st; /* the same positions each round: overwritten */
+                if (lmc_model_forward_batch_argmax(&m, &bes[q], &ba, &pool, &b, out, &err)) die("decode step", &err);
+            }
+            be.sync(be.ctx);
+            if (r >= 0) td[q][r] = lmc_time_now() - t0;
         }
-        be.sync(be.ctx);
-        if (r >= 0) td[r] = lmc_time_now() - t0;
+    for (int q = 0; q < 2; q++) {
+        double t = median(td[q], rounds);
+        printf("decode batch %d at context %d [%s]: %.3f ms/step, %.0f tok/s\n", B, ctx, names[q], t / steps * 1e3,
+               (double)B * steps / t);
     }
-    double tdm = median(td, rounds);
-    printf("decode batch %d at context %d: %.3f ms/step, %.0f tok/s\n", B, ctx, tdm / steps * 1e3,
-           (double)B * steps / tdm);
     lmc_batch_acts_free(&ba);
     lmc_kv_pool_free(&pool);
     free(bt), free(ids), free(seq), free(pos), free(rows), free(out), free(pid), free(logits);

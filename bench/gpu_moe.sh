@@ -93,12 +93,14 @@ if [ -f $M/config.json ]; then
   timeout 90 python3 bench/bench_moe_hf.py hf $M $PROMPT $BATCH $CTX $STEPS $ROUNDS >"$OUT/bench_model_hf.log" 2>&1 ||
     say "transformers bench FAILED: $(tail -3 "$OUT/bench_model_hf.log")"
   grep -E "^(prefill|decode)" "$OUT/bench_model_hf.log" | tee -a "$S"
-  lp=$(sed -n 's/^prefill .*: \([0-9.]*\) ms.*/\1/p' "$OUT/bench_model_lmc.log")
   hp=$(sed -n 's/^prefill .*: \([0-9.]*\) ms.*/\1/p' "$OUT/bench_model_hf.log")
-  ld=$(sed -n 's/^decode .*: \([0-9.]*\) ms\/step.*/\1/p' "$OUT/bench_model_lmc.log")
   hd=$(sed -n 's/^decode .*: \([0-9.]*\) ms\/step.*/\1/p' "$OUT/bench_model_hf.log")
-  [ -n "$lp" ] && [ -n "$hp" ] && say "prefill $PROMPT: lmc $lp ms, transformers $hp ms: lmc $(awk -v a="$hp" -v b="$lp" 'BEGIN {printf "%.2f", a / b}')x"
-  [ -n "$ld" ] && [ -n "$hd" ] && say "decode batch $BATCH: lmc $ld ms/step, transformers $hd ms/step: lmc $(awk -v a="$hd" -v b="$ld" 'BEGIN {printf "%.2f", a / b}')x"
+  for path in loop grouped; do
+    lp=$(sed -n "s/^prefill .*\[$path\]: \([0-9.]*\) ms.*/\1/p" "$OUT/bench_model_lmc.log")
+    ld=$(sed -n "s/^decode .*\[$path\]: \([0-9.]*\) ms\/step.*/\1/p" "$OUT/bench_model_lmc.log")
+    [ -n "$lp" ] && [ -n "$hp" ] && say "prefill $PROMPT [$path]: lmc $lp ms, transformers $hp ms: lmc $(awk -v a="$hp" -v b="$lp" 'BEGIN {printf "%.2f", a / b}')x"
+    [ -n "$ld" ] && [ -n "$hd" ] && say "decode batch $BATCH [$path]: lmc $ld ms/step, transformers $hd ms/step: lmc $(awk -v a="$hd" -v b="$ld" 'BEGIN {printf "%.2f", a / b}')x"
+  done
 fi
 say "=== total $(($(date +%s) - T0)) s, checks rc=$rc"
 exit $rc

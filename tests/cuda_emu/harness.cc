@@ -1245,10 +1245,18 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
     const bool loop = path == LMC_CUDA_MOE_LOOP;
     char nm[64];
     snprintf(nm, sizeof nm, "moe_gemm %s fwd %s", loop ? "loop" : "grouped", dtn(dt));
-    /* the loop runs the backend's matmul: bf16 / f16 activations in its GEMMs (test_mm's tolerances) */
-    const double tol = dt == LMC_DTYPE_F32 ? 1e-5 : !loop ? 1e-4 : dt == LMC_DTYPE_BF16 ? 1e-2 : 2e-3;
+    /* the loop runs the backend's matmul: bf16 / f16 activations in its GEMMs (test_mm's tolerances);
+     * the grouped BF16 path is the tensor-core kernel (bf16 activations), F16 the simple one (f32) */
+    const double tol = dt == LMC_DTYPE_F32 ? 1e-5 : dt == LMC_DTYPE_BF16 ? 1e-2 : !loop ? 1e-4 : 2e-3;
     check(nm, rel(down(gpu, dy_, (size_t)(rows * N)), y), tol, "E %lld N %lld K %lld",
           (long long)E, (long long)N, (long long)K);
+    if (dt == LMC_DTYPE_BF16 && !loop) { /* the tensor-core kernel vs the CPU on x rounded to bf16 as it rounds it */
+        std::vector<float> xr = x, yr = nans((size_t)(rows * N));
+        for (auto &v : xr) v = lmc_bf16_to_f32(lmc_f32_to_bf16(v));
+        cpu.moe_gemm(cpu.ctx, yr.data(), xr.data(), off.data(), E, wh.data());
+        check("moe_gemm grouped BF16 vs bf16-rounded x", rel(down(gpu, dy_, (size_t)(rows * N)), yr), 1e-5,
+              "E %lld N %lld K %lld", (long long)E, (long long)N, (long long)K);
+    }
     if (dt == LMC_DTYPE_F32) {
         for (int accum = 0; accum < 2; accum++) {
             std::vector<float> g = rv((size_t)(rows * N)), dxc = rv((size_t)(rows * K));
@@ -1280,6 +1288,8 @@ static void test_moe() {
             moe_case({0, 0, 5, 5, 12, 13}, 7, 13, dt, path); /* empty experts, odd sizes */
             moe_case({0, 0, 37, 37}, 19, 5, dt, path);       /* one expert holds every row */
         }
+        /* several 64-row and 64-column tiles, K over several steps of 32 (the tensor-core kernel) */
+        moe_case({0, 70, 70, 200}, 131, 77, LMC_DTYPE_BF16, path);
         std::vector<int64_t> off(131, 0); /* 130 experts: two launches */
         for (int64_t e = 1; e <= 130; e++) off[(size_t)e] = off[(size_t)e - 1] + (e % 41 == 0 ? 3 : e == 130 ? 2 : 0);
         moe_case(off, 5, 3, LMC_DTYPE_F32, path);
