@@ -97,7 +97,7 @@ if [ -f $M/config.json ]; then
   grep -E "^(prefill|decode)" "$OUT/bench_model_hf.log" | tee -a "$S"
   hp=$(sed -n 's/^prefill .*: \([0-9.]*\) ms.*/\1/p' "$OUT/bench_model_hf.log")
   hd=$(sed -n 's/^decode .*: \([0-9.]*\) ms\/step.*/\1/p' "$OUT/bench_model_hf.log")
-  for path in loop grouped; do
+  for path in table loop grouped; do
     lp=$(sed -n "s/^prefill .*\[$path\]: \([0-9.]*\) ms.*/\1/p" "$OUT/bench_model_lmc.log")
     ld=$(sed -n "s/^decode .*\[$path\]: \([0-9.]*\) ms\/step.*/\1/p" "$OUT/bench_model_lmc.log")
     [ -n "$lp" ] && [ -n "$hp" ] && say "prefill $PROMPT [$path]: lmc $lp ms, transformers $hp ms: lmc $(awk -v a="$hp" -v b="$lp" 'BEGIN {printf "%.2f", a / b}')x"

@@ -6,8 +6,8 @@
  * (with a gated shared expert) and their backward (with the load-balancing
  * term), clamp and its backward, and the grouped GEMM both ways (one
  * launch; the per-expert cuBLASLt loop the table runs) forward and
- * backward, on odd sizes with idle experts, k = E, top-1 and a token-free
- * call. Outputs are NaN-poisoned. Prints "skipped: no CUDA device" and
+ * backward, and moe_gemm_dev (offsets in device memory), on odd sizes
+ * with idle experts, k = E, top-1 and a token-free call. Outputs are NaN-poisoned. Prints "skipped: no CUDA device" and
  * passes without a GPU. */
 #include "core/core.h"
 #include "ops/backend.h"
@@ -175,6 +175,18 @@ static void gemm_case(const int64_t *off, int64_t E, int64_t N, int64_t K, enum 
             cpu.moe_gemm(cpu.ctx, yr, xr, off, E, ph);
             CHECK_MSG(track(&worst_gemm, rel_err(yd, yr, rows * N)) <= 1e-5, "moe_gemm grouped bf16 vs rounded x, E %lld",
                       (long long)E);
+            /* moe_gemm_dev: offsets in device memory, max_rows exact and generous */
+            int64_t most = 0, *offd = up(off, (size_t)(E + 1) * 8);
+            for (int64_t e = 0; e < E; e++) most = off[e + 1] - off[e] > most ? off[e + 1] - off[e] : most;
+            for (int q = 0; q < 2; q++) {
+                float *yg2 = dev_poison(rows * N);
+                gpu.moe_gemm_dev(gpu.ctx, yg2, xg, offd, q ? rows + 5 : most, E, pd);
+                float *yd2 = down(yg2, rows * N);
+                CHECK_MSG(track(&worst_gemm, rel_err(yd2, yr, rows * N)) <= 1e-5, "moe_gemm_dev vs rounded x, E %lld",
+                          (long long)E);
+                free(yd2), dfree(yg2);
+            }
+            dfree(offd);
             free(xr), free(yr);
         }
         free(yd), dfree(yg);

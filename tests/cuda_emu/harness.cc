@@ -59,7 +59,9 @@
  *   moe_e2e     mixtral-, qwen2moe-, qwen3moe-, olmoe- and olmoe-clip-tiny
  *               through the real CUDA table: forward logits (fp32, bf16)
  *               and a training step with the load-balancing loss (fp32,
- *               train_bf16) vs the CPU backend (harness_moe.cc)
+ *               train_bf16) vs the CPU backend; the paged batch step;
+ *               LoRA on the experts (training); quantized experts
+ *               (harness_moe.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1256,6 +1258,16 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
         cpu.moe_gemm(cpu.ctx, yr.data(), xr.data(), off.data(), E, wh.data());
         check("moe_gemm grouped BF16 vs bf16-rounded x", rel(down(gpu, dy_, (size_t)(rows * N)), yr), 1e-5,
               "E %lld N %lld K %lld", (long long)E, (long long)N, (long long)K);
+        /* moe_gemm_dev: the offsets in device memory, max_rows exact and generous */
+        int64_t most = 0;
+        for (int64_t e = 0; e < E; e++) most = std::max(most, off[(size_t)e + 1] - off[(size_t)e]);
+        int64_t *offd = (int64_t *)dup_dev(gpu, off.data(), off.size() * 8);
+        for (int64_t mr : {most, rows + 5}) {
+            float *yd = dev_nan(gpu, (size_t)(rows * N), 1);
+            gpu.moe_gemm_dev(gpu.ctx, yd, dx_, offd, mr, E, wd.data());
+            check("moe_gemm_dev BF16 vs bf16-rounded x", rel(down(gpu, yd, (size_t)(rows * N)), yr), 1e-5,
+                  "E %lld N %lld K %lld max_rows %lld", (long long)E, (long long)N, (long long)K, (long long)mr);
+        }
     }
     if (dt == LMC_DTYPE_F32) {
         for (int accum = 0; accum < 2; accum++) {

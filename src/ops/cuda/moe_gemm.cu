@@ -78,18 +78,21 @@ __global__ void moe_gemm_dw_kernel(const float *dy, const float *x, const struct
  * to bf16 on the way in, as the dense bf16 GEMMs take it; rows, columns
  * and K past the ends read as 0), 4 warps of 16 rows x 64 columns on
  * mma.sync m16n8k16 with f32 accumulation. The group (3 KiB) travels in
- * the kernel's parameter block: no upload, no sync. */
+ * the kernel's parameter block: no upload, no sync. With doff the row
+ * offsets are read from device memory instead (moe_gemm_dev: the host
+ * never needs them, the grid covers max_rows rows per expert). */
 #define MT_BM 64
 #define MT_BN 64
 #define MT_LD 40 /* bf16 per shared row: 32 + 8 of padding (rows stay 16-byte aligned) */
 #define MT_SMEM ((MT_BM + MT_BN) * MT_LD * 2)
 
 __global__ void __launch_bounds__(128) moe_gemm_tc_kernel(float *y, const float *x, const struct moe_group g,
-                                                          int64_t N, int64_t K) {
+                                                          const int64_t *doff, int64_t N, int64_t K) {
     extern __shared__ __align__(16) uint8_t mts[]; /* MT_SMEM bytes: As (64 rows x 32 k), Bs (64 n x 32 k) */
     __nv_bfloat16 *As = (__nv_bfloat16 *)mts, *Bs = As + MT_BM * MT_LD;
     const int e = blockIdx.z, tid = threadIdx.x, lane = tid & 31, wp = tid >> 5;
-    const int64_t r0 = g.off[e] + (int64_t)blockIdx.y * MT_BM, r1 = g.off[e + 1];
+    /* the expert's rows: from the group, or from device memory (doff: this chunk's first expert's entry) */
+    const int64_t r0 = (doff ? doff[e] : g.off[e]) + (int64_t)blockIdx.y * MT_BM, r1 = doff ? doff[e + 1] : g.off[e + 1];
     if (r0 >= r1) return;
     const int64_t n0 = (int64_t)blockIdx.x * MT_BN;
     const __nv_bfloat16 *w = (const __nv_bfloat16 *)g.w[e];
@@ -171,7 +174,7 @@ static void moe_gemm_grouped(void *ctx, float *y, const float *x, const int64_t 
         if (dt == LMC_DTYPE_BF16) {
             static_assert(sizeof(struct moe_group) <= 4096, "moe_group as a kernel parameter");
             dim3 grid((unsigned)((N + MT_BN - 1) / MT_BN), (unsigned)((most + MT_BM - 1) / MT_BM), (unsigned)ne);
-            moe_gemm_tc_kernel<<<grid, 128, MT_SMEM, c->stream>>>(y, x, g, N, K);
+            moe_gemm_tc_kernel<<<grid, 128, MT_SMEM, c->stream>>>(y, x, g, (const int64_t *)NULL, N, K);
             LMC_CUDA_LAUNCH_CHECK();
             continue;
         }
@@ -252,4 +255,27 @@ extern "C" void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, co
 extern "C" void lmc_cuda_moe_gemm_grouped(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
                                           const struct lmc_mat *const *w) {
     lmc_cuda_moe_gemm_ex(ctx, y, x, off, E, w, LMC_CUDA_MOE_GROUPED);
+}
+
+/* The table's moe_gemm_dev (BF16 weights): the tensor-core grouped kernel
+ * with the offsets in device memory, max_rows >= any expert's rows; no
+ * host copy of the offsets, nothing waits. */
+extern "C" void lmc_cuda_moe_gemm_dev(void *ctx, float *y, const float *x, const int64_t *off, int64_t max_rows,
+                                      int64_t E, const struct lmc_mat *const *w) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (E <= 0 || max_rows <= 0) return;
+    int64_t N = w[0]->rows, K = w[0]->cols;
+    LMC_ASSERT(w[0]->dtype == LMC_DTYPE_BF16 && (max_rows + MT_BM - 1) / MT_BM <= 65535);
+    for (int64_t e0 = 0; e0 < E; e0 += MOE_CHUNK) {
+        int64_t ne = E - e0 < MOE_CHUNK ? E - e0 : MOE_CHUNK;
+        struct moe_group g;
+        memset(&g, 0, sizeof g);
+        for (int64_t i = 0; i < ne; i++) {
+            LMC_ASSERT(w[e0 + i]->dtype == LMC_DTYPE_BF16 && w[e0 + i]->rows == N && w[e0 + i]->cols == K);
+            g.w[i] = w[e0 + i]->data;
+        }
+        dim3 grid((unsigned)((N + MT_BN - 1) / MT_BN), (unsigned)((max_rows + MT_BM - 1) / MT_BM), (unsigned)ne);
+        moe_gemm_tc_kernel<<<grid, 128, MT_SMEM, c->stream>>>(y, x, g, off + e0, N, K);
+        LMC_CUDA_LAUNCH_CHECK();
+    }
 }
