@@ -30,12 +30,16 @@
 #include "model/model.h"
 #include "ops/backend.h"
 #include "ops/backend_cuda.h"
+#ifdef LMC_HAVE_CUDA
 #include "ops/cuda/ops_cuda.h"
+#endif
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef LMC_HAVE_CUDA
 
 static void die(const char *what, const lmc_err *e) {
     fprintf(stderr, "bench_moe_cuda: %s%s%s\n", what, e ? ": " : "", e ? e->msg : "");
@@ -260,6 +264,8 @@ static int bench_model(int argc, char **argv) {
     return 0;
 }
 
+#endif /* LMC_HAVE_CUDA */
+
 int main(int argc, char **argv) {
     if (argc < 2 || (strcmp(argv[1], "gemm") && strcmp(argv[1], "model"))) {
         fprintf(stderr, "usage: bench_moe_cuda gemm [--E 8] [--C 2048] [--I 5632] [--k 2] [--rows 64,512,4096]\n"
@@ -271,5 +277,10 @@ int main(int argc, char **argv) {
         printf("bench_moe_cuda: skipped: no CUDA device\n");
         return 0;
     }
+#ifdef LMC_HAVE_CUDA
     return !strcmp(argv[1], "gemm") ? bench_gemm(argc, argv) : bench_model(argc, argv);
+#else
+    fprintf(stderr, "bench_moe_cuda: built without CUDA\n");
+    return 1;
+#endif
 }
