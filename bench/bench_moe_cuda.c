@@ -6,8 +6,9 @@
  *       * k choices, expert e getting a share that falls with e), timed
  *       both ways of moe_gemm.cu: GROUPED (one launch) and LOOP (one
  *       cuBLASLt matmul per expert, the table's); the two outputs are
- *       compared first (max relative difference). Medians of 20 runs after
- *       3 warm-ups, wall time around a device sync.
+ *       compared first (max relative difference), and the grouped kernel
+ *       with the offsets in device memory (moe_gemm_dev). Medians of 20
+ *       interleaved runs after 3 warm-ups, wall time around a device sync.
  *
  *   bench_moe_cuda model DIR [--prompt 512] [--batch 64] [--ctx 128] [--steps 32] [--rounds 3]
  *       A model folder (bf16 weights on the device): prefill of one PROMPT-
@@ -15,7 +16,12 @@
  *       last token; median of ROUNDS), then BATCH sequences of CTX tokens
  *       prefilled into a paged pool and STEPS greedy decode steps of the
  *       whole batch (lmc_model_forward_batch_argmax, the server's step):
- *       tokens/s = BATCH * STEPS / time, median of ROUNDS.
+ *       tokens/s = BATCH * STEPS / time, median of ROUNDS. Three expert
+ *       GEMM paths interleaved in each round: [table] as the table is
+ *       (moe_gemm_dev, the tensor-core grouped kernel reading the offsets
+ *       on the device, for <= 64 rows per expert on average; else one
+ *       cuBLASLt matmul per expert), [loop] (always the per-expert
+ *       matmuls) and [grouped] (the grouped launch with host offsets).
  *
  * Prints one line per measurement (key value) for bench/gpu_moe.sh. */
 #include "core/core.h"
@@ -24,12 +30,16 @@
 #include "model/model.h"
 #include "ops/backend.h"
 #include "ops/backend_cuda.h"
+#ifdef LMC_HAVE_CUDA
 #include "ops/cuda/ops_cuda.h"
+#endif
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef LMC_HAVE_CUDA
 
 static void die(const char *what, const lmc_err *e) {
     fprintf(stderr, "bench_moe_cuda: %s%s%s\n", what, e ? ": " : "", e ? e->msg : "");
@@ -115,23 +125,32 @@ static int bench_gemm(int argc, char **argv) {
             md = fmax(md, fabs((double)y1[i] - y2[i]));
             mx = fmax(mx, fabs((double)y1[i]));
         }
-        double t[2][20];
-        for (int p = 0; p < 2; p++) {
-            enum lmc_cuda_moe_path path = p ? LMC_CUDA_MOE_LOOP : LMC_CUDA_MOE_GROUPED;
-            for (int w = 0; w < 3; w++) lmc_cuda_moe_gemm_ex(be.ctx, y, x, off, E, wp, path);
-            be.sync(be.ctx);
-            for (int r = 0; r < 20; r++) {
+        int64_t most = 0;
+        for (int64_t e = 0; e < E; e++) most = off[e + 1] - off[e] > most ? off[e + 1] - off[e] : most;
+        int64_t *offd = be.alloc(be.ctx, (size_t)(E + 1) * sizeof *offd);
+        if (!offd) die("device memory", NULL);
+        be.upload(be.ctx, offd, off, (size_t)(E + 1) * sizeof *offd);
+        double t[3][20];
+        for (int w = 0; w < 3; w++) /* warm-up, each path */
+            for (int p = 0; p < 3; p++)
+                if (p == 2) lmc_cuda_moe_gemm_dev(be.ctx, y, x, offd, most, E, wp);
+                else lmc_cuda_moe_gemm_ex(be.ctx, y, x, off, E, wp, p ? LMC_CUDA_MOE_LOOP : LMC_CUDA_MOE_GROUPED);
+        be.sync(be.ctx);
+        for (int r = 0; r < 20; r++) /* the paths interleaved */
+            for (int p = 0; p < 3; p++) {
                 double t0 = lmc_time_now();
-                lmc_cuda_moe_gemm_ex(be.ctx, y, x, off, E, wp, path);
+                if (p == 2) lmc_cuda_moe_gemm_dev(be.ctx, y, x, offd, most, E, wp);
+                else lmc_cuda_moe_gemm_ex(be.ctx, y, x, off, E, wp, p ? LMC_CUDA_MOE_LOOP : LMC_CUDA_MOE_GROUPED);
                 be.sync(be.ctx);
                 t[p][r] = lmc_time_now() - t0;
             }
-        }
-        double tg = median(t[0], 20), tl = median(t[1], 20), fl = 2.0 * (double)R * (double)C * (double)I;
-        printf("gemm tokens %lld (rows %lld): grouped %.3f ms (%.1f TFLOP/s), cublas loop %.3f ms (%.1f TFLOP/s), "
-               "grouped/loop time %.2f, max rel diff %.2e\n",
-               (long long)n, (long long)R, tg * 1e3, fl / tg / 1e12, tl * 1e3, fl / tl / 1e12, tg / tl,
+        double tg = median(t[0], 20), tl = median(t[1], 20), tdv = median(t[2], 20);
+        double fl = 2.0 * (double)R * (double)C * (double)I;
+        printf("gemm tokens %lld (rows %lld): grouped %.3f ms (%.1f TFLOP/s), grouped device offsets %.3f ms, "
+               "cublas loop %.3f ms (%.1f TFLOP/s), grouped/loop time %.2f, max rel diff %.2e\n",
+               (long long)n, (long long)R, tg * 1e3, fl / tg / 1e12, tdv * 1e3, tl * 1e3, fl / tl / 1e12, tg / tl,
                mx > 0 ? md / mx : md);
+        be.free(be.ctx, offd);
         be.free(be.ctx, x), be.free(be.ctx, y);
         free(xh), free(y1), free(y2), free(off);
     }
@@ -140,6 +159,8 @@ static int bench_gemm(int argc, char **argv) {
     lmc_backend_cuda_free(&be);
     return 0;
 }
+
+#define NM 3 /* expert GEMM paths of bench_model */
 
 static int bench_model(int argc, char **argv) {
     if (argc < 3) die("usage: bench_moe_cuda model DIR [--prompt P] [--batch B] [--ctx CTX] [--steps S] [--rounds N]",
@@ -158,8 +179,15 @@ static int bench_model(int argc, char **argv) {
     if (P < 1 || P > 16384 || B < 1 || B > 1024 || ctx < 1 || ctx > 4096 || steps < 1 || rounds < 1 || rounds > 20)
         die("option out of range", NULL);
     lmc_err err = {0};
-    struct lmc_backend be;
+    struct lmc_backend be, bes[NM];
     if (lmc_backend_cuda_init(&be, 0, &err)) die("backend", &err);
+    bes[0] = be; /* the table: moe_gemm_dev (device offsets, no wait) for few rows per expert, else the loop */
+    bes[1] = be;
+    bes[1].moe_gemm_dev = NULL;                  /* always one cuBLASLt matmul per expert (host offsets) */
+    bes[2] = be;
+    bes[2].moe_gemm = lmc_cuda_moe_gemm_grouped; /* one grouped launch per projection (host offsets) */
+    bes[2].moe_gemm_dev = NULL;
+    static const char *names[NM] = {"table", "loop", "grouped"};
     struct lmc_model m;
     struct lmc_model_opts mo = {.wdtype = LMC_WDTYPE_BF16, .be = &be};
     if (lmc_model_load(&m, dir, &mo, &err)) die("model", &err);
@@ -173,19 +201,21 @@ static int bench_model(int argc, char **argv) {
     float *logits = malloc((size_t)V * sizeof *logits);
     if (!pid || !logits) die("out of memory", NULL);
     for (int i = 0; i < P; i++) pid[i] = (int32_t)(1 + lmc_rng_next(&seed) % (uint64_t)(V - 1));
-    double tp[20];
-    if (lmc_model_forward(&m, &be, &a, &kv, pid, P, 0, logits, false, &err)) die("prefill", &err); /* warm-up */
-    for (int r = 0; r < rounds; r++) {
-        be.sync(be.ctx);
-        double t0 = lmc_time_now();
-        if (lmc_model_forward(&m, &be, &a, &kv, pid, P, 0, logits, false, &err)) die("prefill", &err);
-        be.sync(be.ctx);
-        tp[r] = lmc_time_now() - t0;
-    }
+    double tp[NM][20];
+    for (int r = -1; r < rounds; r++) /* round -1: warm-up; the paths interleaved */
+        for (int q = 0; q < NM; q++) {
+            be.sync(be.ctx);
+            double t0 = lmc_time_now();
+            if (lmc_model_forward(&m, &bes[q], &a, &kv, pid, P, 0, logits, false, &err)) die("prefill", &err);
+            be.sync(be.ctx);
+            if (r >= 0) tp[q][r] = lmc_time_now() - t0;
+        }
     lmc_acts_free(&a);
     lmc_kv_free(&kv);
-    double tpm = median(tp, rounds);
-    printf("prefill %d tokens: %.2f ms, %.0f tok/s\n", P, tpm * 1e3, P / tpm);
+    for (int q = 0; q < NM; q++) {
+        double t = median(tp[q], rounds);
+        printf("prefill %d tokens [%s]: %.2f ms, %.0f tok/s\n", P, names[q], t * 1e3, P / t);
+    }
     /* batch decode */
     int64_t bs = 16, per = (ctx + steps + 1 + bs - 1) / bs, nb = (int64_t)B * per;
     struct lmc_kv_pool pool;
@@ -207,22 +237,25 @@ static int bench_model(int argc, char **argv) {
     for (int s = 0; s < B; s++) rows[s] = (int32_t)((s + 1) * ctx - 1);
     struct lmc_batch pre = {T, ids, seq, pos, B, bt, per, rows, B, NULL};
     if (lmc_model_forward_batch_argmax(&m, &be, &ba, &pool, &pre, out, &err)) die("batch prefill", &err);
-    double td[20];
-    for (int r = -1; r < rounds; r++) { /* round -1: warm-up */
-        for (int s = 0; s < B; s++) seq[s] = s, rows[s] = s;
-        struct lmc_batch b = {B, out, seq, pos, B, bt, per, rows, B, NULL};
-        be.sync(be.ctx);
-        double t0 = lmc_time_now();
-        for (int st = 0; st < steps; st++) {
-            for (int s = 0; s < B; s++) pos[s] = ctx + st; /* the same positions each round: overwritten */
-            if (lmc_model_forward_batch_argmax(&m, &be, &ba, &pool, &b, out, &err)) die("decode step", &err);
+    double td[NM][20];
+    for (int r = -1; r < rounds; r++) /* round -1: warm-up */
+        for (int q = 0; q < NM; q++) {
+            for (int s = 0; s < B; s++) seq[s] = s, rows[s] = s;
+            struct lmc_batch b = {B, out, seq, pos, B, bt, per, rows, B, NULL};
+            be.sync(be.ctx);
+            double t0 = lmc_time_now();
+            for (int st = 0; st < steps; st++) {
+                for (int s = 0; s < B; s++) pos[s] = ctx + st; /* the same positions each round: overwritten */
+                if (lmc_model_forward_batch_argmax(&m, &bes[q], &ba, &pool, &b, out, &err)) die("decode step", &err);
+            }
+            be.sync(be.ctx);
+            if (r >= 0) td[q][r] = lmc_time_now() - t0;
         }
-        be.sync(be.ctx);
-        if (r >= 0) td[r] = lmc_time_now() - t0;
+    for (int q = 0; q < NM; q++) {
+        double t = median(td[q], rounds);
+        printf("decode batch %d at context %d [%s]: %.3f ms/step, %.0f tok/s\n", B, ctx, names[q], t / steps * 1e3,
+               (double)B * steps / t);
     }
-    double tdm = median(td, rounds);
-    printf("decode batch %d at context %d: %.3f ms/step, %.0f tok/s\n", B, ctx, tdm / steps * 1e3,
-           (double)B * steps / tdm);
     lmc_batch_acts_free(&ba);
     lmc_kv_pool_free(&pool);
     free(bt), free(ids), free(seq), free(pos), free(rows), free(out), free(pid), free(logits);
@@ -230,6 +263,8 @@ static int bench_model(int argc, char **argv) {
     lmc_backend_cuda_free(&be);
     return 0;
 }
+
+#endif /* LMC_HAVE_CUDA */
 
 int main(int argc, char **argv) {
     if (argc < 2 || (strcmp(argv[1], "gemm") && strcmp(argv[1], "model"))) {
@@ -242,5 +277,10 @@ int main(int argc, char **argv) {
         printf("bench_moe_cuda: skipped: no CUDA device\n");
         return 0;
     }
+#ifdef LMC_HAVE_CUDA
     return !strcmp(argv[1], "gemm") ? bench_gemm(argc, argv) : bench_model(argc, argv);
+#else
+    fprintf(stderr, "bench_moe_cuda: built without CUDA\n");
+    return 1;
+#endif
 }

@@ -6,8 +6,8 @@
  * (with a gated shared expert) and their backward (with the load-balancing
  * term), clamp and its backward, and the grouped GEMM both ways (one
  * launch; the per-expert cuBLASLt loop the table runs) forward and
- * backward, on odd sizes with idle experts, k = E, top-1 and a token-free
- * call. Outputs are NaN-poisoned. Prints "skipped: no CUDA device" and
+ * backward, and moe_gemm_dev (offsets in device memory), on odd sizes
+ * with idle experts, k = E, top-1 and a token-free call. Outputs are NaN-poisoned. Prints "skipped: no CUDA device" and
  * passes without a GPU. */
 #include "core/core.h"
 #include "ops/backend.h"
@@ -164,10 +164,31 @@ static void gemm_case(const int64_t *off, int64_t E, int64_t N, int64_t K, enum 
         float *yg = dev_poison(rows * N);
         lmc_cuda_moe_gemm_ex(gpu.ctx, yg, xg, off, E, pd, path);
         float *yd = down(yg, rows * N);
-        /* the loop's GEMMs take bf16 / f16 activations (test_ops_cuda's matmul tolerances) */
-        double tol = dt == LMC_DTYPE_F32 ? 1e-5 : !p ? 1e-4 : dt == LMC_DTYPE_BF16 ? 1e-2 : 2e-3;
+        /* the loop's GEMMs take bf16 / f16 activations (test_ops_cuda's matmul tolerances), and so
+         * does the grouped tensor-core kernel of BF16 weights; grouped F16 is the simple f32 kernel */
+        double tol = dt == LMC_DTYPE_F32 ? 1e-5 : dt == LMC_DTYPE_BF16 ? 1e-2 : !p ? 1e-4 : 2e-3;
         CHECK_MSG(track(&worst_gemm, rel_err(yd, yc, rows * N)) <= tol, "moe_gemm %s fwd dtype %d E %lld N %lld K %lld",
                   p ? "loop" : "grouped", (int)dt, (long long)E, (long long)N, (long long)K);
+        if (dt == LMC_DTYPE_BF16 && !p) { /* the tensor-core kernel vs the CPU on x rounded to bf16 as it rounds it */
+            float *xr = malloc((size_t)(rows * K + 1) * 4), *yr = malloc((size_t)(rows * N + 1) * 4);
+            for (int64_t i = 0; i < rows * K; i++) xr[i] = lmc_bf16_to_f32(lmc_f32_to_bf16(x[i]));
+            cpu.moe_gemm(cpu.ctx, yr, xr, off, E, ph);
+            CHECK_MSG(track(&worst_gemm, rel_err(yd, yr, rows * N)) <= 1e-5, "moe_gemm grouped bf16 vs rounded x, E %lld",
+                      (long long)E);
+            /* moe_gemm_dev: offsets in device memory, max_rows exact and generous */
+            int64_t most = 0, *offd = up(off, (size_t)(E + 1) * 8);
+            for (int64_t e = 0; e < E; e++) most = off[e + 1] - off[e] > most ? off[e + 1] - off[e] : most;
+            for (int q = 0; q < 2; q++) {
+                float *yg2 = dev_poison(rows * N);
+                gpu.moe_gemm_dev(gpu.ctx, yg2, xg, offd, q ? rows + 5 : most, E, pd);
+                float *yd2 = down(yg2, rows * N);
+                CHECK_MSG(track(&worst_gemm, rel_err(yd2, yr, rows * N)) <= 1e-5, "moe_gemm_dev vs rounded x, E %lld",
+                          (long long)E);
+                free(yd2), dfree(yg2);
+            }
+            dfree(offd);
+            free(xr), free(yr);
+        }
         free(yd), dfree(yg);
         if (dt != LMC_DTYPE_F32) continue;
         for (int accum = 0; accum < 2; accum++) {
@@ -227,11 +248,13 @@ int main(void) {
     route_case(3001, 64, 8, 1, true, true, 129); /* 24008 choices (DeepSeek/OLMoE-like widths) */
     test_clamp();
     const int64_t o1[] = {0, 0, 5, 5, 12, 13}, o2[] = {0, 0, 37, 37}, o3[] = {0, 100, 200, 700, 701};
+    const int64_t o4[] = {0, 70, 70, 4070}; /* many 64-row tiles, one idle expert */
     for (int d = 0; d < 3; d++) {
         enum lmc_dtype dt = d == 0 ? LMC_DTYPE_F32 : d == 1 ? LMC_DTYPE_BF16 : LMC_DTYPE_F16;
         gemm_case(o1, 5, 7, 13, dt);
         gemm_case(o2, 3, 19, 5, dt);
         gemm_case(o3, 4, 257, 131, dt);
+        gemm_case(o4, 3, 1000, 520, dt);
     }
     printf("  max rel err routing/combine %.3g, backward %.3g, grouped gemm %.3g\n", worst_route, worst_bwd,
            worst_gemm);

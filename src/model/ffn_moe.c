@@ -145,6 +145,33 @@ void lmc_moe_experts_fwd(const struct lmc_backend *be, const struct lmc_config *
     }
 }
 
+/* Whether the forward may take the backend's device-offset grouped GEMM
+ * (moe_gemm_dev: no host copy of the offsets, no wait per layer): plain
+ * BF16 experts, inference (no load statistics), and few rows per expert
+ * (at most 64 on average: decode and short prompts; larger batches keep
+ * the per-expert GEMMs of moe_gemm). */
+static bool dev_grouped(const struct lmc_backend *be, const struct lmc_linear *X, int64_t E, int64_t nk) {
+    if (!be->moe_gemm_dev || nk > 64 * E || !grouped(be, X, E, false)) return false;
+    for (int64_t i = 0; i < E * LMC_X_N; i++)
+        if (X[i].w.dtype != LMC_DTYPE_BF16 || !X[i].w.data) return false;
+    return true;
+}
+
+/* lmc_moe_experts_fwd through moe_gemm_dev: off in backend memory, every
+ * expert at most max_rows of the nk rows. */
+static void experts_fwd_dev(const struct lmc_backend *be, const struct lmc_config *c, const struct lmc_linear *X,
+                            int64_t E, const int64_t *off, int64_t max_rows, int64_t nk, const float *xs, float *g,
+                            float *u, float *a, float *o) {
+    const struct lmc_mat *wp[MAX_E] = {0};
+    mats(X, E, LMC_X_GATE, wp);
+    be->moe_gemm_dev(be->ctx, g, xs, off, max_rows, E, wp);
+    mats(X, E, LMC_X_UP, wp);
+    be->moe_gemm_dev(be->ctx, u, xs, off, max_rows, E, wp);
+    be->swiglu(be->ctx, a, g, u, nk * c->moe_intermediate_size);
+    mats(X, E, LMC_X_DOWN, wp);
+    be->moe_gemm_dev(be->ctx, o, a, off, max_rows, E, wp);
+}
+
 void lmc_moe_experts_bwd(const struct lmc_backend *be, const struct lmc_config *c,
                          const struct lmc_linear *X, const struct lmc_linear *GX, int64_t E,
                          const int64_t *off, float *dox, float *da, float *du, const float *xs,
@@ -197,8 +224,9 @@ static void moe_fwd_rows(const struct lmc_run *r, int64_t l, const struct lmc_bl
     carve(c, n, save, &s);
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER];
     if (n > 0) lmc_linear_fwd(be, 1, &R, &s.rt.probs, h, n);
-    int64_t off[MAX_E + 1]; /* host copy of s.rt.off */
-    be->moe_route(be->ctx, &s.rt, off, n, E, k, c->norm_topk_prob);
+    int64_t off[MAX_E + 1]; /* host copy of s.rt.off (not made on the device-offset path) */
+    bool dev = !W->ep && !r->moe && n > 0 && dev_grouped(be, W->experts, E, n * k);
+    be->moe_route(be->ctx, &s.rt, dev ? NULL : off, n, E, k, c->norm_topk_prob);
     if (r->moe) { /* this layer's expert load (assigned: a recomputed layer writes it again) */
         LMC_ASSERT(l < r->moe->L && r->moe->E == E);
         be->moe_stats(be->ctx, r->moe->count + l * E, r->moe->psum + l * E, s.rt.sel, s.rt.probs, n, k, E);
@@ -206,6 +234,8 @@ static void moe_fwd_rows(const struct lmc_run *r, int64_t l, const struct lmc_bl
     if (n > 0) be->moe_gather(be->ctx, s.xs, h, s.rt.perm, n * k, k, C);
     if (W->ep)
         lmc_ep_experts_fwd(W->ep, l, be, c, W->experts, off, s.xs, n * k, s.o);
+    else if (dev) /* a token picks an expert once: at most n rows each */
+        experts_fwd_dev(be, c, W->experts, E, s.rt.off, n, n * k, s.xs, s.g, s.u, s.a, s.o);
     else
         lmc_moe_experts_fwd(be, c, W->experts, E, off, s.xs, s.g, s.u, s.a, s.o);
     int64_t SI = c->shared_expert_intermediate_size;

@@ -401,9 +401,16 @@ struct lmc_backend {
      * index, as torch.topk) and their probabilities, divided by their sum
      * when norm_topk; r->perm / r->row / r->off: the n k choices grouped by
      * expert, stable (an expert's rows in token order): grouped row perm^-1;
-     * off_host (host, E + 1) receives r->off. Waits. */
+     * off_host (host, E + 1) receives r->off and the call waits; off_host
+     * NULL: no copy (moe_gemm_dev reads r->off), nothing waits. */
     void (*moe_route)(void *ctx, const struct lmc_moe_routing *r, int64_t *off_host, int64_t n,
                       int64_t E, int64_t k, int norm_topk);
+    /* Optional (NULL: moe_gemm with host offsets), BF16 weights only: the
+     * grouped GEMM with the offsets in backend memory (r->off of
+     * moe_route, which then takes off_host NULL: no copy, no wait); every
+     * expert has at most max_rows rows. Same result as moe_gemm. */
+    void (*moe_gemm_dev)(void *ctx, float *y, const float *x, const int64_t *off, int64_t max_rows,
+                         int64_t E, const struct lmc_mat *const *w);
     /* Load-balancing statistics: cnt[e] = choices of e among sel (n k),
      * psum[e] = sum over tokens of probs[t, e]; cnt, psum host (E). Waits. */
     void (*moe_stats)(void *ctx, double *cnt, double *psum, const int32_t *sel, const float *probs,

@@ -59,7 +59,9 @@
  *   moe_e2e     mixtral-, qwen2moe-, qwen3moe-, olmoe- and olmoe-clip-tiny
  *               through the real CUDA table: forward logits (fp32, bf16)
  *               and a training step with the load-balancing loss (fp32,
- *               train_bf16) vs the CPU backend (harness_moe.cc)
+ *               train_bf16) vs the CPU backend; the paged batch step;
+ *               LoRA on the experts (training); quantized experts
+ *               (harness_moe.cc)
  *   finetune    lmc finetune --full --pack's path: a trainer over the whole
  *               model fed packed rows by a batch source, two accumulated,
  *               clipped AdamW steps (llama/qwen2-tiny) vs the CPU run
@@ -1249,10 +1251,28 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
     const bool loop = path == LMC_CUDA_MOE_LOOP;
     char nm[64];
     snprintf(nm, sizeof nm, "moe_gemm %s fwd %s", loop ? "loop" : "grouped", dtn(dt));
-    /* the loop runs the backend's matmul: bf16 / f16 activations in its GEMMs (test_mm's tolerances) */
-    const double tol = dt == LMC_DTYPE_F32 ? 1e-5 : !loop ? 1e-4 : dt == LMC_DTYPE_BF16 ? 1e-2 : 2e-3;
+    /* the loop runs the backend's matmul: bf16 / f16 activations in its GEMMs (test_mm's tolerances);
+     * the grouped BF16 path is the tensor-core kernel (bf16 activations), F16 the simple one (f32) */
+    const double tol = dt == LMC_DTYPE_F32 ? 1e-5 : dt == LMC_DTYPE_BF16 ? 1e-2 : !loop ? 1e-4 : 2e-3;
     check(nm, rel(down(gpu, dy_, (size_t)(rows * N)), y), tol, "E %lld N %lld K %lld",
           (long long)E, (long long)N, (long long)K);
+    if (dt == LMC_DTYPE_BF16 && !loop) { /* the tensor-core kernel vs the CPU on x rounded to bf16 as it rounds it */
+        std::vector<float> xr = x, yr = nans((size_t)(rows * N));
+        for (auto &v : xr) v = lmc_bf16_to_f32(lmc_f32_to_bf16(v));
+        cpu.moe_gemm(cpu.ctx, yr.data(), xr.data(), off.data(), E, wh.data());
+        check("moe_gemm grouped BF16 vs bf16-rounded x", rel(down(gpu, dy_, (size_t)(rows * N)), yr), 1e-5,
+              "E %lld N %lld K %lld", (long long)E, (long long)N, (long long)K);
+        /* moe_gemm_dev: the offsets in device memory, max_rows exact and generous */
+        int64_t most = 0;
+        for (int64_t e = 0; e < E; e++) most = std::max(most, off[(size_t)e + 1] - off[(size_t)e]);
+        int64_t *offd = (int64_t *)dup_dev(gpu, off.data(), off.size() * 8);
+        for (int64_t mr : {most, rows + 5}) {
+            float *yd = dev_nan(gpu, (size_t)(rows * N), 1);
+            gpu.moe_gemm_dev(gpu.ctx, yd, dx_, offd, mr, E, wd.data());
+            check("moe_gemm_dev BF16 vs bf16-rounded x", rel(down(gpu, yd, (size_t)(rows * N)), yr), 1e-5,
+                  "E %lld N %lld K %lld max_rows %lld", (long long)E, (long long)N, (long long)K, (long long)mr);
+        }
+    }
     if (dt == LMC_DTYPE_F32) {
         for (int accum = 0; accum < 2; accum++) {
             std::vector<float> g = rv((size_t)(rows * N)), dxc = rv((size_t)(rows * K));
@@ -1284,6 +1304,8 @@ static void test_moe() {
             moe_case({0, 0, 5, 5, 12, 13}, 7, 13, dt, path); /* empty experts, odd sizes */
             moe_case({0, 0, 37, 37}, 19, 5, dt, path);       /* one expert holds every row */
         }
+        /* several 64-row and 64-column tiles, K over several steps of 32 (the tensor-core kernel) */
+        moe_case({0, 70, 70, 200}, 131, 77, LMC_DTYPE_BF16, path);
         std::vector<int64_t> off(131, 0); /* 130 experts: two launches */
         for (int64_t e = 1; e <= 130; e++) off[(size_t)e] = off[(size_t)e - 1] + (e % 41 == 0 ? 3 : e == 130 ? 2 : 0);
         moe_case(off, 5, 3, LMC_DTYPE_F32, path);

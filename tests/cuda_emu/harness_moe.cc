@@ -2,7 +2,8 @@
  * ops (moe_route.cu) and clamp.cu vs their CPU twins (ops/cpu/moe_route.c,
  * clamp.c) on random odd sizes with tied router rows, experts that get no
  * token, k = E, more choices than one block's chunk; and whole MoE
- * fixtures through the real CUDA table (test_moe_e2e). */
+ * fixtures through the real CUDA table (test_moe_e2e): forward, training
+ * step, and the server's paged batch step. */
 
 static int32_t *dup_dev_i(const struct lmc_backend &be, const std::vector<int32_t> &v) {
     void *p = be.alloc(be.ctx, v.size() * 4 + 4);
@@ -134,10 +135,175 @@ static void test_moe_route() {
     test_clamp();
 }
 
+/* The server's step (lmc_model_forward_batch over a paged pool) on a MoE
+ * fixture, fp32: three sequences prefilled in one batch (scrambled block
+ * tables), then one decode token each; every row's logits vs the CPU. */
+static void moe_paged(const char *mn) {
+    lmc_err err;
+    std::string dir = std::string(fixtures()) + "/" + mn;
+    const int NS = 3, L = 9, BS = 8, MB = 2;
+    std::vector<int32_t> ids(NS * L), seq(NS * L), pos(NS * L), rows(NS * L), bt(NS * MB);
+    for (int q = 0, t = 0; q < NS; q++)
+        for (int p = 0; p < L; p++, t++) ids[(size_t)t] = irand(512), seq[(size_t)t] = q, pos[(size_t)t] = p, rows[(size_t)t] = t;
+    for (int i = 0; i < NS * MB; i++) bt[(size_t)i] = (i * 5 + 1) % (NS * MB + 1);
+    std::vector<int32_t> ids2(NS), seq2(NS), pos2(NS, L), rows2(NS);
+    for (int q = 0; q < NS; q++) ids2[(size_t)q] = irand(512), seq2[(size_t)q] = q, rows2[(size_t)q] = q;
+    std::vector<float> out[2], dec[2];
+    const struct lmc_backend *bes[2] = {&cpu, &gpu};
+    lmc_backend_cuda_set_fp32_attention(&gpu, true);
+    for (int k = 0; k < 2; k++) {
+        struct lmc_model m;
+        struct lmc_model_opts mo = {LMC_WDTYPE_F32, bes[k]};
+        if (lmc_model_load(&m, dir.c_str(), &mo, &err)) { printf("FAIL %s\n", err.msg), n_fail++; return; }
+        const int64_t V = m.cfg.vocab_size;
+        struct lmc_kv_pool pool;
+        struct lmc_batch_acts ba;
+        out[k].assign((size_t)(NS * L * V), NAN), dec[k].assign((size_t)(NS * V), NAN);
+        struct lmc_batch b = {NS * L, ids.data(), seq.data(), pos.data(), NS, bt.data(), MB, rows.data(), NS * L, NULL};
+        struct lmc_batch b2 = {NS, ids2.data(), seq2.data(), pos2.data(), NS, bt.data(), MB, rows2.data(), NS, NULL};
+        if (lmc_kv_pool_init(&pool, &m, bes[k], NS * MB + 1, BS, &err) ||
+            lmc_batch_acts_init(&ba, &m, bes[k], NS * L, NS, MB, NS * L, &err) ||
+            lmc_model_forward_batch(&m, bes[k], &ba, &pool, &b, out[k].data(), &err) ||
+            lmc_model_forward_batch(&m, bes[k], &ba, &pool, &b2, dec[k].data(), &err))
+            printf("FAIL moe paged forward %s\n", err.msg), n_fail++;
+        lmc_batch_acts_free(&ba);
+        lmc_kv_pool_free(&pool);
+        lmc_model_free(&m);
+    }
+    lmc_backend_cuda_set_fp32_attention(&gpu, false);
+    double e1 = rel(out[1], out[0]), e2 = rel(dec[1], dec[0]);
+    printf("  %s paged batch fp32: prefill logits %.2e, decode logits %.2e\n", mn, e1, e2);
+    check("moe paged batch prefill logits", e1, 1e-4, "%s", mn);
+    check("moe paged batch decode logits", e2, 1e-4, "%s", mn);
+}
+
+/* Quantized experts on the GPU: `lmc quantize` (the build's binary) writes
+ * a MoE folder whose expert projections are quantized (routers stay
+ * float), the loader uploads each expert through qweight_upload and the
+ * experts run through lmc_linear one by one; logits vs the CPU backend on
+ * the folder dequantized by `lmc convert --dtype f32` (fp32 attention, a
+ * 12-token prompt and a decode step: the GEMV path, test_qmm_e2e's
+ * tolerance). */
+static void moe_quant() {
+    const char *lmc = getenv("LMC_EMU_LMC");
+    if (!lmc) {
+        printf("  moe quantized experts: skipped (LMC_EMU_LMC unset)\n");
+        return;
+    }
+    char tmpl[] = "/tmp/lmc-moeq-XXXXXX";
+    const char *tmp = mkdtemp(tmpl);
+    LMC_ASSERT(tmp != nullptr);
+    struct { const char *model, *args; } cases[] = {
+        {"mixtral-tiny", "--method rtn --bits 8 --group -1 --asym"},
+        {"qwen2moe-tiny", "--method rtn --bits 4 --group 32"},
+    };
+    lmc_backend_cuda_set_fp32_attention(&gpu, true);
+    int ci = 0;
+    for (auto &c : cases) {
+        std::string src = std::string(fixtures()) + "/" + c.model, q = std::string(tmp) + "/q" + std::to_string(ci),
+                    d = std::string(tmp) + "/d" + std::to_string(ci);
+        ci++;
+        std::string cmd = std::string(lmc) + " quantize -m " + src + " -o " + q + " " + c.args + " >/dev/null 2>&1 && " +
+                          lmc + " convert -m " + q + " -o " + d + " --dtype f32 >/dev/null 2>&1";
+        if (system(cmd.c_str()) != 0) {
+            printf("FAIL moe quantized experts: %s\n", cmd.c_str());
+            n_fail++;
+            continue;
+        }
+        std::vector<int32_t> ids(12);
+        for (auto &i : ids) i = irand(512);
+        std::vector<float> ca, cn, ga, gn;
+        if (!forward_logits(&cpu, d.c_str(), LMC_WDTYPE_F32, ids, ca, cn) ||
+            !forward_logits(&gpu, q.c_str(), LMC_WDTYPE_F32, ids, ga, gn))
+            continue;
+        double e1 = rel(ga, ca), e2 = rel(gn, cn);
+        printf("  %s %s: prompt logits %.2e, decode logits %.2e\n", c.model, c.args, e1, e2);
+        check("moe quantized experts prompt logits", e1, 3e-3, "%s %s", c.model, c.args);
+        check("moe quantized experts decode logits", e2, 3e-3, "%s %s", c.model, c.args);
+    }
+    lmc_backend_cuda_set_fp32_attention(&gpu, false);
+    std::string rm = std::string("rm -rf ") + tmp;
+    if (system(rm.c_str()) != 0) printf("  (could not remove %s)\n", tmp);
+}
+
+/* LoRA on the experts in training (lmc finetune --lora-targets w1,w2,w3 on
+ * Mixtral): adapters of rank 3 on every expert projection and q_proj over
+ * the frozen mixtral-tiny (B random, the same on both backends), one
+ * training step, fp32: loss and every adapter gradient vs the CPU. The
+ * experts with adapters leave the grouped GEMM for lmc_linear per expert. */
+static bool moe_lora_step(const struct lmc_backend *be, const std::vector<int32_t> &in, const std::vector<int32_t> &tg,
+                          double &loss, std::vector<float> &g) {
+    lmc_err err;
+    std::string dir = std::string(fixtures()) + "/mixtral-tiny";
+    struct lmc_tmodel tm;
+    struct lmc_lora lo;
+    struct lmc_lora_train lt;
+    struct lmc_lora_config lc = {};
+    lc.r = 3;
+    lc.alpha = 6;
+    if (lmc_tmodel_load(&tm, dir.c_str(), be, &err)) { printf("FAIL moe lora tmodel %s\n", err.msg), n_fail++; return false; }
+    if (lmc_lora_parse_targets(&lc, "w1,w2,w3,q_proj", &err) || lmc_lora_create(&lo, &lc, &tm.cfg, 5, &err)) {
+        printf("FAIL moe lora create %s\n", err.msg), n_fail++;
+        lmc_tmodel_free(&tm);
+        return false;
+    }
+    uint64_t sd = 11;
+    for (int i = 0; i < lo.n_mods; i++)
+        for (int64_t j = 0; j < lo.mods[i].out * 3; j++)
+            lo.mods[i].b[j] = 0.1f * (float)((double)(lmc_rng_next(&sd) >> 11) / 9007199254740992.0 - 0.5);
+    bool ok = !lmc_lora_train_attach(&lt, &tm, &lo, &err), attached = ok;
+    struct lmc_tacts a;
+    int64_t count = 0;
+    if (ok && !(ok = !lmc_tacts_init(&a, &tm, be, 2, (int64_t)in.size() / 2, false, &err)))
+        printf("FAIL moe lora tacts %s\n", err.msg), n_fail++;
+    else if (ok) {
+        lmc_tmodel_zero_grad(&tm);
+        ok = !lmc_tmodel_step(&tm, be, &a, in.data(), tg.data(), true, 1.0f / (float)in.size(), &loss, &count, &err);
+        if (!ok) printf("FAIL moe lora step on %s: %s\n", be->name, err.msg), n_fail++;
+        lmc_tacts_free(&a);
+    } else {
+        printf("FAIL moe lora attach %s\n", err.msg), n_fail++;
+    }
+    if (ok) {
+        int64_t off = tm.trainable_off;
+        g.resize((size_t)(tm.numel - off));
+        be->download(be->ctx, g.data(), tm.g + (off - tm.g_off), g.size() * sizeof(float));
+        if (g.empty()) printf("FAIL moe lora: no trainable adapter parameters\n"), n_fail++, ok = false;
+    }
+    lmc_tmodel_free(&tm);
+    if (attached) lmc_lora_train_free(&lt);
+    lmc_lora_free(&lo);
+    return ok;
+}
+
+static void moe_lora() {
+    emu_strict_device = true;
+    const int64_t T = 12;
+    std::vector<int32_t> in(2 * T), tg(2 * T);
+    for (auto &i : in) i = irand(512);
+    for (size_t i = 0; i < tg.size(); i++) tg[i] = i % 5 == 2 ? -1 : irand(512);
+    double lc = 0, lg = 0;
+    std::vector<float> gc, gg;
+    if (moe_lora_step(&cpu, in, tg, lc, gc) && moe_lora_step(&gpu, in, tg, lg, gg)) {
+        double el = fabs(lg - lc) / fabs(lc), eg = rel(gg, gc);
+        printf("  mixtral-tiny LoRA on experts + q_proj, train fp32: loss %.6f vs %.6f (%.2e), adapter grads %.2e (%zu)\n",
+               lg, lc, el, eg, gg.size());
+        check("moe lora train fp32 loss", el, 1e-5, "mixtral-tiny");
+        check("moe lora train fp32 adapter grads", eg, 1e-4, "mixtral-tiny");
+    }
+    emu_strict_device = false;
+}
+
 /* the MoE fixtures through the real table (see e2e_models), the
  * load-balancing loss on (coefficient 0.05); fp32 holds the dense
  * models' tolerances, bf16 training per-tensor gradient cosines are
  * looser (routing flips, e2e_models says why) with a whole-gradient one */
 static void test_moe_e2e() {
     e2e_models({"mixtral-tiny", "qwen2moe-tiny", "qwen3moe-tiny", "olmoe-tiny", "olmoe-clip-tiny"}, 0.05);
+    emu_strict_device = true;
+    moe_paged("qwen2moe-tiny");
+    moe_paged("olmoe-clip-tiny");
+    emu_strict_device = false;
+    moe_lora();
+    moe_quant();
 }

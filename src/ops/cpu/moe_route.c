@@ -51,7 +51,7 @@ void lmc_cpu_moe_route(void *ctx, const struct lmc_moe_routing *s, int64_t *off_
     }
     for (int64_t e = E; e > 0; e--) off[e] = off[e - 1];
     off[0] = 0;
-    if (off_host != off) memcpy(off_host, off, (size_t)(E + 1) * sizeof *off);
+    if (off_host && off_host != off) memcpy(off_host, off, (size_t)(E + 1) * sizeof *off);
 }
 
 void lmc_cpu_moe_stats(void *ctx, double *cnt, double *psum, const int32_t *sel, const float *probs, int64_t n,

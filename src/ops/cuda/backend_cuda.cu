@@ -209,6 +209,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->swiglu_bwd = lmc_cuda_swiglu_bwd;
     be->moe_gemm = lmc_cuda_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cuda_moe_gemm_bwd;
+    be->moe_gemm_dev = lmc_cuda_moe_gemm_dev;
     be->moe_route = lmc_cuda_moe_route;
     be->moe_stats = lmc_cuda_moe_stats;
     be->moe_gather = lmc_cuda_moe_gather;

@@ -4,7 +4,8 @@
  * LOOP, one matmul per expert with rows (the backend's matmul: cuBLASLt,
  * the GEMV for few rows, bf16 operands in the train_bf16 mode — the
  * numbers of a dense linear), and GROUPED, one launch for up to MOE_CHUNK
- * experts: blockIdx.z picks the expert, whose
+ * experts (BF16 weights: a tensor-core tile kernel, below; F32 / F16: the
+ * simple kernel): blockIdx.z picks the expert, whose
  * weight pointer and row range travel in the kernel's parameter block (no
  * upload), blocks beyond an expert's rows exit at once. Each thread owns one
  * output element (a straight dot product with f32 accumulation; weights
@@ -12,6 +13,7 @@
  * the emulator; a tiled tensor-core version is the single-GPU issue's. The
  * weight gradient sums rows in order (deterministic). */
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 
 #define MOE_CHUNK 128 /* experts per launch: 128 pointers + 129 offsets < 4 KiB of parameters */
 #define MOE_T 16      /* 16 x 16 threads per block */
@@ -69,6 +71,68 @@ __global__ void moe_gemm_dw_kernel(const float *dy, const float *x, const struct
     g.dw[e][n * K + k] += acc;
 }
 
+/* The tensor-core grouped forward for BF16 weights: a block computes a
+ * 64-row x 64-column tile of one expert's output (blockIdx.z the expert,
+ * blockIdx.y its row tile, blockIdx.x the column tile; tiles past the
+ * expert's rows exit), K in steps of 32 through shared memory (x rounded
+ * to bf16 on the way in, as the dense bf16 GEMMs take it; rows, columns
+ * and K past the ends read as 0), 4 warps of 16 rows x 64 columns on
+ * mma.sync m16n8k16 with f32 accumulation. The group (3 KiB) travels in
+ * the kernel's parameter block: no upload, no sync. With doff the row
+ * offsets are read from device memory instead (moe_gemm_dev: the host
+ * never needs them, the grid covers max_rows rows per expert). */
+#define MT_BM 64
+#define MT_BN 64
+#define MT_LD 40 /* bf16 per shared row: 32 + 8 of padding (rows stay 16-byte aligned) */
+#define MT_SMEM ((MT_BM + MT_BN) * MT_LD * 2)
+
+__global__ void __launch_bounds__(128) moe_gemm_tc_kernel(float *y, const float *x, const struct moe_group g,
+                                                          const int64_t *doff, int64_t N, int64_t K) {
+    extern __shared__ __align__(16) uint8_t mts[]; /* MT_SMEM bytes: As (64 rows x 32 k), Bs (64 n x 32 k) */
+    __nv_bfloat16 *As = (__nv_bfloat16 *)mts, *Bs = As + MT_BM * MT_LD;
+    const int e = blockIdx.z, tid = threadIdx.x, lane = tid & 31, wp = tid >> 5;
+    /* the expert's rows: from the group, or from device memory (doff: this chunk's first expert's entry) */
+    const int64_t r0 = (doff ? doff[e] : g.off[e]) + (int64_t)blockIdx.y * MT_BM, r1 = doff ? doff[e + 1] : g.off[e + 1];
+    if (r0 >= r1) return;
+    const int64_t n0 = (int64_t)blockIdx.x * MT_BN;
+    const __nv_bfloat16 *w = (const __nv_bfloat16 *)g.w[e];
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        __syncthreads(); /* the previous step's tiles are read */
+        for (int i = tid; i < MT_BM * 32; i += 128) {
+            int rr = i >> 5, kk = i & 31;
+            int64_t r = r0 + rr, k = k0 + kk, n = n0 + rr;
+            As[rr * MT_LD + kk] = __float2bfloat16_rn(r < r1 && k < K ? x[r * K + k] : 0.0f);
+            Bs[rr * MT_LD + kk] = n < N && k < K ? w[n * K + k] : __float2bfloat16_rn(0.0f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            uint32_t af[4], bfr[4][4];
+            lmc_ldsm_x4(af, &As[(wp * 16 + (lane & 15)) * MT_LD + ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+            for (int np = 0; np < 4; np++)
+                lmc_ldsm_x4(bfr[np], &Bs[(np * 16 + ((lane >> 4) << 3) + (lane & 7)) * MT_LD + ks * 16 +
+                                         ((lane >> 3) & 1) * 8]);
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+                lmc_mma_bf16(acc[nt], af, bfr[nt >> 1][(nt & 1) * 2], bfr[nt >> 1][(nt & 1) * 2 + 1]);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int64_t r = r0 + wp * 16 + (lane >> 2) + (i >= 2 ? 8 : 0);
+            int64_t n = n0 + nt * 8 + (lane & 3) * 2 + (i & 1);
+            if (r < r1 && n < N) y[r * N + n] = acc[nt][i];
+        }
+}
+
 /* Fills g for experts e0 .. e0+ne-1; the largest row count among them. */
 static int64_t moe_fill(struct moe_group *g, const int64_t *off, int64_t e0, int64_t ne,
                         const struct lmc_mat *const *w, float *const *dw) {
@@ -107,6 +171,13 @@ static void moe_gemm_grouped(void *ctx, float *y, const float *x, const int64_t 
         struct moe_group g;
         int64_t most = moe_fill(&g, off, e0, ne, w, NULL);
         if (!most) continue;
+        if (dt == LMC_DTYPE_BF16) {
+            static_assert(sizeof(struct moe_group) <= 4096, "moe_group as a kernel parameter");
+            dim3 grid((unsigned)((N + MT_BN - 1) / MT_BN), (unsigned)((most + MT_BM - 1) / MT_BM), (unsigned)ne);
+            moe_gemm_tc_kernel<<<grid, 128, MT_SMEM, c->stream>>>(y, x, g, (const int64_t *)NULL, N, K);
+            LMC_CUDA_LAUNCH_CHECK();
+            continue;
+        }
         struct moe_group *d = moe_stage(c, &g);
         dim3 grid((unsigned)((N + MOE_T - 1) / MOE_T), (unsigned)((most + MOE_T - 1) / MOE_T), (unsigned)ne);
         moe_gemm_fwd_kernel<<<grid, dim3(MOE_T, MOE_T), 0, c->stream>>>(y, x, d, dt, N, K);
@@ -177,4 +248,34 @@ extern "C" void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, co
                                       const int64_t *off, int64_t E, const struct lmc_mat *const *w,
                                       int accum_dx) {
     lmc_cuda_moe_gemm_bwd_ex(ctx, dx, dw, dy, x, off, E, w, accum_dx, LMC_CUDA_MOE_LOOP);
+}
+
+/* The table's signature on the grouped path: benches swap it into a copy of
+ * the table to run whole models with one launch per projection. */
+extern "C" void lmc_cuda_moe_gemm_grouped(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                                          const struct lmc_mat *const *w) {
+    lmc_cuda_moe_gemm_ex(ctx, y, x, off, E, w, LMC_CUDA_MOE_GROUPED);
+}
+
+/* The table's moe_gemm_dev (BF16 weights): the tensor-core grouped kernel
+ * with the offsets in device memory, max_rows >= any expert's rows; no
+ * host copy of the offsets, nothing waits. */
+extern "C" void lmc_cuda_moe_gemm_dev(void *ctx, float *y, const float *x, const int64_t *off, int64_t max_rows,
+                                      int64_t E, const struct lmc_mat *const *w) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (E <= 0 || max_rows <= 0) return;
+    int64_t N = w[0]->rows, K = w[0]->cols;
+    LMC_ASSERT(w[0]->dtype == LMC_DTYPE_BF16 && (max_rows + MT_BM - 1) / MT_BM <= 65535);
+    for (int64_t e0 = 0; e0 < E; e0 += MOE_CHUNK) {
+        int64_t ne = E - e0 < MOE_CHUNK ? E - e0 : MOE_CHUNK;
+        struct moe_group g;
+        memset(&g, 0, sizeof g);
+        for (int64_t i = 0; i < ne; i++) {
+            LMC_ASSERT(w[e0 + i]->dtype == LMC_DTYPE_BF16 && w[e0 + i]->rows == N && w[e0 + i]->cols == K);
+            g.w[i] = w[e0 + i]->data;
+        }
+        dim3 grid((unsigned)((N + MT_BN - 1) / MT_BN), (unsigned)((max_rows + MT_BM - 1) / MT_BM), (unsigned)ne);
+        moe_gemm_tc_kernel<<<grid, 128, MT_SMEM, c->stream>>>(y, x, g, off + e0, N, K);
+        LMC_CUDA_LAUNCH_CHECK();
+    }
 }

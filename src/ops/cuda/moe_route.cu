@@ -7,7 +7,8 @@
  * a stable counting sort (a block per expert counts its choices, one
  * thread scans the E counts into offsets, a block per expert places its
  * choices in token order with a block-wide prefix sum); only the E + 1
- * offsets go back to the host (the expert GEMMs need their row counts).
+ * offsets go back to the host (the per-expert GEMMs need their row
+ * counts), or nothing (off_host NULL: the device-offset grouped GEMM).
  * The gather, the weighted combine (plus a gated shared expert) and the
  * backward of both (the combine weights through the renormalisation and
  * the softmax into the router logits, a block per token) are elementwise
@@ -108,6 +109,7 @@ extern "C" void lmc_cuda_moe_route(void *ctx, const struct lmc_moe_routing *r, i
         moe_place_kernel<<<(unsigned)E, MR_T, 0, c->stream>>>(r->perm, r->row, r->sel, r->off, nk);
         LMC_CUDA_LAUNCH_CHECK();
     }
+    if (!off_host) return; /* moe_gemm_dev reads r->off on the device */
     LMC_CUDA_CHECK(cudaMemcpyAsync(off_host, r->off, (size_t)(E + 1) * sizeof(int64_t), cudaMemcpyDeviceToHost,
                                    c->stream));
     LMC_CUDA_CHECK(cudaStreamSynchronize(c->stream));

@@ -78,6 +78,12 @@ void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *
 enum lmc_cuda_moe_path { LMC_CUDA_MOE_LOOP = 0, LMC_CUDA_MOE_GROUPED };
 void lmc_cuda_moe_gemm_ex(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
                           const struct lmc_mat *const *w, enum lmc_cuda_moe_path path);
+/* the table's moe_gemm_dev: the tensor-core grouped kernel, offsets in device memory (BF16 weights) */
+void lmc_cuda_moe_gemm_dev(void *ctx, float *y, const float *x, const int64_t *off, int64_t max_rows, int64_t E,
+                           const struct lmc_mat *const *w);
+/* lmc_cuda_moe_gemm_ex(..., GROUPED) with the table's moe_gemm signature */
+void lmc_cuda_moe_gemm_grouped(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                               const struct lmc_mat *const *w);
 void lmc_cuda_moe_gemm_bwd_ex(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
                               const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx,
                               enum lmc_cuda_moe_path path);
