@@ -1,17 +1,24 @@
 /* cli_mp.c — the model-parallel groups of a command run under a launcher
- * (--tp T): ranks [d T, (d+1) T) form tensor-parallel group d, and the ranks
- * with the same place in their group form a data-parallel group. */
+ * (--tp T, --cp C, --pp P): ranks [d T, (d+1) T) form model-parallel group
+ * d, and the ranks with the same place in their group form a data-parallel
+ * group; which of the flags is on, and the start-up line of --cp/--pp. */
 #include "cli.h"
 #include "dist/comm.h"
+#include "dist/ring_attn.h"
 
 #include <stdio.h>
 
 int cli_mp_groups(struct lmc_comm *world, int tp, struct lmc_comm *tpc, bool *have_tpc, struct lmc_comm *dpc,
                   bool *have_dpc, const char *cmd) {
+    return cli_mp_groups_flag(world, tp, "--tp", tpc, have_tpc, dpc, have_dpc, cmd);
+}
+
+int cli_mp_groups_flag(struct lmc_comm *world, int tp, const char *flag, struct lmc_comm *tpc, bool *have_tpc,
+                       struct lmc_comm *dpc, bool *have_dpc, const char *cmd) {
     *have_tpc = *have_dpc = false;
     if (world->world % tp) {
-        fprintf(stderr, "lmc %s: --tp %d needs a multiple of %d ranks (torchrun/Slurm variables or mpirun); this "
-                        "run has %d\n", cmd, tp, tp, world->world);
+        fprintf(stderr, "lmc %s: %s %d needs a multiple of %d ranks (torchrun/Slurm variables or mpirun); this "
+                        "run has %d\n", cmd, flag, tp, tp, world->world);
         return 2;
     }
     if (world->world == tp) return 0; /* one group: the whole world */
@@ -25,4 +32,37 @@ int cli_mp_groups(struct lmc_comm *world, int tp, struct lmc_comm *tpc, bool *ha
     }
     *have_dpc = true;
     return 0;
+}
+
+int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zero, int *n, const char **flag) {
+    int on = (tp > 1) + (cp > 1) + (pp > 1);
+    *n = 1;
+    *flag = "--tp";
+    if (on > 1) {
+        fprintf(stderr, "lmc %s: --tp, --cp and --pp do not combine yet (give one of them; each composes with data "
+                        "parallelism over the ranks left)\n", cmd);
+        return 2;
+    }
+    if (on && zero > 0) {
+        fprintf(stderr, "lmc %s: %s runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n", cmd,
+                tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp");
+        return 2;
+    }
+    if (cp > 1) *n = (int)cp, *flag = "--cp";
+    else if (pp > 1) *n = (int)pp, *flag = "--pp";
+    else *n = (int)tp;
+    return 0;
+}
+
+void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum) {
+    if (cp > 1)
+        fprintf(stderr, "lmc %s: context parallel %lld x data parallel %lld (%d ranks), global batch %lld x %lld x "
+                        "%lld accum; each rank holds %lld-token zigzag slices of the sequences\n", cmd, (long long)cp,
+                (long long)(world / cp), world, (long long)(B * (world / cp)), (long long)T, (long long)accum,
+                (long long)lmc_ring_attn_zigzag(T, 0, (int)cp, NULL));
+    else if (pp > 1)
+        fprintf(stderr, "lmc %s: pipeline parallel %lld stages x data parallel %lld (%d ranks), global batch %lld x "
+                        "%lld x %lld micro-batches (1F1B, bubble (P-1)/(M+P-1) = %.3f)\n", cmd, (long long)pp,
+                (long long)(world / pp), world, (long long)(B * (world / pp)), (long long)T, (long long)accum,
+                (double)(pp - 1) / (double)(accum + pp - 1));
 }

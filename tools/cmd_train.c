@@ -12,6 +12,8 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "train/trainer_tp.h"
+#include "train/trainer_cp.h"
+#include "train/trainer_pp.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -57,6 +59,10 @@ static void usage(void) {
             "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
             "             --tp-vocab: the embedding and head split by vocabulary rows too\n"
+            "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
+            "             sequence; N/C data-parallel groups of C; any optimizer)\n"
+            "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
+            "             data-parallel groups of P; AdamW, untied embeddings); one of --tp/--cp/--pp\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -89,7 +95,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
-    int64_t zero = -1, tp = 1;
+    int64_t zero = -1, tp = 1, cp = 1, pp = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -147,6 +153,7 @@ int cmd_train(int argc, char **argv) {
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
+            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -196,7 +203,10 @@ int cmd_train(int argc, char **argv) {
     lmc_err err = {0};
     /* the communicator: several ranks, or --zero given on one */
     struct lmc_comm comm;
-    bool dist = denv.world > 1 || zero >= 0 || tp > 1;
+    int mpn;
+    const char *mpflag;
+    if (cli_mp_pick("train", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
+    bool dist = denv.world > 1 || zero >= 0 || mpn > 1;
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
@@ -213,7 +223,7 @@ int cmd_train(int argc, char **argv) {
     /* --tp T: groups of T consecutive ranks, the data-parallel groups across them */
     struct lmc_comm tpc, dpc;
     bool have_tpc = false, have_dpc = false;
-    if (tp > 1 && cli_mp_groups(&comm, (int)tp, &tpc, &have_tpc, &dpc, &have_dpc, "train")) {
+    if (mpn > 1 && cli_mp_groups_flag(&comm, mpn, mpflag, &tpc, &have_tpc, &dpc, &have_dpc, "train")) {
         comm.free(&comm);
         return 2;
     }
@@ -349,7 +359,7 @@ int cmd_train(int argc, char **argv) {
     }
     steps = o.sched.total;
     /* data parallel AdamW: the zero module holds the moments (tensor parallel: the trainer, per slice) */
-    o.zero_moments = dist && !tps && o.optim.kind == LMC_OPTIM_ADAMW;
+    o.zero_moments = dist && mpn < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -366,6 +376,8 @@ int cmd_train(int argc, char **argv) {
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
         if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
+              : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
               : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
             rc = cli_fail("train", &err);
             goto done;
@@ -404,6 +416,8 @@ int cmd_train(int argc, char **argv) {
                         "per rank\n", (long long)tp, dp_comm ? dp_comm->world : 1, comm.world,
                 (long long)(o.B * (dp_comm ? dp_comm->world : 1)), (long long)o.T, (long long)o.accum,
                 (long long)tr.tm.numel, cc.threads);
+    else if (root && (tr.cp || tr.pp))
+        cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
     else if (root && dist)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
                         "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
@@ -439,7 +453,7 @@ int cmd_train(int argc, char **argv) {
         double vl = NAN;
         bool last = tr.step == end;
         /* ZeRO: a collective over every rank; tensor parallel: the TP group of DP rank 0 evaluates together */
-        bool evaluator = root || tr.zero || (tr.tp && (!dp_comm || dp_comm->rank == 0));
+        bool evaluator = root || tr.zero || tr.cp || tr.pp || (tr.tp && (!dp_comm || dp_comm->rank == 0));
         if (evaluator && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;
@@ -447,6 +461,10 @@ int cmd_train(int argc, char **argv) {
         bool save = (save_every > 0 && tr.step % save_every == 0) || last;
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
+        if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
+            rc = cli_fail("train", &err);
+            break;
+        }
         if (!root) { /* the other ranks: their shards of the optimizer state */
             if (save && (tr.tp ? lmc_trainer_tp_save(&tr, ck_name(ck, sizeof ck, out, tr.step), src_dir, tok_dir, &err)
                                 : lmc_trainer_dist_save(&tr, zd, &err))) {
