@@ -47,7 +47,7 @@ static void usage(void) {
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
-            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW, float32,\n"
+            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW or Muon, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"

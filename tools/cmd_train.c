@@ -56,7 +56,7 @@ static void usage(void) {
             "             as output_router_logits with router_aux_loss_coef X; 0: off; default: config.json)\n"
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
-            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW,\n"
+            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW or Muon,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
             "             --tp-vocab: the embedding and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"

@@ -9,6 +9,8 @@
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "ops/optim_ops.h"
+#include "train/optim_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -49,9 +51,13 @@ void lmc_trainer_tp_free(struct lmc_trainer *tr) {
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err) {
     tr->tp = t;
-    if (tr->have_opt)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp trains with AdamW only (--optim %s needs whole matrices)",
-                           lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (tr->have_opt && tr->opt.cfg.kind != LMC_OPTIM_MUON)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp trains with AdamW or Muon only (--optim %s keeps block-wise "
+                           "or low-rank state of whole matrices)", lmc_optim_kind_name(tr->opt.cfg.kind));
+    for (int i = 0; tr->have_opt && i < tr->tm.n_params; i++)
+        if (tr->tm.params[i].transposed)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp with --optim muon: %s is stored transposed",
+                               tr->tm.params[i].name);
     if (tr->tm.trainable_off)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp: a frozen base (adapters) does not split yet (use --full)");
     if (strcmp(tr->be->name, "cpu") || t->c->device_buffers)
@@ -117,6 +123,8 @@ static lmc_status draw(struct lmc_trainer *tr, int from, int to, lmc_err *err) {
     return LMC_OK;
 }
 
+static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step, float grad_scale, lmc_err *err);
+
 lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     struct lmc_trainer_tp *t = tr->tp;
     struct lmc_tmodel *tm = &tr->tm;
@@ -168,6 +176,11 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         st->skipped = true;
         return LMC_OK;
     }
+    if (tr->have_opt) {
+        s = tp_optim_step(tr, st->lr, tr->step, grad_scale, err);
+        be->sync(be->ctx);
+        return s;
+    }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         struct lmc_adamw_step as;
@@ -202,6 +215,149 @@ static void place(float *full, const float *src, int dim, int64_t a0, int64_t n,
         return;
     }
     for (int64_t r = 0; r < rows; r++) memcpy(full + r * cols + a0, src + r * n, sizeof(float) * (size_t)n);
+}
+
+/* ---- Muon under tensor parallelism: a split matrix's parameter, gradient
+ * and momentum shards are all-gathered into the whole (rows, cols) matrix
+ * on every rank of the group, the one-process Muon step (Newton-Schulz of
+ * the whole matrix) runs on it, and each rank keeps its slice of the new
+ * parameter and momentum: the state stays sharded, the step is the one-
+ * process one. Every other slot (AdamW group, replicated tensors) steps on
+ * its shard as is. Host buffers (the CPU backend). */
+
+/* The whole tensor's extent along the split dimension: the largest end of
+ * the ranks' cuts (replicated KV heads overlap). */
+static lmc_status full_extent(const struct lmc_trainer_tp *t, const char *name, int64_t *ext, lmc_err *err) {
+    *ext = 0;
+    for (int r = 0; r < t->c->world; r++) {
+        int dim;
+        int64_t a0, n;
+        lmc_status s = rank_cut(t, r, name, &dim, &a0, &n, err);
+        if (s) return s;
+        *ext = LMC_MAX(*ext, a0 + n);
+    }
+    return LMC_OK;
+}
+
+/* full (rows, cols) on every rank <- the ranks' shards `local` of tensor
+ * `name` (its cut; dim < 0: replicated, copied). One all-gather padded to
+ * the largest shard. */
+static lmc_status gather_full(const struct lmc_trainer_tp *t, const char *name, const float *local, float *full,
+                              int64_t rows, int64_t cols, lmc_err *err) {
+    struct lmc_comm *c = t->c;
+    int dim;
+    int64_t a0, n, maxc = 0;
+    lmc_status s = rank_cut(t, c->rank, name, &dim, &a0, &n, err);
+    if (s) return s;
+    if (dim < 0) {
+        memcpy(full, local, sizeof(float) * (size_t)(rows * cols));
+        return LMC_OK;
+    }
+    int64_t mine = dim == 0 ? n * cols : rows * n;
+    for (int r = 0; r < c->world && !s; r++) {
+        int d;
+        int64_t b0, m;
+        s = rank_cut(t, r, name, &d, &b0, &m, err);
+        maxc = LMC_MAX(maxc, d == 0 ? m * cols : rows * m);
+    }
+    float *send = s ? NULL : calloc((size_t)maxc, sizeof(float));
+    float *recv = s ? NULL : malloc(sizeof(float) * (size_t)maxc * (size_t)c->world);
+    if (!s && (!send || !recv)) s = lmc_err_set(err, LMC_ERR_OOM, "--tp: out of memory gathering %s", name);
+    if (!s) {
+        memcpy(send, local, sizeof(float) * (size_t)mine);
+        s = c->all_gather(c, send, recv, maxc, LMC_DTYPE_F32, err);
+    }
+    for (int r = 0; !s && r < c->world; r++) {
+        if ((s = rank_cut(t, r, name, &dim, &a0, &n, err))) break;
+        place(full, recv + (int64_t)r * maxc, dim, a0, n, rows, cols);
+    }
+    free(send), free(recv);
+    return s;
+}
+
+/* local <- this rank's shard of full (rows, cols) */
+static void take_mine(const struct lmc_trainer_tp *t, const char *name, float *local, const float *full, int64_t rows,
+                      int64_t cols) {
+    int dim;
+    int64_t a0, n;
+    lmc_tp_tensor_cut(name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+    if (dim == 0) lmc_tp_take_rows(local, full, cols, a0, n);
+    else if (dim == 1) lmc_tp_take_cols(local, full, rows, cols, a0, n);
+    else memcpy(local, full, sizeof(float) * (size_t)(rows * cols));
+}
+
+/* The whole (rows, cols) of slot s's tensor (its shard's shape widened along the cut). */
+static lmc_status slot_full_shape(const struct lmc_trainer_tp *t, const struct lmc_optim_slot *s, int *dim,
+                                  int64_t *rows, int64_t *cols, lmc_err *err) {
+    int64_t a0, n, ext;
+    lmc_tp_tensor_cut(s->name, &t->heads, t->full.head_dim, t->i0, t->ni, dim, &a0, &n);
+    *rows = s->rows, *cols = s->cols;
+    if (*dim < 0) return LMC_OK;
+    lmc_status st = full_extent(t, s->name, &ext, err);
+    if (*dim == 0) *rows = ext;
+    else *cols = ext;
+    return st;
+}
+
+static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step, float grad_scale, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    struct lmc_optim *o = &tr->opt;
+    lmc_status s = LMC_OK;
+    for (int i = 0; !s && i < o->n_params; i++) {
+        struct lmc_optim_slot *sl = &o->slots[i];
+        int dim;
+        int64_t R, C;
+        if ((s = slot_full_shape(t, sl, &dim, &R, &C, err))) break;
+        if (sl->group != LMC_GROUP_MUON || dim < 0) {
+            lmc_optim_step_one(o, i, lr, step, grad_scale);
+            continue;
+        }
+        size_t nf = (size_t)(R * C);
+        float *fp = malloc(sizeof(float) * nf), *fg = malloc(sizeof(float) * nf), *fb = malloc(sizeof(float) * nf);
+        float *work = malloc(sizeof(float) * (size_t)LMC_MAX(1, lmc_muon_work_floats(R, C)));
+        if (!fp || !fg || !fb || !work) s = lmc_err_set(err, LMC_ERR_OOM, "--tp muon: out of memory for %s", sl->name);
+        if (!s) s = gather_full(t, sl->name, sl->p, fp, R, C, err);
+        if (!s) s = gather_full(t, sl->name, sl->g, fg, R, C, err);
+        if (!s) s = gather_full(t, sl->name, sl->buf, fb, R, C, err);
+        if (!s) { /* the one-process step on the whole matrix, then this rank's slices back */
+            struct lmc_optim_slot keep = *sl;
+            float *kw = o->work;
+            sl->p = fp, sl->g = fg, sl->buf = fb, sl->rows = R, sl->cols = C;
+            o->work = work;
+            lmc_optim_step_one(o, i, lr, step, grad_scale);
+            *sl = keep;
+            o->work = kw;
+            take_mine(t, sl->name, sl->p, fp, R, C);
+            take_mine(t, sl->name, sl->buf, fb, R, C);
+        }
+        free(fp), free(fg), free(fb), free(work);
+    }
+    return s;
+}
+
+/* Slot i's state fields (AdamW group: m, v; Muon: the momentum), as
+ * pointers into the slot. */
+static int slot_state(struct lmc_optim_slot *s, float **f[2]) {
+    if (s->group == LMC_GROUP_MUON) {
+        f[0] = &s->buf;
+        return 1;
+    }
+    f[0] = &s->m, f[1] = &s->v;
+    return 2;
+}
+
+/* A one-process optimizer over the full model's parameters (the shard's
+ * settings), for a consolidated checkpoint's state. */
+static lmc_status full_optim(const struct lmc_trainer *tr, const struct lmc_tmodel *full, struct lmc_optim *fo,
+                             lmc_err *err) {
+    struct lmc_optim_param *pp = calloc((size_t)full->n_params, sizeof *pp);
+    if (!pp) return lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
+    int np = lmc_trainer_optim_params(full, tr->o.decay == LMC_DECAY_ALL, pp);
+    lmc_status s = np == tr->opt.n_params ? lmc_optim_init(fo, &tr->opt.cfg, tr->be, pp, np, err)
+                                          : lmc_err_set(err, LMC_ERR_FORMAT, "--tp: %d optimizer tensors in the full "
+                                                        "model, %d in the shard", np, tr->opt.n_params);
+    free(pp);
+    return s;
 }
 
 /* Shard parameter i of `arena` (laid out as the shard's w) gathered into
@@ -269,22 +425,92 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
         const struct lmc_tparam *fp = writer ? &full.params[f] : p;
         const float *src[3] = {tr->tm.w, tr->m, tr->v};
         float *dst[3] = {full.w, fm, fv};
-        for (int a = 0; !s && a < 3; a++) {
+        for (int a = 0; !s && a < (tr->have_opt ? 1 : 3); a++) {
             s = gather_param(tr, src[a], i, fp, fbuf, lbuf, rbuf, err);
             if (!s && writer) s = lmc_tmodel_upload_param(&full, dst[a], f, fbuf, err);
         }
     }
     free(lbuf), free(rbuf), free(fbuf);
+    /* another optimizer (Muon): its state gathered into a one-process optimizer of the full model */
+    struct lmc_optim fo;
+    bool have_fo = false;
+    if (!s && tr->have_opt && writer) have_fo = !(s = full_optim(tr, &full, &fo, err));
+    if (tr->have_opt) {
+        lmc_status ag = s;
+        if (!writer) { /* the writer's status: every rank runs the same gathers, or none */
+            int32_t bad = 0;
+            lmc_status bs = t->c->broadcast(t->c, &bad, sizeof bad, 0, err);
+            if (!ag) ag = bs;
+            if (!ag && bad) ag = lmc_err_set(err, LMC_ERR_IO, "%s: tensor-parallel rank 0 failed to save", dir);
+        } else {
+            int32_t bad = s != LMC_OK;
+            lmc_status bs = t->c->broadcast(t->c, &bad, sizeof bad, 0, err);
+            if (!s) ag = bs;
+        }
+        s = ag;
+    }
+    for (int i = 0; !s && tr->have_opt && i < tr->opt.n_params; i++) {
+        struct lmc_optim_slot *sl = &((struct lmc_trainer *)tr)->opt.slots[i];
+        int dim;
+        int64_t R, C;
+        float **f[2], **g[2];
+        int nf = slot_state(sl, f);
+        if (writer) slot_state(&fo.slots[i], g);
+        if ((s = slot_full_shape(t, sl, &dim, &R, &C, err))) break;
+        float *buf = malloc(sizeof(float) * (size_t)(R * C));
+        if (!buf) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory gathering %s", dir, sl->name);
+        for (int a = 0; !s && a < nf; a++) {
+            s = gather_full(t, sl->name, *f[a], buf, R, C, err);
+            if (!s && writer) memcpy(*g[a], buf, sizeof(float) * (size_t)(R * C));
+        }
+        free(buf);
+    }
     if (!s && writer) { /* the one-process trainer's view of the full state */
         struct lmc_trainer one = *tr;
         one.tm = full;
         one.m = fm, one.v = fv;
-        one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = false;
+        one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = have_fo;
+        if (have_fo) one.opt = fo;
         s = lmc_ckpt_save(&one, dir, config_src, tok_dir, err);
     }
+    if (have_fo) lmc_optim_free(&fo);
     if (fm) be->free(be->ctx, fm);
     if (fv) be->free(be->ctx, fv);
     if (writer) lmc_tmodel_free(&full);
+    return s;
+}
+
+/* Resume with another optimizer (Muon): the checkpoint's state read into a
+ * one-process optimizer of the full model, each slot's fields cut as the
+ * parameters are. */
+static lmc_status load_optim_state(struct lmc_trainer *tr, const struct lmc_tmodel *full, const char *dir,
+                                   lmc_err *err) {
+    struct lmc_trainer one = *tr;
+    one.tm = *full;
+    one.comm = NULL, one.zero = NULL, one.tp = NULL, one.m = one.v = NULL;
+    lmc_status s = full_optim(tr, full, &one.opt, err);
+    if (s) return s;
+    one.have_opt = true;
+    if (!(s = lmc_ckpt_load_state(&one, dir, err))) {
+        tr->step = one.step;
+        s = lmc_loader_seek(&tr->train, one.train.epoch, one.train.index, err);
+    }
+    for (int i = 0; !s && i < tr->opt.n_params; i++) {
+        struct lmc_optim_slot *sl = &tr->opt.slots[i], *fs = &one.opt.slots[i];
+        int dim;
+        int64_t R, C;
+        float **f[2], **g[2];
+        int nf = slot_state(sl, f);
+        slot_state(fs, g);
+        if ((s = slot_full_shape(tr->tp, sl, &dim, &R, &C, err))) break;
+        if (strcmp(sl->name, fs->name) || sl->group != fs->group || fs->rows * fs->cols != R * C) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer tensor %s does not match the shard's %s", dir, fs->name,
+                            sl->name);
+            break;
+        }
+        for (int a = 0; a < nf; a++) take_mine(tr->tp, sl->name, *f[a], *g[a], R, C);
+    }
+    lmc_optim_free(&one.opt);
     return s;
 }
 
@@ -295,6 +521,7 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
     struct lmc_trainer one = *tr;
     one.tm = *full;
     one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = false;
+    if (tr->have_opt) return load_optim_state(tr, full, dir, err);
     size_t bytes = (size_t)full->numel * sizeof(float);
     one.m = be->alloc(be->ctx, bytes);
     one.v = be->alloc(be->ctx, bytes);

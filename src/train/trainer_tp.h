@@ -10,8 +10,10 @@
  * all-reduced over the DP ranks, each DP rank training on its rows of the
  * global batch). Checkpoints are consolidated: rank 0 gathers the shards of
  * the weights and moments and writes the one-process folder (HF model +
- * optimizer + trainer state), which any layout resumes. AdamW only, float32,
- * host backend; the Llama family (GPT-2's fused c_attn, MoE and frozen bases
+ * optimizer + trainer state), which any layout resumes. AdamW, or Muon
+ * (each split matrix's parameter, gradient and momentum shards all-gathered
+ * for the one-process Newton-Schulz step, each rank keeping its slices:
+ * the momentum stays sharded); float32, host backend; the Llama family (GPT-2's fused c_attn, MoE and frozen bases
  * are refused). */
 #ifndef LMC_TRAIN_TRAINER_TP_H
 #define LMC_TRAIN_TRAINER_TP_H
@@ -40,7 +42,7 @@ void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t);
 
 /* After lmc_trainer_init on the shard: tr takes t (also on failure).
  * dp: the data-parallel communicator (NULL or world 1: TP only). Refused:
- * another optimizer than AdamW, a frozen base, a device backend. desc as
+ * another optimizer than AdamW or Muon, a frozen base, a device backend. desc as
  * lmc_trainer_dist_init's (checked equal over the TP group and dp). */
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err);
