@@ -9,7 +9,10 @@
 # losses and final parameters (the consolidated checkpoint) within 1e-6
 # relative; rank 0 alone logs; a TP run stopped at step 5 and resumed from
 # its consolidated checkpoint equals the uninterrupted one, and so does a
-# one-process resume of it; DP 2 x TP 2 under mpirun too (when installed);
+# one-process resume of it; DP 2 x TP 2 (--tp-vocab --zero 1) under mpirun
+# too (when installed);
+# DP 2 x TP 2 with --zero 1 (each TP shard's AdamW moments split over its
+# DP group) equals it too and resumes bit for bit;
 # Muon (--optim muon: each split matrix gathered for Newton-Schulz, the
 # momentum kept sharded) at TP 2, TP 4 and DP 2 x TP 2 equals the one-process
 # Muon run (losses, weights and every optimizer tensor of the consolidated
@@ -56,6 +59,8 @@ run 4 tp4 $A --batch 4 --tp 4; ok $? "tp 4: $(tail -n 3 "$TMP"/tp4.r*)"
 run 4 dp2tp2 $A --batch 2 --tp 2; ok $? "dp 2 x tp 2: $(tail -n 3 "$TMP"/dp2tp2.r*)"
 run 2 vp2 $A --batch 4 --tp 2 --tp-vocab; ok $? "tp 2 vocab-parallel: $(tail -n 3 "$TMP"/vp2.r*)"
 run 4 vp4 $A --batch 2 --tp 2 --tp-vocab; ok $? "dp 2 x tp 2 vocab-parallel: $(tail -n 3 "$TMP"/vp4.r*)"
+run 4 z1 $A --batch 2 --tp 2 --zero 1; ok $? "dp 2 x tp 2 zero 1: $(tail -n 3 "$TMP"/z1.r*)"
+run 4 z1rs $A --batch 2 --tp 2 --zero 1 --stop-at 5; ok $? "dp 2 x tp 2 zero 1 stop at 5: $(tail -n 3 "$TMP"/z1rs.r*)"
 grep -q "tensor parallel 2 x data parallel 2 (4 ranks), global batch 4 x 16 x 2" "$TMP/dp2tp2.r0"
 ok $? "dp 2 x tp 2 start-up line: $(grep parallel "$TMP/dp2tp2.r0")"
 # stopped at 5 and resumed (--resume latest) at TP 2, and by one process
@@ -64,15 +69,19 @@ cp -r "$TMP/rs" "$TMP/rs1"
 R="--data $TMP/data --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2"
 run 2 rs $R --tp 2; ok $? "tp 2 resume: $(tail -n 3 "$TMP"/rs.r*)"
 "$LMC" train $R -o "$TMP/rs1" 2>"$TMP/err"; ok $? "one-process resume: $(tail -3 "$TMP/err")"
+run 4 z1rs $R --tp 2 --zero 1; ok $? "dp 2 x tp 2 zero 1 resume: $(tail -n 3 "$TMP"/z1rs.r*)"
+cmp -s "$TMP/z1rs/step_000010/model.safetensors" "$TMP/z1/step_000010/model.safetensors" &&
+  cmp -s "$TMP/z1rs/step_000010/optimizer.safetensors" "$TMP/z1/step_000010/optimizer.safetensors"
+ok $? "dp 2 x tp 2 zero 1 stopped at 5 and resumed equals the uninterrupted run bit for bit"
 # the same DP 2 x TP 2 under mpirun (sub-communicators over the MPI transport), when there is one
-CASES="tp2 tp4 dp2tp2 vp2 vp4 rs rs1"
+CASES="tp2 tp4 dp2tp2 vp2 vp4 rs rs1 z1"
 if command -v mpirun >/dev/null 2>&1; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
   timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
-    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab -o "$TMP/mpi" 2>"$TMP/mpi.err"
+    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab --zero 1 -o "$TMP/mpi" 2>"$TMP/mpi.err"
   rc=$?
   if grep -q "without MPI\|no MPI" "$TMP/mpi.err"; then echo "test_mp_train: mpirun part skipped (lmc built without MPI)"
-  else ok $rc "mpirun dp 2 x tp 2: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
+  else ok $rc "mpirun dp 2 x tp 2 --tp-vocab --zero 1: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
 fi
 python3 - "$TMP" $CASES <<'PY'
 import json, struct, sys
@@ -166,6 +175,8 @@ ok $? "muon at tp 2, tp 4, dp 2 x tp 2 and its one-process resume equal the one-
 # refusals
 run 2 bad $A --batch 4 --tp 2 --optim galore; [ $? != 0 ] && grep -q "AdamW or Muon only" "$TMP/bad.r0"
 ok $? "--tp with galore: $(tail -n 2 "$TMP/bad.r0")"
+"$LMC" train $A --batch 4 --tp 2 --zero 2 -o "$TMP/bad2" 2>"$TMP/err"; [ $? = 2 ] && grep -q "zero 0 or 1" "$TMP/err"
+ok $? "--tp with --zero 2: $(cat "$TMP/err")"
 run 3 bad3 $A --batch 4 --tp 2; [ $? != 0 ] && grep -q "multiple of 2 ranks" "$TMP/bad3.r0"
 ok $? "--tp 2 on 3 ranks: $(tail -n 2 "$TMP/bad3.r0")"
 "$LMC" train $A --batch 4 --tp-vocab -o "$TMP/bad1" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp" "$TMP/err"

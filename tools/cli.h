@@ -78,7 +78,8 @@ int cli_mp_groups(struct lmc_comm *world, int tp, struct lmc_comm *tpc, bool *ha
 int cli_mp_groups_flag(struct lmc_comm *world, int n, const char *flag, struct lmc_comm *tpc, bool *have_tpc,
                        struct lmc_comm *dpc, bool *have_dpc, const char *cmd);
 /* --tp/--cp/--pp of train/finetune: *n, *flag the one above 1 (n 1: none);
- * two of them, or one with --zero 1-3, print the refusal and return 2. */
+ * two of them, or one with --zero 1-3 (--tp: 2-3), print the refusal and
+ * return 2. */
 int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zero, int *n, const char **flag);
 /* The start-up line of --cp / --pp runs (rank 0). */
 void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum);

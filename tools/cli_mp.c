@@ -43,9 +43,9 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
                         "parallelism over the ranks left)\n", cmd);
         return 2;
     }
-    if (on && zero > 0) {
-        fprintf(stderr, "lmc %s: %s runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n", cmd,
-                tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp");
+    if (on && zero > (tp > 1 ? 1 : 0)) {
+        fprintf(stderr, "lmc %s: %s runs with --zero 0%s (the data-parallel groups all-reduce the gradient)\n", cmd,
+                tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp", tp > 1 ? " or 1" : "");
         return 2;
     }
     if (cp > 1) *n = (int)cp, *flag = "--cp";

@@ -391,6 +391,7 @@ int cmd_finetune(int argc, char **argv) {
                  (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
+        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
         struct lmc_comm *grp = have_tpc ? &tpc : &comm;
         if (t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)

@@ -58,7 +58,8 @@ static void usage(void) {
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
             "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW or Muon,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
-            "             --tp-vocab: the embedding and head split by vocabulary rows too\n"
+            "             --tp-vocab: the embedding and head split by vocabulary rows too; --zero 1: AdamW's\n"
+            "             moments of each TP shard split over its data-parallel group\n"
             "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
             "             sequence; N/C data-parallel groups of C; any optimizer)\n"
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
@@ -209,10 +210,6 @@ int cmd_train(int argc, char **argv) {
     bool dist = denv.world > 1 || zero >= 0 || mpn > 1;
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
-        return 2;
-    }
-    if (tp > 1 && zero > 0) {
-        fprintf(stderr, "lmc train: --tp runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n");
         return 2;
     }
     if (dist) {
@@ -375,6 +372,7 @@ int cmd_train(int argc, char **argv) {
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
+        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
         if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
@@ -412,10 +410,11 @@ int cmd_train(int argc, char **argv) {
                 (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
     if (root && tr.tp)
         fprintf(stderr, "lmc train: tensor parallel %lld x data parallel %d (%d ranks), global batch %lld x %lld x "
-                        "%lld accum; each rank holds %lld of the parameters and their AdamW moments, %d threads "
+                        "%lld accum; each rank holds %lld of the parameters and their AdamW moments%s, %d threads "
                         "per rank\n", (long long)tp, dp_comm ? dp_comm->world : 1, comm.world,
                 (long long)(o.B * (dp_comm ? dp_comm->world : 1)), (long long)o.T, (long long)o.accum,
-                (long long)tr.tm.numel, cc.threads);
+                (long long)tr.tm.numel, tr.tp->zero && dp_comm ? " (ZeRO-1: the moments split over the data-parallel "
+                "group)" : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
     else if (root && dist)

@@ -41,11 +41,61 @@ lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp 
     return LMC_OK;
 }
 
-void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t) { free(t); }
+void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t) {
+    if (t) free(t->zbuf);
+    free(t);
+}
 
 void lmc_trainer_tp_free(struct lmc_trainer *tr) {
-    free(tr->tp);
+    lmc_trainer_tp_free_state(tr->tp);
     tr->tp = NULL;
+}
+
+/* ZeRO-1 under TP x DP: the chunk of the shard's arena this DP rank
+ * updates, its moments (replacing the full ones) and the scratch. */
+static lmc_status zero_init(struct lmc_trainer *tr, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    const struct lmc_backend *be = tr->be;
+    int D = tr->comm->world;
+    int64_t N = tr->tm.numel;
+    t->zchunk = (N + D - 1) / D;
+    t->z0 = LMC_MIN(N, (int64_t)tr->comm->rank * t->zchunk);
+    t->zn = LMC_MIN(N - t->z0, t->zchunk);
+    t->zbuf = malloc(sizeof(float) * (size_t)(t->zchunk * D));
+    size_t bytes = sizeof(float) * (size_t)LMC_MAX(1, t->zn);
+    float *m = be->alloc(be->ctx, bytes), *v = be->alloc(be->ctx, bytes);
+    if (!t->zbuf || !m || !v) {
+        if (m) be->free(be->ctx, m);
+        if (v) be->free(be->ctx, v);
+        return lmc_err_set(err, LMC_ERR_OOM, "--zero 1 --tp: out of memory");
+    }
+    be->zero(be->ctx, m, bytes);
+    be->zero(be->ctx, v, bytes);
+    if (tr->m) be->free(be->ctx, tr->m);
+    if (tr->v) be->free(be->ctx, tr->v);
+    tr->m = m, tr->v = v;
+    return LMC_OK;
+}
+
+/* Every DP rank's moment chunks gathered into full (numel) arena-layout
+ * copies (host, malloc'd; the caller frees): a collective of the DP group. */
+static lmc_status zero_gather_moments(struct lmc_trainer *tr, float **m, float **v, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    int64_t N = tr->tm.numel, D = tr->comm->world;
+    *m = malloc(sizeof(float) * (size_t)N);
+    *v = malloc(sizeof(float) * (size_t)N);
+    float *send = malloc(sizeof(float) * (size_t)t->zchunk);
+    lmc_status s = *m && *v && send ? LMC_OK : lmc_err_set(err, LMC_ERR_OOM, "--zero 1 --tp: out of memory");
+    float *src[2] = {tr->m, tr->v}, *dst[2] = {*m, *v};
+    for (int a = 0; !s && a < 2; a++) {
+        memset(send, 0, sizeof(float) * (size_t)t->zchunk);
+        memcpy(send, src[a], sizeof(float) * (size_t)t->zn);
+        if (!(s = tr->comm->all_gather(tr->comm, send, t->zbuf, t->zchunk, LMC_DTYPE_F32, err)))
+            memcpy(dst[a], t->zbuf, sizeof(float) * (size_t)N);
+    }
+    (void)D;
+    free(send);
+    return s;
 }
 
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
@@ -68,6 +118,9 @@ lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *
     if ((s = lmc_dist_check_same(dp, "data-parallel training configuration", desc, err))) return s;
     tr->comm = dp;
     tr->zero_stage = 0;
+    if (t->zero > 1 || (t->zero && tr->have_opt))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp runs with --zero 0 or (AdamW) --zero 1");
+    if (t->zero && (s = zero_init(tr, err))) return s;
     if (tr->o.next_batch) return LMC_OK; /* a batch source: every rank draws the world's batches */
     /* the loader reads global micro-batches of dp x B rows */
     int64_t gB = (int64_t)dp->world * tr->o.B;
@@ -125,6 +178,79 @@ static lmc_status draw(struct lmc_trainer *tr, int from, int to, lmc_err *err) {
 
 static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step, float grad_scale, lmc_err *err);
 
+/* The rest of a ZeRO-1 step: the gradient reduce-scattered over the DP
+ * group (this rank's chunk), the global norm from the chunks (split
+ * tensors summed over the TP group, replicated KV heads once), AdamW on
+ * the chunk with its moments, the chunks all-gathered back into w. */
+static lmc_status zero_finish(struct lmc_trainer *tr, struct lmc_train_stats *st, double *sums, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_backend *be = tr->be;
+    const struct lmc_train_opts *o = &tr->o;
+    struct lmc_comm *dp = tr->comm;
+    int64_t N = tm->numel, K = t->zchunk, c0 = t->z0, c1 = t->z0 + t->zn;
+    float *g = malloc(sizeof(float) * (size_t)(K * dp->world)), *gc = malloc(sizeof(float) * (size_t)K);
+    lmc_status s = g && gc ? LMC_OK : lmc_err_set(err, LMC_ERR_OOM, "--zero 1 --tp: out of memory");
+    if (!s) {
+        memset(g + N, 0, sizeof(float) * (size_t)(K * dp->world - N));
+        memcpy(g, tm->g, sizeof(float) * (size_t)N);
+        s = dp->reduce_scatter(dp, g, gc, K, LMC_DTYPE_F32, LMC_REDUCE_SUM, err);
+    }
+    if (!s) s = dp->all_reduce(dp, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    double nn[2] = {0, 0}; /* split, replicated sums of squares over the chunk */
+    for (int i = 0; !s && i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        int64_t lo = LMC_MAX(c0, p->off), hi = LMC_MIN(c1, p->off + p->numel);
+        if (lo >= hi) continue;
+        int dim;
+        int64_t a0, n;
+        lmc_tp_tensor_cut(p->name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+        double ss = be->sumsq(be->ctx, gc + (lo - c0), hi - lo);
+        bool kv = strstr(p->name, ".k_proj.") || strstr(p->name, ".v_proj.");
+        if (dim < 0) nn[1] += ss;
+        else nn[0] += kv && t->heads.kv_replicas > 1 ? ss / t->heads.kv_replicas : ss;
+    }
+    if (!s) s = dp->all_reduce(dp, nn, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    if (!s) s = t->c->all_reduce(t->c, nn, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    if (s) {
+        free(g), free(gc);
+        return s;
+    }
+    st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
+    st->tokens = o->B * o->T * o->accum * dp->world;
+    st->grad_norm = sqrt(nn[0] + nn[1]);
+    double inv = 1.0;
+    if (o->next_batch) {
+        inv = 1.0 / (sums[1] > 0 ? sums[1] : 1);
+        st->grad_norm *= inv;
+    }
+    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
+    st->lr = lmc_schedule_lr(&o->sched, tr->step);
+    tr->step++;
+    if (!isfinite(st->grad_norm)) {
+        st->skipped = true;
+        free(g), free(gc);
+        return LMC_OK;
+    }
+    for (int i = 0; i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        int64_t lo = LMC_MAX(c0, p->off), hi = LMC_MIN(c1, p->off + p->numel);
+        if (lo >= hi) continue;
+        struct lmc_adamw_step as;
+        lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
+                            grad_scale, &as);
+        be->adamw(be->ctx, tm->w + lo, gc + (lo - c0), tr->m + (lo - c0), tr->v + (lo - c0), hi - lo, &as);
+    }
+    be->sync(be->ctx);
+    /* the updated chunks back into every DP rank's w */
+    memset(gc, 0, sizeof(float) * (size_t)K);
+    memcpy(gc, tm->w + c0, sizeof(float) * (size_t)(c1 - c0));
+    s = dp->all_gather(dp, gc, g, K, LMC_DTYPE_F32, err);
+    if (!s) memcpy(tm->w, g, sizeof(float) * (size_t)N);
+    free(g), free(gc);
+    return s;
+}
+
 lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     struct lmc_trainer_tp *t = tr->tp;
     struct lmc_tmodel *tm = &tr->tm;
@@ -158,6 +284,7 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         if (o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
     }
     if ((s = lmc_tp_tmodel_sum_replicated(tm, &t->g, &t->heads, t->full.num_kv_heads, err))) return s;
+    if (t->zero && dw > 1) return zero_finish(tr, st, sums, err);
     if (dw > 1 && ((s = tr->comm->all_reduce(tr->comm, tm->g, tm->numel, LMC_DTYPE_F32, LMC_REDUCE_SUM, err)) ||
                    (s = tr->comm->all_reduce(tr->comm, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))))
         return s;
@@ -392,6 +519,14 @@ static lmc_status gather_param(const struct lmc_trainer *tr, const float *arena,
 lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, const char *config_src,
                                const char *tok_dir, lmc_err *err) {
     const struct lmc_trainer_tp *t = tr->tp;
+    float *zm = NULL, *zv = NULL; /* ZeRO-1: the DP ranks' moment chunks, whole */
+    if (t->zero && tr->comm && tr->comm->world > 1) {
+        lmc_status zs = zero_gather_moments((struct lmc_trainer *)tr, &zm, &zv, err);
+        if (zs || tr->comm->rank != 0) {
+            free(zm), free(zv);
+            return zs;
+        }
+    }
     if (tr->comm && tr->comm->rank != 0) return LMC_OK; /* DP replicas: DP rank 0's group writes */
     bool writer = t->c->rank == 0;
     const struct lmc_backend *be = tr->be;
@@ -423,14 +558,14 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
             break;
         }
         const struct lmc_tparam *fp = writer ? &full.params[f] : p;
-        const float *src[3] = {tr->tm.w, tr->m, tr->v};
+        const float *src[3] = {tr->tm.w, zm ? zm : tr->m, zv ? zv : tr->v};
         float *dst[3] = {full.w, fm, fv};
         for (int a = 0; !s && a < (tr->have_opt ? 1 : 3); a++) {
             s = gather_param(tr, src[a], i, fp, fbuf, lbuf, rbuf, err);
             if (!s && writer) s = lmc_tmodel_upload_param(&full, dst[a], f, fbuf, err);
         }
     }
-    free(lbuf), free(rbuf), free(fbuf);
+    free(lbuf), free(rbuf), free(fbuf), free(zm), free(zv);
     /* another optimizer (Muon): its state gathered into a one-process optimizer of the full model */
     struct lmc_optim fo;
     bool have_fo = false;
@@ -538,7 +673,16 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
         s = lmc_loader_seek(&tr->train, one.train.epoch, one.train.index, err);
     }
     const float *src[2] = {one.m, one.v};
-    float *dst[2] = {tr->m, tr->v};
+    /* ZeRO-1: the whole shard's moments first, this DP rank's chunk kept */
+    bool zc = t->zero && tr->comm && tr->comm->world > 1;
+    float *zf[2] = {NULL, NULL};
+    if (zc && !s) {
+        zf[0] = malloc(sizeof(float) * (size_t)tr->tm.numel);
+        zf[1] = malloc(sizeof(float) * (size_t)tr->tm.numel);
+        if (!zf[0] || !zf[1]) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory for the optimizer state", dir);
+        else memset(zf[0], 0, sizeof(float) * (size_t)tr->tm.numel), memset(zf[1], 0, sizeof(float) * (size_t)tr->tm.numel);
+    }
+    float *dst[2] = {zc ? zf[0] : tr->m, zc ? zf[1] : tr->v};
     for (int i = 0; !s && i < tr->tm.n_params; i++) {
         const struct lmc_tparam *p = &tr->tm.params[i];
         int f = lmc_tmodel_find(full, p->name), dim;
@@ -559,6 +703,9 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
             s = lmc_tmodel_upload_param(&tr->tm, dst[a], i, lbuf, err);
         }
     }
+    for (int a = 0; zc && !s && a < 2; a++)
+        memcpy(a ? tr->v : tr->m, zf[a] + t->z0, sizeof(float) * (size_t)t->zn);
+    free(zf[0]), free(zf[1]);
     free(fbuf), free(lbuf);
     if (one.m) be->free(be->ctx, one.m);
     if (one.v) be->free(be->ctx, one.v);

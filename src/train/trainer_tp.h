@@ -28,6 +28,13 @@ struct lmc_trainer_tp {
     struct lmc_config full;      /* the unsharded model's config */
     int64_t i0, ni;              /* this rank's MLP features */
     struct lmc_tvocab vocab;     /* vocabulary-parallel embedding/head (heads.vocab) */
+    /* ZeRO-1 over the data-parallel group (set zero = 1 before attach): this
+     * DP rank keeps AdamW's moments of arena floats [z0, z0 + zn) only
+     * (tr->m, tr->v hold zn floats), the gradient is reduce-scattered and
+     * the updated chunks all-gathered; 0: replicated moments */
+    int zero;
+    int64_t z0, zn, zchunk;      /* zchunk: the padded chunk (numel rounded up to D chunks) */
+    float *zbuf;                 /* (D zchunk) host scratch for the collectives */
 };
 
 /* *shard (new, on be) <- rank tp->rank's shard of full; *out (new) holds
