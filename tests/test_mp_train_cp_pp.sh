@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# test_mp_train_cp_pp.sh — `lmc train` and `lmc finetune` with --cp C
-# (context parallel: ring attention over zigzag slices, train/trainer_cp.c)
-# and --pp P (1F1B pipeline stages, train/trainer_pp.c), on ranks started by
-# mpirun (oversubscribed; the torchrun-style tcp launcher when lmc has no
-# MPI): a tiny 4-layer llama (4 heads, 2 KV heads; accumulation 2 = the
-# pipeline's micro-batches, clipping, warmup + cosine) for 10 steps at
-# CP 2, CP 4, DP 2 x CP 2, PP 2, PP 4, DP 2 x PP 2, and CP 2 with Muon,
-# give the one-process run's losses, validation losses and final weights
-# and AdamW moments (1e-6 relative; weights in norm); runs stopped at step 5
-# and resumed (--resume latest) equal the uninterrupted ones bit for bit,
-# and a one-process resume of a PP checkpoint equals the one-process run.
-# `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2 and DP 2 x
-# CP 2, and a LoRA finetune at CP 2, give the one-process losses and
-# output. Refused with a message: --cp with --tp, --pp with tied embeddings,
-# with Muon, with more stages than layers, with LoRA; --cp on a world it
-# does not divide; --cp with --zero 1.
+# test_mp_train_cp_pp.sh — `lmc train` with --cp C (context parallel:
+# ring attention over zigzag slices, train/trainer_cp.c) and --pp P (1F1B
+# pipeline stages, train/trainer_pp.c), on ranks started by mpirun
+# (oversubscribed; the torchrun-style tcp launcher when lmc has no MPI;
+# tests/mp_launch.sh): a tiny 4-layer llama (4 heads, 2 KV heads;
+# accumulation 2 = the pipeline's micro-batches, clipping, warmup + cosine)
+# for 10 steps at CP 2, CP 4, DP 2 x CP 2, PP 2, PP 4, DP 2 x PP 2, and CP 2
+# with Muon, give the one-process run's losses, validation losses and final
+# weights and AdamW moments (1e-6 relative; weights in norm); runs stopped
+# at step 5 and resumed (--resume latest) equal the uninterrupted ones bit
+# for bit, and a one-process resume of a PP checkpoint equals the
+# one-process run. Refused with a message: --cp with --tp, --pp with tied
+# embeddings, with Muon, with more stages than layers; --cp on a world it
+# does not divide; --cp with --zero 1. (Fine-tuning and a long sequence:
+# test_mp_finetune_cp_pp.)
 # Usage: test_mp_train_cp_pp.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -22,46 +21,13 @@ pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
 "$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
 "$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" ||
   { echo "FAIL: data: $(cat "$TMP/err")" >&2; exit 1; }
 A="--data $TMP/data --arch llama --layers 4 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 --seq 16
    --steps 10 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 5 --eval-every 5 --eval-batches 2"
-USE_MPI=0
-if command -v mpirun >/dev/null 2>&1; then
-  timeout 120 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
-    --mca oob_tcp_if_include lo -np 2 "$LMC" train $A --batch 4 --steps 1 --warmup 0 --cp 2 -o "$TMP/probe" \
-    >"$TMP/probe.err" 2>&1 && USE_MPI=1
-  if [ $USE_MPI = 0 ]; then
-    grep -q "without MPI\|no MPI" "$TMP/probe.err" || ok 1 "mpirun --cp 2: $(tail -n 4 "$TMP/probe.err")"
-    echo "test_mp_train_cp_pp: mpirun not usable with this lmc; the tcp launcher instead"
-  fi
-fi
-# launch W CMD OUT ARGS...: W ranks (mpirun, else torchrun-style variables at a free port); stderr in OUT.err
-launch() {
-  local W=$1 cmd=$2 out=$3; shift 3
-  if [ $USE_MPI = 1 ]; then
-    timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
-      --mca oob_tcp_if_include lo -np "$W" "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.err" 2>&1
-    return $?
-  fi
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.r$r" 2>&1 &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.err" 2>&1 || rc=1
-    for p in "${pids[@]}"; do wait $p || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.err" || return $rc
-    rm -rf "${TMP:?}/$out"
-  done
-  return $rc
-}
-last() { tail -n 3 "$TMP/$1.err"; }
+. tests/mp_launch.sh
 # ---- lmc train
 "$LMC" train $A --batch 4 -o "$TMP/single" 2>"$TMP/err"; ok $? "single: $(cat "$TMP/err")"
 "$LMC" train $A --batch 4 --optim muon -o "$TMP/smuon" 2>"$TMP/err"; ok $? "single muon: $(cat "$TMP/err")"
@@ -128,48 +94,6 @@ for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", 
 sys.exit(bad)
 PY
 ok $? "cp 2/4, dp 2 x cp 2, pp 2/4, dp 2 x pp 2, cp 2 muon and the one-process resume equal the one-process runs"
-# ---- lmc finetune
-FIX=tests/fixtures/llama-tiny
-for i in $(seq 1 23); do
-  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
-done >"$TMP/d.jsonl"
-F="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8 --clip 0.5
-   --val-fraction 0.2 --eval-every 4 --accum 2"
-"$LMC" finetune $F --full --batch 2 -o "$TMP/fone" 2>"$TMP/err"; ok $? "finetune one process: $(tail -2 "$TMP/err")"
-"$LMC" finetune $F --batch 2 -o "$TMP/flone" 2>"$TMP/err"; ok $? "lora one process: $(tail -2 "$TMP/err")"
-launch 2 finetune fcp2 $F --full --batch 2 --cp 2; ok $? "finetune cp 2: $(last fcp2)"
-launch 2 finetune fpp2 $F --full --batch 2 --pp 2; ok $? "finetune pp 2: $(last fpp2)"
-launch 4 finetune fdp2pp2 $F --full --batch 1 --pp 2; ok $? "finetune dp 2 x pp 2: $(last fdp2pp2)"
-launch 4 finetune fdp2cp2 $F --full --batch 1 --cp 2; ok $? "finetune dp 2 x cp 2: $(last fdp2cp2)"
-launch 2 finetune flcp2 $F --batch 2 --cp 2; ok $? "lora finetune cp 2: $(last flcp2)"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(p): return [json.loads(l) for l in open(p)]
-def params(path):
-    b = open(path, "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-bad = 0
-for ref_d, runs, f in (("fone", ["fcp2", "fpp2", "fdp2pp2", "fdp2cp2"], "model.safetensors"),
-                       ("flone", ["flcp2"], "adapter_model.safetensors")):
-    ref, refp = rows(f"{tmp}/{ref_d}.metrics.jsonl"), params(f"{tmp}/{ref_d}/{f}")
-    for d in runs:
-        r, p = rows(f"{tmp}/{d}.metrics.jsonl"), params(f"{tmp}/{d}/{f}")
-        worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-        worst_v = max(abs(a["val_loss"] - b["val_loss"]) / abs(b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b)
-        norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-                  sum(y * y for k in refp for y in refp[k])) ** 0.5
-        print(f"{d}: {len(r)} steps, losses max rel {worst:.2e}, val {worst_v:.2e}, weights |diff| / |w| {norm_p:.2e}")
-        # LoRA: the adapter's B starts at zero, so its relative error after 8 steps is larger (~1.5e-6)
-        if not (len(r) == 8 and worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= (1e-5 if ref_d == "flone" else 1e-6)):
-            bad += 1
-sys.exit(bad)
-PY
-ok $? "finetune cp 2, pp 2, dp 2 x pp 2, dp 2 x cp 2 and lora cp 2 equal the one-process runs"
 # ---- refusals
 "$LMC" train $A --batch 4 --cp 2 --tp 2 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "do not combine" "$TMP/err"
 ok $? "--cp with --tp: $(cat "$TMP/err")"
@@ -183,7 +107,5 @@ launch 2 train bad3 $A --batch 4 --pp 2 --layers 1; [ $? != 0 ] && grep -q "only
 ok $? "--pp 2 on one layer: $(last bad3)"
 launch 3 train bad4 $A --batch 4 --cp 2; [ $? != 0 ] && grep -q "cp 2 needs a multiple of 2 ranks" "$TMP/bad4.err"
 ok $? "--cp 2 on 3 ranks: $(last bad4)"
-launch 2 finetune bad5 $F --batch 2 --pp 2; [ $? != 0 ] && grep -q "frozen base" "$TMP/bad5.err"
-ok $? "--pp with LoRA: $(last bad5)"
 echo "test_mp_train_cp_pp: $pass passed, $fail failed"
 [ $fail = 0 ]
