@@ -4,7 +4,7 @@
 # sequence that `lmc info --fits` puts over a memory budget on one rank and
 # under it at CP 4 trains at `lmc train --cp 4` with the one-process
 # losses; `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2
-# and DP 2 x CP 2, and a LoRA finetune at CP 2, give the one-process
+# DP 2 x CP 2 and TP 2 x CP 2, and a LoRA finetune at CP 2, give the one-process
 # losses, validation losses and written weights (1e-6; the LoRA adapter
 # 1e-5); --pp with LoRA is refused.
 # Usage: test_mp_finetune_cp_pp.sh PATH/TO/lmc
@@ -55,6 +55,7 @@ launch 2 finetune fpp2 $F --full --batch 2 --pp 2; ok $? "finetune pp 2: $(last 
 launch 4 finetune fdp2pp2 $F --full --batch 1 --pp 2; ok $? "finetune dp 2 x pp 2: $(last fdp2pp2)"
 launch 4 finetune fdp2cp2 $F --full --batch 1 --cp 2; ok $? "finetune dp 2 x cp 2: $(last fdp2cp2)"
 launch 2 finetune flcp2 $F --batch 2 --cp 2; ok $? "lora finetune cp 2: $(last flcp2)"
+launch 4 finetune ftpcp $F --full --batch 2 --tp 2 --cp 2; ok $? "finetune tp 2 x cp 2: $(last ftpcp)"
 python3 - "$TMP" <<'PY'
 import json, struct, sys
 tmp = sys.argv[1]
@@ -67,7 +68,7 @@ def params(path):
         s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
     return out
 bad = 0
-for ref_d, runs, f in (("fone", ["fcp2", "fpp2", "fdp2pp2", "fdp2cp2"], "model.safetensors"),
+for ref_d, runs, f in (("fone", ["fcp2", "fpp2", "fdp2pp2", "fdp2cp2", "ftpcp"], "model.safetensors"),
                        ("flone", ["flcp2"], "adapter_model.safetensors")):
     ref, refp = rows(f"{tmp}/{ref_d}.metrics.jsonl"), params(f"{tmp}/{ref_d}/{f}")
     for d in runs:

@@ -5,12 +5,14 @@
 # (oversubscribed; the torchrun-style tcp launcher when lmc has no MPI;
 # tests/mp_launch.sh): a tiny 4-layer llama (4 heads, 2 KV heads;
 # accumulation 2 = the pipeline's micro-batches, clipping, warmup + cosine)
-# for 10 steps at CP 2, CP 4, DP 2 x CP 2, PP 2, PP 4, DP 2 x PP 2, and CP 2
-# with Muon, give the one-process run's losses, validation losses and final
+# for 10 steps at CP 2, CP 4, DP 2 x CP 2, PP 2, PP 4, DP 2 x PP 2, CP 2
+# with Muon, TP 2 x CP 2, DP 2 x CP 2 x TP 2 (8 ranks) and TP 2 x CP 2 with
+# --tp-vocab give the one-process run's losses, validation losses and final
 # weights and AdamW moments (1e-6 relative; weights in norm); runs stopped
 # at step 5 and resumed (--resume latest) equal the uninterrupted ones bit
 # for bit, and a one-process resume of a PP checkpoint equals the
-# one-process run. Refused with a message: --cp with --tp, --pp with tied
+# one-process run (TP 2 x CP 2 resumes bit for bit too). Refused with a
+# message: --pp with --tp, --pp with tied
 # embeddings, with Muon, with more stages than layers; --cp on a world it
 # does not divide; --cp with --zero 1. (Fine-tuning and a long sequence:
 # test_mp_finetune_cp_pp.)
@@ -38,17 +40,21 @@ launch 2 train pp2 $A --batch 4 --pp 2; ok $? "pp 2: $(last pp2)"
 launch 4 train pp4 $A --batch 4 --pp 4; ok $? "pp 4: $(last pp4)"
 launch 4 train dp2pp2 $A --batch 2 --pp 2; ok $? "dp 2 x pp 2: $(last dp2pp2)"
 launch 2 train cp2muon $A --batch 4 --cp 2 --optim muon; ok $? "cp 2 muon: $(last cp2muon)"
+launch 4 train tpcp $A --batch 4 --tp 2 --cp 2; ok $? "tp 2 x cp 2: $(last tpcp)"
+launch 8 train dptpcp $A --batch 2 --tp 2 --cp 2; ok $? "dp 2 x cp 2 x tp 2: $(last dptpcp)"
+launch 4 train tpcpv $A --batch 4 --tp 2 --cp 2 --tp-vocab; ok $? "tp 2 x cp 2 --tp-vocab: $(last tpcpv)"
 grep -q "context parallel 2 x data parallel 2 (4 ranks), global batch 4 x 16 x 2 accum; each rank holds 8-token" \
   "$TMP/dp2cp2.err"; ok $? "dp 2 x cp 2 start-up line: $(grep parallel "$TMP/dp2cp2.err")"
 grep -q "pipeline parallel 2 stages x data parallel 2 (4 ranks), global batch 4 x 16 x 2 micro-batches" \
   "$TMP/dp2pp2.err"; ok $? "dp 2 x pp 2 start-up line: $(grep parallel "$TMP/dp2pp2.err")"
 [ "$(grep -c '^step 10/10' "$TMP/pp2.err")" = 1 ]; ok $? "pp 2 logs once (rank 0)"
 # stopped at 5 and resumed (every rank reads the one-process checkpoint)
-for k in cp2 pp2; do
-  f=$([ $k = cp2 ] && echo --cp || echo --pp)
-  launch 2 train rs$k $A --batch 4 $f 2 --stop-at 5; ok $? "$k stop at 5: $(last rs$k)"
+for k in cp2 pp2 tpcp; do
+  f=$([ $k = cp2 ] && echo "--cp 2" || { [ $k = pp2 ] && echo "--pp 2"; } || echo "--tp 2 --cp 2")
+  W=$([ $k = tpcp ] && echo 4 || echo 2)
+  launch $W train rs$k $A --batch 4 $f --stop-at 5; ok $? "$k stop at 5: $(last rs$k)"
   [ $k = pp2 ] && cp -r "$TMP/rs$k" "$TMP/rs1"
-  launch 2 train rs$k --data "$TMP/data" --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2 $f 2
+  launch $W train rs$k --data "$TMP/data" --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2 $f
   ok $? "$k resume: $(last rs$k)"
   cmp -s "$TMP/rs$k/step_000010/model.safetensors" "$TMP/$k/step_000010/model.safetensors" &&
     cmp -s "$TMP/rs$k/step_000010/optimizer.safetensors" "$TMP/$k/step_000010/optimizer.safetensors"
@@ -68,7 +74,8 @@ def params(d, name="model.safetensors"):
         s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
     return out
 bad = 0
-for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", "rs1"]), ("smuon", ["cp2muon"])):
+for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", "rs1", "tpcp", "dptpcp", "tpcpv"]),
+                    ("smuon", ["cp2muon"])):
     ref, refp = rows(ref_d), params(ref_d)
     refo = params(ref_d, "optimizer.safetensors") if ref_d == "single" else None
     for d in runs:
@@ -88,15 +95,17 @@ for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", 
             worst_o = max(abs(x - y) for x, y in zip(o["adamw.v"], refo["adamw.v"])) / max(abs(x) for x in refo["adamw.v"])
         print(f"{d}: losses max rel {worst:.2e}, val {worst_v:.2e}, params |diff| / |p| {norm_p:.2e} "
               f"(max |diff| / max |p| {worst_p:.2e}), adamw.v max |diff| / max {worst_o:.2e}")
-        # ring attention merges blocks by log-sum-exp and the data-parallel sums
-        # add in another order: losses ~1e-8, weights after 10 steps ~1e-7 in norm
-        if not (worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 1e-6 and worst_p <= 1e-5 and worst_o <= 1e-5): bad += 1
+        # ring attention merges blocks by log-sum-exp and the data-parallel (and
+        # row-parallel) sums add in another order: losses ~1e-8, weights after 10
+        # steps ~1e-7 in norm; AdamW magnifies that on near-zero gradients, so single
+        # elements reach ~1e-5 of the largest weight (TP x CP)
+        if not (worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 1e-6 and worst_p <= 3e-5 and worst_o <= 1e-5): bad += 1
 sys.exit(bad)
 PY
-ok $? "cp 2/4, dp 2 x cp 2, pp 2/4, dp 2 x pp 2, cp 2 muon and the one-process resume equal the one-process runs"
+ok $? "cp 2/4, dp 2 x cp 2, pp 2/4, dp 2 x pp 2, cp 2 muon, tp 2 x cp 2 (dp 2, vocab) and the one-process resume equal the one-process runs"
 # ---- refusals
-"$LMC" train $A --batch 4 --cp 2 --tp 2 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "do not combine" "$TMP/err"
-ok $? "--cp with --tp: $(cat "$TMP/err")"
+"$LMC" train $A --batch 4 --pp 2 --tp 2 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "does not combine" "$TMP/err"
+ok $? "--pp with --tp: $(cat "$TMP/err")"
 "$LMC" train $A --batch 4 --cp 2 --zero 1 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "with --zero 0" "$TMP/err"
 ok $? "--cp with --zero 1: $(cat "$TMP/err")"
 launch 2 train bad1 $A --batch 4 --pp 2 --tie; [ $? != 0 ] && grep -q "tied embeddings" "$TMP/bad1.err"

@@ -81,6 +81,13 @@ int cli_mp_groups_flag(struct lmc_comm *world, int n, const char *flag, struct l
  * two of them, or one with --zero 1-3 (--tp: 2-3), print the refusal and
  * return 2. */
 int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zero, int *n, const char **flag);
+/* --tp T --cp C (TP x CP x DP): after lmc_trainer_tp_attach with dpc (the
+ * C x D ranks holding one TP shard), the context-parallel groups (C
+ * consecutive ranks of dpc) into *cpc and lmc_trainer_cp_attach. Prints the
+ * error; non-zero on failure (free *cpc when *have_cpc, before dpc). */
+struct lmc_trainer;
+int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struct lmc_comm *cpc, bool *have_cpc,
+                     const char *desc, const char *cmd);
 /* The start-up line of --cp / --pp runs (rank 0). */
 void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum);
 /* JSON-escapes s[0..n) into stdout (with quotes). */

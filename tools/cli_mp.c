@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "dist/comm.h"
 #include "dist/ring_attn.h"
+#include "train/trainer_cp.h"
 
 #include <stdio.h>
 
@@ -38,9 +39,13 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
     int on = (tp > 1) + (cp > 1) + (pp > 1);
     *n = 1;
     *flag = "--tp";
-    if (on > 1) {
-        fprintf(stderr, "lmc %s: --tp, --cp and --pp do not combine yet (give one of them; each composes with data "
-                        "parallelism over the ranks left)\n", cmd);
+    if (on > 1 && pp > 1) {
+        fprintf(stderr, "lmc %s: --pp does not combine with --tp or --cp yet (--tp and --cp do; each composes with "
+                        "data parallelism over the ranks left)\n", cmd);
+        return 2;
+    }
+    if (tp > 1 && cp > 1 && zero > 0) {
+        fprintf(stderr, "lmc %s: --tp with --cp runs with --zero 0\n", cmd);
         return 2;
     }
     if (on && zero > (tp > 1 ? 1 : 0)) {
@@ -48,7 +53,8 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
                 tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp", tp > 1 ? " or 1" : "");
         return 2;
     }
-    if (cp > 1) *n = (int)cp, *flag = "--cp";
+    if (tp > 1) *n = (int)tp; /* with --cp: the TP groups first, the CP groups cut from their DP side */
+    else if (cp > 1) *n = (int)cp, *flag = "--cp";
     else if (pp > 1) *n = (int)pp, *flag = "--pp";
     else *n = (int)tp;
     return 0;
@@ -65,4 +71,18 @@ void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, i
                         "%lld x %lld micro-batches (1F1B, bubble (P-1)/(M+P-1) = %.3f)\n", cmd, (long long)pp,
                 (long long)(world / pp), world, (long long)(B * (world / pp)), (long long)T, (long long)accum,
                 (double)(pp - 1) / (double)(accum + pp - 1));
+}
+
+int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struct lmc_comm *cpc, bool *have_cpc,
+                     const char *desc, const char *cmd) {
+    lmc_err err = {0};
+    *have_cpc = false;
+    if (!dpc || dpc->world % cp) {
+        fprintf(stderr, "lmc %s: --tp T --cp %d needs T x %d x D ranks (D >= 1)\n", cmd, cp, cp);
+        return 2;
+    }
+    if (lmc_comm_split(dpc, dpc->rank / cp, dpc->rank, cpc, &err)) return cli_fail(cmd, &err);
+    *have_cpc = true;
+    if (lmc_trainer_cp_attach(tr, dpc, cpc, desc, &err)) return cli_fail(cmd, &err);
+    return 0;
 }

@@ -52,7 +52,7 @@ static void usage(void) {
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
-            "             micro-batches (AdamW, untied embeddings, no --pack); one of --tp/--cp/--pp\n");
+            "             micro-batches (AdamW, untied embeddings, no --pack); --tp and --cp combine\n");
 }
 
 struct src {
@@ -257,8 +257,8 @@ int cmd_finetune(int argc, char **argv) {
     const char *mpflag;
     if (cli_mp_pick("finetune", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
     bool dist = denv.world > 1 || mpn > 1, root = true;
-    struct lmc_comm comm, tpc, dpc;
-    bool have_tpc = false, have_dpc = false, have_full = false;
+    struct lmc_comm comm, tpc, dpc, cpc;
+    bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false;
     struct lmc_tmodel full_tm;
     struct lmc_trainer_tp *tps = NULL;
     FILE *mf = NULL;
@@ -400,6 +400,8 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+            goto done;
     }
     if (resume) {
         int64_t ep = 0, nx = 0;
@@ -534,6 +536,7 @@ done:
     lmc_tokenizer_free(tok);
     if (have_full) lmc_tmodel_free(&full_tm);
     lmc_trainer_tp_free_state(tps);
+    if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);
     if (have_comm) comm.free(&comm);

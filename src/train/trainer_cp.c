@@ -4,6 +4,7 @@
  * attention around the ring, the gradient and the loss sums all-reduced
  * over every rank, then the one-process norm, clipping and update. */
 #include "train/trainer_cp.h"
+#include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
@@ -40,8 +41,8 @@ static lmc_status refuse(const struct lmc_trainer *tr, lmc_err *err) {
     else if (!strncmp(c->model_type, "mamba", 5)) why = "recurrent (Mamba) layers";
     else if (c->sliding_window > 0) why = "sliding-window attention";
     else if (c->rope.type == LMC_ROPE_DYNAMIC) why = "dynamic rope scaling (it depends on the sequence length)";
-    else if (tr->tp) why = "tensor parallelism at the same time";
-    else if (tr->zero || tr->comm) why = "ZeRO / the data-parallel trainer (--cp runs its own data parallelism)";
+    else if (tr->tp && tr->tp->zero) why = "--zero 1 with --tp at the same time";
+    else if (tr->zero || (tr->comm && !tr->tp)) why = "ZeRO / the data-parallel trainer (--cp runs its own data parallelism)";
     else if (strcmp(tr->be->name, "cpu")) why = "a device backend (ring attention runs on the host)";
     if (!why) return LMC_OK;
     return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--cp (context parallel) does not support %s yet (model %s)", why,
@@ -88,11 +89,14 @@ lmc_status lmc_trainer_cp_attach(struct lmc_trainer *tr, struct lmc_comm *world,
     tr->be->upload(tr->be->ctx, tr->acts.pos, p32, sizeof(int32_t) * (size_t)(B * c->n));
     free(p32);
     tr->acts.cp = &c->g;
-    if (c->dw <= 1 || tr->o.next_batch) return LMC_OK;
-    /* the loader reads global micro-batches of D x B rows (as one process with batch D x B) */
+    /* the loader reads global micro-batches of D x B rows (as one process with batch D x B); a
+     * tensor-parallel trainer's loader was made for all C x D ranks of its data-parallel side */
+    if (tr->o.next_batch || (c->dw <= 1 && !tr->tp)) return LMC_OK;
     int64_t gB = (int64_t)c->dw * B;
-    tr->gbatch = malloc((size_t)(gB * (T + 1)) * sizeof(int32_t));
-    if (!tr->gbatch) return lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
+    free(tr->gbatch);
+    tr->gbatch = NULL;
+    if (c->dw > 1 && !(tr->gbatch = malloc((size_t)(gB * (T + 1)) * sizeof(int32_t))))
+        return lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
     int64_t ep = tr->train.epoch, ix = tr->train.index;
     lmc_loader_free(&tr->train);
     memset(&tr->train, 0, sizeof tr->train);
@@ -258,3 +262,17 @@ lmc_status lmc_trainer_loss(struct lmc_trainer *tr, const int32_t *in, const int
     *count = (int64_t)sc[1];
     return s;
 }
+
+lmc_status lmc_trainer_cp_micro(struct lmc_trainer *tr, const int32_t **in, const int32_t **tg, lmc_err *err) {
+    lmc_status s = next(tr, err);
+    if (s) return s;
+    slice(tr, tr->in, tr->tg);
+    tr->acts.segs = NULL;
+    tr->acts.n_segs = 0;
+    *in = tr->cp->in, *tg = tr->cp->tg;
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_cp_check(struct lmc_trainer *tr, lmc_err *err) { return ring_status(tr->cp, err); }
+
+int lmc_trainer_cp_data_world(const struct lmc_trainer *tr) { return tr->cp->dw; }

@@ -13,8 +13,12 @@
  * resumes from one). Refused: packed sequences (a batch source's
  * segments), mixture-of-experts (the load-balancing loss needs the whole
  * sequence's routing), recurrent (Mamba) layers, sliding-window attention
- * and dynamic rope scaling, ZeRO stages 1-3, tensor or pipeline
- * parallelism at the same time, a device backend. */
+ * and dynamic rope scaling, ZeRO stages 1-3, pipeline parallelism at the
+ * same time, a device backend. With tensor parallelism (attached after
+ * lmc_trainer_tp_attach; TP x CP x DP, TP innermost): `world` is the TP
+ * trainer's data-parallel communicator (the C x D ranks holding the same
+ * TP shard), the TP step cuts its micro-batches through
+ * lmc_trainer_cp_micro, and evaluation is this module's. */
 #ifndef LMC_TRAIN_TRAINER_CP_H
 #define LMC_TRAIN_TRAINER_CP_H
 
@@ -42,6 +46,14 @@ lmc_status lmc_trainer_cp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
  * the context-parallel group (a collective of the group). */
 lmc_status lmc_trainer_loss(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double *loss_sum,
                             int64_t *count, lmc_err *err);
+
+/* Tensor x context parallel (the TP trainer's step, trainer_tp.c): the
+ * next micro-batch of this rank's data-parallel group, cut to its slice
+ * (*in, *tg: B x n, the trainer's until the next call); the ring's status
+ * after a step (reset); the data-parallel groups' count D. */
+lmc_status lmc_trainer_cp_micro(struct lmc_trainer *tr, const int32_t **in, const int32_t **tg, lmc_err *err);
+lmc_status lmc_trainer_cp_check(struct lmc_trainer *tr, lmc_err *err);
+int lmc_trainer_cp_data_world(const struct lmc_trainer *tr);
 
 /* Tokens of a sequence this rank holds. */
 int64_t lmc_trainer_cp_local_tokens(const struct lmc_trainer *tr);

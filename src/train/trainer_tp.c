@@ -6,6 +6,7 @@
  * gradient all-reduced over the DP ranks, then the global norm over the
  * TP group and AdamW per tensor on the shard. */
 #include "train/trainer_tp.h"
+#include "train/trainer_cp.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
@@ -260,11 +261,16 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
     int64_t per = o->B * o->T, row = o->T + 1;
-    float dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)dw * (double)o->accum));
+    /* TP x CP: the gradient is summed over the C x D ranks of tr->comm, the batch read by D groups */
+    int ddw = tr->cp ? lmc_trainer_cp_data_world(tr) : dw;
+    float dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)ddw * (double)o->accum));
     double sums[2] = {0, 0}; /* loss sum, counted targets */
     lmc_status s;
     for (int64_t k = 0; k < o->accum; k++) {
-        if (o->next_batch) {
+        const int32_t *in = tr->in, *tg = tr->tg;
+        if (tr->cp) {
+            if ((s = lmc_trainer_cp_micro(tr, &in, &tg, err))) return s;
+        } else if (o->next_batch) {
             if ((s = draw(tr, 0, dr + 1, err))) return s;
         } else if (dw > 1) {
             lmc_loader_next(&tr->train, tr->gbatch);
@@ -276,12 +282,13 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         }
         double ls;
         int64_t n;
-        s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
+        s = lmc_tmodel_step(tm, be, &tr->acts, in, tg, true, dscale, &ls, &n, err);
         if (!s) s = group_status(t, err);
+        if (!s && tr->cp) s = lmc_trainer_cp_check(tr, err);
         if (s) return s;
         sums[0] += ls;
         sums[1] += (double)n;
-        if (o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
+        if (!tr->cp && o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
     }
     if ((s = lmc_tp_tmodel_sum_replicated(tm, &t->g, &t->heads, t->full.num_kv_heads, err))) return s;
     if (t->zero && dw > 1) return zero_finish(tr, st, sums, err);
@@ -289,7 +296,7 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
                    (s = tr->comm->all_reduce(tr->comm, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))))
         return s;
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
-    st->tokens = per * o->accum * dw;
+    st->tokens = per * o->accum * ddw;
     if ((s = global_norm(tr, &st->grad_norm, err))) return s;
     double inv = 1.0;
     if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
