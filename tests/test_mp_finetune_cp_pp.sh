@@ -3,7 +3,7 @@
 # test_mp_train_cp_pp (same launcher, tests/mp_launch.sh): a 1024-token
 # sequence that `lmc info --fits` puts over a memory budget on one rank and
 # under it at CP 4 trains at `lmc train --cp 4` with the one-process
-# losses; `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2
+# losses, and so does GPT-2 (learned positions) at CP 2; `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2
 # DP 2 x CP 2 and TP 2 x CP 2, and a LoRA finetune at CP 2, give the one-process
 # losses, validation losses and written weights (1e-6; the LoRA adapter
 # 1e-5); --pp with LoRA is refused.
@@ -41,6 +41,20 @@ print(f"long4: 1024 tokens at cp 4, {len(r4)} steps, losses max rel {worst:.2e}"
 sys.exit(0 if len(r4) == 3 and worst <= 1e-6 else 1)
 PY
 ok $? "cp 4 on 1024 tokens equals the one-process losses"
+# GPT-2 (learned positions at the slice's global positions, layer norms, biases) at CP 2
+G="--data $TMP/data --arch gpt2 --layers 2 --hidden 64 --heads 4 --seq 17 --batch 2 --steps 4 --warmup 1 --lr 3e-3
+   --threads 1 --eval-every 2 --eval-batches 2"
+"$LMC" train $G -o "$TMP/g1" 2>"$TMP/err"; ok $? "gpt2 one process: $(tail -2 "$TMP/err")"
+launch 2 train g2 $G --cp 2; ok $? "gpt2 cp 2: $(last g2)"
+python3 - "$TMP" <<'PY'
+import json, sys
+r1 = [json.loads(l) for l in open(f"{sys.argv[1]}/g1/metrics.jsonl")]
+r2 = [json.loads(l) for l in open(f"{sys.argv[1]}/g2/metrics.jsonl")]
+worst = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r2, r1) for k in ("loss", "val_loss") if k in b)
+print(f"gpt2 cp 2: {len(r2)} steps, losses and validation losses max rel {worst:.2e}")
+sys.exit(0 if len(r2) == 4 and worst <= 1e-6 else 1)
+PY
+ok $? "gpt2 at cp 2 equals the one-process losses"
 # ---- lmc finetune
 FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
