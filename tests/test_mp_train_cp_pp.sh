@@ -6,13 +6,13 @@
 # tests/mp_launch.sh): a tiny 4-layer llama (4 heads, 2 KV heads;
 # accumulation 2 = the pipeline's micro-batches, clipping, warmup + cosine)
 # for 10 steps at CP 2, CP 4, DP 2 x CP 2, PP 2, PP 4, DP 2 x PP 2, CP 2
-# with Muon, TP 2 x CP 2, DP 2 x CP 2 x TP 2 (8 ranks) and TP 2 x CP 2 with
-# --tp-vocab give the one-process run's losses, validation losses and final
+# with Muon, TP 2 x CP 2, DP 2 x CP 2 x TP 2 (8 ranks), TP 2 x CP 2 with
+# --tp-vocab, TP 2 x PP 2 and DP 2 x PP 2 x TP 2 (8 ranks) give the one-process run's losses, validation losses and final
 # weights and AdamW moments (1e-6 relative; weights in norm); runs stopped
 # at step 5 and resumed (--resume latest) equal the uninterrupted ones bit
 # for bit, and a one-process resume of a PP checkpoint equals the
-# one-process run (TP 2 x CP 2 resumes bit for bit too). Refused with a
-# message: --pp with --tp, --pp with tied
+# one-process run (TP 2 x CP 2 and TP 2 x PP 2 resume bit for bit too).
+# Refused with a message: --pp with --cp, --pp with tied
 # embeddings, with Muon, with more stages than layers; --cp on a world it
 # does not divide; --cp with --zero 1. (Fine-tuning and a long sequence:
 # test_mp_finetune_cp_pp.)
@@ -43,15 +43,16 @@ launch 2 train cp2muon $A --batch 4 --cp 2 --optim muon; ok $? "cp 2 muon: $(las
 launch 4 train tpcp $A --batch 4 --tp 2 --cp 2; ok $? "tp 2 x cp 2: $(last tpcp)"
 launch 8 train dptpcp $A --batch 2 --tp 2 --cp 2; ok $? "dp 2 x cp 2 x tp 2: $(last dptpcp)"
 launch 4 train tpcpv $A --batch 4 --tp 2 --cp 2 --tp-vocab; ok $? "tp 2 x cp 2 --tp-vocab: $(last tpcpv)"
+launch 4 train tppp $A --batch 4 --tp 2 --pp 2; ok $? "tp 2 x pp 2: $(last tppp)"
+launch 8 train dptppp $A --batch 2 --tp 2 --pp 2; ok $? "dp 2 x pp 2 x tp 2: $(last dptppp)"
 grep -q "context parallel 2 x data parallel 2 (4 ranks), global batch 4 x 16 x 2 accum; each rank holds 8-token" \
   "$TMP/dp2cp2.err"; ok $? "dp 2 x cp 2 start-up line: $(grep parallel "$TMP/dp2cp2.err")"
 grep -q "pipeline parallel 2 stages x data parallel 2 (4 ranks), global batch 4 x 16 x 2 micro-batches" \
   "$TMP/dp2pp2.err"; ok $? "dp 2 x pp 2 start-up line: $(grep parallel "$TMP/dp2pp2.err")"
 [ "$(grep -c '^step 10/10' "$TMP/pp2.err")" = 1 ]; ok $? "pp 2 logs once (rank 0)"
 # stopped at 5 and resumed (every rank reads the one-process checkpoint)
-for k in cp2 pp2 tpcp; do
-  f=$([ $k = cp2 ] && echo "--cp 2" || { [ $k = pp2 ] && echo "--pp 2"; } || echo "--tp 2 --cp 2")
-  W=$([ $k = tpcp ] && echo 4 || echo 2)
+for k in cp2 pp2 tpcp tppp; do
+  case $k in cp2) f="--cp 2"; W=2 ;; pp2) f="--pp 2"; W=2 ;; tpcp) f="--tp 2 --cp 2"; W=4 ;; *) f="--tp 2 --pp 2"; W=4 ;; esac
   launch $W train rs$k $A --batch 4 $f --stop-at 5; ok $? "$k stop at 5: $(last rs$k)"
   [ $k = pp2 ] && cp -r "$TMP/rs$k" "$TMP/rs1"
   launch $W train rs$k --data "$TMP/data" --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2 $f
@@ -74,7 +75,8 @@ def params(d, name="model.safetensors"):
         s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
     return out
 bad = 0
-for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", "rs1", "tpcp", "dptpcp", "tpcpv"]),
+for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", "rs1", "tpcp", "dptpcp", "tpcpv",
+                               "tppp", "dptppp"]),
                     ("smuon", ["cp2muon"])):
     ref, refp = rows(ref_d), params(ref_d)
     refo = params(ref_d, "optimizer.safetensors") if ref_d == "single" else None
@@ -102,10 +104,10 @@ for ref_d, runs in (("single", ["cp2", "cp4", "dp2cp2", "pp2", "pp4", "dp2pp2", 
         if not (worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 1e-6 and worst_p <= 3e-5 and worst_o <= 1e-5): bad += 1
 sys.exit(bad)
 PY
-ok $? "cp 2/4, dp 2 x cp 2, pp 2/4, dp 2 x pp 2, cp 2 muon, tp 2 x cp 2 (dp 2, vocab) and the one-process resume equal the one-process runs"
+ok $? "cp 2/4, dp 2 x cp 2, pp 2/4, dp 2 x pp 2, cp 2 muon, tp 2 x cp 2 (dp 2, vocab), tp 2 x pp 2 (dp 2) and the one-process resume equal the one-process runs"
 # ---- refusals
-"$LMC" train $A --batch 4 --pp 2 --tp 2 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "does not combine" "$TMP/err"
-ok $? "--pp with --tp: $(cat "$TMP/err")"
+"$LMC" train $A --batch 4 --pp 2 --cp 2 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "does not combine" "$TMP/err"
+ok $? "--pp with --cp: $(cat "$TMP/err")"
 "$LMC" train $A --batch 4 --cp 2 --zero 1 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "with --zero 0" "$TMP/err"
 ok $? "--cp with --zero 1: $(cat "$TMP/err")"
 launch 2 train bad1 $A --batch 4 --pp 2 --tie; [ $? != 0 ] && grep -q "tied embeddings" "$TMP/bad1.err"

@@ -6,6 +6,7 @@
 #include "dist/comm.h"
 #include "dist/ring_attn.h"
 #include "train/trainer_cp.h"
+#include "train/trainer_pp.h"
 
 #include <stdio.h>
 
@@ -39,13 +40,13 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
     int on = (tp > 1) + (cp > 1) + (pp > 1);
     *n = 1;
     *flag = "--tp";
-    if (on > 1 && pp > 1) {
-        fprintf(stderr, "lmc %s: --pp does not combine with --tp or --cp yet (--tp and --cp do; each composes with "
-                        "data parallelism over the ranks left)\n", cmd);
+    if (pp > 1 && cp > 1) {
+        fprintf(stderr, "lmc %s: --pp does not combine with --cp yet (--tp with --cp or with --pp does; each composes "
+                        "with data parallelism over the ranks left)\n", cmd);
         return 2;
     }
-    if (tp > 1 && cp > 1 && zero > 0) {
-        fprintf(stderr, "lmc %s: --tp with --cp runs with --zero 0\n", cmd);
+    if (tp > 1 && (cp > 1 || pp > 1) && zero > 0) {
+        fprintf(stderr, "lmc %s: --tp with %s runs with --zero 0\n", cmd, cp > 1 ? "--cp" : "--pp");
         return 2;
     }
     if (on && zero > (tp > 1 ? 1 : 0)) {
@@ -84,5 +85,23 @@ int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struc
     if (lmc_comm_split(dpc, dpc->rank / cp, dpc->rank, cpc, &err)) return cli_fail(cmd, &err);
     *have_cpc = true;
     if (lmc_trainer_cp_attach(tr, dpc, cpc, desc, &err)) return cli_fail(cmd, &err);
+    return 0;
+}
+
+int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, struct lmc_comm *ppc, bool *have_ppc,
+                     struct lmc_comm *ddc, bool *have_ddc, const char *desc, const char *cmd) {
+    lmc_err err = {0};
+    *have_ppc = *have_ddc = false;
+    if (!dpc || dpc->world % pp) {
+        fprintf(stderr, "lmc %s: --tp T --pp %d needs T x %d x D ranks (D >= 1)\n", cmd, pp, pp);
+        return 2;
+    }
+    if (lmc_comm_split(dpc, dpc->rank / pp, dpc->rank, ppc, &err)) return cli_fail(cmd, &err);
+    *have_ppc = true;
+    if (dpc->world > pp) {
+        if (lmc_comm_split(dpc, dpc->rank % pp, dpc->rank, ddc, &err)) return cli_fail(cmd, &err);
+        *have_ddc = true;
+    }
+    if (lmc_trainer_pp_attach(tr, ppc, *have_ddc ? ddc : NULL, desc, &err)) return cli_fail(cmd, &err);
     return 0;
 }

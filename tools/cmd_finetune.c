@@ -52,7 +52,7 @@ static void usage(void) {
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
-            "             micro-batches (AdamW, untied embeddings, no --pack); --tp and --cp combine\n");
+            "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n");
 }
 
 struct src {
@@ -257,8 +257,8 @@ int cmd_finetune(int argc, char **argv) {
     const char *mpflag;
     if (cli_mp_pick("finetune", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
     bool dist = denv.world > 1 || mpn > 1, root = true;
-    struct lmc_comm comm, tpc, dpc, cpc;
-    bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false;
+    struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
+    bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
     struct lmc_tmodel full_tm;
     struct lmc_trainer_tp *tps = NULL;
     FILE *mf = NULL;
@@ -402,6 +402,9 @@ int cmd_finetune(int argc, char **argv) {
         }
         if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
             goto done;
+        if (tp > 1 && pp > 1 &&
+            cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
+            goto done;
     }
     if (resume) {
         int64_t ep = 0, nx = 0;
@@ -489,15 +492,15 @@ int cmd_finetune(int argc, char **argv) {
             fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
         }
     }
+    if (tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' tensors to every rank */
+        cli_fail("finetune", &err);
+        goto done;
+    }
     if (tr.tp) { /* the shards gathered to rank 0, which writes the consolidated model */
         if (lmc_trainer_tp_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
-    }
-    if (tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' tensors to every rank */
-        cli_fail("finetune", &err);
-        goto done;
     }
     if (!root) { /* the output: rank 0 */
         rc = 0;
@@ -536,6 +539,7 @@ done:
     lmc_tokenizer_free(tok);
     if (have_full) lmc_tmodel_free(&full_tm);
     lmc_trainer_tp_free_state(tps);
+    if (have_ddc) ddc.free(&ddc);
     if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);

@@ -63,8 +63,8 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
             "             sequence; N/C data-parallel groups of C; any optimizer)\n"
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
-            "             data-parallel groups of P; AdamW, untied embeddings); --tp T --cp C: TP groups of\n"
-            "             T consecutive ranks, CP rings across them (N/(T C) data-parallel groups)\n"
+            "             data-parallel groups of P; AdamW, untied embeddings); --tp T with --cp C or --pp P:\n"
+            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -219,8 +219,8 @@ int cmd_train(int argc, char **argv) {
         if (lmc_dist_init(&comm, LMC_DIST_HOST, &err)) return cli_fail("train", &err);
     }
     /* --tp T: groups of T consecutive ranks, the data-parallel groups across them */
-    struct lmc_comm tpc, dpc, cpc;
-    bool have_tpc = false, have_dpc = false, have_cpc = false;
+    struct lmc_comm tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's data-parallel groups */
+    bool have_tpc = false, have_dpc = false, have_cpc = false, have_ddc = false;
     if (mpn > 1 && cli_mp_groups_flag(&comm, mpn, mpflag, &tpc, &have_tpc, &dpc, &have_dpc, "train")) {
         comm.free(&comm);
         return 2;
@@ -383,6 +383,9 @@ int cmd_train(int argc, char **argv) {
         }
         if (tp > 1 && cp > 1 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
             goto done;
+        if (tp > 1 && pp > 1 &&
+            (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
+            goto done;
     }
     if (resume && (tr.tp ? lmc_trainer_tp_load_state(&tr, &full, resume, &err) : lmc_ckpt_load_state(&tr, resume, &err))) {
         rc = cli_fail("train", &err);
@@ -414,13 +417,13 @@ int cmd_train(int argc, char **argv) {
     if (root && tr.tp)
         fprintf(stderr, "lmc train: tensor parallel %lld x data parallel %d (%d ranks), global batch %lld x %lld x "
                         "%lld accum; each rank holds %lld of the parameters and their AdamW moments%s, %d threads "
-                        "per rank\n", (long long)tp, (dp_comm ? dp_comm->world : 1) / (int)cp, comm.world,
-                (long long)(o.B * ((dp_comm ? dp_comm->world : 1) / cp)), (long long)o.T, (long long)o.accum,
+                        "per rank\n", (long long)tp, (dp_comm ? dp_comm->world : 1) / (int)(cp * pp), comm.world,
+                (long long)(o.B * ((dp_comm ? dp_comm->world : 1) / (cp * pp))), (long long)o.T, (long long)o.accum,
                 (long long)tr.tm.numel, tr.tp->zero && dp_comm ? " (ZeRO-1: the moments split over the data-parallel "
                 "group)" : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
-    if (root && tr.tp && tr.cp) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
+    if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
     else if (root && dist)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
                         "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
@@ -522,6 +525,7 @@ done:
     if (have_full) lmc_tmodel_free(&full);
     lmc_trainer_tp_free_state(tps);
     if (have_be) cli_train_backend_free(&be);
+    if (have_ddc) ddc.free(&ddc);
     if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);

@@ -4,6 +4,7 @@
  * stage's gradient all-reduced over the data-parallel ranks, the norm
  * summed over the stages, AdamW on the tensors the stage owns. */
 #include "train/trainer_pp.h"
+#include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
@@ -55,8 +56,9 @@ static lmc_status refuse(const struct lmc_trainer *tr, const struct lmc_comm *pp
     else if (c->num_experts > 0) why = "mixture-of-experts layers";
     else if (!strncmp(c->model_type, "mamba", 5)) why = "recurrent (Mamba) layers";
     else if (tr->o.recompute) why = "--recompute";
-    else if (tr->tp || tr->cp) why = "tensor or context parallelism at the same time";
-    else if (tr->zero || tr->comm) why = "ZeRO / the data-parallel trainer (--pp runs its own data parallelism)";
+    else if (tr->cp) why = "context parallelism at the same time";
+    else if (tr->tp && (tr->tp->heads.vocab || tr->tp->zero)) why = "--tp-vocab or --zero 1 with --tp at the same time";
+    else if (tr->zero || (tr->comm && !tr->tp)) why = "ZeRO / the data-parallel trainer (--pp runs its own data parallelism)";
     else if (strcmp(tr->be->name, "cpu")) why = "a device backend (the stages exchange host buffers)";
     else if (c->num_layers < pp->world)
         return lmc_err_set(err, LMC_ERR_ARG, "--pp %d: the model has only %lld layers", pp->world,
@@ -91,11 +93,14 @@ lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, st
     if ((s = lmc_pp_tstage_init(&p->st, &tr->tm, tr->be, pp->rank, pp->world, (int)o->accum, o->B, o->T, err)))
         return s;
     p->st.inputs = p->in, p->st.targets = p->tg;
-    if (p->dw <= 1 || o->next_batch) return LMC_OK;
-    /* the loader reads global micro-batches of D x B rows (as one process with batch D x B) */
+    /* the loader reads global micro-batches of D x B rows (as one process with batch D x B); a
+     * tensor-parallel trainer's loader was made for all P x D ranks of its data-parallel side */
+    if (o->next_batch || (p->dw <= 1 && !tr->tp)) return LMC_OK;
     int64_t gB = (int64_t)p->dw * o->B;
-    tr->gbatch = malloc((size_t)(gB * (o->T + 1)) * sizeof(int32_t));
-    if (!tr->gbatch) return lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
+    free(tr->gbatch);
+    tr->gbatch = NULL;
+    if (p->dw > 1 && !(tr->gbatch = malloc((size_t)(gB * (o->T + 1)) * sizeof(int32_t))))
+        return lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
     int64_t ep = tr->train.epoch, ix = tr->train.index;
     lmc_loader_free(&tr->train);
     memset(&tr->train, 0, sizeof tr->train);
@@ -151,9 +156,12 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         return s;
     st->loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     st->tokens = per * o->accum * p->dw;
-    /* the tensors a stage does not own have zero gradients: the arena's sum is the stage's */
-    double ss = be->sumsq(be->ctx, tm->g, tm->numel);
-    if ((s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
+    /* the tensors a stage does not own have zero gradients: the arena's sum is the stage's
+     * (tensor parallel: its shards counted once over the TP group) */
+    double ss = 0;
+    if (tr->tp) s = lmc_trainer_tp_grad_sumsq(tr, &ss, err);
+    else ss = be->sumsq(be->ctx, tm->g, tm->numel);
+    if (s || (s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
     st->grad_norm = sqrt(ss);
     double inv = o->next_batch ? 1.0 / (sc[1] > 0 ? sc[1] : 1) : 1.0;
     st->grad_norm *= inv;
@@ -197,10 +205,11 @@ lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
     if (s || p->c->rank != 0 || p->dr != 0) return s;
     /* stage 0 of DP rank 0 now holds the whole model: the one-process
      * evaluation of the windows one process with batch D x B reads */
+    struct lmc_comm *keep = tr->comm; /* a tensor-parallel trainer's data-parallel side */
     tr->pp = NULL;
     tr->comm = p->dp; /* replicated data parallel: only its world is read */
     s = lmc_trainer_eval(tr, loss, err);
-    tr->comm = NULL;
+    tr->comm = keep;
     tr->pp = p;
     return s;
 }

@@ -166,6 +166,16 @@ static lmc_status global_norm(struct lmc_trainer *tr, double *norm, lmc_err *err
     return s;
 }
 
+lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    lmc_status s = lmc_tp_tmodel_sum_replicated(&tr->tm, &t->g, &t->heads, t->full.num_kv_heads, err);
+    if (!s) s = group_status(t, err);
+    double norm = 0;
+    if (!s) s = global_norm(tr, &norm, err);
+    *ss = norm * norm;
+    return s;
+}
+
 /* draws this rank's batch of the global micro-step from the batch source
  * (every DP rank draws them all; those of later ranks after the step) */
 static lmc_status draw(struct lmc_trainer *tr, int from, int to, lmc_err *err) {

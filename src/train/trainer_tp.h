@@ -57,6 +57,12 @@ lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *
 /* lmc_trainer_step of a tensor-parallel trainer (called by it). */
 lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
 
+/* Pipeline x tensor parallel (trainer_pp.c): after a stage's backward,
+ * the replicated KV heads' gradients summed and the sum of squares of the
+ * stage's gradient with every shard counted once (a TP collective); the
+ * group's sticky status checked. */
+lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err *err);
+
 /* Consolidated checkpoint: every rank of the TP group (of every DP rank)
  * calls it; the shards are gathered to TP rank 0 of DP rank 0, which writes
  * dir as lmc_ckpt_save does for one process (holding the full model and
