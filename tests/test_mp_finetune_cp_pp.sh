@@ -3,10 +3,10 @@
 # test_mp_train_cp_pp (same launcher, tests/mp_launch.sh): a 1024-token
 # sequence that `lmc info --fits` puts over a memory budget on one rank and
 # under it at CP 4 trains at `lmc train --cp 4` with the one-process
-# losses, and so does GPT-2 (learned positions) at CP 2; `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2
+# losses, and so does GPT-2 (learned positions) at CP 2, with --recompute too; `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2
 # DP 2 x CP 2, TP 2 x CP 2 and TP 2 x PP 2, and a LoRA finetune at CP 2, give the one-process
 # losses, validation losses and written weights (1e-6; the LoRA adapter
-# 1e-5); --pp with LoRA is refused.
+# 1e-5); --pp with LoRA and --pack with --cp are refused.
 # Usage: test_mp_finetune_cp_pp.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -46,15 +46,19 @@ G="--data $TMP/data --arch gpt2 --layers 2 --hidden 64 --heads 4 --seq 17 --batc
    --threads 1 --eval-every 2 --eval-batches 2"
 "$LMC" train $G -o "$TMP/g1" 2>"$TMP/err"; ok $? "gpt2 one process: $(tail -2 "$TMP/err")"
 launch 2 train g2 $G --cp 2; ok $? "gpt2 cp 2: $(last g2)"
+launch 2 train g3 $G --cp 2 --recompute; ok $? "gpt2 cp 2 --recompute: $(last g3)"
 python3 - "$TMP" <<'PY'
 import json, sys
 r1 = [json.loads(l) for l in open(f"{sys.argv[1]}/g1/metrics.jsonl")]
-r2 = [json.loads(l) for l in open(f"{sys.argv[1]}/g2/metrics.jsonl")]
-worst = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r2, r1) for k in ("loss", "val_loss") if k in b)
-print(f"gpt2 cp 2: {len(r2)} steps, losses and validation losses max rel {worst:.2e}")
-sys.exit(0 if len(r2) == 4 and worst <= 1e-6 else 1)
+bad = 0
+for d in ("g2", "g3"):
+    r2 = [json.loads(l) for l in open(f"{sys.argv[1]}/{d}/metrics.jsonl")]
+    worst = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r2, r1) for k in ("loss", "val_loss") if k in b)
+    print(f"gpt2 {d}: {len(r2)} steps, losses and validation losses max rel {worst:.2e}")
+    bad += not (len(r2) == 4 and worst <= 1e-6)
+sys.exit(bad)
 PY
-ok $? "gpt2 at cp 2 equals the one-process losses"
+ok $? "gpt2 at cp 2 (and with --recompute) equals the one-process losses"
 # ---- lmc finetune
 FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
@@ -103,6 +107,8 @@ sys.exit(bad)
 PY
 ok $? "finetune cp 2, pp 2, dp 2 x pp 2, dp 2 x cp 2 and lora cp 2 equal the one-process runs"
 # ---- refusals
+"$LMC" finetune $F --full --batch 2 --pack --cp 2 -o "$TMP/bad6" 2>"$TMP/err"; [ $? = 2 ] && grep -q "pack does not" "$TMP/err"
+ok $? "--pack with --cp: $(cat "$TMP/err")"
 launch 2 finetune bad5 $F --batch 2 --pp 2; [ $? != 0 ] && grep -q "frozen base" "$TMP/bad5.err"
 ok $? "--pp with LoRA: $(last bad5)"
 echo "test_mp_finetune_cp_pp: $pass passed, $fail failed"

@@ -256,6 +256,11 @@ int cmd_finetune(int argc, char **argv) {
     int mpn;
     const char *mpflag;
     if (cli_mp_pick("finetune", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
+    if (pack && (cp > 1 || pp > 1)) {
+        fprintf(stderr, "lmc finetune: --pack does not combine with %s yet (packed sequences' attention stays within "
+                        "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
+        return 2;
+    }
     bool dist = denv.world > 1 || mpn > 1, root = true;
     struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
     bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
