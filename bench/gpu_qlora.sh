@@ -52,6 +52,11 @@ for line in open("data/kjv.txt"):
 with open(sys.argv[1], "w") as f:
     for a, b in zip(verses[:6000], verses[1:6001]):
         f.write(json.dumps({"prompt": "Continue: " + a + "\n", "completion": b}) + "\n")
+# the fixture check runs at --seq 64 on a tiny tokenizer: short pairs, so
+# that truncation leaves every row a completion to learn
+with open(sys.argv[1].replace(".jsonl", "-short.jsonl"), "w") as f:
+    for a, b in zip(verses[:2000], verses[1:2001]):
+        f.write(json.dumps({"prompt": a[:24] + "\n", "completion": b[:24]}) + "\n")
 PY
 losses() { sed 's/.*"loss": \([-0-9.eE+naif]*\).*/\1/' "$1"; }
 # ---- 1. correctness on the fixture: GPU fp32 vs CPU, per step
@@ -61,7 +66,7 @@ for q in nf4 int4; do
   for dev in cpu cuda; do
     dt=""; [ $dev = cuda ] && dt="--dtype fp32"
     rm -rf "$W/chk-$q-$dev"
-    timeout 120 $LMC finetune -m $F --data "$W/sft.jsonl" -o "$W/chk-$q-$dev" --qlora $q --steps 4 --seq 64 \
+    timeout 120 $LMC finetune -m $F --data "$W/sft-short.jsonl" -o "$W/chk-$q-$dev" --qlora $q --steps 4 --seq 64 \
       --batch 2 --pack --lr 1e-3 --device $dev $dt >"$W/chk-$q-$dev.log" 2>&1 || { say "check $q $dev FAILED: $(tail -2 "$W/chk-$q-$dev.log")"; rc=1; }
   done
   if [ -f "$W/chk-$q-cpu.metrics.jsonl" ] && [ -f "$W/chk-$q-cuda.metrics.jsonl" ]; then
@@ -72,7 +77,7 @@ for q in nf4 int4; do
   fi
 done
 rm -rf "$W/chk-bf16"
-timeout 120 $LMC finetune -m $F --data "$W/sft.jsonl" -o "$W/chk-bf16" --qlora nf4 --steps 6 --seq 64 --batch 2 --pack \
+timeout 120 $LMC finetune -m $F --data "$W/sft-short.jsonl" -o "$W/chk-bf16" --qlora nf4 --steps 6 --seq 64 --batch 2 --pack \
   --lr 1e-3 --device cuda --dtype bf16 >"$W/chk-bf16.log" 2>&1 &&
   say "check qlora nf4 bf16: losses $(losses "$W/chk-bf16.metrics.jsonl" | tr '\n' ' ')" ||
   { say "check qlora bf16 FAILED: $(tail -2 "$W/chk-bf16.log")"; rc=1; }

@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# run_optim_quality.sh — validation-loss quality of the trainer's optimizers
-# on the default model's recipe shape (Llama, 8 layers, hidden 288, 6 heads
-# / 6 kv heads, SwiGLU 768, tied, 256 positions, vocabulary 8192: the
-# models/kjv-llama tokenizer; KJV Genesis..Hebrews for training, James..
-# Revelation for validation; cosine schedule, warmup, clip 1.0, AdamW
-# β 0.9/0.95 wd 0.1 on the AdamW group) with a SMALL token budget that fits
-# a loaded 2-core machine: STEPS steps of BATCH x 256 tokens (defaults 40 x
-# 4 x 256 = 40,960 tokens, about 1% of the recipe's 3.81 M), the same data
-# order and initialisation (seed) for every optimizer. Runs AdamW, Muon,
-# GaLore, APOLLO, APOLLO-Mini and 8-bit AdamW one after another; each run's
-# metrics.jsonl in WORK/<kind>/; one overlaid validation-loss SVG through
-# `lmc plot` (the runs merged into one JSONL, one key per optimizer); a
-# Markdown table (final validation loss and perplexity, ratio to AdamW,
-# optimizer-state bytes from the start-up line, wall seconds) on stdout.
+# run_optim_quality.sh — validation-loss quality of the trainer's optimizers on
+# the default model's recipe (README "The default model"): Llama, 8 layers,
+# hidden 288, 6 heads / 6 kv heads, SwiGLU 768, tied, 256 positions,
+# vocabulary 8192 (the models/kjv-llama tokenizer); KJV Genesis..Hebrews for
+# training, James..Revelation for validation; one cosine run (lr 1.5e-3 ->
+# 1.5e-4, warmup), clip 1.0, AdamW β 0.9/0.95 wd 0.1 on the AdamW group; the
+# same initialisation and data order (seed) for every optimizer.
+# The defaults ARE the full recipe's token budget: 930 steps of 16 x 256 =
+# 3.81 M tokens (hours per optimizer on a small CPU); a loaded 2-core machine
+# runs a shorter one, e.g. STEPS=200 BATCH=4 WARMUP=6 EVAL_EVERY=25 GAP=50.
+# Runs AdamW, Muon, GaLore, APOLLO, APOLLO-Mini and 8-bit AdamW (JOBS at a
+# time, each with THREADS threads); each run's metrics.jsonl and log in
+# WORK/<kind>/ and WORK/<kind>.log; one overlaid validation-loss SVG drawn by
+# bench/plot_curves.py; on stdout a Markdown table (final validation loss and
+# perplexity, ratio to AdamW, the tokens at which AdamW's final validation
+# loss is first reached, optimizer-state bytes from the start-up line, median
+# training tokens/s of the steps, peak RSS, wall seconds) and the validation
+# loss of every evaluation.
 # Usage: bench/run_optim_quality.sh [OUT.svg]
-# env: LMC=build/lmc THREADS=2 STEPS=40 BATCH=4 LR=1.5e-3 EVAL_EVERY=5 EVAL_BATCHES=4
-#      RANK=72 GAP=20 KINDS="adamw muon galore apollo apollo-mini adamw8bit" WORK=/tmp/lmc-optim-quality
+# env: LMC=build/lmc THREADS=2 JOBS=1 STEPS=930 BATCH=16 LR=1.5e-3 WARMUP=30 EVAL_EVERY=50
+#      EVAL_BATCHES=8 RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
+#      WORK=/tmp/lmc-optim-quality KEEP_CKPT=0 (1 keeps each run's final checkpoint)
+#      SKIP_TRAIN=1: no training, only the table and the SVG from the runs already in WORK
+#      (e.g. after running subsets of KINDS in several invocations with the same settings);
+#      UPTO=N reports only the evaluations at steps <= N (runs cut short: their common part)
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
-LMC=${LMC:-build/lmc}; THREADS=${THREADS:-2}; STEPS=${STEPS:-40}; BATCH=${BATCH:-4}; LR=${LR:-1.5e-3}
-EVAL_EVERY=${EVAL_EVERY:-5}; EVAL_BATCHES=${EVAL_BATCHES:-4}; RANK=${RANK:-72}; GAP=${GAP:-20}
+LMC=${LMC:-build/lmc}; THREADS=${THREADS:-2}; JOBS=${JOBS:-1}; STEPS=${STEPS:-930}; BATCH=${BATCH:-16}
+LR=${LR:-1.5e-3}; WARMUP=${WARMUP:-30}; EVAL_EVERY=${EVAL_EVERY:-50}; EVAL_BATCHES=${EVAL_BATCHES:-8}
+RANK=${RANK:-72}; GAP=${GAP:-200}; SEED=${SEED:-1234}; KEEP_CKPT=${KEEP_CKPT:-0}
 KINDS=${KINDS:-adamw muon galore apollo apollo-mini adamw8bit}
 WORK=${WORK:-/tmp/lmc-optim-quality}; SVG=${1:-$WORK/val-loss.svg}
+SEQ=256
+[ -x "$LMC" ] || { echo "no $LMC (build lmc_cli first)" >&2; exit 1; }
 mkdir -p "$WORK"
 if [ ! -f "$WORK/data/meta.json" ]; then
   "$LMC" prepare-data -m models/kjv-llama --text-file data/kjv.txt --val-from-line 71726 -o "$WORK/data" >&2 || exit 1
@@ -32,46 +43,73 @@ declare -A EXTRA=(
   [apollo]="--optim apollo --apollo-rank $RANK --apollo-update-gap $GAP"
   [apollo-mini]="--optim apollo-mini --apollo-update-gap $GAP"
 )
-for k in $KINDS; do
-  rm -rf "$WORK/$k"
+MINLR=$(python3 -c "print($LR/10)")
+export OPENBLAS_NUM_THREADS=1 # the CPU backend sets it too; keeps JOBS x THREADS the whole thread count
+run_one() { # KIND: trains, then writes WORK/KIND.wall and WORK/KIND.rss (peak RSS, KiB)
+  local k=$1 t0 t1 rc
+  rm -rf "${WORK:?}/$k"
   t0=$(date +%s.%N)
-  "$LMC" train --data "$WORK/data" -o "$WORK/$k" --arch llama --layers 8 --hidden 288 --heads 6 --kv-heads 6 \
-      --intermediate 768 --max-pos 256 --tie --vocab 8192 --batch "$BATCH" --seq 256 --steps "$STEPS" \
-      --lr "$LR" --min-lr "$(python3 -c "print($LR/10)")" --warmup $((STEPS / 10)) --schedule cosine \
-      --eval-every "$EVAL_EVERY" --eval-batches "$EVAL_BATCHES" --save-every 0 --threads "$THREADS" --seed 1234 \
-      ${EXTRA[$k]} 2>"$WORK/$k.log" || { echo "FAIL: $k: $(tail -3 "$WORK/$k.log")" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  /usr/bin/time -f "%M" -o "$WORK/$k.rss" "$LMC" train --data "$WORK/data" -o "$WORK/$k" --arch llama --layers 8 \
+      --hidden 288 --heads 6 --kv-heads 6 --intermediate 768 --max-pos 256 --tie --vocab 8192 --batch "$BATCH" \
+      --seq $SEQ --steps "$STEPS" --lr "$LR" --min-lr "$MINLR" --warmup "$WARMUP" --schedule cosine \
+      --eval-every "$EVAL_EVERY" --eval-batches "$EVAL_BATCHES" --save-every 0 --threads "$THREADS" --seed "$SEED" \
+      ${EXTRA[$k]} 2>"$WORK/$k.log"
+  rc=$?
   t1=$(date +%s.%N)
-  echo "$k $(python3 -c "print(round($t1-$t0,1))")" >>"$WORK/times"
-  echo "$k done" >&2
-done
-python3 - "$WORK" "$KINDS" <<'PY'
-import json, math, os, re, sys
-work, kinds = sys.argv[1], sys.argv[2].split()
-times = {}
-for l in open(os.path.join(work, "times")):
-    k, t = l.split(); times[k] = float(t)
-runs = {}
+  awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f\n", b - a}' >"$WORK/$k.wall"
+  [ "$KEEP_CKPT" = 1 ] || rm -rf "$WORK/$k"/step_*
+  if [ $rc != 0 ]; then echo "FAIL: $k: $(tail -3 "$WORK/$k.log")" >&2; return 1; fi
+  echo "$k done ($(cat "$WORK/$k.wall") s)" >&2
+}
+if [ "${SKIP_TRAIN:-0}" != 1 ]; then
+  echo "start $(date -u +%FT%TZ); load: $(uptime | sed 's/.*load average: //')" >&2
+  fail=0
+  for k in $KINDS; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || fail=1; done
+    run_one "$k" &
+  done
+  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || fail=1; done
+  echo "end $(date -u +%FT%TZ); load: $(uptime | sed 's/.*load average: //')" >&2
+  [ $fail = 0 ] || exit 1
+fi
+python3 - "$WORK" "$KINDS" "$((BATCH * SEQ))" "${UPTO:-0}" <<'PY'
+import json, math, os, re, statistics, sys
+work, kinds, tps, upto = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4])
+runs = {k: [json.loads(l) for l in open(os.path.join(work, k, "metrics.jsonl")) if l.strip()] for k in kinds}
+if upto > 0:
+    runs = {k: [r for r in v if r["step"] <= upto] for k, v in runs.items()}
+def num(path, default):
+    try:
+        return float(open(path).read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return default
+vals = {k: [r for r in runs[k] if "val_loss" in r] for k in kinds}
+base = vals["adamw"][-1]["val_loss"] if "adamw" in kinds else None
+base_steps = vals["adamw"][-1]["step"] if "adamw" in kinds else None
+print("| optimizer | final val loss | val perplexity | ppl / AdamW | tokens to AdamW's final val loss (fraction) "
+      "| state bytes (per param) | median tokens/s | peak RSS MiB | wall s |")
+print("|---|---|---|---|---|---|---|---|---|")
 for k in kinds:
-    runs[k] = [json.loads(l) for l in open(os.path.join(work, k, "metrics.jsonl"))]
-steps = sorted({r["step"] for k in kinds for r in runs[k] if "val_loss" in r})
-with open(os.path.join(work, "merged.jsonl"), "w") as f:
-    for s in steps:
-        row = {"step": s}
-        for k in kinds:
-            for r in runs[k]:
-                if r["step"] == s and "val_loss" in r: row["val_" + k.replace("-", "_")] = r["val_loss"]
-        f.write(json.dumps(row) + "\n")
-base = [r for r in runs["adamw"] if "val_loss" in r][-1]["val_loss"] if "adamw" in runs else None
-print("| optimizer | final val loss | val perplexity | ppl / AdamW | first step at AdamW's final val loss | state bytes (per param) | wall s |")
-print("|---|---|---|---|---|---|---|")
-for k in kinds:
-    vals = [r for r in runs[k] if "val_loss" in r]
-    v = vals[-1]["val_loss"]
-    reach = next((r["step"] for r in vals if base is not None and r["val_loss"] <= base), None)
+    v = vals[k][-1]["val_loss"]
+    reach = next((r["step"] for r in vals[k] if base is not None and r["val_loss"] <= base), None)
+    reach_s = f"{reach * tps:,} ({reach / base_steps:.2f})" if reach else "not reached"
     m = re.search(r"state (\d+) bytes \(([\d.]+) per parameter\)", open(os.path.join(work, k + ".log")).read())
-    ratio = math.exp(v) / math.exp(base) if base is not None else float("nan")
-    print(f"| {k} | {v:.4f} | {math.exp(v):.1f} | {ratio:.3f} | {reach if reach else '-'} | "
-          f"{m.group(1) if m else '?'} ({m.group(2) if m else '?'}) | {times.get(k, 0):.0f} |")
+    st = f"{int(m.group(1)):,} ({float(m.group(2)):.3f})" if m else "? (AdamW: 8 bytes per parameter)"
+    med = statistics.median(r["tokens_per_s"] for r in runs[k] if "tokens_per_s" in r)
+    rss = num(os.path.join(work, k + ".rss"), float("nan")) / 1024
+    wall = num(os.path.join(work, k + ".wall"), float("nan"))
+    ratio = math.exp(v - base) if base is not None else float("nan")
+    print(f"| {k} | {v:.4f} | {math.exp(v):.2f} | {ratio:.3f} | {reach_s} | {st} | {med:.0f} | {rss:.0f} | {wall:.0f} |")
+print()
+steps = sorted({r["step"] for k in kinds for r in vals[k]})
+print("| step | tokens | " + " | ".join(kinds) + " |")
+print("|---|---|" + "---|" * len(kinds))
+for s in steps:
+    cells = [next((f"{r['val_loss']:.4f}" for r in vals[k] if r["step"] == s), "") for k in kinds]
+    print(f"| {s} | {s * tps:,} | " + " | ".join(cells) + " |")
 PY
-metrics=$(for k in $KINDS; do printf "val_%s," "${k//-/_}"; done)
-"$LMC" plot "$WORK/merged.jsonl" -o "$SVG" --metric "${metrics%,}" >&2
+args=()
+for k in $KINDS; do args+=("$k=$WORK/$k/metrics.jsonl"); done
+python3 bench/plot_curves.py --max-step "${UPTO:-0}" -o "$SVG" --key val_loss --ylabel "validation loss" --tokens-per-step $((BATCH * SEQ)) \
+  --title "KJV, default model shape: validation loss by optimizer ($STEPS steps x $BATCH x $SEQ tokens)" "${args[@]}" >&2

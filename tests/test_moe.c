@@ -13,9 +13,11 @@
 #include "io/hf_config.h"
 #include "model/arch.h"
 #include "model/backward.h"
+#include "model/model.h"
 #include "test.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 struct moecase {
     int64_t n, C, E, k, I;
@@ -346,6 +348,34 @@ static void model_grads(const struct lmc_backend *be, const char *arch, const ch
 
 static void drop(struct moecase *m) { free(m->h), free(m->res), free(m->wr), free(m->wx), free(m->ws); }
 
+/* A backend without one of the ops a model needs refuses it at load with
+ * an error naming the op (inference used to run into the missing op). */
+static void missing_ops(const struct lmc_backend *be) {
+    static const struct {
+        const char *dir, *op;
+        int which; /* the entry taken away */
+    } cases[] = {{"tests/fixtures/mixtral-tiny", "moe_route", 0}, {"tests/fixtures/qwen2moe-tiny", "moe_gather", 1},
+                 {"tests/fixtures/qwen3moe-tiny", "moe_combine", 2}, {"tests/fixtures/olmoe-clip-tiny", "clamp", 3}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct lmc_backend b = *be;
+        if (cases[i].which == 0) b.moe_route = NULL;
+        if (cases[i].which == 1) b.moe_gather = NULL;
+        if (cases[i].which == 2) b.moe_combine = NULL;
+        if (cases[i].which == 3) b.clamp = NULL;
+        struct lmc_model m;
+        struct lmc_model_opts mo = {.be = &b};
+        lmc_err err = {0};
+        lmc_status s = lmc_model_load(&m, cases[i].dir, &mo, &err);
+        CHECK_MSG(s == LMC_ERR_UNSUPPORTED && strstr(err.msg, cases[i].op) && strstr(err.msg, "backend cpu has no"),
+                  "%s without %s: status %d '%s'", cases[i].dir, cases[i].op, (int)s, err.msg);
+        if (!s) lmc_model_free(&m);
+        struct lmc_model_opts full = {.be = be}; /* the whole table loads it */
+        s = lmc_model_load(&m, cases[i].dir, &full, &err);
+        CHECK_MSG(s == LMC_OK, "%s: %s", cases[i].dir, err.msg);
+        if (!s) lmc_model_free(&m);
+    }
+}
+
 static void parse_errors(void) {
     const char *bad = "{\"model_type\":\"mixtral\",\"vocab_size\":32,\"hidden_size\":16,\"intermediate_size\":8,"
                       "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"num_local_experts\":2,"
@@ -428,6 +458,7 @@ int main(void) {
     drop(&b);
     drop(&d);
     parse_errors();
+    missing_ops(&be);
     /* whole models: q/k norms over the full projection (olmoe), the shared expert (qwen2moe) */
     const char *on[] = {"layers.0.self_attn.q_norm", "layers.1.self_attn.k_norm", "layers.0.mlp.gate.",
                         "layers.1.mlp.experts.1.down_proj"};

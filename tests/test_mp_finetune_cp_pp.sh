@@ -6,7 +6,9 @@
 # losses, and so does GPT-2 (learned positions) at CP 2, with --recompute too; `lmc finetune --full` on llama-tiny at CP 2, PP 2, DP 2 x PP 2
 # DP 2 x CP 2, TP 2 x CP 2 and TP 2 x PP 2, and a LoRA finetune at CP 2, give the one-process
 # losses, validation losses and written weights (1e-6; the LoRA adapter
-# 1e-5); --pp with LoRA and --pack with --cp are refused.
+# 1e-5); PP 2 and CP 2 runs stopped after step 6 and resumed from their
+# step-4 checkpoint write the uninterrupted model bit for bit; --pp with
+# LoRA and --pack with --cp are refused.
 # Usage: test_mp_finetune_cp_pp.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -106,6 +108,14 @@ for ref_d, runs, f in (("fone", ["fcp2", "fpp2", "fdp2pp2", "fdp2cp2", "ftpcp", 
 sys.exit(bad)
 PY
 ok $? "finetune cp 2, pp 2, dp 2 x pp 2, dp 2 x cp 2 and lora cp 2 equal the one-process runs"
+# --full checkpoints: stopped after step 6 (--save-every 4 --stop-at 6), resumed from step 4, bit for bit
+for f in "--pp 2" "--cp 2"; do
+  n=$(echo "$f" | tr -d ' -')
+  launch 2 finetune s$n $F --full --batch 2 $f --save-every 4 --stop-at 6; ok $? "finetune $f stop at 6: $(last s$n)"
+  launch 2 finetune s$n $F --full --batch 2 $f --resume "$TMP/s$n.ckpt/step_000004"; ok $? "finetune $f resume: $(last s$n)"
+  cmp -s "$TMP/s$n/model.safetensors" "$TMP/f$n/model.safetensors"
+  ok $? "finetune $f stopped and resumed from step 4 equals the uninterrupted run bit for bit"
+done
 # ---- refusals
 "$LMC" finetune $F --full --batch 2 --pack --cp 2 -o "$TMP/bad6" 2>"$TMP/err"; [ $? = 2 ] && grep -q "pack does not" "$TMP/err"
 ok $? "--pack with --cp: $(cat "$TMP/err")"

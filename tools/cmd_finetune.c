@@ -8,7 +8,9 @@
  * the end. Launched as several ranks (mpirun, torchrun/Slurm variables) it
  * trains data-parallel, replicated: each rank takes its batches of every
  * global micro-step, gradients are all-reduced in a fixed order, and rank 0
- * alone writes metrics, checkpoints and the output. */
+ * alone writes metrics, checkpoints and the output; with --tp the ranks of
+ * each group hold shards and rank 0 writes the consolidated checkpoint and
+ * model. --full checkpoints resume on any of these layouts. */
 #include "cli.h"
 #include "core/core.h"
 #include "train/lora_train.h"
@@ -46,6 +48,8 @@ static void usage(void) {
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
+            "             --stop-at N (stop after step N without writing OUT, as if killed; the schedule\n"
+            "             still spans --steps)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
             "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW or Muon, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
@@ -112,7 +116,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1;
+    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, stop_at = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
@@ -169,6 +173,7 @@ int cmd_finetune(int argc, char **argv) {
             refuse_long = !strcmp(v, "no");
         }
         else if (!strcmp(a, "--save-every")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &save_every);
+        else if (!strcmp(a, "--stop-at")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &stop_at);
         else if (!strcmp(a, "--loss-on")) {
             loss_on = v;
             ok = !strcmp(v, "assistant") || !strcmp(v, "completion") || !strcmp(v, "all");
@@ -297,12 +302,6 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_comm = true;
         root = comm.rank == 0;
-        if (full && (resume || save_every)) {
-            fprintf(stderr, "lmc finetune: --save-every / --resume with --full run in one process (not yet "
-                            "under data parallel)\n");
-            rc = 2;
-            goto done;
-        }
         if (mpn > 1 && (rc = cli_mp_groups_flag(&comm, mpn, mpflag, &tpc, &have_tpc, &dpc, &have_dpc, "finetune")))
             goto done;
         rc = 1;
@@ -321,13 +320,15 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     have_tm = true;
-    if (tp > 1) { /* this rank's shard */
+    if (tp > 1) { /* this rank's shard; with --resume the full model is kept until its moments are cut */
         full_tm = tm;
         have_full = true;
         have_tm = false;
         lmc_status ts = lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
-        lmc_tmodel_free(&full_tm);
-        have_full = false;
+        if (!resume || ts) {
+            lmc_tmodel_free(&full_tm);
+            have_full = false;
+        }
         if (ts) {
             cli_fail("finetune", &err);
             goto done;
@@ -413,7 +414,14 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (resume) {
         int64_t ep = 0, nx = 0;
-        lmc_status ls = full ? lmc_ckpt_load_state(&tr, resume, &err) : lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err);
+        /* --full: the checkpoint holds the whole model and optimizer (tensor parallel: cut like the weights) */
+        lmc_status ls = !full ? lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err)
+                        : tr.tp ? lmc_trainer_tp_load_state(&tr, &full_tm, resume, &err)
+                                : lmc_ckpt_load_state(&tr, resume, &err);
+        if (have_full) {
+            lmc_tmodel_free(&full_tm);
+            have_full = false;
+        }
         if (full) ep = tr.feed_epoch, nx = tr.feed_index;
         if (ls || lmc_sft_batcher_seek(&src.b, ep, nx, &err)) {
             cli_fail("finetune", &err);
@@ -457,7 +465,8 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     bool tty = isatty(2);
-    while (tr.step < steps) {
+    int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
+    while (tr.step < end) {
         struct lmc_train_stats st;
         double t0 = lmc_time_now();
         if (lmc_trainer_step(&tr, &st, &err)) {
@@ -468,6 +477,23 @@ int cmd_finetune(int argc, char **argv) {
         bool last = tr.step == steps;
         if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, src.lt, &vd, &vl, &err)) {
             cli_fail("finetune", &err);
+            goto done;
+        }
+        char ck[4300];
+        bool save = save_every && tr.step % save_every == 0;
+        if (save) {
+            snprintf(ck, sizeof ck, "%s.ckpt", out);
+            if (root) mkdir(ck, 0777);
+            snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
+            tr.feed_epoch = src.b.epoch; /* --full: the data position in trainer_state.json */
+            tr.feed_index = src.b.next;
+        }
+        if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state everywhere */
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        if (save && tr.tp && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
+            cli_fail("finetune", &err); /* the other ranks send their shards to rank 0 */
             goto done;
         }
         if (!root) continue; /* metrics, progress, checkpoints: rank 0 */
@@ -482,20 +508,21 @@ int cmd_finetune(int argc, char **argv) {
         if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
         if (tty && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", tty ? "\r" : "", line);
-        if (save_every && tr.step % save_every == 0) {
-            char ck[4300];
-            snprintf(ck, sizeof ck, "%s.ckpt", out);
-            mkdir(ck, 0777);
-            snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
-            tr.feed_epoch = src.b.epoch; /* --full: the data position in trainer_state.json */
-            tr.feed_index = src.b.next;
-            if (full ? lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
+        if (save) {
+            if (full ? (tr.tp ? lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
+                              : lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err))
                      : lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
                 cli_fail("finetune", &err);
                 goto done;
             }
             fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
         }
+    }
+    if (tr.step < steps) { /* --stop-at: no output, as if the run had been killed here */
+        if (root) fprintf(stderr, "lmc finetune: stopped at step %lld of %lld (--stop-at); no output written\n",
+                          (long long)tr.step, (long long)steps);
+        rc = 0;
+        goto done;
     }
     if (tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' tensors to every rank */
         cli_fail("finetune", &err);

@@ -13,7 +13,9 @@
  * decoder_sparse_step / mlp_only_layers) run the dense SwiGLU MLP
  * (lmc_ffn_swiglu) in the same slots. Forward in every
  * run mode (each row of a batched step is routed on its own) and backward
- * through the experts and the router. Routing runs on host memory.
+ * through the experts and the router. Routing, the gather into expert
+ * order and the weighted combine are the backend's moe_* ops (any
+ * backend: the host sees only the E + 1 group offsets).
  * Training steps record each layer's expert load (lmc_moe_stats) and the
  * backward adds the load-balancing loss's gradient (lmc_moe_aux_loss). */
 #include "core/core.h"
@@ -28,12 +30,7 @@
 
 /* The pieces of the save region (floats; index arrays stored as int32). */
 struct moe_save {
-    float *probs;       /* (n, E) softmax of the router logits */
-    int32_t *sel;       /* (n, k) chosen experts, best first */
-    float *wts;         /* (n, k) their weights */
-    int32_t *perm;      /* (n k) grouped row -> choice t*k+j */
-    int32_t *row;       /* (n k) choice -> grouped row */
-    int64_t *off;       /* (E + 1) first grouped row of each expert */
+    struct lmc_moe_routing rt; /* probs, sel, wts, perm, row, off (backend.h) */
     float *xs;          /* (n k, C) gathered inputs */
     float *g, *u, *a;   /* (n k, I) gate, up, silu(gate) * up */
     float *o;           /* (n k, C) expert outputs */
@@ -48,12 +45,12 @@ static int64_t carve(const struct lmc_config *c, int64_t n, float *p, struct moe
 #define TAKE(field, type, count) \
     if (s) s->field = (type *)(p + at); \
     at += A16(count)
-    TAKE(probs, float, n * E);
-    TAKE(sel, int32_t, nk);
-    TAKE(wts, float, nk);
-    TAKE(perm, int32_t, nk);
-    TAKE(row, int32_t, nk);
-    TAKE(off, int64_t, 2 * (E + 1));
+    TAKE(rt.probs, float, n * E);
+    TAKE(rt.sel, int32_t, nk);
+    TAKE(rt.wts, float, nk);
+    TAKE(rt.perm, int32_t, nk);
+    TAKE(rt.row, int32_t, nk);
+    TAKE(rt.off, int64_t, 2 * (E + 1));
     TAKE(xs, float, nk * C);
     TAKE(g, float, nk * I);
     TAKE(u, float, nk * I);
@@ -89,46 +86,6 @@ static int64_t moe_bwd_floats(const struct lmc_config *c, int64_t n) {
     int64_t m = A16(nk * c->hidden_size) + 2 * A16(nk * c->moe_intermediate_size) + A16(n * c->num_experts) + shared;
     int64_t d = any_dense(c) ? lmc_ffn_swiglu.bwd_floats(c, n) : 0;
     return m > d ? m : d;
-}
-
-/* probs (logits on entry) -> softmax; sel/wts: top-k; perm/row/off: grouping. */
-static void route(const struct lmc_config *c, int64_t n, struct moe_save *s) {
-    int64_t E = c->num_experts, k = c->num_experts_per_tok;
-    for (int64_t t = 0; t < n; t++) {
-        float *p = s->probs + t * E;
-        double mx = p[0], sum = 0;
-        for (int64_t e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
-        for (int64_t e = 0; e < E; e++) sum += exp((double)p[e] - mx);
-        for (int64_t e = 0; e < E; e++) p[e] = (float)(exp((double)p[e] - mx) / sum);
-        int32_t *sel = s->sel + t * k;
-        float *w = s->wts + t * k;
-        double tot = 0;
-        for (int64_t j = 0; j < k; j++) {
-            int64_t best = -1;
-            for (int64_t e = 0; e < E; e++) {
-                bool taken = false;
-                for (int64_t i = 0; i < j; i++) taken |= sel[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e; /* ties: lower index */
-            }
-            sel[j] = (int32_t)best;
-            w[j] = p[best];
-            tot += p[best];
-        }
-        if (c->norm_topk_prob)
-            for (int64_t j = 0; j < k; j++) w[j] = (float)((double)w[j] / tot);
-    }
-    int64_t *off = s->off;
-    memset(off, 0, (size_t)(E + 1) * sizeof *off);
-    for (int64_t i = 0; i < n * k; i++) off[s->sel[i] + 1]++;
-    for (int64_t e = 0; e < E; e++) off[e + 1] += off[e];
-    for (int64_t i = 0; i < n * k; i++) { /* stable: rows of an expert in token order */
-        int32_t e = s->sel[i];
-        int32_t r = (int32_t)off[e]++;
-        s->perm[r] = (int32_t)i;
-        s->row[i] = r;
-    }
-    for (int64_t e = E; e > 0; e--) off[e] = off[e - 1];
-    off[0] = 0;
 }
 
 /* The backend's grouped GEMM applies when every expert linear is a plain
@@ -239,22 +196,18 @@ static void moe_fwd_rows(const struct lmc_run *r, int64_t l, const struct lmc_bl
     struct moe_save s;
     carve(c, n, save, &s);
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER];
-    if (n > 0) lmc_linear_fwd(be, 1, &R, &s.probs, h, n);
-    route(c, n, &s);
+    if (n > 0) lmc_linear_fwd(be, 1, &R, &s.rt.probs, h, n);
+    int64_t off[MAX_E + 1]; /* host copy of s.rt.off */
+    be->moe_route(be->ctx, &s.rt, off, n, E, k, c->norm_topk_prob);
     if (r->moe) { /* this layer's expert load (assigned: a recomputed layer writes it again) */
         LMC_ASSERT(l < r->moe->L && r->moe->E == E);
-        double *cnt = r->moe->count + l * E, *ps = r->moe->psum + l * E;
-        for (int64_t e = 0; e < E; e++) cnt[e] = ps[e] = 0;
-        for (int64_t i = 0; i < n * k; i++) cnt[s.sel[i]] += 1;
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t e = 0; e < E; e++) ps[e] += s.probs[t * E + e];
+        be->moe_stats(be->ctx, r->moe->count + l * E, r->moe->psum + l * E, s.rt.sel, s.rt.probs, n, k, E);
     }
-    for (int64_t i = 0; i < n * k; i++)
-        memcpy(s.xs + i * C, h + (int64_t)(s.perm[i] / k) * C, (size_t)C * sizeof(float));
+    if (n > 0) be->moe_gather(be->ctx, s.xs, h, s.rt.perm, n * k, k, C);
     if (W->ep)
-        lmc_ep_experts_fwd(W->ep, l, be, c, W->experts, s.off, s.xs, n * k, s.o);
+        lmc_ep_experts_fwd(W->ep, l, be, c, W->experts, off, s.xs, n * k, s.o);
     else
-        lmc_moe_experts_fwd(be, c, W->experts, E, s.off, s.xs, s.g, s.u, s.a, s.o);
+        lmc_moe_experts_fwd(be, c, W->experts, E, off, s.xs, s.g, s.u, s.a, s.o);
     int64_t SI = c->shared_expert_intermediate_size;
     if (SI > 0 && n > 0) { /* the shared expert and its gate logit */
         const struct lmc_linear *GU[3] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP], &W->lin[LMC_L_SHARED_GATE]};
@@ -264,15 +217,7 @@ static void moe_fwd_rows(const struct lmc_run *r, int64_t l, const struct lmc_bl
         const struct lmc_linear *D = &W->lin[LMC_L_DOWN];
         lmc_linear_fwd(be, 1, &D, &s.so, s.sa, n);
     }
-    for (int64_t t = 0; t < n; t++) {
-        float sig = SI > 0 ? 1.0f / (1.0f + expf(-s.sl[t])) : 0.0f;
-        for (int64_t ch = 0; ch < C; ch++) {
-            float acc = 0;
-            for (int64_t j = 0; j < k; j++) acc += s.wts[t * k + j] * s.o[(int64_t)s.row[t * k + j] * C + ch];
-            if (SI > 0) acc += sig * s.so[t * C + ch];
-            y[t * C + ch] = res[t * C + ch] + acc;
-        }
-    }
+    if (n > 0) be->moe_combine(be->ctx, y, res, s.o, s.rt.wts, s.rt.row, SI > 0 ? s.so : NULL, s.sl, n, k, C);
 }
 
 static void moe_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,
@@ -309,63 +254,24 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     struct moe_save s;
     carve(c, n, (float *)save, &s);
     float *dox = scratch, *da = dox + A16(nk * C), *du = da + A16(nk * I), *dlog = du + A16(nk * I);
-    /* d(weights) into dlog's rows (n, k) first, then the softmax backward */
-    for (int64_t t = 0; t < n; t++) {
-        double dw[64], *dwp = dw;
-        LMC_ASSERT(k <= 64);
-        for (int64_t j = 0; j < k; j++) {
-            const float *o = s.o + (int64_t)s.row[t * k + j] * C, *g = dy + t * C;
-            float *d = dox + (int64_t)s.row[t * k + j] * C, w = s.wts[t * k + j];
-            double acc = 0;
-            for (int64_t ch = 0; ch < C; ch++) {
-                acc += (double)g[ch] * o[ch];
-                d[ch] = w * g[ch];
-            }
-            dwp[j] = acc;
-        }
-        const float *p = s.probs + t * E;
-        const int32_t *sel = s.sel + t * k;
-        double dp[4096];
-        LMC_ASSERT(E <= 4096);
-        for (int64_t e = 0; e < E; e++) dp[e] = aux ? aux[e] : 0; /* the load-balancing loss's share */
-        if (c->norm_topk_prob) { /* w_j = p_j / S over the chosen */
-            double S = 0, dot = 0;
-            for (int64_t j = 0; j < k; j++) S += p[sel[j]];
-            for (int64_t j = 0; j < k; j++) dot += dwp[j] * (p[sel[j]] / S);
-            for (int64_t j = 0; j < k; j++) dp[sel[j]] += (dwp[j] - dot) / S;
-        } else {
-            for (int64_t j = 0; j < k; j++) dp[sel[j]] += dwp[j];
-        }
-        double pd = 0;
-        for (int64_t e = 0; e < E; e++) pd += dp[e] * p[e];
-        for (int64_t e = 0; e < E; e++) dlog[t * E + e] = (float)(p[e] * (dp[e] - pd));
-    }
+    int64_t SI = c->shared_expert_intermediate_size;
+    float *dso = dlog + A16(n * E), *dsg = dso + A16(n * C), *dsu = dsg + A16(n * SI), *dsl = dsu + A16(n * SI);
+    int64_t off[MAX_E + 1]; /* host copy of s.rt.off */
+    be->download(be->ctx, off, s.rt.off, (size_t)(E + 1) * sizeof *off);
+    /* d(o) into dox's grouped rows, d(router logits) into dlog; the shared expert's d(out), d(gate logit) */
+    if (n > 0)
+        be->moe_combine_bwd(be->ctx, dox, dlog, dso, dsl, dy, s.o, &s.rt, SI > 0 ? s.so : NULL, s.sl, aux, n, E, k,
+                            C, c->norm_topk_prob);
     if (W->ep) /* dox: d(o) in, d(xs) out */
-        lmc_ep_experts_bwd(W->ep, l, be, c, W->experts, G->experts, s.off, dox, nk);
+        lmc_ep_experts_bwd(W->ep, l, be, c, W->experts, G->experts, off, dox, nk);
     else
-        lmc_moe_experts_bwd(be, c, W->experts, G->experts, E, s.off, dox, da, du, s.xs, s.g, s.u, s.a);
-    for (int64_t t = 0; t < n; t++)
-        for (int64_t ch = 0; ch < C; ch++) {
-            float acc = 0;
-            for (int64_t j = 0; j < k; j++) acc += dox[(int64_t)s.row[t * k + j] * C + ch];
-            dh[t * C + ch] = acc;
-        }
+        lmc_moe_experts_bwd(be, c, W->experts, G->experts, E, off, dox, da, du, s.xs, s.g, s.u, s.a);
+    if (n > 0) be->moe_gather_bwd(be->ctx, dh, dox, s.rt.row, n, k, C);
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER], *GR = &G->lin[LMC_L_ROUTER];
     const float *dl = dlog;
     lmc_linear_bwd(be, 1, &R, &GR, dh, &dl, h, n, true);
-    int64_t SI = c->shared_expert_intermediate_size;
     if (SI <= 0) return;
-    /* shared expert: y += sig(l) so; dso = sig dy, dl = sig (1 - sig) (dy . so) */
-    float *dso = dlog + A16(n * E), *dsg = dso + A16(n * C), *dsu = dsg + A16(n * SI), *dsl = dsu + A16(n * SI);
-    for (int64_t t = 0; t < n; t++) {
-        float sig = 1.0f / (1.0f + expf(-s.sl[t]));
-        double dot = 0;
-        for (int64_t ch = 0; ch < C; ch++) {
-            dot += (double)dy[t * C + ch] * s.so[t * C + ch];
-            dso[t * C + ch] = sig * dy[t * C + ch];
-        }
-        dsl[t] = (float)(sig * (1.0f - sig) * dot);
-    }
+    /* shared expert: y += sig(l) so */
     const struct lmc_linear *D = &W->lin[LMC_L_DOWN], *GD = &G->lin[LMC_L_DOWN];
     const float *d = dso;
     lmc_linear_bwd(be, 1, &D, &GD, dsg, &d, s.sa, n, false);
@@ -377,8 +283,13 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
 }
 
 static const char *moe_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
-    if (!be->host_memory) return "mixture-of-experts routing (host memory backends only so far)";
+    if (!be->moe_route) return "moe_route";
+    if (!be->moe_gather) return "moe_gather";
+    if (!be->moe_combine) return "moe_combine";
     if (!be->swiglu) return "swiglu";
+    if (backward && !be->moe_stats) return "moe_stats";
+    if (backward && !be->moe_gather_bwd) return "moe_gather_bwd";
+    if (backward && !be->moe_combine_bwd) return "moe_combine_bwd";
     if (backward && !be->swiglu_bwd) return "swiglu_bwd";
     if (c->num_experts_per_tok > 64) return "mixture-of-experts top-k above 64";
     return any_dense(c) ? lmc_ffn_swiglu.missing(be, c, backward) : NULL;

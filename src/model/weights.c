@@ -339,7 +339,7 @@ static lmc_status place_quant(struct lmc_model *m, const struct lmc_backend *be,
  * host memory. */
 static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *be, lmc_err *err) {
     int64_t L = m->cfg.num_layers, C = m->cfg.hidden_size;
-    int64_t cap = L * (2 * LMC_L_N + LMC_V_N) + 8;
+    int64_t cap = L * (2 * LMC_L_N + LMC_V_N + 2 * m->cfg.num_experts * LMC_X_N) + 8;
     m->placed = calloc((size_t)(2 * cap), sizeof *m->placed);
     if (!m->placed) return lmc_err_set(err, LMC_ERR_OOM, "out of memory");
     m->cap_placed = (int)cap;
@@ -363,6 +363,15 @@ static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *b
         }
         for (int i = 0; ok && i < LMC_V_N; i++)
             ok = place(m, be, (const void **)&y->vec[i], (size_t)y->vec_n[i] * 4);
+        for (int64_t i = 0; ok && y->experts && i < m->cfg.num_experts * LMC_X_N; i++) {
+            struct lmc_linear *lin = &y->experts[i]; /* unbound (another rank's): data NULL, skipped */
+            if (lin->format == LMC_WFMT_QUANT) {
+                lmc_status qs = place_quant(m, be, lin, err);
+                if (qs) return qs;
+            }
+            ok = (lin->format == LMC_WFMT_QUANT || place(m, be, &lin->w.data, mat_bytes(&lin->w))) &&
+                 place(m, be, (const void **)&lin->bias, (size_t)lin->w.rows * 4);
+        }
     }
     if (!ok)
         return lmc_err_set(err, LMC_ERR_OOM, "not enough %s memory for the weights (%zu bytes)",
@@ -458,6 +467,16 @@ lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opt
         for (int64_t i = 0; m->w.layers[l].experts && i < m->cfg.num_experts * LMC_X_N; i++)
             wb += mat_bytes(&m->w.layers[l].experts[i].w);
     m->weight_bytes += wb; /* quantized linears were counted at load */
+    if (opts && opts->be) { /* the ops this model's blocks need for inference */
+        const struct lmc_backend *be = opts->be;
+        const struct lmc_architecture *a = m->arch;
+        const char *op = a->norm->missing(be, false);
+        if (!op) op = a->mixer->missing(be, &m->cfg, false);
+        if (!op && a->ffn) op = a->ffn->missing(be, &m->cfg, false);
+        if (op)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no %s op (needed by %s models)",
+                               be->name ? be->name : "?", op, m->cfg.model_type);
+    }
     if (opts && opts->be && !opts->be->host_memory) {
         if (m->n_qw && (!opts->be->qweight_upload || !opts->be->qmatmul))
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "quantized weights: the %s backend has no quantized kernels",

@@ -47,6 +47,17 @@ struct lmc_muon_step;    /* ops/optim_ops.h (the optimizer entries at the end) *
 struct lmc_lowrank_step;
 struct lmc_qweight;
 
+/* One routing of n tokens over E experts with k choices each (backend
+ * memory; the moe_* entries). */
+struct lmc_moe_routing {
+    float *probs;       /* (n, E) softmax of the router logits */
+    int32_t *sel;       /* (n, k) chosen experts, best first */
+    float *wts;         /* (n, k) their weights */
+    int32_t *perm;      /* (n k) grouped row -> choice t k + j */
+    int32_t *row;       /* (n k) choice -> grouped row */
+    int64_t *off;       /* (E + 1) first grouped row of each expert */
+};
+
 struct lmc_backend {
     const char *name;
     void *ctx;              /* backend state: thread pool, scratch, streams */
@@ -379,6 +390,47 @@ struct lmc_backend {
      * values before clamping; dx may alias dy). c > 0. */
     void (*clamp)(void *ctx, float *y, const float *x, int64_t n, float c);
     void (*clamp_bwd)(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
+
+    /* ---- Mixture of experts: routing, token permutation and the weighted
+     * combine (ops/cpu/moe_route.c, ops/cuda/moe_route.cu; struct
+     * lmc_moe_routing below). NULL where a backend has none: MoE models
+     * then report the missing op. n tokens, E experts, k choices a token;
+     * every array is backend memory unless it says host. */
+    /* r->probs (n, E): router logits in, softmax (in double, rounded) out;
+     * r->sel / r->wts (n, k): the top k (largest first, ties to the lower
+     * index, as torch.topk) and their probabilities, divided by their sum
+     * when norm_topk; r->perm / r->row / r->off: the n k choices grouped by
+     * expert, stable (an expert's rows in token order): grouped row perm^-1;
+     * off_host (host, E + 1) receives r->off. Waits. */
+    void (*moe_route)(void *ctx, const struct lmc_moe_routing *r, int64_t *off_host, int64_t n,
+                      int64_t E, int64_t k, int norm_topk);
+    /* Load-balancing statistics: cnt[e] = choices of e among sel (n k),
+     * psum[e] = sum over tokens of probs[t, e]; cnt, psum host (E). Waits. */
+    void (*moe_stats)(void *ctx, double *cnt, double *psum, const int32_t *sel, const float *probs,
+                      int64_t n, int64_t k, int64_t E);
+    /* xs (n k, C): row i = h row perm[i] / k (tokens into expert order). */
+    void (*moe_gather)(void *ctx, float *xs, const float *h, const int32_t *perm, int64_t nk, int64_t k,
+                       int64_t C);
+    /* Its backward: dh (n, C) = sum over j < k of dxs row row[t k + j] (=). */
+    void (*moe_gather_bwd)(void *ctx, float *dh, const float *dxs, const int32_t *row, int64_t n, int64_t k,
+                           int64_t C);
+    /* y (n, C) = res + sum_j wts[t, j] o[row[t, j]] (+ sigmoid(sl[t]) so[t]
+     * when so is non-NULL: a shared expert's output and gate logit), the
+     * sum in float in j order, the shared term last. y may alias res. */
+    void (*moe_combine)(void *ctx, float *y, const float *res, const float *o, const float *wts,
+                        const int32_t *row, const float *so, const float *sl, int64_t n, int64_t k,
+                        int64_t C);
+    /* Backward of moe_combine and of the routing for dy (n, C): dox rows
+     * row[t, j] = wts[t, j] dy_t (=); dlog (n, E) = the router logits'
+     * gradient (=) through the renormalisation (norm_topk) and the softmax
+     * of dW_tj = dy_t . o[row[t, j]] (double) plus aux[e] for every e
+     * (aux: host, E doubles, the load-balancing loss's d/dp; NULL: none);
+     * with so: dso (n, C) = sigmoid(sl) dy (=), dsl (n) = sig (1 - sig)
+     * (dy . so) (=). */
+    void (*moe_combine_bwd)(void *ctx, float *dox, float *dlog, float *dso, float *dsl, const float *dy,
+                            const float *o, const struct lmc_moe_routing *r, const float *so,
+                            const float *sl, const double *aux, int64_t n, int64_t E, int64_t k,
+                            int64_t C, int norm_topk);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

@@ -687,7 +687,12 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
     if (!s) s = lmc_ckpt_load_state(&one, dir, err);
     if (!s) {
         tr->step = one.step;
-        s = lmc_loader_seek(&tr->train, one.train.epoch, one.train.index, err);
+        if (!tr->train_data) { /* a batch source (lmc finetune): its position for the caller to seek */
+            tr->feed_epoch = one.feed_epoch;
+            tr->feed_index = one.feed_index;
+        } else {
+            s = lmc_loader_seek(&tr->train, one.train.epoch, one.train.index, err);
+        }
     }
     const float *src[2] = {one.m, one.v};
     /* ZeRO-1: the whole shard's moments first, this DP rank's chunk kept */

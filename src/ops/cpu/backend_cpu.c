@@ -120,6 +120,12 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->lowrank = lmc_cpu_lowrank;
     be->moe_gemm = lmc_cpu_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cpu_moe_gemm_bwd;
+    be->moe_route = lmc_cpu_moe_route;
+    be->moe_stats = lmc_cpu_moe_stats;
+    be->moe_gather = lmc_cpu_moe_gather;
+    be->moe_gather_bwd = lmc_cpu_moe_gather_bwd;
+    be->moe_combine = lmc_cpu_moe_combine;
+    be->moe_combine_bwd = lmc_cpu_moe_combine_bwd;
     return LMC_OK;
 }
 

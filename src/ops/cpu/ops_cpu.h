@@ -159,6 +159,20 @@ void lmc_cpu_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, i
                       const struct lmc_mat *const *w);
 void lmc_cpu_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
                           const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
+/* moe_route.c: the backend's moe_route / moe_stats / moe_gather(_bwd) / moe_combine(_bwd) */
+void lmc_cpu_moe_route(void *ctx, const struct lmc_moe_routing *s, int64_t *off_host, int64_t n, int64_t E,
+                       int64_t k, int norm_topk);
+void lmc_cpu_moe_stats(void *ctx, double *cnt, double *psum, const int32_t *sel, const float *probs, int64_t n,
+                       int64_t k, int64_t E);
+void lmc_cpu_moe_gather(void *ctx, float *xs, const float *h, const int32_t *perm, int64_t nk, int64_t k,
+                        int64_t C);
+void lmc_cpu_moe_gather_bwd(void *ctx, float *dh, const float *dxs, const int32_t *row, int64_t n, int64_t k,
+                            int64_t C);
+void lmc_cpu_moe_combine(void *ctx, float *y, const float *res, const float *o, const float *wts,
+                         const int32_t *row, const float *so, const float *sl, int64_t n, int64_t k, int64_t C);
+void lmc_cpu_moe_combine_bwd(void *ctx, float *dox, float *dlog, float *dso, float *dsl, const float *dy,
+                             const float *o, const struct lmc_moe_routing *s, const float *so, const float *sl,
+                             const double *aux, int64_t n, int64_t E, int64_t k, int64_t C, int norm_topk);
 void lmc_cpu_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
                        int64_t C);
 void lmc_cpu_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,

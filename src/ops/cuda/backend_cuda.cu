@@ -209,6 +209,14 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->swiglu_bwd = lmc_cuda_swiglu_bwd;
     be->moe_gemm = lmc_cuda_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cuda_moe_gemm_bwd;
+    be->moe_route = lmc_cuda_moe_route;
+    be->moe_stats = lmc_cuda_moe_stats;
+    be->moe_gather = lmc_cuda_moe_gather;
+    be->moe_gather_bwd = lmc_cuda_moe_gather_bwd;
+    be->moe_combine = lmc_cuda_moe_combine;
+    be->moe_combine_bwd = lmc_cuda_moe_combine_bwd;
+    be->clamp = lmc_cuda_clamp; /* OLMoE clip_qkv */
+    be->clamp_bwd = lmc_cuda_clamp_bwd;
     be->gelu_bwd = lmc_cuda_gelu_bwd;
     be->classifier_xent = lmc_cuda_classifier_xent;
     be->zero = lmc_cuda_zero;

@@ -40,7 +40,22 @@ __global__ void classifier_xent_bwd_kernel(float *loss, float *lg, __nv_bfloat16
         const int32_t t = tg[r];
         float mx = -INFINITY;
         double s = 0;
-        for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+        int64_t v0 = 0;
+        if (V % 4 == 0) { /* rows 16-byte aligned: 4 logits a load */
+            const float4 *l4 = (const float4 *)l;
+            for (int64_t q = threadIdx.x; q < V / 4; q += blockDim.x) {
+                float4 x = l4[q];
+                float m4 = fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w));
+                if (m4 == -INFINITY) continue; /* no mass */
+                if (m4 > mx) {
+                    s = mx == -INFINITY ? 0.0 : s * (double)expf(mx - m4);
+                    mx = m4;
+                }
+                s += (double)(expf(x.x - mx) + expf(x.y - mx) + expf(x.z - mx) + expf(x.w - mx));
+            }
+            v0 = V;
+        }
+        for (int64_t v = v0 + threadIdx.x; v < V; v += blockDim.x) {
             float x = l[v];
             if (x > mx) {
                 s *= (double)expf(mx - x); /* mx = -inf: s is 0 already */
@@ -71,7 +86,25 @@ __global__ void classifier_xent_bwd_kernel(float *loss, float *lg, __nv_bfloat16
         if (!grad) continue;
         __syncthreads(); /* l[t] is read by all before anyone overwrites it */
         const double k = t < 0 ? 0.0 : (double)dscale / s;
-        for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+        v0 = 0;
+        if (V % 4 == 0) {
+            float4 *l4 = (float4 *)l;
+            for (int64_t q = threadIdx.x; q < V / 4; q += blockDim.x) {
+                float4 x = l4[q];
+                float g[4] = {(float)((double)expf(x.x - mx) * k), (float)((double)expf(x.y - mx) * k),
+                              (float)((double)expf(x.z - mx) * k), (float)((double)expf(x.w - mx) * k)};
+                if (t >= 4 * q && t < 4 * q + 4) g[t - 4 * q] -= dscale;
+                if (g16) {
+                    __align__(8) __nv_bfloat16 b[4] = {__float2bfloat16_rn(g[0]), __float2bfloat16_rn(g[1]),
+                                                       __float2bfloat16_rn(g[2]), __float2bfloat16_rn(g[3])};
+                    *(uint2 *)(g16 + r * V + 4 * q) = *(const uint2 *)b;
+                } else {
+                    l4[q] = make_float4(g[0], g[1], g[2], g[3]);
+                }
+            }
+            v0 = V;
+        }
+        for (int64_t v = v0 + threadIdx.x; v < V; v += blockDim.x) {
             float g = (float)((double)expf(l[v] - mx) * k);
             if (v == t) g -= dscale;
             if (g16) g16[r * V + v] = __float2bfloat16_rn(g);

@@ -1,6 +1,10 @@
 /* moe_gemm.cu — the grouped GEMM of mixture-of-experts layers on the GPU
- * (backend.h: moe_gemm, moe_gemm_bwd; CPU twin ops/cpu/moe_gemm.c). One
- * launch covers up to MOE_CHUNK experts: blockIdx.z picks the expert, whose
+ * (backend.h: moe_gemm, moe_gemm_bwd; CPU twin ops/cpu/moe_gemm.c), two
+ * ways (lmc_cuda_moe_gemm_ex picks; the table's entries run the loop):
+ * LOOP, one matmul per expert with rows (the backend's matmul: cuBLASLt,
+ * the GEMV for few rows, bf16 operands in the train_bf16 mode — the
+ * numbers of a dense linear), and GROUPED, one launch for up to MOE_CHUNK
+ * experts: blockIdx.z picks the expert, whose
  * weight pointer and row range travel in the kernel's parameter block (no
  * upload), blocks beyond an expert's rows exit at once. Each thread owns one
  * output element (a straight dot product with f32 accumulation; weights
@@ -91,8 +95,8 @@ static struct moe_group *moe_stage(struct lmc_cuda_ctx *c, const struct moe_grou
     return d;
 }
 
-extern "C" void lmc_cuda_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
-                                  const struct lmc_mat *const *w) {
+static void moe_gemm_grouped(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                             const struct lmc_mat *const *w) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
     if (E <= 0) return;
     int64_t N = w[0]->rows, K = w[0]->cols;
@@ -110,9 +114,8 @@ extern "C" void lmc_cuda_moe_gemm(void *ctx, float *y, const float *x, const int
     }
 }
 
-extern "C" void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
-                                      const int64_t *off, int64_t E, const struct lmc_mat *const *w,
-                                      int accum_dx) {
+static void moe_gemm_bwd_grouped(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                                 const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
     if (E <= 0) return;
     int64_t N = w[0]->rows, K = w[0]->cols;
@@ -134,4 +137,44 @@ extern "C" void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, co
             LMC_CUDA_LAUNCH_CHECK();
         }
     }
+}
+
+extern "C" void lmc_cuda_moe_gemm_ex(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                                     const struct lmc_mat *const *w, enum lmc_cuda_moe_path path) {
+    if (path == LMC_CUDA_MOE_GROUPED) {
+        moe_gemm_grouped(ctx, y, x, off, E, w);
+        return;
+    }
+    for (int64_t e = 0; e < E; e++) {
+        int64_t r0 = off[e], m = off[e + 1] - r0;
+        LMC_ASSERT(r0 >= 0 && m >= 0);
+        if (m) lmc_cuda_matmul(ctx, y + r0 * w[e]->rows, x + r0 * w[e]->cols, m, w[e], NULL);
+    }
+}
+
+extern "C" void lmc_cuda_moe_gemm_bwd_ex(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                                         const int64_t *off, int64_t E, const struct lmc_mat *const *w,
+                                         int accum_dx, enum lmc_cuda_moe_path path) {
+    if (path == LMC_CUDA_MOE_GROUPED) {
+        moe_gemm_bwd_grouped(ctx, dx, dw, dy, x, off, E, w, accum_dx);
+        return;
+    }
+    for (int64_t e = 0; e < E; e++) {
+        int64_t r0 = off[e], m = off[e + 1] - r0, N = w[e]->rows, K = w[e]->cols;
+        LMC_ASSERT(r0 >= 0 && m >= 0);
+        if (m)
+            lmc_cuda_matmul_bwd(ctx, dx ? dx + r0 * K : NULL, dw ? dw[e] : NULL, NULL, dy + r0 * N, x + r0 * K, m,
+                                w[e], accum_dx);
+    }
+}
+
+extern "C" void lmc_cuda_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                                  const struct lmc_mat *const *w) {
+    lmc_cuda_moe_gemm_ex(ctx, y, x, off, E, w, LMC_CUDA_MOE_LOOP);
+}
+
+extern "C" void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                                      const int64_t *off, int64_t E, const struct lmc_mat *const *w,
+                                      int accum_dx) {
+    lmc_cuda_moe_gemm_bwd_ex(ctx, dx, dw, dy, x, off, E, w, accum_dx, LMC_CUDA_MOE_LOOP);
 }

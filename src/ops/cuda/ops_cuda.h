@@ -73,6 +73,31 @@ void lmc_cuda_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, 
                        const struct lmc_mat *const *w);
 void lmc_cuda_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
                            const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
+/* moe_gemm.cu's two ways: LOOP (the table's), one lmc_cuda_matmul(_bwd)
+ * per expert with rows; GROUPED, one launch over up to 128 experts. */
+enum lmc_cuda_moe_path { LMC_CUDA_MOE_LOOP = 0, LMC_CUDA_MOE_GROUPED };
+void lmc_cuda_moe_gemm_ex(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                          const struct lmc_mat *const *w, enum lmc_cuda_moe_path path);
+void lmc_cuda_moe_gemm_bwd_ex(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
+                              const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx,
+                              enum lmc_cuda_moe_path path);
+/* moe_route.cu: routing, the gather and the weighted combine (backend.h) */
+void lmc_cuda_moe_route(void *ctx, const struct lmc_moe_routing *r, int64_t *off_host, int64_t n, int64_t E,
+                        int64_t k, int norm_topk);
+void lmc_cuda_moe_stats(void *ctx, double *cnt, double *psum, const int32_t *sel, const float *probs, int64_t n,
+                        int64_t k, int64_t E);
+void lmc_cuda_moe_gather(void *ctx, float *xs, const float *h, const int32_t *perm, int64_t nk, int64_t k,
+                         int64_t C);
+void lmc_cuda_moe_gather_bwd(void *ctx, float *dh, const float *dxs, const int32_t *row, int64_t n, int64_t k,
+                             int64_t C);
+void lmc_cuda_moe_combine(void *ctx, float *y, const float *res, const float *o, const float *wts,
+                          const int32_t *row, const float *so, const float *sl, int64_t n, int64_t k, int64_t C);
+void lmc_cuda_moe_combine_bwd(void *ctx, float *dox, float *dlog, float *dso, float *dsl, const float *dy,
+                              const float *o, const struct lmc_moe_routing *r, const float *so, const float *sl,
+                              const double *aux, int64_t n, int64_t E, int64_t k, int64_t C, int norm_topk);
+/* clamp.cu: the table's clamp / clamp_bwd (OLMoE clip_qkv) */
+void lmc_cuda_clamp(void *ctx, float *y, const float *x, int64_t n, float c);
+void lmc_cuda_clamp_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
 void lmc_cuda_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
                          const float *up, int64_t n);
 void lmc_cuda_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
