@@ -3,7 +3,11 @@
 # torchrun-style variables (a free port from the OS, tried again with
 # another one if it was taken meanwhile) shard llama-tiny and qwen2-tiny
 # by heads and give the one-process greedy ids (--json, 12 tokens, float32
-# weights); a run whose world is not --tp and a bad --tp are refused.
+# weights); with --tp-vocab (the embedding and head split by vocabulary
+# rows, the logits all-gathered for the sampler) under mpirun -np 2 and 4
+# (oversubscribed, when installed and lmc has MPI) the same greedy ids and
+# the one-process ids of a seeded sampled run; a run whose world is not
+# --tp, a bad --tp and --tp-vocab without --tp are refused.
 # Usage: test_mp_generate.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -28,6 +32,27 @@ for fx in llama-tiny qwen2-tiny; do
   [ -n "$(ids "$TMP/one")" ] && [ "$(ids "$TMP/one")" = "$(ids "$TMP/r0")" ]; ok $? "$fx --tp 2 ids [$(ids "$TMP/r0")] vs [$(ids "$TMP/one")]"
   [ ! -s "$TMP/r1" ]; ok $? "$fx rank 1 printed: $(cat "$TMP/r1")"
 done
+# --tp-vocab under mpirun: greedy and seeded sampling
+if command -v mpirun >/dev/null 2>&1; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  MPI="timeout 120 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
+  for fx in llama-tiny qwen2-tiny; do
+    M=tests/fixtures/$fx
+    for S in "--temp 0" "--temp 0.9 --top-k 40 --seed 7"; do
+      "$LMC" generate -m "$M" -p "hello world, this is" -n 12 $S --ignore-eos --dtype f32 --json >"$TMP/one" 2>"$TMP/one.err"
+      for np in 2 4; do
+        $MPI -np $np "$LMC" generate -m "$M" -p "hello world, this is" -n 12 $S --ignore-eos --json --tp $np \
+          --tp-vocab >"$TMP/v" 2>"$TMP/v.err"
+        rc=$?
+        if grep -q "without MPI\|no MPI" "$TMP/v.err"; then echo "test_mp_generate: mpirun part skipped (no MPI)"; break 3; fi
+        [ $rc = 0 ] && [ -n "$(ids "$TMP/one")" ] && [ "$(ids "$TMP/one")" = "$(ids "$TMP/v")" ]
+        ok $? "$fx --tp $np --tp-vocab $S ids [$(ids "$TMP/v")] vs [$(ids "$TMP/one")]: $(tail -n 3 "$TMP/v.err")"
+      done
+    done
+  done
+fi
+"$LMC" generate -m tests/fixtures/llama-tiny -p "hi" -n 2 --tp-vocab >"$TMP/o" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "give --tp N" "$TMP/err"; ok $? "--tp-vocab without --tp: $(cat "$TMP/err")"
 # --tp 2 in a one-process run
 "$LMC" generate -m tests/fixtures/llama-tiny -p "hi" -n 2 --tp 2 >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "needs 2 ranks" "$TMP/err"; ok $? "--tp 2 without ranks: $(cat "$TMP/err")"

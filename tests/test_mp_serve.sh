@@ -7,7 +7,9 @@
 # concurrent requests (greedy, n = 2 greedy choices, seeded sampling, a
 # streamed one) give the texts, token ids' count and finish reasons of the
 # one-process server on the same requests; SIGTERM to rank 0 ends both
-# ranks with status 0; --tp with a world of the wrong size is refused.
+# ranks with status 0; the same with --tp-vocab (the embedding and head
+# split by vocabulary rows, the logits gathered for rank 0's sampler);
+# --tp with a world of the wrong size is refused.
 # Waits on the servers' log lines (pipes), never on a clock.
 # Usage: test_mp_serve.sh PATH/TO/lmc
 set -u
@@ -41,7 +43,7 @@ def drain(p, lines):
     t.start()
     return t
 
-def start(model, world):
+def start(model, world, extra=()):
     """one process (world 1) or world ranks: returns (procs, port, logs)"""
     args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--kv-blocks", "256",
             "--max-batch", "16", "--dtype", "f32"]
@@ -55,7 +57,7 @@ def start(model, world):
             for r in range(world - 1, -1, -1):
                 env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(mp))
-                procs.insert(0, subprocess.Popen(args + ["--tp", str(world)], env=env, stderr=subprocess.PIPE,
+                procs.insert(0, subprocess.Popen(args + ["--tp", str(world)] + list(extra), env=env, stderr=subprocess.PIPE,
                                                  stdout=subprocess.DEVNULL))
         port = wait_listening(procs[0], logs[0])
         for r in range(1, world): drain(procs[r], logs[r])
@@ -113,21 +115,23 @@ for fx in ["llama-tiny", "qwen2-tiny"]:
     if port is None: continue
     ref = run_all(port)
     stop(procs)
-    procs, port, logs = start(model, 2)
-    check(port is not None, f"{fx}: --tp 2 server did not start: {''.join(logs[0])}")
-    if port is None:
-        for p in procs: p.kill()
-        continue
-    check(any("tensor parallel over 2 ranks" in l for l in logs[0]), f"{fx}: start-up line: {''.join(logs[0])}")
-    got = run_all(port)
-    codes = stop(procs)
-    check(codes == [0, 0], f"{fx}: exit codes {codes}: {''.join(logs[1])[-500:]}")
-    fl = [l for l in logs[1] if "followed" in l]
-    steps = int(fl[0].split("followed ")[1].split()[0]) if fl else 0
-    check(steps > 0, f"{fx}: rank 1 followed no step: {fl}")
-    for k, (a, b) in enumerate(zip(got, ref)):
-        check(a == b and not isinstance(a, str), f"{fx} request {k} {REQS[k]}: --tp 2 {a} vs one process {b}")
-    print(f"{fx}: {sum(a == b for a, b in zip(got, ref))}/{len(REQS)} requests equal to one process")
+    for extra in ((), ("--tp-vocab",)):  # heads/MLP split; and the embedding/head by vocabulary rows too
+        what = " ".join(("--tp 2",) + extra)
+        procs, port, logs = start(model, 2, extra)
+        check(port is not None, f"{fx}: {what} server did not start: {''.join(logs[0])}")
+        if port is None:
+            for p in procs: p.kill()
+            continue
+        check(any("tensor parallel over 2 ranks" in l for l in logs[0]), f"{fx}: start-up line: {''.join(logs[0])}")
+        got = run_all(port)
+        codes = stop(procs)
+        check(codes == [0, 0], f"{fx}: {what} exit codes {codes}: {''.join(logs[1])[-500:]}")
+        fl = [l for l in logs[1] if "followed" in l]
+        steps = int(fl[0].split("followed ")[1].split()[0]) if fl else 0
+        check(steps > 0, f"{fx}: {what} rank 1 followed no step: {fl}")
+        for k, (a, b) in enumerate(zip(got, ref)):
+            check(a == b and not isinstance(a, str), f"{fx} request {k} {REQS[k]}: {what} {a} vs one process {b}")
+        print(f"{fx} {what}: {sum(a == b for a, b in zip(got, ref))}/{len(REQS)} requests equal to one process")
 # a world that is not --tp
 env = dict(os.environ, RANK="0", WORLD_SIZE="1")
 p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--tp", "2"], env=env,

@@ -5,7 +5,10 @@
  * row-parallel all-reduces inside lmc_linear: every prompt position's
  * logits equal the one-process forward within 1e-5 relative, and 8 greedy
  * decode steps give the one-process tokens (KV heads split at TP 2 for
- * llama, replicated otherwise). Unsplittable layouts are refused. */
+ * llama, replicated otherwise). The same with the vocabulary-parallel
+ * embedding and head (lmc_tp_model_shard_vocab: a rank holds its rows of
+ * the tables, the lookup all-reduced, the logits all-gathered; qwen2's tied
+ * head shares the embedding's shard). Unsplittable layouts are refused. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "model_greedy.h"
@@ -20,6 +23,7 @@ struct ref {
     struct lmc_model *m;
     float *logits;          /* (NP, V) */
     int32_t toks[NGEN];
+    bool vocab;
 };
 
 static int run_rank(struct lmc_comm *c, int rank, void *arg) {
@@ -32,7 +36,7 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     float *logits = malloc(sizeof(float) * (size_t)(NP * V));
     int32_t toks[NGEN] = {0};
     int bad = 0;
-    lmc_status st = lmc_tp_model_shard(&t, r->m, c, &err);
+    lmc_status st = lmc_tp_model_shard_vocab(&t, r->m, c, r->vocab, &err);
     if (!st) st = model_greedy_run(&t.m, &be, NP, NGEN, logits, toks, &err);
     if (!st) st = lmc_tp_model_check(&t, &err);
     if (st) {
@@ -47,6 +51,10 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
         if (!(num / den <= 1e-5)) bad = 1, fprintf(stderr, "rank %d: logits rel err %.3g\n", rank, num / den);
         if (memcmp(toks, r->toks, sizeof toks)) bad = 1, fprintf(stderr, "rank %d: greedy tokens differ\n", rank);
         if (t.m.cfg.num_heads * c->world != r->m->cfg.num_heads) bad = 1;
+        if (r->vocab && (!t.m.w.vocab || t.m.w.tok_emb.rows >= V || t.m.w.head.w.rows != t.m.w.tok_emb.rows ||
+                         (r->m->w.head.w.data == r->m->w.tok_emb.data) != (t.m.w.head.w.data == t.m.w.tok_emb.data)))
+            bad = 1, fprintf(stderr, "rank %d: vocabulary shard %lld of %lld rows\n", rank,
+                             (long long)t.m.w.tok_emb.rows, (long long)V);
     }
     lmc_tp_model_free(&t);
     free(logits);
@@ -68,16 +76,20 @@ int main(void) {
             CHECK_MSG(0, "%s", err.msg);
             continue;
         }
-        struct ref r = {&m, malloc(sizeof(float) * (size_t)(NP * m.cfg.vocab_size)), {0}};
+        struct ref r = {&m, malloc(sizeof(float) * (size_t)(NP * m.cfg.vocab_size)), {0}, false};
         CHECK(model_greedy_run(&m, &be, NP, NGEN, r.logits, r.toks, &err) == LMC_OK);
-        for (int T = 2; T <= 4; T += 2) {
-            struct spawn_opts so = {.world = T};
-            int codes[16] = {0}, bad = 0;
-            spawn(&so, run_rank, &r, dir, codes);
-            for (int k = 0; k < T; k++)
-                if (codes[k]) bad = 1, fprintf(stderr, "%s TP %d rank %d exit %d: %s", fx[f], T, k, codes[k], slurp(dir, k));
-            CHECK_MSG(!bad, "%s at TP %d", fx[f], T);
-        }
+        for (int T = 2; T <= 4; T += 2)
+            for (int vp = 0; vp < 2; vp++) {
+                struct spawn_opts so = {.world = T};
+                int codes[16] = {0}, bad = 0;
+                r.vocab = vp;
+                spawn(&so, run_rank, &r, dir, codes);
+                for (int k = 0; k < T; k++)
+                    if (codes[k])
+                        bad = 1, fprintf(stderr, "%s TP %d%s rank %d exit %d: %s", fx[f], T, vp ? " vocab" : "", k,
+                                         codes[k], slurp(dir, k));
+                CHECK_MSG(!bad, "%s at TP %d%s", fx[f], T, vp ? " vocabulary-parallel" : "");
+            }
         /* 3 ranks: 4 heads do not split */
         struct lmc_comm c3 = {0};
         c3.rank = 1, c3.world = 3;

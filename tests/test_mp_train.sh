@@ -9,9 +9,16 @@
 # losses and final parameters (the consolidated checkpoint) within 1e-6
 # relative; rank 0 alone logs; a TP run stopped at step 5 and resumed from
 # its consolidated checkpoint equals the uninterrupted one, and so does a
-# one-process resume of it; DP 2 x TP 2 under mpirun too (when installed);
-# --tp with another optimizer and a world that
-# --tp does not divide are refused.
+# one-process resume of it; DP 2 x TP 2 (--tp-vocab --zero 1) under mpirun
+# too (when installed);
+# DP 2 x TP 2 with --zero 1 (each TP shard's AdamW moments split over its
+# DP group) equals it too and resumes bit for bit;
+# Muon (--optim muon: each split matrix gathered for Newton-Schulz, the
+# momentum kept sharded) at TP 2, TP 4 and DP 2 x TP 2 equals the one-process
+# Muon run (losses, weights and every optimizer tensor of the consolidated
+# checkpoint), a TP 2 Muon run stopped at 5 and resumed equals the
+# uninterrupted one bit for bit and one process resumes its checkpoint;
+# --tp with GaLore and a world that --tp does not divide are refused.
 # Usage: test_mp_train.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -52,6 +59,8 @@ run 4 tp4 $A --batch 4 --tp 4; ok $? "tp 4: $(tail -n 3 "$TMP"/tp4.r*)"
 run 4 dp2tp2 $A --batch 2 --tp 2; ok $? "dp 2 x tp 2: $(tail -n 3 "$TMP"/dp2tp2.r*)"
 run 2 vp2 $A --batch 4 --tp 2 --tp-vocab; ok $? "tp 2 vocab-parallel: $(tail -n 3 "$TMP"/vp2.r*)"
 run 4 vp4 $A --batch 2 --tp 2 --tp-vocab; ok $? "dp 2 x tp 2 vocab-parallel: $(tail -n 3 "$TMP"/vp4.r*)"
+run 4 z1 $A --batch 2 --tp 2 --zero 1; ok $? "dp 2 x tp 2 zero 1: $(tail -n 3 "$TMP"/z1.r*)"
+run 4 z1rs $A --batch 2 --tp 2 --zero 1 --stop-at 5; ok $? "dp 2 x tp 2 zero 1 stop at 5: $(tail -n 3 "$TMP"/z1rs.r*)"
 grep -q "tensor parallel 2 x data parallel 2 (4 ranks), global batch 4 x 16 x 2" "$TMP/dp2tp2.r0"
 ok $? "dp 2 x tp 2 start-up line: $(grep parallel "$TMP/dp2tp2.r0")"
 # stopped at 5 and resumed (--resume latest) at TP 2, and by one process
@@ -60,15 +69,19 @@ cp -r "$TMP/rs" "$TMP/rs1"
 R="--data $TMP/data --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2"
 run 2 rs $R --tp 2; ok $? "tp 2 resume: $(tail -n 3 "$TMP"/rs.r*)"
 "$LMC" train $R -o "$TMP/rs1" 2>"$TMP/err"; ok $? "one-process resume: $(tail -3 "$TMP/err")"
+run 4 z1rs $R --tp 2 --zero 1; ok $? "dp 2 x tp 2 zero 1 resume: $(tail -n 3 "$TMP"/z1rs.r*)"
+cmp -s "$TMP/z1rs/step_000010/model.safetensors" "$TMP/z1/step_000010/model.safetensors" &&
+  cmp -s "$TMP/z1rs/step_000010/optimizer.safetensors" "$TMP/z1/step_000010/optimizer.safetensors"
+ok $? "dp 2 x tp 2 zero 1 stopped at 5 and resumed equals the uninterrupted run bit for bit"
 # the same DP 2 x TP 2 under mpirun (sub-communicators over the MPI transport), when there is one
-CASES="tp2 tp4 dp2tp2 vp2 vp4 rs rs1"
+CASES="tp2 tp4 dp2tp2 vp2 vp4 rs rs1 z1"
 if command -v mpirun >/dev/null 2>&1; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
   timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
-    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab -o "$TMP/mpi" 2>"$TMP/mpi.err"
+    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab --zero 1 -o "$TMP/mpi" 2>"$TMP/mpi.err"
   rc=$?
   if grep -q "without MPI\|no MPI" "$TMP/mpi.err"; then echo "test_mp_train: mpirun part skipped (lmc built without MPI)"
-  else ok $rc "mpirun dp 2 x tp 2: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
+  else ok $rc "mpirun dp 2 x tp 2 --tp-vocab --zero 1: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
 fi
 python3 - "$TMP" $CASES <<'PY'
 import json, struct, sys
@@ -114,9 +127,56 @@ total=$(sed -n 's/.*llama, \([0-9]*\) parameters.*/\1/p' "$TMP/tp2.r0")
 [ -n "$shard" ] && [ -n "$total" ] && [ "$shard" -lt "$total" ]; ok $? "tp 2 shard $shard of $total parameters"
 vshard=$(sed -n 's/.*each rank holds \([0-9]*\) of the parameters.*/\1/p' "$TMP/vp2.r0")
 [ -n "$vshard" ] && [ "$vshard" -lt "$shard" ]; ok $? "--tp-vocab shard $vshard below the replicated-vocabulary shard $shard"
+# Muon under TP: against a one-process Muon run
+"$LMC" train $A --batch 4 --optim muon -o "$TMP/mu1" 2>"$TMP/err"; ok $? "single muon: $(cat "$TMP/err")"
+run 2 mu2 $A --batch 4 --tp 2 --optim muon; ok $? "tp 2 muon: $(tail -n 3 "$TMP"/mu2.r*)"
+run 4 mu4 $A --batch 4 --tp 4 --optim muon; ok $? "tp 4 muon: $(tail -n 3 "$TMP"/mu4.r*)"
+run 4 mudp $A --batch 2 --tp 2 --optim muon; ok $? "dp 2 x tp 2 muon: $(tail -n 3 "$TMP"/mudp.r*)"
+run 2 murs $A --batch 4 --tp 2 --optim muon --stop-at 5; ok $? "tp 2 muon stop at 5: $(tail -n 3 "$TMP"/murs.r*)"
+cp -r "$TMP/murs" "$TMP/murs1"
+run 2 murs $R --tp 2; ok $? "tp 2 muon resume: $(tail -n 3 "$TMP"/murs.r*)"
+"$LMC" train $R -o "$TMP/murs1" 2>"$TMP/err"; ok $? "one-process muon resume: $(tail -3 "$TMP/err")"
+cmp -s "$TMP/murs/step_000010/model.safetensors" "$TMP/mu2/step_000010/model.safetensors" &&
+  cmp -s "$TMP/murs/step_000010/optimizer.safetensors" "$TMP/mu2/step_000010/optimizer.safetensors"
+ok $? "tp 2 muon stopped at 5 and resumed equals the uninterrupted run bit for bit"
+MU="mu2 mu4 mudp murs1"
+if [[ " $CASES " == *" mpi "* ]]; then # DP 2 x TP 2 Muon under mpirun too
+  timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
+    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --optim muon -o "$TMP/mpimu" 2>"$TMP/mpimu.err"
+  ok $? "mpirun dp 2 x tp 2 muon: $(tail -n 3 "$TMP/mpimu.err")"
+  MU="$MU mpimu"
+fi
+python3 - "$TMP" $MU <<'PY'
+import json, struct, sys
+tmp = sys.argv[1]
+def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
+def tensors(d, name):
+    b = open(f"{tmp}/{d}/step_000010/{name}", "rb").read()
+    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
+    return out
+ref, refp, refo = rows("mu1"), tensors("mu1", "model.safetensors"), tensors("mu1", "optimizer.safetensors")
+bad = 0
+for d in sys.argv[2:]:
+    r, p, o = rows(d), tensors(d, "model.safetensors"), tensors(d, "optimizer.safetensors")
+    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
+    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
+              sum(y * y for k in refp for y in refp[k])) ** 0.5
+    assert sorted(o) == sorted(refo), (d, sorted(o))
+    worst_o = max(max(abs(x - y) for x, y in zip(o[k], refo[k])) / max(1e-30, max(abs(x) for x in refo[k])) for k in refo)
+    print(f"{d} (muon): {len(r)} steps, losses max rel {worst:.2e}, params |diff| / |p| {norm_p:.2e}, "
+          f"optimizer tensors max |diff| / max {worst_o:.2e}")
+    if not (len(r) == 10 and worst <= 1e-6 and norm_p <= 1e-6 and worst_o <= 1e-4): bad += 1
+sys.exit(bad)
+PY
+ok $? "muon at tp 2, tp 4, dp 2 x tp 2 and its one-process resume equal the one-process muon run"
 # refusals
-run 2 bad $A --batch 4 --tp 2 --optim muon; [ $? != 0 ] && grep -q "AdamW only" "$TMP/bad.r0"
-ok $? "--tp with muon: $(tail -n 2 "$TMP/bad.r0")"
+run 2 bad $A --batch 4 --tp 2 --optim galore; [ $? != 0 ] && grep -q "AdamW or Muon only" "$TMP/bad.r0"
+ok $? "--tp with galore: $(tail -n 2 "$TMP/bad.r0")"
+"$LMC" train $A --batch 4 --tp 2 --zero 2 -o "$TMP/bad2" 2>"$TMP/err"; [ $? = 2 ] && grep -q "zero 0 or 1" "$TMP/err"
+ok $? "--tp with --zero 2: $(cat "$TMP/err")"
 run 3 bad3 $A --batch 4 --tp 2; [ $? != 0 ] && grep -q "multiple of 2 ranks" "$TMP/bad3.r0"
 ok $? "--tp 2 on 3 ranks: $(tail -n 2 "$TMP/bad3.r0")"
 "$LMC" train $A --batch 4 --tp-vocab -o "$TMP/bad1" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp" "$TMP/err"

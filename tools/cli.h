@@ -74,6 +74,27 @@ int cli_fail(const char *what, const lmc_err *err);
 struct lmc_comm;
 int cli_mp_groups(struct lmc_comm *world, int tp, struct lmc_comm *tpc, bool *have_tpc, struct lmc_comm *dpc,
                   bool *have_dpc, const char *cmd);
+/* The same for the model-parallel flag `flag` (--tp, --cp, --pp) of size n. */
+int cli_mp_groups_flag(struct lmc_comm *world, int n, const char *flag, struct lmc_comm *tpc, bool *have_tpc,
+                       struct lmc_comm *dpc, bool *have_dpc, const char *cmd);
+/* --tp/--cp/--pp of train/finetune: *n, *flag the one above 1 (n 1: none);
+ * two of them, or one with --zero 1-3 (--tp: 2-3), print the refusal and
+ * return 2. */
+int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zero, int *n, const char **flag);
+/* --tp T --cp C (TP x CP x DP): after lmc_trainer_tp_attach with dpc (the
+ * C x D ranks holding one TP shard), the context-parallel groups (C
+ * consecutive ranks of dpc) into *cpc and lmc_trainer_cp_attach. Prints the
+ * error; non-zero on failure (free *cpc when *have_cpc, before dpc). */
+struct lmc_trainer;
+int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struct lmc_comm *cpc, bool *have_cpc,
+                     const char *desc, const char *cmd);
+/* --tp T --pp P (TP x PP x DP): the same with pipeline groups (*ppc: P
+ * consecutive ranks of dpc) and their data-parallel groups (*ddc, when
+ * D > 1), then lmc_trainer_pp_attach. Free *ppc, *ddc before dpc. */
+int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, struct lmc_comm *ppc, bool *have_ppc,
+                     struct lmc_comm *ddc, bool *have_ddc, const char *desc, const char *cmd);
+/* The start-up line of --cp / --pp runs (rank 0). */
+void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum);
 /* JSON-escapes s[0..n) into stdout (with quotes). */
 void cli_json_str(const char *s, size_t n);
 

@@ -18,6 +18,8 @@
 #include "train/sft_data.h"
 #include "train/trainer.h"
 #include "train/trainer_tp.h"
+#include "train/trainer_cp.h"
+#include "train/trainer_pp.h"
 #include "dist/comm.h"
 
 #include <errno.h>
@@ -49,9 +51,12 @@ static void usage(void) {
             "             --stop-at N (stop after step N without writing OUT, as if killed; the schedule\n"
             "             still spans --steps)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
-            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW, float32,\n"
+            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW or Muon, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
-            "             and head split by vocabulary rows too\n");
+            "             and head split by vocabulary rows too\n"
+            "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
+            "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
+            "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n");
 }
 
 struct src {
@@ -81,8 +86,7 @@ static lmc_status val_loss(struct lmc_trainer *tr, struct lmc_lora_train *lt, co
     for (int64_t i = 0; i < vd->n_ex; i++) vb.order[i] = i;
     double sum = 0;
     int64_t count = 0;
-    tr->acts.segs = NULL;
-    tr->acts.n_segs = 0;
+    if (tr->pp) s = lmc_trainer_pp_sync(tr, false, err); /* pipeline: every stage the whole model */
     for (int64_t k = 0; k < (vd->n_ex + tr->o.B - 1) / tr->o.B && !s; k++) {
         const int64_t *sg;
         int64_t ns, n;
@@ -91,7 +95,7 @@ static lmc_status val_loss(struct lmc_trainer *tr, struct lmc_lora_train *lt, co
         if (k == (vd->n_ex - 1) / tr->o.B) /* the last batch's wrapped rows are not counted */
             for (int64_t r = vd->n_ex - k * tr->o.B; r < tr->o.B; r++)
                 for (int64_t t = 0; t < tr->o.T; t++) tr->tg[r * tr->o.T + t] = -1;
-        if (!(s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, &ls, &n, err))) {
+        if (!(s = lmc_trainer_loss(tr, tr->in, tr->tg, &ls, &n, err))) {
             sum += ls;
             count += n;
         }
@@ -112,7 +116,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0, zero = 0, tp = 1, stop_at = 0;
+    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, stop_at = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
@@ -184,6 +188,8 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) ok = cli_parse_i64(v, 0, INT64_MAX, &seed);
         else if (!strcmp(a, "--zero")) ok = cli_parse_i64(v, 0, 3, &zero);
         else if (!strcmp(a, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
+        else if (!strcmp(a, "--cp")) ok = cli_parse_i64(v, 1, 64, &cp);
+        else if (!strcmp(a, "--pp")) ok = cli_parse_i64(v, 1, 64, &pp);
         else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
         else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
         else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
@@ -252,9 +258,17 @@ int cmd_finetune(int argc, char **argv) {
     struct src src;
     memset(&src, 0, sizeof src);
     bool have_be = false, have_tm = false, have_tr = false, have_lt = false, have_comm = false;
-    bool dist = denv.world > 1 || tp > 1, root = true;
-    struct lmc_comm comm, tpc, dpc;
-    bool have_tpc = false, have_dpc = false, have_full = false;
+    int mpn;
+    const char *mpflag;
+    if (cli_mp_pick("finetune", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
+    if (pack && (cp > 1 || pp > 1)) {
+        fprintf(stderr, "lmc finetune: --pack does not combine with %s yet (packed sequences' attention stays within "
+                        "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
+        return 2;
+    }
+    bool dist = denv.world > 1 || mpn > 1, root = true;
+    struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
+    bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
     struct lmc_tmodel full_tm;
     struct lmc_trainer_tp *tps = NULL;
     FILE *mf = NULL;
@@ -288,7 +302,8 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_comm = true;
         root = comm.rank == 0;
-        if (tp > 1 && (rc = cli_mp_groups(&comm, (int)tp, &tpc, &have_tpc, &dpc, &have_dpc, "finetune"))) goto done;
+        if (mpn > 1 && (rc = cli_mp_groups_flag(&comm, mpn, mpflag, &tpc, &have_tpc, &dpc, &have_dpc, "finetune")))
+            goto done;
         rc = 1;
     }
     bool bf16;
@@ -382,11 +397,20 @@ int cmd_finetune(int argc, char **argv) {
                  (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
+        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
+        struct lmc_comm *grp = have_tpc ? &tpc : &comm;
         if (t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
+              : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach(&tr, grp, have_dpc ? &dpc : NULL, desc, &err)
               : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
+        if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+            goto done;
+        if (tp > 1 && pp > 1 &&
+            cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
+            goto done;
     }
     if (resume) {
         int64_t ep = 0, nx = 0;
@@ -424,6 +448,8 @@ int cmd_finetune(int argc, char **argv) {
                         "x %lld accum; each rank holds %lld of the parameters and their AdamW moments\n", (long long)tp,
                 have_dpc ? dpc.world : 1, comm.world, (long long)(B * (have_dpc ? dpc.world : 1)), (long long)T,
                 (long long)accum, (long long)tr.tm.numel);
+    else if (root && (tr.cp || tr.pp))
+        cli_mp_log("finetune", cp, pp, comm.world, B, T, accum);
     else if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
                         "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
@@ -462,6 +488,10 @@ int cmd_finetune(int argc, char **argv) {
             tr.feed_epoch = src.b.epoch; /* --full: the data position in trainer_state.json */
             tr.feed_index = src.b.next;
         }
+        if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state everywhere */
+            cli_fail("finetune", &err);
+            goto done;
+        }
         if (save && tr.tp && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their shards to rank 0 */
             goto done;
@@ -492,6 +522,10 @@ int cmd_finetune(int argc, char **argv) {
         if (root) fprintf(stderr, "lmc finetune: stopped at step %lld of %lld (--stop-at); no output written\n",
                           (long long)tr.step, (long long)steps);
         rc = 0;
+        goto done;
+    }
+    if (tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' tensors to every rank */
+        cli_fail("finetune", &err);
         goto done;
     }
     if (tr.tp) { /* the shards gathered to rank 0, which writes the consolidated model */
@@ -537,6 +571,8 @@ done:
     lmc_tokenizer_free(tok);
     if (have_full) lmc_tmodel_free(&full_tm);
     lmc_trainer_tp_free_state(tps);
+    if (have_ddc) ddc.free(&ddc);
+    if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);
     if (have_comm) comm.free(&comm);

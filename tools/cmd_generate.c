@@ -33,6 +33,7 @@ struct gen_args {
     enum lmc_kvq_fmt kv_fmt;
     int64_t kv_residual;
     int64_t tp;                  /* --tp N (generate): tensor-parallel ranks */
+    bool tp_vocab;               /* --tp-vocab: the embedding and head split by vocabulary rows too */
     int64_t ep;                  /* --ep N (generate): expert-parallel ranks */
 };
 
@@ -124,7 +125,7 @@ struct gen_tp {
     bool comm_up, sharded;
 };
 
-static int gen_tp_open(struct gen_tp *t, int64_t tp, const struct lmc_model *full) {
+static int gen_tp_open(struct gen_tp *t, int64_t tp, bool vocab, const struct lmc_model *full) {
     lmc_err err = {0};
     memset(t, 0, sizeof *t);
     if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("--tp", &err);
@@ -134,7 +135,7 @@ static int gen_tp_open(struct gen_tp *t, int64_t tp, const struct lmc_model *ful
                 (long long)tp, (long long)tp, t->comm.world);
         return 2;
     }
-    if (lmc_tp_model_shard(&t->m, full, &t->comm, &err)) return cli_fail("--tp", &err);
+    if (lmc_tp_model_shard_vocab(&t->m, full, &t->comm, vocab, &err)) return cli_fail("--tp", &err);
     t->sharded = true;
     return 0;
 }
@@ -215,6 +216,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
         struct lmc_sampler_params *p = &a->g.sampling;
         if (!strcmp(o, "--ignore-eos")) { a->g.ignore_eos = true; continue; }
         if (!strcmp(o, "--no-special")) { a->no_special = true; continue; }
+        if (!strcmp(o, "--tp-vocab")) { a->tp_vocab = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc: unknown option or missing value: %s\n", o);
             return 2;
@@ -300,6 +302,10 @@ int cmd_generate(int argc, char **argv) {
     }
     struct cli_model cm;
     if (a.tp > 1 && a.c.wdtype == LMC_WDTYPE_AUTO) a.c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
+    if (a.tp_vocab && a.tp < 2) {
+        fprintf(stderr, "lmc generate: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
+        return 2;
+    }
     if (a.tp > 1 && a.ep > 1) {
         fprintf(stderr, "lmc generate: --tp and --ep do not combine yet\n");
         return 2;
@@ -319,7 +325,7 @@ int cmd_generate(int argc, char **argv) {
     const struct lmc_model *model = &cm.model;
     bool quiet = a.ep > 1 && ep.comm.rank != 0; /* ranks other than 0 of --tp / --ep */
     if (a.tp > 1) {
-        int r = gen_tp_open(&tp, a.tp, &cm.model);
+        int r = gen_tp_open(&tp, a.tp, a.tp_vocab, &cm.model);
         if (r) {
             gen_tp_close(&tp);
             cli_close(&cm);

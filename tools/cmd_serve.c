@@ -136,7 +136,7 @@ struct serve_tp {
 
 /* Opens the group and shards the model; on a rank other than 0 it then
  * follows rank 0's steps until rank 0 stops (returns the exit code). */
-static int serve_tp_open(struct serve_tp *t, int tp, struct cli_model *cm) {
+static int serve_tp_open(struct serve_tp *t, int tp, bool vocab, struct cli_model *cm) {
     lmc_err err = {0};
     if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("serve --tp", &err);
     t->comm_up = true;
@@ -145,7 +145,7 @@ static int serve_tp_open(struct serve_tp *t, int tp, struct cli_model *cm) {
                 tp, tp, t->comm.world);
         return 2;
     }
-    if (lmc_tp_model_shard(&t->m, &cm->model, &t->comm, &err)) return cli_fail("serve --tp", &err);
+    if (lmc_tp_model_shard_vocab(&t->m, &cm->model, &t->comm, vocab, &err)) return cli_fail("serve --tp", &err);
     t->sharded = true;
     if (t->comm.rank == 0) return 0;
     struct lmc_sched_follow_stats st;
@@ -170,11 +170,12 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N] [--kv-dtype f32|q8|q4] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab]] [--kv-dtype f32|q8|q4] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
             "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
+            "--tp-vocab: the embedding and head split by vocabulary rows too (the logits gathered).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -188,6 +189,7 @@ int cmd_serve(int argc, char **argv) {
     char name_buf[256];
     size_t kv_bytes = 0;
     int64_t kv_blocks = 0, tp = 1, spec_max_batch = -1;
+    bool tp_vocab = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
     const char *draft_dir = NULL;
     struct lmc_model draft;
@@ -214,6 +216,10 @@ int cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(o, "--no-prefix-cache")) {
             sc.prefix_cache = false;
+            continue;
+        }
+        if (!strcmp(o, "--tp-vocab")) {
+            tp_vocab = true;
             continue;
         }
         if (!v) {
@@ -298,6 +304,10 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "lmc serve: --tp runs on the CPU for now (--device %s)\n", c.device);
         return 2;
     }
+    if (tp_vocab && tp < 2) {
+        fprintf(stderr, "lmc serve: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
+        return 2;
+    }
     if (tp > 1 && ad.n) {
         fprintf(stderr, "lmc serve: --tp does not combine with --lora adapters yet\n");
         return 2;
@@ -314,7 +324,7 @@ int cmd_serve(int argc, char **argv) {
     memset(&tpx, 0, sizeof tpx);
     const struct lmc_model *model = &cm.model;
     if (tp > 1) {
-        int r = serve_tp_open(&tpx, (int)tp, &cm);
+        int r = serve_tp_open(&tpx, (int)tp, tp_vocab, &cm);
         if (r || tpx.comm.rank != 0) {
             serve_tp_close(&tpx);
             cli_close(&cm);

@@ -12,6 +12,8 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "train/trainer_tp.h"
+#include "train/trainer_cp.h"
+#include "train/trainer_pp.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -54,9 +56,15 @@ static void usage(void) {
             "             as output_router_logits with router_aux_loss_coef X; 0: off; default: config.json)\n"
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
-            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW,\n"
+            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW or Muon,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
-            "             --tp-vocab: the embedding and head split by vocabulary rows too\n"
+            "             --tp-vocab: the embedding and head split by vocabulary rows too; --zero 1: AdamW's\n"
+            "             moments of each TP shard split over its data-parallel group\n"
+            "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
+            "             sequence; N/C data-parallel groups of C; any optimizer)\n"
+            "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
+            "             data-parallel groups of P; AdamW, untied embeddings); --tp T with --cp C or --pp P:\n"
+            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -89,7 +97,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
-    int64_t zero = -1, tp = 1;
+    int64_t zero = -1, tp = 1, cp = 1, pp = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -147,6 +155,7 @@ int cmd_train(int argc, char **argv) {
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
+            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -196,13 +205,12 @@ int cmd_train(int argc, char **argv) {
     lmc_err err = {0};
     /* the communicator: several ranks, or --zero given on one */
     struct lmc_comm comm;
-    bool dist = denv.world > 1 || zero >= 0 || tp > 1;
+    int mpn;
+    const char *mpflag;
+    if (cli_mp_pick("train", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
+    bool dist = denv.world > 1 || zero >= 0 || mpn > 1;
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
-        return 2;
-    }
-    if (tp > 1 && zero > 0) {
-        fprintf(stderr, "lmc train: --tp runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n");
         return 2;
     }
     if (dist) {
@@ -211,9 +219,9 @@ int cmd_train(int argc, char **argv) {
         if (lmc_dist_init(&comm, LMC_DIST_HOST, &err)) return cli_fail("train", &err);
     }
     /* --tp T: groups of T consecutive ranks, the data-parallel groups across them */
-    struct lmc_comm tpc, dpc;
-    bool have_tpc = false, have_dpc = false;
-    if (tp > 1 && cli_mp_groups(&comm, (int)tp, &tpc, &have_tpc, &dpc, &have_dpc, "train")) {
+    struct lmc_comm tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's data-parallel groups */
+    bool have_tpc = false, have_dpc = false, have_cpc = false, have_ddc = false;
+    if (mpn > 1 && cli_mp_groups_flag(&comm, mpn, mpflag, &tpc, &have_tpc, &dpc, &have_dpc, "train")) {
         comm.free(&comm);
         return 2;
     }
@@ -349,7 +357,7 @@ int cmd_train(int argc, char **argv) {
     }
     steps = o.sched.total;
     /* data parallel AdamW: the zero module holds the moments (tensor parallel: the trainer, per slice) */
-    o.zero_moments = dist && !tps && o.optim.kind == LMC_OPTIM_ADAMW;
+    o.zero_moments = dist && mpn < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -365,11 +373,19 @@ int cmd_train(int argc, char **argv) {
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
+        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
         if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
+              : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
               : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
+        if (tp > 1 && cp > 1 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
+            goto done;
+        if (tp > 1 && pp > 1 &&
+            (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
+            goto done;
     }
     if (resume && (tr.tp ? lmc_trainer_tp_load_state(&tr, &full, resume, &err) : lmc_ckpt_load_state(&tr, resume, &err))) {
         rc = cli_fail("train", &err);
@@ -400,10 +416,14 @@ int cmd_train(int argc, char **argv) {
                 (long long)o.B, (long long)o.T, (long long)o.accum, (long long)steps, (long long)tr.step);
     if (root && tr.tp)
         fprintf(stderr, "lmc train: tensor parallel %lld x data parallel %d (%d ranks), global batch %lld x %lld x "
-                        "%lld accum; each rank holds %lld of the parameters and their AdamW moments, %d threads "
-                        "per rank\n", (long long)tp, dp_comm ? dp_comm->world : 1, comm.world,
-                (long long)(o.B * (dp_comm ? dp_comm->world : 1)), (long long)o.T, (long long)o.accum,
-                (long long)tr.tm.numel, cc.threads);
+                        "%lld accum; each rank holds %lld of the parameters and their AdamW moments%s, %d threads "
+                        "per rank\n", (long long)tp, (dp_comm ? dp_comm->world : 1) / (int)(cp * pp), comm.world,
+                (long long)(o.B * ((dp_comm ? dp_comm->world : 1) / (cp * pp))), (long long)o.T, (long long)o.accum,
+                (long long)tr.tm.numel, tr.tp->zero && dp_comm ? " (ZeRO-1: the moments split over the data-parallel "
+                "group)" : "", cc.threads);
+    else if (root && (tr.cp || tr.pp))
+        cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
+    if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
     else if (root && dist)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
                         "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
@@ -439,7 +459,7 @@ int cmd_train(int argc, char **argv) {
         double vl = NAN;
         bool last = tr.step == end;
         /* ZeRO: a collective over every rank; tensor parallel: the TP group of DP rank 0 evaluates together */
-        bool evaluator = root || tr.zero || (tr.tp && (!dp_comm || dp_comm->rank == 0));
+        bool evaluator = root || tr.zero || tr.cp || tr.pp || (tr.tp && (!dp_comm || dp_comm->rank == 0));
         if (evaluator && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;
@@ -447,6 +467,10 @@ int cmd_train(int argc, char **argv) {
         bool save = (save_every > 0 && tr.step % save_every == 0) || last;
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
+        if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
+            rc = cli_fail("train", &err);
+            break;
+        }
         if (!root) { /* the other ranks: their shards of the optimizer state */
             if (save && (tr.tp ? lmc_trainer_tp_save(&tr, ck_name(ck, sizeof ck, out, tr.step), src_dir, tok_dir, &err)
                                 : lmc_trainer_dist_save(&tr, zd, &err))) {
@@ -501,6 +525,8 @@ done:
     if (have_full) lmc_tmodel_free(&full);
     lmc_trainer_tp_free_state(tps);
     if (have_be) cli_train_backend_free(&be);
+    if (have_ddc) ddc.free(&ddc);
+    if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);
     if (dist) comm.free(&comm);

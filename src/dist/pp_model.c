@@ -23,9 +23,14 @@ lmc_status lmc_pp_tstage_init(struct lmc_pp_tstage *s, struct lmc_tmodel *tm,
     s->tm = tm, s->be = be, s->B = B, s->T = T, s->M = M;
     s->first = rank == 0, s->last = rank == P - 1;
     s->dscale = 1.0f;
-    s->acts = calloc((size_t)M, sizeof *s->acts);
+    /* 1F1B keeps at most min(P - rank, M) micro-batches alive on this stage,
+     * and runs their backwards in the order of their forwards: micro-batch
+     * mb's arena is mb mod that (mb - n_acts finished its backward before
+     * mb's forward starts) */
+    s->n_acts = P - rank < M ? P - rank : M;
+    s->acts = calloc((size_t)s->n_acts, sizeof *s->acts);
     if (!s->acts) return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
-    for (int i = 0; i < M; i++) {
+    for (int i = 0; i < s->n_acts; i++) {
         lmc_status st = lmc_tacts_init(&s->acts[i], tm, be, B, T, false, err);
         if (st) {
             lmc_pp_tstage_free(s);
@@ -37,7 +42,7 @@ lmc_status lmc_pp_tstage_init(struct lmc_pp_tstage *s, struct lmc_tmodel *tm,
 
 void lmc_pp_tstage_free(struct lmc_pp_tstage *s) {
     if (s->acts)
-        for (int i = 0; i < s->M; i++)
+        for (int i = 0; i < s->n_acts; i++)
             if (s->acts[i].arena) lmc_tacts_free(&s->acts[i]);
     free(s->acts);
     memset(s, 0, sizeof *s);
@@ -54,7 +59,7 @@ static lmc_status stage_fwd(void *user, int mb, const void *in, void *out, lmc_e
     struct lmc_pp_tstage *s = user;
     struct lmc_tmodel *tm = s->tm;
     const struct lmc_backend *be = s->be;
-    struct lmc_tacts *a = &s->acts[mb];
+    struct lmc_tacts *a = &s->acts[mb % s->n_acts];
     const struct lmc_config *c = &tm->cfg;
     int64_t n = s->B * s->T, C = c->hidden_size, V = c->vocab_size;
     const int32_t *ids = s->inputs + (int64_t)mb * n, *tg = s->targets + (int64_t)mb * n;
@@ -94,7 +99,7 @@ static lmc_status stage_bwd(void *user, int mb, const void *dout, void *din, lmc
     struct lmc_pp_tstage *s = user;
     struct lmc_tmodel *tm = s->tm;
     const struct lmc_backend *be = s->be;
-    struct lmc_tacts *a = &s->acts[mb];
+    struct lmc_tacts *a = &s->acts[mb % s->n_acts];
     const struct lmc_config *c = &tm->cfg;
     int64_t n = s->B * s->T, C = c->hidden_size, L = c->num_layers;
     struct lmc_run r = run_of(s, a);

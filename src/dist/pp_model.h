@@ -5,8 +5,8 @@
  * (B*T, C) float32 travel between stages. Gradients accumulate into
  * tm->g over the step's micro-batches (each stage's own tensors: its
  * layers, the embedding on the first, norm and head on the last). The
- * stage keeps one activation arena per micro-batch (sized for the whole
- * model today) and reads the whole model's weights (the stage's share is
+ * stage keeps one activation arena per micro-batch alive at once under
+ * 1F1B, min(P - rank, M) of them (each sized for the whole model today) and reads the whole model's weights (the stage's share is
  * all it touches). Tied embeddings are refused when P > 1 (the embedding's
  * two gradient halves would live on two stages). */
 #ifndef LMC_PP_MODEL_H
@@ -21,7 +21,8 @@ struct lmc_pp_tstage {
     int64_t l0, l1, B, T;
     bool first, last;
     int M;
-    struct lmc_tacts *acts;           /* M */
+    struct lmc_tacts *acts;           /* n_acts = min(P - rank, M): micro-batch mb in acts[mb % n_acts] */
+    int n_acts;
     const int32_t *inputs, *targets;  /* host (M*B*T): micro-batch mb at mb*B*T */
     float dscale;                     /* loss scale for the backward (1/tokens for a mean) */
     double loss_sum;                  /* last stage: summed over the step */

@@ -156,3 +156,27 @@ lmc_status lmc_tp_xent(const struct lmc_tp *tp, double *loss, float *dlogits, co
     free(mx), free(sum);
     return st;
 }
+
+lmc_status lmc_tp_vocab_gather(struct lmc_comm *c, float *logits, int64_t rows, int64_t V, lmc_err *err) {
+    int W = c->world;
+    if (W == 1) return LMC_OK;
+    int64_t vmax = (V + W - 1) / W, v0, nv;
+    float *send = malloc(sizeof(float) * (size_t)(rows * vmax));
+    float *recv = malloc(sizeof(float) * (size_t)(rows * vmax) * (size_t)W);
+    if (!send || !recv) {
+        free(send), free(recv);
+        return lmc_err_set(err, LMC_ERR_OOM, "vocabulary-parallel logits (%lld x %lld): out of memory",
+                           (long long)rows, (long long)V);
+    }
+    lmc_dist_slice(V, c->rank, W, &v0, &nv);
+    memset(send, 0, sizeof(float) * (size_t)(rows * vmax));
+    for (int64_t i = 0; i < rows; i++) memcpy(send + i * vmax, logits + i * nv, sizeof(float) * (size_t)nv);
+    lmc_status s = c->all_gather(c, send, recv, rows * vmax, LMC_DTYPE_F32, err);
+    for (int r = 0; !s && r < W; r++) {
+        lmc_dist_slice(V, r, W, &v0, &nv);
+        for (int64_t i = 0; i < rows; i++)
+            memcpy(logits + i * V + v0, recv + ((int64_t)r * rows + i) * vmax, sizeof(float) * (size_t)nv);
+    }
+    free(send), free(recv);
+    return s;
+}

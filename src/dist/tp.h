@@ -74,6 +74,12 @@ lmc_status lmc_tp_embed_fwd(const struct lmc_tp *tp, float *x, const float *tabl
 void lmc_tp_embed_bwd(float *dtable, int64_t v0, int64_t vr, int64_t C, const int32_t *ids,
                       int64_t n, const float *dx);
 
+/* Vocabulary-parallel logits gathered (inference): logits holds this
+ * rank's (rows, nv) columns [v0, v0+nv) of lmc_dist_slice(V, rank, world)
+ * packed at its start, and gets the full (rows, V) (room for rows x V
+ * floats). One all-gather of rows x ceil(V/world) floats. Host buffers. */
+lmc_status lmc_tp_vocab_gather(struct lmc_comm *c, float *logits, int64_t rows, int64_t V, lmc_err *err);
+
 /* Vocabulary-parallel cross-entropy: logits (M, vr) are this rank's columns
  * [v0, v0+vr) of the full (M, V) logits. loss = mean over the rows whose
  * target is >= 0 of logsumexp(full row) - logit[target], from three

@@ -1,6 +1,7 @@
 /* tp_model.c — a tensor-parallel rank's shard of a loaded model (see
  * tp_model.h): slices of each block's linears by heads and by the MLP's
- * intermediate features into one arena, and a local config. */
+ * intermediate features into one arena, and a local config; with --tp-vocab
+ * the embedding's and head's rows of its vocabulary slice. */
 #include "dist/tp_model.h"
 #include "core/core.h"
 
@@ -33,8 +34,43 @@ static int64_t cut_floats(const struct lmc_linear *L, struct cut k) {
     return w + b;
 }
 
+/* The embedding and head rows of this rank (t->m already the shard). */
+static lmc_status shard_vocab(struct lmc_tp_model *t, const struct lmc_model *full, struct lmc_comm *c,
+                              lmc_err *err) {
+    const struct lmc_weights *w = &full->w;
+    int64_t V = full->cfg.vocab_size, C = w->tok_emb.cols, v0, nv;
+    bool tied = w->head.w.data == w->tok_emb.data;
+    if (w->tok_emb.dtype != LMC_DTYPE_F32 || w->tok_emb.rows != V || w->head.w.dtype != LMC_DTYPE_F32 ||
+        w->head.format != LMC_WFMT_DENSE || w->head.w.rows != V || w->head.w.cols != C)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp-vocab: the embedding and head must be float32 (%lld, %lld) "
+                           "tables (load with float32 weights)", (long long)V, (long long)C);
+    if (w->head.bias || w->head.n_adapters)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp-vocab: a head with a bias or adapters does not split yet");
+    lmc_dist_slice(V, c->rank, c->world, &v0, &nv);
+    if (nv == 0)
+        return lmc_err_set(err, LMC_ERR_ARG, "--tp-vocab: a vocabulary of %lld does not split in %d", (long long)V,
+                           c->world);
+    t->varena = malloc(sizeof(float) * (size_t)(nv * C) * (tied ? 1u : 2u));
+    if (!t->varena) return lmc_err_set(err, LMC_ERR_OOM, "--tp-vocab: out of memory");
+    lmc_tp_take_rows(t->varena, w->tok_emb.data, C, v0, nv);
+    float *head = t->varena;
+    if (!tied) lmc_tp_take_rows(head = t->varena + nv * C, w->head.w.data, C, v0, nv);
+    t->m.w.tok_emb.data = t->varena;
+    t->m.w.tok_emb.rows = nv;
+    t->m.w.head.w.data = head;
+    t->m.w.head.w.rows = nv;
+    t->wv = (struct lmc_wvocab){&t->group, v0, nv, V};
+    t->m.w.vocab = &t->wv;
+    return LMC_OK;
+}
+
 lmc_status lmc_tp_model_shard(struct lmc_tp_model *t, const struct lmc_model *full,
                               struct lmc_comm *c, lmc_err *err) {
+    return lmc_tp_model_shard_vocab(t, full, c, false, err);
+}
+
+lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_model *full,
+                                    struct lmc_comm *c, bool vocab, lmc_err *err) {
     memset(t, 0, sizeof *t);
     const struct lmc_config *fc = &full->cfg;
     if (full->on_device)
@@ -103,12 +139,17 @@ lmc_status lmc_tp_model_shard(struct lmc_tp_model *t, const struct lmc_model *fu
     t->m.cfg.intermediate_size = ni;
     t->m.owned = NULL, t->m.n_owned = t->m.cap_owned = 0;
     t->m.placed = NULL, t->m.n_placed = t->m.cap_placed = 0;
+    if (vocab && (st = shard_vocab(t, full, c, err))) {
+        lmc_tp_model_free(t);
+        return st;
+    }
     return LMC_OK;
 }
 
 void lmc_tp_model_free(struct lmc_tp_model *t) {
     free(t->layers);
     free(t->arena);
+    free(t->varena);
     memset(t, 0, sizeof *t);
 }
 

@@ -5,7 +5,8 @@
  * and down row-parallel, with the all-reduces in lmc_linear_fwd/bwd. The
  * rank's lmc_model carries a local config (its heads, KV heads and
  * intermediate size) so the model layer's drivers run it unchanged;
- * embedding, norms and the head stay replicated. */
+ * embedding, norms and the head stay replicated (or, with the vocab
+ * variant, the embedding and head split by vocabulary rows). */
 #ifndef LMC_TP_MODEL_H
 #define LMC_TP_MODEL_H
 
@@ -18,6 +19,8 @@ struct lmc_tp_model {
     struct lmc_tp_heads heads;
     struct lmc_block_w *layers;
     float *arena;                    /* the sharded weights */
+    struct lmc_wvocab wv;            /* vocabulary-parallel embedding/head (m.w.vocab) */
+    float *varena;                   /* their rows (NULL: replicated) */
 };
 
 /* Shards `full` (host memory, F32 linears: load with LMC_WDTYPE_F32) for
@@ -25,6 +28,12 @@ struct lmc_tp_model {
  * heads, KV heads or the layout do not split. `full` must outlive t. */
 lmc_status lmc_tp_model_shard(struct lmc_tp_model *t, const struct lmc_model *full,
                               struct lmc_comm *c, lmc_err *err);
+/* The same, with vocab: the token embedding and the head cut to this rank's
+ * rows [v0, v0+nv) of lmc_dist_slice(V, rank, world) (a tied head the same
+ * rows), the lookup all-reduced and the logits all-gathered over the group
+ * (lmc_weights.vocab), so the logits the sampler sees are the full rows. */
+lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_model *full,
+                                    struct lmc_comm *c, bool vocab, lmc_err *err);
 void lmc_tp_model_free(struct lmc_tp_model *t);
 
 /* The group's status after a step (the first failed collective), reset. */

@@ -4,6 +4,7 @@
 #include "model/block.h"
 #include "core/core.h"
 #include "model/arch.h"
+#include "dist/tp.h" /* the vocabulary-parallel lookup (lmc_weights.vocab) */
 
 static void rms_fwd(const struct lmc_backend *be, float *y, const float *x, const float *w,
                     const float *b, int64_t M, int64_t C, float eps) {
@@ -110,7 +111,15 @@ void lmc_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w 
 
 void lmc_weights_embed(const struct lmc_backend *be, const struct lmc_weights *w, float *x,
                        const int32_t *ids, const int32_t *pos, int64_t n, float *tmp) {
-    be->embed(be->ctx, x, &w->tok_emb, ids, n);
+    if (w->vocab) { /* this rank's rows, all-reduced (host buffers) */
+        struct lmc_tp_group *g = w->vocab->g;
+        struct lmc_tp tp = {g->c, be};
+        if (!g->st)
+            g->st = lmc_tp_embed_fwd(&tp, x, w->tok_emb.data, w->vocab->v0, w->vocab->nv, w->vocab->V,
+                                     w->tok_emb.cols, ids, n, &g->err);
+    } else {
+        be->embed(be->ctx, x, &w->tok_emb, ids, n);
+    }
     if (w->pos_emb.data) {
         be->embed(be->ctx, tmp, &w->pos_emb, pos, n);
         be->add(be->ctx, x, x, tmp, n * w->tok_emb.cols);

@@ -50,6 +50,15 @@ struct lmc_block_w {
     struct lmc_ep_group *ep;
 };
 
+/* Vocabulary-parallel inference (dist/tp_model.h): tok_emb and the head hold
+ * rows [v0, v0+nv) of the V-row tables; the lookup is all-reduced and the
+ * logits all-gathered over g (host memory, CPU backend). */
+struct lmc_tp_group;
+struct lmc_wvocab {
+    struct lmc_tp_group *g;
+    int64_t v0, nv, V;
+};
+
 /* A model's weights (inference: mapped/converted/uploaded; training: views
  * of the parameter or gradient arena). */
 struct lmc_weights {
@@ -58,6 +67,7 @@ struct lmc_weights {
     struct lmc_linear head;           /* (V, C); w may share tok_emb's data (tied) */
     const float *norm_f, *norm_f_b;   /* (C); b NULL for RMSNorm */
     struct lmc_block_w *layers;       /* (L) */
+    const struct lmc_wvocab *vocab;   /* NULL: the whole vocabulary (inference only) */
 };
 
 enum lmc_run_mode { LMC_RUN_SEQ, LMC_RUN_PAGED, LMC_RUN_TRAIN };

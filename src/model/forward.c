@@ -5,6 +5,7 @@
  * overflow-checked products (nothing is allocated per step). */
 #include "model/model.h"
 #include "core/core.h"
+#include "dist/tp.h" /* the vocabulary-parallel head's gather (lmc_weights.vocab) */
 
 #include <math.h>
 #include <stdlib.h>
@@ -137,6 +138,10 @@ void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, s
     m->arch->norm->fwd(be, a->h, x, m->w.norm_f, m->w.norm_f_b, rows, c->hidden_size, (float)c->norm_eps);
     const struct lmc_linear *H = &m->w.head;
     lmc_linear_fwd(be, 1, &H, &a->logits, a->h, rows);
+    if (m->w.vocab) { /* vocabulary-parallel head: the ranks' columns gathered into (rows, V) */
+        struct lmc_tp_group *g = m->w.vocab->g;
+        if (!g->st) g->st = lmc_tp_vocab_gather(g->c, a->logits, rows, m->w.vocab->V, &g->err);
+    }
 }
 
 /* One chunk of n <= a->max_tokens tokens. */

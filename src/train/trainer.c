@@ -9,6 +9,8 @@
 #include "core/core.h"
 #include "dist/comm.h"
 #include "train/trainer_tp.h"
+#include "train/trainer_cp.h"
+#include "train/trainer_pp.h"
 #include "dist/zero.h"
 
 #include <math.h>
@@ -104,6 +106,8 @@ fail:
 void lmc_trainer_free(struct lmc_trainer *tr) {
     lmc_trainer_dist_free(tr);
     lmc_trainer_tp_free(tr);
+    lmc_trainer_cp_free(tr);
+    lmc_trainer_pp_free(tr);
     lmc_tacts_free(&tr->acts);
     if (tr->be) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
@@ -143,7 +147,9 @@ void lmc_trainer_split_batch(struct lmc_trainer *tr) {
 
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     const struct lmc_train_opts *o = &tr->o;
+    if (tr->pp) return lmc_trainer_pp_step(tr, st, err); /* also with tp (pipeline x tensor parallel) */
     if (tr->tp) return lmc_trainer_tp_step(tr, st, err);
+    if (tr->cp) return lmc_trainer_cp_step(tr, st, err);
     if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
@@ -230,6 +236,8 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
 }
 
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
+    if (tr->cp) return lmc_trainer_cp_eval(tr, loss, err);
+    if (tr->pp) return lmc_trainer_pp_eval(tr, loss, err);
     *loss = NAN;
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
     lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);

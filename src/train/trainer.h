@@ -63,6 +63,8 @@ struct lmc_train_stats {
 };
 
 struct lmc_trainer_tp;
+struct lmc_trainer_cp;
+struct lmc_trainer_pp;
 
 struct lmc_trainer {
     struct lmc_tmodel tm;      /* owned */
@@ -89,6 +91,9 @@ struct lmc_trainer {
     double *expert_tokens;     /* (num_experts) the step's expert load (MoE; else NULL) */
     /* tensor parallel (trainer_tp.h; NULL: none): tm is this rank's shard */
     struct lmc_trainer_tp *tp;
+    /* context / pipeline parallel (trainer_cp.h, trainer_pp.h; NULL: none) */
+    struct lmc_trainer_cp *cp;
+    struct lmc_trainer_pp *pp;
 };
 /* Adds the micro-batch tr->acts just ran to st's expert load (MoE; no-op
  * for dense models); after the last of accum, st->moe_aux is their mean. */

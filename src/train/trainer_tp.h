@@ -10,8 +10,10 @@
  * all-reduced over the DP ranks, each DP rank training on its rows of the
  * global batch). Checkpoints are consolidated: rank 0 gathers the shards of
  * the weights and moments and writes the one-process folder (HF model +
- * optimizer + trainer state), which any layout resumes. AdamW only, float32,
- * host backend; the Llama family (GPT-2's fused c_attn, MoE and frozen bases
+ * optimizer + trainer state), which any layout resumes. AdamW, or Muon
+ * (each split matrix's parameter, gradient and momentum shards all-gathered
+ * for the one-process Newton-Schulz step, each rank keeping its slices:
+ * the momentum stays sharded); float32, host backend; the Llama family (GPT-2's fused c_attn, MoE and frozen bases
  * are refused). */
 #ifndef LMC_TRAIN_TRAINER_TP_H
 #define LMC_TRAIN_TRAINER_TP_H
@@ -26,6 +28,13 @@ struct lmc_trainer_tp {
     struct lmc_config full;      /* the unsharded model's config */
     int64_t i0, ni;              /* this rank's MLP features */
     struct lmc_tvocab vocab;     /* vocabulary-parallel embedding/head (heads.vocab) */
+    /* ZeRO-1 over the data-parallel group (set zero = 1 before attach): this
+     * DP rank keeps AdamW's moments of arena floats [z0, z0 + zn) only
+     * (tr->m, tr->v hold zn floats), the gradient is reduce-scattered and
+     * the updated chunks all-gathered; 0: replicated moments */
+    int zero;
+    int64_t z0, zn, zchunk;      /* zchunk: the padded chunk (numel rounded up to D chunks) */
+    float *zbuf;                 /* (D zchunk) host scratch for the collectives */
 };
 
 /* *shard (new, on be) <- rank tp->rank's shard of full; *out (new) holds
@@ -40,13 +49,19 @@ void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t);
 
 /* After lmc_trainer_init on the shard: tr takes t (also on failure).
  * dp: the data-parallel communicator (NULL or world 1: TP only). Refused:
- * another optimizer than AdamW, a frozen base, a device backend. desc as
+ * another optimizer than AdamW or Muon, a frozen base, a device backend. desc as
  * lmc_trainer_dist_init's (checked equal over the TP group and dp). */
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err);
 
 /* lmc_trainer_step of a tensor-parallel trainer (called by it). */
 lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
+
+/* Pipeline x tensor parallel (trainer_pp.c): after a stage's backward,
+ * the replicated KV heads' gradients summed and the sum of squares of the
+ * stage's gradient with every shard counted once (a TP collective); the
+ * group's sticky status checked. */
+lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err *err);
 
 /* Consolidated checkpoint: every rank of the TP group (of every DP rank)
  * calls it; the shards are gathered to TP rank 0 of DP rank 0, which writes
