@@ -111,7 +111,7 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     if (s) return s;
     /* optimizer state: another kind's named tensors (lmc_optim_save), or
      * the AdamW moments raw (layout of the arenas) */
-    if (tr->zero) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
+    if (tr->zero && !tr->have_opt) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
         if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
             return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
         const char *zmeta[] = {"lmc.optimizer", "zero", "lmc.zero.dir", "../zero"};
@@ -494,10 +494,10 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;
     const char *okind = lmc_st_meta_get(&st, "lmc.optimizer");
-    if (tr->zero || (okind && !strcmp(okind, "zero"))) { /* sharded: DIR/../zero */
+    if ((tr->zero && !tr->have_opt) || (okind && !strcmp(okind, "zero"))) { /* sharded: DIR/../zero */
         bool sharded = okind && !strcmp(okind, "zero");
         lmc_st_free(&st);
-        if (!sharded || !tr->zero)
+        if (!sharded || !tr->zero || tr->have_opt)
             return lmc_err_set(err, LMC_ERR_FORMAT, sharded ? "%s: sharded optimizer state (a data-parallel run): "
                                "resume it with the same mpirun -np N and --zero" : "%s: a one-process checkpoint "
                                "cannot be resumed by a data-parallel run yet", path);

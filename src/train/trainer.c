@@ -26,6 +26,7 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
     tr->be = be;
     tr->o = *o;
     tr->train_data = train;
+    if (o->init_src) o->init_src->tm = &tr->tm; /* the source reads the table where the model now is */
     tr->val_data = val;
     lmc_status s;
     if (o->B <= 0 || o->T <= 0 || o->accum <= 0) {
@@ -48,6 +49,12 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         goto fail;
     }
     if ((s = lmc_tmodel_check_backend(be, &tr->tm.cfg, true, true, err))) goto fail;
+    /* arenas deferred (o->init_src): built here unless the zero module takes the parameters */
+    if (!tr->tm.w && (!o->init_src || !o->zero_moments) &&
+        (s = o->init_src ? lmc_tmodel_fill(&tr->tm, o->init_src, err)
+                         : lmc_err_set(err, LMC_ERR_ARG, "the model has no parameter arena and no source")))
+        goto fail;
+    if (tr->tm.w) tr->o.init_src = NULL; /* used (or never needed) */
     if ((s = lmc_schedule_check(&o->sched, err))) goto fail;
     if ((s = lmc_tacts_init(&tr->acts, &tr->tm, be, o->B, o->T, o->recompute, err))) goto fail;
     if (train && (s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;

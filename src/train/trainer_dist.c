@@ -11,11 +11,16 @@
  * (prefetching the next part's) and frees them after. Each rank runs
  * forward and backward on its rows of the global micro-batch; the zero
  * module computes the global norm, runs AdamW on this rank's shard and
- * gathers the parameters. Another optimizer kind (--optim) runs
- * replicated (--zero 0): the model's gradient arena all-reduced in the
- * communicator's fixed order, then the same lmc_optim step on every rank.
+ * gathers the parameters. Another optimizer kind (--optim) runs with
+ * stage 0 only and no moments in the zero module: its state replicated
+ * (made again over the module's full buffers), each unit's gradient
+ * all-reduced as its backward ends, then the same lmc_optim step on every
+ * rank. --bucket-mb (o.bucket_bytes) groups consecutive parts into one
+ * unit. Without arenas (o.init_src) each rank fills only its shard.
  * A batch source (o.next_batch, lmc finetune) also runs replicated, in
- * lmc_trainer_step. Host backends only. */
+ * lmc_trainer_step. Host backends with host communicators (tcp, mpi);
+ * the CUDA backend with an nccl communicator (AdamW, ZeRO 0-3: the zero
+ * module syncs the backend around its collectives). */
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
@@ -34,6 +39,12 @@ struct lmc_tdist {
     int n_parts;              /* L + 2 */
     int *unit_of;             /* (n_parts) part -> zero unit; -1: an empty part */
     int64_t *unit_base;       /* (n_units) the unit's first float in the model's arena layout */
+    int *first_part;          /* (n_units) its lowest part: the last of its backward */
+    /* stage 3 with units of several parts (--bucket-mb): a unit's parameters
+     * stay gathered while the next part read is its own */
+    int *users;               /* (n_units) parts holding its parameters now */
+    int *next_of;             /* (n_parts) get's `next` at the part's last get */
+    uint64_t *seq, clock;     /* (n_parts) when each part was last got */
     bool last_micro;          /* this micro-step is the accumulation's last: reduce after it */
     float *ckpt_w;            /* rank 0, after lmc_trainer_dist_save: the parameters (host, arena layout) */
 };
@@ -43,6 +54,10 @@ void lmc_trainer_dist_free(struct lmc_trainer *tr) {
     if (tr->dist) {
         free(tr->dist->unit_of);
         free(tr->dist->unit_base);
+        free(tr->dist->first_part);
+        free(tr->dist->users);
+        free(tr->dist->next_of);
+        free(tr->dist->seq);
         free(tr->dist->ckpt_w);
         free(tr->dist);
     }
@@ -65,10 +80,13 @@ static lmc_status hook_get(void *user, int part, unsigned what, int next, lmc_er
     lmc_status s = LMC_OK;
     if ((what & LMC_TPART_PARAMS) && tr->zero_stage == 3) {
         float *p;
-        if (next >= 0 && next < d->n_parts && d->unit_of[next] >= 0)
+        if (next >= 0 && next < d->n_parts && d->unit_of[next] >= 0 && d->unit_of[next] != u)
             s = lmc_zero_unit_prefetch(tr->zero, d->unit_of[next], err);
         if (!s) s = lmc_zero_unit_params(tr->zero, u, &p, err);
         if (s) return s;
+        d->users[u]++;
+        d->next_of[part] = next;
+        d->seq[part] = ++d->clock;
         lmc_tmodel_bind_part(&tr->tm, part, p, NULL, d->unit_base[u]);
     }
     if ((what & LMC_TPART_GRADS) && tr->zero_stage >= 2) {
@@ -83,8 +101,16 @@ static lmc_status hook_put(void *user, int part, unsigned what, bool last, lmc_e
     struct lmc_tdist *d = user;
     int u = part < d->n_parts ? d->unit_of[part] : -1;
     if (u < 0) return LMC_OK;
-    if (what & LMC_TPART_PARAMS) lmc_zero_unit_release(d->tr->zero, u);
-    if ((what & LMC_TPART_GRADS) && last && d->last_micro) return lmc_zero_unit_grads_done(d->tr->zero, u, err);
+    if ((what & LMC_TPART_PARAMS) && d->tr->zero_stage == 3) {
+        /* kept when no other part holds them and the part read next is of this unit and not read since */
+        int nx = d->next_of[part];
+        bool again = nx >= 0 && nx < d->n_parts && d->unit_of[nx] == u && d->seq[nx] < d->seq[part];
+        LMC_ASSERT(d->users[u] > 0);
+        if (--d->users[u] == 0 && !again) lmc_zero_unit_release(d->tr->zero, u);
+    }
+    /* a unit's gradient is complete after its lowest part's backward */
+    if ((what & LMC_TPART_GRADS) && last && d->last_micro && part == d->first_part[u])
+        return lmc_zero_unit_grads_done(d->tr->zero, u, err);
     return LMC_OK;
 }
 
@@ -103,6 +129,10 @@ static void drop_initial(void *user, int64_t off, int64_t n) {
     if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
+static lmc_status src_fill(void *user, int64_t off, int64_t n, float *host, lmc_err *err) {
+    return lmc_tmodel_src_fill(user, off, n, host, err);
+}
+
 /* The zero tensor list: the parameters in arena order, unit = their
  * part's (numbered over the non-empty parts), the padding before each
  * parameter a tensor of its own in that parameter's unit (zero, with zero
@@ -117,10 +147,13 @@ static lmc_status tensor_list(struct lmc_trainer *tr, struct lmc_tdist *d, struc
         if (p->external || p->frozen || p->off < at || p->part < part || p->part >= d->n_parts)
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "parameter %s: frozen, kept outside the arena or out of "
                                "arena order (ZeRO trains every parameter of the arena)", p->name);
-        if (p->part != part) {
+        if (p->part != part) { /* a new unit, unless the current one is under the bucket size */
             part = p->part;
-            d->unit_of[part] = ++unit;
-            d->unit_base[unit] = at;
+            if (unit < 0 || (at - d->unit_base[unit]) * (int64_t)sizeof(float) >= tr->o.bucket_bytes) {
+                d->unit_base[++unit] = at;
+                d->first_part[unit] = part;
+            }
+            d->unit_of[part] = unit;
         }
         if (p->off > at) {
             snprintf(pad[i], sizeof pad[i], "pad.%d", i);
@@ -160,18 +193,53 @@ static void hand_over(struct lmc_trainer *tr) {
     tr->acts.hooks = &d->hooks;
 }
 
+/* The optimizer over the zero module's stage-0 buffers (the parameter
+ * table's order; nothing frozen under ZeRO). */
+static lmc_status optim_over_zero(struct lmc_trainer *tr, const struct lmc_optim_cfg *cfg, lmc_err *err) {
+    struct lmc_tdist *d = tr->dist;
+    const struct lmc_tmodel *tm = &tr->tm;
+    struct lmc_optim_param *pp = calloc((size_t)tm->n_params, sizeof *pp);
+    if (!pp) return lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
+    int np = lmc_trainer_optim_params(tm, tr->o.decay == LMC_DECAY_ALL, pp);
+    LMC_ASSERT(np == tm->n_params);
+    lmc_status s = LMC_OK;
+    for (int i = 0; i < np && !s; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        int u = d->unit_of[p->part];
+        float *w, *g;
+        if (!(s = lmc_zero_unit_params(tr->zero, u, &w, err)) && !(s = lmc_zero_unit_grads(tr->zero, u, &g, err))) {
+            pp[i].p = w + (p->off - d->unit_base[u]);
+            pp[i].g = g + (p->off - d->unit_base[u]);
+        }
+    }
+    if (!s) s = lmc_optim_init(&tr->opt, cfg, tr->be, pp, np, err);
+    free(pp);
+    return s;
+}
+
 lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, int stage, const char *desc,
                                  lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
     if (stage < 0 || stage > 3) return lmc_err_set(err, LMC_ERR_ARG, "--zero %d: expected 0, 1, 2 or 3", stage);
     if (tr->have_opt && stage > 0)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d shards AdamW only (the zero module's optimizer); "
-                           "--optim %s runs with --zero 0 (replicated)", stage, lmc_optim_kind_name(tr->opt.cfg.kind));
-    if (strcmp(tr->be->name, "cpu") || comm->device_buffers || !tr->be->host_memory)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel training runs on the CPU backend only for now "
-                           "(backend %s)", tr->be->name);
-    lmc_status s = lmc_dist_check_same(comm, "training configuration", desc, err);
+                           "--optim %s runs with --zero 0 (replicated state, per-layer all-reduce)", stage,
+                           lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (comm->world > 1 && comm->device_buffers == tr->be->host_memory)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel training: the %s communicator works on %s "
+                           "memory, the %s backend's is %s (GPUs: an nccl communicator)", comm->name,
+                           comm->device_buffers ? "device" : "host", tr->be->name,
+                           tr->be->host_memory ? "host" : "device");
+    if (!tr->be->host_memory && (tr->o.next_batch || tr->have_opt))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel %s on the %s backend: AdamW training (lmc "
+                           "train) only", tr->o.next_batch ? "fine-tuning" : "--optim", tr->be->name);
+    /* a device communicator cannot compare texts: the caller checked on its host communicator */
+    lmc_status s = comm->device_buffers ? LMC_OK : lmc_dist_check_same(comm, "training configuration", desc, err);
     if (s) return s;
+    if (!tm->w && (tr->o.next_batch || tr->have_opt)) { /* replicated with deferred arenas: the whole model */
+        if (!tr->o.init_src) return lmc_err_set(err, LMC_ERR_ARG, "the model has no parameter arena and no source");
+        if ((s = lmc_tmodel_fill(&tr->tm, tr->o.init_src, err))) return s;
+    }
     if (tr->o.next_batch) { /* a batch source (lmc finetune): replicated, lmc_trainer_step */
         if (stage > 0)
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d: data-parallel fine-tuning runs replicated "
@@ -180,11 +248,6 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         tr->zero_stage = 0;
         return LMC_OK;
     }
-    if (tr->have_opt) { /* replicated: gradients all-reduced, the optimizer run alike on every rank */
-        tr->comm = comm;
-        tr->zero_stage = 0;
-        return global_loader(tr, err);
-    }
     if (tm->g) { /* the gradients and moments will be the zero module's: freed before it allocates */
         tr->be->free(tr->be->ctx, tr->tm.g);
         tr->tm.g = NULL;
@@ -192,6 +255,15 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     if (tr->m) tr->be->free(tr->be->ctx, tr->m);
     if (tr->v) tr->be->free(tr->be->ctx, tr->v);
     tr->m = tr->v = NULL;
+    /* another optimizer kind: its state replicated, made again over the zero module's full buffers
+     * (stage 0: the gradients all-reduced per unit as the backward ends, then the same step everywhere) */
+    struct lmc_optim_cfg ocfg;
+    if (tr->have_opt) {
+        ocfg = tr->opt.cfg;
+        lmc_optim_free(&tr->opt);
+        tr->have_opt = false;
+    }
+    bool ext_opt = tr->o.optim.kind != LMC_OPTIM_ADAMW;
     struct lmc_tdist *d = calloc(1, sizeof *d);
     int np = (int)tm->cfg.num_layers + 2;
     struct lmc_zero_tensor *t = calloc((size_t)tm->n_params * 2 + 1, sizeof *t);
@@ -201,24 +273,41 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         d->n_parts = np;
         d->unit_of = malloc((size_t)np * sizeof *d->unit_of);
         d->unit_base = calloc((size_t)np, sizeof *d->unit_base);
+        d->first_part = calloc((size_t)np, sizeof *d->first_part);
+        d->users = calloc((size_t)np, sizeof *d->users);
+        d->next_of = calloc((size_t)np, sizeof *d->next_of);
+        d->seq = calloc((size_t)np, sizeof *d->seq);
     }
     tr->dist = d;
-    if (!d || !t || !pad || !d->unit_of || !d->unit_base) {
+    if (!d || !t || !pad || !d->unit_of || !d->unit_base || !d->first_part || !d->users || !d->next_of || !d->seq) {
         s = lmc_err_set(err, LMC_ERR_OOM, "zero tensor list: out of memory");
         goto done;
     }
     for (int i = 0; i < np; i++) d->unit_of[i] = -1;
     int n = 0;
     if ((s = tensor_list(tr, d, t, pad, &n, err))) goto done;
-    struct lmc_zero_cfg zc = {stage, t, n, false, drop_initial, tr->tm.w}; /* a failure loses the model's weights */
+    struct lmc_zero_cfg zc = {.stage = stage, .tensors = t, .n_tensors = n, .released = drop_initial,
+                              .user = tr->tm.w}; /* a failure loses the model's weights */
+    if (!tr->be->host_memory) zc.released = NULL; /* device memory: freed whole in hand_over */
+    if (!tm->w) { /* no arenas: each rank fills only what it keeps from the source */
+        zc.released = NULL;
+        zc.fill = src_fill;
+        zc.fill_user = tr->o.init_src;
+    }
+    zc.no_moments = ext_opt;
     if ((s = lmc_zero_init(&tr->zero, &zc, comm, (struct lmc_backend *)tr->be, tm->w, err))) {
         tr->zero = NULL;
         goto done;
     }
     tr->comm = comm;
     tr->zero_stage = stage;
+    tr->o.init_src = NULL; /* the caller's; not read again */
+    if (tr->o.bucket_bytes > 0)
+        lmc_dist_log(comm, 1, "ZeRO buckets: %d model parts in %d units of >= %.3g MiB (or the rest)", np,
+                     lmc_zero_n_units(tr->zero), (double)tr->o.bucket_bytes / 1048576.0);
     hand_over(tr);
-    s = global_loader(tr, err);
+    if (ext_opt && !(s = optim_over_zero(tr, &ocfg, err))) tr->have_opt = true;
+    if (!s) s = global_loader(tr, err);
 done:
     free(t);
     free(pad);
@@ -273,17 +362,6 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
     }
     st->tokens = per * world * o->accum;
     st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    if (!tr->zero) { /* replicated (another optimizer kind): all-reduce, then the same step everywhere */
-        if ((s = tr->comm->all_reduce(tr->comm, tm->g, tm->numel, LMC_DTYPE_F32, LMC_REDUCE_SUM, err)) ||
-            (s = tr->comm->all_reduce(tr->comm, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)))
-            return s;
-        st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
-        st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g, tm->numel));
-        if (!isfinite(st->grad_norm)) st->skipped = true;
-        else lmc_optim_step(&tr->opt, st->lr, tr->step + 1, lmc_grad_clip_scale(st->grad_norm, o->clip));
-        tr->step++;
-        return LMC_OK;
-    }
     /* every part's reduction was started by the hooks during the backward */
     if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) return s;
     if ((s = lmc_zero_sum_f64(tr->zero, sums, 2, err))) return s;
@@ -295,6 +373,12 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         return LMC_OK;
     }
     float grad_scale = lmc_grad_clip_scale(st->grad_norm, o->clip);
+    if (tr->have_opt) { /* another kind, replicated: the same step on every rank's full buffers */
+        lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
+        lmc_zero_grads_clear(tr->zero);
+        tr->step++;
+        return LMC_OK;
+    }
     struct lmc_adamw_step sd, sn;
     lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, true, grad_scale, &sd);
     lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, false, grad_scale, &sn);
@@ -305,7 +389,8 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
 
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err) {
     if (!tr->zero) return LMC_OK; /* replicated: rank 0's checkpoint holds the whole state */
-    lmc_status s = lmc_zero_save(tr->zero, zero_dir, tr->step, err);
+    /* another optimizer kind: its (replicated) state goes in rank 0's checkpoint folder */
+    lmc_status s = tr->have_opt ? LMC_OK : lmc_zero_save(tr->zero, zero_dir, tr->step, err);
     if (s) return s;
     /* the parameters for rank 0's checkpoint folder, unit by unit (stage 3 gathers: every rank takes part) */
     struct lmc_tdist *d = tr->dist;
@@ -327,9 +412,8 @@ lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, l
         if (!p->transposed) continue;
         float *tmp = malloc((size_t)p->numel * sizeof(float));
         if (!tmp) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint parameters: out of memory");
-        /* the CPU backend's memory is host memory: the host copy reads as an arena */
-        s = lmc_tmodel_download_param(&tr->tm, d->ckpt_w, i, tmp, err);
-        if (!s) memcpy(d->ckpt_w + p->off, tmp, (size_t)p->numel * sizeof(float));
+        lmc_tmodel_transpose(p, tmp, d->ckpt_w + p->off, true); /* host to host, whatever the backend */
+        memcpy(d->ckpt_w + p->off, tmp, (size_t)p->numel * sizeof(float));
         free(tmp);
     }
     return s;
