@@ -178,6 +178,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         }
         double ls;
         int64_t n;
+        lmc_trainer_dist_micro(tr, k, o->accum);
         lmc_status s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
         if (s) return s;
         lmc_trainer_moe_add(tr, st, k, o->accum);
@@ -191,8 +192,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     int64_t t0 = tm->trainable_off;
     if (tr->comm) { /* fixed-order sums: every rank gets the same bits and takes the same step */
         double sc[2] = {sum, (double)count};
-        lmc_status s = tr->comm->all_reduce(tr->comm, tm->g + (t0 - tm->g_off), tm->numel - t0, LMC_DTYPE_F32,
-                                            LMC_REDUCE_SUM, err);
+        lmc_status s = lmc_trainer_dist_reduce(tr, err);
         if (!s) s = tr->comm->all_reduce(tr->comm, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
         if (s) return s;
         sum = sc[0];

@@ -47,6 +47,10 @@ struct lmc_tdist {
     uint64_t *seq, clock;     /* (n_parts) when each part was last got */
     bool last_micro;          /* this micro-step is the accumulation's last: reduce after it */
     float *ckpt_w;            /* rank 0, after lmc_trainer_dist_save: the parameters (host, arena layout) */
+    /* replicated (a batch source): each part's trainable gradient floats
+     * [ar_lo, ar_hi) of the arena layout, all-reduced as its backward ends */
+    int64_t *ar_lo, *ar_hi;   /* (n_parts) */
+    struct lmc_comm_work **ar_work; /* (n_parts) */
 };
 
 void lmc_trainer_dist_free(struct lmc_trainer *tr) {
@@ -58,6 +62,11 @@ void lmc_trainer_dist_free(struct lmc_trainer *tr) {
         free(tr->dist->users);
         free(tr->dist->next_of);
         free(tr->dist->seq);
+        for (int p = 0; tr->dist->ar_work && p < tr->dist->n_parts; p++)
+            if (tr->dist->ar_work[p]) tr->comm->wait(tr->comm, tr->dist->ar_work[p], NULL);
+        free(tr->dist->ar_lo);
+        free(tr->dist->ar_hi);
+        free(tr->dist->ar_work);
         free(tr->dist->ckpt_w);
         free(tr->dist);
     }
@@ -115,6 +124,88 @@ static lmc_status hook_put(void *user, int part, unsigned what, bool last, lmc_e
 }
 
 static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err);
+
+/* Replicated: nothing to bind; a part's gradient all-reduced once complete. */
+static lmc_status ar_get(void *user, int part, unsigned what, int next, lmc_err *err) {
+    (void)user, (void)part, (void)what, (void)next, (void)err;
+    return LMC_OK;
+}
+
+static lmc_status ar_put(void *user, int part, unsigned what, bool last, lmc_err *err) {
+    struct lmc_tdist *d = user;
+    struct lmc_trainer *tr = d->tr;
+    if (!(what & LMC_TPART_GRADS) || !last || !d->last_micro || part >= d->n_parts || d->ar_hi[part] <= d->ar_lo[part])
+        return LMC_OK;
+    LMC_ASSERT(!d->ar_work[part]);
+    struct lmc_tmodel *tm = &tr->tm;
+    return tr->comm->iall_reduce(tr->comm, tm->g + (d->ar_lo[part] - tm->g_off), d->ar_hi[part] - d->ar_lo[part],
+                                 LMC_DTYPE_F32, LMC_REDUCE_SUM, &d->ar_work[part], err);
+}
+
+/* The parts' trainable ranges, when they are disjoint (else none: one
+ * all-reduce after the micro-steps). */
+static void replicated_parts(struct lmc_trainer *tr) {
+    const struct lmc_tmodel *tm = &tr->tm;
+    int np = (int)tm->cfg.num_layers + 2;
+    struct lmc_tdist *d = calloc(1, sizeof *d);
+    if (!d) return; /* no overlap, the same result */
+    d->tr = tr;
+    d->n_parts = np;
+    d->ar_lo = malloc((size_t)np * sizeof *d->ar_lo);
+    d->ar_hi = calloc((size_t)np, sizeof *d->ar_hi);
+    d->ar_work = calloc((size_t)np, sizeof *d->ar_work);
+    bool ok = d->ar_lo && d->ar_hi && d->ar_work;
+    for (int p = 0; ok && p < np; p++) d->ar_lo[p] = INT64_MAX;
+    for (int i = 0; ok && i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        if (p->frozen || p->external || p->off < tm->trainable_off) continue;
+        if (p->part < 0 || p->part >= np) ok = false;
+        else {
+            d->ar_lo[p->part] = LMC_MIN(d->ar_lo[p->part], p->off);
+            d->ar_hi[p->part] = LMC_MAX(d->ar_hi[p->part], p->off + p->numel);
+        }
+    }
+    for (int a = 0; ok && a < np; a++) /* no two parts' ranges overlap */
+        for (int b = a + 1; ok && b < np; b++)
+            if (d->ar_hi[a] > d->ar_lo[a] && d->ar_hi[b] > d->ar_lo[b] && d->ar_lo[a] < d->ar_hi[b] &&
+                d->ar_lo[b] < d->ar_hi[a])
+                ok = false;
+    if (!ok) {
+        free(d->ar_lo), free(d->ar_hi), free(d->ar_work), free(d);
+        return;
+    }
+    tr->dist = d;
+    d->hooks = (struct lmc_tmodel_hooks){d, ar_get, ar_put};
+    tr->acts.hooks = &d->hooks;
+    int n = 0;
+    for (int p = 0; p < np; p++) n += d->ar_hi[p] > d->ar_lo[p];
+    lmc_dist_log(tr->comm, 1, "data parallel: %d parts' gradients each all-reduced as their backward ends", n);
+}
+
+void lmc_trainer_dist_micro(struct lmc_trainer *tr, int64_t k, int64_t accum) {
+    if (tr->dist) tr->dist->last_micro = k == accum - 1;
+}
+
+lmc_status lmc_trainer_dist_reduce(struct lmc_trainer *tr, lmc_err *err) {
+    struct lmc_tmodel *tm = &tr->tm;
+    struct lmc_tdist *d = tr->dist;
+    if (!d || !d->ar_work) {
+        int64_t t0 = tm->trainable_off;
+        return tr->comm->all_reduce(tr->comm, tm->g + (t0 - tm->g_off), tm->numel - t0, LMC_DTYPE_F32,
+                                    LMC_REDUCE_SUM, err);
+    }
+    lmc_status s = LMC_OK;
+    for (int p = 0; p < d->n_parts; p++) { /* every one waited for, even after a failure */
+        struct lmc_comm_work *w = d->ar_work[p];
+        d->ar_work[p] = NULL;
+        lmc_err e;
+        lmc_status sp = w ? tr->comm->wait(tr->comm, w, &e) : LMC_OK;
+        if (sp && !s) s = sp, *err = e;
+        if (!w && !sp && !s && d->ar_hi[p] > d->ar_lo[p])
+            s = lmc_err_set(err, LMC_ERR_ARG, "data parallel: part %d's gradient was never reduced", p);
+    }
+    return s;
+}
 
 /* The zero module has copied the model's initial parameters [off, off+n):
  * their pages are dropped (the CPU backend's memory is host memory; the
@@ -246,6 +337,8 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
                                "(--zero 0: gradients all-reduced, the same step on every rank)", stage);
         tr->comm = comm;
         tr->zero_stage = 0;
+        tr->comm = comm; /* (replicated_parts logs through it) */
+        if (comm->world > 1) replicated_parts(tr);
         return LMC_OK;
     }
     if (tm->g) { /* the gradients and moments will be the zero module's: freed before it allocates */

@@ -13,6 +13,13 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
  * arena's offsets, each tensor in its on-disk layout) until the next
  * step; NULL otherwise */
 const float *lmc_trainer_dist_params(const struct lmc_trainer *tr);
+/* Replicated data parallel (a batch source, lmc_trainer_step): whether
+ * micro-step k of accum is the last (the hooks then all-reduce each part's
+ * gradient as its backward ends), and after the micro-steps every rank's
+ * gradient summed (those reductions waited for, or one all-reduce of the
+ * trainable arena when the parts' ranges could not be cut apart). */
+void lmc_trainer_dist_micro(struct lmc_trainer *tr, int64_t k, int64_t accum);
+lmc_status lmc_trainer_dist_reduce(struct lmc_trainer *tr, lmc_err *err);
 /* frees the zero state and global batch (no-op without) */
 void lmc_trainer_dist_free(struct lmc_trainer *tr);
 
