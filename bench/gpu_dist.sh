@@ -3,6 +3,10 @@
 # the nccl communicator (src/dist/comm_nccl.c), for a multi-GPU machine (not
 # run here: the CUDA emulator cannot run NCCL). Steps, each under its own
 # time limit, logs under $OUT:
+#   0. (one GPU is enough) the zero module on device memory without NCCL:
+#      `lmc train --device cuda --dtype fp32 --zero 0|2|3` in one process
+#      (a "single" communicator) against the plain one-GPU run, losses
+#      within 1e-6 relative (the same AdamW; the norm summed by units);
 #   1. `lmc comm-bench --device cuda` on NGPU ranks: every rank's
 #      all-reduce / reduce-scatter / all-gather checked, algbw and busbw;
 #   2. `lmc train --device cuda --dtype fp32` of a small random llama for 20
@@ -13,6 +17,7 @@
 #      ZeRO stages' per-rank state is logged;
 #   3. the same at ZeRO 3 with --bucket-mb 4 and a stop at 10 + resume.
 # Usage (device, after building build-dev with CUDA): NGPU=8 bench/gpu_dist.sh [LMC]
+# (NGPU=1: step 0 only)
 # env: NGPU (default: nvidia-smi's count), OUT (default /tmp/lmc-gpu-dist),
 #      MPIRUN (default mpirun; without mpirun the ranks are started with
 #      torchrun-style variables over tcp).
@@ -22,7 +27,6 @@ LMC=${1:-build-dev/lmc}
 NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 OUT=${OUT:-/tmp/lmc-gpu-dist}
 mkdir -p "$OUT"
-[ "$NGPU" -ge 2 ] || { echo "gpu_dist: needs 2 or more GPUs (found $NGPU)" | tee "$OUT/summary.txt"; exit 0; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LMC_DIST_TIMEOUT=120
 # N ranks of CMD...: mpirun when there is one, else torchrun-style variables (tcp rendezvous, then nccl)
 launch() {
@@ -42,8 +46,6 @@ launch() {
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : >"$OUT/summary.txt"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-launch "$NGPU" "$LMC" comm-bench --device cuda --sizes 1048576,16777216,134217728 --iters 10 >"$OUT/comm-bench.txt" 2>&1
-summary "comm-bench on $NGPU GPUs: rc=$? $(grep -c 'ok' "$OUT/comm-bench.txt") ok lines"
 # data: a small corpus through the repo's own tokenizer trainer
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 for i in $(seq 1 3000); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
@@ -55,16 +57,25 @@ A="--device cuda --dtype fp32 --data $TMP/data --arch llama --layers 8 --hidden 
 GB=$((4 * NGPU)) # global batch: 4 sequences per GPU
 CUDA_VISIBLE_DEVICES=0 timeout 600 "$LMC" train $A --batch $GB -o "$OUT/ref" >"$OUT/ref.log" 2>&1
 summary "one GPU, batch $GB: rc=$?"
-cmp_losses() { # DIR: losses within 1e-5 relative of ref
-  python3 - "$OUT/$1" "$OUT/ref" <<'PY'
+cmp_losses() { # DIR [TOL]: losses within TOL (default 1e-5) relative of ref
+  python3 - "$OUT/$1" "$OUT/ref" "${2:-1e-5}" <<'PY'
 import json, sys
 a = [json.loads(l)["loss"] for l in open(f"{sys.argv[1]}/metrics.jsonl")]
 b = [json.loads(l)["loss"] for l in open(f"{sys.argv[2]}/metrics.jsonl")]
 w = max(abs(x - y) / abs(y) for x, y in zip(a, b)) if len(a) == len(b) == 20 else float("inf")
 print(f"losses max rel {w:.2e}")
-sys.exit(0 if w <= 1e-5 else 1)
+sys.exit(0 if w <= float(sys.argv[3]) else 1)
 PY
 }
+# 0. one process, one GPU: the zero module's device path
+for z in 0 2 3; do
+  CUDA_VISIBLE_DEVICES=0 timeout 600 "$LMC" train $A --batch $GB --zero $z --bucket-mb 4 -o "$OUT/w1z$z" \
+    >"$OUT/w1z$z.log" 2>&1
+  summary "one GPU, --zero $z (single communicator): rc=$? $(cmp_losses w1z$z 1e-6)"
+done
+if [ "$NGPU" -lt 2 ]; then summary "gpu_dist: the multi-GPU part needs 2 or more GPUs (found $NGPU)"; exit 0; fi
+launch "$NGPU" "$LMC" comm-bench --device cuda --sizes 1048576,16777216,134217728 --iters 10 >"$OUT/comm-bench.txt" 2>&1
+summary "comm-bench on $NGPU GPUs: rc=$? $(grep -c 'ok' "$OUT/comm-bench.txt") ok lines"
 for z in 0 1 2 3; do
   launch "$NGPU" "$LMC" train $A --batch 4 --zero $z -o "$OUT/z$z" >"$OUT/z$z.log" 2>&1
   r=$?
