@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # zero_rss.sh — per-rank peak resident set of `mpirun -np N lmc train` for
-# ZeRO 0-3 at N = 1, 2, 4 (whole process: set-up and training), the
-# set-up peak lmc logs on rank 0, and rank 0's ZeRO state, on a random
-# llama trained for 2 steps. With a second binary (BASE, e.g. the parent
+# ZeRO 0-3 at N = 1, 2, 4 on a random llama trained for 2 steps: each
+# rank's peak after set-up (/usr/bin/time %M: lmc restarts the kernel's
+# peak counter at the end of set-up, lmc_zero_mark_setup, so this is the
+# training and final checkpoint's peak), the set-up peak lmc logs on rank 0
+# (every rank runs the same set-up), and rank 0's ZeRO state. A rank's
+# whole-run peak is the larger of its two figures. With a second binary (BASE, e.g. the parent
 # commit's) every configuration also runs with it, interleaved, so the two
 # set-ups are compared in one run on one machine.
 # Usage: bench/zero_rss.sh LMC [BASE_LMC]   (env: LAYERS HIDDEN INTER WORLDS STAGES)
-# Prints a Markdown table: binary, N, ZeRO, max RSS of each rank (MiB, from
-# /usr/bin/time %M), rank 0's set-up peak and ZeRO state (from its log).
+# Prints a Markdown table: binary, N, ZeRO, each rank's peak since set-up
+# (MiB), rank 0's set-up peak and ZeRO state (from its log).
 set -u
 LMC="$1"; BASE="${2:-}"
 LAYERS=${LAYERS:-8}; HIDDEN=${HIDDEN:-512}; INTER=${INTER:-1536}
@@ -22,7 +25,7 @@ for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy
   { echo "zero_rss: cannot make the data" >&2; exit 1; }
 A="--data $TMP/data --arch llama --layers $LAYERS --hidden $HIDDEN --heads 8 --intermediate $INTER --seq 16
    --batch 1 --steps 2 --save-every 0 --eval-every 0 --threads 1"
-echo "| binary | N | ZeRO | max RSS per rank (MiB) | rank 0 set-up peak (MiB) | rank 0 ZeRO state (MiB) |"
+echo "| binary | N | ZeRO | peak RSS since set-up, per rank (MiB) | set-up peak, rank 0 (MiB) | rank 0 ZeRO state (MiB) |"
 echo "|---|---|---|---|---|---|"
 for n in $WORLDS; do
   for z in $STAGES; do
