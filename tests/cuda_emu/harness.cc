@@ -54,6 +54,10 @@
  *               input-gradient backward vs the CPU twin (fp32, bf16), and a
  *               whole QLoRA finetune step (llama/qwen2/gpt2-tiny) through the
  *               real table vs the CPU run (harness_qlora.cc)
+ *   zero        the ZeRO trainer (train/trainer_dist.c, dist/zero.c) on
+ *               device memory, one process: llama-tiny filled unit by unit
+ *               from its folder, ZeRO 0/2/3 (and 3 in one bucket), 3 AdamW
+ *               steps vs the CPU trainer (harness_zero.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1322,6 +1326,7 @@ static void test_lora_rows() {
 }
 
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
+#include "harness_zero.cc" /* test_zero: the ZeRO trainer on device memory */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1341,12 +1346,13 @@ int main(int argc, char **argv) {
         {"qmm", test_qmm},
         {"rl", test_rl},
         {"qlora", test_qlora},
+        {"zero", test_zero},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora zero)\n", argv[i]);
             return 2;
         }
     }
