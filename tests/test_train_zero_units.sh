@@ -16,7 +16,8 @@
 # a tied llama at world 2, and its checkpoint resumed unbucketed on 2 ranks,
 # = the one-process run; --optim muon and adamw8bit at world 4, galore and
 # apollo at world 2 (stage 0 through the zero module, bucketed) = their
-# one-process runs. The mpirun part is skipped
+# one-process runs, and with --zero 1 (their state sharded by whole tensors;
+# a stop + resume bit-exact, other resumes refused). The mpirun part is skipped
 # when mpirun is missing or lmc was built without MPI.
 # Usage: test_train_zero_units.sh PATH/TO/lmc
 set -u
@@ -173,7 +174,28 @@ PY
       else
         compare "o$k" "ref$k"; ok $? "$k world $n equals the one-process run"
       fi
+      # --zero 1: the state sharded by whole tensors (each rank steps its own and broadcasts them)
+      [ $k = apollo ] && continue
+      "${MPIRUN[@]}" -np $n "$LMC" train $A --batch $((4 / n)) $O --zero 1 -o "$TMP/s$k" 2>"$TMP/err"
+      ok $? "$k world $n zero 1: $(tail -n 3 "$TMP/err")"
+      if [ $k = adamw8bit ]; then compare "s$k" "ref$k" 1e-2 1e-4; else compare "s$k" "ref$k"; fi
+      ok $? "$k world $n zero 1 (sharded state) equals the one-process run"
     done
+    # a sharded run stopped at 10 and resumed = uninterrupted, bit for bit; resumed by --zero 0 or
+    # another world: refused; APOLLO (index-seeded projections) refused at --zero 1
+    "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 1 --optim muon --zero 1 --stop-at 10 -o "$TMP/sr" 2>"$TMP/err" &&
+    "${MPIRUN[@]}" -np 4 "$LMC" train --data "$TMP/data" --threads 1 --zero 1 --optim muon --resume latest \
+      -o "$TMP/sr" 2>"$TMP/err"
+    ok $? "muon world 4 zero 1 stop + resume: $(tail -n 3 "$TMP/err")"
+    bitexact sr smuon; ok $? "muon world 4 zero 1 resumed = uninterrupted, bit for bit"
+    for w in "4 --zero 0" "2 --zero 1"; do
+      set -- $w
+      "${MPIRUN[@]}" -np $1 "$LMC" train --data "$TMP/data" --threads 1 --batch $((4 / $1)) $2 $3 --optim muon \
+        --resume latest -o "$TMP/sr" 2>"$TMP/err"
+      [ $? -ne 0 ] && grep -q "sharded over 4 ranks" "$TMP/err"; ok $? "sharded muon resumed by $w refused: $(grep -m1 sharded "$TMP/err")"
+    done
+    "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim apollo --zero 1 -o "$TMP/bad" 2>"$TMP/err"
+    [ $? -ne 0 ] && grep -q "APOLLO" "$TMP/err"; ok $? "--optim apollo --zero 1 refused: $(grep -m1 APOLLO "$TMP/err")"
   fi
 fi
 echo "test_train_zero_units: $pass passed, $fail failed"

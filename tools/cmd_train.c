@@ -445,7 +445,8 @@ int cmd_train(int argc, char **argv) {
     lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
     if (root)
         fprintf(stderr, "lmc train: %s%s\n", odesc,
-                tr.zero && zero >= 1 ? " in all; each rank holds its 1/N shard (ZeRO)" : "");
+                tr.zero && zero >= 1 ? (tr.have_opt ? " for rank 0's tensors (ZeRO-1: each rank steps and holds its own)"
+                                                    : " in all; each rank holds its 1/N shard (ZeRO)") : "");
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;

@@ -118,6 +118,16 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
         if ((s = lmc_st_write(path, NULL, 0, zmeta, 2, err))) return s;
         goto state;
     }
+    if (tr->have_opt && lmc_trainer_dist_optim_shards(tr)) { /* --zero 1: each rank's tensors' state in OUT/zero */
+        if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        char world[32];
+        snprintf(world, sizeof world, "%d", lmc_trainer_dist_optim_shards(tr));
+        const char *zmeta[] = {"lmc.optimizer", "zero-optim", "lmc.zero.dir", "../zero", "lmc.zero.world", world,
+                               "lmc.zero.optim", lmc_optim_kind_name(tr->opt.cfg.kind)};
+        if ((s = lmc_st_write(path, NULL, 0, zmeta, 4, err))) return s;
+        goto state;
+    }
     if (tr->have_opt) {
         if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
             return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
@@ -507,6 +517,30 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         if ((s = lmc_trainer_dist_load(tr, zdir, ts.step, err))) return s;
         tr->step = ts.step;
         return LMC_OK;
+    }
+    if (okind && !strcmp(okind, "zero-optim")) { /* --zero 1 with another kind: each rank's shard */
+        const char *wv = lmc_st_meta_get(&st, "lmc.zero.world"), *kv = lmc_st_meta_get(&st, "lmc.zero.optim");
+        int world = lmc_trainer_dist_optim_shards(tr);
+        bool same = wv && world > 0 && atoi(wv) == world && tr->have_opt && kv &&
+                    !strcmp(kv, lmc_optim_kind_name(tr->opt.cfg.kind));
+        if (!same) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s optimizer state sharded over %s ranks (--zero 1): resume it "
+                            "with the same mpirun -np N, --zero 1 and --optim", path, kv ? kv : "?", wv ? wv : "?");
+            lmc_st_free(&st);
+            return s;
+        }
+        lmc_st_free(&st);
+        char zdir[4096];
+        if (snprintf(zdir, sizeof zdir, "%s/../zero", dir) >= (int)sizeof zdir)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_trainer_dist_load_optim(tr, zdir, ts.step, err))) return s;
+        tr->step = ts.step;
+        return LMC_OK;
+    }
+    if (tr->have_opt && lmc_trainer_dist_optim_shards(tr)) {
+        lmc_st_free(&st);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: whole optimizer state (a --zero 0 or one-process run); --zero 1 "
+                           "resumes only its own sharded state", path);
     }
     if (tr->have_opt) { /* another kind: named tensors, the kind checked */
         s = lmc_optim_load_st(&tr->opt, &st, path, err);

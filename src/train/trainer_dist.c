@@ -26,11 +26,13 @@
 #include "dist/comm.h"
 #include "dist/zero.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct lmc_tdist {
@@ -51,6 +53,12 @@ struct lmc_tdist {
      * [ar_lo, ar_hi) of the arena layout, all-reduced as its backward ends */
     int64_t *ar_lo, *ar_hi;   /* (n_parts) */
     struct lmc_comm_work **ar_work; /* (n_parts) */
+    /* --zero 1 with another optimizer kind: tensor i is stepped by rank
+     * owner[i] (whole tensors: Muon and GaLore need the matrix), which holds
+     * its state and broadcasts the update; NULL: replicated */
+    int *owner;               /* (n_params) */
+    float **pw;               /* (n_params) each tensor's parameters in the zero module's buffers */
+    int64_t saved[2];         /* steps of this rank's last two optimizer shard files (-1: none) */
 };
 
 void lmc_trainer_dist_free(struct lmc_trainer *tr) {
@@ -67,6 +75,8 @@ void lmc_trainer_dist_free(struct lmc_trainer *tr) {
         free(tr->dist->ar_lo);
         free(tr->dist->ar_hi);
         free(tr->dist->ar_work);
+        free(tr->dist->owner);
+        free(tr->dist->pw);
         free(tr->dist->ckpt_w);
         free(tr->dist);
     }
@@ -285,26 +295,64 @@ static void hand_over(struct lmc_trainer *tr) {
 }
 
 /* The optimizer over the zero module's stage-0 buffers (the parameter
- * table's order; nothing frozen under ZeRO). */
-static lmc_status optim_over_zero(struct lmc_trainer *tr, const struct lmc_optim_cfg *cfg, lmc_err *err) {
+ * table's order; nothing frozen under ZeRO). Sharded (--zero 1): each
+ * tensor whole to the least loaded rank so far (by elements, in table
+ * order; ties to the lowest rank), and this rank's optimizer over its own
+ * tensors only, so its state is about 1/N of the whole. */
+static lmc_status optim_over_zero(struct lmc_trainer *tr, const struct lmc_optim_cfg *cfg, bool sharded,
+                                  lmc_err *err) {
     struct lmc_tdist *d = tr->dist;
     const struct lmc_tmodel *tm = &tr->tm;
+    int W = tr->comm->world, me = tr->comm->rank;
     struct lmc_optim_param *pp = calloc((size_t)tm->n_params, sizeof *pp);
-    if (!pp) return lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
-    int np = lmc_trainer_optim_params(tm, tr->o.decay == LMC_DECAY_ALL, pp);
-    LMC_ASSERT(np == tm->n_params);
+    int64_t *load = calloc((size_t)W, sizeof *load);
+    d->pw = calloc((size_t)tm->n_params, sizeof *d->pw);
+    if (sharded) d->owner = calloc((size_t)tm->n_params, sizeof *d->owner);
+    d->saved[0] = d->saved[1] = -1;
     lmc_status s = LMC_OK;
+    if (!pp || !load || !d->pw || (sharded && !d->owner)) s = lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
+    int np = s ? 0 : lmc_trainer_optim_params(tm, tr->o.decay == LMC_DECAY_ALL, pp), mine = 0;
+    LMC_ASSERT(s || np == tm->n_params);
     for (int i = 0; i < np && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         int u = d->unit_of[p->part];
         float *w, *g;
         if (!(s = lmc_zero_unit_params(tr->zero, u, &w, err)) && !(s = lmc_zero_unit_grads(tr->zero, u, &g, err))) {
-            pp[i].p = w + (p->off - d->unit_base[u]);
+            pp[i].p = d->pw[i] = w + (p->off - d->unit_base[u]);
             pp[i].g = g + (p->off - d->unit_base[u]);
         }
+        int o = 0;
+        for (int r = 1; sharded && r < W; r++)
+            if (load[r] < load[o]) o = r;
+        if (sharded) {
+            d->owner[i] = o;
+            load[o] += p->numel;
+        }
+        if (!sharded || o == me) pp[mine++] = pp[i]; /* the list of this rank's tensors, in table order */
     }
-    if (!s) s = lmc_optim_init(&tr->opt, cfg, tr->be, pp, np, err);
+    if (!s && mine == 0)
+        s = lmc_err_set(err, LMC_ERR_ARG, "--zero 1 --optim %s: %d ranks for %d tensors (every rank must own one)",
+                        lmc_optim_kind_name(cfg->kind), W, np);
+    if (!s) s = lmc_optim_init(&tr->opt, cfg, tr->be, pp, mine, err);
     free(pp);
+    free(load);
+    return s;
+}
+
+int lmc_trainer_dist_optim_shards(const struct lmc_trainer *tr) {
+    return tr->dist && tr->dist->owner && tr->have_opt ? tr->comm->world : 0;
+}
+
+/* This rank's optimizer shard file of `step` in zero_dir. */
+static void optim_shard_path(char *buf, size_t cap, const char *zero_dir, int64_t step, int rank) {
+    snprintf(buf, cap, "%s/optim-step%08lld-rank%05d.safetensors", zero_dir, (long long)step, rank);
+}
+
+lmc_status lmc_trainer_dist_load_optim(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err) {
+    char path[4200];
+    optim_shard_path(path, sizeof path, zero_dir, step, tr->comm->rank);
+    lmc_status s = lmc_optim_load(&tr->opt, path, err);
+    if (!s) tr->dist->saved[1] = step; /* the newest: kept through the next save */
     return s;
 }
 
@@ -312,9 +360,14 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
                                  lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
     if (stage < 0 || stage > 3) return lmc_err_set(err, LMC_ERR_ARG, "--zero %d: expected 0, 1, 2 or 3", stage);
-    if (tr->have_opt && stage > 0)
+    if (tr->have_opt && stage > 1)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d shards AdamW only (the zero module's optimizer); "
-                           "--optim %s runs with --zero 0 (replicated state, per-layer all-reduce)", stage,
+                           "--optim %s runs with --zero 0 (replicated state) or 1 (its state sharded by whole "
+                           "tensors)", stage, lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (tr->have_opt && stage == 1 &&
+        (tr->opt.cfg.kind == LMC_OPTIM_APOLLO || tr->opt.cfg.kind == LMC_OPTIM_APOLLO_MINI))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero 1 --optim %s: APOLLO's projections are seeded by each "
+                           "tensor's index in the whole list; it runs with --zero 0",
                            lmc_optim_kind_name(tr->opt.cfg.kind));
     if (comm->world > 1 && comm->device_buffers == tr->be->host_memory)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel training: the %s communicator works on %s "
@@ -379,7 +432,7 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     for (int i = 0; i < np; i++) d->unit_of[i] = -1;
     int n = 0;
     if ((s = tensor_list(tr, d, t, pad, &n, err))) goto done;
-    struct lmc_zero_cfg zc = {.stage = stage, .tensors = t, .n_tensors = n, .released = drop_initial,
+    struct lmc_zero_cfg zc = {.stage = ext_opt ? 0 : stage, .tensors = t, .n_tensors = n, .released = drop_initial,
                               .user = tr->tm.w}; /* a failure loses the model's weights */
     if (!tr->be->host_memory) zc.released = NULL; /* device memory: freed whole in hand_over */
     if (!tm->w) { /* no arenas: each rank fills only what it keeps from the source */
@@ -399,7 +452,7 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         lmc_dist_log(comm, 1, "ZeRO buckets: %d model parts in %d units of >= %.3g MiB (or the rest)", np,
                      lmc_zero_n_units(tr->zero), (double)tr->o.bucket_bytes / 1048576.0);
     hand_over(tr);
-    if (ext_opt && !(s = optim_over_zero(tr, &ocfg, err))) tr->have_opt = true;
+    if (ext_opt && !(s = optim_over_zero(tr, &ocfg, stage == 1 && comm->world > 1, err))) tr->have_opt = true;
     if (!s) s = global_loader(tr, err);
 done:
     free(t);
@@ -466,8 +519,16 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         return LMC_OK;
     }
     float grad_scale = lmc_grad_clip_scale(st->grad_norm, o->clip);
-    if (tr->have_opt) { /* another kind, replicated: the same step on every rank's full buffers */
+    if (tr->have_opt) { /* another kind: the same step on every rank's full buffers, or each rank its own tensors */
         lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
+        struct lmc_tdist *d = tr->dist;
+        if (d->owner) { /* every tensor's update from its owner to the others */
+            if (tr->comm->device_buffers) be->sync(be->ctx);
+            for (int i = 0; i < tm->n_params && !s; i++)
+                s = tr->comm->broadcast(tr->comm, d->pw[i], (size_t)tm->params[i].numel * sizeof(float), d->owner[i],
+                                        err);
+            if (s) return s;
+        }
         lmc_zero_grads_clear(tr->zero);
         tr->step++;
         return LMC_OK;
@@ -482,8 +543,26 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
 
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err) {
     if (!tr->zero) return LMC_OK; /* replicated: rank 0's checkpoint holds the whole state */
-    /* another optimizer kind: its (replicated) state goes in rank 0's checkpoint folder */
-    lmc_status s = tr->have_opt ? LMC_OK : lmc_zero_save(tr->zero, zero_dir, tr->step, err);
+    /* another optimizer kind: its (replicated) state goes in rank 0's checkpoint folder; sharded,
+     * each rank's in zero_dir (this step's and the one before kept: the newest checkpoint folder's
+     * are there whatever happens to this save) */
+    lmc_status s = LMC_OK;
+    struct lmc_tdist *dd = tr->dist;
+    if (!tr->have_opt) s = lmc_zero_save(tr->zero, zero_dir, tr->step, err);
+    else if (dd->owner && dd->saved[1] != tr->step) {
+        char path[4200];
+        if (mkdir(zero_dir, 0755) && errno != EEXIST)
+            return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create the checkpoint folder: %s", zero_dir, strerror(errno));
+        optim_shard_path(path, sizeof path, zero_dir, tr->step, tr->comm->rank);
+        if ((s = lmc_optim_save(&tr->opt, path, err))) return s;
+        if (dd->saved[0] >= 0) {
+            optim_shard_path(path, sizeof path, zero_dir, dd->saved[0], tr->comm->rank);
+            unlink(path);
+        }
+        dd->saved[0] = dd->saved[1];
+        dd->saved[1] = tr->step;
+    }
+    if (s) return s;
     if (s) return s;
     /* the parameters for rank 0's checkpoint folder, unit by unit (stage 3 gathers: every rank takes part) */
     struct lmc_tdist *d = tr->dist;

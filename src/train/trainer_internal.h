@@ -20,6 +20,11 @@ const float *lmc_trainer_dist_params(const struct lmc_trainer *tr);
  * trainable arena when the parts' ranges could not be cut apart). */
 void lmc_trainer_dist_micro(struct lmc_trainer *tr, int64_t k, int64_t accum);
 lmc_status lmc_trainer_dist_reduce(struct lmc_trainer *tr, lmc_err *err);
+/* --zero 1 with another optimizer kind: the number of ranks whose
+ * optimizer shards lmc_trainer_dist_save wrote (0: the state is whole on
+ * every rank), and loading this rank's shard of a checkpoint's step */
+int lmc_trainer_dist_optim_shards(const struct lmc_trainer *tr);
+lmc_status lmc_trainer_dist_load_optim(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err);
 /* frees the zero state and global batch (no-op without) */
 void lmc_trainer_dist_free(struct lmc_trainer *tr);
 
