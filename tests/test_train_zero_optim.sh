@@ -51,6 +51,17 @@ done
   -o "$TMP/sr" 2>"$TMP/err"
 ok $? "muon world 4 zero 1 stop + resume: $(tail -n 3 "$TMP/err")"
 bitexact sr smuon; ok $? "muon world 4 zero 1 resumed = uninterrupted, bit for bit"
+# the newest two steps' shards kept (10 and 20, 4 ranks each)
+[ "$(ls "$TMP/sr/zero" | grep -c '^optim-step000000[12]0-rank0000[0-3]\.safetensors$')" = 8 ] &&
+  [ "$(ls "$TMP/sr/zero" | grep -c '^optim-')" = 8 ]
+ok $? "sharded optimizer files: $(ls "$TMP/sr/zero" | grep -c '^optim-') (expected the 8 of steps 10 and 20)"
+# resumed again to step 30: step 10's shards go (the first save after a resume removes the older ones)
+"${MPIRUN[@]}" -np 4 "$LMC" train --data "$TMP/data" --threads 1 --zero 1 --optim muon --steps 30 --resume latest \
+  -o "$TMP/sr" 2>"$TMP/err"
+ok $? "muon world 4 zero 1 resumed to 30: $(tail -n 3 "$TMP/err")"
+[ "$(ls "$TMP/sr/zero" | grep -c '^optim-step000000[23]0-rank0000[0-3]\.safetensors$')" = 8 ] &&
+  [ "$(ls "$TMP/sr/zero" | grep -c '^optim-')" = 8 ]
+ok $? "sharded optimizer files after a second resume: $(ls "$TMP/sr/zero" | grep '^optim-' | tr '\n' ' ')"
 for w in "4 --zero 0" "2 --zero 1"; do
   set -- $w
   "${MPIRUN[@]}" -np $1 "$LMC" train --data "$TMP/data" --threads 1 --batch $((4 / $1)) $2 $3 --optim muon \

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -558,6 +559,19 @@ lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, l
         if (dd->saved[0] >= 0) {
             optim_shard_path(path, sizeof path, zero_dir, dd->saved[0], tr->comm->rank);
             unlink(path);
+        } else if (dd->saved[1] >= 0) { /* the first save after a resume: this rank's files before its step */
+            DIR *dir = opendir(zero_dir);
+            struct dirent *e;
+            while (dir && (e = readdir(dir))) {
+                long long st;
+                int rk, n = 0;
+                if (sscanf(e->d_name, "optim-step%lld-rank%d.safetensors%n", &st, &rk, &n) == 2 && n > 0 &&
+                    !e->d_name[n] && rk == tr->comm->rank && st < dd->saved[1]) {
+                    optim_shard_path(path, sizeof path, zero_dir, st, rk);
+                    unlink(path);
+                }
+            }
+            if (dir) closedir(dir);
         }
         dd->saved[0] = dd->saved[1];
         dd->saved[1] = tr->step;
