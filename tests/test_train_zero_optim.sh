@@ -9,8 +9,10 @@
 # world 2 against the one-process run with the same global batch (losses,
 # validation losses, parameters <= 1e-6; 8-bit AdamW 1e-4 / 1e-2, and bit
 # for bit at world 1); a --zero 1 Muon run stopped at 10 and resumed =
-# the uninterrupted one bit for bit, resumed by --zero 0 or 2 ranks
-# refused; APOLLO refused at --zero 1. Skipped without mpirun or MPI.
+# the uninterrupted one bit for bit, resumed by 2 ranks or one process
+# (resharded by name) = the one-process run, as a one-process checkpoint
+# resumed by 4 ranks at --zero 1; another kind refused; APOLLO refused at
+# --zero 1. Skipped without mpirun or MPI.
 # Usage: test_train_zero_optim.sh PATH/TO/lmc
 . "$(dirname "$0")/zero_train_common.sh"
 if [ $have_mpi = 0 ]; then
@@ -44,8 +46,8 @@ for k in muon adamw8bit galore apollo; do
   if [ $k = adamw8bit ]; then compare "s$k" "ref$k" 1e-2 1e-4; else compare "s$k" "ref$k"; fi
   ok $? "$k world $n zero 1 (sharded state) equals the one-process run"
 done
-# a sharded run stopped at 10 and resumed = uninterrupted, bit for bit; resumed by --zero 0 or
-# another world: refused; APOLLO (index-seeded projections) refused at --zero 1
+# a sharded run stopped at 10 and resumed = uninterrupted, bit for bit; APOLLO (index-seeded
+# projections) refused at --zero 1
 "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 1 --optim muon --zero 1 --stop-at 10 -o "$TMP/sr" 2>"$TMP/err" &&
 "${MPIRUN[@]}" -np 4 "$LMC" train --data "$TMP/data" --threads 1 --zero 1 --optim muon --resume latest \
   -o "$TMP/sr" 2>"$TMP/err"
@@ -62,12 +64,28 @@ ok $? "muon world 4 zero 1 resumed to 30: $(tail -n 3 "$TMP/err")"
 [ "$(ls "$TMP/sr/zero" | grep -c '^optim-step000000[23]0-rank0000[0-3]\.safetensors$')" = 8 ] &&
   [ "$(ls "$TMP/sr/zero" | grep -c '^optim-')" = 8 ]
 ok $? "sharded optimizer files after a second resume: $(ls "$TMP/sr/zero" | grep '^optim-' | tr '\n' ' ')"
-for w in "4 --zero 0" "2 --zero 1"; do
-  set -- $w
-  "${MPIRUN[@]}" -np $1 "$LMC" train --data "$TMP/data" --threads 1 --batch $((4 / $1)) $2 $3 --optim muon \
-    --resume latest -o "$TMP/sr" 2>"$TMP/err"
-  [ $? -ne 0 ] && grep -q "sharded over 4 ranks" "$TMP/err"; ok $? "sharded muon resumed by $w refused: $(grep -m1 sharded "$TMP/err")"
-done
+# another world reshards (each state tensor from whichever rank's file holds it): 4 ranks stop at 10,
+# then 2 ranks (--zero 1), or one process, go on; a whole state (one process, stopped at 10) resumed
+# by 4 ranks at --zero 1 (each takes its tensors' state); all = the one-process run
+"${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 1 --optim muon --zero 1 --stop-at 10 -o "$TMP/r2" 2>"$TMP/err" &&
+  cp -r "$TMP/r2" "$TMP/r1" &&
+  "${MPIRUN[@]}" -np 2 "$LMC" train --data "$TMP/data" --threads 1 --batch 2 --zero 1 --optim muon --eval-every 10 \
+    --eval-batches 2 --resume latest -o "$TMP/r2" 2>"$TMP/err"
+ok $? "muon world 4 -> 2 zero 1 resume: $(tail -n 3 "$TMP/err")"
+compare r2 refmuon; ok $? "muon world 4 -> 2 zero 1 resumed (resharded) equals the one-process run"
+"$LMC" train --data "$TMP/data" --threads 1 --batch 4 --optim muon --eval-every 10 --eval-batches 2 --resume latest \
+  -o "$TMP/r1" 2>"$TMP/err"
+ok $? "muon world 4 zero 1 -> one process resume: $(tail -n 3 "$TMP/err")"
+compare r1 refmuon; ok $? "muon world 4 zero 1 -> one process resumed equals the one-process run"
+"$LMC" train $A --batch 4 --optim muon --stop-at 10 -o "$TMP/r4" 2>"$TMP/err" &&
+  "${MPIRUN[@]}" -np 4 "$LMC" train --data "$TMP/data" --threads 1 --batch 1 --zero 1 --optim muon --eval-every 10 \
+    --eval-batches 2 --resume latest -o "$TMP/r4" 2>"$TMP/err"
+ok $? "muon one process -> world 4 zero 1 resume: $(tail -n 3 "$TMP/err")"
+compare r4 refmuon; ok $? "muon one process -> world 4 zero 1 resumed equals the one-process run"
+"${MPIRUN[@]}" -np 2 "$LMC" train --data "$TMP/data" --threads 1 --batch 2 --zero 1 --optim galore --resume latest \
+  -o "$TMP/sr" 2>"$TMP/err"
+[ $? -ne 0 ] && grep -q "resume it with --optim muon" "$TMP/err"
+ok $? "sharded muon resumed as galore refused: $(grep -m1 sharded "$TMP/err")"
 "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim apollo --zero 1 -o "$TMP/bad" 2>"$TMP/err"
 [ $? -ne 0 ] && grep -q "APOLLO" "$TMP/err"; ok $? "--optim apollo --zero 1 refused: $(grep -m1 APOLLO "$TMP/err")"
 echo "test_train_zero_optim: $pass passed, $fail failed"

@@ -520,12 +520,10 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     }
     if (okind && !strcmp(okind, "zero-optim")) { /* --zero 1 with another kind: each rank's shard */
         const char *wv = lmc_st_meta_get(&st, "lmc.zero.world"), *kv = lmc_st_meta_get(&st, "lmc.zero.optim");
-        int world = lmc_trainer_dist_optim_shards(tr);
-        bool same = wv && world > 0 && atoi(wv) == world && tr->have_opt && kv &&
-                    !strcmp(kv, lmc_optim_kind_name(tr->opt.cfg.kind));
-        if (!same) {
+        int world = wv ? atoi(wv) : 0;
+        if (!tr->have_opt || !kv || strcmp(kv, lmc_optim_kind_name(tr->opt.cfg.kind)) || world < 1) {
             s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s optimizer state sharded over %s ranks (--zero 1): resume it "
-                            "with the same mpirun -np N, --zero 1 and --optim", path, kv ? kv : "?", wv ? wv : "?");
+                            "with --optim %s", path, kv ? kv : "?", wv ? wv : "?", kv ? kv : "?");
             lmc_st_free(&st);
             return s;
         }
@@ -533,17 +531,13 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         char zdir[4096];
         if (snprintf(zdir, sizeof zdir, "%s/../zero", dir) >= (int)sizeof zdir)
             return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
-        if ((s = lmc_trainer_dist_load_optim(tr, zdir, ts.step, err))) return s;
+        if ((s = lmc_trainer_load_optim_shards(tr, zdir, ts.step, world, err))) return s;
         tr->step = ts.step;
         return LMC_OK;
     }
-    if (tr->have_opt && lmc_trainer_dist_optim_shards(tr)) {
-        lmc_st_free(&st);
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: whole optimizer state (a --zero 0 or one-process run); --zero 1 "
-                           "resumes only its own sharded state", path);
-    }
-    if (tr->have_opt) { /* another kind: named tensors, the kind checked */
-        s = lmc_optim_load_st(&tr->opt, &st, path, err);
+    if (tr->have_opt) { /* another kind: named tensors, the kind checked (--zero 1: this rank's, by name) */
+        s = lmc_trainer_dist_optim_shards(tr) ? lmc_trainer_dist_load_optim_whole(tr, &st, path, err)
+                                              : lmc_optim_load_st(&tr->opt, &st, path, err);
         lmc_st_free(&st);
         if (s) return s;
         tr->step = ts.step;

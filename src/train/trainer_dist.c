@@ -25,6 +25,7 @@
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/zero.h"
+#include "io/safetensors.h"
 
 #include <errno.h>
 #include <math.h>
@@ -349,11 +350,73 @@ static void optim_shard_path(char *buf, size_t cap, const char *zero_dir, int64_
     snprintf(buf, cap, "%s/optim-step%08lld-rank%05d.safetensors", zero_dir, (long long)step, rank);
 }
 
-lmc_status lmc_trainer_dist_load_optim(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err) {
-    char path[4200];
-    optim_shard_path(path, sizeof path, zero_dir, step, tr->comm->rank);
-    lmc_status s = lmc_optim_load(&tr->opt, path, err);
-    if (!s) tr->dist->saved[1] = step; /* the newest: kept through the next save */
+/* tr->opt's state tensors found by name in any of the n images (each of
+ * the optimizer's kind), all checked (dtype, size) before any is changed;
+ * label names them in errors. */
+static lmc_status load_optim_by_name(struct lmc_trainer *tr, const struct lmc_st *st, int n_st, const char *label,
+                                     lmc_err *err) {
+    struct lmc_optim *o = &tr->opt;
+    const char *kind = lmc_optim_kind_name(o->cfg.kind);
+    for (int r = 0; r < n_st; r++) {
+        const char *k = lmc_st_meta_get(&st[r], "lmc.optimizer");
+        if (!k || strcmp(k, kind))
+            return lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer state of '%s', expected '%s'", label,
+                               k ? k : "(none)", kind);
+    }
+    lmc_status s = LMC_OK;
+    int n = lmc_optim_state_count(o);
+    for (int pass = 0; pass < 2 && !s; pass++) /* check all, then upload */
+        for (int k = 0; k < n && !s; k++) {
+            struct lmc_optim_state_tensor t;
+            lmc_optim_state_get(o, k, &t);
+            const struct lmc_st_tensor *f = NULL;
+            for (int r = 0; r < n_st && !f; r++) f = lmc_st_find(&st[r], t.name);
+            if (!f || f->dtype != t.dtype || f->numel != t.numel)
+                s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor %s: expected %s of %lld elements%s", label, t.name,
+                                lmc_dtype_name(t.dtype), (long long)t.numel, f ? "" : " (missing)");
+            else if (pass == 1)
+                o->be->upload(o->be->ctx, t.data, f->data, f->nbytes);
+        }
+    if (!s) o->be->sync(o->be->ctx);
+    return s;
+}
+
+lmc_status lmc_trainer_dist_load_optim_whole(struct lmc_trainer *tr, const struct lmc_st *st, const char *path,
+                                             lmc_err *err) {
+    return load_optim_by_name(tr, st, 1, path, err);
+}
+
+/* Another world's shards: each state tensor from whichever file holds it. */
+static lmc_status load_optim_regroup(struct lmc_trainer *tr, const char *zero_dir, int64_t step, int world,
+                                     lmc_err *err) {
+    struct lmc_st *st = calloc((size_t)world, sizeof *st);
+    char path[4200], label[4300];
+    lmc_status s = st ? LMC_OK : lmc_err_set(err, LMC_ERR_OOM, "optimizer shards: out of memory");
+    int opened = 0;
+    for (int r = 0; r < world && !s; r++) {
+        optim_shard_path(path, sizeof path, zero_dir, step, r);
+        if (!(s = lmc_st_open_file(&st[r], path, err))) opened++;
+    }
+    snprintf(label, sizeof label, "%s/optim-step%08lld-rank*.safetensors", zero_dir, (long long)step);
+    if (!s) s = load_optim_by_name(tr, st, world, label, err);
+    for (int r = 0; r < opened; r++) lmc_st_free(&st[r]);
+    free(st);
+    return s;
+}
+
+lmc_status lmc_trainer_load_optim_shards(struct lmc_trainer *tr, const char *zero_dir, int64_t step, int world,
+                                         lmc_err *err) {
+    if (world < 1 || world > (1 << 16))
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: %d optimizer shards", zero_dir, world);
+    lmc_status s;
+    if (lmc_trainer_dist_optim_shards(tr) == world) { /* the same ranks: this rank's own file */
+        char path[4200];
+        optim_shard_path(path, sizeof path, zero_dir, step, tr->comm->rank);
+        s = lmc_optim_load(&tr->opt, path, err);
+    } else {
+        s = load_optim_regroup(tr, zero_dir, step, world, err);
+    }
+    if (!s && tr->dist && tr->dist->owner) tr->dist->saved[1] = step; /* the newest: kept through the next save */
     return s;
 }
 
