@@ -216,7 +216,7 @@ static inline lmc_status mlp_train_zero(const struct mlp_cfg *m, const struct ml
              o->max_norm, o->desc_extra ? o->desc_extra : "");
     lmc_status s = c->device_buffers ? LMC_OK : lmc_dist_check_same(c, "training configuration", desc, err);
     if (s) return s;
-    struct lmc_zero_cfg zc = {o->stage, t, 2 * m->L, o->init_on_host, NULL, NULL};
+    struct lmc_zero_cfg zc = {.stage = o->stage, .tensors = t, .n_tensors = 2 * m->L, .init_on_host = o->init_on_host};
     struct lmc_zero *z;
     if ((s = lmc_zero_init(&z, &zc, c, be, init, err))) return s;
     int64_t start = 0;

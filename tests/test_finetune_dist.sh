@@ -5,6 +5,9 @@
 # accumulation 2 (the same global batch, the same examples in the same
 # order): losses <= 1e-6 relative, written weights <= 1e-6 of their largest
 # magnitude; rank 0 alone writes metrics and the output; --zero 1 refused.
+# Four ranks under mpirun (batch 1; each layer's gradient all-reduced as
+# its backward ends) equal the same one-process runs: losses 1e-6, weights
+# 1e-6 (--full) and 1e-4 (LoRA, see below) (skipped without mpirun or MPI).
 # Usage: test_finetune_dist.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -31,6 +34,15 @@ pair() { # OUT EXTRA...
   [ $rc0 = 0 ] && [ $rc1 = 0 ]
 }
 
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIRUN=(timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo
+        --mca oob_tcp_if_include lo)
+have_mpi=0 # mpirun there and lmc built with MPI
+if command -v mpirun >/dev/null 2>&1; then
+  "${MPIRUN[@]}" -np 1 "$LMC" finetune $C --steps 1 -o "$TMP/probe" >"$TMP/t4" 2>&1
+  grep -q "without MPI\|no MPI" "$TMP/t4" || have_mpi=1
+fi
+[ $have_mpi = 1 ] || echo "test_finetune_dist: the mpirun part skipped (no mpirun, or lmc built without MPI)"
 for mode in lora full; do
   X=""; [ $mode = full ] && X="--full"
   "$LMC" finetune $C -o "$TMP/one-$mode" --batch 2 --accum 2 $X 2>"$TMP/err"; ok $? "$mode one process: $(tail -2 "$TMP/err")"
@@ -64,6 +76,36 @@ print(f"{f}: losses max rel {wl:.2e}, weights max |diff| / max |w| {wp:.2e} over
 sys.exit(0 if wl <= 1e-6 and wp <= 1e-6 else 1)
 PY
   ok $? "$mode: two ranks equal one process with the same global batch (1e-6)"
+  # four ranks under mpirun (each layer's gradient all-reduced as its backward ends): the same
+  if [ $have_mpi = 1 ]; then
+    "${MPIRUN[@]}" -np 4 "$LMC" finetune $C -o "$TMP/four-$mode" --batch 1 $X >"$TMP/t4" 2>&1
+    ok $? "$mode four ranks (mpirun): $(tail -n 3 "$TMP/t4")"
+    # llama-tiny: 2 layers (LoRA: the adapters of each; --full: the embedding and the norm + head too)
+    grep -q "data parallel: $([ $mode = lora ] && echo 2 || echo 4) parts' gradients each all-reduced" "$TMP/t4"
+    ok $? "$mode four ranks: per-layer all-reduce: $(grep "parts'" "$TMP/t4")"
+    # LoRA: B starts at zero and AdamW turns the rounding of the 4-example sums (one process sums in
+    # its batch matmuls) into updates: 3.1e-5 of max |w| (the replicated all-reduce gives the same bits)
+    python3 - "$TMP/one-$mode" "$TMP/four-$mode" "$f" $([ $mode = lora ] && echo 1e-4 || echo 1e-6) <<'PY'
+import json, struct, sys
+a, b, f, wtol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def rows(d): return [json.loads(l)["loss"] for l in open(d + ".metrics.jsonl")]
+def tensors(d):
+    raw = open(f"{d}/{f}", "rb").read()
+    n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
+    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
+                             raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
+la, lb = rows(a), rows(b)
+ta, tb = tensors(a), tensors(b)
+assert len(la) == len(lb) == 8 and ta and ta.keys() == tb.keys(), (len(la), len(lb))
+wl = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
+scale = max(abs(x) for t in ta.values() for x in t)
+wp = max(abs(x - y) for k in ta for x, y in zip(ta[k], tb[k])) / scale
+print(f"four ranks {f}: losses max rel {wl:.2e}, weights max |diff| / max |w| {wp:.2e}")
+sys.exit(0 if wl <= 1e-6 and wp <= wtol else 1)
+PY
+    ok $? "$mode: four ranks (mpirun) equal one process with the same global batch"
+  fi
 done
 # sharded states are for lmc train: refused by name
 for try in 1 2 3; do

@@ -168,7 +168,8 @@ ok $? "resumed sharded run equals the uninterrupted one bit for bit"
 "${MPIRUN[@]}" -np 1 "$LMC" train $A --batch 2 -o "$TMP/bad" : -np 1 "$LMC" train $A --batch 3 -o "$TMP/bad" 2>"$TMP/err"
 [ $? -ne 0 ] && grep -q "rank 1" "$TMP/err"; ok $? "mismatched batches refused: $(tail -3 "$TMP/err")"
 # --optim muon: replicated with --zero 0 (equals one process; resume
-# bit-exact from the whole optimizer state rank 0 saved); refused with --zero 1
+# bit-exact from the whole optimizer state rank 0 saved); refused with --zero 2
+# (--zero 1 shards it by whole tensors: test_train_zero_units.sh)
 "$LMC" train $A --batch 4 --optim muon -o "$TMP/m1" 2>"$TMP/err"; ok $? "muon single: $(tail -n 2 "$TMP/err")"
 "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon -o "$TMP/m2" 2>"$TMP/err"; ok $? "muon world 2: $(tail -n 2 "$TMP/err")"
 "${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon --stop-at 10 -o "$TMP/m3" 2>"$TMP/err" &&
@@ -201,8 +202,8 @@ print(f"muon world 2 -> 1 resume: losses max rel {w:.2e}")
 assert len(b) == 10 and w <= 1e-6, (a, b)
 PY
 ok $? "muon world 2 -> 1 resume equals the world-2 run (1e-6)"
-"${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon --zero 1 -o "$TMP/bad2" 2>"$TMP/err"
-[ $? -ne 0 ] && grep -q "shards AdamW only" "$TMP/err"; ok $? "--optim muon --zero 1 refused: $(tail -n 2 "$TMP/err")"
+"${MPIRUN[@]}" -np 2 "$LMC" train $A --batch 2 --optim muon --zero 2 -o "$TMP/bad2" 2>"$TMP/err"
+[ $? -ne 0 ] && grep -q "shards AdamW only" "$TMP/err"; ok $? "--optim muon --zero 2 refused: $(tail -n 2 "$TMP/err")"
 
 echo "test_train_zero: $pass passed, $fail failed"
 [ $fail = 0 ]

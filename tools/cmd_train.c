@@ -55,7 +55,9 @@ static void usage(void) {
             "  experts:   --router-aux-coef X (mixture of experts: the load-balancing loss x X in the loss,\n"
             "             as output_router_logits with router_aux_loss_coef X; 0: off; default: config.json)\n"
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
-            "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum, AdamW, CPU\n"
+            "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum; CPU, or --device cuda\n"
+            "             over NCCL (one GPU per rank, LOCAL_RANK; AdamW); --optim kinds with --zero 0\n"
+            "             --bucket-mb X: ZeRO units of consecutive layers holding >= X MiB (default 0: a layer)\n"
             "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW or Muon,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
             "             --tp-vocab: the embedding and head split by vocabulary rows too; --zero 1: AdamW's\n"
@@ -105,7 +107,7 @@ int cmd_train(int argc, char **argv) {
     int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
     int64_t eval_batches = 8, save_every = 0, seed = 1234;
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
-    double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1;
+    double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1, bucket_mb = 0;
     bool tie = false, decay_all = false, recompute = false, tp_vocab = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
@@ -162,7 +164,7 @@ int cmd_train(int argc, char **argv) {
             {"--beta1", &beta1, 0, 1}, {"--beta2", &beta2, 0, 1}, {"--eps", &eps, 0, 1},
             {"--clip", &clip, 0, 1e9}, {"--rope-theta", &rope_theta, 1, 1e12},
             {"--init-std", &init_std, 0, 10}, {"--peak-tflops", &peak_tflops, 0, 1e9},
-            {"--router-aux-coef", &aux_coef, 0, 1e6},
+            {"--router-aux-coef", &aux_coef, 0, 1e6}, {"--bucket-mb", &bucket_mb, 0, 1 << 20},
         };
         bool found = false;
         for (size_t k = 0; !found && k < sizeof ints / sizeof *ints; k++)
@@ -237,6 +239,13 @@ int cmd_train(int argc, char **argv) {
     /* from here on every exit goes through `done`, which releases what was made */
     int rc = 0;
     bool have_tm = false, have_be = false, have_tr = false, bf16 = false;
+    /* data parallel: the model is built without its arenas and each rank's
+     * zero module fills only its shard from this source (lmc_tmodel_src) */
+    bool lazy = dist && mpn < 2, have_src = false; /* not under --tp/--cp/--pp */
+    struct lmc_tmodel_src src;
+    /* data parallel on GPUs: an nccl communicator over the host one (which it keeps and frees) */
+    struct lmc_comm ncomm, *dcomm = &comm;
+    bool have_nccl = false;
     FILE *mf = NULL;
     struct lmc_tmodel tm;
     struct lmc_backend be;
@@ -244,6 +253,14 @@ int cmd_train(int argc, char **argv) {
     /* the backend first: the model is built in its memory */
     if ((rc = cli_train_backend(&be, &cc, "train", &bf16))) goto done;
     have_be = true;
+    if (dist && mpn < 2 && !be.host_memory && comm.world > 1) {
+        if (lmc_comm_nccl_init(&ncomm, &comm, comm.local_rank, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+        have_nccl = true;
+        dcomm = &ncomm;
+    }
     /* OUT made, temporaries of interrupted saves removed; --resume latest resolved */
     char resume_dir[4096];
     if ((root && lmc_ckpt_out_prepare(out, NULL, &err)) || (dist && comm.barrier(&comm, &err)) ||
@@ -268,10 +285,16 @@ int cmd_train(int argc, char **argv) {
     }
     if (!tok_dir) tok_dir = src_dir ? src_dir : meta_tok[0] ? meta_tok : NULL;
     if (src_dir) {
-        if (lmc_tmodel_load(&tm, src_dir, &be, &err)) {
+        if (lazy ? lmc_tmodel_load_layout(&tm, src_dir, &be, &err) : lmc_tmodel_load(&tm, src_dir, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
+        have_tm = true;
+        if (lazy && lmc_tmodel_src_dir(&src, &tm, src_dir, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+        have_src = lazy;
     } else {
         struct lmc_config c;
         memset(&c, 0, sizeof c);
@@ -295,15 +318,17 @@ int cmd_train(int argc, char **argv) {
                 c.n_eos = 1;
             }
         }
-        if (lmc_tmodel_init(&tm, &c, &be, &err)) {
+        if (lazy ? lmc_tmodel_init_layout(&tm, &c, &be, &err) : lmc_tmodel_init(&tm, &c, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
         have_tm = true;
-        if (lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err)) {
+        if (lazy ? lmc_tmodel_src_random(&src, &tm, (uint64_t)seed, init_std, &err)
+                 : lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
+        have_src = lazy;
     }
     have_tm = true;
     if (tp > 1) { /* this rank's shard; the full model kept until a resume has cut its moments */
@@ -358,6 +383,8 @@ int cmd_train(int argc, char **argv) {
     steps = o.sched.total;
     /* data parallel AdamW: the zero module holds the moments (tensor parallel: the trainer, per slice) */
     o.zero_moments = dist && mpn < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
+    o.init_src = have_src ? &src : NULL;
+    o.bucket_bytes = (int64_t)(bucket_mb * 1048576.0);
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -377,7 +404,8 @@ int cmd_train(int argc, char **argv) {
         if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
-              : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+              : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
+                 lmc_trainer_dist_init(&tr, dcomm, (int)zero, desc, &err))) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -386,6 +414,10 @@ int cmd_train(int argc, char **argv) {
         if (tp > 1 && pp > 1 &&
             (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
             goto done;
+    }
+    if (have_src) { /* the parameters are filled in */
+        lmc_tmodel_src_free(&src);
+        have_src = false;
     }
     if (resume && (tr.tp ? lmc_trainer_tp_load_state(&tr, &full, resume, &err) : lmc_ckpt_load_state(&tr, resume, &err))) {
         rc = cli_fail("train", &err);
@@ -433,7 +465,8 @@ int cmd_train(int argc, char **argv) {
     lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
     if (root)
         fprintf(stderr, "lmc train: %s%s\n", odesc,
-                tr.zero && zero >= 1 ? " in all; each rank holds its 1/N shard (ZeRO)" : "");
+                tr.zero && zero >= 1 ? (tr.have_opt ? " for rank 0's tensors (ZeRO-1: each rank steps and holds its own)"
+                                                    : " in all; each rank holds its 1/N shard (ZeRO)") : "");
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;
@@ -522,6 +555,7 @@ done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
+    if (have_src) lmc_tmodel_src_free(&src);
     if (have_full) lmc_tmodel_free(&full);
     lmc_trainer_tp_free_state(tps);
     if (have_be) cli_train_backend_free(&be);
@@ -529,7 +563,8 @@ done:
     if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);
-    if (dist) comm.free(&comm);
+    if (have_nccl) ncomm.free(&ncomm); /* and the host communicator under it */
+    else if (dist) comm.free(&comm);
     lmc_token_data_close(&train);
     if (have_val) lmc_token_data_close(&val);
     return rc;

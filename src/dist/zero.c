@@ -106,6 +106,9 @@ uint64_t lmc_zero_layout_hash(const struct lmc_zero *z) { return z->layout_hash;
 static lmc_status check_cfg(const struct lmc_zero_cfg *cfg, lmc_err *err) {
     if (cfg->stage < 0 || cfg->stage > 3)
         return lmc_err_set(err, LMC_ERR_ARG, "zero: stage %d (expected 0, 1, 2 or 3)", cfg->stage);
+    if (cfg->no_moments && cfg->stage != 0)
+        return lmc_err_set(err, LMC_ERR_ARG, "zero: stage %d shards the AdamW moments (an optimizer of the "
+                           "caller's runs with stage 0)", cfg->stage);
     if (cfg->n_tensors <= 0 || !cfg->tensors) return lmc_err_set(err, LMC_ERR_ARG, "zero: no tensors");
     int64_t at = 0;
     for (int i = 0; i < cfg->n_tensors; i++) {
@@ -153,6 +156,27 @@ static lmc_status check_same_everywhere(struct lmc_zero *z, lmc_err *err) {
         return lmc_err_set(err, LMC_ERR_ARG, "dist: ranks disagree on the ZeRO configuration (rank %d has "
                            "%s); every rank must be started with the same model and options", c->rank, desc);
     return LMC_OK;
+}
+
+/* Unit u's initial parameters from cfg->fill: stages 0-2 the whole unit
+ * into the full buffer, stage 3 this rank's part into its shard (through
+ * a host buffer of that size). */
+static lmc_status fill_unit(struct lmc_zero *z, const struct lmc_zero_cfg *cfg, int u, lmc_err *err) {
+    const struct lmc_zero_unit *U = &z->units[u];
+    bool whole = z->stage <= 2;
+    int64_t k = whole ? U->n : lmc_zero_real(U, z->r), at = whole ? U->off : U->off + (int64_t)z->r * U->s;
+    float *dst = whole ? z->p_full + U->pa_off : z->p_sh + U->sh_off;
+    z->be->zero(z->be->ctx, dst, whole ? unit_bytes(z, u) : (size_t)U->s * sizeof(float));
+    if (k <= 0) return LMC_OK;
+    float *host = malloc((size_t)k * sizeof(float));
+    if (!host) return lmc_err_set(err, LMC_ERR_OOM, "zero: out of memory");
+    lmc_status s = cfg->fill(cfg->fill_user, at, k, host, err);
+    if (!s) {
+        z->be->upload(z->be->ctx, dst, host, (size_t)k * sizeof(float));
+        z->be->sync(z->be->ctx); /* host goes next */
+    }
+    free(host);
+    return s;
 }
 
 lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, struct lmc_comm *comm,
@@ -210,7 +234,7 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
     if (z->stage == 3) ok = ok && (z->p_sh = balloc(z, sb));
     if (z->stage >= 2) ok = ok && (z->g_sh = balloc(z, sb));
     size_t mb = z->stage == 0 ? fb : sb;
-    ok = ok && (z->m = balloc(z, mb)) && (z->v = balloc(z, mb));
+    if (!cfg->no_moments) ok = ok && (z->m = balloc(z, mb)) && (z->v = balloc(z, mb));
     z->gathered = calloc((size_t)z->n_units, sizeof *z->gathered);
     z->gather_work = calloc((size_t)z->n_units, sizeof *z->gather_work);
     z->ugrad = calloc((size_t)z->n_units, sizeof *z->ugrad);
@@ -232,6 +256,10 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
      * other buffers are zeroed (touched) after. */
     for (int u = 0; u < z->n_units; u++) {
         const struct lmc_zero_unit *U = &z->units[u];
+        if (cfg->fill) { /* only what this rank keeps, straight from the source */
+            if ((s = fill_unit(z, cfg, u, err))) goto fail;
+            continue;
+        }
         float *host = cfg->init_on_host ? (float *)(init_params + U->off) : malloc((size_t)U->n * sizeof(float));
         if (!host) {
             s = lmc_err_set(err, LMC_ERR_OOM, "zero: out of memory");
@@ -254,8 +282,8 @@ lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, 
     }
     if (z->g_full) be->zero(ctx, z->g_full, fb);
     if (z->g_sh) be->zero(ctx, z->g_sh, sb);
-    be->zero(ctx, z->m, mb);
-    be->zero(ctx, z->v, mb);
+    if (z->m) be->zero(ctx, z->m, mb);
+    if (z->v) be->zero(ctx, z->v, mb);
     *out = z;
     return LMC_OK;
 fail:
@@ -329,6 +357,10 @@ lmc_status lmc_zero_unit_params(struct lmc_zero *z, int u, float **p, lmc_err *e
     }
     if (z->W == 1) {
         *p = z->p_sh + U->sh_off;
+        return LMC_OK;
+    }
+    if (z->gathered[u] && !z->gather_work[u]) { /* gathered and waited for already (another part of it) */
+        *p = z->gathered[u];
         return LMC_OK;
     }
     lmc_status s = lmc_zero_unit_prefetch(z, u, err);
@@ -464,6 +496,7 @@ lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err) {
 lmc_status lmc_zero_apply(struct lmc_zero *z, const struct lmc_adamw_step *decay,
                           const struct lmc_adamw_step *nodecay, lmc_err *err) {
     struct lmc_backend *be = z->be;
+    if (!z->m) return lmc_err_set(err, LMC_ERR_ARG, "zero: no AdamW moments (set up with no_moments)");
     lmc_status s = finish_all(z, err);
     if (s) return s;
     int q0 = z->stage == 0 ? 0 : z->r, q1 = z->stage == 0 ? z->W : z->r + 1;
@@ -549,6 +582,7 @@ void lmc_zero_mark_setup(struct lmc_zero *z) {
 void lmc_zero_log_memory(const struct lmc_zero *z) {
     struct lmc_zero_mem f;
     lmc_zero_mem_fp32(z->stage, z->W, z->numel, &f);
+    if (!z->m) f.total -= f.optimizer; /* the caller's optimizer holds its own state */
     long hwm = vm_hwm_kib();
     const double M = 1048576.0;
     char setup[64] = "";

@@ -60,6 +60,19 @@ struct lmc_zero_cfg {
      * beside the whole state. */
     void (*released)(void *user, int64_t off, int64_t n);
     void *user;
+    /* Optional, instead of init_params (then NULL): writes the arena's
+     * floats [off, off + n) into host memory. Called in increasing offset
+     * order, for only what this rank keeps: a unit at a time in stages
+     * 0-2, this rank's part of each unit in stage 3, so a rank never holds
+     * the whole model (a model source, model/backward.h lmc_tmodel_src). */
+    lmc_status (*fill)(void *user, int64_t off, int64_t n, float *host, lmc_err *err);
+    void *fill_user;
+    /* Stage 0 only: the caller runs its own optimizer (lmc_optim: Muon,
+     * GaLore, ... need whole matrices) on the full buffers of
+     * lmc_zero_unit_params / lmc_zero_unit_grads after lmc_zero_grad_norm,
+     * then lmc_zero_grads_clear: no AdamW moments here (lmc_zero_apply,
+     * save and load refused). */
+    bool no_moments;
 };
 
 struct lmc_zero_stats {
@@ -71,7 +84,8 @@ struct lmc_zero;
 
 /* Sets up the sharded state; init_params (the full arena, the same on
  * every rank; backend memory, or host memory with cfg->init_on_host) is
- * copied: the caller may free it after. Checks
+ * copied: the caller may free it after (or cfg->fill gives the values and
+ * init_params is NULL). Checks
  * that all ranks have the same tensor list and stage (refused otherwise). */
 lmc_status lmc_zero_init(struct lmc_zero **out, const struct lmc_zero_cfg *cfg, struct lmc_comm *comm,
                          struct lmc_backend *be, const float *init_params, lmc_err *err);
@@ -85,8 +99,8 @@ void lmc_zero_unit_range(const struct lmc_zero *z, int u, int64_t *offset, int64
  * already started). */
 lmc_status lmc_zero_unit_prefetch(struct lmc_zero *z, int u, lmc_err *err);
 /* Unit u's parameters (its numel elements, in the arena's order), valid
- * until lmc_zero_unit_release(u) in stage 3 and until the next apply in the
- * other stages. */
+ * until lmc_zero_unit_release(u) in stage 3 (asked again before that: the
+ * same buffer) and until the next apply in the other stages. */
 lmc_status lmc_zero_unit_params(struct lmc_zero *z, int u, float **p, lmc_err *err);
 void lmc_zero_unit_release(struct lmc_zero *z, int u);
 

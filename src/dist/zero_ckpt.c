@@ -368,6 +368,7 @@ static lmc_status write_file_atomic(const char *dir, const char *name, const voi
 
 lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_err *err) {
     lmc_status s = LMC_OK;
+    if (!z->m) return lmc_err_set(err, LMC_ERR_ARG, "zero: no AdamW moments to save (the caller's optimizer)");
     if (mkdir(dir, 0755) && errno != EEXIST) /* every rank: the folder may be shared or not */
         s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot create the checkpoint folder: %s", dir, strerror(errno));
     if (!s) {
@@ -499,10 +500,26 @@ static void load_full(struct lmc_zero *z, const float *P, const float *M, const 
     }
 }
 
+/* The manifest lists z's tensors (names, offsets, sizes, decay), grouped
+ * into units another way (another bucket size): its arrays, consolidated,
+ * are this run's. */
+static bool same_tensors(const struct lmc_zero *z, const struct lmc_zero_manifest *m) {
+    if (m->n_tensors != z->n_tensors) return false;
+    for (int i = 0; i < z->n_tensors; i++) {
+        const struct lmc_zero_tensor *a = &z->tensors[i], *b = &m->tensors[i];
+        if (strcmp(a->name, b->name) || a->offset != b->offset || a->numel != b->numel || a->decay != b->decay)
+            return false;
+    }
+    return true;
+}
+
 lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc_err *err) {
     struct lmc_zero_manifest man;
+    if (!z->m) return lmc_err_set(err, LMC_ERR_ARG, "%s: sharded AdamW state, but this run's optimizer is another "
+                                  "kind", dir);
     lmc_status s = read_manifest(dir, &man, err);
-    if (!s && (man.numel != z->numel || man.layout_hash != z->layout_hash || man.n_units != z->n_units))
+    bool regroup = !s && man.numel == z->numel && man.layout_hash != z->layout_hash && same_tensors(z, &man);
+    if (!s && !regroup && (man.numel != z->numel || man.layout_hash != z->layout_hash || man.n_units != z->n_units))
         s = lmc_err_set(err, LMC_ERR_ARG, "%s/%s: the checkpoint holds another model (%lld parameters, layout "
                         "%016" PRIx64 "; this run has %lld, %016" PRIx64 ")", dir, MANIFEST,
                         (long long)man.numel, man.layout_hash, (long long)z->numel, z->layout_hash);
@@ -510,7 +527,7 @@ lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc
         lmc_zero_manifest_free(&man);
         return agree(z, s, err, "read the manifest");
     }
-    if (man.world == z->W && z->stage > 0) {
+    if (man.world == z->W && z->stage > 0 && !regroup) {
         /* own shard only, then the full parameters for stages 1 and 2 */
         float *buf = malloc(3 * (size_t)z->S * sizeof(float) + 4);
         if (!buf) s = lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory");

@@ -26,6 +26,7 @@ struct layout_state {
     void *user;
     int64_t xb, xe;         /* experts in the arenas (xe 0: all; expert parallelism) */
     bool seen_layer;
+    bool head;              /* an untied head tensor is in the table */
 };
 
 static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
@@ -45,6 +46,7 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     p->init = t->spec->flags & (LMC_TF_INIT_ALOG | LMC_TF_INIT_DT);
     p->role = (enum lmc_role)t->spec->role;
     if (t->layer >= 0) s->seen_layer = true;
+    if (t->spec->kind == LMC_TK_HEAD) s->head = true;
     p->part = t->layer >= 0 ? (int)t->layer + 1 : s->seen_layer ? (int)tm->cfg.num_layers + 1 : 0;
     bool other_rank = t->spec->kind == LMC_TK_EXPERT_W && s->xe > 0 && (t->expert < s->xb || t->expert >= s->xe);
     if (other_rank || (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t))) {
@@ -147,12 +149,24 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
 
 static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                               bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
-                              int64_t xb, int64_t xe, lmc_err *err);
+                              int64_t xb, int64_t xe, bool arenas, lmc_err *err);
 
 lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
                                lmc_err *err) {
-    return init_layout(tm, cfg, be, external, user, 0, 0, err);
+    return init_layout(tm, cfg, be, external, user, 0, 0, true, err);
+}
+
+lmc_status lmc_tmodel_init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg,
+                                  const struct lmc_backend *be, lmc_err *err) {
+    return init_layout(tm, cfg, be, NULL, NULL, 0, 0, false, err);
+}
+
+lmc_status lmc_tmodel_load_layout(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
+                                  lmc_err *err) {
+    struct lmc_config cfg;
+    lmc_status s = lmc_config_load(&cfg, dir, err);
+    return s ? s : lmc_tmodel_init_layout(tm, &cfg, be, err);
 }
 
 lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
@@ -160,12 +174,25 @@ lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_confi
     if (expert_begin < 0 || expert_end <= expert_begin || expert_end > cfg->num_experts)
         return lmc_err_set(err, LMC_ERR_ARG, "experts [%lld, %lld) out of the model's %lld", (long long)expert_begin,
                            (long long)expert_end, (long long)cfg->num_experts);
-    return init_layout(tm, cfg, be, NULL, NULL, expert_begin, expert_end, err);
+    return init_layout(tm, cfg, be, NULL, NULL, expert_begin, expert_end, true, err);
+}
+
+/* Zeroed arenas of tm->numel floats and the views bound to them. */
+static lmc_status alloc_arenas(struct lmc_tmodel *tm) {
+    const struct lmc_backend *be = tm->be;
+    size_t bytes = (size_t)tm->numel * sizeof(float);
+    tm->w = be->alloc(be->ctx, bytes);
+    tm->g = be->alloc(be->ctx, bytes);
+    if (!tm->w || !tm->g) return LMC_ERR_OOM;
+    be->zero(be->ctx, tm->w, bytes); /* padding between tensors stays zero from here on */
+    be->zero(be->ctx, tm->g, bytes);
+    LMC_ASSERT(lmc_tmodel_bind(tm) == tm->n_params);
+    return LMC_OK;
 }
 
 static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                               bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
-                              int64_t xb, int64_t xe, lmc_err *err) {
+                              int64_t xb, int64_t xe, bool arenas, lmc_err *err) {
     memset(tm, 0, sizeof *tm);
     const struct lmc_config *c = cfg;
     if (c->num_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 || c->num_heads <= 0 ||
@@ -189,18 +216,13 @@ static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cf
     tm->W.layers = lmc_weights_layers_alloc(c);
     tm->G.layers = lmc_weights_layers_alloc(c);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
-    struct layout_state ls = {tm, (int)cap, external, user, xb, xe, false};
+    struct layout_state ls = {tm, (int)cap, external, user, xb, xe, false, false};
     if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {
         lmc_tmodel_free(tm);
         return st;
     }
-    size_t bytes = (size_t)tm->numel * sizeof(float);
-    tm->w = be->alloc(be->ctx, bytes);
-    tm->g = be->alloc(be->ctx, bytes);
-    if (!tm->w || !tm->g) goto oom;
-    be->zero(be->ctx, tm->w, bytes); /* padding between tensors stays zero from here on */
-    be->zero(be->ctx, tm->g, bytes);
-    LMC_ASSERT(lmc_tmodel_bind(tm) == tm->n_params);
+    tm->tied_head = !ls.head; /* (lmc_tmodel_bind finds the same) */
+    if (arenas && alloc_arenas(tm)) goto oom;
     return LMC_OK;
 oom:
     lmc_tmodel_free(tm);
@@ -268,17 +290,6 @@ int lmc_tmodel_find(const struct lmc_tmodel *tm, const char *name) {
     return -1;
 }
 
-/* Transposes the on-disk (R, Cc) tensor of p in `in` into the arena's
- * (Cc, R) layout in dst, or back (to_disk); both host memory. */
-static void transpose(const struct lmc_tparam *p, float *dst, const float *in, bool to_disk) {
-    int64_t R = p->shape[0], Cc = p->shape[1];
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < Cc; c++) {
-            if (to_disk) dst[r * Cc + c] = in[c * R + r];
-            else dst[c * R + r] = in[r * Cc + c];
-        }
-}
-
 lmc_status lmc_tmodel_download_param(const struct lmc_tmodel *tm, const float *arena, int i,
                                      float *out, lmc_err *err) {
     const struct lmc_backend *be = tm->be;
@@ -292,7 +303,7 @@ lmc_status lmc_tmodel_download_param(const struct lmc_tmodel *tm, const float *a
     float *tmp = malloc(bytes);
     if (!tmp) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", p->name);
     be->download(be->ctx, tmp, arena + p->off, bytes);
-    transpose(p, out, tmp, true);
+    lmc_tmodel_transpose(p, out, tmp, true);
     free(tmp);
     return LMC_OK;
 }
@@ -306,7 +317,7 @@ lmc_status lmc_tmodel_upload_param(const struct lmc_tmodel *tm, float *arena, in
     float *tmp = NULL;
     if (p->transposed) {
         if (!(tmp = malloc(bytes))) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", p->name);
-        transpose(p, tmp, in, false);
+        lmc_tmodel_transpose(p, tmp, in, false);
     }
     be->upload(be->ctx, arena + p->off, tmp ? tmp : in, bytes);
     be->sync(be->ctx); /* the host buffer may go as soon as this returns */
@@ -323,126 +334,44 @@ void lmc_tmodel_upload_arena(const struct lmc_tmodel *tm, float *arena, const fl
     tm->be->sync(tm->be->ctx);
 }
 
-/* Box-Muller normal from the seeded generator. */
-static double normal(uint64_t *s) {
-    double u1 = lmc_rng_uniform(s), u2 = lmc_rng_uniform(s);
-    if (u1 < 1e-300) u1 = 1e-300;
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
-
-/* Which tensors are residual output projections (spec flag LMC_TF_RESID). */
-struct flag_state {
-    bool *resid;
-    int i;
-};
-
-static lmc_status flag_resid(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
-    (void)err;
-    struct flag_state *fs = user;
-    if (!t->required) return LMC_OK; /* not in the parameter table (record() skips it too) */
-    fs->resid[fs->i++] = (t->spec->flags & LMC_TF_RESID) != 0;
-    return LMC_OK;
-}
-
-lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std, lmc_err *err) {
+lmc_status lmc_tmodel_fill(struct lmc_tmodel *tm, struct lmc_tmodel_src *src, lmc_err *err) {
     const struct lmc_backend *be = tm->be;
-    uint64_t s = seed ^ 0x6c6d632d696e6974ull;
-    double res_std = std / sqrt(2.0 * (double)tm->cfg.num_layers);
+    if (!tm->w && alloc_arenas(tm))
+        return lmc_err_set(err, LMC_ERR_OOM, "model of %lld parameters: out of memory", (long long)tm->numel);
     int64_t most = 0;
     for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel);
     float *w = malloc((size_t)most * sizeof(float)); /* one tensor, in the arena's layout */
-    bool *resid = calloc((size_t)tm->n_params, sizeof *resid);
-    struct flag_state fs = {resid, 0};
-    if (!w || !resid || lmc_arch_walk(tm->arch, &tm->cfg, flag_resid, &fs, err)) {
-        free(w);
-        free(resid);
-        return lmc_err_set(err, LMC_ERR_OOM, "initialising %lld parameters: out of memory",
-                           (long long)tm->numel);
-    }
-    for (int i = 0; i < tm->n_params; i++) {
+    if (!w) return lmc_err_set(err, LMC_ERR_OOM, "initialising %lld parameters: out of memory", (long long)tm->numel);
+    lmc_status s = LMC_OK;
+    for (int i = 0; i < tm->n_params && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        if (p->init & LMC_TF_INIT_ALOG) { /* A = -(1..n) per row, as mamba_ssm initialises it */
-            int64_t n = p->ndim == 2 ? p->shape[1] : p->numel;
-            for (int64_t k = 0; k < p->numel; k++) w[k] = (float)log((double)(k % n + 1));
-        } else if (p->init & LMC_TF_INIT_DT) { /* softplus(bias) = dt, log-uniform in [1e-3, 0.1] */
-            for (int64_t k = 0; k < p->numel; k++) {
-                double dt = exp(log(1e-3) + lmc_rng_uniform(&s) * (log(0.1) - log(1e-3)));
-                w[k] = (float)(dt + log(-expm1(-dt)));
-            }
-        } else if (p->role == LMC_ROLE_NORM || p->role == LMC_ROLE_BIAS) {
-            float v = p->role == LMC_ROLE_NORM ? 1.0f : 0.0f;
-            for (int64_t k = 0; k < p->numel; k++) w[k] = v;
-        } else {
-            double sd = resid[i] ? res_std : std;
-            for (int64_t k = 0; k < p->numel; k++) w[k] = (float)(normal(&s) * sd);
-        }
-        if (p->external) continue; /* drawn all the same: the others' values do not depend on it */
+        if (p->external) continue; /* not in the arenas */
+        if ((s = lmc_tmodel_src_fill(src, p->off, p->numel, w, err))) break;
         be->upload(be->ctx, tm->w + p->off, w, (size_t)p->numel * sizeof(float));
         be->sync(be->ctx); /* w is refilled next */
     }
     free(w);
-    free(resid);
-    return LMC_OK;
+    return s;
 }
 
-static float st_elem(const struct lmc_st_tensor *t, int64_t i) {
-    if (t->dtype == LMC_DTYPE_F32) {
-        float f;
-        memcpy(&f, (const char *)t->data + 4 * i, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, (const char *)t->data + 2 * i, 2);
-    return t->dtype == LMC_DTYPE_BF16 ? lmc_bf16_to_f32(h) : lmc_f16_to_f32(h);
+lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double std, lmc_err *err) {
+    struct lmc_tmodel_src src;
+    lmc_status s = lmc_tmodel_src_random(&src, tm, seed, std, err);
+    if (s) return s;
+    s = lmc_tmodel_fill(tm, &src, err);
+    lmc_tmodel_src_free(&src);
+    return s;
 }
 
 lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
                            lmc_err *err) {
-    struct lmc_config cfg;
-    struct lmc_st st;
-    lmc_status s = lmc_config_load(&cfg, dir, err);
+    struct lmc_tmodel_src src;
+    lmc_status s = lmc_tmodel_load_layout(tm, dir, be, err);
     if (s) return s;
-    if ((s = lmc_st_open_dir(&st, dir, err))) return s;
-    if ((s = lmc_tmodel_init(tm, &cfg, be, err))) {
-        lmc_st_free(&st);
-        return s;
+    if (!(s = lmc_tmodel_src_dir(&src, tm, dir, err))) {
+        s = lmc_tmodel_fill(tm, &src, err);
+        lmc_tmodel_src_free(&src);
     }
-    float *buf = NULL;
-    for (int i = 0; i < tm->n_params && !s; i++) {
-        const struct lmc_tparam *p = &tm->params[i];
-        const char *name = p->name;
-        const struct lmc_st_tensor *t = lmc_st_find(&st, name);
-        const char *ap = tm->arch->alt_prefix;
-        if (!t && ap && !strncmp(name, ap, strlen(ap))) t = lmc_st_find(&st, name + strlen(ap));
-        struct lmc_st_tensor view;
-        const struct lmc_st_tensor *fused = NULL;
-        if (!t && (s = lmc_arch_moe_fused(&st, &tm->cfg, name, &view, &fused, err))) break;
-        if (fused) t = &view; /* a slice of a fused 3-D expert tensor */
-        if (!t) {
-            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s'", dir, name);
-            break;
-        }
-        bool ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
-                  (p->ndim == 1 || t->shape[1] == p->shape[1]);
-        if (t->ndim == 3 && p->ndim == 2) /* a depthwise conv1d weight (rows, 1, K) */
-            ok = t->shape[0] == p->shape[0] && t->shape[1] == 1 && t->shape[2] == p->shape[1];
-        if (!ok || (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)) {
-            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s' has the wrong shape or dtype "
-                            "(expected F32/F16/BF16 [%lld%s%lld])", dir, name, (long long)p->shape[0],
-                            p->ndim == 2 ? ", " : "", p->ndim == 2 ? (long long)p->shape[1] : 0LL);
-            break;
-        }
-        free(buf);
-        buf = malloc((size_t)p->numel * sizeof(float));
-        if (!buf) {
-            s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
-            break;
-        }
-        for (int64_t k = 0; k < p->numel; k++) buf[k] = st_elem(t, k);
-        s = lmc_tmodel_upload_param(tm, tm->w, i, buf, err);
-    }
-    free(buf);
-    lmc_st_free(&st);
     if (s) lmc_tmodel_free(tm);
     return s;
 }

@@ -122,6 +122,49 @@ lmc_status lmc_tmodel_init_random(struct lmc_tmodel *tm, uint64_t seed, double s
 lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
                            lmc_err *err);
 void lmc_tmodel_free(struct lmc_tmodel *tm);
+
+/* ---- Building a model without its arenas (data-parallel ZeRO set-up,
+ * where each rank keeps only its shard: train/trainer_dist.c). A source
+ * produces the initial parameters range by range in the arena's layout on
+ * the host (tmodel_src.c), so no one needs the whole model at once. */
+/* lmc_tmodel_init without the arenas: w = g = NULL, the views unbound
+ * (lmc_tmodel_fill allocates and fills them, or the caller binds views to
+ * memory of its own with lmc_tmodel_bind_part). */
+lmc_status lmc_tmodel_init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg,
+                                  const struct lmc_backend *be, lmc_err *err);
+/* config.json of dir -> lmc_tmodel_init_layout. */
+lmc_status lmc_tmodel_load_layout(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
+                                  lmc_err *err);
+struct lmc_st;
+struct lmc_tmodel_src {
+    const struct lmc_tmodel *tm;  /* its table (not owned) */
+    struct lmc_st *st;            /* a folder's weights (NULL: random) */
+    char dir[512];
+    uint64_t rng;                 /* random: the generator, drawn tensor by tensor in table order */
+    double std, res_std;
+    bool *resid;                  /* (n_params) residual output projections */
+    float *buf;                   /* one tensor in the arena's layout (the largest) */
+    int cur, next;                /* buf holds tensor cur; random: tensor next is drawn next */
+};
+/* lmc_tmodel_init_random's values (the same seed, the same bits), or a
+ * Hugging Face folder's weights as lmc_tmodel_load reads them (mapped;
+ * missing tensors and wrong shapes are found when read). */
+lmc_status lmc_tmodel_src_random(struct lmc_tmodel_src *s, const struct lmc_tmodel *tm, uint64_t seed,
+                                 double std, lmc_err *err);
+lmc_status lmc_tmodel_src_dir(struct lmc_tmodel_src *s, const struct lmc_tmodel *tm, const char *dir, lmc_err *err);
+/* The arena's floats [off, off + n) into host (padding 0). A random source
+ * is read in increasing order (ranges after ranges already read; one
+ * range may end inside a tensor and the next start there); a folder in any
+ * order. LMC_ERR_FORMAT naming the tensor for a folder's missing or
+ * misshapen one, LMC_ERR_ARG for a random source read backwards. */
+lmc_status lmc_tmodel_src_fill(struct lmc_tmodel_src *s, int64_t off, int64_t n, float *host, lmc_err *err);
+void lmc_tmodel_src_free(struct lmc_tmodel_src *s);
+/* Allocates the arenas if they are missing (zeroed, views bound) and
+ * uploads the source's values of every parameter, one tensor at a time. */
+lmc_status lmc_tmodel_fill(struct lmc_tmodel *tm, struct lmc_tmodel_src *src, lmc_err *err);
+/* Transposes the on-disk (R, Cc) tensor of p in `in` into the arena's
+ * (Cc, R) layout in dst, or back (to_disk); both host memory. */
+void lmc_tmodel_transpose(const struct lmc_tparam *p, float *dst, const float *in, bool to_disk);
 /* (Re)binds the views W and G to the arenas tm->w / tm->g by the spec
  * table (after the arenas move); adapters and frozen views are the
  * caller's to set again. Returns the number of table tensors bound. */

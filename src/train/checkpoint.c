@@ -111,11 +111,21 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     if (s) return s;
     /* optimizer state: another kind's named tensors (lmc_optim_save), or
      * the AdamW moments raw (layout of the arenas) */
-    if (tr->zero) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
+    if (tr->zero && !tr->have_opt) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
         if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
             return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
         const char *zmeta[] = {"lmc.optimizer", "zero", "lmc.zero.dir", "../zero"};
         if ((s = lmc_st_write(path, NULL, 0, zmeta, 2, err))) return s;
+        goto state;
+    }
+    if (tr->have_opt && lmc_trainer_dist_optim_shards(tr)) { /* --zero 1: each rank's tensors' state in OUT/zero */
+        if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        char world[32];
+        snprintf(world, sizeof world, "%d", lmc_trainer_dist_optim_shards(tr));
+        const char *zmeta[] = {"lmc.optimizer", "zero-optim", "lmc.zero.dir", "../zero", "lmc.zero.world", world,
+                               "lmc.zero.optim", lmc_optim_kind_name(tr->opt.cfg.kind)};
+        if ((s = lmc_st_write(path, NULL, 0, zmeta, 4, err))) return s;
         goto state;
     }
     if (tr->have_opt) {
@@ -494,10 +504,10 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     if ((s = lmc_st_open_file(&st, path, err))) return s;
     const char *okind = lmc_st_meta_get(&st, "lmc.optimizer");
-    if (tr->zero || (okind && !strcmp(okind, "zero"))) { /* sharded: DIR/../zero */
+    if ((tr->zero && !tr->have_opt) || (okind && !strcmp(okind, "zero"))) { /* sharded: DIR/../zero */
         bool sharded = okind && !strcmp(okind, "zero");
         lmc_st_free(&st);
-        if (!sharded || !tr->zero)
+        if (!sharded || !tr->zero || tr->have_opt)
             return lmc_err_set(err, LMC_ERR_FORMAT, sharded ? "%s: sharded optimizer state (a data-parallel run): "
                                "resume it with the same mpirun -np N and --zero" : "%s: a one-process checkpoint "
                                "cannot be resumed by a data-parallel run yet", path);
@@ -508,8 +518,26 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         tr->step = ts.step;
         return LMC_OK;
     }
-    if (tr->have_opt) { /* another kind: named tensors, the kind checked */
-        s = lmc_optim_load_st(&tr->opt, &st, path, err);
+    if (okind && !strcmp(okind, "zero-optim")) { /* --zero 1 with another kind: each rank's shard */
+        const char *wv = lmc_st_meta_get(&st, "lmc.zero.world"), *kv = lmc_st_meta_get(&st, "lmc.zero.optim");
+        int world = wv ? atoi(wv) : 0;
+        if (!tr->have_opt || !kv || strcmp(kv, lmc_optim_kind_name(tr->opt.cfg.kind)) || world < 1) {
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: %s optimizer state sharded over %s ranks (--zero 1): resume it "
+                            "with --optim %s", path, kv ? kv : "?", wv ? wv : "?", kv ? kv : "?");
+            lmc_st_free(&st);
+            return s;
+        }
+        lmc_st_free(&st);
+        char zdir[4096];
+        if (snprintf(zdir, sizeof zdir, "%s/../zero", dir) >= (int)sizeof zdir)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_trainer_load_optim_shards(tr, zdir, ts.step, world, err))) return s;
+        tr->step = ts.step;
+        return LMC_OK;
+    }
+    if (tr->have_opt) { /* another kind: named tensors, the kind checked (--zero 1: this rank's, by name) */
+        s = lmc_trainer_dist_optim_shards(tr) ? lmc_trainer_dist_load_optim_whole(tr, &st, path, err)
+                                              : lmc_optim_load_st(&tr->opt, &st, path, err);
         lmc_st_free(&st);
         if (s) return s;
         tr->step = ts.step;

@@ -21,10 +21,11 @@ static void *own(struct lmc_lora_train *lt, size_t bytes) {
     return p;
 }
 
-static lmc_status add_param(struct lmc_tmodel *tm, const char *module, const char *which, int64_t rows,
-                            int64_t cols, lmc_err *err) {
+static lmc_status add_param(struct lmc_tmodel *tm, const char *module, int64_t layer, const char *which,
+                            int64_t rows, int64_t cols, lmc_err *err) {
     struct lmc_tparam *p = &tm->params[tm->n_params++];
     memset(p, 0, sizeof *p);
+    p->part = (int)layer + 1; /* its layer's (lmc_tmodel_hooks: data parallel reduces it when the layer's backward ends) */
     snprintf(p->name, sizeof p->name, "base_model.model.%s.%s.weight", module, which);
     p->ndim = 2;
     p->shape[0] = rows;
@@ -61,8 +62,8 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
     lt->n_mods = lo->n_mods;
     for (int k = 0; k < lo->n_mods; k++) {
         const struct lmc_lora_module *m = &lo->mods[k];
-        if ((s = add_param(tm, m->module, "lora_A", r, m->in, err)) ||
-            (s = add_param(tm, m->module, "lora_B", m->out, r, err))) {
+        if ((s = add_param(tm, m->module, m->layer, "lora_A", r, m->in, err)) ||
+            (s = add_param(tm, m->module, m->layer, "lora_B", m->out, r, err))) {
             tm->n_params = n_base;
             tm->numel = base;
             lmc_lora_train_free(lt);

@@ -28,6 +28,7 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
     tr->be = be;
     tr->o = *o;
     tr->train_data = train;
+    if (o->init_src) o->init_src->tm = &tr->tm; /* the source reads the table where the model now is */
     tr->val_data = val;
     lmc_status s;
     if (o->B <= 0 || o->T <= 0 || o->accum <= 0) {
@@ -50,6 +51,12 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
         goto fail;
     }
     if ((s = lmc_tmodel_check_backend(be, &tr->tm.cfg, true, true, err))) goto fail;
+    /* arenas deferred (o->init_src): built here unless the zero module takes the parameters */
+    if (!tr->tm.w && (!o->init_src || !o->zero_moments) &&
+        (s = o->init_src ? lmc_tmodel_fill(&tr->tm, o->init_src, err)
+                         : lmc_err_set(err, LMC_ERR_ARG, "the model has no parameter arena and no source")))
+        goto fail;
+    if (tr->tm.w) tr->o.init_src = NULL; /* used (or never needed) */
     if ((s = lmc_schedule_check(&o->sched, err))) goto fail;
     if ((s = lmc_tacts_init(&tr->acts, &tr->tm, be, o->B, o->T, o->recompute, err))) goto fail;
     if (train && (s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;
@@ -177,6 +184,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
         }
         double ls;
         int64_t n;
+        lmc_trainer_dist_micro(tr, k, o->accum);
         lmc_status s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
         if (s) return s;
         lmc_trainer_moe_add(tr, st, k, o->accum);
@@ -190,8 +198,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     int64_t t0 = tm->trainable_off;
     if (tr->comm) { /* fixed-order sums: every rank gets the same bits and takes the same step */
         double sc[2] = {sum, (double)count};
-        lmc_status s = tr->comm->all_reduce(tr->comm, tm->g + (t0 - tm->g_off), tm->numel - t0, LMC_DTYPE_F32,
-                                            LMC_REDUCE_SUM, err);
+        lmc_status s = lmc_trainer_dist_reduce(tr, err);
         if (!s) s = tr->comm->all_reduce(tr->comm, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
         if (s) return s;
         sum = sc[0];

@@ -36,6 +36,18 @@ struct lmc_train_opts {
     uint64_t seed;             /* data order */
     bool zero_moments;         /* AdamW data parallel (lmc_trainer_dist_init follows, which
                                 * gives the zero module the moments): none allocated here */
+    /* Optional: the model came without its arenas (lmc_tmodel_init_layout)
+     * and its parameters come from this source (kept by the caller until
+     * the set-up is done: lmc_trainer_init, then lmc_trainer_dist_init when
+     * zero_moments is set), so that the zero module fills each rank's
+     * shard without the whole model ever being built (lmc_trainer_init
+     * points the source at its copy of the model). */
+    struct lmc_tmodel_src *init_src;
+    /* ZeRO (lmc_trainer_dist_init): consecutive model parts (embeddings,
+     * layers, head) grouped into one zero unit until it holds at least
+     * this many bytes, so each collective moves about a bucket (0: one
+     * unit per part) */
+    int64_t bucket_bytes;
     int64_t eval_batches;      /* validation micro-batches per evaluation */
     /* Optional batch source instead of the token loader (supervised
      * fine-tuning): fills B*T inputs and targets (< 0: not counted) and

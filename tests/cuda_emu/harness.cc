@@ -66,6 +66,10 @@
  *               model fed packed rows by a batch source, two accumulated,
  *               clipped AdamW steps (llama/qwen2-tiny) vs the CPU run
  *               (harness_finetune.cc)
+ *   zero        the ZeRO trainer (train/trainer_dist.c, dist/zero.c) on
+ *               device memory, one process: llama-tiny filled unit by unit
+ *               from its folder, ZeRO 0/2/3 (and 3 in one bucket), 3 AdamW
+ *               steps vs the CPU trainer (harness_zero.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1377,6 +1381,7 @@ static void test_lora_rows() {
 
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
 #include "harness_finetune.cc" /* test_finetune: lmc finetune --full --pack's trainer path */
+#include "harness_zero.cc" /* test_zero: the ZeRO trainer on device memory */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1398,12 +1403,13 @@ int main(int argc, char **argv) {
         {"qlora", test_qlora},
         {"moe_e2e", test_moe_e2e},
         {"finetune", test_finetune},
+        {"zero", test_zero},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero)\n", argv[i]);
             return 2;
         }
     }
