@@ -54,6 +54,11 @@
  *               input-gradient backward vs the CPU twin (fp32, bf16), and a
  *               whole QLoRA finetune step (llama/qwen2/gpt2-tiny) through the
  *               real table vs the CPU run (harness_qlora.cc)
+ *   kvq_paged   attention_paged_kvq.cu: the compressed paged pools (q8, q4,
+ *               KIVI-2 with f16 rings) through the real table's paged
+ *               entries vs the CPU twins: pool and ring bytes equal, the
+ *               attention within 1e-5, over prefill, decode, long-chunk and
+ *               rollback steps (harness_kvq_paged.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1322,6 +1327,7 @@ static void test_lora_rows() {
 }
 
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
+#include "harness_kvq_paged.cc" /* test_kvq_paged: compressed paged pools (attention_paged_kvq.cu) */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1341,12 +1347,13 @@ int main(int argc, char **argv) {
         {"qmm", test_qmm},
         {"rl", test_rl},
         {"qlora", test_qlora},
+        {"kvq_paged", test_kvq_paged},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora kvq_paged)\n", argv[i]);
             return 2;
         }
     }
