@@ -8,8 +8,10 @@
  * chunk longer than the ring, and a step that rewrites a sequence's last
  * three positions (rejected drafts); after every step the pool's K and V
  * bytes (and the rings) must equal the CPU's exactly and the attention
- * output within 1e-5. */
+ * output within 1e-5. Then llama-tiny's batched forward over each pool
+ * (two sequences, ring slots on the device): CUDA table vs CPU logits. */
 #include "infer/kvq.h"
+#include "model/forward_batch.h"
 #include "ops/cpu/kvquant.h"
 
 static void kvq_paged_case(int fmt, int64_t H, int64_t KV, int64_t D, int64_t residual, int64_t window) {
@@ -95,6 +97,48 @@ static void kvq_paged_case(int fmt, int64_t H, int64_t KV, int64_t D, int64_t re
         if (p) gpu.free(gpu.ctx, p);
 }
 
+/* llama-tiny's batched forward (two sequences: a 40-token prompt and a
+ * 29-token one in one step, then a decode step of both) over a compressed
+ * pool of format fmt through backend base's paged variant: ring slots
+ * 1 and 0 (device memory, tok_slot uploads, ring resets by upload) */
+static bool kvq_paged_forward(const struct lmc_backend *base, const char *dir, int fmt,
+                              const std::vector<int32_t> &ids, std::vector<float> &out) {
+    lmc_err err;
+    struct lmc_backend be;
+    struct lmc_model m;
+    struct lmc_model_opts mo = {LMC_WDTYPE_F32, base};
+    if (lmc_kvq_paged_backend(&be, base, (enum lmc_kvq_fmt)fmt, &err) || lmc_model_load(&m, dir, &mo, &err)) {
+        printf("FAIL kvq_paged load %s: %s\n", dir, err.msg);
+        n_fail++;
+        return false;
+    }
+    const int64_t V = m.cfg.vocab_size, n0 = 40, n1 = 29;
+    struct lmc_kv_pool pool;
+    struct lmc_batch_acts ba;
+    bool ok = !lmc_kv_pool_init(&pool, &m, &be, 8, 32, &err);
+    if (ok && lmc_kv_pool_ring_init(&pool, 2, 16, &err)) lmc_kv_pool_free(&pool), ok = false;
+    if (ok && lmc_batch_acts_init(&ba, &m, &be, 80, 2, 4, 4, &err)) lmc_kv_pool_free(&pool), ok = false;
+    if (ok) {
+        std::vector<int32_t> tok, seq, pos;
+        for (int64_t i = 0; i < n0; i++) tok.push_back(ids[i]), seq.push_back(0), pos.push_back((int32_t)i);
+        for (int64_t i = 0; i < n1; i++) tok.push_back(ids[n0 + i]), seq.push_back(1), pos.push_back((int32_t)i);
+        int32_t bt[8] = {5, 2, 7, 0, 6, 1, 3, 4}, rows[2] = {(int32_t)(n0 - 1), (int32_t)(n0 + n1 - 1)}, ring[2] = {1, 0};
+        pool.ring_slot = ring;
+        out.assign((size_t)(4 * V), NAN);
+        struct lmc_batch b = {n0 + n1, tok.data(), seq.data(), pos.data(), 2, bt, 4, rows, 2, NULL};
+        int32_t t2[2] = {ids[3], ids[5]}, s2[2] = {0, 1}, p2[2] = {(int32_t)n0, (int32_t)n1}, r2[2] = {0, 1};
+        struct lmc_batch d = {2, t2, s2, p2, 2, bt, 4, r2, 2, NULL};
+        if (lmc_model_forward_batch(&m, &be, &ba, &pool, &b, out.data(), &err) ||
+            lmc_model_forward_batch(&m, &be, &ba, &pool, &d, out.data() + 2 * V, &err))
+            ok = false;
+        lmc_batch_acts_free(&ba);
+        lmc_kv_pool_free(&pool);
+    }
+    if (!ok) printf("FAIL kvq_paged forward %s on %s: %s\n", dir, base->name, err.msg), n_fail++;
+    lmc_model_free(&m);
+    return ok;
+}
+
 static void test_kvq_paged() {
     kvq_paged_case(LMC_KVQ_Q8, 6, 2, 20, 0, 0);
     kvq_paged_case(LMC_KVQ_Q4, 6, 2, 20, 0, 17);
@@ -102,4 +146,17 @@ static void test_kvq_paged() {
     kvq_paged_case(LMC_KVQ_KIVI2, 6, 2, 20, 32, 0);
     kvq_paged_case(LMC_KVQ_KIVI2, 6, 3, 20, 8, 0);
     kvq_paged_case(LMC_KVQ_KIVI2, 4, 1, 64, 0, 21);
+    /* end to end: llama-tiny over each compressed pool, CUDA table vs CPU */
+    std::string dir = std::string(fixtures()) + "/llama-tiny";
+    std::vector<int32_t> ids(70);
+    for (auto &i : ids) i = irand(512);
+    for (int fmt = LMC_KVQ_Q8; fmt <= LMC_KVQ_KIVI2; fmt++) {
+        std::vector<float> c, g;
+        if (!kvq_paged_forward(&cpu, dir.c_str(), fmt, ids, c) || !kvq_paged_forward(&gpu, dir.c_str(), fmt, ids, g))
+            continue;
+        const std::string nm = std::string("kvq_paged e2e llama-tiny (") + lmc_kvq_name((enum lmc_kvq_fmt)fmt) + ")";
+        double e = rel(g, c);
+        printf("  %s: prompt and decode logits of two sequences %.2e\n", nm.c_str(), e);
+        check(nm, e, 1e-3);
+    }
 }
