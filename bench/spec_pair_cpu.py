@@ -19,6 +19,7 @@ timings). Threads: --threads for all four.
 
 Usage: bench/spec_pair_cpu.py LMC LLAMA_BIN_DIR TARGET DRAFT [--levels 1,4]
        [--repeats 2] [--max-tokens 64] [--threads 2] [--spec-k 4] [--prompts 8]
+       [--gguf-dir /tmp/lmc-spec-pair]  (where the f16 GGUF files are written)
 """
 import argparse, http.client, json, os, re, socket, statistics, subprocess, sys, threading, time
 
@@ -27,10 +28,12 @@ ap.add_argument("lmc"); ap.add_argument("llama_bin"); ap.add_argument("target");
 ap.add_argument("--levels", default="1,4"); ap.add_argument("--repeats", type=int, default=2)
 ap.add_argument("--max-tokens", type=int, default=64); ap.add_argument("--threads", default="2")
 ap.add_argument("--spec-k", default="4"); ap.add_argument("--prompts", type=int, default=8)
+ap.add_argument("--gguf-dir", default="/tmp/lmc-spec-pair")
 a = ap.parse_args()
 
 def gguf(d):
-    f = d.rstrip("/") + ".f16.gguf"
+    os.makedirs(a.gguf_dir, exist_ok=True)
+    f = os.path.join(a.gguf_dir, os.path.basename(d.rstrip("/")) + ".f16.gguf")
     if not os.path.exists(f):
         subprocess.run([a.lmc, "convert", "-m", d, "-o", f, "--dtype", "f16"], check=True,
                        stdout=subprocess.DEVNULL)
@@ -56,19 +59,32 @@ def start_llama(*args):
     p = subprocess.Popen([os.path.join(a.llama_bin, "llama-server"), "-m", gguf(a.target), "--host", "127.0.0.1",
                           "--port", str(port), "-t", a.threads, "-tb", a.threads, "-c", "4096", "-np", "4",
                           "--no-warmup", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:  # blocking reads until it listens
-        if "server is listening" in line or "HTTP server listening" in line:
-            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-            return p, port
+    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+    for _ in range(3000):  # until /health answers 200 (its log lines vary between versions)
+        if p.poll() is not None: sys.exit("llama-server exited")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                c.close()
+                LLAMA_PORTS.add(port)
+                return p, port
+            c.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
     sys.exit("llama-server did not start")
+
+LLAMA_PORTS = set()
 
 def complete(port, prompt):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    c.request("POST", "/v1/completions", body=json.dumps({"prompt": prompt, "max_tokens": a.max_tokens,
-              "temperature": 0, "ignore_eos": True, "cache_prompt": False}),
-              headers={"Content-Type": "application/json"})
+    body = {"prompt": prompt, "max_tokens": a.max_tokens, "temperature": 0}
+    if port in LLAMA_PORTS: body["cache_prompt"] = False  # llama.cpp's own field (lmc refuses unknown ones)
+    c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = json.loads(c.getresponse().read())
     c.close()
+    if "choices" not in r: sys.exit("server on port %d: %s" % (port, r))
     t = r.get("timings", {})
     return r["choices"][0]["text"], r["usage"]["completion_tokens"], t.get("draft_n", 0), t.get("draft_n_accepted", 0)
 
