@@ -21,7 +21,7 @@
 #    without speculation: the same 64 streams equal each other (rollback
 #    is exact while the residual covers a key group), 2 x 8 x 112 bytes
 #    per token (0.19x bf16), over 4x the f32 server's tokens per byte
-#    with the rings of 64 sequences (28 MiB) counted in the 64 MiB of
+#    with the rings of 64 sequences (27 MiB) counted in the 64 MiB of
 #    lmc_kv_pool_bytes, blocks freed; how many
 #    texts equal the f32 cache's is printed;
 #  - bad flags (--spec nonsense, --spec draft: with no folder or a missing
