@@ -14,12 +14,12 @@
 #     (tokens/s, acceptance, same texts), with the bf16 pool and with kivi2.
 # Logs go to $OUT; the summary (tables last) is $OUT/summary.txt.
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_kv.sh
-# env: BUDGET_S (default 200, after the build) SKIP_BUILD=1 (use build-dev as is)
+# env: BUDGET_S (default 240, after the build) SKIP_BUILD=1 (use build-dev as is)
 #      SHAPE=64,2048,8,128,32 LEVELS=1,8 REPEATS=2
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)
-BUDGET_S=${BUDGET_S:-200}; SHAPE=${SHAPE:-64,2048,8,128,32}; LEVELS=${LEVELS:-1,8}; REPEATS=${REPEATS:-2}
+BUDGET_S=${BUDGET_S:-240}; SHAPE=${SHAPE:-64,2048,8,128,32}; LEVELS=${LEVELS:-1,8}; REPEATS=${REPEATS:-2}
 OUT=${OUT:-/tmp/lmc-kv-out}; W=${WORK:-/tmp/lmc-kv-work}; B=build-dev; LMC=$B/lmc; M=models/kjv-llama
 mkdir -p "$OUT" "$W"
 S=$OUT/summary.txt; : >"$S"
@@ -27,13 +27,18 @@ say() { echo "$*" | tee -a "$S"; }
 say "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
 if [ -z "${SKIP_BUILD:-}" ] || [ ! -x $LMC ]; then
   cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$W/build.log" 2>&1 &&
-    make -C $B -j16 lmc_cli bench_kv_paged lmc_cuda >>"$W/build.log" 2>&1 ||
+    make -C $B -j16 lmc_cli bench_kv_paged lmc_cuda test_sched_cuda >>"$W/build.log" 2>&1 ||
     { tail -40 "$W/build.log" | tee -a "$S"; cp "$W/build.log" "$OUT/"; exit 1; }
   say "build ok ($(($(date +%s) - T0)) s)"
 fi
 T1=$(date +%s)
 left() { echo $((BUDGET_S - ($(date +%s) - T1))); }
 rc=0
+# ---- 0. correctness on the device: test_sched_cuda (the scheduler on the GPU, and the
+#      compressed pools q8/q4/kivi2 on the GPU against the CPU's)
+timeout 150 $B/test_sched_cuda >"$OUT/test_sched_cuda.log" 2>&1 || rc=1
+say "test_sched_cuda: $(tail -1 "$OUT/test_sched_cuda.log") ($(($(date +%s) - T1)) s)"
+grep "pool on cuda" "$OUT/test_sched_cuda.log" | tee -a "$S"
 # ---- 1. attention over the pools
 timeout 120 $B/bench_kv_paged --device cuda --reps 21 "$SHAPE" >"$OUT/attention.md" 2>"$W/attention.err" ||
   { say "bench_kv_paged FAILED: $(tail -3 "$W/attention.err")"; rc=1; }
