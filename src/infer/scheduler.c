@@ -736,7 +736,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
             if (op.kv_bytes && op.kv_bytes <= ring)
                 return lmc_err_set(err, LMC_ERR_ARG, "kv_bytes %zu do not hold the KIVI-2 rings of %d "
                                    "sequences (%zu bytes)", op.kv_bytes, op.max_batch, ring);
-            bytes -= ring;
+            bytes = bytes > ring ? bytes - ring : 0;
         }
         op.kv_blocks = (int64_t)(bytes / bb);
         int64_t snaps = recurrent && op.prefix_cache
