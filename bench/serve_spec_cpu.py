@@ -8,7 +8,8 @@ median ratio, the drafts / accepted counts and the steps from /metrics, and
 checks that both servers returned the same texts.
 
 Usage: bench/serve_spec_cpu.py LMC [MODEL] [--levels 1,8,32] [--repeats 2]
-       [--max-tokens 64] [--threads 2] [--spec-k 4]
+       [--max-tokens 64] [--threads 2] [--spec-k 4] [--spec prompt-lookup|draft:DIR]
+       [--server-args "--device cuda ..."]  (given to both servers; bench/gpu_kv.sh)
 """
 import argparse, http.client, json, re, statistics, subprocess, sys, threading, time
 
@@ -17,11 +18,12 @@ ap.add_argument("lmc"); ap.add_argument("model", nargs="?", default="models/kjv-
 ap.add_argument("--levels", default="1,8,32"); ap.add_argument("--repeats", type=int, default=2)
 ap.add_argument("--max-tokens", type=int, default=64); ap.add_argument("--threads", default="2")
 ap.add_argument("--spec-k", default="4")
+ap.add_argument("--spec", default="prompt-lookup"); ap.add_argument("--server-args", default="")
 a = ap.parse_args()
 
 def start(*args):
     p = subprocess.Popen([a.lmc, "serve", "-m", a.model, "--host", "127.0.0.1", "--port", "0", "--threads", a.threads,
-                          "--max-batch", "64", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          "--max-batch", "64", *a.server_args.split(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in p.stderr:
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         if m:
@@ -74,7 +76,7 @@ def level(port, prompts, conc):
 
 verses = [l for l in open("data/kjv.txt", encoding="utf-8").read().splitlines() if len(l) > 40]
 plain, pport = start()
-spec, sport = start("--spec", "prompt-lookup", "--spec-k", a.spec_k, "--spec-max-batch", "0")
+spec, sport = start("--spec", a.spec, "--spec-k", a.spec_k, "--spec-max-batch", "0")
 try:
     print("| concurrency | requests | plain tok/s (runs) | spec tok/s (runs) | spec / plain (median) | drafts | accepted | steps plain / spec | same texts |")
     print("|---|---|---|---|---|---|---|---|---|")

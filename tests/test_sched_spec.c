@@ -9,6 +9,9 @@
  *  - the same with a pool so small that sequences are preempted, with a q8
  *    pool (against q8 without speculation), and with a repetition penalty
  *    (verification from the logits rows instead of the backend's argmax);
+ *    with a KIVI-2 pool (blocks of 32, residual 32; against KIVI-2 without
+ *    speculation: exact, since a sequence's output does not depend on its
+ *    batches), also preempted in a 12-block pool and with a draft model;
  *  - seeded sampled requests with speculation give the same tokens alone
  *    as among 63 others; a rejection storm (temperature 1.5) frees every
  *    block;
@@ -106,6 +109,7 @@ static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_
     lmc_sched_opts_default(&o);
     o.ctx = 160;
     o.kv_blocks = kv_blocks;
+    if (be->attention_paged_ring) o.block_size = 32; /* KIVI-2: a key group per block */
     if (spec) {
         o.spec = g_draft ? LMC_SCHED_SPEC_DRAFT : LMC_SCHED_SPEC_LOOKUP;
         o.draft = g_draft;
@@ -373,6 +377,10 @@ int main(void) {
     greedy_case("llama-tiny", &m, &cpu, tok, &p, 0, 1.0, false);
     greedy_case("llama-tiny, 40-block pool", &m, &cpu, tok, &p, 40, 1.0, true);
     greedy_case("llama-tiny, q8 pool", &m, &q8, tok, &p, 0, 1.0, false);
+    struct lmc_backend kivi;
+    CHECK(lmc_kvq_paged_backend(&kivi, &cpu, LMC_KVQ_KIVI2, &err) == LMC_OK);
+    greedy_case("llama-tiny, kivi2 pool", &m, &kivi, tok, &p, 0, 1.0, false);
+    greedy_case("llama-tiny, kivi2 pool of 12 blocks", &m, &kivi, tok, &p, 12, 1.0, true);
     greedy_case("llama-tiny, repetition penalty 1.2", &m, &cpu, tok, &p, 0, 1.2, false);
     sampled_cases(&m, &cpu, tok, &p);
     /* T 0.02: llama-tiny's logits are small (presence 0.005 is 0.25 after it) */
@@ -389,6 +397,7 @@ int main(void) {
         g_draft = &d16;
         greedy_case("llama-tiny, bf16 llama-tiny draft", &m, &cpu, tok, &p, 0, 1.0, false);
         greedy_case("llama-tiny, bf16 llama-tiny draft, 40-block pool", &m, &cpu, tok, &p, 40, 1.0, true);
+        greedy_case("llama-tiny, kivi2 pools, bf16 llama-tiny draft", &m, &kivi, tok, &p, 0, 1.0, false);
         distribution_case("llama-tiny, bf16 llama-tiny draft", &m, &cpu, tok, 1.0, 0.3);
         g_draft = &d;
         distribution_case("llama-tiny, gpt2-tiny draft", &m, &cpu, tok, 1.0, 0.3);

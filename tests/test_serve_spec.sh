@@ -16,8 +16,17 @@
 #  - `--spec draft:models/kjv-llama` (the model as its own draft): the same
 #    64 streams equal, drafts mostly accepted, blocks freed;
 #  - every server exits 0 on SIGTERM (under ASan: nothing leaked);
+#  - `--kv-dtype kivi2 --kv-memory 64M` (2-bit keys per channel, values
+#    per token, each sequence's last 32 positions in f16 rings) with and
+#    without speculation: the same 64 streams equal each other (rollback
+#    is exact while the residual covers a key group), 2 x 8 x 112 bytes
+#    per token (0.19x bf16), over 4x the f32 server's tokens per byte
+#    with the rings of 64 sequences (27 MiB) counted in the 64 MiB of
+#    lmc_kv_pool_bytes, blocks freed; how many
+#    texts equal the f32 cache's is printed;
 #  - bad flags (--spec nonsense, --spec draft: with no folder or a missing
-#    one, --spec-k 0 or 17, --kv-dtype kivi2) exit 2 or name the problem.
+#    one, --spec-k 0 or 17, --kv-dtype kivi2 with blocks of 8 or
+#    --kv-residual 5000) exit 2 or name the problem.
 # Usage: test_serve_spec.sh PATH/TO/lmc
 set -u
 LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
@@ -36,8 +45,10 @@ for bad in "--spec nonsense" "--spec draft:" "--spec-k 0" "--spec-k 17"; do
 done
 out=$("$LMC" serve -m "$M" --port 0 --spec draft:/nonexistent/draft 2>&1)
 [ $? != 0 ] && echo "$out" | grep -q "/nonexistent/draft" || { echo "FAIL: a missing draft model should be named: $out"; fail=1; }
-out=$("$LMC" serve -m "$M" --port 0 --kv-dtype kivi2 2>&1)
-[ $? != 0 ] && echo "$out" | grep -q "q8 or q4" || { echo "FAIL: --kv-dtype kivi2 should be refused naming q8/q4: $out"; fail=1; }
+out=$("$LMC" serve -m "$M" --port 0 --kv-dtype kivi2 --block-size 8 2>&1)
+[ $? != 0 ] && echo "$out" | grep -q "multiple of 32" || { echo "FAIL: --kv-dtype kivi2 --block-size 8 should be refused: $out"; fail=1; }
+"$LMC" serve -m "$M" --port 0 --kv-dtype kivi2 --kv-residual 5000 >/dev/null 2>&1
+[ $? = 2 ] || { echo "FAIL: serve --kv-residual 5000 should exit 2"; fail=1; }
 
 python3 - "$LMC" "$M" "$N" <<'PY' || fail=1
 import http.client, json, re, subprocess, sys, threading
@@ -161,7 +172,30 @@ try:
     print("q4 pool: %d bytes per token, %d blocks in 32 MiB (f32 %d); %d of %d greedy texts equal the f32 cache's" %
           (mq["lmc_kv_bytes_per_token"], mq["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"], same, N))
 finally:
-    stop(q4, "q4"); stop(plain, "plain")
+    stop(q4, "q4")
+kv, kport, klog = start("--kv-dtype", "kivi2", "--kv-memory", "64M")
+ks, ksport, _ = start("--kv-dtype", "kivi2", "--kv-memory", "64M", "--spec", "prompt-lookup", "--spec-max-batch", "0")
+try:
+    k1 = run_all(kport, prompts)
+    k2 = run_all(ksport, prompts)
+    check(all(r["status"] == 200 and r["finish"] in ("stop", "length") for r in k1 + k2), "kivi2 servers answer")
+    differ = [i for i in range(N) if k1[i] != k2[i]]
+    check(not differ, "%d of %d kivi2 greedy streams differ with speculation, e.g. %s" %
+          (len(differ), N, [(k1[i], k2[i]) for i in differ[:2]]))
+    mk, mks = idle_metrics(kport), idle_metrics(ksport)
+    check(mk.get("lmc_kv_bytes_per_token") == 2 * 8 * 112, "kivi2 bytes per token %s" % mk.get("lmc_kv_bytes_per_token"))
+    check(mk["lmc_kv_blocks_total"] * 32 > 4 * 2 * mp["lmc_kv_blocks_total"] * 8 and mk["lmc_kv_pool_bytes"] <= 64 * 2**20,
+          "kivi2 tokens %s in 64 MiB vs f32 %s in 32 MiB" % (mk["lmc_kv_blocks_total"] * 32, mp["lmc_kv_blocks_total"] * 8))
+    check(mk.get("lmc_kv_blocks_used") == 0 and mks.get("lmc_kv_blocks_used") == 0, "kivi2 blocks in use after")
+    check(mks.get("lmc_spec_draft_tokens_total", 0) > 0, "kivi2 speculation drafted")
+    same = sum(a[i]["text"] == k1[i]["text"] for i in range(N))
+    print("kivi2 pool: %d bytes per token, %d blocks of 32 in 64 MiB with the rings (f32: %d blocks of 8 in 32 MiB); "
+          "%d streams equal with and without speculation (drafts %d, accepted %d); %d of %d greedy texts equal the "
+          "f32 cache's" % (mk["lmc_kv_bytes_per_token"], mk["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"],
+                           N - len(differ), mks.get("lmc_spec_draft_tokens_total", 0),
+                           mks.get("lmc_spec_accepted_tokens_total", 0), same, N))
+finally:
+    stop(kv, "kivi2"); stop(ks, "kivi2 spec"); stop(plain, "plain")
 sys.exit(1 if fails else 0)
 PY
 [ $? = 0 ] || fail=1

@@ -170,12 +170,14 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N [--tp-vocab]] [--kv-dtype f32|q8|q4] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab]] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
             "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
             "--tp-vocab: the embedding and head split by vocabulary rows too (the logits gathered).\n"
+            "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
+            "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -190,6 +192,7 @@ int cmd_serve(int argc, char **argv) {
     size_t kv_bytes = 0;
     int64_t kv_blocks = 0, tp = 1, spec_max_batch = -1;
     bool tp_vocab = false;
+    bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
     const char *draft_dir = NULL;
     struct lmc_model draft;
@@ -239,7 +242,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--kv-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &kv_blocks);
         else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
-        else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n;
+        else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n, block_size_set = true;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
         else if (!strcmp(o, "--max-connections")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_connections = (int)n;
@@ -259,6 +262,7 @@ int cmd_serve(int argc, char **argv) {
                 ok = false;
             }
         }
+        else if (!strcmp(o, "--kv-residual")) ok = cli_parse_i64(v, 0, 4096, &sc.kv_residual);
         else if (!strcmp(o, "--spec-k")) ok = cli_parse_i64(v, 1, 16, &sc.spec_k);
         else if (!strcmp(o, "--spec-ngram")) ok = cli_parse_i64(v, 1, 16, &sc.spec_ngram);
         else if (!strcmp(o, "--spec-max-batch")) ok = cli_parse_i64(v, 0, 4096, &spec_max_batch);
@@ -274,6 +278,7 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     if (spec_max_batch >= 0) sc.spec_max_batch = (int)spec_max_batch;
+    if (kv_fmt == LMC_KVQ_KIVI2 && !block_size_set) sc.block_size = 32; /* a key group per block */
     if (kv_blocks && kv_bytes) {
         fprintf(stderr, "lmc serve: give --kv-blocks or --kv-memory, not both\n");
         return 2;
@@ -356,7 +361,7 @@ int cmd_serve(int argc, char **argv) {
         sc.draft = &draft;
     }
     struct lmc_sched *sched = NULL;
-    struct lmc_backend kq; /* --kv-dtype q8|q4: the CPU backend with a compressed paged pool */
+    struct lmc_backend kq; /* --kv-dtype q8|q4|kivi2: the CPU backend with a compressed paged pool */
     if (kv_fmt && lmc_kvq_paged_backend(&kq, &cm.be, kv_fmt, &err)) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);

@@ -1,6 +1,6 @@
 /* kvq.c — the backend variants for compressed KV caches (see kvq.h): the
  * single-sequence cache (CPU, CUDA) and the paged pool of the scheduler
- * (CPU, q8 and q4). */
+ * (CPU and CUDA: q8, q4, kivi2). */
 #include "infer/kvq.h"
 #include "ops/cpu/kvquant_layout.h"
 #include "core/core.h"
@@ -51,17 +51,47 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
     return LMC_OK;
 }
 
+/* attention_paged of the KIVI-2 variant: its pool is read only through
+ * attention_paged_ring, which forward_batch calls once the pool has a ring
+ * (and refuses a step before) */
+static void kivi_unringed(void *ctx, float *out, const float *q, const float *k_new,
+                          const float *v_new, float *kc, float *vc, int64_t T, const int32_t *seq,
+                          const int32_t *pos, const int32_t *bt, int64_t max_blocks,
+                          int64_t block_size, int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                          int64_t window) {
+    (void)ctx, (void)out, (void)q, (void)k_new, (void)v_new, (void)kc, (void)vc, (void)T, (void)seq;
+    (void)pos, (void)bt, (void)max_blocks, (void)block_size, (void)n_heads, (void)n_kv, (void)hd;
+    (void)scale, (void)window;
+    LMC_ASSERT(!"a KIVI-2 paged pool needs its ring (lmc_kv_pool_ring_init)");
+}
+
 lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
                                  enum lmc_kvq_fmt f, lmc_err *err) {
-    if (f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4)
+    if (f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4 && f != LMC_KVQ_KIVI2)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
-                           "the paged KV pool (lmc serve) takes --kv-dtype f32, q8 or q4, not %s",
+                           "the paged KV pool (lmc serve) takes --kv-dtype f32, q8, q4 or kivi2, not %s",
                            lmc_kvq_name(f) ? lmc_kvq_name(f) : "?");
+    if (cpu->name && !strcmp(cpu->name, "cuda")) { /* ops/cuda/attention_paged_kvq.cu */
+        *out = *cpu;
+        lmc_backend_cuda_set_kvq_paged(out, (int)f);
+        if (f == LMC_KVQ_KIVI2 ? !out->attention_paged_ring : out->attention_paged == cpu->attention_paged)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the CUDA module has no compressed paged KV pool");
+        if (f == LMC_KVQ_KIVI2) out->attention_paged = kivi_unringed;
+        out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8
+                            : f == LMC_KVQ_Q4 ? lmc_kvq_paged_row_bytes_q4 : lmc_kvq_paged_row_bytes_kivi2;
+        return LMC_OK;
+    }
     if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory || !cpu->attention_paged)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
-                           "a compressed paged KV pool runs on the CPU backend only so far (not %s)",
+                           "a compressed paged KV pool runs on the CPU and CUDA backends only (not %s)",
                            cpu->name ? cpu->name : "?");
     *out = *cpu;
+    if (f == LMC_KVQ_KIVI2) {
+        out->attention_paged = kivi_unringed;
+        out->attention_paged_ring = lmc_kvq_attention_paged_kivi2;
+        out->kv_row_bytes = lmc_kvq_paged_row_bytes_kivi2;
+        return LMC_OK;
+    }
     out->attention_paged = f == LMC_KVQ_Q8 ? lmc_kvq_attention_paged_q8 : lmc_kvq_attention_paged_q4;
     out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8 : lmc_kvq_paged_row_bytes_q4;
     return LMC_OK;

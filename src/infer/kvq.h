@@ -25,13 +25,15 @@ lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cp
  * start a new sequence from position 0 in another format. */
 lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
 
-/* out = cpu with the paged pool compressed in format f (q8 or q4; KIVI's
- * per-channel key blocks are not paged yet): attention_paged stores and
- * reads compressed rows and kv_row_bytes sizes the pool by them, so
- * lmc_kv_pool_init / the scheduler give f32's memory budget ~3.8x (q8) or
- * ~6.4x (q4) the blocks. Prefix caching and copy-on-write move blocks as
- * bytes. Shares cpu's ctx (free only cpu). LMC_ERR_UNSUPPORTED for another
- * format or backend. */
+/* out = cpu with the paged pool compressed in format f (q8, q4, kivi2):
+ * attention_paged stores and reads compressed rows and kv_row_bytes sizes
+ * the pool by them, so lmc_kv_pool_init / the scheduler give f32's memory
+ * budget ~3.8x (q8), ~6.4x (q4) or ~10x (kivi2) the blocks. kivi2 uses
+ * attention_paged_ring instead: its pool needs lmc_kv_pool_ring_init (each
+ * running sequence's recent rows in f16) and a block size that is a
+ * multiple of 32. Prefix caching and copy-on-write move blocks as bytes.
+ * Shares cpu's ctx (free only cpu). LMC_ERR_UNSUPPORTED for another format
+ * or backend. */
 lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
                                  enum lmc_kvq_fmt f, lmc_err *err);
 

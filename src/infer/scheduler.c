@@ -42,11 +42,29 @@ void lmc_sched_opts_default(struct lmc_sched_opts *o) {
     o->spec_k = 4;
     o->spec_ngram = 3;
     o->spec_max_batch = 16;
+    o->kv_residual = 32;
 }
 
 static int64_t n_total(const struct req *q) { return lmc_sched_req_total(q); }
 
+/* KIVI-2 pools: a running sequence's ring slot (empty when taken) */
+static void ring_take(struct lmc_sched *s, struct req *q) {
+    if (!s->ring_used || q->ring >= 0) return;
+    int64_t i = 0;
+    while (s->ring_used[i]) i++; /* running <= max_batch = slots */
+    LMC_ASSERT(i < s->o.max_batch);
+    s->ring_used[i] = true;
+    q->ring = (int)i;
+    lmc_kv_pool_ring_reset(&s->kv.pool, i);
+    if (s->o.draft) lmc_kv_pool_ring_reset(&s->dkv.pool, i);
+}
+static void ring_give(struct lmc_sched *s, struct req *q) {
+    if (q->ring >= 0) s->ring_used[q->ring] = false;
+    q->ring = -1;
+}
+
 static void req_free(struct lmc_sched *s, struct req *q) {
+    ring_give(s, q);
     lmc_kv_seq_free(&s->kv, &q->seq);
     if (s->o.draft) lmc_kv_seq_free(&s->dkv, &q->dseq);
     if (q->dsmp_ok) lmc_sampler_free(&q->dsmp);
@@ -119,6 +137,7 @@ static void preempt_last(struct lmc_sched *s) {
     struct req *q = s->running[--s->n_running];
     lmc_kv_seq_release(&s->kv, &q->seq);
     if (s->o.draft) lmc_kv_seq_release(&s->dkv, &q->dseq);
+    ring_give(s, q);
     q->n_computed = q->d_computed = q->d_ready = 0;
     q->take = 0;
     q->n_draft = 0;
@@ -294,7 +313,10 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         struct req *q = s->waiting[0];
         int64_t total = n_total(q);
         int64_t hits = s->kv.hits_tokens, queries = s->kv.queries_tokens, hit_blocks = s->kv.hits_blocks;
-        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, total - 1);
+        /* KIVI-2: the last residual positions are computed again, so they
+         * sit in the sequence's f16 ring as if it had never been preempted */
+        int64_t keep = s->kv.pool.ring ? s->kv.pool.residual : 0;
+        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, LMC_MAX(0, total - 1 - keep));
         if (!lmc_kv_seq_reserve(&s->kv, &q->seq, matched, total)) {
             lmc_kv_seq_release(&s->kv, &q->seq); /* wait for blocks; counted when admitted */
             s->kv.hits_tokens = hits;
@@ -307,6 +329,7 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         if (!q->admitted_once) q->cached_prompt = LMC_MIN(matched, q->n_prompt);
         q->admitted_once = true;
         s->running[s->n_running++] = q;
+        ring_take(s, q);
         q->take = cut_take(s, matched, LMC_MIN(total - matched, *budget));
         *budget -= q->take;
     }
@@ -365,6 +388,7 @@ static void step(struct lmc_sched *s) {
     for (int64_t i = 0; i < nsch; i++) {
         struct req *q = s->sched[i];
         s->b_ad[ns] = q->r.adapter;
+        if (s->b_ring) s->b_ring[ns] = q->ring;
         q->slot = (int)ns;
         s->sched[ns] = q;
         int32_t *bt = s->b_bt + ns * mb;
@@ -387,6 +411,7 @@ static void step(struct lmc_sched *s) {
     if (!ns) return;
     struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl,
                           adapters ? s->b_ad : NULL};
+    s->kv.pool.ring_slot = s->b_ring; /* KIVI-2: the batch's ring slots */
     lmc_err err = {0};
     if (!nl) greedy = plain = false;
     if (plain && !greedy) { /* the uniforms, in logits-row order (the order of sched) */
@@ -639,6 +664,9 @@ static void sched_release(struct lmc_sched *s) {
     free(s->sched);
     free(s->blk_seen);
     free(s->blk_fill);
+    free(s->ring_used);
+    free(s->b_ring);
+    free(s->d_ring);
     free(s->running);
     free(s->waiting);
     free(s->cancels);
@@ -692,10 +720,24 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     } else {
         op.draft = NULL;
     }
+    if (be->attention_paged_ring && (op.block_size % 32 || op.kv_residual < 0 || op.kv_residual > 4096 || op.tp))
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "a KIVI-2 KV pool needs a block size that is a multiple of 32 (not %d), a "
+                           "residual of 0..4096 (not %lld) and no tensor parallelism",
+                           op.block_size, (long long)op.kv_residual);
     int64_t per_seq = LMC_MAX(1, lmc_model_seq_blocks(m, op.ctx, op.block_size));
     if (op.kv_blocks == 0) {
         size_t bb = lmc_kv_pool_block_bytes(m, be, kv_bs);
         size_t bytes = op.kv_bytes ? op.kv_bytes : (size_t)2 << 30;
+        if (be->attention_paged_ring) { /* KIVI-2: the rings come out of the budget */
+            int64_t row = m->arch->mixer->kv_row(c);
+            size_t ring = (size_t)op.max_batch * (size_t)c->num_layers *
+                          lmc_kv_ring_slot_bytes(row, lmc_kv_pool_ring_rows(op.kv_residual));
+            if (op.kv_bytes && op.kv_bytes <= ring)
+                return lmc_err_set(err, LMC_ERR_ARG, "kv_bytes %zu do not hold the KIVI-2 rings of %d "
+                                   "sequences (%zu bytes)", op.kv_bytes, op.max_batch, ring);
+            bytes = bytes > ring ? bytes - ring : 0;
+        }
         op.kv_blocks = (int64_t)(bytes / bb);
         int64_t snaps = recurrent && op.prefix_cache
                             ? (op.prefix_cache_blocks > 0 ? op.prefix_cache_blocks : op.max_batch) : 0;
@@ -728,8 +770,17 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     int64_t T = op.max_step_tokens, B = op.max_batch, R = s->max_logits;
     if (!st && op.spec && !(s->spec_p = malloc((size_t)(op.spec_k + 1) * (size_t)c->vocab_size * sizeof(float))))
         st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
+    if (!st && be->attention_paged_ring) { /* KIVI-2: a ring slot per running sequence */
+        st = lmc_kv_pool_ring_init(&s->kv.pool, op.max_batch, op.kv_residual, err);
+        s->ring_used = calloc((size_t)op.max_batch, sizeof *s->ring_used);
+        s->b_ring = malloc((size_t)op.max_batch * sizeof *s->b_ring);
+        s->d_ring = malloc((size_t)op.max_batch * sizeof *s->d_ring);
+        if (!st && (!s->ring_used || !s->b_ring || !s->d_ring))
+            st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
+    }
     if (!st && op.draft) { /* the draft's pool (as many blocks), scratch and batch */
         st = lmc_paged_kv_init(&s->dkv, op.draft, be, op.kv_blocks, op.block_size, false, err);
+        if (!st) st = lmc_kv_pool_ring_init(&s->dkv.pool, op.max_batch, op.kv_residual, err);
         if (!st)
             st = lmc_batch_acts_init(&s->dacts, op.draft, be, op.max_step_tokens, op.max_batch, per_seq,
                                      op.max_batch, err);
@@ -778,7 +829,8 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     }
     s->st.kv_blocks_total = op.kv_blocks;
     s->st.kv_bytes_per_token = (int64_t)lmc_kv_pool_token_bytes(m, be);
-    s->st.kv_pool_bytes = (int64_t)lmc_kv_pool_block_bytes(m, be, kv_bs) * op.kv_blocks;
+    s->st.kv_pool_bytes = (int64_t)lmc_kv_pool_block_bytes(m, be, kv_bs) * op.kv_blocks +
+                          (int64_t)lmc_kv_pool_ring_bytes(&s->kv.pool); /* KIVI-2: the f16 rings */
     s->st.prefix_cache_blocks_max = op.prefix_cache ? op.prefix_cache_blocks : 0;
     if (!st && op.tp) { /* tensor parallel: the other ranks learn the pool's shape and follow every step */
         if (recurrent) st = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel serving: recurrent models");
@@ -861,6 +913,7 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
     struct req *q = calloc(1, sizeof *q);
     if (!q) return lmc_err_set(err, LMC_ERR_OOM, "request: out of memory");
     lmc_kv_seq_init(&q->seq);
+    q->ring = -1;
     /* each adapter's prefix-cache namespace: a fixed odd mix of its id (0 for the base) */
     if (r->adapter) lmc_kv_seq_set_namespace(&q->seq, (uint64_t)r->adapter * UINT64_C(0x9e3779b97f4a7c15) | 1);
     lmc_status st = lmc_sampler_init(&q->smp, &r->sampling, c->vocab_size, err);

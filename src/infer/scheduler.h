@@ -62,6 +62,10 @@ struct lmc_sched_opts {
     int64_t spec_k;             /* most drafts per sequence and step (default 4) */
     int64_t spec_ngram;         /* longest n-gram prompt lookup matches (default 3) */
     int spec_max_batch;
+    /* KIVI-2 pools (a backend with attention_paged_ring, infer/kvq.h):
+     * positions each running sequence keeps in f16 besides the pool
+     * (0..4096, default 32); the block size must be a multiple of 32 */
+    int64_t kv_residual;
 };
 enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1, LMC_SCHED_SPEC_DRAFT = 2 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
@@ -152,7 +156,7 @@ struct lmc_sched_stats {
     int64_t finished_total;        /* requests that got their DONE or ERROR event */
     int64_t steps;
     int64_t kv_bytes_per_token;    /* K and V of one token over all layers in the pool's format */
-    int64_t kv_pool_bytes;         /* the pool's memory (blocks x block bytes) */
+    int64_t kv_pool_bytes;         /* the pool's memory (blocks x block bytes, plus KIVI-2 rings) */
     int64_t spec_proposed_total, spec_accepted_total; /* draft tokens verified / kept */
     int64_t spec_steps;            /* steps in which some sequence speculated */
 };

@@ -45,6 +45,7 @@ struct req {
     struct lmc_sampler dsmp;
     bool dsmp_ok;
     int slot;                      /* sequence index in this step's batch */
+    int ring;                      /* KIVI-2 pool: its ring slot while running (-1: none) */
 };
 
 struct lmc_sched {
@@ -72,6 +73,8 @@ struct lmc_sched {
     uint8_t *allowed;              /* (V) a grammar mask */
     struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
     int32_t *b_ids, *b_seq, *b_pos, *b_bt, *b_rows, *b_ad; /* this step's batch (host; b_rows max_logits) */
+    int32_t *b_ring, *d_ring;      /* (max_batch) the batch's ring slots (KIVI-2 pools), target and draft */
+    bool *ring_used;               /* (max_batch) ring slots taken, when the pool has a ring */
     struct req **sched;            /* (max_batch) scheduled this step */
     uint32_t *blk_seen;            /* (kv blocks) publish_stats' visit stamp of each block */
     int32_t *blk_fill;             /* (kv blocks) tokens counted in it this visit */

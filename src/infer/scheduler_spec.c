@@ -77,6 +77,7 @@ void lmc_sched_spec_draft_phase(struct lmc_sched *s) {
             int32_t *bt = s->d_bt + ns * mb;
             memcpy(bt, q->dseq.blocks, (size_t)q->dseq.n_blocks * sizeof *bt);
             for (int64_t b = q->dseq.n_blocks; b < mb; b++) bt[b] = 0;
+            if (s->d_ring) s->d_ring[ns] = q->ring;
             draft_add(s, q, ns++, from, from + feed, whole, &T, &nl);
             budget -= feed;
             q->d_fed = from + feed;
@@ -84,6 +85,7 @@ void lmc_sched_spec_draft_phase(struct lmc_sched *s) {
         }
         if (!ns) break;
         struct lmc_batch b = {T, s->d_ids, s->d_seq, s->d_pos, ns, s->d_bt, mb, s->d_rows, nl, NULL};
+        s->dkv.pool.ring_slot = s->d_ring; /* KIVI-2: the draft batch's ring slots */
         lmc_err err = {0};
         if (lmc_model_forward_batch(s->o.draft, s->be, &s->dacts, &s->dkv.pool, &b, s->dlogits, &err)) {
             /* drafting stops here (the cache rows of this forward count for

@@ -175,9 +175,16 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
         if (qkn) qk_norm(r, W, s.q, s.q, s.k, s.k);
         clip_qkv(r, s.q, s.q, s.k, s.k, s.v, s.v);
         rope_qk(r, s.q, s.k);
-        be->attention_paged(be->ctx, s.att, s.q, s.k, s.v, (float *)((char *)p->k + (size_t)l * layer_bytes),
-                            (float *)((char *)p->v + (size_t)l * layer_bytes), n, r->seq, r->pos, r->bt,
-                            r->max_blocks, p->block_size, H, KV, hd, scale, c->sliding_window);
+        float *kl = (float *)((char *)p->k + (size_t)l * layer_bytes);
+        float *vl = (float *)((char *)p->v + (size_t)l * layer_bytes);
+        if (p->ring) /* KIVI-2 paged: recent rows in each sequence's f16 ring */
+            be->attention_paged_ring(be->ctx, s.att, s.q, s.k, s.v, kl, vl,
+                                     (char *)p->ring + (size_t)l * (size_t)p->n_ring * p->ring_slot_bytes,
+                                     r->tok_slot, p->ring_rows, p->residual, n, r->seq, r->pos, r->bt,
+                                     r->max_blocks, p->block_size, H, KV, hd, scale, c->sliding_window);
+        else
+            be->attention_paged(be->ctx, s.att, s.q, s.k, s.v, kl, vl, n, r->seq, r->pos, r->bt,
+                                r->max_blocks, p->block_size, H, KV, hd, scale, c->sliding_window);
         break;
     }
     case LMC_RUN_TRAIN: {

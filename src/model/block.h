@@ -134,7 +134,8 @@ struct lmc_run {
     /* Fixed per-sequence state of recurrent mixers (slot_bytes per layer),
      * laid out as lmc_kv_pool's state (forward_batch.h): SEQ: state holds
      * one slot (lmc_kv.state); PAGED: the pool's state, tok_slot (n) the
-     * slot of each token's sequence (backend memory). NULL while no mixer
+     * slot of each token's sequence (backend memory); a pool with a
+     * ring (attention_paged_ring) puts each token's ring slot there. NULL while no mixer
      * keeps any (attention). */
     void *state;
     const int32_t *tok_slot;

@@ -125,8 +125,59 @@ lmc_status lmc_kv_pool_init(struct lmc_kv_pool *p, const struct lmc_model *m,
     return LMC_OK;
 }
 
+int64_t lmc_kv_pool_ring_rows(int64_t residual) {
+    return (LMC_MAX(residual + 16, 48) + 7) / 8 * 8;
+}
+
+lmc_status lmc_kv_pool_ring_init(struct lmc_kv_pool *p, int64_t n_slots, int64_t residual,
+                                 lmc_err *err) {
+    const struct lmc_backend *be = p->be;
+    if (!be || !be->attention_paged_ring || !p->row) return LMC_OK;
+    if (n_slots <= 0 || n_slots > (1 << 20) || residual < 0 || residual > 4096 || p->ring)
+        return lmc_err_set(err, LMC_ERR_ARG, "KV ring of %lld slots keeping %lld positions: out of range",
+                           (long long)n_slots, (long long)residual);
+    p->ring_rows = lmc_kv_pool_ring_rows(residual);
+    p->ring_slot_bytes = lmc_kv_ring_slot_bytes(p->row, p->ring_rows);
+    size_t per = p->ring_slot_bytes;
+    if ((size_t)n_slots > SIZE_MAX / 2 / per / (size_t)p->n_layers)
+        return lmc_err_set(err, LMC_ERR_ARG, "KV ring of %lld slots: out of range", (long long)n_slots);
+    p->ring = be->alloc(be->ctx, (size_t)n_slots * per * (size_t)p->n_layers);
+    if (!p->ring)
+        return lmc_err_set(err, LMC_ERR_OOM, "KV ring of %lld slots needs %zu bytes", (long long)n_slots,
+                           (size_t)n_slots * per * (size_t)p->n_layers);
+    p->n_ring = n_slots;
+    p->residual = residual;
+    for (int64_t s = 0; s < n_slots; s++) lmc_kv_pool_ring_reset(p, s);
+    return LMC_OK;
+}
+
+void lmc_kv_pool_ring_reset(struct lmc_kv_pool *p, int64_t slot) {
+    if (!p->ring) return;
+    LMC_ASSERT(slot >= 0 && slot < p->n_ring);
+    const struct lmc_backend *be = p->be;
+    size_t tags = 2 * lmc_kv_ring_part_bytes(p->row, p->ring_rows), n = (size_t)p->ring_rows * 4;
+    for (int64_t l = 0; l < p->n_layers; l++) {
+        char *t = (char *)p->ring + ((size_t)l * (size_t)p->n_ring + (size_t)slot) * p->ring_slot_bytes + tags;
+        if (be->host_memory) {
+            memset(t, 0xff, n); /* -1: no position */
+        } else {
+            int32_t *h = malloc(n);
+            LMC_ASSERT(h);
+            memset(h, 0xff, n);
+            be->upload(be->ctx, t, h, n);
+            be->sync(be->ctx);
+            free(h);
+        }
+    }
+}
+
+size_t lmc_kv_pool_ring_bytes(const struct lmc_kv_pool *p) {
+    return p->ring ? (size_t)p->n_ring * p->ring_slot_bytes * (size_t)p->n_layers : 0;
+}
+
 void lmc_kv_pool_free(struct lmc_kv_pool *p) {
     if (p->be) {
+        if (p->ring) p->be->free(p->be->ctx, p->ring);
         if (p->k) p->be->free(p->be->ctx, p->k);
         if (p->v) p->be->free(p->be->ctx, p->v);
         if (p->state) p->be->free(p->be->ctx, p->state);
@@ -242,7 +293,8 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
             return lmc_err_set(err, LMC_ERR_ARG, "token %lld: block %lld outside the pool of %lld",
                                (long long)i, (long long)blk, (long long)kv->n_blocks);
     }
-    if (kv->state) { /* recurrent: each sequence's tokens are one run (its state advances once) */
+    if (kv->state || kv->ring) { /* recurrent (its state advances once) and KIVI-2 rings: each
+                                  * sequence's tokens are one run of consecutive positions */
         int64_t *seen = a->len_host; /* host scratch of max_seqs */
         for (int64_t s = 0; s < b->n_seqs; s++) seen[s] = 0;
         for (int64_t i = 0; i < T; i++) {
@@ -255,8 +307,17 @@ static lmc_status check_batch(const struct lmc_model *m, const struct lmc_batch_
             }
             if (seen[s]++)
                 return lmc_err_set(err, LMC_ERR_ARG, "token %lld: sequence %lld appears in two runs of a "
-                                   "recurrent model's step", (long long)i, (long long)s);
+                                   "recurrent model's or KIVI-2 pool's step", (long long)i, (long long)s);
         }
+    }
+    if (kv->be->attention_paged_ring && kv->row && !kv->ring)
+        return lmc_err_set(err, LMC_ERR_ARG, "forward batch: the KV pool needs its ring (lmc_kv_pool_ring_init)");
+    if (kv->ring) {
+        if (!kv->ring_slot) return lmc_err_set(err, LMC_ERR_ARG, "forward batch: the KV pool's ring slots are not set");
+        for (int64_t s = 0; s < b->n_seqs; s++)
+            if (kv->ring_slot[s] < 0 || kv->ring_slot[s] >= kv->n_ring)
+                return lmc_err_set(err, LMC_ERR_ARG, "sequence %lld: ring slot %d outside 0..%lld",
+                                   (long long)s, kv->ring_slot[s], (long long)kv->n_ring - 1);
     }
     for (int64_t i = 0; i < b->n_logits; i++)
         if (b->logit_tokens[i] < 0 || b->logit_tokens[i] >= T)
@@ -350,6 +411,10 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
             ba->tok_slot_host[i] = b->block_tables[(int64_t)b->seq[i] * b->max_blocks];
         be->upload(be->ctx, ba->tok_slot, ba->tok_slot_host, (size_t)n * sizeof(int32_t));
         r.state = kv->state;
+        r.tok_slot = ba->tok_slot;
+    } else if (kv->ring) { /* each token's ring slot, in tok_slot */
+        for (int64_t i = 0; i < n; i++) ba->tok_slot_host[i] = kv->ring_slot[b->seq[i]];
+        be->upload(be->ctx, ba->tok_slot, ba->tok_slot_host, (size_t)n * sizeof(int32_t));
         r.tok_slot = ba->tok_slot;
     }
     struct lmc_block_save s;

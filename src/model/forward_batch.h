@@ -35,7 +35,30 @@ struct lmc_kv_pool {
     size_t slot_bytes, layer_bytes;
     int n_parts;
     int64_t part_bytes[LMC_SLOT_PARTS];
+    /* Backends with attention_paged_ring (KIVI-2 paged): n_ring sequence
+     * slots of recent rows in f16 per layer (layer l's ring at ring + l *
+     * n_ring * ring_slot_bytes; backend.h lmc_kv_ring_slot_bytes), given
+     * by lmc_kv_pool_ring_init; ring_slot names the next batch's slots. */
+    void *ring;
+    int64_t n_ring, ring_rows, residual;
+    size_t ring_slot_bytes;
+    /* host (n_seqs of the next forward): each batch sequence's ring slot
+     * (0..n_ring-1), set by the pool's owner before every forward */
+    const int32_t *ring_slot;
 };
+/* Gives p (from lmc_kv_pool_init with a backend that has
+ * attention_paged_ring) n_slots ring slots keeping the last `residual`
+ * positions of a sequence in f16 (0..4096), all empty. No-op (LMC_OK) for
+ * other backends. */
+lmc_status lmc_kv_pool_ring_init(struct lmc_kv_pool *p, int64_t n_slots, int64_t residual,
+                                 lmc_err *err);
+/* Rows of a ring keeping `residual` positions: the window and rejected
+ * drafts (16), at least a key group's 31 earlier rows past those (48). */
+int64_t lmc_kv_pool_ring_rows(int64_t residual);
+/* Empties ring slot `slot` in every layer (a sequence takes it). */
+void lmc_kv_pool_ring_reset(struct lmc_kv_pool *p, int64_t slot);
+/* Ring memory over all layers and slots. */
+size_t lmc_kv_pool_ring_bytes(const struct lmc_kv_pool *p);
 /* Layer l's part k of the state, slot 0 (slot b at + b * part_bytes[k]). */
 void *lmc_kv_pool_state_part(const struct lmc_kv_pool *p, int64_t l, int k);
 /* Zeroes block b's state in every layer (a new sequence). */

@@ -142,6 +142,24 @@ struct lmc_backend {
      * backends whose attention_paged stores rows compressed (infer/kvq.h:
      * q8, q4); the pool is then sized and addressed in these bytes. */
     size_t (*kv_row_bytes)(int64_t row);
+    /* Optional (NULL: the pool has no ring). attention_paged over a pool
+     * that keeps, per running sequence, a ring of its most recent K/V rows
+     * in f16 (KIVI-2 paged, infer/kvq.h): ring is this layer's ring memory,
+     * n_ring slots of lmc_kv_ring_slot_bytes(row, ring_rows) bytes each;
+     * tok_ring (T) the ring slot of each token's sequence (backend memory).
+     * A sequence's tokens in the step are one run of consecutive
+     * positions. Keys and values at positions > pos[i] - residual are read
+     * in f16: the step's own rows, or earlier ones from the ring row
+     * (pos % ring_rows) tagged with that position; all others from the
+     * pool. The new rows go to the pool and, after the attention, to their
+     * ring rows and tags. Otherwise as attention_paged. */
+    void (*attention_paged_ring)(void *ctx, float *out, const float *q, const float *k_new,
+                                 const float *v_new, float *kc, float *vc, void *ring,
+                                 const int32_t *tok_ring, int64_t ring_rows, int64_t residual,
+                                 int64_t T, const int32_t *seq, const int32_t *pos,
+                                 const int32_t *bt, int64_t max_blocks, int64_t block_size,
+                                 int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                                 int64_t window);
 
     /* Optional fused ops (NULL: the forward composes the plain ops). */
     /* y(M,N) += x(M,K) @ w^T (+ bias): the residual add fused into the
@@ -469,5 +487,15 @@ int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_s
  * prob[idx[i]] / sum). 0 when every logit is -inf. */
 int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
                               int32_t *idx, float *prob);
+
+/* The ring of attention_paged_ring, one slot (a sequence) of one layer:
+ * K rows (ring_rows, row) f16, V rows the same, then ring_rows int32 tags
+ * (the position each ring row holds, -1: none), each part 8-aligned. */
+static inline size_t lmc_kv_ring_part_bytes(int64_t row, int64_t ring_rows) {
+    return ((size_t)ring_rows * (size_t)row * 2 + 7) & ~(size_t)7;
+}
+static inline size_t lmc_kv_ring_slot_bytes(int64_t row, int64_t ring_rows) {
+    return 2 * lmc_kv_ring_part_bytes(row, ring_rows) + (((size_t)ring_rows * 4 + 7) & ~(size_t)7);
+}
 
 #endif

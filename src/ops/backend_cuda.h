@@ -48,6 +48,12 @@ void lmc_backend_cuda_set_train_bf16(struct lmc_backend *be, bool on);
  * ops/cuda/attention_kvq.cu, no paged attention. No-op without CUDA. */
 void lmc_backend_cuda_set_kvq(struct lmc_backend *be);
 
+/* Turns a copy of the CUDA table (sharing its ctx) into the compressed
+ * paged-pool variant of format fmt (1 q8, 2 q4: attention_paged; 3 kivi2:
+ * attention_paged_ring) of ops/cuda/attention_paged_kvq.cu; infer/kvq.c
+ * sets the rest. No-op without CUDA. */
+void lmc_backend_cuda_set_kvq_paged(struct lmc_backend *be, int fmt);
+
 /* Device memory in use on the backend's GPU (total - free, every process
  * and the CUDA context included); 0 without CUDA. For benches. */
 size_t lmc_backend_cuda_mem_used(const struct lmc_backend *be);

@@ -103,3 +103,9 @@ void lmc_backend_cuda_set_kvq(struct lmc_backend *be) {
         (void (*)(struct lmc_backend *))cuda_sym("lmc_backend_cuda_set_kvq", NULL, 0);
     if (f) f(be);
 }
+
+void lmc_backend_cuda_set_kvq_paged(struct lmc_backend *be, int fmt) {
+    void (*f)(struct lmc_backend *, int) =
+        (void (*)(struct lmc_backend *, int))cuda_sym("lmc_backend_cuda_set_kvq_paged", NULL, 0);
+    if (f) f(be, fmt);
+}

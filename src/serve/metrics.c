@@ -245,7 +245,7 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
         metric_i64(&b, "lmc_scheduler_steps_total", "counter", "Scheduler steps (batched forwards).", st->steps);
         metric_i64(&b, "lmc_kv_bytes_per_token", "gauge",
                    "KV cache bytes of one token (K and V, all layers) in the pool's format.", st->kv_bytes_per_token);
-        metric_i64(&b, "lmc_kv_pool_bytes", "gauge", "Memory of the KV pool (blocks x bytes per block).",
+        metric_i64(&b, "lmc_kv_pool_bytes", "gauge", "Memory of the KV pool (blocks x bytes per block, plus KIVI-2 f16 rings).",
                    st->kv_pool_bytes);
         metric_i64(&b, "lmc_spec_draft_tokens_total", "counter", "Speculative draft tokens verified.",
                    st->spec_proposed_total);

@@ -70,6 +70,11 @@
  *               device memory, one process: llama-tiny filled unit by unit
  *               from its folder, ZeRO 0/2/3 (and 3 in one bucket), 3 AdamW
  *               steps vs the CPU trainer (harness_zero.cc)
+ *   kvq_paged   attention_paged_kvq.cu: the compressed paged pools (q8, q4,
+ *               KIVI-2 with f16 rings) through the real table's paged
+ *               entries vs the CPU twins: pool and ring bytes equal, the
+ *               attention within 1e-5, over prefill, decode, long-chunk and
+ *               rollback steps (harness_kvq_paged.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
@@ -1382,6 +1387,7 @@ static void test_lora_rows() {
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
 #include "harness_finetune.cc" /* test_finetune: lmc finetune --full --pack's trainer path */
 #include "harness_zero.cc" /* test_zero: the ZeRO trainer on device memory */
+#include "harness_kvq_paged.cc" /* test_kvq_paged: compressed paged pools (attention_paged_kvq.cu) */
 
 int main(int argc, char **argv) {
     lmc_err err;
@@ -1404,12 +1410,13 @@ int main(int argc, char **argv) {
         {"moe_e2e", test_moe_e2e},
         {"finetune", test_finetune},
         {"zero", test_zero},
+        {"kvq_paged", test_kvq_paged},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero kvq_paged)\n", argv[i]);
             return 2;
         }
     }

@@ -72,7 +72,7 @@ void lmc_kvq_attention(void *ctx, float *out, const float *q, const float *k, co
                        int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
                        float scale, int64_t window);
 
-/* The paged pool (forward_batch.h) compressed, q8 and q4 only: one
+/* The paged pool (forward_batch.h) compressed, q8 and q4: one
  * token's K (or V) row in a slot of lmc_kvq_paged_row_bytes bytes (f16
  * scales, then codes; 8-byte multiple), written by the compressed
  * attention_paged (attention_paged_kvq.c) and read only by it. The _q8 /
@@ -95,5 +95,18 @@ void lmc_kvq_attention_paged_q4(void *ctx, float *out, const float *q, const flo
                                 const int32_t *seq, const int32_t *pos, const int32_t *bt,
                                 int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
                                 int64_t hd, float scale, int64_t window);
+
+/* KIVI-2 in the paged pool (attention_paged_kivi.c; layout in
+ * kvquant_layout.h): kv_row_bytes and attention_paged_ring of the variant
+ * lmc_kvq_paged_backend makes for kivi2. The block size must be a
+ * multiple of 32 (a key group never straddles blocks). */
+size_t lmc_kvq_paged_row_bytes_kivi2(int64_t row);
+void lmc_kvq_attention_paged_kivi2(void *ctx, float *out, const float *q, const float *k_new,
+                                   const float *v_new, float *kc, float *vc, void *ring,
+                                   const int32_t *tok_ring, int64_t ring_rows, int64_t residual,
+                                   int64_t T, const int32_t *seq, const int32_t *pos,
+                                   const int32_t *bt, int64_t max_blocks, int64_t block_size,
+                                   int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                                   int64_t window);
 
 #endif

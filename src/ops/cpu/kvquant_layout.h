@@ -204,4 +204,45 @@ LMC_KVQ_HD float lmc_kvq_elem(const struct lmc_kvq_hdr *h, const struct lmc_kvq_
     return lmc_kvq_f16(sm[1]) + (float)lmc_kvq_code(cd, tt, 2) * lmc_kvq_f16(sm[0]);
 }
 
+/* ---- q8 / q4 in the paged pool (attention_paged_kvq.c): a token's K or
+ * V row in one slot, f16 scales (q8: one per 32 values; q4: scale and
+ * minimum per 32) then the codes (q8 int8, q4 4-bit), padded to 8 bytes. */
+LMC_KVQ_HD size_t lmc_kvq_paged_scale_bytes(int64_t fmt, int64_t row) {
+    size_t ng = (size_t)((row + LMC_KVQ_G - 1) / LMC_KVQ_G);
+    return fmt == 1 ? 2 * ng : 4 * ng;
+}
+/* value c of a q8 (fmt 1) or q4 (fmt 2) slot */
+LMC_KVQ_HD float lmc_kvq_paged_elem(int64_t fmt, const uint8_t *slot, int64_t row, int64_t c) {
+    const uint16_t *sc = (const uint16_t *)slot;
+    const uint8_t *codes = slot + lmc_kvq_paged_scale_bytes(fmt, row);
+    int64_t g = c / LMC_KVQ_G;
+    if (fmt == 1) return (float)((const int8_t *)codes)[c] * lmc_kvq_f16(sc[g]);
+    return lmc_kvq_f16(sc[2 * g + 1]) + (float)lmc_kvq_code(codes, c, 4) * lmc_kvq_f16(sc[2 * g]);
+}
+
+/* ---- KIVI-2 in the paged pool (attention_paged_kivi.c): one slot of
+ * lmc_kvq_kivi_slot_bytes(row) bytes per token for K and for V. A value
+ * slot: (scale, min) f16 per 32 channels, then the 2-bit codes (row / 4
+ * bytes). Keys: the 32 slots of a key group (positions 32g..32g+31 of a
+ * sequence, inside one block since the block size is a multiple of 32)
+ * hold together (scale, min) f16 per channel (4 * row bytes), then per
+ * channel 8 bytes of 2-bit codes, code j for position 32g + j. */
+LMC_KVQ_HD size_t lmc_kvq_kivi_slot_bytes(int64_t row) {
+    size_t r = (size_t)row, ng = (r + LMC_KVQ_G - 1) / LMC_KVQ_G;
+    size_t k = (12 * r + LMC_KVQ_G - 1) / LMC_KVQ_G, v = 4 * ng + (r + 3) / 4;
+    return lmc_kvq_al8(k > v ? k : v);
+}
+/* key channel c of position index j (0..31) of a key group at `grp` */
+LMC_KVQ_HD float lmc_kvq_kivi_key(const uint8_t *grp, int64_t row, int64_t c, int64_t j) {
+    const uint16_t *sm = (const uint16_t *)grp + 2 * c;
+    const uint8_t *cd = grp + 4 * (size_t)row + 8 * (size_t)c;
+    return lmc_kvq_f16(sm[1]) + (float)lmc_kvq_code(cd, j, 2) * lmc_kvq_f16(sm[0]);
+}
+/* value channel c of a value slot */
+LMC_KVQ_HD float lmc_kvq_kivi_val(const uint8_t *slot, int64_t row, int64_t c) {
+    int64_t ng = (row + LMC_KVQ_G - 1) / LMC_KVQ_G, g = c / LMC_KVQ_G;
+    const uint16_t *sm = (const uint16_t *)slot;
+    return lmc_kvq_f16(sm[2 * g + 1]) + (float)lmc_kvq_code(slot + 4 * ng, c, 2) * lmc_kvq_f16(sm[2 * g]);
+}
+
 #endif

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# train_spec_pair.sh — draft/target pairs for speculative decoding on KJV
+# with the default model's tokenizer (issue 17), then their speed:
+#  draft:  a small draft for the default model (models/kjv-llama as the
+#          target): DRAFT_LAYERS x DRAFT_HIDDEN (default 2 x 128, ~1.4M
+#          parameters with the tied 8192-row embedding), trained on the
+#          same token shards (Genesis..Hebrews; James..Revelation held out)
+#          for DRAFT_STEPS steps — small enough for a CPU (a few minutes);
+#  target: with --target, a larger target for which the default model is
+#          the draft: TARGET_LAYERS x TARGET_HIDDEN (default 12 x 768,
+#          intermediate 2048, ~91M parameters) for TARGET_STEPS steps —
+#          for a GPU (--device cuda);
+# and measures each pair: validation perplexity of every model, then
+# greedy `lmc generate` on KJV prompts (GEN tokens each, the same prompts
+# for every run, interleaved ROUNDS times) plain, with --draft-model
+# (adaptive K, --draft-tokens 4) and with --prompt-lookup 3: tokens/s
+# from the generate log, drafted / accepted, and that the speculative
+# texts equal the plain ones (greedy: they must).
+# Usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]
+# env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), TARGET_STEPS (1500),
+#      DRAFT_LAYERS/HIDDEN/HEADS/INTER (2/128/4/384), TARGET_LAYERS/HIDDEN/HEADS/INTER
+#      (12/768/12/2048), GEN (64), ROUNDS (2), PROMPTS (8)
+set -eu -o pipefail
+OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]}
+shift
+DEVICE=cpu; TARGET=0; MEASURE_ONLY=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --device) DEVICE=${2:?--device needs cpu or cuda}; shift 2 ;;
+    --target) TARGET=1; shift ;;
+    --measure-only) MEASURE_ONLY=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+cd "$(dirname "$0")/.."
+LMC=${LMC:-build/lmc}; THREADS=${THREADS:-$(nproc)}; BASE=models/kjv-llama
+DRAFT_STEPS=${DRAFT_STEPS:-400}; DRAFT_BATCH=${DRAFT_BATCH:-16}; TARGET_STEPS=${TARGET_STEPS:-1500}
+DL=${DRAFT_LAYERS:-2}; DH=${DRAFT_HIDDEN:-128}; DHEADS=${DRAFT_HEADS:-4}; DI=${DRAFT_INTER:-384}
+TL=${TARGET_LAYERS:-12}; TH=${TARGET_HIDDEN:-768}; THEADS=${TARGET_HEADS:-12}; TI=${TARGET_INTER:-2048}
+GEN=${GEN:-64}; ROUNDS=${ROUNDS:-2}; NPROMPTS=${PROMPTS:-8}
+SPLIT=71726   # the first line of James: the validation books start here
+mkdir -p "$OUT"
+tail -n +$SPLIT data/kjv.txt >"$OUT/kjv-val.txt"
+[ -d "$OUT/data" ] || "$LMC" prepare-data -m "$BASE" --text-file data/kjv.txt --val-from-line $SPLIT -o "$OUT/data"
+common=(--data "$OUT/data" --seq 256 --schedule cosine --eval-every 100 --eval-batches 8 --tokenizer "$BASE"
+        --threads "$THREADS" --device "$DEVICE" --max-pos 256 --tie --vocab 8192)
+finish() { # checkpoint dir -> bf16 HF folder with the default model's generation settings
+  rm -rf "$2"
+  "$LMC" convert -m "$1" -o "$2" --dtype bf16
+  cp "$BASE/generation_config.json" "$BASE/tokenizer_config.json" "$2/"
+}
+if [ $MEASURE_ONLY = 0 ]; then
+  "$LMC" train "${common[@]}" -o "$OUT/draft-run" --arch llama --layers "$DL" --hidden "$DH" --heads "$DHEADS" \
+      --kv-heads "$DHEADS" --intermediate "$DI" --batch "$DRAFT_BATCH" --steps "$DRAFT_STEPS" --lr 3e-3 --min-lr 3e-4 \
+      --warmup 20 --save-every 100
+  finish "$(ls -d "$OUT"/draft-run/step_* | sort | tail -1)" "$OUT/kjv-draft"
+  if [ $TARGET = 1 ]; then
+    "$LMC" train "${common[@]}" -o "$OUT/target-run" --arch llama --layers "$TL" --hidden "$TH" --heads "$THEADS" \
+        --kv-heads "$THEADS" --intermediate "$TI" --batch 32 --steps "$TARGET_STEPS" --lr 6e-4 --min-lr 6e-5 \
+        --warmup 50 --save-every 500
+    finish "$(ls -d "$OUT"/target-run/step_* | sort | tail -1)" "$OUT/kjv-target"
+  fi
+fi
+# ---- measure
+echo "## validation perplexity (James..Revelation)"
+for m in "$BASE" "$OUT/kjv-draft" "$OUT/kjv-target"; do
+  [ -d "$m" ] || continue
+  printf '%s: ' "$m"; "$LMC" eval -m "$m" --text-file "$OUT/kjv-val.txt" --device "$DEVICE" --json | tr -d '\n'; echo
+done
+python3 - "$LMC" "$DEVICE" "$THREADS" "$GEN" "$ROUNDS" "$NPROMPTS" "$BASE" "$OUT" <<'PY'
+import os, re, statistics, subprocess, sys
+LMC, DEV, THR, GEN, ROUNDS, NP, BASE, OUT = sys.argv[1:9]
+GEN, ROUNDS, NP = int(GEN), int(ROUNDS), int(NP)
+verses = [l.strip() for l in open("data/kjv.txt", encoding="utf-8") if len(l.strip()) > 40]
+prompts = [" ".join(v.split()[:8]) for v in verses[100:100 + 997 * NP:997]][:NP]
+pairs = [("kjv-llama + kjv-draft", BASE, os.path.join(OUT, "kjv-draft")),
+         ("kjv-target + kjv-llama", os.path.join(OUT, "kjv-target"), BASE)]
+def gen(model, prompt, extra):
+    r = subprocess.run([LMC, "generate", "-m", model, "-p", prompt, "-n", str(GEN), "--temp", "0", "--ignore-eos",
+                        "--device", DEV, "--threads", THR, *extra], capture_output=True, text=True, timeout=600)
+    if r.returncode: sys.exit("generate failed: " + r.stderr[-400:])
+    m = re.search(r"generated \d+ tokens at ([0-9.]+) tok/s", r.stderr)
+    d = re.search(r"(\d+) drafted, (\d+) accepted", r.stderr)
+    return r.stdout, float(m.group(1)) if m else float("nan"), (int(d.group(1)), int(d.group(2))) if d else (0, 0)
+print("| target + draft | mode | tokens/s (median over prompts and rounds) | vs plain | drafted / accepted | texts equal to plain |")
+print("|---|---|---|---|---|---|")
+for name, tgt, dft in pairs:
+    if not (os.path.isdir(tgt) and os.path.isdir(dft)): continue
+    modes = [("plain", []), ("--draft-model", ["--draft-model", dft, "--draft-tokens", "4"]),
+             ("--prompt-lookup 3", ["--prompt-lookup", "3"])]
+    rates = {m: [] for m, _ in modes}; texts = {m: [] for m, _ in modes}; dr = {m: [0, 0] for m, _ in modes}
+    for r in range(ROUNDS):
+        for p in prompts:
+            for m, extra in modes:  # interleaved: each prompt through every mode in turn
+                out, tps, (d, a) = gen(tgt, p, extra)
+                rates[m].append(tps); dr[m][0] += d; dr[m][1] += a
+                if r == 0: texts[m].append(out)
+    base = statistics.median(rates["plain"])
+    for m, _ in modes:
+        med = statistics.median(rates[m])
+        same = sum(a == b for a, b in zip(texts[m], texts["plain"]))
+        print("| %s | %s | %.1f | %.2fx | %s | %d of %d |" % (name, m, med, med / base,
+              "%d / %d (%.0f%%)" % (dr[m][0], dr[m][1], 100 * dr[m][1] / max(1, dr[m][0])) if dr[m][0] else "-",
+              same, len(prompts)), flush=True)
+PY
