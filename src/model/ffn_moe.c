@@ -149,9 +149,15 @@ void lmc_moe_experts_fwd(const struct lmc_backend *be, const struct lmc_config *
  * (moe_gemm_dev: no host copy of the offsets, no wait per layer): plain
  * BF16 experts, inference (no load statistics), and few rows per expert
  * (at most 64 on average: decode and short prompts; larger batches keep
- * the per-expert GEMMs of moe_gemm). */
+ * the per-expert GEMMs of moe_gemm). Off for now: on an H100
+ * (bench/gpu_moe.sh, 2026-12-05, bench/results/gpu-more-2026-12-05.md) the
+ * grouped kernel ran 1.9-8x slower than the per-expert cuBLASLt loop at 1
+ * to 4096 tokens, and batch-64 decode of a Mixtral-shape model took 12.5
+ * ms/step through it against 6.8 with the loop; set LMC_MOE_DEV_GROUPED to
+ * 1 once the kernel is faster. */
+#define LMC_MOE_DEV_GROUPED 0
 static bool dev_grouped(const struct lmc_backend *be, const struct lmc_linear *X, int64_t E, int64_t nk) {
-    if (!be->moe_gemm_dev || nk > 64 * E || !grouped(be, X, E, false)) return false;
+    if (!LMC_MOE_DEV_GROUPED || !be->moe_gemm_dev || nk > 64 * E || !grouped(be, X, E, false)) return false;
     for (int64_t i = 0; i < E * LMC_X_N; i++)
         if (X[i].w.dtype != LMC_DTYPE_BF16 || !X[i].w.data) return false;
     return true;
