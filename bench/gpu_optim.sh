@@ -26,8 +26,8 @@
 #                 logs.tar.gz with every log and each run's metrics.jsonl)
 # env: OUT (/tmp/lmc-gpu-optim), BUDGET_S (225: the whole script; a run gets
 #      what is left, one that cannot start is listed as skipped), STEPS (20),
-#      SKIP (3), GAP (8: refresh gap of the timed runs), KINDS ("adamw muon
-#      muon-fp32 galore apollo apollo-mini adamw8bit"), BATCH (16), SEQ (1024),
+#      SKIP (3), GAP (8: refresh gap of the timed runs), KINDS ("adamw muon galore
+#      adamw8bit apollo apollo-mini muon-fp32": the goals first), BATCH (16), SEQ (1024),
 #      SKIP_BUILD=1, SKIP_TEST=1, BUILD_DIR (build-dev), JOBS (16), DEVICE (cuda),
 #      LAYERS HIDDEN HEADS VOCAB MAXPOS (12 768 12 50304 1024)
 # CPU smoke test of the script itself (no GPU: memory columns read 0):
@@ -39,7 +39,7 @@ T0=$(date +%s)
 OUT=${OUT:-/tmp/lmc-gpu-optim}
 BUDGET_S=${BUDGET_S:-225}
 STEPS=${STEPS:-20}; SKIP=${SKIP:-3}; GAP=${GAP:-8}; BATCH=${BATCH:-16}; SEQ=${SEQ:-1024}
-KINDS=${KINDS:-adamw muon muon-fp32 galore apollo apollo-mini adamw8bit}
+KINDS=${KINDS:-adamw muon galore adamw8bit apollo apollo-mini muon-fp32}
 B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-16}; DEVICE=${DEVICE:-cuda}
 LAYERS=${LAYERS:-12}; HIDDEN=${HIDDEN:-768}; HEADS=${HEADS:-12}; VOCAB=${VOCAB:-50304}; MAXPOS=${MAXPOS:-1024}
 DTYPE=bf16; [ "$DEVICE" = cuda ] || DTYPE=fp32

@@ -73,9 +73,9 @@ if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   echo "end $(date -u +%FT%TZ); load: $(uptime | sed 's/.*load average: //')" >&2
   [ $fail = 0 ] || exit 1
 fi
-python3 - "$WORK" "$KINDS" "$((BATCH * SEQ))" "${UPTO:-0}" <<'PY'
+python3 - "$WORK" "$KINDS" "$((BATCH * SEQ))" "${UPTO:-0}" "$STEPS" <<'PY'
 import json, math, os, re, statistics, sys
-work, kinds, tps, upto = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4])
+work, kinds, tps, upto, nsteps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 runs = {k: [json.loads(l) for l in open(os.path.join(work, k, "metrics.jsonl")) if l.strip()] for k in kinds}
 if upto > 0:
     runs = {k: [r for r in v if r["step"] <= upto] for k, v in runs.items()}
@@ -87,11 +87,13 @@ def num(path, default):
 vals = {k: [r for r in runs[k] if "val_loss" in r] for k in kinds}
 base = vals["adamw"][-1]["val_loss"] if "adamw" in kinds else None
 base_steps = vals["adamw"][-1]["step"] if "adamw" in kinds else None
-print("| optimizer | final val loss | val perplexity | ppl / AdamW | tokens to AdamW's final val loss (fraction) "
-      "| state bytes (per param) | median tokens/s | peak RSS MiB | wall s |")
+end = upto if upto > 0 else nsteps
+print(f"| optimizer | val loss at step {end} | val perplexity | ppl / AdamW | tokens to AdamW's val loss at its last "
+      f"evaluation (fraction) | state bytes (per param) | median tokens/s | peak RSS MiB | wall s |")
 print("|---|---|---|---|---|---|---|---|---|")
 for k in kinds:
     v = vals[k][-1]["val_loss"]
+    cut = vals[k][-1]["step"] < end # a run stopped early: its last evaluation, marked
     reach = next((r["step"] for r in vals[k] if base is not None and r["val_loss"] <= base), None)
     reach_s = f"{reach * tps:,} ({reach / base_steps:.2f})" if reach else "not reached"
     m = re.search(r"state (\d+) bytes \(([\d.]+) per parameter\)", open(os.path.join(work, k + ".log")).read())
@@ -100,7 +102,8 @@ for k in kinds:
     rss = num(os.path.join(work, k + ".rss"), float("nan")) / 1024
     wall = num(os.path.join(work, k + ".wall"), float("nan"))
     ratio = math.exp(v - base) if base is not None else float("nan")
-    print(f"| {k} | {v:.4f} | {math.exp(v):.2f} | {ratio:.3f} | {reach_s} | {st} | {med:.0f} | {rss:.0f} | {wall:.0f} |")
+    vs = f"{v:.4f}" + (f" (cut: step {vals[k][-1]['step']})" if cut else "")
+    print(f"| {k} | {vs} | {math.exp(v):.2f} | {'—' if cut else f'{ratio:.3f}'} | {reach_s} | {st} | {med:.0f} | {rss:.0f} | {wall:.0f} |")
 print()
 steps = sorted({r["step"] for k in kinds for r in vals[k]})
 print("| step | tokens | " + " | ".join(kinds) + " |")
