@@ -244,11 +244,13 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdot_table_vnni(t);
         lmc_qdot4_table_vnni(c->dot4);
         lmc_qdotm_table_vnni(c->dotm);
+        lmc_qdotm_table_q4_vnni(c->dotm);
         c->quantize = lmc_q8act_quantize_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
         lmc_qdot_table_avx2(t);
         lmc_qdot4_table_avx2(c->dot4);
+        lmc_qdotm_table_q4_avx2(c->dotm);
         c->isa = LMC_QISA_AVX2;
     }
     for (int i = 0; i < LMC_QK_COUNT; i++)
@@ -449,8 +451,7 @@ static void qjob_run(void *arg, int64_t task, int thread) {
     int64_t r0 = task * j->rows_per_task, r1 = LMC_MIN(w->n, r0 + j->rows_per_task);
     int64_t nb = w->kp / 32;
     if (j->rows) {
-        lmc_qdotm_fn dotm = j->c->dotm[w->kernel];
-        for (int64_t r = r0; r < r1; r++) dotm(w, r, j->rows, j->y + r, w->n);
+        j->c->dotm[w->kernel](w, r0, r1, j->rows, j->y, w->n);
         return;
     }
     for (int64_t r = r0; r < r1; r++) {
@@ -490,6 +491,7 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
     }
     int threads = pool ? lmc_pool_threads(pool) : 1;
     j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
+    if (j.rows) j.rows_per_task = (j.rows_per_task + 3) / 4 * 4; /* whole 4-row tiles */
     int64_t tasks = (w->n + j.rows_per_task - 1) / j.rows_per_task;
     if (pool && threads > 1) lmc_pool_run(pool, tasks, qjob_run, &j);
     else

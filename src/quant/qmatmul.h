@@ -58,10 +58,15 @@ struct lmc_q8rows {
     const int8_t *q;
     const float *d8;
     int64_t m;
+    /* Q4_0 (qmatmul_q4.c) uses the pair layout instead: row i's pairs of
+     * blocks at pairs + i * pair_stride, 128 bytes a pair (q and d8 NULL) */
+    const uint8_t *pairs;
+    int64_t pair_stride;
 };
-/* All m rows against weight row `row`: y[i * ldy] = row i's product. */
-typedef void (*lmc_qdotm_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, float *y,
-                             int64_t ldy);
+/* All m rows against weight rows [r0, r1): y[i * ldy + r] = row i's product
+ * with weight row r. */
+typedef void (*lmc_qdotm_fn)(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
+                             float *y, int64_t ldy);
 
 typedef void (*lmc_q8quant_fn)(const float *x, int64_t n, struct lmc_q8act *out);
 
@@ -177,12 +182,19 @@ void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
 void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
 void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
-/* The small-M kernels (qmatmul_smallm.c). */
+/* The small-M kernels (qmatmul_smallm.c; Q4_0: qmatmul_q4.c, on AVX2 too). */
 void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm);
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
+/* Q4_0's pair layout (qmatmul_q4.c): pairs of blocks a row (the last odd
+ * block paired with zeros), and m rows of activation blocks into it. */
+int64_t lmc_q8rows_pairs(const struct lmc_qweight *w);
+void lmc_q8rows_prepare_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                              struct lmc_q8rows *out);
 /* lmc_q8act_quantize's AVX-512 form (the same blocks, bit for bit). */
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
 /* m rows of w->kp / 32 activation blocks each (row i's at xq + i * kp / 32)
- * into the small-M layout in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
+ * into the small-M layout of w's kind (Q4_0: the pair layout) in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
  * aligned); out points into buf. */
 void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
                         struct lmc_q8rows *out);

@@ -3,7 +3,8 @@
  * weight block is loaded and unpacked once and dotted against every
  * activation row, register-blocked over up to QSM_MR rows at a time (more
  * rows: balanced chunks, the weight row then comes from L1). AVX-512 VNNI
- * kernels for Q8_0, Q4_0 and lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary),
+ * kernels for Q8_0 and lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary; Q4_0 has
+ * its own 4-row tiles in qmatmul_q4.c),
  * two blocks per 512-bit vector, zero points subtracted in integers (exact:
  * qmatmul_x86.c's four-row forms subtract them in floats after the sum,
  * which loses ~1e-3 of a logit to cancellation on kjv-llama). A
@@ -131,40 +132,6 @@ T_VNNI_INLINE void qsm_u4g(const struct lmc_qweight *w, int64_t row, const struc
     qsm_store(acc, MR, out);
 }
 
-/* GGUF Q4_0 (18-byte blocks: f16 scale, 16 nibble bytes; value (c - 8) d):
- * d_w d_x sum((c - 8) q), the integer part exact. */
-T_VNNI_INLINE void qsm_q4_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
-                            int MR, float *out) {
-    const uint8_t *p = w->data + row * w->row_bytes;
-    int64_t nb = w->k / 32, b = 0, qs = w->kp, ds = w->kp / 4;
-    const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds;
-    const __m512i eight = _mm512_set1_epi8(8);
-    __m512 acc[QSM_MR];
-    QSM_EACH(i) acc[i] = _mm512_setzero_ps();
-    for (; b + 2 <= nb; b += 2, p += 36) {
-        __m512i wv = qsm_nib64(p + 2, p + 20);
-        __m512 dw = qsm_two(qsm_f16(p), qsm_f16(p + 18));
-        QSM_EACH(i) {
-            __m512i xv = QSM_X(i, b, 1);
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 1)), acc[i]);
-        }
-    }
-    if (b < nb) {
-        __m512i wv = qsm_nib32(p + 2);
-        __m512 dw = _mm512_set1_ps(qsm_f16(p));
-        QSM_EACH(i) {
-            __m512i xv = QSM_X(i, b, 0);
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 0)), acc[i]);
-        }
-    }
-    qsm_store(acc, MR, out);
-}
-
 /* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes): |w| times x with
  * w's sign moved onto x (vpdpbusd multiplies unsigned by signed). */
 T_VNNI_INLINE void qsm_q8_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
@@ -217,21 +184,21 @@ typedef void (*qsm_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
     QSM_ONE(K, 8)                                                                                        \
     static const qsm_fn K##_fns[QSM_MR + 1] = {NULL,     K##_r1, K##_r2, K##_r3, K##_r4,                 \
                                                K##_r5,   K##_r6, K##_r7, K##_r8};                        \
-    static void K##_rows(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, float *y,  \
-                         int64_t ldy) {                                                                  \
+    static void K##_rows(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                         float *y, int64_t ldy) {                                                        \
         float o[QSM_MR];                                                                                 \
         int64_t nch = (x->m + QSM_MR - 1) / QSM_MR;                                                      \
-        for (int64_t c = 0; c < nch; c++) {                                                              \
-            int64_t i0;                                                                                  \
-            int mr;                                                                                      \
-            qsm_chunk(x->m, c, &i0, &mr);                                                                \
-            if (c == 0) qsm_prefetch(w, row + QSM_PF_ROWS);                                              \
-            K##_fns[mr](w, row, x, i0, o);                                                               \
-            for (int t = 0; t < mr; t++) y[(i0 + t) * ldy] = o[t];                                       \
-        }                                                                                                \
+        for (int64_t row = r0; row < r1; row++)                                                          \
+            for (int64_t c = 0; c < nch; c++) {                                                          \
+                int64_t i0;                                                                              \
+                int mr;                                                                                  \
+                qsm_chunk(x->m, c, &i0, &mr);                                                            \
+                if (c == 0) qsm_prefetch(w, row + QSM_PF_ROWS);                                          \
+                K##_fns[mr](w, row, x, i0, o);                                                           \
+                for (int t = 0; t < mr; t++) y[(i0 + t) * ldy + row] = o[t];                             \
+            }                                                                                            \
     }
 QSM_ALL(qsm_u4g)
-QSM_ALL(qsm_q4_0)
 QSM_ALL(qsm_q8_0)
 
 /* lmc_q8act_quantize with AVX-512: the same integers (x * (1 / d) rounded
@@ -254,7 +221,6 @@ T_VNNI static void qsm_quantize(const float *x, int64_t n, struct lmc_q8act *out
 
 void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_U4G] = qsm_u4g_rows;
-    dotm[LMC_QK_Q4_0] = qsm_q4_0_rows;
     dotm[LMC_QK_Q8_0] = qsm_q8_0_rows;
 }
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return qsm_quantize; }
@@ -265,6 +231,10 @@ lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return lmc_q8act_quantize; }
 
 void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
                         struct lmc_q8rows *out) {
+    if (w->kernel == LMC_QK_Q4_0) {
+        lmc_q8rows_prepare_pairs(w, xq, m, buf, out);
+        return;
+    }
     int64_t nb = w->kp / 32;
     int8_t *q = buf;
     float *d8 = (float *)(q + m * nb * 32);
@@ -272,7 +242,10 @@ void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq,
         memcpy(q + 32 * i, xq[i].q, 32);
         for (int j = 0; j < 8; j++) d8[8 * i + j] = xq[i].d;
     }
-    *out = (struct lmc_q8rows){q, d8, m};
+    *out = (struct lmc_q8rows){q, d8, m, NULL, 0};
 }
 
-size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) { return (size_t)(m * w->kp) * 2; }
+/* the pair layout: 128 bytes per pair of blocks (2 kp bytes, rounded up to a pair) */
+size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) {
+    return w->kernel == LMC_QK_Q4_0 ? (size_t)(m * lmc_q8rows_pairs(w)) * 128 : (size_t)(m * w->kp) * 2;
+}

@@ -1,0 +1,203 @@
+/* qmatmul_q4.c — GGUF Q4_0 products for any number of activation rows
+ * (decode's M = 1 first), on 256-bit vectors: AVX-512 VNNI (vpdpbusd on
+ * ymm; Zen 4 runs 512-bit integer ops as two halves, so ymm loses nothing
+ * and needs no cross-lane unpacking) and AVX2 (maddubs + madd: the same
+ * integers).
+ *
+ * The activations are quantized once per call (lmc_q8act) and laid out per
+ * pair of blocks (lmc_q8rows_prepare, "pair layout"): 32 codes xa (elements
+ * 0..15 of the first block, then 0..15 of the second), 32 codes xb (16..31,
+ * 16..31), 8 floats (the first block's scale four times, the second's four
+ * times) and 8 int32 -8 * (the sum of the 8 codes that lane l of the two
+ * dot products below meets). The weight's 16 nibble bytes of the two blocks
+ * side by side in a ymm then give, masked and shifted, exactly the codes
+ * xa and xb meet: lane l of dpbusd(dpbusd(-8 sum, lo, xa), hi, xb) is the
+ * exact integer sum((c - 8) q) of its 8 elements. Each lane is converted
+ * once and multiplied by d_w d_x; an odd last block pairs with a zero
+ * block (zero codes and scales).
+ *
+ * A tile of 4 weight rows x up to Q4_MR activation rows keeps 4 x MR
+ * accumulators, so even at M = 1 four independent chains hide the FMA
+ * latency and the activations are loaded once for four weight rows. Each
+ * (weight row, activation row) pair has its own accumulator, reduction and
+ * operation sequence, whatever the tile: a row's result is the same for
+ * every M, bit for bit, and the same on both instruction sets. */
+#include "quant/qmatmul.h"
+#include "core/core.h"
+
+#include <string.h>
+
+/* Bytes of one pair of blocks in the pair layout. */
+#define Q4_PAIR 128
+
+int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) { return (w->kp / 32 + 1) / 2; }
+
+void lmc_q8rows_prepare_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                              struct lmc_q8rows *out) {
+    int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
+    uint8_t *base = buf;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t p = 0; p < np; p++) {
+            uint8_t *o = base + (i * np + p) * Q4_PAIR;
+            int8_t *xa = (int8_t *)o, *xb = (int8_t *)(o + 32);
+            float d[8];
+            int32_t z[8];
+            for (int h = 0; h < 2; h++) {
+                int64_t b = 2 * p + h;
+                if (b < nb) {
+                    const struct lmc_q8act *a = &xq[i * nb + b];
+                    memcpy(xa + 16 * h, a->q, 16);
+                    memcpy(xb + 16 * h, a->q + 16, 16);
+                    for (int l = 0; l < 4; l++) {
+                        int32_t s = 0;
+                        for (int t = 0; t < 4; t++) s += a->q[4 * l + t] + a->q[16 + 4 * l + t];
+                        z[4 * h + l] = -8 * s;
+                        d[4 * h + l] = a->d;
+                    }
+                } else {
+                    memset(xa + 16 * h, 0, 16);
+                    memset(xb + 16 * h, 0, 16);
+                    for (int l = 0; l < 4; l++) z[4 * h + l] = 0, d[4 * h + l] = 0.0f;
+                }
+            }
+            memcpy(o + 64, d, 32);
+            memcpy(o + 96, z, 32);
+        }
+    *out = (struct lmc_q8rows){NULL, NULL, m, base, np * Q4_PAIR};
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define Q4_MR 4      /* activation rows per tile */
+#define Q4_PF_TILES 2 /* software prefetch: the weight bytes this many 4-row tiles ahead */
+
+#define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define I4_AVX2 __attribute__((always_inline, target("avx2,fma,f16c"))) static inline
+#define I4_VNNI __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
+
+/* Chunk c of m rows split into the fewest chunks of at most Q4_MR, sizes
+ * as equal as possible: first row and count. */
+static void q4_chunk(int64_t m, int64_t c, int64_t *i0, int *mr) {
+    int64_t nch = (m + Q4_MR - 1) / Q4_MR, base = m / nch, rem = m % nch;
+    *i0 = c * base + LMC_MIN(c, rem);
+    *mr = (int)(base + (c < rem));
+}
+
+/* s + the 4-byte dot products of lo with xa and hi with xb, per int32 lane. */
+I4_VNNI __m256i q4_dot_vnni(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m256i xb) {
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(s, lo, xa), hi, xb);
+}
+/* maddubs: codes <= 15 times |q| <= 127, two of them, and two of those
+ * added: |.| <= 7620, no int16 saturation: the same integers as vpdpbusd. */
+I4_AVX2 __m256i q4_dot_avx2(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m256i xb) {
+    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+    return _mm256_add_epi32(s, _mm256_madd_epi16(t, _mm256_set1_epi16(1)));
+}
+
+/* The sums of 4 vectors' lanes; each one's arithmetic the same whatever
+ * the others hold. */
+#define Q4_SUM4(TGTI, SUF)                                                                                  \
+    TGTI __m128 q4_sum4_##SUF(__m256 a, __m256 b, __m256 c, __m256 d) {                                    \
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));                             \
+        return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));                         \
+    }
+
+/* The tile: weight rows row .. row + R - 1 (R 4 or 1) against activation
+ * rows i0 .. i0 + MR - 1, y[i * ldy + r]. */
+#define Q4_TILE(TGTI, SUF)                                                                                 \
+    TGTI void q4_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,   \
+                            int64_t i0, int MR, float *y, int64_t ldy) {                                   \
+        const int64_t nb = w->k / 32, np = (nb + 1) / 2, rb = w->row_bytes;                                \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const uint8_t *xp = x->pairs + i0 * x->pair_stride;                                                \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        const __m128i dup = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);                \
+        const char *pf = (const char *)(wp + (int64_t)Q4_PF_TILES * 4 * rb);                               \
+        const char *pf_end = (const char *)(w->data + w->n * rb);                                          \
+        __m256 acc[4][Q4_MR];                                                                              \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
+        for (int64_t p = 0; p < np; p++) {                                                                 \
+            const int full = 2 * p + 1 < nb;                                                               \
+            if (R == 4)                                                                                    \
+                for (int l = 0; l < 3; l++, pf += 48)                                                      \
+                    if (pf < pf_end) _mm_prefetch(pf, _MM_HINT_T0);                                        \
+            __m256i lo[4], hi[4];                                                                          \
+            __m256 dw[4];                                                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
+                const uint8_t *b = wp + r * rb + 36 * p;                                                   \
+                __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                    \
+                __m256i v = full ? _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                     \
+                                                           _mm_loadu_si128((const __m128i *)(b + 20)), 1)  \
+                                 : _mm256_inserti128_si256(_mm256_castsi128_si256(n0), _mm_setzero_si128(), 1); \
+                lo[r] = _mm256_and_si256(v, m15);                                                          \
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                    \
+                uint16_t h0, h1 = 0;                                                                       \
+                memcpy(&h0, b, 2);                                                                         \
+                if (full) memcpy(&h1, b + 18, 2);                                                          \
+                __m128i hh = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)), dup); \
+                dw[r] = _mm256_cvtph_ps(hh);                                                               \
+            }                                                                                              \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                         \
+                const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;                                  \
+                __m256i xa = _mm256_load_si256((const __m256i *)a);                                        \
+                __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                                 \
+                __m256 dx = _mm256_load_ps((const float *)(a + 64));                                       \
+                __m256i z = _mm256_load_si256((const __m256i *)(a + 96));                                  \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    __m256i s = q4_dot_##SUF(z, lo[r], xa, hi[r], xb);                                     \
+                    acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]); \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        const __m256 zero = _mm256_setzero_ps();                                                           \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
+            __m128 s = q4_sum4_##SUF(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,        \
+                                     R > 3 ? acc[3][i] : zero);                                            \
+            if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, s);                                        \
+            else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);                                               \
+        }                                                                                                  \
+    }
+
+/* One function per tile shape (R and MR constants: accumulators in
+ * registers) and the driver over rows [r0, r1) and all m activation rows. */
+typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t);
+#define Q4_ONE(SUF, TGT, R, MR)                                                                            \
+    TGT static void q4_##SUF##_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                          int64_t i0, float *y, int64_t ldy) {                             \
+        q4_tile_##SUF(w, row, R, x, i0, MR, y, ldy);                                                       \
+    }
+#define Q4_ALL(SUF, TGT, TGTI)                                                                             \
+    Q4_SUM4(TGTI, SUF)                                                                                     \
+    Q4_TILE(TGTI, SUF)                                                                                     \
+    Q4_ONE(SUF, TGT, 4, 1) Q4_ONE(SUF, TGT, 4, 2) Q4_ONE(SUF, TGT, 4, 3) Q4_ONE(SUF, TGT, 4, 4)            \
+    Q4_ONE(SUF, TGT, 1, 1) Q4_ONE(SUF, TGT, 1, 2) Q4_ONE(SUF, TGT, 1, 3) Q4_ONE(SUF, TGT, 1, 4)            \
+    static const q4_fn q4_##SUF##_fns[2][Q4_MR + 1] = {                                                    \
+        {NULL, q4_##SUF##_4x1, q4_##SUF##_4x2, q4_##SUF##_4x3, q4_##SUF##_4x4},                            \
+        {NULL, q4_##SUF##_1x1, q4_##SUF##_1x2, q4_##SUF##_1x3, q4_##SUF##_1x4}};                           \
+    static void q4_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                              float *y, int64_t ldy) {                                                     \
+        int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
+        for (int64_t r = r0; r < r1;) {                                                                    \
+            int four = r + 4 <= r1;                                                                        \
+            for (int64_t c = 0; c < nch; c++) {                                                            \
+                int64_t i0;                                                                                \
+                int mr;                                                                                    \
+                q4_chunk(x->m, c, &i0, &mr);                                                               \
+                q4_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                                     \
+            }                                                                                              \
+            r += four ? 4 : 1;                                                                             \
+        }                                                                                                  \
+    }
+
+Q4_ALL(vnni, T4_VNNI, I4_VNNI)
+Q4_ALL(avx2, T4_AVX2, I4_AVX2)
+
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_0] = q4_rows_vnni; }
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_0] = q4_rows_avx2; }
+#else
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) { (void)dotm; }
+#endif
