@@ -11,7 +11,7 @@
 #   bench/run_q4_cpu.sh ; env: PEER_BIN (llama.cpp bin dir), ROUNDS (3), LMC (build/lmc)
 set -u
 cd "$(dirname "$0")/.." || exit 1
-PB=${PEER_BIN:?set PEER_BIN to llama.cpp's bin folder}
+PB=${PEER_BIN:?set PEER_BIN to the llama.cpp bin folder}
 LMC=${LMC:-build/lmc}; ROUNDS=${ROUNDS:-3}; SRC=/tmp/lmc-bench-125m-f16
 [ -d "$SRC" ] || { echo "run bench/run_cpu.sh first (it makes $SRC)" >&2; exit 1; }
 [ -s "$SRC.gguf" ] || "$LMC" convert -m "$SRC" -o "$SRC.gguf" --dtype f16 >/dev/null || exit 1

@@ -70,7 +70,9 @@ void lmc_q8rows_prepare_pairs(const struct lmc_qweight *w, const struct lmc_q8ac
 #include <immintrin.h>
 
 #define Q4_MR 4      /* activation rows per tile */
-#define Q4_PF_TILES 2 /* software prefetch: the weight bytes this many 4-row tiles ahead */
+#ifndef Q4_PF_TILES
+#define Q4_PF_TILES 2 /* software prefetch: the weight bytes this many 4-row tiles ahead (0: none) */
+#endif
 
 #define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -104,54 +106,74 @@ I4_AVX2 __m256i q4_dot_avx2(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m25
         return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));                         \
     }
 
+/* Row r's weight of the pair (full: both blocks; else the first and a zero
+ * block): codes lo (elements 0..15 of both blocks) and hi (16..31) and the
+ * scales, [d0 x 4, d1 x 4]. */
+static inline int16_t q4_f16bits(const uint8_t *b) {
+    int16_t h;
+    memcpy(&h, b, 2);
+    return h;
+}
+I4_VNNI __m256 q4_scales_vnni(const uint8_t *b, int full) {
+    __m128i h = _mm_set1_epi16(q4_f16bits(b));
+    h = full ? _mm_mask_set1_epi16(h, 0xf0, q4_f16bits(b + 18)) : _mm_maskz_mov_epi16(0x0f, h);
+    return _mm256_cvtph_ps(h);
+}
+I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
+    __m128i h0 = _mm_set1_epi16(q4_f16bits(b)), h1 = full ? _mm_set1_epi16(q4_f16bits(b + 18)) : _mm_setzero_si128();
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(h0, h1));
+}
+
 /* The tile: weight rows row .. row + R - 1 (R 4 or 1) against activation
  * rows i0 .. i0 + MR - 1, y[i * ldy + r]. */
+#define Q4_STEP(SUF, FULL)                                                                                 \
+    do {                                                                                                   \
+        __m256i lo[4], hi[4];                                                                              \
+        __m256 dw[4];                                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                              \
+            const uint8_t *b = wp + r * rb + 36 * p;                                                       \
+            __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                        \
+            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                                \
+                                                FULL ? _mm_loadu_si128((const __m128i *)(b + 20))          \
+                                                     : _mm_setzero_si128(), 1);                            \
+            lo[r] = _mm256_and_si256(v, m15);                                                              \
+            hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                        \
+            dw[r] = q4_scales_##SUF(b, FULL);                                                              \
+        }                                                                                                  \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
+            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;                                      \
+            __m256i xa = _mm256_load_si256((const __m256i *)a);                                            \
+            __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                                     \
+            __m256 dx = _mm256_load_ps((const float *)(a + 64));                                           \
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 96));                                      \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
+                __m256i s = q4_dot_##SUF(z, lo[r], xa, hi[r], xb);                                         \
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);   \
+            }                                                                                              \
+        }                                                                                                  \
+    } while (0)
 #define Q4_TILE(TGTI, SUF)                                                                                 \
     TGTI void q4_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,   \
                             int64_t i0, int MR, float *y, int64_t ldy) {                                   \
-        const int64_t nb = w->k / 32, np = (nb + 1) / 2, rb = w->row_bytes;                                \
+        const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
         const uint8_t *wp = w->data + row * rb;                                                            \
         const uint8_t *xp = x->pairs + i0 * x->pair_stride;                                                \
         const __m256i m15 = _mm256_set1_epi8(15);                                                          \
-        const __m128i dup = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);                \
-        const char *pf = (const char *)(wp + (int64_t)Q4_PF_TILES * 4 * rb);                               \
-        const char *pf_end = (const char *)(w->data + w->n * rb);                                          \
+        const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb;                                            \
+        const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;                                   \
         __m256 acc[4][Q4_MR];                                                                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
-        for (int64_t p = 0; p < np; p++) {                                                                 \
-            const int full = 2 * p + 1 < nb;                                                               \
-            if (R == 4)                                                                                    \
-                for (int l = 0; l < 3; l++, pf += 48)                                                      \
-                    if (pf < pf_end) _mm_prefetch(pf, _MM_HINT_T0);                                        \
-            __m256i lo[4], hi[4];                                                                          \
-            __m256 dw[4];                                                                                  \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
-                const uint8_t *b = wp + r * rb + 36 * p;                                                   \
-                __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                    \
-                __m256i v = full ? _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                     \
-                                                           _mm_loadu_si128((const __m128i *)(b + 20)), 1)  \
-                                 : _mm256_inserti128_si256(_mm256_castsi128_si256(n0), _mm_setzero_si128(), 1); \
-                lo[r] = _mm256_and_si256(v, m15);                                                          \
-                hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                    \
-                uint16_t h0, h1 = 0;                                                                       \
-                memcpy(&h0, b, 2);                                                                         \
-                if (full) memcpy(&h1, b + 18, 2);                                                          \
-                __m128i hh = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)), dup); \
-                dw[r] = _mm256_cvtph_ps(hh);                                                               \
+        int64_t p = 0;                                                                                     \
+        for (; 2 * p + 1 < nb; p++) {                                                                      \
+            if (pf_on) { /* the same bytes of the tile Q4_PF_TILES ahead: 144 a pair */                    \
+                _mm_prefetch((const char *)pf + 144 * p, _MM_HINT_T0);                                     \
+                _mm_prefetch((const char *)pf + 144 * p + 64, _MM_HINT_T0);                                \
+                _mm_prefetch((const char *)pf + 144 * p + 128, _MM_HINT_T0);                               \
             }                                                                                              \
-            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                         \
-                const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;                                  \
-                __m256i xa = _mm256_load_si256((const __m256i *)a);                                        \
-                __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                                 \
-                __m256 dx = _mm256_load_ps((const float *)(a + 64));                                       \
-                __m256i z = _mm256_load_si256((const __m256i *)(a + 96));                                  \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
-                    __m256i s = q4_dot_##SUF(z, lo[r], xa, hi[r], xb);                                     \
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]); \
-                }                                                                                          \
-            }                                                                                              \
+            Q4_STEP(SUF, 1);                                                                               \
         }                                                                                                  \
+        if (2 * p < nb) Q4_STEP(SUF, 0);                                                                   \
         const __m256 zero = _mm256_setzero_ps();                                                           \
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
             __m128 s = q4_sum4_##SUF(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,        \
