@@ -6,8 +6,9 @@
  *    threads, tiny claim units so threads split and steal rows), with the
  *    small-M kernel on and off (ctx->mm_small_max);
  *  - quantized weights Q8_0, Q4_0 and 4-bit groups (g32, g128, act-order,
- *    K not a multiple of 32) (quant/qmatmul_smallm.c through lmc_qmatmul),
- *    reference from the dequantized weight and the int8 activations.
+ *    K not a multiple of 32) (quant/qmatmul_smallm.c, qmatmul_q4.c through
+ *    lmc_qmatmul), reference from the dequantized weight and the int8
+ *    activations; Q4_0's AVX2 and AVX-512 VNNI kernels give the same bits.
  * Each small-M kernel also gives a row the same bits whatever M is (float:
  * the M >= 2 it takes, lmc_cpu_smallm_ok; quantized: every M), so a
  * verification's rows equal each other's batch sizes bit for bit; the
@@ -163,10 +164,10 @@ static void check_q(const struct lmc_qctx *c, const struct lmc_qweight *w, const
 static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
     lmc_err err = {0};
     static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0};
-    static const int64_t ks[] = {32 * 9, 32 * 7, 32};
+    static const int64_t ks[] = {32 * 9, 32 * 7, 32, 32 * 8};
     for (size_t t = 0; t < 2; t++)
-        for (size_t ki = 0; ki < 3; ki++) {
-            int64_t n = 37 + 2 * (int64_t)ki, k = ks[ki], rb;
+        for (size_t ki = 0; ki < 4; ki++) {
+            int64_t n = 37 + 2 * (int64_t)ki, k = ks[ki], rb; /* N = 43: 4-row tiles and a tail */
             CHECK(lmc_ggml_row_bytes(types[t], k, &rb));
             float *wf = rand_f(n * k);
             uint8_t *wq = malloc((size_t)(n * rb));
@@ -207,6 +208,38 @@ static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
     }
 }
 
+/* Q4_0's small-M kernel (qmatmul_q4.c) gives the same bits with AVX2 as
+ * with AVX-512 VNNI (maddubs + madd and vpdpbusd make the same integers,
+ * the float operations are the same), for every M, N with and without a
+ * tail of rows, an odd and an even number of blocks. */
+static void test_q4_isa_same(struct lmc_pool *pool) {
+    struct lmc_qctx cv, ca;
+    if (lmc_qctx_init(&cv, LMC_QISA_AVX512VNNI) != LMC_QISA_AVX512VNNI) return; /* nothing to compare */
+    CHECK(lmc_qctx_init(&ca, LMC_QISA_AVX2) == LMC_QISA_AVX2);
+    CHECK(cv.dotm[LMC_QK_Q4_0] != NULL && ca.dotm[LMC_QK_Q4_0] != NULL);
+    lmc_err err = {0};
+    static const int64_t nk[][2] = {{40, 32 * 24}, {45, 32 * 5}};
+    for (size_t s = 0; s < 2; s++) {
+        int64_t n = nk[s][0], k = nk[s][1], rb;
+        CHECK(lmc_ggml_row_bytes(LMC_GGML_Q4_0, k, &rb));
+        float *wf = rand_f(n * k), *x = rand_f(MMAX * k);
+        float *yv = malloc((size_t)(MMAX * n) * 4), *ya = malloc((size_t)(MMAX * n) * 4);
+        uint8_t *wq = malloc((size_t)(n * rb));
+        for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(LMC_GGML_Q4_0, wf + o * k, wq + o * rb, k);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_Q4_0, wq, n, k, &err) == LMC_OK);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, MMAX) + 63) / 64 * 64);
+        for (int64_t M = 1; M <= MMAX; M += 3) {
+            lmc_qmatmul(&cv, &w, yv, x, M, scratch, pool);
+            lmc_qmatmul(&ca, &w, ya, x, M, scratch, M % 2 ? NULL : pool);
+            CHECK_MSG(memcmp(yv, ya, (size_t)(M * n) * 4) == 0, "Q4_0 N=%lld K=%lld M=%lld: AVX2 and VNNI differ",
+                      (long long)n, (long long)k, (long long)M);
+        }
+        lmc_qweight_free(&w);
+        free(scratch), free(wf), free(x), free(yv), free(ya), free(wq);
+    }
+}
+
 int main(void) {
     test_float(1);
     test_float(2);
@@ -223,6 +256,7 @@ int main(void) {
         c.small_max = 0; /* the per-row kernels the small-M ones replace */
         test_quant(&c, pool);
     }
+    test_q4_isa_same(pool);
     lmc_pool_free(pool);
     return test_finish("test_matmul_smallm");
 }
