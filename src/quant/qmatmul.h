@@ -187,10 +187,11 @@ void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm);
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
 /* Q4_0's pair layout (qmatmul_q4.c): pairs of blocks a row (the last odd
- * block paired with zeros), and m rows of activation blocks into it. */
+ * block paired with zeros), and rows [i0, i1) of activation blocks (row
+ * i's at xq + i * kp / 32) into it. */
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w);
-void lmc_q8rows_prepare_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
-                              struct lmc_q8rows *out);
+void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
+                           void *buf);
 /* lmc_q8act_quantize's AVX-512 form (the same blocks, bit for bit). */
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
 /* m rows of w->kp / 32 activation blocks each (row i's at xq + i * kp / 32)
@@ -198,6 +199,11 @@ lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
  * aligned); out points into buf. */
 void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
                         struct lmc_q8rows *out);
+/* The same in two steps (rows filled in parallel): rows [i0, i1) of m into
+ * buf, then the view of all m. */
+void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
+                     void *buf);
+void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out);
 size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m);
 
 #endif

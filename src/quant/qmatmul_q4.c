@@ -32,38 +32,66 @@
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) { return (w->kp / 32 + 1) / 2; }
 
-void lmc_q8rows_prepare_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
-                              struct lmc_q8rows *out) {
-    int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
-    uint8_t *base = buf;
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t p = 0; p < np; p++) {
-            uint8_t *o = base + (i * np + p) * Q4_PAIR;
-            int8_t *xa = (int8_t *)o, *xb = (int8_t *)(o + 32);
-            float d[8];
-            int32_t z[8];
-            for (int h = 0; h < 2; h++) {
-                int64_t b = 2 * p + h;
-                if (b < nb) {
-                    const struct lmc_q8act *a = &xq[i * nb + b];
-                    memcpy(xa + 16 * h, a->q, 16);
-                    memcpy(xb + 16 * h, a->q + 16, 16);
-                    for (int l = 0; l < 4; l++) {
-                        int32_t s = 0;
-                        for (int t = 0; t < 4; t++) s += a->q[4 * l + t] + a->q[16 + 4 * l + t];
-                        z[4 * h + l] = -8 * s;
-                        d[4 * h + l] = a->d;
-                    }
-                } else {
-                    memset(xa + 16 * h, 0, 16);
-                    memset(xb + 16 * h, 0, 16);
-                    for (int l = 0; l < 4; l++) z[4 * h + l] = 0, d[4 * h + l] = 0.0f;
-                }
+/* One pair of activation blocks (a1 NULL: the zero block) into o. */
+static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, uint8_t *o) {
+    int8_t *xa = (int8_t *)o, *xb = (int8_t *)(o + 32);
+    float d[8];
+    int32_t z[8];
+    for (int h = 0; h < 2; h++) {
+        const struct lmc_q8act *a = h ? a1 : a0;
+        if (a) {
+            memcpy(xa + 16 * h, a->q, 16);
+            memcpy(xb + 16 * h, a->q + 16, 16);
+            for (int l = 0; l < 4; l++) {
+                int32_t s = 0;
+                for (int t = 0; t < 4; t++) s += a->q[4 * l + t] + a->q[16 + 4 * l + t];
+                z[4 * h + l] = -8 * s;
+                d[4 * h + l] = a->d;
             }
-            memcpy(o + 64, d, 32);
-            memcpy(o + 96, z, 32);
+        } else {
+            memset(xa + 16 * h, 0, 16);
+            memset(xb + 16 * h, 0, 16);
+            for (int l = 0; l < 4; l++) z[4 * h + l] = 0, d[4 * h + l] = 0.0f;
         }
-    *out = (struct lmc_q8rows){NULL, NULL, m, base, np * Q4_PAIR};
+    }
+    memcpy(o + 64, d, 32);
+    memcpy(o + 96, z, 32);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* q4_pair_c with AVX2 (the same bytes): the lane sums by maddubs of ones. */
+__attribute__((target("avx2"))) static void q4_pairs_avx2(const struct lmc_q8act *xq, int64_t nb, uint8_t *o) {
+    const __m256i ones = _mm256_set1_epi8(1), m8 = _mm256_set1_epi16(-8);
+    for (int64_t b = 0; b + 1 < nb; b += 2, o += Q4_PAIR) {
+        const struct lmc_q8act *a0 = &xq[b], *a1 = &xq[b + 1];
+        __m256i xa = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)a1->q), _mm_loadu_si128((const __m128i *)a0->q));
+        __m256i xb = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(a1->q + 16)),
+                                      _mm_loadu_si128((const __m128i *)(a0->q + 16)));
+        __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(ones, xa), _mm256_maddubs_epi16(ones, xb));
+        _mm256_store_si256((__m256i *)o, xa);
+        _mm256_store_si256((__m256i *)(o + 32), xb);
+        _mm256_store_ps((float *)(o + 64), _mm256_set_m128(_mm_set1_ps(a1->d), _mm_set1_ps(a0->d)));
+        _mm256_store_si256((__m256i *)(o + 96), _mm256_madd_epi16(t, m8));
+    }
+    if (nb % 2) q4_pair_c(&xq[nb - 1], NULL, o);
+}
+#endif
+
+void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
+                           void *buf) {
+    int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
+    for (int64_t i = i0; i < i1; i++) {
+        uint8_t *o = (uint8_t *)buf + i * np * Q4_PAIR;
+        const struct lmc_q8act *x = xq + i * nb;
+#if defined(__x86_64__)
+        if (__builtin_cpu_supports("avx2")) {
+            q4_pairs_avx2(x, nb, o);
+            continue;
+        }
+#endif
+        for (int64_t p = 0; p < np; p++) q4_pair_c(&x[2 * p], 2 * p + 1 < nb ? &x[2 * p + 1] : NULL, o + p * Q4_PAIR);
+    }
 }
 
 #if defined(__x86_64__)

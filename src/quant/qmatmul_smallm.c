@@ -229,20 +229,30 @@ void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return lmc_q8act_quantize; }
 #endif
 
-void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
-                        struct lmc_q8rows *out) {
+void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
+                     void *buf) {
     if (w->kernel == LMC_QK_Q4_0) {
-        lmc_q8rows_prepare_pairs(w, xq, m, buf, out);
+        lmc_q8rows_fill_pairs(w, xq, i0, i1, buf);
         return;
     }
     int64_t nb = w->kp / 32;
     int8_t *q = buf;
     float *d8 = (float *)(q + m * nb * 32);
-    for (int64_t i = 0; i < m * nb; i++) {
+    for (int64_t i = i0 * nb; i < i1 * nb; i++) {
         memcpy(q + 32 * i, xq[i].q, 32);
         for (int j = 0; j < 8; j++) d8[8 * i + j] = xq[i].d;
     }
-    *out = (struct lmc_q8rows){q, d8, m, NULL, 0};
+}
+
+void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out) {
+    if (w->kernel == LMC_QK_Q4_0) *out = (struct lmc_q8rows){NULL, NULL, m, buf, lmc_q8rows_pairs(w) * 128};
+    else *out = (struct lmc_q8rows){buf, (const float *)((int8_t *)buf + m * w->kp), m, NULL, 0};
+}
+
+void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                        struct lmc_q8rows *out) {
+    lmc_q8rows_fill(w, xq, m, 0, m, buf);
+    lmc_q8rows_view(w, m, buf, out);
 }
 
 /* the pair layout: 128 bytes per pair of blocks (2 kp bytes, rounded up to a pair) */
