@@ -154,19 +154,33 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
 
 /* The tile: weight rows row .. row + R - 1 (R 4 or 1) against activation
  * rows i0 .. i0 + MR - 1, y[i * ldy + r]. */
+#define Q4_WEIGHT(SUF, FULL, r)                                                                            \
+    do {                                                                                                   \
+        const uint8_t *b = wp + (r) * rb + 36 * p;                                                         \
+        __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                            \
+        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                                    \
+                                            FULL ? _mm_loadu_si128((const __m128i *)(b + 20))              \
+                                                 : _mm_setzero_si128(), 1);                                \
+        lo[r] = _mm256_and_si256(v, m15);                                                                  \
+        hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                            \
+        dw[r] = q4_scales_##SUF(b, FULL);                                                                  \
+    } while (0)
+/* UN: the weight tile's codes and scales come unpacked from un (Q4_UNPACK
+ * bytes a row and pair, q4_unpack), the same values. */
+#define Q4_UNPACK 96
 #define Q4_STEP(SUF, FULL)                                                                                 \
     do {                                                                                                   \
         __m256i lo[4], hi[4];                                                                              \
         __m256 dw[4];                                                                                      \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                              \
-            const uint8_t *b = wp + r * rb + 36 * p;                                                       \
-            __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                        \
-            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                                \
-                                                FULL ? _mm_loadu_si128((const __m128i *)(b + 20))          \
-                                                     : _mm_setzero_si128(), 1);                            \
-            lo[r] = _mm256_and_si256(v, m15);                                                              \
-            hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                        \
-            dw[r] = q4_scales_##SUF(b, FULL);                                                              \
+            if (UN) {                                                                                      \
+                const uint8_t *u = un + (4 * p + r) * Q4_UNPACK;                                           \
+                lo[r] = _mm256_load_si256((const __m256i *)u);                                             \
+                hi[r] = _mm256_load_si256((const __m256i *)(u + 32));                                      \
+                dw[r] = _mm256_load_ps((const float *)(u + 64));                                           \
+                continue;                                                                                  \
+            }                                                                                              \
+            Q4_WEIGHT(SUF, FULL, r);                                                                       \
         }                                                                                                  \
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
             const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;                                      \
@@ -182,13 +196,13 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
     } while (0)
 #define Q4_TILE(TGTI, SUF)                                                                                 \
     TGTI void q4_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,   \
-                            int64_t i0, int MR, float *y, int64_t ldy) {                                   \
+                            int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {        \
         const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
         const uint8_t *wp = w->data + row * rb;                                                            \
         const uint8_t *xp = x->pairs + i0 * x->pair_stride;                                                \
         const __m256i m15 = _mm256_set1_epi8(15);                                                          \
         const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb;                                            \
-        const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;                                   \
+        const int pf_on = !UN && Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;         \
         __m256 acc[4][Q4_MR];                                                                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
@@ -211,35 +225,77 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
         }                                                                                                  \
     }
 
+/* A 4-row weight tile unpacked into un (Q4_UNPACK bytes a row and pair):
+ * for more activation rows than one tile takes, the unpacking is done once
+ * and each block of rows loads it (from L1). */
+#define Q4_UNPACKER(TGT, SUF)                                                                              \
+    TGT static void q4_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {              \
+        const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        __m256i lo[4], hi[4];                                                                              \
+        __m256 dw[4];                                                                                      \
+        for (int64_t p = 0; 2 * p < nb; p++)                                                               \
+            for (int r = 0; r < 4; r++) {                                                                  \
+                if (2 * p + 1 < nb) Q4_WEIGHT(SUF, 1, r);                                                  \
+                else Q4_WEIGHT(SUF, 0, r);                                                                 \
+                uint8_t *u = un + (4 * p + r) * Q4_UNPACK;                                                 \
+                _mm256_store_si256((__m256i *)u, lo[r]);                                                   \
+                _mm256_store_si256((__m256i *)(u + 32), hi[r]);                                            \
+                _mm256_store_ps((float *)(u + 64), dw[r]);                                                 \
+            }                                                                                              \
+    }
+
+/* The unpacked tile's room on the stack (K up to 8192); longer rows are
+ * unpacked per block of activation rows. */
+#define Q4_UNPACK_MAX (128 * 4 * Q4_UNPACK)
+
 /* One function per tile shape (R and MR constants: accumulators in
  * registers) and the driver over rows [r0, r1) and all m activation rows. */
-typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t);
-#define Q4_ONE(SUF, TGT, R, MR)                                                                            \
-    TGT static void q4_##SUF##_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
-                                          int64_t i0, float *y, int64_t ldy) {                             \
-        q4_tile_##SUF(w, row, R, x, i0, MR, y, ldy);                                                       \
+typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
+                      const uint8_t *);
+#define Q4_ONE(SUF, TGT, R, MR, UN)                                                                        \
+    TGT static void q4_##SUF##_##R##x##MR##_##UN(const struct lmc_qweight *w, int64_t row,                 \
+                                                 const struct lmc_q8rows *x, int64_t i0, float *y,         \
+                                                 int64_t ldy, const uint8_t *un) {                         \
+        q4_tile_##SUF(w, row, R, x, i0, MR, y, ldy, UN, un);                                               \
     }
 #define Q4_ALL(SUF, TGT, TGTI)                                                                             \
     Q4_SUM4(TGTI, SUF)                                                                                     \
     Q4_TILE(TGTI, SUF)                                                                                     \
-    Q4_ONE(SUF, TGT, 4, 1) Q4_ONE(SUF, TGT, 4, 2) Q4_ONE(SUF, TGT, 4, 3) Q4_ONE(SUF, TGT, 4, 4)            \
-    Q4_ONE(SUF, TGT, 1, 1) Q4_ONE(SUF, TGT, 1, 2) Q4_ONE(SUF, TGT, 1, 3) Q4_ONE(SUF, TGT, 1, 4)            \
-    static const q4_fn q4_##SUF##_fns[2][Q4_MR + 1] = {                                                    \
-        {NULL, q4_##SUF##_4x1, q4_##SUF##_4x2, q4_##SUF##_4x3, q4_##SUF##_4x4},                            \
-        {NULL, q4_##SUF##_1x1, q4_##SUF##_1x2, q4_##SUF##_1x3, q4_##SUF##_1x4}};                           \
-    static void q4_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+    Q4_UNPACKER(TGT, SUF)                                                                                  \
+    Q4_ONE(SUF, TGT, 4, 1, 0) Q4_ONE(SUF, TGT, 4, 2, 0) Q4_ONE(SUF, TGT, 4, 3, 0) Q4_ONE(SUF, TGT, 4, 4, 0) \
+    Q4_ONE(SUF, TGT, 1, 1, 0) Q4_ONE(SUF, TGT, 1, 2, 0) Q4_ONE(SUF, TGT, 1, 3, 0) Q4_ONE(SUF, TGT, 1, 4, 0) \
+    Q4_ONE(SUF, TGT, 4, 1, 1) Q4_ONE(SUF, TGT, 4, 2, 1) Q4_ONE(SUF, TGT, 4, 3, 1) Q4_ONE(SUF, TGT, 4, 4, 1) \
+    static const q4_fn q4_##SUF##_fns[3][Q4_MR + 1] = {                                                    \
+        {NULL, q4_##SUF##_4x1_0, q4_##SUF##_4x2_0, q4_##SUF##_4x3_0, q4_##SUF##_4x4_0},                    \
+        {NULL, q4_##SUF##_1x1_0, q4_##SUF##_1x2_0, q4_##SUF##_1x3_0, q4_##SUF##_1x4_0},                    \
+        {NULL, q4_##SUF##_4x1_1, q4_##SUF##_4x2_1, q4_##SUF##_4x3_1, q4_##SUF##_4x4_1}};                   \
+    static void q4_many_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
                               float *y, int64_t ldy) {                                                     \
-        int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
+        _Alignas(64) uint8_t un[Q4_UNPACK_MAX];                                                            \
+        int64_t nch = (x->m + Q4_MR - 1) / Q4_MR, np = (w->k / 32 + 1) / 2;                                \
         for (int64_t r = r0; r < r1;) {                                                                    \
-            int four = r + 4 <= r1;                                                                        \
+            int four = r + 4 <= r1, unp = four && np * 4 * Q4_UNPACK <= Q4_UNPACK_MAX;                     \
+            if (unp) q4_unpack_##SUF(w, r, un);                                                            \
             for (int64_t c = 0; c < nch; c++) {                                                            \
                 int64_t i0;                                                                                \
                 int mr;                                                                                    \
                 q4_chunk(x->m, c, &i0, &mr);                                                               \
-                q4_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                                     \
+                q4_##SUF##_fns[unp ? 2 : four ? 0 : 1][mr](w, r, x, i0, y, ldy, un);                       \
             }                                                                                              \
             r += four ? 4 : 1;                                                                             \
         }                                                                                                  \
+    }                                                                                                      \
+    static void q4_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                              float *y, int64_t ldy) {                                                     \
+        if (x->m > Q4_MR) {                                                                                \
+            q4_many_##SUF(w, r0, r1, x, y, ldy);                                                           \
+            return;                                                                                        \
+        }                                                                                                  \
+        int64_t r = r0;                                                                                    \
+        for (; r + 4 <= r1; r += 4) q4_##SUF##_fns[0][x->m](w, r, x, 0, y, ldy, NULL);                     \
+        for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
     }
 
 Q4_ALL(vnni, T4_VNNI, I4_VNNI)
