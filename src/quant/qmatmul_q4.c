@@ -246,9 +246,9 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
             }                                                                                              \
     }
 
-/* The unpacked tile's room on the stack (K up to 8192); longer rows are
- * unpacked per block of activation rows. */
-#define Q4_UNPACK_MAX (128 * 4 * Q4_UNPACK)
+/* The unpacked tile's room on the stack (K up to 4096: 24 KB, within L1);
+ * longer rows are unpacked per block of activation rows. */
+#define Q4_UNPACK_MAX (64 * 4 * Q4_UNPACK)
 
 /* One function per tile shape (R and MR constants: accumulators in
  * registers) and the driver over rows [r0, r1) and all m activation rows. */
