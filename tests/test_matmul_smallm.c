@@ -210,8 +210,8 @@ static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
     }
 }
 
-/* Q4_0's small-M kernel (qmatmul_q4.c) gives the same bits with AVX2 as
- * with AVX-512 VNNI (maddubs + madd and vpdpbusd make the same integers,
+/* Q4_0's and the 4-bit groups' small-M kernels (qmatmul_q4.c) give the
+ * same bits with AVX2 as with AVX-512 VNNI (maddubs + madd and vpdpbusd make the same integers,
  * the float operations are the same), for every M, N with and without a
  * tail of rows, an odd and an even number of blocks. */
 static void test_q4_isa_same(struct lmc_pool *pool) {
@@ -239,6 +239,33 @@ static void test_q4_isa_same(struct lmc_pool *pool) {
         }
         lmc_qweight_free(&w);
         free(scratch), free(wf), free(x), free(yv), free(ya), free(wq);
+    }
+    /* 4-bit groups: g128 with an odd last group, act-order with uneven groups */
+    static const struct { int64_t n, k, gs; bool act; } g[] = {{44, 416, 128, false}, {21, 200, 64, true}};
+    for (size_t t = 0; t < 2; t++) {
+        struct lmc_qgroups q;
+        CHECK(lmc_qgroups_alloc(&q, g[t].n, g[t].k, 4, g[t].gs, &err) == LMC_OK);
+        for (int64_t i = 0; i < q.n * q.k; i++) q.q[i] = (uint8_t)(test_rng_next(&rng) % 16);
+        for (int64_t i = 0; i < q.n * q.n_groups; i++) {
+            q.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(&rng) % 100) / 100.0f;
+            q.zero[i] = (int32_t)(test_rng_next(&rng) % 17); /* GPTQ v1's stored zero + 1 reaches 16 */
+        }
+        if (g[t].act)
+            for (int64_t i = 0; i < q.k; i++) q.g_idx[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)q.n_groups);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_groups(&w, &q, &err) == LMC_OK);
+        CHECK(cv.dotm[w.kernel] != NULL && ca.dotm[w.kernel] != NULL);
+        float *x = rand_f(MMAX * q.k), *yv = malloc((size_t)(MMAX * q.n) * 4), *ya = malloc((size_t)(MMAX * q.n) * 4);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, MMAX) + 63) / 64 * 64);
+        for (int64_t M = 1; M <= MMAX; M += 4) {
+            lmc_qmatmul(&cv, &w, yv, x, M, scratch, pool);
+            lmc_qmatmul(&ca, &w, ya, x, M, scratch, M % 2 ? NULL : pool);
+            CHECK_MSG(memcmp(yv, ya, (size_t)(M * q.n) * 4) == 0, "4-bit g%lld N=%lld M=%lld: AVX2 and VNNI differ",
+                      (long long)g[t].gs, (long long)q.n, (long long)M);
+        }
+        lmc_qweight_free(&w);
+        lmc_qgroups_free(&q);
+        free(scratch), free(x), free(yv), free(ya);
     }
 }
 

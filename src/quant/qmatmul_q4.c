@@ -30,10 +30,25 @@
 /* Bytes of one pair of blocks in the pair layout. */
 #define Q4_PAIR 128
 
-int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) { return (w->kp / 32 + 1) / 2; }
+/* The pair layout pairs blocks within a zero-point group (lmc's 4-bit
+ * groups; Q4_0 is one group of all its blocks): a group's odd last block
+ * pairs with the zero block. */
+static int64_t q4_groups(const struct lmc_qweight *w) { return w->kernel == LMC_QK_U4G ? w->n_groups : 1; }
+static int64_t q4_gb0(const struct lmc_qweight *w, int64_t g) { return w->kernel == LMC_QK_U4G ? w->gblk[g] : 0; }
+static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
+    return w->kernel == LMC_QK_U4G ? w->gblk[g + 1] : w->kp / 32;
+}
 
-/* One pair of activation blocks (a1 NULL: the zero block) into o. */
-static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, uint8_t *o) {
+int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
+    int64_t np = 0;
+    for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
+    return np;
+}
+
+/* One pair of activation blocks (a1 NULL: the zero block) into o; the lane
+ * sums times mult (Q4_0: -8, its zero point; groups: 1, times the row's zero
+ * in the kernel). */
+static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, int32_t mult, uint8_t *o) {
     int8_t *xa = (int8_t *)o, *xb = (int8_t *)(o + 32);
     float d[8];
     int32_t z[8];
@@ -45,7 +60,7 @@ static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, ui
             for (int l = 0; l < 4; l++) {
                 int32_t s = 0;
                 for (int t = 0; t < 4; t++) s += a->q[4 * l + t] + a->q[16 + 4 * l + t];
-                z[4 * h + l] = -8 * s;
+                z[4 * h + l] = mult * s;
                 d[4 * h + l] = a->d;
             }
         } else {
@@ -60,10 +75,12 @@ static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, ui
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-/* q4_pair_c with AVX2 (the same bytes): the lane sums by maddubs of ones. */
-__attribute__((target("avx2"))) static void q4_pairs_avx2(const struct lmc_q8act *xq, int64_t nb, uint8_t *o) {
-    const __m256i ones = _mm256_set1_epi8(1), m8 = _mm256_set1_epi16(-8);
-    for (int64_t b = 0; b + 1 < nb; b += 2, o += Q4_PAIR) {
+/* q4_pair_c for whole pairs of blocks b0 .. b1 with AVX2 (the same bytes):
+ * the lane sums by maddubs of ones; returns the next output pair. */
+__attribute__((target("avx2"))) static uint8_t *q4_pairs_avx2(const struct lmc_q8act *xq, int64_t b0, int64_t b1,
+                                                            int32_t mult, uint8_t *o) {
+    const __m256i ones = _mm256_set1_epi8(1), mv = _mm256_set1_epi16((int16_t)mult);
+    for (int64_t b = b0; b + 1 < b1; b += 2, o += Q4_PAIR) {
         const struct lmc_q8act *a0 = &xq[b], *a1 = &xq[b + 1];
         __m256i xa = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)a1->q), _mm_loadu_si128((const __m128i *)a0->q));
         __m256i xb = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(a1->q + 16)),
@@ -72,25 +89,32 @@ __attribute__((target("avx2"))) static void q4_pairs_avx2(const struct lmc_q8act
         _mm256_store_si256((__m256i *)o, xa);
         _mm256_store_si256((__m256i *)(o + 32), xb);
         _mm256_store_ps((float *)(o + 64), _mm256_set_m128(_mm_set1_ps(a1->d), _mm_set1_ps(a0->d)));
-        _mm256_store_si256((__m256i *)(o + 96), _mm256_madd_epi16(t, m8));
+        _mm256_store_si256((__m256i *)(o + 96), _mm256_madd_epi16(t, mv));
     }
-    if (nb % 2) q4_pair_c(&xq[nb - 1], NULL, o);
+    return o;
 }
 #endif
 
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
+    int32_t mult = w->kernel == LMC_QK_Q4_0 ? -8 : 1;
+#if defined(__x86_64__)
+    const bool avx2 = __builtin_cpu_supports("avx2");
+#endif
     for (int64_t i = i0; i < i1; i++) {
         uint8_t *o = (uint8_t *)buf + i * np * Q4_PAIR;
         const struct lmc_q8act *x = xq + i * nb;
+        for (int64_t g = 0; g < q4_groups(w); g++) {
+            int64_t b = q4_gb0(w, g), e = q4_gb1(w, g);
 #if defined(__x86_64__)
-        if (__builtin_cpu_supports("avx2")) {
-            q4_pairs_avx2(x, nb, o);
-            continue;
-        }
+            if (avx2) {
+                o = q4_pairs_avx2(x, b, e, mult, o);
+                b += (e - b) / 2 * 2;
+            }
 #endif
-        for (int64_t p = 0; p < np; p++) q4_pair_c(&x[2 * p], 2 * p + 1 < nb ? &x[2 * p + 1] : NULL, o + p * Q4_PAIR);
+            for (; b < e; b += 2, o += Q4_PAIR) q4_pair_c(&x[b], b + 1 < e ? &x[b + 1] : NULL, mult, o);
+        }
     }
 }
 
@@ -298,11 +322,99 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
     }
 
+/* lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary: 16 nibble bytes a block, codes
+ * 0..15, a float scale and an integer zero per row and group): the same
+ * tiles, the pair's nibbles one 32-byte load, lane l's initial value -zero
+ * times its activation sum (vpmulld; exact), the scale per group times d_x. */
+#define Q4G_TILE(TGTI, SUF)                                                                                \
+    TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
+                             int64_t i0, int MR, float *y, int64_t ldy) {                                  \
+        const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const uint8_t *a0 = x->pairs + i0 * x->pair_stride;                                                \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        __m256 acc[4][Q4_MR];                                                                              \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
+        for (int64_t g = 0; g < ng; g++) {                                                                 \
+            __m256i zn[4];                                                                                 \
+            __m256 sc[4];                                                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
+                zn[r] = _mm256_set1_epi32(-w->zero[(row + r) * ng + g]);                                   \
+                sc[r] = _mm256_set1_ps(w->scale[(row + r) * ng + g]);                                      \
+            }                                                                                              \
+            for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
+                const int full = b + 1 < e;                                                                \
+                __m256i lo[4], hi[4];                                                                      \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    __m256i v = full ? _mm256_loadu_si256((const __m256i *)c)                              \
+                                     : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));        \
+                    lo[r] = _mm256_and_si256(v, m15);                                                      \
+                    hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                \
+                }                                                                                          \
+                _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                     \
+                    const uint8_t *a = a0 + i * x->pair_stride;                                            \
+                    __m256i xa = _mm256_load_si256((const __m256i *)a);                                    \
+                    __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                             \
+                    __m256 dx = _mm256_load_ps((const float *)(a + 64));                                   \
+                    __m256i sx = _mm256_load_si256((const __m256i *)(a + 96));                             \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
+                        __m256i s = q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb);     \
+                        acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc[r], dx), acc[r][i]); \
+                    }                                                                                      \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        const __m256 zero = _mm256_setzero_ps();                                                           \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
+            __m128 s = q4_sum4_##SUF(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,        \
+                                     R > 3 ? acc[3][i] : zero);                                            \
+            if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, s);                                        \
+            else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);                                               \
+        }                                                                                                  \
+    }
+typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t);
+#define Q4G_ONE(SUF, TGT, R, MR)                                                                           \
+    TGT static void q4g_##SUF##_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                           int64_t i0, float *y, int64_t ldy) {                            \
+        q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy);                                                      \
+    }
+#define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
+    Q4G_TILE(TGTI, SUF)                                                                                    \
+    Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
+    Q4G_ONE(SUF, TGT, 1, 1) Q4G_ONE(SUF, TGT, 1, 2) Q4G_ONE(SUF, TGT, 1, 3) Q4G_ONE(SUF, TGT, 1, 4)        \
+    static const q4g_fn q4g_##SUF##_fns[2][Q4_MR + 1] = {                                                  \
+        {NULL, q4g_##SUF##_4x1, q4g_##SUF##_4x2, q4g_##SUF##_4x3, q4g_##SUF##_4x4},                        \
+        {NULL, q4g_##SUF##_1x1, q4g_##SUF##_1x2, q4g_##SUF##_1x3, q4g_##SUF##_1x4}};                       \
+    static void q4g_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                               float *y, int64_t ldy) {                                                    \
+        int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
+        for (int64_t r = r0; r < r1;) {                                                                    \
+            int four = r + 4 <= r1;                                                                        \
+            for (int64_t c = 0; c < nch; c++) {                                                            \
+                int64_t i0;                                                                                \
+                int mr;                                                                                    \
+                q4_chunk(x->m, c, &i0, &mr);                                                               \
+                q4g_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                                    \
+            }                                                                                              \
+            r += four ? 4 : 1;                                                                             \
+        }                                                                                                  \
+    }
+
 Q4_ALL(vnni, T4_VNNI, I4_VNNI)
 Q4_ALL(avx2, T4_AVX2, I4_AVX2)
+Q4G_ALL(vnni, T4_VNNI, I4_VNNI)
+Q4G_ALL(avx2, T4_AVX2, I4_AVX2)
 
-void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_0] = q4_rows_vnni; }
-void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_0] = q4_rows_avx2; }
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_0] = q4_rows_vnni;
+    dotm[LMC_QK_U4G] = q4g_rows_vnni;
+}
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_0] = q4_rows_avx2;
+    dotm[LMC_QK_U4G] = q4g_rows_avx2;
+}
 #else
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) { (void)dotm; }

@@ -2,15 +2,13 @@
  * (made for few: speculative verification, batched decode steps): each
  * weight block is loaded and unpacked once and dotted against every
  * activation row, register-blocked over up to QSM_MR rows at a time (more
- * rows: balanced chunks, the weight row then comes from L1). AVX-512 VNNI
- * kernels for Q8_0 and lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary; Q4_0 has
- * its own 4-row tiles in qmatmul_q4.c),
- * two blocks per 512-bit vector, zero points subtracted in integers (exact:
- * qmatmul_x86.c's four-row forms subtract them in floats after the sum,
- * which loses ~1e-3 of a logit to cancellation on kjv-llama). A
- * row's operations never depend on the other rows, so its result is the
- * same for every M (verification logits = decode logits, bit for bit).
- * Other kinds and instruction sets keep qmatmul.c's per-row kernels.
+ * rows: balanced chunks, the weight row then comes from L1). An AVX-512
+ * VNNI kernel for Q8_0, two blocks per 512-bit vector (Q4_0 and lmc's 4-bit
+ * groups have their own 4-row tiles in qmatmul_q4.c, which also uses the
+ * lmc_q8rows fill/view below). A row's operations never depend on the
+ * other rows, so its result is the same for every M (verification logits
+ * = decode logits, bit for bit). Other kinds and instruction sets keep
+ * qmatmul.c's per-row kernels.
  * Functions carry their target attribute; qmatmul.c calls them only when
  * the CPU has the features. */
 #include "quant/qmatmul.h"
@@ -41,22 +39,6 @@ T_VNNI_INLINE float qsm_f16(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
     return _cvtsh_ss(h);
-}
-/* Two blocks of 16 nibble bytes -> 64 unsigned codes: block 0's elements
- * 0..31 (low nibbles then high) then block 1's. */
-T_VNNI_INLINE __m512i qsm_nib64(const uint8_t *p0, const uint8_t *p1) {
-    __m256i v = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)p1), _mm_loadu_si128((const __m128i *)p0));
-    __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(15));
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
-                              _mm256_permute2x128_si256(lo, hi, 0x31), 1);
-}
-/* One block's 32 codes in the low half, zeros above. */
-T_VNNI_INLINE __m512i qsm_nib32(const uint8_t *p) {
-    __m128i v = _mm_loadu_si128((const __m128i *)p);
-    __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(15)),
-                                 _mm_and_si128(v, _mm_set1_epi8(15)));
-    return _mm512_zextsi256_si512(c);
 }
 /* The sums of 4 vectors (one per row), each row's arithmetic the same
  * whatever the others hold (so a row's result does not depend on MR). */
@@ -89,48 +71,6 @@ T_VNNI_INLINE __m512 qsm_two(float a, float b) {
                                   : _mm512_maskz_loadu_epi8(0xffffffffull, q + (i) * qs + 32 * (b)))
 #define QSM_D(i, b, full) ((full) ? _mm512_loadu_ps(d + (i) * ds + 8 * (b)) \
                                   : _mm512_maskz_loadu_ps(0xff, d + (i) * ds + 8 * (b)))
-
-/* lmc's 4-bit groups: sum over groups g of scale_g * sum over blocks b of
- * d_b * sum((code - zero_g) * q), the integer part exact (no cancellation
- * between a large code sum and a large zero term in floats). */
-T_VNNI_INLINE void qsm_u4g(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
-                           int MR, float *out) {
-    const uint8_t *p = w->data + row * w->row_bytes;
-    const float *sc = w->scale + row * w->n_groups;
-    const int32_t *zr = w->zero + row * w->n_groups;
-    int64_t qs = w->kp, ds = w->kp / 4;
-    const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds;
-    __m512 acc[QSM_MR];
-    QSM_EACH(i) acc[i] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < w->n_groups; g++) {
-        const __m512i zv = _mm512_set1_epi8((char)zr[g]);
-        int64_t b = w->gblk[g], e = w->gblk[g + 1];
-        __m512 ga[QSM_MR];
-        QSM_EACH(i) ga[i] = _mm512_setzero_ps();
-        for (; b + 2 <= e; b += 2) {
-            __m512i wv = qsm_nib64(p + 16 * b, p + 16 * b + 16);
-            QSM_EACH(i) {
-                __m512i xv = QSM_X(i, b, 1);
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), zv, xv));
-                ga[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), QSM_D(i, b, 1), ga[i]);
-            }
-        }
-        if (b < e) {
-            __m512i wv = qsm_nib32(p + 16 * b);
-            QSM_EACH(i) {
-                __m512i xv = QSM_X(i, b, 0);
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), zv, xv));
-                ga[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), QSM_D(i, b, 0), ga[i]);
-            }
-        }
-        const __m512 sv = _mm512_set1_ps(sc[g]);
-        QSM_EACH(i) acc[i] = _mm512_fmadd_ps(ga[i], sv, acc[i]);
-    }
-    qsm_store(acc, MR, out);
-}
 
 /* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes): |w| times x with
  * w's sign moved onto x (vpdpbusd multiplies unsigned by signed). */
@@ -198,7 +138,6 @@ typedef void (*qsm_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
                 for (int t = 0; t < mr; t++) y[(i0 + t) * ldy + row] = o[t];                             \
             }                                                                                            \
     }
-QSM_ALL(qsm_u4g)
 QSM_ALL(qsm_q8_0)
 
 /* lmc_q8act_quantize with AVX-512: the same integers (x * (1 / d) rounded
@@ -220,7 +159,6 @@ T_VNNI static void qsm_quantize(const float *x, int64_t n, struct lmc_q8act *out
 }
 
 void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm) {
-    dotm[LMC_QK_U4G] = qsm_u4g_rows;
     dotm[LMC_QK_Q8_0] = qsm_q8_0_rows;
 }
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return qsm_quantize; }
@@ -231,7 +169,7 @@ lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return lmc_q8act_quantize; }
 
 void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
                      void *buf) {
-    if (w->kernel == LMC_QK_Q4_0) {
+    if (w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_U4G) {
         lmc_q8rows_fill_pairs(w, xq, i0, i1, buf);
         return;
     }
@@ -245,7 +183,8 @@ void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, in
 }
 
 void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out) {
-    if (w->kernel == LMC_QK_Q4_0) *out = (struct lmc_q8rows){NULL, NULL, m, buf, lmc_q8rows_pairs(w) * 128};
+    if (w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_U4G)
+        *out = (struct lmc_q8rows){NULL, NULL, m, buf, lmc_q8rows_pairs(w) * 128};
     else *out = (struct lmc_q8rows){buf, (const float *)((int8_t *)buf + m * w->kp), m, NULL, 0};
 }
 
@@ -257,5 +196,6 @@ void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq,
 
 /* the pair layout: 128 bytes per pair of blocks (2 kp bytes, rounded up to a pair) */
 size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) {
-    return w->kernel == LMC_QK_Q4_0 ? (size_t)(m * lmc_q8rows_pairs(w)) * 128 : (size_t)(m * w->kp) * 2;
+    return w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_U4G ? (size_t)(m * lmc_q8rows_pairs(w)) * 128
+                                                               : (size_t)(m * w->kp) * 2;
 }
