@@ -1,8 +1,10 @@
-/* qmatmul_q4.c — GGUF Q4_0 products for any number of activation rows
- * (decode's M = 1 first), on 256-bit vectors: AVX-512 VNNI (vpdpbusd on
- * ymm; Zen 4 runs 512-bit integer ops as two halves, so ymm loses nothing
- * and needs no cross-lane unpacking) and AVX2 (maddubs + madd: the same
- * integers).
+/* qmatmul_q4.c — the small-M quantized products (any number of
+ * activation rows, decode's M = 1 first) for GGUF Q4_0, lmc's 4-bit groups
+ * (GPTQ/AWQ/rtn/ternary; the same scheme, pairs within a group, further
+ * below) and GGUF Q8_0 (VNNI only, at the end), on 256-bit vectors:
+ * AVX-512 VNNI (vpdpbusd on ymm; Zen 4 runs 512-bit integer ops as two
+ * halves, so ymm loses nothing and needs no cross-lane unpacking) and AVX2
+ * (maddubs + madd: the same integers).
  *
  * The activations are quantized once per call (lmc_q8act) and laid out per
  * pair of blocks (lmc_q8rows_prepare, "pair layout"): 32 codes xa (elements
@@ -40,6 +42,7 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 }
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
+    if (w->kernel == LMC_QK_Q8_0) return w->kp / 32; /* one block a slot (q8_slot) */
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
     return np;
@@ -95,6 +98,22 @@ __attribute__((target("avx2"))) static uint8_t *q4_pairs_avx2(const struct lmc_q
 }
 #endif
 
+/* Q8_0's slot of 128 bytes per block: the 32 codes, the scale 8 times and
+ * the 8 lane sums times -128 (the kernel dots w + 128, unsigned, with the
+ * codes: sum((w + 128) q) - 128 sum(q) = sum(w q), exact). */
+static void q8_slot_c(const struct lmc_q8act *a, uint8_t *o) {
+    int32_t z[8];
+    float d[8];
+    memcpy(o, a->q, 32);
+    for (int l = 0; l < 8; l++) {
+        z[l] = -128 * (a->q[4 * l] + a->q[4 * l + 1] + a->q[4 * l + 2] + a->q[4 * l + 3]);
+        d[l] = a->d;
+    }
+    memcpy(o + 32, d, 32);
+    memcpy(o + 64, z, 32);
+    memset(o + 96, 0, 32);
+}
+
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
@@ -105,6 +124,10 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
     for (int64_t i = i0; i < i1; i++) {
         uint8_t *o = (uint8_t *)buf + i * np * Q4_PAIR;
         const struct lmc_q8act *x = xq + i * nb;
+        if (w->kernel == LMC_QK_Q8_0) {
+            for (int64_t b = 0; b < nb; b++) q8_slot_c(&x[b], o + b * Q4_PAIR);
+            continue;
+        }
         for (int64_t g = 0; g < q4_groups(w); g++) {
             int64_t b = q4_gb0(w, g), e = q4_gb1(w, g);
 #if defined(__x86_64__)
@@ -407,7 +430,72 @@ Q4_ALL(avx2, T4_AVX2, I4_AVX2)
 Q4G_ALL(vnni, T4_VNNI, I4_VNNI)
 Q4G_ALL(avx2, T4_AVX2, I4_AVX2)
 
+/* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes), VNNI only: the
+ * codes plus 128 as unsigned bytes (vpdpbusd sums in int32, no saturation;
+ * AVX2's maddubs would saturate), the -128 sum term the dot's start. One
+ * block a step, the same 4 x MR tiles. */
+T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0,
+                            int MR, float *y, int64_t ldy) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes;
+    const uint8_t *wp = w->data + row * rb;
+    const uint8_t *xp = x->pairs + i0 * x->pair_stride;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256 acc[4][Q4_MR];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[4];
+        __m256 dw[4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            const uint8_t *c = wp + r * rb + 34 * b;
+            wv[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 2)), flip);
+            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(q4_f16bits(c)));
+        }
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
+            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * b;
+            __m256i xv = _mm256_load_si256((const __m256i *)a);
+            __m256 dx = _mm256_load_ps((const float *)(a + 32));
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 64));
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                __m256i s = _mm256_dpbusd_epi32(z, wv[r], xv);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);
+            }
+        }
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
+        __m128 s = q4_sum4_vnni(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,
+                                R > 3 ? acc[3][i] : zero);
+        if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, s);
+        else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);
+    }
+}
+#define Q8_ONE(R, MR)                                                                                      \
+    T4_VNNI static void q8_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                      int64_t i0, float *y, int64_t ldy) {                                 \
+        q8_tile(w, row, R, x, i0, MR, y, ldy);                                                             \
+    }
+Q8_ONE(4, 1) Q8_ONE(4, 2) Q8_ONE(4, 3) Q8_ONE(4, 4) Q8_ONE(1, 1) Q8_ONE(1, 2) Q8_ONE(1, 3) Q8_ONE(1, 4)
+static const q4g_fn q8_fns[2][Q4_MR + 1] = {{NULL, q8_4x1, q8_4x2, q8_4x3, q8_4x4},
+                                             {NULL, q8_1x1, q8_1x2, q8_1x3, q8_1x4}};
+static void q8_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                         int64_t ldy) {
+    int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;
+    for (int64_t r = r0; r < r1;) {
+        int four = r + 4 <= r1;
+        for (int64_t c = 0; c < nch; c++) {
+            int64_t i0;
+            int mr;
+            q4_chunk(x->m, c, &i0, &mr);
+            q8_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);
+        }
+        r += four ? 4 : 1;
+    }
+}
+
+
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q8_0] = q8_rows_vnni;
     dotm[LMC_QK_Q4_0] = q4_rows_vnni;
     dotm[LMC_QK_U4G] = q4g_rows_vnni;
 }
