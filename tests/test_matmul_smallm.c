@@ -6,8 +6,9 @@
  *    threads, tiny claim units so threads split and steal rows), with the
  *    small-M kernel on and off (ctx->mm_small_max);
  *  - quantized weights Q8_0, Q4_0 and 4-bit groups (g32, g128, act-order,
- *    K not a multiple of 32) (quant/qmatmul_smallm.c through lmc_qmatmul),
- *    reference from the dequantized weight and the int8 activations.
+ *    K not a multiple of 32) (quant/qmatmul_smallm.c, qmatmul_q4.c through
+ *    lmc_qmatmul), reference from the dequantized weight and the int8
+ *    activations; Q4_0's AVX2 and AVX-512 VNNI kernels give the same bits.
  * Each small-M kernel also gives a row the same bits whatever M is (float:
  * the M >= 2 it takes, lmc_cpu_smallm_ok; quantized: every M), so a
  * verification's rows equal each other's batch sizes bit for bit; the
@@ -149,11 +150,13 @@ static void check_q(const struct lmc_qctx *c, const struct lmc_qweight *w, const
                 num = fmax(num, fabs(y[m * n + o] - s));
                 den = fmax(den, fabs(s));
             }
-        /* the small-M kernels subtract zero points in integers: float summation error only */
+        /* the small-M kernels subtract zero points in integers: float summation error only; so do
+         * AVX2's per-row and four-row kernels for Q4_0 and the groups, with the same operations per row */
         bool small = c->dotm[w->kernel] && M <= c->small_max;
-        CHECK_MSG(num / den < (small ? 2e-6 : 2e-5), "%s [%s, small_max %lld] M=%lld: error %g", what,
+        bool avx2_same = c->isa == LMC_QISA_AVX2 && (w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_U4G);
+        CHECK_MSG(num / den < (small || avx2_same ? 2e-6 : 2e-5), "%s [%s, small_max %lld] M=%lld: error %g", what,
                   lmc_qisa_name(c->isa), (long long)c->small_max, (long long)M, num / den);
-        if (small)
+        if (small || avx2_same)
             CHECK_MSG(memcmp(y, yall, (size_t)(LMC_MIN(M, MMAX - 1) * n) * 4) == 0,
                       "%s M=%lld: rows differ from the M=16 product", what, (long long)M);
     }
@@ -163,10 +166,10 @@ static void check_q(const struct lmc_qctx *c, const struct lmc_qweight *w, const
 static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
     lmc_err err = {0};
     static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0};
-    static const int64_t ks[] = {32 * 9, 32 * 7, 32};
+    static const int64_t ks[] = {32 * 9, 32 * 7, 32, 32 * 8};
     for (size_t t = 0; t < 2; t++)
-        for (size_t ki = 0; ki < 3; ki++) {
-            int64_t n = 37 + 2 * (int64_t)ki, k = ks[ki], rb;
+        for (size_t ki = 0; ki < 4; ki++) {
+            int64_t n = 37 + 2 * (int64_t)ki, k = ks[ki], rb; /* N = 43: 4-row tiles and a tail */
             CHECK(lmc_ggml_row_bytes(types[t], k, &rb));
             float *wf = rand_f(n * k);
             uint8_t *wq = malloc((size_t)(n * rb));
@@ -207,6 +210,65 @@ static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
     }
 }
 
+/* Q4_0's and the 4-bit groups' small-M kernels (qmatmul_q4.c) give the
+ * same bits with AVX2 as with AVX-512 VNNI (maddubs + madd and vpdpbusd make the same integers,
+ * the float operations are the same), for every M, N with and without a
+ * tail of rows, an odd and an even number of blocks. */
+static void test_q4_isa_same(struct lmc_pool *pool) {
+    struct lmc_qctx cv, ca;
+    if (lmc_qctx_init(&cv, LMC_QISA_AVX512VNNI) != LMC_QISA_AVX512VNNI) return; /* nothing to compare */
+    CHECK(lmc_qctx_init(&ca, LMC_QISA_AVX2) == LMC_QISA_AVX2);
+    CHECK(cv.dotm[LMC_QK_Q4_0] != NULL && ca.dotm[LMC_QK_Q4_0] != NULL);
+    lmc_err err = {0};
+    static const int64_t nk[][2] = {{40, 32 * 24}, {45, 32 * 5}};
+    for (size_t s = 0; s < 2; s++) {
+        int64_t n = nk[s][0], k = nk[s][1], rb;
+        CHECK(lmc_ggml_row_bytes(LMC_GGML_Q4_0, k, &rb));
+        float *wf = rand_f(n * k), *x = rand_f(MMAX * k);
+        float *yv = malloc((size_t)(MMAX * n) * 4), *ya = malloc((size_t)(MMAX * n) * 4);
+        uint8_t *wq = malloc((size_t)(n * rb));
+        for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(LMC_GGML_Q4_0, wf + o * k, wq + o * rb, k);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_Q4_0, wq, n, k, &err) == LMC_OK);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, MMAX) + 63) / 64 * 64);
+        for (int64_t M = 1; M <= MMAX; M += 3) {
+            lmc_qmatmul(&cv, &w, yv, x, M, scratch, pool);
+            lmc_qmatmul(&ca, &w, ya, x, M, scratch, M % 2 ? NULL : pool);
+            CHECK_MSG(memcmp(yv, ya, (size_t)(M * n) * 4) == 0, "Q4_0 N=%lld K=%lld M=%lld: AVX2 and VNNI differ",
+                      (long long)n, (long long)k, (long long)M);
+        }
+        lmc_qweight_free(&w);
+        free(scratch), free(wf), free(x), free(yv), free(ya), free(wq);
+    }
+    /* 4-bit groups: g128 with an odd last group, act-order with uneven groups */
+    static const struct { int64_t n, k, gs; bool act; } g[] = {{44, 416, 128, false}, {21, 200, 64, true}};
+    for (size_t t = 0; t < 2; t++) {
+        struct lmc_qgroups q;
+        CHECK(lmc_qgroups_alloc(&q, g[t].n, g[t].k, 4, g[t].gs, &err) == LMC_OK);
+        for (int64_t i = 0; i < q.n * q.k; i++) q.q[i] = (uint8_t)(test_rng_next(&rng) % 16);
+        for (int64_t i = 0; i < q.n * q.n_groups; i++) {
+            q.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(&rng) % 100) / 100.0f;
+            q.zero[i] = (int32_t)(test_rng_next(&rng) % 17); /* GPTQ v1's stored zero + 1 reaches 16 */
+        }
+        if (g[t].act)
+            for (int64_t i = 0; i < q.k; i++) q.g_idx[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)q.n_groups);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_groups(&w, &q, &err) == LMC_OK);
+        CHECK(cv.dotm[w.kernel] != NULL && ca.dotm[w.kernel] != NULL);
+        float *x = rand_f(MMAX * q.k), *yv = malloc((size_t)(MMAX * q.n) * 4), *ya = malloc((size_t)(MMAX * q.n) * 4);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, MMAX) + 63) / 64 * 64);
+        for (int64_t M = 1; M <= MMAX; M += 4) {
+            lmc_qmatmul(&cv, &w, yv, x, M, scratch, pool);
+            lmc_qmatmul(&ca, &w, ya, x, M, scratch, M % 2 ? NULL : pool);
+            CHECK_MSG(memcmp(yv, ya, (size_t)(M * q.n) * 4) == 0, "4-bit g%lld N=%lld M=%lld: AVX2 and VNNI differ",
+                      (long long)g[t].gs, (long long)q.n, (long long)M);
+        }
+        lmc_qweight_free(&w);
+        lmc_qgroups_free(&q);
+        free(scratch), free(x), free(yv), free(ya);
+    }
+}
+
 int main(void) {
     test_float(1);
     test_float(2);
@@ -223,6 +285,7 @@ int main(void) {
         c.small_max = 0; /* the per-row kernels the small-M ones replace */
         test_quant(&c, pool);
     }
+    test_q4_isa_same(pool);
     lmc_pool_free(pool);
     return test_finish("test_matmul_smallm");
 }

@@ -78,20 +78,22 @@ static int64_t now_ns(void) {
  * CAS on generation g proves the fields read were g's. */
 static void run_tasks(struct lmc_pool *p, uint32_t g, int thread) {
     uint64_t c = atomic_load_explicit(&p->ctr, memory_order_acquire);
+    int64_t ran = 0; /* added to done once, when this thread finds no task left (one write to the shared line, not one per task) */
     for (;;) {
-        if ((uint32_t)(c >> 32) != g) return;
+        if ((uint32_t)(c >> 32) != g) break;
         lmc_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
         void *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
         uint64_t n = (uint64_t)atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
         atomic_thread_fence(memory_order_acquire);
-        if ((c & 0xffffffffu) >= n) return;
+        if ((c & 0xffffffffu) >= n) break;
         if (!atomic_compare_exchange_weak_explicit(&p->ctr, &c, c + 1, memory_order_acquire,
                                                    memory_order_acquire))
             continue;
         fn(arg, (int64_t)(c & 0xffffffffu), thread);
-        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        ran++;
         c = atomic_load_explicit(&p->ctr, memory_order_acquire);
     }
+    if (ran) atomic_fetch_add_explicit(&p->done, ran, memory_order_release);
 }
 
 /* Waits until gen differs from `seen`; returns the new value. */

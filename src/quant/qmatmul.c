@@ -243,12 +243,13 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     if (vnni && max_isa >= LMC_QISA_AVX512VNNI) {
         lmc_qdot_table_vnni(t);
         lmc_qdot4_table_vnni(c->dot4);
-        lmc_qdotm_table_vnni(c->dotm);
+        lmc_qdotm_table_q4_vnni(c->dotm);
         c->quantize = lmc_q8act_quantize_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
         lmc_qdot_table_avx2(t);
         lmc_qdot4_table_avx2(c->dot4);
+        lmc_qdotm_table_q4_avx2(c->dotm);
         c->isa = LMC_QISA_AVX2;
     }
     for (int i = 0; i < LMC_QK_COUNT; i++)
@@ -449,8 +450,7 @@ static void qjob_run(void *arg, int64_t task, int thread) {
     int64_t r0 = task * j->rows_per_task, r1 = LMC_MIN(w->n, r0 + j->rows_per_task);
     int64_t nb = w->kp / 32;
     if (j->rows) {
-        lmc_qdotm_fn dotm = j->c->dotm[w->kernel];
-        for (int64_t r = r0; r < r1; r++) dotm(w, r, j->rows, j->y + r, w->n);
+        j->c->dotm[w->kernel](w, r0, r1, j->rows, j->y, w->n);
         return;
     }
     for (int64_t r = r0; r < r1; r++) {
@@ -463,6 +463,27 @@ static void qjob_run(void *arg, int64_t task, int thread) {
         for (; i < j->m; i++) j->y[i * w->n + r] = dot(w, r, j->xq + i * nb, j->xf ? j->xf + i * w->kp : NULL);
     }
 }
+
+/* Activation rows quantized and laid out for the small-M kernels in
+ * parallel (prefill: m rows of K floats are worth a pool run). */
+struct qprep {
+    const struct lmc_qctx *c;
+    const struct lmc_qweight *w;
+    const float *xf;
+    struct lmc_q8act *xq;
+    void *buf;
+    int64_t m, rows_per_task;
+};
+
+static void qprep_run(void *arg, int64_t task, int thread) {
+    const struct qprep *p = arg;
+    int64_t i0 = task * p->rows_per_task, i1 = LMC_MIN(p->m, i0 + p->rows_per_task), nb = p->w->kp / 32;
+    for (int64_t i = i0; i < i1; i++) p->c->quantize(p->xf + i * p->w->kp, p->w->kp, p->xq + i * nb);
+    lmc_q8rows_fill(p->w, p->xq, p->m, i0, i1, p->buf);
+}
+
+/* Rows from which the activations are prepared on the pool. */
+#define QPREP_PAR_MIN 16
 
 void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
                  void *scratch, struct lmc_pool *pool) {
@@ -479,17 +500,26 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
     }
     struct lmc_q8act *xq = (struct lmc_q8act *)sp;
     int64_t nb = w->kp / 32;
-    if (w->kernel != LMC_QK_NF4)
-        for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+    int threads = pool ? lmc_pool_threads(pool) : 1;
     struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0, NULL};
     struct lmc_q8rows rows;
     if (c->dotm[w->kernel] && m <= c->small_max) {
         /* after the q8act blocks (scratch layout: lmc_qmatmul_scratch_bytes) */
-        lmc_q8rows_prepare(w, xq, m, sp + ((size_t)(m * nb) * sizeof *xq + 63) / 64 * 64, &rows);
+        void *buf = sp + ((size_t)(m * nb) * sizeof *xq + 63) / 64 * 64;
+        if (pool && threads > 1 && m >= QPREP_PAR_MIN) {
+            struct qprep p = {c, w, xf, xq, buf, m, (m + 4 * threads - 1) / (4 * threads)};
+            lmc_pool_run(pool, (m + p.rows_per_task - 1) / p.rows_per_task, qprep_run, &p);
+        } else {
+            for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+            lmc_q8rows_fill(w, xq, m, 0, m, buf);
+        }
+        lmc_q8rows_view(w, m, buf, &rows);
         j.rows = &rows;
+    } else if (w->kernel != LMC_QK_NF4) {
+        for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
     }
-    int threads = pool ? lmc_pool_threads(pool) : 1;
     j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
+    if (j.rows) j.rows_per_task = (j.rows_per_task + 3) / 4 * 4; /* whole 4-row tiles */
     int64_t tasks = (w->n + j.rows_per_task - 1) / j.rows_per_task;
     if (pool && threads > 1) lmc_pool_run(pool, tasks, qjob_run, &j);
     else

@@ -49,19 +49,18 @@ typedef float (*lmc_qdot_fn)(const struct lmc_qweight *w, int64_t row, const str
 typedef void (*lmc_qdot4_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs,
                              float *out);
 
-/* m activation rows laid out for the small-M kernels (qmatmul_smallm.c):
- * row i's int8 codes at q + i * kp (block b's 32 codes at 32 b: the
- * integers of lmc_q8act); block b's scale d at d8 + i * kp / 4 + 8 b,
- * repeated 8 times (one vector load gives one or two blocks' scales in
- * every lane). */
+/* m activation rows laid out for the small-M kernels (qmatmul_q4.c): row
+ * i's slots at pairs + i * pair_stride, 128 bytes a slot (a pair of blocks
+ * for Q4_0 and the 4-bit groups, one block for Q8_0; the layouts there). */
 struct lmc_q8rows {
-    const int8_t *q;
-    const float *d8;
     int64_t m;
+    const uint8_t *pairs;
+    int64_t pair_stride;
 };
-/* All m rows against weight row `row`: y[i * ldy] = row i's product. */
-typedef void (*lmc_qdotm_fn)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, float *y,
-                             int64_t ldy);
+/* All m rows against weight rows [r0, r1): y[i * ldy + r] = row i's product
+ * with weight row r. */
+typedef void (*lmc_qdotm_fn)(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
+                             float *y, int64_t ldy);
 
 typedef void (*lmc_q8quant_fn)(const float *x, int64_t n, struct lmc_q8act *out);
 
@@ -177,15 +176,28 @@ void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
 void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
 void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
-/* The small-M kernels (qmatmul_smallm.c). */
-void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm);
+/* The small-M kernels (qmatmul_q4.c: Q8_0 with VNNI; Q4_0 and 4-bit
+ * groups with VNNI or AVX2). */
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
+/* The slots a row (qmatmul_q4.c: Q4_0 and groups pair blocks within a
+ * group, an odd last block with zeros; Q8_0 one block a slot), and rows
+ * [i0, i1) of activation blocks (row i's at xq + i * kp / 32) into them. */
+int64_t lmc_q8rows_pairs(const struct lmc_qweight *w);
+void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
+                           void *buf);
 /* lmc_q8act_quantize's AVX-512 form (the same blocks, bit for bit). */
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
 /* m rows of w->kp / 32 activation blocks each (row i's at xq + i * kp / 32)
- * into the small-M layout in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
+ * into the small-M layout of w's kind in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
  * aligned); out points into buf. */
 void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
                         struct lmc_q8rows *out);
+/* The same in two steps (rows filled in parallel): rows [i0, i1) of m into
+ * buf, then the view of all m. */
+void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
+                     void *buf);
+void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out);
 size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m);
 
 #endif

@@ -1,238 +1,17 @@
-/* qmatmul_smallm.c — quantized products for any number of activation rows
- * (made for few: speculative verification, batched decode steps): each
- * weight block is loaded and unpacked once and dotted against every
- * activation row, register-blocked over up to QSM_MR rows at a time (more
- * rows: balanced chunks, the weight row then comes from L1). AVX-512 VNNI
- * kernels for Q8_0, Q4_0 and lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary),
- * two blocks per 512-bit vector, zero points subtracted in integers (exact:
- * qmatmul_x86.c's four-row forms subtract them in floats after the sum,
- * which loses ~1e-3 of a logit to cancellation on kjv-llama). A
- * row's operations never depend on the other rows, so its result is the
- * same for every M (verification logits = decode logits, bit for bit).
- * Other kinds and instruction sets keep qmatmul.c's per-row kernels.
- * Functions carry their target attribute; qmatmul.c calls them only when
- * the CPU has the features. */
+/* qmatmul_smallm.c — the activation side of the small-M quantized
+ * products (qmatmul_q4.c's kernels for Q8_0, Q4_0 and lmc's 4-bit groups,
+ * which take every M): the vectorized int8 quantizer and the row layout
+ * (lmc_q8rows: 128-byte slots per pair of blocks, or per block for Q8_0,
+ * filled in parallel for prefill by lmc_qmatmul). */
 #include "quant/qmatmul.h"
 #include "core/core.h"
-#include "core/dtype.h"
 
 #include <string.h>
-
-#define QSM_MR 8 /* activation rows per register block */
-/* i over the block's rows, unrolled (MR is a constant: registers, not memory) */
-#define QSM_EACH(i) _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
 #define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-#define T_VNNI_INLINE __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
-
-/* Chunk c of m rows split into the fewest chunks of at most QSM_MR, sizes
- * as equal as possible: first row and count. */
-static void qsm_chunk(int64_t m, int64_t c, int64_t *i0, int *mr) {
-    int64_t nch = (m + QSM_MR - 1) / QSM_MR, base = m / nch, rem = m % nch;
-    *i0 = c * base + LMC_MIN(c, rem);
-    *mr = (int)(base + (c < rem));
-}
-
-T_VNNI_INLINE float qsm_f16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-/* Two blocks of 16 nibble bytes -> 64 unsigned codes: block 0's elements
- * 0..31 (low nibbles then high) then block 1's. */
-T_VNNI_INLINE __m512i qsm_nib64(const uint8_t *p0, const uint8_t *p1) {
-    __m256i v = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)p1), _mm_loadu_si128((const __m128i *)p0));
-    __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(15));
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
-                              _mm256_permute2x128_si256(lo, hi, 0x31), 1);
-}
-/* One block's 32 codes in the low half, zeros above. */
-T_VNNI_INLINE __m512i qsm_nib32(const uint8_t *p) {
-    __m128i v = _mm_loadu_si128((const __m128i *)p);
-    __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(15)),
-                                 _mm_and_si128(v, _mm_set1_epi8(15)));
-    return _mm512_zextsi256_si512(c);
-}
-/* The sums of 4 vectors (one per row), each row's arithmetic the same
- * whatever the others hold (so a row's result does not depend on MR). */
-T_VNNI_INLINE __m128 qsm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-#define QSM_FOLD(v) _mm256_add_ps(_mm512_castps512_ps256(v), \
-                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(QSM_FOLD(a), QSM_FOLD(b)), _mm256_hadd_ps(QSM_FOLD(c), QSM_FOLD(d)));
-#undef QSM_FOLD
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-/* out[i] = the sum of acc[i]'s lanes, i < MR. */
-T_VNNI_INLINE void qsm_store(const __m512 *acc, int MR, float *out) {
-    _Pragma("GCC unroll 2") for (int i = 0; i < MR; i += 4) {
-        __m512 z = _mm512_setzero_ps();
-        __m128 s = qsm_sum4(acc[i], i + 1 < MR ? acc[i + 1] : z, i + 2 < MR ? acc[i + 2] : z,
-                            i + 3 < MR ? acc[i + 3] : z);
-        float t[4];
-        _mm_storeu_ps(t, s);
-        for (int k = 0; k < 4 && i + k < MR; k++) out[i + k] = t[k];
-    }
-}
-T_VNNI_INLINE __m512 qsm_two(float a, float b) {
-    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
-}
-
-/* Row i's (of the register block) codes and scales (lmc_q8rows; q, d, qs,
- * ds in the caller) for blocks b, b + 1 (full) or block b alone (the upper
- * lanes zero). */
-#define QSM_X(i, b, full) ((full) ? _mm512_loadu_si512(q + (i) * qs + 32 * (b)) \
-                                  : _mm512_maskz_loadu_epi8(0xffffffffull, q + (i) * qs + 32 * (b)))
-#define QSM_D(i, b, full) ((full) ? _mm512_loadu_ps(d + (i) * ds + 8 * (b)) \
-                                  : _mm512_maskz_loadu_ps(0xff, d + (i) * ds + 8 * (b)))
-
-/* lmc's 4-bit groups: sum over groups g of scale_g * sum over blocks b of
- * d_b * sum((code - zero_g) * q), the integer part exact (no cancellation
- * between a large code sum and a large zero term in floats). */
-T_VNNI_INLINE void qsm_u4g(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
-                           int MR, float *out) {
-    const uint8_t *p = w->data + row * w->row_bytes;
-    const float *sc = w->scale + row * w->n_groups;
-    const int32_t *zr = w->zero + row * w->n_groups;
-    int64_t qs = w->kp, ds = w->kp / 4;
-    const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds;
-    __m512 acc[QSM_MR];
-    QSM_EACH(i) acc[i] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < w->n_groups; g++) {
-        const __m512i zv = _mm512_set1_epi8((char)zr[g]);
-        int64_t b = w->gblk[g], e = w->gblk[g + 1];
-        __m512 ga[QSM_MR];
-        QSM_EACH(i) ga[i] = _mm512_setzero_ps();
-        for (; b + 2 <= e; b += 2) {
-            __m512i wv = qsm_nib64(p + 16 * b, p + 16 * b + 16);
-            QSM_EACH(i) {
-                __m512i xv = QSM_X(i, b, 1);
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), zv, xv));
-                ga[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), QSM_D(i, b, 1), ga[i]);
-            }
-        }
-        if (b < e) {
-            __m512i wv = qsm_nib32(p + 16 * b);
-            QSM_EACH(i) {
-                __m512i xv = QSM_X(i, b, 0);
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), zv, xv));
-                ga[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), QSM_D(i, b, 0), ga[i]);
-            }
-        }
-        const __m512 sv = _mm512_set1_ps(sc[g]);
-        QSM_EACH(i) acc[i] = _mm512_fmadd_ps(ga[i], sv, acc[i]);
-    }
-    qsm_store(acc, MR, out);
-}
-
-/* GGUF Q4_0 (18-byte blocks: f16 scale, 16 nibble bytes; value (c - 8) d):
- * d_w d_x sum((c - 8) q), the integer part exact. */
-T_VNNI_INLINE void qsm_q4_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
-                            int MR, float *out) {
-    const uint8_t *p = w->data + row * w->row_bytes;
-    int64_t nb = w->k / 32, b = 0, qs = w->kp, ds = w->kp / 4;
-    const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds;
-    const __m512i eight = _mm512_set1_epi8(8);
-    __m512 acc[QSM_MR];
-    QSM_EACH(i) acc[i] = _mm512_setzero_ps();
-    for (; b + 2 <= nb; b += 2, p += 36) {
-        __m512i wv = qsm_nib64(p + 2, p + 20);
-        __m512 dw = qsm_two(qsm_f16(p), qsm_f16(p + 18));
-        QSM_EACH(i) {
-            __m512i xv = QSM_X(i, b, 1);
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 1)), acc[i]);
-        }
-    }
-    if (b < nb) {
-        __m512i wv = qsm_nib32(p + 2);
-        __m512 dw = _mm512_set1_ps(qsm_f16(p));
-        QSM_EACH(i) {
-            __m512i xv = QSM_X(i, b, 0);
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-            s = _mm512_sub_epi32(s, _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, xv));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, QSM_D(i, b, 0)), acc[i]);
-        }
-    }
-    qsm_store(acc, MR, out);
-}
-
-/* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes): |w| times x with
- * w's sign moved onto x (vpdpbusd multiplies unsigned by signed). */
-T_VNNI_INLINE void qsm_q8_0(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0,
-                            int MR, float *out) {
-    const uint8_t *p = w->data + row * w->row_bytes;
-    int64_t nb = w->k / 32, b = 0, qs = w->kp, ds = w->kp / 4;
-    const int8_t *q = x->q + i0 * qs;
-    const float *d = x->d8 + i0 * ds;
-    __m512 acc[QSM_MR];
-    QSM_EACH(i) acc[i] = _mm512_setzero_ps();
-    for (; b < nb; b += 2, p += 68) {
-        int full = b + 2 <= nb;
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(p + 2));
-        __m512i wv = full ? _mm512_inserti64x4(_mm512_castsi256_si512(w0),
-                                               _mm256_loadu_si256((const __m256i *)(p + 36)), 1)
-                          : _mm512_zextsi256_si512(w0);
-        __m512 dw = full ? qsm_two(qsm_f16(p), qsm_f16(p + 34)) : _mm512_set1_ps(qsm_f16(p));
-        __mmask64 neg = _mm512_movepi8_mask(wv);
-        __m512i aw = _mm512_abs_epi8(wv);
-        QSM_EACH(i) {
-            __m512i xv = full ? QSM_X(i, b, 1) : QSM_X(i, b, 0);
-            xv = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, xv);
-            __m512 dx = full ? QSM_D(i, b, 1) : QSM_D(i, b, 0);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), acc[i]);
-        }
-    }
-    qsm_store(acc, MR, out);
-}
-
-/* Weight rows stream from memory: row `row`'s bytes are prefetched
- * QSM_PF_ROWS rows ahead of the one being dotted. */
-#define QSM_PF_ROWS 4
-static void qsm_prefetch(const struct lmc_qweight *w, int64_t row) {
-    if (row >= w->n) return;
-    const char *p = (const char *)(w->data + row * w->row_bytes);
-    for (int64_t b = 0; b < w->row_bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
-}
-
-/* One function per register-block height (MR is a constant in each, so the
- * accumulators live in registers), and the row driver over chunks. */
-typedef void (*qsm_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *);
-#define QSM_ONE(K, R)                                                                                    \
-    T_VNNI static void K##_r##R(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,     \
-                                int64_t i0, float *out) {                                                \
-        K(w, row, x, i0, R, out);                                                                        \
-    }
-#define QSM_ALL(K)                                                                                       \
-    QSM_ONE(K, 1) QSM_ONE(K, 2) QSM_ONE(K, 3) QSM_ONE(K, 4) QSM_ONE(K, 5) QSM_ONE(K, 6) QSM_ONE(K, 7)    \
-    QSM_ONE(K, 8)                                                                                        \
-    static const qsm_fn K##_fns[QSM_MR + 1] = {NULL,     K##_r1, K##_r2, K##_r3, K##_r4,                 \
-                                               K##_r5,   K##_r6, K##_r7, K##_r8};                        \
-    static void K##_rows(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, float *y,  \
-                         int64_t ldy) {                                                                  \
-        float o[QSM_MR];                                                                                 \
-        int64_t nch = (x->m + QSM_MR - 1) / QSM_MR;                                                      \
-        for (int64_t c = 0; c < nch; c++) {                                                              \
-            int64_t i0;                                                                                  \
-            int mr;                                                                                      \
-            qsm_chunk(x->m, c, &i0, &mr);                                                                \
-            if (c == 0) qsm_prefetch(w, row + QSM_PF_ROWS);                                              \
-            K##_fns[mr](w, row, x, i0, o);                                                               \
-            for (int t = 0; t < mr; t++) y[(i0 + t) * ldy] = o[t];                                       \
-        }                                                                                                \
-    }
-QSM_ALL(qsm_u4g)
-QSM_ALL(qsm_q4_0)
-QSM_ALL(qsm_q8_0)
 
 /* lmc_q8act_quantize with AVX-512: the same integers (x * (1 / d) rounded
  * to nearest even, as lrintf in the default rounding mode) and scales. */
@@ -252,27 +31,26 @@ T_VNNI static void qsm_quantize(const float *x, int64_t n, struct lmc_q8act *out
     }
 }
 
-void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm) {
-    dotm[LMC_QK_U4G] = qsm_u4g_rows;
-    dotm[LMC_QK_Q4_0] = qsm_q4_0_rows;
-    dotm[LMC_QK_Q8_0] = qsm_q8_0_rows;
-}
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return qsm_quantize; }
 #else
-void lmc_qdotm_table_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return lmc_q8act_quantize; }
 #endif
 
-void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
-                        struct lmc_q8rows *out) {
-    int64_t nb = w->kp / 32;
-    int8_t *q = buf;
-    float *d8 = (float *)(q + m * nb * 32);
-    for (int64_t i = 0; i < m * nb; i++) {
-        memcpy(q + 32 * i, xq[i].q, 32);
-        for (int j = 0; j < 8; j++) d8[8 * i + j] = xq[i].d;
-    }
-    *out = (struct lmc_q8rows){q, d8, m};
+void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
+                     void *buf) {
+    (void)m;
+    lmc_q8rows_fill_pairs(w, xq, i0, i1, buf);
 }
 
-size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) { return (size_t)(m * w->kp) * 2; }
+void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out) {
+    *out = (struct lmc_q8rows){m, buf, lmc_q8rows_pairs(w) * 128};
+}
+
+void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                        struct lmc_q8rows *out) {
+    lmc_q8rows_fill(w, xq, m, 0, m, buf);
+    lmc_q8rows_view(w, m, buf, out);
+}
+
+/* 128 bytes per slot */
+size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m) { return (size_t)(m * lmc_q8rows_pairs(w)) * 128; }

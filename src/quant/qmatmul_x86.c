@@ -4,7 +4,10 @@
  * lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary), each also in a four-row form
  * that unpacks a weight block once for four activation rows (Q4_1 single
  * row only); NF4 with AVX-512's 16-entry
- * table lookup (vpermps). Each function carries its target attribute, so
+ * table lookup (vpermps). Q4_0's and the groups' zero points are subtracted
+ * in integers (a second dot of the zero against the activations: exact),
+ * and the four-row forms do each row's operations in the single-row order,
+ * so with AVX2 a row's result does not depend on M either. Each function carries its target attribute, so
  * this file builds without -march flags; qmatmul.c calls them only when the
  * CPU has the features. */
 #include "quant/qmatmul.h"
@@ -60,13 +63,15 @@ T_AVX2 static inline float hsum_avx2(__m256 v) {
     TGT static float q4_01_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int one) { \
         int bb = one ? 20 : 18, o = one ? 4 : 2;                                                                \
         const uint8_t *p = w->data + row * w->row_bytes;                                                        \
+        const __m256i eight = _mm256_set1_epi8(8);                                                              \
         __m256 acc = _mm256_setzero_ps();                                                                       \
         float corr = 0;                                                                                         \
         for (int64_t b = 0; b < w->k / 32; b++, p += bb) {                                                      \
             __m256i s = DOT(NIB32(p + o), XQ(b));                                                               \
-            float dd = f16at(p) * x[b].d, sx = (float)(x[b].s0 + x[b].s1);                                      \
+            if (!one) s = _mm256_sub_epi32(s, DOT(eight, XQ(b))); /* Q4_0's zero point, exact */                \
+            float dd = f16at(p) * x[b].d;                                                                       \
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dd), acc);                              \
-            corr += one ? -f16at(p + 2) * x[b].d * sx : 8.0f * dd * sx;                                         \
+            if (one) corr -= f16at(p + 2) * x[b].d * (float)(x[b].s0 + x[b].s1); /* Q4_1's float minimum */     \
         }                                                                                                       \
         return hsum_avx2(acc) - corr;                                                                           \
     }                                                                                                           \
@@ -107,17 +112,14 @@ T_AVX2 static inline float hsum_avx2(__m256 v) {
         const float *sc = w->scale + row * w->n_groups;                                                         \
         const int32_t *zr = w->zero + row * w->n_groups;                                                        \
         __m256 acc = _mm256_setzero_ps();                                                                       \
-        float corr = 0;                                                                                         \
         for (int64_t g = 0; g < w->n_groups; g++) {                                                             \
-            float z = (float)zr[g];                                                                             \
-            for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) {                                             \
-                __m256i s = DOT(NIB32(p + 16 * b), XQ(b));                                                      \
-                float dd = sc[g] * x[b].d;                                                                      \
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dd), acc);                          \
-                corr += dd * z * (float)(x[b].s0 + x[b].s1);                                                    \
+            const __m256i zv = _mm256_set1_epi8((char)zr[g]);                                                   \
+            for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) { /* zero point in integers: exact */         \
+                __m256i s = _mm256_sub_epi32(DOT(NIB32(p + 16 * b), XQ(b)), DOT(zv, XQ(b)));                    \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc[g] * x[b].d), acc);              \
             }                                                                                                   \
         }                                                                                                       \
-        return hsum_avx2(acc) - corr;                                                                           \
+        return hsum_avx2(acc);                                                                                  \
     }
 
 KERNELS(avx2, T_AVX2, dot_avx2)
@@ -145,20 +147,19 @@ KERNELS(vnni, T_VNNI_KEEP, dot_vnni) /* Q4_0 and 4-bit groups: the AVX-512 forms
     TGT static void q4_0x4_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs, \
                                  float *out) {                                                                  \
         const uint8_t *p = w->data + row * w->row_bytes;                                                        \
+        const __m256i eight = _mm256_set1_epi8(8);                                                              \
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};   \
-        float corr[4] = {0, 0, 0, 0};                                                                           \
         for (int64_t b = 0; b < w->k / 32; b++, p += 18) {                                                      \
             __m256i wv = NIB32(p + 2);                                                                          \
             float d = f16at(p);                                                                                 \
-            for (int i = 0; i < 4; i++) {                                                                       \
+            for (int i = 0; i < 4; i++) { /* q4_01's operations for each row: the same bits */                  \
                 const struct lmc_q8act *xb = x + i * xs + b;                                                    \
-                __m256i s = DOT(wv, _mm256_loadu_si256((const __m256i *)xb->q));                                \
-                float dd = d * xb->d;                                                                           \
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dd), acc[i]);                    \
-                corr[i] += 8.0f * dd * (float)(xb->s0 + xb->s1);                                                \
+                __m256i xv = _mm256_loadu_si256((const __m256i *)xb->q);                                        \
+                __m256i s = _mm256_sub_epi32(DOT(wv, xv), DOT(eight, xv));                                      \
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * xb->d), acc[i]);             \
             }                                                                                                   \
         }                                                                                                       \
-        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]) - corr[i];                                       \
+        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]);                                                 \
     }                                                                                                           \
     TGT static void q4_kx4_##SUF(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, int64_t xs, \
                                  float *out) {                                                                  \
@@ -193,21 +194,19 @@ KERNELS(vnni, T_VNNI_KEEP, dot_vnni) /* Q4_0 and 4-bit groups: the AVX-512 forms
         const float *sc = w->scale + row * w->n_groups;                                                         \
         const int32_t *zr = w->zero + row * w->n_groups;                                                        \
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};   \
-        float corr[4] = {0, 0, 0, 0};                                                                           \
         for (int64_t g = 0; g < w->n_groups; g++) {                                                             \
-            float z = (float)zr[g];                                                                             \
+            const __m256i zv = _mm256_set1_epi8((char)zr[g]);                                                   \
             for (int64_t b = w->gblk[g]; b < w->gblk[g + 1]; b++) {                                             \
                 __m256i wv = NIB32(p + 16 * b);                                                                 \
-                for (int i = 0; i < 4; i++) {                                                                   \
+                for (int i = 0; i < 4; i++) { /* u4g's operations for each row: the same bits */                \
                     const struct lmc_q8act *xb = x + i * xs + b;                                                \
-                    __m256i s = DOT(wv, _mm256_loadu_si256((const __m256i *)xb->q));                            \
-                    float dd = sc[g] * xb->d;                                                                   \
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dd), acc[i]);                \
-                    corr[i] += dd * z * (float)(xb->s0 + xb->s1);                                               \
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)xb->q);                                    \
+                    __m256i s = _mm256_sub_epi32(DOT(wv, xv), DOT(zv, xv));                                     \
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc[g] * xb->d), acc[i]);     \
                 }                                                                                               \
             }                                                                                                   \
         }                                                                                                       \
-        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]) - corr[i];                                       \
+        for (int i = 0; i < 4; i++) out[i] = hsum_avx2(acc[i]);                                                 \
     }
 
 KERNELS4(avx2, T_AVX2, dot_avx2)

@@ -1,0 +1,509 @@
+/* qmatmul_q4.c — the small-M quantized products (any number of
+ * activation rows, decode's M = 1 first) for GGUF Q4_0, lmc's 4-bit groups
+ * (GPTQ/AWQ/rtn/ternary; the same scheme, pairs within a group, further
+ * below) and GGUF Q8_0 (VNNI only, at the end), on 256-bit vectors:
+ * AVX-512 VNNI (vpdpbusd on ymm; Zen 4 runs 512-bit integer ops as two
+ * halves, so ymm loses nothing and needs no cross-lane unpacking) and AVX2
+ * (maddubs + madd: the same integers).
+ *
+ * The activations are quantized once per call (lmc_q8act) and laid out per
+ * pair of blocks (lmc_q8rows_prepare, "pair layout"): 32 codes xa (elements
+ * 0..15 of the first block, then 0..15 of the second), 32 codes xb (16..31,
+ * 16..31), 8 floats (the first block's scale four times, the second's four
+ * times) and 8 int32 -8 * (the sum of the 8 codes that lane l of the two
+ * dot products below meets). The weight's 16 nibble bytes of the two blocks
+ * side by side in a ymm then give, masked and shifted, exactly the codes
+ * xa and xb meet: lane l of dpbusd(dpbusd(-8 sum, lo, xa), hi, xb) is the
+ * exact integer sum((c - 8) q) of its 8 elements. Each lane is converted
+ * once and multiplied by d_w d_x; an odd last block pairs with a zero
+ * block (zero codes and scales).
+ *
+ * A tile of 4 weight rows x up to Q4_MR activation rows keeps 4 x MR
+ * accumulators, so even at M = 1 four independent chains hide the FMA
+ * latency and the activations are loaded once for four weight rows. Each
+ * (weight row, activation row) pair has its own accumulator, reduction and
+ * operation sequence, whatever the tile: a row's result is the same for
+ * every M, bit for bit, and the same on both instruction sets. */
+#include "quant/qmatmul.h"
+#include "core/core.h"
+
+#include <string.h>
+
+/* Bytes of one pair of blocks in the pair layout. */
+#define Q4_PAIR 128
+
+/* The pair layout pairs blocks within a zero-point group (lmc's 4-bit
+ * groups; Q4_0 is one group of all its blocks): a group's odd last block
+ * pairs with the zero block. */
+static int64_t q4_groups(const struct lmc_qweight *w) { return w->kernel == LMC_QK_U4G ? w->n_groups : 1; }
+static int64_t q4_gb0(const struct lmc_qweight *w, int64_t g) { return w->kernel == LMC_QK_U4G ? w->gblk[g] : 0; }
+static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
+    return w->kernel == LMC_QK_U4G ? w->gblk[g + 1] : w->kp / 32;
+}
+
+int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
+    if (w->kernel == LMC_QK_Q8_0) return w->kp / 32; /* one block a slot (q8_slot) */
+    int64_t np = 0;
+    for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
+    return np;
+}
+
+/* One pair of activation blocks (a1 NULL: the zero block) into o; the lane
+ * sums times mult (Q4_0: -8, its zero point; groups: 1, times the row's zero
+ * in the kernel). */
+static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, int32_t mult, uint8_t *o) {
+    int8_t *xa = (int8_t *)o, *xb = (int8_t *)(o + 32);
+    float d[8];
+    int32_t z[8];
+    for (int h = 0; h < 2; h++) {
+        const struct lmc_q8act *a = h ? a1 : a0;
+        if (a) {
+            memcpy(xa + 16 * h, a->q, 16);
+            memcpy(xb + 16 * h, a->q + 16, 16);
+            for (int l = 0; l < 4; l++) {
+                int32_t s = 0;
+                for (int t = 0; t < 4; t++) s += a->q[4 * l + t] + a->q[16 + 4 * l + t];
+                z[4 * h + l] = mult * s;
+                d[4 * h + l] = a->d;
+            }
+        } else {
+            memset(xa + 16 * h, 0, 16);
+            memset(xb + 16 * h, 0, 16);
+            for (int l = 0; l < 4; l++) z[4 * h + l] = 0, d[4 * h + l] = 0.0f;
+        }
+    }
+    memcpy(o + 64, d, 32);
+    memcpy(o + 96, z, 32);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* q4_pair_c for whole pairs of blocks b0 .. b1 with AVX2 (the same bytes):
+ * the lane sums by maddubs of ones; returns the next output pair. */
+__attribute__((target("avx2"))) static uint8_t *q4_pairs_avx2(const struct lmc_q8act *xq, int64_t b0, int64_t b1,
+                                                            int32_t mult, uint8_t *o) {
+    const __m256i ones = _mm256_set1_epi8(1), mv = _mm256_set1_epi16((int16_t)mult);
+    for (int64_t b = b0; b + 1 < b1; b += 2, o += Q4_PAIR) {
+        const struct lmc_q8act *a0 = &xq[b], *a1 = &xq[b + 1];
+        __m256i xa = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)a1->q), _mm_loadu_si128((const __m128i *)a0->q));
+        __m256i xb = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(a1->q + 16)),
+                                      _mm_loadu_si128((const __m128i *)(a0->q + 16)));
+        __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(ones, xa), _mm256_maddubs_epi16(ones, xb));
+        _mm256_store_si256((__m256i *)o, xa);
+        _mm256_store_si256((__m256i *)(o + 32), xb);
+        _mm256_store_ps((float *)(o + 64), _mm256_set_m128(_mm_set1_ps(a1->d), _mm_set1_ps(a0->d)));
+        _mm256_store_si256((__m256i *)(o + 96), _mm256_madd_epi16(t, mv));
+    }
+    return o;
+}
+#endif
+
+/* Q8_0's slot of 128 bytes per block: the 32 codes, the scale 8 times and
+ * the 8 lane sums times -128 (the kernel dots w + 128, unsigned, with the
+ * codes: sum((w + 128) q) - 128 sum(q) = sum(w q), exact). */
+static void q8_slot_c(const struct lmc_q8act *a, uint8_t *o) {
+    int32_t z[8];
+    float d[8];
+    memcpy(o, a->q, 32);
+    for (int l = 0; l < 8; l++) {
+        z[l] = -128 * (a->q[4 * l] + a->q[4 * l + 1] + a->q[4 * l + 2] + a->q[4 * l + 3]);
+        d[l] = a->d;
+    }
+    memcpy(o + 32, d, 32);
+    memcpy(o + 64, z, 32);
+    memset(o + 96, 0, 32);
+}
+
+void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
+                           void *buf) {
+    int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
+    int32_t mult = w->kernel == LMC_QK_Q4_0 ? -8 : 1;
+#if defined(__x86_64__)
+    const bool avx2 = __builtin_cpu_supports("avx2");
+#endif
+    for (int64_t i = i0; i < i1; i++) {
+        uint8_t *o = (uint8_t *)buf + i * np * Q4_PAIR;
+        const struct lmc_q8act *x = xq + i * nb;
+        if (w->kernel == LMC_QK_Q8_0) {
+            for (int64_t b = 0; b < nb; b++) q8_slot_c(&x[b], o + b * Q4_PAIR);
+            continue;
+        }
+        for (int64_t g = 0; g < q4_groups(w); g++) {
+            int64_t b = q4_gb0(w, g), e = q4_gb1(w, g);
+#if defined(__x86_64__)
+            if (avx2) {
+                o = q4_pairs_avx2(x, b, e, mult, o);
+                b += (e - b) / 2 * 2;
+            }
+#endif
+            for (; b < e; b += 2, o += Q4_PAIR) q4_pair_c(&x[b], b + 1 < e ? &x[b + 1] : NULL, mult, o);
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define Q4_MR 4      /* activation rows per tile */
+#ifndef Q4_PF_TILES
+#define Q4_PF_TILES 2 /* software prefetch: the weight bytes this many 4-row tiles ahead (0: none) */
+#endif
+
+#define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define I4_AVX2 __attribute__((always_inline, target("avx2,fma,f16c"))) static inline
+#define I4_VNNI __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
+
+/* Chunk c of m rows split into the fewest chunks of at most Q4_MR, sizes
+ * as equal as possible: first row and count. */
+static void q4_chunk(int64_t m, int64_t c, int64_t *i0, int *mr) {
+    int64_t nch = (m + Q4_MR - 1) / Q4_MR, base = m / nch, rem = m % nch;
+    *i0 = c * base + LMC_MIN(c, rem);
+    *mr = (int)(base + (c < rem));
+}
+
+/* s + the 4-byte dot products of lo with xa and hi with xb, per int32 lane. */
+I4_VNNI __m256i q4_dot_vnni(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m256i xb) {
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(s, lo, xa), hi, xb);
+}
+/* maddubs: codes <= 15 times |q| <= 127, two of them, and two of those
+ * added: |.| <= 7620, no int16 saturation: the same integers as vpdpbusd. */
+I4_AVX2 __m256i q4_dot_avx2(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m256i xb) {
+    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+    return _mm256_add_epi32(s, _mm256_madd_epi16(t, _mm256_set1_epi16(1)));
+}
+
+/* The sums of 4 vectors' lanes; each one's arithmetic the same whatever
+ * the others hold. */
+#define Q4_SUM4(TGTI, SUF)                                                                                  \
+    TGTI __m128 q4_sum4_##SUF(__m256 a, __m256 b, __m256 c, __m256 d) {                                    \
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));                             \
+        return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));                         \
+    }
+
+/* Row r's weight of the pair (full: both blocks; else the first and a zero
+ * block): codes lo (elements 0..15 of both blocks) and hi (16..31) and the
+ * scales, [d0 x 4, d1 x 4]. */
+static inline int16_t q4_f16bits(const uint8_t *b) {
+    int16_t h;
+    memcpy(&h, b, 2);
+    return h;
+}
+I4_VNNI __m256 q4_scales_vnni(const uint8_t *b, int full) {
+    __m128i h = _mm_set1_epi16(q4_f16bits(b));
+    h = full ? _mm_mask_set1_epi16(h, 0xf0, q4_f16bits(b + 18)) : _mm_maskz_mov_epi16(0x0f, h);
+    return _mm256_cvtph_ps(h);
+}
+I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
+    __m128i h0 = _mm_set1_epi16(q4_f16bits(b)), h1 = full ? _mm_set1_epi16(q4_f16bits(b + 18)) : _mm_setzero_si128();
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(h0, h1));
+}
+
+/* The tile: weight rows row .. row + R - 1 (R 4 or 1) against activation
+ * rows i0 .. i0 + MR - 1, y[i * ldy + r]. */
+#define Q4_WEIGHT(SUF, FULL, r)                                                                            \
+    do {                                                                                                   \
+        const uint8_t *b = wp + (r) * rb + 36 * p;                                                         \
+        __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                            \
+        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                                    \
+                                            FULL ? _mm_loadu_si128((const __m128i *)(b + 20))              \
+                                                 : _mm_setzero_si128(), 1);                                \
+        lo[r] = _mm256_and_si256(v, m15);                                                                  \
+        hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                            \
+        dw[r] = q4_scales_##SUF(b, FULL);                                                                  \
+    } while (0)
+/* UN: the weight tile's codes and scales come unpacked from un (Q4_UNPACK
+ * bytes a row and pair, q4_unpack), the same values. */
+#define Q4_UNPACK 96
+#define Q4_STEP(SUF, FULL)                                                                                 \
+    do {                                                                                                   \
+        __m256i lo[4], hi[4];                                                                              \
+        __m256 dw[4];                                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                              \
+            if (UN) {                                                                                      \
+                const uint8_t *u = un + (4 * p + r) * Q4_UNPACK;                                           \
+                lo[r] = _mm256_load_si256((const __m256i *)u);                                             \
+                hi[r] = _mm256_load_si256((const __m256i *)(u + 32));                                      \
+                dw[r] = _mm256_load_ps((const float *)(u + 64));                                           \
+                continue;                                                                                  \
+            }                                                                                              \
+            Q4_WEIGHT(SUF, FULL, r);                                                                       \
+        }                                                                                                  \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
+            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;                                      \
+            __m256i xa = _mm256_load_si256((const __m256i *)a);                                            \
+            __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                                     \
+            __m256 dx = _mm256_load_ps((const float *)(a + 64));                                           \
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 96));                                      \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
+                __m256i s = q4_dot_##SUF(z, lo[r], xa, hi[r], xb);                                         \
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);   \
+            }                                                                                              \
+        }                                                                                                  \
+    } while (0)
+#define Q4_TILE(TGTI, SUF)                                                                                 \
+    TGTI void q4_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,   \
+                            int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {        \
+        const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const uint8_t *xp = x->pairs + i0 * x->pair_stride;                                                \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb;                                            \
+        const int pf_on = !UN && Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;         \
+        __m256 acc[4][Q4_MR];                                                                              \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
+        int64_t p = 0;                                                                                     \
+        for (; 2 * p + 1 < nb; p++) {                                                                      \
+            if (pf_on) { /* the same bytes of the tile Q4_PF_TILES ahead: 144 a pair */                    \
+                _mm_prefetch((const char *)pf + 144 * p, _MM_HINT_T0);                                     \
+                _mm_prefetch((const char *)pf + 144 * p + 64, _MM_HINT_T0);                                \
+                _mm_prefetch((const char *)pf + 144 * p + 128, _MM_HINT_T0);                               \
+            }                                                                                              \
+            Q4_STEP(SUF, 1);                                                                               \
+        }                                                                                                  \
+        if (2 * p < nb) Q4_STEP(SUF, 0);                                                                   \
+        const __m256 zero = _mm256_setzero_ps();                                                           \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
+            __m128 s = q4_sum4_##SUF(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,        \
+                                     R > 3 ? acc[3][i] : zero);                                            \
+            if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, s);                                        \
+            else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);                                               \
+        }                                                                                                  \
+    }
+
+/* A 4-row weight tile unpacked into un (Q4_UNPACK bytes a row and pair):
+ * for more activation rows than one tile takes, the unpacking is done once
+ * and each block of rows loads it (from L1). */
+#define Q4_UNPACKER(TGT, SUF)                                                                              \
+    TGT static void q4_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {              \
+        const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        __m256i lo[4], hi[4];                                                                              \
+        __m256 dw[4];                                                                                      \
+        for (int64_t p = 0; 2 * p < nb; p++)                                                               \
+            for (int r = 0; r < 4; r++) {                                                                  \
+                if (2 * p + 1 < nb) Q4_WEIGHT(SUF, 1, r);                                                  \
+                else Q4_WEIGHT(SUF, 0, r);                                                                 \
+                uint8_t *u = un + (4 * p + r) * Q4_UNPACK;                                                 \
+                _mm256_store_si256((__m256i *)u, lo[r]);                                                   \
+                _mm256_store_si256((__m256i *)(u + 32), hi[r]);                                            \
+                _mm256_store_ps((float *)(u + 64), dw[r]);                                                 \
+            }                                                                                              \
+    }
+
+/* The unpacked tile's room on the stack (K up to 4096: 24 KB, within L1);
+ * longer rows are unpacked per block of activation rows. */
+#define Q4_UNPACK_MAX (64 * 4 * Q4_UNPACK)
+
+/* One function per tile shape (R and MR constants: accumulators in
+ * registers) and the driver over rows [r0, r1) and all m activation rows. */
+typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
+                      const uint8_t *);
+#define Q4_ONE(SUF, TGT, R, MR, UN)                                                                        \
+    TGT static void q4_##SUF##_##R##x##MR##_##UN(const struct lmc_qweight *w, int64_t row,                 \
+                                                 const struct lmc_q8rows *x, int64_t i0, float *y,         \
+                                                 int64_t ldy, const uint8_t *un) {                         \
+        q4_tile_##SUF(w, row, R, x, i0, MR, y, ldy, UN, un);                                               \
+    }
+#define Q4_ALL(SUF, TGT, TGTI)                                                                             \
+    Q4_SUM4(TGTI, SUF)                                                                                     \
+    Q4_TILE(TGTI, SUF)                                                                                     \
+    Q4_UNPACKER(TGT, SUF)                                                                                  \
+    Q4_ONE(SUF, TGT, 4, 1, 0) Q4_ONE(SUF, TGT, 4, 2, 0) Q4_ONE(SUF, TGT, 4, 3, 0) Q4_ONE(SUF, TGT, 4, 4, 0) \
+    Q4_ONE(SUF, TGT, 1, 1, 0) Q4_ONE(SUF, TGT, 1, 2, 0) Q4_ONE(SUF, TGT, 1, 3, 0) Q4_ONE(SUF, TGT, 1, 4, 0) \
+    Q4_ONE(SUF, TGT, 4, 1, 1) Q4_ONE(SUF, TGT, 4, 2, 1) Q4_ONE(SUF, TGT, 4, 3, 1) Q4_ONE(SUF, TGT, 4, 4, 1) \
+    static const q4_fn q4_##SUF##_fns[3][Q4_MR + 1] = {                                                    \
+        {NULL, q4_##SUF##_4x1_0, q4_##SUF##_4x2_0, q4_##SUF##_4x3_0, q4_##SUF##_4x4_0},                    \
+        {NULL, q4_##SUF##_1x1_0, q4_##SUF##_1x2_0, q4_##SUF##_1x3_0, q4_##SUF##_1x4_0},                    \
+        {NULL, q4_##SUF##_4x1_1, q4_##SUF##_4x2_1, q4_##SUF##_4x3_1, q4_##SUF##_4x4_1}};                   \
+    static void q4_many_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                              float *y, int64_t ldy) {                                                     \
+        _Alignas(64) uint8_t un[Q4_UNPACK_MAX];                                                            \
+        int64_t nch = (x->m + Q4_MR - 1) / Q4_MR, np = (w->k / 32 + 1) / 2;                                \
+        for (int64_t r = r0; r < r1;) {                                                                    \
+            int four = r + 4 <= r1, unp = four && np * 4 * Q4_UNPACK <= Q4_UNPACK_MAX;                     \
+            if (unp) q4_unpack_##SUF(w, r, un);                                                            \
+            for (int64_t c = 0; c < nch; c++) {                                                            \
+                int64_t i0;                                                                                \
+                int mr;                                                                                    \
+                q4_chunk(x->m, c, &i0, &mr);                                                               \
+                q4_##SUF##_fns[unp ? 2 : four ? 0 : 1][mr](w, r, x, i0, y, ldy, un);                       \
+            }                                                                                              \
+            r += four ? 4 : 1;                                                                             \
+        }                                                                                                  \
+    }                                                                                                      \
+    static void q4_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                              float *y, int64_t ldy) {                                                     \
+        if (x->m > Q4_MR) {                                                                                \
+            q4_many_##SUF(w, r0, r1, x, y, ldy);                                                           \
+            return;                                                                                        \
+        }                                                                                                  \
+        int64_t r = r0;                                                                                    \
+        for (; r + 4 <= r1; r += 4) q4_##SUF##_fns[0][x->m](w, r, x, 0, y, ldy, NULL);                     \
+        for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
+    }
+
+/* lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary: 16 nibble bytes a block, codes
+ * 0..15, a float scale and an integer zero per row and group): the same
+ * tiles, the pair's nibbles one 32-byte load, lane l's initial value -zero
+ * times its activation sum (vpmulld; exact), the scale per group times d_x. */
+#define Q4G_TILE(TGTI, SUF)                                                                                \
+    TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
+                             int64_t i0, int MR, float *y, int64_t ldy) {                                  \
+        const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const uint8_t *a0 = x->pairs + i0 * x->pair_stride;                                                \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        __m256 acc[4][Q4_MR];                                                                              \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
+        for (int64_t g = 0; g < ng; g++) {                                                                 \
+            __m256i zn[4];                                                                                 \
+            __m256 sc[4];                                                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
+                zn[r] = _mm256_set1_epi32(-w->zero[(row + r) * ng + g]);                                   \
+                sc[r] = _mm256_set1_ps(w->scale[(row + r) * ng + g]);                                      \
+            }                                                                                              \
+            for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
+                const int full = b + 1 < e;                                                                \
+                __m256i lo[4], hi[4];                                                                      \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    __m256i v = full ? _mm256_loadu_si256((const __m256i *)c)                              \
+                                     : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));        \
+                    lo[r] = _mm256_and_si256(v, m15);                                                      \
+                    hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                \
+                }                                                                                          \
+                _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                     \
+                    const uint8_t *a = a0 + i * x->pair_stride;                                            \
+                    __m256i xa = _mm256_load_si256((const __m256i *)a);                                    \
+                    __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                             \
+                    __m256 dx = _mm256_load_ps((const float *)(a + 64));                                   \
+                    __m256i sx = _mm256_load_si256((const __m256i *)(a + 96));                             \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
+                        __m256i s = q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb);     \
+                        acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc[r], dx), acc[r][i]); \
+                    }                                                                                      \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        const __m256 zero = _mm256_setzero_ps();                                                           \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
+            __m128 s = q4_sum4_##SUF(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,        \
+                                     R > 3 ? acc[3][i] : zero);                                            \
+            if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, s);                                        \
+            else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);                                               \
+        }                                                                                                  \
+    }
+typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t);
+#define Q4G_ONE(SUF, TGT, R, MR)                                                                           \
+    TGT static void q4g_##SUF##_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                           int64_t i0, float *y, int64_t ldy) {                            \
+        q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy);                                                      \
+    }
+#define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
+    Q4G_TILE(TGTI, SUF)                                                                                    \
+    Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
+    Q4G_ONE(SUF, TGT, 1, 1) Q4G_ONE(SUF, TGT, 1, 2) Q4G_ONE(SUF, TGT, 1, 3) Q4G_ONE(SUF, TGT, 1, 4)        \
+    static const q4g_fn q4g_##SUF##_fns[2][Q4_MR + 1] = {                                                  \
+        {NULL, q4g_##SUF##_4x1, q4g_##SUF##_4x2, q4g_##SUF##_4x3, q4g_##SUF##_4x4},                        \
+        {NULL, q4g_##SUF##_1x1, q4g_##SUF##_1x2, q4g_##SUF##_1x3, q4g_##SUF##_1x4}};                       \
+    static void q4g_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
+                               float *y, int64_t ldy) {                                                    \
+        int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
+        for (int64_t r = r0; r < r1;) {                                                                    \
+            int four = r + 4 <= r1;                                                                        \
+            for (int64_t c = 0; c < nch; c++) {                                                            \
+                int64_t i0;                                                                                \
+                int mr;                                                                                    \
+                q4_chunk(x->m, c, &i0, &mr);                                                               \
+                q4g_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                                    \
+            }                                                                                              \
+            r += four ? 4 : 1;                                                                             \
+        }                                                                                                  \
+    }
+
+Q4_ALL(vnni, T4_VNNI, I4_VNNI)
+Q4_ALL(avx2, T4_AVX2, I4_AVX2)
+Q4G_ALL(vnni, T4_VNNI, I4_VNNI)
+Q4G_ALL(avx2, T4_AVX2, I4_AVX2)
+
+/* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes), VNNI only: the
+ * codes plus 128 as unsigned bytes (vpdpbusd sums in int32, no saturation;
+ * AVX2's maddubs would saturate), the -128 sum term the dot's start. One
+ * block a step, the same 4 x MR tiles. */
+T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0,
+                            int MR, float *y, int64_t ldy) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes;
+    const uint8_t *wp = w->data + row * rb;
+    const uint8_t *xp = x->pairs + i0 * x->pair_stride;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256 acc[4][Q4_MR];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[4];
+        __m256 dw[4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            const uint8_t *c = wp + r * rb + 34 * b;
+            wv[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 2)), flip);
+            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(q4_f16bits(c)));
+        }
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
+            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * b;
+            __m256i xv = _mm256_load_si256((const __m256i *)a);
+            __m256 dx = _mm256_load_ps((const float *)(a + 32));
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 64));
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                __m256i s = _mm256_dpbusd_epi32(z, wv[r], xv);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);
+            }
+        }
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
+        __m128 s = q4_sum4_vnni(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,
+                                R > 3 ? acc[3][i] : zero);
+        if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, s);
+        else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);
+    }
+}
+#define Q8_ONE(R, MR)                                                                                      \
+    T4_VNNI static void q8_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                      int64_t i0, float *y, int64_t ldy) {                                 \
+        q8_tile(w, row, R, x, i0, MR, y, ldy);                                                             \
+    }
+Q8_ONE(4, 1) Q8_ONE(4, 2) Q8_ONE(4, 3) Q8_ONE(4, 4) Q8_ONE(1, 1) Q8_ONE(1, 2) Q8_ONE(1, 3) Q8_ONE(1, 4)
+static const q4g_fn q8_fns[2][Q4_MR + 1] = {{NULL, q8_4x1, q8_4x2, q8_4x3, q8_4x4},
+                                             {NULL, q8_1x1, q8_1x2, q8_1x3, q8_1x4}};
+static void q8_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                         int64_t ldy) {
+    int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;
+    for (int64_t r = r0; r < r1;) {
+        int four = r + 4 <= r1;
+        for (int64_t c = 0; c < nch; c++) {
+            int64_t i0;
+            int mr;
+            q4_chunk(x->m, c, &i0, &mr);
+            q8_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);
+        }
+        r += four ? 4 : 1;
+    }
+}
+
+
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q8_0] = q8_rows_vnni;
+    dotm[LMC_QK_Q4_0] = q4_rows_vnni;
+    dotm[LMC_QK_U4G] = q4g_rows_vnni;
+}
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_0] = q4_rows_avx2;
+    dotm[LMC_QK_U4G] = q4g_rows_avx2;
+}
+#else
+void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
+void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) { (void)dotm; }
+#endif
