@@ -97,14 +97,15 @@ static void gb_pack(uint32_t *d, int R, const float *src, int64_t si, int64_t sk
 #ifdef GB_X86
 /* gb_pack with the CPU's conversion (vcvtne2ps2bf16: round to nearest
  * even like lmc_f32_to_bf16; denormals flushed, as vdpbf16ps does to its
- * inputs anyway) for full panels (n == R): lines of contiguous K (sk == 1)
+ * inputs anyway): full panels (n == R) of lines of contiguous K (sk == 1)
  * by 8x8 transposes of pair words, 8 lines at a time; contiguous lines
- * (si == 1) by interleaving the halves of two converted K rows. The rest
+ * (si == 1, edge panels too) by interleaving the halves of two converted
+ * K rows. The rest
  * (other strides, the odd K tail) goes to gb_pack. */
 GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
 gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n, int64_t kc) {
     int64_t kf = kc / 2;
-    if (n < R || (sk != 1 && si != 1) || kf == 0) {
+    if ((n < R && si != 1) || (sk != 1 && si != 1) || kf == 0) {
         gb_pack(d, R, src, si, sk, n, kc);
         return;
     }
@@ -142,7 +143,8 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
         }
         return;
     }
-    /* si == 1: word i of pair p = (bf16(row 2p)[i], bf16(row 2p+1)[i]) */
+    /* si == 1: word i of pair p = (bf16(row 2p)[i], bf16(row 2p+1)[i]);
+     * lines i >= n (an edge panel) load as zeros */
     static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
     const __m512i il = _mm512_loadu_si512((const void *)ilv);
@@ -151,13 +153,15 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
         uint32_t *o = d + p * R;
         for (int i = 0; i < R; i += 16) {
             __mmask16 m = R - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (R - i)) - 1);
-            __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, s1 + i),
-                                                     _mm512_maskz_loadu_ps(m, s0 + i));
+            int64_t v = n - i;
+            __mmask16 ml = v >= 16 ? m : v <= 0 ? (__mmask16)0 : (__mmask16)(m & ((1u << v) - 1));
+            __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1 + i),
+                                                     _mm512_maskz_loadu_ps(ml, s0 + i));
             _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(il, x));
         }
     }
     if (kf * 2 < kc)
-        for (int i = 0; i < R; i++) d[kf * R + i] = gb_pair(src[2 * kf * sk + i], 0.0f);
+        for (int i = 0; i < R; i++) d[kf * R + i] = i < n ? gb_pair(src[2 * kf * sk + i], 0.0f) : 0;
 }
 #endif
 

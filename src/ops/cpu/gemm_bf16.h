@@ -49,4 +49,15 @@ void lmc_cpu_classifier_xent_bf16(void *ctx, float *loss, float *dh, float *dw, 
                                   const struct lmc_mat *w, const int32_t *targets, int64_t M,
                                   float dscale);
 
+/* Training attention in the bf16 mode (attention_bf16.c): backend.h's
+ * attention_train / attention_bwd contracts, the products through the
+ * bf16 GEMM. */
+void lmc_cpu_attention_train_bf16(void *ctx, float *out, float *lse, const float *q, const float *k,
+                                  const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                                  int64_t hd, float scale, int64_t window);
+void lmc_cpu_attention_bwd_bf16(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                                const float *out, const float *lse, const float *q, const float *k,
+                                const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                                int64_t hd, float scale, int64_t window);
+
 #endif
