@@ -4,7 +4,8 @@
  *    K blocks, N blocks and M blocks, edge tiles), = and +=, against a
  *    float64 sum of the bf16-rounded operands' products: the only error
  *    left is f32 summation, bounded by K * 2^-24 * sum |products| (with the
- *    AVX512-BF16 kernel where the CPU has it, and the portable one);
+ *    AVX512-BF16 kernel where the CPU has it, and the portable one); with
+ *    B packed once beforehand (lmc_cpu_gemm_bf16_pb), the same bits;
  *  - the backend ops in the bf16 mode (matmul, matmul_multi, matmul_bwd,
  *    matmul_bwd_multi, classifier_xent) against the same float64 reference
  *    of the rounded operands (the classifier, whose logits' gradient is
@@ -77,6 +78,20 @@ static void test_kernel(int portable) {
                     for (int64_t m = 0; m < M; m++)
                         for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
                     CHECK(same);
+                    if (!portable) { /* B packed once (in two panel ranges): the same bits */
+                        size_t bw = lmc_cpu_gemm_bf16_bpack_words(N, K);
+                        int64_t np = lmc_cpu_gemm_bf16_bpack_panels(N, K);
+                        uint32_t *bp = aligned_alloc(64, (bw * 4 + 63) / 64 * 64);
+                        float *C2 = malloc((size_t)(M * ldc) * sizeof *C2);
+                        memcpy(C2, C0, (size_t)(M * ldc) * sizeof *C2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, np / 2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, np / 2, np);
+                        lmc_cpu_gemm_bf16_pb(M, N, K, A, a_sm, a_sk, bp, C2, ldc, acc, ws);
+                        CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * sizeof *C2),
+                                  "pre-packed B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
+                                  (long long)K, ta, tb);
+                        free(bp), free(C2);
+                    }
                     free(A), free(B), free(C), free(C0), free(ws);
                 }
     }

@@ -151,6 +151,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     free(c->qctx);
     free(c->qscratch);
     free(c->qf_buf);
+    lmc_cpu_rope_tab_free(c);
     free(c);
     memset(be, 0, sizeof *be);
 }

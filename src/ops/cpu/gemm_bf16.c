@@ -221,9 +221,17 @@ GB_TARGET static void gb_micro_avx512(int64_t kp, const uint32_t *a, const uint3
 }
 #endif
 
+/* B's packed words (K pairs of all of K) and the offset of block (jc, pc)
+ * in a whole pre-packed B: blocks by jc, then pc; panels by jr inside. */
+static int64_t gb_kp_total(int64_t K) {
+    int64_t kcm = gb_kc(K), t = 0;
+    for (int64_t pc = 0; pc < K; pc += kcm) t += (LMC_MIN(kcm, K - pc) + 1) / 2;
+    return t;
+}
+
 static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
-                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc,
-                   bool accum, void *ws) {
+                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, const uint32_t *bpre, float *C,
+                   int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accum)
@@ -233,15 +241,19 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
     const int64_t kcm = gb_kc(K), kpm = kcm / 2;
     const int64_t ncm = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
     uint32_t *bp = ws, *ap = bp + (ncm * kpm + 15) / 16 * 16;
+    const int64_t KP = bpre ? gb_kp_total(K) : 0;
     float tile[GB_MR * GB_NR];
     for (int64_t jc = 0; jc < N; jc += GB_NC) {
-        int64_t nc = LMC_MIN(GB_NC, N - jc);
+        int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
         for (int64_t pc = 0; pc < K; pc += kcm) {
             int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
             bool load_c = accum || pc > 0;
-            for (int64_t jr = 0; jr < nc; jr += GB_NR)
-                pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
-                        LMC_MIN(GB_NR, nc - jr), kc);
+            if (bpre)
+                bp = (uint32_t *)bpre + jc * KP + ncp * (pc / 2);
+            else
+                for (int64_t jr = 0; jr < nc; jr += GB_NR)
+                    pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
+                         LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
                 for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -271,7 +283,7 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
@@ -285,5 +297,53 @@ void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
         pack = gb_pack_avx512;
     }
 #endif
-    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+}
+
+/* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
+
+size_t lmc_cpu_gemm_bf16_bpack_words(int64_t N, int64_t K) {
+    if (N <= 0 || K <= 0) return 0;
+    return (size_t)((N + GB_NR - 1) / GB_NR * GB_NR * gb_kp_total(K));
+}
+
+int64_t lmc_cpu_gemm_bf16_bpack_panels(int64_t N, int64_t K) {
+    if (N <= 0 || K <= 0) return 0;
+    int64_t kcm = gb_kc(K);
+    return (N + GB_NR - 1) / GB_NR * ((K + kcm - 1) / kcm);
+}
+
+void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B, int64_t b_sk, int64_t b_sn,
+                             int64_t p0, int64_t p1) {
+    if (N <= 0 || K <= 0) return;
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
+#endif
+    const int64_t kcm = gb_kc(K), KP = gb_kp_total(K);
+    int64_t idx = 0; /* panels in (jc, pc, jr) order */
+    for (int64_t jc = 0; jc < N; jc += GB_NC) {
+        int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
+        for (int64_t pc = 0; pc < K; pc += kcm) {
+            int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
+            uint32_t *bp = dst + jc * KP + ncp * (pc / 2);
+            for (int64_t jr = 0; jr < nc; jr += GB_NR, idx++)
+                if (idx >= p0 && idx < p1)
+                    pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
+                         LMC_MIN(GB_NR, nc - jr), kc);
+        }
+    }
+}
+
+void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                          const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws) {
+    gb_micro_fn micro = gb_micro_portable;
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        micro = gb_micro_avx512;
+        pack = gb_pack_avx512;
+    }
+#endif
+    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }

@@ -27,6 +27,18 @@ void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws);
 
+/* B packed once for several calls (threads splitting M share it): the
+ * words a whole packed B(K, N) takes, its panel count, and the packing of
+ * panels [p0, p1) into dst (64-byte aligned; callers split the panels
+ * among threads). lmc_cpu_gemm_bf16_pb is lmc_cpu_gemm_bf16 with such a B
+ * (the same sums, so the same bits). */
+size_t lmc_cpu_gemm_bf16_bpack_words(int64_t N, int64_t K);
+int64_t lmc_cpu_gemm_bf16_bpack_panels(int64_t N, int64_t K);
+void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B, int64_t b_sk, int64_t b_sn,
+                             int64_t p0, int64_t p1);
+void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                          const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws);
+
 /* The same with the portable kernel forced (tests compare the two). */
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
