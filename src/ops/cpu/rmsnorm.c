@@ -79,29 +79,9 @@ static void rms_bwd_rows(void *arg, int64_t t, int thread) {
         const float *x = j->x + m * C, *dy = j->dy + m * C;
         float *dx = j->dx + m * C;
         double r = 1.0 / sqrt(sum_sq(x, C) / (double)C + (double)j->eps), dot = 0;
-        int64_t i = 0;
-#ifdef __AVX2__
-        __m256d a0 = _mm256_setzero_pd(), a1 = a0; /* w dy x in f32, summed in double */
-        for (; i + 8 <= C; i += 8) {
-            __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(j->w + i), _mm256_loadu_ps(dy + i)),
-                                     _mm256_loadu_ps(x + i));
-            a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
-            a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
-        }
-        dot = lmc_hsum256d(_mm256_add_pd(a0, a1));
-#endif
-        for (; i < C; i++) dot += (double)j->w[i] * dy[i] * x[i];
+        for (int64_t i = 0; i < C; i++) dot += (double)j->w[i] * dy[i] * x[i];
         double k = r * r * r * dot / (double)C;
-        i = 0;
-#ifdef __AVX2__
-        const __m256 rv = _mm256_set1_ps((float)r), kv = _mm256_set1_ps((float)k);
-        for (; i + 8 <= C; i += 8) { /* dx += r w dy - k x in f32 */
-            __m256 t = _mm256_mul_ps(_mm256_mul_ps(rv, _mm256_loadu_ps(j->w + i)), _mm256_loadu_ps(dy + i));
-            t = _mm256_fnmadd_ps(kv, _mm256_loadu_ps(x + i), t);
-            _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), t));
-        }
-#endif
-        for (; i < C; i++) dx[i] += (float)(r * j->w[i] * dy[i] - k * x[i]);
+        for (int64_t i = 0; i < C; i++) dx[i] += (float)(r * j->w[i] * dy[i] - k * x[i]);
         j->r[m] = (float)r;
     }
 }
