@@ -4,17 +4,22 @@
  *    K blocks, N blocks and M blocks, edge tiles), = and +=, against a
  *    float64 sum of the bf16-rounded operands' products: the only error
  *    left is f32 summation, bounded by K * 2^-24 * sum |products| (with the
- *    AVX512-BF16 kernel where the CPU has it, and the portable one);
+ *    AVX512-BF16 kernel where the CPU has it, and the portable one); with
+ *    B packed once beforehand (lmc_cpu_gemm_bf16_pb), the same bits;
  *  - the backend ops in the bf16 mode (matmul, matmul_multi, matmul_bwd,
  *    matmul_bwd_multi, classifier_xent) against the same float64 reference
  *    of the rounded operands (the classifier, whose logits' gradient is
  *    itself a computed value, against the exact float64 one within the
  *    CUDA bf16 GEMM tolerance 2e-2), and bit-identical for 1 and 2 threads;
+ *  - lmc_linear_fwd_f32 / lmc_linear_bwd_f32 (MoE routers) keep f32
+ *    products in the bf16 mode (float64 reference of the unrounded
+ *    operands);
  *  - off again: the fp32 ops are back. */
 #include "test.h"
 #include "core/dtype.h"
 #include "ops/backend.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "model/linear.h"
 
 #include <stdlib.h>
 
@@ -73,6 +78,20 @@ static void test_kernel(int portable) {
                     for (int64_t m = 0; m < M; m++)
                         for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
                     CHECK(same);
+                    if (!portable) { /* B packed once (in two panel ranges): the same bits */
+                        size_t bw = lmc_cpu_gemm_bf16_bpack_words(N, K);
+                        int64_t np = lmc_cpu_gemm_bf16_bpack_panels(N, K);
+                        uint32_t *bp = aligned_alloc(64, (bw * 4 + 63) / 64 * 64);
+                        float *C2 = malloc((size_t)(M * ldc) * sizeof *C2);
+                        memcpy(C2, C0, (size_t)(M * ldc) * sizeof *C2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, np / 2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, np / 2, np);
+                        lmc_cpu_gemm_bf16_pb(M, N, K, A, a_sm, a_sk, bp, C2, ldc, acc, ws);
+                        CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * sizeof *C2),
+                                  "pre-packed B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
+                                  (long long)K, ta, tb);
+                        free(bp), free(C2);
+                    }
                     free(A), free(B), free(C), free(C0), free(ws);
                 }
     }
@@ -231,8 +250,45 @@ static void test_backend(void) {
           same_bits(o1.dwk, o2.dwk, N2 * K));
     CHECK(same_bits(o1.loss, o2.loss, M) && same_bits(o1.dh, o2.dh, M * K) &&
           same_bits(o1.dwc, o2.dwc, V * K));
+    /* lmc_linear_*_f32 (MoE routers) in the bf16 mode: the f32 products
+     * (errors of f32 sums, far below the bf16 mode's) */
+    {
+        CHECK(be1.matmul_f32 != NULL && be1.matmul_bwd_f32 != NULL);
+        struct lmc_linear L = {.format = LMC_WFMT_DENSE, .w = {LMC_DTYPE_F32, N, K, w}, .bias = bias};
+        float *dwf = calloc((size_t)(N * K), 4), *dbf = calloc((size_t)N, 4), *dxf = malloc((size_t)(M * K) * 4);
+        struct lmc_linear D = {.format = LMC_WFMT_DENSE, .w = {LMC_DTYPE_F32, N, K, dwf}, .bias = dbf};
+        const struct lmc_linear *Lp = &L, *Dp = &D;
+        float *yf = malloc((size_t)(M * N) * 4);
+        const float *dyp = dy;
+        lmc_linear_fwd_f32(&be1, 1, &Lp, &yf, x, M);
+        lmc_linear_bwd_f32(&be1, 1, &Lp, &Dp, dxf, &dyp, x, M, false);
+        double ey = 0, eb = 0, edx = 0, edw = 0;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                double t = bias[n];
+                for (int64_t k = 0; k < K; k++) t += (double)x[m * K + k] * w[n * K + k];
+                ey = fmax(ey, fabs(t - yf[m * N + n]));
+                eb = fmax(eb, fabs(t - o1.y[m * N + n]));
+            }
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < K; k++) {
+                double t = 0;
+                for (int64_t n = 0; n < N; n++) t += (double)dy[m * N + n] * w[n * K + k];
+                edx = fmax(edx, fabs(t - dxf[m * K + k]));
+            }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                double t = 0;
+                for (int64_t m = 0; m < M; m++) t += (double)dy[m * N + n] * x[m * K + k];
+                edw = fmax(edw, fabs(t - dwf[n * K + k]));
+            }
+        CHECK_MSG(ey < 1e-5 && edx < 1e-5 && edw < 1e-4 && eb > 1e-4,
+                  "linear f32 in the bf16 mode: y %.3g (bf16 matmul %.3g) dx %.3g dw %.3g", ey, eb, edx, edw);
+        free(dwf), free(dbf), free(dxf), free(yf);
+    }
     /* off: the fp32 ops again (their matmul error is far below bf16's) */
     CHECK(lmc_backend_cpu_set_train_bf16(&be1, false, &err) == LMC_OK);
+    CHECK(be1.matmul_f32 == NULL && be1.matmul_bwd_f32 == NULL);
     run_ops(&be1, M, N, K, N2, V, x, w, w2, bias, dy, dy2, wc, tg, &o2);
     double e = 0;
     for (int64_t m = 0; m < M; m++)

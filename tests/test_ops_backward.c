@@ -152,6 +152,33 @@ static void test_rope(struct lmc_backend *be) {
     free(t.x); free(t.r); free(d);
 }
 
+/* Rows with repeated positions (a batch of sequences) go through the
+ * backend's cos/sin table (ops/cpu/rope.c): the same bits as one row at a
+ * time (no table), forward and backward; new frequencies or scale at the
+ * same address are seen (the table is keyed by value). */
+static void test_rope_table(struct lmc_backend *be) {
+    enum { M = 40, H = 2, HD = 12, ROT = 8 };
+    int32_t pos[M];
+    double inv[ROT / 2];
+    for (int m = 0; m < M; m++) pos[m] = (m * 5) % 7;
+    double *xd = drand_vec(M * H * HD, 1);
+    float *x0 = to_f32(xd, M * H * HD), *a = malloc(sizeof(float) * M * H * HD), *b = malloc(sizeof(float) * M * H * HD);
+    for (int round = 0; round < 3; round++) {
+        float sc = round == 2 ? 0.75f : 1.0f;
+        for (int i = 0; i < ROT / 2; i++) inv[i] = 1.0 / pow(round ? 50.0 : 10000.0, (double)(2 * i) / ROT);
+        for (int bwd = 0; bwd < 2; bwd++) {
+            void (*op)(void *, float *, int64_t, int64_t, int64_t, int64_t, const int32_t *, const double *, float) =
+                bwd ? be->rope_bwd : be->rope;
+            memcpy(a, x0, sizeof(float) * M * H * HD);
+            memcpy(b, x0, sizeof(float) * M * H * HD);
+            op(be->ctx, a, M, H, HD, ROT, pos, inv, sc);
+            for (int m = 0; m < M; m++) op(be->ctx, b + m * H * HD, 1, H, HD, ROT, pos + m, inv, sc);
+            CHECK_MSG(!memcmp(a, b, sizeof(float) * M * H * HD), "rope table round %d %s", round, bwd ? "bwd" : "fwd");
+        }
+    }
+    free(xd); free(x0); free(a); free(b);
+}
+
 /* ---- attention ---- */
 struct at { int64_t B, T, H, KV, hd, win; double sc, *q, *k, *v, *r; };
 static double at_loss(void *p) {
@@ -358,6 +385,7 @@ int main(void) {
     test_norm(&be, 0);
     test_norm(&be, 1);
     test_rope(&be);
+    test_rope_table(&be);
     test_attention(&be, 0);
     test_attention(&be, 3);
     test_elementwise(&be);

@@ -1,5 +1,6 @@
 /* ffn_moe.c — the mixture-of-experts feed-forward part (lmc_ffn_moe): a
- * router linear (num_experts rows), softmax over the experts, the top-k
+ * router linear (num_experts rows; its products in f32 even in a
+ * mixed-precision training mode, lmc_linear_fwd_f32), softmax over the experts, the top-k
  * experts per token (ties to the lower index, as torch.topk), their
  * probabilities renormalised when the config says so (norm_topk_prob;
  * always in Mixtral), and SwiGLU experts. Tokens are grouped by expert (a
@@ -229,7 +230,7 @@ static void moe_fwd_rows(const struct lmc_run *r, int64_t l, const struct lmc_bl
     struct moe_save s;
     carve(c, n, save, &s);
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER];
-    if (n > 0) lmc_linear_fwd(be, 1, &R, &s.rt.probs, h, n);
+    if (n > 0) lmc_linear_fwd_f32(be, 1, &R, &s.rt.probs, h, n); /* routing in f32 in every precision */
     int64_t off[MAX_E + 1]; /* host copy of s.rt.off (not made on the device-offset path) */
     bool dev = !W->ep && !r->moe && n > 0 && dev_grouped(be, W->experts, E, n * k);
     be->moe_route(be->ctx, &s.rt, dev ? NULL : off, n, E, k, c->norm_topk_prob);
@@ -305,7 +306,7 @@ static void moe_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     if (n > 0) be->moe_gather_bwd(be->ctx, dh, dox, s.rt.row, n, k, C);
     const struct lmc_linear *R = &W->lin[LMC_L_ROUTER], *GR = &G->lin[LMC_L_ROUTER];
     const float *dl = dlog;
-    lmc_linear_bwd(be, 1, &R, &GR, dh, &dl, h, n, true);
+    lmc_linear_bwd_f32(be, 1, &R, &GR, dh, &dl, h, n, true);
     if (SI <= 0) return;
     /* shared expert: y += sig(l) so */
     const struct lmc_linear *D = &W->lin[LMC_L_DOWN], *GD = &G->lin[LMC_L_DOWN];

@@ -288,3 +288,33 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
         tp_sum(L[0], dx, M * L[0]->w.cols);
     }
 }
+
+/* The backend with its matmul entries swapped for their f32 twins (the
+ * fused multi entries dropped: they belong to the rounded mode). */
+static const struct lmc_backend *f32_twin(const struct lmc_backend *be, struct lmc_backend *tmp) {
+    if (!be->matmul_f32 && !be->matmul_bwd_f32) return be;
+    *tmp = *be;
+    if (be->matmul_f32) {
+        tmp->matmul = be->matmul_f32;
+        tmp->matmul_multi = NULL;
+        tmp->matmul_add = NULL;
+    }
+    if (be->matmul_bwd_f32) {
+        tmp->matmul_bwd = be->matmul_bwd_f32;
+        tmp->matmul_bwd_multi = NULL;
+    }
+    return tmp;
+}
+
+void lmc_linear_fwd_f32(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                        float *const *y, const float *x, int64_t M) {
+    struct lmc_backend tmp;
+    lmc_linear_fwd(f32_twin(be, &tmp), k, L, y, x, M);
+}
+
+void lmc_linear_bwd_f32(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                        const struct lmc_linear *const *D, float *dx, const float *const *dy,
+                        const float *x, int64_t M, bool accum_dx) {
+    struct lmc_backend tmp;
+    lmc_linear_bwd(f32_twin(be, &tmp), k, L, D, dx, dy, x, M, accum_dx);
+}

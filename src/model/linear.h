@@ -134,5 +134,15 @@ void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear
 void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
                     const struct lmc_linear *const *D, float *dx, const float *const *dy,
                     const float *x, int64_t M, bool accum_dx);
+/* lmc_linear_fwd / lmc_linear_bwd with the products in f32 even under a
+ * mixed-precision training mode (through the backend's matmul_f32 /
+ * matmul_bwd_f32 when it has them; else the same as the plain calls).
+ * MoE routers use them: bf16-rounded router logits send tokens to other
+ * experts, and the gradients then point elsewhere. */
+void lmc_linear_fwd_f32(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                        float *const *y, const float *x, int64_t M);
+void lmc_linear_bwd_f32(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                        const struct lmc_linear *const *D, float *dx, const float *const *dy,
+                        const float *x, int64_t M, bool accum_dx);
 
 #endif

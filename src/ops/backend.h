@@ -212,6 +212,15 @@ struct lmc_backend {
     void (*matmul_bwd_multi)(void *ctx, int n, float *dx, float *const *dw, float *const *db,
                              const float *const *dy, const float *x, int64_t M,
                              const struct lmc_mat *const *w, int accum_dx);
+    /* Optional: the f32 twins of matmul and matmul_bwd (same contracts)
+     * while a mixed-precision training mode rounds the operands of those
+     * (the CPU's bf16 mode); NULL when matmul / matmul_bwd are f32
+     * already. Linears that must stay exact (MoE routers: lmc_linear_*_f32
+     * in model/linear.h) run through them. */
+    void (*matmul_f32)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                       const float *bias);
+    void (*matmul_bwd_f32)(void *ctx, float *dx, float *dw, float *db, const float *dy, const float *x,
+                           int64_t M, const struct lmc_mat *w, int accum_dx);
     /* dtable(rows, C) += dy(n, C) scattered by ids (rows in range). */
     void (*embed_bwd)(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
                       int64_t C);

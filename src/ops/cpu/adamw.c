@@ -63,8 +63,28 @@ void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
     }
 }
 
+struct adamw_job {
+    float *p, *m, *v;
+    const float *g;
+    int64_t n, n_tasks;
+    const struct lmc_adamw_step *s;
+};
+
+static void adamw_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct adamw_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
+    if (hi > lo) lmc_adamw_apply(j->p + lo, j->g + lo, j->m + lo, j->v + lo, hi - lo, j->s);
+}
+
+/* element-wise, so any split of the elements among threads gives the same bits */
 void lmc_cpu_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
                    const struct lmc_adamw_step *s) {
-    (void)ctx;
-    lmc_adamw_apply(p, g, m, v, n, s);
+    struct lmc_cpu_ctx *c = ctx;
+    if (n <= 0) return;
+    struct adamw_job j = {p, m, v, g, n, 1, s};
+    j.n_tasks = lmc_cpu_ntasks(c, n, 1 << 15, 1);
+    if (j.n_tasks == 1) lmc_adamw_apply(p, g, m, v, n, s);
+    else lmc_pool_run(c->pool, j.n_tasks, adamw_task, &j);
 }

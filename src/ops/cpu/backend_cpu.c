@@ -138,6 +138,10 @@ lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_e
     be->matmul_bwd = on ? lmc_cpu_matmul_bwd_bf16 : lmc_cpu_matmul_bwd;
     be->matmul_bwd_multi = on ? lmc_cpu_matmul_bwd_multi_bf16 : lmc_cpu_matmul_bwd_multi;
     be->classifier_xent = on ? lmc_cpu_classifier_xent_bf16 : lmc_cpu_classifier_xent;
+    be->attention_train = on ? lmc_cpu_attention_train_bf16 : lmc_cpu_attention_train;
+    be->attention_bwd = on ? lmc_cpu_attention_bwd_bf16 : lmc_cpu_attention_bwd;
+    be->matmul_f32 = on ? lmc_cpu_matmul : NULL;
+    be->matmul_bwd_f32 = on ? lmc_cpu_matmul_bwd : NULL;
     return LMC_OK;
 }
 
@@ -153,6 +157,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     free(c->qctx);
     free(c->qscratch);
     free(c->qf_buf);
+    lmc_cpu_rope_tab_free(c);
     free(c);
     memset(be, 0, sizeof *be);
 }

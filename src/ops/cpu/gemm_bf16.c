@@ -97,14 +97,15 @@ static void gb_pack(uint32_t *d, int R, const float *src, int64_t si, int64_t sk
 #ifdef GB_X86
 /* gb_pack with the CPU's conversion (vcvtne2ps2bf16: round to nearest
  * even like lmc_f32_to_bf16; denormals flushed, as vdpbf16ps does to its
- * inputs anyway) for full panels (n == R): lines of contiguous K (sk == 1)
+ * inputs anyway): full panels (n == R) of lines of contiguous K (sk == 1)
  * by 8x8 transposes of pair words, 8 lines at a time; contiguous lines
- * (si == 1) by interleaving the halves of two converted K rows. The rest
+ * (si == 1, edge panels too) by interleaving the halves of two converted
+ * K rows. The rest
  * (other strides, the odd K tail) goes to gb_pack. */
 GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
 gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n, int64_t kc) {
     int64_t kf = kc / 2;
-    if (n < R || (sk != 1 && si != 1) || kf == 0) {
+    if ((n < R && si != 1) || (sk != 1 && si != 1) || kf == 0) {
         gb_pack(d, R, src, si, sk, n, kc);
         return;
     }
@@ -142,7 +143,8 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
         }
         return;
     }
-    /* si == 1: word i of pair p = (bf16(row 2p)[i], bf16(row 2p+1)[i]) */
+    /* si == 1: word i of pair p = (bf16(row 2p)[i], bf16(row 2p+1)[i]);
+     * lines i >= n (an edge panel) load as zeros */
     static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
     const __m512i il = _mm512_loadu_si512((const void *)ilv);
@@ -151,13 +153,15 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
         uint32_t *o = d + p * R;
         for (int i = 0; i < R; i += 16) {
             __mmask16 m = R - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (R - i)) - 1);
-            __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, s1 + i),
-                                                     _mm512_maskz_loadu_ps(m, s0 + i));
+            int64_t v = n - i;
+            __mmask16 ml = v >= 16 ? m : v <= 0 ? (__mmask16)0 : (__mmask16)(m & ((1u << v) - 1));
+            __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1 + i),
+                                                     _mm512_maskz_loadu_ps(ml, s0 + i));
             _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(il, x));
         }
     }
     if (kf * 2 < kc)
-        for (int i = 0; i < R; i++) d[kf * R + i] = gb_pair(src[2 * kf * sk + i], 0.0f);
+        for (int i = 0; i < R; i++) d[kf * R + i] = i < n ? gb_pair(src[2 * kf * sk + i], 0.0f) : 0;
 }
 #endif
 
@@ -217,9 +221,17 @@ GB_TARGET static void gb_micro_avx512(int64_t kp, const uint32_t *a, const uint3
 }
 #endif
 
+/* B's packed words (K pairs of all of K) and the offset of block (jc, pc)
+ * in a whole pre-packed B: blocks by jc, then pc; panels by jr inside. */
+static int64_t gb_kp_total(int64_t K) {
+    int64_t kcm = gb_kc(K), t = 0;
+    for (int64_t pc = 0; pc < K; pc += kcm) t += (LMC_MIN(kcm, K - pc) + 1) / 2;
+    return t;
+}
+
 static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
-                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc,
-                   bool accum, void *ws) {
+                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, const uint32_t *bpre, float *C,
+                   int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accum)
@@ -229,15 +241,19 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
     const int64_t kcm = gb_kc(K), kpm = kcm / 2;
     const int64_t ncm = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
     uint32_t *bp = ws, *ap = bp + (ncm * kpm + 15) / 16 * 16;
+    const int64_t KP = bpre ? gb_kp_total(K) : 0;
     float tile[GB_MR * GB_NR];
     for (int64_t jc = 0; jc < N; jc += GB_NC) {
-        int64_t nc = LMC_MIN(GB_NC, N - jc);
+        int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
         for (int64_t pc = 0; pc < K; pc += kcm) {
             int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
             bool load_c = accum || pc > 0;
-            for (int64_t jr = 0; jr < nc; jr += GB_NR)
-                pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
-                        LMC_MIN(GB_NR, nc - jr), kc);
+            if (bpre)
+                bp = (uint32_t *)bpre + jc * KP + ncp * (pc / 2);
+            else
+                for (int64_t jr = 0; jr < nc; jr += GB_NR)
+                    pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
+                         LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
                 for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -267,7 +283,7 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
@@ -281,5 +297,53 @@ void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
         pack = gb_pack_avx512;
     }
 #endif
-    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+}
+
+/* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
+
+size_t lmc_cpu_gemm_bf16_bpack_words(int64_t N, int64_t K) {
+    if (N <= 0 || K <= 0) return 0;
+    return (size_t)((N + GB_NR - 1) / GB_NR * GB_NR * gb_kp_total(K));
+}
+
+int64_t lmc_cpu_gemm_bf16_bpack_panels(int64_t N, int64_t K) {
+    if (N <= 0 || K <= 0) return 0;
+    int64_t kcm = gb_kc(K);
+    return (N + GB_NR - 1) / GB_NR * ((K + kcm - 1) / kcm);
+}
+
+void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B, int64_t b_sk, int64_t b_sn,
+                             int64_t p0, int64_t p1) {
+    if (N <= 0 || K <= 0) return;
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
+#endif
+    const int64_t kcm = gb_kc(K), KP = gb_kp_total(K);
+    int64_t idx = 0; /* panels in (jc, pc, jr) order */
+    for (int64_t jc = 0; jc < N; jc += GB_NC) {
+        int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
+        for (int64_t pc = 0; pc < K; pc += kcm) {
+            int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
+            uint32_t *bp = dst + jc * KP + ncp * (pc / 2);
+            for (int64_t jr = 0; jr < nc; jr += GB_NR, idx++)
+                if (idx >= p0 && idx < p1)
+                    pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
+                         LMC_MIN(GB_NR, nc - jr), kc);
+        }
+    }
+}
+
+void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                          const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws) {
+    gb_micro_fn micro = gb_micro_portable;
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        micro = gb_micro_avx512;
+        pack = gb_pack_avx512;
+    }
+#endif
+    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }

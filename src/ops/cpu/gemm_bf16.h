@@ -27,6 +27,18 @@ void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws);
 
+/* B packed once for several calls (threads splitting M share it): the
+ * words a whole packed B(K, N) takes, its panel count, and the packing of
+ * panels [p0, p1) into dst (64-byte aligned; callers split the panels
+ * among threads). lmc_cpu_gemm_bf16_pb is lmc_cpu_gemm_bf16 with such a B
+ * (the same sums, so the same bits). */
+size_t lmc_cpu_gemm_bf16_bpack_words(int64_t N, int64_t K);
+int64_t lmc_cpu_gemm_bf16_bpack_panels(int64_t N, int64_t K);
+void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B, int64_t b_sk, int64_t b_sn,
+                             int64_t p0, int64_t p1);
+void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                          const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws);
+
 /* The same with the portable kernel forced (tests compare the two). */
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
@@ -48,5 +60,16 @@ void lmc_cpu_matmul_bwd_multi_bf16(void *ctx, int n, float *dx, float *const *dw
 void lmc_cpu_classifier_xent_bf16(void *ctx, float *loss, float *dh, float *dw, const float *h,
                                   const struct lmc_mat *w, const int32_t *targets, int64_t M,
                                   float dscale);
+
+/* Training attention in the bf16 mode (attention_bf16.c): backend.h's
+ * attention_train / attention_bwd contracts, the products through the
+ * bf16 GEMM. */
+void lmc_cpu_attention_train_bf16(void *ctx, float *out, float *lse, const float *q, const float *k,
+                                  const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                                  int64_t hd, float scale, int64_t window);
+void lmc_cpu_attention_bwd_bf16(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                                const float *out, const float *lse, const float *q, const float *k,
+                                const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
+                                int64_t hd, float scale, int64_t window);
 
 #endif

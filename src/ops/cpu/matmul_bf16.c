@@ -59,6 +59,7 @@ struct mmb_bwd_job {
     float *dw[MMB_MAX], *db[MMB_MAX];
     const float *dy[MMB_MAX], *w[MMB_MAX];
     const float *x;
+    uint32_t *xp; /* x packed once as the dw products' B (lmc_cpu_gemm_bf16_bpack) */
     int64_t N[MMB_MAX], start[MMB_MAX + 1];
     int64_t M, K, n_tasks;
     int accum_dx;
@@ -85,8 +86,8 @@ static void mmb_dw_task(void *arg, int64_t t, int thread) {
         if (b <= a) continue;
         int64_t N = j->N[i];
         if (j->dw[i])
-            lmc_cpu_gemm_bf16(b - a, j->K, j->M, j->dy[i] + a, 1, N, j->x, j->K, 1, j->dw[i] + a * j->K,
-                              j->K, true, j->c->scratch[thread]);
+            lmc_cpu_gemm_bf16_pb(b - a, j->K, j->M, j->dy[i] + a, 1, N, j->xp, j->dw[i] + a * j->K, j->K, true,
+                                 j->c->scratch[thread]);
         if (j->db[i])
             for (int64_t col = a; col < b; col++) {
                 double s = 0;
@@ -94,6 +95,15 @@ static void mmb_dw_task(void *arg, int64_t t, int thread) {
                 j->db[i][col] += (float)s;
             }
     }
+}
+
+/* panels [lo, hi) of the packed x */
+static void mmb_xpack_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mmb_bwd_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(lmc_cpu_gemm_bf16_bpack_panels(j->K, j->M), j->n_tasks, t, 1, &lo, &hi);
+    lmc_cpu_gemm_bf16_bpack(j->xp, j->K, j->M, j->x, j->K, 1, lo, hi);
 }
 
 static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
@@ -109,6 +119,12 @@ static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
     bool any = false;
     for (int i = 0; i < j->n; i++) any = any || j->dw[i] || j->db[i];
     if (!any) return;
+    /* x (M, K) packed once, every task's and every product's B */
+    lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_bf16_bpack_words(j->K, j->M));
+    j->xp = (uint32_t *)c->xbuf;
+    int64_t np = lmc_cpu_gemm_bf16_bpack_panels(j->K, j->M);
+    j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, np * 4096, 8192, 1), np);
+    lmc_pool_run(c->pool, j->n_tasks, mmb_xpack_task, j);
     j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (Nt + 7) / 8);
     lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws(LMC_MIN(Nmax, (Nt + j->n_tasks - 1) / j->n_tasks + 8),
                                                     j->K, j->M));

@@ -35,7 +35,11 @@ struct lmc_cpu_ctx {
     size_t qscratch_cap;  /* bytes */
     float *qf_buf;        /* qmatmul_f: a dequantized tile and its product, grown to the largest step */
     size_t qf_cap;        /* floats */
+    struct lmc_cpu_rope_tab *rope_tab; /* rope: cos/sin per position of the last frequencies (rope.c) */
 };
+
+/* rope.c's table, freed with the context. */
+void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 
 /* Default gemm_min_m. With AVX-512 (+BW, VL) our own 4x4-blocked kernels
  * outrun the sgemm of the Debian OpenBLAS at every M measured (its Zen

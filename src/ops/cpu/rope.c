@@ -4,29 +4,99 @@
  * Dims past rot_dim are left as they are. */
 #include "ops/cpu/ops_cpu.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #define ROPE_CHUNK 64
+#define ROPE_TAB_MAX_POS 65536 /* positions the table may cover */
+
+/* cos/sin (times attn_scale) of positions [0, npos) for the frequencies
+ * freq[0..half) and scale it was built for: row p holds half cos values,
+ * then half sin values, the same floats the per-row formula gives. A
+ * training step calls rope with the same frequencies 4 times per layer;
+ * the table turns each call's M x half cos/sin pairs into lookups. */
+struct lmc_cpu_rope_tab {
+    double *freq;
+    float *cs;
+    int64_t half, npos;
+    float scale;
+};
+
+void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c) {
+    if (!c->rope_tab) return;
+    free(c->rope_tab->freq);
+    free(c->rope_tab->cs);
+    free(c->rope_tab);
+    c->rope_tab = NULL;
+}
+
+/* The table for these rows (NULL: compute per row). Built when the
+ * positions are non-negative, bounded and repeat (fewer distinct positions
+ * than rows: batches of sequences); kept while the frequencies and scale
+ * stay the same (compared by value, so a reused pointer cannot go stale). */
+static const float *rope_table(struct lmc_cpu_ctx *c, const int32_t *pos, int64_t M, int64_t half,
+                               const double *inv_freq, float scale) {
+    int32_t pmax = -1;
+    for (int64_t m = 0; m < M; m++) {
+        if (pos[m] < 0) return NULL;
+        pmax = pos[m] > pmax ? pos[m] : pmax;
+    }
+    if (pmax >= ROPE_TAB_MAX_POS || (int64_t)pmax + 1 > M / 2) return NULL;
+    struct lmc_cpu_rope_tab *t = c->rope_tab;
+    if (t && t->half == half && t->scale == scale && t->npos > pmax &&
+        !memcmp(t->freq, inv_freq, (size_t)half * sizeof *inv_freq))
+        return t->cs;
+    lmc_cpu_rope_tab_free(c);
+    int64_t npos = (int64_t)pmax + 1;
+    t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->freq = malloc((size_t)half * sizeof *t->freq);
+    t->cs = malloc((size_t)(npos * 2 * half) * sizeof *t->cs);
+    if (!t->freq || !t->cs) {
+        free(t->freq), free(t->cs), free(t);
+        return NULL;
+    }
+    memcpy(t->freq, inv_freq, (size_t)half * sizeof *inv_freq);
+    t->half = half, t->npos = npos, t->scale = scale;
+    for (int64_t p = 0; p < npos; p++)
+        for (int64_t i = 0; i < half; i++) {
+            double a = (double)p * inv_freq[i];
+            t->cs[p * 2 * half + i] = (float)(cos(a) * scale);
+            t->cs[p * 2 * half + half + i] = (float)(sin(a) * scale);
+        }
+    c->rope_tab = t;
+    return t->cs;
+}
 
 struct rope_job {
     float *x;
     int64_t M, n_heads, head_dim, rot_dim, n_tasks;
     const int32_t *pos;
     const double *inv_freq;
+    const float *tab; /* rope_table's, or NULL */
     float attn_scale;
 };
 
 static void rope_task(void *arg, int64_t t, int thread) {
+    (void)thread;
     const struct rope_job *j = arg;
     int64_t lo, hi, half = j->rot_dim / 2, row = j->n_heads * j->head_dim;
-    float cs[ROPE_CHUNK], sn[ROPE_CHUNK];
+    float cbuf[ROPE_CHUNK], sbuf[ROPE_CHUNK];
     lmc_cpu_range(j->M, j->n_tasks, t, 1, &lo, &hi);
     for (int64_t m = lo; m < hi; m++) {
         double p = (double)j->pos[m];
         for (int64_t i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
             int64_t n = LMC_MIN(ROPE_CHUNK, half - i0);
-            for (int64_t i = 0; i < n; i++) {
-                double a = p * j->inv_freq[i0 + i];
-                cs[i] = (float)(cos(a) * j->attn_scale);
-                sn[i] = (float)(sin(a) * j->attn_scale);
+            const float *cs = cbuf, *sn = sbuf;
+            if (j->tab) {
+                cs = j->tab + (int64_t)j->pos[m] * 2 * half + i0;
+                sn = cs + half;
+            } else {
+                for (int64_t i = 0; i < n; i++) {
+                    double a = p * j->inv_freq[i0 + i];
+                    cbuf[i] = (float)(cos(a) * j->attn_scale);
+                    sbuf[i] = (float)(sin(a) * j->attn_scale);
+                }
             }
             for (int64_t h = 0; h < j->n_heads; h++) {
                 float *x1 = j->x + m * row + h * j->head_dim + i0, *x2 = x1 + half;
@@ -54,7 +124,8 @@ void lmc_cpu_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0);
     if (M <= 0 || rot_dim == 0 || n_heads <= 0) return;
-    struct rope_job j = {x, M, n_heads, head_dim, rot_dim, 1, pos, inv_freq, attn_scale};
+    struct rope_job j = {x, M, n_heads, head_dim, rot_dim, 1, pos, inv_freq,
+                         rope_table(c, pos, M, rot_dim / 2, inv_freq, attn_scale), attn_scale};
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * n_heads * rot_dim, 8192, 1), M);
     lmc_pool_run(c->pool, j.n_tasks, rope_task, &j);
 }
@@ -63,14 +134,21 @@ void lmc_cpu_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_
  * The rotation is orthogonal (times attn_scale): its transpose rotates by
  * the opposite angle, (a, b) -> (a c + b s, b c - a s). */
 static void rope_bwd_task(void *arg, int64_t t, int thread) {
+    (void)thread;
     const struct rope_job *j = arg;
     int64_t lo, hi, half = j->rot_dim / 2, row = j->n_heads * j->head_dim;
     lmc_cpu_range(j->M, j->n_tasks, t, 1, &lo, &hi);
     for (int64_t m = lo; m < hi; m++) {
         double p = (double)j->pos[m];
+        const float *tr = j->tab ? j->tab + (int64_t)j->pos[m] * 2 * half : NULL;
         for (int64_t i = 0; i < half; i++) {
-            double a = p * j->inv_freq[i];
-            float cs = (float)(cos(a) * j->attn_scale), sn = (float)(sin(a) * j->attn_scale);
+            float cs, sn;
+            if (tr) {
+                cs = tr[i], sn = tr[half + i];
+            } else {
+                double a = p * j->inv_freq[i];
+                cs = (float)(cos(a) * j->attn_scale), sn = (float)(sin(a) * j->attn_scale);
+            }
             for (int64_t h = 0; h < j->n_heads; h++) {
                 float *x1 = j->x + m * row + h * j->head_dim + i, *x2 = x1 + half;
                 float da = *x1, db = *x2;
@@ -87,7 +165,8 @@ void lmc_cpu_rope_bwd(void *ctx, float *dx, int64_t M, int64_t n_heads, int64_t 
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0);
     if (M <= 0 || rot_dim == 0 || n_heads <= 0) return;
-    struct rope_job j = {dx, M, n_heads, head_dim, rot_dim, 1, pos, inv_freq, attn_scale};
+    struct rope_job j = {dx, M, n_heads, head_dim, rot_dim, 1, pos, inv_freq,
+                         rope_table(c, pos, M, rot_dim / 2, inv_freq, attn_scale), attn_scale};
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * n_heads * rot_dim, 8192, 1), M);
     lmc_pool_run(c->pool, j.n_tasks, rope_bwd_task, &j);
 }
