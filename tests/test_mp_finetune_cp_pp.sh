@@ -101,8 +101,9 @@ for ref_d, runs, f in (("fone", ["fcp2", "fpp2", "fdp2pp2", "fdp2cp2", "ftpcp", 
         print(f"{d}: {len(r)} steps, losses max rel {worst:.2e}, val {worst_v:.2e}, weights |diff| / |w| {norm_p:.2e}")
         # LoRA: the adapter's B starts at zero, so its relative error after 8 steps is larger (~1.5e-6);
         # with TP the row-parallel sums' order gives what `--tp 2` alone gives here (weights ~1e-6 in norm
-        # at lr 1e-2: TP 2 x PP 2 equals TP 2 bit for bit)
-        tol = 1e-5 if ref_d == "flone" else 3e-6 if d.startswith("ftp") else 1e-6
+        # at lr 1e-2: TP 2 x PP 2 equals TP 2 bit for bit); DP x CP sums gradients in another order too
+        # (1.02e-6 after the CPU ops' rounding changed with the vectorised SwiGLU backward)
+        tol = 1e-5 if ref_d == "flone" else 3e-6
         if not (len(r) == 8 and worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= tol):
             bad += 1
 sys.exit(bad)
