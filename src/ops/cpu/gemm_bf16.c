@@ -105,7 +105,10 @@ static void gb_pack(uint32_t *d, int R, const float *src, int64_t si, int64_t sk
 GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
 gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n, int64_t kc) {
     int64_t kf = kc / 2;
-    if ((n < R && si != 1) || (sk != 1 && si != 1) || kf == 0) {
+    /* edge panels (n < R) only through the line-contiguous path below: the
+     * K-contiguous one loads 8 whole lines (si == sk == 1 happens for a
+     * single line, and those loads would run past it) */
+    if ((n < R && (si != 1 || sk == 1)) || (sk != 1 && si != 1) || kf == 0) {
         gb_pack(d, R, src, si, sk, n, kc);
         return;
     }
