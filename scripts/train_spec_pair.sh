@@ -19,7 +19,8 @@
 # Usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]
 # env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), TARGET_STEPS (1500),
 #      DRAFT_LAYERS/HIDDEN/HEADS/INTER (2/128/4/384), TARGET_LAYERS/HIDDEN/HEADS/INTER
-#      (12/768/12/2048), GEN (64), ROUNDS (2), PROMPTS (8)
+#      (12/768/12/2048), GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
+#      EVAL_DEVICE (DEVICE; where the perplexities run)
 set -eu -o pipefail
 OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]}
 shift
@@ -61,11 +62,12 @@ if [ $MEASURE_ONLY = 0 ]; then
     finish "$(ls -d "$OUT"/target-run/step_* | sort | tail -1)" "$OUT/kjv-target"
   fi
 fi
-# ---- measure
+# ---- measure (MEASURE=0: stop after training; EVAL_DEVICE: where the perplexities run, default DEVICE)
+[ "${MEASURE:-1}" = 1 ] || exit 0
 echo "## validation perplexity (James..Revelation)"
 for m in "$BASE" "$OUT/kjv-draft" "$OUT/kjv-target"; do
   [ -d "$m" ] || continue
-  printf '%s: ' "$m"; "$LMC" eval -m "$m" --text-file "$OUT/kjv-val.txt" --device "$DEVICE" --json | tr -d '\n'; echo
+  printf '%s: ' "$m"; "$LMC" eval -m "$m" --text-file "$OUT/kjv-val.txt" --device "${EVAL_DEVICE:-$DEVICE}" --json | tr -d '\n'; echo
 done
 python3 - "$LMC" "$DEVICE" "$THREADS" "$GEN" "$ROUNDS" "$NPROMPTS" "$BASE" "$OUT" <<'PY'
 import os, re, statistics, subprocess, sys

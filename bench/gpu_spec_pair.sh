@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# gpu_spec_pair.sh — issue 17's target/draft pair, made and timed in one
+# device call: the ~91M KJV target (scripts/train_spec_pair.sh --target,
+# the default model as its draft) trains on the GPU, its validation
+# perplexity runs there, and then the speculative-decoding speed is
+# measured on that machine's CPU pinned to CPUS (default two cores, the
+# others idle, so the timing is quiet):
+#   1. `lmc generate` plain / --draft-model / --prompt-lookup on KJV
+#      prompts (scripts/train_spec_pair.sh --measure-only);
+#   2. the server against llama.cpp's server with the same pair
+#      (bench/spec_pair_cpu.py; llama.cpp binaries from LLAMA_BIN, e.g.
+#      a copy of ../shared/tools/build-llamacpp-peer.sh's bin/ carried
+#      as .peer/bin).
+# Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_spec_pair.sh
+# env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), TARGET_STEPS (1500),
+#      W (build-dev/spec-pair: kept on a warm machine; training is
+#      skipped when W/kjv-target exists), SKIP_SERVER (0)
+set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 1
+T0=$(date +%s)
+OUT=${OUT:-/tmp/lmc-gpu-out}; CPUS=${CPUS:-0,1}; LLAMA_BIN=${LLAMA_BIN:-.peer/bin}
+B=build-dev; W=${W:-$B/spec-pair}
+mkdir -p "$OUT"
+export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps}
+say() { echo "$*" | tee -a "$OUT/summary.md"; }
+say "# gpu_spec_pair $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader)," \
+    "cpu $(lscpu | sed -n 's/^Model name: *//p'), pinned to $CPUS"
+cmake -S . -B $B -DLMC_WERROR=ON >"$OUT/build.log" 2>&1 && make -C $B -j16 lmc_cli lmc_cuda >>"$OUT/build.log" 2>&1 ||
+  { tail -40 "$OUT/build.log"; exit 1; }
+say "build ok ($(($(date +%s) - T0)) s)"
+if [ ! -d "$W/kjv-target" ]; then
+  MEASURE=0 LMC=$B/lmc THREADS=16 TARGET_STEPS=${TARGET_STEPS:-1500} \
+    scripts/train_spec_pair.sh "$W" --device cuda --target >"$OUT/train.log" 2>&1 ||
+    { tail -30 "$OUT/train.log"; exit 1; }
+  say "trained ($(($(date +%s) - T0)) s): $(grep -h 'val' "$W"/target-run/metrics.jsonl 2>/dev/null | tail -1)"
+fi
+rm -rf "$W/kjv-draft"   # only the target pair (target + the default model as draft) is timed
+say "## lmc generate, greedy, 2 threads on CPUs $CPUS"
+EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
+  taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>"$OUT/measure.err" | tee -a "$OUT/summary.md"
+say "measured ($(($(date +%s) - T0)) s)"
+if [ "${SKIP_SERVER:-0}" = 0 ]; then
+  say "## lmc serve vs llama-server, the same pair, 2 threads on CPUs $CPUS"
+  LD_LIBRARY_PATH=$PWD/$LLAMA_BIN taskset -c "$CPUS" python3 bench/spec_pair_cpu.py $B/lmc "$LLAMA_BIN" \
+    "$W/kjv-target" models/kjv-llama --levels 1,4 --threads 2 --gguf-dir "$W/gguf" 2>"$OUT/server.err" |
+    tee -a "$OUT/summary.md"
+  say "done ($(($(date +%s) - T0)) s)"
+fi
