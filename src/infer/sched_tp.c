@@ -106,7 +106,7 @@ lmc_status lmc_sched_follow(const struct lmc_model *m, const struct lmc_backend 
         st->steps++;
         st->tokens += h[1];
         st->copies += h[5];
-        if (!s && g->st) {
+        if (!s && g && g->st) {
             s = g->st;
             *err = g->err;
         }
