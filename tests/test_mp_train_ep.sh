@@ -4,7 +4,9 @@
 # (accumulation 2, clipping, warmup + cosine, validation every 6) of
 # mixtral-tiny (4 experts) at EP 2 and EP 4, and of qwen3moe-tiny (8
 # experts, --router-aux-coef 0.05 so the load-balancing loss trains, layers
-# recomputed) at EP 2 and EP 4, give the one-process run with the same
+# recomputed) at EP 2 and EP 4, and a Mixtral-shape model from scratch
+# (--arch mixtral, 8 experts: each rank draws the one-process values and
+# keeps its part) at EP 2, give the one-process run with the same
 # global batch: losses, validation losses and the aux loss within 1e-6
 # relative, the expert-load metrics equal, the checkpoint's weights within
 # 1e-6 in relative norm and 2e-5 of the largest weight element-wise (rank 0
@@ -34,6 +36,7 @@ S="--data $TMP/data --seq 16 --steps 12 --lr 3e-3 --warmup 2 --clip 0.5 --accum 
    --eval-every 6 --eval-batches 2"
 MX="$S -m $FX/mixtral-tiny"
 QW="$S -m $FX/qwen3moe-tiny --router-aux-coef 0.05 --recompute"
+SC="$S --arch mixtral --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 48"
 # run W OUT ARGS...: W ranks of lmc train meet at a free port; rank r's stderr in OUT.r<r>
 run() {
   local W=$1 out=$2; shift 2
@@ -79,6 +82,8 @@ grep -q "expert parallel x data parallel over 2 ranks, global batch 4 x 16 x 2 a
 "$LMC" train $QW --batch 4 -o "$TMP/qw1" 2>"$TMP/err"; ok $? "qwen3moe one process: $(tail -3 "$TMP/err")"
 mrun 2 qw2 $QW --batch 2 --ep 2; ok $? "qwen3moe --ep 2 (mpi $MPI): $(tail -n 3 "$TMP"/qw2.r*)"
 run 4 qw4 $QW --batch 1 --ep 4; ok $? "qwen3moe --ep 4: $(tail -n 3 "$TMP"/qw4.r*)"
+"$LMC" train $SC --batch 4 -o "$TMP/sc1" 2>"$TMP/err"; ok $? "from scratch one process: $(tail -3 "$TMP/err")"
+run 2 sc2 $SC --batch 2 --ep 2; ok $? "from scratch --ep 2: $(tail -n 3 "$TMP"/sc2.r*)"
 # stopped at 6 and resumed at EP 2, and by one process (global batch 4)
 run 2 rs $MX --batch 2 --ep 2 --stop-at 6; ok $? "mixtral --ep 2 stop at 6: $(tail -n 3 "$TMP"/rs.r*)"
 mkdir -p "$TMP/rs1" && cp -r "$TMP/rs/step_000006" "$TMP/rs1/" && cp "$TMP/mx1/metrics.jsonl" "$TMP/rs1/"
@@ -104,7 +109,7 @@ def params(d, name="model.safetensors"):
         s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
     return out
 bad = 0
-for ref, runs in (("mx1", ["mx2", "mx4", "rs1"]), ("qw1", ["qw2", "qw4"])):
+for ref, runs in (("mx1", ["mx2", "mx4", "rs1"]), ("qw1", ["qw2", "qw4"]), ("sc1", ["sc2"])):
     R, P, O = rows(ref), params(ref), params(ref, "optimizer.safetensors")
     assert len(R) == 12 and any(k.find(".experts.3.") > 0 for k in P), ref
     for d in runs:

@@ -331,7 +331,9 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     const char *wdir = full && resume ? resume : cc.model_dir; /* --full --resume: the checkpoint's weights */
-    if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
+    /* --ep: the layout only; each rank reads its part of the folder (lmc_trainer_ep_shard) */
+    if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
+        : qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
     }
@@ -351,11 +353,16 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_tm = true;
     }
-    if (ep > 1) { /* this rank's experts; with --resume the full model is kept until its moments are cut */
+    if (ep > 1) { /* this rank's experts; with --resume the full layout is kept until its moments are cut */
         full_tm = tm;
         have_full = true;
         have_tm = false;
-        lmc_status es = lmc_trainer_ep_shard(&tm, &eps_state, &full_tm, &comm, &be, &err);
+        struct lmc_tmodel_src esrc;
+        lmc_status es = lmc_tmodel_src_dir(&esrc, &full_tm, wdir, &err);
+        if (!es) {
+            es = lmc_trainer_ep_shard(&tm, &eps_state, &full_tm, &esrc, &comm, &be, &err);
+            lmc_tmodel_src_free(&esrc);
+        }
         if (!resume || es) {
             lmc_tmodel_free(&full_tm);
             have_full = false;

@@ -250,7 +250,7 @@ int cmd_train(int argc, char **argv) {
     bool have_tm = false, have_be = false, have_tr = false, bf16 = false;
     /* data parallel: the model is built without its arenas and each rank's
      * zero module fills only its shard from this source (lmc_tmodel_src) */
-    bool lazy = dist && mpn < 2 && ep < 2, have_src = false; /* not under --tp/--cp/--pp/--ep */
+    bool lazy = dist && mpn < 2, have_src = false; /* not under --tp/--cp/--pp; --ep: its shard from the source */
     struct lmc_tmodel_src src;
     /* data parallel on GPUs: an nccl communicator over the host one (which it keeps and frees) */
     struct lmc_comm ncomm, *dcomm = &comm;
@@ -357,12 +357,16 @@ int cmd_train(int argc, char **argv) {
         }
         have_tm = true;
     }
-    if (ep > 1) { /* this rank's experts; the full model kept until a resume has cut its moments */
+    if (ep > 1) { /* this rank's experts from the source; the full layout kept until a resume has cut its moments */
         full = tm;
         have_full = true;
         model_numel = full.numel;
         have_tm = false;
-        if (lmc_trainer_ep_shard(&tm, &ep_state, &full, &comm, &be, &err)) {
+        src.tm = &full; /* the source reads the full table where it now is */
+        lmc_status es = lmc_trainer_ep_shard(&tm, &ep_state, &full, &src, &comm, &be, &err);
+        lmc_tmodel_src_free(&src);
+        have_src = false;
+        if (es) {
             rc = cli_fail("train", &err);
             goto done;
         }

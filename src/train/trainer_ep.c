@@ -22,6 +22,8 @@ struct lmc_trainer_ep {
     struct lmc_ep_group g;
 };
 
+static void put(const struct lmc_backend *be, float *arena, int64_t off, const float *host, int64_t n);
+
 struct lmc_ep_group *lmc_trainer_ep_group(struct lmc_trainer *tr) { return tr->ep ? &tr->ep->g : NULL; }
 
 void lmc_trainer_ep_free_state(struct lmc_trainer_ep *e) {
@@ -38,7 +40,8 @@ void lmc_trainer_ep_free(struct lmc_trainer *tr) {
 }
 
 lmc_status lmc_trainer_ep_shard(struct lmc_tmodel *shard, struct lmc_trainer_ep **out, const struct lmc_tmodel *full,
-                                struct lmc_comm *c, const struct lmc_backend *be, lmc_err *err) {
+                                struct lmc_tmodel_src *src, struct lmc_comm *c, const struct lmc_backend *be,
+                                lmc_err *err) {
     *out = NULL;
     memset(shard, 0, sizeof *shard);
     const struct lmc_config *cfg = &full->cfg;
@@ -51,11 +54,37 @@ lmc_status lmc_trainer_ep_shard(struct lmc_tmodel *shard, struct lmc_trainer_ep 
     if (!be->host_memory)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--ep: mixture-of-experts routing runs on the CPU backend only "
                            "so far (backend %s)", be->name);
+    if (!full->w && !src)
+        return lmc_err_set(err, LMC_ERR_ARG, "expert parallel: the model has no parameter arena and no source");
     struct lmc_trainer_ep *e = calloc(1, sizeof *e);
     if (!e) return lmc_err_set(err, LMC_ERR_OOM, "expert parallel: out of memory");
     e->c = c;
-    lmc_status s = lmc_ep_tmodel_shard(shard, &e->g, full, c, be, err);
+    lmc_status s = full->w ? lmc_ep_tmodel_shard(shard, &e->g, full, c, be, err)
+                           : lmc_ep_tmodel_init(shard, &e->g, &full->cfg, c, be, err);
     if (s) {
+        free(e);
+        return s;
+    }
+    /* without arenas: this rank's tensors from the source, in table order (a random source draws the
+     * other ranks' experts all the same, so every value is the one process's) */
+    int64_t most = 1;
+    for (int i = 0; i < shard->n_params; i++) most = LMC_MAX(most, shard->params[i].numel);
+    float *buf = full->w ? NULL : malloc(sizeof(float) * (size_t)most);
+    if (!full->w && !buf) s = lmc_err_set(err, LMC_ERR_OOM, "expert parallel: out of memory");
+    for (int i = 0; !full->w && !s && i < shard->n_params; i++) {
+        const struct lmc_tparam *p = &shard->params[i];
+        if (p->external) continue;
+        int f = lmc_tmodel_find(full, p->name);
+        if (f < 0 || full->params[f].numel != p->numel || full->params[f].transposed != p->transposed)
+            s = lmc_err_set(err, LMC_ERR_FORMAT, "expert parallel: the model has no tensor '%s' of %lld values",
+                            p->name, (long long)p->numel);
+        else if (!(s = lmc_tmodel_src_fill(src, full->params[f].off, p->numel, buf, err)))
+            put(be, shard->w, p->off, buf, p->numel);
+    }
+    free(buf);
+    if (s) {
+        lmc_tmodel_free(shard);
+        lmc_ep_group_free(&e->g);
         free(e);
         return s;
     }

@@ -24,12 +24,18 @@ struct lmc_trainer_ep;
 struct lmc_comm;
 
 /* *shard (new, on be) <- this rank's part of full (every tensor but the
- * other ranks' experts); *out (new) holds the expert group the shard's
+ * other ranks' experts): copied from full's arenas, or when full is a
+ * layout without arenas (lmc_tmodel_load_layout / init_layout) read from
+ * src (a source over full's table: a folder's mapped weights, of which
+ * only this rank's experts are read, or the random draws), so no rank
+ * holds the whole model. *out (new) holds the expert group the shard's
  * layers point to (give it to lmc_trainer_ep_attach, or free it with
  * lmc_trainer_ep_free_state). Refused: a dense model, N not dividing the
  * experts (LMC_ERR_ARG naming both). */
+struct lmc_tmodel_src;
 lmc_status lmc_trainer_ep_shard(struct lmc_tmodel *shard, struct lmc_trainer_ep **out, const struct lmc_tmodel *full,
-                                struct lmc_comm *c, const struct lmc_backend *be, lmc_err *err);
+                                struct lmc_tmodel_src *src, struct lmc_comm *c, const struct lmc_backend *be,
+                                lmc_err *err);
 void lmc_trainer_ep_free_state(struct lmc_trainer_ep *e);
 
 /* After lmc_trainer_init on the shard: tr takes e (also on failure).
@@ -49,7 +55,7 @@ lmc_status lmc_trainer_ep_save(const struct lmc_trainer *tr, const char *dir, co
                                const char *tok_dir, lmc_err *err);
 
 /* Resume from a consolidated (or one-process) checkpoint: full is the
- * model loaded from dir (the one the shard was cut from); this rank's
+ * model (or only its layout) of dir, the one the shard was cut from; this rank's
  * moments are cut from the checkpoint's as its weights were, the step and
  * the data position restored. */
 lmc_status lmc_trainer_ep_load_state(struct lmc_trainer *tr, const struct lmc_tmodel *full, const char *dir,
