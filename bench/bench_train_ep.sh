@@ -27,11 +27,11 @@ med() { # OUT: median tokens_per_s of steps 2..
 rss() { sed -n 's/^MAXRSS \([0-9]*\)/\1/p' "$1" | tail -1; }
 trss() { sed -n 's/.*peak resident \([0-9]*\) MiB training.*/\1/p' "$1" | tail -1; }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| round | run | tokens/s (median of steps 2-$STEPS) | peak RSS per process, MiB (whole run) | EP: peak RSS per rank before the checkpoint, MiB |"
+echo "| round | run | tokens/s (median of steps 2-$STEPS) | peak RSS per process, MiB (whole run) | peak RSS per process before the checkpoint, MiB |"
 echo "|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
   /usr/bin/time -f "MAXRSS %M" "$LMC" train $A --batch $((2 * B)) --threads 2 -o "$TMP/one$r" 2>"$TMP/one$r.err"
-  echo "| $r | one process, batch $((2 * B)), 2 threads | $(med "$TMP/one$r/metrics.jsonl") | $(( $(rss "$TMP/one$r.err") / 1024 )) | |"
+  echo "| $r | one process, batch $((2 * B)), 2 threads | $(med "$TMP/one$r/metrics.jsonl") | $(( $(rss "$TMP/one$r.err") / 1024 )) | $(trss "$TMP/one$r.err") |"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port /usr/bin/time -f "MAXRSS %M" \
     "$LMC" train $A --batch $B --threads 1 --ep 2 -o "$TMP/ep$r" 2>"$TMP/ep$r.r1" &

@@ -88,6 +88,17 @@ static int read_model_json(const char *path, struct lmc_config *c) {
 
 static bool is_tty(void) { return isatty(2); }
 
+/* This process's peak resident set (VmHWM) in MiB; 0 where /proc does not tell. */
+static double peak_rss_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kib = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return (double)kib / 1024.0;
+}
+
 static const char *ck_name(char *buf, size_t cap, const char *out, int64_t step) {
     snprintf(buf, cap, "%s/step_%06lld", out, (long long)step);
     return buf;
@@ -523,6 +534,7 @@ int cmd_train(int argc, char **argv) {
     double fpt = lmc_trainer_flops_per_token(&tr);
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
+    double train_rss = 0; /* the peak resident set before the first checkpoint */
     while (tr.step < end) {
         struct lmc_train_stats st;
         double t0 = lmc_time_now();
@@ -540,6 +552,7 @@ int cmd_train(int argc, char **argv) {
             break;
         }
         bool save = (save_every > 0 && tr.step % save_every == 0) || last;
+        if (save && train_rss == 0) train_rss = peak_rss_mib(); /* before the first save (--ep: rank 0 gathers) */
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
         if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
@@ -595,6 +608,12 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
+    if (!rc && have_tr && tr.ep) /* every rank: its resident memory (rank 0 holds the whole model while saving) */
+        fprintf(stderr, "lmc train: rank %d of %d (expert parallel): peak resident %.0f MiB training, %.0f MiB with "
+                        "the checkpoints\n", comm.rank, comm.world, train_rss, peak_rss_mib());
+    else if (!rc && have_tr && !dist)
+        fprintf(stderr, "lmc train: peak resident %.0f MiB training, %.0f MiB with the checkpoints\n", train_rss,
+                peak_rss_mib());
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
