@@ -58,8 +58,8 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
             "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n"
-            "             --ep N (with --full): expert parallel on N ranks (mixture of experts: each rank holds\n"
-            "             1/N of every layer's experts, data parallel over the rest; AdamW, CPU)\n");
+            "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
+            "             layer's experts and their adapters, data parallel over the rest; AdamW, CPU)\n");
 }
 
 struct src {
@@ -240,9 +240,14 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
     }
-    if (ep > 1 && (!full || qlora || tp > 1 || cp > 1 || pp > 1 || zero > 0)) {
-        fprintf(stderr, "lmc finetune: --ep trains all weights (--full) and runs alone with --zero 0 so far (not with "
-                        "adapters, --qlora, --tp, --cp, --pp or --zero 1-3)\n");
+    if (ep > 1 && (qlora || tp > 1 || cp > 1 || pp > 1 || zero > 0)) {
+        fprintf(stderr, "lmc finetune: --ep runs alone with --zero 0 so far (not with --qlora, --tp, --cp, --pp or "
+                        "--zero 1-3)\n");
+        return 2;
+    }
+    if (ep > 1 && !full && (save_every || resume)) {
+        fprintf(stderr, "lmc finetune: --ep with adapters writes the final adapter only so far (no --save-every / "
+                        "--resume checkpoints; --full has them)\n");
         return 2;
     }
     if (tp > 1 && !full) {
@@ -260,7 +265,7 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_sft_data d = {0}, vd = {0};
     struct lmc_backend be;
     struct lmc_tmodel tm;
-    struct lmc_lora lo = {0};
+    struct lmc_lora lo = {0}, lo_local = {0}; /* --ep: lo_local holds the modules this rank adapts */
     struct lmc_lora_train lt = {0};
     struct lmc_qlora ql = {0};
     struct lmc_trainer tr;
@@ -395,7 +400,8 @@ int cmd_finetune(int argc, char **argv) {
             rslora = lo.cfg.rslora;
             snprintf(lo.cfg.base_model, sizeof lo.cfg.base_model, "%s", cc.model_dir);
         }
-        if (ls || lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
+        if (ls || (ep > 1 ? lmc_trainer_ep_lora_attach(eps_state, &lt, &tm, &lo, &lo_local, &err)
+                          : lmc_lora_train_attach(&lt, &tm, &lo, &err))) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -580,19 +586,24 @@ int cmd_finetune(int argc, char **argv) {
         cli_fail("finetune", &err);
         goto done;
     }
-    if (tr.tp || tr.ep) { /* the shards / experts gathered to rank 0, which writes the consolidated model */
+    if (tr.tp || (tr.ep && full)) { /* the shards / experts gathered to rank 0, which writes the consolidated model */
         if (tr.tp ? lmc_trainer_tp_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)
                   : lmc_trainer_ep_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
     }
+    if (tr.ep && !full && /* every rank's adapters of its experts to rank 0 */
+        (lmc_lora_train_read(&lt, &tr.tm, &lo_local, &err) || lmc_trainer_ep_lora_gather(&tr, &lo, &err))) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
     if (!root) { /* the output: rank 0 */
         rc = 0;
         goto done;
     }
     if (!full) {
-        if (lmc_lora_train_read(&lt, &tr.tm, &lo, &err) ||
+        if ((!tr.ep && lmc_lora_train_read(&lt, &tr.tm, &lo, &err)) ||
             lmc_lora_save(&lo, out, &tr.tm.cfg, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
@@ -617,6 +628,7 @@ done:
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_lt) lmc_lora_train_free(&lt);
     lmc_qlora_free(&ql); /* after the model that points into it */
+    lmc_trainer_ep_lora_local_free(&lo_local); /* its modules' buffers are lo's */
     lmc_lora_free(&lo);
     if (have_be) cli_train_backend_free(&be);
     lmc_sft_free(&d);

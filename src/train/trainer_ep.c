@@ -7,6 +7,7 @@
 #include "train/trainer_ep.h"
 #include "train/trainer_internal.h"
 #include "train/checkpoint.h"
+#include "train/lora_train.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/ep_model.h"
@@ -99,8 +100,6 @@ lmc_status lmc_trainer_ep_attach(struct lmc_trainer *tr, struct lmc_trainer_ep *
                            lmc_optim_kind_name(tr->o.optim.kind));
     if (!tr->be->host_memory || !tr->m)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--ep: a host backend with the trainer's own AdamW moments");
-    if (tr->tm.trainable_off)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--ep: a frozen base (adapters) is not supported yet");
     lmc_status s = lmc_dist_check_same(e->c, "expert-parallel training configuration", desc, err);
     if (s) return s;
     tr->comm = e->c;
@@ -246,14 +245,55 @@ lmc_status lmc_trainer_ep_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
     return LMC_OK;
 }
 
-/* The rank owning parameter p (an expert's tensor: its index in the name), or -1 (replicated). */
-static int owner(const struct lmc_ep_group *g, const struct lmc_tparam *p) {
-    const char *x = strstr(p->name, ".experts.");
-    if (!x) return -1;
-    long long e = strtoll(x + 9, NULL, 10);
+/* The rank owning expert e. */
+static int owner_of(const struct lmc_ep_group *g, int64_t e) {
     for (int q = 0; q < g->c->world; q++)
         if (e >= g->first[q] && e < g->first[q + 1]) return q;
     return -1;
+}
+
+/* The rank owning parameter p (an expert's tensor: its index in the name), or -1 (replicated). */
+static int owner(const struct lmc_ep_group *g, const struct lmc_tparam *p) {
+    const char *x = strstr(p->name, ".experts.");
+    return x ? owner_of(g, strtoll(x + 9, NULL, 10)) : -1;
+}
+
+lmc_status lmc_trainer_ep_lora_attach(struct lmc_trainer_ep *e, struct lmc_lora_train *lt, struct lmc_tmodel *tm,
+                                      const struct lmc_lora *lo, struct lmc_lora *local, lmc_err *err) {
+    *local = *lo;
+    local->mods = malloc(sizeof *local->mods * (size_t)(lo->n_mods > 0 ? lo->n_mods : 1));
+    if (!local->mods) return lmc_err_set(err, LMC_ERR_OOM, "expert parallel: out of memory");
+    local->n_mods = 0;
+    for (int k = 0; k < lo->n_mods; k++) /* the layer linears, and this rank's experts' projections */
+        if (lo->mods[k].expert < 0 || owner_of(&e->g, lo->mods[k].expert) == e->c->rank)
+            local->mods[local->n_mods++] = lo->mods[k];
+    lmc_status s = lmc_lora_train_attach(lt, tm, local, err);
+    if (s) return s;
+    /* the attach bound the views again: the layers point at the group once more */
+    lmc_ep_weights_attach(&tm->W, tm->cfg.num_layers, &e->g);
+    lmc_ep_weights_attach(&tm->G, tm->cfg.num_layers, &e->g);
+    return LMC_OK;
+}
+
+void lmc_trainer_ep_lora_local_free(struct lmc_lora *local) {
+    free(local->mods);
+    memset(local, 0, sizeof *local);
+}
+
+lmc_status lmc_trainer_ep_lora_gather(const struct lmc_trainer *tr, struct lmc_lora *lo, lmc_err *err) {
+    const struct lmc_trainer_ep *e = tr->ep;
+    struct lmc_comm *c = e->c;
+    lmc_status s = LMC_OK;
+    int64_t r = lo->cfg.r;
+    for (int k = 0; k < lo->n_mods && !s; k++) {
+        struct lmc_lora_module *m = &lo->mods[k];
+        int q = m->expert >= 0 ? owner_of(&e->g, m->expert) : 0;
+        size_t na = sizeof(float) * (size_t)(r * m->in), nb = sizeof(float) * (size_t)(m->out * r);
+        if (q <= 0) continue;
+        if (c->rank == q && !(s = c->send(c, m->a, na, 0, err))) s = c->send(c, m->b, nb, 0, err);
+        else if (c->rank == 0 && !(s = c->recv(c, m->a, na, q, err))) s = c->recv(c, m->b, nb, q, err);
+    }
+    return s;
 }
 
 /* The floats of a tensor in an arena <-> host (raw, the arena's layout). */
@@ -271,6 +311,9 @@ lmc_status lmc_trainer_ep_save(const struct lmc_trainer *tr, const char *dir, co
     const struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     int64_t t0 = tm->trainable_off;
+    if (t0) /* adapters: lmc_trainer_ep_lora_gather */
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: expert-parallel checkpoints of a frozen-base run are not "
+                           "written yet", dir);
     int64_t most = 1;
     for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel);
     float *buf = malloc(3 * sizeof(float) * (size_t)most);
@@ -293,14 +336,20 @@ lmc_status lmc_trainer_ep_save(const struct lmc_trainer *tr, const char *dir, co
     ft.comm = NULL;
     ft.ep = NULL;
     ft.m = ft.v = NULL;
-    if ((s = lmc_tmodel_init(&ft.tm, &tm->cfg, be, err))) {
+    if ((s = lmc_tmodel_init_layout(&ft.tm, &tm->cfg, be, err))) { /* weights and moments, no gradients */
         free(buf);
         return s;
     }
     size_t bytes = (size_t)ft.tm.numel * sizeof(float);
+    ft.tm.w = be->alloc(be->ctx, bytes);
     ft.m = be->alloc(be->ctx, bytes);
     ft.v = be->alloc(be->ctx, bytes);
-    if (!ft.m || !ft.v) s = lmc_err_set(err, LMC_ERR_OOM, "expert-parallel checkpoint: out of memory");
+    if (!ft.tm.w || !ft.m || !ft.v) s = lmc_err_set(err, LMC_ERR_OOM, "expert-parallel checkpoint: out of memory");
+    else { /* the padding between tensors */
+        be->zero(be->ctx, ft.tm.w, bytes);
+        be->zero(be->ctx, ft.m, bytes);
+        be->zero(be->ctx, ft.v, bytes);
+    }
     for (int i = 0; i < ft.tm.n_params && !s; i++) {
         const struct lmc_tparam *f = &ft.tm.params[i];
         int q = owner(&e->g, f);

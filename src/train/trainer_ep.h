@@ -13,8 +13,11 @@
  * evaluates its rows of each global validation micro-batch. Checkpoints
  * are one-process folders: rank 0 gathers every rank's experts (weights
  * and moments) and writes the HF folder + optimizer + trainer state, which
- * one process, or the same N ranks (bit for bit), resumes. AdamW, float32,
- * a host backend. */
+ * one process, or the same N ranks (bit for bit), resumes. LoRA adapters
+ * over the shard (lmc finetune --ep): the adapters of the layer linears are
+ * replicated (their gradients summed), an expert's live on its rank; rank
+ * 0 gathers the whole adapter for the output. AdamW, float32, a host
+ * backend. */
 #ifndef LMC_TRAIN_TRAINER_EP_H
 #define LMC_TRAIN_TRAINER_EP_H
 
@@ -60,6 +63,23 @@ lmc_status lmc_trainer_ep_save(const struct lmc_trainer *tr, const char *dir, co
  * the data position restored. */
 lmc_status lmc_trainer_ep_load_state(struct lmc_trainer *tr, const struct lmc_tmodel *full, const char *dir,
                                      lmc_err *err);
+
+/* LoRA over an expert-parallel shard (before lmc_trainer_init; tm is the
+ * shard lmc_trainer_ep_shard made with e): *local (new) holds lo's modules
+ * this rank adapts (the layer linears and its own experts' projections;
+ * their A and B buffers are lo's), attached to tm (lmc_lora_train_attach),
+ * and the layers point at e's group again. lmc_lora_train_read(lt, tm,
+ * local) then fills lo's buffers of those modules; free local with
+ * lmc_trainer_ep_lora_local_free (lo keeps the buffers). */
+struct lmc_lora;
+struct lmc_lora_train;
+lmc_status lmc_trainer_ep_lora_attach(struct lmc_trainer_ep *e, struct lmc_lora_train *lt, struct lmc_tmodel *tm,
+                                      const struct lmc_lora *lo, struct lmc_lora *local, lmc_err *err);
+void lmc_trainer_ep_lora_local_free(struct lmc_lora *local);
+/* Collective, after every rank's lmc_lora_train_read into its local: the
+ * other ranks' experts' adapters (A and B) sent to rank 0's lo, which then
+ * holds the whole adapter. */
+lmc_status lmc_trainer_ep_lora_gather(const struct lmc_trainer *tr, struct lmc_lora *lo, lmc_err *err);
 
 /* The expert group of an expert-parallel trainer (its layers point to it). */
 struct lmc_ep_group *lmc_trainer_ep_group(struct lmc_trainer *tr);
