@@ -13,9 +13,11 @@
 # writes the uninterrupted run's model bit for bit. LoRA (r 4 on every
 # linear: attention and each expert's projections, an expert's adapter on
 # its rank, rank 0 gathering the whole adapter) on qwen3moe-tiny at EP 2 and
-# 4: losses within 1e-6, the adapter within 1e-6 in relative norm. Refused:
-# adapters with --save-every (no adapter checkpoints under --ep yet), a
-# world other than N.
+# 4: losses within 1e-6, the adapter within 1e-6 in relative norm; its
+# checkpoints are one-process ones (rank 0 gathers the adapters and their
+# moments): stopped at 3 and resumed at EP 2 = uninterrupted bit for bit,
+# and one process (--accum 4) resumes it and equals the one-process run.
+# Refused: a world other than N.
 # Usage: test_mp_finetune_ep.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -59,6 +61,17 @@ L="${C/--full/}"; L="${L/--save-every 3/} --lora-r 4"
 "$LMC" finetune $L $Q --batch 2 --accum 4 -o "$TMP/l1" 2>"$TMP/err"; ok $? "qwen3moe LoRA one process: $(tail -2 "$TMP/err")"
 C="$L" run 2 l2 $Q --batch 2 --accum 2 --ep 2; ok $? "qwen3moe LoRA --ep 2: $(tail -n 3 "$TMP"/l2.r*)"
 C="$L" run 4 l4 $Q --batch 2 --accum 1 --ep 4; ok $? "qwen3moe LoRA --ep 4: $(tail -n 3 "$TMP"/l4.r*)"
+# adapter checkpoints (one-process format): stopped at 3 and resumed at EP 2, and by one process
+C="$L --save-every 3" run 2 lrs $Q --batch 2 --accum 2 --ep 2 --stop-at 3
+ok $? "LoRA --ep 2 stop at 3: $(tail -n 3 "$TMP"/lrs.r*)"
+cp "$TMP/lrs.metrics.jsonl" "$TMP/lrs1.metrics.jsonl"
+C="$L --save-every 3" run 2 lrs $Q --batch 2 --accum 2 --ep 2 --resume "$TMP/lrs.ckpt/step_000003"
+ok $? "LoRA --ep 2 resume: $(tail -n 3 "$TMP"/lrs.r*)"
+cmp -s "$TMP/lrs/adapter_model.safetensors" "$TMP/l2/adapter_model.safetensors"
+ok $? "LoRA --ep 2 stopped at 3 and resumed writes the uninterrupted run's adapter bit for bit"
+"$LMC" finetune $L --save-every 3 $Q --batch 2 --accum 4 --resume "$TMP/lrs.ckpt/step_000003" -o "$TMP/lrs1" \
+  --metrics "$TMP/lrs1.metrics.jsonl" 2>"$TMP/err"
+ok $? "one-process resume of the EP adapter checkpoint: $(tail -2 "$TMP/err")"
 grep -q "expert parallel x data parallel over 2 ranks, 4 batches of 2 x 32 per step; each rank holds 4 of the 8" \
   "$TMP/q2.r0"; ok $? "start-up line: $(grep parallel "$TMP/q2.r0")"
 [ "$(grep -c '^step' "$TMP/q2.r1")" = 0 ]; ok $? "rank 1 logged steps"
@@ -81,7 +94,7 @@ def params(d, f="model.safetensors"):
     return out
 bad = 0
 for ref, runs, f in (("q1", ["q2", "q4", "rs"], "model.safetensors"), ("m1", ["m2"], "model.safetensors"),
-                     ("l1", ["l2", "l4"], "adapter_model.safetensors")):
+                     ("l1", ["l2", "l4", "lrs", "lrs1"], "adapter_model.safetensors")):
     R, P = rows(ref), params(ref, f)
     assert any(".experts.3." in k for k in P), ref
     for d in runs:
@@ -103,8 +116,7 @@ PY
 ok $? "EP 2 / EP 4 fine-tuning equals the one-process run (1e-6)"
 "$LMC" finetune $C $Q --batch 2 --ep 2 -o "$TMP/x" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "needs 2 ranks" "$TMP/err"; ok $? "--ep 2 on one rank: $(cat "$TMP/err")"
-"$LMC" finetune ${C/--full/} $Q --batch 2 --ep 2 -o "$TMP/x" 2>"$TMP/err"
-[ $? = 2 ] && grep -q "\-\-ep with adapters writes the final adapter only" "$TMP/err"
-ok $? "--ep 2 adapters with --save-every: $(cat "$TMP/err")"
+"$LMC" finetune $C $Q --batch 2 --ep 2 --tp 2 -o "$TMP/x" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "\-\-ep runs alone" "$TMP/err"; ok $? "--ep 2 --tp 2: $(cat "$TMP/err")"
 echo "test_mp_finetune_ep: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -245,11 +245,6 @@ int cmd_finetune(int argc, char **argv) {
                         "--zero 1-3)\n");
         return 2;
     }
-    if (ep > 1 && !full && (save_every || resume)) {
-        fprintf(stderr, "lmc finetune: --ep with adapters writes the final adapter only so far (no --save-every / "
-                        "--resume checkpoints; --full has them)\n");
-        return 2;
-    }
     if (tp > 1 && !full) {
         fprintf(stderr, "lmc finetune: --tp trains all weights (--full); adapters over a sharded base do not split yet\n");
         return 2;
@@ -462,7 +457,8 @@ int cmd_finetune(int argc, char **argv) {
     if (resume) {
         int64_t ep = 0, nx = 0;
         /* --full: the checkpoint holds the whole model and optimizer (tensor parallel: cut like the weights) */
-        lmc_status ls = !full ? lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err)
+        lmc_status ls = !full ? (tr.ep ? lmc_trainer_ep_lora_load_state(&tr, &lo, resume, &ep, &nx, &err)
+                                       : lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err))
                         : tr.ep ? lmc_trainer_ep_load_state(&tr, &full_tm, resume, &err)
                         : tr.tp ? lmc_trainer_tp_load_state(&tr, &full_tm, resume, &err)
                                 : lmc_ckpt_load_state(&tr, resume, &err);
@@ -545,7 +541,12 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
-        if (save && tr.ep && !root && lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
+        if (save && tr.ep && !full && /* every rank: the adapters and their moments to rank 0, which writes */
+            lmc_trainer_ep_lora_ckpt_save(&tr, &lt, &lo, &lo_local, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        if (save && tr.ep && full && !root && lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their experts to rank 0 */
             goto done;
         }
@@ -569,7 +570,7 @@ int cmd_finetune(int argc, char **argv) {
             if (full ? (tr.tp   ? lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
                         : tr.ep ? lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
                                 : lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err))
-                     : lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+                     : !tr.ep && lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
                 cli_fail("finetune", &err);
                 goto done;
             }

@@ -3,7 +3,9 @@
  * global micro-batch through lmc_tmodel_step (the experts exchanged inside
  * the layers), the replicated gradients and the loss sums added over the
  * ranks, the global norm, then AdamW on what the rank holds; rank 0
- * gathers the experts for the one-process checkpoint folder. */
+ * gathers the experts for the one-process checkpoint folder; LoRA over the
+ * shard (each rank adapts the layer linears and its own experts), with
+ * one-process adapter checkpoints. */
 #include "train/trainer_ep.h"
 #include "train/trainer_internal.h"
 #include "train/checkpoint.h"
@@ -13,6 +15,8 @@
 #include "dist/ep_model.h"
 #include "io/safetensors.h"
 
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -434,4 +438,151 @@ lmc_status lmc_trainer_ep_load_state(struct lmc_trainer *tr, const struct lmc_tm
     lmc_st_free(&st);
     if (!s) tr->step = ts.step;
     return s;
+}
+
+/* ---- Adapter checkpoints: the one-process layout of the adapter's moments
+ * (lora_train.c: each module's A then B, each padded to 16 floats, in the
+ * adapter's module order), cut to and gathered from the modules a rank
+ * adapts. */
+
+static int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* Floats of module m's A and B in the moments (padded). */
+static int64_t mod_floats(const struct lmc_lora *lo, const struct lmc_lora_module *m) {
+    return pad16(lo->cfg.r * m->in) + pad16(m->out * lo->cfg.r);
+}
+
+static bool adapts(const struct lmc_trainer_ep *e, const struct lmc_lora_module *m) {
+    return m->expert < 0 || owner_of(&e->g, m->expert) == e->c->rank;
+}
+
+static lmc_status write_atomic(const char *path, const char *text, lmc_err *err) {
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    size_t n = strlen(text);
+    bool ok = f && fwrite(text, 1, n, f) == n;
+    if (f) ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_ep_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt,
+                                         struct lmc_lora *lo, struct lmc_lora *local, const char *dir,
+                                         const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err) {
+    const struct lmc_trainer_ep *e = tr->ep;
+    struct lmc_comm *c = e->c;
+    const struct lmc_backend *be = tr->be;
+    bool root = c->rank == 0;
+    lmc_status s = lmc_lora_train_read(lt, &tr->tm, local, err);
+    if (!s) s = lmc_trainer_ep_lora_gather(tr, lo, err);
+    if (s) return s;
+    int64_t n = 0, most = 1;
+    for (int k = 0; k < lo->n_mods; k++) {
+        n += mod_floats(lo, &lo->mods[k]);
+        most = LMC_MAX(most, mod_floats(lo, &lo->mods[k]));
+    }
+    float *mv = root ? calloc(2 * (size_t)n + 1, sizeof(float)) : NULL, *buf = malloc(sizeof(float) * (size_t)most);
+    if ((root && !mv) || !buf) s = lmc_err_set(err, LMC_ERR_OOM, "adapter checkpoint: out of memory");
+    int64_t at = 0, mine = 0; /* the one-process offset, this rank's */
+    for (int k = 0; k < lo->n_mods && !s; k++) {
+        const struct lmc_lora_module *m = &lo->mods[k];
+        int64_t nf = mod_floats(lo, m);
+        int q = m->expert >= 0 ? owner_of(&e->g, m->expert) : 0; /* a layer module: rank 0's copy */
+        for (int which = 0; which < 2 && !s; which++) { /* m, then v */
+            float *arena = which ? tr->v : tr->m, *dst = root ? mv + which * n + at : NULL;
+            if (root && q == 0) be->download(be->ctx, dst, arena + mine, (size_t)nf * sizeof(float));
+            else if (root) s = c->recv(c, dst, (size_t)nf * sizeof(float), q, err);
+            else if (c->rank == q) {
+                be->download(be->ctx, buf, arena + mine, (size_t)nf * sizeof(float));
+                s = c->send(c, buf, (size_t)nf * sizeof(float), 0, err);
+            }
+        }
+        if (adapts(e, m)) mine += nf;
+        at += nf;
+    }
+    free(buf);
+    if (s || !root) {
+        free(mv);
+        return s;
+    }
+    /* rank 0: the folder as lmc_lora_ckpt_save writes it for one process (trainer_state.json last) */
+    char path[4200], tmp[4300], state[512];
+    s = lmc_lora_save(lo, dir, &tr->tm.cfg, tok_dir, err);
+    if (!s) {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        struct lmc_st_write_tensor t[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {n}, mv}, {"adamw.v", LMC_DTYPE_F32, 1, {n}, mv + n}};
+        s = lmc_st_write(tmp, t, 2, NULL, 0, err);
+        if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    free(mv);
+    if (s) return s;
+    snprintf(state, sizeof state,
+             "{\"step\": %lld, \"batch\": %lld, \"seq_len\": %lld, \"accum\": %lld, \"epoch\": %lld, "
+             "\"example\": %lld, \"trainable\": %lld}\n",
+             (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)(tr->o.accum * c->world),
+             (long long)epoch, (long long)next, (long long)n); /* the one process's accumulation: N x accum */
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    return write_atomic(path, state, err);
+}
+
+static int64_t jint(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 9e15 ? (int64_t)v->valuedouble : -1;
+}
+
+lmc_status lmc_trainer_ep_lora_load_state(struct lmc_trainer *tr, const struct lmc_lora *lo, const char *dir,
+                                          int64_t *epoch, int64_t *next, lmc_err *err) {
+    const struct lmc_trainer_ep *e = tr->ep;
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    lmc_status s = lmc_file_read(path, 1 << 20, &text, &len, err);
+    if (s) return s;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    free(text);
+    int64_t step = jint(o, "step"), B = jint(o, "batch"), T = jint(o, "seq_len"), ac = jint(o, "accum");
+    int64_t n = jint(o, "trainable"), want = 0;
+    *epoch = jint(o, "epoch");
+    *next = jint(o, "example");
+    cJSON_Delete(o);
+    for (int k = 0; k < lo->n_mods; k++) want += mod_floats(lo, &lo->mods[k]);
+    if (step < 0 || *epoch < 0 || *next < 0 || n < 0)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch, example and trainable", path);
+    int64_t gac = tr->o.accum * e->c->world; /* checkpoints hold the one process's accumulation */
+    if (B != tr->o.B || T != tr->o.T || ac != gac || n != want)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with batch %lld x %lld x %lld accum (over all ranks) and %lld "
+                           "trainable floats; resumed with %lld x %lld x %lld and %lld", path, (long long)B, (long long)T,
+                           (long long)ac, (long long)n, (long long)tr->o.B, (long long)tr->o.T, (long long)gac,
+                           (long long)want);
+    struct lmc_st st;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if ((s = lmc_st_open_file(&st, path, err))) return s;
+    const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
+    if (lmc_st_meta_get(&st, "lmc.optimizer") || !m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 ||
+        m->numel != want || v->numel != want) {
+        lmc_st_free(&st);
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected AdamW's F32 adamw.m and adamw.v of %lld floats", path,
+                           (long long)want);
+    }
+    int64_t at = 0, mine = 0;
+    for (int k = 0; k < lo->n_mods; k++) { /* this rank's modules' slices */
+        int64_t nf = mod_floats(lo, &lo->mods[k]);
+        if (adapts(e, &lo->mods[k])) {
+            put(tr->be, tr->m, mine, (const float *)m->data + at, nf);
+            put(tr->be, tr->v, mine, (const float *)v->data + at, nf);
+            mine += nf;
+        }
+        at += nf;
+    }
+    lmc_st_free(&st);
+    if (mine != tr->tm.numel - tr->tm.trainable_off)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: this rank's adapter holds %lld floats, its modules %lld", dir,
+                           (long long)(tr->tm.numel - tr->tm.trainable_off), (long long)mine);
+    tr->step = step;
+    return LMC_OK;
 }

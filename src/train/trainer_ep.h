@@ -81,6 +81,19 @@ void lmc_trainer_ep_lora_local_free(struct lmc_lora *local);
  * holds the whole adapter. */
 lmc_status lmc_trainer_ep_lora_gather(const struct lmc_trainer *tr, struct lmc_lora *lo, lmc_err *err);
 
+/* Adapter checkpoints in the one-process format (collective): every rank's
+ * adapters read and gathered into rank 0's lo, the AdamW moments of each
+ * module from the rank that adapts it (a layer module: rank 0's copy),
+ * and rank 0 writes dir as lmc_lora_ckpt_save does for one process (its
+ * accumulation recorded as N x accum: one process with --accum N x accum
+ * resumes it). The restore (every rank, lo loaded from dir): the step, the
+ * data position and the moments of the modules this rank adapts. */
+lmc_status lmc_trainer_ep_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt,
+                                         struct lmc_lora *lo, struct lmc_lora *local, const char *dir,
+                                         const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err);
+lmc_status lmc_trainer_ep_lora_load_state(struct lmc_trainer *tr, const struct lmc_lora *lo, const char *dir,
+                                          int64_t *epoch, int64_t *next, lmc_err *err);
+
 /* The expert group of an expert-parallel trainer (its layers point to it). */
 struct lmc_ep_group *lmc_trainer_ep_group(struct lmc_trainer *tr);
 
