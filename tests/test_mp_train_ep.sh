@@ -16,7 +16,7 @@
 # optimizer files), and one process resumes its checkpoint and equals the
 # one-process run; the checkpoint generates with `lmc generate`. Refused
 # with clear messages: N not dividing the experts, a dense model, --ep with
-# --tp / --zero 1, a world other than N. Ranks meet over tcp (torchrun-style
+# --tp / --zero 1 / --optim muon, a world other than N. Ranks meet over tcp (torchrun-style
 # variables, a port from the OS, tried again if it was taken meanwhile);
 # the qwen3moe EP 2 case runs under mpirun (--oversubscribe, run-as-root
 # allowed) when mpirun is there and lmc has MPI, else over tcp too.
@@ -145,6 +145,8 @@ run 3 nd $QW --batch 1 --ep 3
 ok $? "--ep 3 with 8 experts: $(tail -n 2 "$TMP/nd.r0")"
 run 2 dense $S -m $FX/llama-tiny --batch 2 --ep 2
 [ $? != 0 ] && grep -q "dense model" "$TMP/dense.r0"; ok $? "dense --ep 2: $(tail -n 2 "$TMP/dense.r0")"
+run 2 mu $MX --batch 2 --ep 2 --optim muon
+[ $? != 0 ] && grep -q "AdamW only" "$TMP/mu.r0"; ok $? "--ep 2 --optim muon: $(tail -n 2 "$TMP/mu.r0")"
 "$LMC" train $MX --batch 2 --ep 2 -o "$TMP/w1" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "needs 2 ranks" "$TMP/err"; ok $? "--ep 2 on one rank: $(cat "$TMP/err")"
 for x in "--tp 2" "--zero 1"; do
