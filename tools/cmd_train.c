@@ -608,6 +608,7 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
+    if (train_rss == 0) train_rss = peak_rss_mib(); /* no checkpoint written */
     if (!rc && have_tr && tr.ep) /* every rank: its resident memory (rank 0 holds the whole model while saving) */
         fprintf(stderr, "lmc train: rank %d of %d (expert parallel): peak resident %.0f MiB training, %.0f MiB with "
                         "the checkpoints\n", comm.rank, comm.world, train_rss, peak_rss_mib());
