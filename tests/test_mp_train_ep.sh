@@ -9,8 +9,9 @@
 # keeps its part) at EP 2, give the one-process run with the same
 # global batch: losses, validation losses and the aux loss within 1e-6
 # relative, the expert-load metrics equal, the checkpoint's weights within
-# 1e-6 in relative norm and 2e-5 of the largest weight element-wise (rank 0
-# writes one folder with every expert);
+# 1e-6 in relative norm and 2e-6 of the largest weight element-wise (rank 0
+# writes one folder with every expert; qwen3moe at EP 4 with batch 2 per
+# rank against one process with batch 8);
 # rank 1 logs no step; an EP 2 run stopped at step 6 and resumed
 # (--resume latest) equals the uninterrupted EP 2 run bit for bit (model and
 # optimizer files), and one process resumes its checkpoint and equals the
@@ -81,7 +82,8 @@ grep -q "expert parallel x data parallel over 2 ranks, global batch 4 x 16 x 2 a
 [ "$(grep -c '^step' "$TMP/mx2.r1")" = 0 ]; ok $? "rank 1 logged steps"
 "$LMC" train $QW --batch 4 -o "$TMP/qw1" 2>"$TMP/err"; ok $? "qwen3moe one process: $(tail -3 "$TMP/err")"
 mrun 2 qw2 $QW --batch 2 --ep 2; ok $? "qwen3moe --ep 2 (mpi $MPI): $(tail -n 3 "$TMP"/qw2.r*)"
-run 4 qw4 $QW --batch 1 --ep 4; ok $? "qwen3moe --ep 4: $(tail -n 3 "$TMP"/qw4.r*)"
+"$LMC" train $QW --batch 8 -o "$TMP/qw8" 2>"$TMP/err"; ok $? "qwen3moe one process, batch 8: $(tail -3 "$TMP/err")"
+run 4 qw4 $QW --batch 2 --ep 4; ok $? "qwen3moe --ep 4: $(tail -n 3 "$TMP"/qw4.r*)"
 "$LMC" train $SC --batch 4 -o "$TMP/sc1" 2>"$TMP/err"; ok $? "from scratch one process: $(tail -3 "$TMP/err")"
 run 2 sc2 $SC --batch 2 --ep 2; ok $? "from scratch --ep 2: $(tail -n 3 "$TMP"/sc2.r*)"
 # stopped at 6 and resumed at EP 2, and by one process (global batch 4)
@@ -109,7 +111,7 @@ def params(d, name="model.safetensors"):
         s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
     return out
 bad = 0
-for ref, runs in (("mx1", ["mx2", "mx4", "rs1"]), ("qw1", ["qw2", "qw4"]), ("sc1", ["sc2"])):
+for ref, runs in (("mx1", ["mx2", "mx4", "rs1"]), ("qw1", ["qw2"]), ("qw8", ["qw4"]), ("sc1", ["sc2"])):
     R, P, O = rows(ref), params(ref), params(ref, "optimizer.safetensors")
     assert len(R) == 12 and any(k.find(".experts.3.") > 0 for k in P), ref
     for d in runs:
@@ -131,10 +133,11 @@ for ref, runs in (("mx1", ["mx2", "mx4", "rs1"]), ("qw1", ["qw2", "qw4"]), ("sc1
         print(f"{d} vs {ref}: losses max rel {wl:.2e}, val {wv:.2e}, aux {wa:.2e}, expert load equal {et}, "
               f"weights |diff| / |w| {np_:.2e} (max |diff| / max |w| {wp:.2e}), adamw.v {wo:.2e}")
         # the replicated gradients are summed over the ranks in another order than one process sums its
-        # rows: the losses agree to ~1e-8 and the weights to <= 1e-6 in norm; AdamW's normalisation turns
-        # the rounding of gradients near zero into a few expert weights ~1e-5 of the largest apart (qwen3moe
-        # at EP 4: step 1's first moments differ by 1.1e-9 of 4.4e-3, its weights by 1.3e-6)
-        if not (wl <= 1e-6 and wv <= 1e-6 and wa <= 1e-6 and et and np_ <= 1e-6 and wp <= 2e-5 and wo <= 1e-5):
+        # rows, and a rank's 16-row micro-batch (EP 4, batch 1) runs the small-M matmul kernels: the
+        # losses agree to ~1e-8, the weights to ~1e-7 in norm and <= 1e-6 of the largest element-wise
+        # (AdamW's normalisation amplifies the rounding of gradients near zero: qwen3moe at EP 4 with
+        # batch 1 per rank measured 8e-6 element-wise, 8.3e-7 in norm; with batch 2 per rank 6.2e-7)
+        if not (wl <= 1e-6 and wv <= 1e-6 and wa <= 1e-6 and et and np_ <= 1e-6 and wp <= 2e-6 and wo <= 1e-5):
             bad += 1
 sys.exit(bad)
 PY
