@@ -13,7 +13,9 @@
 # writes the uninterrupted run's model bit for bit. LoRA (r 4 on every
 # linear: attention and each expert's projections, an expert's adapter on
 # its rank, rank 0 gathering the whole adapter) on qwen3moe-tiny at EP 2 and
-# 4: losses within 1e-6, the adapter within 1e-6 in relative norm; its
+# 4: losses within 1e-6, the adapter within 1e-6 in relative norm (also
+# with LoRA dropout on attention adapters at EP 2: each rank's masks are
+# drawn with its own batch, as one process draws them); its
 # checkpoints are one-process ones (rank 0 gathers the adapters and their
 # moments): stopped at 3 and resumed at EP 2 = uninterrupted bit for bit,
 # and one process (--accum 4) resumes it and equals the one-process run.
@@ -61,6 +63,10 @@ L="${C/--full/}"; L="${L/--save-every 3/} --lora-r 4"
 "$LMC" finetune $L $Q --batch 2 --accum 4 -o "$TMP/l1" 2>"$TMP/err"; ok $? "qwen3moe LoRA one process: $(tail -2 "$TMP/err")"
 C="$L" run 2 l2 $Q --batch 2 --accum 2 --ep 2; ok $? "qwen3moe LoRA --ep 2: $(tail -n 3 "$TMP"/l2.r*)"
 C="$L" run 4 l4 $Q --batch 2 --accum 1 --ep 4; ok $? "qwen3moe LoRA --ep 4: $(tail -n 3 "$TMP"/l4.r*)"
+# LoRA dropout (attention adapters: each rank's masks are its batches' draws, as one process's)
+LD="$L --lora-dropout 0.1 --lora-targets q_proj,v_proj"
+"$LMC" finetune $LD $Q --batch 2 --accum 4 -o "$TMP/ld1" 2>"$TMP/err"; ok $? "LoRA dropout one process: $(tail -2 "$TMP/err")"
+C="$LD" run 2 ld2 $Q --batch 2 --accum 2 --ep 2; ok $? "LoRA dropout --ep 2: $(tail -n 3 "$TMP"/ld2.r*)"
 # adapter checkpoints (one-process format): stopped at 3 and resumed at EP 2, and by one process
 C="$L --save-every 3" run 2 lrs $Q --batch 2 --accum 2 --ep 2 --stop-at 3
 ok $? "LoRA --ep 2 stop at 3: $(tail -n 3 "$TMP"/lrs.r*)"
@@ -94,9 +100,10 @@ def params(d, f="model.safetensors"):
     return out
 bad = 0
 for ref, runs, f in (("q1", ["q2", "q4", "rs"], "model.safetensors"), ("m1", ["m2"], "model.safetensors"),
-                     ("l1", ["l2", "l4", "lrs", "lrs1"], "adapter_model.safetensors")):
+                     ("l1", ["l2", "l4", "lrs", "lrs1"], "adapter_model.safetensors"),
+                     ("ld1", ["ld2"], "adapter_model.safetensors")):
     R, P = rows(ref), params(ref, f)
-    assert any(".experts.3." in k for k in P), ref
+    assert ref == "ld1" or any(".experts.3." in k for k in P), ref
     for d in runs:
         try:
             r, p = rows(d), params(d, f)
