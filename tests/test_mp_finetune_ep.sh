@@ -3,7 +3,7 @@
 # with a batch source): the experts split over N ranks, each rank its own
 # batches of every micro-step (as one process with N x --accum). On
 # qwen3moe-tiny (8 experts) at EP 2 and EP 4 and mixtral-tiny (4 experts)
-# at EP 2 (ranks over tcp, torchrun-style variables, a port from the OS):
+# at EP 2, also with packed sequences (--pack) (ranks over tcp, torchrun-style variables, a port from the OS):
 # the losses, gradient norms and validation losses of 6 steps equal the
 # one-process run within 1e-6 relative and the written model's weights
 # within 1e-6 in relative norm (rank 0 writes one folder with every
@@ -58,6 +58,9 @@ run 2 q2 $Q --batch 2 --accum 2 --ep 2; ok $? "qwen3moe --ep 2: $(tail -n 3 "$TM
 run 4 q4 $Q --batch 2 --accum 1 --ep 4; ok $? "qwen3moe --ep 4: $(tail -n 3 "$TMP"/q4.r*)"
 "$LMC" finetune $C $M --batch 2 --accum 2 -o "$TMP/m1" 2>"$TMP/err"; ok $? "mixtral one process: $(tail -2 "$TMP/err")"
 run 2 m2 $M --batch 2 --accum 1 --ep 2; ok $? "mixtral --ep 2: $(tail -n 3 "$TMP"/m2.r*)"
+# packed sequences (each rank its own batches' segments)
+"$LMC" finetune $C $M --pack --batch 1 --accum 4 -o "$TMP/p1" 2>"$TMP/err"; ok $? "mixtral packed one process: $(tail -2 "$TMP/err")"
+run 2 p2 $M --pack --batch 1 --accum 2 --ep 2; ok $? "mixtral packed --ep 2: $(tail -n 3 "$TMP"/p2.r*)"
 # LoRA on every linear (attention and each expert's projections; the experts' adapters live on their ranks)
 L="${C/--full/}"; L="${L/--save-every 3/} --lora-r 4"
 "$LMC" finetune $L $Q --batch 2 --accum 4 -o "$TMP/l1" 2>"$TMP/err"; ok $? "qwen3moe LoRA one process: $(tail -2 "$TMP/err")"
@@ -100,6 +103,7 @@ def params(d, f="model.safetensors"):
     return out
 bad = 0
 for ref, runs, f in (("q1", ["q2", "q4", "rs"], "model.safetensors"), ("m1", ["m2"], "model.safetensors"),
+                     ("p1", ["p2"], "model.safetensors"),
                      ("l1", ["l2", "l4", "lrs", "lrs1"], "adapter_model.safetensors"),
                      ("ld1", ["ld2"], "adapter_model.safetensors")):
     R, P = rows(ref), params(ref, f)
