@@ -20,6 +20,7 @@
 #include "train/trainer_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
+#include "train/trainer_ep.h"
 #include "dist/comm.h"
 
 #include <errno.h>
@@ -56,7 +57,9 @@ static void usage(void) {
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
-            "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n");
+            "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n"
+            "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
+            "             layer's experts and their adapters, data parallel over the rest; AdamW, CPU)\n");
 }
 
 struct src {
@@ -116,7 +119,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, stop_at = 0;
+    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, ep = 1, stop_at = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
@@ -190,6 +193,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
         else if (!strcmp(a, "--cp")) ok = cli_parse_i64(v, 1, 64, &cp);
         else if (!strcmp(a, "--pp")) ok = cli_parse_i64(v, 1, 64, &pp);
+        else if (!strcmp(a, "--ep")) ok = cli_parse_i64(v, 1, 1024, &ep);
         else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
         else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
         else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
@@ -236,6 +240,11 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
     }
+    if (ep > 1 && (qlora || tp > 1 || cp > 1 || pp > 1 || zero > 0)) {
+        fprintf(stderr, "lmc finetune: --ep runs alone with --zero 0 so far (not with --qlora, --tp, --cp, --pp or "
+                        "--zero 1-3)\n");
+        return 2;
+    }
     if (tp > 1 && !full) {
         fprintf(stderr, "lmc finetune: --tp trains all weights (--full); adapters over a sharded base do not split yet\n");
         return 2;
@@ -251,7 +260,7 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_sft_data d = {0}, vd = {0};
     struct lmc_backend be;
     struct lmc_tmodel tm;
-    struct lmc_lora lo = {0};
+    struct lmc_lora lo = {0}, lo_local = {0}; /* --ep: lo_local holds the modules this rank adapts */
     struct lmc_lora_train lt = {0};
     struct lmc_qlora ql = {0};
     struct lmc_trainer tr;
@@ -266,11 +275,12 @@ int cmd_finetune(int argc, char **argv) {
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
         return 2;
     }
-    bool dist = denv.world > 1 || mpn > 1, root = true;
+    bool dist = denv.world > 1 || mpn > 1 || ep > 1, root = true;
     struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
     bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
     struct lmc_tmodel full_tm;
     struct lmc_trainer_tp *tps = NULL;
+    struct lmc_trainer_ep *eps_state = NULL; /* --ep: the expert group until the trainer takes it */
     FILE *mf = NULL;
     char tmp[4200];
     tmp[0] = 0;
@@ -302,6 +312,12 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_comm = true;
         root = comm.rank == 0;
+        if (ep > 1 && comm.world != ep) {
+            fprintf(stderr, "lmc finetune: --ep %lld needs %lld ranks (torchrun/Slurm variables or mpirun); this run "
+                            "has %d\n", (long long)ep, (long long)ep, comm.world);
+            rc = 2;
+            goto done;
+        }
         if (mpn > 1 && (rc = cli_mp_groups_flag(&comm, mpn, mpflag, &tpc, &have_tpc, &dpc, &have_dpc, "finetune")))
             goto done;
         rc = 1;
@@ -315,7 +331,9 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     const char *wdir = full && resume ? resume : cc.model_dir; /* --full --resume: the checkpoint's weights */
-    if (qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
+    /* --ep: the layout only; each rank reads its part of the folder (lmc_trainer_ep_shard) */
+    if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
+        : qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
     }
@@ -330,6 +348,26 @@ int cmd_finetune(int argc, char **argv) {
             have_full = false;
         }
         if (ts) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        have_tm = true;
+    }
+    if (ep > 1) { /* this rank's experts; with --resume the full layout is kept until its moments are cut */
+        full_tm = tm;
+        have_full = true;
+        have_tm = false;
+        struct lmc_tmodel_src esrc;
+        lmc_status es = lmc_tmodel_src_dir(&esrc, &full_tm, wdir, &err);
+        if (!es) {
+            es = lmc_trainer_ep_shard(&tm, &eps_state, &full_tm, &esrc, &comm, &be, &err);
+            lmc_tmodel_src_free(&esrc);
+        }
+        if (!resume || es) {
+            lmc_tmodel_free(&full_tm);
+            have_full = false;
+        }
+        if (es) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -357,7 +395,8 @@ int cmd_finetune(int argc, char **argv) {
             rslora = lo.cfg.rslora;
             snprintf(lo.cfg.base_model, sizeof lo.cfg.base_model, "%s", cc.model_dir);
         }
-        if (ls || lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
+        if (ls || (ep > 1 ? lmc_trainer_ep_lora_attach(eps_state, &lt, &tm, &lo, &lo_local, &err)
+                          : lmc_lora_train_attach(&lt, &tm, &lo, &err))) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -392,14 +431,17 @@ int cmd_finetune(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
+                 "seed %lld, ep %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
                  tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
-                 (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
+                 (long long)seed, (long long)ep, data, (long long)d.n_ex, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
         if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
         struct lmc_comm *grp = have_tpc ? &tpc : &comm;
-        if (t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
+        struct lmc_trainer_ep *e = eps_state;
+        eps_state = NULL;
+        if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
+              : t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach(&tr, grp, have_dpc ? &dpc : NULL, desc, &err)
               : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
@@ -415,7 +457,9 @@ int cmd_finetune(int argc, char **argv) {
     if (resume) {
         int64_t ep = 0, nx = 0;
         /* --full: the checkpoint holds the whole model and optimizer (tensor parallel: cut like the weights) */
-        lmc_status ls = !full ? lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err)
+        lmc_status ls = !full ? (tr.ep ? lmc_trainer_ep_lora_load_state(&tr, &lo, resume, &ep, &nx, &err)
+                                       : lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err))
+                        : tr.ep ? lmc_trainer_ep_load_state(&tr, &full_tm, resume, &err)
                         : tr.tp ? lmc_trainer_tp_load_state(&tr, &full_tm, resume, &err)
                                 : lmc_ckpt_load_state(&tr, resume, &err);
         if (have_full) {
@@ -450,6 +494,11 @@ int cmd_finetune(int argc, char **argv) {
                 (long long)accum, (long long)tr.tm.numel);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("finetune", cp, pp, comm.world, B, T, accum);
+    else if (root && tr.ep)
+        fprintf(stderr, "lmc finetune: expert parallel x data parallel over %d ranks, %lld batches of %lld x %lld per "
+                        "step; each rank holds %lld of the %lld experts per layer, %d threads per rank\n", comm.world,
+                (long long)(comm.world * accum), (long long)B, (long long)T,
+                (long long)(tr.tm.cfg.num_experts / comm.world), (long long)tr.tm.cfg.num_experts, cc.threads);
     else if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
                         "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
@@ -492,6 +541,15 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        if (save && tr.ep && !full && /* every rank: the adapters and their moments to rank 0, which writes */
+            lmc_trainer_ep_lora_ckpt_save(&tr, &lt, &lo, &lo_local, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        if (save && tr.ep && full && !root && lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
+            cli_fail("finetune", &err); /* the other ranks send their experts to rank 0 */
+            goto done;
+        }
         if (save && tr.tp && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their shards to rank 0 */
             goto done;
@@ -509,9 +567,10 @@ int cmd_finetune(int argc, char **argv) {
         if (tty && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", tty ? "\r" : "", line);
         if (save) {
-            if (full ? (tr.tp ? lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
-                              : lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err))
-                     : lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+            if (full ? (tr.tp   ? lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
+                        : tr.ep ? lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
+                                : lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err))
+                     : !tr.ep && lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
                 cli_fail("finetune", &err);
                 goto done;
             }
@@ -528,25 +587,31 @@ int cmd_finetune(int argc, char **argv) {
         cli_fail("finetune", &err);
         goto done;
     }
-    if (tr.tp) { /* the shards gathered to rank 0, which writes the consolidated model */
-        if (lmc_trainer_tp_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
+    if (tr.tp || (tr.ep && full)) { /* the shards / experts gathered to rank 0, which writes the consolidated model */
+        if (tr.tp ? lmc_trainer_tp_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)
+                  : lmc_trainer_ep_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
+    }
+    if (tr.ep && !full && /* every rank's adapters of its experts to rank 0 */
+        (lmc_lora_train_read(&lt, &tr.tm, &lo_local, &err) || lmc_trainer_ep_lora_gather(&tr, &lo, &err))) {
+        cli_fail("finetune", &err);
+        goto done;
     }
     if (!root) { /* the output: rank 0 */
         rc = 0;
         goto done;
     }
     if (!full) {
-        if (lmc_lora_train_read(&lt, &tr.tm, &lo, &err) ||
+        if ((!tr.ep && lmc_lora_train_read(&lt, &tr.tm, &lo, &err)) ||
             lmc_lora_save(&lo, out, &tr.tm.cfg, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
         fprintf(stderr, "lmc finetune: adapter (%d modules, r %lld) written to %s\n", lo.n_mods, (long long)r, out);
     } else {
-        if (!tr.tp && lmc_ckpt_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
+        if (!tr.tp && !tr.ep && lmc_ckpt_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -564,6 +629,7 @@ done:
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_lt) lmc_lora_train_free(&lt);
     lmc_qlora_free(&ql); /* after the model that points into it */
+    lmc_trainer_ep_lora_local_free(&lo_local); /* its modules' buffers are lo's */
     lmc_lora_free(&lo);
     if (have_be) cli_train_backend_free(&be);
     lmc_sft_free(&d);
@@ -571,6 +637,7 @@ done:
     lmc_tokenizer_free(tok);
     if (have_full) lmc_tmodel_free(&full_tm);
     lmc_trainer_tp_free_state(tps);
+    lmc_trainer_ep_free_state(eps_state);
     if (have_ddc) ddc.free(&ddc);
     if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);

@@ -9,6 +9,7 @@
 #include "infer/scheduler.h"
 #include "infer/sched_tp.h"
 #include "dist/tp_model.h"
+#include "dist/ep_model.h"
 #include "serve/serve.h"
 #include "train/lora_bank.h"
 
@@ -161,6 +162,52 @@ static void serve_tp_close(struct serve_tp *t) {
     t->sharded = t->comm_up = false;
 }
 
+/* --ep N: the communicator and this rank's experts (dist/ep_model.h,
+ * replicated mode: every rank runs the same batched steps, the MoE layers
+ * exchange each rank's slice of the step's tokens). */
+struct serve_ep {
+    struct lmc_comm comm;
+    struct lmc_ep_group g;
+    bool comm_up, loaded;
+};
+
+/* Opens the group and this rank's experts into cm (its CPU backend: threads
+ * split among the host's ranks unless --threads); on a rank other than 0 it
+ * then follows rank 0's steps until rank 0 stops (returns the exit code). */
+static int serve_ep_open(struct serve_ep *t, int ep, struct cli_model *cm, const struct cli_common *c) {
+    lmc_err err = {0};
+    struct lmc_dist_env env;
+    if (lmc_dist_env_parse(&env, NULL, NULL, &err)) return cli_fail("serve --ep", &err);
+    if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("serve --ep", &err);
+    t->comm_up = true;
+    if (t->comm.world != ep) {
+        fprintf(stderr, "lmc serve: --ep %d needs %d ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                ep, ep, t->comm.world);
+        return 2;
+    }
+    int threads = c->threads ? c->threads : lmc_dist_cpu_threads(&env, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    if (lmc_backend_cpu_init(&cm->be, threads, &err)) return cli_fail("backend", &err);
+    cm->have_be = true;
+    struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
+    if (lmc_ep_model_load(&cm->model, &t->g, c->model_dir, &mo, &t->comm, true, &err))
+        return cli_fail("serve --ep", &err);
+    cm->have_model = t->loaded = true;
+    if (t->comm.rank == 0) return 0;
+    struct lmc_sched_follow_stats st;
+    if (lmc_sched_follow(&cm->model, &cm->be, &t->comm, NULL, &st, &err) || lmc_ep_group_check(&t->g, &err))
+        return cli_fail("serve --ep", &err);
+    fprintf(stderr, "lmc serve: rank %d followed %lld steps (%lld tokens, %lld KV blocks copied on write)\n",
+            t->comm.rank, (long long)st.steps, (long long)st.tokens, (long long)st.copies);
+    return 0;
+}
+
+/* After cli_close (the model points at the group). */
+static void serve_ep_close(struct serve_ep *t) {
+    if (t->loaded) lmc_ep_group_free(&t->g);
+    if (t->comm_up) t->comm.free(&t->comm);
+    t->loaded = t->comm_up = false;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc serve -m DIR [--host 127.0.0.1] [--port 8080] [--device cpu|cuda]\n"
@@ -170,12 +217,14 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N [--tp-vocab]] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab] | --ep N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
             "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
             "--tp-vocab: the embedding and head split by vocabulary rows too (the logits gathered).\n"
+            "--ep N: mixture-of-experts models under a launcher with N ranks: each rank holds 1/N of every\n"
+            "layer's experts (CPU); rank 0 serves HTTP, every rank runs its steps, tokens go to their experts.\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
@@ -190,7 +239,7 @@ int cmd_serve(int argc, char **argv) {
     const char *name = NULL;
     char name_buf[256];
     size_t kv_bytes = 0;
-    int64_t kv_blocks = 0, tp = 1, spec_max_batch = -1;
+    int64_t kv_blocks = 0, tp = 1, ep = 1, spec_max_batch = -1;
     bool tp_vocab = false;
     bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
@@ -242,6 +291,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--kv-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &kv_blocks);
         else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
+        else if (!strcmp(o, "--ep")) ok = cli_parse_i64(v, 1, 4096, &ep);
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n, block_size_set = true;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
@@ -305,6 +355,15 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (ep > 1) {
+        const char *why = tp > 1 ? "--tp" : (c.device && strcmp(c.device, "cpu")) ? "--device other than cpu"
+                        : ad.n || c.n_lora ? "--lora adapters" : sc.spec ? "--spec" : kv_fmt ? "a compressed --kv-dtype"
+                        : NULL;
+        if (why) {
+            fprintf(stderr, "lmc serve: --ep does not combine with %s yet\n", why);
+            return 2;
+        }
+    }
     if (tp > 1 && c.device && strcmp(c.device, "cpu")) {
         fprintf(stderr, "lmc serve: --tp runs on the CPU for now (--device %s)\n", c.device);
         return 2;
@@ -323,7 +382,20 @@ int cmd_serve(int argc, char **argv) {
     }
     if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
-    if (cli_open(&cm, &c, true)) return 1;
+    if (cli_open(&cm, &c, ep <= 1)) return 1;
+    /* --ep: this rank's experts; the ranks other than 0 follow rank 0's steps until it stops */
+    struct serve_ep epx;
+    memset(&epx, 0, sizeof epx);
+    if (ep > 1) {
+        int r = serve_ep_open(&epx, (int)ep, &cm, &c);
+        if (r || epx.comm.rank != 0) {
+            cli_close(&cm);
+            serve_ep_close(&epx);
+            return r;
+        }
+        sc.tp = &epx.comm;
+        sc.ep_group = &epx.g;
+    }
     /* --tp: this rank's shard; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_tp tpx;
     memset(&tpx, 0, sizeof tpx);
@@ -333,6 +405,7 @@ int cmd_serve(int argc, char **argv) {
         if (r || tpx.comm.rank != 0) {
             serve_tp_close(&tpx);
             cli_close(&cm);
+            serve_ep_close(&epx);
             return r;
         }
         model = &tpx.m.m;
@@ -342,6 +415,7 @@ int cmd_serve(int argc, char **argv) {
     if (ad.n && open_adapters(&ad, &cm, name)) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
+        serve_ep_close(&epx);
         return 1;
     }
     so.adapter_names = ad.names;
@@ -355,6 +429,7 @@ int cmd_serve(int argc, char **argv) {
         if (lmc_model_load(&draft, draft_dir, &mo, &err)) {
             close_adapters(&ad, &cm);
             cli_close(&cm);
+            serve_ep_close(&epx);
             return cli_fail("--spec draft", &err);
         }
         have_draft = true;
@@ -366,6 +441,7 @@ int cmd_serve(int argc, char **argv) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
+        serve_ep_close(&epx);
         return cli_fail("--kv-dtype", &err);
     }
     if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
@@ -373,6 +449,7 @@ int cmd_serve(int argc, char **argv) {
         close_adapters(&ad, &cm);
         serve_tp_close(&tpx);
         cli_close(&cm);
+        serve_ep_close(&epx);
         return cli_fail("scheduler", &err);
     }
     so.lim.ctx = sc.ctx;
@@ -385,6 +462,7 @@ int cmd_serve(int argc, char **argv) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
+        serve_ep_close(&epx);
         return cli_fail("serve", &err);
     }
     struct lmc_sched_stats st;
@@ -406,6 +484,9 @@ int cmd_serve(int argc, char **argv) {
                 sc.spec == LMC_SCHED_SPEC_LOOKUP ? ", speculation: prompt lookup"
                 : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",
                 so.api_key && *so.api_key ? ", API key required" : "");
+    if (ep > 1)
+        fprintf(stderr, "lmc serve: expert parallel over %lld ranks (this rank: experts %lld-%lld of %lld per layer)\n",
+                (long long)ep, (long long)epx.g.e0, (long long)(epx.g.e0 + epx.g.ne - 1), (long long)epx.g.E);
     if (tp > 1)
         fprintf(stderr, "lmc serve: tensor parallel over %lld ranks (this rank: %lld of %lld heads, %lld of %lld MLP "
                 "features)\n", (long long)tp, (long long)model->cfg.num_heads, (long long)cm.model.cfg.num_heads,
@@ -426,5 +507,6 @@ int cmd_serve(int argc, char **argv) {
     if (have_draft) lmc_model_free(&draft);
     close_adapters(&ad, &cm);
     cli_close(&cm);
+    serve_ep_close(&epx);
     return 0;
 }

@@ -14,6 +14,7 @@
 #include "train/trainer_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
+#include "train/trainer_ep.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -66,7 +67,9 @@ static void usage(void) {
             "             sequence; N/C data-parallel groups of C; any optimizer)\n"
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
             "             data-parallel groups of P; AdamW, untied embeddings); --tp T with --cp C or --pp P:\n"
-            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"
+            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"            "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
+            "             layer's experts, tokens exchanged by all-to-all; data parallel over the rest; AdamW,\n"
+            "             CPU); checkpoints are consolidated one-process folders\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
 }
@@ -85,6 +88,17 @@ static int read_model_json(const char *path, struct lmc_config *c) {
 
 static bool is_tty(void) { return isatty(2); }
 
+/* This process's peak resident set (VmHWM) in MiB; 0 where /proc does not tell. */
+static double peak_rss_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kib = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return (double)kib / 1024.0;
+}
+
 static const char *ck_name(char *buf, size_t cap, const char *out, int64_t step) {
     snprintf(buf, cap, "%s/step_%06lld", out, (long long)step);
     return buf;
@@ -99,7 +113,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
-    int64_t zero = -1, tp = 1, cp = 1, pp = 1;
+    int64_t zero = -1, tp = 1, cp = 1, pp = 1, ep = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -157,7 +171,7 @@ int cmd_train(int argc, char **argv) {
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
-            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64},
+            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64}, {"--ep", &ep, 1, 1024},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -210,7 +224,12 @@ int cmd_train(int argc, char **argv) {
     int mpn;
     const char *mpflag;
     if (cli_mp_pick("train", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
-    bool dist = denv.world > 1 || zero >= 0 || mpn > 1;
+    if (ep > 1 && (mpn > 1 || zero > 0)) {
+        fprintf(stderr, "lmc train: --ep runs alone with --zero 0 so far (not with --tp, --cp, --pp or --zero %lld)\n",
+                (long long)(zero > 0 ? zero : 0));
+        return 2;
+    }
+    bool dist = denv.world > 1 || zero >= 0 || mpn > 1 || ep > 1;
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
@@ -230,6 +249,7 @@ int cmd_train(int argc, char **argv) {
     struct lmc_comm *tp_comm = have_tpc ? &tpc : &comm, *dp_comm = have_dpc ? &dpc : NULL;
     struct lmc_tmodel full;
     struct lmc_trainer_tp *tps = NULL;
+    struct lmc_trainer_ep *ep_state = NULL; /* --ep: the expert group until the trainer takes it */
     bool have_full = false;
     int64_t model_numel = 0; /* the whole model's parameters (--tp: more than this rank's shard) */
     bool root = !dist || comm.rank == 0;
@@ -241,7 +261,7 @@ int cmd_train(int argc, char **argv) {
     bool have_tm = false, have_be = false, have_tr = false, bf16 = false;
     /* data parallel: the model is built without its arenas and each rank's
      * zero module fills only its shard from this source (lmc_tmodel_src) */
-    bool lazy = dist && mpn < 2, have_src = false; /* not under --tp/--cp/--pp */
+    bool lazy = dist && mpn < 2, have_src = false; /* not under --tp/--cp/--pp; --ep: its shard from the source */
     struct lmc_tmodel_src src;
     /* data parallel on GPUs: an nccl communicator over the host one (which it keeps and frees) */
     struct lmc_comm ncomm, *dcomm = &comm;
@@ -260,6 +280,12 @@ int cmd_train(int argc, char **argv) {
         }
         have_nccl = true;
         dcomm = &ncomm;
+    }
+    if (ep > 1 && comm.world != ep) {
+        fprintf(stderr, "lmc train: --ep %lld needs %lld ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                (long long)ep, (long long)ep, comm.world);
+        rc = 2;
+        goto done;
     }
     /* OUT made, temporaries of interrupted saves removed; --resume latest resolved */
     char resume_dir[4096];
@@ -342,6 +368,21 @@ int cmd_train(int argc, char **argv) {
         }
         have_tm = true;
     }
+    if (ep > 1) { /* this rank's experts from the source; the full layout kept until a resume has cut its moments */
+        full = tm;
+        have_full = true;
+        model_numel = full.numel;
+        have_tm = false;
+        src.tm = &full; /* the source reads the full table where it now is */
+        lmc_status es = lmc_trainer_ep_shard(&tm, &ep_state, &full, &src, &comm, &be, &err);
+        lmc_tmodel_src_free(&src);
+        have_src = false;
+        if (es) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+        have_tm = true;
+    }
     if (aux_coef >= 0) { /* the load-balancing loss, as config.json's output_router_logits / router_aux_loss_coef */
         if (tm.cfg.num_experts <= 0) {
             fprintf(stderr, "lmc train: --router-aux-coef needs a mixture-of-experts model (%s has no experts)\n",
@@ -382,7 +423,7 @@ int cmd_train(int argc, char **argv) {
     }
     steps = o.sched.total;
     /* data parallel AdamW: the zero module holds the moments (tensor parallel: the trainer, per slice) */
-    o.zero_moments = dist && mpn < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
+    o.zero_moments = dist && mpn < 2 && ep < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
     o.init_src = have_src ? &src : NULL;
     o.bucket_bytes = (int64_t)(bucket_mb * 1048576.0);
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
@@ -394,14 +435,17 @@ int cmd_train(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, zero %lld, tp %lld%s, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
+                 "seed %lld, zero %lld, tp %lld%s, ep %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
                  (long long)(model_numel ? model_numel : tr.tm.numel), (long long)o.B, (long long)o.T, (long long)o.accum,
-                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "",
+                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "", (long long)ep,
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
         if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
-        if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
+        struct lmc_trainer_ep *e = ep_state;
+        ep_state = NULL; /* the trainer's from here on */
+        if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
+              : t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
@@ -419,7 +463,9 @@ int cmd_train(int argc, char **argv) {
         lmc_tmodel_src_free(&src);
         have_src = false;
     }
-    if (resume && (tr.tp ? lmc_trainer_tp_load_state(&tr, &full, resume, &err) : lmc_ckpt_load_state(&tr, resume, &err))) {
+    if (resume && (tr.ep   ? lmc_trainer_ep_load_state(&tr, &full, resume, &err)
+                   : tr.tp ? lmc_trainer_tp_load_state(&tr, &full, resume, &err)
+                           : lmc_ckpt_load_state(&tr, resume, &err))) {
         rc = cli_fail("train", &err);
         goto done;
     }
@@ -455,7 +501,14 @@ int cmd_train(int argc, char **argv) {
                 "group)" : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
-    if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
+    if (root && tr.ep)
+        fprintf(stderr, "lmc train: expert parallel x data parallel over %d ranks, global batch %lld x %lld x %lld "
+                        "accum; each rank holds %lld of the %lld experts per layer (an arena of %lld of the model's %lld "
+                        "floats) and their AdamW moments, %d threads per rank\n", comm.world,
+                (long long)(o.B * comm.world), (long long)o.T, (long long)o.accum,
+                (long long)(tr.tm.cfg.num_experts / comm.world), (long long)tr.tm.cfg.num_experts,
+                (long long)tr.tm.numel, (long long)model_numel, cc.threads);
+    else if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
     else if (root && dist)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
                         "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
@@ -481,6 +534,7 @@ int cmd_train(int argc, char **argv) {
     double fpt = lmc_trainer_flops_per_token(&tr);
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
+    double train_rss = 0; /* the peak resident set before the first checkpoint */
     while (tr.step < end) {
         struct lmc_train_stats st;
         double t0 = lmc_time_now();
@@ -492,12 +546,13 @@ int cmd_train(int argc, char **argv) {
         double vl = NAN;
         bool last = tr.step == end;
         /* ZeRO: a collective over every rank; tensor parallel: the TP group of DP rank 0 evaluates together */
-        bool evaluator = root || tr.zero || tr.cp || tr.pp || (tr.tp && (!dp_comm || dp_comm->rank == 0));
+        bool evaluator = root || tr.zero || tr.cp || tr.pp || tr.ep || (tr.tp && (!dp_comm || dp_comm->rank == 0));
         if (evaluator && eval_every > 0 && (tr.step % eval_every == 0 || last) && lmc_trainer_eval(&tr, &vl, &err)) {
             rc = cli_fail("train", &err);
             break;
         }
         bool save = (save_every > 0 && tr.step % save_every == 0) || last;
+        if (save && train_rss == 0) train_rss = peak_rss_mib(); /* before the first save (--ep: rank 0 gathers) */
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
         if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
@@ -505,8 +560,9 @@ int cmd_train(int argc, char **argv) {
             break;
         }
         if (!root) { /* the other ranks: their shards of the optimizer state */
-            if (save && (tr.tp ? lmc_trainer_tp_save(&tr, ck_name(ck, sizeof ck, out, tr.step), src_dir, tok_dir, &err)
-                                : lmc_trainer_dist_save(&tr, zd, &err))) {
+            if (save && (tr.tp   ? lmc_trainer_tp_save(&tr, ck_name(ck, sizeof ck, out, tr.step), src_dir, tok_dir, &err)
+                         : tr.ep ? lmc_trainer_ep_save(&tr, ck_name(ck, sizeof ck, out, tr.step), src_dir, tok_dir, &err)
+                                 : lmc_trainer_dist_save(&tr, zd, &err))) {
                 rc = cli_fail("train", &err);
                 break;
             }
@@ -542,8 +598,9 @@ int cmd_train(int argc, char **argv) {
         else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);
         if (save) {
             ck_name(ck, sizeof ck, out, tr.step);
-            if (tr.tp ? lmc_trainer_tp_save(&tr, ck, src_dir, tok_dir, &err)
-                      : (dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+            if (tr.tp   ? lmc_trainer_tp_save(&tr, ck, src_dir, tok_dir, &err)
+                : tr.ep ? lmc_trainer_ep_save(&tr, ck, src_dir, tok_dir, &err)
+                        : (dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
                 rc = cli_fail("train", &err);
                 break;
             }
@@ -551,6 +608,13 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
+    if (train_rss == 0) train_rss = peak_rss_mib(); /* no checkpoint written */
+    if (!rc && have_tr && tr.ep) /* every rank: its resident memory (rank 0 holds the whole model while saving) */
+        fprintf(stderr, "lmc train: rank %d of %d (expert parallel): peak resident %.0f MiB training, %.0f MiB with "
+                        "the checkpoints\n", comm.rank, comm.world, train_rss, peak_rss_mib());
+    else if (!rc && have_tr && !dist)
+        fprintf(stderr, "lmc train: peak resident %.0f MiB training, %.0f MiB with the checkpoints\n", train_rss,
+                peak_rss_mib());
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
@@ -558,6 +622,7 @@ done:
     if (have_src) lmc_tmodel_src_free(&src);
     if (have_full) lmc_tmodel_free(&full);
     lmc_trainer_tp_free_state(tps);
+    lmc_trainer_ep_free_state(ep_state);
     if (have_be) cli_train_backend_free(&be);
     if (have_ddc) ddc.free(&ddc);
     if (have_cpc) cpc.free(&cpc);

@@ -6,6 +6,7 @@
 #include "infer/sched_tp.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "model/moe_ep.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -48,8 +49,16 @@ lmc_status lmc_sched_tp_step(struct lmc_comm *c, const struct lmc_batch *b, cons
     return s;
 }
 
+/* The model's expert-parallel group (lmc serve --ep: every layer points at it), or NULL. */
+static struct lmc_ep_group *ep_group_of(const struct lmc_model *m) {
+    for (int64_t l = 0; m->w.layers && l < m->cfg.num_layers; l++)
+        if (m->w.layers[l].ep) return m->w.layers[l].ep;
+    return NULL;
+}
+
 lmc_status lmc_sched_follow(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_comm *c,
                             struct lmc_tp_group *g, struct lmc_sched_follow_stats *st, lmc_err *err) {
+    struct lmc_ep_group *eg = ep_group_of(m);
     memset(st, 0, sizeof *st);
     int64_t h[8];
     lmc_status s = c->broadcast(c, h, sizeof h, 0, err);
@@ -106,10 +115,11 @@ lmc_status lmc_sched_follow(const struct lmc_model *m, const struct lmc_backend 
         st->steps++;
         st->tokens += h[1];
         st->copies += h[5];
-        if (!s && g->st) {
+        if (!s && g && g->st) {
             s = g->st;
             *err = g->err;
         }
+        if (!s && eg) s = lmc_ep_group_check(eg, err); /* an expert exchange inside the step failed */
     }
     free(p);
     free(ids);

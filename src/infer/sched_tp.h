@@ -27,7 +27,9 @@ lmc_status lmc_sched_tp_stop(struct lmc_comm *c, lmc_err *err);
 lmc_status lmc_sched_tp_keepalive(struct lmc_comm *c, lmc_err *err);
 
 /* The other ranks: receives the shape, then runs every step rank 0 sends
- * on m (this rank's shard; g its group, checked after each step) until the
+ * on m (this rank's shard; g its group, checked after each step; NULL:
+ * none; a model whose layers point at an expert-parallel group has that
+ * group checked after each step too) until the
  * end. A lost rank 0 fails it (LMC_ERR_IO naming the rank). */
 struct lmc_sched_follow_stats {
     int64_t steps, tokens, copies;  /* steps run, their tokens, KV blocks copied on write */

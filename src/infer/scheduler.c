@@ -24,6 +24,7 @@
 #include "infer/paged_kv.h"
 #include "model/forward_batch.h"
 #include "infer/sched_tp.h"
+#include "model/moe_ep.h"
 #include "dist/comm.h"
 
 #include <errno.h>
@@ -441,6 +442,7 @@ static void step(struct lmc_sched *s) {
         err = s->o.tp_group->err;
         s->o.tp_group->st = LMC_OK;
     }
+    if (!st && s->o.ep_group) st = lmc_ep_group_check(s->o.ep_group, &err);
     s->n_steps++;
     s->n_spec_steps += spec_step;
     int64_t row = 0;

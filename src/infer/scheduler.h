@@ -39,6 +39,11 @@ struct lmc_sched_opts {
      * (lmc_sched_follow), tp_group's status checked after it. */
     struct lmc_comm *tp;
     struct lmc_tp_group *tp_group;
+    /* Expert-parallel serving (lmc serve --ep; NULL: none): m holds rank
+     * 0's experts (model/moe_ep.h, replicated mode), the steps go to the
+     * other ranks over tp as above (tp_group NULL), and the group's status
+     * is checked after each step. */
+    struct lmc_ep_group *ep_group;
     /* Speculative decoding inside the batch (LMC_SCHED_SPEC_LOOKUP: n-gram
      * drafts from the sequence's own prompt and output, no second model):
      * a sequence in decode state runs its last token and up to spec_k

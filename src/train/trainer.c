@@ -11,6 +11,7 @@
 #include "train/trainer_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
+#include "train/trainer_ep.h"
 #include "dist/zero.h"
 
 #include <math.h>
@@ -116,6 +117,7 @@ void lmc_trainer_free(struct lmc_trainer *tr) {
     lmc_trainer_cp_free(tr);
     lmc_trainer_pp_free(tr);
     lmc_tacts_free(&tr->acts);
+    lmc_trainer_ep_free(tr);
     if (tr->be) {
         if (tr->m) tr->be->free(tr->be->ctx, tr->m);
         if (tr->v) tr->be->free(tr->be->ctx, tr->v);
@@ -157,6 +159,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     if (tr->pp) return lmc_trainer_pp_step(tr, st, err); /* also with tp (pipeline x tensor parallel) */
     if (tr->tp) return lmc_trainer_tp_step(tr, st, err);
     if (tr->cp) return lmc_trainer_cp_step(tr, st, err);
+    if (tr->ep) return lmc_trainer_ep_step(tr, st, err);
     if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
@@ -245,6 +248,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
     if (tr->cp) return lmc_trainer_cp_eval(tr, loss, err);
     if (tr->pp) return lmc_trainer_pp_eval(tr, loss, err);
+    if (tr->ep) return lmc_trainer_ep_eval(tr, loss, err);
     *loss = NAN;
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
     lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);

@@ -77,6 +77,7 @@ struct lmc_train_stats {
 struct lmc_trainer_tp;
 struct lmc_trainer_cp;
 struct lmc_trainer_pp;
+struct lmc_trainer_ep;
 
 struct lmc_trainer {
     struct lmc_tmodel tm;      /* owned */
@@ -106,6 +107,8 @@ struct lmc_trainer {
     /* context / pipeline parallel (trainer_cp.h, trainer_pp.h; NULL: none) */
     struct lmc_trainer_cp *cp;
     struct lmc_trainer_pp *pp;
+    /* expert parallel (trainer_ep.h; NULL: none): tm holds this rank's experts */
+    struct lmc_trainer_ep *ep;
 };
 /* Adds the micro-batch tr->acts just ran to st's expert load (MoE; no-op
  * for dense models); after the last of accum, st->moe_aux is their mean. */

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# test_mp_finetune_ep.sh — `lmc finetune --full --ep N` (train/trainer_ep.c
+# with a batch source): the experts split over N ranks, each rank its own
+# batches of every micro-step (as one process with N x --accum). On
+# qwen3moe-tiny (8 experts) at EP 2 and EP 4 and mixtral-tiny (4 experts)
+# at EP 2, also with packed sequences (--pack) (ranks over tcp, torchrun-style variables, a port from the OS):
+# the losses, gradient norms and validation losses of 6 steps equal the
+# one-process run within 1e-6 relative and the written model's weights
+# within 1e-6 in relative norm (rank 0 writes one folder with every
+# expert; lr 3e-3 as the train tests: at lr 1e-2 a clipped gradient spike
+# at step 5 turns the summation-order rounding of the replicated gradient
+# into 1.0e-6 at EP 2); an EP 2 run stopped at step 3 and resumed from its checkpoint
+# writes the uninterrupted run's model bit for bit. LoRA (r 4 on every
+# linear: attention and each expert's projections, an expert's adapter on
+# its rank, rank 0 gathering the whole adapter) on qwen3moe-tiny at EP 2 and
+# 4: losses within 1e-6, the adapter within 1e-6 in relative norm (also
+# with LoRA dropout on attention adapters at EP 2: each rank's masks are
+# drawn with its own batch, as one process draws them); its
+# checkpoints are one-process ones (rank 0 gathers the adapters and their
+# moments): stopped at 3 and resumed at EP 2 = uninterrupted bit for bit,
+# and one process (--accum 4) resumes it and equals the one-process run.
+# Refused: a world other than N.
+# Usage: test_mp_finetune_ep.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
+command -v python3 >/dev/null || { echo "test_mp_finetune_ep: skipped (python3 missing)"; exit 0; }
+for i in $(seq 1 23); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
+done >"$TMP/d.jsonl"
+C="--data $TMP/d.jsonl --seq 32 --lr 3e-3 --threads 1 --schedule cosine --warmup 2 --steps 6 --clip 0.5 --full
+   --val-fraction 0.2 --eval-every 3 --save-every 3"
+run() { # W OUT ARGS...: W ranks at a free port; rank r's stderr in OUT.r<r>
+  local W=$1 out=$2; shift 2
+  for try in 1 2 3; do
+    local port pids=() rc=0
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    for r in $(seq $((W - 1)) -1 1); do
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C "$@" -o "$TMP/$out" \
+        >"$TMP/$out.r$r" 2>&1 &
+      pids+=($!)
+    done
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C "$@" -o "$TMP/$out" \
+      >"$TMP/$out.r0" 2>&1 || rc=1
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
+    rm -rf "${TMP:?}/$out"
+  done
+  return $rc
+}
+Q="-m tests/fixtures/qwen3moe-tiny"
+M="-m tests/fixtures/mixtral-tiny"
+"$LMC" finetune $C $Q --batch 2 --accum 4 -o "$TMP/q1" 2>"$TMP/err"; ok $? "qwen3moe one process: $(tail -2 "$TMP/err")"
+run 2 q2 $Q --batch 2 --accum 2 --ep 2; ok $? "qwen3moe --ep 2: $(tail -n 3 "$TMP"/q2.r*)"
+run 4 q4 $Q --batch 2 --accum 1 --ep 4; ok $? "qwen3moe --ep 4: $(tail -n 3 "$TMP"/q4.r*)"
+"$LMC" finetune $C $M --batch 2 --accum 2 -o "$TMP/m1" 2>"$TMP/err"; ok $? "mixtral one process: $(tail -2 "$TMP/err")"
+run 2 m2 $M --batch 2 --accum 1 --ep 2; ok $? "mixtral --ep 2: $(tail -n 3 "$TMP"/m2.r*)"
+# packed sequences (each rank its own batches' segments)
+"$LMC" finetune $C $M --pack --batch 1 --accum 4 -o "$TMP/p1" 2>"$TMP/err"; ok $? "mixtral packed one process: $(tail -2 "$TMP/err")"
+run 2 p2 $M --pack --batch 1 --accum 2 --ep 2; ok $? "mixtral packed --ep 2: $(tail -n 3 "$TMP"/p2.r*)"
+# LoRA on every linear (attention and each expert's projections; the experts' adapters live on their ranks)
+L="${C/--full/}"; L="${L/--save-every 3/} --lora-r 4"
+"$LMC" finetune $L $Q --batch 2 --accum 4 -o "$TMP/l1" 2>"$TMP/err"; ok $? "qwen3moe LoRA one process: $(tail -2 "$TMP/err")"
+C="$L" run 2 l2 $Q --batch 2 --accum 2 --ep 2; ok $? "qwen3moe LoRA --ep 2: $(tail -n 3 "$TMP"/l2.r*)"
+C="$L" run 4 l4 $Q --batch 2 --accum 1 --ep 4; ok $? "qwen3moe LoRA --ep 4: $(tail -n 3 "$TMP"/l4.r*)"
+# LoRA dropout (attention adapters: each rank's masks are its batches' draws, as one process's)
+LD="$L --lora-dropout 0.1 --lora-targets q_proj,v_proj"
+"$LMC" finetune $LD $Q --batch 2 --accum 4 -o "$TMP/ld1" 2>"$TMP/err"; ok $? "LoRA dropout one process: $(tail -2 "$TMP/err")"
+C="$LD" run 2 ld2 $Q --batch 2 --accum 2 --ep 2; ok $? "LoRA dropout --ep 2: $(tail -n 3 "$TMP"/ld2.r*)"
+# adapter checkpoints (one-process format): stopped at 3 and resumed at EP 2, and by one process
+C="$L --save-every 3" run 2 lrs $Q --batch 2 --accum 2 --ep 2 --stop-at 3
+ok $? "LoRA --ep 2 stop at 3: $(tail -n 3 "$TMP"/lrs.r*)"
+cp "$TMP/lrs.metrics.jsonl" "$TMP/lrs1.metrics.jsonl"
+C="$L --save-every 3" run 2 lrs $Q --batch 2 --accum 2 --ep 2 --resume "$TMP/lrs.ckpt/step_000003"
+ok $? "LoRA --ep 2 resume: $(tail -n 3 "$TMP"/lrs.r*)"
+cmp -s "$TMP/lrs/adapter_model.safetensors" "$TMP/l2/adapter_model.safetensors"
+ok $? "LoRA --ep 2 stopped at 3 and resumed writes the uninterrupted run's adapter bit for bit"
+"$LMC" finetune $L --save-every 3 $Q --batch 2 --accum 4 --resume "$TMP/lrs.ckpt/step_000003" -o "$TMP/lrs1" \
+  --metrics "$TMP/lrs1.metrics.jsonl" 2>"$TMP/err"
+ok $? "one-process resume of the EP adapter checkpoint: $(tail -2 "$TMP/err")"
+grep -q "expert parallel x data parallel over 2 ranks, 4 batches of 2 x 32 per step; each rank holds 4 of the 8" \
+  "$TMP/q2.r0"; ok $? "start-up line: $(grep parallel "$TMP/q2.r0")"
+[ "$(grep -c '^step' "$TMP/q2.r1")" = 0 ]; ok $? "rank 1 logged steps"
+# stopped at 3, resumed from the checkpoint
+run 2 rs $Q --batch 2 --accum 2 --ep 2 --stop-at 3; ok $? "--ep 2 stop at 3: $(tail -n 3 "$TMP"/rs.r*)"
+run 2 rs $Q --batch 2 --accum 2 --ep 2 --resume "$TMP/rs.ckpt/step_000003"
+ok $? "--ep 2 resume: $(tail -n 3 "$TMP"/rs.r*)"
+cmp -s "$TMP/rs/model.safetensors" "$TMP/q2/model.safetensors"
+ok $? "--ep 2 stopped at 3 and resumed writes the uninterrupted run's model bit for bit"
+python3 - "$TMP" <<'PY'
+import json, struct, sys
+tmp = sys.argv[1]
+def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}.metrics.jsonl")]
+def params(d, f="model.safetensors"):
+    b = open(f"{tmp}/{d}/{f}", "rb").read()
+    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
+    return out
+bad = 0
+for ref, runs, f in (("q1", ["q2", "q4", "rs"], "model.safetensors"), ("m1", ["m2"], "model.safetensors"),
+                     ("p1", ["p2"], "model.safetensors"),
+                     ("l1", ["l2", "l4", "lrs", "lrs1"], "adapter_model.safetensors"),
+                     ("ld1", ["ld2"], "adapter_model.safetensors")):
+    R, P = rows(ref), params(ref, f)
+    assert ref == "ld1" or any(".experts.3." in k for k in P), ref
+    for d in runs:
+        try:
+            r, p = rows(d), params(d, f)
+        except OSError as e:
+            print(d, e); bad += 1; continue
+        if [x["step"] for x in r] != list(range(1, 7)) or sorted(p) != sorted(P):
+            print(d, "steps", [x["step"] for x in r], "or tensors differ"); bad += 1; continue
+        wl = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, R))
+        wg = max(abs(a["grad_norm"] - b["grad_norm"]) / abs(b["grad_norm"]) for a, b in zip(r, R))
+        wv = max(abs(a["val_loss"] - b["val_loss"]) / abs(b["val_loss"]) for a, b in zip(r, R) if "val_loss" in b)
+        nv = sum("val_loss" in b for b in R)
+        npar = (sum((x - y) ** 2 for k in P for x, y in zip(p[k], P[k])) / sum(y * y for k in P for y in P[k])) ** 0.5
+        print(f"{d} vs {ref}: losses max rel {wl:.2e}, grad norms {wg:.2e}, val ({nv}) {wv:.2e}, weights |diff| / |w| {npar:.2e}")
+        if not (wl <= 1e-6 and wg <= 1e-5 and wv <= 1e-6 and nv == 2 and npar <= 1e-6): bad += 1
+sys.exit(bad)
+PY
+ok $? "EP 2 / EP 4 fine-tuning equals the one-process run (1e-6)"
+"$LMC" finetune $C $Q --batch 2 --ep 2 -o "$TMP/x" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "needs 2 ranks" "$TMP/err"; ok $? "--ep 2 on one rank: $(cat "$TMP/err")"
+"$LMC" finetune $C $Q --batch 2 --ep 2 --tp 2 -o "$TMP/x" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "\-\-ep runs alone" "$TMP/err"; ok $? "--ep 2 --tp 2: $(cat "$TMP/err")"
+echo "test_mp_finetune_ep: $pass passed, $fail failed"
+[ $fail = 0 ]
