@@ -9,6 +9,7 @@
 #include "infer/scheduler.h"
 #include "infer/sched_tp.h"
 #include "dist/tp_model.h"
+#include "cli_pp.h"
 #include "serve/serve.h"
 #include "train/lora_bank.h"
 
@@ -170,12 +171,14 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N [--tp-vocab]] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab] | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
             "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
             "--tp-vocab: the embedding and head split by vocabulary rows too (the logits gathered).\n"
+            "--pp N: under a launcher with N ranks, the layers split into N pipeline stages (CPU); rank 0\n"
+            "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
@@ -190,7 +193,7 @@ int cmd_serve(int argc, char **argv) {
     const char *name = NULL;
     char name_buf[256];
     size_t kv_bytes = 0;
-    int64_t kv_blocks = 0, tp = 1, spec_max_batch = -1;
+    int64_t kv_blocks = 0, tp = 1, pp = 0, spec_max_batch = -1;
     bool tp_vocab = false;
     bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
@@ -242,6 +245,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--kv-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &kv_blocks);
         else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
+        else if (!strcmp(o, "--pp")) ok = cli_parse_i64(v, 1, 4096, &pp);
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n, block_size_set = true;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
@@ -321,13 +325,39 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "lmc serve: --tp does not combine with --spec or a compressed --kv-dtype yet\n");
         return 2;
     }
+    if (pp && (tp > 1 || ad.n || sc.spec || kv_fmt)) {
+        fprintf(stderr, "lmc serve: --pp does not combine with %s yet\n",
+                tp > 1 ? "--tp" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
+        return 2;
+    }
     if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
-    if (cli_open(&cm, &c, true)) return 1;
+    if (cli_open(&cm, &c, !pp)) return 1;
+    /* --pp: this rank's pipeline stage; the ranks other than 0 follow rank 0's steps until it stops */
+    struct cli_pp ppx;
+    memset(&ppx, 0, sizeof ppx);
+    if (pp) {
+        int r = cli_pp_open(&ppx, pp, &cm, &c, "serve");
+        if (!r && ppx.comm.rank != 0) {
+            lmc_err err = {0};
+            struct lmc_sched_follow_stats fs;
+            if (lmc_sched_follow(&ppx.pp.view, &cm.be, &ppx.comm, &ppx.pp.g, &fs, &err)) r = cli_fail("serve --pp", &err);
+            else
+                fprintf(stderr, "lmc serve: rank %d (pipeline stage %d) followed %lld steps (%lld tokens)\n",
+                        ppx.comm.rank, ppx.pp.stage, (long long)fs.steps, (long long)fs.tokens);
+        }
+        if (r || ppx.comm.rank != 0) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            return r;
+        }
+        sc.tp = &ppx.comm;
+        sc.tp_group = &ppx.pp.g;
+    }
     /* --tp: this rank's shard; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_tp tpx;
     memset(&tpx, 0, sizeof tpx);
-    const struct lmc_model *model = &cm.model;
+    const struct lmc_model *model = pp ? &ppx.pp.view : &cm.model;
     if (tp > 1) {
         int r = serve_tp_open(&tpx, (int)tp, tp_vocab, &cm);
         if (r || tpx.comm.rank != 0) {
@@ -342,6 +372,7 @@ int cmd_serve(int argc, char **argv) {
     if (ad.n && open_adapters(&ad, &cm, name)) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
+        cli_pp_close(&ppx);
         return 1;
     }
     so.adapter_names = ad.names;
@@ -366,6 +397,7 @@ int cmd_serve(int argc, char **argv) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
+        cli_pp_close(&ppx);
         return cli_fail("--kv-dtype", &err);
     }
     if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
@@ -373,6 +405,7 @@ int cmd_serve(int argc, char **argv) {
         close_adapters(&ad, &cm);
         serve_tp_close(&tpx);
         cli_close(&cm);
+        cli_pp_close(&ppx);
         return cli_fail("scheduler", &err);
     }
     so.lim.ctx = sc.ctx;
@@ -385,6 +418,7 @@ int cmd_serve(int argc, char **argv) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         cli_close(&cm);
+        cli_pp_close(&ppx);
         return cli_fail("serve", &err);
     }
     struct lmc_sched_stats st;
@@ -406,6 +440,9 @@ int cmd_serve(int argc, char **argv) {
                 sc.spec == LMC_SCHED_SPEC_LOOKUP ? ", speculation: prompt lookup"
                 : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",
                 so.api_key && *so.api_key ? ", API key required" : "");
+    if (pp)
+        fprintf(stderr, "lmc serve: pipeline parallel over %lld ranks (micro-batches of a step up to %d)\n",
+                (long long)pp, ppx.pp.micro);
     if (tp > 1)
         fprintf(stderr, "lmc serve: tensor parallel over %lld ranks (this rank: %lld of %lld heads, %lld of %lld MLP "
                 "features)\n", (long long)tp, (long long)model->cfg.num_heads, (long long)cm.model.cfg.num_heads,
@@ -421,10 +458,14 @@ int cmd_serve(int argc, char **argv) {
     }
     fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
-    lmc_sched_free(sched); /* --tp: tells the other ranks to end */
+    lmc_sched_free(sched); /* --tp/--pp: tells the other ranks to end */
+    if (pp)
+        fprintf(stderr, "lmc serve: pipeline: %lld steps in %lld micro-batches\n", (long long)ppx.pp.steps,
+                (long long)ppx.pp.micro_batches);
     serve_tp_close(&tpx);
     if (have_draft) lmc_model_free(&draft);
     close_adapters(&ad, &cm);
     cli_close(&cm);
+    cli_pp_close(&ppx);
     return 0;
 }

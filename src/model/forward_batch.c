@@ -6,6 +6,7 @@
  * (gathered with embed over the hidden states viewed as an F32 table).
  * Every buffer, host staging included, is sized at init. */
 #include "model/forward_batch.h"
+#include "dist/pp_infer.h" /* pipeline stages (lmc_weights.pipe) */
 #include "core/core.h"
 
 #include <math.h>
@@ -382,10 +383,50 @@ static bool upload_freqs(const struct lmc_model *m, const struct lmc_backend *be
     return uniform;
 }
 
-/* The step up to the logits, left in backend memory (ba->a.logits). */
+/* A pipeline stage's part of the step (lmc_weights.pipe, dist/pp_infer.h):
+ * the step's micro-batches (token ranges cut at sequence boundaries; the
+ * sequence indices, block tables and rotary rows stay the whole step's)
+ * flow through the stage's layers one after another, received from the
+ * stage before (or embedded on the first) and sent to the next; the last
+ * stage computes the logits rows, which go to rank 0. *here: whether
+ * ba->a.logits holds the step's logits on this rank. */
+static void forward_batch_stage(const struct lmc_model *m, const struct lmc_backend *be,
+                                struct lmc_batch_acts *ba, const struct lmc_batch *b, struct lmc_run r,
+                                bool *here) {
+    struct lmc_pp_infer *pp = m->w.pipe;
+    const struct lmc_config *c = &m->cfg;
+    struct lmc_acts *a = &ba->a;
+    int64_t C = c->hidden_size;
+    int k = lmc_pp_infer_cuts(pp, b->seq, b->n_tokens);
+    for (int j = 0; j < k; j++) {
+        int64_t t0 = pp->cut[j], nt = pp->cut[j + 1] - t0;
+        float *x = a->x + t0 * C;
+        if (lmc_pp_infer_first(pp)) lmc_weights_embed(be, &m->w, x, a->ids + t0, a->pos + t0, nt, a->h);
+        else lmc_pp_infer_recv_x(pp, x, nt, C);
+        struct lmc_run q = r;
+        q.n = nt, q.pos = a->pos + t0, q.seq = ba->seq + t0, q.seq_host = b->seq + t0;
+        struct lmc_block_save s;
+        lmc_block_save_carve(m->arch, c, nt, LMC_RUN_PAGED, a->save, &s);
+        s.h1 = s.h2 = a->h;
+        for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&q, l, &m->w.layers[l], &s, x, x);
+        lmc_pp_infer_send_x(pp, x, nt, C);
+    }
+    *here = b->n_logits > 0 && (lmc_pp_infer_first(pp) || lmc_pp_infer_last(pp));
+    if (!b->n_logits || !*here) return;
+    if (lmc_pp_infer_last(pp)) {
+        struct lmc_mat xt = {LMC_DTYPE_F32, b->n_tokens, C, a->x};
+        be->embed(be->ctx, a->tmp, &xt, ba->rows, b->n_logits);
+        lmc_model_logits(m, be, a, a->tmp, b->n_logits);
+    }
+    lmc_pp_infer_to_rank0(pp, a->logits, b->n_logits * c->vocab_size);
+}
+
+/* The step up to the logits, left in backend memory (ba->a.logits); *here
+ * false on a pipeline stage that gets no logits (not the first or last). */
 static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_backend *be,
                                     struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
-                                    const struct lmc_batch *b, lmc_err *err) {
+                                    const struct lmc_batch *b, bool *here, lmc_err *err) {
+    *here = true;
     lmc_status st = check_batch(m, ba, kv, b, err);
     if (!st && b->adapter) st = group_rows(m, b, err);
     if (st) return st;
@@ -398,7 +439,7 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
     be->upload(be->ctx, ba->bt, b->block_tables, (size_t)(b->n_seqs * b->max_blocks) * sizeof(int32_t));
     if (b->n_logits)
         be->upload(be->ctx, ba->rows, b->logit_tokens, (size_t)b->n_logits * sizeof(int32_t));
-    lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
+    if (!m->w.pipe) lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
     bool uniform = m->rot_dim ? upload_freqs(m, be, ba, b) : true;
     struct lmc_run r = {.mode = LMC_RUN_PAGED, .be = be, .cfg = c, .arch = m->arch, .n = n,
                         .rot_dim = m->rot_dim, .pos = a->pos, .inv_freq = ba->inv_freq,
@@ -417,6 +458,10 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
         be->upload(be->ctx, ba->tok_slot, ba->tok_slot_host, (size_t)n * sizeof(int32_t));
         r.tok_slot = ba->tok_slot;
     }
+    if (m->w.pipe) {
+        forward_batch_stage(m, be, ba, b, r, here);
+        return LMC_OK;
+    }
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_PAGED, a->save, &s);
     s.h1 = s.h2 = a->h;
@@ -433,8 +478,9 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
 lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_backend *be,
                                    struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
                                    const struct lmc_batch *b, float *logits, lmc_err *err) {
-    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
-    if (st || b->n_logits == 0) return st;
+    bool here;
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, &here, err);
+    if (st || b->n_logits == 0 || !here) return st;
     be->download(be->ctx, logits, ba->a.logits,
                  (size_t)(b->n_logits * m->cfg.vocab_size) * sizeof(float));
     return LMC_OK;
@@ -443,8 +489,9 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
 lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struct lmc_backend *be,
                                           struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
                                           const struct lmc_batch *b, int32_t *ids, lmc_err *err) {
-    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
-    if (st || b->n_logits == 0) return st;
+    bool here;
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, &here, err);
+    if (st || b->n_logits == 0 || !here) return st;
     int64_t V = m->cfg.vocab_size;
     if (be->argmax_rows) {
         be->argmax_rows(be->ctx, ids, ba->a.logits, b->n_logits, V);
@@ -467,8 +514,9 @@ lmc_status lmc_model_forward_batch_sample(const struct lmc_model *m, const struc
                                           const struct lmc_batch *b,
                                           const struct lmc_sample_row *params, int32_t *ids,
                                           lmc_err *err) {
-    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
-    if (st || b->n_logits == 0) return st;
+    bool here;
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, &here, err);
+    if (st || b->n_logits == 0 || !here) return st;
     int64_t V = m->cfg.vocab_size;
     if (be->sample_rows) {
         be->sample_rows(be->ctx, ids, ba->a.logits, b->n_logits, V, params);

@@ -1,0 +1,86 @@
+/* pp_infer.h — pipeline-parallel inference (lmc generate/serve --pp P): rank
+ * s of a P-rank communicator is stage s, holding the layers [l0, l1) of a
+ * split balanced by parameter count (lmc_pp_infer_plan), the embedding on
+ * the first stage, the final norm and the head on the last (a tied head:
+ * the embedding there too), loaded alone (lmc_model_opts.layer_begin/end),
+ * so a stage's resident weights are about 1/P of the model.
+ *
+ * The stage runs through the ordinary forwards (model/forward.c,
+ * forward_batch.c) on a view of the loaded model whose config has the
+ * stage's l1 - l0 layers (so its KV cache and pool hold only those) and
+ * whose weights carry w.pipe: a stage after the first receives the
+ * residual stream (rows, hidden) float32 from stage s-1 instead of
+ * embedding, a stage before the last sends it on to stage s+1, and the last
+ * computes the logits. In lmc_model_forward (one sequence; every rank runs
+ * the same generation loop) the last stage broadcasts the logits rows to
+ * every rank; in lmc_model_forward_batch (serving: rank 0's scheduler
+ * sends each step to the others, infer/sched_tp.h) a step is cut at
+ * sequence boundaries into up to `micro` micro-batches that flow through
+ * the stages one after another (stage s runs micro-batch j while stage s+1
+ * runs j-1), and the last stage sends the step's logits rows to rank 0
+ * alone. Sends and receives pair between neighbours in one order on every
+ * rank (the lower stage sends first; the logits go back after the last
+ * stage has received every micro-batch), so no wait cycle forms whatever
+ * the message sizes. Host-memory backends (CPU) only. A failed transfer
+ * leaves its status in g (sticky; g.c is the communicator) for the driver
+ * to check after the step. */
+#ifndef LMC_PP_INFER_H
+#define LMC_PP_INFER_H
+
+#include "lmc.h"
+#include "model/linear.h"
+#include "model/model.h"
+
+struct lmc_comm;
+
+struct lmc_pp_infer {
+    struct lmc_comm *c;           /* borrowed: rank s is stage s */
+    int stage, n_stages;
+    int64_t l0, l1;               /* this stage's layers */
+    int micro;                    /* micro-batches a serving step is cut into (>= 1) */
+    struct lmc_tp_group g;        /* sticky status of the transfers (g.c = c) */
+    struct lmc_model view;        /* the stage: cfg.num_layers = l1 - l0, w.layers from l0,
+                                   * w.pipe = this struct (which must not move) */
+    int64_t *cut;                 /* (micro + 1) host scratch: a step's token cuts */
+    int64_t steps, micro_batches; /* batched steps run, and the micro-batches they were cut into */
+};
+
+/* The split of c's layers over P stages balanced by the parameters of each
+ * layer (the architecture's tensor table): bounds[s]..bounds[s+1] are stage
+ * s's layers, every stage at least one. LMC_ERR_ARG when P is out of 1..L. */
+lmc_status lmc_pp_infer_plan(const struct lmc_config *c, int P, int64_t *bounds, lmc_err *err);
+
+/* Parameters (elements) stage s of P holds for inference: its layers, the
+ * embedding (first), the final norm and head (last; a tied head the
+ * embedding there too). */
+int64_t lmc_pp_infer_stage_params(const struct lmc_config *c, const int64_t *bounds, int P, int s);
+
+/* Loads stage c->rank of c->world from dir into *m (freed by the caller
+ * with lmc_model_free after lmc_pp_infer_free) and makes p->view, the
+ * model to run. micro: micro-batches per serving step (0: max(2, P)).
+ * Refuses models the split cannot serve (mixtures of experts, recurrent
+ * layers) and device backends (LMC_ERR_UNSUPPORTED). */
+lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const char *dir,
+                             const struct lmc_model_opts *o, struct lmc_comm *c, int micro, lmc_err *err);
+void lmc_pp_infer_free(struct lmc_pp_infer *p);
+/* The first failed transfer since the last check (then cleared). */
+lmc_status lmc_pp_infer_check(struct lmc_pp_infer *p, lmc_err *err);
+
+/* ---- used by the model's forwards (model/forward*.c) */
+static inline bool lmc_pp_infer_first(const struct lmc_pp_infer *p) { return p->stage == 0; }
+static inline bool lmc_pp_infer_last(const struct lmc_pp_infer *p) { return p->stage == p->n_stages - 1; }
+/* x (rows, C) float32 (host memory) from stage s-1 / to stage s+1. */
+void lmc_pp_infer_recv_x(struct lmc_pp_infer *p, float *x, int64_t rows, int64_t C);
+void lmc_pp_infer_send_x(struct lmc_pp_infer *p, const float *x, int64_t rows, int64_t C);
+/* Every rank: n floats of buf from the last stage (lmc_model_forward). */
+void lmc_pp_infer_bcast(struct lmc_pp_infer *p, float *buf, int64_t n);
+/* The last stage sends n floats of buf to rank 0, which receives them
+ * (no-op on the other ranks and when rank 0 is the last stage). */
+void lmc_pp_infer_to_rank0(struct lmc_pp_infer *p, float *buf, int64_t n);
+/* Cuts a step of n_tokens tokens (seq: each token's sequence index,
+ * non-decreasing; else one micro-batch) at sequence boundaries into up to
+ * p->micro parts of about equal tokens: p->cut[0] = 0 < ... < p->cut[k] =
+ * n_tokens; returns k. */
+int lmc_pp_infer_cuts(struct lmc_pp_infer *p, const int32_t *seq, int64_t n_tokens);
+
+#endif
