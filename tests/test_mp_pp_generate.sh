@@ -11,7 +11,8 @@
 # 4 the same. Each stage's weight bytes as its loader counts them (the
 # stage line) stay under (1/P of the whole + the embedding matrix), and
 # the stages sum to the whole (plus the embedding again on the last stage
-# when it is the head). P > layers, --pp with --ep or --tp, and a world
+# when it is the head); `lmc info --pp P` lists the stages the ranks
+# loaded. P > layers, --pp with --ep or --tp, and a world
 # that is not --pp are refused; rank 1 prints nothing on stdout.
 # Usage: test_mp_pp_generate.sh PATH/TO/lmc
 set -u
@@ -71,6 +72,13 @@ gen() {
     ok $? "$name --pp $P ids [$(ids "$TMP/$name.pp$P.r0")] vs one process [$(ids "$TMP/$name.one")]"
     [ ! -s "$TMP/$name.pp$P.r1" ]; ok $? "$name --pp $P rank 1 printed: $(cat "$TMP/$name.pp$P.r1")"
     bytes_check "$name" "$dir" "$P" "$eb"
+    # lmc info --pp P lists the same stages (layers) as the ranks loaded
+    local want got
+    want=$(for s in $(seq 0 $((P - 1))); do sed -n "s/.*pipeline stage $s of $P: layers \[\([0-9]*\), \([0-9]*\)).*/\1,\2/p" \
+      "$TMP/$name.pp$P.r$s.err"; done | tr '\n' ' ')
+    got=$("$LMC" info -m "$dir" --pp "$P" --json | python3 -c \
+      'import json,sys; print(" ".join("%d,%d" % tuple(s["layers"]) for s in json.load(sys.stdin)["inference_stages"]), end=" ")')
+    [ -n "$want" ] && [ "$want" = "$got" ]; ok $? "$name lmc info --pp $P stages [$got] vs loaded [$want]"
   done
 }
 G="-p hello_world,_this_is -n 12 --ignore-eos --dtype f32"

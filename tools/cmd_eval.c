@@ -6,6 +6,7 @@
 #include "io/gguf.h"
 #include "quant/quant.h"
 #include "dist/mp_mem.h"
+#include "dist/pp_infer.h"
 #include "dist/zero.h"
 #include "train/trainer.h"
 #include "train/qlora.h"
@@ -343,6 +344,32 @@ struct mp_opts {
     bool vocab;                    /* --tp-vocab */
 };
 
+/* --pp P: the stages of pipeline-parallel inference (lmc generate/serve
+ * --pp, dist/pp_infer.h): each stage's layers and float32 weights. */
+static int print_pp_stages(const struct lmc_config *c, int P, bool json) {
+    lmc_err err = {0};
+    int64_t b[4097];
+    if (P > 4096 || lmc_pp_infer_plan(c, P, b, &err)) {
+        if (!json) return 0; /* the training layout above already said why */
+        printf(",\"inference_stages\":null");
+        return 0;
+    }
+    if (json) printf(",\"inference_stages\":[");
+    else printf("inference (generate/serve --pp %d), per stage:", P);
+    for (int s = 0; s < P; s++) {
+        int64_t n = lmc_pp_infer_stage_params(c, b, P, s);
+        if (n < 0) return cli_fail("info", &err);
+        if (json)
+            printf("%s{\"stage\":%d,\"layers\":[%lld,%lld],\"params\":%lld,\"weights\":%lld}", s ? "," : "", s,
+                   (long long)b[s], (long long)b[s + 1], (long long)n, (long long)(4 * n));
+        else
+            printf(" stage %d layers [%lld, %lld) %lld parameters, %.1f MiB fp32;", s, (long long)b[s],
+                   (long long)b[s + 1], (long long)n, 4.0 * (double)n / 1048576.0);
+    }
+    printf(json ? "]" : "\n");
+    return 0;
+}
+
 static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, bool json) {
     lmc_err err = {0};
     const double G = 1073741824.0;
@@ -361,6 +388,7 @@ static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, boo
                l.tp, l.vocab ? " (vocabulary split)" : "", l.pp, l.cp, (long long)l.micro_batch, (long long)l.seq,
                l.micro_batches, (long long)m.params, (long long)m.layers, m.weights / G, m.grads / G,
                m.optimizer / G, m.activations / G, m.live, m.total / G);
+    if (o->pp > 1 && print_pp_stages(c, (int)o->pp, json)) return 1;
     if (o->fits_gib > 0) {
         if (json) printf(",\"fits\":[");
         else printf("layouts that fit %.3f GiB per rank (tp x pp x cp: GiB):", o->fits_gib);
