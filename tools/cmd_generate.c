@@ -471,6 +471,10 @@ int cmd_chat(int argc, char **argv) {
         fprintf(stderr, "lmc chat: speculative decoding, --kv-dtype and attention sinks are available in `lmc generate` only\n");
         return 2;
     }
+    if (a.pp || a.tp > 1 || a.ep > 1) {
+        fprintf(stderr, "lmc chat: --pp/--tp/--ep run in `lmc generate` and `lmc serve` (chat reads one terminal)\n");
+        return 2;
+    }
     struct cli_model cm;
     if (cli_open(&cm, &a.c, true)) return 1;
     if (!a.temp_set) {
