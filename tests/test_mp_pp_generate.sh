@@ -13,7 +13,7 @@
 # the stages sum to the whole (plus the embedding again on the last stage
 # when it is the head); `lmc info --pp P` lists the stages the ranks
 # loaded. P > layers, --pp with --ep or --tp, and a world
-# that is not --pp are refused; rank 1 prints nothing on stdout.
+# that is not --pp, --device cuda and `lmc chat --pp` are refused; rank 1 prints nothing on stdout.
 # Usage: test_mp_pp_generate.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -113,6 +113,10 @@ run_pp 3 more -m tests/fixtures/llama-tiny -p hi -n 2; rc=$?
 [ $? = 2 ] && grep -q "does not combine with --ep" "$TMP/err"; ok $? "--pp with --ep: $(cat "$TMP/err")"
 "$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 2 --tp 2 >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "does not combine with --tp" "$TMP/err"; ok $? "--pp with --tp: $(cat "$TMP/err")"
+"$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 1 --device cuda >"$TMP/o" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "CPU backend only" "$TMP/err"; ok $? "--pp --device cuda: $(cat "$TMP/err")"
+echo hi | "$LMC" chat -m tests/fixtures/llama-tiny --pp 2 >"$TMP/o" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "run in .lmc generate. and .lmc serve." "$TMP/err"; ok $? "chat --pp: $(cat "$TMP/err")"
 "$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 0 >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ]; ok $? "--pp 0 accepted"
 echo "test_mp_pp_generate: $pass passed, $fail failed"
