@@ -12,8 +12,10 @@
 # stage line) stay under (1/P of the whole + the embedding matrix), and
 # the stages sum to the whole (plus the embedding again on the last stage
 # when it is the head); `lmc info --pp P` lists the stages the ranks
-# loaded. P > layers, --pp with --ep or --tp, and a world
-# that is not --pp, --device cuda and `lmc chat --pp` are refused; rank 1 prints nothing on stdout.
+# loaded. --pp 2 --tp 2 (4 ranks, each stage sharded by heads) on
+# llama-tiny and qwen2-tiny gives the one-process ids. P > layers, --pp
+# with --ep or --tp-vocab, a world that is not --pp x --tp, --device cuda
+# and `lmc chat --pp` are refused; rank 1 prints nothing on stdout.
 # Usage: test_mp_pp_generate.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -25,18 +27,20 @@ ids() { sed -n 's/.*"ids":\[\([0-9,]*\)\].*/\1/p' "$1"; }
 # stage s's weight bytes from the stage lines of OUT.r*.err
 wbytes() { sed -n "s/.*pipeline stage $2 of .* \([0-9]*\) weight bytes/\1/p" "$1"; }
 # run_pp P OUT ARGS...: P ranks of lmc generate --pp P; rank r's stdout in OUT.rR, stderr in OUT.rR.err
-run_pp() {
+run_pp() { local P=$1; run_w "$@" --pp "$P"; }
+# run_w W OUT ARGS...: W ranks of lmc generate ARGS
+run_w() {
   local P=$1 out=$2; shift 2
   for try in 1 2 3; do
     local port pids=() rc=0
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     for r in $(seq $((P - 1)) -1 1); do
       RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-        "$LMC" generate "$@" --pp "$P" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
+        "$LMC" generate "$@" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
       pids+=($!)
     done
     RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-      "$LMC" generate "$@" --pp "$P" >"$TMP/$out.r0" 2>"$TMP/$out.r0.err" || rc=$?
+      "$LMC" generate "$@" >"$TMP/$out.r0" 2>"$TMP/$out.r0.err" || rc=$?
     for p in "${pids[@]}"; do wait "$p" || rc=1; done
     grep -q "cannot listen" "$TMP/$out.r0.err" || return $rc
   done
@@ -89,6 +93,13 @@ for fx in llama-tiny qwen2-tiny gpt2-tiny; do
   gen "$fx-4l-sampled" "$TMP/$fx-4l" 4 "4" $G --temp 0.9 --top-k 40 --seed 7
 done
 gen kjv models/kjv-llama 2 "2 4" -p "And the LORD said unto Moses" -n 16 --temp 0 --ignore-eos
+# --tp 2 inside each of 2 stages (4 ranks): llama-tiny (KV heads split) and qwen2-tiny (replicated, tied head)
+for fx in llama-tiny qwen2-tiny; do
+  run_w 4 "$fx.tppp" -m "tests/fixtures/$fx" $G --temp 0 --json --pp 2 --tp 2
+  ok $? "$fx --pp 2 --tp 2 exit: $(tail -n 3 "$TMP/$fx.tppp".r*.err)"
+  [ -n "$(ids "$TMP/$fx.one")" ] && [ "$(ids "$TMP/$fx.one")" = "$(ids "$TMP/$fx.tppp.r0")" ]
+  ok $? "$fx --pp 2 --tp 2 ids [$(ids "$TMP/$fx.tppp.r0")] vs one process [$(ids "$TMP/$fx.one")]"
+done
 # mpirun: --pp 2 and 4 on the 4-layer llama
 if command -v mpirun >/dev/null 2>&1; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -111,8 +122,10 @@ run_pp 3 more -m tests/fixtures/llama-tiny -p hi -n 2; rc=$?
 [ $? = 2 ] && grep -q "needs 2 ranks" "$TMP/err"; ok $? "--pp 2 without ranks: $(cat "$TMP/err")"
 "$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 2 --ep 2 >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "does not combine with --ep" "$TMP/err"; ok $? "--pp with --ep: $(cat "$TMP/err")"
+"$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 2 --tp 2 --tp-vocab >"$TMP/o" 2>"$TMP/err"
+[ $? = 2 ] && grep -q "does not combine with --tp-vocab" "$TMP/err"; ok $? "--pp with --tp-vocab: $(cat "$TMP/err")"
 "$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 2 --tp 2 >"$TMP/o" 2>"$TMP/err"
-[ $? = 2 ] && grep -q "does not combine with --tp" "$TMP/err"; ok $? "--pp with --tp: $(cat "$TMP/err")"
+[ $? = 2 ] && grep -q "needs 4 ranks" "$TMP/err"; ok $? "--pp 2 --tp 2 in one process: $(cat "$TMP/err")"
 "$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 1 --device cuda >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "CPU backend only" "$TMP/err"; ok $? "--pp --device cuda: $(cat "$TMP/err")"
 echo hi | "$LMC" chat -m tests/fixtures/llama-tiny --pp 2 >"$TMP/o" 2>"$TMP/err"

@@ -85,7 +85,7 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     struct lmc_model m;
     struct lmc_pp_infer p;
     struct lmc_model_opts o = {.wdtype = LMC_WDTYPE_F32, .be = &be};
-    if (lmc_pp_infer_load(&p, &m, r->dir, &o, c, 0, &err)) {
+    if (lmc_pp_infer_load(&p, &m, r->dir, &o, c, 1, 0, &err)) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 5;
     }

@@ -5,14 +5,15 @@
 # meanwhile), rank 0 serving HTTP on a port the OS picks and running the
 # scheduler and stage 0, the others following its steps as stages 1..P-1.
 # On llama-tiny, qwen2-tiny (tied head on the last stage) and gpt2-tiny at
-# --pp 2, and a 4-layer llama-tiny (its layers repeated) at --pp 4: 12
+# --pp 2, a 4-layer llama-tiny (its layers repeated) at --pp 4, and
+# llama-tiny at --pp 2 --tp 2 (4 ranks, each stage sharded by heads): 12
 # concurrent requests (greedy, n = 2 greedy choices, seeded sampling, a
 # streamed one) give the texts, token counts and finish reasons of the
 # one-process server; /v1/models and the errors of bad requests (malformed
 # JSON, a prompt over the context, an unknown model) equal the
 # one-process server's; some steps were cut into several micro-batches;
-# SIGTERM to rank 0 ends every rank with status 0. --pp with --tp, and a
-# world that is not --pp, are refused. Waits on the servers' log lines
+# SIGTERM to rank 0 ends every rank with status 0. --pp with --tp-vocab,
+# and a world that is not --pp (x --tp), are refused. Waits on the servers' log lines
 # (pipes), never on a clock.
 # Usage: test_mp_pp_serve.sh PATH/TO/lmc
 set -u
@@ -48,7 +49,7 @@ def drain(p, lines):
     t.start()
     return t
 
-def start(model, world):
+def start(model, world, tp=1):
     """one process (world 1) or world ranks as pipeline stages: returns (procs, port, logs, drains)"""
     args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--kv-blocks", "256",
             "--max-batch", "16", "--dtype", "f32", "--model-name", "m"]
@@ -62,7 +63,8 @@ def start(model, world):
             for r in range(world - 1, -1, -1):
                 env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(mp))
-                procs.insert(0, subprocess.Popen(args + ["--pp", str(world)], env=env, stderr=subprocess.PIPE,
+                extra = ["--pp", str(world // tp)] + (["--tp", str(tp)] if tp > 1 else [])
+                procs.insert(0, subprocess.Popen(args + extra, env=env, stderr=subprocess.PIPE,
                                                  stdout=subprocess.DEVNULL))
         port = wait_listening(procs[0], logs[0])
         drains = [drain(procs[r], logs[r]) for r in range(world)]
@@ -131,7 +133,7 @@ def stop(procs, drains):
     for t in drains: t.join(timeout=60)
     return codes
 
-for fx, P in [("llama-tiny", 2), ("qwen2-tiny", 2), ("gpt2-tiny", 2), (llama4, 4)]:
+for fx, P, T in [("llama-tiny", 2, 1), ("qwen2-tiny", 2, 1), ("gpt2-tiny", 2, 1), (llama4, 4, 1), ("llama-tiny", 2, 2)]:
     model = fx if fx.startswith("/") else f"tests/fixtures/{fx}"
     name = "llama-tiny x2 layers" if fx == llama4 else fx
     procs, port, logs, dr = start(model, 1)
@@ -139,17 +141,18 @@ for fx, P in [("llama-tiny", 2), ("qwen2-tiny", 2), ("gpt2-tiny", 2), (llama4, 4
     if port is None: continue
     ref, ref_models, ref_errs = run_all(port)
     stop(procs, dr)
-    what = f"--pp {P}"
-    procs, port, logs, dr = start(model, P)
+    what = f"--pp {P}" + (f" --tp {T}" if T > 1 else "")
+    W = P * T
+    procs, port, logs, dr = start(model, W, T)
     check(port is not None, f"{name}: {what} server did not start: {''.join(logs[0])}")
     if port is None:
         for p in procs: p.kill()
         continue
-    check(any(f"pipeline parallel over {P} ranks" in l for l in logs[0]), f"{name}: start-up line: {''.join(logs[0])}")
+    check(any(f"pipeline parallel over {P} stages" in l for l in logs[0]), f"{name}: start-up line: {''.join(logs[0])}")
     got, got_models, got_errs = run_all(port)
     codes = stop(procs, dr)
-    check(codes == [0] * P, f"{name}: {what} exit codes {codes}: {''.join(logs[-1])[-500:]}")
-    for r in range(1, P):
+    check(codes == [0] * W, f"{name}: {what} exit codes {codes}: {''.join(logs[-1])[-500:]}")
+    for r in range(1, W):
         fl = [l for l in logs[r] if "followed" in l]
         steps = int(fl[0].split("followed ")[1].split()[0]) if fl else 0
         check(steps > 0, f"{name}: {what} rank {r} followed no step: {''.join(logs[r])[-300:]}")
@@ -170,9 +173,13 @@ env = dict(os.environ, RANK="0", WORLD_SIZE="1")
 p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--pp", "2"], env=env,
                    capture_output=True, timeout=60)
 check(p.returncode == 2 and b"needs 2 ranks" in p.stderr, f"--pp 2 on one rank: {p.returncode} {p.stderr[-300:]}")
-p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--pp", "2", "--tp", "2"],
+p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--pp", "2", "--tp", "2",
+                    "--tp-vocab"], capture_output=True, timeout=60)
+check(p.returncode == 2 and b"--pp does not combine with --tp-vocab" in p.stderr,
+      f"--pp 2 --tp 2 --tp-vocab: {p.returncode} {p.stderr[-300:]}")
+p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--pp", "2", "--tp", "2"], env=env,
                    capture_output=True, timeout=60)
-check(p.returncode == 2 and b"--pp does not combine with --tp" in p.stderr, f"--pp 2 --tp 2: {p.returncode} {p.stderr[-300:]}")
+check(p.returncode == 2 and b"needs 4 ranks" in p.stderr, f"--pp 2 --tp 2 on one rank: {p.returncode} {p.stderr[-300:]}")
 print(f"test_mp_pp_serve: {fails} failed")
 sys.exit(1 if fails else 0)
 PY

@@ -313,16 +313,15 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "lmc generate: --tp and --ep do not combine yet\n");
         return 2;
     }
-    if (a.pp && (a.tp > 1 || a.ep > 1)) {
-        fprintf(stderr, "lmc generate: --pp does not combine with --%s yet (one parallel dimension at a time)\n",
-                a.tp > 1 ? "tp" : "ep");
+    if (a.pp && (a.ep > 1 || a.tp_vocab)) {
+        fprintf(stderr, "lmc generate: --pp does not combine with %s yet\n", a.ep > 1 ? "--ep" : "--tp-vocab");
         return 2;
     }
     struct gen_ep ep = {0};
     struct cli_pp pp = {0};
     if (cli_open(&cm, &a.c, a.ep <= 1 && !a.pp)) return 1;
     if (a.pp) {
-        int r = cli_pp_open(&pp, a.pp, &cm, &a.c, "generate");
+        int r = cli_pp_open(&pp, a.pp, a.tp > 1 ? a.tp : 1, &cm, &a.c, "generate"); /* --tp T: T ranks a stage */
         if (r) {
             cli_close(&cm);
             cli_pp_close(&pp);
@@ -342,10 +341,10 @@ int cmd_generate(int argc, char **argv) {
     const struct lmc_model *model = &cm.model;
     bool quiet = a.ep > 1 && ep.comm.rank != 0; /* ranks other than 0 of --tp / --ep / --pp */
     if (a.pp) {
-        model = &pp.pp.view;
+        model = pp.model;
         quiet = pp.comm.rank != 0;
     }
-    if (a.tp > 1) {
+    if (a.tp > 1 && !a.pp) {
         int r = gen_tp_open(&tp, a.tp, a.tp_vocab, &cm.model);
         if (r) {
             gen_tp_close(&tp);
@@ -419,7 +418,7 @@ int cmd_generate(int argc, char **argv) {
     }
     if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json || quiet ? NULL : emit_stdout, NULL, &res,
                                      &err) ||
-        (a.tp > 1 && lmc_tp_model_check(&tp.m, &err)) || (a.ep > 1 && lmc_ep_group_check(&ep.g, &err)) ||
+        (a.tp > 1 && !a.pp && lmc_tp_model_check(&tp.m, &err)) || (a.ep > 1 && lmc_ep_group_check(&ep.g, &err)) ||
         (a.pp && lmc_pp_infer_check(&pp.pp, &err))) {
         rc = cli_fail("generate", &err);
         goto done;

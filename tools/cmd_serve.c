@@ -325,9 +325,9 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "lmc serve: --tp does not combine with --spec or a compressed --kv-dtype yet\n");
         return 2;
     }
-    if (pp && (tp > 1 || ad.n || sc.spec || kv_fmt)) {
+    if (pp && (tp_vocab || ad.n || sc.spec || kv_fmt)) {
         fprintf(stderr, "lmc serve: --pp does not combine with %s yet\n",
-                tp > 1 ? "--tp" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
+                tp_vocab ? "--tp-vocab" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
         return 2;
     }
     if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
@@ -337,11 +337,11 @@ int cmd_serve(int argc, char **argv) {
     struct cli_pp ppx;
     memset(&ppx, 0, sizeof ppx);
     if (pp) {
-        int r = cli_pp_open(&ppx, pp, &cm, &c, "serve");
+        int r = cli_pp_open(&ppx, pp, tp, &cm, &c, "serve"); /* --tp T: T ranks a stage */
         if (!r && ppx.comm.rank != 0) {
             lmc_err err = {0};
             struct lmc_sched_follow_stats fs;
-            if (lmc_sched_follow(&ppx.pp.view, &cm.be, &ppx.comm, &ppx.pp.g, &fs, &err)) r = cli_fail("serve --pp", &err);
+            if (lmc_sched_follow(ppx.model, &cm.be, &ppx.comm, ppx.pp.g, &fs, &err)) r = cli_fail("serve --pp", &err);
             else
                 fprintf(stderr, "lmc serve: rank %d (pipeline stage %d) followed %lld steps (%lld tokens)\n",
                         ppx.comm.rank, ppx.pp.stage, (long long)fs.steps, (long long)fs.tokens);
@@ -352,13 +352,13 @@ int cmd_serve(int argc, char **argv) {
             return r;
         }
         sc.tp = &ppx.comm;
-        sc.tp_group = &ppx.pp.g;
+        sc.tp_group = ppx.pp.g;
     }
     /* --tp: this rank's shard; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_tp tpx;
     memset(&tpx, 0, sizeof tpx);
-    const struct lmc_model *model = pp ? &ppx.pp.view : &cm.model;
-    if (tp > 1) {
+    const struct lmc_model *model = pp ? ppx.model : &cm.model;
+    if (tp > 1 && !pp) {
         int r = serve_tp_open(&tpx, (int)tp, tp_vocab, &cm);
         if (r || tpx.comm.rank != 0) {
             serve_tp_close(&tpx);
@@ -441,8 +441,8 @@ int cmd_serve(int argc, char **argv) {
                 : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",
                 so.api_key && *so.api_key ? ", API key required" : "");
     if (pp)
-        fprintf(stderr, "lmc serve: pipeline parallel over %lld ranks (micro-batches of a step up to %d)\n",
-                (long long)pp, ppx.pp.micro);
+        fprintf(stderr, "lmc serve: pipeline parallel over %lld stages of %lld rank%s (micro-batches of a step up to "
+                "%d)\n", (long long)pp, (long long)tp, tp > 1 ? "s" : "", ppx.pp.micro);
     if (tp > 1)
         fprintf(stderr, "lmc serve: tensor parallel over %lld ranks (this rank: %lld of %lld heads, %lld of %lld MLP "
                 "features)\n", (long long)tp, (long long)model->cfg.num_heads, (long long)cm.model.cfg.num_heads,

@@ -85,7 +85,7 @@ int64_t lmc_pp_infer_stage_params(const struct lmc_config *c, const int64_t *bou
 }
 
 lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const char *dir,
-                             const struct lmc_model_opts *o, struct lmc_comm *c, int micro, lmc_err *err) {
+                             const struct lmc_model_opts *o, struct lmc_comm *c, int tp, int micro, lmc_err *err) {
     memset(p, 0, sizeof *p);
     memset(m, 0, sizeof *m);
     if (o->be && !o->be->host_memory)
@@ -98,18 +98,22 @@ lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const 
     if (cfg.num_experts > 0)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp: mixtures of experts are not split into pipeline stages "
                            "yet (%s has %lld experts a layer)", dir, (long long)cfg.num_experts);
-    int P = c->world;
+    if (tp < 1 || c->world % tp)
+        return lmc_err_set(err, LMC_ERR_ARG, "--pp: %d ranks do not form stages of %d tensor-parallel ranks", c->world, tp);
+    int P = c->world / tp;
     int64_t *bounds = malloc(sizeof(int64_t) * (size_t)(P + 1));
     if (!bounds) return lmc_err_set(err, LMC_ERR_OOM, "--pp: out of memory");
     st = lmc_pp_infer_plan(&cfg, P, bounds, err);
     p->c = c;
-    p->stage = c->rank;
+    p->stage = c->rank / tp;
     p->n_stages = P;
-    if (!st) p->l0 = bounds[c->rank], p->l1 = bounds[c->rank + 1];
+    p->tp = tp;
+    if (!st) p->l0 = bounds[p->stage], p->l1 = bounds[p->stage + 1];
     free(bounds);
     if (st) return st;
     p->micro = micro > 0 ? micro : LMC_MAX(2, P);
-    p->g.c = c;
+    p->own.c = c;
+    p->g = &p->own;
     if ((st = lmc_model_load_layers(m, dir, o, p->l0, p->l1, err))) return st;
     if (lmc_model_seq_slot_bytes(m) > 0) {
         lmc_model_free(m);
@@ -133,34 +137,42 @@ void lmc_pp_infer_free(struct lmc_pp_infer *p) {
 }
 
 lmc_status lmc_pp_infer_check(struct lmc_pp_infer *p, lmc_err *err) {
-    lmc_status st = p->g.st;
+    lmc_status st = p->g->st;
     if (st) {
-        *err = p->g.err;
-        p->g.st = LMC_OK;
+        *err = p->g->err;
+        p->g->st = LMC_OK;
     }
     return st;
 }
 
 void lmc_pp_infer_recv_x(struct lmc_pp_infer *p, float *x, int64_t rows, int64_t C) {
-    if (!p->g.st && p->stage > 0)
-        p->g.st = p->c->recv(p->c, x, (size_t)(rows * C) * sizeof(float), p->stage - 1, &p->g.err);
+    struct lmc_tp_group *g = p->g;
+    if (!g->st && p->stage > 0)
+        g->st = p->c->recv(p->c, x, (size_t)(rows * C) * sizeof(float), p->c->rank - p->tp, &g->err);
 }
 
 void lmc_pp_infer_send_x(struct lmc_pp_infer *p, const float *x, int64_t rows, int64_t C) {
-    if (!p->g.st && p->stage < p->n_stages - 1)
-        p->g.st = p->c->send(p->c, x, (size_t)(rows * C) * sizeof(float), p->stage + 1, &p->g.err);
+    struct lmc_tp_group *g = p->g;
+    if (!g->st && p->stage < p->n_stages - 1)
+        g->st = p->c->send(p->c, x, (size_t)(rows * C) * sizeof(float), p->c->rank + p->tp, &g->err);
 }
 
 void lmc_pp_infer_bcast(struct lmc_pp_infer *p, float *buf, int64_t n) {
-    if (!p->g.st)
-        p->g.st = p->c->broadcast(p->c, buf, (size_t)n * sizeof(float), p->n_stages - 1, &p->g.err);
+    struct lmc_tp_group *g = p->g;
+    if (!g->st)
+        g->st = p->c->broadcast(p->c, buf, (size_t)n * sizeof(float), (p->n_stages - 1) * p->tp, &g->err);
+}
+
+bool lmc_pp_infer_has_logits(const struct lmc_pp_infer *p) {
+    return p->c->rank == 0 || p->stage == p->n_stages - 1;
 }
 
 void lmc_pp_infer_to_rank0(struct lmc_pp_infer *p, float *buf, int64_t n) {
-    int last = p->n_stages - 1;
-    if (p->g.st || last == 0 || n == 0) return;
-    if (p->stage == last) p->g.st = p->c->send(p->c, buf, (size_t)n * sizeof(float), 0, &p->g.err);
-    else if (p->stage == 0) p->g.st = p->c->recv(p->c, buf, (size_t)n * sizeof(float), last, &p->g.err);
+    struct lmc_tp_group *g = p->g;
+    int from = (p->n_stages - 1) * p->tp;
+    if (g->st || from == 0 || n == 0) return;
+    if (p->c->rank == from) g->st = p->c->send(p->c, buf, (size_t)n * sizeof(float), 0, &g->err);
+    else if (p->c->rank == 0) g->st = p->c->recv(p->c, buf, (size_t)n * sizeof(float), from, &g->err);
 }
 
 int lmc_pp_infer_cuts(struct lmc_pp_infer *p, const int32_t *seq, int64_t n_tokens) {

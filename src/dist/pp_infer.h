@@ -18,12 +18,17 @@
  * sequence boundaries into up to `micro` micro-batches that flow through
  * the stages one after another (stage s runs micro-batch j while stage s+1
  * runs j-1), and the last stage sends the step's logits rows to rank 0
- * alone. Sends and receives pair between neighbours in one order on every
+ * alone. With tp > 1 each stage is a tensor-parallel group of tp
+ * consecutive ranks (rank = stage * tp + t): rank t of stage s exchanges
+ * the stream with rank t of stages s-1 and s+1 (every rank of a group
+ * holds it whole after the row-parallel all-reduce), the logits come from
+ * the last stage's first rank. Sends and receives pair between neighbours in one order on every
  * rank (the lower stage sends first; the logits go back after the last
  * stage has received every micro-batch), so no wait cycle forms whatever
  * the message sizes. Host-memory backends (CPU) only. A failed transfer
- * leaves its status in g (sticky; g.c is the communicator) for the driver
- * to check after the step. */
+ * leaves its status in *g (sticky; its own group, or the stage's
+ * tensor-parallel group when set there) for the driver to check after the
+ * step. */
 #ifndef LMC_PP_INFER_H
 #define LMC_PP_INFER_H
 
@@ -34,11 +39,12 @@
 struct lmc_comm;
 
 struct lmc_pp_infer {
-    struct lmc_comm *c;           /* borrowed: rank s is stage s */
-    int stage, n_stages;
+    struct lmc_comm *c;           /* borrowed: rank s*tp + t is rank t of stage s */
+    int stage, n_stages, tp;
     int64_t l0, l1;               /* this stage's layers */
     int micro;                    /* micro-batches a serving step is cut into (>= 1) */
-    struct lmc_tp_group g;        /* sticky status of the transfers (g.c = c) */
+    struct lmc_tp_group own;      /* the transfers' sticky status (own.c = c) ... */
+    struct lmc_tp_group *g;       /* ... here (&own, or a stage's tensor-parallel group) */
     struct lmc_model view;        /* the stage: cfg.num_layers = l1 - l0, w.layers from l0,
                                    * w.pipe = this struct (which must not move) */
     int64_t *cut;                 /* (micro + 1) host scratch: a step's token cuts */
@@ -55,13 +61,16 @@ lmc_status lmc_pp_infer_plan(const struct lmc_config *c, int P, int64_t *bounds,
  * embedding there too). */
 int64_t lmc_pp_infer_stage_params(const struct lmc_config *c, const int64_t *bounds, int P, int s);
 
-/* Loads stage c->rank of c->world from dir into *m (freed by the caller
- * with lmc_model_free after lmc_pp_infer_free) and makes p->view, the
- * model to run. micro: micro-batches per serving step (0: max(2, P)).
+/* Loads stage c->rank / tp of c->world / tp (tp >= 1 dividing the world)
+ * from dir into *m (freed by the caller with lmc_model_free after
+ * lmc_pp_infer_free) and makes p->view, the model to run (with tp > 1, to
+ * be cut by lmc_tp_model_shard over the stage's ranks, whose group may
+ * then take the status: p->g). micro: micro-batches per serving step (0:
+ * max(2, P)).
  * Refuses models the split cannot serve (mixtures of experts, recurrent
  * layers) and device backends (LMC_ERR_UNSUPPORTED). */
 lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const char *dir,
-                             const struct lmc_model_opts *o, struct lmc_comm *c, int micro, lmc_err *err);
+                             const struct lmc_model_opts *o, struct lmc_comm *c, int tp, int micro, lmc_err *err);
 void lmc_pp_infer_free(struct lmc_pp_infer *p);
 /* The first failed transfer since the last check (then cleared). */
 lmc_status lmc_pp_infer_check(struct lmc_pp_infer *p, lmc_err *err);
@@ -69,13 +78,16 @@ lmc_status lmc_pp_infer_check(struct lmc_pp_infer *p, lmc_err *err);
 /* ---- used by the model's forwards (model/forward*.c) */
 static inline bool lmc_pp_infer_first(const struct lmc_pp_infer *p) { return p->stage == 0; }
 static inline bool lmc_pp_infer_last(const struct lmc_pp_infer *p) { return p->stage == p->n_stages - 1; }
-/* x (rows, C) float32 (host memory) from stage s-1 / to stage s+1. */
+/* x (rows, C) float32 (host memory) from stage s-1 / to stage s+1 (the
+ * same tensor-parallel rank there). */
 void lmc_pp_infer_recv_x(struct lmc_pp_infer *p, float *x, int64_t rows, int64_t C);
 void lmc_pp_infer_send_x(struct lmc_pp_infer *p, const float *x, int64_t rows, int64_t C);
 /* Every rank: n floats of buf from the last stage (lmc_model_forward). */
 void lmc_pp_infer_bcast(struct lmc_pp_infer *p, float *buf, int64_t n);
-/* The last stage sends n floats of buf to rank 0, which receives them
- * (no-op on the other ranks and when rank 0 is the last stage). */
+/* The last stage's first rank sends n floats of buf to rank 0, which
+ * receives them (no-op on the other ranks and when rank 0 is the last
+ * stage). */
+bool lmc_pp_infer_has_logits(const struct lmc_pp_infer *p);
 void lmc_pp_infer_to_rank0(struct lmc_pp_infer *p, float *buf, int64_t n);
 /* Cuts a step of n_tokens tokens (seq: each token's sequence index,
  * non-decreasing; else one micro-batch) at sequence boundaries into up to

@@ -411,7 +411,7 @@ static void forward_batch_stage(const struct lmc_model *m, const struct lmc_back
         for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&q, l, &m->w.layers[l], &s, x, x);
         lmc_pp_infer_send_x(pp, x, nt, C);
     }
-    *here = b->n_logits > 0 && (lmc_pp_infer_first(pp) || lmc_pp_infer_last(pp));
+    *here = b->n_logits > 0 && lmc_pp_infer_has_logits(pp);
     if (!b->n_logits || !*here) return;
     if (lmc_pp_infer_last(pp)) {
         struct lmc_mat xt = {LMC_DTYPE_F32, b->n_tokens, C, a->x};
