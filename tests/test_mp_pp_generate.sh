@@ -12,7 +12,8 @@
 # stage line) stay under (1/P of the whole + the embedding matrix), and
 # the stages sum to the whole (plus the embedding again on the last stage
 # when it is the head); `lmc info --pp P` lists the stages the ranks
-# loaded. --pp 2 --tp 2 (4 ranks, each stage sharded by heads) on
+# loaded. `lmc eval --pp 2|4` prints the one-process perplexity (windows
+# and --chunks) on the default model. --pp 2 --tp 2 (4 ranks, each stage sharded by heads) on
 # llama-tiny and qwen2-tiny gives the one-process ids. P > layers, --pp
 # with --ep or --tp-vocab, a world that is not --pp x --tp, --device cuda
 # and `lmc chat --pp` are refused; rank 1 prints nothing on stdout.
@@ -99,6 +100,28 @@ for fx in llama-tiny qwen2-tiny; do
   ok $? "$fx --pp 2 --tp 2 exit: $(tail -n 3 "$TMP/$fx.tppp".r*.err)"
   [ -n "$(ids "$TMP/$fx.one")" ] && [ "$(ids "$TMP/$fx.one")" = "$(ids "$TMP/$fx.tppp.r0")" ]
   ok $? "$fx --pp 2 --tp 2 ids [$(ids "$TMP/$fx.tppp.r0")] vs one process [$(ids "$TMP/$fx.one")]"
+done
+# lmc eval --pp: the one-process perplexity (sliding windows and --chunks) on the default model
+head -c 3000 data/kjv.txt >"$TMP/ev.txt"
+for E in "" "--chunks"; do
+  "$LMC" eval -m models/kjv-llama --text-file "$TMP/ev.txt" --ctx 128 --json $E >"$TMP/ev.one" 2>"$TMP/ev.err"
+  ok $? "eval one process: $(cat "$TMP/ev.err")"
+  for P in 2 4; do
+    for try in 1 2 3; do
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+      pids=(); rc=0
+      for r in $(seq $((P - 1)) -1 1); do
+        RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" eval -m models/kjv-llama \
+          --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.r$r" 2>"$TMP/ev.r$r.err" & pids+=($!)
+      done
+      RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" eval -m models/kjv-llama \
+        --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.pp" 2>"$TMP/ev.pp.err" || rc=1
+      for p in "${pids[@]}"; do wait "$p" || rc=1; done
+      grep -q "cannot listen" "$TMP/ev.pp.err" || break
+    done
+    [ $rc = 0 ] && grep -q '"ppl"' "$TMP/ev.one" && cmp -s "$TMP/ev.one" "$TMP/ev.pp" && [ ! -s "$TMP/ev.r1" ]
+    ok $? "eval $E --pp $P: $(cat "$TMP/ev.pp") vs one process $(cat "$TMP/ev.one"): $(tail -n 2 "$TMP/ev.pp.err")"
+  done
 done
 # mpirun: --pp 2 and 4 on the 4-layer llama
 if command -v mpirun >/dev/null 2>&1; then

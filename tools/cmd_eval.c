@@ -7,6 +7,7 @@
 #include "quant/quant.h"
 #include "dist/mp_mem.h"
 #include "dist/pp_infer.h"
+#include "cli_pp.h"
 #include "dist/zero.h"
 #include "train/trainer.h"
 #include "train/qlora.h"
@@ -70,12 +71,18 @@ int cmd_eval(int argc, char **argv) {
     int64_t stride = 0;
     bool chunks = false; /* --chunks: llama-perplexity's scoring */
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype (issue 17) */
-    int64_t kv_residual = 128;
+    int64_t kv_residual = 128, pp = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "--pp") && i + 1 < argc) { /* pipeline stages, one a rank (cli_pp.h) */
+            if (!cli_parse_i64(argv[++i], 1, 4096, &pp)) {
+                fprintf(stderr, "lmc eval: --pp expects a positive integer\n");
+                return 2;
+            }
+        }
         else if (!strcmp(argv[i], "--kl-base") && i + 1 < argc) kl_base = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
         else if (!strcmp(argv[i], "--chunks")) chunks = true;
@@ -105,6 +112,10 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "lmc eval: give exactly one of --text-file F or --text TEXT\n");
         return 2;
     }
+    if (pp && kv_fmt) {
+        fprintf(stderr, "lmc eval: --pp does not combine with a compressed --kv-dtype yet\n");
+        return 2;
+    }
     lmc_err err = {0};
     char *text = NULL;
     size_t len = 0;
@@ -115,9 +126,30 @@ int cmd_eval(int argc, char **argv) {
         len = strlen(text);
     }
     struct cli_model cm;
-    if (cli_open(&cm, &c, true)) {
+    if (cli_open(&cm, &c, !pp)) {
         free(text);
         return 1;
+    }
+    /* --pp P: every rank runs this loop on its stage, the last stage's
+     * logits broadcast to all; rank 0 prints */
+    struct cli_pp ppx;
+    memset(&ppx, 0, sizeof ppx);
+    const struct lmc_model *model = &cm.model;
+    if (pp) {
+        int r = cli_pp_open(&ppx, pp, 1, &cm, &c, "eval");
+        if (r) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            free(text);
+            return r;
+        }
+        model = ppx.model;
+        if (ppx.comm.rank != 0 && !freopen("/dev/null", "w", stdout)) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            free(text);
+            return 1;
+        }
     }
     int rc = 0;
     int32_t *ids = NULL;
@@ -179,8 +211,8 @@ int cmd_eval(int argc, char **argv) {
         }
         be = &kqbe;
     }
-    if (lmc_kv_init(&kv, &cm.model, be, ctx, &err) ||
-        lmc_acts_init(&acts, &cm.model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
+    if (lmc_kv_init(&kv, model, be, ctx, &err) ||
+        lmc_acts_init(&acts, model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
         (kv_fmt && lmc_kvq_kv_format(&kv, kv_fmt, kv_residual, &err)) ||
         (have_base && (lmc_kv_init(&kvb, &cb.model, &cb.be, ctx, &err) ||
                        lmc_acts_init(&actsb, &cb.model, &cb.be, EVAL_CHUNK, EVAL_CHUNK, &err)))) {
@@ -203,7 +235,7 @@ int cmd_eval(int argc, char **argv) {
         if (add_bos) cid[0] = bos;
         for (int64_t p = 0; p < ctx && !err.status; p += EVAL_CHUNK) {
             int64_t m = LMC_MIN(EVAL_CHUNK, ctx - p);
-            if (lmc_model_forward(&cm.model, be, &acts, &kv, cid + p, m, p, logits, true, &err) ||
+            if (lmc_model_forward(model, be, &acts, &kv, cid + p, m, p, logits, true, &err) ||
                 (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, cid + p, m, p, logitsb, true, &err)))
                 break;
             processed += m;
@@ -231,7 +263,7 @@ int cmd_eval(int argc, char **argv) {
         for (int64_t p = 0; p < end - begin; p += EVAL_CHUNK) {
             int64_t m = LMC_MIN(EVAL_CHUNK, end - begin - p);
             if (begin + p + m < prev_end) { /* nothing to score: only build the cache */
-                if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits,
+                if (lmc_model_forward(model, be, &acts, &kv, ids + begin + p, m, p, logits,
                                       false, &err) ||
                     (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p,
                                                     logitsb, false, &err)))
@@ -239,7 +271,7 @@ int cmd_eval(int argc, char **argv) {
                 processed += m;
                 continue;
             }
-            if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits, true,
+            if (lmc_model_forward(model, be, &acts, &kv, ids + begin + p, m, p, logits, true,
                                   &err))
                 break;
             if (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p, logitsb,
@@ -264,6 +296,10 @@ int cmd_eval(int argc, char **argv) {
         }
         prev_end = end;
         if (end == n) break;
+    }
+    if (pp && lmc_pp_infer_check(&ppx.pp, &err)) {
+        rc = cli_fail("eval", &err);
+        goto done;
     }
     double secs = lmc_time_now() - t0;
     double mean = nll / (double)count;
@@ -304,6 +340,7 @@ done:
     free(ids);
     free(text);
     cli_close(&cm);
+    cli_pp_close(&ppx);
     return rc;
 }
 
