@@ -12,7 +12,9 @@
 # one-process server; /v1/models and the errors of bad requests (malformed
 # JSON, a prompt over the context, an unknown model) equal the
 # one-process server's; some steps were cut into several micro-batches;
-# SIGTERM to rank 0 ends every rank with status 0. --pp with --tp-vocab,
+# SIGTERM to rank 0 ends every rank with status 0. --kv-memory at --pp 3
+# on the 4-layer llama (stages of 1, 2, 1 layers) sizes the pool for the
+# 2-layer stage (twice the one-process blocks). --pp with --tp-vocab,
 # and a world that is not --pp (x --tp), are refused. Waits on the servers' log lines
 # (pipes), never on a clock.
 # Usage: test_mp_pp_serve.sh PATH/TO/lmc
@@ -49,9 +51,9 @@ def drain(p, lines):
     t.start()
     return t
 
-def start(model, world, tp=1):
+def start(model, world, tp=1, kv=("--kv-blocks", "256")):
     """one process (world 1) or world ranks as pipeline stages: returns (procs, port, logs, drains)"""
-    args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--kv-blocks", "256",
+    args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", *kv,
             "--max-batch", "16", "--dtype", "f32", "--model-name", "m"]
     for _ in range(3):
         logs = [[] for _ in range(world)]
@@ -168,6 +170,25 @@ for fx, P, T in [("llama-tiny", 2, 1), ("qwen2-tiny", 2, 1), ("gpt2-tiny", 2, 1)
         check(a == b and isinstance(a, tuple) and a[0] >= 400, f"{name}: bad request {k}: {a} vs one process {b}")
     print(f"{name} {what}: {sum(a == b for a, b in zip(got, ref))}/{len(REQS)} requests equal to one process; "
           f"errors {[e[0] if isinstance(e, tuple) else e for e in got_errs]}; {ml[0].strip() if ml else ''}")
+# --kv-memory at --pp 3 on the 4-layer llama (stages of 1, 2 and 1 layers): the budget holds on the 2-layer
+# stage, twice the blocks of the one-process (4-layer) pool; the answers stay the one-process ones
+def kv_blocks(logs):
+    l = [x for x in logs[0] if " KV blocks of " in x]
+    return int(l[0].split(" KV blocks of ")[0].rsplit(" ", 1)[1]) if l else None
+procs, port, logs, dr = start(llama4, 1, kv=("--kv-memory", "1M"))
+one_blocks = kv_blocks(logs)
+if port is not None:
+    ref, _, _ = run_all(port)
+    stop(procs, dr)
+procs, port, logs, dr = start(llama4, 3, kv=("--kv-memory", "1M"))
+check(port is not None and one_blocks and kv_blocks(logs) == 2 * one_blocks,
+      f"--pp 3 --kv-memory 1M: {kv_blocks(logs)} blocks, one process {one_blocks}: {''.join(logs[0])[-400:]}")
+if port is not None:
+    got, _, _ = run_all(port)
+    codes = stop(procs, dr)
+    check(codes == [0, 0, 0] and got == ref, f"--pp 3 --kv-memory: exit {codes}, {got} vs {ref}")
+    print(f"--pp 3 --kv-memory 1M: {kv_blocks(logs)} KV blocks (one process {one_blocks}); "
+          f"{sum(a == b for a, b in zip(got, ref))}/{len(REQS)} requests equal to one process")
 # refusals: a world that is not --pp, --pp with --tp
 env = dict(os.environ, RANK="0", WORLD_SIZE="1")
 p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--pp", "2"], env=env,

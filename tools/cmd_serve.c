@@ -162,6 +162,27 @@ static void serve_tp_close(struct serve_tp *t) {
     t->sharded = t->comm_up = false;
 }
 
+/* --pp with --kv-memory: the blocks that budget holds on the stage with
+ * the most layers (rank 0's scheduler sends the count to every stage, so
+ * no stage's pool exceeds it). Returns 0, or the exit code after printing. */
+static int pp_kv_blocks(const struct cli_pp *t, const struct cli_model *cm, int P, int block_size, size_t bytes,
+                        int64_t *blocks) {
+    int64_t b[4097], most = 0;
+    lmc_err err = {0};
+    if (P > 4096 || lmc_pp_infer_plan(&cm->model.cfg, P, b, &err)) return cli_fail("serve --pp", &err);
+    for (int s = 0; s < P; s++) most = LMC_MAX(most, b[s + 1] - b[s]);
+    struct lmc_model v = *t->model; /* the stage's (shard's) layout with the most layers */
+    v.cfg.num_layers = most;
+    size_t bb = lmc_kv_pool_block_bytes(&v, &cm->be, block_size);
+    *blocks = bb ? (int64_t)(bytes / bb) : 0;
+    if (*blocks < 1) {
+        fprintf(stderr, "lmc serve: --kv-memory %zu holds no KV block of %zu bytes on a %lld-layer stage\n", bytes, bb,
+                (long long)most);
+        return 2;
+    }
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc serve -m DIR [--host 127.0.0.1] [--port 8080] [--device cpu|cuda]\n"
@@ -353,6 +374,12 @@ int cmd_serve(int argc, char **argv) {
         }
         sc.tp = &ppx.comm;
         sc.tp_group = ppx.pp.g;
+        if (kv_bytes && !kv_blocks && (r = pp_kv_blocks(&ppx, &cm, (int)pp, sc.block_size, kv_bytes, &kv_blocks))) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            return r;
+        }
+        if (kv_blocks) kv_bytes = 0;
     }
     /* --tp: this rank's shard; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_tp tpx;
