@@ -12,8 +12,10 @@
  *      gives every rank the one-process prompt logits (1e-5 relative) and
  *      8 greedy tokens; lmc_model_forward_batch over 3 sequences (a
  *      prefill step of 7, 5 and 9 tokens with every row's logits, then a
- *      decode step) gives rank 0 the one-process logits (1e-5), the steps
- *      cut into micro-batches. */
+ *      decode step) gives rank 0 the one-process logits (1e-5), and two
+ *      more decode steps through the argmax and sampling variants (the
+ *      last stage picks the ids from rank 0's parameters) the one-process
+ *      ids; the steps are cut into micro-batches. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "model_greedy.h"
@@ -33,6 +35,7 @@ struct ref {
     float *logits;               /* (NP, V) */
     int32_t toks[NGEN];
     float *batch1, *batch2;      /* (sum LEN, V), (NSEQ, V) */
+    int32_t am[NSEQ], sm[NSEQ];  /* the argmax and sampled steps' ids */
 };
 
 static double rel_err(const float *a, const float *b, int64_t n) {
@@ -44,10 +47,12 @@ static double rel_err(const float *a, const float *b, int64_t n) {
     return num / den;
 }
 
-/* The two batched steps: prefill (every row's logits) then one decode
- * token per sequence; logits into l1 (sum LEN, V) and l2 (NSEQ, V). */
+/* The batched steps: prefill (every row's logits) then one decode token
+ * per sequence; logits into l1 (sum LEN, V) and l2 (NSEQ, V); then two
+ * more decode steps through the argmax and the sampling variants (ids into
+ * am and sm: on a pipeline the last stage picks them for rank 0). */
 static lmc_status batch_steps(const struct lmc_model *m, const struct lmc_backend *be, float *l1, float *l2,
-                              lmc_err *err) {
+                              int32_t *am, int32_t *sm, lmc_err *err) {
     struct lmc_kv_pool pool;
     struct lmc_batch_acts ba;
     lmc_status st = lmc_kv_pool_init(&pool, m, be, NSEQ * MB, BS, err);
@@ -72,6 +77,15 @@ static lmc_status batch_steps(const struct lmc_model *m, const struct lmc_backen
     }
     struct lmc_batch d = {NSEQ, ids, seq, pos, NSEQ, bt, MB, rows, NSEQ, NULL};
     if (!st) st = lmc_model_forward_batch(m, be, &ba, &pool, &d, l2, err);
+    for (int s = 0; s < NSEQ; s++) pos[s]++, ids[s] = (int32_t)((s * 31 + 9) % m->cfg.vocab_size);
+    if (!st) st = lmc_model_forward_batch_argmax(m, be, &ba, &pool, &d, am, err);
+    struct lmc_sample_row prm[NSEQ];
+    for (int s = 0; s < NSEQ; s++) {
+        pos[s]++, ids[s] = am[s];
+        prm[s] = (struct lmc_sample_row){.temperature = 0.9 + 0.1 * s, .top_p = 0.95, .min_p = 0, .u = 0.1 + 0.3 * s,
+                                         .top_k = s == 1 ? 5 : 0};
+    }
+    if (!st) st = lmc_model_forward_batch_sample(m, be, &ba, &pool, &d, prm, sm, err);
     lmc_batch_acts_free(&ba);
     lmc_kv_pool_free(&pool);
     return st;
@@ -92,11 +106,11 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     int64_t V = m.cfg.vocab_size, T = LEN[0] + LEN[1] + LEN[2];
     float *logits = calloc((size_t)(NP * V), sizeof(float));
     float *l1 = calloc((size_t)(T * V), sizeof(float)), *l2 = calloc((size_t)(NSEQ * V), sizeof(float));
-    int32_t toks[NGEN] = {0};
+    int32_t toks[NGEN] = {0}, am[NSEQ] = {0}, sm[NSEQ] = {0};
     int bad = 0;
     lmc_status st = model_greedy_run(&p.view, &be, NP, NGEN, logits, toks, &err);
     if (!st) st = lmc_pp_infer_check(&p, &err);
-    if (!st) st = batch_steps(&p.view, &be, l1, l2, &err);
+    if (!st) st = batch_steps(&p.view, &be, l1, l2, am, sm, &err);
     if (!st) st = lmc_pp_infer_check(&p, &err);
     if (st) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
@@ -108,8 +122,11 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
         if (rank == 0) {
             double e1 = rel_err(l1, r->batch1, T * V), e2 = rel_err(l2, r->batch2, NSEQ * V);
             if (!(e1 <= 1e-5 && e2 <= 1e-5)) bad = 1, fprintf(stderr, "batched logits rel err %.3g / %.3g\n", e1, e2);
+            if (memcmp(am, r->am, sizeof am) || memcmp(sm, r->sm, sizeof sm))
+                bad = 1, fprintf(stderr, "argmax/sampled ids %d %d %d / %d %d %d vs %d %d %d / %d %d %d\n", am[0], am[1],
+                                 am[2], sm[0], sm[1], sm[2], r->am[0], r->am[1], r->am[2], r->sm[0], r->sm[1], r->sm[2]);
         }
-        if (p.steps != 2 || p.micro_batches < 3) /* the prefill step at least cut in two */
+        if (p.steps != 4 || p.micro_batches < 5) /* the prefill step at least cut in two */
             bad = 1, fprintf(stderr, "rank %d: %lld steps in %lld micro-batches\n", rank, (long long)p.steps,
                              (long long)p.micro_batches);
         if (p.view.cfg.num_layers != p.l1 - p.l0 || p.l1 - p.l0 != 1) bad = 1;
@@ -191,9 +208,9 @@ int main(void) {
         CHECK(lmc_model_load(&m, dirs[k], &o, &err) == LMC_OK);
         int64_t V = m.cfg.vocab_size, T = LEN[0] + LEN[1] + LEN[2];
         struct ref r = {dirs[k], malloc(sizeof(float) * (size_t)(NP * V)), {0},
-                        malloc(sizeof(float) * (size_t)(T * V)), malloc(sizeof(float) * (size_t)(NSEQ * V))};
+                        malloc(sizeof(float) * (size_t)(T * V)), malloc(sizeof(float) * (size_t)(NSEQ * V)), {0}, {0}};
         CHECK(model_greedy_run(&m, &be, NP, NGEN, r.logits, r.toks, &err) == LMC_OK);
-        CHECK(batch_steps(&m, &be, r.batch1, r.batch2, &err) == LMC_OK);
+        CHECK(batch_steps(&m, &be, r.batch1, r.batch2, r.am, r.sm, &err) == LMC_OK);
         struct spawn_opts so = {.world = 2};
         int codes[2];
         spawn(&so, run_rank, &r, tmp, codes);

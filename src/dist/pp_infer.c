@@ -133,6 +133,8 @@ lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const 
 
 void lmc_pp_infer_free(struct lmc_pp_infer *p) {
     free(p->cut);
+    free(p->prm);
+    free(p->ids);
     memset(p, 0, sizeof *p);
 }
 
@@ -173,6 +175,48 @@ void lmc_pp_infer_to_rank0(struct lmc_pp_infer *p, float *buf, int64_t n) {
     if (g->st || from == 0 || n == 0) return;
     if (p->c->rank == from) g->st = p->c->send(p->c, buf, (size_t)n * sizeof(float), 0, &g->err);
     else if (p->c->rank == 0) g->st = p->c->recv(p->c, buf, (size_t)n * sizeof(float), from, &g->err);
+}
+
+void lmc_pp_infer_want(struct lmc_pp_infer *p, int32_t *mode, const struct lmc_sample_row **params, int64_t n) {
+    struct lmc_tp_group *g = p->g;
+    int from = (p->n_stages - 1) * p->tp;
+    if (g->st || from == 0 || n <= 0) return;
+    size_t pb = (size_t)n * sizeof(struct lmc_sample_row);
+    if (p->c->rank == 0) {
+        g->st = p->c->send(p->c, mode, sizeof *mode, from, &g->err);
+        if (!g->st && *mode == LMC_PP_WANT_SAMPLE) g->st = p->c->send(p->c, *params, pb, from, &g->err);
+    } else if (p->c->rank == from) {
+        g->st = p->c->recv(p->c, mode, sizeof *mode, 0, &g->err);
+        if (!g->st && (*mode < LMC_PP_WANT_LOGITS || *mode > LMC_PP_WANT_SAMPLE))
+            g->st = lmc_err_set(&g->err, LMC_ERR_FORMAT, "pipeline: rank 0 asked for result %d", (int)*mode);
+        if (!g->st && *mode == LMC_PP_WANT_SAMPLE && lmc_pp_infer_ids(p, n)) {
+            g->st = p->c->recv(p->c, p->prm, pb, 0, &g->err);
+            *params = p->prm;
+        }
+    }
+}
+
+int32_t *lmc_pp_infer_ids(struct lmc_pp_infer *p, int64_t n) {
+    if (n > p->cap) {
+        int32_t *ids = realloc(p->ids, sizeof(int32_t) * (size_t)n);
+        if (ids) p->ids = ids;
+        struct lmc_sample_row *prm = ids ? realloc(p->prm, sizeof *prm * (size_t)n) : NULL;
+        if (prm) p->prm = prm;
+        if (!ids || !prm) {
+            if (!p->g->st) p->g->st = lmc_err_set(&p->g->err, LMC_ERR_OOM, "pipeline: %lld ids: out of memory", (long long)n);
+            return NULL;
+        }
+        p->cap = n;
+    }
+    return p->ids;
+}
+
+void lmc_pp_infer_ids_to_rank0(struct lmc_pp_infer *p, int32_t *ids, int64_t n) {
+    struct lmc_tp_group *g = p->g;
+    int from = (p->n_stages - 1) * p->tp;
+    if (g->st || !ids || from == 0 || n == 0) return;
+    if (p->c->rank == from) g->st = p->c->send(p->c, ids, (size_t)n * sizeof(int32_t), 0, &g->err);
+    else if (p->c->rank == 0) g->st = p->c->recv(p->c, ids, (size_t)n * sizeof(int32_t), from, &g->err);
 }
 
 int lmc_pp_infer_cuts(struct lmc_pp_infer *p, const int32_t *seq, int64_t n_tokens) {

@@ -18,7 +18,8 @@
  * sequence boundaries into up to `micro` micro-batches that flow through
  * the stages one after another (stage s runs micro-batch j while stage s+1
  * runs j-1), and the last stage sends the step's logits rows to rank 0
- * alone. With tp > 1 each stage is a tensor-parallel group of tp
+ * alone (or, when rank 0 asks for them at the step's start, the rows'
+ * argmax or sampled ids, chosen on the last stage). With tp > 1 each stage is a tensor-parallel group of tp
  * consecutive ranks (rank = stage * tp + t): rank t of stage s exchanges
  * the stream with rank t of stages s-1 and s+1 (every rank of a group
  * holds it whole after the row-parallel all-reduce), the logits come from
@@ -49,7 +50,15 @@ struct lmc_pp_infer {
                                    * w.pipe = this struct (which must not move) */
     int64_t *cut;                 /* (micro + 1) host scratch: a step's token cuts */
     int64_t steps, micro_batches; /* batched steps run, and the micro-batches they were cut into */
+    struct lmc_sample_row *prm;   /* the last stage's copy of a step's sampling parameters */
+    int32_t *ids;                 /* a step's ids (the last stage's and rank 0's) */
+    int64_t cap;                  /* rows prm and ids hold */
 };
+
+/* What rank 0 asks the last stage to return for a batched step's logits
+ * rows (lmc_pp_infer_want): the rows, or each row's argmax, or each row
+ * sampled with rank 0's parameters (then only the ids travel). */
+enum { LMC_PP_WANT_LOGITS = 0, LMC_PP_WANT_ARGMAX = 1, LMC_PP_WANT_SAMPLE = 2 };
 
 /* The split of c's layers over P stages balanced by the parameters of each
  * layer (the architecture's tensor table): bounds[s]..bounds[s+1] are stage
@@ -88,6 +97,15 @@ void lmc_pp_infer_bcast(struct lmc_pp_infer *p, float *buf, int64_t n);
  * receives them (no-op on the other ranks and when rank 0 is the last
  * stage). */
 bool lmc_pp_infer_has_logits(const struct lmc_pp_infer *p);
+/* At a batched step's start (n logits rows): rank 0 sends *mode (and with
+ * LMC_PP_WANT_SAMPLE the rows' n parameters) to the last stage's first
+ * rank, which receives them into *mode and *params (p->prm); no-op on the
+ * other ranks and when rank 0 is the last stage. */
+void lmc_pp_infer_want(struct lmc_pp_infer *p, int32_t *mode, const struct lmc_sample_row **params, int64_t n);
+/* p->ids grown to n rows (NULL and the status set when out of memory). */
+int32_t *lmc_pp_infer_ids(struct lmc_pp_infer *p, int64_t n);
+/* The last stage's first rank sends n ids to rank 0, which receives them. */
+void lmc_pp_infer_ids_to_rank0(struct lmc_pp_infer *p, int32_t *ids, int64_t n);
 void lmc_pp_infer_to_rank0(struct lmc_pp_infer *p, float *buf, int64_t n);
 /* Cuts a step of n_tokens tokens (seq: each token's sequence index,
  * non-decreasing; else one micro-batch) at sequence boundaries into up to
