@@ -15,7 +15,8 @@
 # loaded. `lmc eval --pp 2|4` prints the one-process perplexity (windows
 # and --chunks) on the default model. --pp 2 --tp 2 (4 ranks, each stage sharded by heads) on
 # llama-tiny and qwen2-tiny gives the one-process ids. P > layers, --pp
-# with --ep or --tp-vocab, a world that is not --pp x --tp, --device cuda
+# with --ep or --tp-vocab, mixtures of experts, recurrent models, a world
+# that is not --pp x --tp, --device cuda
 # and `lmc chat --pp` are refused; rank 1 prints nothing on stdout.
 # Usage: test_mp_pp_generate.sh PATH/TO/lmc
 set -u
@@ -153,6 +154,10 @@ run_pp 3 more -m tests/fixtures/llama-tiny -p hi -n 2; rc=$?
 [ $? = 2 ] && grep -q "CPU backend only" "$TMP/err"; ok $? "--pp --device cuda: $(cat "$TMP/err")"
 echo hi | "$LMC" chat -m tests/fixtures/llama-tiny --pp 2 >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "run in .lmc generate. and .lmc serve." "$TMP/err"; ok $? "chat --pp: $(cat "$TMP/err")"
+"$LMC" generate -m tests/fixtures/mixtral-tiny -p hi -n 2 --pp 1 >"$TMP/o" 2>"$TMP/err"
+[ $? = 1 ] && grep -q "mixtures of experts are not split" "$TMP/err"; ok $? "--pp on a mixture of experts: $(cat "$TMP/err")"
+"$LMC" generate -m tests/fixtures/mamba-tiny -p hi -n 2 --pp 1 >"$TMP/o" 2>"$TMP/err"
+[ $? = 1 ] && grep -q "recurrent models are not split" "$TMP/err"; ok $? "--pp on mamba: $(cat "$TMP/err")"
 "$LMC" generate -m tests/fixtures/llama-tiny -p hi -n 2 --pp 0 >"$TMP/o" 2>"$TMP/err"
 [ $? = 2 ]; ok $? "--pp 0 accepted"
 echo "test_mp_pp_generate: $pass passed, $fail failed"

@@ -4,6 +4,7 @@
 #include "dist/pp_infer.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "io/gguf.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +43,7 @@ static lmc_status count_layers(const struct lmc_config *c, struct layer_count *n
 lmc_status lmc_pp_infer_plan(const struct lmc_config *c, int P, int64_t *bounds, lmc_err *err) {
     int64_t L = c->num_layers;
     if (P < 1 || P > L)
-        return lmc_err_set(err, LMC_ERR_ARG, "--pp %d: the model has %lld layers (a stage needs at least one)", P,
+        return lmc_err_set(err, LMC_ERR_ARG, "%d pipeline stages: the model has %lld layers (a stage needs at least one)", P,
                            (long long)L);
     struct layer_count n;
     lmc_status st = count_layers(c, &n, err);
@@ -89,20 +90,23 @@ lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const 
     memset(p, 0, sizeof *p);
     memset(m, 0, sizeof *m);
     if (o->be && !o->be->host_memory)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp: pipeline stages run on the CPU for now (backend %s)",
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "pipeline stages run on the CPU for now (backend %s)",
                            o->be->name);
+    if (lmc_gguf_is_file(dir))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: GGUF files are not split into pipeline stages yet (give a "
+                           "safetensors folder)", dir);
     struct lmc_config cfg;
     lmc_status st = lmc_config_load(&cfg, dir, err);
     if (!st) st = lmc_config_check_sizes(&cfg, err);
     if (st) return st;
     if (cfg.num_experts > 0)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp: mixtures of experts are not split into pipeline stages "
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "mixtures of experts are not split into pipeline stages "
                            "yet (%s has %lld experts a layer)", dir, (long long)cfg.num_experts);
     if (tp < 1 || c->world % tp)
-        return lmc_err_set(err, LMC_ERR_ARG, "--pp: %d ranks do not form stages of %d tensor-parallel ranks", c->world, tp);
+        return lmc_err_set(err, LMC_ERR_ARG, "%d ranks do not form stages of %d tensor-parallel ranks", c->world, tp);
     int P = c->world / tp;
     int64_t *bounds = malloc(sizeof(int64_t) * (size_t)(P + 1));
-    if (!bounds) return lmc_err_set(err, LMC_ERR_OOM, "--pp: out of memory");
+    if (!bounds) return lmc_err_set(err, LMC_ERR_OOM, "pipeline stages: out of memory");
     st = lmc_pp_infer_plan(&cfg, P, bounds, err);
     p->c = c;
     p->stage = c->rank / tp;
@@ -117,12 +121,12 @@ lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const 
     if ((st = lmc_model_load_layers(m, dir, o, p->l0, p->l1, err))) return st;
     if (lmc_model_seq_slot_bytes(m) > 0) {
         lmc_model_free(m);
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp: recurrent models are not split into pipeline stages yet");
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: recurrent models are not split into pipeline stages yet", dir);
     }
     p->cut = malloc(sizeof(int64_t) * (size_t)(p->micro + 1));
     if (!p->cut) {
         lmc_model_free(m);
-        return lmc_err_set(err, LMC_ERR_OOM, "--pp: out of memory");
+        return lmc_err_set(err, LMC_ERR_OOM, "pipeline stages: out of memory");
     }
     p->view = *m; /* shares m's buffers; never freed itself */
     p->view.cfg.num_layers = p->l1 - p->l0;
