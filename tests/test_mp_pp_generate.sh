@@ -5,15 +5,15 @@
 # layers, give the one-process ids (--json): greedy on llama-tiny,
 # qwen2-tiny (tied head) and gpt2-tiny (learned positions, tied head) at
 # --pp 2, on their 4-layer versions (layers repeated,
-# tests/pp_stack_layers.py) at --pp 2 and 4, greedy and seeded top-k
-# sampling, and on the default model (8 layers, bf16) at --pp 2 and 4; under
+# tests/pp_stack_layers.py) at --pp 4 (llama also with seeded top-k
+# sampling), and on the default model (8 layers, bf16) at --pp 2 and 4; under
 # mpirun (oversubscribed; skipped without mpirun or MPI in lmc) --pp 2 and
 # 4 the same. Each stage's weight bytes as its loader counts them (the
 # stage line) stay under (1/P of the whole + the embedding matrix), and
 # the stages sum to the whole (plus the embedding again on the last stage
 # when it is the head); `lmc info --pp P` lists the stages the ranks
-# loaded. `lmc eval --pp 2|4` prints the one-process perplexity (windows
-# and --chunks) on the default model. --pp 2 --tp 2 (4 ranks, each stage sharded by heads) on
+# loaded. `lmc eval` prints the one-process perplexity on the default
+# model (windows at --pp 2, --chunks at --pp 4). --pp 2 --tp 2 (4 ranks, each stage sharded by heads) on
 # llama-tiny and qwen2-tiny gives the one-process ids. P > layers, --pp
 # with --ep or --tp-vocab, mixtures of experts, recurrent models, a world
 # that is not --pp x --tp, --device cuda
@@ -91,9 +91,9 @@ G="-p hello_world,_this_is -n 12 --ignore-eos --dtype f32"
 for fx in llama-tiny qwen2-tiny gpt2-tiny; do
   gen "$fx" "tests/fixtures/$fx" 4 "2" $G --temp 0
   python3 tests/pp_stack_layers.py "tests/fixtures/$fx" "$TMP/$fx-4l" 2 || ok 1 "stacking $fx"
-  gen "$fx-4l" "$TMP/$fx-4l" 4 "2 4" $G --temp 0
-  gen "$fx-4l-sampled" "$TMP/$fx-4l" 4 "4" $G --temp 0.9 --top-k 40 --seed 7
+  gen "$fx-4l" "$TMP/$fx-4l" 4 "4" $G --temp 0
 done
+gen llama-4l-sampled "$TMP/llama-tiny-4l" 4 "4" $G --temp 0.9 --top-k 40 --seed 7
 gen kjv models/kjv-llama 2 "2 4" -p "And the LORD said unto Moses" -n 16 --temp 0 --ignore-eos
 # --tp 2 inside each of 2 stages (4 ranks): llama-tiny (KV heads split) and qwen2-tiny (replicated, tied head)
 for fx in llama-tiny qwen2-tiny; do
@@ -104,10 +104,11 @@ for fx in llama-tiny qwen2-tiny; do
 done
 # lmc eval --pp: the one-process perplexity (sliding windows and --chunks) on the default model
 head -c 3000 data/kjv.txt >"$TMP/ev.txt"
-for E in "" "--chunks"; do
+for EP in ":2" "--chunks:4"; do
+  E=${EP%:*} P=${EP#*:}
   "$LMC" eval -m models/kjv-llama --text-file "$TMP/ev.txt" --ctx 128 --json $E >"$TMP/ev.one" 2>"$TMP/ev.err"
   ok $? "eval one process: $(cat "$TMP/ev.err")"
-  for P in 2 4; do
+  {
     for try in 1 2 3; do
       port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
       pids=(); rc=0
@@ -122,7 +123,7 @@ for E in "" "--chunks"; do
     done
     [ $rc = 0 ] && grep -q '"ppl"' "$TMP/ev.one" && cmp -s "$TMP/ev.one" "$TMP/ev.pp" && [ ! -s "$TMP/ev.r1" ]
     ok $? "eval $E --pp $P: $(cat "$TMP/ev.pp") vs one process $(cat "$TMP/ev.one"): $(tail -n 2 "$TMP/ev.pp.err")"
-  done
+  }
 done
 # mpirun: --pp 2 and 4 on the 4-layer llama
 if command -v mpirun >/dev/null 2>&1; then
