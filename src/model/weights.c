@@ -63,7 +63,7 @@ struct load_state {
     bool *used;
     struct lmc_quant_config qc;
     int64_t xb, xe;          /* experts to bind (xe 0: all) */
-    int64_t lb, le;          /* layers to bind (le 0: all; lmc_model_opts.layer_begin/end) */
+    int64_t lb, le;          /* layers to bind (le 0: all; lmc_model_load_layers) */
     bool tied;               /* the file has no head: the embedding is the head */
 };
 
@@ -81,7 +81,7 @@ static bool in_range(const struct load_state *ls, const struct lmc_tensor_ref *r
     }
 }
 
-/* Walk callback: clears *present when the head's tensor is not in the file. */
+/* Walk callback: clears ls->tied when the file holds the head's tensor. */
 static lmc_status find_head(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
     (void)err;
     struct load_state *ls = user;
