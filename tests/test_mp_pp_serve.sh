@@ -6,7 +6,8 @@
 # scheduler and stage 0, the others following its steps as stages 1..P-1.
 # On llama-tiny, qwen2-tiny (tied head on the last stage) and gpt2-tiny at
 # --pp 2, a 4-layer llama-tiny (its layers repeated) at --pp 4, and
-# llama-tiny at --pp 2 --tp 2 (4 ranks, each stage sharded by heads): 12
+# llama-tiny at --pp 2 --tp 2 (4 ranks, each stage sharded by heads) and
+# at --pp 2 with --max-step-tokens 5 (prompts prefilled over steps): 12
 # concurrent requests (greedy, n = 2 greedy choices, seeded sampling, a
 # streamed one) give the texts, token counts and finish reasons of the
 # one-process server; /v1/models and the errors of bad requests (malformed
@@ -135,17 +136,20 @@ def stop(procs, drains):
     for t in drains: t.join(timeout=60)
     return codes
 
-for fx, P, T in [("llama-tiny", 2, 1), ("qwen2-tiny", 2, 1), ("gpt2-tiny", 2, 1), (llama4, 4, 1), ("llama-tiny", 2, 2)]:
+CHUNKED = ("--kv-blocks", "256", "--max-step-tokens", "5")  # prompts prefilled over several steps
+for fx, P, T, kv in [("llama-tiny", 2, 1, None), ("qwen2-tiny", 2, 1, None), ("gpt2-tiny", 2, 1, None),
+                     (llama4, 4, 1, None), ("llama-tiny", 2, 2, None), ("llama-tiny", 2, 1, CHUNKED)]:
+    kv = kv or ("--kv-blocks", "256")
     model = fx if fx.startswith("/") else f"tests/fixtures/{fx}"
-    name = "llama-tiny x2 layers" if fx == llama4 else fx
-    procs, port, logs, dr = start(model, 1)
+    name = ("llama-tiny x2 layers" if fx == llama4 else fx) + (" --max-step-tokens 5" if kv == CHUNKED else "")
+    procs, port, logs, dr = start(model, 1, kv=kv)
     check(port is not None, f"{name}: one-process server did not start: {''.join(logs[0])}")
     if port is None: continue
     ref, ref_models, ref_errs = run_all(port)
     stop(procs, dr)
     what = f"--pp {P}" + (f" --tp {T}" if T > 1 else "")
     W = P * T
-    procs, port, logs, dr = start(model, W, T)
+    procs, port, logs, dr = start(model, W, T, kv=kv)
     check(port is not None, f"{name}: {what} server did not start: {''.join(logs[0])}")
     if port is None:
         for p in procs: p.kill()
