@@ -6,6 +6,8 @@
 #include "io/gguf.h"
 #include "quant/quant.h"
 #include "dist/mp_mem.h"
+#include "dist/pp_infer.h"
+#include "cli_pp.h"
 #include "dist/zero.h"
 #include "train/trainer.h"
 #include "train/qlora.h"
@@ -69,12 +71,18 @@ int cmd_eval(int argc, char **argv) {
     int64_t stride = 0;
     bool chunks = false; /* --chunks: llama-perplexity's scoring */
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype (issue 17) */
-    int64_t kv_residual = 128;
+    int64_t kv_residual = 128, pp = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(argv[i], "--text-file") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "--pp") && i + 1 < argc) { /* pipeline stages, one a rank (cli_pp.h) */
+            if (!cli_parse_i64(argv[++i], 1, 4096, &pp)) {
+                fprintf(stderr, "lmc eval: --pp expects a positive integer\n");
+                return 2;
+            }
+        }
         else if (!strcmp(argv[i], "--kl-base") && i + 1 < argc) kl_base = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
         else if (!strcmp(argv[i], "--chunks")) chunks = true;
@@ -104,6 +112,10 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "lmc eval: give exactly one of --text-file F or --text TEXT\n");
         return 2;
     }
+    if (pp && kv_fmt) {
+        fprintf(stderr, "lmc eval: --pp does not combine with a compressed --kv-dtype yet\n");
+        return 2;
+    }
     lmc_err err = {0};
     char *text = NULL;
     size_t len = 0;
@@ -114,9 +126,30 @@ int cmd_eval(int argc, char **argv) {
         len = strlen(text);
     }
     struct cli_model cm;
-    if (cli_open(&cm, &c, true)) {
+    if (cli_open(&cm, &c, !pp)) {
         free(text);
         return 1;
+    }
+    /* --pp P: every rank runs this loop on its stage, the last stage's
+     * logits broadcast to all; rank 0 prints */
+    struct cli_pp ppx;
+    memset(&ppx, 0, sizeof ppx);
+    const struct lmc_model *model = &cm.model;
+    if (pp) {
+        int r = cli_pp_open(&ppx, pp, 1, &cm, &c, "eval");
+        if (r) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            free(text);
+            return r;
+        }
+        model = ppx.model;
+        if (ppx.comm.rank != 0 && !freopen("/dev/null", "w", stdout)) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            free(text);
+            return 1;
+        }
     }
     int rc = 0;
     int32_t *ids = NULL;
@@ -178,8 +211,8 @@ int cmd_eval(int argc, char **argv) {
         }
         be = &kqbe;
     }
-    if (lmc_kv_init(&kv, &cm.model, be, ctx, &err) ||
-        lmc_acts_init(&acts, &cm.model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
+    if (lmc_kv_init(&kv, model, be, ctx, &err) ||
+        lmc_acts_init(&acts, model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
         (kv_fmt && lmc_kvq_kv_format(&kv, kv_fmt, kv_residual, &err)) ||
         (have_base && (lmc_kv_init(&kvb, &cb.model, &cb.be, ctx, &err) ||
                        lmc_acts_init(&actsb, &cb.model, &cb.be, EVAL_CHUNK, EVAL_CHUNK, &err)))) {
@@ -202,7 +235,7 @@ int cmd_eval(int argc, char **argv) {
         if (add_bos) cid[0] = bos;
         for (int64_t p = 0; p < ctx && !err.status; p += EVAL_CHUNK) {
             int64_t m = LMC_MIN(EVAL_CHUNK, ctx - p);
-            if (lmc_model_forward(&cm.model, be, &acts, &kv, cid + p, m, p, logits, true, &err) ||
+            if (lmc_model_forward(model, be, &acts, &kv, cid + p, m, p, logits, true, &err) ||
                 (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, cid + p, m, p, logitsb, true, &err)))
                 break;
             processed += m;
@@ -230,7 +263,7 @@ int cmd_eval(int argc, char **argv) {
         for (int64_t p = 0; p < end - begin; p += EVAL_CHUNK) {
             int64_t m = LMC_MIN(EVAL_CHUNK, end - begin - p);
             if (begin + p + m < prev_end) { /* nothing to score: only build the cache */
-                if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits,
+                if (lmc_model_forward(model, be, &acts, &kv, ids + begin + p, m, p, logits,
                                       false, &err) ||
                     (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p,
                                                     logitsb, false, &err)))
@@ -238,7 +271,7 @@ int cmd_eval(int argc, char **argv) {
                 processed += m;
                 continue;
             }
-            if (lmc_model_forward(&cm.model, be, &acts, &kv, ids + begin + p, m, p, logits, true,
+            if (lmc_model_forward(model, be, &acts, &kv, ids + begin + p, m, p, logits, true,
                                   &err))
                 break;
             if (have_base && lmc_model_forward(&cb.model, &cb.be, &actsb, &kvb, ids + begin + p, m, p, logitsb,
@@ -263,6 +296,10 @@ int cmd_eval(int argc, char **argv) {
         }
         prev_end = end;
         if (end == n) break;
+    }
+    if (pp && lmc_pp_infer_check(&ppx.pp, &err)) {
+        rc = cli_fail("eval", &err);
+        goto done;
     }
     double secs = lmc_time_now() - t0;
     double mean = nll / (double)count;
@@ -303,6 +340,7 @@ done:
     free(ids);
     free(text);
     cli_close(&cm);
+    cli_pp_close(&ppx);
     return rc;
 }
 
@@ -343,6 +381,32 @@ struct mp_opts {
     bool vocab;                    /* --tp-vocab */
 };
 
+/* --pp P: the stages of pipeline-parallel inference (lmc generate/serve
+ * --pp, dist/pp_infer.h): each stage's layers and float32 weights. */
+static int print_pp_stages(const struct lmc_config *c, int P, bool json) {
+    lmc_err err = {0};
+    int64_t b[4097];
+    if (P > 4096 || lmc_pp_infer_plan(c, P, b, &err)) {
+        if (!json) return 0; /* the training layout above already said why */
+        printf(",\"inference_stages\":null");
+        return 0;
+    }
+    if (json) printf(",\"inference_stages\":[");
+    else printf("inference (generate/serve --pp %d), per stage:", P);
+    for (int s = 0; s < P; s++) {
+        int64_t n = lmc_pp_infer_stage_params(c, b, P, s);
+        if (n < 0) return cli_fail("info", &err);
+        if (json)
+            printf("%s{\"stage\":%d,\"layers\":[%lld,%lld],\"params\":%lld,\"weights\":%lld}", s ? "," : "", s,
+                   (long long)b[s], (long long)b[s + 1], (long long)n, (long long)(4 * n));
+        else
+            printf(" stage %d layers [%lld, %lld) %lld parameters, %.1f MiB fp32;", s, (long long)b[s],
+                   (long long)b[s + 1], (long long)n, 4.0 * (double)n / 1048576.0);
+    }
+    printf(json ? "]" : "\n");
+    return 0;
+}
+
 static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, bool json) {
     lmc_err err = {0};
     const double G = 1073741824.0;
@@ -361,6 +425,7 @@ static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, boo
                l.tp, l.vocab ? " (vocabulary split)" : "", l.pp, l.cp, (long long)l.micro_batch, (long long)l.seq,
                l.micro_batches, (long long)m.params, (long long)m.layers, m.weights / G, m.grads / G,
                m.optimizer / G, m.activations / G, m.live, m.total / G);
+    if (o->pp > 1 && print_pp_stages(c, (int)o->pp, json)) return 1;
     if (o->fits_gib > 0) {
         if (json) printf(",\"fits\":[");
         else printf("layouts that fit %.3f GiB per rank (tp x pp x cp: GiB):", o->fits_gib);

@@ -7,6 +7,7 @@
 #include "infer/spec.h"
 #include "dist/tp_model.h"
 #include "dist/ep_model.h"
+#include "cli_pp.h"
 #include "tokenizer/chat_template.h"
 
 #include <stdio.h>
@@ -35,6 +36,7 @@ struct gen_args {
     int64_t tp;                  /* --tp N (generate): tensor-parallel ranks */
     bool tp_vocab;               /* --tp-vocab: the embedding and head split by vocabulary rows too */
     int64_t ep;                  /* --ep N (generate): expert-parallel ranks */
+    int64_t pp;                  /* --pp N (generate): pipeline stages, one a rank */
 };
 
 /* --- speculative decoding options (issue 17) -------------------------- */
@@ -227,6 +229,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
         else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 0, 1 << 24, &a->g.max_new);
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &a->tp);
         else if (!strcmp(o, "--ep")) ok = cli_parse_i64(v, 1, 4096, &a->ep);
+        else if (!strcmp(o, "--pp")) ok = cli_parse_i64(v, 1, 4096, &a->pp);
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
         else if (!strcmp(o, "--top-p")) ok = cli_parse_f64(v, 1e-9, 1, &p->top_p);
@@ -310,8 +313,21 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "lmc generate: --tp and --ep do not combine yet\n");
         return 2;
     }
+    if (a.pp && (a.ep > 1 || a.tp_vocab)) {
+        fprintf(stderr, "lmc generate: --pp does not combine with %s yet\n", a.ep > 1 ? "--ep" : "--tp-vocab");
+        return 2;
+    }
     struct gen_ep ep = {0};
-    if (cli_open(&cm, &a.c, a.ep <= 1)) return 1;
+    struct cli_pp pp = {0};
+    if (cli_open(&cm, &a.c, a.ep <= 1 && !a.pp)) return 1;
+    if (a.pp) {
+        int r = cli_pp_open(&pp, a.pp, a.tp > 1 ? a.tp : 1, &cm, &a.c, "generate"); /* --tp T: T ranks a stage */
+        if (r) {
+            cli_close(&cm);
+            cli_pp_close(&pp);
+            return r;
+        }
+    }
     if (a.ep > 1) {
         int r = gen_ep_open(&ep, a.ep, &cm, &a.c);
         if (r) {
@@ -323,8 +339,12 @@ int cmd_generate(int argc, char **argv) {
     apply_model_defaults(&a, &cm.model.cfg);
     struct gen_tp tp = {0};
     const struct lmc_model *model = &cm.model;
-    bool quiet = a.ep > 1 && ep.comm.rank != 0; /* ranks other than 0 of --tp / --ep */
-    if (a.tp > 1) {
+    bool quiet = a.ep > 1 && ep.comm.rank != 0; /* ranks other than 0 of --tp / --ep / --pp */
+    if (a.pp) {
+        model = pp.model;
+        quiet = pp.comm.rank != 0;
+    }
+    if (a.tp > 1 && !a.pp) {
         int r = gen_tp_open(&tp, a.tp, a.tp_vocab, &cm.model);
         if (r) {
             gen_tp_close(&tp);
@@ -356,8 +376,8 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail("--kv-dtype", &err);
         goto done;
     }
-    if ((a.spec.mode || a.spec.window || a.kv_fmt) && (a.tp > 1 || a.ep > 1)) {
-        fprintf(stderr, "lmc generate: --tp/--ep do not combine with speculative decoding, --kv-dtype or "
+    if ((a.spec.mode || a.spec.window || a.kv_fmt) && (a.tp > 1 || a.ep > 1 || a.pp)) {
+        fprintf(stderr, "lmc generate: --tp/--ep/--pp do not combine with speculative decoding, --kv-dtype or "
                         "--attention-sinks/--kv-window yet\n");
         rc = 2;
         goto done;
@@ -398,7 +418,8 @@ int cmd_generate(int argc, char **argv) {
     }
     if (lmc_session_generate_grammar(&s, ids, n, &a.g, gs, gv, a.c.json || quiet ? NULL : emit_stdout, NULL, &res,
                                      &err) ||
-        (a.tp > 1 && lmc_tp_model_check(&tp.m, &err)) || (a.ep > 1 && lmc_ep_group_check(&ep.g, &err))) {
+        (a.tp > 1 && !a.pp && lmc_tp_model_check(&tp.m, &err)) || (a.ep > 1 && lmc_ep_group_check(&ep.g, &err)) ||
+        (a.pp && lmc_pp_infer_check(&pp.pp, &err))) {
         rc = cli_fail("generate", &err);
         goto done;
     }
@@ -431,6 +452,7 @@ done:
     gen_tp_close(&tp);
     cli_close(&cm);
     gen_ep_close(&ep);
+    cli_pp_close(&pp);
     return rc;
 }
 
@@ -446,6 +468,10 @@ int cmd_chat(int argc, char **argv) {
     if (parse_gen_args(&a, argc, argv)) return 2;
     if (a.spec.mode || a.kv_fmt || a.spec.window) {
         fprintf(stderr, "lmc chat: speculative decoding, --kv-dtype and attention sinks are available in `lmc generate` only\n");
+        return 2;
+    }
+    if (a.pp || a.tp > 1 || a.ep > 1) {
+        fprintf(stderr, "lmc chat: --pp/--tp/--ep run in `lmc generate` and `lmc serve` (chat reads one terminal)\n");
         return 2;
     }
     struct cli_model cm;

@@ -10,6 +10,7 @@
 #include "infer/sched_tp.h"
 #include "dist/tp_model.h"
 #include "dist/ep_model.h"
+#include "cli_pp.h"
 #include "serve/serve.h"
 #include "train/lora_bank.h"
 
@@ -208,6 +209,27 @@ static void serve_ep_close(struct serve_ep *t) {
     t->loaded = t->comm_up = false;
 }
 
+/* --pp with --kv-memory: the blocks that budget holds on the stage with
+ * the most layers (rank 0's scheduler sends the count to every stage, so
+ * no stage's pool exceeds it). Returns 0, or the exit code after printing. */
+static int pp_kv_blocks(const struct cli_pp *t, const struct cli_model *cm, int P, int block_size, size_t bytes,
+                        int64_t *blocks) {
+    int64_t b[4097], most = 0;
+    lmc_err err = {0};
+    if (P > 4096 || lmc_pp_infer_plan(&cm->model.cfg, P, b, &err)) return cli_fail("serve --pp", &err);
+    for (int s = 0; s < P; s++) most = LMC_MAX(most, b[s + 1] - b[s]);
+    struct lmc_model v = *t->model; /* the stage's (shard's) layout with the most layers */
+    v.cfg.num_layers = most;
+    size_t bb = lmc_kv_pool_block_bytes(&v, &cm->be, block_size);
+    *blocks = bb ? (int64_t)(bytes / bb) : 0;
+    if (*blocks < 1) {
+        fprintf(stderr, "lmc serve: --kv-memory %zu holds no KV block of %zu bytes on a %lld-layer stage\n", bytes, bb,
+                (long long)most);
+        return 2;
+    }
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc serve -m DIR [--host 127.0.0.1] [--port 8080] [--device cpu|cuda]\n"
@@ -217,7 +239,7 @@ static void usage(void) {
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N [--tp-vocab] | --ep N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
@@ -225,6 +247,8 @@ static void usage(void) {
             "--tp-vocab: the embedding and head split by vocabulary rows too (the logits gathered).\n"
             "--ep N: mixture-of-experts models under a launcher with N ranks: each rank holds 1/N of every\n"
             "layer's experts (CPU); rank 0 serves HTTP, every rank runs its steps, tokens go to their experts.\n"
+            "--pp N: under a launcher with N ranks, the layers split into N pipeline stages (CPU); rank 0\n"
+            "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
@@ -239,7 +263,7 @@ int cmd_serve(int argc, char **argv) {
     const char *name = NULL;
     char name_buf[256];
     size_t kv_bytes = 0;
-    int64_t kv_blocks = 0, tp = 1, ep = 1, spec_max_batch = -1;
+    int64_t kv_blocks = 0, tp = 1, ep = 1, pp = 0, spec_max_batch = -1;
     bool tp_vocab = false;
     bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
@@ -292,6 +316,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--kv-memory")) ok = parse_size(v, &kv_bytes);
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
         else if (!strcmp(o, "--ep")) ok = cli_parse_i64(v, 1, 4096, &ep);
+        else if (!strcmp(o, "--pp")) ok = cli_parse_i64(v, 1, 4096, &pp);
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n, block_size_set = true;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
@@ -356,7 +381,7 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     if (ep > 1) {
-        const char *why = tp > 1 ? "--tp" : (c.device && strcmp(c.device, "cpu")) ? "--device other than cpu"
+        const char *why = tp > 1 ? "--tp" : pp ? "--pp" : (c.device && strcmp(c.device, "cpu")) ? "--device other than cpu"
                         : ad.n || c.n_lora ? "--lora adapters" : sc.spec ? "--spec" : kv_fmt ? "a compressed --kv-dtype"
                         : NULL;
         if (why) {
@@ -380,9 +405,14 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "lmc serve: --tp does not combine with --spec or a compressed --kv-dtype yet\n");
         return 2;
     }
+    if (pp && (tp_vocab || ad.n || sc.spec || kv_fmt)) {
+        fprintf(stderr, "lmc serve: --pp does not combine with %s yet\n",
+                tp_vocab ? "--tp-vocab" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
+        return 2;
+    }
     if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
-    if (cli_open(&cm, &c, ep <= 1)) return 1;
+    if (cli_open(&cm, &c, ep <= 1 && !pp)) return 1;
     /* --ep: this rank's experts; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_ep epx;
     memset(&epx, 0, sizeof epx);
@@ -396,11 +426,38 @@ int cmd_serve(int argc, char **argv) {
         sc.tp = &epx.comm;
         sc.ep_group = &epx.g;
     }
+    /* --pp: this rank's pipeline stage; the ranks other than 0 follow rank 0's steps until it stops */
+    struct cli_pp ppx;
+    memset(&ppx, 0, sizeof ppx);
+    if (pp) {
+        int r = cli_pp_open(&ppx, pp, tp, &cm, &c, "serve"); /* --tp T: T ranks a stage */
+        if (!r && ppx.comm.rank != 0) {
+            lmc_err err = {0};
+            struct lmc_sched_follow_stats fs;
+            if (lmc_sched_follow(ppx.model, &cm.be, &ppx.comm, ppx.pp.g, &fs, &err)) r = cli_fail("serve --pp", &err);
+            else
+                fprintf(stderr, "lmc serve: rank %d (pipeline stage %d) followed %lld steps (%lld tokens)\n",
+                        ppx.comm.rank, ppx.pp.stage, (long long)fs.steps, (long long)fs.tokens);
+        }
+        if (r || ppx.comm.rank != 0) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            return r;
+        }
+        sc.tp = &ppx.comm;
+        sc.tp_group = ppx.pp.g;
+        if (kv_bytes && !kv_blocks && (r = pp_kv_blocks(&ppx, &cm, (int)pp, sc.block_size, kv_bytes, &kv_blocks))) {
+            cli_close(&cm);
+            cli_pp_close(&ppx);
+            return r;
+        }
+        if (kv_blocks) kv_bytes = 0;
+    }
     /* --tp: this rank's shard; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_tp tpx;
     memset(&tpx, 0, sizeof tpx);
-    const struct lmc_model *model = &cm.model;
-    if (tp > 1) {
+    const struct lmc_model *model = pp ? ppx.model : &cm.model;
+    if (tp > 1 && !pp) {
         int r = serve_tp_open(&tpx, (int)tp, tp_vocab, &cm);
         if (r || tpx.comm.rank != 0) {
             serve_tp_close(&tpx);
@@ -416,6 +473,7 @@ int cmd_serve(int argc, char **argv) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
         serve_ep_close(&epx);
+        cli_pp_close(&ppx);
         return 1;
     }
     so.adapter_names = ad.names;
@@ -442,6 +500,7 @@ int cmd_serve(int argc, char **argv) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
         serve_ep_close(&epx);
+        cli_pp_close(&ppx);
         return cli_fail("--kv-dtype", &err);
     }
     if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
@@ -450,6 +509,7 @@ int cmd_serve(int argc, char **argv) {
         serve_tp_close(&tpx);
         cli_close(&cm);
         serve_ep_close(&epx);
+        cli_pp_close(&ppx);
         return cli_fail("scheduler", &err);
     }
     so.lim.ctx = sc.ctx;
@@ -463,6 +523,7 @@ int cmd_serve(int argc, char **argv) {
         close_adapters(&ad, &cm);
         cli_close(&cm);
         serve_ep_close(&epx);
+        cli_pp_close(&ppx);
         return cli_fail("serve", &err);
     }
     struct lmc_sched_stats st;
@@ -487,6 +548,9 @@ int cmd_serve(int argc, char **argv) {
     if (ep > 1)
         fprintf(stderr, "lmc serve: expert parallel over %lld ranks (this rank: experts %lld-%lld of %lld per layer)\n",
                 (long long)ep, (long long)epx.g.e0, (long long)(epx.g.e0 + epx.g.ne - 1), (long long)epx.g.E);
+    if (pp)
+        fprintf(stderr, "lmc serve: pipeline parallel over %lld stages of %lld rank%s (micro-batches of a step up to "
+                "%d)\n", (long long)pp, (long long)tp, tp > 1 ? "s" : "", ppx.pp.micro);
     if (tp > 1)
         fprintf(stderr, "lmc serve: tensor parallel over %lld ranks (this rank: %lld of %lld heads, %lld of %lld MLP "
                 "features)\n", (long long)tp, (long long)model->cfg.num_heads, (long long)cm.model.cfg.num_heads,
@@ -502,11 +566,15 @@ int cmd_serve(int argc, char **argv) {
     }
     fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
-    lmc_sched_free(sched); /* --tp: tells the other ranks to end */
+    lmc_sched_free(sched); /* --tp/--pp: tells the other ranks to end */
+    if (pp)
+        fprintf(stderr, "lmc serve: pipeline: %lld steps in %lld micro-batches\n", (long long)ppx.pp.steps,
+                (long long)ppx.pp.micro_batches);
     serve_tp_close(&tpx);
     if (have_draft) lmc_model_free(&draft);
     close_adapters(&ad, &cm);
     cli_close(&cm);
     serve_ep_close(&epx);
+    cli_pp_close(&ppx);
     return 0;
 }

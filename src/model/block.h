@@ -61,6 +61,7 @@ struct lmc_wvocab {
 
 /* A model's weights (inference: mapped/converted/uploaded; training: views
  * of the parameter or gradient arena). */
+struct lmc_pp_infer;
 struct lmc_weights {
     struct lmc_mat tok_emb;           /* (V, C) */
     struct lmc_mat pos_emb;           /* (P, C) learned positions; data NULL otherwise */
@@ -68,6 +69,8 @@ struct lmc_weights {
     const float *norm_f, *norm_f_b;   /* (C); b NULL for RMSNorm */
     struct lmc_block_w *layers;       /* (L) */
     const struct lmc_wvocab *vocab;   /* NULL: the whole vocabulary (inference only) */
+    struct lmc_pp_infer *pipe;        /* NULL: every layer here; else a pipeline stage
+                                       * (dist/pp_infer.h; inference only) */
 };
 
 enum lmc_run_mode { LMC_RUN_SEQ, LMC_RUN_PAGED, LMC_RUN_TRAIN };

@@ -6,6 +6,7 @@
 #include "model/model.h"
 #include "core/core.h"
 #include "dist/tp.h" /* the vocabulary-parallel head's gather (lmc_weights.vocab) */
+#include "dist/pp_infer.h" /* pipeline stages (lmc_weights.pipe) */
 
 #include <math.h>
 #include <stdlib.h>
@@ -157,7 +158,9 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
     for (int64_t i = 0; i < n; i++) a->pos_host[i] = (int32_t)(pos0 + i);
     be->upload(be->ctx, a->pos, a->pos_host, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);
-    lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
+    struct lmc_pp_infer *pp = m->w.pipe;
+    if (pp && !lmc_pp_infer_first(pp)) lmc_pp_infer_recv_x(pp, a->x, n, C); /* the stage before's output */
+    else lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
     if (m->rot_dim) {
         lmc_rope_freqs(c, m->rot_dim, pos0 + n, a->freq_host, &r.attn_scale);
         be->upload(be->ctx, a->inv_freq, a->freq_host, (size_t)(m->rot_dim / 2) * sizeof(double));
@@ -166,10 +169,14 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_SEQ, a->save, &s);
     s.h1 = s.h2 = a->h;
     for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
+    if (pp && !lmc_pp_infer_last(pp)) lmc_pp_infer_send_x(pp, a->x, n, C);
     if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
     int64_t rows = all_logits ? n : 1;
-    lmc_model_logits(m, be, a, a->x + (n - rows) * C, rows);
-    be->download(be->ctx, host_logits, a->logits, (size_t)(rows * c->vocab_size) * sizeof(float));
+    if (!pp || lmc_pp_infer_last(pp)) {
+        lmc_model_logits(m, be, a, a->x + (n - rows) * C, rows);
+        be->download(be->ctx, host_logits, a->logits, (size_t)(rows * c->vocab_size) * sizeof(float));
+    }
+    if (pp) lmc_pp_infer_bcast(pp, host_logits, rows * c->vocab_size); /* every rank samples the same */
 }
 
 lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend *be,

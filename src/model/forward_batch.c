@@ -6,6 +6,7 @@
  * (gathered with embed over the hidden states viewed as an F32 table).
  * Every buffer, host staging included, is sized at init. */
 #include "model/forward_batch.h"
+#include "dist/pp_infer.h" /* pipeline stages (lmc_weights.pipe) */
 #include "core/core.h"
 
 #include <math.h>
@@ -382,10 +383,108 @@ static bool upload_freqs(const struct lmc_model *m, const struct lmc_backend *be
     return uniform;
 }
 
-/* The step up to the logits, left in backend memory (ba->a.logits). */
+/* What a step returns: logits rows, or each row's argmax or sampled id
+ * (params: the rows' sampling parameters). done: ids are filled (a
+ * pipeline's last stage chose them for rank 0). */
+struct want {
+    int32_t mode; /* LMC_PP_WANT_* (dist/pp_infer.h) */
+    const struct lmc_sample_row *params;
+    int32_t *ids;
+    bool done;
+};
+
+/* ids[r] = the argmax of logits row r (backend memory), the first on ties. */
+static void rows_argmax(const struct lmc_backend *be, struct lmc_batch_acts *ba, int64_t n, int64_t V,
+                        int32_t *ids) {
+    if (be->argmax_rows) {
+        be->argmax_rows(be->ctx, ids, ba->a.logits, n, V);
+        return;
+    }
+    /* no device argmax: download and scan (first strict maximum, as the sampler) */
+    float *row = ba->row_host;
+    for (int64_t r = 0; r < n; r++) {
+        be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
+        int64_t best = 0;
+        for (int64_t i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        ids[r] = (int32_t)best;
+    }
+}
+
+/* ids[r] = logits row r sampled with params[r]. */
+static void rows_sample(const struct lmc_backend *be, struct lmc_batch_acts *ba, int64_t n, int64_t V,
+                        const struct lmc_sample_row *params, int32_t *ids) {
+    if (be->sample_rows) {
+        be->sample_rows(be->ctx, ids, ba->a.logits, n, V, params);
+        return;
+    }
+    /* no device sampler: download each row and run the sampler's core */
+    for (int64_t r = 0; r < n; r++) {
+        be->download(be->ctx, ba->row_host, ba->a.logits + r * V, (size_t)V * sizeof(float));
+        ids[r] = lmc_sample_logits_row(ba->row_host, V, &params[r], ba->idx_host, ba->prob_host);
+    }
+}
+
+/* A pipeline stage's part of the step (lmc_weights.pipe, dist/pp_infer.h):
+ * the step's micro-batches (token ranges cut at sequence boundaries; the
+ * sequence indices, block tables and rotary rows stay the whole step's)
+ * flow through the stage's layers one after another, received from the
+ * stage before (or embedded on the first) and sent to the next; the last
+ * stage computes the logits rows and returns what rank 0 asked for at the
+ * step's start (w->mode: the rows, or their argmax or sampled ids, so only
+ * the ids travel). *here: whether ba->a.logits holds the step's logits on
+ * this rank. */
+static void forward_batch_stage(const struct lmc_model *m, const struct lmc_backend *be,
+                                struct lmc_batch_acts *ba, const struct lmc_batch *b, struct lmc_run r,
+                                struct want *w, bool *here) {
+    struct lmc_pp_infer *pp = m->w.pipe;
+    const struct lmc_config *c = &m->cfg;
+    struct lmc_acts *a = &ba->a;
+    int64_t C = c->hidden_size, V = c->vocab_size;
+    if (b->n_logits) lmc_pp_infer_want(pp, &w->mode, &w->params, b->n_logits);
+    int k = lmc_pp_infer_cuts(pp, b->seq, b->n_tokens);
+    for (int j = 0; j < k; j++) {
+        int64_t t0 = pp->cut[j], nt = pp->cut[j + 1] - t0;
+        float *x = a->x + t0 * C;
+        if (lmc_pp_infer_first(pp)) lmc_weights_embed(be, &m->w, x, a->ids + t0, a->pos + t0, nt, a->h);
+        else lmc_pp_infer_recv_x(pp, x, nt, C);
+        struct lmc_run q = r;
+        q.n = nt, q.pos = a->pos + t0, q.seq = ba->seq + t0, q.seq_host = b->seq + t0;
+        struct lmc_block_save s;
+        lmc_block_save_carve(m->arch, c, nt, LMC_RUN_PAGED, a->save, &s);
+        s.h1 = s.h2 = a->h;
+        for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&q, l, &m->w.layers[l], &s, x, x);
+        lmc_pp_infer_send_x(pp, x, nt, C);
+    }
+    *here = b->n_logits > 0 && lmc_pp_infer_has_logits(pp);
+    if (!*here) return;
+    int64_t n = b->n_logits;
+    if (lmc_pp_infer_last(pp)) {
+        struct lmc_mat xt = {LMC_DTYPE_F32, b->n_tokens, C, a->x};
+        be->embed(be->ctx, a->tmp, &xt, ba->rows, n);
+        lmc_model_logits(m, be, a, a->tmp, n);
+    }
+    if (w->mode == LMC_PP_WANT_LOGITS) {
+        lmc_pp_infer_to_rank0(pp, a->logits, n * V);
+        return;
+    }
+    int32_t *ids = lmc_pp_infer_ids(pp, n);
+    if (lmc_pp_infer_last(pp) && ids) { /* this stage picks the ids */
+        if (w->mode == LMC_PP_WANT_ARGMAX) rows_argmax(be, ba, n, V, ids);
+        else rows_sample(be, ba, n, V, w->params, ids);
+    }
+    lmc_pp_infer_ids_to_rank0(pp, ids, n);
+    if (ids && w->ids) memcpy(w->ids, ids, sizeof(int32_t) * (size_t)n);
+    w->done = true;
+}
+
+/* The step up to the logits, left in backend memory (ba->a.logits); *here
+ * false on a pipeline stage that gets no logits (not the first or last);
+ * w: what the caller makes of them (a pipeline's last stage may do it). */
 static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_backend *be,
                                     struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
-                                    const struct lmc_batch *b, lmc_err *err) {
+                                    const struct lmc_batch *b, struct want *w, bool *here, lmc_err *err) {
+    *here = true;
     lmc_status st = check_batch(m, ba, kv, b, err);
     if (!st && b->adapter) st = group_rows(m, b, err);
     if (st) return st;
@@ -398,7 +497,7 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
     be->upload(be->ctx, ba->bt, b->block_tables, (size_t)(b->n_seqs * b->max_blocks) * sizeof(int32_t));
     if (b->n_logits)
         be->upload(be->ctx, ba->rows, b->logit_tokens, (size_t)b->n_logits * sizeof(int32_t));
-    lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
+    if (!m->w.pipe) lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
     bool uniform = m->rot_dim ? upload_freqs(m, be, ba, b) : true;
     struct lmc_run r = {.mode = LMC_RUN_PAGED, .be = be, .cfg = c, .arch = m->arch, .n = n,
                         .rot_dim = m->rot_dim, .pos = a->pos, .inv_freq = ba->inv_freq,
@@ -417,6 +516,10 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
         be->upload(be->ctx, ba->tok_slot, ba->tok_slot_host, (size_t)n * sizeof(int32_t));
         r.tok_slot = ba->tok_slot;
     }
+    if (m->w.pipe) {
+        forward_batch_stage(m, be, ba, b, r, w, here);
+        return LMC_OK;
+    }
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_PAGED, a->save, &s);
     s.h1 = s.h2 = a->h;
@@ -433,8 +536,10 @@ static lmc_status forward_batch_run(const struct lmc_model *m, const struct lmc_
 lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_backend *be,
                                    struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
                                    const struct lmc_batch *b, float *logits, lmc_err *err) {
-    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
-    if (st || b->n_logits == 0) return st;
+    bool here;
+    struct want w = {LMC_PP_WANT_LOGITS, NULL, NULL, false};
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, &w, &here, err);
+    if (st || b->n_logits == 0 || !here || w.done) return st;
     be->download(be->ctx, logits, ba->a.logits,
                  (size_t)(b->n_logits * m->cfg.vocab_size) * sizeof(float));
     return LMC_OK;
@@ -443,22 +548,11 @@ lmc_status lmc_model_forward_batch(const struct lmc_model *m, const struct lmc_b
 lmc_status lmc_model_forward_batch_argmax(const struct lmc_model *m, const struct lmc_backend *be,
                                           struct lmc_batch_acts *ba, struct lmc_kv_pool *kv,
                                           const struct lmc_batch *b, int32_t *ids, lmc_err *err) {
-    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
-    if (st || b->n_logits == 0) return st;
-    int64_t V = m->cfg.vocab_size;
-    if (be->argmax_rows) {
-        be->argmax_rows(be->ctx, ids, ba->a.logits, b->n_logits, V);
-        return LMC_OK;
-    }
-    /* no device argmax: download and scan (first strict maximum, as the sampler) */
-    float *row = ba->row_host;
-    for (int64_t r = 0; r < b->n_logits; r++) {
-        be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
-        int64_t best = 0;
-        for (int64_t i = 1; i < V; i++)
-            if (row[i] > row[best]) best = i;
-        ids[r] = (int32_t)best;
-    }
+    bool here;
+    struct want w = {LMC_PP_WANT_ARGMAX, NULL, ids, false};
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, &w, &here, err);
+    if (st || b->n_logits == 0 || !here || w.done) return st;
+    rows_argmax(be, ba, b->n_logits, m->cfg.vocab_size, ids);
     return LMC_OK;
 }
 
@@ -467,17 +561,10 @@ lmc_status lmc_model_forward_batch_sample(const struct lmc_model *m, const struc
                                           const struct lmc_batch *b,
                                           const struct lmc_sample_row *params, int32_t *ids,
                                           lmc_err *err) {
-    lmc_status st = forward_batch_run(m, be, ba, kv, b, err);
-    if (st || b->n_logits == 0) return st;
-    int64_t V = m->cfg.vocab_size;
-    if (be->sample_rows) {
-        be->sample_rows(be->ctx, ids, ba->a.logits, b->n_logits, V, params);
-        return LMC_OK;
-    }
-    /* no device sampler: download each row and run the sampler's core */
-    for (int64_t r = 0; r < b->n_logits; r++) {
-        be->download(be->ctx, ba->row_host, ba->a.logits + r * V, (size_t)V * sizeof(float));
-        ids[r] = lmc_sample_logits_row(ba->row_host, V, &params[r], ba->idx_host, ba->prob_host);
-    }
+    bool here;
+    struct want w = {LMC_PP_WANT_SAMPLE, params, ids, false};
+    lmc_status st = forward_batch_run(m, be, ba, kv, b, &w, &here, err);
+    if (st || b->n_logits == 0 || !here || w.done) return st;
+    rows_sample(be, ba, b->n_logits, m->cfg.vocab_size, params, ids);
     return LMC_OK;
 }

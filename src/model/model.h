@@ -91,6 +91,17 @@ struct lmc_qweight;
 lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_ref *r, struct lmc_qweight *w,
                                   lmc_err *err);
 void lmc_model_free(struct lmc_model *m);
+/* As lmc_model_load for one pipeline stage (dist/pp_infer.h): only layers
+ * [layer_begin, layer_end) are bound, the embedding when layer_begin is 0,
+ * the final norm and the head when layer_end is num_layers (a tied head:
+ * the embedding there too); the other tensors are checked (names, shapes,
+ * dtypes) but never touched, so their pages stay unmapped and weight_bytes
+ * counts the stage's own. The config and the layer table keep the whole
+ * model's num_layers (w.layers[l] outside the range stay unbound). Float
+ * safetensors folders only (GGUF files and quantized folders:
+ * LMC_ERR_UNSUPPORTED); a range outside 0..num_layers: LMC_ERR_ARG. */
+lmc_status lmc_model_load_layers(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
+                                 int64_t layer_begin, int64_t layer_end, lmc_err *err);
 
 /* KV cache for one sequence: per layer K and V rows (ctx, n_kv*hd) f32,
  * in backend memory. */

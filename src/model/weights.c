@@ -63,7 +63,35 @@ struct load_state {
     bool *used;
     struct lmc_quant_config qc;
     int64_t xb, xe;          /* experts to bind (xe 0: all) */
+    int64_t lb, le;          /* layers to bind (le 0: all; lmc_model_load_layers) */
+    bool tied;               /* the file has no head: the embedding is the head */
 };
+
+/* Whether the tensor r belongs to the layer range being loaded (a
+ * pipeline stage): its layers, the embedding on the first stage, the final
+ * norm and head on the last (and the embedding there when it is the head). */
+static bool in_range(const struct load_state *ls, const struct lmc_tensor_ref *r) {
+    if (ls->le == 0) return true;
+    bool first = ls->lb == 0, last = ls->le == ls->m->cfg.num_layers;
+    if (r->layer >= 0) return r->layer >= ls->lb && r->layer < ls->le;
+    switch (r->spec->kind) {
+    case LMC_TK_TOK_EMB: return first || (last && ls->tied);
+    case LMC_TK_POS_EMB: return first;
+    default: return last; /* head, final norm */
+    }
+}
+
+/* Walk callback: clears ls->tied when the file holds the head's tensor. */
+static lmc_status find_head(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
+    (void)err;
+    struct load_state *ls = user;
+    if (r->spec->kind == LMC_TK_HEAD && lmc_st_find(&ls->m->st, r->name)) ls->tied = false;
+    const char *ap = ls->m->arch->alt_prefix;
+    if (r->spec->kind == LMC_TK_HEAD && ap && !strncmp(r->name, ap, strlen(ap)) &&
+        lmc_st_find(&ls->m->st, r->name + strlen(ap)))
+        ls->tied = false;
+    return LMC_OK;
+}
 
 /* Marks every tensor named prefix.* (a quantized linear's packed tensors;
  * its bias binds through the spec table) as used. */
@@ -249,6 +277,7 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     ls->used[src - m->st.tensors] = true;
     if (r->spec->kind == LMC_TK_EXPERT_W && ls->xe > 0 && (r->expert < ls->xb || r->expert >= ls->xe))
         return LMC_OK; /* another rank's expert (expert parallelism): never touched */
+    if (!in_range(ls, r)) return LMC_OK; /* another pipeline stage's tensor: never touched */
     if (r->ndim == 1 || r->spec->kind == LMC_TK_VEC) { /* vectors: f32 copies */
         float *buf = lmc_model_own(m, (size_t)r->numel * sizeof(float));
         if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor '%s': out of memory", r->name);
@@ -396,11 +425,32 @@ lmc_status lmc_model_load(struct lmc_model *m, const char *dir, const struct lmc
     return lmc_model_load_experts(m, dir, opts, 0, 0, err);
 }
 
+static lmc_status load_range(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
+                             int64_t expert_begin, int64_t expert_end, int64_t lb, int64_t le, lmc_err *err);
+
 lmc_status lmc_model_load_experts(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                                   int64_t expert_begin, int64_t expert_end, lmc_err *err) {
+    return load_range(m, dir, opts, expert_begin, expert_end, 0, 0, err);
+}
+
+lmc_status lmc_model_load_layers(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
+                                 int64_t layer_begin, int64_t layer_end, lmc_err *err) {
+    if (layer_end <= layer_begin || layer_begin < 0) {
+        memset(m, 0, sizeof *m);
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: layer range [%lld, %lld) is empty", dir, (long long)layer_begin,
+                           (long long)layer_end);
+    }
+    return load_range(m, dir, opts, 0, 0, layer_begin, layer_end, err);
+}
+
+static lmc_status load_range(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
+                             int64_t expert_begin, int64_t expert_end, int64_t lb, int64_t le, lmc_err *err) {
     memset(m, 0, sizeof *m);
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
     m->on_device = opts && opts->be && !opts->be->host_memory;
+    if (le && lmc_gguf_is_file(dir))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: a layer range (pipeline stage) loads safetensors folders, "
+                           "not GGUF files", dir);
     if (lmc_gguf_is_file(dir)) { /* -m FILE.gguf (weights_gguf.c) */
         lmc_status s = lmc_model_load_gguf(m, dir, err);
         if (!s) s = lmc_model_load_finish(m, opts, err);
@@ -427,8 +477,15 @@ lmc_status lmc_model_load_experts(struct lmc_model *m, const char *dir, const st
         lmc_model_free(m);
         return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     }
-    struct load_state ls = {m, used, {0}, expert_begin, expert_end};
+    struct load_state ls = {m, used, {0}, expert_begin, expert_end, lb, le, true};
     if (!s) s = read_quant_config(dir, &ls.qc, err);
+    if (!s && le > m->cfg.num_layers)
+        s = lmc_err_set(err, LMC_ERR_ARG, "%s: layer range [%lld, %lld) is not within the model's %lld layers", dir,
+                        (long long)lb, (long long)le, (long long)m->cfg.num_layers);
+    if (!s && le && ls.qc.method != LMC_QM_NONE)
+        s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: a layer range (pipeline stage) loads float folders, not "
+                        "quantized ones", dir);
+    if (!s && le) s = lmc_arch_walk(m->arch, &m->cfg, find_head, &ls, err);
     m->quant_method = (int)ls.qc.method;
     if (!s && ls.qc.method != LMC_QM_NONE && m->on_device && (!opts->be->qweight_upload || !opts->be->qmatmul))
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantized weights: the %s backend has no quantized kernels",

@@ -1,0 +1,58 @@
+/* cli_pp.c — the launcher's ranks as pipeline stages for lmc generate and
+ * lmc serve --pp P (see cli_pp.h). */
+#include "cli_pp.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int cli_pp_open(struct cli_pp *t, int64_t pp, int64_t tp, struct cli_model *cm, const struct cli_common *c,
+                const char *cmd) {
+    lmc_err err = {0};
+    memset(t, 0, sizeof *t);
+    if (c->device && strcmp(c->device, "cpu")) {
+        fprintf(stderr, "lmc %s: --pp runs on the CPU backend only so far (--device %s)\n", cmd, c->device);
+        return 2;
+    }
+    if (c->n_lora) {
+        fprintf(stderr, "lmc %s: --pp does not combine with --lora yet\n", cmd);
+        return 2;
+    }
+    struct lmc_dist_env env;
+    if (lmc_dist_env_parse(&env, NULL, NULL, &err)) return cli_fail("--pp", &err);
+    if (lmc_dist_init(&t->comm, LMC_DIST_HOST, &err)) return cli_fail("--pp", &err);
+    t->comm_up = true;
+    if (t->comm.world != pp * tp) {
+        fprintf(stderr, "lmc %s: --pp %lld%s needs %lld ranks (torchrun/Slurm variables or mpirun); this run has %d\n",
+                cmd, (long long)pp, tp > 1 ? " x --tp" : "", (long long)(pp * tp), t->comm.world);
+        return 2;
+    }
+    int threads = c->threads ? c->threads : lmc_dist_cpu_threads(&env, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    if (lmc_backend_cpu_init(&cm->be, threads, &err)) return cli_fail("backend", &err);
+    cm->have_be = true;
+    struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
+    if (lmc_pp_infer_load(&t->pp, &cm->model, c->model_dir, &mo, &t->comm, (int)tp, 0, &err))
+        return cli_fail("--pp", &err);
+    cm->have_model = t->loaded = true;
+    t->model = &t->pp.view;
+    if (tp > 1) { /* the stage's ranks [s tp, (s+1) tp) shard it */
+        if (lmc_comm_split(&t->comm, t->pp.stage, t->comm.rank, &t->tpc, &err)) return cli_fail("--tp x --pp", &err);
+        t->tpc_up = true;
+        if (lmc_tp_model_shard_vocab(&t->tpm, &t->pp.view, &t->tpc, false, &err)) return cli_fail("--tp x --pp", &err);
+        t->sharded = true;
+        t->model = &t->tpm.m;
+        t->pp.g = &t->tpm.group; /* one status for the stage's collectives and transfers */
+    }
+    fprintf(stderr, "lmc %s: pipeline stage %d of %d: layers [%lld, %lld) of %lld, %zu weight bytes\n", cmd,
+            t->pp.stage, t->pp.n_stages, (long long)t->pp.l0, (long long)t->pp.l1, (long long)cm->model.cfg.num_layers,
+            cm->model.weight_bytes);
+    return 0;
+}
+
+void cli_pp_close(struct cli_pp *t) {
+    if (t->sharded) lmc_tp_model_free(&t->tpm);
+    if (t->tpc_up) t->tpc.free(&t->tpc);
+    if (t->loaded) lmc_pp_infer_free(&t->pp);
+    if (t->comm_up) t->comm.free(&t->comm);
+    memset(t, 0, sizeof *t);
+}
