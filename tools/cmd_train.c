@@ -65,7 +65,9 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
             "             sequence; N/C data-parallel groups of C; any optimizer)\n"
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
-            "             data-parallel groups of P; AdamW, untied embeddings); --tp T with --cp C or --pp P:\n"
+            "             data-parallel groups of P; AdamW; each stage holds only its layers' weights,\n"
+            "             gradients and moments); --pp-chunks V: interleaved 1F1B, V chunks of layers per\n"
+            "             stage (--accum a multiple of P); --tp T with --cp C or --pp P:\n"
             "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
             "             bf16 mixed precision with fp32 master weights; cpu: fp32 only)\n");
@@ -99,7 +101,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
-    int64_t zero = -1, tp = 1, cp = 1, pp = 1;
+    int64_t zero = -1, tp = 1, cp = 1, pp = 1, pp_chunks = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -157,7 +159,7 @@ int cmd_train(int argc, char **argv) {
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
-            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64},
+            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64}, {"--pp-chunks", &pp_chunks, 1, 64},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -211,6 +213,10 @@ int cmd_train(int argc, char **argv) {
     const char *mpflag;
     if (cli_mp_pick("train", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
     bool dist = denv.world > 1 || zero >= 0 || mpn > 1;
+    if (pp_chunks > 1 && (pp < 2 || tp > 1)) {
+        fprintf(stderr, "lmc train: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
+        return 2;
+    }
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
@@ -284,7 +290,17 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (!tok_dir) tok_dir = src_dir ? src_dir : meta_tok[0] ? meta_tok : NULL;
-    if (src_dir) {
+    /* --pp without --tp: each stage builds only its part of the model (trainer_pp.h) */
+    bool pp_parts = pp > 1 && tp == 1;
+    if (pp_parts && src_dir) {
+        struct lmc_config c;
+        if (lmc_config_load(&c, src_dir, &err) ||
+            lmc_trainer_pp_build(&tm, &c, &be, src_dir, 0, 0, (int)pp, (int)pp_chunks, tp_comm->rank, &model_numel, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+        have_tm = true;
+    } else if (src_dir) {
         if (lazy ? lmc_tmodel_load_layout(&tm, src_dir, &be, &err) : lmc_tmodel_load(&tm, src_dir, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
@@ -318,13 +334,19 @@ int cmd_train(int argc, char **argv) {
                 c.n_eos = 1;
             }
         }
-        if (lazy ? lmc_tmodel_init_layout(&tm, &c, &be, &err) : lmc_tmodel_init(&tm, &c, &be, &err)) {
+        if (pp_parts) {
+            if (lmc_trainer_pp_build(&tm, &c, &be, NULL, (uint64_t)seed, init_std, (int)pp, (int)pp_chunks,
+                                     tp_comm->rank, &model_numel, &err)) {
+                rc = cli_fail("train", &err);
+                goto done;
+            }
+        } else if (lazy ? lmc_tmodel_init_layout(&tm, &c, &be, &err) : lmc_tmodel_init(&tm, &c, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
         have_tm = true;
-        if (lazy ? lmc_tmodel_src_random(&src, &tm, (uint64_t)seed, init_std, &err)
-                 : lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err)) {
+        if (!pp_parts && (lazy ? lmc_tmodel_src_random(&src, &tm, (uint64_t)seed, init_std, &err)
+                               : lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err))) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -385,6 +407,7 @@ int cmd_train(int argc, char **argv) {
     o.zero_moments = dist && mpn < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
     o.init_src = have_src ? &src : NULL;
     o.bucket_bytes = (int64_t)(bucket_mb * 1048576.0);
+    o.no_acts = pp_parts; /* the stage makes arenas for its own layers */
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -394,16 +417,17 @@ int cmd_train(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, zero %lld, tp %lld%s, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
+                 "seed %lld, zero %lld, tp %lld%s, pp chunks %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
                  (long long)(model_numel ? model_numel : tr.tm.numel), (long long)o.B, (long long)o.T, (long long)o.accum,
                  (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "",
+                 (long long)pp_chunks,
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
         if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
         if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
-              : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, tp_comm, dp_comm, (int)pp_chunks, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
                  lmc_trainer_dist_init(&tr, dcomm, (int)zero, desc, &err))) {
             rc = cli_fail("train", &err);
@@ -455,6 +479,13 @@ int cmd_train(int argc, char **argv) {
                 "group)" : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
+    if (root && pp_parts)
+        fprintf(stderr, "lmc train: pipeline stage 0 holds %lld of the %lld parameter floats (its layers' weights, "
+                        "gradients and AdamW moments)\n", (long long)tr.tm.numel, (long long)model_numel);
+    if (root && pp_chunks > 1)
+        fprintf(stderr, "lmc train: interleaved 1F1B, %lld chunks per stage (%lld in all), bubble (P-1)/(M V + P-1) = "
+                        "%.3f\n", (long long)pp_chunks, (long long)(pp * pp_chunks),
+                (double)(pp - 1) / (double)(o.accum * pp_chunks + pp - 1));
     if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
     else if (root && dist)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
@@ -543,7 +574,8 @@ int cmd_train(int argc, char **argv) {
         if (save) {
             ck_name(ck, sizeof ck, out, tr.step);
             if (tr.tp ? lmc_trainer_tp_save(&tr, ck, src_dir, tok_dir, &err)
-                      : (dist && lmc_trainer_dist_save(&tr, zd, &err)) || lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+                      : (dist && lmc_trainer_dist_save(&tr, zd, &err)) ||
+                            lmc_ckpt_save(lmc_trainer_pp_whole(&tr), ck, src_dir, tok_dir, &err)) {
                 rc = cli_fail("train", &err);
                 break;
             }

@@ -10,6 +10,7 @@
  * published atomically (checkpoint_dir.c). */
 #include "train/checkpoint.h"
 #include "train/trainer_internal.h"
+#include "train/trainer_pp.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "io/safetensors.h"
@@ -551,6 +552,13 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         return s;
     }
     const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
+    if (m && v && m->dtype == LMC_DTYPE_F32 && v->dtype == LMC_DTYPE_F32 && m->numel == v->numel &&
+        lmc_trainer_pp_parts(tr)) { /* a pipeline stage: its tensors' moments from the whole layout */
+        s = lmc_trainer_pp_load_moments(tr, m->data, v->data, m->numel, err);
+        lmc_st_free(&st);
+        if (!s) tr->step = ts.step;
+        return s;
+    }
     if (!m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 ||
         m->numel != tr->tm.numel || v->numel != tr->tm.numel) {
         lmc_st_free(&st);

@@ -18,19 +18,67 @@
 struct lmc_trainer_pp {
     struct lmc_comm *c, *dp;      /* the pipeline group; data-parallel (NULL: none) */
     struct lmc_pp_tstage st;
-    int dw, dr;
+    int dw, dr, V;
     int32_t *in, *tg;             /* (M B T) the step's micro-batches */
     bool *own;                    /* (n_params) the stage updates tensor i */
     struct lmc_pp_stats stats;    /* the last step's */
+    /* tm is this stage's part of the model (lmc_trainer_pp_build): every
+     * rank holds only its tensors; a checkpoint gathers them to rank 0 */
+    bool parts;
+    int *holder;                  /* (L + 2) parts mode: the rank whose arenas hold part p (the tied
+                                   * embedding: rank 0's copy) */
+    int tied;                     /* parts mode, P > 1: the tied embedding's index (stages 0 and P-1), or -1 */
+    struct lmc_trainer whole;     /* rank 0 after a gather: the whole model and moments (lmc_trainer_pp_whole) */
+    bool have_whole;
 };
+
+static void drop_whole(struct lmc_trainer_pp *p) {
+    if (!p->have_whole) return;
+    const struct lmc_backend *be = p->whole.be;
+    if (p->whole.m) be->free(be->ctx, p->whole.m);
+    if (p->whole.v) be->free(be->ctx, p->whole.v);
+    lmc_tmodel_free(&p->whole.tm);
+    memset(&p->whole, 0, sizeof p->whole);
+    p->have_whole = false;
+}
 
 void lmc_trainer_pp_free(struct lmc_trainer *tr) {
     struct lmc_trainer_pp *p = tr->pp;
     if (!p) return;
+    drop_whole(p);
     lmc_pp_tstage_free(&p->st);
-    free(p->in), free(p->tg), free(p->own);
+    free(p->in), free(p->tg), free(p->own), free(p->holder);
     free(p);
     tr->pp = NULL;
+}
+
+lmc_status lmc_trainer_pp_build(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                const char *dir, uint64_t seed, double std, int P, int V, int rank,
+                                int64_t *whole_numel, lmc_err *err) {
+    struct lmc_tmodel lay; /* the whole table (no arenas): is the head tied, how large is the model */
+    lmc_status s = lmc_tmodel_init_layout(&lay, cfg, be, err);
+    if (s) return s;
+    bool tied = lay.tied_head;
+    *whole_numel = lay.numel;
+    lmc_tmodel_free(&lay);
+    int64_t L = cfg->num_layers;
+    if (P < 1 || V < 1 || L < (int64_t)P * V)
+        return lmc_err_set(err, LMC_ERR_ARG, "--pp %d%s: the model has only %lld layers", P,
+                           V > 1 ? " with --pp-chunks" : "", (long long)L);
+    bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
+    if (!keep) return lmc_err_set(err, LMC_ERR_OOM, "pipeline stage: out of memory");
+    lmc_pp_stage_keep(L, tied, P, V, rank, keep);
+    s = lmc_tmodel_init_parts(tm, cfg, be, keep, true, err);
+    free(keep);
+    if (s) return s;
+    struct lmc_tmodel_src src;
+    s = dir ? lmc_tmodel_src_dir(&src, tm, dir, err) : lmc_tmodel_src_random(&src, tm, seed, std, err);
+    if (!s) {
+        s = lmc_tmodel_fill(tm, &src, err);
+        lmc_tmodel_src_free(&src);
+    }
+    if (s) lmc_tmodel_free(tm);
+    return s;
 }
 
 /* The stage owning part `part` (0 embeddings, 1 + l layer l, L + 1 after). */
@@ -50,8 +98,11 @@ static int owner(const struct lmc_trainer *tr, int part) {
 static lmc_status refuse(const struct lmc_trainer *tr, const struct lmc_comm *pp, lmc_err *err) {
     const struct lmc_config *c = &tr->tm.cfg;
     const char *why = NULL;
+    bool parts = false;
+    for (int i = 0; i < tr->tm.n_params; i++) parts |= tr->tm.params[i].elsewhere;
     if (tr->have_opt) why = "another optimizer than AdamW";
-    else if (c->tie_word_embeddings) why = "tied embeddings (the embedding's two gradients would live on two stages)";
+    else if (tr->tm.tied_head && !parts && pp->world > 1)
+        why = "tied embeddings with --tp (the stages hold the whole model there)";
     else if (tr->tm.trainable_off) why = "a frozen base (adapters; use --full)";
     else if (c->num_experts > 0) why = "mixture-of-experts layers";
     else if (!strncmp(c->model_type, "mamba", 5)) why = "recurrent (Mamba) layers";
@@ -70,6 +121,13 @@ static lmc_status refuse(const struct lmc_trainer *tr, const struct lmc_comm *pp
 
 lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err) {
+    return lmc_trainer_pp_attach_v(tr, pp, dp, 1, desc, err);
+}
+
+lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, int V,
+                                   const char *desc, lmc_err *err) {
+    if (V > 1 && tr->tp)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp-chunks (interleaved 1F1B) with --tp is not supported yet");
     lmc_status s = refuse(tr, pp, err);
     if (s || (s = lmc_dist_check_same(pp, "pipeline-parallel training configuration", desc, err)) ||
         (dp && dp->world > 1 && (s = lmc_dist_check_same(dp, "data-parallel training configuration", desc, err))))
@@ -89,8 +147,37 @@ lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, st
     p->tg = malloc(sizeof(int32_t) * (size_t)n);
     p->own = calloc((size_t)tr->tm.n_params, sizeof *p->own);
     if (!p->in || !p->tg || !p->own) return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
-    for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
-    if ((s = lmc_pp_tstage_init(&p->st, &tr->tm, tr->be, pp->rank, pp->world, (int)o->accum, o->B, o->T, err)))
+    p->V = V;
+    p->tied = -1;
+    for (int i = 0; i < tr->tm.n_params; i++) p->parts |= tr->tm.params[i].elsewhere;
+    int64_t L = tr->tm.cfg.num_layers;
+    if (p->parts) { /* which rank holds each part (rank 0 for a tied embedding) */
+        bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
+        p->holder = malloc((size_t)(L + 2) * sizeof *p->holder);
+        if (!keep || !p->holder) {
+            free(keep);
+            return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
+        }
+        for (int64_t q = 0; q < L + 2; q++) p->holder[q] = -1;
+        for (int r = pp->world - 1; r >= 0; r--) {
+            lmc_pp_stage_keep(L, tr->tm.tied_head, pp->world, V, r, keep);
+            for (int64_t q = 0; q < L + 2; q++)
+                if (keep[q]) p->holder[q] = r;
+        }
+        free(keep);
+        lmc_tacts_free(&tr->acts); /* the stage's arenas are its own (o.no_acts: none were made) */
+        for (int i = 0; i < tr->tm.n_params; i++) {
+            const struct lmc_tparam *q = &tr->tm.params[i];
+            p->own[i] = !q->elsewhere;
+            /* a tied embedding held by the first and the last stage: the tensor the head reads */
+            if (pp->world > 1 && tr->tm.tied_head && !q->elsewhere && q->part == 0 &&
+                lmc_tmodel_grad(&tr->tm, q) == (const float *)tr->tm.G.head.w.data)
+                p->tied = i;
+        }
+    } else {
+        for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
+    }
+    if ((s = lmc_pp_tstage_init_v(&p->st, &tr->tm, tr->be, pp->rank, pp->world, V, (int)o->accum, o->B, o->T, err)))
         return s;
     p->st.inputs = p->in, p->st.targets = p->tg;
     /* the loader reads global micro-batches of D x B rows (as one process with batch D x B); a
@@ -146,8 +233,15 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     p->st.dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)p->dw * (double)o->accum));
     p->st.loss_sum = 0;
     p->st.count = 0;
-    struct lmc_pp_stage ops = lmc_pp_tstage_ops(&p->st);
-    if ((s = lmc_pp_run(p->c, &ops, (int)o->accum, &p->stats, err))) return s;
+    drop_whole(p);
+    if (p->V == 1) {
+        struct lmc_pp_stage ops = lmc_pp_tstage_ops(&p->st);
+        s = lmc_pp_run(p->c, &ops, (int)o->accum, &p->stats, err);
+    } else {
+        struct lmc_pp_vstage ops = lmc_pp_tstage_vops(&p->st);
+        s = lmc_pp_run_interleaved(p->c, &ops, (int)o->accum, &p->stats, err);
+    }
+    if (s) return s;
     /* the loss: the last stages' sums over every rank; the gradient over the DP ranks of this stage */
     double sc[2] = {p->st.loss_sum, (double)p->st.count};
     if ((s = p->c->all_reduce(p->c, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
@@ -159,8 +253,30 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     /* the tensors a stage does not own have zero gradients: the arena's sum is the stage's
      * (tensor parallel: its shards counted once over the TP group) */
     double ss = 0;
+    int P = p->c->world, r = p->c->rank;
+    if (p->tied >= 0 && (r == 0 || r == P - 1)) { /* the tied embedding: the lookup's and the head's halves summed */
+        const struct lmc_tparam *q = &tm->params[p->tied];
+        float *g = lmc_tmodel_grad(tm, q), *o = malloc(sizeof(float) * (size_t)q->numel);
+        size_t nb = sizeof(float) * (size_t)q->numel;
+        if (!o) return lmc_err_set(err, LMC_ERR_OOM, "tied embedding gradient: out of memory");
+        if (r == 0) { /* rank 0 adds and sends the sum back, so both update with the same bits */
+            if (!(s = p->c->recv(p->c, o, nb, P - 1, err))) {
+                for (int64_t k = 0; k < q->numel; k++) g[k] += o[k];
+                s = p->c->send(p->c, g, nb, P - 1, err);
+            }
+        } else if (!(s = p->c->send(p->c, g, nb, 0, err))) {
+            s = p->c->recv(p->c, g, nb, 0, err);
+        }
+        free(o);
+        if (s) return s;
+    }
     if (tr->tp) s = lmc_trainer_tp_grad_sumsq(tr, &ss, err);
-    else ss = be->sumsq(be->ctx, tm->g, tm->numel);
+    else if (p->tied >= 0 && r == P - 1) { /* the embedding counted once, on rank 0 (it leads the arena here) */
+        const struct lmc_tparam *q = &tm->params[p->tied];
+        int64_t skip = (q->numel + 15) / 16 * 16;
+        LMC_ASSERT(q->off == 0);
+        ss = be->sumsq(be->ctx, tm->g + skip, tm->numel - skip);
+    } else ss = be->sumsq(be->ctx, tm->g, tm->numel);
     if (s || (s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
     st->grad_norm = sqrt(ss);
     double inv = o->next_batch ? 1.0 / (sc[1] > 0 ? sc[1] : 1) : 1.0;
@@ -184,8 +300,110 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     return LMC_OK;
 }
 
+/* Parts mode: every tensor's parameters and moments to rank 0 of DP rank 0,
+ * into p->whole (host arenas of the CPU backend, the whole layout). */
+static lmc_status gather(struct lmc_trainer *tr, lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    const struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_backend *be = tr->be;
+    struct lmc_comm *c = p->c;
+    drop_whole(p);
+    if (p->dr != 0) return LMC_OK; /* the other pipelines hold the same state */
+    lmc_status s = LMC_OK;
+    struct lmc_trainer *w = &p->whole;
+    if (c->rank == 0) {
+        *w = *tr; /* options, step, loader positions; the model and moments replaced */
+        w->pp = NULL;
+        memset(&w->acts, 0, sizeof w->acts);
+        if ((s = lmc_tmodel_init_layout(&w->tm, &tm->cfg, be, err))) {
+            memset(w, 0, sizeof *w);
+            return s;
+        }
+        w->be = be;
+        p->have_whole = true;
+        size_t bytes = sizeof(float) * (size_t)w->tm.numel;
+        w->tm.w = be->alloc(be->ctx, bytes);
+        w->m = be->alloc(be->ctx, bytes);
+        w->v = be->alloc(be->ctx, bytes);
+        if (!w->tm.w || !w->m || !w->v) s = lmc_err_set(err, LMC_ERR_OOM, "checkpoint gather: out of memory");
+        else {
+            be->zero(be->ctx, w->tm.w, bytes);
+            be->zero(be->ctx, w->m, bytes);
+            be->zero(be->ctx, w->v, bytes);
+        }
+    }
+    /* every rank agrees whether rank 0 is ready before the transfers */
+    double ok = s ? 0.0 : 1.0;
+    lmc_status s2 = c->all_reduce(c, &ok, 1, LMC_DTYPE_F64, LMC_REDUCE_MAX, err);
+    if (s || s2) return s ? s : s2;
+    for (int i = 0; !s && i < tm->n_params; i++) { /* the table is the same on every stage */
+        const struct lmc_tparam *q = &tm->params[i];
+        int from = p->holder[q->part];
+        size_t nb = sizeof(float) * (size_t)q->numel;
+        if (c->rank == 0) {
+            const struct lmc_tparam *d = &w->tm.params[i];
+            float *dst[3] = {w->tm.w + d->off, w->m + d->off, w->v + d->off};
+            const float *src[3] = {tm->w + q->off, tr->m + q->off, tr->v + q->off};
+            for (int a = 0; !s && a < 3; a++) {
+                if (from == 0) memcpy(dst[a], src[a], nb);
+                else s = c->recv(c, dst[a], nb, from, err);
+            }
+        } else if (from == c->rank) {
+            const float *src[3] = {tm->w + q->off, tr->m + q->off, tr->v + q->off};
+            for (int a = 0; !s && a < 3; a++) s = c->send(c, src[a], nb, 0, err);
+        }
+    }
+    return s;
+}
+
+const struct lmc_trainer *lmc_trainer_pp_whole(const struct lmc_trainer *tr) {
+    return tr->pp && tr->pp->have_whole ? &tr->pp->whole : tr;
+}
+
+lmc_status lmc_trainer_pp_load_moments(struct lmc_trainer *tr, const float *m, const float *v, int64_t numel,
+                                       lmc_err *err) {
+    const struct lmc_tmodel *tm = &tr->tm;
+    struct lmc_tmodel lay;
+    lmc_status s = lmc_tmodel_init_layout(&lay, &tm->cfg, tr->be, err);
+    if (s) return s;
+    if (lay.numel != numel || lay.n_params != tm->n_params) {
+        s = lmc_err_set(err, LMC_ERR_FORMAT, "optimizer state of %lld floats, the model's layout has %lld",
+                        (long long)numel, (long long)lay.numel);
+        lmc_tmodel_free(&lay);
+        return s;
+    }
+    for (int i = 0; i < tm->n_params; i++) { /* the stage's tensors from the whole layout's places */
+        const struct lmc_tparam *q = &tm->params[i];
+        if (q->elsewhere) continue;
+        size_t nb = sizeof(float) * (size_t)q->numel;
+        tr->be->upload(tr->be->ctx, tr->m + q->off, m + lay.params[i].off, nb);
+        tr->be->upload(tr->be->ctx, tr->v + q->off, v + lay.params[i].off, nb);
+    }
+    tr->be->sync(tr->be->ctx);
+    lmc_tmodel_free(&lay);
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_pp_loss(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double *loss_sum,
+                               int64_t *count, lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    double sc[2];
+    int64_t n = 0;
+    lmc_status s = lmc_pp_tstage_eval(&p->st, p->c, in, tg, &sc[0], &n, err);
+    sc[1] = (double)n;
+    if (!s) s = p->c->broadcast(p->c, sc, sizeof sc, p->c->world - 1, err);
+    *loss_sum = sc[0];
+    *count = (int64_t)sc[1];
+    return s;
+}
+
+bool lmc_trainer_pp_parts(const struct lmc_trainer *tr) {
+    return tr->pp && tr->pp->parts;
+}
+
 lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
+    if (p->parts) return moments ? gather(tr, err) : LMC_OK; /* parts: evaluation runs through the pipeline */
     const struct lmc_tmodel *tm = &tr->tm;
     float *arenas[3] = {tm->w, tr->m, tr->v};
     lmc_status s = LMC_OK;
@@ -198,9 +416,33 @@ lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *er
     return s;
 }
 
+/* Parts mode: the windows one process with batch D x B evaluates, forward
+ * through the pipeline of DP rank 0 (NaN on the other pipelines). */
+static lmc_status eval_parts(struct lmc_trainer *tr, double *loss, lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    if (!tr->val_data || tr->o.eval_batches <= 0 || p->dr != 0) return LMC_OK;
+    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
+    if (s) return s;
+    int64_t world = p->dw;
+    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
+    double sc[2] = {0, 0};
+    for (int64_t k = 0; k < nb; k++) {
+        lmc_loader_next(&tr->val, tr->batch);
+        lmc_trainer_split_batch(tr);
+        double ls;
+        int64_t n;
+        if ((s = lmc_pp_tstage_eval(&p->st, p->c, tr->in, tr->tg, &ls, &n, err))) return s;
+        sc[0] += ls, sc[1] += (double)n;
+    }
+    if ((s = p->c->broadcast(p->c, sc, sizeof sc, p->c->world - 1, err))) return s;
+    *loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
+    return LMC_OK;
+}
+
 lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
     *loss = NAN;
+    if (p->parts) return eval_parts(tr, loss, err);
     lmc_status s = lmc_trainer_pp_sync(tr, false, err);
     if (s || p->c->rank != 0 || p->dr != 0) return s;
     /* stage 0 of DP rank 0 now holds the whole model: the one-process
