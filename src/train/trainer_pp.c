@@ -455,3 +455,18 @@ lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
     tr->pp = p;
     return s;
 }
+
+void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return;
+    char line[256];
+    long hwm = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) hwm = strtol(line + 6, NULL, 10);
+    fclose(f);
+    const struct lmc_trainer_pp *p = tr->pp;
+    if (hwm >= 0)
+        fprintf(stderr, "lmc %s: pipeline stage %d of %d (data-parallel rank %d): %lld parameter floats, peak RSS "
+                        "%.1f MiB over the steps\n", cmd, p->c->rank, p->c->world, p->dr, (long long)tr->tm.numel,
+                (double)hwm / 1024.0);
+}

@@ -79,6 +79,11 @@ lmc_status lmc_trainer_pp_load_moments(struct lmc_trainer *tr, const float *m, c
 lmc_status lmc_trainer_pp_loss(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double *loss_sum,
                                int64_t *count, lmc_err *err);
 
+/* Every rank: its stage, parameter floats held and peak resident set
+ * (VmHWM, Linux) on stderr (before a checkpoint gather adds rank 0's
+ * consolidation buffers). */
+void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd);
+
 /* Frees tr->pp (lmc_trainer_free calls it). */
 void lmc_trainer_pp_free(struct lmc_trainer *tr);
 
