@@ -531,7 +531,8 @@ int cmd_train(int argc, char **argv) {
         bool save = (save_every > 0 && tr.step % save_every == 0) || last;
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
-        if (last && pp_parts && getenv("LMC_PP_LOG_PEAK")) lmc_trainer_pp_log_peak(&tr, "train"); /* bench/bench_pp_mem.sh */
+        if (last && (pp_parts || !dist) && getenv("LMC_PP_LOG_PEAK")) /* bench/bench_pp_mem.sh */
+            lmc_trainer_pp_log_peak(&tr, "train");
         if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
             rc = cli_fail("train", &err);
             break;

@@ -464,9 +464,9 @@ void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd) {
     while (fgets(line, sizeof line, f))
         if (!strncmp(line, "VmHWM:", 6)) hwm = strtol(line + 6, NULL, 10);
     fclose(f);
-    const struct lmc_trainer_pp *p = tr->pp;
+    const struct lmc_trainer_pp *p = tr->pp; /* NULL: one process, stage 0 of 1 */
     if (hwm >= 0)
         fprintf(stderr, "lmc %s: pipeline stage %d of %d (data-parallel rank %d): %lld parameter floats, peak RSS "
-                        "%.1f MiB over the steps\n", cmd, p->c->rank, p->c->world, p->dr, (long long)tr->tm.numel,
-                (double)hwm / 1024.0);
+                        "%.1f MiB over the steps\n", cmd, p ? p->c->rank : 0, p ? p->c->world : 1, p ? p->dr : 0,
+                (long long)tr->tm.numel, (double)hwm / 1024.0);
 }

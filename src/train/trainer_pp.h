@@ -81,7 +81,7 @@ lmc_status lmc_trainer_pp_loss(struct lmc_trainer *tr, const int32_t *in, const 
 
 /* Every rank: its stage, parameter floats held and peak resident set
  * (VmHWM, Linux) on stderr (before a checkpoint gather adds rank 0's
- * consolidation buffers). */
+ * consolidation buffers); tr->pp may be NULL (one process: stage 0 of 1). */
 void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd);
 
 /* Frees tr->pp (lmc_trainer_free calls it). */
