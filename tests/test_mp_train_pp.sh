@@ -10,7 +10,8 @@
 # order); tied embeddings at PP 2 give the one-process losses, validation
 # losses and weights (1e-6; the embedding's two halves are summed across
 # the stages); a tied PP 2 run stopped at step 5 and resumed at PP 2 x V 2
-# equals the uninterrupted one (1e-6), and one process resumes a PP 2 x V 2
+# equals the uninterrupted one (1e-6), and so does tied GPT-2 (learned
+# positions, --decay-all) at PP 2 x V 2; one process resumes a PP 2 x V 2
 # checkpoint. The start-up line says stage 0 holds fewer parameters than
 # the model. `lmc finetune --full --pp 2` on qwen2-tiny (tied) gives the
 # one-process losses and written model (1e-6). Refused: --pp-chunks with an
@@ -51,6 +52,11 @@ cp -r "$TMP/v2" "$TMP/rs1" && rm -rf "$TMP/rs1/step_000010"
 "$LMC" train --data "$TMP/data" --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2 \
   -o "$TMP/rs1" 2>"$TMP/err"; ok $? "one-process resume of the pp 2 x v 2 checkpoint: $(tail -3 "$TMP/err")"
 same single rs1; ok $? "one process resumed from the pp 2 x v 2 step-5 checkpoint equals the one-process run"
+# GPT-2 (tied, learned positions: the last stage also holds wpe and must leave it alone), decay on everything
+G="--data $TMP/data --arch gpt2 --layers 4 --hidden 64 --heads 4 --intermediate 96 --seq 16 --steps 6 --lr 3e-3
+   --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 6 --eval-every 3 --eval-batches 2 --tie --decay-all"
+"$LMC" train $G --batch 2 -o "$TMP/g1" 2>"$TMP/err"; ok $? "gpt2 single: $(tail -2 "$TMP/err")"
+launch 2 train g2 $G --batch 2 --pp 2 --pp-chunks 2; ok $? "gpt2 pp 2 x v 2: $(last g2)"
 python3 - "$TMP" <<'PY'
 import json, struct, sys
 t = sys.argv[1]
@@ -67,18 +73,18 @@ def st(path):
 def metrics(d):
     return [json.loads(l) for l in open(f"{t}/{d}/metrics.jsonl")]
 bad = 0
-for ref, run in (("tie1", "tie2"), ("tie1", "rst")):
+for ref, run, n in (("tie1", "tie2", 10), ("tie1", "rst", 10), ("g1", "g2", 6)):
     a, b = metrics(ref), metrics(run)
     dl = max(abs(x["loss"] - y["loss"]) / x["loss"] for x, y in zip(a, b))
     dv = max(abs(x["val_loss"] - y["val_loss"]) / x["val_loss"] for x, y in zip(a, b) if "val_loss" in x)
-    wa, wb = st(f"{t}/{ref}/step_000010/model.safetensors"), st(f"{t}/{run}/step_000010/model.safetensors")
+    wa, wb = st(f"{t}/{ref}/step_{n:06d}/model.safetensors"), st(f"{t}/{run}/step_{n:06d}/model.safetensors")
     num = sum((x - y) ** 2 for k in wa for x, y in zip(wa[k], wb[k])) ** 0.5
     den = sum(x * x for k in wa for x in wa[k]) ** 0.5
     print(f"{run}: {len(b)} steps, losses max rel {dl:.3g}, val {dv:.3g}, weights |diff| / |w| {num / den:.3g}")
-    if not (len(a) == len(b) == 10 and dl < 1e-6 and dv < 1e-6 and num / den < 1e-6 and set(wa) == set(wb)): bad = 1
+    if not (len(a) == len(b) == n and dl < 1e-6 and dv < 1e-6 and num / den < 1e-6 and set(wa) == set(wb)): bad = 1
 sys.exit(bad)
 PY
-ok $? "tied pp 2 and its resume at pp 2 x v 2 equal the one-process run"
+ok $? "tied pp 2, its resume at pp 2 x v 2 and gpt2 at pp 2 x v 2 equal the one-process runs"
 # fine-tuning a tied model (qwen2-tiny) at PP 2
 printf '{"prompt": "a b c", "completion": " d e f"}\n{"prompt": "g h", "completion": " i j k l"}\n{"prompt": "m", "completion": " n o"}\n{"prompt": "p q r s", "completion": " t"}\n' >"$TMP/sft.jsonl"
 F="-m tests/fixtures/qwen2-tiny --data $TMP/sft.jsonl --full --batch 1 --seq 16 --accum 2 --steps 4 --lr 1e-3 --threads 1"

@@ -168,11 +168,14 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
         lmc_tacts_free(&tr->acts); /* the stage's arenas are its own (o.no_acts: none were made) */
         for (int i = 0; i < tr->tm.n_params; i++) {
             const struct lmc_tparam *q = &tr->tm.params[i];
-            p->own[i] = !q->elsewhere;
             /* a tied embedding held by the first and the last stage: the tensor the head reads */
             if (pp->world > 1 && tr->tm.tied_head && !q->elsewhere && q->part == 0 &&
                 lmc_tmodel_grad(&tr->tm, q) == (const float *)tr->tm.G.head.w.data)
                 p->tied = i;
+        }
+        for (int i = 0; i < tr->tm.n_params; i++) { /* the last stage updates of part 0 only the tied head */
+            const struct lmc_tparam *q = &tr->tm.params[i];
+            p->own[i] = !q->elsewhere && (pp->world == 1 || pp->rank == 0 || q->part != 0 || i == p->tied);
         }
     } else {
         for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
@@ -271,11 +274,10 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         if (s) return s;
     }
     if (tr->tp) s = lmc_trainer_tp_grad_sumsq(tr, &ss, err);
-    else if (p->tied >= 0 && r == P - 1) { /* the embedding counted once, on rank 0 (it leads the arena here) */
-        const struct lmc_tparam *q = &tm->params[p->tied];
-        int64_t skip = (q->numel + 15) / 16 * 16;
-        LMC_ASSERT(q->off == 0);
-        ss = be->sumsq(be->ctx, tm->g + skip, tm->numel - skip);
+    else if (p->tied >= 0 && r == P - 1) { /* part 0 counted once, on rank 0: the other parts' tensors here */
+        for (int i = 0; i < tm->n_params; i++)
+            if (p->own[i] && tm->params[i].part != 0)
+                ss += be->sumsq(be->ctx, lmc_tmodel_grad(tm, &tm->params[i]), tm->params[i].numel);
     } else ss = be->sumsq(be->ctx, tm->g, tm->numel);
     if (s || (s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
     st->grad_norm = sqrt(ss);
