@@ -7,7 +7,12 @@
  * holds every micro-batch's forward and backward once, forwards in order
  * before their backwards; the simulated bubble is (P-1)/(M+P-1). A large
  * activation (1M floats, beyond socket buffers) passes the pipeline
- * without a deadlock. Bad stage layouts are refused. */
+ * without a deadlock. Interleaved 1F1B (V chunks per rank): every
+ * (chunk, micro-batch) forward and backward once, backwards after their
+ * forwards, at most warm-up + 1 alive, the simulated bubble (P-1)/(M V +
+ * P - 1); single-layer chunks at P 2 x V 2, P 4 (V 1 through the same
+ * runner) and P 1 x V 4 give the full-batch loss and gradients, and 4 MB
+ * messages pass without a deadlock. Bad stage layouts are refused. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "dist/pp.h"
@@ -327,9 +332,10 @@ int main(void) {
     CHECK(lmc_pp_interleaved_check(2, 3, 2, &e0) == LMC_ERR_ARG && strstr(e0.msg, "multiple"));
     CHECK(lmc_pp_bubble_model_v(2, 3, 2, 1, 2) < 0);
     /* interleaved pipelines of single-layer chunks: P = 2 V = 2, P = 4 V = 1 through the same runner,
-     * one process with V = 4 (chunks passing activations locally); 4 MB messages without a deadlock */
+     * one process with V = 4 (chunks passing activations locally); 4 MB messages without a deadlock
+     * (P 2 x V 2 sends around the ring: rank 1's chunk 1 feeds rank 0's chunk 2) */
     static const struct { int P, V, M, pad; } vj[] = {{2, 2, 2, 0}, {2, 2, 4, 0}, {2, 2, 8, 0}, {4, 1, 4, 0},
-                                                       {1, 4, 3, 0}, {2, 2, 4, 1 << 20}};
+                                                       {1, 4, 3, 0}, {2, 2, 4, 1 << 20}, {4, 1, 4, 1 << 20}};
     for (size_t k = 0; k < sizeof vj / sizeof *vj; k++) {
         struct job j = {vj[k].M, vj[k].pad, NULL, vj[k].V};
         struct spawn_opts so = {.world = vj[k].P};

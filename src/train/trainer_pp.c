@@ -1,8 +1,12 @@
 /* trainer_pp.c — the trainer's pipeline-parallel step, evaluation and
- * state sync (see trainer_pp.h): the step's accum micro-batches read into
- * host arrays (this DP rank's rows), one lmc_pp_run of the stage, the
- * stage's gradient all-reduced over the data-parallel ranks, the norm
- * summed over the stages, AdamW on the tensors the stage owns. */
+ * state sync (see trainer_pp.h): a stage's part of the model built from
+ * the whole model's source; the step's accum micro-batches read into host
+ * arrays (this DP rank's rows), one lmc_pp_run (or interleaved run) of
+ * the stage, the stage's gradient all-reduced over the data-parallel
+ * ranks, a tied embedding's halves summed between the first and last
+ * stage, the norm summed over the stages, AdamW on the tensors the stage
+ * owns; evaluation forward through the pipeline, the checkpoint gather to
+ * rank 0 and the resume of a stage's moments. */
 #include "train/trainer_pp.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
