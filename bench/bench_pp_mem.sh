@@ -17,14 +17,19 @@ A="--data $TMP/data --arch llama --layers 12 --hidden 768 --heads 12 --kv-heads 
    --seq 64 --batch 1 --accum 4 --steps 1 --warmup 0 --eval-every 0 --threads 1"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LMC_PP_LOG_PEAK=1 LMC_DIST_TIMEOUT=600
 MP="mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
-echo "| PP | rank | parameter floats held | peak RSS MiB | lmc info per-stage total MiB (stage 0) |"
-echo "|---|---|---|---|---|"
+echo "| PP | rank | parameter floats held | peak RSS MiB over the steps | with the checkpoint | lmc info per-stage total MiB (stage 0) |"
+echo "|---|---|---|---|---|---|"
 for P in $PPS; do
   if [ "$P" = 1 ]; then "$LMC" train $A -o "$TMP/pp$P" 2>"$TMP/pp$P.err"
   else $MP -np "$P" "$LMC" train $A --pp "$P" -o "$TMP/pp$P" >"$TMP/pp$P.err" 2>&1; fi
   [ -d "$TMP/model" ] || cp -r "$TMP/pp$P/step_000001" "$TMP/model"
   info=$("$LMC" info -m "$TMP/model" --pp "$P" --seq 64 --batch 1 --micro-batches 4 --json |
          python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["total"] / 2**20))')
-  sed -n 's/.*pipeline stage \([0-9]*\) of [0-9]* (data-parallel rank 0): \([0-9]*\) parameter floats, peak RSS \([0-9.]*\) MiB.*/\1 \2 \3/p' \
-    "$TMP/pp$P.err" | sort -n | while read -r s n m; do echo "| $P | $s | $n | $m | $info |"; done
+  for s in $(seq 0 $((P - 1))); do
+    pat="pipeline stage $s of $P (data-parallel rank 0): \([0-9]*\) parameter floats, peak RSS \([0-9.]*\) MiB"
+    n=$(sed -n "s/.*$pat over the steps.*/\1/p" "$TMP/pp$P.err")
+    a=$(sed -n "s/.*$pat over the steps.*/\2/p" "$TMP/pp$P.err")
+    b=$(sed -n "s/.*$pat with the checkpoint.*/\2/p" "$TMP/pp$P.err")
+    echo "| $P | $s | $n | $a | $b | $info |"
+  done
 done

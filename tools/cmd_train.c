@@ -532,7 +532,7 @@ int cmd_train(int argc, char **argv) {
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
         if (last && (pp_parts || !dist) && getenv("LMC_PP_LOG_PEAK")) /* bench/bench_pp_mem.sh */
-            lmc_trainer_pp_log_peak(&tr, "train");
+            lmc_trainer_pp_log_peak(&tr, "train", "over the steps");
         if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
             rc = cli_fail("train", &err);
             break;
@@ -585,6 +585,8 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
+    if (!rc && have_tr && (pp_parts || !dist) && getenv("LMC_PP_LOG_PEAK"))
+        lmc_trainer_pp_log_peak(&tr, "train", "with the checkpoint");
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);

@@ -81,16 +81,30 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     if (tr->zero && !host)
         return lmc_err_set(err, LMC_ERR_ARG, "checkpoint: the data-parallel parameters were not gathered "
                            "(lmc_trainer_dist_save first)");
+    /* a host-memory backend's arenas are written in place (only transposed tensors converted
+     * into buf), so a save holds no second copy of the model or the moments */
+    bool direct = !host && tm->be->host_memory;
+    int64_t nbuf = 0;
+    for (int i = 0; direct && i < tm->n_params; i++)
+        if (tm->params[i].transposed) nbuf += tm->params[i].numel;
     struct lmc_st_write_tensor *t = calloc((size_t)tm->n_params, sizeof *t);
-    float *buf = host ? NULL : malloc((size_t)tm->numel * sizeof(float));
-    if (!t || (!host && !buf)) {
+    float *buf = host || (direct && !nbuf) ? NULL : malloc((size_t)(direct ? nbuf : tm->numel) * sizeof(float));
+    if (!t || (!host && !buf && !(direct && !nbuf))) {
         free(t);
         free(buf);
         return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
     }
+    if (direct) tm->be->sync(tm->be->ctx); /* the arenas are read in place */
+    int64_t at = 0; /* direct: the next free float of buf */
     for (int i = 0; i < tm->n_params && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        if (!host) s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
+        const float *data = host ? host + p->off : buf + p->off;
+        if (direct && !p->transposed) data = tm->w + p->off;
+        else if (direct) { /* the on-disk layout of a transposed tensor */
+            s = lmc_tmodel_download_param(tm, tm->w, i, buf + at, err);
+            data = buf + at;
+            at += p->numel;
+        } else if (!host) s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
         t[i].name = p->name;
         t[i].dtype = LMC_DTYPE_F32;
         t[i].ndim = p->ndim;
@@ -101,7 +115,7 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
             t[i].shape[1] = 1;
             t[i].shape[2] = p->shape[1];
         }
-        t[i].data = host ? host + p->off : buf + p->off;
+        t[i].data = data;
     }
     const char *meta[] = {"format", "pt"};
     if (!s && !lmc_path_join(path, sizeof path, dir, "model.safetensors"))
@@ -135,13 +149,15 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
         if ((s = lmc_optim_save(&tr->opt, path, err))) return s;
         goto state;
     }
-    float *mv = malloc((size_t)tm->numel * 2 * sizeof(float));
-    if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
-    lmc_tmodel_download_arena(tm, tr->m, mv);
-    lmc_tmodel_download_arena(tm, tr->v, mv + tm->numel);
+    float *mv = direct ? NULL : malloc((size_t)tm->numel * 2 * sizeof(float)); /* direct: written in place */
+    if (!direct && !mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    if (mv) {
+        lmc_tmodel_download_arena(tm, tr->m, mv);
+        lmc_tmodel_download_arena(tm, tr->v, mv + tm->numel);
+    }
     struct lmc_st_write_tensor ot[2] = {
-        {"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, mv},
-        {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, mv + tm->numel},
+        {"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, mv ? mv : tr->m},
+        {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, mv ? mv + tm->numel : tr->v},
     };
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     s = lmc_st_write(path, ot, 2, NULL, 0, err);

@@ -462,7 +462,7 @@ lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
     return s;
 }
 
-void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd) {
+void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd, const char *when) {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return;
     char line[256];
@@ -473,6 +473,6 @@ void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd) {
     const struct lmc_trainer_pp *p = tr->pp; /* NULL: one process, stage 0 of 1 */
     if (hwm >= 0)
         fprintf(stderr, "lmc %s: pipeline stage %d of %d (data-parallel rank %d): %lld parameter floats, peak RSS "
-                        "%.1f MiB over the steps\n", cmd, p ? p->c->rank : 0, p ? p->c->world : 1, p ? p->dr : 0,
-                (long long)tr->tm.numel, (double)hwm / 1024.0);
+                        "%.1f MiB %s\n", cmd, p ? p->c->rank : 0, p ? p->c->world : 1, p ? p->dr : 0,
+                (long long)tr->tm.numel, (double)hwm / 1024.0, when);
 }

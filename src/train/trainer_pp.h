@@ -80,9 +80,10 @@ lmc_status lmc_trainer_pp_loss(struct lmc_trainer *tr, const int32_t *in, const 
                                int64_t *count, lmc_err *err);
 
 /* Every rank: its stage, parameter floats held and peak resident set
- * (VmHWM, Linux) on stderr (before a checkpoint gather adds rank 0's
- * consolidation buffers); tr->pp may be NULL (one process: stage 0 of 1). */
-void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd);
+ * (VmHWM, Linux) so far on stderr, followed by `when` ("over the steps"
+ * before a checkpoint gather adds rank 0's consolidation buffers, "with
+ * the checkpoint" after); tr->pp may be NULL (one process: stage 0 of 1). */
+void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd, const char *when);
 
 /* Frees tr->pp (lmc_trainer_free calls it). */
 void lmc_trainer_pp_free(struct lmc_trainer *tr);
