@@ -525,7 +525,7 @@ int cmd_finetune(int argc, char **argv) {
         else fprintf(stderr, "%s%s\n", tty ? "\r" : "", line);
         if (save) {
             if (full ? (tr.tp ? lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
-                              : lmc_ckpt_save(lmc_trainer_pp_whole(&tr), ck, cc.model_dir, cc.model_dir, &err))
+                              : lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err))
                      : lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
                 cli_fail("finetune", &err);
                 goto done;
@@ -561,7 +561,7 @@ int cmd_finetune(int argc, char **argv) {
         }
         fprintf(stderr, "lmc finetune: adapter (%d modules, r %lld) written to %s\n", lo.n_mods, (long long)r, out);
     } else {
-        if (!tr.tp && lmc_ckpt_save(lmc_trainer_pp_whole(&tr), tmp, cc.model_dir, cc.model_dir, &err)) {
+        if (!tr.tp && lmc_ckpt_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }

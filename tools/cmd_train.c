@@ -577,7 +577,7 @@ int cmd_train(int argc, char **argv) {
             ck_name(ck, sizeof ck, out, tr.step);
             if (tr.tp ? lmc_trainer_tp_save(&tr, ck, src_dir, tok_dir, &err)
                       : (dist && lmc_trainer_dist_save(&tr, zd, &err)) ||
-                            lmc_ckpt_save(lmc_trainer_pp_whole(&tr), ck, src_dir, tok_dir, &err)) {
+                            lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
                 rc = cli_fail("train", &err);
                 break;
             }

@@ -74,6 +74,14 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     const struct lmc_tmodel *tm = &tr->tm;
     char path[4096], src[4096];
     lmc_status s = LMC_OK;
+    if (lmc_trainer_pp_writes(tr)) { /* pipeline stages: each tensor streamed from the stage holding it */
+        char opath[4096];
+        if (!lmc_path_join(path, sizeof path, dir, "model.safetensors") ||
+            !lmc_path_join(opath, sizeof opath, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_trainer_pp_write((struct lmc_trainer *)tr, path, opath, err))) return s;
+        goto state;
+    }
     /* model.safetensors: every tensor in its on-disk layout */
     /* data parallel: the model's views point into the zero module; rank 0
      * has the parameters on the host, on-disk layouts, from lmc_trainer_dist_save */

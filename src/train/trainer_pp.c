@@ -32,26 +32,14 @@ struct lmc_trainer_pp {
     int *holder;                  /* (L + 2) parts mode: the rank whose arenas hold part p (the tied
                                    * embedding: rank 0's copy) */
     int tied;                     /* parts mode, P > 1: the tied embedding's index (stages 0 and P-1), or -1 */
-    struct lmc_trainer whole;     /* rank 0 after a gather: the whole model and moments (lmc_trainer_pp_whole) */
-    bool have_whole;
+    int64_t *woff, wnumel;        /* parts mode: each tensor's place in the whole layout, its floats */
 };
-
-static void drop_whole(struct lmc_trainer_pp *p) {
-    if (!p->have_whole) return;
-    const struct lmc_backend *be = p->whole.be;
-    if (p->whole.m) be->free(be->ctx, p->whole.m);
-    if (p->whole.v) be->free(be->ctx, p->whole.v);
-    lmc_tmodel_free(&p->whole.tm);
-    memset(&p->whole, 0, sizeof p->whole);
-    p->have_whole = false;
-}
 
 void lmc_trainer_pp_free(struct lmc_trainer *tr) {
     struct lmc_trainer_pp *p = tr->pp;
     if (!p) return;
-    drop_whole(p);
     lmc_pp_tstage_free(&p->st);
-    free(p->in), free(p->tg), free(p->own), free(p->holder);
+    free(p->in), free(p->tg), free(p->own), free(p->holder), free(p->woff);
     free(p);
     tr->pp = NULL;
 }
@@ -169,6 +157,16 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
                 if (keep[q]) p->holder[q] = r;
         }
         free(keep);
+        struct lmc_tmodel lay; /* the whole layout's places (checkpoints and resumes) */
+        if ((s = lmc_tmodel_init_layout(&lay, &tr->tm.cfg, tr->be, err))) return s;
+        p->woff = malloc(sizeof *p->woff * (size_t)lay.n_params);
+        p->wnumel = lay.numel;
+        if (p->woff && lay.n_params == tr->tm.n_params)
+            for (int i = 0; i < lay.n_params; i++) p->woff[i] = lay.params[i].off;
+        bool fits = lay.n_params == tr->tm.n_params;
+        lmc_tmodel_free(&lay);
+        if (!p->woff || !fits) return lmc_err_set(err, fits ? LMC_ERR_OOM : LMC_ERR_ARG, "pipeline: the stage's table "
+                                                  "is not the model's (or out of memory)");
         lmc_tacts_free(&tr->acts); /* the stage's arenas are its own (o.no_acts: none were made) */
         for (int i = 0; i < tr->tm.n_params; i++) {
             const struct lmc_tparam *q = &tr->tm.params[i];
@@ -240,7 +238,6 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     p->st.dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)p->dw * (double)o->accum));
     p->st.loss_sum = 0;
     p->st.count = 0;
-    drop_whole(p);
     if (p->V == 1) {
         struct lmc_pp_stage ops = lmc_pp_tstage_ops(&p->st);
         s = lmc_pp_run(p->c, &ops, (int)o->accum, &p->stats, err);
@@ -306,87 +303,127 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     return LMC_OK;
 }
 
-/* Parts mode: every tensor's parameters and moments to rank 0 of DP rank 0,
- * into p->whole (host arenas of the CPU backend, the whole layout). */
-static lmc_status gather(struct lmc_trainer *tr, lmc_err *err) {
+/* Parts mode, the ranks other than 0 of DP rank 0's pipeline: the tensors
+ * they hold sent to rank 0 while its lmc_ckpt_save writes the folder
+ * (lmc_trainer_pp_write): every parameter in table order, then the first
+ * moments, then the second (the order rank 0 asks for them). */
+static lmc_status serve(struct lmc_trainer *tr, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
     const struct lmc_tmodel *tm = &tr->tm;
-    const struct lmc_backend *be = tr->be;
     struct lmc_comm *c = p->c;
-    drop_whole(p);
-    if (p->dr != 0) return LMC_OK; /* the other pipelines hold the same state */
+    if (p->dr != 0 || c->rank == 0) return LMC_OK; /* the other pipelines hold the same state */
+    const float *arenas[3] = {tm->w, tr->m, tr->v};
+    tr->be->sync(tr->be->ctx);
     lmc_status s = LMC_OK;
-    struct lmc_trainer *w = &p->whole;
-    if (c->rank == 0) {
-        *w = *tr; /* options, step, loader positions; the model and moments replaced */
-        w->pp = NULL;
-        memset(&w->acts, 0, sizeof w->acts);
-        if ((s = lmc_tmodel_init_layout(&w->tm, &tm->cfg, be, err))) {
-            memset(w, 0, sizeof *w);
-            return s;
+    for (int a = 0; !s && a < 3; a++)
+        for (int i = 0; !s && i < tm->n_params; i++) {
+            const struct lmc_tparam *q = &tm->params[i];
+            if (p->holder[q->part] == c->rank)
+                s = c->send(c, arenas[a] + q->off, sizeof(float) * (size_t)q->numel, 0, err);
         }
-        w->be = be;
-        p->have_whole = true;
-        size_t bytes = sizeof(float) * (size_t)w->tm.numel;
-        w->tm.w = be->alloc(be->ctx, bytes);
-        w->m = be->alloc(be->ctx, bytes);
-        w->v = be->alloc(be->ctx, bytes);
-        if (!w->tm.w || !w->m || !w->v) s = lmc_err_set(err, LMC_ERR_OOM, "checkpoint gather: out of memory");
-        else {
-            be->zero(be->ctx, w->tm.w, bytes);
-            be->zero(be->ctx, w->m, bytes);
-            be->zero(be->ctx, w->v, bytes);
-        }
-    }
-    /* every rank agrees whether rank 0 is ready before the transfers */
-    double ok = s ? 0.0 : 1.0;
-    lmc_status s2 = c->all_reduce(c, &ok, 1, LMC_DTYPE_F64, LMC_REDUCE_MAX, err);
-    if (s || s2) return s ? s : s2;
-    for (int i = 0; !s && i < tm->n_params; i++) { /* the table is the same on every stage */
-        const struct lmc_tparam *q = &tm->params[i];
-        int from = p->holder[q->part];
-        size_t nb = sizeof(float) * (size_t)q->numel;
-        if (c->rank == 0) {
-            const struct lmc_tparam *d = &w->tm.params[i];
-            float *dst[3] = {w->tm.w + d->off, w->m + d->off, w->v + d->off};
-            const float *src[3] = {tm->w + q->off, tr->m + q->off, tr->v + q->off};
-            for (int a = 0; !s && a < 3; a++) {
-                if (from == 0) memcpy(dst[a], src[a], nb);
-                else s = c->recv(c, dst[a], nb, from, err);
-            }
-        } else if (from == c->rank) {
-            const float *src[3] = {tm->w + q->off, tr->m + q->off, tr->v + q->off};
-            for (int a = 0; !s && a < 3; a++) s = c->send(c, src[a], nb, 0, err);
-        }
-    }
     return s;
 }
 
-const struct lmc_trainer *lmc_trainer_pp_whole(const struct lmc_trainer *tr) {
-    return tr->pp && tr->pp->have_whole ? &tr->pp->whole : tr;
+/* Rank 0's side: a tensor at a time from its holder into `piece`. */
+struct pp_fill {
+    struct lmc_trainer *tr;
+    bool optim;          /* optimizer.safetensors (adamw.m, adamw.v) or model.safetensors */
+    int64_t tensor;      /* the file's tensor being written (-1: none yet) */
+    int k;               /* optim: the next parameter of the whole arena */
+    float *piece, *tmp;  /* (the largest tensor + padding) */
+    int64_t n, at;       /* floats in piece, floats handed out */
+};
+
+static lmc_status fetch(struct pp_fill *f, int i, const float *local, float *dst, lmc_err *err) {
+    struct lmc_trainer_pp *p = f->tr->pp;
+    const struct lmc_tparam *q = &f->tr->tm.params[i];
+    size_t nb = sizeof(float) * (size_t)q->numel;
+    int from = p->holder[q->part];
+    if (from == 0) {
+        memcpy(dst, local + q->off, nb);
+        return LMC_OK;
+    }
+    return p->c->recv(p->c, dst, nb, from, err);
+}
+
+static lmc_status pp_fill(void *user, int64_t t, void *buf, size_t want, size_t *got, lmc_err *err) {
+    struct pp_fill *f = user;
+    struct lmc_trainer *tr = f->tr;
+    const struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_trainer_pp *p = tr->pp;
+    lmc_status s;
+    if (t != f->tensor) f->tensor = t, f->k = 0, f->n = f->at = 0;
+    if (f->at == f->n) { /* the next piece: model: tensor t (on-disk layout); optim: the next parameter, padded */
+        int i = f->optim ? f->k++ : (int)t;
+        if (i >= tm->n_params) return lmc_err_set(err, LMC_ERR_ARG, "checkpoint: tensor %lld past the table", (long long)t);
+        const struct lmc_tparam *q = &tm->params[i];
+        if (!f->optim) {
+            if ((s = fetch(f, i, tm->w, q->transposed ? f->tmp : f->piece, err))) return s;
+            if (q->transposed) lmc_tmodel_transpose(q, f->piece, f->tmp, true);
+            f->n = q->numel;
+        } else {
+            if ((s = fetch(f, i, t == 0 ? tr->m : tr->v, f->piece, err))) return s;
+            int64_t end = i + 1 < tm->n_params ? p->woff[i + 1] : p->wnumel;
+            f->n = end - p->woff[i]; /* the padding to the next tensor: zeros */
+            memset(f->piece + q->numel, 0, sizeof(float) * (size_t)(f->n - q->numel));
+        }
+        f->at = 0;
+    }
+    size_t nb = LMC_MIN(want, sizeof(float) * (size_t)(f->n - f->at));
+    memcpy(buf, f->piece + f->at, nb);
+    f->at += (int64_t)(nb / sizeof(float));
+    *got = nb;
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_pp_write(struct lmc_trainer *tr, const char *model_path, const char *optim_path,
+                                lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    const struct lmc_tmodel *tm = &tr->tm;
+    LMC_ASSERT(p && p->parts && p->c->rank == 0 && p->dr == 0);
+    int64_t most = 16;
+    for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel + 16);
+    struct pp_fill f = {tr, false, -1, 0, malloc(sizeof(float) * (size_t)most), malloc(sizeof(float) * (size_t)most), 0, 0};
+    struct lmc_st_write_tensor *t = calloc((size_t)tm->n_params, sizeof *t);
+    lmc_status s = LMC_OK;
+    if (!f.piece || !f.tmp || !t) s = lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    for (int i = 0; !s && i < tm->n_params; i++) { /* the table's names and on-disk shapes; data from the stages */
+        const struct lmc_tparam *q = &tm->params[i];
+        t[i] = (struct lmc_st_write_tensor){q->name, LMC_DTYPE_F32, q->ndim, {q->shape[0], q->shape[1]}, NULL};
+        if (q->conv) t[i].ndim = 3, t[i].shape[1] = 1, t[i].shape[2] = q->shape[1];
+    }
+    tr->be->sync(tr->be->ctx);
+    const char *meta[] = {"format", "pt"};
+    if (!s) s = lmc_st_write_fill(model_path, t, tm->n_params, meta, 1, pp_fill, &f, err);
+    struct lmc_st_write_tensor ot[2] = {
+        {"adamw.m", LMC_DTYPE_F32, 1, {p->wnumel}, NULL},
+        {"adamw.v", LMC_DTYPE_F32, 1, {p->wnumel}, NULL},
+    };
+    f.optim = true, f.tensor = -1;
+    if (!s) s = lmc_st_write_fill(optim_path, ot, 2, NULL, 0, pp_fill, &f, err);
+    free(f.piece), free(f.tmp), free(t);
+    return s;
+}
+
+bool lmc_trainer_pp_writes(const struct lmc_trainer *tr) {
+    return tr->pp && tr->pp->parts && tr->pp->c->rank == 0 && tr->pp->dr == 0;
 }
 
 lmc_status lmc_trainer_pp_load_moments(struct lmc_trainer *tr, const float *m, const float *v, int64_t numel,
                                        lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
-    struct lmc_tmodel lay;
-    lmc_status s = lmc_tmodel_init_layout(&lay, &tm->cfg, tr->be, err);
-    if (s) return s;
-    if (lay.numel != numel || lay.n_params != tm->n_params) {
-        s = lmc_err_set(err, LMC_ERR_FORMAT, "optimizer state of %lld floats, the model's layout has %lld",
-                        (long long)numel, (long long)lay.numel);
-        lmc_tmodel_free(&lay);
-        return s;
-    }
+    const struct lmc_trainer_pp *p = tr->pp;
+    if (p->wnumel != numel)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "optimizer state of %lld floats, the model's layout has %lld",
+                           (long long)numel, (long long)p->wnumel);
     for (int i = 0; i < tm->n_params; i++) { /* the stage's tensors from the whole layout's places */
         const struct lmc_tparam *q = &tm->params[i];
         if (q->elsewhere) continue;
         size_t nb = sizeof(float) * (size_t)q->numel;
-        tr->be->upload(tr->be->ctx, tr->m + q->off, m + lay.params[i].off, nb);
-        tr->be->upload(tr->be->ctx, tr->v + q->off, v + lay.params[i].off, nb);
+        tr->be->upload(tr->be->ctx, tr->m + q->off, m + p->woff[i], nb);
+        tr->be->upload(tr->be->ctx, tr->v + q->off, v + p->woff[i], nb);
     }
     tr->be->sync(tr->be->ctx);
-    lmc_tmodel_free(&lay);
     return LMC_OK;
 }
 
@@ -409,7 +446,7 @@ bool lmc_trainer_pp_parts(const struct lmc_trainer *tr) {
 
 lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
-    if (p->parts) return moments ? gather(tr, err) : LMC_OK; /* parts: evaluation runs through the pipeline */
+    if (p->parts) return moments ? serve(tr, err) : LMC_OK; /* parts: evaluation runs through the pipeline */
     const struct lmc_tmodel *tm = &tr->tm;
     float *arenas[3] = {tm->w, tr->m, tr->v};
     lmc_status s = LMC_OK;

@@ -57,18 +57,24 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
  * a tied head on rank P - 1, the final norm and head on rank P - 1).
  * *whole_numel: the whole model's arena floats. A trainer made on it
  * (o.no_acts) and attached holds its stage's parameters, gradients and
- * moments only; evaluation runs forward through the pipeline, and
- * lmc_trainer_pp_sync(moments) gathers the whole state to rank 0
- * (lmc_trainer_pp_whole) for a consolidated checkpoint. */
+ * moments only; evaluation runs forward through the pipeline, and a
+ * checkpoint streams every tensor to rank 0 as it writes the one-process
+ * folder (lmc_trainer_pp_sync(tr, true) on every rank, then rank 0's
+ * lmc_ckpt_save). */
 lmc_status lmc_trainer_pp_build(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                 const char *dir, uint64_t seed, double std, int P, int V, int rank,
                                 int64_t *whole_numel, lmc_err *err);
 /* tr attached to a stage's part (lmc_trainer_pp_build). */
 bool lmc_trainer_pp_parts(const struct lmc_trainer *tr);
-/* After lmc_trainer_pp_sync(tr, true): on rank 0 of a parts-mode trainer the
- * whole trainer (model, moments, step, loader) to give lmc_ckpt_save, until
- * the next step; tr itself otherwise. */
-const struct lmc_trainer *lmc_trainer_pp_whole(const struct lmc_trainer *tr);
+/* Parts mode: whether this rank writes the consolidated checkpoint (rank 0
+ * of DP rank 0's pipeline), and its writing of model.safetensors and
+ * optimizer.safetensors (lmc_ckpt_save calls it): each tensor streamed
+ * from the stage holding it (the others send them from
+ * lmc_trainer_pp_sync(tr, true), called before), never the whole model in
+ * one place; the files are those of the one-process run. */
+bool lmc_trainer_pp_writes(const struct lmc_trainer *tr);
+lmc_status lmc_trainer_pp_write(struct lmc_trainer *tr, const char *model_path, const char *optim_path,
+                                lmc_err *err);
 /* Parts mode resume (lmc_ckpt_load_state): the stage's tensors' AdamW
  * moments from the whole layout's arenas (numel floats each;
  * LMC_ERR_FORMAT when they do not fit the model). */
