@@ -7,7 +7,12 @@
  * holds every micro-batch's forward and backward once, forwards in order
  * before their backwards; the simulated bubble is (P-1)/(M+P-1). A large
  * activation (1M floats, beyond socket buffers) passes the pipeline
- * without a deadlock. Bad stage layouts are refused. */
+ * without a deadlock. Interleaved 1F1B (V chunks per rank): every
+ * (chunk, micro-batch) forward and backward once, backwards after their
+ * forwards, at most warm-up + 1 alive, the simulated bubble (P-1)/(M V +
+ * P - 1); single-layer chunks at P 2 x V 2, P 4 (V 1 through the same
+ * runner) and P 1 x V 4 give the full-batch loss and gradients, and 4 MB
+ * messages pass without a deadlock. Bad stage layouts are refused. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "dist/pp.h"
@@ -141,10 +146,68 @@ static lmc_status st_bwd(void *u, int mb, const void *dout, void *din, lmc_err *
 struct job {
     int M, pad;
     const int *cuts;         /* P + 1 layer boundaries */
+    int V;                   /* > 0: interleaved, V chunks of one layer per rank (P V = NL) */
 };
+
+/* Interleaved: rank r's chunk v is layer v P + r; the activation buffer
+ * holds the widest layer (32 floats a row) plus the padding. */
+struct vstage {
+    int P, rank, V, M, n, pad;
+    struct stage *ch;        /* (V) one single-layer stage per chunk */
+};
+
+static lmc_status v_fwd(void *u, int v, int mb, const void *in, void *out, lmc_err *err) {
+    struct vstage *s = u;
+    return st_fwd(&s->ch[v], mb, in, out, err);
+}
+
+static lmc_status v_bwd(void *u, int v, int mb, const void *dout, void *din, lmc_err *err) {
+    struct vstage *s = u;
+    return st_bwd(&s->ch[v], mb, dout, din, err);
+}
+
+static int check_layer(int rank, int l, const struct net *g) {
+    double num = 0, den = 1e-30;
+    for (int k = 0; k < D[l] * D[l + 1]; k++)
+        num = fmax(num, fabs(g->w[l][k] - REFG.w[l][k])), den = fmax(den, fabs(REFG.w[l][k]));
+    for (int k = 0; k < D[l + 1]; k++)
+        num = fmax(num, fabs(g->b[l][k] - REFG.b[l][k])), den = fmax(den, fabs(REFG.b[l][k]));
+    if (num / den <= 1e-5) return 0;
+    fprintf(stderr, "rank %d layer %d grad rel err %.3g\n", rank, l, num / den);
+    return 1;
+}
+
+static int run_rank_v(struct lmc_comm *c, int rank, void *arg) {
+    const struct job *j = arg;
+    int P = c->world, V = j->V, n = GB / j->M, bad = 0;
+    struct vstage vs = {P, rank, V, j->M, n, j->pad, calloc((size_t)V, sizeof(struct stage))};
+    for (int v = 0; v < V; v++) {
+        struct stage *s = &vs.ch[v];
+        int l = v * P + rank;
+        *s = (struct stage){.l0 = l, .l1 = l + 1, .M = j->M, .n = n, .pad = j->pad};
+        s->acts = malloc(sizeof(float *) * (size_t)(j->M * 2));
+        for (int k = 0; k < j->M * 2; k++) s->acts[k] = malloc(sizeof(float) * (size_t)(n * 32));
+        s->g.w[l] = calloc((size_t)(D[l] * D[l + 1]), sizeof(float));
+        s->g.b[l] = calloc((size_t)D[l + 1], sizeof(float));
+    }
+    struct lmc_pp_vstage ps = {&vs, V, sizeof(float) * (size_t)(n * 32 + j->pad), v_fwd, v_bwd};
+    struct lmc_pp_stats stats;
+    lmc_err err = {0};
+    if (lmc_pp_run_interleaved(c, &ps, j->M, &stats, &err)) {
+        fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+        return 1;
+    }
+    int want_live = lmc_pp_interleaved_live(P, rank, j->M, V);
+    if (stats.max_live != want_live) bad = 1, fprintf(stderr, "rank %d: %d live, want %d\n", rank, stats.max_live, want_live);
+    if (rank == P - 1 && !(fabs(vs.ch[V - 1].loss - REF_LOSS) <= 1e-5 * REF_LOSS))
+        bad = 1, fprintf(stderr, "loss %.9g vs %.9g\n", vs.ch[V - 1].loss, REF_LOSS);
+    for (int v = 0; v < V; v++) bad |= check_layer(rank, v * P + rank, &vs.ch[v].g);
+    return bad;
+}
 
 static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     const struct job *j = arg;
+    if (j->V) return run_rank_v(c, rank, arg);
     struct stage s = {.l0 = j->cuts[rank], .l1 = j->cuts[rank + 1], .M = j->M, .n = GB / j->M, .pad = j->pad};
     int na = s.l1 - s.l0 + 1;
     s.acts = malloc(sizeof(float *) * (size_t)(j->M * na));
@@ -229,7 +292,7 @@ int main(void) {
     for (int p = 0; p < 3; p++)
         for (int k = 0; k < 4; k++) {
             int P = p + 2;
-            struct job j = {k < 3 ? Ms[k] : 3, k < 3 ? 0 : 1 << 20, cuts[p]};
+            struct job j = {k < 3 ? Ms[k] : 3, k < 3 ? 0 : 1 << 20, cuts[p], 0};
             struct spawn_opts so = {.world = P};
             int codes[16] = {0}, bad = 0;
             spawn(&so, run_rank, &j, dir, codes);
@@ -237,6 +300,51 @@ int main(void) {
                 if (codes[r]) bad = 1, fprintf(stderr, "P=%d M=%d pad %d rank %d exit %d: %s", P, j.M, j.pad, r, codes[r], slurp(dir, r));
             CHECK_MSG(!bad, "pipeline P=%d M=%d pad %d", P, j.M, j.pad);
         }
+    /* interleaved schedules: every (chunk, micro-batch) forward and backward once, backwards of a
+     * chunk in the order of its forwards, at most warm-up + 1 alive, dependencies across the ranks
+     * satisfiable (the simulation finishes) with the bubble (P-1)/(M V + P-1) */
+    for (int P = 1; P <= 4; P++)
+        for (int V = 1; V <= 3; V++)
+            for (int M = P; M <= 12; M += P) {
+                int ok = 1;
+                for (int r = 0; r < P; r++) {
+                    struct lmc_pp_op ops[2 * 12 * 3];
+                    int fseen[3][12] = {{0}}, bseen[3][12] = {{0}}, live = 0, maxl = 0;
+                    if (V == 1) lmc_pp_schedule_1f1b(P, r, M, ops);
+                    else lmc_pp_schedule_interleaved(P, r, M, V, ops);
+                    for (int k = 0; k < 2 * M * V; k++) {
+                        struct lmc_pp_op o = ops[k];
+                        if (o.chunk < 0 || o.chunk >= V || o.mb < 0 || o.mb >= M) { ok = 0; break; }
+                        if (o.kind == LMC_PP_FWD) ok &= !fseen[o.chunk][o.mb]++, live++;
+                        else ok &= fseen[o.chunk][o.mb] && !bseen[o.chunk][o.mb]++, live--;
+                        if (live > maxl) maxl = live;
+                    }
+                    for (int v = 0; v < V; v++)
+                        for (int mb = 0; mb < M; mb++) ok &= fseen[v][mb] == 1 && bseen[v][mb] == 1;
+                    ok &= maxl == lmc_pp_interleaved_live(P, r, M, V);
+                    if (V > 1) ok &= maxl == (2 * (P - r - 1) + (V - 1) * P + 1 < M * V ? 2 * (P - r - 1) + (V - 1) * P + 1 : M * V);
+                }
+                double b = lmc_pp_bubble_model_v(P, M, V, 1, 2), want = (double)(P - 1) / (M * V + P - 1);
+                CHECK_MSG(ok, "interleaved schedule P=%d V=%d M=%d", P, V, M);
+                CHECK_MSG(fabs(b - want) < 1e-12, "interleaved bubble P=%d V=%d M=%d: %g vs %g", P, V, M, b, want);
+            }
+    lmc_err e0 = {0};
+    CHECK(lmc_pp_interleaved_check(2, 3, 2, &e0) == LMC_ERR_ARG && strstr(e0.msg, "multiple"));
+    CHECK(lmc_pp_bubble_model_v(2, 3, 2, 1, 2) < 0);
+    /* interleaved pipelines of single-layer chunks: P = 2 V = 2, P = 4 V = 1 through the same runner,
+     * one process with V = 4 (chunks passing activations locally); 4 MB messages without a deadlock
+     * (P 2 x V 2 sends around the ring: rank 1's chunk 1 feeds rank 0's chunk 2) */
+    static const struct { int P, V, M, pad; } vj[] = {{2, 2, 2, 0}, {2, 2, 4, 0}, {2, 2, 8, 0}, {4, 1, 4, 0},
+                                                       {1, 4, 3, 0}, {2, 2, 4, 1 << 20}, {4, 1, 4, 1 << 20}};
+    for (size_t k = 0; k < sizeof vj / sizeof *vj; k++) {
+        struct job j = {vj[k].M, vj[k].pad, NULL, vj[k].V};
+        struct spawn_opts so = {.world = vj[k].P};
+        int codes[16] = {0}, bad = 0;
+        spawn(&so, run_rank, &j, dir, codes);
+        for (int r = 0; r < vj[k].P; r++)
+            if (codes[r]) bad = 1, fprintf(stderr, "interleaved P=%d V=%d M=%d rank %d exit %d: %s", vj[k].P, j.V, j.M, r, codes[r], slurp(dir, r));
+        CHECK_MSG(!bad, "interleaved pipeline P=%d V=%d M=%d pad %d", vj[k].P, j.V, j.M, j.pad);
+    }
     /* stage layouts that do not fit their place */
     struct lmc_comm one;
     lmc_comm_single_init(&one);

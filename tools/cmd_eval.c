@@ -370,12 +370,12 @@ static void print_zero_mem(int stage, int world, int64_t psi, bool json) {
            "optimizer %.1f MiB, total %.1f MiB\n", f.weights / M, f.grads / M, f.optimizer / M, f.total / M);
 }
 
-/* `lmc info --tp T --pp P --cp C [--tp-vocab] [--seq N] [--batch B] [--micro-batches M]
+/* `lmc info --tp T --pp P [--pp-chunks V] --cp C [--tp-vocab] [--seq N] [--batch B] [--micro-batches M]
  * [--fits GIB]`: per-rank training memory of a model-parallel layout
  * (dist/mp_mem.h); with --fits, which power-of-two layouts up to 8 in each
  * dimension fit that many GiB per rank. */
 struct mp_opts {
-    int64_t tp, pp, cp, seq, batch, micro;
+    int64_t tp, pp, cp, seq, batch, micro, chunks;
     double fits_gib;
     bool any;
     bool vocab;                    /* --tp-vocab */
@@ -410,19 +410,19 @@ static int print_pp_stages(const struct lmc_config *c, int P, bool json) {
 static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, bool json) {
     lmc_err err = {0};
     const double G = 1073741824.0;
-    struct lmc_mp_layout l = {(int)o->tp, (int)o->pp, (int)o->cp, o->batch, o->seq, (int)o->micro, o->vocab};
+    struct lmc_mp_layout l = {(int)o->tp, (int)o->pp, (int)o->cp, o->batch, o->seq, (int)o->micro, o->vocab, (int)o->chunks};
     struct lmc_mp_mem m;
     if (lmc_mp_mem(c, &l, &m, &err)) return cli_fail("info", &err);
     if (json)
         printf("{\"tp\":%d,\"pp\":%d,\"cp\":%d,\"seq\":%lld,\"batch\":%lld,\"micro_batches\":%d,"
                "\"params\":%lld,\"layers\":%lld,\"weights\":%.0f,\"grads\":%.0f,\"optimizer\":%.0f,"
-               "\"activations\":%.0f,\"total\":%.0f,\"tp_vocab\":%s", l.tp, l.pp, l.cp, (long long)l.seq,
+               "\"activations\":%.0f,\"total\":%.0f,\"tp_vocab\":%s,\"pp_chunks\":%d", l.tp, l.pp, l.cp, (long long)l.seq,
                (long long)l.micro_batch, l.micro_batches, (long long)m.params, (long long)m.layers, m.weights,
-               m.grads, m.optimizer, m.activations, m.total, l.vocab ? "true" : "false");
+               m.grads, m.optimizer, m.activations, m.total, l.vocab ? "true" : "false", l.chunks);
     else
-        printf("TP %d%s x PP %d x CP %d, %lld x %lld tokens, %d micro-batches: per rank %lld parameters (%lld layers), "
+        printf("TP %d%s x PP %d%s x CP %d, %lld x %lld tokens, %d micro-batches: per rank %lld parameters (%lld layers), "
                "weights %.3f GiB, grads %.3f GiB, AdamW %.3f GiB, activations %.3f GiB (%d live), total %.3f GiB\n",
-               l.tp, l.vocab ? " (vocabulary split)" : "", l.pp, l.cp, (long long)l.micro_batch, (long long)l.seq,
+               l.tp, l.vocab ? " (vocabulary split)" : "", l.pp, l.chunks > 1 ? " (interleaved)" : "", l.cp, (long long)l.micro_batch, (long long)l.seq,
                l.micro_batches, (long long)m.params, (long long)m.layers, m.weights / G, m.grads / G,
                m.optimizer / G, m.activations / G, m.live, m.total / G);
     if (o->pp > 1 && print_pp_stages(c, (int)o->pp, json)) return 1;
@@ -433,7 +433,7 @@ static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, boo
         for (int t = 1; t <= 8; t *= 2)
             for (int p = 1; p <= 8; p *= 2)
                 for (int k = 1; k <= 8; k *= 2) {
-                    struct lmc_mp_layout x = {t, p, k, o->batch, o->seq, (int)o->micro, o->vocab};
+                    struct lmc_mp_layout x = {t, p, k, o->batch, o->seq, (int)o->micro, o->vocab, 1};
                     struct lmc_mp_mem y;
                     if (lmc_mp_mem(c, &x, &y, &err) || y.total > o->fits_gib * G) continue;
                     if (json) printf("%s{\"tp\":%d,\"pp\":%d,\"cp\":%d,\"total\":%.0f}", n ? "," : "", t, p, k, y.total);
@@ -618,11 +618,11 @@ int cmd_info(int argc, char **argv) {
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
     struct lmc_optim_cfg ocfg;
     lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
-    struct mp_opts mp = {1, 1, 1, 4096, 1, 1, 0, false, false};
+    struct mp_opts mp = {1, 1, 1, 4096, 1, 1, 1, 0, false, false};
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "--tp") || !strcmp(argv[i], "--pp") || !strcmp(argv[i], "--cp") ||
              !strcmp(argv[i], "--seq") || !strcmp(argv[i], "--batch") || !strcmp(argv[i], "--micro-batches") ||
-             !strcmp(argv[i], "--fits")) && i + 1 < argc) {
+             !strcmp(argv[i], "--fits") || !strcmp(argv[i], "--pp-chunks")) && i + 1 < argc) {
             const char *o = argv[i++];
             bool ok = !strcmp(o, "--tp")      ? cli_parse_i64(argv[i], 1, 4096, &mp.tp)
                       : !strcmp(o, "--pp")    ? cli_parse_i64(argv[i], 1, 4096, &mp.pp)
@@ -630,6 +630,7 @@ int cmd_info(int argc, char **argv) {
                       : !strcmp(o, "--seq")   ? cli_parse_i64(argv[i], 1, INT64_C(1) << 32, &mp.seq)
                       : !strcmp(o, "--batch") ? cli_parse_i64(argv[i], 1, 1 << 20, &mp.batch)
                       : !strcmp(o, "--fits")  ? cli_parse_f64(argv[i], 1e-9, 1e9, &mp.fits_gib)
+                      : !strcmp(o, "--pp-chunks") ? cli_parse_i64(argv[i], 1, 4096, &mp.chunks)
                                               : cli_parse_i64(argv[i], 1, 1 << 20, &mp.micro);
             if (!ok) {
                 fprintf(stderr, "lmc info: bad value for %s: '%s'\n", o, argv[i]);

@@ -57,7 +57,8 @@ static void usage(void) {
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
-            "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n"
+            "             micro-batches (AdamW, no --pack; each stage holds only its layers); --pp-chunks V:\n"
+            "             interleaved 1F1B, V chunks per stage; --tp combines with --cp or --pp\n"
             "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
             "             layer's experts and their adapters, data parallel over the rest; AdamW, CPU)\n");
 }
@@ -119,7 +120,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, ep = 1, stop_at = 0;
+    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, ep = 1, pp_chunks = 1, stop_at = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
@@ -194,6 +195,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--cp")) ok = cli_parse_i64(v, 1, 64, &cp);
         else if (!strcmp(a, "--pp")) ok = cli_parse_i64(v, 1, 64, &pp);
         else if (!strcmp(a, "--ep")) ok = cli_parse_i64(v, 1, 1024, &ep);
+        else if (!strcmp(a, "--pp-chunks")) ok = cli_parse_i64(v, 1, 64, &pp_chunks);
         else if (!strcmp(a, "--lora-alpha")) ok = cli_parse_f64(v, 1e-6, 1e6, &alpha);
         else if (!strcmp(a, "--lora-dropout")) ok = cli_parse_f64(v, 0, 1, &dropout);
         else if (!strcmp(a, "--val-fraction")) ok = cli_parse_f64(v, 1e-9, 0.999999, &val_fraction);
@@ -270,6 +272,10 @@ int cmd_finetune(int argc, char **argv) {
     int mpn;
     const char *mpflag;
     if (cli_mp_pick("finetune", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
+    if (pp_chunks > 1 && (pp < 2 || tp > 1)) {
+        fprintf(stderr, "lmc finetune: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
+        return 2;
+    }
     if (pack && (cp > 1 || pp > 1)) {
         fprintf(stderr, "lmc finetune: --pack does not combine with %s yet (packed sequences' attention stays within "
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
@@ -331,8 +337,15 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     const char *wdir = full && resume ? resume : cc.model_dir; /* --full --resume: the checkpoint's weights */
-    /* --ep: the layout only; each rank reads its part of the folder (lmc_trainer_ep_shard) */
+    /* --ep: the layout only; each rank reads its part of the folder (lmc_trainer_ep_shard);
+     * --full --pp without --tp: each stage builds only its part of the model (trainer_pp.h) */
+    bool pp_parts = pp > 1 && tp == 1 && full && !qlora;
+    int64_t whole_numel = 0;
+    struct lmc_config pcfg;
     if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
+        : pp_parts ? lmc_config_load(&pcfg, wdir, &err) ||
+                         lmc_trainer_pp_build(&tm, &pcfg, &be, wdir, 0, 0, (int)pp, (int)pp_chunks,
+                                              (have_tpc ? &tpc : &comm)->rank, &whole_numel, &err)
         : qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
@@ -422,6 +435,7 @@ int cmd_finetune(int argc, char **argv) {
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};
     o.optim = ocfg;
+    o.no_acts = pp_parts; /* the stage makes arenas for its own layers */
     have_tm = false;
     if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
         cli_fail("finetune", &err);
@@ -431,9 +445,10 @@ int cmd_finetune(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, ep %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
+                 "seed %lld, ep %lld, data %.300s (%lld examples), resume %.300s, pp chunks %lld", tr.tm.cfg.model_type,
+                 (long long)(whole_numel ? whole_numel : tr.tm.numel),
                  tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
-                 (long long)seed, (long long)ep, data, (long long)d.n_ex, resume ? resume : "-");
+                 (long long)seed, (long long)ep, data, (long long)d.n_ex, resume ? resume : "-", (long long)pp_chunks);
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
         if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
@@ -443,7 +458,7 @@ int cmd_finetune(int argc, char **argv) {
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
               : t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
-              : pp > 1 ? lmc_trainer_pp_attach(&tr, grp, have_dpc ? &dpc : NULL, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, grp, have_dpc ? &dpc : NULL, (int)pp_chunks, desc, &err)
               : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
             cli_fail("finetune", &err);
             goto done;

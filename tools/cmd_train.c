@@ -66,8 +66,11 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
             "             sequence; N/C data-parallel groups of C; any optimizer)\n"
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
-            "             data-parallel groups of P; AdamW, untied embeddings); --tp T with --cp C or --pp P:\n"
-            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"            "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
+            "             data-parallel groups of P; AdamW; each stage holds only its layers' weights,\n"
+            "             gradients and moments); --pp-chunks V: interleaved 1F1B, V chunks of layers per\n"
+            "             stage (--accum a multiple of P); --tp T with --cp C or --pp P:\n"
+            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"
+            "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
             "             layer's experts, tokens exchanged by all-to-all; data parallel over the rest; AdamW,\n"
             "             CPU); checkpoints are consolidated one-process folders\n"
             "  device:    --device cpu|cuda (default cpu; cuda is new) --dtype fp32|bf16 (cuda: default\n"
@@ -113,7 +116,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s\n", derr.msg);
         return 2;
     }
-    int64_t zero = -1, tp = 1, cp = 1, pp = 1, ep = 1;
+    int64_t zero = -1, tp = 1, cp = 1, pp = 1, ep = 1, pp_chunks = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *metrics = NULL, *tok_dir = NULL;
@@ -171,7 +174,7 @@ int cmd_train(int argc, char **argv) {
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
-            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64}, {"--ep", &ep, 1, 1024},
+            {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64}, {"--ep", &ep, 1, 1024}, {"--pp-chunks", &pp_chunks, 1, 64},
         };
         struct { const char *name; double *p; double lo, hi; } dbls[] = {
             {"--lr", &lr, 0, 10}, {"--min-lr", &min_lr, 0, 10}, {"--wd", &wd, 0, 10},
@@ -230,6 +233,10 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     bool dist = denv.world > 1 || zero >= 0 || mpn > 1 || ep > 1;
+    if (pp_chunks > 1 && (pp < 2 || tp > 1)) {
+        fprintf(stderr, "lmc train: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
+        return 2;
+    }
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
@@ -310,7 +317,17 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (!tok_dir) tok_dir = src_dir ? src_dir : meta_tok[0] ? meta_tok : NULL;
-    if (src_dir) {
+    /* --pp without --tp: each stage builds only its part of the model (trainer_pp.h) */
+    bool pp_parts = pp > 1 && tp == 1;
+    if (pp_parts && src_dir) {
+        struct lmc_config c;
+        if (lmc_config_load(&c, src_dir, &err) ||
+            lmc_trainer_pp_build(&tm, &c, &be, src_dir, 0, 0, (int)pp, (int)pp_chunks, tp_comm->rank, &model_numel, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
+        have_tm = true;
+    } else if (src_dir) {
         if (lazy ? lmc_tmodel_load_layout(&tm, src_dir, &be, &err) : lmc_tmodel_load(&tm, src_dir, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
@@ -344,13 +361,19 @@ int cmd_train(int argc, char **argv) {
                 c.n_eos = 1;
             }
         }
-        if (lazy ? lmc_tmodel_init_layout(&tm, &c, &be, &err) : lmc_tmodel_init(&tm, &c, &be, &err)) {
+        if (pp_parts) {
+            if (lmc_trainer_pp_build(&tm, &c, &be, NULL, (uint64_t)seed, init_std, (int)pp, (int)pp_chunks,
+                                     tp_comm->rank, &model_numel, &err)) {
+                rc = cli_fail("train", &err);
+                goto done;
+            }
+        } else if (lazy ? lmc_tmodel_init_layout(&tm, &c, &be, &err) : lmc_tmodel_init(&tm, &c, &be, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
         have_tm = true;
-        if (lazy ? lmc_tmodel_src_random(&src, &tm, (uint64_t)seed, init_std, &err)
-                 : lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err)) {
+        if (!pp_parts && (lazy ? lmc_tmodel_src_random(&src, &tm, (uint64_t)seed, init_std, &err)
+                               : lmc_tmodel_init_random(&tm, (uint64_t)seed, init_std, &err))) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -426,6 +449,7 @@ int cmd_train(int argc, char **argv) {
     o.zero_moments = dist && mpn < 2 && ep < 2 && o.optim.kind == LMC_OPTIM_ADAMW;
     o.init_src = have_src ? &src : NULL;
     o.bucket_bytes = (int64_t)(bucket_mb * 1048576.0);
+    o.no_acts = pp_parts; /* the stage makes arenas for its own layers */
     have_tm = false; /* the trainer takes the model, and frees it even on failure */
     if (lmc_trainer_init(&tr, &tm, &be, &train, have_val ? &val : NULL, &o, &err)) {
         rc = cli_fail("train", &err);
@@ -435,9 +459,9 @@ int cmd_train(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, zero %lld, tp %lld%s, ep %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
+                 "seed %lld, zero %lld, tp %lld%s, ep %lld, pp chunks %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
                  (long long)(model_numel ? model_numel : tr.tm.numel), (long long)o.B, (long long)o.T, (long long)o.accum,
-                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "", (long long)ep,
+                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "", (long long)ep, (long long)pp_chunks,
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
@@ -447,7 +471,7 @@ int cmd_train(int argc, char **argv) {
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
               : t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
-              : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, tp_comm, dp_comm, (int)pp_chunks, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
                  lmc_trainer_dist_init(&tr, dcomm, (int)zero, desc, &err))) {
             rc = cli_fail("train", &err);
@@ -501,6 +525,13 @@ int cmd_train(int argc, char **argv) {
                 "group)" : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
+    if (root && pp_parts)
+        fprintf(stderr, "lmc train: pipeline stage 0 holds %lld of the %lld parameter floats (its layers' weights, "
+                        "gradients and AdamW moments)\n", (long long)tr.tm.numel, (long long)model_numel);
+    if (root && pp_chunks > 1)
+        fprintf(stderr, "lmc train: interleaved 1F1B, %lld chunks per stage (%lld in all), bubble (P-1)/(M V + P-1) = "
+                        "%.3f\n", (long long)pp_chunks, (long long)(pp * pp_chunks),
+                (double)(pp - 1) / (double)(o.accum * pp_chunks + pp - 1));
     if (root && tr.ep)
         fprintf(stderr, "lmc train: expert parallel x data parallel over %d ranks, global batch %lld x %lld x %lld "
                         "accum; each rank holds %lld of the %lld experts per layer (an arena of %lld of the model's %lld "
@@ -555,6 +586,8 @@ int cmd_train(int argc, char **argv) {
         if (save && train_rss == 0) train_rss = peak_rss_mib(); /* before the first save (--ep: rank 0 gathers) */
         char zd[4096];
         snprintf(zd, sizeof zd, "%s/zero", out);
+        if (last && (pp_parts || !dist) && getenv("LMC_PP_LOG_PEAK")) /* bench/bench_pp_mem.sh */
+            lmc_trainer_pp_log_peak(&tr, "train", "over the steps");
         if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state to rank 0 */
             rc = cli_fail("train", &err);
             break;
@@ -615,6 +648,8 @@ int cmd_train(int argc, char **argv) {
     else if (!rc && have_tr && !dist)
         fprintf(stderr, "lmc train: peak resident %.0f MiB training, %.0f MiB with the checkpoints\n", train_rss,
                 peak_rss_mib());
+    if (!rc && have_tr && (pp_parts || !dist) && getenv("LMC_PP_LOG_PEAK"))
+        lmc_trainer_pp_log_peak(&tr, "train", "with the checkpoint");
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);

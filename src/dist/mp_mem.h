@@ -2,11 +2,13 @@
  * T x pipeline P x context C) as lmc lays it out today: float32 weights,
  * gradients and AdamW's two moments (16 bytes a parameter) of the rank's
  * shard (tp_train.h's cut: heads, KV heads replicated when fewer than T,
- * MLP features; embedding, norms and head replicated; ceil(L/P) layers
- * per stage, the largest stage holding the embedding or the head), and the
- * training activation arena (lmc_tacts_bytes of the rank's local config
- * for its B x ceil(seq/C) tokens) times the micro-batches 1F1B keeps alive
- * on the first stage (min(P, M)). With vocab, the embedding and head hold
+ * MLP features; embedding, norms and head replicated), on pipeline stage
+ * 0 (the layers of its chunks as dist/pp_model.h cuts them, with the
+ * embedding; what lmc train --pp makes it hold), and the training
+ * activation arena (lmc_tacts_bytes_layers of the rank's local config for
+ * its largest chunk and B x ceil(seq/C) tokens) times the micro-batches
+ * stage 0 keeps alive (1F1B: min(P, M); interleaved with V chunks:
+ * lmc_pp_interleaved_live). With vocab, the embedding and head hold
  * ceil(V/T) rows on the largest rank. */
 #ifndef LMC_MP_MEM_H
 #define LMC_MP_MEM_H
@@ -21,6 +23,7 @@ struct lmc_mp_layout {
     bool vocab;                /* the embedding and head split over the T ranks by vocabulary
                                 * rows (--tp-vocab); the activations then count the rank's
                                 * (tokens, ceil(V/T)) logits */
+    int chunks;                /* interleaved pipeline: layer chunks per stage (0 or 1: 1F1B) */
 };
 
 struct lmc_mp_mem {

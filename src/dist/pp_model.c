@@ -1,41 +1,88 @@
-/* pp_model.c — a model-layer pipeline stage's forward and backward per
- * micro-batch (see pp_model.h): the blocks of its layers through
- * lmc_block_fwd / lmc_block_bwd, as lmc_tmodel_step runs them. */
+/* pp_model.c — a model-layer pipeline stage's chunks, forward and backward
+ * per micro-batch (see pp_model.h): the blocks of a chunk's layers through
+ * lmc_block_fwd / lmc_block_bwd, as lmc_tmodel_step runs them, on an
+ * activation arena of the stage's pool. */
 #include "dist/pp_model.h"
 #include "core/core.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+void lmc_pp_chunk_layers(int64_t L, int P, int V, int rank, int v, int64_t *l0, int64_t *l1) {
+    int64_t n;
+    lmc_dist_slice(L, v * P + rank, P * V, l0, &n);
+    *l1 = *l0 + n;
+}
+
+void lmc_pp_stage_keep(int64_t L, bool tied, int P, int V, int rank, bool *keep) {
+    memset(keep, 0, (size_t)(L + 2) * sizeof *keep);
+    for (int v = 0; v < V; v++) {
+        int64_t l0, l1;
+        lmc_pp_chunk_layers(L, P, V, rank, v, &l0, &l1);
+        for (int64_t l = l0; l < l1; l++) keep[l + 1] = true;
+    }
+    keep[0] = rank == 0 || (tied && rank == P - 1);
+    keep[L + 1] = rank == P - 1;
+}
+
 lmc_status lmc_pp_tstage_init(struct lmc_pp_tstage *s, struct lmc_tmodel *tm,
                               const struct lmc_backend *be, int rank, int P, int M, int64_t B,
                               int64_t T, lmc_err *err) {
+    return lmc_pp_tstage_init_v(s, tm, be, rank, P, 1, M, B, T, err);
+}
+
+lmc_status lmc_pp_tstage_init_v(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, const struct lmc_backend *be,
+                                int rank, int P, int V, int M, int64_t B, int64_t T, lmc_err *err) {
     memset(s, 0, sizeof *s);
     const struct lmc_config *c = &tm->cfg;
-    if (P < 1 || rank < 0 || rank >= P || M < 1 || M > (1 << 16))
-        return lmc_err_set(err, LMC_ERR_ARG, "pipeline: stage %d of %d, %d micro-batches", rank, P, M);
-    if (c->num_layers < P)
-        return lmc_err_set(err, LMC_ERR_ARG, "pipeline: %lld layers do not fill %d stages", (long long)c->num_layers, P);
-    if (P > 1 && c->tie_word_embeddings)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "pipeline: tied embeddings across stages are not supported yet");
-    lmc_dist_slice(c->num_layers, rank, P, &s->l0, &s->l1);
-    s->l1 += s->l0;
-    s->tm = tm, s->be = be, s->B = B, s->T = T, s->M = M;
+    int64_t L = c->num_layers;
+    if (P < 1 || rank < 0 || rank >= P || M < 1 || M > (1 << 16) || V < 1 || V > 4096)
+        return lmc_err_set(err, LMC_ERR_ARG, "pipeline: stage %d of %d, %d chunks, %d micro-batches", rank, P, V, M);
+    lmc_status st = lmc_pp_interleaved_check(P, M, V, err);
+    if (st) return st;
+    if (L < (int64_t)P * V)
+        return lmc_err_set(err, LMC_ERR_ARG, "pipeline: %lld layers do not fill %d stages x %d chunks", (long long)L, P, V);
+    /* the tensors the stage reads must be in tm (a stage's part, or the whole model) */
+    bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
+    if (!keep) return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
+    lmc_pp_stage_keep(L, tm->tied_head, P, V, rank, keep);
+    for (int i = 0; i < tm->n_params; i++)
+        if (tm->params[i].elsewhere && keep[tm->params[i].part]) {
+            st = lmc_err_set(err, LMC_ERR_ARG, "pipeline stage %d of %d: the model lacks %s", rank, P,
+                             tm->params[i].name);
+            break;
+        }
+    free(keep);
+    if (st) return st;
+    s->tm = tm, s->be = be, s->B = B, s->T = T, s->M = M, s->V = V, s->P = P, s->rank = rank;
     s->first = rank == 0, s->last = rank == P - 1;
     s->dscale = 1.0f;
-    /* 1F1B keeps at most min(P - rank, M) micro-batches alive on this stage,
-     * and runs their backwards in the order of their forwards: micro-batch
-     * mb's arena is mb mod that (mb - n_acts finished its backward before
-     * mb's forward starts) */
-    s->n_acts = P - rank < M ? P - rank : M;
+    s->ch = calloc((size_t)V, sizeof *s->ch);
+    s->slot = malloc(sizeof *s->slot * (size_t)V * (size_t)M);
+    s->n_acts = lmc_pp_interleaved_live(P, rank, M, V);
     s->acts = calloc((size_t)s->n_acts, sizeof *s->acts);
-    if (!s->acts) return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
+    s->pool = malloc(sizeof *s->pool * (size_t)s->n_acts);
+    if (!s->ch || !s->slot || !s->acts || !s->pool) {
+        lmc_pp_tstage_free(s);
+        return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
+    }
+    int64_t most = 1;
+    for (int v = 0; v < V; v++) {
+        struct lmc_pp_chunk *h = &s->ch[v];
+        lmc_pp_chunk_layers(L, P, V, rank, v, &h->l0, &h->l1);
+        h->first = v == 0 && rank == 0;
+        h->last = v == V - 1 && rank == P - 1;
+        most = LMC_MAX(most, h->l1 - h->l0);
+    }
+    s->l0 = s->ch[0].l0, s->l1 = s->ch[0].l1;
+    for (int i = 0; i < V * M; i++) s->slot[i] = -1;
+    /* the arenas alive at once under the schedule, each for the largest chunk */
     for (int i = 0; i < s->n_acts; i++) {
-        lmc_status st = lmc_tacts_init(&s->acts[i], tm, be, B, T, false, err);
-        if (st) {
+        if ((st = lmc_tacts_init_layers(&s->acts[i], tm, be, most, B, T, false, err))) {
             lmc_pp_tstage_free(s);
             return st;
         }
+        s->pool[s->n_free++] = s->n_acts - 1 - i;
     }
     return LMC_OK;
 }
@@ -44,7 +91,7 @@ void lmc_pp_tstage_free(struct lmc_pp_tstage *s) {
     if (s->acts)
         for (int i = 0; i < s->n_acts; i++)
             if (s->acts[i].arena) lmc_tacts_free(&s->acts[i]);
-    free(s->acts);
+    free(s->acts), free(s->ch), free(s->slot), free(s->pool);
     memset(s, 0, sizeof *s);
 }
 
@@ -55,16 +102,18 @@ static struct lmc_run run_of(const struct lmc_pp_tstage *s, const struct lmc_tac
                             .B = s->B, .T = s->T};
 }
 
-static lmc_status stage_fwd(void *user, int mb, const void *in, void *out, lmc_err *err) {
-    struct lmc_pp_tstage *s = user;
+/* Chunk v's forward of one micro-batch on arena a; with grad, the last
+ * chunk's classifier also leaves dh and the head's gradient. */
+static lmc_status chunk_fwd(struct lmc_pp_tstage *s, struct lmc_tacts *a, int v, int mb, const int32_t *ids,
+                            const int32_t *tg, const void *in, void *out, bool grad, double *sum, int64_t *cnt,
+                            lmc_err *err) {
     struct lmc_tmodel *tm = s->tm;
     const struct lmc_backend *be = s->be;
-    struct lmc_tacts *a = &s->acts[mb % s->n_acts];
+    const struct lmc_pp_chunk *h = &s->ch[v];
     const struct lmc_config *c = &tm->cfg;
-    int64_t n = s->B * s->T, C = c->hidden_size, V = c->vocab_size;
-    const int32_t *ids = s->inputs + (int64_t)mb * n, *tg = s->targets + (int64_t)mb * n;
+    int64_t n = s->B * s->T, C = c->hidden_size, V = c->vocab_size, nl = h->l1 - h->l0;
     struct lmc_run r = run_of(s, a);
-    if (s->first) {
+    if (h->first) {
         for (int64_t i = 0; i < n; i++)
             if (ids[i] < 0 || ids[i] >= V)
                 return lmc_err_set(err, LMC_ERR_ARG, "token id out of range (vocabulary %lld) at %lld of micro-batch %d",
@@ -72,11 +121,12 @@ static lmc_status stage_fwd(void *user, int mb, const void *in, void *out, lmc_e
         be->upload(be->ctx, a->ids, ids, (size_t)n * sizeof(int32_t));
         lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, n, a->tmp);
     } else {
-        be->upload(be->ctx, a->xs[s->l0], in, (size_t)(n * C) * sizeof(float));
+        be->upload(be->ctx, a->xs[0], in, (size_t)(n * C) * sizeof(float));
     }
-    for (int64_t l = s->l0; l < s->l1; l++) lmc_block_fwd(&r, l, &tm->W.layers[l], &a->saves[l], a->xs[l], a->xs[l + 1]);
-    if (!s->last) {
-        be->download(be->ctx, out, a->xs[s->l1], (size_t)(n * C) * sizeof(float));
+    for (int64_t l = h->l0; l < h->l1; l++)
+        lmc_block_fwd(&r, l, &tm->W.layers[l], &a->saves[l - h->l0], a->xs[l - h->l0], a->xs[l - h->l0 + 1]);
+    if (!h->last) {
+        be->download(be->ctx, out, a->xs[nl], (size_t)(n * C) * sizeof(float));
         return LMC_OK;
     }
     for (int64_t i = 0; i < n; i++)
@@ -84,44 +134,93 @@ static lmc_status stage_fwd(void *user, int mb, const void *in, void *out, lmc_e
             return lmc_err_set(err, LMC_ERR_ARG, "target id out of range (vocabulary %lld) at %lld of micro-batch %d",
                                (long long)V, (long long)i, mb);
     be->upload(be->ctx, a->targets, tg, (size_t)n * sizeof(int32_t));
-    int64_t L = c->num_layers;
-    tm->arch->norm->fwd(be, a->hf, a->xs[L], tm->W.norm_f, tm->W.norm_f_b, n, C, (float)c->norm_eps);
-    be->classifier_xent(be->ctx, a->loss, a->dh, (float *)tm->G.head.w.data, a->hf, &tm->W.head.w, a->targets, n,
-                        s->dscale);
+    tm->arch->norm->fwd(be, a->hf, a->xs[nl], tm->W.norm_f, tm->W.norm_f_b, n, C, (float)c->norm_eps);
+    be->classifier_xent(be->ctx, a->loss, grad ? a->dh : NULL, grad ? (float *)tm->G.head.w.data : NULL, a->hf,
+                        &tm->W.head.w, a->targets, n, s->dscale);
     be->download(be->ctx, a->loss_host, a->loss, (size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++)
-        if (tg[i] >= 0) s->loss_sum += a->loss_host[i], s->count++;
+        if (tg[i] >= 0) *sum += a->loss_host[i], (*cnt)++;
     return LMC_OK;
 }
 
-static lmc_status stage_bwd(void *user, int mb, const void *dout, void *din, lmc_err *err) {
+static lmc_status vfwd(void *user, int v, int mb, const void *in, void *out, lmc_err *err) {
+    struct lmc_pp_tstage *s = user;
+    LMC_ASSERT(v >= 0 && v < s->V && mb >= 0 && mb < s->M && s->slot[v * s->M + mb] < 0 && s->n_free > 0);
+    int k = s->pool[--s->n_free];
+    s->slot[v * s->M + mb] = k;
+    int64_t n = s->B * s->T;
+    return chunk_fwd(s, &s->acts[k], v, mb, s->inputs + (int64_t)mb * n, s->targets + (int64_t)mb * n, in, out, true,
+                     &s->loss_sum, &s->count, err);
+}
+
+static lmc_status vbwd(void *user, int v, int mb, const void *dout, void *din, lmc_err *err) {
     (void)err;
     struct lmc_pp_tstage *s = user;
+    int k = s->slot[v * s->M + mb];
+    LMC_ASSERT(k >= 0);
+    struct lmc_tacts *a = &s->acts[k];
     struct lmc_tmodel *tm = s->tm;
     const struct lmc_backend *be = s->be;
-    struct lmc_tacts *a = &s->acts[mb % s->n_acts];
+    const struct lmc_pp_chunk *h = &s->ch[v];
     const struct lmc_config *c = &tm->cfg;
-    int64_t n = s->B * s->T, C = c->hidden_size, L = c->num_layers;
+    int64_t n = s->B * s->T, C = c->hidden_size, nl = h->l1 - h->l0;
     struct lmc_run r = run_of(s, a);
-    if (s->last) {
+    if (h->last) {
         be->zero(be->ctx, a->dx, (size_t)(n * C) * sizeof(float));
-        tm->arch->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
+        tm->arch->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, a->xs[nl],
                             tm->W.norm_f, n, C, (float)c->norm_eps);
     } else {
         be->upload(be->ctx, a->dx, dout, (size_t)(n * C) * sizeof(float));
     }
-    for (int64_t l = s->l1 - 1; l >= s->l0; l--)
-        lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], &a->saves[l], a->xs[l], a->dx, a->dh, a->scratch);
-    if (!s->first) {
-        be->download(be->ctx, din, a->dx, (size_t)(n * C) * sizeof(float));
-        return LMC_OK;
+    for (int64_t l = h->l1 - 1; l >= h->l0; l--)
+        lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], &a->saves[l - h->l0], a->xs[l - h->l0], a->dx,
+                      a->dh, a->scratch);
+    if (!h->first) be->download(be->ctx, din, a->dx, (size_t)(n * C) * sizeof(float));
+    else {
+        be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, n, C);
+        if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, n, C);
     }
-    be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, n, C);
-    if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, n, C);
+    s->slot[v * s->M + mb] = -1;
+    s->pool[s->n_free++] = k;
     return LMC_OK;
 }
 
+static lmc_status stage_fwd(void *user, int mb, const void *in, void *out, lmc_err *err) {
+    return vfwd(user, 0, mb, in, out, err);
+}
+static lmc_status stage_bwd(void *user, int mb, const void *dout, void *din, lmc_err *err) {
+    return vbwd(user, 0, mb, dout, din, err);
+}
+
+static size_t act_bytes(const struct lmc_pp_tstage *s) {
+    return sizeof(float) * (size_t)(s->B * s->T * s->tm->cfg.hidden_size);
+}
+
 struct lmc_pp_stage lmc_pp_tstage_ops(struct lmc_pp_tstage *s) {
-    size_t act = sizeof(float) * (size_t)(s->B * s->T * s->tm->cfg.hidden_size);
+    LMC_ASSERT(s->V == 1);
+    size_t act = act_bytes(s);
     return (struct lmc_pp_stage){s, s->first ? 0 : act, s->last ? 0 : act, stage_fwd, stage_bwd};
+}
+
+struct lmc_pp_vstage lmc_pp_tstage_vops(struct lmc_pp_tstage *s) {
+    return (struct lmc_pp_vstage){s, s->V, act_bytes(s), vfwd, vbwd};
+}
+
+lmc_status lmc_pp_tstage_eval(struct lmc_pp_tstage *s, struct lmc_comm *c, const int32_t *inputs,
+                              const int32_t *targets, double *sum, int64_t *count, lmc_err *err) {
+    *sum = 0, *count = 0;
+    LMC_ASSERT(s->n_free == s->n_acts && c->world == s->P && c->rank == s->rank);
+    size_t ab = act_bytes(s);
+    void *in = malloc(ab), *out = malloc(ab);
+    lmc_status st = in && out ? LMC_OK : lmc_err_set(err, LMC_ERR_OOM, "pipeline evaluation: out of memory");
+    int P = s->P;
+    for (int v = 0; !st && v < s->V; v++) { /* model chunk v P + rank: from the previous rank, to the next */
+        const struct lmc_pp_chunk *h = &s->ch[v];
+        if (!h->first && P > 1 && (st = c->recv(c, in, ab, (s->rank + P - 1) % P, err))) break;
+        if (!h->first && P == 1) memcpy(in, out, ab);
+        if ((st = chunk_fwd(s, &s->acts[0], v, 0, inputs, targets, in, out, false, sum, count, err))) break;
+        if (!h->last && P > 1) st = c->send(c, out, ab, (s->rank + 1) % P, err);
+    }
+    free(in), free(out);
+    return st;
 }

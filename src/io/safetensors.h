@@ -68,5 +68,14 @@ struct lmc_st_write_tensor {
 };
 lmc_status lmc_st_write(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
                         const char *const *meta_kv, int n_meta, lmc_err *err);
+/* As lmc_st_write, the tensors whose data is NULL produced while the file
+ * is written, in order: fill(user, i, buf, want, &got) puts the next
+ * 1..want bytes of tensor i into buf (called until the tensor's size is
+ * reached), so no tensor need exist whole in memory (a checkpoint
+ * gathered from pipeline stages). A fill error ends the write with its
+ * status (the file is not left). */
+typedef lmc_status (*lmc_st_fill_fn)(void *user, int64_t i, void *buf, size_t want, size_t *got, lmc_err *err);
+lmc_status lmc_st_write_fill(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
+                             const char *const *meta_kv, int n_meta, lmc_st_fill_fn fill, void *user, lmc_err *err);
 
 #endif

@@ -69,7 +69,7 @@ static int sw_cmp_name(const void *a, const void *b) {
 
 /* Validates the tensor list; fills sizes[i] with each tensor's byte size. */
 static lmc_status sw_check(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
-                           const char *const *meta_kv, int n_meta, int64_t *sizes, lmc_err *err) {
+                           const char *const *meta_kv, int n_meta, bool fill, int64_t *sizes, lmc_err *err) {
     for (int64_t i = 0; i < n; i++) {
         const char *nm = t[i].name;
         if (!nm || !nm[0] || strcmp(nm, "__metadata__") == 0)
@@ -85,7 +85,7 @@ static lmc_status sw_check(const char *path, const struct lmc_st_write_tensor *t
             if (!lmc_mul_ok(bytes, t[i].shape[d], &bytes))
                 return lmc_err_set(err, LMC_ERR_ARG, "%s: tensor '%s': shape entry %d (%lld) is negative or overflows",
                                    path, nm, d, (long long)t[i].shape[d]);
-        if (bytes > 0 && !t[i].data)
+        if (bytes > 0 && !t[i].data && !fill)
             return lmc_err_set(err, LMC_ERR_ARG, "%s: tensor '%s': data is NULL", path, nm);
         sizes[i] = bytes;
     }
@@ -148,14 +148,44 @@ static void sw_header(struct st_buf *b, const struct lmc_st_write_tensor *t, int
     while (!b->oom && b->len % 8 != 0) sb_str(b, " ");
 }
 
+static lmc_status st_write(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
+                           const char *const *meta_kv, int n_meta, lmc_st_fill_fn fill, void *user, lmc_err *err);
+
 lmc_status lmc_st_write(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
                         const char *const *meta_kv, int n_meta, lmc_err *err) {
+    return st_write(path, t, n, meta_kv, n_meta, NULL, NULL, err);
+}
+
+lmc_status lmc_st_write_fill(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
+                             const char *const *meta_kv, int n_meta, lmc_st_fill_fn fill, void *user, lmc_err *err) {
+    if (!fill) return lmc_err_set(err, LMC_ERR_ARG, "%s: no fill function", path ? path : "lmc_st_write_fill");
+    return st_write(path, t, n, meta_kv, n_meta, fill, user, err);
+}
+
+/* Tensor i's `size` bytes from fill, in pieces through buf (cap bytes). */
+static bool sw_fill(FILE *f, int64_t i, int64_t size, lmc_st_fill_fn fill, void *user, unsigned char *buf, size_t cap,
+                    lmc_status *st, lmc_err *err) {
+    for (int64_t done = 0; done < size;) {
+        size_t want = (size_t)LMC_MIN((int64_t)cap, size - done), got = 0;
+        if ((*st = fill(user, i, buf, want, &got, err))) return false;
+        if (got == 0 || got > want) {
+            *st = lmc_err_set(err, LMC_ERR_ARG, "tensor %lld: its fill gave %zu of %zu bytes", (long long)i, got, want);
+            return false;
+        }
+        if (fwrite(buf, 1, got, f) != got) return false;
+        done += (int64_t)got;
+    }
+    return true;
+}
+
+static lmc_status st_write(const char *path, const struct lmc_st_write_tensor *t, int64_t n,
+                           const char *const *meta_kv, int n_meta, lmc_st_fill_fn fill, void *user, lmc_err *err) {
     if (!path) return lmc_err_set(err, LMC_ERR_ARG, "lmc_st_write: path is NULL");
     if (n < 0 || (n > 0 && !t) || n_meta < 0)
         return lmc_err_set(err, LMC_ERR_ARG, "%s: bad tensor or metadata count", path);
     int64_t *sizes = malloc((size_t)(n > 0 ? n : 1) * sizeof *sizes);
     if (!sizes) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
-    lmc_status s = sw_check(path, t, n, meta_kv, n_meta, sizes, err);
+    lmc_status s = sw_check(path, t, n, meta_kv, n_meta, fill != NULL, sizes, err);
     if (s != LMC_OK) {
         free(sizes);
         return s;
@@ -193,15 +223,22 @@ lmc_status lmc_st_write(const char *path, const struct lmc_st_write_tensor *t, i
     uint64_t hl = b.len;
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)(hl >> (8 * i));
     bool ok = fwrite(len8, 1, 8, f) == 8 && fwrite(b.p, 1, b.len, f) == b.len;
+    size_t cap = (size_t)1 << 22; /* fill's pieces */
+    unsigned char *piece = fill ? malloc(cap) : NULL;
+    if (fill && !piece) ok = false, errno = ENOMEM;
+    lmc_status fs = LMC_OK;
     for (int64_t i = 0; ok && i < n; i++)
-        if (sizes[i] > 0) ok = fwrite(t[i].data, 1, (size_t)sizes[i], f) == (size_t)sizes[i];
+        if (sizes[i] > 0)
+            ok = t[i].data ? fwrite(t[i].data, 1, (size_t)sizes[i], f) == (size_t)sizes[i]
+                           : sw_fill(f, i, sizes[i], fill, user, piece, cap, &fs, err);
+    free(piece);
     int e = errno;
     if (fflush(f) != 0 && ok) { ok = false; e = errno; }
     if (ok && fsync(fileno(f)) != 0 && errno != EINVAL) { ok = false; e = errno; }
     if (fclose(f) != 0 && ok) { ok = false; e = errno; }
     if (!ok) {
         unlink(tmp);
-        s = lmc_err_set(err, LMC_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
+        s = fs ? fs : lmc_err_set(err, LMC_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
         goto out;
     }
     if (rename(tmp, path) != 0) {

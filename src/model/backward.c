@@ -25,6 +25,7 @@ struct layout_state {
     bool (*external)(void *user, const struct lmc_tensor_ref *t);
     void *user;
     int64_t xb, xe;         /* experts in the arenas (xe 0: all; expert parallelism) */
+    const bool *keep;       /* (L + 2) parts in the arenas (NULL: all; pipeline stages) */
     bool seen_layer;
     bool head;              /* an untied head tensor is in the table */
 };
@@ -49,6 +50,11 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
     if (t->spec->kind == LMC_TK_HEAD) s->head = true;
     p->part = t->layer >= 0 ? (int)t->layer + 1 : s->seen_layer ? (int)tm->cfg.num_layers + 1 : 0;
     bool other_rank = t->spec->kind == LMC_TK_EXPERT_W && s->xe > 0 && (t->expert < s->xb || t->expert >= s->xe);
+    if (s->keep && !s->keep[p->part]) { /* another pipeline stage's part */
+        p->external = p->frozen = p->elsewhere = true;
+        p->off = -1;
+        return LMC_OK;
+    }
     if (other_rank || (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t))) {
         p->external = p->frozen = true;
         p->off = -1;
@@ -149,17 +155,17 @@ lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
 
 static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                               bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
-                              int64_t xb, int64_t xe, bool arenas, lmc_err *err);
+                              int64_t xb, int64_t xe, const bool *keep, bool arenas, lmc_err *err);
 
 lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
                                lmc_err *err) {
-    return init_layout(tm, cfg, be, external, user, 0, 0, true, err);
+    return init_layout(tm, cfg, be, external, user, 0, 0, NULL, true, err);
 }
 
 lmc_status lmc_tmodel_init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg,
                                   const struct lmc_backend *be, lmc_err *err) {
-    return init_layout(tm, cfg, be, NULL, NULL, 0, 0, false, err);
+    return init_layout(tm, cfg, be, NULL, NULL, 0, 0, NULL, false, err);
 }
 
 lmc_status lmc_tmodel_load_layout(struct lmc_tmodel *tm, const char *dir, const struct lmc_backend *be,
@@ -174,7 +180,30 @@ lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_confi
     if (expert_begin < 0 || expert_end <= expert_begin || expert_end > cfg->num_experts)
         return lmc_err_set(err, LMC_ERR_ARG, "experts [%lld, %lld) out of the model's %lld", (long long)expert_begin,
                            (long long)expert_end, (long long)cfg->num_experts);
-    return init_layout(tm, cfg, be, NULL, NULL, expert_begin, expert_end, true, err);
+    return init_layout(tm, cfg, be, NULL, NULL, expert_begin, expert_end, NULL, true, err);
+}
+
+static lmc_status alloc_arenas(struct lmc_tmodel *tm);
+
+lmc_status lmc_tmodel_init_parts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                 const bool *keep, bool arenas, lmc_err *err) {
+    lmc_status s = init_layout(tm, cfg, be, NULL, NULL, 0, 0, keep, false, err);
+    if (s) return s;
+    int64_t L = tm->cfg.num_layers;
+    if (tm->tied_head && keep[L + 1] && !keep[0]) {
+        lmc_tmodel_free(tm);
+        return lmc_err_set(err, LMC_ERR_ARG, "model parts: the tied head reads the token embedding (keep part 0 with "
+                           "part %lld)", (long long)(L + 1));
+    }
+    if (tm->numel == 0) {
+        lmc_tmodel_free(tm);
+        return lmc_err_set(err, LMC_ERR_ARG, "model parts: no tensor kept");
+    }
+    if (arenas && alloc_arenas(tm)) {
+        lmc_tmodel_free(tm);
+        return lmc_err_set(err, LMC_ERR_OOM, "model part of %lld parameters: out of memory", (long long)tm->numel);
+    }
+    return LMC_OK;
 }
 
 /* Zeroed arenas of tm->numel floats and the views bound to them. */
@@ -192,7 +221,7 @@ static lmc_status alloc_arenas(struct lmc_tmodel *tm) {
 
 static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                               bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
-                              int64_t xb, int64_t xe, bool arenas, lmc_err *err) {
+                              int64_t xb, int64_t xe, const bool *keep, bool arenas, lmc_err *err) {
     memset(tm, 0, sizeof *tm);
     const struct lmc_config *c = cfg;
     if (c->num_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 || c->num_heads <= 0 ||
@@ -216,7 +245,7 @@ static lmc_status init_layout(struct lmc_tmodel *tm, const struct lmc_config *cf
     tm->W.layers = lmc_weights_layers_alloc(c);
     tm->G.layers = lmc_weights_layers_alloc(c);
     if (!tm->params || !tm->W.layers || !tm->G.layers) goto oom;
-    struct layout_state ls = {tm, (int)cap, external, user, xb, xe, false, false};
+    struct layout_state ls = {tm, (int)cap, external, user, xb, xe, keep, false, false};
     if ((st = lmc_arch_walk(tm->arch, c, record, &ls, err))) {
         lmc_tmodel_free(tm);
         return st;
@@ -250,7 +279,9 @@ int lmc_tmodel_bind(struct lmc_tmodel *tm) {
     struct bind_state bs = {tm, 0, -1, NULL, NULL, 0};
     lmc_err err = {0};
     LMC_ASSERT(!lmc_arch_walk(tm->arch, &tm->cfg, bind, &bs, &err));
-    tm->tied_head = !tm->W.head.w.data;
+    bool parts = false; /* a pipeline stage's model: an unbound head may be another stage's */
+    for (int i = 0; i < tm->n_params; i++) parts |= tm->params[i].elsewhere;
+    if (tm->W.head.w.data || !parts) tm->tied_head = !tm->W.head.w.data;
     if (tm->tied_head) { /* the head reads the embedding */
         tm->W.head.w = tm->W.tok_emb;
         tm->G.head.w = tm->G.tok_emb;
@@ -380,11 +411,11 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
 
 #define A16(n) (((n) + 15) / 16 * 16)
 
-/* Floats of the activation arena; -1 when out of range. */
-static int64_t acts_floats(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
+/* Floats of the activation arena for L layers; -1 when out of range. */
+static int64_t acts_floats(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute) {
     const struct lmc_architecture *a = lmc_arch_of(c);
-    int64_t L = c->num_layers, BT, BTC;
-    if (B <= 0 || T <= 0 || !lmc_mul_ok(B, T, &BT) || BT > ((int64_t)1 << 31) ||
+    int64_t BT, BTC;
+    if (L < 1 || L > c->num_layers || B <= 0 || T <= 0 || !lmc_mul_ok(B, T, &BT) || BT > ((int64_t)1 << 31) ||
         !lmc_mul_ok(BT, c->hidden_size, &BTC) || BTC > ((int64_t)1 << 40))
         return -1;
     int64_t xs, layer, saves, n;
@@ -397,7 +428,11 @@ static int64_t acts_floats(const struct lmc_config *c, int64_t B, int64_t T, boo
 }
 
 size_t lmc_tacts_bytes(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
-    int64_t n = acts_floats(c, B, T, recompute);
+    return lmc_tacts_bytes_layers(c, c->num_layers, B, T, recompute);
+}
+
+size_t lmc_tacts_bytes_layers(const struct lmc_config *c, int64_t n_layers, int64_t B, int64_t T, bool recompute) {
+    int64_t n = acts_floats(c, n_layers, B, T, recompute);
     if (n < 0) return 0;
     return (size_t)n * sizeof(float) + (size_t)(3 * B * T) * sizeof(int32_t) +
            (size_t)(c->head_dim / 2 + 1) * sizeof(double);
@@ -406,18 +441,27 @@ size_t lmc_tacts_bytes(const struct lmc_config *c, int64_t B, int64_t T, bool re
 lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
                           const struct lmc_backend *be, int64_t B, int64_t T, bool recompute,
                           lmc_err *err) {
+    return lmc_tacts_init_layers(a, tm, be, tm->cfg.num_layers, B, T, recompute, err);
+}
+
+lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                                 int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err) {
     memset(a, 0, sizeof *a);
     const struct lmc_config *c = &tm->cfg;
     lmc_status st = lmc_tmodel_check_backend(be, c, false, false, err);
     if (st) return st;
-    int64_t nf = acts_floats(c, B, T, recompute);
+    if (n_layers < 1 || n_layers > c->num_layers)
+        return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld of the model's %lld layers", (long long)n_layers,
+                           (long long)c->num_layers);
+    int64_t nf = acts_floats(c, n_layers, B, T, recompute);
     if (nf < 0)
         return lmc_err_set(err, LMC_ERR_ARG, "batch %lld x %lld out of range", (long long)B, (long long)T);
     if (tm->arch->learned_pos && T > c->max_position_embeddings)
         return lmc_err_set(err, LMC_ERR_ARG, "sequence length %lld exceeds the model's %lld positions",
                            (long long)T, (long long)c->max_position_embeddings);
-    int64_t C = c->hidden_size, L = c->num_layers, BT = B * T;
+    int64_t C = c->hidden_size, L = n_layers, BT = B * T;
     a->be = be;
+    a->n_layers = n_layers;
     a->B = B;
     a->T = T;
     a->recompute = recompute;
@@ -430,13 +474,14 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     a->loss_host = malloc((size_t)BT * sizeof(float));
     if (c->num_experts > 0) { /* one block: the struct, then count, psum (L, E) and dp (E) */
         int64_t E = c->num_experts;
-        a->moe = calloc(1, sizeof *a->moe + (size_t)((2 * L + 1) * E) * sizeof(double));
+        int64_t LM = c->num_layers; /* indexed by the model's layer */
+        a->moe = calloc(1, sizeof *a->moe + (size_t)((2 * LM + 1) * E) * sizeof(double));
         if (a->moe) {
             a->moe->E = E;
-            a->moe->L = L;
+            a->moe->L = LM;
             a->moe->count = (double *)(a->moe + 1);
-            a->moe->psum = a->moe->count + L * E;
-            a->moe->dp = a->moe->psum + L * E;
+            a->moe->psum = a->moe->count + LM * E;
+            a->moe->dp = a->moe->psum + LM * E;
         }
     }
     int32_t *pos = a->pos_host = malloc((size_t)BT * sizeof *pos);
@@ -446,7 +491,7 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
         free(freq);
         lmc_tacts_free(a);
         return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
-                           lmc_tacts_bytes(c, B, T, recompute));
+                           lmc_tacts_bytes_layers(c, n_layers, B, T, recompute));
     }
     a->pos = a->ids + BT;
     a->targets = a->ids + 2 * BT;
@@ -526,7 +571,7 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     int64_t C = c->hidden_size, M = a->B * a->T, L = c->num_layers;
     int64_t V = tm->vocab ? tm->vocab->V : c->vocab_size; /* the full vocabulary */
     float eps = (float)c->norm_eps;
-    LMC_ASSERT(be == tm->be && a->be == be);
+    LMC_ASSERT(be == tm->be && a->be == be && a->n_layers == L);
     lmc_status st = lmc_tmodel_check_backend(be, c, backward, false, err);
     if (st) return st;
     for (int64_t i = 0; i < M; i++) {

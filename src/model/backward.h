@@ -49,6 +49,7 @@ struct lmc_tparam {
      * (qfloat) over q[0..parts) once the caller sets q (NULL: unbound). */
     bool external;
     const struct lmc_qweight *q;
+    bool elsewhere;         /* another pipeline stage's (lmc_tmodel_init_parts): external, never bound */
     int part;               /* lmc_tmodel_hooks' part: 0 before the layers, 1 + layer, L + 1 after */
 };
 
@@ -112,6 +113,17 @@ lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *c
  * unbound). LMC_ERR_ARG for an empty or out-of-range span. */
 lmc_status lmc_tmodel_init_experts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                    int64_t expert_begin, int64_t expert_end, lmc_err *err);
+/* As lmc_tmodel_init (arenas when `arenas`, else as lmc_tmodel_init_layout)
+ * with only the tensors of the parts p (0 the embeddings, 1 + l layer l,
+ * L + 1 the final norm and head; lmc_tparam.part) with keep[p] in the
+ * arenas: the table is the whole model's, the others marked elsewhere
+ * (external, frozen, off -1, their views unbound), so a pipeline stage
+ * holds its layers' parameters and gradients only. A source (random or a
+ * folder) fills the kept tensors with the whole model's values.
+ * LMC_ERR_ARG when nothing is kept, or a tied head is kept without the
+ * embedding it reads. */
+lmc_status lmc_tmodel_init_parts(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                 const bool *keep, bool arenas, lmc_err *err);
 /* GPT-2-style initialisation from seed: matrices and embeddings N(0, std),
  * the residual output projections N(0, std / sqrt(2 L)), norms 1, biases 0.
  * Built on the host one tensor at a time and uploaded (LMC_ERR_OOM). */
@@ -191,6 +203,7 @@ struct lmc_tacts {
     const struct lmc_backend *be;
     int64_t B, T;
     bool recompute;         /* keep only layer inputs; recompute each layer in the backward */
+    int64_t n_layers;       /* layers it holds (cfg.num_layers; fewer for a pipeline chunk) */
     float *arena;
     float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
     struct lmc_block_save *saves; /* (L, or 1 with recompute) what each block keeps */
@@ -233,6 +246,13 @@ size_t lmc_tacts_bytes(const struct lmc_config *cfg, int64_t B, int64_t T, bool 
 lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
                           const struct lmc_backend *be, int64_t B, int64_t T, bool recompute,
                           lmc_err *err);
+/* Activations for n_layers consecutive layers only (a pipeline chunk,
+ * dist/pp_model.h): xs[0..n_layers] and saves[0..n_layers) indexed from
+ * the chunk's first layer (lmc_tmodel_step needs all layers). 0 bytes /
+ * LMC_ERR_ARG for n_layers outside [1, num_layers]. */
+size_t lmc_tacts_bytes_layers(const struct lmc_config *cfg, int64_t n_layers, int64_t B, int64_t T, bool recompute);
+lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                                 int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err);
 void lmc_tacts_free(struct lmc_tacts *a);
 
 /* Forward of inputs (B*T ids, host) with next-token targets (B*T ids, host;

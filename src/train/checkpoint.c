@@ -10,6 +10,7 @@
  * published atomically (checkpoint_dir.c). */
 #include "train/checkpoint.h"
 #include "train/trainer_internal.h"
+#include "train/trainer_pp.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "io/safetensors.h"
@@ -73,6 +74,14 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     const struct lmc_tmodel *tm = &tr->tm;
     char path[4096], src[4096];
     lmc_status s = LMC_OK;
+    if (lmc_trainer_pp_writes(tr)) { /* pipeline stages: each tensor streamed from the stage holding it */
+        char opath[4096];
+        if (!lmc_path_join(path, sizeof path, dir, "model.safetensors") ||
+            !lmc_path_join(opath, sizeof opath, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_trainer_pp_write((struct lmc_trainer *)tr, path, opath, err))) return s;
+        goto state;
+    }
     /* model.safetensors: every tensor in its on-disk layout */
     /* data parallel: the model's views point into the zero module; rank 0
      * has the parameters on the host, on-disk layouts, from lmc_trainer_dist_save */
@@ -80,16 +89,30 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     if (tr->zero && !host)
         return lmc_err_set(err, LMC_ERR_ARG, "checkpoint: the data-parallel parameters were not gathered "
                            "(lmc_trainer_dist_save first)");
+    /* a host-memory backend's arenas are written in place (only transposed tensors converted
+     * into buf), so a save holds no second copy of the model or the moments */
+    bool direct = !host && tm->be->host_memory;
+    int64_t nbuf = 0;
+    for (int i = 0; direct && i < tm->n_params; i++)
+        if (tm->params[i].transposed) nbuf += tm->params[i].numel;
     struct lmc_st_write_tensor *t = calloc((size_t)tm->n_params, sizeof *t);
-    float *buf = host ? NULL : malloc((size_t)tm->numel * sizeof(float));
-    if (!t || (!host && !buf)) {
+    float *buf = host || (direct && !nbuf) ? NULL : malloc((size_t)(direct ? nbuf : tm->numel) * sizeof(float));
+    if (!t || (!host && !buf && !(direct && !nbuf))) {
         free(t);
         free(buf);
         return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
     }
+    if (direct) tm->be->sync(tm->be->ctx); /* the arenas are read in place */
+    int64_t at = 0; /* direct: the next free float of buf */
     for (int i = 0; i < tm->n_params && !s; i++) {
         const struct lmc_tparam *p = &tm->params[i];
-        if (!host) s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
+        const float *data = host ? host + p->off : buf + p->off;
+        if (direct && !p->transposed) data = tm->w + p->off;
+        else if (direct) { /* the on-disk layout of a transposed tensor */
+            s = lmc_tmodel_download_param(tm, tm->w, i, buf + at, err);
+            data = buf + at;
+            at += p->numel;
+        } else if (!host) s = lmc_tmodel_download_param(tm, tm->w, i, buf + p->off, err);
         t[i].name = p->name;
         t[i].dtype = LMC_DTYPE_F32;
         t[i].ndim = p->ndim;
@@ -100,7 +123,7 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
             t[i].shape[1] = 1;
             t[i].shape[2] = p->shape[1];
         }
-        t[i].data = host ? host + p->off : buf + p->off;
+        t[i].data = data;
     }
     const char *meta[] = {"format", "pt"};
     if (!s && !lmc_path_join(path, sizeof path, dir, "model.safetensors"))
@@ -134,13 +157,15 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
         if ((s = lmc_optim_save(&tr->opt, path, err))) return s;
         goto state;
     }
-    float *mv = malloc((size_t)tm->numel * 2 * sizeof(float));
-    if (!mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
-    lmc_tmodel_download_arena(tm, tr->m, mv);
-    lmc_tmodel_download_arena(tm, tr->v, mv + tm->numel);
+    float *mv = direct ? NULL : malloc((size_t)tm->numel * 2 * sizeof(float)); /* direct: written in place */
+    if (!direct && !mv) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    if (mv) {
+        lmc_tmodel_download_arena(tm, tr->m, mv);
+        lmc_tmodel_download_arena(tm, tr->v, mv + tm->numel);
+    }
     struct lmc_st_write_tensor ot[2] = {
-        {"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, mv},
-        {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, mv + tm->numel},
+        {"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, mv ? mv : tr->m},
+        {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, mv ? mv + tm->numel : tr->v},
     };
     lmc_path_join(path, sizeof path, dir, "optimizer.safetensors");
     s = lmc_st_write(path, ot, 2, NULL, 0, err);
@@ -551,6 +576,13 @@ lmc_status lmc_ckpt_load_state(struct lmc_trainer *tr, const char *dir, lmc_err 
         return s;
     }
     const struct lmc_st_tensor *m = lmc_st_find(&st, "adamw.m"), *v = lmc_st_find(&st, "adamw.v");
+    if (m && v && m->dtype == LMC_DTYPE_F32 && v->dtype == LMC_DTYPE_F32 && m->numel == v->numel &&
+        lmc_trainer_pp_parts(tr)) { /* a pipeline stage: its tensors' moments from the whole layout */
+        s = lmc_trainer_pp_load_moments(tr, m->data, v->data, m->numel, err);
+        lmc_st_free(&st);
+        if (!s) tr->step = ts.step;
+        return s;
+    }
     if (!m || !v || m->dtype != LMC_DTYPE_F32 || v->dtype != LMC_DTYPE_F32 ||
         m->numel != tr->tm.numel || v->numel != tr->tm.numel) {
         lmc_st_free(&st);

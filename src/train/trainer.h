@@ -49,6 +49,7 @@ struct lmc_train_opts {
      * unit per part) */
     int64_t bucket_bytes;
     int64_t eval_batches;      /* validation micro-batches per evaluation */
+    bool no_acts;              /* no activation arena (a pipeline stage's part makes its own: trainer_pp.h) */
     /* Optional batch source instead of the token loader (supervised
      * fine-tuning): fills B*T inputs and targets (< 0: not counted) and
      * sets *segs / *n_segs to packed segments (lmc_tacts.segs) or NULL / 0.

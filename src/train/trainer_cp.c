@@ -4,6 +4,7 @@
  * attention around the ring, the gradient and the loss sums all-reduced
  * over every rank, then the one-process norm, clipping and update. */
 #include "train/trainer_cp.h"
+#include "train/trainer_pp.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
@@ -250,6 +251,7 @@ lmc_status lmc_trainer_cp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
 lmc_status lmc_trainer_loss(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double *loss_sum,
                             int64_t *count, lmc_err *err) {
     struct lmc_trainer_cp *c = tr->cp;
+    if (lmc_trainer_pp_parts(tr)) return lmc_trainer_pp_loss(tr, in, tg, loss_sum, count, err); /* through the stages */
     tr->acts.segs = NULL;
     tr->acts.n_segs = 0;
     if (!c) return lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, in, tg, false, 1.0f, loss_sum, count, err);

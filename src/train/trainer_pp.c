@@ -1,8 +1,12 @@
 /* trainer_pp.c — the trainer's pipeline-parallel step, evaluation and
- * state sync (see trainer_pp.h): the step's accum micro-batches read into
- * host arrays (this DP rank's rows), one lmc_pp_run of the stage, the
- * stage's gradient all-reduced over the data-parallel ranks, the norm
- * summed over the stages, AdamW on the tensors the stage owns. */
+ * state sync (see trainer_pp.h): a stage's part of the model built from
+ * the whole model's source; the step's accum micro-batches read into host
+ * arrays (this DP rank's rows), one lmc_pp_run (or interleaved run) of
+ * the stage, the stage's gradient all-reduced over the data-parallel
+ * ranks, a tied embedding's halves summed between the first and last
+ * stage, the norm summed over the stages, AdamW on the tensors the stage
+ * owns; evaluation forward through the pipeline, the checkpoint gather to
+ * rank 0 and the resume of a stage's moments. */
 #include "train/trainer_pp.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
@@ -18,19 +22,55 @@
 struct lmc_trainer_pp {
     struct lmc_comm *c, *dp;      /* the pipeline group; data-parallel (NULL: none) */
     struct lmc_pp_tstage st;
-    int dw, dr;
+    int dw, dr, V;
     int32_t *in, *tg;             /* (M B T) the step's micro-batches */
     bool *own;                    /* (n_params) the stage updates tensor i */
     struct lmc_pp_stats stats;    /* the last step's */
+    /* tm is this stage's part of the model (lmc_trainer_pp_build): every
+     * rank holds only its tensors; a checkpoint gathers them to rank 0 */
+    bool parts;
+    int *holder;                  /* (L + 2) parts mode: the rank whose arenas hold part p (the tied
+                                   * embedding: rank 0's copy) */
+    int tied;                     /* parts mode, P > 1: the tied embedding's index (stages 0 and P-1), or -1 */
+    int64_t *woff, wnumel;        /* parts mode: each tensor's place in the whole layout, its floats */
 };
 
 void lmc_trainer_pp_free(struct lmc_trainer *tr) {
     struct lmc_trainer_pp *p = tr->pp;
     if (!p) return;
     lmc_pp_tstage_free(&p->st);
-    free(p->in), free(p->tg), free(p->own);
+    free(p->in), free(p->tg), free(p->own), free(p->holder), free(p->woff);
     free(p);
     tr->pp = NULL;
+}
+
+lmc_status lmc_trainer_pp_build(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
+                                const char *dir, uint64_t seed, double std, int P, int V, int rank,
+                                int64_t *whole_numel, lmc_err *err) {
+    struct lmc_tmodel lay; /* the whole table (no arenas): is the head tied, how large is the model */
+    lmc_status s = lmc_tmodel_init_layout(&lay, cfg, be, err);
+    if (s) return s;
+    bool tied = lay.tied_head;
+    *whole_numel = lay.numel;
+    lmc_tmodel_free(&lay);
+    int64_t L = cfg->num_layers;
+    if (P < 1 || V < 1 || L < (int64_t)P * V)
+        return lmc_err_set(err, LMC_ERR_ARG, "--pp %d%s: the model has only %lld layers", P,
+                           V > 1 ? " with --pp-chunks" : "", (long long)L);
+    bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
+    if (!keep) return lmc_err_set(err, LMC_ERR_OOM, "pipeline stage: out of memory");
+    lmc_pp_stage_keep(L, tied, P, V, rank, keep);
+    s = lmc_tmodel_init_parts(tm, cfg, be, keep, true, err);
+    free(keep);
+    if (s) return s;
+    struct lmc_tmodel_src src;
+    s = dir ? lmc_tmodel_src_dir(&src, tm, dir, err) : lmc_tmodel_src_random(&src, tm, seed, std, err);
+    if (!s) {
+        s = lmc_tmodel_fill(tm, &src, err);
+        lmc_tmodel_src_free(&src);
+    }
+    if (s) lmc_tmodel_free(tm);
+    return s;
 }
 
 /* The stage owning part `part` (0 embeddings, 1 + l layer l, L + 1 after). */
@@ -50,8 +90,11 @@ static int owner(const struct lmc_trainer *tr, int part) {
 static lmc_status refuse(const struct lmc_trainer *tr, const struct lmc_comm *pp, lmc_err *err) {
     const struct lmc_config *c = &tr->tm.cfg;
     const char *why = NULL;
+    bool parts = false;
+    for (int i = 0; i < tr->tm.n_params; i++) parts |= tr->tm.params[i].elsewhere;
     if (tr->have_opt) why = "another optimizer than AdamW";
-    else if (c->tie_word_embeddings) why = "tied embeddings (the embedding's two gradients would live on two stages)";
+    else if (tr->tm.tied_head && !parts && pp->world > 1)
+        why = "tied embeddings with --tp (the stages hold the whole model there)";
     else if (tr->tm.trainable_off) why = "a frozen base (adapters; use --full)";
     else if (c->num_experts > 0) why = "mixture-of-experts layers";
     else if (!strncmp(c->model_type, "mamba", 5)) why = "recurrent (Mamba) layers";
@@ -70,6 +113,13 @@ static lmc_status refuse(const struct lmc_trainer *tr, const struct lmc_comm *pp
 
 lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err) {
+    return lmc_trainer_pp_attach_v(tr, pp, dp, 1, desc, err);
+}
+
+lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, int V,
+                                   const char *desc, lmc_err *err) {
+    if (V > 1 && tr->tp)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp-chunks (interleaved 1F1B) with --tp is not supported yet");
     lmc_status s = refuse(tr, pp, err);
     if (s || (s = lmc_dist_check_same(pp, "pipeline-parallel training configuration", desc, err)) ||
         (dp && dp->world > 1 && (s = lmc_dist_check_same(dp, "data-parallel training configuration", desc, err))))
@@ -89,8 +139,50 @@ lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, st
     p->tg = malloc(sizeof(int32_t) * (size_t)n);
     p->own = calloc((size_t)tr->tm.n_params, sizeof *p->own);
     if (!p->in || !p->tg || !p->own) return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
-    for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
-    if ((s = lmc_pp_tstage_init(&p->st, &tr->tm, tr->be, pp->rank, pp->world, (int)o->accum, o->B, o->T, err)))
+    p->V = V;
+    p->tied = -1;
+    for (int i = 0; i < tr->tm.n_params; i++) p->parts |= tr->tm.params[i].elsewhere;
+    int64_t L = tr->tm.cfg.num_layers;
+    if (p->parts) { /* which rank holds each part (rank 0 for a tied embedding) */
+        bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
+        p->holder = malloc((size_t)(L + 2) * sizeof *p->holder);
+        if (!keep || !p->holder) {
+            free(keep);
+            return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
+        }
+        for (int64_t q = 0; q < L + 2; q++) p->holder[q] = -1;
+        for (int r = pp->world - 1; r >= 0; r--) {
+            lmc_pp_stage_keep(L, tr->tm.tied_head, pp->world, V, r, keep);
+            for (int64_t q = 0; q < L + 2; q++)
+                if (keep[q]) p->holder[q] = r;
+        }
+        free(keep);
+        struct lmc_tmodel lay; /* the whole layout's places (checkpoints and resumes) */
+        if ((s = lmc_tmodel_init_layout(&lay, &tr->tm.cfg, tr->be, err))) return s;
+        p->woff = malloc(sizeof *p->woff * (size_t)lay.n_params);
+        p->wnumel = lay.numel;
+        if (p->woff && lay.n_params == tr->tm.n_params)
+            for (int i = 0; i < lay.n_params; i++) p->woff[i] = lay.params[i].off;
+        bool fits = lay.n_params == tr->tm.n_params;
+        lmc_tmodel_free(&lay);
+        if (!p->woff || !fits) return lmc_err_set(err, fits ? LMC_ERR_OOM : LMC_ERR_ARG, "pipeline: the stage's table "
+                                                  "is not the model's (or out of memory)");
+        lmc_tacts_free(&tr->acts); /* the stage's arenas are its own (o.no_acts: none were made) */
+        for (int i = 0; i < tr->tm.n_params; i++) {
+            const struct lmc_tparam *q = &tr->tm.params[i];
+            /* a tied embedding held by the first and the last stage: the tensor the head reads */
+            if (pp->world > 1 && tr->tm.tied_head && !q->elsewhere && q->part == 0 &&
+                lmc_tmodel_grad(&tr->tm, q) == (const float *)tr->tm.G.head.w.data)
+                p->tied = i;
+        }
+        for (int i = 0; i < tr->tm.n_params; i++) { /* the last stage updates of part 0 only the tied head */
+            const struct lmc_tparam *q = &tr->tm.params[i];
+            p->own[i] = !q->elsewhere && (pp->world == 1 || pp->rank == 0 || q->part != 0 || i == p->tied);
+        }
+    } else {
+        for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
+    }
+    if ((s = lmc_pp_tstage_init_v(&p->st, &tr->tm, tr->be, pp->rank, pp->world, V, (int)o->accum, o->B, o->T, err)))
         return s;
     p->st.inputs = p->in, p->st.targets = p->tg;
     /* the loader reads global micro-batches of D x B rows (as one process with batch D x B); a
@@ -146,8 +238,14 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     p->st.dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)p->dw * (double)o->accum));
     p->st.loss_sum = 0;
     p->st.count = 0;
-    struct lmc_pp_stage ops = lmc_pp_tstage_ops(&p->st);
-    if ((s = lmc_pp_run(p->c, &ops, (int)o->accum, &p->stats, err))) return s;
+    if (p->V == 1) {
+        struct lmc_pp_stage ops = lmc_pp_tstage_ops(&p->st);
+        s = lmc_pp_run(p->c, &ops, (int)o->accum, &p->stats, err);
+    } else {
+        struct lmc_pp_vstage ops = lmc_pp_tstage_vops(&p->st);
+        s = lmc_pp_run_interleaved(p->c, &ops, (int)o->accum, &p->stats, err);
+    }
+    if (s) return s;
     /* the loss: the last stages' sums over every rank; the gradient over the DP ranks of this stage */
     double sc[2] = {p->st.loss_sum, (double)p->st.count};
     if ((s = p->c->all_reduce(p->c, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
@@ -159,8 +257,29 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     /* the tensors a stage does not own have zero gradients: the arena's sum is the stage's
      * (tensor parallel: its shards counted once over the TP group) */
     double ss = 0;
+    int P = p->c->world, r = p->c->rank;
+    if (p->tied >= 0 && (r == 0 || r == P - 1)) { /* the tied embedding: the lookup's and the head's halves summed */
+        const struct lmc_tparam *q = &tm->params[p->tied];
+        float *g = lmc_tmodel_grad(tm, q), *o = malloc(sizeof(float) * (size_t)q->numel);
+        size_t nb = sizeof(float) * (size_t)q->numel;
+        if (!o) return lmc_err_set(err, LMC_ERR_OOM, "tied embedding gradient: out of memory");
+        if (r == 0) { /* rank 0 adds and sends the sum back, so both update with the same bits */
+            if (!(s = p->c->recv(p->c, o, nb, P - 1, err))) {
+                for (int64_t k = 0; k < q->numel; k++) g[k] += o[k];
+                s = p->c->send(p->c, g, nb, P - 1, err);
+            }
+        } else if (!(s = p->c->send(p->c, g, nb, 0, err))) {
+            s = p->c->recv(p->c, g, nb, 0, err);
+        }
+        free(o);
+        if (s) return s;
+    }
     if (tr->tp) s = lmc_trainer_tp_grad_sumsq(tr, &ss, err);
-    else ss = be->sumsq(be->ctx, tm->g, tm->numel);
+    else if (p->tied >= 0 && r == P - 1) { /* part 0 counted once, on rank 0: the other parts' tensors here */
+        for (int i = 0; i < tm->n_params; i++)
+            if (p->own[i] && tm->params[i].part != 0)
+                ss += be->sumsq(be->ctx, lmc_tmodel_grad(tm, &tm->params[i]), tm->params[i].numel);
+    } else ss = be->sumsq(be->ctx, tm->g, tm->numel);
     if (s || (s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
     st->grad_norm = sqrt(ss);
     double inv = o->next_batch ? 1.0 / (sc[1] > 0 ? sc[1] : 1) : 1.0;
@@ -184,8 +303,150 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     return LMC_OK;
 }
 
+/* Parts mode, the ranks other than 0 of DP rank 0's pipeline: the tensors
+ * they hold sent to rank 0 while its lmc_ckpt_save writes the folder
+ * (lmc_trainer_pp_write): every parameter in table order, then the first
+ * moments, then the second (the order rank 0 asks for them). */
+static lmc_status serve(struct lmc_trainer *tr, lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    const struct lmc_tmodel *tm = &tr->tm;
+    struct lmc_comm *c = p->c;
+    if (p->dr != 0 || c->rank == 0) return LMC_OK; /* the other pipelines hold the same state */
+    const float *arenas[3] = {tm->w, tr->m, tr->v};
+    tr->be->sync(tr->be->ctx);
+    lmc_status s = LMC_OK;
+    for (int a = 0; !s && a < 3; a++)
+        for (int i = 0; !s && i < tm->n_params; i++) {
+            const struct lmc_tparam *q = &tm->params[i];
+            if (p->holder[q->part] == c->rank)
+                s = c->send(c, arenas[a] + q->off, sizeof(float) * (size_t)q->numel, 0, err);
+        }
+    return s;
+}
+
+/* Rank 0's side: a tensor at a time from its holder into `piece`. */
+struct pp_fill {
+    struct lmc_trainer *tr;
+    bool optim;          /* optimizer.safetensors (adamw.m, adamw.v) or model.safetensors */
+    int64_t tensor;      /* the file's tensor being written (-1: none yet) */
+    int k;               /* optim: the next parameter of the whole arena */
+    float *piece, *tmp;  /* (the largest tensor + padding) */
+    int64_t n, at;       /* floats in piece, floats handed out */
+};
+
+static lmc_status fetch(struct pp_fill *f, int i, const float *local, float *dst, lmc_err *err) {
+    struct lmc_trainer_pp *p = f->tr->pp;
+    const struct lmc_tparam *q = &f->tr->tm.params[i];
+    size_t nb = sizeof(float) * (size_t)q->numel;
+    int from = p->holder[q->part];
+    if (from == 0) {
+        memcpy(dst, local + q->off, nb);
+        return LMC_OK;
+    }
+    return p->c->recv(p->c, dst, nb, from, err);
+}
+
+static lmc_status pp_fill(void *user, int64_t t, void *buf, size_t want, size_t *got, lmc_err *err) {
+    struct pp_fill *f = user;
+    struct lmc_trainer *tr = f->tr;
+    const struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_trainer_pp *p = tr->pp;
+    lmc_status s;
+    if (t != f->tensor) f->tensor = t, f->k = 0, f->n = f->at = 0;
+    if (f->at == f->n) { /* the next piece: model: tensor t (on-disk layout); optim: the next parameter, padded */
+        int i = f->optim ? f->k++ : (int)t;
+        if (i >= tm->n_params) return lmc_err_set(err, LMC_ERR_ARG, "checkpoint: tensor %lld past the table", (long long)t);
+        const struct lmc_tparam *q = &tm->params[i];
+        if (!f->optim) {
+            if ((s = fetch(f, i, tm->w, q->transposed ? f->tmp : f->piece, err))) return s;
+            if (q->transposed) lmc_tmodel_transpose(q, f->piece, f->tmp, true);
+            f->n = q->numel;
+        } else {
+            if ((s = fetch(f, i, t == 0 ? tr->m : tr->v, f->piece, err))) return s;
+            int64_t end = i + 1 < tm->n_params ? p->woff[i + 1] : p->wnumel;
+            f->n = end - p->woff[i]; /* the padding to the next tensor: zeros */
+            memset(f->piece + q->numel, 0, sizeof(float) * (size_t)(f->n - q->numel));
+        }
+        f->at = 0;
+    }
+    size_t nb = LMC_MIN(want, sizeof(float) * (size_t)(f->n - f->at));
+    memcpy(buf, f->piece + f->at, nb);
+    f->at += (int64_t)(nb / sizeof(float));
+    *got = nb;
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_pp_write(struct lmc_trainer *tr, const char *model_path, const char *optim_path,
+                                lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    const struct lmc_tmodel *tm = &tr->tm;
+    LMC_ASSERT(p && p->parts && p->c->rank == 0 && p->dr == 0);
+    int64_t most = 16;
+    for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel + 16);
+    struct pp_fill f = {tr, false, -1, 0, malloc(sizeof(float) * (size_t)most), malloc(sizeof(float) * (size_t)most), 0, 0};
+    struct lmc_st_write_tensor *t = calloc((size_t)tm->n_params, sizeof *t);
+    lmc_status s = LMC_OK;
+    if (!f.piece || !f.tmp || !t) s = lmc_err_set(err, LMC_ERR_OOM, "checkpoint: out of memory");
+    for (int i = 0; !s && i < tm->n_params; i++) { /* the table's names and on-disk shapes; data from the stages */
+        const struct lmc_tparam *q = &tm->params[i];
+        t[i] = (struct lmc_st_write_tensor){q->name, LMC_DTYPE_F32, q->ndim, {q->shape[0], q->shape[1]}, NULL};
+        if (q->conv) t[i].ndim = 3, t[i].shape[1] = 1, t[i].shape[2] = q->shape[1];
+    }
+    tr->be->sync(tr->be->ctx);
+    const char *meta[] = {"format", "pt"};
+    if (!s) s = lmc_st_write_fill(model_path, t, tm->n_params, meta, 1, pp_fill, &f, err);
+    struct lmc_st_write_tensor ot[2] = {
+        {"adamw.m", LMC_DTYPE_F32, 1, {p->wnumel}, NULL},
+        {"adamw.v", LMC_DTYPE_F32, 1, {p->wnumel}, NULL},
+    };
+    f.optim = true, f.tensor = -1;
+    if (!s) s = lmc_st_write_fill(optim_path, ot, 2, NULL, 0, pp_fill, &f, err);
+    free(f.piece), free(f.tmp), free(t);
+    return s;
+}
+
+bool lmc_trainer_pp_writes(const struct lmc_trainer *tr) {
+    return tr->pp && tr->pp->parts && tr->pp->c->rank == 0 && tr->pp->dr == 0;
+}
+
+lmc_status lmc_trainer_pp_load_moments(struct lmc_trainer *tr, const float *m, const float *v, int64_t numel,
+                                       lmc_err *err) {
+    const struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_trainer_pp *p = tr->pp;
+    if (p->wnumel != numel)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "optimizer state of %lld floats, the model's layout has %lld",
+                           (long long)numel, (long long)p->wnumel);
+    for (int i = 0; i < tm->n_params; i++) { /* the stage's tensors from the whole layout's places */
+        const struct lmc_tparam *q = &tm->params[i];
+        if (q->elsewhere) continue;
+        size_t nb = sizeof(float) * (size_t)q->numel;
+        tr->be->upload(tr->be->ctx, tr->m + q->off, m + p->woff[i], nb);
+        tr->be->upload(tr->be->ctx, tr->v + q->off, v + p->woff[i], nb);
+    }
+    tr->be->sync(tr->be->ctx);
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_pp_loss(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double *loss_sum,
+                               int64_t *count, lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    double sc[2];
+    int64_t n = 0;
+    lmc_status s = lmc_pp_tstage_eval(&p->st, p->c, in, tg, &sc[0], &n, err);
+    sc[1] = (double)n;
+    if (!s) s = p->c->broadcast(p->c, sc, sizeof sc, p->c->world - 1, err);
+    *loss_sum = sc[0];
+    *count = (int64_t)sc[1];
+    return s;
+}
+
+bool lmc_trainer_pp_parts(const struct lmc_trainer *tr) {
+    return tr->pp && tr->pp->parts;
+}
+
 lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
+    if (p->parts) return moments ? serve(tr, err) : LMC_OK; /* parts: evaluation runs through the pipeline */
     const struct lmc_tmodel *tm = &tr->tm;
     float *arenas[3] = {tm->w, tr->m, tr->v};
     lmc_status s = LMC_OK;
@@ -198,9 +459,33 @@ lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *er
     return s;
 }
 
+/* Parts mode: the windows one process with batch D x B evaluates, forward
+ * through the pipeline of DP rank 0 (NaN on the other pipelines). */
+static lmc_status eval_parts(struct lmc_trainer *tr, double *loss, lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    if (!tr->val_data || tr->o.eval_batches <= 0 || p->dr != 0) return LMC_OK;
+    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
+    if (s) return s;
+    int64_t world = p->dw;
+    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
+    double sc[2] = {0, 0};
+    for (int64_t k = 0; k < nb; k++) {
+        lmc_loader_next(&tr->val, tr->batch);
+        lmc_trainer_split_batch(tr);
+        double ls;
+        int64_t n;
+        if ((s = lmc_pp_tstage_eval(&p->st, p->c, tr->in, tr->tg, &ls, &n, err))) return s;
+        sc[0] += ls, sc[1] += (double)n;
+    }
+    if ((s = p->c->broadcast(p->c, sc, sizeof sc, p->c->world - 1, err))) return s;
+    *loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
+    return LMC_OK;
+}
+
 lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
     *loss = NAN;
+    if (p->parts) return eval_parts(tr, loss, err);
     lmc_status s = lmc_trainer_pp_sync(tr, false, err);
     if (s || p->c->rank != 0 || p->dr != 0) return s;
     /* stage 0 of DP rank 0 now holds the whole model: the one-process
@@ -212,4 +497,19 @@ lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
     tr->comm = keep;
     tr->pp = p;
     return s;
+}
+
+void lmc_trainer_pp_log_peak(const struct lmc_trainer *tr, const char *cmd, const char *when) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return;
+    char line[256];
+    long hwm = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) hwm = strtol(line + 6, NULL, 10);
+    fclose(f);
+    const struct lmc_trainer_pp *p = tr->pp; /* NULL: one process, stage 0 of 1 */
+    if (hwm >= 0)
+        fprintf(stderr, "lmc %s: pipeline stage %d of %d (data-parallel rank %d): %lld parameter floats, peak RSS "
+                        "%.1f MiB %s\n", cmd, p ? p->c->rank : 0, p ? p->c->world : 1, p ? p->dr : 0,
+                (long long)tr->tm.numel, (double)hwm / 1024.0, when);
 }
