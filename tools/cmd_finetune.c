@@ -50,7 +50,9 @@ static void usage(void) {
             "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
             "             --stop-at N (stop after step N without writing OUT, as if killed; the schedule\n"
             "             still spans --steps)\n"
-            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
+            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0), or\n"
+            "             --zero 1|2|3: AdamW's moments, + gradients, + parameters sharded (the adapters', or with\n"
+            "             --full the model's; checkpoints: each rank's shard in OUT.ckpt/zero)\n"
             "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW or Muon, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
             "             and head split by vocabulary rows too\n"
@@ -266,7 +268,7 @@ int cmd_finetune(int argc, char **argv) {
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
         return 2;
     }
-    bool dist = denv.world > 1 || mpn > 1, root = true;
+    bool dist = denv.world > 1 || mpn > 1 || (zero > 0 && mpn < 2), root = true;
     struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
     bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
     struct lmc_tmodel full_tm;
@@ -383,6 +385,12 @@ int cmd_finetune(int argc, char **argv) {
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};
     o.optim = ocfg;
+    if (!full) { /* ZeRO over the frozen base: the adapters' views follow the zero module's buffers */
+        o.bind_part = lmc_lora_train_bind_part;
+        o.bind_user = &lt;
+    }
+    /* ZeRO with AdamW (data parallel only): the zero module holds the moments */
+    o.zero_moments = dist && zero > 0 && mpn < 2 && ocfg.kind == LMC_OPTIM_ADAMW;
     have_tm = false;
     if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
         cli_fail("finetune", &err);
@@ -392,9 +400,9 @@ int cmd_finetune(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
+                 "seed %lld, zero %lld, data %.300s (%lld examples), resume %.300s", tr.tm.cfg.model_type, (long long)tr.tm.numel,
                  tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
-                 (long long)seed, data, (long long)d.n_ex, resume ? resume : "-");
+                 (long long)seed, (long long)zero, data, (long long)d.n_ex, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
         if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
@@ -450,6 +458,12 @@ int cmd_finetune(int argc, char **argv) {
                 (long long)accum, (long long)tr.tm.numel);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("finetune", cp, pp, comm.world, B, T, accum);
+    else if (root && dist && tr.zero)
+        fprintf(stderr, "lmc finetune: data parallel, %d ranks, ZeRO-%lld (%s sharded: %s), global batch %lld x %lld "
+                        "x %lld accum, %d threads per rank\n", comm.world, (long long)zero,
+                zero == 1 ? "AdamW moments" : zero == 2 ? "moments and gradients" : "moments, gradients and parameters",
+                full ? "the model's" : "the adapters'", (long long)(B * comm.world), (long long)T, (long long)accum,
+                cc.threads);
     else if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
                         "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
@@ -483,7 +497,7 @@ int cmd_finetune(int argc, char **argv) {
         bool save = save_every && tr.step % save_every == 0;
         if (save) {
             snprintf(ck, sizeof ck, "%s.ckpt", out);
-            if (root) mkdir(ck, 0777);
+            if (root || tr.zero) mkdir(ck, 0777);
             snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
             tr.feed_epoch = src.b.epoch; /* --full: the data position in trainer_state.json */
             tr.feed_index = src.b.next;
@@ -491,6 +505,14 @@ int cmd_finetune(int argc, char **argv) {
         if (save && tr.pp && lmc_trainer_pp_sync(&tr, true, &err)) { /* pipeline: the stages' state everywhere */
             cli_fail("finetune", &err);
             goto done;
+        }
+        if (save && tr.zero) { /* ZeRO: every rank its shard into OUT.ckpt/zero, rank 0 gets the parameters */
+            char zd[4300];
+            snprintf(zd, sizeof zd, "%s.ckpt/zero", out);
+            if (lmc_trainer_dist_save(&tr, zd, &err)) {
+                cli_fail("finetune", &err);
+                goto done;
+            }
         }
         if (save && tr.tp && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their shards to rank 0 */
@@ -533,6 +555,11 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+    }
+    /* ZeRO: the parameters (--full: and the moments, OUT as one process writes it) gathered for rank 0 */
+    if (tr.zero && lmc_trainer_dist_gather(&tr, full, &err)) {
+        cli_fail("finetune", &err);
+        goto done;
     }
     if (!root) { /* the output: rank 0 */
         rc = 0;

@@ -555,6 +555,29 @@ lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err)
     return LMC_OK;
 }
 
+lmc_status lmc_zero_moments_to_host(struct lmc_zero *z, float *m_out, float *v_out, lmc_err *err) {
+    struct lmc_backend *be = z->be;
+    if (!z->m) return lmc_err_set(err, LMC_ERR_ARG, "zero: no AdamW moments here (the caller's optimizer holds them)");
+    float *buf = z->stage == 0 || z->W == 1 ? NULL : be->alloc(be->ctx, z->slot_bytes ? z->slot_bytes : 4);
+    if (z->stage > 0 && z->W > 1 && !buf) return lmc_err_set(err, LMC_ERR_OOM, "zero: moments: out of memory");
+    lmc_status s = LMC_OK;
+    for (int u = 0; u < z->n_units && !s; u++) {
+        const struct lmc_zero_unit *U = &z->units[u];
+        for (int k = 0; k < 2 && !s; k++) {
+            float *base = k ? z->v : z->m, *out = k ? v_out : m_out;
+            const float *src = part_m(z, base, u, 0); /* stage 0 (and world 1): the unit whole from part 0 */
+            if (buf) { /* every rank's part, in rank order */
+                dev_sync(z);
+                if ((s = z->comm->all_gather(z->comm, base + U->sh_off, buf, U->s, LMC_DTYPE_F32, err))) break;
+                src = buf;
+            }
+            be->download(be->ctx, out + U->off, src, (size_t)U->n * sizeof(float));
+        }
+    }
+    if (buf) be->free(be->ctx, buf);
+    return s;
+}
+
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st) {
     st->bytes_now = z->bytes_now;
     st->bytes_peak = z->bytes_peak;

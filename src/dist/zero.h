@@ -134,6 +134,10 @@ lmc_status lmc_zero_sum_f64(struct lmc_zero *z, double *vals, int n, lmc_err *er
  * rank gets them (stage 3 gathers). */
 lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err);
 
+/* The AdamW moments (numel floats each, host memory, the arena's layout):
+ * every rank gets them (stages 1-3 gather the shards). */
+lmc_status lmc_zero_moments_to_host(struct lmc_zero *z, float *m, float *v, lmc_err *err);
+
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st);
 /* Logs on rank 0: this rank's ZeRO state (now, peak) against the fp32
  * formula, and its peak resident set (VmHWM) where /proc tells it: since
@@ -154,11 +158,23 @@ lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_
 /* Loads the checkpoint in dir into z (the same tensor list; any world size:
  * another world's shards are consolidated and re-split); *step gets its step. */
 lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc_err *err);
+/* Saves keep every step's shards and write each step's manifest as
+ * dir/zero-manifest-step<S>.json beside the newest (zero-manifest.json), so
+ * any saved step can be loaded (lmc_zero_load_step); off by default (the
+ * newest step only). */
+void lmc_zero_keep_all_steps(struct lmc_zero *z, bool keep);
+/* lmc_zero_load of step `want` (its own manifest; the newest when want < 0
+ * or when there is none of that step: *step tells which was loaded). */
+lmc_status lmc_zero_load_step(struct lmc_zero *z, const char *dir, int64_t want, int64_t *step, lmc_err *err);
 /* Offline, without a communicator: the checkpoint's full parameters and
  * moments as plain arrays of *numel floats in the arena's layout (malloc'd,
  * caller frees; m and v may be NULL). */
 lmc_status lmc_zero_consolidate(const char *dir, float **params, float **m, float **v, int64_t *numel,
                                 int64_t *step, lmc_err *err);
+
+/* lmc_zero_consolidate of step `want` (as lmc_zero_load_step picks it). */
+lmc_status lmc_zero_consolidate_step(const char *dir, int64_t want, float **params, float **m, float **v,
+                                     int64_t *numel, int64_t *step, lmc_err *err);
 
 /* Offline: the checkpoint's parameters as one safetensors file (float32,
  * the tensors' names and shapes as given to lmc_zero_init). */

@@ -157,7 +157,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     if (tr->pp) return lmc_trainer_pp_step(tr, st, err); /* also with tp (pipeline x tensor parallel) */
     if (tr->tp) return lmc_trainer_tp_step(tr, st, err);
     if (tr->cp) return lmc_trainer_cp_step(tr, st, err);
-    if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
+    if (tr->zero || (tr->comm && !o->next_batch)) return lmc_trainer_dist_step(tr, st, err); /* ZeRO: finetune's too */
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     memset(st, 0, sizeof *st);
