@@ -70,6 +70,7 @@ for mode in lora full; do
     "${MPIRUN[@]}" -np 2 "$LMC" finetune $C $X -o "$TMP/w2z$z-$mode" --batch 2 --zero $z --save-every 10 >"$TMP/t" 2>&1
     ok $? "$mode world 2 zero $z: $(tail -n 3 "$TMP/t")"
     grep -q "data parallel, 2 ranks, ZeRO-$z" "$TMP/t"; ok $? "$mode zero $z start-up line: $(grep 'data parallel' "$TMP/t")"
+    grep -q "zero-$z on 2 ranks: state .* MiB" "$TMP/t"; ok $? "$mode zero $z memory line: $(grep 'on 2 ranks' "$TMP/t")"
     compare one2-$mode w2z$z-$mode $f; ok $? "$mode world 2 zero $z = one process (batch 2, accum 2)"
     [ "$(ls "$TMP/w2z$z-$mode.ckpt/zero" | grep -c '^zero-step000000[12]0-rank0000[01]\.bin$')" = 4 ] &&
       [ -e "$TMP/w2z$z-$mode.ckpt/zero/zero-manifest-step00000010.json" ]
@@ -96,6 +97,22 @@ for mode in lora full; do
   rm -rf "$TMP/rs"; mv "$TMP/rs-$mode" "$TMP/rs"
   compare one2-$mode rs $f; ok $? "$mode: world 2's step-10 checkpoint resumed by one process = one process"
 done
+# lmc convert-checkpoint --step 10 of the --full world-2 ZeRO-3 run: its step-10 folder's tensors
+"$LMC" convert-checkpoint "$TMP/w2z3-full.ckpt/zero" --step 10 -o "$TMP/conv" >"$TMP/t" 2>&1
+ok $? "convert-checkpoint --step 10: $(tail -1 "$TMP/t")"
+python3 - "$TMP/conv/model.safetensors" "$TMP/w2z3-full.ckpt/step_000010/model.safetensors" <<'PY'
+import json, sys
+def t(p):
+    raw = open(p, "rb").read(); n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
+    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()
+            if k != "__metadata__" and not k.startswith("pad.")}
+a, b = t(sys.argv[1]), t(sys.argv[2])
+assert sorted(a) == sorted(b) and all(a[k] == b[k] for k in a), (sorted(a), sorted(b))
+PY
+ok $? "convert-checkpoint --step 10 = the step-10 folder's model, bit for bit"
+ls "$TMP/conv" | grep -q zero-manifest; [ $? != 0 ]; ok $? "no zero manifest copied into the HF folder: $(ls "$TMP/conv")"
+"$LMC" convert-checkpoint "$TMP/w2z3-full.ckpt/zero" --step 7 -o "$TMP/conv7" >"$TMP/t" 2>&1
+[ $? != 0 ] && grep -q "no sharded state of step 7" "$TMP/t"; ok $? "convert-checkpoint --step 7 refused: $(tail -1 "$TMP/t")"
 # --full's OUT: the moments whole, as one process writes them
 python3 - "$TMP/one4-full/optimizer.safetensors" "$TMP/w4z3-full/optimizer.safetensors" <<'PY'
 import json, struct, sys

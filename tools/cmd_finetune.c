@@ -21,6 +21,7 @@
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 
 #include <errno.h>
 #include <math.h>
@@ -53,7 +54,7 @@ static void usage(void) {
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0), or\n"
             "             --zero 1|2|3: AdamW's moments, + gradients, + parameters sharded (the adapters', or with\n"
             "             --full the model's; checkpoints: each rank's shard in OUT.ckpt/zero)\n"
-            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW or Muon, float32,\n"
+            "             --tp T (with --full): tensor parallel over groups of T ranks (any --optim, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
@@ -439,6 +440,7 @@ int cmd_finetune(int argc, char **argv) {
         src.n_drawn = (uint64_t)(tr.step * accum * (tr.comm ? tr.comm->world : 1));
         if (root) fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
     }
+    if (tr.zero) lmc_zero_mark_setup(tr.zero); /* training's peak RSS apart from set-up's */
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
     if (root) fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
@@ -585,6 +587,7 @@ int cmd_finetune(int argc, char **argv) {
     }
     rc = 0;
 done:
+    if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
     if (mf) fclose(mf);
     lmc_sft_batcher_free(&src.b);
     if (have_tr) lmc_trainer_free(&tr);

@@ -58,7 +58,7 @@ static void usage(void) {
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum; CPU, or --device cuda\n"
             "             over NCCL (one GPU per rank, LOCAL_RANK; AdamW); --optim kinds with --zero 0\n"
             "             --bucket-mb X: ZeRO units of consecutive layers holding >= X MiB (default 0: a layer)\n"
-            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW or Muon,\n"
+            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; any --optim,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
             "             --tp-vocab: the embedding and head split by vocabulary rows too; --zero 1: AdamW's\n"
             "             moments of each TP shard split over its data-parallel group\n"

@@ -179,6 +179,9 @@ lmc_status lmc_zero_consolidate_step(const char *dir, int64_t want, float **para
 /* Offline: the checkpoint's parameters as one safetensors file (float32,
  * the tensors' names and shapes as given to lmc_zero_init). */
 lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err);
+/* The same of step `want` (< 0: the newest); another step than saved:
+ * LMC_ERR_ARG naming both. */
+lmc_status lmc_zero_export_safetensors_step(const char *dir, int64_t want, const char *out_path, lmc_err *err);
 
 /* ---- Memory per rank (bytes) for psi parameters at stage s and world n:
  * the ZeRO paper's mixed-precision figures (2-byte weights and gradients,

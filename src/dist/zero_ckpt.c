@@ -588,9 +588,20 @@ out:
 }
 
 lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err) {
+    return lmc_zero_export_safetensors_step(dir, -1, out_path, err);
+}
+
+lmc_status lmc_zero_export_safetensors_step(const char *dir, int64_t want, const char *out_path, lmc_err *err) {
     struct lmc_zero_manifest man;
-    lmc_status s = read_manifest(dir, -1, &man, err);
+    lmc_status s = read_manifest(dir, want, &man, err);
     if (s) return s;
+    if (want >= 0 && man.step != want) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "%s: no sharded state of step %lld (the newest is step %lld; saves keep "
+                        "every step since zero-manifest-step<S>.json files are written)", dir, (long long)want,
+                        (long long)man.step);
+        lmc_zero_manifest_free(&man);
+        return s;
+    }
     float *P = NULL;
     int64_t numel = 0, step = 0;
     struct lmc_st_write_tensor *wt = NULL;
@@ -598,7 +609,7 @@ lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lm
         s = lmc_err_set(err, LMC_ERR_FORMAT, "%s/%s lists no tensors: nothing to name in an export", dir, MANIFEST);
         goto out;
     }
-    if ((s = lmc_zero_consolidate(dir, &P, NULL, NULL, &numel, &step, err))) goto out;
+    if ((s = lmc_zero_consolidate_step(dir, man.step, &P, NULL, NULL, &numel, &step, err))) goto out;
     if (!(wt = calloc((size_t)man.n_tensors, sizeof *wt))) {
         s = lmc_err_set(err, LMC_ERR_OOM, "zero export: out of memory");
         goto out;

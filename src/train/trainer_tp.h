@@ -48,8 +48,11 @@ lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp 
 void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t);
 
 /* After lmc_trainer_init on the shard: tr takes t (also on failure).
- * dp: the data-parallel communicator (NULL or world 1: TP only). Refused:
- * another optimizer than AdamW or Muon, a frozen base, a device backend. desc as
+ * dp: the data-parallel communicator (NULL or world 1: TP only). An
+ * optimizer kind other than AdamW and Muon is made again with the whole
+ * shape of each split matrix (its state whole on every rank of the group;
+ * the whole matrix gathered for its step). Refused: --zero 1 with another
+ * kind than AdamW, a frozen base, a device backend. desc as
  * lmc_trainer_dist_init's (checked equal over the TP group and dp). */
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err);
