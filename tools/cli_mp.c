@@ -50,8 +50,11 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
         return 2;
     }
     if (on && zero > (tp > 1 ? 1 : 0)) {
-        fprintf(stderr, "lmc %s: %s runs with --zero 0%s (the data-parallel groups all-reduce the gradient)\n", cmd,
-                tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp", tp > 1 ? " or 1" : "");
+        fprintf(stderr, "lmc %s: %s runs with --zero 0%s (%s)\n", cmd, tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp",
+                tp > 1 ? " or 1" : "",
+                tp > 1 ? "ZeRO-2/3 would reduce and free each layer's gradient during the backward; the tensor-"
+                         "parallel step reduces the shard's whole gradient after it, so only the moments are split"
+                       : "the data-parallel groups all-reduce the gradient");
         return 2;
     }
     if (tp > 1) *n = (int)tp; /* with --cp: the TP groups first, the CP groups cut from their DP side */
