@@ -176,8 +176,8 @@ ok $? "muon at tp 2, tp 4, dp 2 x tp 2 and its one-process resume equal the one-
 # refusals
 run 4 bad $A --batch 2 --tp 2 --zero 1 --optim galore; [ $? != 0 ] && grep -q "zero 0 or (AdamW) --zero 1" "$TMP/bad.r0"
 ok $? "--tp with --zero 1 --optim galore: $(tail -n 2 "$TMP/bad.r0")"
-"$LMC" train $A --batch 4 --tp 2 --zero 2 -o "$TMP/bad2" 2>"$TMP/err"; [ $? = 2 ] && grep -q "zero 0 or 1" "$TMP/err"
-ok $? "--tp with --zero 2: $(cat "$TMP/err")"
+run 2 bad2 $A --batch 4 --tp 2 --zero 2; [ $? != 0 ] && grep -q "give more ranks than --tp" "$TMP/bad2.r0"
+ok $? "--tp 2 --zero 2 on 2 ranks (no data-parallel group): $(tail -n 1 "$TMP/bad2.r0")"
 run 3 bad3 $A --batch 4 --tp 2; [ $? != 0 ] && grep -q "multiple of 2 ranks" "$TMP/bad3.r0"
 ok $? "--tp 2 on 3 ranks: $(tail -n 2 "$TMP/bad3.r0")"
 "$LMC" train $A --batch 4 --tp-vocab -o "$TMP/bad1" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp" "$TMP/err"

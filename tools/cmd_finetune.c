@@ -406,7 +406,7 @@ int cmd_finetune(int argc, char **argv) {
                  (long long)seed, (long long)zero, data, (long long)d.n_ex, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
-        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
+        if (t) t->zero = zero == 1; /* ZeRO-1 over the data-parallel groups (2-3: the zero module, below) */
         struct lmc_comm *grp = have_tpc ? &tpc : &comm;
         if (t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
@@ -415,6 +415,8 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        if (tp > 1 && (cli_mp_attach_zero(&tr, have_dpc ? &dpc : NULL, (int)zero, desc, "finetune")))
+            goto done;
         if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
             goto done;
         if (tp > 1 && pp > 1 &&

@@ -400,7 +400,7 @@ int cmd_train(int argc, char **argv) {
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
-        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
+        if (t) t->zero = zero == 1; /* ZeRO-1 over the data-parallel groups (2-3: the zero module, below) */
         if (t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach(&tr, tp_comm, dp_comm, desc, &err)
@@ -409,6 +409,8 @@ int cmd_train(int argc, char **argv) {
             rc = cli_fail("train", &err);
             goto done;
         }
+        if (tp > 1 && (rc = cli_mp_attach_zero(&tr, dp_comm, (int)zero, desc, "train")))
+            goto done;
         if (tp > 1 && cp > 1 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
             goto done;
         if (tp > 1 && pp > 1 &&
@@ -452,7 +454,9 @@ int cmd_train(int argc, char **argv) {
                         "per rank\n", (long long)tp, (dp_comm ? dp_comm->world : 1) / (int)(cp * pp), comm.world,
                 (long long)(o.B * ((dp_comm ? dp_comm->world : 1) / (cp * pp))), (long long)o.T, (long long)o.accum,
                 (long long)tr.tm.numel, tr.tp->zero && dp_comm ? " (ZeRO-1: the moments split over the data-parallel "
-                "group)" : "", cc.threads);
+                "group)" : tr.zero ? (zero == 2 ? " (ZeRO-2: the moments and gradients split over the data-parallel "
+                "group)" : " (ZeRO-3: the moments, gradients and parameters split over the data-parallel group)")
+                : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
     if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);

@@ -471,6 +471,8 @@ static lmc_status finish_all(struct lmc_zero *z, lmc_err *err) {
     return s;
 }
 
+lmc_status lmc_zero_wait(struct lmc_zero *z, lmc_err *err) { return finish_all(z, err); }
+
 lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err) {
     lmc_status s = finish_all(z, err);
     if (s) return s;
@@ -490,6 +492,33 @@ lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err) {
     }
     if (z->stage > 0 && (s = lmc_zero_sum_f64(z, &total, 1, err))) return s;
     *norm = sqrt(total);
+    return LMC_OK;
+}
+
+lmc_status lmc_zero_grad_sumsq_weighted(struct lmc_zero *z, const double *w, double *sum, lmc_err *err) {
+    lmc_status s = finish_all(z, err);
+    if (s) return s;
+    for (int u = 0; u < z->n_units; u++)
+        if (z->stage >= 2 && z->W > 1 && z->ugrad[u])
+            return lmc_err_set(err, LMC_ERR_ARG, "zero: unit %d's gradients were never marked done", u);
+    double total = 0;
+    int q0 = z->stage == 0 ? 0 : z->r, q1 = z->stage == 0 ? z->W : z->r + 1;
+    for (int q = q0; q < q1; q++) { /* by shard, each tensor's piece weighted, added in rank order */
+        double part = 0;
+        for (int u = 0; u < z->n_units; u++) {
+            const struct lmc_zero_unit *U = &z->units[u];
+            int64_t lo = (int64_t)q * U->s, hi = lo + lmc_zero_real(U, q);
+            const float *g = part_g(z, u, q);
+            for (int t = U->t0; t < U->t1; t++) {
+                int64_t a = z->tensors[t].offset - U->off, b = a + z->tensors[t].numel;
+                int64_t x0 = LMC_MAX(a, lo), x1 = LMC_MIN(b, hi);
+                if (x0 < x1 && w[t] != 0) part += w[t] * z->be->sumsq(z->be->ctx, g + (x0 - lo), x1 - x0);
+            }
+        }
+        total = q == q0 ? part : total + part;
+    }
+    if (z->stage > 0 && (s = lmc_zero_sum_f64(z, &total, 1, err))) return s;
+    *sum = total;
     return LMC_OK;
 }
 

@@ -113,9 +113,17 @@ lmc_status lmc_zero_unit_grads(struct lmc_zero *z, int u, float **g, lmc_err *er
  * step, on the last micro-step of gradient accumulation. */
 lmc_status lmc_zero_unit_grads_done(struct lmc_zero *z, int u, lmc_err *err);
 
+/* Waits for the reductions in flight (stage 2/3: and frees their full
+ * buffers), so that no collective of this module runs while the caller
+ * uses another communicator sharing its links (tensor parallelism). */
+lmc_status lmc_zero_wait(struct lmc_zero *z, lmc_err *err);
 /* Waits for every reduction and returns the global gradient norm (the same
  * on every rank; sqrt of the sum of squares over all ranks' shards). */
 lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err);
+/* lmc_zero_grad_norm's sum of squares with tensor t's elements weighted by
+ * w[t] (n_tensors weights; tensor parallelism: a replicated tensor 1/T, so
+ * the caller's sum over the TP group counts it once), not square-rooted. */
+lmc_status lmc_zero_grad_sumsq_weighted(struct lmc_zero *z, const double *w, double *sum, lmc_err *err);
 /* AdamW on this rank's shard (decay for tensors with decay set, nodecay for
  * the others; grad_scale carries clipping), then the parameters are
  * gathered (stages 0-2) and the gradients zeroed for the next step. */
@@ -166,6 +174,10 @@ void lmc_zero_keep_all_steps(struct lmc_zero *z, bool keep);
 /* lmc_zero_load of step `want` (its own manifest; the newest when want < 0
  * or when there is none of that step: *step tells which was loaded). */
 lmc_status lmc_zero_load_step(struct lmc_zero *z, const char *dir, int64_t want, int64_t *step, lmc_err *err);
+/* The whole state from full host arrays (numel floats each, the arena's
+ * layout; every rank gives the same): parameters P, moments M and V; each
+ * rank keeps what its stage holds. Not collective. */
+void lmc_zero_set_full(struct lmc_zero *z, const float *P, const float *M, const float *V);
 /* Offline, without a communicator: the checkpoint's full parameters and
  * moments as plain arrays of *numel floats in the arena's layout (malloc'd,
  * caller frees; m and v may be NULL). */

@@ -530,6 +530,11 @@ static bool same_tensors(const struct lmc_zero *z, const struct lmc_zero_manifes
     return true;
 }
 
+void lmc_zero_set_full(struct lmc_zero *z, const float *P, const float *M, const float *V) {
+    load_full(z, P, M, V);
+    if (z->be->sync) z->be->sync(z->be->ctx);
+}
+
 lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc_err *err) {
     return lmc_zero_load_step(z, dir, -1, step, err);
 }

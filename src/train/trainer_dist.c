@@ -22,6 +22,7 @@
  * the CUDA backend with an nccl communicator (AdamW, ZeRO 0-3: the zero
  * module syncs the backend around its collectives). */
 #include "train/trainer_internal.h"
+#include "train/trainer_tp.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/zero.h"
@@ -55,6 +56,9 @@ struct lmc_tdist {
     /* a frozen base (LoRA): the zero module holds the trainable floats
      * [zoff, numel) of the arena, the model keeps its arena for the base */
     int64_t zoff;
+    /* tensor parallel (ZeRO 2-3 over the DP groups): each zero tensor's
+     * weight in the squared norm the TP group sums (pads 0); NULL: none */
+    double *zw;
     /* replicated (a batch source): each part's trainable gradient floats
      * [ar_lo, ar_hi) of the arena layout, all-reduced as its backward ends */
     int64_t *ar_lo, *ar_hi;   /* (n_parts) */
@@ -86,6 +90,7 @@ void lmc_trainer_dist_free(struct lmc_trainer *tr) {
         free(tr->dist->ckpt_w);
         free(tr->dist->ckpt_m);
         free(tr->dist->ckpt_v);
+        free(tr->dist->zw);
         free(tr->dist);
     }
     if (tr->acts.hooks) tr->acts.hooks = NULL;
@@ -121,7 +126,8 @@ static lmc_status hook_get(void *user, int part, unsigned what, int next, lmc_er
     lmc_status s = LMC_OK;
     if ((what & LMC_TPART_PARAMS) && tr->zero_stage == 3) {
         float *p;
-        if (next >= 0 && next < d->n_parts && d->unit_of[next] >= 0 && d->unit_of[next] != u)
+        /* (tensor parallel: no prefetch; the group's collectives and these share links under one lock) */
+        if (!d->zw && next >= 0 && next < d->n_parts && d->unit_of[next] >= 0 && d->unit_of[next] != u)
             s = lmc_zero_unit_prefetch(tr->zero, d->unit_of[next], err);
         if (!s) s = lmc_zero_unit_params(tr->zero, u, &p, err);
         if (s) return s;
@@ -150,8 +156,13 @@ static lmc_status hook_put(void *user, int part, unsigned what, bool last, lmc_e
         if (--d->users[u] == 0 && !again) lmc_zero_unit_release(d->tr->zero, u);
     }
     /* a unit's gradient is complete after its lowest part's backward */
-    if ((what & LMC_TPART_GRADS) && last && d->last_micro && part == d->first_part[u])
-        return lmc_zero_unit_grads_done(d->tr->zero, u, err);
+    if ((what & LMC_TPART_GRADS) && last && d->last_micro && part == d->first_part[u]) {
+        lmc_status s = lmc_zero_unit_grads_done(d->tr->zero, u, err);
+        /* tensor parallel: reduced before the group's next collective (a sub-communicator's collectives
+         * hold the shared links' lock: two of them at once on different ranks would wait on each other) */
+        if (!s && d->zw) s = lmc_zero_wait(d->tr->zero, err);
+        return s;
+    }
     return LMC_OK;
 }
 
@@ -281,14 +292,17 @@ static lmc_status tensor_list(struct lmc_trainer *tr, struct lmc_tdist *d, struc
         }
         if (p->off > at) {
             snprintf(pad[i], sizeof pad[i], "pad.%d", i);
+            if (d->zw) d->zw[n] = 0;
             t[n++] = (struct lmc_zero_tensor){pad[i], at - zoff, p->off - at, unit, false, 0, {0}};
         }
+        if (d->zw) d->zw[n] = lmc_trainer_tp_norm_weight(tr, i);
         t[n++] = (struct lmc_zero_tensor){p->name, p->off - zoff, p->numel, unit, lmc_tparam_decays(p, tr->o.decay == LMC_DECAY_ALL),
                                           p->ndim, {p->shape[0], p->ndim == 2 ? p->shape[1] : 0}};
         at = p->off + p->numel;
     }
     if (tm->numel > at) { /* the arena's tail */
         snprintf(pad[tm->n_params], sizeof pad[tm->n_params], "pad.%d", tm->n_params);
+        if (d->zw) d->zw[n] = 0;
         t[n++] = (struct lmc_zero_tensor){pad[tm->n_params], at - zoff, tm->numel - at, unit, false, 0, {0}};
     }
     *n_out = n;
@@ -483,6 +497,10 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d over a frozen base (LoRA) shards AdamW's state; "
                            "--optim %s runs with --zero 0 (the adapter's state replicated)", stage,
                            lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (tr->tp && (s = lmc_trainer_tp_zero_check(tr, stage, err))) return s;
+    if (tr->tp && tr->have_opt)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp --zero %d shards AdamW only (--optim %s runs with --zero 0)",
+                           stage, lmc_optim_kind_name(tr->opt.cfg.kind));
     if (zoff && (!tr->o.bind_part || !tm->w))
         return lmc_err_set(err, LMC_ERR_ARG, "ZeRO over a frozen base needs its parameter arena and the "
                            "adapters' binding (lmc_train_opts.bind_part)");
@@ -516,9 +534,11 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         d->users = calloc((size_t)np, sizeof *d->users);
         d->next_of = calloc((size_t)np, sizeof *d->next_of);
         d->seq = calloc((size_t)np, sizeof *d->seq);
+        if (tr->tp) d->zw = calloc((size_t)tm->n_params * 2 + 1, sizeof *d->zw);
     }
     tr->dist = d;
-    if (!d || !t || !pad || !d->unit_of || !d->unit_base || !d->first_part || !d->users || !d->next_of || !d->seq) {
+    if (!d || !t || !pad || !d->unit_of || !d->unit_base || !d->first_part || !d->users || !d->next_of || !d->seq ||
+        (tr->tp && !d->zw)) {
         s = lmc_err_set(err, LMC_ERR_OOM, "zero tensor list: out of memory");
         goto done;
     }
@@ -559,6 +579,7 @@ done:
 static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err) {
     lmc_status s = LMC_OK;
     int64_t gB = (int64_t)tr->comm->world * tr->o.B;
+    free(tr->gbatch); /* (tensor parallel's, when ZeRO follows its attach) */
     tr->gbatch = malloc((size_t)(gB * (tr->o.T + 1)) * sizeof(int32_t));
     if (!tr->gbatch) s = lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
     int64_t ep = tr->train.epoch, ix = tr->train.index;
@@ -608,6 +629,7 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
         double ls;
         int64_t cnt;
         if ((s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &cnt, err))) return s;
+        if (tr->tp && (s = lmc_trainer_tp_micro_check(tr, err))) return s; /* the TP group's collectives */
         lmc_trainer_moe_add(tr, st, k, o->accum);
         sums[0] += ls;
         sums[1] += (double)cnt;
@@ -617,7 +639,15 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
     st->tokens = per * world * o->accum;
     st->lr = lmc_schedule_lr(&o->sched, tr->step);
     /* every part's reduction was started by the hooks during the backward */
-    if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) return s;
+    if (tr->dist->zw) { /* tensor parallel: the DP-reduced shard's weighted squares, summed over the TP group */
+        double ss = 0;
+        if ((s = lmc_zero_grad_sumsq_weighted(tr->zero, tr->dist->zw, &ss, err)) ||
+            (s = lmc_trainer_tp_group_sum(tr, &ss, err)))
+            return s;
+        st->grad_norm = sqrt(ss);
+    } else if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) {
+        return s;
+    }
     if ((s = lmc_zero_sum_f64(tr->zero, sums, 2, err))) return s;
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
     double inv = 1.0; /* a batch source: the norm and the update of the mean over the counted targets */

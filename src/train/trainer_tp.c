@@ -10,6 +10,7 @@
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 #include "ops/optim_ops.h"
 #include "train/optim_internal.h"
 
@@ -201,6 +202,32 @@ static lmc_status global_norm(struct lmc_trainer *tr, double *norm, lmc_err *err
     *norm = sqrt(rep + split);
     return s;
 }
+
+/* ---- ZeRO 2-3 over the data-parallel groups (trainer_dist.c runs the step) */
+lmc_status lmc_trainer_tp_zero_check(const struct lmc_trainer *tr, int stage, lmc_err *err) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    if (t->heads.kv_replicas > 1)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp %d --zero %d: the KV heads are replicated (%d KV heads "
+                           "for %d ranks) and their gradients summed over the group after the backward; ZeRO-%d "
+                           "reduces each layer's during it (give --tp <= the KV heads, or --zero 1)", t->c->world,
+                           stage, (int)t->full.num_kv_heads, t->c->world, stage);
+    return LMC_OK;
+}
+
+double lmc_trainer_tp_norm_weight(const struct lmc_trainer *tr, int i) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    int dim;
+    int64_t a0, n;
+    lmc_tp_tensor_cut(tr->tm.params[i].name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+    return dim < 0 ? 1.0 / (double)t->c->world : 1.0; /* replicated: counted once over the group's sum */
+}
+
+lmc_status lmc_trainer_tp_group_sum(struct lmc_trainer *tr, double *v, lmc_err *err) {
+    lmc_status s = group_status(tr->tp, err);
+    return s ? s : tr->tp->c->all_reduce(tr->tp->c, v, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+}
+
+lmc_status lmc_trainer_tp_micro_check(struct lmc_trainer *tr, lmc_err *err) { return group_status(tr->tp, err); }
 
 lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err *err) {
     struct lmc_trainer_tp *t = tr->tp;
@@ -605,7 +632,17 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
                                const char *tok_dir, lmc_err *err) {
     const struct lmc_trainer_tp *t = tr->tp;
     float *zm = NULL, *zv = NULL; /* ZeRO-1: the DP ranks' moment chunks, whole */
-    if (t->zero && tr->comm && tr->comm->world > 1) {
+    const float *zw = NULL; /* ZeRO 2-3: the zero module's state gathered to DP rank 0 (host, arena layout) */
+    if (tr->zero) {
+        const float *gm, *gv;
+        lmc_status zs = lmc_trainer_dist_gather((struct lmc_trainer *)tr, true, err);
+        if (zs || tr->comm->rank != 0) return zs;
+        zw = lmc_trainer_dist_params(tr);
+        if (!lmc_trainer_dist_moments(tr, &gm, &gv) || !zw)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: the ZeRO state was not gathered", dir);
+        zm = (float *)gm, zv = (float *)gv; /* (not freed here: the trainer's until its next step) */
+    }
+    if (!tr->zero && t->zero && tr->comm && tr->comm->world > 1) {
         lmc_status zs = zero_gather_moments((struct lmc_trainer *)tr, &zm, &zv, err);
         if (zs || tr->comm->rank != 0) {
             free(zm), free(zv);
@@ -643,14 +680,15 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
             break;
         }
         const struct lmc_tparam *fp = writer ? &full.params[f] : p;
-        const float *src[3] = {tr->tm.w, zm ? zm : tr->m, zv ? zv : tr->v};
+        const float *src[3] = {zw ? zw : tr->tm.w, zm ? zm : tr->m, zv ? zv : tr->v};
         float *dst[3] = {full.w, fm, fv};
         for (int a = 0; !s && a < (tr->have_opt ? 1 : 3); a++) {
             s = gather_param(tr, src[a], i, fp, fbuf, lbuf, rbuf, err);
             if (!s && writer) s = lmc_tmodel_upload_param(&full, dst[a], f, fbuf, err);
         }
     }
-    free(lbuf), free(rbuf), free(fbuf), free(zm), free(zv);
+    free(lbuf), free(rbuf), free(fbuf);
+    if (!tr->zero) free(zm), free(zv);
     /* another optimizer (Muon): its state gathered into a one-process optimizer of the full model */
     struct lmc_optim fo;
     bool have_fo = false;
@@ -778,8 +816,8 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
         }
     }
     const float *src[2] = {one.m, one.v};
-    /* ZeRO-1: the whole shard's moments first, this DP rank's chunk kept */
-    bool zc = t->zero && tr->comm && tr->comm->world > 1;
+    /* ZeRO-1: the whole shard's moments first, this DP rank's chunk kept; ZeRO 2-3: into the zero module */
+    bool zc = (t->zero && tr->comm && tr->comm->world > 1) || tr->zero;
     float *zf[2] = {NULL, NULL};
     if (zc && !s) {
         zf[0] = malloc(sizeof(float) * (size_t)tr->tm.numel);
@@ -808,7 +846,13 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
             s = lmc_tmodel_upload_param(&tr->tm, dst[a], i, lbuf, err);
         }
     }
-    for (int a = 0; zc && !s && a < 2; a++)
+    if (tr->zero && !s) { /* the parameters are the zero module's already (the checkpoint's shard) */
+        float *P = malloc(sizeof(float) * (size_t)tr->tm.numel);
+        if (!P) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory for the optimizer state", dir);
+        if (!s && !(s = lmc_zero_params_to_host(tr->zero, P, err))) lmc_zero_set_full(tr->zero, P, zf[0], zf[1]);
+        free(P);
+    }
+    for (int a = 0; zc && !tr->zero && !s && a < 2; a++)
         memcpy(a ? tr->v : tr->m, zf[a] + t->z0, sizeof(float) * (size_t)t->zn);
     free(zf[0]), free(zf[1]);
     free(fbuf), free(lbuf);

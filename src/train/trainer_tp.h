@@ -82,4 +82,15 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
 /* Frees tr->tp (lmc_trainer_free calls it). */
 void lmc_trainer_tp_free(struct lmc_trainer *tr);
 
+/* ZeRO 2-3 over the data-parallel groups (lmc_trainer_dist_init after
+ * attach with zero 0; trainer_dist.c runs the step): refused with
+ * replicated KV heads (their gradients are summed over the group after the
+ * backward); parameter i's weight in the squared global norm, whose sum the
+ * TP group adds (split 1, replicated 1/T); the group's sum (after its
+ * status check); the status of the group's collectives after a micro-step. */
+lmc_status lmc_trainer_tp_zero_check(const struct lmc_trainer *tr, int stage, lmc_err *err);
+double lmc_trainer_tp_norm_weight(const struct lmc_trainer *tr, int i);
+lmc_status lmc_trainer_tp_group_sum(struct lmc_trainer *tr, double *v, lmc_err *err);
+lmc_status lmc_trainer_tp_micro_check(struct lmc_trainer *tr, lmc_err *err);
+
 #endif
