@@ -79,7 +79,8 @@ finetune_zero_runs() {
       >"$TMP/t" 2>&1; ok $? "$mode zero $z stop at 10: $(tail -n 2 "$TMP/t")"
     [ ! -e "$TMP/r$z-$mode" ]; ok $? "$mode zero $z: --stop-at writes no OUT"
     "${MPIRUN[@]}" -np 2 "$LMC" finetune $C $X -o "$TMP/r$z-$mode" --batch 2 --zero $z --save-every 10 \
-      --resume "$TMP/r$z-$mode.ckpt/step_000010" >"$TMP/t" 2>&1; ok $? "$mode zero $z resume: $(tail -n 2 "$TMP/t")"
+      --resume latest >"$TMP/t" 2>&1; ok $? "$mode zero $z resume: $(tail -n 2 "$TMP/t")"
+    grep -q "resumed $TMP/r$z-$mode.ckpt/step_000010 at step 10" "$TMP/t"; ok $? "$mode --resume latest: $(grep resumed "$TMP/t")"
     bitexact w2z$z-$mode r$z-$mode $f; ok $? "$mode zero $z: stop at 10 + resume = uninterrupted, bit for bit"
   done
   # the world-2 ZeRO-3 run's step-10 checkpoint (not its newest) resumed by one process at ZeRO-2 with the same

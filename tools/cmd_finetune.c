@@ -17,12 +17,14 @@
 #include "train/qlora.h"
 #include "train/sft_data.h"
 #include "train/trainer.h"
+#include "train/checkpoint.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
 #include "dist/comm.h"
 #include "dist/zero.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -48,7 +50,7 @@ static void usage(void) {
             "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
-            "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
+            "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
             "             --stop-at N (stop after step N without writing OUT, as if killed; the schedule\n"
             "             still spans --steps)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0), or\n"
@@ -60,6 +62,26 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
             "             micro-batches (AdamW, untied embeddings, no --pack); --tp combines with --cp or --pp\n");
+}
+
+/* --resume latest: the newest OUT.ckpt/step_N holding trainer_state.json
+ * (written last in an adapter checkpoint; --full folders land whole) into
+ * buf; false when there is none. */
+static bool latest_ckpt(const char *out, char *buf, size_t cap) {
+    char dir[4200], path[4600];
+    snprintf(dir, sizeof dir, "%s.ckpt", out);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int64_t best = -1, st;
+    while (d && (e = readdir(d))) {
+        if (!lmc_ckpt_parse_name(e->d_name, &st) || st <= best) continue;
+        snprintf(path, sizeof path, "%s/%s/trainer_state.json", dir, e->d_name);
+        if (access(path, F_OK)) continue;
+        best = st;
+        if (snprintf(buf, cap, "%s/%s", dir, e->d_name) >= (int)cap) best = -1; /* too long: none */
+    }
+    if (d) closedir(d);
+    return best >= 0;
 }
 
 struct src {
@@ -217,6 +239,15 @@ int cmd_finetune(int argc, char **argv) {
     if (!cc.model_dir || !data || !out) {
         usage();
         return 2;
+    }
+    char latest[4300];
+    if (resume && !strcmp(resume, "latest")) {
+        if (!latest_ckpt(out, latest, sizeof latest)) {
+            fprintf(stderr, "lmc finetune: --resume latest: no checkpoint in %s.ckpt (a step_N folder with "
+                            "trainer_state.json)\n", out);
+            return 2;
+        }
+        resume = latest;
     }
     if (steps && epochs) {
         fprintf(stderr, "lmc finetune: give --epochs or --steps, not both\n");
