@@ -17,8 +17,13 @@
  * all-reduced as its backward ends, then the same lmc_optim step on every
  * rank. --bucket-mb (o.bucket_bytes) groups consecutive parts into one
  * unit. Without arenas (o.init_src) each rank fills only its shard.
- * A batch source (o.next_batch, lmc finetune) also runs replicated, in
- * lmc_trainer_step. Host backends with host communicators (tcp, mpi);
+ * A batch source (o.next_batch, lmc finetune) runs replicated with stage 0
+ * (lmc_trainer_step) and here with stages 1-3 (every rank draws the world's
+ * batches; over a frozen base, LoRA, the zero module holds only the floats
+ * past trainable_off and o.bind_part points the adapters at its buffers).
+ * Under tensor parallelism (stages 2-3 over the DP groups) the norm is
+ * weighted for the TP group's sum and no DP collective overlaps the TP
+ * group's. Host backends with host communicators (tcp, mpi);
  * the CUDA backend with an nccl communicator (AdamW, ZeRO 0-3: the zero
  * module syncs the backend around its collectives). */
 #include "train/trainer_internal.h"
