@@ -18,7 +18,8 @@
 # Muon run (losses, weights and every optimizer tensor of the consolidated
 # checkpoint), a TP 2 Muon run stopped at 5 and resumed equals the
 # uninterrupted one bit for bit and one process resumes its checkpoint;
-# --tp with GaLore and a world that --tp does not divide are refused.
+# --tp --zero 1 with GaLore and a world that --tp does not divide are refused
+# (the other optimizers under --tp: test_mp_train_optim.sh).
 # Usage: test_mp_train.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -173,10 +174,10 @@ sys.exit(bad)
 PY
 ok $? "muon at tp 2, tp 4, dp 2 x tp 2 and its one-process resume equal the one-process muon run"
 # refusals
-run 2 bad $A --batch 4 --tp 2 --optim galore; [ $? != 0 ] && grep -q "AdamW or Muon only" "$TMP/bad.r0"
-ok $? "--tp with galore: $(tail -n 2 "$TMP/bad.r0")"
-"$LMC" train $A --batch 4 --tp 2 --zero 2 -o "$TMP/bad2" 2>"$TMP/err"; [ $? = 2 ] && grep -q "zero 0 or 1" "$TMP/err"
-ok $? "--tp with --zero 2: $(cat "$TMP/err")"
+run 4 bad $A --batch 2 --tp 2 --zero 1 --optim galore; [ $? != 0 ] && grep -q "zero 0 or (AdamW) --zero 1" "$TMP/bad.r0"
+ok $? "--tp with --zero 1 --optim galore: $(tail -n 2 "$TMP/bad.r0")"
+run 2 bad2 $A --batch 4 --tp 2 --zero 2; [ $? != 0 ] && grep -q "give more ranks than --tp" "$TMP/bad2.r0"
+ok $? "--tp 2 --zero 2 on 2 ranks (no data-parallel group): $(tail -n 1 "$TMP/bad2.r0")"
 run 3 bad3 $A --batch 4 --tp 2; [ $? != 0 ] && grep -q "multiple of 2 ranks" "$TMP/bad3.r0"
 ok $? "--tp 2 on 3 ranks: $(tail -n 2 "$TMP/bad3.r0")"
 "$LMC" train $A --batch 4 --tp-vocab -o "$TMP/bad1" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp" "$TMP/err"

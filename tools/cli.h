@@ -86,6 +86,10 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
  * consecutive ranks of dpc) into *cpc and lmc_trainer_cp_attach. Prints the
  * error; non-zero on failure (free *cpc when *have_cpc, before dpc). */
 struct lmc_trainer;
+/* --tp T --zero 2|3: the zero module over the data-parallel group dpc
+ * (lmc_trainer_dist_init after the TP attach); 0, or the exit code after
+ * printing why (no data-parallel group: nothing to shard). */
+int cli_mp_attach_zero(struct lmc_trainer *tr, struct lmc_comm *dpc, int zero, const char *desc, const char *cmd);
 int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struct lmc_comm *cpc, bool *have_cpc,
                      const char *desc, const char *cmd);
 /* --tp T --pp P (TP x PP x DP): the same with pipeline groups (*ppc: P

@@ -49,9 +49,9 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
         fprintf(stderr, "lmc %s: --tp with %s runs with --zero 0\n", cmd, cp > 1 ? "--cp" : "--pp");
         return 2;
     }
-    if (on && zero > (tp > 1 ? 1 : 0)) {
-        fprintf(stderr, "lmc %s: %s runs with --zero 0%s (the data-parallel groups all-reduce the gradient)\n", cmd,
-                tp > 1 ? "--tp" : cp > 1 ? "--cp" : "--pp", tp > 1 ? " or 1" : "");
+    if (on && tp == 1 && zero > 0) {
+        fprintf(stderr, "lmc %s: %s runs with --zero 0 (the data-parallel groups all-reduce the gradient)\n", cmd,
+                cp > 1 ? "--cp" : "--pp");
         return 2;
     }
     if (tp > 1) *n = (int)tp; /* with --cp: the TP groups first, the CP groups cut from their DP side */
@@ -72,6 +72,18 @@ void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, i
                         "%lld x %lld micro-batches (1F1B, bubble (P-1)/(M+P-1) = %.3f)\n", cmd, (long long)pp,
                 (long long)(world / pp), world, (long long)(B * (world / pp)), (long long)T, (long long)accum,
                 (double)(pp - 1) / (double)(accum + pp - 1));
+}
+
+int cli_mp_attach_zero(struct lmc_trainer *tr, struct lmc_comm *dpc, int zero, const char *desc, const char *cmd) {
+    if (zero < 2) return 0;
+    if (!dpc || dpc->world < 2) {
+        fprintf(stderr, "lmc %s: --tp --zero %d shards over the data-parallel groups: give more ranks than --tp\n",
+                cmd, zero);
+        return 2;
+    }
+    lmc_err err = {0};
+    if (lmc_trainer_dist_init(tr, dpc, zero, desc, &err)) return cli_fail(cmd, &err) ? 2 : 2;
+    return 0;
 }
 
 int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struct lmc_comm *cpc, bool *have_cpc,

@@ -3,7 +3,8 @@
  * folder: OUT/model.safetensors (float32, the tensors' names and shapes
  * from the manifest) plus the checkpoint folder's other files that make a
  * Hugging Face folder (config.json, generation_config.json, tokenizer
- * files), copied as they are. */
+ * files), copied as they are. --step N: that saved step (a training run
+ * keeps every step's shards) instead of the newest. */
 #include "cli.h"
 #include "core/core.h"
 #include "dist/zero.h"
@@ -28,15 +29,22 @@ static bool copy_file(const char *from, const char *to) {
 /* The files of an HF folder besides the weights. */
 static bool hf_side_file(const char *name) {
     size_t n = strlen(name);
-    if (!strcmp(name, "zero-manifest.json") || !strcmp(name, "model.safetensors.index.json")) return false;
+    if (!strncmp(name, "zero-manifest", 13) || !strcmp(name, "model.safetensors.index.json")) return false;
     return (n > 5 && !strcmp(name + n - 5, ".json")) || (n > 6 && !strcmp(name + n - 6, ".model")) ||
            !strcmp(name, "merges.txt") || !strcmp(name, "vocab.txt");
 }
 
 int cmd_convert_checkpoint(int argc, char **argv) {
     const char *in = NULL, *out = NULL;
+    int64_t step = -1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--step") && i + 1 < argc) {
+            if (!cli_parse_i64(argv[++i], 0, INT64_MAX, &step)) {
+                fprintf(stderr, "lmc convert-checkpoint: bad value '%s' for --step\n", argv[i]);
+                return 2;
+            }
+        }
         else if (argv[i][0] != '-' && !in) in = argv[i];
         else {
             fprintf(stderr, "lmc convert-checkpoint: unexpected argument %s\n", argv[i]);
@@ -44,7 +52,7 @@ int cmd_convert_checkpoint(int argc, char **argv) {
         }
     }
     if (!in || !out) {
-        fprintf(stderr, "usage: lmc convert-checkpoint CKPT_DIR -o OUT_DIR\n");
+        fprintf(stderr, "usage: lmc convert-checkpoint CKPT_DIR -o OUT_DIR [--step N]\n");
         return 2;
     }
     if (mkdir(out, 0755) && errno != EEXIST) {
@@ -54,7 +62,7 @@ int cmd_convert_checkpoint(int argc, char **argv) {
     char path[4096], from[4096];
     lmc_err err = {0};
     if (!lmc_path_join(path, sizeof path, out, "model.safetensors")) return 2;
-    if (lmc_zero_export_safetensors(in, path, &err)) return cli_fail("convert-checkpoint", &err);
+    if (lmc_zero_export_safetensors_step(in, step, path, &err)) return cli_fail("convert-checkpoint", &err);
     DIR *d = opendir(in);
     struct dirent *e;
     int copied = 0;

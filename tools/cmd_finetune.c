@@ -17,12 +17,15 @@
 #include "train/qlora.h"
 #include "train/sft_data.h"
 #include "train/trainer.h"
+#include "train/checkpoint.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
 #include "train/trainer_ep.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -48,11 +51,13 @@ static void usage(void) {
             "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
-            "             optimizer state and data position) --resume OUT.ckpt/step_N (same --optim)\n"
+            "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
             "             --stop-at N (stop after step N without writing OUT, as if killed; the schedule\n"
             "             still spans --steps)\n"
-            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0)\n"
-            "             --tp T (with --full): tensor parallel over groups of T ranks (AdamW or Muon, float32,\n"
+            "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0), or\n"
+            "             --zero 1|2|3: AdamW's moments, + gradients, + parameters sharded (the adapters', or with\n"
+            "             --full the model's; checkpoints: each rank's shard in OUT.ckpt/zero)\n"
+            "             --tp T (with --full): tensor parallel over groups of T ranks (any --optim, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
             "             and head split by vocabulary rows too\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
@@ -61,6 +66,26 @@ static void usage(void) {
             "             interleaved 1F1B, V chunks per stage; --tp combines with --cp or --pp\n"
             "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
             "             layer's experts and their adapters, data parallel over the rest; AdamW, CPU)\n");
+}
+
+/* --resume latest: the newest OUT.ckpt/step_N holding trainer_state.json
+ * (written last in an adapter checkpoint; --full folders land whole) into
+ * buf; false when there is none. */
+static bool latest_ckpt(const char *out, char *buf, size_t cap) {
+    char dir[4200], path[4600];
+    snprintf(dir, sizeof dir, "%s.ckpt", out);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int64_t best = -1, st;
+    while (d && (e = readdir(d))) {
+        if (!lmc_ckpt_parse_name(e->d_name, &st) || st <= best) continue;
+        snprintf(path, sizeof path, "%s/%s/trainer_state.json", dir, e->d_name);
+        if (access(path, F_OK)) continue;
+        best = st;
+        if (snprintf(buf, cap, "%s/%s", dir, e->d_name) >= (int)cap) best = -1; /* too long: none */
+    }
+    if (d) closedir(d);
+    return best >= 0;
 }
 
 struct src {
@@ -221,6 +246,15 @@ int cmd_finetune(int argc, char **argv) {
         usage();
         return 2;
     }
+    char latest[4300];
+    if (resume && !strcmp(resume, "latest")) {
+        if (!latest_ckpt(out, latest, sizeof latest)) {
+            fprintf(stderr, "lmc finetune: --resume latest: no checkpoint in %s.ckpt (a step_N folder with "
+                            "trainer_state.json)\n", out);
+            return 2;
+        }
+        resume = latest;
+    }
     if (steps && epochs) {
         fprintf(stderr, "lmc finetune: give --epochs or --steps, not both\n");
         return 2;
@@ -281,7 +315,7 @@ int cmd_finetune(int argc, char **argv) {
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
         return 2;
     }
-    bool dist = denv.world > 1 || mpn > 1 || ep > 1, root = true;
+    bool dist = denv.world > 1 || mpn > 1 || ep > 1 || (zero > 0 && mpn < 2), root = true;
     struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
     bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
     struct lmc_tmodel full_tm;
@@ -436,6 +470,12 @@ int cmd_finetune(int argc, char **argv) {
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};
     o.optim = ocfg;
     o.no_acts = pp_parts; /* the stage makes arenas for its own layers */
+    if (!full) { /* ZeRO over the frozen base: the adapters' views follow the zero module's buffers */
+        o.bind_part = lmc_lora_train_bind_part;
+        o.bind_user = &lt;
+    }
+    /* ZeRO with AdamW (data parallel only): the zero module holds the moments */
+    o.zero_moments = dist && zero > 0 && mpn < 2 && ocfg.kind == LMC_OPTIM_ADAMW;
     have_tm = false;
     if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
         cli_fail("finetune", &err);
@@ -445,13 +485,13 @@ int cmd_finetune(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, ep %lld, data %.300s (%lld examples), resume %.300s, pp chunks %lld", tr.tm.cfg.model_type,
+                 "seed %lld, ep %lld, zero %lld, data %.300s (%lld examples), resume %.300s, pp chunks %lld", tr.tm.cfg.model_type,
                  (long long)(whole_numel ? whole_numel : tr.tm.numel),
                  tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
-                 (long long)seed, (long long)ep, data, (long long)d.n_ex, resume ? resume : "-", (long long)pp_chunks);
+                 (long long)seed, (long long)ep, (long long)zero, data, (long long)d.n_ex, resume ? resume : "-", (long long)pp_chunks);
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
-        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
+        if (t) t->zero = zero == 1; /* ZeRO-1 over the data-parallel groups (2-3: the zero module, below) */
         struct lmc_comm *grp = have_tpc ? &tpc : &comm;
         struct lmc_trainer_ep *e = eps_state;
         eps_state = NULL;
@@ -463,6 +503,8 @@ int cmd_finetune(int argc, char **argv) {
             cli_fail("finetune", &err);
             goto done;
         }
+        if (tp > 1 && (cli_mp_attach_zero(&tr, have_dpc ? &dpc : NULL, (int)zero, desc, "finetune")))
+            goto done;
         if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
             goto done;
         if (tp > 1 && pp > 1 &&
@@ -490,6 +532,7 @@ int cmd_finetune(int argc, char **argv) {
         src.n_drawn = (uint64_t)(tr.step * accum * (tr.comm ? tr.comm->world : 1));
         if (root) fprintf(stderr, "lmc finetune: resumed %s at step %lld\n", resume, (long long)tr.step);
     }
+    if (tr.zero) lmc_zero_mark_setup(tr.zero); /* training's peak RSS apart from set-up's */
     int64_t trainable = tr.tm.numel - tr.tm.trainable_off;
     if (root) fprintf(stderr, "lmc finetune: %s, %s, %lld trainable of %lld parameters, batch %lld x %lld x %lld accum%s, "
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
@@ -514,6 +557,12 @@ int cmd_finetune(int argc, char **argv) {
                         "step; each rank holds %lld of the %lld experts per layer, %d threads per rank\n", comm.world,
                 (long long)(comm.world * accum), (long long)B, (long long)T,
                 (long long)(tr.tm.cfg.num_experts / comm.world), (long long)tr.tm.cfg.num_experts, cc.threads);
+    else if (root && dist && tr.zero)
+        fprintf(stderr, "lmc finetune: data parallel, %d ranks, ZeRO-%lld (%s sharded: %s), global batch %lld x %lld "
+                        "x %lld accum, %d threads per rank\n", comm.world, (long long)zero,
+                zero == 1 ? "AdamW moments" : zero == 2 ? "moments and gradients" : "moments, gradients and parameters",
+                full ? "the model's" : "the adapters'", (long long)(B * comm.world), (long long)T, (long long)accum,
+                cc.threads);
     else if (root && dist)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks (replicated), global batch %lld x %lld x %lld accum, "
                         "%d threads per rank\n", comm.world, (long long)(B * comm.world), (long long)T,
@@ -547,7 +596,7 @@ int cmd_finetune(int argc, char **argv) {
         bool save = save_every && tr.step % save_every == 0;
         if (save) {
             snprintf(ck, sizeof ck, "%s.ckpt", out);
-            if (root) mkdir(ck, 0777);
+            if (root || tr.zero) mkdir(ck, 0777);
             snprintf(ck, sizeof ck, "%s.ckpt/step_%06lld", out, (long long)tr.step);
             tr.feed_epoch = src.b.epoch; /* --full: the data position in trainer_state.json */
             tr.feed_index = src.b.next;
@@ -564,6 +613,14 @@ int cmd_finetune(int argc, char **argv) {
         if (save && tr.ep && full && !root && lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their experts to rank 0 */
             goto done;
+        }
+        if (save && tr.zero) { /* ZeRO: every rank its shard into OUT.ckpt/zero, rank 0 gets the parameters */
+            char zd[4300];
+            snprintf(zd, sizeof zd, "%s.ckpt/zero", out);
+            if (lmc_trainer_dist_save(&tr, zd, &err)) {
+                cli_fail("finetune", &err);
+                goto done;
+            }
         }
         if (save && tr.tp && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their shards to rank 0 */
@@ -614,6 +671,11 @@ int cmd_finetune(int argc, char **argv) {
         cli_fail("finetune", &err);
         goto done;
     }
+    /* ZeRO: the parameters (--full: and the moments, OUT as one process writes it) gathered for rank 0 */
+    if (tr.zero && lmc_trainer_dist_gather(&tr, full, &err)) {
+        cli_fail("finetune", &err);
+        goto done;
+    }
     if (!root) { /* the output: rank 0 */
         rc = 0;
         goto done;
@@ -638,6 +700,7 @@ int cmd_finetune(int argc, char **argv) {
     }
     rc = 0;
 done:
+    if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */
     if (mf) fclose(mf);
     lmc_sft_batcher_free(&src.b);
     if (have_tr) lmc_trainer_free(&tr);

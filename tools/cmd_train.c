@@ -59,7 +59,7 @@ static void usage(void) {
             "             MASTER_ADDR/MASTER_PORT): global batch N x B x accum; CPU, or --device cuda\n"
             "             over NCCL (one GPU per rank, LOCAL_RANK; AdamW); --optim kinds with --zero 0\n"
             "             --bucket-mb X: ZeRO units of consecutive layers holding >= X MiB (default 0: a layer)\n"
-            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; AdamW or Muon,\n"
+            "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; any --optim,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
             "             --tp-vocab: the embedding and head split by vocabulary rows too; --zero 1: AdamW's\n"
             "             moments of each TP shard split over its data-parallel group\n"
@@ -465,7 +465,7 @@ int cmd_train(int argc, char **argv) {
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
-        if (t) t->zero = zero > 0; /* ZeRO-1 over the data-parallel groups */
+        if (t) t->zero = zero == 1; /* ZeRO-1 over the data-parallel groups (2-3: the zero module, below) */
         struct lmc_trainer_ep *e = ep_state;
         ep_state = NULL; /* the trainer's from here on */
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
@@ -477,6 +477,8 @@ int cmd_train(int argc, char **argv) {
             rc = cli_fail("train", &err);
             goto done;
         }
+        if (tp > 1 && (rc = cli_mp_attach_zero(&tr, dp_comm, (int)zero, desc, "train")))
+            goto done;
         if (tp > 1 && cp > 1 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
             goto done;
         if (tp > 1 && pp > 1 &&
@@ -522,7 +524,9 @@ int cmd_train(int argc, char **argv) {
                         "per rank\n", (long long)tp, (dp_comm ? dp_comm->world : 1) / (int)(cp * pp), comm.world,
                 (long long)(o.B * ((dp_comm ? dp_comm->world : 1) / (cp * pp))), (long long)o.T, (long long)o.accum,
                 (long long)tr.tm.numel, tr.tp->zero && dp_comm ? " (ZeRO-1: the moments split over the data-parallel "
-                "group)" : "", cc.threads);
+                "group)" : tr.zero ? (zero == 2 ? " (ZeRO-2: the moments and gradients split over the data-parallel "
+                "group)" : " (ZeRO-3: the moments, gradients and parameters split over the data-parallel group)")
+                : "", cc.threads);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("train", cp, pp, comm.world, o.B, o.T, o.accum);
     if (root && pp_parts)

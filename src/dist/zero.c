@@ -471,6 +471,8 @@ static lmc_status finish_all(struct lmc_zero *z, lmc_err *err) {
     return s;
 }
 
+lmc_status lmc_zero_wait(struct lmc_zero *z, lmc_err *err) { return finish_all(z, err); }
+
 lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err) {
     lmc_status s = finish_all(z, err);
     if (s) return s;
@@ -490,6 +492,33 @@ lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err) {
     }
     if (z->stage > 0 && (s = lmc_zero_sum_f64(z, &total, 1, err))) return s;
     *norm = sqrt(total);
+    return LMC_OK;
+}
+
+lmc_status lmc_zero_grad_sumsq_weighted(struct lmc_zero *z, const double *w, double *sum, lmc_err *err) {
+    lmc_status s = finish_all(z, err);
+    if (s) return s;
+    for (int u = 0; u < z->n_units; u++)
+        if (z->stage >= 2 && z->W > 1 && z->ugrad[u])
+            return lmc_err_set(err, LMC_ERR_ARG, "zero: unit %d's gradients were never marked done", u);
+    double total = 0;
+    int q0 = z->stage == 0 ? 0 : z->r, q1 = z->stage == 0 ? z->W : z->r + 1;
+    for (int q = q0; q < q1; q++) { /* by shard, each tensor's piece weighted, added in rank order */
+        double part = 0;
+        for (int u = 0; u < z->n_units; u++) {
+            const struct lmc_zero_unit *U = &z->units[u];
+            int64_t lo = (int64_t)q * U->s, hi = lo + lmc_zero_real(U, q);
+            const float *g = part_g(z, u, q);
+            for (int t = U->t0; t < U->t1; t++) {
+                int64_t a = z->tensors[t].offset - U->off, b = a + z->tensors[t].numel;
+                int64_t x0 = LMC_MAX(a, lo), x1 = LMC_MIN(b, hi);
+                if (x0 < x1 && w[t] != 0) part += w[t] * z->be->sumsq(z->be->ctx, g + (x0 - lo), x1 - x0);
+            }
+        }
+        total = q == q0 ? part : total + part;
+    }
+    if (z->stage > 0 && (s = lmc_zero_sum_f64(z, &total, 1, err))) return s;
+    *sum = total;
     return LMC_OK;
 }
 
@@ -553,6 +582,29 @@ lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err)
         lmc_zero_unit_release(z, u);
     }
     return LMC_OK;
+}
+
+lmc_status lmc_zero_moments_to_host(struct lmc_zero *z, float *m_out, float *v_out, lmc_err *err) {
+    struct lmc_backend *be = z->be;
+    if (!z->m) return lmc_err_set(err, LMC_ERR_ARG, "zero: no AdamW moments here (the caller's optimizer holds them)");
+    float *buf = z->stage == 0 || z->W == 1 ? NULL : be->alloc(be->ctx, z->slot_bytes ? z->slot_bytes : 4);
+    if (z->stage > 0 && z->W > 1 && !buf) return lmc_err_set(err, LMC_ERR_OOM, "zero: moments: out of memory");
+    lmc_status s = LMC_OK;
+    for (int u = 0; u < z->n_units && !s; u++) {
+        const struct lmc_zero_unit *U = &z->units[u];
+        for (int k = 0; k < 2 && !s; k++) {
+            float *base = k ? z->v : z->m, *out = k ? v_out : m_out;
+            const float *src = part_m(z, base, u, 0); /* stage 0 (and world 1): the unit whole from part 0 */
+            if (buf) { /* every rank's part, in rank order */
+                dev_sync(z);
+                if ((s = z->comm->all_gather(z->comm, base + U->sh_off, buf, U->s, LMC_DTYPE_F32, err))) break;
+                src = buf;
+            }
+            be->download(be->ctx, out + U->off, src, (size_t)U->n * sizeof(float));
+        }
+    }
+    if (buf) be->free(be->ctx, buf);
+    return s;
 }
 
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st) {

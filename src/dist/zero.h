@@ -113,9 +113,17 @@ lmc_status lmc_zero_unit_grads(struct lmc_zero *z, int u, float **g, lmc_err *er
  * step, on the last micro-step of gradient accumulation. */
 lmc_status lmc_zero_unit_grads_done(struct lmc_zero *z, int u, lmc_err *err);
 
+/* Waits for the reductions in flight (stage 2/3: and frees their full
+ * buffers), so that no collective of this module runs while the caller
+ * uses another communicator sharing its links (tensor parallelism). */
+lmc_status lmc_zero_wait(struct lmc_zero *z, lmc_err *err);
 /* Waits for every reduction and returns the global gradient norm (the same
  * on every rank; sqrt of the sum of squares over all ranks' shards). */
 lmc_status lmc_zero_grad_norm(struct lmc_zero *z, double *norm, lmc_err *err);
+/* lmc_zero_grad_norm's sum of squares with tensor t's elements weighted by
+ * w[t] (n_tensors weights; tensor parallelism: a replicated tensor 1/T, so
+ * the caller's sum over the TP group counts it once), not square-rooted. */
+lmc_status lmc_zero_grad_sumsq_weighted(struct lmc_zero *z, const double *w, double *sum, lmc_err *err);
 /* AdamW on this rank's shard (decay for tensors with decay set, nodecay for
  * the others; grad_scale carries clipping), then the parameters are
  * gathered (stages 0-2) and the gradients zeroed for the next step. */
@@ -133,6 +141,10 @@ lmc_status lmc_zero_sum_f64(struct lmc_zero *z, double *vals, int n, lmc_err *er
 /* The full parameters (numel floats, host memory) as a plain array: every
  * rank gets them (stage 3 gathers). */
 lmc_status lmc_zero_params_to_host(struct lmc_zero *z, float *out, lmc_err *err);
+
+/* The AdamW moments (numel floats each, host memory, the arena's layout):
+ * every rank gets them (stages 1-3 gather the shards). */
+lmc_status lmc_zero_moments_to_host(struct lmc_zero *z, float *m, float *v, lmc_err *err);
 
 void lmc_zero_get_stats(const struct lmc_zero *z, struct lmc_zero_stats *st);
 /* Logs on rank 0: this rank's ZeRO state (now, peak) against the fp32
@@ -154,15 +166,34 @@ lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_
 /* Loads the checkpoint in dir into z (the same tensor list; any world size:
  * another world's shards are consolidated and re-split); *step gets its step. */
 lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc_err *err);
+/* Saves keep every step's shards and write each step's manifest as
+ * dir/zero-manifest-step<S>.json beside the newest (zero-manifest.json), so
+ * any saved step can be loaded (lmc_zero_load_step); off by default (the
+ * newest step only). */
+void lmc_zero_keep_all_steps(struct lmc_zero *z, bool keep);
+/* lmc_zero_load of step `want` (its own manifest; the newest when want < 0
+ * or when there is none of that step: *step tells which was loaded). */
+lmc_status lmc_zero_load_step(struct lmc_zero *z, const char *dir, int64_t want, int64_t *step, lmc_err *err);
+/* The whole state from full host arrays (numel floats each, the arena's
+ * layout; every rank gives the same): parameters P, moments M and V; each
+ * rank keeps what its stage holds. Not collective. */
+void lmc_zero_set_full(struct lmc_zero *z, const float *P, const float *M, const float *V);
 /* Offline, without a communicator: the checkpoint's full parameters and
  * moments as plain arrays of *numel floats in the arena's layout (malloc'd,
  * caller frees; m and v may be NULL). */
 lmc_status lmc_zero_consolidate(const char *dir, float **params, float **m, float **v, int64_t *numel,
                                 int64_t *step, lmc_err *err);
 
+/* lmc_zero_consolidate of step `want` (as lmc_zero_load_step picks it). */
+lmc_status lmc_zero_consolidate_step(const char *dir, int64_t want, float **params, float **m, float **v,
+                                     int64_t *numel, int64_t *step, lmc_err *err);
+
 /* Offline: the checkpoint's parameters as one safetensors file (float32,
  * the tensors' names and shapes as given to lmc_zero_init). */
 lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err);
+/* The same of step `want` (< 0: the newest); another step than saved:
+ * LMC_ERR_ARG naming both. */
+lmc_status lmc_zero_export_safetensors_step(const char *dir, int64_t want, const char *out_path, lmc_err *err);
 
 /* ---- Memory per rank (bytes) for psi parameters at stage s and world n:
  * the ZeRO paper's mixed-precision figures (2-byte weights and gradients,

@@ -213,9 +213,15 @@ out:
     return s;
 }
 
-static lmc_status read_manifest(const char *dir, struct lmc_zero_manifest *m, lmc_err *err) {
-    char path[4096];
-    if (!lmc_path_join(path, sizeof path, dir, MANIFEST))
+/* The manifest of step `want` (its own file, zero-manifest-step<S>.json,
+ * which saves with lmc_zero_keep_all_steps write beside the newest one),
+ * or the newest (want < 0, or no file of that step). */
+static lmc_status read_manifest(const char *dir, int64_t want, struct lmc_zero_manifest *m, lmc_err *err) {
+    char path[4096], name[64];
+    snprintf(name, sizeof name, "zero-manifest-step%08lld.json", (long long)want);
+    if (want < 0 || !lmc_path_join(path, sizeof path, dir, name) || access(path, F_OK) != 0)
+        snprintf(name, sizeof name, "%s", MANIFEST);
+    if (!lmc_path_join(path, sizeof path, dir, name))
         return lmc_err_set(err, LMC_ERR_ARG, "zero checkpoint: path too long: %s", dir);
     char *text;
     size_t len;
@@ -418,23 +424,34 @@ lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_
         cJSON_AddItemToObject(root, "shards", shards);
         char *text = cJSON_Print(root);
         cJSON_Delete(root);
-        s = text ? write_file_atomic(dir, MANIFEST, text, strlen(text), NULL, 0, err)
-                 : lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory");
+        char step_name[64];
+        snprintf(step_name, sizeof step_name, "zero-manifest-step%08lld.json", (long long)step);
+        s = !text ? lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory")
+            : z->keep_all ? write_file_atomic(dir, step_name, text, strlen(text), NULL, 0, err) : LMC_OK;
+        if (!s) s = write_file_atomic(dir, MANIFEST, text, strlen(text), NULL, 0, err);
         free(text);
     }
     if ((s = agree(z, s, err, "write the manifest"))) return s;
-    /* the new manifest is in place: older shards are no longer referenced */
-    remove_old_shards(dir, z->r, step);
+    /* the new manifest is in place: older shards are no longer referenced (unless every step is kept) */
+    if (!z->keep_all) remove_old_shards(dir, z->r, step);
     return LMC_OK;
+}
+
+void lmc_zero_keep_all_steps(struct lmc_zero *z, bool keep) { z->keep_all = keep;
 }
 
 lmc_status lmc_zero_consolidate(const char *dir, float **params, float **m, float **v, int64_t *numel,
                                 int64_t *step, lmc_err *err) {
+    return lmc_zero_consolidate_step(dir, -1, params, m, v, numel, step, err);
+}
+
+lmc_status lmc_zero_consolidate_step(const char *dir, int64_t want, float **params, float **m, float **v,
+                                     int64_t *numel, int64_t *step, lmc_err *err) {
     *params = NULL;
     if (m) *m = NULL;
     if (v) *v = NULL;
     struct lmc_zero_manifest man;
-    lmc_status s = read_manifest(dir, &man, err);
+    lmc_status s = read_manifest(dir, want, &man, err);
     if (s) return s;
     int n = man.n_units, W = man.world;
     int64_t *ps = malloc(sizeof(int64_t) * 2 * (size_t)n), *sh = ps ? ps + n : NULL, S = 0;
@@ -513,11 +530,20 @@ static bool same_tensors(const struct lmc_zero *z, const struct lmc_zero_manifes
     return true;
 }
 
+void lmc_zero_set_full(struct lmc_zero *z, const float *P, const float *M, const float *V) {
+    load_full(z, P, M, V);
+    if (z->be->sync) z->be->sync(z->be->ctx);
+}
+
 lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc_err *err) {
+    return lmc_zero_load_step(z, dir, -1, step, err);
+}
+
+lmc_status lmc_zero_load_step(struct lmc_zero *z, const char *dir, int64_t want, int64_t *step, lmc_err *err) {
     struct lmc_zero_manifest man;
     if (!z->m) return lmc_err_set(err, LMC_ERR_ARG, "%s: sharded AdamW state, but this run's optimizer is another "
                                   "kind", dir);
-    lmc_status s = read_manifest(dir, &man, err);
+    lmc_status s = read_manifest(dir, want, &man, err);
     bool regroup = !s && man.numel == z->numel && man.layout_hash != z->layout_hash && same_tensors(z, &man);
     if (!s && !regroup && (man.numel != z->numel || man.layout_hash != z->layout_hash || man.n_units != z->n_units))
         s = lmc_err_set(err, LMC_ERR_ARG, "%s/%s: the checkpoint holds another model (%lld parameters, layout "
@@ -555,7 +581,7 @@ lmc_status lmc_zero_load(struct lmc_zero *z, const char *dir, int64_t *step, lmc
     } else {
         float *P = NULL, *M = NULL, *V = NULL;
         int64_t numel = 0, st = 0;
-        s = lmc_zero_consolidate(dir, &P, &M, &V, &numel, &st, err);
+        s = lmc_zero_consolidate_step(dir, man.step, &P, &M, &V, &numel, &st, err);
         if (!s) load_full(z, P, M, V);
         free(P), free(M), free(V);
         s = agree(z, s, err, "consolidate the checkpoint");
@@ -567,9 +593,20 @@ out:
 }
 
 lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lmc_err *err) {
+    return lmc_zero_export_safetensors_step(dir, -1, out_path, err);
+}
+
+lmc_status lmc_zero_export_safetensors_step(const char *dir, int64_t want, const char *out_path, lmc_err *err) {
     struct lmc_zero_manifest man;
-    lmc_status s = read_manifest(dir, &man, err);
+    lmc_status s = read_manifest(dir, want, &man, err);
     if (s) return s;
+    if (want >= 0 && man.step != want) {
+        s = lmc_err_set(err, LMC_ERR_ARG, "%s: no sharded state of step %lld (the newest is step %lld; saves keep "
+                        "every step since zero-manifest-step<S>.json files are written)", dir, (long long)want,
+                        (long long)man.step);
+        lmc_zero_manifest_free(&man);
+        return s;
+    }
     float *P = NULL;
     int64_t numel = 0, step = 0;
     struct lmc_st_write_tensor *wt = NULL;
@@ -577,7 +614,7 @@ lmc_status lmc_zero_export_safetensors(const char *dir, const char *out_path, lm
         s = lmc_err_set(err, LMC_ERR_FORMAT, "%s/%s lists no tensors: nothing to name in an export", dir, MANIFEST);
         goto out;
     }
-    if ((s = lmc_zero_consolidate(dir, &P, NULL, NULL, &numel, &step, err))) goto out;
+    if ((s = lmc_zero_consolidate_step(dir, man.step, &P, NULL, NULL, &numel, &step, err))) goto out;
     if (!(wt = calloc((size_t)man.n_tensors, sizeof *wt))) {
         s = lmc_err_set(err, LMC_ERR_OOM, "zero export: out of memory");
         goto out;

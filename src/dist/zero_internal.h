@@ -43,7 +43,8 @@ struct lmc_zero {
     struct lmc_comm_work **red_work;
     int pending_unit;           /* stage 2/3: unit whose reduce-scatter is in flight */
     size_t bytes_now, bytes_peak;
-    long setup_hwm_kib;         /* VmHWM at lmc_zero_mark_setup (0: not marked, -1: no restart) */
+    long setup_hwm_kib;
+    bool keep_all;              /* lmc_zero_save keeps every step's shards (lmc_zero_keep_all_steps) */         /* VmHWM at lmc_zero_mark_setup (0: not marked, -1: no restart) */
 };
 
 /* A unit's part length for world W: ceil(n / W) rounded up to 16 floats,

@@ -134,6 +134,15 @@ static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, con
     if (s) return s;
     /* optimizer state: another kind's named tensors (lmc_optim_save), or
      * the AdamW moments raw (layout of the arenas) */
+    const float *zm, *zv;
+    if (tr->zero && !tr->have_opt && lmc_trainer_dist_moments(tr, &zm, &zv)) { /* gathered: whole, as one process */
+        struct lmc_st_write_tensor ot[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {tm->numel}, zm},
+                                            {"adamw.v", LMC_DTYPE_F32, 1, {tm->numel}, zv}};
+        if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        if ((s = lmc_st_write(path, ot, 2, NULL, 0, err))) return s;
+        goto state;
+    }
     if (tr->zero && !tr->have_opt) { /* data parallel: the moments are sharded in OUT/zero (lmc_trainer_dist_save) */
         if (!lmc_path_join(path, sizeof path, dir, "optimizer.safetensors"))
             return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);

@@ -4,6 +4,7 @@
 #include "train/lora_train.h"
 #include "core/core.h"
 #include "core/rng.h"
+#include "dist/comm.h"
 #include "io/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -55,8 +56,10 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
     lt->bufs = calloc((size_t)lo->n_mods + 3, sizeof *lt->bufs);
     lt->wad = calloc((size_t)nparts + 1, sizeof *lt->wad);
     lt->gad = calloc((size_t)nparts + 1, sizeof *lt->gad);
+    lt->ad_a = calloc((size_t)nparts + 1, sizeof *lt->ad_a);
+    lt->ad_boff = calloc((size_t)nparts + 1, sizeof *lt->ad_boff);
     if (np) tm->params = np;
-    if (!np || !lt->bufs || !lt->wad || !lt->gad) goto oom;
+    if (!np || !lt->bufs || !lt->wad || !lt->gad || !lt->ad_a || !lt->ad_boff) goto oom;
     lmc_status s;
     lt->first_param = n_base;
     lt->n_mods = lo->n_mods;
@@ -156,6 +159,8 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
             a.a.data = lmc_tmodel_grad(tm, pa); /* GPT-2's c_attn parts share A: dA sums over them */
             a.b.data = lmc_tmodel_grad(tm, pb) + p * po * r;
             lt->gad[next] = a;
+            lt->ad_a[next] = n_base + 2 * k;
+            lt->ad_boff[next] = p * po * r;
             struct lmc_linear *wl = lmc_lora_module_linear(&tm->W, m, p);
             struct lmc_linear *gl = lmc_lora_module_linear(&tm->G, m, p);
             LMC_ASSERT(wl->n_adapters == 0 && wl->w.rows == po && wl->w.cols == m->in);
@@ -196,8 +201,28 @@ void lmc_lora_train_dropout(struct lmc_lora_train *lt, bool train, uint64_t seed
     }
 }
 
+void lmc_lora_train_bind_part(void *user, const struct lmc_tmodel *tm, int part, const float *w, float *g,
+                              int64_t base) {
+    struct lmc_lora_train *lt = user;
+    for (int i = 0; i < lt->n_ad; i++) {
+        const struct lmc_tparam *pa = &tm->params[lt->ad_a[i]], *pb = pa + 1;
+        if (pa->part != part) continue;
+        LMC_ASSERT(pb->part == part && pa->off >= base && pb->off >= base);
+        if (w) {
+            lt->wad[i].a.data = w + (pa->off - base);
+            lt->wad[i].b.data = w + (pb->off - base) + lt->ad_boff[i];
+        }
+        if (g) {
+            lt->gad[i].a.data = g + (pa->off - base);
+            lt->gad[i].b.data = g + (pb->off - base) + lt->ad_boff[i];
+        }
+    }
+}
+
 void lmc_lora_train_free(struct lmc_lora_train *lt) {
     for (int i = 0; i < lt->n_bufs; i++) lt->be->free(lt->be->ctx, lt->bufs[i]);
+    free(lt->ad_a);
+    free(lt->ad_boff);
     free(lt->bufs);
     free(lt->wad);
     free(lt->gad);
@@ -229,7 +254,10 @@ lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lor
     char path[4200], tmp[4300];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (tr->have_opt) /* another optimizer kind: its named tensors (lmc_optim_save) */
+    if (tr->zero && !tr->have_opt) { /* ZeRO: the moments are each rank's shard in ../zero (lmc_trainer_dist_save) */
+        const char *zmeta[] = {"lmc.optimizer", "zero", "lmc.zero.dir", "../zero"};
+        s = lmc_st_write(tmp, NULL, 0, zmeta, 2, err);
+    } else if (tr->have_opt) /* another optimizer kind: its named tensors (lmc_optim_save) */
         s = lmc_optim_save(&tr->opt, tmp, err);
     else {
         float *mv = malloc((size_t)n * 2 * sizeof(float));
@@ -243,12 +271,13 @@ lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lor
     }
     if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     if (s) return s;
-    char state[512];
+    char state[512], zs[96] = "";
+    if (tr->zero) snprintf(zs, sizeof zs, ", \"zero\": {\"stage\": %d, \"world\": %d}", tr->zero_stage, tr->comm->world);
     snprintf(state, sizeof state,
              "{\"step\": %lld, \"batch\": %lld, \"seq_len\": %lld, \"accum\": %lld, \"epoch\": %lld, "
-             "\"example\": %lld, \"trainable\": %lld}\n",
+             "\"example\": %lld, \"trainable\": %lld, \"world\": %d%s}\n",
              (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)tr->o.accum, (long long)epoch,
-             (long long)next, (long long)n);
+             (long long)next, (long long)n, tr->comm ? tr->comm->world : 1, zs);
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     return write_text_atomic(path, state, err);
 }
@@ -268,22 +297,38 @@ lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int
     cJSON *o = cJSON_ParseWithLength(text, len);
     free(text);
     int64_t step = jint(o, "step"), B = jint(o, "batch"), T = jint(o, "seq_len"), ac = jint(o, "accum");
-    int64_t n = jint(o, "trainable");
+    int64_t n = jint(o, "trainable"), sw = cJSON_GetObjectItemCaseSensitive(o, "world") ? jint(o, "world") : 1;
     *epoch = jint(o, "epoch");
     *next = jint(o, "example");
     cJSON_Delete(o);
-    int64_t want = tr->tm.numel - tr->tm.trainable_off;
-    if (step < 0 || *epoch < 0 || *next < 0 || n < 0)
-        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch, example and trainable", path);
-    if (B != tr->o.B || T != tr->o.T || ac != tr->o.accum || n != want)
-        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with batch %lld x %lld x %lld accum and %lld trainable "
-                           "floats; resumed with %lld x %lld x %lld and %lld", path, (long long)B, (long long)T,
-                           (long long)ac, (long long)n, (long long)tr->o.B, (long long)tr->o.T,
-                           (long long)tr->o.accum, (long long)want);
+    int64_t want = tr->tm.numel - tr->tm.trainable_off, w = tr->comm ? tr->comm->world : 1;
+    if (step < 0 || *epoch < 0 || *next < 0 || n < 0 || sw < 1)
+        return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch, example, trainable and world >= 1", path);
+    /* the batches of B examples per step (accumulation x ranks) must be the same, not how they are split */
+    if (B != tr->o.B || T != tr->o.T || ac * sw != tr->o.accum * w || n != want)
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: saved with batch %lld x %lld x %lld accum on %lld rank(s) and %lld "
+                           "trainable floats; resumed with %lld x %lld x %lld on %lld and %lld", path, (long long)B,
+                           (long long)T, (long long)ac, (long long)sw, (long long)n, (long long)tr->o.B,
+                           (long long)tr->o.T, (long long)tr->o.accum, (long long)w, (long long)want);
     struct lmc_st st;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if ((s = lmc_st_open_file(&st, path, err))) return s;
     const char *kind = lmc_st_meta_get(&st, "lmc.optimizer");
+    bool sharded = kind && !strcmp(kind, "zero");
+    if (sharded || tr->zero) { /* ZeRO: each rank's shard of the adapter and its moments in DIR/../zero */
+        char zdir[4200];
+        if (!sharded || !tr->zero || tr->have_opt)
+            s = lmc_err_set(err, LMC_ERR_ARG, sharded ? "%s: the adapter's state is sharded (a --zero 1-3 run): "
+                            "resume it under mpirun (or torchrun variables) with --zero 1, 2 or 3"
+                            : "%s: a one-process or --zero 0 adapter checkpoint: resume it with --zero 0", path);
+        else if (snprintf(zdir, sizeof zdir, "%s/../zero", dir) >= (int)sizeof zdir)
+            s = lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", dir);
+        else
+            s = lmc_trainer_dist_load(tr, zdir, step, err);
+        lmc_st_free(&st);
+        if (!s) tr->step = step;
+        return s;
+    }
     if (tr->have_opt || kind) { /* another kind: lmc_optim_load_st checks kind and settings */
         s = tr->have_opt ? lmc_optim_load_st(&tr->opt, &st, path, err)
                          : lmc_err_set(err, LMC_ERR_FORMAT, "%s: optimizer state of '%s', expected adamw (give "

@@ -20,6 +20,8 @@ struct lmc_lora_train {
     int n_bufs;
     int first_param, n_mods;
     int n_ad;                        /* entries of wad / gad */
+    int *ad_a;                       /* (n_ad) each entry's lora_A parameter (lora_B the next) */
+    int64_t *ad_boff;                /* (n_ad) its part's offset in lora_B */
     float dropout;                   /* the adapter's lora_dropout */
 };
 
@@ -45,6 +47,12 @@ lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int
  * masks drawn from seed: give each micro-batch its own) or off (evaluation).
  * attach leaves it on with seed 0. */
 void lmc_lora_train_dropout(struct lmc_lora_train *lt, bool train, uint64_t seed);
+/* Data parallel with ZeRO (lmc_train_opts.bind_part): points the
+ * adapters of model part `part` (layer part - 1) at w / g (the floats of
+ * tm's arena layout from base; NULL: that side left as it is), where the
+ * zero module keeps them. */
+void lmc_lora_train_bind_part(void *lt, const struct lmc_tmodel *tm, int part, const float *w, float *g,
+                              int64_t base);
 /* Frees what attach allocated (tm keeps its arenas; free tm first or after). */
 void lmc_lora_train_free(struct lmc_lora_train *lt);
 

@@ -157,10 +157,11 @@ void lmc_trainer_split_batch(struct lmc_trainer *tr) {
 lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     const struct lmc_train_opts *o = &tr->o;
     if (tr->pp) return lmc_trainer_pp_step(tr, st, err); /* also with tp (pipeline x tensor parallel) */
+    if (tr->tp && tr->zero) return lmc_trainer_dist_step(tr, st, err); /* TP x ZeRO 2-3 */
     if (tr->tp) return lmc_trainer_tp_step(tr, st, err);
     if (tr->cp) return lmc_trainer_cp_step(tr, st, err);
     if (tr->ep) return lmc_trainer_ep_step(tr, st, err);
-    if (tr->comm && !o->next_batch) return lmc_trainer_dist_step(tr, st, err);
+    if (tr->zero || (tr->comm && !o->next_batch)) return lmc_trainer_dist_step(tr, st, err); /* ZeRO: finetune's too */
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     memset(st, 0, sizeof *st);

@@ -58,6 +58,13 @@ struct lmc_train_opts {
     lmc_status (*next_batch)(void *user, int32_t *inputs, int32_t *targets, const int64_t **segs,
                              int64_t *n_segs, lmc_err *err);
     void *batch_user;
+    /* Optional, ZeRO over a frozen base (lmc finetune's LoRA, where the
+     * zero module holds only the trainable floats past tm.trainable_off):
+     * points the trainable views the model's table does not reach (the
+     * adapters, lmc_lora_train_bind_part) of model part `part` at w / g,
+     * the floats of the arena layout from base (NULL: that side kept) */
+    void (*bind_part)(void *user, const struct lmc_tmodel *tm, int part, const float *w, float *g, int64_t base);
+    void *bind_user;
 };
 
 struct lmc_train_stats {
@@ -166,6 +173,14 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
  * step *step expected, else LMC_ERR_FORMAT naming both steps). */
 lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, lmc_err *err);
 lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err);
+/* The ZeRO state gathered unit by unit for rank 0's writing (collective:
+ * every rank calls; lmc_trainer_dist_save does it without moments): the
+ * parameters into a host copy for lmc_ckpt_save's model.safetensors, and
+ * with with_moments the AdamW moments too, which lmc_ckpt_save then writes
+ * whole (the folder one process writes); over a frozen base (LoRA) the
+ * trainable floats go back into rank 0's arena instead (where
+ * lmc_lora_train_read finds them). No-op without the zero module. */
+lmc_status lmc_trainer_dist_gather(struct lmc_trainer *tr, bool with_moments, lmc_err *err);
 
 /* The optimizer's parameter list for tm (room for params[tm->n_params];
  * frozen parameters skipped; returns how many were filled): arena

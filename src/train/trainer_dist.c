@@ -17,11 +17,17 @@
  * all-reduced as its backward ends, then the same lmc_optim step on every
  * rank. --bucket-mb (o.bucket_bytes) groups consecutive parts into one
  * unit. Without arenas (o.init_src) each rank fills only its shard.
- * A batch source (o.next_batch, lmc finetune) also runs replicated, in
- * lmc_trainer_step. Host backends with host communicators (tcp, mpi);
+ * A batch source (o.next_batch, lmc finetune) runs replicated with stage 0
+ * (lmc_trainer_step) and here with stages 1-3 (every rank draws the world's
+ * batches; over a frozen base, LoRA, the zero module holds only the floats
+ * past trainable_off and o.bind_part points the adapters at its buffers).
+ * Under tensor parallelism (stages 2-3 over the DP groups) the norm is
+ * weighted for the TP group's sum and no DP collective overlaps the TP
+ * group's. Host backends with host communicators (tcp, mpi);
  * the CUDA backend with an nccl communicator (AdamW, ZeRO 0-3: the zero
  * module syncs the backend around its collectives). */
 #include "train/trainer_internal.h"
+#include "train/trainer_tp.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/zero.h"
@@ -51,6 +57,13 @@ struct lmc_tdist {
     uint64_t *seq, clock;     /* (n_parts) when each part was last got */
     bool last_micro;          /* this micro-step is the accumulation's last: reduce after it */
     float *ckpt_w;            /* rank 0, after lmc_trainer_dist_save: the parameters (host, arena layout) */
+    float *ckpt_m, *ckpt_v;   /* rank 0, after lmc_trainer_dist_gather with moments: AdamW's (host, arena layout) */
+    /* a frozen base (LoRA): the zero module holds the trainable floats
+     * [zoff, numel) of the arena, the model keeps its arena for the base */
+    int64_t zoff;
+    /* tensor parallel (ZeRO 2-3 over the DP groups): each zero tensor's
+     * weight in the squared norm the TP group sums (pads 0); NULL: none */
+    double *zw;
     /* replicated (a batch source): each part's trainable gradient floats
      * [ar_lo, ar_hi) of the arena layout, all-reduced as its backward ends */
     int64_t *ar_lo, *ar_hi;   /* (n_parts) */
@@ -80,6 +93,9 @@ void lmc_trainer_dist_free(struct lmc_trainer *tr) {
         free(tr->dist->owner);
         free(tr->dist->pw);
         free(tr->dist->ckpt_w);
+        free(tr->dist->ckpt_m);
+        free(tr->dist->ckpt_v);
+        free(tr->dist->zw);
         free(tr->dist);
     }
     if (tr->acts.hooks) tr->acts.hooks = NULL;
@@ -92,6 +108,20 @@ void lmc_trainer_dist_free(struct lmc_trainer *tr) {
 
 const float *lmc_trainer_dist_params(const struct lmc_trainer *tr) { return tr->dist ? tr->dist->ckpt_w : NULL; }
 
+bool lmc_trainer_dist_moments(const struct lmc_trainer *tr, const float **m, const float **v) {
+    *m = tr->dist ? tr->dist->ckpt_m : NULL;
+    *v = tr->dist ? tr->dist->ckpt_v : NULL;
+    return *m && *v;
+}
+
+/* Points part's views at w / g (floats of the arena layout from base): the
+ * model's table, and the caller's views past a frozen base (LoRA's
+ * adapters; the base's views stay on the model's arena). */
+static void bind_views(struct lmc_trainer *tr, int part, const float *w, float *g, int64_t base) {
+    if (!tr->tm.trainable_off) lmc_tmodel_bind_part(&tr->tm, part, w, g, base);
+    if (tr->o.bind_part) tr->o.bind_part(tr->o.bind_user, &tr->tm, part, w, g, base);
+}
+
 /* The model's hooks: part -> its zero unit's buffers. */
 static lmc_status hook_get(void *user, int part, unsigned what, int next, lmc_err *err) {
     struct lmc_tdist *d = user;
@@ -101,19 +131,20 @@ static lmc_status hook_get(void *user, int part, unsigned what, int next, lmc_er
     lmc_status s = LMC_OK;
     if ((what & LMC_TPART_PARAMS) && tr->zero_stage == 3) {
         float *p;
-        if (next >= 0 && next < d->n_parts && d->unit_of[next] >= 0 && d->unit_of[next] != u)
+        /* (tensor parallel: no prefetch; the group's collectives and these share links under one lock) */
+        if (!d->zw && next >= 0 && next < d->n_parts && d->unit_of[next] >= 0 && d->unit_of[next] != u)
             s = lmc_zero_unit_prefetch(tr->zero, d->unit_of[next], err);
         if (!s) s = lmc_zero_unit_params(tr->zero, u, &p, err);
         if (s) return s;
         d->users[u]++;
         d->next_of[part] = next;
         d->seq[part] = ++d->clock;
-        lmc_tmodel_bind_part(&tr->tm, part, p, NULL, d->unit_base[u]);
+        bind_views(tr, part, p, NULL, d->unit_base[u]);
     }
     if ((what & LMC_TPART_GRADS) && tr->zero_stage >= 2) {
         float *g;
         if ((s = lmc_zero_unit_grads(tr->zero, u, &g, err))) return s;
-        lmc_tmodel_bind_part(&tr->tm, part, NULL, g, d->unit_base[u]);
+        bind_views(tr, part, NULL, g, d->unit_base[u]);
     }
     return LMC_OK;
 }
@@ -130,8 +161,13 @@ static lmc_status hook_put(void *user, int part, unsigned what, bool last, lmc_e
         if (--d->users[u] == 0 && !again) lmc_zero_unit_release(d->tr->zero, u);
     }
     /* a unit's gradient is complete after its lowest part's backward */
-    if ((what & LMC_TPART_GRADS) && last && d->last_micro && part == d->first_part[u])
-        return lmc_zero_unit_grads_done(d->tr->zero, u, err);
+    if ((what & LMC_TPART_GRADS) && last && d->last_micro && part == d->first_part[u]) {
+        lmc_status s = lmc_zero_unit_grads_done(d->tr->zero, u, err);
+        /* tensor parallel: reduced before the group's next collective (a sub-communicator's collectives
+         * hold the shared links' lock: two of them at once on different ranks would wait on each other) */
+        if (!s && d->zw) s = lmc_zero_wait(d->tr->zero, err);
+        return s;
+    }
     return LMC_OK;
 }
 
@@ -244,9 +280,10 @@ static lmc_status tensor_list(struct lmc_trainer *tr, struct lmc_tdist *d, struc
                               int *n_out, lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
     int n = 0, unit = -1, part = -1;
-    int64_t at = 0;
+    int64_t zoff = d->zoff, at = zoff; /* a frozen base before zoff stays the model's */
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
+        if (zoff && (p->frozen || p->external) && (p->external || p->off + p->numel <= zoff)) continue;
         if (p->external || p->frozen || p->off < at || p->part < part || p->part >= d->n_parts)
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "parameter %s: frozen, kept outside the arena or out of "
                                "arena order (ZeRO trains every parameter of the arena)", p->name);
@@ -260,15 +297,18 @@ static lmc_status tensor_list(struct lmc_trainer *tr, struct lmc_tdist *d, struc
         }
         if (p->off > at) {
             snprintf(pad[i], sizeof pad[i], "pad.%d", i);
-            t[n++] = (struct lmc_zero_tensor){pad[i], at, p->off - at, unit, false, 0, {0}};
+            if (d->zw) d->zw[n] = 0;
+            t[n++] = (struct lmc_zero_tensor){pad[i], at - zoff, p->off - at, unit, false, 0, {0}};
         }
-        t[n++] = (struct lmc_zero_tensor){p->name, p->off, p->numel, unit, lmc_tparam_decays(p, tr->o.decay == LMC_DECAY_ALL),
+        if (d->zw) d->zw[n] = lmc_trainer_tp_norm_weight(tr, i);
+        t[n++] = (struct lmc_zero_tensor){p->name, p->off - zoff, p->numel, unit, lmc_tparam_decays(p, tr->o.decay == LMC_DECAY_ALL),
                                           p->ndim, {p->shape[0], p->ndim == 2 ? p->shape[1] : 0}};
         at = p->off + p->numel;
     }
     if (tm->numel > at) { /* the arena's tail */
         snprintf(pad[tm->n_params], sizeof pad[tm->n_params], "pad.%d", tm->n_params);
-        t[n++] = (struct lmc_zero_tensor){pad[tm->n_params], at, tm->numel - at, unit, false, 0, {0}};
+        if (d->zw) d->zw[n] = 0;
+        t[n++] = (struct lmc_zero_tensor){pad[tm->n_params], at - zoff, tm->numel - at, unit, false, 0, {0}};
     }
     *n_out = n;
     return LMC_OK;
@@ -281,8 +321,10 @@ static void hand_over(struct lmc_trainer *tr) {
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     struct lmc_tdist *d = tr->dist;
-    if (tm->w) be->free(be->ctx, tm->w);
-    tm->w = NULL;
+    if (tm->w && !d->zoff) { /* a frozen base stays (its floats past zoff are not read again) */
+        be->free(be->ctx, tm->w);
+        tm->w = NULL;
+    }
     for (int part = 0; part < d->n_parts; part++) {
         int u = d->unit_of[part];
         if (u < 0) continue;
@@ -290,7 +332,7 @@ static void hand_over(struct lmc_trainer *tr) {
         lmc_err e;
         if (tr->zero_stage <= 2) LMC_ASSERT(!lmc_zero_unit_params(tr->zero, u, &p, &e));
         if (tr->zero_stage <= 1) LMC_ASSERT(!lmc_zero_unit_grads(tr->zero, u, &g, &e));
-        lmc_tmodel_bind_part(tm, part, p, g, d->unit_base[u]);
+        bind_views(tr, part, p, g, d->unit_base[u]);
     }
     d->hooks = (struct lmc_tmodel_hooks){d, hook_get, hook_put};
     tr->acts.hooks = &d->hooks;
@@ -448,16 +490,25 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         if (!tr->o.init_src) return lmc_err_set(err, LMC_ERR_ARG, "the model has no parameter arena and no source");
         if ((s = lmc_tmodel_fill(&tr->tm, tr->o.init_src, err))) return s;
     }
-    if (tr->o.next_batch) { /* a batch source (lmc finetune): replicated, lmc_trainer_step */
-        if (stage > 0)
-            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d: data-parallel fine-tuning runs replicated "
-                               "(--zero 0: gradients all-reduced, the same step on every rank)", stage);
+    if (tr->o.next_batch && stage == 0) { /* a batch source (lmc finetune), --zero 0: replicated, lmc_trainer_step */
         tr->comm = comm;
         tr->zero_stage = 0;
         tr->comm = comm; /* (replicated_parts logs through it) */
         if (comm->world > 1) replicated_parts(tr);
         return LMC_OK;
     }
+    int64_t zoff = tm->trainable_off; /* a frozen base (LoRA): the zero module takes what follows it */
+    if (zoff && tr->have_opt)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--zero %d over a frozen base (LoRA) shards AdamW's state; "
+                           "--optim %s runs with --zero 0 (the adapter's state replicated)", stage,
+                           lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (tr->tp && (s = lmc_trainer_tp_zero_check(tr, stage, err))) return s;
+    if (tr->tp && tr->have_opt)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp --zero %d shards AdamW only (--optim %s runs with --zero 0)",
+                           stage, lmc_optim_kind_name(tr->opt.cfg.kind));
+    if (zoff && (!tr->o.bind_part || !tm->w))
+        return lmc_err_set(err, LMC_ERR_ARG, "ZeRO over a frozen base needs its parameter arena and the "
+                           "adapters' binding (lmc_train_opts.bind_part)");
     if (tm->g) { /* the gradients and moments will be the zero module's: freed before it allocates */
         tr->be->free(tr->be->ctx, tr->tm.g);
         tr->tm.g = NULL;
@@ -481,15 +532,18 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     if (d) {
         d->tr = tr;
         d->n_parts = np;
+        d->zoff = zoff;
         d->unit_of = malloc((size_t)np * sizeof *d->unit_of);
         d->unit_base = calloc((size_t)np, sizeof *d->unit_base);
         d->first_part = calloc((size_t)np, sizeof *d->first_part);
         d->users = calloc((size_t)np, sizeof *d->users);
         d->next_of = calloc((size_t)np, sizeof *d->next_of);
         d->seq = calloc((size_t)np, sizeof *d->seq);
+        if (tr->tp) d->zw = calloc((size_t)tm->n_params * 2 + 1, sizeof *d->zw);
     }
     tr->dist = d;
-    if (!d || !t || !pad || !d->unit_of || !d->unit_base || !d->first_part || !d->users || !d->next_of || !d->seq) {
+    if (!d || !t || !pad || !d->unit_of || !d->unit_base || !d->first_part || !d->users || !d->next_of || !d->seq ||
+        (tr->tp && !d->zw)) {
         s = lmc_err_set(err, LMC_ERR_OOM, "zero tensor list: out of memory");
         goto done;
     }
@@ -498,17 +552,18 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
     if ((s = tensor_list(tr, d, t, pad, &n, err))) goto done;
     struct lmc_zero_cfg zc = {.stage = ext_opt ? 0 : stage, .tensors = t, .n_tensors = n, .released = drop_initial,
                               .user = tr->tm.w}; /* a failure loses the model's weights */
-    if (!tr->be->host_memory) zc.released = NULL; /* device memory: freed whole in hand_over */
+    if (!tr->be->host_memory || zoff) zc.released = NULL; /* device memory: freed whole in hand_over; a frozen base kept */
     if (!tm->w) { /* no arenas: each rank fills only what it keeps from the source */
         zc.released = NULL;
         zc.fill = src_fill;
         zc.fill_user = tr->o.init_src;
     }
     zc.no_moments = ext_opt;
-    if ((s = lmc_zero_init(&tr->zero, &zc, comm, (struct lmc_backend *)tr->be, tm->w, err))) {
+    if ((s = lmc_zero_init(&tr->zero, &zc, comm, (struct lmc_backend *)tr->be, tm->w ? tm->w + zoff : NULL, err))) {
         tr->zero = NULL;
         goto done;
     }
+    lmc_zero_keep_all_steps(tr->zero, true); /* every checkpoint folder's step stays resumable */
     tr->comm = comm;
     tr->zero_stage = stage;
     tr->o.init_src = NULL; /* the caller's; not read again */
@@ -517,7 +572,7 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
                      lmc_zero_n_units(tr->zero), (double)tr->o.bucket_bytes / 1048576.0);
     hand_over(tr);
     if (ext_opt && !(s = optim_over_zero(tr, &ocfg, stage == 1 && comm->world > 1, err))) tr->have_opt = true;
-    if (!s) s = global_loader(tr, err);
+    if (!s && !tr->o.next_batch) s = global_loader(tr, err); /* a batch source: every rank draws the world's */
 done:
     free(t);
     free(pad);
@@ -529,6 +584,7 @@ done:
 static lmc_status global_loader(struct lmc_trainer *tr, lmc_err *err) {
     lmc_status s = LMC_OK;
     int64_t gB = (int64_t)tr->comm->world * tr->o.B;
+    free(tr->gbatch); /* (tensor parallel's, when ZeRO follows its attach) */
     tr->gbatch = malloc((size_t)(gB * (tr->o.T + 1)) * sizeof(int32_t));
     if (!tr->gbatch) s = lmc_err_set(err, LMC_ERR_OOM, "global batch: out of memory");
     int64_t ep = tr->train.epoch, ix = tr->train.index;
@@ -548,41 +604,69 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
     const struct lmc_train_opts *o = &tr->o;
     int world = tr->comm->world, rank = tr->comm->rank;
     memset(st, 0, sizeof *st);
-    if (tr->dist) { /* the last checkpoint's host copy of the parameters */
+    if (tr->dist) { /* the last checkpoint's host copies */
         free(tr->dist->ckpt_w);
-        tr->dist->ckpt_w = NULL;
+        free(tr->dist->ckpt_m);
+        free(tr->dist->ckpt_v);
+        tr->dist->ckpt_w = tr->dist->ckpt_m = tr->dist->ckpt_v = NULL;
     } else {
         lmc_tmodel_zero_grad(tm);
     }
     int64_t per = o->B * o->T, row = o->T + 1;
-    float dscale = (float)(1.0 / ((double)per * (double)world * (double)o->accum));
+    /* a batch source (lmc finetune): gradients of the summed loss, 1 / the
+     * global count in the update; every rank draws the world's batches of
+     * each micro-step and trains on its own (as the replicated step does) */
+    bool feed = o->next_batch != NULL;
+    float dscale = feed ? 1.0f : (float)(1.0 / ((double)per * (double)world * (double)o->accum));
     double sums[2] = {0, 0}; /* loss sum, token count */
     lmc_status s = LMC_OK;
     for (int64_t k = 0; k < o->accum; k++) {
-        lmc_loader_next(&tr->train, tr->gbatch);
-        memcpy(tr->batch, tr->gbatch + (int64_t)rank * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
-        lmc_trainer_split_batch(tr);
+        if (feed) {
+            for (int j = 0; j <= rank; j++) /* later ranks' batches: drawn after this rank's step */
+                if ((s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err)))
+                    return s;
+        } else {
+            lmc_loader_next(&tr->train, tr->gbatch);
+            memcpy(tr->batch, tr->gbatch + (int64_t)rank * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
+            lmc_trainer_split_batch(tr);
+        }
         if (tr->dist) tr->dist->last_micro = k == o->accum - 1; /* the hooks reduce after the last */
         double ls;
         int64_t cnt;
         if ((s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &cnt, err))) return s;
+        if (tr->tp && (s = lmc_trainer_tp_micro_check(tr, err))) return s; /* the TP group's collectives */
         lmc_trainer_moe_add(tr, st, k, o->accum);
         sums[0] += ls;
         sums[1] += (double)cnt;
+        for (int j = rank + 1; feed && j < world; j++) /* the rest of the global micro-batch */
+            if ((s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err))) return s;
     }
     st->tokens = per * world * o->accum;
     st->lr = lmc_schedule_lr(&o->sched, tr->step);
     /* every part's reduction was started by the hooks during the backward */
-    if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) return s;
+    if (tr->dist->zw) { /* tensor parallel: the DP-reduced shard's weighted squares, summed over the TP group */
+        double ss = 0;
+        if ((s = lmc_zero_grad_sumsq_weighted(tr->zero, tr->dist->zw, &ss, err)) ||
+            (s = lmc_trainer_tp_group_sum(tr, &ss, err)))
+            return s;
+        st->grad_norm = sqrt(ss);
+    } else if ((s = lmc_zero_grad_norm(tr->zero, &st->grad_norm, err))) {
+        return s;
+    }
     if ((s = lmc_zero_sum_f64(tr->zero, sums, 2, err))) return s;
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
+    double inv = 1.0; /* a batch source: the norm and the update of the mean over the counted targets */
+    if (feed) {
+        inv = 1.0 / (double)((int64_t)sums[1] ? (int64_t)sums[1] : 1);
+        st->grad_norm *= inv;
+    }
     if (!isfinite(st->grad_norm)) { /* the same on every rank */
         lmc_zero_grads_clear(tr->zero);
         st->skipped = true;
         tr->step++;
         return LMC_OK;
     }
-    float grad_scale = lmc_grad_clip_scale(st->grad_norm, o->clip);
+    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
     if (tr->have_opt) { /* another kind: the same step on every rank's full buffers, or each rank its own tensors */
         lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
         struct lmc_tdist *d = tr->dist;
@@ -640,21 +724,61 @@ lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, l
         dd->saved[1] = tr->step;
     }
     if (s) return s;
-    if (s) return s;
+    return lmc_trainer_dist_gather(tr, false, err);
+}
+
+lmc_status lmc_trainer_dist_gather(struct lmc_trainer *tr, bool with_moments, lmc_err *err) {
+    if (!tr->zero) return LMC_OK;
+    lmc_status s = LMC_OK;
     /* the parameters for rank 0's checkpoint folder, unit by unit (stage 3 gathers: every rank takes part) */
     struct lmc_tdist *d = tr->dist;
     bool root = tr->comm->rank == 0;
+    const struct lmc_backend *be = tr->be;
+    int64_t zoff = d->zoff, zn = tr->tm.numel - zoff;
     free(d->ckpt_w);
-    d->ckpt_w = root ? calloc((size_t)tr->tm.numel, sizeof(float)) : NULL;
-    if (root && !d->ckpt_w) return lmc_err_set(err, LMC_ERR_OOM, "checkpoint parameters: out of memory");
+    free(d->ckpt_m);
+    free(d->ckpt_v);
+    d->ckpt_w = d->ckpt_m = d->ckpt_v = NULL;
+    /* a frozen base: the trainable floats back into rank 0's arena (a unit at a time through the host) */
+    float *host = NULL;
+    if (root) {
+        int64_t cap = zoff ? 1 : zn;
+        for (int u = 0; zoff && u < lmc_zero_n_units(tr->zero); u++) {
+            int64_t off, n;
+            lmc_zero_unit_range(tr->zero, u, &off, &n);
+            cap = LMC_MAX(cap, n);
+        }
+        if (!(host = calloc((size_t)cap, sizeof(float))))
+            return lmc_err_set(err, LMC_ERR_OOM, "checkpoint parameters: out of memory");
+    }
+    if (!zoff) d->ckpt_w = host;
     for (int u = 0; u < lmc_zero_n_units(tr->zero) && !s; u++) {
         int64_t off, n;
         float *p;
         lmc_zero_unit_range(tr->zero, u, &off, &n);
         if ((s = lmc_zero_unit_params(tr->zero, u, &p, err))) break;
-        if (root) tr->be->download(tr->be->ctx, d->ckpt_w + off, p, (size_t)n * sizeof(float));
+        if (root && !zoff) be->download(be->ctx, d->ckpt_w + off, p, (size_t)n * sizeof(float));
+        if (root && zoff) {
+            be->download(be->ctx, host, p, (size_t)n * sizeof(float));
+            be->upload(be->ctx, tr->tm.w + zoff + off, host, (size_t)n * sizeof(float));
+            be->sync(be->ctx);
+        }
         lmc_zero_unit_release(tr->zero, u);
     }
+    if (zoff) free(host);
+    if (!s && with_moments) { /* every rank takes part; rank 0 keeps them */
+        float *m = malloc((size_t)zn * sizeof(float)), *v = malloc((size_t)zn * sizeof(float));
+        s = m && v ? lmc_zero_moments_to_host(tr->zero, m, v, err)
+                   : lmc_err_set(err, LMC_ERR_OOM, "checkpoint moments: out of memory");
+        if (!s && root) {
+            d->ckpt_m = m;
+            d->ckpt_v = v;
+        } else {
+            free(m);
+            free(v);
+        }
+    }
+    if (zoff) return s;
     /* on-disk layouts (lmc_ckpt_save writes them as they are) */
     for (int i = 0; root && !s && i < tr->tm.n_params; i++) {
         const struct lmc_tparam *p = &tr->tm.params[i];
@@ -670,11 +794,11 @@ lmc_status lmc_trainer_dist_save(struct lmc_trainer *tr, const char *zero_dir, l
 
 lmc_status lmc_trainer_dist_load(struct lmc_trainer *tr, const char *zero_dir, int64_t step, lmc_err *err) {
     int64_t got = -1;
-    lmc_status s = lmc_zero_load(tr->zero, zero_dir, &got, err);
+    lmc_status s = lmc_zero_load_step(tr->zero, zero_dir, step, &got, err);
     if (s) return s;
     if (got != step)
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: the sharded optimizer state is of step %lld, the checkpoint of "
-                           "step %lld (only the newest sharded state is kept: resume from the newest checkpoint)",
+                           "step %lld (its shards are gone: saved before every step's were kept, only the newest is there)",
                            zero_dir, (long long)got, (long long)step);
     return LMC_OK; /* the model's views point into the zero module's buffers */
 }

@@ -13,6 +13,9 @@ lmc_status lmc_trainer_dist_step(struct lmc_trainer *tr, struct lmc_train_stats 
  * arena's offsets, each tensor in its on-disk layout) until the next
  * step; NULL otherwise */
 const float *lmc_trainer_dist_params(const struct lmc_trainer *tr);
+/* rank 0 after lmc_trainer_dist_gather with moments: AdamW's m and v
+ * (host, the arena's layout) until the next step; false otherwise */
+bool lmc_trainer_dist_moments(const struct lmc_trainer *tr, const float **m, const float **v);
 /* Replicated data parallel (a batch source, lmc_trainer_step): whether
  * micro-step k of accum is the last (the hooks then all-reduce each part's
  * gradient as its backward ends), and after the micro-steps every rank's

@@ -10,6 +10,7 @@
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 #include "ops/optim_ops.h"
 #include "train/optim_internal.h"
 
@@ -99,22 +100,58 @@ static lmc_status zero_gather_moments(struct lmc_trainer *tr, float **m, float *
     return s;
 }
 
+static lmc_status full_extent(const struct lmc_trainer_tp *t, const char *name, int64_t *ext, lmc_err *err);
+
+/* Whether the optimizer keeps the whole state of every split matrix on each
+ * rank of the group (every kind but AdamW and Muon: 8-bit blocks, GaLore's
+ * and APOLLO's projections are of the whole matrix), stepping the whole
+ * matrix gathered from the shards. */
+static bool whole_state(const struct lmc_trainer *tr) {
+    return tr->have_opt && tr->opt.cfg.kind != LMC_OPTIM_MUON;
+}
+
+/* The optimizer made again over the shard's parameters with the whole
+ * (rows, cols) of each split matrix, so its state is the one-process
+ * optimizer's (the same tensors in the same order: APOLLO's seeds too). */
+static lmc_status whole_optim(struct lmc_trainer *tr, lmc_err *err) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    struct lmc_optim_cfg cfg = tr->opt.cfg;
+    struct lmc_optim_param *pp = calloc((size_t)tr->tm.n_params + 1, sizeof *pp);
+    if (!pp) return lmc_err_set(err, LMC_ERR_OOM, "optimizer parameter list: out of memory");
+    int np = lmc_trainer_optim_params(&tr->tm, tr->o.decay == LMC_DECAY_ALL, pp);
+    lmc_status s = LMC_OK;
+    for (int i = 0; i < np && !s; i++) {
+        int dim;
+        int64_t a0, n, ext;
+        lmc_tp_tensor_cut(pp[i].name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+        if (dim < 0) continue;
+        if ((s = full_extent(t, pp[i].name, &ext, err))) break;
+        if (dim == 0) pp[i].rows = ext;
+        else pp[i].cols = ext;
+    }
+    if (!s) {
+        lmc_optim_free(&tr->opt);
+        tr->have_opt = false;
+        if (!(s = lmc_optim_init(&tr->opt, &cfg, tr->be, pp, np, err))) tr->have_opt = true;
+    }
+    free(pp);
+    return s;
+}
+
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err) {
     tr->tp = t;
-    if (tr->have_opt && tr->opt.cfg.kind != LMC_OPTIM_MUON)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp trains with AdamW or Muon only (--optim %s keeps block-wise "
-                           "or low-rank state of whole matrices)", lmc_optim_kind_name(tr->opt.cfg.kind));
     for (int i = 0; tr->have_opt && i < tr->tm.n_params; i++)
         if (tr->tm.params[i].transposed)
-            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp with --optim muon: %s is stored transposed",
-                               tr->tm.params[i].name);
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp with --optim %s: %s is stored transposed",
+                               lmc_optim_kind_name(tr->opt.cfg.kind), tr->tm.params[i].name);
     if (tr->tm.trainable_off)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp: a frozen base (adapters) does not split yet (use --full)");
     if (strcmp(tr->be->name, "cpu") || t->c->device_buffers)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel training runs on the CPU backend only for now "
                            "(backend %s)", tr->be->name);
     lmc_status s = lmc_dist_check_same(t->c, "tensor-parallel training configuration", desc, err);
+    if (!s && whole_state(tr)) s = whole_optim(tr, err);
     if (s || !dp || dp->world <= 1) return s;
     if ((s = lmc_dist_check_same(dp, "data-parallel training configuration", desc, err))) return s;
     tr->comm = dp;
@@ -165,6 +202,32 @@ static lmc_status global_norm(struct lmc_trainer *tr, double *norm, lmc_err *err
     *norm = sqrt(rep + split);
     return s;
 }
+
+/* ---- ZeRO 2-3 over the data-parallel groups (trainer_dist.c runs the step) */
+lmc_status lmc_trainer_tp_zero_check(const struct lmc_trainer *tr, int stage, lmc_err *err) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    if (t->heads.kv_replicas > 1)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp %d --zero %d: the KV heads are replicated (%d KV heads "
+                           "for %d ranks) and their gradients summed over the group after the backward; ZeRO-%d "
+                           "reduces each layer's during it (give --tp <= the KV heads, or --zero 1)", t->c->world,
+                           stage, (int)t->full.num_kv_heads, t->c->world, stage);
+    return LMC_OK;
+}
+
+double lmc_trainer_tp_norm_weight(const struct lmc_trainer *tr, int i) {
+    const struct lmc_trainer_tp *t = tr->tp;
+    int dim;
+    int64_t a0, n;
+    lmc_tp_tensor_cut(tr->tm.params[i].name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+    return dim < 0 ? 1.0 / (double)t->c->world : 1.0; /* replicated: counted once over the group's sum */
+}
+
+lmc_status lmc_trainer_tp_group_sum(struct lmc_trainer *tr, double *v, lmc_err *err) {
+    lmc_status s = group_status(tr->tp, err);
+    return s ? s : tr->tp->c->all_reduce(tr->tp->c, v, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+}
+
+lmc_status lmc_trainer_tp_micro_check(struct lmc_trainer *tr, lmc_err *err) { return group_status(tr->tp, err); }
 
 lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err *err) {
     struct lmc_trainer_tp *t = tr->tp;
@@ -443,6 +506,31 @@ static lmc_status slot_full_shape(const struct lmc_trainer_tp *t, const struct l
     return st;
 }
 
+/* A whole-state slot's step (whole_state): its shard's parameters and
+ * gradient gathered into the whole matrix (slot rows x cols), the one-process
+ * step, this rank's slice of the parameters kept. */
+static lmc_status whole_step(struct lmc_trainer *tr, int i, double lr, int64_t step, float grad_scale, lmc_err *err) {
+    struct lmc_optim *o = &tr->opt;
+    struct lmc_optim_slot *sl = &o->slots[i];
+    int64_t R = sl->rows, C = sl->cols;
+    size_t nf = (size_t)(R * C);
+    float *fp = malloc(sizeof(float) * nf), *fg = malloc(sizeof(float) * nf);
+    lmc_status s = fp && fg ? LMC_OK : lmc_err_set(err, LMC_ERR_OOM, "--tp: out of memory for %s", sl->name);
+    if (!s) s = gather_full(tr->tp, sl->name, sl->p, fp, R, C, err);
+    if (!s) s = gather_full(tr->tp, sl->name, sl->g, fg, R, C, err);
+    if (!s) {
+        float *kp = sl->p;
+        const float *kg = sl->g;
+        sl->p = fp, sl->g = fg;
+        lmc_optim_step_one(o, i, lr, step, grad_scale);
+        tr->be->sync(tr->be->ctx);
+        sl->p = kp, sl->g = kg;
+        take_mine(tr->tp, sl->name, sl->p, fp, R, C);
+    }
+    free(fp), free(fg);
+    return s;
+}
+
 static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step, float grad_scale, lmc_err *err) {
     struct lmc_trainer_tp *t = tr->tp;
     struct lmc_optim *o = &tr->opt;
@@ -451,6 +539,13 @@ static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step,
         struct lmc_optim_slot *sl = &o->slots[i];
         int dim;
         int64_t R, C;
+        if (whole_state(tr)) { /* the slot is the whole matrix's: gather p and g, step, keep this rank's slice */
+            int64_t a0, n;
+            lmc_tp_tensor_cut(sl->name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
+            if (dim >= 0) s = whole_step(tr, i, lr, step, grad_scale, err);
+            else lmc_optim_step_one(o, i, lr, step, grad_scale);
+            continue;
+        }
         if ((s = slot_full_shape(t, sl, &dim, &R, &C, err))) break;
         if (sl->group != LMC_GROUP_MUON || dim < 0) {
             lmc_optim_step_one(o, i, lr, step, grad_scale);
@@ -537,7 +632,17 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
                                const char *tok_dir, lmc_err *err) {
     const struct lmc_trainer_tp *t = tr->tp;
     float *zm = NULL, *zv = NULL; /* ZeRO-1: the DP ranks' moment chunks, whole */
-    if (t->zero && tr->comm && tr->comm->world > 1) {
+    const float *zw = NULL; /* ZeRO 2-3: the zero module's state gathered to DP rank 0 (host, arena layout) */
+    if (tr->zero) {
+        const float *gm, *gv;
+        lmc_status zs = lmc_trainer_dist_gather((struct lmc_trainer *)tr, true, err);
+        if (zs || tr->comm->rank != 0) return zs;
+        zw = lmc_trainer_dist_params(tr);
+        if (!lmc_trainer_dist_moments(tr, &gm, &gv) || !zw)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: the ZeRO state was not gathered", dir);
+        zm = (float *)gm, zv = (float *)gv; /* (not freed here: the trainer's until its next step) */
+    }
+    if (!tr->zero && t->zero && tr->comm && tr->comm->world > 1) {
         lmc_status zs = zero_gather_moments((struct lmc_trainer *)tr, &zm, &zv, err);
         if (zs || tr->comm->rank != 0) {
             free(zm), free(zv);
@@ -575,18 +680,20 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
             break;
         }
         const struct lmc_tparam *fp = writer ? &full.params[f] : p;
-        const float *src[3] = {tr->tm.w, zm ? zm : tr->m, zv ? zv : tr->v};
+        const float *src[3] = {zw ? zw : tr->tm.w, zm ? zm : tr->m, zv ? zv : tr->v};
         float *dst[3] = {full.w, fm, fv};
         for (int a = 0; !s && a < (tr->have_opt ? 1 : 3); a++) {
             s = gather_param(tr, src[a], i, fp, fbuf, lbuf, rbuf, err);
             if (!s && writer) s = lmc_tmodel_upload_param(&full, dst[a], f, fbuf, err);
         }
     }
-    free(lbuf), free(rbuf), free(fbuf), free(zm), free(zv);
+    free(lbuf), free(rbuf), free(fbuf);
+    if (!tr->zero) free(zm), free(zv);
     /* another optimizer (Muon): its state gathered into a one-process optimizer of the full model */
     struct lmc_optim fo;
     bool have_fo = false;
-    if (!s && tr->have_opt && writer) have_fo = !(s = full_optim(tr, &full, &fo, err));
+    bool whole = whole_state(tr); /* the writer's optimizer is the one-process one already */
+    if (!s && tr->have_opt && writer && !whole) have_fo = !(s = full_optim(tr, &full, &fo, err));
     if (tr->have_opt) {
         lmc_status ag = s;
         if (!writer) { /* the writer's status: every rank runs the same gathers, or none */
@@ -601,7 +708,7 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
         }
         s = ag;
     }
-    for (int i = 0; !s && tr->have_opt && i < tr->opt.n_params; i++) {
+    for (int i = 0; !s && tr->have_opt && !whole && i < tr->opt.n_params; i++) {
         struct lmc_optim_slot *sl = &((struct lmc_trainer *)tr)->opt.slots[i];
         int dim;
         int64_t R, C;
@@ -621,7 +728,7 @@ lmc_status lmc_trainer_tp_save(const struct lmc_trainer *tr, const char *dir, co
         struct lmc_trainer one = *tr;
         one.tm = full;
         one.m = fm, one.v = fv;
-        one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = have_fo;
+        one.comm = NULL, one.zero = NULL, one.tp = NULL, one.have_opt = have_fo || whole;
         if (have_fo) one.opt = fo;
         s = lmc_ckpt_save(&one, dir, config_src, tok_dir, err);
     }
@@ -640,6 +747,20 @@ static lmc_status load_optim_state(struct lmc_trainer *tr, const struct lmc_tmod
     struct lmc_trainer one = *tr;
     one.tm = *full;
     one.comm = NULL, one.zero = NULL, one.tp = NULL, one.m = one.v = NULL;
+    if (whole_state(tr)) { /* the one-process state, read by name into this rank's (whole) optimizer */
+        lmc_status s = lmc_ckpt_load_state(&one, dir, err);
+        tr->opt = one.opt; /* (its buffers are tr's; its fields as loaded) */
+        if (!s) {
+            tr->step = one.step;
+            if (!tr->train_data) {
+                tr->feed_epoch = one.feed_epoch;
+                tr->feed_index = one.feed_index;
+            } else {
+                s = lmc_loader_seek(&tr->train, one.train.epoch, one.train.index, err);
+            }
+        }
+        return s;
+    }
     lmc_status s = full_optim(tr, full, &one.opt, err);
     if (s) return s;
     one.have_opt = true;
@@ -695,8 +816,8 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
         }
     }
     const float *src[2] = {one.m, one.v};
-    /* ZeRO-1: the whole shard's moments first, this DP rank's chunk kept */
-    bool zc = t->zero && tr->comm && tr->comm->world > 1;
+    /* ZeRO-1: the whole shard's moments first, this DP rank's chunk kept; ZeRO 2-3: into the zero module */
+    bool zc = (t->zero && tr->comm && tr->comm->world > 1) || tr->zero;
     float *zf[2] = {NULL, NULL};
     if (zc && !s) {
         zf[0] = malloc(sizeof(float) * (size_t)tr->tm.numel);
@@ -725,7 +846,13 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
             s = lmc_tmodel_upload_param(&tr->tm, dst[a], i, lbuf, err);
         }
     }
-    for (int a = 0; zc && !s && a < 2; a++)
+    if (tr->zero && !s) { /* the parameters are the zero module's already (the checkpoint's shard) */
+        float *P = malloc(sizeof(float) * (size_t)tr->tm.numel);
+        if (!P) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory for the optimizer state", dir);
+        if (!s && !(s = lmc_zero_params_to_host(tr->zero, P, err))) lmc_zero_set_full(tr->zero, P, zf[0], zf[1]);
+        free(P);
+    }
+    for (int a = 0; zc && !tr->zero && !s && a < 2; a++)
         memcpy(a ? tr->v : tr->m, zf[a] + t->z0, sizeof(float) * (size_t)t->zn);
     free(zf[0]), free(zf[1]);
     free(fbuf), free(lbuf);

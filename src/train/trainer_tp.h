@@ -48,8 +48,11 @@ lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp 
 void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t);
 
 /* After lmc_trainer_init on the shard: tr takes t (also on failure).
- * dp: the data-parallel communicator (NULL or world 1: TP only). Refused:
- * another optimizer than AdamW or Muon, a frozen base, a device backend. desc as
+ * dp: the data-parallel communicator (NULL or world 1: TP only). An
+ * optimizer kind other than AdamW and Muon is made again with the whole
+ * shape of each split matrix (its state whole on every rank of the group;
+ * the whole matrix gathered for its step). Refused: --zero 1 with another
+ * kind than AdamW, a frozen base, a device backend. desc as
  * lmc_trainer_dist_init's (checked equal over the TP group and dp). */
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err);
@@ -78,5 +81,16 @@ lmc_status lmc_trainer_tp_load_state(struct lmc_trainer *tr, const struct lmc_tm
 
 /* Frees tr->tp (lmc_trainer_free calls it). */
 void lmc_trainer_tp_free(struct lmc_trainer *tr);
+
+/* ZeRO 2-3 over the data-parallel groups (lmc_trainer_dist_init after
+ * attach with zero 0; trainer_dist.c runs the step): refused with
+ * replicated KV heads (their gradients are summed over the group after the
+ * backward); parameter i's weight in the squared global norm, whose sum the
+ * TP group adds (split 1, replicated 1/T); the group's sum (after its
+ * status check); the status of the group's collectives after a micro-step. */
+lmc_status lmc_trainer_tp_zero_check(const struct lmc_trainer *tr, int stage, lmc_err *err);
+double lmc_trainer_tp_norm_weight(const struct lmc_trainer *tr, int i);
+lmc_status lmc_trainer_tp_group_sum(struct lmc_trainer *tr, double *v, lmc_err *err);
+lmc_status lmc_trainer_tp_micro_check(struct lmc_trainer *tr, lmc_err *err);
 
 #endif

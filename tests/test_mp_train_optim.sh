@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# test_mp_train_optim.sh — `lmc train --tp T --optim adamw8bit|galore|apollo|
+# apollo-mini` (train/trainer_tp.c whole_state: each rank keeps the whole
+# optimizer state of every split matrix and steps the whole matrix gathered
+# from the shards, so 8-bit blocks and GaLore's / APOLLO's projections are
+# the one-process ones) on ranks joined by torchrun-style variables (tcp):
+# 10 steps of a tiny llama (4 heads, 2 KV heads) at TP 2 and DP 2 x TP 2
+# against one process with the same global batch: losses <= 1e-6 relative,
+# final parameters <= 1e-5 in norm (and <= 1e-5 of max |p| element-wise;
+# 8-bit AdamW, whose moment codes flip on the rounding of the row-parallel
+# sums, <= 1e-3), the consolidated checkpoint's optimizer tensors the
+# one-process ones (same names); a TP 2 GaLore run stopped at 5 and resumed
+# = uninterrupted bit for bit, and one process resumes its checkpoint;
+# `lmc finetune --full --tp 2 --optim apollo` = one process.
+# Usage: test_mp_train_optim.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
+"$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
+"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" ||
+  { echo "FAIL: data: $(cat "$TMP/err")" >&2; exit 1; }
+A="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 --seq 16
+   --steps 10 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 5"
+# run CMD W OUT ARGS...: W ranks meet at a free port (tried again if taken meanwhile); rank r's stderr in OUT.r<r>
+run() {
+  local cmd=$1 W=$2 out=$3; shift 3
+  for try in 1 2 3; do
+    local port pids=() rc=0
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    for r in $(seq $((W - 1)) -1 1); do
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=120 \
+        "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.r$r" 2>&1 &
+      pids+=($!)
+    done
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=120 \
+      "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1 || rc=1
+    for p in "${pids[@]}"; do wait $p || rc=1; done
+    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
+    rm -rf "${TMP:?}/$out"
+  done
+  return $rc
+}
+# compare REF RUN PMAX: losses 1e-6, params 1e-5 in norm and PMAX of max |p|, the same optimizer tensor names
+compare() {
+  python3 - "$TMP/$1" "$TMP/$2" "$3" <<'PY'
+import json, struct, sys
+a, b, pmax = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def rows(d): return [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
+def tensors(d, name):
+    raw = open(f"{d}/step_000010/{name}", "rb").read()
+    n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
+    return {k: (v["dtype"], raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in h.items() if k != "__metadata__"}
+def f32(t): return {k: struct.unpack(f"<{len(x) // 4}f", x) for k, (dt, x) in t.items() if dt == "F32"}
+ra, rb = rows(a), rows(b)
+assert len(ra) == len(rb) == 10, (len(ra), len(rb))
+wl = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(ra, rb))
+pa, pb = f32(tensors(a, "model.safetensors")), f32(tensors(b, "model.safetensors"))
+assert sorted(pa) == sorted(pb)
+scale = max(abs(x) for t in pa.values() for x in t)
+wp = max(abs(x - y) for k in pa for x, y in zip(pa[k], pb[k])) / scale
+np_ = (sum((x - y) ** 2 for k in pa for x, y in zip(pa[k], pb[k])) / sum(y * y for k in pa for y in pa[k])) ** 0.5
+oa, ob = tensors(a, "optimizer.safetensors"), tensors(b, "optimizer.safetensors")
+same = sorted(oa) == sorted(ob) and all(oa[k][0] == ob[k][0] and len(oa[k][1]) == len(ob[k][1]) for k in oa)
+print(f"{b.rsplit('/', 1)[1]}: losses max rel {wl:.2e}, params |diff| / |p| {np_:.2e} (max {wp:.2e}), "
+      f"{len(oa)} optimizer tensors {'the same' if same else 'DIFFER'}")
+sys.exit(0 if wl <= 1e-6 and np_ <= 1e-5 and wp <= pmax and same else 1)
+PY
+}
+for o in adamw8bit galore apollo apollo-mini; do
+  O="--optim $o"; [ $o = galore ] && O="$O --galore-rank 8 --galore-update-gap 2"
+  pmax=1e-5; [ $o = adamw8bit ] && pmax=1e-3
+  "$LMC" train $A --batch 4 $O -o "$TMP/one-$o" 2>"$TMP/err"; ok $? "$o one process: $(tail -2 "$TMP/err")"
+  run train 2 tp-$o $A --batch 4 --tp 2 $O; ok $? "$o tp 2: $(tail -n 3 "$TMP"/tp-$o.r*)"
+  compare one-$o tp-$o $pmax; ok $? "$o: tp 2 = one process"
+  if [ $o = adamw8bit ] || [ $o = galore ]; then
+    run train 4 dp-$o $A --batch 2 --tp 2 $O; ok $? "$o dp 2 x tp 2: $(tail -n 3 "$TMP"/dp-$o.r*)"
+    compare one-$o dp-$o $pmax; ok $? "$o: dp 2 x tp 2 = one process"
+  fi
+done
+# GaLore at TP 2 stopped at 5, resumed (TP 2 and one process) from its consolidated checkpoint
+O="--optim galore --galore-rank 8 --galore-update-gap 2"
+run train 2 rs $A --batch 4 --tp 2 $O --stop-at 5; ok $? "galore tp 2 stop at 5: $(tail -n 3 "$TMP"/rs.r*)"
+cp -r "$TMP/rs" "$TMP/rs1"
+R="--data $TMP/data --threads 1 --resume latest --save-every 5"
+run train 2 rs $R --tp 2; ok $? "galore tp 2 resume: $(tail -n 3 "$TMP"/rs.r*)"
+cmp -s "$TMP/rs/step_000010/model.safetensors" "$TMP/tp-galore/step_000010/model.safetensors" &&
+  cmp -s "$TMP/rs/step_000010/optimizer.safetensors" "$TMP/tp-galore/step_000010/optimizer.safetensors"
+ok $? "galore tp 2 stopped at 5 and resumed = uninterrupted, bit for bit"
+"$LMC" train $R -o "$TMP/rs1" 2>"$TMP/err"; ok $? "one-process resume of the tp 2 galore checkpoint: $(tail -2 "$TMP/err")"
+compare one-galore rs1 1e-5; ok $? "galore: one process resuming the tp 2 checkpoint = one process"
+# lmc finetune --full --tp 2 with APOLLO
+FIX=tests/fixtures/llama-tiny
+for i in $(seq 1 9); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
+done >"$TMP/d.jsonl"
+F="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-3 --threads 1 --steps 6 --full --optim apollo --batch 2"
+"$LMC" finetune $F -o "$TMP/ft1" 2>"$TMP/err"; ok $? "finetune apollo one process: $(tail -2 "$TMP/err")"
+run finetune 2 ft2 $F --tp 2; ok $? "finetune apollo tp 2: $(tail -n 3 "$TMP"/ft2.r*)"
+python3 - "$TMP/ft1" "$TMP/ft2" <<'PY'
+import json, struct, sys
+a, b = sys.argv[1], sys.argv[2]
+la = [json.loads(l)["loss"] for l in open(a + ".metrics.jsonl")]
+lb = [json.loads(l)["loss"] for l in open(b + ".metrics.jsonl")]
+def t(d):
+    raw = open(f"{d}/model.safetensors", "rb").read(); n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
+    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
+                             raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
+ta, tb = t(a), t(b)
+assert len(la) == len(lb) == 6 and sorted(ta) == sorted(tb)
+wl = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
+np_ = (sum((x - y) ** 2 for k in ta for x, y in zip(ta[k], tb[k])) / sum(y * y for k in ta for y in ta[k])) ** 0.5
+print(f"finetune --full --tp 2 apollo: losses max rel {wl:.2e}, weights |diff| / |w| {np_:.2e}")
+sys.exit(0 if wl <= 1e-6 and np_ <= 1e-5 else 1)
+PY
+ok $? "finetune --full --tp 2 --optim apollo = one process"
+echo "test_mp_train_optim: $pass passed, $fail failed"
+[ $fail = 0 ]
