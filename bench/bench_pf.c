@@ -90,6 +90,46 @@ int main(int argc, char **argv) {
                med[1][1] > 0 ? med[0][1] / med[1][1] : 0);
         free(w), free(x), free(y);
     }
+    /* attention over M queries from position 0 (12 heads, 4 kv heads, hd 64):
+     * the query-block kernel (attention_prefill.c) against the per-query
+     * one (attention.c, reached by calls of LMC_CPU_ATTN_BLOCK_MIN_M - 1
+     * queries: the same work) */
+    {
+        const int64_t H = 12, KV = 4, hd = 64, ch = LMC_CPU_ATTN_BLOCK_MIN_M - 1;
+        float *q = malloc((size_t)(M * H * hd) * 4), *k = malloc((size_t)(M * KV * hd) * 4);
+        float *v = malloc((size_t)(M * KV * hd) * 4), *o = malloc((size_t)(M * H * hd) * 4);
+        for (int64_t i = 0; i < M * H * hd; i++) q[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        for (int64_t i = 0; i < M * KV * hd; i++) k[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        for (int64_t i = 0; i < M * KV * hd; i++) v[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        double wall[2][1000], cpu[2][1000], flop = 2.0 * 2.0 * (double)hd * (double)H * (double)M * (double)(M + 1) / 2;
+        for (int r = 0; r < rounds + 1; r++)
+            for (int p = 0; p < 2; p++) {
+                double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                if (p) be.attention(be.ctx, o, q, k, v, M, 0, H, KV, hd, 0.125f, 0);
+                else
+                    for (int64_t i = 0; i < M; i += ch)
+                        be.attention(be.ctx, o + i * H * hd, q + i * H * hd, k, v, LMC_MIN(ch, M - i), i, H, KV, hd,
+                                     0.125f, 0);
+                double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                if (r == 0) continue;
+                wall[p][r - 1] = w1 - w0;
+                cpu[p][r - 1] = c1 - c0;
+            }
+        double med[2][2];
+        for (int p = 0; p < 2; p++) {
+            qsort(wall[p], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(cpu[p], (size_t)rounds, sizeof(double), cmp_d);
+            med[p][0] = wall[p][rounds / 2];
+            med[p][1] = cpu[p][rounds / 2];
+        }
+        printf("\n| causal attention, %lld queries from position 0, 12 heads / 4 kv, hd 64 | per-query kernel | "
+               "query blocks (sgemm) | blocks / per-query (CPU time) |\n|---|---:|---:|---:|\n"
+               "| ms wall (median) | %.2f | %.2f | |\n| ms CPU (median, all threads) | %.2f | %.2f | %.2fx |\n"
+               "| GFLOP per CPU-s | %.1f | %.1f | |\n",
+               (long long)M, 1e3 * med[0][0], 1e3 * med[1][0], 1e3 * med[0][1], 1e3 * med[1][1], med[0][1] / med[1][1],
+               flop / med[0][1] * 1e-9, flop / med[1][1] * 1e-9);
+        free(q), free(k), free(v), free(o);
+    }
     lmc_backend_cpu_free(&be);
     return 0;
 }

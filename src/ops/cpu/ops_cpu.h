@@ -103,6 +103,15 @@ void lmc_cpu_matmul_pf(struct lmc_cpu_ctx *c, int n, float *const *y, const floa
 size_t lmc_cpu_pf_xpack_words(int64_t M, int64_t K);
 size_t lmc_cpu_pf_ws_words(int64_t K);
 
+/* attention from this many queries (prefill chunks): blocks of queries
+ * through sgemm (attention_prefill.c); fewer: attention.c's per-query kernel */
+#ifndef LMC_CPU_ATTN_BLOCK_MIN_M
+#define LMC_CPU_ATTN_BLOCK_MIN_M 16
+#endif
+void lmc_cpu_attention_prefill(struct lmc_cpu_ctx *c, float *out, const float *q, const float *k, const float *v,
+                               int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                               int64_t window);
+
 /* Default mm_unit_bytes: the grain at which threads claim (and steal) M=1
  * weight rows; below two units a matmul runs on the calling thread. */
 #ifndef LMC_CPU_MM_UNIT_BYTES
