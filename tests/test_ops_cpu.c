@@ -388,7 +388,7 @@ static void test_attention(struct lmc_backend *be) {
                                      {17, 9, 0}, {17, 9, 6}, {130, 0, 0}, {3, 60, 64},
                                      /* blocks of queries (prefill): partial blocks, windows
                                       * across blocks, a cached prefix */
-                                     {16, 0, 0}, {77, 0, 9}, {150, 41, 70}, {65, 200, 0}};
+                                     {32, 0, 0}, {77, 0, 9}, {150, 41, 70}, {65, 200, 0}};
     static const int64_t heads[][3] = {{4, 4, 16}, {4, 2, 13}, {8, 2, 24}, {2, 1, 64}};
     for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
         for (size_t hh = 0; hh < sizeof heads / sizeof *heads; hh++) {

@@ -1,5 +1,5 @@
 /* attention_prefill.c — inference attention (backend.h's `attention`) for
- * many queries at once (prefill chunks, from ATP_MIN_M queries; fewer go
+ * many queries at once (prefill chunks, from LMC_CPU_ATTN_BLOCK_MIN_M queries; fewer go
  * to attention.c's per-query kernel). One task per (block of ATP_Q
  * queries, head): S = scale Q K^T over the keys the block sees (OpenBLAS
  * sgemm, single-threaded per task), each row masked to its own causal

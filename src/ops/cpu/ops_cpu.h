@@ -104,9 +104,12 @@ size_t lmc_cpu_pf_xpack_words(int64_t M, int64_t K);
 size_t lmc_cpu_pf_ws_words(int64_t K);
 
 /* attention from this many queries (prefill chunks): blocks of queries
- * through sgemm (attention_prefill.c); fewer: attention.c's per-query kernel */
+ * through sgemm (attention_prefill.c); fewer: attention.c's per-query
+ * kernel, whose bits the paged op (serving) keeps. Above the 17 rows of a
+ * speculative verification (spec_k <= 16), so verifying drafts gives the
+ * bits of decoding them one by one. */
 #ifndef LMC_CPU_ATTN_BLOCK_MIN_M
-#define LMC_CPU_ATTN_BLOCK_MIN_M 16
+#define LMC_CPU_ATTN_BLOCK_MIN_M 32
 #endif
 void lmc_cpu_attention_prefill(struct lmc_cpu_ctx *c, float *out, const float *q, const float *k, const float *v,
                                int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
