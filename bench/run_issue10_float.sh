@@ -63,7 +63,8 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no -- src include to
 # ---- 1. prefill and decode (run_cpu.sh also writes the model, its tokenizer and the GGUF) ----
 if [ "${SKIP_CPU:-0}" != 1 ]; then
     CPU_OUT=$(mktemp)
-    OUT=$CPU_OUT ROUNDS=$ROUNDS BUILD=$BUILD "$ROOT/bench/run_cpu.sh" --only f16 --threads "$THREADS" >/dev/null || true
+    OUT=$CPU_OUT ROUNDS=$ROUNDS BUILD=$BUILD "$ROOT/bench/run_cpu.sh" --only f16 --threads "$THREADS" \
+        --dir32 "${TMPDIR:-/tmp}/lmc-issue10-no-f32" >/dev/null || true # (no F32 llama-bench run)
     {
         echo
         echo "### 1. Prefill (512 tokens) and decode (128 tokens), F16, $ROUNDS alternations of bench_cpu and llama-bench"
@@ -117,7 +118,7 @@ if [ "${SKIP_SERVE:-0}" != 1 ]; then
             done
         done
     done
-    hwm() { sed -n 's/^VmHWM: *//p' "/proc/$1/status" 2>/dev/null | head -1; }
+    hwm() { sed -n 's/^VmHWM:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null | head -1; }
     RSS_L=$(hwm $SRV_L); RSS_P=$(hwm $SRV_P)
     {
         echo
