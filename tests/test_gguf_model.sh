@@ -82,7 +82,9 @@ if python3 -c "import numpy, gguf" 2>/dev/null; then
       GGUF_DEQ_DIR="$TMP/pydeq" python3 tests/quant/write_gguf_py.py "$FIX/$m" "$TMP/py-$q.gguf" $q >/dev/null 2>"$TMP/err"
       ok $? "gguf-py $m $q: $(cat "$TMP/err")"
       k=$(kl "$TMP/py-$q.gguf" "$TMP/pydeq")
-      if [ $q = bf16 ]; then klok "$k" 1e-9 1; else klok "$k" 1e-2 0.85; fi
+      # bf16: the same weights exactly; on AVX512-BF16 CPUs chunks of 32+ rows
+      # also round the activations to bf16 (the prefill GEMM, matmul_pf.c): measured 6e-8
+      if [ $q = bf16 ]; then klok "$k" 1e-6 1; else klok "$k" 1e-2 0.85; fi
       ok $? "$m $q by gguf-py vs gguf-py's dequantized weights: $k"
     done
   done

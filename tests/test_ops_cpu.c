@@ -161,7 +161,10 @@ static void matmul_cases(struct lmc_backend *be, int path) {
 
 static void test_matmul(struct lmc_backend *be) {
     struct lmc_cpu_ctx *ctx = be->ctx;
-    int64_t gemm_default = ctx->gemm_min_m, unit_default = ctx->mm_unit_bytes;
+    int64_t gemm_default = ctx->gemm_min_m, unit_default = ctx->mm_unit_bytes, pf_default = ctx->pf_min_m;
+    /* the fp32 kernels, held to fp32 error: the bf16 prefill GEMM (from
+     * pf_min_m rows, F16/BF16 weights) has its own test, test_matmul_pf */
+    ctx->pf_min_m = 0;
     /* both paths at every M: our kernels only, and OpenBLAS sgemm from M = 12;
      * M < 4 also with tiny claim units (many units per thread, much stealing) */
     for (int path = 0; path < 3; path++) {
@@ -171,6 +174,7 @@ static void test_matmul(struct lmc_backend *be) {
     }
     ctx->gemm_min_m = gemm_default;
     ctx->mm_unit_bytes = unit_default;
+    ctx->pf_min_m = pf_default;
 }
 
 /* matmul_multi: several weights (mixed dtypes, odd N, misaligned) sharing x,
@@ -381,7 +385,10 @@ static void attn_ref(double *out, const float *q, const float *k, const float *v
 static void test_attention(struct lmc_backend *be) {
     static const int64_t cfg[][3] = {/* M, pos0, window */
                                      {1, 0, 0}, {1, 37, 0}, {1, 37, 5}, {5, 0, 0},
-                                     {17, 9, 0}, {17, 9, 6}, {130, 0, 0}, {3, 60, 64}};
+                                     {17, 9, 0}, {17, 9, 6}, {130, 0, 0}, {3, 60, 64},
+                                     /* blocks of queries (prefill): partial blocks, windows
+                                      * across blocks, a cached prefix */
+                                     {32, 0, 0}, {77, 0, 9}, {150, 41, 70}, {65, 200, 0}};
     static const int64_t heads[][3] = {{4, 4, 16}, {4, 2, 13}, {8, 2, 24}, {2, 1, 64}};
     for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
         for (size_t hh = 0; hh < sizeof heads / sizeof *heads; hh++) {

@@ -2,7 +2,7 @@
  * model's batch scratch and the paged KV cache. Each step it takes new and
  * cancelled requests from the submitting threads (one mutex), gives every
  * running sequence its decode token, then prefill chunks in admission order
- * within max_step_tokens, admits waiting requests while blocks allow (after
+ * within max_step_tokens (the decode tokens come on top), admits waiting requests while blocks allow (after
  * a prefix-cache lookup), runs one lmc_model_forward_batch, and samples each
  * sequence that reached its last token with its own sampler (a step whose
  * sampled sequences are all plain greedy takes the argmax on the backend
@@ -350,8 +350,15 @@ static int64_t sched_key(const struct req *q, bool recurrent) {
 }
 
 static void step(struct lmc_sched *s) {
+    /* max_step_tokens of prompt work per step, and each decoding sequence's
+     * token on top (the batch holds max_step_tokens + max_batch rows): a
+     * step's decode rows never push the last prompt of a group arriving
+     * together into the next step (its first token a whole step later) */
     int64_t budget = s->o.max_step_tokens;
-    for (int64_t i = 0; i < s->n_running; i++) s->running[i]->take = 0;
+    for (int64_t i = 0; i < s->n_running; i++) {
+        s->running[i]->take = 0;
+        budget += n_total(s->running[i]) - s->running[i]->n_computed == 1;
+    }
     s->spec_now = s->o.spec && (!s->o.spec_max_batch || s->n_running <= s->o.spec_max_batch);
     if (s->spec_now && s->o.draft) lmc_sched_spec_draft_phase(s); /* the drafts, before the budget is split */
     /* decode tokens first, then prefill chunks, both in admission order */
@@ -767,9 +774,9 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     /* logits rows: one per sequence, and its drafts when speculating */
     s->max_logits = (int64_t)op.max_batch * (op.spec ? op.spec_k + 1 : 1);
     if (!st)
-        st = lmc_batch_acts_init(&s->acts, m, be, op.max_step_tokens, op.max_batch, per_seq,
+        st = lmc_batch_acts_init(&s->acts, m, be, op.max_step_tokens + op.max_batch, op.max_batch, per_seq,
                                  s->max_logits, err);
-    int64_t T = op.max_step_tokens, B = op.max_batch, R = s->max_logits;
+    int64_t T = op.max_step_tokens + op.max_batch, B = op.max_batch, R = s->max_logits;
     if (!st && op.spec && !(s->spec_p = malloc((size_t)(op.spec_k + 1) * (size_t)c->vocab_size * sizeof(float))))
         st = lmc_err_set(err, LMC_ERR_OOM, "scheduler: out of memory");
     if (!st && be->attention_paged_ring) { /* KIVI-2: a ring slot per running sequence */
@@ -837,7 +844,8 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     if (!st && op.tp) { /* tensor parallel: the other ranks learn the pool's shape and follow every step */
         if (recurrent) st = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel serving: recurrent models");
         s->kv.log_copies = true;
-        struct lmc_sched_tp_shape sh = {op.kv_blocks, kv_bs, op.max_step_tokens, op.max_batch, per_seq};
+        struct lmc_sched_tp_shape sh = {op.kv_blocks, kv_bs, op.max_step_tokens + op.max_batch, op.max_batch,
+                                        per_seq}; /* the batch's rows at most */
         if (!st) st = lmc_sched_tp_hello(op.tp, &sh, err);
         if (st) {
             pthread_cond_destroy(&s->idle_cv);

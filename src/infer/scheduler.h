@@ -24,7 +24,9 @@ struct lmc_sched_opts {
     int block_size;             /* tokens per KV block (default 8) */
     int64_t kv_blocks;          /* blocks in the pool (0: from kv_bytes) */
     size_t kv_bytes;            /* memory for the pool when kv_blocks == 0 */
-    int64_t max_step_tokens;    /* token budget per step, prefill chunks included (default 512) */
+    int64_t max_step_tokens;    /* prompt tokens per step (default 512); each decoding sequence's
+                                 * token comes on top (a step holds at most max_step_tokens +
+                                 * max_batch rows; speculative drafts count in the budget) */
     int64_t ctx;                /* longest sequence (prompt + output) */
     bool prefix_cache;          /* reuse full blocks with equal token prefixes (default on) */
     int64_t prefix_cache_blocks; /* blocks the prefix cache may keep with no running user,

@@ -1,5 +1,6 @@
 /* attention.c — causal multi-head attention (see backend.h for shapes).
- * Inference over a KV cache: one task per (query, head): scores into the
+ * Inference over a KV cache: from LMC_CPU_ATTN_BLOCK_MIN_M queries blocks
+ * of queries through sgemm (attention_prefill.c); fewer: one task per (query, head): scores into the
  * thread's scratch, max-subtracted exp (stable softmax), sum in double,
  * then the weighted sum of V rows; the training forward is the same kernel
  * (keeping lse). The training backward: blocks of queries against their
@@ -49,6 +50,10 @@ void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, co
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0);
     if (M <= 0 || n_heads <= 0 || hd <= 0) return;
+    if (M >= LMC_CPU_ATTN_BLOCK_MIN_M) { /* prefill: blocks of queries (attention_prefill.c) */
+        lmc_cpu_attention_prefill(c, out, q, k, v, M, pos0, n_heads, n_kv, hd, scale, window);
+        return;
+    }
     struct attn_job j = {c, out, NULL, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale};
     lmc_cpu_scratch_reserve(c, (size_t)(pos0 + M));
     lmc_pool_run(c->pool, M * n_heads, attn_task, &j);

@@ -43,6 +43,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     c->gemm_min_m = LMC_CPU_GEMM_MIN_M;
     c->mm_unit_bytes = LMC_CPU_MM_UNIT_BYTES;
     c->mm_small_max = LMC_CPU_MM_SMALL_MAX;
+    c->pf_min_m = lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
     c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
     c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
     c->mm_claim = aligned_alloc(64, (size_t)c->n_threads * LMC_CPU_CLAIM_STRIDE * sizeof *c->mm_claim);

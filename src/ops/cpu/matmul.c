@@ -11,6 +11,8 @@
  *    Threads claim W in units from a contiguous range each and steal half
  *    of another's remainder when done (see "M < 4" below).
  *  - small M >= 4: AVX-512 4x4-blocked kernels (x staged to W's alignment).
+ *  - F16/BF16 weights from ctx->pf_min_m rows on CPUs with AVX512-BF16:
+ *    the bf16 prefill GEMM of matmul_pf.c (x and W rounded to bf16).
  *  - large M (prefill, from ctx->gemm_min_m): OpenBLAS sgemm, single-
  *    threaded per call, on blocks of W rows claimed by our threads. F16/BF16
  *    blocks are first converted into the thread's f32 scratch (never the
@@ -545,6 +547,12 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     LMC_ASSERT(n >= 0 && M >= 0);
     for (int i = 0; i < n; i++) LMC_ASSERT(mat_ok(w[i]) && w[i]->cols == w[0]->cols);
     if (n == 0 || M == 0) return;
+    bool pf = true; /* the bf16 prefill GEMM for every matrix: one job, x packed once */
+    for (int i = 0; i < n; i++) pf = pf && lmc_cpu_pf_ok(c, M, w[i]->cols, w[i]->dtype);
+    if (pf) {
+        lmc_cpu_matmul_pf(c, n, y, x, M, w, bias);
+        return;
+    }
     bool small = true; /* one GEMV-style job: M < 4, or the small-M kernel for every matrix */
     for (int i = 0; i < n; i++) small = small && (M < 4 || lmc_cpu_smallm_ok(c, M, w[i]->cols, w[i]->dtype));
     if (!small || M >= c->gemm_min_m || w[0]->cols == 0) {
@@ -581,6 +589,10 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     if (w->cols == 0) {
         for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
+        return;
+    }
+    if (lmc_cpu_pf_ok(c, M, j.K, j.dt)) {
+        lmc_cpu_matmul_pf(c, 1, &y, x, M, &w, &bias);
         return;
     }
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {

@@ -27,6 +27,8 @@ struct lmc_cpu_ctx {
     int64_t gemm_min_m;   /* matmul: M from which OpenBLAS sgemm is used */
     int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
     int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
+    int64_t pf_min_m;     /* matmul: F16/BF16 weights from this M through the bf16 prefill GEMM
+                           * (matmul_pf.c); 0: off (always off without AVX512-BF16) */
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
@@ -82,6 +84,36 @@ static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int
  * F32, F16, BF16), tiles of 4 W rows from r0; LMC_CPU_SMALLM builds only. */
 void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
                                 int64_t K, int64_t N, int64_t r0, int64_t r1);
+
+/* The prefill GEMM for F16/BF16 weights (matmul_pf.c, vdpbf16ps): default
+ * pf_min_m where the CPU has AVX512-BF16 (bench/results/issue10-float-*.md). */
+#ifndef LMC_CPU_PF_MIN_M
+#define LMC_CPU_PF_MIN_M 32
+#endif
+static inline bool lmc_cpu_pf_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
+    return c->pf_min_m > 0 && M >= c->pf_min_m && K > 0 && (dt == LMC_DTYPE_F16 || dt == LMC_DTYPE_BF16);
+}
+/* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n matrices (F16, BF16 or
+ * F32; equal K > 0) with x and the weights rounded to bf16 and f32 sums;
+ * only where lmc_cpu_has_bf16(). Weights are converted per call (no copy
+ * kept). Workspace: c->xbuf (x packed, lmc_cpu_pf_xpack_words) and each
+ * thread's scratch (lmc_cpu_pf_ws_words). */
+void lmc_cpu_matmul_pf(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                       const struct lmc_mat *const *w, const float *const *bias);
+size_t lmc_cpu_pf_xpack_words(int64_t M, int64_t K);
+size_t lmc_cpu_pf_ws_words(int64_t K);
+
+/* attention from this many queries (prefill chunks): blocks of queries
+ * through sgemm (attention_prefill.c); fewer: attention.c's per-query
+ * kernel, whose bits the paged op (serving) keeps. Above the 17 rows of a
+ * speculative verification (spec_k <= 16), so verifying drafts gives the
+ * bits of decoding them one by one. */
+#ifndef LMC_CPU_ATTN_BLOCK_MIN_M
+#define LMC_CPU_ATTN_BLOCK_MIN_M 32
+#endif
+void lmc_cpu_attention_prefill(struct lmc_cpu_ctx *c, float *out, const float *q, const float *k, const float *v,
+                               int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                               int64_t window);
 
 /* Default mm_unit_bytes: the grain at which threads claim (and steal) M=1
  * weight rows; below two units a matmul runs on the calling thread. */

@@ -1,0 +1,135 @@
+/* bench_pf.c — the prefill GEMM for F16/BF16 weights (ops/cpu/matmul_pf.c,
+ * vdpbf16ps) against the fp32 kernels it replaces (matmul.c's AVX-512 4x4
+ * blocks, ctx->pf_min_m = 0) on the 125M bench model's prefill shapes,
+ * through the CPU backend's matmul, interleaved in one process: per shape
+ * and path the median over rounds of wall time and of process CPU time
+ * (both threads; the machine may be shared, CPU time is the steadier
+ * figure), as GFLOP/s and GFLOP per CPU-second.
+ *
+ *   bench_pf [--threads N] [--rounds R] [--m M] [--dtype f16|bf16]
+ */
+#include "core/core.h"
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "ops/backend.h"
+#include "ops/cpu/ops_cpu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(clockid_t id) {
+    struct timespec t;
+    clock_gettime(id, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    int threads = 2, rounds = 7;
+    int64_t M = 512;
+    enum lmc_dtype dt = LMC_DTYPE_F16;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--m")) M = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--dtype")) dt = !strcmp(argv[i + 1], "bf16") ? LMC_DTYPE_BF16 : LMC_DTYPE_F16;
+    }
+    if (rounds < 1 || rounds > 1000 || M < 1 || M > 65536) return 2;
+    lmc_err err = {0};
+    struct lmc_backend be;
+    if (lmc_backend_cpu_init(&be, threads, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    struct lmc_cpu_ctx *c = be.ctx;
+    int64_t pf_default = c->pf_min_m;
+    if (!pf_default) printf("bench_pf: this CPU has no AVX512-BF16: only the fp32 kernels run\n");
+    static const int64_t NK[][2] = {{768, 768}, {256, 768}, {2048, 768}, {768, 2048}};
+    static const char *names[] = {"q_proj, o_proj", "k_proj, v_proj", "gate_proj, up_proj", "down_proj"};
+    uint64_t rng = 7;
+    printf("| M x N x K (%s weights, %d threads) | used for | fp32 kernels GFLOP/s (wall) | bf16 GEMM GFLOP/s (wall) | "
+           "fp32 GFLOP/CPU-s | bf16 GFLOP/CPU-s | bf16 / fp32 (CPU time) |\n|---|---|---:|---:|---:|---:|---:|\n",
+           dt == LMC_DTYPE_F16 ? "F16" : "BF16", threads);
+    for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
+        int64_t N = NK[s][0], K = NK[s][1];
+        uint16_t *w = malloc((size_t)(N * K) * 2);
+        float *x = malloc((size_t)(M * K) * 4), *y = malloc((size_t)(M * N) * 4);
+        for (int64_t i = 0; i < N * K; i++) {
+            float f = (float)(lmc_rng_uniform(&rng) * 2 - 1) * 0.05f;
+            w[i] = dt == LMC_DTYPE_F16 ? lmc_f32_to_f16(f) : lmc_f32_to_bf16(f);
+        }
+        for (int64_t i = 0; i < M * K; i++) x[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        struct lmc_mat wm = {dt, N, K, w};
+        double wall[2][1000], cpu[2][1000], flop = 2.0 * (double)M * (double)N * (double)K;
+        for (int r = 0; r < rounds + 1; r++)
+            for (int p = 0; p < 2; p++) {
+                c->pf_min_m = p ? pf_default : 0;
+                if (p && !pf_default) continue;
+                double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                int reps = 3;
+                for (int k = 0; k < reps; k++) be.matmul(be.ctx, y, x, M, &wm, NULL);
+                double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                if (r == 0) continue; /* warm-up */
+                wall[p][r - 1] = (w1 - w0) / reps;
+                cpu[p][r - 1] = (c1 - c0) / reps;
+            }
+        double med[2][2] = {{0}};
+        for (int p = 0; p < 2; p++) {
+            if (p && !pf_default) continue;
+            qsort(wall[p], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(cpu[p], (size_t)rounds, sizeof(double), cmp_d);
+            med[p][0] = wall[p][rounds / 2];
+            med[p][1] = cpu[p][rounds / 2];
+        }
+        printf("| %lldx%lldx%lld | %s | %.1f | %.1f | %.1f | %.1f | %.2fx |\n", (long long)M, (long long)N,
+               (long long)K, names[s], flop / med[0][0] * 1e-9, med[1][0] > 0 ? flop / med[1][0] * 1e-9 : 0,
+               flop / med[0][1] * 1e-9, med[1][1] > 0 ? flop / med[1][1] * 1e-9 : 0,
+               med[1][1] > 0 ? med[0][1] / med[1][1] : 0);
+        free(w), free(x), free(y);
+    }
+    /* attention over M queries from position 0 (12 heads, 4 kv heads, hd 64):
+     * the query-block kernel (attention_prefill.c) against the per-query
+     * one (attention.c, reached by calls of LMC_CPU_ATTN_BLOCK_MIN_M - 1
+     * queries: the same work) */
+    {
+        const int64_t H = 12, KV = 4, hd = 64, ch = LMC_CPU_ATTN_BLOCK_MIN_M - 1;
+        float *q = malloc((size_t)(M * H * hd) * 4), *k = malloc((size_t)(M * KV * hd) * 4);
+        float *v = malloc((size_t)(M * KV * hd) * 4), *o = malloc((size_t)(M * H * hd) * 4);
+        for (int64_t i = 0; i < M * H * hd; i++) q[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        for (int64_t i = 0; i < M * KV * hd; i++) k[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        for (int64_t i = 0; i < M * KV * hd; i++) v[i] = (float)(lmc_rng_uniform(&rng) * 2 - 1);
+        double wall[2][1000], cpu[2][1000], flop = 2.0 * 2.0 * (double)hd * (double)H * (double)M * (double)(M + 1) / 2;
+        for (int r = 0; r < rounds + 1; r++)
+            for (int p = 0; p < 2; p++) {
+                double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                if (p) be.attention(be.ctx, o, q, k, v, M, 0, H, KV, hd, 0.125f, 0);
+                else
+                    for (int64_t i = 0; i < M; i += ch)
+                        be.attention(be.ctx, o + i * H * hd, q + i * H * hd, k, v, LMC_MIN(ch, M - i), i, H, KV, hd,
+                                     0.125f, 0);
+                double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                if (r == 0) continue;
+                wall[p][r - 1] = w1 - w0;
+                cpu[p][r - 1] = c1 - c0;
+            }
+        double med[2][2];
+        for (int p = 0; p < 2; p++) {
+            qsort(wall[p], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(cpu[p], (size_t)rounds, sizeof(double), cmp_d);
+            med[p][0] = wall[p][rounds / 2];
+            med[p][1] = cpu[p][rounds / 2];
+        }
+        printf("\n| causal attention, %lld queries from position 0, 12 heads / 4 kv, hd 64 | per-query kernel | "
+               "query blocks (sgemm) | blocks / per-query (CPU time) |\n|---|---:|---:|---:|\n"
+               "| ms wall (median) | %.2f | %.2f | |\n| ms CPU (median, all threads) | %.2f | %.2f | %.2fx |\n"
+               "| GFLOP per CPU-s | %.1f | %.1f | |\n",
+               (long long)M, 1e3 * med[0][0], 1e3 * med[1][0], 1e3 * med[0][1], 1e3 * med[1][1], med[0][1] / med[1][1],
+               flop / med[0][1] * 1e-9, flop / med[1][1] * 1e-9);
+        free(q), free(k), free(v), free(o);
+    }
+    lmc_backend_cpu_free(&be);
+    return 0;
+}
