@@ -29,7 +29,7 @@
 # there, `source .devdeps/device-deps.sh unpack` first, as the other gpu_*.sh):
 #   bench/gpu_optim.sh
 # env: OUT (/tmp/lmc-gpu-optim), KINDS ("adamw muon galore apollo adamw8bit"; also
-#      apollo-mini, muon-fp32), ROUNDS (3), STEPS (14), SKIP (3), GAP (6), BATCH (16),
+#      apollo-mini, muon-fp32), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
 #      SEQ (1024), CPU_KINDS (KINDS; "" skips the CPU), CPU_ROUNDS (2), CPU_STEPS (6),
 #      CPU_SKIP (1), CPU_GAP (4), CPU_BATCH (1), CPU_SEQ (512), RUN_LIMIT (120 s per run),
 #      SKIP_BUILD=1, SKIP_TEST=1, BUILD_DIR (build-dev), JOBS (nproc), DEVICE (cuda),
@@ -42,7 +42,7 @@ cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)
 OUT=${OUT:-/tmp/lmc-gpu-optim}
 KINDS=${KINDS:-adamw muon galore apollo adamw8bit}
-ROUNDS=${ROUNDS:-3}; STEPS=${STEPS:-14}; SKIP=${SKIP:-3}; GAP=${GAP:-6}; BATCH=${BATCH:-16}; SEQ=${SEQ:-1024}
+ROUNDS=${ROUNDS:-2}; STEPS=${STEPS:-14}; SKIP=${SKIP:-3}; GAP=${GAP:-6}; BATCH=${BATCH:-16}; SEQ=${SEQ:-1024}
 CPU_KINDS=${CPU_KINDS-$KINDS}; CPU_ROUNDS=${CPU_ROUNDS:-2}; CPU_STEPS=${CPU_STEPS:-6}; CPU_SKIP=${CPU_SKIP:-1}
 CPU_GAP=${CPU_GAP:-4}; CPU_BATCH=${CPU_BATCH:-1}; CPU_SEQ=${CPU_SEQ:-512}; RUN_LIMIT=${RUN_LIMIT:-120}
 B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-$(nproc)}; DEVICE=${DEVICE:-cuda}
