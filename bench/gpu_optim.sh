@@ -32,6 +32,7 @@
 #      apollo-mini, muon-fp32), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
 #      SEQ (1024), CPU_KINDS (KINDS; "" skips the CPU), CPU_ROUNDS (2), CPU_STEPS (6),
 #      CPU_SKIP (1), CPU_GAP (4), CPU_BATCH (1), CPU_SEQ (512), RUN_LIMIT (120 s per run),
+#      BUDGET_S (540 s for the whole script, build included: later runs are skipped, and reported),
 #      SKIP_BUILD=1, SKIP_TEST=1, BUILD_DIR (build-dev), JOBS (nproc), DEVICE (cuda),
 #      LAYERS HIDDEN HEADS VOCAB MAXPOS (12 768 12 50304 1024)
 # CPU smoke test of the script itself (no GPU; memory columns read —):
@@ -45,6 +46,7 @@ KINDS=${KINDS:-adamw muon galore apollo adamw8bit}
 ROUNDS=${ROUNDS:-2}; STEPS=${STEPS:-14}; SKIP=${SKIP:-3}; GAP=${GAP:-6}; BATCH=${BATCH:-16}; SEQ=${SEQ:-1024}
 CPU_KINDS=${CPU_KINDS-$KINDS}; CPU_ROUNDS=${CPU_ROUNDS:-2}; CPU_STEPS=${CPU_STEPS:-6}; CPU_SKIP=${CPU_SKIP:-1}
 CPU_GAP=${CPU_GAP:-4}; CPU_BATCH=${CPU_BATCH:-1}; CPU_SEQ=${CPU_SEQ:-512}; RUN_LIMIT=${RUN_LIMIT:-120}
+BUDGET_S=${BUDGET_S:-540} # the whole script: a run that cannot start in time is skipped (and the script fails)
 B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-$(nproc)}; DEVICE=${DEVICE:-cuda}
 LAYERS=${LAYERS:-12}; HIDDEN=${HIDDEN:-768}; HEADS=${HEADS:-12}; VOCAB=${VOCAB:-50304}; MAXPOS=${MAXPOS:-1024}
 DTYPE=bf16; [ "$DEVICE" = cuda ] || DTYPE=fp32
@@ -118,11 +120,14 @@ run_kind() { # DEV KIND ROUND DTYPE BATCH SEQ STEPS GAP THREADS
   f=$(flags "$k" "$gp")
   [ "$f" = UNKNOWN ] && { echo "$dev $k $rd unknown-kind" >>"$WORK/runs.txt"; rc=1; return; }
   tag=$dev-$k-r$rd; run=$WORK/run-$tag
+  local lim=$((BUDGET_S - ($(date +%s) - T0) - 20))
+  [ "$lim" -gt "$RUN_LIMIT" ] && lim=$RUN_LIMIT
+  if [ "$lim" -lt 30 ]; then echo "  SKIP $tag: out of the time budget (BUDGET_S=$BUDGET_S)"; rc=1; return; fi
   rm -rf "$run"
   base=$(smi_used); base=${base:-0}
   echo 0 >"$L/$tag.mem"
   # shellcheck disable=SC2086
-  timeout --kill-after=5 "$RUN_LIMIT" "$LMC" train --data "$DATA" -o "$run" --arch gpt2 --vocab "$VOCAB" \
+  timeout --kill-after=5 "$lim" "$LMC" train --data "$DATA" -o "$run" --arch gpt2 --vocab "$VOCAB" \
     --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --max-pos "$MAXPOS" --batch "$bt" --seq "$sq" \
     --steps "$st" --lr 3e-4 --warmup 0 --eval-every 0 --save-every 0 --device "$dev" --dtype "$dt" $th $f \
     >"$L/$tag.log" 2>&1 &
