@@ -7,12 +7,14 @@
 #     backend; Muon's batched bf16 Newton–Schulz among them);
 #  3. times `lmc train --device cuda --dtype bf16 --optim X` at GPT-2 124M's
 #     shape (12 layers, 768 wide, 12 heads, vocab 50304, 1024 positions,
-#     tied; batch 16 x 1024, random token ids) for AdamW, Muon, GaLore,
-#     APOLLO and 8-bit AdamW, INTERLEAVED: ROUNDS rounds, each running every
+#     tied; batch 16 x 1024, random token ids) for AdamW, Muon, GaLore (its
+#     GPU default: the subspace refresh), APOLLO and 8-bit AdamW,
+#     INTERLEAVED: ROUNDS rounds, each running every
 #     kind once in order, so a drift of the machine hits every kind alike;
 #  4. times the same kinds on the CPU backend (all the machine's cores,
 #     fp32) at GPT-2 124M's shape with a small batch (CPU_BATCH x CPU_SEQ
-#     tokens per step), interleaved likewise (CPU_ROUNDS);
+#     tokens per step), one round by default (CPU_ROUNDS), GaLore both with
+#     its CPU default (the exact refresh) and with --galore-refresh subspace;
 #  5. writes $OUT/table.md: per kind the median step time over the steps
 #     after SKIP that refresh no projection (all rounds pooled), that median
 #     over AdamW's (goals: Muon <= 1.05, GaLore amortised <= 1.10), the
@@ -30,7 +32,8 @@
 #   bench/gpu_optim.sh
 # env: OUT (/tmp/lmc-gpu-optim), KINDS ("adamw muon galore apollo adamw8bit"; also
 #      apollo-mini, muon-fp32), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
-#      SEQ (1024), CPU_KINDS (KINDS; "" skips the CPU), CPU_ROUNDS (2), CPU_STEPS (6),
+#      SEQ (1024), CPU_KINDS ("adamw muon galore galore-subspace apollo adamw8bit"; "" skips the
+#      CPU; galore-exact also exists), CPU_ROUNDS (1), CPU_STEPS (6),
 #      CPU_SKIP (1), CPU_GAP (4), CPU_BATCH (1), CPU_SEQ (512), RUN_LIMIT (120 s per run),
 #      BUDGET_S (540 s for the whole script, build included: later runs are skipped, and reported),
 #      SKIP_BUILD=1, SKIP_TEST=1, BUILD_DIR (build-dev), JOBS (nproc), DEVICE (cuda),
@@ -44,7 +47,7 @@ T0=$(date +%s)
 OUT=${OUT:-/tmp/lmc-gpu-optim}
 KINDS=${KINDS:-adamw muon galore apollo adamw8bit}
 ROUNDS=${ROUNDS:-2}; STEPS=${STEPS:-14}; SKIP=${SKIP:-3}; GAP=${GAP:-6}; BATCH=${BATCH:-16}; SEQ=${SEQ:-1024}
-CPU_KINDS=${CPU_KINDS-$KINDS}; CPU_ROUNDS=${CPU_ROUNDS:-2}; CPU_STEPS=${CPU_STEPS:-6}; CPU_SKIP=${CPU_SKIP:-1}
+CPU_KINDS=${CPU_KINDS-adamw muon galore galore-subspace apollo adamw8bit}; CPU_ROUNDS=${CPU_ROUNDS:-1}; CPU_STEPS=${CPU_STEPS:-6}; CPU_SKIP=${CPU_SKIP:-1}
 CPU_GAP=${CPU_GAP:-4}; CPU_BATCH=${CPU_BATCH:-1}; CPU_SEQ=${CPU_SEQ:-512}; RUN_LIMIT=${RUN_LIMIT:-120}
 BUDGET_S=${BUDGET_S:-540} # the whole script: a run that cannot start in time is skipped (and the script fails)
 B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-$(nproc)}; DEVICE=${DEVICE:-cuda}
@@ -107,7 +110,9 @@ flags() { # KIND GAP
     adamw) echo "" ;;
     muon) echo "--optim muon" ;;                                      # bf16 Newton–Schulz (batched)
     muon-fp32) echo "--optim muon --muon-ns-bf16 0" ;;
-    galore) echo "--optim galore --galore-update-gap $2" ;;           # rank 128, scale 0.25
+    galore) echo "--optim galore --galore-update-gap $2" ;;           # rank 128, scale 0.25; auto refresh
+    galore-exact) echo "--optim galore --galore-update-gap $2 --galore-refresh exact" ;;
+    galore-subspace) echo "--optim galore --galore-update-gap $2 --galore-refresh subspace" ;;
     apollo) echo "--optim apollo --apollo-update-gap $2" ;;           # rank 256, channel-wise
     apollo-mini) echo "--optim apollo-mini --apollo-update-gap $2" ;;
     adamw8bit) echo "--optim adamw8bit" ;;
@@ -177,7 +182,7 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
     res = {}
     for k in kinds:
         plain, refs, per_round, peak, state, n, notes = [], [], {}, None, None, None, []
-        refresh_kind = k in ("galore", "apollo", "apollo-mini")
+        refresh_kind = k.startswith("galore") or k.startswith("apollo")
         for rd in range(1, rounds + 1):
             tag = f"{dev}-{k}-r{rd}"
             i = info.get((dev, k, rd))
