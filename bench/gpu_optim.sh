@@ -161,7 +161,7 @@ if [ -n "$CPU_KINDS" ] && [ "$DEVICE" = cuda ]; then
 fi
 
 # ---- the table
-SHAPE="GPT-2 124M shape: $LAYERS layers, hidden $HIDDEN, $HEADS heads, vocab $VOCAB, $MAXPOS positions, tied"
+SHAPE="GPT-2 architecture (124M at the defaults): $LAYERS layers, hidden $HIDDEN, $HEADS heads, vocab $VOCAB, $MAXPOS positions, tied"
 python3 - "$WORK/runs.txt" "$L" "$SHAPE" "$DEVICE" "$KINDS" "$ROUNDS" "$STEPS" "$SKIP" "$GAP" "$BATCH x $SEQ, $DTYPE" \
   "$CPU_KINDS" "$CPU_ROUNDS" "$CPU_STEPS" "$CPU_SKIP" "$CPU_GAP" "$CPU_BATCH x $CPU_SEQ, fp32, $(nproc) threads" \
   <<'PY' | tee -a "$OUT/table.md"
