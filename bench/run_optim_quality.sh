@@ -20,6 +20,7 @@
 # Usage: bench/run_optim_quality.sh [OUT.svg]
 # env: LMC=build/lmc THREADS=2 JOBS=1 STEPS=930 BATCH=16 LR=1.5e-3 WARMUP=30 EVAL_EVERY=50
 #      EVAL_BATCHES=8 RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
+#      (also adamw8bit-emb8: 8-bit AdamW with the embedding's moments in 8 bits too)
 #      WORK=/tmp/lmc-optim-quality KEEP_CKPT=0 (1 keeps each run's final checkpoint)
 #      SKIP_TRAIN=1: no training, only the table and the SVG from the runs already in WORK
 #      (e.g. after running subsets of KINDS in several invocations with the same settings);
@@ -39,6 +40,7 @@ if [ ! -f "$WORK/data/meta.json" ]; then
 fi
 declare -A EXTRA=(
   [adamw]="" [muon]="--optim muon" [adamw8bit]="--optim adamw8bit"
+  [adamw8bit-emb8]="--optim adamw8bit --adamw8bit-embed-8bit 1"
   [galore]="--optim galore --galore-rank $RANK --galore-update-gap $GAP"
   [apollo]="--optim apollo --apollo-rank $RANK --apollo-update-gap $GAP"
   [apollo-mini]="--optim apollo-mini --apollo-update-gap $GAP"

@@ -368,14 +368,25 @@ static void test_groups_and_bytes(void) {
     CHECK(b[LMC_OPTIM_GALORE] == (size_t)(adam_rest + 4 * (3 * 768 * 128 + 2 * 3072 * 128 + 128 * 768)));
     /* APOLLO-Mini: rank 1, + one float for the limiter */
     CHECK(b[LMC_OPTIM_APOLLO_MINI] == (size_t)(adam_rest + 4 * (3 * 768 + 1 + 2 * 3072 + 768 + 1)));
-    /* 8-bit: 2 bytes + 8 per 256-block for the four big tensors, 8 bytes for the vectors */
-    double q8 = 0;
+    /* 8-bit: 2 bytes + 8 per 256-block for the big tensors, 8 bytes for the vectors and
+     * (by default) for the embedding; with --adamw8bit-embed-8bit 1 the embedding is 8-bit too */
+    double q8 = 0, q8e = 0;
     for (int i = 0; i < n; i++) {
-        double m = (double)ps[i].rows * ps[i].cols;
-        q8 += m >= 4096 ? 2 * m + 8 * ceil(m / 256) : 8 * m;
+        double m = (double)ps[i].rows * ps[i].cols, small = 8 * m, big = 2 * m + 8 * ceil(m / 256);
+        q8 += m >= 4096 && ps[i].role != LMC_PROLE_EMBEDDING ? big : small;
+        q8e += m >= 4096 ? big : small;
     }
     CHECK(b[LMC_OPTIM_ADAMW8BIT] == (size_t)q8);
-    CHECK(b[LMC_OPTIM_ADAMW8BIT] < 0.26 * b[LMC_OPTIM_ADAMW]);
+    {
+        struct lmc_optim_cfg c8;
+        lmc_optim_cfg_default(&c8, LMC_OPTIM_ADAMW8BIT);
+        c8.q8_embed_8bit = true;
+        size_t be8 = 0;
+        CHECK(!lmc_optim_state_bytes(&c8, ps, n, &be8, &err));
+        CHECK(be8 == (size_t)q8e);
+        CHECK(be8 < 0.26 * b[LMC_OPTIM_ADAMW]);
+        CHECK(b[LMC_OPTIM_ADAMW8BIT] > be8);
+    }
     /* grouping */
     struct lmc_optim_cfg c;
     lmc_optim_cfg_default(&c, LMC_OPTIM_MUON);
@@ -477,7 +488,8 @@ static void test_flags(void) {
     lmc_optim_cfg_default(&c, LMC_OPTIM_ADAMW);
     char *argv[] = {"train", "--optim", "muon", "--muon-lr", "0.05", "--muon-ns-steps", "3", "--muon-scale",
                     "moonlight", "--lr", "1e-3", "--galore-rank", "64", "--apollo-scale-type", "tensor",
-                    "--adamw8bit-block", "512", "--muon-nesterov", "0", "--muon-ns-bf16", "0"};
+                    "--adamw8bit-block", "512", "--muon-nesterov", "0", "--muon-ns-bf16", "0",
+                    "--adamw8bit-embed-8bit", "1", "--galore-refresh", "subspace"};
     int argc = (int)(sizeof argv / sizeof *argv), i = 1, ours = 0, theirs = 0;
     lmc_err err;
     while (i < argc) {
@@ -486,13 +498,15 @@ static void test_flags(void) {
         if (used) ours++;
         else theirs++, i++;
     }
-    CHECK(ours == 9 && theirs == 2);
+    CHECK(ours == 11 && theirs == 2);
     CHECK(c.kind == LMC_OPTIM_MUON && c.muon_lr == 0.05 && c.muon_ns_steps == 3 &&
           c.muon_scale == LMC_MUON_SCALE_MOONLIGHT && c.galore_rank == 64 &&
-          c.apollo_scale_type == LMC_APOLLO_TENSOR && c.q8_block == 512 && !c.muon_nesterov && !c.muon_ns_bf16);
+          c.apollo_scale_type == LMC_APOLLO_TENSOR && c.q8_block == 512 && !c.muon_nesterov && !c.muon_ns_bf16 &&
+          c.q8_embed_8bit && c.galore_refresh == LMC_GALORE_REFRESH_SUBSPACE);
     CHECK(!lmc_optim_cfg_check(&c, &err));
     char *bad[][2] = {{"--optim", "sgd"}, {"--muon-lr", "x"}, {"--muon-momentum", "1"}, {"--galore-rank", "0"},
-                      {"--muon-scale", "big"}, {"--apollo-rank", "3.5"}, {"--muon-lr", NULL}};
+                      {"--muon-scale", "big"}, {"--apollo-rank", "3.5"}, {"--muon-lr", NULL},
+                      {"--adamw8bit-embed-8bit", "2"}, {"--galore-refresh", "svd"}};
     for (size_t q = 0; q < sizeof bad / sizeof *bad; q++) {
         char *av[] = {"train", bad[q][0], bad[q][1]};
         int ac = bad[q][1] ? 3 : 2, j = 1;
@@ -505,6 +519,106 @@ static void test_flags(void) {
     enum lmc_optim_kind k;
     for (int q = 0; q < LMC_OPTIM_KIND_COUNT; q++)
         CHECK(!lmc_optim_kind_parse(lmc_optim_kind_name((enum lmc_optim_kind)q), &k, &err) && (int)k == q);
+}
+
+/* GaLore's subspace refresh against the exact one: gradients with a clear
+ * spectral gap after rank r (singular values 10, 8, 6, 4, then <= 0.6),
+ * the second a 1% perturbation of the first; after step 2 (the first
+ * subspace refresh) every projection vector within 1e-4 of the exact
+ * one's direction (1 - cosine) with the same sign, for a right (tall) and
+ * a left (wide) matrix; a zero gradient falls back to the exact path. */
+static void lowrank_grad(float *g, int64_t rows, int64_t cols, uint64_t seed, float noise) {
+    const int64_t q = rows < cols ? rows : cols;
+    float *u = malloc((size_t)(rows * q) * 4), *v = malloc((size_t)(cols * q) * 4);
+    gen(u, rows * q, seed, 1.0f), gen(v, cols * q, seed + 1, 1.0f);
+    /* Gram–Schmidt the columns of u and v (orthonormal singular vectors) */
+    float *m[2] = {u, v};
+    const int64_t len[2] = {rows, cols};
+    for (int w = 0; w < 2; w++)
+        for (int64_t j = 0; j < q; j++) {
+            for (int64_t i = 0; i < j; i++) {
+                double d = 0;
+                for (int64_t e = 0; e < len[w]; e++) d += (double)m[w][e * q + i] * m[w][e * q + j];
+                for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] -= (float)(d * m[w][e * q + i]);
+            }
+            double nr = 0;
+            for (int64_t e = 0; e < len[w]; e++) nr += (double)m[w][e * q + j] * m[w][e * q + j];
+            for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] /= (float)sqrt(nr);
+        }
+    const float sv[4] = {10, 8, 6, 4};
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t b = 0; b < cols; b++) {
+            double x = 0;
+            for (int64_t j = 0; j < q; j++) x += (double)(j < 4 ? sv[j] : 0.6f / (float)(1 + j)) * u[a * q + j] * v[b * q + j];
+            g[a * cols + b] = (float)x;
+        }
+    float *e = malloc((size_t)(rows * cols) * 4);
+    gen(e, rows * cols, seed + 7, noise);
+    for (int64_t i = 0; i < rows * cols; i++) g[i] += e[i];
+    free(u), free(v), free(e);
+}
+
+static void test_galore_subspace(void) {
+    const int64_t R[2] = {48, 20}, C[2] = {20, 48};
+    float *p[2][2], *g[2];
+    struct lmc_optim_param ps[2][2];
+    struct lmc_optim o[2];
+    lmc_err err;
+    for (int j = 0; j < 2; j++) g[j] = calloc((size_t)(R[j] * C[j]), 4);
+    for (int mode = 0; mode < 2; mode++) {
+        for (int j = 0; j < 2; j++) {
+            p[mode][j] = calloc((size_t)(R[j] * C[j]), 4);
+            ps[mode][j] = (struct lmc_optim_param){"w", p[mode][j], g[j], R[j], C[j], LMC_PROLE_MATRIX, true};
+        }
+        struct lmc_optim_cfg c;
+        lmc_optim_cfg_default(&c, LMC_OPTIM_GALORE);
+        c.galore_rank = 4, c.galore_update_gap = 1;
+        c.galore_refresh = mode ? LMC_GALORE_REFRESH_SUBSPACE : LMC_GALORE_REFRESH_EXACT;
+        CHECK_MSG(!lmc_optim_init(&o[mode], &c, &cpu, ps[mode], 2, &err), "%s", err.msg);
+    }
+    for (int t = 1; t <= 2; t++) {
+        for (int j = 0; j < 2; j++) {
+            lowrank_grad(g[j], R[j], C[j], 77 + (uint64_t)j * 10, 0.01f); /* the same low-rank part */
+            if (t == 2) { /* + a 1% perturbation */
+                float *e = malloc((size_t)(R[j] * C[j]) * 4);
+                gen(e, R[j] * C[j], 500 + (uint64_t)j, 0.1f);
+                for (int64_t i = 0; i < R[j] * C[j]; i++) g[j][i] += e[i];
+                free(e);
+            }
+        }
+        for (int mode = 0; mode < 2; mode++) lmc_optim_step(&o[mode], 1e-3, t, 1.0f);
+    }
+    double worst = 0;
+    for (int k = 0; k < lmc_optim_state_count(&o[0]); k++) {
+        struct lmc_optim_state_tensor a, b;
+        lmc_optim_state_get(&o[0], k, &a), lmc_optim_state_get(&o[1], k, &b);
+        if (!strstr(a.name, "galore.proj")) continue;
+        const int j = k < lmc_optim_state_count(&o[0]) / 2 ? 0 : 1;
+        const bool right = R[j] >= C[j];
+        const int64_t len = R[j] < C[j] ? R[j] : C[j];
+        const float *pa = a.data, *pb = b.data;
+        for (int64_t v = 0; v < 4; v++) {
+            double ab = 0, aa = 0, bb = 0;
+            for (int64_t e = 0; e < len; e++) {
+                const double x = right ? pa[v * len + e] : pa[e * 4 + v], y = right ? pb[v * len + e] : pb[e * 4 + v];
+                ab += x * y, aa += x * x, bb += y * y;
+            }
+            worst = fmax(worst, 1 - ab / sqrt(aa * bb));
+        }
+    }
+    printf("  galore subspace refresh vs exact: worst 1 - cosine %.2e\n", worst);
+    CHECK(worst <= 1e-4);
+    CHECK(worst > 0); /* the subspace path ran: the exact refresh would give the same bits */
+    /* a zero gradient: C is singular, the exact refresh takes over (no crash, finite parameters) */
+    for (int j = 0; j < 2; j++) memset(g[j], 0, (size_t)(R[j] * C[j]) * 4);
+    lmc_optim_step(&o[1], 1e-3, 3, 1.0f);
+    for (int j = 0; j < 2; j++)
+        for (int64_t i = 0; i < R[j] * C[j]; i++) CHECK(isfinite(p[1][j][i]));
+    for (int mode = 0; mode < 2; mode++) {
+        lmc_optim_free(&o[mode]);
+        for (int j = 0; j < 2; j++) free(p[mode][j]);
+    }
+    for (int j = 0; j < 2; j++) free(g[j]);
 }
 
 int main(void) {
@@ -530,6 +644,7 @@ int main(void) {
     test_step_one();
     test_roles();
     test_flags();
+    test_galore_subspace();
     lmc_backend_cpu_free(&cpu);
     return test_finish("test_optim");
 }

@@ -4,7 +4,8 @@
  * wide, square, a norm), parameters within 1e-5 of the CPU's and the
  * updates within 1e-4 (Muon with fp32 NS through cuBLASLt) or 1e-3
  * (8-bit: a code flip moves one element's moment by a code step); Muon
- * with bf16 NS operands (the default) by the updates' cosine;
+ * with bf16 NS (the default: muon_batch.cu, all matrices of a shape in one
+ * batched call) by the updates' cosine;
  * state saved on the GPU loads on the CPU and continues there with the same
  * result as on the GPU; GaLore, APOLLO and APOLLO-Mini likewise (their
  * projections refreshed on the host at steps 1, 3, 5). Prints "skipped:
@@ -16,11 +17,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define NP 5
-static const int64_t prow[NP] = {64, 32, 176, 1, 37}, pcol[NP] = {64, 64, 64, 64, 101};
+#define NP 6 /* "o" and "o2" share a shape: one batched Muon call (bf16) takes both */
+static const int64_t prow[NP] = {64, 32, 176, 1, 37, 64}, pcol[NP] = {64, 64, 64, 64, 101, 64};
 static const enum lmc_param_role prole[NP] = {LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_NORM,
-                                              LMC_PROLE_MATRIX};
-static const char *const pname[NP] = {"o", "k", "gate", "norm", "odd"};
+                                              LMC_PROLE_MATRIX, LMC_PROLE_MATRIX};
+static const char *const pname[NP] = {"o", "k", "gate", "norm", "odd", "o2"};
 
 struct side {
     struct lmc_backend *be;
@@ -120,6 +121,7 @@ int main(void) {
         lmc_optim_cfg_default(&c, kinds[q]);
         const bool bf = q == 3; /* Muon with bf16 Newton–Schulz operands (the default) */
         c.muon_ns_bf16 = bf;
+        c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE; /* the GPU's default (auto), on both sides */
         struct side g, h, h2;
         side_init(&g, &gpu), side_init(&h, &cpu), side_init(&h2, &cpu);
         float *p0[NP];

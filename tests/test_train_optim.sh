@@ -91,16 +91,21 @@ CK="$TMP/adamw/step_000006"
 for k in adamw adamw8bit muon galore apollo apollo-mini; do
   "$LMC" info -m "$CK" --optim $k --json >"$TMP/info_$k.json" 2>"$TMP/err"; ok $? "info --optim $k: $(cat "$TMP/err")"
 done
+"$LMC" info -m "$CK" --optim adamw8bit --adamw8bit-embed-8bit 1 --json >"$TMP/info_adamw8bit-emb8.json" 2>"$TMP/err"
+ok $? "info --optim adamw8bit --adamw8bit-embed-8bit 1: $(cat "$TMP/err")"
 "$LMC" info -m "$CK" --optim galore --galore-rank 8 >"$TMP/info_text" 2>"$TMP/err"
 grep -q "optimizer galore: .*galore: 14 tensors.*state [0-9]* bytes" "$TMP/info_text"; ok $? "info text: $(cat "$TMP/info_text" "$TMP/err")"
 python3 - "$TMP" <<'PY'
 import json, sys
 tmp = sys.argv[1]
-i = {k: json.load(open(f"{tmp}/info_{k}.json")) for k in ("adamw", "adamw8bit", "muon", "galore", "apollo", "apollo-mini")}
+i = {k: json.load(open(f"{tmp}/info_{k}.json"))
+     for k in ("adamw", "adamw8bit", "adamw8bit-emb8", "muon", "galore", "apollo", "apollo-mini")}
 p = i["adamw"]["parameters"]
 assert all(v["parameters"] == p for v in i.values()), i
 assert i["adamw"]["state_bytes"] == 8 * p, i["adamw"]
-assert i["adamw8bit"]["state_bytes"] < 3 * p, i["adamw8bit"]
+# the embedding keeps fp32 moments by default; with --adamw8bit-embed-8bit 1 every big tensor is 8-bit
+assert i["adamw8bit-emb8"]["state_bytes"] < 3 * p, i["adamw8bit-emb8"]
+assert i["adamw8bit-emb8"]["state_bytes"] < i["adamw8bit"]["state_bytes"] < i["adamw"]["state_bytes"], i
 assert i["muon"]["state_bytes"] < i["adamw"]["state_bytes"], i["muon"]
 assert i["apollo-mini"]["state_bytes"] < i["apollo"]["state_bytes"], i  # default rank 256 exceeds these 64-wide matrices
 PY

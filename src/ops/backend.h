@@ -44,6 +44,7 @@ struct lmc_adamw_step {
 };
 
 struct lmc_muon_step;    /* ops/optim_ops.h (the optimizer entries at the end) */
+struct lmc_muon_mat;
 struct lmc_lowrank_step;
 struct lmc_qweight;
 
@@ -341,6 +342,12 @@ struct lmc_backend {
      * lmc_muon_work_floats(rows, cols) floats of backend memory. */
     void (*muon)(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                  const struct lmc_muon_step *s, float *work);
+    /* Optional (NULL: the optimizer calls muon per matrix): one Muon step
+     * with bf16 Newton–Schulz (s->ns_bf16) on count <= LMC_MUON_BATCH_MAX
+     * matrices of one shape at once (struct lmc_muon_mat, ops/optim_ops.h);
+     * work: lmc_muon_batch_work_floats(count, rows, cols) floats. */
+    void (*muon_batch)(void *ctx, const struct lmc_muon_mat *mats, int count, const struct lmc_muon_step *s,
+                       float *work);
     /* One 8-bit AdamW step on n parameters: moments as codes qm, qv (n bytes)
      * and per-block absmax_m, absmax_v (ceil(n / block) floats); code_m,
      * code_v (256 floats each) the signed and unsigned dynamic codes; all

@@ -46,6 +46,22 @@ int64_t lmc_muon_work_floats(int64_t rows, int64_t cols);
 float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_muon_step *s,
                                float *work);
 
+/* Several matrices of one shape for a batched Muon step (the backend's
+ * muon_batch entry): each with its own lr_adj (the step's lr_adj unused). */
+#define LMC_MUON_BATCH_MAX 32
+#define LMC_MUON_BATCH_PARTS 128 /* partial norm sums per matrix, at most */
+struct lmc_muon_mat {
+    float *p;
+    const float *g;
+    float *buf;
+    int64_t rows, cols;
+    float lr_adj;
+};
+/* Floats of work memory muon_batch needs for `count` (rows, cols) matrices:
+ * count * LMC_MUON_BATCH_PARTS doubles, then X, Y (k*w) and A, B (k*k) in
+ * bf16 per matrix, each rounded up to 128 elements. */
+int64_t lmc_muon_batch_work_floats(int count, int64_t rows, int64_t cols);
+
 /* Muon's step on host memory (the CPU op): p, g, buf (rows, cols). */
 void lmc_muon_apply(float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                     const struct lmc_muon_step *s, float *work);
@@ -124,6 +140,9 @@ void lmc_cuda_lowrank(void *ctx, float *p, const float *g, float *m, float *v, c
                       const struct lmc_lowrank_step *s, float *work);
 void lmc_cuda_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                    const struct lmc_muon_step *s, float *work);
+/* ops/cuda/muon_batch.cu: the batched bf16 Newton–Schulz (ns_bf16 only). */
+void lmc_cuda_muon_batch(void *ctx, const struct lmc_muon_mat *mats, int count, const struct lmc_muon_step *s,
+                         float *work);
 void lmc_cuda_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
                         float *absmax_m, float *absmax_v, int64_t n, int64_t block,
                         const float *code_m, const float *code_v, const struct lmc_adamw_step *s);

@@ -238,6 +238,9 @@ static cJSON *optim_json(const struct lmc_optim_cfg *c) {
     add_i64(j, "galore_rank", c->galore_rank);
     add_i64(j, "galore_update_gap", c->galore_update_gap);
     add_f64(j, "galore_scale", c->galore_scale);
+    cJSON_AddStringToObject(j, "galore_refresh", c->galore_refresh == LMC_GALORE_REFRESH_EXACT      ? "exact"
+                                                 : c->galore_refresh == LMC_GALORE_REFRESH_SUBSPACE ? "subspace"
+                                                                                                    : "auto");
     add_i64(j, "apollo_rank", c->apollo_rank);
     add_i64(j, "apollo_update_gap", c->apollo_update_gap);
     add_f64(j, "apollo_scale", c->apollo_scale);
@@ -245,6 +248,7 @@ static cJSON *optim_json(const struct lmc_optim_cfg *c) {
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->apollo_seed);
     cJSON_AddStringToObject(j, "apollo_seed", seed);
     add_i64(j, "q8_block", c->q8_block);
+    add_i64(j, "q8_embed_8bit", c->q8_embed_8bit);
     return j;
 }
 
@@ -370,11 +374,21 @@ static lmc_status parse_optim(const cJSON *op, const char *src, struct lmc_optim
     }
     if (!s && !(s = get_i64(op, "muon_nesterov", src, 0, &h, &iv, err)) && h) c->muon_nesterov = iv != 0;
     if (!s && !(s = get_i64(op, "muon_ns_bf16", src, 0, &h, &iv, err)) && h) c->muon_ns_bf16 = iv != 0;
+    if (!s && !(s = get_i64(op, "q8_embed_8bit", src, 0, &h, &iv, err)) && h) c->q8_embed_8bit = iv != 0;
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(op, "muon_scale");
     if (!s && x) {
         if (cJSON_IsString(x) && !strcmp(x->valuestring, "moonlight")) c->muon_scale = LMC_MUON_SCALE_MOONLIGHT;
         else if (cJSON_IsString(x) && !strcmp(x->valuestring, "shape")) c->muon_scale = LMC_MUON_SCALE_SHAPE;
         else s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"optim.muon_scale\": expected shape or moonlight", src);
+    }
+    x = cJSON_GetObjectItemCaseSensitive(op, "galore_refresh");
+    if (!s && x) {
+        const char *gv = cJSON_IsString(x) ? x->valuestring : "";
+        if (!strcmp(gv, "auto")) c->galore_refresh = LMC_GALORE_REFRESH_AUTO;
+        else if (!strcmp(gv, "exact")) c->galore_refresh = LMC_GALORE_REFRESH_EXACT;
+        else if (!strcmp(gv, "subspace")) c->galore_refresh = LMC_GALORE_REFRESH_SUBSPACE;
+        else s = lmc_err_set(err, LMC_ERR_FORMAT, "%s: field \"optim.galore_refresh\": expected auto, exact or subspace",
+                             src);
     }
     x = cJSON_GetObjectItemCaseSensitive(op, "apollo_scale_type");
     if (!s && x) {

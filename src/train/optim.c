@@ -53,6 +53,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->galore_rank = 128;
     c->galore_update_gap = 200;
     c->galore_scale = 0.25;
+    c->galore_refresh = LMC_GALORE_REFRESH_AUTO;
     bool mini = kind == LMC_OPTIM_APOLLO_MINI;
     c->apollo_rank = mini ? 1 : 256;
     c->apollo_update_gap = 200;
@@ -60,6 +61,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->apollo_scale_type = mini ? LMC_APOLLO_TENSOR : LMC_APOLLO_CHANNEL;
     c->apollo_seed = 0;
     c->q8_block = 256;
+    c->q8_embed_8bit = false;
 }
 
 void lmc_optim_cfg_default(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
@@ -114,28 +116,30 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
                                lmc_err *err) {
     *used = false;
     const char *f = argv[*i];
-    enum { D, I, KIND, SCALE, STYPE } t;
+    enum { D, I, KIND, SCALE, STYPE, GREF } t;
     void *dst = NULL;
     double lo = 0, hi = 1e30;
     static const char *const dflags[] = {"--muon-lr", "--muon-momentum", "--muon-weight-decay",
                                          "--galore-scale", "--apollo-scale"};
     static const char *const iflags[] = {"--muon-ns-steps", "--muon-nesterov", "--galore-rank",
                                          "--galore-update-gap", "--apollo-rank", "--apollo-update-gap",
-                                         "--apollo-seed", "--adamw8bit-block", "--muon-ns-bf16"};
+                                         "--apollo-seed", "--adamw8bit-block", "--muon-ns-bf16",
+                                         "--adamw8bit-embed-8bit"};
     double *dd[] = {&c->muon_lr, &c->muon_momentum, &c->muon_weight_decay, &c->galore_scale,
                     &c->apollo_scale};
     int k = 0;
     if (!strcmp(f, "--optim")) t = KIND;
     else if (!strcmp(f, "--muon-scale")) t = SCALE;
     else if (!strcmp(f, "--apollo-scale-type")) t = STYPE;
+    else if (!strcmp(f, "--galore-refresh")) t = GREF;
     else {
         for (k = 0; k < 5 && strcmp(f, dflags[k]); k++) {}
         if (k < 5) {
             t = D, dst = dd[k];
             if (k == 1) hi = 0.999999;
         } else {
-            for (k = 0; k < 9 && strcmp(f, iflags[k]); k++) {}
-            if (k == 9) return LMC_OK; /* not ours */
+            for (k = 0; k < 10 && strcmp(f, iflags[k]); k++) {}
+            if (k == 10) return LMC_OK; /* not ours */
             t = I;
         }
     }
@@ -146,6 +150,14 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         enum lmc_optim_kind kind;
         if ((s = lmc_optim_kind_parse(v, &kind, err))) return s;
         kind_defaults(c, kind);
+    } else if (t == GREF) {
+        static const char *const gr[] = {"auto", "exact", "subspace"};
+        int which = -1;
+        for (int q = 0; q < 3 && v; q++)
+            if (!strcmp(v, gr[q])) which = q;
+        if (which < 0)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: expected auto, exact or subspace, got '%s'", f, v ? v : "(missing)");
+        c->galore_refresh = (enum lmc_galore_refresh)which;
     } else if (t == SCALE || t == STYPE) {
         const char *a = t == SCALE ? "shape" : "channel", *b = t == SCALE ? "moonlight" : "tensor";
         int which = v && !strcmp(v, a) ? 0 : v && !strcmp(v, b) ? 1 : -1;
@@ -156,7 +168,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     } else if (t == D) {
         if ((s = num_arg(f, v, lo, hi, (double *)dst, err))) return s;
     } else {
-        const bool flag01 = k == 1 || k == 8;
+        const bool flag01 = k == 1 || k == 8 || k == 9;
         long long x = 0, ilo = flag01 || k == 6 ? 0 : 1, ihi = flag01 ? 1 : k == 6 ? INT64_MAX : 1 << 30;
         if ((s = int_arg(f, v, ilo, ihi, &x, err))) return s;
         switch (k) {
@@ -168,6 +180,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         case 5: c->apollo_update_gap = (int)x; break;
         case 6: c->apollo_seed = (uint64_t)x; break;
         case 8: c->muon_ns_bf16 = x != 0; break;
+        case 9: c->q8_embed_8bit = x != 0; break;
         default: c->q8_block = (int)x; break;
         }
     }
@@ -191,6 +204,7 @@ static enum lmc_optim_group group_for(const struct lmc_optim_cfg *c, const struc
     bool matrix = p->role == LMC_PROLE_MATRIX && p->rows > 1 && p->cols > 1;
     switch (c->kind) {
     case LMC_OPTIM_ADAMW8BIT:
+        if (p->role == LMC_PROLE_EMBEDDING && !c->q8_embed_8bit) return LMC_GROUP_ADAMW;
         return p->rows * p->cols >= Q8_MIN_NUMEL ? LMC_GROUP_ADAMW8BIT : LMC_GROUP_ADAMW;
     case LMC_OPTIM_MUON: return matrix ? LMC_GROUP_MUON : LMC_GROUP_ADAMW;
     case LMC_OPTIM_GALORE: return matrix ? LMC_GROUP_GALORE : LMC_GROUP_ADAMW;
@@ -309,6 +323,52 @@ void lmc_optim_free(struct lmc_optim *o) {
     memset(o, 0, sizeof *o);
 }
 
+/* torch.optim.Muon: adjusted_lr = lr * ratio; p *= 1 - lr * wd; p -= adjusted_lr * O */
+static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_optim_slot *s, double lr,
+                           float grad_scale, struct lmc_muon_step *ms) {
+    double mlr = c->adamw.lr > 0 ? c->muon_lr * (lr / c->adamw.lr) : c->muon_lr;
+    double ratio = c->muon_scale == LMC_MUON_SCALE_MOONLIGHT ? 0.2 * sqrt((double)LMC_MAX(s->rows, s->cols))
+                                                             : sqrt(LMC_MAX(1.0, (double)s->rows / (double)s->cols));
+    *ms = (struct lmc_muon_step){
+        .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
+        .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
+        .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
+        .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = c->muon_ns_bf16};
+}
+
+/* Whether Muon's tensors go through the backend's batched entry. */
+static bool muon_batched(const struct lmc_optim_cfg *c, const struct lmc_backend *be) {
+    return c->kind == LMC_OPTIM_MUON && c->muon_ns_bf16 && be->muon_batch;
+}
+
+/* The next batch of Muon slots of one shape among those not yet done: their indices in idx (at most LMC_MUON_BATCH_MAX);
+ * returns the count (0: none left). */
+static int muon_next_batch(const struct lmc_optim_slot *slots, int n, const bool *done, int *idx) {
+    int cnt = 0, first = -1;
+    for (int i = 0; i < n && cnt < LMC_MUON_BATCH_MAX; i++) {
+        if (done[i] || slots[i].group != LMC_GROUP_MUON) continue;
+        if (first < 0) first = i;
+        if (slots[i].rows == slots[first].rows && slots[i].cols == slots[first].cols) idx[cnt++] = i;
+    }
+    return cnt;
+}
+
+/* Work floats for the batched Muon step (the largest batch). */
+static int64_t muon_batch_work(const struct lmc_optim_slot *slots, int n) {
+    bool *done = calloc((size_t)(n > 0 ? n : 1), sizeof *done);
+    int idx[LMC_MUON_BATCH_MAX];
+    int64_t wf = 0;
+    LMC_ASSERT(done);
+    int cnt;
+    while ((cnt = muon_next_batch(slots, n, done, idx)) > 0) {
+        const struct lmc_optim_slot *s = &slots[idx[0]];
+        wf = LMC_MAX(wf, lmc_muon_batch_work_floats(cnt, s->rows, s->cols));
+        for (int q = 0; q < cnt; q++) done[idx[q]] = true;
+    }
+    free(done);
+    return wf;
+}
+
 lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
                           const struct lmc_backend *be, const struct lmc_optim_param *params,
                           int n, lmc_err *err) {
@@ -330,6 +390,13 @@ lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
         free(o->slots);
         o->slots = NULL, o->n_params = 0;
         return st;
+    }
+    if (muon_batched(c, be)) { /* the batched step's work replaces the per-matrix one */
+        int64_t wb = muon_batch_work(o->slots, n);
+        if (wb > wf) {
+            o->arena_bytes += al256((size_t)wb * sizeof(float)) - al256((size_t)wf * sizeof(float));
+            wf = wb;
+        }
     }
     for (int i = 0; i < n; i++) {
         o->slots[i].p = params[i].p, o->slots[i].g = params[i].g;
@@ -408,16 +475,8 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
         break;
     }
     case LMC_GROUP_MUON: {
-        /* torch.optim.Muon: adjusted_lr = lr * ratio; p *= 1 - lr * wd; p -= adjusted_lr * O */
-        double mlr = c->adamw.lr > 0 ? c->muon_lr * (lr / c->adamw.lr) : c->muon_lr;
-        double ratio = c->muon_scale == LMC_MUON_SCALE_MOONLIGHT
-                           ? 0.2 * sqrt((double)LMC_MAX(s->rows, s->cols))
-                           : sqrt(LMC_MAX(1.0, (double)s->rows / (double)s->cols));
-        struct lmc_muon_step ms = {
-            .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
-            .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
-            .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
-            .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = c->muon_ns_bf16};
+        struct lmc_muon_step ms;
+        muon_step_make(c, s, lr, grad_scale, &ms);
         be->muon(be->ctx, s->p, s->g, s->buf, s->rows, s->cols, &ms, o->work);
         break;
     }
@@ -427,7 +486,27 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
 }
 
 void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale) {
-    for (int i = 0; i < o->n_params; i++) lmc_optim_step_one(o, i, lr, step, grad_scale);
+    const bool batched = muon_batched(&o->cfg, o->be);
+    for (int i = 0; i < o->n_params; i++)
+        if (!batched || o->slots[i].group != LMC_GROUP_MUON) lmc_optim_step_one(o, i, lr, step, grad_scale);
+    if (!batched) return;
+    /* Muon's matrices, a shape at a time (up to LMC_MUON_BATCH_MAX per call) */
+    bool done_small[256], *done = o->n_params <= 256 ? done_small : calloc((size_t)o->n_params, 1);
+    LMC_ASSERT(done);
+    memset(done, 0, (size_t)o->n_params * sizeof *done);
+    int idx[LMC_MUON_BATCH_MAX], cnt;
+    struct lmc_muon_mat mats[LMC_MUON_BATCH_MAX];
+    struct lmc_muon_step ms;
+    while ((cnt = muon_next_batch(o->slots, o->n_params, done, idx)) > 0) {
+        for (int q = 0; q < cnt; q++) {
+            const struct lmc_optim_slot *s = &o->slots[idx[q]];
+            muon_step_make(&o->cfg, s, lr, grad_scale, &ms);
+            mats[q] = (struct lmc_muon_mat){s->p, s->g, s->buf, s->rows, s->cols, ms.lr_adj};
+            done[idx[q]] = true;
+        }
+        o->be->muon_batch(o->be->ctx, mats, cnt, &ms, o->work);
+    }
+    if (done != done_small) free(done);
 }
 
 void lmc_optim_set_grad(struct lmc_optim *o, int i, const float *g) {

@@ -5,8 +5,9 @@
  * and its gradient in backend memory, its shape and its role); lmc_optim_init
  * groups them by the authors' rule — Muon, GaLore and APOLLO only on 2-D
  * hidden matrices (LMC_PROLE_MATRIX); embeddings, the output head, norms,
- * biases and anything else on AdamW (8-bit AdamW puts every tensor on its
- * 8-bit step) — sizes all state up front and allocates it in one backend
+ * biases and anything else on AdamW (8-bit AdamW puts every tensor of at
+ * least 4096 elements on its 8-bit step, except embeddings unless
+ * q8_embed_8bit) — sizes all state up front and allocates it in one backend
  * arena. lmc_optim_step then updates every parameter from its gradient.
  * State is enumerated as named tensors for checkpoints (lmc_optim_state_*)
  * and restored bit-exactly.
@@ -77,6 +78,15 @@ enum lmc_param_role lmc_optim_role_guess(const char *name, int ndim);
 
 enum lmc_muon_scale { LMC_MUON_SCALE_SHAPE = 0, LMC_MUON_SCALE_MOONLIGHT };
 enum lmc_apollo_scale { LMC_APOLLO_CHANNEL = 0, LMC_APOLLO_TENSOR };
+/* GaLore's projection refresh: EXACT = the top-r eigenvectors of the
+ * gradient's Gram matrix from LAPACK on the host, every refresh (the
+ * authors' SVD); SUBSPACE = the first refresh exact, later ones one step of
+ * subspace iteration from the previous projection (Y = G^T G P^T, or
+ * G G^T P on the left) and a Rayleigh–Ritz step (the r x r generalized
+ * eigenproblem (Y^T M Y) v = l (Y^T Y) v on the host in double), the big
+ * products through the backend's matmul on the device: no gradient
+ * download, r x r matrices cross. AUTO picks EXACT on host-memory backends. */
+enum lmc_galore_refresh { LMC_GALORE_REFRESH_AUTO = 0, LMC_GALORE_REFRESH_EXACT, LMC_GALORE_REFRESH_SUBSPACE };
 
 struct lmc_optim_cfg {
     enum lmc_optim_kind kind;
@@ -93,6 +103,8 @@ struct lmc_optim_cfg {
     int galore_rank;              /* 128 */
     int galore_update_gap;        /* 200 */
     double galore_scale;          /* 0.25 */
+    enum lmc_galore_refresh galore_refresh; /* AUTO: EXACT on host-memory backends (the CPU),
+                                               SUBSPACE elsewhere (the GPU) */
     /* APOLLO / APOLLO-Mini */
     int apollo_rank;              /* 256 (Mini: 1) */
     int apollo_update_gap;        /* 200 */
@@ -101,6 +113,9 @@ struct lmc_optim_cfg {
     uint64_t apollo_seed;         /* 0 */
     /* 8-bit AdamW */
     int q8_block;                 /* 256 (64..2048) */
+    bool q8_embed_8bit;           /* false: embeddings (LMC_PROLE_EMBEDDING, a tied head
+                                     too) keep fp32 moments, as bitsandbytes' StableEmbedding
+                                     / GlobalOptimManager practice; true: 8-bit like the rest */
 };
 
 /* Defaults for `kind` (APOLLO-Mini: rank 1, tensor scaling, scale 128). */

@@ -1,8 +1,10 @@
-/* optim_lowrank.c — GaLore's and APOLLO's projections, refreshed on the
- * host for any backend (optim.h states the formulas): GaLore's top-r
- * singular vectors of the gradient (downloaded when the backend's memory
- * is not the host's) from LAPACK's dsyevr on the Gram matrix, APOLLO's
- * seeded Gaussian; each uploaded into the slot's projection. The step in
+/* optim_lowrank.c — GaLore's and APOLLO's projections, refreshed for any
+ * backend (optim.h states the formulas): GaLore's top-r singular vectors of
+ * the gradient (downloaded when the backend's memory is not the host's)
+ * from LAPACK's dsyevr on the Gram matrix, or (the subspace refresh) one
+ * subspace-iteration and Rayleigh–Ritz step from the previous projection
+ * through the backend's matmuls; APOLLO's seeded Gaussian; each uploaded
+ * into the slot's projection. The step in
  * rank-r space is the backend's lowrank op (ops/optim_ops.h). */
 #include "train/optim_internal.h"
 #include "core/core.h"
@@ -10,6 +12,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* LAPACK from OpenBLAS (Debian's libopenblas ships the Fortran symbols but
@@ -99,6 +102,114 @@ static void galore_refresh(struct lmc_optim *o, struct lmc_optim_slot *s) {
     be->upload(be->ctx, s->proj, ph, (size_t)(r * k) * sizeof(float));
 }
 
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t);
+extern void dsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
+                   double *work, const int *lwork, int *info, size_t, size_t);
+
+/* GaLore's subspace refresh (optim.h, LMC_GALORE_REFRESH_SUBSPACE): with M
+ * the Gram matrix on the smaller side (G^T G right, G G^T left) and Q the
+ * previous projection's vectors, Y = M Q (two backend matmuls), then the
+ * Rayleigh–Ritz step on span(Y): C = Y^T Y and T = Y^T M Y (r x r, on the
+ * device), solved on the host in double as T v = l C v (Cholesky of C, the
+ * symmetric eigenproblem of L^-1 T L^-T, v = L^-T w), the new vectors
+ * Y v_j by descending l (a matmul), each signed so that its largest entry
+ * is positive (downloaded, signed, uploaded). Returns nonzero (nothing
+ * changed) when C is not positive definite (a gradient of rank < r, or
+ * zero) or memory is short: the caller falls back to the exact refresh. */
+static int galore_refresh_subspace(struct lmc_optim *o, struct lmc_optim_slot *s) {
+    const struct lmc_backend *be = o->be;
+    void *ctx = be->ctx;
+    const int64_t rows = s->rows, cols = s->cols, r = s->rank, k = LMC_MIN(rows, cols);
+    const int64_t other = s->right ? rows : cols; /* Z's long side */
+    const size_t nf = (size_t)(2 * other * r + k * r + 3 * r * r);
+    float *d = be->alloc(ctx, nf * sizeof(float));
+    double *h = malloc((size_t)(4 * r * r + 66 * r + 2) * sizeof(double));
+    float *hf = malloc((size_t)LMC_MAX(2 * r * r, k * r) * sizeof(float));
+    int rc = -1;
+    if (!d || !h || !hf) goto done;
+    float *Z = d, *Y = Z + other * r, *Z2 = Y + k * r, *C = Z2 + other * r, *T = C + r * r, *V = T + r * r;
+    const struct lmc_mat wrk = {LMC_DTYPE_F32, r, k, Y}, wrc = {LMC_DTYPE_F32, r, cols, NULL},
+                         wrr = {LMC_DTYPE_F32, r, r, NULL};
+    if (s->right) { /* P (r, cols): rows are the vectors; Y kept as Yt (r, cols) */
+        const struct lmc_mat P = {LMC_DTYPE_F32, r, cols, s->proj};
+        be->matmul(ctx, Z, s->g, rows, &P, NULL);                     /* Z = G P^T (rows, r) */
+        be->zero(ctx, Y, (size_t)(r * cols) * sizeof(float));
+        be->matmul_bwd(ctx, NULL, Y, NULL, Z, s->g, rows, &wrc, 0);   /* Yt = Z^T G (r, cols) */
+        be->matmul(ctx, C, Y, r, &wrk, NULL);                         /* C = Yt Yt^T */
+        be->matmul(ctx, Z2, s->g, rows, &wrk, NULL);                  /* Z2 = G Yt^T (rows, r) */
+        be->zero(ctx, T, (size_t)(r * r) * sizeof(float));
+        be->matmul_bwd(ctx, NULL, T, NULL, Z2, Z2, rows, &wrr, 0);    /* T = Z2^T Z2 */
+    } else { /* P (rows, r): columns are the vectors; Y (rows, r) */
+        be->zero(ctx, Z, (size_t)(r * cols) * sizeof(float));
+        be->matmul_bwd(ctx, NULL, Z, NULL, s->proj, s->g, rows, &wrc, 0); /* Zt = P^T G (r, cols) */
+        const struct lmc_mat Zt = {LMC_DTYPE_F32, r, cols, Z};
+        be->matmul(ctx, Y, s->g, rows, &Zt, NULL);                    /* Y = G Zt^T (rows, r) */
+        be->zero(ctx, C, (size_t)(r * r) * sizeof(float));
+        be->matmul_bwd(ctx, NULL, C, NULL, Y, Y, rows, &wrr, 0);      /* C = Y^T Y */
+        be->zero(ctx, Z2, (size_t)(r * cols) * sizeof(float));
+        be->matmul_bwd(ctx, NULL, Z2, NULL, Y, s->g, rows, &wrc, 0);  /* Z2t = Y^T G (r, cols) */
+        const struct lmc_mat Z2t = {LMC_DTYPE_F32, r, cols, Z2};
+        be->matmul(ctx, T, Z2, r, &Z2t, NULL);                        /* T = Z2t Z2t^T */
+    }
+    be->download(ctx, hf, C, (size_t)(2 * r * r) * sizeof(float)); /* C and T */
+    double *Cd = h, *Td = Cd + r * r, *W = Td + r * r, *ev = W + r * r, *work = ev + r + 1;
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t j = 0; j < r; j++) { /* symmetrised; row- and column-major alike */
+            Cd[i * r + j] = 0.5 * ((double)hf[i * r + j] + hf[j * r + i]);
+            Td[i * r + j] = 0.5 * ((double)hf[r * r + i * r + j] + hf[r * r + j * r + i]);
+        }
+    const int n = (int)r, lwork = 66 * (int)r;
+    int info = 0;
+    dpotrf_("L", &n, Cd, &n, &info, 1); /* C = L L^T (column-major lower) */
+    if (info) goto done;
+    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
+    cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
+    dsyev_("V", "L", &n, Td, &n, ev, work, &lwork, &info, 1, 1); /* ascending; vectors in Td's columns */
+    if (info) goto done;
+    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
+    (void)W;
+    /* right: dy = V (r, r) row-major, V[i][j] = vector j's coefficient i; left: w = V^T */
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t j = 0; j < r; j++) {
+            const float x = (float)Td[(r - 1 - j) * r + i]; /* descending */
+            if (s->right) hf[i * r + j] = x;
+            else hf[j * r + i] = x;
+        }
+    be->upload(ctx, V, hf, (size_t)(r * r) * sizeof(float));
+    float *Pn = Z; /* r * other >= r * k */
+    if (s->right) {
+        be->zero(ctx, Pn, (size_t)(r * cols) * sizeof(float));
+        be->matmul_bwd(ctx, NULL, Pn, NULL, V, Y, r, &wrc, 0); /* Pn = V^T Yt (r, cols) */
+    } else {
+        const struct lmc_mat Vt = {LMC_DTYPE_F32, r, r, V};
+        be->matmul(ctx, Pn, Y, rows, &Vt, NULL); /* Pn = Y V (rows, r) */
+    }
+    be->download(ctx, hf, Pn, (size_t)(r * k) * sizeof(float));
+    for (int64_t j = 0; j < r; j++) { /* the sign rule, per vector */
+        float best = 0;
+        for (int64_t e = 0; e < k; e++) {
+            const float x = s->right ? hf[j * k + e] : hf[e * r + j];
+            if (fabsf(x) > fabsf(best)) best = x;
+        }
+        if (best < 0)
+            for (int64_t e = 0; e < k; e++) {
+                float *x = s->right ? &hf[j * k + e] : &hf[e * r + j];
+                *x = -*x;
+            }
+    }
+    be->upload(ctx, s->proj, hf, (size_t)(r * k) * sizeof(float));
+    rc = 0;
+done:
+    if (d) be->free(ctx, d);
+    free(h), free(hf);
+    return rc;
+}
+
+static bool galore_subspace(const struct lmc_optim *o) {
+    const enum lmc_galore_refresh m = o->cfg.galore_refresh;
+    return m == LMC_GALORE_REFRESH_SUBSPACE || (m == LMC_GALORE_REFRESH_AUTO && !o->be->host_memory);
+}
+
 static void apollo_refresh(struct lmc_optim *o, struct lmc_optim_slot *s, int64_t refresh) {
     const int64_t np = s->rank * (s->right ? s->cols : s->rows);
     double *z = o->host_scratch;
@@ -121,7 +232,7 @@ void lmc_optim_lowrank_step(struct lmc_optim *o, struct lmc_optim_slot *s, doubl
     const int gap = apollo ? c->apollo_update_gap : c->galore_update_gap;
     if ((step - 1) % gap == 0) {
         if (apollo) apollo_refresh(o, s, (step - 1) / gap);
-        else galore_refresh(o, s);
+        else if (step == 1 || !galore_subspace(o) || galore_refresh_subspace(o, s)) galore_refresh(o, s);
     }
     const double st = step_size(&c->adamw, lr, step);
     struct lmc_lowrank_step ls = {

@@ -26,6 +26,7 @@ struct emu_lt_layout {
     uint64_t rows, cols;
     int64_t ld;
     int32_t order, batch;
+    int64_t stride; /* elements between batch members (STRIDED_BATCH_OFFSET) */
 };
 struct emu_lt_pref {
     int magic;
@@ -176,7 +177,7 @@ cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataTyp
     if (ld < (int64_t)(rows ? rows : 1))
         return INVALID("cublasLtMatrixLayoutCreate: column-major %llu x %llu with ld %lld < rows",
                        (unsigned long long)rows, (unsigned long long)cols, (long long)ld);
-    *l = new emu_lt_layout{LIVE, type, rows, cols, ld, CUBLASLT_ORDER_COL, 1};
+    *l = new emu_lt_layout{LIVE, type, rows, cols, ld, CUBLASLT_ORDER_COL, 1, 0};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
@@ -187,12 +188,23 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
 cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t a,
                                                 const void *buf, size_t size) {
     if (!live(l)) return INVALID("cublasLtMatrixLayoutSetAttribute: not a live layout");
+    if (a == CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET) { /* int64_t, elements */
+        if (!buf || size != 8) return INVALID("cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET): %zu bytes (int64_t)", size);
+        memcpy(&l->stride, buf, 8);
+        if (l->stride < 0) return UNSUPPORTED("cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET = %lld): negative",
+                                              (long long)l->stride);
+        return CUBLAS_STATUS_SUCCESS;
+    }
     if (!buf || size != 4) return INVALID("cublasLtMatrixLayoutSetAttribute(%d): %zu bytes (int32_t)", a, size);
     int32_t v;
     memcpy(&v, buf, 4);
     if (a == CUBLASLT_MATRIX_LAYOUT_ORDER && v == CUBLASLT_ORDER_COL) return CUBLAS_STATUS_SUCCESS;
-    if (a == CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT && v == 1) return CUBLAS_STATUS_SUCCESS;
-    return UNSUPPORTED("cublasLtMatrixLayoutSetAttribute(%d = %d): the model has single column-major matrices", a, v);
+    if (a == CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT && v >= 1) {
+        l->batch = v;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return UNSUPPORTED("cublasLtMatrixLayoutSetAttribute(%d = %d): the model has column-major matrices (strided batches)",
+                       a, v);
 }
 
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
@@ -246,6 +258,10 @@ static cublasStatus_t problem(const char *fn, cublasLtMatmulDesc_t d, cublasLtMa
         return INVALID("%s: op(A) op(B) is %llu x %llu but C is %llu x %llu and D %llu x %llu", fn,
                        (unsigned long long)am, (unsigned long long)bn, (unsigned long long)c->rows,
                        (unsigned long long)c->cols, (unsigned long long)dd->rows, (unsigned long long)dd->cols);
+    if (a->batch != b->batch || a->batch != c->batch || a->batch != dd->batch)
+        return INVALID("%s: batch counts differ (A %d, B %d, C %d, D %d)", fn, a->batch, b->batch, c->batch, dd->batch);
+    if (dd->batch > 1 && (uint64_t)dd->stride < (uint64_t)((dd->cols - 1) * (uint64_t)dd->ld + dd->rows))
+        return UNSUPPORTED("%s: D's batch members overlap (stride %lld)", fn, (long long)dd->stride);
     if (!am || !bn || !ak) return UNSUPPORTED("%s: an empty GEMM (%llu x %llu x %llu) is not modelled", fn,
                                               (unsigned long long)am, (unsigned long long)bn, (unsigned long long)ak);
     q->m = am, q->n = bn, q->k = ak;
@@ -297,8 +313,9 @@ static double ld_elem(const void *p, uint64_t i, int t) {
     if (t == CUDA_R_16BF) return emu_bf2f(((const uint16_t *)p)[i]);
     return __half2float(((const __half *)p)[i]);
 }
-static size_t extent(const emu_lt_layout *l) { /* bytes the stored matrix spans */
-    return (size_t)(((l->cols - 1) * (uint64_t)l->ld + l->rows) * (uint64_t)type_size(l->type));
+static size_t extent(const emu_lt_layout *l) { /* bytes the stored matrices span (all batch members) */
+    return (size_t)(((l->cols - 1) * (uint64_t)l->ld + l->rows + (uint64_t)(l->batch - 1) * (uint64_t)l->stride) *
+                    (uint64_t)type_size(l->type));
 }
 static bool overlap(const void *p, size_t n, const void *q, size_t m) {
     return (const char *)p < (const char *)q + m && (const char *)q < (const char *)p + n;
@@ -361,8 +378,14 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     if (overlap(D, ed, A, ea) || overlap(D, ed, B, eb) || (bias && overlap(D, ed, d->bias, ebias)))
         return INVALID("%s: D overlaps %s", fn, overlap(D, ed, A, ea) ? "A" : overlap(D, ed, B, eb) ? "B" : "the bias");
     emu_gemm_bias_epilogues += bias;
-    /* D = alpha op(A) op(B) + beta C (+ bias per row), in double, rounded once */
+    /* D = alpha op(A) op(B) + beta C (+ bias per row), in double, rounded once; per batch member */
     std::vector<double> col(q.m);
+    const char *A0 = (const char *)A, *B0 = (const char *)B, *C0 = (const char *)C;
+    char *D0 = (char *)D;
+    for (int32_t z = 0; z < dd->batch; z++) {
+    A = A0 + (size_t)z * a->stride * type_size(a->type), B = B0 + (size_t)z * b->stride * type_size(b->type);
+    if (C0) C = C0 + (size_t)z * c->stride * type_size(c->type);
+    D = D0 + (size_t)z * dd->stride * type_size(dd->type);
     for (uint64_t j = 0; j < q.n; j++) {
         for (uint64_t i = 0; i < q.m; i++) {
             double acc = 0;
@@ -380,6 +403,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
             else if (dd->type == CUDA_R_16BF) ((uint16_t *)D)[o] = emu_f2bf((float)col[i]);
             else ((__half *)D)[o] = __float2half_rn((float)col[i]);
         }
+    }
     }
     return CUBLAS_STATUS_SUCCESS;
 }

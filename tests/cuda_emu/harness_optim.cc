@@ -7,13 +7,123 @@
  * lmc_cuda_gemm in fp32 and with bf16 operands, update; wide, tall and
  * square shapes), over three steps; GaLore's and APOLLO's lowrank step
  * (lowrank.cu vs ops/cpu/lowrank.c: channel- and tensor-wise, ranks 1 and
- * 8, wide, tall, square; parameters, moments and the limiter's norm). */
+ * 8, wide, tall, square; parameters, moments and the limiter's norm);
+ * muon_batch.cu (three matrices of a shape per call) against a host twin
+ * with the same bf16 roundings and against the fp32 CPU op; every
+ * optimizer through the real CUDA table (Muon also with bf16, batched;
+ * GaLore with the subspace refresh on both sides). */
 extern "C" {
 #include "ops/optim_ops.h"
 #include "train/optim.h"
 }
 
+/* Host twin of muon_batch.cu in double with its bf16 roundings: X = bf16(u),
+ * X = bf16(X / max(||X||, eps)), per iteration A = bf16(X X^T),
+ * B = bf16(c A A + b A), X = bf16(B X + a X) (on the smaller side; A, B
+ * products accumulated in double, rounded once, as the cuBLASLt model does),
+ * p = p * decay - lr_adj * X. */
+static float bfr(double x) { return emu_bf2f(emu_f2bf((float)x)); }
+static void muon_bf16_twin(std::vector<float> &p, const std::vector<float> &g, std::vector<float> &buf, int64_t rows,
+                           int64_t cols, const lmc_muon_step &s, float lr_adj) {
+    const int64_t n = rows * cols;
+    const bool tr = rows > cols;
+    const int64_t k = tr ? cols : rows, w = tr ? rows : cols;
+    std::vector<float> u(n);
+    /* the momentum as the kernel computes it (no contraction) */
+    const float mu = s.momentum, omm = 1.0f - s.momentum;
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i] * s.grad_scale, b0 = buf[i];
+        const float b = omm < 0.5f ? b0 + omm * (gi - b0) : gi - (gi - b0) * mu;
+        buf[i] = b;
+        const float ui = !s.nesterov ? b : mu < 0.5f ? gi + mu * (b - gi) : b - (b - gi) * omm;
+        u[i] = ui;
+    }
+    std::vector<double> X(k * w), A(k * k), B(k * k), Y(k * w);
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = i / cols, c = i % cols, xi = tr ? c * w + r : i; /* X (k, w) row-major */
+        X[xi] = bfr(u[i]);
+        ss += X[xi] * X[xi];
+    }
+    const float nr = std::max((float)sqrt(ss), s.ns_eps);
+    for (auto &x : X) x = bfr((float)x / nr);
+    for (int it = 0; it < s.ns_steps; it++) {
+        for (int64_t i = 0; i < k; i++) for (int64_t j = 0; j < k; j++) {
+            double t = 0;
+            for (int64_t q = 0; q < w; q++) t += X[i * w + q] * X[j * w + q];
+            A[i * k + j] = bfr(t);
+        }
+        for (int64_t i = 0; i < k; i++) for (int64_t j = 0; j < k; j++) {
+            double t = 0;
+            for (int64_t q = 0; q < k; q++) t += A[i * k + q] * A[q * k + j];
+            B[i * k + j] = bfr((double)s.ns_c * t + (double)s.ns_b * A[i * k + j]);
+        }
+        for (int64_t i = 0; i < k; i++) for (int64_t j = 0; j < w; j++) {
+            double t = 0;
+            for (int64_t q = 0; q < k; q++) t += B[i * k + q] * X[q * w + j];
+            Y[i * w + j] = bfr(t + (double)s.ns_a * X[i * w + j]);
+        }
+        X.swap(Y);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = i / cols, c = i % cols, xi = tr ? c * w + r : i;
+        p[i] = p[i] * s.decay_mul - lr_adj * (float)X[xi];
+    }
+}
+
+/* muon_batch.cu: 3 matrices of a shape per call, 3 steps, against the bf16
+ * host twin (tight) and the CPU op in fp32 (the update's direction). */
+static void test_muon_batch() {
+    for (auto sh : std::vector<std::pair<int64_t, int64_t>>{{37, 101}, {129, 61}, {64, 64}, {1, 9}, {176, 64}}) {
+        const int64_t rows = sh.first, cols = sh.second, n = rows * cols;
+        const int cnt = 3;
+        std::vector<float> p[cnt], p2[cnt], p3[cnt], buf[cnt], buf2[cnt], buf3[cnt];
+        for (int z = 0; z < cnt; z++) {
+            p[z] = rv(n, 0.1f), p2[z] = p[z], p3[z] = p[z];
+            buf[z] = rv(n, 0.5f), buf2[z] = buf[z], buf3[z] = buf[z];
+        }
+        std::vector<float> w(lmc_muon_batch_work_floats(cnt, rows, cols)), w2(lmc_muon_work_floats(rows, cols));
+        double worst_twin = 0, worst_b = 0, worst_cos = 0, worst_u = 0;
+        for (int t = 1; t <= 3; t++) {
+            lmc_muon_step s = {0.95f, t != 2, 5, 3.4445f, -4.7750f, 2.0315f, 1e-7f, 1 - 0.02f * 0.1f, 0.0f,
+                               t == 3 ? 0.5f : 1.0f, 1};
+            std::vector<float> g[cnt];
+            lmc_muon_mat mats[cnt];
+            std::vector<float> before[cnt];
+            for (int z = 0; z < cnt; z++) {
+                g[z] = rv(n);
+                before[z] = p[z];
+                mats[z] = {p[z].data(), g[z].data(), buf[z].data(), rows, cols, 0.02f * (1 + z)};
+            }
+            lmc_cuda_muon_batch(cc, mats, cnt, &s, w.data());
+            for (int z = 0; z < cnt; z++) {
+                muon_bf16_twin(p3[z], g[z], buf3[z], rows, cols, s, 0.02f * (1 + z));
+                lmc_muon_step sc = s;
+                sc.lr_adj = 0.02f * (1 + z), sc.ns_bf16 = 0;
+                std::vector<float> before2 = p2[z];
+                cpu.muon(cpu.ctx, p2[z].data(), g[z].data(), buf2[z].data(), rows, cols, &sc, w2.data());
+                worst_b = std::max({worst_b, rel(buf[z], buf2[z]), rel(buf[z], buf3[z])});
+                std::vector<float> d(n), d2(n), d3(n);
+                for (int64_t i = 0; i < n; i++)
+                    d[i] = p[z][i] - before[z][i], d2[i] = p2[z][i] - before2[i], d3[i] = p3[z][i] - before[z][i];
+                worst_twin = std::max(worst_twin, rel(d, d3));
+                worst_u = std::max(worst_u, rel(d, d2));
+                worst_cos = std::max(worst_cos, 1 - cosine(d.data(), d2.data(), d.size()));
+                p3[z] = p[z], p2[z] = p[z]; /* the next step from the same parameters */
+                buf3[z] = buf[z], buf2[z] = buf[z];
+            }
+        }
+        check("muon batch momentum", worst_b, 1e-6, "%ldx%ld x3", (long)rows, (long)cols);
+        /* the twin rounds at the same points with the cuBLASLt model's double
+         * sums (measured: identical); 1e-6 leaves room for a last-bit flip of the norm */
+        check("muon batch update vs bf16 twin", worst_twin, 1e-6, "%ldx%ld x3", (long)rows, (long)cols);
+        check("muon batch update vs fp32 CPU (1 - cosine)", worst_cos, 5e-3, "%ldx%ld x3", (long)rows, (long)cols);
+        check("muon batch update vs fp32 CPU (rel)", worst_u, 0.15, "%ldx%ld x3", (long)rows, (long)cols);
+    }
+}
+
 static void test_optim() {
+    test_muon_batch();
     float code_m[256], code_v[256];
     lmc_q8_dynamic_code(code_m, true);
     lmc_q8_dynamic_code(code_v, false);
@@ -117,13 +227,15 @@ static void test_optim() {
     }
     /* every optimizer through the real CUDA table (lmc_optim_init on the
      * emulated GPU: host refreshes, downloads and uploads included) vs the CPU */
-    for (int k = 0; k < LMC_OPTIM_KIND_COUNT; k++) {
-        const int64_t R[3] = {37, 176, 1}, C[3] = {101, 64, 64};
-        const lmc_param_role role[3] = {LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_NORM};
-        std::vector<float> ph[3], gh[3];
-        float *pd[3], *gd[3], *pc[3], *gc[3];
-        lmc_optim_param pg[3], pcpu[3];
-        for (int j = 0; j < 3; j++) {
+    for (int k = 0; k <= LMC_OPTIM_KIND_COUNT; k++) { /* the last: Muon with bf16 (the batched entry) */
+        const bool mbf = k == LMC_OPTIM_KIND_COUNT;
+        const int64_t R[4] = {37, 176, 1, 37}, C[4] = {101, 64, 64, 101};
+        const lmc_param_role role[4] = {LMC_PROLE_MATRIX, LMC_PROLE_MATRIX, LMC_PROLE_NORM, LMC_PROLE_MATRIX};
+        const int np = 4;
+        std::vector<float> ph[4], gh[4];
+        float *pd[4], *gd[4], *pc[4], *gc[4];
+        lmc_optim_param pg[4], pcpu[4];
+        for (int j = 0; j < np; j++) {
             const int64_t n = R[j] * C[j];
             ph[j] = rv(n, 0.1f);
             pd[j] = (float *)gpu.alloc(gpu.ctx, n * 4), gd[j] = (float *)gpu.alloc(gpu.ctx, n * 4);
@@ -134,17 +246,19 @@ static void test_optim() {
             pcpu[j] = {"t", pc[j], gc[j], R[j], C[j], role[j], true};
         }
         lmc_optim_cfg c;
-        lmc_optim_cfg_default(&c, (lmc_optim_kind)k);
+        lmc_optim_cfg_default(&c, mbf ? LMC_OPTIM_MUON : (lmc_optim_kind)k);
         c.muon_ns_bf16 = false, c.galore_rank = 8, c.galore_update_gap = 2, c.apollo_update_gap = 2;
         c.apollo_scale_type = LMC_APOLLO_TENSOR; /* well conditioned; channel-wise is checked above */
+        c.muon_ns_bf16 = mbf; /* the CPU ignores it (fp32) */
+        c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE; /* the GPU's default (auto), on both sides */
         lmc_optim og, oc;
         lmc_err err;
-        if (lmc_optim_init(&og, &c, &gpu, pg, 3, &err) || lmc_optim_init(&oc, &c, &cpu, pcpu, 3, &err)) {
+        if (lmc_optim_init(&og, &c, &gpu, pg, np, &err) || lmc_optim_init(&oc, &c, &cpu, pcpu, np, &err)) {
             check(std::string("optimizer init ") + lmc_optim_kind_name((lmc_optim_kind)k), 1, 0, "%s", err.msg);
             continue;
         }
         for (int t = 1; t <= 4; t++) {
-            for (int j = 0; j < 3; j++) {
+            for (int j = 0; j < np; j++) {
                 gh[j] = rv(R[j] * C[j]);
                 gpu.upload(gpu.ctx, gd[j], gh[j].data(), R[j] * C[j] * 4);
                 memcpy(gc[j], gh[j].data(), R[j] * C[j] * 4);
@@ -152,17 +266,23 @@ static void test_optim() {
             lmc_optim_step(&og, 1e-3, t, 0.8f);
             lmc_optim_step(&oc, 1e-3, t, 0.8f);
         }
-        double worst = 0;
-        for (int j = 0; j < 3; j++) {
+        double worst = 0, worst_cos = 0;
+        for (int j = 0; j < np; j++) {
             const int64_t n = R[j] * C[j];
             std::vector<float> a(n), d(n), d2(n);
             gpu.download(gpu.ctx, a.data(), pd[j], n * 4);
             for (int64_t i = 0; i < n; i++) d[i] = a[i] - ph[j][i], d2[i] = pc[j][i] - ph[j][i];
             worst = std::max(worst, rel(d, d2));
+            worst_cos = std::max(worst_cos, 1 - cosine(d.data(), d2.data(), d.size()));
             gpu.free(gpu.ctx, pd[j]), gpu.free(gpu.ctx, gd[j]), free(pc[j]), free(gc[j]);
         }
-        check(std::string("optimizer ") + lmc_optim_kind_name((lmc_optim_kind)k) + " update, 4 steps", worst,
-              k == LMC_OPTIM_ADAMW8BIT ? 1e-3 : 1e-4, "gpu table vs cpu");
+        if (mbf) {
+            /* two 37x101 matrices share one batched call; bf16 Newton–Schulz vs the CPU's fp32 */
+            check("optimizer muon (bf16, batched) update, 4 steps (1 - cosine)", worst_cos, 5e-3, "gpu table vs cpu");
+            check("optimizer muon (bf16, batched) update, 4 steps (rel)", worst, 0.15, "gpu table vs cpu");
+        } else
+            check(std::string("optimizer ") + lmc_optim_kind_name((lmc_optim_kind)k) + " update, 4 steps", worst,
+                  k == LMC_OPTIM_ADAMW8BIT ? 1e-3 : 1e-4, "gpu table vs cpu");
         lmc_optim_free(&og), lmc_optim_free(&oc);
     }
 }

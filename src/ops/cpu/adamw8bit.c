@@ -161,7 +161,8 @@ void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t
     if (n <= 0) return;
     const int64_t nb = (n + block - 1) / block, per = LMC_MAX((int64_t)1, ((int64_t)1 << 16) / block);
     const int64_t tasks = (nb + per - 1) / per;
-    uint8_t *lut = n >= 4 * Q8_LUT ? malloc(2 * Q8_LUT) : NULL; /* small tensors: the binary search */
+    /* the two tables cost about a binary search over 16k elements: smaller tensors search */
+    uint8_t *lut = n >= Q8_LUT / 4 ? malloc(2 * Q8_LUT) : NULL;
     if (lut) q8_lut_build(code_m, lut), q8_lut_build(code_v, lut + Q8_LUT);
     struct q8_job j = {p, g, qm, qv, absmax_m, absmax_v, n, block, per, code_m, code_v, s, lut,
                        lut ? lut + Q8_LUT : NULL};

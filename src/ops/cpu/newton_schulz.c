@@ -12,6 +12,14 @@
 #include <math.h>
 #include <string.h>
 
+int64_t lmc_muon_batch_work_floats(int count, int64_t rows, int64_t cols) {
+    const int64_t k = LMC_MIN(rows, cols), w = LMC_MAX(rows, cols);
+    const int64_t x = (k * w + 127) / 128 * 128, a = (k * k + 127) / 128 * 128;
+    const int64_t bf16s = (int64_t)count * (2 * x + 2 * a);
+    const int64_t parts = ((int64_t)count * LMC_MUON_BATCH_PARTS * 8 + 255) / 256 * 64; /* 256-byte rounded, floats */
+    return parts + (bf16s + 1) / 2;
+}
+
 int64_t lmc_muon_work_floats(int64_t rows, int64_t cols) {
     int64_t k = LMC_MIN(rows, cols), n = rows < cols ? cols : rows;
     return 2 * k * n + 2 * k * k;

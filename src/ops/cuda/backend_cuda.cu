@@ -114,6 +114,7 @@ static void ctx_release(struct lmc_cuda_ctx *c) {
         cublasLtMatmulDescDestroy(p->desc);
     }
     if (c->stream) cudaStreamSynchronize(c->stream);
+    lmc_cuda_muon_cache_free(c);
     if (c->lt_ws) cudaFree(c->lt_ws);
     if (c->scratch) cudaFree(c->scratch);
     if (c->attn_part) cudaFree(c->attn_part);
@@ -224,6 +225,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->sumsq = lmc_cuda_sumsq;
     be->adamw = lmc_cuda_adamw;
     be->muon = lmc_cuda_muon;           /* ops/optim_ops.h */
+    be->muon_batch = lmc_cuda_muon_batch;
     be->adamw8bit = lmc_cuda_adamw8bit;
     be->lowrank = lmc_cuda_lowrank;
     be->attention_train = lmc_cuda_attention_train;

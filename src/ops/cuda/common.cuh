@@ -83,7 +83,11 @@ struct lmc_cuda_ctx {
     size_t ff_up_bytes;
     struct lmc_cuda_mm_plan plans[LMC_CUDA_MM_PLANS];
     int next_plan;               /* round-robin eviction */
+    struct lmc_cuda_muon_cache *muon_cache; /* muon_batch.cu's GEMM plans (NULL until used) */
 };
+
+/* Releases the ctx's muon_cache (muon_batch.cu). */
+void lmc_cuda_muon_cache_free(struct lmc_cuda_ctx *c);
 
 /* Grows *buf to at least `bytes` (waiting for queued work before freeing
  * the old buffer); aborts when device memory runs out. */
