@@ -18,6 +18,59 @@
 
 #define ATB 64 /* queries per block */
 
+/* ---- the rows' element-wise passes, 16 lanes where AVX-512 is built in
+ * (each element's value as the scalar loop's, sums in double) ---- */
+
+static void vscale(float *x, int64_t n, float f) {
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512 fv = _mm512_set1_ps(f);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), fv));
+#endif
+    for (; i < n; i++) x[i] *= f;
+}
+
+static float vmax(const float *x, int64_t n) {
+    int64_t i = 0;
+    float mx = -INFINITY;
+#ifdef __AVX512F__
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+    mx = _mm512_reduce_max_ps(m);
+#endif
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+/* sum of a[i] b[i] in double (the products exact) */
+static double vdot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    double s = 0;
+#ifdef __AVX512F__
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i)), _mm512_cvtps_pd(_mm256_loadu_ps(b + i)), s0);
+        s1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i + 8)), _mm512_cvtps_pd(_mm256_loadu_ps(b + i + 8)),
+                             s1);
+    }
+    s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+#endif
+    for (; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* dp = p (dp - D) scale */
+static void vdsoft(float *dp, const float *p, int64_t n, float D, float scale) {
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512 dv = _mm512_set1_ps(D), sv = _mm512_set1_ps(scale);
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dp + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + i),
+                                                             _mm512_sub_ps(_mm512_loadu_ps(dp + i), dv)), sv));
+#endif
+    for (; i < n; i++) dp[i] = p[i] * (dp[i] - D) * scale;
+}
+
 struct atb_job {
     struct lmc_cpu_ctx *c;
     float *out, *lse, *dq, *dk, *dv;
@@ -38,7 +91,7 @@ static void scores(const struct atb_job *j, float *S, void *ws, int64_t b, int64
     int64_t hd = j->hd, qrow = j->n_heads * hd, kvrow = j->n_kv * hd, kvh = h / (j->n_heads / j->n_kv);
     lmc_cpu_gemm_bf16(R, nk, hd, j->q + (b * j->T + i0) * qrow + h * hd, qrow, 1,
                       j->k + (b * j->T + lo) * kvrow + kvh * hd, 1, kvrow, S, nk, false, ws);
-    for (int64_t x = 0; x < R * nk; x++) S[x] *= j->scale;
+    vscale(S, R * nk, j->scale);
 }
 
 /* task: one block of ATB queries of one head of one sequence */
@@ -55,20 +108,16 @@ static void fwd_task(void *arg, int64_t t, int thread) {
     for (int64_t r = 0; r < R; r++) {
         float *p = S + r * nk;
         int64_t a = first_key(j, i0 + r) - lo, e = i0 + r + 1 - lo;
-        float mx = -INFINITY;
-        for (int64_t x = a; x < e; x++) mx = p[x] > mx ? p[x] : mx;
+        float mx = vmax(p + a, e - a);
         double sum = lmc_cpu_exp_sum(p + a, e - a, mx);
-        for (int64_t x = 0; x < a; x++) p[x] = 0;
-        for (int64_t x = e; x < nk; x++) p[x] = 0;
+        memset(p, 0, (size_t)a * sizeof *p);
+        memset(p + e, 0, (size_t)(nk - e) * sizeof *p);
         j->lse[(b * T + i0 + r) * j->n_heads + h] = (float)((double)mx + log(sum));
         inv[r] = 1.0 / sum;
     }
     float *O = j->out + (b * T + i0) * qrow + h * hd;
     lmc_cpu_gemm_bf16(R, hd, nk, S, nk, 1, j->v + (b * T + lo) * kvrow + kvh * hd, kvrow, 1, O, qrow, false, ws);
-    for (int64_t r = 0; r < R; r++) {
-        float f = (float)inv[r];
-        for (int64_t d = 0; d < hd; d++) O[r * qrow + d] *= f;
-    }
+    for (int64_t r = 0; r < R; r++) vscale(O + r * qrow, hd, (float)inv[r]);
 }
 
 static size_t ws_words(int64_t T, int64_t hd) {
@@ -115,12 +164,9 @@ static void bwd_task(void *arg, int64_t t, int thread) {
                 float *p = P + r * nk, *dp = dP + r * nk;
                 int64_t a = first_key(j, i0 + r) - lo, e = i0 + r + 1 - lo;
                 lmc_cpu_exp_sum(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
-                for (int64_t x = 0; x < a; x++) p[x] = 0;
-                for (int64_t x = e; x < nk; x++) p[x] = 0;
-                double D = 0;
-                for (int64_t x = a; x < e; x++) D += (double)p[x] * dp[x];
-                float Df = (float)D;
-                for (int64_t x = 0; x < nk; x++) dp[x] = p[x] * (dp[x] - Df) * j->scale;
+                memset(p, 0, (size_t)a * sizeof *p);
+                memset(p + e, 0, (size_t)(nk - e) * sizeof *p);
+                vdsoft(dp, p, nk, (float)vdot(p + a, dp + a, e - a), j->scale);
             }
             lmc_cpu_gemm_bf16(R, hd, nk, dP, nk, 1, kb + lo * kvrow, kvrow, 1, j->dq + (b * T + i0) * qrow + h * hd,
                               qrow, false, ws);

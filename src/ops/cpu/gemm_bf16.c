@@ -350,3 +350,79 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
 #endif
     gb_run(micro, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }
+
+/* ---- several products over the same M rows, M blocks outermost ---- */
+
+size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
+    int64_t kp = gb_kc(Kmax > 0 ? Kmax : 1) / 2;
+    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
+    return (size_t)((mc * kp + 15) / 16 * 16);
+}
+
+static void gb_terms(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
+    uint32_t *ap = ws;
+    float tile[GB_MR * GB_NR];
+    for (int64_t ic = 0; ic < M; ic += GB_MC) {
+        int64_t mc = LMC_MIN(GB_MC, M - ic);
+        for (int i = 0; i < n; i++) {
+            const struct lmc_gb_term *x = &t[i];
+            if (x->N <= 0) continue;
+            float *C = x->C + ic * x->ldc;
+            if (x->K <= 0) {
+                if (!x->accum)
+                    for (int64_t m = 0; m < mc; m++) memset(C + m * x->ldc, 0, (size_t)x->N * sizeof(float));
+                continue;
+            }
+            const int64_t kcm = gb_kc(x->K), KP = gb_kp_total(x->K);
+            /* this term's A blocks are the previous term's: packed already
+             * (only with one K block, the one in ap) */
+            bool same_a = i > 0 && t[i - 1].A == x->A && t[i - 1].a_sm == x->a_sm && t[i - 1].a_sk == x->a_sk &&
+                          t[i - 1].K == x->K && x->K <= kcm && t[i - 1].N > 0;
+            for (int64_t pc = 0; pc < x->K; pc += kcm) {
+                int64_t kc = LMC_MIN(kcm, x->K - pc), kp = (kc + 1) / 2;
+                bool load_c = x->accum || pc > 0;
+                if (!same_a)
+                    for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                        pack(ap + ir * kp, GB_MR, x->A + (ic + ir) * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk,
+                             LMC_MIN(GB_MR, mc - ir), kc);
+                for (int64_t jc = 0; jc < x->N; jc += GB_NC) {
+                    int64_t nc = LMC_MIN(GB_NC, x->N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
+                    const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
+                    for (int64_t jr = 0; jr < nc; jr += GB_NR) {
+                        int64_t nr = LMC_MIN(GB_NR, nc - jr);
+                        for (int64_t ir = 0; ir < mc; ir += GB_MR) {
+                            int64_t mr = LMC_MIN(GB_MR, mc - ir);
+                            float *c = C + ir * x->ldc + jc + jr;
+                            if (mr == GB_MR && nr == GB_NR) {
+                                micro(kp, ap + ir * kp, bp + jr * kp, c, x->ldc, load_c);
+                                continue;
+                            }
+                            micro(kp, ap + ir * kp, bp + jr * kp, tile, GB_NR, false);
+                            for (int64_t r = 0; r < mr; r++)
+                                for (int64_t j = 0; j < nr; j++)
+                                    c[r * x->ldc + j] = load_c ? c[r * x->ldc + j] + tile[r * GB_NR + j]
+                                                              : tile[r * GB_NR + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
+    if (M <= 0) return;
+    gb_micro_fn micro = gb_micro_portable;
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        micro = gb_micro_avx512;
+        pack = gb_pack_avx512;
+    }
+#endif
+    gb_terms(micro, pack, M, n, t, ws);
+}
+
+void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
+    if (M > 0) gb_terms(gb_micro_portable, gb_pack, M, n, t, ws);
+}
