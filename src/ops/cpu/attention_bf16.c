@@ -109,7 +109,7 @@ static void fwd_task(void *arg, int64_t t, int thread) {
         float *p = S + r * nk;
         int64_t a = first_key(j, i0 + r) - lo, e = i0 + r + 1 - lo;
         float mx = vmax(p + a, e - a);
-        double sum = lmc_cpu_exp_sum(p + a, e - a, mx);
+        double sum = lmc_cpu_exp_sum16(p + a, e - a, mx);
         memset(p, 0, (size_t)a * sizeof *p);
         memset(p + e, 0, (size_t)(nk - e) * sizeof *p);
         j->lse[(b * T + i0 + r) * j->n_heads + h] = (float)((double)mx + log(sum));
@@ -163,7 +163,7 @@ static void bwd_task(void *arg, int64_t t, int thread) {
             for (int64_t r = 0; r < R; r++) {
                 float *p = P + r * nk, *dp = dP + r * nk;
                 int64_t a = first_key(j, i0 + r) - lo, e = i0 + r + 1 - lo;
-                lmc_cpu_exp_sum(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
+                lmc_cpu_exp_sum16(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
                 memset(p, 0, (size_t)a * sizeof *p);
                 memset(p + e, 0, (size_t)(nk - e) * sizeof *p);
                 vdsoft(dp, p, nk, (float)vdot(p + a, dp + a, e - a), j->scale);

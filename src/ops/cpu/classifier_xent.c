@@ -66,7 +66,7 @@ static void xent_softmax_task(void *arg, int64_t t, int thread) {
 #endif
         for (; v < V; v++) mx = l[v] > mx ? l[v] : mx;
         float lt = tg < 0 ? 0.0f : l[tg];
-        double sum = lmc_cpu_exp_sum(l, V, mx);
+        double sum = lmc_cpu_exp_sum16(l, V, mx);
         j->loss[j->r0 + r] = tg < 0 ? 0.0f : (float)(log(sum) + mx - lt);
         if (!j->dh) continue;
         float k = tg < 0 ? 0.0f : (float)((double)j->dscale / sum);
