@@ -54,7 +54,8 @@ static double gemm_check(int64_t M, int64_t N, int64_t K, const float *A, int64_
 
 static void test_kernel(int portable) {
     static const int64_t shapes[][3] = {{1, 1, 1},    {7, 33, 5},    {9, 31, 2},     {13, 45, 771},
-                                        {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {3, 1, 4097}};
+                                        {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {3, 1, 4097},
+                                        {64, 48, 48},   {24, 48, 77}}; /* a head's 48 = 32 + 16 columns */
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
         for (int ta = 0; ta < 2; ta++)

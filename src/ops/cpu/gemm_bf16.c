@@ -224,6 +224,54 @@ GB_TARGET static void gb_micro_avx512(int64_t kp, const uint32_t *a, const uint3
 }
 #endif
 
+#ifdef GB_X86
+/* gb_micro_avx512 on the first 16 columns of the B panel (a panel of at
+ * most 16 live columns, e.g. the 48 = 32 + 16 of a head): the same sums
+ * for those columns, half the work */
+GB_TARGET static void gb_micro16_avx512(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
+                                        int64_t ldc, bool load_c) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    for (int64_t p = 0; p < kp; p++, a += GB_MR, b += GB_NR) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);
+#define GB_ROW16(r) c##r = _mm512_dpbf16_ps(c##r, (__m512bh)_mm512_set1_epi32((int)a[r]), b0);
+        GB_ROW16(0) GB_ROW16(1) GB_ROW16(2) GB_ROW16(3) GB_ROW16(4) GB_ROW16(5) GB_ROW16(6) GB_ROW16(7)
+#undef GB_ROW16
+    }
+#define GB_OUT16(r)                                                                                \
+    {                                                                                              \
+        float *o = c + (int64_t)(r) * ldc;                                                         \
+        if (load_c) c##r = _mm512_add_ps(c##r, _mm512_loadu_ps(o));                                \
+        _mm512_storeu_ps(o, c##r);                                                                 \
+    }
+    GB_OUT16(0) GB_OUT16(1) GB_OUT16(2) GB_OUT16(3) GB_OUT16(4) GB_OUT16(5) GB_OUT16(6) GB_OUT16(7)
+#undef GB_OUT16
+}
+#endif
+
+/* One tile of C (mr x nr at c) from an A panel and a B panel: the full
+ * kernel, the 16-column one where at most 16 columns live (micro16, when
+ * not NULL), through a local tile at the edges. */
+static inline void gb_tile(gb_micro_fn micro, gb_micro_fn micro16, int64_t kp, const uint32_t *a, const uint32_t *b,
+                           float *c, int64_t ldc, bool load_c, int64_t mr, int64_t nr) {
+    float tile[GB_MR * GB_NR];
+    if (mr == GB_MR && nr == GB_NR) {
+        micro(kp, a, b, c, ldc, load_c);
+        return;
+    }
+    if (micro16 && nr <= 16) {
+        if (mr == GB_MR && nr == 16) {
+            micro16(kp, a, b, c, ldc, load_c);
+            return;
+        }
+        micro16(kp, a, b, tile, GB_NR, false);
+    } else {
+        micro(kp, a, b, tile, GB_NR, false);
+    }
+    for (int64_t r = 0; r < mr; r++)
+        for (int64_t j = 0; j < nr; j++)
+            c[r * ldc + j] = load_c ? c[r * ldc + j] + tile[r * GB_NR + j] : tile[r * GB_NR + j];
+}
+
 /* B's packed words (K pairs of all of K) and the offset of block (jc, pc)
  * in a whole pre-packed B: blocks by jc, then pc; panels by jr inside. */
 static int64_t gb_kp_total(int64_t K) {
@@ -232,9 +280,9 @@ static int64_t gb_kp_total(int64_t K) {
     return t;
 }
 
-static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
-                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, const uint32_t *bpre, float *C,
-                   int64_t ldc, bool accum, void *ws) {
+static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, int64_t M, int64_t N, int64_t K,
+                   const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn,
+                   const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accum)
@@ -245,7 +293,6 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
     const int64_t ncm = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
     uint32_t *bp = ws, *ap = bp + (ncm * kpm + 15) / 16 * 16;
     const int64_t KP = bpre ? gb_kp_total(K) : 0;
-    float tile[GB_MR * GB_NR];
     for (int64_t jc = 0; jc < N; jc += GB_NC) {
         int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
         for (int64_t pc = 0; pc < K; pc += kcm) {
@@ -264,19 +311,9 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
                             LMC_MIN(GB_MR, mc - ir), kc);
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
-                    for (int64_t ir = 0; ir < mc; ir += GB_MR) {
-                        int64_t mr = LMC_MIN(GB_MR, mc - ir);
-                        float *c = C + (ic + ir) * ldc + jc + jr;
-                        if (mr == GB_MR && nr == GB_NR) {
-                            micro(kp, ap + ir * kp, bp + jr * kp, c, ldc, load_c);
-                            continue;
-                        }
-                        micro(kp, ap + ir * kp, bp + jr * kp, tile, GB_NR, false);
-                        for (int64_t r = 0; r < mr; r++)
-                            for (int64_t j = 0; j < nr; j++)
-                                c[r * ldc + j] = load_c ? c[r * ldc + j] + tile[r * GB_NR + j]
-                                                        : tile[r * GB_NR + j];
-                    }
+                    for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                        gb_tile(micro, micro16, kp, ap + ir * kp, bp + jr * kp, C + (ic + ir) * ldc + jc + jr, ldc,
+                                load_c, LMC_MIN(GB_MR, mc - ir), nr);
                 }
             }
         }
@@ -286,21 +323,22 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(gb_micro_portable, NULL, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws) {
-    gb_micro_fn micro = gb_micro_portable;
+    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
+        micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
     }
 #endif
-    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(micro, micro16, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 /* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
@@ -340,15 +378,16 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
 
 void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                           const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws) {
-    gb_micro_fn micro = gb_micro_portable;
+    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
+        micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
     }
 #endif
-    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+    gb_run(micro, micro16, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }
 
 /* ---- several products over the same M rows, M blocks outermost ---- */
@@ -359,9 +398,9 @@ size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
     return (size_t)((mc * kp + 15) / 16 * 16);
 }
 
-static void gb_terms(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
+static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, int64_t M, int n,
+                     const struct lmc_gb_term *t, void *ws) {
     uint32_t *ap = ws;
-    float tile[GB_MR * GB_NR];
     for (int64_t ic = 0; ic < M; ic += GB_MC) {
         int64_t mc = LMC_MIN(GB_MC, M - ic);
         for (int i = 0; i < n; i++) {
@@ -390,19 +429,9 @@ static void gb_terms(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int n, const
                     const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
                     for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                         int64_t nr = LMC_MIN(GB_NR, nc - jr);
-                        for (int64_t ir = 0; ir < mc; ir += GB_MR) {
-                            int64_t mr = LMC_MIN(GB_MR, mc - ir);
-                            float *c = C + ir * x->ldc + jc + jr;
-                            if (mr == GB_MR && nr == GB_NR) {
-                                micro(kp, ap + ir * kp, bp + jr * kp, c, x->ldc, load_c);
-                                continue;
-                            }
-                            micro(kp, ap + ir * kp, bp + jr * kp, tile, GB_NR, false);
-                            for (int64_t r = 0; r < mr; r++)
-                                for (int64_t j = 0; j < nr; j++)
-                                    c[r * x->ldc + j] = load_c ? c[r * x->ldc + j] + tile[r * GB_NR + j]
-                                                              : tile[r * GB_NR + j];
-                        }
+                        for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                            gb_tile(micro, micro16, kp, ap + ir * kp, bp + jr * kp, C + ir * x->ldc + jc + jr, x->ldc,
+                                    load_c, LMC_MIN(GB_MR, mc - ir), nr);
                     }
                 }
             }
@@ -412,17 +441,18 @@ static void gb_terms(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int n, const
 
 void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
     if (M <= 0) return;
-    gb_micro_fn micro = gb_micro_portable;
+    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
+        micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
     }
 #endif
-    gb_terms(micro, pack, M, n, t, ws);
+    gb_terms(micro, micro16, pack, M, n, t, ws);
 }
 
 void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
-    if (M > 0) gb_terms(gb_micro_portable, gb_pack, M, n, t, ws);
+    if (M > 0) gb_terms(gb_micro_portable, NULL, gb_pack, M, n, t, ws);
 }
