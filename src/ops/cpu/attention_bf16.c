@@ -101,7 +101,9 @@ static void scores(const struct atb_job *j, float *S, void *ws, const uint32_t *
     int64_t hd = j->hd, qrow = j->n_heads * hd, kvrow = j->n_kv * hd, kvh = h / (j->n_heads / j->n_kv);
     const float *Q = j->q + (b * j->T + i0) * qrow + h * hd;
     if (lo == 0 && hd <= KT_MAX_HD) lmc_cpu_gemm_bf16_pb(R, nk, hd, Q, qrow, 1, kt, S, nk, false, ws);
-    else lmc_cpu_gemm_bf16(R, nk, hd, Q, qrow, 1, j->k + (b * j->T + lo) * kvrow + kvh * hd, 1, kvrow, S, nk, false, ws);
+    else
+        lmc_cpu_gemm_bf16(R, nk, hd, Q, qrow, 1, j->k + (b * j->T + lo) * kvrow + kvh * hd, 1, kvrow, S, nk, false,
+                          ws);
     vscale(S, R * nk, j->scale);
 }
 

@@ -168,11 +168,54 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
 }
 #endif
 
+#ifdef GB_X86
+/* Two A panels at once from contiguous lines (si == 1): lines 0..7 into
+ * d0, 8..15 into d1 (lines >= n as zeros), each K row read as one full
+ * 16-float line instead of two halves; the same words as two gb_pack_avx512
+ * calls. */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_pack2_avx512(uint32_t *d0, uint32_t *d1, const float *src, int64_t sk, int64_t n, int64_t kc) {
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    int64_t kf = kc / 2;
+    __mmask16 ml = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    for (int64_t p = 0; p < kf; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1), _mm512_maskz_loadu_ps(ml, s0));
+        x = _mm512_permutexvar_epi16(il, x);
+        _mm256_storeu_si256((__m256i *)(d0 + p * GB_MR), _mm512_castsi512_si256(x));
+        _mm256_storeu_si256((__m256i *)(d1 + p * GB_MR), _mm512_extracti64x4_epi64(x, 1));
+    }
+    if (kf * 2 < kc)
+        for (int i = 0; i < 16; i++)
+            (i < 8 ? d0 : d1)[kf * GB_MR + i % 8] = i < n ? gb_pair(src[2 * kf * sk + i], 0.0f) : 0;
+}
+#endif
+
 /* c (GB_MR x GB_NR, row stride ldc) = (load_c ? c : 0) + a-panel @ b-panel over kp pairs */
 typedef void (*gb_micro_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
                             bool load_c);
 typedef void (*gb_pack_fn)(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n,
                            int64_t kc);
+
+typedef void (*gb_pack2_fn)(uint32_t *d0, uint32_t *d1, const float *src, int64_t sk, int64_t n, int64_t kc);
+
+/* The A panels of rows [0, mc) of a block (A at a, strides a_sm, a_sk; kc
+ * elements of K) into ap, panel ir at ap + ir * kp: two panels per pass
+ * where the lines are contiguous (pack2, when not NULL). */
+static void gb_pack_a(gb_pack_fn pack, gb_pack2_fn pack2, uint32_t *ap, const float *a, int64_t a_sm, int64_t a_sk,
+                      int64_t mc, int64_t kc) {
+    int64_t kp = (kc + 1) / 2;
+    for (int64_t ir = 0; ir < mc; ir += GB_MR) {
+        if (pack2 && a_sm == 1 && a_sk != 1 && ir + GB_MR < mc) {
+            pack2(ap + ir * kp, ap + (ir + GB_MR) * kp, a + ir, a_sk, LMC_MIN(2 * GB_MR, mc - ir), kc);
+            ir += GB_MR;
+            continue;
+        }
+        pack(ap + ir * kp, GB_MR, a + ir * a_sm, a_sm, a_sk, LMC_MIN(GB_MR, mc - ir), kc);
+    }
+}
 
 static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
                               int64_t ldc, bool load_c) {
@@ -280,9 +323,9 @@ static int64_t gb_kp_total(int64_t K) {
     return t;
 }
 
-static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, int64_t M, int64_t N, int64_t K,
-                   const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn,
-                   const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
+static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
+                   int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk,
+                   int64_t b_sn, const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accum)
@@ -306,9 +349,7 @@ static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, int6
                          LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
-                for (int64_t ir = 0; ir < mc; ir += GB_MR)
-                    pack(ap + ir * kp, GB_MR, A + (ic + ir) * a_sm + pc * a_sk, a_sm, a_sk,
-                            LMC_MIN(GB_MR, mc - ir), kc);
+                gb_pack_a(pack, pack2, ap, A + ic * a_sm + pc * a_sk, a_sm, a_sk, mc, kc);
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
                     for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -323,7 +364,7 @@ static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, int6
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, NULL, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(gb_micro_portable, NULL, gb_pack, NULL, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
@@ -331,14 +372,16 @@ void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
                        void *ws) {
     gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
+    gb_pack2_fn pack2 = NULL;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
         micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
+        pack2 = gb_pack2_avx512;
     }
 #endif
-    gb_run(micro, micro16, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 /* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
@@ -380,14 +423,16 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
                           const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws) {
     gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
+    gb_pack2_fn pack2 = NULL;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
         micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
+        pack2 = gb_pack2_avx512;
     }
 #endif
-    gb_run(micro, micro16, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }
 
 /* ---- several products over the same M rows, M blocks outermost ---- */
@@ -398,7 +443,7 @@ size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
     return (size_t)((mc * kp + 15) / 16 * 16);
 }
 
-static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, int64_t M, int n,
+static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
                      const struct lmc_gb_term *t, void *ws) {
     uint32_t *ap = ws;
     for (int64_t ic = 0; ic < M; ic += GB_MC) {
@@ -420,10 +465,7 @@ static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, in
             for (int64_t pc = 0; pc < x->K; pc += kcm) {
                 int64_t kc = LMC_MIN(kcm, x->K - pc), kp = (kc + 1) / 2;
                 bool load_c = x->accum || pc > 0;
-                if (!same_a)
-                    for (int64_t ir = 0; ir < mc; ir += GB_MR)
-                        pack(ap + ir * kp, GB_MR, x->A + (ic + ir) * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk,
-                             LMC_MIN(GB_MR, mc - ir), kc);
+                if (!same_a) gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
                 for (int64_t jc = 0; jc < x->N; jc += GB_NC) {
                     int64_t nc = LMC_MIN(GB_NC, x->N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
                     const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
@@ -443,16 +485,18 @@ void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void
     if (M <= 0) return;
     gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
+    gb_pack2_fn pack2 = NULL;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
         micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
+        pack2 = gb_pack2_avx512;
     }
 #endif
-    gb_terms(micro, micro16, pack, M, n, t, ws);
+    gb_terms(micro, micro16, pack, pack2, M, n, t, ws);
 }
 
 void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
-    if (M > 0) gb_terms(gb_micro_portable, NULL, gb_pack, M, n, t, ws);
+    if (M > 0) gb_terms(gb_micro_portable, NULL, gb_pack, NULL, M, n, t, ws);
 }
