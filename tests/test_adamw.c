@@ -116,6 +116,52 @@ static void multi_step(void) {
     CHECK(fabsf(q - 2.0f * (1 - 0.5f * 0.1f)) < 1e-6f);
 }
 
+/* lmc_adamw_apply (the CPU's element-wise AdamW) is backend.h's formula with
+ * every operation rounded on its own (volatile stores keep the compiler from
+ * contracting the reference into FMAs), bit for bit, on odd lengths (the
+ * 16-lane body and its masked tail) and with tiny and zero gradients. */
+static void apply_uncontracted(void) {
+    static const int64_t ns[] = {1, 15, 17, 1003};
+    uint64_t rng = 99;
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        int64_t n = ns[ni];
+        float *p = malloc((size_t)n * 4), *g = malloc((size_t)n * 4), *m = malloc((size_t)n * 4),
+              *v = malloc((size_t)n * 4), *pr = malloc((size_t)n * 4), *mr = malloc((size_t)n * 4),
+              *vr = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n; i++) {
+            p[i] = test_rand(&rng), g[i] = i % 7 == 3 ? 0.0f : i % 5 == 1 ? 1e-20f : 0.1f * test_rand(&rng);
+            m[i] = 0.01f * test_rand(&rng), v[i] = 1e-4f * fabsf(test_rand(&rng));
+            pr[i] = p[i], mr[i] = m[i], vr[i] = v[i];
+        }
+        struct lmc_adamw_step st = {.step_size = 3.1e-3f, .decay_mul = 0.9997f, .beta2 = 0.95f,
+                                    .one_minus_b1 = 0.1f, .one_minus_b2 = 0.05f, .bc2_sqrt = 0.31f,
+                                    .eps = 1e-8f, .grad_scale = 0.37f};
+        lmc_adamw_apply(p, g, m, v, n, &st);
+        int same = 1;
+        for (int64_t i = 0; i < n; i++) {
+            volatile float gi = g[i] * st.grad_scale, pi = pr[i] * st.decay_mul;
+            volatile float t1 = st.one_minus_b1 * (gi - mr[i]);
+            volatile float mi = mr[i] + t1;
+            volatile float t2 = vr[i] * st.beta2, t3 = st.one_minus_b2 * gi;
+            volatile float t4 = t3 * gi;
+            volatile float vi = t2 + t4;
+            volatile float sq = sqrtf(vi);
+            volatile float den = sq / st.bc2_sqrt + st.eps;
+            volatile float q = mi / den;
+            volatile float t5 = st.step_size * q;
+            volatile float pn = pi - t5;
+            float a = pn, b = mi, c = vi;
+            same &= !memcmp(&p[i], &a, 4) && !memcmp(&m[i], &b, 4) && !memcmp(&v[i], &c, 4);
+        }
+#ifdef __AVX512F__
+        CHECK_MSG(same, "adamw n %lld: not the uncontracted formula's bits", (long long)n);
+#else
+        (void)same; /* the scalar loop may contract into FMAs */
+#endif
+        free(p), free(g), free(m), free(v), free(pr), free(mr), free(vr);
+    }
+}
+
 /* The backend's adamw op (CPU) equals lmc_adamw_update bit for bit, with
  * and without decay, and with a clipping factor folded in; sumsq is the
  * float64 sum of squares and does not depend on the thread count. */
@@ -225,6 +271,7 @@ int main(void) {
     fixture_step("qwen2-tiny");
     multi_step();
     backend_ops();
+    apply_uncontracted();
     decay_rule();
     clipping();
     schedules();

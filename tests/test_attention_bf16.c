@@ -163,6 +163,7 @@ int main(void) {
         test_case(&be1, &be2, 150, 20, 0); /* 3 query blocks, the last short; edge panels of hd */
         test_case(&be1, &be2, 67, 33, 9);  /* a window, odd head_dim */
         test_case(&be1, &be2, 5, 8, 0);    /* fewer queries than a block */
+        test_case(&be1, &be2, 100, 48, 0); /* a 48-wide head (32 + 16 columns), keys packed once per head */
         CHECK(lmc_backend_cpu_set_train_bf16(&be1, false, &err) == LMC_OK);
         CHECK((void *)be1.attention_train == f32_train && (void *)be1.attention_bwd == f32_bwd);
     }

@@ -54,7 +54,8 @@ static double gemm_check(int64_t M, int64_t N, int64_t K, const float *A, int64_
 
 static void test_kernel(int portable) {
     static const int64_t shapes[][3] = {{1, 1, 1},    {7, 33, 5},    {9, 31, 2},     {13, 45, 771},
-                                        {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {3, 1, 4097}};
+                                        {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {3, 1, 4097},
+                                        {64, 48, 48},   {24, 48, 77}}; /* a head's 48 = 32 + 16 columns */
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
         for (int ta = 0; ta < 2; ta++)
@@ -95,6 +96,67 @@ static void test_kernel(int portable) {
                     free(A), free(B), free(C), free(C0), free(ws);
                 }
     }
+}
+
+/* B (K, N) stored with strides (b_sk, b_sn), packed whole */
+static uint32_t *packed(const float *B, int64_t N, int64_t K, int64_t b_sk, int64_t b_sn) {
+    uint32_t *bp = aligned_alloc(64, (lmc_cpu_gemm_bf16_bpack_words(N, K) * 4 + 63) / 64 * 64);
+    lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, lmc_cpu_gemm_bf16_bpack_panels(N, K));
+    return bp;
+}
+
+/* lmc_cpu_gemm_bf16_terms: terms sharing A (q/k/v, gate/up: A packed once,
+ * N over several N blocks) and terms summing into one C (dx: several K
+ * blocks, a transposed A), odd sizes: the same bits as separate
+ * lmc_cpu_gemm_bf16 calls, each product within the f32 summation bound of
+ * a float64 sum of the bf16-rounded operands. */
+static void test_terms(int portable) {
+    static const int64_t Ms[] = {1, 13, 101, 200};
+    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+        for (int acc = 0; acc < 2; acc++) {
+            int64_t M = Ms[mi], K = 37, N0 = 803, N1 = 45, Ka = 389, Kb = 771, Nc = 65;
+            float *A = rand_vec(M * K), *B0 = rand_vec(K * N0), *B1 = rand_vec(K * N1), *A2 = rand_vec(M * K);
+            float *C2 = rand_vec(M * N1), *R2 = malloc((size_t)(M * N1) * 4);
+            memcpy(R2, C2, (size_t)(M * N1) * 4);
+            float *A0 = rand_vec(M * Ka), *A1 = rand_vec(Kb * M), *D0 = rand_vec(Ka * Nc), *D1 = rand_vec(Kb * Nc);
+            float *C0 = rand_vec(M * N0), *C1 = rand_vec(M * N1), *Cc = rand_vec(M * Nc);
+            float *R0 = malloc((size_t)(M * N0) * 4), *R1 = malloc((size_t)(M * N1) * 4), *Rc = malloc((size_t)(M * Nc) * 4);
+            float *Cc0 = malloc((size_t)(M * Nc) * 4), *C00 = malloc((size_t)(M * N0) * 4), *Mid = malloc((size_t)(M * Nc) * 4);
+            memcpy(R0, C0, (size_t)(M * N0) * 4), memcpy(R1, C1, (size_t)(M * N1) * 4);
+            memcpy(Rc, Cc, (size_t)(M * Nc) * 4), memcpy(Cc0, Cc, (size_t)(M * Nc) * 4);
+            memcpy(C00, C0, (size_t)(M * N0) * 4);
+            /* B0 stored (N0, K) as a weight; D0 (Ka, Nc) and D1 (Kb, Nc) as dx's weights; A1 stored (Kb, M) */
+            uint32_t *p0 = packed(B0, N0, K, 1, K), *p1 = packed(B1, N1, K, N1, 1);
+            uint32_t *pd0 = packed(D0, Nc, Ka, Nc, 1), *pd1 = packed(D1, Nc, Kb, Nc, 1);
+            size_t wsw = LMC_MAX(lmc_cpu_gemm_bf16_terms_ws(M, Kb), lmc_cpu_gemm_bf16_ws(M, N0, Kb));
+            void *ws = aligned_alloc(64, (wsw * 4 + 63) / 64 * 64);
+            void (*g)(int64_t, int64_t, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int64_t,
+                      float *, int64_t, bool, void *) = portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16;
+            g(M, N0, K, A, K, 1, B0, 1, K, R0, N0, acc, ws);
+            g(M, N1, K, A, K, 1, B1, N1, 1, R1, N1, acc, ws);
+            g(M, N1, K, A2, K, 1, B1, N1, 1, R2, N1, acc, ws); /* the same shape, another A */
+            g(M, Nc, Ka, A0, Ka, 1, D0, Nc, 1, Rc, Nc, acc, ws);
+            memcpy(Mid, Rc, (size_t)(M * Nc) * 4);
+            g(M, Nc, Kb, A1, 1, M, D1, Nc, 1, Rc, Nc, true, ws);
+            struct lmc_gb_term t[5] = {
+                {A, K, 1, K, p0, N0, C0, N0, acc},     {A, K, 1, K, p1, N1, C1, N1, acc},
+                {A2, K, 1, K, p1, N1, C2, N1, acc},    {A0, Ka, 1, Ka, pd0, Nc, Cc, Nc, acc},
+                {A1, 1, M, Kb, pd1, Nc, Cc, Nc, true}};
+            (portable ? lmc_cpu_gemm_bf16_terms_portable : lmc_cpu_gemm_bf16_terms)(M, 5, t, ws);
+            CHECK_MSG(!memcmp(C0, R0, (size_t)(M * N0) * 4) && !memcmp(C1, R1, (size_t)(M * N1) * 4) &&
+                          !memcmp(C2, R2, (size_t)(M * N1) * 4) &&
+                          !memcmp(Cc, Rc, (size_t)(M * Nc) * 4),
+                      "%s terms M %lld accum %d: not the separate calls' bits", portable ? "portable" : "native",
+                      (long long)M, acc);
+            double e0 = gemm_check(M, N0, K, A, K, 1, B0, 1, K, C0, N0, acc ? C00 : NULL);
+            double e1 = gemm_check(M, Nc, Ka, A0, Ka, 1, D0, Nc, 1, Mid, Nc, acc ? Cc0 : NULL);
+            double e2 = gemm_check(M, Nc, Kb, A1, 1, M, D1, Nc, 1, Cc, Nc, Mid);
+            CHECK_MSG(e0 <= 1.0 && e1 <= 1.0 && e2 <= 1.0, "terms M %lld accum %d: err/bound %.3g %.3g %.3g",
+                      (long long)M, acc, e0, e1, e2);
+            free(A), free(B0), free(B1), free(A0), free(A1), free(D0), free(D1), free(C0), free(C1), free(Cc);
+            free(R0), free(R1), free(Rc), free(Cc0), free(C00), free(Mid), free(p0), free(p1), free(pd0), free(pd1);
+            free(ws), free(A2), free(C2), free(R2);
+        }
 }
 
 /* The rounding is real: on a product of values that bf16 cannot hold, the
@@ -308,6 +370,8 @@ int main(void) {
     printf("AVX512-BF16: %s\n", lmc_cpu_has_bf16() ? "yes" : "no");
     test_kernel(0);
     test_kernel(1);
+    test_terms(0);
+    test_terms(1);
     test_rounds();
     test_backend();
     return test_finish("test_gemm_bf16");

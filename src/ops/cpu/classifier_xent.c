@@ -58,13 +58,24 @@ static void xent_softmax_task(void *arg, int64_t t, int thread) {
         float *l = j->lg + r * V;
         int32_t tg = j->tg[j->r0 + r];
         float mx = -INFINITY;
-        for (int64_t v = 0; v < V; v++) mx = l[v] > mx ? l[v] : mx;
+        int64_t v = 0;
+#ifdef __AVX512F__
+        __m512 mv = _mm512_set1_ps(-INFINITY);
+        for (; v + 16 <= V; v += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(l + v));
+        mx = _mm512_reduce_max_ps(mv);
+#endif
+        for (; v < V; v++) mx = l[v] > mx ? l[v] : mx;
         float lt = tg < 0 ? 0.0f : l[tg];
-        double sum = lmc_cpu_exp_sum(l, V, mx);
+        double sum = lmc_cpu_exp_sum16(l, V, mx);
         j->loss[j->r0 + r] = tg < 0 ? 0.0f : (float)(log(sum) + mx - lt);
         if (!j->dh) continue;
         float k = tg < 0 ? 0.0f : (float)((double)j->dscale / sum);
-        for (int64_t v = 0; v < V; v++) l[v] *= k;
+        v = 0;
+#ifdef __AVX512F__
+        const __m512 kv = _mm512_set1_ps(k);
+        for (; v + 16 <= V; v += 16) _mm512_storeu_ps(l + v, _mm512_mul_ps(_mm512_loadu_ps(l + v), kv));
+#endif
+        for (; v < V; v++) l[v] *= k;
         if (tg >= 0) l[tg] -= j->dscale;
     }
 }

@@ -168,11 +168,54 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
 }
 #endif
 
+#ifdef GB_X86
+/* Two A panels at once from contiguous lines (si == 1): lines 0..7 into
+ * d0, 8..15 into d1 (lines >= n as zeros), each K row read as one full
+ * 16-float line instead of two halves; the same words as two gb_pack_avx512
+ * calls. */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_pack2_avx512(uint32_t *d0, uint32_t *d1, const float *src, int64_t sk, int64_t n, int64_t kc) {
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    int64_t kf = kc / 2;
+    __mmask16 ml = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    for (int64_t p = 0; p < kf; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1), _mm512_maskz_loadu_ps(ml, s0));
+        x = _mm512_permutexvar_epi16(il, x);
+        _mm256_storeu_si256((__m256i *)(d0 + p * GB_MR), _mm512_castsi512_si256(x));
+        _mm256_storeu_si256((__m256i *)(d1 + p * GB_MR), _mm512_extracti64x4_epi64(x, 1));
+    }
+    if (kf * 2 < kc)
+        for (int i = 0; i < 16; i++)
+            (i < 8 ? d0 : d1)[kf * GB_MR + i % 8] = i < n ? gb_pair(src[2 * kf * sk + i], 0.0f) : 0;
+}
+#endif
+
 /* c (GB_MR x GB_NR, row stride ldc) = (load_c ? c : 0) + a-panel @ b-panel over kp pairs */
 typedef void (*gb_micro_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
                             bool load_c);
 typedef void (*gb_pack_fn)(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int64_t n,
                            int64_t kc);
+
+typedef void (*gb_pack2_fn)(uint32_t *d0, uint32_t *d1, const float *src, int64_t sk, int64_t n, int64_t kc);
+
+/* The A panels of rows [0, mc) of a block (A at a, strides a_sm, a_sk; kc
+ * elements of K) into ap, panel ir at ap + ir * kp: two panels per pass
+ * where the lines are contiguous (pack2, when not NULL). */
+static void gb_pack_a(gb_pack_fn pack, gb_pack2_fn pack2, uint32_t *ap, const float *a, int64_t a_sm, int64_t a_sk,
+                      int64_t mc, int64_t kc) {
+    int64_t kp = (kc + 1) / 2;
+    for (int64_t ir = 0; ir < mc; ir += GB_MR) {
+        if (pack2 && a_sm == 1 && a_sk != 1 && ir + GB_MR < mc) {
+            pack2(ap + ir * kp, ap + (ir + GB_MR) * kp, a + ir, a_sk, LMC_MIN(2 * GB_MR, mc - ir), kc);
+            ir += GB_MR;
+            continue;
+        }
+        pack(ap + ir * kp, GB_MR, a + ir * a_sm, a_sm, a_sk, LMC_MIN(GB_MR, mc - ir), kc);
+    }
+}
 
 static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
                               int64_t ldc, bool load_c) {
@@ -224,6 +267,54 @@ GB_TARGET static void gb_micro_avx512(int64_t kp, const uint32_t *a, const uint3
 }
 #endif
 
+#ifdef GB_X86
+/* gb_micro_avx512 on the first 16 columns of the B panel (a panel of at
+ * most 16 live columns, e.g. the 48 = 32 + 16 of a head): the same sums
+ * for those columns, half the work */
+GB_TARGET static void gb_micro16_avx512(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
+                                        int64_t ldc, bool load_c) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    for (int64_t p = 0; p < kp; p++, a += GB_MR, b += GB_NR) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);
+#define GB_ROW16(r) c##r = _mm512_dpbf16_ps(c##r, (__m512bh)_mm512_set1_epi32((int)a[r]), b0);
+        GB_ROW16(0) GB_ROW16(1) GB_ROW16(2) GB_ROW16(3) GB_ROW16(4) GB_ROW16(5) GB_ROW16(6) GB_ROW16(7)
+#undef GB_ROW16
+    }
+#define GB_OUT16(r)                                                                                \
+    {                                                                                              \
+        float *o = c + (int64_t)(r) * ldc;                                                         \
+        if (load_c) c##r = _mm512_add_ps(c##r, _mm512_loadu_ps(o));                                \
+        _mm512_storeu_ps(o, c##r);                                                                 \
+    }
+    GB_OUT16(0) GB_OUT16(1) GB_OUT16(2) GB_OUT16(3) GB_OUT16(4) GB_OUT16(5) GB_OUT16(6) GB_OUT16(7)
+#undef GB_OUT16
+}
+#endif
+
+/* One tile of C (mr x nr at c) from an A panel and a B panel: the full
+ * kernel, the 16-column one where at most 16 columns live (micro16, when
+ * not NULL), through a local tile at the edges. */
+static inline void gb_tile(gb_micro_fn micro, gb_micro_fn micro16, int64_t kp, const uint32_t *a, const uint32_t *b,
+                           float *c, int64_t ldc, bool load_c, int64_t mr, int64_t nr) {
+    float tile[GB_MR * GB_NR];
+    if (mr == GB_MR && nr == GB_NR) {
+        micro(kp, a, b, c, ldc, load_c);
+        return;
+    }
+    if (micro16 && nr <= 16) {
+        if (mr == GB_MR && nr == 16) {
+            micro16(kp, a, b, c, ldc, load_c);
+            return;
+        }
+        micro16(kp, a, b, tile, GB_NR, false);
+    } else {
+        micro(kp, a, b, tile, GB_NR, false);
+    }
+    for (int64_t r = 0; r < mr; r++)
+        for (int64_t j = 0; j < nr; j++)
+            c[r * ldc + j] = load_c ? c[r * ldc + j] + tile[r * GB_NR + j] : tile[r * GB_NR + j];
+}
+
 /* B's packed words (K pairs of all of K) and the offset of block (jc, pc)
  * in a whole pre-packed B: blocks by jc, then pc; panels by jr inside. */
 static int64_t gb_kp_total(int64_t K) {
@@ -232,9 +323,9 @@ static int64_t gb_kp_total(int64_t K) {
     return t;
 }
 
-static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
-                   int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, const uint32_t *bpre, float *C,
-                   int64_t ldc, bool accum, void *ws) {
+static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
+                   int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk,
+                   int64_t b_sn, const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accum)
@@ -245,7 +336,6 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
     const int64_t ncm = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
     uint32_t *bp = ws, *ap = bp + (ncm * kpm + 15) / 16 * 16;
     const int64_t KP = bpre ? gb_kp_total(K) : 0;
-    float tile[GB_MR * GB_NR];
     for (int64_t jc = 0; jc < N; jc += GB_NC) {
         int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
         for (int64_t pc = 0; pc < K; pc += kcm) {
@@ -259,24 +349,12 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
                          LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
-                for (int64_t ir = 0; ir < mc; ir += GB_MR)
-                    pack(ap + ir * kp, GB_MR, A + (ic + ir) * a_sm + pc * a_sk, a_sm, a_sk,
-                            LMC_MIN(GB_MR, mc - ir), kc);
+                gb_pack_a(pack, pack2, ap, A + ic * a_sm + pc * a_sk, a_sm, a_sk, mc, kc);
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
-                    for (int64_t ir = 0; ir < mc; ir += GB_MR) {
-                        int64_t mr = LMC_MIN(GB_MR, mc - ir);
-                        float *c = C + (ic + ir) * ldc + jc + jr;
-                        if (mr == GB_MR && nr == GB_NR) {
-                            micro(kp, ap + ir * kp, bp + jr * kp, c, ldc, load_c);
-                            continue;
-                        }
-                        micro(kp, ap + ir * kp, bp + jr * kp, tile, GB_NR, false);
-                        for (int64_t r = 0; r < mr; r++)
-                            for (int64_t j = 0; j < nr; j++)
-                                c[r * ldc + j] = load_c ? c[r * ldc + j] + tile[r * GB_NR + j]
-                                                        : tile[r * GB_NR + j];
-                    }
+                    for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                        gb_tile(micro, micro16, kp, ap + ir * kp, bp + jr * kp, C + (ic + ir) * ldc + jc + jr, ldc,
+                                load_c, LMC_MIN(GB_MR, mc - ir), nr);
                 }
             }
         }
@@ -286,21 +364,24 @@ static void gb_run(gb_micro_fn micro, gb_pack_fn pack, int64_t M, int64_t N, int
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, gb_pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(gb_micro_portable, NULL, gb_pack, NULL, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws) {
-    gb_micro_fn micro = gb_micro_portable;
+    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
+    gb_pack2_fn pack2 = NULL;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
+        micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
+        pack2 = gb_pack2_avx512;
     }
 #endif
-    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 /* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
@@ -340,13 +421,82 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
 
 void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                           const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws) {
-    gb_micro_fn micro = gb_micro_portable;
+    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
     gb_pack_fn pack = gb_pack;
+    gb_pack2_fn pack2 = NULL;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         micro = gb_micro_avx512;
+        micro16 = gb_micro16_avx512;
         pack = gb_pack_avx512;
+        pack2 = gb_pack2_avx512;
     }
 #endif
-    gb_run(micro, pack, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+}
+
+/* ---- several products over the same M rows, M blocks outermost ---- */
+
+size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
+    int64_t kp = gb_kc(Kmax > 0 ? Kmax : 1) / 2;
+    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
+    return (size_t)((mc * kp + 15) / 16 * 16);
+}
+
+static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
+                     const struct lmc_gb_term *t, void *ws) {
+    uint32_t *ap = ws;
+    for (int64_t ic = 0; ic < M; ic += GB_MC) {
+        int64_t mc = LMC_MIN(GB_MC, M - ic);
+        for (int i = 0; i < n; i++) {
+            const struct lmc_gb_term *x = &t[i];
+            if (x->N <= 0) continue;
+            float *C = x->C + ic * x->ldc;
+            if (x->K <= 0) {
+                if (!x->accum)
+                    for (int64_t m = 0; m < mc; m++) memset(C + m * x->ldc, 0, (size_t)x->N * sizeof(float));
+                continue;
+            }
+            const int64_t kcm = gb_kc(x->K), KP = gb_kp_total(x->K);
+            /* this term's A blocks are the previous term's: packed already
+             * (only with one K block, the one in ap) */
+            bool same_a = i > 0 && t[i - 1].A == x->A && t[i - 1].a_sm == x->a_sm && t[i - 1].a_sk == x->a_sk &&
+                          t[i - 1].K == x->K && x->K <= kcm && t[i - 1].N > 0;
+            for (int64_t pc = 0; pc < x->K; pc += kcm) {
+                int64_t kc = LMC_MIN(kcm, x->K - pc), kp = (kc + 1) / 2;
+                bool load_c = x->accum || pc > 0;
+                if (!same_a) gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
+                for (int64_t jc = 0; jc < x->N; jc += GB_NC) {
+                    int64_t nc = LMC_MIN(GB_NC, x->N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
+                    const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
+                    for (int64_t jr = 0; jr < nc; jr += GB_NR) {
+                        int64_t nr = LMC_MIN(GB_NR, nc - jr);
+                        for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                            gb_tile(micro, micro16, kp, ap + ir * kp, bp + jr * kp, C + ir * x->ldc + jc + jr, x->ldc,
+                                    load_c, LMC_MIN(GB_MR, mc - ir), nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
+    if (M <= 0) return;
+    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
+    gb_pack_fn pack = gb_pack;
+    gb_pack2_fn pack2 = NULL;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        micro = gb_micro_avx512;
+        micro16 = gb_micro16_avx512;
+        pack = gb_pack_avx512;
+        pack2 = gb_pack2_avx512;
+    }
+#endif
+    gb_terms(micro, micro16, pack, pack2, M, n, t, ws);
+}
+
+void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
+    if (M > 0) gb_terms(gb_micro_portable, NULL, gb_pack, NULL, M, n, t, ws);
 }

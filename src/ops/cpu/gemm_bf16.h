@@ -39,7 +39,28 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
 void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                           const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws);
 
+/* Several products over the same M rows, each with its B packed ahead
+ * (lmc_cpu_gemm_bf16_bpack, the whole of B): term i computes C_i(M, N_i)
+ * (+)= A_i(M, K_i) @ B_i in term order, M blocks outermost, so a term that
+ * reuses the previous term's A (same pointer, strides and K, one K block)
+ * finds it packed, and terms accumulating into one C find its block in
+ * cache. Each C element gets the same sums in the same order as separate
+ * lmc_cpu_gemm_bf16 calls (the same bits). ws: at least
+ * lmc_cpu_gemm_bf16_terms_ws(M, the largest K_i) words, 64-byte aligned. */
+struct lmc_gb_term {
+    const float *A;
+    int64_t a_sm, a_sk, K;
+    const uint32_t *bp; /* B (K, N) packed whole */
+    int64_t N;
+    float *C;
+    int64_t ldc;
+    bool accum;
+};
+size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax);
+void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void *ws);
+
 /* The same with the portable kernel forced (tests compare the two). */
+void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws);
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws);

@@ -45,13 +45,103 @@ void lmc_cpu_matmul_bf16(void *ctx, float *y, const float *x, int64_t M, const s
     lmc_pool_run(c->pool, j.n_tasks, mmb_fwd_task, &j);
 }
 
+/* ---- weights packed once per op, shared by the tasks (several products:
+ * gemm_bf16.h's terms) ---- */
+#define MMB_MAX 8
+struct mmb_wpack {
+    int n;
+    uint32_t *dst[MMB_MAX];
+    const float *w[MMB_MAX];
+    int64_t N[MMB_MAX], K[MMB_MAX], b_sk[MMB_MAX], b_sn[MMB_MAX], first[MMB_MAX + 1];
+    int64_t n_tasks;
+};
+
+/* panels [lo, hi) of all the weights' packs, in weight order */
+static void mmb_wpack_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mmb_wpack *p = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(p->first[p->n], p->n_tasks, t, 1, &lo, &hi);
+    for (int i = 0; i < p->n; i++) {
+        int64_t a = LMC_MAX(lo, p->first[i]), b = LMC_MIN(hi, p->first[i + 1]);
+        if (b > a)
+            lmc_cpu_gemm_bf16_bpack(p->dst[i], p->N[i], p->K[i], p->w[i], p->b_sk[i], p->b_sn[i], a - p->first[i],
+                                    b - p->first[i]);
+    }
+}
+
+/* packs B_i (K_i, N_i), element (k, n) at w_i[k*b_sk + n*b_sn], into c->xbuf */
+static void mmb_wpack_run(struct lmc_cpu_ctx *c, struct mmb_wpack *p) {
+    size_t words = 0, off[MMB_MAX];
+    for (int i = 0; i < p->n; i++) {
+        off[i] = words;
+        words += (lmc_cpu_gemm_bf16_bpack_words(p->N[i], p->K[i]) + 15) / 16 * 16;
+        p->first[i + 1] = p->first[i] + lmc_cpu_gemm_bf16_bpack_panels(p->N[i], p->K[i]);
+    }
+    lmc_cpu_xbuf_reserve(c, words);
+    for (int i = 0; i < p->n; i++) p->dst[i] = (uint32_t *)c->xbuf + off[i];
+    p->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, p->first[p->n] * 4096, 8192, 1), p->first[p->n]);
+    lmc_pool_run(c->pool, p->n_tasks, mmb_wpack_task, p);
+}
+
+/* y_i = x @ w_i^T (+ bias_i): x packed once per block of rows for all the w_i */
+struct mmb_multi_job {
+    struct lmc_cpu_ctx *c;
+    int n;
+    float *const *y;
+    const float *x;
+    const float *const *bias;
+    const struct mmb_wpack *wp;
+    int64_t M, K, n_tasks;
+};
+
+static void mmb_multi_task(void *arg, int64_t t, int thread) {
+    const struct mmb_multi_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->M, j->n_tasks, t, 8, &lo, &hi);
+    if (hi <= lo) return;
+    struct lmc_gb_term tm[MMB_MAX];
+    for (int i = 0; i < j->n; i++) {
+        int64_t N = j->wp->N[i];
+        tm[i] = (struct lmc_gb_term){j->x + lo * j->K, j->K, 1, j->K, j->wp->dst[i], N, j->y[i] + lo * N, N, false};
+    }
+    lmc_cpu_gemm_bf16_terms(hi - lo, j->n, tm, j->c->scratch[thread]);
+    for (int i = 0; j->bias && i < j->n; i++) {
+        int64_t N = j->wp->N[i];
+        if (j->bias[i])
+            for (int64_t m = lo; m < hi; m++)
+                for (int64_t x = 0; x < N; x++) j->y[i][m * N + x] += j->bias[i][x];
+    }
+}
+
 void lmc_cpu_matmul_multi_bf16(void *ctx, int n, float *const *y, const float *x, int64_t M,
                                const struct lmc_mat *const *w, const float *const *bias) {
-    for (int i = 0; i < n; i++) lmc_cpu_matmul_bf16(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
+    struct lmc_cpu_ctx *c = ctx;
+    bool fused = n > 1 && n <= MMB_MAX && M >= GB_MIN_M;
+    for (int i = 0; fused && i < n; i++)
+        fused = w[i]->dtype == LMC_DTYPE_F32 && w[i]->rows > 0 && w[i]->cols > 0 && w[i]->cols == w[0]->cols;
+    if (!fused) {
+        for (int i = 0; i < n; i++) lmc_cpu_matmul_bf16(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
+        return;
+    }
+    struct mmb_wpack wp = {.n = n};
+    int64_t K = w[0]->cols, Nt = 0;
+    for (int i = 0; i < n; i++) { /* B (K, N) = w^T: element (k, n) at w[n*K + k] */
+        wp.w[i] = w[i]->data;
+        wp.N[i] = w[i]->rows;
+        wp.K[i] = K;
+        wp.b_sk[i] = 1;
+        wp.b_sn[i] = K;
+        Nt += w[i]->rows;
+    }
+    mmb_wpack_run(c, &wp);
+    struct mmb_multi_job j = {c, n, y, x, bias, &wp, M, K, 1};
+    j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, M * Nt * K, GB_MIN_TASK_WORK, 2), (M + 7) / 8);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_terms_ws((M + j.n_tasks - 1) / j.n_tasks + 8, K));
+    lmc_pool_run(c->pool, j.n_tasks, mmb_multi_task, &j);
 }
 
 /* ---- backward: the n products sharing x (n = 1: matmul_bwd) ---- */
-#define MMB_MAX 8
 struct mmb_bwd_job {
     struct lmc_cpu_ctx *c;
     int n;
@@ -60,20 +150,23 @@ struct mmb_bwd_job {
     const float *dy[MMB_MAX], *w[MMB_MAX];
     const float *x;
     uint32_t *xp; /* x packed once as the dw products' B (lmc_cpu_gemm_bf16_bpack) */
+    struct mmb_wpack *wp; /* the w[i] packed once as dx's B */
     int64_t N[MMB_MAX], start[MMB_MAX + 1];
     int64_t M, K, n_tasks;
     int accum_dx;
 };
 
-/* dx rows [lo, hi) = sum_i dy[i] @ w[i], i in order */
+/* dx rows [lo, hi) = sum_i dy[i] @ w[i], i in order (the w[i] packed in j->wp) */
 static void mmb_dx_task(void *arg, int64_t t, int thread) {
     const struct mmb_bwd_job *j = arg;
     int64_t lo, hi;
     lmc_cpu_range(j->M, j->n_tasks, t, 8, &lo, &hi);
     if (hi <= lo) return;
+    struct lmc_gb_term tm[MMB_MAX];
     for (int i = 0; i < j->n; i++)
-        lmc_cpu_gemm_bf16(hi - lo, j->K, j->N[i], j->dy[i] + lo * j->N[i], j->N[i], 1, j->w[i], j->K, 1,
-                          j->dx + lo * j->K, j->K, i > 0 || j->accum_dx, j->c->scratch[thread]);
+        tm[i] = (struct lmc_gb_term){j->dy[i] + lo * j->N[i], j->N[i], 1, j->N[i], j->wp->dst[i], j->K,
+                                     j->dx + lo * j->K, j->K, i > 0 || j->accum_dx};
+    lmc_cpu_gemm_bf16_terms(hi - lo, j->n, tm, j->c->scratch[thread]);
 }
 
 /* rows [lo, hi) of the concatenated w[i]: dw += dy^T @ x, db += column sums */
@@ -112,9 +205,20 @@ static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
     /* one task per thread: each task packs the whole of the operand it
      * shares (w for dx, x for dw), so more tasks would pack it again */
     if (j->dx) {
+        struct mmb_wpack wp = {.n = j->n};
+        for (int i = 0; i < j->n; i++) { /* B (N_i, K) = w_i: element (k, n) at w_i[k*K + n] */
+            wp.w[i] = j->w[i];
+            wp.N[i] = j->K;
+            wp.K[i] = j->N[i];
+            wp.b_sk[i] = j->K;
+            wp.b_sn[i] = 1;
+        }
+        mmb_wpack_run(c, &wp);
+        j->wp = &wp;
         j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (j->M + 7) / 8);
-        lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws((j->M + j->n_tasks - 1) / j->n_tasks + 8, j->K, Nmax));
+        lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_terms_ws((j->M + j->n_tasks - 1) / j->n_tasks + 8, Nmax));
         lmc_pool_run(c->pool, j->n_tasks, mmb_dx_task, j);
+        j->wp = NULL;
     }
     bool any = false;
     for (int i = 0; i < j->n; i++) any = any || j->dw[i] || j->db[i];

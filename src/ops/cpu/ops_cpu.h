@@ -289,6 +289,36 @@ static inline __m256 lmc_exp256(__m256 x) {
 }
 #endif
 
+#if defined(__AVX512F__)
+/* lmc_exp256 on 16 lanes: the same operations, so the same value per lane */
+static inline __m512 lmc_exp512(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(88.7228f), lo = _mm512_set1_ps(-87.3365f);
+    __mmask16 big = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), small = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i ni = _mm512_cvtps_epi32(n);
+    __m512i n1 = _mm512_srai_epi32(ni, 1), n2 = _mm512_sub_epi32(ni, n1);
+    __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, _mm512_set1_epi32(127)), 23));
+    __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, _mm512_set1_epi32(127)), 23));
+    __m512 res = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+    res = _mm512_mask_blend_ps(big, res, _mm512_set1_ps(INFINITY));
+    res = _mm512_mask_blend_ps(small, res, _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(nan, res, x);
+}
+#endif
+
 /* Vector helpers shared by the attention ops (forward, paged, backward):
  * the same summation order everywhere, so contiguous and paged caches give
  * bit-identical results. */
@@ -342,6 +372,26 @@ static inline double lmc_cpu_exp_sum(float *s, int64_t n, float mx) {
         sum += s[i];
     }
     return sum;
+}
+
+/* lmc_cpu_exp_sum with 16 lanes where AVX-512 is built in (the training
+ * ops' softmaxes): the same exps, the double sum in another order */
+static inline double lmc_cpu_exp_sum16(float *s, int64_t n, float mx) {
+#if defined(__AVX512F__)
+    int64_t i = 0;
+    const __m512 mv = _mm512_set1_ps(mx);
+    __m512d acc = _mm512_setzero_pd();
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = lmc_exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), mv));
+        _mm512_storeu_ps(s + i, e);
+        acc = _mm512_add_pd(acc, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(e)),
+                                               _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                                   _mm512_castps_pd(e), 1)))));
+    }
+    return _mm512_reduce_add_pd(acc) + lmc_cpu_exp_sum(s + i, n - i, mx);
+#else
+    return lmc_cpu_exp_sum(s, n, mx);
+#endif
 }
 
 #endif

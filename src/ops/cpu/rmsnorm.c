@@ -71,6 +71,25 @@ struct rms_bwd_job {
     float eps;
 };
 
+/* sum_i w[i] dy[i] x[i] in double (4 lanes of 4 accumulators, then in order) */
+static double wdot(const float *w, const float *dy, const float *x, int64_t C) {
+    int64_t i = 0;
+    double s = 0;
+#ifdef __AVX2__
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    for (; i + 8 <= C; i += 8) {
+        __m256d w0 = _mm256_cvtps_pd(_mm_loadu_ps(w + i)), w1 = _mm256_cvtps_pd(_mm_loadu_ps(w + i + 4));
+        __m256d d0 = _mm256_cvtps_pd(_mm_loadu_ps(dy + i)), d1 = _mm256_cvtps_pd(_mm_loadu_ps(dy + i + 4));
+        __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), x1 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        a0 = _mm256_fmadd_pd(_mm256_mul_pd(w0, d0), x0, a0);
+        a1 = _mm256_fmadd_pd(_mm256_mul_pd(w1, d1), x1, a1);
+    }
+    s = lmc_hsum256d(_mm256_add_pd(a0, a1));
+#endif
+    for (; i < C; i++) s += (double)w[i] * dy[i] * x[i];
+    return s;
+}
+
 static void rms_bwd_rows(void *arg, int64_t t, int thread) {
     const struct rms_bwd_job *j = arg;
     int64_t lo, hi, C = j->C;
@@ -78,10 +97,19 @@ static void rms_bwd_rows(void *arg, int64_t t, int thread) {
     for (int64_t m = lo; m < hi; m++) {
         const float *x = j->x + m * C, *dy = j->dy + m * C;
         float *dx = j->dx + m * C;
-        double r = 1.0 / sqrt(sum_sq(x, C) / (double)C + (double)j->eps), dot = 0;
-        for (int64_t i = 0; i < C; i++) dot += (double)j->w[i] * dy[i] * x[i];
+        double r = 1.0 / sqrt(sum_sq(x, C) / (double)C + (double)j->eps), dot = wdot(j->w, dy, x, C);
         double k = r * r * r * dot / (double)C;
-        for (int64_t i = 0; i < C; i++) dx[i] += (float)(r * j->w[i] * dy[i] - k * x[i]);
+        int64_t i = 0;
+#ifdef __AVX2__
+        const __m256d rv = _mm256_set1_pd(r), kv = _mm256_set1_pd(k);
+        for (; i + 4 <= C; i += 4) { /* dx += (float)(r w dy - k x), the products in double */
+            __m256d w4 = _mm256_cvtps_pd(_mm_loadu_ps(j->w + i)), d4 = _mm256_cvtps_pd(_mm_loadu_ps(dy + i));
+            __m256d x4 = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+            __m256d v = _mm256_sub_pd(_mm256_mul_pd(_mm256_mul_pd(rv, w4), d4), _mm256_mul_pd(kv, x4));
+            _mm_storeu_ps(dx + i, _mm_add_ps(_mm_loadu_ps(dx + i), _mm256_cvtpd_ps(v)));
+        }
+#endif
+        for (; i < C; i++) dx[i] += (float)(r * j->w[i] * dy[i] - k * x[i]);
         j->r[m] = (float)r;
     }
 }
@@ -92,8 +120,15 @@ static void rms_bwd_cols(void *arg, int64_t t, int thread) {
     lmc_cpu_range(C, j->n_tasks, t, 8, &lo, &hi);
     for (int64_t m = 0; m < j->M; m++) {
         const float *x = j->x + m * C, *dy = j->dy + m * C;
-        float r = j->r[m];
-        for (int64_t i = lo; i < hi; i++) j->dw[i] += dy[i] * x[i] * r;
+        float r = j->r[m], *dw = j->dw;
+        int64_t i = lo;
+#ifdef __AVX2__
+        const __m256 rv = _mm256_set1_ps(r);
+        for (; i + 8 <= hi; i += 8) /* dw += (dy x) r, one rounding for the product, one for the sum */
+            _mm256_storeu_ps(dw + i, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(x + i)),
+                                                     rv, _mm256_loadu_ps(dw + i)));
+#endif
+        for (; i < hi; i++) dw[i] += dy[i] * x[i] * r;
     }
 }
 

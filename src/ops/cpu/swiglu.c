@@ -13,6 +13,16 @@ static void swiglu_task(void *arg, int64_t t, int thread) {
     int64_t lo, hi;
     lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
     int64_t i = lo;
+#ifdef __AVX512F__
+    { /* the 8-lane loop's operations on 16 lanes: the same values */
+        const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+        for (; i + 16 <= hi; i += 16) {
+            __m512 g = _mm512_loadu_ps(j->g + i), u = _mm512_loadu_ps(j->u + i);
+            __m512 d = _mm512_add_ps(one, lmc_exp512(_mm512_sub_ps(zero, g)));
+            _mm512_storeu_ps(j->y + i, _mm512_mul_ps(_mm512_div_ps(g, d), u));
+        }
+    }
+#endif
 #ifdef __AVX2__
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (; i + 8 <= hi; i += 8) {
@@ -50,6 +60,19 @@ static void swiglu_bwd_task(void *arg, int64_t t, int thread) {
     int64_t lo, hi;
     lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
     int64_t i = lo;
+#ifdef __AVX512F__
+    { /* the 8-lane loop's operations on 16 lanes: the same values */
+        const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+        for (; i + 16 <= hi; i += 16) {
+            __m512 g = _mm512_loadu_ps(j->g + i), u = _mm512_loadu_ps(j->u + i), dy = _mm512_loadu_ps(j->dy + i);
+            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, lmc_exp512(_mm512_sub_ps(zero, g))));
+            __m512 dys = _mm512_mul_ps(dy, s);
+            __m512 f = _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one);
+            _mm512_storeu_ps(j->dg + i, _mm512_mul_ps(_mm512_mul_ps(dys, u), f));
+            _mm512_storeu_ps(j->du + i, _mm512_mul_ps(dys, g));
+        }
+    }
+#endif
 #ifdef __AVX2__
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (; i + 8 <= hi; i += 8) { /* the forward's vectorised exp */
