@@ -590,6 +590,10 @@ int cmd_finetune(int argc, char **argv) {
                         "step; each rank holds %lld of the %lld experts per layer, %d threads per rank\n", comm.world,
                 (long long)(comm.world * accum), (long long)B, (long long)T,
                 (long long)(tr.tm.cfg.num_experts / comm.world), (long long)tr.tm.cfg.num_experts, cc.threads);
+    else if (root && dist && tr.zero && zero == 0) /* a device backend: the zero module's stage 0 */
+        fprintf(stderr, "lmc finetune: data parallel, %d ranks over %s (replicated, ZeRO-0: %s gradients all-reduced "
+                        "per unit), global batch %lld x %lld x %lld accum\n", comm.world, tr.comm->name,
+                full ? "the model's" : "the adapters'", (long long)(B * comm.world), (long long)T, (long long)accum);
     else if (root && dist && tr.zero)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks, ZeRO-%lld (%s sharded: %s), global batch %lld x %lld "
                         "x %lld accum, %d threads per rank\n", comm.world, (long long)zero,
