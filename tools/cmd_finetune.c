@@ -10,7 +10,11 @@
  * global micro-step, gradients are all-reduced in a fixed order, and rank 0
  * alone writes metrics, checkpoints and the output; with --tp the ranks of
  * each group hold shards and rank 0 writes the consolidated checkpoint and
- * model. --full checkpoints resume on any of these layouts. */
+ * model. --full checkpoints resume on any of these layouts. With --device
+ * cuda the ranks (one GPU each, LOCAL_RANK) train data parallel over an
+ * nccl communicator bootstrapped through the host one, --zero 0-3 through
+ * the zero module, AdamW; --tp/--cp/--pp/--ep and the other optimizers are
+ * refused there before any rank joins. */
 #include "cli.h"
 #include "core/core.h"
 #include "train/lora_train.h"
@@ -56,7 +60,8 @@ static void usage(void) {
             "             still spans --steps)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0), or\n"
             "             --zero 1|2|3: AdamW's moments, + gradients, + parameters sharded (the adapters', or with\n"
-            "             --full the model's; checkpoints: each rank's shard in OUT.ckpt/zero)\n"
+            "             --full the model's; checkpoints: each rank's shard in OUT.ckpt/zero); --device cuda:\n"
+            "             one GPU per rank (LOCAL_RANK) over NCCL, --zero 0-3 with AdamW (the rest: CPU)\n"
             "             --tp T (with --full): tensor parallel over groups of T ranks (any --optim, float32,\n"
             "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
             "             and head split by vocabulary rows too\n"
@@ -302,7 +307,7 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_trainer tr;
     struct src src;
     memset(&src, 0, sizeof src);
-    bool have_be = false, have_tm = false, have_tr = false, have_lt = false, have_comm = false;
+    bool have_be = false, have_tm = false, have_tr = false, have_lt = false, have_comm = false, have_nccl = false;
     int mpn;
     const char *mpflag;
     if (cli_mp_pick("finetune", tp, cp, pp, zero, &mpn, &mpflag)) return 2;
@@ -316,7 +321,21 @@ int cmd_finetune(int argc, char **argv) {
         return 2;
     }
     bool dist = denv.world > 1 || mpn > 1 || ep > 1 || (zero > 0 && mpn < 2), root = true;
+    /* --device cuda: the ranks train data parallel over NCCL (--zero 0-3, AdamW); the model-parallel layouts
+     * and the other optimizers' sharded state run on host backends (host communicators) only */
+    if (cc.device && strcmp(cc.device, "cpu") && (mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc finetune: %s runs on the CPU backend only so far (host communicators); with --device %s "
+                        "the ranks train data parallel (--zero 0-3)\n", ep > 1 ? "--ep" : mpflag, cc.device);
+        return 2;
+    }
+    if (cc.device && strcmp(cc.device, "cpu") && dist && ocfg.kind != LMC_OPTIM_ADAMW) {
+        fprintf(stderr, "lmc finetune: --optim %s: data-parallel fine-tuning on --device %s steps AdamW only (the zero "
+                        "module's optimizer); run it on one GPU or on the CPU\n", lmc_optim_kind_name(ocfg.kind),
+                cc.device);
+        return 2;
+    }
     struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
+    struct lmc_comm ncomm, *dcomm = &comm;    /* --device cuda, several ranks: an nccl one over comm */
     bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;
     struct lmc_tmodel full_tm;
     struct lmc_trainer_tp *tps = NULL;
@@ -366,6 +385,19 @@ int cmd_finetune(int argc, char **argv) {
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;
     have_be = true;
+    /* data parallel on GPUs: an nccl communicator over the host one (which it then keeps and frees), as lmc
+     * train (the combinations it cannot run were refused above, before any rank joined) */
+    if (dist && !be.host_memory) {
+        if (comm.world > 1) {
+            if (lmc_comm_nccl_init(&ncomm, &comm, comm.local_rank, &err)) {
+                cli_fail("finetune", &err);
+                goto done;
+            }
+            have_nccl = true;
+            have_comm = false; /* ncomm frees it */
+            dcomm = &ncomm;
+        }
+    }
     if (dropout > 0 && !full && !be.dropout) {
         fprintf(stderr, "lmc finetune: --lora-dropout: backend %s has no dropout op\n", be.name);
         goto done;
@@ -474,8 +506,8 @@ int cmd_finetune(int argc, char **argv) {
         o.bind_part = lmc_lora_train_bind_part;
         o.bind_user = &lt;
     }
-    /* ZeRO with AdamW (data parallel only): the zero module holds the moments */
-    o.zero_moments = dist && zero > 0 && mpn < 2 && ocfg.kind == LMC_OPTIM_ADAMW;
+    /* ZeRO with AdamW (data parallel only): the zero module holds the moments (a device backend: --zero 0 too) */
+    o.zero_moments = dist && (zero > 0 || !be.host_memory) && mpn < 2 && ocfg.kind == LMC_OPTIM_ADAMW;
     have_tm = false;
     if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
         cli_fail("finetune", &err);
@@ -499,7 +531,8 @@ int cmd_finetune(int argc, char **argv) {
               : t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach_v(&tr, grp, have_dpc ? &dpc : NULL, (int)pp_chunks, desc, &err)
-              : lmc_trainer_dist_init(&tr, &comm, (int)zero, desc, &err)) {
+              : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
+                 lmc_trainer_dist_init(&tr, dcomm, (int)zero, desc, &err))) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -557,6 +590,10 @@ int cmd_finetune(int argc, char **argv) {
                         "step; each rank holds %lld of the %lld experts per layer, %d threads per rank\n", comm.world,
                 (long long)(comm.world * accum), (long long)B, (long long)T,
                 (long long)(tr.tm.cfg.num_experts / comm.world), (long long)tr.tm.cfg.num_experts, cc.threads);
+    else if (root && dist && tr.zero && zero == 0) /* a device backend: the zero module's stage 0 */
+        fprintf(stderr, "lmc finetune: data parallel, %d ranks over %s (replicated, ZeRO-0: %s gradients all-reduced "
+                        "per unit), global batch %lld x %lld x %lld accum\n", comm.world, tr.comm->name,
+                full ? "the model's" : "the adapters'", (long long)(B * comm.world), (long long)T, (long long)accum);
     else if (root && dist && tr.zero)
         fprintf(stderr, "lmc finetune: data parallel, %d ranks, ZeRO-%lld (%s sharded: %s), global batch %lld x %lld "
                         "x %lld accum, %d threads per rank\n", comm.world, (long long)zero,
@@ -720,6 +757,7 @@ done:
     if (have_cpc) cpc.free(&cpc);
     if (have_dpc) dpc.free(&dpc);
     if (have_tpc) tpc.free(&tpc);
+    if (have_nccl) ncomm.free(&ncomm); /* and the host communicator under it */
     if (have_comm) comm.free(&comm);
     return rc;
 }

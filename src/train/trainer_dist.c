@@ -25,7 +25,8 @@
  * weighted for the TP group's sum and no DP collective overlaps the TP
  * group's. Host backends with host communicators (tcp, mpi);
  * the CUDA backend with an nccl communicator (AdamW, ZeRO 0-3: the zero
- * module syncs the backend around its collectives). */
+ * module syncs the backend around its collectives; a batch source's
+ * --zero 0 there runs as the zero module's stage 0, not replicated). */
 #include "train/trainer_internal.h"
 #include "train/trainer_tp.h"
 #include "core/core.h"
@@ -480,9 +481,9 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
                            "memory, the %s backend's is %s (GPUs: an nccl communicator)", comm->name,
                            comm->device_buffers ? "device" : "host", tr->be->name,
                            tr->be->host_memory ? "host" : "device");
-    if (!tr->be->host_memory && (tr->o.next_batch || tr->have_opt))
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel %s on the %s backend: AdamW training (lmc "
-                           "train) only", tr->o.next_batch ? "fine-tuning" : "--optim", tr->be->name);
+    if (!tr->be->host_memory && tr->have_opt)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "data-parallel --optim %s on the %s backend: AdamW only (the "
+                           "zero module's optimizer)", lmc_optim_kind_name(tr->opt.cfg.kind), tr->be->name);
     /* a device communicator cannot compare texts: the caller checked on its host communicator */
     lmc_status s = comm->device_buffers ? LMC_OK : lmc_dist_check_same(comm, "training configuration", desc, err);
     if (s) return s;
@@ -490,7 +491,9 @@ lmc_status lmc_trainer_dist_init(struct lmc_trainer *tr, struct lmc_comm *comm, 
         if (!tr->o.init_src) return lmc_err_set(err, LMC_ERR_ARG, "the model has no parameter arena and no source");
         if ((s = lmc_tmodel_fill(&tr->tm, tr->o.init_src, err))) return s;
     }
-    if (tr->o.next_batch && stage == 0) { /* a batch source (lmc finetune), --zero 0: replicated, lmc_trainer_step */
+    /* a batch source (lmc finetune), --zero 0 on a host backend: replicated, lmc_trainer_step (a device
+     * backend: the zero module's stage 0, which syncs the backend around its collectives) */
+    if (tr->o.next_batch && stage == 0 && tr->be->host_memory) {
         tr->comm = comm;
         tr->zero_stage = 0;
         tr->comm = comm; /* (replicated_parts logs through it) */
