@@ -43,6 +43,7 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
     if (w->kernel == LMC_QK_Q8_0) return w->kp / 32; /* one block a slot (q8_slot) */
+    if (w->kernel == LMC_QK_Q4_K) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
     return np;
@@ -116,6 +117,10 @@ static void q8_slot_c(const struct lmc_q8act *a, uint8_t *o) {
 
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
+    if (w->kernel == LMC_QK_Q4_K) {
+        lmc_q4k_fill(w, xq, i0, i1, buf);
+        return;
+    }
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
     int32_t mult = w->kernel == LMC_QK_Q4_0 ? -8 : 1;
 #if defined(__x86_64__)
