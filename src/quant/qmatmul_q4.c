@@ -364,6 +364,8 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         __m256 acc[4][Q4_MR];                                                                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
+        const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb; /* prefetch as Q4_0's: 64 bytes a block */ \
+        const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;             \
         for (int64_t g = 0; g < ng; g++) {                                                                 \
             __m256i zn[4];                                                                                 \
             __m256 sc[4];                                                                                  \
@@ -373,6 +375,10 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             }                                                                                              \
             for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
                 const int full = b + 1 < e;                                                                \
+                if (pf_on) {                                                                               \
+                    _mm_prefetch((const char *)pf + 64 * b, _MM_HINT_T0);                                  \
+                    _mm_prefetch((const char *)pf + 64 * b + 64, _MM_HINT_T0);                             \
+                }                                                                                          \
                 __m256i lo[4], hi[4];                                                                      \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
@@ -448,7 +454,14 @@ T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, con
     __m256 acc[4][Q4_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
+    const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb; /* prefetch as Q4_0's: 136 bytes a block */
+    const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;
     for (int64_t b = 0; b < nb; b++) {
+        if (pf_on) {
+            _mm_prefetch((const char *)pf + 136 * b, _MM_HINT_T0);
+            _mm_prefetch((const char *)pf + 136 * b + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)pf + 136 * b + 128, _MM_HINT_T0);
+        }
         __m256i wv[4];
         __m256 dw[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
