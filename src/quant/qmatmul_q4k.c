@@ -80,10 +80,12 @@ IK void q4k_scales(const uint8_t *b, __m256 *sc, __m256 *mn) {
 
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
  * pre: the rows' decoded scales (16 floats per row and super-block, row
- * r's at pre + 16 (r nsb + s)), or NULL to decode them here (the same
- * floats). */
+ * r's at pre + 16 (r nsb + s)) and un their codes unpacked (256 bytes per
+ * row and super-block: per chunk c the low-nibble then the high-nibble
+ * codes), or both NULL to decode them here (the same values, so the same
+ * bits). */
 IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0, int MR,
-                 float *y, int64_t ldy, const float *pre) {
+                 float *y, int64_t ldy, const float *pre, const uint8_t *un) {
     const int64_t nsb = w->k / 256, rb = w->row_bytes;
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
@@ -94,7 +96,7 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
     /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) K_PF_TILES tiles ahead, swept at
      * the rate this tile reads its own (576 bytes a super-block) */
     const uint8_t *pf = wp + (int64_t)K_PF_TILES * 4 * rb;
-    const int pf_on = R == 4 && row + (K_PF_TILES + 1) * 4 <= w->n;
+    const int pf_on = !pre && R == 4 && row + (K_PF_TILES + 1) * 4 <= w->n;
     for (int64_t s = 0; s < nsb; s++) {
         if (pf_on)
             _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
@@ -112,6 +114,14 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
             __m256i lo[4], hi[4];
             __m256 s0[4], s1[4];
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                if (pre) {
+                    const uint8_t *u = un + (r * nsb + s) * 256 + 64 * c;
+                    lo[r] = _mm256_load_si256((const __m256i *)u);
+                    hi[r] = _mm256_load_si256((const __m256i *)(u + 32));
+                    s0[r] = _mm256_broadcast_ss(pre + 16 * (r * nsb + s) + 2 * c);
+                    s1[r] = _mm256_broadcast_ss(pre + 16 * (r * nsb + s) + 2 * c + 1);
+                    continue;
+                }
                 __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
                 lo[r] = _mm256_and_si256(v, m15);
                 hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
@@ -148,11 +158,11 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
 }
 
 typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
-                       const float *);
+                       const float *, const uint8_t *);
 #define K_ONE(R, MR)                                                                                          \
     TK static void q4k_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,     \
-                                  int64_t i0, float *y, int64_t ldy, const float *pre) {                    \
-        q4k_tile(w, row, R, x, i0, MR, y, ldy, pre);                                                        \
+                                  int64_t i0, float *y, int64_t ldy, const float *pre, const uint8_t *un) { \
+        q4k_tile(w, row, R, x, i0, MR, y, ldy, pre, un);                                                    \
     }
 K_ONE(4, 1) K_ONE(4, 2) K_ONE(4, 3) K_ONE(4, 4) K_ONE(1, 1) K_ONE(1, 2) K_ONE(1, 3) K_ONE(1, 4)
 static const q4k_fn q4k_fns[2][K_MR + 1] = {{NULL, q4k_4x1, q4k_4x2, q4k_4x3, q4k_4x4},
@@ -161,8 +171,10 @@ static const q4k_fn q4k_fns[2][K_MR + 1] = {{NULL, q4k_4x1, q4k_4x2, q4k_4x3, q4
 TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
                           int64_t ldy) {
     int64_t nch = (x->m + K_MR - 1) / K_MR, nsb = w->k / 256;
-    /* More than one chunk of activation rows: each 4-row tile's scales decoded once for all of them. */
+    /* More than one chunk of activation rows: each 4-row tile's scales decoded and codes unpacked once for
+     * all of them. */
     _Alignas(64) float pre[4 * 16 * K_PRE_MAX];
+    _Alignas(64) uint8_t un[4 * 256 * K_PRE_MAX];
     const int use_pre = nch > 1 && nsb <= K_PRE_MAX;
     for (int64_t r = r0; r < r1;) {
         int four = r + 4 <= r1, R = four ? 4 : 1;
@@ -173,11 +185,19 @@ TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1
                     q4k_scales(w->data + (r + t) * w->row_bytes + 144 * s, &a, &b);
                     _mm256_store_ps(pre + 16 * (t * nsb + s), a);
                     _mm256_store_ps(pre + 16 * (t * nsb + s) + 8, b);
+                    const uint8_t *q = w->data + (r + t) * w->row_bytes + 144 * s + 16;
+                    for (int c = 0; c < 4; c++) {
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
+                        uint8_t *u = un + (t * nsb + s) * 256 + 64 * c;
+                        _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, _mm256_set1_epi8(15)));
+                        _mm256_store_si256((__m256i *)(u + 32),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)));
+                    }
                 }
         for (int64_t c = 0; c < nch; c++) {
             int64_t base = x->m / nch, rem = x->m % nch, i0 = c * base + LMC_MIN(c, rem);
             int mr = (int)(base + (c < rem));
-            q4k_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy, use_pre ? pre : NULL);
+            q4k_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy, use_pre ? pre : NULL, use_pre ? un : NULL);
         }
         r += R;
     }
