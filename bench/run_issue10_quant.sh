@@ -21,6 +21,8 @@
 # Environment: PEER_BIN (required), LMC (build/lmc), CACHE (/tmp/lmc-issue10),
 # ROUNDS (3), THREADS (2), NDEC (32), MODELS ("r125m r1b"),
 # PEER_ARGS (extra llama-bench arguments, e.g. "--poll 0"; recorded),
+# PREP_ONLY=1 (make the models and stop: the first making of the 1.1B files
+# takes ~3-6 min, so make them before the timed call),
 # OUT (bench/results/issue10-quant-<date>.md).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -126,6 +128,7 @@ for m in $MODELS; do
   esac || { echo "making $m failed (see $LOG)" >&2; exit 1; }
   prep "$m" || { echo "preparing $m failed (see $LOG)" >&2; exit 1; }
 done
+[ "${PREP_ONLY:-0}" = 1 ] && { log "models ready in $CACHE"; exit 0; }
 P512=$(python3 -c 'print("the quick brown fox "*25 + "abcdefghijkl")') # 512 tokens of the byte-level vocabulary
 RES=$CACHE/results.tsv
 : >"$RES"
