@@ -5,7 +5,7 @@
  *    backend's matmul and matmul_multi, with and without bias, 1 and 2
  *    threads, tiny claim units so threads split and steal rows), with the
  *    small-M kernel on and off (ctx->mm_small_max);
- *  - quantized weights Q8_0, Q4_0 and 4-bit groups (g32, g128, act-order,
+ *  - quantized weights Q8_0, Q4_0, Q4_K and 4-bit groups (g32, g128, act-order,
  *    K not a multiple of 32) (quant/qmatmul_smallm.c, qmatmul_q4.c through
  *    lmc_qmatmul), reference from the dequantized weight and the int8
  *    activations; Q4_0's AVX2 and AVX-512 VNNI kernels give the same bits.
@@ -183,6 +183,25 @@ static void test_quant(const struct lmc_qctx *c, struct lmc_pool *pool) {
             lmc_qweight_free(&w);
             free(wf), free(wq);
         }
+    /* Q4_K: whole super-blocks of 256 only (the format); 1, 3 and 5 of them, N with a tail of rows */
+    static const int64_t kk[][2] = {{37, 256}, {43, 768}, {9, 1280}};
+    for (size_t ki = 0; ki < 3; ki++) {
+        int64_t n = kk[ki][0], k = kk[ki][1], rb;
+        CHECK(lmc_ggml_row_bytes(LMC_GGML_Q4_K, k, &rb));
+        float *wf = rand_f(n * k);
+        for (int64_t i = 0; i < n * k; i++) wf[i] += 0.3f * (float)((i / 32) % 5) - 0.4f; /* sub-block mins */
+        uint8_t *wq = malloc((size_t)(n * rb));
+        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(LMC_GGML_Q4_K, wf + o * k, wq + o * rb, k));
+        for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(LMC_GGML_Q4_K, wq + o * rb, wf + o * k, k);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_Q4_K, wq, n, k, &err) == LMC_OK);
+        if (c->isa == LMC_QISA_AVX512VNNI && c->small_max > 0) CHECK(c->dotm[LMC_QK_Q4_K] != NULL);
+        char what[64];
+        snprintf(what, sizeof what, "Q4_K N=%lld K=%lld", (long long)n, (long long)k);
+        check_q(c, &w, wf, what, pool);
+        lmc_qweight_free(&w);
+        free(wf), free(wq);
+    }
     static const struct { int64_t n, k, gs; bool act; } g[] = {
         {33, 288, 32, false}, {41, 288, 128, false}, {19, 163, 32, false}, {23, 256, 64, true}, {7, 75, 75, false},
     };

@@ -9,6 +9,7 @@
 # bit. An 8-bit model's perplexity stays within 1% of the float model's.
 # A quantization_config that disagrees with the tensors, bad options and
 # unpackable shapes fail with messages that name the tensor or option.
+# --head quantizes lm_head too (rtn; gptq rounds the head to nearest) and the model runs it quantized.
 # Usage: test_quant_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -92,6 +93,30 @@ if [ $have_np = 1 ]; then
 else
   echo "test_quant_cli: numpy cross-checks skipped (pip install numpy)"
 fi
+
+# --head: lm_head quantized too (llama-tiny's head is untied): GPTQ's "lm_head": true and lm_head.qweight
+# written; the model runs its head through the quantized kernel (perplexity moves off the folder without
+# --head) and stays within 1% (8-bit) / 5% (4-bit g32) of the float model's; gptq rounds the head to nearest
+p0=$(ppl tests/fixtures/llama-tiny)
+for args in "--method rtn --bits 8 --group -1" "--method rtn --bits 4 --group 32" \
+            "--method gptq --bits 4 --group 32 --calib $TMP/calib.txt --calib-tokens 300"; do
+  for h in "" --head; do
+    Q="$TMP/head$h"; rm -rf "$Q"
+    "$LMC" quantize -m tests/fixtures/llama-tiny -o "$Q" $args $h 2>"$TMP/err"; ok $? "quantize $args $h: $(cat "$TMP/err")"
+  done
+  grep -Eq '"lm_head":[[:space:]]*true' "$TMP/head--head/config.json"; ok $? "$args --head: \"lm_head\": true in config.json"
+  grep -Eq '"lm_head":[[:space:]]*false' "$TMP/head/config.json"; ok $? "$args: \"lm_head\": false without --head"
+  head -c 100000 "$TMP/head--head/model.safetensors" | grep -aq '"lm_head.qweight"'; ok $? "$args --head: lm_head.qweight written"
+  head -c 100000 "$TMP/head/model.safetensors" | grep -aq '"lm_head.weight"'; ok $? "$args: float lm_head kept without --head"
+  ph=$(ppl "$TMP/head--head"); pn=$(ppl "$TMP/head")
+  tol=0.05; case "$args" in *"bits 8"*) tol=0.01 ;; esac
+  awk -v a="$ph" -v b="$p0" -v t=$tol 'BEGIN { d = a / b - 1; if (d < 0) d = -d; exit !(a > 0 && d < t) }'
+  ok $? "$args --head: perplexity $ph vs float $p0 (tolerance $tol)"
+  awk -v a="$ph" -v b="$pn" 'BEGIN { exit !(a > 0 && b > 0 && a != b) }'
+  ok $? "$args --head: perplexity $ph differs from the float-head folder's $pn (the quantized head runs)"
+done
+"$LMC" quantize -m tests/fixtures/llama-tiny -o "$TMP/x" --method nf4 --head 2>"$TMP/err"
+[ $? = 2 ] && grep -q -- "--head" "$TMP/err"; ok $? "--head with nf4 refused: $(cat "$TMP/err")"
 
 "$LMC" quantize -m tests/fixtures/llama-tiny -o "$TMP/x" --method rtn --bits 3 2>"$TMP/err"
 [ $? = 1 ] && grep -q "mlp" "$TMP/err" && grep -q "whole int32 words" "$TMP/err"; ok $? "unpackable shape named: $(cat "$TMP/err")"

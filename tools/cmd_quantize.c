@@ -31,6 +31,7 @@ struct qopts {
     int bits;
     int64_t group;
     bool sym, act_order, v2;
+    bool head;              /* --head: lm_head too (round to nearest, groups as the blocks') */
     const char *skip;       /* comma-separated name fragments */
     const char *calib;
     int64_t calib_tokens;
@@ -40,15 +41,21 @@ struct qopts {
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc quantize -m DIR -o OUT --method rtn|gptq|nf4|ternary [--bits 2|3|4|8] [--group 32|64|128|-1]\n"
-            "                    [--sym|--asym] [--act-order] [--v2] [--skip lm_head,embed]\n"
+            "                    [--sym|--asym] [--act-order] [--v2] [--skip lm_head,embed] [--head]\n"
             "                    [--calib FILE --calib-tokens N (2048)] [--threads N]   (gptq: calibration text)\n");
 }
 
 /* Whether tensor `name` is a block linear's weight to quantize; *conv1d
  * for GPT-2's (in, out) weights. */
-static bool is_linear(const char *name, const struct lmc_st_tensor *t, const char *skip, bool *conv1d) {
+static bool is_head(const char *name, const struct lmc_st_tensor *t) {
+    size_t n = strlen(name);
+    return t->ndim == 2 && n >= 14 && !strcmp(name + n - 14, "lm_head.weight") && (n == 14 || name[n - 15] == '.');
+}
+
+static bool is_linear(const char *name, const struct lmc_st_tensor *t, const char *skip, bool head, bool *conv1d) {
     *conv1d = false;
     size_t n = strlen(name);
+    if (head && is_head(name, t)) return true;
     if (t->ndim != 2 || n < 7 || strcmp(name + n - 7, ".weight")) return false;
     if (!strstr(name, ".layers.") && !strstr(name, ".h.")) return false;
     if (strstr(name, "norm") || strstr(name, ".ln_")) return false;
@@ -173,6 +180,7 @@ static cJSON *quant_config(const struct qopts *o) {
         cJSON_AddBoolToObject(q, "true_sequential", 0); /* sequential per layer, not per sub-module */
         cJSON_AddNumberToObject(q, "damp_percent", 0.01);
         cJSON_AddStringToObject(q, "checkpoint_format", o->v2 ? "gptq_v2" : "gptq");
+        cJSON_AddBoolToObject(q, "lm_head", o->head); /* GPTQModel's key: lm_head quantized too */
         cJSON_AddStringToObject(q, "quantizer", !strcmp(o->method, "rtn") ? "lmc rtn" : "lmc gptq");
     }
     return q;
@@ -209,7 +217,7 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
         for (int64_t i = 0; i < st.n_tensors && !s; i++) {
             const struct lmc_st_tensor *t = &st.tensors[i];
             bool conv1d;
-            if (!is_linear(t->name, t, o->skip, &conv1d)) continue;
+            if (!is_linear(t->name, t, o->skip, false, &conv1d)) continue; /* the head: rtn below */
             if ((s = as_float(t, conv1d, &gw[n_jobs], err))) break;
             jobs[n_jobs] = (struct lmc_gptq_job){t->name, gw[n_jobs], conv1d ? t->shape[1] : t->shape[0],
                                                  conv1d ? t->shape[0] : t->shape[1]};
@@ -221,7 +229,7 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
     for (int64_t i = 0; i < st.n_tensors && !s; i++) {
         const struct lmc_st_tensor *t = &st.tensors[i];
         bool conv1d;
-        if (!is_linear(t->name, t, o->skip, &conv1d) ||
+        if (!is_linear(t->name, t, o->skip, o->head, &conv1d) ||
             (t->dtype != LMC_DTYPE_F32 && t->dtype != LMC_DTYPE_F16 && t->dtype != LMC_DTYPE_BF16)) {
             wt[nw++] = (struct lmc_st_write_tensor){t->name, t->dtype, t->ndim, {0}, t->data};
             memcpy(wt[nw - 1].shape, t->shape, sizeof t->shape);
@@ -251,7 +259,7 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
         } else {
             struct lmc_qgroups g;
             int64_t gs = o->group == -1 ? k : o->group;
-            if (!strcmp(o->method, "rtn")) {
+            if (!strcmp(o->method, "rtn") || is_head(t->name, t)) { /* gptq calibrates the blocks only */
                 s = lmc_quant_rtn(w, n, k, o->bits, gs, o->sym, &g, err);
             } else {
                 int j = 0;
@@ -418,7 +426,7 @@ static void remove_tmp(const char *dir) {
 }
 
 int cmd_quantize(int argc, char **argv) {
-    struct qopts o = {NULL, 4, 128, true, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
+    struct qopts o = {NULL, 4, 128, true, false, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
     const char *in = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -430,6 +438,7 @@ int cmd_quantize(int argc, char **argv) {
         if (!strcmp(a, "--asym")) { o.sym = false; continue; }
         if (!strcmp(a, "--act-order")) { o.act_order = true; continue; }
         if (!strcmp(a, "--v2")) { o.v2 = true; continue; }
+        if (!strcmp(a, "--head")) { o.head = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc quantize: unknown option or missing value: %s\n", a);
             usage();
@@ -459,6 +468,10 @@ int cmd_quantize(int argc, char **argv) {
     bool groups = !strcmp(o.method, "rtn") || !strcmp(o.method, "gptq");
     if (!groups && strcmp(o.method, "nf4") && strcmp(o.method, "ternary")) {
         fprintf(stderr, "lmc quantize: --method '%s': expected rtn, gptq, nf4 or ternary\n", o.method);
+        return 2;
+    }
+    if (o.head && !groups) {
+        fprintf(stderr, "lmc quantize: --head is for --method rtn or gptq (the GPTQ layout's lm_head)\n");
         return 2;
     }
     if (groups && o.bits != 2 && o.bits != 3 && o.bits != 4 && o.bits != 8) {

@@ -247,7 +247,9 @@ static lmc_status shape_error(const struct lmc_st *st, const struct lmc_st_tenso
 static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *err) {
     struct load_state *ls = user;
     struct lmc_model *m = ls->m;
-    if (ls->qc.method != LMC_QM_NONE && (r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_EXPERT_W)) {
+    if (ls->qc.method != LMC_QM_NONE &&
+        (r->spec->kind == LMC_TK_LIN_W || r->spec->kind == LMC_TK_EXPERT_W || r->spec->kind == LMC_TK_HEAD)) {
+        /* a quantized lm_head (GPTQ "lm_head": true, lmc quantize --head) binds as the GGUF heads do */
         bool found;
         lmc_status s = load_quant(ls, r, &found, err);
         if (s || found) return s;

@@ -244,6 +244,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdot_table_vnni(t);
         lmc_qdot4_table_vnni(c->dot4);
         lmc_qdotm_table_q4_vnni(c->dotm);
+        lmc_qdotm_table_q4k_vnni(c->dotm);
         c->quantize = lmc_q8act_quantize_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {

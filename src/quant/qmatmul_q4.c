@@ -42,7 +42,8 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 }
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
-    if (w->kernel == LMC_QK_Q8_0) return w->kp / 32; /* one block a slot (q8_slot) */
+    if (w->kernel == LMC_QK_Q8_0) return (w->kp / 32 + 1) / 2; /* the pair layout, lane sums times -128 */
+    if (w->kernel == LMC_QK_Q4_K) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
     return np;
@@ -98,36 +99,20 @@ __attribute__((target("avx2"))) static uint8_t *q4_pairs_avx2(const struct lmc_q
 }
 #endif
 
-/* Q8_0's slot of 128 bytes per block: the 32 codes, the scale 8 times and
- * the 8 lane sums times -128 (the kernel dots w + 128, unsigned, with the
- * codes: sum((w + 128) q) - 128 sum(q) = sum(w q), exact). */
-static void q8_slot_c(const struct lmc_q8act *a, uint8_t *o) {
-    int32_t z[8];
-    float d[8];
-    memcpy(o, a->q, 32);
-    for (int l = 0; l < 8; l++) {
-        z[l] = -128 * (a->q[4 * l] + a->q[4 * l + 1] + a->q[4 * l + 2] + a->q[4 * l + 3]);
-        d[l] = a->d;
-    }
-    memcpy(o + 32, d, 32);
-    memcpy(o + 64, z, 32);
-    memset(o + 96, 0, 32);
-}
-
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
+    if (w->kernel == LMC_QK_Q4_K) {
+        lmc_q4k_fill(w, xq, i0, i1, buf);
+        return;
+    }
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
-    int32_t mult = w->kernel == LMC_QK_Q4_0 ? -8 : 1;
+    int32_t mult = w->kernel == LMC_QK_Q4_0 ? -8 : w->kernel == LMC_QK_Q8_0 ? -128 : 1;
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2");
 #endif
     for (int64_t i = i0; i < i1; i++) {
         uint8_t *o = (uint8_t *)buf + i * np * Q4_PAIR;
         const struct lmc_q8act *x = xq + i * nb;
-        if (w->kernel == LMC_QK_Q8_0) {
-            for (int64_t b = 0; b < nb; b++) q8_slot_c(&x[b], o + b * Q4_PAIR);
-            continue;
-        }
         for (int64_t g = 0; g < q4_groups(w); g++) {
             int64_t b = q4_gb0(w, g), e = q4_gb1(w, g);
 #if defined(__x86_64__)
@@ -359,6 +344,8 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         __m256 acc[4][Q4_MR];                                                                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
+        const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb; /* prefetch as Q4_0's: 64 bytes a block */ \
+        const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;             \
         for (int64_t g = 0; g < ng; g++) {                                                                 \
             __m256i zn[4];                                                                                 \
             __m256 sc[4];                                                                                  \
@@ -368,6 +355,10 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             }                                                                                              \
             for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
                 const int full = b + 1 < e;                                                                \
+                if (pf_on) {                                                                               \
+                    _mm_prefetch((const char *)pf + 64 * b, _MM_HINT_T0);                                  \
+                    _mm_prefetch((const char *)pf + 64 * b + 64, _MM_HINT_T0);                             \
+                }                                                                                          \
                 __m256i lo[4], hi[4];                                                                      \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
@@ -430,10 +421,13 @@ Q4_ALL(avx2, T4_AVX2, I4_AVX2)
 Q4G_ALL(vnni, T4_VNNI, I4_VNNI)
 Q4G_ALL(avx2, T4_AVX2, I4_AVX2)
 
-/* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes), VNNI only: the
- * codes plus 128 as unsigned bytes (vpdpbusd sums in int32, no saturation;
- * AVX2's maddubs would saturate), the -128 sum term the dot's start. One
- * block a step, the same 4 x MR tiles. */
+/* GGUF Q8_0 (34-byte blocks: f16 scale, 32 signed codes), VNNI only, in
+ * the pair layout of Q4_0: the codes of elements 0..15 of two blocks side
+ * by side in one ymm, 16..31 in another, plus 128 as unsigned bytes
+ * (vpdpbusd sums in int32, no saturation; AVX2's maddubs would saturate);
+ * the -128 x lane sums the dot's start, so lane l is the exact sum(w q) of
+ * its 8 elements; one conversion, scale product and FMA per pair of blocks
+ * (an odd last block pairs with a zero block). The same 4 x MR tiles. */
 T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0,
                             int MR, float *y, int64_t ldy) {
     const int64_t nb = w->k / 32, rb = w->row_bytes;
@@ -443,21 +437,32 @@ T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, con
     __m256 acc[4][Q4_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i wv[4];
+    const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb; /* prefetch as Q4_0's: 272 bytes a pair */
+    const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;
+    for (int64_t p = 0; 2 * p < nb; p++) {
+        const int full = 2 * p + 1 < nb;
+        if (pf_on)
+            _Pragma("GCC unroll 5") for (int t = 0; t < 5; t++) _mm_prefetch((const char *)pf + 272 * p + 64 * t, _MM_HINT_T0);
+        __m256i wa[4], wb[4];
         __m256 dw[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            const uint8_t *c = wp + r * rb + 34 * b;
-            wv[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 2)), flip);
-            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(q4_f16bits(c)));
+            const uint8_t *c = wp + r * rb + 68 * p;
+            __m128i a1 = full ? _mm_loadu_si128((const __m128i *)(c + 36)) : _mm_set1_epi8((char)0x80);
+            __m128i b1 = full ? _mm_loadu_si128((const __m128i *)(c + 52)) : _mm_set1_epi8((char)0x80);
+            wa[r] = _mm256_xor_si256(_mm256_set_m128i(a1, _mm_loadu_si128((const __m128i *)(c + 2))), flip);
+            wb[r] = _mm256_xor_si256(_mm256_set_m128i(b1, _mm_loadu_si128((const __m128i *)(c + 18))), flip);
+            __m128i h = _mm_set1_epi16(q4_f16bits(c));
+            h = full ? _mm_mask_set1_epi16(h, 0xf0, q4_f16bits(c + 34)) : _mm_maskz_mov_epi16(0x0f, h);
+            dw[r] = _mm256_cvtph_ps(h);
         }
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * b;
-            __m256i xv = _mm256_load_si256((const __m256i *)a);
-            __m256 dx = _mm256_load_ps((const float *)(a + 32));
-            __m256i z = _mm256_load_si256((const __m256i *)(a + 64));
+            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;
+            __m256i xa = _mm256_load_si256((const __m256i *)a);
+            __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));
+            __m256 dx = _mm256_load_ps((const float *)(a + 64));
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 96));
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                __m256i s = _mm256_dpbusd_epi32(z, wv[r], xv);
+                __m256i s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(z, wa[r], xa), wb[r], xb);
                 acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);
             }
         }
