@@ -485,6 +485,12 @@ void lmc_backend_cpu_free(struct lmc_backend *be);
  * op stay f32. LMC_ERR_UNSUPPORTED (nothing changed) where the CPU lacks
  * AVX512-BF16. */
 lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_err *err);
+/* Inference's bf16 prefill route (on by default where the CPU has
+ * AVX512-BF16): matmul/matmul_multi on F16/BF16 weights from
+ * LMC_CPU_PF_MIN_M rows take bf16-rounded operands with f32 sums
+ * (ops/cpu/matmul_pf.c). Off: the fp32 kernels, for callers that need
+ * fp32 accuracy on those weights (a reference, a user's choice). */
+void lmc_backend_cpu_set_bf16_prefill(struct lmc_backend *be, bool on);
 
 /* The AdamW formula of the adamw entry on host memory (defined in
  * ops/cpu/adamw.c): the CPU op and lmc_adamw_update both run it. */

@@ -1392,6 +1392,7 @@ static void test_lora_rows() {
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
+    lmc_backend_cpu_set_bf16_prefill(&cpu, false); /* the twin is the fp32 reference for F16/BF16 weights too */
     if (lmc_backend_cuda_init(&gpu, 0, &err)) { fprintf(stderr, "cuda backend (emulated): %s\n", err.msg); return 1; }
     cc = (struct lmc_cuda_ctx *)gpu.ctx; /* n_sm 132, kv_dtype BF16: as on an H100 */
     struct { const char *name; void (*fn)(); } sections[] = {

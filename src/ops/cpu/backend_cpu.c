@@ -130,6 +130,11 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     return LMC_OK;
 }
 
+void lmc_backend_cpu_set_bf16_prefill(struct lmc_backend *be, bool on) {
+    struct lmc_cpu_ctx *c = be->ctx;
+    c->pf_min_m = on && lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
+}
+
 lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_err *err) {
     if (on && !lmc_cpu_has_bf16())
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
