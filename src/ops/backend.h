@@ -489,7 +489,9 @@ lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_e
  * AVX512-BF16): matmul/matmul_multi on F16/BF16 weights from
  * LMC_CPU_PF_MIN_M rows take bf16-rounded operands with f32 sums
  * (ops/cpu/matmul_pf.c). Off: the fp32 kernels, for callers that need
- * fp32 accuracy on those weights (a reference, a user's choice). */
+ * fp32 accuracy on those weights (a reference), or whose rows must not
+ * depend on what else shares a batch (the server). No-op on another
+ * backend. */
 void lmc_backend_cpu_set_bf16_prefill(struct lmc_backend *be, bool on);
 
 /* The AdamW formula of the adamw entry on host memory (defined in

@@ -131,6 +131,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
 }
 
 void lmc_backend_cpu_set_bf16_prefill(struct lmc_backend *be, bool on) {
+    if (be->matmul != lmc_cpu_matmul) return; /* not the CPU table (or its bf16 training mode) */
     struct lmc_cpu_ctx *c = be->ctx;
     c->pf_min_m = on && lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
 }
