@@ -323,6 +323,23 @@ static int64_t gb_kp_total(int64_t K) {
     return t;
 }
 
+/* The kernels for this CPU: AVX512-BF16 where present, else the portable
+ * ones (no 16-column microkernel, no two-panel pack). */
+static void gb_pick(gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack, gb_pack2_fn *pack2) {
+    *micro = gb_micro_portable;
+    *micro16 = NULL;
+    *pack = gb_pack;
+    *pack2 = NULL;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        *micro = gb_micro_avx512;
+        *micro16 = gb_micro16_avx512;
+        *pack = gb_pack_avx512;
+        *pack2 = gb_pack2_avx512;
+    }
+#endif
+}
+
 static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
                    int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk,
                    int64_t b_sn, const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
@@ -370,17 +387,10 @@ void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A,
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws) {
-    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
-    gb_pack_fn pack = gb_pack;
-    gb_pack2_fn pack2 = NULL;
-#ifdef GB_X86
-    if (lmc_cpu_has_bf16()) {
-        micro = gb_micro_avx512;
-        micro16 = gb_micro16_avx512;
-        pack = gb_pack_avx512;
-        pack2 = gb_pack2_avx512;
-    }
-#endif
+    gb_micro_fn micro, micro16;
+    gb_pack_fn pack;
+    gb_pack2_fn pack2;
+    gb_pick(&micro, &micro16, &pack, &pack2);
     gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
@@ -421,17 +431,10 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
 
 void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                           const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws) {
-    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
-    gb_pack_fn pack = gb_pack;
-    gb_pack2_fn pack2 = NULL;
-#ifdef GB_X86
-    if (lmc_cpu_has_bf16()) {
-        micro = gb_micro_avx512;
-        micro16 = gb_micro16_avx512;
-        pack = gb_pack_avx512;
-        pack2 = gb_pack2_avx512;
-    }
-#endif
+    gb_micro_fn micro, micro16;
+    gb_pack_fn pack;
+    gb_pack2_fn pack2;
+    gb_pick(&micro, &micro16, &pack, &pack2);
     gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }
 
@@ -483,17 +486,10 @@ static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb
 
 void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
     if (M <= 0) return;
-    gb_micro_fn micro = gb_micro_portable, micro16 = NULL;
-    gb_pack_fn pack = gb_pack;
-    gb_pack2_fn pack2 = NULL;
-#ifdef GB_X86
-    if (lmc_cpu_has_bf16()) {
-        micro = gb_micro_avx512;
-        micro16 = gb_micro16_avx512;
-        pack = gb_pack_avx512;
-        pack2 = gb_pack2_avx512;
-    }
-#endif
+    gb_micro_fn micro, micro16;
+    gb_pack_fn pack;
+    gb_pack2_fn pack2;
+    gb_pick(&micro, &micro16, &pack, &pack2);
     gb_terms(micro, micro16, pack, pack2, M, n, t, ws);
 }
 
