@@ -20,10 +20,8 @@
 # (pipes), never on a clock.
 # Usage: test_mp_pp_serve.sh PATH/TO/lmc
 set -u
-LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+. "$(dirname "$0")/mp_launch.sh" "$1"
 command -v python3 >/dev/null || { echo "test_mp_pp_serve: skipped (python3 missing)"; exit 0; }
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 python3 tests/pp_stack_layers.py tests/fixtures/llama-tiny "$TMP/llama4" 2 || exit 1
 python3 - "$LMC" "$TMP/llama4" <<'PY'
 import json, os, signal, socket, subprocess, sys, threading, urllib.request, urllib.error

@@ -14,9 +14,8 @@
 # model are refused. Waits on the servers' log lines (pipes), never on a
 # clock. Usage: test_mp_serve_ep.sh PATH/TO/lmc
 set -u
-LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+. "$(dirname "$0")/mp_launch.sh" "$1"
 command -v python3 >/dev/null || { echo "test_mp_serve_ep: skipped (python3 missing)"; exit 0; }
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
 python3 - "$LMC" <<'PY'
 import json, os, signal, socket, subprocess, sys, threading, urllib.request
 lmc = sys.argv[1]
