@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # mp_launch.sh — the launcher set-up every model-parallel test shares
 # (tests/test_mp_*.sh source it; not a test itself: CMake globs test_*.sh).
 #   . "$(dirname "$0")/mp_launch.sh" "$1"
