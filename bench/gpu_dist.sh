@@ -21,8 +21,7 @@
 # env: NGPU (default: nvidia-smi's count), OUT (default /tmp/lmc-gpu-dist),
 #      MPIRUN (default mpirun; without mpirun the ranks are started with
 #      torchrun-style variables over tcp).
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
+. "$(dirname "$0")/gpu_common.sh"
 LMC=${1:-build-dev/lmc}
 NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 OUT=${OUT:-/tmp/lmc-gpu-dist}

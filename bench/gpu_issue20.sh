@@ -9,14 +9,12 @@
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_issue20.sh
 # env: BUDGET_S (whole script, default 540), MODELS (bench, default gpt2),
 #      SYSTEMS (default "lmc compile").
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-540}
 OUT=${OUT:-/tmp/lmc-gpu-out}
 L=/tmp/lmc-gpu-logs
 rm -rf $L && mkdir -p $L/checks $L/train
-export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps}
+gpu_devdeps
 export OPS_ARGS=${OPS_ARGS:---quick}
 export TARGETS="lmc_cli test_ops_cuda test_train_ops_cuda test_attention_train_cuda test_optim_cuda test_sched_cuda"
 OUT=$L/checks bench/run_cuda.sh build test parity train 2>&1 | tee $L/checks/summary.txt

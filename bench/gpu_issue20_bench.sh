@@ -7,22 +7,17 @@
 # BUDGET_S. Logs are packed into $OUT/logs2.tar.gz, tables copied to $OUT.
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_issue20_bench.sh [SECTION...]
 # Sections: bt prof attn model serve qmatmul (default: all, in this order).
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-560}
 OUT=${OUT:-/tmp/lmc-gpu-out}
 L=/tmp/lmc-gpu-logs2
 rm -rf $L && mkdir -p $L
 secs=${*:-bt prof attn model serve qmatmul}
-has() { [[ " $secs " == *" $1 "* ]]; }
-left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
 B=build-dev
-export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps}
-echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-cmake -S . -B $B -DLMC_WERROR=ON >$L/build.log 2>&1 &&
-  make -C $B -j16 lmc_cli test_ops_cuda test_train_ops_cuda test_sched_cuda bench_attn_cuda \
-    bench_model_cuda bench_qmatmul_cuda test_qmatmul_cuda >>$L/build.log 2>&1 ||
+gpu_devdeps
+gpu_stamp
+gpu_build $B $L/build.log lmc_cli test_ops_cuda test_train_ops_cuda test_sched_cuda bench_attn_cuda \
+  bench_model_cuda bench_qmatmul_cuda test_qmatmul_cuda ||
   { tail -40 $L/build.log; exit 1; }
 echo "build ok ($(($(date +%s) - T0)) s)"
 

@@ -16,18 +16,14 @@
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_kv.sh
 # env: BUDGET_S (default 240, after the build) SKIP_BUILD=1 (use build-dev as is)
 #      SHAPE=64,2048,8,128,32 LEVELS=1,8 REPEATS=2
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-240}; SHAPE=${SHAPE:-64,2048,8,128,32}; LEVELS=${LEVELS:-1,8}; REPEATS=${REPEATS:-2}
 OUT=${OUT:-/tmp/lmc-kv-out}; W=${WORK:-/tmp/lmc-kv-work}; B=build-dev; LMC=$B/lmc; M=models/kjv-llama
 mkdir -p "$OUT" "$W"
 S=$OUT/summary.txt; : >"$S"
-say() { echo "$*" | tee -a "$S"; }
-say "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+say "$(gpu_stamp name,driver_version,memory.total)"
 if [ -z "${SKIP_BUILD:-}" ] || [ ! -x $LMC ]; then
-  cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$W/build.log" 2>&1 &&
-    make -C $B -j16 lmc_cli bench_kv_paged lmc_cuda test_sched_cuda >>"$W/build.log" 2>&1 ||
+  gpu_build $B "$W/build.log" lmc_cli bench_kv_paged lmc_cuda test_sched_cuda ||
     { tail -40 "$W/build.log" | tee -a "$S"; cp "$W/build.log" "$OUT/"; exit 1; }
   say "build ok ($(($(date +%s) - T0)) s)"
 fi

@@ -19,20 +19,16 @@
 # Logs and summary.txt go to $OUT (default /tmp/lmc-moe-out).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_moe.sh
 # env: SKIP_BUILD=1 (use build-dev as is), PROMPT=512 BATCH=64 CTX=128 STEPS=32 ROUNDS=3
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-moe-out}; B=build-dev; W=${WORK:-/tmp/lmc-moe-work}
 PROMPT=${PROMPT:-512}; BATCH=${BATCH:-64}; CTX=${CTX:-128}; STEPS=${STEPS:-32}; ROUNDS=${ROUNDS:-3}
 mkdir -p "$OUT" "$W"
 S=$OUT/summary.txt; : >"$S"
-say() { echo "$*" | tee -a "$S"; }
 rc=0
-say "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+say "$(gpu_stamp)"
 # ---- 1. build
 if [ -z "${SKIP_BUILD:-}" ] || [ ! -x $B/lmc ] || [ ! -x $B/bench_moe_cuda ] || [ ! -x $B/test_moe_ops_cuda ]; then
-  cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$OUT/build.log" 2>&1 &&
-    timeout 300 make -C $B -j16 lmc_cli lmc_cuda test_moe_ops_cuda bench_moe_cuda >>"$OUT/build.log" 2>&1 ||
+  GPU_MAKE_TIMEOUT=300 gpu_build $B "$OUT/build.log" lmc_cli lmc_cuda test_moe_ops_cuda bench_moe_cuda ||
     { tail -40 "$OUT/build.log" | tee -a "$S"; exit 1; }
   say "build ok ($(($(date +%s) - T0)) s)"
 fi

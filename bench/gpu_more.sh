@@ -13,20 +13,16 @@
 #   kv     bench/gpu_kv.sh (issue 17/21)
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_more.sh SECTION...
 # env: BUDGET_S (whole call, default 560), LIM_<SECTION> (seconds for one).
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-560}
 OUT=${OUT:-/tmp/lmc-gpu-out}
 L=/tmp/lmc-gpu-more
 rm -rf $L && mkdir -p $L "$OUT"
-left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
 S=$L/summary.txt
-say() { echo "$*" | tee -a $S; }
 B=build-dev
-export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps}
+gpu_devdeps
 say "date $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-cmake -S . -B $B -DLMC_WERROR=ON >$L/build.log 2>&1 && make -C $B -j16 lmc_cli lmc_cuda >>$L/build.log 2>&1 ||
+gpu_build $B $L/build.log lmc_cli lmc_cuda ||
   { tail -40 $L/build.log; exit 1; }
 say "build ok ($(($(date +%s) - T0)) s)"
 # pack DIR NAME: DIR as $OUT/NAME.tar.gz.part-aa, -ab, ... (the device returns files of at most 16 MiB)

@@ -30,9 +30,7 @@
 # Usage: bench/gpu_mp.sh [build] [check] [bubble] [cp] [peer]
 # env: OUT (default /tmp/lmc-gpu-mp), NGPU (default: nvidia-smi's count), SEQS, CPS ("1 2 4 8"),
 #      CP_LINES (cp data lines, 120000), B (build dir, build-mp), PEAK_TFLOPS (989), BUDGET_S (whole script, default 1500; sections skipped when it runs out)
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-mp}
 B=${B:-build-mp}
 BUDGET_S=${BUDGET_S:-1500}
@@ -43,8 +41,6 @@ NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 mkdir -p "$OUT"
 MD="$OUT/gpu-mp.md"
 secs=${*:-build check bubble cp peer}
-has() { [[ " $secs " == *" $1 "* ]]; }
-left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPI="mpirun --allow-run-as-root --bind-to none --mca btl self,vader,tcp"
 {

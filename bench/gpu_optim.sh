@@ -41,9 +41,7 @@
 # CPU smoke test of the script itself (no GPU; memory columns read —):
 #   DEVICE=cpu SKIP_BUILD=1 SKIP_TEST=1 BUILD_DIR=build LAYERS=2 HIDDEN=64 HEADS=4 VOCAB=512 MAXPOS=64 \
 #     SEQ=32 BATCH=2 STEPS=8 GAP=4 ROUNDS=2 CPU_KINDS= bench/gpu_optim.sh
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-optim}
 KINDS=${KINDS:-adamw muon galore apollo adamw8bit}
 ROUNDS=${ROUNDS:-2}; STEPS=${STEPS:-14}; SKIP=${SKIP:-3}; GAP=${GAP:-6}; BATCH=${BATCH:-16}; SEQ=${SEQ:-1024}

@@ -21,19 +21,15 @@
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_qlora.sh
 # env: BUDGET_S (default 540) SEQ=2048 BATCH=1 STEPS=8 SKIP=3 ROUNDS=2
 #      MODES="lora qlora-nf4 qlora-int4" SKIP_BUILD=1 (use build-dev as is)
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-540}; SEQ=${SEQ:-2048}; BATCH=${BATCH:-1}; STEPS=${STEPS:-8}; SKIP=${SKIP:-3}
 ROUNDS=${ROUNDS:-2}; MODES=${MODES:-lora qlora-nf4 qlora-int4}
 OUT=${OUT:-/tmp/lmc-qlora-out}; W=${WORK:-/tmp/lmc-qlora-work}; B=build-dev; LMC=$B/lmc
 mkdir -p "$OUT" "$W"
 S=$OUT/summary.txt; : >"$S"
-say() { echo "$*" | tee -a "$S"; }
-left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
-say "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+say "$(gpu_stamp name,driver_version,memory.total)"
 if [ -z "${SKIP_BUILD:-}" ] || [ ! -x $LMC ]; then
-  cmake -S . -B $B -DLMC_WERROR=${LMC_WERROR:-ON} >"$W/build.log" 2>&1 && make -C $B -j16 lmc_cli >>"$W/build.log" 2>&1 ||
+  gpu_build $B "$W/build.log" lmc_cli ||
     { tail -40 "$W/build.log" | tee -a "$S"; exit 1; }
   say "build ok ($(($(date +%s) - T0)) s)"
 fi

@@ -15,17 +15,15 @@
 # env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), TARGET_STEPS (1500),
 #      W (build-dev/spec-pair: kept on a warm machine; training is
 #      skipped when W/kjv-target exists), SKIP_SERVER (0)
-set -u -o pipefail
-cd "$(dirname "$0")/.." || exit 1
-T0=$(date +%s)
+. "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-out}; CPUS=${CPUS:-0,1}; LLAMA_BIN=${LLAMA_BIN:-.peer/bin}
 B=build-dev; W=${W:-$B/spec-pair}
 mkdir -p "$OUT"
-export PKG_CONFIG_SYSROOT_DIR=${PKG_CONFIG_SYSROOT_DIR:-/tmp/devdeps}
-say() { echo "$*" | tee -a "$OUT/summary.md"; }
+gpu_devdeps
+S="$OUT/summary.md"
 say "# gpu_spec_pair $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader)," \
     "cpu $(lscpu | sed -n 's/^Model name: *//p'), pinned to $CPUS"
-cmake -S . -B $B -DLMC_WERROR=ON >"$OUT/build.log" 2>&1 && make -C $B -j16 lmc_cli lmc_cuda >>"$OUT/build.log" 2>&1 ||
+gpu_build $B "$OUT/build.log" lmc_cli lmc_cuda ||
   { tail -40 "$OUT/build.log"; exit 1; }
 say "build ok ($(($(date +%s) - T0)) s)"
 if [ ! -d "$W/kjv-target" ]; then

@@ -325,6 +325,76 @@ static void state_parse_optim(void) {
     }
 }
 
+/* --keep-last: OUT holds step_2 .. step_10 (every 2) and the ZeRO folder
+ * each step's shards, manifests and optimizer shards, plus a newer step 12
+ * whose folder is not written yet, files that are not per-step and a
+ * step_* file that is not a folder. */
+static void keep_last(void) {
+    char out[512], zd[600], p[700];
+    snprintf(out, sizeof out, "%s", rpath("keep"));
+    snprintf(zd, sizeof zd, "%s/zero", out);
+    mkdir(out, 0777);
+    mkdir(zd, 0777);
+    for (int k = 2; k <= 12; k += 2) {
+        snprintf(p, sizeof p, "%s/step_%06d", out, k);
+        if (k < 12) make_ckpt(p, "x", true);
+        for (int r = 0; r < 2; r++) {
+            snprintf(p, sizeof p, "%s/zero-step%08d-rank%05d.bin", zd, k, r);
+            put(p, "s");
+            snprintf(p, sizeof p, "%s/optim-step%08d-rank%05d.safetensors", zd, k, r);
+            put(p, "o");
+        }
+        snprintf(p, sizeof p, "%s/zero-manifest-step%08d.json", zd, k);
+        put(p, "m");
+    }
+    snprintf(p, sizeof p, "%s/zero-manifest.json", zd);
+    put(p, "m");
+    snprintf(p, sizeof p, "%s/zero-step00000002-rank00000.bin.tmp", zd); /* not a per-step name: left */
+    put(p, "t");
+    snprintf(p, sizeof p, "%s/step_000001", out); /* a file, not a checkpoint folder: left */
+    put(p, "f");
+    lmc_err err = {0};
+    int n = -1;
+    char spare[700];
+    snprintf(spare, sizeof spare, "%s/step_000004/", out); /* the folder resumed from (a trailing slash) */
+    CHECK_MSG(!lmc_ckpt_keep_last(out, 2, spare, zd, &n, &err), "%s", err.msg);
+    CHECK(n == 2); /* step_2 and step_6 */
+    int want[] = {4, 8, 10}, gone[] = {2, 6};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/step_%06d", out, want[i]);
+        CHECK_MSG(lmc_ckpt_complete(p, NULL), "%s kept", p);
+    }
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/step_%06d", out, gone[i]);
+        CHECK_MSG(!exists(p), "%s removed", p);
+    }
+    /* the ZeRO files: steps 4 (spared), 8, 10 and the newer 12 kept (5 files each), 2 and 6 gone;
+     * the manifest, the temporary and the step_000001 file left */
+    CHECK(count_entries(zd) == 4 * 5 + 2);
+    snprintf(p, sizeof p, "%s/zero-step00000006-rank00001.bin", zd);
+    CHECK(!exists(p));
+    snprintf(p, sizeof p, "%s/optim-step00000002-rank00000.safetensors", zd);
+    CHECK(!exists(p));
+    snprintf(p, sizeof p, "%s/zero-manifest-step00000004.json", zd);
+    CHECK(exists(p));
+    snprintf(p, sizeof p, "%s/zero-step00000012-rank00001.bin", zd);
+    CHECK(exists(p));
+    snprintf(p, sizeof p, "%s/step_000001", out);
+    CHECK(exists(p));
+    CHECK(count_entries(out) == 5); /* step_1 (file), 4, 8, 10, zero */
+    /* keep 1 without a spare and no ZeRO folder: only step_10 of the folders */
+    CHECK_MSG(!lmc_ckpt_keep_last(out, 1, NULL, NULL, &n, &err), "%s", err.msg);
+    CHECK(n == 2 && count_entries(out) == 3);
+    snprintf(p, sizeof p, "%s/step_000010", out);
+    CHECK(lmc_ckpt_complete(p, NULL));
+    CHECK(count_entries(zd) == 4 * 5 + 2); /* untouched */
+    /* a spare in another folder is not one of OUT's; as many folders as kept: nothing removed */
+    CHECK_MSG(!lmc_ckpt_keep_last(out, 3, rpath("elsewhere/step_000010"), zd, &n, &err), "%s", err.msg);
+    CHECK(n == 0 && count_entries(out) == 3);
+    CHECK(lmc_ckpt_keep_last(out, 0, NULL, NULL, &n, &err) == LMC_ERR_ARG && strstr(err.msg, "keep-last"));
+    CHECK(lmc_ckpt_keep_last(rpath("no/such"), 2, NULL, NULL, &n, &err) == LMC_ERR_IO && strstr(err.msg, "no/such"));
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/lmc_test_ckpt_XXXXXX");
     if (!mkdtemp(root)) return 1;
@@ -335,6 +405,7 @@ int main(void) {
     opts();
     state_parse();
     state_parse_optim();
+    keep_last();
     lmc_err err = {0};
     if (lmc_ckpt_remove_tree(root, &err)) fprintf(stderr, "could not remove %s: %s\n", root, err.msg);
     return test_finish("test_checkpoint");

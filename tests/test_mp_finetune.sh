@@ -9,31 +9,13 @@
 # the output and metrics; --tp without --full is refused.
 # Usage: test_mp_finetune.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
+. "$(dirname "$0")/mp_launch.sh" "$1"
 FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
 done >"$TMP/d.jsonl"
 C="--data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8 --clip 0.5 --full"
-run() { # W OUT ARGS...
-  local W=$1 out=$2; shift 2
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune -m $FIX $C "$@" -o "$TMP/$out" >"$TMP/$out.r$r" 2>&1 &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune -m $FIX $C "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1 || rc=1
-    for p in "${pids[@]}"; do wait $p || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
-  done
-  return $rc
-}
+run() { local W=$1 out=$2; shift 2; mp_ranks "$W" "$out" finetune -m $FIX $C "$@" -o "$TMP/$out"; } # W OUT ARGS...
 "$LMC" finetune -m $FIX $C --batch 2 --accum 2 -o "$TMP/one" 2>"$TMP/err"; ok $? "one process: $(tail -2 "$TMP/err")"
 run 2 tp2 --batch 2 --accum 2 --tp 2; ok $? "tp 2: $(tail -n 3 "$TMP"/tp2.r*)"
 grep -q "tensor parallel 2 x data parallel 1 (2 ranks), global batch 2 x 32 x 2 accum" "$TMP/tp2.r0"

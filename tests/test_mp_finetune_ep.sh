@@ -22,11 +22,7 @@
 # Refused: a world other than N.
 # Usage: test_mp_finetune_ep.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
+. "$(dirname "$0")/mp_launch.sh" "$1"
 command -v python3 >/dev/null || { echo "test_mp_finetune_ep: skipped (python3 missing)"; exit 0; }
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
@@ -35,21 +31,7 @@ C="--data $TMP/d.jsonl --seq 32 --lr 3e-3 --threads 1 --schedule cosine --warmup
    --val-fraction 0.2 --eval-every 3 --save-every 3"
 run() { # W OUT ARGS...: W ranks at a free port; rank r's stderr in OUT.r<r>
   local W=$1 out=$2; shift 2
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C "$@" -o "$TMP/$out" \
-        >"$TMP/$out.r$r" 2>&1 &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C "$@" -o "$TMP/$out" \
-      >"$TMP/$out.r0" 2>&1 || rc=1
-    for p in "${pids[@]}"; do wait "$p" || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
-    rm -rf "${TMP:?}/$out"
-  done
-  return $rc
+  mp_ranks "$W" "$out" finetune $C "$@" -o "$TMP/$out"
 }
 Q="-m tests/fixtures/qwen3moe-tiny"
 M="-m tests/fixtures/mixtral-tiny"

@@ -10,44 +10,33 @@
 # --tp, a bad --tp and --tp-vocab without --tp are refused.
 # Usage: test_mp_generate.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+MP_LEAKS=1 # LeakSanitizer on, but under mpirun (mp_leaks_off there)
+. "$(dirname "$0")/mp_launch.sh" "$1"
 ids() { sed -n 's/.*"ids":\[\([0-9,]*\)\].*/\1/p' "$1"; }
 for fx in llama-tiny qwen2-tiny; do
   M=tests/fixtures/$fx
   "$LMC" generate -m "$M" -p "hello world, this is" -n 12 --temp 0 --ignore-eos --dtype f32 --json >"$TMP/one" 2>"$TMP/one.err"
   ok $? "$fx one process: $(cat "$TMP/one.err")"
-  for try in 1 2 3; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=60 \
-      "$LMC" generate -m "$M" -p "hello world, this is" -n 12 --temp 0 --ignore-eos --json --tp 2 >"$TMP/r1" 2>"$TMP/r1.err" &
-    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=60 \
-      "$LMC" generate -m "$M" -p "hello world, this is" -n 12 --temp 0 --ignore-eos --json --tp 2 >"$TMP/r0" 2>"$TMP/r0.err"
-    rc0=$?; wait $!; rc1=$?
-    grep -q "cannot listen" "$TMP/r0.err" || break
-  done
-  [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "$fx --tp 2 exit $rc0/$rc1: $(cat "$TMP/r0.err" "$TMP/r1.err")"
-  [ -n "$(ids "$TMP/one")" ] && [ "$(ids "$TMP/one")" = "$(ids "$TMP/r0")" ]; ok $? "$fx --tp 2 ids [$(ids "$TMP/r0")] vs [$(ids "$TMP/one")]"
-  [ ! -s "$TMP/r1" ]; ok $? "$fx rank 1 printed: $(cat "$TMP/r1")"
+  LMC_DIST_TIMEOUT=60 MP_SPLIT=1 mp_ranks 2 tp generate -m "$M" -p "hello world, this is" -n 12 --temp 0 --ignore-eos \
+    --json --tp 2
+  ok $? "$fx --tp 2 exit: $(cat "$TMP/tp.r0.err" "$TMP/tp.r1.err")"
+  [ -n "$(ids "$TMP/one")" ] && [ "$(ids "$TMP/one")" = "$(ids "$TMP/tp.r0")" ]; ok $? "$fx --tp 2 ids [$(ids "$TMP/tp.r0")] vs [$(ids "$TMP/one")]"
+  [ ! -s "$TMP/tp.r1" ]; ok $? "$fx rank 1 printed: $(cat "$TMP/tp.r1")"
 done
 # --tp-vocab under mpirun: greedy and seeded sampling
-if command -v mpirun >/dev/null 2>&1; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+if [ $HAVE_MPIRUN = 1 ]; then
   # Open MPI's own allocations (op selection, its plugins) are never freed: LeakSanitizer off
   # under mpirun, as in the other mpirun tests
-  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-  MPI="timeout 120 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
+  mp_leaks_off
   for fx in llama-tiny qwen2-tiny; do
     M=tests/fixtures/$fx
     for S in "--temp 0" "--temp 0.9 --top-k 40 --seed 7"; do
       "$LMC" generate -m "$M" -p "hello world, this is" -n 12 $S --ignore-eos --dtype f32 --json >"$TMP/one" 2>"$TMP/one.err"
       for np in 2 4; do
-        $MPI -np $np "$LMC" generate -m "$M" -p "hello world, this is" -n 12 $S --ignore-eos --json --tp $np \
+        timeout 120 "${MPIRUN[@]}" -np $np "$LMC" generate -m "$M" -p "hello world, this is" -n 12 $S --ignore-eos --json --tp $np \
           --tp-vocab >"$TMP/v" 2>"$TMP/v.err"
         rc=$?
-        if grep -q "without MPI\|no MPI" "$TMP/v.err"; then echo "test_mp_generate: mpirun part skipped (no MPI)"; break 3; fi
+        if mp_no_mpi "$TMP/v.err"; then echo "test_mp_generate: mpirun part skipped (no MPI)"; break 3; fi
         [ $rc = 0 ] && [ -n "$(ids "$TMP/one")" ] && [ "$(ids "$TMP/one")" = "$(ids "$TMP/v")" ]
         ok $? "$fx --tp $np --tp-vocab $S ids [$(ids "$TMP/v")] vs [$(ids "$TMP/one")]: $(tail -n 3 "$TMP/v.err")"
       done

@@ -7,9 +7,7 @@
 # do not split and bad values are refused.
 # Usage: test_mp_info.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+. "$(dirname "$0")/mp_launch.sh" "$1"
 M=tests/fixtures/llama-tiny
 out=$("$LMC" info -m $M --tp 2 --pp 2 --micro-batches 4 --json); ok $? "json run"
 echo "$out" | grep -q '"tp":2,"pp":2,"cp":1,' && echo "$out" | grep -q '"layers":1,'; ok $? "json fields: $out"

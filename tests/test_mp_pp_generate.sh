@@ -20,34 +20,15 @@
 # and `lmc chat --pp` are refused; rank 1 prints nothing on stdout.
 # Usage: test_mp_pp_generate.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export LMC_DIST_TIMEOUT=120
+MP_LEAKS=1 # LeakSanitizer on, but under mpirun (mp_leaks_off there)
+. "$(dirname "$0")/mp_launch.sh" "$1"
 ids() { sed -n 's/.*"ids":\[\([0-9,]*\)\].*/\1/p' "$1"; }
 # stage s's weight bytes from the stage lines of OUT.r*.err
 wbytes() { sed -n "s/.*pipeline stage $2 of .* \([0-9]*\) weight bytes/\1/p" "$1"; }
 # run_pp P OUT ARGS...: P ranks of lmc generate --pp P; rank r's stdout in OUT.rR, stderr in OUT.rR.err
 run_pp() { local P=$1; run_w "$@" --pp "$P"; }
 # run_w W OUT ARGS...: W ranks of lmc generate ARGS
-run_w() {
-  local P=$1 out=$2; shift 2
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((P - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-        "$LMC" generate "$@" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-      "$LMC" generate "$@" >"$TMP/$out.r0" 2>"$TMP/$out.r0.err" || rc=$?
-    for p in "${pids[@]}"; do wait "$p" || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0.err" || return $rc
-  done
-  return $rc
-}
+run_w() { local P=$1 out=$2; shift 2; MP_SPLIT=1 mp_ranks "$P" "$out" generate "$@"; }
 # bytes_check NAME DIR P ELEM_BYTES: the stage lines of pp$P against pp1's whole
 bytes_check() {
   local name=$1 dir=$2 P=$3 eb=$4 whole sum=0 w V C tied E NP
@@ -126,14 +107,12 @@ for EP in ":2" "--chunks:4"; do
   }
 done
 # mpirun: --pp 2 and 4 on the 4-layer llama
-if command -v mpirun >/dev/null 2>&1; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" # Open MPI's own allocations
-  MPI="timeout 120 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
+if [ $HAVE_MPIRUN = 1 ]; then
+  mp_leaks_off # Open MPI's own allocations
   for np in 2 4; do
-    $MPI -np $np "$LMC" generate -m "$TMP/llama-tiny-4l" $G --temp 0 --json --pp $np >"$TMP/mpi" 2>"$TMP/mpi.err"
+    timeout 120 "${MPIRUN[@]}" -np $np "$LMC" generate -m "$TMP/llama-tiny-4l" $G --temp 0 --json --pp $np >"$TMP/mpi" 2>"$TMP/mpi.err"
     rc=$?
-    if grep -q "without MPI\|no MPI" "$TMP/mpi.err"; then echo "test_mp_pp_generate: mpirun part skipped (no MPI)"; break; fi
+    if mp_no_mpi "$TMP/mpi.err"; then echo "test_mp_pp_generate: mpirun part skipped (no MPI)"; break; fi
     [ $rc = 0 ] && [ "$(ids "$TMP/llama-tiny-4l.one")" = "$(ids "$TMP/mpi")" ]
     ok $? "mpirun --pp $np ids [$(ids "$TMP/mpi")] vs [$(ids "$TMP/llama-tiny-4l.one")]: $(tail -n 3 "$TMP/mpi.err")"
   done

@@ -20,84 +20,23 @@
 # (pipes), never on a clock.
 # Usage: test_mp_pp_serve.sh PATH/TO/lmc
 set -u
-LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+. "$(dirname "$0")/mp_launch.sh" "$1"
 command -v python3 >/dev/null || { echo "test_mp_pp_serve: skipped (python3 missing)"; exit 0; }
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 python3 tests/pp_stack_layers.py tests/fixtures/llama-tiny "$TMP/llama4" 2 || exit 1
 python3 - "$LMC" "$TMP/llama4" <<'PY'
-import json, os, signal, socket, subprocess, sys, threading, urllib.request, urllib.error
+import json, os, subprocess, sys, urllib.request
+sys.path.insert(0, "tests")
+import mp_serve  # tests/mp_serve.py: the servers' launcher and requests
+from mp_serve import check, stop
 lmc, llama4 = sys.argv[1], sys.argv[2]
-fails = 0
-def check(cond, what):
-    global fails
-    if not cond:
-        fails += 1
-        print("FAIL:", what, file=sys.stderr)
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def wait_listening(p, lines):
-    """reads p's stderr until the listening line (or its end); returns the port or None"""
-    for raw in p.stderr:
-        line = raw.decode(errors="replace")
-        lines.append(line)
-        if "listening on http://127.0.0.1:" in line:
-            return int(line.rsplit(":", 1)[1])
-    return None
-
-def drain(p, lines):
-    t = threading.Thread(target=lambda: lines.extend(l.decode(errors="replace") for l in p.stderr), daemon=True)
-    t.start()
-    return t
 
 def start(model, world, tp=1, kv=("--kv-blocks", "256")):
     """one process (world 1) or world ranks as pipeline stages: returns (procs, port, logs, drains)"""
-    args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", *kv,
-            "--max-batch", "16", "--dtype", "f32", "--model-name", "m"]
-    for _ in range(3):
-        logs = [[] for _ in range(world)]
-        if world == 1:
-            procs = [subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)]
-        else:
-            mp = free_port()
-            procs = []
-            for r in range(world - 1, -1, -1):
-                env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(mp))
-                extra = ["--pp", str(world // tp)] + (["--tp", str(tp)] if tp > 1 else [])
-                procs.insert(0, subprocess.Popen(args + extra, env=env, stderr=subprocess.PIPE,
-                                                 stdout=subprocess.DEVNULL))
-        port = wait_listening(procs[0], logs[0])
-        drains = [drain(procs[r], logs[r]) for r in range(world)]
-        if port is not None: return procs, port, logs, drains
-        for p in procs:
-            p.kill(); p.wait()
-        if not any("cannot listen" in l for l in logs[0]): break
-    return procs, None, logs, []
+    return mp_serve.start(lmc, model, world, ["--pp", str(world // tp)] + (["--tp", str(tp)] if tp > 1 else []),
+                          ("--model-name", "m"), kv)
 
-def post(port, body, path="/v1/completions", raw_body=None):
-    data = raw_body if raw_body is not None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            code, raw = r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return (e.code, json.loads(e.read().decode()))
-    if body and body.get("stream"):  # join the streamed text
-        text, fin = "", None
-        for ev in raw.split("\n\n"):
-            ev = ev.strip()
-            if not ev.startswith("data: ") or ev == "data: [DONE]": continue
-            j = json.loads(ev[6:])
-            for c in j.get("choices", []):
-                text += c.get("text", "")
-                fin = c.get("finish_reason") or fin
-        return [(text, fin)]
-    j = json.loads(raw)
-    return [(c["text"], c["finish_reason"]) for c in j["choices"]] + [j["usage"]["completion_tokens"]]
+def post(port, body, raw_body=None):  # an HTTP error status as (status, body)
+    return mp_serve.post(port, body, raw_body=raw_body, http_errors=True)
 
 def models(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=60) as r:
@@ -117,24 +56,12 @@ BAD = [(None, b"{not json"), ({"prompt": "x " * 5000, "max_tokens": 4}, None),
        ({"prompt": "hi", "max_tokens": 4, "model": "nope"}, None), ({"prompt": "hi", "max_tokens": -3}, None)]
 
 def run_all(port):
-    out = [None] * len(REQS)
-    def one(k):
-        try: out[k] = post(port, REQS[k])
-        except Exception as e: out[k] = repr(e)
-    ts = [threading.Thread(target=one, args=(k,)) for k in range(len(REQS))]
-    for t in ts: t.start()
-    for t in ts: t.join()
+    out = mp_serve.run_all(port, REQS, post)
     errs = []
     for body, raw in BAD:
         try: errs.append(post(port, body, raw_body=raw))
         except Exception as e: errs.append(repr(e))
     return out, models(port), errs
-
-def stop(procs, drains):
-    procs[0].send_signal(signal.SIGTERM)
-    codes = [p.wait(timeout=120) for p in procs]
-    for t in drains: t.join(timeout=60)
-    return codes
 
 CHUNKED = ("--kv-blocks", "256", "--max-step-tokens", "5")  # prompts prefilled over several steps
 for fx, P, T, kv in [("llama-tiny", 2, 1, None), ("qwen2-tiny", 2, 1, None), ("gpt2-tiny", 2, 1, None),
@@ -205,6 +132,6 @@ check(p.returncode == 2 and b"--pp does not combine with --tp-vocab" in p.stderr
 p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--pp", "2", "--tp", "2"], env=env,
                    capture_output=True, timeout=60)
 check(p.returncode == 2 and b"needs 4 ranks" in p.stderr, f"--pp 2 --tp 2 on one rank: {p.returncode} {p.stderr[-300:]}")
-print(f"test_mp_pp_serve: {fails} failed")
-sys.exit(1 if fails else 0)
+print(f"test_mp_pp_serve: {mp_serve.fails} failed")
+sys.exit(1 if mp_serve.fails else 0)
 PY

@@ -14,77 +14,18 @@
 # model are refused. Waits on the servers' log lines (pipes), never on a
 # clock. Usage: test_mp_serve_ep.sh PATH/TO/lmc
 set -u
-LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+. "$(dirname "$0")/mp_launch.sh" "$1"
 command -v python3 >/dev/null || { echo "test_mp_serve_ep: skipped (python3 missing)"; exit 0; }
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
 python3 - "$LMC" <<'PY'
-import json, os, signal, socket, subprocess, sys, threading, urllib.request
+import os, subprocess, sys
+sys.path.insert(0, "tests")
+import mp_serve  # tests/mp_serve.py: the servers' launcher and requests
+from mp_serve import check, free_port, stop
 lmc = sys.argv[1]
-fails = 0
-def check(cond, what):
-    global fails
-    if not cond:
-        fails += 1
-        print("FAIL:", what, file=sys.stderr)
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def wait_listening(p, lines):
-    """reads p's stderr until the listening line (or its end); returns the port or None"""
-    for raw in p.stderr:
-        line = raw.decode(errors="replace")
-        lines.append(line)
-        if "listening on http://127.0.0.1:" in line:
-            return int(line.rsplit(":", 1)[1])
-    return None
-
-def drain(p, lines):
-    t = threading.Thread(target=lambda: lines.extend(l.decode(errors="replace") for l in p.stderr), daemon=True)
-    t.start()
-    return t
 
 def start(model, world, extra=()):
-    """one process (world 1) or world ranks: returns (procs, port, logs)"""
-    args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--kv-blocks", "256",
-            "--max-batch", "16", "--dtype", "f32"]
-    for _ in range(3):
-        logs = [[] for _ in range(world)]
-        if world == 1:
-            procs = [subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)]
-        else:
-            mp = free_port()
-            procs = []
-            for r in range(world - 1, -1, -1):
-                env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(mp))
-                procs.insert(0, subprocess.Popen(args + ["--ep", str(world)] + list(extra), env=env, stderr=subprocess.PIPE,
-                                                 stdout=subprocess.DEVNULL))
-        port = wait_listening(procs[0], logs[0])
-        for r in range(1, world): drain(procs[r], logs[r])
-        if port is not None: return procs, port, logs
-        for p in procs:
-            p.kill(); p.wait()
-        if not any("cannot listen" in l for l in logs[0]): break
-    return procs, None, logs
-
-def post(port, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        raw = r.read().decode()
-    if body.get("stream"):  # join the streamed text
-        text, fin = "", None
-        for ev in raw.split("\n\n"):
-            ev = ev.strip()
-            if not ev.startswith("data: ") or ev == "data: [DONE]": continue
-            j = json.loads(ev[6:])
-            for c in j.get("choices", []):
-                text += c.get("text", "")
-                fin = c.get("finish_reason") or fin
-        return [(text, fin)]
-    j = json.loads(raw)
-    return [(c["text"], c["finish_reason"]) for c in j["choices"]] + [j["usage"]["completion_tokens"]]
+    """one process (world 1) or world ranks at --ep world: returns (procs, port, logs, drains)"""
+    return mp_serve.start(lmc, model, world, ["--ep", str(world)] + list(extra))
 
 REQS = []
 for i in range(12):
@@ -95,38 +36,26 @@ for i in range(12):
     if i % 4 == 3: b["stream"] = True
     REQS.append(b)
 
-def run_all(port):
-    out = [None] * len(REQS)
-    def one(k):
-        try: out[k] = post(port, REQS[k])
-        except Exception as e: out[k] = repr(e)
-    ts = [threading.Thread(target=one, args=(k,)) for k in range(len(REQS))]
-    for t in ts: t.start()
-    for t in ts: t.join()
-    return out
-
-def stop(procs):
-    procs[0].send_signal(signal.SIGTERM)
-    return [p.wait(timeout=120) for p in procs]
+def run_all(port): return mp_serve.run_all(port, REQS)
 
 for fx, worlds in (("mixtral-tiny", (2,)), ("qwen3moe-tiny", (2, 4))):
     model = f"tests/fixtures/{fx}"
-    procs, port, logs = start(model, 1)
+    procs, port, logs, dr = start(model, 1)
     check(port is not None, f"{fx}: one-process server did not start: {''.join(logs[0])}")
     if port is None: continue
     ref = run_all(port)
-    stop(procs)
+    stop(procs, dr)
     check(all(not isinstance(r, str) for r in ref), f"{fx}: one-process requests failed: {ref}")
     for world in worlds:
         what = f"--ep {world}"
-        procs, port, logs = start(model, world)
+        procs, port, logs, dr = start(model, world)
         check(port is not None, f"{fx}: {what} server did not start: {''.join(logs[0])}")
         if port is None:
             for p in procs: p.kill()
             continue
         check(any(f"expert parallel over {world} ranks" in l for l in logs[0]), f"{fx}: start-up line: {''.join(logs[0])}")
         got = run_all(port)
-        codes = stop(procs)
+        codes = stop(procs, dr)
         check(codes == [0] * world, f"{fx}: {what} exit codes {codes}: {''.join(logs[1])[-500:]}")
         for r in range(1, world):
             fl = [l for l in logs[r] if "followed" in l]
@@ -155,6 +84,6 @@ for _ in range(3):  # a dense model: both ranks meet, then each refuses it (agai
     if b"cannot listen" not in outs[0]: break
 check(codes == [1, 1] and all(b"dense model" in o for o in outs),
       f"--ep 2 on a dense model: exit codes {codes}: {outs[0][-300:]} {outs[1][-300:]}")
-print(f"test_mp_serve_ep: {fails} failed")
-sys.exit(1 if fails else 0)
+print(f"test_mp_serve_ep: {mp_serve.fails} failed")
+sys.exit(1 if mp_serve.fails else 0)
 PY

@@ -22,36 +22,12 @@
 # (the other optimizers under --tp: test_mp_train_optim.sh).
 # Usage: test_mp_train.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
-"$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
-"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" ||
-  { echo "FAIL: data: $(cat "$TMP/err")" >&2; exit 1; }
+. "$(dirname "$0")/mp_launch.sh" "$1"
+mp_data
 A="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 --seq 16
    --steps 10 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 5 --eval-every 5 --eval-batches 2"
 # run W OUT ARGS...: W ranks meet at a free port; rank r's stderr in OUT.r<r>
-run() {
-  local W=$1 out=$2; shift 2
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=120 \
-        "$LMC" train "$@" -o "$TMP/$out" >"$TMP/$out.r$r" 2>&1 &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=120 \
-      "$LMC" train "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1 || rc=1
-    for p in "${pids[@]}"; do wait $p || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
-    rm -rf "${TMP:?}/$out"
-  done
-  return $rc
-}
+run() { local W=$1 out=$2; shift 2; mp_ranks "$W" "$out" train "$@" -o "$TMP/$out"; }
 "$LMC" train $A --batch 4 -o "$TMP/single" 2>"$TMP/err"; ok $? "single: $(cat "$TMP/err")"
 run 2 tp2 $A --batch 4 --tp 2; ok $? "tp 2: $(tail -n 3 "$TMP"/tp2.r*)"
 grep -q "tensor parallel 2 x data parallel 1" "$TMP/tp2.r0"; ok $? "tp 2 start-up line: $(grep parallel "$TMP/tp2.r0")"
@@ -76,12 +52,10 @@ cmp -s "$TMP/z1rs/step_000010/model.safetensors" "$TMP/z1/step_000010/model.safe
 ok $? "dp 2 x tp 2 zero 1 stopped at 5 and resumed equals the uninterrupted run bit for bit"
 # the same DP 2 x TP 2 under mpirun (sub-communicators over the MPI transport), when there is one
 CASES="tp2 tp4 dp2tp2 vp2 vp4 rs rs1 z1"
-if command -v mpirun >/dev/null 2>&1; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo \
-    --mca oob_tcp_if_include lo -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab --zero 1 -o "$TMP/mpi" 2>"$TMP/mpi.err"
+if [ $HAVE_MPIRUN = 1 ]; then
+  timeout 300 "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 2 --tp 2 --tp-vocab --zero 1 -o "$TMP/mpi" 2>"$TMP/mpi.err"
   rc=$?
-  if grep -q "without MPI\|no MPI" "$TMP/mpi.err"; then echo "test_mp_train: mpirun part skipped (lmc built without MPI)"
+  if mp_no_mpi "$TMP/mpi.err"; then echo "test_mp_train: mpirun part skipped (lmc built without MPI)"
   else ok $rc "mpirun dp 2 x tp 2 --tp-vocab --zero 1: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
 fi
 python3 - "$TMP" $CASES <<'PY'

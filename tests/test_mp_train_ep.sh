@@ -23,11 +23,7 @@
 # allowed) when mpirun is there and lmc has MPI, else over tcp too.
 # Usage: test_mp_train_ep.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=${KEEP_TMP:-$(mktemp -d)}; [ -n "${KEEP_TMP:-}" ] || trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
+. "$(dirname "$0")/mp_launch.sh" "$1"
 command -v python3 >/dev/null || { echo "test_mp_train_ep: skipped (python3 missing)"; exit 0; }
 FX=tests/fixtures
 for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
@@ -39,39 +35,14 @@ MX="$S -m $FX/mixtral-tiny"
 QW="$S -m $FX/qwen3moe-tiny --router-aux-coef 0.05 --recompute"
 SC="$S --arch mixtral --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 48"
 # run W OUT ARGS...: W ranks of lmc train meet at a free port; rank r's stderr in OUT.r<r>
-run() {
-  local W=$1 out=$2; shift 2
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" train "$@" -o "$TMP/$out" \
-        >"$TMP/$out.r$r" 2>&1 &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" train "$@" -o "$TMP/$out" \
-      >"$TMP/$out.r0" 2>&1 || rc=$?
-    for p in "${pids[@]}"; do wait "$p" || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
-    rm -rf "${TMP:?}/$out"
-  done
-  return $rc
-}
+run() { local W=$1 out=$2; shift 2; mp_ranks "$W" "$out" train "$@" -o "$TMP/$out"; }
 # mpirun when it works with this lmc (else tcp): W OUT ARGS...
-MPI=0
-if command -v mpirun >/dev/null 2>&1; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  timeout 120 mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo \
-    -np 2 "$LMC" train $MX --batch 2 --steps 1 --warmup 0 --ep 2 -o "$TMP/probe" >"$TMP/probe.err" 2>&1 && MPI=1
-  [ $MPI = 1 ] || echo "test_mp_train_ep: mpirun not usable with this lmc ($(tail -n 1 "$TMP/probe.err")); tcp instead"
-else
-  echo "test_mp_train_ep: mpirun part skipped (no mpirun); tcp instead"
-fi
+mp_probe train $MX --batch 2 --steps 1 --warmup 0 --ep 2
+MPI=$USE_MPI
 mrun() {
   local W=$1 out=$2; shift 2
   [ $MPI = 1 ] || { run "$W" "$out" "$@"; return; }
-  timeout 300 mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo \
-    -np "$W" "$LMC" train "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1
+  timeout 300 "${MPIRUN[@]}" -np "$W" "$LMC" train "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1
 }
 
 "$LMC" train $MX --batch 4 -o "$TMP/mx1" 2>"$TMP/err"; ok $? "mixtral one process: $(tail -3 "$TMP/err")"

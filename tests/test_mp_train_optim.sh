@@ -14,36 +14,12 @@
 # `lmc finetune --full --tp 2 --optim apollo` = one process.
 # Usage: test_mp_train_optim.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
-"$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
-"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" ||
-  { echo "FAIL: data: $(cat "$TMP/err")" >&2; exit 1; }
+. "$(dirname "$0")/mp_launch.sh" "$1"
+mp_data
 A="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 --seq 16
    --steps 10 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 5"
 # run CMD W OUT ARGS...: W ranks meet at a free port (tried again if taken meanwhile); rank r's stderr in OUT.r<r>
-run() {
-  local cmd=$1 W=$2 out=$3; shift 3
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=120 \
-        "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.r$r" 2>&1 &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=120 \
-      "$LMC" $cmd "$@" -o "$TMP/$out" >"$TMP/$out.r0" 2>&1 || rc=1
-    for p in "${pids[@]}"; do wait $p || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
-    rm -rf "${TMP:?}/$out"
-  done
-  return $rc
-}
+run() { local cmd=$1 W=$2 out=$3; shift 3; mp_ranks "$W" "$out" $cmd "$@" -o "$TMP/$out"; }
 # compare REF RUN PMAX [PNORM]: losses 1e-6, params PNORM (default 1e-5) in norm and PMAX of max |p|, the
 # same optimizer tensor names
 compare() {

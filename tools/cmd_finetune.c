@@ -56,6 +56,8 @@ static void usage(void) {
             "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
+            "             --keep-last N (after each checkpoint: only the N newest OUT.ckpt/step_N folders, and\n"
+            "             their ZeRO shards, are kept, and the folder resumed from; 0: all, the default)\n"
             "             --stop-at N (stop after step N without writing OUT, as if killed; the schedule\n"
             "             still spans --steps)\n"
             "  ranks:     under mpirun or torchrun/Slurm variables: data parallel, replicated (--zero 0), or\n"
@@ -150,7 +152,7 @@ int cmd_finetune(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
-    int64_t save_every = 0, zero = 0, tp = 1, cp = 1, pp = 1, ep = 1, pp_chunks = 1, stop_at = 0;
+    int64_t save_every = 0, keep_last = 0, zero = 0, tp = 1, cp = 1, pp = 1, ep = 1, pp_chunks = 1, stop_at = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
@@ -207,6 +209,7 @@ int cmd_finetune(int argc, char **argv) {
             refuse_long = !strcmp(v, "no");
         }
         else if (!strcmp(a, "--save-every")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &save_every);
+        else if (!strcmp(a, "--keep-last")) ok = cli_parse_i64(v, 0, (int64_t)1 << 40, &keep_last);
         else if (!strcmp(a, "--stop-at")) ok = cli_parse_i64(v, 1, (int64_t)1 << 40, &stop_at);
         else if (!strcmp(a, "--loss-on")) {
             loss_on = v;
@@ -684,6 +687,13 @@ int cmd_finetune(int argc, char **argv) {
                 goto done;
             }
             fprintf(stderr, "%scheckpoint %s\n", tty ? "\r\033[K" : "", ck);
+            char kd[4300], kz[4300]; /* --keep-last: the new folder is in place, every rank's ZeRO shards written */
+            snprintf(kd, sizeof kd, "%s.ckpt", out);
+            snprintf(kz, sizeof kz, "%s.ckpt/zero", out);
+            if (keep_last > 0 && lmc_ckpt_keep_last(kd, keep_last, resume, kz, NULL, &err)) {
+                cli_fail("finetune", &err);
+                goto done;
+            }
         }
     }
     if (tr.step < steps) { /* --stop-at: no output, as if the run had been killed here */

@@ -51,6 +51,8 @@ static void usage(void) {
             "             --apollo-seed N --adamw8bit-block N --adamw8bit-embed-8bit 0|1); Muon/GaLore/APOLLO\n"
             "             take the 2-D hidden matrices, AdamW (--lr ...) the embeddings, head, norms and biases\n"
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
+            "             --keep-last N (after each checkpoint: only the N newest OUT/step_* folders, and\n"
+            "             their ZeRO shards, are kept, and the folder resumed from; 0: all, the default)\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
             "  experts:   --router-aux-coef X (mixture of experts: the load-balancing loss x X in the loss,\n"
@@ -122,7 +124,7 @@ int cmd_train(int argc, char **argv) {
     const char *metrics = NULL, *tok_dir = NULL;
     int64_t layers = 4, hidden = 128, heads = 4, kv_heads = 0, inter = 0, max_pos = 1024, vocab = 0;
     int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
-    int64_t eval_batches = 8, save_every = 0, seed = 1234;
+    int64_t eval_batches = 8, save_every = 0, seed = 1234, keep_last = 0;
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
     double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1, bucket_mb = 0;
     bool tie = false, decay_all = false, recompute = false, tp_vocab = false;
@@ -173,6 +175,7 @@ int cmd_train(int argc, char **argv) {
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--stop-at", &stop_at, 1, (int64_t)1 << 40},
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
+            {"--keep-last", &keep_last, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
             {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64}, {"--ep", &ep, 1, 1024}, {"--pp-chunks", &pp_chunks, 1, 64},
         };
@@ -642,6 +645,11 @@ int cmd_train(int argc, char **argv) {
                 break;
             }
             fprintf(stderr, "%scheckpoint %s\n", is_tty() ? "\r\033[K" : "", ck);
+            /* --keep-last: the new folder is in place and every rank's ZeRO shards of its step are written */
+            if (keep_last > 0 && lmc_ckpt_keep_last(out, keep_last, resume, zd, NULL, &err)) {
+                rc = cli_fail("train", &err);
+                break;
+            }
         }
     }
     if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */

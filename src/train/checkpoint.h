@@ -47,6 +47,20 @@ lmc_status lmc_ckpt_latest(const char *out, char *path, size_t cap, int64_t *ste
  * missing file). */
 lmc_status lmc_ckpt_resolve(const char *out, const char *arg, char *path, size_t cap, lmc_err *err);
 
+/* --keep-last N (rank 0, after a checkpoint folder is renamed into place
+ * and every rank's ZeRO shards of its step are written): removes the
+ * step_N folders of OUT but the `keep` newest (keep >= 1) and `spare` (the
+ * folder a resumed run started from, or NULL; kept whatever its step), and
+ * from zero_dir (NULL: none) the per-step files of the steps before the
+ * oldest folder kept (ZeRO shards and step manifests, zero-step*-rank*.bin
+ * and zero-manifest-step*.json, and sharded optimizer states,
+ * optim-step*-rank*.safetensors), except the spare folder's step. So every
+ * folder left stays resumable; files of a newer step without a folder yet
+ * are left alone. *n_removed (may be NULL) gets the folders removed.
+ * LMC_ERR_IO naming the path on a failure to list or remove. */
+lmc_status lmc_ckpt_keep_last(const char *out, int64_t keep, const char *spare, const char *zero_dir, int *n_removed,
+                              lmc_err *err);
+
 /* Atomic folder writing, used by lmc_ckpt_save. begin: the temporary
  * sibling of dir (parent/.partial.<name>), emptied if stale, created; its
  * path into tmp. commit: fsyncs every file in tmp and tmp itself, renames

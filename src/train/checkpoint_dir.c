@@ -1,14 +1,17 @@
 /* checkpoint_dir.c — checkpoint folders on disk: atomic publication (write
  * into OUT/.partial.<name>, fsync files and folder, rename into place,
  * fsync OUT), removal of the temporaries an interrupted save leaves, and
- * finding the newest complete checkpoint for `--resume latest`. See
- * checkpoint.h for the guarantees. */
+ * finding the newest complete checkpoint for `--resume latest`, and
+ * --keep-last's removal of older checkpoints. See checkpoint.h for the
+ * guarantees. */
 #include "train/checkpoint.h"
 #include "core/core.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -240,4 +243,84 @@ lmc_status lmc_ckpt_resolve(const char *out, const char *arg, char *path, size_t
         return lmc_err_set(err, LMC_ERR_IO, "%s: incomplete checkpoint (no %s)", arg, missing);
     if ((size_t)snprintf(path, cap, "%s", arg) >= cap) return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", arg);
     return LMC_OK;
+}
+
+/* ---- --keep-last ---- */
+
+static int cmp_i64_desc(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The step of a per-step file of a ZeRO folder (zero_ckpt.c's shards and
+ * step manifests, trainer_dist.c's optimizer shards), else false. */
+static bool zero_file_step(const char *name, int64_t *step) {
+    long long st;
+    int rk, n = 0;
+    if ((sscanf(name, "zero-step%lld-rank%d.bin%n", &st, &rk, &n) == 2 ||
+         sscanf(name, "optim-step%lld-rank%d.safetensors%n", &st, &rk, &n) == 2 ||
+         sscanf(name, "zero-manifest-step%lld.json%n", &st, &n) == 1) &&
+        n > 0 && !name[n] && st >= 0) {
+        *step = st;
+        return true;
+    }
+    return false;
+}
+
+/* The step of `spare` when it is a step_N folder of OUT (the same folder on disk), else -1. */
+static int64_t spare_step(const char *out, const char *spare) {
+    char a[PATH_MAX], b[PATH_MAX], parent[4096], name[256];
+    int64_t k;
+    if (!spare || !split_path(spare, parent, sizeof parent, name, sizeof name) || !lmc_ckpt_parse_name(name, &k) ||
+        !realpath(parent, a) || !realpath(out, b) || strcmp(a, b))
+        return -1;
+    return k;
+}
+
+lmc_status lmc_ckpt_keep_last(const char *out, int64_t keep, const char *spare, const char *zero_dir, int *n_removed,
+                              lmc_err *err) {
+    if (n_removed) *n_removed = 0;
+    if (keep < 1) return lmc_err_set(err, LMC_ERR_ARG, "--keep-last %lld: keep at least one", (long long)keep);
+    DIR *d = opendir(out);
+    if (!d) return lmc_err_set(err, LMC_ERR_IO, "%s: cannot list (%s)", out, strerror(errno));
+    int64_t *steps = NULL, n = 0, cap = 0, k;
+    lmc_status s = LMC_OK;
+    struct dirent *e;
+    char path[4096];
+    while ((e = readdir(d))) {
+        if (!lmc_ckpt_parse_name(e->d_name, &k) || !lmc_path_join(path, sizeof path, out, e->d_name) || !is_dir(path))
+            continue;
+        if (n == cap) {
+            int64_t *grown = realloc(steps, sizeof *steps * (size_t)(cap = cap ? 2 * cap : 16));
+            if (!grown) {
+                s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory listing the checkpoints", out);
+                break;
+            }
+            steps = grown;
+        }
+        steps[n++] = k;
+    }
+    closedir(d);
+    if (s || n <= keep) {
+        free(steps);
+        return s;
+    }
+    qsort(steps, (size_t)n, sizeof *steps, cmp_i64_desc);
+    int64_t oldest_kept = steps[keep - 1], sp = spare_step(out, spare);
+    for (int64_t i = keep; i < n && !s; i++) { /* older than the newest `keep`: removed unless spared */
+        if (steps[i] == sp || !lmc_ckpt_step_path(path, sizeof path, out, steps[i])) continue;
+        s = lmc_ckpt_remove_tree(path, err);
+        if (!s && n_removed) (*n_removed)++;
+    }
+    free(steps);
+    if (s || !zero_dir || !(d = opendir(zero_dir))) return s; /* no ZeRO folder: nothing more */
+    while (!s && (e = readdir(d))) {
+        if (!zero_file_step(e->d_name, &k) || k >= oldest_kept || k == sp) continue;
+        if (!lmc_path_join(path, sizeof path, zero_dir, e->d_name))
+            s = lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", zero_dir);
+        else if (unlink(path) != 0 && errno != ENOENT)
+            s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot remove (%s)", path, strerror(errno));
+    }
+    closedir(d);
+    return s;
 }

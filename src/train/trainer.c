@@ -6,6 +6,7 @@
  * per-row losses and the gradient norm. */
 #include "train/trainer.h"
 #include "train/trainer_internal.h"
+#include "train/trainer_step.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "train/trainer_tp.h"
@@ -214,36 +215,12 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
      * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
      * folded into the update as grad_scale */
     st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g + (t0 - tm->g_off), tm->numel - t0));
-    double inv = 1.0;
-    if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
-        inv = 1.0 / (double)(count ? count : 1);
-        st->grad_norm *= inv;
-    }
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    if (!isfinite(st->grad_norm)) {
-        st->skipped = true;
-        tr->step++;
-        return LMC_OK;
-    }
-    if (tr->have_opt) {
-        lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
-        be->sync(be->ctx);
-        tr->step++;
-        return LMC_OK;
-    }
-    for (int i = 0; i < tm->n_params; i++) {
-        const struct lmc_tparam *p = &tm->params[i];
-        if (p->frozen) continue;
-        struct lmc_adamw_step as;
-        lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr,
-                            lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL), grad_scale, &as);
-        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0),
-                  tr->v + (p->off - t0), p->numel, &as);
-    }
-    be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
-    tr->step++;
+    lmc_trainer_apply_update(tr, st, (double)count);
     return LMC_OK;
+}
+
+static lmc_status eval_micro(struct lmc_trainer *tr, double *loss_sum, int64_t *count, lmc_err *err) {
+    return lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, loss_sum, count, err);
 }
 
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
@@ -252,36 +229,16 @@ lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) 
     if (tr->ep) return lmc_trainer_ep_eval(tr, loss, err);
     *loss = NAN;
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
-    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
-    if (s) return s;
-    tr->acts.segs = NULL; /* validation windows are whole rows */
-    tr->acts.n_segs = 0;
-    double sum = 0;
-    int64_t count = 0;
-    /* data parallel: the windows one process with batch world x B reads */
+    /* data parallel: the windows one process with batch world x B reads; with the zero module (stage 3
+     * gathers parameters: a collective) each rank evaluates every world-th micro-batch and the sums are
+     * added */
     int64_t world = tr->comm ? tr->comm->world : 1;
-    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
-    /* with the zero module (stage 3 gathers parameters: a collective) each
-     * rank evaluates every world-th micro-batch and the sums are added */
     int64_t share = tr->zero ? world : 1, me = tr->zero ? tr->comm->rank : 0;
-    for (int64_t k = 0; k < nb; k++) {
-        lmc_loader_next(&tr->val, tr->batch);
-        if (k % share != me) continue;
-        split_batch(tr);
-        double ls;
-        int64_t n;
-        if ((s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, &ls, &n, err)))
-            return s;
-        sum += ls;
-        count += n;
-    }
-    if (tr->zero) {
-        double sc[2] = {sum, (double)count};
-        if ((s = lmc_zero_sum_f64(tr->zero, sc, 2, err))) return s;
-        sum = sc[0];
-        count = (int64_t)sc[1];
-    }
-    *loss = sum / (double)(count ? count : 1);
+    double sc[2];
+    lmc_status s = lmc_trainer_eval_sums(tr, world, share, me, eval_micro, sc, err);
+    if (!s && tr->zero) s = lmc_zero_sum_f64(tr->zero, sc, 2, err);
+    if (s) return s;
+    *loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     return LMC_OK;
 }
 

@@ -7,6 +7,7 @@
 #include "train/trainer_pp.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
+#include "train/trainer_step.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/ring_attn.h"
@@ -189,61 +190,27 @@ lmc_status lmc_trainer_cp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     st->loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     st->tokens = per * o->accum * c->dw;
     st->grad_norm = sqrt(be->sumsq(be->ctx, tm->g + (t0 - tm->g_off), tm->numel - t0));
-    double inv = 1.0;
-    if (o->next_batch) {
-        inv = 1.0 / (sc[1] > 0 ? sc[1] : 1);
-        st->grad_norm *= inv;
-    }
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    if (!isfinite(st->grad_norm)) { /* the same on every rank */
-        st->skipped = true;
-        tr->step++;
-        return LMC_OK;
-    }
-    if (tr->have_opt) {
-        lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
-    } else {
-        for (int i = 0; i < tm->n_params; i++) {
-            const struct lmc_tparam *p = &tm->params[i];
-            if (p->frozen) continue;
-            struct lmc_adamw_step as;
-            lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
-                                grad_scale, &as);
-            be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0), tr->v + (p->off - t0),
-                      p->numel, &as);
-        }
-    }
-    be->sync(be->ctx);
-    tr->step++;
+    lmc_trainer_apply_update(tr, st, sc[1]);
     return LMC_OK;
+}
+
+/* a validation micro-batch: this rank's slice around the ring */
+static lmc_status eval_micro(struct lmc_trainer *tr, double *loss_sum, int64_t *count, lmc_err *err) {
+    struct lmc_trainer_cp *c = tr->cp;
+    slice(tr, tr->in, tr->tg);
+    lmc_status s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, c->in, c->tg, false, 1.0f, loss_sum, count, err);
+    return s ? s : ring_status(c, err);
 }
 
 lmc_status lmc_trainer_cp_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
     struct lmc_trainer_cp *c = tr->cp;
     *loss = NAN;
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
-    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
-    if (s) return s;
-    tr->acts.segs = NULL;
-    tr->acts.n_segs = 0;
     /* the windows one process with batch D x B reads, each DP group every D-th */
-    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * c->dw))) * c->dw;
-    double sc[2] = {0, 0};
-    for (int64_t k = 0; k < nb; k++) {
-        lmc_loader_next(&tr->val, tr->batch);
-        if (k % c->dw != c->dr) continue;
-        lmc_trainer_split_batch(tr);
-        slice(tr, tr->in, tr->tg);
-        double ls;
-        int64_t n;
-        s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, c->in, c->tg, false, 1.0f, &ls, &n, err);
-        if (!s) s = ring_status(c, err);
-        if (s) return s;
-        sc[0] += ls;
-        sc[1] += (double)n;
-    }
-    if ((s = c->world->all_reduce(c->world, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
+    double sc[2];
+    lmc_status s = lmc_trainer_eval_sums(tr, c->dw, c->dw, c->dr, eval_micro, sc, err);
+    if (!s) s = c->world->all_reduce(c->world, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    if (s) return s;
     *loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     return LMC_OK;
 }

@@ -8,6 +8,7 @@
  * one-process adapter checkpoints. */
 #include "train/trainer_ep.h"
 #include "train/trainer_internal.h"
+#include "train/trainer_step.h"
 #include "train/checkpoint.h"
 #include "train/lora_train.h"
 #include "core/core.h"
@@ -201,59 +202,24 @@ lmc_status lmc_trainer_ep_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     st->loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     st->tokens = per * o->accum * world;
     if ((s = lmc_ep_tmodel_grad_norm(tm, &e->g, &st->grad_norm, err))) return s;
-    double inv = 1.0;
-    if (o->next_batch) {
-        inv = 1.0 / (sc[1] > 0 ? sc[1] : 1);
-        st->grad_norm *= inv;
-    }
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    if (!isfinite(st->grad_norm)) { /* the same on every rank */
-        st->skipped = true;
-        tr->step++;
-        return LMC_OK;
-    }
-    int64_t t0 = tm->trainable_off;
-    for (int i = 0; i < tm->n_params; i++) {
-        const struct lmc_tparam *p = &tm->params[i];
-        if (p->frozen || p->external) continue;
-        struct lmc_adamw_step as;
-        lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
-                            grad_scale, &as);
-        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0), tr->v + (p->off - t0),
-                  p->numel, &as);
-    }
-    be->sync(be->ctx);
-    tr->step++;
+    lmc_trainer_apply_update(tr, st, sc[1]); /* AdamW on what this rank holds (its experts, the replicas) */
     return LMC_OK;
 }
 
+static lmc_status eval_micro(struct lmc_trainer *tr, double *loss_sum, int64_t *count, lmc_err *err) {
+    lmc_status s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, loss_sum, count, err);
+    return s ? s : lmc_ep_group_check(&tr->ep->g, err);
+}
+
 lmc_status lmc_trainer_ep_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {
-    struct lmc_trainer_ep *e = tr->ep;
-    struct lmc_comm *c = e->c;
+    struct lmc_comm *c = tr->ep->c;
     *loss = NAN;
     if (!tr->val_data || tr->o.eval_batches <= 0) return LMC_OK;
-    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
-    if (s) return s;
-    tr->acts.segs = NULL;
-    tr->acts.n_segs = 0;
     tr->acts.moe_dp = c; /* each group of N micro-batches is one global micro-batch (N x B rows) */
-    int world = c->world;
-    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * world))) * world;
-    double sc[2] = {0, 0};
-    for (int64_t k = 0; k < nb; k++) {
-        lmc_loader_next(&tr->val, tr->batch);
-        if (k % world != c->rank) continue;
-        lmc_trainer_split_batch(tr);
-        double ls;
-        int64_t n;
-        s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, &ls, &n, err);
-        if (!s) s = lmc_ep_group_check(&e->g, err);
-        if (s) return s;
-        sc[0] += ls;
-        sc[1] += (double)n;
-    }
-    if ((s = c->all_reduce(c, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
+    double sc[2];
+    lmc_status s = lmc_trainer_eval_sums(tr, c->world, c->world, c->rank, eval_micro, sc, err);
+    if (!s) s = c->all_reduce(c, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    if (s) return s;
     *loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     return LMC_OK;
 }

@@ -1303,6 +1303,7 @@ static void moe_case(const std::vector<int64_t> &off, int64_t N, int64_t K, enum
     }
 }
 
+#include "harness_qfolder.cc" /* quantized model folders end to end (qmm e2e, MoE quantized experts) */
 #include "harness_moe.cc" /* test_moe_route, test_moe_e2e: MoE routing ops and models, clamp */
 #include "harness_qmm.cc" /* test_qmm: the quantized matmul kernels */
 #include "harness_rl.cc" /* test_rl: lmc rl's GRPO / PPO step through the CUDA table */

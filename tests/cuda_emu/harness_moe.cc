@@ -185,45 +185,18 @@ static void moe_paged(const char *mn) {
  * 12-token prompt and a decode step: the GEMV path, test_qmm_e2e's
  * tolerance). */
 static void moe_quant() {
-    const char *lmc = getenv("LMC_EMU_LMC");
-    if (!lmc) {
-        printf("  moe quantized experts: skipped (LMC_EMU_LMC unset)\n");
-        return;
-    }
-    char tmpl[] = "/tmp/lmc-moeq-XXXXXX";
-    const char *tmp = mkdtemp(tmpl);
-    LMC_ASSERT(tmp != nullptr);
-    struct { const char *model, *args; } cases[] = {
-        {"mixtral-tiny", "--method rtn --bits 8 --group -1 --asym"},
-        {"qwen2moe-tiny", "--method rtn --bits 4 --group 32"},
-    };
-    lmc_backend_cuda_set_fp32_attention(&gpu, true);
-    int ci = 0;
-    for (auto &c : cases) {
-        std::string src = std::string(fixtures()) + "/" + c.model, q = std::string(tmp) + "/q" + std::to_string(ci),
-                    d = std::string(tmp) + "/d" + std::to_string(ci);
-        ci++;
-        std::string cmd = std::string(lmc) + " quantize -m " + src + " -o " + q + " " + c.args + " >/dev/null 2>&1 && " +
-                          lmc + " convert -m " + q + " -o " + d + " --dtype f32 >/dev/null 2>&1";
-        if (system(cmd.c_str()) != 0) {
-            printf("FAIL moe quantized experts: %s\n", cmd.c_str());
-            n_fail++;
-            continue;
-        }
-        std::vector<int32_t> ids(12);
-        for (auto &i : ids) i = irand(512);
-        std::vector<float> ca, cn, ga, gn;
-        if (!forward_logits(&cpu, d.c_str(), LMC_WDTYPE_F32, ids, ca, cn) ||
-            !forward_logits(&gpu, q.c_str(), LMC_WDTYPE_F32, ids, ga, gn))
-            continue;
-        double e1 = rel(ga, ca), e2 = rel(gn, cn);
-        printf("  %s %s: prompt logits %.2e, decode logits %.2e\n", c.model, c.args, e1, e2);
-        check("moe quantized experts prompt logits", e1, 3e-3, "%s %s", c.model, c.args);
-        check("moe quantized experts decode logits", e2, 3e-3, "%s %s", c.model, c.args);
-    }
-    lmc_backend_cuda_set_fp32_attention(&gpu, false);
-    std::string rm = std::string("rm -rf ") + tmp;
-    if (system(rm.c_str()) != 0) printf("  (could not remove %s)\n", tmp);
+    qfolder_cases("moe quantized experts",
+                  {{"mixtral-tiny", "--method rtn --bits 8 --group -1 --asym"},
+                   {"qwen2moe-tiny", "--method rtn --bits 4 --group 32"}},
+                  [](const qfolder_case &c, const std::string &q, const std::string &d) {
+                      std::vector<int32_t> ids(12);
+                      for (auto &i : ids) i = irand(512);
+                      double e1, e2;
+                      if (!qfolder_logits(q, d, ids, e1, e2)) return;
+                      printf("  %s %s: prompt logits %.2e, decode logits %.2e\n", c.model, c.args, e1, e2);
+                      check("moe quantized experts prompt logits", e1, 3e-3, "%s %s", c.model, c.args);
+                      check("moe quantized experts decode logits", e2, 3e-3, "%s %s", c.model, c.args);
+                  });
 }
 
 /* LoRA on the experts in training (lmc finetune --lora-targets w1,w2,w3 on

@@ -159,48 +159,23 @@ static void test_qmm() {
  * checks fused c_attn views, llama-tiny's NF4 a linear (K = 176) left
  * dequantized beside quantized ones. */
 static void test_qmm_e2e() {
-    const char *lmc = getenv("LMC_EMU_LMC");
-    if (!lmc) {
-        printf("  qmm e2e: skipped (LMC_EMU_LMC unset)\n");
-        return;
-    }
-    char tmpl[] = "/tmp/lmc-qmm-XXXXXX";
-    const char *tmp = mkdtemp(tmpl);
-    LMC_ASSERT(tmp != nullptr);
-    struct { const char *model, *args; } cases[] = {
-        {"llama-tiny", "--method rtn --bits 4 --group 32"},
-        {"llama-tiny", "--method nf4"},
-        {"gpt2-tiny", "--method rtn --bits 4 --group 32 --sym"},
-        {"qwen2-tiny", "--method rtn --bits 8 --group -1 --asym"},
-    };
-    lmc_backend_cuda_set_fp32_attention(&gpu, true);
-    int ci = 0;
-    for (auto &c : cases) {
-        std::string src = std::string(fixtures()) + "/" + c.model, q = std::string(tmp) + "/q" + std::to_string(ci),
-                    d = std::string(tmp) + "/d" + std::to_string(ci);
-        ci++;
-        std::string cmd = std::string(lmc) + " quantize -m " + src + " -o " + q + " " + c.args + " >/dev/null 2>&1 && " +
-                          lmc + " convert -m " + q + " -o " + d + " --dtype f32 >/dev/null 2>&1";
-        if (system(cmd.c_str()) != 0) {
-            printf("FAIL qmm e2e: %s\n", cmd.c_str());
-            n_fail++;
-            continue;
-        }
-        for (int n : {12, 20}) {
-            std::vector<int32_t> ids((size_t)n);
-            for (auto &i : ids) i = irand(512);
-            std::vector<float> ca, cn, ga, gn;
-            if (!forward_logits(&cpu, d.c_str(), LMC_WDTYPE_F32, ids, ca, cn) ||
-                !forward_logits(&gpu, q.c_str(), LMC_WDTYPE_F32, ids, ga, gn))
-                continue;
-            double e1 = rel(ga, ca), e2 = rel(gn, cn);
-            printf("  %s %s: %d-token prompt logits %.2e, decode logits %.2e\n", c.model, c.args, n, e1, e2);
-            check(n > LMC_CUDA_Q_GEMV_MAX_M ? "qmm e2e prompt logits (tiles)" : "qmm e2e prompt logits (gemv)", e1,
-                  n > LMC_CUDA_Q_GEMV_MAX_M ? 3e-2 : 3e-3, "%s %s", c.model, c.args);
-            check("qmm e2e decode logits (gemv)", e2, 3e-3, "%s %s", c.model, c.args);
-        }
-    }
-    lmc_backend_cuda_set_fp32_attention(&gpu, false);
-    std::string rm = std::string("rm -rf ") + tmp;
-    if (system(rm.c_str()) != 0) printf("  (could not remove %s)\n", tmp);
+    qfolder_cases("qmm e2e",
+                  {{"llama-tiny", "--method rtn --bits 4 --group 32"},
+                   {"llama-tiny", "--method nf4"},
+                   {"gpt2-tiny", "--method rtn --bits 4 --group 32 --sym"},
+                   {"qwen2-tiny", "--method rtn --bits 8 --group -1 --asym"}},
+                  [](const qfolder_case &c, const std::string &q, const std::string &d) {
+                      for (int n : {12, 20}) {
+                          std::vector<int32_t> ids((size_t)n);
+                          for (auto &i : ids) i = irand(512);
+                          double e1, e2;
+                          if (!qfolder_logits(q, d, ids, e1, e2)) continue;
+                          printf("  %s %s: %d-token prompt logits %.2e, decode logits %.2e\n", c.model, c.args, n, e1,
+                                 e2);
+                          check(n > LMC_CUDA_Q_GEMV_MAX_M ? "qmm e2e prompt logits (tiles)"
+                                                          : "qmm e2e prompt logits (gemv)",
+                                e1, n > LMC_CUDA_Q_GEMV_MAX_M ? 3e-2 : 3e-3, "%s %s", c.model, c.args);
+                          check("qmm e2e decode logits (gemv)", e2, 3e-3, "%s %s", c.model, c.args);
+                      }
+                  });
 }

@@ -1,0 +1,65 @@
+/* trainer_step.c — the end of a trainer step (scale, clipping, schedule,
+ * the optimizer update) and the validation loop that the one-process,
+ * context-parallel and expert-parallel trainers share (see trainer_step.h).
+ * The arithmetic is each caller's own, in its order: runs compare bit for
+ * bit across the trainers. */
+#include "train/trainer_step.h"
+#include "train/trainer_internal.h"
+#include "core/core.h"
+
+#include <math.h>
+
+void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st, double count) {
+    struct lmc_tmodel *tm = &tr->tm;
+    const struct lmc_backend *be = tr->be;
+    const struct lmc_train_opts *o = &tr->o;
+    double inv = 1.0;
+    if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
+        inv = 1.0 / (count > 0 ? count : 1);
+        st->grad_norm *= inv;
+    }
+    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
+    st->lr = lmc_schedule_lr(&o->sched, tr->step);
+    if (!isfinite(st->grad_norm)) { /* the same on every rank */
+        st->skipped = true;
+        tr->step++;
+        return;
+    }
+    if (tr->have_opt) {
+        lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
+    } else {
+        int64_t t0 = tm->trainable_off;
+        for (int i = 0; i < tm->n_params; i++) {
+            const struct lmc_tparam *p = &tm->params[i];
+            if (p->frozen || p->external) continue; /* external tensors are frozen too: not in the arenas */
+            struct lmc_adamw_step as;
+            lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
+                                grad_scale, &as);
+            be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0), tr->v + (p->off - t0),
+                      p->numel, &as);
+        }
+    }
+    be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
+    tr->step++;
+}
+
+lmc_status lmc_trainer_eval_sums(struct lmc_trainer *tr, int64_t groups, int64_t share, int64_t me,
+                                 lmc_trainer_eval_fn fn, double sc[2], lmc_err *err) {
+    sc[0] = sc[1] = 0;
+    lmc_status s = lmc_loader_seek(&tr->val, 0, 0, err);
+    if (s) return s;
+    tr->acts.segs = NULL; /* validation windows are whole rows */
+    tr->acts.n_segs = 0;
+    int64_t nb = LMC_MIN(tr->o.eval_batches, LMC_MAX(1, tr->val.n_windows / (tr->o.B * groups))) * groups;
+    for (int64_t k = 0; k < nb; k++) {
+        lmc_loader_next(&tr->val, tr->batch);
+        if (k % share != me) continue;
+        lmc_trainer_split_batch(tr);
+        double ls;
+        int64_t n;
+        if ((s = fn(tr, &ls, &n, err))) return s;
+        sc[0] += ls;
+        sc[1] += (double)n;
+    }
+    return LMC_OK;
+}

@@ -1,0 +1,31 @@
+/* trainer_step.h — what the one-process, context-parallel and
+ * expert-parallel trainers share (trainer.c, trainer_cp.c, trainer_ep.c):
+ * the end of a step (the mean's scale, clipping, the learning rate, the
+ * optimizer update) and the validation loop. Not part of the trainer's API. */
+#ifndef LMC_TRAIN_TRAINER_STEP_H
+#define LMC_TRAIN_TRAINER_STEP_H
+
+#include "train/trainer.h"
+
+/* After the step's gradient is summed and st->grad_norm holds its global
+ * norm: with a batch source the norm and the update are scaled to the mean
+ * over `count` counted targets (0 counts as 1); then the clip scale, st->lr
+ * from the schedule at tr->step, and, when the norm is finite, the update
+ * (tr->opt when tr->have_opt, else AdamW on every trainable tensor the
+ * arenas hold, with the trainer's moments tr->m / tr->v) and a backend
+ * sync; st->skipped when it is not. Advances tr->step either way. */
+void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st, double count);
+
+/* One validation micro-batch, already in tr->in / tr->tg (B, T), through
+ * the model without gradients: its loss sum and counted targets. */
+typedef lmc_status (*lmc_trainer_eval_fn)(struct lmc_trainer *tr, double *loss_sum, int64_t *count, lmc_err *err);
+
+/* The validation windows one process with batch groups x B reads (at most
+ * eval_batches x groups micro-batches, at least groups), from the first:
+ * micro-batch k goes through fn when k % share == me, its sums added into
+ * sc[0] (losses) and sc[1] (targets), which start at 0. The caller checks
+ * tr->val_data and eval_batches first, and adds the sums over its ranks. */
+lmc_status lmc_trainer_eval_sums(struct lmc_trainer *tr, int64_t groups, int64_t share, int64_t me,
+                                 lmc_trainer_eval_fn fn, double sc[2], lmc_err *err);
+
+#endif
