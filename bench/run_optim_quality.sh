@@ -21,6 +21,7 @@
 # env: LMC=build/lmc THREADS=2 JOBS=1 STEPS=930 BATCH=16 LR=1.5e-3 WARMUP=30 EVAL_EVERY=50
 #      EVAL_BATCHES=8 RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
 #      (also adamw8bit-emb8: 8-bit AdamW with the embedding's moments in 8 bits too)
+#      TRAIN_ARGS (extra lmc train flags, e.g. "--device cuda --dtype bf16")
 #      WORK=/tmp/lmc-optim-quality KEEP_CKPT=0 (1 keeps each run's final checkpoint)
 #      SKIP_TRAIN=1: no training, only the table and the SVG from the runs already in WORK
 #      (e.g. after running subsets of KINDS in several invocations with the same settings);
@@ -29,6 +30,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-2}; JOBS=${JOBS:-1}; STEPS=${STEPS:-930}; BATCH=${BATCH:-16}
 LR=${LR:-1.5e-3}; WARMUP=${WARMUP:-30}; EVAL_EVERY=${EVAL_EVERY:-50}; EVAL_BATCHES=${EVAL_BATCHES:-8}
+TRAIN_ARGS=${TRAIN_ARGS:-} # e.g. "--device cuda --dtype bf16" (bench/gpu_optim_quality.sh)
 RANK=${RANK:-72}; GAP=${GAP:-200}; SEED=${SEED:-1234}; KEEP_CKPT=${KEEP_CKPT:-0}
 KINDS=${KINDS:-adamw muon galore apollo apollo-mini adamw8bit}
 WORK=${WORK:-/tmp/lmc-optim-quality}; SVG=${1:-$WORK/val-loss.svg}
@@ -52,11 +54,13 @@ run_one() { # KIND: trains, then writes WORK/KIND.wall and WORK/KIND.rss (peak R
   rm -rf "${WORK:?}/$k"
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  /usr/bin/time -f "%M" -o "$WORK/$k.rss" "$LMC" train --data "$WORK/data" -o "$WORK/$k" --arch llama --layers 8 \
+  local timer=(/usr/bin/time -f "%M" -o "$WORK/$k.rss")
+  [ -x /usr/bin/time ] || { timer=(); echo 0 >"$WORK/$k.rss"; }
+  "${timer[@]}" "$LMC" train --data "$WORK/data" -o "$WORK/$k" --arch llama --layers 8 \
       --hidden 288 --heads 6 --kv-heads 6 --intermediate 768 --max-pos 256 --tie --vocab 8192 --batch "$BATCH" \
       --seq $SEQ --steps "$STEPS" --lr "$LR" --min-lr "$MINLR" --warmup "$WARMUP" --schedule cosine \
       --eval-every "$EVAL_EVERY" --eval-batches "$EVAL_BATCHES" --save-every 0 --threads "$THREADS" --seed "$SEED" \
-      ${EXTRA[$k]} 2>"$WORK/$k.log"
+      ${EXTRA[$k]} $TRAIN_ARGS 2>"$WORK/$k.log"
   rc=$?
   t1=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f\n", b - a}' >"$WORK/$k.wall"
