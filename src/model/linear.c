@@ -9,7 +9,8 @@
 
 static void check_any(const struct lmc_linear *L) {
     LMC_ASSERT(L->n_adapters >= 0);
-    LMC_ASSERT(L->split == LMC_SPLIT_NONE || (L->tp && L->n_adapters == 0));
+    /* adapters over a split base are split with it (dist/tp.h): A (r, in) and B (out, r) of the shard */
+    LMC_ASSERT(L->split == LMC_SPLIT_NONE || L->tp);
     for (int j = 0; j < L->n_adapters; j++) {
         const struct lmc_adapter *A = &L->adapters[j];
         int64_t r = A->a.rows;
@@ -206,6 +207,7 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
     if (L->split == LMC_SPLIT_ROW) {
         float *part = y == res ? tmp : y;
         be->matmul(be->ctx, part, x, M, &L->w, tp_bias(L));
+        adapters_fwd(be, L, part, x, M); /* a row-split adapter's partial product joins the base's */
         tp_sum(L, part, n);
         be->add(be->ctx, y, res, part, n);
         return;
