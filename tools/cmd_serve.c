@@ -399,7 +399,8 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (tp > 1 && ad.n) {
-        fprintf(stderr, "lmc serve: --tp does not combine with --lora adapters yet\n");
+        fprintf(stderr, "lmc serve: --tp does not combine with named --lora NAME=DIR adapters (per request) yet; "
+                        "--lora DIR (every request) does\n");
         return 2;
     }
     if (tp > 1 && (sc.spec || kv_fmt)) {

@@ -34,6 +34,34 @@ static int64_t cut_floats(const struct lmc_linear *L, struct cut k) {
     return w + b;
 }
 
+/* The adapters of full linear L for shard D (lora_tp.h's rule): over a
+ * column-split base A is shared whole and B viewed at the shard's rows; over
+ * a row-split one A's columns are copied to p (host memory) and B shared.
+ * Returns p past what it used. */
+static float *shard_adapters(struct lmc_tp_model *t, const struct lmc_linear *L, struct lmc_linear *D, struct cut k,
+                             float *p) {
+    if (!L->n_adapters) return p;
+    struct lmc_adapter *ad = t->adapters + t->n_adapters;
+    for (int j = 0; j < L->n_adapters; j++) {
+        struct lmc_adapter a = L->adapters[j];
+        int64_t r = a.a.rows;
+        LMC_ASSERT(a.a.dtype == LMC_DTYPE_F32 && a.b.dtype == LMC_DTYPE_F32 && a.b.cols == r);
+        if (k.split == LMC_SPLIT_COLUMN) {
+            a.b.data = (const float *)a.b.data + k.a0 * r;
+            a.b.rows = k.n;
+        } else {
+            lmc_tp_take_cols(p, a.a.data, r, a.a.cols, k.a0, k.n);
+            a.a.data = p;
+            a.a.cols = k.n;
+            p += r * k.n;
+        }
+        ad[j] = a;
+    }
+    D->adapters = ad;
+    t->n_adapters += L->n_adapters;
+    return p;
+}
+
 /* The embedding and head rows of this rank (t->m already the shard). */
 static lmc_status shard_vocab(struct lmc_tp_model *t, const struct lmc_model *full, struct lmc_comm *c,
                               lmc_err *err) {
@@ -79,7 +107,7 @@ lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_mod
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s layers do not split yet", full->arch->mixer->name);
     lmc_status st = lmc_tp_plan_heads(fc->num_heads, fc->num_kv_heads, c->world, c->rank, &t->heads, err);
     if (st) return st;
-    int64_t i0, ni, hd = fc->head_dim, total = 0;
+    int64_t i0, ni, hd = fc->head_dim, total = 0, n_ad = 0;
     lmc_dist_slice(fc->intermediate_size, c->rank, c->world, &i0, &ni);
     if (ni == 0)
         return lmc_err_set(err, LMC_ERR_ARG, "tensor parallel: intermediate_size %lld does not split in %d",
@@ -91,11 +119,19 @@ lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_mod
             if (L->w.dtype != LMC_DTYPE_F32 || L->format != LMC_WFMT_DENSE)
                 return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: layer %lld weights are %s; load with float32 weights",
                                    (long long)l, lmc_dtype_name(L->w.dtype));
-            total += cut_floats(L, cut_of(s, &t->heads, hd, i0, ni));
+            struct cut k = cut_of(s, &t->heads, hd, i0, ni);
+            total += cut_floats(L, k);
+            if (L->n_slots)
+                return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: per-request adapters (an adapter bank) "
+                                   "do not split yet; give --lora adapters applied to every request");
+            for (int j = 0; j < L->n_adapters; j++) /* a row-split linear's A is cut by columns */
+                total += k.split == LMC_SPLIT_ROW ? L->adapters[j].a.rows * k.n : 0;
+            n_ad += L->n_adapters;
         }
     t->layers = calloc((size_t)(fc->num_layers > 0 ? fc->num_layers : 1), sizeof *t->layers);
     t->arena = malloc(sizeof(float) * (size_t)(total + 1));
-    if (!t->layers || !t->arena) {
+    t->adapters = calloc((size_t)n_ad + 1, sizeof *t->adapters);
+    if (!t->layers || !t->arena || !t->adapters) {
         lmc_tp_model_free(t);
         return lmc_err_set(err, LMC_ERR_OOM, "tensor parallel: out of memory for %lld floats", (long long)total);
     }
@@ -129,6 +165,7 @@ lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_mod
                     D->bias = p, p += rows;
                 }
             }
+            p = shard_adapters(t, L, D, k, p);
         }
     }
     t->group.c = c;
@@ -149,6 +186,7 @@ lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_mod
 void lmc_tp_model_free(struct lmc_tp_model *t) {
     free(t->layers);
     free(t->arena);
+    free(t->adapters);
     free(t->varena);
     memset(t, 0, sizeof *t);
 }

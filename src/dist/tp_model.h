@@ -18,7 +18,10 @@ struct lmc_tp_model {
     struct lmc_tp_group group;       /* linears point here: do not move the struct */
     struct lmc_tp_heads heads;
     struct lmc_block_w *layers;
-    float *arena;                    /* the sharded weights */
+    float *arena;                    /* the sharded weights (and row-split adapters' A columns) */
+    struct lmc_adapter *adapters;    /* the linears' adapters cut as their base (A whole / B's rows over a
+                                      * column split, A's columns / B whole over a row split) */
+    int n_adapters;
     struct lmc_wvocab wv;            /* vocabulary-parallel embedding/head (m.w.vocab) */
     float *varena;                   /* their rows (NULL: replicated) */
 };
