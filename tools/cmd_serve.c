@@ -412,7 +412,6 @@ int cmd_serve(int argc, char **argv) {
                 tp_vocab ? "--tp-vocab" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
         return 2;
     }
-    if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
     if (cli_open(&cm, &c, ep <= 1 && !pp)) return 1;
     /* A request's tokens must not depend on what shares its batch (seeded

@@ -159,14 +159,14 @@ static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, 
         check(L);
         be->matmul(be->ctx, y, x, M, &L->w, tp_bias(L));
     } else {
-        LMC_ASSERT(L->q != NULL && L->split == LMC_SPLIT_NONE);
+        LMC_ASSERT(L->q != NULL && (L->split == LMC_SPLIT_NONE || !L->qfloat)); /* a split base: inference */
         check_any(L);
         if (L->qfloat) {
             LMC_ASSERT(be->qmatmul_f != NULL);
             be->qmatmul_f(be->ctx, y, x, M, L->q, L->bias);
         } else {
             LMC_ASSERT(be->qmatmul != NULL);
-            be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+            be->qmatmul(be->ctx, y, x, M, L->q, tp_bias(L));
         }
     }
     adapters_fwd(be, L, y, x, M); /* LoRA over a quantized or observed base too */
