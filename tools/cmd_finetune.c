@@ -289,12 +289,13 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (tp > 1 && !full && (qlora || dropout > 0 || tp_vocab || zero > 0 || cp > 1 || pp > 1 ||
                             ocfg.kind != LMC_OPTIM_ADAMW)) {
-        /* QLoRA: the quantized base is repacked for the kernels at load (lmc_qweight), whose layout is not cut by
-         * rows or groups yet; dropout: the masks are drawn over the whole input of each linear */
+        /* QLoRA: the trainer's quantized base (external tensors, lmc_qlora) is not cut for a rank yet (the
+         * inference shard cuts the same lmc_qweight formats: dist/tp_quant.h); dropout: the masks are drawn over
+         * the whole input of each linear */
         fprintf(stderr, "lmc finetune: LoRA with --tp runs AdamW over a float32 base with the vocabulary replicated, "
-                        "--zero 0, no --cp/--pp (not with %s yet)\n",
-                qlora ? "--qlora: the quantized base is repacked for its kernels at load and that layout does not "
-                        "shard by rows or groups" : dropout > 0 ? "--lora-dropout: the masks are drawn over a linear's "
+                        "--zero 0, no --cp/--pp so far (refused: %s)\n",
+                qlora ? "--qlora: the trainer's quantized base (tensors kept outside its arenas) is not cut for a "
+                        "rank yet; inference cuts the same formats by rows and whole groups" : dropout > 0 ? "--lora-dropout: the masks are drawn over a linear's "
                         "whole input" : tp_vocab ? "--tp-vocab" : zero > 0 ? "--zero" : cp > 1 ? "--cp" : pp > 1 ? "--pp"
                         : "another --optim");
         return 2;
