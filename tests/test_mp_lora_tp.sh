@@ -9,8 +9,10 @@
 # adapter's greedy tokens; `lmc generate --lora --tp 2` gives the
 # one-process tokens; a TP 2 run resumed from its step-4 checkpoint writes
 # the uninterrupted adapter bit for bit, one process resumes that checkpoint
-# and TP 2 resumes a one-process one (the one-process figures); --qlora and
-# --lora-dropout with --tp are refused with their reasons. Ranks from
+# and TP 2 resumes a one-process one (the one-process figures); QLoRA (NF4,
+# int4) at TP 2 on a 1-layer hidden-512 llama gives the one-process losses
+# and adapter, and refuses a base whose cuts fall inside its blocks;
+# --lora-dropout with --tp is refused with its reason. Ranks from
 # torchrun-style variables (tcp, a port from the OS), as test_mp_finetune.
 # Usage: test_mp_lora_tp.sh PATH/TO/lmc
 set -u
@@ -109,8 +111,47 @@ sys.exit(0 if len(ids["one"]) == 12 and ids["one"] == ids["tpad"] == ids["tp.o0"
 PY
   ok $? "generate $M: the TP adapter and --lora --tp 2 give the one-process tokens (and the adapter matters)"
 done
-"$LMC" finetune -m $L --data "$TMP/d.jsonl" --tp 2 --qlora nf4 -o "$TMP/x" 2>"$TMP/err"
-[ $? = 2 ] && grep -q "quantized base .* is not cut for a rank yet" "$TMP/err"; ok $? "--qlora --tp refused: $(cat "$TMP/err")"
+# QLoRA under --tp: the quantized base cut by rows / whole blocks (dist/tp_quant.h) on a model whose row-parallel
+# shards are whole NF4 blocks and int4 groups of 64 (1 layer, hidden 512, 8 / 4 heads, MLP 1024, trained 2 steps)
+for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
+for i in $(seq 1 23); do
+  echo "{\"prompt\":\"line $i:\",\"completion\":\" the quick brown fox jumps $((i % 5)) over the lazy dog $i\"}"
+done >"$TMP/d2.jsonl"
+"$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
+"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" &&
+"$LMC" train --data "$TMP/data" --arch llama --layers 1 --hidden 512 --heads 8 --kv-heads 4 --intermediate 1024 \
+  --seq 16 --batch 2 --steps 2 --lr 3e-3 --threads 1 -o "$TMP/big" 2>"$TMP/err"
+ok $? "the QLoRA model: $(tail -2 "$TMP/err")"
+C="--data $TMP/d2.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 6 --clip 0.5 --lora-r 4"
+for k in nf4 int4; do
+  ft 1 ql1$k "$TMP/big/step_000002" --batch 2 --accum 2 --qlora $k; ok $? "qlora $k one process: $(tail -n 2 "$TMP/ql1$k.r0")"
+  ft 2 ql2$k "$TMP/big/step_000002" --batch 2 --accum 2 --qlora $k --tp 2; ok $? "qlora $k tp 2: $(tail -n 3 "$TMP"/ql2$k.r*)"
+  grep -q "QLoRA base: 7 linears" "$TMP/ql2$k.r0"; ok $? "qlora $k tp 2 start-up: $(grep QLoRA "$TMP/ql2$k.r0")"
+done
+python3 - "$TMP" <<'PY'
+import json, struct, sys
+tmp = sys.argv[1]
+def rows(p): return [json.loads(l)["loss"] for l in open(p)]
+def tensors(d):
+    b = open(f"{d}/adapter_model.safetensors", "rb").read()
+    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n
+    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
+                             b[base + v["data_offsets"][0]:base + v["data_offsets"][1]]) for k, v in h.items() if k != "__metadata__"}
+bad = 0
+for k in ("nf4", "int4"):
+    r, ref = rows(f"{tmp}/ql2{k}.metrics.jsonl"), rows(f"{tmp}/ql1{k}.metrics.jsonl")
+    p, q = tensors(f"{tmp}/ql2{k}"), tensors(f"{tmp}/ql1{k}")
+    worst = max(abs(a - b) / abs(b) for a, b in zip(r, ref))
+    norm = (sum((x - y) ** 2 for t in q for x, y in zip(p[t], q[t])) / sum(y * y for t in q for y in q[t])) ** 0.5
+    print(f"qlora {k} tp 2: losses max rel {worst:.2e}, adapter |diff| / |w| {norm:.2e}")
+    bad += not (len(r) == 6 == len(ref) and sorted(p) == sorted(q) and worst <= 1e-6 and norm <= 1e-5)
+sys.exit(bad)
+PY
+ok $? "QLoRA nf4 and int4 at tp 2 equal one process"
+# llama-tiny's o_proj has 64 input columns: 32 a rank are not whole NF4 blocks of 64
+ranks 2 qlbad finetune -m $L --data "$TMP/d.jsonl" --tp 2 --qlora nf4 -o "$TMP/x"
+[ $? != 0 ] && grep -q "o_proj.weight: the rank's input columns \[0, 32) are not whole blocks of 64" "$TMP/qlbad.r0"
+ok $? "--qlora --tp 2 with cuts inside blocks refused: $(tail -n 2 "$TMP/qlbad.r0")"
 "$LMC" finetune -m $L --data "$TMP/d.jsonl" --tp 2 --lora-dropout 0.1 -o "$TMP/x" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "dropout" "$TMP/err"; ok $? "--lora-dropout --tp refused: $(cat "$TMP/err")"
 echo "test_mp_lora_tp: $pass passed, $fail failed"

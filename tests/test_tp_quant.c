@@ -1,6 +1,7 @@
 /* test_tp_quant.c — quantized weights cut for tensor-parallel ranks
  * (dist/tp_quant.h) without dequantizing: GGUF Q8_0, Q4_0, Q4_K, integer
- * groups (rtn 4-bit g64, 8-bit g32) and NF4 on a (37, 512) weight. A row
+ * groups (rtn 4-bit g64, 8-bit g32) and NF4 (per row, and over the
+ * flattened weight as QLoRA quantizes it) on a (37, 512) weight. A row
  * cut dequantizes to the full weight's rows bit for bit, and each column
  * cut of T = 2 and 4 ranks to its columns bit for bit (Q4_K at T = 4, 128
  * columns of 256-blocks, refused); the row-parallel
@@ -139,6 +140,30 @@ int main(void) {
     CHECK(lmc_qweight_init_nf4(&q, &nf, N, K, &err) == LMC_OK);
     check_cuts(&c, &q, "NF4", 64, &rng);
     lmc_qweight_free(&q);
+    /* NF4 over the flattened weight (QLoRA's quantization at load): rows of whole blocks cut as per-row NF4 */
+    CHECK(lmc_qweight_init_nf4_flat(&q, &nf, N, K, &err) == LMC_OK);
+    float *a = malloc(sizeof(float) * N * K), *e = malloc(sizeof(float) * N * K);
+    struct lmc_qweight d;
+    CHECK(lmc_tp_qweight_cut(&d, &q, true, K / 2, K / 2, "flat NF4", &err) == LMC_OK && !d.nf4_flat);
+    lmc_qweight_dequant_rows(&q, 0, N, a);
+    lmc_qweight_dequant_rows(&d, 0, N, e);
+    bool eq = true;
+    for (int i = 0; i < N; i++) eq &= !memcmp(e + i * (K / 2), a + i * K + K / 2, sizeof(float) * (K / 2));
+    CHECK_MSG(eq, "flat NF4: the column cut dequantizes to other values");
+    lmc_qweight_free(&d);
+    CHECK(lmc_tp_qweight_cut(&d, &q, false, 3, 7, "flat NF4 rows", &err) == LMC_OK);
+    lmc_qweight_dequant_rows(&d, 0, 7, e);
+    CHECK(!memcmp(e, a + 3 * K, sizeof(float) * 7 * K));
+    lmc_qweight_free(&d);
+    lmc_qweight_free(&q);
+    free(a), free(e);
+    /* a flattened weight whose rows cross blocks (k = 96) does not split */
+    struct lmc_nf4 nf2;
+    CHECK(lmc_nf4_quantize(w, 5 * 96, &nf2, &err) == LMC_OK);
+    CHECK(lmc_qweight_init_nf4_flat(&q, &nf2, 5, 96, &err) == LMC_OK);
+    CHECK(lmc_tp_qweight_cut(&d, &q, false, 0, 2, "k96", &err) == LMC_ERR_UNSUPPORTED && strstr(err.msg, "flattened"));
+    lmc_qweight_free(&q);
+    lmc_nf4_free(&nf2);
     lmc_nf4_free(&nf);
     free(w);
     return test_finish("test_tp_quant");

@@ -24,6 +24,7 @@
 #include "train/checkpoint.h"
 #include "train/trainer_tp.h"
 #include "train/lora_tp.h"
+#include "train/qlora_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
 #include "train/trainer_ep.h"
@@ -287,15 +288,12 @@ int cmd_finetune(int argc, char **argv) {
                         "--zero 1-3)\n");
         return 2;
     }
-    if (tp > 1 && !full && (qlora || dropout > 0 || tp_vocab || zero > 0 || cp > 1 || pp > 1 ||
+    if (tp > 1 && !full && (dropout > 0 || tp_vocab || zero > 0 || cp > 1 || pp > 1 ||
                             ocfg.kind != LMC_OPTIM_ADAMW)) {
-        /* QLoRA: the trainer's quantized base (external tensors, lmc_qlora) is not cut for a rank yet (the
-         * inference shard cuts the same lmc_qweight formats: dist/tp_quant.h); dropout: the masks are drawn over
-         * the whole input of each linear */
+        /* dropout: the masks are drawn over the whole input of each linear */
         fprintf(stderr, "lmc finetune: LoRA with --tp runs AdamW over a float32 base with the vocabulary replicated, "
                         "--zero 0, no --cp/--pp so far (refused: %s)\n",
-                qlora ? "--qlora: the trainer's quantized base (tensors kept outside its arenas) is not cut for a "
-                        "rank yet; inference cuts the same formats by rows and whole groups" : dropout > 0 ? "--lora-dropout: the masks are drawn over a linear's "
+                dropout > 0 ? "--lora-dropout: the masks are drawn over a linear's "
                         "whole input" : tp_vocab ? "--tp-vocab" : zero > 0 ? "--zero" : cp > 1 ? "--cp" : pp > 1 ? "--pp"
                         : "another --optim");
         return 2;
@@ -315,6 +313,7 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_lora lo_tp = {0};              /* --tp: this rank's slices of lo (lora_tp.h) */
     struct lmc_lora_train lt = {0};
     struct lmc_qlora ql = {0};
+    struct lmc_qlora_tp qtp = {0}; /* --qlora --tp: this rank's cuts of the quantized base */
     struct lmc_trainer tr;
     struct src src;
     memset(&src, 0, sizeof src);
@@ -432,7 +431,8 @@ int cmd_finetune(int argc, char **argv) {
         full_tm = tm;
         have_full = true;
         have_tm = false;
-        lmc_status ts = lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
+        lmc_status ts = qlora ? lmc_qlora_tp_shard(&tm, &tps, &qtp, &full_tm, have_tpc ? &tpc : &comm, &be, &err)
+                              : lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
         if (!resume || ts) {
             lmc_tmodel_free(&full_tm);
             have_full = false;
@@ -770,6 +770,7 @@ done:
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_lt) lmc_lora_train_free(&lt);
+    lmc_qlora_tp_free(&qtp); /* after the model that points into them */
     lmc_qlora_free(&ql); /* after the model that points into it */
     lmc_trainer_ep_lora_local_free(&lo_local); /* its modules' buffers are lo's */
     lmc_lora_free(&lo);

@@ -90,9 +90,20 @@ lmc_status lmc_tp_qweight_cut(struct lmc_qweight *d, const struct lmc_qweight *w
     d->owned = NULL, d->data = NULL, d->gblk = NULL, d->scale = NULL, d->zero = NULL, d->perm = NULL, d->absmax = NULL;
     /* the float absmax serves the CPU kernels; the compact double-quantized form is a device's */
     d->dq_code = NULL, d->dq_absmax2 = d->dq_nested = NULL, d->dq_owned = NULL, d->dq_b0 = d->dq_bs2 = d->dq_n2 = 0;
-    if (w->nf4_flat)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s is NF4 over the flattened weight (rows not "
-                           "whole blocks of 64), which does not split", what);
+    struct lmc_qweight rows; /* NF4 over the flattened weight whose rows are whole blocks: the same blocks per row */
+    if (w->nf4_flat) {
+        if (w->k % 64 || w->flat_off % 64 || !w->absmax)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s is NF4 over the flattened weight with "
+                               "rows that are not whole blocks of 64, which does not split", what);
+        rows = *w;
+        rows.nf4_flat = false;
+        rows.flat_off = 0;
+        rows.row_bytes = w->k / 2;
+        rows.data = w->data + w->flat_off / 2;
+        rows.absmax = w->absmax + w->flat_off / 64;
+        w = &rows;
+        d->nf4_flat = false, d->flat_off = 0, d->row_bytes = rows.row_bytes;
+    }
     lmc_status s = cols ? cut_cols(d, w, a0, n, what, err) : cut_rows(d, w, a0, n, err);
     if (s) lmc_qweight_free(d);
     return s;

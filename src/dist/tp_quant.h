@@ -3,12 +3,13 @@
  * column-parallel linear (every kernel), or by input columns for a
  * row-parallel one, in whole blocks of the format (GGUF blocks of 32/256,
  * integer groups of GPTQ/AWQ/rtn that start and end at the cut, NF4 blocks
- * of 64). A cut whose columns do not fall on block or group boundaries, a
- * weight in act-order (its columns permuted) or NF4 over the flattened
- * weight is refused with the reason. The activations are quantized in
- * blocks of 32 from the cut's first column (a multiple of 32), so each
- * rank's partial sums are the one-process block products in another
- * order of addition. */
+ * of 64; NF4 over the flattened weight, as QLoRA quantizes at load, when
+ * its rows are whole blocks). A cut whose columns do not fall on block or
+ * group boundaries, a weight in act-order (its columns permuted) or
+ * flattened NF4 with rows across blocks is refused with the reason. The
+ * activations are quantized in blocks of 32 from the cut's first column (a
+ * multiple of 32), so each rank's partial sums are the one-process block
+ * products in another order of addition. */
 #ifndef LMC_TP_QUANT_H
 #define LMC_TP_QUANT_H
 
