@@ -8,7 +8,9 @@
  * llama, replicated otherwise). The same with the vocabulary-parallel
  * embedding and head (lmc_tp_model_shard_vocab: a rank holds its rows of
  * the tables, the lookup all-reduced, the logits all-gathered; qwen2's tied
- * head shares the embedding's shard). Unsplittable layouts are refused. */
+ * head shares the embedding's shard). BF16 weights shard as BF16 and
+ * give the one-process BF16 logits (1e-5) and tokens at TP 2 and 4.
+ * Unsplittable layouts are refused. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "model_greedy.h"
@@ -51,6 +53,9 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
         if (!(num / den <= 1e-5)) bad = 1, fprintf(stderr, "rank %d: logits rel err %.3g\n", rank, num / den);
         if (memcmp(toks, r->toks, sizeof toks)) bad = 1, fprintf(stderr, "rank %d: greedy tokens differ\n", rank);
         if (t.m.cfg.num_heads * c->world != r->m->cfg.num_heads) bad = 1;
+        for (int s = 0; s < LMC_L_N; s++) /* the shard keeps the weights' dtype */
+            if (r->m->w.layers[0].lin[s].w.data && t.m.w.layers[0].lin[s].w.dtype != r->m->w.layers[0].lin[s].w.dtype)
+                bad = 1, fprintf(stderr, "rank %d: linear %d's shard changed dtype\n", rank, s);
         if (r->vocab && (!t.m.w.vocab || t.m.w.tok_emb.rows >= V || t.m.w.head.w.rows != t.m.w.tok_emb.rows ||
                          (r->m->w.head.w.data == r->m->w.tok_emb.data) != (t.m.w.head.w.data == t.m.w.tok_emb.data)))
             bad = 1, fprintf(stderr, "rank %d: vocabulary shard %lld of %lld rows\n", rank,
@@ -98,15 +103,27 @@ int main(void) {
         free(r.logits);
         lmc_model_free(&m);
     }
-    /* bf16 weights are refused, naming the dtype */
-    struct lmc_model m;
-    struct lmc_model_opts o = {LMC_WDTYPE_BF16, &be};
-    if (lmc_model_load(&m, fx[0], &o, &err) == LMC_OK) {
-        struct lmc_comm one;
-        lmc_comm_single_init(&one);
-        struct lmc_tp_model t;
-        CHECK(lmc_tp_model_shard(&t, &m, &one, &err) == LMC_ERR_UNSUPPORTED && strstr(err.msg, "BF16"));
-        one.free(&one);
+    /* bf16 weights shard as they are (no float32 copy): the one-process bf16 model's logits within 1e-5 */
+    for (int f = 0; f < 2; f++) {
+        struct lmc_model m;
+        struct lmc_model_opts o = {LMC_WDTYPE_BF16, &be};
+        if (lmc_model_load(&m, fx[f], &o, &err)) {
+            CHECK_MSG(0, "%s", err.msg);
+            continue;
+        }
+        CHECK(m.w.layers[0].lin[LMC_L_O].w.dtype == LMC_DTYPE_BF16);
+        struct ref r = {&m, malloc(sizeof(float) * (size_t)(NP * m.cfg.vocab_size)), {0}, false};
+        CHECK(model_greedy_run(&m, &be, NP, NGEN, r.logits, r.toks, &err) == LMC_OK);
+        for (int T = 2; T <= 4; T += 2) {
+            struct spawn_opts so = {.world = T};
+            int codes[16] = {0}, bad = 0;
+            spawn(&so, run_rank, &r, dir, codes);
+            for (int k = 0; k < T; k++)
+                if (codes[k])
+                    bad = 1, fprintf(stderr, "%s bf16 TP %d rank %d exit %d: %s", fx[f], T, k, codes[k], slurp(dir, k));
+            CHECK_MSG(!bad, "%s bf16 at TP %d", fx[f], T);
+        }
+        free(r.logits);
         lmc_model_free(&m);
     }
     char cmd[600];

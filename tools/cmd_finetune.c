@@ -23,6 +23,8 @@
 #include "train/trainer.h"
 #include "train/checkpoint.h"
 #include "train/trainer_tp.h"
+#include "train/lora_tp.h"
+#include "train/qlora_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
 #include "train/trainer_ep.h"
@@ -64,9 +66,10 @@ static void usage(void) {
             "             --zero 1|2|3: AdamW's moments, + gradients, + parameters sharded (the adapters', or with\n"
             "             --full the model's; checkpoints: each rank's shard in OUT.ckpt/zero); --device cuda:\n"
             "             one GPU per rank (LOCAL_RANK) over NCCL, --zero 0-3 with AdamW (the rest: CPU)\n"
-            "             --tp T (with --full): tensor parallel over groups of T ranks (any --optim, float32,\n"
-            "             the Llama family); OUT is the consolidated model; --tp-vocab: the embedding\n"
-            "             and head split by vocabulary rows too\n"
+            "             --tp T: tensor parallel over groups of T ranks (the Llama family); --full: any --optim,\n"
+            "             float32, OUT the consolidated model; --tp-vocab: the embedding and head split by\n"
+            "             vocabulary rows too; LoRA/QLoRA: AdamW, the adapters split with the base, OUT the\n"
+            "             one-process adapter\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
             "             micro-batches (AdamW, no --pack; each stage holds only its layers); --pp-chunks V:\n"
@@ -289,8 +292,14 @@ int cmd_finetune(int argc, char **argv) {
                         "--zero 1-3)\n");
         return 2;
     }
-    if (tp > 1 && !full) {
-        fprintf(stderr, "lmc finetune: --tp trains all weights (--full); adapters over a sharded base do not split yet\n");
+    if (tp > 1 && !full && (dropout > 0 || tp_vocab || zero > 0 || cp > 1 || pp > 1 ||
+                            ocfg.kind != LMC_OPTIM_ADAMW)) {
+        /* dropout: the masks are drawn over the whole input of each linear */
+        fprintf(stderr, "lmc finetune: LoRA with --tp runs AdamW over a float32 base with the vocabulary replicated, "
+                        "--zero 0, no --cp/--pp so far (refused: %s)\n",
+                dropout > 0 ? "--lora-dropout: the masks are drawn over a linear's "
+                        "whole input" : tp_vocab ? "--tp-vocab" : zero > 0 ? "--zero" : cp > 1 ? "--cp" : pp > 1 ? "--pp"
+                        : "another --optim");
         return 2;
     }
     if (cc.n_lora) {
@@ -305,8 +314,10 @@ int cmd_finetune(int argc, char **argv) {
     struct lmc_backend be;
     struct lmc_tmodel tm;
     struct lmc_lora lo = {0}, lo_local = {0}; /* --ep: lo_local holds the modules this rank adapts */
+    struct lmc_lora lo_tp = {0};              /* --tp: this rank's slices of lo (lora_tp.h) */
     struct lmc_lora_train lt = {0};
     struct lmc_qlora ql = {0};
+    struct lmc_qlora_tp qtp = {0}; /* --qlora --tp: this rank's cuts of the quantized base */
     struct lmc_trainer tr;
     struct src src;
     memset(&src, 0, sizeof src);
@@ -424,7 +435,8 @@ int cmd_finetune(int argc, char **argv) {
         full_tm = tm;
         have_full = true;
         have_tm = false;
-        lmc_status ts = lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
+        lmc_status ts = qlora ? lmc_qlora_tp_shard(&tm, &tps, &qtp, &full_tm, have_tpc ? &tpc : &comm, &be, &err)
+                              : lmc_trainer_tp_shard(&tm, &tps, &full_tm, have_tpc ? &tpc : &comm, tp_vocab, &be, &err);
         if (!resume || ts) {
             lmc_tmodel_free(&full_tm);
             have_full = false;
@@ -469,20 +481,26 @@ int cmd_finetune(int argc, char **argv) {
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
         snprintf(lc.base_model, sizeof lc.base_model, "%s", cc.model_dir);
-        lmc_status ls = resume ? lmc_lora_load(&lo, resume, &tm.cfg, &err)
+        const struct lmc_config *fcfg = tps ? &tps->full : &tm.cfg; /* --tp: the adapter of the whole model */
+        lmc_status ls = resume ? lmc_lora_load(&lo, resume, fcfg, &err)
                                : lmc_lora_parse_targets(&lc, targets, &err) ||
-                                         lmc_lora_create(&lo, &lc, &tm.cfg, (uint64_t)seed, &err);
+                                         lmc_lora_create(&lo, &lc, fcfg, (uint64_t)seed, &err);
+        if (!ls && tps && lo.cfg.dropout > 0)
+            ls = lmc_err_set(&err, LMC_ERR_UNSUPPORTED, "%s: LoRA dropout with --tp (the masks are drawn over a "
+                             "linear's whole input)", resume ? resume : "the adapter");
+        if (!ls && tps) ls = lmc_lora_tp_cut(&lo_tp, &lo, fcfg, tps->c->world, tps->c->rank, &err);
         if (resume) { /* the checkpoint's adapter settings hold */
             r = lo.cfg.r;
             rslora = lo.cfg.rslora;
             snprintf(lo.cfg.base_model, sizeof lo.cfg.base_model, "%s", cc.model_dir);
         }
         if (ls || (ep > 1 ? lmc_trainer_ep_lora_attach(eps_state, &lt, &tm, &lo, &lo_local, &err)
-                          : lmc_lora_train_attach(&lt, &tm, &lo, &err))) {
+                          : lmc_lora_train_attach(&lt, &tm, tps ? &lo_tp : &lo, &err))) {
             cli_fail("finetune", &err);
             goto done;
         }
         have_lt = true;
+        if (tps) lmc_tp_tmodel_mark(&tm, &tps->g); /* the attach rebound the views: the splits again */
         if (lo.cfg.dropout > 0) {
             src.lt = &lt;
             src.seed = (uint64_t)seed;
@@ -522,7 +540,7 @@ int cmd_finetune(int argc, char **argv) {
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
                  "seed %lld, ep %lld, zero %lld, data %.300s (%lld examples), resume %.300s, pp chunks %lld", tr.tm.cfg.model_type,
                  (long long)(whole_numel ? whole_numel : tr.tm.numel),
-                 tp > 1 ? (tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
+                 tp > 1 ? (!full ? "lora tp" : tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
                  (long long)seed, (long long)ep, (long long)zero, data, (long long)d.n_ex, resume ? resume : "-", (long long)pp_chunks);
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
@@ -550,8 +568,9 @@ int cmd_finetune(int argc, char **argv) {
     if (resume) {
         int64_t ep = 0, nx = 0;
         /* --full: the checkpoint holds the whole model and optimizer (tensor parallel: cut like the weights) */
-        lmc_status ls = !full ? (tr.ep ? lmc_trainer_ep_lora_load_state(&tr, &lo, resume, &ep, &nx, &err)
-                                       : lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err))
+        lmc_status ls = !full ? (tr.ep   ? lmc_trainer_ep_lora_load_state(&tr, &lo, resume, &ep, &nx, &err)
+                                 : tr.tp ? lmc_lora_tp_ckpt_load_state(&tr, &lo_tp, &lo, resume, &ep, &nx, &err)
+                                         : lmc_lora_ckpt_load_state(&tr, resume, &ep, &nx, &err))
                         : tr.ep ? lmc_trainer_ep_load_state(&tr, &full_tm, resume, &err)
                         : tr.tp ? lmc_trainer_tp_load_state(&tr, &full_tm, resume, &err)
                                 : lmc_ckpt_load_state(&tr, resume, &err);
@@ -662,7 +681,12 @@ int cmd_finetune(int argc, char **argv) {
                 goto done;
             }
         }
-        if (save && tr.tp && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
+        if (save && tr.tp && !full && /* every rank: the adapter and its moments gathered, rank 0 writes */
+            lmc_lora_tp_ckpt_save(&tr, &lt, &lo_tp, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, root, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
+        if (save && tr.tp && full && !root && lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err); /* the other ranks send their shards to rank 0 */
             goto done;
         }
@@ -682,7 +706,7 @@ int cmd_finetune(int argc, char **argv) {
             if (full ? (tr.tp   ? lmc_trainer_tp_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
                         : tr.ep ? lmc_trainer_ep_save(&tr, ck, cc.model_dir, cc.model_dir, &err)
                                 : lmc_ckpt_save(&tr, ck, cc.model_dir, cc.model_dir, &err))
-                     : !tr.ep && lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
+                     : !tr.ep && !tr.tp && lmc_lora_ckpt_save(&tr, &lt, &lo, ck, cc.model_dir, src.b.epoch, src.b.next, &err)) {
                 cli_fail("finetune", &err);
                 goto done;
             }
@@ -706,7 +730,11 @@ int cmd_finetune(int argc, char **argv) {
         cli_fail("finetune", &err);
         goto done;
     }
-    if (tr.tp || (tr.ep && full)) { /* the shards / experts gathered to rank 0, which writes the consolidated model */
+    if (tr.tp && !full && lmc_lora_tp_read(&tr, &lt, &lo_tp, &lo, &err)) { /* the one-process adapter, gathered */
+        cli_fail("finetune", &err);
+        goto done;
+    }
+    if ((tr.tp && full) || (tr.ep && full)) { /* the shards / experts gathered to rank 0, which writes the consolidated model */
         if (tr.tp ? lmc_trainer_tp_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)
                   : lmc_trainer_ep_save(&tr, tmp, cc.model_dir, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
@@ -728,8 +756,8 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     if (!full) {
-        if ((!tr.ep && lmc_lora_train_read(&lt, &tr.tm, &lo, &err)) ||
-            lmc_lora_save(&lo, out, &tr.tm.cfg, cc.model_dir, &err)) {
+        if ((!tr.ep && !tr.tp && lmc_lora_train_read(&lt, &tr.tm, &lo, &err)) ||
+            lmc_lora_save(&lo, out, tr.tp ? &tr.tp->full : &tr.tm.cfg, cc.model_dir, &err)) {
             cli_fail("finetune", &err);
             goto done;
         }
@@ -753,9 +781,11 @@ done:
     if (have_tr) lmc_trainer_free(&tr);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_lt) lmc_lora_train_free(&lt);
+    lmc_qlora_tp_free(&qtp); /* after the model that points into them */
     lmc_qlora_free(&ql); /* after the model that points into it */
     lmc_trainer_ep_lora_local_free(&lo_local); /* its modules' buffers are lo's */
     lmc_lora_free(&lo);
+    lmc_lora_free(&lo_tp);
     if (have_be) cli_train_backend_free(&be);
     lmc_sft_free(&d);
     lmc_sft_free(&vd);

@@ -304,7 +304,6 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     struct cli_model cm;
-    if (a.tp > 1 && a.c.wdtype == LMC_WDTYPE_AUTO) a.c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     if (a.tp_vocab && a.tp < 2) {
         fprintf(stderr, "lmc generate: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;

@@ -399,7 +399,8 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (tp > 1 && ad.n) {
-        fprintf(stderr, "lmc serve: --tp does not combine with --lora adapters yet\n");
+        fprintf(stderr, "lmc serve: --tp does not combine with named --lora NAME=DIR adapters (per request) yet; "
+                        "--lora DIR (every request) does\n");
         return 2;
     }
     if (tp > 1 && (sc.spec || kv_fmt)) {
@@ -411,7 +412,6 @@ int cmd_serve(int argc, char **argv) {
                 tp_vocab ? "--tp-vocab" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
         return 2;
     }
-    if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
     if (cli_open(&cm, &c, ep <= 1 && !pp)) return 1;
     /* A request's tokens must not depend on what shares its batch (seeded

@@ -18,12 +18,19 @@ struct lmc_tp_model {
     struct lmc_tp_group group;       /* linears point here: do not move the struct */
     struct lmc_tp_heads heads;
     struct lmc_block_w *layers;
-    float *arena;                    /* the sharded weights */
+    void *arena;                     /* the sharded dense weights in their dtype, f32 biases, row-split
+                                      * adapters' A columns (64-byte aligned pieces) */
+    struct lmc_qweight *qw;          /* the quantized weights' cuts (tp_quant.h), n_qw of them */
+    int n_qw;
+    struct lmc_adapter *adapters;    /* the linears' adapters cut as their base (A whole / B's rows over a
+                                      * column split, A's columns / B whole over a row split) */
+    int n_adapters;
     struct lmc_wvocab wv;            /* vocabulary-parallel embedding/head (m.w.vocab) */
     float *varena;                   /* their rows (NULL: replicated) */
 };
 
-/* Shards `full` (host memory, F32 linears: load with LMC_WDTYPE_F32) for
+/* Shards `full` (host memory; dense F32/F16/BF16 linears, or quantized ones
+ * cut by rows / whole blocks of columns: tp_quant.h) for
  * rank c->rank of c->world. Refused with a message naming the field when
  * heads, KV heads or the layout do not split. `full` must outlive t. */
 lmc_status lmc_tp_model_shard(struct lmc_tp_model *t, const struct lmc_model *full,

@@ -10,6 +10,20 @@
 void lmc_tp_tensor_cut(const char *name, const struct lmc_tp_heads *h, int64_t hd, int64_t i0,
                        int64_t ni, int *dim, int64_t *a0, int64_t *n) {
     *dim = -1, *a0 = 0, *n = 0;
+    bool la = strstr(name, ".lora_A.") != NULL, lb = strstr(name, ".lora_B.") != NULL;
+    if (la || lb) { /* a LoRA adapter (PEFT name): split with its base, the other factor replicated */
+        int64_t c0, cn;
+        bool col = true;
+        if (strstr(name, ".q_proj.")) c0 = h->q0 * hd, cn = h->nq * hd;
+        else if (strstr(name, ".k_proj.") || strstr(name, ".v_proj.")) c0 = h->kv0 * hd, cn = h->nkv * hd;
+        else if (strstr(name, ".gate_proj.") || strstr(name, ".up_proj.")) c0 = i0, cn = ni;
+        else if (strstr(name, ".o_proj.")) c0 = h->q0 * hd, cn = h->nq * hd, col = false;
+        else if (strstr(name, ".down_proj.")) c0 = i0, cn = ni, col = false;
+        else return;
+        if (col && lb) *dim = 0, *a0 = c0, *n = cn;       /* B (out, r): the base's output rows */
+        else if (!col && la) *dim = 1, *a0 = c0, *n = cn; /* A (r, in): the base's input columns */
+        return;
+    }
     if (h->vocab && (strstr(name, "embed_tokens.") || strstr(name, "lm_head.")))
         *dim = 0, *a0 = h->v0, *n = h->nv;
     else if (strstr(name, ".q_proj.")) *dim = 0, *a0 = h->q0 * hd, *n = h->nq * hd;
@@ -96,18 +110,22 @@ lmc_status lmc_tp_tmodel_shard_vocab(struct lmc_tmodel *tm, struct lmc_tp_group 
         *vocab = (struct lmc_tvocab){g, heads->v0, fc->vocab_size};
         tm->vocab = vocab;
     }
+    lmc_tp_tmodel_mark(tm, g);
+    return LMC_OK;
+}
+
+void lmc_tp_tmodel_mark(struct lmc_tmodel *tm, struct lmc_tp_group *g) {
     static const enum lmc_split split[LMC_L_N] = {
         [LMC_L_Q] = LMC_SPLIT_COLUMN, [LMC_L_K] = LMC_SPLIT_COLUMN, [LMC_L_V] = LMC_SPLIT_COLUMN,
         [LMC_L_O] = LMC_SPLIT_ROW, [LMC_L_GATE] = LMC_SPLIT_COLUMN, [LMC_L_UP] = LMC_SPLIT_COLUMN,
         [LMC_L_DOWN] = LMC_SPLIT_ROW};
-    for (int64_t l = 0; l < lc.num_layers; l++)
+    for (int64_t l = 0; l < tm->cfg.num_layers; l++)
         for (int s = 0; s < LMC_L_N; s++) {
             struct lmc_linear *L = &tm->W.layers[l].lin[s];
             if (!L->w.data) continue;
             L->split = split[s];
             L->tp = g;
         }
-    return LMC_OK;
 }
 
 lmc_status lmc_tp_tmodel_sum_replicated(struct lmc_tmodel *tm, const struct lmc_tp_group *g,
@@ -119,11 +137,41 @@ lmc_status lmc_tp_tmodel_sum_replicated(struct lmc_tmodel *tm, const struct lmc_
     for (int i = 0; !st && i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
         if (!strstr(p->name, ".k_proj.") && !strstr(p->name, ".v_proj.")) continue;
+        /* a frozen base has no gradient; an adapter's A of k/v is replicated over the whole group
+         * (lmc_tp_lora_reduce sums it), its B is a KV head's rows like the weight's */
+        if (p->frozen || strstr(p->name, ".lora_A.")) continue;
         float *buf = malloc(sizeof(float) * (size_t)p->numel);
         if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor parallel: out of memory");
-        st = lmc_tmodel_download_param(tm, tm->g, i, buf, err);
+        float *gp = lmc_tmodel_grad(tm, p);
+        if (p->transposed) st = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s is stored transposed", p->name);
+        if (!st) tm->be->download(tm->be->ctx, buf, gp, sizeof(float) * (size_t)p->numel);
         if (!st) st = lmc_tp_sum_replicated(&tp, heads, full_n_kv, buf, p->numel, err);
-        if (!st) st = lmc_tmodel_upload_param(tm, tm->g, i, buf, err);
+        if (!st) tm->be->upload(tm->be->ctx, gp, buf, sizeof(float) * (size_t)p->numel);
+        tm->be->sync(tm->be->ctx);
+        free(buf);
+    }
+    return st;
+}
+
+lmc_status lmc_tp_lora_reduce(struct lmc_tmodel *tm, const struct lmc_tp_group *g, const struct lmc_tp_heads *heads,
+                              lmc_err *err) {
+    struct lmc_comm *c = g->c;
+    if (c->world == 1) return LMC_OK;
+    lmc_status st = LMC_OK;
+    for (int i = 0; !st && i < tm->n_params; i++) {
+        const struct lmc_tparam *p = &tm->params[i];
+        if (p->frozen || (!strstr(p->name, ".lora_A.") && !strstr(p->name, ".lora_B."))) continue;
+        int dim;
+        int64_t a0, n;
+        lmc_tp_tensor_cut(p->name, heads, tm->cfg.head_dim, 0, 0, &dim, &a0, &n);
+        if (dim >= 0) continue; /* this rank's slice: its gradient is whole */
+        float *buf = malloc(sizeof(float) * (size_t)p->numel);
+        if (!buf) return lmc_err_set(err, LMC_ERR_OOM, "tensor parallel: out of memory");
+        float *gp = lmc_tmodel_grad(tm, p); /* adapters are stored as used (never transposed) */
+        tm->be->download(tm->be->ctx, buf, gp, sizeof(float) * (size_t)p->numel);
+        st = c->all_reduce(c, buf, p->numel, LMC_DTYPE_F32, LMC_REDUCE_SUM, err);
+        if (!st) tm->be->upload(tm->be->ctx, gp, buf, sizeof(float) * (size_t)p->numel);
+        tm->be->sync(tm->be->ctx);
         free(buf);
     }
     return st;

@@ -9,7 +9,8 @@
 
 static void check_any(const struct lmc_linear *L) {
     LMC_ASSERT(L->n_adapters >= 0);
-    LMC_ASSERT(L->split == LMC_SPLIT_NONE || (L->tp && L->n_adapters == 0));
+    /* adapters over a split base are split with it (dist/tp.h): A (r, in) and B (out, r) of the shard */
+    LMC_ASSERT(L->split == LMC_SPLIT_NONE || L->tp);
     for (int j = 0; j < L->n_adapters; j++) {
         const struct lmc_adapter *A = &L->adapters[j];
         int64_t r = A->a.rows;
@@ -158,14 +159,14 @@ static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, 
         check(L);
         be->matmul(be->ctx, y, x, M, &L->w, tp_bias(L));
     } else {
-        LMC_ASSERT(L->q != NULL && L->split == LMC_SPLIT_NONE);
+        LMC_ASSERT(L->q != NULL);
         check_any(L);
         if (L->qfloat) {
             LMC_ASSERT(be->qmatmul_f != NULL);
-            be->qmatmul_f(be->ctx, y, x, M, L->q, L->bias);
+            be->qmatmul_f(be->ctx, y, x, M, L->q, tp_bias(L));
         } else {
             LMC_ASSERT(be->qmatmul != NULL);
-            be->qmatmul(be->ctx, y, x, M, L->q, L->bias);
+            be->qmatmul(be->ctx, y, x, M, L->q, tp_bias(L));
         }
     }
     adapters_fwd(be, L, y, x, M); /* LoRA over a quantized or observed base too */
@@ -206,6 +207,7 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
     if (L->split == LMC_SPLIT_ROW) {
         float *part = y == res ? tmp : y;
         be->matmul(be->ctx, part, x, M, &L->w, tp_bias(L));
+        adapters_fwd(be, L, part, x, M); /* a row-split adapter's partial product joins the base's */
         tp_sum(L, part, n);
         be->add(be->ctx, y, res, part, n);
         return;
@@ -255,7 +257,7 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
     if (any_quant(k, L)) { /* a frozen quantized base (QLoRA): dx through the float tiles */
         for (int i = 0; i < k; i++) {
             check_any(L[i]);
-            LMC_ASSERT(L[i]->split == LMC_SPLIT_NONE && !L[i]->observe);
+            LMC_ASSERT(L[i]->split == L[0]->split && !L[i]->observe);
             bool acc = accum_dx || i > 0;
             if (L[i]->format == LMC_WFMT_QUANT) {
                 LMC_ASSERT(L[i]->qfloat && be->qmatmul_f_bwd && (!D[i] || (!D[i]->w.data && !D[i]->bias)));
@@ -265,6 +267,10 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
                                dy[i], x, M, &L[i]->w, acc);
             }
             adapters_bwd(be, L[i], D[i], dx, dy[i], x, M);
+        }
+        if (L[0]->split == LMC_SPLIT_COLUMN && dx) { /* a split QLoRA base: dx's partial sums over the group */
+            LMC_ASSERT(!accum_dx);
+            tp_sum(L[0], dx, M * L[0]->w.cols);
         }
         return;
     }

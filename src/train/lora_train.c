@@ -244,6 +244,20 @@ static lmc_status write_text_atomic(const char *path, const char *text, lmc_err 
     return LMC_OK;
 }
 
+static lmc_status write_state(const struct lmc_trainer *tr, int64_t n, const char *dir, int64_t epoch, int64_t next,
+                              lmc_err *err);
+
+lmc_status lmc_lora_ckpt_write_adamw(const struct lmc_trainer *tr, const float *m, const float *v, int64_t n,
+                                     const char *dir, int64_t epoch, int64_t next, lmc_err *err) {
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    struct lmc_st_write_tensor t[2] = {{"adamw.m", LMC_DTYPE_F32, 1, {n}, m}, {"adamw.v", LMC_DTYPE_F32, 1, {n}, v}};
+    lmc_status s = lmc_st_write(tmp, t, 2, NULL, 0, err);
+    if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    return s ? s : write_state(tr, n, dir, epoch, next, err);
+}
+
 lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt, struct lmc_lora *lo,
                               const char *dir, const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err) {
     const struct lmc_tmodel *tm = &tr->tm;
@@ -271,7 +285,13 @@ lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lor
     }
     if (!s && rename(tmp, path) != 0) s = lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     if (s) return s;
-    char state[512], zs[96] = "";
+    return write_state(tr, n, dir, epoch, next, err);
+}
+
+/* trainer_state.json, written last (n trainable floats; world: the trainer's data-parallel ranks) */
+static lmc_status write_state(const struct lmc_trainer *tr, int64_t n, const char *dir, int64_t epoch, int64_t next,
+                              lmc_err *err) {
+    char path[4200], state[512], zs[96] = "";
     if (tr->zero) snprintf(zs, sizeof zs, ", \"zero\": {\"stage\": %d, \"world\": %d}", tr->zero_stage, tr->comm->world);
     snprintf(state, sizeof state,
              "{\"step\": %lld, \"batch\": %lld, \"seq_len\": %lld, \"accum\": %lld, \"epoch\": %lld, "
@@ -289,6 +309,12 @@ static int64_t jint(const cJSON *o, const char *k) {
 
 lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
                                     lmc_err *err) {
+    return lmc_lora_ckpt_load_state_cut(tr, dir, tr->tm.numel - tr->tm.trainable_off, NULL, NULL, epoch, next, err);
+}
+
+lmc_status lmc_lora_ckpt_load_state_cut(struct lmc_trainer *tr, const char *dir, int64_t want,
+                                        void (*cut)(void *user, float *local, const float *whole), void *user,
+                                        int64_t *epoch, int64_t *next, lmc_err *err) {
     char path[4200], *text;
     size_t len;
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
@@ -301,7 +327,7 @@ lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int
     *epoch = jint(o, "epoch");
     *next = jint(o, "example");
     cJSON_Delete(o);
-    int64_t want = tr->tm.numel - tr->tm.trainable_off, w = tr->comm ? tr->comm->world : 1;
+    int64_t w = tr->comm ? tr->comm->world : 1;
     if (step < 0 || *epoch < 0 || *next < 0 || n < 0 || sw < 1)
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected step, epoch, example, trainable and world >= 1", path);
     /* the batches of B examples per step (accumulation x ranks) must be the same, not how they are split */
@@ -315,6 +341,10 @@ lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int
     if ((s = lmc_st_open_file(&st, path, err))) return s;
     const char *kind = lmc_st_meta_get(&st, "lmc.optimizer");
     bool sharded = kind && !strcmp(kind, "zero");
+    if (cut && (sharded || tr->zero || tr->have_opt || kind)) {
+        lmc_st_free(&st);
+        return lmc_err_set(err, LMC_ERR_ARG, "%s: a tensor-parallel adapter resumes AdamW state without ZeRO only", path);
+    }
     if (sharded || tr->zero) { /* ZeRO: each rank's shard of the adapter and its moments in DIR/../zero */
         char zdir[4200];
         if (!sharded || !tr->zero || tr->have_opt)
@@ -342,6 +372,23 @@ lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int
         lmc_st_free(&st);
         return lmc_err_set(err, LMC_ERR_FORMAT, "%s: expected F32 adamw.m and adamw.v of %lld floats", path,
                            (long long)want);
+    }
+    if (cut) { /* the whole adapter's moments cut to this rank's slices (host backend) */
+        int64_t local = tr->tm.numel - tr->tm.trainable_off;
+        float *mv = malloc(sizeof(float) * (size_t)(2 * local + 1));
+        if (!mv) {
+            lmc_st_free(&st);
+            return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
+        }
+        cut(user, mv, m->data);
+        cut(user, mv + local, v->data);
+        tr->be->upload(tr->be->ctx, tr->m, mv, (size_t)local * sizeof(float));
+        tr->be->upload(tr->be->ctx, tr->v, mv + local, (size_t)local * sizeof(float));
+        tr->be->sync(tr->be->ctx);
+        free(mv);
+        lmc_st_free(&st);
+        tr->step = step;
+        return LMC_OK;
     }
     tr->be->upload(tr->be->ctx, tr->m, m->data, (size_t)want * sizeof(float));
     tr->be->upload(tr->be->ctx, tr->v, v->data, (size_t)want * sizeof(float));

@@ -43,6 +43,18 @@ lmc_status lmc_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lor
  * returns the data position. Batch shape mismatch: LMC_ERR_ARG. */
 lmc_status lmc_lora_ckpt_load_state(struct lmc_trainer *tr, const char *dir, int64_t *epoch, int64_t *next,
                                     lmc_err *err);
+/* The PEFT folder's companions of an adapter checkpoint written from host
+ * moments m, v (n floats each, a trainable arena's layout): optimizer.
+ * safetensors (adamw.m, adamw.v) and trainer_state.json (tr's step, batch,
+ * data-parallel world). Tensor parallel: the gathered moments. */
+lmc_status lmc_lora_ckpt_write_adamw(const struct lmc_trainer *tr, const float *m, const float *v, int64_t n,
+                                     const char *dir, int64_t epoch, int64_t next, lmc_err *err);
+/* lmc_lora_ckpt_load_state with the checkpoint holding `want` trainable
+ * floats and, when cut is given, the AdamW moments of that layout cut into
+ * tr's (cut(user, local, whole); tensor parallel: this rank's slices). */
+lmc_status lmc_lora_ckpt_load_state_cut(struct lmc_trainer *tr, const char *dir, int64_t want,
+                                        void (*cut)(void *user, float *local, const float *whole), void *user,
+                                        int64_t *epoch, int64_t *next, lmc_err *err);
 /* LoRA dropout of every adapter: on (train, the adapter's lora_dropout,
  * masks drawn from seed: give each micro-batch its own) or off (evaluation).
  * attach leaves it on with seed 0. */

@@ -145,8 +145,9 @@ lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *
         if (tr->tm.params[i].transposed)
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp with --optim %s: %s is stored transposed",
                                lmc_optim_kind_name(tr->opt.cfg.kind), tr->tm.params[i].name);
-    if (tr->tm.trainable_off)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp: a frozen base (adapters) does not split yet (use --full)");
+    if (tr->tm.trainable_off && (tr->have_opt || t->zero || t->heads.vocab)) /* LoRA: lmc_tp_lora_reduce */
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp with adapters (LoRA) steps AdamW with --zero 0 and the "
+                           "vocabulary replicated (no --optim, --zero or --tp-vocab yet)");
     if (strcmp(tr->be->name, "cpu") || t->c->device_buffers)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor-parallel training runs on the CPU backend only for now "
                            "(backend %s)", tr->be->name);
@@ -190,6 +191,7 @@ static lmc_status global_norm(struct lmc_trainer *tr, double *norm, lmc_err *err
     double split = 0, rep = 0;
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
+        if (p->frozen) continue; /* a frozen base under adapters: no gradient */
         int dim;
         int64_t a0, n;
         lmc_tp_tensor_cut(p->name, &t->heads, t->full.head_dim, t->i0, t->ni, &dim, &a0, &n);
@@ -364,8 +366,9 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         if (!tr->cp && o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
     }
     if ((s = lmc_tp_tmodel_sum_replicated(tm, &t->g, &t->heads, t->full.num_kv_heads, err))) return s;
+    if (tm->trainable_off && (s = lmc_tp_lora_reduce(tm, &t->g, &t->heads, err))) return s; /* LoRA's replicated factors */
     if (t->zero && dw > 1) return zero_finish(tr, st, sums, err);
-    if (dw > 1 && ((s = tr->comm->all_reduce(tr->comm, tm->g, tm->numel, LMC_DTYPE_F32, LMC_REDUCE_SUM, err)) ||
+    if (dw > 1 && ((s = tr->comm->all_reduce(tr->comm, tm->g, tm->numel - tm->g_off, LMC_DTYPE_F32, LMC_REDUCE_SUM, err)) ||
                    (s = tr->comm->all_reduce(tr->comm, sums, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))))
         return s;
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
@@ -390,10 +393,12 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     }
     for (int i = 0; i < tm->n_params; i++) {
         const struct lmc_tparam *p = &tm->params[i];
+        if (p->frozen) continue; /* moments of the trainable part only (LoRA: past trainable_off) */
+        int64_t mo = p->off - tm->trainable_off;
         struct lmc_adamw_step as;
         lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
                             grad_scale, &as);
-        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + p->off, tr->v + p->off, p->numel, &as);
+        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + mo, tr->v + mo, p->numel, &as);
     }
     be->sync(be->ctx);
     return LMC_OK;

@@ -13,8 +13,9 @@
  * optimizer + trainer state), which any layout resumes. AdamW, or Muon
  * (each split matrix's parameter, gradient and momentum shards all-gathered
  * for the one-process Newton-Schulz step, each rank keeping its slices:
- * the momentum stays sharded); float32, host backend; the Llama family (GPT-2's fused c_attn, MoE and frozen bases
- * are refused). */
+ * the momentum stays sharded); float32, host backend; the Llama family (GPT-2's fused c_attn and MoE are
+ * refused). A frozen base with LoRA adapters (train/lora_tp.h) steps AdamW without ZeRO or --tp-vocab: the
+ * adapters' replicated factors' gradients are all-reduced over the group (lmc_tp_lora_reduce). */
 #ifndef LMC_TRAIN_TRAINER_TP_H
 #define LMC_TRAIN_TRAINER_TP_H
 
