@@ -1,7 +1,10 @@
 /* cli_mp.c — the model-parallel groups of a command run under a launcher
  * (--tp T, --cp C, --pp P): ranks [d T, (d+1) T) form model-parallel group
  * d, and the ranks with the same place in their group form a data-parallel
- * group; which of the flags is on, and the start-up line of --cp/--pp. */
+ * group; which of the flags is on, and the start-up line of --cp/--pp.
+ * --pp P with --cp C (no --tp): the CP groups are the C consecutive ranks
+ * (rank = (d P + stage) C + c), the trainer cuts the pipelines from the
+ * world (lmc_trainer_pp_attach_cp). */
 #include "cli.h"
 #include "dist/comm.h"
 #include "dist/ring_attn.h"
@@ -40,9 +43,9 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
     int on = (tp > 1) + (cp > 1) + (pp > 1);
     *n = 1;
     *flag = "--tp";
-    if (pp > 1 && cp > 1) {
-        fprintf(stderr, "lmc %s: --pp does not combine with --cp yet (--tp with --cp or with --pp does; each composes "
-                        "with data parallelism over the ranks left)\n", cmd);
+    if (pp > 1 && cp > 1 && tp > 1) {
+        fprintf(stderr, "lmc %s: --tp with --pp and --cp at once is not supported yet (--pp with --cp, --tp with --cp "
+                        "and --tp with --pp are; each composes with data parallelism over the ranks left)\n", cmd);
         return 2;
     }
     if (tp > 1 && (cp > 1 || pp > 1) && zero > 0) {
@@ -62,7 +65,14 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
 }
 
 void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum) {
-    if (cp > 1)
+    if (cp > 1 && pp > 1)
+        fprintf(stderr, "lmc %s: pipeline parallel %lld stages x context parallel %lld x data parallel %lld (%d ranks), "
+                        "global batch %lld x %lld x %lld micro-batches (1F1B, bubble (P-1)/(M+P-1) = %.3f); each rank "
+                        "holds %lld-token zigzag slices of the sequences\n", cmd, (long long)pp, (long long)cp,
+                (long long)(world / (pp * cp)), world, (long long)(B * (world / (pp * cp))), (long long)T,
+                (long long)accum, (double)(pp - 1) / (double)(accum + pp - 1),
+                (long long)lmc_ring_attn_zigzag(T, 0, (int)cp, NULL));
+    else if (cp > 1)
         fprintf(stderr, "lmc %s: context parallel %lld x data parallel %lld (%d ranks), global batch %lld x %lld x "
                         "%lld accum; each rank holds %lld-token zigzag slices of the sequences\n", cmd, (long long)cp,
                 (long long)(world / cp), world, (long long)(B * (world / cp)), (long long)T, (long long)accum,

@@ -35,7 +35,7 @@ void lmc_trainer_cp_free(struct lmc_trainer *tr) {
     tr->cp = NULL;
 }
 
-static lmc_status refuse(const struct lmc_trainer *tr, lmc_err *err) {
+lmc_status lmc_trainer_cp_refuse(const struct lmc_trainer *tr, lmc_err *err) {
     const struct lmc_config *c = &tr->tm.cfg;
     const char *why = NULL;
     if (c->num_experts > 0) why = "mixture-of-experts layers (the load-balancing loss needs whole sequences)";
@@ -52,7 +52,7 @@ static lmc_status refuse(const struct lmc_trainer *tr, lmc_err *err) {
 
 lmc_status lmc_trainer_cp_attach(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp,
                                  const char *desc, lmc_err *err) {
-    lmc_status s = refuse(tr, err);
+    lmc_status s = lmc_trainer_cp_refuse(tr, err);
     if (s) return s;
     if (cp->world < 1 || world->world % cp->world)
         return lmc_err_set(err, LMC_ERR_ARG, "--cp %d: the %d ranks are not a multiple of it", cp->world, world->world);
