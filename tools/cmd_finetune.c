@@ -540,9 +540,12 @@ int cmd_finetune(int argc, char **argv) {
         }
         if (tp > 1 && (cli_mp_attach_zero(&tr, have_dpc ? &dpc : NULL, (int)zero, desc, "finetune")))
             goto done;
-        if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+        if (tp > 1 && cp > 1 && pp > 1 &&
+            cli_mp_attach_ppcp(&tr, have_dpc ? &dpc : NULL, (int)pp, (int)cp, &cpc, &have_cpc, desc, "finetune"))
             goto done;
-        if (tp > 1 && pp > 1 &&
+        if (tp > 1 && cp > 1 && pp < 2 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+            goto done;
+        if (tp > 1 && pp > 1 && cp < 2 &&
             cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
             goto done;
     }

@@ -481,9 +481,12 @@ int cmd_train(int argc, char **argv) {
         }
         if (tp > 1 && (rc = cli_mp_attach_zero(&tr, dp_comm, (int)zero, desc, "train")))
             goto done;
-        if (tp > 1 && cp > 1 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
+        if (tp > 1 && cp > 1 && pp > 1 &&
+            (rc = cli_mp_attach_ppcp(&tr, dp_comm, (int)pp, (int)cp, &cpc, &have_cpc, desc, "train")))
             goto done;
-        if (tp > 1 && pp > 1 &&
+        if (tp > 1 && cp > 1 && pp < 2 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
+            goto done;
+        if (tp > 1 && pp > 1 && cp < 2 &&
             (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
             goto done;
     }

@@ -38,7 +38,9 @@ struct lmc_trainer_pp {
     /* context parallel under the pipeline (lmc_trainer_pp_attach_cp): the stage's blocks run ring
      * attention over cpc with the zigzag slices; the activations between stages are the slices */
     struct lmc_comm *cpc;         /* the ring (NULL: off) */
-    struct lmc_comm subs[2];      /* the pipeline group and the same-stage group made from the world */
+    struct lmc_comm subs[3];      /* the pipeline group, the same-stage group (C x D) and the data-parallel
+                                   * group of this stage and ring place (D) made from the world */
+    struct lmc_comm *dd;          /* subs[2] when D > 1 (the evaluation's data-parallel side with --tp) */
     int n_subs;
     struct lmc_cp_group g;
     int64_t n, *pos;              /* tokens of a sequence this rank holds, their global positions */
@@ -148,23 +150,22 @@ lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *wor
     if (s) return s;
     /* rank = (d P + stage) C + c: the pipeline is the P ranks of one (d, c), the same-stage group the C x D
      * ranks of one stage (their gradient sum is the one-process gradient of the stage's tensors) */
-    struct lmc_comm sub[2];
-    int stage = (world->rank / C) % P, d = world->rank / (C * P);
-    if ((s = lmc_comm_split(world, d * C + cp->rank, world->rank, &sub[0], err))) return s;
-    if ((s = lmc_comm_split(world, stage, world->rank, &sub[1], err))) {
-        sub[0].free(&sub[0]);
-        return s;
-    }
-    s = attach(tr, &sub[0], &sub[1], cp, V, desc, err);
+    struct lmc_comm sub[3];
+    int stage = (world->rank / C) % P, d = world->rank / (C * P), made = 0;
+    int colors[3] = {d * C + cp->rank, stage, stage * C + cp->rank};
+    for (; made < 3 && !s; made++)
+        if ((s = lmc_comm_split(world, colors[made], world->rank, &sub[made], err))) break;
+    if (!s) s = attach(tr, &sub[0], &sub[1], cp, V, desc, err);
     if (!tr->pp) { /* nothing took them */
-        sub[1].free(&sub[1]);
-        sub[0].free(&sub[0]);
+        while (made-- > 0) sub[made].free(&sub[made]);
         return s;
     }
     struct lmc_trainer_pp *p = tr->pp; /* the trainer's from here on, at a place that stays */
-    p->subs[0] = sub[0], p->subs[1] = sub[1], p->n_subs = 2;
+    for (int i = 0; i < made; i++) p->subs[i] = sub[i];
+    p->n_subs = made;
     p->c = &p->subs[0];
     if (p->dp) p->dp = &p->subs[1];
+    p->dd = made == 3 && p->subs[2].world > 1 ? &p->subs[2] : NULL;
     return s;
 }
 
@@ -212,8 +213,6 @@ static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc
     p->V = V;
     p->tied = -1;
     for (int i = 0; i < tr->tm.n_params; i++) p->parts |= tr->tm.params[i].elsewhere;
-    if (cp && !p->parts && pp->world > 1)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp with --cp: the stages must hold their parts of the model");
     int64_t L = tr->tm.cfg.num_layers;
     if (p->parts) { /* which rank holds each part (rank 0 for a tied embedding) */
         bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
@@ -608,7 +607,7 @@ lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
      * evaluation of the windows one process with batch D x B reads */
     struct lmc_comm *keep = tr->comm; /* a tensor-parallel trainer's data-parallel side */
     tr->pp = NULL;
-    tr->comm = p->dp; /* replicated data parallel: only its world is read */
+    tr->comm = p->cpc ? p->dd : p->dp; /* replicated data parallel: only its world (D) is read */
     s = lmc_trainer_eval(tr, loss, err);
     tr->comm = keep;
     tr->pp = p;

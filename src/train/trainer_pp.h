@@ -57,9 +57,13 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
  * ring attention over cp on the zigzag slices of the micro-batch (chunks
  * c and 2C-1-c of 2C); the activations sent between stages are the
  * rank's B x n slice; the gradient and the loss sums are all-reduced over
- * the C x D ranks of a stage. Parts mode only (tm from
- * lmc_trainer_pp_build with the stage's rank (world rank / C) mod P); the
- * refusals of --pp and of --cp (lmc_trainer_cp_refuse) both apply. */
+ * the C x D ranks of a stage. Without --tp tm is the stage's part
+ * (lmc_trainer_pp_build with the stage's rank (world rank / C) mod P); with
+ * --tp (after lmc_trainer_tp_attach) world is the TP trainer's
+ * data-parallel side (the C x P x D ranks holding one TP shard), each
+ * stage holds the whole shard as in TP x PP, and the evaluation runs on
+ * stage 0 over a data-parallel group of D. The refusals of --pp and of
+ * --cp (lmc_trainer_cp_refuse) both apply. */
 lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp, int P, int V,
                                     const char *desc, lmc_err *err);
 
