@@ -7,7 +7,12 @@
  * output and lse over the ring order, and the accumulated dq / dk / dv;
  * causal: the merged result and gradients against the CPU's whole-sequence
  * attention_train / attention_bwd; non-causal: against one block of every
- * key. Included by harness.cc. */
+ * key; and the ring itself on the CUDA table (lmc_ring_attn_fwd_be /
+ * _bwd_be on one rank: the device staging) against the CPU's whole-sequence
+ * attention. Included by harness.cc. */
+extern "C" {
+#include "dist/ring_attn.h"
+}
 
 /* chunks r and 2W-1-r of 2W (chunk c: [c T / 2W, (c+1) T / 2W)) */
 static std::vector<int32_t> ring_zigzag(int64_t T, int r, int W) {
@@ -35,7 +40,47 @@ static std::vector<float> ring_rows(const std::vector<float> &full, const std::v
     return o;
 }
 
+/* lmc_ring_attn_fwd_be / _bwd_be through the real CUDA table on a one-rank communicator */
+static void test_ring_be() {
+    struct lmc_comm one;
+    lmc_comm_single_init(&one);
+    struct { int64_t T, H, KV, hd; } shapes[] = {{7, 2, 1, 17}, {150, 4, 2, 64}, {1, 2, 2, 16}};
+    for (auto &s : shapes) {
+        const int64_t qd = s.H * s.hd, kvd = s.KV * s.hd, T = s.T;
+        const float scale = 1.0f / sqrtf((float)s.hd);
+        auto q = rv(T * qd, 2), k = rv(T * kvd), v = rv(T * kvd), dout = rv(T * qd);
+        std::vector<float> ro(T * qd), rl(T * s.H), rdq(T * qd), rdk(T * kvd), rdv(T * kvd);
+        cpu.attention_train(cpu.ctx, ro.data(), rl.data(), q.data(), k.data(), v.data(), 1, T, s.H, s.KV, s.hd, scale, 0);
+        cpu.attention_bwd(cpu.ctx, rdq.data(), rdk.data(), rdv.data(), dout.data(), ro.data(), rl.data(), q.data(),
+                          k.data(), v.data(), 1, T, s.H, s.KV, s.hd, scale, 0);
+        auto dev = [&](const std::vector<float> &h) {
+            float *d = (float *)gpu.alloc(gpu.ctx, h.size() * sizeof(float));
+            gpu.upload(gpu.ctx, d, h.data(), h.size() * sizeof(float));
+            return d;
+        };
+        float *qd_ = dev(q), *kd = dev(k), *vd = dev(v), *dd = dev(dout), *od = dev(nans(T * qd)), *ld = dev(nans(T * s.H));
+        float *dqd = dev(nans(T * qd)), *dkd = dev(nans(T * kvd)), *dvd = dev(nans(T * kvd));
+        struct lmc_ring_attn_shape sh = {T, s.H, s.KV, s.hd, scale};
+        lmc_err err = {};
+        bool ok = lmc_ring_attn_fwd_be(&gpu, &one, &sh, od, ld, qd_, kd, vd, &err) == LMC_OK &&
+                  lmc_ring_attn_bwd_be(&gpu, &one, &sh, dqd, dkd, dvd, dd, od, ld, qd_, kd, vd, &err) == LMC_OK;
+        if (!ok) printf("  ring on the CUDA table: %s\n", err.msg);
+        std::vector<float> o(T * qd), l(T * s.H), dq(T * qd), dk(T * kvd), dv(T * kvd);
+        gpu.download(gpu.ctx, o.data(), od, o.size() * 4), gpu.download(gpu.ctx, l.data(), ld, l.size() * 4);
+        gpu.download(gpu.ctx, dq.data(), dqd, dq.size() * 4), gpu.download(gpu.ctx, dk.data(), dkd, dk.size() * 4);
+        gpu.download(gpu.ctx, dv.data(), dvd, dv.size() * 4);
+        double e = ok ? std::max(std::max(rel(o, ro), rel(l, rl)), std::max(rel(dq, rdq), std::max(rel(dk, rdk), rel(dv, rdv))))
+                      : INFINITY;
+        printf("  ring on the CUDA table T=%ld H=%ld KV=%ld hd=%ld: max err %.2e\n", (long)T, (long)s.H, (long)s.KV,
+               (long)s.hd, e);
+        check("ring_attn ring (cuda table)", e, 1e-4, "T=%ld", (long)T);
+        for (float *p : {qd_, kd, vd, dd, od, ld, dqd, dkd, dvd}) gpu.free(gpu.ctx, p);
+    }
+    one.free(&one);
+}
+
 static void test_ring_attn() {
+    test_ring_be();
     struct { int64_t T, H, KV, hd; int W; } shapes[] = {
         {7, 2, 1, 17, 2}, {1, 2, 1, 16, 1}, {33, 3, 1, 40, 2}, {61, 4, 2, 64, 4},
         {45, 4, 4, 130, 2}, {301, 2, 1, 24, 2}, {19, 6, 3, 33, 3},
