@@ -7,7 +7,8 @@
 # (oversubscribed; the tcp launcher when lmc has no MPI; tests/mp_launch.sh):
 # a tiny 4-layer llama (4 heads, 2 KV heads; accumulation 2 = the
 # pipeline's micro-batches, clipping, warmup + cosine) for 10 steps at
-# PP 2 x CP 2, DP 2 x PP 2 x CP 2 and TP 2 x PP 2 x CP 2 (8 ranks each) against the one-process
+# PP 2 x CP 2, PP 2 interleaved (--pp-chunks 2) x CP 2, DP 2 x PP 2 x CP 2
+# and TP 2 x PP 2 x CP 2 (8 ranks each) against the one-process
 # run: losses, validation losses, final weights and AdamW's v within the
 # bounds test_mp_train_cp_pp uses for CP; PP 2 x CP 2 and TP 2 x PP 2 x CP 2
 # stopped at step 5 and resumed (--resume latest) equal the uninterrupted
@@ -34,6 +35,7 @@ A="--data $TMP/data --arch llama --layers 4 --hidden 64 --heads 4 --kv-heads 2 -
 launch 4 train ppcp $A --batch 4 --pp 2 --cp 2; ok $? "pp 2 x cp 2: $(last ppcp)"
 launch 8 train dpppcp $A --batch 2 --pp 2 --cp 2; ok $? "dp 2 x pp 2 x cp 2: $(last dpppcp)"
 launch 8 train tpppcp $A --batch 4 --tp 2 --pp 2 --cp 2; ok $? "tp 2 x pp 2 x cp 2: $(last tpppcp)"
+launch 4 train ilvcp $A --batch 4 --pp 2 --pp-chunks 2 --cp 2; ok $? "pp 2 x 2 chunks x cp 2: $(last ilvcp)"
 grep -q "pipeline parallel 2 stages x context parallel 2 x data parallel 2 (8 ranks), global batch 4 x 16 x 2 micro-batches.*8-token zigzag" \
   "$TMP/dpppcp.err"; ok $? "dp 2 x pp 2 x cp 2 start-up line: $(grep parallel "$TMP/dpppcp.err")"
 [ "$(grep -c '^step 10/10' "$TMP/ppcp.err")" = 1 ]; ok $? "pp 2 x cp 2 logs once (rank 0)"
@@ -63,7 +65,7 @@ def params(d, name="model.safetensors"):
     return out
 bad = 0
 ref, refp, refo = rows("single"), params("single"), params("single", "optimizer.safetensors")
-for d in ["ppcp", "dpppcp", "tpppcp", "rs1"]:
+for d in ["ppcp", "dpppcp", "tpppcp", "ilvcp", "rs1"]:
     r, p, o = rows(d), params(d), params(d, "optimizer.safetensors")
     if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)):
         print(d, "steps", [x["step"] for x in r]); bad += 1; continue
