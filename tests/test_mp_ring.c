@@ -4,7 +4,11 @@
  * dv), at sequence lengths 1, 7, 1000 and 4097 (uneven zigzag chunks, ranks
  * holding no token), GQA with two query heads per KV head; every tensor
  * within 1e-5 relative. On one rank the result also equals the CPU
- * backend's attention_train / attention_bwd (same lse convention). Bad shapes are refused with LMC_ERR_ARG. */
+ * backend's attention_train / attention_bwd (same lse convention). Every
+ * rank also runs the ring through a backend's block ops (the CPU backend's
+ * attn_block_*, lmc_ring_attn_fwd_be / _bwd_be: the path a GPU takes, its
+ * blocks staged through host buffers) within the same bounds. Bad shapes
+ * are refused with LMC_ERR_ARG. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "dist/ring_attn.h"
@@ -94,20 +98,34 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     float *dk = malloc(sizeof(float) * (size_t)(n * kvd + 1)), *dv = malloc(sizeof(float) * (size_t)(n * kvd + 1));
     lmc_err err = {0};
     int bad = 0;
-    if (lmc_ring_attn_fwd(c, s, out, lse, q, k, v, &err) ||
-        lmc_ring_attn_bwd(c, s, dq, dk, dv, dout, out, lse, q, k, v, &err)) {
-        fprintf(stderr, "rank %d: %s\n", rank, err.msg);
-        bad = 1;
-    } else {
-        double e[5] = {err_rows(out, j->out, pos, n, qd, s->T), err_rows(lse, j->lse, pos, n, H, s->T),
-                       err_rows(dq, j->dq, pos, n, qd, s->T), err_rows(dk, j->dk, pos, n, kvd, s->T),
-                       err_rows(dv, j->dv, pos, n, kvd, s->T)};
-        static const char *nm[5] = {"out", "lse", "dq", "dk", "dv"};
-        for (int t = 0; t < 5; t++)
-            if (!(e[t] <= 1e-5)) {
-                fprintf(stderr, "rank %d T=%lld: %s rel err %.3g\n", rank, (long long)s->T, nm[t], e[t]);
-                bad = 1;
-            }
+    struct lmc_backend cpu; /* pass 1: the same ring through the backend's block ops (lmc_ring_attn_*_be) */
+    bool have_cpu = false;
+    for (int pass = 0; pass < 2 && !bad; pass++) {
+        for (int64_t i = 0; pass == 1 && i < n * qd; i++) out[i] = dq[i] = NAN; /* pass 0's results gone */
+        for (int64_t i = 0; pass == 1 && i < n * kvd; i++) dk[i] = dv[i] = NAN;
+        for (int64_t i = 0; pass == 1 && i < n * H; i++) lse[i] = NAN;
+        if (pass == 1 && !(have_cpu = lmc_backend_cpu_init(&cpu, 1, &err) == LMC_OK)) {
+            fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+            bad = 1;
+        } else if (pass == 0 ? lmc_ring_attn_fwd(c, s, out, lse, q, k, v, &err) ||
+                                   lmc_ring_attn_bwd(c, s, dq, dk, dv, dout, out, lse, q, k, v, &err)
+                             : lmc_ring_attn_fwd_be(&cpu, c, s, out, lse, q, k, v, &err) ||
+                                   lmc_ring_attn_bwd_be(&cpu, c, s, dq, dk, dv, dout, out, lse, q, k, v, &err)) {
+            fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+            bad = 1;
+        } else {
+            double e[5] = {err_rows(out, j->out, pos, n, qd, s->T), err_rows(lse, j->lse, pos, n, H, s->T),
+                           err_rows(dq, j->dq, pos, n, qd, s->T), err_rows(dk, j->dk, pos, n, kvd, s->T),
+                           err_rows(dv, j->dv, pos, n, kvd, s->T)};
+            static const char *nm[5] = {"out", "lse", "dq", "dk", "dv"};
+            for (int t = 0; t < 5; t++)
+                if (!(e[t] <= 1e-5)) {
+                    fprintf(stderr, "rank %d T=%lld%s: %s rel err %.3g\n", rank, (long long)s->T,
+                            pass ? " (backend block ops)" : "", nm[t], e[t]);
+                    bad = 1;
+                }
+        }
+        if (have_cpu) lmc_backend_cpu_free(&cpu);
     }
     free(pos), free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
     return bad;

@@ -12,7 +12,8 @@
 # at step 5 and resumed (--resume latest) equal the uninterrupted ones bit
 # for bit, and a one-process resume of a PP checkpoint equals the
 # one-process run (TP 2 x CP 2 and TP 2 x PP 2 resume bit for bit too).
-# Refused with a message: --pp with --cp, --tp x --pp with tied
+# Refused with a message: --pp --cp with --zero 1 (--pp with --cp and
+# all three: test_mp_train_pp_cp), --tp x --pp with tied
 # embeddings, with Muon, with more stages than layers; --cp on a world it
 # does not divide; --cp with --zero 1. (Fine-tuning and a long sequence:
 # test_mp_finetune_cp_pp.)
@@ -99,8 +100,8 @@ sys.exit(bad)
 PY
 ok $? "cp 2/4, dp 2 x cp 2, pp 2/4, dp 2 x pp 2, cp 2 muon, tp 2 x cp 2 (dp 2, vocab), tp 2 x pp 2 (dp 2) and the one-process resume equal the one-process runs"
 # ---- refusals
-"$LMC" train $A --batch 4 --pp 2 --cp 2 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "does not combine" "$TMP/err"
-ok $? "--pp with --cp: $(cat "$TMP/err")"
+"$LMC" train $A --batch 4 --pp 2 --cp 2 --zero 1 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "with --zero 0" "$TMP/err"
+ok $? "--pp --cp with --zero 1: $(cat "$TMP/err")"
 "$LMC" train $A --batch 4 --cp 2 --zero 1 -o "$TMP/bad" 2>"$TMP/err"; [ $? = 2 ] && grep -q "with --zero 0" "$TMP/err"
 ok $? "--cp with --zero 1: $(cat "$TMP/err")"
 launch 4 train bad1 $A --batch 4 --tp 2 --pp 2 --tie; [ $? != 0 ] && grep -q "tied embeddings with --tp" "$TMP/bad1.err"

@@ -1,7 +1,11 @@
 /* cli_mp.c — the model-parallel groups of a command run under a launcher
  * (--tp T, --cp C, --pp P): ranks [d T, (d+1) T) form model-parallel group
  * d, and the ranks with the same place in their group form a data-parallel
- * group; which of the flags is on, and the start-up line of --cp/--pp. */
+ * group; which of the flags is on, and the start-up line of --cp/--pp.
+ * --pp P with --cp C (no --tp): the CP groups are the C consecutive ranks
+ * (rank = (d P + stage) C + c), the trainer cuts the pipelines from the
+ * world (lmc_trainer_pp_attach_cp); with --tp too the same inside each TP
+ * place's data-parallel side (TP innermost, then CP, then PP, then DP). */
 #include "cli.h"
 #include "dist/comm.h"
 #include "dist/ring_attn.h"
@@ -40,11 +44,6 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
     int on = (tp > 1) + (cp > 1) + (pp > 1);
     *n = 1;
     *flag = "--tp";
-    if (pp > 1 && cp > 1) {
-        fprintf(stderr, "lmc %s: --pp does not combine with --cp yet (--tp with --cp or with --pp does; each composes "
-                        "with data parallelism over the ranks left)\n", cmd);
-        return 2;
-    }
     if (tp > 1 && (cp > 1 || pp > 1) && zero > 0) {
         fprintf(stderr, "lmc %s: --tp with %s runs with --zero 0\n", cmd, cp > 1 ? "--cp" : "--pp");
         return 2;
@@ -62,7 +61,14 @@ int cli_mp_pick(const char *cmd, int64_t tp, int64_t cp, int64_t pp, int64_t zer
 }
 
 void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum) {
-    if (cp > 1)
+    if (cp > 1 && pp > 1)
+        fprintf(stderr, "lmc %s: pipeline parallel %lld stages x context parallel %lld x data parallel %lld (%d ranks), "
+                        "global batch %lld x %lld x %lld micro-batches (1F1B, bubble (P-1)/(M+P-1) = %.3f); each rank "
+                        "holds %lld-token zigzag slices of the sequences\n", cmd, (long long)pp, (long long)cp,
+                (long long)(world / (pp * cp)), world, (long long)(B * (world / (pp * cp))), (long long)T,
+                (long long)accum, (double)(pp - 1) / (double)(accum + pp - 1),
+                (long long)lmc_ring_attn_zigzag(T, 0, (int)cp, NULL));
+    else if (cp > 1)
         fprintf(stderr, "lmc %s: context parallel %lld x data parallel %lld (%d ranks), global batch %lld x %lld x "
                         "%lld accum; each rank holds %lld-token zigzag slices of the sequences\n", cmd, (long long)cp,
                 (long long)(world / cp), world, (long long)(B * (world / cp)), (long long)T, (long long)accum,
@@ -115,5 +121,19 @@ int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, struc
         *have_ddc = true;
     }
     if (lmc_trainer_pp_attach(tr, ppc, *have_ddc ? ddc : NULL, desc, &err)) return cli_fail(cmd, &err);
+    return 0;
+}
+
+int cli_mp_attach_ppcp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, int cp, struct lmc_comm *cpc,
+                       bool *have_cpc, const char *desc, const char *cmd) {
+    lmc_err err = {0};
+    *have_cpc = false;
+    if (!dpc || dpc->world % (pp * cp)) {
+        fprintf(stderr, "lmc %s: --tp T --pp %d --cp %d needs T x %d x %d x D ranks (D >= 1)\n", cmd, pp, cp, pp, cp);
+        return 2;
+    }
+    if (lmc_comm_split(dpc, dpc->rank / cp, dpc->rank, cpc, &err)) return cli_fail(cmd, &err);
+    *have_cpc = true;
+    if (lmc_trainer_pp_attach_cp(tr, dpc, cpc, pp, 1, desc, &err)) return cli_fail(cmd, &err);
     return 0;
 }

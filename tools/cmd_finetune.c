@@ -73,7 +73,8 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
             "             micro-batches (AdamW, no --pack; each stage holds only its layers); --pp-chunks V:\n"
-            "             interleaved 1F1B, V chunks per stage; --tp combines with --cp or --pp\n"
+            "             interleaved 1F1B, V chunks per stage; --tp combines with --cp or --pp, --pp\n"
+            "             with --cp (rings of C consecutive ranks, the stages across them)\n"
             "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
             "             layer's experts and their adapters, data parallel over the rest; AdamW, CPU)\n");
 }
@@ -425,7 +426,7 @@ int cmd_finetune(int argc, char **argv) {
     if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
         : pp_parts ? lmc_config_load(&pcfg, wdir, &err) ||
                          lmc_trainer_pp_build(&tm, &pcfg, &be, wdir, 0, 0, (int)pp, (int)pp_chunks,
-                                              (have_tpc ? &tpc : &comm)->rank, &whole_numel, &err)
+                                              (int)((comm.rank / cp) % pp), &whole_numel, &err)
         : qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
@@ -550,6 +551,7 @@ int cmd_finetune(int argc, char **argv) {
         eps_state = NULL;
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
               : t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
+              : cp > 1 && pp > 1 ? lmc_trainer_pp_attach_cp(&tr, &comm, grp, (int)pp, (int)pp_chunks, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach_v(&tr, grp, have_dpc ? &dpc : NULL, (int)pp_chunks, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
@@ -559,9 +561,12 @@ int cmd_finetune(int argc, char **argv) {
         }
         if (tp > 1 && (cli_mp_attach_zero(&tr, have_dpc ? &dpc : NULL, (int)zero, desc, "finetune")))
             goto done;
-        if (tp > 1 && cp > 1 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+        if (tp > 1 && cp > 1 && pp > 1 &&
+            cli_mp_attach_ppcp(&tr, have_dpc ? &dpc : NULL, (int)pp, (int)cp, &cpc, &have_cpc, desc, "finetune"))
             goto done;
-        if (tp > 1 && pp > 1 &&
+        if (tp > 1 && cp > 1 && pp < 2 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+            goto done;
+        if (tp > 1 && pp > 1 && cp < 2 &&
             cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
             goto done;
     }

@@ -71,7 +71,8 @@ static void usage(void) {
             "             data-parallel groups of P; AdamW; each stage holds only its layers' weights,\n"
             "             gradients and moments); --pp-chunks V: interleaved 1F1B, V chunks of layers per\n"
             "             stage (--accum a multiple of P); --tp T with --cp C or --pp P:\n"
-            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest\n"
+            "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest;\n"
+            "             --pp P --cp C: rings of C consecutive ranks, stages across them, DP over the rest\n"
             "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
             "             layer's experts, tokens exchanged by all-to-all; data parallel over the rest; AdamW,\n"
             "             CPU); checkpoints are consolidated one-process folders\n"
@@ -325,7 +326,7 @@ int cmd_train(int argc, char **argv) {
     if (pp_parts && src_dir) {
         struct lmc_config c;
         if (lmc_config_load(&c, src_dir, &err) ||
-            lmc_trainer_pp_build(&tm, &c, &be, src_dir, 0, 0, (int)pp, (int)pp_chunks, tp_comm->rank, &model_numel, &err)) {
+            lmc_trainer_pp_build(&tm, &c, &be, src_dir, 0, 0, (int)pp, (int)pp_chunks, (int)((comm.rank / cp) % pp), &model_numel, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -366,7 +367,7 @@ int cmd_train(int argc, char **argv) {
         }
         if (pp_parts) {
             if (lmc_trainer_pp_build(&tm, &c, &be, NULL, (uint64_t)seed, init_std, (int)pp, (int)pp_chunks,
-                                     tp_comm->rank, &model_numel, &err)) {
+                                     (int)((comm.rank / cp) % pp), &model_numel, &err)) {
                 rc = cli_fail("train", &err);
                 goto done;
             }
@@ -473,6 +474,7 @@ int cmd_train(int argc, char **argv) {
         ep_state = NULL; /* the trainer's from here on */
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
               : t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
+              : cp > 1 && pp > 1 ? lmc_trainer_pp_attach_cp(&tr, &comm, tp_comm, (int)pp, (int)pp_chunks, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
               : pp > 1 ? lmc_trainer_pp_attach_v(&tr, tp_comm, dp_comm, (int)pp_chunks, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
@@ -482,9 +484,12 @@ int cmd_train(int argc, char **argv) {
         }
         if (tp > 1 && (rc = cli_mp_attach_zero(&tr, dp_comm, (int)zero, desc, "train")))
             goto done;
-        if (tp > 1 && cp > 1 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
+        if (tp > 1 && cp > 1 && pp > 1 &&
+            (rc = cli_mp_attach_ppcp(&tr, dp_comm, (int)pp, (int)cp, &cpc, &have_cpc, desc, "train")))
             goto done;
-        if (tp > 1 && pp > 1 &&
+        if (tp > 1 && cp > 1 && pp < 2 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
+            goto done;
+        if (tp > 1 && pp > 1 && cp < 2 &&
             (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
             goto done;
     }
@@ -547,7 +552,7 @@ int cmd_train(int argc, char **argv) {
                 (long long)(tr.tm.cfg.num_experts / comm.world), (long long)tr.tm.cfg.num_experts,
                 (long long)tr.tm.numel, (long long)model_numel, cc.threads);
     else if (root && tr.tp && (tr.cp || tr.pp)) cli_mp_log("train", cp, pp, comm.world / (int)tp, o.B, o.T, o.accum);
-    else if (root && dist)
+    else if (root && dist && !tr.cp && !tr.pp)
         fprintf(stderr, "lmc train: data parallel, %d ranks, ZeRO-%lld, global batch %lld x %lld x %lld accum "
                         "(%lld sequences), %d threads per rank\n", comm.world, (long long)zero,
                 (long long)(o.B * comm.world), (long long)o.T, (long long)o.accum,

@@ -99,7 +99,7 @@ static struct lmc_run run_of(const struct lmc_pp_tstage *s, const struct lmc_tac
     return (struct lmc_run){.mode = LMC_RUN_TRAIN, .be = s->be, .cfg = &s->tm->cfg, .arch = s->tm->arch,
                             .n = s->B * s->T, .rot_dim = s->tm->rot_dim, .pos = a->pos,
                             .inv_freq = a->inv_freq, .attn_scale = a->attn_scale, .tmp = a->tmp,
-                            .B = s->B, .T = s->T};
+                            .B = s->B, .T = s->T, .cp = a->cp};
 }
 
 /* Chunk v's forward of one micro-batch on arena a; with grad, the last

@@ -303,3 +303,143 @@ lmc_status lmc_ring_attn_bwd(struct lmc_comm *c, const struct lmc_ring_attn_shap
     ring_free(&g);
     return st;
 }
+
+/* ---- the same ring on a backend's memory (lmc_ring_attn_fwd_be / _bwd_be):
+ * the block math through be->attn_block_*, the K/V blocks (and the dK/dV
+ * travelling with them) staged through host buffers for the communicator;
+ * the next block's transfer overlaps the current block's kernels. */
+struct ring_be {
+    const struct lmc_backend *be;
+    int32_t *qpos_d, *kpos_d, *p32;  /* device: this rank's positions, the block's; host scratch */
+    float *blk_d, *g_d;              /* device: the current K|V block, its dK|dV */
+};
+
+static void ring_be_free(struct ring_be *b) {
+    const struct lmc_backend *be = b->be;
+    if (b->qpos_d) be->free(be->ctx, b->qpos_d);
+    if (b->kpos_d) be->free(be->ctx, b->kpos_d);
+    if (b->blk_d) be->free(be->ctx, b->blk_d);
+    if (b->g_d) be->free(be->ctx, b->g_d);
+    free(b->p32);
+}
+
+static lmc_status ring_be_init(struct ring_be *b, const struct lmc_backend *be, const struct ring *g, bool grads,
+                               lmc_err *err) {
+    memset(b, 0, sizeof *b);
+    b->be = be;
+    if (!be->attn_block_fwd || !be->attn_block_merge || !be->attn_block_bwd)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "ring attention: backend %s has no block attention ops", be->name);
+    size_t nm = (size_t)g->nmax + 1, blk = sizeof(float) * (2 * (size_t)g->nmax * (size_t)g->kvd + 1);
+    b->qpos_d = be->alloc(be->ctx, sizeof(int32_t) * nm);
+    b->kpos_d = be->alloc(be->ctx, sizeof(int32_t) * nm);
+    b->blk_d = be->alloc(be->ctx, blk);
+    b->g_d = grads ? be->alloc(be->ctx, blk) : NULL;
+    b->p32 = malloc(sizeof(int32_t) * nm);
+    if (!b->qpos_d || !b->kpos_d || !b->blk_d || (grads && !b->g_d) || !b->p32) {
+        ring_be_free(b);
+        return lmc_err_set(err, LMC_ERR_OOM, "ring attention: out of memory on %s", be->name);
+    }
+    for (int64_t i = 0; i < g->n; i++) b->p32[i] = (int32_t)g->pos[i];
+    be->upload(be->ctx, b->qpos_d, b->p32, sizeof(int32_t) * (size_t)g->n);
+    return LMC_OK;
+}
+
+/* the block at spos (ns tokens) in host buffer h onto the device */
+static void ring_be_put(struct ring_be *b, const struct ring *g, const float *h, int64_t ns) {
+    const struct lmc_backend *be = b->be;
+    for (int64_t j = 0; j < ns; j++) b->p32[j] = (int32_t)g->spos[j];
+    be->upload(be->ctx, b->kpos_d, b->p32, sizeof(int32_t) * (size_t)ns);
+    be->upload(be->ctx, b->blk_d, h, kv_bytes(g, ns));
+}
+
+lmc_status lmc_ring_attn_fwd_be(const struct lmc_backend *be, struct lmc_comm *c, const struct lmc_ring_attn_shape *s,
+                                float *out, float *lse, const float *q, const float *k, const float *v, lmc_err *err) {
+    struct ring g;
+    struct ring_be b = {0};
+    lmc_status st = ring_init(&g, c, s, err);
+    bool have_b = !st && !(st = ring_be_init(&b, be, &g, false, err));
+    size_t blk = st ? 0 : kv_bytes(&g, g.nmax) + sizeof(float);
+    float *cur = st ? NULL : malloc(blk), *nxt = st ? NULL : malloc(blk);
+    float *ob = st ? NULL : be->alloc(be->ctx, sizeof(float) * ((size_t)(g.n * g.qd) + 1));
+    float *lb = st ? NULL : be->alloc(be->ctx, sizeof(float) * ((size_t)(g.n * g.H) + 1));
+    float *ninf = st ? NULL : malloc(sizeof(float) * ((size_t)(g.n * g.H) + 1));
+    if (!st && (!cur || !nxt || !ob || !lb || !ninf)) st = lmc_err_set(err, LMC_ERR_OOM, "ring attention: out of memory");
+    if (!st) {
+        be->download(be->ctx, cur, k, sizeof(float) * (size_t)(g.n * g.kvd));
+        be->download(be->ctx, cur + g.n * g.kvd, v, sizeof(float) * (size_t)(g.n * g.kvd));
+        be->zero(be->ctx, out, sizeof(float) * (size_t)(g.n * g.qd));
+        for (int64_t i = 0; i < g.n * g.H; i++) ninf[i] = -INFINITY;
+        be->upload(be->ctx, lse, ninf, sizeof(float) * (size_t)(g.n * g.H));
+    }
+    for (int step = 0; !st && step < g.W; step++) {
+        int src = (g.r - step + g.W) % g.W, nsrc = (g.r - step - 1 + 2 * g.W) % g.W;
+        int64_t ns = lmc_ring_attn_zigzag(s->T, src, g.W, g.spos);
+        ring_be_put(&b, &g, cur, ns);
+        struct xfer_job j = {.x = {c, cur, nxt, kv_bytes(&g, ns),
+                                   kv_bytes(&g, lmc_ring_attn_zigzag(s->T, nsrc, g.W, NULL)), LMC_OK, {0}}};
+        bool more = step + 1 < g.W;
+        if (more) xfer_start(&j);
+        be->attn_block_fwd(be->ctx, ob, lb, q, b.blk_d, b.blk_d + ns * g.kvd, b.qpos_d, b.kpos_d, g.n, ns, g.H, g.KV,
+                           g.hd, s->scale, 1);
+        be->attn_block_merge(be->ctx, out, lse, ob, lb, g.n, g.H, g.hd);
+        be->sync(be->ctx); /* the device block is rewritten next step */
+        if (more && (st = xfer_finish(&j, err))) break;
+        float *t = cur;
+        cur = nxt, nxt = t;
+    }
+    free(cur), free(nxt), free(ninf);
+    if (ob) be->free(be->ctx, ob);
+    if (lb) be->free(be->ctx, lb);
+    if (have_b) ring_be_free(&b);
+    ring_free(&g);
+    return st;
+}
+
+lmc_status lmc_ring_attn_bwd_be(const struct lmc_backend *be, struct lmc_comm *c, const struct lmc_ring_attn_shape *s,
+                                float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                const float *q, const float *k, const float *v, lmc_err *err) {
+    struct ring g;
+    struct ring_be b = {0};
+    lmc_status st = ring_init(&g, c, s, err);
+    bool have_b = !st && !(st = ring_be_init(&b, be, &g, true, err));
+    size_t blk = st ? 0 : kv_bytes(&g, g.nmax) + sizeof(float);
+    float *cur = st ? NULL : malloc(blk), *nxt = st ? NULL : malloc(blk);
+    float *gcur = st ? NULL : calloc(1, blk), *gnxt = st ? NULL : malloc(blk);
+    if (!st && (!cur || !nxt || !gcur || !gnxt)) st = lmc_err_set(err, LMC_ERR_OOM, "ring attention: out of memory");
+    if (!st) {
+        be->download(be->ctx, cur, k, sizeof(float) * (size_t)(g.n * g.kvd));
+        be->download(be->ctx, cur + g.n * g.kvd, v, sizeof(float) * (size_t)(g.n * g.kvd));
+        be->zero(be->ctx, dq, sizeof(float) * (size_t)(g.n * g.qd));
+    }
+    for (int step = 0; !st && step < g.W; step++) {
+        int src = (g.r - step + g.W) % g.W, nsrc = (g.r - step - 1 + 2 * g.W) % g.W;
+        int64_t ns = lmc_ring_attn_zigzag(s->T, src, g.W, g.spos);
+        size_t bs = kv_bytes(&g, ns), bn = kv_bytes(&g, lmc_ring_attn_zigzag(s->T, nsrc, g.W, NULL));
+        ring_be_put(&b, &g, cur, ns);
+        be->upload(be->ctx, b.g_d, gcur, bs); /* the block's dK|dV so far */
+        struct xfer_job j = {.x = {c, cur, nxt, bs, bn, LMC_OK, {0}}};
+        bool more = step + 1 < g.W;
+        if (more) xfer_start(&j);
+        be->attn_block_bwd(be->ctx, dq, b.g_d, b.g_d + ns * g.kvd, dout, out, lse, q, b.blk_d, b.blk_d + ns * g.kvd,
+                           b.qpos_d, b.kpos_d, g.n, ns, g.H, g.KV, g.hd, s->scale, 1);
+        be->download(be->ctx, gcur, b.g_d, bs); /* waits for the kernels */
+        if (more && (st = xfer_finish(&j, err))) break;
+        if (g.W > 1) { /* dK/dV follow their block; the last pass returns them to their owner */
+            struct xfer_job d = {.x = {c, gcur, gnxt, bs, bn, LMC_OK, {0}}};
+            xfer_run(&d.x);
+            if ((st = xfer_finish(&d, err))) break;
+        }
+        float *t = cur;
+        cur = nxt, nxt = t;
+        if (g.W > 1) t = gcur, gcur = gnxt, gnxt = t;
+    }
+    if (!st) { /* the block now in gcur is this rank's own */
+        be->upload(be->ctx, dk, gcur, sizeof(float) * (size_t)(g.n * g.kvd));
+        be->upload(be->ctx, dv, gcur + g.n * g.kvd, sizeof(float) * (size_t)(g.n * g.kvd));
+        be->sync(be->ctx);
+    }
+    free(cur), free(nxt), free(gcur), free(gnxt);
+    if (have_b) ring_be_free(&b);
+    ring_free(&g);
+    return st;
+}

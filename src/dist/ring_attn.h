@@ -6,13 +6,14 @@
  * block's transfer overlapping the current block's compute; partial outputs
  * are merged with their log-sum-exp. The backward passes dK/dV around the
  * ring with their K/V block, so each block's gradient returns to its owner.
- * Buffers are host float32 (tcp/mpi/single communicators); the local block
- * math runs on the CPU in this module (the backend's attention_train takes
- * no per-block position offsets). */
+ * Buffers are host float32 (tcp/mpi/single communicators) and the local
+ * block math runs on the CPU in this module; lmc_ring_attn_fwd_be / _bwd_be
+ * run it on a backend (the GPU) through its attn_block ops. */
 #ifndef LMC_RING_ATTN_H
 #define LMC_RING_ATTN_H
 
 #include "dist/comm.h"
+#include "ops/backend.h"
 
 struct lmc_ring_attn_shape {
     int64_t T;        /* tokens of the whole sequence */
@@ -37,5 +38,18 @@ lmc_status lmc_ring_attn_bwd(struct lmc_comm *c, const struct lmc_ring_attn_shap
                              float *dk, float *dv, const float *dout, const float *out,
                              const float *lse, const float *q, const float *k, const float *v,
                              lmc_err *err);
+
+/* The same forward and backward on a backend's memory (q, k, v, out, lse,
+ * dq, dk, dv, dout: buffers from be->alloc; a device backend's): the block
+ * math through be->attn_block_fwd / _merge / _bwd (ops/cuda/attn_block.cu
+ * on the GPU), the K/V blocks and their dK/dV staged through host buffers
+ * for the (host) communicator, the next block's transfer overlapping the
+ * current block's kernels. LMC_ERR_UNSUPPORTED when the backend lacks the
+ * block ops. */
+lmc_status lmc_ring_attn_fwd_be(const struct lmc_backend *be, struct lmc_comm *c, const struct lmc_ring_attn_shape *s,
+                                float *out, float *lse, const float *q, const float *k, const float *v, lmc_err *err);
+lmc_status lmc_ring_attn_bwd_be(const struct lmc_backend *be, struct lmc_comm *c, const struct lmc_ring_attn_shape *s,
+                                float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                const float *q, const float *k, const float *v, lmc_err *err);
 
 #endif

@@ -116,9 +116,13 @@ static void cp_fwd(const struct lmc_run *r, float *att, float *lse, const float 
                    const float *v, int64_t H, int64_t KV, int64_t hd, float scale) {
     struct lmc_cp_group *g = r->cp;
     struct lmc_ring_attn_shape sh = {g->T_global, H, KV, hd, scale};
-    for (int64_t b = 0; b < r->B && !g->st; b++)
-        g->st = lmc_ring_attn_fwd(g->c, &sh, att + b * r->T * H * hd, lse + b * r->T * H, q + b * r->T * H * hd,
-                                  k + b * r->T * KV * hd, v + b * r->T * KV * hd, &g->err);
+    for (int64_t b = 0; b < r->B && !g->st; b++) /* device memory: the backend's block ops (ring_attn.h) */
+        g->st = r->be->host_memory
+                    ? lmc_ring_attn_fwd(g->c, &sh, att + b * r->T * H * hd, lse + b * r->T * H, q + b * r->T * H * hd,
+                                        k + b * r->T * KV * hd, v + b * r->T * KV * hd, &g->err)
+                    : lmc_ring_attn_fwd_be(r->be, g->c, &sh, att + b * r->T * H * hd, lse + b * r->T * H,
+                                           q + b * r->T * H * hd, k + b * r->T * KV * hd, v + b * r->T * KV * hd,
+                                           &g->err);
 }
 
 static void cp_bwd(const struct lmc_run *r, float *dq, float *dk, float *dv, const float *datt,
@@ -128,8 +132,12 @@ static void cp_bwd(const struct lmc_run *r, float *dq, float *dk, float *dv, con
     struct lmc_ring_attn_shape sh = {g->T_global, H, KV, hd, scale};
     int64_t qo = r->T * H * hd, ko = r->T * KV * hd;
     for (int64_t b = 0; b < r->B && !g->st; b++)
-        g->st = lmc_ring_attn_bwd(g->c, &sh, dq + b * qo, dk + b * ko, dv + b * ko, datt + b * qo, att + b * qo,
-                                  lse + b * r->T * H, q + b * qo, k + b * ko, v + b * ko, &g->err);
+        g->st = r->be->host_memory
+                    ? lmc_ring_attn_bwd(g->c, &sh, dq + b * qo, dk + b * ko, dv + b * ko, datt + b * qo, att + b * qo,
+                                        lse + b * r->T * H, q + b * qo, k + b * ko, v + b * ko, &g->err)
+                    : lmc_ring_attn_bwd_be(r->be, g->c, &sh, dq + b * qo, dk + b * ko, dv + b * ko, datt + b * qo,
+                                           att + b * qo, lse + b * r->T * H, q + b * qo, k + b * ko, v + b * ko,
+                                           &g->err);
 }
 
 static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W, float *save,

@@ -472,6 +472,32 @@ struct lmc_backend {
                             const float *o, const struct lmc_moe_routing *r, const float *so,
                             const float *sl, const double *aux, int64_t n, int64_t E, int64_t k,
                             int64_t C, int norm_topk);
+
+    /* ---- Ring attention's block ops (context parallelism, dist/ring_attn.h;
+     * ops/cpu/attn_block.c, ops/cuda/attn_block.cu). NULL where a backend
+     * has none. n queries q (n, n_heads*hd) at global positions qpos (n)
+     * against one block of ns keys k, v (ns, n_kv*hd) at kpos (ns); GQA as
+     * attention. causal: key j is visible to query i when kpos[j] <=
+     * qpos[i]; else every key is. */
+    /* ob (n, n_heads*hd): the attention within the block (normalised over
+     * its visible keys), lb (n, n_heads): its log-sum-exp of scale q.k
+     * (natural log); a row with no visible key gets ob 0, lb -inf. */
+    void (*attn_block_fwd)(void *ctx, float *ob, float *lb, const float *q, const float *k, const float *v,
+                           const int32_t *qpos, const int32_t *kpos, int64_t n, int64_t ns, int64_t n_heads,
+                           int64_t n_kv, int64_t hd, float scale, int causal);
+    /* (out, lse) <- the log-sum-exp merge of (out, lse) and (ob, lb), per
+     * row and head; lb -inf rows leave out unchanged; lse -inf rows take
+     * (ob, lb). */
+    void (*attn_block_merge)(void *ctx, float *out, float *lse, const float *ob, const float *lb, int64_t n,
+                             int64_t n_heads, int64_t hd);
+    /* The block's share of the backward with the merged forward's out and
+     * lse (over every block): dq (n, n_heads*hd) +=, dk, dv (ns, n_kv*hd)
+     * += the gradients of the block's keys and values (D = rowsum(dout *
+     * out) per row and head). */
+    void (*attn_block_bwd)(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                           const float *lse, const float *q, const float *k, const float *v, const int32_t *qpos,
+                           const int32_t *kpos, int64_t n, int64_t ns, int64_t n_heads, int64_t n_kv, int64_t hd,
+                           float scale, int causal);
 };
 
 /* The CPU backend with n_threads threads (0 = number of online CPUs).

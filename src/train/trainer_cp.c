@@ -36,7 +36,7 @@ void lmc_trainer_cp_free(struct lmc_trainer *tr) {
     tr->cp = NULL;
 }
 
-static lmc_status refuse(const struct lmc_trainer *tr, lmc_err *err) {
+lmc_status lmc_trainer_cp_refuse(const struct lmc_trainer *tr, lmc_err *err) {
     const struct lmc_config *c = &tr->tm.cfg;
     const char *why = NULL;
     if (c->num_experts > 0) why = "mixture-of-experts layers (the load-balancing loss needs whole sequences)";
@@ -45,7 +45,8 @@ static lmc_status refuse(const struct lmc_trainer *tr, lmc_err *err) {
     else if (c->rope.type == LMC_ROPE_DYNAMIC) why = "dynamic rope scaling (it depends on the sequence length)";
     else if (tr->tp && tr->tp->zero) why = "--zero 1 with --tp at the same time";
     else if (tr->zero || (tr->comm && !tr->tp)) why = "ZeRO / the data-parallel trainer (--cp runs its own data parallelism)";
-    else if (strcmp(tr->be->name, "cpu")) why = "a device backend (ring attention runs on the host)";
+    else if (!tr->be->host_memory && !tr->be->attn_block_fwd)
+        why = "this device backend (it has no ring-attention block ops)";
     if (!why) return LMC_OK;
     return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--cp (context parallel) does not support %s yet (model %s)", why,
                        c->model_type);
@@ -53,7 +54,7 @@ static lmc_status refuse(const struct lmc_trainer *tr, lmc_err *err) {
 
 lmc_status lmc_trainer_cp_attach(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp,
                                  const char *desc, lmc_err *err) {
-    lmc_status s = refuse(tr, err);
+    lmc_status s = lmc_trainer_cp_refuse(tr, err);
     if (s) return s;
     if (cp->world < 1 || world->world % cp->world)
         return lmc_err_set(err, LMC_ERR_ARG, "--cp %d: the %d ranks are not a multiple of it", cp->world, world->world);
@@ -155,6 +156,23 @@ static lmc_status ring_status(struct lmc_trainer_cp *c, lmc_err *err) {
     return s;
 }
 
+/* The gradient (n floats of backend memory) summed over every rank: in
+ * place on host memory, through a host copy on a device backend (the
+ * communicator moves host buffers). */
+static lmc_status grad_sum(struct lmc_trainer *tr, float *g, int64_t n, lmc_err *err) {
+    struct lmc_comm *w = tr->cp->world;
+    const struct lmc_backend *be = tr->be;
+    if (be->host_memory) return w->all_reduce(w, g, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, err);
+    float *h = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!h) return lmc_err_set(err, LMC_ERR_OOM, "context parallel: gradient host copy: out of memory");
+    be->download(be->ctx, h, g, sizeof(float) * (size_t)n);
+    lmc_status s = w->all_reduce(w, h, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, err);
+    if (!s) be->upload(be->ctx, g, h, sizeof(float) * (size_t)n);
+    be->sync(be->ctx);
+    free(h);
+    return s;
+}
+
 lmc_status lmc_trainer_cp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
     struct lmc_trainer_cp *c = tr->cp;
     struct lmc_tmodel *tm = &tr->tm;
@@ -183,8 +201,7 @@ lmc_status lmc_trainer_cp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     }
     /* the slices' and the groups' gradients and losses summed: every rank the same bits */
     int64_t t0 = tm->trainable_off;
-    if ((s = c->world->all_reduce(c->world, tm->g + (t0 - tm->g_off), tm->numel - t0, LMC_DTYPE_F32, LMC_REDUCE_SUM,
-                                  err)) ||
+    if ((s = grad_sum(tr, tm->g + (t0 - tm->g_off), tm->numel - t0, err)) ||
         (s = c->world->all_reduce(c->world, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err)))
         return s;
     st->loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);

@@ -13,8 +13,9 @@
  * resumes from one). Refused: packed sequences (a batch source's
  * segments), mixture-of-experts (the load-balancing loss needs the whole
  * sequence's routing), recurrent (Mamba) layers, sliding-window attention
- * and dynamic rope scaling, ZeRO stages 1-3, pipeline parallelism at the
- * same time, a device backend. With tensor parallelism (attached after
+ * and dynamic rope scaling, ZeRO stages 1-3, a device backend. With
+ * pipeline parallelism the pipeline trainer holds the ring instead
+ * (lmc_trainer_pp_attach_cp; tr->cp stays NULL). With tensor parallelism (attached after
  * lmc_trainer_tp_attach; TP x CP x DP, TP innermost): `world` is the TP
  * trainer's data-parallel communicator (the C x D ranks holding the same
  * TP shard), the TP step cuts its micro-batches through
@@ -54,6 +55,11 @@ lmc_status lmc_trainer_loss(struct lmc_trainer *tr, const int32_t *in, const int
 lmc_status lmc_trainer_cp_micro(struct lmc_trainer *tr, const int32_t **in, const int32_t **tg, lmc_err *err);
 lmc_status lmc_trainer_cp_check(struct lmc_trainer *tr, lmc_err *err);
 int lmc_trainer_cp_data_world(const struct lmc_trainer *tr);
+
+/* LMC_ERR_UNSUPPORTED naming what context parallelism does not run (the
+ * model's layers, ZeRO, a device backend), else LMC_OK; also used by
+ * --pp with --cp (trainer_pp.h). */
+lmc_status lmc_trainer_cp_refuse(const struct lmc_trainer *tr, lmc_err *err);
 
 /* Tokens of a sequence this rank holds. */
 int64_t lmc_trainer_cp_local_tokens(const struct lmc_trainer *tr);

@@ -8,11 +8,13 @@
  * owns; evaluation forward through the pipeline, the checkpoint gather to
  * rank 0 and the resume of a stage's moments. */
 #include "train/trainer_pp.h"
+#include "train/trainer_cp.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/pp_model.h"
+#include "dist/ring_attn.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -33,6 +35,16 @@ struct lmc_trainer_pp {
                                    * embedding: rank 0's copy) */
     int tied;                     /* parts mode, P > 1: the tied embedding's index (stages 0 and P-1), or -1 */
     int64_t *woff, wnumel;        /* parts mode: each tensor's place in the whole layout, its floats */
+    /* context parallel under the pipeline (lmc_trainer_pp_attach_cp): the stage's blocks run ring
+     * attention over cpc with the zigzag slices; the activations between stages are the slices */
+    struct lmc_comm *cpc;         /* the ring (NULL: off) */
+    struct lmc_comm subs[3];      /* the pipeline group, the same-stage group (C x D) and the data-parallel
+                                   * group of this stage and ring place (D) made from the world */
+    struct lmc_comm *dd;          /* subs[2] when D > 1 (the evaluation's data-parallel side with --tp) */
+    int n_subs;
+    struct lmc_cp_group g;
+    int64_t n, *pos;              /* tokens of a sequence this rank holds, their global positions */
+    int32_t *sin, *stg;           /* (M B n) the step's micro-batches cut to the slice */
 };
 
 void lmc_trainer_pp_free(struct lmc_trainer *tr) {
@@ -40,6 +52,8 @@ void lmc_trainer_pp_free(struct lmc_trainer *tr) {
     if (!p) return;
     lmc_pp_tstage_free(&p->st);
     free(p->in), free(p->tg), free(p->own), free(p->holder), free(p->woff);
+    free(p->pos), free(p->sin), free(p->stg);
+    for (int i = p->n_subs - 1; i >= 0; i--) p->subs[i].free(&p->subs[i]); /* the subs before their parent */
     free(p);
     tr->pp = NULL;
 }
@@ -116,8 +130,47 @@ lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, st
     return lmc_trainer_pp_attach_v(tr, pp, dp, 1, desc, err);
 }
 
+static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, struct lmc_comm *cp,
+                         int V, const char *desc, lmc_err *err);
+
 lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, int V,
                                    const char *desc, lmc_err *err) {
+    return attach(tr, pp, dp, NULL, V, desc, err);
+}
+
+lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp, int P, int V,
+                                    const char *desc, lmc_err *err) {
+    int C = cp->world, W = world->world;
+    if (P < 2 || C < 2 || W % (C * P))
+        return lmc_err_set(err, LMC_ERR_ARG, "--pp %d --cp %d needs %d x %d x D ranks (D >= 1); this run has %d", P, C,
+                           P, C, W);
+    if (cp->rank != world->rank % C)
+        return lmc_err_set(err, LMC_ERR_ARG, "--pp with --cp: the ring must be %d consecutive ranks", C);
+    lmc_status s = lmc_trainer_cp_refuse(tr, err);
+    if (s) return s;
+    /* rank = (d P + stage) C + c: the pipeline is the P ranks of one (d, c), the same-stage group the C x D
+     * ranks of one stage (their gradient sum is the one-process gradient of the stage's tensors) */
+    struct lmc_comm sub[3];
+    int stage = (world->rank / C) % P, d = world->rank / (C * P), made = 0;
+    int colors[3] = {d * C + cp->rank, stage, stage * C + cp->rank};
+    for (; made < 3 && !s; made++)
+        if ((s = lmc_comm_split(world, colors[made], world->rank, &sub[made], err))) break;
+    if (!s) s = attach(tr, &sub[0], &sub[1], cp, V, desc, err);
+    if (!tr->pp) { /* nothing took them */
+        while (made-- > 0) sub[made].free(&sub[made]);
+        return s;
+    }
+    struct lmc_trainer_pp *p = tr->pp; /* the trainer's from here on, at a place that stays */
+    for (int i = 0; i < made; i++) p->subs[i] = sub[i];
+    p->n_subs = made;
+    p->c = &p->subs[0];
+    if (p->dp) p->dp = &p->subs[1];
+    p->dd = made == 3 && p->subs[2].world > 1 ? &p->subs[2] : NULL;
+    return s;
+}
+
+static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, struct lmc_comm *cp,
+                         int V, const char *desc, lmc_err *err) {
     if (V > 1 && tr->tp)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp-chunks (interleaved 1F1B) with --tp is not supported yet");
     lmc_status s = refuse(tr, pp, err);
@@ -132,6 +185,24 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
     p->dw = p->dp ? p->dp->world : 1;
     p->dr = p->dp ? p->dp->rank : 0;
     const struct lmc_train_opts *o = &tr->o;
+    int64_t T = o->T; /* the stage's tokens of a sequence */
+    if (cp) { /* dp: the C x D ranks of this stage, ordered (d, c): the data-parallel rows are by d */
+        int C = cp->world;
+        if (T < 2 * (int64_t)C)
+            return lmc_err_set(err, LMC_ERR_ARG, "--cp %d cuts each sequence into %d chunks: --seq %lld is too short",
+                               C, 2 * C, (long long)T);
+        p->cpc = cp;
+        p->dw = p->dp ? p->dp->world / C : 1;
+        p->dr = p->dp ? p->dp->rank / C : 0;
+        p->g = (struct lmc_cp_group){cp, T, LMC_OK, {0}};
+        T = p->n = lmc_ring_attn_zigzag(o->T, cp->rank, C, NULL);
+        int64_t sn = o->accum * o->B * p->n;
+        p->pos = malloc(sizeof(int64_t) * (size_t)p->n);
+        p->sin = malloc(sizeof(int32_t) * (size_t)sn);
+        p->stg = malloc(sizeof(int32_t) * (size_t)sn);
+        if (!p->pos || !p->sin || !p->stg) return lmc_err_set(err, LMC_ERR_OOM, "pipeline x context parallel: out of memory");
+        lmc_ring_attn_zigzag(o->T, cp->rank, C, p->pos);
+    }
     int64_t n = o->accum * o->B * o->T;
     if (o->accum > (1 << 16)) return lmc_err_set(err, LMC_ERR_ARG, "--pp: %lld micro-batches (--accum) is too many",
                                                  (long long)o->accum);
@@ -182,9 +253,22 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
     } else {
         for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
     }
-    if ((s = lmc_pp_tstage_init_v(&p->st, &tr->tm, tr->be, pp->rank, pp->world, V, (int)o->accum, o->B, o->T, err)))
+    if ((s = lmc_pp_tstage_init_v(&p->st, &tr->tm, tr->be, pp->rank, pp->world, V, (int)o->accum, o->B, T, err)))
         return s;
     p->st.inputs = p->in, p->st.targets = p->tg;
+    if (cp) { /* every arena of the stage: the slice's global positions, attention around the ring */
+        p->st.inputs = p->sin, p->st.targets = p->stg;
+        int32_t *p32 = malloc(sizeof(int32_t) * (size_t)(o->B * p->n));
+        if (!p32) return lmc_err_set(err, LMC_ERR_OOM, "pipeline x context parallel: out of memory");
+        for (int64_t b = 0; b < o->B; b++)
+            for (int64_t i = 0; i < p->n; i++) p32[b * p->n + i] = (int32_t)p->pos[i];
+        for (int i = 0; i < p->st.n_acts; i++) {
+            tr->be->upload(tr->be->ctx, p->st.acts[i].pos, p32, sizeof(int32_t) * (size_t)(o->B * p->n));
+            p->st.acts[i].cp = &p->g;
+        }
+        tr->be->sync(tr->be->ctx);
+        free(p32);
+    }
     /* the loader reads global micro-batches of D x B rows (as one process with batch D x B); a
      * tensor-parallel trainer's loader was made for all P x D ranks of its data-parallel side */
     if (o->next_batch || (p->dw <= 1 && !tr->tp)) return LMC_OK;
@@ -198,6 +282,40 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
     memset(&tr->train, 0, sizeof tr->train);
     if ((s = lmc_loader_init(&tr->train, tr->train_data, gB, o->T, o->seed, true, err))) return s;
     return lmc_loader_seek(&tr->train, ep, ix, err);
+}
+
+/* Context parallel: rows sequences of T tokens in in/tg -> this rank's zigzag slices in p->sin/stg. */
+static void slice(struct lmc_trainer_pp *p, const int32_t *in, const int32_t *tg, int64_t rows) {
+    int64_t T = p->g.T_global, n = p->n;
+    for (int64_t b = 0; b < rows; b++)
+        for (int64_t i = 0; i < n; i++) {
+            p->sin[b * n + i] = in[b * T + p->pos[i]];
+            p->stg[b * n + i] = tg[b * T + p->pos[i]];
+        }
+}
+
+/* The ring's sticky status after a run over it (reset). */
+static lmc_status ring_status(struct lmc_trainer_pp *p, lmc_err *err) {
+    lmc_status s = p->cpc ? p->g.st : LMC_OK;
+    if (s) {
+        if (err) *err = p->g.err;
+        p->g.st = LMC_OK;
+    }
+    return s;
+}
+
+/* The loss sum and count of one B x T micro-batch forward through the pipeline (a CP
+ * rank its slice, summed over the ring), on every rank of the group. */
+static lmc_status eval_one(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double sc[2], lmc_err *err) {
+    struct lmc_trainer_pp *p = tr->pp;
+    int64_t n = 0;
+    if (p->cpc) slice(p, in, tg, tr->o.B);
+    lmc_status s = lmc_pp_tstage_eval(&p->st, p->c, p->cpc ? p->sin : in, p->cpc ? p->stg : tg, &sc[0], &n, err);
+    if (!s) s = ring_status(p, err);
+    sc[1] = (double)n;
+    if (!s) s = p->c->broadcast(p->c, sc, 2 * sizeof(double), p->c->world - 1, err);
+    if (!s && p->cpc) s = p->cpc->all_reduce(p->cpc, sc, 2, LMC_DTYPE_F64, LMC_REDUCE_SUM, err);
+    return s;
 }
 
 lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
@@ -233,6 +351,7 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         memcpy(p->in + k * per, tr->in, sizeof(int32_t) * (size_t)per);
         memcpy(p->tg + k * per, tr->tg, sizeof(int32_t) * (size_t)per);
     }
+    if (p->cpc) slice(p, p->in, p->tg, o->accum * o->B);
     /* token data: the mean over the global batch's tokens; a batch source:
      * the summed loss, 1/count in the update (as lmc_trainer_step) */
     p->st.dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)p->dw * (double)o->accum));
@@ -245,6 +364,7 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         struct lmc_pp_vstage ops = lmc_pp_tstage_vops(&p->st);
         s = lmc_pp_run_interleaved(p->c, &ops, (int)o->accum, &p->stats, err);
     }
+    if (!s) s = ring_status(p, err);
     if (s) return s;
     /* the loss: the last stages' sums over every rank; the gradient over the DP ranks of this stage */
     double sc[2] = {p->st.loss_sum, (double)p->st.count};
@@ -311,7 +431,8 @@ static lmc_status serve(struct lmc_trainer *tr, lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
     const struct lmc_tmodel *tm = &tr->tm;
     struct lmc_comm *c = p->c;
-    if (p->dr != 0 || c->rank == 0) return LMC_OK; /* the other pipelines hold the same state */
+    if (p->dr != 0 || c->rank == 0 || (p->cpc && p->cpc->rank != 0))
+        return LMC_OK; /* the other pipelines hold the same state */
     const float *arenas[3] = {tm->w, tr->m, tr->v};
     tr->be->sync(tr->be->ctx);
     lmc_status s = LMC_OK;
@@ -380,7 +501,7 @@ lmc_status lmc_trainer_pp_write(struct lmc_trainer *tr, const char *model_path, 
                                 lmc_err *err) {
     struct lmc_trainer_pp *p = tr->pp;
     const struct lmc_tmodel *tm = &tr->tm;
-    LMC_ASSERT(p && p->parts && p->c->rank == 0 && p->dr == 0);
+    LMC_ASSERT(p && p->parts && p->c->rank == 0 && p->dr == 0 && (!p->cpc || !p->cpc->rank));
     int64_t most = 16;
     for (int i = 0; i < tm->n_params; i++) most = LMC_MAX(most, tm->params[i].numel + 16);
     struct pp_fill f = {tr, false, -1, 0, malloc(sizeof(float) * (size_t)most), malloc(sizeof(float) * (size_t)most), 0, 0};
@@ -406,7 +527,7 @@ lmc_status lmc_trainer_pp_write(struct lmc_trainer *tr, const char *model_path, 
 }
 
 bool lmc_trainer_pp_writes(const struct lmc_trainer *tr) {
-    return tr->pp && tr->pp->parts && tr->pp->c->rank == 0 && tr->pp->dr == 0;
+    return tr->pp && tr->pp->parts && tr->pp->c->rank == 0 && tr->pp->dr == 0 && (!tr->pp->cpc || !tr->pp->cpc->rank);
 }
 
 lmc_status lmc_trainer_pp_load_moments(struct lmc_trainer *tr, const float *m, const float *v, int64_t numel,
@@ -429,12 +550,8 @@ lmc_status lmc_trainer_pp_load_moments(struct lmc_trainer *tr, const float *m, c
 
 lmc_status lmc_trainer_pp_loss(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg, double *loss_sum,
                                int64_t *count, lmc_err *err) {
-    struct lmc_trainer_pp *p = tr->pp;
-    double sc[2];
-    int64_t n = 0;
-    lmc_status s = lmc_pp_tstage_eval(&p->st, p->c, in, tg, &sc[0], &n, err);
-    sc[1] = (double)n;
-    if (!s) s = p->c->broadcast(p->c, sc, sizeof sc, p->c->world - 1, err);
+    double sc[2] = {0, 0};
+    lmc_status s = eval_one(tr, in, tg, sc, err);
     *loss_sum = sc[0];
     *count = (int64_t)sc[1];
     return s;
@@ -472,12 +589,10 @@ static lmc_status eval_parts(struct lmc_trainer *tr, double *loss, lmc_err *err)
     for (int64_t k = 0; k < nb; k++) {
         lmc_loader_next(&tr->val, tr->batch);
         lmc_trainer_split_batch(tr);
-        double ls;
-        int64_t n;
-        if ((s = lmc_pp_tstage_eval(&p->st, p->c, tr->in, tr->tg, &ls, &n, err))) return s;
-        sc[0] += ls, sc[1] += (double)n;
+        double one[2];
+        if ((s = eval_one(tr, tr->in, tr->tg, one, err))) return s;
+        sc[0] += one[0], sc[1] += one[1];
     }
-    if ((s = p->c->broadcast(p->c, sc, sizeof sc, p->c->world - 1, err))) return s;
     *loss = sc[0] / (sc[1] > 0 ? sc[1] : 1);
     return LMC_OK;
 }
@@ -492,7 +607,7 @@ lmc_status lmc_trainer_pp_eval(struct lmc_trainer *tr, double *loss, lmc_err *er
      * evaluation of the windows one process with batch D x B reads */
     struct lmc_comm *keep = tr->comm; /* a tensor-parallel trainer's data-parallel side */
     tr->pp = NULL;
-    tr->comm = p->dp; /* replicated data parallel: only its world is read */
+    tr->comm = p->cpc ? p->dd : p->dp; /* replicated data parallel: only its world (D) is read */
     s = lmc_trainer_eval(tr, loss, err);
     tr->comm = keep;
     tr->pp = p;

@@ -16,8 +16,8 @@
  * one-process checkpoint, which every layout resumes. Refused: another
  * optimizer than AdamW, fewer layers than stages x chunks, a frozen base (adapters), mixture-of-experts,
  * recurrent layers, --recompute, packed sequences (a batch source's
- * segments), ZeRO 1-3, context parallelism at the same time, a device
- * backend; tied embeddings only in parts mode (lmc_trainer_pp_build; not
+ * segments), ZeRO 1-3, a device backend (context parallelism:
+ * lmc_trainer_pp_attach_cp); tied embeddings only in parts mode (lmc_trainer_pp_build; not
  * with --tp, whose stages hold the whole model). */
 #ifndef LMC_TRAIN_TRAINER_PP_H
 #define LMC_TRAIN_TRAINER_PP_H
@@ -49,6 +49,23 @@ lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *er
  * lmc_trainer_pp_attach. */
 lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, int V,
                                    const char *desc, lmc_err *err);
+
+/* Pipeline x context parallel (PP x CP x DP, CP innermost: world rank =
+ * (d P + stage) C + c; cp the ring of C consecutive ranks, made by the
+ * caller, which keeps it alive): the pipeline and the same-stage groups are
+ * split from world here (the trainer keeps them). Each stage's blocks run
+ * ring attention over cp on the zigzag slices of the micro-batch (chunks
+ * c and 2C-1-c of 2C); the activations sent between stages are the
+ * rank's B x n slice; the gradient and the loss sums are all-reduced over
+ * the C x D ranks of a stage. Without --tp tm is the stage's part
+ * (lmc_trainer_pp_build with the stage's rank (world rank / C) mod P); with
+ * --tp (after lmc_trainer_tp_attach) world is the TP trainer's
+ * data-parallel side (the C x P x D ranks holding one TP shard), each
+ * stage holds the whole shard as in TP x PP, and the evaluation runs on
+ * stage 0 over a data-parallel group of D. The refusals of --pp and of
+ * --cp (lmc_trainer_cp_refuse) both apply. */
+lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp, int P, int V,
+                                    const char *desc, lmc_err *err);
 
 /* Rank `rank` of P's part of the model (V chunks per rank): the whole
  * model's values (a folder dir, or random from seed / std as

@@ -75,10 +75,15 @@
  *               entries vs the CPU twins: pool and ring bytes equal, the
  *               attention within 1e-5, over prefill, decode, long-chunk and
  *               rollback steps (harness_kvq_paged.cc)
+ *   ring_attn   attn_block.cu: ring attention's block forward, log-sum-exp
+ *               merge and backward vs the CPU twin, zigzag slices, causal
+ *               and non-causal, and composed over the ring vs the whole
+ *               sequence's attention (harness_ring.cc)
  * The ctx is the one the real lmc_backend_cuda_init builds (backend_cuda.cu
  * on the runtime model, cuda_runtime_model.h; cuBLASLt: cublaslt_model.h). */
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/attention_train.h"
+#include "ops/cuda/ops_cuda.h"
 #include "cublaslt_model.h"
 
 extern "C" {
@@ -1387,6 +1392,7 @@ static void test_lora_rows() {
 
 #include "harness_qlora.cc" /* test_qlora: QLoRA's 4-bit base (qmatmul_f.cu) */
 #include "harness_finetune.cc" /* test_finetune: lmc finetune --full --pack's trainer path */
+#include "harness_ring.cc" /* test_ring_attn: ring attention's block kernels (context parallel) */
 #include "harness_zero.cc" /* test_zero: the ZeRO trainer on device memory */
 #include "harness_kvq_paged.cc" /* test_kvq_paged: compressed paged pools (attention_paged_kvq.cu) */
 
@@ -1413,12 +1419,13 @@ int main(int argc, char **argv) {
         {"finetune", test_finetune},
         {"zero", test_zero},
         {"kvq_paged", test_kvq_paged},
+        {"ring_attn", test_ring_attn},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero kvq_paged)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero kvq_paged ring_attn)\n", argv[i]);
             return 2;
         }
     }

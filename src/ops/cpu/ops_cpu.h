@@ -163,6 +163,16 @@ void lmc_cpu_qmatmul_f_bwd(void *ctx, float *dx, const float *dy, int64_t M, con
 void lmc_cpu_dropout(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
 void lmc_cpu_clamp(void *ctx, float *y, const float *x, int64_t n, float c);
 void lmc_cpu_clamp_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
+/* ring attention's block ops (backend.h; attn_block.c) */
+void lmc_cpu_attn_block_fwd(void *ctx, float *ob, float *lb, const float *q, const float *k, const float *v,
+                            const int32_t *qpos, const int32_t *kpos, int64_t n, int64_t ns, int64_t H, int64_t KV,
+                            int64_t hd, float scale, int causal);
+void lmc_cpu_attn_block_merge(void *ctx, float *out, float *lse, const float *ob, const float *lb, int64_t n,
+                              int64_t H, int64_t hd);
+void lmc_cpu_attn_block_bwd(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                            const float *lse, const float *q, const float *k, const float *v, const int32_t *qpos,
+                            const int32_t *kpos, int64_t n, int64_t ns, int64_t H, int64_t KV, int64_t hd,
+                            float scale, int causal);
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias);
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,

@@ -230,6 +230,9 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->lowrank = lmc_cuda_lowrank;
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;
+    be->attn_block_fwd = lmc_cuda_attn_block_fwd; /* ring attention (context parallel) */
+    be->attn_block_merge = lmc_cuda_attn_block_merge;
+    be->attn_block_bwd = lmc_cuda_attn_block_bwd;
     be->sample_rows = lmc_cuda_sample_rows;
     /* state-space models (issue 15; ops/cuda/ssm.cuh) */
     be->conv1d_causal = lmc_cuda_conv1d_causal;

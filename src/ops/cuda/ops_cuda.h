@@ -56,6 +56,17 @@ void lmc_cuda_rope_kv_store(void *ctx, float *q, float *k, const float *v, void 
                             int64_t M, int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim,
                             const int32_t *pos, const double *inv_freq, float attn_scale);
 
+/* Ring attention's block ops (backend.h; attn_block.cu), hd <= 512. */
+void lmc_cuda_attn_block_fwd(void *ctx, float *ob, float *lb, const float *q, const float *k, const float *v,
+                             const int32_t *qpos, const int32_t *kpos, int64_t n, int64_t ns, int64_t H, int64_t KV,
+                             int64_t hd, float scale, int causal);
+void lmc_cuda_attn_block_merge(void *ctx, float *out, float *lse, const float *ob, const float *lb, int64_t n,
+                               int64_t H, int64_t hd);
+void lmc_cuda_attn_block_bwd(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                             const float *lse, const float *q, const float *k, const float *v, const int32_t *qpos,
+                             const int32_t *kpos, int64_t n, int64_t ns, int64_t H, int64_t KV, int64_t hd,
+                             float scale, int causal);
+
 /* Training (backend.h's "Training" entries; attention_train/attention_bwd
  * are declared with the attention kernels). */
 void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
