@@ -17,7 +17,10 @@
  *     backward, clipping, AdamW) on llama-tiny NF4, qwen2-tiny int4 and
  *     gpt2-tiny NF4 (Conv1D, fused c_attn as flat views), fp32: loss,
  *     every lora_A/B gradient and the adapter after the step vs the CPU
- *     run; bf16: loss and gradient cosine. */
+ *     run; bf16: loss and gradient cosine;
+ *   - LoRA's bf16 base (LMC_QLORA_BF16: the frozen linears kept bf16 on
+ *     the device) against the f32 base in the bf16 mode, llama/qwen2/gpt2
+ *     tiny: the same loss, gradients and adapter after AdamW. */
 extern "C" {
 #include "train/qlora.h"
 #include "train/trainer.h"
@@ -162,7 +165,9 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
     struct lmc_lora lo;
     struct lmc_lora_train lt;
     struct lmc_trainer tr;
-    if (lmc_qlora_load(&tm, &ql, dir.c_str(), kind, be, &err)) {
+    memset(&ql, 0, sizeof ql);
+    /* kind 0: the plain f32 model (lmc_tmodel_load) */
+    if (kind ? lmc_qlora_load(&tm, &ql, dir.c_str(), kind, be, &err) : lmc_tmodel_load(&tm, dir.c_str(), be, &err)) {
         printf("FAIL qlora load on %s: %s\n", be->name, err.msg), n_fail++;
         return false;
     }
@@ -237,9 +242,42 @@ static void qlora_models() {
     }
 }
 
+/* LoRA's bf16 base (LMC_QLORA_BF16): in the bf16 mode the frozen linears
+ * kept as bf16 give the step of the f32 base, whose weights the GEMMs
+ * round to bf16 the same way (cuBLASLt operands; matmul_bwd's dx takes the
+ * BF16 weight as stored): loss, every lora_A/B gradient and the adapter
+ * after AdamW equal; the base's device bytes are its bf16 form's. */
+static void bf16_base_models() {
+    for (const char *model : {"llama-tiny", "qwen2-tiny", "gpt2-tiny"}) {
+        const std::string dir = std::string(fixtures()) + "/" + model;
+        const int64_t B = 3, T = 23; /* 69 rows: the GEMM path (more than GEMV_MAX_M) */
+        qlora_batch b;
+        b.in.resize((size_t)(B * T)), b.tg.resize((size_t)(B * T));
+        for (auto &i : b.in) i = irand(512);
+        for (size_t i = 0; i < b.tg.size(); i++) b.tg[i] = i % 5 == 1 ? -1 : irand(512);
+        double lf, lb;
+        std::vector<float> gf, wf, gb, wb;
+        size_t d0, c0, db, cb;
+        lmc_backend_cuda_set_train_bf16(&gpu, true);
+        if (qlora_step(&gpu, dir, (enum lmc_qlora_kind)0, b, B, T, lf, gf, wf, d0, c0) &&
+            qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, lb, gb, wb, db, cb)) {
+            double el = fabs(lb - lf) / fabs(lf), eg = rel(gb, gf), ew = rel(wb, wf);
+            check("bf16 base step loss", el, 1e-6, "%s", model);
+            check("bf16 base step lora grads", eg, 1e-5, "%s", model);
+            check("bf16 base step adapter after AdamW", ew, 1e-6, "%s", model);
+            check("bf16 base device bytes (= its bf16 form, none for the f32 base)", db > 0 && db == cb && d0 == 0 ? 0.0 : 1.0,
+                  0.0, "%s: %zu device, %zu form, %zu f32 base", model, db, cb, d0);
+            printf("  %s bf16 base: loss %.9f vs f32 base %.9f (%.2e), grads rel %.2e, adapter %.2e; base %zu B "
+                   "on the device\n", model, lb, lf, el, eg, ew, db);
+        }
+        lmc_backend_cuda_set_train_bf16(&gpu, false);
+    }
+}
+
 static void test_qlora() {
     emu_strict_device = true;
     qlora_ops();
     qlora_models();
+    bf16_base_models();
     emu_strict_device = false;
 }
