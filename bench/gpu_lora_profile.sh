@@ -20,7 +20,7 @@ cmake -S . -B $B -DLMC_WERROR=ON >"$OUT/build.log" 2>&1 && make -C $B -j16 lmc_c
   { tail -30 "$OUT/build.log"; exit 1; }
 say "build ok ($(($(date +%s) - T0)) s)"
 OUT=$W/q SKIP_BUILD=1 MODES=lora ROUNDS=1 STEPS=6 SKIP=2 BUDGET_S=200 bash bench/gpu_qlora.sh >/dev/null 2>&1
-grep -E 'round|median|check' $W/q/summary.txt | tee -a "$S"
+grep -E 'round|median|check|memory' $W/q/summary.txt | tee -a "$S"
 cp $W/run-lora.log "$OUT/lora.log" 2>/dev/null
 idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
 for rcmp in recompute; do
@@ -30,6 +30,7 @@ for rcmp in recompute; do
   timeout 120 $LMC finetune -m $M --data $W/sft.jsonl -o $W/out-rc --seq "$SEQ" --batch 1 --pack --steps 6 --device cuda \
     --dtype bf16 --lora-r 16 --lora-alpha 32 --lora-targets all-linear --recompute >"$OUT/lora-recompute.log" 2>&1
   r=$?; kill $mp; wait $mp 2>/dev/null
+  grep -o 'memory (MiB).*\|device memory after.*' "$OUT/lora-recompute.log" | sed 's/^/  recompute /' | tee -a "$S"
   say "lmc lora --recompute rc=$r: $(tail -n +3 $W/out-rc.metrics.jsonl 2>/dev/null | sed 's/.*"tokens_per_s": \([0-9.]*\).*/\1/' | tr '\n' ' ') tok/s; peak $(( $(sort -g $W/mem-rc | tail -1) - idle )) MiB"
 done
 rm -rf $W/out-ncu

@@ -20,10 +20,13 @@
 # Logs go to $OUT (the device returns few files: one summary, one tarball).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_qlora.sh
 # env: BUDGET_S (default 540) SEQ=2048 BATCH=1 STEPS=8 SKIP=3 ROUNDS=2
-#      MODES="lora qlora-nf4 qlora-int4" SKIP_BUILD=1 (use build-dev as is)
+#      MODES="lora lora-rc qlora-nf4 qlora-int4" SKIP_BUILD=1 (use build-dev as is)
+# lora-rc: LoRA with --recompute. Each lmc run's first round also prints
+# its memory account (the start-up line) and the device's bytes in use
+# after the first step next to it (train/train_mem.h).
 . "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-540}; SEQ=${SEQ:-2048}; BATCH=${BATCH:-1}; STEPS=${STEPS:-8}; SKIP=${SKIP:-3}
-ROUNDS=${ROUNDS:-2}; MODES=${MODES:-lora qlora-nf4 qlora-int4}
+ROUNDS=${ROUNDS:-2}; MODES=${MODES:-lora lora-rc qlora-nf4 qlora-int4}
 OUT=${OUT:-/tmp/lmc-qlora-out}; W=${WORK:-/tmp/lmc-qlora-work}; B=build-dev; LMC=$B/lmc
 mkdir -p "$OUT" "$W"
 S=$OUT/summary.txt; : >"$S"
@@ -99,17 +102,18 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in $MODES; do
     [ "$(left)" -gt 60 ] || { say "out of time before round $round $mode"; break 2; }
     extra="--lora-r 16 --lora-alpha 32 --lora-targets all-linear"
-    case $mode in qlora-*) extra="$extra --qlora ${mode#qlora-}" ;; esac
+    case $mode in qlora-*) extra="$extra --qlora ${mode#qlora-}" ;; lora-rc) extra="$extra --recompute" ;; esac
     rm -rf "$W/out-$mode"
     read -r r mib < <(run "$mode" $LMC finetune -m $M --data "$W/sft.jsonl" -o "$W/out-$mode" --seq "$SEQ" --batch "$BATCH" \
       --pack --steps "$STEPS" --device cuda --dtype bf16 $extra)
     if [ "$r" != 0 ]; then say "round $round $mode FAILED rc=$r: $(tail -2 "$W/run-$mode.log")"; rc=1; continue; fi
     tps=$(tail -n +$((SKIP + 1)) "$W/out-$mode.metrics.jsonl" | sed 's/.*"tokens_per_s": \([0-9.]*\).*/\1/' | sort -g |
           awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
-    say "round $round lmc $mode: $tps tok/s, peak device $mib MiB; $(grep -o 'QLoRA base.*' "$W/run-$mode.log")"
+    say "round $round lmc $mode: $tps tok/s, peak device $mib MiB; $(grep -o 'Q*LoRA base.*' "$W/run-$mode.log")"
+    [ "$round" = 1 ] && grep -o 'memory (MiB).*\|device memory after.*' "$W/run-$mode.log" | sed "s/^/  $mode /" | tee -a "$S"
     echo "lmc-$mode $tps $mib" >>"$RES"
     pm=${mode%%-*}
-    if [ $peft_ok = 1 ] && { [ "$pm" = lora ] || { [ "$mode" = qlora-nf4 ] && [ $bnb_ok = 1 ]; }; } && [ "$(left)" -gt 90 ]; then
+    if [ $peft_ok = 1 ] && { [ "$mode" = lora ] || { [ "$mode" = qlora-nf4 ] && [ $bnb_ok = 1 ]; }; } && [ "$(left)" -gt 90 ]; then
       read -r r mib < <(run "peft-$pm" python3 bench/finetune_peft.py $M $pm "$SEQ" "$BATCH" "$STEPS" "$SKIP")
       line=$(grep '^peft' "$W/run-peft-$pm.log")
       if [ "$r" = 0 ] && [ -n "$line" ]; then

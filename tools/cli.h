@@ -60,6 +60,18 @@ int64_t cli_ctx(const struct cli_common *c, const struct lmc_model *m);
 int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const char *cmd,
                       bool *bf16);
 void cli_train_backend_free(struct lmc_backend *be);
+/* The memory account of a trainer (train/train_mem.h) as one line on
+ * stderr ("lmc CMD: memory (MiB): ...") and as JSON in json_path (NULL:
+ * none). mem0: the device's bytes in use before the model was built
+ * (lmc_backend_cuda_mem_used; 0 on the CPU); after_step: the first step
+ * has run, so on a device the bytes in use now, less mem0, are printed
+ * and written beside the account (the difference is op scratch). */
+struct lmc_trainer;
+struct lmc_lora_train;
+struct lmc_qlora;
+void cli_train_mem_report(const char *cmd, const struct lmc_backend *be, const struct lmc_trainer *tr,
+                          const struct lmc_lora_train *lt, const struct lmc_qlora *ql, int qkind,
+                          const char *json_path, size_t mem0, bool after_step);
 
 /* Value parsing that rejects junk ("12x", empty, out of range). */
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);

@@ -5,6 +5,7 @@
  * needs AVX512-BF16). */
 #include "cli.h"
 #include "ops/backend_cuda.h"
+#include "train/train_mem.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -50,4 +51,34 @@ int cli_train_backend(struct lmc_backend *be, const struct cli_common *c, const 
 void cli_train_backend_free(struct lmc_backend *be) {
     if (be->name && !strcmp(be->name, "cuda")) lmc_backend_cuda_free(be);
     else lmc_backend_cpu_free(be);
+}
+
+void cli_train_mem_report(const char *cmd, const struct lmc_backend *be, const struct lmc_trainer *tr,
+                          const struct lmc_lora_train *lt, const struct lmc_qlora *ql, int qkind,
+                          const char *json_path, size_t mem0, bool after_step) {
+    struct lmc_train_mem m;
+    lmc_train_mem_account(tr, lt, ql, (enum lmc_qlora_kind)qkind, &m);
+    size_t used = 0;
+    if (after_step && !be->host_memory) {
+        size_t now = lmc_backend_cuda_mem_used(be);
+        used = now > mem0 ? now - mem0 : 0;
+        fprintf(stderr, "lmc %s: device memory after the first step: %.1f MiB in use past start-up (the account "
+                        "%.1f MiB, op scratch and allocator %.1f MiB)\n", cmd, (double)used / 1048576.0,
+                (double)m.total / 1048576.0, ((double)used - (double)m.total) / 1048576.0);
+    } else if (!after_step) {
+        char line[1024];
+        lmc_train_mem_line(&m, line, sizeof line);
+        fprintf(stderr, "lmc %s: %s\n", cmd, line);
+    }
+    if (!json_path || (after_step && be->host_memory)) return;
+    char js[2048], tmp[4200];
+    lmc_train_mem_json(&m, used, js, sizeof js);
+    snprintf(tmp, sizeof tmp, "%s.tmp", json_path);
+    FILE *f = fopen(tmp, "w");
+    bool ok = f && fprintf(f, "%s\n", js) > 0;
+    if (f && fclose(f)) ok = false;
+    if (!ok || rename(tmp, json_path) != 0) {
+        remove(tmp);
+        fprintf(stderr, "lmc %s: cannot write %s (the memory account)\n", cmd, json_path);
+    }
 }

@@ -17,6 +17,7 @@
  * refused there before any rank joins. */
 #include "cli.h"
 #include "core/core.h"
+#include "ops/backend_cuda.h"
 #include "train/lora_train.h"
 #include "train/qlora.h"
 #include "train/sft_data.h"
@@ -400,6 +401,7 @@ int cmd_finetune(int argc, char **argv) {
     if ((rc = cli_train_backend(&be, &cc, "finetune", &bf16))) goto done;
     rc = 1;
     have_be = true;
+    size_t mem0 = be.host_memory ? 0 : lmc_backend_cuda_mem_used(&be); /* the memory account's start */
     /* data parallel on GPUs: an nccl communicator over the host one (which it then keeps and frees), as lmc
      * train (the combinations it cannot run were refused above, before any rank joined) */
     if (dist && !be.host_memory) {
@@ -421,13 +423,16 @@ int cmd_finetune(int argc, char **argv) {
     /* --ep: the layout only; each rank reads its part of the folder (lmc_trainer_ep_shard);
      * --full --pp without --tp: each stage builds only its part of the model (trainer_pp.h) */
     bool pp_parts = pp > 1 && tp == 1 && full && !qlora;
+    /* LoRA on one GPU in bf16: the frozen linears kept as bf16 only (train/qlora.h LMC_QLORA_BF16) */
+    bool bf16_base = !full && !qlora && !be.host_memory && bf16 && !dist && tp == 1 && cp == 1 && pp == 1;
     int64_t whole_numel = 0;
     struct lmc_config pcfg;
     if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
         : pp_parts ? lmc_config_load(&pcfg, wdir, &err) ||
                          lmc_trainer_pp_build(&tm, &pcfg, &be, wdir, 0, 0, (int)pp, (int)pp_chunks,
                                               (int)((comm.rank / cp) % pp), &whole_numel, &err)
-        : qlora ? lmc_qlora_load(&tm, &ql, cc.model_dir, qkind, &be, &err) : lmc_tmodel_load(&tm, wdir, &be, &err)) {
+        : qlora || bf16_base ? lmc_qlora_load(&tm, &ql, cc.model_dir, qlora ? qkind : LMC_QLORA_BF16, &be, &err)
+                             : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
     }
@@ -468,6 +473,10 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_tm = true;
     }
+    if (bf16_base)
+        fprintf(stderr, "lmc finetune: LoRA base: %lld linears (%lld weights) kept bf16 on %s in %.1f MiB (no f32 "
+                        "copy)\n", (long long)ql.n_quant, (long long)ql.quant_params, be.name,
+                (double)ql.dev_bytes / 1048576.0);
     if (qlora) {
         char on_dev[96] = "";
         if (ql.n_dev)
@@ -502,6 +511,11 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_lt = true;
         if (tps) lmc_tp_tmodel_mark(&tm, &tps->g); /* the attach rebound the views: the splits again */
+        /* a GPU: each adapter product over the whole micro-batch (up to 4096 rows), not 256-row blocks */
+        if (!be.host_memory && lmc_lora_train_set_scratch_rows(&lt, LMC_MIN(B * T, (int64_t)4096), &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
         if (lo.cfg.dropout > 0) {
             src.lt = &lt;
             src.seed = (uint64_t)seed;
@@ -605,6 +619,10 @@ int cmd_finetune(int argc, char **argv) {
         lmc_trainer_describe_optim(&tr, odesc, sizeof odesc);
         fprintf(stderr, "lmc finetune: %s\n", odesc);
     }
+    char memjs[4200];
+    snprintf(memjs, sizeof memjs, "%s.memory.json", out);
+    if (root) cli_train_mem_report("finetune", &be, &tr, full ? NULL : &lt, &ql, qlora ? (int)qkind : LMC_QLORA_BF16,
+                                   memjs, mem0, false);
     if (root && tr.tp)
         fprintf(stderr, "lmc finetune: tensor parallel %lld x data parallel %d (%d ranks), global batch %lld x %lld "
                         "x %lld accum; each rank holds %lld of the parameters and their AdamW moments\n", (long long)tp,
@@ -641,7 +659,7 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: cannot open %s: %s\n", metrics, strerror(errno));
         goto done;
     }
-    bool tty = isatty(2);
+    bool tty = isatty(2), mem_done = false;
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     while (tr.step < end) {
         struct lmc_train_stats st;
@@ -651,6 +669,10 @@ int cmd_finetune(int argc, char **argv) {
             goto done;
         }
         double dt = lmc_time_now() - t0, vl = NAN;
+        if (root && !be.host_memory && !mem_done) /* the device's bytes in use next to the account */
+            cli_train_mem_report("finetune", &be, &tr, full ? NULL : &lt, &ql, qlora ? (int)qkind : LMC_QLORA_BF16,
+                                 memjs, mem0, true);
+        mem_done = true;
         bool last = tr.step == steps;
         if (vd.n_ex && ((eval_every > 0 && tr.step % eval_every == 0) || last) && val_loss(&tr, src.lt, &vd, &vl, &err)) {
             cli_fail("finetune", &err);

@@ -563,6 +563,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: %s%s\n", odesc,
                 tr.zero && zero >= 1 ? (tr.have_opt ? " for rank 0's tensors (ZeRO-1: each rank steps and holds its own)"
                                                     : " in all; each rank holds its 1/N shard (ZeRO)") : "");
+    if (root) cli_train_mem_report("train", &be, &tr, NULL, NULL, 0, NULL, 0, false); /* the memory account */
     bool peak_given = peak_tflops > 0;
     if (gpu && !peak_given)
         peak_tflops = bf16 ? LMC_H100_SXM_BF16_DENSE_TFLOPS : LMC_H100_SXM_FP32_TFLOPS;

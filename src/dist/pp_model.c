@@ -177,7 +177,8 @@ static lmc_status vbwd(void *user, int v, int mb, const void *dout, void *din, l
                       a->dh, a->scratch);
     if (!h->first) be->download(be->ctx, din, a->dx, (size_t)(n * C) * sizeof(float));
     else {
-        be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, n, C);
+        if (tm->G.tok_emb.data) /* NULL: a frozen embedding (LoRA) */
+            be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, n, C);
         if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, n, C);
     }
     s->slot[v * s->M + mb] = -1;

@@ -82,6 +82,10 @@ static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err)
     if (!t->required) return LMC_OK;
     const struct lmc_tparam *p = &s->tm->params[s->next++];
     LMC_ASSERT(!strcmp(p->name, t->name));
+    if (p->external && p->ext_data) { /* a frozen dense linear in its own dtype (a bf16 base) */
+        lmc_weights_bind(&s->tm->W, t, p->ext_data, p->ext_dtype);
+        return LMC_OK;
+    }
     if (p->external) { /* a quantized frozen linear: no arena floats, no gradient view */
         int parts = t->spec->parts > 1 ? t->spec->parts : 1;
         for (int i = 0; i < parts && p->q; i++) {
@@ -672,8 +676,12 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
         PUT((int)l + 1, P | G, true);
     }
     GET(0, G, -1);
-    if (tm->vocab) lmc_tp_embed_bwd((float *)tm->G.tok_emb.data, tm->vocab->v0, c->vocab_size, C, inputs, M, a->dx);
-    else be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
+    if (!tm->G.tok_emb.data) { /* a frozen embedding (adapter training): no gradient */
+    } else if (tm->vocab) {
+        lmc_tp_embed_bwd((float *)tm->G.tok_emb.data, tm->vocab->v0, c->vocab_size, C, inputs, M, a->dx);
+    } else {
+        be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
+    }
     if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, M, C);
     PUT(0, G, true);
 #undef GET

@@ -49,6 +49,11 @@ struct lmc_tparam {
      * (qfloat) over q[0..parts) once the caller sets q (NULL: unbound). */
     bool external;
     const struct lmc_qweight *q;
+    /* Or, with ext_data set instead of q: a frozen dense linear kept
+     * outside the arenas in ext_dtype (LoRA's bf16 base on a GPU,
+     * train/qlora.h), bound as an LMC_WFMT_DENSE linear over it. */
+    const void *ext_data;
+    enum lmc_dtype ext_dtype;
     bool elsewhere;         /* another pipeline stage's (lmc_tmodel_init_parts): external, never bound */
     int part;               /* lmc_tmodel_hooks' part: 0 before the layers, 1 + layer, L + 1 after */
 };

@@ -18,7 +18,7 @@
 
 static void *own(struct lmc_lora_train *lt, size_t bytes) {
     void *p = lt->be->alloc(lt->be->ctx, bytes);
-    if (p) lt->bufs[lt->n_bufs++] = p;
+    if (p) lt->bufs[lt->n_bufs++] = p, lt->buf_bytes += bytes;
     return p;
 }
 
@@ -74,11 +74,23 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
         }
     }
     /* new arenas: the base copied, the adapter uploaded, padding zero; the
-     * gradient arena holds only the adapter's part (g_off = base) */
+     * gradient arena holds only the adapter's part (g_off = base). The old
+     * arenas go first (the base waits on the host), so the backend never
+     * holds both: on a GPU the old gradient arena alone is the base's size */
     size_t bytes = (size_t)tm->numel * sizeof(float), gbytes = (size_t)(tm->numel - base) * sizeof(float);
+    float *host = malloc((size_t)base * sizeof(float) + 1);
+    if (!host) {
+        tm->n_params = n_base;
+        tm->numel = base;
+        goto oom;
+    }
+    be->download(be->ctx, host, tm->w, (size_t)base * sizeof(float));
+    be->sync(be->ctx);
+    be->free(be->ctx, tm->w);
+    be->free(be->ctx, tm->g);
+    tm->w = tm->g = NULL;
     float *w = be->alloc(be->ctx, bytes), *g = be->alloc(be->ctx, gbytes);
-    float *host = malloc((size_t)base * sizeof(float));
-    if (!w || !g || !host) {
+    if (!w || !g) {
         if (w) be->free(be->ctx, w);
         if (g) be->free(be->ctx, g);
         free(host);
@@ -88,12 +100,9 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
     }
     be->zero(be->ctx, w, bytes);
     be->zero(be->ctx, g, gbytes);
-    be->download(be->ctx, host, tm->w, (size_t)base * sizeof(float));
     be->upload(be->ctx, w, host, (size_t)base * sizeof(float));
     be->sync(be->ctx);
     free(host);
-    be->free(be->ctx, tm->w);
-    be->free(be->ctx, tm->g);
     tm->w = w;
     tm->g = g;
     for (int k = 0; k < lo->n_mods; k++) {
@@ -104,23 +113,23 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
     int64_t sink_n = 16;
     for (int i = 0; i < n_base; i++) {
         tm->params[i].frozen = true;
-        if (tm->params[i].role != LMC_ROLE_MATRIX) sink_n = LMC_MAX(sink_n, tm->params[i].numel);
+        if (tm->params[i].role != LMC_ROLE_MATRIX && tm->params[i].role != LMC_ROLE_EMBED)
+            sink_n = LMC_MAX(sink_n, tm->params[i].numel);
     }
     tm->trainable_off = tm->g_off = base;
     LMC_ASSERT(lmc_tmodel_bind(tm) == n_base);
-    /* the frozen base: no weight gradients for the linears and the head
-     * (views left NULL); the embeddings' and norms' backward ops still
-     * write theirs: into one scratch, never read or cleared */
+    /* the frozen base: no weight gradients for the linears, the head and
+     * the embeddings (views left NULL: the step skips the embeddings'
+     * backward); the norms' backward ops still write theirs: into one
+     * scratch (the largest norm or bias), never read or cleared */
     float *sink = own(lt, (size_t)sink_n * sizeof(float));
     if (!sink) goto oom;
     be->zero(be->ctx, sink, (size_t)sink_n * sizeof(float));
     struct lmc_weights *Wv = &tm->W, *Gv = &tm->G;
     Gv->tok_emb = Wv->tok_emb;
-    Gv->tok_emb.data = sink;
-    if (Wv->pos_emb.data) {
-        Gv->pos_emb = Wv->pos_emb;
-        Gv->pos_emb.data = sink;
-    }
+    Gv->tok_emb.data = NULL;
+    Gv->pos_emb = Wv->pos_emb;
+    Gv->pos_emb.data = NULL;
     Gv->norm_f = sink;
     Gv->norm_f_b = Wv->norm_f_b ? sink : NULL;
     Gv->head.w.data = NULL;
@@ -131,6 +140,8 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
         }
     /* with dropout the scratch also holds the dropped input (linear.h) */
     int64_t per_row = 2 * r + omax + (lo->cfg.dropout > 0 ? imax : 0);
+    lt->scratch_buf = lt->n_bufs;
+    lt->scratch_per_row = per_row;
     float *scratch = own(lt, (size_t)(SCRATCH_ROWS * per_row) * sizeof(float));
     if (!scratch) goto oom;
     float sc = (float)lmc_lora_scale(&lo->cfg);
@@ -179,6 +190,26 @@ lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *t
 oom:
     lmc_lora_train_free(lt);
     return lmc_err_set(err, LMC_ERR_OOM, "LoRA training state: out of memory");
+}
+
+lmc_status lmc_lora_train_set_scratch_rows(struct lmc_lora_train *lt, int64_t rows, lmc_err *err) {
+    if (rows < 1 || rows > ((int64_t)1 << 24))
+        return lmc_err_set(err, LMC_ERR_ARG, "LoRA scratch: %lld rows", (long long)rows);
+    if (!lt->n_ad || lt->wad[0].scratch_rows == rows) return LMC_OK;
+    const struct lmc_backend *be = lt->be;
+    size_t old = (size_t)(lt->wad[0].scratch_rows * lt->scratch_per_row) * sizeof(float);
+    size_t bytes = (size_t)(rows * lt->scratch_per_row) * sizeof(float);
+    float *p = be->alloc(be->ctx, bytes);
+    if (!p) return lmc_err_set(err, LMC_ERR_OOM, "LoRA scratch of %lld rows: out of memory", (long long)rows);
+    be->sync(be->ctx); /* nothing still reads the old one */
+    be->free(be->ctx, lt->bufs[lt->scratch_buf]);
+    lt->bufs[lt->scratch_buf] = p;
+    lt->buf_bytes = lt->buf_bytes - old + bytes;
+    for (int i = 0; i < lt->n_ad; i++) {
+        lt->wad[i].scratch = lt->gad[i].scratch = p;
+        lt->wad[i].scratch_rows = lt->gad[i].scratch_rows = rows;
+    }
+    return LMC_OK;
 }
 
 lmc_status lmc_lora_train_read(const struct lmc_lora_train *lt, const struct lmc_tmodel *tm, struct lmc_lora *lo,

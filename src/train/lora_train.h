@@ -23,6 +23,9 @@ struct lmc_lora_train {
     int *ad_a;                       /* (n_ad) each entry's lora_A parameter (lora_B the next) */
     int64_t *ad_boff;                /* (n_ad) its part's offset in lora_B */
     float dropout;                   /* the adapter's lora_dropout */
+    size_t buf_bytes;                /* backend memory bufs hold (train_mem.h) */
+    int scratch_buf;                 /* bufs[] index of the adapters' shared row scratch */
+    int64_t scratch_per_row;         /* its floats per row; rows: wad[].scratch_rows */
 };
 
 /* Appends lo's modules (lo->cfg.r, its scale) to tm (moving its arenas) and
@@ -30,6 +33,14 @@ struct lmc_lora_train {
  * (lmc_lora_load / lmc_lora_create with it). LMC_ERR_OOM, LMC_ERR_ARG. */
 lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *tm, const struct lmc_lora *lo,
                                  lmc_err *err);
+/* Sets how many rows the adapters' low-rank products take at a time (the
+ * shared scratch reallocated: rows x (2 r + out (+ in with dropout))
+ * floats). attach gives 256, which keeps the CPU's products in cache; a
+ * GPU wants a whole micro-batch (B x T rows) per product, so that each
+ * adapted linear runs one launch per GEMM instead of one per 256 rows.
+ * The same results up to the order of dA/dB's sums over row blocks.
+ * LMC_ERR_OOM (the old scratch kept), LMC_ERR_ARG for rows < 1. */
+lmc_status lmc_lora_train_set_scratch_rows(struct lmc_lora_train *lt, int64_t rows, lmc_err *err);
 /* Copies the adapter's current A and B from tm into lo (same modules). */
 lmc_status lmc_lora_train_read(const struct lmc_lora_train *lt, const struct lmc_tmodel *tm, struct lmc_lora *lo,
                                lmc_err *err);

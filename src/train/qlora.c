@@ -6,6 +6,7 @@
  * splits them). */
 #include "train/qlora.h"
 #include "core/core.h"
+#include "core/dtype.h"
 #include "io/safetensors.h"
 #include "quant/hf_quant.h"
 
@@ -191,6 +192,55 @@ static lmc_status load_external(struct lmc_tmodel *tm, struct lmc_qlora *ql, int
     return LMC_OK;
 }
 
+/* LMC_QLORA_BF16: external tparam i read as floats, rounded to bf16 on the
+ * host (round to nearest even, as the device's conversion) and uploaded
+ * into a buffer of its own; bound through ext_data. */
+static lmc_status load_bf16(struct lmc_tmodel *tm, struct lmc_qlora *ql, int i, const struct lmc_st *st,
+                            const char *dir, float **buf, lmc_err *err) {
+    const struct lmc_backend *be = ql->be;
+    struct lmc_tparam *p = &tm->params[i];
+    int64_t n = p->transposed ? p->shape[1] : p->shape[0], k = p->transposed ? p->shape[0] : p->shape[1];
+    const struct lmc_st_tensor *t = find(st, tm->arch->alt_prefix, p->name);
+    if (!t) return lmc_err_set(err, LMC_ERR_FORMAT, "%s: missing tensor '%s'", dir, p->name);
+    free(*buf);
+    float *w = *buf = malloc((size_t)p->numel * sizeof(float) * (p->transposed ? 2 : 1));
+    uint16_t *h = malloc((size_t)p->numel * sizeof(uint16_t));
+    if (!w || !h) {
+        free(h);
+        return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
+    }
+    lmc_status s = read_float(t, p, dir, w, err);
+    if (s) {
+        free(h);
+        return s;
+    }
+    if (p->transposed) { /* on disk (in, out): the kernels want (out, in) */
+        float *o = w + p->numel;
+        for (int64_t r = 0; r < k; r++)
+            for (int64_t c = 0; c < n; c++) o[c * k + r] = w[r * n + c];
+        w = o;
+    }
+    for (int64_t e = 0; e < p->numel; e++) h[e] = lmc_f32_to_bf16(w[e]);
+    size_t bytes = (size_t)p->numel * sizeof(uint16_t);
+    void *d = be->alloc(be->ctx, bytes);
+    if (!d) {
+        free(h);
+        return lmc_err_set(err, LMC_ERR_OOM, "%s: %s: out of device memory (bf16 base)", dir, p->name);
+    }
+    be->upload(be->ctx, d, h, bytes);
+    be->sync(be->ctx);
+    free(h);
+    ql->dense[ql->n_dense++] = d;
+    p->ext_data = d;
+    p->ext_dtype = LMC_DTYPE_BF16;
+    ql->n_quant++;
+    ql->quant_params += p->numel;
+    ql->quant_bytes += bytes;
+    ql->compact_bytes += bytes;
+    ql->dev_bytes += bytes;
+    return LMC_OK;
+}
+
 /* The views of external tparam i (the last `parts` made) copied to the
  * backend; the host weight released after. */
 static lmc_status upload_external(struct lmc_qlora *ql, int i, int parts, const char *dir, lmc_err *err) {
@@ -250,7 +300,10 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
                           const struct lmc_backend *be, lmc_err *err) {
     memset(ql, 0, sizeof *ql);
     memset(tm, 0, sizeof *tm);
-    if (!be->qmatmul_f || !be->qmatmul_f_bwd || (!be->host_memory && (!be->qweight_upload_f || !be->qweight_free_f)))
+    if (kind == LMC_QLORA_BF16 && be->host_memory)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "bf16 base: a device backend's (backend %s keeps the f32 base)",
+                           be->name ? be->name : "?");
+    if (kind != LMC_QLORA_BF16 && (!be->qmatmul_f || !be->qmatmul_f_bwd || (!be->host_memory && (!be->qweight_upload_f || !be->qweight_free_f))))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "QLoRA: backend %s has no quantized float matmul "
                            "(qmatmul_f%s)", be->name ? be->name : "?", be->host_memory ? "" : ", qweight_upload_f");
     ql->be = be;
@@ -263,6 +316,9 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
     if (qc.method != LMC_QM_NONE && qc.method != LMC_QM_BNB4 && qc.method != LMC_QM_GPTQ && qc.method != LMC_QM_AWQ)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: QLoRA over this quantization_config (BitNet) is not "
                            "supported", dir);
+    if (kind == LMC_QLORA_BF16 && qc.method != LMC_QM_NONE)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: a bf16 base needs a float folder (this one is quantized: "
+                           "train it with --qlora)", dir);
     if ((s = lmc_st_open_dir(&st, dir, err))) return s;
     ql->prequantized = qc.method != LMC_QM_NONE;
     struct pick *pk = calloc(1, sizeof *pk);
@@ -283,6 +339,8 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
     ql->views = calloc((size_t)tm->n_params * 4, sizeof *ql->views);
     if (!be->host_memory && !(ql->dev = calloc((size_t)tm->n_params * 4, sizeof *ql->dev)))
         s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
+    if (kind == LMC_QLORA_BF16 && !(ql->dense = calloc((size_t)tm->n_params, sizeof *ql->dense)))
+        s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     if (pk->too_many) s = lmc_err_set(err, LMC_ERR_ARG, "%s: QLoRA: more than %d linears", dir, (int)sizeof pk->parts);
     float *buf = NULL;
     if (!ql->qw || !ql->views) s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
@@ -290,6 +348,10 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
         const struct lmc_tparam *p = &tm->params[i];
         if (p->external) {
             int parts = pk->parts[ext++];
+            if (kind == LMC_QLORA_BF16) {
+                s = load_bf16(tm, ql, i, &st, dir, &buf, err);
+                continue;
+            }
             s = load_external(tm, ql, i, &st, &qc, kind, parts, dir, &buf, err);
             if (!s && !be->host_memory) s = upload_external(ql, i, parts, dir, err);
             continue;
@@ -320,6 +382,8 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
 
 void lmc_qlora_free(struct lmc_qlora *ql) {
     for (int i = 0; ql->dev && i < ql->n_dev; i++) ql->be->qweight_free_f(ql->be->ctx, ql->dev[i]);
+    for (int i = 0; ql->dense && i < ql->n_dense; i++) ql->be->free(ql->be->ctx, ql->dense[i]);
+    free(ql->dense);
     free(ql->dev);
     for (int i = 0; ql->qw && i < ql->n_slots; i++) lmc_qweight_free(&ql->qw[i]);
     free(ql->qw);

@@ -17,7 +17,13 @@
 #include "model/backward.h"
 #include "quant/qmatmul.h"
 
-enum lmc_qlora_kind { LMC_QLORA_NF4 = 1, LMC_QLORA_INT4 = 2 };
+/* BF16: not quantized — LoRA's frozen base kept as bf16 on a device
+ * backend (the mixed-precision mode's GEMM operands, so the same products
+ * as the f32 base converted per GEMM, in half the memory and no f32
+ * master): the block linears external in bf16 device memory (bound as
+ * dense BF16 linears through tparam.ext_data), the rest f32 in the arena.
+ * A float folder only; LMC_ERR_UNSUPPORTED on host-memory backends. */
+enum lmc_qlora_kind { LMC_QLORA_NF4 = 1, LMC_QLORA_INT4 = 2, LMC_QLORA_BF16 = 3 };
 
 /* "nf4" / "int4"; false for anything else. */
 bool lmc_qlora_kind_parse(const char *s, enum lmc_qlora_kind *k);
@@ -39,6 +45,8 @@ struct lmc_qlora {
     struct lmc_qweight **dev; /* n_dev device handles */
     int n_dev;
     size_t dev_bytes;         /* the backend memory they take */
+    void **dense;             /* LMC_QLORA_BF16: n_dense bf16 device buffers (be->alloc) */
+    int n_dense;
 };
 
 /* Loads dir into tm on be with its linears quantized (see above); ql owns

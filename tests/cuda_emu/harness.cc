@@ -55,7 +55,8 @@
  *               act-order) dequantized bit for bit as the host, forward and
  *               input-gradient backward vs the CPU twin (fp32, bf16), and a
  *               whole QLoRA finetune step (llama/qwen2/gpt2-tiny) through the
- *               real table vs the CPU run (harness_qlora.cc)
+ *               real table vs the CPU run; LoRA's bf16 base (frozen linears
+ *               kept bf16) = the f32 base in the bf16 mode (harness_qlora.cc)
  *   moe_e2e     mixtral-, qwen2moe-, qwen3moe-, olmoe- and olmoe-clip-tiny
  *               through the real CUDA table: forward logits (fp32, bf16)
  *               and a training step with the load-balancing loss (fp32,

@@ -17,7 +17,12 @@
  *     backward, clipping, AdamW) on llama-tiny NF4, qwen2-tiny int4 and
  *     gpt2-tiny NF4 (Conv1D, fused c_attn as flat views), fp32: loss,
  *     every lora_A/B gradient and the adapter after the step vs the CPU
- *     run; bf16: loss and gradient cosine. */
+ *     run; bf16: loss and gradient cosine;
+ *   - LoRA's bf16 base (LMC_QLORA_BF16: the frozen linears kept bf16 on
+ *     the device): matmul_bwd with BF16 weights at odd shapes = the F32
+ *     weight's call bit for bit (and the CPU twin within 1e-2); a whole
+ *     step against the f32 base in the bf16 mode, llama/qwen2/gpt2 tiny:
+ *     the same loss, gradients and adapter after AdamW. */
 extern "C" {
 #include "train/qlora.h"
 #include "train/trainer.h"
@@ -162,7 +167,9 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
     struct lmc_lora lo;
     struct lmc_lora_train lt;
     struct lmc_trainer tr;
-    if (lmc_qlora_load(&tm, &ql, dir.c_str(), kind, be, &err)) {
+    memset(&ql, 0, sizeof ql);
+    /* kind 0: the plain f32 model (lmc_tmodel_load) */
+    if (kind ? lmc_qlora_load(&tm, &ql, dir.c_str(), kind, be, &err) : lmc_tmodel_load(&tm, dir.c_str(), be, &err)) {
         printf("FAIL qlora load on %s: %s\n", be->name, err.msg), n_fail++;
         return false;
     }
@@ -237,9 +244,83 @@ static void qlora_models() {
     }
 }
 
+/* matmul_bwd with a BF16 weight (the bf16 base) in the bf16 mode, odd
+ * shapes, dx = / +=, with and without dw / db: bit for bit the call with
+ * the F32 weight holding the same (bf16-representable) values, which the
+ * bf16 mode rounds to bf16 itself; and the CPU twin's f32 product within
+ * bf16 tolerance. */
+static void bf16_base_bwd_ops() {
+    const int64_t shapes[][3] = {{33, 37, 75}, {69, 5, 131}, {9, 64, 19}};
+    lmc_backend_cuda_set_train_bf16(&gpu, true);
+    for (auto &sh : shapes) {
+        const int64_t M = sh[0], N = sh[1], K = sh[2];
+        std::vector<float> w = rv((size_t)(N * K)), x = rv((size_t)(M * K)), dy = rv((size_t)(M * N)),
+                           dx0 = rv((size_t)(M * K)), zw((size_t)(N * K)), zb((size_t)N);
+        std::vector<uint16_t> wb((size_t)(N * K));
+        for (size_t i = 0; i < w.size(); i++) wb[i] = lmc_f32_to_bf16(w[i]), w[i] = lmc_bf16_to_f32(wb[i]);
+        struct lmc_mat mh = {LMC_DTYPE_F32, N, K, w.data()}, mf = {LMC_DTYPE_F32, N, K, dup_dev(gpu, w)},
+                       mb = {LMC_DTYPE_BF16, N, K, dup_dev(gpu, wb.data(), wb.size() * 2)};
+        float *xd = dup_dev(gpu, x), *dyd = dup_dev(gpu, dy);
+        for (int acc = 0; acc < 2; acc++)
+            for (int grads = 0; grads < 2; grads++) {
+                float *dxf = dup_dev(gpu, dx0), *dxb = dup_dev(gpu, dx0);
+                float *dwf = grads ? dup_dev(gpu, zw) : nullptr, *dwb = grads ? dup_dev(gpu, zw) : nullptr;
+                float *dbf = grads ? dup_dev(gpu, zb) : nullptr, *dbb = grads ? dup_dev(gpu, zb) : nullptr;
+                gpu.matmul_bwd(gpu.ctx, dxf, dwf, dbf, dyd, xd, M, &mf, acc);
+                gpu.matmul_bwd(gpu.ctx, dxb, dwb, dbb, dyd, xd, M, &mb, acc);
+                std::vector<float> a = down(gpu, dxf, x.size()), b = down(gpu, dxb, x.size());
+                if (grads) {
+                    for (auto &v : {down(gpu, dwf, zw.size()), down(gpu, dbf, zb.size())}) a.insert(a.end(), v.begin(), v.end());
+                    for (auto &v : {down(gpu, dwb, zw.size()), down(gpu, dbb, zb.size())}) b.insert(b.end(), v.begin(), v.end());
+                }
+                check("bf16 base matmul_bwd = F32 weight (bits differ)", memcmp(a.data(), b.data(), a.size() * 4) ? 1.0 : 0.0,
+                      0.0, "M %lld N %lld K %lld acc %d grads %d", (long long)M, (long long)N, (long long)K, acc, grads);
+                std::vector<float> dxc = dx0;
+                cpu.matmul_bwd(cpu.ctx, dxc.data(), nullptr, nullptr, dy.data(), x.data(), M, &mh, acc);
+                check("bf16 base matmul_bwd dx vs CPU f32", rel(std::vector<float>(b.begin(), b.begin() + (long)x.size()), dxc),
+                      1e-2, "M %lld N %lld K %lld", (long long)M, (long long)N, (long long)K);
+            }
+    }
+    lmc_backend_cuda_set_train_bf16(&gpu, false);
+}
+
+/* LoRA's bf16 base (LMC_QLORA_BF16): in the bf16 mode the frozen linears
+ * kept as bf16 give the step of the f32 base, whose weights the GEMMs
+ * round to bf16 the same way (cuBLASLt operands; matmul_bwd's dx takes the
+ * BF16 weight as stored): loss, every lora_A/B gradient and the adapter
+ * after AdamW equal; the base's device bytes are its bf16 form's. */
+static void bf16_base_models() {
+    for (const char *model : {"llama-tiny", "qwen2-tiny", "gpt2-tiny"}) {
+        const std::string dir = std::string(fixtures()) + "/" + model;
+        const int64_t B = 3, T = 23; /* 69 rows: the GEMM path (more than GEMV_MAX_M) */
+        qlora_batch b;
+        b.in.resize((size_t)(B * T)), b.tg.resize((size_t)(B * T));
+        for (auto &i : b.in) i = irand(512);
+        for (size_t i = 0; i < b.tg.size(); i++) b.tg[i] = i % 5 == 1 ? -1 : irand(512);
+        double lf, lb;
+        std::vector<float> gf, wf, gb, wb;
+        size_t d0, c0, db, cb;
+        lmc_backend_cuda_set_train_bf16(&gpu, true);
+        if (qlora_step(&gpu, dir, (enum lmc_qlora_kind)0, b, B, T, lf, gf, wf, d0, c0) &&
+            qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, lb, gb, wb, db, cb)) {
+            double el = fabs(lb - lf) / fabs(lf), eg = rel(gb, gf), ew = rel(wb, wf);
+            check("bf16 base step loss", el, 1e-6, "%s", model);
+            check("bf16 base step lora grads", eg, 1e-5, "%s", model);
+            check("bf16 base step adapter after AdamW", ew, 1e-6, "%s", model);
+            check("bf16 base device bytes (= its bf16 form, none for the f32 base)", db > 0 && db == cb && d0 == 0 ? 0.0 : 1.0,
+                  0.0, "%s: %zu device, %zu form, %zu f32 base", model, db, cb, d0);
+            printf("  %s bf16 base: loss %.9f vs f32 base %.9f (%.2e), grads rel %.2e, adapter %.2e; base %zu B "
+                   "on the device\n", model, lb, lf, el, eg, ew, db);
+        }
+        lmc_backend_cuda_set_train_bf16(&gpu, false);
+    }
+}
+
 static void test_qlora() {
     emu_strict_device = true;
     qlora_ops();
     qlora_models();
+    bf16_base_bwd_ops();
+    bf16_base_models();
     emu_strict_device = false;
 }

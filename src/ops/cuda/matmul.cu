@@ -577,7 +577,11 @@ extern "C" void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, 
                                     const float *x, int64_t M, const struct lmc_mat *w,
                                     int accum_dx) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
-    LMC_ASSERT(w->dtype == LMC_DTYPE_F32);
+    /* BF16 weights (a frozen bf16 base, train/qlora.h): the bf16 mode's
+     * operand as stored, so no conversion (the same GEMM as its F32
+     * master converted here) */
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || (w->dtype == LMC_DTYPE_BF16 && c->train_bf16));
+    const bool w16 = w->dtype == LMC_DTYPE_BF16;
     const int64_t N = w->rows, K = w->cols;
     if (M <= 0) return;
     bool gx = dx && K > 0 && N > 0, gw = dw && K > 0 && N > 0, gb = db && N > 0;
@@ -586,7 +590,7 @@ extern "C" void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, 
     const bool b16 = c->train_bf16;
     /* scratch: [w bf16][dy bf16][x bf16][db partials] */
     size_t o_w = 0, o_dy, o_x, o_db, sz = 0;
-    if (b16 && gx) sz += lmc_cuda_al256((size_t)(N * K) * 2);
+    if (b16 && gx && !w16) sz += lmc_cuda_al256((size_t)(N * K) * 2);
     o_dy = sz;
     if (b16 && (gx || gw)) sz += lmc_cuda_al256((size_t)(M * N) * 2);
     o_x = sz;
@@ -601,7 +605,7 @@ extern "C" void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, 
         dt = LMC_DTYPE_BF16;
         lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_dy), dy, M * N);
         DY = s + o_dy;
-        if (gx) {
+        if (gx && !w16) {
             lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_w), (const float *)w->data, N * K);
             W = s + o_w;
         }

@@ -1,0 +1,79 @@
+/* train_mem.c — the memory account of a trainer (see train_mem.h): sizes
+ * taken from the same formulas the allocations used. */
+#include "train/train_mem.h"
+#include "model/block.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define A16(n) (((n) + 15) / 16 * 16)
+
+void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_train *lt, const struct lmc_qlora *ql,
+                           enum lmc_qlora_kind qkind, struct lmc_train_mem *m) {
+    memset(m, 0, sizeof *m);
+    const struct lmc_tmodel *tm = &tr->tm;
+    const size_t F = sizeof(float);
+    if (tm->w) {
+        m->weights_f32 = (size_t)tm->numel * F;
+        m->frozen_f32 = (size_t)tm->trainable_off * F;
+        m->trainable = m->weights_f32 - m->frozen_f32;
+    }
+    if (tm->g) m->grads = (size_t)(tm->numel - tm->g_off) * F;
+    m->base_ext_form = "";
+    if (ql && ql->n_quant) {
+        m->base_ext = ql->be && !ql->be->host_memory ? ql->dev_bytes : ql->quant_bytes;
+        m->base_ext_form = qkind == LMC_QLORA_BF16 ? "bf16"
+                         : ql->prequantized       ? "quantized"
+                         : qkind == LMC_QLORA_NF4 ? "NF4"
+                                                  : "int4";
+    }
+    if (tr->m) m->optim += (size_t)(tm->numel - tm->trainable_off) * F;
+    if (tr->v) m->optim += (size_t)(tm->numel - tm->trainable_off) * F;
+    if (tr->have_opt) m->optim += tr->opt.arena_bytes;
+    const struct lmc_tacts *a = &tr->acts;
+    if (a->arena) {
+        const struct lmc_config *c = &tm->cfg;
+        int64_t BT = a->B * a->T, L = a->n_layers;
+        m->acts = lmc_tacts_bytes_layers(c, L, a->B, a->T, a->recompute);
+        m->acts_per_layer = (size_t)lmc_block_save_floats(tm->arch, c, BT, LMC_RUN_TRAIN) * F;
+        m->acts_layers = a->recompute ? 1 : L;
+        m->acts_resid = (size_t)(L + 1) * (size_t)A16(BT * c->hidden_size) * F;
+        size_t held = m->acts_per_layer * (size_t)m->acts_layers + m->acts_resid;
+        m->acts_rest = m->acts > held ? m->acts - held : 0;
+    }
+    if (lt) m->lora = lt->buf_bytes;
+    m->total = m->weights_f32 + m->base_ext + m->grads + m->optim + m->acts + m->lora;
+}
+
+static double mib(size_t b) {
+    return (double)b / 1048576.0;
+}
+
+void lmc_train_mem_line(const struct lmc_train_mem *m, char *buf, size_t cap) {
+    char ext[96] = "";
+    if (m->base_ext) snprintf(ext, sizeof ext, " + base linears %s %.1f", m->base_ext_form, mib(m->base_ext));
+    snprintf(buf, cap,
+             "memory (MiB): weights f32 %.1f (frozen %.1f, trainable %.1f)%s + gradients %.1f + optimizer %.1f + "
+             "activations %.1f (%.1f per layer x %lld held, residual stream %.1f, rest %.1f) + adapter scratch %.1f "
+             "= %.1f, not counting op scratch",
+             mib(m->weights_f32), mib(m->frozen_f32), mib(m->trainable), ext, mib(m->grads), mib(m->optim),
+             mib(m->acts), mib(m->acts_per_layer), (long long)m->acts_layers, mib(m->acts_resid), mib(m->acts_rest),
+             mib(m->lora), mib(m->total));
+}
+
+void lmc_train_mem_json(const struct lmc_train_mem *m, size_t measured, char *buf, size_t cap) {
+    int n = snprintf(buf, cap,
+                     "{\"weights_f32\": %zu, \"frozen_f32\": %zu, \"trainable\": %zu, \"base_ext\": %zu, "
+                     "\"base_ext_form\": \"%s\", \"grads\": %zu, \"optimizer\": %zu, \"activations\": %zu, "
+                     "\"activations_per_layer\": %zu, \"activation_layers_held\": %lld, \"residual_stream\": %zu, "
+                     "\"activations_rest\": %zu, \"adapter_scratch\": %zu, \"total\": %zu",
+                     m->weights_f32, m->frozen_f32, m->trainable, m->base_ext, m->base_ext_form, m->grads, m->optim,
+                     m->acts, m->acts_per_layer, (long long)m->acts_layers, m->acts_resid, m->acts_rest, m->lora,
+                     m->total);
+    if (n < 0 || (size_t)n >= cap) return;
+    if (measured)
+        snprintf(buf + n, cap - (size_t)n, ", \"device_measured\": %zu, \"op_scratch_measured\": %lld}", measured,
+                 (long long)measured - (long long)m->total);
+    else
+        snprintf(buf + n, cap - (size_t)n, "}");
+}

@@ -1,0 +1,213 @@
+/* test_train_mem.c — the memory account (train/train_mem.h) against the
+ * bytes the backend really holds: the CPU backend's table with alloc/free
+ * wrapped to count live and peak bytes, then for LoRA (AdamW, 8-bit AdamW,
+ * --recompute), full fine-tuning and QLoRA NF4 on the tiny fixtures the
+ * account's total (QLoRA: less its 4-bit codes, which live in host memory
+ * outside the backend) equals the live bytes after lmc_trainer_init and
+ * after a training step (nothing else is allocated through the backend),
+ * recompute holds one layer's saves, and attaching the adapter never holds
+ * the old and the new arenas at once (its peak stays within the load's);
+ * the adapters' products in 7-row blocks and in one whole-batch block
+ * (lmc_lora_train_set_scratch_rows) give the same step. */
+#include "test.h"
+#include "core/core.h"
+#include "train/lora_train.h"
+#include "train/qlora.h"
+#include "train/train_mem.h"
+#include "train/trainer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- a counting backend: the CPU table with alloc / free wrapped ---- */
+#define MAX_LIVE 4096
+static struct {
+    void *(*alloc)(void *ctx, size_t bytes);
+    void (*free)(void *ctx, void *p);
+    void *p[MAX_LIVE];
+    size_t n[MAX_LIVE];
+    size_t live, peak;
+} cnt;
+
+static void *cnt_alloc(void *ctx, size_t bytes) {
+    void *p = cnt.alloc(ctx, bytes);
+    if (!p) return NULL;
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (!cnt.p[i]) {
+            cnt.p[i] = p, cnt.n[i] = bytes;
+            cnt.live += bytes;
+            if (cnt.live > cnt.peak) cnt.peak = cnt.live;
+            return p;
+        }
+    CHECK_MSG(0, "more than %d live allocations", MAX_LIVE);
+    return p;
+}
+
+static void cnt_free(void *ctx, void *p) {
+    for (int i = 0; p && i < MAX_LIVE; i++)
+        if (cnt.p[i] == p) {
+            cnt.live -= cnt.n[i];
+            cnt.p[i] = NULL;
+            break;
+        }
+    cnt.free(ctx, p);
+}
+
+struct batch {
+    int32_t *in, *tg;
+    int64_t n;
+};
+
+static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
+                             lmc_err *err) {
+    (void)err;
+    *segs = NULL;
+    *n_segs = 0;
+    struct batch *b = user;
+    memcpy(in, b->in, (size_t)b->n * sizeof *in);
+    memcpy(tg, b->tg, (size_t)b->n * sizeof *tg);
+    return LMC_OK;
+}
+
+enum mode { M_LORA, M_FULL, M_QLORA };
+
+static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, bool recompute, int64_t rows,
+                double *loss_out, float **grads_out, int64_t *n_grads) {
+    char dir[256], ldir[300], what[400];
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
+    snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
+    snprintf(what, sizeof what, "%s %s %s%s", model, mode == M_FULL ? "full" : mode == M_QLORA ? "qlora-nf4" : "lora",
+             lmc_optim_kind_name(ok), recompute ? " recompute" : "");
+    lmc_err err = {0};
+    struct lmc_backend be;
+    if (lmc_backend_cpu_init(&be, 2, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    memset(&cnt, 0, sizeof cnt);
+    cnt.alloc = be.alloc, cnt.free = be.free;
+    be.alloc = cnt_alloc, be.free = cnt_free;
+    struct lmc_tmodel tm;
+    struct lmc_qlora ql;
+    memset(&ql, 0, sizeof ql);
+    struct lmc_lora lo;
+    struct lmc_lora_train lt;
+    lmc_status s = mode == M_QLORA ? lmc_qlora_load(&tm, &ql, dir, LMC_QLORA_NF4, &be, &err)
+                                   : lmc_tmodel_load(&tm, dir, &be, &err);
+    if (s) {
+        CHECK_MSG(0, "%s: %s", what, err.msg);
+        return;
+    }
+    size_t loaded = cnt.live;
+    if (mode != M_FULL) {
+        cnt.peak = cnt.live;
+        if (lmc_lora_load(&lo, ldir, &tm.cfg, &err) || lmc_lora_train_attach(&lt, &tm, &lo, &err)) {
+            CHECK_MSG(0, "%s: %s", what, err.msg);
+            return;
+        }
+        /* the old arenas went before the new ones came: the peak is the load's or the result's */
+        CHECK_MSG(cnt.peak <= (loaded > cnt.live ? loaded : cnt.live), "%s: attach peak %zu, load %zu, after %zu",
+                  what, cnt.peak, loaded, cnt.live);
+        if (rows) {
+            CHECK(lmc_lora_train_set_scratch_rows(&lt, 0, &err) == LMC_ERR_ARG);
+            CHECK_MSG(!lmc_lora_train_set_scratch_rows(&lt, rows, &err), "%s: %s", what, err.msg);
+            CHECK(lt.wad[0].scratch_rows == rows && lt.wad[lt.n_ad - 1].scratch_rows == rows);
+        }
+    }
+    const int64_t B = 2, T = 13;
+    struct batch bt = {malloc(sizeof(int32_t) * (size_t)(B * T)), malloc(sizeof(int32_t) * (size_t)(B * T)), B * T};
+    uint64_t rs = 7;
+    for (int64_t i = 0; i < B * T; i++) {
+        bt.in[i] = (int32_t)(test_rng_next(&rs) % 200);
+        bt.tg[i] = i % 5 == 2 ? -1 : (int32_t)(test_rng_next(&rs) % 200);
+    }
+    struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .recompute = recompute,
+                               .next_batch = next_batch, .batch_user = &bt};
+    o.adamw = (struct lmc_adamw_cfg){1e-3, 0.9, 0.999, 1e-8, 0.0};
+    o.sched = (struct lmc_schedule){.kind = LMC_SCHED_CONSTANT, .lr_max = 1e-3, .lr_min = 1e-3, .total = 10};
+    lmc_optim_cfg_default(&o.optim, ok);
+    struct lmc_trainer tr;
+    if (lmc_trainer_init(&tr, &tm, &be, NULL, NULL, &o, &err)) {
+        CHECK_MSG(0, "%s trainer: %s", what, err.msg);
+        return;
+    }
+    struct lmc_train_mem m;
+    lmc_train_mem_account(&tr, mode == M_FULL ? NULL : &lt, &ql, LMC_QLORA_NF4, &m);
+    /* QLoRA on the CPU: the 4-bit codes are host memory, not the backend's */
+    size_t backend_part = m.total - (mode == M_QLORA ? m.base_ext : 0);
+    CHECK_MSG(backend_part == cnt.live, "%s: account %zu bytes, the backend holds %zu", what, backend_part, cnt.live);
+    CHECK_MSG(m.weights_f32 && m.grads && m.optim && m.acts && m.acts_per_layer && m.acts_resid, "%s: parts", what);
+    CHECK_MSG(m.acts_layers == (recompute ? 1 : tr.tm.cfg.num_layers), "%s: %lld layers' saves held", what,
+              (long long)m.acts_layers);
+    CHECK(m.acts_per_layer * (size_t)m.acts_layers + m.acts_resid + m.acts_rest == m.acts);
+    if (mode == M_FULL) {
+        CHECK_MSG(m.frozen_f32 == 0 && m.grads == m.weights_f32 && !m.lora, "%s: full: every weight trained", what);
+    } else {
+        /* a frozen base: gradients (and AdamW's moments) only for the adapter */
+        CHECK_MSG(m.grads == m.trainable && m.lora > 0 && m.frozen_f32 > 0, "%s: adapter-only gradients", what);
+        if (ok == LMC_OPTIM_ADAMW) CHECK_MSG(m.optim == 2 * m.trainable, "%s: AdamW m, v of the adapter", what);
+    }
+    if (mode == M_QLORA) CHECK_MSG(m.base_ext == ql.quant_bytes && !strcmp(m.base_ext_form, "NF4"), "%s", what);
+    struct lmc_train_stats st;
+    CHECK_MSG(!lmc_trainer_step(&tr, &st, &err), "%s step: %s", what, err.msg);
+    CHECK_MSG(backend_part == cnt.live, "%s: after a step the backend holds %zu (account %zu)", what, cnt.live,
+              backend_part);
+    char line[1024], js[2048];
+    lmc_train_mem_line(&m, line, sizeof line);
+    lmc_train_mem_json(&m, 0, js, sizeof js);
+    CHECK(strstr(line, "memory (MiB): weights f32") && js[0] == '{' && js[strlen(js) - 1] == '}');
+    if (loss_out) {
+        *loss_out = st.loss;
+        *n_grads = tr.tm.numel - tr.tm.g_off;
+        *grads_out = malloc(sizeof(float) * (size_t)*n_grads);
+        be.download(be.ctx, *grads_out, tr.tm.g, sizeof(float) * (size_t)*n_grads);
+    }
+    printf("%s: %zu bytes accounted = %zu live; %s\n", what, backend_part, cnt.live, line);
+    lmc_trainer_free(&tr);
+    if (mode != M_FULL) {
+        lmc_lora_train_free(&lt);
+        lmc_lora_free(&lo);
+    }
+    lmc_qlora_free(&ql);
+    CHECK_MSG(cnt.live == 0, "%s: %zu bytes left after freeing", what, cnt.live);
+    lmc_backend_cpu_free(&be);
+    free(bt.in), free(bt.tg);
+}
+
+/* The adapters' products in blocks of 7 rows (odd, several per batch) and
+ * in one block of the whole batch (lmc_lora_train_set_scratch_rows, as a
+ * GPU runs them) give the same loss and gradients, up to the order of
+ * dA/dB's sums over blocks; the account follows the scratch's new size. */
+static void scratch_rows(const char *model) {
+    double l7, lw;
+    float *g7 = NULL, *gw = NULL;
+    int64_t n7 = 0, nw = 0;
+    run(model, M_LORA, LMC_OPTIM_ADAMW, false, 7, &l7, &g7, &n7);
+    run(model, M_LORA, LMC_OPTIM_ADAMW, false, 2 * 13, &lw, &gw, &nw);
+    if (!g7 || !gw || n7 != nw) {
+        CHECK_MSG(0, "%s: scratch rows runs", model);
+    } else {
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < n7; i++) {
+            num = fmax(num, fabs((double)g7[i] - gw[i]));
+            den = fmax(den, fabs((double)gw[i]));
+        }
+        CHECK_MSG(fabs(l7 - lw) <= 1e-6 * fabs(lw), "%s: loss %.9g (7-row blocks) vs %.9g (whole)", model, l7, lw);
+        CHECK_MSG(num <= 1e-5 * den && den > 0, "%s: gradients %.3e relative (7-row blocks vs whole)", model, num / den);
+        printf("%s: adapter products in 7-row blocks vs the whole batch: loss %.2e, gradients %.2e\n", model,
+               fabs(l7 - lw) / fabs(lw), num / den);
+    }
+    free(g7), free(gw);
+}
+
+int main(void) {
+    run("llama-tiny", M_LORA, LMC_OPTIM_ADAMW, false, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_LORA, LMC_OPTIM_ADAMW, true, 0, NULL, NULL, NULL);
+    run("qwen2-tiny", M_LORA, LMC_OPTIM_ADAMW8BIT, false, 0, NULL, NULL, NULL);
+    run("gpt2-tiny", M_LORA, LMC_OPTIM_ADAMW, true, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_FULL, LMC_OPTIM_ADAMW, false, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_QLORA, LMC_OPTIM_ADAMW, false, 0, NULL, NULL, NULL);
+    scratch_rows("llama-tiny");
+    scratch_rows("gpt2-tiny");
+    return test_finish("test_train_mem");
+}

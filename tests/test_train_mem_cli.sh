@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# test_train_mem_cli.sh — the memory account on the command line (train/
+# train_mem.h): `lmc finetune` (LoRA, --recompute, QLoRA NF4, --full on
+# llama-tiny) prints one "memory (MiB): ..." line at start-up and writes
+# OUT.memory.json whose parts add up to its total, whose weights, gradients
+# and optimizer bytes follow the run's parameter counts (a frozen base:
+# gradients = trainable = the adapter's floats; AdamW 2x), whose total the
+# line repeats, and whose activations shrink to one layer's saves with
+# --recompute; `lmc train` prints the line too. The metrics file keeps its
+# one record per step. Usage: test_train_mem_cli.sh PATH/TO/lmc
+set -u
+LMC="$1"
+pass=0; fail=0
+ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+for i in $(seq 1 16); do
+  echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want\"}"
+done >"$TMP/d.jsonl"
+FIX=tests/fixtures/llama-tiny
+COMMON="--seq 32 --batch 2 --threads 2 --steps 2 --lora-r 4 --lora-alpha 8"
+run() { out=$1; shift; "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/$out" $COMMON "$@" 2>"$TMP/err-$out"; }
+check() { # NAME KIND: the JSON against itself, the line and the run's counts
+  python3 - "$TMP/$1.memory.json" "$TMP/err-$1" "$2" "$TMP/$1.metrics.jsonl" <<'PY'
+import json, re, sys
+m = json.load(open(sys.argv[1])); err = open(sys.argv[2]).read(); kind = sys.argv[3]
+parts = ["weights_f32", "base_ext", "grads", "optimizer", "activations", "adapter_scratch"]
+assert sum(m[k] for k in parts) == m["total"], m
+assert m["frozen_f32"] + m["trainable"] == m["weights_f32"], m
+held = m["activations_per_layer"] * m["activation_layers_held"] + m["residual_stream"] + m["activations_rest"]
+assert held == m["activations"], m
+lines = re.findall(r"lmc finetune: memory \(MiB\): .*= ([0-9.]+), not counting op scratch", err)
+assert len(lines) == 1 and abs(float(lines[0]) - m["total"] / 1048576) < 0.051, (lines, m["total"])
+tr = int(re.search(r"(\d+) trainable of (\d+) parameters", err).group(1))
+assert m["trainable"] >= 4 * tr and m["trainable"] < 4 * tr + 64 * 4 * 200, (m, tr)  # 16-float padding per tensor
+assert m["grads"] == m["trainable"] and m["optimizer"] == 2 * m["trainable"], m
+if kind == "full":
+    assert m["frozen_f32"] == 0 and m["adapter_scratch"] == 0, m
+else:
+    assert m["frozen_f32"] > 0 and m["adapter_scratch"] > 0, m
+if kind == "qlora":
+    assert m["base_ext"] > 0 and m["base_ext_form"] == "NF4", m
+else:
+    assert m["base_ext"] == 0, m
+if kind == "recompute":
+    assert m["activation_layers_held"] == 1, m
+else:
+    assert m["activation_layers_held"] == 2, m  # llama-tiny's layers
+rows = [json.loads(l) for l in open(sys.argv[4])]
+assert len(rows) == 2 and all("memory" not in r for r in rows), rows
+print(kind, m["total"])
+PY
+}
+run lora; ok $? "lora: $(tail -2 "$TMP/err-lora")"
+check lora lora >"$TMP/t-lora"; ok $? "lora account"
+run rc --recompute; ok $? "recompute: $(tail -2 "$TMP/err-rc")"
+check rc recompute >"$TMP/t-rc"; ok $? "recompute account"
+[ "$(cut -d' ' -f2 "$TMP/t-rc")" -lt "$(cut -d' ' -f2 "$TMP/t-lora")" ]; ok $? "recompute holds less"
+run q --qlora nf4; ok $? "qlora: $(tail -2 "$TMP/err-q")"
+check q qlora >/dev/null; ok $? "qlora account"
+run full --full; ok $? "full: $(tail -2 "$TMP/err-full")"
+check full full >/dev/null; ok $? "full account"
+for i in $(seq 1 60); do echo "In the beginning $i God created the heaven and the earth."; done >"$TMP/corpus.txt"
+"$LMC" prepare-data -m "$FIX" --text-file "$TMP/corpus.txt" -o "$TMP/data" >/dev/null 2>&1
+"$LMC" train -m "$FIX" --data "$TMP/data" -o "$TMP/tr" --steps 1 --batch 2 --seq 16 --threads 2 >/dev/null 2>"$TMP/err-train"
+ok $? "lmc train: $(tail -2 "$TMP/err-train")"
+grep -q "lmc train: memory (MiB): weights f32 .* = [0-9.]*, not counting op scratch" "$TMP/err-train"
+ok $? "lmc train prints the account: $(tail -2 "$TMP/err-train")"
+echo "test_train_mem_cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
