@@ -66,6 +66,9 @@ static void ring_give(struct lmc_sched *s, struct req *q) {
 
 static void req_free(struct lmc_sched *s, struct req *q) {
     ring_give(s, q);
+    /* the prompt's full blocks stay cached longest: a repeated prompt hits
+     * (as llama-server's slot cache does) however many outputs came since */
+    if (!s->kv.pool.state) lmc_kv_seq_release_outputs_first(&s->kv, &q->seq, q->n_prompt / s->kv.block_size);
     lmc_kv_seq_free(&s->kv, &q->seq);
     if (s->o.draft) lmc_kv_seq_free(&s->dkv, &q->dseq);
     if (q->dsmp_ok) lmc_sampler_free(&q->dsmp);
