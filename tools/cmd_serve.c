@@ -189,7 +189,6 @@ static int serve_ep_open(struct serve_ep *t, int ep, struct cli_model *cm, const
     int threads = c->threads ? c->threads : lmc_dist_cpu_threads(&env, (int)sysconf(_SC_NPROCESSORS_ONLN));
     if (lmc_backend_cpu_init(&cm->be, threads, &err)) return cli_fail("backend", &err);
     cm->have_be = true;
-    lmc_backend_cpu_set_bf16_prefill(&cm->be, false); /* batch-independent rows (below) */
     struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
     if (lmc_ep_model_load(&cm->model, &t->g, c->model_dir, &mo, &t->comm, true, &err))
         return cli_fail("serve --ep", &err);
@@ -414,11 +413,6 @@ int cmd_serve(int argc, char **argv) {
     if (tp > 1 && c.wdtype == LMC_WDTYPE_AUTO) c.wdtype = LMC_WDTYPE_F32; /* shards are f32 */
     struct cli_model cm;
     if (cli_open(&cm, &c, ep <= 1 && !pp)) return 1;
-    /* A request's tokens must not depend on what shares its batch (seeded
-     * requests repeat, speculation gives the plain greedy tokens): the CPU's
-     * bf16 prefill route, taken from 32 rows, would make a row's bits
-     * depend on the step's row count, so the server keeps the fp32 kernels. */
-    if (cm.have_be) lmc_backend_cpu_set_bf16_prefill(&cm.be, false);
     /* --ep: this rank's experts; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_ep epx;
     memset(&epx, 0, sizeof epx);
