@@ -237,7 +237,7 @@ static void usage(void) {
             "                 [--model-name NAME] [--ctx N] [--threads N] [--dtype D]\n"
             "                 [--max-connections N] [--max-active N] [--max-body SIZE]\n"
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
-            "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
+            "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache] [--no-bf16-prefill]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
             "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
@@ -251,6 +251,8 @@ static void usage(void) {
             "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
+            "--no-bf16-prefill: F16/BF16 prompt rows through the fp32 kernels too (on CPUs with AVX512-BF16\n"
+            "they take the bf16 GEMM by default; either way a request's bits do not depend on its batch).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -292,6 +294,10 @@ int cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(o, "--no-prefix-cache")) {
             sc.prefix_cache = false;
+            continue;
+        }
+        if (!strcmp(o, "--no-bf16-prefill")) {
+            sc.bf16_prefill = false;
             continue;
         }
         if (!strcmp(o, "--tp-vocab")) {
