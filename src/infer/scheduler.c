@@ -328,7 +328,9 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         /* KIVI-2: the last residual positions are computed again, so they
          * sit in the sequence's f16 ring as if it had never been preempted */
         int64_t keep = s->kv.pool.ring ? s->kv.pool.residual : 0;
-        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, LMC_MAX(0, total - 1 - keep));
+        int64_t lim = LMC_MAX(0, total - 1 - keep);
+        if (s->route) lim = LMC_MIN(lim, q->n_prompt); /* a preempted request's output: its own fp32 rows */
+        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, lim);
         if (!lmc_kv_seq_reserve(&s->kv, &q->seq, matched, total)) {
             lmc_kv_seq_release(&s->kv, &q->seq); /* wait for blocks; counted when admitted */
             s->kv.hits_tokens = hits;
