@@ -63,7 +63,7 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no -- src include to
     echo "- commit: $COMMIT$( [ "$DIRTY" -gt 0 ] && echo " (+ $DIRTY uncommitted change(s))")"
     echo "- device: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, $THREADS threads for each engine"
     echo "- peer: llama.cpp from $PEER_BIN ($(git -C "$PEER_BIN/../.." log -1 --format='%h %cs' 2>/dev/null || echo 'tree unknown'))"
-    echo "- command: \`ROUNDS=$ROUNDS SROUNDS=$SROUNDS THREADS=$THREADS LEVELS=\"$LEVELS\" P=$P M=$M PEER_BIN=$PEER_BIN bench/run_issue10_float.sh\`"
+    echo "- command: \`ROUNDS=$ROUNDS SROUNDS=$SROUNDS THREADS=$THREADS LEVELS=\"$LEVELS\" P=$P M=$M PEER_BIN=$PEER_BIN${BASE_LMC:+ BASE_LMC=$BASE_LMC}$( [ "${SKIP_PEER:-0}" = 1 ] && echo " SKIP_PEER=1")$( [ "${SKIP_CPU:-0}" = 1 ] && echo " SKIP_CPU=1")$( [ "${SKIP_SERVE:-0}" = 1 ] && echo " SKIP_SERVE=1") bench/run_issue10_float.sh\`"
     echo "- load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >>"$OUT"
 
