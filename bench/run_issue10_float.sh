@@ -23,7 +23,14 @@
 # else ../shared/tools/build-llamacpp-peer.sh), ROUNDS (prefill/decode
 # rounds, default 3), SROUNDS (serving rounds, default 2), THREADS (2),
 # LEVELS ("1 8 64"), P (128), M (128), BUILD (<repo>/build-bench), OUT,
-# SKIP_CPU=1 (serving only), SKIP_SERVE=1 (prefill/decode only).
+# SKIP_CPU=1 (serving only), SKIP_SERVE=1 (prefill/decode only);
+# BASE_LMC=PATH/lmc: a second `lmc serve` (e.g. main's build) driven in
+# the same rounds, its columns and the ratio branch / base added;
+# SKIP_PEER=1: no llama-server (lmc against BASE_LMC only).
+# The levels run in order against servers that stay up, and request k of
+# every level sends the same prompt: from the second level on, the first
+# requests' prompts are cached by both servers (llama-server's slots, lmc's
+# prefix cache), which is what TTFT at c = 8 measures after c = 1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-bench}
@@ -56,7 +63,7 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no -- src include to
     echo "- commit: $COMMIT$( [ "$DIRTY" -gt 0 ] && echo " (+ $DIRTY uncommitted change(s))")"
     echo "- device: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, $THREADS threads for each engine"
     echo "- peer: llama.cpp from $PEER_BIN ($(git -C "$PEER_BIN/../.." log -1 --format='%h %cs' 2>/dev/null || echo 'tree unknown'))"
-    echo "- command: \`ROUNDS=$ROUNDS SROUNDS=$SROUNDS THREADS=$THREADS LEVELS=\"$LEVELS\" P=$P M=$M PEER_BIN=$PEER_BIN bench/run_issue10_float.sh\`"
+    echo "- command: \`ROUNDS=$ROUNDS SROUNDS=$SROUNDS THREADS=$THREADS LEVELS=\"$LEVELS\" P=$P M=$M PEER_BIN=$PEER_BIN${BASE_LMC:+ BASE_LMC=$BASE_LMC}$( [ "${SKIP_PEER:-0}" = 1 ] && echo " SKIP_PEER=1")$( [ "${SKIP_CPU:-0}" = 1 ] && echo " SKIP_CPU=1")$( [ "${SKIP_SERVE:-0}" = 1 ] && echo " SKIP_SERVE=1") bench/run_issue10_float.sh\`"
     echo "- load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >>"$OUT"
 
@@ -83,34 +90,47 @@ if [ "${SKIP_SERVE:-0}" != 1 ]; then
     [ -s "$GGUF" ] || { echo "run_issue10_float.sh: no $GGUF (run without SKIP_CPU first)" >&2; exit 1; }
     NP=1; for c in $LEVELS; do [ "$c" -gt "$NP" ] && NP=$c; done
     CTX=$(( (P + M + 16) ))
-    LOGL=$(mktemp); LOGP=$(mktemp); JS=$(mktemp)
-    SRV_L=""; SRV_P=""
-    trap '[ -n "$SRV_L" ] && kill $SRV_L 2>/dev/null; [ -n "$SRV_P" ] && kill $SRV_P 2>/dev/null; rm -f "$LOGL" "$LOGP" "$JS"' EXIT
+    LOGL=$(mktemp); LOGP=$(mktemp); LOGB=$(mktemp); JS=$(mktemp)
+    SRV_L=""; SRV_P=""; SRV_B=""
+    trap '[ -n "$SRV_L" ] && kill $SRV_L 2>/dev/null; [ -n "$SRV_P" ] && kill $SRV_P 2>/dev/null; [ -n "$SRV_B" ] && kill $SRV_B 2>/dev/null; rm -f "$LOGL" "$LOGP" "$LOGB" "$JS"' EXIT
     "$BUILD/lmc" serve -m "$GGUF" --port 0 --threads "$THREADS" --max-batch "$NP" --max-connections $((NP * 4 + 16)) \
         --ctx "$CTX" 2>"$LOGL" &
     SRV_L=$!
-    # llama-server takes a port: one that was free a moment ago (a clash fails the start, loudly)
-    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$PEER_BIN/llama-server" -m "$GGUF" --host 127.0.0.1 --port "$PORT" -t "$THREADS" -tb "$THREADS" -np "$NP" \
-        -c $((CTX * NP)) >"$LOGP" 2>&1 &
-    SRV_P=$!
-    URL_L=""
+    if [ -n "${BASE_LMC:-}" ]; then
+        "$BASE_LMC" serve -m "$GGUF" --port 0 --threads "$THREADS" --max-batch "$NP" --max-connections $((NP * 4 + 16)) \
+            --ctx "$CTX" 2>"$LOGB" &
+        SRV_B=$!
+    fi
+    PORT=""
+    if [ "${SKIP_PEER:-0}" != 1 ]; then
+        # llama-server takes a port: one that was free a moment ago (a clash fails the start, loudly)
+        PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$PEER_BIN/llama-server" -m "$GGUF" --host 127.0.0.1 --port "$PORT" -t "$THREADS" -tb "$THREADS" -np "$NP" \
+            -c $((CTX * NP)) >"$LOGP" 2>&1 &
+        SRV_P=$!
+    fi
+    URL_L=""; URL_B=""
     for _ in $(seq 300); do
         URL_L=$(grep -o "http://127.0.0.1:[0-9]*" "$LOGL" | head -1 || true)
-        okp=$(curl -s "http://127.0.0.1:$PORT/health" | grep -c '"ok"' || true)
-        [ -n "$URL_L" ] && [ "$okp" -gt 0 ] && break
+        URL_B=$(grep -o "http://127.0.0.1:[0-9]*" "$LOGB" | head -1 || true)
+        okp=1; [ -n "$PORT" ] && okp=$(curl -s "http://127.0.0.1:$PORT/health" | grep -c '"ok"' || true)
+        [ -n "$URL_L" ] && [ "$okp" -gt 0 ] && { [ -z "$SRV_B" ] || [ -n "$URL_B" ]; } && break
         kill -0 $SRV_L 2>/dev/null || { cat "$LOGL" >&2; exit 1; }
-        kill -0 $SRV_P 2>/dev/null || { tail -20 "$LOGP" >&2; exit 1; }
+        [ -z "$SRV_P" ] || kill -0 $SRV_P 2>/dev/null || { tail -20 "$LOGP" >&2; exit 1; }
+        [ -z "$SRV_B" ] || kill -0 $SRV_B 2>/dev/null || { cat "$LOGB" >&2; exit 1; }
         sleep 0.2
     done
     URL_P="http://127.0.0.1:$PORT"
     [ -n "$URL_L" ] || { echo "lmc serve did not start" >&2; exit 1; }
+    [ -z "$SRV_B" ] || [ -n "$URL_B" ] || { echo "BASE_LMC serve did not start" >&2; exit 1; }
+    WHO="lmc"; [ -n "$SRV_B" ] && WHO="$WHO base"; [ -n "$SRV_P" ] && WHO="$WHO llama"
+    REV=$(echo $WHO | tr ' ' '\n' | tac | tr '\n' ' ')
     for ((r = 1; r <= SROUNDS; r++)); do
         for C in $LEVELS; do
             N=$(( C * 2 > 32 ? C * 2 : 32 ))
-            order="lmc llama"; [ $((r % 2)) = 0 ] && order="llama lmc"
+            order="$WHO"; [ $((r % 2)) = 0 ] && order="$REV"
             for who in $order; do
-                url=$URL_L; [ $who = llama ] && url=$URL_P
+                url=$URL_L; [ $who = llama ] && url=$URL_P; [ $who = base ] && url=$URL_B
                 echo "run_issue10_float.sh: serving round $r, concurrency $C, $who (load $(cut -d' ' -f1 /proc/loadavg))" >&2
                 j=$(timeout 900 "$BUILD/lmc" bench-serve --url "$url" --concurrency "$C" --requests "$N" --prompt-len "$P" \
                     --max-tokens "$M" --json || echo '{}')
@@ -119,13 +139,16 @@ if [ "${SKIP_SERVE:-0}" != 1 ]; then
         done
     done
     hwm() { sed -n 's/^VmHWM:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null | head -1; }
-    RSS_L=$(hwm $SRV_L); RSS_P=$(hwm $SRV_P)
+    RSS_L=$(hwm $SRV_L); RSS_P=""; RSS_B=""
+    [ -z "$SRV_P" ] || RSS_P=$(hwm $SRV_P)
+    [ -z "$SRV_B" ] || RSS_B=$(hwm $SRV_B)
     {
         echo
         echo "### 3. Serving, same GGUF, $SROUNDS rounds (order alternating), medians"
         echo
+        [ -z "$SRV_B" ] || echo "base lmc: \`$BASE_LMC\` with the same options."
         echo "lmc: \`lmc serve -m $GGUF --threads $THREADS --max-batch $NP --ctx $CTX\`; llama.cpp: \`llama-server -m $GGUF -t $THREADS -tb $THREADS -np $NP -c $((CTX * NP))\`;"
-        echo "client: \`lmc bench-serve --concurrency C --requests max(2C, 32) --prompt-len $P --max-tokens $M\` (streamed, ignore_eos, greedy, distinct prompts)."
+        echo "client: \`lmc bench-serve --concurrency C --requests max(2C, 32) --prompt-len $P --max-tokens $M\` (streamed, ignore_eos, greedy; prompts distinct within a level, request k the same prompt at every level)."
         echo
         python3 - "$JS" <<'PY'
 import json, statistics, sys
@@ -137,19 +160,24 @@ for line in open(sys.argv[1]):
     if not d.get("ok"): continue
     rows.setdefault((int(c), who), []).append(d)
 def med(v): return statistics.median(v) if v else float("nan")
-print("| concurrency | lmc out tok/s | llama.cpp out tok/s | **ratio** | lmc TTFT p50 (ms) | llama.cpp TTFT p50 (ms) | **TTFT lmc / llama.cpp** | lmc / llama.cpp TTFT p99 (ms) | lmc / llama.cpp ITL p50 (ms) | failed (lmc, llama.cpp) |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-for c in sorted({k[0] for k in rows}):
-    L, Q = rows.get((c, "lmc"), []), rows.get((c, "llama"), [])
-    lt, qt = med([d["output_tokens_per_s"] for d in L]), med([d["output_tokens_per_s"] for d in Q])
-    lf, qf = med([1e3 * d["ttft_s"]["p50"] for d in L]), med([1e3 * d["ttft_s"]["p50"] for d in Q])
-    l9, q9 = med([1e3 * d["ttft_s"]["p99"] for d in L]), med([1e3 * d["ttft_s"]["p99"] for d in Q])
-    li, qi = med([1e3 * d["itl_s"]["p50"] for d in L]), med([1e3 * d["itl_s"]["p50"] for d in Q])
-    print("| %d | %.1f | %.1f | **%.2fx** | %.0f | %.0f | **%.2fx** | %.0f / %.0f | %.1f / %.1f | %d, %d (%d, %d runs) |" % (
-        c, lt, qt, lt / qt, lf, qf, lf / qf, l9, q9, li, qi, sum(d["failed"] for d in L), sum(d["failed"] for d in Q), len(L), len(Q)))
+def table(a, b, an, bn):
+    print("| concurrency | %s out tok/s | %s out tok/s | **ratio** | %s TTFT p50 (ms) | %s TTFT p50 (ms) | **TTFT %s / %s** | %s / %s TTFT p99 (ms) | %s / %s ITL p50 (ms) | failed (%s, %s) |" % (an, bn, an, bn, an, bn, an, bn, an, bn, an, bn))
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for c in sorted({k[0] for k in rows}):
+        L, Q = rows.get((c, a), []), rows.get((c, b), [])
+        if not L or not Q: continue
+        lt, qt = med([d["output_tokens_per_s"] for d in L]), med([d["output_tokens_per_s"] for d in Q])
+        lf, qf = med([1e3 * d["ttft_s"]["p50"] for d in L]), med([1e3 * d["ttft_s"]["p50"] for d in Q])
+        l9, q9 = med([1e3 * d["ttft_s"]["p99"] for d in L]), med([1e3 * d["ttft_s"]["p99"] for d in Q])
+        li, qi = med([1e3 * d["itl_s"]["p50"] for d in L]), med([1e3 * d["itl_s"]["p50"] for d in Q])
+        print("| %d | %.1f | %.1f | **%.2fx** | %.0f | %.0f | **%.2fx** | %.0f / %.0f | %.1f / %.1f | %d, %d (%d, %d runs) |" % (
+            c, lt, qt, lt / qt, lf, qf, lf / qf, l9, q9, li, qi, sum(d["failed"] for d in L), sum(d["failed"] for d in Q), len(L), len(Q)))
+    print()
+if any(k[1] == "llama" for k in rows): table("lmc", "llama", "lmc", "llama.cpp")
+if any(k[1] == "base" for k in rows): table("lmc", "base", "lmc", "base lmc")
 PY
         echo
-        echo "Peak resident memory (VmHWM) after the run: lmc serve $RSS_L, llama-server $RSS_P (each with its own KV cache: lmc f32 paged pool, llama.cpp f16 cache of $((CTX * NP)) cells)."
+        echo "Peak resident memory (VmHWM) after the run: lmc serve $RSS_L${RSS_B:+, base lmc serve $RSS_B}${RSS_P:+, llama-server $RSS_P} (each with its own KV cache: lmc f32 paged pool, llama.cpp f16 cache of $((CTX * NP)) cells)."
         echo "Goals: ratio >= 1.2x at concurrency 8 and 64, TTFT lmc / llama.cpp <= 1.00x."
         echo "- load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >>"$OUT"

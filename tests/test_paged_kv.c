@@ -233,6 +233,48 @@ static void test_cache_limit(void) {
     lmc_paged_kv_free(&kv);
 }
 
+/* Outputs evicted first: under a bound of 4 blocks, three finished
+ * sequences of 2 prompt + 2 output blocks leave their prompts cached
+ * (plain release would have kept the last sequence's 4 blocks, evicting
+ * the earlier prompts), so each prompt hits again; outputs go in order,
+ * the newest sequence's last block first. */
+static void test_outputs_first(void) {
+    struct lmc_paged_kv kv;
+    lmc_err err = {0};
+    CHECK(lmc_paged_kv_init(&kv, &m, &be, 32, 4, true, &err) == LMC_OK);
+    lmc_paged_kv_set_cache_limit(&kv, 7);
+    int32_t t[3][16];
+    struct lmc_kv_seq q[3], r;
+    lmc_kv_seq_init(&r);
+    int32_t out_last = -1, out_prev = -1;
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < 16; i++) t[k][i] = 500 + 40 * k + i;
+        lmc_kv_seq_init(&q[k]);
+        CHECK(lmc_kv_seq_reserve(&kv, &q[k], 0, 16));
+        lmc_kv_seq_commit(&kv, &q[k], t[k], 16);
+        CHECK(q[k].n_hashed == 4);
+        if (k == 2) out_prev = q[k].blocks[2], out_last = q[k].blocks[3];
+        lmc_kv_seq_release_outputs_first(&kv, &q[k], 2);
+        CHECK(q[k].n_blocks == 0 && kv.n_lru <= 7);
+    }
+    /* 7 cached: the 6 prompt blocks and the newest output's first block */
+    CHECK_MSG(kv.n_lru == 7 && kv.cached[out_prev] && !kv.cached[out_last] && kv.lru_head == out_prev,
+              "n_lru %lld", (long long)kv.n_lru);
+    lmc_paged_kv_set_cache_limit(&kv, 6);
+    CHECK(!kv.cached[out_prev]);
+    for (int k = 0; k < 3; k++) {
+        CHECK(lmc_kv_seq_match_prefix(&kv, &r, t[k], 16, 16) == 8);
+        lmc_kv_seq_release(&kv, &r);
+    }
+    /* keep_blocks past the table: a plain release */
+    CHECK(lmc_kv_seq_reserve(&kv, &q[0], 0, 8));
+    lmc_kv_seq_release_outputs_first(&kv, &q[0], 5);
+    CHECK(q[0].n_blocks == 0 && lmc_paged_kv_used(&kv) == 0);
+    lmc_kv_seq_free(&kv, &r);
+    for (int k = 0; k < 3; k++) lmc_kv_seq_free(&kv, &q[k]);
+    lmc_paged_kv_free(&kv);
+}
+
 int main(void) {
     lmc_err err = {0};
     if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) ||
@@ -245,6 +287,7 @@ int main(void) {
     test_prefix();
     test_prefix_off();
     test_cache_limit();
+    test_outputs_first();
     lmc_backend_cpu_free(&be);
     lmc_model_free(&m);
     return test_finish("test_paged_kv");

@@ -30,7 +30,6 @@ int cli_pp_open(struct cli_pp *t, int64_t pp, int64_t tp, struct cli_model *cm, 
     int threads = c->threads ? c->threads : lmc_dist_cpu_threads(&env, (int)sysconf(_SC_NPROCESSORS_ONLN));
     if (lmc_backend_cpu_init(&cm->be, threads, &err)) return cli_fail("backend", &err);
     cm->have_be = true;
-    if (!strcmp(cmd, "serve")) lmc_backend_cpu_set_bf16_prefill(&cm->be, false); /* see cmd_serve.c */
     struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
     if (lmc_pp_infer_load(&t->pp, &cm->model, c->model_dir, &mo, &t->comm, (int)tp, 0, &err))
         return cli_fail("--pp", &err);

@@ -189,7 +189,6 @@ static int serve_ep_open(struct serve_ep *t, int ep, struct cli_model *cm, const
     int threads = c->threads ? c->threads : lmc_dist_cpu_threads(&env, (int)sysconf(_SC_NPROCESSORS_ONLN));
     if (lmc_backend_cpu_init(&cm->be, threads, &err)) return cli_fail("backend", &err);
     cm->have_be = true;
-    lmc_backend_cpu_set_bf16_prefill(&cm->be, false); /* batch-independent rows (below) */
     struct lmc_model_opts mo = {.wdtype = c->wdtype, .be = &cm->be};
     if (lmc_ep_model_load(&cm->model, &t->g, c->model_dir, &mo, &t->comm, true, &err))
         return cli_fail("serve --ep", &err);
@@ -238,7 +237,7 @@ static void usage(void) {
             "                 [--model-name NAME] [--ctx N] [--threads N] [--dtype D]\n"
             "                 [--max-connections N] [--max-active N] [--max-body SIZE]\n"
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
-            "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache]\n"
+            "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache] [--no-bf16-prefill]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
             "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N]]\n"
@@ -252,6 +251,8 @@ static void usage(void) {
             "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
+            "--no-bf16-prefill: F16/BF16 prompt rows through the fp32 kernels too (on CPUs with AVX512-BF16\n"
+            "they take the bf16 GEMM by default; either way a request's bits do not depend on its batch).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -293,6 +294,10 @@ int cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(o, "--no-prefix-cache")) {
             sc.prefix_cache = false;
+            continue;
+        }
+        if (!strcmp(o, "--no-bf16-prefill")) {
+            sc.bf16_prefill = false;
             continue;
         }
         if (!strcmp(o, "--tp-vocab")) {
@@ -414,11 +419,6 @@ int cmd_serve(int argc, char **argv) {
     }
     struct cli_model cm;
     if (cli_open(&cm, &c, ep <= 1 && !pp)) return 1;
-    /* A request's tokens must not depend on what shares its batch (seeded
-     * requests repeat, speculation gives the plain greedy tokens): the CPU's
-     * bf16 prefill route, taken from 32 rows, would make a row's bits
-     * depend on the step's row count, so the server keeps the fp32 kernels. */
-    if (cm.have_be) lmc_backend_cpu_set_bf16_prefill(&cm.be, false);
     /* --ep: this rank's experts; the ranks other than 0 follow rank 0's steps until it stops */
     struct serve_ep epx;
     memset(&epx, 0, sizeof epx);

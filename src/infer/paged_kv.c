@@ -53,7 +53,7 @@ lmc_status lmc_paged_kv_init(struct lmc_paged_kv *kv, const struct lmc_model *m,
     /* stack: block 0 on top */
     for (int64_t i = 0; i < n_blocks; i++) kv->free_list[i] = (int32_t)(n_blocks - 1 - i);
     kv->n_free = n_blocks;
-    kv->lru_head = kv->lru_tail = -1;
+    kv->lru_head = kv->lru_tail = kv->lru_out = -1;
     kv->max_cached = n_blocks;
     return LMC_OK;
 }
@@ -80,6 +80,7 @@ int64_t lmc_paged_kv_used(const struct lmc_paged_kv *kv) {
 
 static void lru_remove(struct lmc_paged_kv *kv, int32_t b) {
     int32_t p = kv->lru_prev[b], n = kv->lru_next[b];
+    if (kv->lru_out == b) kv->lru_out = p; /* the outputs are a prefix of the list */
     if (p >= 0) kv->lru_next[p] = n; else kv->lru_head = n;
     if (n >= 0) kv->lru_prev[n] = p; else kv->lru_tail = p;
     kv->n_lru--;
@@ -90,6 +91,19 @@ static void lru_push_tail(struct lmc_paged_kv *kv, int32_t b) {
     kv->lru_next[b] = -1;
     if (kv->lru_tail >= 0) kv->lru_next[kv->lru_tail] = b; else kv->lru_head = b;
     kv->lru_tail = b;
+    kv->n_lru++;
+}
+
+/* Output blocks of a finished sequence (lmc_kv_seq_release_outputs_first):
+ * the LRU starts with them (evicted ahead of every other block), oldest
+ * first; b goes right after the last of them. */
+static void lru_push_output(struct lmc_paged_kv *kv, int32_t b) {
+    int32_t p = kv->lru_out, n = p >= 0 ? kv->lru_next[p] : kv->lru_head;
+    kv->lru_prev[b] = p;
+    kv->lru_next[b] = n;
+    if (p >= 0) kv->lru_next[p] = b; else kv->lru_head = b;
+    if (n >= 0) kv->lru_prev[n] = b; else kv->lru_tail = b;
+    kv->lru_out = b;
     kv->n_lru++;
 }
 
@@ -143,14 +157,15 @@ static int32_t take_block(struct lmc_paged_kv *kv) {
     return b;
 }
 
-static void drop_block(struct lmc_paged_kv *kv, int32_t b) {
+static void drop_block(struct lmc_paged_kv *kv, int32_t b, bool evict_first) {
     LMC_ASSERT(kv->ref[b] > 0);
     if (--kv->ref[b]) return;
     if (!kv->cached[b]) {
         kv->free_list[kv->n_free++] = b;
         return;
     }
-    lru_push_tail(kv, b);
+    if (evict_first) lru_push_output(kv, b);
+    else lru_push_tail(kv, b);
     trim_cache(kv);
 }
 
@@ -171,8 +186,15 @@ void lmc_kv_seq_set_namespace(struct lmc_kv_seq *s, uint64_t key) {
     s->root = s->last_hash = key;
 }
 
+void lmc_kv_seq_release_outputs_first(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t keep_blocks) {
+    keep_blocks = LMC_MAX(0, LMC_MIN(keep_blocks, s->n_blocks));
+    for (int64_t i = s->n_blocks - 1; i >= keep_blocks; i--) drop_block(kv, s->blocks[i], true);
+    s->n_blocks = keep_blocks;
+    lmc_kv_seq_release(kv, s);
+}
+
 void lmc_kv_seq_release(struct lmc_paged_kv *kv, struct lmc_kv_seq *s) {
-    for (int64_t i = s->n_blocks - 1; i >= 0; i--) drop_block(kv, s->blocks[i]);
+    for (int64_t i = s->n_blocks - 1; i >= 0; i--) drop_block(kv, s->blocks[i], false);
     s->n_blocks = 0;
     s->n_hashed = 0;
     s->last_hash = s->root;
@@ -200,12 +222,12 @@ static int64_t match_state(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const 
     if (snap < 0 || !grow(s, 1)) return 0;
     if (kv->ref[snap]++ == 0) lru_remove(kv, snap); /* pinned while the live slot is taken */
     if (lmc_paged_kv_available(kv) < 1) {
-        drop_block(kv, snap);
+        drop_block(kv, snap, false);
         return 0;
     }
     int32_t live = take_block(kv);
     lmc_kv_pool_state_copy(&kv->pool, live, snap);
-    drop_block(kv, snap);
+    drop_block(kv, snap, false);
     s->blocks[s->n_blocks++] = live;
     s->n_hashed = best;
     s->last_hash = best_h;
@@ -292,7 +314,7 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
             kv->cow_copies++;
             if (kv->log_copies) log_copy(kv, nb, old);
         }
-        drop_block(kv, old);
+        drop_block(kv, old, false);
         s->blocks[i] = nb;
     }
     while (s->n_blocks < want) s->blocks[s->n_blocks++] = take_block(kv);
@@ -303,7 +325,7 @@ void lmc_kv_seq_truncate(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t 
     if (kv->pool.state) return; /* one state slot whatever the length */
     int64_t keep = (n_tokens + kv->block_size - 1) / kv->block_size;
     LMC_ASSERT(n_tokens >= 0 && s->n_hashed <= keep);
-    while (s->n_blocks > keep) drop_block(kv, s->blocks[--s->n_blocks]);
+    while (s->n_blocks > keep) drop_block(kv, s->blocks[--s->n_blocks], false);
 }
 
 /* Registers blk in the prefix cache under hash h (tokens t after parent). */
@@ -335,7 +357,7 @@ static void commit_state(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, const in
             lmc_kv_pool_state_copy(&kv->pool, blk, s->blocks[0]);
             register_block(kv, blk, h, s->last_hash, t);
             kv->state_snapshots++;
-            drop_block(kv, blk);
+            drop_block(kv, blk, false);
         }
         s->last_hash = h;
         s->n_hashed = b + 1;

@@ -39,6 +39,7 @@ struct lmc_paged_kv {
     int64_t n_free;
     /* LRU of registered blocks with ref 0: head is evicted first */
     int32_t *lru_prev, *lru_next, lru_head, lru_tail;
+    int32_t lru_out;           /* the last finished-output block at the LRU's head end (-1: none) */
     int64_t n_lru;
     int64_t max_cached;        /* bound on n_lru (default n_blocks) */
     /* counters */
@@ -88,6 +89,12 @@ void lmc_kv_seq_set_namespace(struct lmc_kv_seq *s, uint64_t key);
 /* Drops every block (ref--, registered ones go to the LRU, the last block
  * first so a prefix outlives its continuations) and empties the table. */
 void lmc_kv_seq_release(struct lmc_paged_kv *kv, struct lmc_kv_seq *s);
+/* As lmc_kv_seq_release, but the blocks from index keep_blocks on (a
+ * finished request's output) go to the evicting end of the LRU, the last
+ * one first: outputs are evicted before any other block, the oldest
+ * request's first. Under the cache bound, prompts (what later requests
+ * most often repeat) outlive the outputs of every finished request. */
+void lmc_kv_seq_release_outputs_first(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t keep_blocks);
 /* Releases and frees the table's memory. */
 void lmc_kv_seq_free(struct lmc_paged_kv *kv, struct lmc_kv_seq *s);
 

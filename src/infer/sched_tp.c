@@ -60,6 +60,9 @@ lmc_status lmc_sched_follow(const struct lmc_model *m, const struct lmc_backend 
                             struct lmc_tp_group *g, struct lmc_sched_follow_stats *st, lmc_err *err) {
     struct lmc_ep_group *eg = ep_group_of(m);
     memset(st, 0, sizeof *st);
+    /* the steps' rows come from different requests: the CPU's row-count
+     * bf16 route off, as on rank 0 (lmc_sched_init; no route by kind here) */
+    lmc_backend_cpu_set_bf16_prefill(be, false);
     int64_t h[8];
     lmc_status s = c->broadcast(c, h, sizeof h, 0, err);
     if (s) return s;

@@ -44,9 +44,14 @@ void lmc_sched_opts_default(struct lmc_sched_opts *o) {
     o->spec_ngram = 3;
     o->spec_max_batch = 16;
     o->kv_residual = 32;
+    o->bf16_prefill = true;
 }
 
 static int64_t n_total(const struct req *q) { return lmc_sched_req_total(q); }
+
+/* Whether q's rows this step are prompt positions (the bf16 route by
+ * kind; a chunk never mixes prompt and generated positions: cut_take). */
+static bool prompt_rows(const struct req *q) { return q->n_computed < q->n_prompt; }
 
 /* KIVI-2 pools: a running sequence's ring slot (empty when taken) */
 static void ring_take(struct lmc_sched *s, struct req *q) {
@@ -66,6 +71,9 @@ static void ring_give(struct lmc_sched *s, struct req *q) {
 
 static void req_free(struct lmc_sched *s, struct req *q) {
     ring_give(s, q);
+    /* the prompt's full blocks stay cached longest: a repeated prompt hits
+     * (as llama-server's slot cache does) however many outputs came since */
+    if (!s->kv.pool.state) lmc_kv_seq_release_outputs_first(&s->kv, &q->seq, q->n_prompt / s->kv.block_size);
     lmc_kv_seq_free(&s->kv, &q->seq);
     if (s->o.draft) lmc_kv_seq_free(&s->dkv, &q->dseq);
     if (q->dsmp_ok) lmc_sampler_free(&q->dsmp);
@@ -277,7 +285,10 @@ bool lmc_sched_emit_token(struct lmc_sched *s, struct req *q, float *row, int32_
  * recurrent model with snapshots, a chunk that would cross a snapshot
  * boundary ends on the last one it reaches (the state there is kept; the
  * rest follows in the next step). */
-static int64_t cut_take(const struct lmc_sched *s, int64_t n_computed, int64_t take) {
+static int64_t cut_take(const struct lmc_sched *s, const struct req *q, int64_t n_computed, int64_t take) {
+    /* the bf16 route by kind: a chunk ends at the prompt's end (a preempted
+     * request recomputes its generated positions as fp32 rows, as decoded) */
+    if (s->route && n_computed < q->n_prompt) take = LMC_MIN(take, q->n_prompt - n_computed);
     if (!s->kv.pool.state || !s->kv.prefix_cache) return take;
     int64_t bs = s->kv.block_size, edge = (n_computed + take) / bs * bs;
     return edge > n_computed ? edge - n_computed : take;
@@ -288,9 +299,9 @@ static int64_t cut_take(const struct lmc_sched *s, int64_t n_computed, int64_t t
 static bool schedule_running(struct lmc_sched *s, struct req *q, int64_t *budget) {
     int64_t rest = n_total(q) - q->n_computed;
     q->n_draft = 0;
-    if (rest == 1 && s->spec_now && *budget > 1 && lmc_sched_spec_ok(s, q))
+    if (rest == 1 && s->spec_now && *budget > 1 && lmc_sched_spec_ok(s, q) && !(s->route && prompt_rows(q)))
         q->n_draft = lmc_sched_spec_propose(s, q, *budget - 1);
-    int64_t take = cut_take(s, q->n_computed, LMC_MIN(rest + q->n_draft, *budget));
+    int64_t take = cut_take(s, q, q->n_computed, LMC_MIN(rest + q->n_draft, *budget));
     if (take <= 0) return true;
     q->n_draft = LMC_MAX(0, take - rest);
     /* drafts only with blocks to spare: never preempt anyone for them */
@@ -317,7 +328,9 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         /* KIVI-2: the last residual positions are computed again, so they
          * sit in the sequence's f16 ring as if it had never been preempted */
         int64_t keep = s->kv.pool.ring ? s->kv.pool.residual : 0;
-        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, LMC_MAX(0, total - 1 - keep));
+        int64_t lim = LMC_MAX(0, total - 1 - keep);
+        if (s->route) lim = LMC_MIN(lim, q->n_prompt); /* a preempted request's output: its own fp32 rows */
+        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, lim);
         if (!lmc_kv_seq_reserve(&s->kv, &q->seq, matched, total)) {
             lmc_kv_seq_release(&s->kv, &q->seq); /* wait for blocks; counted when admitted */
             s->kv.hits_tokens = hits;
@@ -331,7 +344,7 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         q->admitted_once = true;
         s->running[s->n_running++] = q;
         ring_take(s, q);
-        q->take = cut_take(s, matched, LMC_MIN(total - matched, *budget));
+        q->take = cut_take(s, q, matched, LMC_MIN(total - matched, *budget));
         *budget -= q->take;
     }
 }
@@ -344,9 +357,10 @@ static void finish_running(struct lmc_sched *s, int64_t i) {
 }
 
 /* the batch order's key (step): recurrent prefill after the one-token
- * rows, then the adapter */
-static int64_t sched_key(const struct req *q, bool recurrent) {
-    return (recurrent && q->take != 1 ? (int64_t)1 << 32 : 0) + q->r.adapter;
+ * rows, then the adapter; with the bf16 route by kind, prompt rows first */
+static int64_t sched_key(const struct req *q, bool recurrent, bool route) {
+    return (recurrent && q->take != 1 ? (int64_t)1 << 32 : 0) + (route && !prompt_rows(q) ? (int64_t)1 << 33 : 0) +
+           q->r.adapter;
 }
 
 static void step(struct lmc_sched *s) {
@@ -380,14 +394,15 @@ static void step(struct lmc_sched *s) {
      * chunks; within that, each adapter's rows contiguous (one GEMM pair
      * per adapter) */
     const bool recurrent = s->kv.pool.state != NULL;
-    int64_t nsch = 0;
+    const bool route = s->route && !s->m->row_groups;
+    int64_t nsch = 0, n_pf = 0; /* rows through the bf16 GEMM: the leading ones */
     bool adapters = false, spec_step = false;
     for (int64_t i = 0; i < s->n_running; i++)
         if (s->running[i]->take) {
             struct req *q = s->running[i];
-            int64_t k = nsch++, key = sched_key(q, recurrent);
+            int64_t k = nsch++, key = sched_key(q, recurrent, route);
             adapters = adapters || q->r.adapter;
-            while (k > 0 && sched_key(s->sched[k - 1], recurrent) > key) {
+            while (k > 0 && sched_key(s->sched[k - 1], recurrent, route) > key) {
                 s->sched[k] = s->sched[k - 1];
                 k--;
             }
@@ -402,6 +417,7 @@ static void step(struct lmc_sched *s) {
         int32_t *bt = s->b_bt + ns * mb;
         memcpy(bt, q->seq.blocks, (size_t)q->seq.n_blocks * sizeof *bt);
         for (int64_t j = q->seq.n_blocks; j < mb; j++) bt[j] = 0;
+        if (route && prompt_rows(q)) n_pf += q->take;
         for (int64_t j = 0; j < q->take; j++, T++) {
             s->b_ids[T] = q->toks[q->n_computed + j];
             s->b_seq[T] = (int32_t)ns;
@@ -440,10 +456,12 @@ static void step(struct lmc_sched *s) {
                                  : lmc_sched_tp_step(s->o.tp, &b, s->kv.copy_log, s->kv.n_copy_log, &err);
         s->kv.n_copy_log = 0;
     }
+    if (n_pf) lmc_backend_cpu_route_rows(s->be, T, n_pf, s->m->w.head.w.data); /* the head: fp32 */
     if (!st)
         st = greedy ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b, s->ids, &err)
              : plain ? lmc_model_forward_batch_sample(s->m, s->be, &s->acts, &s->kv.pool, &b, s->sprm, s->ids, &err)
                      : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b, s->logits, &err);
+    if (n_pf) lmc_backend_cpu_route_rows(s->be, 0, 0, NULL);
     if (!st && s->o.tp_group && s->o.tp_group->st) { /* a collective inside the step failed */
         st = s->o.tp_group->st;
         err = s->o.tp_group->err;
@@ -474,7 +492,9 @@ static void step(struct lmc_sched *s) {
             continue;
         }
         q->n_computed += q->take;
-        lmc_kv_seq_commit(&s->kv, &q->seq, q->toks, q->n_computed);
+        /* with the route by kind, blocks holding generated positions (fp32
+         * rows) stay private: a prompt repeating them computes bf16 rows */
+        lmc_kv_seq_commit(&s->kv, &q->seq, q->toks, lmc_sched_shareable(s, q));
         bool sampled = q->n_computed == n_total(q);
         q->take = 0;
         if (!sampled) continue;
@@ -682,6 +702,19 @@ static void sched_release(struct lmc_sched *s) {
     free(s);
 }
 
+/* Whether a layer linear of m holds dense F16/BF16 weights (what the CPU's
+ * bf16 prefill GEMM takes; F32 and quantized models keep their kernels). */
+static bool half_weights(const struct lmc_model *m) {
+    for (int64_t l = 0; l < m->cfg.num_layers && m->w.layers; l++)
+        for (int i = 0; i < LMC_L_N; i++) {
+            const struct lmc_linear *L = &m->w.layers[l].lin[i];
+            if (L->w.data && L->format == LMC_WFMT_DENSE &&
+                (L->w.dtype == LMC_DTYPE_F16 || L->w.dtype == LMC_DTYPE_BF16))
+                return true;
+        }
+    return false;
+}
+
 lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
                           const struct lmc_backend *be, const struct lmc_tokenizer *tok,
                           const struct lmc_sched_opts *o, lmc_err *err) {
@@ -853,6 +886,17 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
             pthread_mutex_destroy(&s->mu);
         }
     }
+    if (!st) {
+        /* A request's bits must not depend on what shares its batch (seeded
+         * requests repeat; speculation gives the plain greedy tokens): the
+         * CPU's row-count bf16 route is off for every forward of this
+         * backend while the scheduler runs (followers: lmc_sched_follow),
+         * and prompt rows take the bf16 GEMM by kind instead (step). */
+        s->bf16_restore = lmc_backend_cpu_bf16_prefill(be);
+        lmc_backend_cpu_set_bf16_prefill(be, false);
+        s->route = op.bf16_prefill && lmc_backend_cpu_can_route_rows(be) && !recurrent && !op.tp &&
+                   !op.ep_group && !m->w.pipe && !m->row_groups && half_weights(m);
+    }
     if (!st && pthread_create(&s->thread, NULL, sched_main, s)) {
         pthread_cond_destroy(&s->idle_cv);
         pthread_cond_destroy(&s->cv);
@@ -860,6 +904,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         st = lmc_err_set(err, LMC_ERR_INTERNAL, "scheduler: cannot start its thread");
     }
     if (st) {
+        if (s->bf16_restore) lmc_backend_cpu_set_bf16_prefill(be, true);
         sched_release(s);
         return st;
     }
@@ -885,6 +930,7 @@ void lmc_sched_free(struct lmc_sched *s) {
     pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    if (s->bf16_restore) lmc_backend_cpu_set_bf16_prefill(s->be, true);
     sched_release(s);
 }
 

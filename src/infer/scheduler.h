@@ -73,6 +73,15 @@ struct lmc_sched_opts {
      * positions each running sequence keeps in f16 besides the pool
      * (0..4096, default 32); the block size must be a multiple of 32 */
     int64_t kv_residual;
+    /* Prompt rows through the CPU's bf16 prefill GEMM (AVX512-BF16, F16/BF16
+     * weights; default on): each step sends its prompt rows (first in the
+     * batch) through it and generated rows (decode, drafts, a preempted
+     * request's recomputed output) through the fp32 kernels, so a row's
+     * bits depend only on the request. Off for recurrent models, LoRA
+     * banks, tensor/expert/pipeline parallel serving and other backends.
+     * With it on, blocks holding generated positions stay out of the
+     * prefix cache (their rows differ from a prompt's). */
+    bool bf16_prefill;
 };
 enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1, LMC_SCHED_SPEC_DRAFT = 2 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);

@@ -61,6 +61,8 @@ struct lmc_sched {
     int32_t *ids;                  /* (max_logits) host: argmax ids of an all-greedy step */
     float *spec_p;                 /* (spec_k + 1, V) host: a speculating row's target distributions */
     bool spec_now;                 /* this step speculates (spec on, batch small enough) */
+    bool route;                    /* prompt rows through the CPU's bf16 GEMM, by kind (step) */
+    bool bf16_restore;             /* the backend's row-count bf16 route was on before init */
     /* draft model (opts.draft): its paged pool, scratch, logits, the
      * drafts' distributions (max_batch, spec_k, V) and its batch */
     struct lmc_paged_kv dkv;
@@ -98,6 +100,13 @@ struct lmc_sched {
 };
 
 static inline int64_t lmc_sched_req_total(const struct req *q) { return q->n_prompt + q->n_gen; }
+/* Positions of q the prefix cache may share once computed: all of them,
+ * or with the bf16 route by kind (lmc_sched_opts.bf16_prefill) its
+ * prompt's only (generated positions were fp32 rows; a prompt repeating
+ * them computes bf16 rows, and a hit must give the bits a miss gives). */
+static inline int64_t lmc_sched_shareable(const struct lmc_sched *s, const struct req *q) {
+    return s->route && q->n_computed > q->n_prompt ? q->n_prompt : q->n_computed;
+}
 
 /* Emits q's next token id (scheduler.c: end of sequence, stop strings,
  * max_tokens and the context end handled there); row: its logits row for

@@ -147,7 +147,7 @@ bool lmc_sched_spec_verify(struct lmc_sched *s, struct req *q, const int32_t *id
     for (int64_t i = 0; i <= a; i++)
         if (lmc_sched_emit_token(s, q, NULL, out[i])) return true;
     LMC_ASSERT(q->n_computed == lmc_sched_req_total(q) - 1);
-    lmc_kv_seq_commit(&s->kv, &q->seq, q->toks, q->n_computed);
+    lmc_kv_seq_commit(&s->kv, &q->seq, q->toks, lmc_sched_shareable(s, q));
     lmc_kv_seq_truncate(&s->kv, &q->seq, lmc_sched_req_total(q));
     if (s->o.draft) lmc_kv_seq_truncate(&s->dkv, &q->dseq, lmc_sched_req_total(q));
     return false;

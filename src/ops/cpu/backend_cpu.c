@@ -133,10 +133,27 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     return LMC_OK;
 }
 
-void lmc_backend_cpu_set_bf16_prefill(struct lmc_backend *be, bool on) {
+void lmc_backend_cpu_set_bf16_prefill(const struct lmc_backend *be, bool on) {
     if (be->matmul != lmc_cpu_matmul) return; /* not the CPU table (or its bf16 training mode) */
     struct lmc_cpu_ctx *c = be->ctx;
     c->pf_min_m = on && lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
+}
+
+bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be) {
+    return be->matmul == lmc_cpu_matmul && ((const struct lmc_cpu_ctx *)be->ctx)->pf_min_m > 0;
+}
+
+bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be) {
+    return be->matmul == lmc_cpu_matmul && be->matmul_multi == lmc_cpu_matmul_multi && lmc_cpu_has_bf16();
+}
+
+void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *skip) {
+    if (!lmc_backend_cpu_can_route_rows(be)) return;
+    LMC_ASSERT(m >= 0 && pf_rows >= 0 && pf_rows <= m);
+    struct lmc_cpu_ctx *c = be->ctx;
+    c->route_m = pf_rows > 0 ? m : 0;
+    c->route_pf = pf_rows;
+    c->route_skip = skip;
 }
 
 lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_err *err) {

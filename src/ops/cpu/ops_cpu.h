@@ -29,6 +29,11 @@ struct lmc_cpu_ctx {
     int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
     int64_t pf_min_m;     /* matmul: F16/BF16 weights from this M through the bf16 prefill GEMM
                            * (matmul_pf.c); 0: off (always off without AVX512-BF16) */
+    /* serving (lmc_backend_cpu_route_rows): calls of route_m rows send rows
+     * [0, route_pf) through the bf16 GEMM, the rest through the fp32
+     * kernels; route_skip's weight never (route_m 0: none) */
+    int64_t route_m, route_pf;
+    const void *route_skip;
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
@@ -92,6 +97,15 @@ void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void 
 #endif
 static inline bool lmc_cpu_pf_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
     return c->pf_min_m > 0 && M >= c->pf_min_m && K > 0 && (dt == LMC_DTYPE_F16 || dt == LMC_DTYPE_BF16);
+}
+/* Rows of an (M, K) product with w that go through the bf16 GEMM under
+ * the serving route (lmc_backend_cpu_route_rows): its leading route_pf
+ * rows when M is the step's row count, 0 otherwise. */
+static inline int64_t lmc_cpu_route_pf_rows(const struct lmc_cpu_ctx *c, int64_t M, const struct lmc_mat *w) {
+    if (!c->route_m || M != c->route_m || w->data == c->route_skip || w->cols <= 0 ||
+        (w->dtype != LMC_DTYPE_F16 && w->dtype != LMC_DTYPE_BF16))
+        return 0;
+    return c->route_pf;
 }
 /* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n matrices (F16, BF16 or
  * F32; equal K > 0) with x and the weights rounded to bf16 and f32 sums;
