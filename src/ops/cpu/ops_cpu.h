@@ -237,6 +237,16 @@ void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const
                              const struct lmc_mat *w, const int32_t *targets, int64_t M,
                              float dscale);
 
+/* y[i] (M[i], N_i) = x[i] (M[i], K_i) @ w[i]^T for n products as one
+ * parallel job per 8 (the GEMV scheduler of matmul.c over their
+ * concatenated weight bytes: one fork-join instead of one per product),
+ * each product's bits those of lmc_cpu_matmul. Only where every product is
+ * one lmc_cpu_matmul sends to that scheduler (M[i] < 4 or the small-M
+ * kernel, K_i > 0; M[i] = 0 or N_i = 0 is skipped); else returns false
+ * having done nothing. MoE experts' rows at decode (moe_gemm.c). */
+bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, const float *const *x,
+                                const int64_t *M, const struct lmc_mat *const *w);
+
 /* Converts n elements of a row of dtype dt to f32. */
 void lmc_cpu_row_to_f32(float *dst, const void *src, enum lmc_dtype dt, int64_t n);
 
