@@ -18,6 +18,7 @@
  *                     [-m file|anon] [-f path] [-v variants e.g. 0,1]
  *                     [-R region MB, 256; e.g. 1 for weights the L2 holds]
  *                     [-c 1: process CPU time, not wall time, for the reads too]
+ *                     [-S n: ctx mm_small_max (0: the small-M kernel off, M = 1 short rows too)]
  * Variants: a weak A/B hook `int lmc_cpu_gemv_variant` (defined only in a
  * build that has one; otherwise variant 0 only). */
 #include "core/core.h"
@@ -142,7 +143,7 @@ static double pass(const struct lmc_backend *be, const char *base, const struct 
 }
 
 int main(int argc, char **argv) {
-    int threads = 2, rounds = 5, reps = 3;
+    int threads = 2, rounds = 5, reps = 3, small_max = -1;
     char ms[64] = "1,2,4,8", ds[64] = "f16,bf16", ss[64] = "all", vs[64] = "0", kind[16] = "file";
     const char *path = "/tmp/bench_gemv16.bin";
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -156,6 +157,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-m")) snprintf(kind, sizeof kind, "%s", argv[i + 1]);
         else if (!strcmp(argv[i], "-f")) path = argv[i + 1];
         else if (!strcmp(argv[i], "-c")) cpu_clock = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-S")) small_max = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-R")) REGION = (size_t)(atof(argv[i + 1]) * 1048576.0);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
@@ -190,6 +192,7 @@ int main(int argc, char **argv) {
     if (lmc_backend_cpu_init(&be, threads, &e) != LMC_OK) die("backend");
     if (lmc_backend_cpu_init(&be1, 1, &e) != LMC_OK) die("backend");
     struct lmc_cpu_ctx *cc = be.ctx, *c1 = be1.ctx;
+    if (small_max >= 0) cc->mm_small_max = c1->mm_small_max = small_max;
     char *base = region(kind, path);
     float *x = malloc(8 * 32000 * sizeof(float)), *y = malloc(8 * 32000 * sizeof(float));
     if (!x || !y) die("malloc");

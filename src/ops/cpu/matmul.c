@@ -5,8 +5,10 @@
  *
  * Paths:
  *  - M < 4 (decode), and M where lmc_cpu_smallm_ok with AVX-512 (the
- *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers):
- *    our own dot-product kernels, W streamed from memory once. M=1 with AVX-512: one W row at a time, 16 lanes, f16 (F16C) /
+ *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers;
+ *    with AVX-512 every F16/BF16 M=1 too, and F32 M=1 on short rows):
+ *    our own dot-product kernels, W streamed from memory once. Other M=1 with AVX-512
+ *    (F32 long rows; F16/BF16 where the small-M kernel is off): one W row at a time, 16 lanes, f16 (F16C) /
  *    bf16 (shift) widened on the fly, f32 with 64-byte-aligned loads.
  *    Threads claim W in units from a contiguous range each and steal half
  *    of another's remainder when done (see "M < 4" below).
@@ -185,7 +187,9 @@ static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define MM_AVX512 1
-/* M=1 F16/BF16 with AVX-512: one W row at a time (a single sequential
+/* M=1 F16/BF16 with AVX-512 where the small-M kernel is off (ctx
+ * mm_small_max = 0; by default M=1 F16/BF16 rows take that kernel's 4-row
+ * tiles, ops_cpu.h): one W row at a time (a single sequential
  * stream per thread), 16 weights per 256-bit load widened to 16 lanes, four
  * accumulators, no software prefetch in the loop (the hardware prefetchers
  * follow the stream; only its first 4 KB are prefetched, small_rows).

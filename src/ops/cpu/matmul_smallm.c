@@ -1,6 +1,6 @@
 /* matmul_smallm.c — the float matmul's small-M kernel (M = 2..ctx
  * mm_small_max rows: speculative verification, batched decode steps; M = 1
- * too for short rows, lmc_cpu_smallm_ok in ops_cpu.h):
+ * too for short rows and for F16/BF16 rows of any length, lmc_cpu_smallm_ok in ops_cpu.h):
  * y(M, rows r0..r1) = x(M, K) @ W^T for W in F32, F16 or BF16, with AVX-512.
  * A tile of 4 W rows is loaded (and widened to f32) once per 16 columns and
  * multiplied into every x row of a register block of up to SM_MR rows
