@@ -7,7 +7,7 @@
  *  - bit for bit against one lmc_cpu_matmul per expert (the path taken
  *    before, and the one taken when an expert has too many rows), with
  *    experts of 0, 1, 2, 3, 5 and 7 rows, and more than 8 experts with rows
- *    (several jobs);
+ *    (several jobs), and more than moe_gemm gathers on its stack (70);
  *  - lmc_cpu_matmul_small_group refuses (does nothing, returns false) where
  *    a product would not take the small-M path: many rows, or K = 0. */
 #include "core/core.h"
@@ -140,6 +140,35 @@ static void test_group(int threads) {
     lmc_backend_cpu_free(&be);
 }
 
+/* more experts with rows than moe_gemm gathers on its stack (64): its heap path, several jobs */
+static void test_many(int threads) {
+    enum { EM = 70, N = 9, K = 1030 };
+    lmc_err err = {0};
+    struct lmc_backend be;
+    CHECK(lmc_backend_cpu_init(&be, threads, &err) == LMC_OK);
+    struct lmc_mat wm[EM];
+    const struct lmc_mat *wp[EM];
+    int64_t off[EM + 1] = {0};
+    double *wr = malloc((size_t)(N * K) * sizeof(double));
+    for (int e = 0; e < EM; e++) {
+        wm[e] = (struct lmc_mat){LMC_DTYPE_F16, N, K, make_w(LMC_DTYPE_F16, N * K, wr)};
+        wp[e] = &wm[e];
+        off[e + 1] = off[e] + 1 + (e % 3 == 0); /* 1 or 2 rows each */
+    }
+    int64_t R = off[EM];
+    float *x = malloc((size_t)(R * K) * sizeof(float)), *y = malloc((size_t)(R * N) * sizeof(float));
+    float *y1 = malloc((size_t)(R * N) * sizeof(float));
+    for (int64_t i = 0; i < R * K; i++) x[i] = test_rand(&rng);
+    be.moe_gemm(be.ctx, y, x, off, EM, wp);
+    for (int e = 0; e < EM; e++)
+        lmc_cpu_matmul(be.ctx, y1 + off[e] * N, x + off[e] * K, off[e + 1] - off[e], &wm[e], NULL);
+    CHECK_MSG(memcmp(y, y1, (size_t)(R * N) * sizeof(float)) == 0, "moe_gemm, %d experts, threads=%d: bits differ",
+              EM, threads);
+    for (int e = 0; e < EM; e++) free((void *)wm[e].data);
+    free(wr), free(x), free(y), free(y1);
+    lmc_backend_cpu_free(&be);
+}
+
 int main(void) {
     /* top-2 of one token, a batched step's mix (more than 8 experts with rows: two jobs), one expert with many rows */
     static const int64_t top2[E] = {0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0};
@@ -155,5 +184,7 @@ int main(void) {
             }
     test_group(1);
     test_group(2);
+    test_many(1);
+    test_many(2);
     return test_finish("test_moe_gemm_group");
 }
