@@ -14,7 +14,10 @@
 #
 # Usage (repository root, build/lmc and build/bench_moe built):
 #   bench/run_moe_cpu.sh [SHAPE=1b|small] ; env: PEER_BIN=llama.cpp bin dir, N=32, ROUNDS=3, DIR=/tmp/lmc-bench-moe,
-#   CPP_EXTRA="--poll 0" (extra llama-bench options: on a loaded machine its spin-waiting threads lose the cores)
+#   CPP_EXTRA="--poll 0" (extra llama-bench options: on a loaded machine its spin-waiting threads lose the cores),
+#   LMC_BASE=path/to/an/earlier/lmc (a third engine in the same rotation, "base": before/after a change),
+#   EXTRA="a.gguf b.gguf" (more F16 GGUF files decoded by every engine in the same rounds, e.g. the 125M
+#   bench model /tmp/lmc-bench-125m-f16.gguf that bench/run_issue10_float.sh writes)
 set -euo pipefail
 SHAPE=${1:-1b}
 N=${N:-32}
@@ -50,16 +53,29 @@ PY
   [ -f "$d.gguf" ] || "$LMC" convert -m "$d" -o "$d.gguf" --dtype f16 >&2
 done
 moe="${dirs[0]}.gguf"; dense="${dirs[1]}.gguf"
+declare -A F=([moe]="$moe" [dense]="$dense")
+models="moe dense"
+for f in ${EXTRA:-}; do
+  [ -f "$f" ] || { echo "run_moe_cpu.sh: no $f" >&2; exit 1; }
+  k=$(basename "$f" .gguf); F[$k]="$f"; models="$models $k"
+done
+engines="lmc cpp"; [ -n "${LMC_BASE:-}" ] && engines="lmc base cpp"
+echo "engines: $engines${LMC_BASE:+ (base = $LMC_BASE)}; models: $models"
 P="In the beginning God created the heaven and the earth."
-lmc_run() { "$LMC" generate -m "$1" -p "$P" -n "$N" --temp 0 --ignore-eos --threads 2 2>&1 >/dev/null |
+gen_run() { "$1" generate -m "$2" -p "$P" -n "$N" --temp 0 --ignore-eos --threads 2 2>&1 >/dev/null |
             sed -n 's/.*generated [0-9]* tokens at \([0-9.]*\) tok\/s.*/\1/p' | tail -1; }
+lmc_run() { gen_run "$LMC" "$1"; }
+base_run() { gen_run "$LMC_BASE" "$1"; }
 cpp_run() { "$B/llama-bench" -m "$1" -p 0 -n "$N" -r 1 -t 2 ${CPP_EXTRA:-} -o csv 2>/dev/null |
             python3 -c "import csv,sys; r=list(csv.DictReader(sys.stdin)); print(r[-1]['avg_ts'])"; }
 declare -A T
+jobs=""
+for m in $models; do for eng in $engines; do jobs="$jobs $eng:$m"; done; done
 for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then order="lmc:moe cpp:moe lmc:dense cpp:dense"; else order="cpp:dense lmc:dense cpp:moe lmc:moe"; fi
+  # the order reversed every other round
+  if [ $((r % 2)) = 1 ]; then order="$jobs"; else order=$(echo $jobs | tr ' ' '\n' | tac | tr '\n' ' '); fi
   for job in $order; do
-    eng=${job%%:*} m=${job##*:}; f=$([ "$m" = moe ] && echo "$moe" || echo "$dense")
+    eng=${job%%:*} m=${job##*:}; f=${F[$m]}
     v=$(${eng}_run "$f"); T[$eng:$m]="${T[$eng:$m]:-} $v"
     echo "round $r: $eng $m $v tok/s" >&2
   done
@@ -67,12 +83,27 @@ done
 echo "uptime after: $(uptime)"
 med() { echo "$@" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 params() { "$LMC" info -m "$1" --json 2>/dev/null | python3 -c "import json,sys;j=json.load(sys.stdin);print('%.1fM | %.1fM' % (j['parameters']/1e6, j.get('active_parameters', j['parameters'])/1e6))"; }
+echo
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2fx", a/b}'; }
+if [ -n "${LMC_BASE:-}" ]; then
+  echo "| model (F16 GGUF written by lmc) | parameters | active / token | lmc tok/s | lmc base tok/s | llama.cpp tok/s | lmc / llama.cpp | base / llama.cpp | lmc / base |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+else
+  echo "| model (F16 GGUF written by lmc) | parameters | active / token | lmc tok/s | llama.cpp tok/s | lmc / llama.cpp |"
+  echo "|---|---|---|---|---|---|"
+fi
+for m in $models; do
+  l=$(med ${T[lmc:$m]}); c=$(med ${T[cpp:$m]})
+  if [ -n "${LMC_BASE:-}" ]; then
+    b=$(med ${T[base:$m]})
+    echo "| $(basename "${F[$m]}") | $(params "${F[$m]}") | $l | $b | $c | $(ratio "$l" "$c") | $(ratio "$b" "$c") | $(ratio "$l" "$b") |"
+  else
+    echo "| $(basename "${F[$m]}") | $(params "${F[$m]}") | $l | $c | $(ratio "$l" "$c") |"
+  fi
+done
 lm=$(med ${T[lmc:moe]}); cm=$(med ${T[cpp:moe]}); ld=$(med ${T[lmc:dense]}); cd_=$(med ${T[cpp:dense]})
 echo
-echo "| model (F16 GGUF written by lmc) | parameters | active / token | lmc tok/s | llama.cpp tok/s | lmc / llama.cpp |"
-echo "|---|---|---|---|---|---|"
-echo "| $(basename "$moe") | $(params "$moe") | $lm | $cm | $(awk -v a="$lm" -v b="$cm" 'BEGIN{printf "%.2fx", a/b}') |"
-echo "| $(basename "$dense") | $(params "$dense") | $ld | $cd_ | $(awk -v a="$ld" -v b="$cd_" 'BEGIN{printf "%.2fx", a/b}') |"
-echo
 echo "decode time ratio moe / dense (same active weights): lmc $(awk -v a="$lm" -v b="$ld" 'BEGIN{printf "%.3f", b/a}'), llama.cpp $(awk -v a="$cm" -v b="$cd_" 'BEGIN{printf "%.3f", b/a}')"
-echo "rounds (tok/s): lmc moe [${T[lmc:moe]} ], llama.cpp moe [${T[cpp:moe]} ], lmc dense [${T[lmc:dense]} ], llama.cpp dense [${T[cpp:dense]} ]"
+printf "rounds (tok/s):"
+for m in $models; do for eng in $engines; do printf " %s %s [%s ]," "$eng" "$m" "${T[$eng:$m]}"; done; done
+echo

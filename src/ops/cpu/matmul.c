@@ -5,8 +5,10 @@
  *
  * Paths:
  *  - M < 4 (decode), and M where lmc_cpu_smallm_ok with AVX-512 (the
- *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers):
- *    our own dot-product kernels, W streamed from memory once. M=1 with AVX-512: one W row at a time, 16 lanes, f16 (F16C) /
+ *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers;
+ *    with AVX-512 every F16/BF16 M=1 too, and F32 M=1 on short rows):
+ *    our own dot-product kernels, W streamed from memory once. Other M=1 with AVX-512
+ *    (F32 long rows; F16/BF16 where the small-M kernel is off): one W row at a time, 16 lanes, f16 (F16C) /
  *    bf16 (shift) widened on the fly, f32 with 64-byte-aligned loads.
  *    Threads claim W in units from a contiguous range each and steal half
  *    of another's remainder when done (see "M < 4" below).
@@ -185,14 +187,18 @@ static void rows_dispatch(const struct mm_job *j, int64_t r0, int64_t r1) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define MM_AVX512 1
-/* M=1 F16/BF16 with AVX-512: one W row at a time (a single sequential
+/* M=1 F16/BF16 with AVX-512 where the small-M kernel is off (ctx
+ * mm_small_max = 0; by default M=1 F16/BF16 rows take that kernel's 4-row
+ * tiles, ops_cpu.h): one W row at a time (a single sequential
  * stream per thread), 16 weights per 256-bit load widened to 16 lanes, four
- * accumulators, software prefetch 4 KB ahead. (F32 stays on AVX2: 64-byte
- * loads of unaligned rows, the usual case for mmapped weights, stream
- * markedly slower on this CPU than 32-byte ones.) The prefetch stays T0:
- * prefetchnta, which helps F32 (below), ran 2% slower here in
- * bench_decode_f32 -d f16 (faster in 9 of 30 same-round pairs). */
-#define MM_PF_BYTES 4096
+ * accumulators, no software prefetch in the loop (the hardware prefetchers
+ * follow the stream; only its first 4 KB are prefetched, small_rows).
+ * Measured by bench/bench_gemv16 (1 thread, CPU time, 256 MB of weights,
+ * bench/results/moe-cpu-2026-12-06.md): the 4 KB-ahead T0 prefetch this
+ * loop had streamed at 43-50% (F16) and 62-68% (BF16) of the 1-thread read;
+ * without it 75-84% for both; T2 hints 8-16 KB ahead 69-74%. (F32 stays on
+ * AVX2: 64-byte loads of unaligned rows, the usual case for mmapped
+ * weights, stream markedly slower on this CPU than 32-byte ones.) */
 static inline __m512 ld512_f16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -205,8 +211,6 @@ static inline __m512 ld512_bf16(const uint16_t *p) {
         __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;                                  \
         int64_t i = 0;                                                                        \
         for (; i + 64 <= K; i += 64) {                                                        \
-            _mm_prefetch((const char *)(w + i) + MM_PF_BYTES, _MM_HINT_T0);                   \
-            _mm_prefetch((const char *)(w + i + 32) + MM_PF_BYTES, _MM_HINT_T0);              \
             a = _mm512_fmadd_ps(ld512_##S(w + i), _mm512_loadu_ps(x + i), a);                 \
             b = _mm512_fmadd_ps(ld512_##S(w + i + 16), _mm512_loadu_ps(x + i + 16), b);      \
             c = _mm512_fmadd_ps(ld512_##S(w + i + 32), _mm512_loadu_ps(x + i + 32), c);      \
@@ -503,15 +507,18 @@ static void multi_task(void *arg, int64_t t, int thread) {
     }
 }
 
-/* matmul_multi for M < 4 (or <= mm_small_max) on up to MM_MULTI_MAX matrices with K > 0 */
-static void multi_small(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
-                        const struct lmc_mat *const *w, const float *const *bias) {
+/* y[i] = x[i] (M[i] rows) @ w[i]^T (+ bias[i]) as one job, for up to
+ * MM_MULTI_MAX matrices with K > 0, each M[i] < 4 (or <= mm_small_max):
+ * matmul_multi (x and M shared) and the grouped small-M products of MoE
+ * experts (lmc_cpu_matmul_small_group). */
+static void multi_small_x(struct lmc_cpu_ctx *c, int n, float *const *y, const float *const *x,
+                          const int64_t *M, const struct lmc_mat *const *w, const float *const *bias) {
     struct mm_multi_job mj;
     memset(&mj, 0, sizeof mj);
     for (int i = 0; i < n; i++) {
         struct mm_job *j = &mj.part[mj.n];
-        if (w[i]->rows == 0) continue;
-        *j = (struct mm_job){c, y[i], x, M, w[i]->rows, w[i]->cols, w[i]->data, w[i]->dtype,
+        if (w[i]->rows == 0 || M[i] == 0) continue;
+        *j = (struct mm_job){c, y[i], x[i], M[i], w[i]->rows, w[i]->cols, w[i]->data, w[i]->dtype,
                              bias ? bias[i] : NULL, 1, NULL, 0, 0};
         mj.row_bytes[mj.n] = j->K * lmc_dtype_size(j->dt);
         mj.start[mj.n + 1] = mj.start[mj.n] + j->N * mj.row_bytes[mj.n];
@@ -539,6 +546,31 @@ static void multi_small(struct lmc_cpu_ctx *c, int n, float *const *y, const flo
 static bool mat_ok(const struct lmc_mat *w) {
     return (w->dtype == LMC_DTYPE_F32 || w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16) &&
            w->rows >= 0 && w->cols >= 0;
+}
+
+/* multi_small_x with x and M shared */
+static void multi_small(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                        const struct lmc_mat *const *w, const float *const *bias) {
+    const float *xs[MM_MULTI_MAX];
+    int64_t Ms[MM_MULTI_MAX];
+    LMC_ASSERT(n <= MM_MULTI_MAX);
+    for (int i = 0; i < n; i++) xs[i] = x, Ms[i] = M;
+    multi_small_x(c, n, y, xs, Ms, w, bias);
+}
+
+bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, const float *const *x,
+                                const int64_t *M, const struct lmc_mat *const *w) {
+    for (int i = 0; i < n; i++) {
+        const struct lmc_mat *m = w[i];
+        LMC_ASSERT(M[i] >= 0);
+        /* the products lmc_cpu_matmul itself sends to multi_small */
+        if (!mat_ok(m) || m->cols == 0 || lmc_cpu_pf_ok(c, M[i], m->cols, m->dtype) || M[i] >= c->gemm_min_m ||
+            !(M[i] < 4 || lmc_cpu_smallm_ok(c, M[i], m->cols, m->dtype)))
+            return false;
+    }
+    for (int i = 0; i < n; i += MM_MULTI_MAX)
+        multi_small_x(c, LMC_MIN(MM_MULTI_MAX, n - i), y + i, x + i, M + i, w + i, NULL);
+    return true;
 }
 
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,

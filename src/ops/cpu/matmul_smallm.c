@@ -1,6 +1,6 @@
 /* matmul_smallm.c — the float matmul's small-M kernel (M = 2..ctx
  * mm_small_max rows: speculative verification, batched decode steps; M = 1
- * too for short rows, lmc_cpu_smallm_ok in ops_cpu.h):
+ * too for short rows and for F16/BF16 rows of any length, lmc_cpu_smallm_ok in ops_cpu.h):
  * y(M, rows r0..r1) = x(M, K) @ W^T for W in F32, F16 or BF16, with AVX-512.
  * A tile of 4 W rows is loaded (and widened to f32) once per 16 columns and
  * multiplied into every x row of a register block of up to SM_MR rows
@@ -53,11 +53,19 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
  * memory as in the GEMV: a tile of at most SM_PF_TILE_BYTES (short rows,
  * which the hardware prefetcher follows badly) prefetches the bytes two
  * tiles ahead as it goes (the rows are contiguous; 4 rows x 16 columns =
- * the element size in 64-byte lines per step). Longer rows are left to the
- * hardware (software prefetch 256-2048 bytes ahead in each row measured no
- * better, bench_smallm's notes in bench/results/smallm-2026-12-05.md). */
+ * the element size in 64-byte lines per step). Longer tiles of F16/BF16
+ * rows prefetch the same way SM_PF_FAR bytes ahead with the T2 hint: the
+ * tile reads 4 rows at once, 4 streams the hardware alone kept at 24-36%
+ * of the 1-thread read for M = 2-4 (bench/bench_gemv16, 1 thread, CPU
+ * time, K = 1024 and 2816: bench/results/moe-cpu-2026-12-06.md); 16-32 KB
+ * ahead with T2 gave 53-76% at M = 2, T0 at 4-16 KB 28-59%. (F32 rows are
+ * left as they were measured: to the hardware; software prefetch 256-2048
+ * bytes ahead in each row measured no better, bench/results/smallm-2026-12-05.md.) */
 #ifndef SM_PF_TILE_BYTES
 #define SM_PF_TILE_BYTES LMC_CPU_SMALLM_TILE
+#endif
+#ifndef SM_PF_FAR
+#define SM_PF_FAR (24 * 1024)
 #endif
 #define SM_TILE(S, T)                                                                             \
     static inline __attribute__((always_inline)) void sm_tile_##S(const float *x, const T *w,     \
@@ -66,11 +74,14 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
         __m512 acc[SM_MR][4], wv[4];                                                              \
         SM_EACH(m) SM_R(r) acc[m][r] = _mm512_setzero_ps();                                       \
         int64_t i = 0;                                                                            \
-        const char *pf = (const char *)(w + 8 * K);                                               \
         bool near = 4 * K * (int64_t)sizeof(T) <= SM_PF_TILE_BYTES;                               \
+        bool far = !near && sizeof(T) == 2;                                                       \
+        const char *pf = near ? (const char *)(w + 8 * K) : (const char *)w + SM_PF_FAR;          \
         for (; i + 16 <= K; i += 16, pf += 64 * sizeof(T)) {                                      \
             if (R == 4 && near)                                                                   \
                 for (int l = 0; l < (int)sizeof(T); l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);  \
+            else if (R == 4 && far)                                                               \
+                for (int l = 0; l < (int)sizeof(T); l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T2);  \
             SM_R(r) wv[r] = sm_ld_##S(w + r * K + i);                                             \
             SM_EACH(m) {                                                                          \
                 __m512 xv = _mm512_loadu_ps(x + m * K + i);                                       \

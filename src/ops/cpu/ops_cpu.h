@@ -77,12 +77,17 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 /* M = 1 too where rows are this short (4-row tile bytes): the GEMV's
  * one-row kernels suit long rows, the tile's prefetch short ones (kjv-llama
  * decode 1.05-1.37x, CPU time, loaded machine); a row's bits then do not
- * change between decoding and verification. */
+ * change between decoding and verification. F16/BF16 rows of any length
+ * take the tile at M = 1 as well: with its prefetch 24 KB ahead
+ * (matmul_smallm.c) it streamed at 74-86% of the 1-thread read where the
+ * one-row GEMV did 46-79% (F16; K = 5632: 74% against 46%), BF16 about
+ * even except K = 5632 (77% against 49%): bench_gemv16, 1 thread, CPU
+ * time, bench/results/moe-cpu-2026-12-06.md. */
 #define LMC_CPU_SMALLM_M1_TILE 6144
 /* Whether an (M, K) product with W in dt goes to the small-M kernel. */
 static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
     int64_t tile = 4 * K * lmc_dtype_size(dt);
-    return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE) &&
+    return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE || dt != LMC_DTYPE_F32) &&
            (M <= LMC_CPU_SMALLM_MR || tile <= LMC_CPU_SMALLM_TILE);
 }
 /* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
@@ -260,6 +265,16 @@ void lmc_cpu_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int
 void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
                              const struct lmc_mat *w, const int32_t *targets, int64_t M,
                              float dscale);
+
+/* y[i] (M[i], N_i) = x[i] (M[i], K_i) @ w[i]^T for n products as one
+ * parallel job per 8 (the GEMV scheduler of matmul.c over their
+ * concatenated weight bytes: one fork-join instead of one per product),
+ * each product's bits those of lmc_cpu_matmul. Only where every product is
+ * one lmc_cpu_matmul sends to that scheduler (M[i] < 4 or the small-M
+ * kernel, K_i > 0; M[i] = 0 or N_i = 0 is skipped); else returns false
+ * having done nothing. MoE experts' rows at decode (moe_gemm.c). */
+bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, const float *const *x,
+                                const int64_t *M, const struct lmc_mat *const *w);
 
 /* Converts n elements of a row of dtype dt to f32. */
 void lmc_cpu_row_to_f32(float *dst, const void *src, enum lmc_dtype dt, int64_t n);
