@@ -132,7 +132,7 @@ static void check_q(const struct lmc_qctx *c, const struct lmc_qweight *w, const
             int64_t col = w->perm ? w->perm[j] : j;
             xg[j] = col >= 0 ? x[m * k + col] : 0.0f;
         }
-        lmc_q8act_quantize(xg, w->kp, xq);
+        (w->kernel == LMC_QK_Q4_K ? lmc_q8act_quantize_k : lmc_q8act_quantize)(xg, w->kp, xq);
         for (int64_t j = 0; j < w->kp; j++) {
             int64_t col = w->perm ? w->perm[j] : j;
             if (col >= 0) xd[m * k + col] = (double)xq[j / 32].d * xq[j / 32].q[j % 32];

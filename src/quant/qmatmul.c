@@ -36,6 +36,32 @@ void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out) {
     }
 }
 
+void lmc_q8act_quantize_k(const float *x, int64_t n, struct lmc_q8act *out) {
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        const float *v = x + 256 * sb;
+        float amax = 0;
+        for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(v[j]));
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        for (int b = 0; b < 8; b++) {
+            struct lmc_q8act *o = &out[8 * sb + b];
+            int s0 = 0, s1 = 0;
+            for (int j = 0; j < 32; j++) {
+                int q = (int)lrintf(v[32 * b + j] * id);
+                o->q[j] = (int8_t)q;
+                if (j < 16) s0 += q;
+                else s1 += q;
+            }
+            o->d = d;
+            o->s0 = (int16_t)s0;
+            o->s1 = (int16_t)s1;
+        }
+    }
+}
+
+lmc_q8quant_fn lmc_qctx_quantizer(const struct lmc_qctx *c, const struct lmc_qweight *w) {
+    return w->kernel == LMC_QK_Q4_K ? c->quantize_k : c->quantize;
+}
+
 /* ---- portable dot products: row `row` of w with the activation blocks ---- */
 
 /* GCC 12 with AVX-512 VNNI enabled vectorizes Q8_0's signed-by-signed byte
@@ -231,6 +257,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     memset(c->dotm, 0, sizeof c->dotm);
     c->small_max = LMC_QSMALL_MAX;
     c->quantize = lmc_q8act_quantize;
+    c->quantize_k = lmc_q8act_quantize_k;
     c->isa = LMC_QISA_C;
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -246,6 +273,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdotm_table_q4_vnni(c->dotm);
         lmc_qdotm_table_q4k_vnni(c->dotm);
         c->quantize = lmc_q8act_quantize_vnni();
+        c->quantize_k = lmc_q8act_quantize_k_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
         lmc_qdot_table_avx2(t);
@@ -479,7 +507,8 @@ struct qprep {
 static void qprep_run(void *arg, int64_t task, int thread) {
     const struct qprep *p = arg;
     int64_t i0 = task * p->rows_per_task, i1 = LMC_MIN(p->m, i0 + p->rows_per_task), nb = p->w->kp / 32;
-    for (int64_t i = i0; i < i1; i++) p->c->quantize(p->xf + i * p->w->kp, p->w->kp, p->xq + i * nb);
+    lmc_q8quant_fn quant = lmc_qctx_quantizer(p->c, p->w);
+    for (int64_t i = i0; i < i1; i++) quant(p->xf + i * p->w->kp, p->w->kp, p->xq + i * nb);
     lmc_q8rows_fill(p->w, p->xq, p->m, i0, i1, p->buf);
 }
 
@@ -511,13 +540,13 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
             struct qprep p = {c, w, xf, xq, buf, m, (m + 4 * threads - 1) / (4 * threads)};
             lmc_pool_run(pool, (m + p.rows_per_task - 1) / p.rows_per_task, qprep_run, &p);
         } else {
-            for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+            for (int64_t i = 0; i < m; i++) lmc_qctx_quantizer(c, w)(xf + i * w->kp, w->kp, xq + i * nb);
             lmc_q8rows_fill(w, xq, m, 0, m, buf);
         }
         lmc_q8rows_view(w, m, buf, &rows);
         j.rows = &rows;
     } else if (w->kernel != LMC_QK_NF4) {
-        for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+        for (int64_t i = 0; i < m; i++) lmc_qctx_quantizer(c, w)(xf + i * w->kp, w->kp, xq + i * nb);
     }
     j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
     if (j.rows) j.rows_per_task = (j.rows_per_task + 3) / 4 * 4; /* whole 4-row tiles */
