@@ -7,8 +7,8 @@
  * Q5_K, Q6_K) bound in place as quantized linears (never expanded), a
  * mixture of experts' stacked expert tensors (ne [in, out, experts]) bound
  * per expert as slices of the stack, a
- * quantized token embedding dequantized for the lookup (a tied head keeps
- * the quantized rows), vectors as f32 copies; llama.cpp's Q/K row order
+ * quantized token embedding kept in its blocks (the lookup dequantizes the
+ * rows it reads; a tied head runs the quantized rows), vectors as f32 copies; llama.cpp's Q/K row order
  * undone (a permuted copy). Tensors the model does not use are errors. */
 #include "model/model.h"
 #include "core/core.h"
@@ -123,10 +123,24 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         return lmc_model_bind_qweight(m, r, w, err);
     }
     m->n_params += r->numel;
-    if (is_quant || r->ndim == 1 || kind == LMC_TK_VEC) { /* vectors, quantized embeddings: f32 */
-        float *f = dequant(m, t, data, rows, cols, rb);
-        if (!f) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        lmc_weights_bind(&m->w, r, f, LMC_DTYPE_F32);
+    if (kind == LMC_TK_TOK_EMB && is_quant) { /* kept in its blocks: the lookup dequantizes the rows it reads */
+        struct lmc_qweight *qe = lmc_model_own(m, sizeof *qe);
+        if (!qe) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        lmc_status s = lmc_qweight_init_ggml(qe, t->type, data, rows, cols, err);
+        if (s) {
+            lmc_err_prefix(err, "%s: tensor '%s': ", G->path, name);
+            return s;
+        }
+        lmc_weights_bind(&m->w, r, NULL, LMC_DTYPE_F32);
+        m->w.tok_emb_q = qe;
+        if (!m->cfg.tie_word_embeddings) m->weight_bytes += (size_t)(rows * rb); /* else counted as the head */
+    }
+    if (is_quant || r->ndim == 1 || kind == LMC_TK_VEC) { /* vectors: f32 */
+        if (kind != LMC_TK_TOK_EMB) {
+            float *f = dequant(m, t, data, rows, cols, rb);
+            if (!f) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+            lmc_weights_bind(&m->w, r, f, LMC_DTYPE_F32);
+        }
         if (kind == LMC_TK_TOK_EMB && is_quant && m->cfg.tie_word_embeddings) {
             /* the tied head runs the quantized rows */
             struct lmc_tensor_spec hs = *r->spec;

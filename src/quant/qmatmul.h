@@ -174,6 +174,16 @@ size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m);
 void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
                  void *scratch, struct lmc_pool *pool);
 
+/* y[i](m, w[i]->n) = x(m, k) @ W_i^T for k <= 8 weights of one input
+ * (q/k/v, gate/up): where they share the activation layout (the same kind,
+ * columns and groups, no permutation; the small-M kernels) x is quantized
+ * once and all k run in one pool run; otherwise k lmc_qmatmul calls. Each
+ * y[i] is the same bits as lmc_qmatmul(w[i]) gives. scratch:
+ * lmc_qmatmul_scratch_bytes of the largest (any of them: the same size when
+ * shared). */
+void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight *const *w, float *const *y,
+                       const float *x, int64_t m, void *scratch, struct lmc_pool *pool);
+
 /* Quantizes n (a multiple of 32) floats into n/32 activation blocks. */
 void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out);
 /* The same blocks with one scale d = amax / 127 per 256 floats (n a
