@@ -23,7 +23,10 @@
 # PEER_ARGS (extra llama-bench arguments, e.g. "--poll 0"; recorded),
 # PREP_ONLY=1 (make the models and stop: the first making of the 1.1B files
 # takes ~3-6 min, so make them before the timed call),
-# OUT (bench/results/issue10-quant-<date>.md).
+# OUT (bench/results/issue10-quant-<date>.md), LMC_DEVICE (cpu: lmc runs
+# with --device cpu, as the CPU-only llama.cpp build runs; without it lmc
+# probes for a GPU, which loads the CUDA libraries of a CUDA build: ~150 MB
+# of resident memory on a machine with the toolkit and no GPU).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 PB=${PEER_BIN:?set PEER_BIN to the llama.cpp bin folder}
@@ -34,6 +37,7 @@ T=${THREADS:-2}
 NDEC=${NDEC:-32}
 MODELS=${MODELS:-"r125m r1b"}
 PEER_ARGS=${PEER_ARGS:-}
+DEV=${LMC_DEVICE:-cpu}
 OUT=${OUT:-bench/results/issue10-quant-$(date -u +%F).md}
 TYPES="Q8_0 Q4_0 Q4_K"
 mkdir -p "$CACHE" || exit 1
@@ -134,11 +138,11 @@ RES=$CACHE/results.tsv
 : >"$RES"
 lmc_run() { # model type src
   local out pf dc rss1 rss2
-  out=$(python3 "$CACHE/rss.py" "$LMC" generate -m "$3" -p "$P512" -n 1 --temp 0 --ignore-eos -t "$T")
+  out=$(python3 "$CACHE/rss.py" "$LMC" generate -m "$3" -p "$P512" -n 1 --temp 0 --ignore-eos -t "$T" --device "$DEV")
   log "  lmc $1 $2 prefill: $(echo "$out" | tr '\n' ' ')"
   pf=$(echo "$out" | sed -n 's/.*prompt 512 tokens in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p')
   rss1=$(echo "$out" | sed -n 's/^maxrss_kb //p')
-  out=$(python3 "$CACHE/rss.py" "$LMC" generate -m "$3" -p "ab" -n "$NDEC" --temp 0 --ignore-eos -t "$T")
+  out=$(python3 "$CACHE/rss.py" "$LMC" generate -m "$3" -p "ab" -n "$NDEC" --temp 0 --ignore-eos -t "$T" --device "$DEV")
   log "  lmc $1 $2 decode: $(echo "$out" | tr '\n' ' ')"
   dc=$(echo "$out" | sed -n 's/.*generated [0-9]* tokens at \([0-9.]*\) tok\/s.*/\1/p')
   rss2=$(echo "$out" | sed -n 's/^maxrss_kb //p')
@@ -175,9 +179,9 @@ done
 END=$(date -u +%FT%TZ)
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 log "end $END load $LOAD1"
-python3 - "$RES" "$OUT" "$START" "$END" "$LOAD0" "$LOAD1" "$(git rev-parse --short HEAD)" "$T" "$ROUNDS" "$NDEC" "$PEER_ARGS" "$CACHE" <<'PY'
+python3 - "$RES" "$OUT" "$START" "$END" "$LOAD0" "$LOAD1" "$(git rev-parse --short HEAD)" "$T" "$ROUNDS" "$NDEC" "$PEER_ARGS" "$CACHE" "$DEV" <<'PY'
 import math, statistics, subprocess, sys
-res, out, start, end, l0, l1, commit, T, R, ndec, pargs, cache = sys.argv[1:]
+res, out, start, end, l0, l1, commit, T, R, ndec, pargs, cache, dev = sys.argv[1:]
 v = {}
 for line in open(res):
     m, t, eng, pf, dc, rss = line.rstrip("\n").split("\t")
@@ -204,7 +208,7 @@ L = [f"# Issue 10 quantized speed and memory: lmc vs llama.cpp, {T} threads — 
      f"- Models in {cache}: random Llama F16 folders, `lmc convert --dtype f16` GGUF, "
      "`llama-quantize --pure` Q8_0/Q4_0/Q4_K (every tensor that type, both engines read these files), "
      "GPTQ-4 = `lmc quantize --method rtn --bits 4 --group 128 --head` (GPTQ v1 layout, lm_head 4-bit too; peer: llama.cpp Q4_0)",
-     f"- lmc prefill: `lmc generate -p <512 tokens> -n 1`; lmc decode: `-p <2 tokens> -n {ndec}`; "
+     f"- lmc prefill: `lmc generate --device {dev} -p <512 tokens> -n 1`; lmc decode: `-p <2 tokens> -n {ndec}`; "
      f"llama.cpp: `llama-bench -p 512 -n {ndec} -r 1` (pp512, tg{ndec}); medians of {R} interleaved rounds; "
      "RSS: peak resident set (ru_maxrss) of each process, MB", ""]
 for m in sorted({k[0] for k in v}, key=lambda s: s != "r125m"):

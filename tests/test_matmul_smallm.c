@@ -12,7 +12,10 @@
  * Each small-M kernel also gives a row the same bits whatever M is (float:
  * the M >= 2 it takes, lmc_cpu_smallm_ok; quantized: every M), so a
  * verification's rows equal each other's batch sizes bit for bit; the
- * quantized ones are held to 2e-6 (zero points subtracted in integers). */
+ * quantized ones are held to 2e-6 (zero points subtracted in integers).
+ * Q4_K's reference quantizes the activations per 256 as its kernel does
+ * (lmc_q8act_quantize_k). The backend's qmatmul_multi gives each weight
+ * qmatmul's bits; qembed gives a quantized table's rows dequantized. */
 #include "core/core.h"
 #include "core/dtype.h"
 #include "core/threadpool.h"
@@ -132,7 +135,7 @@ static void check_q(const struct lmc_qctx *c, const struct lmc_qweight *w, const
             int64_t col = w->perm ? w->perm[j] : j;
             xg[j] = col >= 0 ? x[m * k + col] : 0.0f;
         }
-        lmc_q8act_quantize(xg, w->kp, xq);
+        (w->kernel == LMC_QK_Q4_K ? lmc_q8act_quantize_k : lmc_q8act_quantize)(xg, w->kp, xq);
         for (int64_t j = 0; j < w->kp; j++) {
             int64_t col = w->perm ? w->perm[j] : j;
             if (col >= 0) xd[m * k + col] = (double)xq[j / 32].d * xq[j / 32].q[j % 32];
@@ -288,7 +291,92 @@ static void test_q4_isa_same(struct lmc_pool *pool) {
     }
 }
 
+/* The CPU backend's qmatmul_multi (q/k/v, gate/up: the input quantized
+ * once, one pool run) gives each weight the bits its own qmatmul gives, with
+ * biases, for every M; weights that do not share a layout (different K, a
+ * permuted group order) fall back and still agree; and qembed returns a
+ * quantized table's rows as the format's dequantizer does. */
+static void test_multi(int threads) {
+    lmc_err err = {0};
+    struct lmc_backend be;
+    CHECK(lmc_backend_cpu_init(&be, threads, &err) == LMC_OK);
+    CHECK(be.qmatmul_multi != NULL && be.qembed != NULL);
+    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_K, LMC_GGML_Q6_K};
+    for (size_t t = 0; t < 4; t++) {
+        const int64_t k = 512, ns[3] = {37, 8, 45};
+        struct lmc_qweight w[3];
+        uint8_t *wq[3];
+        float *bias[3];
+        int64_t rb;
+        CHECK(lmc_ggml_row_bytes(types[t], k, &rb));
+        for (int i = 0; i < 3; i++) {
+            float *wf = rand_f(ns[i] * k);
+            wq[i] = malloc((size_t)(ns[i] * rb));
+            for (int64_t o = 0; o < ns[i]; o++) lmc_ggml_quantize_row(types[t], wf + o * k, wq[i] + o * rb, k);
+            CHECK(lmc_qweight_init_ggml(&w[i], types[t], wq[i], ns[i], k, &err) == LMC_OK);
+            bias[i] = rand_f(ns[i]);
+            free(wf);
+        }
+        float *x = rand_f(MMAX * k);
+        for (int64_t M = 1; M <= MMAX; M += 4) {
+            float *ym[3], *ys[3];
+            const struct lmc_qweight *wp[3] = {&w[0], &w[1], &w[2]};
+            const float *bp[3] = {bias[0], NULL, bias[2]};
+            for (int i = 0; i < 3; i++) ym[i] = malloc((size_t)(M * ns[i]) * 4), ys[i] = malloc((size_t)(M * ns[i]) * 4);
+            be.qmatmul_multi(be.ctx, 3, ym, x, M, wp, bp);
+            for (int i = 0; i < 3; i++) be.qmatmul(be.ctx, ys[i], x, M, &w[i], bp[i]);
+            for (int i = 0; i < 3; i++) {
+                CHECK_MSG(memcmp(ym[i], ys[i], (size_t)(M * ns[i]) * 4) == 0, "qmatmul_multi %s M=%lld weight %d",
+                          lmc_ggml_type_name(types[t]), (long long)M, i);
+                free(ym[i]), free(ys[i]);
+            }
+        }
+        /* qembed: rows (repeats, first and last) as the dequantizer gives them */
+        const int32_t ids[5] = {36, 0, 5, 5, 17};
+        float *e = malloc((size_t)(5 * k) * 4), *r = malloc((size_t)k * 4);
+        be.qembed(be.ctx, e, &w[0], ids, 5);
+        for (int i = 0; i < 5; i++) {
+            lmc_ggml_dequantize_row(types[t], wq[0] + ids[i] * rb, r, k);
+            CHECK_MSG(memcmp(e + i * k, r, (size_t)k * 4) == 0, "qembed %s row %d", lmc_ggml_type_name(types[t]), ids[i]);
+        }
+        free(e), free(r), free(x);
+        for (int i = 0; i < 3; i++) lmc_qweight_free(&w[i]), free(wq[i]), free(bias[i]);
+    }
+    /* no shared layout: 4-bit groups of different orders and a Q4_0 of another K */
+    {
+        struct lmc_qgroups q[2];
+        struct lmc_qweight w[3];
+        for (int i = 0; i < 2; i++) {
+            CHECK(lmc_qgroups_alloc(&q[i], 19 + 4 * i, 256, 4, 64, &err) == LMC_OK);
+            for (int64_t j = 0; j < q[i].n * q[i].k; j++) q[i].q[j] = (uint8_t)(test_rng_next(&rng) % 16);
+            for (int64_t j = 0; j < q[i].n * q[i].n_groups; j++) {
+                q[i].scale[j] = 0.01f + 0.05f * (float)(test_rng_next(&rng) % 100) / 100.0f;
+                q[i].zero[j] = (int32_t)(test_rng_next(&rng) % 16);
+            }
+            if (i) /* act-order */
+                for (int64_t j = 0; j < q[i].k; j++) q[i].g_idx[j] = (int32_t)(test_rng_next(&rng) % 4);
+            CHECK(lmc_qweight_init_groups(&w[i], &q[i], &err) == LMC_OK);
+        }
+        float *x = rand_f(MMAX * 256);
+        float *ym[2], *ys[2];
+        const struct lmc_qweight *wp[2] = {&w[0], &w[1]};
+        for (int i = 0; i < 2; i++) ym[i] = malloc((size_t)(MMAX * q[i].n) * 4), ys[i] = malloc((size_t)(MMAX * q[i].n) * 4);
+        be.qmatmul_multi(be.ctx, 2, ym, x, 3, wp, NULL);
+        for (int i = 0; i < 2; i++) {
+            be.qmatmul(be.ctx, ys[i], x, 3, &w[i], NULL);
+            CHECK_MSG(memcmp(ym[i], ys[i], (size_t)(3 * q[i].n) * 4) == 0, "qmatmul_multi groups weight %d", i);
+            free(ym[i]), free(ys[i]);
+            lmc_qweight_free(&w[i]);
+            lmc_qgroups_free(&q[i]);
+        }
+        free(x);
+    }
+    lmc_backend_cpu_free(&be);
+}
+
 int main(void) {
+    test_multi(1);
+    test_multi(2);
     test_float(1);
     test_float(2);
     lmc_err err = {0};

@@ -42,7 +42,7 @@ static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const s
                     int64_t col = w->perm ? w->perm[j] : j;
                     xg[j] = col >= 0 ? xi[col] : 0.0f;
                 }
-                lmc_q8act_quantize(xg, w->kp, xq);
+                (w->kernel == LMC_QK_Q4_K ? lmc_q8act_quantize_k : lmc_q8act_quantize)(xg, w->kp, xq);
                 for (int64_t j = 0; j < w->kp; j++) {
                     int64_t col = w->perm ? w->perm[j] : j;
                     if (col >= 0) xd[col] = xq[j / 32].d * (float)xq[j / 32].q[j % 32];
@@ -166,8 +166,48 @@ static void test_nf4_ternary(const struct lmc_qctx *c, uint64_t *rng, struct lmc
     free(wf);
 }
 
+/* The activation quantizers: the vector forms give the C forms' blocks bit
+ * for bit; lmc_q8act_quantize_k shares d = amax / 127 over each 256 (one
+ * super-block's scale in all 8 blocks, codes within +-127 and each code the
+ * nearest to x / d), with the blocks' code sums. */
+static void test_quantizers(uint64_t *rng) {
+    struct lmc_qctx c;
+    lmc_qctx_init(&c, LMC_QISA_AVX512VNNI);
+    const int64_t n = 256 * 3;
+    float *x = malloc((size_t)n * 4);
+    struct lmc_q8act *a = malloc((size_t)(n / 32) * sizeof *a), *b = malloc((size_t)(n / 32) * sizeof *b);
+    for (int64_t i = 0; i < n; i++) x[i] = test_rand(rng) * (1.0f + (float)((i * 7) % 29));
+    for (int64_t i = 256; i < 512; i++) x[i] = 0.0f; /* an all-zero super-block: d = 0, codes 0 */
+    lmc_q8act_quantize_k(x, n, a);
+    c.quantize_k(x, n, b);
+    CHECK(memcmp(a, b, (size_t)(n / 32) * sizeof *a) == 0);
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        float amax = 0;
+        for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(x[256 * sb + j]));
+        for (int bl = 0; bl < 8; bl++) {
+            const struct lmc_q8act *q = &a[8 * sb + bl];
+            CHECK(q->d == amax / 127.0f);
+            int s0 = 0, s1 = 0;
+            for (int j = 0; j < 32; j++) {
+                float v = x[256 * sb + 32 * bl + j];
+                CHECK(q->q[j] >= -127 && q->q[j] <= 127);
+                if (q->d > 0) CHECK(fabsf(v - q->d * (float)q->q[j]) <= 0.5001f * q->d);
+                else CHECK(q->q[j] == 0);
+                *(j < 16 ? &s0 : &s1) += q->q[j];
+            }
+            CHECK(q->s0 == s0 && q->s1 == s1);
+        }
+    }
+    lmc_q8act_quantize(x, n, a);
+    c.quantize(x, n, b);
+    CHECK(memcmp(a, b, (size_t)(n / 32) * sizeof *a) == 0);
+    free(x), free(a), free(b);
+}
+
 int main(void) {
     lmc_err err = {0};
+    uint64_t qrng = 99;
+    test_quantizers(&qrng);
     struct lmc_pool *pool = NULL;
     CHECK(lmc_pool_init(&pool, 2, &err) == LMC_OK);
     enum lmc_qisa seen = (enum lmc_qisa)-1;

@@ -563,6 +563,8 @@ static void weight_kinds(const struct lmc_model *m, struct wkinds *k) {
     k->method = m->quant_method >= 0 && m->quant_method < 5 ? names[m->quant_method] : "?";
     if (m->gguf) k->method = m->n_qw ? "gguf blocks" : "none (gguf)";
     k->emb = mat_size(&m->w.tok_emb) + mat_size(&m->w.pos_emb);
+    if (!m->w.tok_emb.data && m->w.tok_emb_q && !(m->w.head.q && m->w.head.q->data == m->w.tok_emb_q->data))
+        k->emb += lmc_qweight_bytes(m->w.tok_emb_q); /* a quantized GGUF embedding (a tied one counts as the head) */
     if (m->w.head.format == LMC_WFMT_QUANT) k->head = lmc_qweight_bytes(m->w.head.q);
     else if (m->w.head.w.data != m->w.tok_emb.data) k->head = mat_size(&m->w.head.w);
     double elems = 0;

@@ -84,7 +84,7 @@ static lmc_status shard_vocab(struct lmc_tp_model *t, const struct lmc_model *fu
     const struct lmc_weights *w = &full->w;
     int64_t V = full->cfg.vocab_size, C = w->tok_emb.cols, v0, nv;
     bool tied = w->head.w.data == w->tok_emb.data;
-    if (w->tok_emb.dtype != LMC_DTYPE_F32 || w->tok_emb.rows != V || w->head.w.dtype != LMC_DTYPE_F32 ||
+    if (!w->tok_emb.data || w->tok_emb.dtype != LMC_DTYPE_F32 || w->tok_emb.rows != V || w->head.w.dtype != LMC_DTYPE_F32 ||
         w->head.format != LMC_WFMT_DENSE || w->head.w.rows != V || w->head.w.cols != C)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--tp-vocab: the embedding and head must be float32 (%lld, %lld) "
                            "tables (load with float32 weights)", (long long)V, (long long)C);

@@ -117,6 +117,9 @@ void lmc_weights_embed(const struct lmc_backend *be, const struct lmc_weights *w
         if (!g->st)
             g->st = lmc_tp_embed_fwd(&tp, x, w->tok_emb.data, w->vocab->v0, w->vocab->nv, w->vocab->V,
                                      w->tok_emb.cols, ids, n, &g->err);
+    } else if (!w->tok_emb.data && w->tok_emb_q) {
+        LMC_ASSERT(be->qembed != NULL); /* backends without it get the table expanded (lmc_weights_place) */
+        be->qembed(be->ctx, x, w->tok_emb_q, ids, n);
     } else {
         be->embed(be->ctx, x, &w->tok_emb, ids, n);
     }

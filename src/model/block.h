@@ -64,6 +64,11 @@ struct lmc_wvocab {
 struct lmc_pp_infer;
 struct lmc_weights {
     struct lmc_mat tok_emb;           /* (V, C) */
+    /* A GGUF token embedding kept in its quantized blocks (the loader's;
+     * NULL otherwise): tok_emb.data stays NULL, the lookup dequantizes the
+     * rows it reads (backend qembed), and a backend without qembed gets the
+     * table expanded to f32 when the model is placed there. */
+    const struct lmc_qweight *tok_emb_q;
     struct lmc_mat pos_emb;           /* (P, C) learned positions; data NULL otherwise */
     struct lmc_linear head;           /* (V, C); w may share tok_emb's data (tied) */
     const float *norm_f, *norm_f_b;   /* (C); b NULL for RMSNorm */

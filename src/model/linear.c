@@ -144,8 +144,9 @@ static void tp_sum(const struct lmc_linear *L, float *buf, int64_t n) {
     g->st = g->c->all_reduce(g->c, buf, n, LMC_DTYPE_F32, LMC_REDUCE_SUM, &g->err);
 }
 
-/* Quantized formats (issue 10): one backend qmatmul per linear; the fused
- * dense entries are not used for them, nor for observed linears. */
+/* Quantized formats (issue 10): one backend qmatmul per linear, or one
+ * qmatmul_multi for k quantized linears of one input; the fused dense
+ * entries are not used for them, nor for observed linears. */
 static bool any_quant(int k, const struct lmc_linear *const *L) {
     for (int i = 0; i < k; i++)
         if (L[i]->format == LMC_WFMT_QUANT || L[i]->observe) return true;
@@ -177,6 +178,22 @@ void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear
                     float *const *y, const float *x, int64_t M) {
     LMC_ASSERT(k > 0 && k <= LIN_MAX);
     if (any_quant(k, L)) {
+        bool multi = k > 1 && be->qmatmul_multi;
+        for (int i = 0; multi && i < k; i++)
+            multi = L[i]->format == LMC_WFMT_QUANT && !L[i]->observe && !L[i]->qfloat && L[i]->q &&
+                    L[i]->split == LMC_SPLIT_NONE;
+        if (multi) { /* the input quantized once for all k (q/k/v, gate/up) */
+            const struct lmc_qweight *q[LIN_MAX];
+            const float *b[LIN_MAX];
+            for (int i = 0; i < k; i++) {
+                check_any(L[i]);
+                q[i] = L[i]->q;
+                b[i] = L[i]->bias;
+            }
+            be->qmatmul_multi(be->ctx, k, y, x, M, q, b);
+            for (int i = 0; i < k; i++) adapters_fwd(be, L[i], y[i], x, M);
+            return;
+        }
         for (int i = 0; i < k; i++) quant_fwd(be, L[i], y[i], x, M);
         return;
     }

@@ -376,6 +376,13 @@ static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *b
     m->cap_placed = (int)cap;
     m->placed_on = be;
     struct lmc_weights *w = &m->w;
+    if (w->tok_emb_q && !w->tok_emb.data && !be->qembed) { /* a quantized table, expanded for this backend */
+        const struct lmc_qweight *q = w->tok_emb_q;
+        float *f = lmc_model_own(m, (size_t)(q->n * q->k) * sizeof *f);
+        if (!f) return lmc_err_set(err, LMC_ERR_OOM, "token embedding: out of memory");
+        lmc_qweight_dequant_rows(q, 0, q->n, f);
+        w->tok_emb.data = f;
+    }
     bool ok = place(m, be, &w->tok_emb.data, mat_bytes(&w->tok_emb)) &&
               place(m, be, &w->pos_emb.data, mat_bytes(&w->pos_emb)) &&
               place(m, be, &w->head.w.data, mat_bytes(&w->head.w)) &&

@@ -7,8 +7,8 @@
  * Q5_K, Q6_K) bound in place as quantized linears (never expanded), a
  * mixture of experts' stacked expert tensors (ne [in, out, experts]) bound
  * per expert as slices of the stack, a
- * quantized token embedding dequantized for the lookup (a tied head keeps
- * the quantized rows), vectors as f32 copies; llama.cpp's Q/K row order
+ * quantized token embedding kept in its blocks (the lookup dequantizes the
+ * rows it reads; a tied head runs the quantized rows), vectors as f32 copies; llama.cpp's Q/K row order
  * undone (a permuted copy). Tensors the model does not use are errors. */
 #include "model/model.h"
 #include "core/core.h"
@@ -17,9 +17,12 @@
 #include "quant/qmatmul.h"
 #include "quant/quant.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 struct gload {
     struct lmc_model *m;
@@ -52,6 +55,17 @@ static enum lmc_dtype use_dtype(enum lmc_wdtype w, enum lmc_dtype disk) {
 }
 
 /* rows x cols of any known type dequantized to f32 into an owned buffer. */
+/* The whole pages of [p, p + n) in the file's private read-only mapping
+ * released from this process (a tensor copied elsewhere, never read there
+ * again: its pages would count in the resident set twice). */
+static void drop_pages(const void *p, size_t n) {
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0) return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)ps - 1) / (uintptr_t)ps * (uintptr_t)ps;
+    uintptr_t e = ((uintptr_t)p + n) / (uintptr_t)ps * (uintptr_t)ps;
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 static float *dequant(struct lmc_model *m, const struct lmc_gguf_tensor *t, const void *data, int64_t rows,
                       int64_t cols, int64_t rb) {
     float *f = lmc_model_own(m, (size_t)(rows * cols) * sizeof *f);
@@ -108,6 +122,7 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
         lmc_gguf_permute_qk(base, p, rows, (size_t)rb, heads, true);
         data = p;
+        if (m->gguf->map_kind == 1) drop_pages(base, (size_t)(rows * rb)); /* read once: not resident twice */
     }
     uint8_t kind = r->spec->kind;
     bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
@@ -123,10 +138,24 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         return lmc_model_bind_qweight(m, r, w, err);
     }
     m->n_params += r->numel;
-    if (is_quant || r->ndim == 1 || kind == LMC_TK_VEC) { /* vectors, quantized embeddings: f32 */
-        float *f = dequant(m, t, data, rows, cols, rb);
-        if (!f) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        lmc_weights_bind(&m->w, r, f, LMC_DTYPE_F32);
+    if (kind == LMC_TK_TOK_EMB && is_quant) { /* kept in its blocks: the lookup dequantizes the rows it reads */
+        struct lmc_qweight *qe = lmc_model_own(m, sizeof *qe);
+        if (!qe) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        lmc_status s = lmc_qweight_init_ggml(qe, t->type, data, rows, cols, err);
+        if (s) {
+            lmc_err_prefix(err, "%s: tensor '%s': ", G->path, name);
+            return s;
+        }
+        lmc_weights_bind(&m->w, r, NULL, LMC_DTYPE_F32);
+        m->w.tok_emb_q = qe;
+        if (!m->cfg.tie_word_embeddings) m->weight_bytes += (size_t)(rows * rb); /* else counted as the head */
+    }
+    if (is_quant || r->ndim == 1 || kind == LMC_TK_VEC) { /* vectors: f32 */
+        if (kind != LMC_TK_TOK_EMB) {
+            float *f = dequant(m, t, data, rows, cols, rb);
+            if (!f) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+            lmc_weights_bind(&m->w, r, f, LMC_DTYPE_F32);
+        }
         if (kind == LMC_TK_TOK_EMB && is_quant && m->cfg.tie_word_embeddings) {
             /* the tied head runs the quantized rows */
             struct lmc_tensor_spec hs = *r->spec;

@@ -385,6 +385,17 @@ struct lmc_backend {
      * backend's context, no allocation per call once it has grown. */
     void (*qmatmul)(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                     const float *bias);
+    /* Optional (NULL: one qmatmul per weight): y[i] = x @ W_i^T (+ bias[i],
+     * NULL for none) for n weights sharing the input (q/k/v, gate/up), each
+     * y[i] the same as qmatmul gives it; the CPU quantizes x once and runs
+     * the n products in one pool run. */
+    void (*qmatmul_multi)(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_qweight *const *w, const float *const *bias);
+    /* y(n, w->k) = rows ids of a quantized table w (a GGUF token embedding
+     * kept in its blocks), dequantized to f32; ids in range (caller checks).
+     * Optional (NULL: the model gives this backend the table expanded to
+     * float before it places it). */
+    void (*qembed)(void *ctx, float *y, const struct lmc_qweight *w, const int32_t *ids, int64_t n);
     /* Optional (NULL on host_memory backends, whose qmatmul takes the host
      * weight itself): a backend-resident copy of a prepared weight w (host
      * memory, not kept) in the backend's own layout; *out is what this

@@ -36,6 +36,32 @@ void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out) {
     }
 }
 
+void lmc_q8act_quantize_k(const float *x, int64_t n, struct lmc_q8act *out) {
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        const float *v = x + 256 * sb;
+        float amax = 0;
+        for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(v[j]));
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        for (int b = 0; b < 8; b++) {
+            struct lmc_q8act *o = &out[8 * sb + b];
+            int s0 = 0, s1 = 0;
+            for (int j = 0; j < 32; j++) {
+                int q = (int)lrintf(v[32 * b + j] * id);
+                o->q[j] = (int8_t)q;
+                if (j < 16) s0 += q;
+                else s1 += q;
+            }
+            o->d = d;
+            o->s0 = (int16_t)s0;
+            o->s1 = (int16_t)s1;
+        }
+    }
+}
+
+lmc_q8quant_fn lmc_qctx_quantizer(const struct lmc_qctx *c, const struct lmc_qweight *w) {
+    return w->kernel == LMC_QK_Q4_K ? c->quantize_k : c->quantize;
+}
+
 /* ---- portable dot products: row `row` of w with the activation blocks ---- */
 
 /* GCC 12 with AVX-512 VNNI enabled vectorizes Q8_0's signed-by-signed byte
@@ -231,6 +257,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     memset(c->dotm, 0, sizeof c->dotm);
     c->small_max = LMC_QSMALL_MAX;
     c->quantize = lmc_q8act_quantize;
+    c->quantize_k = lmc_q8act_quantize_k;
     c->isa = LMC_QISA_C;
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -246,6 +273,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdotm_table_q4_vnni(c->dotm);
         lmc_qdotm_table_q4k_vnni(c->dotm);
         c->quantize = lmc_q8act_quantize_vnni();
+        c->quantize_k = lmc_q8act_quantize_k_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
     } else if (avx2 && max_isa >= LMC_QISA_AVX2) {
         lmc_qdot_table_avx2(t);
@@ -479,7 +507,8 @@ struct qprep {
 static void qprep_run(void *arg, int64_t task, int thread) {
     const struct qprep *p = arg;
     int64_t i0 = task * p->rows_per_task, i1 = LMC_MIN(p->m, i0 + p->rows_per_task), nb = p->w->kp / 32;
-    for (int64_t i = i0; i < i1; i++) p->c->quantize(p->xf + i * p->w->kp, p->w->kp, p->xq + i * nb);
+    lmc_q8quant_fn quant = lmc_qctx_quantizer(p->c, p->w);
+    for (int64_t i = i0; i < i1; i++) quant(p->xf + i * p->w->kp, p->w->kp, p->xq + i * nb);
     lmc_q8rows_fill(p->w, p->xq, p->m, i0, i1, p->buf);
 }
 
@@ -511,13 +540,13 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
             struct qprep p = {c, w, xf, xq, buf, m, (m + 4 * threads - 1) / (4 * threads)};
             lmc_pool_run(pool, (m + p.rows_per_task - 1) / p.rows_per_task, qprep_run, &p);
         } else {
-            for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+            for (int64_t i = 0; i < m; i++) lmc_qctx_quantizer(c, w)(xf + i * w->kp, w->kp, xq + i * nb);
             lmc_q8rows_fill(w, xq, m, 0, m, buf);
         }
         lmc_q8rows_view(w, m, buf, &rows);
         j.rows = &rows;
     } else if (w->kernel != LMC_QK_NF4) {
-        for (int64_t i = 0; i < m; i++) c->quantize(xf + i * w->kp, w->kp, xq + i * nb);
+        for (int64_t i = 0; i < m; i++) lmc_qctx_quantizer(c, w)(xf + i * w->kp, w->kp, xq + i * nb);
     }
     j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
     if (j.rows) j.rows_per_task = (j.rows_per_task + 3) / 4 * 4; /* whole 4-row tiles */
@@ -525,4 +554,74 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
     if (pool && threads > 1) lmc_pool_run(pool, tasks, qjob_run, &j);
     else
         for (int64_t t = 0; t < tasks; t++) qjob_run(&j, t, 0);
+}
+
+/* ---- several weights over one input (q/k/v, gate/up) ---- */
+
+/* Whether b reads the activations in a's small-M layout: the same kind,
+ * columns and block groups, no permutation. */
+static bool same_layout(const struct lmc_qweight *a, const struct lmc_qweight *b) {
+    if (a->kernel != b->kernel || a->k != b->k || a->kp != b->kp || a->perm || b->perm || a->nf4_flat || b->nf4_flat)
+        return false;
+    if (a->kernel != LMC_QK_U4G) return true;
+    if (a->n_groups != b->n_groups) return false;
+    return a->gblk == b->gblk || memcmp(a->gblk, b->gblk, (size_t)(a->n_groups + 1) * sizeof *a->gblk) == 0;
+}
+
+#define QMULTI_MAX 8
+
+struct qmjob {
+    const struct lmc_qctx *c;
+    int k;
+    const struct lmc_qweight *const *w;
+    float *const *y;
+    const struct lmc_q8rows *rows;
+    int64_t rows_per_task[QMULTI_MAX], task0[QMULTI_MAX + 1]; /* weight i's tasks: [task0[i], task0[i + 1]) */
+};
+
+static void qmjob_run(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const struct qmjob *j = arg;
+    int i = 0;
+    while (task >= j->task0[i + 1]) i++;
+    const struct lmc_qweight *w = j->w[i];
+    int64_t r0 = (task - j->task0[i]) * j->rows_per_task[i], r1 = LMC_MIN(w->n, r0 + j->rows_per_task[i]);
+    j->c->dotm[w->kernel](w, r0, r1, j->rows, j->y[i], w->n);
+}
+
+void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight *const *w, float *const *y,
+                       const float *x, int64_t m, void *scratch, struct lmc_pool *pool) {
+    LMC_ASSERT(k >= 1);
+    bool shared = k <= QMULTI_MAX && m >= 1 && c->dotm[w[0]->kernel] && m <= c->small_max;
+    for (int i = 1; shared && i < k; i++) shared = same_layout(w[0], w[i]);
+    if (!shared || w[0]->perm || w[0]->nf4_flat) {
+        for (int i = 0; i < k; i++) lmc_qmatmul(c, w[i], y[i], x, m, scratch, pool);
+        return;
+    }
+    /* the activations quantized and laid out once for all k (lmc_qmatmul's scratch layout) */
+    struct lmc_q8act *xq = scratch;
+    int64_t nb = w[0]->kp / 32;
+    void *buf = (uint8_t *)scratch + ((size_t)(m * nb) * sizeof *xq + 63) / 64 * 64;
+    int threads = pool ? lmc_pool_threads(pool) : 1;
+    if (pool && threads > 1 && m >= QPREP_PAR_MIN) {
+        struct qprep p = {c, w[0], x, xq, buf, m, (m + 4 * threads - 1) / (4 * threads)};
+        lmc_pool_run(pool, (m + p.rows_per_task - 1) / p.rows_per_task, qprep_run, &p);
+    } else {
+        lmc_q8quant_fn quant = lmc_qctx_quantizer(c, w[0]);
+        for (int64_t i = 0; i < m; i++) quant(x + i * w[0]->kp, w[0]->kp, xq + i * nb);
+        lmc_q8rows_fill(w[0], xq, m, 0, m, buf);
+    }
+    struct lmc_q8rows rows;
+    lmc_q8rows_view(w[0], m, buf, &rows);
+    /* one pool run over every weight's 4-row tiles (4 x threads tasks per weight, as lmc_qmatmul) */
+    struct qmjob j = {.c = c, .k = k, .w = w, .y = y, .rows = &rows};
+    j.task0[0] = 0;
+    for (int i = 0; i < k; i++) {
+        int64_t rpt = LMC_MAX(1, (w[i]->n + 4 * threads - 1) / (4 * threads));
+        j.rows_per_task[i] = (rpt + 3) / 4 * 4;
+        j.task0[i + 1] = j.task0[i] + (w[i]->n + j.rows_per_task[i] - 1) / j.rows_per_task[i];
+    }
+    if (pool && threads > 1) lmc_pool_run(pool, j.task0[k], qmjob_run, &j);
+    else
+        for (int64_t t = 0; t < j.task0[k]; t++) qmjob_run(&j, t, 0);
 }

@@ -76,7 +76,13 @@ struct lmc_qctx {
     lmc_qdotm_fn dotm[LMC_QK_COUNT]; /* small M, each weight row read once (NULL: dot4/dot) */
     int64_t small_max;               /* M <= small_max (and >= 1) goes to dotm where it exists */
     lmc_q8quant_fn quantize;         /* lmc_q8act_quantize or a vector form (the same integers) */
+    lmc_q8quant_fn quantize_k;       /* lmc_q8act_quantize_k or a vector form (Q4_K's activations) */
 };
+
+/* The activation quantizer lmc_qmatmul uses for w: Q4_K's activations
+ * share one scale per super-block of 256 (lmc_q8act_quantize_k, as
+ * llama.cpp's q8_K), every other kind one per block of 32. */
+lmc_q8quant_fn lmc_qctx_quantizer(const struct lmc_qctx *c, const struct lmc_qweight *w);
 
 /* Picks the best instruction set the CPU has, at most max_isa (tests pass
  * a lower one to check every path); returns the one chosen. */
@@ -168,8 +174,22 @@ size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m);
 void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
                  void *scratch, struct lmc_pool *pool);
 
+/* y[i](m, w[i]->n) = x(m, k) @ W_i^T for k <= 8 weights of one input
+ * (q/k/v, gate/up): where they share the activation layout (the same kind,
+ * columns and groups, no permutation; the small-M kernels) x is quantized
+ * once and all k run in one pool run; otherwise k lmc_qmatmul calls. Each
+ * y[i] is the same bits as lmc_qmatmul(w[i]) gives. scratch:
+ * lmc_qmatmul_scratch_bytes of the largest (any of them: the same size when
+ * shared). */
+void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight *const *w, float *const *y,
+                       const float *x, int64_t m, void *scratch, struct lmc_pool *pool);
+
 /* Quantizes n (a multiple of 32) floats into n/32 activation blocks. */
 void lmc_q8act_quantize(const float *x, int64_t n, struct lmc_q8act *out);
+/* The same blocks with one scale d = amax / 127 per 256 floats (n a
+ * multiple of 256): every block of a super-block carries the same d, so a
+ * Q4_K super-block's sub-block products add up in integers. */
+void lmc_q8act_quantize_k(const float *x, int64_t n, struct lmc_q8act *out);
 
 /* The instruction-set kernels (qmatmul_x86.c); NULL slots fall back to C. */
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
@@ -191,8 +211,10 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w);
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf);
-/* lmc_q8act_quantize's AVX-512 form (the same blocks, bit for bit). */
+/* lmc_q8act_quantize's and lmc_q8act_quantize_k's AVX-512 forms (the same
+ * blocks, bit for bit). */
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
+lmc_q8quant_fn lmc_q8act_quantize_k_vnni(void);
 /* m rows of w->kp / 32 activation blocks each (row i's at xq + i * kp / 32)
  * into the small-M layout of w's kind in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
  * aligned); out points into buf. */

@@ -4,30 +4,34 @@
  * VNNI on 256-bit vectors, in the 4 weight rows x up to 4 activation rows
  * tiles of qmatmul_q4.c.
  *
- * A weight element is d sc_j q - dmin mn_j (q 0..15, j its sub-block of 32),
- * so a sub-block's share of a row's product with activation block j
- * (x ~ dx_j c) is d sc_j dx_j sum(q c) - dmin mn_j dx_j sum(c). The first is
- * one vpdpbusd of the unsigned codes with the signed activation codes
- * (exact int32 lanes), converted and scaled per lane; the second is, per
- * super-block, one 8-lane product of the row's dmin mn_j with the
- * activation's dx_j sum(c_j). Each 32-byte chunk of the codes holds two
- * sub-blocks: its low nibbles sub-block 2c, its high nibbles 2c + 1, each in
- * element order, so the activation codes are used as quantized.
+ * The activations share one scale dx per super-block (lmc_q8act_quantize_k,
+ * as llama.cpp's q8_K), so a weight element d sc_j q - dmin mn_j (q 0..15,
+ * j its sub-block of 32) gives the super-block's product with codes c as
+ * d dx sum_j sc_j sum(q c) - dmin dx sum_j mn_j sum(c_j). The first sum is
+ * all integers: per sub-block vpmaddubsw of the unsigned codes with the
+ * signed activation codes (pairs, |.| <= 3810: no saturation) and vpdpwssd
+ * of those with sc_j (int16) into the pair's int32 lanes, exact; it is
+ * converted once per super-block and scaled by d dx. The second is one
+ * 8-lane FMA per super-block of the row's dmin mn_j with the activation's
+ * dx sum(c_j). Each 32-byte chunk of the codes holds two sub-blocks: its
+ * low nibbles sub-block 2c, its high nibbles 2c + 1, each in element order,
+ * so the activation codes are used as quantized.
  *
  * Activation layout ("Q4_K slots"): per super-block Q4K_SLOTS slots of 128
- * bytes: for each of its 8 blocks 64 bytes (the 32 codes, the scale dx 8
- * times), then 8 floats dx_j sum(c_j). Each (weight row, activation row)
- * pair has its own accumulator and operation order, so a row's result is
- * the same bits for every M. */
+ * bytes: the 256 codes (block j at 32 j), 8 floats dx sum(c_j), then dx
+ * (the super-block's scale). Each (weight row, activation row) pair has its
+ * own accumulators and operation order, so a row's result is the same bits
+ * for every M. */
 #include "quant/qmatmul.h"
 #include "core/core.h"
 
 #include <string.h>
 
-#define Q4K_SLOTS 5 /* 128-byte slots a super-block's activations take (544 bytes used) */
+#define Q4K_SLOTS 3 /* 128-byte slots a super-block's activations take (292 bytes used) */
 
 int64_t lmc_q4k_slots(const struct lmc_qweight *w) { return w->kp / 256 * Q4K_SLOTS; }
 
+/* xq: lmc_q8act_quantize_k's blocks (one d per super-block, taken from its first block). */
 void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1, void *buf) {
     int64_t nb = w->kp / 32, nsb = w->kp / 256;
     for (int64_t i = i0; i < i1; i++) {
@@ -37,14 +41,12 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
             float f[8];
             for (int j = 0; j < 8; j++) {
                 const struct lmc_q8act *a = &x[8 * s + j];
-                float d8[8];
-                for (int l = 0; l < 8; l++) d8[l] = a->d;
-                memcpy(o + 64 * j, a->q, 32);
-                memcpy(o + 64 * j + 32, d8, 32);
+                memcpy(o + 32 * j, a->q, 32);
                 f[j] = a->d * (float)(a->s0 + a->s1);
             }
-            memcpy(o + 512, f, 32);
-            memset(o + 544, 0, Q4K_SLOTS * 128 - 544);
+            memcpy(o + 256, f, 32);
+            memcpy(o + 288, &x[8 * s].d, 4);
+            memset(o + 292, 0, Q4K_SLOTS * 128 - 292);
         }
     }
 }
@@ -55,37 +57,46 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 #define K_MR 4
 #define K_PF_TILES 2
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
+#define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (16 x int16), dmin mn (8 floats), d (8) */
 #define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define IK __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
 
-/* A super-block's d sc_j (j = 0..7) into sc and dmin mn_j into mn: the
- * 12 scale bytes as three little-endian words w0 w1 w2 (bytes 0-3: the low
- * 6 bits of sc_0..3, their top 2 bits the high bits of sc_4..7; bytes 4-7
- * likewise for mn; bytes 8-11: the low 4 bits of sc_4..7, high 4 of
- * mn_4..7), unpacked 4 bytes at a time. */
-IK void q4k_scales(const uint8_t *b, __m256 *sc, __m256 *mn) {
-    uint32_t w[3];
-    memcpy(w, b + 4, 12);
-    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
-    uint32_t s03 = w[0] & m6, m03 = w[1] & m6;
-    uint32_t s47 = (w[2] & m4) | (((w[0] >> 6) & m2) << 4), m47 = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
-    __m128i v = _mm_set_epi32((int)m47, (int)m03, (int)s47, (int)s03);
+/* A super-block's sc_j (j = 0..7, int16, in both 128-bit halves) into sc,
+ * dmin mn_j (8 floats) into mn and d (8 times) into d: the 12 scale bytes
+ * as three little-endian words w0 w1 w2 (bytes 0-3: the low 6 bits of
+ * sc_0..3, their top 2 bits the high bits of sc_4..7; bytes 4-7 likewise
+ * for mn; bytes 8-11: the low 4 bits of sc_4..7, high 4 of mn_4..7),
+ * unpacked in one xmm: lanes (w0, w2, w1, w2 >> 4) masked to 6, 4, 6, 4
+ * bits, lanes 1 and 3 or'ed with bits 6-7 of w0 and w1 moved to bits 4-5:
+ * sc_0..7 then mn_0..7 as bytes. (The 16-byte load stays inside the
+ * 144-byte block.) */
+IK void q4k_scales(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
+    __m128i w = _mm_loadu_si128((const __m128i *)(b + 4));
+    __m128i lo = _mm_srlv_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(2, 1, 2, 0)), _mm_set_epi32(4, 0, 0, 0));
+    lo = _mm_and_si128(lo, _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(1, 1, 0, 0)), 2),
+                               _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+    __m128i v = _mm_or_si128(lo, hi);
     uint32_t dd;
     memcpy(&dd, b, 4);
     __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
-    *sc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_set1_ps(_mm_cvtss_f32(dm)));
+    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+    *d = _mm256_broadcastss_ps(dm);
     *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
                         _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(dm)));
 }
 
+/* sc_j in every int16 lane. */
+IK __m256i q4k_bcast(__m256i sc, int j) { return _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((2 * j + 1) << 8 | 2 * j))); }
+
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
- * pre: the rows' decoded scales (16 floats per row and super-block, row
- * r's at pre + 16 (r nsb + s)) and un their codes unpacked (256 bytes per
- * row and super-block: per chunk c the low-nibble then the high-nibble
+ * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
+ * r's at pre + K_PRE (r nsb + s)) and un their codes unpacked (256 bytes
+ * per row and super-block: per chunk c the low-nibble then the high-nibble
  * codes), or both NULL to decode them here (the same values, so the same
  * bits). */
 IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0, int MR,
-                 float *y, int64_t ldy, const float *pre, const uint8_t *un) {
+                 float *y, int64_t ldy, const uint8_t *pre, const uint8_t *un) {
     const int64_t nsb = w->k / 256, rb = w->row_bytes;
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
@@ -100,51 +111,48 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
     for (int64_t s = 0; s < nsb; s++) {
         if (pf_on)
             _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
-        __m256 scv[4], mnv[4];
+        __m256i scv[4];
+        __m256 mnv[4], dv[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             if (pre) {
-                scv[r] = _mm256_load_ps(pre + 16 * (r * nsb + s));
-                mnv[r] = _mm256_load_ps(pre + 16 * (r * nsb + s) + 8);
+                const uint8_t *p = pre + K_PRE * (r * nsb + s);
+                scv[r] = _mm256_load_si256((const __m256i *)p);
+                mnv[r] = _mm256_load_ps((const float *)(p + 32));
+                dv[r] = _mm256_load_ps((const float *)(p + 64));
             } else {
-                q4k_scales(wp + r * rb + 144 * s, &scv[r], &mnv[r]);
+                q4k_scales(wp + r * rb + 144 * s, &scv[r], &mnv[r], &dv[r]);
             }
         }
         const uint8_t *xs = xp + s * Q4K_SLOTS * 128;
-        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
-            __m256i lo[4], hi[4];
-            __m256 s0[4], s1[4];
+        __m256i ia[4][K_MR];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) ia[r][i] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 8") for (int h = 0; h < 8; h++) { /* sub-block h: chunk h / 2, nibbles h % 2 */
+            const int c = h / 2;
+            __m256i q[4], sj[4];
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 if (pre) {
-                    const uint8_t *u = un + (r * nsb + s) * 256 + 64 * c;
-                    lo[r] = _mm256_load_si256((const __m256i *)u);
-                    hi[r] = _mm256_load_si256((const __m256i *)(u + 32));
-                    s0[r] = _mm256_broadcast_ss(pre + 16 * (r * nsb + s) + 2 * c);
-                    s1[r] = _mm256_broadcast_ss(pre + 16 * (r * nsb + s) + 2 * c + 1);
-                    continue;
+                    q[r] = _mm256_load_si256((const __m256i *)(un + (r * nsb + s) * 256 + 32 * h));
+                } else {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
+                    q[r] = h % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15) : _mm256_and_si256(v, m15);
                 }
-                __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
-                lo[r] = _mm256_and_si256(v, m15);
-                hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
-                s0[r] = _mm256_permutexvar_ps(_mm256_set1_epi32(2 * c), scv[r]);
-                s1[r] = _mm256_permutexvar_ps(_mm256_set1_epi32(2 * c + 1), scv[r]);
+                sj[r] = q4k_bcast(scv[r], h);
             }
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-                const uint8_t *a = xs + i * x->pair_stride + 128 * c;
-                __m256i xa = _mm256_load_si256((const __m256i *)a);
-                __m256 da = _mm256_load_ps((const float *)(a + 32));
-                __m256i xb = _mm256_load_si256((const __m256i *)(a + 64));
-                __m256 db = _mm256_load_ps((const float *)(a + 96));
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                    __m256i ta = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[r], xa);
-                    __m256i tb = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi[r], xb);
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ta), _mm256_mul_ps(s0[r], da), acc[r][i]);
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tb), _mm256_mul_ps(s1[r], db), acc[r][i]);
-                }
+                __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 32 * h));
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+                    ia[r][i] = _mm256_dpwssd_epi32(ia[r][i], _mm256_maddubs_epi16(q[r], xa), sj[r]);
             }
         }
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-            __m256 f = _mm256_load_ps((const float *)(xs + i * x->pair_stride + 512));
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r][i] = _mm256_fnmadd_ps(mnv[r], f, acc[r][i]);
+            const uint8_t *a = xs + i * x->pair_stride;
+            __m256 f = _mm256_load_ps((const float *)(a + 256));
+            __m256 dx = _mm256_broadcast_ss((const float *)(a + 288));
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r][i]), _mm256_mul_ps(dv[r], dx), acc[r][i]);
+                acc[r][i] = _mm256_fnmadd_ps(mnv[r], f, acc[r][i]);
+            }
         }
     }
     const __m256 zero = _mm256_setzero_ps();
@@ -158,10 +166,10 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
 }
 
 typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
-                       const float *, const uint8_t *);
+                       const uint8_t *, const uint8_t *);
 #define K_ONE(R, MR)                                                                                          \
     TK static void q4k_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,     \
-                                  int64_t i0, float *y, int64_t ldy, const float *pre, const uint8_t *un) { \
+                                  int64_t i0, float *y, int64_t ldy, const uint8_t *pre, const uint8_t *un) { \
         q4k_tile(w, row, R, x, i0, MR, y, ldy, pre, un);                                                    \
     }
 K_ONE(4, 1) K_ONE(4, 2) K_ONE(4, 3) K_ONE(4, 4) K_ONE(1, 1) K_ONE(1, 2) K_ONE(1, 3) K_ONE(1, 4)
@@ -173,7 +181,7 @@ TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1
     int64_t nch = (x->m + K_MR - 1) / K_MR, nsb = w->k / 256;
     /* More than one chunk of activation rows: each 4-row tile's scales decoded and codes unpacked once for
      * all of them. */
-    _Alignas(64) float pre[4 * 16 * K_PRE_MAX];
+    _Alignas(64) uint8_t pre[4 * K_PRE * K_PRE_MAX];
     _Alignas(64) uint8_t un[4 * 256 * K_PRE_MAX];
     const int use_pre = nch > 1 && nsb <= K_PRE_MAX;
     for (int64_t r = r0; r < r1;) {
@@ -181,13 +189,16 @@ TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1
         if (use_pre)
             for (int t = 0; t < R; t++)
                 for (int64_t s = 0; s < nsb; s++) {
-                    __m256 a, b;
-                    q4k_scales(w->data + (r + t) * w->row_bytes + 144 * s, &a, &b);
-                    _mm256_store_ps(pre + 16 * (t * nsb + s), a);
-                    _mm256_store_ps(pre + 16 * (t * nsb + s) + 8, b);
-                    const uint8_t *q = w->data + (r + t) * w->row_bytes + 144 * s + 16;
+                    __m256i sc;
+                    __m256 mn, d;
+                    const uint8_t *b = w->data + (r + t) * w->row_bytes + 144 * s;
+                    q4k_scales(b, &sc, &mn, &d);
+                    uint8_t *p = pre + K_PRE * (t * nsb + s);
+                    _mm256_store_si256((__m256i *)p, sc);
+                    _mm256_store_ps((float *)(p + 32), mn);
+                    _mm256_store_ps((float *)(p + 64), d);
                     for (int c = 0; c < 4; c++) {
-                        __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * c));
                         uint8_t *u = un + (t * nsb + s) * 256 + 64 * c;
                         _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, _mm256_set1_epi8(15)));
                         _mm256_store_si256((__m256i *)(u + 32),

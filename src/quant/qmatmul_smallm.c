@@ -31,9 +31,34 @@ T_VNNI static void qsm_quantize(const float *x, int64_t n, struct lmc_q8act *out
     }
 }
 
+/* lmc_q8act_quantize_k with AVX-512: one amax per 256, the same integers. */
+T_VNNI static void qsm_quantize_k(const float *x, int64_t n, struct lmc_q8act *out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        const float *v = x + 256 * sb;
+        __m512 m = _mm512_setzero_ps();
+        for (int t = 0; t < 16; t++) m = _mm512_max_ps(m, _mm512_and_ps(_mm512_loadu_ps(v + 16 * t), absmask));
+        float amax = _mm512_reduce_max_ps(m);
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        const __m512 idv = _mm512_set1_ps(id);
+        for (int b = 0; b < 8; b++) {
+            struct lmc_q8act *o = &out[8 * sb + b];
+            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 32 * b), idv));
+            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 32 * b + 16), idv));
+            _mm_storeu_si128((__m128i *)o->q, _mm512_cvtsepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(o->q + 16), _mm512_cvtsepi32_epi8(q1));
+            o->d = d;
+            o->s0 = (int16_t)_mm512_reduce_add_epi32(q0);
+            o->s1 = (int16_t)_mm512_reduce_add_epi32(q1);
+        }
+    }
+}
+
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return qsm_quantize; }
+lmc_q8quant_fn lmc_q8act_quantize_k_vnni(void) { return qsm_quantize_k; }
 #else
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void) { return lmc_q8act_quantize; }
+lmc_q8quant_fn lmc_q8act_quantize_k_vnni(void) { return lmc_q8act_quantize_k; }
 #endif
 
 void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,

@@ -72,6 +72,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->download = lmc_cpu_copy;
     be->sync = lmc_cpu_sync;
     be->qmatmul = lmc_cpu_qmatmul;
+    be->qembed = lmc_cpu_qembed;
+    be->qmatmul_multi = lmc_cpu_qmatmul_multi;
     be->qmatmul_f = lmc_cpu_qmatmul_f;
     be->qmatmul_f_bwd = lmc_cpu_qmatmul_f_bwd;
     be->dropout = lmc_cpu_dropout;

@@ -173,6 +173,9 @@ void *lmc_cpu_alloc(void *ctx, size_t bytes);
 void lmc_cpu_free(void *ctx, void *p);
 void lmc_cpu_copy(void *ctx, void *dst, const void *src, size_t bytes);
 void lmc_cpu_sync(void *ctx);
+void lmc_cpu_qmatmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                           const struct lmc_qweight *const *w, const float *const *bias);
+void lmc_cpu_qembed(void *ctx, float *y, const struct lmc_qweight *w, const int32_t *ids, int64_t n);
 void lmc_cpu_qmatmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
                      const float *bias);
 void lmc_cpu_qmatmul_f(void *ctx, float *y, const float *x, int64_t M, const struct lmc_qweight *w,
