@@ -7,6 +7,7 @@
  * stage, the norm summed over the stages, AdamW on the tensors the stage
  * owns; evaluation forward through the pipeline, the checkpoint gather to
  * rank 0 and the resume of a stage's moments. */
+#include "train/trainer_step.h"
 #include "train/trainer_pp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_tp.h"
@@ -402,25 +403,9 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     } else ss = be->sumsq(be->ctx, tm->g, tm->numel);
     if (s || (s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
     st->grad_norm = sqrt(ss);
-    double inv = o->next_batch ? 1.0 / (sc[1] > 0 ? sc[1] : 1) : 1.0;
-    st->grad_norm *= inv;
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    tr->step++;
-    if (!isfinite(st->grad_norm)) { /* the same on every rank */
-        st->skipped = true;
-        return LMC_OK;
-    }
-    for (int i = 0; i < tm->n_params; i++) {
-        const struct lmc_tparam *q = &tm->params[i];
-        if (!p->own[i]) continue;
-        struct lmc_adamw_step as;
-        lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(q, o->decay == LMC_DECAY_ALL), grad_scale,
-                            &as);
-        be->adamw(be->ctx, tm->w + q->off, lmc_tmodel_grad(tm, q), tr->m + q->off, tr->v + q->off, q->numel, &as);
-    }
-    be->sync(be->ctx);
-    return LMC_OK;
+    /* AdamW on the tensors this stage owns (no frozen base here: trainable_off is 0) */
+    struct lmc_trainer_update u = {.own = p->own};
+    return lmc_trainer_apply_update_with(tr, st, sc[1], &u, err);
 }
 
 /* Parts mode, the ranks other than 0 of DP rank 0's pipeline: the tensors

@@ -1,6 +1,7 @@
 /* trainer_step.c — the end of a trainer step (scale, clipping, schedule,
  * the optimizer update) and the validation loop that the one-process,
- * context-parallel and expert-parallel trainers share (see trainer_step.h).
+ * context-, expert-, tensor- and pipeline-parallel trainers share (see
+ * trainer_step.h).
  * The arithmetic is each caller's own, in its order: runs compare bit for
  * bit across the trainers. */
 #include "train/trainer_step.h"
@@ -10,6 +11,11 @@
 #include <math.h>
 
 void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st, double count) {
+    (void)lmc_trainer_apply_update_with(tr, st, count, NULL, NULL); /* no u->optim: nothing fails */
+}
+
+lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_train_stats *st, double count,
+                                         const struct lmc_trainer_update *u, lmc_err *err) {
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     const struct lmc_train_opts *o = &tr->o;
@@ -23,24 +29,35 @@ void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st
     if (!isfinite(st->grad_norm)) { /* the same on every rank */
         st->skipped = true;
         tr->step++;
-        return;
+        return LMC_OK;
     }
-    if (tr->have_opt) {
+    lmc_status s = LMC_OK;
+    if (tr->have_opt && u && u->optim) {
+        s = u->optim(tr, st->lr, tr->step + 1, grad_scale, err);
+    } else if (tr->have_opt) {
         lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
     } else {
         int64_t t0 = tm->trainable_off;
         for (int i = 0; i < tm->n_params; i++) {
             const struct lmc_tparam *p = &tm->params[i];
             if (p->frozen || p->external) continue; /* external tensors are frozen too: not in the arenas */
+            if (u && u->own && !u->own[i]) continue;
+            int64_t lo = p->off, hi = p->off + p->numel, mo = p->off - t0;
+            const float *g = lmc_tmodel_grad(tm, p);
+            if (u && u->g) { /* the tensor's part in the chunk */
+                lo = LMC_MAX(u->c0, lo), hi = LMC_MIN(u->c1, hi);
+                if (lo >= hi) continue;
+                g = u->g + (lo - u->c0), mo = lo - u->c0;
+            }
             struct lmc_adamw_step as;
             lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
                                 grad_scale, &as);
-            be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0), tr->v + (p->off - t0),
-                      p->numel, &as);
+            be->adamw(be->ctx, tm->w + lo, g, tr->m + mo, tr->v + mo, hi - lo, &as);
         }
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
     tr->step++;
+    return s;
 }
 
 lmc_status lmc_trainer_eval_sums(struct lmc_trainer *tr, int64_t groups, int64_t share, int64_t me,
