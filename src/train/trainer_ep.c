@@ -121,39 +121,12 @@ lmc_status lmc_trainer_ep_attach(struct lmc_trainer *tr, struct lmc_trainer_ep *
     return lmc_loader_seek(&tr->train, ep, ix, err);
 }
 
-/* A batch source's batches j0 .. j1-1 of the micro-step drawn into scratch (other ranks' batches). */
-static lmc_status skip(struct lmc_trainer *tr, int j0, int j1, lmc_err *err) {
-    const struct lmc_train_opts *o = &tr->o;
-    for (int j = j0; j < j1; j++) {
-        const int64_t *segs = NULL;
-        int64_t n_segs = 0;
-        lmc_status s = o->next_batch(o->batch_user, tr->batch, tr->batch, &segs, &n_segs, err);
-        if (s) return s;
-    }
-    return LMC_OK;
-}
-
 /* The next micro-batch of this rank into tr->in / tr->tg (and packing). A
  * batch source: every rank draws the N batches of the micro-step in order
- * and keeps its own, the ones after it drawn after its step (skip), so
- * what the source sets per draw (LoRA dropout masks) is its batch's. */
+ * and keeps its own, the ones after it drawn after its step, so what the
+ * source sets per draw (LoRA dropout masks) is its batch's. */
 static lmc_status next(struct lmc_trainer *tr, lmc_err *err) {
-    const struct lmc_train_opts *o = &tr->o;
-    int world = tr->ep->c->world, rank = tr->ep->c->rank;
-    if (o->next_batch) {
-        lmc_status s = skip(tr, 0, rank, err);
-        return s ? s : o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
-    }
-    tr->acts.segs = NULL;
-    tr->acts.n_segs = 0;
-    if (world > 1) {
-        lmc_loader_next(&tr->train, tr->gbatch);
-        memcpy(tr->batch, tr->gbatch + (int64_t)rank * o->B * (o->T + 1), (size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
-    } else {
-        lmc_loader_next(&tr->train, tr->batch);
-    }
-    lmc_trainer_split_batch(tr);
-    return LMC_OK;
+    return lmc_trainer_next_micro(tr, tr->ep->c->world, tr->ep->c->rank, tr->in, tr->tg, NULL, false, err);
 }
 
 lmc_status lmc_trainer_ep_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
@@ -179,7 +152,8 @@ lmc_status lmc_trainer_ep_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         int64_t n;
         s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
         if (!s) s = lmc_ep_group_check(&e->g, err);
-        if (!s && o->next_batch) s = skip(tr, c->rank + 1, world, err); /* the rest of the micro-step */
+        if (!s && o->next_batch) /* the rest of the micro-step */
+            s = lmc_trainer_draw_skip(tr, c->rank + 1, world, NULL, err);
         /* recomputed layers wrote this rank's own expert load again: the global load once more */
         if (!s && o->recompute && tr->acts.moe && tr->acts.moe_dp)
             s = c->all_reduce(c, tr->acts.moe->count, tr->acts.moe->L * tr->acts.moe->E, LMC_DTYPE_F64,

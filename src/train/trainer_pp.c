@@ -326,31 +326,12 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     const struct lmc_train_opts *o = &tr->o;
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
-    int64_t per = o->B * o->T, row = o->T + 1;
+    int64_t per = o->B * o->T;
     lmc_status s = LMC_OK;
     for (int64_t k = 0; k < o->accum; k++) { /* this DP rank's rows of each global micro-batch */
-        if (o->next_batch) { /* a batch source: every DP rank draws the D batches, keeps its own */
-            for (int j = 0; j < p->dw && !s; j++) {
-                const int64_t *segs = NULL;
-                int64_t n_segs = 0;
-                bool mine = j == p->dr;
-                s = o->next_batch(o->batch_user, mine ? p->in + k * per : tr->in, mine ? p->tg + k * per : tr->tg,
-                                  &segs, &n_segs, err);
-                if (!s && segs && n_segs > 1)
-                    s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp: packed sequences (--pack) are not supported yet");
-            }
-            if (s) return s;
-            continue;
-        }
-        if (p->dw > 1) {
-            lmc_loader_next(&tr->train, tr->gbatch);
-            memcpy(tr->batch, tr->gbatch + (int64_t)p->dr * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
-        } else {
-            lmc_loader_next(&tr->train, tr->batch);
-        }
-        lmc_trainer_split_batch(tr);
-        memcpy(p->in + k * per, tr->in, sizeof(int32_t) * (size_t)per);
-        memcpy(p->tg + k * per, tr->tg, sizeof(int32_t) * (size_t)per);
+        /* a batch source: every DP rank draws the D batches, keeps its own */
+        if ((s = lmc_trainer_next_micro(tr, p->dw, p->dr, p->in + k * per, p->tg + k * per, "--pp", true, err)))
+            return s;
     }
     if (p->cpc) slice(p, p->in, p->tg, o->accum * o->B);
     /* token data: the mean over the global batch's tokens; a batch source:

@@ -1,5 +1,6 @@
-/* trainer_step.c — the end of a trainer step (scale, clipping, schedule,
- * the optimizer update) and the validation loop that the one-process,
+/* trainer_step.c — the next micro-batch of a data rank, the end of a
+ * trainer step (scale, clipping, schedule, the optimizer update) and the
+ * validation loop that the one-process,
  * context-, expert-, tensor- and pipeline-parallel trainers share (see
  * trainer_step.h).
  * The arithmetic is each caller's own, in its order: runs compare bit for
@@ -9,6 +10,53 @@
 #include "core/core.h"
 
 #include <math.h>
+#include <string.h>
+
+lmc_status lmc_trainer_draw_skip(struct lmc_trainer *tr, int j0, int j1, const char *no_pack, lmc_err *err) {
+    const struct lmc_train_opts *o = &tr->o;
+    for (int j = j0; j < j1; j++) {
+        const int64_t *segs = NULL;
+        int64_t n_segs = 0;
+        lmc_status s = o->next_batch(o->batch_user, tr->batch, tr->batch, &segs, &n_segs, err);
+        if (s) return s;
+        if (no_pack && segs && n_segs > 1)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: packed sequences (--pack) are not supported yet", no_pack);
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_next_micro(struct lmc_trainer *tr, int dw, int dr, int32_t *in, int32_t *tg,
+                                  const char *no_pack, bool rest, lmc_err *err) {
+    const struct lmc_train_opts *o = &tr->o;
+    if (o->next_batch) {
+        lmc_status s = lmc_trainer_draw_skip(tr, 0, dr, no_pack, err);
+        if (s) return s;
+        if (!no_pack) {
+            s = o->next_batch(o->batch_user, in, tg, &tr->acts.segs, &tr->acts.n_segs, err);
+        } else {
+            const int64_t *segs = NULL;
+            int64_t n_segs = 0;
+            s = o->next_batch(o->batch_user, in, tg, &segs, &n_segs, err);
+            if (!s && segs && n_segs > 1)
+                s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: packed sequences (--pack) are not supported yet",
+                                no_pack);
+        }
+        return s || !rest ? s : lmc_trainer_draw_skip(tr, dr + 1, dw, no_pack, err);
+    }
+    tr->acts.segs = NULL; /* loader windows are whole rows */
+    tr->acts.n_segs = 0;
+    int64_t row = o->B * (o->T + 1);
+    if (dw > 1) {
+        lmc_loader_next(&tr->train, tr->gbatch);
+        memcpy(tr->batch, tr->gbatch + (int64_t)dr * row, (size_t)row * sizeof(int32_t));
+    } else {
+        lmc_loader_next(&tr->train, tr->batch);
+    }
+    lmc_trainer_split_batch(tr);
+    if (in != tr->in) memcpy(in, tr->in, sizeof(int32_t) * (size_t)(o->B * o->T));
+    if (tg != tr->tg) memcpy(tg, tr->tg, sizeof(int32_t) * (size_t)(o->B * o->T));
+    return LMC_OK;
+}
 
 void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st, double count) {
     (void)lmc_trainer_apply_update_with(tr, st, count, NULL, NULL); /* no u->optim: nothing fails */

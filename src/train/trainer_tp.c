@@ -242,17 +242,6 @@ lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err
     return s;
 }
 
-/* draws this rank's batch of the global micro-step from the batch source
- * (every DP rank draws them all; those of later ranks after the step) */
-static lmc_status draw(struct lmc_trainer *tr, int from, int to, lmc_err *err) {
-    const struct lmc_train_opts *o = &tr->o;
-    for (int j = from; j < to; j++) {
-        lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
-        if (s) return s;
-    }
-    return LMC_OK;
-}
-
 static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step, float grad_scale, lmc_err *err);
 
 /* The rest of a ZeRO-1 step: the gradient reduce-scattered over the DP
@@ -319,7 +308,7 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     int dw = tr->comm ? tr->comm->world : 1, dr = tr->comm ? tr->comm->rank : 0;
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
-    int64_t per = o->B * o->T, row = o->T + 1;
+    int64_t per = o->B * o->T;
     /* TP x CP: the gradient is summed over the C x D ranks of tr->comm, the batch read by D groups */
     int ddw = tr->cp ? lmc_trainer_cp_data_world(tr) : dw;
     float dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)ddw * (double)o->accum));
@@ -329,15 +318,8 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         const int32_t *in = tr->in, *tg = tr->tg;
         if (tr->cp) {
             if ((s = lmc_trainer_cp_micro(tr, &in, &tg, err))) return s;
-        } else if (o->next_batch) {
-            if ((s = draw(tr, 0, dr + 1, err))) return s;
-        } else if (dw > 1) {
-            lmc_loader_next(&tr->train, tr->gbatch);
-            memcpy(tr->batch, tr->gbatch + (int64_t)dr * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
-            lmc_trainer_split_batch(tr);
-        } else {
-            lmc_loader_next(&tr->train, tr->batch);
-            lmc_trainer_split_batch(tr);
+        } else if ((s = lmc_trainer_next_micro(tr, dw, dr, tr->in, tr->tg, NULL, false, err))) {
+            return s; /* a batch source: the later ranks' draws after the step */
         }
         double ls;
         int64_t n;
@@ -347,7 +329,7 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         if (s) return s;
         sums[0] += ls;
         sums[1] += (double)n;
-        if (!tr->cp && o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
+        if (!tr->cp && o->next_batch && (s = lmc_trainer_draw_skip(tr, dr + 1, dw, NULL, err))) return s;
     }
     if ((s = lmc_tp_tmodel_sum_replicated(tm, &t->g, &t->heads, t->full.num_kv_heads, err))) return s;
     if (tm->trainable_off && (s = lmc_tp_lora_reduce(tm, &t->g, &t->heads, err))) return s; /* LoRA's replicated factors */
