@@ -405,20 +405,6 @@ static bool adapts(const struct lmc_trainer_ep *e, const struct lmc_lora_module 
     return m->expert < 0 || owner_of(&e->g, m->expert) == e->c->rank;
 }
 
-static lmc_status write_atomic(const char *path, const char *text, lmc_err *err) {
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    size_t n = strlen(text);
-    bool ok = f && fwrite(text, 1, n, f) == n;
-    if (f) ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        remove(tmp);
-        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    return LMC_OK;
-}
-
 lmc_status lmc_trainer_ep_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt,
                                          struct lmc_lora *lo, struct lmc_lora *local, const char *dir,
                                          const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err) {
@@ -476,7 +462,7 @@ lmc_status lmc_trainer_ep_lora_ckpt_save(const struct lmc_trainer *tr, const str
              (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)(tr->o.accum * c->world),
              (long long)epoch, (long long)next, (long long)n); /* the one process's accumulation: N x accum */
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    return write_atomic(path, state, err);
+    return lmc_file_write_atomic(path, state, strlen(state), err);
 }
 
 static int64_t jint(const cJSON *o, const char *k) {
