@@ -1,10 +1,8 @@
-/* trainer_step.c — the next micro-batch of a data rank, the end of a
- * trainer step (scale, clipping, schedule, the optimizer update) and the
- * validation loop that the one-process,
- * context-, expert-, tensor- and pipeline-parallel trainers share (see
- * trainer_step.h).
- * The arithmetic is each caller's own, in its order: runs compare bit for
- * bit across the trainers. */
+/* trainer_step.c — what the one-process, context-, expert-, tensor- and
+ * pipeline-parallel trainers share (see trainer_step.h): a data rank's next
+ * micro-batch, the end of a step (scale, clipping, schedule, the optimizer
+ * update) and the validation loop. The arithmetic is each caller's own, in
+ * its order: runs compare bit for bit across the trainers. */
 #include "train/trainer_step.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
