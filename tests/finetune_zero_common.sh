@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # finetune_zero_common.sh — sourced by test_finetune_zero.sh (LoRA) and
 # test_finetune_zero_full.sh (--full), not a test itself: the data, the
 # flags C, mpirun's flags, ok, compare and bitexact, and finetune_zero_runs
@@ -6,14 +7,9 @@
 # ZeRO-3 run's step-10 checkpoint resumed by one process at ZeRO 2).
 # Exits 0 (skipped) without mpirun or an lmc built with MPI.
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=60
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-MPIRUN=(timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo
-        --mca oob_tcp_if_include lo)
+export LMC_DIST_TIMEOUT=60 # these runs' collectives wait a minute at most (mp_launch.sh keeps it)
+. "$(dirname "$0")/mp_launch.sh" "$1"
+MPIRUN=(timeout 300 "${MPIRUN[@]}")
 FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
@@ -21,7 +17,7 @@ done >"$TMP/d.jsonl"
 C="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 20 --clip 0.5"
 if ! command -v mpirun >/dev/null 2>&1; then echo "test_finetune_zero: skipped (no mpirun)"; exit 0; fi
 "${MPIRUN[@]}" -np 1 "$LMC" finetune $C --steps 1 --zero 1 -o "$TMP/probe" >"$TMP/err" 2>&1
-if grep -q "without MPI\|no MPI" "$TMP/err"; then echo "test_finetune_zero: skipped (lmc built without MPI)"; exit 0; fi
+if mp_no_mpi "$TMP/err"; then echo "test_finetune_zero: skipped (lmc built without MPI)"; exit 0; fi
 
 # compare ONE RUN FILE [WTOL]: losses (1e-6 relative) and FILE's tensors (WTOL of max |w|, default 1e-6)
 compare() {

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # mp_launch.sh — the launcher set-up every model-parallel test shares
-# (tests/test_mp_*.sh source it; not a test itself: CMake globs test_*.sh).
+# (tests/test_mp_*.sh and the other multi-rank tests source it; not a test
+# itself: CMake globs test_*.sh).
 #   . "$(dirname "$0")/mp_launch.sh" "$1"
 # sets LMC (the lmc binary, made absolute), pass / fail and ok, TMP (a
 # temporary folder removed at exit; KEEP_TMP=DIR keeps DIR instead), exports

@@ -8,22 +8,20 @@
 # with different batches are refused at start-up. Skipped when mpirun is
 # missing or lmc was built without MPI. Usage: test_dist_mpi.sh PATH/TO/lmc
 set -u
-LMC="$1"
-BIN="$(dirname "$1")/test_dist"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+MP_LEAKS=1 # the one-process comm-bench with LeakSanitizer on; off for mpirun's ranks (mp_leaks_off below)
+export LMC_DIST_TIMEOUT=${LMC_DIST_TIMEOUT:-300} # the library's default, not mp_launch.sh's 120
+. "$(dirname "$0")/mp_launch.sh" "$1"
+BIN="$(dirname "$LMC")/test_dist"
 skip() { echo "test_dist_mpi: skipped: $1 ($pass passed before)"; exit 0; }
 # lmc comm-bench without a launcher: the single communicator's identities
 "$LMC" comm-bench --sizes 1000,7 --iters 2 2>/dev/null | grep -q "comm-bench: ok"; ok $? "comm-bench, one process"
 command -v mpirun >/dev/null 2>&1 || skip "no mpirun (apt-get install openmpi-bin libopenmpi-dev)"
 [ -x "$BIN" ] || skip "no $BIN"
 "$BIN" --mpi >/dev/null 2>&1; [ $? = 77 ] && skip "lmc built without MPI"
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 # OpenMPI's own allocations are not ours to leak-check in sanitizer builds
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-# loopback only, no InfiniBand probing, and an outer guard so nothing hangs
-MPIRUN=(timeout 120 mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+mp_leaks_off
+# mp_launch.sh's loopback-only mpirun, with an outer guard so nothing hangs
+MPIRUN=(timeout 120 "${MPIRUN[@]}")
 
 for n in 2 4; do
   "${MPIRUN[@]}" -np $n "$BIN" --mpi >"$TMP/out" 2>&1

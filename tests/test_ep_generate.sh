@@ -10,11 +10,10 @@
 # refused. The mpirun part is skipped when mpirun is missing or lmc was
 # built without MPI. Usage: test_ep_generate.sh PATH/TO/lmc
 set -u
-LMC="$1"
-A2A="$(dirname "$1")/test_comm_alltoallv"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+MP_LEAKS=1 # the one-process and tcp runs with LeakSanitizer on; off for mpirun's ranks (mp_leaks_off below)
+export LMC_DIST_TIMEOUT=${LMC_DIST_TIMEOUT:-300} # the library's default under mpirun (the tcp pair: 60)
+. "$(dirname "$0")/mp_launch.sh" "$1"
+A2A="$(dirname "$LMC")/test_comm_alltoallv"
 ids() { sed -n 's/.*"ids":\[\([0-9,]*\)\].*/\1/p' "$1"; }
 GEN=(generate -p "hello world, this is" -n 12 --temp 0 --ignore-eos --dtype f32 --json)
 for fx in mixtral-tiny qwen3moe-tiny; do
@@ -22,18 +21,11 @@ for fx in mixtral-tiny qwen3moe-tiny; do
   "$LMC" "${GEN[@]}" -m "$M" >"$TMP/$fx.one" 2>"$TMP/one.err"
   ok $? "$fx one process: $(cat "$TMP/one.err")"
   [ -n "$(ids "$TMP/$fx.one")" ]; ok $? "$fx: no ids"
-  for try in 1 2 3; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=60 \
-      "$LMC" "${GEN[@]}" -m "$M" --ep 2 >"$TMP/r1" 2>"$TMP/r1.err" &
-    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=60 \
-      "$LMC" "${GEN[@]}" -m "$M" --ep 2 >"$TMP/r0" 2>"$TMP/r0.err"
-    rc0=$?; wait $!; rc1=$?
-    grep -q "cannot listen" "$TMP/r0.err" || break
-  done
-  [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "$fx --ep 2 (tcp) exit $rc0/$rc1: $(cat "$TMP/r0.err" "$TMP/r1.err")"
-  [ "$(ids "$TMP/$fx.one")" = "$(ids "$TMP/r0")" ]; ok $? "$fx --ep 2 (tcp) ids [$(ids "$TMP/r0")] vs [$(ids "$TMP/$fx.one")]"
-  [ ! -s "$TMP/r1" ]; ok $? "$fx rank 1 printed: $(cat "$TMP/r1")"
+  # two ranks over tcp: rank r's stdout in $TMP/tcp.r<r>, its stderr in $TMP/tcp.r<r>.err
+  LMC_DIST_TIMEOUT=60 MP_SPLIT=1 mp_ranks 2 tcp "${GEN[@]}" -m "$M" --ep 2
+  ok $? "$fx --ep 2 (tcp): $(cat "$TMP/tcp.r0.err" "$TMP/tcp.r1.err")"
+  [ "$(ids "$TMP/$fx.one")" = "$(ids "$TMP/tcp.r0")" ]; ok $? "$fx --ep 2 (tcp) ids [$(ids "$TMP/tcp.r0")] vs [$(ids "$TMP/$fx.one")]"
+  [ ! -s "$TMP/tcp.r1" ]; ok $? "$fx rank 1 printed: $(cat "$TMP/tcp.r1")"
 done
 # refusals
 "$LMC" "${GEN[@]}" -m tests/fixtures/mixtral-tiny --ep 2 >"$TMP/o" 2>"$TMP/err"
@@ -43,9 +35,8 @@ done
 
 command -v mpirun >/dev/null 2>&1 || { echo "test_ep_generate: mpirun part skipped (no mpirun)"; echo "test_ep_generate: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
 "$A2A" --mpi >/dev/null 2>&1; [ $? = 77 ] && { echo "test_ep_generate: mpirun part skipped (built without MPI)"; echo "test_ep_generate: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-MPIRUN=(timeout 120 mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+mp_leaks_off
+MPIRUN=(timeout 120 "${MPIRUN[@]}")
 for n in 2 3; do
   "${MPIRUN[@]}" -np $n "$A2A" --mpi >"$TMP/out" 2>&1
   ok $? "mpirun -np $n test_comm_alltoallv --mpi: $(tail -20 "$TMP/out")"

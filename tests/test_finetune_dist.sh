@@ -12,11 +12,8 @@
 # ZeRO stages under mpirun: test_finetune_zero.sh).
 # Usage: test_finetune_dist.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=60
+export LMC_DIST_TIMEOUT=60 # these runs' collectives wait a minute at most (mp_launch.sh keeps it)
+. "$(dirname "$0")/mp_launch.sh" "$1"
 FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"
@@ -24,34 +21,25 @@ done >"$TMP/d.jsonl"
 C="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup 2 --steps 8 --clip 0.5"
 
 # two ranks; retried with another port if the OS gave ours away meanwhile
-pair() { # OUT EXTRA...
+pair() { # NAME EXTRA...: two ranks over tcp writing $TMP/NAME; rank r's output in $TMP/NAME.r<r> (mp_ranks)
   local o=$1; shift
-  for try in 1 2 3; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C -o "$o" "$@" >"$TMP/t1" 2>&1 &
-    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C -o "$o" "$@" >"$TMP/t0" 2>&1
-    rc0=$?; wait $!; rc1=$?
-    grep -q "cannot listen" "$TMP/t0" || break
-  done
-  [ $rc0 = 0 ] && [ $rc1 = 0 ]
+  mp_ranks 2 "$o" finetune $C -o "$TMP/$o" "$@"
 }
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPIRUN=(timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo
-        --mca oob_tcp_if_include lo)
+MPIRUN=(timeout 300 "${MPIRUN[@]}")
 have_mpi=0 # mpirun there and lmc built with MPI
 if command -v mpirun >/dev/null 2>&1; then
   "${MPIRUN[@]}" -np 1 "$LMC" finetune $C --steps 1 -o "$TMP/probe" >"$TMP/t4" 2>&1
-  grep -q "without MPI\|no MPI" "$TMP/t4" || have_mpi=1
+  mp_no_mpi "$TMP/t4" || have_mpi=1
 fi
 [ $have_mpi = 1 ] || echo "test_finetune_dist: the mpirun part skipped (no mpirun, or lmc built without MPI)"
 for mode in lora full; do
   X=""; [ $mode = full ] && X="--full"
   "$LMC" finetune $C -o "$TMP/one-$mode" --batch 2 --accum 2 $X 2>"$TMP/err"; ok $? "$mode one process: $(tail -2 "$TMP/err")"
-  pair "$TMP/two-$mode" --batch 2 $X; ok $? "$mode two ranks: $(tail -n 3 "$TMP/t0" "$TMP/t1")"
-  grep -q "data parallel, 2 ranks (replicated), global batch 4 x 32 x 1 accum" "$TMP/t0"
-  ok $? "$mode start-up line: $(grep parallel "$TMP/t0")"
-  [ "$(grep -c '^step 8/8' "$TMP/t1")" = 0 ] && [ "$(grep -c '^step 8/8' "$TMP/t0")" = 1 ]
+  pair two-$mode --batch 2 $X; ok $? "$mode two ranks: $(tail -n 3 "$TMP/two-$mode.r0" "$TMP/two-$mode.r1")"
+  grep -q "data parallel, 2 ranks (replicated), global batch 4 x 32 x 1 accum" "$TMP/two-$mode.r0"
+  ok $? "$mode start-up line: $(grep parallel "$TMP/two-$mode.r0")"
+  [ "$(grep -c '^step 8/8' "$TMP/two-$mode.r1")" = 0 ] && [ "$(grep -c '^step 8/8' "$TMP/two-$mode.r0")" = 1 ]
   ok $? "$mode progress on rank 0 only"
   f=adapter_model.safetensors; [ $mode = full ] && f=model.safetensors
   python3 - "$TMP/one-$mode" "$TMP/two-$mode" "$f" <<'PY'
@@ -111,8 +99,8 @@ PY
   fi
 done
 # --zero 1 over the tcp rendezvous (the adapter's moments sharded): the replicated run's bits
-pair "$TMP/z1" --batch 2 --zero 1; ok $? "--zero 1 two ranks (tcp): $(tail -n 3 "$TMP/t0" "$TMP/t1")"
-grep -q "data parallel, 2 ranks, ZeRO-1" "$TMP/t0"; ok $? "--zero 1 start-up line: $(grep parallel "$TMP/t0")"
+pair z1 --batch 2 --zero 1; ok $? "--zero 1 two ranks (tcp): $(tail -n 3 "$TMP/z1.r0" "$TMP/z1.r1")"
+grep -q "data parallel, 2 ranks, ZeRO-1" "$TMP/z1.r0"; ok $? "--zero 1 start-up line: $(grep parallel "$TMP/z1.r0")"
 cmp -s "$TMP/z1/adapter_model.safetensors" "$TMP/two-lora/adapter_model.safetensors"
 ok $? "--zero 1 over tcp = --zero 0 (the same sums in the same order), bit for bit"
 echo "test_finetune_dist: $pass passed, $fail failed"

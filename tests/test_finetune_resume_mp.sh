@@ -12,17 +12,13 @@
 # (1e-6). Skipped without mpirun or an MPI build.
 # Usage: test_finetune_resume_mp.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
+export LMC_DIST_TIMEOUT=120
+. "$(dirname "$0")/mp_launch.sh" "$1"
 skip() { echo "test_finetune_resume_mp: skipped: $1"; exit 0; }
 command -v mpirun >/dev/null 2>&1 || skip "no mpirun"
 grep -qE '^MPI_C_FOUND:[A-Z]+=(TRUE|ON|1)$|^MPI_mpi_LIBRARY:FILEPATH=/' "$(dirname "$LMC")/CMakeCache.txt" 2>/dev/null ||
   skip "lmc built without MPI"
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-MPIRUN=(timeout 300 mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+MPIRUN=(timeout 300 "${MPIRUN[@]}")
 FIX=tests/fixtures/llama-tiny
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"

@@ -19,18 +19,10 @@
 # --cp and LoRA.
 # Usage: test_mp_train_pp_cp.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LMC_DIST_TIMEOUT=120
-for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
-"$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
-"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" ||
-  { echo "FAIL: data: $(cat "$TMP/err")" >&2; exit 1; }
+. "$(dirname "$0")/mp_launch.sh" "$1"
+mp_data
 A="--data $TMP/data --arch llama --layers 4 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 --seq 16
    --steps 10 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 5 --eval-every 5 --eval-batches 2"
-. tests/mp_launch.sh
 "$LMC" train $A --batch 4 -o "$TMP/single" 2>"$TMP/err"; ok $? "single: $(cat "$TMP/err")"
 launch 4 train ppcp $A --batch 4 --pp 2 --cp 2; ok $? "pp 2 x cp 2: $(last ppcp)"
 launch 8 train dpppcp $A --batch 2 --pp 2 --cp 2; ok $? "dp 2 x pp 2 x cp 2: $(last dpppcp)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # zero_train_common.sh — sourced by test_train_zero_units.sh and
 # test_train_zero_optim.sh (not a test itself): the data (a tokenizer and
 # shards of a small corpus in $TMP/data), the llama / GPT-2 / tied-llama
@@ -5,19 +6,10 @@
 # a checkpoint every 10), mpirun's flags (MPIRUN), ok, and the comparisons
 # compare and bitexact; have_mpi=1 when mpirun runs lmc's MPI ranks.
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=${KEEP_TMP:-$(mktemp -d)}; [ -n "${KEEP_TMP:-}" ] || trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export LMC_DIST_TIMEOUT=60
-MPIRUN=(timeout 300 mpirun --allow-run-as-root --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo
-        --mca oob_tcp_if_include lo)
-for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 13))"; done >"$TMP/c.txt"
-"$LMC" train-tokenizer --text-file "$TMP/c.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err" &&
-"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/c.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err" ||
-  { echo "FAIL: data: $(cat "$TMP/err")" >&2; exit 1; }
+export LMC_DIST_TIMEOUT=60 # these runs' collectives wait a minute at most (mp_launch.sh keeps it)
+. "$(dirname "$0")/mp_launch.sh" "$1"
+MPIRUN=(timeout 300 "${MPIRUN[@]}")
+mp_data
 C="--data $TMP/data --seq 16 --steps 20 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 10
    --eval-every 10 --eval-batches 2"
 A="$C --arch llama --layers 3 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96"
@@ -60,5 +52,5 @@ PY
 have_mpi=0
 if command -v mpirun >/dev/null 2>&1; then
   "${MPIRUN[@]}" -np 1 "$LMC" train $A --batch 4 --zero 0 --steps 1 -o "$TMP/probe" 2>"$TMP/err"
-  grep -q "without MPI\|no MPI" "$TMP/err" || have_mpi=1
+  mp_no_mpi "$TMP/err" || have_mpi=1
 fi

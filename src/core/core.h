@@ -31,6 +31,11 @@ static inline bool lmc_add_ok(int64_t a, int64_t b, int64_t *out) {
  * than max_bytes. */
 lmc_status lmc_file_read(const char *path, size_t max_bytes, char **out, size_t *len, lmc_err *err);
 bool lmc_file_exists(const char *path);
+/* Writes n bytes of data to path atomically: into "path.tmp", flushed and
+ * fsync'ed (EINVAL, a file system without fsync, is not an error), then
+ * renamed over path; on failure the temporary is removed and path keeps
+ * what it held (LMC_ERR_IO naming path). */
+lmc_status lmc_file_write_atomic(const char *path, const void *data, size_t n, lmc_err *err);
 /* Joins dir and name into buf ("dir/name"); false if it does not fit. */
 bool lmc_path_join(char *buf, size_t cap, const char *dir, const char *name);
 

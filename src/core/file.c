@@ -1,4 +1,5 @@
-/* file.c — whole-file reading with a size cap, path joining, existence. */
+/* file.c — whole-file reading with a size cap, whole-file atomic writing
+ * (temporary, fsync, rename), path joining, existence. */
 #include "core/core.h"
 
 #include <errno.h>
@@ -6,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 lmc_status lmc_file_read(const char *path, size_t max_bytes, char **out, size_t *len, lmc_err *err) {
     *out = NULL;
@@ -39,6 +41,23 @@ lmc_status lmc_file_read(const char *path, size_t max_bytes, char **out, size_t 
     *out = buf;
     if (len) *len = n;
     return LMC_OK;
+}
+
+lmc_status lmc_file_write_atomic(const char *path, const void *data, size_t n, lmc_err *err) {
+    size_t len = strlen(path);
+    char *tmp = malloc(len + 5);
+    if (!tmp) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", path);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, ".tmp", 5);
+    FILE *f = fopen(tmp, "wb");
+    bool ok = f && (n == 0 || fwrite(data, 1, n, f) == n) && fflush(f) == 0 &&
+              (fsync(fileno(f)) == 0 || errno == EINVAL);
+    int e = errno;
+    if (f && fclose(f) != 0 && ok) ok = false, e = errno;
+    if (ok && rename(tmp, path) != 0) ok = false, e = errno;
+    if (!ok && f) remove(tmp);
+    free(tmp);
+    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(e));
 }
 
 bool lmc_file_exists(const char *path) {

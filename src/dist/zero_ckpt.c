@@ -354,22 +354,11 @@ static void remove_old_shards(const char *dir, int rank, int64_t keep_step) {
     closedir(d);
 }
 
-static lmc_status write_file_atomic(const char *dir, const char *name, const void *a, size_t na, const void *b,
-                                    size_t nb, lmc_err *err) {
-    char path[4096], tmp[4200];
+static lmc_status write_file_atomic(const char *dir, const char *name, const char *text, lmc_err *err) {
+    char path[4096];
     if (!lmc_path_join(path, sizeof path, dir, name))
         return lmc_err_set(err, LMC_ERR_ARG, "zero checkpoint: path too long: %s", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return lmc_err_set(err, LMC_ERR_IO, "%s: %s", tmp, strerror(errno));
-    bool ok = fwrite(a, 1, na, f) == na && (nb == 0 || fwrite(b, 1, nb, f) == nb) && fflush(f) == 0 &&
-              fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path)) {
-        unlink(tmp);
-        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    return LMC_OK;
+    return lmc_file_write_atomic(path, text, strlen(text), err);
 }
 
 lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_err *err) {
@@ -427,8 +416,8 @@ lmc_status lmc_zero_save(struct lmc_zero *z, const char *dir, int64_t step, lmc_
         char step_name[64];
         snprintf(step_name, sizeof step_name, "zero-manifest-step%08lld.json", (long long)step);
         s = !text ? lmc_err_set(err, LMC_ERR_OOM, "zero checkpoint: out of memory")
-            : z->keep_all ? write_file_atomic(dir, step_name, text, strlen(text), NULL, 0, err) : LMC_OK;
-        if (!s) s = write_file_atomic(dir, MANIFEST, text, strlen(text), NULL, 0, err);
+            : z->keep_all ? write_file_atomic(dir, step_name, text, err) : LMC_OK;
+        if (!s) s = write_file_atomic(dir, MANIFEST, text, err);
         free(text);
     }
     if ((s = agree(z, s, err, "write the manifest"))) return s;

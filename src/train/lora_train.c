@@ -262,19 +262,6 @@ void lmc_lora_train_free(struct lmc_lora_train *lt) {
 
 /* ---------------- checkpoints ---------------- */
 
-static lmc_status write_text_atomic(const char *path, const char *text, lmc_err *err) {
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    bool ok = f && fputs(text, f) >= 0;
-    if (f && fclose(f)) ok = false;
-    if (!ok || rename(tmp, path) != 0) {
-        remove(tmp);
-        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    return LMC_OK;
-}
-
 static lmc_status write_state(const struct lmc_trainer *tr, int64_t n, const char *dir, int64_t epoch, int64_t next,
                               lmc_err *err);
 
@@ -330,7 +317,7 @@ static lmc_status write_state(const struct lmc_trainer *tr, int64_t n, const cha
              (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)tr->o.accum, (long long)epoch,
              (long long)next, (long long)n, tr->comm ? tr->comm->world : 1, zs);
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    return write_text_atomic(path, state, err);
+    return lmc_file_write_atomic(path, state, strlen(state), err);
 }
 
 static int64_t jint(const cJSON *o, const char *k) {

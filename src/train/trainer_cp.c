@@ -122,29 +122,7 @@ static void slice(struct lmc_trainer *tr, const int32_t *in, const int32_t *tg) 
  * batch source (every group draws all D batches, keeps its own) or the
  * loader (rows [dr B, (dr+1) B) of the global micro-batch). */
 static lmc_status next(struct lmc_trainer *tr, lmc_err *err) {
-    struct lmc_trainer_cp *c = tr->cp;
-    const struct lmc_train_opts *o = &tr->o;
-    if (o->next_batch) {
-        for (int j = 0; j < c->dw; j++) {
-            const int64_t *segs = NULL;
-            int64_t n_segs = 0;
-            /* the other groups' batches land in a scratch copy (the slice buffers are free here) */
-            lmc_status s = o->next_batch(o->batch_user, j == c->dr ? tr->in : tr->batch, j == c->dr ? tr->tg : tr->batch,
-                                         &segs, &n_segs, err);
-            if (s) return s;
-            if (segs && n_segs > 1)
-                return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--cp: packed sequences (--pack) are not supported yet");
-        }
-        return LMC_OK;
-    }
-    if (c->dw > 1) {
-        lmc_loader_next(&tr->train, tr->gbatch);
-        memcpy(tr->batch, tr->gbatch + (int64_t)c->dr * o->B * (o->T + 1), (size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
-    } else {
-        lmc_loader_next(&tr->train, tr->batch);
-    }
-    lmc_trainer_split_batch(tr);
-    return LMC_OK;
+    return lmc_trainer_next_micro(tr, tr->cp->dw, tr->cp->dr, tr->in, tr->tg, "--cp", true, err);
 }
 
 static lmc_status ring_status(struct lmc_trainer_cp *c, lmc_err *err) {

@@ -121,39 +121,12 @@ lmc_status lmc_trainer_ep_attach(struct lmc_trainer *tr, struct lmc_trainer_ep *
     return lmc_loader_seek(&tr->train, ep, ix, err);
 }
 
-/* A batch source's batches j0 .. j1-1 of the micro-step drawn into scratch (other ranks' batches). */
-static lmc_status skip(struct lmc_trainer *tr, int j0, int j1, lmc_err *err) {
-    const struct lmc_train_opts *o = &tr->o;
-    for (int j = j0; j < j1; j++) {
-        const int64_t *segs = NULL;
-        int64_t n_segs = 0;
-        lmc_status s = o->next_batch(o->batch_user, tr->batch, tr->batch, &segs, &n_segs, err);
-        if (s) return s;
-    }
-    return LMC_OK;
-}
-
 /* The next micro-batch of this rank into tr->in / tr->tg (and packing). A
  * batch source: every rank draws the N batches of the micro-step in order
- * and keeps its own, the ones after it drawn after its step (skip), so
- * what the source sets per draw (LoRA dropout masks) is its batch's. */
+ * and keeps its own, the ones after it drawn after its step, so what the
+ * source sets per draw (LoRA dropout masks) is its batch's. */
 static lmc_status next(struct lmc_trainer *tr, lmc_err *err) {
-    const struct lmc_train_opts *o = &tr->o;
-    int world = tr->ep->c->world, rank = tr->ep->c->rank;
-    if (o->next_batch) {
-        lmc_status s = skip(tr, 0, rank, err);
-        return s ? s : o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
-    }
-    tr->acts.segs = NULL;
-    tr->acts.n_segs = 0;
-    if (world > 1) {
-        lmc_loader_next(&tr->train, tr->gbatch);
-        memcpy(tr->batch, tr->gbatch + (int64_t)rank * o->B * (o->T + 1), (size_t)(o->B * (o->T + 1)) * sizeof(int32_t));
-    } else {
-        lmc_loader_next(&tr->train, tr->batch);
-    }
-    lmc_trainer_split_batch(tr);
-    return LMC_OK;
+    return lmc_trainer_next_micro(tr, tr->ep->c->world, tr->ep->c->rank, tr->in, tr->tg, NULL, false, err);
 }
 
 lmc_status lmc_trainer_ep_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err) {
@@ -179,7 +152,8 @@ lmc_status lmc_trainer_ep_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         int64_t n;
         s = lmc_tmodel_step(tm, be, &tr->acts, tr->in, tr->tg, true, dscale, &ls, &n, err);
         if (!s) s = lmc_ep_group_check(&e->g, err);
-        if (!s && o->next_batch) s = skip(tr, c->rank + 1, world, err); /* the rest of the micro-step */
+        if (!s && o->next_batch) /* the rest of the micro-step */
+            s = lmc_trainer_draw_skip(tr, c->rank + 1, world, NULL, err);
         /* recomputed layers wrote this rank's own expert load again: the global load once more */
         if (!s && o->recompute && tr->acts.moe && tr->acts.moe_dp)
             s = c->all_reduce(c, tr->acts.moe->count, tr->acts.moe->L * tr->acts.moe->E, LMC_DTYPE_F64,
@@ -431,20 +405,6 @@ static bool adapts(const struct lmc_trainer_ep *e, const struct lmc_lora_module 
     return m->expert < 0 || owner_of(&e->g, m->expert) == e->c->rank;
 }
 
-static lmc_status write_atomic(const char *path, const char *text, lmc_err *err) {
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    size_t n = strlen(text);
-    bool ok = f && fwrite(text, 1, n, f) == n;
-    if (f) ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        remove(tmp);
-        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    return LMC_OK;
-}
-
 lmc_status lmc_trainer_ep_lora_ckpt_save(const struct lmc_trainer *tr, const struct lmc_lora_train *lt,
                                          struct lmc_lora *lo, struct lmc_lora *local, const char *dir,
                                          const char *tok_dir, int64_t epoch, int64_t next, lmc_err *err) {
@@ -502,7 +462,7 @@ lmc_status lmc_trainer_ep_lora_ckpt_save(const struct lmc_trainer *tr, const str
              (long long)tr->step, (long long)tr->o.B, (long long)tr->o.T, (long long)(tr->o.accum * c->world),
              (long long)epoch, (long long)next, (long long)n); /* the one process's accumulation: N x accum */
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    return write_atomic(path, state, err);
+    return lmc_file_write_atomic(path, state, strlen(state), err);
 }
 
 static int64_t jint(const cJSON *o, const char *k) {

@@ -7,6 +7,7 @@
  * stage, the norm summed over the stages, AdamW on the tensors the stage
  * owns; evaluation forward through the pipeline, the checkpoint gather to
  * rank 0 and the resume of a stage's moments. */
+#include "train/trainer_step.h"
 #include "train/trainer_pp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_tp.h"
@@ -325,31 +326,12 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     const struct lmc_train_opts *o = &tr->o;
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
-    int64_t per = o->B * o->T, row = o->T + 1;
+    int64_t per = o->B * o->T;
     lmc_status s = LMC_OK;
     for (int64_t k = 0; k < o->accum; k++) { /* this DP rank's rows of each global micro-batch */
-        if (o->next_batch) { /* a batch source: every DP rank draws the D batches, keeps its own */
-            for (int j = 0; j < p->dw && !s; j++) {
-                const int64_t *segs = NULL;
-                int64_t n_segs = 0;
-                bool mine = j == p->dr;
-                s = o->next_batch(o->batch_user, mine ? p->in + k * per : tr->in, mine ? p->tg + k * per : tr->tg,
-                                  &segs, &n_segs, err);
-                if (!s && segs && n_segs > 1)
-                    s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp: packed sequences (--pack) are not supported yet");
-            }
-            if (s) return s;
-            continue;
-        }
-        if (p->dw > 1) {
-            lmc_loader_next(&tr->train, tr->gbatch);
-            memcpy(tr->batch, tr->gbatch + (int64_t)p->dr * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
-        } else {
-            lmc_loader_next(&tr->train, tr->batch);
-        }
-        lmc_trainer_split_batch(tr);
-        memcpy(p->in + k * per, tr->in, sizeof(int32_t) * (size_t)per);
-        memcpy(p->tg + k * per, tr->tg, sizeof(int32_t) * (size_t)per);
+        /* a batch source: every DP rank draws the D batches, keeps its own */
+        if ((s = lmc_trainer_next_micro(tr, p->dw, p->dr, p->in + k * per, p->tg + k * per, "--pp", true, err)))
+            return s;
     }
     if (p->cpc) slice(p, p->in, p->tg, o->accum * o->B);
     /* token data: the mean over the global batch's tokens; a batch source:
@@ -402,25 +384,9 @@ lmc_status lmc_trainer_pp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     } else ss = be->sumsq(be->ctx, tm->g, tm->numel);
     if (s || (s = p->c->all_reduce(p->c, &ss, 1, LMC_DTYPE_F64, LMC_REDUCE_SUM, err))) return s;
     st->grad_norm = sqrt(ss);
-    double inv = o->next_batch ? 1.0 / (sc[1] > 0 ? sc[1] : 1) : 1.0;
-    st->grad_norm *= inv;
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    tr->step++;
-    if (!isfinite(st->grad_norm)) { /* the same on every rank */
-        st->skipped = true;
-        return LMC_OK;
-    }
-    for (int i = 0; i < tm->n_params; i++) {
-        const struct lmc_tparam *q = &tm->params[i];
-        if (!p->own[i]) continue;
-        struct lmc_adamw_step as;
-        lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(q, o->decay == LMC_DECAY_ALL), grad_scale,
-                            &as);
-        be->adamw(be->ctx, tm->w + q->off, lmc_tmodel_grad(tm, q), tr->m + q->off, tr->v + q->off, q->numel, &as);
-    }
-    be->sync(be->ctx);
-    return LMC_OK;
+    /* AdamW on the tensors this stage owns (no frozen base here: trainable_off is 0) */
+    struct lmc_trainer_update u = {.own = p->own};
+    return lmc_trainer_apply_update_with(tr, st, sc[1], &u, err);
 }
 
 /* Parts mode, the ranks other than 0 of DP rank 0's pipeline: the tensors

@@ -1,15 +1,67 @@
-/* trainer_step.c — the end of a trainer step (scale, clipping, schedule,
- * the optimizer update) and the validation loop that the one-process,
- * context-parallel and expert-parallel trainers share (see trainer_step.h).
- * The arithmetic is each caller's own, in its order: runs compare bit for
- * bit across the trainers. */
+/* trainer_step.c — what the one-process, context-, expert-, tensor- and
+ * pipeline-parallel trainers share (see trainer_step.h): a data rank's next
+ * micro-batch, the end of a step (scale, clipping, schedule, the optimizer
+ * update) and the validation loop. The arithmetic is each caller's own, in
+ * its order: runs compare bit for bit across the trainers. */
 #include "train/trainer_step.h"
 #include "train/trainer_internal.h"
 #include "core/core.h"
 
 #include <math.h>
+#include <string.h>
+
+lmc_status lmc_trainer_draw_skip(struct lmc_trainer *tr, int j0, int j1, const char *no_pack, lmc_err *err) {
+    const struct lmc_train_opts *o = &tr->o;
+    for (int j = j0; j < j1; j++) {
+        const int64_t *segs = NULL;
+        int64_t n_segs = 0;
+        lmc_status s = o->next_batch(o->batch_user, tr->batch, tr->batch, &segs, &n_segs, err);
+        if (s) return s;
+        if (no_pack && segs && n_segs > 1)
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: packed sequences (--pack) are not supported yet", no_pack);
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_trainer_next_micro(struct lmc_trainer *tr, int dw, int dr, int32_t *in, int32_t *tg,
+                                  const char *no_pack, bool rest, lmc_err *err) {
+    const struct lmc_train_opts *o = &tr->o;
+    if (o->next_batch) {
+        lmc_status s = lmc_trainer_draw_skip(tr, 0, dr, no_pack, err);
+        if (s) return s;
+        if (!no_pack) {
+            s = o->next_batch(o->batch_user, in, tg, &tr->acts.segs, &tr->acts.n_segs, err);
+        } else {
+            const int64_t *segs = NULL;
+            int64_t n_segs = 0;
+            s = o->next_batch(o->batch_user, in, tg, &segs, &n_segs, err);
+            if (!s && segs && n_segs > 1)
+                s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: packed sequences (--pack) are not supported yet",
+                                no_pack);
+        }
+        return s || !rest ? s : lmc_trainer_draw_skip(tr, dr + 1, dw, no_pack, err);
+    }
+    tr->acts.segs = NULL; /* loader windows are whole rows */
+    tr->acts.n_segs = 0;
+    int64_t row = o->B * (o->T + 1);
+    if (dw > 1) {
+        lmc_loader_next(&tr->train, tr->gbatch);
+        memcpy(tr->batch, tr->gbatch + (int64_t)dr * row, (size_t)row * sizeof(int32_t));
+    } else {
+        lmc_loader_next(&tr->train, tr->batch);
+    }
+    lmc_trainer_split_batch(tr);
+    if (in != tr->in) memcpy(in, tr->in, sizeof(int32_t) * (size_t)(o->B * o->T));
+    if (tg != tr->tg) memcpy(tg, tr->tg, sizeof(int32_t) * (size_t)(o->B * o->T));
+    return LMC_OK;
+}
 
 void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st, double count) {
+    (void)lmc_trainer_apply_update_with(tr, st, count, NULL, NULL); /* no u->optim: nothing fails */
+}
+
+lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_train_stats *st, double count,
+                                         const struct lmc_trainer_update *u, lmc_err *err) {
     struct lmc_tmodel *tm = &tr->tm;
     const struct lmc_backend *be = tr->be;
     const struct lmc_train_opts *o = &tr->o;
@@ -23,24 +75,35 @@ void lmc_trainer_apply_update(struct lmc_trainer *tr, struct lmc_train_stats *st
     if (!isfinite(st->grad_norm)) { /* the same on every rank */
         st->skipped = true;
         tr->step++;
-        return;
+        return LMC_OK;
     }
-    if (tr->have_opt) {
+    lmc_status s = LMC_OK;
+    if (tr->have_opt && u && u->optim) {
+        s = u->optim(tr, st->lr, tr->step + 1, grad_scale, err);
+    } else if (tr->have_opt) {
         lmc_optim_step(&tr->opt, st->lr, tr->step + 1, grad_scale);
     } else {
         int64_t t0 = tm->trainable_off;
         for (int i = 0; i < tm->n_params; i++) {
             const struct lmc_tparam *p = &tm->params[i];
             if (p->frozen || p->external) continue; /* external tensors are frozen too: not in the arenas */
+            if (u && u->own && !u->own[i]) continue;
+            int64_t lo = p->off, hi = p->off + p->numel, mo = p->off - t0;
+            const float *g = lmc_tmodel_grad(tm, p);
+            if (u && u->g) { /* the tensor's part in the chunk */
+                lo = LMC_MAX(u->c0, lo), hi = LMC_MIN(u->c1, hi);
+                if (lo >= hi) continue;
+                g = u->g + (lo - u->c0), mo = lo - u->c0;
+            }
             struct lmc_adamw_step as;
             lmc_adamw_step_make(&o->adamw, tr->step + 1, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
                                 grad_scale, &as);
-            be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + (p->off - t0), tr->v + (p->off - t0),
-                      p->numel, &as);
+            be->adamw(be->ctx, tm->w + lo, g, tr->m + mo, tr->v + mo, hi - lo, &as);
         }
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
     tr->step++;
+    return s;
 }
 
 lmc_status lmc_trainer_eval_sums(struct lmc_trainer *tr, int64_t groups, int64_t share, int64_t me,

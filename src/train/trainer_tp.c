@@ -5,6 +5,7 @@
  * collectives run in lmc_linear), replicated KV-head gradients summed, the
  * gradient all-reduced over the DP ranks, then the global norm over the
  * TP group and AdamW per tensor on the shard. */
+#include "train/trainer_step.h"
 #include "train/trainer_tp.h"
 #include "train/trainer_cp.h"
 #include "train/trainer_internal.h"
@@ -241,17 +242,6 @@ lmc_status lmc_trainer_tp_grad_sumsq(struct lmc_trainer *tr, double *ss, lmc_err
     return s;
 }
 
-/* draws this rank's batch of the global micro-step from the batch source
- * (every DP rank draws them all; those of later ranks after the step) */
-static lmc_status draw(struct lmc_trainer *tr, int from, int to, lmc_err *err) {
-    const struct lmc_train_opts *o = &tr->o;
-    for (int j = from; j < to; j++) {
-        lmc_status s = o->next_batch(o->batch_user, tr->in, tr->tg, &tr->acts.segs, &tr->acts.n_segs, err);
-        if (s) return s;
-    }
-    return LMC_OK;
-}
-
 static lmc_status tp_optim_step(struct lmc_trainer *tr, double lr, int64_t step, float grad_scale, lmc_err *err);
 
 /* The rest of a ZeRO-1 step: the gradient reduce-scattered over the DP
@@ -295,29 +285,12 @@ static lmc_status zero_finish(struct lmc_trainer *tr, struct lmc_train_stats *st
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
     st->tokens = o->B * o->T * o->accum * dp->world;
     st->grad_norm = sqrt(nn[0] + nn[1]);
-    double inv = 1.0;
-    if (o->next_batch) {
-        inv = 1.0 / (sums[1] > 0 ? sums[1] : 1);
-        st->grad_norm *= inv;
-    }
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    tr->step++;
-    if (!isfinite(st->grad_norm)) {
-        st->skipped = true;
+    struct lmc_trainer_update u = {.g = gc, .c0 = c0, .c1 = c1}; /* AdamW on the chunk */
+    (void)lmc_trainer_apply_update_with(tr, st, sums[1], &u, err); /* no optimizer hook: LMC_OK */
+    if (st->skipped) {
         free(g), free(gc);
         return LMC_OK;
     }
-    for (int i = 0; i < tm->n_params; i++) {
-        const struct lmc_tparam *p = &tm->params[i];
-        int64_t lo = LMC_MAX(c0, p->off), hi = LMC_MIN(c1, p->off + p->numel);
-        if (lo >= hi) continue;
-        struct lmc_adamw_step as;
-        lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
-                            grad_scale, &as);
-        be->adamw(be->ctx, tm->w + lo, gc + (lo - c0), tr->m + (lo - c0), tr->v + (lo - c0), hi - lo, &as);
-    }
-    be->sync(be->ctx);
     /* the updated chunks back into every DP rank's w */
     memset(gc, 0, sizeof(float) * (size_t)K);
     memcpy(gc, tm->w + c0, sizeof(float) * (size_t)(c1 - c0));
@@ -335,7 +308,7 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     int dw = tr->comm ? tr->comm->world : 1, dr = tr->comm ? tr->comm->rank : 0;
     memset(st, 0, sizeof *st);
     lmc_tmodel_zero_grad(tm);
-    int64_t per = o->B * o->T, row = o->T + 1;
+    int64_t per = o->B * o->T;
     /* TP x CP: the gradient is summed over the C x D ranks of tr->comm, the batch read by D groups */
     int ddw = tr->cp ? lmc_trainer_cp_data_world(tr) : dw;
     float dscale = o->next_batch ? 1.0f : (float)(1.0 / ((double)per * (double)ddw * (double)o->accum));
@@ -345,15 +318,8 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         const int32_t *in = tr->in, *tg = tr->tg;
         if (tr->cp) {
             if ((s = lmc_trainer_cp_micro(tr, &in, &tg, err))) return s;
-        } else if (o->next_batch) {
-            if ((s = draw(tr, 0, dr + 1, err))) return s;
-        } else if (dw > 1) {
-            lmc_loader_next(&tr->train, tr->gbatch);
-            memcpy(tr->batch, tr->gbatch + (int64_t)dr * o->B * row, (size_t)(o->B * row) * sizeof(int32_t));
-            lmc_trainer_split_batch(tr);
-        } else {
-            lmc_loader_next(&tr->train, tr->batch);
-            lmc_trainer_split_batch(tr);
+        } else if ((s = lmc_trainer_next_micro(tr, dw, dr, tr->in, tr->tg, NULL, false, err))) {
+            return s; /* a batch source: the later ranks' draws after the step */
         }
         double ls;
         int64_t n;
@@ -363,7 +329,7 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
         if (s) return s;
         sums[0] += ls;
         sums[1] += (double)n;
-        if (!tr->cp && o->next_batch && (s = draw(tr, dr + 1, dw, err))) return s;
+        if (!tr->cp && o->next_batch && (s = lmc_trainer_draw_skip(tr, dr + 1, dw, NULL, err))) return s;
     }
     if ((s = lmc_tp_tmodel_sum_replicated(tm, &t->g, &t->heads, t->full.num_kv_heads, err))) return s;
     if (tm->trainable_off && (s = lmc_tp_lora_reduce(tm, &t->g, &t->heads, err))) return s; /* LoRA's replicated factors */
@@ -374,34 +340,9 @@ lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *s
     st->loss = sums[0] / (sums[1] > 0 ? sums[1] : 1);
     st->tokens = per * o->accum * ddw;
     if ((s = global_norm(tr, &st->grad_norm, err))) return s;
-    double inv = 1.0;
-    if (o->next_batch) { /* the norm and the update of the mean over the counted targets */
-        inv = 1.0 / (sums[1] > 0 ? sums[1] : 1);
-        st->grad_norm *= inv;
-    }
-    float grad_scale = (float)(lmc_grad_clip_scale(st->grad_norm, o->clip) * inv);
-    st->lr = lmc_schedule_lr(&o->sched, tr->step);
-    tr->step++;
-    if (!isfinite(st->grad_norm)) { /* the same on every rank */
-        st->skipped = true;
-        return LMC_OK;
-    }
-    if (tr->have_opt) {
-        s = tp_optim_step(tr, st->lr, tr->step, grad_scale, err);
-        be->sync(be->ctx);
-        return s;
-    }
-    for (int i = 0; i < tm->n_params; i++) {
-        const struct lmc_tparam *p = &tm->params[i];
-        if (p->frozen) continue; /* moments of the trainable part only (LoRA: past trainable_off) */
-        int64_t mo = p->off - tm->trainable_off;
-        struct lmc_adamw_step as;
-        lmc_adamw_step_make(&o->adamw, tr->step, st->lr, lmc_tparam_decays(p, o->decay == LMC_DECAY_ALL),
-                            grad_scale, &as);
-        be->adamw(be->ctx, tm->w + p->off, lmc_tmodel_grad(tm, p), tr->m + mo, tr->v + mo, p->numel, &as);
-    }
-    be->sync(be->ctx);
-    return LMC_OK;
+    /* AdamW on the trainable part (moments past trainable_off), or the optimizer on the slices */
+    struct lmc_trainer_update u = {.optim = tp_optim_step};
+    return lmc_trainer_apply_update_with(tr, st, sums[1], &u, err);
 }
 
 /* Where rank r's shard of tensor `name` lies in the full tensor. */
