@@ -474,8 +474,9 @@ int cmd_finetune(int argc, char **argv) {
         have_tm = true;
     }
     if (bf16_base)
-        fprintf(stderr, "lmc finetune: LoRA base: %lld linears (%lld weights) kept bf16 on %s in %.1f MiB (no f32 "
-                        "copy)\n", (long long)ql.n_quant, (long long)ql.quant_params, be.name,
+        fprintf(stderr, "lmc finetune: LoRA base: %lld linears (%lld weights) and %lld embedding/head tensors (%lld) "
+                        "kept bf16 on %s in %.1f MiB (no f32 copy)\n", (long long)ql.n_quant,
+                (long long)ql.quant_params, (long long)ql.n_ends, (long long)ql.ends_params, be.name,
                 (double)ql.dev_bytes / 1048576.0);
     if (qlora) {
         char on_dev[96] = "";
@@ -612,7 +613,7 @@ int cmd_finetune(int argc, char **argv) {
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
             full ? "full fine-tuning" : qlora ? (rslora ? "QLoRA (rsLoRA scale)" : "QLoRA")
                                               : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
-            (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params, (long long)B, (long long)T, (long long)accum,
+            (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params + ql.ends_params, (long long)B, (long long)T, (long long)accum,
             pack ? ", packed" : "", (long long)steps, be.name);
     if (root) {
         char odesc[1024];
