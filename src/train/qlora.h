@@ -50,7 +50,8 @@ struct lmc_qlora {
     void **dense;             /* LMC_QLORA_BF16: n_dense bf16 device buffers (be->alloc) */
     int n_dense;
     int64_t n_ends;           /* LMC_QLORA_BF16: the token embedding / untied head among them (not in n_quant) */
-    int64_t ends_params;      /* their elements (their bytes are in quant_bytes, compact_bytes, dev_bytes) */
+    int64_t ends_params;      /* their elements */
+    size_t ends_bytes;        /* their bytes (also in quant_bytes, compact_bytes and dev_bytes) */
 };
 
 /* Loads dir into tm on be with its linears quantized (see above); ql owns
@@ -62,11 +63,13 @@ struct lmc_qlora {
  * without qmatmul_f, or a device backend without qweight_upload_f). */
 lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                           const struct lmc_backend *be, lmc_err *err);
-/* As lmc_qlora_load; with LMC_QLORA_BF16, bf16_ends says whether the token
- * embedding and the untied head are kept bf16 too (lmc_qlora_load: yes;
- * the embedding's rows then enter the blocks rounded to bf16, the head is
- * the classifier's bf16 GEMM operand as before) or stay f32 in the arena
- * (the emulator's exact check of the bf16 linears). Ignored otherwise. */
+/* As lmc_qlora_load; bf16_ends says whether the token embedding and the
+ * untied head are kept bf16 on the device too (any kind; a device backend
+ * in its bf16 training mode only: the CUDA classifier takes a BF16 head
+ * there) or stay f32 in the arena. lmc_qlora_load: for LMC_QLORA_BF16 on a
+ * device backend, yes; for NF4 / int4, no. With them the embedding's rows
+ * enter the blocks rounded to bf16; the head is the classifier's bf16 GEMM
+ * operand as before. LMC_ERR_UNSUPPORTED on a host-memory backend. */
 lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                                bool bf16_ends, const struct lmc_backend *be, lmc_err *err);
 void lmc_qlora_free(struct lmc_qlora *ql);

@@ -23,6 +23,9 @@ void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_t
     if (ql && ql->n_quant) {
         m->base_ext = ql->be && !ql->be->host_memory ? ql->dev_bytes : ql->quant_bytes;
         m->base_ext_form = qkind == LMC_QLORA_BF16 ? "bf16"
+                         : ql->n_ends && ql->prequantized ? "quantized + bf16 embedding/head"
+                         : ql->n_ends && qkind == LMC_QLORA_NF4 ? "NF4 + bf16 embedding/head"
+                         : ql->n_ends                       ? "int4 + bf16 embedding/head"
                          : ql->prequantized       ? "quantized"
                          : qkind == LMC_QLORA_NF4 ? "NF4"
                                                   : "int4";
