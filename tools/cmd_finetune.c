@@ -425,13 +425,16 @@ int cmd_finetune(int argc, char **argv) {
     bool pp_parts = pp > 1 && tp == 1 && full && !qlora;
     /* LoRA on one GPU in bf16: the frozen linears kept as bf16 only (train/qlora.h LMC_QLORA_BF16) */
     bool bf16_base = !full && !qlora && !be.host_memory && bf16 && !dist && tp == 1 && cp == 1 && pp == 1;
+    /* and (LoRA or QLoRA) the token embedding and untied head kept bf16 there too */
+    bool bf16_ends = !full && !be.host_memory && bf16 && !dist && tp == 1 && cp == 1 && pp == 1;
     int64_t whole_numel = 0;
     struct lmc_config pcfg;
     if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
         : pp_parts ? lmc_config_load(&pcfg, wdir, &err) ||
                          lmc_trainer_pp_build(&tm, &pcfg, &be, wdir, 0, 0, (int)pp, (int)pp_chunks,
                                               (int)((comm.rank / cp) % pp), &whole_numel, &err)
-        : qlora || bf16_base ? lmc_qlora_load(&tm, &ql, cc.model_dir, qlora ? qkind : LMC_QLORA_BF16, &be, &err)
+        : qlora || bf16_base ? lmc_qlora_load_ends(&tm, &ql, cc.model_dir, qlora ? qkind : LMC_QLORA_BF16, bf16_ends,
+                                                   &be, &err)
                              : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
@@ -474,19 +477,23 @@ int cmd_finetune(int argc, char **argv) {
         have_tm = true;
     }
     if (bf16_base)
-        fprintf(stderr, "lmc finetune: LoRA base: %lld linears (%lld weights) kept bf16 on %s in %.1f MiB (no f32 "
-                        "copy)\n", (long long)ql.n_quant, (long long)ql.quant_params, be.name,
+        fprintf(stderr, "lmc finetune: LoRA base: %lld linears (%lld weights) and %lld embedding/head tensors (%lld) "
+                        "kept bf16 on %s in %.1f MiB (no f32 copy)\n", (long long)ql.n_quant,
+                (long long)ql.quant_params, (long long)ql.n_ends, (long long)ql.ends_params, be.name,
                 (double)ql.dev_bytes / 1048576.0);
     if (qlora) {
-        char on_dev[96] = "";
+        char on_dev[192] = "";
         if (ql.n_dev)
             snprintf(on_dev, sizeof on_dev, "; on %s: %.1f MiB (%.2f bits/weight)", be.name,
-                     (double)ql.dev_bytes / 1048576.0,
-                     ql.quant_params ? 8.0 * (double)ql.dev_bytes / (double)ql.quant_params : 0.0);
+                     (double)(ql.dev_bytes - ql.ends_bytes) / 1048576.0,
+                     ql.quant_params ? 8.0 * (double)(ql.dev_bytes - ql.ends_bytes) / (double)ql.quant_params : 0.0);
+        if (ql.n_ends)
+            snprintf(on_dev + strlen(on_dev), sizeof on_dev - strlen(on_dev), " + %lld embedding/head tensors bf16 "
+                     "(%.1f MiB)", (long long)ql.n_ends, (double)ql.ends_bytes / 1048576.0);
         fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s%s\n",
                 (long long)ql.n_quant, (long long)ql.quant_params,
                 ql.prequantized ? "as quantized in the folder" : (qkind == LMC_QLORA_NF4 ? "NF4" : "int4 (groups of 64)"),
-                (double)ql.quant_bytes / 1048576.0, ql.prequantized ? "" : " (quantized at load)", on_dev);
+                (double)(ql.quant_bytes - ql.ends_bytes) / 1048576.0, ql.prequantized ? "" : " (quantized at load)", on_dev);
     }
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
@@ -612,7 +619,7 @@ int cmd_finetune(int argc, char **argv) {
                     "%lld steps, device %s\n", tr.tm.cfg.model_type,
             full ? "full fine-tuning" : qlora ? (rslora ? "QLoRA (rsLoRA scale)" : "QLoRA")
                                               : (rslora ? "LoRA (rsLoRA scale)" : "LoRA"), (long long)trainable,
-            (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params, (long long)B, (long long)T, (long long)accum,
+            (long long)tr.tm.trainable_off + (full ? trainable : 0) + ql.quant_params + ql.ends_params, (long long)B, (long long)T, (long long)accum,
             pack ? ", packed" : "", (long long)steps, be.name);
     if (root) {
         char odesc[1024];

@@ -55,7 +55,9 @@ static lmc_status record(void *user, const struct lmc_tensor_ref *t, lmc_err *er
         p->off = -1;
         return LMC_OK;
     }
-    if (other_rank || (s->external && t->spec->kind == LMC_TK_LIN_W && s->external(s->user, t))) {
+    /* external: a block linear, or (a bf16 frozen base) the token embedding / untied head */
+    bool ext_kind = t->spec->kind == LMC_TK_LIN_W || t->spec->kind == LMC_TK_TOK_EMB || t->spec->kind == LMC_TK_HEAD;
+    if (other_rank || (s->external && ext_kind && s->external(s->user, t))) {
         p->external = p->frozen = true;
         p->off = -1;
         return LMC_OK;
@@ -87,6 +89,7 @@ static lmc_status bind(void *user, const struct lmc_tensor_ref *t, lmc_err *err)
         return LMC_OK;
     }
     if (p->external) { /* a quantized frozen linear: no arena floats, no gradient view */
+        LMC_ASSERT(t->spec->kind == LMC_TK_LIN_W || t->spec->kind == LMC_TK_EXPERT_W || !p->q);
         int parts = t->spec->parts > 1 ? t->spec->parts : 1;
         for (int i = 0; i < parts && p->q; i++) {
             struct lmc_linear *L = &s->tm->W.layers[t->layer].lin[t->spec->slot + i];

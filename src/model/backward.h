@@ -107,8 +107,10 @@ lmc_status lmc_tmodel_check_backend(const struct lmc_backend *be, const struct l
  * LMC_ERR_UNSUPPORTED for a backend without the forward ops). */
 lmc_status lmc_tmodel_init(struct lmc_tmodel *tm, const struct lmc_config *cfg,
                            const struct lmc_backend *be, lmc_err *err);
-/* As lmc_tmodel_init, with the linear weights (LMC_TK_LIN_W) for which
- * external(user, t) is true kept outside the arenas (tparam.external). */
+/* As lmc_tmodel_init, with the linear weights (LMC_TK_LIN_W), the token
+ * embedding and the untied head for which external(user, t) is true kept
+ * outside the arenas (tparam.external; the embedding and head only with
+ * ext_data: a frozen bf16 base). */
 lmc_status lmc_tmodel_init_ext(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                bool (*external)(void *user, const struct lmc_tensor_ref *t), void *user,
                                lmc_err *err);

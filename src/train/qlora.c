@@ -29,6 +29,7 @@ struct pick {
     const struct lmc_st *st;
     const char *alt_prefix;
     bool prequantized;
+    bool ends;                /* the token embedding and untied head external too (a bf16 base) */
     enum lmc_qmethod method;
     uint8_t parts[1 << 16];   /* spec parts of each external tensor, in table order */
     int n_ext;
@@ -49,6 +50,11 @@ static bool is_float(const struct lmc_st_tensor *t) {
  * folder), or one the quantized folder stores quantized (no float tensor). */
 static bool pick_external(void *user, const struct lmc_tensor_ref *t) {
     struct pick *p = user;
+    if (t->layer < 0 && p->ends && t->ndim == 2 && p->n_ext < (int)sizeof p->parts &&
+        (t->spec->kind == LMC_TK_TOK_EMB || t->spec->kind == LMC_TK_HEAD)) {
+        p->parts[p->n_ext++] = 1;
+        return true;
+    }
     if (t->layer < 0 || t->ndim != 2) return false;
     bool ext = !p->prequantized || (!is_float(find(p->st, p->alt_prefix, t->name)) &&
                                     !(p->method == LMC_QM_BNB4 && t->cols % 64));
@@ -233,8 +239,14 @@ static lmc_status load_bf16(struct lmc_tmodel *tm, struct lmc_qlora *ql, int i, 
     ql->dense[ql->n_dense++] = d;
     p->ext_data = d;
     p->ext_dtype = LMC_DTYPE_BF16;
-    ql->n_quant++;
-    ql->quant_params += p->numel;
+    if (p->part == 0 || p->part == (int)tm->cfg.num_layers + 1) {
+        ql->n_ends++; /* the embedding or the head */
+        ql->ends_params += p->numel;
+        ql->ends_bytes += bytes;
+    } else {
+        ql->n_quant++;
+        ql->quant_params += p->numel;
+    }
     ql->quant_bytes += bytes;
     ql->compact_bytes += bytes;
     ql->dev_bytes += bytes;
@@ -298,9 +310,14 @@ static lmc_status read_config_quant(const char *dir, struct lmc_quant_config *qc
 
 lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                           const struct lmc_backend *be, lmc_err *err) {
+    return lmc_qlora_load_ends(tm, ql, dir, kind, kind == LMC_QLORA_BF16 && !be->host_memory, be, err);
+}
+
+lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
+                               bool bf16_ends, const struct lmc_backend *be, lmc_err *err) {
     memset(ql, 0, sizeof *ql);
     memset(tm, 0, sizeof *tm);
-    if (kind == LMC_QLORA_BF16 && be->host_memory)
+    if ((kind == LMC_QLORA_BF16 || bf16_ends) && be->host_memory)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "bf16 base: a device backend's (backend %s keeps the f32 base)",
                            be->name ? be->name : "?");
     if (kind != LMC_QLORA_BF16 && (!be->qmatmul_f || !be->qmatmul_f_bwd || (!be->host_memory && (!be->qweight_upload_f || !be->qweight_free_f))))
@@ -327,7 +344,7 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
         return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     }
     *pk = (struct pick){.st = &st, .alt_prefix = lmc_arch_of(&cfg)->alt_prefix, .prequantized = ql->prequantized,
-                        .method = qc.method};
+                        .method = qc.method, .ends = bf16_ends};
     if ((s = lmc_tmodel_init_ext(tm, &cfg, be, pick_external, pk, err))) {
         free(pk);
         lmc_st_free(&st);
@@ -339,7 +356,7 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
     ql->views = calloc((size_t)tm->n_params * 4, sizeof *ql->views);
     if (!be->host_memory && !(ql->dev = calloc((size_t)tm->n_params * 4, sizeof *ql->dev)))
         s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
-    if (kind == LMC_QLORA_BF16 && !(ql->dense = calloc((size_t)tm->n_params, sizeof *ql->dense)))
+    if ((kind == LMC_QLORA_BF16 || bf16_ends) && !(ql->dense = calloc((size_t)tm->n_params, sizeof *ql->dense)))
         s = lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", dir);
     if (pk->too_many) s = lmc_err_set(err, LMC_ERR_ARG, "%s: QLoRA: more than %d linears", dir, (int)sizeof pk->parts);
     float *buf = NULL;
@@ -348,8 +365,8 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
         const struct lmc_tparam *p = &tm->params[i];
         if (p->external) {
             int parts = pk->parts[ext++];
-            if (kind == LMC_QLORA_BF16) {
-                s = load_bf16(tm, ql, i, &st, dir, &buf, err);
+            if (kind == LMC_QLORA_BF16 || p->part == 0 || p->part == (int)tm->cfg.num_layers + 1) {
+                s = load_bf16(tm, ql, i, &st, dir, &buf, err); /* a bf16 linear, or the embedding / head */
                 continue;
             }
             s = load_external(tm, ql, i, &st, &qc, kind, parts, dir, &buf, err);

@@ -20,8 +20,10 @@
 /* BF16: not quantized — LoRA's frozen base kept as bf16 on a device
  * backend (the mixed-precision mode's GEMM operands, so the same products
  * as the f32 base converted per GEMM, in half the memory and no f32
- * master): the block linears external in bf16 device memory (bound as
- * dense BF16 linears through tparam.ext_data), the rest f32 in the arena.
+ * master): the block linears, the token embedding and an untied head
+ * external in bf16 device memory (bound as dense BF16 tensors through
+ * tparam.ext_data), the rest (norms, biases, learned positions) f32 in
+ * the arena.
  * A float folder only; LMC_ERR_UNSUPPORTED on host-memory backends. */
 enum lmc_qlora_kind { LMC_QLORA_NF4 = 1, LMC_QLORA_INT4 = 2, LMC_QLORA_BF16 = 3 };
 
@@ -47,6 +49,9 @@ struct lmc_qlora {
     size_t dev_bytes;         /* the backend memory they take */
     void **dense;             /* LMC_QLORA_BF16: n_dense bf16 device buffers (be->alloc) */
     int n_dense;
+    int64_t n_ends;           /* LMC_QLORA_BF16: the token embedding / untied head among them (not in n_quant) */
+    int64_t ends_params;      /* their elements */
+    size_t ends_bytes;        /* their bytes (also in quant_bytes, compact_bytes and dev_bytes) */
 };
 
 /* Loads dir into tm on be with its linears quantized (see above); ql owns
@@ -58,6 +63,15 @@ struct lmc_qlora {
  * without qmatmul_f, or a device backend without qweight_upload_f). */
 lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                           const struct lmc_backend *be, lmc_err *err);
+/* As lmc_qlora_load; bf16_ends says whether the token embedding and the
+ * untied head are kept bf16 on the device too (any kind; a device backend
+ * in its bf16 training mode only: the CUDA classifier takes a BF16 head
+ * there) or stay f32 in the arena. lmc_qlora_load: for LMC_QLORA_BF16 on a
+ * device backend, yes; for NF4 / int4, no. With them the embedding's rows
+ * enter the blocks rounded to bf16; the head is the classifier's bf16 GEMM
+ * operand as before. LMC_ERR_UNSUPPORTED on a host-memory backend. */
+lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
+                               bool bf16_ends, const struct lmc_backend *be, lmc_err *err);
 void lmc_qlora_free(struct lmc_qlora *ql);
 
 #endif

@@ -23,6 +23,9 @@ void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_t
     if (ql && ql->n_quant) {
         m->base_ext = ql->be && !ql->be->host_memory ? ql->dev_bytes : ql->quant_bytes;
         m->base_ext_form = qkind == LMC_QLORA_BF16 ? "bf16"
+                         : ql->n_ends && ql->prequantized ? "quantized + bf16 embedding/head"
+                         : ql->n_ends && qkind == LMC_QLORA_NF4 ? "NF4 + bf16 embedding/head"
+                         : ql->n_ends                       ? "int4 + bf16 embedding/head"
                          : ql->prequantized       ? "quantized"
                          : qkind == LMC_QLORA_NF4 ? "NF4"
                                                   : "int4";
@@ -51,7 +54,9 @@ static double mib(size_t b) {
 
 void lmc_train_mem_line(const struct lmc_train_mem *m, char *buf, size_t cap) {
     char ext[96] = "";
-    if (m->base_ext) snprintf(ext, sizeof ext, " + base linears %s %.1f", m->base_ext_form, mib(m->base_ext));
+    if (m->base_ext)
+        snprintf(ext, sizeof ext, " + base %s %s %.1f", !strcmp(m->base_ext_form, "bf16") ? "linears/embedding/head" : "linears",
+                 m->base_ext_form, mib(m->base_ext));
     snprintf(buf, cap,
              "memory (MiB): weights f32 %.1f (frozen %.1f, trainable %.1f)%s + gradients %.1f + optimizer %.1f + "
              "activations %.1f (%.1f per layer x %lld held, residual stream %.1f, rest %.1f) + adapter scratch %.1f "

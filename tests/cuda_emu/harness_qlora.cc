@@ -22,7 +22,10 @@
  *     the device): matmul_bwd with BF16 weights at odd shapes = the F32
  *     weight's call bit for bit (and the CPU twin within 1e-2); a whole
  *     step against the f32 base in the bf16 mode, llama/qwen2/gpt2 tiny:
- *     the same loss, gradients and adapter after AdamW. */
+ *     the same loss, gradients and adapter after AdamW; with the token
+ *     embedding and head bf16 too, the same against the f32 base whose
+ *     embedding holds bf16-rounded values (and within 2e-3 of the f32
+ *     embedding's loss). */
 extern "C" {
 #include "train/qlora.h"
 #include "train/trainer.h"
@@ -158,9 +161,15 @@ static lmc_status qlora_next(void *user, int32_t *in, int32_t *tg, const int64_t
     return LMC_OK;
 }
 
+/* ends 1: the token embedding and untied head kept bf16 too
+ * (lmc_qlora_load_ends); 2: the f32 embedding's values rounded to bf16
+ * after loading (what a bf16 embedding gathers); 0: neither. info
+ * (optional): the bound embedding's and head's dtypes and the arena's
+ * floats after attaching the adapter. */
+struct qlora_info { enum lmc_dtype emb, head; int64_t numel; };
 static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enum lmc_qlora_kind kind, qlora_batch &b,
                        int64_t B, int64_t T, double &loss, std::vector<float> &g, std::vector<float> &w, size_t &dev_bytes,
-                       size_t &compact_bytes) {
+                       size_t &compact_bytes, int ends = 0, qlora_info *info = nullptr) {
     lmc_err err;
     struct lmc_tmodel tm;
     struct lmc_qlora ql;
@@ -169,9 +178,18 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
     struct lmc_trainer tr;
     memset(&ql, 0, sizeof ql);
     /* kind 0: the plain f32 model (lmc_tmodel_load) */
-    if (kind ? lmc_qlora_load(&tm, &ql, dir.c_str(), kind, be, &err) : lmc_tmodel_load(&tm, dir.c_str(), be, &err)) {
+    if (kind ? lmc_qlora_load_ends(&tm, &ql, dir.c_str(), kind, ends == 1, be, &err) : lmc_tmodel_load(&tm, dir.c_str(), be, &err)) {
         printf("FAIL qlora load on %s: %s\n", be->name, err.msg), n_fail++;
         return false;
+    }
+    for (int i = 0; ends == 2 && i < tm.n_params; i++) { /* the f32 embedding rounded to bf16 values */
+        if (tm.params[i].external) continue;
+        const struct lmc_tparam *p = &tm.params[i];
+        if (tm.w + p->off != (const float *)tm.W.tok_emb.data) continue;
+        std::vector<float> e((size_t)p->numel);
+        LMC_ASSERT(!lmc_tmodel_download_param(&tm, tm.w, i, e.data(), &err));
+        for (auto &v : e) v = lmc_bf16_to_f32(lmc_f32_to_bf16(v));
+        LMC_ASSERT(!lmc_tmodel_upload_param(&tm, tm.w, i, e.data(), &err));
     }
     dev_bytes = ql.dev_bytes, compact_bytes = ql.compact_bytes;
     struct lmc_train_opts o = {};
@@ -188,6 +206,7 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
         printf("FAIL qlora attach on %s: %s\n", be->name, err.msg), n_fail++;
         return false;
     }
+    if (info) *info = {tr.tm.W.tok_emb.dtype, tr.tm.W.head.w.dtype, tr.tm.numel};
     struct lmc_train_stats st;
     bool ok = !lmc_trainer_step(&tr, &st, &err);
     if (ok) {
@@ -302,7 +321,7 @@ static void bf16_base_models() {
         size_t d0, c0, db, cb;
         lmc_backend_cuda_set_train_bf16(&gpu, true);
         if (qlora_step(&gpu, dir, (enum lmc_qlora_kind)0, b, B, T, lf, gf, wf, d0, c0) &&
-            qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, lb, gb, wb, db, cb)) {
+            qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, lb, gb, wb, db, cb, 0)) {
             double el = fabs(lb - lf) / fabs(lf), eg = rel(gb, gf), ew = rel(wb, wf);
             check("bf16 base step loss", el, 1e-6, "%s", model);
             check("bf16 base step lora grads", eg, 1e-5, "%s", model);
@@ -311,6 +330,68 @@ static void bf16_base_models() {
                   0.0, "%s: %zu device, %zu form, %zu f32 base", model, db, cb, d0);
             printf("  %s bf16 base: loss %.9f vs f32 base %.9f (%.2e), grads rel %.2e, adapter %.2e; base %zu B "
                    "on the device\n", model, lb, lf, el, eg, ew, db);
+        }
+        /* the embedding and head bf16 too (lmc_qlora_load's default): the
+         * step of the f32 base whose embedding holds the bf16-rounded
+         * values (the head is the bf16 mode's operand either way); the
+         * arena loses their floats, the device bytes gain their bf16 */
+        double lr, le;
+        std::vector<float> gr, wr, ge, we;
+        size_t dr, cr, de, ce, dl, cl;
+        qlora_info ir, ie, il;
+        if (qlora_step(&gpu, dir, (enum lmc_qlora_kind)0, b, B, T, lr, gr, wr, dr, cr, 2, &ir) &&
+            qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, le, ge, we, de, ce, 1, &ie) &&
+            qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, lb, gb, wb, dl, cl, 0, &il)) {
+            double el = fabs(le - lr) / fabs(lr), eg = rel(ge, gr), ew = rel(we, wr), ef = fabs(le - lf) / fabs(lf);
+            check("bf16 embedding/head step loss (vs f32 base, bf16-rounded embedding)", el, 1e-6, "%s", model);
+            check("bf16 embedding/head step lora grads", eg, 1e-5, "%s", model);
+            check("bf16 embedding/head step adapter after AdamW", ew, 1e-6, "%s", model);
+            check("bf16 embedding/head step loss vs the f32 embedding (bf16 bound)", ef, 2e-3, "%s", model);
+            int64_t VC = il.numel - ie.numel; /* the floats the ends took in the arena (each padded to 16) */
+            bool bound = ir.emb == LMC_DTYPE_F32 && il.head == LMC_DTYPE_F32 && ie.head == LMC_DTYPE_BF16 &&
+                         ie.emb == LMC_DTYPE_BF16 && il.emb == LMC_DTYPE_F32;
+            check("bf16 embedding/head: bound BF16, linears-only run keeps them f32", bound ? 0.0 : 1.0, 0.0, "%s", model);
+            int64_t gain = (int64_t)de - (int64_t)dl, pad = 2 * VC - gain;
+            check("bf16 embedding/head: arena floats moved to bf16 device bytes",
+                  VC > 0 && pad >= 0 && pad < 64 && ce == de ? 0.0 : 1.0, 0.0,
+                  "%s: %lld floats, device %zu vs %zu", model, (long long)VC, de, dl);
+            printf("  %s bf16 embedding/head: loss %.9f vs rounded-embedding f32 base %.9f (%.2e; f32 embedding %.2e), "
+                   "grads rel %.2e, adapter %.2e; arena -%lld floats, device +%zu B\n", model, le, lr, el, ef, eg, ew,
+                   (long long)VC, de - dl);
+        }
+        lmc_backend_cuda_set_train_bf16(&gpu, false);
+    }
+}
+
+/* QLoRA (NF4 linears) with the bf16 embedding/head in the bf16 mode: the
+ * step of the same NF4 base whose f32 embedding holds bf16-rounded values
+ * (loss, gradients, adapter equal); the ends' bytes join the device's. */
+static void qlora_ends_models() {
+    for (const char *model : {"llama-tiny", "gpt2-tiny"}) {
+        const std::string dir = std::string(fixtures()) + "/" + model;
+        const int64_t B = 2, T = 37;
+        qlora_batch b;
+        b.in.resize((size_t)(B * T)), b.tg.resize((size_t)(B * T));
+        for (auto &i : b.in) i = irand(512);
+        for (size_t i = 0; i < b.tg.size(); i++) b.tg[i] = i % 6 == 2 ? -1 : irand(512);
+        double lr, le;
+        std::vector<float> gr, wr, ge, we;
+        size_t dr, cr, de, ce;
+        qlora_info ir, ie;
+        lmc_backend_cuda_set_train_bf16(&gpu, true);
+        if (qlora_step(&gpu, dir, LMC_QLORA_NF4, b, B, T, lr, gr, wr, dr, cr, 2, &ir) &&
+            qlora_step(&gpu, dir, LMC_QLORA_NF4, b, B, T, le, ge, we, de, ce, 1, &ie)) {
+            double el = fabs(le - lr) / fabs(lr), eg = rel(ge, gr), ew = rel(we, wr);
+            check("qlora nf4 + bf16 embedding/head step loss (vs rounded f32 embedding)", el, 1e-6, "%s", model);
+            check("qlora nf4 + bf16 embedding/head step lora grads", eg, 1e-5, "%s", model);
+            check("qlora nf4 + bf16 embedding/head step adapter after AdamW", ew, 1e-6, "%s", model);
+            int64_t VC = ir.numel - ie.numel, pad = 2 * VC - ((int64_t)de - (int64_t)dr);
+            bool ok = ie.emb == LMC_DTYPE_BF16 && ie.head == LMC_DTYPE_BF16 && ir.emb == LMC_DTYPE_F32 && VC > 0 &&
+                      pad >= 0 && pad < 64;
+            check("qlora nf4 + bf16 embedding/head: bound BF16, arena floats moved to device bytes", ok ? 0.0 : 1.0, 0.0,
+                  "%s: %lld floats, device %zu vs %zu", model, (long long)VC, de, dr);
+            printf("  %s qlora nf4 + bf16 embedding/head: loss %.9f vs %.9f (%.2e), grads rel %.2e, adapter %.2e\n",
+                   model, le, lr, el, eg, ew);
         }
         lmc_backend_cuda_set_train_bf16(&gpu, false);
     }
@@ -322,5 +403,6 @@ static void test_qlora() {
     qlora_models();
     bf16_base_bwd_ops();
     bf16_base_models();
+    qlora_ends_models();
     emu_strict_device = false;
 }

@@ -9,7 +9,8 @@
  *   3. dh_blk = g @ w, dw += g^T @ h_blk (cuBLASLt, beta = 1).
  * Only one block of logits exists at a time (XENT_BLOCK_FLOATS of them).
  * fp32 mode: fp32 GEMMs (no TF32). bf16 training mode: w (once) and each
- * h block are converted to bf16, tensor-core GEMMs with f32 accumulation.
+ * h block are converted to bf16, tensor-core GEMMs with f32 accumulation;
+ * a BF16 w (a frozen bf16 head, no dw) is used as stored.
  * Deterministic: fixed blocks, fixed reduction trees, cuBLASLt with a
  * fixed algorithm per shape. */
 #include "ops/cuda/common.cuh"
@@ -117,8 +118,11 @@ extern "C" void lmc_cuda_classifier_xent(void *ctx, float *loss, float *dh, floa
                                          const float *h, const struct lmc_mat *w,
                                          const int32_t *targets, int64_t M, float dscale) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
-    LMC_ASSERT(w->dtype == LMC_DTYPE_F32);
     const int64_t V = w->rows, C = w->cols;
+    /* a BF16 head (LoRA's frozen bf16 base): the bf16 mode's GEMM operand as
+     * stored (no conversion, no copy in the scratch); frozen: no dw */
+    const bool w_b16 = w->dtype == LMC_DTYPE_BF16;
+    LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || (w_b16 && c->train_bf16 && !dw));
     LMC_ASSERT(V > 0);
     if (M <= 0) return;
     int64_t R = LMC_MAX((int64_t)1, LMC_MIN(M, XENT_BLOCK_FLOATS / V));
@@ -128,7 +132,7 @@ extern "C" void lmc_cuda_classifier_xent(void *ctx, float *loss, float *dh, floa
     /* scratch: [logits f32 (R,V)][w bf16 (V,C)][h_blk bf16 (R,C)][g bf16 (R,V)] */
     size_t o_w = lmc_cuda_al256((size_t)(R * V) * sizeof(float)), o_h = o_w, o_g = o_w, sz = o_w;
     if (b16) {
-        o_h = o_w + lmc_cuda_al256((size_t)(V * C) * 2);
+        o_h = o_w + (w_b16 ? 0 : lmc_cuda_al256((size_t)(V * C) * 2));
         o_g = o_h + lmc_cuda_al256((size_t)(R * C) * 2);
         sz = o_g + (grad ? (size_t)(R * V) * 2 : 0);
     }
@@ -139,7 +143,7 @@ extern "C" void lmc_cuda_classifier_xent(void *ctx, float *loss, float *dh, floa
     __nv_bfloat16 *g16 = b16 && grad ? (__nv_bfloat16 *)(s + o_g) : NULL;
     const enum lmc_dtype dt = b16 ? LMC_DTYPE_BF16 : LMC_DTYPE_F32;
     const void *W = w->data;
-    if (b16) {
+    if (b16 && !w_b16) {
         lmc_cuda_to_bf16(c, w16, (const float *)w->data, V * C);
         W = w16;
     }
