@@ -145,10 +145,11 @@ gb_pack_avx512(uint32_t *d, int R, const float *src, int64_t si, int64_t sk, int
             const float *s = src + g * si;
             for (int64_t p = 0; p < p16; p += 8) {
                 const float *q = s + 2 * p;
-                /* the same 16 elements of the next 8 lines (the next
-                 * panel's, or past the block: a prefetch never faults),
-                 * loaded from memory while this panel is converted */
-                for (int r = 8; r < 16; r++) gb_prefetch(q, r * si);
+                /* the same 16 elements of lines 16-23 from here (the
+                 * panel after next, or past the block: a prefetch never
+                 * faults), loaded from memory while two panels are
+                 * converted (one panel ahead hid less of the latency) */
+                for (int r = 16; r < 24; r++) gb_prefetch(q, r * si);
                 __m512i x[4];
                 x[0] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + si), _mm512_loadu_ps(q));
                 x[1] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + 3 * si), _mm512_loadu_ps(q + 2 * si));
