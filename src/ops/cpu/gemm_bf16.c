@@ -100,7 +100,7 @@ static void gb_pack(uint32_t *d, int R, const float *src, int64_t si, int64_t sk
  * x, the classifier's g^T) is bound by memory latency, which the
  * hardware's prefetchers do not hide for such walks (training's operands
  * come from DRAM; measured: the cold-operand GEMMs of the default model's
- * shapes 1.10-1.15x faster with these). gb_prefetch_rows fetches, for the
+ * shapes 1.08-1.14x faster with these). gb_prefetch_rows fetches, for the
  * pair of rows at s0 and s0 + sk and n floats from s0's column, the rows
  * GB_PF_ROWS ahead and the next n columns of these two rows (the next
  * panel's, walked next). Past the block or the matrix they are harmless:
