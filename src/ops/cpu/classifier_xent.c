@@ -13,6 +13,7 @@
 #include <cblas.h>
 
 #define XENT_BLOCK_FLOATS ((int64_t)1 << 21) /* 8 MB of logits per block */
+#define XENT_SPLIT 4                            /* bf16: GEMM tasks per thread */
 
 struct xent_job {
     float *loss, *dh, *dw, *lg;
@@ -165,16 +166,20 @@ static void xent_run(struct lmc_cpu_ctx *c, float *loss, float *dh, float *dw, c
         j.r0 = r0;
         j.R = LMC_MIN(Rmax, M - r0);
         int64_t work = j.R * V * C;
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), bf16 ? (j.R + 7) / 8 : (V + 15) / 16);
+        /* bf16: the shared B is packed ahead, so tasks cost no packing and
+         * XENT_SPLIT per thread even out threads running at different
+         * speeds; sgemm packs its operands per call, one task per thread */
+        int split = bf16 ? XENT_SPLIT : 1;
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, split), bf16 ? (j.R + 7) / 8 : (V + 15) / 16);
         lmc_pool_run(c->pool, j.n_tasks, xent_logits_task, &j);
         j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, j.R * V, 4096, 1), j.R);
         lmc_pool_run(c->pool, j.n_tasks, xent_softmax_task, &j);
         if (!dh) continue;
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), j.R);
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, split), j.R);
         lmc_pool_run(c->pool, j.n_tasks, xent_dh_task, &j);
         if (!dw) continue;
         if (bf16) xent_pack(c, &j, 2);
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (V + 15) / 16);
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, split), (V + 15) / 16);
         lmc_pool_run(c->pool, j.n_tasks, xent_dw_task, &j);
     }
 }

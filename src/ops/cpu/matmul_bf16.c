@@ -11,6 +11,7 @@
 
 #define GB_MIN_M 16
 #define GB_MIN_TASK_WORK ((int64_t)1 << 18) /* multiply-adds per task at least */
+#define MMB_SPLIT 4                         /* backward tasks per thread */
 
 /* ---- forward: tasks own row ranges of M ---- */
 struct mmb_job {
@@ -202,8 +203,10 @@ static void mmb_xpack_task(void *arg, int64_t t, int thread) {
 static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
     int64_t Nt = j->start[j->n], work = j->M * Nt * j->K, Nmax = 0;
     for (int i = 0; i < j->n; i++) Nmax = LMC_MAX(Nmax, j->N[i]);
-    /* one task per thread: each task packs the whole of the operand it
-     * shares (w for dx, x for dw), so more tasks would pack it again */
+    /* the operand every task shares is packed once ahead (w for dx, x for
+     * dw), so tasks cost no packing of their own: MMB_SPLIT per thread,
+     * taken as threads free up, even out threads that run at different
+     * speeds (a neighbour's load, memory) */
     if (j->dx) {
         struct mmb_wpack wp = {.n = j->n};
         for (int i = 0; i < j->n; i++) { /* B (N_i, K) = w_i: element (k, n) at w_i[k*K + n] */
@@ -215,7 +218,7 @@ static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
         }
         mmb_wpack_run(c, &wp);
         j->wp = &wp;
-        j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (j->M + 7) / 8);
+        j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, MMB_SPLIT), (j->M + 7) / 8);
         lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_terms_ws((j->M + j->n_tasks - 1) / j->n_tasks + 8, Nmax));
         lmc_pool_run(c->pool, j->n_tasks, mmb_dx_task, j);
         j->wp = NULL;
@@ -229,7 +232,7 @@ static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
     int64_t np = lmc_cpu_gemm_bf16_bpack_panels(j->K, j->M);
     j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, np * 4096, 8192, 1), np);
     lmc_pool_run(c->pool, j->n_tasks, mmb_xpack_task, j);
-    j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, 1), (Nt + 7) / 8);
+    j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, GB_MIN_TASK_WORK, MMB_SPLIT), (Nt + 7) / 8);
     lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_bf16_ws(LMC_MIN(Nmax, (Nt + j->n_tasks - 1) / j->n_tasks + 8),
                                                     j->K, j->M));
     lmc_pool_run(c->pool, j->n_tasks, mmb_dw_task, j);
