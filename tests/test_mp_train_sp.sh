@@ -14,7 +14,8 @@
 # activations (per layer and the residual stream) are smaller with --sp;
 # `finetune --full --tp 2 --sp` on llama-tiny and qwen2-tiny (also
 # --tp-vocab) against the one-process runs; the refusals (--sp without
-# --tp, with --zero, --recompute, LoRA, a token count --tp does not divide).
+# --tp, with --zero, --recompute, LoRA, --pack, a token count --tp does not
+# divide).
 # Usage: test_mp_train_sp.sh PATH/TO/lmc
 set -u
 . "$(dirname "$0")/mp_launch.sh" "$1"
@@ -99,6 +100,8 @@ frun 2 qsp $Q --full --tp 2 --sp; ok $? "qwen2 finetune tp 2 --sp: $(tail -n 3 "
 frun 2 qvsp $Q --full --tp 2 --sp --tp-vocab; ok $? "qwen2 finetune tp 2 --sp --tp-vocab: $(tail -n 3 "$TMP"/qvsp.r*)"
 frun 2 flora $L --tp 2 --sp; [ $? = 2 ] && grep -q "and with --full" "$TMP/flora.r0"
 ok $? "finetune LoRA --sp refused: $(tail -n 2 "$TMP/flora.r0")"
+frun 2 fpack $L --full --tp 2 --sp --pack; [ $? != 0 ] && grep -q "with packed sequences (--pack)" "$TMP/fpack.r0"
+ok $? "finetune --sp --pack refused: $(tail -n 2 "$TMP/fpack.r0")"
 python3 - "$TMP" <<'PY'
 import json, struct, sys
 tmp = sys.argv[1]
