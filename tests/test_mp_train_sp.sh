@@ -75,8 +75,10 @@ run 2 msp $M --tp 2 --sp; ok $? "memory tp 2 --sp: $(tail -n 3 "$TMP"/msp.r*)"
 acts() { sed -n 's/.*activations \([0-9.]*\) (\([0-9.]*\) per layer x [0-9]* held, residual stream \([0-9.]*\),.*/\1 \2 \3/p' "$1"; }
 read -r a0 l0 r0 <<<"$(acts "$TMP/mtp.r0")"; read -r a1 l1 r1 <<<"$(acts "$TMP/msp.r0")"
 echo "test_mp_train_sp: activations MiB (total, per layer, residual stream): tp 2 $a0 $l0 $r0, tp 2 --sp $a1 $l1 $r1"
-python3 -c "import sys; sys.exit(not (float('$l1') < float('$l0') and float('$r1') < float('$r0') and float('$r1') > 0))"
-ok $? "--sp holds fewer saved activations per layer ($l1 < $l0 MiB) and a smaller residual stream ($r1 < $r0 MiB)"
+python3 -c "import sys; sys.exit(not (float('$l1') < float('$l0') and float('$r1') < float('$r0') and
+                                     float('$r1') > 0 and float('$a1') < float('$a0')))"
+ok $? "--sp holds fewer saved activations per layer ($l1 < $l0 MiB), a smaller residual stream ($r1 < $r0 MiB) and
+       fewer activations in all ($a1 < $a0 MiB, the gathered buffers counted)"
 # refusals
 "$LMC" train $A --batch 4 --sp -o "$TMP/no" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp N" "$TMP/err"
 ok $? "--sp without --tp refused: $(cat "$TMP/err")"

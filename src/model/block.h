@@ -154,7 +154,10 @@ struct lmc_run {
  * step's n (n = m x group size); the normed input of a column-parallel
  * linear is all-gathered, a row-parallel linear's partial output
  * reduce-scattered, and the backward does the conjugates. buf: three
- * (n, C) scratch buffers (host memory: the CPU backend). The norms'
+ * (n, C) scratch buffers (host memory: the CPU backend); lmc_tmodel_step
+ * also uses buf[0] and buf[1] outside the blocks, and buf[0] may be the
+ * activations' hf (lmc_tacts), which it writes only after the blocks' forward and reads
+ * before their backward. The norms'
  * weight gradients are this rank's rows' part (summed over the group by
  * the caller, lmc_tp_tmodel_sum_replicated). */
 struct lmc_tp_group;

@@ -45,7 +45,7 @@ lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp 
 
 void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t) {
     if (t) free(t->zbuf);
-    for (int k = 0; t && t->sp_be && k < 3; k++)
+    for (int k = 1; t && t->sp_be && k < 3; k++) /* (buf[0] is the activations' hf) */
         if (t->sp.buf[k]) t->sp_be->free(t->sp_be->ctx, t->sp.buf[k]);
     free(t);
 }
@@ -195,7 +195,7 @@ lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err) {
                            (long long)tr->o.T, T);
     memset(&t->sp, 0, sizeof t->sp);
     t->sp_be = be;
-    for (int k = 0; k < 3; k++)
+    for (int k = 1; k < 3; k++)
         if (!(t->sp.buf[k] = be->alloc(be->ctx, sizeof(float) * (size_t)(n * C))))
             return lmc_err_set(err, LMC_ERR_OOM, "--sp: out of memory for the gathered activations");
     t->sp.g = &t->g;
@@ -204,6 +204,7 @@ lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err) {
     lmc_tacts_free(&tr->acts);
     lmc_status s = lmc_tacts_init_sp(&tr->acts, &tr->tm, be, tr->o.B, tr->o.T, &t->sp, err);
     if (!s) t->g.sp = true;
+    t->sp.buf[0] = tr->acts.hf; /* free while the blocks run (the final norm's output, written after them) */
     return s;
 }
 
