@@ -106,6 +106,7 @@ lmc_status lmc_tp_tmodel_shard_vocab(struct lmc_tmodel *tm, struct lmc_tp_group 
         return st;
     }
     g->c = c;
+    g->sp = false; /* sequence parallelism: set by its caller (lmc_trainer_tp_attach_sp) */
     if (vocab) {
         *vocab = (struct lmc_tvocab){g, heads->v0, fc->vocab_size};
         tm->vocab = vocab;
