@@ -9,7 +9,8 @@
 # steps, accumulation 2, clipping, warmup + cosine) at TP 2 --sp, TP 4 --sp
 # (KV heads replicated) and DP 2 x TP 2 --sp against TP 2 without --sp and
 # the one-process run: losses, validation losses, final weights and AdamW's
-# v within test_mp_train's bounds; TP 2 --sp stopped at step 5 and resumed
+# v within test_mp_train's bounds (DP 2 x TP 2 --sp also under mpirun when
+# lmc has MPI); TP 2 --sp stopped at step 5 and resumed
 # equals the uninterrupted run bit for bit; the memory account's saved
 # activations (per layer and the residual stream) are smaller with --sp;
 # `finetune --full --tp 2 --sp` on llama-tiny and qwen2-tiny (also
@@ -35,7 +36,15 @@ run 2 rs $R --tp 2 --sp; ok $? "tp 2 --sp resume: $(tail -n 3 "$TMP"/rs.r*)"
 cmp -s "$TMP/rs/step_000010/model.safetensors" "$TMP/sp2/step_000010/model.safetensors" &&
   cmp -s "$TMP/rs/step_000010/optimizer.safetensors" "$TMP/sp2/step_000010/optimizer.safetensors"
 ok $? "tp 2 --sp stopped at 5 and resumed equals the uninterrupted run bit for bit"
-python3 - "$TMP" <<'PY'
+# DP 2 x TP 2 --sp under mpirun too (sub-communicators over the MPI transport), when lmc has MPI
+CASES="sp2:single sp4:single dpsp:single rs:single sp2:tp2"
+if [ $HAVE_MPIRUN = 1 ]; then
+  timeout 300 "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 2 --tp 2 --sp -o "$TMP/mpi" 2>"$TMP/mpi.err"
+  rc=$?
+  if mp_no_mpi "$TMP/mpi.err"; then echo "test_mp_train_sp: mpirun part skipped (lmc built without MPI)"
+  else ok $rc "mpirun dp 2 x tp 2 --sp: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi:single"; fi
+fi
+python3 - "$TMP" $CASES <<'PY'
 import json, struct, sys
 tmp = sys.argv[1]
 def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
@@ -47,7 +56,7 @@ def params(d, name="model.safetensors"):
         s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
     return out
 bad = 0
-for d, o in [("sp2", "single"), ("sp4", "single"), ("dpsp", "single"), ("rs", "single"), ("sp2", "tp2")]:
+for d, o in (c.split(":") for c in sys.argv[2:]):
     ref, refp, refo = rows(o), params(o), params(o, "optimizer.safetensors")
     r, p, q = rows(d), params(d), params(d, "optimizer.safetensors")
     if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)) or sorted(p) != sorted(refp):
