@@ -8,14 +8,15 @@
 # the 2-layer llama of test_mp_train (4 heads, 2 KV heads, MLP 96; 10
 # steps, accumulation 2, clipping, warmup + cosine) at TP 2 --sp, TP 4 --sp
 # (KV heads replicated) and DP 2 x TP 2 --sp against TP 2 without --sp and
-# the one-process run: losses, validation losses, final weights and AdamW's
+# the one-process run (and DP 2 x TP 2 --sp --zero 1, which also resumes
+# bit for bit): losses, validation losses, final weights and AdamW's
 # v within test_mp_train's bounds (DP 2 x TP 2 --sp also under mpirun when
 # lmc has MPI); TP 2 --sp stopped at step 5 and resumed
 # equals the uninterrupted run bit for bit; the memory account's saved
 # activations (per layer and the residual stream) are smaller with --sp;
 # `finetune --full --tp 2 --sp` on llama-tiny and qwen2-tiny (also
 # --tp-vocab) against the one-process runs; the refusals (--sp without
-# --tp, with --zero, --recompute, LoRA, --pack, a token count --tp does not
+# --tp, with --zero 2, --recompute, LoRA, --pack, a token count --tp does not
 # divide).
 # Usage: test_mp_train_sp.sh PATH/TO/lmc
 set -u
@@ -30,14 +31,20 @@ run 2 sp2 $A --batch 4 --tp 2 --sp; ok $? "tp 2 --sp: $(tail -n 3 "$TMP"/sp2.r*)
 run 4 sp4 $A --batch 4 --tp 4 --sp; ok $? "tp 4 --sp: $(tail -n 3 "$TMP"/sp4.r*)"
 run 4 dpsp $A --batch 2 --tp 2 --sp; ok $? "dp 2 x tp 2 --sp: $(tail -n 3 "$TMP"/dpsp.r*)"
 grep -q "tensor parallel 2 x data parallel 2 (4 ranks)" "$TMP/dpsp.r0"; ok $? "dp 2 x tp 2 --sp start-up line"
+run 4 z1 $A --batch 2 --tp 2 --sp --zero 1; ok $? "dp 2 x tp 2 --sp --zero 1: $(tail -n 3 "$TMP"/z1.r*)"
+run 4 z1rs $A --batch 2 --tp 2 --sp --zero 1 --stop-at 5; ok $? "dp 2 x tp 2 --sp --zero 1 stop at 5: $(tail -n 3 "$TMP"/z1rs.r*)"
 run 2 rs $A --batch 4 --tp 2 --sp --stop-at 5; ok $? "tp 2 --sp stop at 5: $(tail -n 3 "$TMP"/rs.r*)"
 R="--data $TMP/data --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2"
 run 2 rs $R --tp 2 --sp; ok $? "tp 2 --sp resume: $(tail -n 3 "$TMP"/rs.r*)"
 cmp -s "$TMP/rs/step_000010/model.safetensors" "$TMP/sp2/step_000010/model.safetensors" &&
   cmp -s "$TMP/rs/step_000010/optimizer.safetensors" "$TMP/sp2/step_000010/optimizer.safetensors"
 ok $? "tp 2 --sp stopped at 5 and resumed equals the uninterrupted run bit for bit"
+run 4 z1rs $R --tp 2 --sp --zero 1; ok $? "dp 2 x tp 2 --sp --zero 1 resume: $(tail -n 3 "$TMP"/z1rs.r*)"
+cmp -s "$TMP/z1rs/step_000010/model.safetensors" "$TMP/z1/step_000010/model.safetensors" &&
+  cmp -s "$TMP/z1rs/step_000010/optimizer.safetensors" "$TMP/z1/step_000010/optimizer.safetensors"
+ok $? "dp 2 x tp 2 --sp --zero 1 stopped at 5 and resumed equals the uninterrupted run bit for bit"
 # DP 2 x TP 2 --sp under mpirun too (sub-communicators over the MPI transport), when lmc has MPI
-CASES="sp2:single sp4:single dpsp:single rs:single sp2:tp2"
+CASES="sp2:single sp4:single dpsp:single z1:single rs:single sp2:tp2"
 if [ $HAVE_MPIRUN = 1 ]; then
   timeout 300 "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 2 --tp 2 --sp -o "$TMP/mpi" 2>"$TMP/mpi.err"
   rc=$?
@@ -95,8 +102,8 @@ run 2 bad1 $A --batch 4 --tp 2 --sp --recompute; [ $? != 0 ] && grep -q "does no
 ok $? "--sp --recompute refused: $(tail -n 2 "$TMP/bad1.r0")"
 run 2 bad2 $A --batch 1 --seq 15 --tp 2 --sp; [ $? != 0 ] && grep -q "do not split evenly" "$TMP/bad2.r0"
 ok $? "--sp with 15 tokens over 2 ranks refused: $(tail -n 2 "$TMP/bad2.r0")"
-run 4 bad3 $A --batch 2 --tp 2 --sp --zero 1; [ $? != 0 ] && grep -q "without --cp, --pp, --ep, --zero" "$TMP/bad3.r0"
-ok $? "--sp --zero 1 refused: $(tail -n 2 "$TMP/bad3.r0")"
+run 4 bad3 $A --batch 2 --tp 2 --sp --zero 2; [ $? != 0 ] && grep -q "without --cp, --pp, --ep, --zero 2-3" "$TMP/bad3.r0"
+ok $? "--sp --zero 2 refused: $(tail -n 2 "$TMP/bad3.r0")"
 # finetune --full --tp 2 --sp: llama-tiny, qwen2-tiny (one KV head, tied), qwen2-tiny with --tp-vocab
 for i in $(seq 1 23); do
   echo "{\"prompt\":\"Verse $i says:\",\"completion\":\" the lord is my shepherd $((i % 5)) and I shall not want $i\"}"

@@ -287,9 +287,9 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: %s\n", oerr.msg);
         return 2;
     }
-    if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 0 || !full)) {
+    if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 1 || !full)) {
         fprintf(stderr, "lmc finetune: --sp (sequence parallelism) splits the tokens over the --tp ranks: give --tp N "
-                "(N >= 2), without --cp, --pp, --ep, --zero (and with --full)\n");
+                "(N >= 2), without --cp, --pp, --ep, --zero 2-3 (and with --full)\n");
         return 2;
     }
     if (tp_vocab && tp < 2) {

@@ -243,9 +243,9 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
         return 2;
     }
-    if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 0)) {
+    if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 1)) {
         fprintf(stderr, "lmc train: --sp (sequence parallelism) splits the tokens over the --tp ranks: give --tp N "
-                "(N >= 2), without --cp, --pp, --ep, --zero\n");
+                "(N >= 2), without --cp, --pp, --ep, --zero 2-3\n");
         return 2;
     }
     if (tp_vocab && tp < 2) {

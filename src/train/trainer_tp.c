@@ -182,7 +182,7 @@ lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err) {
     const char *why = tr->tm.trainable_off ? "a frozen base with adapters (LoRA)"
                     : tr->o.recompute      ? "--recompute"
                     : tr->cp               ? "--cp"
-                    : tr->zero || t->zero  ? "--zero"
+                    : tr->zero             ? "--zero 2-3"
                     : !tr->tm.arch->ffn    ? "a model without a feed-forward part (Mamba)"
                     : !be->host_memory     ? "a device backend"
                     : tr->o.no_acts        ? "a pipeline stage (--pp)"

@@ -67,7 +67,7 @@ lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *
  * blocks' norms of rank r hold rows [r m, (r + 1) m) of each micro-batch's
  * n = B x T (m = n / T; refused unless T divides n); the activations are
  * made again that way. Refused: a frozen base (adapters), --recompute,
- * --cp, --zero, architectures without a feed-forward part, a device
+ * --cp, --zero 2-3 (ZeRO-1 runs: the norms' sum comes first), architectures without a feed-forward part, a device
  * backend. The arithmetic per token is TP's (up to the summation order of
  * the reduce-scatter and of the norms' weight gradients). */
 lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err);
