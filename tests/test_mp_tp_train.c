@@ -32,7 +32,7 @@ struct ref {
 static lmc_status step(struct lmc_tmodel *tm, const struct lmc_backend *be, const struct ref *r,
                        double *loss, struct lmc_sp *sp, lmc_err *err) {
     struct lmc_tacts a;
-    lmc_status st = sp ? lmc_tacts_init_sp(&a, tm, be, B, T, sp, err) : lmc_tacts_init(&a, tm, be, B, T, false, err);
+    lmc_status st = sp ? lmc_tacts_init_sp(&a, tm, be, B, T, false, sp, err) : lmc_tacts_init(&a, tm, be, B, T, false, err);
     if (sp) sp->buf[0] = a.hf;
     if (st) return st;
     int64_t count;

@@ -7,7 +7,8 @@
 # with torchrun-style variables (tcp, a port from the OS; mp_launch.sh):
 # the 2-layer llama of test_mp_train (4 heads, 2 KV heads, MLP 96; 10
 # steps, accumulation 2, clipping, warmup + cosine) at TP 2 --sp, TP 4 --sp
-# (KV heads replicated) and DP 2 x TP 2 --sp against TP 2 without --sp and
+# (KV heads replicated), TP 2 --sp --recompute (bit for bit TP 2 --sp) and
+# DP 2 x TP 2 --sp against TP 2 without --sp and
 # the one-process run (and DP 2 x TP 2 --sp --zero 1, which also resumes
 # bit for bit): losses, validation losses, final weights and AdamW's
 # v within test_mp_train's bounds (DP 2 x TP 2 --sp also under mpirun when
@@ -16,7 +17,7 @@
 # activations (per layer and the residual stream) are smaller with --sp;
 # `finetune --full --tp 2 --sp` on llama-tiny and qwen2-tiny (also
 # --tp-vocab) against the one-process runs; the refusals (--sp without
-# --tp, with --zero 2, --recompute, LoRA, --pack, a token count --tp does not
+# --tp, with --zero 2, LoRA, --pack, a token count --tp does not
 # divide).
 # Usage: test_mp_train_sp.sh PATH/TO/lmc
 set -u
@@ -29,6 +30,9 @@ run() { local W=$1 out=$2; shift 2; mp_ranks "$W" "$out" train "$@" -o "$TMP/$ou
 run 2 tp2 $A --batch 4 --tp 2; ok $? "tp 2: $(tail -n 3 "$TMP"/tp2.r*)"
 run 2 sp2 $A --batch 4 --tp 2 --sp; ok $? "tp 2 --sp: $(tail -n 3 "$TMP"/sp2.r*)"
 run 4 sp4 $A --batch 4 --tp 4 --sp; ok $? "tp 4 --sp: $(tail -n 3 "$TMP"/sp4.r*)"
+run 2 rc2 $A --batch 4 --tp 2 --sp --recompute; ok $? "tp 2 --sp --recompute: $(tail -n 3 "$TMP"/rc2.r*)"
+cmp -s "$TMP/rc2/step_000010/model.safetensors" "$TMP/sp2/step_000010/model.safetensors"
+ok $? "tp 2 --sp --recompute equals tp 2 --sp bit for bit"
 run 4 dpsp $A --batch 2 --tp 2 --sp; ok $? "dp 2 x tp 2 --sp: $(tail -n 3 "$TMP"/dpsp.r*)"
 grep -q "tensor parallel 2 x data parallel 2 (4 ranks)" "$TMP/dpsp.r0"; ok $? "dp 2 x tp 2 --sp start-up line"
 run 4 z1 $A --batch 2 --tp 2 --sp --zero 1; ok $? "dp 2 x tp 2 --sp --zero 1: $(tail -n 3 "$TMP"/z1.r*)"
@@ -44,7 +48,7 @@ cmp -s "$TMP/z1rs/step_000010/model.safetensors" "$TMP/z1/step_000010/model.safe
   cmp -s "$TMP/z1rs/step_000010/optimizer.safetensors" "$TMP/z1/step_000010/optimizer.safetensors"
 ok $? "dp 2 x tp 2 --sp --zero 1 stopped at 5 and resumed equals the uninterrupted run bit for bit"
 # DP 2 x TP 2 --sp under mpirun too (sub-communicators over the MPI transport), when lmc has MPI
-CASES="sp2:single sp4:single dpsp:single z1:single rs:single sp2:tp2"
+CASES="sp2:single sp4:single rc2:single dpsp:single z1:single rs:single sp2:tp2"
 if [ $HAVE_MPIRUN = 1 ]; then
   timeout 300 "${MPIRUN[@]}" -np 4 "$LMC" train $A --batch 2 --tp 2 --sp -o "$TMP/mpi" 2>"$TMP/mpi.err"
   rc=$?
@@ -98,8 +102,6 @@ ok $? "--sp holds fewer saved activations per layer ($l1 < $l0 MiB), a smaller r
 # refusals
 "$LMC" train $A --batch 4 --sp -o "$TMP/no" 2>"$TMP/err"; [ $? = 2 ] && grep -q "give --tp N" "$TMP/err"
 ok $? "--sp without --tp refused: $(cat "$TMP/err")"
-run 2 bad1 $A --batch 4 --tp 2 --sp --recompute; [ $? != 0 ] && grep -q "does not run with --recompute" "$TMP/bad1.r0"
-ok $? "--sp --recompute refused: $(tail -n 2 "$TMP/bad1.r0")"
 run 2 bad2 $A --batch 1 --seq 15 --tp 2 --sp; [ $? != 0 ] && grep -q "do not split evenly" "$TMP/bad2.r0"
 ok $? "--sp with 15 tokens over 2 ranks refused: $(tail -n 2 "$TMP/bad2.r0")"
 run 4 bad3 $A --batch 2 --tp 2 --sp --zero 2; [ $? != 0 ] && grep -q "without --cp, --pp, --ep, --zero 2-3" "$TMP/bad3.r0"

@@ -538,17 +538,17 @@ lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *t
     return tacts_init(a, tm, be, n_layers, B, T, recompute, NULL, err);
 }
 
-size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, int world) {
-    int64_t n = world > 0 ? acts_floats_sp(c, c->num_layers, B, T, false, B * T / world) : -1;
+size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, bool recompute, int world) {
+    int64_t n = world > 0 ? acts_floats_sp(c, c->num_layers, B, T, recompute, B * T / world) : -1;
     if (n < 0) return 0;
     return (size_t)n * sizeof(float) + (size_t)(3 * B * T) * sizeof(int32_t) +
            (size_t)(c->head_dim / 2 + 1) * sizeof(double);
 }
 
 lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
-                             int64_t B, int64_t T, const struct lmc_sp *sp, lmc_err *err) {
+                             int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp, lmc_err *err) {
     LMC_ASSERT(sp && sp->g && sp->m > 0 && sp->m0 >= 0 && sp->m0 + sp->m <= B * T);
-    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, false, sp, err);
+    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, recompute, sp, err);
 }
 
 void lmc_tacts_free(struct lmc_tacts *a) {
@@ -635,7 +635,7 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
                         .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
                         .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe, .sp = a->sp};
     const struct lmc_sp *sp = a->sp;
-    LMC_ASSERT(!sp || (!a->recompute && !a->cp && !a->hooks && be->host_memory));
+    LMC_ASSERT(!sp || (!a->cp && !a->hooks && be->host_memory));
     if (sp && a->segs)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "sequence parallelism (--sp) with packed sequences (--pack)");
     float *x0 = sp ? a->hf : a->xs[0]; /* sequence parallel: the whole embedding, then this rank's rows */

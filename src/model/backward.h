@@ -261,11 +261,10 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
 /* Under sequence parallelism over `world` ranks (block.h, lmc_sp): the
  * residual stream and the blocks' norm inputs and outputs of B*T/world
  * rows (B*T a multiple of world), the rest as lmc_tacts_init; sp (the
- * caller's, m0 and m set, its g's linears with g->sp) is kept in a->sp.
- * No recompute. */
-size_t lmc_tacts_bytes_sp(const struct lmc_config *cfg, int64_t B, int64_t T, int world);
+ * caller's, m0 and m set, its g's linears with g->sp) is kept in a->sp. */
+size_t lmc_tacts_bytes_sp(const struct lmc_config *cfg, int64_t B, int64_t T, bool recompute, int world);
 lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
-                             int64_t B, int64_t T, const struct lmc_sp *sp, lmc_err *err);
+                             int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp, lmc_err *err);
 size_t lmc_tacts_bytes_layers(const struct lmc_config *cfg, int64_t n_layers, int64_t B, int64_t T, bool recompute);
 lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                                  int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err);

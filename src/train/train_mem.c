@@ -36,7 +36,7 @@ void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_t
         int64_t BT = a->B * a->T, L = a->n_layers;
         /* sequence parallel: this rank's rows of the residual stream, and the two gathered (BT, C) buffers */
         int64_t rows = a->sp ? a->sp->m : BT;
-        m->acts = a->sp ? lmc_tacts_bytes_sp(c, a->B, a->T, (int)(BT / rows)) + 2 * (size_t)(BT * c->hidden_size) * F
+        m->acts = a->sp ? lmc_tacts_bytes_sp(c, a->B, a->T, a->recompute, (int)(BT / rows)) + 2 * (size_t)(BT * c->hidden_size) * F
                         : lmc_tacts_bytes_layers(c, L, a->B, a->T, a->recompute);
         m->acts_per_layer = (size_t)lmc_block_save_floats_sp(tm->arch, c, BT, rows, LMC_RUN_TRAIN) * F;
         m->acts_layers = a->recompute ? 1 : L;

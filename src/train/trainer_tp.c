@@ -180,7 +180,6 @@ lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err) {
     int T = t->c->world;
     int64_t n = tr->o.B * tr->o.T, C = tr->tm.cfg.hidden_size;
     const char *why = tr->tm.trainable_off ? "a frozen base with adapters (LoRA)"
-                    : tr->o.recompute      ? "--recompute"
                     : tr->cp               ? "--cp"
                     : tr->zero             ? "--zero 2-3"
                     : !tr->tm.arch->ffn    ? "a model without a feed-forward part (Mamba)"
@@ -202,7 +201,7 @@ lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err) {
     t->sp.m = n / T;
     t->sp.m0 = (int64_t)t->c->rank * t->sp.m;
     lmc_tacts_free(&tr->acts);
-    lmc_status s = lmc_tacts_init_sp(&tr->acts, &tr->tm, be, tr->o.B, tr->o.T, &t->sp, err);
+    lmc_status s = lmc_tacts_init_sp(&tr->acts, &tr->tm, be, tr->o.B, tr->o.T, tr->o.recompute, &t->sp, err);
     if (!s) t->g.sp = true;
     t->sp.buf[0] = tr->acts.hf; /* free while the blocks run (the final norm's output, written after them) */
     return s;

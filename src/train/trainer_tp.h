@@ -66,7 +66,8 @@ lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *
  * parallelism (Megatron-SP, model/block.h): the residual stream and the
  * blocks' norms of rank r hold rows [r m, (r + 1) m) of each micro-batch's
  * n = B x T (m = n / T; refused unless T divides n); the activations are
- * made again that way. Refused: a frozen base (adapters), --recompute,
+ * made again that way (--recompute too: each block's forward again in the
+ * backward, into the activations' tmp). Refused: a frozen base (adapters),
  * --cp, --zero 2-3 (ZeRO-1 runs: the norms' sum comes first), architectures without a feed-forward part, a device
  * backend. The arithmetic per token is TP's (up to the summation order of
  * the reduce-scatter and of the norms' weight gradients). */
