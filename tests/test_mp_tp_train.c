@@ -7,7 +7,10 @@
  * or columns; replicated ones: all of it; replicated KV heads after
  * lmc_tp_tmodel_sum_replicated), within 1e-5 relative; and the same with
  * the embedding and head vocabulary-parallel (lmc_tp_tmodel_shard_vocab:
- * their rows of the rank's vocabulary slice, qwen2-tiny's tied one too). */
+ * their rows of the rank's vocabulary slice, qwen2-tiny's tied one too);
+ * and with sequence parallelism (g.sp, lmc_tacts_init_sp; TP 2: 9 rows a
+ * rank, with and without the vocabulary split), the norms' gradients
+ * summed over the group by lmc_tp_tmodel_sum_replicated. */
 #include "test.h"
 #include "dist_spawn.h"
 #include "dist/tp_train.h"
@@ -20,15 +23,17 @@ enum { B = 2, T = 9 };
 struct ref {
     const struct lmc_tmodel *m;
     bool vocab;             /* the embedding and head vocabulary-parallel too */
+    bool sp;                /* sequence parallelism */
     int32_t in[B * T], tgt[B * T];
     double loss;
     float **grads;          /* per parameter, on-disk layout */
 };
 
 static lmc_status step(struct lmc_tmodel *tm, const struct lmc_backend *be, const struct ref *r,
-                       double *loss, lmc_err *err) {
+                       double *loss, struct lmc_sp *sp, lmc_err *err) {
     struct lmc_tacts a;
-    lmc_status st = lmc_tacts_init(&a, tm, be, B, T, false, err);
+    lmc_status st = sp ? lmc_tacts_init_sp(&a, tm, be, B, T, false, sp, err) : lmc_tacts_init(&a, tm, be, B, T, false, err);
+    if (sp) sp->buf[0] = a.hf;
     if (st) return st;
     int64_t count;
     lmc_tmodel_zero_grad(tm);
@@ -51,7 +56,15 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     lmc_status st = lmc_tp_tmodel_shard_vocab(&tm, &g, &h, r->vocab ? &vocab : NULL, r->m, c, &be, &err);
     if (!st && r->vocab && (tm.cfg.vocab_size >= r->m->cfg.vocab_size || !tm.vocab))
         st = lmc_err_set(&err, LMC_ERR_INTERNAL, "vocabulary not split (%lld rows)", (long long)tm.cfg.vocab_size);
-    if (!st) st = step(&tm, &be, r, &loss, &err);
+    struct lmc_sp sp = {.g = &g, .m = B * T / c->world, .m0 = rank * (B * T / c->world)};
+    float *bufs = NULL;
+    if (!st && r->sp) {
+        g.sp = true;
+        bufs = malloc(sizeof(float) * (size_t)(2 * B * T * tm.cfg.hidden_size));
+        sp.buf[1] = bufs, sp.buf[2] = bufs + B * T * tm.cfg.hidden_size;
+    }
+    if (!st) st = step(&tm, &be, r, &loss, r->sp ? &sp : NULL, &err);
+    free(bufs);
     if (!st && g.st) st = g.st, err = g.err;
     if (!st) st = lmc_tp_tmodel_sum_replicated(&tm, &g, &h, r->m->cfg.num_kv_heads, &err);
     if (st) {
@@ -106,7 +119,7 @@ int main(void) {
         uint64_t seed = 3 + (uint64_t)f;
         for (int i = 0; i < B * T; i++) r.in[i] = (int32_t)(test_rng_next(&seed) % (uint64_t)m.cfg.vocab_size);
         for (int i = 0; i < B * T; i++) r.tgt[i] = i % T == T - 1 ? -1 : r.in[i + 1];
-        CHECK(step(&m, &be, &r, &r.loss, &err) == LMC_OK);
+        CHECK(step(&m, &be, &r, &r.loss, NULL, &err) == LMC_OK);
         CHECK(r.loss > 0);
         r.grads = calloc((size_t)m.n_params, sizeof(float *));
         for (int i = 0; i < m.n_params; i++) {
@@ -118,11 +131,22 @@ int main(void) {
                 struct spawn_opts so = {.world = W};
                 int codes[16] = {0}, bad = 0;
                 r.vocab = v;
+                r.sp = false;
                 spawn(&so, run_rank, &r, dir, codes);
                 for (int k = 0; k < W; k++)
                     if (codes[k]) bad = 1, fprintf(stderr, "%s TP %d rank %d exit %d: %s", fx[f], W, k, codes[k], slurp(dir, k));
                 CHECK_MSG(!bad, "%s training step at TP %d%s", fx[f], W, v ? " (vocabulary parallel)" : "");
             }
+        for (int v = 0; v < 2; v++) { /* sequence parallel at TP 2 (18 rows: 9 a rank) */
+            struct spawn_opts so = {.world = 2};
+            int codes[16] = {0}, bad = 0;
+            r.vocab = v;
+            r.sp = true;
+            spawn(&so, run_rank, &r, dir, codes);
+            for (int k = 0; k < 2; k++)
+                if (codes[k]) bad = 1, fprintf(stderr, "%s TP 2 --sp rank %d exit %d: %s", fx[f], k, codes[k], slurp(dir, k));
+            CHECK_MSG(!bad, "%s training step at TP 2 with sequence parallelism%s", fx[f], v ? " (vocabulary parallel)" : "");
+        }
         for (int i = 0; i < m.n_params; i++) free(r.grads[i]);
         free(r.grads);
         lmc_tmodel_free(&m);

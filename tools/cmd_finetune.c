@@ -69,7 +69,8 @@ static void usage(void) {
             "             one GPU per rank (LOCAL_RANK) over NCCL, --zero 0-3 with AdamW (the rest: CPU)\n"
             "             --tp T: tensor parallel over groups of T ranks (the Llama family); --full: any --optim,\n"
             "             float32, OUT the consolidated model; --tp-vocab: the embedding and head split by\n"
-            "             vocabulary rows too; LoRA/QLoRA: AdamW, the adapters split with the base, OUT the\n"
+            "             vocabulary rows too; --sp (--full): sequence parallelism, norms and residual stream\n"
+            "             split by tokens over the TP group; LoRA/QLoRA: AdamW, the adapters split with the base, OUT the\n"
             "             one-process adapter\n"
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
@@ -162,7 +163,7 @@ int cmd_finetune(int argc, char **argv) {
     double eps = 1e-8, clip = 1.0, val_fraction = 0;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
     bool qlora = false;
-    bool tp_vocab = false;
+    bool tp_vocab = false, seq_par = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -193,6 +194,7 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
         if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
+        if (!strcmp(a, "--sp")) { seq_par = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc finetune: unknown option %s (or missing value)\n", a);
             return 2;
@@ -283,6 +285,11 @@ int cmd_finetune(int argc, char **argv) {
     lmc_err oerr = {0};
     if (lmc_optim_cfg_check(&ocfg, &oerr)) {
         fprintf(stderr, "lmc finetune: %s\n", oerr.msg);
+        return 2;
+    }
+    if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 1 || !full)) {
+        fprintf(stderr, "lmc finetune: --sp (sequence parallelism) splits the tokens over the --tp ranks: give --tp N "
+                "(N >= 2), without --cp, --pp, --ep, --zero 2-3 (and with --full)\n");
         return 2;
     }
     if (tp_vocab && tp < 2) {
@@ -562,7 +569,7 @@ int cmd_finetune(int argc, char **argv) {
         snprintf(desc, sizeof desc, "finetune %s %lld params, %s, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
                  "seed %lld, ep %lld, zero %lld, data %.300s (%lld examples), resume %.300s, pp chunks %lld", tr.tm.cfg.model_type,
                  (long long)(whole_numel ? whole_numel : tr.tm.numel),
-                 tp > 1 ? (!full ? "lora tp" : tp_vocab ? "full tp vocab" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
+                 tp > 1 ? (!full ? "lora tp" : tp_vocab ? (seq_par ? "full tp vocab sp" : "full tp vocab") : seq_par ? "full tp sp" : "full tp") : full ? "full" : "lora", (long long)B, (long long)T, (long long)accum, (long long)steps, lr,
                  (long long)seed, (long long)ep, (long long)zero, data, (long long)d.n_ex, resume ? resume : "-", (long long)pp_chunks);
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
@@ -590,6 +597,10 @@ int cmd_finetune(int argc, char **argv) {
         if (tp > 1 && pp > 1 && cp < 2 &&
             cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
             goto done;
+        if (seq_par && lmc_trainer_tp_attach_sp(&tr, &err)) {
+            cli_fail("finetune", &err);
+            goto done;
+        }
     }
     if (resume) {
         int64_t ep = 0, nx = 0;

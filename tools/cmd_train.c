@@ -64,7 +64,8 @@ static void usage(void) {
             "             --tp T: tensor parallel over T ranks (N/T data-parallel groups of T; any --optim,\n"
             "             float32, the Llama family); checkpoints are consolidated one-process folders;\n"
             "             --tp-vocab: the embedding and head split by vocabulary rows too; --zero 1: AdamW's\n"
-            "             moments of each TP shard split over its data-parallel group\n"
+            "             moments of each TP shard split over its data-parallel group; --sp: sequence\n"
+            "             parallelism (norms and residual stream split by tokens over the TP group)\n"
             "             --cp C: context parallel (ring attention; each rank a zigzag slice of every\n"
             "             sequence; N/C data-parallel groups of C; any optimizer)\n"
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
@@ -128,7 +129,7 @@ int cmd_train(int argc, char **argv) {
     int64_t eval_batches = 8, save_every = 0, seed = 1234, keep_last = 0;
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
     double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1, bucket_mb = 0;
-    bool tie = false, decay_all = false, recompute = false, tp_vocab = false;
+    bool tie = false, decay_all = false, recompute = false, tp_vocab = false, seq_par = false;
     enum lmc_sched_kind sched = LMC_SCHED_COSINE;
     unsigned given = 0; /* the settings given as flags, which a resumed run keeps */
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -161,6 +162,7 @@ int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--decay-all")) { decay_all = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
         if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
+        if (!strcmp(a, "--sp")) { seq_par = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc train: unknown option %s (or missing value)\n", a);
             return 2;
@@ -239,6 +241,11 @@ int cmd_train(int argc, char **argv) {
     bool dist = denv.world > 1 || zero >= 0 || mpn > 1 || ep > 1;
     if (pp_chunks > 1 && (pp < 2 || tp > 1)) {
         fprintf(stderr, "lmc train: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
+        return 2;
+    }
+    if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 1)) {
+        fprintf(stderr, "lmc train: --sp (sequence parallelism) splits the tokens over the --tp ranks: give --tp N "
+                "(N >= 2), without --cp, --pp, --ep, --zero 2-3\n");
         return 2;
     }
     if (tp_vocab && tp < 2) {
@@ -463,9 +470,9 @@ int cmd_train(int argc, char **argv) {
     if (dist) {
         char desc[1024];
         snprintf(desc, sizeof desc, "model %s %lld params, batch %lld x %lld x %lld accum, %lld steps, lr %.17g, "
-                 "seed %lld, zero %lld, tp %lld%s, ep %lld, pp chunks %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
+                 "seed %lld, zero %lld, tp %lld%s%s, ep %lld, pp chunks %lld, optim %s, data %.300s, resume %.300s", tr.tm.cfg.model_type,
                  (long long)(model_numel ? model_numel : tr.tm.numel), (long long)o.B, (long long)o.T, (long long)o.accum,
-                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "", (long long)ep, (long long)pp_chunks,
+                 (long long)steps, o.adamw.lr, (long long)o.seed, (long long)zero, (long long)tp, tp_vocab ? " vocab" : "", seq_par ? " sp" : "", (long long)ep, (long long)pp_chunks,
                  lmc_optim_kind_name(o.optim.kind), data, resume ? resume : "-");
         struct lmc_trainer_tp *t = tps;
         tps = NULL; /* the trainer's from here on */
@@ -492,6 +499,10 @@ int cmd_train(int argc, char **argv) {
         if (tp > 1 && pp > 1 && cp < 2 &&
             (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
             goto done;
+        if (seq_par && lmc_trainer_tp_attach_sp(&tr, &err)) {
+            rc = cli_fail("train", &err);
+            goto done;
+        }
     }
     if (have_src) { /* the parameters are filled in */
         lmc_tmodel_src_free(&src);

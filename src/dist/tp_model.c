@@ -204,6 +204,7 @@ lmc_status lmc_tp_model_shard_vocab(struct lmc_tp_model *t, const struct lmc_mod
         }
     }
     t->group.c = c;
+    t->group.sp = false; /* (training only) */
     t->m = *full;
     t->m.w.layers = t->layers;
     t->m.cfg.num_heads = t->heads.nq;

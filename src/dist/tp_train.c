@@ -106,6 +106,7 @@ lmc_status lmc_tp_tmodel_shard_vocab(struct lmc_tmodel *tm, struct lmc_tp_group 
         return st;
     }
     g->c = c;
+    g->sp = false; /* sequence parallelism: set by its caller (lmc_trainer_tp_attach_sp) */
     if (vocab) {
         *vocab = (struct lmc_tvocab){g, heads->v0, fc->vocab_size};
         tm->vocab = vocab;
@@ -131,6 +132,17 @@ void lmc_tp_tmodel_mark(struct lmc_tmodel *tm, struct lmc_tp_group *g) {
 lmc_status lmc_tp_tmodel_sum_replicated(struct lmc_tmodel *tm, const struct lmc_tp_group *g,
                                         const struct lmc_tp_heads *heads, int64_t full_n_kv,
                                         lmc_err *err) {
+    if (g->sp && g->c->world > 1) { /* sequence parallel: the blocks' norms saw this rank's rows only */
+        static const int vecs[4] = {LMC_V_NORM1, LMC_V_NORM1_B, LMC_V_NORM2, LMC_V_NORM2_B};
+        LMC_ASSERT(tm->be->host_memory);
+        for (int64_t l = 0; l < tm->cfg.num_layers; l++)
+            for (int k = 0; k < 4; k++) {
+                float *gv = (float *)tm->G.layers[l].vec[vecs[k]];
+                if (!gv) continue;
+                lmc_status st = g->c->all_reduce(g->c, gv, tm->cfg.hidden_size, LMC_DTYPE_F32, LMC_REDUCE_SUM, err);
+                if (st) return st;
+            }
+    }
     if (heads->kv_replicas <= 1) return LMC_OK;
     struct lmc_tp tp = {g->c, tm->be};
     lmc_status st = LMC_OK;

@@ -31,7 +31,9 @@ lmc_status lmc_tp_tmodel_shard_vocab(struct lmc_tmodel *tm, struct lmc_tp_group 
  * after anything that rebinds the views, e.g. attaching LoRA adapters). */
 void lmc_tp_tmodel_mark(struct lmc_tmodel *tm, struct lmc_tp_group *g);
 
-/* Sums the gradients of replicated KV-head tensors over their replicas. */
+/* Sums the gradients of replicated KV-head tensors over their replicas;
+ * with g->sp (sequence parallelism, model/block.h) first the blocks'
+ * norm weight (and bias) gradients over the group. */
 lmc_status lmc_tp_tmodel_sum_replicated(struct lmc_tmodel *tm, const struct lmc_tp_group *g,
                                         const struct lmc_tp_heads *heads, int64_t full_n_kv,
                                         lmc_err *err);

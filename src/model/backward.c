@@ -419,15 +419,22 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
 #define A16(n) (((n) + 15) / 16 * 16)
 
 /* Floats of the activation arena for L layers; -1 when out of range. */
+static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m);
+
 static int64_t acts_floats(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute) {
+    return acts_floats_sp(c, L, B, T, recompute, 0);
+}
+
+/* m > 0: the residual stream and the blocks' norm rows of m (sequence parallel) */
+static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m) {
     const struct lmc_architecture *a = lmc_arch_of(c);
     int64_t BT, BTC;
     if (L < 1 || L > c->num_layers || B <= 0 || T <= 0 || !lmc_mul_ok(B, T, &BT) || BT > ((int64_t)1 << 31) ||
         !lmc_mul_ok(BT, c->hidden_size, &BTC) || BTC > ((int64_t)1 << 40))
         return -1;
-    int64_t xs, layer, saves, n;
-    layer = lmc_block_save_floats(a, c, BT, LMC_RUN_TRAIN);
-    if (!lmc_mul_ok(L + 1, A16(BTC), &xs) || !lmc_mul_ok(recompute ? 1 : L, layer, &saves)) return -1;
+    int64_t xs, layer, saves, n, mC = m > 0 ? m * c->hidden_size : BTC;
+    layer = lmc_block_save_floats_sp(a, c, BT, m > 0 ? m : BT, LMC_RUN_TRAIN);
+    if (!lmc_mul_ok(L + 1, A16(mC), &xs) || !lmc_mul_ok(recompute ? 1 : L, layer, &saves)) return -1;
     n = xs + saves;
     n += 4 * A16(BTC) + A16(BT);                   /* hf, tmp, dx, dh; loss */
     n += A16(lmc_block_bwd_floats(a, c, BT));      /* backward scratch */
@@ -451,8 +458,9 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
     return lmc_tacts_init_layers(a, tm, be, tm->cfg.num_layers, B, T, recompute, err);
 }
 
-lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
-                                 int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err) {
+static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                             int64_t n_layers, int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp,
+                             lmc_err *err) {
     memset(a, 0, sizeof *a);
     const struct lmc_config *c = &tm->cfg;
     lmc_status st = lmc_tmodel_check_backend(be, c, false, false, err);
@@ -460,7 +468,7 @@ lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *t
     if (n_layers < 1 || n_layers > c->num_layers)
         return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld of the model's %lld layers", (long long)n_layers,
                            (long long)c->num_layers);
-    int64_t nf = acts_floats(c, n_layers, B, T, recompute);
+    int64_t nf = acts_floats_sp(c, n_layers, B, T, recompute, sp ? sp->m : 0);
     if (nf < 0)
         return lmc_err_set(err, LMC_ERR_ARG, "batch %lld x %lld out of range", (long long)B, (long long)T);
     if (tm->arch->learned_pos && T > c->max_position_embeddings)
@@ -503,9 +511,11 @@ lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *t
     a->pos = a->ids + BT;
     a->targets = a->ids + 2 * BT;
     float *p = a->arena;
-    for (int64_t l = 0; l <= L; l++, p += A16(BT * C)) a->xs[l] = p;
+    int64_t m = sp ? sp->m : BT;
+    a->sp = sp;
+    for (int64_t l = 0; l <= L; l++, p += A16(m * C)) a->xs[l] = p;
     for (int64_t l = 0; l < nl; l++)
-        p = lmc_block_save_carve(tm->arch, c, BT, LMC_RUN_TRAIN, p, &a->saves[l]);
+        p = lmc_block_save_carve_sp(tm->arch, c, BT, m, LMC_RUN_TRAIN, p, &a->saves[l]);
     a->hf = p, p += A16(BT * C);
     a->tmp = p, p += A16(BT * C);
     a->dx = p, p += A16(BT * C);
@@ -524,6 +534,24 @@ lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *t
     be->sync(be->ctx);
     free(freq);
     return LMC_OK;
+}
+
+lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                                 int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err) {
+    return tacts_init(a, tm, be, n_layers, B, T, recompute, NULL, err);
+}
+
+size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, bool recompute, int world) {
+    int64_t n = world > 0 ? acts_floats_sp(c, c->num_layers, B, T, recompute, B * T / world) : -1;
+    if (n < 0) return 0;
+    return (size_t)n * sizeof(float) + (size_t)(3 * B * T) * sizeof(int32_t) +
+           (size_t)(c->head_dim / 2 + 1) * sizeof(double);
+}
+
+lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                             int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp, lmc_err *err) {
+    LMC_ASSERT(sp && sp->g && sp->m > 0 && sp->m0 >= 0 && sp->m0 + sp->m <= B * T);
+    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, recompute, sp, err);
 }
 
 void lmc_tacts_free(struct lmc_tacts *a) {
@@ -608,7 +636,12 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
                         .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
-                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe};
+                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe, .sp = a->sp};
+    const struct lmc_sp *sp = a->sp;
+    LMC_ASSERT(!sp || (!a->cp && !a->hooks && be->host_memory));
+    if (sp && a->segs)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "sequence parallelism (--sp) with packed sequences (--pack)");
+    float *x0 = sp ? a->hf : a->xs[0]; /* sequence parallel: the whole embedding, then this rank's rows */
     be->upload(be->ctx, a->ids, inputs, (size_t)M * sizeof(int32_t));
     be->upload(be->ctx, a->targets, targets, (size_t)M * sizeof(int32_t));
     const struct lmc_tmodel_hooks *hk = a->hooks;
@@ -619,12 +652,13 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     GET(0, P, L > 0 ? 1 : out);
     if (tm->vocab) { /* each rank's rows, all-reduced */
         struct lmc_tp tp = {tm->vocab->g->c, be};
-        if ((st = lmc_tp_embed_fwd(&tp, a->xs[0], tm->W.tok_emb.data, tm->vocab->v0, c->vocab_size, V, C, inputs,
+        if ((st = lmc_tp_embed_fwd(&tp, x0, tm->W.tok_emb.data, tm->vocab->v0, c->vocab_size, V, C, inputs,
                                    M, err)))
             return st;
     } else {
-        lmc_weights_embed(be, &tm->W, a->xs[0], a->ids, a->pos, M, a->tmp);
+        lmc_weights_embed(be, &tm->W, x0, a->ids, a->pos, M, a->tmp);
     }
+    if (sp) memcpy(a->xs[0], x0 + sp->m0 * C, sizeof(float) * (size_t)(sp->m * C));
     PUT(0, P, false);
     for (int64_t l = 0; l < L; l++) {
         GET((int)l + 1, P, l + 1 < L ? (int)l + 2 : tm->tied_head ? 0 : out);
@@ -633,7 +667,9 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     }
     if (tm->tied_head) GET(0, head, out);
     GET(out, head, backward && L > 0 ? (int)L : -1);
-    ar->norm->fwd(be, a->hf, a->xs[L], tm->W.norm_f, tm->W.norm_f_b, M, C, eps);
+    const float *xL = a->xs[L]; /* sequence parallel: the final norm and the head on the gathered rows */
+    if (sp) lmc_sp_gather(sp, sp->buf[1], a->xs[L], C), xL = sp->buf[1];
+    ar->norm->fwd(be, a->hf, xL, tm->W.norm_f, tm->W.norm_f_b, M, C, eps);
     double sum = 0;
     int64_t n = 0;
     if (tm->vocab) {
@@ -665,8 +701,9 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     *count = n;
     if (backward) {
         be->zero(be->ctx, a->dx, (size_t)(M * C) * sizeof(float));
-        ar->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, a->xs[L],
+        ar->norm->bwd(be, a->dx, (float *)tm->G.norm_f, (float *)tm->G.norm_f_b, a->dh, xL,
                       tm->W.norm_f, M, C, eps);
+        if (sp) memmove(a->dx, a->dx + sp->m0 * C, sizeof(float) * (size_t)(sp->m * C)); /* this rank's rows */
     }
     PUT(out, head, backward);
     if (tm->tied_head) PUT(0, head, false);
@@ -679,13 +716,15 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
         PUT((int)l + 1, P | G, true);
     }
     GET(0, G, -1);
+    float *dx0 = a->dx; /* sequence parallel: every rank's rows gathered for the embedding's gradient */
+    if (sp) lmc_sp_gather(sp, sp->buf[0], a->dx, C), dx0 = sp->buf[0];
     if (!tm->G.tok_emb.data) { /* a frozen embedding (adapter training): no gradient */
     } else if (tm->vocab) {
-        lmc_tp_embed_bwd((float *)tm->G.tok_emb.data, tm->vocab->v0, c->vocab_size, C, inputs, M, a->dx);
+        lmc_tp_embed_bwd((float *)tm->G.tok_emb.data, tm->vocab->v0, c->vocab_size, C, inputs, M, dx0);
     } else {
-        be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, a->dx, a->ids, M, C);
+        be->embed_bwd(be->ctx, (float *)tm->G.tok_emb.data, dx0, a->ids, M, C);
     }
-    if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, a->dx, a->pos, M, C);
+    if (tm->G.pos_emb.data) be->embed_bwd(be->ctx, (float *)tm->G.pos_emb.data, dx0, a->pos, M, C);
     PUT(0, G, true);
 #undef GET
 #undef PUT

@@ -246,6 +246,9 @@ struct lmc_tacts {
     /* per-part parameters and gradients (set by the caller; NULL: the
      * views stay bound to the arenas) */
     const struct lmc_tmodel_hooks *hooks;
+    /* sequence parallelism (block.h; lmc_tacts_init_sp): xs and the
+     * blocks' h1, xmid, h2 hold this rank's sp->m rows; NULL: off */
+    const struct lmc_sp *sp;
 };
 
 /* Bytes lmc_tacts_init allocates. */
@@ -257,6 +260,13 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
  * dist/pp_model.h): xs[0..n_layers] and saves[0..n_layers) indexed from
  * the chunk's first layer (lmc_tmodel_step needs all layers). 0 bytes /
  * LMC_ERR_ARG for n_layers outside [1, num_layers]. */
+/* Under sequence parallelism over `world` ranks (block.h, lmc_sp): the
+ * residual stream and the blocks' norm inputs and outputs of B*T/world
+ * rows (B*T a multiple of world), the rest as lmc_tacts_init; sp (the
+ * caller's, m0 and m set, its g's linears with g->sp) is kept in a->sp. */
+size_t lmc_tacts_bytes_sp(const struct lmc_config *cfg, int64_t B, int64_t T, bool recompute, int world);
+lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                             int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp, lmc_err *err);
 size_t lmc_tacts_bytes_layers(const struct lmc_config *cfg, int64_t n_layers, int64_t B, int64_t T, bool recompute);
 lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                                  int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err);

@@ -5,6 +5,8 @@
 #include "core/core.h"
 #include "model/arch.h"
 #include "dist/tp.h" /* the vocabulary-parallel lookup (lmc_weights.vocab) */
+#include "dist/comm.h"
+#include "model/linear.h"
 
 static void rms_fwd(const struct lmc_backend *be, float *y, const float *x, const float *w,
                     const float *b, int64_t M, int64_t C, float eps) {
@@ -47,16 +49,26 @@ const struct lmc_norm_ops lmc_norm_layer = {"layernorm", ln_fwd, ln_bwd, ln_miss
 
 int64_t lmc_block_save_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
                               enum lmc_run_mode mode) {
-    int64_t per = mode == LMC_RUN_TRAIN ? 3 * ALIGN16(n * c->hidden_size) : 0;
+    return lmc_block_save_floats_sp(a, c, n, n, mode);
+}
+
+int64_t lmc_block_save_floats_sp(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                                 int64_t m, enum lmc_run_mode mode) {
+    int64_t per = mode == LMC_RUN_TRAIN ? 3 * ALIGN16(m * c->hidden_size) : 0;
     return per + ALIGN16(a->mixer->save_floats(c, n, mode)) +
            (a->ffn ? ALIGN16(a->ffn->save_floats(c, n, mode)) : 0);
 }
 
 float *lmc_block_save_carve(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
                             enum lmc_run_mode mode, float *p, struct lmc_block_save *s) {
+    return lmc_block_save_carve_sp(a, c, n, n, mode, p, s);
+}
+
+float *lmc_block_save_carve_sp(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
+                               enum lmc_run_mode mode, float *p, struct lmc_block_save *s) {
     s->h1 = s->xmid = s->h2 = NULL;
     if (mode == LMC_RUN_TRAIN) {
-        int64_t nc = ALIGN16(n * c->hidden_size);
+        int64_t nc = ALIGN16(m * c->hidden_size);
         s->h1 = p;
         s->xmid = p + nc;
         s->h2 = p + 2 * nc;
@@ -73,12 +85,71 @@ int64_t lmc_block_bwd_floats(const struct lmc_architecture *a, const struct lmc_
     return LMC_MAX(a->mixer->bwd_floats(c, n), a->ffn ? a->ffn->bwd_floats(c, n) : 0);
 }
 
+/* ---- sequence parallelism (block.h, lmc_sp): the collectives over the
+ * group (a failed one sticky in g->st, as the linears' are) */
+void lmc_sp_gather(const struct lmc_sp *sp, float *full, const float *mine, int64_t C) {
+    struct lmc_tp_group *g = sp->g;
+    if (!g->st) g->st = g->c->all_gather(g->c, mine, full, sp->m * C, LMC_DTYPE_F32, &g->err);
+}
+
+static void sp_scatter(const struct lmc_sp *sp, float *mine, const float *full, int64_t C) {
+    struct lmc_tp_group *g = sp->g;
+    if (!g->st) g->st = g->c->reduce_scatter(g->c, full, mine, sp->m * C, LMC_DTYPE_F32, LMC_REDUCE_SUM, &g->err);
+}
+
+/* x_out (m rows) = x_in + the mixer's, then the feed-forward's, summed
+ * partial outputs of this rank's rows (the rows of TP's all-reduced ones) */
+static void sp_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                         const struct lmc_block_save *s, const float *x_in, float *x_out) {
+    const struct lmc_sp *sp = r->sp;
+    const struct lmc_architecture *a = r->arch;
+    int64_t m = sp->m, C = r->cfg->hidden_size;
+    float eps = (float)r->cfg->norm_eps, *H = sp->buf[0], *P = sp->buf[1], *S = sp->buf[2];
+    LMC_ASSERT(a->ffn && s->xmid && x_out != x_in);
+    a->norm->fwd(r->be, s->h1, x_in, W->vec[LMC_V_NORM1], W->vec[LMC_V_NORM1_B], m, C, eps);
+    lmc_sp_gather(sp, H, s->h1, C);
+    a->mixer->fwd(r, l, W, s->mix, H, NULL, P);
+    sp_scatter(sp, S, P, C);
+    r->be->add(r->be->ctx, s->xmid, x_in, S, m * C);
+    a->norm->fwd(r->be, s->h2, s->xmid, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], m, C, eps);
+    lmc_sp_gather(sp, H, s->h2, C);
+    a->ffn->fwd(r, l, W, s->ffn, H, NULL, P);
+    sp_scatter(sp, S, P, C);
+    r->be->add(r->be->ctx, x_out, s->xmid, S, m * C);
+}
+
+/* dx (m rows) += the block's input gradient of this rank's rows; dh: (m, C) scratch */
+static void sp_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                         const struct lmc_block_w *G, const struct lmc_block_save *s, const float *x_in,
+                         float *dx, float *dh, float *scratch) {
+    const struct lmc_sp *sp = r->sp;
+    const struct lmc_architecture *a = r->arch;
+    int64_t m = sp->m, C = r->cfg->hidden_size;
+    float eps = (float)r->cfg->norm_eps, *DY = sp->buf[0], *H = sp->buf[1], *DH = sp->buf[2];
+    lmc_sp_gather(sp, DY, dx, C);
+    lmc_sp_gather(sp, H, s->h2, C);
+    a->ffn->bwd(r, l, W, G, s->ffn, H, DY, DH, scratch);
+    sp_scatter(sp, dh, DH, C);
+    a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM2], (float *)G->vec[LMC_V_NORM2_B], dh, s->xmid,
+                 W->vec[LMC_V_NORM2], m, C, eps);
+    lmc_sp_gather(sp, DY, dx, C);
+    lmc_sp_gather(sp, H, s->h1, C);
+    a->mixer->bwd(r, l, W, G, s->mix, H, DY, DH, scratch);
+    sp_scatter(sp, dh, DH, C);
+    a->norm->bwd(r->be, dx, (float *)G->vec[LMC_V_NORM1], (float *)G->vec[LMC_V_NORM1_B], dh, x_in,
+                 W->vec[LMC_V_NORM1], m, C, eps);
+}
+
 void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
                    const struct lmc_block_save *s, const float *x_in, float *x_out) {
     const struct lmc_config *c = r->cfg;
     const struct lmc_architecture *a = r->arch;
     int64_t n = r->n, C = c->hidden_size;
     float eps = (float)c->norm_eps;
+    if (r->sp) {
+        sp_block_fwd(r, l, W, s, x_in, x_out);
+        return;
+    }
     a->norm->fwd(r->be, s->h1, x_in, W->vec[LMC_V_NORM1], W->vec[LMC_V_NORM1_B], n, C, eps);
     if (!a->ffn) { /* norm + mixer only (Mamba) */
         a->mixer->fwd(r, l, W, s->mix, s->h1, x_in, x_out);
@@ -98,6 +169,10 @@ void lmc_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w 
     int64_t n = r->n, C = c->hidden_size;
     float eps = (float)c->norm_eps;
     LMC_ASSERT(s->xmid);
+    if (r->sp) {
+        sp_block_bwd(r, l, W, G, s, x_in, dx, dh, scratch);
+        return;
+    }
     if (a->ffn) {
         /* x_out = xmid + ffn(norm2(xmid)); xmid = x_in + mixer(norm1(x_in)) */
         a->ffn->bwd(r, l, W, G, s->ffn, s->h2, dx, dh, scratch);

@@ -149,7 +149,31 @@ struct lmc_run {
     const int32_t *tok_slot;
     /* TRAIN: routing statistics of mixture-of-experts layers (NULL: none kept) */
     struct lmc_moe_stats *moe;
+    /* TRAIN under tensor parallelism: sequence parallelism (NULL: off) */
+    const struct lmc_sp *sp;
 };
+
+/* Sequence parallelism (Megatron-SP) over a tensor-parallel group whose
+ * linears have g->sp set: the block's residual stream (x_in, x_out, dx)
+ * and its saved h1, xmid, h2 hold this rank's rows [m0, m0 + m) of the
+ * step's n (n = m x group size); the normed input of a column-parallel
+ * linear is all-gathered, a row-parallel linear's partial output
+ * reduce-scattered, and the backward does the conjugates. buf: three
+ * (n, C) scratch buffers (host memory: the CPU backend); lmc_tmodel_step
+ * also uses buf[0] and buf[1] outside the blocks, and buf[0] may be the
+ * activations' hf (lmc_tacts), which it writes only after the blocks' forward and reads
+ * before their backward. The norms'
+ * weight gradients are this rank's rows' part (summed over the group by
+ * the caller, lmc_tp_tmodel_sum_replicated). */
+struct lmc_tp_group;
+struct lmc_sp {
+    struct lmc_tp_group *g;
+    int64_t m0, m;
+    float *buf[3];
+};
+/* full (n, C) = every rank's mine (m, C) in rank order (a failed
+ * all-gather sticky in g->st) */
+void lmc_sp_gather(const struct lmc_sp *sp, float *full, const float *mine, int64_t C);
 
 /* What one layer's forward keeps (training: per layer, for the backward;
  * inference: shared scratch). xmid NULL: the residual stream is updated in
@@ -235,5 +259,11 @@ int64_t lmc_block_save_floats(const struct lmc_architecture *a, const struct lmc
 /* Carves a save set out of p (returns the end; 16-float aligned pieces). */
 float *lmc_block_save_carve(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
                             enum lmc_run_mode mode, float *p, struct lmc_block_save *s);
+/* The same under sequence parallelism: h1, xmid, h2 of m rows (training),
+ * the mixer's and feed-forward's regions of n. m = n: the plain ones. */
+int64_t lmc_block_save_floats_sp(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                                 int64_t m, enum lmc_run_mode mode);
+float *lmc_block_save_carve_sp(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
+                               enum lmc_run_mode mode, float *p, struct lmc_block_save *s);
 
 #endif

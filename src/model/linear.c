@@ -221,6 +221,11 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
     }
     check(L);
     int64_t n = M * L->w.rows;
+    if (L->split == LMC_SPLIT_ROW && L->tp->sp) { /* the partial product only (linear.h, lmc_tp_group.sp) */
+        be->matmul(be->ctx, y, x, M, &L->w, tp_bias(L));
+        adapters_fwd(be, L, y, x, M);
+        return;
+    }
     if (L->split == LMC_SPLIT_ROW) {
         float *part = y == res ? tmp : y;
         be->matmul(be->ctx, part, x, M, &L->w, tp_bias(L));
@@ -305,7 +310,7 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
         for (int i = 0; i < k; i++)
             be->matmul_bwd(be->ctx, dx, dw[i], db[i], dy[i], x, M, w[i], accum_dx || i > 0);
     for (int i = 0; i < k; i++) adapters_bwd(be, L[i], D[i], dx, dy[i], x, M);
-    if (L[0]->split == LMC_SPLIT_COLUMN && dx) { /* dx's partial sums over the group */
+    if (L[0]->split == LMC_SPLIT_COLUMN && dx && !L[0]->tp->sp) { /* dx's partial sums over the group */
         LMC_ASSERT(!accum_dx);
         for (int i = 1; i < k; i++) LMC_ASSERT(L[i]->split == LMC_SPLIT_COLUMN && L[i]->tp == L[0]->tp);
         tp_sum(L[0], dx, M * L[0]->w.cols);

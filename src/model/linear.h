@@ -42,6 +42,12 @@ struct lmc_tp_group {
     struct lmc_comm *c;            /* the tensor-parallel ranks */
     lmc_status st;                 /* first failed collective (sticky) */
     lmc_err err;
+    /* sequence parallelism (block.h, lmc_sp): a row-parallel
+     * lmc_linear_fwd_res writes only its partial product into y (no
+     * all-reduce, no residual: the block reduce-scatters it and adds its
+     * rows of the residual), and a column-parallel lmc_linear_bwd leaves
+     * dx's partial sums (the block reduce-scatters them) */
+    bool sp;
 };
 
 /* A low-rank adapter: y += scale * (x A^T) B^T, A (r, in), B (out, r),

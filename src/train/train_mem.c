@@ -37,10 +37,13 @@ void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_t
     if (a->arena) {
         const struct lmc_config *c = &tm->cfg;
         int64_t BT = a->B * a->T, L = a->n_layers;
-        m->acts = lmc_tacts_bytes_layers(c, L, a->B, a->T, a->recompute);
-        m->acts_per_layer = (size_t)lmc_block_save_floats(tm->arch, c, BT, LMC_RUN_TRAIN) * F;
+        /* sequence parallel: this rank's rows of the residual stream, and the two gathered (BT, C) buffers */
+        int64_t rows = a->sp ? a->sp->m : BT;
+        m->acts = a->sp ? lmc_tacts_bytes_sp(c, a->B, a->T, a->recompute, (int)(BT / rows)) + 2 * (size_t)(BT * c->hidden_size) * F
+                        : lmc_tacts_bytes_layers(c, L, a->B, a->T, a->recompute);
+        m->acts_per_layer = (size_t)lmc_block_save_floats_sp(tm->arch, c, BT, rows, LMC_RUN_TRAIN) * F;
         m->acts_layers = a->recompute ? 1 : L;
-        m->acts_resid = (size_t)(L + 1) * (size_t)A16(BT * c->hidden_size) * F;
+        m->acts_resid = (size_t)(L + 1) * (size_t)A16(rows * c->hidden_size) * F;
         size_t held = m->acts_per_layer * (size_t)m->acts_layers + m->acts_resid;
         m->acts_rest = m->acts > held ? m->acts - held : 0;
     }

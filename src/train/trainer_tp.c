@@ -46,6 +46,8 @@ lmc_status lmc_trainer_tp_shard(struct lmc_tmodel *shard, struct lmc_trainer_tp 
 
 void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t) {
     if (t) free(t->zbuf);
+    for (int k = 1; t && t->sp_be && k < 3; k++) /* (buf[0] is the activations' hf) */
+        if (t->sp.buf[k]) t->sp_be->free(t->sp_be->ctx, t->sp.buf[k]);
     free(t);
 }
 
@@ -171,6 +173,39 @@ lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *
     memset(&tr->train, 0, sizeof tr->train);
     if ((s = lmc_loader_init(&tr->train, tr->train_data, gB, tr->o.T, tr->o.seed, true, err))) return s;
     return lmc_loader_seek(&tr->train, ep, ix, err);
+}
+
+lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err) {
+    struct lmc_trainer_tp *t = tr->tp;
+    const struct lmc_backend *be = tr->be;
+    int T = t->c->world;
+    int64_t n = tr->o.B * tr->o.T, C = tr->tm.cfg.hidden_size;
+    const char *why = tr->tm.trainable_off ? "a frozen base with adapters (LoRA)"
+                    : tr->cp               ? "--cp"
+                    : tr->zero             ? "--zero 2-3"
+                    : !tr->tm.arch->ffn    ? "a model without a feed-forward part (Mamba)"
+                    : !be->host_memory     ? "a device backend"
+                    : tr->o.no_acts        ? "a pipeline stage (--pp)"
+                                           : NULL;
+    if (why) return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--sp (sequence parallelism) does not run with %s yet", why);
+    if (T < 2) return lmc_err_set(err, LMC_ERR_ARG, "--sp splits the sequence over the --tp ranks (give --tp N, N >= 2)");
+    if (n % T)
+        return lmc_err_set(err, LMC_ERR_ARG, "--sp: a micro-batch's %lld tokens (--batch %lld x --seq %lld) do not "
+                           "split evenly over the %d tensor-parallel ranks", (long long)n, (long long)tr->o.B,
+                           (long long)tr->o.T, T);
+    memset(&t->sp, 0, sizeof t->sp);
+    t->sp_be = be;
+    for (int k = 1; k < 3; k++)
+        if (!(t->sp.buf[k] = be->alloc(be->ctx, sizeof(float) * (size_t)(n * C))))
+            return lmc_err_set(err, LMC_ERR_OOM, "--sp: out of memory for the gathered activations");
+    t->sp.g = &t->g;
+    t->sp.m = n / T;
+    t->sp.m0 = (int64_t)t->c->rank * t->sp.m;
+    lmc_tacts_free(&tr->acts);
+    lmc_status s = lmc_tacts_init_sp(&tr->acts, &tr->tm, be, tr->o.B, tr->o.T, tr->o.recompute, &t->sp, err);
+    if (!s) t->g.sp = true;
+    t->sp.buf[0] = tr->acts.hf; /* free while the blocks run (the final norm's output, written after them) */
+    return s;
 }
 
 /* The group's first failed collective (sticky in the linears), reset. */

@@ -36,6 +36,10 @@ struct lmc_trainer_tp {
     int zero;
     int64_t z0, zn, zchunk;      /* zchunk: the padded chunk (numel rounded up to D chunks) */
     float *zbuf;                 /* (D zchunk) host scratch for the collectives */
+    /* sequence parallelism (lmc_trainer_tp_attach_sp; model/block.h):
+     * sp.buf are this state's, on be */
+    struct lmc_sp sp;
+    const struct lmc_backend *sp_be;
 };
 
 /* *shard (new, on be) <- rank tp->rank's shard of full; *out (new) holds
@@ -57,6 +61,17 @@ void lmc_trainer_tp_free_state(struct lmc_trainer_tp *t);
  * lmc_trainer_dist_init's (checked equal over the TP group and dp). */
 lmc_status lmc_trainer_tp_attach(struct lmc_trainer *tr, struct lmc_trainer_tp *t, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err);
+
+/* After lmc_trainer_tp_attach (lmc train/finetune --tp T --sp): sequence
+ * parallelism (Megatron-SP, model/block.h): the residual stream and the
+ * blocks' norms of rank r hold rows [r m, (r + 1) m) of each micro-batch's
+ * n = B x T (m = n / T; refused unless T divides n); the activations are
+ * made again that way (--recompute too: each block's forward again in the
+ * backward, into the activations' tmp). Refused: a frozen base (adapters),
+ * --cp, --zero 2-3 (ZeRO-1 runs: the norms' sum comes first), architectures without a feed-forward part, a device
+ * backend. The arithmetic per token is TP's (up to the summation order of
+ * the reduce-scatter and of the norms' weight gradients). */
+lmc_status lmc_trainer_tp_attach_sp(struct lmc_trainer *tr, lmc_err *err);
 
 /* lmc_trainer_step of a tensor-parallel trainer (called by it). */
 lmc_status lmc_trainer_tp_step(struct lmc_trainer *tr, struct lmc_train_stats *st, lmc_err *err);
