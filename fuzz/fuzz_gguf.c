@@ -72,7 +72,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         m.gguf = calloc(1, sizeof *m.gguf);
         if (m.gguf && lmc_gguf_parse(m.gguf, buf, size, "fuzz.gguf", &err) == LMC_OK &&
             lmc_model_bind_gguf(&m, "fuzz.gguf", &err) == LMC_OK)
-            LMC_ASSERT(m.w.tok_emb.data && m.w.head.w.data);
+            /* a quantized embedding stays in its blocks (tok_emb_q; a tied
+             * head then runs them as a quantized linear) */
+            LMC_ASSERT((m.w.tok_emb.data || m.w.tok_emb_q) && (m.w.head.w.data || m.w.head.q));
         else if (m.gguf)
             LMC_ASSERT(err.msg[0] != 0);
         lmc_model_free(&m);
