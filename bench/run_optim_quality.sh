@@ -20,7 +20,8 @@
 # Usage: bench/run_optim_quality.sh [OUT.svg]
 # env: LMC=build/lmc THREADS=2 JOBS=1 STEPS=930 BATCH=16 LR=1.5e-3 WARMUP=30 EVAL_EVERY=50
 #      EVAL_BATCHES=8 RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
-#      (also adamw8bit-emb8: 8-bit AdamW with the embedding's moments in 8 bits too)
+#      (also adamw8bit-emb8: 8-bit AdamW with the embedding's moments in 8 bits too;
+#      any other name NAME runs with the flags in EXTRA_NAME, '-' written '_')
 #      TRAIN_ARGS (extra lmc train flags, e.g. "--device cuda --dtype bf16")
 #      WORK=/tmp/lmc-optim-quality KEEP_CKPT=0 (1 keeps each run's final checkpoint)
 #      SKIP_TRAIN=1: no training, only the table and the SVG from the runs already in WORK
@@ -47,6 +48,13 @@ declare -A EXTRA=(
   [apollo]="--optim apollo --apollo-rank $RANK --apollo-update-gap $GAP"
   [apollo-mini]="--optim apollo-mini --apollo-update-gap $GAP"
 )
+# a kind not listed above takes its flags from EXTRA_<kind, '-' as '_'>, e.g.
+# KINDS="adamw galore-s1" EXTRA_galore_s1="--optim galore --galore-rank 72 --galore-scale 1"
+for k in $KINDS; do
+  v="EXTRA_${k//-/_}"
+  if [ -n "${!v:-}" ]; then EXTRA[$k]=${!v}
+  elif [ -z "${EXTRA[$k]+set}" ]; then echo "unknown kind $k (no EXTRA_${k//-/_})" >&2; exit 2; fi
+done
 MINLR=$(python3 -c "print($LR/10)")
 export OPENBLAS_NUM_THREADS=1 # the CPU backend sets it too; keeps JOBS x THREADS the whole thread count
 run_one() { # KIND: trains, then writes WORK/KIND.wall and WORK/KIND.rss (peak RSS, KiB)

@@ -44,14 +44,18 @@ def free_port():
     return p
 
 def start_lmc(*args):
-    p = subprocess.Popen([a.lmc, "serve", "-m", a.target, "--host", "127.0.0.1", "--port", "0", "--threads", a.threads,
-                          "--max-batch", "16", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # --device cpu: this is the CPU comparison (on a GPU machine lmc would pick the GPU)
+    p = subprocess.Popen([a.lmc, "serve", "-m", a.target, "--device", "cpu", "--host", "127.0.0.1", "--port", "0",
+                          "--threads", a.threads, "--max-batch", "16", *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
     for line in p.stderr:
+        seen.append(line)
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         if m:
             threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
             return p, int(m.group(1))
-    sys.exit("lmc server did not start")
+    sys.exit("lmc server did not start:\n" + "".join(seen[-20:]))
 
 def start_llama(*args):
     # llama-server takes a port; one that was free a moment ago (a clash only fails the start, loudly)
