@@ -10,10 +10,8 @@
 # CPU (and --cp on cuda for lmc train) get past it.
 # Usage: test_cli_caps.sh PATH/TO/lmc
 set -u
-LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+MP_LEAKS=1 # LMC, ok, TMP from the multi-rank tests' set-up; no rank is started here, LeakSanitizer stays on
+. "$(dirname "$0")/mp_launch.sh" "$1"
 M=tests/fixtures/llama-tiny
 
 # ---- the default device: no CUDA library without a GPU to be seen
