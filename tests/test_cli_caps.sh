@@ -52,7 +52,8 @@ refuse "generate --pp" "lmc generate: --pp $CPU" generate -m $M -p hi -n 2 --pp 
 refuse "generate --pp 1" "lmc generate: --pp $CPU" generate -m $M -p hi -n 2 --pp 1 --device cuda
 refuse "generate --ep" "lmc generate: --ep $CPU" generate -m $M -p hi -n 2 --ep 2 --device cuda
 refuse "serve --pp" "lmc serve: --pp $CPU" serve -m $M --pp 2 --device cuda
-refuse "serve --ep" "lmc serve: --ep $CPU" serve -m $M --ep 2 --device cuda
+refuse "serve --ep" "lmc serve: --ep does not combine with --device cuda yet (it runs on the CPU backend only so far)" \
+  serve -m $M --ep 2 --device cuda
 refuse "serve --tp" "lmc serve: --tp $CPU" serve -m $M --tp 2 --device cuda
 for f in "--ep 2" "--tp 2 --full" "--cp 2" "--pp 2 --full"; do
   refuse "finetune $f" "lmc finetune: ${f%% *} $HOST" finetune -m $M --data "$D" -o "$TMP/o" $f --device cuda

@@ -26,7 +26,7 @@ static const struct cap_row {
     {"generate", CLI_CAP_PP, BE_CPU, CPU_ONLY},
     {"generate", CLI_CAP_EP, BE_CPU, CPU_ONLY},
     {"serve", CLI_CAP_PP, BE_CPU, CPU_ONLY},
-    {"serve", CLI_CAP_EP, BE_CPU, CPU_ONLY},
+    {"serve", CLI_CAP_EP, BE_CPU, " does not combine with --device ", " yet (it runs on the CPU backend only so far)"},
     {"serve", CLI_CAP_TP, BE_CPU, CPU_ONLY},
     /* --device cuda: the ranks train data parallel over NCCL (--zero 0-3,
      * AdamW); the model-parallel layouts and the other optimizers' sharded
