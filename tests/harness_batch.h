@@ -1,9 +1,10 @@
 /* harness_batch.h — the fixed batch source of the training tests
  * (test_train_mem, test_lora_train, test_qlora): a B x T micro-batch of
  * inputs and targets handed to lmc_train_opts.next_batch unchanged every
- * step (no packing segments), and the reference ids a fixture's JSON holds
- * as rows of numbers. Header-only (static inline), like the tests' other
- * helpers: each test is one program. */
+ * step (no packing segments), the reference ids a fixture's JSON holds as
+ * rows of numbers, and the batch of a fixture's LoRA training reference
+ * (lora_train/ref.json). Header-only (static inline), like the tests'
+ * other helpers: each test is one program. */
 #ifndef LMC_TEST_HARNESS_BATCH_H
 #define LMC_TEST_HARNESS_BATCH_H
 
@@ -11,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +50,36 @@ static inline int64_t harness_read_ids(const cJSON *rows, int32_t *out, int64_t 
     const cJSON *row, *v;
     cJSON_ArrayForEach(row, rows) cJSON_ArrayForEach(v, row) if (n < cap) out[n++] = (int32_t)v->valuedouble;
     return n;
+}
+
+/* DIR/ref.json (a fixture's lora_train folder: B, T, inputs, targets):
+ * the parsed JSON, the caller's to cJSON_Delete, with *b made and filled
+ * with its B x T ids; NULL with the reason in err when the file cannot be
+ * read or parsed or holds fewer ids. */
+static inline cJSON *harness_batch_ref(const char *dir, struct harness_batch *b, int64_t *B, int64_t *T,
+                                       lmc_err *err) {
+    char path[1200];
+    char *text;
+    snprintf(path, sizeof path, "%s/ref.json", dir);
+    if (lmc_file_read(path, 1 << 24, &text, NULL, err)) return NULL;
+    cJSON *ref = cJSON_Parse(text);
+    free(text);
+    const cJSON *jb = cJSON_GetObjectItem(ref, "B"), *jt = cJSON_GetObjectItem(ref, "T");
+    if (!cJSON_IsNumber(jb) || !cJSON_IsNumber(jt)) {
+        cJSON_Delete(ref);
+        lmc_err_set(err, LMC_ERR_FORMAT, "%s: no B and T", path);
+        return NULL;
+    }
+    *B = (int64_t)jb->valuedouble, *T = (int64_t)jt->valuedouble;
+    *b = harness_batch_make(*B * *T);
+    if (harness_read_ids(cJSON_GetObjectItem(ref, "inputs"), b->in, b->n) != b->n ||
+        harness_read_ids(cJSON_GetObjectItem(ref, "targets"), b->tg, b->n) != b->n) {
+        harness_batch_free(b);
+        cJSON_Delete(ref);
+        lmc_err_set(err, LMC_ERR_FORMAT, "%s: fewer than B x T = %lld inputs or targets", path, (long long)(*B * *T));
+        return NULL;
+    }
+    return ref;
 }
 
 #endif

@@ -32,18 +32,13 @@ static void run(const char *model) {
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
     lmc_err err = {0};
-    char *text;
-    snprintf(path, sizeof path, "%s/ref.json", ldir);
-    if (lmc_file_read(path, 1 << 24, &text, NULL, &err)) {
+    int64_t B, T;
+    struct harness_batch bt;
+    cJSON *ref = harness_batch_ref(ldir, &bt, &B, &T, &err);
+    if (!ref) {
         CHECK_MSG(0, "%s", err.msg);
         return;
     }
-    cJSON *ref = cJSON_Parse(text);
-    free(text);
-    int64_t B = (int64_t)cJSON_GetObjectItem(ref, "B")->valuedouble, T = (int64_t)cJSON_GetObjectItem(ref, "T")->valuedouble;
-    struct harness_batch bt = harness_batch_make(B * T);
-    CHECK(harness_read_ids(cJSON_GetObjectItem(ref, "inputs"), bt.in, B * T) == B * T);
-    CHECK(harness_read_ids(cJSON_GetObjectItem(ref, "targets"), bt.tg, B * T) == B * T);
     int64_t counted = 0;
     for (int64_t i = 0; i < B * T; i++) counted += bt.tg[i] >= 0;
     CHECK(counted == B * (T - 5));

@@ -291,22 +291,17 @@ static size_t snapshot(const struct lmc_qlora *ql, uint8_t *out) {
 }
 
 static void test_model(const struct lmc_backend *be, const char *model, enum lmc_qlora_kind kind) {
-    char dir[256], ldir[300], path[400];
+    char dir[256], ldir[300];
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
     lmc_err err = {0};
-    char *text;
-    snprintf(path, sizeof path, "%s/ref.json", ldir);
-    if (lmc_file_read(path, 1 << 24, &text, NULL, &err)) {
+    int64_t B, T;
+    struct harness_batch bt;
+    cJSON *ref = harness_batch_ref(ldir, &bt, &B, &T, &err);
+    if (!ref) {
         CHECK_MSG(0, "%s", err.msg);
         return;
     }
-    cJSON *ref = cJSON_Parse(text);
-    free(text);
-    int64_t B = (int64_t)cJSON_GetObjectItem(ref, "B")->valuedouble, T = (int64_t)cJSON_GetObjectItem(ref, "T")->valuedouble;
-    struct harness_batch bt = harness_batch_make(B * T);
-    CHECK(harness_read_ids(cJSON_GetObjectItem(ref, "inputs"), bt.in, B * T) == B * T);
-    CHECK(harness_read_ids(cJSON_GetObjectItem(ref, "targets"), bt.tg, B * T) == B * T);
     cJSON_Delete(ref);
     /* [0]: QLoRA; [1]: f32 model holding the dequantized weights */
     struct lmc_tmodel tm[2];
