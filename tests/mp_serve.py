@@ -1,6 +1,6 @@
 """mp_serve.py — what the multi-rank `lmc serve` tests share (the Python
-parts of tests/test_mp_serve.sh, test_mp_serve_ep.sh and test_mp_pp_serve.sh
-import it; not a test itself): check and the failure count, a free port,
+parts of tests/test_mp_serve.sh, test_mp_serve_ep.sh, test_mp_pp_serve.sh and
+test_mp_lora_tp_serve.sh import it; not a test itself): check and the failure count, a free port,
 starting one server process or `world` ranks at a rendezvous port from the
 OS (started again when another process took the port meanwhile), reading
 their stderr, posting /v1/completions requests (the streamed text joined),
@@ -37,12 +37,13 @@ def drain(p, lines):
     return t
 
 
-def start(lmc, model, world, rank_args=(), args=(), kv=("--kv-blocks", "256")):
-    """`lmc serve` of model on 127.0.0.1 at a port from the OS (one thread, batch 16, f32, the kv
-    options, then args): one process (world 1), or world ranks each with rank_args appended (rank 0
-    serves). Returns (procs, port or None, each rank's stderr lines, the threads reading them)."""
+def start(lmc, model, world, rank_args=(), args=(), kv=("--kv-blocks", "256"), dtype=("--dtype", "f32")):
+    """`lmc serve` of model on 127.0.0.1 at a port from the OS (one thread, batch 16, the dtype
+    options (f32; () for the folder's), the kv options, then args): one process (world 1), or world
+    ranks each with rank_args appended (rank 0 serves). Returns (procs, port or None, each rank's
+    stderr lines, the threads reading them)."""
     base = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", *kv,
-            "--max-batch", "16", "--dtype", "f32", *args]
+            "--max-batch", "16", *dtype, *args]
     for _ in range(3):
         logs = [[] for _ in range(world)]
         if world == 1:

@@ -7,6 +7,7 @@
  * lora_A / lora_B gradient, the adapter after one AdamW step and the
  * losses of steps 2..4; the base arena is bit-for-bit unchanged. */
 #include "test.h"
+#include "harness_batch.h"
 #include "core/core.h"
 #include "io/safetensors.h"
 #include "train/lora_train.h"
@@ -15,29 +16,6 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct batch {
-    int32_t *in, *tg;
-    int64_t n;
-};
-
-static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
-                             lmc_err *err) {
-    (void)err;
-    *segs = NULL;
-    *n_segs = 0;
-    struct batch *b = user;
-    memcpy(in, b->in, (size_t)b->n * sizeof *in);
-    memcpy(tg, b->tg, (size_t)b->n * sizeof *tg);
-    return LMC_OK;
-}
-
-static int64_t read_ids(const cJSON *rows, int32_t *out, int64_t cap) {
-    int64_t n = 0;
-    const cJSON *row, *v;
-    cJSON_ArrayForEach(row, rows) cJSON_ArrayForEach(v, row) if (n < cap) out[n++] = (int32_t)v->valuedouble;
-    return n;
-}
 
 /* max |a - b| / max |b| over a tensor */
 static double rel(const float *a, const float *b, int64_t n) {
@@ -54,18 +32,13 @@ static void run(const char *model) {
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
     lmc_err err = {0};
-    char *text;
-    snprintf(path, sizeof path, "%s/ref.json", ldir);
-    if (lmc_file_read(path, 1 << 24, &text, NULL, &err)) {
+    int64_t B, T;
+    struct harness_batch bt;
+    cJSON *ref = harness_batch_ref(ldir, &bt, &B, &T, &err);
+    if (!ref) {
         CHECK_MSG(0, "%s", err.msg);
         return;
     }
-    cJSON *ref = cJSON_Parse(text);
-    free(text);
-    int64_t B = (int64_t)cJSON_GetObjectItem(ref, "B")->valuedouble, T = (int64_t)cJSON_GetObjectItem(ref, "T")->valuedouble;
-    struct batch bt = {malloc(sizeof(int32_t) * (size_t)(B * T)), malloc(sizeof(int32_t) * (size_t)(B * T)), B * T};
-    CHECK(read_ids(cJSON_GetObjectItem(ref, "inputs"), bt.in, B * T) == B * T);
-    CHECK(read_ids(cJSON_GetObjectItem(ref, "targets"), bt.tg, B * T) == B * T);
     int64_t counted = 0;
     for (int64_t i = 0; i < B * T; i++) counted += bt.tg[i] >= 0;
     CHECK(counted == B * (T - 5));
@@ -84,7 +57,7 @@ static void run(const char *model) {
     be.download(be.ctx, base0, tm.w, (size_t)base * sizeof(float));
     const cJSON *aw = cJSON_GetObjectItem(ref, "adamw");
     struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL,
-                               .next_batch = next_batch, .batch_user = &bt};
+                               .next_batch = harness_batch_next, .batch_user = &bt};
     o.adamw = (struct lmc_adamw_cfg){cJSON_GetObjectItem(aw, "lr")->valuedouble,
                                      cJSON_GetObjectItem(aw, "beta1")->valuedouble,
                                      cJSON_GetObjectItem(aw, "beta2")->valuedouble,
@@ -146,7 +119,7 @@ static void run(const char *model) {
     lmc_lora_train_free(&lt);
     lmc_lora_free(&lo);
     lmc_backend_cpu_free(&be);
-    free(base0), free(base1), free(bt.in), free(bt.tg);
+    free(base0), free(base1), harness_batch_free(&bt);
     cJSON_Delete(ref);
 }
 

@@ -27,14 +27,7 @@ budget=$(for c in 1 4; do "$LMC" info -m "$TMP/long1/step_000003" --seq 1024 --c
 fits=$("$LMC" info -m "$TMP/long1/step_000003" --seq 1024 --fits "$budget" 2>&1)
 echo "$fits" | grep -q " 1x1x4: " && ! echo "$fits" | grep -q " 1x1x1: "; ok $? "fits $budget GiB: $fits"
 launch 4 train long4 $L --cp 4; ok $? "cp 4, 1024 tokens: $(last long4)"
-python3 - "$TMP" <<'PY'
-import json, sys
-r1 = [json.loads(l)["loss"] for l in open(f"{sys.argv[1]}/long1/metrics.jsonl")]
-r4 = [json.loads(l)["loss"] for l in open(f"{sys.argv[1]}/long4/metrics.jsonl")]
-worst = max(abs(a - b) / abs(b) for a, b in zip(r4, r1))
-print(f"long4: 1024 tokens at cp 4, {len(r4)} steps, losses max rel {worst:.2e}")
-sys.exit(0 if len(r4) == 3 and worst <= 1e-6 else 1)
-PY
+python3 tests/mp_compare.py --root "$TMP" long4:long1 --rows 3 --loss 1e-6
 ok $? "cp 4 on 1024 tokens equals the one-process losses"
 # GPT-2 (learned positions at the slice's global positions, layer norms, biases) at CP 2
 G="--data $TMP/data --arch gpt2 --layers 2 --hidden 64 --heads 4 --seq 17 --batch 2 --steps 4 --warmup 1 --lr 3e-3
@@ -42,17 +35,7 @@ G="--data $TMP/data --arch gpt2 --layers 2 --hidden 64 --heads 4 --seq 17 --batc
 "$LMC" train $G -o "$TMP/g1" 2>"$TMP/err"; ok $? "gpt2 one process: $(tail -2 "$TMP/err")"
 launch 2 train g2 $G --cp 2; ok $? "gpt2 cp 2: $(last g2)"
 launch 2 train g3 $G --cp 2 --recompute; ok $? "gpt2 cp 2 --recompute: $(last g3)"
-python3 - "$TMP" <<'PY'
-import json, sys
-r1 = [json.loads(l) for l in open(f"{sys.argv[1]}/g1/metrics.jsonl")]
-bad = 0
-for d in ("g2", "g3"):
-    r2 = [json.loads(l) for l in open(f"{sys.argv[1]}/{d}/metrics.jsonl")]
-    worst = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r2, r1) for k in ("loss", "val_loss") if k in b)
-    print(f"gpt2 {d}: {len(r2)} steps, losses and validation losses max rel {worst:.2e}")
-    bad += not (len(r2) == 4 and worst <= 1e-6)
-sys.exit(bad)
-PY
+python3 tests/mp_compare.py --root "$TMP" --ref g1 g2 g3 --rows 4 --loss 1e-6 --val 1e-6
 ok $? "gpt2 at cp 2 (and with --recompute) equals the one-process losses"
 # ---- lmc finetune
 FIX=tests/fixtures/llama-tiny
@@ -70,37 +53,15 @@ launch 4 finetune fdp2cp2 $F --full --batch 1 --cp 2; ok $? "finetune dp 2 x cp 
 launch 2 finetune flcp2 $F --batch 2 --cp 2; ok $? "lora finetune cp 2: $(last flcp2)"
 launch 4 finetune ftpcp $F --full --batch 2 --tp 2 --cp 2; ok $? "finetune tp 2 x cp 2: $(last ftpcp)"
 launch 4 finetune ftppp $F --full --batch 2 --tp 2 --pp 2; ok $? "finetune tp 2 x pp 2: $(last ftppp)"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(p): return [json.loads(l) for l in open(p)]
-def params(path):
-    b = open(path, "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-bad = 0
-for ref_d, runs, f in (("fone", ["fcp2", "fpp2", "fdp2pp2", "fdp2cp2", "ftpcp", "ftppp"], "model.safetensors"),
-                       ("flone", ["flcp2"], "adapter_model.safetensors")):
-    ref, refp = rows(f"{tmp}/{ref_d}.metrics.jsonl"), params(f"{tmp}/{ref_d}/{f}")
-    for d in runs:
-        r, p = rows(f"{tmp}/{d}.metrics.jsonl"), params(f"{tmp}/{d}/{f}")
-        worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-        worst_v = max(abs(a["val_loss"] - b["val_loss"]) / abs(b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b)
-        norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-                  sum(y * y for k in refp for y in refp[k])) ** 0.5
-        print(f"{d}: {len(r)} steps, losses max rel {worst:.2e}, val {worst_v:.2e}, weights |diff| / |w| {norm_p:.2e}")
-        # LoRA: the adapter's B starts at zero, so its relative error after 8 steps is larger (~1.5e-6);
-        # with TP the row-parallel sums' order gives what `--tp 2` alone gives here (weights ~1e-6 in norm
-        # at lr 1e-2: TP 2 x PP 2 equals TP 2 bit for bit); DP x CP sums gradients in another order too
-        # (1.02e-6 after the CPU ops' rounding changed with the vectorised SwiGLU backward)
-        tol = 1e-5 if ref_d == "flone" else 3e-6
-        if not (len(r) == 8 and worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= tol):
-            bad += 1
-sys.exit(bad)
-PY
+# LoRA: the adapter's B starts at zero, so its relative error after 8 steps is larger (~1.5e-6);
+# with TP the row-parallel sums' order gives what `--tp 2` alone gives here (weights ~1e-6 in norm
+# at lr 1e-2: TP 2 x PP 2 equals TP 2 bit for bit); DP x CP sums gradients in another order too
+# (1.02e-6 after the CPU ops' rounding changed with the vectorised SwiGLU backward)
+CMP="--root $TMP --layout finetune --rows 8 --loss 1e-6 --val 1e-6"
+python3 tests/mp_compare.py $CMP --ref fone fcp2 fpp2 fdp2pp2 fdp2cp2 ftpcp ftppp --norm 3e-6
+rc=$?
+python3 tests/mp_compare.py $CMP --ref flone flcp2 --file adapter_model.safetensors --norm 1e-5 || rc=1
+[ $rc = 0 ]
 ok $? "finetune cp 2, pp 2, dp 2 x pp 2, dp 2 x cp 2 and lora cp 2 equal the one-process runs"
 # --full checkpoints: stopped after step 6 (--save-every 4 --stop-at 6), resumed from step 4, bit for bit
 for f in "--pp 2" "--cp 2"; do

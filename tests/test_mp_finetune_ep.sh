@@ -72,40 +72,12 @@ run 2 rs $Q --batch 2 --accum 2 --ep 2 --resume "$TMP/rs.ckpt/step_000003"
 ok $? "--ep 2 resume: $(tail -n 3 "$TMP"/rs.r*)"
 cmp -s "$TMP/rs/model.safetensors" "$TMP/q2/model.safetensors"
 ok $? "--ep 2 stopped at 3 and resumed writes the uninterrupted run's model bit for bit"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}.metrics.jsonl")]
-def params(d, f="model.safetensors"):
-    b = open(f"{tmp}/{d}/{f}", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-bad = 0
-for ref, runs, f in (("q1", ["q2", "q4", "rs"], "model.safetensors"), ("m1", ["m2"], "model.safetensors"),
-                     ("p1", ["p2"], "model.safetensors"),
-                     ("l1", ["l2", "l4", "lrs", "lrs1"], "adapter_model.safetensors"),
-                     ("ld1", ["ld2"], "adapter_model.safetensors")):
-    R, P = rows(ref), params(ref, f)
-    assert ref == "ld1" or any(".experts.3." in k for k in P), ref
-    for d in runs:
-        try:
-            r, p = rows(d), params(d, f)
-        except OSError as e:
-            print(d, e); bad += 1; continue
-        if [x["step"] for x in r] != list(range(1, 7)) or sorted(p) != sorted(P):
-            print(d, "steps", [x["step"] for x in r], "or tensors differ"); bad += 1; continue
-        wl = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, R))
-        wg = max(abs(a["grad_norm"] - b["grad_norm"]) / abs(b["grad_norm"]) for a, b in zip(r, R))
-        wv = max(abs(a["val_loss"] - b["val_loss"]) / abs(b["val_loss"]) for a, b in zip(r, R) if "val_loss" in b)
-        nv = sum("val_loss" in b for b in R)
-        npar = (sum((x - y) ** 2 for k in P for x, y in zip(p[k], P[k])) / sum(y * y for k in P for y in P[k])) ** 0.5
-        print(f"{d} vs {ref}: losses max rel {wl:.2e}, grad norms {wg:.2e}, val ({nv}) {wv:.2e}, weights |diff| / |w| {npar:.2e}")
-        if not (wl <= 1e-6 and wg <= 1e-5 and wv <= 1e-6 and nv == 2 and npar <= 1e-6): bad += 1
-sys.exit(bad)
-PY
+CMP="--root $TMP --layout finetune --steps 6 --keys --loss 1e-6 --grad-norm 1e-5 --val 1e-6 --val-count 2 --norm 1e-6"
+python3 tests/mp_compare.py $CMP q2:q1 q4:q1 rs:q1 m2:m1 p2:p1 --ref-key .experts.3.
+rc=$?
+python3 tests/mp_compare.py $CMP l2:l1 l4:l1 lrs:l1 lrs1:l1 --file adapter_model.safetensors --ref-key .experts.3. || rc=1
+python3 tests/mp_compare.py $CMP ld2:ld1 --file adapter_model.safetensors || rc=1
+[ $rc = 0 ]
 ok $? "EP 2 / EP 4 fine-tuning equals the one-process run (1e-6)"
 "$LMC" finetune $C $Q --batch 2 --ep 2 -o "$TMP/x" 2>"$TMP/err"
 [ $? = 2 ] && grep -q "needs 2 ranks" "$TMP/err"; ok $? "--ep 2 on one rank: $(cat "$TMP/err")"

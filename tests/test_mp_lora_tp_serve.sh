@@ -22,68 +22,15 @@ done
 "$LMC" quantize -m tests/fixtures/qwen2-tiny -o "$TMP/q-int4" --method rtn --bits 4 --group 32 2>"$TMP/err" >/dev/null ||
   { echo "FAIL: quantize: $(cat "$TMP/err")" >&2; exit 1; }
 python3 - "$LMC" "$TMP" <<'PY'
-import json, os, signal, socket, subprocess, sys, threading, urllib.request
+import os, subprocess, sys
+sys.path.insert(0, "tests")
+import mp_serve  # tests/mp_serve.py: the servers' launcher and requests
+from mp_serve import check
 lmc, tmp = sys.argv[1], sys.argv[2]
-fails = 0
-def check(cond, what):
-    global fails
-    if not cond:
-        fails += 1
-        print("FAIL:", what, file=sys.stderr)
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def wait_listening(p, lines):
-    for raw in p.stderr:
-        line = raw.decode(errors="replace")
-        lines.append(line)
-        if "listening on http://127.0.0.1:" in line:
-            return int(line.rsplit(":", 1)[1])
-    return None
-
-def drain(p, lines):
-    t = threading.Thread(target=lambda: lines.extend(l.decode(errors="replace") for l in p.stderr), daemon=True)
-    t.start()
 
 def start(model, world, extra):
-    args = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--kv-blocks", "256",
-            "--max-batch", "16"] + list(extra)
-    for _ in range(3):
-        logs = [[] for _ in range(world)]
-        if world == 1:
-            procs = [subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)]
-        else:
-            mp = free_port()
-            procs = []
-            for r in range(world - 1, -1, -1):
-                env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(mp))
-                procs.insert(0, subprocess.Popen(args + ["--tp", str(world)], env=env, stderr=subprocess.PIPE,
-                                                 stdout=subprocess.DEVNULL))
-        port = wait_listening(procs[0], logs[0])
-        for r in range(1, world): drain(procs[r], logs[r])
-        if port is not None: return procs, port, logs
-        for p in procs:
-            p.kill(); p.wait()
-        if not any("cannot listen" in l for l in logs[0]): break
-    return procs, None, logs
-
-def post(port, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        raw = r.read().decode()
-    if body.get("stream"):
-        text, fin = "", None
-        for ev in raw.split("\n\n"):
-            ev = ev.strip()
-            if not ev.startswith("data: ") or ev == "data: [DONE]": continue
-            for c in json.loads(ev[6:]).get("choices", []):
-                text += c.get("text", "")
-                fin = c.get("finish_reason") or fin
-        return [(text, fin)]
-    j = json.loads(raw)
-    return [(c["text"], c["finish_reason"]) for c in j["choices"]] + [j["usage"]["completion_tokens"]]
+    """one process, or world ranks with --tp world; the folder's dtype"""
+    return mp_serve.start(lmc, model, world, ["--tp", str(world)], extra, dtype=())
 
 REQS = []
 for i in range(8):
@@ -93,43 +40,31 @@ for i in range(8):
     if i % 3 == 2: b["stream"] = True
     REQS.append(b)
 
-def run_all(port):
-    out = [None] * len(REQS)
-    def one(k):
-        try: out[k] = post(port, REQS[k])
-        except Exception as e: out[k] = repr(e)
-    ts = [threading.Thread(target=one, args=(k,)) for k in range(len(REQS))]
-    for t in ts: t.start()
-    for t in ts: t.join()
-    return out
-
-def stop(procs):
-    procs[0].send_signal(signal.SIGTERM)
-    return [p.wait(timeout=120) for p in procs]
+def run_all(port): return mp_serve.run_all(port, REQS)
 
 cases = [("tests/fixtures/llama-tiny", ["--lora", f"{tmp}/ad-llama-tiny"], "llama-tiny --lora"),
          ("tests/fixtures/qwen2-tiny", ["--lora", f"{tmp}/ad-qwen2-tiny"], "qwen2-tiny --lora"),
          (f"{tmp}/q-int4", [], "qwen2-tiny rtn int4 g32")]
 base = None
 for model, extra, what in cases:
-    procs, port, logs = start(model, 1, extra)
+    procs, port, logs, drains = start(model, 1, extra)
     check(port is not None, f"{what}: one-process server did not start: {''.join(logs[0])}")
     if port is None: continue
     ref = run_all(port)
-    stop(procs)
+    mp_serve.stop(procs, drains)
     if what.startswith("llama"):  # the adapter changes the answers (without it: the base's)
-        procs, port, logs = start(model, 1, [])
+        procs, port, logs, drains = start(model, 1, [])
         if port is not None:
             base = run_all(port)
-            stop(procs)
+            mp_serve.stop(procs, drains)
         check(base is not None and base != ref, f"{what}: the adapter leaves the answers unchanged")
-    procs, port, logs = start(model, 2, extra)
+    procs, port, logs, drains = start(model, 2, extra)
     check(port is not None, f"{what} --tp 2: server did not start: {''.join(logs[0])}")
     if port is None:
         for p in procs: p.kill()
         continue
     got = run_all(port)
-    codes = stop(procs)
+    codes = mp_serve.stop(procs, drains)
     check(codes == [0, 0], f"{what} --tp 2 exit codes {codes}: {''.join(logs[1])[-500:]}")
     for k, (a, b) in enumerate(zip(got, ref)):
         check(a == b and not isinstance(a, str), f"{what} request {k} {REQS[k]}: --tp 2 {a} vs one process {b}")
@@ -138,6 +73,6 @@ env = dict(os.environ, RANK="0", WORLD_SIZE="2")
 p = subprocess.run([lmc, "serve", "-m", "tests/fixtures/llama-tiny", "--port", "0", "--tp", "2", "--lora",
                     f"a1={tmp}/ad-llama-tiny"], env=env, capture_output=True, timeout=60)
 check(p.returncode == 2 and b"named --lora" in p.stderr, f"--tp with a named adapter: {p.returncode} {p.stderr[-300:]}")
-print(f"test_mp_lora_tp_serve: {fails} failed")
-sys.exit(1 if fails else 0)
+print(f"test_mp_lora_tp_serve: {mp_serve.fails} failed")
+sys.exit(1 if mp_serve.fails else 0)
 PY

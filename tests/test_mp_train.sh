@@ -58,40 +58,11 @@ if [ $HAVE_MPIRUN = 1 ]; then
   if mp_no_mpi "$TMP/mpi.err"; then echo "test_mp_train: mpirun part skipped (lmc built without MPI)"
   else ok $rc "mpirun dp 2 x tp 2 --tp-vocab --zero 1: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi"; fi
 fi
-python3 - "$TMP" $CASES <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
-def params(d, name="model.safetensors"):
-    b = open(f"{tmp}/{d}/step_000010/{name}", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-ref, refp, refo = rows("single"), params("single"), params("single", "optimizer.safetensors")
-bad = 0
-for d in sys.argv[2:]:
-    r, p, o = rows(d), params(d), params(d, "optimizer.safetensors")
-    if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)):
-        print(d, "steps", [x["step"] for x in r]); bad += 1; continue
-    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-    worst_v = max(abs(a["val_loss"] - b["val_loss"]) / abs(b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b)
-    scale = max(abs(x) for t in refp.values() for x in t)
-    assert sorted(p) == sorted(refp), (d, sorted(p))
-    worst_p = max(abs(x - y) for k in refp for x, y in zip(p[k], refp[k])) / scale
-    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-              sum(y * y for k in refp for y in refp[k])) ** 0.5
-    oscale = max(abs(x) for x in refo["adamw.v"])
-    worst_o = max(abs(x - y) for x, y in zip(o["adamw.v"], refo["adamw.v"])) / oscale
-    print(f"{d}: losses max rel {worst:.2e}, val {worst_v:.2e}, params |diff| / |p| {norm_p:.2e} "
-          f"(max |diff| / max |p| {worst_p:.2e}), adamw.v max |diff| / max {worst_o:.2e}")
-    # the row-parallel all-reduce sums partial products in another order than
-    # one matmul: the losses agree to ~1e-8, the weights after 10 AdamW steps
-    # to ~1e-7 in norm (a few elements to ~2e-6 of the largest weight)
-    if not (worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 1e-6 and worst_p <= 1e-5 and worst_o <= 1e-5): bad += 1
-sys.exit(bad)
-PY
+# the row-parallel all-reduce sums partial products in another order than
+# one matmul: the losses agree to ~1e-8, the weights after 10 AdamW steps
+# to ~1e-7 in norm (a few elements to ~2e-6 of the largest weight)
+python3 tests/mp_compare.py --root "$TMP" --ref single $CASES --steps 10 --keys --loss 1e-6 --val 1e-6 --norm 1e-6 \
+  --max 1e-5 --adamw-v 1e-5
 ok $? "tp 2, tp 4, dp 2 x tp 2 and the resumed runs equal the one-process run (1e-6)"
 cmp -s "$TMP/rs/step_000010/model.safetensors" "$TMP/tp2/step_000010/model.safetensors" &&
   cmp -s "$TMP/rs/step_000010/optimizer.safetensors" "$TMP/tp2/step_000010/optimizer.safetensors"
@@ -121,31 +92,7 @@ if [[ " $CASES " == *" mpi "* ]]; then # DP 2 x TP 2 Muon under mpirun too
   ok $? "mpirun dp 2 x tp 2 muon: $(tail -n 3 "$TMP/mpimu.err")"
   MU="$MU mpimu"
 fi
-python3 - "$TMP" $MU <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
-def tensors(d, name):
-    b = open(f"{tmp}/{d}/step_000010/{name}", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-ref, refp, refo = rows("mu1"), tensors("mu1", "model.safetensors"), tensors("mu1", "optimizer.safetensors")
-bad = 0
-for d in sys.argv[2:]:
-    r, p, o = rows(d), tensors(d, "model.safetensors"), tensors(d, "optimizer.safetensors")
-    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-              sum(y * y for k in refp for y in refp[k])) ** 0.5
-    assert sorted(o) == sorted(refo), (d, sorted(o))
-    worst_o = max(max(abs(x - y) for x, y in zip(o[k], refo[k])) / max(1e-30, max(abs(x) for x in refo[k])) for k in refo)
-    print(f"{d} (muon): {len(r)} steps, losses max rel {worst:.2e}, params |diff| / |p| {norm_p:.2e}, "
-          f"optimizer tensors max |diff| / max {worst_o:.2e}")
-    if not (len(r) == 10 and worst <= 1e-6 and norm_p <= 1e-6 and worst_o <= 1e-4): bad += 1
-sys.exit(bad)
-PY
+python3 tests/mp_compare.py --root "$TMP" --ref mu1 $MU --rows 10 --loss 1e-6 --norm 1e-6 --optim-max 1e-4
 ok $? "muon at tp 2, tp 4, dp 2 x tp 2 and its one-process resume equal the one-process muon run"
 # refusals
 run 4 bad $A --batch 2 --tp 2 --zero 1 --optim galore; [ $? != 0 ] && grep -q "zero 0 or (AdamW) --zero 1" "$TMP/bad.r0"

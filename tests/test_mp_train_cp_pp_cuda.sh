@@ -31,27 +31,8 @@ A="$G" # mp_launch.sh's probe runs `lmc train $A --cp 2` (here on the GPU)
 . tests/mp_launch.sh
 "$LMC" train $G -o "$TMP/one" 2>"$TMP/one.err"; ok $? "one process on cuda: $(tail -n 3 "$TMP/one.err")"
 launch 2 train cp2 $G --cp 2; ok $? "--cp 2 --device cuda: $(last cp2)"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
-def params(d):
-    b = open(f"{tmp}/{d}/step_000006/model.safetensors", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-ref, r = rows("one"), rows("cp2")
-refp, p = params("one"), params("cp2")
-assert len(r) == 6 and sorted(p) == sorted(refp)
-worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-vals = [(a["val_loss"], b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b]
-worst_v = max(abs(a - b) / abs(b) for a, b in vals)
-norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) / sum(y * y for k in refp for y in refp[k])) ** 0.5
-print(f"cp 2 on cuda vs one process on cuda: losses max rel {worst:.2e}, val {worst_v:.2e}, weights |diff| / |w| {norm_p:.2e}")
-sys.exit(0 if len(vals) == 2 and worst <= 1e-4 and worst_v <= 1e-4 and norm_p <= 1e-4 else 1)
-PY
+python3 tests/mp_compare.py --root "$TMP" --step 6 cp2:one --rows 6 --keys --loss 1e-4 --val 1e-4 --val-count 2 \
+  --norm 1e-4
 ok $? "--cp 2 on cuda equals the one-process cuda run"
 echo "test_mp_train_cp_pp_cuda: $pass passed, $fail failed"
 [ $fail = 0 ]

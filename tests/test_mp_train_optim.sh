@@ -23,30 +23,8 @@ run() { local cmd=$1 W=$2 out=$3; shift 3; mp_ranks "$W" "$out" $cmd "$@" -o "$T
 # compare REF RUN PMAX [PNORM]: losses 1e-6, params PNORM (default 1e-5) in norm and PMAX of max |p|, the
 # same optimizer tensor names
 compare() {
-  python3 - "$TMP/$1" "$TMP/$2" "$3" "${4:-1e-5}" <<'PY'
-import json, struct, sys
-a, b, pmax, pnorm = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-def rows(d): return [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
-def tensors(d, name):
-    raw = open(f"{d}/step_000010/{name}", "rb").read()
-    n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
-    return {k: (v["dtype"], raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in h.items() if k != "__metadata__"}
-def f32(t): return {k: struct.unpack(f"<{len(x) // 4}f", x) for k, (dt, x) in t.items() if dt == "F32"}
-ra, rb = rows(a), rows(b)
-assert len(ra) == len(rb) == 10, (len(ra), len(rb))
-wl = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(ra, rb))
-pa, pb = f32(tensors(a, "model.safetensors")), f32(tensors(b, "model.safetensors"))
-assert sorted(pa) == sorted(pb)
-scale = max(abs(x) for t in pa.values() for x in t)
-wp = max(abs(x - y) for k in pa for x, y in zip(pa[k], pb[k])) / scale
-np_ = (sum((x - y) ** 2 for k in pa for x, y in zip(pa[k], pb[k])) / sum(y * y for k in pa for y in pa[k])) ** 0.5
-oa, ob = tensors(a, "optimizer.safetensors"), tensors(b, "optimizer.safetensors")
-same = sorted(oa) == sorted(ob) and all(oa[k][0] == ob[k][0] and len(oa[k][1]) == len(ob[k][1]) for k in oa)
-print(f"{b.rsplit('/', 1)[1]}: losses max rel {wl:.2e}, params |diff| / |p| {np_:.2e} (max {wp:.2e}), "
-      f"{len(oa)} optimizer tensors {'the same' if same else 'DIFFER'}")
-sys.exit(0 if wl <= 1e-6 and np_ <= pnorm and wp <= pmax and same else 1)
-PY
+  python3 tests/mp_compare.py --root "$TMP" "$2:$1" --rows 10 --ref-rows 10 --keys --loss 1e-6 --norm "${4:-1e-5}" \
+    --max "$3" --optim-same
 }
 for o in adamw8bit galore apollo apollo-mini; do
   O="--optim $o"; [ $o = galore ] && O="$O --galore-rank 8 --galore-update-gap 2"
@@ -80,23 +58,7 @@ done >"$TMP/d.jsonl"
 F="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-3 --threads 1 --steps 6 --full --optim apollo --batch 2"
 "$LMC" finetune $F -o "$TMP/ft1" 2>"$TMP/err"; ok $? "finetune apollo one process: $(tail -2 "$TMP/err")"
 run finetune 2 ft2 $F --tp 2; ok $? "finetune apollo tp 2: $(tail -n 3 "$TMP"/ft2.r*)"
-python3 - "$TMP/ft1" "$TMP/ft2" <<'PY'
-import json, struct, sys
-a, b = sys.argv[1], sys.argv[2]
-la = [json.loads(l)["loss"] for l in open(a + ".metrics.jsonl")]
-lb = [json.loads(l)["loss"] for l in open(b + ".metrics.jsonl")]
-def t(d):
-    raw = open(f"{d}/model.safetensors", "rb").read(); n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
-    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
-                             raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
-ta, tb = t(a), t(b)
-assert len(la) == len(lb) == 6 and sorted(ta) == sorted(tb)
-wl = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
-np_ = (sum((x - y) ** 2 for k in ta for x, y in zip(ta[k], tb[k])) / sum(y * y for k in ta for y in ta[k])) ** 0.5
-print(f"finetune --full --tp 2 apollo: losses max rel {wl:.2e}, weights |diff| / |w| {np_:.2e}")
-sys.exit(0 if wl <= 1e-6 and np_ <= 1e-5 else 1)
-PY
+python3 tests/mp_compare.py --root "$TMP" --layout finetune ft2:ft1 --rows 6 --ref-rows 6 --keys --loss 1e-6 --norm 1e-5
 ok $? "finetune --full --tp 2 --optim apollo = one process"
 echo "test_mp_train_optim: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -50,55 +50,18 @@ G="--data $TMP/data --arch gpt2 --layers 4 --hidden 64 --heads 4 --intermediate 
    --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 6 --eval-every 3 --eval-batches 2 --tie --decay-all"
 "$LMC" train $G --batch 2 -o "$TMP/g1" 2>"$TMP/err"; ok $? "gpt2 single: $(tail -2 "$TMP/err")"
 launch 2 train g2 $G --batch 2 --pp 2 --pp-chunks 2; ok $? "gpt2 pp 2 x v 2: $(last g2)"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-t = sys.argv[1]
-def st(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]
-        out[k] = struct.unpack(f"<{(e - s) // 4}f", b[8 + n + s:8 + n + e])
-    return out
-def metrics(d):
-    return [json.loads(l) for l in open(f"{t}/{d}/metrics.jsonl")]
-bad = 0
-for ref, run, n in (("tie1", "tie2", 10), ("tie1", "rst", 10), ("g1", "g2", 6)):
-    a, b = metrics(ref), metrics(run)
-    dl = max(abs(x["loss"] - y["loss"]) / x["loss"] for x, y in zip(a, b))
-    dv = max(abs(x["val_loss"] - y["val_loss"]) / x["val_loss"] for x, y in zip(a, b) if "val_loss" in x)
-    wa, wb = st(f"{t}/{ref}/step_{n:06d}/model.safetensors"), st(f"{t}/{run}/step_{n:06d}/model.safetensors")
-    num = sum((x - y) ** 2 for k in wa for x, y in zip(wa[k], wb[k])) ** 0.5
-    den = sum(x * x for k in wa for x in wa[k]) ** 0.5
-    print(f"{run}: {len(b)} steps, losses max rel {dl:.3g}, val {dv:.3g}, weights |diff| / |w| {num / den:.3g}")
-    if not (len(a) == len(b) == n and dl < 1e-6 and dv < 1e-6 and num / den < 1e-6 and set(wa) == set(wb)): bad = 1
-sys.exit(bad)
-PY
+CMP="--root $TMP --keys --loss 1e-6 --val 1e-6 --norm 1e-6"
+python3 tests/mp_compare.py $CMP --ref tie1 tie2 rst --rows 10 --ref-rows 10
+rc=$?
+python3 tests/mp_compare.py $CMP --ref g1 g2 --step 6 --rows 6 --ref-rows 6 || rc=1
+[ $rc = 0 ]
 ok $? "tied pp 2, its resume at pp 2 x v 2 and gpt2 at pp 2 x v 2 equal the one-process runs"
 # fine-tuning a tied model (qwen2-tiny) at PP 2
 printf '{"prompt": "a b c", "completion": " d e f"}\n{"prompt": "g h", "completion": " i j k l"}\n{"prompt": "m", "completion": " n o"}\n{"prompt": "p q r s", "completion": " t"}\n' >"$TMP/sft.jsonl"
 F="-m tests/fixtures/qwen2-tiny --data $TMP/sft.jsonl --full --batch 1 --seq 16 --accum 2 --steps 4 --lr 1e-3 --threads 1"
 "$LMC" finetune $F -o "$TMP/ft1" 2>"$TMP/err"; ok $? "finetune one process: $(tail -2 "$TMP/err")"
 launch 2 finetune ft2 $F --pp 2; ok $? "finetune pp 2: $(last ft2)"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-t = sys.argv[1]
-def st(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
-                             b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
-a, b = st(f"{t}/ft1/model.safetensors"), st(f"{t}/ft2/model.safetensors")
-num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k])) ** 0.5
-den = sum(x * x for k in a for x in a[k]) ** 0.5
-print(f"finetune pp 2 (tied): weights |diff| / |w| {num / den:.3g}, {len(a)} tensors")
-sys.exit(0 if set(a) == set(b) and len(a) > 0 and num / den < 1e-6 else 1)
-PY
+python3 tests/mp_compare.py --root "$TMP" --layout dirs ft2:ft1 --keys --norm 1e-6
 ok $? "finetune --full --pp 2 on a tied model writes the one-process model"
 # refusals
 launch 2 train bad1 $A --batch 2 --pp 2 --pp-chunks 2 --accum 3; [ $? != 0 ] && grep -q "multiple of the 2 stages" "$TMP/bad1.err"

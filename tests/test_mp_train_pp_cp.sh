@@ -44,39 +44,10 @@ for k in ppcp tpppcp; do
 done
 "$LMC" train --data "$TMP/data" --threads 1 --resume latest --save-every 5 --eval-every 5 --eval-batches 2 \
   -o "$TMP/rs1" 2>"$TMP/err"; ok $? "one-process resume of the pp 2 x cp 2 checkpoint: $(tail -3 "$TMP/err")"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
-def params(d, name="model.safetensors"):
-    b = open(f"{tmp}/{d}/step_000010/{name}", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-bad = 0
-ref, refp, refo = rows("single"), params("single"), params("single", "optimizer.safetensors")
-for d in ["ppcp", "dpppcp", "tpppcp", "ilvcp", "rs1"]:
-    r, p, o = rows(d), params(d), params(d, "optimizer.safetensors")
-    if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)):
-        print(d, "steps", [x["step"] for x in r]); bad += 1; continue
-    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-    vals = [(a["val_loss"], b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b]
-    worst_v = max(abs(a - b) / abs(b) for a, b in vals)
-    assert len(vals) == 2 and sorted(p) == sorted(refp), (d, len(vals), sorted(p))
-    scale = max(abs(x) for t in refp.values() for x in t)
-    worst_p = max(abs(x - y) for k in refp for x, y in zip(p[k], refp[k])) / scale
-    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-              sum(y * y for k in refp for y in refp[k])) ** 0.5
-    worst_o = max(abs(x - y) for x, y in zip(o["adamw.v"], refo["adamw.v"])) / max(abs(x) for x in refo["adamw.v"])
-    print(f"{d}: losses max rel {worst:.2e}, val {worst_v:.2e}, params |diff| / |p| {norm_p:.2e} "
-          f"(max |diff| / max |p| {worst_p:.2e}), adamw.v max |diff| / max {worst_o:.2e}")
-    # test_mp_train_cp_pp's bounds: ring attention merges blocks by log-sum-exp, the
-    # data-parallel sums add in another order
-    if not (worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 1e-6 and worst_p <= 3e-5 and worst_o <= 1e-5): bad += 1
-sys.exit(bad)
-PY
+# test_mp_train_cp_pp's bounds: ring attention merges blocks by log-sum-exp, the
+# data-parallel sums add in another order
+python3 tests/mp_compare.py --root "$TMP" --ref single ppcp dpppcp tpppcp ilvcp rs1 --steps 10 --keys --loss 1e-6 \
+  --val 1e-6 --val-count 2 --norm 1e-6 --max 3e-5 --adamw-v 1e-5
 ok $? "pp 2 x cp 2, dp 2 x pp 2 x cp 2, tp 2 x pp 2 x cp 2 and the one-process resume equal the one-process run"
 # ---- lmc finetune --full (test_mp_finetune_cp_pp's data and bounds)
 FIX=tests/fixtures/llama-tiny
@@ -88,31 +59,8 @@ F="-m $FIX --data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine 
 "$LMC" finetune $F --full --batch 2 -o "$TMP/fone" 2>"$TMP/err"; ok $? "finetune one process: $(tail -2 "$TMP/err")"
 launch 4 finetune fppcp $F --full --batch 2 --pp 2 --cp 2; ok $? "finetune --pp 2 --cp 2: $(last fppcp)"
 launch 8 finetune ftppcp $F --full --batch 2 --tp 2 --pp 2 --cp 2; ok $? "finetune --tp 2 --pp 2 --cp 2: $(last ftppcp)"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(p): return [json.loads(l) for l in open(p)]
-def params(path):
-    b = open(path, "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-ref, refp = rows(f"{tmp}/fone.metrics.jsonl"), params(f"{tmp}/fone/model.safetensors")
-bad = 0
-for d in ["fppcp", "ftppcp"]:
-    r, p = rows(f"{tmp}/{d}.metrics.jsonl"), params(f"{tmp}/{d}/model.safetensors")
-    assert sorted(p) == sorted(refp)
-    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-    vals = [(a["val_loss"], b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b]
-    worst_v = max(abs(a - b) / abs(b) for a, b in vals)
-    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-              sum(y * y for k in refp for y in refp[k])) ** 0.5
-    print(f"finetune {d}: {len(r)} steps, losses max rel {worst:.2e}, val {worst_v:.2e}, weights |diff| / |w| {norm_p:.2e}")
-    bad += not (len(r) == 8 and len(vals) == 2 and worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 3e-6)
-sys.exit(bad)
-PY
+python3 tests/mp_compare.py --root "$TMP" --layout finetune --ref fone fppcp ftppcp --rows 8 --keys --loss 1e-6 --val 1e-6 \
+  --val-count 2 --norm 3e-6
 ok $? "finetune --full --pp 2 --cp 2 and --tp 2 --pp 2 --cp 2 equal the one-process run"
 # ---- refusals
 launch 4 train bad0 $A --batch 4 --tp 2 --pp 2 --cp 2; [ $? != 0 ] && grep -q "needs T x 2 x 2 x D ranks" "$TMP/bad0.err"

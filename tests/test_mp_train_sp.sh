@@ -55,37 +55,10 @@ if [ $HAVE_MPIRUN = 1 ]; then
   if mp_no_mpi "$TMP/mpi.err"; then echo "test_mp_train_sp: mpirun part skipped (lmc built without MPI)"
   else ok $rc "mpirun dp 2 x tp 2 --sp: $(tail -n 3 "$TMP/mpi.err")"; CASES="$CASES mpi:single"; fi
 fi
-python3 - "$TMP" $CASES <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(d): return [json.loads(l) for l in open(f"{tmp}/{d}/metrics.jsonl")]
-def params(d, name="model.safetensors"):
-    b = open(f"{tmp}/{d}/step_000010/{name}", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-bad = 0
-for d, o in (c.split(":") for c in sys.argv[2:]):
-    ref, refp, refo = rows(o), params(o), params(o, "optimizer.safetensors")
-    r, p, q = rows(d), params(d), params(d, "optimizer.safetensors")
-    if len(r) != 10 or [x["step"] for x in r] != list(range(1, 11)) or sorted(p) != sorted(refp):
-        print(d, "steps", [x["step"] for x in r]); bad += 1; continue
-    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-    worst_v = max(abs(a["val_loss"] - b["val_loss"]) / abs(b["val_loss"]) for a, b in zip(r, ref) if "val_loss" in b)
-    scale = max(abs(x) for t in refp.values() for x in t)
-    worst_p = max(abs(x - y) for k in refp for x, y in zip(p[k], refp[k])) / scale
-    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-              sum(y * y for k in refp for y in refp[k])) ** 0.5
-    worst_o = max(abs(x - y) for x, y in zip(q["adamw.v"], refo["adamw.v"])) / max(abs(x) for x in refo["adamw.v"])
-    print(f"{d} vs {o}: losses max rel {worst:.2e}, val {worst_v:.2e}, params |diff| / |p| {norm_p:.2e} "
-          f"(max |diff| / max |p| {worst_p:.2e}), adamw.v max |diff| / max {worst_o:.2e}")
-    # test_mp_train's bounds for TP (the reduce-scatter and the norms' weight
-    # gradients sum in another order than TP's all-reduce and one process)
-    if not (worst <= 1e-6 and worst_v <= 1e-6 and norm_p <= 1e-6 and worst_p <= 1e-5 and worst_o <= 1e-5): bad += 1
-sys.exit(bad)
-PY
+# test_mp_train's bounds for TP (the reduce-scatter and the norms' weight
+# gradients sum in another order than TP's all-reduce and one process)
+python3 tests/mp_compare.py --root "$TMP" $CASES --steps 10 --keys --loss 1e-6 --val 1e-6 --norm 1e-6 --max 1e-5 \
+  --adamw-v 1e-5
 ok $? "tp 2 / tp 4 / dp 2 x tp 2 --sp and the resumed run equal the one-process and the tp 2 runs"
 # the memory account: saved activations per layer and the residual stream smaller with --sp
 M="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 --seq 256
@@ -122,32 +95,12 @@ frun 2 flora $L --tp 2 --sp; [ $? = 2 ] && grep -q "and with --full" "$TMP/flora
 ok $? "finetune LoRA --sp refused: $(tail -n 2 "$TMP/flora.r0")"
 frun 2 fpack $L --full --tp 2 --sp --pack; [ $? != 0 ] && grep -q "with packed sequences (--pack)" "$TMP/fpack.r0"
 ok $? "finetune --sp --pack refused: $(tail -n 2 "$TMP/fpack.r0")"
-python3 - "$TMP" <<'PY'
-import json, struct, sys
-tmp = sys.argv[1]
-def rows(p): return [json.loads(l) for l in open(p)]
-def params(d):
-    b = open(f"{d}/model.safetensors", "rb").read()
-    n = int.from_bytes(b[:8], "little"); h = json.loads(b[8:8 + n]); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]; out[k] = struct.unpack(f"<{(e - s) // 4}f", b[base + s:base + e])
-    return out
-bad = 0
-for d, o in [("fsp", "fone"), ("qsp", "qone"), ("qvsp", "qone")]:
-    ref, refp = rows(f"{tmp}/{o}.metrics.jsonl"), params(f"{tmp}/{o}")
-    r, p = rows(f"{tmp}/{d}.metrics.jsonl"), params(f"{tmp}/{d}")
-    if not (len(r) == 8 == len(ref) and sorted(p) == sorted(refp)):
-        print(d, len(r)); bad += 1; continue
-    worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref))
-    norm_p = (sum((x - y) ** 2 for k in refp for x, y in zip(p[k], refp[k])) /
-              sum(y * y for k in refp for y in refp[k])) ** 0.5
-    print(f"finetune {d} vs {o}: losses max rel {worst:.2e}, weights |diff| / |w| {norm_p:.2e}")
-    # test_mp_finetune's bounds (qwen2-tiny's tied embedding: AdamW magnifies the rounding)
-    tol = (1e-5, 1e-4) if d.startswith("q") else (1e-6, 1e-5)
-    if not (worst <= tol[0] and norm_p <= tol[1]): bad += 1
-sys.exit(bad)
-PY
+# test_mp_finetune's bounds (qwen2-tiny's tied embedding: AdamW magnifies the rounding)
+CMP="--root $TMP --layout finetune --rows 8 --ref-rows 8 --keys"
+python3 tests/mp_compare.py $CMP fsp:fone --loss 1e-6 --norm 1e-5
+rc=$?
+python3 tests/mp_compare.py $CMP qsp:qone qvsp:qone --loss 1e-5 --norm 1e-4 || rc=1
+[ $rc = 0 ]
 ok $? "finetune --full --tp 2 --sp equals the one-process runs"
 echo "test_mp_train_sp: $pass passed, $fail failed"
 [ "$fail" = 0 ]

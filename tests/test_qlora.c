@@ -14,6 +14,7 @@
  *    dequantized weights (the dequantize-then-float LoRA path); a few more
  *    steps lower the loss and leave the quantized base bit-for-bit as it was. */
 #include "test.h"
+#include "harness_batch.h"
 #include "core/core.h"
 #include "io/safetensors.h"
 #include "model/linear.h"
@@ -267,29 +268,6 @@ static void test_linear(const struct lmc_backend *be) {
 
 /* ---- whole models against the dequantize-then-float path ---- */
 
-struct batch {
-    int32_t *in, *tg;
-    int64_t n;
-};
-
-static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
-                             lmc_err *err) {
-    (void)err;
-    *segs = NULL;
-    *n_segs = 0;
-    struct batch *b = user;
-    memcpy(in, b->in, (size_t)b->n * sizeof *in);
-    memcpy(tg, b->tg, (size_t)b->n * sizeof *tg);
-    return LMC_OK;
-}
-
-static int64_t read_ids(const cJSON *rows, int32_t *out, int64_t cap) {
-    int64_t n = 0;
-    const cJSON *row, *v;
-    cJSON_ArrayForEach(row, rows) cJSON_ArrayForEach(v, row) if (n < cap) out[n++] = (int32_t)v->valuedouble;
-    return n;
-}
-
 /* Copies of every quantized weight's codes and scales (to compare later). */
 static size_t snapshot(const struct lmc_qlora *ql, uint8_t *out) {
     size_t at = 0;
@@ -313,22 +291,17 @@ static size_t snapshot(const struct lmc_qlora *ql, uint8_t *out) {
 }
 
 static void test_model(const struct lmc_backend *be, const char *model, enum lmc_qlora_kind kind) {
-    char dir[256], ldir[300], path[400];
+    char dir[256], ldir[300];
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
     lmc_err err = {0};
-    char *text;
-    snprintf(path, sizeof path, "%s/ref.json", ldir);
-    if (lmc_file_read(path, 1 << 24, &text, NULL, &err)) {
+    int64_t B, T;
+    struct harness_batch bt;
+    cJSON *ref = harness_batch_ref(ldir, &bt, &B, &T, &err);
+    if (!ref) {
         CHECK_MSG(0, "%s", err.msg);
         return;
     }
-    cJSON *ref = cJSON_Parse(text);
-    free(text);
-    int64_t B = (int64_t)cJSON_GetObjectItem(ref, "B")->valuedouble, T = (int64_t)cJSON_GetObjectItem(ref, "T")->valuedouble;
-    struct batch bt = {malloc(sizeof(int32_t) * (size_t)(B * T)), malloc(sizeof(int32_t) * (size_t)(B * T)), B * T};
-    CHECK(read_ids(cJSON_GetObjectItem(ref, "inputs"), bt.in, B * T) == B * T);
-    CHECK(read_ids(cJSON_GetObjectItem(ref, "targets"), bt.tg, B * T) == B * T);
     cJSON_Delete(ref);
     /* [0]: QLoRA; [1]: f32 model holding the dequantized weights */
     struct lmc_tmodel tm[2];
@@ -359,7 +332,7 @@ static void test_model(const struct lmc_backend *be, const char *model, enum lmc
     snapshot(&ql, snap0);
     struct lmc_trainer tr[2];
     struct lmc_train_stats st[2];
-    struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .next_batch = next_batch,
+    struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .next_batch = harness_batch_next,
                                .batch_user = &bt};
     o.adamw = (struct lmc_adamw_cfg){1e-2, 0.9, 0.999, 1e-8, 0.0};
     o.sched = (struct lmc_schedule){.kind = LMC_SCHED_CONSTANT, .lr_max = 1e-2, .lr_min = 1e-2, .total = 100};
@@ -393,7 +366,7 @@ static void test_model(const struct lmc_backend *be, const char *model, enum lmc
         lmc_lora_free(&lo[i]);
     }
     lmc_qlora_free(&ql);
-    free(snap0), free(snap1), free(bt.in), free(bt.tg);
+    free(snap0), free(snap1), harness_batch_free(&bt);
 }
 
 static void test_errors(const struct lmc_backend *be) {

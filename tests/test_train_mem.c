@@ -10,6 +10,7 @@
  * the adapters' products in 7-row blocks and in one whole-batch block
  * (lmc_lora_train_set_scratch_rows) give the same step. */
 #include "test.h"
+#include "harness_batch.h"
 #include "core/core.h"
 #include "train/lora_train.h"
 #include "train/qlora.h"
@@ -51,22 +52,6 @@ static void cnt_free(void *ctx, void *p) {
             break;
         }
     cnt.free(ctx, p);
-}
-
-struct batch {
-    int32_t *in, *tg;
-    int64_t n;
-};
-
-static lmc_status next_batch(void *user, int32_t *in, int32_t *tg, const int64_t **segs, int64_t *n_segs,
-                             lmc_err *err) {
-    (void)err;
-    *segs = NULL;
-    *n_segs = 0;
-    struct batch *b = user;
-    memcpy(in, b->in, (size_t)b->n * sizeof *in);
-    memcpy(tg, b->tg, (size_t)b->n * sizeof *tg);
-    return LMC_OK;
 }
 
 enum mode { M_LORA, M_FULL, M_QLORA };
@@ -115,14 +100,14 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, bool 
         }
     }
     const int64_t B = 2, T = 13;
-    struct batch bt = {malloc(sizeof(int32_t) * (size_t)(B * T)), malloc(sizeof(int32_t) * (size_t)(B * T)), B * T};
+    struct harness_batch bt = harness_batch_make(B * T);
     uint64_t rs = 7;
     for (int64_t i = 0; i < B * T; i++) {
         bt.in[i] = (int32_t)(test_rng_next(&rs) % 200);
         bt.tg[i] = i % 5 == 2 ? -1 : (int32_t)(test_rng_next(&rs) % 200);
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .recompute = recompute,
-                               .next_batch = next_batch, .batch_user = &bt};
+                               .next_batch = harness_batch_next, .batch_user = &bt};
     o.adamw = (struct lmc_adamw_cfg){1e-3, 0.9, 0.999, 1e-8, 0.0};
     o.sched = (struct lmc_schedule){.kind = LMC_SCHED_CONSTANT, .lr_max = 1e-3, .lr_min = 1e-3, .total = 10};
     lmc_optim_cfg_default(&o.optim, ok);
@@ -171,7 +156,7 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, bool 
     lmc_qlora_free(&ql);
     CHECK_MSG(cnt.live == 0, "%s: %zu bytes left after freeing", what, cnt.live);
     lmc_backend_cpu_free(&be);
-    free(bt.in), free(bt.tg);
+    harness_batch_free(&bt);
 }
 
 /* The adapters' products in blocks of 7 rows (odd, several per batch) and

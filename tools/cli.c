@@ -4,11 +4,13 @@
 #include "io/gguf.h"
 #include "ops/backend_cuda.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     if (!s || !*s) return false;
@@ -118,6 +120,32 @@ bool cli_lora_arg(struct cli_common *c, const char *v) {
     return true;
 }
 
+/* Whether the machine shows an NVIDIA GPU, judged from the file system
+ * alone, so that the default device choice loads no CUDA library where
+ * there is none (lmc_cuda_device_count opens liblmc_cuda.so and with it
+ * the CUDA runtime, cuBLASLt and NCCL: ~200 MB mapped, and a slower
+ * start). The driver makes a device node per GPU (/dev/nvidiaN; a
+ * container may show only some of them, not always nvidia0) and lists its
+ * GPUs in /proc/driver/nvidia/gpus/; WSL 2 has /dev/dxg instead. A false
+ * positive only costs the full probe that follows. */
+static bool cli_gpu_visible(void) {
+    static const char *const dirs[] = {"/proc/driver/nvidia/gpus", "/dev"};
+    if (access("/dev/dxg", F_OK) == 0) return true;
+    for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
+        DIR *dir = opendir(dirs[d]);
+        if (!dir) continue;
+        bool found = false;
+        for (struct dirent *e; !found && (e = readdir(dir));) {
+            const char *n = e->d_name;
+            if (d == 0) found = n[0] != '.'; /* a GPU's PCI address */
+            else if (!strncmp(n, "nvidia", 6) && n[6] >= '0' && n[6] <= '9') found = true;
+        }
+        closedir(dir);
+        if (found) return true;
+    }
+    return false;
+}
+
 /* Loads and binds the --lora adapters into the loaded model. */
 static int open_lora(struct cli_model *cm, const struct cli_common *c) {
     lmc_err err = {0};
@@ -146,8 +174,9 @@ int cli_open(struct cli_model *cm, const struct cli_common *c, bool need_model) 
     if (lmc_gguf_tokenizer_load(&cm->tok, c->model_dir, &err)) return cli_fail("tokenizer", &err);
     if (!need_model) return 0;
     /* --device cuda, or by default the GPU when there is one (falling back
-     * to the CPU when the model does not fit in its memory) */
-    bool want_cuda = c->device ? !strcmp(c->device, "cuda") : lmc_cuda_device_count() > 0;
+     * to the CPU when the model does not fit in its memory); without one
+     * no CUDA library is loaded */
+    bool want_cuda = c->device ? !strcmp(c->device, "cuda") : cli_gpu_visible() && lmc_cuda_device_count() > 0;
     if (want_cuda) {
         if (lmc_backend_cuda_init(&cm->be, 0, &err)) {
             if (c->device) {

@@ -73,6 +73,17 @@ void cli_train_mem_report(const char *cmd, const struct lmc_backend *be, const s
                           const struct lmc_lora_train *lt, const struct lmc_qlora *ql, int qkind,
                           const char *json_path, size_t mem0, bool after_step);
 
+/* Parallel features a command's options turn on, in the order they are
+ * checked (cli_caps.c). CLI_CAP_DP_OPTIM: an optimizer other than AdamW
+ * with several data-parallel ranks. */
+enum cli_cap { CLI_CAP_EP, CLI_CAP_SP, CLI_CAP_TP, CLI_CAP_CP, CLI_CAP_PP, CLI_CAP_DP_OPTIM, CLI_CAP_N };
+/* Refuses a feature that cmd ("generate", "serve", "finetune", "train")
+ * does not run on device (--device as given; NULL: the CPU, where these
+ * features open their own backend): prints "lmc CMD: FLAG ... (--device
+ * DEV)" naming the first such flag and returns 2; 0 when all of on[] run
+ * there. optim: the optimizer's name for CLI_CAP_DP_OPTIM. */
+int cli_caps_check(const char *cmd, const char *device, const bool on[CLI_CAP_N], const char *optim);
+
 /* Value parsing that rejects junk ("12x", empty, out of range). */
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 bool cli_parse_f64(const char *s, double lo, double hi, double *out);

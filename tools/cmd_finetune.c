@@ -344,19 +344,10 @@ int cmd_finetune(int argc, char **argv) {
         return 2;
     }
     bool dist = denv.world > 1 || mpn > 1 || ep > 1 || (zero > 0 && mpn < 2), root = true;
-    /* --device cuda: the ranks train data parallel over NCCL (--zero 0-3, AdamW); the model-parallel layouts
-     * and the other optimizers' sharded state run on host backends (host communicators) only */
-    if (cc.device && strcmp(cc.device, "cpu") && (mpn > 1 || ep > 1)) {
-        fprintf(stderr, "lmc finetune: %s runs on the CPU backend only so far (host communicators); with --device %s "
-                        "the ranks train data parallel (--zero 0-3)\n", ep > 1 ? "--ep" : mpflag, cc.device);
-        return 2;
-    }
-    if (cc.device && strcmp(cc.device, "cpu") && dist && ocfg.kind != LMC_OPTIM_ADAMW) {
-        fprintf(stderr, "lmc finetune: --optim %s: data-parallel fine-tuning on --device %s steps AdamW only (the zero "
-                        "module's optimizer); run it on one GPU or on the CPU\n", lmc_optim_kind_name(ocfg.kind),
-                cc.device);
-        return 2;
-    }
+    bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_SP] = seq_par, [CLI_CAP_TP] = tp > 1,
+                            [CLI_CAP_CP] = cp > 1, [CLI_CAP_PP] = pp > 1,
+                            [CLI_CAP_DP_OPTIM] = dist && ocfg.kind != LMC_OPTIM_ADAMW};
+    if (cli_caps_check("finetune", cc.device, caps, lmc_optim_kind_name(ocfg.kind))) return 2;
     struct lmc_comm comm, tpc, dpc, cpc, ddc; /* cpc: the CP or PP groups under --tp; ddc: PP's DP groups */
     struct lmc_comm ncomm, *dcomm = &comm;    /* --device cuda, several ranks: an nccl one over comm */
     bool have_tpc = false, have_dpc = false, have_full = false, have_cpc = false, have_ddc = false;

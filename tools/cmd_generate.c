@@ -160,10 +160,6 @@ struct gen_ep {
 static int gen_ep_open(struct gen_ep *t, int64_t ep, struct cli_model *cm, const struct cli_common *c) {
     lmc_err err = {0};
     memset(t, 0, sizeof *t);
-    if (c->device && strcmp(c->device, "cpu")) {
-        fprintf(stderr, "lmc: --ep runs on the CPU backend only so far (--device %s)\n", c->device);
-        return 2;
-    }
     if (c->n_lora) {
         fprintf(stderr, "lmc: --ep does not combine with --lora yet\n");
         return 2;
@@ -316,6 +312,8 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "lmc generate: --pp does not combine with %s yet\n", a.ep > 1 ? "--ep" : "--tp-vocab");
         return 2;
     }
+    bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = a.ep > 1, [CLI_CAP_PP] = a.pp != 0};
+    if (cli_caps_check("generate", a.c.device, caps, NULL)) return 2;
     struct gen_ep ep = {0};
     struct cli_pp pp = {0};
     if (cli_open(&cm, &a.c, a.ep <= 1 && !a.pp)) return 1;

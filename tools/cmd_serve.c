@@ -386,18 +386,15 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_TP] = tp > 1, [CLI_CAP_PP] = pp != 0};
+    if (cli_caps_check("serve", c.device, caps, NULL)) return 2;
     if (ep > 1) {
-        const char *why = tp > 1 ? "--tp" : pp ? "--pp" : (c.device && strcmp(c.device, "cpu")) ? "--device other than cpu"
-                        : ad.n || c.n_lora ? "--lora adapters" : sc.spec ? "--spec" : kv_fmt ? "a compressed --kv-dtype"
-                        : NULL;
+        const char *why = tp > 1 ? "--tp" : pp ? "--pp" : ad.n || c.n_lora ? "--lora adapters" : sc.spec ? "--spec"
+                        : kv_fmt ? "a compressed --kv-dtype" : NULL;
         if (why) {
             fprintf(stderr, "lmc serve: --ep does not combine with %s yet\n", why);
             return 2;
         }
-    }
-    if (tp > 1 && c.device && strcmp(c.device, "cpu")) {
-        fprintf(stderr, "lmc serve: --tp runs on the CPU for now (--device %s)\n", c.device);
-        return 2;
     }
     if (tp_vocab && tp < 2) {
         fprintf(stderr, "lmc serve: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");

@@ -252,6 +252,9 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
     }
+    bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_SP] = seq_par, [CLI_CAP_TP] = tp > 1,
+                            [CLI_CAP_CP] = cp > 1, [CLI_CAP_PP] = pp > 1};
+    if (cli_caps_check("train", cc.device, caps, NULL)) return 2;
     if (dist) {
         if (zero < 0) zero = 0;
         if (!cc.threads) cc.threads = lmc_dist_cpu_threads(&denv, (int)sysconf(_SC_NPROCESSORS_ONLN));

@@ -253,6 +253,24 @@ static void block_bwd(struct ring *g, float scale, float *dq, float *dkb, float 
     }
 }
 
+/* The end of a backward step, after the K/V transfer: the block's dK|dV
+ * (gcur, bs bytes) go on to the next rank with it while the next block's
+ * (bn bytes) come in, so the last pass returns each to its owner; then the
+ * K/V and the dK/dV buffers swap. */
+static lmc_status bwd_pass(const struct ring *g, struct lmc_comm *c, float **cur, float **nxt, float **gcur,
+                           float **gnxt, size_t bs, size_t bn, lmc_err *err) {
+    if (g->W > 1) {
+        struct xfer_job d = {.x = {c, *gcur, *gnxt, bs, bn, LMC_OK, {0}}};
+        xfer_run(&d.x);
+        lmc_status st = xfer_finish(&d, err);
+        if (st) return st;
+    }
+    float *t = *cur;
+    *cur = *nxt, *nxt = t;
+    if (g->W > 1) t = *gcur, *gcur = *gnxt, *gnxt = t;
+    return LMC_OK;
+}
+
 lmc_status lmc_ring_attn_bwd(struct lmc_comm *c, const struct lmc_ring_attn_shape *s, float *dq,
                              float *dk, float *dv, const float *dout, const float *out,
                              const float *lse, const float *q, const float *k, const float *v,
@@ -286,14 +304,7 @@ lmc_status lmc_ring_attn_bwd(struct lmc_comm *c, const struct lmc_ring_attn_shap
         if (more) xfer_start(&j);
         block_bwd(&g, s->scale, dq, gcur, gcur + ns * g.kvd, dout, lse, D, q, cur, cur + ns * g.kvd, ns);
         if (more && (st = xfer_finish(&j, err))) break;
-        if (g.W > 1) { /* dK/dV follow their block; the last pass returns them to their owner */
-            struct xfer_job d = {.x = {c, gcur, gnxt, bs, bn, LMC_OK, {0}}};
-            xfer_run(&d.x);
-            if ((st = xfer_finish(&d, err))) break;
-        }
-        float *t = cur;
-        cur = nxt, nxt = t;
-        if (g.W > 1) t = gcur, gcur = gnxt, gnxt = t;
+        if ((st = bwd_pass(&g, c, &cur, &nxt, &gcur, &gnxt, bs, bn, err))) break;
     }
     if (!st) { /* the block now in gcur is this rank's own */
         memcpy(dk, gcur, sizeof(float) * (size_t)(g.n * g.kvd));
@@ -424,14 +435,7 @@ lmc_status lmc_ring_attn_bwd_be(const struct lmc_backend *be, struct lmc_comm *c
                            b.qpos_d, b.kpos_d, g.n, ns, g.H, g.KV, g.hd, s->scale, 1);
         be->download(be->ctx, gcur, b.g_d, bs); /* waits for the kernels */
         if (more && (st = xfer_finish(&j, err))) break;
-        if (g.W > 1) { /* dK/dV follow their block; the last pass returns them to their owner */
-            struct xfer_job d = {.x = {c, gcur, gnxt, bs, bn, LMC_OK, {0}}};
-            xfer_run(&d.x);
-            if ((st = xfer_finish(&d, err))) break;
-        }
-        float *t = cur;
-        cur = nxt, nxt = t;
-        if (g.W > 1) t = gcur, gcur = gnxt, gnxt = t;
+        if ((st = bwd_pass(&g, c, &cur, &nxt, &gcur, &gnxt, bs, bn, err))) break;
     }
     if (!st) { /* the block now in gcur is this rank's own */
         be->upload(be->ctx, dk, gcur, sizeof(float) * (size_t)(g.n * g.kvd));
