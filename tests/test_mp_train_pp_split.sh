@@ -17,8 +17,9 @@
 # finetune, generate, eval); `lmc info --pp 2 --pp-layers` prints the
 # given split and the memory of its largest stage. `lmc generate --pp` with
 # --pp-layers (3,1 at --pp 2 and 1,1,2 at --pp 3 on llama-tiny's layers
-# stacked to 4) gives the one-process ids, and `lmc serve --pp 2
-# --pp-layers 3,1` the one-process completions.
+# stacked to 4) gives the one-process ids, `lmc eval --pp 2 --pp-layers
+# 1,3` the one-process perplexity, and `lmc serve --pp 2 --pp-layers 3,1`
+# the one-process completions.
 # Usage: test_mp_train_pp_split.sh PATH/TO/lmc
 set -u
 . "$(dirname "$0")/mp_launch.sh" "$1"
@@ -122,6 +123,11 @@ for spec in "2 3,1" "3 1,1,2"; do
   grep -q "pipeline stage $((P - 1)) of $P: layers \[$((4 - ${L##*,})), 4) of 4" "$TMP/gen$P.r$((P - 1)).err"
   ok $? "the last stage loaded its ${L##*,} given layers: $(grep "pipeline stage" "$TMP/gen$P.r$((P - 1)).err")"
 done
+EV=(eval -m "$TMP/llama4" --text "the quick brown fox jumps over the lazy dog again and again" --ctx 16 --json --threads 1)
+"$LMC" "${EV[@]}" >"$TMP/ev.one" 2>"$TMP/ev.err"; ok $? "eval one process: $(cat "$TMP/ev.err")"
+MP_SPLIT=1 mp_ranks 2 ev "${EV[@]}" --pp 2 --pp-layers 1,3
+[ $? = 0 ] && grep -q '"ppl"' "$TMP/ev.one" && cmp -s "$TMP/ev.one" "$TMP/ev.r0"
+ok $? "eval --pp 2 --pp-layers 1,3: $(cat "$TMP/ev.r0") vs one process $(cat "$TMP/ev.one")"
 MP_SPLIT=1 mp_ranks 2 genbad "${G[@]}" --pp 2 --pp-layers 2,1; [ $? != 0 ] && grep -q "sums to 3 layers; the model has 4" "$TMP/genbad.r0.err"
 ok $? "generate --pp 2 --pp-layers 2,1 on 4 layers: $(cat "$TMP/genbad.r0.err")"
 python3 - "$LMC" "$TMP/llama4" <<'PY'
