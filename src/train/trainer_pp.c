@@ -182,8 +182,10 @@ static lmc_status split(struct lmc_trainer_pp *p, const struct lmc_config *c, in
     if (!p->bounds) return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
     lmc_status s = lmc_pp_split_plan(c, P, V, layers, p->bounds, err);
     if (s) return s;
+    uint64_t h = 14695981039346656037u; /* FNV-1a of every bound, beside the first counts in words */
+    for (int k = 0; k <= P * V; k++) h = (h ^ (uint64_t)p->bounds[k]) * 1099511628211u;
     char text[512];
-    int n = snprintf(text, sizeof text, "layers per chunk");
+    int n = snprintf(text, sizeof text, "split %016llx, layers per chunk", (unsigned long long)h);
     for (int k = 0; k < P * V && n < (int)sizeof text - 24; k++)
         n += snprintf(text + n, sizeof text - (size_t)n, " %lld", (long long)(p->bounds[k + 1] - p->bounds[k]));
     if ((s = lmc_dist_check_same(pp, "pipeline split", text, err))) return s;
