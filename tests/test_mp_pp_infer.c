@@ -1,6 +1,6 @@
 /* test_mp_pp_infer.c — pipeline-parallel inference below the CLI
  * (dist/pp_infer.h, lmc_model_load_layers):
- *   1. the split: balanced by layer parameters, every stage at least one
+ *   1. the split: balanced by parameters (dist/pp_split.h), every stage at least one
  *      layer, P > layers refused; the stages' parameters sum to the
  *      model's (the tied embedding counted again on the last stage);
  *   2. the layer-range loader on llama-tiny (untied) and qwen2-tiny (tied):
@@ -99,7 +99,7 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     struct lmc_model m;
     struct lmc_pp_infer p;
     struct lmc_model_opts o = {.wdtype = LMC_WDTYPE_F32, .be = &be};
-    if (lmc_pp_infer_load(&p, &m, r->dir, &o, c, 1, 0, &err)) {
+    if (lmc_pp_infer_load(&p, &m, r->dir, &o, c, 1, 0, NULL, &err)) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 5;
     }
@@ -153,10 +153,10 @@ static void test_plan(const char *dir) {
     CHECK(lmc_pp_infer_plan(&c, 2, b, &err) == LMC_OK && b[0] == 0 && b[1] == 1 && b[2] == 2);
     CHECK(lmc_pp_infer_plan(&c, 3, b, &err) == LMC_ERR_ARG && strstr(err.msg, "2 layers"));
     CHECK(lmc_pp_infer_plan(&c, 0, b, &err) == LMC_ERR_ARG);
-    c.num_layers = 7; /* seven equal layers over 3 stages: 2 or 3 each, in order */
+    c.num_layers = 7; /* seven layers over 3 stages: each at least one, in order (test_mp_pp_split: the optimum) */
     CHECK(lmc_pp_infer_plan(&c, 3, b, &err) == LMC_OK);
     CHECK(b[0] == 0 && b[3] == 7);
-    for (int s = 0; s < 3; s++) CHECK(b[s + 1] - b[s] >= 2 && b[s + 1] - b[s] <= 3);
+    for (int s = 0; s < 3; s++) CHECK(b[s + 1] - b[s] >= 1);
     CHECK(lmc_pp_infer_plan(&c, 7, b, &err) == LMC_OK);
     for (int s = 0; s < 7; s++) CHECK(b[s + 1] - b[s] == 1);
     int64_t total = 0, sum = 0;

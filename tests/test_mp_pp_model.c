@@ -9,7 +9,10 @@
  * norm): llama-tiny (2 layers) in 1F1B at P = 1, 2 and M = 1, 2, 4;
  * llama-tiny's config with 4, 6 and 8 layers (random weights) in
  * interleaved 1F1B at P = 2 V = 2 (M = 2, 4), P = 2 V = 3, P = 4 V = 2
- * and P = 1 V = 2; the stage's part holds fewer parameters than the
+ * and P = 1 V = 2, and uneven given splits (lmc_pp_tstage_init_split,
+ * the chunks those counts: 6 layers as 1,4,1 at P = 3, M = 1 and 2; 5 as
+ * 2,1,1,1 at P = 2 V = 2, and qwen2-tiny's as 1,1,2,1); the stage's part
+ * holds fewer parameters than the
  * model, its arenas only its chunks' layers. qwen2-tiny (tied embedding)
  * over 2 stages: the first and last stages' embedding gradients sum to
  * the one-process one. Bad layouts are refused. */
@@ -27,6 +30,7 @@ struct ref {
     const char *dir;          /* the fixture (the source when layers == 0) */
     int64_t layers;           /* > 0: its config with this many layers, random weights from SEED */
     int P, V, M;
+    const char *split;        /* --pp-layers counts (NULL: the planner's) */
     int32_t in[NSEQ * T], tgt[NSEQ * T];
     double loss;
     float **grads, **after;   /* per parameter (on-disk layout): gradient; weight after one AdamW step */
@@ -85,19 +89,31 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
     if (lmc_config_load(&cfg, r->dir, &err)) return 4;
     int64_t L = r->layers ? r->layers : cfg.num_layers;
     bool keep[64];
-    lmc_pp_stage_keep(L, cfg.tie_word_embeddings, c->world, r->V, rank, keep);
+    int64_t b[65];
+    cfg.num_layers = L;
+    if (lmc_pp_split_plan(&cfg, c->world, r->V, r->split, b, &err)) {
+        fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+        return 1;
+    }
+    lmc_pp_stage_keep(b, L, cfg.tie_word_embeddings, c->world, r->V, rank, keep);
     struct lmc_tmodel tm;
     struct lmc_pp_tstage s;
     int bad = 0;
     if (build(&tm, r, &be, keep, &err) ||
-        lmc_pp_tstage_init_v(&s, &tm, &be, rank, c->world, r->V, r->M, NSEQ / r->M, T, &err)) {
+        (r->split ? lmc_pp_tstage_init_split(&s, &tm, &be, b, rank, c->world, r->V, r->M, NSEQ / r->M, T, &err)
+                  : lmc_pp_tstage_init_v(&s, &tm, &be, rank, c->world, r->V, r->M, NSEQ / r->M, T, &err))) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 1;
     }
     if (c->world > 1 && !(tm.numel < r->numel)) bad = 1, fprintf(stderr, "rank %d holds %lld of %lld floats\n", rank,
                                                                  (long long)tm.numel, (long long)r->numel);
     int64_t most = 0;
-    for (int v = 0; v < r->V; v++) if (s.ch[v].l1 - s.ch[v].l0 > most) most = s.ch[v].l1 - s.ch[v].l0;
+    for (int v = 0; v < r->V; v++) {
+        if (s.ch[v].l1 - s.ch[v].l0 > most) most = s.ch[v].l1 - s.ch[v].l0;
+        if (s.ch[v].l0 != b[v * c->world + rank] || s.ch[v].l1 != b[v * c->world + rank + 1])
+            bad = 1, fprintf(stderr, "rank %d chunk %d: layers [%lld, %lld)\n", rank, v, (long long)s.ch[v].l0,
+                             (long long)s.ch[v].l1);
+    }
     if (s.acts[0].n_layers != most || (c->world * r->V > 1 && most >= L)) bad = 1, fprintf(stderr, "arena of %lld layers\n", (long long)s.acts[0].n_layers);
     lmc_tmodel_zero_grad(&tm);
     s.inputs = r->in, s.targets = r->tgt;
@@ -191,18 +207,20 @@ int main(void) {
     CHECK(lmc_backend_cpu_init(&be, 1, &err) == LMC_OK);
     char dir[] = "/tmp/lmc_test_mp_pp_model_XXXXXX";
     if (!mkdtemp(dir)) return 1;
-    static const struct { const char *dir; int64_t layers; int P, V, M; } cases[] = {
-        {"tests/fixtures/llama-tiny", 0, 1, 1, 1}, {"tests/fixtures/llama-tiny", 0, 1, 1, 4},
-        {"tests/fixtures/llama-tiny", 0, 2, 1, 1}, {"tests/fixtures/llama-tiny", 0, 2, 1, 2},
-        {"tests/fixtures/llama-tiny", 0, 2, 1, 4}, {"tests/fixtures/llama-tiny", 4, 2, 2, 2},
-        {"tests/fixtures/llama-tiny", 4, 2, 2, 4}, {"tests/fixtures/llama-tiny", 6, 2, 3, 2},
-        {"tests/fixtures/llama-tiny", 8, 4, 2, 4}, {"tests/fixtures/llama-tiny", 4, 1, 2, 2},
-        {"tests/fixtures/qwen2-tiny", 0, 2, 1, 2}, {"tests/fixtures/qwen2-tiny", 4, 2, 2, 2},
+    static const struct { const char *dir; int64_t layers; int P, V, M; const char *split; } cases[] = {
+        {"tests/fixtures/llama-tiny", 0, 1, 1, 1, NULL}, {"tests/fixtures/llama-tiny", 0, 1, 1, 4, NULL},
+        {"tests/fixtures/llama-tiny", 0, 2, 1, 1, NULL}, {"tests/fixtures/llama-tiny", 0, 2, 1, 2, NULL},
+        {"tests/fixtures/llama-tiny", 0, 2, 1, 4, NULL}, {"tests/fixtures/llama-tiny", 4, 2, 2, 2, NULL},
+        {"tests/fixtures/llama-tiny", 4, 2, 2, 4, NULL}, {"tests/fixtures/llama-tiny", 6, 2, 3, 2, NULL},
+        {"tests/fixtures/llama-tiny", 8, 4, 2, 4, NULL}, {"tests/fixtures/llama-tiny", 4, 1, 2, 2, NULL},
+        {"tests/fixtures/qwen2-tiny", 0, 2, 1, 2, NULL}, {"tests/fixtures/qwen2-tiny", 4, 2, 2, 2, NULL},
+        {"tests/fixtures/llama-tiny", 6, 3, 1, 2, "1,4,1"}, {"tests/fixtures/llama-tiny", 5, 2, 2, 2, "2,1,1,1"},
+        {"tests/fixtures/qwen2-tiny", 5, 2, 2, 2, "1,1,2,1"}, {"tests/fixtures/llama-tiny", 6, 3, 1, 1, "1,4,1"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         struct ref *r = calloc(1, sizeof *r);
         *r = (struct ref){.dir = cases[k].dir, .layers = cases[k].layers, .P = cases[k].P, .V = cases[k].V,
-                          .M = cases[k].M};
+                          .M = cases[k].M, .split = cases[k].split};
         reference(r, &be);
         struct spawn_opts so = {.world = r->P};
         int codes[16] = {0}, bad = 0;
@@ -223,11 +241,17 @@ int main(void) {
         CHECK(lmc_pp_tstage_init_v(&s, &q, &be, 0, 2, 2, 3, 1, 4, &err) == LMC_ERR_ARG && strstr(err.msg, "multiple"));
         struct lmc_tmodel part;
         bool keep[4];
-        lmc_pp_stage_keep(2, true, 2, 1, 0, keep); /* rank 0's part: rank 1 cannot run on it */
+        const int64_t b2[] = {0, 1, 2}, bad3[] = {0, 2, 2}, bad4[] = {0, 1, 3};
+        lmc_pp_stage_keep(b2, 2, true, 2, 1, 0, keep); /* rank 0's part: rank 1 cannot run on it */
         CHECK(keep[0] && keep[1] && !keep[2] && !keep[3]);
-        lmc_pp_stage_keep(2, true, 2, 1, 1, keep);
+        lmc_pp_stage_keep(b2, 2, true, 2, 1, 1, keep);
         CHECK(keep[0] && !keep[1] && keep[2] && keep[3]); /* the tied head's embedding on the last stage */
-        lmc_pp_stage_keep(2, true, 2, 1, 0, keep);
+        /* a given split must cut the model's layers into non-empty chunks */
+        CHECK(lmc_pp_tstage_init_split(&s, &q, &be, bad3, 0, 2, 1, 2, 1, 4, &err) == LMC_ERR_ARG &&
+              strstr(err.msg, "non-empty"));
+        CHECK(lmc_pp_tstage_init_split(&s, &q, &be, bad4, 0, 2, 1, 2, 1, 4, &err) == LMC_ERR_ARG &&
+              strstr(err.msg, "non-empty"));
+        lmc_pp_stage_keep(b2, 2, true, 2, 1, 0, keep);
         if (lmc_tmodel_init_parts(&part, &q.cfg, &be, keep, true, &err) == LMC_OK) {
             CHECK(part.numel < q.numel && lmc_tmodel_find(&part, "model.layers.1.mlp.up_proj.weight") >= 0 &&
                   part.params[lmc_tmodel_find(&part, "model.layers.1.mlp.up_proj.weight")].elsewhere);

@@ -117,14 +117,15 @@ int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struc
                      const char *desc, const char *cmd);
 /* --tp T --pp P (TP x PP x DP): the same with pipeline groups (*ppc: P
  * consecutive ranks of dpc) and their data-parallel groups (*ddc, when
- * D > 1), then lmc_trainer_pp_attach. Free *ppc, *ddc before dpc. */
-int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, struct lmc_comm *ppc, bool *have_ppc,
-                     struct lmc_comm *ddc, bool *have_ddc, const char *desc, const char *cmd);
+ * D > 1), then lmc_trainer_pp_attach_v (layers: --pp-layers or NULL).
+ * Free *ppc, *ddc before dpc. */
+int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, const char *layers, struct lmc_comm *ppc,
+                     bool *have_ppc, struct lmc_comm *ddc, bool *have_ddc, const char *desc, const char *cmd);
 /* --tp T --pp P --cp C (TP x CP x PP x DP, TP innermost): the rings (*cpc:
  * C consecutive ranks of dpc, the ranks holding one TP shard), the stages
  * across them (lmc_trainer_pp_attach_cp splits the pipelines from dpc). */
-int cli_mp_attach_ppcp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, int cp, struct lmc_comm *cpc,
-                       bool *have_cpc, const char *desc, const char *cmd);
+int cli_mp_attach_ppcp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, int cp, const char *layers,
+                       struct lmc_comm *cpc, bool *have_cpc, const char *desc, const char *cmd);
 /* The start-up line of --cp / --pp runs (rank 0). */
 void cli_mp_log(const char *cmd, int64_t cp, int64_t pp, int world, int64_t B, int64_t T, int64_t accum);
 /* JSON-escapes s[0..n) into stdout (with quotes). */

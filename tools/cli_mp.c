@@ -106,8 +106,8 @@ int cli_mp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *dpc, int cp, struc
     return 0;
 }
 
-int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, struct lmc_comm *ppc, bool *have_ppc,
-                     struct lmc_comm *ddc, bool *have_ddc, const char *desc, const char *cmd) {
+int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, const char *layers, struct lmc_comm *ppc,
+                     bool *have_ppc, struct lmc_comm *ddc, bool *have_ddc, const char *desc, const char *cmd) {
     lmc_err err = {0};
     *have_ppc = *have_ddc = false;
     if (!dpc || dpc->world % pp) {
@@ -120,12 +120,12 @@ int cli_mp_attach_pp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, struc
         if (lmc_comm_split(dpc, dpc->rank % pp, dpc->rank, ddc, &err)) return cli_fail(cmd, &err);
         *have_ddc = true;
     }
-    if (lmc_trainer_pp_attach(tr, ppc, *have_ddc ? ddc : NULL, desc, &err)) return cli_fail(cmd, &err);
+    if (lmc_trainer_pp_attach_v(tr, ppc, *have_ddc ? ddc : NULL, 1, layers, desc, &err)) return cli_fail(cmd, &err);
     return 0;
 }
 
-int cli_mp_attach_ppcp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, int cp, struct lmc_comm *cpc,
-                       bool *have_cpc, const char *desc, const char *cmd) {
+int cli_mp_attach_ppcp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, int cp, const char *layers,
+                       struct lmc_comm *cpc, bool *have_cpc, const char *desc, const char *cmd) {
     lmc_err err = {0};
     *have_cpc = false;
     if (!dpc || dpc->world % (pp * cp)) {
@@ -134,6 +134,6 @@ int cli_mp_attach_ppcp(struct lmc_trainer *tr, struct lmc_comm *dpc, int pp, int
     }
     if (lmc_comm_split(dpc, dpc->rank / cp, dpc->rank, cpc, &err)) return cli_fail(cmd, &err);
     *have_cpc = true;
-    if (lmc_trainer_pp_attach_cp(tr, dpc, cpc, pp, 1, desc, &err)) return cli_fail(cmd, &err);
+    if (lmc_trainer_pp_attach_cp(tr, dpc, cpc, pp, 1, layers, desc, &err)) return cli_fail(cmd, &err);
     return 0;
 }

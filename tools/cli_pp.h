@@ -22,11 +22,17 @@ struct cli_pp {
  * among the host's ranks unless --threads) and this rank's stage into
  * cm->model (cm opened by cli_open(..., false)); with tp > 1 the stage's
  * tp consecutive ranks shard it (float32; lmc_tp_model_shard) and share
- * one status (pp.g). Prints the stage's line on stderr ("lmc CMD: pipeline
- * stage s of P: layers [l0, l1) of L, W weight bytes"). Returns 0, or the
+ * one status (pp.g). layers: --pp-layers (NULL: the split balanced by
+ * parameters, dist/pp_split.h). Prints the stage's line on stderr ("lmc
+ * CMD: pipeline stage s of P: layers [l0, l1) of L, W weight bytes"), and
+ * rank 0 the whole split (cli_pp_print_split). Returns 0, or the
  * exit code after printing the error. */
 int cli_pp_open(struct cli_pp *t, int64_t pp, int64_t tp, struct cli_model *cm, const struct cli_common *c,
-                const char *cmd);
+                const char *layers, const char *cmd);
+/* The split on stderr ("lmc CMD: pp split ..." then a line a stage: its
+ * chunks' layers, their count and parameters, lmc_pp_costs_chunk's). */
+void cli_pp_print_split(const char *cmd, const struct lmc_config *c, int P, int V, const int64_t *bounds,
+                        const char *layers);
 /* After cli_close (cm's model is the stage's storage). */
 void cli_pp_close(struct cli_pp *t);
 

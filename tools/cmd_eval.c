@@ -67,7 +67,7 @@ static int cmp_double(const void *a, const void *b) {
 
 int cmd_eval(int argc, char **argv) {
     struct cli_common c = {0};
-    const char *file = NULL, *text_arg = NULL, *kl_base = NULL;
+    const char *file = NULL, *text_arg = NULL, *kl_base = NULL, *pp_layers = NULL;
     int64_t stride = 0;
     bool chunks = false; /* --chunks: llama-perplexity's scoring */
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype (issue 17) */
@@ -83,6 +83,7 @@ int cmd_eval(int argc, char **argv) {
                 return 2;
             }
         }
+        else if (!strcmp(argv[i], "--pp-layers") && i + 1 < argc) pp_layers = argv[++i]; /* dist/pp_split.h */
         else if (!strcmp(argv[i], "--kl-base") && i + 1 < argc) kl_base = argv[++i];
         else if (!strcmp(argv[i], "--text") && i + 1 < argc) text_arg = argv[++i];
         else if (!strcmp(argv[i], "--chunks")) chunks = true;
@@ -116,6 +117,10 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "lmc eval: --pp does not combine with a compressed --kv-dtype yet\n");
         return 2;
     }
+    if (pp_layers && !pp) {
+        fprintf(stderr, "lmc eval: --pp-layers gives the layers of each --pp stage (give --pp N)\n");
+        return 2;
+    }
     lmc_err err = {0};
     char *text = NULL;
     size_t len = 0;
@@ -136,7 +141,7 @@ int cmd_eval(int argc, char **argv) {
     memset(&ppx, 0, sizeof ppx);
     const struct lmc_model *model = &cm.model;
     if (pp) {
-        int r = cli_pp_open(&ppx, pp, 1, &cm, &c, "eval");
+        int r = cli_pp_open(&ppx, pp, 1, &cm, &c, pp_layers, "eval");
         if (r) {
             cli_close(&cm);
             cli_pp_close(&ppx);
@@ -370,7 +375,7 @@ static void print_zero_mem(int stage, int world, int64_t psi, bool json) {
            "optimizer %.1f MiB, total %.1f MiB\n", f.weights / M, f.grads / M, f.optimizer / M, f.total / M);
 }
 
-/* `lmc info --tp T --pp P [--pp-chunks V] --cp C [--tp-vocab] [--seq N] [--batch B] [--micro-batches M]
+/* `lmc info --tp T --pp P [--pp-chunks V] [--pp-layers a,b,...] --cp C [--tp-vocab] [--seq N] [--batch B] [--micro-batches M]
  * [--fits GIB]`: per-rank training memory of a model-parallel layout
  * (dist/mp_mem.h); with --fits, which power-of-two layouts up to 8 in each
  * dimension fit that many GiB per rank. */
@@ -379,14 +384,15 @@ struct mp_opts {
     double fits_gib;
     bool any;
     bool vocab;                    /* --tp-vocab */
+    const char *pp_layers;         /* --pp-layers a,b,...: the P x V chunks' layers (dist/pp_split.h) */
 };
 
 /* --pp P: the stages of pipeline-parallel inference (lmc generate/serve
  * --pp, dist/pp_infer.h): each stage's layers and float32 weights. */
-static int print_pp_stages(const struct lmc_config *c, int P, bool json) {
+static int print_pp_stages(const struct lmc_config *c, int P, const char *layers, bool json) {
     lmc_err err = {0};
     int64_t b[4097];
-    if (P > 4096 || lmc_pp_infer_plan(c, P, b, &err)) {
+    if (P > 4096 || lmc_pp_split_plan(c, P, 1, layers, b, &err)) {
         if (!json) return 0; /* the training layout above already said why */
         printf(",\"inference_stages\":null");
         return 0;
@@ -407,25 +413,60 @@ static int print_pp_stages(const struct lmc_config *c, int P, bool json) {
     return 0;
 }
 
+/* --pp P [--pp-chunks V] [--pp-layers ...]: the training split (dist/pp_split.h), each stage's chunks'
+ * layers and parameters (the largest stage, whose memory the line above gives, marked). */
+static int print_pp_split(const struct lmc_config *c, int P, int V, const char *layers, int largest, bool json) {
+    lmc_err err = {0};
+    struct lmc_pp_costs k;
+    int64_t *b = malloc(sizeof *b * (size_t)(P * V + 1));
+    if (!b) return 1;
+    if (lmc_pp_split_plan(c, P, V, layers, b, &err) || lmc_pp_costs_init(&k, c, &err)) {
+        free(b);
+        return cli_fail("info", &err);
+    }
+    if (json) printf(",\"pp_split\":{\"given\":%s,\"stages\":[", layers && *layers ? "true" : "false");
+    else printf("pipeline split (%s), per stage:", layers && *layers ? "--pp-layers" : "balanced by parameters");
+    for (int s = 0; s < P; s++) {
+        int64_t n = 0, params = 0, l0, l1;
+        if (json) printf("%s{\"stage\":%d,\"largest\":%s,\"chunks\":[", s ? "," : "", s, s == largest ? "true" : "false");
+        else printf(" stage %d%s", s, s == largest ? " (largest)" : "");
+        for (int v = 0; v < V; v++) {
+            lmc_pp_chunk_layers(b, P, V, s, v, &l0, &l1);
+            n += l1 - l0, params += lmc_pp_costs_chunk(&k, l0, l1);
+            if (json) printf("%s[%lld,%lld]", v ? "," : "", (long long)l0, (long long)l1);
+            else printf(" layers [%lld, %lld)", (long long)l0, (long long)l1);
+        }
+        if (json) printf("],\"layers\":%lld,\"params\":%lld}", (long long)n, (long long)params);
+        else printf(" = %lld layers, %lld parameters;", (long long)n, (long long)params);
+    }
+    printf(json ? "]}" : "\n");
+    lmc_pp_costs_free(&k);
+    free(b);
+    return 0;
+}
+
 static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, bool json) {
     lmc_err err = {0};
     const double G = 1073741824.0;
-    struct lmc_mp_layout l = {(int)o->tp, (int)o->pp, (int)o->cp, o->batch, o->seq, (int)o->micro, o->vocab, (int)o->chunks};
+    struct lmc_mp_layout l = {(int)o->tp, (int)o->pp, (int)o->cp, o->batch, o->seq, (int)o->micro, o->vocab, (int)o->chunks,
+                              o->pp_layers};
     struct lmc_mp_mem m;
     if (lmc_mp_mem(c, &l, &m, &err)) return cli_fail("info", &err);
+    int P = (int)o->pp, V = o->chunks > 1 ? (int)o->chunks : 1;
     if (json)
         printf("{\"tp\":%d,\"pp\":%d,\"cp\":%d,\"seq\":%lld,\"batch\":%lld,\"micro_batches\":%d,"
                "\"params\":%lld,\"layers\":%lld,\"weights\":%.0f,\"grads\":%.0f,\"optimizer\":%.0f,"
-               "\"activations\":%.0f,\"total\":%.0f,\"tp_vocab\":%s,\"pp_chunks\":%d", l.tp, l.pp, l.cp, (long long)l.seq,
-               (long long)l.micro_batch, l.micro_batches, (long long)m.params, (long long)m.layers, m.weights,
-               m.grads, m.optimizer, m.activations, m.total, l.vocab ? "true" : "false", l.chunks);
+               "\"activations\":%.0f,\"total\":%.0f,\"tp_vocab\":%s,\"pp_chunks\":%d,\"stage\":%d", l.tp, l.pp, l.cp,
+               (long long)l.seq, (long long)l.micro_batch, l.micro_batches, (long long)m.params, (long long)m.layers,
+               m.weights, m.grads, m.optimizer, m.activations, m.total, l.vocab ? "true" : "false", l.chunks, m.stage);
     else
         printf("TP %d%s x PP %d%s x CP %d, %lld x %lld tokens, %d micro-batches: per rank %lld parameters (%lld layers), "
                "weights %.3f GiB, grads %.3f GiB, AdamW %.3f GiB, activations %.3f GiB (%d live), total %.3f GiB\n",
                l.tp, l.vocab ? " (vocabulary split)" : "", l.pp, l.chunks > 1 ? " (interleaved)" : "", l.cp, (long long)l.micro_batch, (long long)l.seq,
                l.micro_batches, (long long)m.params, (long long)m.layers, m.weights / G, m.grads / G,
                m.optimizer / G, m.activations / G, m.live, m.total / G);
-    if (o->pp > 1 && print_pp_stages(c, (int)o->pp, json)) return 1;
+    if (P > 1 && print_pp_split(c, P, V, o->pp_layers, m.stage, json)) return 1;
+    if (P > 1 && print_pp_stages(c, P, V == 1 ? o->pp_layers : NULL, json)) return 1;
     if (o->fits_gib > 0) {
         if (json) printf(",\"fits\":[");
         else printf("layouts that fit %.3f GiB per rank (tp x pp x cp: GiB):", o->fits_gib);
@@ -433,7 +474,7 @@ static int print_mp_mem(const struct lmc_config *c, const struct mp_opts *o, boo
         for (int t = 1; t <= 8; t *= 2)
             for (int p = 1; p <= 8; p *= 2)
                 for (int k = 1; k <= 8; k *= 2) {
-                    struct lmc_mp_layout x = {t, p, k, o->batch, o->seq, (int)o->micro, o->vocab, 1};
+                    struct lmc_mp_layout x = {t, p, k, o->batch, o->seq, (int)o->micro, o->vocab, 1, NULL};
                     struct lmc_mp_mem y;
                     if (lmc_mp_mem(c, &x, &y, &err) || y.total > o->fits_gib * G) continue;
                     if (json) printf("%s{\"tp\":%d,\"pp\":%d,\"cp\":%d,\"total\":%.0f}", n ? "," : "", t, p, k, y.total);
@@ -620,7 +661,7 @@ int cmd_info(int argc, char **argv) {
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
     struct lmc_optim_cfg ocfg;
     lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
-    struct mp_opts mp = {1, 1, 1, 4096, 1, 1, 1, 0, false, false};
+    struct mp_opts mp = {1, 1, 1, 4096, 1, 1, 1, 0, false, false, NULL};
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "--tp") || !strcmp(argv[i], "--pp") || !strcmp(argv[i], "--cp") ||
              !strcmp(argv[i], "--seq") || !strcmp(argv[i], "--batch") || !strcmp(argv[i], "--micro-batches") ||
@@ -643,6 +684,11 @@ int cmd_info(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--tp-vocab")) {
             mp.vocab = mp.any = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--pp-layers") && i + 1 < argc) {
+            mp.pp_layers = argv[++i];
+            mp.any = true;
             continue;
         }
         if (!strcmp(argv[i], "--tensors")) {

@@ -16,6 +16,7 @@
  * the zero module, AdamW; --tp/--cp/--pp/--ep and the other optimizers are
  * refused there before any rank joins. */
 #include "cli.h"
+#include "cli_pp.h"
 #include "core/core.h"
 #include "ops/backend_cuda.h"
 #include "train/lora_train.h"
@@ -75,7 +76,8 @@ static void usage(void) {
             "             --cp C: context parallel (ring attention over groups of C ranks; no --pack)\n"
             "             --pp P (with --full): pipeline parallel, P stages, 1F1B over the --accum\n"
             "             micro-batches (AdamW, no --pack; each stage holds only its layers); --pp-chunks V:\n"
-            "             interleaved 1F1B, V chunks per stage; --tp combines with --cp or --pp, --pp\n"
+            "             interleaved 1F1B, V chunks per stage; --pp-layers a,b,...: each chunk's layers in\n"
+            "             model order (default: balanced by parameters); --tp combines with --cp or --pp, --pp\n"
             "             with --cp (rings of C consecutive ranks, the stages across them)\n"
             "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
             "             layer's experts and their adapters, data parallel over the rest; AdamW, CPU)\n");
@@ -157,6 +159,7 @@ int cmd_finetune(int argc, char **argv) {
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *targets = "all-linear", *metrics = NULL, *val_data = NULL;
     const char *loss_on = "assistant", *resume = NULL;
+    const char *pp_layers = NULL; /* --pp-layers a,b,...: the P x V chunks' layers (dist/pp_split.h) */
     int64_t r = 16, B = 4, T = 2048, accum = 1, steps = 0, warmup = 0, eval_every = 0, seed = 1234;
     int64_t save_every = 0, keep_last = 0, zero = 0, tp = 1, cp = 1, pp = 1, ep = 1, pp_chunks = 1, stop_at = 0;
     double alpha = 32, dropout = 0, epochs = 0, lr = -1, min_lr = -1, wd = 0, beta1 = 0.9, beta2 = 0.999;
@@ -207,6 +210,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--metrics")) metrics = v;
         else if (!strcmp(a, "--val-data")) val_data = v;
         else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--pp-layers")) pp_layers = v;
         else if (!strcmp(a, "--qlora")) {
             ok = lmc_qlora_kind_parse(v, &qkind);
             qlora = true;
@@ -338,6 +342,10 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "lmc finetune: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
         return 2;
     }
+    if (pp_layers && pp < 2) {
+        fprintf(stderr, "lmc finetune: --pp-layers gives the layers of each --pp stage (give --pp P, P >= 2)\n");
+        return 2;
+    }
     if (pack && (cp > 1 || pp > 1)) {
         fprintf(stderr, "lmc finetune: --pack does not combine with %s yet (packed sequences' attention stays within "
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
@@ -430,7 +438,7 @@ int cmd_finetune(int argc, char **argv) {
     if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
         : pp_parts ? lmc_config_load(&pcfg, wdir, &err) ||
                          lmc_trainer_pp_build(&tm, &pcfg, &be, wdir, 0, 0, (int)pp, (int)pp_chunks,
-                                              (int)((comm.rank / cp) % pp), &whole_numel, &err)
+                                              (int)((comm.rank / cp) % pp), pp_layers, &whole_numel, &err)
         : qlora || bf16_base ? lmc_qlora_load_ends(&tm, &ql, cc.model_dir, qlora ? qkind : LMC_QLORA_BF16, bf16_ends,
                                                    &be, &err)
                              : lmc_tmodel_load(&tm, wdir, &be, &err)) {
@@ -570,9 +578,9 @@ int cmd_finetune(int argc, char **argv) {
         eps_state = NULL;
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
               : t ? lmc_trainer_tp_attach(&tr, t, have_dpc ? &dpc : NULL, desc, &err)
-              : cp > 1 && pp > 1 ? lmc_trainer_pp_attach_cp(&tr, &comm, grp, (int)pp, (int)pp_chunks, desc, &err)
+              : cp > 1 && pp > 1 ? lmc_trainer_pp_attach_cp(&tr, &comm, grp, (int)pp, (int)pp_chunks, pp_layers, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, grp, desc, &err)
-              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, grp, have_dpc ? &dpc : NULL, (int)pp_chunks, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, grp, have_dpc ? &dpc : NULL, (int)pp_chunks, pp_layers, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
                  lmc_trainer_dist_init(&tr, dcomm, (int)zero, desc, &err))) {
             cli_fail("finetune", &err);
@@ -581,12 +589,12 @@ int cmd_finetune(int argc, char **argv) {
         if (tp > 1 && (cli_mp_attach_zero(&tr, have_dpc ? &dpc : NULL, (int)zero, desc, "finetune")))
             goto done;
         if (tp > 1 && cp > 1 && pp > 1 &&
-            cli_mp_attach_ppcp(&tr, have_dpc ? &dpc : NULL, (int)pp, (int)cp, &cpc, &have_cpc, desc, "finetune"))
+            cli_mp_attach_ppcp(&tr, have_dpc ? &dpc : NULL, (int)pp, (int)cp, pp_layers, &cpc, &have_cpc, desc, "finetune"))
             goto done;
         if (tp > 1 && cp > 1 && pp < 2 && cli_mp_attach_cp(&tr, have_dpc ? &dpc : NULL, (int)cp, &cpc, &have_cpc, desc, "finetune"))
             goto done;
         if (tp > 1 && pp > 1 && cp < 2 &&
-            cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
+            cli_mp_attach_pp(&tr, have_dpc ? &dpc : NULL, (int)pp, pp_layers, &cpc, &have_cpc, &ddc, &have_ddc, desc, "finetune"))
             goto done;
         if (seq_par && lmc_trainer_tp_attach_sp(&tr, &err)) {
             cli_fail("finetune", &err);
@@ -639,6 +647,9 @@ int cmd_finetune(int argc, char **argv) {
                 (long long)accum, (long long)tr.tm.numel);
     else if (root && (tr.cp || tr.pp))
         cli_mp_log("finetune", cp, pp, comm.world, B, T, accum);
+    if (root && lmc_trainer_pp_bounds(&tr))
+        cli_pp_print_split("finetune", tr.tp ? &tr.tp->full : &tr.tm.cfg, (int)pp, (int)pp_chunks,
+                           lmc_trainer_pp_bounds(&tr), pp_layers);
     else if (root && tr.ep)
         fprintf(stderr, "lmc finetune: expert parallel x data parallel over %d ranks, %lld batches of %lld x %lld per "
                         "step; each rank holds %lld of the %lld experts per layer, %d threads per rank\n", comm.world,

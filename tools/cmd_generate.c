@@ -37,6 +37,7 @@ struct gen_args {
     bool tp_vocab;               /* --tp-vocab: the embedding and head split by vocabulary rows too */
     int64_t ep;                  /* --ep N (generate): expert-parallel ranks */
     int64_t pp;                  /* --pp N (generate): pipeline stages, one a rank */
+    const char *pp_layers;       /* --pp-layers a,b,...: the stages' layers (dist/pp_split.h) */
 };
 
 /* --- speculative decoding options (issue 17) -------------------------- */
@@ -226,6 +227,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &a->tp);
         else if (!strcmp(o, "--ep")) ok = cli_parse_i64(v, 1, 4096, &a->ep);
         else if (!strcmp(o, "--pp")) ok = cli_parse_i64(v, 1, 4096, &a->pp);
+        else if (!strcmp(o, "--pp-layers")) a->pp_layers = v;
         else if (!strcmp(o, "--temp")) { ok = cli_parse_f64(v, 0, 100, &p->temperature); a->temp_set = true; }
         else if (!strcmp(o, "--top-k")) ok = cli_parse_i64(v, 0, 1 << 30, &p->top_k);
         else if (!strcmp(o, "--top-p")) ok = cli_parse_f64(v, 1e-9, 1, &p->top_p);
@@ -308,6 +310,10 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "lmc generate: --tp and --ep do not combine yet\n");
         return 2;
     }
+    if (a.pp_layers && !a.pp) {
+        fprintf(stderr, "lmc generate: --pp-layers gives the layers of each --pp stage (give --pp N)\n");
+        return 2;
+    }
     if (a.pp && (a.ep > 1 || a.tp_vocab)) {
         fprintf(stderr, "lmc generate: --pp does not combine with %s yet\n", a.ep > 1 ? "--ep" : "--tp-vocab");
         return 2;
@@ -318,7 +324,7 @@ int cmd_generate(int argc, char **argv) {
     struct cli_pp pp = {0};
     if (cli_open(&cm, &a.c, a.ep <= 1 && !a.pp)) return 1;
     if (a.pp) {
-        int r = cli_pp_open(&pp, a.pp, a.tp > 1 ? a.tp : 1, &cm, &a.c, "generate"); /* --tp T: T ranks a stage */
+        int r = cli_pp_open(&pp, a.pp, a.tp > 1 ? a.tp : 1, &cm, &a.c, a.pp_layers, "generate"); /* --tp T: T ranks a stage */
         if (r) {
             cli_close(&cm);
             cli_pp_close(&pp);

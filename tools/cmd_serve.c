@@ -212,11 +212,11 @@ static void serve_ep_close(struct serve_ep *t) {
 /* --pp with --kv-memory: the blocks that budget holds on the stage with
  * the most layers (rank 0's scheduler sends the count to every stage, so
  * no stage's pool exceeds it). Returns 0, or the exit code after printing. */
-static int pp_kv_blocks(const struct cli_pp *t, const struct cli_model *cm, int P, int block_size, size_t bytes,
-                        int64_t *blocks) {
+static int pp_kv_blocks(const struct cli_pp *t, const struct cli_model *cm, int P, const char *layers, int block_size,
+                        size_t bytes, int64_t *blocks) {
     int64_t b[4097], most = 0;
     lmc_err err = {0};
-    if (P > 4096 || lmc_pp_infer_plan(&cm->model.cfg, P, b, &err)) return cli_fail("serve --pp", &err);
+    if (P > 4096 || lmc_pp_split_plan(&cm->model.cfg, P, 1, layers, b, &err)) return cli_fail("serve --pp", &err);
     for (int s = 0; s < P; s++) most = LMC_MAX(most, b[s + 1] - b[s]);
     struct lmc_model v = *t->model; /* the stage's (shard's) layout with the most layers */
     v.cfg.num_layers = most;
@@ -249,6 +249,7 @@ static void usage(void) {
             "layer's experts (CPU); rank 0 serves HTTP, every rank runs its steps, tokens go to their experts.\n"
             "--pp N: under a launcher with N ranks, the layers split into N pipeline stages (CPU); rank 0\n"
             "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
+            "--pp-layers a,b,...: each stage's layer count (default: balanced by parameters).\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "--no-bf16-prefill: F16/BF16 prompt rows through the fp32 kernels too (on CPUs with AVX512-BF16\n"
@@ -269,7 +270,7 @@ int cmd_serve(int argc, char **argv) {
     bool tp_vocab = false;
     bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
-    const char *draft_dir = NULL;
+    const char *draft_dir = NULL, *pp_layers = NULL; /* --pp-layers: the stages' layers (dist/pp_split.h) */
     struct lmc_model draft;
     bool have_draft = false;
     so.api_key = getenv("LMC_API_KEY");
@@ -323,6 +324,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--tp")) ok = cli_parse_i64(v, 1, 64, &tp);
         else if (!strcmp(o, "--ep")) ok = cli_parse_i64(v, 1, 4096, &ep);
         else if (!strcmp(o, "--pp")) ok = cli_parse_i64(v, 1, 4096, &pp);
+        else if (!strcmp(o, "--pp-layers")) pp_layers = v;
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n, block_size_set = true;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
@@ -409,6 +411,10 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "lmc serve: --tp does not combine with --spec or a compressed --kv-dtype yet\n");
         return 2;
     }
+    if (pp_layers && !pp) {
+        fprintf(stderr, "lmc serve: --pp-layers gives the layers of each --pp stage (give --pp N)\n");
+        return 2;
+    }
     if (pp && (tp_vocab || ad.n || sc.spec || kv_fmt)) {
         fprintf(stderr, "lmc serve: --pp does not combine with %s yet\n",
                 tp_vocab ? "--tp-vocab" : ad.n ? "--lora adapters" : "--spec or a compressed --kv-dtype");
@@ -433,7 +439,7 @@ int cmd_serve(int argc, char **argv) {
     struct cli_pp ppx;
     memset(&ppx, 0, sizeof ppx);
     if (pp) {
-        int r = cli_pp_open(&ppx, pp, tp, &cm, &c, "serve"); /* --tp T: T ranks a stage */
+        int r = cli_pp_open(&ppx, pp, tp, &cm, &c, pp_layers, "serve"); /* --tp T: T ranks a stage */
         if (!r && ppx.comm.rank != 0) {
             lmc_err err = {0};
             struct lmc_sched_follow_stats fs;
@@ -449,7 +455,7 @@ int cmd_serve(int argc, char **argv) {
         }
         sc.tp = &ppx.comm;
         sc.tp_group = ppx.pp.g;
-        if (kv_bytes && !kv_blocks && (r = pp_kv_blocks(&ppx, &cm, (int)pp, sc.block_size, kv_bytes, &kv_blocks))) {
+        if (kv_bytes && !kv_blocks && (r = pp_kv_blocks(&ppx, &cm, (int)pp, pp_layers, sc.block_size, kv_bytes, &kv_blocks))) {
             cli_close(&cm);
             cli_pp_close(&ppx);
             return r;

@@ -6,6 +6,7 @@
  * checkpoints (HF folder + optimizer + data position) and resumes from one
  * bit-exactly (on the same device, precision and thread count). */
 #include "cli.h"
+#include "cli_pp.h"
 #include "core/core.h"
 #include "dist/comm.h"
 #include "dist/zero.h"
@@ -71,7 +72,8 @@ static void usage(void) {
             "             --pp P: pipeline parallel (P stages, 1F1B over the --accum micro-batches; N/P\n"
             "             data-parallel groups of P; AdamW; each stage holds only its layers' weights,\n"
             "             gradients and moments); --pp-chunks V: interleaved 1F1B, V chunks of layers per\n"
-            "             stage (--accum a multiple of P); --tp T with --cp C or --pp P:\n"
+            "             stage (--accum a multiple of P); --pp-layers a,b,...: each chunk's layers in model\n"
+            "             order (P x V counts; default: balanced by parameters); --tp T with --cp C or --pp P:\n"
             "             TP groups of T consecutive ranks, the rings / stages across them, DP over the rest;\n"
             "             --pp P --cp C: rings of C consecutive ranks, stages across them, DP over the rest\n"
             "             --ep N: expert parallel on N ranks (mixture of experts: each rank holds 1/N of every\n"
@@ -123,6 +125,7 @@ int cmd_train(int argc, char **argv) {
     int64_t zero = -1, tp = 1, cp = 1, pp = 1, ep = 1, pp_chunks = 1;
     struct cli_common cc = {0};
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
+    const char *pp_layers = NULL; /* --pp-layers a,b,...: the P x V chunks' layers (dist/pp_split.h) */
     const char *metrics = NULL, *tok_dir = NULL;
     int64_t layers = 4, hidden = 128, heads = 4, kv_heads = 0, inter = 0, max_pos = 1024, vocab = 0;
     int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
@@ -207,6 +210,7 @@ int cmd_train(int argc, char **argv) {
             else if (!strcmp(a, "--arch")) arch = v;
             else if (!strcmp(a, "--model-config")) model_json = v;
             else if (!strcmp(a, "--resume")) resume = v;
+            else if (!strcmp(a, "--pp-layers")) pp_layers = v;
             else if (!strcmp(a, "--metrics")) metrics = v;
             else if (!strcmp(a, "--tokenizer")) tok_dir = v;
             else if (!strcmp(a, "--schedule")) ok = lmc_schedule_kind_parse(v, &sched);
@@ -241,6 +245,10 @@ int cmd_train(int argc, char **argv) {
     bool dist = denv.world > 1 || zero >= 0 || mpn > 1 || ep > 1;
     if (pp_chunks > 1 && (pp < 2 || tp > 1)) {
         fprintf(stderr, "lmc train: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
+        return 2;
+    }
+    if (pp_layers && pp < 2) {
+        fprintf(stderr, "lmc train: --pp-layers gives the layers of each --pp stage (give --pp P, P >= 2)\n");
         return 2;
     }
     if (seq_par && (tp < 2 || cp > 1 || pp > 1 || ep > 1 || zero > 1)) {
@@ -336,7 +344,8 @@ int cmd_train(int argc, char **argv) {
     if (pp_parts && src_dir) {
         struct lmc_config c;
         if (lmc_config_load(&c, src_dir, &err) ||
-            lmc_trainer_pp_build(&tm, &c, &be, src_dir, 0, 0, (int)pp, (int)pp_chunks, (int)((comm.rank / cp) % pp), &model_numel, &err)) {
+            lmc_trainer_pp_build(&tm, &c, &be, src_dir, 0, 0, (int)pp, (int)pp_chunks, (int)((comm.rank / cp) % pp),
+                                 pp_layers, &model_numel, &err)) {
             rc = cli_fail("train", &err);
             goto done;
         }
@@ -377,7 +386,7 @@ int cmd_train(int argc, char **argv) {
         }
         if (pp_parts) {
             if (lmc_trainer_pp_build(&tm, &c, &be, NULL, (uint64_t)seed, init_std, (int)pp, (int)pp_chunks,
-                                     (int)((comm.rank / cp) % pp), &model_numel, &err)) {
+                                     (int)((comm.rank / cp) % pp), pp_layers, &model_numel, &err)) {
                 rc = cli_fail("train", &err);
                 goto done;
             }
@@ -484,9 +493,9 @@ int cmd_train(int argc, char **argv) {
         ep_state = NULL; /* the trainer's from here on */
         if (e ? lmc_trainer_ep_attach(&tr, e, desc, &err)
               : t ? lmc_trainer_tp_attach(&tr, t, dp_comm, desc, &err)
-              : cp > 1 && pp > 1 ? lmc_trainer_pp_attach_cp(&tr, &comm, tp_comm, (int)pp, (int)pp_chunks, desc, &err)
+              : cp > 1 && pp > 1 ? lmc_trainer_pp_attach_cp(&tr, &comm, tp_comm, (int)pp, (int)pp_chunks, pp_layers, desc, &err)
               : cp > 1 ? lmc_trainer_cp_attach(&tr, &comm, tp_comm, desc, &err)
-              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, tp_comm, dp_comm, (int)pp_chunks, desc, &err)
+              : pp > 1 ? lmc_trainer_pp_attach_v(&tr, tp_comm, dp_comm, (int)pp_chunks, pp_layers, desc, &err)
               : ((have_nccl && lmc_dist_check_same(&comm, "training configuration", desc, &err)) ||
                  lmc_trainer_dist_init(&tr, dcomm, (int)zero, desc, &err))) {
             rc = cli_fail("train", &err);
@@ -495,12 +504,12 @@ int cmd_train(int argc, char **argv) {
         if (tp > 1 && (rc = cli_mp_attach_zero(&tr, dp_comm, (int)zero, desc, "train")))
             goto done;
         if (tp > 1 && cp > 1 && pp > 1 &&
-            (rc = cli_mp_attach_ppcp(&tr, dp_comm, (int)pp, (int)cp, &cpc, &have_cpc, desc, "train")))
+            (rc = cli_mp_attach_ppcp(&tr, dp_comm, (int)pp, (int)cp, pp_layers, &cpc, &have_cpc, desc, "train")))
             goto done;
         if (tp > 1 && cp > 1 && pp < 2 && (rc = cli_mp_attach_cp(&tr, dp_comm, (int)cp, &cpc, &have_cpc, desc, "train")))
             goto done;
         if (tp > 1 && pp > 1 && cp < 2 &&
-            (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
+            (rc = cli_mp_attach_pp(&tr, dp_comm, (int)pp, pp_layers, &cpc, &have_cpc, &ddc, &have_ddc, desc, "train")))
             goto done;
         if (seq_par && lmc_trainer_tp_attach_sp(&tr, &err)) {
             rc = cli_fail("train", &err);
@@ -554,6 +563,9 @@ int cmd_train(int argc, char **argv) {
     if (root && pp_parts)
         fprintf(stderr, "lmc train: pipeline stage 0 holds %lld of the %lld parameter floats (its layers' weights, "
                         "gradients and AdamW moments)\n", (long long)tr.tm.numel, (long long)model_numel);
+    if (root && lmc_trainer_pp_bounds(&tr))
+        cli_pp_print_split("train", tr.tp ? &tr.tp->full : &tr.tm.cfg, (int)pp, (int)pp_chunks,
+                           lmc_trainer_pp_bounds(&tr), pp_layers);
     if (root && pp_chunks > 1)
         fprintf(stderr, "lmc train: interleaved 1F1B, %lld chunks per stage (%lld in all), bubble (P-1)/(M V + P-1) = "
                         "%.3f\n", (long long)pp_chunks, (long long)(pp * pp_chunks),

@@ -1,5 +1,5 @@
 /* pp_infer.c — pipeline-parallel inference stages (see pp_infer.h): the
- * parameter-balanced layer split, the stage's load and model view, and the
+ * layer split (pp_split.h), the stage's load and model view, and the
  * activation/logits transfers the forwards make between stages. */
 #include "dist/pp_infer.h"
 #include "core/core.h"
@@ -9,84 +9,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct layer_count {
-    int64_t *per_layer;  /* (L) parameters of each layer */
-    int64_t emb, head, norm;
-    bool head_listed;
-};
-
-static lmc_status count_one(void *user, const struct lmc_tensor_ref *t, lmc_err *err) {
-    (void)err;
-    struct layer_count *n = user;
-    if (t->layer >= 0) {
-        n->per_layer[t->layer] += t->numel;
-        return LMC_OK;
-    }
-    switch (t->spec->kind) {
-    case LMC_TK_TOK_EMB:
-    case LMC_TK_POS_EMB: n->emb += t->numel; break;
-    case LMC_TK_HEAD: n->head += t->numel, n->head_listed = t->required; break;
-    default: n->norm += t->numel; break;
-    }
-    return LMC_OK;
-}
-
-static lmc_status count_layers(const struct lmc_config *c, struct layer_count *n, lmc_err *err) {
-    memset(n, 0, sizeof *n);
-    n->per_layer = calloc((size_t)c->num_layers, sizeof *n->per_layer);
-    if (!n->per_layer) return lmc_err_set(err, LMC_ERR_OOM, "pipeline split: out of memory");
-    lmc_status st = lmc_arch_walk(lmc_arch_of(c), c, count_one, n, err);
-    if (st) free(n->per_layer);
-    return st;
-}
-
 lmc_status lmc_pp_infer_plan(const struct lmc_config *c, int P, int64_t *bounds, lmc_err *err) {
-    int64_t L = c->num_layers;
-    if (P < 1 || P > L)
-        return lmc_err_set(err, LMC_ERR_ARG, "%d pipeline stages: the model has %lld layers (a stage needs at least one)", P,
-                           (long long)L);
-    struct layer_count n;
-    lmc_status st = count_layers(c, &n, err);
-    if (st) return st;
-    double total = 0;
-    for (int64_t l = 0; l < L; l++) total += (double)n.per_layer[l];
-    /* stage s ends at the layer boundary nearest to (s+1)/P of the parameters,
-     * leaving at least one layer to each stage on either side */
-    bounds[0] = 0;
-    double acc = 0;
-    int64_t l = 0;
-    for (int s = 0; s < P - 1; s++) {
-        double target = total * (double)(s + 1) / (double)P;
-        int64_t lo = bounds[s] + 1, hi = L - (P - 1 - s);
-        if (l < lo) {
-            while (l < lo) acc += (double)n.per_layer[l++];
-        }
-        while (l < hi && acc + 0.5 * (double)n.per_layer[l] < target) acc += (double)n.per_layer[l++];
-        bounds[s + 1] = l;
-    }
-    bounds[P] = L;
-    free(n.per_layer);
-    return LMC_OK;
+    return lmc_pp_split_plan(c, P, 1, NULL, bounds, err);
 }
 
 int64_t lmc_pp_infer_stage_params(const struct lmc_config *c, const int64_t *bounds, int P, int s) {
-    struct layer_count n;
+    struct lmc_pp_costs k;
     lmc_err err = {0};
-    if (count_layers(c, &n, &err)) return -1;
-    int64_t p = 0;
-    for (int64_t l = bounds[s]; l < bounds[s + 1]; l++) p += n.per_layer[l];
-    bool tied = c->tie_word_embeddings || !n.head_listed;
-    if (s == 0) p += n.emb;
-    if (s == P - 1) {
-        p += n.norm + (tied ? 0 : n.head);
-        if (tied && s != 0) p += c->vocab_size * c->hidden_size; /* the embedding as the head */
-    }
-    free(n.per_layer);
+    if (lmc_pp_costs_init(&k, c, &err)) return -1;
+    (void)P;
+    int64_t p = lmc_pp_costs_chunk(&k, bounds[s], bounds[s + 1]);
+    lmc_pp_costs_free(&k);
     return p;
 }
 
 lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const char *dir,
-                             const struct lmc_model_opts *o, struct lmc_comm *c, int tp, int micro, lmc_err *err) {
+                             const struct lmc_model_opts *o, struct lmc_comm *c, int tp, int micro,
+                             const char *layers, lmc_err *err) {
     memset(p, 0, sizeof *p);
     memset(m, 0, sizeof *m);
     if (o->be && !o->be->host_memory)
@@ -107,7 +46,7 @@ lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const 
     int P = c->world / tp;
     int64_t *bounds = malloc(sizeof(int64_t) * (size_t)(P + 1));
     if (!bounds) return lmc_err_set(err, LMC_ERR_OOM, "pipeline stages: out of memory");
-    st = lmc_pp_infer_plan(&cfg, P, bounds, err);
+    st = lmc_pp_split_plan(&cfg, P, 1, layers, bounds, err);
     p->c = c;
     p->stage = c->rank / tp;
     p->n_stages = P;

@@ -1,6 +1,7 @@
 /* pp_infer.h — pipeline-parallel inference (lmc generate/serve --pp P): rank
  * s of a P-rank communicator is stage s, holding the layers [l0, l1) of a
- * split balanced by parameter count (lmc_pp_infer_plan), the embedding on
+ * split balanced by parameter count (lmc_pp_infer_plan, pp_split.h) or
+ * given (--pp-layers), the embedding on
  * the first stage, the final norm and the head on the last (a tied head:
  * the embedding there too), loaded alone (lmc_model_opts.layer_begin/end),
  * so a stage's resident weights are about 1/P of the model.
@@ -36,6 +37,7 @@
 #include "lmc.h"
 #include "model/linear.h"
 #include "model/model.h"
+#include "dist/pp_split.h"
 
 struct lmc_comm;
 
@@ -60,14 +62,14 @@ struct lmc_pp_infer {
  * sampled with rank 0's parameters (then only the ids travel). */
 enum { LMC_PP_WANT_LOGITS = 0, LMC_PP_WANT_ARGMAX = 1, LMC_PP_WANT_SAMPLE = 2 };
 
-/* The split of c's layers over P stages balanced by the parameters of each
- * layer (the architecture's tensor table): bounds[s]..bounds[s+1] are stage
- * s's layers, every stage at least one. LMC_ERR_ARG when P is out of 1..L. */
+/* The split of c's layers over P stages balanced by parameters
+ * (lmc_pp_split_plan with V = 1): bounds[s]..bounds[s+1] are stage s's
+ * layers, every stage at least one. LMC_ERR_ARG when P is out of 1..L. */
 lmc_status lmc_pp_infer_plan(const struct lmc_config *c, int P, int64_t *bounds, lmc_err *err);
 
 /* Parameters (elements) stage s of P holds for inference: its layers, the
  * embedding (first), the final norm and head (last; a tied head the
- * embedding there too). */
+ * embedding there too): lmc_pp_costs_chunk; -1 when c does not walk. */
 int64_t lmc_pp_infer_stage_params(const struct lmc_config *c, const int64_t *bounds, int P, int s);
 
 /* Loads stage c->rank / tp of c->world / tp (tp >= 1 dividing the world)
@@ -75,11 +77,12 @@ int64_t lmc_pp_infer_stage_params(const struct lmc_config *c, const int64_t *bou
  * lmc_pp_infer_free) and makes p->view, the model to run (with tp > 1, to
  * be cut by lmc_tp_model_shard over the stage's ranks, whose group may
  * then take the status: p->g). micro: micro-batches per serving step (0:
- * max(2, P)).
- * Refuses models the split cannot serve (mixtures of experts, recurrent
+ * max(2, P)). layers: --pp-layers (P counts; NULL or empty: the planner's
+ * split). Refuses models the split cannot serve (mixtures of experts, recurrent
  * layers) and device backends (LMC_ERR_UNSUPPORTED). */
 lmc_status lmc_pp_infer_load(struct lmc_pp_infer *p, struct lmc_model *m, const char *dir,
-                             const struct lmc_model_opts *o, struct lmc_comm *c, int tp, int micro, lmc_err *err);
+                             const struct lmc_model_opts *o, struct lmc_comm *c, int tp, int micro,
+                             const char *layers, lmc_err *err);
 void lmc_pp_infer_free(struct lmc_pp_infer *p);
 /* The first failed transfer since the last check (then cleared). */
 lmc_status lmc_pp_infer_check(struct lmc_pp_infer *p, lmc_err *err);

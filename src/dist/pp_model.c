@@ -8,17 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-void lmc_pp_chunk_layers(int64_t L, int P, int V, int rank, int v, int64_t *l0, int64_t *l1) {
-    int64_t n;
-    lmc_dist_slice(L, v * P + rank, P * V, l0, &n);
-    *l1 = *l0 + n;
-}
-
-void lmc_pp_stage_keep(int64_t L, bool tied, int P, int V, int rank, bool *keep) {
+void lmc_pp_stage_keep(const int64_t *bounds, int64_t L, bool tied, int P, int V, int rank, bool *keep) {
     memset(keep, 0, (size_t)(L + 2) * sizeof *keep);
     for (int v = 0; v < V; v++) {
         int64_t l0, l1;
-        lmc_pp_chunk_layers(L, P, V, rank, v, &l0, &l1);
+        lmc_pp_chunk_layers(bounds, P, V, rank, v, &l0, &l1);
         for (int64_t l = l0; l < l1; l++) keep[l + 1] = true;
     }
     keep[0] = rank == 0 || (tied && rank == P - 1);
@@ -33,6 +27,12 @@ lmc_status lmc_pp_tstage_init(struct lmc_pp_tstage *s, struct lmc_tmodel *tm,
 
 lmc_status lmc_pp_tstage_init_v(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, const struct lmc_backend *be,
                                 int rank, int P, int V, int M, int64_t B, int64_t T, lmc_err *err) {
+    return lmc_pp_tstage_init_split(s, tm, be, NULL, rank, P, V, M, B, T, err);
+}
+
+lmc_status lmc_pp_tstage_init_split(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, const struct lmc_backend *be,
+                                    const int64_t *bounds, int rank, int P, int V, int M, int64_t B, int64_t T,
+                                    lmc_err *err) {
     memset(s, 0, sizeof *s);
     const struct lmc_config *c = &tm->cfg;
     int64_t L = c->num_layers;
@@ -42,10 +42,29 @@ lmc_status lmc_pp_tstage_init_v(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, 
     if (st) return st;
     if (L < (int64_t)P * V)
         return lmc_err_set(err, LMC_ERR_ARG, "pipeline: %lld layers do not fill %d stages x %d chunks", (long long)L, P, V);
+    int K = P * V;
+    s->bounds = malloc(sizeof *s->bounds * (size_t)(K + 1));
+    if (!s->bounds) return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
+    if (bounds) {
+        memcpy(s->bounds, bounds, sizeof *s->bounds * (size_t)(K + 1));
+        for (int k = 0; !st && k < K; k++)
+            if (bounds[0] != 0 || bounds[K] != L || bounds[k + 1] <= bounds[k])
+                st = lmc_err_set(err, LMC_ERR_ARG, "pipeline: the split is not %d non-empty chunks of %lld layers", K,
+                                 (long long)L);
+    } else {
+        st = lmc_pp_split_plan(&tm->cfg, P, V, NULL, s->bounds, err);
+    }
+    if (st) {
+        lmc_pp_tstage_free(s);
+        return st;
+    }
     /* the tensors the stage reads must be in tm (a stage's part, or the whole model) */
     bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
-    if (!keep) return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
-    lmc_pp_stage_keep(L, tm->tied_head, P, V, rank, keep);
+    if (!keep) {
+        lmc_pp_tstage_free(s);
+        return lmc_err_set(err, LMC_ERR_OOM, "pipeline: out of memory");
+    }
+    lmc_pp_stage_keep(s->bounds, L, tm->tied_head, P, V, rank, keep);
     for (int i = 0; i < tm->n_params; i++)
         if (tm->params[i].elsewhere && keep[tm->params[i].part]) {
             st = lmc_err_set(err, LMC_ERR_ARG, "pipeline stage %d of %d: the model lacks %s", rank, P,
@@ -53,7 +72,10 @@ lmc_status lmc_pp_tstage_init_v(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, 
             break;
         }
     free(keep);
-    if (st) return st;
+    if (st) {
+        lmc_pp_tstage_free(s);
+        return st;
+    }
     s->tm = tm, s->be = be, s->B = B, s->T = T, s->M = M, s->V = V, s->P = P, s->rank = rank;
     s->first = rank == 0, s->last = rank == P - 1;
     s->dscale = 1.0f;
@@ -69,7 +91,7 @@ lmc_status lmc_pp_tstage_init_v(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, 
     int64_t most = 1;
     for (int v = 0; v < V; v++) {
         struct lmc_pp_chunk *h = &s->ch[v];
-        lmc_pp_chunk_layers(L, P, V, rank, v, &h->l0, &h->l1);
+        lmc_pp_chunk_layers(s->bounds, P, V, rank, v, &h->l0, &h->l1);
         h->first = v == 0 && rank == 0;
         h->last = v == V - 1 && rank == P - 1;
         most = LMC_MAX(most, h->l1 - h->l0);
@@ -91,7 +113,7 @@ void lmc_pp_tstage_free(struct lmc_pp_tstage *s) {
     if (s->acts)
         for (int i = 0; i < s->n_acts; i++)
             if (s->acts[i].arena) lmc_tacts_free(&s->acts[i]);
-    free(s->acts), free(s->ch), free(s->slot), free(s->pool);
+    free(s->acts), free(s->ch), free(s->slot), free(s->pool), free(s->bounds);
     memset(s, 0, sizeof *s);
 }
 

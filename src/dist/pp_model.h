@@ -1,7 +1,8 @@
 /* pp_model.h — a pipeline stage of the model layer's trainable model
  * (model/backward.h) for lmc_pp_run / lmc_pp_run_interleaved (pp.h). The
- * model's layers are cut into P x V chunks (lmc_dist_slice of the layers
- * over P V); rank r of P holds chunks r, r + P, ... (V = 1: one chunk,
+ * model's layers are cut into P x V chunks (pp_split.h: balanced by
+ * parameters, or the user's --pp-layers); rank r of P holds chunks r,
+ * r + P, ... (V = 1: one chunk,
  * plain 1F1B), the rank holding chunk 0 also the embedding, the one
  * holding the last chunk (rank P - 1) the final norm, the head and the
  * loss; activations (B*T, C) float32 travel between chunks. Gradients
@@ -22,14 +23,14 @@
 #define LMC_PP_MODEL_H
 
 #include "dist/pp.h"
+#include "dist/pp_split.h"
 #include "model/backward.h"
 
-/* Layers [*l0, *l1) of rank's local chunk v (model chunk v P + rank). */
-void lmc_pp_chunk_layers(int64_t L, int P, int V, int rank, int v, int64_t *l0, int64_t *l1);
-/* keep (L + 2, lmc_tmodel_init_parts' parts) for rank of P with V chunks each:
- * its chunks' layers, part 0 on rank 0 (and on rank P - 1 when tied), part
- * L + 1 on rank P - 1. */
-void lmc_pp_stage_keep(int64_t L, bool tied, int P, int V, int rank, bool *keep);
+/* keep (L + 2, lmc_tmodel_init_parts' parts) for rank of P with V chunks
+ * each, the layers cut at bounds (P V + 1, lmc_pp_split_plan): its chunks'
+ * layers, part 0 on rank 0 (and on rank P - 1 when tied), part L + 1 on
+ * rank P - 1. */
+void lmc_pp_stage_keep(const int64_t *bounds, int64_t L, bool tied, int P, int V, int rank, bool *keep);
 
 struct lmc_pp_chunk {
     int64_t l0, l1;
@@ -42,6 +43,7 @@ struct lmc_pp_tstage {
     int64_t l0, l1, B, T;             /* l0, l1: chunk 0's layers (V = 1: the stage's) */
     bool first, last;                 /* holds model chunk 0 / the last model chunk */
     int M, V, P, rank;
+    int64_t *bounds;                  /* (P V + 1) the split (pp_split.h) */
     struct lmc_pp_chunk *ch;          /* (V) */
     struct lmc_tacts *acts;           /* (n_acts) the pool */
     int n_acts;
@@ -55,11 +57,18 @@ struct lmc_pp_tstage {
 };
 
 /* Stage c->rank of c->world (P) for M micro-batches of B x T tokens, V
- * chunks per rank (V > 1: M a multiple of P). LMC_ERR_ARG when the model
- * has fewer layers than P x V chunks or tm lacks a tensor the stage needs. */
+ * chunks per rank (V > 1: M a multiple of P), the layers cut at bounds (P V
+ * + 1, lmc_pp_split_plan; copied) or, NULL, as the planner cuts tm's
+ * config. LMC_ERR_ARG when the model has fewer layers than P x V chunks,
+ * bounds are not a split of its layers or tm lacks a tensor the stage
+ * needs. */
+lmc_status lmc_pp_tstage_init_split(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, const struct lmc_backend *be,
+                                    const int64_t *bounds, int rank, int P, int V, int M, int64_t B, int64_t T,
+                                    lmc_err *err);
+/* The planner's split. */
 lmc_status lmc_pp_tstage_init_v(struct lmc_pp_tstage *s, struct lmc_tmodel *tm, const struct lmc_backend *be,
                                 int rank, int P, int V, int M, int64_t B, int64_t T, lmc_err *err);
-/* V = 1. */
+/* V = 1, the planner's split. */
 lmc_status lmc_pp_tstage_init(struct lmc_pp_tstage *s, struct lmc_tmodel *tm,
                               const struct lmc_backend *be, int rank, int P, int M, int64_t B,
                               int64_t T, lmc_err *err);

@@ -26,6 +26,7 @@ struct lmc_trainer_pp {
     struct lmc_comm *c, *dp;      /* the pipeline group; data-parallel (NULL: none) */
     struct lmc_pp_tstage st;
     int dw, dr, V;
+    int64_t *bounds;              /* (P V + 1) the layers' split (dist/pp_split.h) */
     int32_t *in, *tg;             /* (M B T) the step's micro-batches */
     bool *own;                    /* (n_params) the stage updates tensor i */
     struct lmc_pp_stats stats;    /* the last step's */
@@ -52,7 +53,7 @@ void lmc_trainer_pp_free(struct lmc_trainer *tr) {
     struct lmc_trainer_pp *p = tr->pp;
     if (!p) return;
     lmc_pp_tstage_free(&p->st);
-    free(p->in), free(p->tg), free(p->own), free(p->holder), free(p->woff);
+    free(p->in), free(p->tg), free(p->own), free(p->holder), free(p->woff), free(p->bounds);
     free(p->pos), free(p->sin), free(p->stg);
     for (int i = p->n_subs - 1; i >= 0; i--) p->subs[i].free(&p->subs[i]); /* the subs before their parent */
     free(p);
@@ -61,7 +62,7 @@ void lmc_trainer_pp_free(struct lmc_trainer *tr) {
 
 lmc_status lmc_trainer_pp_build(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                 const char *dir, uint64_t seed, double std, int P, int V, int rank,
-                                int64_t *whole_numel, lmc_err *err) {
+                                const char *layers, int64_t *whole_numel, lmc_err *err) {
     struct lmc_tmodel lay; /* the whole table (no arenas): is the head tied, how large is the model */
     lmc_status s = lmc_tmodel_init_layout(&lay, cfg, be, err);
     if (s) return s;
@@ -73,10 +74,17 @@ lmc_status lmc_trainer_pp_build(struct lmc_tmodel *tm, const struct lmc_config *
         return lmc_err_set(err, LMC_ERR_ARG, "--pp %d%s: the model has only %lld layers", P,
                            V > 1 ? " with --pp-chunks" : "", (long long)L);
     bool *keep = malloc((size_t)(L + 2) * sizeof *keep);
-    if (!keep) return lmc_err_set(err, LMC_ERR_OOM, "pipeline stage: out of memory");
-    lmc_pp_stage_keep(L, tied, P, V, rank, keep);
-    s = lmc_tmodel_init_parts(tm, cfg, be, keep, true, err);
-    free(keep);
+    int64_t *bounds = malloc(sizeof *bounds * (size_t)(P * V + 1));
+    if (!keep || !bounds) {
+        free(keep), free(bounds);
+        return lmc_err_set(err, LMC_ERR_OOM, "pipeline stage: out of memory");
+    }
+    s = lmc_pp_split_plan(cfg, P, V, layers, bounds, err);
+    if (!s) {
+        lmc_pp_stage_keep(bounds, L, tied, P, V, rank, keep);
+        s = lmc_tmodel_init_parts(tm, cfg, be, keep, true, err);
+    }
+    free(keep), free(bounds);
     if (s) return s;
     struct lmc_tmodel_src src;
     s = dir ? lmc_tmodel_src_dir(&src, tm, dir, err) : lmc_tmodel_src_random(&src, tm, seed, std, err);
@@ -94,11 +102,8 @@ static int owner(const struct lmc_trainer *tr, int part) {
     int64_t L = tr->tm.cfg.num_layers;
     if (part <= 0) return 0;
     if (part > L) return P - 1;
-    for (int s = 0; s < P; s++) {
-        int64_t l0, n;
-        lmc_dist_slice(L, s, P, &l0, &n);
-        if (part - 1 < l0 + n) return s;
-    }
+    for (int k = 0; k < P * tr->pp->V; k++) /* the stage of the chunk holding layer part - 1 */
+        if (part - 1 < tr->pp->bounds[k + 1]) return k % P;
     return P - 1;
 }
 
@@ -128,19 +133,19 @@ static lmc_status refuse(const struct lmc_trainer *tr, const struct lmc_comm *pp
 
 lmc_status lmc_trainer_pp_attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp,
                                  const char *desc, lmc_err *err) {
-    return lmc_trainer_pp_attach_v(tr, pp, dp, 1, desc, err);
+    return lmc_trainer_pp_attach_v(tr, pp, dp, 1, NULL, desc, err);
 }
 
 static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, struct lmc_comm *cp,
-                         int V, const char *desc, lmc_err *err);
+                         int V, const char *layers, const char *desc, lmc_err *err);
 
 lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, int V,
-                                   const char *desc, lmc_err *err) {
-    return attach(tr, pp, dp, NULL, V, desc, err);
+                                   const char *layers, const char *desc, lmc_err *err) {
+    return attach(tr, pp, dp, NULL, V, layers, desc, err);
 }
 
 lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp, int P, int V,
-                                    const char *desc, lmc_err *err) {
+                                    const char *layers, const char *desc, lmc_err *err) {
     int C = cp->world, W = world->world;
     if (P < 2 || C < 2 || W % (C * P))
         return lmc_err_set(err, LMC_ERR_ARG, "--pp %d --cp %d needs %d x %d x D ranks (D >= 1); this run has %d", P, C,
@@ -156,7 +161,7 @@ lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *wor
     int colors[3] = {d * C + cp->rank, stage, stage * C + cp->rank};
     for (; made < 3 && !s; made++)
         if ((s = lmc_comm_split(world, colors[made], world->rank, &sub[made], err))) break;
-    if (!s) s = attach(tr, &sub[0], &sub[1], cp, V, desc, err);
+    if (!s) s = attach(tr, &sub[0], &sub[1], cp, V, layers, desc, err);
     if (!tr->pp) { /* nothing took them */
         while (made-- > 0) sub[made].free(&sub[made]);
         return s;
@@ -170,8 +175,30 @@ lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *wor
     return s;
 }
 
+/* The split over pp's ranks, checked the same on every rank of pp and dp. */
+static lmc_status split(struct lmc_trainer_pp *p, const struct lmc_config *c, int P, int V, const char *layers,
+                        struct lmc_comm *pp, struct lmc_comm *dp, lmc_err *err) {
+    p->bounds = malloc(sizeof *p->bounds * (size_t)(P * V + 1));
+    if (!p->bounds) return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
+    lmc_status s = lmc_pp_split_plan(c, P, V, layers, p->bounds, err);
+    if (s) return s;
+    uint64_t h = 14695981039346656037u; /* FNV-1a of every bound, beside the first counts in words */
+    for (int k = 0; k <= P * V; k++) h = (h ^ (uint64_t)p->bounds[k]) * 1099511628211u;
+    char text[512];
+    int n = snprintf(text, sizeof text, "split %016llx, layers per chunk", (unsigned long long)h);
+    for (int k = 0; k < P * V && n < (int)sizeof text - 24; k++)
+        n += snprintf(text + n, sizeof text - (size_t)n, " %lld", (long long)(p->bounds[k + 1] - p->bounds[k]));
+    if ((s = lmc_dist_check_same(pp, "pipeline split", text, err))) return s;
+    if (dp && dp->world > 1) s = lmc_dist_check_same(dp, "pipeline split", text, err);
+    return s;
+}
+
+const int64_t *lmc_trainer_pp_bounds(const struct lmc_trainer *tr) {
+    return tr->pp ? tr->pp->bounds : NULL;
+}
+
 static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, struct lmc_comm *cp,
-                         int V, const char *desc, lmc_err *err) {
+                         int V, const char *layers, const char *desc, lmc_err *err) {
     if (V > 1 && tr->tp)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "--pp-chunks (interleaved 1F1B) with --tp is not supported yet");
     lmc_status s = refuse(tr, pp, err);
@@ -213,6 +240,8 @@ static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc
     if (!p->in || !p->tg || !p->own) return lmc_err_set(err, LMC_ERR_OOM, "pipeline parallel: out of memory");
     p->V = V;
     p->tied = -1;
+    /* with --tp the stage holds a shard: the split is the whole model's, the same on every TP rank */
+    if ((s = split(p, tr->tp ? &tr->tp->full : &tr->tm.cfg, pp->world, V, layers, pp, dp, err))) return s;
     for (int i = 0; i < tr->tm.n_params; i++) p->parts |= tr->tm.params[i].elsewhere;
     int64_t L = tr->tm.cfg.num_layers;
     if (p->parts) { /* which rank holds each part (rank 0 for a tied embedding) */
@@ -224,7 +253,7 @@ static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc
         }
         for (int64_t q = 0; q < L + 2; q++) p->holder[q] = -1;
         for (int r = pp->world - 1; r >= 0; r--) {
-            lmc_pp_stage_keep(L, tr->tm.tied_head, pp->world, V, r, keep);
+            lmc_pp_stage_keep(p->bounds, L, tr->tm.tied_head, pp->world, V, r, keep);
             for (int64_t q = 0; q < L + 2; q++)
                 if (keep[q]) p->holder[q] = r;
         }
@@ -254,7 +283,8 @@ static lmc_status attach(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc
     } else {
         for (int i = 0; i < tr->tm.n_params; i++) p->own[i] = owner(tr, tr->tm.params[i].part) == pp->rank;
     }
-    if ((s = lmc_pp_tstage_init_v(&p->st, &tr->tm, tr->be, pp->rank, pp->world, V, (int)o->accum, o->B, T, err)))
+    if ((s = lmc_pp_tstage_init_split(&p->st, &tr->tm, tr->be, p->bounds, pp->rank, pp->world, V, (int)o->accum, o->B,
+                                      T, err)))
         return s;
     p->st.inputs = p->in, p->st.targets = p->tg;
     if (cp) { /* every arena of the stage: the slice's global positions, attention around the ring */

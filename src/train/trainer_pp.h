@@ -1,6 +1,8 @@
 /* trainer_pp.h — pipeline-parallel training in the trainer (lmc train /
- * finetune --pp P [--pp-chunks V]): the P ranks of a pipeline group are the stages of
- * dist/pp_model.h (rank s runs layers [l0, l1) of lmc_dist_slice, the first
+ * finetune --pp P [--pp-chunks V] [--pp-layers a,b,...]): the P ranks of a pipeline
+ * group are the stages of dist/pp_model.h (rank s runs the layers of its
+ * chunks of the split of dist/pp_split.h: balanced by parameters, or the
+ * given counts; checked the same on every rank), the first
  * also the embedding, the last the final norm, head and loss), and one
  * optimizer step is one 1F1B schedule (dist/pp.h) over its accum
  * micro-batches (M = --accum; bubble (P-1)/(M+P-1)). Each stage updates
@@ -46,9 +48,14 @@ lmc_status lmc_trainer_pp_sync(struct lmc_trainer *tr, bool moments, lmc_err *er
 
 /* Interleaved 1F1B: V chunks of layers per rank (lmc_pp_run_interleaved;
  * M = accum a multiple of P when V > 1; not with --tp). V = 1 is
- * lmc_trainer_pp_attach. */
+ * lmc_trainer_pp_attach. layers: --pp-layers (P x V counts in model order;
+ * NULL or empty: the planner's split, lmc_pp_split_plan); a trainer built
+ * with lmc_trainer_pp_build must get the same. */
 lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, struct lmc_comm *dp, int V,
-                                   const char *desc, lmc_err *err);
+                                   const char *layers, const char *desc, lmc_err *err);
+/* The split a pipeline trainer runs (P V + 1 bounds; NULL when tr has no
+ * pipeline). */
+const int64_t *lmc_trainer_pp_bounds(const struct lmc_trainer *tr);
 
 /* Pipeline x context parallel (PP x CP x DP, CP innermost: world rank =
  * (d P + stage) C + c; cp the ring of C consecutive ranks, made by the
@@ -65,9 +72,10 @@ lmc_status lmc_trainer_pp_attach_v(struct lmc_trainer *tr, struct lmc_comm *pp, 
  * stage 0 over a data-parallel group of D. The refusals of --pp and of
  * --cp (lmc_trainer_cp_refuse) both apply. */
 lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *world, struct lmc_comm *cp, int P, int V,
-                                    const char *desc, lmc_err *err);
+                                    const char *layers, const char *desc, lmc_err *err);
 
-/* Rank `rank` of P's part of the model (V chunks per rank): the whole
+/* Rank `rank` of P's part of the model (V chunks per rank, the split of
+ * layers as lmc_trainer_pp_attach_v's): the whole
  * model's values (a folder dir, or random from seed / std as
  * lmc_tmodel_init_random) of only the tensors the stage holds
  * (lmc_pp_stage_keep: its chunks' layers, the embedding on rank 0 and with
@@ -80,7 +88,7 @@ lmc_status lmc_trainer_pp_attach_cp(struct lmc_trainer *tr, struct lmc_comm *wor
  * lmc_ckpt_save). */
 lmc_status lmc_trainer_pp_build(struct lmc_tmodel *tm, const struct lmc_config *cfg, const struct lmc_backend *be,
                                 const char *dir, uint64_t seed, double std, int P, int V, int rank,
-                                int64_t *whole_numel, lmc_err *err);
+                                const char *layers, int64_t *whole_numel, lmc_err *err);
 /* tr attached to a stage's part (lmc_trainer_pp_build). */
 bool lmc_trainer_pp_parts(const struct lmc_trainer *tr);
 /* Parts mode: whether this rank writes the consolidated checkpoint (rank 0
