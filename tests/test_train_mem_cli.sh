@@ -42,8 +42,12 @@ if kind == "qlora":
 else:
     assert m["base_ext"] == 0, m
 if kind == "recompute":
-    assert m["activation_layers_held"] == 1, m
+    assert m["activation_layers_held"] == 1 and m["recompute"] == "full", m
+elif kind == "selective":
+    assert m["activation_layers_held"] == 2 and m["recompute"] == "selective", m
+    assert "x 2 held, selective recompute" in err, err
 else:
+    assert m["recompute"] == "none", m
     assert m["activation_layers_held"] == 2, m  # llama-tiny's layers
 rows = [json.loads(l) for l in open(sys.argv[4])]
 assert len(rows) == 2 and all("memory" not in r for r in rows), rows
@@ -55,6 +59,16 @@ check lora lora >"$TMP/t-lora"; ok $? "lora account"
 run rc --recompute; ok $? "recompute: $(tail -2 "$TMP/err-rc")"
 check rc recompute >"$TMP/t-rc"; ok $? "recompute account"
 [ "$(cut -d' ' -f2 "$TMP/t-rc")" -lt "$(cut -d' ' -f2 "$TMP/t-lora")" ]; ok $? "recompute holds less"
+run sel --recompute selective; ok $? "selective: $(tail -2 "$TMP/err-sel")"
+check sel selective >"$TMP/t-sel"; ok $? "selective account"
+[ "$(cut -d' ' -f2 "$TMP/t-sel")" -lt "$(cut -d' ' -f2 "$TMP/t-lora")" ]; ok $? "selective holds less than none"
+# the same losses, bit for bit, as keeping every save (the metrics' printed floats)
+python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; assert a == b and len(a) == 2, (a, b)' \
+  "$TMP/lora.metrics.jsonl" "$TMP/sel.metrics.jsonl"; ok $? "selective: the losses of no recompute"
+run rcf --recompute full; ok $? "recompute full: $(tail -2 "$TMP/err-rcf")"
+check rcf recompute >/dev/null; ok $? "recompute full account"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --recompute selective --tp 2 2>"$TMP/err-bad"
+[ $? = 2 ] && grep -q "selective" "$TMP/err-bad"; ok $? "selective with --tp refused: $(tail -1 "$TMP/err-bad")"
 run q --qlora nf4; ok $? "qlora: $(tail -2 "$TMP/err-q")"
 check q qlora >/dev/null; ok $? "qlora account"
 run full --full; ok $? "full: $(tail -2 "$TMP/err-full")"

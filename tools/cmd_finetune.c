@@ -56,7 +56,7 @@ static void usage(void) {
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (adamw) and its settings\n"
             "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
-            "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
+            "  other:     --recompute [full|selective] --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
             "             --keep-last N (after each checkpoint: only the N newest OUT.ckpt/step_N folders, and\n"
@@ -165,6 +165,7 @@ int cmd_finetune(int argc, char **argv) {
     bool qlora = false;
     bool tp_vocab = false, seq_par = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
+    bool recompute_sel = false;
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
     lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
@@ -192,7 +193,13 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--full")) { full = true; continue; }
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
-        if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--recompute")) { /* full (the default) or selective */
+            bool sel = v && !strcmp(v, "selective");
+            if (sel || (v && !strcmp(v, "full"))) i++;
+            recompute = !sel;
+            recompute_sel = sel;
+            continue;
+        }
         if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!strcmp(a, "--sp")) { seq_par = true; continue; }
         if (!v) {
@@ -341,6 +348,11 @@ int cmd_finetune(int argc, char **argv) {
     if (pack && (cp > 1 || pp > 1)) {
         fprintf(stderr, "lmc finetune: --pack does not combine with %s yet (packed sequences' attention stays within "
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
+        return 2;
+    }
+    if (recompute_sel && (mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc finetune: --recompute selective runs on one process or data parallel (not with %s yet)\n",
+                ep > 1 ? "--ep" : mpflag);
         return 2;
     }
     bool dist = denv.world > 1 || mpn > 1 || ep > 1 || (zero > 0 && mpn < 2), root = true;
@@ -546,7 +558,7 @@ int cmd_finetune(int argc, char **argv) {
         if (steps < 1) steps = 1;
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
-                               .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
+                               .recompute_selective = recompute_sel, .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
     o.adamw = (struct lmc_adamw_cfg){lr, beta1, beta2, eps, wd};
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};

@@ -418,27 +418,36 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
 
 #define A16(n) (((n) + 15) / 16 * 16)
 
-/* Floats of the activation arena for L layers; -1 when out of range. */
-static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m);
+/* How the layers' saves are held: every layer's, one layer's (full
+ * recomputation) or every layer's GEMM outputs (selective). */
+enum acts_mode { ACTS_ALL, ACTS_RECOMPUTE, ACTS_SELECTIVE };
 
-static int64_t acts_floats(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute) {
-    return acts_floats_sp(c, L, B, T, recompute, 0);
-}
-
-/* m > 0: the residual stream and the blocks' norm rows of m (sequence parallel) */
-static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m) {
+/* Floats of the activation arena for L layers; -1 when out of range.
+ * m > 0: the residual stream and the blocks' norm rows of m (sequence parallel) */
+static int64_t acts_floats_mode(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, enum acts_mode mode,
+                                int64_t m) {
     const struct lmc_architecture *a = lmc_arch_of(c);
     int64_t BT, BTC;
     if (L < 1 || L > c->num_layers || B <= 0 || T <= 0 || !lmc_mul_ok(B, T, &BT) || BT > ((int64_t)1 << 31) ||
         !lmc_mul_ok(BT, c->hidden_size, &BTC) || BTC > ((int64_t)1 << 40))
         return -1;
-    int64_t xs, layer, saves, n, mC = m > 0 ? m * c->hidden_size : BTC;
-    layer = lmc_block_save_floats_sp(a, c, BT, m > 0 ? m : BT, LMC_RUN_TRAIN);
-    if (!lmc_mul_ok(L + 1, A16(mC), &xs) || !lmc_mul_ok(recompute ? 1 : L, layer, &saves)) return -1;
+    int64_t xs, layer, saves, n, mC = m > 0 ? m * c->hidden_size : BTC, rows = m > 0 ? m : BT;
+    layer = mode == ACTS_SELECTIVE ? lmc_block_save_floats_sel(a, c, BT, rows)
+                                   : lmc_block_save_floats_sp(a, c, BT, rows, LMC_RUN_TRAIN);
+    if (!lmc_mul_ok(L + 1, A16(mC), &xs) || !lmc_mul_ok(mode == ACTS_RECOMPUTE ? 1 : L, layer, &saves)) return -1;
     n = xs + saves;
+    if (mode == ACTS_SELECTIVE) n += lmc_block_shared_floats_sel(a, c, BT, rows); /* h1, h2, the product */
     n += 4 * A16(BTC) + A16(BT);                   /* hf, tmp, dx, dh; loss */
     n += A16(lmc_block_bwd_floats(a, c, BT));      /* backward scratch */
     return n > ((int64_t)1 << 42) ? -1 : n;
+}
+
+static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m) {
+    return acts_floats_mode(c, L, B, T, recompute ? ACTS_RECOMPUTE : ACTS_ALL, m);
+}
+
+static int64_t acts_floats(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute) {
+    return acts_floats_sp(c, L, B, T, recompute, 0);
 }
 
 size_t lmc_tacts_bytes(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
@@ -459,8 +468,9 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
 }
 
 static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
-                             int64_t n_layers, int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp,
+                             int64_t n_layers, int64_t B, int64_t T, enum acts_mode mode, const struct lmc_sp *sp,
                              lmc_err *err) {
+    bool recompute = mode == ACTS_RECOMPUTE;
     memset(a, 0, sizeof *a);
     const struct lmc_config *c = &tm->cfg;
     lmc_status st = lmc_tmodel_check_backend(be, c, false, false, err);
@@ -468,7 +478,7 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     if (n_layers < 1 || n_layers > c->num_layers)
         return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld of the model's %lld layers", (long long)n_layers,
                            (long long)c->num_layers);
-    int64_t nf = acts_floats_sp(c, n_layers, B, T, recompute, sp ? sp->m : 0);
+    int64_t nf = acts_floats_mode(c, n_layers, B, T, mode, sp ? sp->m : 0);
     if (nf < 0)
         return lmc_err_set(err, LMC_ERR_ARG, "batch %lld x %lld out of range", (long long)B, (long long)T);
     if (tm->arch->learned_pos && T > c->max_position_embeddings)
@@ -480,6 +490,7 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     a->B = B;
     a->T = T;
     a->recompute = recompute;
+    a->selective = mode == ACTS_SELECTIVE;
     int64_t nl = recompute ? 1 : L;
     a->arena = be->alloc(be->ctx, (size_t)nf * sizeof(float));
     a->xs = calloc((size_t)(L + 1), sizeof *a->xs);
@@ -505,8 +516,8 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
         (c->num_experts > 0 && !a->moe)) {
         free(freq);
         lmc_tacts_free(a);
-        return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
-                           lmc_tacts_bytes_layers(c, n_layers, B, T, recompute));
+        return lmc_err_set(err, LMC_ERR_OOM, "training activations (%lld bytes): out of memory",
+                           (long long)nf * (long long)sizeof(float));
     }
     a->pos = a->ids + BT;
     a->targets = a->ids + 2 * BT;
@@ -514,8 +525,14 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     int64_t m = sp ? sp->m : BT;
     a->sp = sp;
     for (int64_t l = 0; l <= L; l++, p += A16(m * C)) a->xs[l] = p;
-    for (int64_t l = 0; l < nl; l++)
-        p = lmc_block_save_carve_sp(tm->arch, c, BT, m, LMC_RUN_TRAIN, p, &a->saves[l]);
+    if (a->selective) { /* the shared h1, h2 and product, then each layer's GEMM outputs */
+        struct lmc_block_save sh;
+        p = lmc_block_carve_shared_sel(tm->arch, c, BT, m, p, &sh, &a->ffn_act);
+        for (int64_t l = 0; l < nl; l++) p = lmc_block_save_carve_sel(tm->arch, c, BT, m, p, &sh, &a->saves[l]);
+    } else {
+        for (int64_t l = 0; l < nl; l++)
+            p = lmc_block_save_carve_sp(tm->arch, c, BT, m, LMC_RUN_TRAIN, p, &a->saves[l]);
+    }
     a->hf = p, p += A16(BT * C);
     a->tmp = p, p += A16(BT * C);
     a->dx = p, p += A16(BT * C);
@@ -538,7 +555,19 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
 
 lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                                  int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err) {
-    return tacts_init(a, tm, be, n_layers, B, T, recompute, NULL, err);
+    return tacts_init(a, tm, be, n_layers, B, T, recompute ? ACTS_RECOMPUTE : ACTS_ALL, NULL, err);
+}
+
+size_t lmc_tacts_bytes_sel(const struct lmc_config *c, int64_t B, int64_t T) {
+    int64_t n = acts_floats_mode(c, c->num_layers, B, T, ACTS_SELECTIVE, 0);
+    if (n < 0) return 0;
+    return (size_t)n * sizeof(float) + (size_t)(3 * B * T) * sizeof(int32_t) +
+           (size_t)(c->head_dim / 2 + 1) * sizeof(double);
+}
+
+lmc_status lmc_tacts_init_sel(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                              int64_t B, int64_t T, lmc_err *err) {
+    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, ACTS_SELECTIVE, NULL, err);
 }
 
 size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, bool recompute, int world) {
@@ -551,7 +580,7 @@ size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, bool
 lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                              int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp, lmc_err *err) {
     LMC_ASSERT(sp && sp->g && sp->m > 0 && sp->m0 >= 0 && sp->m0 + sp->m <= B * T);
-    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, recompute, sp, err);
+    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, recompute ? ACTS_RECOMPUTE : ACTS_ALL, sp, err);
 }
 
 void lmc_tacts_free(struct lmc_tacts *a) {
@@ -636,7 +665,8 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
                         .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
-                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe, .sp = a->sp};
+                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe, .sp = a->sp,
+                        .ffn_act = a->ffn_act};
     const struct lmc_sp *sp = a->sp;
     LMC_ASSERT(!sp || (!a->cp && !a->hooks && be->host_memory));
     if (sp && a->segs)
@@ -712,6 +742,7 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
         const struct lmc_block_save *s = &a->saves[a->recompute ? 0 : l];
         GET((int)l + 1, P | G, l > 0 ? (int)l : -1);
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
+        if (a->selective) lmc_block_renorm(&r, &tm->W.layers[l], s, a->xs[l]); /* the product: the ffn's bwd */
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
         PUT((int)l + 1, P | G, true);
     }

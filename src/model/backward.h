@@ -210,6 +210,12 @@ struct lmc_tacts {
     const struct lmc_backend *be;
     int64_t B, T;
     bool recompute;         /* keep only layer inputs; recompute each layer in the backward */
+    /* selective recomputation (lmc_tacts_init_sel): every layer keeps its
+     * GEMM outputs (block.h, lmc_block_save_carve_sel), the norms' outputs
+     * and the feed-forward's product are recomputed in the backward into
+     * buffers the layers share (saves[l].h1 / h2, ffn_act; NULL: none) */
+    bool selective;
+    float *ffn_act;
     int64_t n_layers;       /* layers it holds (cfg.num_layers; fewer for a pipeline chunk) */
     float *arena;
     float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
@@ -270,6 +276,14 @@ lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
 size_t lmc_tacts_bytes_layers(const struct lmc_config *cfg, int64_t n_layers, int64_t B, int64_t T, bool recompute);
 lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                                  int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err);
+/* Selective recomputation (lmc_tacts.selective): each layer keeps xmid,
+ * the mixer's and the feed-forward's regions less the product; h1, h2 and
+ * the product are one shared set, recomputed per layer in the backward.
+ * The step's loss and gradients are bit for bit those without
+ * recomputation (the same ops on the same inputs). */
+size_t lmc_tacts_bytes_sel(const struct lmc_config *cfg, int64_t B, int64_t T);
+lmc_status lmc_tacts_init_sel(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                              int64_t B, int64_t T, lmc_err *err);
 void lmc_tacts_free(struct lmc_tacts *a);
 
 /* Forward of inputs (B*T ids, host) with next-token targets (B*T ids, host;
