@@ -43,12 +43,17 @@ else:
     assert m["base_ext"] == 0, m
 if kind == "recompute":
     assert m["activation_layers_held"] == 1 and m["recompute"] == "full", m
+elif kind == "bf16":
+    assert m["activation_layers_held"] == 2 and m["recompute"] == "none" and m["activations_dtype"] == "bf16", m
+    assert "x 2 held, bf16" in err, err
 elif kind == "selective":
     assert m["activation_layers_held"] == 2 and m["recompute"] == "selective", m
     assert "x 2 held, selective recompute" in err, err
 else:
     assert m["recompute"] == "none", m
     assert m["activation_layers_held"] == 2, m  # llama-tiny's layers
+if kind != "bf16":
+    assert m["activations_dtype"] == "f32", m
 rows = [json.loads(l) for l in open(sys.argv[4])]
 assert len(rows) == 2 and all("memory" not in r for r in rows), rows
 print(kind, m["total"])
@@ -65,6 +70,13 @@ check sel selective >"$TMP/t-sel"; ok $? "selective account"
 # the same losses, bit for bit, as keeping every save (the metrics' printed floats)
 python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; assert a == b and len(a) == 2, (a, b)' \
   "$TMP/lora.metrics.jsonl" "$TMP/sel.metrics.jsonl"; ok $? "selective: the losses of no recompute"
+run b16 --acts-dtype bf16; ok $? "bf16 saves: $(tail -2 "$TMP/err-b16")"
+check b16 bf16 >/dev/null; ok $? "bf16 saves account"
+# the forward is untouched: the first step's loss equal; the second within bf16 rounding of the gradients
+python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; assert a[0] == b[0] and abs(a[1] - b[1]) <= 1e-3 * abs(a[1]), (a, b)' \
+  "$TMP/lora.metrics.jsonl" "$TMP/b16.metrics.jsonl"; ok $? "bf16 saves: the first loss of f32 saves"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad2" $COMMON --acts-dtype f16 2>"$TMP/err-bad2"
+[ $? = 2 ]; ok $? "--acts-dtype f16 refused: $(tail -1 "$TMP/err-bad2")"
 run rcf --recompute full; ok $? "recompute full: $(tail -2 "$TMP/err-rcf")"
 check rcf recompute >/dev/null; ok $? "recompute full account"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --recompute selective --tp 2 2>"$TMP/err-bad"

@@ -231,6 +231,12 @@ struct lmc_part_ops {
      * silu(gate) * up, the GELU MLP's gelu(up)): its floats for n tokens,
      * kept in lmc_run.ffn_act under selective recomputation. NULL: none. */
     int64_t (*act_floats)(const struct lmc_config *c, int64_t n);
+    /* Training: the leading floats of the region (n tokens) that the
+     * trainer may keep in bf16 (bf16-saved activations, lmc_tacts_opts):
+     * tensors the backward reads as bf16 GEMM or attention operands, or
+     * elementwise (attention's q, k, v and output; the MLPs' whole
+     * region); the rest (attention's log-sum-exp) stays f32. NULL: none. */
+    int64_t (*lowp_floats)(const struct lmc_config *c, int64_t n);
 };
 #define LMC_SLOT_PARTS 4
 

@@ -66,6 +66,11 @@ static int64_t act_floats(const struct lmc_config *c, int64_t n) {
     return A16(n * c->intermediate_size);
 }
 
+/* bf16-saved activations: the whole region (gate, up, the product) */
+static int64_t glu_lowp_floats(const struct lmc_config *c, int64_t n) {
+    return 3 * A16(n * c->intermediate_size);
+}
+
 static const char *glu_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
     (void)c;
     if (!be->swiglu) return "swiglu";
@@ -83,6 +88,7 @@ const struct lmc_part_ops lmc_ffn_swiglu = {
     .kv_row = none,
     .slot_bytes = none,
     .act_floats = act_floats,
+    .lowp_floats = glu_lowp_floats,
 };
 
 /* ---- GELU MLP: save = up (pre-activation), act (training) / one (n, I) row (inference) */
@@ -130,6 +136,11 @@ static void gelu_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     lmc_linear_bwd(be, 1, &U, &GU, dh, &d, h, n, false);
 }
 
+/* bf16-saved activations: the whole region (the pre-activation, the product) */
+static int64_t gelu_lowp_floats(const struct lmc_config *c, int64_t n) {
+    return 2 * A16(n * c->intermediate_size);
+}
+
 static const char *gelu_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
     (void)c;
     if (!be->gelu) return "gelu";
@@ -147,4 +158,5 @@ const struct lmc_part_ops lmc_ffn_gelu = {
     .kv_row = none,
     .slot_bytes = none,
     .act_floats = act_floats,
+    .lowp_floats = gelu_lowp_floats,
 };

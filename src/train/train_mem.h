@@ -33,6 +33,7 @@ struct lmc_train_mem {
     size_t acts_rest;       /*   the rest: final norm, loss, backward scratch, ids, positions (and
                              *   selective recomputation's shared norm outputs and product) */
     const char *acts_mode;  /* recomputation: "none", "full" or "selective" */
+    bool acts_bf16;         /* saves kept in bf16 (lmc_tacts.save_bf16) */
     size_t lora;            /* the adapters' scale matrices, scratch and gradient sink */
     size_t total;
 };
