@@ -77,6 +77,16 @@ python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])
   "$TMP/lora.metrics.jsonl" "$TMP/b16.metrics.jsonl"; ok $? "bf16 saves: the first loss of f32 saves"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad2" $COMMON --acts-dtype f16 2>"$TMP/err-bad2"
 [ $? = 2 ]; ok $? "--acts-dtype f16 refused: $(tail -1 "$TMP/err-bad2")"
+# lmc info --acts: the same activation bytes as each run's account, without loading weights
+"$LMC" info -m "$FIX" --acts --seq 32 --batch 2 --json >"$TMP/acts.json" 2>"$TMP/err-acts"; ok $? "info --acts: $(cat "$TMP/err-acts")"
+python3 - "$TMP/acts.json" "$TMP/lora.memory.json" "$TMP/sel.memory.json" "$TMP/b16.memory.json" "$TMP/rc.memory.json" <<'PY'; ok $? "info --acts = the runs' accounts"
+import json, sys
+a = json.load(open(sys.argv[1])); runs = [json.load(open(f))["activations"] for f in sys.argv[2:]]
+assert a["batch"] == 2 and a["seq"] == 32, a
+assert [a["none"], a["selective"], a["none_bf16"], a["full"]] == runs, (a, runs)
+assert a["full"] < a["selective"] < a["none"] and a["selective_bf16"] < a["none_bf16"], a  # tiny: the bf16 work set outweighs
+PY
+"$LMC" info -m "$FIX" --acts --seq 32 >"$TMP/acts.txt" 2>&1 && grep -q "selective_bf16" "$TMP/acts.txt"; ok $? "info --acts text: $(head -3 "$TMP/acts.txt")"
 run rcf --recompute full; ok $? "recompute full: $(tail -2 "$TMP/err-rcf")"
 check rcf recompute >/dev/null; ok $? "recompute full account"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --recompute selective --tp 2 2>"$TMP/err-bad"
