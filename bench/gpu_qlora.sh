@@ -20,13 +20,17 @@
 # Logs go to $OUT (the device returns few files: one summary, one tarball).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_qlora.sh
 # env: BUDGET_S (default 540) SEQ=2048 BATCH=1 STEPS=8 SKIP=3 ROUNDS=2
-#      MODES="lora lora-rc qlora-nf4 qlora-int4" SKIP_BUILD=1 (use build-dev as is)
-# lora-rc: LoRA with --recompute. Each lmc run's first round also prints
+#      MODES="lora lora-sel lora-rc qlora-nf4 qlora-int4" SKIP_BUILD=1 (use build-dev as is)
+# lora: LoRA with the defaults (activations the backward reads saved in
+# bf16); lora-f32acts: --acts-dtype f32 (every save f32, the earlier
+# default); lora-sel: --recompute selective (GEMM outputs kept in bf16,
+# norms and the SwiGLU product recomputed); lora-rc: full --recompute
+# (f32 saves of one layer). Each lmc run's first round also prints
 # its memory account (the start-up line) and the device's bytes in use
 # after the first step next to it (train/train_mem.h).
 . "$(dirname "$0")/gpu_common.sh"
 BUDGET_S=${BUDGET_S:-540}; SEQ=${SEQ:-2048}; BATCH=${BATCH:-1}; STEPS=${STEPS:-8}; SKIP=${SKIP:-3}
-ROUNDS=${ROUNDS:-2}; MODES=${MODES:-lora lora-rc qlora-nf4 qlora-int4}
+ROUNDS=${ROUNDS:-2}; MODES=${MODES:-lora lora-sel lora-rc qlora-nf4 qlora-int4}
 OUT=${OUT:-/tmp/lmc-qlora-out}; W=${WORK:-/tmp/lmc-qlora-work}; B=build-dev; LMC=$B/lmc
 mkdir -p "$OUT" "$W"
 S=$OUT/summary.txt; : >"$S"
@@ -102,7 +106,12 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in $MODES; do
     [ "$(left)" -gt 60 ] || { say "out of time before round $round $mode"; break 2; }
     extra="--lora-r 16 --lora-alpha 32 --lora-targets all-linear"
-    case $mode in qlora-*) extra="$extra --qlora ${mode#qlora-}" ;; lora-rc) extra="$extra --recompute" ;; esac
+    case $mode in
+      qlora-*) extra="$extra --qlora ${mode#qlora-}" ;;
+      lora-rc) extra="$extra --recompute" ;;
+      lora-sel) extra="$extra --recompute selective" ;;
+      lora-f32acts) extra="$extra --acts-dtype f32" ;;
+    esac
     rm -rf "$W/out-$mode"
     read -r r mib < <(run "$mode" $LMC finetune -m $M --data "$W/sft.jsonl" -o "$W/out-$mode" --seq "$SEQ" --batch "$BATCH" \
       --pack --steps "$STEPS" --device cuda --dtype bf16 $extra)

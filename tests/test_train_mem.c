@@ -12,6 +12,7 @@
 #include "test.h"
 #include "harness_batch.h"
 #include "core/core.h"
+#include "model/block.h"
 #include "train/lora_train.h"
 #include "train/qlora.h"
 #include "train/train_mem.h"
@@ -56,13 +57,19 @@ static void cnt_free(void *ctx, void *p) {
 
 enum mode { M_LORA, M_FULL, M_QLORA };
 
-static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, bool recompute, int64_t rows,
+/* recomputation: none, full, selective; RC_B16 added: bf16-saved activations */
+enum rc { RC_NONE = 0, RC_FULL = 1, RC_SEL = 2, RC_B16 = 4 };
+
+static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int rcb, int64_t rows,
                 double *loss_out, float **grads_out, int64_t *n_grads) {
+    int rc = rcb & 3;
+    bool recompute = rc == RC_FULL, b16 = (rcb & RC_B16) != 0;
     char dir[256], ldir[300], what[400];
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
-    snprintf(what, sizeof what, "%s %s %s%s", model, mode == M_FULL ? "full" : mode == M_QLORA ? "qlora-nf4" : "lora",
-             lmc_optim_kind_name(ok), recompute ? " recompute" : "");
+    snprintf(what, sizeof what, "%s %s %s%s%s", model, mode == M_FULL ? "full" : mode == M_QLORA ? "qlora-nf4" : "lora",
+             lmc_optim_kind_name(ok), rc == RC_FULL ? " recompute" : rc == RC_SEL ? " selective" : "",
+             b16 ? " bf16-saved" : "");
     lmc_err err = {0};
     struct lmc_backend be;
     if (lmc_backend_cpu_init(&be, 2, &err)) {
@@ -107,6 +114,7 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, bool 
         bt.tg[i] = i % 5 == 2 ? -1 : (int32_t)(test_rng_next(&rs) % 200);
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .recompute = recompute,
+                               .recompute_selective = rc == RC_SEL, .save_bf16 = b16,
                                .next_batch = harness_batch_next, .batch_user = &bt};
     o.adamw = (struct lmc_adamw_cfg){1e-3, 0.9, 0.999, 1e-8, 0.0};
     o.sched = (struct lmc_schedule){.kind = LMC_SCHED_CONSTANT, .lr_max = 1e-3, .lr_min = 1e-3, .total = 10};
@@ -125,6 +133,24 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, bool 
     CHECK_MSG(m.acts_layers == (recompute ? 1 : tr.tm.cfg.num_layers), "%s: %lld layers' saves held", what,
               (long long)m.acts_layers);
     CHECK(m.acts_per_layer * (size_t)m.acts_layers + m.acts_resid + m.acts_rest == m.acts);
+    CHECK_MSG(!strcmp(m.acts_mode, rc == RC_SEL ? "selective" : rc == RC_FULL ? "full" : "none"), "%s: mode %s", what,
+              m.acts_mode);
+    CHECK_MSG(m.acts_bf16 == b16, "%s: bf16 saves %d", what, (int)m.acts_bf16);
+    if (rc == RC_SEL && !b16) { /* a layer keeps its GEMM outputs: the full save less h1, h2 and the MLP's product */
+        const struct lmc_config *c = &tr.tm.cfg;
+        int64_t n = B * T, nc = (n * c->hidden_size + 15) / 16 * 16, ni = (n * c->intermediate_size + 15) / 16 * 16;
+        size_t full = (size_t)lmc_block_save_floats(tr.tm.arch, c, n, LMC_RUN_TRAIN) * sizeof(float);
+        CHECK_MSG(m.acts_per_layer == full - (size_t)(2 * nc + ni) * sizeof(float), "%s: %zu bytes per layer (full %zu)",
+                  what, m.acts_per_layer, full);
+    }
+    if (b16) { /* xmid and the log-sum-exp f32, the rest halved: between 1/2 and 2/3 of the f32 layer */
+        const struct lmc_config *c = &tr.tm.cfg;
+        int64_t n = B * T, nc = (n * c->hidden_size + 15) / 16 * 16, ni = (n * c->intermediate_size + 15) / 16 * 16;
+        size_t full = (size_t)lmc_block_save_floats(tr.tm.arch, c, n, LMC_RUN_TRAIN) * sizeof(float);
+        if (rc == RC_SEL) full -= (size_t)(2 * nc + ni) * sizeof(float);
+        CHECK_MSG(m.acts_per_layer > full / 2 && m.acts_per_layer < full * 2 / 3, "%s: %zu bytes per layer (f32 %zu)",
+                  what, m.acts_per_layer, full);
+    }
     if (mode == M_FULL) {
         CHECK_MSG(m.frozen_f32 == 0 && m.grads == m.weights_f32 && !m.lora, "%s: full: every weight trained", what);
     } else {
@@ -167,8 +193,8 @@ static void scratch_rows(const char *model) {
     double l7, lw;
     float *g7 = NULL, *gw = NULL;
     int64_t n7 = 0, nw = 0;
-    run(model, M_LORA, LMC_OPTIM_ADAMW, false, 7, &l7, &g7, &n7);
-    run(model, M_LORA, LMC_OPTIM_ADAMW, false, 2 * 13, &lw, &gw, &nw);
+    run(model, M_LORA, LMC_OPTIM_ADAMW, RC_NONE, 7, &l7, &g7, &n7);
+    run(model, M_LORA, LMC_OPTIM_ADAMW, RC_NONE, 2 * 13, &lw, &gw, &nw);
     if (!g7 || !gw || n7 != nw) {
         CHECK_MSG(0, "%s: scratch rows runs", model);
     } else {
@@ -185,13 +211,82 @@ static void scratch_rows(const char *model) {
     free(g7), free(gw);
 }
 
+/* --recompute selective: the same loss and gradients, bit for bit, as
+ * keeping every layer's saves (the norms and the MLP's product recomputed
+ * by the same ops from the same inputs), and fewer bytes held. */
+static void selective(const char *model, enum mode mode) {
+    double l0 = 0, ls = 0;
+    float *g0 = NULL, *gs = NULL;
+    int64_t n0 = 0, ns = 0;
+    run(model, mode, LMC_OPTIM_ADAMW, RC_NONE, 0, &l0, &g0, &n0);
+    run(model, mode, LMC_OPTIM_ADAMW, RC_SEL, 0, &ls, &gs, &ns);
+    if (!g0 || !gs || n0 != ns || n0 <= 0) {
+        CHECK_MSG(0, "%s: selective runs", model);
+    } else {
+        int64_t diff = 0, nonzero = 0;
+        for (int64_t i = 0; i < n0; i++) {
+            diff += memcmp(&g0[i], &gs[i], sizeof(float)) != 0;
+            nonzero += g0[i] != 0.0f;
+        }
+        CHECK_MSG(memcmp(&l0, &ls, sizeof l0) == 0, "%s: loss %.17g (selective) vs %.17g", model, ls, l0);
+        CHECK_MSG(diff == 0 && nonzero > n0 / 4, "%s: %lld of %lld gradients differ (%lld non-zero)", model,
+                  (long long)diff, (long long)n0, (long long)nonzero);
+        printf("%s %s: selective recompute = no recompute bit for bit (loss %.9g, %lld gradients)\n", model,
+               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", ls, (long long)n0);
+    }
+    free(g0), free(gs);
+}
+
+/* bf16-saved activations: the forward is untouched (the same loss, bit for
+ * bit); the backward reads its saves rounded to bf16, so the gradients
+ * move by bf16 rounding (the CPU in fp32: every product sees it). */
+static void bf16_saved(const char *model, enum mode mode, int rc) {
+    double l0 = 0, lb = 0;
+    float *g0 = NULL, *gb = NULL;
+    int64_t n0 = 0, nb = 0;
+    run(model, mode, LMC_OPTIM_ADAMW, rc, 0, &l0, &g0, &n0);
+    run(model, mode, LMC_OPTIM_ADAMW, rc | RC_B16, 0, &lb, &gb, &nb);
+    if (!g0 || !gb || n0 != nb || n0 <= 0) {
+        CHECK_MSG(0, "%s: bf16-saved runs", model);
+    } else {
+        double num = 0, den = 0, dot = 0, n2a = 0, n2b = 0;
+        int64_t diff = 0;
+        for (int64_t i = 0; i < n0; i++) {
+            num = fmax(num, fabs((double)g0[i] - gb[i]));
+            den = fmax(den, fabs((double)g0[i]));
+            dot += (double)g0[i] * gb[i], n2a += (double)g0[i] * g0[i], n2b += (double)gb[i] * gb[i];
+            diff += g0[i] != gb[i];
+        }
+        double cosd = 1.0 - dot / sqrt(n2a * n2b);
+        CHECK_MSG(memcmp(&l0, &lb, sizeof l0) == 0, "%s: loss %.17g (bf16 saves) vs %.17g", model, lb, l0);
+        CHECK_MSG(num <= 2e-2 * den && cosd <= 1e-4 && den > 0, "%s: gradients %.3e max relative, 1 - cos %.3e", model,
+                  num / den, cosd);
+        CHECK_MSG(diff > 0, "%s: bf16 saves changed no gradient (are they used?)", model);
+        printf("%s %s%s: bf16-saved vs f32-saved: loss equal, gradients %.2e max relative, 1 - cos %.2e\n", model,
+               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", rc == RC_SEL ? " selective" : "", num / den,
+               cosd);
+    }
+    free(g0), free(gb);
+}
+
 int main(void) {
-    run("llama-tiny", M_LORA, LMC_OPTIM_ADAMW, false, 0, NULL, NULL, NULL);
-    run("llama-tiny", M_LORA, LMC_OPTIM_ADAMW, true, 0, NULL, NULL, NULL);
-    run("qwen2-tiny", M_LORA, LMC_OPTIM_ADAMW8BIT, false, 0, NULL, NULL, NULL);
-    run("gpt2-tiny", M_LORA, LMC_OPTIM_ADAMW, true, 0, NULL, NULL, NULL);
-    run("llama-tiny", M_FULL, LMC_OPTIM_ADAMW, false, 0, NULL, NULL, NULL);
-    run("llama-tiny", M_QLORA, LMC_OPTIM_ADAMW, false, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_LORA, LMC_OPTIM_ADAMW, RC_NONE, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_LORA, LMC_OPTIM_ADAMW, RC_FULL, 0, NULL, NULL, NULL);
+    run("qwen2-tiny", M_LORA, LMC_OPTIM_ADAMW8BIT, RC_NONE, 0, NULL, NULL, NULL);
+    run("gpt2-tiny", M_LORA, LMC_OPTIM_ADAMW, RC_FULL, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_FULL, LMC_OPTIM_ADAMW, RC_NONE, 0, NULL, NULL, NULL);
+    run("llama-tiny", M_QLORA, LMC_OPTIM_ADAMW, RC_NONE, 0, NULL, NULL, NULL);
+    selective("llama-tiny", M_LORA);
+    selective("qwen2-tiny", M_LORA);
+    selective("gpt2-tiny", M_LORA);
+    selective("llama-tiny", M_FULL);
+    selective("llama-tiny", M_QLORA);
+    bf16_saved("llama-tiny", M_LORA, RC_NONE);
+    bf16_saved("llama-tiny", M_LORA, RC_SEL);
+    bf16_saved("qwen2-tiny", M_LORA, RC_SEL);
+    bf16_saved("gpt2-tiny", M_LORA, RC_NONE);
+    bf16_saved("llama-tiny", M_FULL, RC_NONE);
+    bf16_saved("llama-tiny", M_QLORA, RC_SEL);
     scratch_rows("llama-tiny");
     scratch_rows("gpt2-tiny");
     return test_finish("test_train_mem");

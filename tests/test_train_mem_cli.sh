@@ -42,9 +42,18 @@ if kind == "qlora":
 else:
     assert m["base_ext"] == 0, m
 if kind == "recompute":
-    assert m["activation_layers_held"] == 1, m
+    assert m["activation_layers_held"] == 1 and m["recompute"] == "full", m
+elif kind == "bf16":
+    assert m["activation_layers_held"] == 2 and m["recompute"] == "none" and m["activations_dtype"] == "bf16", m
+    assert "x 2 held, bf16" in err, err
+elif kind == "selective":
+    assert m["activation_layers_held"] == 2 and m["recompute"] == "selective", m
+    assert "x 2 held, selective recompute" in err, err
 else:
+    assert m["recompute"] == "none", m
     assert m["activation_layers_held"] == 2, m  # llama-tiny's layers
+if kind != "bf16":
+    assert m["activations_dtype"] == "f32", m
 rows = [json.loads(l) for l in open(sys.argv[4])]
 assert len(rows) == 2 and all("memory" not in r for r in rows), rows
 print(kind, m["total"])
@@ -55,6 +64,33 @@ check lora lora >"$TMP/t-lora"; ok $? "lora account"
 run rc --recompute; ok $? "recompute: $(tail -2 "$TMP/err-rc")"
 check rc recompute >"$TMP/t-rc"; ok $? "recompute account"
 [ "$(cut -d' ' -f2 "$TMP/t-rc")" -lt "$(cut -d' ' -f2 "$TMP/t-lora")" ]; ok $? "recompute holds less"
+run sel --recompute selective; ok $? "selective: $(tail -2 "$TMP/err-sel")"
+check sel selective >"$TMP/t-sel"; ok $? "selective account"
+[ "$(cut -d' ' -f2 "$TMP/t-sel")" -lt "$(cut -d' ' -f2 "$TMP/t-lora")" ]; ok $? "selective holds less than none"
+# the same losses, bit for bit, as keeping every save (the metrics' printed floats)
+python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; assert a == b and len(a) == 2, (a, b)' \
+  "$TMP/lora.metrics.jsonl" "$TMP/sel.metrics.jsonl"; ok $? "selective: the losses of no recompute"
+run b16 --acts-dtype bf16; ok $? "bf16 saves: $(tail -2 "$TMP/err-b16")"
+check b16 bf16 >/dev/null; ok $? "bf16 saves account"
+# the forward is untouched: the first step's loss equal; the second within bf16 rounding of the gradients
+python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; assert a[0] == b[0] and abs(a[1] - b[1]) <= 1e-3 * abs(a[1]), (a, b)' \
+  "$TMP/lora.metrics.jsonl" "$TMP/b16.metrics.jsonl"; ok $? "bf16 saves: the first loss of f32 saves"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad2" $COMMON --acts-dtype f16 2>"$TMP/err-bad2"
+[ $? = 2 ]; ok $? "--acts-dtype f16 refused: $(tail -1 "$TMP/err-bad2")"
+# lmc info --acts: the same activation bytes as each run's account, without loading weights
+"$LMC" info -m "$FIX" --acts --seq 32 --batch 2 --json >"$TMP/acts.json" 2>"$TMP/err-acts"; ok $? "info --acts: $(cat "$TMP/err-acts")"
+python3 - "$TMP/acts.json" "$TMP/lora.memory.json" "$TMP/sel.memory.json" "$TMP/b16.memory.json" "$TMP/rc.memory.json" <<'PY'; ok $? "info --acts = the runs' accounts"
+import json, sys
+a = json.load(open(sys.argv[1])); runs = [json.load(open(f))["activations"] for f in sys.argv[2:]]
+assert a["batch"] == 2 and a["seq"] == 32, a
+assert [a["none"], a["selective"], a["none_bf16"], a["full"]] == runs, (a, runs)
+assert a["full"] < a["selective"] < a["none"] and a["selective_bf16"] < a["none_bf16"], a  # tiny: the bf16 work set outweighs
+PY
+"$LMC" info -m "$FIX" --acts --seq 32 >"$TMP/acts.txt" 2>&1 && grep -q "selective_bf16" "$TMP/acts.txt"; ok $? "info --acts text: $(head -3 "$TMP/acts.txt")"
+run rcf --recompute full; ok $? "recompute full: $(tail -2 "$TMP/err-rcf")"
+check rcf recompute >/dev/null; ok $? "recompute full account"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --recompute selective --tp 2 2>"$TMP/err-bad"
+[ $? = 2 ] && grep -q "selective" "$TMP/err-bad"; ok $? "selective with --tp refused: $(tail -1 "$TMP/err-bad")"
 run q --qlora nf4; ok $? "qlora: $(tail -2 "$TMP/err-q")"
 check q qlora >/dev/null; ok $? "qlora account"
 run full --full; ok $? "full: $(tail -2 "$TMP/err-full")"

@@ -654,8 +654,39 @@ static int print_qlora_mem(const struct cli_common *c, enum lmc_qlora_kind kind)
     return 0;
 }
 
+/* lmc info --acts: the training activation arena (lmc_tacts_bytes_opts,
+ * what lmc finetune / lmc train allocate) for B x T in each way of holding
+ * the layers' saves (f32 or bf16 saves; no, selective or full recompute). */
+static int print_acts_mem(const struct cli_common *c, int64_t B, int64_t T) {
+    lmc_err err = {0};
+    struct lmc_config cfg;
+    if (lmc_config_load(&cfg, c->model_dir, &err)) return cli_fail("info", &err);
+    static const struct {
+        const char *name;
+        struct lmc_tacts_opts o;
+    } modes[] = {{"none", {false, false, false}},      {"none_bf16", {false, false, true}},
+                 {"selective", {false, true, false}}, {"selective_bf16", {false, true, true}},
+                 {"full", {true, false, false}}};
+    if (c->json) printf("{\"batch\":%lld,\"seq\":%lld", (long long)B, (long long)T);
+    else printf("training activations for %lld x %lld tokens (the arena; adapters, weights, optimizer and op scratch not included)\n",
+                (long long)B, (long long)T);
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        size_t b = lmc_tacts_bytes_opts(&cfg, B, T, &modes[i].o);
+        if (!b) {
+            if (c->json) printf("}\n");
+            fprintf(stderr, "lmc info: --acts: batch %lld x %lld out of range\n", (long long)B, (long long)T);
+            return 1;
+        }
+        if (c->json) printf(",\"%s\":%zu", modes[i].name, b);
+        else printf("  %-16s %10.1f MiB\n", modes[i].name, (double)b / 1048576.0);
+    }
+    if (c->json) printf("}\n");
+    return 0;
+}
+
 int cmd_info(int argc, char **argv) {
     struct cli_common c = {0};
+    bool acts = false;
     int64_t zero = -1, world = 1, params = 0;
     bool tensors = false, optim = false, qlora = false;
     enum lmc_qlora_kind qkind = LMC_QLORA_NF4;
@@ -693,6 +724,10 @@ int cmd_info(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--tensors")) {
             tensors = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--acts")) { /* with --seq N --batch B */
+            acts = true;
             continue;
         }
         if (!strcmp(argv[i], "--qlora") && i + 1 < argc) {
@@ -753,6 +788,13 @@ int cmd_info(int argc, char **argv) {
             return 2;
         }
         return print_qlora_mem(&c, qkind);
+    }
+    if (acts) {
+        if (!c.model_dir) {
+            fprintf(stderr, "lmc info: --acts needs -m DIR\n");
+            return 2;
+        }
+        return print_acts_mem(&c, mp.batch, mp.seq);
     }
     struct cli_model cm;
     if (cli_open(&cm, &c, true)) return 1;

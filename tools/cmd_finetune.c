@@ -57,7 +57,7 @@ static void usage(void) {
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (adamw) and its settings\n"
             "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
-            "  other:     --recompute --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
+            "  other:     --recompute [full|selective] --acts-dtype f32|bf16 --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
             "             --keep-last N (after each checkpoint: only the N newest OUT.ckpt/step_N folders, and\n"
@@ -168,6 +168,8 @@ int cmd_finetune(int argc, char **argv) {
     bool qlora = false;
     bool tp_vocab = false, seq_par = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
+    bool recompute_sel = false;
+    const char *acts_dtype = NULL; /* --acts-dtype f32|bf16 (default: bf16 on a GPU in bf16) */
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
     lmc_optim_cfg_default(&ocfg, LMC_OPTIM_ADAMW);
@@ -195,7 +197,13 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--full")) { full = true; continue; }
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
-        if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--recompute")) { /* full (the default) or selective */
+            bool sel = v && !strcmp(v, "selective");
+            if (sel || (v && !strcmp(v, "full"))) i++;
+            recompute = !sel;
+            recompute_sel = sel;
+            continue;
+        }
         if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!strcmp(a, "--sp")) { seq_par = true; continue; }
         if (!v) {
@@ -207,6 +215,10 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--lora-targets")) targets = v;
+        else if (!strcmp(a, "--acts-dtype")) {
+            ok = !strcmp(v, "f32") || !strcmp(v, "bf16");
+            acts_dtype = v;
+        }
         else if (!strcmp(a, "--metrics")) metrics = v;
         else if (!strcmp(a, "--val-data")) val_data = v;
         else if (!strcmp(a, "--resume")) resume = v;
@@ -349,6 +361,11 @@ int cmd_finetune(int argc, char **argv) {
     if (pack && (cp > 1 || pp > 1)) {
         fprintf(stderr, "lmc finetune: --pack does not combine with %s yet (packed sequences' attention stays within "
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
+        return 2;
+    }
+    if (recompute_sel && (mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc finetune: --recompute selective runs on one process or data parallel (not with %s yet)\n",
+                ep > 1 ? "--ep" : mpflag);
         return 2;
     }
     bool dist = denv.world > 1 || mpn > 1 || ep > 1 || (zero > 0 && mpn < 2), root = true;
@@ -544,8 +561,16 @@ int cmd_finetune(int argc, char **argv) {
         steps = (int64_t)ceil((epochs > 0 ? epochs : 1.0) * (double)per / (double)accum);
         if (steps < 1) steps = 1;
     }
+    /* activations the backward reads as operands in bf16: by default on a GPU in bf16 (one process or data parallel) */
+    bool save_bf16 = acts_dtype ? !strcmp(acts_dtype, "bf16") : !be.host_memory && bf16 && mpn < 2 && ep < 2 && !recompute;
+    if (save_bf16 && (recompute || mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc finetune: --acts-dtype bf16 runs on one process or data parallel, without full "
+                        "--recompute\n");
+        rc = 2;
+        goto done;
+    }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
-                               .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
+                               .recompute_selective = recompute_sel, .save_bf16 = save_bf16, .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
     o.adamw = (struct lmc_adamw_cfg){lr, beta1, beta2, eps, wd};
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};

@@ -15,7 +15,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "tokenize -m DIR --text TEXT [--add-special]     print ids as JSON"},
     {"detokenize", cmd_detokenize, "detokenize -m DIR --ids 1,2,3                  print text"},
     {"eval", cmd_eval, "eval -m DIR|FILE.gguf --text-file F | --text T [--ctx N] [--chunks] [--kl-base DIR] [--pp N]  perplexity (KL vs a base)"},
-    {"info", cmd_info, "info -m DIR [--ctx N] [--tensors] [--zero S --world N] [--optim X ...] [--tp T --pp P --cp C --seq N --fits GIB] [--qlora nf4|int4]  model summary; tensor table; ZeRO, optimizer, model-parallel and QLoRA-base memory"},
+    {"info", cmd_info, "info -m DIR [--ctx N] [--tensors] [--zero S --world N] [--optim X ...] [--tp T --pp P --cp C --seq N --fits GIB] [--qlora nf4|int4] [--acts --seq N --batch B]  model summary; tensor table; ZeRO, optimizer, model-parallel, QLoRA-base and training-activation memory"},
     {"serve", cmd_serve, "serve -m DIR [--host H] [--port P] [--api-key K] ...  OpenAI-compatible HTTP server"},
     {"bench-serve", cmd_bench_serve, "bench-serve --url URL [--concurrency C] [--requests N] ...  load a server"},
     {"parity", cmd_parity, "parity DIR|FILE.gguf [--ref DIR] [--dtype fp32|bf16] [--json]  check against references"},

@@ -57,6 +57,12 @@ static int64_t attn_save_floats(const struct lmc_config *c, int64_t n, enum lmc_
     return f;
 }
 
+/* bf16-saved activations: q, k, v and the output (the log-sum-exp and the rest stay f32) */
+static int64_t attn_lowp_floats(const struct lmc_config *c, int64_t n) {
+    int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+    return 2 * A16(n * qd) + 2 * A16(n * kvd);
+}
+
 static int64_t attn_bwd_floats(const struct lmc_config *c, int64_t n) {
     int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
     return 2 * A16(n * qd) + 3 * A16(n * kvd);
@@ -311,4 +317,5 @@ const struct lmc_part_ops lmc_mixer_attention = {
     .missing = attn_missing,
     .kv_row = attn_kv_row,
     .slot_bytes = attn_slot_bytes,
+    .lowp_floats = attn_lowp_floats,
 };

@@ -418,27 +418,67 @@ lmc_status lmc_tmodel_load(struct lmc_tmodel *tm, const char *dir, const struct 
 
 #define A16(n) (((n) + 15) / 16 * 16)
 
-/* Floats of the activation arena for L layers; -1 when out of range. */
-static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m);
+/* The pieces of one layer's saves under bf16-saved activations (floats of
+ * the arena; lmc_tacts_lowp): xmid f32, h1 / h2 as bf16 (none when
+ * selective recomputation shares them), each region's leading lowp floats
+ * as bf16 and its rest f32. */
+struct lowp_sizes {
+    int64_t mC, mix, mix_lo, ffn, ffn_lo; /* elements */
+    int64_t layer;                        /* arena floats of one layer */
+};
 
-static int64_t acts_floats(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute) {
-    return acts_floats_sp(c, L, B, T, recompute, 0);
+#define B16F(n) A16(((n) + 1) / 2) /* arena floats holding n bf16 */
+
+static struct lowp_sizes lowp_sizes(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                                    int64_t m, bool selective) {
+    struct lowp_sizes z = {0};
+    z.mC = m * c->hidden_size;
+    z.mix = a->mixer->save_floats(c, n, LMC_RUN_TRAIN);
+    z.mix_lo = a->mixer->lowp_floats ? LMC_MIN(a->mixer->lowp_floats(c, n), z.mix) : 0;
+    if (a->ffn) {
+        z.ffn = a->ffn->save_floats(c, n, LMC_RUN_TRAIN) - (selective && a->ffn->act_floats ? a->ffn->act_floats(c, n) : 0);
+        z.ffn_lo = a->ffn->lowp_floats ? LMC_MIN(a->ffn->lowp_floats(c, n), z.ffn) : 0;
+    }
+    z.layer = A16(z.mC) + (selective ? 0 : 2 * B16F(z.mC)) + B16F(z.mix_lo) + A16(z.mix - z.mix_lo) + B16F(z.ffn_lo) +
+              A16(z.ffn - z.ffn_lo);
+    return z;
 }
 
-/* m > 0: the residual stream and the blocks' norm rows of m (sequence parallel) */
-static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m) {
+/* Floats one layer's saves hold. m: rows of the residual stream. */
+static int64_t layer_floats(const struct lmc_config *c, int64_t BT, int64_t m, const struct lmc_tacts_opts *o) {
+    const struct lmc_architecture *a = lmc_arch_of(c);
+    if (o->save_bf16) return lowp_sizes(a, c, BT, m, o->selective).layer;
+    return o->selective ? lmc_block_save_floats_sel(a, c, BT, m) : lmc_block_save_floats_sp(a, c, BT, m, LMC_RUN_TRAIN);
+}
+
+/* Floats of the activation arena for L layers; -1 when out of range.
+ * m > 0: the residual stream and the blocks' norm rows of m (sequence parallel) */
+static int64_t acts_floats_opts(const struct lmc_config *c, int64_t L, int64_t B, int64_t T,
+                                const struct lmc_tacts_opts *o, int64_t m) {
     const struct lmc_architecture *a = lmc_arch_of(c);
     int64_t BT, BTC;
     if (L < 1 || L > c->num_layers || B <= 0 || T <= 0 || !lmc_mul_ok(B, T, &BT) || BT > ((int64_t)1 << 31) ||
         !lmc_mul_ok(BT, c->hidden_size, &BTC) || BTC > ((int64_t)1 << 40))
         return -1;
-    int64_t xs, layer, saves, n, mC = m > 0 ? m * c->hidden_size : BTC;
-    layer = lmc_block_save_floats_sp(a, c, BT, m > 0 ? m : BT, LMC_RUN_TRAIN);
-    if (!lmc_mul_ok(L + 1, A16(mC), &xs) || !lmc_mul_ok(recompute ? 1 : L, layer, &saves)) return -1;
+    int64_t xs, saves, n, mC = m > 0 ? m * c->hidden_size : BTC, rows = m > 0 ? m : BT;
+    int64_t layer = layer_floats(c, BT, rows, o);
+    if (!lmc_mul_ok(L + 1, A16(mC), &xs) || !lmc_mul_ok(o->recompute ? 1 : L, layer, &saves)) return -1;
     n = xs + saves;
+    if (o->selective) n += lmc_block_shared_floats_sel(a, c, BT, rows); /* h1, h2, the product */
+    if (o->save_bf16) /* the f32 work set of one layer */
+        n += o->selective ? lmc_block_save_floats_sel(a, c, BT, rows) : lmc_block_save_floats_sp(a, c, BT, rows, LMC_RUN_TRAIN);
     n += 4 * A16(BTC) + A16(BT);                   /* hf, tmp, dx, dh; loss */
     n += A16(lmc_block_bwd_floats(a, c, BT));      /* backward scratch */
     return n > ((int64_t)1 << 42) ? -1 : n;
+}
+
+static int64_t acts_floats_sp(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute, int64_t m) {
+    struct lmc_tacts_opts o = {.recompute = recompute};
+    return acts_floats_opts(c, L, B, T, &o, m);
+}
+
+static int64_t acts_floats(const struct lmc_config *c, int64_t L, int64_t B, int64_t T, bool recompute) {
+    return acts_floats_sp(c, L, B, T, recompute, 0);
 }
 
 size_t lmc_tacts_bytes(const struct lmc_config *c, int64_t B, int64_t T, bool recompute) {
@@ -459,8 +499,9 @@ lmc_status lmc_tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm,
 }
 
 static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
-                             int64_t n_layers, int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp,
-                             lmc_err *err) {
+                             int64_t n_layers, int64_t B, int64_t T, const struct lmc_tacts_opts *o,
+                             const struct lmc_sp *sp, lmc_err *err) {
+    bool recompute = o->recompute;
     memset(a, 0, sizeof *a);
     const struct lmc_config *c = &tm->cfg;
     lmc_status st = lmc_tmodel_check_backend(be, c, false, false, err);
@@ -468,7 +509,14 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     if (n_layers < 1 || n_layers > c->num_layers)
         return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld of the model's %lld layers", (long long)n_layers,
                            (long long)c->num_layers);
-    int64_t nf = acts_floats_sp(c, n_layers, B, T, recompute, sp ? sp->m : 0);
+    if ((o->recompute && (o->selective || o->save_bf16)) || (sp && (o->selective || o->save_bf16)))
+        return lmc_err_set(err, LMC_ERR_ARG, "activations: %s", o->recompute ? "full recomputation keeps one layer's "
+                           "saves (not with selective or bf16-saved activations)" : "selective recomputation and "
+                           "bf16-saved activations are not implemented with sequence parallelism");
+    if (o->save_bf16 && !be->convert)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no convert op (needed for bf16-saved "
+                           "activations)", be->name ? be->name : "?");
+    int64_t nf = acts_floats_opts(c, n_layers, B, T, o, sp ? sp->m : 0);
     if (nf < 0)
         return lmc_err_set(err, LMC_ERR_ARG, "batch %lld x %lld out of range", (long long)B, (long long)T);
     if (tm->arch->learned_pos && T > c->max_position_embeddings)
@@ -480,10 +528,14 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     a->B = B;
     a->T = T;
     a->recompute = recompute;
+    a->selective = o->selective;
+    a->save_bf16 = o->save_bf16;
     int64_t nl = recompute ? 1 : L;
+    a->layer_floats = layer_floats(c, BT, sp ? sp->m : BT, o);
     a->arena = be->alloc(be->ctx, (size_t)nf * sizeof(float));
     a->xs = calloc((size_t)(L + 1), sizeof *a->xs);
     a->saves = calloc((size_t)nl, sizeof *a->saves);
+    if (o->save_bf16) a->lowp = calloc((size_t)nl, sizeof *a->lowp);
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
     a->loss_host = malloc((size_t)BT * sizeof(float));
@@ -501,12 +553,12 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     }
     int32_t *pos = a->pos_host = malloc((size_t)BT * sizeof *pos);
     double *freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof *freq);
-    if (!a->arena || !a->xs || !a->saves || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq ||
+    if (!a->arena || !a->xs || !a->saves || (o->save_bf16 && !a->lowp) || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq ||
         (c->num_experts > 0 && !a->moe)) {
         free(freq);
         lmc_tacts_free(a);
-        return lmc_err_set(err, LMC_ERR_OOM, "training activations (%zu bytes): out of memory",
-                           lmc_tacts_bytes_layers(c, n_layers, B, T, recompute));
+        return lmc_err_set(err, LMC_ERR_OOM, "training activations (%lld bytes): out of memory",
+                           (long long)nf * (long long)sizeof(float));
     }
     a->pos = a->ids + BT;
     a->targets = a->ids + 2 * BT;
@@ -514,8 +566,37 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     int64_t m = sp ? sp->m : BT;
     a->sp = sp;
     for (int64_t l = 0; l <= L; l++, p += A16(m * C)) a->xs[l] = p;
-    for (int64_t l = 0; l < nl; l++)
-        p = lmc_block_save_carve_sp(tm->arch, c, BT, m, LMC_RUN_TRAIN, p, &a->saves[l]);
+    if (a->save_bf16) { /* the f32 work set, then each layer's xmid and bf16 / f32 pieces */
+        struct lowp_sizes z = lowp_sizes(tm->arch, c, BT, m, a->selective);
+        if (a->selective) {
+            struct lmc_block_save sh;
+            p = lmc_block_carve_shared_sel(tm->arch, c, BT, m, p, &sh, &a->ffn_act);
+            p = lmc_block_save_carve_sel(tm->arch, c, BT, m, p, &sh, &a->work);
+        } else {
+            p = lmc_block_save_carve_sp(tm->arch, c, BT, m, LMC_RUN_TRAIN, p, &a->work);
+        }
+        for (int64_t l = 0; l < nl; l++) {
+            struct lmc_tacts_lowp *lp = &a->lowp[l];
+            float *p0 = p;
+            a->saves[l].xmid = p, p += A16(z.mC);
+            if (!a->selective) {
+                lp->h1 = (uint16_t *)p, p += B16F(z.mC);
+                lp->h2 = (uint16_t *)p, p += B16F(z.mC);
+            }
+            lp->mix = (uint16_t *)p, p += B16F(z.mix_lo);
+            lp->mix_tail = p, p += A16(z.mix - z.mix_lo);
+            lp->ffn = (uint16_t *)p, p += B16F(z.ffn_lo);
+            lp->ffn_tail = p, p += A16(z.ffn - z.ffn_lo);
+            LMC_ASSERT(p - p0 == z.layer);
+        }
+    } else if (a->selective) { /* the shared h1, h2 and product, then each layer's GEMM outputs */
+        struct lmc_block_save sh;
+        p = lmc_block_carve_shared_sel(tm->arch, c, BT, m, p, &sh, &a->ffn_act);
+        for (int64_t l = 0; l < nl; l++) p = lmc_block_save_carve_sel(tm->arch, c, BT, m, p, &sh, &a->saves[l]);
+    } else {
+        for (int64_t l = 0; l < nl; l++)
+            p = lmc_block_save_carve_sp(tm->arch, c, BT, m, LMC_RUN_TRAIN, p, &a->saves[l]);
+    }
     a->hf = p, p += A16(BT * C);
     a->tmp = p, p += A16(BT * C);
     a->dx = p, p += A16(BT * C);
@@ -538,7 +619,20 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
 
 lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                                  int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err) {
-    return tacts_init(a, tm, be, n_layers, B, T, recompute, NULL, err);
+    struct lmc_tacts_opts o = {.recompute = recompute};
+    return tacts_init(a, tm, be, n_layers, B, T, &o, NULL, err);
+}
+
+size_t lmc_tacts_bytes_opts(const struct lmc_config *c, int64_t B, int64_t T, const struct lmc_tacts_opts *o) {
+    int64_t n = acts_floats_opts(c, c->num_layers, B, T, o, 0);
+    if (n < 0) return 0;
+    return (size_t)n * sizeof(float) + (size_t)(3 * B * T) * sizeof(int32_t) +
+           (size_t)(c->head_dim / 2 + 1) * sizeof(double);
+}
+
+lmc_status lmc_tacts_init_opts(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                               int64_t B, int64_t T, const struct lmc_tacts_opts *o, lmc_err *err) {
+    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, o, NULL, err);
 }
 
 size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, bool recompute, int world) {
@@ -551,7 +645,8 @@ size_t lmc_tacts_bytes_sp(const struct lmc_config *c, int64_t B, int64_t T, bool
 lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                              int64_t B, int64_t T, bool recompute, const struct lmc_sp *sp, lmc_err *err) {
     LMC_ASSERT(sp && sp->g && sp->m > 0 && sp->m0 >= 0 && sp->m0 + sp->m <= B * T);
-    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, recompute, sp, err);
+    struct lmc_tacts_opts o = {.recompute = recompute};
+    return tacts_init(a, tm, be, tm->cfg.num_layers, B, T, &o, sp, err);
 }
 
 void lmc_tacts_free(struct lmc_tacts *a) {
@@ -562,6 +657,7 @@ void lmc_tacts_free(struct lmc_tacts *a) {
     }
     free(a->xs);
     free(a->saves);
+    free(a->lowp);
     free(a->loss_host);
     free(a->pos_host);
     free(a->moe);
@@ -595,6 +691,39 @@ static lmc_status vocab_head_xent(struct lmc_tmodel *tm, const struct lmc_backen
     }
     free(logits);
     return st;
+}
+
+/* Layer l's save set: its own, the one of full recomputation, or (bf16
+ * saves) the f32 work set with layer l's xmid, in *ws. */
+static const struct lmc_block_save *layer_save(const struct lmc_tacts *a, int64_t l, struct lmc_block_save *ws) {
+    if (!a->save_bf16) return &a->saves[a->recompute ? 0 : l];
+    *ws = a->work;
+    ws->xmid = a->saves[l].xmid;
+    return ws;
+}
+
+/* bf16 saves: the work set ws into layer l's store (pack) or back (the
+ * bf16 parts exact, the f32 tails copied). */
+static void lowp_move(const struct lmc_tacts *a, const struct lmc_run *r, int64_t l, const struct lmc_block_save *ws,
+                      bool pack) {
+    const struct lmc_backend *be = r->be;
+    const struct lmc_tacts_lowp *lp = &a->lowp[l];
+    struct lowp_sizes z = lowp_sizes(r->arch, r->cfg, r->n, r->n, a->selective);
+    const enum lmc_dtype F = LMC_DTYPE_F32, H = LMC_DTYPE_BF16;
+#define MOVE(lo, hi, dt, n) \
+    if (n) { \
+        if (pack) be->convert(be->ctx, lo, dt, hi, F, n); \
+        else be->convert(be->ctx, hi, F, lo, dt, n); \
+    }
+    if (lp->h1) {
+        MOVE(lp->h1, ws->h1, H, z.mC);
+        if (r->arch->ffn) MOVE(lp->h2, ws->h2, H, z.mC);
+    }
+    MOVE(lp->mix, ws->mix, H, z.mix_lo);
+    MOVE(lp->mix_tail, ws->mix + z.mix_lo, F, z.mix - z.mix_lo);
+    MOVE(lp->ffn, ws->ffn, H, z.ffn_lo);
+    MOVE(lp->ffn_tail, ws->ffn + z.ffn_lo, F, z.ffn - z.ffn_lo);
+#undef MOVE
 }
 
 lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
@@ -636,7 +765,8 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     struct lmc_run r = {.mode = LMC_RUN_TRAIN, .be = be, .cfg = c, .arch = ar, .n = M,
                         .rot_dim = tm->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
                         .attn_scale = a->attn_scale, .tmp = a->tmp, .B = a->B, .T = a->T,
-                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe, .sp = a->sp};
+                        .segs = a->segs, .n_segs = a->n_segs, .cp = a->cp, .moe = a->moe, .sp = a->sp,
+                        .ffn_act = a->ffn_act};
     const struct lmc_sp *sp = a->sp;
     LMC_ASSERT(!sp || (!a->cp && !a->hooks && be->host_memory));
     if (sp && a->segs)
@@ -662,7 +792,10 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     PUT(0, P, false);
     for (int64_t l = 0; l < L; l++) {
         GET((int)l + 1, P, l + 1 < L ? (int)l + 2 : tm->tied_head ? 0 : out);
-        lmc_block_fwd(&r, l, &tm->W.layers[l], &a->saves[a->recompute ? 0 : l], a->xs[l], a->xs[l + 1]);
+        struct lmc_block_save ws;
+        const struct lmc_block_save *s = layer_save(a, l, &ws);
+        lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->xs[l + 1]);
+        if (a->save_bf16) lowp_move(a, &r, l, &ws, true);
         PUT((int)l + 1, P, false);
     }
     if (tm->tied_head) GET(0, head, out);
@@ -709,9 +842,12 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     if (tm->tied_head) PUT(0, head, false);
     if (!backward) return LMC_OK;
     for (int64_t l = L - 1; l >= 0; l--) {
-        const struct lmc_block_save *s = &a->saves[a->recompute ? 0 : l];
+        struct lmc_block_save ws;
+        const struct lmc_block_save *s = layer_save(a, l, &ws);
         GET((int)l + 1, P | G, l > 0 ? (int)l : -1);
+        if (a->save_bf16) lowp_move(a, &r, l, &ws, false);
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
+        if (a->selective) lmc_block_renorm(&r, &tm->W.layers[l], s, a->xs[l]); /* the product: the ffn's bwd */
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
         PUT((int)l + 1, P | G, true);
     }

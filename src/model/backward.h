@@ -210,6 +210,22 @@ struct lmc_tacts {
     const struct lmc_backend *be;
     int64_t B, T;
     bool recompute;         /* keep only layer inputs; recompute each layer in the backward */
+    /* selective recomputation (lmc_tacts_init_sel): every layer keeps its
+     * GEMM outputs (block.h, lmc_block_save_carve_sel), the norms' outputs
+     * and the feed-forward's product are recomputed in the backward into
+     * buffers the layers share (saves[l].h1 / h2, ffn_act; NULL: none) */
+    bool selective;
+    float *ffn_act;
+    /* bf16-saved activations (lmc_tacts_opts.save_bf16): saves[l] holds
+     * only layer l's xmid (f32); lowp[l] the rest of its saves, the
+     * leading parts of the mixer's and feed-forward's regions (their
+     * lowp_floats) and, without selective recomputation, h1 and h2, as
+     * bf16; work is one layer's f32 save set that the forward writes
+     * (then packed into lowp[l]) and the backward reads (unpacked first). */
+    bool save_bf16;
+    struct lmc_tacts_lowp *lowp;
+    struct lmc_block_save work;
+    int64_t layer_floats;   /* arena floats one layer's saves hold (the memory account's per layer) */
     int64_t n_layers;       /* layers it holds (cfg.num_layers; fewer for a pipeline chunk) */
     float *arena;
     float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
@@ -270,6 +286,34 @@ lmc_status lmc_tacts_init_sp(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
 size_t lmc_tacts_bytes_layers(const struct lmc_config *cfg, int64_t n_layers, int64_t B, int64_t T, bool recompute);
 lmc_status lmc_tacts_init_layers(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
                                  int64_t n_layers, int64_t B, int64_t T, bool recompute, lmc_err *err);
+/* One layer's bf16-saved activations (lmc_tacts.lowp; backend memory). */
+struct lmc_tacts_lowp {
+    uint16_t *h1, *h2;          /* (m, C) bf16; NULL under selective recomputation */
+    uint16_t *mix, *ffn;        /* the regions' leading lowp_floats as bf16 */
+    float *mix_tail, *ffn_tail; /* the regions' rest, f32 */
+};
+/* How the layers' saves are held:
+ *  - recompute: only each layer's input; the backward runs the layer's
+ *    forward again (one layer's saves in the arena).
+ *  - selective: each layer keeps xmid, the mixer's and the feed-forward's
+ *    regions less the product; h1, h2 and the product are one shared set,
+ *    recomputed per layer in the backward. The step's loss and gradients
+ *    are bit for bit those without recomputation (the same ops on the
+ *    same inputs).
+ *  - save_bf16 (with or without selective, not with recompute): the saves
+ *    the backward reads as GEMM / attention operands or elementwise (h1,
+ *    h2, attention's q, k, v and output, the MLP's region) kept in bf16,
+ *    the residual stream, xmid and attention's log-sum-exp in f32; the
+ *    backend needs `convert` (LMC_ERR_UNSUPPORTED otherwise). The forward
+ *    is unchanged; the backward reads the saves rounded to bf16 (which a
+ *    bf16-mode GEMM does to its operands anyway).
+ * Not with sequence parallelism (lmc_tacts_init_sp). */
+struct lmc_tacts_opts {
+    bool recompute, selective, save_bf16;
+};
+size_t lmc_tacts_bytes_opts(const struct lmc_config *cfg, int64_t B, int64_t T, const struct lmc_tacts_opts *o);
+lmc_status lmc_tacts_init_opts(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,
+                               int64_t B, int64_t T, const struct lmc_tacts_opts *o, lmc_err *err);
 void lmc_tacts_free(struct lmc_tacts *a);
 
 /* Forward of inputs (B*T ids, host) with next-token targets (B*T ids, host;

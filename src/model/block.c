@@ -81,6 +81,54 @@ float *lmc_block_save_carve_sp(const struct lmc_architecture *a, const struct lm
     return p;
 }
 
+static int64_t ffn_act_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n) {
+    return a->ffn && a->ffn->act_floats ? a->ffn->act_floats(c, n) : 0;
+}
+
+int64_t lmc_block_save_floats_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m) {
+    int64_t ffn = a->ffn ? a->ffn->save_floats(c, n, LMC_RUN_TRAIN) - ffn_act_floats(a, c, n) : 0;
+    return ALIGN16(m * c->hidden_size) + ALIGN16(a->mixer->save_floats(c, n, LMC_RUN_TRAIN)) +
+           (a->ffn ? ALIGN16(ffn) : 0);
+}
+
+int64_t lmc_block_shared_floats_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                                    int64_t m) {
+    return 2 * ALIGN16(m * c->hidden_size) + ALIGN16(ffn_act_floats(a, c, n));
+}
+
+float *lmc_block_carve_shared_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
+                                  float *p, struct lmc_block_save *sh, float **act) {
+    int64_t nc = ALIGN16(m * c->hidden_size), na = ffn_act_floats(a, c, n);
+    sh->h1 = p;
+    sh->h2 = p + nc;
+    sh->xmid = sh->mix = sh->ffn = NULL;
+    p += 2 * nc;
+    *act = na > 0 ? p : NULL;
+    return p + ALIGN16(na);
+}
+
+float *lmc_block_save_carve_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
+                                float *p, const struct lmc_block_save *sh, struct lmc_block_save *s) {
+    s->h1 = sh->h1;
+    s->h2 = sh->h2;
+    s->xmid = p;
+    p += ALIGN16(m * c->hidden_size);
+    s->mix = p;
+    p += ALIGN16(a->mixer->save_floats(c, n, LMC_RUN_TRAIN));
+    s->ffn = p;
+    if (a->ffn) p += ALIGN16(a->ffn->save_floats(c, n, LMC_RUN_TRAIN) - ffn_act_floats(a, c, n));
+    return p;
+}
+
+void lmc_block_renorm(const struct lmc_run *r, const struct lmc_block_w *W, const struct lmc_block_save *s,
+                      const float *x_in) {
+    const struct lmc_architecture *a = r->arch;
+    int64_t m = r->sp ? r->sp->m : r->n, C = r->cfg->hidden_size;
+    float eps = (float)r->cfg->norm_eps;
+    a->norm->fwd(r->be, s->h1, x_in, W->vec[LMC_V_NORM1], W->vec[LMC_V_NORM1_B], m, C, eps);
+    if (a->ffn) a->norm->fwd(r->be, s->h2, s->xmid, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], m, C, eps);
+}
+
 int64_t lmc_block_bwd_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n) {
     return LMC_MAX(a->mixer->bwd_floats(c, n), a->ffn ? a->ffn->bwd_floats(c, n) : 0);
 }

@@ -151,6 +151,11 @@ struct lmc_run {
     struct lmc_moe_stats *moe;
     /* TRAIN under tensor parallelism: sequence parallelism (NULL: off) */
     const struct lmc_sp *sp;
+    /* TRAIN, selective recomputation (lmc_block_save_carve_sel): the
+     * feed-forward's activation product (act_floats of it) goes to this
+     * buffer shared by the layers instead of its save region, and its
+     * backward recomputes it there from the region first. NULL: off. */
+    float *ffn_act;
 };
 
 /* Sequence parallelism (Megatron-SP) over a tensor-parallel group whose
@@ -221,6 +226,17 @@ struct lmc_part_ops {
      * a layer keeps the slots of all sequences side by side (see
      * lmc_kv_pool), so an op can index a part by slot number. */
     int (*slot_parts)(const struct lmc_config *c, int64_t *bytes);
+    /* Feed-forward parts whose training region ends in an activation
+     * product that the backward can recompute from the rest (SwiGLU's
+     * silu(gate) * up, the GELU MLP's gelu(up)): its floats for n tokens,
+     * kept in lmc_run.ffn_act under selective recomputation. NULL: none. */
+    int64_t (*act_floats)(const struct lmc_config *c, int64_t n);
+    /* Training: the leading floats of the region (n tokens) that the
+     * trainer may keep in bf16 (bf16-saved activations, lmc_tacts_opts):
+     * tensors the backward reads as bf16 GEMM or attention operands, or
+     * elementwise (attention's q, k, v and output; the MLPs' whole
+     * region); the rest (attention's log-sum-exp) stays f32. NULL: none. */
+    int64_t (*lowp_floats)(const struct lmc_config *c, int64_t n);
 };
 #define LMC_SLOT_PARTS 4
 
@@ -265,5 +281,29 @@ int64_t lmc_block_save_floats_sp(const struct lmc_architecture *a, const struct 
                                  int64_t m, enum lmc_run_mode mode);
 float *lmc_block_save_carve_sp(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
                                enum lmc_run_mode mode, float *p, struct lmc_block_save *s);
+/* Selective recomputation (training): each layer keeps xmid, the mixer's
+ * region and the feed-forward's region less its activation product
+ * (lmc_part_ops.act_floats); the norms' outputs h1, h2 and that product
+ * live in buffers the layers share (the driver recomputes h1, h2 with
+ * lmc_block_renorm before each layer's backward; the feed-forward's
+ * backward recomputes its product through lmc_run.ffn_act). n tokens,
+ * m rows of the residual stream (sequence parallel; m = n otherwise).
+ * save_floats_sel: one layer's kept floats; shared_floats_sel: the
+ * shared buffers'. carve_shared_sel carves the shared buffers out of p
+ * into *sh (h1, h2; mix, ffn NULL) and *act (NULL: the feed-forward has
+ * no product to recompute); carve_sel carves one layer's region out of p,
+ * pointing its h1 / h2 at sh's. Both return the end. */
+int64_t lmc_block_save_floats_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m);
+int64_t lmc_block_shared_floats_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
+                                    int64_t m);
+float *lmc_block_carve_shared_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
+                                  float *p, struct lmc_block_save *sh, float **act);
+float *lmc_block_save_carve_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
+                                float *p, const struct lmc_block_save *sh, struct lmc_block_save *s);
+/* h1 = norm1(x_in) and, with a feed-forward part, h2 = norm2(xmid) into
+ * s's buffers, as lmc_block_fwd computed them (the same ops, the same
+ * bits): selective recomputation before lmc_block_bwd. */
+void lmc_block_renorm(const struct lmc_run *r, const struct lmc_block_w *W, const struct lmc_block_save *s,
+                      const float *x_in);
 
 #endif

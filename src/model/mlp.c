@@ -32,6 +32,7 @@ static void glu_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
         lmc_linear_fwd_res(be, &W->lin[LMC_L_DOWN], y, res, gate, n, r->tmp);
         return;
     }
+    if (r->ffn_act) act = r->ffn_act; /* selective recomputation: not kept */
     const struct lmc_linear *L[2] = {&W->lin[LMC_L_GATE], &W->lin[LMC_L_UP]};
     float *ys[2] = {gate, up};
     lmc_linear_fwd(be, 2, L, ys, h, n);
@@ -47,6 +48,10 @@ static void glu_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     int64_t n = r->n, I = r->cfg->intermediate_size, nI = A16(n * I);
     const float *gate = save, *up = save + nI, *act = save + 2 * nI;
     float *dact = scratch, *dup = scratch + nI;
+    if (r->ffn_act) { /* selective recomputation: the product again, as the forward made it */
+        be->swiglu(be->ctx, r->ffn_act, gate, up, n * I);
+        act = r->ffn_act;
+    }
     const struct lmc_linear *Dn = &W->lin[LMC_L_DOWN], *GDn = &G->lin[LMC_L_DOWN];
     lmc_linear_bwd(be, 1, &Dn, &GDn, dact, &dy, act, n, false);
     be->swiglu_bwd(be->ctx, dact, dup, dact, gate, up, n * I); /* dgate over dact */
@@ -54,6 +59,16 @@ static void glu_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w
     const struct lmc_linear *D[2] = {&G->lin[LMC_L_GATE], &G->lin[LMC_L_UP]};
     const float *dys[2] = {dact, dup};
     lmc_linear_bwd(be, 2, L, D, dh, dys, h, n, false);
+}
+
+/* the training region's last A16(n I): the product (selective recomputation keeps it out) */
+static int64_t act_floats(const struct lmc_config *c, int64_t n) {
+    return A16(n * c->intermediate_size);
+}
+
+/* bf16-saved activations: the whole region (gate, up, the product) */
+static int64_t glu_lowp_floats(const struct lmc_config *c, int64_t n) {
+    return 3 * A16(n * c->intermediate_size);
 }
 
 static const char *glu_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
@@ -72,6 +87,8 @@ const struct lmc_part_ops lmc_ffn_swiglu = {
     .missing = glu_missing,
     .kv_row = none,
     .slot_bytes = none,
+    .act_floats = act_floats,
+    .lowp_floats = glu_lowp_floats,
 };
 
 /* ---- GELU MLP: save = up (pre-activation), act (training) / one (n, I) row (inference) */
@@ -91,6 +108,7 @@ static void gelu_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     const struct lmc_config *c = r->cfg;
     int64_t n = r->n, nI = A16(n * c->intermediate_size);
     float *up = save, *act = r->mode == LMC_RUN_TRAIN ? save + nI : save;
+    if (r->mode == LMC_RUN_TRAIN && r->ffn_act) act = r->ffn_act; /* selective recomputation: not kept */
     const struct lmc_linear *U = &W->lin[LMC_L_UP];
     lmc_linear_fwd(be, 1, &U, &up, h, n);
     be->gelu(be->ctx, act, up, n * c->intermediate_size, c->act == LMC_ACT_GELU_TANH);
@@ -106,12 +124,21 @@ static void gelu_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     int64_t n = r->n, nI = A16(n * c->intermediate_size);
     const float *up = save, *act = save + nI;
     float *dact = scratch;
+    if (r->ffn_act) { /* selective recomputation: the product again, as the forward made it */
+        be->gelu(be->ctx, r->ffn_act, up, n * c->intermediate_size, c->act == LMC_ACT_GELU_TANH);
+        act = r->ffn_act;
+    }
     const struct lmc_linear *Dn = &W->lin[LMC_L_DOWN], *GDn = &G->lin[LMC_L_DOWN];
     lmc_linear_bwd(be, 1, &Dn, &GDn, dact, &dy, act, n, false);
     be->gelu_bwd(be->ctx, dact, dact, up, n * c->intermediate_size, c->act == LMC_ACT_GELU_TANH);
     const struct lmc_linear *U = &W->lin[LMC_L_UP], *GU = &G->lin[LMC_L_UP];
     const float *d = dact;
     lmc_linear_bwd(be, 1, &U, &GU, dh, &d, h, n, false);
+}
+
+/* bf16-saved activations: the whole region (the pre-activation, the product) */
+static int64_t gelu_lowp_floats(const struct lmc_config *c, int64_t n) {
+    return 2 * A16(n * c->intermediate_size);
 }
 
 static const char *gelu_missing(const struct lmc_backend *be, const struct lmc_config *c, bool backward) {
@@ -130,4 +157,6 @@ const struct lmc_part_ops lmc_ffn_gelu = {
     .missing = gelu_missing,
     .kv_row = none,
     .slot_bytes = none,
+    .act_floats = act_floats,
+    .lowp_floats = gelu_lowp_floats,
 };

@@ -435,6 +435,12 @@ struct lmc_backend {
      * values before clamping; dx may alias dy). c > 0. */
     void (*clamp)(void *ctx, float *y, const float *x, int64_t n, float c);
     void (*clamp_bwd)(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
+    /* Copy with conversion between F32 and BF16 (training's bf16-saved
+     * activations, issue 12): dst (n elements of dst_dt) = src (n of
+     * src_dt); to BF16 rounds to nearest even (lmc_f32_to_bf16), from BF16
+     * is exact, F32 to F32 copies; BF16 elements are uint16_t. dst and src
+     * do not overlap. Optional (NULL: the trainer keeps activations f32). */
+    void (*convert)(void *ctx, void *dst, enum lmc_dtype dst_dt, const void *src, enum lmc_dtype src_dt, int64_t n);
 
     /* ---- Mixture of experts: routing, token permutation and the weighted
      * combine (ops/cpu/moe_route.c, ops/cuda/moe_route.cu; struct

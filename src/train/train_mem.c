@@ -1,6 +1,7 @@
 /* train_mem.c — the memory account of a trainer (see train_mem.h): sizes
  * taken from the same formulas the allocations used. */
 #include "train/train_mem.h"
+#include "core/core.h"
 #include "model/block.h"
 
 #include <stdio.h>
@@ -20,6 +21,8 @@ void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_t
     }
     if (tm->g) m->grads = (size_t)(tm->numel - tm->g_off) * F;
     m->base_ext_form = "";
+    m->acts_mode = "none";
+    m->acts_bf16 = false;
     if (ql && ql->n_quant) {
         m->base_ext = ql->be && !ql->be->host_memory ? ql->dev_bytes : ql->quant_bytes;
         m->base_ext_form = qkind == LMC_QLORA_BF16 ? "bf16"
@@ -39,10 +42,15 @@ void lmc_train_mem_account(const struct lmc_trainer *tr, const struct lmc_lora_t
         int64_t BT = a->B * a->T, L = a->n_layers;
         /* sequence parallel: this rank's rows of the residual stream, and the two gathered (BT, C) buffers */
         int64_t rows = a->sp ? a->sp->m : BT;
-        m->acts = a->sp ? lmc_tacts_bytes_sp(c, a->B, a->T, a->recompute, (int)(BT / rows)) + 2 * (size_t)(BT * c->hidden_size) * F
-                        : lmc_tacts_bytes_layers(c, L, a->B, a->T, a->recompute);
-        m->acts_per_layer = (size_t)lmc_block_save_floats_sp(tm->arch, c, BT, rows, LMC_RUN_TRAIN) * F;
+        LMC_ASSERT(!(a->selective || a->save_bf16) || (!a->sp && L == c->num_layers));
+        struct lmc_tacts_opts o = {.recompute = a->recompute, .selective = a->selective, .save_bf16 = a->save_bf16};
+        m->acts = a->sp ? lmc_tacts_bytes_sp(c, a->B, a->T, a->recompute, (int)(BT / rows)) +
+                              2 * (size_t)(BT * c->hidden_size) * F
+                        : lmc_tacts_bytes_opts(c, a->B, a->T, &o);
+        m->acts_per_layer = (size_t)a->layer_floats * F;
         m->acts_layers = a->recompute ? 1 : L;
+        m->acts_mode = a->selective ? "selective" : a->recompute ? "full" : "none";
+        m->acts_bf16 = a->save_bf16;
         m->acts_resid = (size_t)(L + 1) * (size_t)A16(rows * c->hidden_size) * F;
         size_t held = m->acts_per_layer * (size_t)m->acts_layers + m->acts_resid;
         m->acts_rest = m->acts > held ? m->acts - held : 0;
@@ -62,10 +70,15 @@ void lmc_train_mem_line(const struct lmc_train_mem *m, char *buf, size_t cap) {
                  m->base_ext_form, mib(m->base_ext));
     snprintf(buf, cap,
              "memory (MiB): weights f32 %.1f (frozen %.1f, trainable %.1f)%s + gradients %.1f + optimizer %.1f + "
-             "activations %.1f (%.1f per layer x %lld held, residual stream %.1f, rest %.1f) + adapter scratch %.1f "
+             "activations %.1f (%.1f per layer x %lld held%s, residual stream %.1f, rest %.1f) + adapter scratch %.1f "
              "= %.1f, not counting op scratch",
              mib(m->weights_f32), mib(m->frozen_f32), mib(m->trainable), ext, mib(m->grads), mib(m->optim),
-             mib(m->acts), mib(m->acts_per_layer), (long long)m->acts_layers, mib(m->acts_resid), mib(m->acts_rest),
+             mib(m->acts), mib(m->acts_per_layer), (long long)m->acts_layers,
+             !strcmp(m->acts_mode, "selective") ? (m->acts_bf16 ? ", selective recompute, bf16" : ", selective recompute")
+             : !strcmp(m->acts_mode, "full")    ? ", recompute"
+             : m->acts_bf16                      ? ", bf16"
+                                                 : "",
+             mib(m->acts_resid), mib(m->acts_rest),
              mib(m->lora), mib(m->total));
 }
 
@@ -74,9 +87,10 @@ void lmc_train_mem_json(const struct lmc_train_mem *m, size_t measured, char *bu
                      "{\"weights_f32\": %zu, \"frozen_f32\": %zu, \"trainable\": %zu, \"base_ext\": %zu, "
                      "\"base_ext_form\": \"%s\", \"grads\": %zu, \"optimizer\": %zu, \"activations\": %zu, "
                      "\"activations_per_layer\": %zu, \"activation_layers_held\": %lld, \"residual_stream\": %zu, "
-                     "\"activations_rest\": %zu, \"adapter_scratch\": %zu, \"total\": %zu",
+                     "\"activations_rest\": %zu, \"recompute\": \"%s\", \"activations_dtype\": \"%s\", \"adapter_scratch\": %zu, \"total\": %zu",
                      m->weights_f32, m->frozen_f32, m->trainable, m->base_ext, m->base_ext_form, m->grads, m->optim,
-                     m->acts, m->acts_per_layer, (long long)m->acts_layers, m->acts_resid, m->acts_rest, m->lora,
+                     m->acts, m->acts_per_layer, (long long)m->acts_layers, m->acts_resid, m->acts_rest,
+                     m->acts_mode, m->acts_bf16 ? "bf16" : "f32", m->lora,
                      m->total);
     if (n < 0 || (size_t)n >= cap) return;
     if (measured)

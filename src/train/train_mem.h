@@ -30,7 +30,10 @@ struct lmc_train_mem {
     size_t acts_per_layer;  /*   what one layer saves for the backward */
     int64_t acts_layers;    /*   layers whose saves are held at once (1 with recompute) */
     size_t acts_resid;      /*   the residual stream: each layer's input and the final one */
-    size_t acts_rest;       /*   the rest: final norm, loss, backward scratch, ids, positions */
+    size_t acts_rest;       /*   the rest: final norm, loss, backward scratch, ids, positions (and
+                             *   selective recomputation's shared norm outputs and product) */
+    const char *acts_mode;  /* recomputation: "none", "full" or "selective" */
+    bool acts_bf16;         /* saves kept in bf16 (lmc_tacts.save_bf16) */
     size_t lora;            /* the adapters' scale matrices, scratch and gradient sink */
     size_t total;
 };

@@ -33,6 +33,11 @@ struct lmc_train_opts {
     struct lmc_schedule sched; /* sched.total = total optimizer steps */
     double clip;               /* global-norm clip; 0: none */
     bool recompute;            /* activation recomputation per layer */
+    bool recompute_selective;  /* or selective: keep the GEMM outputs, recompute norms and the
+                                * feed-forward's product (lmc_tacts_init_sel; single-process and
+                                * data-parallel trainers only) */
+    bool save_bf16;            /* activations the backward reads as operands kept in bf16
+                                * (lmc_tacts_opts; the backend needs convert) */
     uint64_t seed;             /* data order */
     bool zero_moments;         /* AdamW data parallel (lmc_trainer_dist_init follows, which
                                 * gives the zero module the moments): none allocated here */

@@ -1142,7 +1142,7 @@ static void test_e2e() { e2e_models({"llama-tiny", "gpt2-tiny", "qwen2-tiny", "q
  * every lora_A/B gradient vs the CPU, fp32 and bf16. */
 static bool lora_step(const struct lmc_backend *be, const std::string &dir, const std::vector<int32_t> &in,
                       const std::vector<int32_t> &tg, const int64_t *segs, int64_t n_segs, double &loss,
-                      std::vector<float> &g, int64_t &off) {
+                      std::vector<float> &g, int64_t &off, const struct lmc_tacts_opts *ao = nullptr) {
     lmc_err err;
     struct lmc_tmodel tm;
     struct lmc_lora lo;
@@ -1154,7 +1154,8 @@ static bool lora_step(const struct lmc_backend *be, const std::string &dir, cons
         return false;
     }
     struct lmc_tacts a;
-    bool ok = !lmc_tacts_init(&a, &tm, be, 1, (int64_t)in.size(), false, &err);
+    bool ok = ao ? !lmc_tacts_init_opts(&a, &tm, be, 1, (int64_t)in.size(), ao, &err)
+                 : !lmc_tacts_init(&a, &tm, be, 1, (int64_t)in.size(), false, &err);
     int64_t count = 0;
     if (ok) {
         a.segs = segs, a.n_segs = n_segs;
@@ -1245,6 +1246,65 @@ static void test_lora() {
             }
             lmc_backend_cuda_set_train_bf16(&gpu, false);
         }
+    }
+    /* (c) the convert op (bf16-saved activations) against its CPU twin: odd sizes, specials */
+    for (int64_t n : {1, 7, 1000, 4099}) {
+        std::vector<float> x = rv((size_t)n);
+        x[0] = n > 3 ? 1.0f + 1.0f / 256 : x[0]; /* a tie: to even */
+        if (n > 3) x[1] = -3.0e38f, x[2] = 1e-40f;
+        std::vector<uint16_t> hc((size_t)n), hg((size_t)n);
+        std::vector<float> bc((size_t)n), cg((size_t)n);
+        cpu.convert(cpu.ctx, hc.data(), LMC_DTYPE_BF16, x.data(), LMC_DTYPE_F32, n);
+        cpu.convert(cpu.ctx, bc.data(), LMC_DTYPE_F32, hc.data(), LMC_DTYPE_BF16, n);
+        float *xd = dup_dev(gpu, x), *fd = dev_nan(gpu, (size_t)n, 1), *cd = dev_nan(gpu, (size_t)n, 1);
+        uint16_t *hd = (uint16_t *)dev_nan(gpu, (size_t)(n + 1) / 2, 1);
+        gpu.convert(gpu.ctx, hd, LMC_DTYPE_BF16, xd, LMC_DTYPE_F32, n);
+        gpu.convert(gpu.ctx, fd, LMC_DTYPE_F32, hd, LMC_DTYPE_BF16, n);
+        gpu.convert(gpu.ctx, cd, LMC_DTYPE_F32, xd, LMC_DTYPE_F32, n);
+        gpu.sync(gpu.ctx);
+        gpu.download(gpu.ctx, hg.data(), hd, (size_t)n * 2);
+        std::vector<float> fg = down(gpu, fd, (size_t)n);
+        cg = down(gpu, cd, (size_t)n);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++)
+            bad += hg[(size_t)i] != hc[(size_t)i] || memcmp(&fg[(size_t)i], &bc[(size_t)i], 4) ||
+                   memcmp(&cg[(size_t)i], &x[(size_t)i], 4) || hc[(size_t)i] != lmc_f32_to_bf16(x[(size_t)i]);
+        check("convert f32<->bf16 vs the CPU (mismatches)", (double)bad, 0, "n %lld", (long long)n);
+    }
+    /* (d) the activation modes on the GPU: selective recomputation gives the no-recompute step bit for bit;
+     * bf16-saved activations leave the forward (loss) untouched and move the gradients by bf16 rounding */
+    for (const char *mn : models) {
+        std::string dir = std::string(fixtures()) + "/" + mn;
+        const int64_t T = 29;
+        std::vector<int32_t> in(T), tg(T);
+        for (auto &i : in) i = irand(512);
+        for (int64_t i = 0; i < T; i++) tg[i] = i % 5 == 0 ? -1 : irand(512);
+        for (int bf = 0; bf < 2; bf++) {
+            lmc_backend_cuda_set_train_bf16(&gpu, bf);
+            const struct lmc_tacts_opts none = {false, false, false}, sel = {false, true, false};
+            const struct lmc_tacts_opts b16 = {false, false, true}, selb16 = {false, true, true};
+            double l0, ls, lb, lsb;
+            std::vector<float> g0, gs, gb, gsb;
+            int64_t o0, o1;
+            if (!lora_step(&gpu, dir, in, tg, nullptr, 0, l0, g0, o0, &none) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, ls, gs, o1, &sel) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, lb, gb, o1, &b16) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, lsb, gsb, o1, &selb16))
+                continue;
+            std::string p = std::string("lora acts ") + (bf ? "bf16 " : "fp32 ");
+            int64_t dsel = 0;
+            for (size_t i = 0; i < g0.size(); i++) dsel += memcmp(&g0[i], &gs[i], 4) != 0;
+            check(p + "selective vs none: loss bits", memcmp(&l0, &ls, sizeof l0) ? 1.0 : 0.0, 0, "%s", mn);
+            check(p + "selective vs none: gradients differing", (double)dsel, 0, "%s", mn);
+            double eb = rel(gb, g0), esb = rel(gsb, g0), cb = 1 - cosine(gb.data(), g0.data(), g0.size());
+            check(p + "bf16-saved: loss bits", memcmp(&l0, &lb, sizeof l0) || memcmp(&l0, &lsb, sizeof l0) ? 1.0 : 0.0,
+                  0, "%s", mn);
+            check(p + "bf16-saved grads", std::max(eb, esb), 2e-2, "%s", mn);
+            check(p + "bf16-saved grads (1 - cosine)", cb, 1e-4, "%s", mn);
+            printf("  %s lora acts %s: selective = none (%lld differ); bf16-saved grads rel %.2e (selective %.2e), "
+                   "1 - cos %.2e\n", mn, bf ? "bf16" : "fp32", (long long)dsel, eb, esb, cb);
+        }
+        lmc_backend_cuda_set_train_bf16(&gpu, false);
     }
     emu_strict_device = false;
 }

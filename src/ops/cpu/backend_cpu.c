@@ -79,6 +79,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->dropout = lmc_cpu_dropout;
     be->clamp = lmc_cpu_clamp;
     be->clamp_bwd = lmc_cpu_clamp_bwd;
+    be->convert = lmc_cpu_convert;
     be->attn_block_fwd = lmc_cpu_attn_block_fwd; /* ring attention (context parallel) */
     be->attn_block_merge = lmc_cpu_attn_block_merge;
     be->attn_block_bwd = lmc_cpu_attn_block_bwd;

@@ -219,6 +219,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->moe_combine_bwd = lmc_cuda_moe_combine_bwd;
     be->clamp = lmc_cuda_clamp; /* OLMoE clip_qkv */
     be->clamp_bwd = lmc_cuda_clamp_bwd;
+    be->convert = lmc_cuda_convert; /* bf16-saved training activations */
     be->gelu_bwd = lmc_cuda_gelu_bwd;
     be->classifier_xent = lmc_cuda_classifier_xent;
     be->zero = lmc_cuda_zero;

@@ -115,6 +115,8 @@ void lmc_cuda_moe_combine_bwd(void *ctx, float *dox, float *dlog, float *dso, fl
 /* clamp.cu: the table's clamp / clamp_bwd (OLMoE clip_qkv) */
 void lmc_cuda_clamp(void *ctx, float *y, const float *x, int64_t n, float c);
 void lmc_cuda_clamp_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
+/* convert.cu: the table's convert (F32 <-> BF16; bf16-saved training activations) */
+void lmc_cuda_convert(void *ctx, void *dst, enum lmc_dtype dst_dt, const void *src, enum lmc_dtype src_dt, int64_t n);
 void lmc_cuda_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
                          const float *up, int64_t n);
 void lmc_cuda_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,
