@@ -220,6 +220,11 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
                                 c->sliding_window);
             break;
         }
+        if (be->attention_train_segs) { /* packed: every segment in one call */
+            be->attention_train_segs(be->ctx, s.att, s.lse, s.q, s.k, s.v, r->segs, r->n_segs, H, KV, hd,
+                                     scale, c->sliding_window);
+            break;
+        }
         for (int64_t i = 0; i < r->n_segs; i++) { /* packed: one sequence per segment */
             int64_t o = r->segs[2 * i], len = r->segs[2 * i + 1];
             be->attention_train(be->ctx, s.att + o * H * hd, s.lse + o * H, s.q + o * H * hd,
@@ -253,12 +258,16 @@ static void attn_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     } else if (!r->segs)
         be->attention_bwd(be->ctx, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, r->B, r->T, H, KV, hd,
                           scale, c->sliding_window);
-    for (int64_t i = 0; r->segs && i < r->n_segs; i++) {
-        int64_t o = r->segs[2 * i], len = r->segs[2 * i + 1];
-        be->attention_bwd(be->ctx, dq + o * qd, dk + o * kvd, dv + o * kvd, datt + o * qd, s.att + o * qd,
-                          s.lse + o * H, s.q + o * qd, s.k + o * kvd, s.v + o * kvd, 1, len, H, KV, hd,
-                          scale, c->sliding_window);
-    }
+    else if (be->attention_bwd_segs)
+        be->attention_bwd_segs(be->ctx, dq, dk, dv, datt, s.att, s.lse, s.q, s.k, s.v, r->segs, r->n_segs, H,
+                               KV, hd, scale, c->sliding_window);
+    else
+        for (int64_t i = 0; i < r->n_segs; i++) { /* packed: one sequence per segment */
+            int64_t o = r->segs[2 * i], len = r->segs[2 * i + 1];
+            be->attention_bwd(be->ctx, dq + o * qd, dk + o * kvd, dv + o * kvd, datt + o * qd, s.att + o * qd,
+                              s.lse + o * H, s.q + o * qd, s.k + o * kvd, s.v + o * kvd, 1, len, H, KV, hd,
+                              scale, c->sliding_window);
+        }
     if (r->rot_dim) {
         be->rope_bwd(be->ctx, dq, n, H, hd, r->rot_dim, r->pos, r->inv_freq, r->attn_scale);
         be->rope_bwd(be->ctx, dk, n, KV, hd, r->rot_dim, r->pos, r->inv_freq, r->attn_scale);

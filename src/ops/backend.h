@@ -253,6 +253,18 @@ struct lmc_backend {
     void (*attention_train)(void *ctx, float *out, float *lse, const float *q, const float *k,
                             const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
                             int64_t hd, float scale, int64_t window);
+    /* Optional (NULL: the caller runs attention_train / attention_bwd once
+     * a segment): the same over n_segs packed sequences in one call. segs
+     * (host memory) holds (first row, length) pairs; sequence i is rows
+     * segs[2i] .. segs[2i] + segs[2i+1] - 1, positions from 0; rows in no
+     * segment are not written. Results equal the per-segment calls'. */
+    void (*attention_train_segs)(void *ctx, float *out, float *lse, const float *q, const float *k,
+                                 const float *v, const int64_t *segs, int64_t n_segs, int64_t n_heads,
+                                 int64_t n_kv, int64_t hd, float scale, int64_t window);
+    void (*attention_bwd_segs)(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const int64_t *segs, int64_t n_segs, int64_t n_heads,
+                               int64_t n_kv, int64_t hd, float scale, int64_t window);
     /* dgate[i] = dy[i] * up[i] * silu'(gate[i]), dup[i] = dy[i] * silu(gate[i]).
      * dgate or dup may alias dy. */
     void (*swiglu_bwd)(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,

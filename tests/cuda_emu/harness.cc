@@ -192,6 +192,64 @@ static void test_attn_train() {
                       (long)s.hd, (long)s.win);
         }
     }
+    /* packed sequences in one launch (attention_train_segs / _bwd_segs)
+     * against the CPU twin run once a segment; lengths from 1 to past two
+     * tiles, a window, GQA, fp32 and bf16 */
+    struct { int64_t H, KV, hd, win; std::vector<int64_t> segs; } packs[] = {
+        {4, 2, 64, 0, {0, 5, 5, 70, 75, 1, 76, 130, 206, 64}},
+        {6, 3, 128, 0, {0, 129, 129, 3, 132, 33}},
+        {2, 1, 80, 17, {0, 40, 40, 97}},
+        {3, 3, 40, 0, {0, 7, 7, 66, 73, 2}},
+    };
+    for (auto &s : packs) {
+        const int64_t ns = (int64_t)s.segs.size() / 2, rows = s.segs[2 * ns - 2] + s.segs[2 * ns - 1];
+        const int64_t qd = s.H * s.hd, kvd = s.KV * s.hd;
+        const float scale = 1.0f / sqrtf((float)s.hd);
+        auto q = rv(rows * qd, 2), k = rv(rows * kvd), v = rv(rows * kvd), dout = rv(rows * qd);
+        std::vector<float> o(rows * qd), l(rows * s.H), dq(rows * qd), dk(rows * kvd), dv(rows * kvd);
+        for (int64_t i = 0; i < ns; i++) {
+            const int64_t r0 = s.segs[2 * i], len = s.segs[2 * i + 1];
+            cpu.attention_train(cpu.ctx, &o[r0 * qd], &l[r0 * s.H], &q[r0 * qd], &k[r0 * kvd], &v[r0 * kvd], 1,
+                                len, s.H, s.KV, s.hd, scale, s.win);
+            cpu.attention_bwd(cpu.ctx, &dq[r0 * qd], &dk[r0 * kvd], &dv[r0 * kvd], &dout[r0 * qd], &o[r0 * qd],
+                              &l[r0 * s.H], &q[r0 * qd], &k[r0 * kvd], &v[r0 * kvd], 1, len, s.H, s.KV, s.hd,
+                              scale, s.win);
+        }
+        for (int bf = 0; bf < 2; bf++) {
+            cc->train_bf16 = bf;
+            auto og = nans(rows * qd), lg = nans(rows * s.H), dqg = nans(rows * qd), dkg = nans(rows * kvd),
+                 dvg = nans(rows * kvd);
+            lmc_cuda_attention_train_segs(cc, og.data(), lg.data(), q.data(), k.data(), v.data(), s.segs.data(),
+                                          ns, s.H, s.KV, s.hd, scale, s.win);
+            lmc_cuda_attention_bwd_segs(cc, dqg.data(), dkg.data(), dvg.data(), dout.data(), og.data(), lg.data(),
+                                        q.data(), k.data(), v.data(), s.segs.data(), ns, s.H, s.KV, s.hd, scale,
+                                        s.win);
+            /* bit for bit the kernels' per-segment launches */
+            auto o1 = nans(rows * qd), l1 = nans(rows * s.H), dq1 = nans(rows * qd), dk1 = nans(rows * kvd),
+                 dv1 = nans(rows * kvd);
+            for (int64_t i = 0; i < ns; i++) {
+                const int64_t r0 = s.segs[2 * i], len = s.segs[2 * i + 1];
+                lmc_cuda_attention_train(cc, &o1[r0 * qd], &l1[r0 * s.H], &q[r0 * qd], &k[r0 * kvd], &v[r0 * kvd],
+                                         1, len, s.H, s.KV, s.hd, scale, s.win);
+                lmc_cuda_attention_bwd(cc, &dq1[r0 * qd], &dk1[r0 * kvd], &dv1[r0 * kvd], &dout[r0 * qd],
+                                       &o1[r0 * qd], &l1[r0 * s.H], &q[r0 * qd], &k[r0 * kvd], &v[r0 * kvd], 1,
+                                       len, s.H, s.KV, s.hd, scale, s.win);
+            }
+            const bool same = o1 == og && l1 == lg && dq1 == dqg && dk1 == dkg && dv1 == dvg;
+            check(std::string(bf ? "attn_train segs bf16" : "attn_train segs fp32") + " == per-segment launches",
+                  same ? 0.0 : 1.0, 0.5, "n=%ld rows=%ld hd=%ld", (long)ns, (long)rows, (long)s.hd);
+            const double tol = bf ? 3e-2 : 1e-4;
+            const std::string p = bf ? "attn_train segs bf16 " : "attn_train segs fp32 ";
+            double e[5] = {rel(og, o), rel(lg, l), rel(dqg, dq), rel(dkg, dk), rel(dvg, dv)};
+            const char *nm[5] = {"out", "lse", "dq", "dk", "dv"};
+            printf("  segs %s n=%ld rows=%ld H=%ld KV=%ld hd=%ld win=%ld: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n",
+                   bf ? "bf16" : "fp32", (long)ns, (long)rows, (long)s.H, (long)s.KV, (long)s.hd, (long)s.win,
+                   e[0], e[1], e[2], e[3], e[4]);
+            for (int i = 0; i < 5; i++)
+                check(p + nm[i], e[i], tol, "n=%ld rows=%ld hd=%ld win=%ld", (long)ns, (long)rows, (long)s.hd,
+                      (long)s.win);
+        }
+    }
     cc->train_bf16 = false;
 }
 

@@ -50,6 +50,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/ops_cuda.h"
 
 #define AT_LOG2E 1.4426950408889634f
 #define AT_LN2 0.6931471805599453f
@@ -59,10 +60,26 @@ struct at_args {
     float *dq, *dk, *dv;               /* backward outputs */
     const float *q, *k, *v;
     const float *dout, *lse_in, *D;    /* backward inputs; D (B*T, H) */
+    const float *out_in;               /* backward input: the forward's out (for D) */
     int64_t T, window;
     int H, KV, hd;
     float scale;
+    const int64_t *seg; /* device (offset, length) pairs, one a blockIdx.z; NULL: B sequences of T */
 };
+
+/* The sequence of this block (blockIdx.z): its first row and its length. */
+struct at_seq {
+    int64_t base, T;
+};
+static __device__ __forceinline__ at_seq at_seq_of(const struct at_args &a) {
+    at_seq r;
+    if (a.seg) {
+        r.base = a.seg[2 * blockIdx.z], r.T = a.seg[2 * blockIdx.z + 1];
+    } else {
+        r.base = (int64_t)blockIdx.z * a.T, r.T = a.T;
+    }
+    return r;
+}
 
 /* ------------------------------------------------------------------ */
 /* fp32 SIMT kernels                                                   */
@@ -94,15 +111,17 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_fwd_f32_kernel(struct at
     extern __shared__ float fsm[];
     const int hd = a.hd, KS = hd | 1, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float *Qs = fsm, *Ks = Qs + F_BM * hd, *Vs = Ks + F_BN * KS;
-    const int64_t T = a.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * F_BM; /* longest first */
+    const at_seq sq = at_seq_of(a);
+    const int64_t T = sq.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * F_BM; /* longest first */
     const int h = blockIdx.y, kvh = h / (a.H / a.KV);
-    const int64_t b = blockIdx.z, q_row = (int64_t)a.H * hd, kv_row = (int64_t)a.KV * hd;
-    const float *kb = a.k + b * T * kv_row + (int64_t)kvh * hd;
-    const float *vb = a.v + b * T * kv_row + (int64_t)kvh * hd;
+    const int64_t b0 = sq.base, q_row = (int64_t)a.H * hd, kv_row = (int64_t)a.KV * hd;
+    if (m0 >= T) return; /* a tile past its segment (several sequences in one grid) */
+    const float *kb = a.k + b0 * kv_row + (int64_t)kvh * hd;
+    const float *vb = a.v + b0 * kv_row + (int64_t)kvh * hd;
     const int64_t last_m = LMC_MIN(m0 + F_BM, T) - 1;
     const int64_t lo = a.window > 0 ? LMC_MAX((int64_t)0, m0 - a.window + 1) : 0;
 
-    f32_tile_load(Qs, hd, a.q + (b * T + m0) * q_row + (int64_t)h * hd, q_row, F_BM,
+    f32_tile_load(Qs, hd, a.q + (b0 + m0) * q_row + (int64_t)h * hd, q_row, F_BM,
                   (int)(last_m - m0 + 1), hd);
 
     float o[F_RPW][NC], mrow[F_RPW], lsum[F_RPW];
@@ -165,13 +184,13 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_fwd_f32_kernel(struct at
         int64_t i = m0 + warp * F_RPW + r;
         if (i < T) { /* l >= 1: the row's own key is attended */
             float inv = 1.0f / l;
-            float *orow = a.out + (b * T + i) * q_row + (int64_t)h * hd;
+            float *orow = a.out + (b0 + i) * q_row + (int64_t)h * hd;
 #pragma unroll
             for (int c = 0; c < NC; c++) {
                 int d = lane + 32 * c;
                 if (d < hd) orow[d] = o[r][c] * inv;
             }
-            if (lane == 0) a.lse[(b * T + i) * a.H + h] = mrow[r] + logf(l);
+            if (lane == 0) a.lse[(b0 + i) * a.H + h] = mrow[r] + logf(l);
         }
     }
 }
@@ -197,12 +216,14 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_bwd_dkdv_f32_kernel(stru
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float *Ks = fsm, *Vs = Ks + F_BN * KS, *Qs = Vs + F_BN * KS, *dOs = Qs + F_BM * hd;
     float *Ps = dOs + F_BM * hd, *dSs = Ps + F_BM * PS, *ls = dSs + F_BM * PS, *Ds = ls + F_BM;
-    const int64_t T = a.T, n0 = (int64_t)blockIdx.x * F_BN; /* early keys: most queries */
+    const at_seq sq = at_seq_of(a);
+    const int64_t T = sq.T, n0 = (int64_t)blockIdx.x * F_BN; /* early keys: most queries */
     const int g = blockIdx.y, group = a.H / a.KV;
-    const int64_t b = blockIdx.z, q_row = (int64_t)a.H * hd, kv_row = (int64_t)a.KV * hd;
+    const int64_t b0 = sq.base, q_row = (int64_t)a.H * hd, kv_row = (int64_t)a.KV * hd;
+    if (n0 >= T) return; /* a tile past its segment (several sequences in one grid) */
     const int nv = (int)LMC_MIN((int64_t)F_BN, T - n0);
-    f32_tile_load(Ks, KS, a.k + (b * T + n0) * kv_row + (int64_t)g * hd, kv_row, F_BN, nv, hd);
-    f32_tile_load(Vs, KS, a.v + (b * T + n0) * kv_row + (int64_t)g * hd, kv_row, F_BN, nv, hd);
+    f32_tile_load(Ks, KS, a.k + (b0 + n0) * kv_row + (int64_t)g * hd, kv_row, F_BN, nv, hd);
+    f32_tile_load(Vs, KS, a.v + (b0 + n0) * kv_row + (int64_t)g * hd, kv_row, F_BN, nv, hd);
 
     float dk[F_RPW][NC], dv[F_RPW][NC];
 #pragma unroll
@@ -216,9 +237,9 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_bwd_dkdv_f32_kernel(stru
     const float *kr = Ks + lane * KS, *vr = Vs + lane * KS;
     for (int hh = 0; hh < group; hh++) {
         const int h = g * group + hh;
-        const float *q = a.q + b * T * q_row + (int64_t)h * hd;
-        const float *dout = a.dout + b * T * q_row + (int64_t)h * hd;
-        const float *lse = a.lse_in + b * T * a.H + h, *D = a.D + b * T * a.H + h;
+        const float *q = a.q + b0 * q_row + (int64_t)h * hd;
+        const float *dout = a.dout + b0 * q_row + (int64_t)h * hd;
+        const float *lse = a.lse_in + b0 * a.H + h, *D = a.D + b0 * a.H + h;
         for (int64_t m0 = n0 / F_BM * F_BM; m0 <= qhi; m0 += F_BM) {
             __syncthreads(); /* Ps, dSs, Qs, dOs of the previous tile are consumed */
             const int mv = (int)LMC_MIN((int64_t)F_BM, T - m0);
@@ -278,8 +299,8 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_bwd_dkdv_f32_kernel(stru
     for (int r = 0; r < F_RPW; r++) {
         int64_t j = n0 + warp * F_RPW + r;
         if (j >= T) continue;
-        float *dkr = a.dk + (b * T + j) * kv_row + (int64_t)g * hd;
-        float *dvr = a.dv + (b * T + j) * kv_row + (int64_t)g * hd;
+        float *dkr = a.dk + (b0 + j) * kv_row + (int64_t)g * hd;
+        float *dvr = a.dv + (b0 + j) * kv_row + (int64_t)g * hd;
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             int d = lane + 32 * c;
@@ -293,23 +314,25 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_bwd_dq_f32_kernel(struct
     extern __shared__ float fsm[];
     const int hd = a.hd, KS = hd | 1, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float *Qs = fsm, *dOs = Qs + F_BM * hd, *Ks = dOs + F_BM * hd, *Vs = Ks + F_BN * KS;
-    const int64_t T = a.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * F_BM;
+    const at_seq sq = at_seq_of(a);
+    const int64_t T = sq.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * F_BM;
     const int h = blockIdx.y, kvh = h / (a.H / a.KV);
-    const int64_t b = blockIdx.z, q_row = (int64_t)a.H * hd, kv_row = (int64_t)a.KV * hd;
-    const float *kb = a.k + b * T * kv_row + (int64_t)kvh * hd;
-    const float *vb = a.v + b * T * kv_row + (int64_t)kvh * hd;
+    const int64_t b0 = sq.base, q_row = (int64_t)a.H * hd, kv_row = (int64_t)a.KV * hd;
+    if (m0 >= T) return; /* a tile past its segment (several sequences in one grid) */
+    const float *kb = a.k + b0 * kv_row + (int64_t)kvh * hd;
+    const float *vb = a.v + b0 * kv_row + (int64_t)kvh * hd;
     const int64_t last_m = LMC_MIN(m0 + F_BM, T) - 1;
     const int64_t lo = a.window > 0 ? LMC_MAX((int64_t)0, m0 - a.window + 1) : 0;
     const int mv = (int)(last_m - m0 + 1);
-    f32_tile_load(Qs, hd, a.q + (b * T + m0) * q_row + (int64_t)h * hd, q_row, F_BM, mv, hd);
-    f32_tile_load(dOs, hd, a.dout + (b * T + m0) * q_row + (int64_t)h * hd, q_row, F_BM, mv, hd);
+    f32_tile_load(Qs, hd, a.q + (b0 + m0) * q_row + (int64_t)h * hd, q_row, F_BM, mv, hd);
+    f32_tile_load(dOs, hd, a.dout + (b0 + m0) * q_row + (int64_t)h * hd, q_row, F_BM, mv, hd);
 
     float dq[F_RPW][NC], lr[F_RPW], Dr[F_RPW];
 #pragma unroll
     for (int r = 0; r < F_RPW; r++) {
         int64_t i = m0 + warp * F_RPW + r;
-        lr[r] = i < T ? a.lse_in[(b * T + i) * a.H + h] : 0.f;
-        Dr[r] = i < T ? a.D[(b * T + i) * a.H + h] : 0.f;
+        lr[r] = i < T ? a.lse_in[(b0 + i) * a.H + h] : 0.f;
+        Dr[r] = i < T ? a.D[(b0 + i) * a.H + h] : 0.f;
 #pragma unroll
         for (int c = 0; c < NC; c++) dq[r][c] = 0.f;
     }
@@ -361,7 +384,7 @@ __global__ void __launch_bounds__(F_THREADS) attn_train_bwd_dq_f32_kernel(struct
     for (int r = 0; r < F_RPW; r++) {
         int64_t i = m0 + warp * F_RPW + r;
         if (i >= T) continue;
-        float *dqr = a.dq + (b * T + i) * q_row + (int64_t)h * hd;
+        float *dqr = a.dq + (b0 + i) * q_row + (int64_t)h * hd;
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             int d = lane + 32 * c;
@@ -411,12 +434,14 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_fwd_bf16_kernel(struct a
     __nv_bfloat16 *Ks = (__nv_bfloat16 *)bsm, *Vs = Ks + B_BN * KS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int lm = lane >> 3, lr = lane & 7; /* ldmatrix: matrix lm, its row lr */
-    const int64_t T = a.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * B_BM;
+    const at_seq sq = at_seq_of(a);
+    const int64_t T = sq.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * B_BM;
     const int h = blockIdx.y, kvh = h / (a.H / a.KV);
-    const int64_t b = blockIdx.z, q_row = (int64_t)a.H * HD, kv_row = (int64_t)a.KV * HD;
-    const float *q = a.q + b * T * q_row + (int64_t)h * HD;
-    const float *kb = a.k + b * T * kv_row + (int64_t)kvh * HD;
-    const float *vb = a.v + b * T * kv_row + (int64_t)kvh * HD;
+    const int64_t b0 = sq.base, q_row = (int64_t)a.H * HD, kv_row = (int64_t)a.KV * HD;
+    if (m0 >= T) return; /* a tile past its segment (several sequences in one grid) */
+    const float *q = a.q + b0 * q_row + (int64_t)h * HD;
+    const float *kb = a.k + b0 * kv_row + (int64_t)kvh * HD;
+    const float *vb = a.v + b0 * kv_row + (int64_t)kvh * HD;
     const int64_t last_m = LMC_MIN(m0 + B_BM, T) - 1;
     const int64_t lo = a.window > 0 ? LMC_MAX((int64_t)0, m0 - a.window + 1) : 0;
     const float sl2 = a.scale * AT_LOG2E;
@@ -510,12 +535,12 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_fwd_bf16_kernel(struct a
         int64_t row = e ? r1 : r0;
         if (row < T) { /* l >= 1: the row's own key is attended */
             float inv = 1.0f / l;
-            float *orow = a.out + (b * T + row) * q_row + (int64_t)h * HD;
+            float *orow = a.out + (b0 + row) * q_row + (int64_t)h * HD;
 #pragma unroll
             for (int dt = 0; dt < HD / 8; dt++)
                 *(float2 *)(orow + dt * 8 + t * 2) =
                     make_float2(o[dt][2 * e] * inv, o[dt][2 * e + 1] * inv);
-            if (t == 0) a.lse[(b * T + row) * a.H + h] = (mrow[e] + log2f(l)) * AT_LN2;
+            if (t == 0) a.lse[(b0 + row) * a.H + h] = (mrow[e] + log2f(l)) * AT_LN2;
         }
     }
 }
@@ -529,13 +554,15 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dkdv_bf16_kernel(str
     float *ls2 = (float *)(dOs + B_QM * KS), *Ds = ls2 + B_QM; /* lse * log2(e), D */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int lm = lane >> 3, lr = lane & 7;
-    const int64_t T = a.T, n0 = (int64_t)blockIdx.x * B_BN; /* early keys: most queries */
+    const at_seq sq = at_seq_of(a);
+    const int64_t T = sq.T, n0 = (int64_t)blockIdx.x * B_BN; /* early keys: most queries */
     const int gk = blockIdx.y, group = a.H / a.KV;
-    const int64_t b = blockIdx.z, q_row = (int64_t)a.H * HD, kv_row = (int64_t)a.KV * HD;
+    const int64_t b0 = sq.base, q_row = (int64_t)a.H * HD, kv_row = (int64_t)a.KV * HD;
+    if (n0 >= T) return; /* a tile past its segment (several sequences in one grid) */
     const float sl2 = a.scale * AT_LOG2E;
     const int nv = (int)LMC_MIN((int64_t)B_BN, T - n0);
-    bf_tile_load<B_BN, HD>(Ks, a.k + (b * T + n0) * kv_row + (int64_t)gk * HD, kv_row, nv);
-    bf_tile_load<B_BN, HD>(Vs, a.v + (b * T + n0) * kv_row + (int64_t)gk * HD, kv_row, nv);
+    bf_tile_load<B_BN, HD>(Ks, a.k + (b0 + n0) * kv_row + (int64_t)gk * HD, kv_row, nv);
+    bf_tile_load<B_BN, HD>(Vs, a.v + (b0 + n0) * kv_row + (int64_t)gk * HD, kv_row, nv);
 
     const int64_t kw = n0 + warp * 16;         /* this warp's first key */
     const int64_t kr[2] = {kw + g, kw + g + 8}; /* this thread's two keys (C rows) */
@@ -548,9 +575,9 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dkdv_bf16_kernel(str
     const int64_t qhi = a.window > 0 ? LMC_MIN(T - 1, n0 + B_BN - 1 + a.window - 1) : T - 1;
     for (int hh = 0; hh < group; hh++) {
         const int h = gk * group + hh;
-        const float *q = a.q + b * T * q_row + (int64_t)h * HD;
-        const float *dout = a.dout + b * T * q_row + (int64_t)h * HD;
-        const float *lse = a.lse_in + b * T * a.H + h, *D = a.D + b * T * a.H + h;
+        const float *q = a.q + b0 * q_row + (int64_t)h * HD;
+        const float *dout = a.dout + b0 * q_row + (int64_t)h * HD;
+        const float *lse = a.lse_in + b0 * a.H + h, *D = a.D + b0 * a.H + h;
         for (int64_t m0 = n0 / B_QM * B_QM; m0 <= qhi; m0 += B_QM) {
             __syncthreads(); /* the previous query tile is consumed */
             const int mv = (int)LMC_MIN((int64_t)B_QM, T - m0);
@@ -628,8 +655,8 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dkdv_bf16_kernel(str
     for (int e = 0; e < 2; e++) {
         const int64_t j = kr[e];
         if (j >= T) continue;
-        float *dkr = a.dk + (b * T + j) * kv_row + (int64_t)gk * HD;
-        float *dvr = a.dv + (b * T + j) * kv_row + (int64_t)gk * HD;
+        float *dkr = a.dk + (b0 + j) * kv_row + (int64_t)gk * HD;
+        float *dvr = a.dv + (b0 + j) * kv_row + (int64_t)gk * HD;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
             *(float2 *)(dkr + dt * 8 + t * 2) =
@@ -647,24 +674,26 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dq_bf16_kernel(struc
     __nv_bfloat16 *Vs = Ks + B_BN * KS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int lm = lane >> 3, lr = lane & 7;
-    const int64_t T = a.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * B_BM;
+    const at_seq sq = at_seq_of(a);
+    const int64_t T = sq.T, m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * B_BM;
     const int h = blockIdx.y, kvh = h / (a.H / a.KV);
-    const int64_t b = blockIdx.z, q_row = (int64_t)a.H * HD, kv_row = (int64_t)a.KV * HD;
-    const float *kb = a.k + b * T * kv_row + (int64_t)kvh * HD;
-    const float *vb = a.v + b * T * kv_row + (int64_t)kvh * HD;
+    const int64_t b0 = sq.base, q_row = (int64_t)a.H * HD, kv_row = (int64_t)a.KV * HD;
+    if (m0 >= T) return; /* a tile past its segment (several sequences in one grid) */
+    const float *kb = a.k + b0 * kv_row + (int64_t)kvh * HD;
+    const float *vb = a.v + b0 * kv_row + (int64_t)kvh * HD;
     const int64_t last_m = LMC_MIN(m0 + B_BM, T) - 1;
     const int64_t lo = a.window > 0 ? LMC_MAX((int64_t)0, m0 - a.window + 1) : 0;
     const float sl2 = a.scale * AT_LOG2E;
     const int mv = (int)(last_m - m0 + 1);
-    bf_tile_load<B_BM, HD>(Qs, a.q + (b * T + m0) * q_row + (int64_t)h * HD, q_row, mv);
-    bf_tile_load<B_BM, HD>(dOs, a.dout + (b * T + m0) * q_row + (int64_t)h * HD, q_row, mv);
+    bf_tile_load<B_BM, HD>(Qs, a.q + (b0 + m0) * q_row + (int64_t)h * HD, q_row, mv);
+    bf_tile_load<B_BM, HD>(dOs, a.dout + (b0 + m0) * q_row + (int64_t)h * HD, q_row, mv);
 
     const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
     float l2r[2], Dr[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        l2r[e] = row[e] < T ? a.lse_in[(b * T + row[e]) * a.H + h] * AT_LOG2E : 0.f;
-        Dr[e] = row[e] < T ? a.D[(b * T + row[e]) * a.H + h] : 0.f;
+        l2r[e] = row[e] < T ? a.lse_in[(b0 + row[e]) * a.H + h] * AT_LOG2E : 0.f;
+        Dr[e] = row[e] < T ? a.D[(b0 + row[e]) * a.H + h] : 0.f;
     }
     const int64_t w_first = LMC_MIN(m0 + warp * 16, last_m);
     const int64_t w_last = LMC_MIN(m0 + warp * 16 + 15, last_m);
@@ -733,7 +762,7 @@ __global__ void __launch_bounds__(B_THREADS) attn_train_bwd_dq_bf16_kernel(struc
 #pragma unroll
     for (int e = 0; e < 2; e++) {
         if (row[e] >= T) continue;
-        float *dqr = a.dq + (b * T + row[e]) * q_row + (int64_t)h * HD;
+        float *dqr = a.dq + (b0 + row[e]) * q_row + (int64_t)h * HD;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++)
             *(float2 *)(dqr + dt * 8 + t * 2) =
@@ -771,21 +800,13 @@ static void check_shape(int64_t B, int64_t T, int64_t n_heads, int64_t n_kv, int
     LMC_ASSERT((T + F_BM - 1) / F_BM <= 0x7fffffff);
 }
 
-extern "C" void lmc_cuda_attention_train(void *ctx, float *out, float *lse, const float *q,
-                                         const float *k, const float *v, int64_t B, int64_t T,
-                                         int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
-                                         int64_t window) {
-    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
-    if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
-    check_shape(B, T, n_heads, n_kv, hd);
-    struct at_args a;
-    memset(&a, 0, sizeof a);
-    a.out = out, a.lse = lse, a.q = q, a.k = k, a.v = v;
-    a.T = T, a.window = window, a.H = (int)n_heads, a.KV = (int)n_kv, a.hd = (int)hd;
-    a.scale = scale;
-    const void *ptrs[] = {out, q, k, v};
+/* The forward over nz sequences (blockIdx.z) of at most Tmax tokens; a's
+ * pointers, shape and seg filled. */
+static void at_fwd(struct lmc_cuda_ctx *c, const struct at_args &a, int64_t nz, int64_t Tmax) {
+    const int64_t hd = a.hd;
+    const void *ptrs[] = {a.out, a.q, a.k, a.v};
     if (use_bf16(c, hd, ptrs, 4)) {
-        dim3 grid((unsigned)((T + B_BM - 1) / B_BM), (unsigned)n_heads, (unsigned)B);
+        dim3 grid((unsigned)((Tmax + B_BM - 1) / B_BM), (unsigned)a.H, (unsigned)nz);
 #define AT_FWD_BF16(HD) \
     at_launch(attn_train_fwd_bf16_kernel<HD>, grid, B_THREADS, bf_fwd_smem(HD), c->stream, a)
         switch (hd) {
@@ -797,7 +818,7 @@ extern "C" void lmc_cuda_attention_train(void *ctx, float *out, float *lse, cons
 #undef AT_FWD_BF16
         return;
     }
-    dim3 grid((unsigned)((T + F_BM - 1) / F_BM), (unsigned)n_heads, (unsigned)B);
+    dim3 grid((unsigned)((Tmax + F_BM - 1) / F_BM), (unsigned)a.H, (unsigned)nz);
     size_t smem = (size_t)(F_BM * hd + F_BN * (hd | 1) + F_BN * hd) * sizeof(float);
     switch (f32_nc(hd)) {
     case 2: at_launch(attn_train_fwd_f32_kernel<2>, grid, F_THREADS, smem, c->stream, a); break;
@@ -807,33 +828,22 @@ extern "C" void lmc_cuda_attention_train(void *ctx, float *out, float *lse, cons
     }
 }
 
-extern "C" void lmc_cuda_attention_bwd(void *ctx, float *dq, float *dk, float *dv,
-                                       const float *dout, const float *out, const float *lse,
-                                       const float *q, const float *k, const float *v, int64_t B,
-                                       int64_t T, int64_t n_heads, int64_t n_kv, int64_t hd,
-                                       float scale, int64_t window) {
-    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
-    if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
-    check_shape(B, T, n_heads, n_kv, hd);
-
-    /* D = rowsum(dout * out) per (row, head) */
-    const int64_t pairs = B * T * n_heads;
+/* The backward over nz sequences of at most Tmax tokens in `rows` rows
+ * (D = rowsum(dout * out) over every row first, into the attn_part
+ * scratch); a's pointers, shape and seg filled, D set here. */
+static void at_bwd(struct lmc_cuda_ctx *c, struct at_args &a, int64_t nz, int64_t Tmax, int64_t rows) {
+    const int64_t hd = a.hd;
+    const int64_t pairs = rows * a.H;
     lmc_cuda_reserve(c, &c->attn_part, &c->attn_part_bytes, (size_t)pairs * sizeof(float));
     float *D = (float *)c->attn_part;
     attn_train_bwd_d_kernel<<<lmc_cuda_blocks(pairs * 32, 256), 256, 0, c->stream>>>(
-        D, dout, out, pairs, (int)hd);
+        D, a.dout, a.out_in, pairs, (int)hd);
     LMC_CUDA_LAUNCH_CHECK();
-
-    struct at_args a;
-    memset(&a, 0, sizeof a);
-    a.dq = dq, a.dk = dk, a.dv = dv, a.q = q, a.k = k, a.v = v;
-    a.dout = dout, a.lse_in = lse, a.D = D;
-    a.T = T, a.window = window, a.H = (int)n_heads, a.KV = (int)n_kv, a.hd = (int)hd;
-    a.scale = scale;
-    const void *ptrs[] = {dq, dk, dv, dout, q, k, v};
+    a.D = D;
+    const void *ptrs[] = {a.dq, a.dk, a.dv, a.dout, a.q, a.k, a.v};
     if (use_bf16(c, hd, ptrs, 7)) {
-        dim3 gkv((unsigned)((T + B_BN - 1) / B_BN), (unsigned)n_kv, (unsigned)B);
-        dim3 gq((unsigned)((T + B_BM - 1) / B_BM), (unsigned)n_heads, (unsigned)B);
+        dim3 gkv((unsigned)((Tmax + B_BN - 1) / B_BN), (unsigned)a.KV, (unsigned)nz);
+        dim3 gq((unsigned)((Tmax + B_BM - 1) / B_BM), (unsigned)a.H, (unsigned)nz);
 #define AT_BWD_BF16(HD)                                                                      \
     do {                                                                                     \
         at_launch(attn_train_bwd_dkdv_bf16_kernel<HD>, gkv, B_THREADS, bf_dkdv_smem(HD),     \
@@ -851,8 +861,8 @@ extern "C" void lmc_cuda_attention_bwd(void *ctx, float *dq, float *dk, float *d
         return;
     }
     const int KS = (int)(hd | 1);
-    dim3 gkv((unsigned)((T + F_BN - 1) / F_BN), (unsigned)n_kv, (unsigned)B);
-    dim3 gq((unsigned)((T + F_BM - 1) / F_BM), (unsigned)n_heads, (unsigned)B);
+    dim3 gkv((unsigned)((Tmax + F_BN - 1) / F_BN), (unsigned)a.KV, (unsigned)nz);
+    dim3 gq((unsigned)((Tmax + F_BM - 1) / F_BM), (unsigned)a.H, (unsigned)nz);
     size_t s_kv = (size_t)(2 * F_BN * KS + 2 * F_BM * hd + 2 * F_BM * (F_BN + 1) + 2 * F_BM) *
                   sizeof(float);
     size_t s_q = (size_t)(2 * F_BM * hd + 2 * F_BN * KS) * sizeof(float);
@@ -868,4 +878,93 @@ extern "C" void lmc_cuda_attention_bwd(void *ctx, float *dq, float *dk, float *d
     default: AT_BWD_F32(8); break;
     }
 #undef AT_BWD_F32
+}
+
+static void at_shape(struct at_args &a, int64_t T, int64_t n_heads, int64_t n_kv, int64_t hd,
+                     float scale, int64_t window) {
+    a.T = T, a.window = window, a.H = (int)n_heads, a.KV = (int)n_kv, a.hd = (int)hd;
+    a.scale = scale;
+}
+
+/* The segments to the device (the ctx's attn_segs buffer, ordered on the
+ * stream before the launches that read it); the longest length and the
+ * rows they span. */
+static const int64_t *at_segs_upload(struct lmc_cuda_ctx *c, const int64_t *segs, int64_t n_segs,
+                                     int64_t *Tmax, int64_t *rows) {
+    *Tmax = 0, *rows = 0;
+    for (int64_t i = 0; i < n_segs; i++) {
+        LMC_ASSERT(segs[2 * i] >= 0 && segs[2 * i + 1] >= 0);
+        *Tmax = LMC_MAX(*Tmax, segs[2 * i + 1]);
+        *rows = LMC_MAX(*rows, segs[2 * i] + segs[2 * i + 1]);
+    }
+    const size_t bytes = (size_t)n_segs * 2 * sizeof(int64_t);
+    lmc_cuda_reserve(c, &c->attn_segs, &c->attn_segs_bytes, bytes);
+    lmc_cuda_upload(c, c->attn_segs, segs, bytes);
+    return (const int64_t *)c->attn_segs;
+}
+
+extern "C" void lmc_cuda_attention_train(void *ctx, float *out, float *lse, const float *q,
+                                         const float *k, const float *v, int64_t B, int64_t T,
+                                         int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
+                                         int64_t window) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
+    check_shape(B, T, n_heads, n_kv, hd);
+    struct at_args a;
+    memset(&a, 0, sizeof a);
+    a.out = out, a.lse = lse, a.q = q, a.k = k, a.v = v;
+    at_shape(a, T, n_heads, n_kv, hd, scale, window);
+    at_fwd(c, a, B, T);
+}
+
+extern "C" void lmc_cuda_attention_train_segs(void *ctx, float *out, float *lse, const float *q,
+                                              const float *k, const float *v, const int64_t *segs,
+                                              int64_t n_segs, int64_t n_heads, int64_t n_kv,
+                                              int64_t hd, float scale, int64_t window) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (n_segs <= 0 || n_heads <= 0 || hd <= 0) return;
+    int64_t Tmax, rows;
+    const int64_t *dseg = at_segs_upload(c, segs, n_segs, &Tmax, &rows);
+    if (Tmax <= 0) return;
+    check_shape(n_segs, Tmax, n_heads, n_kv, hd);
+    struct at_args a;
+    memset(&a, 0, sizeof a);
+    a.out = out, a.lse = lse, a.q = q, a.k = k, a.v = v, a.seg = dseg;
+    at_shape(a, 0, n_heads, n_kv, hd, scale, window);
+    at_fwd(c, a, n_segs, Tmax);
+}
+
+extern "C" void lmc_cuda_attention_bwd(void *ctx, float *dq, float *dk, float *dv,
+                                       const float *dout, const float *out, const float *lse,
+                                       const float *q, const float *k, const float *v, int64_t B,
+                                       int64_t T, int64_t n_heads, int64_t n_kv, int64_t hd,
+                                       float scale, int64_t window) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
+    check_shape(B, T, n_heads, n_kv, hd);
+    struct at_args a;
+    memset(&a, 0, sizeof a);
+    a.dq = dq, a.dk = dk, a.dv = dv, a.q = q, a.k = k, a.v = v;
+    a.dout = dout, a.out_in = out, a.lse_in = lse;
+    at_shape(a, T, n_heads, n_kv, hd, scale, window);
+    at_bwd(c, a, B, T, B * T);
+}
+
+extern "C" void lmc_cuda_attention_bwd_segs(void *ctx, float *dq, float *dk, float *dv,
+                                            const float *dout, const float *out, const float *lse,
+                                            const float *q, const float *k, const float *v,
+                                            const int64_t *segs, int64_t n_segs, int64_t n_heads,
+                                            int64_t n_kv, int64_t hd, float scale, int64_t window) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    if (n_segs <= 0 || n_heads <= 0 || hd <= 0) return;
+    int64_t Tmax, rows;
+    const int64_t *dseg = at_segs_upload(c, segs, n_segs, &Tmax, &rows);
+    if (Tmax <= 0) return;
+    check_shape(n_segs, Tmax, n_heads, n_kv, hd);
+    struct at_args a;
+    memset(&a, 0, sizeof a);
+    a.dq = dq, a.dk = dk, a.dv = dv, a.q = q, a.k = k, a.v = v;
+    a.dout = dout, a.out_in = out, a.lse_in = lse, a.seg = dseg;
+    at_shape(a, 0, n_heads, n_kv, hd, scale, window);
+    at_bwd(c, a, n_segs, Tmax, rows);
 }

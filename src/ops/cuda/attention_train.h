@@ -26,6 +26,19 @@ void lmc_cuda_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const fl
                             const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
                             int64_t hd, float scale, int64_t window);
 
+/* The same over n_segs packed sequences in one launch each: segs holds
+ * (first row, length) pairs (host memory, read before the call returns);
+ * sequence i is rows segs[2i] .. segs[2i] + segs[2i+1] - 1 of the tensors,
+ * positions from 0; rows in no segment are not written. */
+void lmc_cuda_attention_train_segs(void *ctx, float *out, float *lse, const float *q, const float *k,
+                                   const float *v, const int64_t *segs, int64_t n_segs, int64_t n_heads,
+                                   int64_t n_kv, int64_t hd, float scale, int64_t window);
+
+void lmc_cuda_attention_bwd_segs(void *ctx, float *dq, float *dk, float *dv, const float *dout,
+                                 const float *out, const float *lse, const float *q, const float *k,
+                                 const float *v, const int64_t *segs, int64_t n_segs, int64_t n_heads,
+                                 int64_t n_kv, int64_t hd, float scale, int64_t window);
+
 #ifdef __cplusplus
 }
 #endif

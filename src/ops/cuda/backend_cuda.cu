@@ -118,6 +118,7 @@ static void ctx_release(struct lmc_cuda_ctx *c) {
     if (c->lt_ws) cudaFree(c->lt_ws);
     if (c->scratch) cudaFree(c->scratch);
     if (c->attn_part) cudaFree(c->attn_part);
+    if (c->attn_segs) cudaFree(c->attn_segs);
     if (c->ff_up) cudaFree(c->ff_up);
     if (c->stage) cudaFreeHost(c->stage);
     if (c->lt) cublasLtDestroy(c->lt);
@@ -231,6 +232,8 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->lowrank = lmc_cuda_lowrank;
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;
+    be->attention_train_segs = lmc_cuda_attention_train_segs; /* packed sequences, one launch */
+    be->attention_bwd_segs = lmc_cuda_attention_bwd_segs;
     be->attn_block_fwd = lmc_cuda_attn_block_fwd; /* ring attention (context parallel) */
     be->attn_block_merge = lmc_cuda_attn_block_merge;
     be->attn_block_bwd = lmc_cuda_attn_block_bwd;

@@ -74,6 +74,8 @@ struct lmc_cuda_ctx {
     size_t scratch_bytes;
     void *attn_part;             /* split-K attention partials */
     size_t attn_part_bytes;
+    void *attn_segs;             /* training attention's (offset, length) pairs of packed sequences */
+    size_t attn_segs_bytes;
     bool attn_fp32;              /* lmc_backend_cuda_set_fp32_attention */
     enum lmc_dtype kv_dtype;     /* the table's kv_dtype: BF16, or F32 in the fp32 mode */
     bool train_bf16;             /* lmc_backend_cuda_set_train_bf16 */
