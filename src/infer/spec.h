@@ -31,6 +31,11 @@ struct lmc_spec_opts {
     int64_t lookup_ngram;      /* LOOKUP: longest n-gram matched (1..16) */
     int64_t self_layers;       /* SELF: layers of the draft (1..num_layers-1) */
     bool adaptive;             /* K from the running acceptance rate (else fixed) */
+    /* adaptive K's cost model (lmc_spec_choose_k), in units of a 1-token
+     * target forward: a draft token (0: the draft's weight bytes over the
+     * target's; lookup 0.01; self-spec L / layers) and each extra row of a
+     * verification forward (0: 0.06, the bf16 small-M GEMMs' slope) */
+    double draft_cost, verify_slope;
     /* compressed KV caches (infer/kvq.h): the backend must be made by
      * lmc_kvq_backend; NONE: the backend's own cache */
     enum lmc_kvq_fmt kv_fmt;
@@ -47,6 +52,9 @@ struct lmc_spec_stats {
     int64_t drafted, accepted; /* draft tokens proposed / accepted */
     int64_t draft_forwards;    /* draft-model forwards (DRAFT, SELF) */
     int64_t evicted;           /* tokens evicted by streaming */
+    int64_t plain_rounds;      /* rounds adaptive K ran without drafts (k = 0) */
+    double draft_s, verify_s;  /* seconds in drafting, in target forwards */
+    double accept_s;           /* seconds in target probabilities + acceptance */
 };
 
 struct lmc_spec {
@@ -91,7 +99,24 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
 int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k, int32_t *out);
 
 /* The next K from the running per-draft acceptance rate alpha in [0, 1]:
- * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]. */
+ * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]
+ * (the server's rule). */
 int64_t lmc_spec_next_k(double alpha, int64_t kmax);
+
+/* The K in [0, kmax] that maximizes the expected tokens per unit of time of
+ * a round, (1 - alpha^(K+1)) / (1 - alpha) tokens for a cost of
+ * 1 + K * (draft_cost + verify_slope) 1-token target forwards (K = 0: a
+ * plain step). lmc_spec_generate's adaptive rule. */
+int64_t lmc_spec_choose_k(double alpha, int64_t kmax, double draft_cost, double verify_slope);
+
+/* Running per-draft acceptance estimate: decayed counts of accepted drafts
+ * and of Bernoulli trials (a round that accepts a of k drafts ran a + 1
+ * trials when a < k, k when all were kept: a / k would be biased low). */
+struct lmc_spec_rate {
+    double acc, trials;
+};
+void lmc_spec_rate_init(struct lmc_spec_rate *r);
+void lmc_spec_rate_add(struct lmc_spec_rate *r, int64_t accepted, int64_t drafted);
+double lmc_spec_rate_alpha(const struct lmc_spec_rate *r);
 
 #endif
