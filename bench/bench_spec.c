@@ -10,11 +10,13 @@
  *
  * First the cost of each part of a round, interleaved, medians (all in
  * units of a 1-token target forward): an M-token verification forward
- * (all logits, and last logit only: the head's share), a draft forward of
- * 1 and 2 tokens (the catch-up after a full acceptance), the target
- * probabilities of K+1 rows and the acceptance; then the cost model
- * (expected tokens (1 - a^(K+1)) / (1 - a) per 1 + K (d + s) forwards)
- * over acceptance rates: the best K, lmc_spec_choose_k's, the old rule's.
+ * of M = 2..max(K+1, 8) tokens (all logits; K+1 with the last logit only:
+ * the head's share), a draft forward of 1 token (after a target forward and
+ * after a draft forward) and of 2 (the catch-up after a full acceptance),
+ * the target probabilities of K+1 rows and the acceptance; then the cost
+ * model (spec.h's lmc_spec_round_cost with the measured draft, slope and
+ * row) over acceptance rates: the best K, lmc_spec_choose_k's with the
+ * measured costs and with the defaults, the old rule's.
  *
  * usage: bench_spec MODEL_DIR [-n tokens 128] [-r rounds 5] [-k draft_tokens 4] [-t threads 1]
  *        [-d DRAFT_DIR] [-p prompts 3] [-m cost reps 21] [-s configs PLSHODF] [-cpu 1: costs in CPU time]
@@ -75,9 +77,9 @@ static double clk(bool cpu) {
 }
 
 /* cost of each part of a round, in units of a 1-token target forward;
- * fills *cd (draft token) and *cv (K+1-token verification) */
+ * fills *cm (the draft token, the verification slope and row; no draft: 1) */
 static void costs(const struct lmc_model *m, const struct lmc_model *dm, const struct lmc_backend *be,
-                  int64_t K, int reps, bool cpu, double *cd, double *cv) {
+                  int64_t K, int reps, bool cpu, struct lmc_spec_cost *cm) {
     lmc_err err = {0};
     int64_t V = m->cfg.vocab_size, ctx = 256, M8 = LMC_MAX(K + 1, 8);
     struct lmc_kv kv, dkv;
@@ -96,13 +98,14 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
     sp.temperature = 0;
     if (lmc_sampler_init(&smp, &sp, V, &err)) die(&err);
     enum { ONE, ALL, LAST, D1, D1W, D2, ACC, NT };
-    int64_t Ms[3] = {2, K + 1, M8};
-    double t[NT][3][64];
+    int64_t Ms[64], nM = 0; /* M = 2..max(K+1, 8) */
+    for (int64_t M = 2; M <= M8 && nM < 64; M++) Ms[nM++] = M;
+    static double t[NT][64][64];
     for (int r = 0; r < reps; r++) {
         double t0 = clk(cpu);
         lmc_model_forward(m, be, &a, &kv, tk, 1, 100, lg, false, &err);
         t[ONE][0][r] = clk(cpu) - t0;
-        for (int j = 0; j < 3; j++) {
+        for (int64_t j = 0; j < nM; j++) {
             t0 = clk(cpu);
             lmc_model_forward(m, be, &a, &kv, tk, Ms[j], 100, lg, true, &err);
             t[ALL][j][r] = clk(cpu) - t0;
@@ -132,29 +135,34 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
     printf("## costs (units of a 1-token target forward = %.3f ms of %s; medians of %d, interleaved)\n\n", one * 1e3,
            cpu ? "process CPU time" : "wall time", reps);
     printf("| part of a round | ms | x 1-token forward |\n|---|---|---|\n");
-    for (int j = 0; j < 3; j++) {
+    /* the roofline of lmc_spec_round_cost: slope from 2 rows (memory-bound),
+     * row = the cost per row at the largest M (the most compute-bound) */
+    for (int64_t j = 0; j < nM; j++) {
         double v = med(t[ALL][j], reps);
         printf("| target forward, %lld tokens, all logits | %.3f | %.3f |\n", (long long)Ms[j], v * 1e3, v / one);
-        if (Ms[j] == K + 1) *cv = v / one;
+        if (Ms[j] == 2) cm->slope = LMC_MAX(0, v / one - 1);
+        cm->row = v / one / (double)Ms[j];
     }
     double v = med(t[LAST][0], reps);
     printf("| target forward, %lld tokens, last logit only | %.3f | %.3f |\n", (long long)(K + 1), v * 1e3, v / one);
     v = med(t[ACC][0], reps);
     printf("| greedy probabilities of %lld rows + acceptance | %.3f | %.4f |\n", (long long)(K + 1), v * 1e3, v / one);
-    *cd = 0;
+    double cd = 1; /* no draft: the target as its own */
     if (dm) {
-        *cd = med(t[D1][0], reps) / one;
-        printf("| draft forward, 1 token, right after a target forward | %.3f | %.3f |\n", *cd * one * 1e3, *cd);
+        cd = med(t[D1][0], reps) / one;
+        printf("| draft forward, 1 token, right after a target forward | %.3f | %.3f |\n", cd * one * 1e3, cd);
         double w = med(t[D1W][0], reps) / one;
         printf("| draft forward, 1 token, right after a draft forward | %.3f | %.3f |\n", w * one * 1e3, w);
         /* a round of K drafts: the first after the target's forward, the rest after the draft's */
-        *cd = (*cd + (double)(K - 1) * w) / (double)K;
+        cd = (cd + (double)(K - 1) * w) / (double)K;
         v = med(t[D2][0], reps);
         printf("| draft forward, 2 tokens (catch-up) | %.3f | %.3f |\n", v * 1e3, v / one);
         printf("\ndraft cost per token in a round of %lld drafts: %.3f; weight bytes: draft %zu, target %zu: ratio %.3f (the default draft cost)\n",
-               (long long)K, *cd, dm->weight_bytes, m->weight_bytes, (double)dm->weight_bytes / (double)m->weight_bytes);
+               (long long)K, cd, dm->weight_bytes, m->weight_bytes, (double)dm->weight_bytes / (double)m->weight_bytes);
     }
-    printf("\n");
+    cm->draft = cd;
+    printf("\nverification model: max(1 + %.3f (M - 1), %.3f M) (lmc_spec_round_cost's slope and row)\n\n", cm->slope,
+           cm->row);
     lmc_sampler_free(&smp);
     lmc_kv_free(&kv);
     lmc_acts_free(&a);
@@ -167,12 +175,14 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
 }
 
 /* the cost model over acceptance rates with the measured costs */
-static void model_table(int64_t K, double cd, double cv) {
-    double slope = (cv - 1) / (double)K;
-    printf("## cost model: speedup = (1 - a^(K+1)) / (1 - a) / (1 + K (d + s)), d = %.3f, s = %.3f\n\n", cd, slope);
+static void model_table(int64_t K, const struct lmc_spec_cost *cm, const struct lmc_spec_cost *def) {
+    printf("## cost model: speedup = (1 - a^(K+1)) / (1 - a) / (K d + max(1 + s K, r (K+1))), d = %.3f, s = %.3f, "
+           "r = %.3f\n\n",
+           cm->draft, cm->slope, cm->row);
     printf("| acceptance a |");
     for (int64_t k = 1; k <= K; k++) printf(" K=%lld |", (long long)k);
-    printf(" best K | choose_k (measured costs) | choose_k (defaults d, 0.06) | old 1+a/(1-a) |\n|---|");
+    printf(" best K | choose_k (measured costs) | choose_k (defaults d %.3f, s %.2f, r %.2f) | old 1+a/(1-a) |\n|---|",
+           def->draft, def->slope, def->row);
     for (int64_t k = 0; k <= K + 3; k++) printf("---|");
     printf("\n");
     static const double as[] = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
@@ -183,12 +193,12 @@ static void model_table(int64_t K, double cd, double cv) {
         for (int64_t k = 1; k <= K; k++) {
             ak *= al;
             tok += ak;
-            double sp = tok / (1 + (double)k * (cd + slope));
+            double sp = tok / lmc_spec_round_cost(cm, k);
             if (sp > best) best = sp, bk = k;
             printf(" %.2fx |", sp);
         }
-        printf(" %lld | %lld | %lld | %lld |\n", (long long)bk, (long long)lmc_spec_choose_k(al, K, cd, slope),
-               (long long)lmc_spec_choose_k(al, K, cd, 0.06), (long long)lmc_spec_next_k(al, K));
+        printf(" %lld | %lld | %lld | %lld |\n", (long long)bk, (long long)lmc_spec_choose_k(al, K, cm),
+               (long long)lmc_spec_choose_k(al, K, def), (long long)lmc_spec_next_k(al, K));
     }
     printf("\n");
 }
@@ -250,9 +260,10 @@ int main(int argc, char **argv) {
     g.max_new = ntok;
     g.ignore_eos = true;
     int np = (int)LMC_MIN(nprompt, (int64_t)(sizeof prompts / sizeof *prompts));
-    double cd = 0, cv = 0;
-    costs(&m, draft_dir ? &dm : NULL, &be, K, (int)reps, cpu != 0, &cd, &cv);
-    model_table(K, draft_dir ? cd : 1.0, cv);
+    struct lmc_spec_cost cm = {0}, def = {1, 0.02, 0.25};
+    if (draft_dir) def.draft = LMC_MAX(0.01, (double)dm.weight_bytes / (double)m.weight_bytes);
+    costs(&m, draft_dir ? &dm : NULL, &be, K, (int)reps, cpu != 0, &cm);
+    model_table(K, &cm, &def);
     fflush(stdout);
     if (!strcmp(sel, "C")) np = 0;
     if (np)

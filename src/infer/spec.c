@@ -34,17 +34,21 @@ int64_t lmc_spec_next_k(double alpha, int64_t kmax) {
     return k >= (double)kmax ? kmax : LMC_MAX(1, (int64_t)k);
 }
 
-int64_t lmc_spec_choose_k(double alpha, int64_t kmax, double draft_cost, double verify_slope) {
+double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k) {
+    double d = c->draft >= 0 ? c->draft : 0, s = c->slope >= 0 ? c->slope : 0, r = c->row >= 0 ? c->row : 0;
+    double mem = 1 + s * (double)k, comp = r * (double)(k + 1);
+    return (double)k * d + (mem > comp ? mem : comp);
+}
+
+int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c) {
     if (!(alpha >= 0)) alpha = 0;
     if (alpha > 0.99) alpha = 0.99;
-    if (!(draft_cost >= 0)) draft_cost = 0;
-    if (!(verify_slope >= 0)) verify_slope = 0;
     int64_t best = 0;
-    double best_rate = 1, tokens = 1, ak = 1; /* K = 0: one token per forward */
+    double best_rate = 1, tokens = 1, ak = 1; /* K = 0: a plain step */
     for (int64_t k = 1; k <= kmax; k++) {
         ak *= alpha;
         tokens += ak; /* 1 + alpha + ... + alpha^k */
-        double rate = tokens / (1 + (double)k * (draft_cost + verify_slope));
+        double rate = tokens / lmc_spec_round_cost(c, k);
         if (rate > best_rate * (1 + 1e-9)) {
             best_rate = rate;
             best = k;
@@ -138,7 +142,8 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     sp->be = be;
     sp->tok = tok;
     sp->o = *o;
-    if (!(sp->o.verify_slope > 0)) sp->o.verify_slope = 0.06;
+    if (!(sp->o.verify_slope > 0)) sp->o.verify_slope = 0.02;
+    if (!(sp->o.verify_row > 0)) sp->o.verify_row = 0.25;
     if (!(sp->o.draft_cost > 0)) {
         if (o->mode == LMC_SPEC_DRAFT && m->weight_bytes)
             sp->o.draft_cost = LMC_MAX(0.01, (double)draft->weight_bytes / (double)m->weight_bytes);
@@ -360,7 +365,8 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
              * lookup that found nothing is not a trial) */
             lmc_spec_rate_add(&rate, a, k);
             if (k == 0 && K == 0) stats->plain_rounds++;
-            K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, sp->o.draft_cost, sp->o.verify_slope);
+            struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
+            K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
             if (K == 0 && ++since_probe >= 8) {
                 K = 1;
                 since_probe = 0;

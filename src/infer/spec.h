@@ -31,11 +31,8 @@ struct lmc_spec_opts {
     int64_t lookup_ngram;      /* LOOKUP: longest n-gram matched (1..16) */
     int64_t self_layers;       /* SELF: layers of the draft (1..num_layers-1) */
     bool adaptive;             /* K from the running acceptance rate (else fixed) */
-    /* adaptive K's cost model (lmc_spec_choose_k), in units of a 1-token
-     * target forward: a draft token (0: the draft's weight bytes over the
-     * target's; lookup 0.01; self-spec L / layers) and each extra row of a
-     * verification forward (0: 0.06, the bf16 small-M GEMMs' slope) */
-    double draft_cost, verify_slope;
+    /* adaptive K's cost model (struct lmc_spec_cost; 0: the defaults) */
+    double draft_cost, verify_slope, verify_row;
     /* compressed KV caches (infer/kvq.h): the backend must be made by
      * lmc_kvq_backend; NONE: the backend's own cache */
     enum lmc_kvq_fmt kv_fmt;
@@ -103,11 +100,24 @@ int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k,
  * (the server's rule). */
 int64_t lmc_spec_next_k(double alpha, int64_t kmax);
 
+/* The time of a round in 1-token target forwards: k draft tokens of
+ * `draft` each, and a (k+1)-token verification costing
+ * max(1 + slope k, row (k+1)) — the weights read once (memory-bound: each
+ * row adds only `slope`) until the rows' arithmetic takes longer than the
+ * read (compute-bound: `row` per row). Defaults (lmc_spec_init): draft = the
+ * draft's weight bytes over the target's (self-spec L / layers, lookup
+ * 0.01), slope 0.02, row 0.25 (bench_spec measures all three; a 91M bf16
+ * target on a 2-core Zen 4: 0.15, 0.02, 0.35). */
+struct lmc_spec_cost {
+    double draft, slope, row;
+};
+double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k);
+
 /* The K in [0, kmax] that maximizes the expected tokens per unit of time of
- * a round, (1 - alpha^(K+1)) / (1 - alpha) tokens for a cost of
- * 1 + K * (draft_cost + verify_slope) 1-token target forwards (K = 0: a
- * plain step). lmc_spec_generate's adaptive rule. */
-int64_t lmc_spec_choose_k(double alpha, int64_t kmax, double draft_cost, double verify_slope);
+ * a round, (1 - alpha^(K+1)) / (1 - alpha) tokens for
+ * lmc_spec_round_cost(c, K) (K = 0: a plain step, cost 1).
+ * lmc_spec_generate's adaptive rule. */
+int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c);
 
 /* Running per-draft acceptance estimate: decayed counts of accepted drafts
  * and of Bernoulli trials (a round that accepts a of k drafts ran a + 1
