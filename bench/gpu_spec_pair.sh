@@ -7,6 +7,12 @@
 # others idle, so the timing is quiet):
 #   1. `lmc generate` plain / --draft-model / --prompt-lookup on KJV
 #      prompts (scripts/train_spec_pair.sh --measure-only);
+#   1b. bench_spec on the pair: the cost of each part of a round (a
+#      K+1-token verification vs a 1-token forward, the draft's forward),
+#      the cost model's table, and greedy decoding plain / the target as
+#      its own draft (every draft accepted: the ceiling) / the draft with
+#      adaptive and fixed K, with each round's time split (SKIP_COSTS=1
+#      skips it);
 #   2. the server against llama.cpp's server with the same pair
 #      (bench/spec_pair_cpu.py; llama.cpp binaries from LLAMA_BIN, e.g.
 #      a copy of ../shared/tools/build-llamacpp-peer.sh's bin/ carried
@@ -14,7 +20,7 @@
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_spec_pair.sh
 # env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), TARGET_STEPS (1500),
 #      W (build-dev/spec-pair: kept on a warm machine; training is
-#      skipped when W/kjv-target exists), SKIP_SERVER (0)
+#      skipped when W/kjv-target exists), SKIP_SERVER (0), SKIP_COSTS (0)
 . "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-out}; CPUS=${CPUS:-0,1}; LLAMA_BIN=${LLAMA_BIN:-.peer/bin}
 B=build-dev; W=${W:-$B/spec-pair}
@@ -23,7 +29,7 @@ gpu_devdeps
 S="$OUT/summary.md"
 say "# gpu_spec_pair $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader)," \
     "cpu $(lscpu | sed -n 's/^Model name: *//p'), pinned to $CPUS"
-gpu_build $B "$OUT/build.log" lmc_cli lmc_cuda ||
+gpu_build $B "$OUT/build.log" lmc_cli lmc_cuda bench_spec ||
   { tail -40 "$OUT/build.log"; exit 1; }
 say "build ok ($(($(date +%s) - T0)) s)"
 if [ ! -d "$W/kjv-target" ]; then
@@ -37,6 +43,14 @@ say "## lmc generate, greedy, 2 threads on CPUs $CPUS"
 EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
   taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>"$OUT/measure.err" | tee -a "$OUT/summary.md"
 say "measured ($(($(date +%s) - T0)) s)"
+if [ "${SKIP_COSTS:-0}" = 0 ]; then
+  say "## bench_spec: round costs, cost model, ceiling (greedy, 2 threads on CPUs $CPUS)"
+  taskset -c "$CPUS" $B/bench_spec "$W/kjv-target" -d models/kjv-llama -t 2 -k 4 -n 64 -r 3 -p 3 -s PODF \
+    2>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
+  taskset -c "$CPUS" $B/bench_spec "$W/kjv-target" -d models/kjv-llama -t 1 -k 4 -s C -cpu 1 \
+    2>>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
+  say "costs ($(($(date +%s) - T0)) s)"
+fi
 if [ "${SKIP_SERVER:-0}" = 0 ]; then
   say "## lmc serve vs llama-server, the same pair, 2 threads on CPUs $CPUS"
   LD_LIBRARY_PATH=$PWD/$LLAMA_BIN taskset -c "$CPUS" python3 bench/spec_pair_cpu.py $B/lmc "$LLAMA_BIN" \

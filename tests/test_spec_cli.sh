@@ -64,7 +64,7 @@ P2="And God said, Let there be light: and there was light. And God saw the light
 for f in "" "--prompt-lookup 3" "--self-spec 4"; do
   "$LMC" generate -m $K -p "$P2" --temp 0 -n 150 --json --attention-sinks 4 --kv-window 2000 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks, big window $f"
   [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/s.json")" ] && grep -q " 0 evicted" "$TMP/err"; ok $? "sinks, big window $f equals plain greedy"
-  "$LMC" generate -m $K -p "$P2" --temp 0.8 --seed 5 -n 600 --json --attention-sinks 4 --kv-window 100 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks 4 window 100 $f: 600 tokens"
+  "$LMC" generate -m $K -p "$P2" --temp 0.8 --seed 5 -n 600 --ignore-eos --json --attention-sinks 4 --kv-window 100 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks 4 window 100 $f: 600 tokens"
   [ "$(python3 -c "import json;print(len(json.load(open('$TMP/s.json'))['ids']))")" = 600 ]; ok $? "600 tokens past 256 positions ($f)"
   grep -qE " [1-9][0-9]* evicted" "$TMP/err"; ok $? "tokens evicted ($f)"
 done

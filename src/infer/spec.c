@@ -34,6 +34,45 @@ int64_t lmc_spec_next_k(double alpha, int64_t kmax) {
     return k >= (double)kmax ? kmax : LMC_MAX(1, (int64_t)k);
 }
 
+double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k) {
+    double d = c->draft >= 0 ? c->draft : 0, s = c->slope >= 0 ? c->slope : 0, r = c->row >= 0 ? c->row : 0;
+    double mem = 1 + s * (double)k, comp = r * (double)(k + 1);
+    return (double)k * d + (mem > comp ? mem : comp);
+}
+
+int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c) {
+    if (!(alpha >= 0)) alpha = 0;
+    if (alpha > 0.99) alpha = 0.99;
+    int64_t best = 0;
+    double best_rate = 1, tokens = 1, ak = 1; /* K = 0: a plain step */
+    for (int64_t k = 1; k <= kmax; k++) {
+        ak *= alpha;
+        tokens += ak; /* 1 + alpha + ... + alpha^k */
+        double rate = tokens / lmc_spec_round_cost(c, k);
+        if (rate > best_rate * (1 + 1e-9)) {
+            best_rate = rate;
+            best = k;
+        }
+    }
+    return best;
+}
+
+/* the prior: 0.7 over 2 trials; each round's counts decay by 0.85 */
+void lmc_spec_rate_init(struct lmc_spec_rate *r) {
+    r->acc = 1.4;
+    r->trials = 2;
+}
+
+void lmc_spec_rate_add(struct lmc_spec_rate *r, int64_t accepted, int64_t drafted) {
+    if (drafted <= 0) return;
+    r->acc = 0.85 * r->acc + (double)accepted;
+    r->trials = 0.85 * r->trials + (double)(accepted + (accepted < drafted));
+}
+
+double lmc_spec_rate_alpha(const struct lmc_spec_rate *r) {
+    return r->trials > 0 ? r->acc / r->trials : 0;
+}
+
 static lmc_status check_stream(const struct lmc_spec_opts *o, const struct lmc_model *m,
                                const struct lmc_backend *be, lmc_err *err) {
     struct lmc_stream_policy p = {o->sinks, o->window, 1};
@@ -103,6 +142,16 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     sp->be = be;
     sp->tok = tok;
     sp->o = *o;
+    if (!(sp->o.verify_slope > 0)) sp->o.verify_slope = 0.02;
+    if (!(sp->o.verify_row > 0)) sp->o.verify_row = 0.25;
+    if (!(sp->o.draft_cost > 0)) {
+        if (o->mode == LMC_SPEC_DRAFT && m->weight_bytes)
+            sp->o.draft_cost = LMC_MAX(0.01, (double)draft->weight_bytes / (double)m->weight_bytes);
+        else if (o->mode == LMC_SPEC_SELF)
+            sp->o.draft_cost = (double)o->self_layers / (double)m->cfg.num_layers;
+        else
+            sp->o.draft_cost = 0.01;
+    }
     int64_t K = o->draft_tokens, V = m->cfg.vocab_size;
     st = lmc_kv_init(&sp->kv, m, be, ctx, err);
     if (!st) st = lmc_acts_init(&sp->acts, m, be, LMC_MAX(K + 1, LMC_MIN(512, ctx)), K + 1, err);
@@ -272,8 +321,9 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     double t1 = lmc_time_now();
     res->prefill_s = t1 - t0;
     res->finish_reason = "length";
-    int64_t n_gen = 0, K = Kmax;
-    double alpha = 0.7;
+    int64_t n_gen = 0, K = Kmax, since_probe = 0;
+    struct lmc_spec_rate rate;
+    lmc_spec_rate_init(&rate);
     bool done = false, stopped = false, eos = false;
     while (!done && !eos && n_gen < o->max_new) {
         /* no drafts past what is still wanted (the round adds one more) or
@@ -286,26 +336,41 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             st = lmc_err_set(err, LMC_ERR_ARG, "context of %lld tokens is full", (long long)ctx);
             break;
         }
+        double ts0 = lmc_time_now();
         if (kcap > 0) {
             st = draft(sp, &g, kcap, &k, err);
             if (st) break;
             if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
         }
+        double ts1 = lmc_time_now();
         st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
                                g.n - 1 - g.shift, sp->logits, true, err);
         if (st) break;
+        double ts2 = lmc_time_now();
         g.tc = g.n + k;
         for (int64_t i = 0; i <= k; i++)
             lmc_sampler_probs(&g.ts, sp->logits + i * V, g.all, g.n + i, sp->p + i * V);
         int32_t out[65];
         const float *q = sp->o.mode == LMC_SPEC_LOOKUP ? NULL : sp->q;
         int64_t a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
+        stats->draft_s += ts1 - ts0;
+        stats->verify_s += ts2 - ts1;
+        stats->accept_s += lmc_time_now() - ts2;
         stats->rounds++;
         stats->drafted += k;
         stats->accepted += a;
-        if (k > 0 && sp->o.adaptive) {
-            alpha = 0.8 * alpha + 0.2 * ((double)a / (double)k);
-            K = lmc_spec_next_k(alpha, Kmax);
+        if (sp->o.adaptive && sp->o.mode != LMC_SPEC_NONE) {
+            /* K from the cost model; K = 0 runs plain steps, with a 1-draft
+             * probe every 8 of them to follow the acceptance rate (a
+             * lookup that found nothing is not a trial) */
+            lmc_spec_rate_add(&rate, a, k);
+            if (k == 0 && K == 0) stats->plain_rounds++;
+            struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
+            K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+            if (K == 0 && ++since_probe >= 8) {
+                K = 1;
+                since_probe = 0;
+            }
         }
         for (int64_t i = 0; i <= a && !done && n_gen < o->max_new; i++) {
             int32_t id = out[i];

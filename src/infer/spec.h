@@ -31,6 +31,8 @@ struct lmc_spec_opts {
     int64_t lookup_ngram;      /* LOOKUP: longest n-gram matched (1..16) */
     int64_t self_layers;       /* SELF: layers of the draft (1..num_layers-1) */
     bool adaptive;             /* K from the running acceptance rate (else fixed) */
+    /* adaptive K's cost model (struct lmc_spec_cost; 0: the defaults) */
+    double draft_cost, verify_slope, verify_row;
     /* compressed KV caches (infer/kvq.h): the backend must be made by
      * lmc_kvq_backend; NONE: the backend's own cache */
     enum lmc_kvq_fmt kv_fmt;
@@ -47,6 +49,9 @@ struct lmc_spec_stats {
     int64_t drafted, accepted; /* draft tokens proposed / accepted */
     int64_t draft_forwards;    /* draft-model forwards (DRAFT, SELF) */
     int64_t evicted;           /* tokens evicted by streaming */
+    int64_t plain_rounds;      /* rounds adaptive K ran without drafts (k = 0) */
+    double draft_s, verify_s;  /* seconds in drafting, in target forwards */
+    double accept_s;           /* seconds in target probabilities + acceptance */
 };
 
 struct lmc_spec {
@@ -91,7 +96,37 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
 int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k, int32_t *out);
 
 /* The next K from the running per-draft acceptance rate alpha in [0, 1]:
- * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]. */
+ * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]
+ * (the server's rule). */
 int64_t lmc_spec_next_k(double alpha, int64_t kmax);
+
+/* The time of a round in 1-token target forwards: k draft tokens of
+ * `draft` each, and a (k+1)-token verification costing
+ * max(1 + slope k, row (k+1)) — the weights read once (memory-bound: each
+ * row adds only `slope`) until the rows' arithmetic takes longer than the
+ * read (compute-bound: `row` per row). Defaults (lmc_spec_init): draft = the
+ * draft's weight bytes over the target's (self-spec L / layers, lookup
+ * 0.01), slope 0.02, row 0.25 (bench_spec measures all three; a 91M bf16
+ * target on a 2-core Zen 4: 0.15, 0.02, 0.35). */
+struct lmc_spec_cost {
+    double draft, slope, row;
+};
+double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k);
+
+/* The K in [0, kmax] that maximizes the expected tokens per unit of time of
+ * a round, (1 - alpha^(K+1)) / (1 - alpha) tokens for
+ * lmc_spec_round_cost(c, K) (K = 0: a plain step, cost 1).
+ * lmc_spec_generate's adaptive rule. */
+int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c);
+
+/* Running per-draft acceptance estimate: decayed counts of accepted drafts
+ * and of Bernoulli trials (a round that accepts a of k drafts ran a + 1
+ * trials when a < k, k when all were kept: a / k would be biased low). */
+struct lmc_spec_rate {
+    double acc, trials;
+};
+void lmc_spec_rate_init(struct lmc_spec_rate *r);
+void lmc_spec_rate_add(struct lmc_spec_rate *r, int64_t accepted, int64_t drafted);
+double lmc_spec_rate_alpha(const struct lmc_spec_rate *r);
 
 #endif
