@@ -1,19 +1,22 @@
 /* test_xent_bf16.c — the bf16 mode's fused classifier + cross-entropy
- * (classifier_xent.c: per task 32 rows of logits kept in scratch, the
- * gradient written once as bf16 pairs in the dW GEMM's packed A layout)
+ * (classifier_xent.c: per task 64 rows of logits kept in scratch, the
+ * gradient written once as bf16 pairs in the dh and dW GEMMs' packed A
+ * layouts)
  * and the GEMM entry points it is built on (gemm_bf16.h):
- *  - lmc_cpu_gemm_bf16_apack_t + lmc_cpu_gemm_bf16_pp give the bits of
- *    lmc_cpu_gemm_bf16 on the f32 transposed A (odd M, N, K; several K
- *    blocks; = and +=; the A written in several pieces, an odd last line);
+ *  - lmc_cpu_gemm_bf16_apack_t / _apack + lmc_cpu_gemm_bf16_pp give the
+ *    bits of lmc_cpu_gemm_bf16 on the f32 A, given transposed or as rows
+ *    (odd M, N, K; several K blocks; = and +=; the A written in several
+ *    pieces, an odd last line, a partial last panel);
  *  - the op against the unfused bf16 path composed here from the GEMM
  *    (f32 logits, a float64 softmax, dh and dw GEMMs per block of rows):
  *    loss, dh and dw close to it; against the exact float64 loss and
  *    gradients within the bf16 GEMM tolerance (2e-2); finite differences
  *    of the float64 loss against dh and dw; ignored targets; dw
- *    accumulated into; the loss-only call the same loss bits; 1 and 2
- *    threads the same bits. Sizes: one block of 37 rows (two tasks, the
- *    second of 5), and 1101 rows over V = 8191 (two blocks of rows, the
- *    second 77: an odd K for dW, a last task of 13 rows). */
+ *    accumulated into; the loss-only call the same loss bits, dh without
+ *    dw the same dh bits; 1 and 2 threads the same bits. Sizes: one
+ *    block of 37 rows (one task, a partial panel of 5 rows), and 1101
+ *    rows over V = 8191 (two blocks of rows, 1024 in 16 tasks and 77 in
+ *    two: an odd K for dW, a last task of 13 rows). */
 #include "test.h"
 #include "core/dtype.h"
 #include "ops/backend.h"
@@ -55,6 +58,29 @@ static void test_pp(int64_t M, int64_t N, int64_t K, int64_t piece, bool accum) 
         for (int64_t p = 0; p < KP; p++) zeros &= ap[(m / 8) * 8 * KP + p * 8 + m % 8] == 0;
     CHECK(zeros);
     free(x), free(B), free(c0), free(c1), free(c2), free(ap), free(bp), free(ws);
+}
+
+/* pp on an A written by apack (row-major lines, pieces of `piece` rows) against lmc_cpu_gemm_bf16 */
+static void test_pp_rows(int64_t M, int64_t N, int64_t K, int64_t piece) {
+    int64_t ldx = K + 5;
+    float *x = rand_vec(M * ldx, 1.0f), *B = rand_vec(K * N, 1.0f);
+    float *c1 = malloc((size_t)(M * N) * 4), *c2 = malloc((size_t)(M * N) * 4);
+    size_t aw = lmc_cpu_gemm_bf16_apack_words(M, K);
+    uint32_t *ap = ws_alloc(aw), *bp = ws_alloc(lmc_cpu_gemm_bf16_bpack_words(N, K));
+    memset(ap, 0xff, aw * 4);
+    for (int64_t m = 0; m < M; m += piece) lmc_cpu_gemm_bf16_apack(ap, M, K, m, x + m * ldx, ldx, LMC_MIN(piece, M - m));
+    lmc_cpu_gemm_bf16_bpack(bp, N, K, B, 1, K, 0, lmc_cpu_gemm_bf16_bpack_panels(N, K)); /* B given as (N, K) rows */
+    lmc_cpu_gemm_bf16_pp(M, N, K, ap, bp, c1, N, false);
+    void *ws = ws_alloc(lmc_cpu_gemm_bf16_ws(M, N, K));
+    lmc_cpu_gemm_bf16(M, N, K, x, ldx, 1, B, 1, K, c2, N, false, ws);
+    CHECK_MSG(!memcmp(c1, c2, (size_t)(M * N) * 4), "pp (rows): the bits of gemm_bf16 (M %lld N %lld K %lld)",
+              (long long)M, (long long)N, (long long)K);
+    int64_t Mp = (M + 7) / 8 * 8, KP = (K + 1) / 2;
+    int zeros = 1;
+    for (int64_t m = M; m < Mp; m++)
+        for (int64_t p = 0; p < KP; p++) zeros &= ap[(m / 8) * 8 * KP + p * 8 + m % 8] == 0;
+    CHECK(zeros);
+    free(x), free(B), free(c1), free(c2), free(ap), free(bp), free(ws);
 }
 
 struct xout {
@@ -108,6 +134,13 @@ static void test_op(int64_t M, int64_t V, int64_t C) {
     CHECK(!memcmp(o1.loss, o2.loss, (size_t)M * 4) && !memcmp(o1.dh, o2.dh, (size_t)(M * C) * 4) &&
           !memcmp(o1.dw, o2.dw, (size_t)(V * C) * 4));
     CHECK_MSG(!memcmp(o1.loss, o1.loss_only, (size_t)M * 4), "loss-only call: the same loss bits");
+    { /* dh without dw: the same dh bits */
+        struct lmc_mat W = {LMC_DTYPE_F32, V, C, w};
+        float *l2 = malloc((size_t)M * 4), *d2 = malloc((size_t)(M * C) * 4);
+        be2.classifier_xent(be2.ctx, l2, d2, NULL, h, &W, tg, M, dscale);
+        CHECK_MSG(!memcmp(l2, o1.loss, (size_t)M * 4) && !memcmp(d2, o1.dh, (size_t)(M * C) * 4), "dh without dw");
+        free(l2), free(d2);
+    }
 
     /* the unfused bf16 path: f32 logits by the GEMM, the softmax in
      * float64, dh and dw by the GEMM per block of the op's rows (1024
@@ -208,6 +241,9 @@ int main(void) {
     test_pp(37, 45, 29, 29, true);
     test_pp(19, 70, 801, 64, true); /* three K blocks, rows < 2 panels of 16 */
     test_pp(8, 33, 2, 2, false);
+    test_pp_rows(37, 45, 29, 16);
+    test_pp_rows(45, 33, 801, 8); /* three K blocks, an odd K */
+    test_pp_rows(5, 70, 64, 5);
     test_op(37, 67, 29);
     test_op(1101, 8191, 29);
     return test_finish("test_xent_bf16");

@@ -7,23 +7,25 @@
  * deterministic for a given thread count.
  *
  * The bf16 training mode's twin (lmc_cpu_classifier_xent_bf16) never
- * writes a block of f32 logits to memory: each task takes XENT_RC rows,
- * computes their logits into its own scratch (XENT_RC * V floats, which
- * the caches hold), the softmax, loss and gradient there, dh for those
- * rows, and writes the gradient once, as bf16 pairs in the dW GEMM's
- * packed A layout (gemm_bf16.h's apack_t) into a block of R rows; dW then
- * multiplies that block without packing it. w is packed once per call in
- * both of its layouts and each block's h once. The GEMMs, their K blocks
- * and the roundings are those of the unfused bf16 path (logits, dh and dw
- * GEMMs over f32 blocks of logits), so the results are the same bits, and
- * the same for any thread count. */
+ * writes f32 logits to memory: each task takes XENT_RC rows of a block,
+ * computes their logits into its own scratch (XENT_RC * V floats), the
+ * softmax, loss and gradient there, and writes the gradient once as bf16
+ * pairs in the two packed A layouts the dh and dW GEMMs read (gemm_bf16.h's
+ * apack and apack_t; half the bytes of f32, and no packing pass over f32
+ * logits). dh and dW then run with both operands packed (lmc_cpu_gemm_bf16_pp).
+ * w is packed once per call in both of its layouts, each block's h once.
+ * The GEMMs, their K blocks and the roundings are those of the unfused
+ * bf16 path (logits, dh and dw GEMMs over f32 blocks of logits): the same
+ * bits, and the same for any thread count. */
 #include "ops/cpu/gemm_bf16.h"
 
 #include <cblas.h>
 
 #define XENT_BLOCK_FLOATS ((int64_t)1 << 21) /* 8 MB of logits per block */
-#define XENT_SPLIT 4                            /* bf16: dW GEMM tasks per thread */
-#define XENT_RC 32                              /* bf16: rows per fused task (even) */
+#define XENT_SPLIT 4                            /* bf16: dh and dW GEMM tasks per thread */
+#ifndef XENT_RC
+#define XENT_RC 64 /* bf16: rows per fused task (a multiple of 8) */
+#endif
 
 struct xent_job {
     float *loss, *dh, *dw, *lg;
@@ -139,38 +141,47 @@ struct xent16_job {
     float *loss, *dh, *dw;
     const float *h, *w;
     const int32_t *tg;
-    int64_t r0, R, V, C, n_tasks;
+    int64_t r0, R, V, C, n_dh, n_dw;
     float dscale;
     struct lmc_cpu_ctx *c;
     size_t ws_words; /* each thread's scratch: the GEMM's workspace, then XENT_RC rows of logits */
     /* packed once per call (gemm_bf16.h's bpack), shared by the tasks: w
      * as the logits' B (C, V) and as dh's B (V, C); the block's rows of h
-     * as dw's B (R, C); the block's gradient as dw's A (V, R), apack */
-    uint32_t *wl, *wd, *hp, *ga;
+     * as dw's B (R, C); the block's gradient as dh's A (R, V) and as dw's
+     * A (V, R), both apack */
+    uint32_t *wl, *wd, *hp, *gd, *gw;
 };
 
-/* rows [lo, hi) of the block: logits, softmax, loss, dh, the gradient's bf16 pairs */
+/* rows [lo, hi) of the block: logits, softmax, loss, the gradient's bf16 pairs */
 static void xent16_rows_task(void *arg, int64_t t, int thread) {
     const struct xent16_job *j = arg;
     int64_t lo = t * XENT_RC, hi = LMC_MIN(j->R, lo + XENT_RC), V = j->V, C = j->C;
     if (hi <= lo) return;
     float *ws = j->c->scratch[thread], *lg = ws + j->ws_words;
-    const float *h = j->h + (j->r0 + lo) * C;
-    lmc_cpu_gemm_bf16_pb(hi - lo, V, C, h, C, 1, j->wl, lg, V, false, ws);
+    lmc_cpu_gemm_bf16_pb(hi - lo, V, C, j->h + (j->r0 + lo) * C, C, 1, j->wl, lg, V, false, ws);
     for (int64_t r = lo; r < hi; r++)
         j->loss[j->r0 + r] = xent_row(lg + (r - lo) * V, V, j->tg[j->r0 + r], j->dscale, j->dh != NULL);
     if (!j->dh) return;
-    lmc_cpu_gemm_bf16_pb(hi - lo, C, V, lg, V, 1, j->wd, j->dh + (j->r0 + lo) * C, C, false, ws);
-    if (j->dw) lmc_cpu_gemm_bf16_apack_t(j->ga, V, j->R, lo / 2, lg, V, hi - lo);
+    lmc_cpu_gemm_bf16_apack(j->gd, j->R, V, lo, lg, V, hi - lo);
+    if (j->dw) lmc_cpu_gemm_bf16_apack_t(j->gw, V, j->R, lo / 2, lg, V, hi - lo);
 }
 
-/* dw[v-slice] += g[:, v-slice]^T @ h_block, both operands packed */
-static void xent16_dw_task(void *arg, int64_t t, int thread) {
+/* tasks [0, n_dh): dh[block rows slice] = g @ w; then [n_dh, n_dh + n_dw):
+ * dw[v-slice] += g[:, v-slice]^T @ h_block; every operand packed */
+static void xent16_grad_task(void *arg, int64_t t, int thread) {
     (void)thread;
     const struct xent16_job *j = arg;
-    int64_t lo, hi, KP = (j->R + 1) / 2;
-    lmc_cpu_range(j->V, j->n_tasks, t, 8, &lo, &hi);
-    if (hi > lo) lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->R, j->ga + lo * KP, j->hp, j->dw + lo * j->C, j->C, true);
+    int64_t lo, hi;
+    if (t < j->n_dh) {
+        lmc_cpu_range(j->R, j->n_dh, t, 8, &lo, &hi);
+        if (hi > lo)
+            lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->V, j->gd + lo * ((j->V + 1) / 2), j->wd,
+                                 j->dh + (j->r0 + lo) * j->C, j->C, false);
+        return;
+    }
+    lmc_cpu_range(j->V, j->n_dw, t - j->n_dh, 8, &lo, &hi);
+    if (hi > lo)
+        lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->R, j->gw + lo * ((j->R + 1) / 2), j->hp, j->dw + lo * j->C, j->C, true);
 }
 
 /* panels of one B to pack (which = 0 wl, 1 wd, 2 hp) */
@@ -208,28 +219,32 @@ static void xent16_run(struct lmc_cpu_ctx *c, float *loss, float *dh, float *dw,
     /* blocks of the unfused path's size (its dw K blocks, so its bits) */
     int64_t Rmax = LMC_MAX(1, LMC_MIN(M, 4 * XENT_BLOCK_FLOATS / V));
     size_t wpf = round16(LMC_MAX(lmc_cpu_gemm_bf16_bpack_words(V, C), lmc_cpu_gemm_bf16_bpack_words(C, V)));
-    size_t hpf = dw ? round16(lmc_cpu_gemm_bf16_bpack_words(C, Rmax)) : 0;
-    size_t gaf = dw ? round16(lmc_cpu_gemm_bf16_apack_words(V, Rmax)) : 0;
-    lmc_cpu_xbuf_reserve(c, 2 * wpf + hpf + gaf);
-    size_t ws = round16(LMC_MAX(lmc_cpu_gemm_bf16_ws(XENT_RC, V, C), lmc_cpu_gemm_bf16_ws(XENT_RC, C, V)));
+    size_t gdf = dh ? round16(lmc_cpu_gemm_bf16_apack_words(Rmax, V)) : 0;
+    size_t hpf = dh && dw ? round16(lmc_cpu_gemm_bf16_bpack_words(C, Rmax)) : 0;
+    size_t gwf = dh && dw ? round16(lmc_cpu_gemm_bf16_apack_words(V, Rmax)) : 0;
+    lmc_cpu_xbuf_reserve(c, 2 * wpf + gdf + hpf + gwf);
+    size_t ws = round16(lmc_cpu_gemm_bf16_ws(XENT_RC, V, C));
     lmc_cpu_scratch_reserve(c, ws + (size_t)(XENT_RC * V));
-    struct xent16_job j = {loss, dh, dw, h, w->data, targets, 0, 0, V, C, 1, dscale, c, ws, NULL, NULL, NULL, NULL};
+    struct xent16_job j = {loss, dh, dw, h, w->data, targets, 0, 0, V, C, 0, 0, dscale, c, ws, NULL, NULL, NULL, NULL, NULL};
     j.wl = (uint32_t *)c->xbuf;
     j.wd = j.wl + wpf;
-    j.hp = j.wd + wpf;
-    j.ga = j.hp + hpf;
+    j.gd = j.wd + wpf;
+    j.hp = j.gd + gdf;
+    j.gw = j.hp + hpf;
     xent16_pack(c, &j, 0);
     if (dh) xent16_pack(c, &j, 1);
     for (int64_t r0 = 0; r0 < M; r0 += Rmax) {
         j.r0 = r0;
         j.R = LMC_MIN(Rmax, M - r0);
         lmc_pool_run(c->pool, (j.R + XENT_RC - 1) / XENT_RC, xent16_rows_task, &j);
-        if (!dh || !dw) continue;
-        xent16_pack(c, &j, 2);
-        /* both operands packed: tasks cost no packing, and XENT_SPLIT per
+        if (!dh) continue;
+        if (dw) xent16_pack(c, &j, 2);
+        /* every operand packed: tasks cost no packing, and XENT_SPLIT per
          * thread even out threads running at different speeds */
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, j.R * V * C, 1 << 16, XENT_SPLIT), (V + 7) / 8);
-        lmc_pool_run(c->pool, j.n_tasks, xent16_dw_task, &j);
+        int64_t work = j.R * V * C;
+        j.n_dh = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, XENT_SPLIT), (j.R + 7) / 8);
+        j.n_dw = dw ? LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, XENT_SPLIT), (V + 7) / 8) : 0;
+        lmc_pool_run(c->pool, j.n_dh + j.n_dw, xent16_grad_task, &j);
     }
 }
 

@@ -536,6 +536,19 @@ void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, c
     if (n % 2) gb_apack_t_portable(ap, M, KP, p0 + nf, x + 2 * nf * ldx, NULL);
 }
 
+void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, const float *x, int64_t ldx,
+                             int64_t n) {
+    if (M <= 0 || K <= 0 || n <= 0) return;
+    LMC_ASSERT(m0 >= 0 && m0 % GB_MR == 0 && m0 + n <= M && (n % GB_MR == 0 || m0 + n == M));
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
+#endif
+    int64_t KP = (K + 1) / 2;
+    for (int64_t i = 0; i < n; i += GB_MR) /* one panel: all of K, as a K block's pack */
+        pack(ap + (m0 + i) * KP, GB_MR, x + i * ldx, ldx, 1, LMC_MIN(GB_MR, n - i), K);
+}
+
 static void gb_run_pp(gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t N, int64_t K, const uint32_t *ap,
                       const uint32_t *bpre, float *C, int64_t ldc, bool accum) {
     if (M <= 0 || N <= 0) return;

@@ -53,6 +53,11 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
 size_t lmc_cpu_gemm_bf16_apack_words(int64_t M, int64_t K);
 void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, const float *x, int64_t ldx,
                                int64_t n);
+/* Rows [m0, m0 + n) of such an A from its row-major lines: A(m0 + i, k) =
+ * x[i * ldx + k]; m0 a multiple of 8, and n too unless m0 + n = M (the
+ * last panel's rows past M become zeros). */
+void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, const float *x, int64_t ldx,
+                             int64_t n);
 void lmc_cpu_gemm_bf16_pp(int64_t M, int64_t N, int64_t K, const uint32_t *ap, const uint32_t *bp, float *C,
                           int64_t ldc, bool accum);
 
