@@ -6,7 +6,8 @@
  *  - lmc_cpu_gemm_bf16_apack_t / _apack + lmc_cpu_gemm_bf16_pp give the
  *    bits of lmc_cpu_gemm_bf16 on the f32 A, given transposed or as rows
  *    (odd M, N, K; several K blocks; = and +=; the A written in several
- *    pieces, an odd last line, a partial last panel);
+ *    pieces, an odd last line, a partial last panel; B of contiguous
+ *    lines packed by bpack's row walk in two panel ranges, two N blocks);
  *  - the op against the unfused bf16 path composed here from the GEMM
  *    (f32 logits, a float64 softmax, dh and dw GEMMs per block of rows):
  *    loss, dh and dw close to it; against the exact float64 loss and
@@ -45,7 +46,9 @@ static void test_pp(int64_t M, int64_t N, int64_t K, int64_t piece, bool accum) 
     memset(ap, 0xff, lmc_cpu_gemm_bf16_apack_words(M, K) * 4); /* every word must be written */
     for (int64_t k = 0; k < K; k += piece) /* pieces of even length but the last */
         lmc_cpu_gemm_bf16_apack_t(ap, M, K, k / 2, x + k * ldx, ldx, LMC_MIN(piece, K - k));
-    lmc_cpu_gemm_bf16_bpack(bp, N, K, B, N, 1, 0, lmc_cpu_gemm_bf16_bpack_panels(N, K));
+    int64_t np = lmc_cpu_gemm_bf16_bpack_panels(N, K); /* in two ranges, as two tasks would */
+    lmc_cpu_gemm_bf16_bpack(bp, N, K, B, N, 1, 0, np / 2 + 1);
+    lmc_cpu_gemm_bf16_bpack(bp, N, K, B, N, 1, np / 2 + 1, np);
     lmc_cpu_gemm_bf16_pp(M, N, K, ap, bp, c1, N, accum);
     void *ws = ws_alloc(lmc_cpu_gemm_bf16_ws(M, N, K));
     lmc_cpu_gemm_bf16(M, N, K, x, 1, ldx, B, N, 1, c2, N, accum, ws);
@@ -241,6 +244,7 @@ int main(void) {
     test_pp(37, 45, 29, 29, true);
     test_pp(19, 70, 801, 64, true); /* three K blocks, rows < 2 panels of 16 */
     test_pp(8, 33, 2, 2, false);
+    test_pp(21, 800, 801, 30, true); /* two N blocks, three K blocks, B packed in two ranges */
     test_pp_rows(37, 45, 29, 16);
     test_pp_rows(45, 33, 801, 8); /* three K blocks, an odd K */
     test_pp_rows(5, 70, 64, 5);

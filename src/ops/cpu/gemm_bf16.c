@@ -446,12 +446,52 @@ int64_t lmc_cpu_gemm_bf16_bpack_panels(int64_t N, int64_t K) {
     return (N + GB_NR - 1) / GB_NR * ((K + kcm - 1) / kcm);
 }
 
+#ifdef GB_X86
+/* The panels of columns [j0, j1) of one B block (kc rows of contiguous
+ * lines, B's row k at src + k * sk, nc columns live): gb_pack_avx512's
+ * contiguous-line path (the same words) with the panels innermost, so each
+ * pair of K rows is read once along its whole width, line after line,
+ * instead of 128 bytes of it per panel and row. */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_bpack_rows_avx512(uint32_t *bp, const float *src, int64_t sk, int64_t nc, int64_t j0, int64_t j1, int64_t kc) {
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    int64_t kp = (kc + 1) / 2, kf = kc / 2;
+    for (int64_t p = 0; p < kf; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        for (int64_t j = j0; j < LMC_MIN(j1, nc); j += 16) { /* the rows GB_PF_ROWS ahead */
+            gb_prefetch(s0, GB_PF_ROWS * sk + j);
+            gb_prefetch(s0, (GB_PF_ROWS + 1) * sk + j);
+        }
+        for (int64_t jr = j0; jr < j1; jr += GB_NR) {
+            uint32_t *o = bp + jr * kp + p * GB_NR;
+            for (int i = 0; i < GB_NR; i += 16) {
+                int64_t v = nc - jr - i;
+                __mmask16 ml = v >= 16 ? (__mmask16)0xffff : v <= 0 ? (__mmask16)0 : (__mmask16)((1u << v) - 1);
+                __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1 + jr + i),
+                                                         _mm512_maskz_loadu_ps(ml, s0 + jr + i));
+                _mm512_storeu_si512((void *)(o + i), _mm512_permutexvar_epi16(il, x));
+            }
+        }
+    }
+    if (kf * 2 < kc)
+        for (int64_t jr = j0; jr < j1; jr += GB_NR)
+            for (int i = 0; i < GB_NR; i++)
+                bp[jr * kp + kf * GB_NR + i] = jr + i < nc ? gb_pair(src[2 * kf * sk + jr + i], 0.0f) : 0;
+}
+#endif
+
 void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B, int64_t b_sk, int64_t b_sn,
                              int64_t p0, int64_t p1) {
     if (N <= 0 || K <= 0) return;
     gb_pack_fn pack = gb_pack;
+    bool rows = false; /* contiguous lines (b_sn == 1) walked a pair of rows at a time */
 #ifdef GB_X86
-    if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
+    if (lmc_cpu_has_bf16()) {
+        pack = gb_pack_avx512;
+        rows = b_sn == 1 && b_sk != 1;
+    }
 #endif
     const int64_t kcm = gb_kc(K), KP = gb_kp_total(K);
     int64_t idx = 0; /* panels in (jc, pc, jr) order */
@@ -460,6 +500,14 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
         for (int64_t pc = 0; pc < K; pc += kcm) {
             int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
             uint32_t *bp = dst + jc * KP + ncp * (pc / 2);
+#ifdef GB_X86
+            if (rows && kc >= 2) { /* this block's panels in [p0, p1), at once */
+                int64_t np = ncp / GB_NR, a = LMC_MAX(p0 - idx, 0), b = LMC_MIN(p1 - idx, np);
+                if (b > a) gb_bpack_rows_avx512(bp, B + pc * b_sk + jc, b_sk, nc, a * GB_NR, b * GB_NR, kc);
+                idx += np;
+                continue;
+            }
+#endif
             for (int64_t jr = 0; jr < nc; jr += GB_NR, idx++)
                 if (idx >= p0 && idx < p1)
                     pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
