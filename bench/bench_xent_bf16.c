@@ -35,11 +35,13 @@ int main(int argc, char **argv) {
     float *dh = malloc((size_t)(M * C) * 4), *dw = calloc((size_t)(V * C), 4), *loss = malloc((size_t)M * 4);
     int32_t *tg = malloc((size_t)M * 4);
     for (int64_t i = 0; i < M * C; i++) h[i] = (float)((lmc_rng_next(&rng) >> 40) * (1.0 / 16777216.0)) - 0.5f;
-    for (int64_t i = 0; i < V * C; i++) w[i] = 0.1f * ((float)((lmc_rng_next(&rng) >> 40) * (1.0 / 16777216.0)) - 0.5f);
+    for (int64_t i = 0; i < V * C; i++)
+        w[i] = 0.1f * ((float)((lmc_rng_next(&rng) >> 40) * (1.0 / 16777216.0)) - 0.5f);
     for (int64_t i = 0; i < M; i++) tg[i] = (int32_t)(lmc_rng_next(&rng) % (uint64_t)V);
     lmc_err err = {0};
     struct lmc_backend be;
-    if (lmc_backend_cpu_init(&be, threads, &err) != LMC_OK || lmc_backend_cpu_set_train_bf16(&be, true, &err) != LMC_OK) {
+    if (lmc_backend_cpu_init(&be, threads, &err) != LMC_OK ||
+        lmc_backend_cpu_set_train_bf16(&be, true, &err) != LMC_OK) {
         fprintf(stderr, "backend: %s\n", err.msg);
         return 1;
     }

@@ -399,7 +399,8 @@ static void test_bwd_prepacked(void) {
     float *r1 = malloc((size_t)(N1 * K) * 4), *r2 = malloc((size_t)(N2 * K) * 4);
     for (int64_t i = 0; i < N1 * K; i++) r1[i] = 0.25f;
     for (int64_t i = 0; i < N2 * K; i++) r2[i] = -0.5f;
-    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, K, N1) * 4 + 63) / 64 * 64 + lmc_cpu_gemm_bf16_ws(N1, K, M) * 4);
+    size_t wsw = lmc_cpu_gemm_bf16_ws(M, K, N1) + lmc_cpu_gemm_bf16_ws(N1, K, M); /* the larger of the two */
+    void *ws = aligned_alloc(64, (wsw * 4 + 63) / 64 * 64);
     lmc_cpu_gemm_bf16(N1, K, M, dy1, 1, N1, x, K, 1, r1, K, true, ws);
     lmc_cpu_gemm_bf16(N2, K, M, dy2, 1, N2, x, K, 1, r2, K, true, ws);
     CHECK_MSG(same_bits(dw1[0], r1, N1 * K) && same_bits(dw2[0], r2, N2 * K), "prepacked dw: gemm_bf16's bits");

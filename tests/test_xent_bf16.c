@@ -71,7 +71,8 @@ static void test_pp_rows(int64_t M, int64_t N, int64_t K, int64_t piece) {
     size_t aw = lmc_cpu_gemm_bf16_apack_words(M, K);
     uint32_t *ap = ws_alloc(aw), *bp = ws_alloc(lmc_cpu_gemm_bf16_bpack_words(N, K));
     memset(ap, 0xff, aw * 4);
-    for (int64_t m = 0; m < M; m += piece) lmc_cpu_gemm_bf16_apack(ap, M, K, m, x + m * ldx, ldx, LMC_MIN(piece, M - m));
+    for (int64_t m = 0; m < M; m += piece)
+        lmc_cpu_gemm_bf16_apack(ap, M, K, m, x + m * ldx, ldx, LMC_MIN(piece, M - m));
     lmc_cpu_gemm_bf16_bpack(bp, N, K, B, 1, K, 0, lmc_cpu_gemm_bf16_bpack_panels(N, K)); /* B given as (N, K) rows */
     lmc_cpu_gemm_bf16_pp(M, N, K, ap, bp, c1, N, false);
     void *ws = ws_alloc(lmc_cpu_gemm_bf16_ws(M, N, K));

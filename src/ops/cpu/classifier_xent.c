@@ -225,7 +225,8 @@ static void xent16_run(struct lmc_cpu_ctx *c, float *loss, float *dh, float *dw,
     lmc_cpu_xbuf_reserve(c, 2 * wpf + gdf + hpf + gwf);
     size_t ws = round16(lmc_cpu_gemm_bf16_ws(XENT_RC, V, C));
     lmc_cpu_scratch_reserve(c, ws + (size_t)(XENT_RC * V));
-    struct xent16_job j = {loss, dh, dw, h, w->data, targets, 0, 0, V, C, 0, 0, dscale, c, ws, NULL, NULL, NULL, NULL, NULL};
+    struct xent16_job j = {.loss = loss, .dh = dh, .dw = dw, .h = h, .w = w->data, .tg = targets,
+                           .V = V, .C = C, .dscale = dscale, .c = c, .ws_words = ws};
     j.wl = (uint32_t *)c->xbuf;
     j.wd = j.wl + wpf;
     j.gd = j.wd + wpf;

@@ -182,7 +182,8 @@ static void mmb_dx_task(void *arg, int64_t t, int thread) {
                                          j->dx + r * j->K, j->K, i > 0 || j->accum_dx};
         lmc_cpu_gemm_bf16_terms(e - r, j->n, tm, j->c->scratch[thread]);
         for (int i = 0; i < j->n; i++)
-            if (j->dyp[i]) lmc_cpu_gemm_bf16_apack_t(j->dyp[i], j->N[i], j->M, r / 2, j->dy[i] + r * j->N[i], j->N[i], e - r);
+            if (j->dyp[i])
+                lmc_cpu_gemm_bf16_apack_t(j->dyp[i], j->N[i], j->M, r / 2, j->dy[i] + r * j->N[i], j->N[i], e - r);
     }
 }
 
