@@ -14,6 +14,9 @@
  *  - lmc_linear_fwd_f32 / lmc_linear_bwd_f32 (MoE routers) keep f32
  *    products in the bf16 mode (float64 reference of the unrounded
  *    operands);
+ *  - the backward with every N_i a multiple of 8, where the dx tasks pack
+ *    dy^T for dw: dw the bits of one GEMM call, dx within bound, 1 and 2
+ *    threads the same bits (test_bwd_prepacked);
  *  - off again: the fp32 ops are back. */
 #include "test.h"
 #include "core/dtype.h"
@@ -366,6 +369,55 @@ static void test_backend(void) {
     free(x), free(w), free(w2), free(bias), free(dy), free(dy2), free(wc);
 }
 
+/* matmul_bwd_multi in the bf16 mode with every N_i a multiple of 8: the dx
+ * tasks write dy^T packed for dw (lmc_cpu_gemm_bf16_apack_t), dw runs on
+ * it (lmc_cpu_gemm_bf16_pp): dw the bits of one lmc_cpu_gemm_bf16 call on
+ * the f32 dy^T (accumulated into), dx within the f32 sums' bound of two
+ * such products, 1 and 2 threads the same bits; odd M (an odd last pair). */
+static void test_bwd_prepacked(void) {
+    if (!lmc_cpu_has_bf16()) return;
+    const int64_t M = 301, K = 29, N1 = 48, N2 = 24;
+    float *x = rand_vec(M * K), *w1 = rand_vec(N1 * K), *w2 = rand_vec(N2 * K);
+    float *dy1 = rand_vec(M * N1), *dy2 = rand_vec(M * N2);
+    lmc_err err = {0};
+    float *dx[2], *dw1[2], *dw2[2];
+    for (int t = 0; t < 2; t++) {
+        struct lmc_backend be;
+        CHECK(lmc_backend_cpu_init(&be, t + 1, &err) == LMC_OK);
+        CHECK(lmc_backend_cpu_set_train_bf16(&be, true, &err) == LMC_OK);
+        struct lmc_mat W1 = {LMC_DTYPE_F32, N1, K, w1}, W2 = {LMC_DTYPE_F32, N2, K, w2};
+        const struct lmc_mat *ws[2] = {&W1, &W2};
+        dx[t] = malloc((size_t)(M * K) * 4), dw1[t] = malloc((size_t)(N1 * K) * 4);
+        dw2[t] = malloc((size_t)(N2 * K) * 4);
+        for (int64_t i = 0; i < N1 * K; i++) dw1[t][i] = 0.25f;
+        for (int64_t i = 0; i < N2 * K; i++) dw2[t][i] = -0.5f;
+        float *dws[2] = {dw1[t], dw2[t]}, *dbs[2] = {NULL, NULL};
+        const float *dys[2] = {dy1, dy2};
+        be.matmul_bwd_multi(be.ctx, 2, dx[t], dws, dbs, dys, x, M, ws, 0);
+        lmc_backend_cpu_free(&be);
+    }
+    float *r1 = malloc((size_t)(N1 * K) * 4), *r2 = malloc((size_t)(N2 * K) * 4);
+    for (int64_t i = 0; i < N1 * K; i++) r1[i] = 0.25f;
+    for (int64_t i = 0; i < N2 * K; i++) r2[i] = -0.5f;
+    size_t wsw = lmc_cpu_gemm_bf16_ws(M, K, N1) + lmc_cpu_gemm_bf16_ws(N1, K, M); /* the larger of the two */
+    void *ws = aligned_alloc(64, (wsw * 4 + 63) / 64 * 64);
+    lmc_cpu_gemm_bf16(N1, K, M, dy1, 1, N1, x, K, 1, r1, K, true, ws);
+    lmc_cpu_gemm_bf16(N2, K, M, dy2, 1, N2, x, K, 1, r2, K, true, ws);
+    CHECK_MSG(same_bits(dw1[0], r1, N1 * K) && same_bits(dw2[0], r2, N2 * K), "prepacked dw: gemm_bf16's bits");
+    float *d1 = malloc((size_t)(M * K) * 4), *d2 = malloc((size_t)(M * K) * 4);
+    lmc_cpu_gemm_bf16(M, K, N1, dy1, N1, 1, w1, K, 1, d1, K, false, ws);
+    lmc_cpu_gemm_bf16(M, K, N2, dy2, N2, 1, w2, K, 1, d2, K, false, ws);
+    double e = 0, mag = 0;
+    for (int64_t i = 0; i < M * K; i++) {
+        e = fmax(e, fabs((double)dx[0][i] - ((double)d1[i] + (double)d2[i])));
+        mag = fmax(mag, fabs((double)dx[0][i]));
+    }
+    CHECK_MSG(e <= 4 * ldexp(1.0, -24) * (mag + 1), "prepacked path's dx: %.3g", e);
+    CHECK(same_bits(dx[0], dx[1], M * K) && same_bits(dw1[0], dw1[1], N1 * K) && same_bits(dw2[0], dw2[1], N2 * K));
+    for (int t = 0; t < 2; t++) free(dx[t]), free(dw1[t]), free(dw2[t]);
+    free(x), free(w1), free(w2), free(dy1), free(dy2), free(r1), free(r2), free(d1), free(d2), free(ws);
+}
+
 int main(void) {
     printf("AVX512-BF16: %s\n", lmc_cpu_has_bf16() ? "yes" : "no");
     test_kernel(0);
@@ -374,5 +426,6 @@ int main(void) {
     test_terms(1);
     test_rounds();
     test_backend();
+    test_bwd_prepacked();
     return test_finish("test_gemm_bf16");
 }

@@ -446,12 +446,52 @@ int64_t lmc_cpu_gemm_bf16_bpack_panels(int64_t N, int64_t K) {
     return (N + GB_NR - 1) / GB_NR * ((K + kcm - 1) / kcm);
 }
 
+#ifdef GB_X86
+/* The panels of columns [j0, j1) of one B block (kc rows of contiguous
+ * lines, B's row k at src + k * sk, nc columns live): gb_pack_avx512's
+ * contiguous-line path (the same words) with the panels innermost, so each
+ * pair of K rows is read once along its whole width, line after line,
+ * instead of 128 bytes of it per panel and row. */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_bpack_rows_avx512(uint32_t *bp, const float *src, int64_t sk, int64_t nc, int64_t j0, int64_t j1, int64_t kc) {
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    int64_t kp = (kc + 1) / 2, kf = kc / 2;
+    for (int64_t p = 0; p < kf; p++) {
+        const float *s0 = src + 2 * p * sk, *s1 = s0 + sk;
+        for (int64_t j = j0; j < LMC_MIN(j1, nc); j += 16) { /* the rows GB_PF_ROWS ahead */
+            gb_prefetch(s0, GB_PF_ROWS * sk + j);
+            gb_prefetch(s0, (GB_PF_ROWS + 1) * sk + j);
+        }
+        for (int64_t jr = j0; jr < j1; jr += GB_NR) {
+            uint32_t *o = bp + jr * kp + p * GB_NR;
+            for (int i = 0; i < GB_NR; i += 16) {
+                int64_t v = nc - jr - i;
+                __mmask16 ml = v >= 16 ? (__mmask16)0xffff : v <= 0 ? (__mmask16)0 : (__mmask16)((1u << v) - 1);
+                __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1 + jr + i),
+                                                         _mm512_maskz_loadu_ps(ml, s0 + jr + i));
+                _mm512_storeu_si512((void *)(o + i), _mm512_permutexvar_epi16(il, x));
+            }
+        }
+    }
+    if (kf * 2 < kc)
+        for (int64_t jr = j0; jr < j1; jr += GB_NR)
+            for (int i = 0; i < GB_NR; i++)
+                bp[jr * kp + kf * GB_NR + i] = jr + i < nc ? gb_pair(src[2 * kf * sk + jr + i], 0.0f) : 0;
+}
+#endif
+
 void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B, int64_t b_sk, int64_t b_sn,
                              int64_t p0, int64_t p1) {
     if (N <= 0 || K <= 0) return;
     gb_pack_fn pack = gb_pack;
+    bool rows = false; /* contiguous lines (b_sn == 1) walked a pair of rows at a time */
 #ifdef GB_X86
-    if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
+    if (lmc_cpu_has_bf16()) {
+        pack = gb_pack_avx512;
+        rows = b_sn == 1 && b_sk != 1;
+    }
 #endif
     const int64_t kcm = gb_kc(K), KP = gb_kp_total(K);
     int64_t idx = 0; /* panels in (jc, pc, jr) order */
@@ -460,6 +500,14 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
         for (int64_t pc = 0; pc < K; pc += kcm) {
             int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
             uint32_t *bp = dst + jc * KP + ncp * (pc / 2);
+#ifdef GB_X86
+            if (rows && kc >= 2) { /* this block's panels in [p0, p1), at once */
+                int64_t np = ncp / GB_NR, a = LMC_MAX(p0 - idx, 0), b = LMC_MIN(p1 - idx, np);
+                if (b > a) gb_bpack_rows_avx512(bp, B + pc * b_sk + jc, b_sk, nc, a * GB_NR, b * GB_NR, kc);
+                idx += np;
+                continue;
+            }
+#endif
             for (int64_t jr = 0; jr < nc; jr += GB_NR, idx++)
                 if (idx >= p0 && idx < p1)
                     pack(bp + jr * kp, GB_NR, B + pc * b_sk + (jc + jr) * b_sn, b_sn, b_sk,
@@ -475,6 +523,115 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
     gb_pack2_fn pack2;
     gb_pick(&micro, &micro16, &pack, &pack2);
     gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+}
+
+/* ---- an A packed whole by its producer (gemm_bf16.h) ---- */
+
+size_t lmc_cpu_gemm_bf16_apack_words(int64_t M, int64_t K) {
+    if (M <= 0 || K <= 0) return 0;
+    return (size_t)((M + GB_MR - 1) / GB_MR * GB_MR * ((K + 1) / 2));
+}
+
+/* pair p of rows [m0, m0 + 16) (of Mp padded rows) from lines x0, x1 (x1
+ * NULL: the odd last line, paired with 0 as gb_pack does) */
+static void gb_apack_t_portable(uint32_t *ap, int64_t M, int64_t KP, int64_t p, const float *x0, const float *x1) {
+    int64_t Mp = (M + GB_MR - 1) / GB_MR * GB_MR;
+    for (int64_t m = 0; m < Mp; m++)
+        ap[m / GB_MR * GB_MR * KP + p * GB_MR + m % GB_MR] =
+            m < M ? gb_pair(x0[m], x1 ? x1[m] : 0.0f) : 0;
+}
+
+#ifdef GB_X86
+/* full pairs with the packs' conversion (gb_pack2_avx512's interleave),
+ * rows 16 at a time; a pair's half line past M loads as zeros */
+GB_TARGET __attribute__((target("avx512bw,avx512vl"))) static void
+gb_apack_t_avx512(uint32_t *ap, int64_t M, int64_t KP, int64_t p0, const float *x, int64_t ldx, int64_t np) {
+    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i il = _mm512_loadu_si512((const void *)ilv);
+    int64_t Mp = (M + GB_MR - 1) / GB_MR * GB_MR;
+    for (int64_t m = 0; m < Mp; m += 2 * GB_MR) {
+        int64_t v = M - m;
+        __mmask16 ml = v >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << v) - 1);
+        uint32_t *d0 = ap + m * KP + p0 * GB_MR, *d1 = d0 + GB_MR * KP;
+        bool second = m + GB_MR < Mp; /* the upper 8 rows are a panel of their own */
+        /* the panel's pairs are written in order: whole lines, one panel
+         * (then the next) at a time */
+        for (int64_t i = 0; i < np; i++) {
+            const float *s0 = x + 2 * i * ldx + m, *s1 = s0 + ldx;
+            __m512i w = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1), _mm512_maskz_loadu_ps(ml, s0));
+            w = _mm512_permutexvar_epi16(il, w);
+            _mm256_storeu_si256((__m256i *)(d0 + i * GB_MR), _mm512_castsi512_si256(w));
+            if (second) _mm256_storeu_si256((__m256i *)(d1 + i * GB_MR), _mm512_extracti64x4_epi64(w, 1));
+        }
+    }
+}
+#endif
+
+void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, const float *x, int64_t ldx,
+                               int64_t n) {
+    if (M <= 0 || K <= 0 || n <= 0) return;
+    int64_t KP = (K + 1) / 2, nf = n / 2; /* full pairs */
+    LMC_ASSERT(p0 >= 0 && p0 + (n + 1) / 2 <= KP);
+    int64_t i = 0;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) {
+        gb_apack_t_avx512(ap, M, KP, p0, x, ldx, nf);
+        i = nf;
+    }
+#endif
+    for (; i < nf; i++) gb_apack_t_portable(ap, M, KP, p0 + i, x + 2 * i * ldx, x + (2 * i + 1) * ldx);
+    if (n % 2) gb_apack_t_portable(ap, M, KP, p0 + nf, x + 2 * nf * ldx, NULL);
+}
+
+void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, const float *x, int64_t ldx,
+                             int64_t n) {
+    if (M <= 0 || K <= 0 || n <= 0) return;
+    LMC_ASSERT(m0 >= 0 && m0 % GB_MR == 0 && m0 + n <= M && (n % GB_MR == 0 || m0 + n == M));
+    gb_pack_fn pack = gb_pack;
+#ifdef GB_X86
+    if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
+#endif
+    int64_t KP = (K + 1) / 2;
+    for (int64_t i = 0; i < n; i += GB_MR) /* one panel: all of K, as a K block's pack */
+        pack(ap + (m0 + i) * KP, GB_MR, x + i * ldx, ldx, 1, LMC_MIN(GB_MR, n - i), K);
+}
+
+static void gb_run_pp(gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t N, int64_t K, const uint32_t *ap,
+                      const uint32_t *bpre, float *C, int64_t ldc, bool accum) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accum)
+            for (int64_t m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    const int64_t kcm = gb_kc(K), KP = gb_kp_total(K); /* = (K + 1) / 2: only the last block is odd */
+    for (int64_t jc = 0; jc < N; jc += GB_NC) {
+        int64_t nc = LMC_MIN(GB_NC, N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
+        for (int64_t pc = 0; pc < K; pc += kcm) {
+            int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2;
+            bool load_c = accum || pc > 0;
+            const uint32_t *bp = bpre + jc * KP + ncp * (pc / 2);
+            for (int64_t ic = 0; ic < M; ic += GB_MC) {
+                int64_t mc = LMC_MIN(GB_MC, M - ic);
+                for (int64_t jr = 0; jr < nc; jr += GB_NR) {
+                    int64_t nr = LMC_MIN(GB_NR, nc - jr);
+                    for (int64_t ir = 0; ir < mc; ir += GB_MR)
+                        gb_tile(micro, micro16, kp, ap + (ic + ir) * KP + (pc / 2) * GB_MR, bp + jr * kp,
+                                C + (ic + ir) * ldc + jc + jr, ldc, load_c, LMC_MIN(GB_MR, mc - ir), nr);
+                }
+            }
+        }
+    }
+}
+
+void lmc_cpu_gemm_bf16_pp(int64_t M, int64_t N, int64_t K, const uint32_t *ap, const uint32_t *bp, float *C,
+                          int64_t ldc, bool accum) {
+    gb_micro_fn micro, micro16;
+    gb_pack_fn pack;
+    gb_pack2_fn pack2;
+    gb_pick(&micro, &micro16, &pack, &pack2);
+    gb_run_pp(micro, micro16, M, N, K, ap, bp, C, ldc, accum);
 }
 
 /* ---- several products over the same M rows, M blocks outermost ---- */

@@ -39,6 +39,28 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
 void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                           const uint32_t *bp, float *C, int64_t ldc, bool accum, void *ws);
 
+/* A packed whole by its producer (the fused classifier writes its
+ * logits' gradient this way, so the dW GEMM packs nothing): for A(M, K)
+ * the word of row m and pair p (elements k = 2p, 2p+1) sits at
+ * ap[(m / 8) * 8 * KP + p * 8 + m % 8], KP = (K + 1) / 2 (the layout of
+ * gemm_bf16.c's A panels, all of K in one panel). apack_words: its size,
+ * rows rounded up to 8. apack_t writes pairs [p0, p0 + (n + 1) / 2) of an
+ * A given as its transpose: A(m, 2 p0 + i) = x[i * ldx + m] for the n
+ * lines i < n (an odd n pairs its last line with 0), every m < M, zeros in
+ * the rows past M; the rounding is the packs' (so lmc_cpu_gemm_bf16_pp
+ * gives the bits lmc_cpu_gemm_bf16_pb gives on the f32 A). pp: C(M, N)
+ * (+)= A @ B, A packed whole this way and B by bpack; no workspace. */
+size_t lmc_cpu_gemm_bf16_apack_words(int64_t M, int64_t K);
+void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, const float *x, int64_t ldx,
+                               int64_t n);
+/* Rows [m0, m0 + n) of such an A from its row-major lines: A(m0 + i, k) =
+ * x[i * ldx + k]; m0 a multiple of 8, and n too unless m0 + n = M (the
+ * last panel's rows past M become zeros). */
+void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, const float *x, int64_t ldx,
+                             int64_t n);
+void lmc_cpu_gemm_bf16_pp(int64_t M, int64_t N, int64_t K, const uint32_t *ap, const uint32_t *bp, float *C,
+                          int64_t ldc, bool accum);
+
 /* Several products over the same M rows, each with its B packed ahead
  * (lmc_cpu_gemm_bf16_bpack, the whole of B): term i computes C_i(M, N_i)
  * (+)= A_i(M, K_i) @ B_i in term order, M blocks outermost, so a term that

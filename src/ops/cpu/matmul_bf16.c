@@ -6,12 +6,16 @@
  * slices (rows of M for y and dx, rows of w for dw and db), and each
  * element's sum does not depend on the slice, so results are the same for
  * any thread count. Non-F32 weights and M < GB_MIN_M (decode) take the
- * fp32 ops of matmul.c. */
+ * fp32 ops of matmul.c. In the backward, the dx tasks also write dy^T as
+ * dw's packed A (bf16 pairs along M, gemm_bf16.h's apack_t) while their
+ * rows of dy are in cache, so dw reads half the bytes, in order, instead
+ * of packing dy's columns from memory (same bits). */
 #include "ops/cpu/gemm_bf16.h"
 
 #define GB_MIN_M 16
 #define GB_MIN_TASK_WORK ((int64_t)1 << 18) /* multiply-adds per task at least */
 #define MMB_SPLIT 4                         /* backward tasks per thread */
+#define MMB_DX_ROWS 96                      /* rows of dy per dx GEMM call (gemm_bf16.c's GB_MC) */
 
 /* ---- forward: tasks own row ranges of M ---- */
 struct mmb_job {
@@ -55,6 +59,7 @@ struct mmb_wpack {
     const float *w[MMB_MAX];
     int64_t N[MMB_MAX], K[MMB_MAX], b_sk[MMB_MAX], b_sn[MMB_MAX], first[MMB_MAX + 1];
     int64_t n_tasks;
+    size_t base; /* words of c->xbuf before the packs (kept by the caller) */
 };
 
 /* panels [lo, hi) of all the weights' packs, in weight order */
@@ -73,7 +78,7 @@ static void mmb_wpack_task(void *arg, int64_t t, int thread) {
 
 /* packs B_i (K_i, N_i), element (k, n) at w_i[k*b_sk + n*b_sn], into c->xbuf */
 static void mmb_wpack_run(struct lmc_cpu_ctx *c, struct mmb_wpack *p) {
-    size_t words = 0, off[MMB_MAX];
+    size_t words = p->base, off[MMB_MAX];
     for (int i = 0; i < p->n; i++) {
         off[i] = words;
         words += (lmc_cpu_gemm_bf16_bpack_words(p->N[i], p->K[i]) + 15) / 16 * 16;
@@ -151,6 +156,9 @@ struct mmb_bwd_job {
     const float *dy[MMB_MAX], *w[MMB_MAX];
     const float *x;
     uint32_t *xp; /* x packed once as the dw products' B (lmc_cpu_gemm_bf16_bpack) */
+    /* dy[i]^T as dw[i]'s A, packed whole (gemm_bf16.h's apack_t) by the dx
+     * tasks while their rows of dy are in cache (NULL: dw packs dy itself) */
+    uint32_t *dyp[MMB_MAX];
     struct mmb_wpack *wp; /* the w[i] packed once as dx's B */
     int64_t N[MMB_MAX], start[MMB_MAX + 1];
     int64_t M, K, n_tasks;
@@ -163,11 +171,20 @@ static void mmb_dx_task(void *arg, int64_t t, int thread) {
     int64_t lo, hi;
     lmc_cpu_range(j->M, j->n_tasks, t, 8, &lo, &hi);
     if (hi <= lo) return;
-    struct lmc_gb_term tm[MMB_MAX];
-    for (int i = 0; i < j->n; i++)
-        tm[i] = (struct lmc_gb_term){j->dy[i] + lo * j->N[i], j->N[i], 1, j->N[i], j->wp->dst[i], j->K,
-                                     j->dx + lo * j->K, j->K, i > 0 || j->accum_dx};
-    lmc_cpu_gemm_bf16_terms(hi - lo, j->n, tm, j->c->scratch[thread]);
+    /* blocks of MMB_DX_ROWS rows: their dy, just packed as dx's A, is
+     * still in cache when it is written as dw's A (the same sums per
+     * element for any blocking of the rows) */
+    for (int64_t r = lo; r < hi; r += MMB_DX_ROWS) {
+        int64_t e = LMC_MIN(hi, r + MMB_DX_ROWS);
+        struct lmc_gb_term tm[MMB_MAX];
+        for (int i = 0; i < j->n; i++)
+            tm[i] = (struct lmc_gb_term){j->dy[i] + r * j->N[i], j->N[i], 1, j->N[i], j->wp->dst[i], j->K,
+                                         j->dx + r * j->K, j->K, i > 0 || j->accum_dx};
+        lmc_cpu_gemm_bf16_terms(e - r, j->n, tm, j->c->scratch[thread]);
+        for (int i = 0; i < j->n; i++)
+            if (j->dyp[i])
+                lmc_cpu_gemm_bf16_apack_t(j->dyp[i], j->N[i], j->M, r / 2, j->dy[i] + r * j->N[i], j->N[i], e - r);
+    }
 }
 
 /* rows [lo, hi) of the concatenated w[i]: dw += dy^T @ x, db += column sums */
@@ -179,7 +196,10 @@ static void mmb_dw_task(void *arg, int64_t t, int thread) {
         int64_t a = LMC_MAX(lo, j->start[i]) - j->start[i], b = LMC_MIN(hi, j->start[i + 1]) - j->start[i];
         if (b <= a) continue;
         int64_t N = j->N[i];
-        if (j->dw[i])
+        if (j->dw[i] && j->dyp[i])
+            lmc_cpu_gemm_bf16_pp(b - a, j->K, j->M, j->dyp[i] + a * ((j->M + 1) / 2), j->xp, j->dw[i] + a * j->K,
+                                 j->K, true);
+        else if (j->dw[i])
             lmc_cpu_gemm_bf16_pb(b - a, j->K, j->M, j->dy[i] + a, 1, N, j->xp, j->dw[i] + a * j->K, j->K, true,
                                  j->c->scratch[thread]);
         if (j->db[i])
@@ -207,8 +227,29 @@ static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
      * dw), so tasks cost no packing of their own: MMB_SPLIT per thread,
      * taken as threads free up, even out threads that run at different
      * speeds (a neighbour's load, memory) */
+    /* dy^T packed by the dx tasks for dw (c->xbuf's first words, kept
+     * through the w and x packs after them): when every product's rows
+     * start on a panel (N_i multiples of 8) */
+    size_t dyw = 0;
+    bool pre = j->dx != NULL;
+    for (int i = 0; i < j->n; i++) {
+        pre = pre && j->N[i] % 8 == 0;
+        if (j->dw[i]) dyw += (lmc_cpu_gemm_bf16_apack_words(j->N[i], j->M) + 15) / 16 * 16;
+    }
+    if (!pre) dyw = 0;
+    if (dyw) {
+        size_t wpw = 0;
+        for (int i = 0; i < j->n; i++) wpw += (lmc_cpu_gemm_bf16_bpack_words(j->K, j->N[i]) + 15) / 16 * 16;
+        lmc_cpu_xbuf_reserve(c, dyw + LMC_MAX(wpw, lmc_cpu_gemm_bf16_bpack_words(j->K, j->M)));
+        size_t off = 0;
+        for (int i = 0; i < j->n; i++)
+            if (j->dw[i]) {
+                j->dyp[i] = (uint32_t *)c->xbuf + off;
+                off += (lmc_cpu_gemm_bf16_apack_words(j->N[i], j->M) + 15) / 16 * 16;
+            }
+    }
     if (j->dx) {
-        struct mmb_wpack wp = {.n = j->n};
+        struct mmb_wpack wp = {.n = j->n, .base = dyw};
         for (int i = 0; i < j->n; i++) { /* B (N_i, K) = w_i: element (k, n) at w_i[k*K + n] */
             wp.w[i] = j->w[i];
             wp.N[i] = j->K;
@@ -227,8 +268,8 @@ static void mmb_bwd_run(struct lmc_cpu_ctx *c, struct mmb_bwd_job *j) {
     for (int i = 0; i < j->n; i++) any = any || j->dw[i] || j->db[i];
     if (!any) return;
     /* x (M, K) packed once, every task's and every product's B */
-    lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_bf16_bpack_words(j->K, j->M));
-    j->xp = (uint32_t *)c->xbuf;
+    lmc_cpu_xbuf_reserve(c, dyw + lmc_cpu_gemm_bf16_bpack_words(j->K, j->M));
+    j->xp = (uint32_t *)c->xbuf + dyw;
     int64_t np = lmc_cpu_gemm_bf16_bpack_panels(j->K, j->M);
     j->n_tasks = LMC_MIN(lmc_cpu_ntasks(c, np * 4096, 8192, 1), np);
     lmc_pool_run(c->pool, j->n_tasks, mmb_xpack_task, j);
