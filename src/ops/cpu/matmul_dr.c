@@ -35,6 +35,8 @@
 #define DR_NB 16  /* columns per bf16 panel (multiple of DR_NR) */
 #define DR_NC 64  /* columns per task (multiple of DR_NB) */
 #define DR_MAX 8  /* matrices per call */
+#define DR_PF_NEAR 6144        /* tile bytes up to which W is prefetched 2 tiles ahead */
+#define DR_PF_FAR (24 * 1024) /* longer tiles: this far ahead, T2 */
 
 #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
 #define DR_X86 1
@@ -81,7 +83,7 @@ DR_INLINE __m128 dr_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
  * in bf16 at xb + r * ldx (zero past K up to the step), columns at wc[c]
  * (F16 when f16, else bf16), K elements each. */
 DR_INLINE void dr_tile(const uint16_t *xb, int64_t ldx, const uint16_t *const *wc, bool f16, int64_t K, float *out,
-                       const int MR) {
+                       const char *pf, int pfh, const int MR) {
     __m512 acc[DR_MR][DR_NR];
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++)
@@ -90,6 +92,11 @@ DR_INLINE void dr_tile(const uint16_t *xb, int64_t ldx, const uint16_t *const *w
     for (int64_t k = 0; k < K; k += DR_KV) {
         __mmask32 m = K - k >= DR_KV ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
         __m512bh wv[DR_NR];
+        if (pfh == 1)
+            for (int l = 0; l < DR_NR; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+        else if (pfh == 2)
+            for (int l = 0; l < DR_NR; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T2);
+        pf += 64 * DR_NR;
 #pragma GCC unroll 4
         for (int c = 0; c < DR_NR; c++) wv[c] = f16 ? dr_ld_f16(wc[c] + k, m) : dr_ld_bf16(wc[c] + k, m);
 #pragma GCC unroll 6
@@ -105,13 +112,13 @@ DR_INLINE void dr_tile(const uint16_t *xb, int64_t ldx, const uint16_t *const *w
 
 #define DR_TILE_N(n, f)                                                                                          \
     DR_TARGET static void dr_tile_##n##_##f(const uint16_t *xb, int64_t ldx, const uint16_t *const *wc, int64_t K, \
-                                            float *out) {                                                        \
-        dr_tile(xb, ldx, wc, f, K, out, n);                                                                      \
+                                            float *out, const char *pf, int pfh) {                               \
+        dr_tile(xb, ldx, wc, f, K, out, pf, pfh, n);                                                             \
     }
 DR_TILE_N(1, 0) DR_TILE_N(2, 0) DR_TILE_N(3, 0) DR_TILE_N(4, 0) DR_TILE_N(5, 0) DR_TILE_N(6, 0)
 DR_TILE_N(1, 1) DR_TILE_N(2, 1) DR_TILE_N(3, 1) DR_TILE_N(4, 1) DR_TILE_N(5, 1) DR_TILE_N(6, 1)
 #undef DR_TILE_N
-typedef void (*dr_tile_fn)(const uint16_t *, int64_t, const uint16_t *const *, int64_t, float *);
+typedef void (*dr_tile_fn)(const uint16_t *, int64_t, const uint16_t *const *, int64_t, float *, const char *, int);
 static const dr_tile_fn dr_tiles[2][DR_MR] = {
     {dr_tile_1_0, dr_tile_2_0, dr_tile_3_0, dr_tile_4_0, dr_tile_5_0, dr_tile_6_0},
     {dr_tile_1_1, dr_tile_2_1, dr_tile_3_1, dr_tile_4_1, dr_tile_5_1, dr_tile_6_1},
@@ -142,8 +149,9 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
     uint16_t *bp = (uint16_t *)j->c->scratch[thread];
     float *y = j->y[i];
     float out[DR_MR * DR_NR];
-    for (int64_t nb = n0; nb < n1; nb += DR_NB) {
-        const int64_t nbe = LMC_MIN(n1, nb + DR_NB);
+    const int64_t NB = K > 1024 ? DR_NB / 2 : DR_NB; /* long rows: a panel of 8 keeps tile + x rows in L1 */
+    for (int64_t nb = n0; nb < n1; nb += NB) {
+        const int64_t nbe = LMC_MIN(n1, nb + NB);
         if (panel)
             for (int64_t n = nb; n < nbe; n++) {
                 const uint16_t *s = j->w[i] + n * K;
@@ -155,8 +163,10 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
                     _mm512_storeu_si512((void *)(d + k), (__m512i)dr_ld_f16(s + k, m));
                 }
             }
-        for (int64_t r0 = 0; r0 < M; r0 += DR_MR) {
-            const int mr = (int)LMC_MIN(DR_MR, M - r0);
+        /* blocks of equal rows (8 = 4 + 4, not 6 + 2): the fewest tiles of at most DR_MR */
+        const int64_t nrb = (M + DR_MR - 1) / DR_MR, rb = (M + nrb - 1) / nrb;
+        for (int64_t r0 = 0; r0 < M; r0 += rb) {
+            const int mr = (int)LMC_MIN(rb, M - r0);
             const dr_tile_fn tile = dr_tiles[j->f16[i] && !panel][mr - 1];
             for (int64_t c0 = nb; c0 < nbe; c0 += DR_NR) {
                 const int nr = (int)LMC_MIN(DR_NR, nbe - c0);
@@ -165,7 +175,18 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
                     int64_t n = c0 + LMC_MIN(c, nr - 1); /* a short tile repeats its last column */
                     wc[c] = panel ? bp + (n - nb) * kp : j->w[i] + n * K;
                 }
-                tile(j->xb + r0 * kp, kp, wc, K, out);
+                /* streaming W (no panel): a full tile reads 4 contiguous rows
+                 * at once, which the hardware prefetcher follows badly (as
+                 * matmul_smallm.c measured): prefetch 2 tiles ahead where a
+                 * tile is short, DR_PF_FAR bytes ahead (T2) otherwise */
+                const bool near = 4 * K * 2 <= DR_PF_NEAR;
+                int pfh = panel || nr < DR_NR ? 0 : near ? 1 : 2;
+                const char *pf = (const char *)wc[0] + (near ? 8 * K * 2 : DR_PF_FAR);
+                if (panel) { /* the first block of rows fetches the next panel's W as it goes */
+                    pfh = r0 == 0 && nbe + NB <= N ? 2 : 0;
+                    pf = (const char *)(j->w[i] + (nb + NB) * K + (c0 - nb) * K);
+                }
+                tile(j->xb + r0 * kp, kp, wc, K, out, pf, pfh);
                 for (int r = 0; r < mr; r++)
                     for (int c = 0; c < nr; c++) {
                         float v = out[r * DR_NR + c];
