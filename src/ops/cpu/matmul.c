@@ -582,8 +582,8 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     bool routed = true; /* the server's rows by kind: the leading P prompt rows, then generated ones */
     for (int i = 0; i < n; i++) routed = routed && lmc_cpu_routed(c, M, w[i]);
     if (routed) {
-        int64_t P = lmc_cpu_route_pf_rows(c, M, w[0]);
-        for (int i = 1; i < n; i++) LMC_ASSERT(lmc_cpu_route_pf_rows(c, M, w[i]) == P);
+        int64_t P = lmc_cpu_route_pf_rows(c, w[0]);
+        for (int i = 1; i < n; i++) LMC_ASSERT(lmc_cpu_route_pf_rows(c, w[i]) == P);
         if (P) lmc_cpu_matmul_pf(c, n, y, x, P, w, bias);
         if (P < M) {
             float *yr[MM_MULTI_MAX];
@@ -640,7 +640,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         return;
     }
     if (lmc_cpu_routed(c, M, w)) { /* the server's rows by kind: the leading P prompt rows, then generated ones */
-        int64_t P = lmc_cpu_route_pf_rows(c, M, w);
+        int64_t P = lmc_cpu_route_pf_rows(c, w);
         if (P) lmc_cpu_matmul_pf(c, 1, &y, x, P, &w, &bias);
         float *yr = y + P * j.N;
         if (P < M) lmc_cpu_matmul_dr(c, 1, &yr, x + P * j.K, M - P, &w, &bias);

@@ -113,7 +113,7 @@ static inline bool lmc_cpu_routed(const struct lmc_cpu_ctx *c, int64_t M, const 
     return c->route_m && w->cols > 0 && (w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16) &&
            (M == c->route_m || (w->data == c->route_head && M > 0));
 }
-static inline int64_t lmc_cpu_route_pf_rows(const struct lmc_cpu_ctx *c, int64_t M, const struct lmc_mat *w) {
+static inline int64_t lmc_cpu_route_pf_rows(const struct lmc_cpu_ctx *c, const struct lmc_mat *w) {
     return w->data == c->route_head ? 0 : c->route_pf;
 }
 /* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n F16/BF16 matrices of
