@@ -6,7 +6,10 @@
  * (both threads; the machine may be shared, CPU time is the steadier
  * figure), as GFLOP/s and GFLOP per CPU-second.
  *
- *   bench_pf [--threads N] [--rounds R] [--m M] [--dtype f16|bf16]
+ * --kernel dr times the serving route's decode-row GEMM (matmul_dr.c) in
+ * the bf16 column instead of the prefill GEMM.
+ *
+ *   bench_pf [--threads N] [--rounds R] [--m M] [--dtype f16|bf16] [--kernel pf|dr]
  */
 #include "core/core.h"
 #include "core/dtype.h"
@@ -32,12 +35,14 @@ static int cmp_d(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     int threads = 2, rounds = 7;
+    bool dr = false; /* --kernel dr: the decode-row GEMM (matmul_dr.c) in the bf16 column */
     int64_t M = 512;
     enum lmc_dtype dt = LMC_DTYPE_F16;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--m")) M = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kernel")) dr = !strcmp(argv[i + 1], "dr");
         else if (!strcmp(argv[i], "--dtype")) dt = !strcmp(argv[i + 1], "bf16") ? LMC_DTYPE_BF16 : LMC_DTYPE_F16;
     }
     if (rounds < 1 || rounds > 1000 || M < 1 || M > 65536) return 2;
@@ -66,11 +71,14 @@ int main(int argc, char **argv) {
         double wall[2][1000], cpu[2][1000], flop = 2.0 * (double)M * (double)N * (double)K;
         for (int r = 0; r < rounds + 1; r++)
             for (int p = 0; p < 2; p++) {
-                c->pf_min_m = p ? pf_default : 0;
+                c->pf_min_m = p ? LMC_MIN(pf_default, M) : 0;
                 if (p && !pf_default) continue;
                 double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
                 int reps = 3;
-                for (int k = 0; k < reps; k++) be.matmul(be.ctx, y, x, M, &wm, NULL);
+                const struct lmc_mat *wp = &wm;
+                for (int k = 0; k < reps; k++)
+                    if (p && dr) lmc_cpu_matmul_dr(c, 1, &y, x, M, &wp, NULL);
+                    else be.matmul(be.ctx, y, x, M, &wm, NULL);
                 double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
                 if (r == 0) continue; /* warm-up */
                 wall[p][r - 1] = (w1 - w0) / reps;

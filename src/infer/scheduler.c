@@ -456,12 +456,14 @@ static void step(struct lmc_sched *s) {
                                  : lmc_sched_tp_step(s->o.tp, &b, s->kv.copy_log, s->kv.n_copy_log, &err);
         s->kv.n_copy_log = 0;
     }
-    if (n_pf) lmc_backend_cpu_route_rows(s->be, T, n_pf, s->m->w.head.w.data); /* the head: fp32 */
+    /* by kind: prompt rows through the bf16 prefill GEMM, generated rows and
+     * the head's logits rows through the batch-invariant decode-row GEMM */
+    if (route) lmc_backend_cpu_route_rows(s->be, T, n_pf, s->m->w.head.w.data);
     if (!st)
         st = greedy ? lmc_model_forward_batch_argmax(s->m, s->be, &s->acts, &s->kv.pool, &b, s->ids, &err)
              : plain ? lmc_model_forward_batch_sample(s->m, s->be, &s->acts, &s->kv.pool, &b, s->sprm, s->ids, &err)
                      : lmc_model_forward_batch(s->m, s->be, &s->acts, &s->kv.pool, &b, s->logits, &err);
-    if (n_pf) lmc_backend_cpu_route_rows(s->be, 0, 0, NULL);
+    if (route) lmc_backend_cpu_route_rows(s->be, 0, 0, NULL);
     if (!st && s->o.tp_group && s->o.tp_group->st) { /* a collective inside the step failed */
         st = s->o.tp_group->st;
         err = s->o.tp_group->err;

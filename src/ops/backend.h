@@ -550,14 +550,15 @@ lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_e
 void lmc_backend_cpu_set_bf16_prefill(const struct lmc_backend *be, bool on);
 bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be); /* whether it is on (false elsewhere) */
 /* The server's batch-invariant form of that route (infer/scheduler.c sets
- * it around each step's forward, with the row-count route off): calls of
- * exactly m rows (the step's) send rows [0, pf_rows) through the bf16
- * GEMM and rows [pf_rows, m) through the fp32 kernels, two calls whose
- * per-row bits depend on neither M nor the row's place (the bf16 GEMM
- * and the fp32 kernels are each row-invariant); the weight `skip` (the
- * head) and calls of other sizes keep the fp32 kernels. m = 0 clears it.
- * No-op where the CPU lacks AVX512-BF16 or on another backend. */
-void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *skip);
+ * it around each step's forward, with the row-count route off): F16/BF16
+ * calls of exactly m rows (the step's) send rows [0, pf_rows) (prompt
+ * rows) through the bf16 prefill GEMM and rows [pf_rows, m) (generated
+ * rows) through the decode-row GEMM (ops/cpu/matmul_dr.c), two calls
+ * whose per-row bits depend on neither M nor the row's place; the weight
+ * `head` takes every row of any call through the decode-row GEMM; other
+ * calls keep the fp32 kernels. m = 0 clears it. No-op where the CPU lacks
+ * AVX512-BF16 or on another backend. */
+void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *head);
 /* Whether lmc_backend_cpu_route_rows can take effect on be. */
 bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be);
 

@@ -150,13 +150,13 @@ bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be) {
     return be->matmul == lmc_cpu_matmul && be->matmul_multi == lmc_cpu_matmul_multi && lmc_cpu_has_bf16();
 }
 
-void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *skip) {
+void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *head) {
     if (!lmc_backend_cpu_can_route_rows(be)) return;
     LMC_ASSERT(m >= 0 && pf_rows >= 0 && pf_rows <= m);
     struct lmc_cpu_ctx *c = be->ctx;
-    c->route_m = pf_rows > 0 ? m : 0;
-    c->route_pf = pf_rows;
-    c->route_skip = skip;
+    c->route_m = m;
+    c->route_pf = m > 0 ? pf_rows : 0;
+    c->route_head = m > 0 ? head : NULL;
 }
 
 lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_err *err) {

@@ -579,15 +579,19 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     LMC_ASSERT(n >= 0 && M >= 0);
     for (int i = 0; i < n; i++) LMC_ASSERT(mat_ok(w[i]) && w[i]->cols == w[0]->cols);
     if (n == 0 || M == 0) return;
-    int64_t P = lmc_cpu_route_pf_rows(c, M, w[0]); /* the server's rows by kind: the leading P bf16 */
-    for (int i = 1; i < n && P; i++) P = lmc_cpu_route_pf_rows(c, M, w[i]) ? P : 0;
-    if (P) {
-        lmc_cpu_matmul_pf(c, n, y, x, P, w, bias);
-        for (int i0 = 0; i0 < n && P < M; i0 += MM_MULTI_MAX) {
-            int k = LMC_MIN(MM_MULTI_MAX, n - i0);
+    bool routed = true; /* the server's rows by kind: the leading P prompt rows, then generated ones */
+    for (int i = 0; i < n; i++) routed = routed && lmc_cpu_routed(c, M, w[i]);
+    if (routed) {
+        int64_t P = lmc_cpu_route_pf_rows(c, w[0]);
+        for (int i = 1; i < n; i++) LMC_ASSERT(lmc_cpu_route_pf_rows(c, w[i]) == P);
+        if (P) lmc_cpu_matmul_pf(c, n, y, x, P, w, bias);
+        if (P < M) {
             float *yr[MM_MULTI_MAX];
-            for (int i = 0; i < k; i++) yr[i] = y[i0 + i] + P * w[i0 + i]->rows;
-            lmc_cpu_matmul_multi(ctx, k, yr, x + P * w[0]->cols, M - P, w + i0, bias ? bias + i0 : NULL);
+            for (int i0 = 0; i0 < n; i0 += MM_MULTI_MAX) {
+                int k = LMC_MIN(MM_MULTI_MAX, n - i0);
+                for (int i = 0; i < k; i++) yr[i] = y[i0 + i] + P * w[i0 + i]->rows;
+                lmc_cpu_matmul_dr(c, k, yr, x + P * w[0]->cols, M - P, w + i0, bias ? bias + i0 : NULL);
+            }
         }
         return;
     }
@@ -635,10 +639,11 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
         return;
     }
-    int64_t P = lmc_cpu_route_pf_rows(c, M, w); /* the server's rows by kind: the leading P bf16 */
-    if (P) {
-        lmc_cpu_matmul_pf(c, 1, &y, x, P, &w, &bias);
-        if (P < M) lmc_cpu_matmul(ctx, y + P * j.N, x + P * j.K, M - P, w, bias);
+    if (lmc_cpu_routed(c, M, w)) { /* the server's rows by kind: the leading P prompt rows, then generated ones */
+        int64_t P = lmc_cpu_route_pf_rows(c, w);
+        if (P) lmc_cpu_matmul_pf(c, 1, &y, x, P, &w, &bias);
+        float *yr = y + P * j.N;
+        if (P < M) lmc_cpu_matmul_dr(c, 1, &yr, x + P * j.K, M - P, &w, &bias);
         return;
     }
     if (lmc_cpu_pf_ok(c, M, j.K, j.dt)) {

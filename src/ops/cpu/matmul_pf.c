@@ -120,38 +120,63 @@ PF_TARGET static void pf_pack(uint32_t *d, int R, const void *src, enum pf_src t
     }
 }
 
-/* c (mr x nr of an 8 x 32 tile, row stride ldc) = (load_c ? c : 0) +
- * a-panel @ b-panel over kp pairs */
-PF_TARGET static void pf_micro(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc, int mr,
-                               int nr, bool load_c) {
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-           c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+/* c (MR x nr of an 8 x 32 tile, row stride ldc) = (load_c ? c : 0) +
+ * a-panel @ b-panel over kp pairs, for a fixed MR = 1..8 rows: a step's
+ * few decode rows run only their own accumulators. Each element's sum is
+ * the same instruction sequence whatever MR (zero, then one vdpbf16ps per
+ * pair in order, then + c), so a row's bits do not depend on how many rows
+ * share its panel. */
+#define PF_MICRO_ATTR PF_TARGET __attribute__((always_inline))
+PF_MICRO_ATTR static inline void pf_micro_mr(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
+                                             int nr, bool load_c, const int MR) {
+    __m512 acc[PF_MR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < kp; p++, a += PF_MR, b += PF_NR) {
         __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);
         __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(b + 16));
-#define PF_ROW(r)                                                                                  \
-    {                                                                                              \
-        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);                                      \
-        c##r##0 = _mm512_dpbf16_ps(c##r##0, av, b0);                                               \
-        c##r##1 = _mm512_dpbf16_ps(c##r##1, av, b1);                                               \
-    }
-        PF_ROW(0) PF_ROW(1) PF_ROW(2) PF_ROW(3) PF_ROW(4) PF_ROW(5) PF_ROW(6) PF_ROW(7)
-#undef PF_ROW
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+        }
     }
     __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
-#define PF_OUT(r)                                                                                  \
-    if (r < mr) {                                                                                  \
-        float *o = c + (int64_t)(r) * ldc;                                                         \
-        if (load_c) {                                                                              \
-            c##r##0 = _mm512_add_ps(c##r##0, _mm512_maskz_loadu_ps(m0, o));                        \
-            c##r##1 = _mm512_add_ps(c##r##1, _mm512_maskz_loadu_ps(m1, o + 16));                   \
-        }                                                                                          \
-        _mm512_mask_storeu_ps(o, m0, c##r##0);                                                     \
-        _mm512_mask_storeu_ps(o + 16, m1, c##r##1);                                                \
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        float *o = c + (int64_t)r * ldc;
+        if (load_c) {
+            acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, o));
+            acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_maskz_loadu_ps(m1, o + 16));
+        }
+        _mm512_mask_storeu_ps(o, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(o + 16, m1, acc[r][1]);
     }
-    PF_OUT(0) PF_OUT(1) PF_OUT(2) PF_OUT(3) PF_OUT(4) PF_OUT(5) PF_OUT(6) PF_OUT(7)
-#undef PF_OUT
+}
+
+#define PF_MICRO_N(n)                                                                                              \
+    PF_TARGET static void pf_micro_##n(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,     \
+                                       int nr, bool load_c) {                                                      \
+        pf_micro_mr(kp, a, b, c, ldc, nr, load_c, n);                                                              \
+    }
+PF_MICRO_N(1) PF_MICRO_N(2) PF_MICRO_N(3) PF_MICRO_N(4) PF_MICRO_N(5) PF_MICRO_N(6) PF_MICRO_N(7) PF_MICRO_N(8)
+#undef PF_MICRO_N
+
+/* c (mr x nr of an 8 x 32 tile) as above, mr = 1..8 */
+PF_TARGET static void pf_micro(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc, int mr,
+                               int nr, bool load_c) {
+    switch (mr) {
+    case 1: pf_micro_1(kp, a, b, c, ldc, nr, load_c); break;
+    case 2: pf_micro_2(kp, a, b, c, ldc, nr, load_c); break;
+    case 3: pf_micro_3(kp, a, b, c, ldc, nr, load_c); break;
+    case 4: pf_micro_4(kp, a, b, c, ldc, nr, load_c); break;
+    case 5: pf_micro_5(kp, a, b, c, ldc, nr, load_c); break;
+    case 6: pf_micro_6(kp, a, b, c, ldc, nr, load_c); break;
+    case 7: pf_micro_7(kp, a, b, c, ldc, nr, load_c); break;
+    default: pf_micro_8(kp, a, b, c, ldc, nr, load_c); break;
+    }
 }
 #endif
 

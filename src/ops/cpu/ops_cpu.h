@@ -29,11 +29,13 @@ struct lmc_cpu_ctx {
     int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
     int64_t pf_min_m;     /* matmul: F16/BF16 weights from this M through the bf16 prefill GEMM
                            * (matmul_pf.c); 0: off (always off without AVX512-BF16) */
-    /* serving (lmc_backend_cpu_route_rows): calls of route_m rows send rows
-     * [0, route_pf) through the bf16 GEMM, the rest through the fp32
-     * kernels; route_skip's weight never (route_m 0: none) */
+    /* serving (lmc_backend_cpu_route_rows): F16/BF16 calls of route_m rows
+     * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM and
+     * the rest (generated) through the batch-invariant decode-row GEMM
+     * (matmul_dr.c); route_head's weight takes every row of any call
+     * through the latter (route_m 0: no route) */
     int64_t route_m, route_pf;
-    const void *route_skip;
+    const void *route_head;
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
@@ -103,15 +105,26 @@ void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void 
 static inline bool lmc_cpu_pf_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
     return c->pf_min_m > 0 && M >= c->pf_min_m && K > 0 && (dt == LMC_DTYPE_F16 || dt == LMC_DTYPE_BF16);
 }
-/* Rows of an (M, K) product with w that go through the bf16 GEMM under
- * the serving route (lmc_backend_cpu_route_rows): its leading route_pf
- * rows when M is the step's row count, 0 otherwise. */
-static inline int64_t lmc_cpu_route_pf_rows(const struct lmc_cpu_ctx *c, int64_t M, const struct lmc_mat *w) {
-    if (!c->route_m || M != c->route_m || w->data == c->route_skip || w->cols <= 0 ||
-        (w->dtype != LMC_DTYPE_F16 && w->dtype != LMC_DTYPE_BF16))
-        return 0;
-    return c->route_pf;
+/* Whether an (M, K) product with w is under the serving route
+ * (lmc_backend_cpu_route_rows): F16/BF16 with M the step's row count, or
+ * the head's weight; then its leading lmc_cpu_route_pf_rows rows go
+ * through the bf16 prefill GEMM and the rest through lmc_cpu_matmul_dr. */
+static inline bool lmc_cpu_routed(const struct lmc_cpu_ctx *c, int64_t M, const struct lmc_mat *w) {
+    return c->route_m && w->cols > 0 && (w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16) &&
+           (M == c->route_m || (w->data == c->route_head && M > 0));
 }
+static inline int64_t lmc_cpu_route_pf_rows(const struct lmc_cpu_ctx *c, const struct lmc_mat *w) {
+    return w->data == c->route_head ? 0 : c->route_pf;
+}
+/* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n F16/BF16 matrices of
+ * equal K > 0: the serving step's generated rows, each row's bits
+ * independent of M and of its place (matmul_dr.c); only where
+ * lmc_cpu_has_bf16(). Workspace: c->xbuf (lmc_cpu_dr_xpack_words) and each
+ * thread's scratch (lmc_cpu_dr_ws_words). */
+void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                       const struct lmc_mat *const *w, const float *const *bias);
+size_t lmc_cpu_dr_xpack_words(int64_t M, int64_t K);
+size_t lmc_cpu_dr_ws_words(int64_t K);
 /* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n matrices (F16, BF16 or
  * F32; equal K > 0) with x and the weights rounded to bf16 and f32 sums;
  * only where lmc_cpu_has_bf16(). Weights are converted per call (no copy
