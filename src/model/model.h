@@ -59,10 +59,6 @@ struct lmc_model_opts {
     /* backend the weights are used on; NULL or a host-memory backend keeps
      * them in place, others get one upload at load */
     const struct lmc_backend *be;
-    /* host-memory backend: leave the float matrices where the loader put
-     * them (the file mapping) instead of the huge-page arena
-     * (lmc_model_weights_huge): a faster load, a slower decode */
-    bool keep_mapped;
 };
 
 /* Loads dir (config.json, model.safetensors[.index.json]). Every tensor the
