@@ -8,6 +8,8 @@
  *    before, and the one taken when an expert has too many rows), with
  *    experts of 0, 1, 2, 3, 5 and 7 rows, and more than 8 experts with rows
  *    (several jobs), and more than moe_gemm gathers on its stack (70);
+ *  - moe_gemm_multi (two products sharing x and the offsets, N and N + 3
+ *    rows) bit for bit two moe_gemm calls, in the same cases;
  *  - lmc_cpu_matmul_small_group refuses (does nothing, returns false) where
  *    a product would not take the small-M path: many rows, or K = 0. */
 #include "core/core.h"
@@ -82,6 +84,29 @@ static void test_moe(int threads, enum lmc_dtype dt, int64_t N, int64_t K, const
               (long long)N, (long long)K, threads, tiny, num / den);
     CHECK_MSG(same, "moe_gemm %s N=%lld K=%lld threads=%d tiny=%d: bits differ from per-expert matmul",
               lmc_dtype_name(dt), (long long)N, (long long)K, threads, tiny);
+    /* moe_gemm_multi: these products and a second set (N + 3 rows, as an
+     * MoE layer's gate and up) in one call, bit for bit two moe_gemm calls */
+    int64_t N2 = N + 3;
+    double *wr2 = malloc((size_t)(N2 * K) * sizeof(double));
+    struct lmc_mat wm2[E];
+    const struct lmc_mat *wp2[E];
+    for (int e = 0; e < E; e++) {
+        wm2[e] = (struct lmc_mat){dt, N2, K, make_w(dt, N2 * K, wr2)};
+        wp2[e] = &wm2[e];
+    }
+    float *ya = malloc((size_t)(R * N + 1) * sizeof(float)), *yb = malloc((size_t)(R * N2 + 1) * sizeof(float));
+    float *yb1 = malloc((size_t)(R * N2 + 1) * sizeof(float));
+    for (int64_t i = 0; i < R * N; i++) ya[i] = NAN;
+    for (int64_t i = 0; i < R * N2; i++) yb[i] = yb1[i] = NAN;
+    be.moe_gemm(be.ctx, yb1, x, off, E, wp2);
+    float *ys[2] = {ya, yb};
+    const struct lmc_mat *const *ws[2] = {wp, wp2};
+    be.moe_gemm_multi(be.ctx, 2, ys, x, off, E, ws);
+    CHECK_MSG(!memcmp(ya, y, (size_t)(R * N) * sizeof(float)) && !memcmp(yb, yb1, (size_t)(R * N2) * sizeof(float)),
+              "moe_gemm_multi %s N=%lld K=%lld threads=%d tiny=%d: bits differ from two moe_gemm calls",
+              lmc_dtype_name(dt), (long long)N, (long long)K, threads, tiny);
+    for (int e = 0; e < E; e++) free((void *)wm2[e].data);
+    free(wr2), free(ya), free(yb), free(yb1);
     for (int e = 0; e < E; e++) free(wr[e]), free((void *)wm[e].data);
     free(x), free(y), free(y1);
     lmc_backend_cpu_free(&be);

@@ -119,7 +119,14 @@ void lmc_moe_experts_fwd(const struct lmc_backend *be, const struct lmc_config *
         LMC_ASSERT(off[e + 1] == off[e] || X[e * LMC_X_N + LMC_X_DOWN].w.data);
     const struct lmc_mat *wp[MAX_E] = {0};
     bool grp = grouped(be, X, E, false);
-    if (grp) {
+    if (grp && be->moe_gemm_multi) { /* gate and up as one call (on the CPU: one job) */
+        const struct lmc_mat *wu[MAX_E];
+        mats(X, E, LMC_X_GATE, wp);
+        mats(X, E, LMC_X_UP, wu);
+        const struct lmc_mat *const *ws[2] = {wp, wu};
+        float *ys[2] = {g, u};
+        be->moe_gemm_multi(be->ctx, 2, ys, xs, off, E, ws);
+    } else if (grp) {
         mats(X, E, LMC_X_GATE, wp);
         be->moe_gemm(be->ctx, g, xs, off, E, wp);
         mats(X, E, LMC_X_UP, wp);

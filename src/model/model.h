@@ -164,5 +164,10 @@ size_t lmc_model_seq_slot_bytes(const struct lmc_model *m);
 int64_t lmc_model_kv_floats_per_token(const struct lmc_config *c);
 
 void *lmc_model_own(struct lmc_model *m, size_t bytes);
+/* Moves the dense float matrices into one owned arena of transparent huge
+ * pages in decode's reading order (weights_huge.c; values unchanged);
+ * false: left where they were (too big for memory, nothing to move).
+ * lmc_model_load_finish calls it for a host-memory backend. */
+bool lmc_model_weights_huge(struct lmc_model *m);
 
 #endif

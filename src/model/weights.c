@@ -549,6 +549,7 @@ lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opt
                                opts->be->name);
         return place_weights(m, opts->be, err);
     }
+    if (opts && opts->be && opts->be->host_memory) lmc_model_weights_huge(m); /* decode streams them from THP */
     return LMC_OK;
 }
 

@@ -390,6 +390,12 @@ struct lmc_backend {
      * skipped); dx must not overlap dy or x. Deterministic. */
     void (*moe_gemm_bwd)(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
                          const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
+    /* Optional (NULL: moe_gemm once per product): n products sharing x
+     * and off in one call, y[i] = what moe_gemm(y[i], x, off, E, w[i])
+     * gives (w[i]: E matrices), bit for bit; the experts' gate and up
+     * projections of a layer, one parallel job on the CPU at decode. */
+    void (*moe_gemm_multi)(void *ctx, int n, float *const *y, const float *x, const int64_t *off, int64_t E,
+                           const struct lmc_mat *const *const *w);
     /* Quantized weights (issue 10). Optional (NULL: the backend runs no
      * quantized linears). y(M, w->n) = x(M, w->k) @ W^T (+ bias) for a
      * weight prepared by quant/qmatmul.h (activations quantized to int8

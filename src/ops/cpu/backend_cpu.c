@@ -127,6 +127,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->lowrank = lmc_cpu_lowrank;
     be->moe_gemm = lmc_cpu_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cpu_moe_gemm_bwd;
+    be->moe_gemm_multi = lmc_cpu_moe_gemm_multi;
     be->moe_route = lmc_cpu_moe_route;
     be->moe_stats = lmc_cpu_moe_stats;
     be->moe_gather = lmc_cpu_moe_gather;

@@ -434,7 +434,7 @@ static void small_task(void *arg, int64_t t, int thread) {
  * (front << 32 | back); the words are written before lmc_pool_run, which
  * publishes them, and the pool's completion count orders the results.
  * Below 3 units the calling thread does it all (no dispatch). */
-#define MM_MULTI_MAX 8
+#define MM_MULTI_MAX 16 /* an MoE layer's gate and up for 8 experts: one job */
 struct mm_multi_job {
     struct mm_job part[MM_MULTI_MAX];
     int64_t start[MM_MULTI_MAX + 1]; /* byte offset of each part in the concatenation */

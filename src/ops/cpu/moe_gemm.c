@@ -9,18 +9,26 @@
  * (lmc_cpu_matmul_small_group): one fork-join per call instead of one per
  * expert, with the threads' byte ranges spanning experts; the bits are
  * those of the per-expert matmuls. Otherwise one threaded matmul per
- * expert (M=1 rows the streaming dot path, many rows the blocked GEMM). */
+ * expert (M=1 rows the streaming dot path, many rows the blocked GEMM).
+ * moe_gemm_multi: several products sharing x and the offsets (an MoE
+ * layer's gate and up) in the same job: one fork-join for both. */
 #include "ops/cpu/ops_cpu.h"
 
 #include <stdlib.h>
 
 #define MOE_GROUP_STACK 64 /* experts with rows gathered on the stack; more: heap */
 
-static bool moe_gemm_grouped(struct lmc_cpu_ctx *c, float *y, const float *x, const int64_t *off, int64_t E,
-                             const struct lmc_mat *const *w) {
-    int64_t n = 0;
-    for (int64_t e = 0; e < E; e++) n += off[e + 1] > off[e];
-    if (n == 0) return true;
+/* n products sharing x and off (w[i]: E matrices each) as grouped
+ * small-M jobs: each expert with rows contributes its n products, expert
+ * by expert (the arena of model/weights_huge.c lays an expert's gate, up
+ * and down side by side, so a thread's byte range runs on in memory). */
+static bool moe_gemm_grouped(struct lmc_cpu_ctx *c, int np, float *const *y, const float *x, const int64_t *off,
+                             int64_t E, const struct lmc_mat *const *const *w) {
+    int64_t ne = 0;
+    for (int64_t e = 0; e < E; e++) ne += off[e + 1] > off[e];
+    if (ne == 0) return true;
+    if (ne > INT32_MAX / np) return false;
+    int64_t n = ne * np;
     float *ys_s[MOE_GROUP_STACK];
     const float *xs_s[MOE_GROUP_STACK];
     int64_t ms_s[MOE_GROUP_STACK];
@@ -42,35 +50,41 @@ static bool moe_gemm_grouped(struct lmc_cpu_ctx *c, float *y, const float *x, co
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = off[e], m = off[e + 1] - r0;
         if (!m) continue;
-        ys[i] = y + r0 * w[e]->rows;
-        xs[i] = x + r0 * w[e]->cols;
-        ms[i] = m;
-        ws[i] = w[e];
-        i++;
+        for (int p = 0; p < np; p++) {
+            ys[i] = y[p] + r0 * w[p][e]->rows;
+            xs[i] = x + r0 * w[p][e]->cols;
+            ms[i] = m;
+            ws[i] = w[p][e];
+            i++;
+        }
     }
-    bool ok = n <= INT32_MAX && lmc_cpu_matmul_small_group(c, (int)n, ys, xs, ms, ws);
+    bool ok = lmc_cpu_matmul_small_group(c, (int)n, ys, xs, ms, ws);
     free(heap);
     return ok;
 }
 
-void lmc_cpu_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
-                      const struct lmc_mat *const *w) {
+void lmc_cpu_moe_gemm_multi(void *ctx, int n, float *const *y, const float *x, const int64_t *off, int64_t E,
+                            const struct lmc_mat *const *const *w) {
     /* an expert's rows are not the step's: no route by row kind here (a row
      * would take it only when every token chose the expert) */
     struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n > 0);
     for (int64_t e = 0; e < E; e++) LMC_ASSERT(off[e] >= 0 && off[e + 1] >= off[e]);
     int64_t route_m = c->route_m;
     c->route_m = 0;
-    if (moe_gemm_grouped(ctx, y, x, off, E, w)) {
-        c->route_m = route_m;
-        return;
-    }
-    for (int64_t e = 0; e < E; e++) {
-        int64_t r0 = off[e], m = off[e + 1] - r0;
-        if (!m) continue;
-        lmc_cpu_matmul(ctx, y + r0 * w[e]->rows, x + r0 * w[e]->cols, m, w[e], NULL);
-    }
+    if (!moe_gemm_grouped(c, n, y, x, off, E, w))
+        for (int p = 0; p < n; p++)
+            for (int64_t e = 0; e < E; e++) {
+                int64_t r0 = off[e], m = off[e + 1] - r0;
+                if (!m) continue;
+                lmc_cpu_matmul(ctx, y[p] + r0 * w[p][e]->rows, x + r0 * w[p][e]->cols, m, w[p][e], NULL);
+            }
     c->route_m = route_m;
+}
+
+void lmc_cpu_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
+                      const struct lmc_mat *const *w) {
+    lmc_cpu_moe_gemm_multi(ctx, 1, &y, x, off, E, &w);
 }
 
 void lmc_cpu_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,

@@ -239,6 +239,8 @@ void lmc_cpu_matmul_bwd_multi(void *ctx, int n, float *dx, float *const *dw, flo
                               const struct lmc_mat *const *w, int accum_dx);
 void lmc_cpu_moe_gemm(void *ctx, float *y, const float *x, const int64_t *off, int64_t E,
                       const struct lmc_mat *const *w);
+void lmc_cpu_moe_gemm_multi(void *ctx, int n, float *const *y, const float *x, const int64_t *off, int64_t E,
+                            const struct lmc_mat *const *const *w);
 void lmc_cpu_moe_gemm_bwd(void *ctx, float *dx, float *const *dw, const float *dy, const float *x,
                           const int64_t *off, int64_t E, const struct lmc_mat *const *w, int accum_dx);
 /* moe_route.c: the backend's moe_route / moe_stats / moe_gather(_bwd) / moe_combine(_bwd) */
