@@ -116,7 +116,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
                                lmc_err *err) {
     *used = false;
     const char *f = argv[*i];
-    enum { D, I, KIND, SCALE, STYPE, GREF } t;
+    enum { D, I, KIND, SCALE, STYPE, GREF, NSD } t;
     void *dst = NULL;
     double lo = 0, hi = 1e30;
     static const char *const dflags[] = {"--muon-lr", "--muon-momentum", "--muon-weight-decay",
@@ -132,6 +132,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     else if (!strcmp(f, "--muon-scale")) t = SCALE;
     else if (!strcmp(f, "--apollo-scale-type")) t = STYPE;
     else if (!strcmp(f, "--galore-refresh")) t = GREF;
+    else if (!strcmp(f, "--muon-ns-dtype")) t = NSD;
     else {
         for (k = 0; k < 5 && strcmp(f, dflags[k]); k++) {}
         if (k < 5) {
@@ -158,6 +159,10 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         if (which < 0)
             return lmc_err_set(err, LMC_ERR_ARG, "%s: expected auto, exact or subspace, got '%s'", f, v ? v : "(missing)");
         c->galore_refresh = (enum lmc_galore_refresh)which;
+    } else if (t == NSD) { /* the same setting as --muon-ns-bf16 1|0 */
+        int which = v && !strcmp(v, "bf16") ? 1 : v && !strcmp(v, "f32") ? 0 : -1;
+        if (which < 0) return lmc_err_set(err, LMC_ERR_ARG, "%s: expected bf16 or f32, got '%s'", f, v ? v : "(missing)");
+        c->muon_ns_bf16 = which == 1;
     } else if (t == SCALE || t == STYPE) {
         const char *a = t == SCALE ? "shape" : "channel", *b = t == SCALE ? "moonlight" : "tensor";
         int which = v && !strcmp(v, a) ? 0 : v && !strcmp(v, b) ? 1 : -1;

@@ -98,7 +98,7 @@ struct lmc_optim_cfg {
     int muon_ns_steps;            /* 5 */
     bool muon_nesterov;           /* true */
     enum lmc_muon_scale muon_scale; /* SHAPE: max(1, rows/cols)^0.5; MOONLIGHT: 0.2 sqrt(max) */
-    bool muon_ns_bf16;            /* true: bf16 GEMM operands in Newton–Schulz on the GPU (CPU: fp32) */
+    bool muon_ns_bf16;            /* true: bf16 GEMM operands in Newton–Schulz (GPU and CPU); false: fp32 */
     /* GaLore (paper's LLaMA settings) */
     int galore_rank;              /* 128 */
     int galore_update_gap;        /* 200 */
@@ -128,7 +128,7 @@ lmc_status lmc_optim_kind_parse(const char *s, enum lmc_optim_kind *out, lmc_err
 /* Command-line settings: if argv[*i] is one of the optimizer flags
  * (--optim KIND, --muon-lr X, --muon-momentum X, --muon-weight-decay X,
  * --muon-ns-steps N, --muon-nesterov 0|1, --muon-scale shape|moonlight,
- * --muon-ns-bf16 0|1,
+ * --muon-ns-bf16 0|1 (= --muon-ns-dtype f32|bf16),
  * --galore-rank N, --galore-update-gap N, --galore-scale X, --apollo-rank N,
  * --apollo-update-gap N, --apollo-scale X, --apollo-scale-type
  * channel|tensor, --apollo-seed N, --adamw8bit-block N), consumes it and
