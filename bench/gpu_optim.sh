@@ -60,7 +60,7 @@ B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-$(nproc)}; DEVICE=${DEVICE:-cuda}
 LAYERS=${LAYERS:-12}; HIDDEN=${HIDDEN:-768}; HEADS=${HEADS:-12}; VOCAB=${VOCAB:-50304}; MAXPOS=${MAXPOS:-1024}
 ACCUM=${ACCUM:-1}; THREADS=${THREADS:-}
 if [ -z "${DTYPE:-}" ]; then DTYPE=bf16; [ "$DEVICE" = cuda ] || DTYPE=fp32; fi
-WORK=/tmp/lmc-gpu-optim-work
+WORK=${WORK:-/tmp/lmc-gpu-optim-work}
 L=$WORK/logs # every log; $OUT gets table.md, build.log, test_optim_cuda.log, logs.tar.gz (<= 8 files come back)
 rm -rf "$L"
 mkdir -p "$OUT" "$WORK" "$L" || { echo "FATAL: cannot create $OUT or $WORK" >&2; exit 1; }
@@ -192,7 +192,7 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
     fwdbwd = []
     for k in kinds:
         plain, refs, per_round, peak, state, n, notes = [], [], {}, None, None, None, []
-        oplain, orefs, shares = [], [], []
+        oplain, orefs, shares, oref1 = [], [], [], []
         refresh_kind = k.startswith("galore") or k.startswith("apollo")
         for rd in range(1, rounds + 1):
             tag = f"{dev}-{k}-r{rd}"
@@ -222,6 +222,8 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
                     oplain.append(o); shares.append(o / st_ms); fwdbwd.append(st_ms - o)
                 elif s > 1 and is_ref(s):
                     orefs.append(o)
+                elif s == 1 and is_ref(s):
+                    oref1.append(o)
             plain += p
             refs += [v for s, v in ms.items() if s > 1 and is_ref(s)]
             if p: per_round[rd] = statistics.median(p)
@@ -231,7 +233,10 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
                       peak=peak, state=state if state is not None else (8.0 if k == "adamw" else None), n=n, notes=notes,
                       opt=statistics.median(oplain) if oplain else None,
                       share=statistics.median(shares) if shares else None,
-                      orefresh=(statistics.median(orefs) - statistics.median(oplain)) if orefs and oplain else None)
+                      orefresh=(statistics.median(orefs) - statistics.median(oplain)) if orefs and oplain else
+                               (statistics.median(oref1) - statistics.median(oplain)) if oref1 and oplain else None)
+        if refresh_kind and not orefs and oref1 and oplain:  # GAP >= STEPS: only step 1 refreshes
+            res[k]["notes"].append("refresh from step 1's optimizer timer")
     a = res.get("adamw", {})
     print()
     if fwdbwd:

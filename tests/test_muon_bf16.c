@@ -9,13 +9,16 @@
  *  - the backend's batched entry (a matrix per thread) = the per-matrix
  *    entry, bit for bit, momentum and parameters; the bf16 step against the
  *    fp32 step (lmc_muon_apply) on the same inputs;
- *  - `--muon-ns-dtype bf16|f32` and its error. */
+ *  - through lmc_optim with bf16 forced: resume bit-exact, step_one = step;
+ *    the default (auto) runs the fp32 iteration on the CPU;
+ *  - `--muon-ns-dtype auto|bf16|f32` and its error. */
 #include "test.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/optim_ops.h"
 #include "train/optim.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 static struct lmc_backend cpu;
 
@@ -250,20 +253,111 @@ static void test_batch(void) {
     }
 }
 
+/* Through lmc_optim on the CPU with bf16 forced (--muon-ns-dtype bf16): 2 steps, save, load, 3 more = 5 straight
+ * steps bit for bit; lmc_optim_step_one per matrix = lmc_optim_step (the batched entry); the default (auto) on
+ * the CPU = explicit f32, bit for bit, and differs from bf16. */
+enum { NM = 4 };
+static const int64_t mrow[NM] = {37, 37, 129, 64}, mcol[NM] = {101, 101, 61, 64};
+static const char *const mname[NM] = {"a.weight", "b.weight", "c.weight", "d.weight"};
+struct orun {
+    float *p[NM], *g[NM];
+    struct lmc_optim_param ps[NM];
+    struct lmc_optim opt;
+};
+static void orun_init(struct orun *r, const struct lmc_optim_cfg *c) {
+    uint64_t seed = 99;
+    for (int j = 0; j < NM; j++) {
+        const int64_t n = mrow[j] * mcol[j];
+        r->p[j] = falloc(n), r->g[j] = falloc(n);
+        for (int64_t i = 0; i < n; i++) r->p[j][i] = test_rand(&seed) * 0.1f;
+        r->ps[j] = (struct lmc_optim_param){mname[j], r->p[j], r->g[j], mrow[j], mcol[j], LMC_PROLE_MATRIX, true};
+    }
+    lmc_err err;
+    CHECK_MSG(!lmc_optim_init(&r->opt, c, &cpu, r->ps, NM, &err), "%s", err.msg);
+}
+static void orun_grads(struct orun *r, int64_t t) {
+    for (int j = 0; j < NM; j++) {
+        uint64_t seed = 1000 * (uint64_t)t + (uint64_t)j;
+        for (int64_t i = 0; i < mrow[j] * mcol[j]; i++) r->g[j][i] = test_rand(&seed);
+    }
+}
+static void orun_steps(struct orun *r, int64_t from, int64_t to, bool one) {
+    for (int64_t t = from; t <= to; t++) {
+        orun_grads(r, t);
+        if (!one) lmc_optim_step(&r->opt, 1e-3, t, 1.0f);
+        else
+            for (int j = NM - 1; j >= 0; j--) lmc_optim_step_one(&r->opt, j, 1e-3, t, 1.0f);
+    }
+}
+static bool orun_same(const struct orun *a, const struct orun *b) {
+    for (int j = 0; j < NM; j++)
+        if (memcmp(a->p[j], b->p[j], (size_t)(mrow[j] * mcol[j]) * 4)) return false;
+    return true;
+}
+static void orun_free(struct orun *r) {
+    lmc_optim_free(&r->opt);
+    for (int j = 0; j < NM; j++) free(r->p[j]), free(r->g[j]);
+}
+
+static void test_optim_bf16(void) {
+    struct lmc_optim_cfg c;
+    lmc_optim_cfg_default(&c, LMC_OPTIM_MUON);
+    c.adamw.lr = 1e-3;
+    c.muon_ns_bf16 = true, c.muon_ns_auto = false; /* forced bf16 */
+    char path[] = "/tmp/lmc_test_muon_bf16_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    close(fd);
+    struct orun a, b, b2, one;
+    orun_init(&a, &c), orun_init(&b, &c), orun_init(&b2, &c), orun_init(&one, &c);
+    orun_steps(&a, 1, 5, false);
+    orun_steps(&b, 1, 2, false);
+    lmc_err err;
+    CHECK_MSG(!lmc_optim_save(&b.opt, path, &err), "%s", err.msg);
+    for (int j = 0; j < NM; j++) memcpy(b2.p[j], b.p[j], (size_t)(mrow[j] * mcol[j]) * 4);
+    CHECK_MSG(!lmc_optim_load(&b2.opt, path, &err), "%s", err.msg);
+    orun_steps(&b2, 3, 5, false);
+    orun_steps(&one, 1, 5, true);
+    bool resumed = orun_same(&a, &b2), stepone = orun_same(&a, &one);
+    /* auto on the CPU = f32 */
+    struct lmc_optim_cfg ca = c, cf = c;
+    ca.muon_ns_auto = true;
+    cf.muon_ns_bf16 = false;
+    struct orun ra, rf;
+    orun_init(&ra, &ca), orun_init(&rf, &cf);
+    orun_steps(&ra, 1, 2, false), orun_steps(&rf, 1, 2, false);
+    bool auto_f32 = orun_same(&ra, &rf);
+    struct orun rb;
+    orun_init(&rb, &c);
+    orun_steps(&rb, 1, 2, false);
+    bool bf_differs = !orun_same(&rb, &rf);
+    printf("  optimizer muon, bf16 forced: resume after 2 of 5 steps %s; step_one = step %s; CPU auto = f32 %s, "
+           "bf16 differs from f32 %s\n", resumed ? "bit-exact" : "DIFFERS", stepone ? "bit-exact" : "DIFFERS",
+           auto_f32 ? "bit-exact" : "DIFFERS", bf_differs ? "yes" : "NO");
+    CHECK(resumed && stepone && auto_f32 && bf_differs);
+    orun_free(&a), orun_free(&b), orun_free(&b2), orun_free(&one), orun_free(&ra), orun_free(&rf), orun_free(&rb);
+    unlink(path);
+}
+
 static void test_flag(void) {
     struct lmc_optim_cfg c;
     lmc_optim_cfg_default(&c, LMC_OPTIM_MUON);
-    CHECK(c.muon_ns_bf16);
+    CHECK(c.muon_ns_bf16 && c.muon_ns_auto);
     char *argv[] = {"train", "--muon-ns-dtype", "f32", "--muon-ns-dtype", "half"};
     int i = 1;
     bool used = false;
     lmc_err err;
-    CHECK(!lmc_optim_parse_arg(&c, 5, argv, &i, &used, &err) && used && i == 3 && !c.muon_ns_bf16);
+    CHECK(!lmc_optim_parse_arg(&c, 5, argv, &i, &used, &err) && used && i == 3 && !c.muon_ns_bf16 && !c.muon_ns_auto);
     CHECK(lmc_optim_parse_arg(&c, 5, argv, &i, &used, &err) == LMC_ERR_ARG && strstr(err.msg, "--muon-ns-dtype") &&
           strstr(err.msg, "half"));
     char *argv2[] = {"train", "--muon-ns-dtype", "bf16"};
     i = 1;
-    CHECK(!lmc_optim_parse_arg(&c, 3, argv2, &i, &used, &err) && c.muon_ns_bf16);
+    CHECK(!lmc_optim_parse_arg(&c, 3, argv2, &i, &used, &err) && c.muon_ns_bf16 && !c.muon_ns_auto);
+    char *argv3[] = {"train", "--muon-ns-dtype", "auto", "--muon-ns-bf16", "1"};
+    i = 1;
+    CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && c.muon_ns_auto);
+    CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && !c.muon_ns_auto);
 }
 
 int main(void) {
@@ -276,6 +370,7 @@ int main(void) {
     test_sym();
     test_ns();
     test_batch();
+    test_optim_bf16();
     test_flag();
     lmc_backend_cpu_free(&cpu);
     return test_finish("test_muon_bf16");
