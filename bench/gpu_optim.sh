@@ -31,7 +31,7 @@
 # there, `source .devdeps/device-deps.sh unpack` first, as the other gpu_*.sh):
 #   bench/gpu_optim.sh
 # env: OUT (/tmp/lmc-gpu-optim), KINDS ("adamw muon galore apollo adamw8bit"; also
-#      apollo-mini, muon-fp32), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
+#      apollo-mini, muon-fp32, muon-bf16), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
 #      SEQ (1024), CPU_KINDS ("adamw muon galore galore-subspace apollo adamw8bit"; "" skips the
 #      CPU; galore-exact also exists), CPU_ROUNDS (1), CPU_STEPS (6),
 #      CPU_SKIP (1), CPU_GAP (4), CPU_BATCH (1), CPU_SEQ (512), RUN_LIMIT (120 s per run),
@@ -44,8 +44,10 @@
 # (F + O_X + R_X/200) / (F + O_adamw), F = the median forward+backward (step_ms - optim_ms) over every kind's steps.
 # The CPU at GPT-2 124M with bf16 training and 8 x 1024 tokens per step (bench/results/optim-cpu-124m-2026-12-06.md):
 #   DEVICE=cpu DTYPE=bf16 THREADS=2 SKIP_BUILD=1 SKIP_TEST=1 BUILD_DIR=build VOCAB=50257 BATCH=1 SEQ=1024 ACCUM=8 \
-#     STEPS=4 SKIP=1 GAP=3 ROUNDS=1 KINDS="adamw muon muon-fp32 galore apollo adamw8bit" RUN_LIMIT=900 \
-#     BUDGET_S=3000 bench/gpu_optim.sh
+#     STEPS=2 SKIP=1 GAP=200 ROUNDS=1 KINDS="adamw muon-bf16 galore apollo adamw8bit muon-fp32" RUN_LIMIT=1200 \
+#     BUDGET_S=3000 WORK=/tmp/o16b-work bench/gpu_optim.sh
+#   (GAP >= STEPS: GaLore/APOLLO refresh at step 1 only; the table then takes the refresh from step 1's optimizer
+#   timer, against the plain step 2)
 # CPU smoke test of the script itself (no GPU; memory columns read —):
 #   DEVICE=cpu SKIP_BUILD=1 SKIP_TEST=1 BUILD_DIR=build LAYERS=2 HIDDEN=64 HEADS=4 VOCAB=512 MAXPOS=64 \
 #     SEQ=32 BATCH=2 STEPS=8 GAP=4 ROUNDS=2 CPU_KINDS= bench/gpu_optim.sh
@@ -116,7 +118,8 @@ flags() { # KIND GAP
   case $1 in
     adamw) echo "" ;;
     muon) echo "--optim muon" ;;                                      # bf16 Newton–Schulz (batched)
-    muon-fp32) echo "--optim muon --muon-ns-bf16 0" ;;
+    muon-fp32) echo "--optim muon --muon-ns-dtype f32" ;;
+    muon-bf16) echo "--optim muon --muon-ns-dtype bf16" ;;                # the CPU's default is fp32 (auto)
     galore) echo "--optim galore --galore-update-gap $2" ;;           # rank 128, scale 0.25; auto refresh
     galore-exact) echo "--optim galore --galore-update-gap $2 --galore-refresh exact" ;;
     galore-subspace) echo "--optim galore --galore-update-gap $2 --galore-refresh subspace" ;;
