@@ -252,9 +252,9 @@ static void test_optim() {
         c.muon_ns_bf16 = false, c.galore_rank = 8, c.galore_update_gap = 2, c.apollo_update_gap = 2;
         c.apollo_scale_type = LMC_APOLLO_TENSOR; /* well conditioned; channel-wise is checked above */
         c.muon_ns_bf16 = mbf;
+        c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE; /* the GPU's default (auto), on both sides */
         lmc_optim_cfg c32 = c;
         c32.muon_ns_bf16 = false; /* the CPU side runs the fp32 iteration: the reference */
-        c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE; /* the GPU's default (auto), on both sides */
         lmc_optim og, oc;
         lmc_err err;
         if (lmc_optim_init(&og, &c, &gpu, pg, np, &err) || lmc_optim_init(&oc, &c32, &cpu, pcpu, np, &err)) {
