@@ -31,13 +31,23 @@
 # there, `source .devdeps/device-deps.sh unpack` first, as the other gpu_*.sh):
 #   bench/gpu_optim.sh
 # env: OUT (/tmp/lmc-gpu-optim), KINDS ("adamw muon galore apollo adamw8bit"; also
-#      apollo-mini, muon-fp32), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
+#      apollo-mini, muon-fp32, muon-bf16), ROUNDS (2), STEPS (14), SKIP (3), GAP (6), BATCH (16),
 #      SEQ (1024), CPU_KINDS ("adamw muon galore galore-subspace apollo adamw8bit"; "" skips the
 #      CPU; galore-exact also exists), CPU_ROUNDS (1), CPU_STEPS (6),
 #      CPU_SKIP (1), CPU_GAP (4), CPU_BATCH (1), CPU_SEQ (512), RUN_LIMIT (120 s per run),
 #      BUDGET_S (540 s for the whole script, build included: later runs are skipped, and reported),
 #      SKIP_BUILD=1, SKIP_TEST=1, BUILD_DIR (build-dev), JOBS (nproc), DEVICE (cuda),
-#      LAYERS HIDDEN HEADS VOCAB MAXPOS (12 768 12 50304 1024)
+#      LAYERS HIDDEN HEADS VOCAB MAXPOS (12 768 12 50304 1024), DTYPE (cuda: bf16; cpu: fp32),
+#      ACCUM (1: micro-batches per step of the main runs), THREADS (the main runs' --threads; unset: the default)
+# The table also reads each step's own timers from metrics.jsonl (step_ms, and optim_ms: the optimizer update
+# alone, synced): the optimizer's median ms, its share of the same steps' time, and the load-robust estimate
+# (F + O_X + R_X/200) / (F + O_adamw), F = the median forward+backward (step_ms - optim_ms) over every kind's steps.
+# The CPU at GPT-2 124M with bf16 training and 8 x 1024 tokens per step (bench/results/optim-cpu-124m-2026-12-06.md):
+#   DEVICE=cpu DTYPE=bf16 THREADS=2 SKIP_BUILD=1 SKIP_TEST=1 BUILD_DIR=build VOCAB=50257 BATCH=1 SEQ=1024 ACCUM=8 \
+#     STEPS=2 SKIP=1 GAP=200 ROUNDS=1 KINDS="adamw muon-bf16 galore apollo adamw8bit muon-fp32" RUN_LIMIT=1200 \
+#     BUDGET_S=3000 WORK=/tmp/o16b-work bench/gpu_optim.sh
+#   (GAP >= STEPS: GaLore/APOLLO refresh at step 1 only; the table then takes the refresh from step 1's optimizer
+#   timer, against the plain step 2)
 # CPU smoke test of the script itself (no GPU; memory columns read —):
 #   DEVICE=cpu SKIP_BUILD=1 SKIP_TEST=1 BUILD_DIR=build LAYERS=2 HIDDEN=64 HEADS=4 VOCAB=512 MAXPOS=64 \
 #     SEQ=32 BATCH=2 STEPS=8 GAP=4 ROUNDS=2 CPU_KINDS= bench/gpu_optim.sh
@@ -50,8 +60,9 @@ CPU_GAP=${CPU_GAP:-4}; CPU_BATCH=${CPU_BATCH:-1}; CPU_SEQ=${CPU_SEQ:-512}; RUN_L
 BUDGET_S=${BUDGET_S:-540} # the whole script: a run that cannot start in time is skipped (and the script fails)
 B=${BUILD_DIR:-build-dev}; JOBS=${JOBS:-$(nproc)}; DEVICE=${DEVICE:-cuda}
 LAYERS=${LAYERS:-12}; HIDDEN=${HIDDEN:-768}; HEADS=${HEADS:-12}; VOCAB=${VOCAB:-50304}; MAXPOS=${MAXPOS:-1024}
-DTYPE=bf16; [ "$DEVICE" = cuda ] || DTYPE=fp32
-WORK=/tmp/lmc-gpu-optim-work
+ACCUM=${ACCUM:-1}; THREADS=${THREADS:-}
+if [ -z "${DTYPE:-}" ]; then DTYPE=bf16; [ "$DEVICE" = cuda ] || DTYPE=fp32; fi
+WORK=${WORK:-/tmp/lmc-gpu-optim-work}
 L=$WORK/logs # every log; $OUT gets table.md, build.log, test_optim_cuda.log, logs.tar.gz (<= 8 files come back)
 rm -rf "$L"
 mkdir -p "$OUT" "$WORK" "$L" || { echo "FATAL: cannot create $OUT or $WORK" >&2; exit 1; }
@@ -91,7 +102,7 @@ fi
 # ---- timed runs
 DATA=$WORK/data-v$VOCAB
 if [ ! -f "$DATA/train_00000.bin" ]; then
-  python3 bench/bench_train.py write-shards "$DATA" --vocab "$VOCAB" --tokens $((BATCH * (SEQ + 1) * (STEPS + 2))) \
+  python3 bench/bench_train.py write-shards "$DATA" --vocab "$VOCAB" --tokens $((BATCH * ACCUM * (SEQ + 1) * (STEPS + 2))) \
     --val-tokens 65536 >/dev/null || die "write-shards failed"
 fi
 smi_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc '0-9'; }
@@ -107,7 +118,8 @@ flags() { # KIND GAP
   case $1 in
     adamw) echo "" ;;
     muon) echo "--optim muon" ;;                                      # bf16 Newton–Schulz (batched)
-    muon-fp32) echo "--optim muon --muon-ns-bf16 0" ;;
+    muon-fp32) echo "--optim muon --muon-ns-dtype f32" ;;
+    muon-bf16) echo "--optim muon --muon-ns-dtype bf16" ;;                # the CPU's default is fp32 (auto)
     galore) echo "--optim galore --galore-update-gap $2" ;;           # rank 128, scale 0.25; auto refresh
     galore-exact) echo "--optim galore --galore-update-gap $2 --galore-refresh exact" ;;
     galore-subspace) echo "--optim galore --galore-update-gap $2 --galore-refresh subspace" ;;
@@ -118,8 +130,8 @@ flags() { # KIND GAP
   esac
 }
 : >"$WORK/runs.txt"
-run_kind() { # DEV KIND ROUND DTYPE BATCH SEQ STEPS GAP THREADS
-  local dev=$1 k=$2 rd=$3 dt=$4 bt=$5 sq=$6 st=$7 gp=$8 th=$9 f run tag base r pid poller
+run_kind() { # DEV KIND ROUND DTYPE BATCH SEQ STEPS GAP THREADS [ACCUM]
+  local dev=$1 k=$2 rd=$3 dt=$4 bt=$5 sq=$6 st=$7 gp=$8 th=$9 ac=${10:-1} f run tag base r pid poller
   f=$(flags "$k" "$gp")
   [ "$f" = UNKNOWN ] && { echo "$dev $k $rd unknown-kind" >>"$WORK/runs.txt"; rc=1; return; }
   tag=$dev-$k-r$rd; run=$WORK/run-$tag
@@ -132,7 +144,7 @@ run_kind() { # DEV KIND ROUND DTYPE BATCH SEQ STEPS GAP THREADS
   # shellcheck disable=SC2086
   timeout --kill-after=5 "$lim" "$LMC" train --data "$DATA" -o "$run" --arch gpt2 --vocab "$VOCAB" \
     --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --max-pos "$MAXPOS" --batch "$bt" --seq "$sq" \
-    --steps "$st" --lr 3e-4 --warmup 0 --eval-every 0 --save-every 0 --device "$dev" --dtype "$dt" $th $f \
+    --accum "$ac" --steps "$st" --lr 3e-4 --warmup 0 --eval-every 0 --save-every 0 --device "$dev" --dtype "$dt" $th $f \
     >"$L/$tag.log" 2>&1 &
   pid=$!
   poller=
@@ -148,7 +160,9 @@ run_kind() { # DEV KIND ROUND DTYPE BATCH SEQ STEPS GAP THREADS
   fi
 }
 for rd in $(seq 1 "$ROUNDS"); do
-  for k in $KINDS; do run_kind "$DEVICE" "$k" "$rd" "$DTYPE" "$BATCH" "$SEQ" "$STEPS" "$GAP" ""; done
+  for k in $KINDS; do
+    run_kind "$DEVICE" "$k" "$rd" "$DTYPE" "$BATCH" "$SEQ" "$STEPS" "$GAP" "${THREADS:+--threads $THREADS}" "$ACCUM"
+  done
 done
 if [ -n "$CPU_KINDS" ] && [ "$DEVICE" = cuda ]; then
   for rd in $(seq 1 "$CPU_ROUNDS"); do
@@ -160,7 +174,7 @@ fi
 
 # ---- the table
 SHAPE="GPT-2 architecture (124M at the defaults): $LAYERS layers, hidden $HIDDEN, $HEADS heads, vocab $VOCAB, $MAXPOS positions, tied"
-python3 - "$WORK/runs.txt" "$L" "$SHAPE" "$DEVICE" "$KINDS" "$ROUNDS" "$STEPS" "$SKIP" "$GAP" "$BATCH x $SEQ, $DTYPE" \
+python3 - "$WORK/runs.txt" "$L" "$SHAPE" "$DEVICE" "$KINDS" "$ROUNDS" "$STEPS" "$SKIP" "$GAP" "$BATCH x $SEQ x $ACCUM accum, $DTYPE${THREADS:+, $THREADS threads}" \
   "$CPU_KINDS" "$CPU_ROUNDS" "$CPU_STEPS" "$CPU_SKIP" "$CPU_GAP" "$CPU_BATCH x $CPU_SEQ, fp32, $(nproc) threads" \
   <<'PY' | tee -a "$OUT/table.md"
 import json, os, re, statistics, sys
@@ -178,8 +192,10 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
     if not kinds or (gi == 1 and device != "cuda"):
         continue
     res = {}
+    fwdbwd = []
     for k in kinds:
         plain, refs, per_round, peak, state, n, notes = [], [], {}, None, None, None, []
+        oplain, orefs, shares, oref1 = [], [], [], []
         refresh_kind = k.startswith("galore") or k.startswith("apollo")
         for rd in range(1, rounds + 1):
             tag = f"{dev}-{k}-r{rd}"
@@ -203,21 +219,39 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
             ms = {x["step"]: 1000.0 * tok / x["tokens_per_s"] for x in rows if x.get("tokens_per_s")}
             is_ref = lambda s: refresh_kind and (s - 1) % gap == 0
             p = [v for s, v in ms.items() if s > skip and not is_ref(s)]
+            om = {x["step"]: (x["optim_ms"], x["step_ms"]) for x in rows if "optim_ms" in x}
+            for s, (o, st_ms) in om.items():
+                if s > skip and not is_ref(s):
+                    oplain.append(o); shares.append(o / st_ms); fwdbwd.append(st_ms - o)
+                elif s > 1 and is_ref(s):
+                    orefs.append(o)
+                elif s == 1 and is_ref(s):
+                    oref1.append(o)
             plain += p
             refs += [v for s, v in ms.items() if s > 1 and is_ref(s)]
             if p: per_round[rd] = statistics.median(p)
             if dev == "cuda": peak = max(peak or 0, i["peak"] - i["base"])
         res[k] = dict(step=statistics.median(plain) if plain else None, nplain=len(plain), per_round=per_round,
                       refresh=(statistics.median(refs) - statistics.median(plain)) if refs and plain else None,
-                      peak=peak, state=state if state is not None else (8.0 if k == "adamw" else None), n=n, notes=notes)
+                      peak=peak, state=state if state is not None else (8.0 if k == "adamw" else None), n=n, notes=notes,
+                      opt=statistics.median(oplain) if oplain else None,
+                      share=statistics.median(shares) if shares else None,
+                      orefresh=(statistics.median(orefs) - statistics.median(oplain)) if orefs and oplain else
+                               (statistics.median(oref1) - statistics.median(oplain)) if oref1 and oplain else None)
+        if refresh_kind and not orefs and oref1 and oplain:  # GAP >= STEPS: only step 1 refreshes
+            res[k]["notes"].append("refresh from step 1's optimizer timer")
     a = res.get("adamw", {})
     print()
+    if fwdbwd:
+        print(f"forward+backward (step_ms - optim_ms), median over every kind's plain steps: {statistics.median(fwdbwd):.1f} ms")
     print(f"### {dev}: {shape}; batch {what}; {rounds} interleaved rounds of {steps} steps; step = median over "
           f"steps > {skip} without a projection refresh (refresh every {gap} steps in these runs, amortised over 200)")
     print()
+    F = statistics.median(fwdbwd) if fwdbwd else None
     print("| optimizer | step ms | vs AdamW | per-round ratio range | refresh ms | amortised /200 vs AdamW "
+          "| optimizer ms | optimizer / step | refresh (optimizer timer) ms | est. from timers vs AdamW, amortised "
           "| state B/param | peak MiB above idle | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda v, fmt: (fmt % v) if v is not None else "—"
     for k in kinds:
         r = res[k]
@@ -226,7 +260,10 @@ for gi, (dev, kinds, rounds, steps, skip, gap, what) in enumerate(groups):
         rr = [r["per_round"][q] / a["per_round"][q] for q in r["per_round"] if q in a.get("per_round", {})]
         rng = f"{min(rr):.3f}–{max(rr):.3f}" if rr else "—"
         am = (r["step"] + (r["refresh"] or 0) / 200.0) / a["step"] if r["step"] and a.get("step") else None
+        est = ((F + r["opt"] + (r["orefresh"] or 0) / 200.0) / (F + a["opt"])
+               if F is not None and r.get("opt") is not None and a.get("opt") is not None else None)
         print(f"| {k} | {f(r['step'], '%.1f')} | {f(ratio, '%.3f')} | {rng} | {f(r['refresh'], '%.0f')} | {f(am, '%.3f')} "
+              f"| {f(r['opt'], '%.1f')} | {f(r['share'], '%.3f')} | {f(r['orefresh'], '%.0f')} | {f(est, '%.3f')} "
               f"| {f(r['state'], '%.3f')} | {f(r['peak'], '%d')} | {'; '.join(r['notes'])} |")
 sys.exit(1 if missing else 0)
 PY

@@ -127,7 +127,10 @@ int main(void) {
         float *p0[NP];
         for (int j = 0; j < NP; j++) p0[j] = get(&h, j);
         CHECK_MSG(!lmc_optim_init(&g.opt, &c, &gpu, g.ps, NP, &err), "%s", err.msg);
-        CHECK(!lmc_optim_init(&h.opt, &c, &cpu, h.ps, NP, &err) && !lmc_optim_init(&h2.opt, &c, &cpu, h2.ps, NP, &err));
+        struct lmc_optim_cfg c32 = c;
+        c32.muon_ns_bf16 = false; /* the CPU side: the fp32 iteration, the reference for both GPU modes */
+        CHECK(!lmc_optim_init(&h.opt, &c32, &cpu, h.ps, NP, &err) &&
+              !lmc_optim_init(&h2.opt, &c32, &cpu, h2.ps, NP, &err));
         for (int64_t t = 1; t <= 3; t++) side_step(&g, t, 1e-3), side_step(&h, t, 1e-3);
         /* GPU state -> CPU: h2 takes the GPU's parameters and state after step 3 */
         CHECK_MSG(!lmc_optim_save(&g.opt, path, &err), "%s", err.msg);

@@ -46,7 +46,7 @@ static void usage(void) {
             "             --wd X --beta1 X --beta2 X --eps X --decay-all --clip X (0: off)\n"
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (default adamw; give it\n"
             "             before its settings: --muon-lr X --muon-momentum X --muon-weight-decay X\n"
-            "             --muon-ns-steps N --muon-nesterov 0|1 --muon-scale shape|moonlight --muon-ns-bf16 0|1\n"
+            "             --muon-ns-steps N --muon-nesterov 0|1 --muon-scale shape|moonlight --muon-ns-dtype auto|bf16|f32\n"
             "             --galore-rank N --galore-update-gap N --galore-scale X --galore-refresh auto|exact|subspace\n"
             "             --apollo-rank N --apollo-update-gap N --apollo-scale X --apollo-scale-type channel|tensor\n"
             "             --apollo-seed N --adamw8bit-block N --adamw8bit-embed-8bit 0|1); Muon/GaLore/APOLLO\n"
@@ -643,6 +643,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
                     "\"tokens_per_s\": %.1f, \"tflops\": %.4g",
                 (long long)tr.step, st.loss, st.lr, st.grad_norm, tps, tfl);
+        fprintf(mf, ", \"step_ms\": %.3f, \"optim_ms\": %.3f", 1000 * dt, 1000 * st.optim_s);
         if (peak_tflops > 0) fprintf(mf, ", \"mfu\": %.4g", tfl / peak_tflops);
         if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
         if (st.skipped) fprintf(mf, ", \"skipped\": true");

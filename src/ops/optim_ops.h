@@ -31,8 +31,9 @@ struct lmc_muon_step {
     float decay_mul;         /* 1 - lr * weight_decay */
     float lr_adj;            /* lr * max(1, rows/cols)^0.5, or lr * 0.2 * sqrt(max(rows, cols)) */
     float grad_scale;        /* clipping's factor; 1 = none */
-    int ns_bf16;             /* CUDA: the iteration's GEMM operands in bf16 (tensor cores,
-                                fp32 accumulation and element-wise math); the CPU runs fp32 */
+    int ns_bf16;             /* the iteration's GEMM operands in bf16 (fp32 accumulation and
+                                element-wise math): CUDA tensor cores, the CPU's vdpbf16ps
+                                GEMM (muon_bf16.c); 0: fp32 GEMMs */
 };
 
 /* Floats of work memory the muon op needs for a (rows, cols) matrix:
@@ -130,6 +131,24 @@ void lmc_cpu_lowrank(void *ctx, float *p, const float *g, float *m, float *v, co
                      const struct lmc_lowrank_step *s, float *work);
 void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                   const struct lmc_muon_step *s, float *work);
+/* ops/cpu/muon_bf16.c: the bf16 Newton–Schulz on the CPU (ns_bf16). The
+ * batched entry runs one matrix per pool task (work: X and A of each
+ * matrix in lmc_muon_batch_work_floats's layout). */
+void lmc_cpu_muon_batch(void *ctx, const struct lmc_muon_mat *mats, int count, const struct lmc_muon_step *s,
+                        float *work);
+/* One matrix's step with the bf16 iteration: X, Y (rows*cols floats) and
+ * A, B (k*k) scratch, ws: lmc_cpu_muon_bf16_ws(rows, cols) floats, 64-byte
+ * aligned; lr_adj replaces s->lr_adj. */
+void lmc_muon_bf16_apply(float *p, const float *g, float *buf, int64_t rows, int64_t cols,
+                         const struct lmc_muon_step *s, float lr_adj, float *X, float *Y, float *A, float *B,
+                         void *ws);
+size_t lmc_cpu_muon_bf16_ws(int64_t rows, int64_t cols);
+/* C (k, k) = A (k, K) @ B (K, k) for a product known to be symmetric (A's
+ * (i, kk) at A[i*a_sm + kk*a_sk], B's (kk, j) at B[kk*b_sk + j*b_sn]), in
+ * bf16 operands: only the row blocks' diagonal and right-hand parts are
+ * computed, the strict lower triangle is mirrored. ws as above. */
+void lmc_cpu_sym_gemm_bf16(int64_t k, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B,
+                           int64_t b_sk, int64_t b_sn, float *C, void *ws);
 void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,
                        float *absmax_m, float *absmax_v, int64_t n, int64_t block,
                        const float *code_m, const float *code_v, const struct lmc_adamw_step *s);

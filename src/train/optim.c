@@ -50,6 +50,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->muon_nesterov = true;
     c->muon_scale = LMC_MUON_SCALE_SHAPE;
     c->muon_ns_bf16 = true;
+    c->muon_ns_auto = true;
     c->galore_rank = 128;
     c->galore_update_gap = 200;
     c->galore_scale = 0.25;
@@ -116,7 +117,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
                                lmc_err *err) {
     *used = false;
     const char *f = argv[*i];
-    enum { D, I, KIND, SCALE, STYPE, GREF } t;
+    enum { D, I, KIND, SCALE, STYPE, GREF, NSD } t;
     void *dst = NULL;
     double lo = 0, hi = 1e30;
     static const char *const dflags[] = {"--muon-lr", "--muon-momentum", "--muon-weight-decay",
@@ -132,6 +133,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     else if (!strcmp(f, "--muon-scale")) t = SCALE;
     else if (!strcmp(f, "--apollo-scale-type")) t = STYPE;
     else if (!strcmp(f, "--galore-refresh")) t = GREF;
+    else if (!strcmp(f, "--muon-ns-dtype")) t = NSD;
     else {
         for (k = 0; k < 5 && strcmp(f, dflags[k]); k++) {}
         if (k < 5) {
@@ -158,6 +160,12 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         if (which < 0)
             return lmc_err_set(err, LMC_ERR_ARG, "%s: expected auto, exact or subspace, got '%s'", f, v ? v : "(missing)");
         c->galore_refresh = (enum lmc_galore_refresh)which;
+    } else if (t == NSD) { /* bf16 / f32: --muon-ns-bf16 1 / 0 */
+        int which = !v ? -1 : !strcmp(v, "f32") ? 0 : !strcmp(v, "bf16") ? 1 : !strcmp(v, "auto") ? 2 : -1;
+        if (which < 0)
+            return lmc_err_set(err, LMC_ERR_ARG, "%s: expected auto, bf16 or f32, got '%s'", f, v ? v : "(missing)");
+        c->muon_ns_bf16 = which != 0;
+        c->muon_ns_auto = which == 2;
     } else if (t == SCALE || t == STYPE) {
         const char *a = t == SCALE ? "shape" : "channel", *b = t == SCALE ? "moonlight" : "tensor";
         int which = v && !strcmp(v, a) ? 0 : v && !strcmp(v, b) ? 1 : -1;
@@ -179,7 +187,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         case 4: c->apollo_rank = (int)x; break;
         case 5: c->apollo_update_gap = (int)x; break;
         case 6: c->apollo_seed = (uint64_t)x; break;
-        case 8: c->muon_ns_bf16 = x != 0; break;
+        case 8: c->muon_ns_bf16 = x != 0, c->muon_ns_auto = false; break;
         case 9: c->q8_embed_8bit = x != 0; break;
         default: c->q8_block = (int)x; break;
         }
@@ -323,9 +331,14 @@ void lmc_optim_free(struct lmc_optim *o) {
     memset(o, 0, sizeof *o);
 }
 
+/* Whether Newton–Schulz runs with bf16 operands on this backend (lmc_optim_cfg.muon_ns_auto). */
+static bool muon_ns_bf16_on(const struct lmc_optim_cfg *c, const struct lmc_backend *be) {
+    return c->muon_ns_bf16 && (!c->muon_ns_auto || !be->host_memory);
+}
+
 /* torch.optim.Muon: adjusted_lr = lr * ratio; p *= 1 - lr * wd; p -= adjusted_lr * O */
-static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_optim_slot *s, double lr,
-                           float grad_scale, struct lmc_muon_step *ms) {
+static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_backend *be, const struct lmc_optim_slot *s,
+                           double lr, float grad_scale, struct lmc_muon_step *ms) {
     double mlr = c->adamw.lr > 0 ? c->muon_lr * (lr / c->adamw.lr) : c->muon_lr;
     double ratio = c->muon_scale == LMC_MUON_SCALE_MOONLIGHT ? 0.2 * sqrt((double)LMC_MAX(s->rows, s->cols))
                                                              : sqrt(LMC_MAX(1.0, (double)s->rows / (double)s->cols));
@@ -333,12 +346,12 @@ static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_optim
         .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
         .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
         .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
-        .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = c->muon_ns_bf16};
+        .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = muon_ns_bf16_on(c, be)};
 }
 
 /* Whether Muon's tensors go through the backend's batched entry. */
 static bool muon_batched(const struct lmc_optim_cfg *c, const struct lmc_backend *be) {
-    return c->kind == LMC_OPTIM_MUON && c->muon_ns_bf16 && be->muon_batch;
+    return c->kind == LMC_OPTIM_MUON && muon_ns_bf16_on(c, be) && be->muon_batch;
 }
 
 /* The next batch of Muon slots of one shape among those not yet done: their indices in idx (at most LMC_MUON_BATCH_MAX);
@@ -476,7 +489,7 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
     }
     case LMC_GROUP_MUON: {
         struct lmc_muon_step ms;
-        muon_step_make(c, s, lr, grad_scale, &ms);
+        muon_step_make(c, be, s, lr, grad_scale, &ms);
         be->muon(be->ctx, s->p, s->g, s->buf, s->rows, s->cols, &ms, o->work);
         break;
     }
@@ -500,7 +513,7 @@ void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_sca
     while ((cnt = muon_next_batch(o->slots, o->n_params, done, idx)) > 0) {
         for (int q = 0; q < cnt; q++) {
             const struct lmc_optim_slot *s = &o->slots[idx[q]];
-            muon_step_make(&o->cfg, s, lr, grad_scale, &ms);
+            muon_step_make(&o->cfg, o->be, s, lr, grad_scale, &ms);
             mats[q] = (struct lmc_muon_mat){s->p, s->g, s->buf, s->rows, s->cols, ms.lr_adj};
             done[idx[q]] = true;
         }

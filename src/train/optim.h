@@ -98,7 +98,14 @@ struct lmc_optim_cfg {
     int muon_ns_steps;            /* 5 */
     bool muon_nesterov;           /* true */
     enum lmc_muon_scale muon_scale; /* SHAPE: max(1, rows/cols)^0.5; MOONLIGHT: 0.2 sqrt(max) */
-    bool muon_ns_bf16;            /* true: bf16 GEMM operands in Newton–Schulz on the GPU (CPU: fp32) */
+    bool muon_ns_bf16;            /* false: fp32 Newton–Schulz GEMMs; true: bf16 operands (fp32 sums),
+                                     on every backend unless muon_ns_auto */
+    bool muon_ns_auto;            /* true (the default, --muon-ns-dtype auto): with muon_ns_bf16, bf16 where
+                                     the backend's memory is not the host's (the GPU) and fp32 on the CPU,
+                                     whose Muon then stays reproducible across process layouts (bf16
+                                     rounding turns the all-reduce's last-bit differences into 1e-5
+                                     loss differences); --muon-ns-dtype bf16|f32 and --muon-ns-bf16
+                                     set it false */
     /* GaLore (paper's LLaMA settings) */
     int galore_rank;              /* 128 */
     int galore_update_gap;        /* 200 */
@@ -128,7 +135,7 @@ lmc_status lmc_optim_kind_parse(const char *s, enum lmc_optim_kind *out, lmc_err
 /* Command-line settings: if argv[*i] is one of the optimizer flags
  * (--optim KIND, --muon-lr X, --muon-momentum X, --muon-weight-decay X,
  * --muon-ns-steps N, --muon-nesterov 0|1, --muon-scale shape|moonlight,
- * --muon-ns-bf16 0|1,
+ * --muon-ns-bf16 0|1 (= --muon-ns-dtype f32|bf16), --muon-ns-dtype auto|bf16|f32,
  * --galore-rank N, --galore-update-gap N, --galore-scale X, --apollo-rank N,
  * --apollo-update-gap N, --apollo-scale X, --apollo-scale-type
  * channel|tensor, --apollo-seed N, --adamw8bit-block N), consumes it and

@@ -78,6 +78,7 @@ struct lmc_train_stats {
     double lr;
     int64_t tokens;
     bool skipped;              /* non-finite gradient: update skipped */
+    double optim_s;            /* wall seconds of the optimizer update (synced; 0 if skipped) */
     /* mixture of experts (n_experts 0: a dense model): the load-balancing
      * loss (unweighted, mean over the micro-batches) and the tokens routed
      * to each expert (top-k choices summed over the sparse layers and the

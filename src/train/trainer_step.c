@@ -78,6 +78,7 @@ lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_trai
         return LMC_OK;
     }
     lmc_status s = LMC_OK;
+    const double t_opt = lmc_time_now();
     if (tr->have_opt && u && u->optim) {
         s = u->optim(tr, st->lr, tr->step + 1, grad_scale, err);
     } else if (tr->have_opt) {
@@ -102,6 +103,7 @@ lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_trai
         }
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
+    st->optim_s = lmc_time_now() - t_opt;
     tr->step++;
     return s;
 }

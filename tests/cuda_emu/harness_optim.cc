@@ -165,8 +165,10 @@ static void test_optim() {
             auto g = rv(n), before = p, before2 = p2;
             lmc_muon_step s = {0.95f, t != 2, 5, 3.4445f, -4.7750f, 2.0315f, 1e-7f, 1 - 0.02f * 0.1f,
                                0.02f * sqrtf(std::max(1.0f, (float)rows / cols)), t == 3 ? 0.5f : 1.0f, bf};
+            lmc_muon_step s32 = s;
+            s32.ns_bf16 = 0; /* the CPU's fp32 iteration: the reference in both cases */
             lmc_cuda_muon(cc, p.data(), g.data(), buf.data(), rows, cols, &s, w.data());
-            cpu.muon(cpu.ctx, p2.data(), g.data(), buf2.data(), rows, cols, &s, w2.data());
+            cpu.muon(cpu.ctx, p2.data(), g.data(), buf2.data(), rows, cols, &s32, w2.data());
             worst_b = std::max(worst_b, rel(buf, buf2));
             worst_p = std::max(worst_p, rel(p, p2));
             std::vector<float> d(n), d2(n); /* the updates, relative to their own size */
@@ -249,11 +251,13 @@ static void test_optim() {
         lmc_optim_cfg_default(&c, mbf ? LMC_OPTIM_MUON : (lmc_optim_kind)k);
         c.muon_ns_bf16 = false, c.galore_rank = 8, c.galore_update_gap = 2, c.apollo_update_gap = 2;
         c.apollo_scale_type = LMC_APOLLO_TENSOR; /* well conditioned; channel-wise is checked above */
-        c.muon_ns_bf16 = mbf; /* the CPU ignores it (fp32) */
+        c.muon_ns_bf16 = mbf;
         c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE; /* the GPU's default (auto), on both sides */
+        lmc_optim_cfg c32 = c;
+        c32.muon_ns_bf16 = false; /* the CPU side runs the fp32 iteration: the reference */
         lmc_optim og, oc;
         lmc_err err;
-        if (lmc_optim_init(&og, &c, &gpu, pg, np, &err) || lmc_optim_init(&oc, &c, &cpu, pcpu, np, &err)) {
+        if (lmc_optim_init(&og, &c, &gpu, pg, np, &err) || lmc_optim_init(&oc, &c32, &cpu, pcpu, np, &err)) {
             check(std::string("optimizer init ") + lmc_optim_kind_name((lmc_optim_kind)k), 1, 0, "%s", err.msg);
             continue;
         }

@@ -3,7 +3,9 @@
  * the projection): the projected gradient through OpenBLAS sgemm, the
  * authors' Adam moments in rank-r space, then GaLore's projection back
  * (sgemm into p) or APOLLO's channel/tensor scaling of the raw gradient
- * with the norm-growth limiter; the decay after the update. */
+ * with the norm-growth limiter; the decay after the update. Each pass
+ * does all it can: the moments with N (GaLore) or with the channel sums
+ * (APOLLO), APOLLO's update with the decay. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
@@ -28,12 +30,12 @@ void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float
     /* R = gs G P^T (right) or gs P^T G */
     if (right) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, s->grad_scale, g, N, proj, N, 0.0f, R, r);
     else cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, s->grad_scale, proj, r, g, N, 0.0f, R, N);
-    for (int64_t i = 0; i < nl; i++) {
-        m[i] = m[i] * s->beta1 + R[i] * s->one_minus_b1;
-        v[i] = v[i] * s->beta2 + s->one_minus_b2 * (R[i] * R[i]);
-    }
     if (!s->apollo) {
-        for (int64_t i = 0; i < nl; i++) R[i] = m[i] / (sqrtf(v[i]) + s->eps); /* N, in place */
+        for (int64_t i = 0; i < nl; i++) { /* the moments and N (in place of R) in one pass */
+            m[i] = m[i] * s->beta1 + R[i] * s->one_minus_b1;
+            v[i] = v[i] * s->beta2 + s->one_minus_b2 * (R[i] * R[i]);
+            R[i] = m[i] / (sqrtf(v[i]) + s->eps);
+        }
         if (right)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, r, s->alpha, R, r, proj, N, 1.0f, p, N);
         else
@@ -43,8 +45,10 @@ void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float
         const bool tensor = s->tensor;
         const int64_t ch = tensor ? 1 : right ? rows : cols;
         for (int64_t q = 0; q < ch; q++) nr[q] = nn[q] = 0;
-        for (int64_t i = 0; i < nl; i++) {
+        for (int64_t i = 0; i < nl; i++) { /* the moments and the channel sums in one pass */
             int64_t q = tensor ? 0 : right ? i / low_cols : i % low_cols;
+            m[i] = m[i] * s->beta1 + R[i] * s->one_minus_b1;
+            v[i] = v[i] * s->beta2 + s->one_minus_b2 * (R[i] * R[i]);
             float x = m[i] / (sqrtf(v[i]) + s->eps);
             nr[q] += (double)R[i] * R[i];
             nn[q] += (double)x * x;
@@ -66,11 +70,13 @@ void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float
         }
         *prev_norm = prev;
         for (int64_t i = 0; i < rows; i++)
-            for (int64_t j = 0; j < cols; j++) {
+            for (int64_t j = 0; j < cols; j++) { /* the update and the decay in one pass */
                 float f = (float)nr[tensor ? 0 : right ? i : j];
                 float S = (float)((double)(g[i * cols + j] * s->grad_scale * f) / lim);
-                p[i * cols + j] += s->alpha * (S * s->sqrt_scale);
+                float x = p[i * cols + j] + s->alpha * (S * s->sqrt_scale);
+                p[i * cols + j] = s->decay != 0.0f ? x + x * s->decay : x;
             }
+        return;
     }
     if (s->decay != 0.0f)
         for (int64_t i = 0; i < rows * cols; i++) p[i] += p[i] * s->decay;

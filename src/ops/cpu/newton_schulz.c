@@ -4,7 +4,9 @@
  * iteration instead of general GEMMs' 4k^2 n + 2k^3) and the scaled, decoupled-decay
  * update, as
  * ops/optim_ops.h states it (torch.optim.Muon's order of operations, in
- * float32; the Frobenius norm is accumulated in double). */
+ * float32; the Frobenius norm is accumulated in double). This is the
+ * `--muon-ns-dtype f32` path; with s->ns_bf16 (the default) lmc_cpu_muon
+ * runs muon_bf16.c's bf16-GEMM iteration instead. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
@@ -78,6 +80,14 @@ void lmc_muon_apply(float *p, const float *g, float *buf, int64_t rows, int64_t 
 
 void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows, int64_t cols,
                   const struct lmc_muon_step *s, float *work) {
-    (void)ctx;
-    lmc_muon_apply(p, g, buf, rows, cols, s, work);
+    if (!s->ns_bf16) {
+        lmc_muon_apply(p, g, buf, rows, cols, s, work);
+        return;
+    }
+    /* bf16 Newton–Schulz (muon_bf16.c): X, Y, A, B in work, the GEMM's workspace in scratch */
+    struct lmc_cpu_ctx *c = ctx;
+    const int64_t k = LMC_MIN(rows, cols), w = LMC_MAX(rows, cols);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_muon_bf16_ws(rows, cols));
+    float *X = work, *Y = X + k * w, *A = Y + k * w, *B = A + k * k;
+    lmc_muon_bf16_apply(p, g, buf, rows, cols, s, s->lr_adj, X, Y, A, B, c->scratch[0]);
 }
