@@ -8,7 +8,7 @@
 #          for DRAFT_STEPS steps — small enough for a CPU (a few minutes);
 #  target: with --target, a larger target for which the default model is
 #          the draft: TARGET_LAYERS x TARGET_HIDDEN (default 12 x 768,
-#          intermediate 2048, ~91M parameters) for TARGET_STEPS steps —
+#          intermediate 2048, ~91M parameters) for TARGET_STEPS steps (450 x 32 x 256: about one pass) —
 #          for a GPU (--device cuda);
 # and measures each pair: validation perplexity of every model, then
 # greedy `lmc generate` on KJV prompts (GEN tokens each, the same prompts
@@ -17,7 +17,7 @@
 # from the generate log, drafted / accepted, and that the speculative
 # texts equal the plain ones (greedy: they must).
 # Usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]
-# env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), TARGET_STEPS (1500),
+# env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), TARGET_STEPS (450: about one pass over the training books; 1500 overfit, val ppl 347),
 #      DRAFT_LAYERS/HIDDEN/HEADS/INTER (2/128/4/384), TARGET_LAYERS/HIDDEN/HEADS/INTER
 #      (12/768/12/2048), GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
 #      EVAL_DEVICE (DEVICE; where the perplexities run)
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
 done
 cd "$(dirname "$0")/.."
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-$(nproc)}; BASE=models/kjv-llama
-DRAFT_STEPS=${DRAFT_STEPS:-400}; DRAFT_BATCH=${DRAFT_BATCH:-16}; TARGET_STEPS=${TARGET_STEPS:-1500}
+DRAFT_STEPS=${DRAFT_STEPS:-400}; DRAFT_BATCH=${DRAFT_BATCH:-16}; TARGET_STEPS=${TARGET_STEPS:-450}
 DL=${DRAFT_LAYERS:-2}; DH=${DRAFT_HIDDEN:-128}; DHEADS=${DRAFT_HEADS:-4}; DI=${DRAFT_INTER:-384}
 TL=${TARGET_LAYERS:-12}; TH=${TARGET_HIDDEN:-768}; THEADS=${TARGET_HEADS:-12}; TI=${TARGET_INTER:-2048}
 GEN=${GEN:-64}; ROUNDS=${ROUNDS:-2}; NPROMPTS=${PROMPTS:-8}
