@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {
@@ -25,6 +26,28 @@ void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (buf) m->owned[m->n_owned++] = buf;
     return buf;
+}
+
+#define QHEAP_ALIGN ((size_t)2 << 20)
+#define QHEAP_CHUNK ((size_t)64 << 20)
+
+void *lmc_model_own_huge(struct lmc_model *m, size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+    if (bytes > m->qheap_left) { /* a new chunk (the old one's untouched tail is never resident) */
+        size_t chunk = (LMC_MAX(bytes, QHEAP_CHUNK) + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN;
+        uint8_t *raw = lmc_model_own(m, chunk + QHEAP_ALIGN);
+        if (!raw) return NULL;
+        uint8_t *a = (uint8_t *)(((uintptr_t)raw + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN);
+#ifdef MADV_HUGEPAGE
+        madvise(a, chunk, MADV_HUGEPAGE); /* advice only: 4 KB pages if the kernel has none */
+#endif
+        m->qheap = a;
+        m->qheap_left = chunk;
+    }
+    void *p = m->qheap;
+    m->qheap += bytes;
+    m->qheap_left -= bytes;
+    return p;
 }
 
 static float elem_f32(const void *data, enum lmc_dtype dt, int64_t i) {
@@ -160,6 +183,16 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
         free(w);
         lmc_err_prefix(err, "%s: ", name);
         return s;
+    }
+    if (m->qheap_on && w->owned && w->data == w->owned) { /* the codes into huge pages */
+        size_t nb = (size_t)(w->row_bytes * w->n);
+        uint8_t *h = lmc_model_own_huge(m, nb);
+        if (h) {
+            memcpy(h, w->data, nb);
+            free(w->owned);
+            w->owned = NULL;
+            w->data = h;
+        }
     }
     mark_prefix(ls, name);
     return lmc_model_bind_qweight(m, r, w, err);
@@ -457,6 +490,7 @@ static lmc_status load_range(struct lmc_model *m, const char *dir, const struct 
     memset(m, 0, sizeof *m);
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
     m->on_device = opts && opts->be && !opts->be->host_memory;
+    m->qheap_on = opts && opts->be && opts->be->host_memory;
     if (le && lmc_gguf_is_file(dir))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: a layer range (pipeline stage) loads safetensors folders, "
                            "not GGUF files", dir);

@@ -113,19 +113,27 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
                            "Q6_K with whole blocks per row)", G->path, name,
                            lmc_ggml_type_name(t->type) ? lmc_ggml_type_name(t->type) : "an unknown type");
     const void *data = base;
+    uint8_t kind = r->spec->kind;
+    bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
+    /* a quantized linear on a host backend: copied into huge pages (lmc_model_own_huge), its file pages released */
+    bool huge = is_quant && m->qheap_on && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD) && r->ndim == 2;
     int64_t heads = lmc_gguf_rope_heads(r, &m->cfg, G->v);
     if (heads > 0) { /* llama.cpp's rotary row order back to Hugging Face's */
         if (rows % (2 * heads))
             return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': %lld rows do not split into %lld heads of even size",
                                G->path, name, (long long)rows, (long long)heads);
-        void *p = lmc_model_own(m, (size_t)(rows * rb));
+        void *p = huge ? lmc_model_own_huge(m, (size_t)(rows * rb)) : lmc_model_own(m, (size_t)(rows * rb));
         if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
         lmc_gguf_permute_qk(base, p, rows, (size_t)rb, heads, true);
         data = p;
         if (m->gguf->map_kind == 1) drop_pages(base, (size_t)(rows * rb)); /* read once: not resident twice */
+    } else if (huge) {
+        void *p = lmc_model_own_huge(m, (size_t)(rows * rb));
+        if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        memcpy(p, base, (size_t)(rows * rb));
+        data = p;
+        if (m->gguf->map_kind == 1) drop_pages(base, (size_t)(rows * rb));
     }
-    uint8_t kind = r->spec->kind;
-    bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
     if (is_quant && matrix) {
         struct lmc_qweight *w = calloc(1, sizeof *w);
         if (!w) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
