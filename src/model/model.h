@@ -98,6 +98,11 @@ struct lmc_qweight;
  * once per token, and with 4 KB pages each page costs a TLB miss and stops
  * the hardware prefetcher. NULL when out of memory. */
 void *lmc_model_own_huge(struct lmc_model *m, size_t bytes);
+/* The next lmc_model_own_huge chunk at least bytes (virtual: untouched
+ * pages are never resident), so that the pieces of one model share one
+ * chunk and lose at most one partly used huge page; without room for it,
+ * the 64 MB chunks as needed. */
+void lmc_model_qheap_reserve(struct lmc_model *m, size_t bytes);
 lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_ref *r, struct lmc_qweight *w,
                                   lmc_err *err);
 void lmc_model_free(struct lmc_model *m);

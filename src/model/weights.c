@@ -31,19 +31,28 @@ void *lmc_model_own(struct lmc_model *m, size_t bytes) {
 #define QHEAP_ALIGN ((size_t)2 << 20)
 #define QHEAP_CHUNK ((size_t)64 << 20)
 
+/* A new chunk of at least bytes (the old one's untouched tail is never
+ * resident: only its last, partly used huge page is lost). */
+static bool qheap_chunk(struct lmc_model *m, size_t bytes) {
+    size_t chunk = (LMC_MAX(bytes, QHEAP_CHUNK) + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN;
+    uint8_t *raw = lmc_model_own(m, chunk + QHEAP_ALIGN);
+    if (!raw) return false;
+    uint8_t *a = (uint8_t *)(((uintptr_t)raw + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN);
+#ifdef MADV_HUGEPAGE
+    madvise(a, chunk, MADV_HUGEPAGE); /* advice only: 4 KB pages if the kernel has none */
+#endif
+    m->qheap = a;
+    m->qheap_left = chunk;
+    return true;
+}
+
+void lmc_model_qheap_reserve(struct lmc_model *m, size_t bytes) {
+    if (bytes > m->qheap_left && bytes <= SIZE_MAX / 2) qheap_chunk(m, bytes); /* else 64 MB chunks as needed */
+}
+
 void *lmc_model_own_huge(struct lmc_model *m, size_t bytes) {
     bytes = (bytes + 63) / 64 * 64;
-    if (bytes > m->qheap_left) { /* a new chunk (the old one's untouched tail is never resident) */
-        size_t chunk = (LMC_MAX(bytes, QHEAP_CHUNK) + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN;
-        uint8_t *raw = lmc_model_own(m, chunk + QHEAP_ALIGN);
-        if (!raw) return NULL;
-        uint8_t *a = (uint8_t *)(((uintptr_t)raw + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN);
-#ifdef MADV_HUGEPAGE
-        madvise(a, chunk, MADV_HUGEPAGE); /* advice only: 4 KB pages if the kernel has none */
-#endif
-        m->qheap = a;
-        m->qheap_left = chunk;
-    }
+    if (bytes > m->qheap_left && !qheap_chunk(m, bytes)) return NULL;
     void *p = m->qheap;
     m->qheap += bytes;
     m->qheap_left -= bytes;
@@ -533,6 +542,11 @@ static lmc_status load_range(struct lmc_model *m, const char *dir, const struct 
     if (!s && ls.qc.method != LMC_QM_NONE && m->on_device && (!opts->be->qweight_upload || !opts->be->qmatmul))
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantized weights: the %s backend has no quantized kernels",
                         dir, opts->be->name);
+    if (!s && m->qheap_on && ls.qc.method != LMC_QM_NONE) { /* room for every quantized linear in one chunk */
+        size_t total = 0;
+        for (int64_t i = 0; i < m->st.n_tensors; i++) total += m->st.tensors[i].nbytes + 64;
+        lmc_model_qheap_reserve(m, total);
+    }
     if (!s) s = lmc_arch_walk(m->arch, &m->cfg, load_one, &ls, err);
     if (!s && !m->w.head.w.data) m->w.head.w = m->w.tok_emb; /* tied */
     for (int64_t i = 0; !s && i < m->st.n_tensors; i++) {
