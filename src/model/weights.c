@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {
@@ -138,6 +139,25 @@ static void mark_prefix(struct load_state *ls, const char *prefix) {
     }
 }
 
+/* The file pages of prefix's packed tensors (qweight, qzeros, scales,
+ * g_idx, ...; not the bias), read once into the prepared weight, released
+ * from this process: MADV_DONTNEED on the private read-only mapping (a
+ * later read would fault them in again from the file). */
+static void release_prefix(struct lmc_model *m, const char *prefix) {
+    size_t n = strlen(prefix);
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0) return;
+    for (int64_t i = 0; i < m->st.n_tensors; i++) {
+        const struct lmc_st_tensor *t = &m->st.tensors[i];
+        if (strncmp(t->name, prefix, n) || t->name[n] != '.' || !strcmp(t->name + n, ".bias") ||
+            m->st.files[t->file].map_kind != 1)
+            continue;
+        uintptr_t a = ((uintptr_t)t->data + (uintptr_t)ps - 1) / (uintptr_t)ps * (uintptr_t)ps;
+        uintptr_t e = ((uintptr_t)t->data + t->nbytes) / (uintptr_t)ps * (uintptr_t)ps;
+        if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+    }
+}
+
 /* A linear weight of a quantized folder (quantization_config): read with
  * hf_quant, prepared for the kernels and bound as LMC_WFMT_QUANT (fused
  * tensors split into row views per part). *found false: the file holds
@@ -204,6 +224,7 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
         }
     }
     mark_prefix(ls, name);
+    if (m->qheap_on) release_prefix(m, name);
     return lmc_model_bind_qweight(m, r, w, err);
 }
 
