@@ -55,7 +55,10 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 #include <immintrin.h>
 
 #define K_MR 4
-#define K_PF_TILES 2
+/* software prefetch distance: the nearest whole number of 4-row tiles to 4 KB, at least one (1-thread
+ * decode CPU time, bench/quant_decode_ab.py: 2 tiles = 3.5 KB at K 768 beat 1, 4 and 8; 1 tile = 4.6 KB at
+ * K 2048 beat 2 = 9.2 KB; no software prefetch was 2-3x slower) */
+#define K_PF_BYTES 4096
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
 #define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (8 x 2 int16), dmin mn (8 floats), d (8) */
 #define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -106,10 +109,11 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
     __m256 acc[4][K_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
-    /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) K_PF_TILES tiles ahead, swept at
+    /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) pft tiles ahead, swept at
      * the rate this tile reads its own (576 bytes a super-block) */
-    const uint8_t *pf = wp + (int64_t)K_PF_TILES * 4 * rb;
-    const int pf_on = !pre && R == 4 && row + (K_PF_TILES + 1) * 4 <= w->n;
+    const int64_t pft = LMC_MAX(1, (K_PF_BYTES + 2 * rb) / (4 * rb)); /* tiles ahead: ~K_PF_BYTES, at least one */
+    const uint8_t *pf = wp + pft * 4 * rb;
+    const int pf_on = !pre && R == 4 && row + (pft + 1) * 4 <= w->n;
     for (int64_t s = 0; s < nsb; s++) {
         if (pf_on)
             _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
