@@ -55,9 +55,11 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 #include <immintrin.h>
 
 #define K_MR 4
-/* software prefetch distance: the nearest whole number of 4-row tiles to 4 KB, at least one (1-thread
- * decode CPU time, bench/quant_decode_ab.py: 2 tiles = 3.5 KB at K 768 beat 1, 4 and 8; 1 tile = 4.6 KB at
- * K 2048 beat 2 = 9.2 KB; no software prefetch was 2-3x slower) */
+/* software prefetch distance: 2 4-row tiles, 1 for tiles of K_PF_BYTES or more (1-thread decode user CPU
+ * time, bench/quant_decode_ab.py, 3-5 interleaved rounds: Q4_K at K 768 (1.7 KB tiles) 2 tiles beat 1, 4
+ * and 8; at K 2048 (4.6 KB) 1 beat 2 by 1.17x; no software prefetch 2-3x slower; with Q4_0/GPTQ/Q8_0
+ * (qmatmul_q4.c) 1 tile for tiles >= 4 KB gave r1b 1.04-1.11x, while 1 tile for Q8_0's 3.3 KB tiles at K
+ * 768 lost 17%) */
 #define K_PF_BYTES 4096
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
 #define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (8 x 2 int16), dmin mn (8 floats), d (8) */
@@ -111,7 +113,7 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
     /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) pft tiles ahead, swept at
      * the rate this tile reads its own (576 bytes a super-block) */
-    const int64_t pft = LMC_MAX(1, (K_PF_BYTES + 2 * rb) / (4 * rb)); /* tiles ahead: ~K_PF_BYTES, at least one */
+    const int64_t pft = (4 * rb < K_PF_BYTES ? 2 : 1); /* tiles ahead */
     const uint8_t *pf = wp + pft * 4 * rb;
     const int pf_on = !pre && R == 4 && row + (pft + 1) * 4 <= w->n;
     for (int64_t s = 0; s < nsb; s++) {
