@@ -34,6 +34,11 @@ struct lmc_model {
     /* owned allocations (converted weights, f32 copies of vectors) */
     void **owned;
     int n_owned, cap_owned;
+    /* quantized linears' bytes on a host backend (lmc_model_own_huge):
+     * the current 2 MB-aligned chunk, madvised for transparent huge pages */
+    bool qheap_on;
+    uint8_t *qheap;
+    size_t qheap_left;
     /* quantized linears (issue 10): the method of config.json's
      * quantization_config (enum lmc_qmethod; 0: none) and the prepared
      * weights the linears point at (freed with the model) */
@@ -88,6 +93,16 @@ lmc_status lmc_model_load_finish(struct lmc_model *m, const struct lmc_model_opt
 /* Binds w (owned by the model from here, freed on error) as the quantized
  * weight of r (a layer linear, split into views for fused parts, or the head). */
 struct lmc_qweight;
+/* bytes (64-byte aligned, lmc_model_own's lifetime) from 2 MB-aligned
+ * chunks madvised MADV_HUGEPAGE: a quantized decode streams every weight
+ * once per token, and with 4 KB pages each page costs a TLB miss and stops
+ * the hardware prefetcher. NULL when out of memory. */
+void *lmc_model_own_huge(struct lmc_model *m, size_t bytes);
+/* The next lmc_model_own_huge chunk at least bytes (virtual: untouched
+ * pages are never resident), so that the pieces of one model share one
+ * chunk and lose at most one partly used huge page; without room for it,
+ * the 64 MB chunks as needed. */
+void lmc_model_qheap_reserve(struct lmc_model *m, size_t bytes);
 lmc_status lmc_model_bind_qweight(struct lmc_model *m, const struct lmc_tensor_ref *r, struct lmc_qweight *w,
                                   lmc_err *err);
 void lmc_model_free(struct lmc_model *m);

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {
@@ -25,6 +27,37 @@ void *lmc_model_own(struct lmc_model *m, size_t bytes) {
     void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (buf) m->owned[m->n_owned++] = buf;
     return buf;
+}
+
+#define QHEAP_ALIGN ((size_t)2 << 20)
+#define QHEAP_CHUNK ((size_t)64 << 20)
+
+/* A new chunk of at least bytes (the old one's untouched tail is never
+ * resident: only its last, partly used huge page is lost). */
+static bool qheap_chunk(struct lmc_model *m, size_t bytes) {
+    size_t chunk = (LMC_MAX(bytes, QHEAP_CHUNK) + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN;
+    uint8_t *raw = lmc_model_own(m, chunk + QHEAP_ALIGN);
+    if (!raw) return false;
+    uint8_t *a = (uint8_t *)(((uintptr_t)raw + QHEAP_ALIGN - 1) / QHEAP_ALIGN * QHEAP_ALIGN);
+#ifdef MADV_HUGEPAGE
+    madvise(a, chunk, MADV_HUGEPAGE); /* advice only: 4 KB pages if the kernel has none */
+#endif
+    m->qheap = a;
+    m->qheap_left = chunk;
+    return true;
+}
+
+void lmc_model_qheap_reserve(struct lmc_model *m, size_t bytes) {
+    if (bytes > m->qheap_left && bytes <= SIZE_MAX / 2) qheap_chunk(m, bytes); /* else 64 MB chunks as needed */
+}
+
+void *lmc_model_own_huge(struct lmc_model *m, size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+    if (bytes > m->qheap_left && !qheap_chunk(m, bytes)) return NULL;
+    void *p = m->qheap;
+    m->qheap += bytes;
+    m->qheap_left -= bytes;
+    return p;
 }
 
 static float elem_f32(const void *data, enum lmc_dtype dt, int64_t i) {
@@ -106,6 +139,25 @@ static void mark_prefix(struct load_state *ls, const char *prefix) {
     }
 }
 
+/* The file pages of prefix's packed tensors (qweight, qzeros, scales,
+ * g_idx, ...; not the bias), read once into the prepared weight, released
+ * from this process: MADV_DONTNEED on the private read-only mapping (a
+ * later read would fault them in again from the file). */
+static void release_prefix(struct lmc_model *m, const char *prefix) {
+    size_t n = strlen(prefix);
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0) return;
+    for (int64_t i = 0; i < m->st.n_tensors; i++) {
+        const struct lmc_st_tensor *t = &m->st.tensors[i];
+        if (strncmp(t->name, prefix, n) || t->name[n] != '.' || !strcmp(t->name + n, ".bias") ||
+            m->st.files[t->file].map_kind != 1)
+            continue;
+        uintptr_t a = ((uintptr_t)t->data + (uintptr_t)ps - 1) / (uintptr_t)ps * (uintptr_t)ps;
+        uintptr_t e = ((uintptr_t)t->data + t->nbytes) / (uintptr_t)ps * (uintptr_t)ps;
+        if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+    }
+}
+
 /* A linear weight of a quantized folder (quantization_config): read with
  * hf_quant, prepared for the kernels and bound as LMC_WFMT_QUANT (fused
  * tensors split into row views per part). *found false: the file holds
@@ -161,7 +213,18 @@ static lmc_status load_quant(struct load_state *ls, const struct lmc_tensor_ref 
         lmc_err_prefix(err, "%s: ", name);
         return s;
     }
+    if (m->qheap_on && w->owned && w->data == w->owned) { /* the codes into huge pages */
+        size_t nb = (size_t)(w->row_bytes * w->n);
+        uint8_t *h = lmc_model_own_huge(m, nb);
+        if (h) {
+            memcpy(h, w->data, nb);
+            free(w->owned);
+            w->owned = NULL;
+            w->data = h;
+        }
+    }
     mark_prefix(ls, name);
+    if (m->qheap_on) release_prefix(m, name);
     return lmc_model_bind_qweight(m, r, w, err);
 }
 
@@ -457,6 +520,7 @@ static lmc_status load_range(struct lmc_model *m, const char *dir, const struct 
     memset(m, 0, sizeof *m);
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
     m->on_device = opts && opts->be && !opts->be->host_memory;
+    m->qheap_on = opts && opts->be && opts->be->host_memory;
     if (le && lmc_gguf_is_file(dir))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: a layer range (pipeline stage) loads safetensors folders, "
                            "not GGUF files", dir);
@@ -499,6 +563,11 @@ static lmc_status load_range(struct lmc_model *m, const char *dir, const struct 
     if (!s && ls.qc.method != LMC_QM_NONE && m->on_device && (!opts->be->qweight_upload || !opts->be->qmatmul))
         s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: quantized weights: the %s backend has no quantized kernels",
                         dir, opts->be->name);
+    if (!s && m->qheap_on && ls.qc.method != LMC_QM_NONE) { /* room for every quantized linear in one chunk */
+        size_t total = 0;
+        for (int64_t i = 0; i < m->st.n_tensors; i++) total += m->st.tensors[i].nbytes + 64;
+        lmc_model_qheap_reserve(m, total);
+    }
     if (!s) s = lmc_arch_walk(m->arch, &m->cfg, load_one, &ls, err);
     if (!s && !m->w.head.w.data) m->w.head.w = m->w.tok_emb; /* tied */
     for (int64_t i = 0; !s && i < m->st.n_tensors; i++) {

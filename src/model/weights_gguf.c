@@ -113,19 +113,34 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
                            "Q6_K with whole blocks per row)", G->path, name,
                            lmc_ggml_type_name(t->type) ? lmc_ggml_type_name(t->type) : "an unknown type");
     const void *data = base;
+    uint8_t kind = r->spec->kind;
+    bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
+    /* a quantized linear on a host backend: copied into huge pages (lmc_model_own_huge), its file pages released */
+    bool huge = is_quant && m->qheap_on && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD) && r->ndim == 2;
     int64_t heads = lmc_gguf_rope_heads(r, &m->cfg, G->v);
     if (heads > 0) { /* llama.cpp's rotary row order back to Hugging Face's */
         if (rows % (2 * heads))
             return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': %lld rows do not split into %lld heads of even size",
                                G->path, name, (long long)rows, (long long)heads);
-        void *p = lmc_model_own(m, (size_t)(rows * rb));
+        void *p = huge ? lmc_model_own_huge(m, (size_t)(rows * rb)) : lmc_model_own(m, (size_t)(rows * rb));
         if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
         lmc_gguf_permute_qk(base, p, rows, (size_t)rb, heads, true);
         data = p;
         if (m->gguf->map_kind == 1) drop_pages(base, (size_t)(rows * rb)); /* read once: not resident twice */
+    } else if (huge) {
+        uint8_t *p = lmc_model_own_huge(m, (size_t)(rows * rb));
+        if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        /* in slices ending on 4 MB boundaries of the mapping, each slice's file pages released after its copy:
+         * the tensor is never resident twice (a 1.1B model's Q8_0 head is 70 MB) */
+        size_t n = (size_t)(rows * rb), off = 0, sl = (size_t)4 << 20;
+        while (off < n) {
+            size_t e = LMC_MIN(n, (((uintptr_t)base + off) / sl + 1) * sl - (uintptr_t)base);
+            memcpy(p + off, base + off, e - off);
+            if (m->gguf->map_kind == 1) drop_pages(base + off, e - off);
+            off = e;
+        }
+        data = p;
     }
-    uint8_t kind = r->spec->kind;
-    bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
     if (is_quant && matrix) {
         struct lmc_qweight *w = calloc(1, sizeof *w);
         if (!w) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
@@ -214,6 +229,7 @@ lmc_status lmc_model_bind_gguf(struct lmc_model *m, const char *label, lmc_err *
     struct gload G = {m, NULL, NULL, label};
     lmc_status s = lmc_gguf_config(m->gguf, label, &m->cfg, &G.v, err);
     if (s) return s;
+    if (m->qheap_on) lmc_model_qheap_reserve(m, m->gguf->size + 64 * (size_t)m->gguf->n_tensors);
     m->arch = lmc_arch_of(&m->cfg);
     if ((s = lmc_config_check_sizes(&m->cfg, err)) || (s = m->arch->check(&m->cfg, err))) return s;
     if (m->cfg.num_layers > m->gguf->n_tensors) /* every block has tensors: bounds the layer table by the file */

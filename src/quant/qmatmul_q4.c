@@ -130,8 +130,10 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
 #include <immintrin.h>
 
 #define Q4_MR 4      /* activation rows per tile */
-#ifndef Q4_PF_TILES
-#define Q4_PF_TILES 2 /* software prefetch: the weight bytes this many 4-row tiles ahead (0: none) */
+#ifndef Q4_PF_BYTES
+/* software prefetch: the weight bytes 2 4-row tiles ahead, 1 for tiles of this many bytes or more (0: none;
+ * as the Q4_K tile, qmatmul_q4k.c, whose comment has the measurements) */
+#define Q4_PF_BYTES 4096
 #endif
 
 #define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -233,14 +235,15 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
         const uint8_t *wp = w->data + row * rb;                                                            \
         const uint8_t *xp = x->pairs + i0 * x->pair_stride;                                                \
         const __m256i m15 = _mm256_set1_epi8(15);                                                          \
-        const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb;                                            \
-        const int pf_on = !UN && Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;         \
+        const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1);                                 \
+        const uint8_t *pf = wp + pft * 4 * rb;                                                             \
+        const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
         __m256 acc[4][Q4_MR];                                                                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
         int64_t p = 0;                                                                                     \
         for (; 2 * p + 1 < nb; p++) {                                                                      \
-            if (pf_on) { /* the same bytes of the tile Q4_PF_TILES ahead: 144 a pair */                    \
+            if (pf_on) { /* the same bytes of the tile pft ahead: 144 a pair */                    \
                 _mm_prefetch((const char *)pf + 144 * p, _MM_HINT_T0);                                     \
                 _mm_prefetch((const char *)pf + 144 * p + 64, _MM_HINT_T0);                                \
                 _mm_prefetch((const char *)pf + 144 * p + 128, _MM_HINT_T0);                               \
@@ -344,8 +347,9 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         __m256 acc[4][Q4_MR];                                                                              \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
-        const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb; /* prefetch as Q4_0's: 64 bytes a block */ \
-        const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;             \
+        const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1); /* as Q4_0's: 64 bytes a block */ \
+        const uint8_t *pf = wp + pft * 4 * rb;                                                             \
+        const int pf_on = Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                        \
         for (int64_t g = 0; g < ng; g++) {                                                                 \
             __m256i zn[4];                                                                                 \
             __m256 sc[4];                                                                                  \
@@ -437,8 +441,9 @@ T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, con
     __m256 acc[4][Q4_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
-    const uint8_t *pf = wp + (int64_t)Q4_PF_TILES * 4 * rb; /* prefetch as Q4_0's: 272 bytes a pair */
-    const int pf_on = Q4_PF_TILES > 0 && R == 4 && row + (Q4_PF_TILES + 1) * 4 <= w->n;
+    const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1); /* as Q4_0's: 272 bytes a pair */
+    const uint8_t *pf = wp + pft * 4 * rb;
+    const int pf_on = Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;
     for (int64_t p = 0; 2 * p < nb; p++) {
         const int full = 2 * p + 1 < nb;
         if (pf_on)

@@ -55,13 +55,18 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 #include <immintrin.h>
 
 #define K_MR 4
-#define K_PF_TILES 2
+/* software prefetch distance: 2 4-row tiles, 1 for tiles of K_PF_BYTES or more (1-thread decode user CPU
+ * time, bench/quant_decode_ab.py, 3-5 interleaved rounds: Q4_K at K 768 (1.7 KB tiles) 2 tiles beat 1, 4
+ * and 8; at K 2048 (4.6 KB) 1 beat 2 by 1.17x; no software prefetch 2-3x slower; with Q4_0/GPTQ/Q8_0
+ * (qmatmul_q4.c) 1 tile for tiles >= 4 KB gave r1b 1.04-1.11x, while 1 tile for Q8_0's 3.3 KB tiles at K
+ * 768 lost 17%) */
+#define K_PF_BYTES 4096
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
-#define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (16 x int16), dmin mn (8 floats), d (8) */
+#define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (8 x 2 int16), dmin mn (8 floats), d (8) */
 #define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define IK __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
 
-/* A super-block's sc_j (j = 0..7, int16, in both 128-bit halves) into sc,
+/* A super-block's sc_j (j = 0..7) into sc as 8 dwords sc_j | sc_j << 16,
  * dmin mn_j (8 floats) into mn and d (8 times) into d: the 12 scale bytes
  * as three little-endian words w0 w1 w2 (bytes 0-3: the low 6 bits of
  * sc_0..3, their top 2 bits the high bits of sc_4..7; bytes 4-7 likewise
@@ -80,14 +85,15 @@ IK void q4k_scales(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
     uint32_t dd;
     memcpy(&dd, b, 4);
     __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
-    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+    __m256i s32 = _mm256_cvtepu8_epi32(v);
+    *sc = _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16));
     *d = _mm256_broadcastss_ps(dm);
     *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
                         _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(dm)));
 }
 
-/* sc_j in every int16 lane. */
-IK __m256i q4k_bcast(__m256i sc, int j) { return _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((2 * j + 1) << 8 | 2 * j))); }
+/* sc_j in every int16 lane: dword j of a row's stored scales (sc_j in both halves), broadcast from memory. */
+IK __m256i q4k_bcast(const int32_t *scw, int j) { return _mm256_set1_epi32(scw[j]); }
 
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
  * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
@@ -96,7 +102,8 @@ IK __m256i q4k_bcast(__m256i sc, int j) { return _mm256_shuffle_epi8(sc, _mm256_
  * codes), or both NULL to decode them here (the same values, so the same
  * bits). */
 IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0, int MR,
-                 float *y, int64_t ldy, const uint8_t *pre, const uint8_t *un) {
+                 float *y, int64_t ldy, const uint8_t *pre_, const uint8_t *un, const int PRE) {
+    const uint8_t *pre = PRE ? pre_ : NULL; /* a constant per instance: no branch in the loops */
     const int64_t nsb = w->k / 256, rb = w->row_bytes;
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
@@ -104,23 +111,28 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
     __m256 acc[4][K_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
-    /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) K_PF_TILES tiles ahead, swept at
+    /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) pft tiles ahead, swept at
      * the rate this tile reads its own (576 bytes a super-block) */
-    const uint8_t *pf = wp + (int64_t)K_PF_TILES * 4 * rb;
-    const int pf_on = !pre && R == 4 && row + (K_PF_TILES + 1) * 4 <= w->n;
+    const int64_t pft = (4 * rb < K_PF_BYTES ? 2 : 1); /* tiles ahead */
+    const uint8_t *pf = wp + pft * 4 * rb;
+    const int pf_on = !pre && R == 4 && row + (pft + 1) * 4 <= w->n;
     for (int64_t s = 0; s < nsb; s++) {
         if (pf_on)
             _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
-        __m256i scv[4];
+        _Alignas(32) int32_t scs[4][8];
+        const int32_t *scw[4];
         __m256 mnv[4], dv[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             if (pre) {
                 const uint8_t *p = pre + K_PRE * (r * nsb + s);
-                scv[r] = _mm256_load_si256((const __m256i *)p);
+                scw[r] = (const int32_t *)p;
                 mnv[r] = _mm256_load_ps((const float *)(p + 32));
                 dv[r] = _mm256_load_ps((const float *)(p + 64));
             } else {
-                q4k_scales(wp + r * rb + 144 * s, &scv[r], &mnv[r], &dv[r]);
+                __m256i sc;
+                q4k_scales(wp + r * rb + 144 * s, &sc, &mnv[r], &dv[r]);
+                _mm256_store_si256((__m256i *)scs[r], sc);
+                scw[r] = scs[r];
             }
         }
         const uint8_t *xs = xp + s * Q4K_SLOTS * 128;
@@ -137,7 +149,7 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
                     __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
                     q[r] = h % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15) : _mm256_and_si256(v, m15);
                 }
-                sj[r] = q4k_bcast(scv[r], h);
+                sj[r] = q4k_bcast(scw[r], h);
             }
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
                 __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 32 * h));
@@ -167,14 +179,18 @@ IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct l
 
 typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
                        const uint8_t *, const uint8_t *);
-#define K_ONE(R, MR)                                                                                          \
-    TK static void q4k_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,     \
-                                  int64_t i0, float *y, int64_t ldy, const uint8_t *pre, const uint8_t *un) { \
-        q4k_tile(w, row, R, x, i0, MR, y, ldy, pre, un);                                                    \
+#define K_ONE(R, MR, P)                                                                                         \
+    TK static void q4k_##R##x##MR##_##P(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,   \
+                                        int64_t i0, float *y, int64_t ldy, const uint8_t *pre,                \
+                                        const uint8_t *un) {                                                  \
+        q4k_tile(w, row, R, x, i0, MR, y, ldy, pre, un, P);                                                   \
     }
-K_ONE(4, 1) K_ONE(4, 2) K_ONE(4, 3) K_ONE(4, 4) K_ONE(1, 1) K_ONE(1, 2) K_ONE(1, 3) K_ONE(1, 4)
-static const q4k_fn q4k_fns[2][K_MR + 1] = {{NULL, q4k_4x1, q4k_4x2, q4k_4x3, q4k_4x4},
-                                            {NULL, q4k_1x1, q4k_1x2, q4k_1x3, q4k_1x4}};
+K_ONE(4, 1, 0) K_ONE(4, 2, 0) K_ONE(4, 3, 0) K_ONE(4, 4, 0) K_ONE(1, 1, 0) K_ONE(1, 2, 0) K_ONE(1, 3, 0) K_ONE(1, 4, 0)
+K_ONE(4, 1, 1) K_ONE(4, 2, 1) K_ONE(4, 3, 1) K_ONE(4, 4, 1) K_ONE(1, 1, 1) K_ONE(1, 2, 1) K_ONE(1, 3, 1) K_ONE(1, 4, 1)
+/* [pre][R == 1][MR] */
+static const q4k_fn q4k_fns[2][2][K_MR + 1] = {
+    {{NULL, q4k_4x1_0, q4k_4x2_0, q4k_4x3_0, q4k_4x4_0}, {NULL, q4k_1x1_0, q4k_1x2_0, q4k_1x3_0, q4k_1x4_0}},
+    {{NULL, q4k_4x1_1, q4k_4x2_1, q4k_4x3_1, q4k_4x4_1}, {NULL, q4k_1x1_1, q4k_1x2_1, q4k_1x3_1, q4k_1x4_1}}};
 
 TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
                           int64_t ldy) {
@@ -208,7 +224,7 @@ TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1
         for (int64_t c = 0; c < nch; c++) {
             int64_t base = x->m / nch, rem = x->m % nch, i0 = c * base + LMC_MIN(c, rem);
             int mr = (int)(base + (c < rem));
-            q4k_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy, use_pre ? pre : NULL, use_pre ? un : NULL);
+            q4k_fns[use_pre][four ? 0 : 1][mr](w, r, x, i0, y, ldy, pre, un);
         }
         r += R;
     }
