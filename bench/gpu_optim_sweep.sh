@@ -10,9 +10,9 @@
 # Writes $OUT/sweep.md (the table and curves of run_optim_quality.sh) and
 # $OUT/sweep.svg.
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_optim_sweep.sh
-# env: OUT, RANK (72), BUDGET_S (540), SWEEP (the kinds, default below), SKIP_BUILD=1
+# env: OUT, OPT_RANK (72), BUDGET_S (540), SWEEP (the kinds, default below), SKIP_BUILD=1
 . "$(dirname "$0")/gpu_common.sh"
-OUT=${OUT:-/tmp/lmc-optim-sweep-out}; BUDGET_S=${BUDGET_S:-540}; B=build-dev; R=${RANK:-72}
+OUT=${OUT:-/tmp/lmc-optim-sweep-out}; BUDGET_S=${BUDGET_S:-540}; B=build-dev; R=${OPT_RANK:-72}
 mkdir -p "$OUT"; S=$OUT/sweep-summary.txt; : >"$S"
 gpu_devdeps
 say "$(gpu_stamp)"
@@ -26,7 +26,7 @@ export EXTRA_galore_r2_s1="$g --galore-rank $((2 * R)) --galore-scale 1"
 export EXTRA_apollo_s2="$a --apollo-rank $R --apollo-scale 2" EXTRA_apollo_s4="$a --apollo-rank $R --apollo-scale 4"
 export EXTRA_apollo_r2_s2="$a --apollo-rank $((2 * R)) --apollo-scale 2"
 KINDS=${SWEEP:-adamw galore galore-s1 galore-s2 galore-r2-s1 apollo apollo-s2 apollo-s4 apollo-r2-s2} \
-  LMC=$B/lmc TRAIN_ARGS="--device cuda --dtype bf16" WORK=/tmp/lmc-optim-sweep RANK=$R \
+  LMC=$B/lmc TRAIN_ARGS="--device cuda --dtype bf16" WORK=/tmp/lmc-optim-sweep OPT_RANK=$R \
   timeout $(( $(left) - 10 )) bash bench/run_optim_quality.sh "$OUT/sweep.svg" >"$OUT/sweep.md" 2>"$OUT/sweep-run.log"
 say "run rc=$? ($(($(date +%s) - T0)) s)"
 tail -3 "$OUT/sweep-run.log" | tee -a "$S"

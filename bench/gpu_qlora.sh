@@ -20,7 +20,7 @@
 # Logs go to $OUT (the device returns few files: one summary, one tarball).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_qlora.sh
 # env: BUDGET_S (default 540) SEQ=2048 BATCH=1 STEPS=8 SKIP=3 ROUNDS=2
-#      MODES="lora lora-sel lora-rc qlora-nf4 qlora-int4" SKIP_BUILD=1 (use build-dev as is)
+#      MODES="lora lora-sel lora-rc qlora-nf4 qlora-nf4-rc qlora-int4" SKIP_BUILD=1 (use build-dev as is)
 # lora: LoRA with the defaults (activations the backward reads saved in
 # bf16); lora-f32acts: --acts-dtype f32 (every save f32, the earlier
 # default); lora-sel: --recompute selective (GEMM outputs kept in bf16,
@@ -107,6 +107,7 @@ for round in $(seq 1 "$ROUNDS"); do
     [ "$(left)" -gt 60 ] || { say "out of time before round $round $mode"; break 2; }
     extra="--lora-r 16 --lora-alpha 32 --lora-targets all-linear"
     case $mode in
+      qlora-nf4-rc) extra="$extra --qlora nf4 --recompute" ;;
       qlora-*) extra="$extra --qlora ${mode#qlora-}" ;;
       lora-rc) extra="$extra --recompute" ;;
       lora-sel) extra="$extra --recompute selective" ;;

@@ -19,7 +19,7 @@
 # loss of every evaluation.
 # Usage: bench/run_optim_quality.sh [OUT.svg]
 # env: LMC=build/lmc THREADS=2 JOBS=1 STEPS=930 BATCH=16 LR=1.5e-3 WARMUP=30 EVAL_EVERY=50
-#      EVAL_BATCHES=8 RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
+#      EVAL_BATCHES=8 OPT_RANK=72 GAP=200 SEED=1234 KINDS="adamw muon galore apollo apollo-mini adamw8bit"
 #      (also adamw8bit-emb8: 8-bit AdamW with the embedding's moments in 8 bits too;
 #      any other name NAME runs with the flags in EXTRA_NAME, '-' written '_')
 #      TRAIN_ARGS (extra lmc train flags, e.g. "--device cuda --dtype bf16")
@@ -32,7 +32,7 @@ cd "$(dirname "$0")/.." || exit 1
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-2}; JOBS=${JOBS:-1}; STEPS=${STEPS:-930}; BATCH=${BATCH:-16}
 LR=${LR:-1.5e-3}; WARMUP=${WARMUP:-30}; EVAL_EVERY=${EVAL_EVERY:-50}; EVAL_BATCHES=${EVAL_BATCHES:-8}
 TRAIN_ARGS=${TRAIN_ARGS:-} # e.g. "--device cuda --dtype bf16" (bench/gpu_optim_quality.sh)
-RANK=${RANK:-72}; GAP=${GAP:-200}; SEED=${SEED:-1234}; KEEP_CKPT=${KEEP_CKPT:-0}
+RANK_LR=${OPT_RANK:-72}; GAP=${GAP:-200}; SEED=${SEED:-1234}; KEEP_CKPT=${KEEP_CKPT:-0}
 KINDS=${KINDS:-adamw muon galore apollo apollo-mini adamw8bit}
 WORK=${WORK:-/tmp/lmc-optim-quality}; SVG=${1:-$WORK/val-loss.svg}
 SEQ=256
@@ -44,8 +44,8 @@ fi
 declare -A EXTRA=(
   [adamw]="" [muon]="--optim muon" [adamw8bit]="--optim adamw8bit"
   [adamw8bit-emb8]="--optim adamw8bit --adamw8bit-embed-8bit 1"
-  [galore]="--optim galore --galore-rank $RANK --galore-update-gap $GAP"
-  [apollo]="--optim apollo --apollo-rank $RANK --apollo-update-gap $GAP"
+  [galore]="--optim galore --galore-rank $RANK_LR --galore-update-gap $GAP"
+  [apollo]="--optim apollo --apollo-rank $RANK_LR --apollo-update-gap $GAP"
   [apollo-mini]="--optim apollo-mini --apollo-update-gap $GAP"
 )
 # a kind not listed above takes its flags from EXTRA_<kind, '-' as '_'>, e.g.
