@@ -38,6 +38,8 @@
  *    draft keeps > 95% of drafts and chooses K = spec_k (3) on > 80% of
  *    decode steps, gpt2-tiny keeps < 30% and runs plain steps on > 50%
  *    (with probes), never K > spec_k; outputs equal plain greedy's;
+ *    seeded sampled requests give the same tokens alone as in the batch
+ *    with adaptive K too (priced as if alone), and the rejection storm;
  *  - bad options refused (the cost model's too). */
 #include "test.h"
 #include "test_chi2.h"
@@ -477,6 +479,9 @@ int main(void) {
     greedy_case("llama-tiny, repetition penalty 1.2", &m, &cpu, tok, &p, 0, 1.2, false);
     g_fixed = true;
     sampled_cases(&m, &cpu, tok, &p);
+    g_fixed = false; /* adaptive K: a sampled request's K does not depend on its batch */
+    sampled_cases(&m, &cpu, tok, &p);
+    g_fixed = true;
     /* T 0.02: llama-tiny's logits are small (presence 0.005 is 0.25 after it) */
     distribution_case("llama-tiny, prompt lookup", &m, &cpu, tok, 0.02, 0.005);
     bad_options(&m, &cpu);

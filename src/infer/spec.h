@@ -97,7 +97,7 @@ int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k,
 
 /* The next K from the running per-draft acceptance rate alpha in [0, 1]:
  * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]
- * (the server's rule). */
+ * (the server's old rule; bench_spec prints it for comparison). */
 int64_t lmc_spec_next_k(double alpha, int64_t kmax);
 
 /* The time of a round in 1-token target forwards: k draft tokens of
