@@ -8,15 +8,16 @@
 #          for DRAFT_STEPS steps — small enough for a CPU (a few minutes);
 #  target: with --target, a larger target for which the default model is
 #          the draft, which must beat the draft on held-out text: each
-#          shape of TARGETS (LAYERSxHIDDENxHEADSxINTER, default
-#          "12x768x12x2048 12x576x9x1536": ~91M and ~52M parameters with the
-#          tied 8192-row embedding) trains up to TARGET_STEPS steps
+#          shape of TARGETS (LAYERSxHIDDENxHEADSxINTER[@WEIGHT_DECAY], default
+#          "12x768x12x2048 12x576x9x1536 12x576x9x1536@0.5": ~91M and ~52M
+#          parameters with the tied 8192-row embedding, the last with weight
+#          decay 0.5) trains up to TARGET_STEPS steps
 #          (1500 x 32 x 256 tokens: ~45 passes over the 1.06M training tokens) with the
 #          validation loss evaluated every TARGET_EVAL steps (lmc train
 #          --eval-every, TARGET_EVAL_BATCHES batches of the held-out books),
 #          the checkpoint of the lowest kept (--keep-best: RUN/best) and an
 #          early stop after TARGET_PATIENCE evaluations without a lower one
-#          (--patience); weight decay TARGET_WD. The shape whose best
+#          (--patience); weight decay TARGET_WD unless @ gives it. The shape whose best
 #          validation loss is lowest becomes kjv-target; a table gives
 #          each one's best step, validation loss and held-out perplexity
 #          (lmc eval) against the draft's (the default model: 43.2). For a
@@ -51,7 +52,7 @@ cd "$(dirname "$0")/.."
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-$(nproc)}; BASE=models/kjv-llama
 DRAFT_STEPS=${DRAFT_STEPS:-400}; DRAFT_BATCH=${DRAFT_BATCH:-16}; TARGET_STEPS=${TARGET_STEPS:-1500}
 DL=${DRAFT_LAYERS:-2}; DH=${DRAFT_HIDDEN:-128}; DHEADS=${DRAFT_HEADS:-4}; DI=${DRAFT_INTER:-384}
-TARGETS=${TARGETS:-12x768x12x2048 12x576x9x1536}; TARGET_BATCH=${TARGET_BATCH:-32}; TARGET_LR=${TARGET_LR:-6e-4}
+TARGETS=${TARGETS:-12x768x12x2048 12x576x9x1536 12x576x9x1536@0.5}; TARGET_BATCH=${TARGET_BATCH:-32}; TARGET_LR=${TARGET_LR:-6e-4}
 TARGET_WARMUP=${TARGET_WARMUP:-50}; TARGET_WD=${TARGET_WD:-0.1}; TARGET_EVAL=${TARGET_EVAL:-25}
 TARGET_EVAL_BATCHES=${TARGET_EVAL_BATCHES:-8}; TARGET_PATIENCE=${TARGET_PATIENCE:-6}
 GEN=${GEN:-64}; ROUNDS=${ROUNDS:-2}; NPROMPTS=${PROMPTS:-8}
@@ -83,15 +84,18 @@ if [ $MEASURE_ONLY = 0 ]; then
     min_lr=$(python3 -c "print($TARGET_LR / 10)")
     best_run=""; best_vl=""
     echo "## target shapes: best validation loss (lmc train --keep-best --patience $TARGET_PATIENCE, eval every $TARGET_EVAL)"
-    echo "| shape (layers x hidden x heads x intermediate) | steps run | best step | val loss (trainer) | held-out ppl (lmc eval) | draft $BASE ppl | target better |"
+    echo "| shape (layers x hidden x heads x intermediate[@weight decay]) | steps run | best step | val loss (trainer) | held-out ppl (lmc eval) | draft $BASE ppl | target better |"
     echo "|---|---|---|---|---|---|---|"
-    dppl=$(ppl "$BASE")
+    [ -s "$OUT/draft-ppl" ] || ppl "$BASE" >"$OUT/draft-ppl"   # computed once per OUT
+    dppl=$(cat "$OUT/draft-ppl")
     for shape in $TARGETS; do
-      IFS=x read -r TL TH THEADS TI <<<"$shape"
+      wd=$TARGET_WD; dims=$shape
+      case $shape in *@*) wd=${shape#*@}; dims=${shape%@*} ;; esac
+      IFS=x read -r TL TH THEADS TI <<<"$dims"
       run="$OUT/target-run-$shape"
       "$LMC" train "${common[@]}" -o "$run" --arch llama --layers "$TL" --hidden "$TH" --heads "$THEADS" \
           --kv-heads "$THEADS" --intermediate "$TI" --batch "$TARGET_BATCH" --steps "$TARGET_STEPS" \
-          --lr "$TARGET_LR" --min-lr "$min_lr" --warmup "$TARGET_WARMUP" --wd "$TARGET_WD" \
+          --lr "$TARGET_LR" --min-lr "$min_lr" --warmup "$TARGET_WARMUP" --wd "$wd" \
           --eval-every "$TARGET_EVAL" --eval-batches "$TARGET_EVAL_BATCHES" --keep-best --patience "$TARGET_PATIENCE" \
           2>"$run.log" || { tail -20 "$run.log" >&2; exit 1; }
       finish "$run/best" "$run/best-hf"
