@@ -18,7 +18,9 @@
 #      a copy of ../shared/tools/build-llamacpp-peer.sh's bin/ carried
 #      as .peer/bin).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_spec_pair.sh
-# env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), TARGET_STEPS (450: about one pass over the training books; 1500 overfit, val ppl 347),
+# env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), TARGETS / TARGET_STEPS (1500) / TARGET_WD / TARGET_PATIENCE
+#      (scripts/train_spec_pair.sh: each shape trains with its validation loss evaluated every 25 steps, the best
+#      checkpoint kept and an early stop; the best shape becomes the target),
 #      W (build-dev/spec-pair: kept on a warm machine; training is
 #      skipped when W/kjv-target exists), SKIP_SERVER (0), SKIP_COSTS (0)
 . "$(dirname "$0")/gpu_common.sh"
@@ -33,10 +35,11 @@ gpu_build $B "$OUT/build.log" lmc_cli lmc_cuda bench_spec ||
   { tail -40 "$OUT/build.log"; exit 1; }
 say "build ok ($(($(date +%s) - T0)) s)"
 if [ ! -d "$W/kjv-target" ]; then
-  MEASURE=0 LMC=$B/lmc THREADS=16 TARGET_STEPS=${TARGET_STEPS:-450} \
+  MEASURE=0 SKIP_DRAFT=1 LMC=$B/lmc THREADS=16 TARGET_STEPS=${TARGET_STEPS:-1500} EVAL_DEVICE=cuda \
     scripts/train_spec_pair.sh "$W" --device cuda --target >"$OUT/train.log" 2>&1 ||
     { tail -30 "$OUT/train.log"; exit 1; }
-  say "trained ($(($(date +%s) - T0)) s): $(grep -h 'val' "$W"/target-run/metrics.jsonl 2>/dev/null | tail -1)"
+  say "trained ($(($(date +%s) - T0)) s)"
+  grep -E '^(##|\||kjv-target:)' "$OUT/train.log" | tee -a "$S"
 fi
 rm -rf "$W/kjv-draft"   # only the target pair (target + the default model as draft) is timed
 say "## lmc generate, greedy, 2 threads on CPUs $CPUS"

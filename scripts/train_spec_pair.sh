@@ -7,9 +7,22 @@
 #          same token shards (Genesis..Hebrews; James..Revelation held out)
 #          for DRAFT_STEPS steps — small enough for a CPU (a few minutes);
 #  target: with --target, a larger target for which the default model is
-#          the draft: TARGET_LAYERS x TARGET_HIDDEN (default 12 x 768,
-#          intermediate 2048, ~91M parameters) for TARGET_STEPS steps (450 x 32 x 256: about one pass) —
-#          for a GPU (--device cuda);
+#          the draft, which must beat the draft on held-out text: each
+#          shape of TARGETS (LAYERSxHIDDENxHEADSxINTER[@WEIGHT_DECAY], default
+#          "12x768x12x2048 12x576x9x1536 12x576x9x1536@0.5": ~91M and ~52M
+#          parameters with the tied 8192-row embedding, the last with weight
+#          decay 0.5) trains up to TARGET_STEPS steps
+#          (1500 x 32 x 256 tokens: ~45 passes over the 1.06M training tokens) with the
+#          validation loss evaluated every TARGET_EVAL steps (lmc train
+#          --eval-every, TARGET_EVAL_BATCHES batches of the held-out books),
+#          the checkpoint of the lowest kept (--keep-best: RUN/best) and an
+#          early stop after TARGET_PATIENCE evaluations without a lower one
+#          (--patience); weight decay TARGET_WD unless @ gives it. The shape whose best
+#          validation loss is lowest becomes kjv-target; a table gives
+#          each one's best step, validation loss and held-out perplexity
+#          (lmc eval) against the draft's (the default model: 43.2). For a
+#          GPU (--device cuda); on a CPU, tiny TARGETS and few steps check
+#          the logic (README: "The target recipe");
 # and measures each pair: validation perplexity of every model, then
 # greedy `lmc generate` on KJV prompts (GEN tokens each, the same prompts
 # for every run, interleaved ROUNDS times) plain, with --draft-model
@@ -17,9 +30,11 @@
 # from the generate log, drafted / accepted, and that the speculative
 # texts equal the plain ones (greedy: they must).
 # Usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]
-# env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), TARGET_STEPS (450: about one pass over the training books; 1500 overfit, val ppl 347),
-#      DRAFT_LAYERS/HIDDEN/HEADS/INTER (2/128/4/384), TARGET_LAYERS/HIDDEN/HEADS/INTER
-#      (12/768/12/2048), GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
+# env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), SKIP_DRAFT (0; 1: no kjv-draft),
+#      DRAFT_LAYERS/HIDDEN/HEADS/INTER (2/128/4/384), TARGETS (above), TARGET_STEPS (1500),
+#      TARGET_BATCH (32), TARGET_LR (6e-4; min 1/10 of it), TARGET_WARMUP (50), TARGET_WD (0.1),
+#      TARGET_EVAL (25), TARGET_EVAL_BATCHES (8), TARGET_PATIENCE (6),
+#      GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
 #      EVAL_DEVICE (DEVICE; where the perplexities run)
 set -eu -o pipefail
 OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]}
@@ -35,9 +50,11 @@ while [ $# -gt 0 ]; do
 done
 cd "$(dirname "$0")/.."
 LMC=${LMC:-build/lmc}; THREADS=${THREADS:-$(nproc)}; BASE=models/kjv-llama
-DRAFT_STEPS=${DRAFT_STEPS:-400}; DRAFT_BATCH=${DRAFT_BATCH:-16}; TARGET_STEPS=${TARGET_STEPS:-450}
+DRAFT_STEPS=${DRAFT_STEPS:-400}; DRAFT_BATCH=${DRAFT_BATCH:-16}; TARGET_STEPS=${TARGET_STEPS:-1500}
 DL=${DRAFT_LAYERS:-2}; DH=${DRAFT_HIDDEN:-128}; DHEADS=${DRAFT_HEADS:-4}; DI=${DRAFT_INTER:-384}
-TL=${TARGET_LAYERS:-12}; TH=${TARGET_HIDDEN:-768}; THEADS=${TARGET_HEADS:-12}; TI=${TARGET_INTER:-2048}
+TARGETS=${TARGETS:-12x768x12x2048 12x576x9x1536 12x576x9x1536@0.5}; TARGET_BATCH=${TARGET_BATCH:-32}; TARGET_LR=${TARGET_LR:-6e-4}
+TARGET_WARMUP=${TARGET_WARMUP:-50}; TARGET_WD=${TARGET_WD:-0.1}; TARGET_EVAL=${TARGET_EVAL:-25}
+TARGET_EVAL_BATCHES=${TARGET_EVAL_BATCHES:-8}; TARGET_PATIENCE=${TARGET_PATIENCE:-6}
 GEN=${GEN:-64}; ROUNDS=${ROUNDS:-2}; NPROMPTS=${PROMPTS:-8}
 SPLIT=71726   # the first line of James: the validation books start here
 mkdir -p "$OUT"
@@ -50,16 +67,55 @@ finish() { # checkpoint dir -> bf16 HF folder with the default model's generatio
   "$LMC" convert -m "$1" -o "$2" --dtype bf16
   cp "$BASE/generation_config.json" "$BASE/tokenizer_config.json" "$2/"
 }
+ppl() { # model dir -> its held-out perplexity (lmc eval over the validation books)
+  "$LMC" eval -m "$1" --text-file "$OUT/kjv-val.txt" --device "${EVAL_DEVICE:-$DEVICE}" --json |
+    python3 -c 'import json, sys; print("%.2f" % json.load(sys.stdin)["ppl"])'
+}
 if [ $MEASURE_ONLY = 0 ]; then
-  "$LMC" train "${common[@]}" -o "$OUT/draft-run" --arch llama --layers "$DL" --hidden "$DH" --heads "$DHEADS" \
-      --kv-heads "$DHEADS" --intermediate "$DI" --batch "$DRAFT_BATCH" --steps "$DRAFT_STEPS" --lr 3e-3 --min-lr 3e-4 \
-      --warmup 20 --save-every 100
-  finish "$(ls -d "$OUT"/draft-run/step_* | sort | tail -1)" "$OUT/kjv-draft"
+  if [ "${SKIP_DRAFT:-0}" = 0 ]; then
+    "$LMC" train "${common[@]}" -o "$OUT/draft-run" --arch llama --layers "$DL" --hidden "$DH" --heads "$DHEADS" \
+        --kv-heads "$DHEADS" --intermediate "$DI" --batch "$DRAFT_BATCH" --steps "$DRAFT_STEPS" --lr 3e-3 --min-lr 3e-4 \
+        --warmup 20 --save-every 100
+    finish "$(ls -d "$OUT"/draft-run/step_* | sort | tail -1)" "$OUT/kjv-draft"
+  fi
   if [ $TARGET = 1 ]; then
-    "$LMC" train "${common[@]}" -o "$OUT/target-run" --arch llama --layers "$TL" --hidden "$TH" --heads "$THEADS" \
-        --kv-heads "$THEADS" --intermediate "$TI" --batch 32 --steps "$TARGET_STEPS" --lr 6e-4 --min-lr 6e-5 \
-        --warmup 50 --save-every 500
-    finish "$(ls -d "$OUT"/target-run/step_* | sort | tail -1)" "$OUT/kjv-target"
+    # each shape: validation loss every TARGET_EVAL steps, RUN/best = its lowest, early stop after
+    # TARGET_PATIENCE evaluations without a lower one; no other checkpoint (the last step's folder aside)
+    min_lr=$(python3 -c "print($TARGET_LR / 10)")
+    best_run=""; best_vl=""
+    echo "## target shapes: best validation loss (lmc train --keep-best --patience $TARGET_PATIENCE, eval every $TARGET_EVAL)"
+    echo "| shape (layers x hidden x heads x intermediate[@weight decay]) | steps run | best step | val loss (trainer) | held-out ppl (lmc eval) | draft $BASE ppl | target better |"
+    echo "|---|---|---|---|---|---|---|"
+    [ -s "$OUT/draft-ppl" ] || ppl "$BASE" >"$OUT/draft-ppl"   # computed once per OUT
+    dppl=$(cat "$OUT/draft-ppl")
+    for shape in $TARGETS; do
+      wd=$TARGET_WD; dims=$shape
+      case $shape in *@*) wd=${shape#*@}; dims=${shape%@*} ;; esac
+      IFS=x read -r TL TH THEADS TI <<<"$dims"
+      run="$OUT/target-run-$shape"
+      "$LMC" train "${common[@]}" -o "$run" --arch llama --layers "$TL" --hidden "$TH" --heads "$THEADS" \
+          --kv-heads "$THEADS" --intermediate "$TI" --batch "$TARGET_BATCH" --steps "$TARGET_STEPS" \
+          --lr "$TARGET_LR" --min-lr "$min_lr" --warmup "$TARGET_WARMUP" --wd "$wd" \
+          --eval-every "$TARGET_EVAL" --eval-batches "$TARGET_EVAL_BATCHES" --keep-best --patience "$TARGET_PATIENCE" \
+          2>"$run.log" || { tail -20 "$run.log" >&2; exit 1; }
+      finish "$run/best" "$run/best-hf"
+      read -r ran bstep bvl < <(python3 - "$run/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+b = min((r["val_loss"], r["step"]) for r in rows if "val_loss" in r)
+print(rows[-1]["step"], b[1], "%.4f" % b[0])
+PY
+)
+      tppl=$(ppl "$run/best-hf")
+      better=$(python3 -c "print('yes' if $tppl < $dppl else 'NO')")
+      echo "| $shape | $ran of $TARGET_STEPS | $bstep | $bvl | $tppl | $dppl | $better |"
+      if [ -z "$best_vl" ] || python3 -c "import sys; sys.exit(0 if $bvl < $best_vl else 1)"; then
+        best_vl=$bvl; best_run=$run
+      fi
+    done
+    rm -rf "$OUT/kjv-target"
+    cp -r "$best_run/best-hf" "$OUT/kjv-target"
+    echo "kjv-target: $best_run/best (the lowest best validation loss, $best_vl)"
   fi
 fi
 # ---- measure (MEASURE=0: stop after training; EVAL_DEVICE: where the perplexities run, default DEVICE)
@@ -69,6 +125,10 @@ for m in "$BASE" "$OUT/kjv-draft" "$OUT/kjv-target"; do
   [ -d "$m" ] || continue
   printf '%s: ' "$m"; "$LMC" eval -m "$m" --text-file "$OUT/kjv-val.txt" --device "${EVAL_DEVICE:-$DEVICE}" --json | tr -d '\n'; echo
 done
+if [ -d "$OUT/kjv-target" ]; then
+  tp=$(ppl "$OUT/kjv-target"); dp=$(ppl "$BASE")
+  echo "target vs draft held-out perplexity: $tp vs $dp ($(python3 -c "print('the target is better' if $tp < $dp else 'the target is WORSE than its draft')"))"
+fi
 python3 - "$LMC" "$DEVICE" "$THREADS" "$GEN" "$ROUNDS" "$NPROMPTS" "$BASE" "$OUT" <<'PY'
 import os, re, statistics, subprocess, sys
 LMC, DEV, THR, GEN, ROUNDS, NP, BASE, OUT = sys.argv[1:9]

@@ -30,13 +30,24 @@
  *    and the residual draw); llama-tiny as its own draft, sampled at T 1:
  *    at least 99% of the drafts kept (q = p: checks the q rows' wiring,
  *    which the two-sample tests on flat distributions cannot);
- *  - bad options refused. */
+ *  - adaptive K (the cost model per sequence, batch-aware for greedy
+ *    requests): the greedy cases above on llama-tiny (also preempted and
+ *    with a repetition penalty), with the bf16 draft and on kjv-llama
+ *    give the plain tokens, with plain steps (K = 0) among the choices in
+ *    a batch of 64; alone (batch 1, draft cost 0.05) llama-tiny as its own
+ *    draft keeps > 95% of drafts and chooses K = spec_k (3) on > 80% of
+ *    decode steps, gpt2-tiny keeps < 30% and runs plain steps on > 50%
+ *    (with probes), never K > spec_k; outputs equal plain greedy's;
+ *    seeded sampled requests give the same tokens alone as in the batch
+ *    with adaptive K too (priced as if alone), and the rejection storm;
+ *  - bad options refused (the cost model's too). */
 #include "test.h"
 #include "test_chi2.h"
 #include "core/core.h"
 #include "infer/kvq.h"
 #include "infer/scheduler.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,8 +111,12 @@ static void run_all(struct lmc_sched *s, const struct prompts *p, int n, const s
     CHECK(st->kv_blocks_used == 0 && st->running == 0);
 }
 
-/* the draft model of the next schedulers opened with spec (NULL: prompt lookup) */
+/* the draft model of the next schedulers opened with spec (NULL: prompt
+ * lookup); K fixed at spec_k (else adaptive); the cost model's draft cost
+ * (0: the default) */
 static const struct lmc_model *g_draft;
+static bool g_fixed = true;
+static double g_draft_cost;
 
 static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_backend *be,
                                     const struct lmc_tokenizer *tok, bool spec, int64_t kv_blocks) {
@@ -115,6 +130,8 @@ static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_
         o.draft = g_draft;
         o.spec_k = g_draft ? 3 : 5;
         o.spec_max_batch = 0; /* always, whatever the batch */
+        o.spec_fixed_k = g_fixed;
+        o.spec_draft_cost = g_draft_cost;
     }
     struct lmc_sched *s = NULL;
     lmc_err err = {0};
@@ -155,17 +172,86 @@ static void greedy_case(const char *name, const struct lmc_model *m, const struc
     int differ = 0;
     for (int i = 0; i < NREQ; i++) differ += !same(&plain[i], &spec[i]);
     CHECK_MSG(differ == 0, "%s: %d of %d greedy requests differ with speculation", name, differ, NREQ);
-    CHECK_MSG(st1.spec_proposed_total > 0 && st1.spec_accepted_total > 0 &&
-                  st1.spec_accepted_total < st1.spec_proposed_total,
+    /* fixed K: drafts every step, some kept, some rolled back; adaptive K
+     * (64 greedy requests: a compute-bound batch, plain steps and probes) */
+    CHECK_MSG(st1.spec_proposed_total > 0 &&
+                  (!g_fixed || (st1.spec_accepted_total > 0 && st1.spec_accepted_total < st1.spec_proposed_total)),
               "%s: proposed %lld accepted %lld", name, (long long)st1.spec_proposed_total,
               (long long)st1.spec_accepted_total);
+    if (!g_fixed) { /* every speculating decode step chose a K, and plain ones were among them */
+        int64_t ksum = 0;
+        for (int k = 0; k <= LMC_SCHED_SPEC_KMAX; k++) ksum += st1.spec_k_steps[k];
+        CHECK_MSG(ksum > 0 && st1.spec_k_steps[0] > 0, "%s: K histogram: %lld steps, %lld plain", name,
+                  (long long)ksum, (long long)st1.spec_k_steps[0]);
+    }
     CHECK(st0.spec_proposed_total == 0 && st1.generated_tokens_total == st0.generated_tokens_total);
     if (expect_preempt) CHECK_MSG(st1.preempted_total > 0, "%s: no preemption", name);
-    printf("%s: %d greedy requests equal; %lld steps without, %lld with speculation; drafts %lld, accepted %lld "
-           "(%.0f%%), preempted %lld\n", name, NREQ, (long long)st0.steps, (long long)st1.steps,
+    printf("%s%s: %d greedy requests equal; %lld steps without, %lld with speculation; drafts %lld, accepted %lld "
+           "(%.0f%%), preempted %lld; K chosen 0/1/2/3/4/5: %lld/%lld/%lld/%lld/%lld/%lld\n", name,
+           g_fixed ? "" : ", adaptive K", NREQ, (long long)st0.steps, (long long)st1.steps,
            (long long)st1.spec_proposed_total, (long long)st1.spec_accepted_total,
            100.0 * (double)st1.spec_accepted_total / (double)LMC_MAX(1, st1.spec_proposed_total),
-           (long long)st1.preempted_total);
+           (long long)st1.preempted_total, (long long)st1.spec_k_steps[0], (long long)st1.spec_k_steps[1],
+           (long long)st1.spec_k_steps[2], (long long)st1.spec_k_steps[3], (long long)st1.spec_k_steps[4],
+           (long long)st1.spec_k_steps[5]);
+}
+
+/* Adaptive K follows acceptance: greedy requests one at a time (batch 1),
+ * draft cost 0.05 for both drafts; the target as its own draft (every
+ * draft kept) chooses spec_k (3) on most steps, gpt2-tiny (an unrelated
+ * model: drafts rejected) plain steps (K = 0) on most; outputs equal the
+ * plain ones either way. */
+static void k_follow_case(const char *name, const struct lmc_model *m, const struct lmc_backend *be,
+                          const struct lmc_tokenizer *tok, const struct lmc_model *draft, const struct prompts *p,
+                          bool expect_high) {
+    enum { N = 8 };
+    static struct lmc_request reqs[N];
+    static struct result plain[N], spec[N];
+    for (int i = 0; i < N; i++) {
+        greedy_params(&reqs[i], i, 1.0);
+        reqs[i].max_tokens = MAXGEN;
+        reqs[i].ignore_eos = true;
+    }
+    struct lmc_sched_stats st;
+    struct lmc_sched *s = open_sched(m, be, tok, false, 0);
+    if (!s) return;
+    for (int i = 0; i < N; i++) {
+        struct prompts one;
+        memcpy(one.ids[0], p->ids[i], sizeof one.ids[0]);
+        one.n[0] = p->n[i];
+        run_all(s, &one, 1, &reqs[i], &plain[i], &st);
+    }
+    lmc_sched_free(s);
+    g_draft = draft, g_fixed = false, g_draft_cost = 0.05;
+    s = open_sched(m, be, tok, true, 0);
+    g_draft = NULL, g_fixed = true, g_draft_cost = 0;
+    if (!s) return;
+    int differ = 0;
+    for (int i = 0; i < N; i++) { /* alone: batch 1 */
+        struct prompts one;
+        memcpy(one.ids[0], p->ids[i], sizeof one.ids[0]);
+        one.n[0] = p->n[i];
+        run_all(s, &one, 1, &reqs[i], &spec[i], &st);
+        differ += !same(&plain[i], &spec[i]);
+    }
+    lmc_sched_free(s);
+    CHECK_MSG(differ == 0, "%s: %d of %d greedy requests differ with adaptive K", name, differ, N);
+    int64_t total = 0;
+    for (int k = 0; k <= LMC_SCHED_SPEC_KMAX; k++) total += st.spec_k_steps[k];
+    for (int k = 4; k <= LMC_SCHED_SPEC_KMAX; k++) CHECK(st.spec_k_steps[k] == 0); /* at most spec_k */
+    double acc = (double)st.spec_accepted_total / (double)LMC_MAX(1, st.spec_proposed_total);
+    if (expect_high)
+        CHECK_MSG(acc > 0.95 && st.spec_k_steps[3] * 10 > total * 8,
+                  "%s: acceptance %.2f, K 3 on %lld of %lld steps", name, acc, (long long)st.spec_k_steps[3],
+                  (long long)total);
+    else
+        CHECK_MSG(acc < 0.3 && st.spec_k_steps[0] * 2 > total && st.spec_proposed_total > 0,
+                  "%s: acceptance %.2f, K 0 on %lld of %lld steps", name, acc, (long long)st.spec_k_steps[0],
+                  (long long)total);
+    printf("%s, adaptive K, alone: %d greedy requests equal; acceptance %lld/%lld (%.0f%%); K chosen 0/1/2/3: "
+           "%lld/%lld/%lld/%lld of %lld decode steps\n", name, N, (long long)st.spec_accepted_total,
+           (long long)st.spec_proposed_total, 100 * acc, (long long)st.spec_k_steps[0], (long long)st.spec_k_steps[1],
+           (long long)st.spec_k_steps[2], (long long)st.spec_k_steps[3], (long long)total);
 }
 
 static void sampled_cases(const struct lmc_model *m, const struct lmc_backend *be, const struct lmc_tokenizer *tok,
@@ -317,6 +403,11 @@ static void bad_options(const struct lmc_model *m, const struct lmc_backend *be)
     o.spec_k = 17;
     CHECK(lmc_sched_init(&s, m, be, NULL, &o, &err) == LMC_ERR_ARG && strstr(err.msg, "spec_k") && !s);
     o.spec_k = 4;
+    o.spec_verify_row = -1; /* the cost model */
+    CHECK(lmc_sched_init(&s, m, be, NULL, &o, &err) == LMC_ERR_ARG && strstr(err.msg, "cost model") && !s);
+    o.spec_verify_row = NAN;
+    CHECK(lmc_sched_init(&s, m, be, NULL, &o, &err) == LMC_ERR_ARG && !s);
+    o.spec_verify_row = 0;
     o.spec = 9;
     CHECK(lmc_sched_init(&s, m, be, NULL, &o, &err) == LMC_ERR_ARG && !s);
 }
@@ -382,7 +473,15 @@ int main(void) {
     greedy_case("llama-tiny, kivi2 pool", &m, &kivi, tok, &p, 0, 1.0, false);
     greedy_case("llama-tiny, kivi2 pool of 12 blocks", &m, &kivi, tok, &p, 12, 1.0, true);
     greedy_case("llama-tiny, repetition penalty 1.2", &m, &cpu, tok, &p, 0, 1.2, false);
+    g_fixed = false; /* adaptive K: batch-aware for greedy requests */
+    greedy_case("llama-tiny", &m, &cpu, tok, &p, 0, 1.0, false);
+    greedy_case("llama-tiny, 40-block pool", &m, &cpu, tok, &p, 40, 1.0, true);
+    greedy_case("llama-tiny, repetition penalty 1.2", &m, &cpu, tok, &p, 0, 1.2, false);
+    g_fixed = true;
     sampled_cases(&m, &cpu, tok, &p);
+    g_fixed = false; /* adaptive K: a sampled request's K does not depend on its batch */
+    sampled_cases(&m, &cpu, tok, &p);
+    g_fixed = true;
     /* T 0.02: llama-tiny's logits are small (presence 0.005 is 0.25 after it) */
     distribution_case("llama-tiny, prompt lookup", &m, &cpu, tok, 0.02, 0.005);
     bad_options(&m, &cpu);
@@ -398,10 +497,15 @@ int main(void) {
         greedy_case("llama-tiny, bf16 llama-tiny draft", &m, &cpu, tok, &p, 0, 1.0, false);
         greedy_case("llama-tiny, bf16 llama-tiny draft, 40-block pool", &m, &cpu, tok, &p, 40, 1.0, true);
         greedy_case("llama-tiny, kivi2 pools, bf16 llama-tiny draft", &m, &kivi, tok, &p, 0, 1.0, false);
+        g_fixed = false;
+        greedy_case("llama-tiny, bf16 llama-tiny draft", &m, &cpu, tok, &p, 0, 1.0, false);
+        g_fixed = true;
         distribution_case("llama-tiny, bf16 llama-tiny draft", &m, &cpu, tok, 1.0, 0.3);
         g_draft = &d;
         distribution_case("llama-tiny, gpt2-tiny draft", &m, &cpu, tok, 1.0, 0.3);
         g_draft = NULL;
+        k_follow_case("llama-tiny, itself as draft", &m, &cpu, tok, &m, &p, true);
+        k_follow_case("llama-tiny, gpt2-tiny draft", &m, &cpu, tok, &d, &p, false);
         struct lmc_sched_opts o;
         struct lmc_sched *s = NULL;
         lmc_sched_opts_default(&o);
@@ -416,6 +520,9 @@ int main(void) {
     if (!lmc_model_load(&kjv, "models/kjv-llama", NULL, &err) && !lmc_tokenizer_load(&ktok, "models/kjv-llama", &err)) {
         CHECK_MSG(kjv_prompts(&kp, ktok), "data/kjv.txt: 64 verses");
         greedy_case("kjv-llama", &kjv, &cpu, ktok, &kp, 0, 1.0, false);
+        g_fixed = false;
+        greedy_case("kjv-llama", &kjv, &cpu, ktok, &kp, 0, 1.0, false);
+        g_fixed = true;
         lmc_tokenizer_free(ktok);
         lmc_model_free(&kjv);
     } else {

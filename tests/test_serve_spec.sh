@@ -8,13 +8,16 @@
 #    --spec-max-batch 0` (speculating at any batch size) give exactly the
 #    text, completion tokens and finish reasons of a server without it;
 #    its /metrics count drafts (lmc_spec_draft_tokens_total > 0) and
-#    accepted ones (> 0, < drafts), and all KV blocks come back;
+#    accepted ones (> 0, < drafts), its K histogram
+#    (lmc_spec_k_steps_total{k="0".."16"}, adaptive K) has plain steps
+#    and no K above 4, and all KV blocks come back;
 #  - `--kv-dtype q4 --kv-memory 32M` (with speculation) answers the same
 #    requests, reports lmc_kv_bytes_per_token 2 x 8 layers x 184 bytes
 #    (f32: 18,432) and over 6x the f32 server's blocks within the same
 #    lmc_kv_pool_bytes budget, and frees every block;
-#  - `--spec draft:models/kjv-llama` (the model as its own draft): the same
-#    64 streams equal, drafts mostly accepted, blocks freed;
+#  - `--spec draft:models/kjv-llama --spec-adapt off` (the model as its
+#    own draft, K fixed at 3: every step drafts): the same 64 streams
+#    equal, drafts mostly accepted, every K chosen is 3, blocks freed;
 #  - every server exits 0 on SIGTERM (under ASan: nothing leaked);
 #  - `--kv-dtype kivi2 --kv-memory 64M` (2-bit keys per channel, values
 #    per token, each sequence's last 32 positions in f16 rings) with and
@@ -26,7 +29,7 @@
 #    texts equal the f32 cache's is printed;
 #  - bad flags (--spec nonsense, --spec draft: with no folder or a missing
 #    one, --spec-k 0 or 17, --kv-dtype kivi2 with blocks of 8 or
-#    --kv-residual 5000) exit 2 or name the problem.
+#    --kv-residual 5000, --spec-adapt maybe) exit 2 or name the problem.
 # Usage: test_serve_spec.sh PATH/TO/lmc
 set -u
 LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
@@ -39,7 +42,7 @@ fail=0
 # under AddressSanitizer (the binary links libasan) 24 requests per server instead of 64
 N=64
 if ldd "$LMC" 2>/dev/null | grep -q libasan || nm "$LMC" 2>/dev/null | grep -q " __asan_init"; then N=24; fi
-for bad in "--spec nonsense" "--spec draft:" "--spec-k 0" "--spec-k 17"; do
+for bad in "--spec nonsense" "--spec draft:" "--spec-k 0" "--spec-k 17" "--spec-adapt maybe"; do
   "$LMC" serve -m "$M" --port 0 $bad >/dev/null 2>&1
   [ $? = 2 ] || { echo "FAIL: serve $bad should exit 2"; fail=1; }
 done
@@ -102,7 +105,10 @@ def metrics(port):
     c.request("GET", "/metrics")
     body = c.getresponse().read().decode()
     c.close()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lmc_[a-z_]+) ([0-9.e+-]+)$", body, re.M)}
+    out = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lmc_[a-z_]+) ([0-9.e+-]+)$", body, re.M)}
+    out["k_steps"] = {int(m.group(1)): float(m.group(2))
+                      for m in re.finditer(r'^lmc_spec_k_steps_total\{k="(\d+)"\} ([0-9.e+-]+)$', body, re.M)}
+    return out
 
 def run_all(port, prompts):
     res = [None] * len(prompts)
@@ -137,15 +143,19 @@ try:
     ms, mp = idle_metrics(sport), idle_metrics(pport)
     d, acc = ms.get("lmc_spec_draft_tokens_total", 0), ms.get("lmc_spec_accepted_tokens_total", 0)
     check(d > 0 and 0 < acc < d, "spec metrics: drafts %s accepted %s" % (d, acc))
+    ks = ms["k_steps"]  # adaptive K: 64 greedy streams are a compute-bound batch: plain steps, probes
+    check(sorted(ks) == list(range(17)) and ks[0] > 0 and sum(ks[k] for k in range(5, 17)) == 0,
+          "K histogram %s" % ks)
     check(ms.get("lmc_kv_blocks_used") == 0 and mp.get("lmc_kv_blocks_used") == 0, "blocks in use after")
     check(mp.get("lmc_kv_bytes_per_token") == 18432 and mp.get("lmc_spec_draft_tokens_total") == 0,
           "f32 server: bytes per token %s" % mp.get("lmc_kv_bytes_per_token"))
-    print("speculation: %d greedy streams equal; drafts %d, accepted %d (%.0f%%); steps %d vs %d without" %
-          (N, d, acc, 100 * acc / max(d, 1), ms["lmc_scheduler_steps_total"], mp["lmc_scheduler_steps_total"]))
+    print("speculation: %d greedy streams equal; drafts %d, accepted %d (%.0f%%); steps %d vs %d without; "
+          "K chosen 0..4: %s" % (N, d, acc, 100 * acc / max(d, 1), ms["lmc_scheduler_steps_total"],
+                                 mp["lmc_scheduler_steps_total"], [int(ks.get(k, 0)) for k in range(5)]))
 finally:
     stop(spec, "lookup")
 # the target as its own draft model (batched draft forwards; greedy identity, drafts mostly accepted)
-dspec, dport, dlog = start("--spec", "draft:" + M, "--spec-k", "3", "--spec-max-batch", "0")
+dspec, dport, dlog = start("--spec", "draft:" + M, "--spec-k", "3", "--spec-max-batch", "0", "--spec-adapt", "off")
 check("speculation: draft model" in dlog, "draft server's banner: " + dlog)
 try:
     e = run_all(dport, prompts)
@@ -155,6 +165,8 @@ try:
     md = idle_metrics(dport)
     d, acc = md.get("lmc_spec_draft_tokens_total", 0), md.get("lmc_spec_accepted_tokens_total", 0)
     check(d > 0 and acc > d / 2 and md.get("lmc_kv_blocks_used") == 0, "draft metrics: drafts %s accepted %s" % (d, acc))
+    check(md["k_steps"].get(3, 0) > 0 and sum(v for k, v in md["k_steps"].items() if k != 3) == 0,
+          "--spec-adapt off: K 3 on every step: %s" % md["k_steps"])
     print("draft model (itself): %d greedy streams equal; drafts %d, accepted %d; steps %d" %
           (N, d, acc, md["lmc_scheduler_steps_total"]))
 finally:

@@ -12,7 +12,9 @@
  * per-round ratio accepted / drafted is biased low by more than 0.1 at
  * a = 0.8, K = 4: the test's power); with K chosen by the rule each
  * round, the K chosen most often is the best K for a (or one whose rate
- * is within 2% of it). */
+ * is within 2% of it); the batch-aware cost (lmc_spec_choose_k_batch,
+ * the server's) equals the one-sequence rule at batch 1, never takes more
+ * drafts in a bigger batch, and none at batch 64 on a CPU-like roofline. */
 #include "test.h"
 #include "infer/spec.h"
 #include "core/rng.h"
@@ -80,6 +82,39 @@ int main(void) {
     CHECK(choose(0.42, 4, 0.15, 0.02, 0.35) == 1);
     CHECK(choose(0.9, 4, 0.15, 0.02, 0.35) == 2);
     CHECK(choose(0.9, 4, 0.15, 0.02, 0.2) == 4);
+
+    /* batch-aware cost (the server): batch 1 is the one-sequence cost, bit
+     * for bit; in a batch of B each sequence's round is k B-row draft
+     * forwards and a B (k+1)-row verification over a plain B-row step,
+     * a forward of R rows costing max(1 + s (R - 1), r R) */
+    int64_t bchecked = 0;
+    for (int ai = 0; ai <= 20; ai++)
+        for (int64_t kmax = 1; kmax <= 8; kmax++) {
+            double a = ai / 20.0;
+            struct lmc_spec_cost cb = {0.03 + 0.01 * (double)kmax, 0.02, 0.1 + 0.02 * (double)kmax};
+            CHECK(lmc_spec_choose_k_batch(a, kmax, &cb, 1) == lmc_spec_choose_k(a, kmax, &cb));
+            CHECK(lmc_spec_round_cost_batch(&cb, kmax, 1) == lmc_spec_round_cost(&cb, kmax));
+            int64_t prev = kmax;
+            for (int64_t b = 1; b <= 128; b *= 2, bchecked++) { /* a bigger batch never takes more drafts */
+                int64_t k = lmc_spec_choose_k_batch(a, kmax, &cb, b);
+                CHECK_MSG(k <= prev, "a %.2f kmax %lld batch %lld: K %lld after %lld", a, (long long)kmax,
+                          (long long)b, (long long)k, (long long)prev);
+                prev = k;
+            }
+        }
+    printf("  choose_k_batch: batch 1 = choose_k, K non-increasing in the batch on %lld points\n", (long long)bchecked);
+    {
+        struct lmc_spec_cost cb = {0.1, 0.02, 0.25};
+        /* batch 4: plain max(1.06, 1.0) = 1.06; k 2: 12 rows max(1.22, 3) = 3 */
+        CHECK(fabs(lmc_spec_round_cost_batch(&cb, 2, 4) - (2 * 0.1 * 1.06 + 3) / 1.06) < 1e-12);
+        /* batch 64 is compute-bound (plain 16 = 64 x 0.25): a draft costs a whole row, never pays */
+        CHECK(fabs(lmc_spec_round_cost_batch(&cb, 1, 64) - (0.1 * 16 + 32) / 16) < 1e-12);
+        CHECK(lmc_spec_choose_k_batch(0.99, 8, &cb, 64) == 0);
+        CHECK(lmc_spec_choose_k_batch(0.9, 4, &cb, 1) >= 2);
+        /* a GPU-like roofline (r 0.01): speculation still pays at batch 16 */
+        struct lmc_spec_cost g = {0.1, 0.01, 0.01};
+        CHECK(lmc_spec_choose_k_batch(0.8, 4, &g, 16) >= 2);
+    }
 
     struct lmc_spec_rate r;
     lmc_spec_rate_init(&r);

@@ -240,7 +240,7 @@ static void usage(void) {
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache] [--no-bf16-prefill]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
             "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
-            "                 [--spec-ngram N] [--spec-max-batch N]]\n"
+            "                 [--spec-ngram N] [--spec-max-batch N] [--spec-adapt on|off]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
             "by heads and MLP features (float32, CPU); rank 0 serves HTTP, the others follow its steps.\n"
@@ -349,6 +349,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--spec-k")) ok = cli_parse_i64(v, 1, 16, &sc.spec_k);
         else if (!strcmp(o, "--spec-ngram")) ok = cli_parse_i64(v, 1, 16, &sc.spec_ngram);
         else if (!strcmp(o, "--spec-max-batch")) ok = cli_parse_i64(v, 0, 4096, &spec_max_batch);
+        else if (!strcmp(o, "--spec-adapt")) ok = !strcmp(v, "on") || !strcmp(v, "off"), sc.spec_fixed_k = !strcmp(v, "off");
         else if (!strcmp(o, "--io-timeout")) ok = cli_parse_f64(v, 0.1, 3600, &d), so.io_timeout_ms = (int)(d * 1000);
         else {
             fprintf(stderr, "lmc serve: unknown option %s\n", o);

@@ -54,6 +54,10 @@ static void usage(void) {
             "  other:     --recompute --eval-every N --eval-batches N --save-every N --seed N\n"
             "             --keep-last N (after each checkpoint: only the N newest OUT/step_* folders, and\n"
             "             their ZeRO shards, are kept, and the folder resumed from; 0: all, the default)\n"
+            "             --keep-best (with --eval-every: OUT/best holds the checkpoint of the lowest validation\n"
+            "             loss so far, rewritten when it improves; this run's evaluations only)\n"
+            "             --patience N (with --eval-every: early stop after N evaluations without a lower\n"
+            "             validation loss; 0: off, the default)\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
             "  experts:   --router-aux-coef X (mixture of experts: the load-balancing loss x X in the loss,\n"
@@ -129,7 +133,8 @@ int cmd_train(int argc, char **argv) {
     const char *metrics = NULL, *tok_dir = NULL;
     int64_t layers = 4, hidden = 128, heads = 4, kv_heads = 0, inter = 0, max_pos = 1024, vocab = 0;
     int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
-    int64_t eval_batches = 8, save_every = 0, seed = 1234, keep_last = 0;
+    int64_t eval_batches = 8, save_every = 0, seed = 1234, keep_last = 0, patience = 0;
+    bool keep_best = false; /* --keep-best: OUT/best, the lowest validation loss's checkpoint */
     double lr = 3e-4, min_lr = -1, wd = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
     double rope_theta = 10000, init_std = 0.02, peak_tflops = 0, aux_coef = -1, bucket_mb = 0;
     bool tie = false, decay_all = false, recompute = false, tp_vocab = false, seq_par = false;
@@ -164,6 +169,7 @@ int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--tie")) { tie = true; continue; }
         if (!strcmp(a, "--decay-all")) { decay_all = true; continue; }
         if (!strcmp(a, "--recompute")) { recompute = true; continue; }
+        if (!strcmp(a, "--keep-best")) { keep_best = true; continue; }
         if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!strcmp(a, "--sp")) { seq_par = true; continue; }
         if (!v) {
@@ -181,7 +187,7 @@ int cmd_train(int argc, char **argv) {
             {"--steps", &steps, 1, (int64_t)1 << 40}, {"--stop-at", &stop_at, 1, (int64_t)1 << 40},
             {"--warmup", &warmup, 0, (int64_t)1 << 40}, {"--eval-every", &eval_every, 0, (int64_t)1 << 40},
             {"--eval-batches", &eval_batches, 0, 1 << 20}, {"--save-every", &save_every, 0, (int64_t)1 << 40},
-            {"--keep-last", &keep_last, 0, (int64_t)1 << 40},
+            {"--keep-last", &keep_last, 0, (int64_t)1 << 40}, {"--patience", &patience, 0, (int64_t)1 << 40},
             {"--seed", &seed, 0, INT64_MAX}, {"--zero", &zero, 0, 3}, {"--tp", &tp, 1, 64},
             {"--cp", &cp, 1, 64}, {"--pp", &pp, 1, 64}, {"--ep", &ep, 1, 1024}, {"--pp-chunks", &pp_chunks, 1, 64},
         };
@@ -243,6 +249,11 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     bool dist = denv.world > 1 || zero >= 0 || mpn > 1 || ep > 1;
+    if ((keep_best || patience > 0) && (eval_every <= 0 || dist)) {
+        fprintf(stderr, "lmc train: --keep-best and --patience need --eval-every N (N >= 1) and run in one process "
+                        "so far (not with ranks, --zero, --tp, --cp, --pp or --ep)\n");
+        return 2;
+    }
     if (pp_chunks > 1 && (pp < 2 || tp > 1)) {
         fprintf(stderr, "lmc train: --pp-chunks V interleaves the stages of --pp P (P >= 2; not with --tp)\n");
         return 2;
@@ -605,6 +616,8 @@ int cmd_train(int argc, char **argv) {
     int64_t end = stop_at > 0 && stop_at < steps ? stop_at : steps;
     char ck[4096];
     double train_rss = 0; /* the peak resident set before the first checkpoint */
+    double best_vl = INFINITY; /* --keep-best, --patience: this run's lowest validation loss */
+    int64_t best_step = 0, stale = 0; /* its step; evaluations since without a lower one */
     while (tr.step < end) {
         struct lmc_train_stats st;
         double t0 = lmc_time_now();
@@ -645,7 +658,11 @@ int cmd_train(int argc, char **argv) {
                 (long long)tr.step, st.loss, st.lr, st.grad_norm, tps, tfl);
         fprintf(mf, ", \"step_ms\": %.3f, \"optim_ms\": %.3f", 1000 * dt, 1000 * st.optim_s);
         if (peak_tflops > 0) fprintf(mf, ", \"mfu\": %.4g", tfl / peak_tflops);
+        bool best = !isnan(vl) && vl < best_vl;
+        if (best) best_vl = vl, best_step = tr.step, stale = 0;
+        else if (!isnan(vl)) stale++;
         if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
+        if (best && (keep_best || patience > 0)) fprintf(mf, ", \"val_best\": true");
         if (st.skipped) fprintf(mf, ", \"skipped\": true");
         double emin = 0, emax = 0;
         if (st.n_experts > 0) { /* expert load: tokens routed to each expert (over the layers) */
@@ -683,6 +700,21 @@ int cmd_train(int argc, char **argv) {
                 rc = cli_fail("train", &err);
                 break;
             }
+        }
+        if (best && keep_best) { /* OUT/best: written aside, then swapped into place (lmc_ckpt_save) */
+            snprintf(ck, sizeof ck, "%s/best", out);
+            if (lmc_ckpt_save(&tr, ck, src_dir, tok_dir, &err)) {
+                rc = cli_fail("train", &err);
+                break;
+            }
+            fprintf(stderr, "%sbest checkpoint %s (step %lld, val %.4f)\n", is_tty() ? "\r\033[K" : "", ck,
+                    (long long)tr.step, vl);
+        }
+        if (patience > 0 && stale >= patience && !last) {
+            fprintf(stderr, "lmc train: early stop at step %lld: no lower validation loss in %lld evaluations "
+                            "(best %.4f at step %lld)\n", (long long)tr.step, (long long)stale, best_vl,
+                    (long long)best_step);
+            break;
         }
     }
     if (!rc && have_tr && tr.zero) lmc_zero_log_memory(tr.zero); /* rank 0: state now/peak vs the formula, VmHWM */

@@ -374,6 +374,7 @@ static void step(struct lmc_sched *s) {
         budget += n_total(s->running[i]) - s->running[i]->n_computed == 1;
     }
     s->spec_now = s->o.spec && (!s->o.spec_max_batch || s->n_running <= s->o.spec_max_batch);
+    if (s->spec_now) lmc_sched_spec_plan(s); /* each sequence's K */
     if (s->spec_now && s->o.draft) lmc_sched_spec_draft_phase(s); /* the drafts, before the budget is split */
     /* decode tokens first, then prefill chunks, both in admission order */
     for (int pass = 0; pass < 2; pass++)
@@ -562,6 +563,7 @@ static void publish_stats(struct lmc_sched *s) {
     s->st.spec_proposed_total = s->n_spec_proposed;
     s->st.spec_accepted_total = s->n_spec_accepted;
     s->st.spec_steps = s->n_spec_steps;
+    memcpy(s->st.spec_k_steps, s->spec_k_steps, sizeof s->st.spec_k_steps);
     pthread_cond_broadcast(&s->idle_cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -761,6 +763,10 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
         if (op.draft && op.draft->cfg.vocab_size != c->vocab_size)
             return lmc_err_set(err, LMC_ERR_ARG, "draft model vocabulary %lld differs from the target's %lld",
                                (long long)op.draft->cfg.vocab_size, (long long)c->vocab_size);
+        if (!(op.spec_draft_cost >= 0 && op.spec_draft_cost <= 100 && op.spec_verify_slope >= 0 &&
+              op.spec_verify_slope <= 100 && op.spec_verify_row >= 0 && op.spec_verify_row <= 100))
+            return lmc_err_set(err, LMC_ERR_ARG, "speculation cost model out of range (draft %g, slope %g, row %g: 0..100)",
+                               op.spec_draft_cost, op.spec_verify_slope, op.spec_verify_row);
     } else {
         op.draft = NULL;
     }
@@ -797,6 +803,12 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     s->tok = tok;
     s->o = op;
     s->max_blocks = per_seq;
+    /* adaptive K's cost model, defaults as lmc generate's */
+    s->spec_cost.draft = op.spec_draft_cost > 0 ? op.spec_draft_cost
+                         : op.draft ? LMC_MAX(0.01, (double)op.draft->weight_bytes / (double)LMC_MAX(m->weight_bytes, 1))
+                                    : 0.01;
+    s->spec_cost.slope = op.spec_verify_slope > 0 ? op.spec_verify_slope : 0.02;
+    s->spec_cost.row = op.spec_verify_row > 0 ? op.spec_verify_row : 0.25;
     s->next_id = 1;
     lmc_status st = lmc_paged_kv_init(&s->kv, m, be, op.kv_blocks, kv_bs, op.prefix_cache, err);
     if (!st) {
@@ -997,7 +1009,8 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
     }
     q->r = *r;
     q->spec_k = s->o.spec_k;
-    q->spec_alpha = 0.7; /* as lmc generate's adaptive K starts */
+    lmc_spec_rate_init(&q->spec_rate); /* as lmc generate's adaptive K starts */
+    q->spec_plain = 0;
     q->fn = fn;
     q->user = user;
     q->n_prompt = n_prompt;

@@ -66,9 +66,24 @@ struct lmc_sched_opts {
      * from the request's sampler over the draft's logits (its own rng);
      * acceptance by min(1, p/q) and the residual norm(max(0, p - q)). */
     const struct lmc_model *draft;
-    int64_t spec_k;             /* most drafts per sequence and step (default 4) */
+    int64_t spec_k;             /* most drafts per sequence and step (1..16, default 4) */
     int64_t spec_ngram;         /* longest n-gram prompt lookup matches (default 3) */
     int spec_max_batch;
+    /* Adaptive K (default; spec_fixed_k: always spec_k): each step, every
+     * sequence in decode state that may speculate takes the K in 0..spec_k
+     * of lmc_spec_choose_k_batch (infer/spec.h) for its own running
+     * acceptance estimate (lmc_spec_rate: decayed counts, prior 0.7), K = 0
+     * being a plain step, with a 1-draft probe after every 8 of them.
+     * Greedy requests (temperature 0: their tokens do not depend on K)
+     * price a round in a batch of the running sequences (a big batch is
+     * compute-bound: drafts stop paying); sampled ones as if alone, so a
+     * seeded request's tokens do not depend on its batch. No timing input:
+     * the choices are deterministic. The cost model's draft cost (0: the
+     * draft's weight bytes over the target's, prompt lookup 0.01),
+     * verification slope (0: 0.02) and row cost (0: 0.25), as lmc
+     * generate's --draft-model. */
+    bool spec_fixed_k;
+    double spec_draft_cost, spec_verify_slope, spec_verify_row;
     /* KIVI-2 pools (a backend with attention_paged_ring, infer/kvq.h):
      * positions each running sequence keeps in f16 besides the pool
      * (0..4096, default 32); the block size must be a multiple of 32 */
@@ -87,6 +102,7 @@ enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1, LMC_SC
 void lmc_sched_opts_default(struct lmc_sched_opts *o);
 
 #define LMC_SCHED_MAX_STOP 8
+#define LMC_SCHED_SPEC_KMAX 16 /* the most spec_k */
 #define LMC_SCHED_MAX_TOP_LOGPROBS 20
 
 struct lmc_request {
@@ -175,6 +191,9 @@ struct lmc_sched_stats {
     int64_t kv_pool_bytes;         /* the pool's memory (blocks x block bytes, plus KIVI-2 rings) */
     int64_t spec_proposed_total, spec_accepted_total; /* draft tokens verified / kept */
     int64_t spec_steps;            /* steps in which some sequence speculated */
+    /* sequence-steps by the K chosen (0..16; speculating decode rows only;
+     * fewer drafts may come: lookup without a match, max_tokens, context) */
+    int64_t spec_k_steps[LMC_SCHED_SPEC_KMAX + 1];
 };
 void lmc_sched_stats(struct lmc_sched *s, struct lmc_sched_stats *out);
 /* Waits until the scheduler has published a state with nothing running,

@@ -9,6 +9,7 @@
 #include "infer/scheduler.h"
 #include "infer/detok.h"
 #include "infer/paged_kv.h"
+#include "infer/spec.h"
 #include "model/forward_batch.h"
 
 #include <pthread.h>
@@ -33,8 +34,9 @@ struct req {
     bool admitted_once, cancelled;
     int64_t take;                  /* tokens scheduled this step (0: none) */
     int64_t n_draft;               /* speculation: drafts at toks[n_total..) in this step's take */
-    int64_t spec_k;                /* speculation: drafts asked for next (adaptive, 1..opts.spec_k) */
-    double spec_alpha;             /* speculation: running acceptance rate per draft */
+    int64_t spec_k;                /* speculation: drafts asked for this step (adaptive, 0..opts.spec_k) */
+    struct lmc_spec_rate spec_rate; /* speculation: running acceptance estimate per draft */
+    int64_t spec_plain;            /* speculation: plain steps (K = 0) since the last probe */
     /* draft model (opts.draft): its cache, the leading tokens whose K/V
      * it holds, its sampler (the request's parameters, its own rng), and
      * this step's drafts ready at toks[n_total..) with their distributions
@@ -71,6 +73,8 @@ struct lmc_sched {
     int32_t *d_ids, *d_seq, *d_pos, *d_bt, *d_rows;
     struct req **drows;
     int64_t n_spec_proposed, n_spec_accepted, n_spec_steps;
+    int64_t spec_k_steps[LMC_SCHED_SPEC_KMAX + 1]; /* sequence-steps by chosen K */
+    struct lmc_spec_cost spec_cost; /* adaptive K's cost model (defaults filled in) */
     struct lmc_grammar_vocab *gv;  /* the vocabulary as bytes for grammar masks (built on first use) */
     uint8_t *allowed;              /* (V) a grammar mask */
     struct lmc_sample_row *sprm;   /* (max_batch) host: sample_rows params of an all-plain step */
@@ -120,6 +124,11 @@ bool lmc_sched_emit_token(struct lmc_sched *s, struct req *q, float *row, int32_
 /* True when q may speculate: no grammar, no logprobs, attention KV (not a
  * recurrent state). */
 bool lmc_sched_spec_ok(const struct lmc_sched *s, const struct req *q);
+/* Adaptive K (opts.spec_fixed_k off): sets spec_k of every running
+ * sequence in decode state that may speculate from its acceptance
+ * estimate and the batch (scheduler.h), counting the choices. Called at the
+ * start of a speculating step. */
+void lmc_sched_spec_plan(struct lmc_sched *s);
 /* Draft model: runs the draft over every running sequence in decode state
  * that may speculate (catching its cache up first, partly when the step's
  * token budget runs out), spec_k batched forwards, leaving each one's

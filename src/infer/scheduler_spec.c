@@ -14,7 +14,10 @@
  * distributions lmc_sampler_probs gives with the penalties' history
  * including the drafts. The cache then rolls back: n_computed stops after
  * the last accepted draft, only full blocks of accepted tokens enter the
- * prefix cache, and blocks past the sequence's end are released. */
+ * prefix cache, and blocks past the sequence's end are released. K per
+ * sequence and step (lmc_sched_spec_plan): the cost model's choice for the
+ * sequence's running acceptance estimate and, for greedy requests, the
+ * batch (spec.h's lmc_spec_choose_k_batch). */
 #include "infer/scheduler_int.h"
 #include "core/core.h"
 #include "infer/spec.h"
@@ -25,6 +28,28 @@
 
 bool lmc_sched_spec_ok(const struct lmc_sched *s, const struct req *q) {
     return !q->gs && q->r.top_logprobs < 0 && !s->kv.pool.state;
+}
+
+void lmc_sched_spec_plan(struct lmc_sched *s) {
+    for (int64_t i = 0; i < s->n_running; i++) {
+        struct req *q = s->running[i];
+        if (lmc_sched_req_total(q) - q->n_computed != 1 || !lmc_sched_spec_ok(s, q)) continue;
+        if (!s->o.spec_fixed_k) {
+            /* greedy: its tokens do not depend on K, so the batch may price
+             * it; sampled: as if alone (its tokens then do not depend on the
+             * batch) */
+            int64_t batch = q->r.sampling.temperature == 0 ? s->n_running : 1;
+            int64_t k = lmc_spec_choose_k_batch(lmc_spec_rate_alpha(&q->spec_rate), s->o.spec_k, &s->spec_cost, batch);
+            if (k > 0) q->spec_plain = 0;
+            else if (++q->spec_plain >= 8) { /* a probe, to follow the acceptance rate */
+                k = 1;
+                q->spec_plain = 0;
+            }
+            q->spec_k = k;
+        }
+        LMC_ASSERT(q->spec_k >= 0 && q->spec_k <= LMC_SCHED_SPEC_KMAX);
+        s->spec_k_steps[q->spec_k]++;
+    }
 }
 
 /* The most drafts q may take now: spec_k (adapted), and the step fills
@@ -137,8 +162,7 @@ bool lmc_sched_spec_verify(struct lmc_sched *s, struct req *q, const int32_t *id
     q->n_draft = 0;
     s->n_spec_proposed += k;
     s->n_spec_accepted += a;
-    q->spec_alpha = 0.8 * q->spec_alpha + 0.2 * ((double)a / (double)k);
-    q->spec_k = lmc_spec_next_k(q->spec_alpha, s->o.spec_k);
+    lmc_spec_rate_add(&q->spec_rate, a, k);
     /* the last token and the accepted drafts hold valid K/V (here and in
      * the draft's cache) */
     q->n_computed = n0 + a;

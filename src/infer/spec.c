@@ -34,13 +34,24 @@ int64_t lmc_spec_next_k(double alpha, int64_t kmax) {
     return k >= (double)kmax ? kmax : LMC_MAX(1, (int64_t)k);
 }
 
-double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k) {
-    double d = c->draft >= 0 ? c->draft : 0, s = c->slope >= 0 ? c->slope : 0, r = c->row >= 0 ? c->row : 0;
-    double mem = 1 + s * (double)k, comp = r * (double)(k + 1);
-    return (double)k * d + (mem > comp ? mem : comp);
+/* a forward of R rows in 1-row forwards: the weights read once, or the rows' arithmetic */
+static double forward_cost(double s, double r, double rows) {
+    double mem = 1 + s * (rows - 1), comp = r * rows;
+    return mem > comp ? mem : comp;
 }
 
-int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c) {
+double lmc_spec_round_cost_batch(const struct lmc_spec_cost *c, int64_t k, int64_t batch) {
+    double d = c->draft >= 0 ? c->draft : 0, s = c->slope >= 0 ? c->slope : 0, r = c->row >= 0 ? c->row : 0;
+    double b = (double)LMC_MAX(batch, 1), plain = forward_cost(s, r, b);
+    if (batch <= 1) plain = 1; /* one row: the weight read (row < 1) */
+    return ((double)k * d * plain + forward_cost(s, r, b * (double)(k + 1))) / plain;
+}
+
+double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k) {
+    return lmc_spec_round_cost_batch(c, k, 1);
+}
+
+int64_t lmc_spec_choose_k_batch(double alpha, int64_t kmax, const struct lmc_spec_cost *c, int64_t batch) {
     if (!(alpha >= 0)) alpha = 0;
     if (alpha > 0.99) alpha = 0.99;
     int64_t best = 0;
@@ -48,13 +59,17 @@ int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost
     for (int64_t k = 1; k <= kmax; k++) {
         ak *= alpha;
         tokens += ak; /* 1 + alpha + ... + alpha^k */
-        double rate = tokens / lmc_spec_round_cost(c, k);
+        double rate = tokens / lmc_spec_round_cost_batch(c, k, batch);
         if (rate > best_rate * (1 + 1e-9)) {
             best_rate = rate;
             best = k;
         }
     }
     return best;
+}
+
+int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c) {
+    return lmc_spec_choose_k_batch(alpha, kmax, c, 1);
 }
 
 /* the prior: 0.7 over 2 trials; each round's counts decay by 0.85 */

@@ -97,7 +97,7 @@ int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k,
 
 /* The next K from the running per-draft acceptance rate alpha in [0, 1]:
  * 1 + the expected run of acceptances alpha / (1 - alpha), in [1, kmax]
- * (the server's rule). */
+ * (the server's old rule; bench_spec prints it for comparison). */
 int64_t lmc_spec_next_k(double alpha, int64_t kmax);
 
 /* The time of a round in 1-token target forwards: k draft tokens of
@@ -112,12 +112,22 @@ struct lmc_spec_cost {
     double draft, slope, row;
 };
 double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k);
+/* The same in a batch of `batch` sequences that each run k drafts (the
+ * server's continuous batching), per sequence and in units of a plain step
+ * of the batch: k batched draft forwards of `batch` rows and a verification
+ * of batch (k+1) rows, where a forward of R rows costs
+ * max(1 + slope (R - 1), row R); over the plain step's cost. batch 1 is
+ * lmc_spec_round_cost; a big batch is compute-bound already, so its verify
+ * rows cost `row` each and drafts stop paying. */
+double lmc_spec_round_cost_batch(const struct lmc_spec_cost *c, int64_t k, int64_t batch);
 
 /* The K in [0, kmax] that maximizes the expected tokens per unit of time of
  * a round, (1 - alpha^(K+1)) / (1 - alpha) tokens for
  * lmc_spec_round_cost(c, K) (K = 0: a plain step, cost 1).
  * lmc_spec_generate's adaptive rule. */
 int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c);
+/* The same with lmc_spec_round_cost_batch's cost (batch 1: choose_k). */
+int64_t lmc_spec_choose_k_batch(double alpha, int64_t kmax, const struct lmc_spec_cost *c, int64_t batch);
 
 /* Running per-draft acceptance estimate: decayed counts of accepted drafts
  * and of Bernoulli trials (a round that accepts a of k drafts ran a + 1

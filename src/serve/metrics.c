@@ -253,6 +253,11 @@ char *lmc_serve_metrics_render(struct lmc_serve_metrics *m, const struct lmc_sch
                    st->spec_accepted_total);
         metric_i64(&b, "lmc_spec_steps_total", "counter", "Scheduler steps in which some sequence speculated.",
                    st->spec_steps);
+        metric(&b, "lmc_spec_k_steps_total", "counter",
+               "Decode steps of sequences that may speculate, by the number of drafts K chosen (adaptive K; k=0: a "
+               "plain step).");
+        for (int k = 0; k <= LMC_SCHED_SPEC_KMAX; k++)
+            sb_printf(&b, "lmc_spec_k_steps_total{k=\"%d\"} %lld\n", k, (long long)st->spec_k_steps[k]);
     }
     double rss, vsz;
     if (proc_memory(&rss, &vsz)) {
