@@ -421,12 +421,17 @@ static void test_groups_and_bytes(void) {
 
 /* lmc_optim_step_one over the parameters in reverse order (as a backward
  * pass completes them), each reading its gradient from one shared buffer
- * (lmc_optim_set_grad), gives lmc_optim_step's bits, for every kind. */
+ * (lmc_optim_set_grad), gives lmc_optim_step's bits, for every kind (the
+ * last: GaLore with the subspace refresh at steps 2 and 3, which
+ * lmc_optim_step makes for all matrices at once, step_one per matrix; and
+ * APOLLO's refresh at step 1, likewise). */
 static void test_step_one(void) {
-    for (int k = 0; k < LMC_OPTIM_KIND_COUNT; k++) {
+    for (int k = 0; k <= LMC_OPTIM_KIND_COUNT; k++) {
         struct lmc_optim_cfg c;
         double lr;
-        cfg_for(&c, (enum lmc_optim_kind)k, &lr);
+        const bool sub = k == LMC_OPTIM_KIND_COUNT;
+        cfg_for(&c, sub ? LMC_OPTIM_GALORE : (enum lmc_optim_kind)k, &lr);
+        if (sub) c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE, c.galore_update_gap = 1;
         struct run a, b;
         lmc_err err;
         CHECK(!run_init(&a, &c, &err) && !run_init(&b, &c, &err));
@@ -439,7 +444,7 @@ static void test_step_one(void) {
                 lmc_optim_step_one(&b.opt, j, lr, t, 1.0f);
             }
         }
-        CHECK_MSG(same_params(&a, &b), "%s", lmc_optim_kind_name((enum lmc_optim_kind)k));
+        CHECK_MSG(same_params(&a, &b), "%s", sub ? "galore subspace" : lmc_optim_kind_name((enum lmc_optim_kind)k));
         free(shared);
         run_free(&a), run_free(&b);
     }

@@ -169,6 +169,7 @@ enum lmc_optim_group {
 const char *lmc_optim_group_name(enum lmc_optim_group g);
 
 struct lmc_optim_slot;
+struct lmc_pool; /* core/threadpool.h */
 struct lmc_optim {
     struct lmc_optim_cfg cfg;
     const struct lmc_backend *be;
@@ -182,6 +183,16 @@ struct lmc_optim {
     double *host_scratch;            /* host memory: the projection refreshes */
     size_t host_scratch_doubles;
     int svd_lwork;
+    /* GaLore's subspace refresh (optim_lowrank.c; made on first use):
+     * backend memory for every GaLore slot's Y, C and T, and w (gs_y,
+     * gs_ct, gs_w floats) and the ritz work; host copies of the C, T and w
+     * parts; gs_hd_per doubles of solve scratch per thread; the threads */
+    float *gs_dev, *gs_host;
+    int64_t gs_y, gs_ct, gs_w;
+    double *gs_hd;
+    size_t gs_hd_per;
+    struct lmc_pool *gs_pool;
+    int gs_threads;
 };
 
 /* The state bytes `kind` with cfg would need for these parameters, without
