@@ -84,8 +84,9 @@ enum lmc_apollo_scale { LMC_APOLLO_CHANNEL = 0, LMC_APOLLO_TENSOR };
  * subspace iteration from the previous projection (Y = G^T G P^T, or
  * G G^T P on the left) and a Rayleigh–Ritz step (the r x r generalized
  * eigenproblem (Y^T M Y) v = l (Y^T Y) v on the host in double), the big
- * products through the backend's matmul on the device: no gradient
- * download, r x r matrices cross. AUTO picks EXACT on host-memory backends. */
+ * products through the backend's galore_ritz / galore_rotate (fp32) on the
+ * device: no gradient download, r x r matrices cross, every matrix's at
+ * once in lmc_optim_step. AUTO picks EXACT on host-memory backends. */
 enum lmc_galore_refresh { LMC_GALORE_REFRESH_AUTO = 0, LMC_GALORE_REFRESH_EXACT, LMC_GALORE_REFRESH_SUBSPACE };
 
 struct lmc_optim_cfg {

@@ -2,10 +2,14 @@
  * backend (optim.h states the formulas): GaLore's top-r singular vectors of
  * the gradient (downloaded when the backend's memory is not the host's)
  * from LAPACK's dsyevr on the Gram matrix, or (the subspace refresh) one
- * subspace-iteration and Rayleigh–Ritz step from the previous projection
- * through the backend's matmuls; APOLLO's seeded Gaussian; each uploaded
- * into the slot's projection. The step in
- * rank-r space is the backend's lowrank op (ops/optim_ops.h). */
+ * subspace-iteration and Rayleigh–Ritz step from the previous projection:
+ * Y, C = Y^T Y and T = Y^T M Y by the backend (galore_ritz), the r x r
+ * solve on the host, the new signed projection by the backend
+ * (galore_rotate); APOLLO's seeded Gaussian drawn on the host. When
+ * lmc_optim_step runs, every matrix due is refreshed at once: one download
+ * of all C, T, the solves (or APOLLO's draws) a matrix per host thread,
+ * one upload of all coefficients. The step in rank-r space is the
+ * backend's lowrank op (ops/optim_ops.h). */
 #include "train/optim_internal.h"
 #include "core/core.h"
 #include "core/rng.h"

@@ -5,7 +5,8 @@
  * (sgemm into p) or APOLLO's channel/tensor scaling of the raw gradient
  * with the norm-growth limiter; the decay after the update. Each pass
  * does all it can: the moments with N (GaLore) or with the channel sums
- * (APOLLO), APOLLO's update with the decay. */
+ * (APOLLO), APOLLO's update with the decay. Also GaLore's subspace
+ * refresh ops (galore_ritz, galore_rotate: sgemm and the sign rule). */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
