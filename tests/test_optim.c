@@ -421,12 +421,17 @@ static void test_groups_and_bytes(void) {
 
 /* lmc_optim_step_one over the parameters in reverse order (as a backward
  * pass completes them), each reading its gradient from one shared buffer
- * (lmc_optim_set_grad), gives lmc_optim_step's bits, for every kind. */
+ * (lmc_optim_set_grad), gives lmc_optim_step's bits, for every kind (the
+ * last: GaLore with the subspace refresh at steps 2 and 3, which
+ * lmc_optim_step makes for all matrices at once, step_one per matrix; and
+ * APOLLO's refresh at step 1, likewise). */
 static void test_step_one(void) {
-    for (int k = 0; k < LMC_OPTIM_KIND_COUNT; k++) {
+    for (int k = 0; k <= LMC_OPTIM_KIND_COUNT; k++) {
         struct lmc_optim_cfg c;
         double lr;
-        cfg_for(&c, (enum lmc_optim_kind)k, &lr);
+        const bool sub = k == LMC_OPTIM_KIND_COUNT;
+        cfg_for(&c, sub ? LMC_OPTIM_GALORE : (enum lmc_optim_kind)k, &lr);
+        if (sub) c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE, c.galore_update_gap = 1;
         struct run a, b;
         lmc_err err;
         CHECK(!run_init(&a, &c, &err) && !run_init(&b, &c, &err));
@@ -439,10 +444,48 @@ static void test_step_one(void) {
                 lmc_optim_step_one(&b.opt, j, lr, t, 1.0f);
             }
         }
-        CHECK_MSG(same_params(&a, &b), "%s", lmc_optim_kind_name((enum lmc_optim_kind)k));
+        CHECK_MSG(same_params(&a, &b), "%s", sub ? "galore subspace" : lmc_optim_kind_name((enum lmc_optim_kind)k));
         free(shared);
         run_free(&a), run_free(&b);
     }
+}
+
+/* GaLore's batched subspace refresh with one matrix's gradient zero at
+ * the refresh (C not positive definite): that matrix falls back to the
+ * exact refresh — its parameters equal an all-exact run's bit for bit —
+ * while the others take the subspace step; lmc_optim_step (all at once)
+ * and lmc_optim_step_one (one at a time) agree. */
+static void test_galore_subspace_fallback(void) {
+    struct lmc_optim_cfg c;
+    double lr;
+    cfg_for(&c, LMC_OPTIM_GALORE, &lr);
+    c.galore_update_gap = 1;
+    struct run a, b, e;
+    lmc_err err;
+    c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE;
+    CHECK(!run_init(&a, &c, &err) && !run_init(&b, &c, &err));
+    c.galore_refresh = LMC_GALORE_REFRESH_EXACT;
+    CHECK(!run_init(&e, &c, &err));
+    struct run *rs[3] = {&a, &b, &e};
+    for (int64_t t = 1; t <= 2; t++)
+        for (int q = 0; q < 3; q++) {
+            for (int j = 0; j < NP; j++) {
+                const int64_t n = prow[j] * pcol[j];
+                gen(rs[q]->g[j], n, 100000 * (uint64_t)t + (uint64_t)j, 1.0f);
+                if (t == 2 && j == 1) memset(rs[q]->g[j], 0, (size_t)n * 4);
+            }
+            if (q == 1)
+                for (int j = 0; j < NP; j++) lmc_optim_step_one(&rs[q]->opt, j, lr, t, 1.0f);
+            else lmc_optim_step(&rs[q]->opt, lr, t, 1.0f);
+        }
+    CHECK(same_params(&a, &b));
+    CHECK(!memcmp(a.p[1], e.p[1], (size_t)(prow[1] * pcol[1]) * 4)); /* the fallback: exact */
+    CHECK(memcmp(a.p[0], e.p[0], (size_t)(prow[0] * pcol[0]) * 4) != 0); /* the others: subspace */
+    bool finite = true;
+    for (int j = 0; j < NP; j++)
+        for (int64_t i = 0; i < prow[j] * pcol[j]; i++) finite = finite && isfinite(a.p[j][i]);
+    CHECK(finite);
+    run_free(&a), run_free(&b), run_free(&e);
 }
 
 static void test_moonlight(void) {
@@ -643,6 +686,7 @@ int main(void) {
     test_groups_and_bytes();
     test_moonlight();
     test_step_one();
+    test_galore_subspace_fallback();
     test_roles();
     test_flags();
     test_galore_subspace();

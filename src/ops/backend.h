@@ -375,6 +375,15 @@ struct lmc_backend {
     void (*lowrank)(void *ctx, float *p, const float *g, float *m, float *v, const float *proj,
                     float *prev_norm, int64_t rows, int64_t cols, int64_t rank,
                     const struct lmc_lowrank_step *s, float *work);
+    /* Optional (NULL: GaLore refreshes exactly, on the host): GaLore's
+     * subspace refresh on the backend (ops/optim_ops.h): galore_ritz writes
+     * Y and C, T (2 rank^2 floats) for the host's r x r solve; galore_rotate
+     * the new projection from Y and the solve's coefficients w (rank^2
+     * floats, backend memory), signed. work: lmc_galore_ritz_work_floats. */
+    void (*galore_ritz)(void *ctx, const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank,
+                        float *y, float *ct, float *work);
+    void (*galore_rotate)(void *ctx, float *proj, const float *y, const float *w, int64_t rows, int64_t cols,
+                          int64_t rank);
 
     /* ---- Mixture of experts: grouped GEMM (ops/cpu/moe_gemm.c,
      * ops/cuda/moe_gemm.cu). Optional (NULL: the model runs one matmul per

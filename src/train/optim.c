@@ -326,6 +326,7 @@ void lmc_optim_free(struct lmc_optim *o) {
     if (o->slots)
         for (int i = 0; i < o->n_params; i++) free(o->slots[i].name);
     free(o->slots);
+    if (o->be) lmc_optim_lowrank_free(o);
     if (o->arena && o->be) o->be->free(o->be->ctx, o->arena);
     free(o->host_scratch);
     memset(o, 0, sizeof *o);
@@ -500,6 +501,7 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
 
 void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale) {
     const bool batched = muon_batched(&o->cfg, o->be);
+    lmc_optim_lowrank_refresh_due(o, step); /* GaLore's subspace refreshes, all matrices at once */
     for (int i = 0; i < o->n_params; i++)
         if (!batched || o->slots[i].group != LMC_GROUP_MUON) lmc_optim_step_one(o, i, lr, step, grad_scale);
     if (!batched) return;

@@ -84,8 +84,9 @@ enum lmc_apollo_scale { LMC_APOLLO_CHANNEL = 0, LMC_APOLLO_TENSOR };
  * subspace iteration from the previous projection (Y = G^T G P^T, or
  * G G^T P on the left) and a Rayleigh–Ritz step (the r x r generalized
  * eigenproblem (Y^T M Y) v = l (Y^T Y) v on the host in double), the big
- * products through the backend's matmul on the device: no gradient
- * download, r x r matrices cross. AUTO picks EXACT on host-memory backends. */
+ * products through the backend's galore_ritz / galore_rotate (fp32) on the
+ * device: no gradient download, r x r matrices cross, every matrix's at
+ * once in lmc_optim_step. AUTO picks EXACT on host-memory backends. */
 enum lmc_galore_refresh { LMC_GALORE_REFRESH_AUTO = 0, LMC_GALORE_REFRESH_EXACT, LMC_GALORE_REFRESH_SUBSPACE };
 
 struct lmc_optim_cfg {
@@ -169,6 +170,7 @@ enum lmc_optim_group {
 const char *lmc_optim_group_name(enum lmc_optim_group g);
 
 struct lmc_optim_slot;
+struct lmc_pool; /* core/threadpool.h */
 struct lmc_optim {
     struct lmc_optim_cfg cfg;
     const struct lmc_backend *be;
@@ -182,6 +184,16 @@ struct lmc_optim {
     double *host_scratch;            /* host memory: the projection refreshes */
     size_t host_scratch_doubles;
     int svd_lwork;
+    /* GaLore's subspace refresh (optim_lowrank.c; made on first use):
+     * backend memory for every GaLore slot's Y, C and T, and w (gs_y,
+     * gs_ct, gs_w floats) and the ritz work; host copies of the C, T and w
+     * parts; gs_hd_per doubles of solve scratch per thread; the threads */
+    float *gs_dev, *gs_host;
+    int64_t gs_y, gs_ct, gs_w;
+    double *gs_hd;
+    size_t gs_hd_per;
+    struct lmc_pool *gs_pool;
+    int gs_threads;
 };
 
 /* The state bytes `kind` with cfg would need for these parameters, without

@@ -28,6 +28,7 @@ struct lmc_optim_slot {
     int64_t nblocks;
     float *proj;                 /* GaLore / APOLLO projection (rank * (right ? cols : rows)) */
     float *prev_norm;            /* APOLLO's limiter: last ||S|| (1; < 0: none yet) */
+    int64_t refreshed;           /* low-rank groups: the step whose projection refresh is done (0: none) */
 };
 
 /* The host doubles one low-rank slot's projection refresh needs as
@@ -35,6 +36,12 @@ struct lmc_optim_slot {
  * (0 otherwise). */
 size_t lmc_optim_lowrank_scratch(const struct lmc_optim_slot *s, enum lmc_optim_group g,
                                  int *svd_lwork);
+/* GaLore's subspace refreshes due at this step, every slot at once (one
+ * download and one upload for all; lmc_optim_step calls it before the
+ * per-slot steps, which then skip their refresh). No-op otherwise. */
+void lmc_optim_lowrank_refresh_due(struct lmc_optim *o, int64_t step);
+/* Frees the refreshes' memory (lmc_optim_free). */
+void lmc_optim_lowrank_free(struct lmc_optim *o);
 /* One GaLore / APOLLO step of slot s: the projection refreshed on the host
  * when due, then the backend's lowrank op. */
 void lmc_optim_lowrank_step(struct lmc_optim *o, struct lmc_optim_slot *s, double lr, int64_t step,

@@ -2,18 +2,25 @@
  * backend (optim.h states the formulas): GaLore's top-r singular vectors of
  * the gradient (downloaded when the backend's memory is not the host's)
  * from LAPACK's dsyevr on the Gram matrix, or (the subspace refresh) one
- * subspace-iteration and Rayleigh–Ritz step from the previous projection
- * through the backend's matmuls; APOLLO's seeded Gaussian; each uploaded
- * into the slot's projection. The step in
- * rank-r space is the backend's lowrank op (ops/optim_ops.h). */
+ * subspace-iteration and Rayleigh–Ritz step from the previous projection:
+ * Y, C = Y^T Y and T = Y^T M Y by the backend (galore_ritz), the r x r
+ * solve on the host, the new signed projection by the backend
+ * (galore_rotate); APOLLO's seeded Gaussian drawn on the host. When
+ * lmc_optim_step runs, every matrix due is refreshed at once: one download
+ * of all C, T, the solves (or APOLLO's draws) a matrix per host thread,
+ * one upload of all coefficients. The step in rank-r space is the
+ * backend's lowrank op (ops/optim_ops.h). */
 #include "train/optim_internal.h"
 #include "core/core.h"
+#include "core/rng.h"
+#include "core/threadpool.h"
 #include "ops/optim_ops.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* LAPACK from OpenBLAS (Debian's libopenblas ships the Fortran symbols but
  * no LAPACKE header). The trailing lengths are gfortran's hidden
@@ -103,121 +110,246 @@ static void galore_refresh(struct lmc_optim *o, struct lmc_optim_slot *s) {
 }
 
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t);
-extern void dsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
-                   double *work, const int *lwork, int *info, size_t, size_t);
-
-/* GaLore's subspace refresh (optim.h, LMC_GALORE_REFRESH_SUBSPACE): with M
- * the Gram matrix on the smaller side (G^T G right, G G^T left) and Q the
- * previous projection's vectors, Y = M Q (two backend matmuls), then the
- * Rayleigh–Ritz step on span(Y): C = Y^T Y and T = Y^T M Y (r x r, on the
- * device), solved on the host in double as T v = l C v (Cholesky of C, the
- * symmetric eigenproblem of L^-1 T L^-T, v = L^-T w), the new vectors
- * Y v_j by descending l (a matmul), each signed so that its largest entry
- * is positive (downloaded, signed, uploaded). Returns nonzero (nothing
- * changed) when C is not positive definite (a gradient of rank < r, or
- * zero) or memory is short: the caller falls back to the exact refresh. */
-static int galore_refresh_subspace(struct lmc_optim *o, struct lmc_optim_slot *s) {
-    const struct lmc_backend *be = o->be;
-    void *ctx = be->ctx;
-    const int64_t rows = s->rows, cols = s->cols, r = s->rank, k = LMC_MIN(rows, cols);
-    const int64_t other = s->right ? rows : cols; /* Z's long side */
-    const size_t nf = (size_t)(2 * other * r + k * r + 3 * r * r);
-    float *d = be->alloc(ctx, nf * sizeof(float));
-    double *h = malloc((size_t)(4 * r * r + 66 * r + 2) * sizeof(double));
-    float *hf = malloc((size_t)LMC_MAX(2 * r * r, k * r) * sizeof(float));
-    int rc = -1;
-    if (!d || !h || !hf) goto done;
-    float *Z = d, *Y = Z + other * r, *Z2 = Y + k * r, *C = Z2 + other * r, *T = C + r * r, *V = T + r * r;
-    const struct lmc_mat wrk = {LMC_DTYPE_F32, r, k, Y}, wrc = {LMC_DTYPE_F32, r, cols, NULL},
-                         wrr = {LMC_DTYPE_F32, r, r, NULL};
-    if (s->right) { /* P (r, cols): rows are the vectors; Y kept as Yt (r, cols) */
-        const struct lmc_mat P = {LMC_DTYPE_F32, r, cols, s->proj};
-        be->matmul(ctx, Z, s->g, rows, &P, NULL);                     /* Z = G P^T (rows, r) */
-        be->zero(ctx, Y, (size_t)(r * cols) * sizeof(float));
-        be->matmul_bwd(ctx, NULL, Y, NULL, Z, s->g, rows, &wrc, 0);   /* Yt = Z^T G (r, cols) */
-        be->matmul(ctx, C, Y, r, &wrk, NULL);                         /* C = Yt Yt^T */
-        be->matmul(ctx, Z2, s->g, rows, &wrk, NULL);                  /* Z2 = G Yt^T (rows, r) */
-        be->zero(ctx, T, (size_t)(r * r) * sizeof(float));
-        be->matmul_bwd(ctx, NULL, T, NULL, Z2, Z2, rows, &wrr, 0);    /* T = Z2^T Z2 */
-    } else { /* P (rows, r): columns are the vectors; Y (rows, r) */
-        be->zero(ctx, Z, (size_t)(r * cols) * sizeof(float));
-        be->matmul_bwd(ctx, NULL, Z, NULL, s->proj, s->g, rows, &wrc, 0); /* Zt = P^T G (r, cols) */
-        const struct lmc_mat Zt = {LMC_DTYPE_F32, r, cols, Z};
-        be->matmul(ctx, Y, s->g, rows, &Zt, NULL);                    /* Y = G Zt^T (rows, r) */
-        be->zero(ctx, C, (size_t)(r * r) * sizeof(float));
-        be->matmul_bwd(ctx, NULL, C, NULL, Y, Y, rows, &wrr, 0);      /* C = Y^T Y */
-        be->zero(ctx, Z2, (size_t)(r * cols) * sizeof(float));
-        be->matmul_bwd(ctx, NULL, Z2, NULL, Y, s->g, rows, &wrc, 0);  /* Z2t = Y^T G (r, cols) */
-        const struct lmc_mat Z2t = {LMC_DTYPE_F32, r, cols, Z2};
-        be->matmul(ctx, T, Z2, r, &Z2t, NULL);                        /* T = Z2t Z2t^T */
-    }
-    be->download(ctx, hf, C, (size_t)(2 * r * r) * sizeof(float)); /* C and T */
-    double *Cd = h, *Td = Cd + r * r, *W = Td + r * r, *ev = W + r * r, *work = ev + r + 1;
-    for (int64_t i = 0; i < r; i++)
-        for (int64_t j = 0; j < r; j++) { /* symmetrised; row- and column-major alike */
-            Cd[i * r + j] = 0.5 * ((double)hf[i * r + j] + hf[j * r + i]);
-            Td[i * r + j] = 0.5 * ((double)hf[r * r + i * r + j] + hf[r * r + j * r + i]);
-        }
-    const int n = (int)r, lwork = 66 * (int)r;
-    int info = 0;
-    dpotrf_("L", &n, Cd, &n, &info, 1); /* C = L L^T (column-major lower) */
-    if (info) goto done;
-    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
-    cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
-    dsyev_("V", "L", &n, Td, &n, ev, work, &lwork, &info, 1, 1); /* ascending; vectors in Td's columns */
-    if (info) goto done;
-    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
-    (void)W;
-    /* right: dy = V (r, r) row-major, V[i][j] = vector j's coefficient i; left: w = V^T */
-    for (int64_t i = 0; i < r; i++)
-        for (int64_t j = 0; j < r; j++) {
-            const float x = (float)Td[(r - 1 - j) * r + i]; /* descending */
-            if (s->right) hf[i * r + j] = x;
-            else hf[j * r + i] = x;
-        }
-    be->upload(ctx, V, hf, (size_t)(r * r) * sizeof(float));
-    float *Pn = Z; /* r * other >= r * k */
-    if (s->right) {
-        be->zero(ctx, Pn, (size_t)(r * cols) * sizeof(float));
-        be->matmul_bwd(ctx, NULL, Pn, NULL, V, Y, r, &wrc, 0); /* Pn = V^T Yt (r, cols) */
-    } else {
-        const struct lmc_mat Vt = {LMC_DTYPE_F32, r, r, V};
-        be->matmul(ctx, Pn, Y, rows, &Vt, NULL); /* Pn = Y V (rows, r) */
-    }
-    be->download(ctx, hf, Pn, (size_t)(r * k) * sizeof(float));
-    for (int64_t j = 0; j < r; j++) { /* the sign rule, per vector */
-        float best = 0;
-        for (int64_t e = 0; e < k; e++) {
-            const float x = s->right ? hf[j * k + e] : hf[e * r + j];
-            if (fabsf(x) > fabsf(best)) best = x;
-        }
-        if (best < 0)
-            for (int64_t e = 0; e < k; e++) {
-                float *x = s->right ? &hf[j * k + e] : &hf[e * r + j];
-                *x = -*x;
-            }
-    }
-    be->upload(ctx, s->proj, hf, (size_t)(r * k) * sizeof(float));
-    rc = 0;
-done:
-    if (d) be->free(ctx, d);
-    free(h), free(hf);
-    return rc;
-}
+extern void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
+                    double *work, const int *lwork, int *iwork, const int *liwork, int *info, size_t, size_t);
 
 static bool galore_subspace(const struct lmc_optim *o) {
     const enum lmc_galore_refresh m = o->cfg.galore_refresh;
-    return m == LMC_GALORE_REFRESH_SUBSPACE || (m == LMC_GALORE_REFRESH_AUTO && !o->be->host_memory);
+    return (m == LMC_GALORE_REFRESH_SUBSPACE || (m == LMC_GALORE_REFRESH_AUTO && !o->be->host_memory)) &&
+           o->be->galore_ritz && o->be->galore_rotate;
+}
+
+/* host doubles of one r x r solve: C, T (r*r each), the eigenvalues (r),
+ * dsyevd's work (1 + 6r + 2r^2) and its iwork (3 + 5r ints) */
+static size_t ritz_doubles(int64_t r) { return (size_t)(4 * r * r + 10 * r + 8); }
+
+/* GaLore's subspace refresh, the host's part for one matrix (optim.h,
+ * LMC_GALORE_REFRESH_SUBSPACE): given C = Y^T Y and T = Y^T M Y (ct, r x r
+ * floats each, from the backend's galore_ritz), the Rayleigh–Ritz step on
+ * span(Y) in double: T v = l C v through the Cholesky factor of C (C = L L^T,
+ * the symmetric eigenproblem of L^-1 T L^-T by dsyevd, v = L^-T u); w's row j
+ * (r floats) the coefficients of the vector with the j-th largest l.
+ * Returns nonzero when C is not positive definite (a gradient of rank < r,
+ * or zero) or LAPACK fails: the caller refreshes exactly. */
+static int ritz_solve(int64_t r, const float *ct, float *w, double *h) {
+    double *Cd = h, *Td = Cd + r * r, *ev = Td + r * r, *work = ev + r;
+    const int n = (int)r, lwork = 1 + 6 * n + 2 * n * n, liwork = 3 + 5 * n;
+    int *iwork = (int *)(work + lwork), info = 0;
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t j = 0; j < r; j++) { /* symmetrised; row- and column-major alike */
+            Cd[i * r + j] = 0.5 * ((double)ct[i * r + j] + ct[j * r + i]);
+            Td[i * r + j] = 0.5 * ((double)ct[r * r + i * r + j] + ct[r * r + j * r + i]);
+        }
+    dpotrf_("L", &n, Cd, &n, &info, 1); /* C = L L^T (column-major lower) */
+    if (info) return -1;
+    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
+    cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
+    dsyevd_("V", "L", &n, Td, &n, ev, work, &lwork, iwork, &liwork, &info, 1, 1); /* ascending; columns */
+    if (info) return -1;
+    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
+    for (int64_t j = 0; j < r; j++)
+        for (int64_t i = 0; i < r; i++) w[j * r + i] = (float)Td[(r - 1 - j) * r + i]; /* descending */
+    return 0;
+}
+
+static int64_t al64(int64_t f) { return (f + 63) & ~(int64_t)63; }
+
+/* threads for the refreshes: the low-rank slots, at most 16 and the CPUs */
+static int pool_threads(const struct lmc_optim *o) {
+    int n = 0;
+    for (int i = 0; i < o->n_params; i++)
+        n += o->slots[i].group == LMC_GROUP_GALORE || o->slots[i].group == LMC_GROUP_APOLLO;
+    const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    return (int)LMC_MAX(1, LMC_MIN((int64_t)LMC_MIN(n, 16), (int64_t)(ncpu > 0 ? ncpu : 1)));
+}
+
+/* The subspace refresh's memory, made on first use for every GaLore slot
+ * at once: backend memory [Y of each][C, T of each][w of each][ritz work],
+ * the host copies of the C, T and w parts, per-thread solve scratch and
+ * the solve threads. false: memory is short (the caller refreshes exactly). */
+static bool subspace_ready(struct lmc_optim *o) {
+    if (o->gs_dev) return true;
+    const struct lmc_backend *be = o->be;
+    int64_t ny = 0, nct = 0, nw = 0, nwork = 0, rmax = 0;
+    int ng = 0;
+    for (int i = 0; i < o->n_params; i++) {
+        const struct lmc_optim_slot *s = &o->slots[i];
+        if (s->group != LMC_GROUP_GALORE) continue;
+        ng++;
+        ny += al64(LMC_MIN(s->rows, s->cols) * s->rank), nct += al64(2 * s->rank * s->rank);
+        nw += al64(s->rank * s->rank);
+        nwork = LMC_MAX(nwork, lmc_galore_ritz_work_floats(s->rows, s->cols, s->rank));
+        rmax = LMC_MAX(rmax, s->rank);
+    }
+    if (!ng) return false;
+    const int th = pool_threads(o);
+    o->gs_y = ny, o->gs_ct = nct, o->gs_w = nw;
+    o->gs_hd_per = ritz_doubles(rmax);
+    o->gs_dev = be->alloc(be->ctx, (size_t)(ny + nct + nw + al64(nwork)) * sizeof(float));
+    o->gs_host = malloc((size_t)(nct + nw) * sizeof(float));
+    o->gs_hd = malloc(o->gs_hd_per * (size_t)th * sizeof(double));
+    o->gs_threads = th;
+    if (o->gs_dev && o->gs_host && o->gs_hd && (th == 1 || !lmc_pool_init(&o->gs_pool, th, NULL))) return true;
+    lmc_optim_lowrank_free(o);
+    return false;
+}
+
+void lmc_optim_lowrank_free(struct lmc_optim *o) {
+    if (o->gs_dev) o->be->free(o->be->ctx, o->gs_dev);
+    free(o->gs_host), free(o->gs_hd);
+    if (o->gs_pool) lmc_pool_free(o->gs_pool);
+    o->gs_dev = NULL, o->gs_host = NULL, o->gs_hd = NULL, o->gs_pool = NULL, o->gs_threads = 0;
+}
+
+struct ritz_jobs {
+    struct lmc_optim_slot **ss;
+    const int64_t *oct, *ow; /* floats into the host C, T and w parts */
+    const float *ct;
+    float *w;
+    double *hd;
+    size_t hd_per;
+    int *rc;
+};
+
+static void ritz_task(void *arg, int64_t q, int thread) {
+    struct ritz_jobs *j = arg;
+    j->rc[q] = ritz_solve(j->ss[q]->rank, j->ct + j->oct[q], j->w + j->ow[q], j->hd + (size_t)thread * j->hd_per);
+}
+
+/* GaLore's subspace refresh of cnt slots at once (optim.h): each slot's Y,
+ * C and T by the backend (no sync), one download of every C and T, the r x r
+ * solves on the host (a thread per matrix, OpenBLAS single-threaded inside:
+ * its own threads on 128 x 128 problems cost more than they give), one upload
+ * of every w, the new projections (signed) by the backend. A slot whose C is
+ * not positive definite gets the exact refresh. */
+static void galore_subspace_batch(struct lmc_optim *o, struct lmc_optim_slot **ss, int cnt) {
+    const struct lmc_backend *be = o->be;
+    int64_t *off = malloc((size_t)cnt * 3 * sizeof *off);
+    int *rc = malloc((size_t)cnt * sizeof *rc);
+    if (!off || !rc || !subspace_ready(o)) {
+        for (int q = 0; q < cnt; q++) galore_refresh(o, ss[q]);
+        free(off), free(rc);
+        return;
+    }
+    int64_t *oy = off, *oct = off + cnt, *ow = off + 2 * cnt, ny = 0, nct = 0, nw = 0;
+    float *dy = o->gs_dev, *dct = dy + o->gs_y, *dw = dct + o->gs_ct, *work = dw + o->gs_w;
+    for (int q = 0; q < cnt; q++) {
+        const struct lmc_optim_slot *s = ss[q];
+        oy[q] = ny, oct[q] = nct, ow[q] = nw;
+        ny += al64(LMC_MIN(s->rows, s->cols) * s->rank), nct += al64(2 * s->rank * s->rank);
+        nw += al64(s->rank * s->rank);
+        be->galore_ritz(be->ctx, s->g, s->proj, s->rows, s->cols, s->rank, dy + oy[q], dct + oct[q], work);
+    }
+    float *hct = o->gs_host, *hw = hct + o->gs_ct;
+    be->download(be->ctx, hct, dct, (size_t)nct * sizeof(float));
+    struct ritz_jobs j = {ss, oct, ow, hct, hw, o->gs_hd, o->gs_hd_per, rc};
+    const int nt = openblas_get_num_threads();
+    if (nt != 1) openblas_set_num_threads(1);
+    if (o->gs_pool && cnt > 1) lmc_pool_run(o->gs_pool, cnt, ritz_task, &j);
+    else
+        for (int q = 0; q < cnt; q++) ritz_task(&j, q, 0);
+    if (nt != 1) openblas_set_num_threads(nt);
+    be->upload(be->ctx, dw, hw, (size_t)nw * sizeof(float));
+    for (int q = 0; q < cnt; q++) {
+        struct lmc_optim_slot *s = ss[q];
+        if (rc[q]) galore_refresh(o, s);
+        else be->galore_rotate(be->ctx, s->proj, dy + oy[q], dw + ow[q], s->rows, s->cols, s->rank);
+    }
+    free(off), free(rc);
+}
+
+
+/* APOLLO's projection into host floats: lmc_optim_gaussian_fill's draws
+ * (mul 1), each divided by sqrt(rank) in double, then rounded (the same
+ * expressions: the same bits as filling doubles first). */
+static void apollo_draw(const struct lmc_optim *o, const struct lmc_optim_slot *s, int64_t refresh, float *ph) {
+    const int64_t np = s->rank * (s->right ? s->cols : s->rows);
+    uint64_t st = lmc_optim_apollo_seed(o->cfg.apollo_seed, s->idx, refresh);
+    const double two_pi = 6.283185307179586476925286766559, sq = sqrt((double)s->rank);
+    for (int64_t i = 0; i < np; i += 2) {
+        double u1 = (double)((lmc_rng_next(&st) >> 11) + 1) * (1.0 / 9007199254740992.0);
+        double u2 = (double)(lmc_rng_next(&st) >> 11) * (1.0 / 9007199254740992.0);
+        double r = sqrt(-2.0 * log(u1)), z0 = r * cos(two_pi * u2) * 1.0;
+        ph[i] = (float)(z0 / sq);
+        if (i + 1 < np) {
+            double z1 = r * sin(two_pi * u2) * 1.0;
+            ph[i + 1] = (float)(z1 / sq);
+        }
+    }
 }
 
 static void apollo_refresh(struct lmc_optim *o, struct lmc_optim_slot *s, int64_t refresh) {
     const int64_t np = s->rank * (s->right ? s->cols : s->rows);
-    double *z = o->host_scratch;
-    float *ph = (float *)(z + np);
-    lmc_optim_gaussian_fill(z, np, lmc_optim_apollo_seed(o->cfg.apollo_seed, s->idx, refresh), 1.0);
-    const double sq = sqrt((double)s->rank);
-    for (int64_t i = 0; i < np; i++) ph[i] = (float)(z[i] / sq);
+    float *ph = (float *)o->host_scratch;
+    apollo_draw(o, s, refresh, ph);
     o->be->upload(o->be->ctx, s->proj, ph, (size_t)np * sizeof(float));
+}
+
+struct apollo_jobs {
+    const struct lmc_optim *o;
+    struct lmc_optim_slot **ss;
+    const int64_t *off;
+    float *h;
+    int64_t refresh;
+};
+
+static void apollo_task(void *arg, int64_t q, int thread) {
+    (void)thread;
+    struct apollo_jobs *j = arg;
+    apollo_draw(j->o, j->ss[q], j->refresh, j->h + j->off[q]);
+}
+
+/* APOLLO's refreshes of cnt slots at once: the draws on the host, a thread
+ * per matrix (the 124M model's 48 projections: 9.4M Gaussians), then an
+ * upload per slot. Without the memory: one slot at a time. */
+static void apollo_refresh_batch(struct lmc_optim *o, struct lmc_optim_slot **ss, int cnt, int64_t refresh) {
+    int64_t *off = malloc((size_t)cnt * sizeof *off), nf = 0;
+    if (off && !o->gs_host) {
+        int64_t all = 0;
+        for (int i = 0; i < o->n_params; i++)
+            if (o->slots[i].group == LMC_GROUP_APOLLO)
+                all += al64(o->slots[i].rank * (o->slots[i].right ? o->slots[i].cols : o->slots[i].rows));
+        o->gs_host = malloc((size_t)all * sizeof(float));
+        if (o->gs_host && !o->gs_pool && (o->gs_threads = pool_threads(o)) > 1 &&
+            lmc_pool_init(&o->gs_pool, o->gs_threads, NULL))
+            o->gs_pool = NULL, o->gs_threads = 1;
+    }
+    if (!off || !o->gs_host) {
+        for (int q = 0; q < cnt; q++) apollo_refresh(o, ss[q], refresh);
+        free(off);
+        return;
+    }
+    for (int q = 0; q < cnt; q++) {
+        off[q] = nf;
+        nf += al64(ss[q]->rank * (ss[q]->right ? ss[q]->cols : ss[q]->rows));
+    }
+    struct apollo_jobs j = {o, ss, off, o->gs_host, refresh};
+    if (o->gs_pool && cnt > 1) lmc_pool_run(o->gs_pool, cnt, apollo_task, &j);
+    else
+        for (int q = 0; q < cnt; q++) apollo_task(&j, q, 0);
+    for (int q = 0; q < cnt; q++) {
+        const struct lmc_optim_slot *s = ss[q];
+        o->be->upload(o->be->ctx, s->proj, o->gs_host + off[q],
+                      (size_t)(s->rank * (s->right ? s->cols : s->rows)) * sizeof(float));
+    }
+    free(off);
+}
+
+void lmc_optim_lowrank_refresh_due(struct lmc_optim *o, int64_t step) {
+    const bool apollo = o->cfg.kind == LMC_OPTIM_APOLLO || o->cfg.kind == LMC_OPTIM_APOLLO_MINI;
+    const int gap = apollo ? o->cfg.apollo_update_gap : o->cfg.galore_update_gap;
+    if ((!apollo && o->cfg.kind != LMC_OPTIM_GALORE) || (step - 1) % gap) return;
+    if (!apollo && (step <= 1 || !galore_subspace(o))) return; /* exact: per slot, on the host */
+    const enum lmc_optim_group g = apollo ? LMC_GROUP_APOLLO : LMC_GROUP_GALORE;
+    struct lmc_optim_slot **ss = malloc((size_t)(o->n_params > 0 ? o->n_params : 1) * sizeof *ss);
+    LMC_ASSERT(ss);
+    int cnt = 0;
+    for (int i = 0; i < o->n_params; i++)
+        if (o->slots[i].group == g && o->slots[i].refreshed != step) ss[cnt++] = &o->slots[i];
+    if (cnt && apollo) apollo_refresh_batch(o, ss, cnt, (step - 1) / gap);
+    else if (cnt) galore_subspace_batch(o, ss, cnt);
+    for (int q = 0; q < cnt; q++) ss[q]->refreshed = step;
+    free(ss);
 }
 
 /* lr sqrt(1 - b2^t) / (1 - b1^t), in double as the authors' Python float */
@@ -230,9 +362,11 @@ void lmc_optim_lowrank_step(struct lmc_optim *o, struct lmc_optim_slot *s, doubl
     const struct lmc_optim_cfg *c = &o->cfg;
     const bool apollo = s->group == LMC_GROUP_APOLLO;
     const int gap = apollo ? c->apollo_update_gap : c->galore_update_gap;
-    if ((step - 1) % gap == 0) {
+    if ((step - 1) % gap == 0 && s->refreshed != step) { /* not yet by lmc_optim_lowrank_refresh_due */
         if (apollo) apollo_refresh(o, s, (step - 1) / gap);
-        else if (step == 1 || !galore_subspace(o) || galore_refresh_subspace(o, s)) galore_refresh(o, s);
+        else if (step == 1 || !galore_subspace(o)) galore_refresh(o, s);
+        else galore_subspace_batch(o, &s, 1);
+        s->refreshed = step;
     }
     const double st = step_size(&c->adamw, lr, step);
     struct lmc_lowrank_step ls = {

@@ -11,7 +11,8 @@
  * muon_batch.cu (three matrices of a shape per call) against a host twin
  * with the same bf16 roundings and against the fp32 CPU op; every
  * optimizer through the real CUDA table (Muon also with bf16, batched;
- * GaLore with the subspace refresh on both sides). */
+ * GaLore with the subspace refresh on both sides); GaLore's subspace
+ * refresh ops (galore_ritz, galore_rotate with its sign rule). */
 extern "C" {
 #include "ops/optim_ops.h"
 #include "train/optim.h"
@@ -226,6 +227,22 @@ static void test_optim() {
         check(std::string(mn) + " moments", worst_mv, 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
         if (mode) check(std::string(mn) + " limiter norm", worst_prev, tol, "%ldx%ld r%ld", (long)rows, (long)cols,
                         (long)rank);
+    }
+    /* GaLore's subspace refresh ops (lowrank.cu vs ops/cpu/lowrank.c): Y, C, T
+     * and the rotated, signed projection; wide, tall and square, ranks 1 and 8 */
+    for (int64_t rank : {1, 8})
+    for (auto sh : std::vector<std::pair<int64_t, int64_t>>{{37, 101}, {129, 61}, {64, 64}}) {
+        const int64_t rows = sh.first, cols = sh.second, k = std::min(rows, cols);
+        auto g = rv(rows * cols), proj = rv(rank * k, 0.3f), w = rv(rank * rank);
+        std::vector<float> y(k * rank), y2 = y, ct(2 * rank * rank), ct2 = ct, p(rank * k), p2 = p;
+        std::vector<float> work(lmc_galore_ritz_work_floats(rows, cols, rank)), work2 = work;
+        lmc_cuda_galore_ritz(cc, g.data(), proj.data(), rows, cols, rank, y.data(), ct.data(), work.data());
+        cpu.galore_ritz(cpu.ctx, g.data(), proj.data(), rows, cols, rank, y2.data(), ct2.data(), work2.data());
+        check("galore ritz Y", rel(y, y2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
+        check("galore ritz C, T", rel(ct, ct2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
+        lmc_cuda_galore_rotate(cc, p.data(), y2.data(), w.data(), rows, cols, rank);
+        cpu.galore_rotate(cpu.ctx, p2.data(), y2.data(), w.data(), rows, cols, rank);
+        check("galore rotate (signed)", rel(p, p2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
     }
     /* every optimizer through the real CUDA table (lmc_optim_init on the
      * emulated GPU: host refreshes, downloads and uploads included) vs the CPU */

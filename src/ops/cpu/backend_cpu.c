@@ -126,6 +126,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->muon_batch = lmc_cpu_muon_batch; /* bf16 Newton–Schulz, a matrix per thread (muon_bf16.c) */
     be->adamw8bit = lmc_cpu_adamw8bit;
     be->lowrank = lmc_cpu_lowrank;
+    be->galore_ritz = lmc_cpu_galore_ritz;
+    be->galore_rotate = lmc_cpu_galore_rotate;
     be->moe_gemm = lmc_cpu_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cpu_moe_gemm_bwd;
     be->moe_gemm_multi = lmc_cpu_moe_gemm_multi;

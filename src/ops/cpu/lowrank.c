@@ -5,7 +5,8 @@
  * (sgemm into p) or APOLLO's channel/tensor scaling of the raw gradient
  * with the norm-growth limiter; the decay after the update. Each pass
  * does all it can: the moments with N (GaLore) or with the channel sums
- * (APOLLO), APOLLO's update with the decay. */
+ * (APOLLO), APOLLO's update with the decay. Also GaLore's subspace
+ * refresh ops (galore_ritz, galore_rotate: sgemm and the sign rule). */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
@@ -87,4 +88,63 @@ void lmc_cpu_lowrank(void *ctx, float *p, const float *g, float *m, float *v, co
                      const struct lmc_lowrank_step *s, float *work) {
     (void)ctx;
     lmc_lowrank_apply(p, g, m, v, proj, prev_norm, rows, cols, rank, s, work);
+}
+
+/* ---- GaLore's subspace refresh (ops/optim_ops.h) */
+int64_t lmc_galore_ritz_work_floats(int64_t rows, int64_t cols, int64_t rank) {
+    return LMC_MAX(rows, cols) * rank; /* Z, then Z2, on the long side */
+}
+
+void lmc_galore_ritz_apply(const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank, float *y,
+                           float *ct, float *work) {
+    const int M = (int)rows, N = (int)cols, r = (int)rank;
+    float *C = ct, *T = ct + rank * rank, *Z = work;
+    if (rows >= cols) { /* Yt (r, cols) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, proj, N, 0.0f, Z, r); /* Z = G P^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, Z, r, g, N, 0.0f, y, N);    /* Yt = Z^T G */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, N, 1.0f, y, N, y, N, 0.0f, C, r);    /* C = Yt Yt^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, y, N, 0.0f, Z, r);    /* Z2 = G Yt^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, M, 1.0f, Z, r, Z, r, 0.0f, T, r);    /* T = Z2^T Z2 */
+    } else { /* Y (rows, r) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, proj, r, g, N, 0.0f, Z, N); /* Zt = P^T G */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, Z, N, 0.0f, y, r);    /* Y = G Zt^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, M, 1.0f, y, r, y, r, 0.0f, C, r);    /* C = Y^T Y */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, y, r, g, N, 0.0f, Z, N);    /* Z2t = Y^T G */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, N, 1.0f, Z, N, Z, N, 0.0f, T, r);    /* T = Z2t Z2t^T */
+    }
+}
+
+void lmc_galore_rotate_apply(float *proj, const float *y, const float *w, int64_t rows, int64_t cols, int64_t rank) {
+    const bool right = rows >= cols;
+    const int64_t k = right ? cols : rows, r = rank;
+    if (right) /* P (r, cols) = w Yt */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)r, (int)k, (int)r, 1.0f, w, (int)r, y, (int)k, 0.0f,
+                    proj, (int)k);
+    else /* P (rows, r) = Y w^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)k, (int)r, (int)r, 1.0f, y, (int)r, w, (int)r, 0.0f,
+                    proj, (int)r);
+    for (int64_t j = 0; j < r; j++) { /* the sign rule: the first largest-magnitude entry positive */
+        float best = 0;
+        for (int64_t e = 0; e < k; e++) {
+            const float x = right ? proj[j * k + e] : proj[e * r + j];
+            if (fabsf(x) > fabsf(best)) best = x;
+        }
+        if (best < 0)
+            for (int64_t e = 0; e < k; e++) {
+                float *x = right ? &proj[j * k + e] : &proj[e * r + j];
+                *x = -*x;
+            }
+    }
+}
+
+void lmc_cpu_galore_ritz(void *ctx, const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank,
+                         float *y, float *ct, float *work) {
+    (void)ctx;
+    lmc_galore_ritz_apply(g, proj, rows, cols, rank, y, ct, work);
+}
+
+void lmc_cpu_galore_rotate(void *ctx, float *proj, const float *y, const float *w, int64_t rows, int64_t cols,
+                           int64_t rank) {
+    (void)ctx;
+    lmc_galore_rotate_apply(proj, y, w, rows, cols, rank);
 }

@@ -230,6 +230,8 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->muon_batch = lmc_cuda_muon_batch;
     be->adamw8bit = lmc_cuda_adamw8bit;
     be->lowrank = lmc_cuda_lowrank;
+    be->galore_ritz = lmc_cuda_galore_ritz;
+    be->galore_rotate = lmc_cuda_galore_rotate;
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;
     be->attention_train_segs = lmc_cuda_attention_train_segs; /* packed sequences, one launch */
