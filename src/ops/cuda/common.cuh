@@ -81,6 +81,11 @@ struct lmc_cuda_ctx {
     bool train_bf16;             /* lmc_backend_cuda_set_train_bf16 */
     void *stage;                 /* pinned host staging ring for asynchronous uploads */
     size_t stage_bytes, stage_off;
+    cudaStream_t copy_stream;    /* offload.cu's copies (NULL until used) */
+    cudaEvent_t copy_after, copy_done[LMC_OFFLOAD_SLOTS];
+    unsigned copy_slots;         /* slots with a copy recorded */
+    int64_t xent_rows;           /* classifier_xent's rows per logits block; 0: sized from the
+                                    vocabulary (classifier_xent.cu); tests set a few rows */
     void *ff_up;                 /* f32 scratch: the up projection of matmul_swiglu (M > 8) */
     size_t ff_up_bytes;
     struct lmc_cuda_mm_plan plans[LMC_CUDA_MM_PLANS];
