@@ -121,6 +121,7 @@ static void ctx_release(struct lmc_cuda_ctx *c) {
         cudaStreamDestroy(c->copy_stream);
     }
     lmc_cuda_muon_cache_free(c);
+    lmc_cuda_qf_arena_free(c);
     if (c->lt_ws) cudaFree(c->lt_ws);
     if (c->scratch) cudaFree(c->scratch);
     if (c->attn_part) cudaFree(c->attn_part);
