@@ -20,12 +20,17 @@
 # Logs go to $OUT (the device returns few files: one summary, one tarball).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_qlora.sh
 # env: BUDGET_S (default 540) SEQ=2048 BATCH=1 STEPS=8 SKIP=3 ROUNDS=2
-#      MODES="lora lora-sel lora-rc qlora-nf4 qlora-nf4-rc qlora-int4" SKIP_BUILD=1 (use build-dev as is)
+#      MODES="lora lora-sel lora-rc lora-rc16 lora-rco qlora-nf4 qlora-nf4-rc qlora-nf4-rc16
+#      qlora-nf4-rco qlora-int4"
+#      SKIP_BUILD=1 (use build-dev as is)
 # lora: LoRA with the defaults (activations the backward reads saved in
 # bf16); lora-f32acts: --acts-dtype f32 (every save f32, the earlier
 # default); lora-sel: --recompute selective (GEMM outputs kept in bf16,
 # norms and the SwiGLU product recomputed); lora-rc: full --recompute
-# (f32 saves of one layer). Each lmc run's first round also prints
+# (f32 saves of one layer); lora-rc16 / qlora-nf4-rc16: full --recompute
+# with --acts-dtype bf16 (the residual stream's checkpoints in bf16);
+# lora-rco / qlora-nf4-rco: --recompute --offload-checkpoints (the layer
+# inputs in pinned host memory). Each lmc run's first round also prints
 # its memory account (the start-up line) and the device's bytes in use
 # after the first step next to it (train/train_mem.h).
 . "$(dirname "$0")/gpu_common.sh"
@@ -108,8 +113,12 @@ for round in $(seq 1 "$ROUNDS"); do
     extra="--lora-r 16 --lora-alpha 32 --lora-targets all-linear"
     case $mode in
       qlora-nf4-rc) extra="$extra --qlora nf4 --recompute" ;;
+      qlora-nf4-rc16) extra="$extra --qlora nf4 --recompute --acts-dtype bf16" ;;
+      qlora-nf4-rco) extra="$extra --qlora nf4 --recompute --offload-checkpoints" ;;
       qlora-*) extra="$extra --qlora ${mode#qlora-}" ;;
       lora-rc) extra="$extra --recompute" ;;
+      lora-rc16) extra="$extra --recompute --acts-dtype bf16" ;;
+      lora-rco) extra="$extra --recompute --offload-checkpoints" ;;
       lora-sel) extra="$extra --recompute selective" ;;
       lora-f32acts) extra="$extra --acts-dtype f32" ;;
     esac

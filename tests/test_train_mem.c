@@ -5,7 +5,8 @@
  * account's total (QLoRA: less its 4-bit codes, which live in host memory
  * outside the backend) equals the live bytes after lmc_trainer_init and
  * after a training step (nothing else is allocated through the backend),
- * recompute holds one layer's saves, and attaching the adapter never holds
+ * recompute holds one layer's saves (with bf16 checkpoints of the
+ * residual stream: the same loss, gradients within bf16 rounding), and attaching the adapter never holds
  * the old and the new arenas at once (its peak stays within the load's);
  * the adapters' products in 7-row blocks and in one whole-batch block
  * (lmc_lora_train_set_scratch_rows) give the same step. */
@@ -57,19 +58,19 @@ static void cnt_free(void *ctx, void *p) {
 
 enum mode { M_LORA, M_FULL, M_QLORA };
 
-/* recomputation: none, full, selective; RC_B16 added: bf16-saved activations */
-enum rc { RC_NONE = 0, RC_FULL = 1, RC_SEL = 2, RC_B16 = 4 };
+/* recomputation: none, full, selective; RC_B16 added: bf16-saved activations; RC_OFF: offloaded checkpoints */
+enum rc { RC_NONE = 0, RC_FULL = 1, RC_SEL = 2, RC_B16 = 4, RC_OFF = 8 };
 
 static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int rcb, int64_t rows,
                 double *loss_out, float **grads_out, int64_t *n_grads) {
     int rc = rcb & 3;
-    bool recompute = rc == RC_FULL, b16 = (rcb & RC_B16) != 0;
+    bool recompute = rc == RC_FULL, b16 = (rcb & RC_B16) != 0, off = (rcb & RC_OFF) != 0;
     char dir[256], ldir[300], what[400];
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
-    snprintf(what, sizeof what, "%s %s %s%s%s", model, mode == M_FULL ? "full" : mode == M_QLORA ? "qlora-nf4" : "lora",
+    snprintf(what, sizeof what, "%s %s %s%s%s%s", model, mode == M_FULL ? "full" : mode == M_QLORA ? "qlora-nf4" : "lora",
              lmc_optim_kind_name(ok), rc == RC_FULL ? " recompute" : rc == RC_SEL ? " selective" : "",
-             b16 ? " bf16-saved" : "");
+             b16 ? " bf16-saved" : "", off ? " offloaded" : "");
     lmc_err err = {0};
     struct lmc_backend be;
     if (lmc_backend_cpu_init(&be, 2, &err)) {
@@ -114,7 +115,7 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
         bt.tg[i] = i % 5 == 2 ? -1 : (int32_t)(test_rng_next(&rs) % 200);
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .recompute = recompute,
-                               .recompute_selective = rc == RC_SEL, .save_bf16 = b16,
+                               .recompute_selective = rc == RC_SEL, .save_bf16 = b16, .offload = off,
                                .next_batch = harness_batch_next, .batch_user = &bt};
     o.adamw = (struct lmc_adamw_cfg){1e-3, 0.9, 0.999, 1e-8, 0.0};
     o.sched = (struct lmc_schedule){.kind = LMC_SCHED_CONSTANT, .lr_max = 1e-3, .lr_min = 1e-3, .total = 10};
@@ -136,6 +137,17 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     CHECK_MSG(!strcmp(m.acts_mode, rc == RC_SEL ? "selective" : rc == RC_FULL ? "full" : "none"), "%s: mode %s", what,
               m.acts_mode);
     CHECK_MSG(m.acts_bf16 == b16, "%s: bf16 saves %d", what, (int)m.acts_bf16);
+    if (recompute) { /* f32: every layer's input and the final one; bf16 checkpoints: two f32 buffers and L halves */
+        const struct lmc_config *c = &tr.tm.cfg;
+        const int64_t nc = B * T * c->hidden_size, L = c->num_layers;
+        size_t one = (size_t)((nc + 15) / 16 * 16) * sizeof(float), half = (size_t)(((nc + 1) / 2 + 15) / 16 * 16) * sizeof(float);
+        size_t f32 = (size_t)(L + 1) * one;
+        /* offloaded: a 2-layer model's ring of 2 buffers, input 0 in host memory */
+        CHECK_MSG(b16 ? m.acts_resid == 2 * one + (size_t)L * half : off ? m.acts_resid == 2 * one : m.acts_resid == f32,
+                  "%s: residual stream %zu bytes (f32 %zu)", what, m.acts_resid, f32);
+        CHECK_MSG(m.host_offload == (off ? (size_t)(c->num_layers - 1) * one : 0), "%s: host %zu bytes", what,
+                  m.host_offload);
+    }
     if (rc == RC_SEL && !b16) { /* a layer keeps its GEMM outputs: the full save less h1, h2 and the MLP's product */
         const struct lmc_config *c = &tr.tm.cfg;
         int64_t n = B * T, nc = (n * c->hidden_size + 15) / 16 * 16, ni = (n * c->intermediate_size + 15) / 16 * 16;
@@ -143,7 +155,7 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
         CHECK_MSG(m.acts_per_layer == full - (size_t)(2 * nc + ni) * sizeof(float), "%s: %zu bytes per layer (full %zu)",
                   what, m.acts_per_layer, full);
     }
-    if (b16) { /* xmid and the log-sum-exp f32, the rest halved: between 1/2 and 2/3 of the f32 layer */
+    if (b16 && !recompute) { /* xmid and the log-sum-exp f32, the rest halved: between 1/2 and 2/3 of the f32 layer */
         const struct lmc_config *c = &tr.tm.cfg;
         int64_t n = B * T, nc = (n * c->hidden_size + 15) / 16 * 16, ni = (n * c->intermediate_size + 15) / 16 * 16;
         size_t full = (size_t)lmc_block_save_floats(tr.tm.arch, c, n, LMC_RUN_TRAIN) * sizeof(float);
@@ -237,9 +249,37 @@ static void selective(const char *model, enum mode mode) {
     free(g0), free(gs);
 }
 
+/* offloaded checkpoints (--recompute with the layer inputs in host
+ * memory): the same loss and gradients, bit for bit, as --recompute; the
+ * ring holds fewer device bytes (the account checks in run). */
+static void offloaded(const char *model, enum mode mode) {
+    double l0 = 0, lo = 0;
+    float *g0 = NULL, *go = NULL;
+    int64_t n0 = 0, no = 0;
+    run(model, mode, LMC_OPTIM_ADAMW, RC_FULL, 0, &l0, &g0, &n0);
+    run(model, mode, LMC_OPTIM_ADAMW, RC_FULL | RC_OFF, 0, &lo, &go, &no);
+    if (!g0 || !go || n0 != no || n0 <= 0) {
+        CHECK_MSG(0, "%s: offloaded runs", model);
+    } else {
+        int64_t diff = 0, nonzero = 0;
+        for (int64_t i = 0; i < n0; i++) {
+            diff += memcmp(&g0[i], &go[i], sizeof(float)) != 0;
+            nonzero += g0[i] != 0.0f;
+        }
+        CHECK_MSG(memcmp(&l0, &lo, sizeof l0) == 0, "%s: loss %.17g (offloaded) vs %.17g", model, lo, l0);
+        CHECK_MSG(diff == 0 && nonzero > n0 / 4, "%s: %lld of %lld gradients differ (%lld non-zero)", model,
+                  (long long)diff, (long long)n0, (long long)nonzero);
+        printf("%s %s: offloaded checkpoints = recompute bit for bit (loss %.9g, %lld gradients)\n", model,
+               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", lo, (long long)n0);
+    }
+    free(g0), free(go);
+}
+
 /* bf16-saved activations: the forward is untouched (the same loss, bit for
  * bit); the backward reads its saves rounded to bf16, so the gradients
- * move by bf16 rounding (the CPU in fp32: every product sees it). */
+ * move by bf16 rounding (the CPU in fp32: every product sees it). With
+ * full recomputation (rc RC_FULL): the residual stream's checkpoints in
+ * bf16, each layer recomputed from its rounded input. */
 static void bf16_saved(const char *model, enum mode mode, int rc) {
     double l0 = 0, lb = 0;
     float *g0 = NULL, *gb = NULL;
@@ -263,7 +303,8 @@ static void bf16_saved(const char *model, enum mode mode, int rc) {
                   num / den, cosd);
         CHECK_MSG(diff > 0, "%s: bf16 saves changed no gradient (are they used?)", model);
         printf("%s %s%s: bf16-saved vs f32-saved: loss equal, gradients %.2e max relative, 1 - cos %.2e\n", model,
-               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", rc == RC_SEL ? " selective" : "", num / den,
+               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora",
+               rc == RC_SEL ? " selective" : rc == RC_FULL ? " recompute (bf16 checkpoints)" : "", num / den,
                cosd);
     }
     free(g0), free(gb);
@@ -287,6 +328,16 @@ int main(void) {
     bf16_saved("gpt2-tiny", M_LORA, RC_NONE);
     bf16_saved("llama-tiny", M_FULL, RC_NONE);
     bf16_saved("llama-tiny", M_QLORA, RC_SEL);
+    bf16_saved("llama-tiny", M_LORA, RC_FULL);
+    bf16_saved("gpt2-tiny", M_LORA, RC_FULL);
+    bf16_saved("qwen2-tiny", M_LORA, RC_FULL);
+    bf16_saved("llama-tiny", M_QLORA, RC_FULL);
+    bf16_saved("llama-tiny", M_FULL, RC_FULL);
+    offloaded("llama-tiny", M_LORA);
+    offloaded("qwen2-tiny", M_LORA);
+    offloaded("gpt2-tiny", M_LORA);
+    offloaded("llama-tiny", M_QLORA);
+    offloaded("llama-tiny", M_FULL);
     scratch_rows("llama-tiny");
     scratch_rows("gpt2-tiny");
     return test_finish("test_train_mem");

@@ -43,6 +43,12 @@ else:
     assert m["base_ext"] == 0, m
 if kind == "recompute":
     assert m["activation_layers_held"] == 1 and m["recompute"] == "full", m
+elif kind == "offload":
+    assert m["activation_layers_held"] == 1 and m["recompute"] == "full" and m["host_offload"] > 0, m
+    assert "in host memory" in err and "recompute, offloaded checkpoints" in err, err
+elif kind == "rc16":
+    assert m["activation_layers_held"] == 1 and m["recompute"] == "full" and m["activations_dtype"] == "bf16", m
+    assert "x 1 held, recompute, bf16 checkpoints" in err, err
 elif kind == "bf16":
     assert m["activation_layers_held"] == 2 and m["recompute"] == "none" and m["activations_dtype"] == "bf16", m
     assert "x 2 held, bf16" in err, err
@@ -52,7 +58,7 @@ elif kind == "selective":
 else:
     assert m["recompute"] == "none", m
     assert m["activation_layers_held"] == 2, m  # llama-tiny's layers
-if kind != "bf16":
+if kind not in ("bf16", "rc16"):
     assert m["activations_dtype"] == "f32", m
 rows = [json.loads(l) for l in open(sys.argv[4])]
 assert len(rows) == 2 and all("memory" not in r for r in rows), rows
@@ -87,6 +93,21 @@ assert [a["none"], a["selective"], a["none_bf16"], a["full"]] == runs, (a, runs)
 assert a["full"] < a["selective"] < a["none"] and a["selective_bf16"] < a["none_bf16"], a  # tiny: the bf16 work set outweighs
 PY
 "$LMC" info -m "$FIX" --acts --seq 32 >"$TMP/acts.txt" 2>&1 && grep -q "selective_bf16" "$TMP/acts.txt"; ok $? "info --acts text: $(head -3 "$TMP/acts.txt")"
+# --recompute --acts-dtype bf16: the residual stream's checkpoints in bf16 (the forward untouched: the first loss of --recompute)
+run rc16 --recompute --acts-dtype bf16; ok $? "recompute bf16 checkpoints: $(tail -2 "$TMP/err-rc16")"
+check rc16 rc16 >"$TMP/t-rc16"; ok $? "recompute bf16 checkpoints account"
+# (2 layers: two f32 buffers + 2 halves = the 3 f32 inputs; the saving grows with depth, test_train_mem checks the sizes)
+[ "$(cut -d' ' -f2 "$TMP/t-rc16")" -le "$(cut -d' ' -f2 "$TMP/t-rc")" ]; ok $? "bf16 checkpoints hold no more than f32"
+python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; c=json.load(open(sys.argv[3])); d=json.load(open(sys.argv[4])); assert a[0] == b[0] and abs(a[1] - b[1]) <= 1e-3 * abs(a[1]) and c["full_bf16"] == d["activations"], (a, b, c, d)' \
+  "$TMP/rc.metrics.jsonl" "$TMP/rc16.metrics.jsonl" "$TMP/acts.json" "$TMP/rc16.memory.json"; ok $? "bf16 checkpoints: the first loss of --recompute, info --acts full_bf16"
+# --recompute --offload-checkpoints: the layer inputs in host memory, the losses of --recompute bit for bit
+run off --recompute --offload-checkpoints; ok $? "offloaded checkpoints: $(tail -2 "$TMP/err-off")"
+check off offload >"$TMP/t-off"; ok $? "offloaded checkpoints account"
+[ "$(cut -d' ' -f2 "$TMP/t-off")" -lt "$(cut -d' ' -f2 "$TMP/t-rc")" ]; ok $? "offloaded checkpoints hold less on the backend"
+python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; c=json.load(open(sys.argv[3])); d=json.load(open(sys.argv[4])); assert a == b and len(a) == 2 and c["full_offload"] == d["activations"], (a, b, c, d)' \
+  "$TMP/rc.metrics.jsonl" "$TMP/off.metrics.jsonl" "$TMP/acts.json" "$TMP/off.memory.json"; ok $? "offloaded: the losses of --recompute, info --acts full_offload"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad3" $COMMON --offload-checkpoints 2>"$TMP/err-bad3"
+[ $? = 2 ] && grep -q "offload" "$TMP/err-bad3"; ok $? "--offload-checkpoints without --recompute refused: $(tail -1 "$TMP/err-bad3")"
 run rcf --recompute full; ok $? "recompute full: $(tail -2 "$TMP/err-rcf")"
 check rcf recompute >/dev/null; ok $? "recompute full account"
 "$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad" $COMMON --recompute selective --tp 2 2>"$TMP/err-bad"

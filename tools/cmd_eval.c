@@ -656,7 +656,9 @@ static int print_qlora_mem(const struct cli_common *c, enum lmc_qlora_kind kind)
 
 /* lmc info --acts: the training activation arena (lmc_tacts_bytes_opts,
  * what lmc finetune / lmc train allocate) for B x T in each way of holding
- * the layers' saves (f32 or bf16 saves; no, selective or full recompute). */
+ * the layers' saves (f32 or bf16 saves; no, selective or full recompute;
+ * full_bf16: full recompute with the residual stream's checkpoints in bf16;
+ * full_offload: with the checkpoints in host memory, the device's part). */
 static int print_acts_mem(const struct cli_common *c, int64_t B, int64_t T) {
     lmc_err err = {0};
     struct lmc_config cfg;
@@ -664,9 +666,13 @@ static int print_acts_mem(const struct cli_common *c, int64_t B, int64_t T) {
     static const struct {
         const char *name;
         struct lmc_tacts_opts o;
-    } modes[] = {{"none", {false, false, false}},      {"none_bf16", {false, false, true}},
-                 {"selective", {false, true, false}}, {"selective_bf16", {false, true, true}},
-                 {"full", {true, false, false}}};
+    } modes[] = {{"none", {.recompute = false}},
+                 {"none_bf16", {.save_bf16 = true}},
+                 {"selective", {.selective = true}},
+                 {"selective_bf16", {.selective = true, .save_bf16 = true}},
+                 {"full", {.recompute = true}},
+                 {"full_bf16", {.recompute = true, .save_bf16 = true}},
+                 {"full_offload", {.recompute = true, .offload = true}}};
     if (c->json) printf("{\"batch\":%lld,\"seq\":%lld", (long long)B, (long long)T);
     else printf("training activations for %lld x %lld tokens (the arena; adapters, weights, optimizer and op scratch not included)\n",
                 (long long)B, (long long)T);

@@ -57,7 +57,9 @@ static void usage(void) {
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (adamw) and its settings\n"
             "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
-            "  other:     --recompute [full|selective] --acts-dtype f32|bf16 --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
+            "  other:     --recompute [full|selective] --acts-dtype f32|bf16 (with full --recompute: bf16 checkpoints\n"
+            "             of the residual stream) --offload-checkpoints (with full --recompute: the layer inputs\n"
+            "             in pinned host memory, copied while other layers run) --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
             "             --keep-last N (after each checkpoint: only the N newest OUT.ckpt/step_N folders, and\n"
@@ -168,7 +170,7 @@ int cmd_finetune(int argc, char **argv) {
     bool qlora = false;
     bool tp_vocab = false, seq_par = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
-    bool recompute_sel = false;
+    bool recompute_sel = false, offload = false;
     const char *acts_dtype = NULL; /* --acts-dtype f32|bf16 (default: bf16 on a GPU in bf16) */
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -204,6 +206,7 @@ int cmd_finetune(int argc, char **argv) {
             recompute_sel = sel;
             continue;
         }
+        if (!strcmp(a, "--offload-checkpoints")) { offload = true; continue; }
         if (!strcmp(a, "--tp-vocab")) { tp_vocab = true; continue; }
         if (!strcmp(a, "--sp")) { seq_par = true; continue; }
         if (!v) {
@@ -563,14 +566,20 @@ int cmd_finetune(int argc, char **argv) {
     }
     /* activations the backward reads as operands in bf16: by default on a GPU in bf16 (one process or data parallel) */
     bool save_bf16 = acts_dtype ? !strcmp(acts_dtype, "bf16") : !be.host_memory && bf16 && mpn < 2 && ep < 2 && !recompute;
-    if (save_bf16 && (recompute || mpn > 1 || ep > 1)) {
-        fprintf(stderr, "lmc finetune: --acts-dtype bf16 runs on one process or data parallel, without full "
-                        "--recompute\n");
+    if (offload && (!recompute || mpn > 1 || ep > 1 || save_bf16)) {
+        fprintf(stderr, "lmc finetune: --offload-checkpoints goes with full --recompute on one process or data "
+                        "parallel (not with --acts-dtype bf16)\n");
+        rc = 2;
+        goto done;
+    }
+    /* with full --recompute (asked for, not the default): the residual stream's checkpoints in bf16 */
+    if (save_bf16 && (mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc finetune: --acts-dtype bf16 runs on one process or data parallel\n");
         rc = 2;
         goto done;
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
-                               .recompute_selective = recompute_sel, .save_bf16 = save_bf16, .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
+                               .recompute_selective = recompute_sel, .save_bf16 = save_bf16, .offload = offload, .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
     o.adamw = (struct lmc_adamw_cfg){lr, beta1, beta2, eps, wd};
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};

@@ -444,10 +444,16 @@ static struct lowp_sizes lowp_sizes(const struct lmc_architecture *a, const stru
     return z;
 }
 
+/* Device buffers of offloaded checkpoints' ring (lmc_tacts.xs_ring): 3
+ * (two layers' time for each copy), 2 for a model of 1 or 2 layers. */
+static int64_t offload_ring(int64_t L) {
+    return L >= 3 ? 3 : 2;
+}
+
 /* Floats one layer's saves hold. m: rows of the residual stream. */
 static int64_t layer_floats(const struct lmc_config *c, int64_t BT, int64_t m, const struct lmc_tacts_opts *o) {
     const struct lmc_architecture *a = lmc_arch_of(c);
-    if (o->save_bf16) return lowp_sizes(a, c, BT, m, o->selective).layer;
+    if (o->save_bf16 && !o->recompute) return lowp_sizes(a, c, BT, m, o->selective).layer;
     return o->selective ? lmc_block_save_floats_sel(a, c, BT, m) : lmc_block_save_floats_sp(a, c, BT, m, LMC_RUN_TRAIN);
 }
 
@@ -462,10 +468,19 @@ static int64_t acts_floats_opts(const struct lmc_config *c, int64_t L, int64_t B
         return -1;
     int64_t xs, saves, n, mC = m > 0 ? m * c->hidden_size : BTC, rows = m > 0 ? m : BT;
     int64_t layer = layer_floats(c, BT, rows, o);
-    if (!lmc_mul_ok(L + 1, A16(mC), &xs) || !lmc_mul_ok(o->recompute ? 1 : L, layer, &saves)) return -1;
+    const bool ck16 = o->recompute && o->save_bf16; /* two f32 buffers, L bf16 checkpoints */
+    if (ck16) {
+        if (!lmc_mul_ok(L, B16F(mC), &xs)) return -1;
+        xs += 2 * A16(mC);
+    } else if (o->recompute && o->offload) { /* a ring of device buffers; the inputs in host memory */
+        xs = offload_ring(L) * A16(mC);
+    } else if (!lmc_mul_ok(L + 1, A16(mC), &xs)) {
+        return -1;
+    }
+    if (!lmc_mul_ok(o->recompute ? 1 : L, layer, &saves)) return -1;
     n = xs + saves;
     if (o->selective) n += lmc_block_shared_floats_sel(a, c, BT, rows); /* h1, h2, the product */
-    if (o->save_bf16) /* the f32 work set of one layer */
+    if (o->save_bf16 && !o->recompute) /* the f32 work set of one layer */
         n += o->selective ? lmc_block_save_floats_sel(a, c, BT, rows) : lmc_block_save_floats_sp(a, c, BT, rows, LMC_RUN_TRAIN);
     n += 4 * A16(BTC) + A16(BT);                   /* hf, tmp, dx, dh; loss */
     n += A16(lmc_block_bwd_floats(a, c, BT));      /* backward scratch */
@@ -509,9 +524,15 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     if (n_layers < 1 || n_layers > c->num_layers)
         return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld of the model's %lld layers", (long long)n_layers,
                            (long long)c->num_layers);
-    if ((o->recompute && (o->selective || o->save_bf16)) || (sp && (o->selective || o->save_bf16)))
-        return lmc_err_set(err, LMC_ERR_ARG, "activations: %s", o->recompute ? "full recomputation keeps one layer's "
-                           "saves (not with selective or bf16-saved activations)" : "selective recomputation and "
+    if (o->offload && (!o->recompute || o->selective || o->save_bf16 || sp))
+        return lmc_err_set(err, LMC_ERR_ARG, "activations: offloaded checkpoints go with full recomputation only "
+                           "(not with bf16 checkpoints, selective recomputation or sequence parallelism)");
+    if (o->offload && (!be->host_alloc || !be->host_free || !be->offload || !be->offload_wait))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no host offload (needed for offloaded "
+                           "checkpoints)", be->name ? be->name : "?");
+    if ((o->recompute && o->selective) || (sp && (o->selective || o->save_bf16)))
+        return lmc_err_set(err, LMC_ERR_ARG, "activations: %s", o->recompute && o->selective ? "full recomputation "
+                           "keeps one layer's saves (not with selective recomputation)" : "selective recomputation and "
                            "bf16-saved activations are not implemented with sequence parallelism");
     if (o->save_bf16 && !be->convert)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no convert op (needed for bf16-saved "
@@ -529,13 +550,15 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     a->T = T;
     a->recompute = recompute;
     a->selective = o->selective;
-    a->save_bf16 = o->save_bf16;
+    a->save_bf16 = o->save_bf16 && !recompute;
     int64_t nl = recompute ? 1 : L;
     a->layer_floats = layer_floats(c, BT, sp ? sp->m : BT, o);
     a->arena = be->alloc(be->ctx, (size_t)nf * sizeof(float));
     a->xs = calloc((size_t)(L + 1), sizeof *a->xs);
     a->saves = calloc((size_t)nl, sizeof *a->saves);
-    if (o->save_bf16) a->lowp = calloc((size_t)nl, sizeof *a->lowp);
+    if (a->save_bf16) a->lowp = calloc((size_t)nl, sizeof *a->lowp);
+    if (o->save_bf16 && recompute) a->xs16 = calloc((size_t)L, sizeof *a->xs16);
+    if (o->offload) a->xs_host = calloc((size_t)L, sizeof *a->xs_host);
     a->ids = be->alloc(be->ctx, (size_t)(3 * BT) * sizeof(int32_t));
     a->inv_freq = be->alloc(be->ctx, (size_t)(c->head_dim / 2 + 1) * sizeof(double));
     a->loss_host = malloc((size_t)BT * sizeof(float));
@@ -553,7 +576,8 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     }
     int32_t *pos = a->pos_host = malloc((size_t)BT * sizeof *pos);
     double *freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof *freq);
-    if (!a->arena || !a->xs || !a->saves || (o->save_bf16 && !a->lowp) || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq ||
+    if (!a->arena || !a->xs || !a->saves || (a->save_bf16 && !a->lowp) || (o->save_bf16 && recompute && !a->xs16) ||
+        (o->offload && !a->xs_host) || !a->ids || !a->inv_freq || !a->loss_host || !pos || !freq ||
         (c->num_experts > 0 && !a->moe)) {
         free(freq);
         lmc_tacts_free(a);
@@ -565,7 +589,29 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     float *p = a->arena;
     int64_t m = sp ? sp->m : BT;
     a->sp = sp;
-    for (int64_t l = 0; l <= L; l++, p += A16(m * C)) a->xs[l] = p;
+    if (a->xs16) { /* two f32 buffers the layers alternate between, then L bf16 checkpoints */
+        float *w0 = p, *w1 = p + A16(m * C);
+        p += 2 * A16(m * C);
+        for (int64_t l = 0; l <= L; l++) a->xs[l] = l % 2 ? w1 : w0;
+        for (int64_t l = 0; l < L; l++, p += B16F(m * C)) a->xs16[l] = (uint16_t *)p;
+    } else if (a->xs_host) { /* nb device buffers in turn; inputs 0 .. L - nb in host memory (the last nb stay) */
+        int64_t nb = a->xs_ring = offload_ring(L);
+        for (int64_t l = 0; l <= L; l++) a->xs[l] = p + (l % nb) * A16(m * C);
+        p += nb * A16(m * C);
+        for (int64_t l = 0; l + nb <= L; l++) {
+            a->xs_host[l] = be->host_alloc(be->ctx, (size_t)A16(m * C) * sizeof(float));
+            if (!a->xs_host[l]) {
+                size_t want = (size_t)(L + 1 - nb) * (size_t)A16(m * C) * sizeof(float);
+                free(freq);
+                lmc_tacts_free(a);
+                return lmc_err_set(err, LMC_ERR_OOM, "offloaded checkpoints (%zu bytes of host memory): out of memory",
+                                   want);
+            }
+            a->host_bytes += (size_t)A16(m * C) * sizeof(float);
+        }
+    } else {
+        for (int64_t l = 0; l <= L; l++, p += A16(m * C)) a->xs[l] = p;
+    }
     if (a->save_bf16) { /* the f32 work set, then each layer's xmid and bf16 / f32 pieces */
         struct lowp_sizes z = lowp_sizes(tm->arch, c, BT, m, a->selective);
         if (a->selective) {
@@ -658,6 +704,12 @@ void lmc_tacts_free(struct lmc_tacts *a) {
     free(a->xs);
     free(a->saves);
     free(a->lowp);
+    free(a->xs16);
+    if (a->xs_host) {
+        for (int64_t l = 0; l < a->n_layers; l++)
+            if (a->xs_host[l]) a->be->host_free(a->be->ctx, a->xs_host[l]);
+        free(a->xs_host);
+    }
     free(a->loss_host);
     free(a->pos_host);
     free(a->moe);
@@ -780,6 +832,8 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
 #define GET(part, what, next) if (hk && (st = hk->get(hk->user, part, what, next, err))) return st
 #define PUT(part, what, last) if (hk && (st = hk->put(hk->user, part, what, last, err))) return st
     GET(0, P, L > 0 ? 1 : out);
+    if (a->xs_host) /* the last step's copies (a forward-only step leaves some) are done before its buffers are reused */
+        for (int i = 0; i < (int)a->xs_ring; i++) be->offload_wait(be->ctx, i);
     if (tm->vocab) { /* each rank's rows, all-reduced */
         struct lmc_tp tp = {tm->vocab->g->c, be};
         if ((st = lmc_tp_embed_fwd(&tp, x0, tm->W.tok_emb.data, tm->vocab->v0, c->vocab_size, V, C, inputs,
@@ -790,12 +844,22 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     }
     if (sp) memcpy(a->xs[0], x0 + sp->m0 * C, sizeof(float) * (size_t)(sp->m * C));
     PUT(0, P, false);
+    /* offloaded checkpoints (ring of nb buffers): input l goes to host memory (slot l % nb) while layers l ..
+     * l + nb - 2 run; layer l writes the buffer of input l + 1 - nb, so waits for its copy; the last nb stay */
+    const size_t xbytes = (size_t)(M * C) * sizeof(float);
+    const int64_t nb = a->xs_ring;
+#define OFFLOAD_OUT(l) if (a->xs_host && (l) + nb <= L) be->offload(be->ctx, a->xs_host[l], a->xs[l], xbytes, (int)((l) % nb))
+    OFFLOAD_OUT(0);
     for (int64_t l = 0; l < L; l++) {
         GET((int)l + 1, P, l + 1 < L ? (int)l + 2 : tm->tied_head ? 0 : out);
         struct lmc_block_save ws;
         const struct lmc_block_save *s = layer_save(a, l, &ws);
+        if (a->xs_host && l + 1 >= nb) be->offload_wait(be->ctx, (int)((l + 1 - nb) % nb));
         lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->xs[l + 1]);
+        OFFLOAD_OUT(l + 1);
         if (a->save_bf16) lowp_move(a, &r, l, &ws, true);
+        /* bf16 checkpoints: layer l's input kept as bf16 (its f32 buffer is layer l + 1's output) */
+        if (a->xs16) be->convert(be->ctx, a->xs16[l], LMC_DTYPE_BF16, a->xs[l], LMC_DTYPE_F32, M * C);
         PUT((int)l + 1, P, false);
     }
     if (tm->tied_head) GET(0, head, out);
@@ -846,6 +910,11 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
         const struct lmc_block_save *s = layer_save(a, l, &ws);
         GET((int)l + 1, P | G, l > 0 ? (int)l : -1);
         if (a->save_bf16) lowp_move(a, &r, l, &ws, false);
+        if (a->xs16) be->convert(be->ctx, a->xs[l], LMC_DTYPE_F32, a->xs16[l], LMC_DTYPE_BF16, M * C);
+        if (a->xs_host) { /* input l + 1 - nb back into the buffer input l + 1 used, while layers l .. l + 2 - nb run */
+            if (l + 1 >= nb) be->offload(be->ctx, a->xs[l + 1 - nb], a->xs_host[l + 1 - nb], xbytes, (int)((l + 1 - nb) % nb));
+            if (l + nb <= L) be->offload_wait(be->ctx, (int)(l % nb));
+        }
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
         if (a->selective) lmc_block_renorm(&r, &tm->W.layers[l], s, a->xs[l]); /* the product: the ffn's bwd */
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
@@ -864,5 +933,6 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
     PUT(0, G, true);
 #undef GET
 #undef PUT
+#undef OFFLOAD_OUT
     return LMC_OK;
 }

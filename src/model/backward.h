@@ -229,6 +229,21 @@ struct lmc_tacts {
     int64_t n_layers;       /* layers it holds (cfg.num_layers; fewer for a pipeline chunk) */
     float *arena;
     float **xs;             /* (L+1) residual stream: layer inputs, then the final one */
+    /* full recomputation with save_bf16 (lmc_tacts_opts): the (L) layer
+     * inputs kept as bf16 checkpoints; xs[l] are then two f32 buffers the
+     * layers alternate between (xs[l] = xs[l % 2]), and the backward
+     * restores layer l's input from xs16[l] before recomputing it. NULL: off */
+    uint16_t **xs16;
+    /* full recomputation with offload (lmc_tacts_opts): layer inputs kept
+     * in host memory (the backend's host_alloc); xs[l] are then xs_ring
+     * device buffers in turn (xs[l] = xs[l % xs_ring]; 3, or 2 for a model
+     * of 2 layers): the forward copies input l out (xs_host[l], for l <=
+     * L - xs_ring: the last inputs stay on the device) while the next
+     * layers run, the backward copies input l back while the xs_ring - 1
+     * layers above it run (backend offload, slot l % xs_ring). NULL: off */
+    float **xs_host;
+    int64_t xs_ring;
+    size_t host_bytes;      /* host memory xs_host holds */
     struct lmc_block_save *saves; /* (L, or 1 with recompute) what each block keeps */
     float *hf, *tmp, *loss; /* (BT,C) final norm out, (BT,C) scratch, (BT) per-token loss */
     float *loss_host;       /* (BT) host copy of loss */
@@ -300,7 +315,16 @@ struct lmc_tacts_lowp {
  *    recomputed per layer in the backward. The step's loss and gradients
  *    are bit for bit those without recomputation (the same ops on the
  *    same inputs).
- *  - save_bf16 (with or without selective, not with recompute): the saves
+ *  - recompute with save_bf16 (bf16 checkpoints): each layer's input
+ *    (the residual stream) kept as bf16; the forward is unchanged (its f32
+ *    stream in two alternating buffers), the backward recomputes each layer
+ *    from its input rounded to bf16, so the loss is bit for bit that of
+ *    recompute and the gradients are those at the rounded inputs.
+ *  - recompute with offload: the layer inputs in the backend's host
+ *    memory, copied out and back while other layers run; the step is bit
+ *    for bit that of recompute (the same ops on the same values). Needs
+ *    the backend's host_alloc / offload (LMC_ERR_UNSUPPORTED otherwise).
+ *  - save_bf16 (with or without selective, without recompute): the saves
  *    the backward reads as GEMM / attention operands or elementwise (h1,
  *    h2, attention's q, k, v and output, the MLP's region) kept in bf16,
  *    the residual stream, xmid and attention's log-sum-exp in f32; the
@@ -310,6 +334,7 @@ struct lmc_tacts_lowp {
  * Not with sequence parallelism (lmc_tacts_init_sp). */
 struct lmc_tacts_opts {
     bool recompute, selective, save_bf16;
+    bool offload; /* with recompute, not with save_bf16: the layer inputs in host memory (xs_host) */
 };
 size_t lmc_tacts_bytes_opts(const struct lmc_config *cfg, int64_t B, int64_t T, const struct lmc_tacts_opts *o);
 lmc_status lmc_tacts_init_opts(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define LMC_OFFLOAD_SLOTS 4 /* backend offload's copy slots */
+
 /* A weight matrix (rows, cols) row-major, e.g. a Linear weight (out, in) or
  * an embedding table (vocab, hidden). */
 struct lmc_mat {
@@ -468,6 +470,21 @@ struct lmc_backend {
      * is exact, F32 to F32 copies; BF16 elements are uint16_t. dst and src
      * do not overlap. Optional (NULL: the trainer keeps activations f32). */
     void (*convert)(void *ctx, void *dst, enum lmc_dtype dst_dt, const void *src, enum lmc_dtype src_dt, int64_t n);
+    /* Host memory for offloaded training checkpoints (issue 12: full
+     * recomputation's layer inputs kept off the device; ops/cpu/offload.c,
+     * ops/cuda/offload.cu). host_alloc: host memory the offload copies can
+     * reach fast (pinned on a GPU; NULL when out of memory), not counted as
+     * the backend's; host_free waits for copies still using it. offload:
+     * bytes from src to dst (one backend memory, the other host_alloc's)
+     * after the work queued so far, overlapping the work queued after it;
+     * slot (0 <= slot < LMC_OFFLOAD_SLOTS) names the copy for offload_wait,
+     * which makes the work queued after it wait for the slot's last copy.
+     * Copies run in the order they were queued. All four optional (NULL:
+     * no offloading). */
+    void *(*host_alloc)(void *ctx, size_t bytes);
+    void (*host_free)(void *ctx, void *p);
+    void (*offload)(void *ctx, void *dst, const void *src, size_t bytes, int slot);
+    void (*offload_wait)(void *ctx, int slot);
 
     /* ---- Mixture of experts: routing, token permutation and the weighted
      * combine (ops/cpu/moe_route.c, ops/cuda/moe_route.cu; struct

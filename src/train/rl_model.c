@@ -85,6 +85,8 @@ lmc_status lmc_rl_bwd_temp(struct lmc_tmodel *tm, struct lmc_tacts *a, const int
                   tm->W.norm_f, M, C, eps);
     for (int64_t l = L - 1; l >= 0; l--) {
         const struct lmc_block_save *s = &a->saves[a->recompute ? 0 : l];
+        LMC_ASSERT(!a->xs_host); /* offloaded checkpoints: lmc_tmodel_step only */
+        if (a->xs16) be->convert(be->ctx, a->xs[l], LMC_DTYPE_F32, a->xs16[l], LMC_DTYPE_BF16, M * C);
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
     }

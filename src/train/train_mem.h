@@ -33,7 +33,9 @@ struct lmc_train_mem {
     size_t acts_rest;       /*   the rest: final norm, loss, backward scratch, ids, positions (and
                              *   selective recomputation's shared norm outputs and product) */
     const char *acts_mode;  /* recomputation: "none", "full" or "selective" */
-    bool acts_bf16;         /* saves kept in bf16 (lmc_tacts.save_bf16) */
+    bool acts_bf16;         /* saves kept in bf16 (lmc_tacts.save_bf16), or with recompute the
+                             * residual stream's checkpoints (lmc_tacts.xs16) */
+    size_t host_offload;    /* offloaded checkpoints (lmc_tacts.xs_host): host memory, not in total */
     size_t lora;            /* the adapters' scale matrices, scratch and gradient sink */
     size_t total;
 };

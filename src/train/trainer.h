@@ -37,7 +37,10 @@ struct lmc_train_opts {
                                 * feed-forward's product (lmc_tacts_init_sel; single-process and
                                 * data-parallel trainers only) */
     bool save_bf16;            /* activations the backward reads as operands kept in bf16
-                                * (lmc_tacts_opts; the backend needs convert) */
+                                * (lmc_tacts_opts; the backend needs convert); with recompute: the
+                                * residual stream's checkpoints in bf16 */
+    bool offload;              /* with recompute: the layer inputs in host memory (lmc_tacts_opts;
+                                * the backend needs host_alloc / offload) */
     uint64_t seed;             /* data order */
     bool zero_moments;         /* AdamW data parallel (lmc_trainer_dist_init follows, which
                                 * gives the zero module the moments): none allocated here */

@@ -24,6 +24,7 @@ long emu_memcpy_calls, emu_malloc_calls;
 static std::map<uintptr_t, size_t> blocks; /* device blocks: start -> bytes */
 static std::set<void *> pinned;
 static std::set<cudaStream_t> streams;
+static std::map<cudaEvent_t, bool> events; /* live events: recorded yet */
 static size_t dev_used;
 static const size_t DEV_TOTAL = (size_t)80 << 30;
 static int cur_device;
@@ -199,3 +200,32 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
+    if (!e) die("cudaEventCreateWithFlags: NULL");
+    if (flags & ~3u) return cudaErrorInvalidValue;
+    *e = (cudaEvent_t)malloc(1);
+    events[*e] = false;
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    if (!e || !events.erase(e)) die("cudaEventDestroy: not a live event");
+    free(e);
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    check_stream(s, "cudaEventRecord");
+    auto it = events.find(e);
+    if (it == events.end()) die("cudaEventRecord: not a live event");
+    it->second = true;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags) {
+    check_stream(s, "cudaStreamWaitEvent");
+    auto it = events.find(e);
+    if (it == events.end()) die("cudaStreamWaitEvent: not a live event");
+    if (!it->second) die("cudaStreamWaitEvent: an event never recorded");
+    if (flags) return cudaErrorInvalidValue;
+    return cudaSuccess;
+}

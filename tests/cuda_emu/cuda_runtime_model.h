@@ -23,6 +23,9 @@
 #include <cstdint>
 
 typedef struct emu_stream *cudaStream_t;
+typedef struct emu_event *cudaEvent_t;
+#define cudaEventDefault 0x0
+#define cudaEventDisableTiming 0x2
 typedef int cudaError_t;
 #define cudaSuccess 0
 #define cudaErrorInvalidValue 1
@@ -86,6 +89,13 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
 cudaError_t cudaDeviceSynchronize();
+/* events: bookkeeping (work runs at once); a stream may wait only for an
+ * event that exists and was recorded */
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0);
 
 void emu_smem_optin(const void *kernel, int bytes);
 template <typename K> static inline cudaError_t cudaFuncSetAttribute(K kernel, cudaFuncAttribute a, int v) {

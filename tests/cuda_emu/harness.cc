@@ -495,6 +495,8 @@ static void test_xent() {
         for (int64_t M : {1, 7, 67}) for (int64_t V : {1, 5, 77, 1001, 1004, 64}) for (int64_t C : {1, 9, 33})
             for (int grads = 0; grads < 3; grads++) { /* loss only; + dh; + dh and dw */
                 cc->train_bf16 = bf;
+                /* blocks of 16 rows at M = 67 (5 blocks, dw summed over them), else the vocabulary's size */
+                cc->xent_rows = M == 67 ? 16 : 0;
                 auto h = rv(M * C), W = rv(V * C, 0.5f);
                 std::vector<int32_t> tg(M);
                 for (auto &t : tg) t = irand(5) == 0 ? -1 : irand((int)V);
@@ -512,6 +514,7 @@ static void test_xent() {
                 if (grads == 2) check(p + "dw", rel(dw1, dw2), tol, "M=%ld V=%ld C=%ld", (long)M, (long)V, (long)C);
             }
     cc->train_bf16 = false;
+    cc->xent_rows = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1330,7 +1333,8 @@ static void test_lora() {
         check("convert f32<->bf16 vs the CPU (mismatches)", (double)bad, 0, "n %lld", (long long)n);
     }
     /* (d) the activation modes on the GPU: selective recomputation gives the no-recompute step bit for bit;
-     * bf16-saved activations leave the forward (loss) untouched and move the gradients by bf16 rounding */
+     * bf16-saved activations leave the forward (loss) untouched and move the gradients by bf16 rounding;
+     * full recomputation with offloaded and with bf16 checkpoints */
     for (const char *mn : models) {
         std::string dir = std::string(fixtures()) + "/" + mn;
         const int64_t T = 29;
@@ -1361,6 +1365,26 @@ static void test_lora() {
             check(p + "bf16-saved grads (1 - cosine)", cb, 1e-4, "%s", mn);
             printf("  %s lora acts %s: selective = none (%lld differ); bf16-saved grads rel %.2e (selective %.2e), "
                    "1 - cos %.2e\n", mn, bf ? "bf16" : "fp32", (long long)dsel, eb, esb, cb);
+            /* full recomputation: offloaded checkpoints (pinned host memory, offload.cu) give its step bit for
+             * bit; bf16 checkpoints its loss, the gradients within bf16 rounding of the layer inputs */
+            const struct lmc_tacts_opts rc = {true, false, false}, rcoff = {true, false, false, true};
+            const struct lmc_tacts_opts rc16 = {true, false, true};
+            double lr, lo, l16;
+            std::vector<float> gr, go, g16;
+            if (!lora_step(&gpu, dir, in, tg, nullptr, 0, lr, gr, o1, &rc) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, lo, go, o1, &rcoff) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, l16, g16, o1, &rc16))
+                continue;
+            int64_t doff = 0;
+            for (size_t i = 0; i < gr.size(); i++) doff += memcmp(&gr[i], &go[i], 4) != 0;
+            check(p + "recompute offloaded vs recompute: loss bits", memcmp(&lr, &lo, sizeof lr) ? 1.0 : 0.0, 0, "%s", mn);
+            check(p + "recompute offloaded vs recompute: gradients differing", (double)doff, 0, "%s", mn);
+            double e16 = rel(g16, gr), c16 = 1 - cosine(g16.data(), gr.data(), gr.size());
+            check(p + "recompute bf16 checkpoints: loss bits", memcmp(&lr, &l16, sizeof lr) ? 1.0 : 0.0, 0, "%s", mn);
+            check(p + "recompute bf16 checkpoints grads", e16, 2e-2, "%s", mn);
+            check(p + "recompute bf16 checkpoints grads (1 - cosine)", c16, 1e-4, "%s", mn);
+            printf("  %s lora recompute %s: offloaded = recompute (%lld differ); bf16 checkpoints grads rel %.2e, "
+                   "1 - cos %.2e\n", mn, bf ? "bf16" : "fp32", (long long)doff, e16, c16);
         }
         lmc_backend_cuda_set_train_bf16(&gpu, false);
     }

@@ -9,6 +9,7 @@
  *     groups of unequal sizes (a permutation);
  *   - the device dequantization equals lmc_qweight_dequant_rows bit for
  *     bit (every row, and a middle range), and the upload reports bytes;
+ *     a second copy of a weight shares the first one's 2 MiB chunk;
  *   - forward (bias or not) and input-gradient backward (=, +=) for M = 1,
  *     7, 33, the default tile and 16-row tiles (odd N: a partial last
  *     tile), fp32 vs the CPU twin (<= 1e-5), bf16 (train_bf16) <= 1e-2;
@@ -45,6 +46,25 @@ static void qlora_op_case(const char *name, const struct lmc_qweight *hw) {
     check(std::string("qlora upload bytes = compact bytes ") + name,
           fabs((double)bytes - (double)lmc_qweight_bytes_compact(hw)), 0.0, "%zu vs %zu", bytes,
           lmc_qweight_bytes_compact(hw));
+    { /* the weights' buffers share 2 MiB chunks (qmatmul_f.cu qf_alloc): a second copy of this small weight
+       * takes no new device memory, and freeing it gives none back while the first lives */
+        size_t f1 = 0, f2 = 0, f3 = 0, tot = 0;
+        struct lmc_qweight *dw2 = nullptr;
+        size_t b2 = 0;
+        cudaMemGetInfo(&f1, &tot);
+        if (gpu.qweight_upload_f(gpu.ctx, hw, &dw2, &b2, &err)) {
+            printf("FAIL qlora %s: second upload: %s\n", name, err.msg);
+            n_fail++;
+        } else {
+            cudaMemGetInfo(&f2, &tot);
+            gpu.qweight_free_f(gpu.ctx, dw2);
+            cudaMemGetInfo(&f3, &tot);
+            check(std::string("qlora chunks: device bytes of a second copy ") + name, (double)f1 - (double)f2, 0.0,
+                  "%zu bytes of pieces", b2);
+            check(std::string("qlora chunks: device bytes back from freeing it ") + name, (double)f3 - (double)f2, 0.0,
+                  "%zu bytes of pieces", b2);
+        }
+    }
     /* dequantization: bit for bit */
     std::vector<float> W((size_t)(N * K));
     lmc_qweight_dequant_rows(hw, 0, N, W.data());

@@ -80,6 +80,10 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->clamp = lmc_cpu_clamp;
     be->clamp_bwd = lmc_cpu_clamp_bwd;
     be->convert = lmc_cpu_convert;
+    be->host_alloc = lmc_cpu_host_alloc;
+    be->host_free = lmc_cpu_host_free;
+    be->offload = lmc_cpu_offload;
+    be->offload_wait = lmc_cpu_offload_wait;
     be->attn_block_fwd = lmc_cpu_attn_block_fwd; /* ring attention (context parallel) */
     be->attn_block_merge = lmc_cpu_attn_block_merge;
     be->attn_block_bwd = lmc_cpu_attn_block_bwd;

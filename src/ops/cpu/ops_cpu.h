@@ -198,6 +198,10 @@ void lmc_cpu_qmatmul_f_bwd(void *ctx, float *dx, const float *dy, int64_t M, con
 void lmc_cpu_dropout(void *ctx, float *y, const float *x, int64_t n, float p, uint64_t seed, int64_t offset);
 void lmc_cpu_clamp(void *ctx, float *y, const float *x, int64_t n, float c);
 void lmc_cpu_convert(void *ctx, void *dst, enum lmc_dtype dst_dt, const void *src, enum lmc_dtype src_dt, int64_t n);
+void *lmc_cpu_host_alloc(void *ctx, size_t bytes);
+void lmc_cpu_host_free(void *ctx, void *p);
+void lmc_cpu_offload(void *ctx, void *dst, const void *src, size_t bytes, int slot);
+void lmc_cpu_offload_wait(void *ctx, int slot);
 void lmc_cpu_clamp_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
 /* ring attention's block ops (backend.h; attn_block.c) */
 void lmc_cpu_attn_block_fwd(void *ctx, float *ob, float *lb, const float *q, const float *k, const float *v,

@@ -114,7 +114,14 @@ static void ctx_release(struct lmc_cuda_ctx *c) {
         cublasLtMatmulDescDestroy(p->desc);
     }
     if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->copy_stream) {
+        cudaStreamSynchronize(c->copy_stream);
+        cudaEventDestroy(c->copy_after);
+        for (int i = 0; i < LMC_OFFLOAD_SLOTS; i++) cudaEventDestroy(c->copy_done[i]);
+        cudaStreamDestroy(c->copy_stream);
+    }
     lmc_cuda_muon_cache_free(c);
+    lmc_cuda_qf_arena_free(c);
     if (c->lt_ws) cudaFree(c->lt_ws);
     if (c->scratch) cudaFree(c->scratch);
     if (c->attn_part) cudaFree(c->attn_part);
@@ -221,6 +228,10 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->clamp = lmc_cuda_clamp; /* OLMoE clip_qkv */
     be->clamp_bwd = lmc_cuda_clamp_bwd;
     be->convert = lmc_cuda_convert; /* bf16-saved training activations */
+    be->host_alloc = lmc_cuda_host_alloc; /* offloaded checkpoints (offload.cu) */
+    be->host_free = lmc_cuda_host_free;
+    be->offload = lmc_cuda_offload;
+    be->offload_wait = lmc_cuda_offload_wait;
     be->gelu_bwd = lmc_cuda_gelu_bwd;
     be->classifier_xent = lmc_cuda_classifier_xent;
     be->zero = lmc_cuda_zero;

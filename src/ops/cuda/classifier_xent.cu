@@ -7,7 +7,12 @@
  *      then (with dh) the row becomes dscale * (softmax - onehot) (zero for
  *      target < 0), in place in f32 or, in the bf16 mode, as bf16,
  *   3. dh_blk = g @ w, dw += g^T @ h_blk (cuBLASLt, beta = 1).
- * Only one block of logits exists at a time (XENT_BLOCK_FLOATS of them).
+ * Only one block of logits exists at a time: R rows with R * V at most
+ * XENT_BLOCK_FLOATS (32 MB of f32; with the bf16 mode's gradient copy and
+ * h block about 48 MiB at a 32k vocabulary, R = 256), but never fewer than
+ * XENT_MIN_ROWS rows (a 128k vocabulary: 128 rows, 62.6 MiB f32), so the
+ * GEMMs stay tall enough for the tensor cores (ctx->xent_rows, when set,
+ * is the rows per block: the tests' several blocks at small sizes).
  * fp32 mode: fp32 GEMMs (no TF32). bf16 training mode: w (once) and each
  * h block are converted to bf16, tensor-core GEMMs with f32 accumulation;
  * a BF16 w (a frozen bf16 head, no dw) is used as stored.
@@ -17,7 +22,8 @@
 
 #include <math.h>
 
-#define XENT_BLOCK_FLOATS ((int64_t)1 << 25) /* 128 MB of f32 logits per block */
+#define XENT_BLOCK_FLOATS ((int64_t)1 << 23) /* 32 MB of f32 logits per block */
+#define XENT_MIN_ROWS ((int64_t)128)
 
 /* (m, s) of an online softmax: s = sum of exp(l - m); m = -inf: empty. */
 __device__ __forceinline__ void xent_merge(float &m, double &s, float m2, double s2) {
@@ -125,7 +131,7 @@ extern "C" void lmc_cuda_classifier_xent(void *ctx, float *loss, float *dh, floa
     LMC_ASSERT(w->dtype == LMC_DTYPE_F32 || (w_b16 && c->train_bf16 && !dw));
     LMC_ASSERT(V > 0);
     if (M <= 0) return;
-    int64_t R = LMC_MAX((int64_t)1, LMC_MIN(M, XENT_BLOCK_FLOATS / V));
+    int64_t R = LMC_MIN(M, c->xent_rows > 0 ? c->xent_rows : LMC_MAX(XENT_MIN_ROWS, XENT_BLOCK_FLOATS / V));
     if (R < M && R >= 64) R -= R % 64; /* keeps h_blk as aligned as h */
     const bool b16 = c->train_bf16 && C > 0;
     const bool grad = dh != NULL;

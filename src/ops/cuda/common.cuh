@@ -81,6 +81,12 @@ struct lmc_cuda_ctx {
     bool train_bf16;             /* lmc_backend_cuda_set_train_bf16 */
     void *stage;                 /* pinned host staging ring for asynchronous uploads */
     size_t stage_bytes, stage_off;
+    cudaStream_t copy_stream;    /* offload.cu's copies (NULL until used) */
+    cudaEvent_t copy_after, copy_done[LMC_OFFLOAD_SLOTS];
+    unsigned copy_slots;         /* slots with a copy recorded */
+    struct lmc_cuda_qf_arena *qf_arena; /* qmatmul_f.cu's chunks of quantized base weights (NULL until used) */
+    int64_t xent_rows;           /* classifier_xent's rows per logits block; 0: sized from the
+                                    vocabulary (classifier_xent.cu); tests set a few rows */
     void *ff_up;                 /* f32 scratch: the up projection of matmul_swiglu (M > 8) */
     size_t ff_up_bytes;
     struct lmc_cuda_mm_plan plans[LMC_CUDA_MM_PLANS];
@@ -90,6 +96,8 @@ struct lmc_cuda_ctx {
 
 /* Releases the ctx's muon_cache (muon_batch.cu). */
 void lmc_cuda_muon_cache_free(struct lmc_cuda_ctx *c);
+/* Releases the ctx's qf_arena and any chunk left in it (qmatmul_f.cu). */
+void lmc_cuda_qf_arena_free(struct lmc_cuda_ctx *c);
 
 /* Grows *buf to at least `bytes` (waiting for queued work before freeing
  * the old buffer); aborts when device memory runs out. */

@@ -117,6 +117,10 @@ void lmc_cuda_clamp(void *ctx, float *y, const float *x, int64_t n, float c);
 void lmc_cuda_clamp_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n, float c);
 /* convert.cu: the table's convert (F32 <-> BF16; bf16-saved training activations) */
 void lmc_cuda_convert(void *ctx, void *dst, enum lmc_dtype dst_dt, const void *src, enum lmc_dtype src_dt, int64_t n);
+void *lmc_cuda_host_alloc(void *ctx, size_t bytes);
+void lmc_cuda_host_free(void *ctx, void *p);
+void lmc_cuda_offload(void *ctx, void *dst, const void *src, size_t bytes, int slot);
+void lmc_cuda_offload_wait(void *ctx, int slot);
 void lmc_cuda_swiglu_bwd(void *ctx, float *dgate, float *dup, const float *dy, const float *gate,
                          const float *up, int64_t n);
 void lmc_cuda_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int64_t n,

@@ -71,17 +71,87 @@ static const struct lmc_cuda_qf *qf_of(const struct lmc_qweight *w) {
 
 /* ---------------------------------------------------------------- upload */
 
-static void qf_release(struct lmc_cuda_qf *q) {
+/* The weights' device buffers are pieces of chunks the weights share: one
+ * cudaMalloc per piece had each 5.5 MiB code buffer of a 1.1B model's MLP
+ * rounded up to the allocator's 2 MiB (~33 MiB over 22 layers). A piece
+ * (256-byte aligned) goes to the first chunk with room, else to a new
+ * chunk of its size rounded up to 2 MiB, so the small pieces (k/v codes,
+ * block codes, the nested maps) fill the large pieces' tails. A chunk is
+ * freed with its last piece. */
+#define QF_CHUNK_ALIGN ((size_t)2 << 20)
+struct qf_chunk {
+    char *base;
+    size_t cap, used;
+    int64_t live;
+};
+struct lmc_cuda_qf_arena {
+    struct qf_chunk *ch;
+    int n, cap;
+};
+
+static void *qf_alloc(struct lmc_cuda_ctx *c, size_t bytes) {
+    struct lmc_cuda_qf_arena *a = c->qf_arena;
+    if (!a && !(a = c->qf_arena = (struct lmc_cuda_qf_arena *)calloc(1, sizeof *a))) return NULL;
+    const size_t need = lmc_cuda_al256(bytes ? bytes : 1);
+    for (int i = 0; i < a->n; i++) {
+        struct qf_chunk *h = &a->ch[i];
+        if (h->cap - h->used >= need) {
+            void *p = h->base + h->used;
+            h->used += need;
+            h->live++;
+            return p;
+        }
+    }
+    if (a->n == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 64;
+        struct qf_chunk *ch = (struct qf_chunk *)realloc(a->ch, (size_t)cap * sizeof *ch);
+        if (!ch) return NULL;
+        a->ch = ch, a->cap = cap;
+    }
+    const size_t cap = (need + QF_CHUNK_ALIGN - 1) / QF_CHUNK_ALIGN * QF_CHUNK_ALIGN;
+    char *base = (char *)lmc_cuda_alloc(c, cap);
+    if (!base) return NULL;
+    a->ch[a->n++] = (struct qf_chunk){base, cap, need, 1};
+    return base;
+}
+
+static void qf_free(struct lmc_cuda_ctx *c, void *p) {
+    struct lmc_cuda_qf_arena *a = c->qf_arena;
+    LMC_ASSERT(a != NULL);
+    for (int i = 0; i < a->n; i++) {
+        struct qf_chunk *h = &a->ch[i];
+        if ((char *)p >= h->base && (char *)p < h->base + h->cap) {
+            LMC_ASSERT(h->live > 0);
+            if (--h->live == 0) {
+                LMC_CUDA_CHECK(cudaFree(h->base));
+                a->ch[i] = a->ch[--a->n];
+            }
+            return;
+        }
+    }
+    LMC_ASSERT(!"qf_free: not a piece of the ctx's chunks");
+}
+
+void lmc_cuda_qf_arena_free(struct lmc_cuda_ctx *c) {
+    struct lmc_cuda_qf_arena *a = c->qf_arena;
+    if (!a) return;
+    for (int i = 0; i < a->n; i++) cudaFree(a->ch[i].base); /* teardown: weights never freed */
+    free(a->ch);
+    free(a);
+    c->qf_arena = NULL;
+}
+
+static void qf_release(struct lmc_cuda_ctx *c, struct lmc_cuda_qf *q) {
     if (!q) return;
     void *p[8] = {q->codes, q->absmax, q->dq_code, q->dq_aux, q->scale, q->zero, q->blk2g, q->perm};
     for (int i = 0; i < 8; i++)
-        if (p[i]) LMC_CUDA_CHECK(cudaFree(p[i]));
+        if (p[i]) qf_free(c, p[i]);
     free(q);
 }
 
 /* A device copy of bytes at src (NULL when out of device memory). */
 static void *qf_copy(struct lmc_cuda_ctx *c, const void *src, size_t bytes, size_t *total) {
-    void *d = lmc_cuda_alloc(c, bytes);
+    void *d = qf_alloc(c, bytes);
     if (d) lmc_cuda_upload(c, d, src, bytes);
     *total += bytes;
     return d;
@@ -155,7 +225,7 @@ extern "C" lmc_status lmc_cuda_qweight_upload_f(void *ctx, const struct lmc_qwei
     q->n = w->n, q->k = w->k, q->kp = w->kp;
     if (!(nf4 ? qf_upload_nf4(c, w, q) : qf_upload_groups(c, w, q))) {
         size_t b = q->bytes;
-        qf_release(q);
+        qf_release(c, q);
         free(h);
         return lmc_err_set(err, LMC_ERR_OOM, "cuda QLoRA: out of device memory for a (%lld, %lld) weight (%.1f MiB)",
                            (long long)w->n, (long long)w->k, (double)b / 1048576.0);
@@ -171,9 +241,8 @@ extern "C" lmc_status lmc_cuda_qweight_upload_f(void *ctx, const struct lmc_qwei
 }
 
 extern "C" void lmc_cuda_qweight_free_f(void *ctx, struct lmc_qweight *w) {
-    (void)ctx;
     if (!w) return;
-    qf_release((struct lmc_cuda_qf *)w->owned);
+    qf_release((struct lmc_cuda_ctx *)ctx, (struct lmc_cuda_qf *)w->owned);
     free(w);
 }
 
