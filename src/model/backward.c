@@ -778,10 +778,28 @@ static void lowp_move(const struct lmc_tacts *a, const struct lmc_run *r, int64_
 #undef MOVE
 }
 
-lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
-                           struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
-                           bool backward, float dscale, double *loss_sum, int64_t *count,
-                           lmc_err *err) {
+/* bf16 saves: the block's norm outputs h1 and h2, unpacked into the work
+ * set for layer l's backward, are the x operands of its q/k/v and gate/up
+ * linears; their bf16 store is the rounding a bf16 GEMM takes of them, so
+ * it is held as theirs (backend.h operand_hold) instead of one made again.
+ * False when nothing was held (no bf16 norm saves, recomputation). */
+static bool hold_saved_norms(const struct lmc_tacts *a, const struct lmc_run *r, int64_t l,
+                             const struct lmc_block_save *s) {
+    const struct lmc_backend *be = r->be;
+    if (!be->operand_hold || !a->save_bf16 || a->recompute || a->selective || r->sp || !a->lowp[l].h1)
+        return false;
+    const struct lmc_tacts_lowp *lp = &a->lowp[l];
+    int64_t mC = r->n * r->cfg->hidden_size, numel[2] = {mC, mC};
+    const float *src[2] = {s->h1, r->arch->ffn ? s->h2 : NULL};
+    const uint16_t *copy[2] = {lp->h1, r->arch->ffn ? lp->h2 : NULL};
+    be->operand_hold(be->ctx, 2, src, numel, copy);
+    return true;
+}
+
+static lmc_status tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
+                              struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
+                              bool backward, float dscale, double *loss_sum, int64_t *count,
+                              lmc_err *err) {
     const struct lmc_config *c = &tm->cfg;
     const struct lmc_architecture *ar = tm->arch;
     int64_t C = c->hidden_size, M = a->B * a->T, L = c->num_layers;
@@ -917,7 +935,9 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
         }
         if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
         if (a->selective) lmc_block_renorm(&r, &tm->W.layers[l], s, a->xs[l]); /* the product: the ffn's bwd */
+        bool held = hold_saved_norms(a, &r, l, s);
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);
+        if (held) be->operand_release(be->ctx);
         PUT((int)l + 1, P | G, true);
     }
     GET(0, G, -1);
@@ -935,4 +955,24 @@ lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
 #undef PUT
 #undef OFFLOAD_OUT
     return LMC_OK;
+}
+
+/* With a frozen base (adapter training) the trainable floats — every
+ * adapter's A and B — stay unchanged through the step (the optimizer runs
+ * after it): held as GEMM operands (backend.h operand_hold) for the whole
+ * step, a rounding backend rounds them once a step instead of at every
+ * GEMM that reads them. Not with hooks (they may move parameters). */
+lmc_status lmc_tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *be,
+                           struct lmc_tacts *a, const int32_t *inputs, const int32_t *targets,
+                           bool backward, float dscale, double *loss_sum, int64_t *count,
+                           lmc_err *err) {
+    bool hold = be->operand_hold && tm->trainable_off > 0 && !a->hooks && tm->numel > tm->trainable_off;
+    if (hold) {
+        const float *src = tm->w + tm->trainable_off;
+        int64_t n = tm->numel - tm->trainable_off;
+        be->operand_hold(be->ctx, 1, &src, &n, NULL);
+    }
+    lmc_status st = tmodel_step(tm, be, a, inputs, targets, backward, dscale, loss_sum, count, err);
+    if (hold) be->operand_release(be->ctx);
+    return st;
 }

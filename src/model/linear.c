@@ -131,6 +131,45 @@ static void adapters_bwd(const struct lmc_backend *be, const struct lmc_linear *
     }
 }
 
+/* ---- held GEMM operands (backend.h operand_hold): a linear with
+ * adapters reads its x in the base GEMM and in each adapter's, and in the
+ * backward x, each dy and each adapter's A and scale in several; held for
+ * the call, a backend that rounds GEMM operands rounds each once. Nothing
+ * held is written inside the call (dx overlaps neither x nor dy). */
+#define HOLD_MAX 16
+struct holds {
+    int n;
+    const float *p[HOLD_MAX];
+    int64_t numel[HOLD_MAX];
+};
+
+static void hold_add(struct holds *h, const float *p, int64_t n) {
+    if (p && n > 0 && h->n < HOLD_MAX) h->p[h->n] = p, h->numel[h->n++] = n;
+}
+
+static bool has_adapters(int k, const struct lmc_linear *const *L) {
+    for (int i = 0; i < k; i++)
+        if (L[i]->n_adapters > 0 || (L[i]->n_slots && L[i]->groups->n)) return true;
+    return false;
+}
+
+/* x (M rows of L[0]'s input) held while any of the k linears has adapters */
+static void hold_x(const struct lmc_backend *be, struct holds *h, int k, const struct lmc_linear *const *L,
+                   const float *x, int64_t M) {
+    h->n = 0;
+    if (!be->operand_hold || !has_adapters(k, L)) return;
+    LMC_ASSERT(be->operand_release != NULL);
+    hold_add(h, x, M * L[0]->w.cols);
+}
+
+static void hold_begin(const struct lmc_backend *be, const struct holds *h) {
+    if (h->n) be->operand_hold(be->ctx, h->n, h->p, h->numel, NULL);
+}
+
+static void hold_end(const struct lmc_backend *be, const struct holds *h) {
+    if (h->n) be->operand_release(be->ctx);
+}
+
 /* ---- tensor-parallel splits (linear.h): the bias of a row-parallel
  * linear joins rank 0's partial sum; its output and a column-parallel
  * linear's dx are summed over the group. */
@@ -174,9 +213,8 @@ static void quant_fwd(const struct lmc_backend *be, const struct lmc_linear *L, 
     if (L->split == LMC_SPLIT_ROW) tp_sum(L, y, M * L->w.rows);
 }
 
-void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
-                    float *const *y, const float *x, int64_t M) {
-    LMC_ASSERT(k > 0 && k <= LIN_MAX);
+static void linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                       float *const *y, const float *x, int64_t M) {
     if (any_quant(k, L)) {
         bool multi = k > 1 && be->qmatmul_multi;
         for (int i = 0; multi && i < k; i++)
@@ -212,8 +250,18 @@ void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear
         if (L[i]->split == LMC_SPLIT_ROW) tp_sum(L[i], y[i], M * L[i]->w.rows);
 }
 
-void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
-                        const float *res, const float *x, int64_t M, float *tmp) {
+void lmc_linear_fwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                    float *const *y, const float *x, int64_t M) {
+    LMC_ASSERT(k > 0 && k <= LIN_MAX);
+    struct holds h;
+    hold_x(be, &h, k, L, x, M);
+    hold_begin(be, &h);
+    linear_fwd(be, k, L, y, x, M);
+    hold_end(be, &h);
+}
+
+static void linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
+                           const float *res, const float *x, int64_t M, float *tmp) {
     if (L->format == LMC_WFMT_QUANT || L->observe) {
         quant_fwd(be, L, y == res ? tmp : y, x, M);
         be->add(be->ctx, y, res, y == res ? tmp : y, M * L->w.rows);
@@ -249,12 +297,26 @@ void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L
     be->add(be->ctx, y, y, res, n);
 }
 
+void lmc_linear_fwd_res(const struct lmc_backend *be, const struct lmc_linear *L, float *y,
+                        const float *res, const float *x, int64_t M, float *tmp) {
+    struct holds h;
+    hold_x(be, &h, 1, &L, x, M);
+    hold_begin(be, &h);
+    linear_fwd_res(be, L, y, res, x, M, tmp);
+    hold_end(be, &h);
+}
+
 void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear *G,
                            const struct lmc_linear *U, float *y, const float *x, int64_t M,
                            float *tmp) {
     if (G->format == LMC_WFMT_QUANT || U->format == LMC_WFMT_QUANT || G->observe || U->observe) {
+        const struct lmc_linear *GU[2] = {G, U};
+        struct holds h;
+        hold_x(be, &h, 2, GU, x, M);
+        hold_begin(be, &h);
         quant_fwd(be, G, y, x, M);
         quant_fwd(be, U, tmp, x, M);
+        hold_end(be, &h);
         be->swiglu(be->ctx, y, y, tmp, M * G->w.rows);
         return;
     }
@@ -272,10 +334,9 @@ void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear
     be->swiglu(be->ctx, y, y, tmp, M * G->w.rows);
 }
 
-void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
-                    const struct lmc_linear *const *D, float *dx, const float *const *dy,
-                    const float *x, int64_t M, bool accum_dx) {
-    LMC_ASSERT(k > 0 && k <= LIN_MAX);
+static void linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                       const struct lmc_linear *const *D, float *dx, const float *const *dy,
+                       const float *x, int64_t M, bool accum_dx) {
     if (any_quant(k, L)) { /* a frozen quantized base (QLoRA): dx through the float tiles */
         for (int i = 0; i < k; i++) {
             check_any(L[i]);
@@ -315,6 +376,25 @@ void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear
         for (int i = 1; i < k; i++) LMC_ASSERT(L[i]->split == LMC_SPLIT_COLUMN && L[i]->tp == L[0]->tp);
         tp_sum(L[0], dx, M * L[0]->w.cols);
     }
+}
+
+void lmc_linear_bwd(const struct lmc_backend *be, int k, const struct lmc_linear *const *L,
+                    const struct lmc_linear *const *D, float *dx, const float *const *dy,
+                    const float *x, int64_t M, bool accum_dx) {
+    LMC_ASSERT(k > 0 && k <= LIN_MAX);
+    struct holds h; /* x, every dy, every adapter's A and scale */
+    hold_x(be, &h, k, L, x, M);
+    for (int i = 0; h.n && i < k; i++) {
+        hold_add(&h, dy[i], M * L[i]->w.rows);
+        for (int j = 0; j < L[i]->n_adapters; j++) {
+            const struct lmc_adapter *A = &L[i]->adapters[j];
+            if (A->a.dtype == LMC_DTYPE_F32) hold_add(&h, (const float *)A->a.data, A->a.rows * A->a.cols);
+            if (A->s.dtype == LMC_DTYPE_F32) hold_add(&h, (const float *)A->s.data, A->s.rows * A->s.cols);
+        }
+    }
+    hold_begin(be, &h);
+    linear_bwd(be, k, L, D, dx, dy, x, M, accum_dx);
+    hold_end(be, &h);
 }
 
 /* The backend with its matmul entries swapped for their f32 twins (the

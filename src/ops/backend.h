@@ -173,6 +173,19 @@ struct lmc_backend {
      * bias. y must not overlap x. */
     void (*matmul_swiglu)(void *ctx, float *y, const float *x, int64_t M,
                           const struct lmc_mat *w_gate, const struct lmc_mat *w_up);
+    /* Optional (NULL: none; both or neither). operand_hold opens a scope
+     * holding n f32 arrays (src[i], numel[i] floats; NULL / empty ones
+     * skipped) as GEMM operands until the matching operand_release (scopes
+     * nest): the caller leaves them unchanged meanwhile, so a backend that
+     * rounds GEMM operands (the CUDA bf16 training mode) may round each
+     * once and reuse that copy in the matmul / matmul_bwd / qmatmul_f
+     * calls that read it (or a part of it). copy (NULL, or NULL entries:
+     * none): a bf16 copy of src[i] (round to nearest even) the caller
+     * already holds, e.g. a bf16-saved activation, used instead of one.
+     * Results are bit-identical either way; fewer conversion launches. */
+    void (*operand_hold)(void *ctx, int n, const float *const *src, const int64_t *numel,
+                         const uint16_t *const *copy);
+    void (*operand_release)(void *ctx);
     /* Rotary embedding of q (M, n_heads*hd) in place and of k (M, n_kv*hd)
      * (as rope; rot_dim 0: none), then k and v (M, n_kv*hd) stored as
      * kv_dtype into rows pos[m] of the layer's caches kc, vc (ctx, n_kv*hd).

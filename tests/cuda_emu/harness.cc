@@ -1201,6 +1201,44 @@ static void test_e2e() { e2e_models({"llama-tiny", "gpt2-tiny", "qwen2-tiny", "q
  * step with the lora_train fixture's adapter over the frozen base, padded
  * and packed (attention per segment, B = 1 launches of odd T): loss and
  * every lora_A/B gradient vs the CPU, fp32 and bf16. */
+/* Backend work of the last lora_step / qlora_step's step (forward and
+ * backward; the trainer's AdamW too): kernel launches, cuBLASLt GEMMs and,
+ * of the launches, f32 -> bf16/f16 GEMM-operand conversions (cc->n_cvt). */
+struct step_counts { long launches, gemms, cvt; };
+static step_counts last_step;
+static step_counts step_t0;
+static void count_begin() { step_t0 = {emu_launches, emu_gemm_calls, cc->n_cvt}; }
+static void count_end() {
+    last_step = {emu_launches - step_t0.launches, emu_gemm_calls - step_t0.gemms, cc->n_cvt - step_t0.cvt};
+}
+/* The CUDA table without operand_hold: every GEMM rounds its own operands,
+ * as before held operands (same ctx, so the same precision mode). */
+static struct lmc_backend gpu_nohold() {
+    struct lmc_backend b = gpu;
+    b.operand_hold = nullptr;
+    b.operand_release = nullptr;
+    return b;
+}
+/* A step with held operands (l1, g1, c1) against the same step without
+ * (l0, g0, c0): loss and every gradient (and whatever else the caller puts
+ * in g) bit for bit; the same GEMMs, fewer launches, all of them
+ * conversions. */
+static void hold_ab(const std::string &p, const char *mn, double l1, const std::vector<float> &g1, step_counts c1,
+                    double l0, const std::vector<float> &g0, step_counts c0) {
+    int64_t d = 0;
+    for (size_t i = 0; i < g0.size() && i < g1.size(); i++) d += memcmp(&g0[i], &g1[i], 4) != 0;
+    if (g0.size() != g1.size() || g0.empty()) d = -1;
+    check(p + "held operands: loss bits", memcmp(&l0, &l1, sizeof l0) ? 1.0 : 0.0, 0, "%s", mn);
+    check(p + "held operands: values differing", d < 0 ? 1e9 : (double)d, 0, "%s", mn);
+    bool fewer = c1.cvt < c0.cvt && c0.launches - c1.launches == c0.cvt - c1.cvt && c1.gemms == c0.gemms;
+    check(p + "held operands: fewer launches, all conversions", fewer ? 0.0 : 1.0, 0,
+          "%s: launches %ld vs %ld, conversions %ld vs %ld, GEMMs %ld vs %ld", mn, c1.launches, c0.launches, c1.cvt,
+          c0.cvt, c1.gemms, c0.gemms);
+    printf("  %s %s held operands: a step's launches %ld -> %ld, of them f32->bf16 conversions %ld -> %ld, "
+           "GEMMs %ld = %ld; loss and %zu values bit-equal (%lld differ)\n", p.c_str(), mn, c0.launches, c1.launches,
+           c0.cvt, c1.cvt, c0.gemms, c1.gemms, g0.size(), (long long)d);
+}
+
 static bool lora_step(const struct lmc_backend *be, const std::string &dir, const std::vector<int32_t> &in,
                       const std::vector<int32_t> &tg, const int64_t *segs, int64_t n_segs, double &loss,
                       std::vector<float> &g, int64_t &off, const struct lmc_tacts_opts *ao = nullptr) {
@@ -1221,7 +1259,9 @@ static bool lora_step(const struct lmc_backend *be, const std::string &dir, cons
     if (ok) {
         a.segs = segs, a.n_segs = n_segs;
         lmc_tmodel_zero_grad(&tm);
+        count_begin();
         ok = !lmc_tmodel_step(&tm, be, &a, in.data(), tg.data(), true, 1.0f, &loss, &count, &err);
+        count_end();
         lmc_tacts_free(&a);
     }
     if (ok) {
@@ -1304,6 +1344,15 @@ static void test_lora() {
                 else check(p + "lora grads", eg, 1e-4, "%s", mn);
                 printf("  %s lora train %s%s: loss %.2e, grads rel %.2e, cosine %.6f\n", mn, bf ? "bf16" : "fp32",
                        packed ? " packed" : "", el, eg, cs);
+                if (bf) { /* the same step without held operands: bit for bit */
+                    step_counts c1 = last_step;
+                    struct lmc_backend nh = gpu_nohold();
+                    double l0;
+                    std::vector<float> g0;
+                    int64_t o0;
+                    if (lora_step(&nh, dir, in, tg, sg, packed ? 3 : 0, l0, g0, o0))
+                        hold_ab(p, mn, lg, gg, c1, l0, g0, last_step);
+                }
             }
             lmc_backend_cuda_set_train_bf16(&gpu, false);
         }
@@ -1363,6 +1412,19 @@ static void test_lora() {
                   0, "%s", mn);
             check(p + "bf16-saved grads", std::max(eb, esb), 2e-2, "%s", mn);
             check(p + "bf16-saved grads (1 - cosine)", cb, 1e-4, "%s", mn);
+            for (int k = 0; bf && k < 2; k++) { /* bf16-saved (the norms' saves held as their bf16 operands;
+                                                  * selective: recomputed) without held operands: bit for bit */
+                struct lmc_backend nh = gpu_nohold();
+                const struct lmc_tacts_opts *o = k ? &selb16 : &b16;
+                double l1, l0;
+                std::vector<float> g1, g0;
+                int64_t o2;
+                if (lora_step(&gpu, dir, in, tg, nullptr, 0, l1, g1, o2, o)) {
+                    step_counts c1 = last_step;
+                    if (lora_step(&nh, dir, in, tg, nullptr, 0, l0, g0, o2, o))
+                        hold_ab(p + (k ? "selective bf16-saved " : "bf16-saved "), mn, l1, g1, c1, l0, g0, last_step);
+                }
+            }
             printf("  %s lora acts %s: selective = none (%lld differ); bf16-saved grads rel %.2e (selective %.2e), "
                    "1 - cos %.2e\n", mn, bf ? "bf16" : "fp32", (long long)dsel, eb, esb, cb);
             /* full recomputation: offloaded checkpoints (pinned host memory, offload.cu) give its step bit for

@@ -228,7 +228,9 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
     }
     if (info) *info = {tr.tm.W.tok_emb.dtype, tr.tm.W.head.w.dtype, tr.tm.numel};
     struct lmc_train_stats st;
+    count_begin();
     bool ok = !lmc_trainer_step(&tr, &st, &err);
+    count_end();
     if (ok) {
         loss = st.loss;
         int64_t ng = tr.tm.numel - tr.tm.g_off;
@@ -269,6 +271,17 @@ static void qlora_models() {
             check(p + "loss", el, bf ? 2e-2 : 1e-5, "%s %s", cs.model, kn);
             if (bf) {
                 check(p + "lora grads (1 - cosine)", 1 - cs_, 1e-2, "%s %s", cs.model, kn);
+                /* without held operands: loss, gradients, adapter after AdamW bit for bit */
+                step_counts c1 = last_step;
+                struct lmc_backend nh = gpu_nohold();
+                double l0;
+                std::vector<float> g0, w0;
+                size_t d0, h0;
+                if (qlora_step(&nh, dir, cs.kind, b, B, T, l0, g0, w0, d0, h0)) {
+                    std::vector<float> a1(gg), a0(g0);
+                    a1.insert(a1.end(), wg.begin(), wg.end()), a0.insert(a0.end(), w0.begin(), w0.end());
+                    hold_ab(p, cs.model, lg, a1, c1, l0, a0, last_step);
+                }
             } else {
                 check(p + "lora grads", eg, 1e-4, "%s %s", cs.model, kn);
                 check(p + "adapter after AdamW", ew, 1e-4, "%s %s", cs.model, kn);
@@ -342,6 +355,17 @@ static void bf16_base_models() {
         lmc_backend_cuda_set_train_bf16(&gpu, true);
         if (qlora_step(&gpu, dir, (enum lmc_qlora_kind)0, b, B, T, lf, gf, wf, d0, c0) &&
             qlora_step(&gpu, dir, LMC_QLORA_BF16, b, B, T, lb, gb, wb, db, cb, 0)) {
+            /* the bench's LoRA (bf16 base) without held operands: loss, gradients, adapter bit for bit */
+            step_counts c1 = last_step;
+            struct lmc_backend nh = gpu_nohold();
+            double l0;
+            std::vector<float> g0, w0;
+            size_t d1, h1;
+            if (qlora_step(&nh, dir, LMC_QLORA_BF16, b, B, T, l0, g0, w0, d1, h1, 0)) {
+                std::vector<float> a1(gb), a0(g0);
+                a1.insert(a1.end(), wb.begin(), wb.end()), a0.insert(a0.end(), w0.begin(), w0.end());
+                hold_ab("lora bf16 base step ", model, lb, a1, c1, l0, a0, last_step);
+            }
             double el = fabs(lb - lf) / fabs(lf), eg = rel(gb, gf), ew = rel(wb, wf);
             check("bf16 base step loss", el, 1e-6, "%s", model);
             check("bf16 base step lora grads", eg, 1e-5, "%s", model);

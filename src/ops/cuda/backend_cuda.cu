@@ -127,6 +127,7 @@ static void ctx_release(struct lmc_cuda_ctx *c) {
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->attn_segs) cudaFree(c->attn_segs);
     if (c->ff_up) cudaFree(c->ff_up);
+    if (c->hold_buf) cudaFree(c->hold_buf);
     if (c->stage) cudaFreeHost(c->stage);
     if (c->lt) cublasLtDestroy(c->lt);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -211,6 +212,8 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->dropout = lmc_cuda_dropout;
     be->argmax_rows = lmc_cuda_argmax_rows;
     be->matmul_bwd = lmc_cuda_matmul_bwd;
+    be->operand_hold = lmc_cuda_operand_hold; /* one bf16 copy per held GEMM operand */
+    be->operand_release = lmc_cuda_operand_release;
     be->embed_bwd = lmc_cuda_embed_bwd;
     be->rmsnorm_bwd = lmc_cuda_rmsnorm_bwd;
     be->layernorm_bwd = lmc_cuda_layernorm_bwd;

@@ -62,6 +62,17 @@ struct lmc_cuda_mm_plan {
 
 #define LMC_CUDA_MM_PLANS 64
 
+/* One held GEMM operand: src[0..n) f32, its bf16 copy at byte off of
+ * hold_buf once done. */
+#define LMC_CUDA_HOLDS 24
+struct lmc_cuda_hold {
+    const float *src;
+    int64_t n;
+    size_t off;
+    bool done;
+    const __nv_bfloat16 *copy; /* the caller's bf16 copy (then off unused), or NULL */
+};
+
 struct lmc_cuda_ctx {
     int device;
     int n_sm;
@@ -91,6 +102,16 @@ struct lmc_cuda_ctx {
     size_t ff_up_bytes;
     struct lmc_cuda_mm_plan plans[LMC_CUDA_MM_PLANS];
     int next_plan;               /* round-robin eviction */
+    /* GEMM operands held by be->operand_hold (matmul.cu): f32 ranges whose
+     * bf16 copy, made at the first GEMM that reads them, later GEMMs of the
+     * holding scope reuse */
+    struct lmc_cuda_hold holds[LMC_CUDA_HOLDS];
+    int n_holds;
+    int scope0[LMC_CUDA_HOLDS];  /* n_holds before each open scope */
+    int n_scopes;
+    void *hold_buf;
+    size_t hold_bytes;
+    long n_cvt;                  /* f32 -> 16-bit operand conversion launches (a counter for tests) */
     struct lmc_cuda_muon_cache *muon_cache; /* muon_batch.cu's GEMM plans (NULL until used) */
 };
 
@@ -116,6 +137,13 @@ void lmc_cuda_gemm(struct lmc_cuda_ctx *c, bool ta, bool tb, int64_t m, int64_t 
 
 /* dst[i] = bf16(src[i]) (round to nearest even), i < n, on the ctx's stream. */
 void lmc_cuda_to_bf16(struct lmc_cuda_ctx *c, __nv_bfloat16 *dst, const float *src, int64_t n);
+
+/* The bf16 GEMM operand for src[0..n): inside a range held by
+ * operand_hold (at a 256-byte offset of its copy, so the GEMM plan's
+ * alignment key is the scratch's) the held copy, converted at its first
+ * use; else src converted into dst here. Either way the same bits. */
+const __nv_bfloat16 *lmc_cuda_operand_bf16(struct lmc_cuda_ctx *c, __nv_bfloat16 *dst, const float *src,
+                                           int64_t n);
 
 /* Byte offsets into one scratch reservation, each piece 256-byte aligned. */
 static inline size_t lmc_cuda_al256(size_t b) { return (b + 255) & ~(size_t)255; }

@@ -253,6 +253,7 @@ template <typename T> static void cvt_launch(struct lmc_cuda_ctx *c, T *dst, con
     int vec = ((uintptr_t)dst % 16 == 0) && ((uintptr_t)src % 16 == 0);
     matmul_cvt_fwd_kernel<T><<<lmc_cuda_blocks(vec ? (n + 7) / 8 : n, 256), 256, 0, c->stream>>>(dst, src, n, vec);
     LMC_CUDA_LAUNCH_CHECK();
+    c->n_cvt++;
 }
 
 /* D(m,n) col-major (ld ldd) += bias[i] per row i: the bias when the
@@ -400,6 +401,73 @@ void lmc_cuda_to_bf16(struct lmc_cuda_ctx *c, __nv_bfloat16 *dst, const float *s
     cvt_launch(c, dst, src, n);
 }
 
+/* ---- held operands (backend.h operand_hold / operand_release) ----
+ * The caller promises the held f32 ranges stay unchanged until their
+ * release; a GEMM reading one (or a part of one starting at a 256-byte
+ * offset of its bf16 copy: the plan's alignment key stays the scratch's)
+ * in the bf16 mode converts the whole range once into hold_buf and every
+ * later GEMM of the scope reads that copy: the same rounding of the same
+ * floats, so the same bits, one launch instead of one per GEMM. Holds
+ * nest (a stack of scopes; an operand held twice, as an adapter's A in the
+ * step's arena and in its linear's backward, is read from the outer copy).
+ * Lazy: a held range
+ * no bf16 GEMM reads costs nothing; hold_buf is grown at a use when the
+ * entries outgrow it, which drops every copy made so far (remade at
+ * their next use; it stops growing after the first step). */
+extern "C" void lmc_cuda_operand_hold(void *ctx, int n, const float *const *src, const int64_t *numel,
+                                      const uint16_t *const *copy) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    LMC_ASSERT(n >= 0 && c->n_scopes < LMC_CUDA_HOLDS);
+    c->scope0[c->n_scopes++] = c->n_holds;
+    size_t off = 0;
+    if (c->n_holds) {
+        const struct lmc_cuda_hold *e = &c->holds[c->n_holds - 1];
+        off = e->off + (e->copy ? 0 : lmc_cuda_al256((size_t)e->n * 2));
+    }
+    /* only the bf16 training mode rounds f32 operands (inference on BF16
+     * weights would only spend hold_buf) */
+    for (int i = 0; c->train_bf16 && i < n && c->n_holds < LMC_CUDA_HOLDS; i++) {
+        if (!src[i] || numel[i] <= 0) continue;
+        struct lmc_cuda_hold *h = &c->holds[c->n_holds++];
+        h->src = src[i], h->n = numel[i], h->off = off, h->done = false, h->copy = NULL;
+        /* a caller's copy at a 256-byte boundary (the plan key's alignment), else one made here */
+        if (copy && copy[i] && (uintptr_t)copy[i] % 256 == 0) {
+            h->copy = (const __nv_bfloat16 *)copy[i], h->done = true;
+            continue;
+        }
+        off += lmc_cuda_al256((size_t)numel[i] * 2);
+    }
+}
+
+extern "C" void lmc_cuda_operand_release(void *ctx) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    LMC_ASSERT(c->n_scopes > 0);
+    c->n_holds = c->scope0[--c->n_scopes];
+}
+
+const __nv_bfloat16 *lmc_cuda_operand_bf16(struct lmc_cuda_ctx *c, __nv_bfloat16 *dst, const float *src,
+                                           int64_t n) {
+    for (int i = 0; i < c->n_holds; i++) { /* outer scopes first: their copies are the likelier made */
+        struct lmc_cuda_hold *h = &c->holds[i];
+        if (src < h->src || src + n > h->src + h->n || ((size_t)(src - h->src) * 2) % 256) continue;
+        if (h->copy) return h->copy + (src - h->src);
+        const struct lmc_cuda_hold *e = &c->holds[c->n_holds - 1];
+        size_t need = e->off + (e->copy ? 0 : lmc_cuda_al256((size_t)e->n * 2));
+        if (need > c->hold_bytes) {
+            lmc_cuda_reserve(c, &c->hold_buf, &c->hold_bytes, need);
+            for (int j = 0; j < c->n_holds; j++) c->holds[j].done = c->holds[j].copy != NULL;
+        }
+        __nv_bfloat16 *b = (__nv_bfloat16 *)((char *)c->hold_buf + h->off);
+        if (!h->done) {
+            cvt_launch(c, b, h->src, h->n);
+            h->done = true;
+        }
+        return b + (src - h->src);
+    }
+    cvt_launch(c, dst, src, n);
+    return dst;
+}
+
 /* The GEMM operand dtype for weights of dtype dt: F32 weights run in bf16
  * in the mixed-precision training mode, else as stored. */
 static enum lmc_dtype gemm_dtype(const struct lmc_cuda_ctx *c, enum lmc_dtype dt) {
@@ -417,8 +485,8 @@ static const void *gemm_prep(struct lmc_cuda_ctx *c, const float *x, int64_t M, 
     size_t xb = lmc_cuda_al256((size_t)(M * K) * 2);
     size_t wb = dt != wdt ? (size_t)wmax * 2 : 0;
     lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, xb + wb);
-    if (dt == LMC_DTYPE_BF16) cvt_launch(c, (__nv_bfloat16 *)c->scratch, x, M * K);
-    else cvt_launch(c, (__half *)c->scratch, x, M * K);
+    if (dt == LMC_DTYPE_BF16) return lmc_cuda_operand_bf16(c, (__nv_bfloat16 *)c->scratch, x, M * K);
+    cvt_launch(c, (__half *)c->scratch, x, M * K);
     return c->scratch;
 }
 
@@ -432,8 +500,7 @@ static void gemm_run(struct lmc_cuda_ctx *c, float *y, const void *b, int64_t M,
     const void *a = w->data;
     if (dt != w->dtype) {
         __nv_bfloat16 *wb = (__nv_bfloat16 *)((char *)c->scratch + lmc_cuda_al256((size_t)(M * K) * 2));
-        lmc_cuda_to_bf16(c, wb, (const float *)w->data, N * K);
-        a = wb;
+        a = lmc_cuda_operand_bf16(c, wb, (const float *)w->data, N * K);
     }
     lmc_cuda_gemm(c, true, false, N, M, K, a, K, b, K, y, N, dt, bias, beta);
 }
@@ -603,16 +670,9 @@ extern "C" void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, 
     enum lmc_dtype dt = LMC_DTYPE_F32;
     if (b16 && (gx || gw)) {
         dt = LMC_DTYPE_BF16;
-        lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_dy), dy, M * N);
-        DY = s + o_dy;
-        if (gx && !w16) {
-            lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_w), (const float *)w->data, N * K);
-            W = s + o_w;
-        }
-        if (gw) {
-            lmc_cuda_to_bf16(c, (__nv_bfloat16 *)(s + o_x), x, M * K);
-            X = s + o_x;
-        }
+        DY = lmc_cuda_operand_bf16(c, (__nv_bfloat16 *)(s + o_dy), dy, M * N);
+        if (gx && !w16) W = lmc_cuda_operand_bf16(c, (__nv_bfloat16 *)(s + o_w), (const float *)w->data, N * K);
+        if (gw) X = lmc_cuda_operand_bf16(c, (__nv_bfloat16 *)(s + o_x), x, M * K);
     }
     if (gx) lmc_cuda_gemm(c, false, false, K, M, N, W, K, DY, N, dx, K, dt, NULL, accum_dx ? 1.0f : 0.0f);
     if (gw) lmc_cuda_gemm(c, false, true, K, N, M, X, K, DY, N, dw, K, dt, NULL, 1.0f);

@@ -71,6 +71,9 @@ void lmc_cuda_attn_block_bwd(void *ctx, float *dq, float *dk, float *dv, const f
  * are declared with the attention kernels). */
 void lmc_cuda_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float *dy,
                          const float *x, int64_t M, const struct lmc_mat *w, int accum_dx);
+void lmc_cuda_operand_hold(void *ctx, int n, const float *const *src, const int64_t *numel,
+                           const uint16_t *const *copy);
+void lmc_cuda_operand_release(void *ctx);
 void lmc_cuda_embed_bwd(void *ctx, float *dtable, const float *dy, const int32_t *ids, int64_t n,
                         int64_t C);
 void lmc_cuda_rmsnorm_bwd(void *ctx, float *dx, float *dw, const float *dy, const float *x,

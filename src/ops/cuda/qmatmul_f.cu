@@ -363,10 +363,7 @@ extern "C" void lmc_cuda_qmatmul_f_ex(void *ctx, float *y, const float *x, int64
     lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, xb + tb);
     char *s = (char *)c->scratch;
     const void *X = x;
-    if (bf) {
-        lmc_cuda_to_bf16(c, (__nv_bfloat16 *)s, x, M * k);
-        X = s;
-    }
+    if (bf) X = lmc_cuda_operand_bf16(c, (__nv_bfloat16 *)s, x, M * k);
     for (int64_t n0 = 0; n0 < n; n0 += T) {
         const int64_t nt = n - n0 < T ? n - n0 : T;
         qf_dequant(c, q, n0, nt, s + xb, bf);
@@ -387,12 +384,12 @@ extern "C" void lmc_cuda_qmatmul_f_bwd_ex(void *ctx, float *dx, const float *dy,
     const size_t db = bf ? lmc_cuda_al256((size_t)(M * n) * 2) : 0, tb = (size_t)(T * k) * (bf ? 2 : 4);
     lmc_cuda_reserve(c, &c->scratch, &c->scratch_bytes, db + tb);
     char *s = (char *)c->scratch;
-    if (bf) lmc_cuda_to_bf16(c, (__nv_bfloat16 *)s, dy, M * n);
+    const __nv_bfloat16 *dyb = bf ? lmc_cuda_operand_bf16(c, (__nv_bfloat16 *)s, dy, M * n) : NULL;
     for (int64_t n0 = 0; n0 < n; n0 += T) {
         const int64_t nt = n - n0 < T ? n - n0 : T;
         qf_dequant(c, q, n0, nt, s + db, bf);
         /* dx^T (k, M) (+)= tile^T (k, nt) @ dy[:, n0 : n0 + nt]^T (column-major (nt, M), ld n) */
-        const void *DY = bf ? (const void *)((const __nv_bfloat16 *)s + n0) : (const void *)(dy + n0);
+        const void *DY = bf ? (const void *)(dyb + n0) : (const void *)(dy + n0);
         lmc_cuda_gemm(c, false, false, k, M, nt, s + db, k, DY, n, dx, k, bf ? LMC_DTYPE_BF16 : LMC_DTYPE_F32, NULL,
                       accum_dx || n0 > 0 ? 1.0f : 0.0f);
     }
