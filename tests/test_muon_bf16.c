@@ -11,7 +11,11 @@
  *    fp32 step (lmc_muon_apply) on the same inputs;
  *  - through lmc_optim with bf16 forced: resume bit-exact, step_one = step;
  *    the default (auto) runs the fp32 iteration on the CPU;
- *  - `--muon-ns-dtype auto|bf16|f32` and its error. */
+ *  - `--muon-ns-dtype auto|bf16|f32` and its error, `--muon-ns-gram 0|1`;
+ *  - the Gram-space iteration (newton_schulz_gram.c) against the float64
+ *    plain one on odd rectangular shapes, both orientations, random and
+ *    gradient-like (ill-conditioned) inputs; the bf16 entry ignoring
+ *    ns_gram; the sensitivity to one-ulp input changes (printed). */
 #include "test.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/optim_ops.h"
@@ -228,6 +232,20 @@ static void test_gram(void) {
              * restarts every 2 or 3 iterations, ~0.9 without: bf16 rounding of A swamps A's small eigenvalues) */
             CHECK(c[3] == c[2] && e[3] == e[2]);
             if (!ill) CHECK_MSG(c[5] <= 1e-3 && e[5] <= 0.1, "%dx%d bf16 gram %.3e %.3e", rows, cols, c[5], e[5]);
+            /* sensitivity to last-bit input differences (a data-parallel all-reduce's): each element moved by
+             * one ulp at random, the change of the fp32 output, plain and Gram */
+            float *g2 = falloc(n), *p2 = falloc(n), *pa = falloc(n);
+            double dch[2];
+            for (int64_t i = 0; i < n; i++) g2[i] = test_rand(&seed) > 0 ? nextafterf(g[i], 1e30f) : g[i];
+            for (int gs = 0; gs < 2; gs++) {
+                ns_run(g, rows, cols, false, gs, pa), ns_run(g2, rows, cols, false, gs, p2);
+                double big = 0, d = 0;
+                for (int64_t i = 0; i < n; i++) big = fmax(big, fabs(pa[i])), d = fmax(d, fabs(pa[i] - p2[i]));
+                dch[gs] = d / big;
+            }
+            printf("    one-ulp input change: f32 output max change plain %.1e, gram %.1e (of the largest)\n", dch[0],
+                   dch[1]);
+            free(g2), free(p2), free(pa);
             free(g), free(p), free(ref);
         }
 }
@@ -448,6 +466,12 @@ static void test_flag(void) {
     i = 1;
     CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && c.muon_ns_auto);
     CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && !c.muon_ns_auto);
+    /* --muon-ns-gram 0|1 (default 1) */
+    CHECK(c.muon_ns_gram);
+    char *argv4[] = {"train", "--muon-ns-gram", "0", "--muon-ns-gram", "2"};
+    i = 1;
+    CHECK(!lmc_optim_parse_arg(&c, 5, argv4, &i, &used, &err) && used && i == 3 && !c.muon_ns_gram);
+    CHECK(lmc_optim_parse_arg(&c, 5, argv4, &i, &used, &err) == LMC_ERR_ARG && strstr(err.msg, "--muon-ns-gram"));
 }
 
 int main(void) {

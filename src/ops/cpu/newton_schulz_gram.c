@@ -78,8 +78,16 @@ float *lmc_ns_gram(float *X, float *Y, int64_t k, int64_t w, bool tall, const st
     bool fresh = true; /* Q = I */
     int since = 0;
     for (int it = 0; it < s->ns_steps; it++) {
-        symprod(bf16, k, A, A, P, ws); /* P = a I + b A + c A^2 */
-        for (int64_t i = 0; i < k * k; i++) P[i] = s->ns_b * A[i] + s->ns_c * P[i];
+        if (bf16) { /* P = a I + b A + c A^2 */
+            symprod(bf16, k, A, A, P, ws);
+            for (int64_t i = 0; i < k * k; i++) P[i] = s->ns_b * A[i] + s->ns_c * P[i];
+        } else { /* A A = A A^T: ssyrk's upper triangle over b A, mirrored */
+            memcpy(P, A, (size_t)(k * k) * sizeof *P);
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)k, (int)k, s->ns_c, A, (int)k, s->ns_b, P,
+                        (int)k);
+            for (int64_t i = 1; i < k; i++)
+                for (int64_t j = 0; j < i; j++) P[i * k + j] = P[j * k + i];
+        }
         for (int64_t i = 0; i < k; i++) P[i * k + i] += s->ns_a;
         const float *Pt = P;
         if (fresh) { /* Q = P: the buffers swap, P_t is in Q's */
