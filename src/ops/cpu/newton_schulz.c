@@ -7,7 +7,8 @@
  * float32; the Frobenius norm is accumulated in double). This is the
  * `--muon-ns-dtype f32` path; with s->ns_bf16 (the default) lmc_cpu_muon
  * runs muon_bf16.c's bf16-GEMM iteration instead; with s->ns_gram a
- * rectangular matrix's iteration runs in Gram space (newton_schulz_gram.c). */
+ * rectangular matrix's iteration runs in Gram space (newton_schulz_gram.c),
+ * restarted from X every LMC_NS_GRAM_RESTART iterations. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
@@ -39,7 +40,7 @@ float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_
     if (nrm < s->ns_eps) nrm = s->ns_eps;
     for (int64_t i = 0; i < k * n; i++) X[i] /= nrm;
     if (s->ns_gram && k < n) /* newton_schulz_gram.c */
-        return lmc_ns_gram(X, Y, k, n, false, s, 0, false, A, B, B + k * k, B + 2 * k * k,
+        return lmc_ns_gram(X, Y, k, n, false, s, LMC_NS_GRAM_RESTART, false, A, B, B + k * k, B + 2 * k * k,
                            NULL);
     const int K = (int)k, N = (int)n;
     for (int it = 0; it < s->ns_steps; it++) {
