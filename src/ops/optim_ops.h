@@ -35,7 +35,7 @@ struct lmc_muon_step {
                                 element-wise math): CUDA tensor cores, the CPU's vdpbf16ps
                                 GEMM (muon_bf16.c); 0: fp32 GEMMs */
     int ns_gram;             /* CPU, fp32 (ns_bf16 0): a rectangular matrix's iteration in
-                                Gram space (newton_schulz_gram.c; the same map, ~half the
+                                Gram space (newton_schulz_gram.c; the same map, 0.59x the
                                 flops at w = 4k); 0: the plain iteration. Square matrices,
                                 the bf16 iteration and CUDA stay plain */
 };

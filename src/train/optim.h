@@ -108,7 +108,7 @@ struct lmc_optim_cfg {
                                      set it false */
     bool muon_ns_gram;            /* true (--muon-ns-gram 1): on the CPU a rectangular matrix's
                                      Newton–Schulz runs in Gram space (ops/cpu/newton_schulz_gram.c,
-                                     ~half the flops at 4:1); false: the plain iteration */
+                                     0.59x the flops at 4:1); false: the plain iteration */
     /* GaLore (paper's LLaMA settings) */
     int galore_rank;              /* 128 */
     int galore_update_gap;        /* 200 */

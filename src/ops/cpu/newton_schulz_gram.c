@@ -6,17 +6,23 @@
  * the P's commute with each other and with the A's, and
  *   X_t = Q_t X_0,   Q_{t+1} = P_t Q_t (Q_0 = I, so Q_1 = P_0),
  *   A_{t+1} = P_t X_t X_t^T P_t = P_t A_t P_t,
- * all (k, k) and symmetric: each product is taken as its upper row blocks
- * and mirrored (half cost). Per iteration: A_t^2, P_t Q_t, P_t A_t and
- * (P_t A_t) P_t, 4 k^3 flops (the first has no Q product, the last no A
- * update), plus A_0 = X_0 X_0^T (k^2 w) and X = Q X_0 (2 k^2 w) once:
- * about 3 k^2 w + 17 k^3 for 5 steps instead of 5 (3 k^2 w + k^3).
+ * all (k, k) and symmetric: A_t^2 = A_t A_t^T through ssyrk (fp32), the
+ * other products as their upper row blocks, mirrored (half cost). Per
+ * step: A_t^2, P_t Q_t, P_t A_t and (P_t A_t) P_t, 4 k^3 flops (the first
+ * step after a start has no Q product, the last step no A update), plus
+ * A_0 = X_0 X_0^T (k^2 w) and X = Q X_0 (2 k^2 w) once: 3 k^2 w + 17 k^3
+ * for 5 steps instead of the plain 5 (3 k^2 w + k^3).
  *
- * A restart every `restart` iterations (0: never) forms X = Q X_0, takes
- * its Gram matrix afresh and resets Q ("stabilised" Gram Newton–Schulz):
- * A_t carried through products drifts from Q_t A_0 Q_t by the rounding of
- * every product (bf16 operands: ~2^-9 each), and the drift is not
- * corrected by the iteration as the plain one's is; a fresh A bounds it.
+ * A restart every `restart` steps forms X = Q X_0, takes its Gram matrix
+ * afresh and resets Q (+3 k^2 w). Without it, gradient-like spectra lose
+ * accuracy: A = X X^T squares X's conditioning, and A's small eigenvalues
+ * are carried through fp32 products from step 0 (tests/test_muon_bf16.c:
+ * largest error ~1e-3 of the largest element, against the plain
+ * iteration's ~1e-4). One restart after step 3 of 5 (LMC_NS_GRAM_RESTART,
+ * the muon entry's) brings it back to the plain iteration's errors, for
+ * 6 k^2 w + 14 k^3 flops (768 x 3072: 17.2 GFLOP against 29.4 plain).
+ * With bf16 operands no restart period helps (1 - cos ~0.15 on those
+ * inputs): the muon entries run this file in fp32 only.
  *
  * Layout: X is the parameter's own (tall = rows > cols: X (w, k), the Gram
  * matrix A = X^T X and X = X_0 Q); fp32 takes X row-major (k, w) only. */
