@@ -138,7 +138,7 @@ lmc_status lmc_optim_kind_parse(const char *s, enum lmc_optim_kind *out, lmc_err
 /* Command-line settings: if argv[*i] is one of the optimizer flags
  * (--optim KIND, --muon-lr X, --muon-momentum X, --muon-weight-decay X,
  * --muon-ns-steps N, --muon-nesterov 0|1, --muon-scale shape|moonlight,
- * --muon-ns-bf16 0|1 (= --muon-ns-dtype f32|bf16), --muon-ns-dtype auto|bf16|f32,
+ * --muon-ns-bf16 0|1 (= --muon-ns-dtype f32|bf16), --muon-ns-dtype auto|bf16|f32, --muon-ns-gram 0|1,
  * --galore-rank N, --galore-update-gap N, --galore-scale X, --apollo-rank N,
  * --apollo-update-gap N, --apollo-scale X, --apollo-scale-type
  * channel|tensor, --apollo-seed N, --adamw8bit-block N), consumes it and
