@@ -8,8 +8,12 @@
  * GaLore and APOLLO refresh their projection at step 1 and every `gap`
  * steps: the refresh step is timed on its own (step 1, also the warm-up)
  * and amortised over the default gap of 200.
+ * Muon's Newton–Schulz variants run as their own rows: muon (the CPU
+ * default: fp32, Gram space for the rectangular matrices), muon-plain
+ * (fp32, the plain iteration: --muon-ns-gram 0, the default before
+ * newton_schulz_gram.c), muon-bf16 (--muon-ns-dtype bf16: always plain).
  * Usage: bench_optim [rounds (default 3)] [threads (default 2)] [kinds, e.g.
- * adamw,adamw8bit (default all; AdamW is always run as the peer)] */
+ * adamw,adamw8bit,muon-bf16 (default all; AdamW is always run as the peer)] */
 #include "core/core.h"
 #include "ops/backend.h"
 #include "train/optim.h"
@@ -19,6 +23,11 @@
 #include <string.h>
 
 #define MAXP 256
+
+static const char *vname(int k, const char *v0, const char *v1) {
+    if (k < LMC_OPTIM_KIND_COUNT) return lmc_optim_kind_name((enum lmc_optim_kind)k);
+    return k == LMC_OPTIM_KIND_COUNT ? v0 : v1;
+}
 
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -73,14 +82,17 @@ int main(int argc, char **argv) {
     struct lmc_backend be;
     lmc_err err;
     if (lmc_backend_cpu_init(&be, threads, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
-    enum { K = LMC_OPTIM_KIND_COUNT };
+    /* the optimizer kinds, then Muon's variants */
+    enum { NV = 2, K = LMC_OPTIM_KIND_COUNT + NV };
+    static const struct { const char *name; bool bf16, gram; } var[NV] = {{"muon-plain", false, false},
+                                                                          {"muon-bf16", true, false}};
     static struct lmc_optim opt[K];
     double first[K], t[K][100];
     printf("GPT-2 124M parameter list: %d tensors, %lld parameters; %d threads, %d rounds\n", n, (long long)total,
            threads, rounds);
     bool on[K];
     for (int k = 0; k < K; k++) {
-        const char *nm = lmc_optim_kind_name((enum lmc_optim_kind)k);
+        const char *nm = vname(k, var[0].name, var[1].name);
         size_t l = strlen(nm);
         on[k] = k == 0 || !only;
         for (const char *q = only; q && *q && !on[k]; q += strcspn(q, ",") + (q[strcspn(q, ",")] == ',')) {
@@ -90,12 +102,16 @@ int main(int argc, char **argv) {
     for (int k = 0; k < K; k++) {
         if (!on[k]) continue;
         struct lmc_optim_cfg c;
-        lmc_optim_cfg_default(&c, (enum lmc_optim_kind)k);
+        lmc_optim_cfg_default(&c, k < LMC_OPTIM_KIND_COUNT ? (enum lmc_optim_kind)k : LMC_OPTIM_MUON);
         c.adamw.lr = 6e-4;
+        if (k >= LMC_OPTIM_KIND_COUNT) {
+            const int v = k - LMC_OPTIM_KIND_COUNT;
+            c.muon_ns_bf16 = var[v].bf16, c.muon_ns_auto = false, c.muon_ns_gram = var[v].gram;
+        }
         if (lmc_optim_init(&opt[k], &c, &be, ps, n, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
         char d[512];
         lmc_optim_describe(&opt[k], d, sizeof d);
-        printf("  %-11s %s\n", lmc_optim_kind_name((enum lmc_optim_kind)k), d);
+        printf("  %-15s %s\n", vname(k, var[0].name, var[1].name), d);
         double t0 = lmc_time_now();
         lmc_optim_step(&opt[k], 6e-4, 1, 1.0f); /* warm-up; GaLore/APOLLO's refresh step */
         first[k] = lmc_time_now() - t0;
@@ -115,10 +131,10 @@ int main(int argc, char **argv) {
         qsort(t[k], (size_t)rounds, sizeof(double), cmp_d);
         double med = rounds % 2 ? t[k][rounds / 2] : 0.5 * (t[k][rounds / 2 - 1] + t[k][rounds / 2]);
         if (k == 0) base = med;
-        bool refresh = k == LMC_OPTIM_GALORE || k == LMC_OPTIM_APOLLO || k == LMC_OPTIM_APOLLO_MINI;
+        const bool refresh = k == LMC_OPTIM_GALORE || k == LMC_OPTIM_APOLLO || k == LMC_OPTIM_APOLLO_MINI;
         double am = refresh ? (first[k] + 199 * med) / 200 : med;
         printf("| %s | %zu | %.3f | %.3f s | %.2fx | %s%.3f s | %.3f s | %.2fx |\n",
-               lmc_optim_kind_name((enum lmc_optim_kind)k), opt[k].state_bytes,
+               vname(k, var[0].name, var[1].name), opt[k].state_bytes,
                (double)opt[k].state_bytes / (double)total, med, med / base, refresh ? "" : "(warm-up) ", first[k],
                am, am / base);
     }

@@ -129,6 +129,7 @@ int main(void) {
         CHECK_MSG(!lmc_optim_init(&g.opt, &c, &gpu, g.ps, NP, &err), "%s", err.msg);
         struct lmc_optim_cfg c32 = c;
         c32.muon_ns_bf16 = false; /* the CPU side: the fp32 iteration, the reference for both GPU modes */
+        c32.muon_ns_gram = false; /* the plain iteration, as the GPU's (Gram space is the CPU's alone) */
         CHECK(!lmc_optim_init(&h.opt, &c32, &cpu, h.ps, NP, &err) &&
               !lmc_optim_init(&h2.opt, &c32, &cpu, h2.ps, NP, &err));
         for (int64_t t = 1; t <= 3; t++) side_step(&g, t, 1e-3), side_step(&h, t, 1e-3);

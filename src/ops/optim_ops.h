@@ -34,10 +34,15 @@ struct lmc_muon_step {
     int ns_bf16;             /* the iteration's GEMM operands in bf16 (fp32 accumulation and
                                 element-wise math): CUDA tensor cores, the CPU's vdpbf16ps
                                 GEMM (muon_bf16.c); 0: fp32 GEMMs */
+    int ns_gram;             /* CPU, fp32 (ns_bf16 0): a rectangular matrix's iteration in
+                                Gram space (newton_schulz_gram.c; the same map, 0.59x the
+                                flops at w = 4k); 0: the plain iteration. Square matrices,
+                                the bf16 iteration and CUDA stay plain */
 };
 
 /* Floats of work memory the muon op needs for a (rows, cols) matrix:
- * X and its next iterate (k*n each) and A, B (k*k each), k = min, n = max. */
+ * X and its next iterate (k*n each) and A, B and the Gram path's Q, T
+ * (k*k each), k = min, n = max. */
 int64_t lmc_muon_work_floats(int64_t rows, int64_t cols);
 
 /* Quintic Newton–Schulz on host memory: x (k, n) row-major, k <= n, is
@@ -172,6 +177,19 @@ size_t lmc_cpu_muon_bf16_ws(int64_t rows, int64_t cols);
  * (i, kk) at A[i*a_sm + kk*a_sk], B's (kk, j) at B[kk*b_sk + j*b_sn]), in
  * bf16 operands: only the row blocks' diagonal and right-hand parts are
  * computed, the strict lower triangle is mirrored. ws as above. */
+/* ops/cpu/newton_schulz_gram.c: s->ns_steps quintic iterations of the
+ * normalised X (k, w) (tall: X (w, k), bf16 only) in Gram space, restarted
+ * from X every `restart` iterations (0: never); returns the result, X or Y
+ * (both overwritten); A, P, Q, T: (k, k) scratch; ws: bf16's
+ * lmc_cpu_muon_bf16_ws (NULL for fp32). The bf16 mode is not used by the
+ * muon entries (it loses ill-conditioned inputs' small directions: see
+ * tests/test_muon_bf16.c); the fp32 one is lmc_newton_schulz_apply's. */
+/* The fp32 Gram path's restart period: one restart (after the third of 5
+ * steps) brings gradient-like inputs' errors back to the plain iteration's
+ * (without: 1 - cos ~5e-7, largest error ~1e-3 of the largest element) */
+#define LMC_NS_GRAM_RESTART 3
+float *lmc_ns_gram(float *X, float *Y, int64_t k, int64_t w, bool tall, const struct lmc_muon_step *s, int restart,
+                   bool bf16, float *A, float *P, float *Q, float *T, void *ws);
 void lmc_cpu_sym_gemm_bf16(int64_t k, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B,
                            int64_t b_sk, int64_t b_sn, float *C, void *ws);
 void lmc_cpu_adamw8bit(void *ctx, float *p, const float *g, uint8_t *qm, uint8_t *qv,

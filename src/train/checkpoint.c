@@ -235,6 +235,7 @@ static cJSON *optim_json(const struct lmc_optim_cfg *c) {
     add_i64(j, "muon_nesterov", c->muon_nesterov);
     cJSON_AddStringToObject(j, "muon_scale", c->muon_scale == LMC_MUON_SCALE_MOONLIGHT ? "moonlight" : "shape");
     add_i64(j, "muon_ns_bf16", c->muon_ns_bf16);
+    add_i64(j, "muon_ns_gram", c->muon_ns_gram);
     add_i64(j, "galore_rank", c->galore_rank);
     add_i64(j, "galore_update_gap", c->galore_update_gap);
     add_f64(j, "galore_scale", c->galore_scale);
@@ -374,6 +375,7 @@ static lmc_status parse_optim(const cJSON *op, const char *src, struct lmc_optim
     }
     if (!s && !(s = get_i64(op, "muon_nesterov", src, 0, &h, &iv, err)) && h) c->muon_nesterov = iv != 0;
     if (!s && !(s = get_i64(op, "muon_ns_bf16", src, 0, &h, &iv, err)) && h) c->muon_ns_bf16 = iv != 0;
+    if (!s && !(s = get_i64(op, "muon_ns_gram", src, 0, &h, &iv, err)) && h) c->muon_ns_gram = iv != 0;
     if (!s && !(s = get_i64(op, "q8_embed_8bit", src, 0, &h, &iv, err)) && h) c->q8_embed_8bit = iv != 0;
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(op, "muon_scale");
     if (!s && x) {

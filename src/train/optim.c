@@ -51,6 +51,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->muon_scale = LMC_MUON_SCALE_SHAPE;
     c->muon_ns_bf16 = true;
     c->muon_ns_auto = true;
+    c->muon_ns_gram = true;
     c->galore_rank = 128;
     c->galore_update_gap = 200;
     c->galore_scale = 0.25;
@@ -125,7 +126,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     static const char *const iflags[] = {"--muon-ns-steps", "--muon-nesterov", "--galore-rank",
                                          "--galore-update-gap", "--apollo-rank", "--apollo-update-gap",
                                          "--apollo-seed", "--adamw8bit-block", "--muon-ns-bf16",
-                                         "--adamw8bit-embed-8bit"};
+                                         "--adamw8bit-embed-8bit", "--muon-ns-gram"};
     double *dd[] = {&c->muon_lr, &c->muon_momentum, &c->muon_weight_decay, &c->galore_scale,
                     &c->apollo_scale};
     int k = 0;
@@ -140,8 +141,8 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
             t = D, dst = dd[k];
             if (k == 1) hi = 0.999999;
         } else {
-            for (k = 0; k < 10 && strcmp(f, iflags[k]); k++) {}
-            if (k == 10) return LMC_OK; /* not ours */
+            for (k = 0; k < 11 && strcmp(f, iflags[k]); k++) {}
+            if (k == 11) return LMC_OK; /* not ours */
             t = I;
         }
     }
@@ -176,7 +177,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
     } else if (t == D) {
         if ((s = num_arg(f, v, lo, hi, (double *)dst, err))) return s;
     } else {
-        const bool flag01 = k == 1 || k == 8 || k == 9;
+        const bool flag01 = k == 1 || k == 8 || k == 9 || k == 10;
         long long x = 0, ilo = flag01 || k == 6 ? 0 : 1, ihi = flag01 ? 1 : k == 6 ? INT64_MAX : 1 << 30;
         if ((s = int_arg(f, v, ilo, ihi, &x, err))) return s;
         switch (k) {
@@ -189,6 +190,7 @@ lmc_status lmc_optim_parse_arg(struct lmc_optim_cfg *c, int argc, char **argv, i
         case 6: c->apollo_seed = (uint64_t)x; break;
         case 8: c->muon_ns_bf16 = x != 0, c->muon_ns_auto = false; break;
         case 9: c->q8_embed_8bit = x != 0; break;
+        case 10: c->muon_ns_gram = x != 0; break;
         default: c->q8_block = (int)x; break;
         }
     }
@@ -347,7 +349,8 @@ static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_backe
         .momentum = (float)c->muon_momentum, .nesterov = c->muon_nesterov,
         .ns_steps = c->muon_ns_steps, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
         .ns_eps = 1e-7f, .decay_mul = (float)(1.0 - mlr * c->muon_weight_decay),
-        .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = muon_ns_bf16_on(c, be)};
+        .lr_adj = (float)(mlr * ratio), .grad_scale = grad_scale, .ns_bf16 = muon_ns_bf16_on(c, be),
+        .ns_gram = c->muon_ns_gram};
 }
 
 /* Whether Muon's tensors go through the backend's batched entry. */

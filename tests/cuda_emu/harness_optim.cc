@@ -272,6 +272,7 @@ static void test_optim() {
         c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE; /* the GPU's default (auto), on both sides */
         lmc_optim_cfg c32 = c;
         c32.muon_ns_bf16 = false; /* the CPU side runs the fp32 iteration: the reference */
+        c32.muon_ns_gram = false; /* and the plain one, as the GPU's (Gram space is the CPU's alone) */
         lmc_optim og, oc;
         lmc_err err;
         if (lmc_optim_init(&og, &c, &gpu, pg, np, &err) || lmc_optim_init(&oc, &c32, &cpu, pcpu, np, &err)) {

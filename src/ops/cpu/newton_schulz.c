@@ -6,7 +6,9 @@
  * ops/optim_ops.h states it (torch.optim.Muon's order of operations, in
  * float32; the Frobenius norm is accumulated in double). This is the
  * `--muon-ns-dtype f32` path; with s->ns_bf16 (the default) lmc_cpu_muon
- * runs muon_bf16.c's bf16-GEMM iteration instead. */
+ * runs muon_bf16.c's bf16-GEMM iteration instead; with s->ns_gram a
+ * rectangular matrix's iteration runs in Gram space (newton_schulz_gram.c),
+ * restarted from X every LMC_NS_GRAM_RESTART iterations. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
@@ -24,7 +26,7 @@ int64_t lmc_muon_batch_work_floats(int count, int64_t rows, int64_t cols) {
 
 int64_t lmc_muon_work_floats(int64_t rows, int64_t cols) {
     int64_t k = LMC_MIN(rows, cols), n = rows < cols ? cols : rows;
-    return 2 * k * n + 2 * k * k;
+    return 2 * k * n + 4 * k * k;
 }
 
 float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_muon_step *s,
@@ -37,6 +39,9 @@ float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_
     float nrm = (float)sqrt(ss);
     if (nrm < s->ns_eps) nrm = s->ns_eps;
     for (int64_t i = 0; i < k * n; i++) X[i] /= nrm;
+    if (s->ns_gram && k < n) /* newton_schulz_gram.c */
+        return lmc_ns_gram(X, Y, k, n, false, s, LMC_NS_GRAM_RESTART, false, A, B, B + k * k, B + 2 * k * k,
+                           NULL);
     const int K = (int)k, N = (int)n;
     for (int it = 0; it < s->ns_steps; it++) {
         /* A = X X^T (k, k), symmetric: the upper triangle by ssyrk, mirrored */
