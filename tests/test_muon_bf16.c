@@ -473,8 +473,11 @@ static void test_flag(void) {
     i = 1;
     CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && c.muon_ns_auto);
     CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && !c.muon_ns_auto);
-    /* --muon-ns-gram 0|1 (default 1) */
-    CHECK(c.muon_ns_gram);
+    /* --muon-ns-gram 0|1 (default 0) */
+    CHECK(!c.muon_ns_gram);
+    char *argv5[] = {"train", "--muon-ns-gram", "1"};
+    i = 1;
+    CHECK(!lmc_optim_parse_arg(&c, 3, argv5, &i, &used, &err) && used && i == 3 && c.muon_ns_gram);
     char *argv4[] = {"train", "--muon-ns-gram", "0", "--muon-ns-gram", "2"};
     i = 1;
     CHECK(!lmc_optim_parse_arg(&c, 5, argv4, &i, &used, &err) && used && i == 3 && !c.muon_ns_gram);
