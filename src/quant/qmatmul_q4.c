@@ -533,12 +533,13 @@ I4_AVX2 __m256 q8s_step(const uint8_t *p, __m256i xv, float dx, __m256 acc) {
 T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
                                   float *y, int64_t ldy) {
     const int64_t nb = w->k / 32, rb = w->row_bytes, pft = 4 * rb < Q4_PF_BYTES ? 2 : 1;
-    for (int64_t i = 0; i < x->m; i++) {
-        const uint8_t *xp = x->pairs + i * x->pair_stride;
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) {
+    int64_t r = r0;
+    /* a 4-row tile against every activation row (prefill: the tile stays in L1) */
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t i = 0; i < x->m; i++) {
+            const uint8_t *xp = x->pairs + i * x->pair_stride;
             const uint8_t *wp = w->data + r * rb, *pf = wp + pft * 4 * rb;
-            const int pf_on = Q4_PF_BYTES > 0 && r + (pft + 1) * 4 <= w->n;
+            const int pf_on = Q4_PF_BYTES > 0 && i == 0 && r + (pft + 1) * 4 <= w->n;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *sl = xp + (b / 2) * 128;
@@ -559,7 +560,9 @@ T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64
             float *yo = y + i * ldy + r;
             yo[0] = q8s_hsum(a0), yo[1] = q8s_hsum(a1), yo[2] = q8s_hsum(a2), yo[3] = q8s_hsum(a3);
         }
-        for (; r < r1; r++) {
+    for (; r < r1; r++)
+        for (int64_t i = 0; i < x->m; i++) {
+            const uint8_t *xp = x->pairs + i * x->pair_stride;
             const uint8_t *wp = w->data + r * rb;
             __m256 a0 = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
@@ -572,7 +575,6 @@ T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64
             }
             y[i * ldy + r] = q8s_hsum(a0);
         }
-    }
 }
 
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
