@@ -314,11 +314,54 @@ void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) {
     dot4[LMC_QK_U4G] = u4gx4_vnni;
 }
 
+/* GGUF Q6_K (super-blocks of 256: 128 bytes of low nibbles, 64 of high
+ * 2-bit pairs, 16 int8 sub-block scales, f16 d) against activation blocks
+ * of 32, AVX2 (any later instruction set runs it too): the four 32-code
+ * chunks of each half unpacked to unsigned 6-bit codes (0..63), maddubs with
+ * the activation codes (|pair| <= 16002: no saturation), madd with the two
+ * sub-block scales of the block (int16 lanes: sc[2b] for elements 0..15,
+ * sc[2b + 1] for 16..31) — exact int32 — then one FMA per block by d dx;
+ * the codes' offset of 32 as one float term per block from the activation
+ * sums, subtracted at the end. */
+T_AVX2 static float q6_k_avx2(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    (void)xf;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const __m256i m15 = _mm256_set1_epi8(15), m48 = _mm256_set1_epi8(48);
+    __m256 acc = _mm256_setzero_ps();
+    float corr = 0;
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += 210, x += 8) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        float d = f16at(p + 208);
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+            __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m48));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m48));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hb, m48));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m48));
+            for (int i = 0; i < 4; i++) {
+                const int b = 4 * h + i;
+                const struct lmc_q8act *a = &x[b];
+                __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[2 * b + 1]), _mm_set1_epi16(sc[2 * b]));
+                __m256i sv = _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], XQ(b)), scv);
+                float dd = d * a->d;
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sv), _mm256_set1_ps(dd), acc);
+                corr += dd * (float)(32 * (sc[2 * b] * a->s0 + sc[2 * b + 1] * a->s1));
+            }
+        }
+    }
+    return hsum_avx2(acc) - corr;
+}
+
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q8_0] = q8_0_avx2;
     dot[LMC_QK_Q4_0] = q4_0_avx2;
     dot[LMC_QK_Q4_1] = q4_1_avx2;
     dot[LMC_QK_Q4_K] = q4_k_avx2;
+    dot[LMC_QK_Q6_K] = q6_k_avx2;
     dot[LMC_QK_U4G] = u4g_avx2;
 }
 
@@ -327,6 +370,7 @@ void lmc_qdot_table_vnni(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q4_0] = q4_0_avx512;
     dot[LMC_QK_Q4_1] = q4_1_vnni;
     dot[LMC_QK_Q4_K] = q4_k_vnni;
+    dot[LMC_QK_Q6_K] = q6_k_avx2;
     dot[LMC_QK_U4G] = u4g_avx512;
     dot[LMC_QK_NF4] = nf4_avx512;
 }
