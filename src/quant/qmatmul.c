@@ -272,7 +272,6 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdot4_table_vnni(c->dot4);
         lmc_qdotm_table_q4_vnni(c->dotm);
         lmc_qdotm_table_q4k_vnni(c->dotm);
-        lmc_qdotm_table_x86(c->dotm);
         c->quantize = lmc_q8act_quantize_vnni();
         c->quantize_k = lmc_q8act_quantize_k_vnni();
         c->isa = LMC_QISA_AVX512VNNI;
@@ -281,7 +280,6 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdot4_table_avx2(c->dot4);
         lmc_qdotm_table_q4_avx2(c->dotm);
         lmc_qdotm_table_q4k_avx2(c->dotm);
-        lmc_qdotm_table_x86(c->dotm);
         c->quantize = lmc_q8act_quantize_avx2();
         c->quantize_k = lmc_q8act_quantize_k_avx2();
         c->isa = LMC_QISA_AVX2;

@@ -199,9 +199,6 @@ void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
 /* The small-M kernels (qmatmul_q4.c: Q8_0 with VNNI; Q4_0 and 4-bit
  * groups with VNNI or AVX2). */
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
-/* Q6_K's small-M form (qmatmul_x86.c, AVX2, on every x86 set from AVX2;
- * its activation layout: the rows' lmc_q8act blocks copied as they are). */
-void lmc_qdotm_table_x86(lmc_qdotm_fn *dotm);
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
 /* Q4_K's small-M kernel (qmatmul_q4k.c, VNNI or AVX2: the same bits) and
  * its activation layout: the 128-byte slots a row takes and rows [i0, i1)

@@ -45,8 +45,6 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
     if (w->kernel == LMC_QK_Q8_0) return (w->kp / 32 + 1) / 2; /* the pair layout, lane sums times -128 */
     if (w->kernel == LMC_QK_Q4_K) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
-    if (w->kernel == LMC_QK_Q6_K) /* the lmc_q8act blocks as they are (qmatmul_x86.c) */
-        return ((w->kp / 32) * (int64_t)sizeof(struct lmc_q8act) + Q4_PAIR - 1) / Q4_PAIR;
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
     return np;
@@ -106,12 +104,6 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
                            void *buf) {
     if (w->kernel == LMC_QK_Q4_K) {
         lmc_q4k_fill(w, xq, i0, i1, buf);
-        return;
-    }
-    if (w->kernel == LMC_QK_Q6_K) {
-        int64_t nb6 = w->kp / 32, np6 = lmc_q8rows_pairs(w);
-        for (int64_t i = i0; i < i1; i++)
-            memcpy((uint8_t *)buf + i * np6 * Q4_PAIR, xq + i * nb6, (size_t)nb6 * sizeof *xq);
         return;
     }
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);

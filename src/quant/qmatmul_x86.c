@@ -354,72 +354,38 @@ T_AVX2 static float q5_k_avx2(const struct lmc_qweight *w, int64_t row, const st
  * sc[2b + 1] for 16..31) — exact int32 — then one FMA per block by d dx;
  * the codes' offset of 32 as one float term per block from the activation
  * sums, subtracted at the end. */
-__attribute__((always_inline, target("avx2,fma,f16c"))) static inline void q6_k_sb(const uint8_t *p,
-                                                                                 const struct lmc_q8act *x,
-                                                                                 __m256 *acc, float *corr) {
-    const __m256i m15 = _mm256_set1_epi8(15), m48 = _mm256_set1_epi8(48);
-    const int8_t *sc = (const int8_t *)(p + 192);
-    float d = f16at(p + 208);
-    for (int h = 0; h < 2; h++) {
-        __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
-        __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
-        __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-        __m256i q[4];
-        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m48));
-        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m48));
-        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hb, m48));
-        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15),
-                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m48));
-        for (int i = 0; i < 4; i++) {
-            const int b = 4 * h + i;
-            const struct lmc_q8act *a = &x[b];
-            __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[2 * b + 1]), _mm_set1_epi16(sc[2 * b]));
-            __m256i sv = _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], XQ(b)), scv);
-            float dd = d * a->d;
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sv), _mm256_set1_ps(dd), *acc);
-            *corr += dd * (float)(32 * (sc[2 * b] * a->s0 + sc[2 * b + 1] * a->s1));
-        }
-    }
-}
-
 T_AVX2 static float q6_k_avx2(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
     (void)xf;
     const uint8_t *p = w->data + row * w->row_bytes;
+    const __m256i m15 = _mm256_set1_epi8(15), m48 = _mm256_set1_epi8(48);
     __m256 acc = _mm256_setzero_ps();
     float corr = 0;
-    for (int64_t sb = 0; sb < w->k / 256; sb++, p += 210, x += 8) q6_k_sb(p, x, &acc, &corr);
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += 210, x += 8) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        float d = f16at(p + 208);
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+            __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m48));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m48));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hb, m48));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m48));
+            for (int i = 0; i < 4; i++) {
+                const int b = 4 * h + i;
+                const struct lmc_q8act *a = &x[b];
+                __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[2 * b + 1]), _mm_set1_epi16(sc[2 * b]));
+                __m256i sv = _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], XQ(b)), scv);
+                float dd = d * a->d;
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sv), _mm256_set1_ps(dd), acc);
+                corr += dd * (float)(32 * (sc[2 * b] * a->s0 + sc[2 * b + 1] * a->s1));
+            }
+        }
+    }
     return hsum_avx2(acc) - corr;
 }
-
-/* Q6_K's small-M form: four weight rows at a time against each activation
- * row (x: the rows' lmc_q8act blocks as they are, lmc_q8rows_fill), each
- * row in q6_k_avx2's operation order: the same bits as the single-row
- * kernel, for every M; four independent chains instead of one. */
-T_AVX2 static void q6_k_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
-                                  float *y, int64_t ldy) {
-    const int64_t nsb = w->k / 256, rb = w->row_bytes;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        for (int64_t i = 0; i < x->m; i++) {
-            const struct lmc_q8act *xa = (const struct lmc_q8act *)(x->pairs + i * x->pair_stride);
-            const uint8_t *p = w->data + r * rb;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-            for (int64_t sb = 0; sb < nsb; sb++) {
-                q6_k_sb(p + 210 * sb, xa + 8 * sb, &a0, &c0);
-                q6_k_sb(p + rb + 210 * sb, xa + 8 * sb, &a1, &c1);
-                q6_k_sb(p + 2 * rb + 210 * sb, xa + 8 * sb, &a2, &c2);
-                q6_k_sb(p + 3 * rb + 210 * sb, xa + 8 * sb, &a3, &c3);
-            }
-            float *yo = y + i * ldy + r;
-            yo[0] = hsum_avx2(a0) - c0, yo[1] = hsum_avx2(a1) - c1, yo[2] = hsum_avx2(a2) - c2, yo[3] = hsum_avx2(a3) - c3;
-        }
-    for (; r < r1; r++)
-        for (int64_t i = 0; i < x->m; i++)
-            y[i * ldy + r] = q6_k_avx2(w, r, (const struct lmc_q8act *)(x->pairs + i * x->pair_stride), NULL);
-}
-
-void lmc_qdotm_table_x86(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q6_K] = q6_k_rows_avx2; }
 
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q8_0] = q8_0_avx2;
@@ -447,5 +413,4 @@ void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4) { (void)dot4; }
 void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) { (void)dot4; }
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) { (void)dot; }
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot) { (void)dot; }
-void lmc_qdotm_table_x86(lmc_qdotm_fn *dotm) { (void)dotm; }
 #endif
