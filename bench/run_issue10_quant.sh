@@ -18,7 +18,10 @@
 # -r 1 -t THREADS); peak RSS (the child's ru_maxrss = VmHWM) of every
 # process. Medians over rounds go to OUT as markdown.
 #   PEER_BIN=/work/peer-mamba/llama.cpp/build/bin bash bench/run_issue10_quant.sh
-# Environment: PEER_BIN (required), LMC (build/lmc), CACHE (/tmp/lmc-issue10),
+# Environment: PEER_BIN (required), LMC (build/lmc), LMC_BASE (optional: a
+# second lmc binary, e.g. main's, run right after LMC on every decode and
+# prefill: its decode and LMC's ratio to it join the table, A/B in one run),
+# CACHE (/tmp/lmc-issue10),
 # ROUNDS (3), THREADS (2), NDEC (32), MODELS ("r125m r1b"),
 # PEER_ARGS (extra llama-bench arguments, e.g. "--poll 0"; recorded),
 # PREP_ONLY=1 (make the models and stop: the first making of the 1.1B files
@@ -31,6 +34,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 PB=${PEER_BIN:?set PEER_BIN to the llama.cpp bin folder}
 LMC=${LMC:-build/lmc}
+LMC_BASE=${LMC_BASE:-}
 CACHE=${CACHE:-/tmp/lmc-issue10}
 ROUNDS=${ROUNDS:-3}
 T=${THREADS:-2}
@@ -136,17 +140,17 @@ done
 P512=$(python3 -c 'print("the quick brown fox "*25 + "abcdefghijkl")') # 512 tokens of the byte-level vocabulary
 RES=$CACHE/results.tsv
 : >"$RES"
-lmc_run() { # model type src
-  local out pf dc rss1 rss2
-  out=$(python3 "$CACHE/rss.py" "$LMC" generate -m "$3" -p "$P512" -n 1 --temp 0 --ignore-eos -t "$T" --device "$DEV")
-  log "  lmc $1 $2 prefill: $(echo "$out" | tr '\n' ' ')"
+lmc_run() { # model type src [binary engine-name]
+  local out pf dc rss1 rss2 bin=${4:-$LMC} eng=${5:-lmc}
+  out=$(python3 "$CACHE/rss.py" "$bin" generate -m "$3" -p "$P512" -n 1 --temp 0 --ignore-eos -t "$T" --device "$DEV")
+  log "  $eng $1 $2 prefill: $(echo "$out" | tr '\n' ' ')"
   pf=$(echo "$out" | sed -n 's/.*prompt 512 tokens in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p')
   rss1=$(echo "$out" | sed -n 's/^maxrss_kb //p')
-  out=$(python3 "$CACHE/rss.py" "$LMC" generate -m "$3" -p "ab" -n "$NDEC" --temp 0 --ignore-eos -t "$T" --device "$DEV")
-  log "  lmc $1 $2 decode: $(echo "$out" | tr '\n' ' ')"
+  out=$(python3 "$CACHE/rss.py" "$bin" generate -m "$3" -p "ab" -n "$NDEC" --temp 0 --ignore-eos -t "$T" --device "$DEV")
+  log "  $eng $1 $2 decode: $(echo "$out" | tr '\n' ' ')"
   dc=$(echo "$out" | sed -n 's/.*generated [0-9]* tokens at \([0-9.]*\) tok\/s.*/\1/p')
   rss2=$(echo "$out" | sed -n 's/^maxrss_kb //p')
-  printf '%s\t%s\tlmc\t%s\t%s\t%s\n' "$1" "$2" "${pf:-nan}" "${dc:-nan}" "$(( ${rss1:-0} > ${rss2:-0} ? ${rss1:-0} : ${rss2:-0} ))" >>"$RES"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$eng" "${pf:-nan}" "${dc:-nan}" "$(( ${rss1:-0} > ${rss2:-0} ? ${rss1:-0} : ${rss2:-0} ))" >>"$RES"
 }
 peer_run() { # model type gguf
   local out
@@ -163,25 +167,28 @@ for e in json.loads(js or '[]'):
     else: dc = e['avg_ts']
 print('$1', '$2', 'llama.cpp', pf, dc, rss, sep='\t')" >>"$RES"
 }
-log "start $START load $LOAD0 commit $(git rev-parse --short HEAD) threads $T rounds $ROUNDS ndec $NDEC peer_args '$PEER_ARGS'"
+log "start $START load $LOAD0 commit $(git rev-parse --short HEAD) lmc $LMC base '$LMC_BASE' threads $T rounds $ROUNDS ndec $NDEC peer_args '$PEER_ARGS'"
 for r in $(seq 1 "$ROUNDS"); do
   for m in $MODELS; do
     d=$CACHE/$m
     log "round $r $m ($(cut -d' ' -f1-3 /proc/loadavg))"
     lmc_run "$m" F16 "$d"
+    [ -n "$LMC_BASE" ] && lmc_run "$m" F16 "$d" "$LMC_BASE" base
     for q in $TYPES; do
       lmc_run "$m" "$q" "$d.$q.gguf"
+      [ -n "$LMC_BASE" ] && lmc_run "$m" "$q" "$d.$q.gguf" "$LMC_BASE" base
       peer_run "$m" "$q" "$d.$q.gguf"
     done
     lmc_run "$m" GPTQ-4 "$d-gptq4"
+    [ -n "$LMC_BASE" ] && lmc_run "$m" GPTQ-4 "$d-gptq4" "$LMC_BASE" base
   done
 done
 END=$(date -u +%FT%TZ)
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 log "end $END load $LOAD1"
-python3 - "$RES" "$OUT" "$START" "$END" "$LOAD0" "$LOAD1" "$(git rev-parse --short HEAD)" "$T" "$ROUNDS" "$NDEC" "$PEER_ARGS" "$CACHE" "$DEV" <<'PY'
+python3 - "$RES" "$OUT" "$START" "$END" "$LOAD0" "$LOAD1" "$(git rev-parse --short HEAD)" "$T" "$ROUNDS" "$NDEC" "$PEER_ARGS" "$CACHE" "$DEV" "$LMC_BASE" <<'PY'
 import math, statistics, subprocess, sys
-res, out, start, end, l0, l1, commit, T, R, ndec, pargs, cache, dev = sys.argv[1:]
+res, out, start, end, l0, l1, commit, T, R, ndec, pargs, cache, dev, base = sys.argv[1:]
 v = {}
 for line in open(res):
     m, t, eng, pf, dc, rss = line.rstrip("\n").split("\t")
@@ -226,6 +233,15 @@ for m in sorted({k[0] for k in v}, key=lambda s: s != "r125m"):
                  f"| {f(a[1])} | {f(b[1])} | {f(ratio(a[1], b[1]), 2)}x | {f(ratio(a[1], f16), 2)}x "
                  f"| {f(a[2] / 1024, 0)} | {f(b[2] / 1024, 0)} | {f(ratio(a[2], b[2]), 2)} |")
     L.append("")
+    if base:
+        L += [f"A/B in the same run: lmc ({commit}) against the base binary `{base}` (decode tok/s, medians)", "",
+              "| type | lmc decode | base decode | lmc / base | lmc prefill | base prefill | lmc / base |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for t in ("F16", "Q8_0", "Q4_0", "Q4_K", "GPTQ-4"):
+            a, b = med(m, t, "lmc", "dc"), med(m, t, "base", "dc")
+            pa, pb = med(m, t, "lmc", "pf"), med(m, t, "base", "pf")
+            L.append(f"| {t} | {f(a)} | {f(b)} | {f(ratio(a, b), 2)}x | {f(pa)} | {f(pb)} | {f(ratio(pa, pb), 2)}x |")
+        L.append("")
 L += ["## Raw lines", "", "```"] + [l.rstrip() for l in open(cache + "/run.log")] + ["```", ""]
 open(out, "w").write("\n".join(L))
 print("\n".join(L[: L.index("## Raw lines")]))

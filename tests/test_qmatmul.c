@@ -170,9 +170,9 @@ static void test_nf4_ternary(const struct lmc_qctx *c, uint64_t *rng, struct lmc
  * for bit; lmc_q8act_quantize_k shares d = amax / 127 over each 256 (one
  * super-block's scale in all 8 blocks, codes within +-127 and each code the
  * nearest to x / d), with the blocks' code sums. */
-static void test_quantizers(uint64_t *rng) {
+static void test_quantizers(uint64_t *rng, enum lmc_qisa isa) {
     struct lmc_qctx c;
-    lmc_qctx_init(&c, LMC_QISA_AVX512VNNI);
+    lmc_qctx_init(&c, isa);
     const int64_t n = 256 * 3;
     float *x = malloc((size_t)n * 4);
     struct lmc_q8act *a = malloc((size_t)(n / 32) * sizeof *a), *b = malloc((size_t)(n / 32) * sizeof *b);
@@ -204,10 +204,62 @@ static void test_quantizers(uint64_t *rng) {
     free(x), free(a), free(b);
 }
 
+/* The small-M kernels of Q4_K (VNNI; AVX2 with vpmaddwd + vpaddd in place
+ * of vpdpwssd) and Q8_0 (VNNI; AVX2 in the single-row kernel's order) on
+ * every instruction set that has them: row i of an M-row product is the
+ * same bits as the 1-row product of row i alone; Q4_K's are the same bits
+ * on both instruction sets, AVX2 Q8_0's those of the single-row kernel
+ * (c.dot). Odd N (the 1-row tail), K of 3 super-blocks (Q8_0: 7 blocks, an
+ * odd last pair), M 1..9 (two chunks of activation rows from 5). */
+static void test_small_m(int type, uint64_t *rng, struct lmc_pool *pool) {
+    const int64_t n = 39, k = type == LMC_GGML_Q4_K ? 256 * 3 : 32 * 7, mmax = 9;
+    const char *nm = lmc_ggml_type_name(type);
+    int64_t rb;
+    CHECK(lmc_ggml_row_bytes(type, k, &rb));
+    float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(mmax * k) * 4);
+    float *y = malloc((size_t)(mmax * n) * 4), *y1 = malloc((size_t)n * 4), *first = malloc((size_t)(mmax * n) * 4);
+    uint8_t *wq = malloc((size_t)(n * rb));
+    struct lmc_q8act *xq = malloc((size_t)(k / 32) * sizeof *xq);
+    for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 16) % 7));
+    for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(type, wf + o * k, wq + o * rb, k);
+    for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
+    lmc_err err = {0};
+    struct lmc_qweight w;
+    CHECK(lmc_qweight_init_ggml(&w, type, wq, n, k, &err) == LMC_OK);
+    void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, mmax) + 63) / 64 * 64);
+    int sets = 0;
+    for (int isa = LMC_QISA_AVX2; isa <= LMC_QISA_AVX512VNNI; isa++) {
+        struct lmc_qctx c;
+        if (lmc_qctx_init(&c, (enum lmc_qisa)isa) != (enum lmc_qisa)isa || !c.dotm[w.kernel]) continue;
+        for (int64_t m = 1; m <= mmax; m++) {
+            lmc_qmatmul(&c, &w, y, x, m, scratch, m % 2 ? pool : NULL);
+            for (int64_t i = 0; i < m; i++) {
+                lmc_qmatmul(&c, &w, y1, x + i * k, 1, scratch, NULL);
+                CHECK_MSG(memcmp(y1, y + i * n, (size_t)n * 4) == 0, "%s [%s]: row %lld of M = %lld differs from M = 1",
+                          nm, lmc_qisa_name(c.isa), (long long)i, (long long)m);
+                if (type == LMC_GGML_Q8_0 && isa == LMC_QISA_AVX2) {
+                    c.quantize(x + i * k, k, xq);
+                    for (int64_t o = 0; o < n; o++)
+                        CHECK_MSG(c.dot[w.kernel](&w, o, xq, NULL) == y1[o], "Q8_0 [avx2]: row %lld differs from the single-row kernel",
+                                  (long long)o);
+                }
+            }
+        }
+        if (sets++ == 0) memcpy(first, y, (size_t)(mmax * n) * 4);
+        else if (type == LMC_GGML_Q4_K)
+            CHECK_MSG(memcmp(first, y, (size_t)(mmax * n) * 4) == 0, "Q4_K: AVX2 and VNNI differ");
+    }
+    printf("%s small-M kernel: %d instruction set(s) checked\n", nm, sets);
+    CHECK(sets >= 1 || !__builtin_cpu_supports("avx2"));
+    lmc_qweight_free(&w);
+    free(scratch), free(wf), free(x), free(y), free(y1), free(first), free(wq), free(xq);
+}
+
 int main(void) {
     lmc_err err = {0};
     uint64_t qrng = 99;
-    test_quantizers(&qrng);
+    test_quantizers(&qrng, LMC_QISA_AVX2);
+    test_quantizers(&qrng, LMC_QISA_AVX512VNNI);
     struct lmc_pool *pool = NULL;
     CHECK(lmc_pool_init(&pool, 2, &err) == LMC_OK);
     enum lmc_qisa seen = (enum lmc_qisa)-1;
@@ -222,6 +274,9 @@ int main(void) {
         test_groups(&c, &rng, pool);
         test_nf4_ternary(&c, &rng, pool);
     }
+    uint64_t krng = 77;
+    test_small_m(LMC_GGML_Q4_K, &krng, pool);
+    test_small_m(LMC_GGML_Q8_0, &krng, pool);
     struct lmc_qweight w;
     CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_F16, NULL, 4, 32, &err) == LMC_ERR_UNSUPPORTED);
     CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_Q4_K, NULL, 4, 100, &err) == LMC_ERR_FORMAT);

@@ -310,13 +310,11 @@ void lmc_linear_fwd_swiglu(const struct lmc_backend *be, const struct lmc_linear
                            const struct lmc_linear *U, float *y, const float *x, int64_t M,
                            float *tmp) {
     if (G->format == LMC_WFMT_QUANT || U->format == LMC_WFMT_QUANT || G->observe || U->observe) {
-        const struct lmc_linear *GU[2] = {G, U};
-        struct holds h;
-        hold_x(be, &h, 2, GU, x, M);
-        hold_begin(be, &h);
-        quant_fwd(be, G, y, x, M);
-        quant_fwd(be, U, tmp, x, M);
-        hold_end(be, &h);
+        /* gate and up as one quantized job where they can (qmatmul_multi:
+         * the input quantized once, one pool run; the same bits) */
+        const struct lmc_linear *L[2] = {G, U};
+        float *ys[2] = {y, tmp};
+        lmc_linear_fwd(be, 2, L, ys, x, M);
         be->swiglu(be->ctx, y, y, tmp, M * G->w.rows);
         return;
     }

@@ -279,6 +279,9 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
         lmc_qdot_table_avx2(t);
         lmc_qdot4_table_avx2(c->dot4);
         lmc_qdotm_table_q4_avx2(c->dotm);
+        lmc_qdotm_table_q4k_avx2(c->dotm);
+        c->quantize = lmc_q8act_quantize_avx2();
+        c->quantize_k = lmc_q8act_quantize_k_avx2();
         c->isa = LMC_QISA_AVX2;
     }
     for (int i = 0; i < LMC_QK_COUNT; i++)

@@ -200,9 +200,11 @@ void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
  * groups with VNNI or AVX2). */
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
-/* Q4_K's small-M kernel (qmatmul_q4k.c, VNNI) and its activation layout:
- * the 128-byte slots a row takes and rows [i0, i1) filled into buf. */
+/* Q4_K's small-M kernel (qmatmul_q4k.c, VNNI or AVX2: the same bits) and
+ * its activation layout: the 128-byte slots a row takes and rows [i0, i1)
+ * filled into buf. */
 void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm);
+void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm);
 int64_t lmc_q4k_slots(const struct lmc_qweight *w);
 void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1, void *buf);
 /* The slots a row (qmatmul_q4.c: Q4_0 and groups pair blocks within a
@@ -215,6 +217,9 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
  * blocks, bit for bit). */
 lmc_q8quant_fn lmc_q8act_quantize_vnni(void);
 lmc_q8quant_fn lmc_q8act_quantize_k_vnni(void);
+/* And their AVX2 forms (the same blocks, bit for bit). */
+lmc_q8quant_fn lmc_q8act_quantize_avx2(void);
+lmc_q8quant_fn lmc_q8act_quantize_k_avx2(void);
 /* m rows of w->kp / 32 activation blocks each (row i's at xq + i * kp / 32)
  * into the small-M layout of w's kind in buf (lmc_q8rows_bytes(w, m) bytes, 64-byte
  * aligned); out points into buf. */

@@ -1,7 +1,8 @@
 /* qmatmul_q4.c — the small-M quantized products (any number of
  * activation rows, decode's M = 1 first) for GGUF Q4_0, lmc's 4-bit groups
  * (GPTQ/AWQ/rtn/ternary; the same scheme, pairs within a group, further
- * below) and GGUF Q8_0 (VNNI only, at the end), on 256-bit vectors:
+ * below) and GGUF Q8_0 (at the end; AVX2 in the single-row kernel's order),
+ * on 256-bit vectors:
  * AVX-512 VNNI (vpdpbusd on ymm; Zen 4 runs 512-bit integer ops as two
  * halves, so ymm loses nothing and needs no cross-lane unpacking) and AVX2
  * (maddubs + madd: the same integers).
@@ -504,12 +505,85 @@ static void q8_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, co
 }
 
 
+/* Q8_0 with AVX2 (maddubs cannot take the VNNI kernel's codes + 128: its
+ * int16 pairs would saturate): per weight row and block the sign trick of
+ * qmatmul_x86.c's single-row kernel, in its operation order (one FMA chain
+ * per (weight row, activation row), block by block, then its horizontal
+ * sum), so each product is the same bits as that kernel's and the same for
+ * every M. Four weight rows at a time share the activation block, rebuilt
+ * from the pair layout (elements 0..15 of both blocks in xa, 16..31 in xb;
+ * scales at slot + 64, lanes 0 and 4), and are software-prefetched as the
+ * 4-bit tiles are. */
+T4_AVX2 static inline float q8s_hsum(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+I4_AVX2 __m256 q8s_step(const uint8_t *p, __m256i xv, float dx, __m256 acc) {
+    __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
+    __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)),
+                                  _mm256_set1_epi16(1));
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(_cvtsh_ss(h) * dx), acc);
+}
+
+T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
+                                  float *y, int64_t ldy) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes, pft = 4 * rb < Q4_PF_BYTES ? 2 : 1;
+    int64_t r = r0;
+    /* a 4-row tile against every activation row (prefill: the tile stays in L1) */
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t i = 0; i < x->m; i++) {
+            const uint8_t *xp = x->pairs + i * x->pair_stride;
+            const uint8_t *wp = w->data + r * rb, *pf = wp + pft * 4 * rb;
+            const int pf_on = Q4_PF_BYTES > 0 && i == 0 && r + (pft + 1) * 4 <= w->n;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *sl = xp + (b / 2) * 128;
+                __m256i xa = _mm256_load_si256((const __m256i *)sl), xb = _mm256_load_si256((const __m256i *)(sl + 32));
+                __m256i xv = b % 2 ? _mm256_permute2x128_si256(xa, xb, 0x31) : _mm256_permute2x128_si256(xa, xb, 0x20);
+                float dx;
+                memcpy(&dx, sl + 64 + 16 * (b % 2), 4);
+                if (pf_on) {
+                    _mm_prefetch((const char *)pf + 136 * b, _MM_HINT_T0);
+                    _mm_prefetch((const char *)pf + 136 * b + 64, _MM_HINT_T0);
+                    _mm_prefetch((const char *)pf + 136 * b + 128, _MM_HINT_T0);
+                }
+                a0 = q8s_step(wp + 34 * b, xv, dx, a0);
+                a1 = q8s_step(wp + rb + 34 * b, xv, dx, a1);
+                a2 = q8s_step(wp + 2 * rb + 34 * b, xv, dx, a2);
+                a3 = q8s_step(wp + 3 * rb + 34 * b, xv, dx, a3);
+            }
+            float *yo = y + i * ldy + r;
+            yo[0] = q8s_hsum(a0), yo[1] = q8s_hsum(a1), yo[2] = q8s_hsum(a2), yo[3] = q8s_hsum(a3);
+        }
+    for (; r < r1; r++)
+        for (int64_t i = 0; i < x->m; i++) {
+            const uint8_t *xp = x->pairs + i * x->pair_stride;
+            const uint8_t *wp = w->data + r * rb;
+            __m256 a0 = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *sl = xp + (b / 2) * 128;
+                __m256i xa = _mm256_load_si256((const __m256i *)sl), xb = _mm256_load_si256((const __m256i *)(sl + 32));
+                __m256i xv = b % 2 ? _mm256_permute2x128_si256(xa, xb, 0x31) : _mm256_permute2x128_si256(xa, xb, 0x20);
+                float dx;
+                memcpy(&dx, sl + 64 + 16 * (b % 2), 4);
+                a0 = q8s_step(wp + 34 * b, xv, dx, a0);
+            }
+            y[i * ldy + r] = q8s_hsum(a0);
+        }
+}
+
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_Q8_0] = q8_rows_vnni;
     dotm[LMC_QK_Q4_0] = q4_rows_vnni;
     dotm[LMC_QK_U4G] = q4g_rows_vnni;
 }
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q8_0] = q8s_rows_avx2;
     dotm[LMC_QK_Q4_0] = q4_rows_avx2;
     dotm[LMC_QK_U4G] = q4g_rows_avx2;
 }

@@ -1,8 +1,10 @@
 /* qmatmul_q4k.c — the small-M product (any number of activation rows,
  * decode's M = 1 first) for GGUF Q4_K (super-blocks of 256: fp16 d and
  * dmin, eight 6-bit sub-block scales and mins, 128 nibble bytes), AVX-512
- * VNNI on 256-bit vectors, in the 4 weight rows x up to 4 activation rows
- * tiles of qmatmul_q4.c.
+ * VNNI on 256-bit vectors or AVX2 (vpdpwssd as vpmaddwd + vpaddd: the same
+ * integers, so the same bits), in the 4 weight rows x up to 4 activation
+ * rows tiles of qmatmul_q4.c. The tile's body is qmatmul_q4k_tile.h,
+ * included once per instruction set.
  *
  * The activations share one scale dx per super-block (lmc_q8act_quantize_k,
  * as llama.cpp's q8_K), so a weight element d sc_j q - dmin mn_j (q 0..15,
@@ -63,174 +65,34 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 #define K_PF_BYTES 4096
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
 #define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (8 x 2 int16), dmin mn (8 floats), d (8) */
-#define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-#define IK __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
-
-/* A super-block's sc_j (j = 0..7) into sc as 8 dwords sc_j | sc_j << 16,
- * dmin mn_j (8 floats) into mn and d (8 times) into d: the 12 scale bytes
- * as three little-endian words w0 w1 w2 (bytes 0-3: the low 6 bits of
- * sc_0..3, their top 2 bits the high bits of sc_4..7; bytes 4-7 likewise
- * for mn; bytes 8-11: the low 4 bits of sc_4..7, high 4 of mn_4..7),
- * unpacked in one xmm: lanes (w0, w2, w1, w2 >> 4) masked to 6, 4, 6, 4
- * bits, lanes 1 and 3 or'ed with bits 6-7 of w0 and w1 moved to bits 4-5:
- * sc_0..7 then mn_0..7 as bytes. (The 16-byte load stays inside the
- * 144-byte block.) */
-IK void q4k_scales(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
-    __m128i w = _mm_loadu_si128((const __m128i *)(b + 4));
-    __m128i lo = _mm_srlv_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(2, 1, 2, 0)), _mm_set_epi32(4, 0, 0, 0));
-    lo = _mm_and_si128(lo, _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
-    __m128i hi = _mm_and_si128(_mm_srli_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(1, 1, 0, 0)), 2),
-                               _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
-    __m128i v = _mm_or_si128(lo, hi);
-    uint32_t dd;
-    memcpy(&dd, b, 4);
-    __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
-    __m256i s32 = _mm256_cvtepu8_epi32(v);
-    *sc = _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16));
-    *d = _mm256_broadcastss_ps(dm);
-    *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
-                        _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(dm)));
-}
-
-/* sc_j in every int16 lane: dword j of a row's stored scales (sc_j in both halves), broadcast from memory. */
-IK __m256i q4k_bcast(const int32_t *scw, int j) { return _mm256_set1_epi32(scw[j]); }
-
-/* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
- * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
- * r's at pre + K_PRE (r nsb + s)) and un their codes unpacked (256 bytes
- * per row and super-block: per chunk c the low-nibble then the high-nibble
- * codes), or both NULL to decode them here (the same values, so the same
- * bits). */
-IK void q4k_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0, int MR,
-                 float *y, int64_t ldy, const uint8_t *pre_, const uint8_t *un, const int PRE) {
-    const uint8_t *pre = PRE ? pre_ : NULL; /* a constant per instance: no branch in the loops */
-    const int64_t nsb = w->k / 256, rb = w->row_bytes;
-    const uint8_t *wp = w->data + row * rb;
-    const uint8_t *xp = x->pairs + i0 * x->pair_stride;
-    const __m256i m15 = _mm256_set1_epi8(15);
-    __m256 acc[4][K_MR];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
-        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
-    /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) pft tiles ahead, swept at
-     * the rate this tile reads its own (576 bytes a super-block) */
-    const int64_t pft = (4 * rb < K_PF_BYTES ? 2 : 1); /* tiles ahead */
-    const uint8_t *pf = wp + pft * 4 * rb;
-    const int pf_on = !pre && R == 4 && row + (pft + 1) * 4 <= w->n;
-    for (int64_t s = 0; s < nsb; s++) {
-        if (pf_on)
-            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
-        _Alignas(32) int32_t scs[4][8];
-        const int32_t *scw[4];
-        __m256 mnv[4], dv[4];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            if (pre) {
-                const uint8_t *p = pre + K_PRE * (r * nsb + s);
-                scw[r] = (const int32_t *)p;
-                mnv[r] = _mm256_load_ps((const float *)(p + 32));
-                dv[r] = _mm256_load_ps((const float *)(p + 64));
-            } else {
-                __m256i sc;
-                q4k_scales(wp + r * rb + 144 * s, &sc, &mnv[r], &dv[r]);
-                _mm256_store_si256((__m256i *)scs[r], sc);
-                scw[r] = scs[r];
-            }
-        }
-        const uint8_t *xs = xp + s * Q4K_SLOTS * 128;
-        __m256i ia[4][K_MR];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
-            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) ia[r][i] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8") for (int h = 0; h < 8; h++) { /* sub-block h: chunk h / 2, nibbles h % 2 */
-            const int c = h / 2;
-            __m256i q[4], sj[4];
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                if (pre) {
-                    q[r] = _mm256_load_si256((const __m256i *)(un + (r * nsb + s) * 256 + 32 * h));
-                } else {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
-                    q[r] = h % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15) : _mm256_and_si256(v, m15);
-                }
-                sj[r] = q4k_bcast(scw[r], h);
-            }
-            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-                __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 32 * h));
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
-                    ia[r][i] = _mm256_dpwssd_epi32(ia[r][i], _mm256_maddubs_epi16(q[r], xa), sj[r]);
-            }
-        }
-        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-            const uint8_t *a = xs + i * x->pair_stride;
-            __m256 f = _mm256_load_ps((const float *)(a + 256));
-            __m256 dx = _mm256_broadcast_ss((const float *)(a + 288));
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r][i]), _mm256_mul_ps(dv[r], dx), acc[r][i]);
-                acc[r][i] = _mm256_fnmadd_ps(mnv[r], f, acc[r][i]);
-            }
-        }
-    }
-    const __m256 zero = _mm256_setzero_ps();
-    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-        __m256 a = acc[0][i], b = R > 1 ? acc[1][i] : zero, c = R > 2 ? acc[2][i] : zero, d = R > 3 ? acc[3][i] : zero;
-        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-        __m128 sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        if (R == 4) _mm_storeu_ps(y + (i0 + i) * ldy + row, sum);
-        else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(sum);
-    }
-}
 
 typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
                        const uint8_t *, const uint8_t *);
-#define K_ONE(R, MR, P)                                                                                         \
-    TK static void q4k_##R##x##MR##_##P(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,   \
-                                        int64_t i0, float *y, int64_t ldy, const uint8_t *pre,                \
-                                        const uint8_t *un) {                                                  \
-        q4k_tile(w, row, R, x, i0, MR, y, ldy, pre, un, P);                                                   \
-    }
-K_ONE(4, 1, 0) K_ONE(4, 2, 0) K_ONE(4, 3, 0) K_ONE(4, 4, 0) K_ONE(1, 1, 0) K_ONE(1, 2, 0) K_ONE(1, 3, 0) K_ONE(1, 4, 0)
-K_ONE(4, 1, 1) K_ONE(4, 2, 1) K_ONE(4, 3, 1) K_ONE(4, 4, 1) K_ONE(1, 1, 1) K_ONE(1, 2, 1) K_ONE(1, 3, 1) K_ONE(1, 4, 1)
-/* [pre][R == 1][MR] */
-static const q4k_fn q4k_fns[2][2][K_MR + 1] = {
-    {{NULL, q4k_4x1_0, q4k_4x2_0, q4k_4x3_0, q4k_4x4_0}, {NULL, q4k_1x1_0, q4k_1x2_0, q4k_1x3_0, q4k_1x4_0}},
-    {{NULL, q4k_4x1_1, q4k_4x2_1, q4k_4x3_1, q4k_4x4_1}, {NULL, q4k_1x1_1, q4k_1x2_1, q4k_1x3_1, q4k_1x4_1}}};
 
-TK static void q4k_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
-                          int64_t ldy) {
-    int64_t nch = (x->m + K_MR - 1) / K_MR, nsb = w->k / 256;
-    /* More than one chunk of activation rows: each 4-row tile's scales decoded and codes unpacked once for
-     * all of them. */
-    _Alignas(64) uint8_t pre[4 * K_PRE * K_PRE_MAX];
-    _Alignas(64) uint8_t un[4 * 256 * K_PRE_MAX];
-    const int use_pre = nch > 1 && nsb <= K_PRE_MAX;
-    for (int64_t r = r0; r < r1;) {
-        int four = r + 4 <= r1, R = four ? 4 : 1;
-        if (use_pre)
-            for (int t = 0; t < R; t++)
-                for (int64_t s = 0; s < nsb; s++) {
-                    __m256i sc;
-                    __m256 mn, d;
-                    const uint8_t *b = w->data + (r + t) * w->row_bytes + 144 * s;
-                    q4k_scales(b, &sc, &mn, &d);
-                    uint8_t *p = pre + K_PRE * (t * nsb + s);
-                    _mm256_store_si256((__m256i *)p, sc);
-                    _mm256_store_ps((float *)(p + 32), mn);
-                    _mm256_store_ps((float *)(p + 64), d);
-                    for (int c = 0; c < 4; c++) {
-                        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * c));
-                        uint8_t *u = un + (t * nsb + s) * 256 + 64 * c;
-                        _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, _mm256_set1_epi8(15)));
-                        _mm256_store_si256((__m256i *)(u + 32),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)));
-                    }
-                }
-        for (int64_t c = 0; c < nch; c++) {
-            int64_t base = x->m / nch, rem = x->m % nch, i0 = c * base + LMC_MIN(c, rem);
-            int mr = (int)(base + (c < rem));
-            q4k_fns[use_pre][four ? 0 : 1][mr](w, r, x, i0, y, ldy, pre, un);
-        }
-        r += R;
-    }
-}
+/* The kernel once per instruction set (qmatmul_q4k_tile.h): VNNI's
+ * vpdpwssd, AVX2's vpmaddwd + vpaddd (the same integers, the same bits). */
+#define KT_SUF vnni
+#define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define IK __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
+#define KT_DPWSSD(s, a, b) _mm256_dpwssd_epi32(s, a, b)
+#define KT_DMIN(dm) _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(dm))
+#include "quant/qmatmul_q4k_tile.h"
+#undef KT_SUF
+#undef TK
+#undef IK
+#undef KT_DPWSSD
+#undef KT_DMIN
+
+#define KT_SUF avx2
+#define TK __attribute__((target("avx2,fma,f16c")))
+#define IK __attribute__((always_inline, target("avx2,fma,f16c"))) static inline
+#define KT_DPWSSD(s, a, b) _mm256_add_epi32(s, _mm256_madd_epi16(a, b))
+#define KT_DMIN(dm) _mm256_broadcastss_ps(_mm_movehdup_ps(dm))
+#include "quant/qmatmul_q4k_tile.h"
 
 void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_K] = q4k_rows_vnni; }
+void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_K] = q4k_rows_avx2; }
 #else
 void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
+void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) { (void)dotm; }
 #endif

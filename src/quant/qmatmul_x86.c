@@ -3,7 +3,7 @@
  * AVX-512 VNNI (vpdpbusd on 256-bit vectors), for Q8_0, Q4_0, Q4_1, Q4_K and
  * lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary), each also in a four-row form
  * that unpacks a weight block once for four activation rows (Q4_1 single
- * row only); NF4 with AVX-512's 16-entry
+ * row only); Q5_K and Q6_K single-row on AVX2 (VNNI CPUs run those too); NF4 with AVX-512's 16-entry
  * table lookup (vpermps). Q4_0's and the groups' zero points are subtracted
  * in integers (a second dot of the zero against the activations: exact),
  * and the four-row forms do each row's operations in the single-row order,
@@ -19,8 +19,8 @@
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512dq,avx512bw,avx512vl,avx512vnni")))
-#define T_VNNI_KEEP __attribute__((unused, target("avx2,fma,f16c,avx512f,avx512dq,avx512bw,avx512vl,avx512vnni")))
+#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define T_VNNI_KEEP __attribute__((unused, target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
 T_AVX2 static inline float f16at(const uint8_t *p) {
     uint16_t h;
@@ -314,11 +314,86 @@ void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4) {
     dot4[LMC_QK_U4G] = u4gx4_vnni;
 }
 
+/* GGUF Q5_K (super-blocks of 256: f16 d and dmin, Q4_K's 12 scale bytes,
+ * 32 bytes of fifth bits, 128 nibble bytes) against activation blocks of 32,
+ * AVX2 (any later instruction set runs it too): Q4_K's single-row kernel
+ * with the fifth bit of each code or'ed in (chunk c: bits 2c and 2c + 1 of
+ * qh), codes 0..31 (maddubs pairs <= 7874: no saturation). */
+T_AVX2 static float q5_k_avx2(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    (void)xf;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    float corr = 0;
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += 176, x += 8) {
+        int16_t sc[8], mn[8];
+        lmc_ggml_kscales_unpack(p + 4, sc, mn);
+        float d = f16at(p), dmin = f16at(p + 2);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 16));
+        for (int c = 0; c < 4; c++, qh = _mm256_srli_epi16(qh, 2)) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(p + 48 + 32 * c));
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m15), _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+            __m256i s0 = dot_avx2(lo, XQ(2 * c)), s1 = dot_avx2(hi, XQ(2 * c + 1));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(d * (float)sc[2 * c] * x[2 * c].d), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(d * (float)sc[2 * c + 1] * x[2 * c + 1].d), acc);
+            corr += dmin * (float)mn[2 * c] * x[2 * c].d * (float)(x[2 * c].s0 + x[2 * c].s1);
+            corr += dmin * (float)mn[2 * c + 1] * x[2 * c + 1].d * (float)(x[2 * c + 1].s0 + x[2 * c + 1].s1);
+        }
+    }
+    return hsum_avx2(acc) - corr;
+}
+
+/* GGUF Q6_K (super-blocks of 256: 128 bytes of low nibbles, 64 of high
+ * 2-bit pairs, 16 int8 sub-block scales, f16 d) against activation blocks
+ * of 32, AVX2 (any later instruction set runs it too): the four 32-code
+ * chunks of each half unpacked to unsigned 6-bit codes (0..63), maddubs with
+ * the activation codes (|pair| <= 16002: no saturation), madd with the two
+ * sub-block scales of the block (int16 lanes: sc[2b] for elements 0..15,
+ * sc[2b + 1] for 16..31) — exact int32 — then one FMA per block by d dx;
+ * the codes' offset of 32 as one float term per block from the activation
+ * sums, subtracted at the end. */
+T_AVX2 static float q6_k_avx2(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    (void)xf;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const __m256i m15 = _mm256_set1_epi8(15), m48 = _mm256_set1_epi8(48);
+    __m256 acc = _mm256_setzero_ps();
+    float corr = 0;
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += 210, x += 8) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        float d = f16at(p + 208);
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+            __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m48));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m48));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hb, m48));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m48));
+            for (int i = 0; i < 4; i++) {
+                const int b = 4 * h + i;
+                const struct lmc_q8act *a = &x[b];
+                __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[2 * b + 1]), _mm_set1_epi16(sc[2 * b]));
+                __m256i sv = _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], XQ(b)), scv);
+                float dd = d * a->d;
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sv), _mm256_set1_ps(dd), acc);
+                corr += dd * (float)(32 * (sc[2 * b] * a->s0 + sc[2 * b + 1] * a->s1));
+            }
+        }
+    }
+    return hsum_avx2(acc) - corr;
+}
+
 void lmc_qdot_table_avx2(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q8_0] = q8_0_avx2;
     dot[LMC_QK_Q4_0] = q4_0_avx2;
     dot[LMC_QK_Q4_1] = q4_1_avx2;
     dot[LMC_QK_Q4_K] = q4_k_avx2;
+    dot[LMC_QK_Q5_K] = q5_k_avx2;
+    dot[LMC_QK_Q6_K] = q6_k_avx2;
     dot[LMC_QK_U4G] = u4g_avx2;
 }
 
@@ -327,6 +402,8 @@ void lmc_qdot_table_vnni(lmc_qdot_fn *dot) {
     dot[LMC_QK_Q4_0] = q4_0_avx512;
     dot[LMC_QK_Q4_1] = q4_1_vnni;
     dot[LMC_QK_Q4_K] = q4_k_vnni;
+    dot[LMC_QK_Q5_K] = q5_k_avx2;
+    dot[LMC_QK_Q6_K] = q6_k_avx2;
     dot[LMC_QK_U4G] = u4g_avx512;
     dot[LMC_QK_NF4] = nf4_avx512;
 }

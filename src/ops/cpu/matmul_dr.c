@@ -200,8 +200,9 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
 #endif
 
 #ifdef DR_X86
-/* x's M rows to bf16, each padded to kp (a function of its own: the
- * caller is compiled without AVX-512 where -march lacks it) */
+/* x (M, K) as bf16 rows of kp (zero padded) into xb; a target function of
+ * its own, so that the caller compiles without AVX-512 enabled (-march of
+ * a CPU without it, e.g. Zen 3). */
 DR_TARGET static void dr_pack_x(uint16_t *xb, const float *x, int64_t M, int64_t K, int64_t kp) {
     for (int64_t m = 0; m < M; m++)
         for (int64_t k = 0; k < kp; k += DR_KV) {
