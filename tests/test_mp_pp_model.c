@@ -6,7 +6,7 @@
  * tokens in all) gives the loss of one lmc_tmodel_step over the whole
  * batch and each stage's gradients within 1e-5 relative, and one AdamW
  * step on the stage's tensors the one-process weights (1e-5 relative in
- * norm): llama-tiny (2 layers) in 1F1B at P = 1, 2 and M = 1, 2, 4;
+ * norm, over the weights whose gradient's sign the gradient check fixes): llama-tiny (2 layers) in 1F1B at P = 1, 2 and M = 1, 2, 4;
  * llama-tiny's config with 4, 6 and 8 layers (random weights) in
  * interleaved 1F1B at P = 2 V = 2 (M = 2, 4), P = 2 V = 3, P = 4 V = 2
  * and P = 1 V = 2, and uneven given splits (lmc_pp_tstage_init_split,
@@ -78,6 +78,22 @@ static double rel(const float *a, const float *b, int64_t n, bool norm) {
         }
     }
     return norm ? sqrt(num / den) : num / den;
+}
+
+/* rel(a, b, norm) over the elements whose reference gradient g is above the
+ * gradient check's tolerance (1e-5 of its largest): a first AdamW step moves
+ * each weight by about lr * sign(g), so where |g| is within the tolerance
+ * (the kernels' summation order, which differs between CPUs' kernels) its
+ * sign, and the step, is not determined by the gradient check. */
+static double rel_step(const float *a, const float *b, const float *g, int64_t n) {
+    double gmax = 0, num = 0, den = 1e-30;
+    for (int64_t k = 0; k < n; k++) gmax = fmax(gmax, fabs(g[k]));
+    for (int64_t k = 0; k < n; k++) {
+        if (fabs(g[k]) <= 1e-5 * gmax) continue;
+        double d = fabs((double)a[k] - b[k]);
+        num += d * d, den += (double)b[k] * b[k];
+    }
+    return sqrt(num / den);
 }
 
 static int run_rank(struct lmc_comm *c, int rank, void *arg) {
@@ -154,8 +170,9 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
         if ((!tied_half || rank == 0) && !(rel(g, r->grads[i], p->numel, false) <= 1e-5))
             bad = 1, fprintf(stderr, "rank %d: %s grad err %.3g\n", rank, p->name, rel(g, r->grads[i], p->numel, false));
         adam_step(p, w, g);
-        if ((!tied_half || rank == 0) && !(rel(w, r->after[i], p->numel, true) <= 1e-5))
-            bad = 1, fprintf(stderr, "rank %d: %s after AdamW err %.3g\n", rank, p->name, rel(w, r->after[i], p->numel, true));
+        double ew = rel_step(w, r->after[i], r->grads[i], p->numel);
+        if ((!tied_half || rank == 0) && !(ew <= 1e-5))
+            bad = 1, fprintf(stderr, "rank %d: %s after AdamW err %.3g\n", rank, p->name, ew);
         free(g), free(w);
     }
     if (!held) bad = 1;

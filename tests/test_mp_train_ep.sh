@@ -75,8 +75,11 @@ ok $? "generate from the EP checkpoint: $(tail -3 "$TMP/err")"
 # losses agree to ~1e-8, the weights to ~1e-7 in norm and <= 1e-6 of the largest element-wise
 # (AdamW's normalisation amplifies the rounding of gradients near zero: qwen3moe at EP 4 with
 # batch 1 per rank measured 8e-6 element-wise, 8.3e-7 in norm; with batch 2 per rank 6.2e-7)
+# (AVX2-only CPUs, whose fp32 kernels block the sums otherwise: 4.9e-6 element-wise measured on
+# a Zen 3, qwen3moe at EP 2; hence 1e-5 there)
+MAXTOL=2e-6; grep -q avx512f /proc/cpuinfo || MAXTOL=1e-5
 python3 tests/mp_compare.py --root "$TMP" --step 12 mx2:mx1 mx4:mx1 rs1:mx1 qw2:qw1 qw4:qw8 sc2:sc1 --ref-rows 12 \
-  --ref-key .experts.3. --steps 12 --keys --loss 1e-6 --val 1e-6 --aux 1e-6 --expert-tokens --norm 1e-6 --max 2e-6 \
+  --ref-key .experts.3. --steps 12 --keys --loss 1e-6 --val 1e-6 --aux 1e-6 --expert-tokens --norm 1e-6 --max $MAXTOL \
   --adamw-v 1e-5
 ok $? "EP 2 / EP 4 runs and the one-process resume of an EP checkpoint equal the one-process run (1e-6)"
 # refusals

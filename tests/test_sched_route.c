@@ -142,9 +142,14 @@ static void check_fixture(const char *dir) {
     CHECK_MSG(worst < 0.05, "first-token logprob, bf16 route vs fp32: %.3g", worst);
     printf("%d of %d requests differ in bits from the fp32-only run; first-token logprob within %.2e\n", n_differ, NR,
            worst);
-    /* all eight together, prompts in chunks of at most 16 rows beside the decode rows */
+    /* all eight together, prompts in chunks of at most 16 rows beside the decode rows. Without
+     * the route (no AVX512-BF16: AVX2 CPUs) prompt chunks of more than 32 rows take the fp32
+     * blocked kernel and fewer the small-M one, with other bits (main()'s note), so a request's
+     * bits depend on its batch there: the invariance below is the bf16 route's, checked where
+     * the route exists. */
     int order[NR] = {1, 4, 0, 6, 2, 7, 3, 5};
-    struct lmc_sched *s = open_sched(&m, &be, 0, 16, true);
+    if (!can) printf("crowd / prefix-cache / preemption invariance: not checked (no bf16 route on this CPU)\n");
+    struct lmc_sched *s = can ? open_sched(&m, &be, 0, 16, true) : NULL;
     if (s) {
         run(s, order, NR, crowd, &st);
         CHECK(st.steps > 0);
@@ -160,7 +165,7 @@ static void check_fixture(const char *dir) {
         lmc_sched_free(s);
     }
     /* a pool of 24 blocks (8 requests want up to 9 each): preemption and recomputation */
-    s = open_sched(&m, &be, 24, 24, true);
+    s = can ? open_sched(&m, &be, 24, 24, true) : NULL;
     if (s) {
         run(s, order, NR, tight, &st);
         CHECK_MSG(st.preempted_total > 0, "no request was preempted");
