@@ -63,8 +63,8 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
 #define K_PF_BYTES 4096
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
 #define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (8 x 2 int16), dmin mn (8 floats), d (8) */
-#define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-#define IK __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
+#define TK __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define IK __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))) static inline
 
 /* A super-block's sc_j (j = 0..7) into sc as 8 dwords sc_j | sc_j << 16,
  * dmin mn_j (8 floats) into mn and d (8 times) into d: the 12 scale bytes

@@ -19,8 +19,8 @@
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-#define T_VNNI_KEEP __attribute__((unused, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define T_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define T_VNNI_KEEP __attribute__((unused, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
 T_AVX2 static inline float f16at(const uint8_t *p) {
     uint16_t h;

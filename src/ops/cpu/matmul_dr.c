@@ -199,6 +199,19 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
 }
 #endif
 
+#ifdef DR_X86
+/* x (M, K) f32 as bf16 rows of kp (zero-padded); in a function of its own
+ * so that the AVX-512 code carries its target (a build for a CPU without
+ * AVX-512 compiles it; it runs only where lmc_cpu_has_bf16) */
+DR_TARGET static void dr_pack_x(uint16_t *xb, const float *x, int64_t M, int64_t K, int64_t kp) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < kp; k += DR_KV) {
+            __mmask32 mk = K - k >= DR_KV ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
+            _mm512_storeu_si512((void *)(xb + m * kp + k), (__m512i)dr_ld_f32(x + m * K + k, mk));
+        }
+}
+#endif
+
 void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                        const struct lmc_mat *const *w, const float *const *bias) {
     LMC_ASSERT(n >= 1 && M >= 0);
@@ -209,11 +222,7 @@ void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const floa
     const int64_t kp = dr_kp(K);
     lmc_cpu_xbuf_reserve(c, lmc_cpu_dr_xpack_words(M, K));
     uint16_t *xb = (uint16_t *)c->xbuf;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t k = 0; k < kp; k += DR_KV) {
-            __mmask32 mk = K - k >= DR_KV ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
-            _mm512_storeu_si512((void *)(xb + m * kp + k), (__m512i)dr_ld_f32(x + m * K + k, mk));
-        }
+    dr_pack_x(xb, x, M, K, kp);
     lmc_cpu_scratch_reserve(c, lmc_cpu_dr_ws_words(K));
     for (int i0 = 0; i0 < n; i0 += DR_MAX) {
         struct dr_job j = {.c = c, .n = LMC_MIN(DR_MAX, n - i0), .xb = xb, .M = M, .K = K, .kp = kp};
