@@ -175,17 +175,18 @@ static void check_fixture(const char *dir) {
     CHECK(trace != NULL);
     s = trace ? open_sched(&m, &be, 0, 64, true) : NULL;
     if (s) {
-        static struct res first, second, third;
+        static struct res first_[NR], second_[NR], third_[NR]; /* run() writes out[7] */
+        struct res *first = &first_[7], *second = &second_[7], *third = &third_[7];
         int i7 = 7;
-        run(s, &i7, 1, &first, &st);
+        run(s, &i7, 1, first_, &st);
         long long steps_before = st.steps;
-        run(s, &i7, 1, &second, &st);
-        run(s, &i7, 1, &third, &st);
+        run(s, &i7, 1, second_, &st);
+        run(s, &i7, 1, third_, &st);
         lmc_sched_free(s);
-        CHECK(same_bits(&alone[7], &first) && same_bits(&alone[7], &second) && same_bits(&alone[7], &third));
-        CHECK_MSG(first.cached == 0 && second.cached == plen[7] - 1 && third.cached == plen[7] - 1,
-                  "cached %lld, %lld, %lld", (long long)first.cached, (long long)second.cached,
-                  (long long)third.cached);
+        CHECK(same_bits(&alone[7], first) && same_bits(&alone[7], second) && same_bits(&alone[7], third));
+        CHECK_MSG(first->cached == 0 && second->cached == plen[7] - 1 && third->cached == plen[7] - 1,
+                  "cached %lld, %lld, %lld", (long long)first->cached, (long long)second->cached,
+                  (long long)third->cached);
         rewind(trace);
         char line[512];
         long long step = -1, rows = -1, prows = -1, first_rows = -1;
