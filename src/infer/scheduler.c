@@ -3,7 +3,8 @@
  * cancelled requests from the submitting threads (one mutex), gives every
  * running sequence its decode token, then prefill chunks in admission order
  * within max_step_tokens (the decode tokens come on top), admits waiting requests while blocks allow (after
- * a prefix-cache lookup), runs one lmc_model_forward_batch, and samples each
+ * a prefix-cache lookup: a prompt found whole runs only its last token, in
+ * a copy of its last block), runs one lmc_model_forward_batch, and samples each
  * sequence that reached its last token with its own sampler (a step whose
  * sampled sequences are all plain greedy takes the argmax on the backend
  * and downloads only the ids). When blocks
