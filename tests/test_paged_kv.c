@@ -3,7 +3,8 @@
  * prefix-cache hits, misses, LRU eviction order and duplicate blocks, the
  * cache's bound (LRU eviction down to it; the blocks ever handed out stay
  * within peak use + bound however many sequences pass), and that every
- * block comes back at the end. */
+ * block comes back at the end. A whole-prompt hit that writes inside its
+ * last cached block writes into a copy (the cached block unchanged). */
 #include "test.h"
 #include "core/core.h"
 #include "infer/paged_kv.h"
@@ -275,6 +276,45 @@ static void test_outputs_first(void) {
     lmc_paged_kv_free(&kv);
 }
 
+/* A sequence that took a whole cached prompt (3 blocks of 4) and writes
+ * from inside its last block (the last token, recomputed) gets a copy of
+ * that block: the cached one keeps its contents and registration, the
+ * copy holds the positions before, and another sequence still hits it. */
+static void test_whole_hit(void) {
+    struct lmc_paged_kv kv;
+    lmc_err err = {0};
+    CHECK(lmc_paged_kv_init(&kv, &m, &be, 8, 4, true, &err) == LMC_OK);
+    int32_t ids[12];
+    for (int i = 0; i < 12; i++) ids[i] = 200 + i;
+    struct lmc_kv_seq a, b, c;
+    lmc_kv_seq_init(&a);
+    lmc_kv_seq_init(&b);
+    lmc_kv_seq_init(&c);
+    CHECK(lmc_kv_seq_reserve(&kv, &a, 0, 12));
+    for (int i = 0; i < 3; i++) fill_block(&kv, a.blocks[i], 1.0f + (float)i);
+    lmc_kv_seq_commit(&kv, &a, ids, 12);
+    int32_t a2 = a.blocks[2];
+    lmc_kv_seq_free(&kv, &a); /* all three cached, no user */
+    CHECK(kv.n_lru == 3 && kv.cached[a2]);
+    CHECK(lmc_kv_seq_match_prefix(&kv, &b, ids, 12, 12) == 12 && b.blocks[2] == a2 && kv.ref[a2] == 1);
+    CHECK(lmc_kv_seq_blocks_needed(&kv, &b, 11, 12) == 1);
+    int64_t copies = kv.cow_copies;
+    CHECK(lmc_kv_seq_reserve(&kv, &b, 11, 12)); /* the last token is written next */
+    CHECK_MSG(b.blocks[2] != a2 && kv.cow_copies == copies + 1 && kv.ref[a2] == 0 && kv.cached[a2],
+              "whole hit: block %d (cached %d), ref %d", b.blocks[2], a2, kv.ref[a2]);
+    CHECK(block_is(&kv, b.blocks[2], 3.0f) && !kv.cached[b.blocks[2]]);
+    fill_block(&kv, b.blocks[2], 9.0f); /* the recomputed tail goes into the copy only */
+    CHECK(block_is(&kv, a2, 3.0f));
+    /* full blocks before it stay shared, read-only: no copy for writing at 12 */
+    CHECK(lmc_kv_seq_blocks_needed(&kv, &b, 12, 13) == 1);
+    /* another sequence still finds the original */
+    CHECK(lmc_kv_seq_match_prefix(&kv, &c, ids, 12, 12) == 12 && c.blocks[2] == a2);
+    lmc_kv_seq_free(&kv, &c);
+    lmc_kv_seq_free(&kv, &b); /* the copy was never registered: back to the free list */
+    CHECK(lmc_paged_kv_used(&kv) == 0 && kv.n_lru == 3 && kv.n_free == 5);
+    lmc_paged_kv_free(&kv);
+}
+
 int main(void) {
     lmc_err err = {0};
     if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) ||
@@ -285,6 +325,7 @@ int main(void) {
     test_alloc_exhaust();
     test_cow();
     test_prefix();
+    test_whole_hit();
     test_prefix_off();
     test_cache_limit();
     test_outputs_first();

@@ -8,7 +8,9 @@
  * CPUs with AVX512-BF16 the route must be on (a request's logprobs differ
  * from the fp32-only run: its prompt rows went through the bf16 GEMM) and
  * within bf16 error of it; elsewhere the same invariance holds on the fp32
- * kernels. The backend's row-count route is off while a scheduler runs and
+ * kernels. A prompt found whole in the prefix cache runs one row (its last
+ * token, in a copy of its last block: read from the scheduler's trace) and
+ * leaves the cached blocks unchanged. The backend's row-count route is off while a scheduler runs and
  * back on after. */
 #include "test.h"
 #include "core/core.h"
@@ -52,6 +54,8 @@ static const int64_t gen[NR] = {10, 12, 7, 11, 12, 9, 8, 12};
 static struct lmc_request reqs[NR];
 static struct lmc_tokenizer *tok;
 
+static FILE *trace; /* the next scheduler's trace (NULL: none) */
+
 static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_backend *be, int64_t kv_blocks,
                                     int64_t step_tokens, bool route) {
     struct lmc_sched_opts o;
@@ -63,6 +67,7 @@ static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_
     o.ctx = 80;
     o.bf16_prefill = route;
     o.prefix_cache_blocks = 64; /* every prompt block of the eight (at most the pool) */
+    o.trace = trace;
     struct lmc_sched *s = NULL;
     lmc_err err = {0};
     CHECK_MSG(lmc_sched_init(&s, m, be, tok, &o, &err) == LMC_OK, "%s", err.msg);
@@ -162,8 +167,48 @@ static void check_fixture(const char *dir) {
             CHECK_MSG(same_bits(&alone[i], &again[i]), "request %d: prefix-cache hit != alone", i);
         }
         CHECK_MSG(hits >= 200, "prefix cache: %lld prompt tokens hit", (long long)hits);
+        /* request 7's prompt (24 tokens, 3 whole blocks) was found whole:
+         * only its last token ran, in a copy of its last block */
+        CHECK_MSG(again[7].cached == plen[7] - 1, "whole-prompt hit: %lld of %lld tokens cached",
+                  (long long)again[7].cached, (long long)plen[7]);
         lmc_sched_free(s);
     }
+    /* the rule itself, from the scheduler's trace: request 7 alone fills
+     * the cache; alone again, its first step runs one row (its last
+     * token), and its cached blocks are unchanged (a third run: same bits) */
+    trace = tmpfile();
+    CHECK(trace != NULL);
+    s = trace ? open_sched(&m, &be, 0, 64, true) : NULL;
+    if (s) {
+        static struct res first_[NR], second_[NR], third_[NR]; /* run() writes out[7] */
+        struct res *first = &first_[7], *second = &second_[7], *third = &third_[7];
+        int i7 = 7;
+        run(s, &i7, 1, first_, &st);
+        long long steps_before = st.steps;
+        run(s, &i7, 1, second_, &st);
+        run(s, &i7, 1, third_, &st);
+        lmc_sched_free(s);
+        CHECK(same_bits(&alone[7], first) && same_bits(&alone[7], second) && same_bits(&alone[7], third));
+        CHECK_MSG(first->cached == 0 && second->cached == plen[7] - 1 && third->cached == plen[7] - 1,
+                  "cached %lld, %lld, %lld", (long long)first->cached, (long long)second->cached,
+                  (long long)third->cached);
+        rewind(trace);
+        char line[512];
+        long long step = -1, rows = -1, prows = -1, first_rows = -1;
+        while (fgets(line, sizeof line, trace))
+            if (sscanf(line, "step %lld start=%*f sched_ms=%*f fwd_ms=%*f emit_ms=%*f seqs=%*d rows=%lld prompt_rows=%lld",
+                       &step, &rows, &prows) == 3) {
+                if (step == 0) first_rows = rows;
+                if (step == steps_before) break;
+            }
+        CHECK_MSG(first_rows == plen[7], "trace: the first run's first step ran %lld rows", first_rows);
+        CHECK_MSG(step == steps_before && rows == 1 && prows == 1,
+                  "whole-prompt hit: step %lld (want %lld) ran %lld rows, %lld of the prompt", step, steps_before,
+                  rows, prows);
+        printf("whole-prompt hit: one row (the last token) in its first step\n");
+    }
+    if (trace) fclose(trace);
+    trace = NULL;
     /* a pool of 24 blocks (8 requests want up to 9 each): preemption and recomputation */
     s = can ? open_sched(&m, &be, 24, 24, true) : NULL;
     if (s) {

@@ -15,6 +15,7 @@
 #include "train/lora_bank.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -238,6 +239,7 @@ static void usage(void) {
             "                 [--max-connections N] [--max-active N] [--max-body SIZE]\n"
             "                 [--max-tokens N] [--max-n N] [--timeout SECONDS] [--io-timeout SECONDS]\n"
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache] [--no-bf16-prefill]\n"
+            "                 [--trace-sched FILE]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
             "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N] [--spec-adapt on|off]]\n"
@@ -254,6 +256,7 @@ static void usage(void) {
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "--no-bf16-prefill: F16/BF16 prompt rows through the fp32 kernels too (on CPUs with AVX512-BF16\n"
             "they take the bf16 GEMM by default; either way a request's bits do not depend on its batch).\n"
+            "--trace-sched FILE: a line per scheduler step and per request's first token (timings, for debugging).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }
 
@@ -270,6 +273,7 @@ int cmd_serve(int argc, char **argv) {
     bool tp_vocab = false;
     bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
+    const char *trace_path = NULL; /* --trace-sched: the scheduler's debug trace (scheduler.h) */
     const char *draft_dir = NULL, *pp_layers = NULL; /* --pp-layers: the stages' layers (dist/pp_split.h) */
     struct lmc_model draft;
     bool have_draft = false;
@@ -327,6 +331,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--pp-layers")) pp_layers = v;
         else if (!strcmp(o, "--block-size")) ok = cli_parse_i64(v, 1, 1024, &n), sc.block_size = (int)n, block_size_set = true;
         else if (!strcmp(o, "--max-step-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &sc.max_step_tokens);
+        else if (!strcmp(o, "--trace-sched")) ok = v != NULL, trace_path = v;
         else if (!strcmp(o, "--prefix-cache-blocks")) ok = cli_parse_i64(v, 1, INT64_C(1) << 40, &sc.prefix_cache_blocks);
         else if (!strcmp(o, "--max-connections")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_connections = (int)n;
         else if (!strcmp(o, "--max-active")) ok = cli_parse_i64(v, 1, 4096, &n), so.max_active = (int)n;
@@ -513,7 +518,10 @@ int cmd_serve(int argc, char **argv) {
         cli_pp_close(&ppx);
         return cli_fail("--kv-dtype", &err);
     }
+    if (trace_path && !(sc.trace = fopen(trace_path, "w")))
+        fprintf(stderr, "lmc serve: --trace-sched %s: %s (no trace)\n", trace_path, strerror(errno));
     if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
+        if (sc.trace) fclose(sc.trace);
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
         serve_tp_close(&tpx);
@@ -577,6 +585,7 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "lmc serve: signal %d, shutting down\n", (int)stop_signal);
     lmc_server_stop(srv);
     lmc_sched_free(sched); /* --tp/--pp: tells the other ranks to end */
+    if (sc.trace) fclose(sc.trace);
     if (pp)
         fprintf(stderr, "lmc serve: pipeline: %lld steps in %lld micro-batches\n", (long long)ppx.pp.steps,
                 (long long)ppx.pp.micro_batches);

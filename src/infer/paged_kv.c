@@ -263,13 +263,22 @@ int64_t lmc_kv_seq_match_prefix(struct lmc_paged_kv *kv, struct lmc_kv_seq *s,
     return b * bs;
 }
 
+/* Whether block b at index i of a sequence must be copied before
+ * positions from n_filled on are written: others use it, or it is
+ * registered in the prefix cache (a cached block never changes; a
+ * sequence whose prefix hit ends inside one recomputes its tail in a
+ * copy). */
+static bool copy_on_write(const struct lmc_paged_kv *kv, int32_t b, int64_t i, int64_t n_filled) {
+    return kv->ref[b] > 1 || (kv->cached[b] && (i + 1) * kv->block_size > n_filled);
+}
+
 int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc_kv_seq *s,
                                  int64_t n_filled, int64_t n_tokens) {
     if (kv->pool.state) return s->n_blocks ? 0 : 1; /* one state slot per sequence */
     int64_t bs = kv->block_size, want = (n_tokens + bs - 1) / bs;
     int64_t need = LMC_MAX(0, want - s->n_blocks);
     for (int64_t i = n_filled / bs; i < LMC_MIN(s->n_blocks, want); i++)
-        if (kv->ref[s->blocks[i]] > 1) need++;
+        if (copy_on_write(kv, s->blocks[i], i, n_filled)) need++;
     return need;
 }
 
@@ -306,8 +315,9 @@ bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n
     /* copy-on-write: blocks to be written that others also use */
     for (int64_t i = n_filled / bs; i < LMC_MIN(s->n_blocks, want); i++) {
         int32_t old = s->blocks[i];
-        if (kv->ref[old] == 1) continue;
-        LMC_ASSERT(!kv->cached[old] || i * bs + bs <= n_filled);
+        if (!copy_on_write(kv, old, i, n_filled)) continue;
+        /* a cached block is written only past a prefix hit's end (lmc_kv_seq_match_prefix) */
+        LMC_ASSERT(!kv->cached[old] || i * bs + bs <= n_filled || i < s->n_hashed);
         int32_t nb = take_block(kv);
         if (i * bs < n_filled) { /* holds written positions: copy them */
             lmc_kv_pool_copy_block(&kv->pool, nb, old);

@@ -111,7 +111,10 @@ int64_t lmc_kv_seq_blocks_needed(const struct lmc_paged_kv *kv, const struct lmc
                                  int64_t n_filled, int64_t n_tokens);
 /* Makes s able to hold positions n_filled..n_tokens-1 for writing: new
  * blocks appended (free list first, then LRU eviction), and the partial
- * block at n_filled copied first if it is shared. All or nothing: false
+ * block at n_filled copied first if it is shared or registered in the
+ * prefix cache (a cached block is never written: a sequence that took a
+ * matched block and computes from inside it, e.g. the last token of a
+ * prompt found whole, writes into a copy). All or nothing: false
  * (nothing changed) when not enough blocks are available. */
 bool lmc_kv_seq_reserve(struct lmc_paged_kv *kv, struct lmc_kv_seq *s, int64_t n_filled,
                         int64_t n_tokens);

@@ -3,7 +3,8 @@
  * cancelled requests from the submitting threads (one mutex), gives every
  * running sequence its decode token, then prefill chunks in admission order
  * within max_step_tokens (the decode tokens come on top), admits waiting requests while blocks allow (after
- * a prefix-cache lookup), runs one lmc_model_forward_batch, and samples each
+ * a prefix-cache lookup: a prompt found whole runs only its last token, in
+ * a copy of its last block), runs one lmc_model_forward_batch, and samples each
  * sequence that reached its last token with its own sampler (a step whose
  * sampled sequences are all plain greedy takes the argmax on the backend
  * and downloads only the ids). When blocks
@@ -268,6 +269,16 @@ bool lmc_sched_emit_token(struct lmc_sched *s, struct req *q, float *row, int32_
     ev.text = piece;
     ev.text_len = plen;
     if (q->r.top_logprobs >= 0 && row) logprobs(q, row, V, id, &ev);
+    if (s->o.trace && q->n_gen == 1) {
+        double now = lmc_time_now();
+        fprintf(s->o.trace,
+                "first req=%llu submit=%.4f sched_ms=%.2f token_ms=%.2f steps_before=%lld steps_to_token=%lld "
+                "prompt=%lld cached=%lld\n",
+                (unsigned long long)q->id, q->t_submit - s->t_init,
+                1e3 * (q->t_first_sched - q->t_submit), 1e3 * (now - q->t_submit),
+                (long long)(q->step_first - q->step_submit), (long long)(s->n_steps - q->step_first),
+                (long long)q->n_prompt, (long long)q->cached_prompt);
+    }
     q->fn(q->user, &ev);
     if (stopped) {
         emit_done(s, q, "stop", NULL, 0);
@@ -330,7 +341,13 @@ static void admit(struct lmc_sched *s, int64_t *budget) {
         int64_t keep = s->kv.pool.ring ? s->kv.pool.residual : 0;
         int64_t lim = LMC_MAX(0, total - 1 - keep);
         if (s->route) lim = LMC_MIN(lim, q->n_prompt); /* a preempted request's output: its own fp32 rows */
-        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, lim);
+        /* K/V pools: the hit may take the block holding the last token too
+         * (a whole prompt found: one row to run, not a block's worth); the
+         * positions from lim on are recomputed, in a copy of that block */
+        int64_t whole = LMC_MIN(total, s->route ? q->n_prompt : total);
+        int64_t mlim = s->kv.pool.ring || s->kv.pool.state ? lim : LMC_MAX(lim, whole);
+        int64_t matched = lmc_kv_seq_match_prefix(&s->kv, &q->seq, q->toks, total, mlim);
+        matched = LMC_MIN(matched, lim);
         if (!lmc_kv_seq_reserve(&s->kv, &q->seq, matched, total)) {
             lmc_kv_seq_release(&s->kv, &q->seq); /* wait for blocks; counted when admitted */
             s->kv.hits_tokens = hits;
@@ -364,6 +381,7 @@ static int64_t sched_key(const struct req *q, bool recurrent, bool route) {
 }
 
 static void step(struct lmc_sched *s) {
+    double t_a = s->o.trace ? lmc_time_now() : 0;
     /* max_step_tokens of prompt work per step, and each decoding sequence's
      * token on top (the batch holds max_step_tokens + max_batch rows): a
      * step's decode rows never push the last prompt of a group arriving
@@ -397,6 +415,7 @@ static void step(struct lmc_sched *s) {
     const bool recurrent = s->kv.pool.state != NULL;
     const bool route = s->route && !s->m->row_groups;
     int64_t nsch = 0, n_pf = 0; /* rows through the bf16 GEMM: the leading ones */
+    int64_t n_prompt_rows = 0;  /* trace */
     bool adapters = false, spec_step = false;
     for (int64_t i = 0; i < s->n_running; i++)
         if (s->running[i]->take) {
@@ -419,6 +438,7 @@ static void step(struct lmc_sched *s) {
         memcpy(bt, q->seq.blocks, (size_t)q->seq.n_blocks * sizeof *bt);
         for (int64_t j = q->seq.n_blocks; j < mb; j++) bt[j] = 0;
         if (route && prompt_rows(q)) n_pf += q->take;
+        if (prompt_rows(q)) n_prompt_rows += q->take;
         for (int64_t j = 0; j < q->take; j++, T++) {
             s->b_ids[T] = q->toks[q->n_computed + j];
             s->b_seq[T] = (int32_t)ns;
@@ -434,6 +454,15 @@ static void step(struct lmc_sched *s) {
         ns++;
     }
     if (!ns) return;
+    double t_b = 0;
+    if (s->o.trace) {
+        t_b = lmc_time_now();
+        for (int64_t k = 0; k < ns; k++)
+            if (s->sched[k]->step_first < 0) {
+                s->sched[k]->step_first = s->n_steps;
+                s->sched[k]->t_first_sched = t_a;
+            }
+    }
     struct lmc_batch b = {T, s->b_ids, s->b_seq, s->b_pos, ns, s->b_bt, mb, s->b_rows, nl,
                           adapters ? s->b_ad : NULL};
     s->kv.pool.ring_slot = s->b_ring; /* KIVI-2: the batch's ring slots */
@@ -471,6 +500,7 @@ static void step(struct lmc_sched *s) {
         s->o.tp_group->st = LMC_OK;
     }
     if (!st && s->o.ep_group) st = lmc_ep_group_check(s->o.ep_group, &err);
+    double t_c = s->o.trace ? lmc_time_now() : 0;
     s->n_steps++;
     s->n_spec_steps += spec_step;
     int64_t row = 0;
@@ -506,6 +536,15 @@ static void step(struct lmc_sched *s) {
                            : lmc_sched_emit_token(s, q, s->logits + (row++) * s->m->cfg.vocab_size, 0);
         s->n_generated += q->n_gen - before;
         if (done) finish_running(s, i);
+    }
+    if (s->o.trace) {
+        fprintf(s->o.trace,
+                "step %lld start=%.4f sched_ms=%.2f fwd_ms=%.2f emit_ms=%.2f seqs=%lld rows=%lld prompt_rows=%lld "
+                "sampled=%lld running=%lld waiting=%lld\n",
+                (long long)s->n_steps - 1, t_a - s->t_init, 1e3 * (t_b - t_a), 1e3 * (t_c - t_b),
+                1e3 * (lmc_time_now() - t_c), (long long)ns, (long long)T, (long long)n_prompt_rows,
+                (long long)nl, (long long)s->n_running, (long long)s->n_waiting);
+        fflush(s->o.trace);
     }
 }
 
@@ -802,6 +841,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     s->be = be;
     s->tok = tok;
     s->o = op;
+    s->t_init = lmc_time_now();
     s->max_blocks = per_seq;
     /* adaptive K's cost model, defaults as lmc generate's */
     s->spec_cost.draft = op.spec_draft_cost > 0 ? op.spec_draft_cost
@@ -1024,7 +1064,10 @@ lmc_status lmc_sched_submit(struct lmc_sched *s, const int32_t *prompt, int64_t 
         req_free(s, q);
         return lmc_err_set(err, LMC_ERR_OOM, "request: out of memory");
     }
+    q->step_first = -1;
+    q->t_submit = lmc_time_now();
     pthread_mutex_lock(&s->mu);
+    q->step_submit = s->st.steps;
     if (s->stopping) { /* the thread may be gone: nobody would ever answer it */
         pthread_mutex_unlock(&s->mu);
         req_free(s, q);

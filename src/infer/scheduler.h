@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 struct lmc_sched; /* opaque */
 
@@ -97,6 +98,12 @@ struct lmc_sched_opts {
      * With it on, blocks holding generated positions stay out of the
      * prefix cache (their rows differ from a prompt's). */
     bool bf16_prefill;
+    /* Debug trace (borrowed; NULL: none): one line per step (its rows and
+     * how long scheduling, the forward and the emits took) and one per
+     * request's first token (when it was submitted, first scheduled and
+     * got its token, and in which steps), for finding where time to first
+     * token goes. Written on the scheduler thread. */
+    FILE *trace;
 };
 enum lmc_sched_spec { LMC_SCHED_SPEC_NONE = 0, LMC_SCHED_SPEC_LOOKUP = 1, LMC_SCHED_SPEC_DRAFT = 2 };
 void lmc_sched_opts_default(struct lmc_sched_opts *o);

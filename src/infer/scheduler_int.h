@@ -48,6 +48,8 @@ struct req {
     bool dsmp_ok;
     int slot;                      /* sequence index in this step's batch */
     int ring;                      /* KIVI-2 pool: its ring slot while running (-1: none) */
+    double t_submit, t_first_sched; /* trace: lmc_time_now() at submit; at the start of its first step */
+    int64_t step_submit, step_first; /* trace: steps run before submit; first step scheduling it (-1: none) */
 };
 
 struct lmc_sched {
@@ -101,6 +103,7 @@ struct lmc_sched {
     int64_t n_cancels, cap_cancels;
     uint64_t next_id;
     struct lmc_sched_stats st;
+    double t_init;                 /* trace: times are seconds since init */
 };
 
 static inline int64_t lmc_sched_req_total(const struct req *q) { return q->n_prompt + q->n_gen; }

@@ -138,9 +138,9 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
 #endif
 
 #define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define I4_AVX2 __attribute__((always_inline, target("avx2,fma,f16c"))) static inline
-#define I4_VNNI __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))) static inline
+#define I4_VNNI __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))) static inline
 
 /* Chunk c of m rows split into the fewest chunks of at most Q4_MR, sizes
  * as equal as possible: first row and count. */
