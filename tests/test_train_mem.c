@@ -223,56 +223,44 @@ static void scratch_rows(const char *model) {
     free(g7), free(gw);
 }
 
+/* Two runs of one model that must give the same loss and gradients bit for
+ * bit: recompute modes ra (the reference) and rb; what names rb, against
+ * names ra in the printed line. */
+static void same_bits(const char *model, enum mode mode, int ra, int rb, const char *what, const char *against) {
+    double la = 0, lb = 0;
+    float *ga = NULL, *gb = NULL;
+    int64_t na = 0, nb = 0;
+    run(model, mode, LMC_OPTIM_ADAMW, ra, 0, &la, &ga, &na);
+    run(model, mode, LMC_OPTIM_ADAMW, rb, 0, &lb, &gb, &nb);
+    if (!ga || !gb || na != nb || na <= 0) {
+        CHECK_MSG(0, "%s: %s runs", model, what);
+    } else {
+        int64_t diff = 0, nonzero = 0;
+        for (int64_t i = 0; i < na; i++) {
+            diff += memcmp(&ga[i], &gb[i], sizeof(float)) != 0;
+            nonzero += ga[i] != 0.0f;
+        }
+        CHECK_MSG(memcmp(&la, &lb, sizeof la) == 0, "%s: loss %.17g (%s) vs %.17g", model, lb, what, la);
+        CHECK_MSG(diff == 0 && nonzero > na / 4, "%s: %lld of %lld gradients differ (%lld non-zero)", model,
+                  (long long)diff, (long long)na, (long long)nonzero);
+        printf("%s %s: %s = %s bit for bit (loss %.9g, %lld gradients)\n", model,
+               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", what, against, lb, (long long)na);
+    }
+    free(ga), free(gb);
+}
+
 /* --recompute selective: the same loss and gradients, bit for bit, as
  * keeping every layer's saves (the norms and the MLP's product recomputed
  * by the same ops from the same inputs), and fewer bytes held. */
 static void selective(const char *model, enum mode mode) {
-    double l0 = 0, ls = 0;
-    float *g0 = NULL, *gs = NULL;
-    int64_t n0 = 0, ns = 0;
-    run(model, mode, LMC_OPTIM_ADAMW, RC_NONE, 0, &l0, &g0, &n0);
-    run(model, mode, LMC_OPTIM_ADAMW, RC_SEL, 0, &ls, &gs, &ns);
-    if (!g0 || !gs || n0 != ns || n0 <= 0) {
-        CHECK_MSG(0, "%s: selective runs", model);
-    } else {
-        int64_t diff = 0, nonzero = 0;
-        for (int64_t i = 0; i < n0; i++) {
-            diff += memcmp(&g0[i], &gs[i], sizeof(float)) != 0;
-            nonzero += g0[i] != 0.0f;
-        }
-        CHECK_MSG(memcmp(&l0, &ls, sizeof l0) == 0, "%s: loss %.17g (selective) vs %.17g", model, ls, l0);
-        CHECK_MSG(diff == 0 && nonzero > n0 / 4, "%s: %lld of %lld gradients differ (%lld non-zero)", model,
-                  (long long)diff, (long long)n0, (long long)nonzero);
-        printf("%s %s: selective recompute = no recompute bit for bit (loss %.9g, %lld gradients)\n", model,
-               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", ls, (long long)n0);
-    }
-    free(g0), free(gs);
+    same_bits(model, mode, RC_NONE, RC_SEL, "selective recompute", "no recompute");
 }
 
 /* offloaded checkpoints (--recompute with the layer inputs in host
  * memory): the same loss and gradients, bit for bit, as --recompute; the
  * ring holds fewer device bytes (the account checks in run). */
 static void offloaded(const char *model, enum mode mode) {
-    double l0 = 0, lo = 0;
-    float *g0 = NULL, *go = NULL;
-    int64_t n0 = 0, no = 0;
-    run(model, mode, LMC_OPTIM_ADAMW, RC_FULL, 0, &l0, &g0, &n0);
-    run(model, mode, LMC_OPTIM_ADAMW, RC_FULL | RC_OFF, 0, &lo, &go, &no);
-    if (!g0 || !go || n0 != no || n0 <= 0) {
-        CHECK_MSG(0, "%s: offloaded runs", model);
-    } else {
-        int64_t diff = 0, nonzero = 0;
-        for (int64_t i = 0; i < n0; i++) {
-            diff += memcmp(&g0[i], &go[i], sizeof(float)) != 0;
-            nonzero += g0[i] != 0.0f;
-        }
-        CHECK_MSG(memcmp(&l0, &lo, sizeof l0) == 0, "%s: loss %.17g (offloaded) vs %.17g", model, lo, l0);
-        CHECK_MSG(diff == 0 && nonzero > n0 / 4, "%s: %lld of %lld gradients differ (%lld non-zero)", model,
-                  (long long)diff, (long long)n0, (long long)nonzero);
-        printf("%s %s: offloaded checkpoints = recompute bit for bit (loss %.9g, %lld gradients)\n", model,
-               mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora", lo, (long long)n0);
-    }
-    free(g0), free(go);
+    same_bits(model, mode, RC_FULL, RC_FULL | RC_OFF, "offloaded checkpoints", "recompute");
 }
 
 /* bf16-saved activations: the forward is untouched (the same loss, bit for
