@@ -56,7 +56,7 @@ if [ "${SKIP_COSTS:-0}" = 0 ]; then
 fi
 if [ "${SKIP_SERVER:-0}" = 0 ]; then
   say "## lmc serve vs llama-server, the same pair, 2 threads on CPUs $CPUS"
-  LD_LIBRARY_PATH=$PWD/$LLAMA_BIN taskset -c "$CPUS" python3 bench/spec_pair_cpu.py $B/lmc "$LLAMA_BIN" \
+  LD_LIBRARY_PATH=$PWD/$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} taskset -c "$CPUS" python3 bench/spec_pair_cpu.py $B/lmc "$LLAMA_BIN" \
     "$W/kjv-target" models/kjv-llama --levels 1,4 --threads 2 --gguf-dir "$W/gguf" 2>"$OUT/server.err" |
     tee -a "$OUT/summary.md"
   say "done ($(($(date +%s) - T0)) s)"
