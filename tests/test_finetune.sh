@@ -145,5 +145,20 @@ ok $? "--skip-bad-lines: $(tail -1 "$TMP/err")"
 [ $? = 1 ] && grep -q "match no linear" "$TMP/err"; ok $? "targets matching nothing: $(cat "$TMP/err")"
 [ ! -e "$TMP/y" ]; ok $? "nothing written on failure"
 
+# Mamba: its mixer's projections take no adapters, so LoRA and QLoRA are
+# refused with the reason (once a segfault in the backward); --full trains
+MF=tests/fixtures/mamba-tiny
+for q in "--lora-r 4" "--qlora nf4"; do
+  "$LMC" finetune -m "$MF" --data "$TMP/d.jsonl" -o "$TMP/m" $COMMON --steps 1 $q 2>"$TMP/err"
+  [ $? = 1 ] && grep -q "take no adapters (use --full)" "$TMP/err"; ok $? "mamba $q refused: $(tail -1 "$TMP/err")"
+done
+[ ! -e "$TMP/m" ]; ok $? "nothing written for refused mamba LoRA"
+"$LMC" finetune -m "$MF" --data "$TMP/d.jsonl" -o "$TMP/mf" $COMMON --steps 4 --full 2>"$TMP/err"
+ok $? "mamba --full: $(tail -1 "$TMP/err")"
+first=$(head -1 "$TMP/mf.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+last=$(tail -1 "$TMP/mf.metrics.jsonl" | sed 's/.*"loss": \([0-9.e+-]*\).*/\1/')
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }'; ok $? "mamba --full loss falls ($first -> $last)"
+[ -f "$TMP/mf/model.safetensors" ]; ok $? "mamba --full writes a model"
+
 echo "test_finetune: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -213,6 +213,7 @@ const struct lmc_part_ops lmc_mixer_mamba = {
     .kv_row = no_kv,
     .slot_bytes = slot_bytes,
     .slot_parts = slot_parts,
+    .no_adapters = true,
 };
 
 /* ---- the architectures ---- */

@@ -237,6 +237,9 @@ struct lmc_part_ops {
      * elementwise (attention's q, k, v and output; the MLPs' whole
      * region); the rest (attention's log-sum-exp) stays f32. NULL: none. */
     int64_t (*lowp_floats)(const struct lmc_config *c, int64_t n);
+    /* true: the part's projections do not run through lmc_linear, so LoRA
+     * adapters on them would be ignored in training (the trainer refuses). */
+    bool no_adapters;
 };
 #define LMC_SLOT_PARTS 4
 

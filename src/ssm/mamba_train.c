@@ -229,7 +229,8 @@ void lmc_mamba_mix_bwd(const struct lmc_backend *be, const struct lmc_mamba_conf
             xproj_views(c, L, &xdt, &xbc);
             be->matmul_bwd(be->ctx, dxdbl, G->dt_proj, NULL, dyn, a->xdbl, M, &L->dt_proj, 0);
             be->matmul_bwd(be->ctx, dcv, G->x_proj, NULL, dxdbl, a->cv, M, &xdt, 1);
-            be->matmul_bwd(be->ctx, dcv, G->x_proj + R * D, NULL, dxdbl + M * R, a->cv, M, &xbc, 1);
+            be->matmul_bwd(be->ctx, dcv, G->x_proj ? G->x_proj + R * D : NULL, NULL, dxdbl + M * R, a->cv, M,
+                           &xbc, 1);
         } else {
             /* delta = xdbl @ ext^T: dxdbl[:, :R] +=, dxdbl[:, R:] += 0 (ext's zero columns) */
             be->matmul_bwd(be->ctx, dxdbl, G->dt_proj_ext, NULL, dyn, a->xdbl, M, &L->dt_proj_ext, 1);

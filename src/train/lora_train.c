@@ -6,6 +6,8 @@
 #include "core/rng.h"
 #include "dist/comm.h"
 #include "io/safetensors.h"
+#include "model/arch.h"
+#include "model/block.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -42,6 +44,11 @@ static lmc_status add_param(struct lmc_tmodel *tm, const char *module, int64_t l
 lmc_status lmc_lora_train_attach(struct lmc_lora_train *lt, struct lmc_tmodel *tm, const struct lmc_lora *lo,
                                  lmc_err *err) {
     memset(lt, 0, sizeof *lt);
+    const struct lmc_architecture *ar = tm->arch;
+    if (ar->mixer->no_adapters || (ar->ffn && ar->ffn->no_adapters))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
+                           "LoRA training of a %s model: its %s blocks' projections take no adapters (use --full)",
+                           tm->cfg.model_type, ar->mixer->no_adapters ? ar->mixer->name : ar->ffn->name);
     const struct lmc_backend *be = tm->be;
     lt->be = be;
     LMC_ASSERT(tm->trainable_off == 0);
