@@ -33,7 +33,47 @@ static struct {
     void *p[MAX_LIVE];
     size_t n[MAX_LIVE];
     size_t live, peak;
+    /* the forward's weight products (2 M N K each; the backward's matmul_bwd is not counted) and attention
+     * launches of the last step (last_*) */
+    void (*matmul)(void *, float *, const float *, int64_t, const struct lmc_mat *, const float *);
+    void (*matmul_add)(void *, float *, const float *, int64_t, const struct lmc_mat *, const float *);
+    void (*matmul_multi)(void *, int, float *const *, const float *, int64_t, const struct lmc_mat *const *,
+                         const float *const *);
+    void (*matmul_swiglu)(void *, float *, const float *, int64_t, const struct lmc_mat *, const struct lmc_mat *);
+    void (*attention_train)(void *, float *, float *, const float *, const float *, const float *, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, float, int64_t);
+    double flops;
+    int64_t attn;
 } cnt;
+static double last_flops;
+static int64_t last_attn;
+
+static double mm_flops(int64_t M, const struct lmc_mat *w) {
+    return 2.0 * (double)M * (double)w->rows * (double)w->cols;
+}
+static void cnt_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w, const float *b) {
+    cnt.flops += mm_flops(M, w);
+    cnt.matmul(ctx, y, x, M, w, b);
+}
+static void cnt_matmul_add(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w, const float *b) {
+    cnt.flops += mm_flops(M, w);
+    cnt.matmul_add(ctx, y, x, M, w, b);
+}
+static void cnt_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                             const struct lmc_mat *const *w, const float *const *b) {
+    for (int i = 0; i < n; i++) cnt.flops += mm_flops(M, w[i]);
+    cnt.matmul_multi(ctx, n, y, x, M, w, b);
+}
+static void cnt_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *g,
+                              const struct lmc_mat *u) {
+    cnt.flops += mm_flops(M, g) + mm_flops(M, u);
+    cnt.matmul_swiglu(ctx, y, x, M, g, u);
+}
+static void cnt_attention_train(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                                int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, float scale, int64_t win) {
+    cnt.attn++;
+    cnt.attention_train(ctx, out, lse, q, k, v, B, T, H, KV, hd, scale, win);
+}
 
 static void *cnt_alloc(void *ctx, size_t bytes) {
     void *p = cnt.alloc(ctx, bytes);
@@ -84,6 +124,15 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     memset(&cnt, 0, sizeof cnt);
     cnt.alloc = be.alloc, cnt.free = be.free;
     be.alloc = cnt_alloc, be.free = cnt_free;
+#define WRAP(op) \
+    if (be.op) cnt.op = be.op, be.op = cnt_##op
+    WRAP(matmul);
+    WRAP(matmul_add);
+    WRAP(matmul_multi);
+    WRAP(matmul_swiglu);
+    WRAP(attention_train);
+#undef WRAP
+    CHECK_MSG(!be.attention_train_segs, "the CPU table has attention_train_segs: count it too");
     struct lmc_tmodel tm;
     struct lmc_qlora ql;
     memset(&ql, 0, sizeof ql);
@@ -185,7 +234,9 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     }
     if (mode == M_QLORA) CHECK_MSG(m.base_ext == ql.quant_bytes && !strcmp(m.base_ext_form, "NF4"), "%s", what);
     struct lmc_train_stats st;
+    cnt.flops = 0, cnt.attn = 0;
     CHECK_MSG(!lmc_trainer_step(&tr, &st, &err), "%s step: %s", what, err.msg);
+    last_flops = cnt.flops, last_attn = cnt.attn;
     CHECK_MSG(backend_part == cnt.live, "%s: after a step the backend holds %zu (account %zu)", what, cnt.live,
               backend_part);
     char line[1024], js[2048];
@@ -279,6 +330,43 @@ static void attn(const char *model, enum mode mode) {
     same_bits(model, mode, RC_ATT, RC_ATT | RC_OFF, "attention recompute, offloaded checkpoints", "attention recompute");
 }
 
+/* What the recomputation modes run again, counted on the backend: full
+ * recomputation re-runs every layer's forward but the last (whose saves
+ * are still the forward's), attention recomputation only the mixer's
+ * products (q, k, v, o and their adapters) of those layers, and both the
+ * attention kernel once more per layer but the last. */
+static void recompute_ops(const char *model, enum mode mode) {
+    run(model, mode, LMC_OPTIM_ADAMW, RC_NONE, 0, NULL, NULL, NULL);
+    double f0 = last_flops;
+    int64_t a0 = last_attn;
+    run(model, mode, LMC_OPTIM_ADAMW, RC_FULL, 0, NULL, NULL, NULL);
+    double ff = last_flops;
+    int64_t af = last_attn;
+    run(model, mode, LMC_OPTIM_ADAMW, RC_ATT, 0, NULL, NULL, NULL);
+    double fa = last_flops;
+    int64_t aa = last_attn;
+    struct lmc_config c;
+    char dir[256];
+    lmc_err err = {0};
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
+    if (lmc_config_load(&c, dir, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    const int64_t L = c.num_layers, M = 2 * 13, C = c.hidden_size, I = c.intermediate_size;
+    const int64_t qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+    double mix = 2.0 * (double)M * (double)(C * qd + 2 * C * kvd + qd * C), mlp = 2.0 * (double)M * 3.0 * (double)(C * I);
+    CHECK_MSG(a0 == L && af == 2 * L - 1 && aa == 2 * L - 1, "%s: attention launches %lld / %lld / %lld", model,
+              (long long)a0, (long long)af, (long long)aa);
+    /* the extra FLOPs: the base products exactly, plus the adapters' (rank r: a few percent) */
+    double ef = ff - f0, ea = fa - f0;
+    CHECK_MSG(ef >= (double)(L - 1) * (mix + mlp) && ef < 1.2 * (double)(L - 1) * (mix + mlp), "%s: full re-runs %.0f", model, ef);
+    CHECK_MSG(ea >= (double)(L - 1) * mix && ea < 1.2 * (double)(L - 1) * mix, "%s: attn re-runs %.0f", model, ea);
+    printf("%s recompute ops: forward products %.0f (none), +%.0f full (+%.1f%%), +%.0f attn (+%.1f%%); attention "
+           "launches %lld / %lld / %lld\n", model, f0, ef, 100.0 * ef / f0, ea, 100.0 * ea / f0, (long long)a0,
+           (long long)af, (long long)aa);
+}
+
 /* offloaded checkpoints (--recompute with the layer inputs in host
  * memory): the same loss and gradients, bit for bit, as --recompute; the
  * ring holds fewer device bytes (the account checks in run). */
@@ -346,6 +434,7 @@ int main(void) {
     bf16_saved("llama-tiny", M_QLORA, RC_FULL);
     bf16_saved("llama-tiny", M_FULL, RC_FULL);
     attn("llama-tiny", M_LORA);
+    recompute_ops("llama-tiny", M_LORA);
     attn("qwen2-tiny", M_LORA);
     attn("gpt2-tiny", M_LORA);
     attn("llama-tiny", M_FULL);
