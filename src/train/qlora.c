@@ -228,8 +228,12 @@ static lmc_status load_bf16(struct lmc_tmodel *tm, struct lmc_qlora *ql, int i, 
     }
     for (int64_t e = 0; e < p->numel; e++) h[e] = lmc_f32_to_bf16(w[e]);
     size_t bytes = (size_t)p->numel * sizeof(uint16_t);
-    /* the token embedding of an untied head in host memory: only the embed op reads it */
-    bool host = host_emb && p->part == 0 && !tm->tied_head && !ql->host_emb;
+    /* the token embedding of an untied head in host memory: only the embed op reads it (tm->tied_head is not
+     * known before the head is bound: an untied head is an external matrix of the last part) */
+    bool untied = false;
+    for (int j = 0; j < tm->n_params; j++)
+        untied |= tm->params[j].part == (int)tm->cfg.num_layers + 1 && tm->params[j].external && tm->params[j].ndim == 2;
+    bool host = host_emb && p->part == 0 && untied && !ql->host_emb;
     void *d = host ? be->host_alloc(be->ctx, bytes) : be->alloc(be->ctx, bytes);
     if (!d) {
         free(h);
