@@ -21,7 +21,7 @@
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_qlora.sh
 # env: BUDGET_S (default 540) SEQ=2048 BATCH=1 STEPS=8 SKIP=3 ROUNDS=2
 #      MODES="lora lora-sel lora-rc lora-rc16 lora-rco qlora-nf4 qlora-nf4-rc qlora-nf4-rc16
-#      qlora-nf4-rco qlora-int4"
+#      qlora-nf4-rco qlora-int4 lora-ra lora-rao qlora-nf4-ra qlora-nf4-rao"
 #      SKIP_BUILD=1 (use build-dev as is)
 # lora: LoRA with the defaults (activations the backward reads saved in
 # bf16); lora-f32acts: --acts-dtype f32 (every save f32, the earlier
@@ -30,7 +30,12 @@
 # (f32 saves of one layer); lora-rc16 / qlora-nf4-rc16: full --recompute
 # with --acts-dtype bf16 (the residual stream's checkpoints in bf16);
 # lora-rco / qlora-nf4-rco: --recompute --offload-checkpoints (the layer
-# inputs in pinned host memory). Each lmc run's first round also prints
+# inputs in pinned host memory); lora-ra / qlora-nf4-ra: --recompute attn
+# (each layer keeps its MLP's gate/up in bf16, the backward recomputes the
+# norms, q/k/v, attention and the output projection, not the MLP's GEMMs);
+# lora-rao / qlora-nf4-rao: --recompute attn --offload-checkpoints (the
+# issue's goal 1 candidate: >= 2x PEFT's tokens/s at <= 0.5x its peak in one
+# configuration). Each lmc run's first round also prints
 # its memory account (the start-up line) and the device's bytes in use
 # after the first step next to it (train/train_mem.h).
 . "$(dirname "$0")/gpu_common.sh"
@@ -115,10 +120,14 @@ for round in $(seq 1 "$ROUNDS"); do
       qlora-nf4-rc) extra="$extra --qlora nf4 --recompute" ;;
       qlora-nf4-rc16) extra="$extra --qlora nf4 --recompute --acts-dtype bf16" ;;
       qlora-nf4-rco) extra="$extra --qlora nf4 --recompute --offload-checkpoints" ;;
+      qlora-nf4-ra) extra="$extra --qlora nf4 --recompute attn" ;;
+      qlora-nf4-rao) extra="$extra --qlora nf4 --recompute attn --offload-checkpoints" ;;
       qlora-*) extra="$extra --qlora ${mode#qlora-}" ;;
       lora-rc) extra="$extra --recompute" ;;
       lora-rc16) extra="$extra --recompute --acts-dtype bf16" ;;
       lora-rco) extra="$extra --recompute --offload-checkpoints" ;;
+      lora-ra) extra="$extra --recompute attn" ;;
+      lora-rao) extra="$extra --recompute attn --offload-checkpoints" ;;
       lora-sel) extra="$extra --recompute selective" ;;
       lora-f32acts) extra="$extra --acts-dtype f32" ;;
     esac

@@ -6,13 +6,16 @@
  * outside the backend) equals the live bytes after lmc_trainer_init and
  * after a training step (nothing else is allocated through the backend),
  * recompute holds one layer's saves (with bf16 checkpoints of the
- * residual stream: the same loss, gradients within bf16 rounding), and attaching the adapter never holds
+ * residual stream: the same loss, gradients within bf16 rounding),
+ * --recompute attn every layer's MLP saves only (the no-recompute step bit
+ * for bit, offloaded too; bf16: within bf16 rounding), and attaching the adapter never holds
  * the old and the new arenas at once (its peak stays within the load's);
  * the adapters' products in 7-row blocks and in one whole-batch block
  * (lmc_lora_train_set_scratch_rows) give the same step. */
 #include "test.h"
 #include "harness_batch.h"
 #include "core/core.h"
+#include "model/arch.h"
 #include "model/block.h"
 #include "train/lora_train.h"
 #include "train/qlora.h"
@@ -30,7 +33,47 @@ static struct {
     void *p[MAX_LIVE];
     size_t n[MAX_LIVE];
     size_t live, peak;
+    /* the forward's weight products (2 M N K each; the backward's matmul_bwd is not counted) and attention
+     * launches of the last step (last_*) */
+    void (*matmul)(void *, float *, const float *, int64_t, const struct lmc_mat *, const float *);
+    void (*matmul_add)(void *, float *, const float *, int64_t, const struct lmc_mat *, const float *);
+    void (*matmul_multi)(void *, int, float *const *, const float *, int64_t, const struct lmc_mat *const *,
+                         const float *const *);
+    void (*matmul_swiglu)(void *, float *, const float *, int64_t, const struct lmc_mat *, const struct lmc_mat *);
+    void (*attention_train)(void *, float *, float *, const float *, const float *, const float *, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, float, int64_t);
+    double flops;
+    int64_t attn;
 } cnt;
+static double last_flops;
+static int64_t last_attn;
+
+static double mm_flops(int64_t M, const struct lmc_mat *w) {
+    return 2.0 * (double)M * (double)w->rows * (double)w->cols;
+}
+static void cnt_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w, const float *b) {
+    cnt.flops += mm_flops(M, w);
+    cnt.matmul(ctx, y, x, M, w, b);
+}
+static void cnt_matmul_add(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w, const float *b) {
+    cnt.flops += mm_flops(M, w);
+    cnt.matmul_add(ctx, y, x, M, w, b);
+}
+static void cnt_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
+                             const struct lmc_mat *const *w, const float *const *b) {
+    for (int i = 0; i < n; i++) cnt.flops += mm_flops(M, w[i]);
+    cnt.matmul_multi(ctx, n, y, x, M, w, b);
+}
+static void cnt_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *g,
+                              const struct lmc_mat *u) {
+    cnt.flops += mm_flops(M, g) + mm_flops(M, u);
+    cnt.matmul_swiglu(ctx, y, x, M, g, u);
+}
+static void cnt_attention_train(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                                int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, float scale, int64_t win) {
+    cnt.attn++;
+    cnt.attention_train(ctx, out, lse, q, k, v, B, T, H, KV, hd, scale, win);
+}
 
 static void *cnt_alloc(void *ctx, size_t bytes) {
     void *p = cnt.alloc(ctx, bytes);
@@ -58,8 +101,9 @@ static void cnt_free(void *ctx, void *p) {
 
 enum mode { M_LORA, M_FULL, M_QLORA };
 
-/* recomputation: none, full, selective; RC_B16 added: bf16-saved activations; RC_OFF: offloaded checkpoints */
-enum rc { RC_NONE = 0, RC_FULL = 1, RC_SEL = 2, RC_B16 = 4, RC_OFF = 8 };
+/* recomputation: none, full, selective, attention (the mixer half: lmc_tacts_opts.mixer); RC_B16 added:
+ * bf16-saved activations; RC_OFF: offloaded checkpoints */
+enum rc { RC_NONE = 0, RC_FULL = 1, RC_SEL = 2, RC_ATT = 3, RC_B16 = 4, RC_OFF = 8 };
 
 static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int rcb, int64_t rows,
                 double *loss_out, float **grads_out, int64_t *n_grads) {
@@ -69,7 +113,7 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
     snprintf(ldir, sizeof ldir, "%s/lora_train", dir);
     snprintf(what, sizeof what, "%s %s %s%s%s%s", model, mode == M_FULL ? "full" : mode == M_QLORA ? "qlora-nf4" : "lora",
-             lmc_optim_kind_name(ok), rc == RC_FULL ? " recompute" : rc == RC_SEL ? " selective" : "",
+             lmc_optim_kind_name(ok), rc == RC_FULL ? " recompute" : rc == RC_SEL ? " selective" : rc == RC_ATT ? " attn" : "",
              b16 ? " bf16-saved" : "", off ? " offloaded" : "");
     lmc_err err = {0};
     struct lmc_backend be;
@@ -80,6 +124,15 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     memset(&cnt, 0, sizeof cnt);
     cnt.alloc = be.alloc, cnt.free = be.free;
     be.alloc = cnt_alloc, be.free = cnt_free;
+#define WRAP(op) \
+    if (be.op) cnt.op = be.op, be.op = cnt_##op
+    WRAP(matmul);
+    WRAP(matmul_add);
+    WRAP(matmul_multi);
+    WRAP(matmul_swiglu);
+    WRAP(attention_train);
+#undef WRAP
+    CHECK_MSG(!be.attention_train_segs, "the CPU table has attention_train_segs: count it too");
     struct lmc_tmodel tm;
     struct lmc_qlora ql;
     memset(&ql, 0, sizeof ql);
@@ -115,7 +168,7 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
         bt.tg[i] = i % 5 == 2 ? -1 : (int32_t)(test_rng_next(&rs) % 200);
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = 1, .decay = LMC_DECAY_ALL, .recompute = recompute,
-                               .recompute_selective = rc == RC_SEL, .save_bf16 = b16, .offload = off,
+                               .recompute_selective = rc == RC_SEL, .recompute_mixer = rc == RC_ATT, .save_bf16 = b16, .offload = off,
                                .next_batch = harness_batch_next, .batch_user = &bt};
     o.adamw = (struct lmc_adamw_cfg){1e-3, 0.9, 0.999, 1e-8, 0.0};
     o.sched = (struct lmc_schedule){.kind = LMC_SCHED_CONSTANT, .lr_max = 1e-3, .lr_min = 1e-3, .total = 10};
@@ -134,16 +187,17 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     CHECK_MSG(m.acts_layers == (recompute ? 1 : tr.tm.cfg.num_layers), "%s: %lld layers' saves held", what,
               (long long)m.acts_layers);
     CHECK(m.acts_per_layer * (size_t)m.acts_layers + m.acts_resid + m.acts_rest == m.acts);
-    CHECK_MSG(!strcmp(m.acts_mode, rc == RC_SEL ? "selective" : rc == RC_FULL ? "full" : "none"), "%s: mode %s", what,
+    CHECK_MSG(!strcmp(m.acts_mode, rc == RC_SEL ? "selective" : rc == RC_ATT ? "attn" : rc == RC_FULL ? "full" : "none"),
+              "%s: mode %s", what,
               m.acts_mode);
     CHECK_MSG(m.acts_bf16 == b16, "%s: bf16 saves %d", what, (int)m.acts_bf16);
-    if (recompute) { /* f32: every layer's input and the final one; bf16 checkpoints: two f32 buffers and L halves */
+    if (recompute || rc == RC_ATT) { /* f32: every layer's input and the final one; bf16 checkpoints: two f32 buffers and L halves */
         const struct lmc_config *c = &tr.tm.cfg;
         const int64_t nc = B * T * c->hidden_size, L = c->num_layers;
         size_t one = (size_t)((nc + 15) / 16 * 16) * sizeof(float), half = (size_t)(((nc + 1) / 2 + 15) / 16 * 16) * sizeof(float);
         size_t f32 = (size_t)(L + 1) * one;
         /* offloaded: a 2-layer model's ring of 2 buffers, input 0 in host memory */
-        CHECK_MSG(b16 ? m.acts_resid == 2 * one + (size_t)L * half : off ? m.acts_resid == 2 * one : m.acts_resid == f32,
+        CHECK_MSG(b16 && recompute ? m.acts_resid == 2 * one + (size_t)L * half : off ? m.acts_resid == 2 * one : m.acts_resid == f32,
                   "%s: residual stream %zu bytes (f32 %zu)", what, m.acts_resid, f32);
         CHECK_MSG(m.host_offload == (off ? (size_t)(c->num_layers - 1) * one : 0), "%s: host %zu bytes", what,
                   m.host_offload);
@@ -155,7 +209,15 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
         CHECK_MSG(m.acts_per_layer == full - (size_t)(2 * nc + ni) * sizeof(float), "%s: %zu bytes per layer (full %zu)",
                   what, m.acts_per_layer, full);
     }
-    if (b16 && !recompute) { /* xmid and the log-sum-exp f32, the rest halved: between 1/2 and 2/3 of the f32 layer */
+    if (rc == RC_ATT) { /* a layer keeps the MLP's region less its product (gate, up; GPT-2: up), bf16: half of it */
+        const struct lmc_config *c = &tr.tm.cfg;
+        int64_t n = B * T, nc = (n * c->hidden_size + 15) / 16 * 16;
+        int64_t mix = (tr.tm.arch->mixer->save_floats(c, n, LMC_RUN_TRAIN) + 15) / 16 * 16;
+        size_t kept = (size_t)(lmc_block_save_floats_sel(tr.tm.arch, c, n, n) - nc - mix) * sizeof(float);
+        CHECK_MSG(b16 ? m.acts_per_layer >= kept / 2 && m.acts_per_layer <= kept / 2 + 64 : m.acts_per_layer == kept,
+                  "%s: %zu bytes per layer (the MLP's f32 region less the product: %zu)", what, m.acts_per_layer, kept);
+    }
+    if (b16 && !recompute && rc != RC_ATT) { /* xmid and the log-sum-exp f32, the rest halved: between 1/2 and 2/3 of the f32 layer */
         const struct lmc_config *c = &tr.tm.cfg;
         int64_t n = B * T, nc = (n * c->hidden_size + 15) / 16 * 16, ni = (n * c->intermediate_size + 15) / 16 * 16;
         size_t full = (size_t)lmc_block_save_floats(tr.tm.arch, c, n, LMC_RUN_TRAIN) * sizeof(float);
@@ -172,7 +234,9 @@ static void run(const char *model, enum mode mode, enum lmc_optim_kind ok, int r
     }
     if (mode == M_QLORA) CHECK_MSG(m.base_ext == ql.quant_bytes && !strcmp(m.base_ext_form, "NF4"), "%s", what);
     struct lmc_train_stats st;
+    cnt.flops = 0, cnt.attn = 0;
     CHECK_MSG(!lmc_trainer_step(&tr, &st, &err), "%s step: %s", what, err.msg);
+    last_flops = cnt.flops, last_attn = cnt.attn;
     CHECK_MSG(backend_part == cnt.live, "%s: after a step the backend holds %zu (account %zu)", what, cnt.live,
               backend_part);
     char line[1024], js[2048];
@@ -256,6 +320,53 @@ static void selective(const char *model, enum mode mode) {
     same_bits(model, mode, RC_NONE, RC_SEL, "selective recompute", "no recompute");
 }
 
+/* --recompute attn (the mixer half recomputed, the MLP's saves kept): the
+ * same loss and gradients, bit for bit, as keeping every layer's saves
+ * (norm1, attention, its residual, norm2 and the MLP's product recomputed
+ * by the same ops from the same inputs); with the layer inputs offloaded
+ * the same again. */
+static void attn(const char *model, enum mode mode) {
+    same_bits(model, mode, RC_NONE, RC_ATT, "attention recompute", "no recompute");
+    same_bits(model, mode, RC_ATT, RC_ATT | RC_OFF, "attention recompute, offloaded checkpoints", "attention recompute");
+}
+
+/* What the recomputation modes run again, counted on the backend: full
+ * recomputation re-runs every layer's forward but the last (whose saves
+ * are still the forward's), attention recomputation only the mixer's
+ * products (q, k, v, o and their adapters) of those layers, and both the
+ * attention kernel once more per layer but the last. */
+static void recompute_ops(const char *model, enum mode mode) {
+    run(model, mode, LMC_OPTIM_ADAMW, RC_NONE, 0, NULL, NULL, NULL);
+    double f0 = last_flops;
+    int64_t a0 = last_attn;
+    run(model, mode, LMC_OPTIM_ADAMW, RC_FULL, 0, NULL, NULL, NULL);
+    double ff = last_flops;
+    int64_t af = last_attn;
+    run(model, mode, LMC_OPTIM_ADAMW, RC_ATT, 0, NULL, NULL, NULL);
+    double fa = last_flops;
+    int64_t aa = last_attn;
+    struct lmc_config c;
+    char dir[256];
+    lmc_err err = {0};
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", model);
+    if (lmc_config_load(&c, dir, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    const int64_t L = c.num_layers, M = 2 * 13, C = c.hidden_size, I = c.intermediate_size;
+    const int64_t qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+    double mix = 2.0 * (double)M * (double)(C * qd + 2 * C * kvd + qd * C), mlp = 2.0 * (double)M * 3.0 * (double)(C * I);
+    CHECK_MSG(a0 == L && af == 2 * L - 1 && aa == 2 * L - 1, "%s: attention launches %lld / %lld / %lld", model,
+              (long long)a0, (long long)af, (long long)aa);
+    /* the extra FLOPs: the base products exactly, plus the adapters' (rank r: a few percent) */
+    double ef = ff - f0, ea = fa - f0;
+    CHECK_MSG(ef >= (double)(L - 1) * (mix + mlp) && ef < 1.2 * (double)(L - 1) * (mix + mlp), "%s: full re-runs %.0f", model, ef);
+    CHECK_MSG(ea >= (double)(L - 1) * mix && ea < 1.2 * (double)(L - 1) * mix, "%s: attn re-runs %.0f", model, ea);
+    printf("%s recompute ops: forward products %.0f (none), +%.0f full (+%.1f%%), +%.0f attn (+%.1f%%); attention "
+           "launches %lld / %lld / %lld\n", model, f0, ef, 100.0 * ef / f0, ea, 100.0 * ea / f0, (long long)a0,
+           (long long)af, (long long)aa);
+}
+
 /* offloaded checkpoints (--recompute with the layer inputs in host
  * memory): the same loss and gradients, bit for bit, as --recompute; the
  * ring holds fewer device bytes (the account checks in run). */
@@ -292,7 +403,8 @@ static void bf16_saved(const char *model, enum mode mode, int rc) {
         CHECK_MSG(diff > 0, "%s: bf16 saves changed no gradient (are they used?)", model);
         printf("%s %s%s: bf16-saved vs f32-saved: loss equal, gradients %.2e max relative, 1 - cos %.2e\n", model,
                mode == M_FULL ? "full" : mode == M_QLORA ? "qlora" : "lora",
-               rc == RC_SEL ? " selective" : rc == RC_FULL ? " recompute (bf16 checkpoints)" : "", num / den,
+               rc == RC_SEL ? " selective" : rc == RC_ATT ? " attention recompute"
+               : rc == RC_FULL ? " recompute (bf16 checkpoints)" : "", num / den,
                cosd);
     }
     free(g0), free(gb);
@@ -321,6 +433,17 @@ int main(void) {
     bf16_saved("qwen2-tiny", M_LORA, RC_FULL);
     bf16_saved("llama-tiny", M_QLORA, RC_FULL);
     bf16_saved("llama-tiny", M_FULL, RC_FULL);
+    attn("llama-tiny", M_LORA);
+    recompute_ops("llama-tiny", M_LORA);
+    attn("qwen2-tiny", M_LORA);
+    attn("gpt2-tiny", M_LORA);
+    attn("llama-tiny", M_FULL);
+    attn("llama-tiny", M_QLORA);
+    bf16_saved("llama-tiny", M_LORA, RC_ATT);
+    bf16_saved("gpt2-tiny", M_LORA, RC_ATT);
+    bf16_saved("llama-tiny", M_QLORA, RC_ATT);
+    same_bits("llama-tiny", M_LORA, RC_ATT | RC_B16, RC_ATT | RC_B16 | RC_OFF,
+              "attention recompute bf16, offloaded checkpoints", "attention recompute bf16");
     offloaded("llama-tiny", M_LORA);
     offloaded("qwen2-tiny", M_LORA);
     offloaded("gpt2-tiny", M_LORA);

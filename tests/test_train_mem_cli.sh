@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_train_mem_cli.sh — the memory account on the command line (train/
-# train_mem.h): `lmc finetune` (LoRA, --recompute, QLoRA NF4, --full on
+# train_mem.h): `lmc finetune` (LoRA, --recompute [selective|attn], QLoRA NF4, --full on
 # llama-tiny) prints one "memory (MiB): ..." line at start-up and writes
 # OUT.memory.json whose parts add up to its total, whose weights, gradients
 # and optimizer bytes follow the run's parameter counts (a frozen base:
@@ -52,6 +52,12 @@ elif kind == "rc16":
 elif kind == "bf16":
     assert m["activation_layers_held"] == 2 and m["recompute"] == "none" and m["activations_dtype"] == "bf16", m
     assert "x 2 held, bf16" in err, err
+elif kind == "attn":
+    assert m["activation_layers_held"] == 2 and m["recompute"] == "attn" and m["host_offload"] == 0, m
+    assert "x 2 held, attention recompute," in err, err
+elif kind == "attn-offload":
+    assert m["activation_layers_held"] == 2 and m["recompute"] == "attn" and m["host_offload"] > 0, m
+    assert "x 2 held, attention recompute, offloaded checkpoints" in err and "in host memory" in err, err
 elif kind == "selective":
     assert m["activation_layers_held"] == 2 and m["recompute"] == "selective", m
     assert "x 2 held, selective recompute" in err, err
@@ -76,6 +82,18 @@ check sel selective >"$TMP/t-sel"; ok $? "selective account"
 # the same losses, bit for bit, as keeping every save (the metrics' printed floats)
 python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])]; b=[json.loads(l)["loss"] for l in open(sys.argv[2])]; assert a == b and len(a) == 2, (a, b)' \
   "$TMP/lora.metrics.jsonl" "$TMP/sel.metrics.jsonl"; ok $? "selective: the losses of no recompute"
+# --recompute attn: the MLP's saves kept, the rest recomputed: the losses of no recompute bit for bit, less held;
+# with --offload-checkpoints the same losses again
+run att --recompute attn; ok $? "attn recompute: $(tail -2 "$TMP/err-att")"
+check att attn >"$TMP/t-att"; ok $? "attn recompute account"
+[ "$(cut -d' ' -f2 "$TMP/t-att")" -lt "$(cut -d' ' -f2 "$TMP/t-sel")" ]; ok $? "attn recompute holds less than selective"
+run atto --recompute attn --offload-checkpoints; ok $? "attn recompute offloaded: $(tail -2 "$TMP/err-atto")"
+check atto attn-offload >"$TMP/t-atto"; ok $? "attn recompute offloaded account"
+[ "$(cut -d' ' -f2 "$TMP/t-atto")" -lt "$(cut -d' ' -f2 "$TMP/t-att")" ]; ok $? "attn offloaded holds less on the backend"
+python3 -c 'import json,sys; r=[[json.loads(l)["loss"] for l in open(f)] for f in sys.argv[1:]]; assert r[0] == r[1] == r[2] and len(r[0]) == 2, r' \
+  "$TMP/lora.metrics.jsonl" "$TMP/att.metrics.jsonl" "$TMP/atto.metrics.jsonl"; ok $? "attn recompute (offloaded too): the losses of no recompute"
+"$LMC" finetune -m "$FIX" --data "$TMP/d.jsonl" -o "$TMP/bad4" $COMMON --recompute attn --tp 2 2>"$TMP/err-bad4"
+[ $? = 2 ] && grep -q "attn" "$TMP/err-bad4"; ok $? "attn with --tp refused: $(tail -1 "$TMP/err-bad4")"
 run b16 --acts-dtype bf16; ok $? "bf16 saves: $(tail -2 "$TMP/err-b16")"
 check b16 bf16 >/dev/null; ok $? "bf16 saves account"
 # the forward is untouched: the first step's loss equal; the second within bf16 rounding of the gradients
@@ -85,11 +103,12 @@ python3 -c 'import json,sys; a=[json.loads(l)["loss"] for l in open(sys.argv[1])
 [ $? = 2 ]; ok $? "--acts-dtype f16 refused: $(tail -1 "$TMP/err-bad2")"
 # lmc info --acts: the same activation bytes as each run's account, without loading weights
 "$LMC" info -m "$FIX" --acts --seq 32 --batch 2 --json >"$TMP/acts.json" 2>"$TMP/err-acts"; ok $? "info --acts: $(cat "$TMP/err-acts")"
-python3 - "$TMP/acts.json" "$TMP/lora.memory.json" "$TMP/sel.memory.json" "$TMP/b16.memory.json" "$TMP/rc.memory.json" <<'PY'; ok $? "info --acts = the runs' accounts"
+python3 - "$TMP/acts.json" "$TMP/lora.memory.json" "$TMP/sel.memory.json" "$TMP/b16.memory.json" "$TMP/rc.memory.json" "$TMP/att.memory.json" <<'PY'; ok $? "info --acts = the runs' accounts"
 import json, sys
 a = json.load(open(sys.argv[1])); runs = [json.load(open(f))["activations"] for f in sys.argv[2:]]
 assert a["batch"] == 2 and a["seq"] == 32, a
-assert [a["none"], a["selective"], a["none_bf16"], a["full"]] == runs, (a, runs)
+assert [a["none"], a["selective"], a["none_bf16"], a["full"], a["attn"]] == runs, (a, runs)
+assert a["full"] < a["attn"] < a["selective"] and a["attn_bf16_offload"] < a["attn_bf16"], a
 assert a["full"] < a["selective"] < a["none"] and a["selective_bf16"] < a["none_bf16"], a  # tiny: the bf16 work set outweighs
 PY
 "$LMC" info -m "$FIX" --acts --seq 32 >"$TMP/acts.txt" 2>&1 && grep -q "selective_bf16" "$TMP/acts.txt"; ok $? "info --acts text: $(head -3 "$TMP/acts.txt")"

@@ -658,7 +658,9 @@ static int print_qlora_mem(const struct cli_common *c, enum lmc_qlora_kind kind)
  * what lmc finetune / lmc train allocate) for B x T in each way of holding
  * the layers' saves (f32 or bf16 saves; no, selective or full recompute;
  * full_bf16: full recompute with the residual stream's checkpoints in bf16;
- * full_offload: with the checkpoints in host memory, the device's part). */
+ * full_offload: with the checkpoints in host memory, the device's part;
+ * attn: the MLP's saves kept, norms and attention recomputed (lmc_tacts_opts.mixer),
+ * attn_bf16 with them in bf16, attn_bf16_offload with the checkpoints in host memory). */
 static int print_acts_mem(const struct cli_common *c, int64_t B, int64_t T) {
     lmc_err err = {0};
     struct lmc_config cfg;
@@ -672,7 +674,10 @@ static int print_acts_mem(const struct cli_common *c, int64_t B, int64_t T) {
                  {"selective_bf16", {.selective = true, .save_bf16 = true}},
                  {"full", {.recompute = true}},
                  {"full_bf16", {.recompute = true, .save_bf16 = true}},
-                 {"full_offload", {.recompute = true, .offload = true}}};
+                 {"full_offload", {.recompute = true, .offload = true}},
+                 {"attn", {.mixer = true}},
+                 {"attn_bf16", {.mixer = true, .save_bf16 = true}},
+                 {"attn_bf16_offload", {.mixer = true, .save_bf16 = true, .offload = true}}};
     if (c->json) printf("{\"batch\":%lld,\"seq\":%lld", (long long)B, (long long)T);
     else printf("training activations for %lld x %lld tokens (the arena; adapters, weights, optimizer and op scratch not included)\n",
                 (long long)B, (long long)T);

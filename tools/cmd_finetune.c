@@ -57,9 +57,11 @@ static void usage(void) {
             "             --wd X (0) --beta1 X --beta2 X --eps X --clip X (1)\n"
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (adamw) and its settings\n"
             "             after it, as in lmc train (--muon-lr X, --galore-rank N, ...; lmc train -h lists them)\n"
-            "  other:     --recompute [full|selective] --acts-dtype f32|bf16 (with full --recompute: bf16 checkpoints\n"
-            "             of the residual stream) --offload-checkpoints (with full --recompute: the layer inputs\n"
-            "             in pinned host memory, copied while other layers run) --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
+            "  other:     --recompute [full|selective|attn] --acts-dtype f32|bf16 (with full --recompute: bf16\n"
+            "             checkpoints of the residual stream; attn: keep the MLP's GEMM outputs, recompute the\n"
+            "             norms and attention) --offload-checkpoints (with full or attn --recompute: the layer inputs\n"
+            "             in pinned host memory, copied while other layers run; a bf16 base's token embedding\n"
+            "             there too when the head is untied) --eval-every N --seed N --metrics FILE --threads N --device cpu|cuda\n"
             "             --save-every N (OUT.ckpt/step_N: the adapter, or with --full the model, plus the\n"
             "             optimizer state and data position) --resume OUT.ckpt/step_N|latest (same --optim)\n"
             "             --keep-last N (after each checkpoint: only the N newest OUT.ckpt/step_N folders, and\n"
@@ -170,7 +172,7 @@ int cmd_finetune(int argc, char **argv) {
     bool qlora = false;
     bool tp_vocab = false, seq_par = false;
     bool rslora = false, full = false, pack = false, skip_bad = false, recompute = false, refuse_long = false;
-    bool recompute_sel = false, offload = false;
+    bool recompute_sel = false, recompute_att = false, offload = false;
     const char *acts_dtype = NULL; /* --acts-dtype f32|bf16 (default: bf16 on a GPU in bf16) */
     enum lmc_sched_kind sched = LMC_SCHED_LINEAR;
     struct lmc_optim_cfg ocfg; /* --optim and its settings (lmc_optim_parse_arg) */
@@ -199,11 +201,12 @@ int cmd_finetune(int argc, char **argv) {
         if (!strcmp(a, "--full")) { full = true; continue; }
         if (!strcmp(a, "--pack")) { pack = true; continue; }
         if (!strcmp(a, "--skip-bad-lines")) { skip_bad = true; continue; }
-        if (!strcmp(a, "--recompute")) { /* full (the default) or selective */
-            bool sel = v && !strcmp(v, "selective");
-            if (sel || (v && !strcmp(v, "full"))) i++;
-            recompute = !sel;
+        if (!strcmp(a, "--recompute")) { /* full (the default), selective or attn */
+            bool sel = v && !strcmp(v, "selective"), att = v && !strcmp(v, "attn");
+            if (sel || att || (v && !strcmp(v, "full"))) i++;
+            recompute = !sel && !att;
             recompute_sel = sel;
+            recompute_att = att;
             continue;
         }
         if (!strcmp(a, "--offload-checkpoints")) { offload = true; continue; }
@@ -366,9 +369,9 @@ int cmd_finetune(int argc, char **argv) {
                         "each; give whole rows)\n", cp > 1 ? "--cp" : "--pp");
         return 2;
     }
-    if (recompute_sel && (mpn > 1 || ep > 1)) {
-        fprintf(stderr, "lmc finetune: --recompute selective runs on one process or data parallel (not with %s yet)\n",
-                ep > 1 ? "--ep" : mpflag);
+    if ((recompute_sel || recompute_att) && (mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc finetune: --recompute %s runs on one process or data parallel (not with %s yet)\n",
+                recompute_sel ? "selective" : "attn", ep > 1 ? "--ep" : mpflag);
         return 2;
     }
     bool dist = denv.world > 1 || mpn > 1 || ep > 1 || (zero > 0 && mpn < 2), root = true;
@@ -453,14 +456,16 @@ int cmd_finetune(int argc, char **argv) {
     bool bf16_base = !full && !qlora && !be.host_memory && bf16 && !dist && tp == 1 && cp == 1 && pp == 1;
     /* and (LoRA or QLoRA) the token embedding and untied head kept bf16 there too */
     bool bf16_ends = !full && !be.host_memory && bf16 && !dist && tp == 1 && cp == 1 && pp == 1;
+    /* with --offload-checkpoints: that embedding (an untied head's) in pinned host memory, gathered in place */
+    bool host_emb = bf16_ends && offload;
     int64_t whole_numel = 0;
     struct lmc_config pcfg;
     if (ep > 1 ? lmc_tmodel_load_layout(&tm, wdir, &be, &err)
         : pp_parts ? lmc_config_load(&pcfg, wdir, &err) ||
                          lmc_trainer_pp_build(&tm, &pcfg, &be, wdir, 0, 0, (int)pp, (int)pp_chunks,
                                               (int)((comm.rank / cp) % pp), pp_layers, &whole_numel, &err)
-        : qlora || bf16_base ? lmc_qlora_load_ends(&tm, &ql, cc.model_dir, qlora ? qkind : LMC_QLORA_BF16, bf16_ends,
-                                                   &be, &err)
+        : qlora || bf16_base ? lmc_qlora_load_opts(&tm, &ql, cc.model_dir, qlora ? qkind : LMC_QLORA_BF16, bf16_ends,
+                                                   host_emb, &be, &err)
                              : lmc_tmodel_load(&tm, wdir, &be, &err)) {
         cli_fail("finetune", &err);
         goto done;
@@ -502,11 +507,15 @@ int cmd_finetune(int argc, char **argv) {
         }
         have_tm = true;
     }
+    char host_line[96] = "";
+    if (ql.host_bytes)
+        snprintf(host_line, sizeof host_line, "; the token embedding in host memory (%.1f MiB)",
+                 (double)ql.host_bytes / 1048576.0);
     if (bf16_base)
         fprintf(stderr, "lmc finetune: LoRA base: %lld linears (%lld weights) and %lld embedding/head tensors (%lld) "
-                        "kept bf16 on %s in %.1f MiB (no f32 copy)\n", (long long)ql.n_quant,
+                        "kept bf16 on %s in %.1f MiB (no f32 copy)%s\n", (long long)ql.n_quant,
                 (long long)ql.quant_params, (long long)ql.n_ends, (long long)ql.ends_params, be.name,
-                (double)ql.dev_bytes / 1048576.0);
+                (double)ql.dev_bytes / 1048576.0, host_line);
     if (qlora) {
         char on_dev[192] = "";
         if (ql.n_dev)
@@ -516,10 +525,11 @@ int cmd_finetune(int argc, char **argv) {
         if (ql.n_ends)
             snprintf(on_dev + strlen(on_dev), sizeof on_dev - strlen(on_dev), " + %lld embedding/head tensors bf16 "
                      "(%.1f MiB)", (long long)ql.n_ends, (double)ql.ends_bytes / 1048576.0);
-        fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s%s\n",
+        fprintf(stderr, "lmc finetune: QLoRA base: %lld linears (%lld weights) kept %s in %.1f MiB%s%s%s\n",
                 (long long)ql.n_quant, (long long)ql.quant_params,
                 ql.prequantized ? "as quantized in the folder" : (qkind == LMC_QLORA_NF4 ? "NF4" : "int4 (groups of 64)"),
-                (double)(ql.quant_bytes - ql.ends_bytes) / 1048576.0, ql.prequantized ? "" : " (quantized at load)", on_dev);
+                (double)(ql.quant_bytes - ql.ends_bytes) / 1048576.0, ql.prequantized ? "" : " (quantized at load)", on_dev,
+                host_line);
     }
     if (!full) {
         struct lmc_lora_config lc = {.r = r, .alpha = alpha, .rslora = rslora, .dropout = dropout};
@@ -566,9 +576,9 @@ int cmd_finetune(int argc, char **argv) {
     }
     /* activations the backward reads as operands in bf16: by default on a GPU in bf16 (one process or data parallel) */
     bool save_bf16 = acts_dtype ? !strcmp(acts_dtype, "bf16") : !be.host_memory && bf16 && mpn < 2 && ep < 2 && !recompute;
-    if (offload && (!recompute || mpn > 1 || ep > 1 || save_bf16)) {
-        fprintf(stderr, "lmc finetune: --offload-checkpoints goes with full --recompute on one process or data "
-                        "parallel (not with --acts-dtype bf16)\n");
+    if (offload && (!(recompute || recompute_att) || mpn > 1 || ep > 1 || (save_bf16 && recompute))) {
+        fprintf(stderr, "lmc finetune: --offload-checkpoints goes with full or attn --recompute on one process or data "
+                        "parallel (not with full --recompute --acts-dtype bf16)\n");
         rc = 2;
         goto done;
     }
@@ -579,7 +589,7 @@ int cmd_finetune(int argc, char **argv) {
         goto done;
     }
     struct lmc_train_opts o = {.B = B, .T = T, .accum = accum, .clip = clip, .recompute = recompute,
-                               .recompute_selective = recompute_sel, .save_bf16 = save_bf16, .offload = offload, .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
+                               .recompute_selective = recompute_sel, .recompute_mixer = recompute_att, .save_bf16 = save_bf16, .offload = offload, .seed = (uint64_t)seed, .next_batch = next_batch, .batch_user = &src};
     o.adamw = (struct lmc_adamw_cfg){lr, beta1, beta2, eps, wd};
     o.decay = LMC_DECAY_DEFAULT;
     o.sched = (struct lmc_schedule){sched, lr, min_lr >= 0 ? min_lr : 0, warmup, steps, 0};

@@ -430,18 +430,28 @@ struct lowp_sizes {
 #define B16F(n) A16(((n) + 1) / 2) /* arena floats holding n bf16 */
 
 static struct lowp_sizes lowp_sizes(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n,
-                                    int64_t m, bool selective) {
+                                    int64_t m, bool selective, bool mixer) {
     struct lowp_sizes z = {0};
     z.mC = m * c->hidden_size;
-    z.mix = a->mixer->save_floats(c, n, LMC_RUN_TRAIN);
-    z.mix_lo = a->mixer->lowp_floats ? LMC_MIN(a->mixer->lowp_floats(c, n), z.mix) : 0;
+    if (!mixer) { /* mixer recomputation: the mixer's region is recomputed, not kept */
+        z.mix = a->mixer->save_floats(c, n, LMC_RUN_TRAIN);
+        z.mix_lo = a->mixer->lowp_floats ? LMC_MIN(a->mixer->lowp_floats(c, n), z.mix) : 0;
+    }
+    bool shared = selective || mixer; /* the product in the shared ffn_act */
     if (a->ffn) {
-        z.ffn = a->ffn->save_floats(c, n, LMC_RUN_TRAIN) - (selective && a->ffn->act_floats ? a->ffn->act_floats(c, n) : 0);
+        z.ffn = a->ffn->save_floats(c, n, LMC_RUN_TRAIN) - (shared && a->ffn->act_floats ? a->ffn->act_floats(c, n) : 0);
         z.ffn_lo = a->ffn->lowp_floats ? LMC_MIN(a->ffn->lowp_floats(c, n), z.ffn) : 0;
     }
-    z.layer = A16(z.mC) + (selective ? 0 : 2 * B16F(z.mC)) + B16F(z.mix_lo) + A16(z.mix - z.mix_lo) + B16F(z.ffn_lo) +
-              A16(z.ffn - z.ffn_lo);
+    z.layer = (mixer ? 0 : A16(z.mC)) + (shared ? 0 : 2 * B16F(z.mC)) + B16F(z.mix_lo) + A16(z.mix - z.mix_lo) +
+              B16F(z.ffn_lo) + A16(z.ffn - z.ffn_lo);
     return z;
+}
+
+/* Floats of the feed-forward's region less its product (selective and
+ * mixer recomputation keep this much per layer, f32). */
+static int64_t ffn_kept_floats(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n) {
+    if (!a->ffn) return 0;
+    return a->ffn->save_floats(c, n, LMC_RUN_TRAIN) - (a->ffn->act_floats ? a->ffn->act_floats(c, n) : 0);
 }
 
 /* Device buffers of offloaded checkpoints' ring (lmc_tacts.xs_ring): 3
@@ -453,7 +463,8 @@ static int64_t offload_ring(int64_t L) {
 /* Floats one layer's saves hold. m: rows of the residual stream. */
 static int64_t layer_floats(const struct lmc_config *c, int64_t BT, int64_t m, const struct lmc_tacts_opts *o) {
     const struct lmc_architecture *a = lmc_arch_of(c);
-    if (o->save_bf16 && !o->recompute) return lowp_sizes(a, c, BT, m, o->selective).layer;
+    if (o->save_bf16 && !o->recompute) return lowp_sizes(a, c, BT, m, o->selective, o->mixer).layer;
+    if (o->mixer) return A16(ffn_kept_floats(a, c, BT));
     return o->selective ? lmc_block_save_floats_sel(a, c, BT, m) : lmc_block_save_floats_sp(a, c, BT, m, LMC_RUN_TRAIN);
 }
 
@@ -472,16 +483,19 @@ static int64_t acts_floats_opts(const struct lmc_config *c, int64_t L, int64_t B
     if (ck16) {
         if (!lmc_mul_ok(L, B16F(mC), &xs)) return -1;
         xs += 2 * A16(mC);
-    } else if (o->recompute && o->offload) { /* a ring of device buffers; the inputs in host memory */
+    } else if ((o->recompute || o->mixer) && o->offload) { /* a ring of device buffers; the inputs in host memory */
         xs = offload_ring(L) * A16(mC);
     } else if (!lmc_mul_ok(L + 1, A16(mC), &xs)) {
         return -1;
     }
     if (!lmc_mul_ok(o->recompute ? 1 : L, layer, &saves)) return -1;
     n = xs + saves;
-    if (o->selective) n += lmc_block_shared_floats_sel(a, c, BT, rows); /* h1, h2, the product */
+    if (o->selective || o->mixer) n += lmc_block_shared_floats_sel(a, c, BT, rows); /* h1, h2, the product */
     if (o->save_bf16 && !o->recompute) /* the f32 work set of one layer */
-        n += o->selective ? lmc_block_save_floats_sel(a, c, BT, rows) : lmc_block_save_floats_sp(a, c, BT, rows, LMC_RUN_TRAIN);
+        n += o->selective || o->mixer ? lmc_block_save_floats_sel(a, c, BT, rows)
+                                      : lmc_block_save_floats_sp(a, c, BT, rows, LMC_RUN_TRAIN);
+    else if (o->mixer) /* the shared xmid and mixer region (f32 saves) */
+        n += A16(mC) + A16(a->mixer->save_floats(c, BT, LMC_RUN_TRAIN));
     n += 4 * A16(BTC) + A16(BT);                   /* hf, tmp, dx, dh; loss */
     n += A16(lmc_block_bwd_floats(a, c, BT));      /* backward scratch */
     return n > ((int64_t)1 << 42) ? -1 : n;
@@ -524,9 +538,13 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     if (n_layers < 1 || n_layers > c->num_layers)
         return lmc_err_set(err, LMC_ERR_ARG, "activations for %lld of the model's %lld layers", (long long)n_layers,
                            (long long)c->num_layers);
-    if (o->offload && (!o->recompute || o->selective || o->save_bf16 || sp))
-        return lmc_err_set(err, LMC_ERR_ARG, "activations: offloaded checkpoints go with full recomputation only "
-                           "(not with bf16 checkpoints, selective recomputation or sequence parallelism)");
+    if (o->offload && (!(o->recompute || o->mixer) || o->selective || (o->save_bf16 && o->recompute) || sp))
+        return lmc_err_set(err, LMC_ERR_ARG, "activations: offloaded checkpoints go with full or mixer recomputation "
+                           "only (not with bf16 checkpoints, selective recomputation or sequence parallelism)");
+    if (o->mixer && (o->recompute || o->selective || sp || !tm->arch->ffn))
+        return lmc_err_set(err, LMC_ERR_ARG, "activations: mixer recomputation keeps every layer's feed-forward saves "
+                           "(not with full or selective recomputation or sequence parallelism; the model needs a "
+                           "feed-forward part)");
     if (o->offload && (!be->host_alloc || !be->host_free || !be->offload || !be->offload_wait))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no host offload (needed for offloaded "
                            "checkpoints)", be->name ? be->name : "?");
@@ -550,6 +568,7 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
     a->T = T;
     a->recompute = recompute;
     a->selective = o->selective;
+    a->mixer = o->mixer;
     a->save_bf16 = o->save_bf16 && !recompute;
     int64_t nl = recompute ? 1 : L;
     a->layer_floats = layer_floats(c, BT, sp ? sp->m : BT, o);
@@ -613,8 +632,8 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
         for (int64_t l = 0; l <= L; l++, p += A16(m * C)) a->xs[l] = p;
     }
     if (a->save_bf16) { /* the f32 work set, then each layer's xmid and bf16 / f32 pieces */
-        struct lowp_sizes z = lowp_sizes(tm->arch, c, BT, m, a->selective);
-        if (a->selective) {
+        struct lowp_sizes z = lowp_sizes(tm->arch, c, BT, m, a->selective, a->mixer);
+        if (a->selective || a->mixer) {
             struct lmc_block_save sh;
             p = lmc_block_carve_shared_sel(tm->arch, c, BT, m, p, &sh, &a->ffn_act);
             p = lmc_block_save_carve_sel(tm->arch, c, BT, m, p, &sh, &a->work);
@@ -624,8 +643,8 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
         for (int64_t l = 0; l < nl; l++) {
             struct lmc_tacts_lowp *lp = &a->lowp[l];
             float *p0 = p;
-            a->saves[l].xmid = p, p += A16(z.mC);
-            if (!a->selective) {
+            if (!a->mixer) a->saves[l].xmid = p, p += A16(z.mC); /* mixer: the work set's, recomputed */
+            if (!a->selective && !a->mixer) {
                 lp->h1 = (uint16_t *)p, p += B16F(z.mC);
                 lp->h2 = (uint16_t *)p, p += B16F(z.mC);
             }
@@ -635,6 +654,13 @@ static lmc_status tacts_init(struct lmc_tacts *a, const struct lmc_tmodel *tm, c
             lp->ffn_tail = p, p += A16(z.ffn - z.ffn_lo);
             LMC_ASSERT(p - p0 == z.layer);
         }
+    } else if (a->mixer) { /* the shared h1, h2, product, xmid and mixer region, then each layer's ffn region */
+        struct lmc_block_save sh;
+        p = lmc_block_carve_shared_sel(tm->arch, c, BT, m, p, &sh, &a->ffn_act);
+        float *xmid = p, *mix = p + A16(m * C);
+        p = mix + A16(tm->arch->mixer->save_floats(c, BT, LMC_RUN_TRAIN));
+        for (int64_t l = 0; l < nl; l++, p += a->layer_floats)
+            a->saves[l] = (struct lmc_block_save){sh.h1, xmid, sh.h2, mix, p};
     } else if (a->selective) { /* the shared h1, h2 and product, then each layer's GEMM outputs */
         struct lmc_block_save sh;
         p = lmc_block_carve_shared_sel(tm->arch, c, BT, m, p, &sh, &a->ffn_act);
@@ -750,7 +776,7 @@ static lmc_status vocab_head_xent(struct lmc_tmodel *tm, const struct lmc_backen
 static const struct lmc_block_save *layer_save(const struct lmc_tacts *a, int64_t l, struct lmc_block_save *ws) {
     if (!a->save_bf16) return &a->saves[a->recompute ? 0 : l];
     *ws = a->work;
-    ws->xmid = a->saves[l].xmid;
+    if (!a->mixer) ws->xmid = a->saves[l].xmid; /* mixer: the work set's own, recomputed */
     return ws;
 }
 
@@ -760,7 +786,7 @@ static void lowp_move(const struct lmc_tacts *a, const struct lmc_run *r, int64_
                       bool pack) {
     const struct lmc_backend *be = r->be;
     const struct lmc_tacts_lowp *lp = &a->lowp[l];
-    struct lowp_sizes z = lowp_sizes(r->arch, r->cfg, r->n, r->n, a->selective);
+    struct lowp_sizes z = lowp_sizes(r->arch, r->cfg, r->n, r->n, a->selective, a->mixer);
     const enum lmc_dtype F = LMC_DTYPE_F32, H = LMC_DTYPE_BF16;
 #define MOVE(lo, hi, dt, n) \
     if (n) { \
@@ -933,7 +959,11 @@ static lmc_status tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *b
             if (l + 1 >= nb) be->offload(be->ctx, a->xs[l + 1 - nb], a->xs_host[l + 1 - nb], xbytes, (int)((l + 1 - nb) % nb));
             if (l + nb <= L) be->offload_wait(be->ctx, (int)(l % nb));
         }
-        if (a->recompute) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
+        /* the last layer's saves (full recomputation: saves[0]; mixer: the shared set) are still its forward's,
+         * unless the backward restores its input from a bf16 checkpoint or routing statistics would count twice */
+        bool fresh = l == L - 1 && !a->xs16 && !a->sp && !a->moe;
+        if (a->recompute && !fresh) lmc_block_fwd(&r, l, &tm->W.layers[l], s, a->xs[l], a->tmp);
+        if (a->mixer && !fresh) lmc_block_fwd_mixer(&r, l, &tm->W.layers[l], s, a->xs[l]);
         if (a->selective) lmc_block_renorm(&r, &tm->W.layers[l], s, a->xs[l]); /* the product: the ffn's bwd */
         bool held = hold_saved_norms(a, &r, l, s);
         lmc_block_bwd(&r, l, &tm->W.layers[l], &tm->G.layers[l], s, a->xs[l], a->dx, a->dh, a->scratch);

@@ -216,6 +216,12 @@ struct lmc_tacts {
      * buffers the layers share (saves[l].h1 / h2, ffn_act; NULL: none) */
     bool selective;
     float *ffn_act;
+    /* mixer recomputation (lmc_tacts_opts.mixer): every layer keeps its
+     * feed-forward's region less the product (as selective); xmid, h1,
+     * h2, the mixer's region and the product are one shared set that the
+     * backward recomputes per layer (lmc_block_fwd_mixer: norm1, the
+     * mixer with its residual, norm2; the product through ffn_act) */
+    bool mixer;
     /* bf16-saved activations (lmc_tacts_opts.save_bf16): saves[l] holds
      * only layer l's xmid (f32); lowp[l] the rest of its saves, the
      * leading parts of the mixer's and feed-forward's regions (their
@@ -324,6 +330,15 @@ struct lmc_tacts_lowp {
  *    memory, copied out and back while other layers run; the step is bit
  *    for bit that of recompute (the same ops on the same values). Needs
  *    the backend's host_alloc / offload (LMC_ERR_UNSUPPORTED otherwise).
+ *  - mixer: each layer keeps only its feed-forward's region less the
+ *    product (attention: the MLP's gate and up); the backward recomputes
+ *    the layer's first half (norm1, the mixer and its residual xmid,
+ *    norm2; not the feed-forward's GEMMs) into one shared set and the
+ *    product through ffn_act. The step is bit for bit the no-recompute
+ *    one; with save_bf16 the kept region is bf16 (one f32 work set) and
+ *    the backward reads it rounded, as save_bf16 alone does. Combines
+ *    with offload (not with recompute, selective or bf16 checkpoints).
+ *    Needs a feed-forward part.
  *  - save_bf16 (with or without selective, without recompute): the saves
  *    the backward reads as GEMM / attention operands or elementwise (h1,
  *    h2, attention's q, k, v and output, the MLP's region) kept in bf16,
@@ -334,7 +349,8 @@ struct lmc_tacts_lowp {
  * Not with sequence parallelism (lmc_tacts_init_sp). */
 struct lmc_tacts_opts {
     bool recompute, selective, save_bf16;
-    bool offload; /* with recompute, not with save_bf16: the layer inputs in host memory (xs_host) */
+    bool offload; /* with recompute (not with save_bf16) or mixer: the layer inputs in host memory (xs_host) */
+    bool mixer;   /* recompute each layer's mixer half only (see above) */
 };
 size_t lmc_tacts_bytes_opts(const struct lmc_config *cfg, int64_t B, int64_t T, const struct lmc_tacts_opts *o);
 lmc_status lmc_tacts_init_opts(struct lmc_tacts *a, const struct lmc_tmodel *tm, const struct lmc_backend *be,

@@ -209,6 +209,18 @@ void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w 
     a->ffn->fwd(r, l, W, s->ffn, s->h2, xmid, x_out);
 }
 
+void lmc_block_fwd_mixer(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                         const struct lmc_block_save *s, const float *x_in) {
+    const struct lmc_config *c = r->cfg;
+    const struct lmc_architecture *a = r->arch;
+    int64_t n = r->n, C = c->hidden_size;
+    float eps = (float)c->norm_eps;
+    LMC_ASSERT(a->ffn && s->xmid && !r->sp);
+    a->norm->fwd(r->be, s->h1, x_in, W->vec[LMC_V_NORM1], W->vec[LMC_V_NORM1_B], n, C, eps);
+    a->mixer->fwd(r, l, W, s->mix, s->h1, x_in, s->xmid);
+    a->norm->fwd(r->be, s->h2, s->xmid, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], n, C, eps);
+}
+
 void lmc_block_bwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
                    const struct lmc_block_w *G, const struct lmc_block_save *s, const float *x_in,
                    float *dx, float *dh, float *scratch) {

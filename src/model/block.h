@@ -303,6 +303,13 @@ float *lmc_block_carve_shared_sel(const struct lmc_architecture *a, const struct
                                   float *p, struct lmc_block_save *sh, float **act);
 float *lmc_block_save_carve_sel(const struct lmc_architecture *a, const struct lmc_config *c, int64_t n, int64_t m,
                                 float *p, const struct lmc_block_save *sh, struct lmc_block_save *s);
+/* Mixer recomputation (lmc_tacts.mixer): h1 = norm1(x_in), the mixer's
+ * region and xmid = x_in + mixer(h1), h2 = norm2(xmid) into s's buffers,
+ * as lmc_block_fwd computed them (the same ops, the same bits); the
+ * feed-forward part is not run. Needs a feed-forward part and s->xmid;
+ * not under sequence parallelism. */
+void lmc_block_fwd_mixer(const struct lmc_run *r, int64_t l, const struct lmc_block_w *W,
+                         const struct lmc_block_save *s, const float *x_in);
 /* h1 = norm1(x_in) and, with a feed-forward part, h2 = norm2(xmid) into
  * s's buffers, as lmc_block_fwd computed them (the same ops, the same
  * bits): selective recomputation before lmc_block_bwd. */

@@ -492,7 +492,10 @@ struct lmc_backend {
      * after the work queued so far, overlapping the work queued after it;
      * slot (0 <= slot < LMC_OFFLOAD_SLOTS) names the copy for offload_wait,
      * which makes the work queued after it wait for the slot's last copy.
-     * Copies run in the order they were queued. All four optional (NULL:
+     * Copies run in the order they were queued. The embed op may read a
+     * bf16 table in host_alloc memory in place (a frozen token embedding
+     * kept off the device, train/qlora.h; CUDA: pinned memory is mapped
+     * into the device's unified address space). All four optional (NULL:
      * no offloading). */
     void *(*host_alloc)(void *ctx, size_t bytes);
     void (*host_free)(void *ctx, void *p);

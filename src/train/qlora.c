@@ -202,7 +202,7 @@ static lmc_status load_external(struct lmc_tmodel *tm, struct lmc_qlora *ql, int
  * host (round to nearest even, as the device's conversion) and uploaded
  * into a buffer of its own; bound through ext_data. */
 static lmc_status load_bf16(struct lmc_tmodel *tm, struct lmc_qlora *ql, int i, const struct lmc_st *st,
-                            const char *dir, float **buf, lmc_err *err) {
+                            const char *dir, float **buf, bool host_emb, lmc_err *err) {
     const struct lmc_backend *be = ql->be;
     struct lmc_tparam *p = &tm->params[i];
     int64_t n = p->transposed ? p->shape[1] : p->shape[0], k = p->transposed ? p->shape[0] : p->shape[1];
@@ -228,17 +228,33 @@ static lmc_status load_bf16(struct lmc_tmodel *tm, struct lmc_qlora *ql, int i, 
     }
     for (int64_t e = 0; e < p->numel; e++) h[e] = lmc_f32_to_bf16(w[e]);
     size_t bytes = (size_t)p->numel * sizeof(uint16_t);
-    void *d = be->alloc(be->ctx, bytes);
+    /* the token embedding of an untied head in host memory: only the embed op reads it (tm->tied_head is not
+     * known before the head is bound: an untied head is an external matrix of the last part) */
+    bool untied = false;
+    for (int j = 0; j < tm->n_params; j++)
+        untied |= tm->params[j].part == (int)tm->cfg.num_layers + 1 && tm->params[j].external && tm->params[j].ndim == 2;
+    bool host = host_emb && p->part == 0 && untied && !ql->host_emb;
+    void *d = host ? be->host_alloc(be->ctx, bytes) : be->alloc(be->ctx, bytes);
     if (!d) {
         free(h);
-        return lmc_err_set(err, LMC_ERR_OOM, "%s: %s: out of device memory (bf16 base)", dir, p->name);
+        return lmc_err_set(err, LMC_ERR_OOM, "%s: %s: out of %s memory (bf16 base)", dir, p->name,
+                           host ? "host" : "device");
+    }
+    p->ext_data = d;
+    p->ext_dtype = LMC_DTYPE_BF16;
+    if (host) {
+        memcpy(d, h, bytes);
+        free(h);
+        ql->host_emb = d;
+        ql->host_bytes = bytes;
+        ql->n_ends++;
+        ql->ends_params += p->numel;
+        return LMC_OK;
     }
     be->upload(be->ctx, d, h, bytes);
     be->sync(be->ctx);
     free(h);
     ql->dense[ql->n_dense++] = d;
-    p->ext_data = d;
-    p->ext_dtype = LMC_DTYPE_BF16;
     if (p->part == 0 || p->part == (int)tm->cfg.num_layers + 1) {
         ql->n_ends++; /* the embedding or the head */
         ql->ends_params += p->numel;
@@ -315,8 +331,16 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
 
 lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                                bool bf16_ends, const struct lmc_backend *be, lmc_err *err) {
+    return lmc_qlora_load_opts(tm, ql, dir, kind, bf16_ends, false, be, err);
+}
+
+lmc_status lmc_qlora_load_opts(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
+                               bool bf16_ends, bool host_emb, const struct lmc_backend *be, lmc_err *err) {
     memset(ql, 0, sizeof *ql);
     memset(tm, 0, sizeof *tm);
+    if (host_emb && bf16_ends && (!be->host_alloc || !be->host_free))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "backend %s has no host memory for the token embedding",
+                           be->name ? be->name : "?");
     if ((kind == LMC_QLORA_BF16 || bf16_ends) && be->host_memory)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "bf16 base: a device backend's (backend %s keeps the f32 base)",
                            be->name ? be->name : "?");
@@ -366,7 +390,7 @@ lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, cons
         if (p->external) {
             int parts = pk->parts[ext++];
             if (kind == LMC_QLORA_BF16 || p->part == 0 || p->part == (int)tm->cfg.num_layers + 1) {
-                s = load_bf16(tm, ql, i, &st, dir, &buf, err); /* a bf16 linear, or the embedding / head */
+                s = load_bf16(tm, ql, i, &st, dir, &buf, host_emb && bf16_ends, err); /* a bf16 linear, or the embedding / head */
                 continue;
             }
             s = load_external(tm, ql, i, &st, &qc, kind, parts, dir, &buf, err);
@@ -400,6 +424,7 @@ lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, cons
 void lmc_qlora_free(struct lmc_qlora *ql) {
     for (int i = 0; ql->dev && i < ql->n_dev; i++) ql->be->qweight_free_f(ql->be->ctx, ql->dev[i]);
     for (int i = 0; ql->dense && i < ql->n_dense; i++) ql->be->free(ql->be->ctx, ql->dense[i]);
+    if (ql->host_emb) ql->be->host_free(ql->be->ctx, ql->host_emb);
     free(ql->dense);
     free(ql->dev);
     for (int i = 0; ql->qw && i < ql->n_slots; i++) lmc_qweight_free(&ql->qw[i]);

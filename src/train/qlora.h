@@ -52,6 +52,11 @@ struct lmc_qlora {
     int64_t n_ends;           /* LMC_QLORA_BF16: the token embedding / untied head among them (not in n_quant) */
     int64_t ends_params;      /* their elements */
     size_t ends_bytes;        /* their bytes (also in quant_bytes, compact_bytes and dev_bytes) */
+    /* lmc_qlora_load_opts with host_emb: the bf16 token embedding in the
+     * backend's host memory (host_alloc), read in place by its embed op;
+     * host_bytes, in none of the device counts above (NULL / 0: none) */
+    void *host_emb;
+    size_t host_bytes;
 };
 
 /* Loads dir into tm on be with its linears quantized (see above); ql owns
@@ -72,6 +77,16 @@ lmc_status lmc_qlora_load(struct lmc_tmodel *tm, struct lmc_qlora *ql, const cha
  * operand as before. LMC_ERR_UNSUPPORTED on a host-memory backend. */
 lmc_status lmc_qlora_load_ends(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
                                bool bf16_ends, const struct lmc_backend *be, lmc_err *err);
+/* As lmc_qlora_load_ends; host_emb (with bf16_ends, an untied head): the
+ * bf16 token embedding goes to the backend's host memory (host_alloc:
+ * CUDA's pinned memory, mapped into the device's address space) instead
+ * of device memory, and the embed op gathers the step's rows from it in
+ * place (a zero-copy read over the bus: the rows of one step, not the
+ * table). The step is bit for bit that of the device-resident table.
+ * Nothing changes for a tied head (the head's GEMM reads the table) or
+ * without bf16_ends. LMC_ERR_UNSUPPORTED for a backend without host_alloc. */
+lmc_status lmc_qlora_load_opts(struct lmc_tmodel *tm, struct lmc_qlora *ql, const char *dir, enum lmc_qlora_kind kind,
+                               bool bf16_ends, bool host_emb, const struct lmc_backend *be, lmc_err *err);
 void lmc_qlora_free(struct lmc_qlora *ql);
 
 #endif

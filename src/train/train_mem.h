@@ -32,10 +32,11 @@ struct lmc_train_mem {
     size_t acts_resid;      /*   the residual stream: each layer's input and the final one */
     size_t acts_rest;       /*   the rest: final norm, loss, backward scratch, ids, positions (and
                              *   selective recomputation's shared norm outputs and product) */
-    const char *acts_mode;  /* recomputation: "none", "full" or "selective" */
+    const char *acts_mode;  /* recomputation: "none", "full", "selective" or "attn" (the mixer: lmc_tacts.mixer) */
     bool acts_bf16;         /* saves kept in bf16 (lmc_tacts.save_bf16), or with recompute the
                              * residual stream's checkpoints (lmc_tacts.xs16) */
     size_t host_offload;    /* offloaded checkpoints (lmc_tacts.xs_host): host memory, not in total */
+    size_t host_emb;        /* the bf16 token embedding in host memory (lmc_qlora.host_bytes), not in total */
     size_t lora;            /* the adapters' scale matrices, scratch and gradient sink */
     size_t total;
 };

@@ -61,7 +61,7 @@ lmc_status lmc_trainer_init(struct lmc_trainer *tr, struct lmc_tmodel *tm,
     if (tr->tm.w) tr->o.init_src = NULL; /* used (or never needed) */
     if ((s = lmc_schedule_check(&o->sched, err))) goto fail;
     struct lmc_tacts_opts ao = {.recompute = o->recompute, .selective = o->recompute_selective,
-                                .save_bf16 = o->save_bf16, .offload = o->offload};
+                                .save_bf16 = o->save_bf16, .offload = o->offload, .mixer = o->recompute_mixer};
     if (!o->no_acts && (s = lmc_tacts_init_opts(&tr->acts, &tr->tm, be, o->B, o->T, &ao, err))) goto fail;
     if (train && (s = lmc_loader_init(&tr->train, train, o->B, o->T, o->seed, true, err))) goto fail;
     if (val && (s = lmc_loader_init(&tr->val, val, o->B, o->T, o->seed, false, err))) {

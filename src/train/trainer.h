@@ -36,10 +36,13 @@ struct lmc_train_opts {
     bool recompute_selective;  /* or selective: keep the GEMM outputs, recompute norms and the
                                 * feed-forward's product (lmc_tacts_init_sel; single-process and
                                 * data-parallel trainers only) */
+    bool recompute_mixer;      /* or mixer: keep the feed-forward's GEMM outputs, recompute each
+                                * layer's norms, mixer (attention) and product (lmc_tacts_opts.mixer;
+                                * single-process and data-parallel trainers only) */
     bool save_bf16;            /* activations the backward reads as operands kept in bf16
                                 * (lmc_tacts_opts; the backend needs convert); with recompute: the
                                 * residual stream's checkpoints in bf16 */
-    bool offload;              /* with recompute: the layer inputs in host memory (lmc_tacts_opts;
+    bool offload;              /* with recompute or recompute_mixer: the layer inputs in host memory (lmc_tacts_opts;
                                 * the backend needs host_alloc / offload) */
     uint64_t seed;             /* data order */
     bool zero_moments;         /* AdamW data parallel (lmc_trainer_dist_init follows, which

@@ -1447,6 +1447,38 @@ static void test_lora() {
             check(p + "recompute bf16 checkpoints grads (1 - cosine)", c16, 1e-4, "%s", mn);
             printf("  %s lora recompute %s: offloaded = recompute (%lld differ); bf16 checkpoints grads rel %.2e, "
                    "1 - cos %.2e\n", mn, bf ? "bf16" : "fp32", (long long)doff, e16, c16);
+            /* attention recomputation (the MLP's saves kept, lmc_tacts_opts.mixer): the no-recompute step bit
+             * for bit (f32 saves), offloaded the same again; with bf16 saves its loss, the gradients within bf16
+             * rounding, and offloaded its own step bit for bit */
+            const struct lmc_tacts_opts at = {false, false, false, false, true}, atoff = {false, false, false, true, true};
+            const struct lmc_tacts_opts atb = {false, false, true, false, true}, atboff = {false, false, true, true, true};
+            double la, lao, lab, labo;
+            std::vector<float> ga, gao, gab, gabo;
+            if (!lora_step(&gpu, dir, in, tg, nullptr, 0, la, ga, o1, &at) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, lao, gao, o1, &atoff) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, lab, gab, o1, &atb) ||
+                !lora_step(&gpu, dir, in, tg, nullptr, 0, labo, gabo, o1, &atboff))
+                continue;
+            int64_t da = 0, dao = 0, dabo = 0;
+            for (size_t i = 0; i < g0.size(); i++) {
+                da += memcmp(&g0[i], &ga[i], 4) != 0;
+                dao += memcmp(&ga[i], &gao[i], 4) != 0;
+                dabo += memcmp(&gab[i], &gabo[i], 4) != 0;
+            }
+            check(p + "attn recompute vs none: loss bits", memcmp(&l0, &la, sizeof l0) ? 1.0 : 0.0, 0, "%s", mn);
+            check(p + "attn recompute vs none: gradients differing", (double)da, 0, "%s", mn);
+            check(p + "attn recompute offloaded vs attn: loss bits", memcmp(&la, &lao, sizeof la) ? 1.0 : 0.0, 0, "%s", mn);
+            check(p + "attn recompute offloaded vs attn: gradients differing", (double)dao, 0, "%s", mn);
+            double eab = rel(gab, g0), cab = 1 - cosine(gab.data(), g0.data(), g0.size());
+            check(p + "attn recompute bf16: loss bits", memcmp(&l0, &lab, sizeof l0) ? 1.0 : 0.0, 0, "%s", mn);
+            check(p + "attn recompute bf16 grads", eab, 2e-2, "%s", mn);
+            check(p + "attn recompute bf16 grads (1 - cosine)", cab, 1e-4, "%s", mn);
+            check(p + "attn recompute bf16 offloaded vs bf16: loss bits", memcmp(&lab, &labo, sizeof lab) ? 1.0 : 0.0, 0,
+                  "%s", mn);
+            check(p + "attn recompute bf16 offloaded vs bf16: gradients differing", (double)dabo, 0, "%s", mn);
+            printf("  %s lora attn recompute %s: = none (%lld differ), offloaded = attn (%lld differ); bf16 grads rel "
+                   "%.2e, 1 - cos %.2e, offloaded = bf16 (%lld differ)\n", mn, bf ? "bf16" : "fp32", (long long)da,
+                   (long long)dao, eab, cab, (long long)dabo);
         }
         lmc_backend_cuda_set_train_bf16(&gpu, false);
     }

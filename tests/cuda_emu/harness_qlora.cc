@@ -183,10 +183,12 @@ static lmc_status qlora_next(void *user, int32_t *in, int32_t *tg, const int64_t
 
 /* ends 1: the token embedding and untied head kept bf16 too
  * (lmc_qlora_load_ends); 2: the f32 embedding's values rounded to bf16
- * after loading (what a bf16 embedding gathers); 0: neither. info
- * (optional): the bound embedding's and head's dtypes and the arena's
- * floats after attaching the adapter. */
-struct qlora_info { enum lmc_dtype emb, head; int64_t numel; };
+ * after loading (what a bf16 embedding gathers); 3: as 1 with the
+ * embedding of an untied head in pinned host memory (lmc_qlora_load_opts
+ * host_emb); 0: neither. info (optional): the bound embedding's and head's
+ * dtypes, the arena's floats after attaching the adapter, the host bytes
+ * and whether the bound embedding lies outside device memory. */
+struct qlora_info { enum lmc_dtype emb, head; int64_t numel; size_t host; bool emb_off_dev; };
 static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enum lmc_qlora_kind kind, qlora_batch &b,
                        int64_t B, int64_t T, double &loss, std::vector<float> &g, std::vector<float> &w, size_t &dev_bytes,
                        size_t &compact_bytes, int ends = 0, qlora_info *info = nullptr) {
@@ -198,7 +200,8 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
     struct lmc_trainer tr;
     memset(&ql, 0, sizeof ql);
     /* kind 0: the plain f32 model (lmc_tmodel_load) */
-    if (kind ? lmc_qlora_load_ends(&tm, &ql, dir.c_str(), kind, ends == 1, be, &err) : lmc_tmodel_load(&tm, dir.c_str(), be, &err)) {
+    if (kind ? lmc_qlora_load_opts(&tm, &ql, dir.c_str(), kind, ends == 1 || ends == 3, ends == 3, be, &err)
+             : lmc_tmodel_load(&tm, dir.c_str(), be, &err)) {
         printf("FAIL qlora load on %s: %s\n", be->name, err.msg), n_fail++;
         return false;
     }
@@ -226,7 +229,7 @@ static bool qlora_step(const struct lmc_backend *be, const std::string &dir, enu
         printf("FAIL qlora attach on %s: %s\n", be->name, err.msg), n_fail++;
         return false;
     }
-    if (info) *info = {tr.tm.W.tok_emb.dtype, tr.tm.W.head.w.dtype, tr.tm.numel};
+    if (info) *info = {tr.tm.W.tok_emb.dtype, tr.tm.W.head.w.dtype, tr.tm.numel, ql.host_bytes, !emu_is_dev(tr.tm.W.tok_emb.data)};
     struct lmc_train_stats st;
     count_begin();
     bool ok = !lmc_trainer_step(&tr, &st, &err);
@@ -336,6 +339,36 @@ static void bf16_base_bwd_ops() {
     lmc_backend_cuda_set_train_bf16(&gpu, false);
 }
 
+/* The bf16 embedding of an untied head in pinned host memory (ends 3,
+ * gathered in place by the embed kernel): the step of the device-resident
+ * one (le, ge, we; device bytes de) bit for bit, the device bytes less the
+ * embedding's V x C bf16, which the host holds; a tied head keeps it on
+ * the device (nothing moves). */
+static void host_emb_case(const char *what, const char *model, const std::string &dir, enum lmc_qlora_kind kind,
+                          qlora_batch &b, int64_t B, int64_t T, double le, const std::vector<float> &ge,
+                          const std::vector<float> &we, size_t de, const qlora_info &ie) {
+    double lh;
+    std::vector<float> gh, wh;
+    size_t dh, ch;
+    qlora_info ih;
+    if (!qlora_step(&gpu, dir, kind, b, B, T, lh, gh, wh, dh, ch, 3, &ih)) return;
+    int64_t diff = 0;
+    for (size_t i = 0; i < ge.size() && i < gh.size(); i++) diff += memcmp(&ge[i], &gh[i], 4) != 0;
+    for (size_t i = 0; i < we.size() && i < wh.size(); i++) diff += memcmp(&we[i], &wh[i], 4) != 0;
+    std::string p = std::string(what) + " + host embedding: ";
+    check(p + "loss bits vs device embedding", memcmp(&le, &lh, sizeof le) ? 1.0 : 0.0, 0.0, "%s", model);
+    check(p + "gradients and adapter differing", (double)diff + (ge.size() != gh.size()), 0.0, "%s", model);
+    lmc_config cfg;
+    lmc_err err;
+    bool untied = !lmc_config_load(&cfg, dir.c_str(), &err) && !cfg.tie_word_embeddings;
+    size_t want = untied ? (size_t)(cfg.vocab_size * cfg.hidden_size) * 2 : 0;
+    bool ok = ih.host == want && de - dh == want && ih.emb_off_dev == untied && !ie.emb_off_dev && ih.emb == LMC_DTYPE_BF16;
+    check(p + "bytes moved from the device to the host", ok ? 0.0 : 1.0, 0.0, "%s: host %zu, device %zu -> %zu, want %zu",
+          model, ih.host, de, dh, want);
+    printf("  %s %s + host embedding: loss and %zu gradient/adapter values = device embedding (%lld differ); "
+           "%zu B in host memory\n", model, what, ge.size() + we.size(), (long long)diff, ih.host);
+}
+
 /* LoRA's bf16 base (LMC_QLORA_BF16): in the bf16 mode the frozen linears
  * kept as bf16 give the step of the f32 base, whose weights the GEMMs
  * round to bf16 the same way (cuBLASLt operands; matmul_bwd's dx takes the
@@ -402,6 +435,7 @@ static void bf16_base_models() {
             printf("  %s bf16 embedding/head: loss %.9f vs rounded-embedding f32 base %.9f (%.2e; f32 embedding %.2e), "
                    "grads rel %.2e, adapter %.2e; arena -%lld floats, device +%zu B\n", model, le, lr, el, ef, eg, ew,
                    (long long)VC, de - dl);
+            host_emb_case("lora bf16 base", model, dir, LMC_QLORA_BF16, b, B, T, le, ge, we, de, ie);
         }
         lmc_backend_cuda_set_train_bf16(&gpu, false);
     }
@@ -436,6 +470,7 @@ static void qlora_ends_models() {
                   "%s: %lld floats, device %zu vs %zu", model, (long long)VC, de, dr);
             printf("  %s qlora nf4 + bf16 embedding/head: loss %.9f vs %.9f (%.2e), grads rel %.2e, adapter %.2e\n",
                    model, le, lr, el, eg, ew);
+            host_emb_case("qlora nf4", model, dir, LMC_QLORA_NF4, b, B, T, le, ge, we, de, ie);
         }
         lmc_backend_cuda_set_train_bf16(&gpu, false);
     }
