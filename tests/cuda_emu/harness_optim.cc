@@ -12,7 +12,8 @@
  * with the same bf16 roundings and against the fp32 CPU op; every
  * optimizer through the real CUDA table (Muon also with bf16, batched;
  * GaLore with the subspace refresh on both sides); GaLore's subspace
- * refresh ops (galore_ritz, galore_rotate with its sign rule). */
+ * refresh ops (galore_ritz, galore_orth's CholeskyQR pass with and without
+ * T, galore_rotate with its sign rule). */
 extern "C" {
 #include "ops/optim_ops.h"
 #include "train/optim.h"
@@ -228,8 +229,9 @@ static void test_optim() {
         if (mode) check(std::string(mn) + " limiter norm", worst_prev, tol, "%ldx%ld r%ld", (long)rows, (long)cols,
                         (long)rank);
     }
-    /* GaLore's subspace refresh ops (lowrank.cu vs ops/cpu/lowrank.c): Y, C, T
-     * and the rotated, signed projection; wide, tall and square, ranks 1 and 8 */
+    /* GaLore's subspace refresh ops (lowrank.cu vs ops/cpu/lowrank.c): Y, C, the
+     * orthonormalisation pass's Y, C (and T), and the rotated, signed
+     * projection; wide, tall and square, ranks 1 and 8 */
     for (int64_t rank : {1, 8})
     for (auto sh : std::vector<std::pair<int64_t, int64_t>>{{37, 101}, {129, 61}, {64, 64}}) {
         const int64_t rows = sh.first, cols = sh.second, k = std::min(rows, cols);
@@ -239,7 +241,23 @@ static void test_optim() {
         lmc_cuda_galore_ritz(cc, g.data(), proj.data(), rows, cols, rank, y.data(), ct.data(), work.data());
         cpu.galore_ritz(cpu.ctx, g.data(), proj.data(), rows, cols, rank, y2.data(), ct2.data(), work2.data());
         check("galore ritz Y", rel(y, y2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
-        check("galore ritz C, T", rel(ct, ct2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
+        check("galore ritz C", rel(ct, ct2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
+        /* the CholeskyQR passes: Y <- Y X (X upper triangular, as the host's
+         * inverse factor) and C, then with g also T; from the same Y */
+        auto x = rv(rank * rank);
+        for (int64_t i = 0; i < rank; i++)
+            for (int64_t jj = 0; jj < i; jj++) x[i * rank + jj] = 0;
+        for (int withg = 0; withg < 2; withg++) {
+            std::vector<float> yo = y2, yo2 = y2;
+            std::fill(ct.begin(), ct.end(), 0.0f), std::fill(ct2.begin(), ct2.end(), 0.0f);
+            const float *gg = withg ? g.data() : nullptr;
+            lmc_cuda_galore_orth(cc, gg, yo.data(), x.data(), rows, cols, rank, ct.data(), work.data());
+            cpu.galore_orth(cpu.ctx, gg, yo2.data(), x.data(), rows, cols, rank, ct2.data(), work2.data());
+            check(withg ? "galore orth Y (with T)" : "galore orth Y", rel(yo, yo2), 1e-5, "%ldx%ld r%ld", (long)rows,
+                  (long)cols, (long)rank);
+            check(withg ? "galore orth C, T" : "galore orth C", rel(ct, ct2), 1e-5, "%ldx%ld r%ld", (long)rows,
+                  (long)cols, (long)rank);
+        }
         lmc_cuda_galore_rotate(cc, p.data(), y2.data(), w.data(), rows, cols, rank);
         cpu.galore_rotate(cpu.ctx, p2.data(), y2.data(), w.data(), rows, cols, rank);
         check("galore rotate (signed)", rel(p, p2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
