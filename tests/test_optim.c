@@ -8,6 +8,9 @@
  *    quantisation error of bitsandbytes' AdamW8bit and of full AdamW;
  *  - Newton–Schulz: singular values of the output on random odd shapes
  *    follow the quintic's scalar map and lie in torch's documented band;
+ *  - GaLore's subspace refresh against the exact one, also where the raw
+ *    power step's fp32 C = Y^T Y is not positive definite (no fallback),
+ *    and its exact fallback for a zero gradient (the refresh counters);
  *  - grouping by role, state bytes, flags, grad_scale, the Moonlight
  *    scale, and save / load: a bit-exact resume for every kind, and clear
  *    errors for a wrong kind, a missing tensor, a truncated file. */
