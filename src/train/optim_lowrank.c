@@ -136,7 +136,7 @@ static bool galore_subspace(const struct lmc_optim *o) {
  * so and caps cond(Y x) near sqrt(s) / sigma_min(Y) (shifted CholeskyQR);
  * the next pass, unshifted, then finds Y x well conditioned. Nonzero: C's
  * trace not positive and finite (a zero or NaN gradient), or no shift up
- * to ~10 tr C worked. */
+ * to 1e8 times the first worked. */
 static int chol_inv(int64_t r, int64_t k, const float *ct, float *x, double *h, bool first_shift) {
     double *A = h, tr = 0;
     const int n = (int)r;
