@@ -711,31 +711,34 @@ extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, i
 
 /* The subspace refresh where the old one fell back (GPT-2 124M on an H100:
  * 22 of 48 matrices): a full-rank gradient whose spectrum falls fast
- * through the top r (geometric to 10^-2.5, then 8 values 3% apart down to
+ * through the top r (geometric to 10^-DEC, then 8 values 3% apart down to
  * 0.79 of that, then a gap of 100x and a slow tail, no zero), refreshed at step 2 from step 1's exact projection after
  * its singular vectors turned (mix 0.3: the old projection's vectors each
  * mix many new ones, as after a refresh gap in training): Y = M P has its
  * columns all leaning toward the top singular vector, cond(Y) ~
- * (s_1 / s_r)^2 ~ 1.6e5 not from column scaling alone, so C = Y^T Y formed
- * in fp32 is not positive definite (asserted, with dpotrf as the old path
- * ran it: measured failing at pivot 32-34 of 40, the 8 close values make
- * that robust to the GEMM's summation order; the old path refreshed these
- * exactly). Now: both matrices (tall: right, wide: left;
+ * (s_1 / s_r)^2 (1.6e5 at DEC 2.5) not from column scaling alone, so C =
+ * Y^T Y formed in fp32 is not positive definite (asserted, with dpotrf as
+ * the old path ran it: at DEC 2.5 measured failing at pivot 32-34 of 40,
+ * the 8 close values make that robust to the GEMM's summation order; the
+ * old path refreshed these exactly). DEC 4 (s_1 / s_r ~ 1.3e4) checks the
+ * stabilised power step (P preconditioned by Z's factor: cond(Y) ~ s_1 /
+ * s_r); at DEC 5 fp32 loses the weakest directions (span 2e-4), at DEC 6
+ * the refresh falls back (rank < r at fp32 precision). Now: both matrices (tall: right, wide: left;
  * odd sizes) take the subspace path (the counters: 2 exact refreshes at
  * step 1, 2 subspace ones at step 2, none exact), each new projection
  * vector lies in the exact top-r singular subspace of the gradient (its
  * squared projection onto the exact refresh's span within 1e-4 of 1: the
  * principal angles), the vectors are orthonormal within 1e-4, and each is
  * the exact one's direction (1 - cosine within 1e-4, same sign; measured
- * 3.5e-6, 4.2e-7, 1.8e-6 on this AVX2 machine). */
-static void test_galore_subspace_illcond(void) {
+ * at DEC 2.5 4.1e-7, 4.2e-7, 3.7e-10 and at DEC 4 3.8e-7, 4.0e-7, 1.9e-7
+ * on this AVX2 machine). */
+static void test_galore_subspace_illcond(double DEC) {
     const int64_t R[2] = {301, 157}, C[2] = {157, 301}, r = 40, q = 157;
     float *p[2][2], *g[2];
     struct lmc_optim_param ps[2][2];
     struct lmc_optim o[2];
     lmc_err err;
     double sv[157];
-    const double DEC = 2.5; /* s_1 / s_r ~ 10^2.5 / 0.79: cond(Y) ~ 1.6e5 */
     for (int64_t j = 0; j < q; j++)
         sv[j] = j < r - 8 ? pow(10.0, -DEC * (double)j / (double)(r - 8)) /* geometric to 10^-DEC */
                 : j < r   ? pow(10.0, -DEC) * (1 - 0.03 * (double)(j - r + 8)) /* 8 close to it (3% apart) */
@@ -808,8 +811,8 @@ static void test_galore_subspace_illcond(void) {
         }
 #undef PV
     }
-    printf("  galore ill-conditioned subspace refresh: worst 1 - ||P_exact p||^2 %.2e, |P P^T - I| %.2e, "
-           "1 - cosine %.2e\n", worst_span, worst_orth, worst_cos);
+    printf("  galore ill-conditioned (s_1 / s_r 10^%.1f) subspace refresh: worst 1 - ||P_exact p||^2 %.2e, "
+           "|P P^T - I| %.2e, 1 - cosine %.2e\n", DEC, worst_span, worst_orth, worst_cos);
     CHECK(worst_span <= 1e-4);
     CHECK(worst_orth <= 1e-4);
     CHECK(worst_cos <= 1e-4);
@@ -845,7 +848,8 @@ int main(void) {
     test_roles();
     test_flags();
     test_galore_subspace();
-    test_galore_subspace_illcond();
+    test_galore_subspace_illcond(2.5); /* s_1 / s_r ~ 10^2.5 / 0.79 = 4e2: the raw cond(Y) ~ 1.6e5 */
+    test_galore_subspace_illcond(4.0); /* 1.3e4: the raw cond(Y) ~ 1.6e8 */
     lmc_backend_cpu_free(&cpu);
     return test_finish("test_optim");
 }

@@ -141,6 +141,7 @@ void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float
  *  factor of C: a CholeskyQR pass; as Yt <- X^T Yt on the right), then
  *  ct[0 .. r*r) = C = Y^T Y and, when g is not NULL, ct[r*r .. 2*r*r) =
  *  T = Y^T M Y (as (G Yt^T)^T (G Yt^T) or (Y^T G)(Y^T G)^T); same work.
+ *  P has Y's layout: orth of P gives P M P^T (X = I) and P's update.
  *  rotate: w (rank, rank) row-major, row j the coefficients of vector j;
  *  P = w Yt (right) or Y w^T (left), then each vector negated where its
  *  largest-magnitude entry (the first of equals) is negative. */

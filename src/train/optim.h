@@ -85,11 +85,13 @@ enum lmc_apollo_scale { LMC_APOLLO_CHANNEL = 0, LMC_APOLLO_TENSOR };
  * G G^T P on the left) and a Rayleigh–Ritz step (the r x r generalized
  * eigenproblem (Y^T M Y) v = l (Y^T Y) v on the host in double), the big
  * products through the backend's galore_ritz / galore_orth / galore_rotate
- * (fp32) on the device, Y orthonormalised first by two CholeskyQR passes
- * (the first shifted; their r x r Cholesky factors on the host) so that C
- * and T in fp32 stay well conditioned: no gradient download, r x r
- * matrices cross (three rounds for every matrix at once in
- * lmc_optim_step); the exact refresh only for a gradient of rank < r.
+ * (fp32) on the device, stabilised: P first turned so that G P^T has
+ * orthonormal columns (cond(Y) ~ s_1 / s_r, not its square), Y then
+ * orthonormalised by two CholeskyQR passes (the first shifted; every r x r
+ * Cholesky factor on the host) so that C and T in fp32 stay well
+ * conditioned: no gradient download, r x r matrices cross (four rounds for
+ * every matrix at once in lmc_optim_step); the exact refresh only for a
+ * gradient of rank < r at fp32 precision.
  * AUTO picks EXACT on host-memory backends. */
 enum lmc_galore_refresh { LMC_GALORE_REFRESH_AUTO = 0, LMC_GALORE_REFRESH_EXACT, LMC_GALORE_REFRESH_SUBSPACE };
 

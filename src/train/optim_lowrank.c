@@ -3,11 +3,12 @@
  * the gradient (downloaded when the backend's memory is not the host's)
  * from LAPACK's dsyevr on the Gram matrix, or (the subspace refresh) one
  * subspace-iteration and Rayleigh–Ritz step from the previous projection:
- * Y and C = Y^T Y by the backend (galore_ritz), Y orthonormalised by two
- * CholeskyQR passes (the r x r factors on the host, applied by the
- * backend's galore_orth, which then forms T = Y^T M Y), the r x r solve on
- * the host, the new signed projection by the backend (galore_rotate);
- * APOLLO's seeded Gaussian drawn on the host. When lmc_optim_step runs,
+ * P turned so that G P^T has orthonormal columns, Y and C = Y^T Y by the
+ * backend (galore_ritz), Y orthonormalised by two CholeskyQR passes (the
+ * r x r factors on the host, applied by the backend's galore_orth, which
+ * then forms T = Y^T M Y), the r x r solve on the host, the new signed
+ * projection by the backend (galore_rotate); APOLLO's seeded Gaussian
+ * drawn on the host. When lmc_optim_step runs,
  * every matrix due is refreshed at once: per round one download of all C
  * (and T), the host work (or APOLLO's draws) a matrix per host thread, one
  * upload of all factors. The step in rank-r space is the backend's lowrank
@@ -125,18 +126,19 @@ static bool galore_subspace(const struct lmc_optim *o) {
 }
 
 /* One CholeskyQR pass's factor for one matrix (the subspace refresh's
- * orthonormalisation of Y, k x r): C = Y^T Y (ct, r x r floats formed in
- * fp32 by the backend) plus a shift s I = U^T U in double (dpotrf), and
- * x = U^-1 (row-major floats, upper triangular): Y x has nearly orthonormal
- * columns. Y after the power step has cond(Y) up to 1e4-1e5 on real
- * gradients (its columns all lean toward the top singular vectors), so C's
- * cond(Y)^2 exceeds fp32's 1/eps and the C as rounded is not positive
- * definite: the shift s (from u sqrt(k) tr C, u = 2^-24, the size of C's
- * rounding; times 10 per failed try; first_shift false: 0 first) makes it
- * so and caps cond(Y x) near sqrt(s) / sigma_min(Y) (shifted CholeskyQR);
- * the next pass, unshifted, then finds Y x well conditioned. Nonzero: C's
- * trace not positive and finite (a zero or NaN gradient), or no shift up
- * to 1e8 times the first worked. */
+ * orthonormalisation of Y (k x r) or of Z = G P^T): C = Y^T Y (ct, r x r
+ * floats formed in fp32 by the backend) plus a shift s I = U^T U in double
+ * (dpotrf), and x = U^-1 (row-major floats, upper triangular): Y x has
+ * nearly orthonormal columns. A raw power step's Y has cond(Y) of 1e4 and
+ * more on real gradients (its columns all lean toward the top singular
+ * vectors), so C's cond(Y)^2 exceeds fp32's 1/eps and the C as rounded is
+ * not positive definite: the shift s (u sqrt(k) tr C, u = 2^-24, k the
+ * longer side: the size of C's rounding; times 10 per failed try;
+ * first_shift false: 0 first) makes it so and caps cond(Y x) near
+ * sqrt(s) / sigma_min(Y) (shifted CholeskyQR); the next pass, unshifted,
+ * then finds Y x well conditioned. Nonzero: C's trace not positive and
+ * finite (a zero or NaN gradient), or no shift up to 1e8 times the first
+ * worked. */
 static int chol_inv(int64_t r, int64_t k, const float *ct, float *x, double *h, bool first_shift) {
     double *A = h, tr = 0;
     const int n = (int)r;
@@ -257,7 +259,7 @@ struct ritz_jobs {
     double *hd;
     size_t hd_per;
     int *rc;
-    int pass; /* 0, 1: the CholeskyQR factors (0 shifted) into w; 2: the Ritz coefficients */
+    int pass; /* 0: P's factor from T; 1, 2: Y's CholeskyQR factors (1 shifted); 3: the Ritz coefficients */
 };
 
 static void ritz_task(void *arg, int64_t q, int thread) {
@@ -265,23 +267,30 @@ static void ritz_task(void *arg, int64_t q, int thread) {
     const struct lmc_optim_slot *s = j->ss[q];
     double *h = j->hd + (size_t)thread * j->hd_per;
     if (j->rc[q]) return; /* an earlier pass failed: the exact refresh */
-    if (j->pass < 2)
-        j->rc[q] = chol_inv(s->rank, LMC_MIN(s->rows, s->cols), j->ct + j->oct[q], j->w + j->ow[q], h, j->pass == 0);
-    else j->rc[q] = ritz_solve(s->rank, j->ct + j->oct[q], j->w + j->ow[q], h);
+    const int64_t len = LMC_MAX(s->rows, s->cols), r = s->rank;
+    if (j->pass < 3)
+        j->rc[q] = chol_inv(r, len, j->ct + j->oct[q] + (j->pass == 0 ? r * r : 0), j->w + j->ow[q], h, j->pass < 2);
+    else j->rc[q] = ritz_solve(r, j->ct + j->oct[q], j->w + j->ow[q], h);
 }
 
-/* GaLore's subspace refresh of cnt slots at once (optim.h): each slot's Y
- * and C by the backend (galore_ritz, no sync); then three rounds, each one
- * download of every C (and T), r x r work on the host (a thread per matrix,
- * OpenBLAS single-threaded inside: its own threads on 128 x 128 problems
- * cost more than they give) and one upload: two CholeskyQR passes (the
- * first shifted) whose factors the backend applies to Y (galore_orth; the
- * second also forms T), then the Rayleigh–Ritz solve whose coefficients
- * give the new projections (signed) by the backend (galore_rotate). Y's
- * columns are orthonormal before C and T are formed for the solve, so fp32
- * GEMMs suffice where C = Y^T Y of the raw power step would not be
- * positive definite (cond(Y)^2 > 1/eps). A slot that fails a pass (a
- * gradient of rank < r, or zero) gets the exact refresh. */
+/* GaLore's subspace refresh of cnt slots at once (optim.h), in four
+ * rounds, each one download of every C, T (the backend's ops queue without
+ * a sync), r x r work on the host (a thread per matrix, OpenBLAS
+ * single-threaded inside: its own threads on 128 x 128 problems cost more
+ * than they give) and one upload of every factor:
+ *  0. Z = G P^T's Gram Z^T Z = P M P^T (galore_orth of P by I with g: T)
+ *     and its shifted Cholesky: P <- X^T P (galore_orth) makes Z nearly
+ *     orthonormal, so Y = M P^T = G^T Z (galore_ritz) has cond(Y) near
+ *     s_1 / s_r instead of its square (stabilised subspace iteration);
+ *  1, 2. two CholeskyQR passes on Y (the first shifted; galore_orth, the
+ *     second also forming T), so C = Y^T Y ~ I;
+ *  3. the Rayleigh–Ritz solve, whose coefficients give the new signed
+ *     projections (galore_rotate).
+ * C and T are then formed in fp32 from orthonormal columns: fp32 GEMMs
+ * suffice where C = Y^T Y of the raw power step would not be positive
+ * definite (cond(Y)^2 > 1/eps; GPT-2 124M on an H100: 22 of 48 matrices).
+ * A slot that fails a round (a gradient of rank < r at fp32 precision, or
+ * zero) gets the exact refresh; P is overwritten either way. */
 static void galore_subspace_batch(struct lmc_optim *o, struct lmc_optim_slot **ss, int cnt) {
     const struct lmc_backend *be = o->be;
     int64_t *off = malloc((size_t)cnt * 3 * sizeof *off);
@@ -293,17 +302,22 @@ static void galore_subspace_batch(struct lmc_optim *o, struct lmc_optim_slot **s
     }
     int64_t *oy = off, *oct = off + cnt, *ow = off + 2 * cnt, ny = 0, nct = 0, nw = 0;
     float *dy = o->gs_dev, *dct = dy + o->gs_y, *dw = dct + o->gs_ct, *work = dw + o->gs_w;
+    float *hct = o->gs_host, *hw = hct + o->gs_ct;
     for (int q = 0; q < cnt; q++) {
         const struct lmc_optim_slot *s = ss[q];
         oy[q] = ny, oct[q] = nct, ow[q] = nw;
         ny += al64(LMC_MIN(s->rows, s->cols) * s->rank), nct += al64(2 * s->rank * s->rank);
         nw += al64(s->rank * s->rank);
-        be->galore_ritz(be->ctx, s->g, s->proj, s->rows, s->cols, s->rank, dy + oy[q], dct + oct[q], work);
+        for (int64_t i = 0; i < s->rank * s->rank; i++) hw[ow[q] + i] = i % (s->rank + 1) ? 0.0f : 1.0f;
     }
-    float *hct = o->gs_host, *hw = hct + o->gs_ct;
+    be->upload(be->ctx, dw, hw, (size_t)nw * sizeof(float));
+    for (int q = 0; q < cnt; q++) { /* T = P M P^T (P by I: unchanged) */
+        const struct lmc_optim_slot *s = ss[q];
+        be->galore_orth(be->ctx, s->g, s->proj, dw + ow[q], s->rows, s->cols, s->rank, dct + oct[q], work);
+    }
     struct ritz_jobs j = {ss, oct, ow, hct, hw, o->gs_hd, o->gs_hd_per, rc, 0};
     const int nt = openblas_get_num_threads();
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < 4; pass++) {
         be->download(be->ctx, hct, dct, (size_t)nct * sizeof(float));
         j.pass = pass;
         if (nt != 1) openblas_set_num_threads(1);
@@ -313,12 +327,17 @@ static void galore_subspace_batch(struct lmc_optim *o, struct lmc_optim_slot **s
         if (nt != 1) openblas_set_num_threads(nt);
         be->upload(be->ctx, dw, hw, (size_t)nw * sizeof(float));
         for (int q = 0; q < cnt; q++) {
-            const struct lmc_optim_slot *s = ss[q];
+            struct lmc_optim_slot *s = ss[q];
+            float *y = dy + oy[q], *x = dw + ow[q], *ct = dct + oct[q];
             if (rc[q]) continue;
-            if (pass < 2)
-                be->galore_orth(be->ctx, pass ? s->g : NULL, dy + oy[q], dw + ow[q], s->rows, s->cols, s->rank,
-                                dct + oct[q], work);
-            else be->galore_rotate(be->ctx, s->proj, dy + oy[q], dw + ow[q], s->rows, s->cols, s->rank);
+            if (pass == 0) {
+                be->galore_orth(be->ctx, NULL, s->proj, x, s->rows, s->cols, s->rank, ct, work);
+                be->galore_ritz(be->ctx, s->g, s->proj, s->rows, s->cols, s->rank, y, ct, work);
+            } else if (pass < 3) {
+                be->galore_orth(be->ctx, pass == 2 ? s->g : NULL, y, x, s->rows, s->cols, s->rank, ct, work);
+            } else {
+                be->galore_rotate(be->ctx, s->proj, y, x, s->rows, s->cols, s->rank);
+            }
         }
     }
     for (int q = 0; q < cnt; q++) {
