@@ -8,6 +8,9 @@
  *    quantisation error of bitsandbytes' AdamW8bit and of full AdamW;
  *  - Newton–Schulz: singular values of the output on random odd shapes
  *    follow the quintic's scalar map and lie in torch's documented band;
+ *  - GaLore's subspace refresh against the exact one, also where the raw
+ *    power step's fp32 C = Y^T Y is not positive definite (no fallback),
+ *    and its exact fallback for a zero gradient (the refresh counters);
  *  - grouping by role, state bytes, flags, grad_scale, the Moonlight
  *    scale, and save / load: a bit-exact resume for every kind, and clear
  *    errors for a wrong kind, a missing tensor, a truncated file. */
@@ -480,6 +483,10 @@ static void test_galore_subspace_fallback(void) {
         }
     CHECK(same_params(&a, &b));
     CHECK(!memcmp(a.p[1], e.p[1], (size_t)(prow[1] * pcol[1]) * 4)); /* the fallback: exact */
+    /* the counters: 3 exact at step 1; at step 2 the zero one exact, 2 by the subspace step */
+    CHECK(a.opt.galore_exact_refreshes == 4 && a.opt.galore_subspace_refreshes == 2);
+    CHECK(b.opt.galore_exact_refreshes == 4 && b.opt.galore_subspace_refreshes == 2);
+    CHECK(e.opt.galore_exact_refreshes == 6 && e.opt.galore_subspace_refreshes == 0);
     CHECK(memcmp(a.p[0], e.p[0], (size_t)(prow[0] * pcol[0]) * 4) != 0); /* the others: subspace */
     bool finite = true;
     for (int j = 0; j < NP; j++)
@@ -665,6 +672,157 @@ static void test_galore_subspace(void) {
     for (int j = 0; j < 2; j++) free(g[j]);
 }
 
+/* G = U diag(sv) V^T (rows, cols) with q = min(rows, cols) singular values
+ * sv and orthonormal U, V: modified Gram–Schmidt (in double) of random
+ * matrices (seed) plus mix times others (seed + 50: mix turns the singular
+ * vectors away from those of mix 0) */
+static void spectrum_grad(float *g, int64_t rows, int64_t cols, uint64_t seed, const double *sv, float mix) {
+    const int64_t q = rows < cols ? rows : cols, len[2] = {rows, cols};
+    double *m[2];
+    for (int w = 0; w < 2; w++) {
+        float *f = malloc((size_t)(len[w] * q) * 4);
+        m[w] = malloc((size_t)(len[w] * q) * 8);
+        gen(f, len[w] * q, seed + (uint64_t)w, 1.0f);
+        for (int64_t i = 0; i < len[w] * q; i++) m[w][i] = f[i];
+        gen(f, len[w] * q, seed + 50 + (uint64_t)w, 1.0f);
+        for (int64_t i = 0; i < len[w] * q; i++) m[w][i] += (double)mix * f[i];
+        free(f);
+        for (int64_t j = 0; j < q; j++) {
+            for (int64_t i = 0; i < j; i++) {
+                double d = 0;
+                for (int64_t e = 0; e < len[w]; e++) d += m[w][e * q + i] * m[w][e * q + j];
+                for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] -= d * m[w][e * q + i];
+            }
+            double nr = 0;
+            for (int64_t e = 0; e < len[w]; e++) nr += m[w][e * q + j] * m[w][e * q + j];
+            for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] /= sqrt(nr);
+        }
+    }
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t b = 0; b < cols; b++) {
+            double x = 0;
+            for (int64_t j = 0; j < q; j++) x += sv[j] * m[0][a * q + j] * m[1][b * q + j];
+            g[a * cols + b] = (float)x;
+        }
+    free(m[0]), free(m[1]);
+}
+
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t);
+
+/* The subspace refresh where the old one fell back (GPT-2 124M on an H100:
+ * 22 of 48 matrices): a full-rank gradient whose spectrum falls fast
+ * through the top r (geometric to 10^-DEC, then 8 values 3% apart down to
+ * 0.79 of that, then a gap of 100x and a slow tail, no zero), refreshed at step 2 from step 1's exact projection after
+ * its singular vectors turned (mix 0.3: the old projection's vectors each
+ * mix many new ones, as after a refresh gap in training): Y = M P has its
+ * columns all leaning toward the top singular vector, cond(Y) ~
+ * (s_1 / s_r)^2 (1.6e5 at DEC 2.5) not from column scaling alone, so C =
+ * Y^T Y formed in fp32 is not positive definite (asserted, with dpotrf as
+ * the old path ran it: at DEC 2.5 measured failing at pivot 32-34 of 40,
+ * the 8 close values make that robust to the GEMM's summation order; the
+ * old path refreshed these exactly). DEC 4 (s_1 / s_r ~ 1.3e4) checks the
+ * stabilised power step (P preconditioned by Z's factor: cond(Y) ~ s_1 /
+ * s_r); at DEC 5 fp32 loses the weakest directions (span 2e-4), at DEC 6
+ * the refresh falls back (rank < r at fp32 precision). Now: both matrices (tall: right, wide: left;
+ * odd sizes) take the subspace path (the counters: 2 exact refreshes at
+ * step 1, 2 subspace ones at step 2, none exact), each new projection
+ * vector lies in the exact top-r singular subspace of the gradient (its
+ * squared projection onto the exact refresh's span within 1e-4 of 1: the
+ * principal angles), the vectors are orthonormal within 1e-4, and each is
+ * the exact one's direction (1 - cosine within 1e-4, same sign; measured
+ * at DEC 2.5 4.1e-7, 4.2e-7, 3.7e-10 and at DEC 4 3.8e-7, 4.0e-7, 1.9e-7
+ * on this AVX2 machine). */
+static void test_galore_subspace_illcond(double DEC) {
+    const int64_t R[2] = {301, 157}, C[2] = {157, 301}, r = 40, q = 157;
+    float *p[2][2], *g[2];
+    struct lmc_optim_param ps[2][2];
+    struct lmc_optim o[2];
+    lmc_err err;
+    double sv[157];
+    for (int64_t j = 0; j < q; j++)
+        sv[j] = j < r - 8 ? pow(10.0, -DEC * (double)j / (double)(r - 8)) /* geometric to 10^-DEC */
+                : j < r   ? pow(10.0, -DEC) * (1 - 0.03 * (double)(j - r + 8)) /* 8 close to it (3% apart) */
+                          : 0.01 * pow(10.0, -DEC) * pow(0.98, (double)(j - r)); /* the tail: 100x below */
+    for (int j = 0; j < 2; j++) g[j] = calloc((size_t)(R[j] * C[j]), 4);
+    for (int mode = 0; mode < 2; mode++) {
+        for (int j = 0; j < 2; j++) {
+            p[mode][j] = calloc((size_t)(R[j] * C[j]), 4);
+            ps[mode][j] = (struct lmc_optim_param){j ? "wide" : "tall", p[mode][j], g[j], R[j], C[j],
+                                                   LMC_PROLE_MATRIX, true};
+        }
+        struct lmc_optim_cfg c;
+        lmc_optim_cfg_default(&c, LMC_OPTIM_GALORE);
+        c.galore_rank = (int)r, c.galore_update_gap = 1;
+        c.galore_refresh = mode ? LMC_GALORE_REFRESH_EXACT : LMC_GALORE_REFRESH_SUBSPACE;
+        CHECK_MSG(!lmc_optim_init(&o[mode], &c, &cpu, ps[mode], 2, &err), "%s", err.msg);
+    }
+    const float *proj[2][2] = {{0}};
+    for (int mode = 0; mode < 2; mode++)
+        for (int k = 0; k < lmc_optim_state_count(&o[mode]); k++) {
+            struct lmc_optim_state_tensor t;
+            lmc_optim_state_get(&o[mode], k, &t);
+            if (strstr(t.name, "galore.proj")) proj[mode][strncmp(t.name, "wide", 4) == 0] = t.data;
+        }
+    CHECK(proj[0][0] && proj[0][1] && proj[1][0] && proj[1][1]);
+    for (int t = 1; t <= 2; t++) {
+        for (int j = 0; j < 2; j++) {
+            spectrum_grad(g[j], R[j], C[j], 91 + (uint64_t)j * 10, sv, t == 2 ? 0.3f : 0.0f);
+            if (t == 2) {
+                /* the failure this reproduces: C = Y^T Y of the raw power step in fp32 */
+                float *y = malloc((size_t)(q * r) * 4), *ct = malloc((size_t)(2 * r * r) * 4);
+                float *w = malloc((size_t)lmc_galore_ritz_work_floats(R[j], C[j], r) * 4);
+                double *cd = malloc((size_t)(r * r) * 8);
+                lmc_galore_ritz_apply(g[j], proj[0][j], R[j], C[j], r, y, ct, w);
+                for (int64_t i = 0; i < r * r; i++) cd[i] = ct[i];
+                int n = (int)r, info = 0;
+                dpotrf_("L", &n, cd, &n, &info, 1);
+                printf("  galore ill-conditioned %s: fp32 C = Y^T Y %s positive definite (dpotrf info %d)\n",
+                       j ? "wide" : "tall", info ? "not" : "is", info);
+                CHECK_MSG(info != 0, "%s: the raw C factors; the test no longer reproduces the failure",
+                          j ? "wide" : "tall");
+                free(y), free(ct), free(w), free(cd);
+            }
+        }
+        for (int mode = 0; mode < 2; mode++) lmc_optim_step(&o[mode], 1e-3, t, 1.0f);
+    }
+    CHECK_MSG(o[0].galore_exact_refreshes == 2 && o[0].galore_subspace_refreshes == 2,
+              "exact %lld subspace %lld", (long long)o[0].galore_exact_refreshes,
+              (long long)o[0].galore_subspace_refreshes);
+    CHECK(o[1].galore_exact_refreshes == 4 && o[1].galore_subspace_refreshes == 0);
+    double worst_span = 0, worst_orth = 0, worst_cos = 0;
+    for (int j = 0; j < 2; j++) {
+        const bool right = R[j] >= C[j];
+        const float *a = proj[0][j], *b = proj[1][j];
+#define PV(x, v, e) ((double)(right ? (x)[(v) * q + (e)] : (x)[(e) * r + (v)]))
+        for (int64_t v = 0; v < r; v++) {
+            double in = 0;
+            for (int64_t u = 0; u < r; u++) {
+                double ab = 0, aa = 0;
+                for (int64_t e = 0; e < q; e++) ab += PV(a, v, e) * PV(b, u, e), aa += PV(a, v, e) * PV(a, u, e);
+                in += ab * ab;
+                worst_orth = fmax(worst_orth, fabs(aa - (u == v)));
+                if (u == v) {
+                    double bb = 0;
+                    for (int64_t e = 0; e < q; e++) bb += PV(b, v, e) * PV(b, v, e);
+                    worst_cos = fmax(worst_cos, 1 - ab / sqrt(aa * bb));
+                }
+            }
+            worst_span = fmax(worst_span, 1 - in);
+        }
+#undef PV
+    }
+    printf("  galore ill-conditioned (s_1 / s_r 10^%.1f) subspace refresh: worst 1 - ||P_exact p||^2 %.2e, "
+           "|P P^T - I| %.2e, 1 - cosine %.2e\n", DEC, worst_span, worst_orth, worst_cos);
+    CHECK(worst_span <= 1e-4);
+    CHECK(worst_orth <= 1e-4);
+    CHECK(worst_cos <= 1e-4);
+    for (int mode = 0; mode < 2; mode++) {
+        lmc_optim_free(&o[mode]);
+        for (int j = 0; j < 2; j++) free(p[mode][j]);
+    }
+    for (int j = 0; j < 2; j++) free(g[j]);
+}
+
 int main(void) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 2, &err)) {
@@ -690,6 +848,8 @@ int main(void) {
     test_roles();
     test_flags();
     test_galore_subspace();
+    test_galore_subspace_illcond(2.5); /* s_1 / s_r ~ 10^2.5 / 0.79 = 4e2: the raw cond(Y) ~ 1.6e5 */
+    test_galore_subspace_illcond(4.0); /* 1.3e4: the raw cond(Y) ~ 1.6e8 */
     lmc_backend_cpu_free(&cpu);
     return test_finish("test_optim");
 }

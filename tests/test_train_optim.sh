@@ -11,7 +11,8 @@
 # byte-identical final model and optimizer state. A resume with another
 # --optim is refused naming both kinds. `lmc info --optim X -m DIR` prints
 # the state bytes (AdamW: 8 per parameter; 8-bit AdamW fewer; APOLLO-Mini
-# fewer than APOLLO). Usage: test_train_optim.sh PATH/TO/lmc
+# fewer than APOLLO). GaLore's per-step refresh counts in metrics.jsonl
+# (exact and subspace). Usage: test_train_optim.sh PATH/TO/lmc
 set -u
 LMC="$1"
 pass=0; fail=0
@@ -72,6 +73,21 @@ assert hdr["__metadata__"]["lmc.optimizer"] == k, hdr.get("__metadata__")
 PY
   ok $? "$k: resumed run equals the uninterrupted one, state in the checkpoint"
 done
+
+# GaLore's refresh counters in metrics.jsonl: the CPU default (exact) refreshes
+# all 14 matrices exactly at steps 1, 3, 5; --galore-refresh subspace at step 1
+# only, then by the subspace step (no fallback: these gradients have rank > 8)
+"$LMC" train $BASE $FRESH ${FLAGS[galore]} --galore-refresh subspace -o "$TMP/galore-sub" 2>"$TMP/err"
+ok $? "galore subspace run: $(cat "$TMP/err")"
+python3 - "$TMP" <<'PY'
+import json, sys
+rows = lambda d: [json.loads(l) for l in open(f"{sys.argv[1]}/{d}/metrics.jsonl")]
+cnt = lambda d: [(r["galore_exact_refreshes"], r["galore_subspace_refreshes"]) for r in rows(d)]
+assert cnt("galore") == [(14, 0), (0, 0)] * 3, cnt("galore")
+assert cnt("galore-sub") == [(14, 0), (0, 0), (0, 14), (0, 0), (0, 14), (0, 0)], cnt("galore-sub")
+assert all("galore_exact_refreshes" not in r for r in rows("muon"))
+PY
+ok $? "galore refresh counters in metrics.jsonl"
 
 # resuming a muon checkpoint as adamw (or galore) is refused, naming both
 "$LMC" train $BASE --resume "$TMP/muon/step_000003" --optim adamw -o "$TMP/bad" 2>"$TMP/err"

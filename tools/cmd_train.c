@@ -659,6 +659,9 @@ int cmd_train(int argc, char **argv) {
                 (long long)tr.step, st.loss, st.lr, st.grad_norm, tps, tfl);
         fprintf(mf, ", \"step_ms\": %.3f, \"optim_ms\": %.3f", 1000 * dt, 1000 * st.optim_s);
         if (peak_tflops > 0) fprintf(mf, ", \"mfu\": %.4g", tfl / peak_tflops);
+        if (st.galore) /* projections refreshed this step: by the exact host path, by the subspace step */
+            fprintf(mf, ", \"galore_exact_refreshes\": %lld, \"galore_subspace_refreshes\": %lld",
+                    (long long)st.galore_exact, (long long)st.galore_subspace);
         bool best = !isnan(vl) && vl < best_vl;
         if (best) best_vl = vl, best_step = tr.step, stale = 0;
         else if (!isnan(vl)) stale++;

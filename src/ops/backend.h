@@ -392,11 +392,16 @@ struct lmc_backend {
                     const struct lmc_lowrank_step *s, float *work);
     /* Optional (NULL: GaLore refreshes exactly, on the host): GaLore's
      * subspace refresh on the backend (ops/optim_ops.h): galore_ritz writes
-     * Y and C, T (2 rank^2 floats) for the host's r x r solve; galore_rotate
-     * the new projection from Y and the solve's coefficients w (rank^2
-     * floats, backend memory), signed. work: lmc_galore_ritz_work_floats. */
+     * Y and C (rank^2 floats) for the host's Cholesky; galore_orth
+     * multiplies Y (or P) by the host's factor x (a CholeskyQR pass) and
+     * writes C again and, with g, T (2 rank^2 floats) for the host's r x r
+     * work; galore_rotate the new projection from Y and the solve's
+     * coefficients w (rank^2 floats, backend memory), signed. work:
+     * lmc_galore_ritz_work_floats. All three or none. */
     void (*galore_ritz)(void *ctx, const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank,
                         float *y, float *ct, float *work);
+    void (*galore_orth)(void *ctx, const float *g, float *y, const float *x, int64_t rows, int64_t cols,
+                        int64_t rank, float *ct, float *work);
     void (*galore_rotate)(void *ctx, float *proj, const float *y, const float *w, int64_t rows, int64_t cols,
                           int64_t rank);
 

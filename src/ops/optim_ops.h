@@ -130,27 +130,37 @@ void lmc_lowrank_apply(float *p, const float *g, float *m, float *v, const float
                        const struct lmc_lowrank_step *s, float *work);
 
 /* ---- GaLore's subspace refresh, the parts on the backend (the r x r
- * Rayleigh–Ritz solve between them is the host's: train/optim_lowrank.c).
+ * solves between them are the host's: train/optim_lowrank.c).
  * k = min(rows, cols); right (rows >= cols): P (rank, cols), the vectors its
  * rows, Y kept as Yt (rank, cols); left: P (rows, rank), the vectors its
  * columns, Y (rows, rank). With M = G^T G (right) or G G^T (left):
  *  ritz: Y = M Q (Q the previous vectors: Z = G P^T, Yt = Z^T G; or
- *  Zt = P^T G, Y = G Zt^T), ct[0 .. r*r) = C = Y^T Y and
- *  ct[r*r .. 2*r*r) = T = Y^T M Y (as (G Yt^T)^T (G Yt^T) or (Y^T G)(Y^T G)^T),
- *  row-major, fp32 GEMMs; work: lmc_galore_ritz_work_floats floats.
+ *  Zt = P^T G, Y = G Zt^T) and ct[0 .. r*r) = C = Y^T Y, row-major, fp32
+ *  GEMMs; work: lmc_galore_ritz_work_floats floats.
+ *  orth: Y <- Y X (X (rank, rank) row-major, the host's inverse Cholesky
+ *  factor of C: a CholeskyQR pass; as Yt <- X^T Yt on the right), then
+ *  ct[0 .. r*r) = C = Y^T Y and, when g is not NULL, ct[r*r .. 2*r*r) =
+ *  T = Y^T M Y (as (G Yt^T)^T (G Yt^T) or (Y^T G)(Y^T G)^T); same work.
+ *  P has Y's layout: orth of P gives P M P^T (X = I) and P's update.
  *  rotate: w (rank, rank) row-major, row j the coefficients of vector j;
  *  P = w Yt (right) or Y w^T (left), then each vector negated where its
  *  largest-magnitude entry (the first of equals) is negative. */
 int64_t lmc_galore_ritz_work_floats(int64_t rows, int64_t cols, int64_t rank);
 void lmc_galore_ritz_apply(const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank, float *y,
                            float *ct, float *work);
+void lmc_galore_orth_apply(const float *g, float *y, const float *x, int64_t rows, int64_t cols, int64_t rank,
+                           float *ct, float *work);
 void lmc_galore_rotate_apply(float *proj, const float *y, const float *w, int64_t rows, int64_t cols, int64_t rank);
 void lmc_cpu_galore_ritz(void *ctx, const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank,
                          float *y, float *ct, float *work);
+void lmc_cpu_galore_orth(void *ctx, const float *g, float *y, const float *x, int64_t rows, int64_t cols,
+                         int64_t rank, float *ct, float *work);
 void lmc_cpu_galore_rotate(void *ctx, float *proj, const float *y, const float *w, int64_t rows, int64_t cols,
                            int64_t rank);
 void lmc_cuda_galore_ritz(void *ctx, const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank,
                           float *y, float *ct, float *work);
+void lmc_cuda_galore_orth(void *ctx, const float *g, float *y, const float *x, int64_t rows, int64_t cols,
+                          int64_t rank, float *ct, float *work);
 void lmc_cuda_galore_rotate(void *ctx, float *proj, const float *y, const float *w, int64_t rows, int64_t cols,
                             int64_t rank);
 

@@ -84,9 +84,15 @@ enum lmc_apollo_scale { LMC_APOLLO_CHANNEL = 0, LMC_APOLLO_TENSOR };
  * subspace iteration from the previous projection (Y = G^T G P^T, or
  * G G^T P on the left) and a Rayleigh–Ritz step (the r x r generalized
  * eigenproblem (Y^T M Y) v = l (Y^T Y) v on the host in double), the big
- * products through the backend's galore_ritz / galore_rotate (fp32) on the
- * device: no gradient download, r x r matrices cross, every matrix's at
- * once in lmc_optim_step. AUTO picks EXACT on host-memory backends. */
+ * products through the backend's galore_ritz / galore_orth / galore_rotate
+ * (fp32) on the device, stabilised: P first turned so that G P^T has
+ * orthonormal columns (cond(Y) ~ s_1 / s_r, not its square), Y then
+ * orthonormalised by two CholeskyQR passes (the first shifted; every r x r
+ * Cholesky factor on the host) so that C and T in fp32 stay well
+ * conditioned: no gradient download, r x r matrices cross (four rounds for
+ * every matrix at once in lmc_optim_step); the exact refresh only for a
+ * gradient of rank < r at fp32 precision.
+ * AUTO picks EXACT on host-memory backends. */
 enum lmc_galore_refresh { LMC_GALORE_REFRESH_AUTO = 0, LMC_GALORE_REFRESH_EXACT, LMC_GALORE_REFRESH_SUBSPACE };
 
 struct lmc_optim_cfg {
@@ -197,6 +203,11 @@ struct lmc_optim {
     size_t gs_hd_per;
     struct lmc_pool *gs_pool;
     int gs_threads;
+    /* GaLore's projection refreshes so far, counted per matrix: by the
+     * exact host eigensolver (the first refresh, the EXACT mode, and a
+     * subspace refresh's fallback for a gradient of rank < r) and by the
+     * subspace refresh (the trainer's metrics print this step's counts) */
+    int64_t galore_exact_refreshes, galore_subspace_refreshes;
 };
 
 /* The state bytes `kind` with cfg would need for these parameters, without

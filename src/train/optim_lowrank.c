@@ -3,13 +3,16 @@
  * the gradient (downloaded when the backend's memory is not the host's)
  * from LAPACK's dsyevr on the Gram matrix, or (the subspace refresh) one
  * subspace-iteration and Rayleigh–Ritz step from the previous projection:
- * Y, C = Y^T Y and T = Y^T M Y by the backend (galore_ritz), the r x r
- * solve on the host, the new signed projection by the backend
- * (galore_rotate); APOLLO's seeded Gaussian drawn on the host. When
- * lmc_optim_step runs, every matrix due is refreshed at once: one download
- * of all C, T, the solves (or APOLLO's draws) a matrix per host thread,
- * one upload of all coefficients. The step in rank-r space is the
- * backend's lowrank op (ops/optim_ops.h). */
+ * P turned so that G P^T has orthonormal columns, Y and C = Y^T Y by the
+ * backend (galore_ritz), Y orthonormalised by two CholeskyQR passes (the
+ * r x r factors on the host, applied by the backend's galore_orth, which
+ * then forms T = Y^T M Y), the r x r solve on the host, the new signed
+ * projection by the backend (galore_rotate); APOLLO's seeded Gaussian
+ * drawn on the host. When lmc_optim_step runs,
+ * every matrix due is refreshed at once: per round one download of all C
+ * (and T), the host work (or APOLLO's draws) a matrix per host thread, one
+ * upload of all factors. The step in rank-r space is the backend's lowrank
+ * op (ops/optim_ops.h). */
 #include "train/optim_internal.h"
 #include "core/core.h"
 #include "core/rng.h"
@@ -107,16 +110,57 @@ static void galore_refresh(struct lmc_optim *o, struct lmc_optim_slot *s) {
         }
     }
     be->upload(be->ctx, s->proj, ph, (size_t)(r * k) * sizeof(float));
+    o->galore_exact_refreshes++;
 }
 
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t);
+extern void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info, size_t,
+                    size_t);
 extern void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
                     double *work, const int *lwork, int *iwork, const int *liwork, int *info, size_t, size_t);
 
 static bool galore_subspace(const struct lmc_optim *o) {
     const enum lmc_galore_refresh m = o->cfg.galore_refresh;
     return (m == LMC_GALORE_REFRESH_SUBSPACE || (m == LMC_GALORE_REFRESH_AUTO && !o->be->host_memory)) &&
-           o->be->galore_ritz && o->be->galore_rotate;
+           o->be->galore_ritz && o->be->galore_orth && o->be->galore_rotate;
+}
+
+/* One CholeskyQR pass's factor for one matrix (the subspace refresh's
+ * orthonormalisation of Y (k x r) or of Z = G P^T): C = Y^T Y (ct, r x r
+ * floats formed in fp32 by the backend) plus a shift s I = U^T U in double
+ * (dpotrf), and x = U^-1 (row-major floats, upper triangular): Y x has
+ * nearly orthonormal columns. A raw power step's Y has cond(Y) of 1e4 and
+ * more on real gradients (its columns all lean toward the top singular
+ * vectors), so C's cond(Y)^2 exceeds fp32's 1/eps and the C as rounded is
+ * not positive definite: the shift s (u sqrt(k) tr C, u = 2^-24, k the
+ * longer side: the size of C's rounding; times 10 per failed try;
+ * first_shift false: 0 first) makes it so and caps cond(Y x) near
+ * sqrt(s) / sigma_min(Y) (shifted CholeskyQR); the next pass, unshifted,
+ * then finds Y x well conditioned. Nonzero: C's trace not positive and
+ * finite (a zero or NaN gradient), or no shift up to 1e8 times the first
+ * worked. */
+static int chol_inv(int64_t r, int64_t k, const float *ct, float *x, double *h, bool first_shift) {
+    double *A = h, tr = 0;
+    const int n = (int)r;
+    int info = 0;
+    for (int64_t i = 0; i < r; i++) tr += ct[i * r + i];
+    if (!(tr > 0) || !isfinite(tr)) return -1;
+    const double base = 0x1p-24 * sqrt((double)k) * tr;
+    double sh = first_shift ? base : 0;
+    for (int tries = 0; tries < 9; tries++) {
+        for (int64_t i = 0; i < r; i++)
+            for (int64_t j = 0; j < r; j++)
+                A[i * r + j] = 0.5 * ((double)ct[i * r + j] + ct[j * r + i]) + (i == j ? sh : 0.0);
+        dpotrf_("U", &n, A, &n, &info, 1); /* column-major upper: C + s I = U^T U */
+        if (!info) break;
+        sh = sh > 0 ? 10 * sh : base;
+    }
+    if (info) return -1;
+    dtrtri_("U", "N", &n, A, &n, &info, 1, 1); /* U^-1, in place */
+    if (info) return -1;
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t j = 0; j < r; j++) x[i * r + j] = i <= j ? (float)A[i + j * r] : 0.0f;
+    return 0;
 }
 
 /* host doubles of one r x r solve: C, T (r*r each), the eigenvalues (r),
@@ -129,8 +173,11 @@ static size_t ritz_doubles(int64_t r) { return (size_t)(4 * r * r + 10 * r + 8);
  * span(Y) in double: T v = l C v through the Cholesky factor of C (C = L L^T,
  * the symmetric eigenproblem of L^-1 T L^-T by dsyevd, v = L^-T u); w's row j
  * (r floats) the coefficients of the vector with the j-th largest l.
- * Returns nonzero when C is not positive definite (a gradient of rank < r,
- * or zero) or LAPACK fails: the caller refreshes exactly. */
+ * After the two CholeskyQR passes C is near the identity; returns nonzero
+ * when it is not positive definite or its Cholesky pivots spread more than
+ * 10x (Y kept directions below fp32's rounding through both passes: a
+ * gradient of rank < r at working precision, or zero) or LAPACK fails: the
+ * caller refreshes exactly. */
 static int ritz_solve(int64_t r, const float *ct, float *w, double *h) {
     double *Cd = h, *Td = Cd + r * r, *ev = Td + r * r, *work = ev + r;
     const int n = (int)r, lwork = 1 + 6 * n + 2 * n * n, liwork = 3 + 5 * n;
@@ -142,6 +189,9 @@ static int ritz_solve(int64_t r, const float *ct, float *w, double *h) {
         }
     dpotrf_("L", &n, Cd, &n, &info, 1); /* C = L L^T (column-major lower) */
     if (info) return -1;
+    double dmin = INFINITY, dmax = 0;
+    for (int64_t i = 0; i < r; i++) dmin = fmin(dmin, Cd[i * r + i]), dmax = fmax(dmax, Cd[i * r + i]);
+    if (!(dmin > 0.1 * dmax)) return -1;
     cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
     cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, Cd, n, Td, n);
     dsyevd_("V", "L", &n, Td, &n, ev, work, &lwork, iwork, &liwork, &info, 1, 1); /* ascending; columns */
@@ -209,23 +259,42 @@ struct ritz_jobs {
     double *hd;
     size_t hd_per;
     int *rc;
+    int pass; /* 0: P's factor from T; 1, 2: Y's CholeskyQR factors (1 shifted); 3: the Ritz coefficients */
 };
 
 static void ritz_task(void *arg, int64_t q, int thread) {
     struct ritz_jobs *j = arg;
-    j->rc[q] = ritz_solve(j->ss[q]->rank, j->ct + j->oct[q], j->w + j->ow[q], j->hd + (size_t)thread * j->hd_per);
+    const struct lmc_optim_slot *s = j->ss[q];
+    double *h = j->hd + (size_t)thread * j->hd_per;
+    if (j->rc[q]) return; /* an earlier pass failed: the exact refresh */
+    const int64_t len = LMC_MAX(s->rows, s->cols), r = s->rank;
+    if (j->pass < 3)
+        j->rc[q] = chol_inv(r, len, j->ct + j->oct[q] + (j->pass == 0 ? r * r : 0), j->w + j->ow[q], h, j->pass < 2);
+    else j->rc[q] = ritz_solve(r, j->ct + j->oct[q], j->w + j->ow[q], h);
 }
 
-/* GaLore's subspace refresh of cnt slots at once (optim.h): each slot's Y,
- * C and T by the backend (no sync), one download of every C and T, the r x r
- * solves on the host (a thread per matrix, OpenBLAS single-threaded inside:
- * its own threads on 128 x 128 problems cost more than they give), one upload
- * of every w, the new projections (signed) by the backend. A slot whose C is
- * not positive definite gets the exact refresh. */
+/* GaLore's subspace refresh of cnt slots at once (optim.h), in four
+ * rounds, each one download of every C, T (the backend's ops queue without
+ * a sync), r x r work on the host (a thread per matrix, OpenBLAS
+ * single-threaded inside: its own threads on 128 x 128 problems cost more
+ * than they give) and one upload of every factor:
+ *  0. Z = G P^T's Gram Z^T Z = P M P^T (galore_orth of P by I with g: T)
+ *     and its shifted Cholesky: P <- X^T P (galore_orth) makes Z nearly
+ *     orthonormal, so Y = M P^T = G^T Z (galore_ritz) has cond(Y) near
+ *     s_1 / s_r instead of its square (stabilised subspace iteration);
+ *  1, 2. two CholeskyQR passes on Y (the first shifted; galore_orth, the
+ *     second also forming T), so C = Y^T Y ~ I;
+ *  3. the Rayleigh–Ritz solve, whose coefficients give the new signed
+ *     projections (galore_rotate).
+ * C and T are then formed in fp32 from orthonormal columns: fp32 GEMMs
+ * suffice where C = Y^T Y of the raw power step would not be positive
+ * definite (cond(Y)^2 > 1/eps; GPT-2 124M on an H100: 22 of 48 matrices).
+ * A slot that fails a round (a gradient of rank < r at fp32 precision, or
+ * zero) gets the exact refresh; P is overwritten either way. */
 static void galore_subspace_batch(struct lmc_optim *o, struct lmc_optim_slot **ss, int cnt) {
     const struct lmc_backend *be = o->be;
     int64_t *off = malloc((size_t)cnt * 3 * sizeof *off);
-    int *rc = malloc((size_t)cnt * sizeof *rc);
+    int *rc = calloc((size_t)cnt, sizeof *rc);
     if (!off || !rc || !subspace_ready(o)) {
         for (int q = 0; q < cnt; q++) galore_refresh(o, ss[q]);
         free(off), free(rc);
@@ -233,27 +302,47 @@ static void galore_subspace_batch(struct lmc_optim *o, struct lmc_optim_slot **s
     }
     int64_t *oy = off, *oct = off + cnt, *ow = off + 2 * cnt, ny = 0, nct = 0, nw = 0;
     float *dy = o->gs_dev, *dct = dy + o->gs_y, *dw = dct + o->gs_ct, *work = dw + o->gs_w;
+    float *hct = o->gs_host, *hw = hct + o->gs_ct;
     for (int q = 0; q < cnt; q++) {
         const struct lmc_optim_slot *s = ss[q];
         oy[q] = ny, oct[q] = nct, ow[q] = nw;
         ny += al64(LMC_MIN(s->rows, s->cols) * s->rank), nct += al64(2 * s->rank * s->rank);
         nw += al64(s->rank * s->rank);
-        be->galore_ritz(be->ctx, s->g, s->proj, s->rows, s->cols, s->rank, dy + oy[q], dct + oct[q], work);
+        for (int64_t i = 0; i < s->rank * s->rank; i++) hw[ow[q] + i] = i % (s->rank + 1) ? 0.0f : 1.0f;
     }
-    float *hct = o->gs_host, *hw = hct + o->gs_ct;
-    be->download(be->ctx, hct, dct, (size_t)nct * sizeof(float));
-    struct ritz_jobs j = {ss, oct, ow, hct, hw, o->gs_hd, o->gs_hd_per, rc};
-    const int nt = openblas_get_num_threads();
-    if (nt != 1) openblas_set_num_threads(1);
-    if (o->gs_pool && cnt > 1) lmc_pool_run(o->gs_pool, cnt, ritz_task, &j);
-    else
-        for (int q = 0; q < cnt; q++) ritz_task(&j, q, 0);
-    if (nt != 1) openblas_set_num_threads(nt);
     be->upload(be->ctx, dw, hw, (size_t)nw * sizeof(float));
+    for (int q = 0; q < cnt; q++) { /* T = P M P^T (P by I: unchanged) */
+        const struct lmc_optim_slot *s = ss[q];
+        be->galore_orth(be->ctx, s->g, s->proj, dw + ow[q], s->rows, s->cols, s->rank, dct + oct[q], work);
+    }
+    struct ritz_jobs j = {ss, oct, ow, hct, hw, o->gs_hd, o->gs_hd_per, rc, 0};
+    const int nt = openblas_get_num_threads();
+    for (int pass = 0; pass < 4; pass++) {
+        be->download(be->ctx, hct, dct, (size_t)nct * sizeof(float));
+        j.pass = pass;
+        if (nt != 1) openblas_set_num_threads(1);
+        if (o->gs_pool && cnt > 1) lmc_pool_run(o->gs_pool, cnt, ritz_task, &j);
+        else
+            for (int q = 0; q < cnt; q++) ritz_task(&j, q, 0);
+        if (nt != 1) openblas_set_num_threads(nt);
+        be->upload(be->ctx, dw, hw, (size_t)nw * sizeof(float));
+        for (int q = 0; q < cnt; q++) {
+            struct lmc_optim_slot *s = ss[q];
+            float *y = dy + oy[q], *x = dw + ow[q], *ct = dct + oct[q];
+            if (rc[q]) continue;
+            if (pass == 0) {
+                be->galore_orth(be->ctx, NULL, s->proj, x, s->rows, s->cols, s->rank, ct, work);
+                be->galore_ritz(be->ctx, s->g, s->proj, s->rows, s->cols, s->rank, y, ct, work);
+            } else if (pass < 3) {
+                be->galore_orth(be->ctx, pass == 2 ? s->g : NULL, y, x, s->rows, s->cols, s->rank, ct, work);
+            } else {
+                be->galore_rotate(be->ctx, s->proj, y, x, s->rows, s->cols, s->rank);
+            }
+        }
+    }
     for (int q = 0; q < cnt; q++) {
-        struct lmc_optim_slot *s = ss[q];
-        if (rc[q]) galore_refresh(o, s);
-        else be->galore_rotate(be->ctx, s->proj, dy + oy[q], dw + ow[q], s->rows, s->cols, s->rank);
+        if (rc[q]) galore_refresh(o, ss[q]);
+        else o->galore_subspace_refreshes++;
     }
     free(off), free(rc);
 }

@@ -85,6 +85,12 @@ struct lmc_train_stats {
     int64_t tokens;
     bool skipped;              /* non-finite gradient: update skipped */
     double optim_s;            /* wall seconds of the optimizer update (synced; 0 if skipped) */
+    /* GaLore (galore true): matrices whose projection this step refreshed
+     * by the exact host eigensolver (the first refresh; later ones only as
+     * the subspace refresh's fallback for a gradient of rank < r) and by
+     * the subspace refresh (lmc_optim's counters) */
+    bool galore;
+    int64_t galore_exact, galore_subspace;
     /* mixture of experts (n_experts 0: a dense model): the load-balancing
      * loss (unweighted, mean over the micro-batches) and the tokens routed
      * to each expert (top-k choices summed over the sparse layers and the

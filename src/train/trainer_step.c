@@ -79,6 +79,8 @@ lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_trai
     }
     lmc_status s = LMC_OK;
     const double t_opt = lmc_time_now();
+    const int64_t gx0 = tr->have_opt ? tr->opt.galore_exact_refreshes : 0,
+                  gs0 = tr->have_opt ? tr->opt.galore_subspace_refreshes : 0;
     if (tr->have_opt && u && u->optim) {
         s = u->optim(tr, st->lr, tr->step + 1, grad_scale, err);
     } else if (tr->have_opt) {
@@ -104,6 +106,11 @@ lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_trai
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
     st->optim_s = lmc_time_now() - t_opt;
+    if (tr->have_opt && tr->opt.cfg.kind == LMC_OPTIM_GALORE) {
+        st->galore = true;
+        st->galore_exact = tr->opt.galore_exact_refreshes - gx0;
+        st->galore_subspace = tr->opt.galore_subspace_refreshes - gs0;
+    }
     tr->step++;
     return s;
 }

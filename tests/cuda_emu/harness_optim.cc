@@ -11,8 +11,10 @@
  * muon_batch.cu (three matrices of a shape per call) against a host twin
  * with the same bf16 roundings and against the fp32 CPU op; every
  * optimizer through the real CUDA table (Muon also with bf16, batched;
- * GaLore with the subspace refresh on both sides); GaLore's subspace
- * refresh ops (galore_ritz, galore_rotate with its sign rule). */
+ * GaLore with the subspace refresh on both sides, also on gradients whose
+ * power step is ill-conditioned: no exact fallback); GaLore's subspace
+ * refresh ops (galore_ritz, galore_orth's CholeskyQR pass with and without
+ * T, galore_rotate with its sign rule). */
 extern "C" {
 #include "ops/optim_ops.h"
 #include "train/optim.h"
@@ -123,6 +125,109 @@ static void test_muon_batch() {
     }
 }
 
+/* G = U diag(sv) V^T with orthonormal U, V from modified Gram–Schmidt (in
+ * double) of base + mix * turn (random, fixed per shape) */
+static std::vector<float> spectrum_grad(int64_t rows, int64_t cols, const std::vector<double> &sv,
+                                        const std::vector<float> base[2], const std::vector<float> turn[2], float mix) {
+    const int64_t q = std::min(rows, cols), len[2] = {rows, cols};
+    std::vector<double> m[2];
+    for (int w = 0; w < 2; w++) {
+        m[w].resize(len[w] * q);
+        for (int64_t i = 0; i < len[w] * q; i++) m[w][i] = base[w][i] + (double)mix * turn[w][i];
+        for (int64_t j = 0; j < q; j++) {
+            for (int64_t i = 0; i < j; i++) {
+                double d = 0;
+                for (int64_t e = 0; e < len[w]; e++) d += m[w][e * q + i] * m[w][e * q + j];
+                for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] -= d * m[w][e * q + i];
+            }
+            double nr = 0;
+            for (int64_t e = 0; e < len[w]; e++) nr += m[w][e * q + j] * m[w][e * q + j];
+            for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] /= sqrt(nr);
+        }
+    }
+    std::vector<float> g(rows * cols);
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t b = 0; b < cols; b++) {
+            double x = 0;
+            for (int64_t j = 0; j < q; j++) x += sv[j] * m[0][a * q + j] * m[1][b * q + j];
+            g[a * cols + b] = (float)x;
+        }
+    return g;
+}
+
+/* GaLore's subspace refresh through the real CUDA table and the CPU's on
+ * the ill-conditioned gradients of test_optim's test_galore_subspace_illcond
+ * (s_1 / s_r ~ 4e2, singular vectors turned between step 1's exact refresh
+ * and step 2's subspace one: cond(Y) ~ 1e5): on both backends no exact
+ * fallback at step 2 (the counters), and every GPU projection vector in the
+ * CPU's span (squared projection within 1e-4 of 1) */
+static void galore_illcond() {
+    const int64_t R[2] = {131, 67}, C[2] = {67, 131}, r = 24, q = 67;
+    std::vector<double> sv(q);
+    for (int64_t j = 0; j < q; j++)
+        sv[j] = j < r - 8 ? pow(10.0, -2.5 * (double)j / (double)(r - 8))
+                : j < r   ? pow(10.0, -2.5) * (1 - 0.03 * (double)(j - r + 8))
+                          : 0.01 * pow(10.0, -2.5) * pow(0.98, (double)(j - r));
+    std::vector<float> gh[2], base[2][2], turn[2][2];
+    float *pd[2], *gd[2], *pc[2], *gc[2];
+    lmc_optim_param pg[2], pcp[2];
+    for (int j = 0; j < 2; j++) {
+        const int64_t n = R[j] * C[j];
+        for (int w = 0; w < 2; w++) base[j][w] = rv((w ? C[j] : R[j]) * q), turn[j][w] = rv((w ? C[j] : R[j]) * q);
+        pd[j] = (float *)gpu.alloc(gpu.ctx, n * 4), gd[j] = (float *)gpu.alloc(gpu.ctx, n * 4);
+        pc[j] = (float *)calloc(n, 4), gc[j] = (float *)malloc(n * 4);
+        std::vector<float> z(n, 0.0f);
+        gpu.upload(gpu.ctx, pd[j], z.data(), n * 4);
+        pg[j] = {"w", pd[j], gd[j], R[j], C[j], LMC_PROLE_MATRIX, true};
+        pcp[j] = {"w", pc[j], gc[j], R[j], C[j], LMC_PROLE_MATRIX, true};
+    }
+    lmc_optim_cfg c;
+    lmc_optim_cfg_default(&c, LMC_OPTIM_GALORE);
+    c.galore_rank = (int)r, c.galore_update_gap = 1, c.galore_refresh = LMC_GALORE_REFRESH_SUBSPACE;
+    lmc_optim og, oc;
+    lmc_err err;
+    if (lmc_optim_init(&og, &c, &gpu, pg, 2, &err) || lmc_optim_init(&oc, &c, &cpu, pcp, 2, &err)) {
+        check("galore ill-conditioned: optimizer init", 1, 0, "%s", err.msg);
+        return;
+    }
+    for (int t = 1; t <= 2; t++) {
+        for (int j = 0; j < 2; j++) {
+            gh[j] = spectrum_grad(R[j], C[j], sv, base[j], turn[j], t == 2 ? 0.3f : 0.0f);
+            gpu.upload(gpu.ctx, gd[j], gh[j].data(), R[j] * C[j] * 4);
+            memcpy(gc[j], gh[j].data(), R[j] * C[j] * 4);
+        }
+        lmc_optim_step(&og, 1e-3, t, 1.0f);
+        lmc_optim_step(&oc, 1e-3, t, 1.0f);
+    }
+    check("galore ill-conditioned: exact fallbacks at step 2 (gpu, cpu)",
+          (double)(og.galore_exact_refreshes - 2 + oc.galore_exact_refreshes - 2), 0, "subspace %lld %lld",
+          (long long)og.galore_subspace_refreshes, (long long)oc.galore_subspace_refreshes);
+    double worst = 0;
+    for (int k = 0; k < lmc_optim_state_count(&og); k++) {
+        lmc_optim_state_tensor a, b;
+        lmc_optim_state_get(&og, k, &a), lmc_optim_state_get(&oc, k, &b);
+        if (!strstr(a.name, "galore.proj")) continue;
+        const int j = k < lmc_optim_state_count(&og) / 2 ? 0 : 1;
+        const bool right = R[j] >= C[j];
+        std::vector<float> pa(a.numel);
+        gpu.download(gpu.ctx, pa.data(), a.data, a.numel * 4);
+        const float *pb = (const float *)b.data;
+        auto at = [&](const float *x, int64_t v, int64_t e) { return (double)(right ? x[v * q + e] : x[e * r + v]); };
+        for (int64_t v = 0; v < r; v++) {
+            double in = 0;
+            for (int64_t u = 0; u < r; u++) {
+                double ab = 0;
+                for (int64_t e = 0; e < q; e++) ab += at(pa.data(), v, e) * at(pb, u, e);
+                in += ab * ab;
+            }
+            worst = std::max(worst, fabs(1 - in));
+        }
+    }
+    check("galore ill-conditioned: gpu projection in the cpu's span (1 - ||P_cpu p||^2)", worst, 1e-4, "tall, wide");
+    for (int j = 0; j < 2; j++) gpu.free(gpu.ctx, pd[j]), gpu.free(gpu.ctx, gd[j]), free(pc[j]), free(gc[j]);
+    lmc_optim_free(&og), lmc_optim_free(&oc);
+}
+
 static void test_optim() {
     test_muon_batch();
     float code_m[256], code_v[256];
@@ -228,8 +333,9 @@ static void test_optim() {
         if (mode) check(std::string(mn) + " limiter norm", worst_prev, tol, "%ldx%ld r%ld", (long)rows, (long)cols,
                         (long)rank);
     }
-    /* GaLore's subspace refresh ops (lowrank.cu vs ops/cpu/lowrank.c): Y, C, T
-     * and the rotated, signed projection; wide, tall and square, ranks 1 and 8 */
+    /* GaLore's subspace refresh ops (lowrank.cu vs ops/cpu/lowrank.c): Y, C, the
+     * orthonormalisation pass's Y, C (and T), and the rotated, signed
+     * projection; wide, tall and square, ranks 1 and 8 */
     for (int64_t rank : {1, 8})
     for (auto sh : std::vector<std::pair<int64_t, int64_t>>{{37, 101}, {129, 61}, {64, 64}}) {
         const int64_t rows = sh.first, cols = sh.second, k = std::min(rows, cols);
@@ -239,7 +345,37 @@ static void test_optim() {
         lmc_cuda_galore_ritz(cc, g.data(), proj.data(), rows, cols, rank, y.data(), ct.data(), work.data());
         cpu.galore_ritz(cpu.ctx, g.data(), proj.data(), rows, cols, rank, y2.data(), ct2.data(), work2.data());
         check("galore ritz Y", rel(y, y2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
-        check("galore ritz C, T", rel(ct, ct2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
+        check("galore ritz C", rel(ct, ct2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
+        /* the CholeskyQR passes: Y <- Y X (X upper triangular, as the host's
+         * inverse factor) and C, then with g also T; from the same Y */
+        auto x = rv(rank * rank);
+        for (int64_t i = 0; i < rank; i++)
+            for (int64_t jj = 0; jj < i; jj++) x[i * rank + jj] = 0;
+        for (int withg = 0; withg < 2; withg++) {
+            std::vector<float> yo = y2, yo2 = y2;
+            std::fill(ct.begin(), ct.end(), 0.0f), std::fill(ct2.begin(), ct2.end(), 0.0f);
+            const float *gg = withg ? g.data() : nullptr;
+            { /* device memory: the op copies Y on the device */
+                const size_t by = yo.size() * 4, bc = ct.size() * 4, bx = x.size() * 4, bw = work.size() * 4,
+                             bg = g.size() * 4;
+                float *dy = (float *)gpu.alloc(gpu.ctx, by), *dc = (float *)gpu.alloc(gpu.ctx, bc);
+                float *dx = (float *)gpu.alloc(gpu.ctx, bx), *dwk = (float *)gpu.alloc(gpu.ctx, bw);
+                float *dg = withg ? (float *)gpu.alloc(gpu.ctx, bg) : nullptr;
+                gpu.upload(gpu.ctx, dy, yo.data(), by), gpu.upload(gpu.ctx, dx, x.data(), bx);
+                if (dg) gpu.upload(gpu.ctx, dg, g.data(), bg);
+                lmc_cuda_galore_orth(cc, dg, dy, dx, rows, cols, rank, dc, dwk);
+                gpu.download(gpu.ctx, yo.data(), dy, by), gpu.download(gpu.ctx, ct.data(), dc, bc);
+                gpu.free(gpu.ctx, dy), gpu.free(gpu.ctx, dc), gpu.free(gpu.ctx, dx), gpu.free(gpu.ctx, dwk);
+                if (dg) gpu.free(gpu.ctx, dg);
+            }
+            cpu.galore_orth(cpu.ctx, gg, yo2.data(), x.data(), rows, cols, rank, ct2.data(), work2.data());
+            check(withg ? "galore orth Y (with T)" : "galore orth Y", rel(yo, yo2), 1e-5, "%ldx%ld r%ld", (long)rows,
+                  (long)cols, (long)rank);
+            /* without g only C is written (the device buffer's T part is not) */
+            check(withg ? "galore orth C, T" : "galore orth C",
+                  rel(ct.data(), ct2.data(), (size_t)((withg ? 2 : 1) * rank * rank)), 1e-5, "%ldx%ld r%ld",
+                  (long)rows, (long)cols, (long)rank);
+        }
         lmc_cuda_galore_rotate(cc, p.data(), y2.data(), w.data(), rows, cols, rank);
         cpu.galore_rotate(cpu.ctx, p2.data(), y2.data(), w.data(), rows, cols, rank);
         check("galore rotate (signed)", rel(p, p2), 1e-5, "%ldx%ld r%ld", (long)rows, (long)cols, (long)rank);
@@ -307,4 +443,5 @@ static void test_optim() {
                   k == LMC_OPTIM_ADAMW8BIT ? 1e-3 : 1e-4, "gpu table vs cpu");
         lmc_optim_free(&og), lmc_optim_free(&oc);
     }
+    galore_illcond();
 }

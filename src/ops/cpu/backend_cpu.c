@@ -131,6 +131,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->adamw8bit = lmc_cpu_adamw8bit;
     be->lowrank = lmc_cpu_lowrank;
     be->galore_ritz = lmc_cpu_galore_ritz;
+    be->galore_orth = lmc_cpu_galore_orth;
     be->galore_rotate = lmc_cpu_galore_rotate;
     be->moe_gemm = lmc_cpu_moe_gemm; /* mixture of experts */
     be->moe_gemm_bwd = lmc_cpu_moe_gemm_bwd;

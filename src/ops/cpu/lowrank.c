@@ -6,12 +6,14 @@
  * with the norm-growth limiter; the decay after the update. Each pass
  * does all it can: the moments with N (GaLore) or with the channel sums
  * (APOLLO), APOLLO's update with the decay. Also GaLore's subspace
- * refresh ops (galore_ritz, galore_rotate: sgemm and the sign rule). */
+ * refresh ops (galore_ritz, galore_orth, galore_rotate: sgemm, a copy and
+ * the sign rule). */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 int64_t lmc_lowrank_work_floats(int64_t rows, int64_t cols, int64_t rank) {
     const bool right = rows >= cols;
@@ -95,23 +97,50 @@ int64_t lmc_galore_ritz_work_floats(int64_t rows, int64_t cols, int64_t rank) {
     return LMC_MAX(rows, cols) * rank; /* Z, then Z2, on the long side */
 }
 
-void lmc_galore_ritz_apply(const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank, float *y,
-                           float *ct, float *work) {
+/* C = Y^T Y (Yt Yt^T on the right) and, with g, T = Y^T M Y through work */
+static void gram_ct(const float *g, const float *y, int64_t rows, int64_t cols, int64_t rank, float *ct, float *work) {
     const int M = (int)rows, N = (int)cols, r = (int)rank;
     float *C = ct, *T = ct + rank * rank, *Z = work;
     if (rows >= cols) { /* Yt (r, cols) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, N, 1.0f, y, N, y, N, 0.0f, C, r); /* C = Yt Yt^T */
+        if (!g) return;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, y, N, 0.0f, Z, r); /* Z2 = G Yt^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, M, 1.0f, Z, r, Z, r, 0.0f, T, r); /* T = Z2^T Z2 */
+    } else { /* Y (rows, r) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, M, 1.0f, y, r, y, r, 0.0f, C, r); /* C = Y^T Y */
+        if (!g) return;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, y, r, g, N, 0.0f, Z, N); /* Z2t = Y^T G */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, N, 1.0f, Z, N, Z, N, 0.0f, T, r); /* T = Z2t Z2t^T */
+    }
+}
+
+void lmc_galore_ritz_apply(const float *g, const float *proj, int64_t rows, int64_t cols, int64_t rank, float *y,
+                           float *ct, float *work) {
+    const int M = (int)rows, N = (int)cols, r = (int)rank;
+    float *Z = work;
+    if (rows >= cols) { /* Yt (r, cols) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, proj, N, 0.0f, Z, r); /* Z = G P^T */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, Z, r, g, N, 0.0f, y, N);    /* Yt = Z^T G */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, N, 1.0f, y, N, y, N, 0.0f, C, r);    /* C = Yt Yt^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, y, N, 0.0f, Z, r);    /* Z2 = G Yt^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, M, 1.0f, Z, r, Z, r, 0.0f, T, r);    /* T = Z2^T Z2 */
     } else { /* Y (rows, r) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, proj, r, g, N, 0.0f, Z, N); /* Zt = P^T G */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, N, 1.0f, g, N, Z, N, 0.0f, y, r);    /* Y = G Zt^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, M, 1.0f, y, r, y, r, 0.0f, C, r);    /* C = Y^T Y */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, M, 1.0f, y, r, g, N, 0.0f, Z, N);    /* Z2t = Y^T G */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, N, 1.0f, Z, N, Z, N, 0.0f, T, r);    /* T = Z2t Z2t^T */
     }
+    gram_ct(NULL, y, rows, cols, rank, ct, work);
+}
+
+void lmc_galore_orth_apply(const float *g, float *y, const float *x, int64_t rows, int64_t cols, int64_t rank,
+                           float *ct, float *work) {
+    const int r = (int)rank;
+    if (rows >= cols) { /* Yt (r, cols) <- X^T Yt */
+        const int N = (int)cols;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, N, r, 1.0f, x, r, y, N, 0.0f, work, N);
+        memcpy(y, work, (size_t)(rank * cols) * sizeof(float));
+    } else { /* Y (rows, r) <- Y X */
+        const int M = (int)rows;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, r, r, 1.0f, y, r, x, r, 0.0f, work, r);
+        memcpy(y, work, (size_t)(rows * rank) * sizeof(float));
+    }
+    gram_ct(g, y, rows, cols, rank, ct, work);
 }
 
 void lmc_galore_rotate_apply(float *proj, const float *y, const float *w, int64_t rows, int64_t cols, int64_t rank) {
@@ -141,6 +170,12 @@ void lmc_cpu_galore_ritz(void *ctx, const float *g, const float *proj, int64_t r
                          float *y, float *ct, float *work) {
     (void)ctx;
     lmc_galore_ritz_apply(g, proj, rows, cols, rank, y, ct, work);
+}
+
+void lmc_cpu_galore_orth(void *ctx, const float *g, float *y, const float *x, int64_t rows, int64_t cols,
+                         int64_t rank, float *ct, float *work) {
+    (void)ctx;
+    lmc_galore_orth_apply(g, y, x, rows, cols, rank, ct, work);
 }
 
 void lmc_cpu_galore_rotate(void *ctx, float *proj, const float *y, const float *w, int64_t rows, int64_t cols,

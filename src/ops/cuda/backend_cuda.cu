@@ -245,6 +245,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->adamw8bit = lmc_cuda_adamw8bit;
     be->lowrank = lmc_cuda_lowrank;
     be->galore_ritz = lmc_cuda_galore_ritz;
+    be->galore_orth = lmc_cuda_galore_orth;
     be->galore_rotate = lmc_cuda_galore_rotate;
     be->attention_train = lmc_cuda_attention_train;
     be->attention_bwd = lmc_cuda_attention_bwd;

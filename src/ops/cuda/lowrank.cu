@@ -190,8 +190,8 @@ extern "C" void lmc_cuda_lowrank(void *ctx, float *p, const float *g, float *m, 
 }
 
 /* ---- GaLore's subspace refresh (ops/optim_ops.h; CPU twin
- * ops/cpu/lowrank.c): fp32 cuBLASLt GEMMs and the sign rule, a block per
- * vector; nothing leaves the device. */
+ * ops/cpu/lowrank.c): fp32 cuBLASLt GEMMs, a device copy (orth) and the
+ * sign rule, a block per vector; nothing leaves the device. */
 
 /* row-major C (M, N) = op(A) op(B), as the column-major GEMM C^T = op(B)^T op(A)^T */
 static void rm_gemm(struct lmc_cuda_ctx *c, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
@@ -199,24 +199,47 @@ static void rm_gemm(struct lmc_cuda_ctx *c, bool ta, bool tb, int64_t M, int64_t
     lmc_cuda_gemm(c, tb, ta, N, M, K, B, ldb, A, lda, C, ldc, LMC_DTYPE_F32, NULL, 0.0f);
 }
 
+/* C = Y^T Y (Yt Yt^T on the right) and, with g, T = Y^T M Y through work */
+static void gram_ct(struct lmc_cuda_ctx *c, const float *g, const float *y, int64_t rows, int64_t cols, int64_t rank,
+                    float *ct, float *work) {
+    const int64_t M = rows, N = cols, r = rank;
+    float *C = ct, *T = ct + r * r, *Z = work;
+    if (rows >= cols) {
+        rm_gemm(c, false, true, r, r, N, y, N, y, N, C, r); /* C = Yt Yt^T */
+        if (!g) return;
+        rm_gemm(c, false, true, M, r, N, g, N, y, N, Z, r); /* Z2 = G Yt^T */
+        rm_gemm(c, true, false, r, r, M, Z, r, Z, r, T, r); /* T = Z2^T Z2 */
+    } else {
+        rm_gemm(c, true, false, r, r, M, y, r, y, r, C, r); /* C = Y^T Y */
+        if (!g) return;
+        rm_gemm(c, true, false, r, N, M, y, r, g, N, Z, N); /* Z2t = Y^T G */
+        rm_gemm(c, false, true, r, r, N, Z, N, Z, N, T, r); /* T = Z2t Z2t^T */
+    }
+}
+
 extern "C" void lmc_cuda_galore_ritz(void *ctx, const float *g, const float *proj, int64_t rows, int64_t cols,
                                      int64_t rank, float *y, float *ct, float *work) {
     struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
     const int64_t M = rows, N = cols, r = rank;
-    float *C = ct, *T = ct + r * r, *Z = work;
+    float *Z = work;
     if (rows >= cols) {
         rm_gemm(c, false, true, M, r, N, g, N, proj, N, Z, r); /* Z = G P^T */
         rm_gemm(c, true, false, r, N, M, Z, r, g, N, y, N);    /* Yt = Z^T G */
-        rm_gemm(c, false, true, r, r, N, y, N, y, N, C, r);    /* C = Yt Yt^T */
-        rm_gemm(c, false, true, M, r, N, g, N, y, N, Z, r);    /* Z2 = G Yt^T */
-        rm_gemm(c, true, false, r, r, M, Z, r, Z, r, T, r);    /* T = Z2^T Z2 */
     } else {
         rm_gemm(c, true, false, r, N, M, proj, r, g, N, Z, N); /* Zt = P^T G */
         rm_gemm(c, false, true, M, r, N, g, N, Z, N, y, r);    /* Y = G Zt^T */
-        rm_gemm(c, true, false, r, r, M, y, r, y, r, C, r);    /* C = Y^T Y */
-        rm_gemm(c, true, false, r, N, M, y, r, g, N, Z, N);    /* Z2t = Y^T G */
-        rm_gemm(c, false, true, r, r, N, Z, N, Z, N, T, r);    /* T = Z2t Z2t^T */
     }
+    gram_ct(c, NULL, y, rows, cols, rank, ct, work);
+}
+
+extern "C" void lmc_cuda_galore_orth(void *ctx, const float *g, float *y, const float *x, int64_t rows, int64_t cols,
+                                     int64_t rank, float *ct, float *work) {
+    struct lmc_cuda_ctx *c = (struct lmc_cuda_ctx *)ctx;
+    const int64_t r = rank, k = rows >= cols ? cols : rows;
+    if (rows >= cols) rm_gemm(c, true, false, r, cols, r, x, r, y, cols, work, cols); /* Yt <- X^T Yt */
+    else rm_gemm(c, false, false, rows, r, r, y, r, x, r, work, r);                      /* Y X */
+    LMC_CUDA_CHECK(cudaMemcpyAsync(y, work, (size_t)(k * r) * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
+    gram_ct(c, g, y, rows, cols, rank, ct, work);
 }
 
 #define SIGN_THREADS 256
