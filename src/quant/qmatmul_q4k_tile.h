@@ -39,6 +39,21 @@ IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
 /* sc_j in every int16 lane: dword j of a row's stored scales (sc_j in both halves), broadcast from memory. */
 IK __m256i KT(q4k_bcast)(const int32_t *scw, int j) { return _mm256_set1_epi32(scw[j]); }
 
+/* The same from the decoded register: lo / hi its 128-bit halves in both halves (vpermq2x128), dword
+ * j % 4 of one of them by vpshufd (an immediate per case: j is a constant once the loop is unrolled). */
+IK __m256i KT(q4k_pick)(__m256i lo, __m256i hi, int j) {
+    switch (j) {
+    case 0: return _mm256_shuffle_epi32(lo, 0x00);
+    case 1: return _mm256_shuffle_epi32(lo, 0x55);
+    case 2: return _mm256_shuffle_epi32(lo, 0xaa);
+    case 3: return _mm256_shuffle_epi32(lo, 0xff);
+    case 4: return _mm256_shuffle_epi32(hi, 0x00);
+    case 5: return _mm256_shuffle_epi32(hi, 0x55);
+    case 6: return _mm256_shuffle_epi32(hi, 0xaa);
+    default: return _mm256_shuffle_epi32(hi, 0xff);
+    }
+}
+
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
  * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
  * r's at pre + K_PRE (r nsb + s)) and un their codes unpacked (256 bytes
@@ -97,11 +112,9 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
                     q[r] = h % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15) : _mm256_and_si256(v, m15);
                 }
                 if (pre) sj[r] = KT(q4k_bcast)(scw[r], h);
-                else { /* from the decoded register (vpshufd of its 128-bit half): no reload of the just-stored
-                        * scales (measured 4-6% of the M = 1 tile on a Zen 3) */
-                    const __m256i half = h < 4 ? sclo[r] : schi[r];
-                    sj[r] = _mm256_shuffle_epi32(half, (h % 4) * 0x55);
-                }
+                else /* from the decoded register: no reload of the just-stored scales (4-6% of the M = 1
+                      * tile's time on a Zen 3, bench_qtile_m1) */
+                    sj[r] = KT(q4k_pick)(sclo[r], schi[r], h);
             }
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
                 __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 32 * h));
