@@ -39,7 +39,7 @@ IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
 /* sc_j in every int16 lane: dword j of a row's stored scales (sc_j in both halves), broadcast from memory. */
 IK __m256i KT(q4k_bcast)(const int32_t *scw, int j) { return _mm256_set1_epi32(scw[j]); }
 
-/* The same from the decoded register: lo / hi its 128-bit halves in both halves (vpermq2x128), dword
+/* The same from the decoded register: lo / hi its low / high 128-bit half in both halves (vperm2i128), dword
  * j % 4 of one of them by vpshufd (an immediate per case: j is a constant once the loop is unrolled). */
 IK __m256i KT(q4k_pick)(__m256i lo, __m256i hi, int j) {
     switch (j) {
@@ -85,6 +85,7 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             if (pre) {
                 const uint8_t *p = pre + K_PRE * (r * nsb + s);
+                sclo[r] = schi[r] = _mm256_setzero_si256(); /* unused: the stored scales are broadcast */
                 scw[r] = (const int32_t *)p;
                 mnv[r] = _mm256_load_ps((const float *)(p + 32));
                 dv[r] = _mm256_load_ps((const float *)(p + 64));
