@@ -205,12 +205,14 @@ static void test_quantizers(uint64_t *rng, enum lmc_qisa isa) {
 }
 
 /* The small-M kernels of Q4_K (VNNI; AVX2 with vpmaddwd + vpaddd in place
- * of vpdpwssd) and Q8_0 (VNNI; AVX2 in the single-row kernel's order) on
- * every instruction set that has them: row i of an M-row product is the
- * same bits as the 1-row product of row i alone; Q4_K's are the same bits
- * on both instruction sets, AVX2 Q8_0's those of the single-row kernel
- * (c.dot). Odd N (the 1-row tail), K of 3 super-blocks (Q8_0: 7 blocks, an
- * odd last pair), M 1..9 (two chunks of activation rows from 5). */
+ * of vpdpwssd), Q4_0 (whose M = 1 tile takes the weight rows one at a
+ * time) and Q8_0 (VNNI; AVX2 in the single-row kernel's order) on every
+ * instruction set that has them: row i of an M-row product is the same
+ * bits as the 1-row product of row i alone; Q4_K's and Q4_0's are the same
+ * bits on both instruction sets, AVX2 Q8_0's those of the single-row
+ * kernel (c.dot). Odd N (the 1-row tail), K of 3 super-blocks (Q4_0 and
+ * Q8_0: 7 blocks, an odd last pair), M 1..9 (two chunks of activation rows
+ * from 5). */
 static void test_small_m(int type, uint64_t *rng, struct lmc_pool *pool) {
     const int64_t n = 39, k = type == LMC_GGML_Q4_K ? 256 * 3 : 32 * 7, mmax = 9;
     const char *nm = lmc_ggml_type_name(type);
@@ -246,8 +248,8 @@ static void test_small_m(int type, uint64_t *rng, struct lmc_pool *pool) {
             }
         }
         if (sets++ == 0) memcpy(first, y, (size_t)(mmax * n) * 4);
-        else if (type == LMC_GGML_Q4_K)
-            CHECK_MSG(memcmp(first, y, (size_t)(mmax * n) * 4) == 0, "Q4_K: AVX2 and VNNI differ");
+        else if (type == LMC_GGML_Q4_K || type == LMC_GGML_Q4_0)
+            CHECK_MSG(memcmp(first, y, (size_t)(mmax * n) * 4) == 0, "%s: AVX2 and VNNI differ", nm);
     }
     printf("%s small-M kernel: %d instruction set(s) checked\n", nm, sets);
     CHECK(sets >= 1 || !__builtin_cpu_supports("avx2"));
@@ -276,6 +278,7 @@ int main(void) {
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);
+    test_small_m(LMC_GGML_Q4_0, &krng, pool);
     test_small_m(LMC_GGML_Q8_0, &krng, pool);
     struct lmc_qweight w;
     CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_F16, NULL, 4, 32, &err) == LMC_ERR_UNSUPPORTED);

@@ -207,6 +207,19 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
     do {                                                                                                   \
         __m256i lo[4], hi[4];                                                                              \
         __m256 dw[4];                                                                                      \
+        if (MR == 1 && !UN) { /* decode: one weight row at a time, few vectors live (no spills on AVX2) */ \
+            const uint8_t *a = xp + Q4_PAIR * p;                                                           \
+            __m256i xa = _mm256_load_si256((const __m256i *)a);                                            \
+            __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                                     \
+            __m256 dx = _mm256_load_ps((const float *)(a + 64));                                           \
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 96));                                      \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
+                Q4_WEIGHT(SUF, FULL, r);                                                                   \
+                __m256i s = q4_dot_##SUF(z, lo[r], xa, hi[r], xb);                                         \
+                acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][0]);   \
+            }                                                                                              \
+            break;                                                                                         \
+        }                                                                                                  \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                              \
             if (UN) {                                                                                      \
                 const uint8_t *u = un + (4 * p + r) * Q4_UNPACK;                                           \

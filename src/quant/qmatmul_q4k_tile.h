@@ -39,6 +39,21 @@ IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
 /* sc_j in every int16 lane: dword j of a row's stored scales (sc_j in both halves), broadcast from memory. */
 IK __m256i KT(q4k_bcast)(const int32_t *scw, int j) { return _mm256_set1_epi32(scw[j]); }
 
+/* The same from the decoded register: lo / hi its low / high 128-bit half in both halves (vperm2i128), dword
+ * j % 4 of one of them by vpshufd (an immediate per case: j is a constant once the loop is unrolled). */
+IK __m256i KT(q4k_pick)(__m256i lo, __m256i hi, int j) {
+    switch (j) {
+    case 0: return _mm256_shuffle_epi32(lo, 0x00);
+    case 1: return _mm256_shuffle_epi32(lo, 0x55);
+    case 2: return _mm256_shuffle_epi32(lo, 0xaa);
+    case 3: return _mm256_shuffle_epi32(lo, 0xff);
+    case 4: return _mm256_shuffle_epi32(hi, 0x00);
+    case 5: return _mm256_shuffle_epi32(hi, 0x55);
+    case 6: return _mm256_shuffle_epi32(hi, 0xaa);
+    default: return _mm256_shuffle_epi32(hi, 0xff);
+    }
+}
+
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
  * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
  * r's at pre + K_PRE (r nsb + s)) and un their codes unpacked (256 bytes
@@ -65,10 +80,12 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
             _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
         _Alignas(32) int32_t scs[4][8];
         const int32_t *scw[4];
+        __m256i sclo[4], schi[4];
         __m256 mnv[4], dv[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             if (pre) {
                 const uint8_t *p = pre + K_PRE * (r * nsb + s);
+                sclo[r] = schi[r] = _mm256_setzero_si256(); /* unused: the stored scales are broadcast */
                 scw[r] = (const int32_t *)p;
                 mnv[r] = _mm256_load_ps((const float *)(p + 32));
                 dv[r] = _mm256_load_ps((const float *)(p + 64));
@@ -76,6 +93,8 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
                 __m256i sc;
                 KT(q4k_scales)(wp + r * rb + 144 * s, &sc, &mnv[r], &dv[r]);
                 _mm256_store_si256((__m256i *)scs[r], sc);
+                sclo[r] = _mm256_permute2x128_si256(sc, sc, 0x00);
+                schi[r] = _mm256_permute2x128_si256(sc, sc, 0x11);
                 scw[r] = scs[r];
             }
         }
@@ -93,7 +112,10 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
                     __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
                     q[r] = h % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15) : _mm256_and_si256(v, m15);
                 }
-                sj[r] = KT(q4k_bcast)(scw[r], h);
+                if (pre) sj[r] = KT(q4k_bcast)(scw[r], h);
+                else /* from the decoded register: no reload of the just-stored scales (4-6% of the M = 1
+                      * tile's time on a Zen 3, bench_qtile_m1) */
+                    sj[r] = KT(q4k_pick)(sclo[r], schi[r], h);
             }
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
                 __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 32 * h));
