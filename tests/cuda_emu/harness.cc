@@ -12,7 +12,8 @@
  *   ops         adamw / sumsq / zero, rmsnorm / layernorm, rope (+ kv store),
  *               swiglu / gelu, add, embed fwd + bwd, argmax
  *   xent        classifier_xent.cu (its GEMMs through matmul.cu's
- *               lmc_cuda_gemm and the cuBLASLt model)
+ *               lmc_cuda_gemm and the cuBLASLt model); soft_xent.cu
+ *               (distillation's loss and gradient)
  *   attn        attention.cu (tensor-core prefill and split-K kernels) and
  *               attention_paged.cu
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
@@ -515,6 +516,29 @@ static void test_xent() {
             }
     cc->train_bf16 = false;
     cc->xent_rows = 0;
+    /* soft_xent.cu (distillation): CE, KL, agreement and the in-place gradient vs the CPU twin; ignored
+     * targets, temperatures 1 and not, alpha 0 / between / 1, tied maxima (integer logits: first wins) */
+    for (int64_t R : {1, 6, 37}) for (int64_t V : {1, 5, 300, 1001}) for (int kind = 0; kind < 3; kind++)
+        for (float alpha : {0.0f, 0.4f, 1.0f}) for (float temp : {1.0f, 2.5f}) for (int grad = 0; grad < 2; grad++) {
+            auto S = rv(R * V, 4.0f), T = rv(R * V, 4.0f);
+            if (kind == 1) for (int64_t i = 0; i < R * V; i++) S[i] = (float)irand(4), T[i] = (float)irand(4);
+            if (kind == 2) for (int64_t i = 0; i < R * V; i++) T[i] = 1.5f * S[i]; /* the same argmax */
+            std::vector<int32_t> tg(R);
+            for (auto &t : tg) t = irand(4) == 0 ? -1 : irand((int)V);
+            auto s1 = S, s2 = S;
+            auto c1 = nans(R), c2 = nans(R), k1 = nans(R), k2 = nans(R), a1 = nans(R), a2 = nans(R);
+            lmc_cuda_soft_xent(cc, c1.data(), k1.data(), a1.data(), s1.data(), T.data(), tg.data(), R, V, alpha, temp,
+                               0.3f, grad);
+            cpu.soft_xent(cpu.ctx, c2.data(), k2.data(), a2.data(), s2.data(), T.data(), tg.data(), R, V, alpha, temp,
+                          0.3f, grad);
+            check("soft_xent ce", rel(c1, c2), 1e-5, "R=%ld V=%ld kind %d", (long)R, (long)V, kind);
+            double ek = 0; /* KL can be ~0: absolute */
+            for (int64_t r = 0; r < R; r++) ek = std::max(ek, (double)std::fabs(k1[r] - k2[r]));
+            check("soft_xent kl (abs)", ek, 1e-5, "R=%ld V=%ld kind %d T %g", (long)R, (long)V, kind, (double)temp);
+            check("soft_xent agree", rel(a1, a2), 0, "R=%ld V=%ld kind %d", (long)R, (long)V, kind);
+            check(grad ? "soft_xent grad" : "soft_xent fwd only (logits kept)", rel(s1, s2), grad ? 1e-5 : 0,
+                  "R=%ld V=%ld kind %d alpha %g T %g", (long)R, (long)V, kind, (double)alpha, (double)temp);
+        }
 }
 
 /* ------------------------------------------------------------------ */
