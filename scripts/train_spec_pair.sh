@@ -46,7 +46,7 @@
 #      TARGET_EVAL (25), TARGET_EVAL_BATCHES (8), TARGET_PATIENCE (6),
 #      GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
 #      EVAL_DEVICE (DEVICE; where the perplexities run),
-#      KD_STEPS (300), KD_BATCH (32), KD_ALPHA (1), KD_TEMP (1), KD_LR (5e-4 from the default model's
+#      KD_STEPS (300), KD_BATCH (32), KD_WARMUP (20), KD_ALPHA (1), KD_TEMP (1), KD_LR (5e-4 from the default model's
 #      weights; 5x for kd-small from scratch), KD_SMALL (4x256x4x768), KD_DRAFTS ("kd-draft kd-small")
 set -eu -o pipefail
 OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--distill] [--measure-only]}
@@ -146,7 +146,7 @@ PY
         lr=$(python3 -c "print(5 * $KD_LR)"); shape="${SL}x${SH}x${SHEADS}x${SI}"; from=scratch
       fi
       "$LMC" train "${common[@]}" -o "$run" "${init[@]}" --batch "$KD_BATCH" --steps "$KD_STEPS" --lr "$lr" \
-          --min-lr "$(python3 -c "print($lr / 10)")" --warmup 20 --distill-from "$OUT/kjv-target" \
+          --min-lr "$(python3 -c "print($lr / 10)")" --warmup "${KD_WARMUP:-20}" --distill-from "$OUT/kjv-target" \
           --distill-alpha "${KD_ALPHA:-1}" --distill-temp "${KD_TEMP:-1}" 2>"$run.log" || { tail -20 "$run.log" >&2; exit 1; }
       finish "$(ls -d "$run"/step_* | sort | tail -1)" "$OUT/$kd"
       secs=$(($(date +%s) - t0))

@@ -319,6 +319,7 @@ int cmd_train(int argc, char **argv) {
     /* from here on every exit goes through `done`, which releases what was made */
     int rc = 0;
     bool have_tm = false, have_be = false, have_tr = false, bf16 = false;
+    bool have_teacher = false, have_dst = false; /* --distill-from */
     /* data parallel: the model is built without its arenas and each rank's
      * zero module fills only its shard from this source (lmc_tmodel_src) */
     bool lazy = dist && mpn < 2, have_src = false; /* not under --tp/--cp/--pp; --ep: its shard from the source */
@@ -332,7 +333,6 @@ int cmd_train(int argc, char **argv) {
     struct lmc_trainer tr;
     struct lmc_model teacher; /* --distill-from */
     struct lmc_distill dst;
-    bool have_teacher = false, have_dst = false;
     /* the backend first: the model is built in its memory */
     if ((rc = cli_train_backend(&be, &cc, "train", &bf16))) goto done;
     have_be = true;
@@ -580,9 +580,9 @@ int cmd_train(int argc, char **argv) {
         }
         have_dst = true;
         tr.acts.distill = &dst;
-        fprintf(stderr, "lmc train: distilling from %s (%s, %lld layers): loss (1 - %g) CE + %g T^2 KL at T = %g, "
+        fprintf(stderr, "lmc train: distilling from %s (%s, %lld layers): loss (1 - A) CE + A T^2 KL with A = %g, T = %g; "
                         "teacher chunks of %lld tokens\n", distill_from, teacher.cfg.model_type,
-                (long long)teacher.cfg.num_layers, distill_alpha, distill_alpha, distill_temp, (long long)dst.chunk);
+                (long long)teacher.cfg.num_layers, distill_alpha, distill_temp, (long long)dst.chunk);
     }
     if (tr.zero) lmc_zero_mark_setup(tr.zero); /* training's peak RSS apart from set-up's */
     char mpath[4096];
