@@ -7,7 +7,9 @@
  * finite differences of the step's forward (weights of the head, a layer
  * and the embedding); alpha 0 is the plain step bit for bit (loss and
  * every gradient); the fixture as its own teacher: KL 0, agreement 1;
- * lmc_distill_init refuses another vocabulary, alpha outside [0, 1] and a
+ * equal sequences get equal KL rows with Llama, Mamba and Mamba-2
+ * teachers, whole and chunked (each sequence starts from an empty cache /
+ * a zero recurrent state); lmc_distill_init refuses another vocabulary, alpha outside [0, 1] and a
  * non-positive temperature. */
 #include "test.h"
 #include "model/backward.h"
@@ -146,6 +148,32 @@ int main(void) {
     lmc_distill_free(&d);
     lmc_tacts_free(&a2);
     lmc_tmodel_free(&self);
+
+    /* every sequence starts afresh (the teacher's cache, a recurrent teacher's state): two equal
+     * sequences get equal KL rows; Llama and Mamba teachers, whole and in chunks of 5 (the same KL) */
+    memcpy(in + T, in, sizeof(int32_t) * T);
+    memcpy(tg + T, tg, sizeof(int32_t) * T);
+    const char *teachers[] = {FIX, "tests/fixtures/mamba-tiny", "tests/fixtures/mamba2-tiny"};
+    for (int k = 0; k < 3; k++) {
+        double whole = 0;
+        for (int chunked = 0; chunked < 2; chunked++) {
+            struct lmc_model t2;
+            CHECK_MSG(!lmc_model_load(&t2, teachers[k], &mo, &err), "%s", err.msg);
+            CHECK_MSG(!lmc_distill_init(&d, &t2, &cfg, &be, B, T, 1.0f, 1.0f, &err), "%s", err.msg);
+            if (chunked) d.chunk = 5;
+            step(&tm, &a, &d, true, NULL);
+            const float *kl = d.host + B * T;
+            double diff = 0, tot = 0;
+            for (int i = 0; i < T; i++) diff = fmax(diff, fabs(kl[i] - kl[T + i])), tot += kl[i];
+            CHECK_MSG(diff <= 1e-6 * tot && tot > 0, "%s chunked %d: equal sequences' KL rows differ by %.3e (sum %.3e)",
+                      teachers[k], chunked, diff, tot);
+            if (!chunked) whole = d.kl_sum;
+            else CHECK_MSG(fabs(d.kl_sum - whole) < 1e-5 * whole, "%s: KL in chunks %.9g, whole %.9g", teachers[k],
+                           d.kl_sum, whole);
+            lmc_distill_free(&d);
+            lmc_model_free(&t2);
+        }
+    }
 
     /* bad set-ups */
     struct lmc_config other = cfg;

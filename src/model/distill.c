@@ -92,6 +92,8 @@ lmc_status lmc_distill_head(struct lmc_distill *d, struct lmc_tmodel *tm, struct
         for (int64_t off = 0, n; off < len; off += n) {
             n = LMC_MIN(d->chunk, len - off);
             const int64_t r0 = s0 + off;
+            if (off == 0 && d->kv.state) /* a recurrent teacher (Mamba) starts each sequence from a zero state */
+                be->zero(be->ctx, d->kv.state, d->kv.state_bytes);
             /* the teacher: its final residual rows in acts.x (no logits to the host), then its head */
             lmc_status st = lmc_model_forward(d->teacher, be, &d->acts, &d->kv, inputs + r0, n, off, NULL, false, err);
             if (st) return st;
