@@ -28,7 +28,7 @@
 #      checkpoint kept and an early stop; the best shape becomes the target),
 #      W (build-dev/spec-pair: kept on a warm machine; training is
 #      skipped when W/kjv-target exists, distillation when W/kd-small does), SKIP_SERVER (0), SKIP_COSTS (0),
-#      KD (1), KD_STEPS (300), KD_BATCH (32), KD_ALPHA (1), KD_TEMP (1), KD_LR, KD_SMALL (train_spec_pair.sh)
+#      KD (1), KD_STEPS (300), KD_BATCH (32), KD_ALPHA (1), KD_TEMP (1), KD_LR, KD_SMALL, KD_TINY, KD_DRAFTS (train_spec_pair.sh)
 . "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-out}; CPUS=${CPUS:-0,1}; LLAMA_BIN=${LLAMA_BIN:-.peer/bin}
 B=build-dev; W=${W:-$B/spec-pair}
@@ -65,7 +65,7 @@ if [ "${SKIP_COSTS:-0}" = 0 ]; then
     2>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
   taskset -c "$CPUS" $B/bench_spec "$W/kjv-target" -d models/kjv-llama -t 1 -k 4 -s C -cpu 1 \
     2>>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
-  for kd in kd-draft kd-small; do
+  for kd in kd-draft kd-small kd-tiny; do
     [ -d "$W/$kd" ] || continue
     say "## bench_spec: kjv-target + $kd (greedy, 2 threads on CPUs $CPUS)"
     taskset -c "$CPUS" $B/bench_spec "$W/kjv-target" -d "$W/$kd" -t 2 -k 4 -n 64 -r 3 -p 3 -s PDF \

@@ -31,6 +31,8 @@
 #            kd-small: KD_SMALL (LAYERSxHIDDENxHEADSxINTER, default
 #                      4x256x4x768, ~5.5M parameters, about half the
 #                      default model's bytes) from scratch;
+#            kd-tiny:  KD_TINY (default 2x256x4x768, ~3.8M parameters)
+#                      from scratch, when KD_DRAFTS names it;
 #          a table gives each one's last KL, top-1 agreement with the
 #          target (training batches), held-out perplexity and time;
 # and measures each pair: validation perplexity of every model, then
@@ -47,7 +49,8 @@
 #      GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
 #      EVAL_DEVICE (DEVICE; where the perplexities run),
 #      KD_STEPS (300), KD_BATCH (32), KD_WARMUP (20), KD_ALPHA (1), KD_TEMP (1), KD_LR (5e-4 from the default model's
-#      weights; 5x for kd-small from scratch), KD_SMALL (4x256x4x768), KD_DRAFTS ("kd-draft kd-small")
+#      weights; 5x for kd-small from scratch), KD_SMALL (4x256x4x768), KD_TINY (2x256x4x768),
+#      KD_DRAFTS ("kd-draft kd-small"; "kd-draft kd-small kd-tiny" adds the third)
 set -eu -o pipefail
 OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--distill] [--measure-only]}
 shift
@@ -133,7 +136,6 @@ PY
   if [ $DISTILL = 1 ]; then
     [ -d "$OUT/kjv-target" ] || { echo "--distill needs $OUT/kjv-target (run with --target)" >&2; exit 1; }
     KD_STEPS=${KD_STEPS:-300}; KD_BATCH=${KD_BATCH:-32}; KD_LR=${KD_LR:-5e-4}
-    IFS=x read -r SL SH SHEADS SI <<<"${KD_SMALL:-4x256x4x768}"
     echo "## drafts distilled from kjv-target (lmc train --distill-from, alpha ${KD_ALPHA:-1}, T ${KD_TEMP:-1}, $KD_STEPS steps x $KD_BATCH x 256 tokens)"
     echo "| draft | shape | init | parameters | KL to the target (last step) | top-1 agreement (last step) | held-out ppl | seconds |"
     echo "|---|---|---|---|---|---|---|---|"
@@ -142,6 +144,11 @@ PY
       if [ "$kd" = kd-draft ]; then
         init=(-m "$BASE"); lr=$KD_LR; shape="default (8x288x6x768)"; from="$BASE"
       else
+        case $kd in
+          kd-small) IFS=x read -r SL SH SHEADS SI <<<"${KD_SMALL:-4x256x4x768}" ;;
+          kd-tiny) IFS=x read -r SL SH SHEADS SI <<<"${KD_TINY:-2x256x4x768}" ;;
+          *) echo "KD_DRAFTS: unknown draft $kd (kd-draft, kd-small, kd-tiny)" >&2; exit 2 ;;
+        esac
         init=(--arch llama --layers "$SL" --hidden "$SH" --heads "$SHEADS" --kv-heads "$SHEADS" --intermediate "$SI")
         lr=$(python3 -c "print(5 * $KD_LR)"); shape="${SL}x${SH}x${SHEADS}x${SI}"; from=scratch
       fi
@@ -182,7 +189,7 @@ prompts = [" ".join(v.split()[:8]) for v in verses[100:100 + 997 * NP:997]][:NP]
 T = os.path.join(OUT, "kjv-target")
 groups = [(BASE, [("kjv-draft", os.path.join(OUT, "kjv-draft"))]),
           (T, [("kjv-llama", BASE), ("kd-draft", os.path.join(OUT, "kd-draft")),
-               ("kd-small", os.path.join(OUT, "kd-small"))])]
+               ("kd-small", os.path.join(OUT, "kd-small")), ("kd-tiny", os.path.join(OUT, "kd-tiny"))])]
 def gen(model, prompt, extra):
     r = subprocess.run([LMC, "generate", "-m", model, "-p", prompt, "-n", str(GEN), "--temp", "0", "--ignore-eos",
                         "--device", DEV, "--threads", THR, *extra], capture_output=True, text=True, timeout=600)
