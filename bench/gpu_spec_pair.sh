@@ -4,15 +4,20 @@
 # the default model as its draft) trains on the GPU, its validation
 # perplexity runs there, and then the speculative-decoding speed is
 # measured on that machine's CPU pinned to CPUS (default two cores, the
-# others idle, so the timing is quiet):
-#   1. `lmc generate` plain / --draft-model / --prompt-lookup on KJV
-#      prompts (scripts/train_spec_pair.sh --measure-only);
+# others idle, so the timing is quiet). After the target, two drafts are
+# distilled from it on the GPU (scripts/train_spec_pair.sh --distill: lmc
+# train --distill-from, kd-draft of the default model's shape from its
+# weights, kd-small of about half its bytes from scratch; KD=0 skips):
+#   1. `lmc generate` plain / --draft-model (the default model and each
+#      distilled draft) / --prompt-lookup on KJV prompts
+#      (scripts/train_spec_pair.sh --measure-only);
 #   1b. bench_spec on the pair: the cost of each part of a round (a
 #      K+1-token verification vs a 1-token forward, the draft's forward),
 #      the cost model's table, and greedy decoding plain / the target as
 #      its own draft (every draft accepted: the ceiling) / the draft with
 #      adaptive and fixed K, with each round's time split (SKIP_COSTS=1
-#      skips it);
+#      skips it); then bench_spec per distilled draft (plain, adaptive
+#      and fixed K: acceptance and speed);
 #   2. the server against llama.cpp's server with the same pair
 #      (bench/spec_pair_cpu.py; llama.cpp binaries from LLAMA_BIN, e.g.
 #      a copy of ../shared/tools/build-llamacpp-peer.sh's bin/ carried
@@ -22,7 +27,8 @@
 #      (scripts/train_spec_pair.sh: each shape trains with its validation loss evaluated every 25 steps, the best
 #      checkpoint kept and an early stop; the best shape becomes the target),
 #      W (build-dev/spec-pair: kept on a warm machine; training is
-#      skipped when W/kjv-target exists), SKIP_SERVER (0), SKIP_COSTS (0)
+#      skipped when W/kjv-target exists, distillation when W/kd-small does), SKIP_SERVER (0), SKIP_COSTS (0),
+#      KD (1), KD_STEPS (300), KD_BATCH (32), KD_ALPHA (1), KD_TEMP (1), KD_LR, KD_SMALL, KD_TINY, KD_DRAFTS (train_spec_pair.sh)
 . "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-out}; CPUS=${CPUS:-0,1}; LLAMA_BIN=${LLAMA_BIN:-.peer/bin}
 B=build-dev; W=${W:-$B/spec-pair}
@@ -41,7 +47,14 @@ if [ ! -d "$W/kjv-target" ]; then
   say "trained ($(($(date +%s) - T0)) s)"
   grep -E '^(##|\||kjv-target:)' "$OUT/train.log" | tee -a "$S"
 fi
-rm -rf "$W/kjv-draft"   # only the target pair (target + the default model as draft) is timed
+if [ "${KD:-1}" = 1 ] && [ ! -d "$W/kd-small" ]; then
+  MEASURE=0 SKIP_DRAFT=1 LMC=$B/lmc THREADS=16 EVAL_DEVICE=cuda \
+    scripts/train_spec_pair.sh "$W" --device cuda --distill >"$OUT/distill.log" 2>&1 ||
+    { tail -30 "$OUT/distill.log"; exit 1; }
+  say "distilled ($(($(date +%s) - T0)) s)"
+  grep -E '^(##|\|)' "$OUT/distill.log" | tee -a "$S"
+fi
+rm -rf "$W/kjv-draft"   # only the target's pairs (the default model and the distilled drafts as drafts) are timed
 say "## lmc generate, greedy, 2 threads on CPUs $CPUS"
 EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
   taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>"$OUT/measure.err" | tee -a "$OUT/summary.md"
@@ -52,6 +65,12 @@ if [ "${SKIP_COSTS:-0}" = 0 ]; then
     2>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
   taskset -c "$CPUS" $B/bench_spec "$W/kjv-target" -d models/kjv-llama -t 1 -k 4 -s C -cpu 1 \
     2>>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
+  for kd in kd-draft kd-small kd-tiny; do
+    [ -d "$W/$kd" ] || continue
+    say "## bench_spec: kjv-target + $kd (greedy, 2 threads on CPUs $CPUS)"
+    taskset -c "$CPUS" $B/bench_spec "$W/kjv-target" -d "$W/$kd" -t 2 -k 4 -n 64 -r 3 -p 3 -s PDF \
+      2>>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
+  done
   say "costs ($(($(date +%s) - T0)) s)"
 fi
 if [ "${SKIP_SERVER:-0}" = 0 ]; then

@@ -23,27 +23,43 @@
 #          (lmc eval) against the draft's (the default model: 43.2). For a
 #          GPU (--device cuda); on a CPU, tiny TARGETS and few steps check
 #          the logic (README: "The target recipe");
+#  distill: with --distill, drafts distilled from OUT/kjv-target (made by
+#          --target in the same run or before): lmc train --distill-from
+#          (KL to the target's distribution, --distill-alpha KD_ALPHA,
+#          --distill-temp KD_TEMP) for KD_STEPS steps each:
+#            kd-draft: the default model's shape, starting from its weights;
+#            kd-small: KD_SMALL (LAYERSxHIDDENxHEADSxINTER, default
+#                      4x256x4x768, ~5.5M parameters, about half the
+#                      default model's bytes) from scratch;
+#            kd-tiny:  KD_TINY (default 2x256x4x768, ~3.8M parameters)
+#                      from scratch, when KD_DRAFTS names it;
+#          a table gives each one's last KL, top-1 agreement with the
+#          target (training batches), held-out perplexity and time;
 # and measures each pair: validation perplexity of every model, then
 # greedy `lmc generate` on KJV prompts (GEN tokens each, the same prompts
 # for every run, interleaved ROUNDS times) plain, with --draft-model
 # (adaptive K, --draft-tokens 4) and with --prompt-lookup 3: tokens/s
 # from the generate log, drafted / accepted, and that the speculative
 # texts equal the plain ones (greedy: they must).
-# Usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]
+# Usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--distill] [--measure-only]
 # env: LMC (default build/lmc), THREADS (nproc), DRAFT_STEPS (400), DRAFT_BATCH (16), SKIP_DRAFT (0; 1: no kjv-draft),
 #      DRAFT_LAYERS/HIDDEN/HEADS/INTER (2/128/4/384), TARGETS (above), TARGET_STEPS (1500),
 #      TARGET_BATCH (32), TARGET_LR (6e-4; min 1/10 of it), TARGET_WARMUP (50), TARGET_WD (0.1),
 #      TARGET_EVAL (25), TARGET_EVAL_BATCHES (8), TARGET_PATIENCE (6),
 #      GEN (64), ROUNDS (2), PROMPTS (8), MEASURE (1; 0 stops after training),
-#      EVAL_DEVICE (DEVICE; where the perplexities run)
+#      EVAL_DEVICE (DEVICE; where the perplexities run),
+#      KD_STEPS (300), KD_BATCH (32), KD_WARMUP (20), KD_ALPHA (1), KD_TEMP (1), KD_LR (5e-4 from the default model's
+#      weights; 5x for kd-small from scratch), KD_SMALL (4x256x4x768), KD_TINY (2x256x4x768),
+#      KD_DRAFTS ("kd-draft kd-small"; "kd-draft kd-small kd-tiny" adds the third)
 set -eu -o pipefail
-OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--measure-only]}
+OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--distill] [--measure-only]}
 shift
-DEVICE=cpu; TARGET=0; MEASURE_ONLY=0
+DEVICE=cpu; TARGET=0; MEASURE_ONLY=0; DISTILL=0
 while [ $# -gt 0 ]; do
   case $1 in
     --device) DEVICE=${2:?--device needs cpu or cuda}; shift 2 ;;
     --target) TARGET=1; shift ;;
+    --distill) DISTILL=1; shift ;;
     --measure-only) MEASURE_ONLY=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -117,6 +133,40 @@ PY
     cp -r "$best_run/best-hf" "$OUT/kjv-target"
     echo "kjv-target: $best_run/best (the lowest best validation loss, $best_vl)"
   fi
+  if [ $DISTILL = 1 ]; then
+    [ -d "$OUT/kjv-target" ] || { echo "--distill needs $OUT/kjv-target (run with --target)" >&2; exit 1; }
+    KD_STEPS=${KD_STEPS:-300}; KD_BATCH=${KD_BATCH:-32}; KD_LR=${KD_LR:-5e-4}
+    echo "## drafts distilled from kjv-target (lmc train --distill-from, alpha ${KD_ALPHA:-1}, T ${KD_TEMP:-1}, $KD_STEPS steps x $KD_BATCH x 256 tokens)"
+    echo "| draft | shape | init | parameters | KL to the target (last step) | top-1 agreement (last step) | held-out ppl | seconds |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for kd in ${KD_DRAFTS:-kd-draft kd-small}; do
+      run="$OUT/$kd-run"; t0=$(date +%s); rm -rf "$run"
+      if [ "$kd" = kd-draft ]; then
+        init=(-m "$BASE"); lr=$KD_LR; shape="default (8x288x6x768)"; from="$BASE"
+      else
+        case $kd in
+          kd-small) IFS=x read -r SL SH SHEADS SI <<<"${KD_SMALL:-4x256x4x768}" ;;
+          kd-tiny) IFS=x read -r SL SH SHEADS SI <<<"${KD_TINY:-2x256x4x768}" ;;
+          *) echo "KD_DRAFTS: unknown draft $kd (kd-draft, kd-small, kd-tiny)" >&2; exit 2 ;;
+        esac
+        init=(--arch llama --layers "$SL" --hidden "$SH" --heads "$SHEADS" --kv-heads "$SHEADS" --intermediate "$SI")
+        lr=$(python3 -c "print(5 * $KD_LR)"); shape="${SL}x${SH}x${SHEADS}x${SI}"; from=scratch
+      fi
+      "$LMC" train "${common[@]}" -o "$run" "${init[@]}" --batch "$KD_BATCH" --steps "$KD_STEPS" --lr "$lr" \
+          --min-lr "$(python3 -c "print($lr / 10)")" --warmup "${KD_WARMUP:-20}" --distill-from "$OUT/kjv-target" \
+          --distill-alpha "${KD_ALPHA:-1}" --distill-temp "${KD_TEMP:-1}" 2>"$run.log" || { tail -20 "$run.log" >&2; exit 1; }
+      finish "$(ls -d "$run"/step_* | sort | tail -1)" "$OUT/$kd"
+      secs=$(($(date +%s) - t0))
+      read -r np kl ag < <(python3 - "$run/metrics.jsonl" "$run.log" <<'PY'
+import json, re, sys
+r = [json.loads(l) for l in open(sys.argv[1])][-1]
+m = re.search(r"llama, (\d+) parameters", open(sys.argv[2]).read())
+print(m.group(1) if m else "?", "%.4f" % r["distill_kl"], "%.1f%%" % (100 * r["distill_agree"]))
+PY
+)
+      echo "| $kd | $shape | $from | $np | $kl | $ag | $(ppl "$OUT/$kd") | $secs |"
+    done
+  fi
 fi
 # ---- measure (MEASURE=0: stop after training; EVAL_DEVICE: where the perplexities run, default DEVICE)
 [ "${MEASURE:-1}" = 1 ] || exit 0
@@ -135,8 +185,11 @@ LMC, DEV, THR, GEN, ROUNDS, NP, BASE, OUT = sys.argv[1:9]
 GEN, ROUNDS, NP = int(GEN), int(ROUNDS), int(NP)
 verses = [l.strip() for l in open("data/kjv.txt", encoding="utf-8") if len(l.strip()) > 40]
 prompts = [" ".join(v.split()[:8]) for v in verses[100:100 + 997 * NP:997]][:NP]
-pairs = [("kjv-llama + kjv-draft", BASE, os.path.join(OUT, "kjv-draft")),
-         ("kjv-target + kjv-llama", os.path.join(OUT, "kjv-target"), BASE)]
+# each target with its drafts: plain, --prompt-lookup 3 and each draft interleaved prompt by prompt
+T = os.path.join(OUT, "kjv-target")
+groups = [(BASE, [("kjv-draft", os.path.join(OUT, "kjv-draft"))]),
+          (T, [("kjv-llama", BASE), ("kd-draft", os.path.join(OUT, "kd-draft")),
+               ("kd-small", os.path.join(OUT, "kd-small")), ("kd-tiny", os.path.join(OUT, "kd-tiny"))])]
 def gen(model, prompt, extra):
     r = subprocess.run([LMC, "generate", "-m", model, "-p", prompt, "-n", str(GEN), "--temp", "0", "--ignore-eos",
                         "--device", DEV, "--threads", THR, *extra], capture_output=True, text=True, timeout=600)
@@ -146,22 +199,25 @@ def gen(model, prompt, extra):
     return r.stdout, float(m.group(1)) if m else float("nan"), (int(d.group(1)), int(d.group(2))) if d else (0, 0)
 print("| target + draft | mode | tokens/s (median over prompts and rounds) | vs plain | drafted / accepted | texts equal to plain |")
 print("|---|---|---|---|---|---|")
-for name, tgt, dft in pairs:
-    if not (os.path.isdir(tgt) and os.path.isdir(dft)): continue
-    modes = [("plain", []), ("--draft-model", ["--draft-model", dft, "--draft-tokens", "4"]),
-             ("--prompt-lookup 3", ["--prompt-lookup", "3"])]
-    rates = {m: [] for m, _ in modes}; texts = {m: [] for m, _ in modes}; dr = {m: [0, 0] for m, _ in modes}
+for tgt, drafts in groups:
+    drafts = [(n, d) for n, d in drafts if os.path.isdir(d)]
+    if not (os.path.isdir(tgt) and drafts): continue
+    tname = os.path.basename(tgt.rstrip("/"))
+    modes = [("plain", "", [])] + [("--draft-model", n, ["--draft-model", d, "--draft-tokens", "4"]) for n, d in drafts] + \
+            [("--prompt-lookup 3", "", ["--prompt-lookup", "3"])]
+    keys = [m + n for m, n, _ in modes]
+    rates = {k: [] for k in keys}; texts = {k: [] for k in keys}; dr = {k: [0, 0] for k in keys}
     for r in range(ROUNDS):
         for p in prompts:
-            for m, extra in modes:  # interleaved: each prompt through every mode in turn
+            for (m, n, extra), k in zip(modes, keys):  # interleaved: each prompt through every mode in turn
                 out, tps, (d, a) = gen(tgt, p, extra)
-                rates[m].append(tps); dr[m][0] += d; dr[m][1] += a
-                if r == 0: texts[m].append(out)
+                rates[k].append(tps); dr[k][0] += d; dr[k][1] += a
+                if r == 0: texts[k].append(out)
     base = statistics.median(rates["plain"])
-    for m, _ in modes:
-        med = statistics.median(rates[m])
-        same = sum(a == b for a, b in zip(texts[m], texts["plain"]))
-        print("| %s | %s | %.1f | %.2fx | %s | %d of %d |" % (name, m, med, med / base,
-              "%d / %d (%.0f%%)" % (dr[m][0], dr[m][1], 100 * dr[m][1] / max(1, dr[m][0])) if dr[m][0] else "-",
+    for (m, n, _), k in zip(modes, keys):
+        med = statistics.median(rates[k])
+        same = sum(a == b for a, b in zip(texts[k], texts["plain"]))
+        print("| %s | %s | %.1f | %.2fx | %s | %d of %d |" % (tname + (" + " + n if n else ""), m, med, med / base,
+              "%d / %d (%.0f%%)" % (dr[k][0], dr[k][1], 100 * dr[k][1] / max(1, dr[k][0])) if dr[k][0] else "-",
               same, len(prompts)), flush=True)
 PY

@@ -16,6 +16,7 @@
 #include "train/trainer_cp.h"
 #include "train/trainer_pp.h"
 #include "train/trainer_ep.h"
+#include "model/distill.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -61,6 +62,9 @@ static void usage(void) {
             "             validation loss; 0: off, the default)\n"
             "             --metrics FILE (default OUT/metrics.jsonl) --tokenizer DIR --init-std X\n"
             "             --peak-tflops X (for MFU; default on cuda: H100 SXM peak) --threads N\n"
+            "  distill:   --distill-from TEACHER_DIR (knowledge distillation: a model of the same vocabulary\n"
+            "             runs a forward on each micro-batch; loss (1-A) CE + A T^2 KL(teacher/T || student/T))\n"
+            "             --distill-alpha A (default 1: pure KL) --distill-temp T (default 1); one process\n"
             "  experts:   --router-aux-coef X (mixture of experts: the load-balancing loss x X in the loss,\n"
             "             as output_router_logits with router_aux_loss_coef X; 0: off; default: config.json)\n"
             "  parallel:  mpirun -np N lmc train ... [--zero 0|1|2|3] (or torchrun-style RANK/WORLD_SIZE/\n"
@@ -132,6 +136,9 @@ int cmd_train(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *arch = NULL, *model_json = NULL, *resume = NULL;
     const char *pp_layers = NULL; /* --pp-layers a,b,...: the P x V chunks' layers (dist/pp_split.h) */
     const char *metrics = NULL, *tok_dir = NULL;
+    const char *distill_from = NULL; /* --distill-from TEACHER_DIR (model/distill.h) */
+    double distill_alpha = 1, distill_temp = 1;
+    bool distill_flags = false;
     int64_t layers = 4, hidden = 128, heads = 4, kv_heads = 0, inter = 0, max_pos = 1024, vocab = 0;
     int64_t B = 8, T = 128, accum = 1, steps = 100, stop_at = 0, warmup = 0, eval_every = 0;
     int64_t eval_batches = 8, save_every = 0, seed = 1234, keep_last = 0, patience = 0;
@@ -198,6 +205,7 @@ int cmd_train(int argc, char **argv) {
             {"--clip", &clip, 0, 1e9}, {"--rope-theta", &rope_theta, 1, 1e12},
             {"--init-std", &init_std, 0, 10}, {"--peak-tflops", &peak_tflops, 0, 1e9},
             {"--router-aux-coef", &aux_coef, 0, 1e6}, {"--bucket-mb", &bucket_mb, 0, 1 << 20},
+            {"--distill-alpha", &distill_alpha, 0, 1}, {"--distill-temp", &distill_temp, 1e-3, 1e3},
         };
         bool found = false;
         for (size_t k = 0; !found && k < sizeof ints / sizeof *ints; k++)
@@ -220,6 +228,7 @@ int cmd_train(int argc, char **argv) {
             else if (!strcmp(a, "--pp-layers")) pp_layers = v;
             else if (!strcmp(a, "--metrics")) metrics = v;
             else if (!strcmp(a, "--tokenizer")) tok_dir = v;
+            else if (!strcmp(a, "--distill-from")) distill_from = v;
             else if (!strcmp(a, "--schedule")) ok = lmc_schedule_kind_parse(v, &sched);
             else found = false;
         }
@@ -227,6 +236,7 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "lmc train: unknown option %s\n", a);
             return 2;
         }
+        if (!strcmp(a, "--distill-alpha") || !strcmp(a, "--distill-temp")) distill_flags = true;
         if (!ok) {
             fprintf(stderr, "lmc train: bad value '%s' for %s\n", v, a);
             return 2;
@@ -272,6 +282,15 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "lmc train: --tp-vocab splits the vocabulary over the --tp ranks (give --tp N, N >= 2)\n");
         return 2;
     }
+    if (distill_flags && !distill_from) {
+        fprintf(stderr, "lmc train: --distill-alpha and --distill-temp go with --distill-from TEACHER_DIR\n");
+        return 2;
+    }
+    if (distill_from && (denv.world > 1 || zero >= 0 || mpn > 1 || ep > 1)) {
+        fprintf(stderr, "lmc train: --distill-from runs in one process so far (not with ranks, --zero, --tp, --cp, "
+                        "--pp or --ep)\n");
+        return 2;
+    }
     bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_SP] = seq_par, [CLI_CAP_TP] = tp > 1,
                             [CLI_CAP_CP] = cp > 1, [CLI_CAP_PP] = pp > 1};
     if (cli_caps_check("train", cc.device, caps, NULL)) return 2;
@@ -300,6 +319,7 @@ int cmd_train(int argc, char **argv) {
     /* from here on every exit goes through `done`, which releases what was made */
     int rc = 0;
     bool have_tm = false, have_be = false, have_tr = false, bf16 = false;
+    bool have_teacher = false, have_dst = false; /* --distill-from */
     /* data parallel: the model is built without its arenas and each rank's
      * zero module fills only its shard from this source (lmc_tmodel_src) */
     bool lazy = dist && mpn < 2, have_src = false; /* not under --tp/--cp/--pp; --ep: its shard from the source */
@@ -311,6 +331,8 @@ int cmd_train(int argc, char **argv) {
     struct lmc_tmodel tm;
     struct lmc_backend be;
     struct lmc_trainer tr;
+    struct lmc_model teacher; /* --distill-from */
+    struct lmc_distill dst;
     /* the backend first: the model is built in its memory */
     if ((rc = cli_train_backend(&be, &cc, "train", &bf16))) goto done;
     have_be = true;
@@ -542,6 +564,26 @@ int cmd_train(int argc, char **argv) {
         lmc_tmodel_free(&full);
         have_full = false;
     }
+    if (distill_from) { /* the teacher, on the student's backend */
+        struct lmc_model_opts mo = {.be = &be};
+        if (lmc_model_load(&teacher, distill_from, &mo, &err)) {
+            fprintf(stderr, "lmc train: --distill-from %s: %s\n", distill_from, err.msg);
+            rc = 1;
+            goto done;
+        }
+        have_teacher = true;
+        if (lmc_distill_init(&dst, &teacher, &tr.tm.cfg, &be, tr.o.B, tr.o.T, (float)distill_alpha,
+                             (float)distill_temp, &err)) {
+            fprintf(stderr, "lmc train: --distill-from %s: %s\n", distill_from, err.msg);
+            rc = err.status == LMC_ERR_ARG ? 2 : 1;
+            goto done;
+        }
+        have_dst = true;
+        tr.acts.distill = &dst;
+        fprintf(stderr, "lmc train: distilling from %s (%s, %lld layers): loss (1 - A) CE + A T^2 KL with A = %g, T = %g; "
+                        "teacher chunks of %lld tokens\n", distill_from, teacher.cfg.model_type,
+                (long long)teacher.cfg.num_layers, distill_alpha, distill_temp, (long long)dst.chunk);
+    }
     if (tr.zero) lmc_zero_mark_setup(tr.zero); /* training's peak RSS apart from set-up's */
     char mpath[4096];
     if (!metrics) {
@@ -668,6 +710,9 @@ int cmd_train(int argc, char **argv) {
         if (!isnan(vl)) fprintf(mf, ", \"val_loss\": %.9g", vl);
         if (best && (keep_best || patience > 0)) fprintf(mf, ", \"val_best\": true");
         if (st.skipped) fprintf(mf, ", \"skipped\": true");
+        if (st.distill)
+            fprintf(mf, ", \"ce\": %.9g, \"distill_kl\": %.9g, \"distill_agree\": %.6g", st.distill_ce, st.distill_kl,
+                    st.distill_agree);
         double emin = 0, emax = 0;
         if (st.n_experts > 0) { /* expert load: tokens routed to each expert (over the layers) */
             emin = emax = st.expert_tokens[0];
@@ -687,6 +732,9 @@ int cmd_train(int argc, char **argv) {
         if (peak_tflops > 0) n += snprintf(line + n, sizeof line - (size_t)n, " | mfu %.1f%%", 100 * tfl / peak_tflops);
         if (st.n_experts > 0)
             n += snprintf(line + n, sizeof line - (size_t)n, " | aux %.4f | experts %.0f-%.0f", st.moe_aux, emin, emax);
+        if (st.distill)
+            n += snprintf(line + n, sizeof line - (size_t)n, " | ce %.4f | kl %.4f | agree %.1f%%", st.distill_ce,
+                          st.distill_kl, 100 * st.distill_agree);
         if (!isnan(vl)) snprintf(line + n, sizeof line - (size_t)n, " | val %.4f", vl);
         if (is_tty() && isnan(vl) && !last) fprintf(stderr, "\r%s\033[K", line);
         else fprintf(stderr, "%s%s\n", is_tty() ? "\r" : "", line);
@@ -734,6 +782,8 @@ int cmd_train(int argc, char **argv) {
 done:
     if (mf) fclose(mf);
     if (have_tr) lmc_trainer_free(&tr);
+    if (have_dst) lmc_distill_free(&dst);
+    if (have_teacher) lmc_model_free(&teacher);
     if (have_tm) lmc_tmodel_free(&tm);
     if (have_src) lmc_tmodel_src_free(&src);
     if (have_full) lmc_tmodel_free(&full);

@@ -6,6 +6,7 @@
  * and the embeddings around them. */
 #include "model/backward.h"
 #include "model/arch_moe.h"
+#include "model/distill.h"
 #include "dist/comm.h"
 #include "core/core.h"
 #include "core/rng.h"
@@ -915,6 +916,9 @@ static lmc_status tmodel_step(struct lmc_tmodel *tm, const struct lmc_backend *b
     int64_t n = 0;
     if (tm->vocab) {
         if ((st = vocab_head_xent(tm, be, a, targets, backward, dscale, &sum, &n, err))) return st;
+    } else if (a->distill) {
+        if (sp) return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "distillation with sequence parallelism (--sp)");
+        if ((st = lmc_distill_head(a->distill, tm, a, inputs, targets, backward, dscale, &sum, &n, err))) return st;
     } else {
         float *dlm = backward ? (float *)tm->G.head.w.data : NULL;
         be->classifier_xent(be->ctx, a->loss, backward ? a->dh : NULL, dlm, a->hf, &tm->W.head.w,

@@ -206,6 +206,7 @@ void lmc_tmodel_upload_arena(const struct lmc_tmodel *tm, float *arena, const fl
 
 /* Training activations for micro-batches of B sequences of T tokens, one
  * arena sized up front (overflow-checked). */
+struct lmc_distill; /* model/distill.h */
 struct lmc_tacts {
     const struct lmc_backend *be;
     int64_t B, T;
@@ -286,6 +287,9 @@ struct lmc_tacts {
     /* sequence parallelism (block.h; lmc_tacts_init_sp): xs and the
      * blocks' h1, xmid, h2 hold this rank's sp->m rows; NULL: off */
     const struct lmc_sp *sp;
+    /* knowledge distillation (model/distill.h; set by the caller, NULL:
+     * off): the head's loss is the distillation loss against its teacher */
+    struct lmc_distill *distill;
 };
 
 /* Bytes lmc_tacts_init allocates. */

@@ -295,6 +295,21 @@ struct lmc_backend {
     void (*classifier_xent)(void *ctx, float *loss, float *dh, float *dw, const float *h,
                             const struct lmc_mat *w, const int32_t *targets, int64_t M,
                             float dscale);
+    /* Soft-target cross-entropy (knowledge distillation) over R rows of
+     * student logits s (R,V) and teacher logits t (R,V), fwd and bwd
+     * together. Per row r, with p = softmax(s), pT = softmax(s / temp),
+     * qT = softmax(t / temp), and targets[r] >= 0 (else the row's outputs
+     * and gradient are 0):
+     *   ce[r] = logsumexp(s) - s[targets[r]];
+     *   kl[r] = KL(qT || pT) = sum_v qT (log qT - log pT);
+     *   agree[r] = 1 when argmax s = argmax t (first maximum), else 0.
+     * With grad, s becomes (in place) the gradient of
+     * dscale * ((1 - alpha) ce + alpha temp^2 kl):
+     *   dscale * ((1 - alpha) (p - onehot) + alpha temp (pT - qT)).
+     * Exps summed in double. Optional (NULL: no distillation). */
+    void (*soft_xent)(void *ctx, float *ce, float *kl, float *agree, float *s, const float *t,
+                      const int32_t *targets, int64_t R, int64_t V, float alpha, float temp,
+                      float dscale, int grad);
 
     /* ---- Training: memory and the optimizer on the backend. */
     /* Sets bytes bytes at p (backend memory) to zero. */

@@ -14,6 +14,7 @@
 #include "train/trainer_pp.h"
 #include "train/trainer_ep.h"
 #include "dist/zero.h"
+#include "model/distill.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -178,6 +179,7 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     int world = tr->comm ? tr->comm->world : 1, rank = tr->comm ? tr->comm->rank : 0;
     double sum = 0;
     int64_t count = 0;
+    if (tr->acts.distill) lmc_distill_reset(tr->acts.distill);
     for (int64_t k = 0; k < o->accum; k++) {
         if (o->next_batch) {
             for (int j = 0; j < world; j++) {
@@ -213,6 +215,14 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
     }
     st->loss = sum / (double)(count ? count : 1);
     st->tokens = per * o->accum * world;
+    if (tr->acts.distill) {
+        const struct lmc_distill *d = tr->acts.distill;
+        double nd = (double)(d->count ? d->count : 1);
+        st->distill = true;
+        st->distill_ce = d->ce_sum / nd;
+        st->distill_kl = d->kl_sum / nd;
+        st->distill_agree = d->agree_sum / nd;
+    }
     /* global norm: one sum over the whole gradient arena (the padding
      * between tensors is zero); clipping as torch.nn.utils.clip_grad_norm_,
      * folded into the update as grad_scale */
@@ -222,7 +232,12 @@ lmc_status lmc_trainer_step(struct lmc_trainer *tr, struct lmc_train_stats *st, 
 }
 
 static lmc_status eval_micro(struct lmc_trainer *tr, double *loss_sum, int64_t *count, lmc_err *err) {
-    return lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, loss_sum, count, err);
+    /* validation is the plain cross-entropy, with or without distillation */
+    struct lmc_distill *d = tr->acts.distill;
+    tr->acts.distill = NULL;
+    lmc_status s = lmc_tmodel_step(&tr->tm, tr->be, &tr->acts, tr->in, tr->tg, false, 1.0f, loss_sum, count, err);
+    tr->acts.distill = d;
+    return s;
 }
 
 lmc_status lmc_trainer_eval(struct lmc_trainer *tr, double *loss, lmc_err *err) {

@@ -98,6 +98,11 @@ struct lmc_train_stats {
     double moe_aux;
     int64_t n_experts;
     const double *expert_tokens; /* (n_experts), the trainer's until its next step */
+    /* knowledge distillation (acts.distill set; one process): means over
+     * the step's counted targets of the hard-label CE, KL(teacher || student)
+     * at the distillation temperature, and top-1 agreement with the teacher */
+    bool distill;
+    double distill_ce, distill_kl, distill_agree;
 };
 
 struct lmc_trainer_tp;

@@ -12,7 +12,8 @@
  *   ops         adamw / sumsq / zero, rmsnorm / layernorm, rope (+ kv store),
  *               swiglu / gelu, add, embed fwd + bwd, argmax
  *   xent        classifier_xent.cu (its GEMMs through matmul.cu's
- *               lmc_cuda_gemm and the cuBLASLt model)
+ *               lmc_cuda_gemm and the cuBLASLt model); soft_xent.cu
+ *               (distillation's loss and gradient)
  *   attn        attention.cu (tensor-core prefill and split-K kernels) and
  *               attention_paged.cu
  *   mm          matmul.cu: every entry, GEMV and cuBLASLt paths, F32 /
@@ -76,6 +77,9 @@
  *               entries vs the CPU twins: pool and ring bytes equal, the
  *               attention within 1e-5, over prefill, decode, long-chunk and
  *               rollback steps (harness_kvq_paged.cc)
+ *   distill     distillation's step through the real table (model/distill.c:
+ *               the teacher's inference forward in chunks, soft_xent.cu, the
+ *               head's backward) vs the CPU
  *   ring_attn   attn_block.cu: ring attention's block forward, log-sum-exp
  *               merge and backward vs the CPU twin, zigzag slices, causal
  *               and non-causal, and composed over the ring vs the whole
@@ -515,6 +519,29 @@ static void test_xent() {
             }
     cc->train_bf16 = false;
     cc->xent_rows = 0;
+    /* soft_xent.cu (distillation): CE, KL, agreement and the in-place gradient vs the CPU twin; ignored
+     * targets, temperatures 1 and not, alpha 0 / between / 1, tied maxima (integer logits: first wins) */
+    for (int64_t R : {1, 6, 37}) for (int64_t V : {1, 5, 300, 1001}) for (int kind = 0; kind < 3; kind++)
+        for (float alpha : {0.0f, 0.4f, 1.0f}) for (float temp : {1.0f, 2.5f}) for (int grad = 0; grad < 2; grad++) {
+            auto S = rv(R * V, 4.0f), T = rv(R * V, 4.0f);
+            if (kind == 1) for (int64_t i = 0; i < R * V; i++) S[i] = (float)irand(4), T[i] = (float)irand(4);
+            if (kind == 2) for (int64_t i = 0; i < R * V; i++) T[i] = 1.5f * S[i]; /* the same argmax */
+            std::vector<int32_t> tg(R);
+            for (auto &t : tg) t = irand(4) == 0 ? -1 : irand((int)V);
+            auto s1 = S, s2 = S;
+            auto c1 = nans(R), c2 = nans(R), k1 = nans(R), k2 = nans(R), a1 = nans(R), a2 = nans(R);
+            lmc_cuda_soft_xent(cc, c1.data(), k1.data(), a1.data(), s1.data(), T.data(), tg.data(), R, V, alpha, temp,
+                               0.3f, grad);
+            cpu.soft_xent(cpu.ctx, c2.data(), k2.data(), a2.data(), s2.data(), T.data(), tg.data(), R, V, alpha, temp,
+                          0.3f, grad);
+            check("soft_xent ce", rel(c1, c2), 1e-5, "R=%ld V=%ld kind %d", (long)R, (long)V, kind);
+            double ek = 0; /* KL can be ~0: absolute */
+            for (int64_t r = 0; r < R; r++) ek = std::max(ek, (double)std::fabs(k1[r] - k2[r]));
+            check("soft_xent kl (abs)", ek, 1e-5, "R=%ld V=%ld kind %d T %g", (long)R, (long)V, kind, (double)temp);
+            check("soft_xent agree", rel(a1, a2), 0, "R=%ld V=%ld kind %d", (long)R, (long)V, kind);
+            check(grad ? "soft_xent grad" : "soft_xent fwd only (logits kept)", rel(s1, s2), grad ? 1e-5 : 0,
+                  "R=%ld V=%ld kind %d alpha %g T %g", (long)R, (long)V, kind, (double)alpha, (double)temp);
+        }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1633,6 +1660,68 @@ static void test_lora_rows() {
 #include "harness_zero.cc" /* test_zero: the ZeRO trainer on device memory */
 #include "harness_kvq_paged.cc" /* test_kvq_paged: compressed paged pools (attention_paged_kvq.cu) */
 
+/* Distillation through the real CUDA table (model/distill.c): gpt2-tiny as
+ * the student (loaded on each backend), llama-tiny and mamba-tiny as
+ * teachers (their inference forward on the device, chunks of 5 tokens
+ * through the KV cache / recurrent state), alpha 0.5, T 2, B = 2 x T = 11
+ * with ignored targets: the loss, the KL and agreement sums and every
+ * gradient vs the CPU (fp32). */
+extern "C" {
+#include "model/distill.h"
+}
+static bool distill_step(const struct lmc_backend *be, const char *teacher, const std::vector<int32_t> &in,
+                         const std::vector<int32_t> &tg, double out[3], std::vector<float> &g) {
+    lmc_err err;
+    const std::string sd = std::string(fixtures()) + "/gpt2-tiny", td = std::string(fixtures()) + "/" + teacher;
+    struct lmc_tmodel tm;
+    struct lmc_model t;
+    struct lmc_model_opts mo = {};
+    mo.be = be;
+    if (lmc_tmodel_load(&tm, sd.c_str(), be, &err)) { printf("FAIL distill student: %s\n", err.msg), n_fail++; return false; }
+    if (lmc_model_load(&t, td.c_str(), &mo, &err)) {
+        printf("FAIL distill teacher: %s\n", err.msg), n_fail++;
+        lmc_tmodel_free(&tm);
+        return false;
+    }
+    struct lmc_tacts a;
+    struct lmc_distill d;
+    bool ok = !lmc_tacts_init(&a, &tm, be, 2, 11, false, &err);
+    if (ok && !(ok = !lmc_distill_init(&d, &t, &tm.cfg, be, 2, 11, 0.5f, 2.0f, &err))) lmc_tacts_free(&a);
+    if (ok) {
+        d.chunk = 5;
+        a.distill = &d;
+        int64_t n = 0;
+        lmc_tmodel_zero_grad(&tm);
+        ok = !lmc_tmodel_step(&tm, be, &a, in.data(), tg.data(), true, 1.0f, &out[0], &n, &err);
+        out[1] = d.kl_sum, out[2] = d.agree_sum;
+        g.resize((size_t)tm.numel);
+        be->download(be->ctx, g.data(), tm.g, g.size() * sizeof(float));
+        lmc_distill_free(&d);
+        lmc_tacts_free(&a);
+    }
+    if (!ok) printf("FAIL distill step on %s: %s\n", be->name, err.msg), n_fail++;
+    lmc_model_free(&t);
+    lmc_tmodel_free(&tm);
+    return ok;
+}
+static void test_distill() {
+    std::vector<int32_t> in(22), tg(22);
+    for (int i = 0; i < 22; i++) in[i] = irand(512), tg[i] = i % 7 == 3 ? -1 : irand(512);
+    for (const char *teacher : {"llama-tiny", "mamba-tiny"}) {
+        double c[3], d[3];
+        std::vector<float> gc, gd;
+        if (!distill_step(&cpu, teacher, in, tg, c, gc) || !distill_step(&gpu, teacher, in, tg, d, gd)) continue;
+        /* the teacher's logits are the device forward's (bf16 KV cache as on an H100; the Mamba scan in
+         * another order): the KL, a small difference of logits, within 1e-3 */
+        check("distill loss", std::fabs(d[0] - c[0]) / std::fabs(c[0]), 1e-4, "%s", teacher);
+        check("distill KL sum", std::fabs(d[1] - c[1]) / std::fabs(c[1]), 1e-3, "%s", teacher);
+        check("distill agreement sum", std::fabs(d[2] - c[2]), 0, "%s", teacher);
+        check("distill gradients", rel(gd, gc), 1e-3, "%s", teacher);
+        printf("  distill, %s teacher: loss %.9g (cpu %.9g), KL sum %.9g (cpu %.9g), agreement %g of 19\n", teacher,
+               d[0], c[0], d[1], c[1], d[2]);
+    }
+}
+
 int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&cpu, 1, &err)) { fprintf(stderr, "cpu backend: %s\n", err.msg); return 1; }
@@ -1657,12 +1746,13 @@ int main(int argc, char **argv) {
         {"zero", test_zero},
         {"kvq_paged", test_kvq_paged},
         {"ring_attn", test_ring_attn},
+        {"distill", test_distill},
     };
     for (int i = 1; i < argc; i++) {
         bool known = false;
         for (auto &s : sections) known |= !strcmp(argv[i], s.name);
         if (!known) {
-            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero kvq_paged ring_attn)\n", argv[i]);
+            fprintf(stderr, "harness: no section %s (attn_train sample ops xent attn mm e2e ssm optim lora kvq moe lora_rows qmm rl qlora moe_e2e finetune zero kvq_paged ring_attn distill)\n", argv[i]);
             return 2;
         }
     }

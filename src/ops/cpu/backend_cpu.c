@@ -110,6 +110,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->swiglu_bwd = lmc_cpu_swiglu_bwd;
     be->gelu_bwd = lmc_cpu_gelu_bwd;
     be->classifier_xent = lmc_cpu_classifier_xent;
+    be->soft_xent = lmc_cpu_soft_xent;
     be->attention_train = lmc_cpu_attention_train;
     be->zero = lmc_cpu_zero;
     be->sumsq = lmc_cpu_sumsq;

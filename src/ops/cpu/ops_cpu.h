@@ -288,6 +288,9 @@ void lmc_cpu_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, int
 void lmc_cpu_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
                              const struct lmc_mat *w, const int32_t *targets, int64_t M,
                              float dscale);
+void lmc_cpu_soft_xent(void *ctx, float *ce, float *kl, float *agree, float *s, const float *t,
+                       const int32_t *targets, int64_t R, int64_t V, float alpha, float temp, float dscale,
+                       int grad);
 
 /* y[i] (M[i], N_i) = x[i] (M[i], K_i) @ w[i]^T for n products as one
  * parallel job per 8 (the GEMV scheduler of matmul.c over their

@@ -237,6 +237,7 @@ extern "C" lmc_status lmc_backend_cuda_init(struct lmc_backend *be, int device, 
     be->offload_wait = lmc_cuda_offload_wait;
     be->gelu_bwd = lmc_cuda_gelu_bwd;
     be->classifier_xent = lmc_cuda_classifier_xent;
+    be->soft_xent = lmc_cuda_soft_xent;
     be->zero = lmc_cuda_zero;
     be->sumsq = lmc_cuda_sumsq;
     be->adamw = lmc_cuda_adamw;

@@ -131,6 +131,9 @@ void lmc_cuda_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, in
 void lmc_cuda_classifier_xent(void *ctx, float *loss, float *dh, float *dw, const float *h,
                               const struct lmc_mat *w, const int32_t *targets, int64_t M,
                               float dscale);
+void lmc_cuda_soft_xent(void *ctx, float *ce, float *kl, float *agree, float *s, const float *t,
+                        const int32_t *targets, int64_t R, int64_t V, float alpha, float temp, float dscale,
+                        int grad);
 void lmc_cuda_zero(void *ctx, void *p, size_t bytes);
 double lmc_cuda_sumsq(void *ctx, const float *x, int64_t n);
 void lmc_cuda_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
