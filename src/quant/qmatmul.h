@@ -56,6 +56,7 @@ struct lmc_q8rows {
     int64_t m;
     const uint8_t *pairs;
     int64_t pair_stride;
+    const struct lmc_q8act *xq; /* the same rows as plain blocks (row i's at xq + i * kp / 32) */
 };
 /* All m rows against weight rows [r0, r1): y[i * ldy + r] = row i's product
  * with weight row r. */
@@ -229,7 +230,8 @@ void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq,
  * buf, then the view of all m. */
 void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
                      void *buf);
-void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out);
+void lmc_q8rows_view(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                     struct lmc_q8rows *out);
 size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m);
 
 #endif

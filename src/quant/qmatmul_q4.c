@@ -521,13 +521,18 @@ T4_AVX2 static inline float q8s_hsum(__m256 v) {
     return _mm_cvtss_f32(a);
 }
 
+/* One block into acc, as the single-row kernel: aq = |q|, sx = sign(x, q),
+ * scale = d_w d_x (shared by the row kernel and the prefill tile below). */
+I4_AVX2 __m256 q8s_fma(__m256i aq, __m256i sx, __m256 scale, __m256 acc) {
+    __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), scale, acc);
+}
+
 I4_AVX2 __m256 q8s_step(const uint8_t *p, __m256i xv, float dx, __m256 acc) {
     __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-    __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)),
-                                  _mm256_set1_epi16(1));
     uint16_t h;
     memcpy(&h, p, 2);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(_cvtsh_ss(h) * dx), acc);
+    return q8s_fma(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q), _mm256_set1_ps(_cvtsh_ss(h) * dx), acc);
 }
 
 T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
@@ -577,13 +582,99 @@ T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64
         }
 }
 
+/* Q8_0 prefill with AVX2 (M >= Q8P_MIN): a 4 x Q8P_MR tile of (weight row,
+ * activation row) products, each the single-row kernel's operations in its
+ * order (the same bits as q8s_rows_avx2 and c.dot). Per 4-row weight tile
+ * the codes' absolute values and the scales as floats are unpacked once
+ * (q8p_unpack; the signed codes are read in place); per block of
+ * activation rows the products d_w d_x of every block are formed four at a
+ * time into pd, so the inner step is sign, maddubs, madd, convert and an
+ * FMA with a broadcast load. The activations come as plain blocks (x->xq),
+ * in panels of rows that stay in L2 while the thread's weight rows pass. */
+#define Q8P_MR 2
+#define Q8P_MIN 4
+#define Q8P_NB_MAX 256                   /* K up to 8192 (longer rows: q8s_rows_avx2) */
+#define Q8P_PANEL_BYTES (192 * 1024)     /* activation blocks a panel of rows takes */
+
+T4_AVX2 static void q8p_unpack(const struct lmc_qweight *w, int64_t row, uint8_t *un, float *dw) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes;
+    const uint8_t *wp = w->data + row * rb;
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *c = wp + r * rb + 34 * b;
+            _mm256_store_si256((__m256i *)(un + 128 * b + 32 * r), _mm256_abs_epi8(_mm256_loadu_si256((const __m256i *)(c + 2))));
+            uint16_t h;
+            memcpy(&h, c, 2);
+            dw[4 * b + r] = _cvtsh_ss(h);
+        }
+}
+
+I4_AVX2 void q8p_tile(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0, int MR,
+                      float *y, int64_t ldy, const uint8_t *un, const float *dw, float *pd) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes;
+    const uint8_t *wp = w->data + row * rb;
+    const struct lmc_q8act *xa[Q8P_MR];
+    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) xa[i] = x->xq + (i0 + i) * nb;
+    for (int64_t b = 0; b < nb; b++) {
+        __m128 d4 = _mm_load_ps(dw + 4 * b);
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)
+            _mm_store_ps(pd + 4 * (b * MR + i), _mm_mul_ps(d4, _mm_set1_ps(xa[i][b].d)));
+    }
+    __m256 acc[4][Q8P_MR];
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i xv[Q8P_MR];
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_si256((const __m256i *)xa[i][b].q);
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+            __m256i aq = _mm256_load_si256((const __m256i *)(un + 128 * b + 32 * r));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 34 * b + 2));
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)
+                acc[r][i] = q8s_fma(aq, _mm256_sign_epi8(xv[i], q), _mm256_broadcast_ss(pd + 4 * (b * MR + i) + r),
+                                    acc[r][i]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) y[(i0 + i) * ldy + row + r] = q8s_hsum(acc[r][i]);
+}
+#define Q8P_ONE(MR)                                                                                        \
+    T4_AVX2 static void q8p_4x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,    \
+                                   int64_t i0, float *y, int64_t ldy, const uint8_t *un, const float *dw,  \
+                                   float *pd) {                                                            \
+        q8p_tile(w, row, x, i0, MR, y, ldy, un, dw, pd);                                                   \
+    }
+Q8P_ONE(1) Q8P_ONE(2)
+
+static void q8_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                         int64_t ldy) {
+    const int64_t nb = w->k / 32;
+    if (x->m < Q8P_MIN || !x->xq || nb > Q8P_NB_MAX || r1 - r0 < 4) {
+        q8s_rows_avx2(w, r0, r1, x, y, ldy);
+        return;
+    }
+    _Alignas(64) uint8_t un[128 * Q8P_NB_MAX];
+    _Alignas(64) float dw[4 * Q8P_NB_MAX], pd[4 * Q8P_MR * Q8P_NB_MAX];
+    const int64_t r4 = r0 + (r1 - r0) / 4 * 4;
+    const int64_t panel = LMC_MAX(Q8P_MR, Q8P_PANEL_BYTES / (nb * (int64_t)sizeof(struct lmc_q8act)) / Q8P_MR * Q8P_MR);
+    for (int64_t m0 = 0; m0 < x->m; m0 += panel) {
+        const int64_t m1 = LMC_MIN(x->m, m0 + panel);
+        for (int64_t r = r0; r < r4; r += 4) {
+            q8p_unpack(w, r, un, dw);
+            int64_t i = m0;
+            for (; i + Q8P_MR <= m1; i += Q8P_MR) q8p_4x2(w, r, x, i, y, ldy, un, dw, pd);
+            for (; i < m1; i++) q8p_4x1(w, r, x, i, y, ldy, un, dw, pd);
+        }
+    }
+    if (r4 < r1) q8s_rows_avx2(w, r4, r1, x, y, ldy); /* the 1-row tail */
+}
+
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_Q8_0] = q8_rows_vnni;
     dotm[LMC_QK_Q4_0] = q4_rows_vnni;
     dotm[LMC_QK_U4G] = q4g_rows_vnni;
 }
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) {
-    dotm[LMC_QK_Q8_0] = q8s_rows_avx2;
+    dotm[LMC_QK_Q8_0] = q8_rows_avx2;
     dotm[LMC_QK_Q4_0] = q4_rows_avx2;
     dotm[LMC_QK_U4G] = q4g_rows_avx2;
 }
