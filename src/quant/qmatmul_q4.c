@@ -340,7 +340,7 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
  * times its activation sum (vpmulld; exact), the scale per group times d_x. */
 #define Q4G_TILE(TGTI, SUF)                                                                                \
     TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
-                             int64_t i0, int MR, float *y, int64_t ldy) {                                  \
+                             int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {       \
         const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
         const uint8_t *wp = w->data + row * rb;                                                            \
         const uint8_t *a0 = x->pairs + i0 * x->pair_stride;                                                \
@@ -350,7 +350,7 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
         const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1); /* as Q4_0's: 64 bytes a block */ \
         const uint8_t *pf = wp + pft * 4 * rb;                                                             \
-        const int pf_on = Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                        \
+        const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
         for (int64_t g = 0; g < ng; g++) {                                                                 \
             __m256i zn[4];                                                                                 \
             __m256 sc[4];                                                                                  \
@@ -366,6 +366,12 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                 }                                                                                          \
                 __m256i lo[4], hi[4];                                                                      \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    if (UN) { /* unpacked: slot (a0 - x->pairs - i0 stride) / Q4_PAIR */                   \
+                        const uint8_t *u = un + (4 * (a0 - x->pairs - i0 * x->pair_stride) / Q4_PAIR + r) * 64; \
+                        lo[r] = _mm256_load_si256((const __m256i *)u);                                     \
+                        hi[r] = _mm256_load_si256((const __m256i *)(u + 32));                              \
+                        continue;                                                                          \
+                    }                                                                                      \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
                     __m256i v = full ? _mm256_loadu_si256((const __m256i *)c)                              \
                                      : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));        \
@@ -397,25 +403,58 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
 #define Q4G_ONE(SUF, TGT, R, MR)                                                                           \
     TGT static void q4g_##SUF##_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
                                            int64_t i0, float *y, int64_t ldy) {                            \
-        q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy);                                                      \
+        q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy, 0, NULL);                                             \
+    }
+/* The 4-row tile against MR rows with its nibbles unpacked in un
+ * (q4g_unpack: per slot of the pair layout and row, lo then hi, 64 bytes;
+ * the same values, so the same bits). */
+#define Q4G_ONE_UN(SUF, TGT, MR)                                                                           \
+    TGT static void q4g_##SUF##_4x##MR##_un(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                            int64_t i0, float *y, int64_t ldy, const uint8_t *un) {        \
+        q4g_tile_##SUF(w, row, 4, x, i0, MR, y, ldy, 1, un);                                               \
+    }
+#define Q4G_UNPACKER(TGT, SUF)                                                                             \
+    TGT static void q4g_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {             \
+        const int64_t rb = w->row_bytes;                                                                   \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
+        for (int64_t g = 0; g < w->n_groups; g++)                                                          \
+            for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, un += 4 * 64)                  \
+                for (int r = 0; r < 4; r++) {                                                              \
+                    const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    __m256i v = b + 1 < e ? _mm256_loadu_si256((const __m256i *)c)                         \
+                                          : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));   \
+                    _mm256_store_si256((__m256i *)(un + 64 * r), _mm256_and_si256(v, m15));                \
+                    _mm256_store_si256((__m256i *)(un + 64 * r + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m15)); \
+                }                                                                                          \
     }
 #define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
     Q4G_TILE(TGTI, SUF)                                                                                    \
     Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
     Q4G_ONE(SUF, TGT, 1, 1) Q4G_ONE(SUF, TGT, 1, 2) Q4G_ONE(SUF, TGT, 1, 3) Q4G_ONE(SUF, TGT, 1, 4)        \
+    Q4G_ONE_UN(SUF, TGT, 1) Q4G_ONE_UN(SUF, TGT, 2) Q4G_ONE_UN(SUF, TGT, 3) Q4G_ONE_UN(SUF, TGT, 4)        \
+    Q4G_UNPACKER(TGT, SUF)                                                                                 \
     static const q4g_fn q4g_##SUF##_fns[2][Q4_MR + 1] = {                                                  \
         {NULL, q4g_##SUF##_4x1, q4g_##SUF##_4x2, q4g_##SUF##_4x3, q4g_##SUF##_4x4},                        \
         {NULL, q4g_##SUF##_1x1, q4g_##SUF##_1x2, q4g_##SUF##_1x3, q4g_##SUF##_1x4}};                       \
+    static void (*const q4g_##SUF##_un_fns[Q4_MR + 1])(const struct lmc_qweight *, int64_t,               \
+                                                       const struct lmc_q8rows *, int64_t, float *, int64_t, \
+                                                       const uint8_t *) = {                                \
+        NULL, q4g_##SUF##_4x1_un, q4g_##SUF##_4x2_un, q4g_##SUF##_4x3_un, q4g_##SUF##_4x4_un};             \
     static void q4g_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
                                float *y, int64_t ldy) {                                                    \
+        _Alignas(64) uint8_t un[Q4_UNPACK_MAX];                                                            \
         int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
+        const int un_ok = x->m > Q4_MR && lmc_q8rows_pairs(w) * 4 * 64 <= Q4_UNPACK_MAX;                   \
         for (int64_t r = r0; r < r1;) {                                                                    \
-            int four = r + 4 <= r1;                                                                        \
+            int four = r + 4 <= r1, unp = four && un_ok;                                                   \
+            if (unp) q4g_unpack_##SUF(w, r, un);                                                           \
             for (int64_t c = 0; c < nch; c++) {                                                            \
                 int64_t i0;                                                                                \
                 int mr;                                                                                    \
                 q4_chunk(x->m, c, &i0, &mr);                                                               \
-                q4g_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                                    \
+                if (unp) q4g_##SUF##_un_fns[mr](w, r, x, i0, y, ldy, un);                                  \
+                else q4g_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                               \
             }                                                                                              \
             r += four ? 4 : 1;                                                                             \
         }                                                                                                  \
