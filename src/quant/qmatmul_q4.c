@@ -364,12 +364,13 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                     _mm_prefetch((const char *)pf + 64 * b, _MM_HINT_T0);                                  \
                     _mm_prefetch((const char *)pf + 64 * b + 64, _MM_HINT_T0);                             \
                 }                                                                                          \
-                __m256i lo[4], hi[4];                                                                      \
+                __m256i lo[4], hi[4], co[4];                                                               \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
                     if (UN) { /* unpacked: slot (a0 - x->pairs - i0 stride) / Q4_PAIR */                   \
-                        const uint8_t *u = un + (4 * (a0 - x->pairs - i0 * x->pair_stride) / Q4_PAIR + r) * 64; \
+                        const uint8_t *u = un + (4 * (a0 - x->pairs - i0 * x->pair_stride) / Q4_PAIR + r) * Q4G_UNPACK; \
                         lo[r] = _mm256_load_si256((const __m256i *)u);                                     \
                         hi[r] = _mm256_load_si256((const __m256i *)(u + 32));                              \
+                        co[r] = _mm256_load_si256((const __m256i *)(u + 64));                              \
                         continue;                                                                          \
                     }                                                                                      \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
@@ -384,8 +385,13 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                     __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                             \
                     __m256 dx = _mm256_load_ps((const float *)(a + 64));                                   \
                     __m256i sx = _mm256_load_si256((const __m256i *)(a + 96));                             \
+                    if (UN) { /* x + 128 unsigned against the signed codes - zero */                       \
+                        xa = _mm256_xor_si256(xa, _mm256_set1_epi8((char)0x80));                           \
+                        xb = _mm256_xor_si256(xb, _mm256_set1_epi8((char)0x80));                           \
+                    }                                                                                      \
                     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
-                        __m256i s = q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb);     \
+                        __m256i s = UN ? q4_dot_##SUF(co[r], xa, lo[r], xb, hi[r])                         \
+                                       : q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb); \
                         acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc[r], dx), acc[r][i]); \
                     }                                                                                      \
                 }                                                                                          \
@@ -405,9 +411,17 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
                                            int64_t i0, float *y, int64_t ldy) {                            \
         q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy, 0, NULL);                                             \
     }
-/* The 4-row tile against MR rows with its nibbles unpacked in un
- * (q4g_unpack: per slot of the pair layout and row, lo then hi, 64 bytes;
- * the same values, so the same bits). */
+/* The 4-row tile against MR rows with its codes unpacked in un
+ * (q4g_unpack, Q4G_UNPACK bytes per slot of the pair layout and row): the
+ * codes minus the group's zero as signed bytes (lo: elements 0..15 of both
+ * blocks, hi: 16..31) and per lane -128 times the sum of its 8 of them; the
+ * activations enter as unsigned x + 128 (x xor 0x80), so lane l is
+ * sum((x + 128)(c - z)) - 128 sum(c - z) = sum(c x) - z sum(x): the same
+ * integer as the packed tile's (vpmulld of the zero), hence the same bits.
+ * maddubs: |c - z| <= 32 times x + 128 <= 255, two of them and two of
+ * those added: <= 32640, no int16 saturation (zeros outside -16..31 take
+ * the packed tile: q4g_zero_ok). */
+#define Q4G_UNPACK 96
 #define Q4G_ONE_UN(SUF, TGT, MR)                                                                           \
     TGT static void q4g_##SUF##_4x##MR##_un(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
                                             int64_t i0, float *y, int64_t ldy, const uint8_t *un) {        \
@@ -415,19 +429,33 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
     }
 #define Q4G_UNPACKER(TGT, SUF)                                                                             \
     TGT static void q4g_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {             \
-        const int64_t rb = w->row_bytes;                                                                   \
+        const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
         const uint8_t *wp = w->data + row * rb;                                                            \
-        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
-        for (int64_t g = 0; g < w->n_groups; g++)                                                          \
-            for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, un += 4 * 64)                  \
+        const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi8(1);                              \
+        for (int64_t g = 0; g < ng; g++)                                                                   \
+            for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, un += 4 * Q4G_UNPACK)          \
                 for (int r = 0; r < 4; r++) {                                                              \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    const __m256i z = _mm256_set1_epi8((char)w->zero[(row + r) * ng + g]);                 \
                     __m256i v = b + 1 < e ? _mm256_loadu_si256((const __m256i *)c)                         \
                                           : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));   \
-                    _mm256_store_si256((__m256i *)(un + 64 * r), _mm256_and_si256(v, m15));                \
-                    _mm256_store_si256((__m256i *)(un + 64 * r + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m15)); \
+                    __m256i lo = _mm256_sub_epi8(_mm256_and_si256(v, m15), z);                             \
+                    __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), z);       \
+                    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(ones, lo), _mm256_maddubs_epi16(ones, hi)); \
+                    __m256i co = _mm256_slli_epi32(_mm256_madd_epi16(t, _mm256_set1_epi16(-1)), 7);        \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r), lo);                              \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 32), hi);                         \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 64), co);                         \
                 }                                                                                          \
     }
+/* Room for the unpacked tile (K up to 4096 at groups of 128: 48 KB, L1 and L2) and
+ * whether rows row .. row + 3 have every zero within the unpacked tile's range. */
+#define Q4G_UNPACK_MAX (128 * 4 * Q4G_UNPACK)
+static int q4g_zero_ok(const struct lmc_qweight *w, int64_t row) {
+    for (int64_t i = row * w->n_groups; i < (row + 4) * w->n_groups; i++)
+        if (w->zero[i] < -16 || w->zero[i] > 31) return 0;
+    return 1;
+}
 #define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
     Q4G_TILE(TGTI, SUF)                                                                                    \
     Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
@@ -443,11 +471,11 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
         NULL, q4g_##SUF##_4x1_un, q4g_##SUF##_4x2_un, q4g_##SUF##_4x3_un, q4g_##SUF##_4x4_un};             \
     static void q4g_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
                                float *y, int64_t ldy) {                                                    \
-        _Alignas(64) uint8_t un[Q4_UNPACK_MAX];                                                            \
+        _Alignas(64) uint8_t un[Q4G_UNPACK_MAX];                                                           \
         int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
-        const int un_ok = x->m > Q4_MR && lmc_q8rows_pairs(w) * 4 * 64 <= Q4_UNPACK_MAX;                   \
+        const int un_ok = x->m > Q4_MR && lmc_q8rows_pairs(w) * 4 * Q4G_UNPACK <= Q4G_UNPACK_MAX;          \
         for (int64_t r = r0; r < r1;) {                                                                    \
-            int four = r + 4 <= r1, unp = four && un_ok;                                                   \
+            int four = r + 4 <= r1, unp = four && un_ok && q4g_zero_ok(w, r);                              \
             if (unp) q4g_unpack_##SUF(w, r, un);                                                           \
             for (int64_t c = 0; c < nch; c++) {                                                            \
                 int64_t i0;                                                                                \
