@@ -197,8 +197,8 @@ void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
 void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
 void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
-/* The small-M kernels (qmatmul_q4.c: Q8_0 with VNNI; Q4_0 and 4-bit
- * groups with VNNI or AVX2). */
+/* The small-M kernels (qmatmul_q4.c: Q8_0, Q4_0 and 4-bit groups with
+ * VNNI or AVX2; AVX2 Q8_0 at M >= 4 reads the plain blocks, lmc_q8rows.xq). */
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
 /* Q4_K's small-M kernel (qmatmul_q4k.c, VNNI or AVX2: the same bits) and

@@ -5,7 +5,10 @@
  * on 256-bit vectors:
  * AVX-512 VNNI (vpdpbusd on ymm; Zen 4 runs 512-bit integer ops as two
  * halves, so ymm loses nothing and needs no cross-lane unpacking) and AVX2
- * (maddubs + madd: the same integers).
+ * (maddubs + madd: the same integers). Prefill (M above one chunk of rows)
+ * unpacks each 4-row weight tile once for all M rows (Q4_0; the groups
+ * with their zero in the codes; AVX2 Q8_0's |q| and scales): the same
+ * integers, so the same bits as M = 1.
  *
  * The activations are quantized once per call (lmc_q8act) and laid out per
  * pair of blocks (lmc_q8rows_prepare, "pair layout"): 32 codes xa (elements
