@@ -257,6 +257,100 @@ static void test_small_m(int type, uint64_t *rng, struct lmc_pool *pool) {
     free(scratch), free(wf), free(x), free(y), free(y1), free(first), free(wq), free(xq);
 }
 
+/* The prefill tiles (M above the small-M chunk: AVX2 Q8_0's 4 x 2 tile in
+ * panels of activation rows, the 4-bit groups' unpacked tile) on sizes that
+ * are no multiple of anything: M = 123 (three Q8_0 panels at K = 97
+ * blocks, the last part-full, an odd last row), N = 45 (tiles of 4 and a
+ * tail), K = 97 blocks (groups of 128: an odd last block in a group of one).
+ * With one thread and with two (the same bits), against the float64
+ * reference with the kernel's int8 activations (2e-5), and each row the
+ * same bits as the 1-row product (AVX2 Q8_0: as the single-row kernel). */
+static void check_prefill(const struct lmc_qctx *c, const struct lmc_qweight *w, const float *wd, const char *what,
+                          uint64_t *rng, struct lmc_pool *pool) {
+    const int64_t n = w->n, k = w->k, m = 123;
+    float *x = malloc((size_t)(m * k) * 4), *y = malloc((size_t)(m * n) * 4), *y2 = malloc((size_t)(m * n) * 4);
+    float *y1 = malloc((size_t)n * 4), *xg = malloc((size_t)w->kp * 4), *xd = malloc((size_t)k * 4);
+    struct lmc_q8act *xq = malloc((size_t)(w->kp / 32) * sizeof *xq);
+    for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 13));
+    void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(w, m) + 63) / 64 * 64);
+    lmc_qmatmul(c, w, y, x, m, scratch, NULL);
+    lmc_qmatmul(c, w, y2, x, m, scratch, pool);
+    CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "%s [%s] M = %lld: two threads differ from one", what,
+              lmc_qisa_name(c->isa), (long long)m);
+    double worst = 0;
+    for (int64_t i = 0; i < m; i++) {
+        const float *xi = x + i * k;
+        for (int64_t j = 0; j < w->kp; j++) {
+            int64_t col = w->perm ? w->perm[j] : j;
+            xg[j] = col >= 0 ? xi[col] : 0.0f;
+        }
+        lmc_q8act_quantize(xg, w->kp, xq);
+        for (int64_t j = 0; j < w->kp; j++) {
+            int64_t col = w->perm ? w->perm[j] : j;
+            if (col >= 0) xd[col] = xq[j / 32].d * (float)xq[j / 32].q[j % 32];
+        }
+        double e = 0, mx = 0;
+        for (int64_t o = 0; o < n; o++) {
+            double sq = 0;
+            for (int64_t j = 0; j < k; j++) sq += (double)wd[o * k + j] * xd[j];
+            e = fmax(e, fabs(y[i * n + o] - sq));
+            mx = fmax(mx, fabs(sq));
+        }
+        worst = fmax(worst, e / mx);
+        if (i % 7 == 0 || i == m - 1) {
+            lmc_qmatmul(c, w, y1, xi, 1, scratch, NULL);
+            CHECK_MSG(memcmp(y1, y + i * n, (size_t)n * 4) == 0, "%s [%s]: row %lld of M = %lld differs from M = 1",
+                      what, lmc_qisa_name(c->isa), (long long)i, (long long)m);
+            if (w->kernel == LMC_QK_Q8_0 && c->isa == LMC_QISA_AVX2)
+                for (int64_t o = 0; o < n; o++)
+                    CHECK_MSG(c->dot[w->kernel](w, o, xq, NULL) == y[i * n + o],
+                              "Q8_0 [avx2] M = %lld: (%lld, %lld) differs from the single-row kernel", (long long)m,
+                              (long long)i, (long long)o);
+        }
+    }
+    CHECK_MSG(worst < 2e-5, "%s [%s] M = %lld: error %g against the same int8 activations", what,
+              lmc_qisa_name(c->isa), (long long)m, worst);
+    free(scratch), free(x), free(y), free(y2), free(y1), free(xg), free(xd), free(xq);
+}
+
+static void test_prefill(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    lmc_err err = {0};
+    const int64_t n = 45, k = 32 * 97;
+    int64_t rb;
+    CHECK(lmc_ggml_row_bytes(LMC_GGML_Q8_0, k, &rb));
+    float *wf = malloc((size_t)(n * k) * 4);
+    uint8_t *wq = malloc((size_t)(n * rb));
+    for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 16) % 7));
+    for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(LMC_GGML_Q8_0, wf + o * k, wq + o * rb, k);
+    for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(LMC_GGML_Q8_0, wq + o * rb, wf + o * k, k);
+    struct lmc_qweight w;
+    CHECK(lmc_qweight_init_ggml(&w, LMC_GGML_Q8_0, wq, n, k, &err) == LMC_OK);
+    check_prefill(c, &w, wf, "Q8_0 prefill", rng, pool);
+    lmc_qweight_free(&w);
+    free(wq);
+    /* 4-bit groups of 128 (the last of 32 columns), in order and act-order;
+     * rows 8..11 with a zero beyond the unpacked tile's range (the packed tile) */
+    for (int act = 0; act < 2; act++) {
+        struct lmc_qgroups g;
+        CHECK(lmc_qgroups_alloc(&g, n, k, 4, 128, &err) == LMC_OK);
+        for (int64_t i = 0; i < g.n * g.k; i++) g.q[i] = (uint8_t)(test_rng_next(rng) % 16);
+        for (int64_t i = 0; i < g.n * g.n_groups; i++) {
+            g.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(rng) % 100) / 100.0f;
+            g.zero[i] = (int32_t)(test_rng_next(rng) % 16);
+        }
+        g.zero[9 * g.n_groups + 3] = 40;
+        if (act)
+            for (int64_t i = 0; i < g.k; i++) g.g_idx[i] = (int32_t)(test_rng_next(rng) % (uint64_t)g.n_groups);
+        lmc_qgroups_dequantize(&g, wf);
+        CHECK(lmc_qweight_init_groups(&w, &g, &err) == LMC_OK);
+        CHECK(w.kernel == LMC_QK_U4G);
+        check_prefill(c, &w, wf, act ? "groups 4-bit g128 act-order prefill" : "groups 4-bit g128 prefill", rng, pool);
+        lmc_qweight_free(&w);
+        lmc_qgroups_free(&g);
+    }
+    free(wf);
+}
+
 int main(void) {
     lmc_err err = {0};
     uint64_t qrng = 99;
@@ -275,6 +369,7 @@ int main(void) {
         test_ggml(&c, &rng, pool);
         test_groups(&c, &rng, pool);
         test_nf4_ternary(&c, &rng, pool);
+        test_prefill(&c, &rng, pool);
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);

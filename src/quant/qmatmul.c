@@ -546,7 +546,7 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
             for (int64_t i = 0; i < m; i++) lmc_qctx_quantizer(c, w)(xf + i * w->kp, w->kp, xq + i * nb);
             lmc_q8rows_fill(w, xq, m, 0, m, buf);
         }
-        lmc_q8rows_view(w, m, buf, &rows);
+        lmc_q8rows_view(w, xq, m, buf, &rows);
         j.rows = &rows;
     } else if (w->kernel != LMC_QK_NF4) {
         for (int64_t i = 0; i < m; i++) lmc_qctx_quantizer(c, w)(xf + i * w->kp, w->kp, xq + i * nb);
@@ -615,7 +615,7 @@ void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight
         lmc_q8rows_fill(w[0], xq, m, 0, m, buf);
     }
     struct lmc_q8rows rows;
-    lmc_q8rows_view(w[0], m, buf, &rows);
+    lmc_q8rows_view(w[0], xq, m, buf, &rows);
     /* one pool run over every weight's 4-row tiles (4 x threads tasks per weight, as lmc_qmatmul) */
     struct qmjob j = {.c = c, .k = k, .w = w, .y = y, .rows = &rows};
     j.task0[0] = 0;

@@ -56,6 +56,7 @@ struct lmc_q8rows {
     int64_t m;
     const uint8_t *pairs;
     int64_t pair_stride;
+    const struct lmc_q8act *xq; /* the same rows as plain blocks (row i's at xq + i * kp / 32) */
 };
 /* All m rows against weight rows [r0, r1): y[i * ldy + r] = row i's product
  * with weight row r. */
@@ -196,8 +197,8 @@ void lmc_qdot_table_avx2(lmc_qdot_fn *dot);
 void lmc_qdot_table_vnni(lmc_qdot_fn *dot);
 void lmc_qdot4_table_avx2(lmc_qdot4_fn *dot4);
 void lmc_qdot4_table_vnni(lmc_qdot4_fn *dot4);
-/* The small-M kernels (qmatmul_q4.c: Q8_0 with VNNI; Q4_0 and 4-bit
- * groups with VNNI or AVX2). */
+/* The small-M kernels (qmatmul_q4.c: Q8_0, Q4_0 and 4-bit groups with
+ * VNNI or AVX2; AVX2 Q8_0 at M >= 4 reads the plain blocks, lmc_q8rows.xq). */
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm);
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm);
 /* Q4_K's small-M kernel (qmatmul_q4k.c, VNNI or AVX2: the same bits) and
@@ -229,7 +230,8 @@ void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq,
  * buf, then the view of all m. */
 void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, int64_t i0, int64_t i1,
                      void *buf);
-void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out);
+void lmc_q8rows_view(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                     struct lmc_q8rows *out);
 size_t lmc_q8rows_bytes(const struct lmc_qweight *w, int64_t m);
 
 #endif

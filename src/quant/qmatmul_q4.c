@@ -5,7 +5,10 @@
  * on 256-bit vectors:
  * AVX-512 VNNI (vpdpbusd on ymm; Zen 4 runs 512-bit integer ops as two
  * halves, so ymm loses nothing and needs no cross-lane unpacking) and AVX2
- * (maddubs + madd: the same integers).
+ * (maddubs + madd: the same integers). Prefill (M above one chunk of rows)
+ * unpacks each 4-row weight tile once for all M rows (Q4_0; the groups
+ * with their zero in the codes; AVX2 Q8_0's |q| and scales): the same
+ * integers, so the same bits as M = 1.
  *
  * The activations are quantized once per call (lmc_q8act) and laid out per
  * pair of blocks (lmc_q8rows_prepare, "pair layout"): 32 codes xa (elements
@@ -353,7 +356,7 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
  * times its activation sum (vpmulld; exact), the scale per group times d_x. */
 #define Q4G_TILE(TGTI, SUF)                                                                                \
     TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
-                             int64_t i0, int MR, float *y, int64_t ldy) {                                  \
+                             int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {       \
         const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
         const uint8_t *wp = w->data + row * rb;                                                            \
         const uint8_t *a0 = x->pairs + i0 * x->pair_stride;                                                \
@@ -363,7 +366,7 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();          \
         const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1); /* as Q4_0's: 64 bytes a block */ \
         const uint8_t *pf = wp + pft * 4 * rb;                                                             \
-        const int pf_on = Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                        \
+        const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
         for (int64_t g = 0; g < ng; g++) {                                                                 \
             __m256i zn[4];                                                                                 \
             __m256 sc[4];                                                                                  \
@@ -377,8 +380,15 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                     _mm_prefetch((const char *)pf + 64 * b, _MM_HINT_T0);                                  \
                     _mm_prefetch((const char *)pf + 64 * b + 64, _MM_HINT_T0);                             \
                 }                                                                                          \
-                __m256i lo[4], hi[4];                                                                      \
+                __m256i lo[4], hi[4], co[4];                                                               \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    if (UN) { /* unpacked: slot (a0 - x->pairs - i0 stride) / Q4_PAIR */                   \
+                        const uint8_t *u = un + (4 * (a0 - x->pairs - i0 * x->pair_stride) / Q4_PAIR + r) * Q4G_UNPACK; \
+                        lo[r] = _mm256_load_si256((const __m256i *)u);                                     \
+                        hi[r] = _mm256_load_si256((const __m256i *)(u + 32));                              \
+                        co[r] = _mm256_load_si256((const __m256i *)(u + 64));                              \
+                        continue;                                                                          \
+                    }                                                                                      \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
                     __m256i v = full ? _mm256_loadu_si256((const __m256i *)c)                              \
                                      : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));        \
@@ -391,8 +401,13 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                     __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                             \
                     __m256 dx = _mm256_load_ps((const float *)(a + 64));                                   \
                     __m256i sx = _mm256_load_si256((const __m256i *)(a + 96));                             \
+                    if (UN) { /* x + 128 unsigned against the signed codes - zero */                       \
+                        xa = _mm256_xor_si256(xa, _mm256_set1_epi8((char)0x80));                           \
+                        xb = _mm256_xor_si256(xb, _mm256_set1_epi8((char)0x80));                           \
+                    }                                                                                      \
                     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
-                        __m256i s = q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb);     \
+                        __m256i s = UN ? q4_dot_##SUF(co[r], xa, lo[r], xb, hi[r])                         \
+                                       : q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb); \
                         acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc[r], dx), acc[r][i]); \
                     }                                                                                      \
                 }                                                                                          \
@@ -410,25 +425,80 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
 #define Q4G_ONE(SUF, TGT, R, MR)                                                                           \
     TGT static void q4g_##SUF##_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
                                            int64_t i0, float *y, int64_t ldy) {                            \
-        q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy);                                                      \
+        q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy, 0, NULL);                                             \
     }
+/* The 4-row tile against MR rows with its codes unpacked in un
+ * (q4g_unpack, Q4G_UNPACK bytes per slot of the pair layout and row): the
+ * codes minus the group's zero as signed bytes (lo: elements 0..15 of both
+ * blocks, hi: 16..31) and per lane -128 times the sum of its 8 of them; the
+ * activations enter as unsigned x + 128 (x xor 0x80), so lane l is
+ * sum((x + 128)(c - z)) - 128 sum(c - z) = sum(c x) - z sum(x): the same
+ * integer as the packed tile's (vpmulld of the zero), hence the same bits.
+ * maddubs: |c - z| <= 32 times x + 128 <= 255, two of them and two of
+ * those added: <= 32640, no int16 saturation (zeros outside -16..31 take
+ * the packed tile: q4g_zero_ok). */
+#define Q4G_UNPACK 96
+#define Q4G_ONE_UN(SUF, TGT, MR)                                                                           \
+    TGT static void q4g_##SUF##_4x##MR##_un(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                            int64_t i0, float *y, int64_t ldy, const uint8_t *un) {        \
+        q4g_tile_##SUF(w, row, 4, x, i0, MR, y, ldy, 1, un);                                               \
+    }
+#define Q4G_UNPACKER(TGT, SUF)                                                                             \
+    TGT static void q4g_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {             \
+        const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
+        const uint8_t *wp = w->data + row * rb;                                                            \
+        const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi8(1);                              \
+        for (int64_t g = 0; g < ng; g++)                                                                   \
+            for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, un += 4 * Q4G_UNPACK)          \
+                for (int r = 0; r < 4; r++) {                                                              \
+                    const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    const __m256i z = _mm256_set1_epi8((char)w->zero[(row + r) * ng + g]);                 \
+                    __m256i v = b + 1 < e ? _mm256_loadu_si256((const __m256i *)c)                         \
+                                          : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));   \
+                    __m256i lo = _mm256_sub_epi8(_mm256_and_si256(v, m15), z);                             \
+                    __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), z);       \
+                    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(ones, lo), _mm256_maddubs_epi16(ones, hi)); \
+                    __m256i co = _mm256_slli_epi32(_mm256_madd_epi16(t, _mm256_set1_epi16(-1)), 7);        \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r), lo);                              \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 32), hi);                         \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 64), co);                         \
+                }                                                                                          \
+    }
+/* Room for the unpacked tile (K up to 4096 at groups of 128: 48 KB, L1 and L2) and
+ * whether rows row .. row + 3 have every zero within the unpacked tile's range. */
+#define Q4G_UNPACK_MAX (128 * 4 * Q4G_UNPACK)
+static int q4g_zero_ok(const struct lmc_qweight *w, int64_t row) {
+    for (int64_t i = row * w->n_groups; i < (row + 4) * w->n_groups; i++)
+        if (w->zero[i] < -16 || w->zero[i] > 31) return 0;
+    return 1;
+}
 #define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
     Q4G_TILE(TGTI, SUF)                                                                                    \
     Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
     Q4G_ONE(SUF, TGT, 1, 1) Q4G_ONE(SUF, TGT, 1, 2) Q4G_ONE(SUF, TGT, 1, 3) Q4G_ONE(SUF, TGT, 1, 4)        \
+    Q4G_ONE_UN(SUF, TGT, 1) Q4G_ONE_UN(SUF, TGT, 2) Q4G_ONE_UN(SUF, TGT, 3) Q4G_ONE_UN(SUF, TGT, 4)        \
+    Q4G_UNPACKER(TGT, SUF)                                                                                 \
     static const q4g_fn q4g_##SUF##_fns[2][Q4_MR + 1] = {                                                  \
         {NULL, q4g_##SUF##_4x1, q4g_##SUF##_4x2, q4g_##SUF##_4x3, q4g_##SUF##_4x4},                        \
         {NULL, q4g_##SUF##_1x1, q4g_##SUF##_1x2, q4g_##SUF##_1x3, q4g_##SUF##_1x4}};                       \
+    static void (*const q4g_##SUF##_un_fns[Q4_MR + 1])(const struct lmc_qweight *, int64_t,               \
+                                                       const struct lmc_q8rows *, int64_t, float *, int64_t, \
+                                                       const uint8_t *) = {                                \
+        NULL, q4g_##SUF##_4x1_un, q4g_##SUF##_4x2_un, q4g_##SUF##_4x3_un, q4g_##SUF##_4x4_un};             \
     static void q4g_rows_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
                                float *y, int64_t ldy) {                                                    \
+        _Alignas(64) uint8_t un[Q4G_UNPACK_MAX];                                                           \
         int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
+        const int un_ok = x->m > Q4_MR && lmc_q8rows_pairs(w) * 4 * Q4G_UNPACK <= Q4G_UNPACK_MAX;          \
         for (int64_t r = r0; r < r1;) {                                                                    \
-            int four = r + 4 <= r1;                                                                        \
+            int four = r + 4 <= r1, unp = four && un_ok && q4g_zero_ok(w, r);                              \
+            if (unp) q4g_unpack_##SUF(w, r, un);                                                           \
             for (int64_t c = 0; c < nch; c++) {                                                            \
                 int64_t i0;                                                                                \
                 int mr;                                                                                    \
                 q4_chunk(x->m, c, &i0, &mr);                                                               \
-                q4g_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                                    \
+                if (unp) q4g_##SUF##_un_fns[mr](w, r, x, i0, y, ldy, un);                                  \
+                else q4g_##SUF##_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);                               \
             }                                                                                              \
             r += four ? 4 : 1;                                                                             \
         }                                                                                                  \
@@ -534,13 +604,18 @@ T4_AVX2 static inline float q8s_hsum(__m256 v) {
     return _mm_cvtss_f32(a);
 }
 
+/* One block into acc, as the single-row kernel: aq = |q|, sx = sign(x, q),
+ * scale = d_w d_x (shared by the row kernel and the prefill tile below). */
+I4_AVX2 __m256 q8s_fma(__m256i aq, __m256i sx, __m256 scale, __m256 acc) {
+    __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), scale, acc);
+}
+
 I4_AVX2 __m256 q8s_step(const uint8_t *p, __m256i xv, float dx, __m256 acc) {
     __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-    __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)),
-                                  _mm256_set1_epi16(1));
     uint16_t h;
     memcpy(&h, p, 2);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(_cvtsh_ss(h) * dx), acc);
+    return q8s_fma(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q), _mm256_set1_ps(_cvtsh_ss(h) * dx), acc);
 }
 
 T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x,
@@ -590,13 +665,99 @@ T4_AVX2 static void q8s_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64
         }
 }
 
+/* Q8_0 prefill with AVX2 (M >= Q8P_MIN): a 4 x Q8P_MR tile of (weight row,
+ * activation row) products, each the single-row kernel's operations in its
+ * order (the same bits as q8s_rows_avx2 and c.dot). Per 4-row weight tile
+ * the codes' absolute values and the scales as floats are unpacked once
+ * (q8p_unpack; the signed codes are read in place); per block of
+ * activation rows the products d_w d_x of every block are formed four at a
+ * time into pd, so the inner step is sign, maddubs, madd, convert and an
+ * FMA with a broadcast load. The activations come as plain blocks (x->xq),
+ * in panels of rows that stay in L2 while the thread's weight rows pass. */
+#define Q8P_MR 2
+#define Q8P_MIN 4
+#define Q8P_NB_MAX 256                   /* K up to 8192 (longer rows: q8s_rows_avx2) */
+#define Q8P_PANEL_BYTES (192 * 1024)     /* activation blocks a panel of rows takes */
+
+T4_AVX2 static void q8p_unpack(const struct lmc_qweight *w, int64_t row, uint8_t *un, float *dw) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes;
+    const uint8_t *wp = w->data + row * rb;
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *c = wp + r * rb + 34 * b;
+            _mm256_store_si256((__m256i *)(un + 128 * b + 32 * r), _mm256_abs_epi8(_mm256_loadu_si256((const __m256i *)(c + 2))));
+            uint16_t h;
+            memcpy(&h, c, 2);
+            dw[4 * b + r] = _cvtsh_ss(h);
+        }
+}
+
+I4_AVX2 void q8p_tile(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, int64_t i0, int MR,
+                      float *y, int64_t ldy, const uint8_t *un, const float *dw, float *pd) {
+    const int64_t nb = w->k / 32, rb = w->row_bytes;
+    const uint8_t *wp = w->data + row * rb;
+    const struct lmc_q8act *xa[Q8P_MR];
+    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) xa[i] = x->xq + (i0 + i) * nb;
+    for (int64_t b = 0; b < nb; b++) {
+        __m128 d4 = _mm_load_ps(dw + 4 * b);
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)
+            _mm_store_ps(pd + 4 * (b * MR + i), _mm_mul_ps(d4, _mm_set1_ps(xa[i][b].d)));
+    }
+    __m256 acc[4][Q8P_MR];
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i xv[Q8P_MR];
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_si256((const __m256i *)xa[i][b].q);
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+            __m256i aq = _mm256_load_si256((const __m256i *)(un + 128 * b + 32 * r));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 34 * b + 2));
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)
+                acc[r][i] = q8s_fma(aq, _mm256_sign_epi8(xv[i], q), _mm256_broadcast_ss(pd + 4 * (b * MR + i) + r),
+                                    acc[r][i]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) y[(i0 + i) * ldy + row + r] = q8s_hsum(acc[r][i]);
+}
+#define Q8P_ONE(MR)                                                                                        \
+    T4_AVX2 static void q8p_4x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,    \
+                                   int64_t i0, float *y, int64_t ldy, const uint8_t *un, const float *dw,  \
+                                   float *pd) {                                                            \
+        q8p_tile(w, row, x, i0, MR, y, ldy, un, dw, pd);                                                   \
+    }
+Q8P_ONE(1) Q8P_ONE(2)
+
+static void q8_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                         int64_t ldy) {
+    const int64_t nb = w->k / 32;
+    if (x->m < Q8P_MIN || !x->xq || nb > Q8P_NB_MAX || r1 - r0 < 4) {
+        q8s_rows_avx2(w, r0, r1, x, y, ldy);
+        return;
+    }
+    _Alignas(64) uint8_t un[128 * Q8P_NB_MAX];
+    _Alignas(64) float dw[4 * Q8P_NB_MAX], pd[4 * Q8P_MR * Q8P_NB_MAX];
+    const int64_t r4 = r0 + (r1 - r0) / 4 * 4;
+    const int64_t panel = LMC_MAX(Q8P_MR, Q8P_PANEL_BYTES / (nb * (int64_t)sizeof(struct lmc_q8act)) / Q8P_MR * Q8P_MR);
+    for (int64_t m0 = 0; m0 < x->m; m0 += panel) {
+        const int64_t m1 = LMC_MIN(x->m, m0 + panel);
+        for (int64_t r = r0; r < r4; r += 4) {
+            q8p_unpack(w, r, un, dw);
+            int64_t i = m0;
+            for (; i + Q8P_MR <= m1; i += Q8P_MR) q8p_4x2(w, r, x, i, y, ldy, un, dw, pd);
+            for (; i < m1; i++) q8p_4x1(w, r, x, i, y, ldy, un, dw, pd);
+        }
+    }
+    if (r4 < r1) q8s_rows_avx2(w, r4, r1, x, y, ldy); /* the 1-row tail */
+}
+
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_Q8_0] = q8_rows_vnni;
     dotm[LMC_QK_Q4_0] = q4_rows_vnni;
     dotm[LMC_QK_U4G] = q4g_rows_vnni;
 }
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) {
-    dotm[LMC_QK_Q8_0] = q8s_rows_avx2;
+    dotm[LMC_QK_Q8_0] = q8_rows_avx2;
     dotm[LMC_QK_Q4_0] = q4_rows_avx2;
     dotm[LMC_QK_U4G] = q4g_rows_avx2;
 }

@@ -134,14 +134,15 @@ void lmc_q8rows_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, in
     lmc_q8rows_fill_pairs(w, xq, i0, i1, buf);
 }
 
-void lmc_q8rows_view(const struct lmc_qweight *w, int64_t m, void *buf, struct lmc_q8rows *out) {
-    *out = (struct lmc_q8rows){m, buf, lmc_q8rows_pairs(w) * 128};
+void lmc_q8rows_view(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
+                     struct lmc_q8rows *out) {
+    *out = (struct lmc_q8rows){m, buf, lmc_q8rows_pairs(w) * 128, xq};
 }
 
 void lmc_q8rows_prepare(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, void *buf,
                         struct lmc_q8rows *out) {
     lmc_q8rows_fill(w, xq, m, 0, m, buf);
-    lmc_q8rows_view(w, m, buf, out);
+    lmc_q8rows_view(w, xq, m, buf, out);
 }
 
 /* 128 bytes per slot */
