@@ -115,8 +115,8 @@ static void test_direct(struct lmc_cpu_ctx *c) {
                 float *yr = malloc((size_t)(M * N) * sizeof *yr);
                 lmc_cpu_matmul_drf_ref(yr, x, M, &w, bias);
                 CHECK_MSG(!memcmp(yr, y, (size_t)(M * N) * sizeof *y),
-                          "f32 family %s, M %lld N %lld K %lld: kernels != twin", dts[d] == LMC_DTYPE_F16 ? "f16" : "bf16",
-                          (long long)M, (long long)N, (long long)K);
+                          "f32 family %s, M %lld N %lld K %lld: kernels != twin",
+                          dts[d] == LMC_DTYPE_F16 ? "f16" : "bf16", (long long)M, (long long)N, (long long)K);
                 free(yr);
             }
             free(wq), free(wf), free((void *)w.data), free(x), free(bias), free(y);

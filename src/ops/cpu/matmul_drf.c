@@ -209,7 +209,8 @@ static void drf_task(void *arg, int64_t t, int thread) {
                 for (int64_t c0 = nb; c0 < nbe; c0 += DRF_NR) {
                     const int nr = (int)LMC_MIN(DRF_NR, nbe - c0);
                     const uint16_t *wc[DRF_NR];
-                    for (int c = 0; c < DRF_NR; c++) wc[c] = w + (c0 + LMC_MIN(c, nr - 1)) * K; /* a short tile repeats its last column */
+                    for (int c = 0; c < DRF_NR; c++) /* a short tile repeats its last column */
+                        wc[c] = w + (c0 + LMC_MIN(c, nr - 1)) * K;
                     float *acc = mode ? accs + (r0 * DRF_NB + (c0 - nb) * rb) * DRF_KV : NULL;
                     tile(j->xf + r0 * kp, kp, wc, k0, k1, K, acc, mode, out);
                     if (mode & 2) continue;
