@@ -33,7 +33,8 @@ struct lmc_cpu_ctx {
      * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM and
      * the rest (generated) through the batch-invariant decode-row GEMM
      * (matmul_dr.c); route_head's weight takes every row of any call
-     * through the latter (route_m 0: no route) */
+     * through the latter (route_m 0: no route). Without AVX512-BF16
+     * route_pf is 0: every row takes the decode-row GEMM (matmul_drf.c) */
     int64_t route_m, route_pf;
     const void *route_head;
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
