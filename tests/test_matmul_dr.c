@@ -1,19 +1,26 @@
 /* test_matmul_dr.c — the serving route's decode-row GEMM for F16/BF16
- * weights (ops/cpu/matmul_dr.c, vdpbf16ps), on random odd sizes (M across
- * the 6-row tiles and the in-register/panel switch, N across the 4-column
- * tiles, 16-column panels and 64-column tasks, K odd, K = 1, K % 32 tails):
+ * weights (ops/cpu/matmul_dr.c, vdpbf16ps; on CPUs without AVX512-BF16 its
+ * f32 family, matmul_drf.c, AVX2), on random odd sizes (M across the 6-row
+ * (4-row) tiles and the in-register/panel switch, N across the 4-column
+ * (3-column) tiles, 16-column (12-column) panels and 64-column (48-column)
+ * tasks, K odd, K = 1, K % 32 and K % 8 tails, K over the f32 family's
+ * 768-element chunks):
  *  - element by element against the float64 sum of the bf16-rounded
- *    operands within the f32 summation's bound (K + 3) 2^-24 sum |products|,
- *    and within bf16's own error of the unrounded product;
+ *    operands (f32 family: of the operands as stored) within the f32
+ *    summation's bound (K + 3) 2^-24 sum |products|, and within bf16's own
+ *    error of the unrounded product; the f32 family's kernels also have
+ *    the bits of its portable scalar twin (lmc_cpu_matmul_drf_ref);
  *  - batch invariance: every row of a 70-row product has the bits of the
  *    same row computed alone (M = 1), among 2..13 rows at other places,
  *    and in the reversed batch; for 1 and 2 threads; F16 and BF16;
  *  - the backend's route (lmc_backend_cpu_route_rows): a step of m rows
  *    through matmul and matmul_multi gives its leading prompt rows the
  *    prefill GEMM's bits and the rest the decode-row GEMM's (row by row,
- *    alone); the head's weight takes the decode-row GEMM at any M; other
- *    sizes, and the route cleared, keep the fp32 kernels.
- * Skips (passes, saying so) on CPUs without AVX512-BF16. */
+ *    alone; without AVX512-BF16 every row the decode-row GEMM's); the
+ *    head's weight takes the decode-row GEMM at any M; other sizes, and the
+ *    route cleared, keep the fp32 kernels.
+ * Skips the route (passes, saying so) on CPUs with neither AVX512-BF16 nor
+ * AVX2 + FMA + F16C; the GEMM itself runs everywhere. */
 #include "core/core.h"
 #include "core/dtype.h"
 #include "ops/backend.h"
@@ -31,7 +38,10 @@ static float *rand_f(int64_t n) {
     return p;
 }
 
-static double bf(float f) { return (double)lmc_bf16_to_f32(lmc_f32_to_bf16(f)); }
+static bool bf16fam; /* the bf16 kernels run (AVX512-BF16), else the f32 family */
+
+/* an operand as the kernels multiply it */
+static double bf(float f) { return bf16fam ? (double)lmc_bf16_to_f32(lmc_f32_to_bf16(f)) : (double)f; }
 
 /* A random (N, K) weight in dt (F16 or BF16); wq: its values as bf16, wf:
  * as stored. */
@@ -90,7 +100,7 @@ static void dr(struct lmc_cpu_ctx *c, float *y, const float *x, int64_t M, const
 static void test_direct(struct lmc_cpu_ctx *c) {
     static const int64_t shapes[][3] = {{1, 3, 1},     {7, 37, 29},   {6, 33, 2},    {13, 131, 77},
                                         {64, 129, 768}, {70, 300, 401}, {5, 65, 1601}, {41, 17, 2048},
-                                        {2, 64, 32},   {9, 1, 33}};
+                                        {2, 64, 32},   {9, 1, 33},    {11, 50, 3001}, {4, 97, 1536}};
     static const enum lmc_dtype dts[2] = {LMC_DTYPE_F16, LMC_DTYPE_BF16};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int d = 0; d < 2; d++) {
@@ -101,6 +111,14 @@ static void test_direct(struct lmc_cpu_ctx *c) {
             for (int64_t i = 0; i < M * N; i++) y[i] = NAN; /* every element must be written */
             dr(c, y, x, M, &w, bias);
             check_y(y, x, wq, wf, bias, M, N, K, dts[d] == LMC_DTYPE_F16 ? "direct f16" : "direct bf16");
+            if (!bf16fam) { /* the kernels (AVX2 where the CPU has it) against the portable twin: bits */
+                float *yr = malloc((size_t)(M * N) * sizeof *yr);
+                lmc_cpu_matmul_drf_ref(yr, x, M, &w, bias);
+                CHECK_MSG(!memcmp(yr, y, (size_t)(M * N) * sizeof *y),
+                          "f32 family %s, M %lld N %lld K %lld: kernels != twin",
+                          dts[d] == LMC_DTYPE_F16 ? "f16" : "bf16", (long long)M, (long long)N, (long long)K);
+                free(yr);
+            }
             free(wq), free(wf), free((void *)w.data), free(x), free(bias), free(y);
         }
 }
@@ -168,9 +186,10 @@ static void test_route(void) {
     for (int i = 0; i < 3; i++) {
         const struct lmc_mat *wi = &w[i];
         const float *bi = bias[i];
-        lmc_cpu_matmul_pf(c, 1, &yr, x, P, &wi, bi ? &bi : NULL); /* prompt rows: the prefill GEMM's bits */
-        bad += memcmp(yr, y[i], (size_t)(P * Ns[i]) * sizeof *yr) != 0;
-        for (int64_t m = P; m < T; m++) { /* generated rows: each alone through the decode-row GEMM */
+        const int64_t P0 = bf16fam ? P : 0; /* without AVX512-BF16 prompt rows take the decode-row GEMM too */
+        if (P0) lmc_cpu_matmul_pf(c, 1, &yr, x, P0, &wi, bi ? &bi : NULL); /* prompt rows: the prefill GEMM's bits */
+        bad += P0 && memcmp(yr, y[i], (size_t)(P0 * Ns[i]) * sizeof *yr) != 0;
+        for (int64_t m = P0; m < T; m++) { /* generated rows: each alone through the decode-row GEMM */
             dr(c, yr, x + m * K, 1, &w[i], bias[i]);
             bad += memcmp(yr, y[i] + m * Ns[i], (size_t)Ns[i] * sizeof *yr) != 0;
         }
@@ -215,21 +234,16 @@ static void test_route(void) {
 }
 
 int main(void) {
-    if (!lmc_cpu_has_bf16()) {
-        printf("test_matmul_dr: this CPU has no AVX512-BF16: skipped (the serving route is off here)\n");
-        lmc_err err = {0};
-        struct lmc_backend be;
-        CHECK(lmc_backend_cpu_init(&be, 1, &err) == LMC_OK);
-        CHECK(!lmc_backend_cpu_can_route_rows(&be));
-        lmc_backend_cpu_free(&be);
-        return test_finish("test_matmul_dr");
-    }
+    bf16fam = lmc_cpu_has_bf16();
+    printf("test_matmul_dr: %s kernels\n", bf16fam             ? "bf16 (AVX512-BF16)"
+                                            : lmc_cpu_drf_avx2() ? "f32 family, AVX2"
+                                                                 : "f32 family, portable twin");
     lmc_err err = {0};
     struct lmc_backend be;
     CHECK(lmc_backend_cpu_init(&be, 2, &err) == LMC_OK);
     test_direct(be.ctx);
     lmc_backend_cpu_free(&be);
-    static const int64_t Ks[] = {31, 768, 1601};
+    static const int64_t Ks[] = {31, 768, 1601, 2048};
     const int64_t n = 70 * 77;
     float *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
     for (int d = 0; d < 2; d++)
@@ -240,6 +254,11 @@ int main(void) {
             CHECK_MSG(!memcmp(a, b, (size_t)n * sizeof *a), "K %lld: 1 and 2 threads differ", (long long)Ks[k]);
         }
     free(a), free(b);
-    test_route();
+    CHECK(lmc_backend_cpu_init(&be, 1, &err) == LMC_OK);
+    bool can = lmc_backend_cpu_can_route_rows(&be);
+    CHECK(can == (bf16fam || lmc_cpu_drf_avx2()));
+    lmc_backend_cpu_free(&be);
+    if (can) test_route();
+    else printf("test_matmul_dr: neither AVX512-BF16 nor AVX2: the serving route is off here (not tested)\n");
     return test_finish("test_matmul_dr");
 }

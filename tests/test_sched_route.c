@@ -7,8 +7,10 @@
  * preempted and recomputed, and when its prompt hits the prefix cache. On
  * CPUs with AVX512-BF16 the route must be on (a request's logprobs differ
  * from the fp32-only run: its prompt rows went through the bf16 GEMM) and
- * within bf16 error of it; elsewhere the same invariance holds on the fp32
- * kernels. A prompt found whole in the prefix cache runs one row (its last
+ * within bf16 error of it; on AVX2 CPUs (no AVX512-BF16) the route sends
+ * every row through the decode-row GEMM's f32 family (matmul_drf.c) and
+ * the same checks hold (its bits differ from the row-count fp32 kernels'
+ * too: other sums); on CPUs with neither they are not checked. A prompt found whole in the prefix cache runs one row (its last
  * token, in a copy of its last block: read from the scheduler's trace) and
  * leaves the cached blocks unchanged. The backend's row-count route is off while a scheduler runs and
  * back on after. */
@@ -122,7 +124,9 @@ static void check_fixture(const char *dir) {
         if (i % 3 == 1) reqs[i].sampling.temperature = 0.9, reqs[i].sampling.seed = 100 + (uint64_t)i;
     }
     bool can = lmc_backend_cpu_can_route_rows(&be), row_count_on = lmc_backend_cpu_bf16_prefill(&be);
-    printf("bf16 route by kind %s on this CPU\n", can ? "available" : "unavailable (fp32 kernels only)");
+    printf("route by kind %s on this CPU\n", !can                               ? "unavailable (fp32 kernels only)"
+                                              : lmc_backend_cpu_bf16_prefill(&be) ? "available (bf16 kernels)"
+                                                                                  : "available (f32 family, AVX2)");
     static struct res alone[NR], fp32[NR], crowd[NR], tight[NR], again[NR];
     struct lmc_sched_stats st;
     /* each request alone, prompts in one chunk; and with the route off */
@@ -142,18 +146,18 @@ static void check_fixture(const char *dir) {
         n_differ += !same_bits(&alone[i], &fp32[i]);
         if (i % 3 != 1 && alone[i].ids[0] == fp32[i].ids[0]) worst = fmax(worst, fabs(alone[i].lp[0] - fp32[i].lp[0]));
     }
-    if (can) CHECK_MSG(n_differ > 0, "bf16 route on: no request's bits differ from the fp32 kernels'");
+    if (can) CHECK_MSG(n_differ > 0, "route on: no request's bits differ from the fp32 kernels'");
     else CHECK(n_differ == 0);
-    CHECK_MSG(worst < 0.05, "first-token logprob, bf16 route vs fp32: %.3g", worst);
+    CHECK_MSG(worst < 0.05, "first-token logprob, route vs fp32: %.3g", worst);
     printf("%d of %d requests differ in bits from the fp32-only run; first-token logprob within %.2e\n", n_differ, NR,
            worst);
     /* all eight together, prompts in chunks of at most 16 rows beside the decode rows. Without
-     * the route (no AVX512-BF16: AVX2 CPUs) prompt chunks of more than 32 rows take the fp32
+     * the route (neither AVX512-BF16 nor AVX2) prompt chunks of more than 32 rows take the fp32
      * blocked kernel and fewer the small-M one, with other bits (main()'s note), so a request's
-     * bits depend on its batch there: the invariance below is the bf16 route's, checked where
-     * the route exists. */
+     * bits depend on its batch there: the invariance below is the route's, checked where
+     * the route exists (AVX512-BF16: bf16 kernels; AVX2: the f32 family). */
     int order[NR] = {1, 4, 0, 6, 2, 7, 3, 5};
-    if (!can) printf("crowd / prefix-cache / preemption invariance: not checked (no bf16 route on this CPU)\n");
+    if (!can) printf("crowd / prefix-cache / preemption invariance: not checked (no route on this CPU)\n");
     struct lmc_sched *s = can ? open_sched(&m, &be, 0, 16, true) : NULL;
     if (s) {
         run(s, order, NR, crowd, &st);

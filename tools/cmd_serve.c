@@ -254,8 +254,9 @@ static void usage(void) {
             "--pp-layers a,b,...: each stage's layer count (default: balanced by parameters).\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
-            "--no-bf16-prefill: F16/BF16 prompt rows through the fp32 kernels too (on CPUs with AVX512-BF16\n"
-            "they take the bf16 GEMM by default; either way a request's bits do not depend on its batch).\n"
+            "--no-bf16-prefill: F16/BF16 rows through the row-count fp32 kernels (by default, with AVX512-BF16\n"
+            "prompt rows take the bf16 GEMM and generated rows the decode-row GEMM; with AVX2 only every row\n"
+            "takes the decode-row GEMM's f32 kernels: a request's bits then do not depend on its batch).\n"
             "--trace-sched FILE: a line per scheduler step and per request's first token (timings, for debugging).\n"
             "API key also from $LMC_API_KEY. Port 0 picks a free port.\n");
 }

@@ -624,8 +624,10 @@ bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be); /* whether it i
  * rows) through the decode-row GEMM (ops/cpu/matmul_dr.c), two calls
  * whose per-row bits depend on neither M nor the row's place; the weight
  * `head` takes every row of any call through the decode-row GEMM; other
- * calls keep the fp32 kernels. m = 0 clears it. No-op where the CPU lacks
- * AVX512-BF16 or on another backend. */
+ * calls keep the fp32 kernels. m = 0 clears it. Where the CPU lacks
+ * AVX512-BF16 but has AVX2 (+FMA, F16C), every routed row (prompt rows
+ * too) takes the decode-row GEMM's f32 family (ops/cpu/matmul_drf.c). No-op
+ * on CPUs with neither or on another backend. */
 void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *head);
 /* Whether lmc_backend_cpu_route_rows can take effect on be. */
 bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be);

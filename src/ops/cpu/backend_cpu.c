@@ -157,7 +157,8 @@ bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be) {
 }
 
 bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be) {
-    return be->matmul == lmc_cpu_matmul && be->matmul_multi == lmc_cpu_matmul_multi && lmc_cpu_has_bf16();
+    return be->matmul == lmc_cpu_matmul && be->matmul_multi == lmc_cpu_matmul_multi &&
+           (lmc_cpu_has_bf16() || lmc_cpu_drf_avx2());
 }
 
 void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *head) {
@@ -165,7 +166,9 @@ void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t
     LMC_ASSERT(m >= 0 && pf_rows >= 0 && pf_rows <= m);
     struct lmc_cpu_ctx *c = be->ctx;
     c->route_m = m;
-    c->route_pf = m > 0 ? pf_rows : 0;
+    /* the bf16 prefill GEMM for prompt rows exists with AVX512-BF16 only;
+     * elsewhere every routed row takes the decode-row GEMM (f32 family) */
+    c->route_pf = m > 0 && lmc_cpu_has_bf16() ? pf_rows : 0;
     c->route_head = m > 0 ? head : NULL;
 }
 

@@ -23,7 +23,9 @@
  * memory once per step, and the products run at bf16 rate (2 per lane
  * and instruction, twice the f32 FMA kernels').
  * The kernels carry target attributes and run only where
- * lmc_cpu_has_bf16(). */
+ * lmc_cpu_has_bf16(); elsewhere lmc_cpu_matmul_dr runs the f32 family
+ * (matmul_drf.c: AVX2 + FMA + F16C), with its own bits and the same
+ * invariance. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_bf16.h"
 
@@ -215,8 +217,11 @@ DR_TARGET static void dr_pack_x(uint16_t *xb, const float *x, int64_t M, int64_t
 void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                        const struct lmc_mat *const *w, const float *const *bias) {
     LMC_ASSERT(n >= 1 && M >= 0);
+    if (!lmc_cpu_has_bf16()) { /* the f32 family (AVX2 kernels): other bits, the same invariance */
+        lmc_cpu_matmul_drf(c, n, y, x, M, w, bias);
+        return;
+    }
 #ifdef DR_X86
-    LMC_ASSERT(lmc_cpu_has_bf16());
     const int64_t K = w[0]->cols;
     if (M == 0 || K == 0) return; /* callers route these elsewhere */
     const int64_t kp = dr_kp(K);
@@ -240,6 +245,6 @@ void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const floa
     }
 #else
     (void)c, (void)y, (void)x, (void)w, (void)bias;
-    LMC_ASSERT(!"lmc_cpu_matmul_dr: no AVX512-BF16 kernels in this build");
+    LMC_ASSERT(!"lmc_cpu_matmul_dr: no AVX512-BF16 kernels in this build"); /* lmc_cpu_has_bf16() is false there */
 #endif
 }

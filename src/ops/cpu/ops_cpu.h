@@ -33,7 +33,8 @@ struct lmc_cpu_ctx {
      * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM and
      * the rest (generated) through the batch-invariant decode-row GEMM
      * (matmul_dr.c); route_head's weight takes every row of any call
-     * through the latter (route_m 0: no route) */
+     * through the latter (route_m 0: no route). Without AVX512-BF16
+     * route_pf is 0: every row takes the decode-row GEMM (matmul_drf.c) */
     int64_t route_m, route_pf;
     const void *route_head;
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
@@ -118,13 +119,25 @@ static inline int64_t lmc_cpu_route_pf_rows(const struct lmc_cpu_ctx *c, const s
 }
 /* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n F16/BF16 matrices of
  * equal K > 0: the serving step's generated rows, each row's bits
- * independent of M and of its place (matmul_dr.c); only where
- * lmc_cpu_has_bf16(). Workspace: c->xbuf (lmc_cpu_dr_xpack_words) and each
- * thread's scratch (lmc_cpu_dr_ws_words). */
+ * independent of M and of its place (matmul_dr.c): the bf16 kernels where
+ * lmc_cpu_has_bf16(), else lmc_cpu_matmul_drf. Workspace: c->xbuf
+ * (lmc_cpu_dr_xpack_words) and each thread's scratch (lmc_cpu_dr_ws_words). */
 void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                        const struct lmc_mat *const *w, const float *const *bias);
 size_t lmc_cpu_dr_xpack_words(int64_t M, int64_t K);
 size_t lmc_cpu_dr_ws_words(int64_t K);
+/* Its f32 family (matmul_drf.c): x in f32, W converted exactly, 8-lane FMA
+ * sums in K order and a fixed lane tree; AVX2+FMA+F16C kernels, else the
+ * portable twin (same bits). Workspace: c->xbuf (lmc_cpu_drf_xpack_words),
+ * each thread's scratch (lmc_cpu_drf_ws_words). */
+void lmc_cpu_matmul_drf(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                        const struct lmc_mat *const *w, const float *const *bias);
+size_t lmc_cpu_drf_xpack_words(int64_t M, int64_t K);
+size_t lmc_cpu_drf_ws_words(int64_t M, int64_t K);
+/* The portable twin alone, single-threaded (tests). */
+void lmc_cpu_matmul_drf_ref(float *y, const float *x, int64_t M, const struct lmc_mat *w, const float *bias);
+/* Whether lmc_cpu_matmul_drf runs its AVX2 kernels on this CPU. */
+bool lmc_cpu_drf_avx2(void);
 /* y[i] (M, N_i) = x (M, K) @ W_i^T (+ bias[i]) for n matrices (F16, BF16 or
  * F32; equal K > 0) with x and the weights rounded to bf16 and f32 sums;
  * only where lmc_cpu_has_bf16(). Weights are converted per call (no copy
