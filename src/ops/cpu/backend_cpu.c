@@ -44,6 +44,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     c->mm_unit_bytes = LMC_CPU_MM_UNIT_BYTES;
     c->mm_small_max = LMC_CPU_MM_SMALL_MAX;
     c->pf_min_m = lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
+    c->drf_avx2 = lmc_cpu_drf_avx2();
     c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
     c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
     c->mm_claim = aligned_alloc(64, (size_t)c->n_threads * LMC_CPU_CLAIM_STRIDE * sizeof *c->mm_claim);
@@ -158,7 +159,7 @@ bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be) {
 
 bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be) {
     return be->matmul == lmc_cpu_matmul && be->matmul_multi == lmc_cpu_matmul_multi &&
-           (lmc_cpu_has_bf16() || lmc_cpu_drf_avx2());
+           (lmc_cpu_has_bf16() || ((const struct lmc_cpu_ctx *)be->ctx)->drf_avx2);
 }
 
 void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *head) {

@@ -36,6 +36,7 @@
 
 #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9))
 #define DRF_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #define DRF_TARGET __attribute__((target("avx2,fma,f16c")))
 #define DRF_INLINE DRF_TARGET __attribute__((always_inline)) static inline
@@ -75,7 +76,9 @@ void lmc_cpu_matmul_drf_ref(float *y, const float *x, int64_t M, const struct lm
 
 bool lmc_cpu_drf_avx2(void) {
 #ifdef DRF_X86
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d; /* clang's __builtin_cpu_supports lacks "f16c": CPUID.1:ECX bit 29 */
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
     return false;
 #endif
@@ -239,7 +242,7 @@ void lmc_cpu_matmul_drf(struct lmc_cpu_ctx *c, int n, float *const *y, const flo
         memset(xf + m * kp + K, 0, (size_t)(kp - K) * sizeof *xf);
     }
     lmc_cpu_scratch_reserve(c, lmc_cpu_drf_ws_words(M, K));
-    const bool avx2 = lmc_cpu_drf_avx2();
+    const bool avx2 = c->drf_avx2;
     for (int i0 = 0; i0 < n; i0 += DRF_MAX) {
         struct drf_job j = {.c = c, .n = LMC_MIN(DRF_MAX, n - i0), .avx2 = avx2, .xf = xf, .M = M, .K = K, .kp = kp};
         for (int i = 0; i < j.n; i++) {

@@ -36,6 +36,7 @@ struct lmc_cpu_ctx {
      * through the latter (route_m 0: no route). Without AVX512-BF16
      * route_pf is 0: every row takes the decode-row GEMM (matmul_drf.c) */
     int64_t route_m, route_pf;
+    bool drf_avx2;        /* lmc_cpu_drf_avx2(), asked once (CPUID is slow in a VM) */
     const void *route_head;
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
