@@ -51,6 +51,8 @@
 #      KD_STEPS (300), KD_BATCH (32), KD_WARMUP (20), KD_ALPHA (1), KD_TEMP (1), KD_LR (5e-4 from the default model's
 #      weights; 5x for kd-small from scratch), KD_SMALL (4x256x4x768), KD_TINY (2x256x4x768),
 #      KD_DRAFTS ("kd-draft kd-small"; "kd-draft kd-small kd-tiny" adds the third)
+#      KD_DATA (prepared data for the distillation, default OUT/data), KD_FROM (a folder holding earlier
+#      drafts of the same names: each starts from those weights at KD_LR; bench/gpu_spec_pair.sh ONPOLICY=1)
 set -eu -o pipefail
 OUT=${1:?usage: scripts/train_spec_pair.sh OUT_DIR [--device cpu|cuda] [--target] [--distill] [--measure-only]}
 shift
@@ -152,7 +154,11 @@ PY
         init=(--arch llama --layers "$SL" --hidden "$SH" --heads "$SHEADS" --kv-heads "$SHEADS" --intermediate "$SI")
         lr=$(python3 -c "print(5 * $KD_LR)"); shape="${SL}x${SH}x${SHEADS}x${SI}"; from=scratch
       fi
-      "$LMC" train "${common[@]}" -o "$run" "${init[@]}" --batch "$KD_BATCH" --steps "$KD_STEPS" --lr "$lr" \
+      if [ -n "${KD_FROM:-}" ] && [ -d "$KD_FROM/$kd" ]; then   # a second stage: from an earlier draft's weights
+        init=(-m "$KD_FROM/$kd"); lr=$KD_LR; from="$KD_FROM/$kd"
+      fi
+      kdc=(--data "${KD_DATA:-$OUT/data}" "${common[@]:2}")      # common starts with --data OUT/data
+      "$LMC" train "${kdc[@]}" -o "$run" "${init[@]}" --batch "$KD_BATCH" --steps "$KD_STEPS" --lr "$lr" \
           --min-lr "$(python3 -c "print($lr / 10)")" --warmup "${KD_WARMUP:-20}" --distill-from "$OUT/kjv-target" \
           --distill-alpha "${KD_ALPHA:-1}" --distill-temp "${KD_TEMP:-1}" 2>"$run.log" || { tail -20 "$run.log" >&2; exit 1; }
       finish "$(ls -d "$run"/step_* | sort | tail -1)" "$OUT/$kd"
