@@ -31,7 +31,9 @@
 #      KD (1), KD_STEPS (300), KD_BATCH (32), KD_ALPHA (1), KD_TEMP (1), KD_LR, KD_SMALL, KD_TINY, KD_DRAFTS (train_spec_pair.sh)
 #      ONPOLICY (0; 1: after the first measurement, bench/spec_onpolicy_data.py has the target write its greedy
 #      continuations of OP_PROMPTS (1500) training-book openings, and each distilled draft is distilled again on
-#      that text for OP_STEPS (300) steps from its own weights, then measured again)
+#      that text for OP_STEPS (300) steps from its own weights, then measured again; OP_CONC (64) concurrent
+#      requests, OP_SECONDS (0: no limit) stops sending prompts after that long), SKIP_MEASURE (0; 1: no lmc
+#      generate timings on this machine, e.g. when the pair is fetched back and timed elsewhere)
 . "$(dirname "$0")/gpu_common.sh"
 OUT=${OUT:-/tmp/lmc-gpu-out}; CPUS=${CPUS:-0,1}; LLAMA_BIN=${LLAMA_BIN:-.peer/bin}
 B=build-dev; W=${W:-$B/spec-pair}
@@ -58,14 +60,16 @@ if [ "${KD:-1}" = 1 ] && [ ! -d "$W/kd-small" ]; then
   grep -E '^(##|\|)' "$OUT/distill.log" | tee -a "$S"
 fi
 rm -rf "$W/kjv-draft"   # only the target's pairs (the default model and the distilled drafts as drafts) are timed
-say "## lmc generate, greedy, 2 threads on CPUs $CPUS"
-EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
-  taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>"$OUT/measure.err" | tee -a "$OUT/summary.md"
-say "measured ($(($(date +%s) - T0)) s)"
+if [ "${SKIP_MEASURE:-0}" = 0 ]; then
+  say "## lmc generate, greedy, 2 threads on CPUs $CPUS"
+  EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
+    taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>"$OUT/measure.err" | tee -a "$OUT/summary.md"
+  say "measured ($(($(date +%s) - T0)) s)"
+fi
 if [ "${ONPOLICY:-0}" = 1 ]; then   # second stage: the drafts distilled again on the target's own greedy text
   say "## on-policy distillation: the target's greedy continuations of ${OP_PROMPTS:-1500} training-book openings"
   python3 bench/spec_onpolicy_data.py $B/lmc "$W/kjv-target" "$W/onpolicy.txt" --n "${OP_PROMPTS:-1500}" \
-    --tokens 64 --device cuda 2>"$OUT/onpolicy.err" | tee -a "$S" || { tail -20 "$OUT/onpolicy.err"; exit 1; }
+    --tokens 64 --device cuda --concurrency "${OP_CONC:-64}" --max-seconds "${OP_SECONDS:-0}" 2>"$OUT/onpolicy.err" | tee -a "$S" || { tail -20 "$OUT/onpolicy.err"; exit 1; }
   n=$(wc -l <"$W/onpolicy.txt"); cat "$W/onpolicy.txt" "$W/kjv-val.txt" >"$W/onpolicy-val.txt"
   rm -rf "$W/op-data" "$W/kd-stage1"; mkdir -p "$W/kd-stage1"
   $B/lmc prepare-data -m models/kjv-llama --text-file "$W/onpolicy-val.txt" --val-from-line $((n + 1)) \
@@ -75,10 +79,12 @@ if [ "${ONPOLICY:-0}" = 1 ]; then   # second stage: the drafts distilled again o
     THREADS=16 EVAL_DEVICE=cuda scripts/train_spec_pair.sh "$W" --device cuda --distill >"$OUT/distill2.log" 2>&1 ||
     { tail -30 "$OUT/distill2.log"; exit 1; }
   grep -E '^(##|\|)' "$OUT/distill2.log" | tee -a "$S"
-  say "## lmc generate after the on-policy stage, greedy, 2 threads on CPUs $CPUS"
-  EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
-    taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>>"$OUT/measure.err" | tee -a "$OUT/summary.md"
-  say "measured on-policy ($(($(date +%s) - T0)) s)"
+  if [ "${SKIP_MEASURE:-0}" = 0 ]; then
+    say "## lmc generate after the on-policy stage, greedy, 2 threads on CPUs $CPUS"
+    EVAL_DEVICE=cuda LMC=$B/lmc THREADS=2 ROUNDS=${ROUNDS:-2} \
+      taskset -c "$CPUS" scripts/train_spec_pair.sh "$W" --measure-only 2>>"$OUT/measure.err" | tee -a "$OUT/summary.md"
+    say "measured on-policy ($(($(date +%s) - T0)) s)"
+  fi
 fi
 if [ "${SKIP_COSTS:-0}" = 0 ]; then
   say "## bench_spec: round costs, cost model, ceiling (greedy, 2 threads on CPUs $CPUS)"

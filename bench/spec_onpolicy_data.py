@@ -11,15 +11,16 @@ validation books, skipping the measurement's own prompts) with
 prompt: the prompt and its continuation, newlines folded to spaces.
 
 Usage: bench/spec_onpolicy_data.py LMC TARGET OUT.txt [--n 1500] [--tokens 64]
-       [--device cuda] [--concurrency 64] [--split-line 71726]
+       [--device cuda] [--concurrency 64] [--split-line 71726] [--max-seconds S]
 """
-import argparse, http.client, json, re, subprocess, sys, threading
+import argparse, http.client, json, re, subprocess, sys, threading, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lmc"); ap.add_argument("target"); ap.add_argument("out")
 ap.add_argument("--n", type=int, default=1500); ap.add_argument("--tokens", type=int, default=64)
 ap.add_argument("--device", default="cuda"); ap.add_argument("--concurrency", type=int, default=64)
 ap.add_argument("--split-line", type=int, default=71726)
+ap.add_argument("--max-seconds", type=float, default=0, help="stop sending new prompts after this long (0: no limit)")
 a = ap.parse_args()
 
 lines = open("data/kjv.txt", encoding="utf-8").read().split("\n")
@@ -42,11 +43,12 @@ for line in p.stderr:
 if port is None: sys.exit("lmc server did not start:\n" + "".join(seen[-20:]))
 
 out, lock, nxt, errors = [None] * len(prompts), threading.Lock(), [0], []
+t0 = time.time()
 def client():
     while True:
         with lock:
             i = nxt[0]; nxt[0] += 1
-        if i >= len(prompts): return
+        if i >= len(prompts) or (a.max_seconds > 0 and time.time() - t0 > a.max_seconds): return
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         body = {"prompt": prompts[i], "max_tokens": a.tokens, "temperature": 0}
         c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -61,6 +63,8 @@ try:
 finally:
     p.terminate(); p.wait()
 if errors: sys.exit("server: " + errors[0])
+done = [o for o in out if o is not None]
 with open(a.out, "w", encoding="utf-8") as f:
-    for o in out: f.write(o + "\n")
-print("%d on-policy lines (%d tokens each at most) -> %s" % (len(out), a.tokens, a.out))
+    for o in done: f.write(o + "\n")
+print("%d on-policy lines of %d prompts (%d tokens each at most) in %.0f s -> %s"
+      % (len(done), len(prompts), a.tokens, time.time() - t0, a.out))
