@@ -31,7 +31,7 @@ step = max(1, len(train) // a.n)
 prompts = [p for p in (" ".join(v.split()[:8]) for v in train[::step]) if p not in measured][:a.n]
 
 p = subprocess.Popen([a.lmc, "serve", "-m", a.target, "--device", a.device, "--host", "127.0.0.1", "--port", "0",
-                      "--max-batch", str(a.concurrency)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                      "--max-batch", str(a.concurrency), "--max-connections", str(a.concurrency + 16)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 port, seen = None, []
 for line in p.stderr:
     seen.append(line)
