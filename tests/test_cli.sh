@@ -8,9 +8,7 @@
 set -u
 LMC="$1"
 FIX=tests/fixtures
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 
 for m in llama-tiny qwen2-tiny gpt2-tiny mamba-tiny mamba2-tiny; do
   D=$FIX/$m

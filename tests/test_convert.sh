@@ -8,9 +8,7 @@
 set -u
 LMC="$1"
 SRC=tests/fixtures/llama-tiny
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 dtypes() { head -c 100000 "$1" | tr -d '\0' | tr ',' '\n' | sed -n 's/.*"dtype":"\([A-Z0-9]*\)".*/\1/p' | sort -u | tr '\n' ' '; }
 ppl() { "$LMC" eval -m "$1" --text "And God said, Let there be light: and there was light." --json 2>/dev/null |
         sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p'; }

@@ -8,9 +8,7 @@
 set -u
 LMC="$1"
 M=models/kjv-llama
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 
 for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json; do
   [ -f "$M/$f" ]; ok $? "$M has $f"

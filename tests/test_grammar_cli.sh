@@ -9,9 +9,7 @@
 set -u
 LMC="$1"
 FIX=tests/fixtures
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 printf '%s' '{"type":"object","properties":{"ok":{"type":"boolean"},"n":{"type":"integer","minimum":0,"maximum":9},"tag":{"enum":["x","y"]}},"required":["ok","n"]}' >"$TMP/s1.json"
 printf '%s' '{"type":"array","items":{"type":"integer","minimum":-5,"maximum":5},"minItems":1,"maxItems":3}' >"$TMP/s2.json"
 printf '%s' '{"$defs":{"p":{"type":"object","properties":{"name":{"type":"string","maxLength":4},"age":{"type":["integer","null"],"minimum":0,"maximum":99}},"required":["name","age"]}},"type":"object","properties":{"people":{"type":"array","items":{"$ref":"#/$defs/p"},"maxItems":2}},"required":["people"]}' >"$TMP/s3.json"

@@ -7,9 +7,7 @@
 # the text form names the same tensors. Usage: test_info_tensors.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 for m in llama-tiny qwen2-tiny gpt2-tiny qwen3-tiny mixtral-tiny qwen3moe-tiny; do
   D=tests/fixtures/$m
   "$LMC" info -m "$D" --tensors --json >"$TMP/t.json" 2>"$TMP/err"; ok $? "$m info --tensors: $(cat "$TMP/err")"

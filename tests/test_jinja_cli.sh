@@ -8,9 +8,7 @@
 # Usage: test_jinja_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 for t in meta-llama-Llama-3.2-3B-Instruct Qwen-Qwen2.5-7B-Instruct google-gemma-2-2b-it; do
   F=tests/fixtures/chat_templates/$t.json
   n=$(python3 -c "import json;print(len(json.load(open('$F'))['cases']))")

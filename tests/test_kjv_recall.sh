@@ -10,9 +10,7 @@
 # Usage: test_kjv_recall.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 
 # three questions; answers chosen so that every number is known by hand:
 #   "abcd" vs " abcd\n"  exact 1, char acc 1

@@ -7,9 +7,7 @@
 set -u
 LMC="$1"
 FIX=tests/fixtures/llama-tiny
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 
 "$LMC" parity "$FIX" --lora "$FIX/lora" >"$TMP/p" 2>&1
 ok $? "parity --lora: $(tail -3 "$TMP/p")"

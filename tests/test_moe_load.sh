@@ -15,9 +15,7 @@
 # mixtral- and olmoe-clip-tiny (where the CPU has AVX512-BF16). Usage: test_moe_load.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 for m in mixtral-tiny qwen3moe-tiny qwen2moe-tiny olmoe-tiny; do
   D=tests/fixtures/$m
   "$LMC" info -m "$D" --json >"$TMP/i.json" 2>"$TMP/err"; ok $? "$m info: $(cat "$TMP/err")"

@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "ops/optim_ops.h"
 #include "train/optim.h"
+#include "spectrum_grad.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -687,23 +688,8 @@ static void spectrum_grad(float *g, int64_t rows, int64_t cols, uint64_t seed, c
         gen(f, len[w] * q, seed + 50 + (uint64_t)w, 1.0f);
         for (int64_t i = 0; i < len[w] * q; i++) m[w][i] += (double)mix * f[i];
         free(f);
-        for (int64_t j = 0; j < q; j++) {
-            for (int64_t i = 0; i < j; i++) {
-                double d = 0;
-                for (int64_t e = 0; e < len[w]; e++) d += m[w][e * q + i] * m[w][e * q + j];
-                for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] -= d * m[w][e * q + i];
-            }
-            double nr = 0;
-            for (int64_t e = 0; e < len[w]; e++) nr += m[w][e * q + j] * m[w][e * q + j];
-            for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] /= sqrt(nr);
-        }
     }
-    for (int64_t a = 0; a < rows; a++)
-        for (int64_t b = 0; b < cols; b++) {
-            double x = 0;
-            for (int64_t j = 0; j < q; j++) x += sv[j] * m[0][a * q + j] * m[1][b * q + j];
-            g[a * cols + b] = (float)x;
-        }
+    spectrum_compose(g, rows, cols, m[0], m[1], sv);
     free(m[0]), free(m[1]);
 }
 
@@ -739,10 +725,7 @@ static void test_galore_subspace_illcond(double DEC) {
     struct lmc_optim o[2];
     lmc_err err;
     double sv[157];
-    for (int64_t j = 0; j < q; j++)
-        sv[j] = j < r - 8 ? pow(10.0, -DEC * (double)j / (double)(r - 8)) /* geometric to 10^-DEC */
-                : j < r   ? pow(10.0, -DEC) * (1 - 0.03 * (double)(j - r + 8)) /* 8 close to it (3% apart) */
-                          : 0.01 * pow(10.0, -DEC) * pow(0.98, (double)(j - r)); /* the tail: 100x below */
+    spectrum_illcond(sv, q, r, DEC);
     for (int j = 0; j < 2; j++) g[j] = calloc((size_t)(R[j] * C[j]), 4);
     for (int mode = 0; mode < 2; mode++) {
         for (int j = 0; j < 2; j++) {

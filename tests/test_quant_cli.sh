@@ -13,9 +13,7 @@
 # Usage: test_quant_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 REF=tests/quant/quant_ref.py
 have_np=0; python3 -c "import numpy" 2>/dev/null && have_np=1
 TEXT="And God said, Let there be light: and there was light. And God saw the light, that it was good."

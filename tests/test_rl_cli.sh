@@ -10,9 +10,7 @@
 # Usage: test_rl_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 M=tests/fixtures/llama-tiny
 printf '{"prompt": "say a word", "answer": "e"}\n{"prompt": "another one", "answer": "e"}\n' > "$TMP/t.jsonl"
 COMMON="-m $M --tasks $TMP/t.jsonl --group 4 --prompts 2 --max-new 6 --epochs 2 --lr 3e-3 --answer-regex ([aeiou]) --threads 1"

@@ -17,9 +17,7 @@
 # Usage: test_rl_lora_resume.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 M=tests/fixtures/llama-tiny
 sum0=$(cat "$M"/*.safetensors | cksum)
 printf '{"prompt": "say a word", "answer": "e"}\n{"prompt": "another one", "answer": "e"}\n{"prompt": "and a third", "answer": "a"}\n' > "$TMP/t.jsonl"

@@ -10,9 +10,7 @@
 set -u
 LMC="$1"
 FIX=tests/fixtures
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 ids() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['ids'])" "$1" | tr -d ' '; }
 
 for m in llama-tiny qwen2-tiny gpt2-tiny; do

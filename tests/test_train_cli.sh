@@ -9,17 +9,9 @@
 # with a clear error elsewhere. Usage: test_train_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
-pass=0; fail=0
-ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
-TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_common.sh"
 
-if [ -f ../shared/data/kjv.txt ]; then head -c 40000 ../shared/data/kjv.txt >"$TMP/corpus.txt"
-else for i in $(seq 1 400); do echo "line $i: the quick brown fox jumps over the lazy dog $((i % 17))"; done >"$TMP/corpus.txt"; fi
-
-"$LMC" train-tokenizer --text-file "$TMP/corpus.txt" --vocab 300 --style llama3 -o "$TMP/tok" 2>"$TMP/err"
-ok $? "train-tokenizer: $(cat "$TMP/err")"
-"$LMC" prepare-data -m "$TMP/tok" --text-file "$TMP/corpus.txt" --docs line --val-fraction 0.1 -o "$TMP/data" 2>"$TMP/err"
-ok $? "prepare-data: $(cat "$TMP/err")"
+cli_tiny_data "$LMC"
 
 ARGS="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 --batch 4 --seq 32
       --steps 8 --lr 3e-3 --warmup 2 --eval-every 4 --eval-batches 2 --save-every 4 --threads 2"

@@ -19,6 +19,7 @@ extern "C" {
 #include "ops/optim_ops.h"
 #include "train/optim.h"
 }
+#include "../spectrum_grad.h"
 
 /* Host twin of muon_batch.cu in double with its bf16 roundings: X = bf16(u),
  * X = bf16(X / max(||X||, eps)), per iteration A = bf16(X X^T),
@@ -134,24 +135,9 @@ static std::vector<float> spectrum_grad(int64_t rows, int64_t cols, const std::v
     for (int w = 0; w < 2; w++) {
         m[w].resize(len[w] * q);
         for (int64_t i = 0; i < len[w] * q; i++) m[w][i] = base[w][i] + (double)mix * turn[w][i];
-        for (int64_t j = 0; j < q; j++) {
-            for (int64_t i = 0; i < j; i++) {
-                double d = 0;
-                for (int64_t e = 0; e < len[w]; e++) d += m[w][e * q + i] * m[w][e * q + j];
-                for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] -= d * m[w][e * q + i];
-            }
-            double nr = 0;
-            for (int64_t e = 0; e < len[w]; e++) nr += m[w][e * q + j] * m[w][e * q + j];
-            for (int64_t e = 0; e < len[w]; e++) m[w][e * q + j] /= sqrt(nr);
-        }
     }
     std::vector<float> g(rows * cols);
-    for (int64_t a = 0; a < rows; a++)
-        for (int64_t b = 0; b < cols; b++) {
-            double x = 0;
-            for (int64_t j = 0; j < q; j++) x += sv[j] * m[0][a * q + j] * m[1][b * q + j];
-            g[a * cols + b] = (float)x;
-        }
+    spectrum_compose(g.data(), rows, cols, m[0].data(), m[1].data(), sv.data());
     return g;
 }
 
@@ -164,10 +150,7 @@ static std::vector<float> spectrum_grad(int64_t rows, int64_t cols, const std::v
 static void galore_illcond() {
     const int64_t R[2] = {131, 67}, C[2] = {67, 131}, r = 24, q = 67;
     std::vector<double> sv(q);
-    for (int64_t j = 0; j < q; j++)
-        sv[j] = j < r - 8 ? pow(10.0, -2.5 * (double)j / (double)(r - 8))
-                : j < r   ? pow(10.0, -2.5) * (1 - 0.03 * (double)(j - r + 8))
-                          : 0.01 * pow(10.0, -2.5) * pow(0.98, (double)(j - r));
+    spectrum_illcond(sv.data(), q, r, 2.5);
     std::vector<float> gh[2], base[2][2], turn[2][2];
     float *pd[2], *gd[2], *pc[2], *gc[2];
     lmc_optim_param pg[2], pcp[2];
