@@ -16,7 +16,11 @@
  * and read 4 rows without prefetch: a 5-row verification of a 52M bf16
  * model cost 2.5x a 1-row step on the 2-core Zen 3); the same software
  * prefetch ahead of the tile; a K tail through a zero-padded copy. Builds
- * without AVX2 keep matmul.c's scalar kernels. */
+ * without AVX2 keep matmul.c's scalar kernels.
+ * Both keep each x vector in a register (an empty asm): GCC otherwise folds
+ * the x load into every FMA, one load per W row (AVX-512 5x4: 20 loads per
+ * 16 columns instead of 5; measured on Zen 4, bench/results/spec-cpu-2026-12-06.md:
+ * 5-token forward -5%, 8-token -9%, same bits). */
 #include "ops/cpu/ops_cpu.h"
 
 #include <stdbool.h>
@@ -92,6 +96,7 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
             SM_R(r) wv[r] = sm_ld_##S(w + r * K + i);                                             \
             SM_EACH(m) {                                                                          \
                 __m512 xv = _mm512_loadu_ps(x + m * K + i);                                       \
+                __asm__("" : "+v"(xv)); /* one load per x vector, not one per W row */            \
                 SM_R(r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);                        \
             }                                                                                     \
         }                                                                                         \
@@ -187,6 +192,7 @@ static inline __m256 sm_ld_bf16(const uint16_t *p) {
                 SM_R(r) wv[r] = sm_ld_##S(w + r * K + i + h);                                     \
                 SM_EACH(m) {                                                                      \
                     __m256 xv = _mm256_loadu_ps(x + m * K + i + h);                               \
+                    __asm__("" : "+x"(xv)); /* one load per x vector, not one per W row */        \
                     SM_R(r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);                    \
                 }                                                                                 \
             }                                                                                     \
