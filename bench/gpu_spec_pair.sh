@@ -18,6 +18,10 @@
 #      adaptive and fixed K, with each round's time split (SKIP_COSTS=1
 #      skips it); then bench_spec per distilled draft (plain, adaptive
 #      and fixed K: acceptance and speed);
+#   1c. lmc generate plain / --draft-model against llama-speculative and
+#      llama-speculative-simple on kjv-target and the first distilled draft
+#      (bench/spec_cli_cpu.py; only where LLAMA_BIN has llama-speculative;
+#      SKIP_CLI=1 skips);
 #   2. the server against llama.cpp's server with the same pair
 #      (bench/spec_pair_cpu.py; llama.cpp binaries from LLAMA_BIN, e.g.
 #      a copy of ../shared/tools/build-llamacpp-peer.sh's bin/ carried
@@ -99,6 +103,16 @@ if [ "${SKIP_COSTS:-0}" = 0 ]; then
       2>>"$OUT/bench_spec.err" | tee -a "$OUT/summary.md"
   done
   say "costs ($(($(date +%s) - T0)) s)"
+fi
+if [ "${SKIP_CLI:-0}" = 0 ] && [ -x "$LLAMA_BIN/llama-speculative" ]; then
+  for kd in kd-tiny kd-small kd-draft; do [ -d "$W/$kd" ] && break; done
+  if [ -d "$W/$kd" ]; then
+    say "## lmc generate vs llama-speculative(-simple), kjv-target + $kd, 2 threads on CPUs $CPUS"
+    LD_LIBRARY_PATH=$PWD/$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} taskset -c "$CPUS" python3 bench/spec_cli_cpu.py \
+      $B/lmc "$LLAMA_BIN" "$W/kjv-target" "$W/$kd" --prompts 8 --tokens 64 --rounds "${ROUNDS:-2}" --threads 2 \
+      --gguf-dir "$W/gguf" 2>"$OUT/cli.err" | tee -a "$OUT/summary.md"
+    say "cli ($(($(date +%s) - T0)) s)"
+  fi
 fi
 if [ "${SKIP_SERVER:-0}" = 0 ]; then
   say "## lmc serve vs llama-server, the same pair, 2 threads on CPUs $CPUS"

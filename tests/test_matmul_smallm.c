@@ -10,7 +10,8 @@
  *    lmc_qmatmul), reference from the dequantized weight and the int8
  *    activations; Q4_0's AVX2 and AVX-512 VNNI kernels give the same bits.
  * Each small-M kernel also gives a row the same bits whatever M is (float:
- * the M >= 2 it takes, lmc_cpu_smallm_ok; quantized: every M), so a
+ * the M it takes, lmc_cpu_smallm_ok, M = 1..6 for bf16/f16 rows with
+ * AVX-512 and with AVX2; quantized: every M), so a
  * verification's rows equal each other's batch sizes bit for bit; the
  * quantized ones are held to 2e-6 (zero points subtracted in integers).
  * Q4_K's reference quantizes the activations per 256 as its kernel does
@@ -72,6 +73,17 @@ static void test_float(int threads) {
     CHECK(lmc_backend_cpu_init(&be, threads, &err) == LMC_OK);
     struct lmc_cpu_ctx *c = be.ctx;
     int64_t small_default = c->mm_small_max, unit_default = c->mm_unit_bytes;
+    /* the reference M: the largest the small-M kernel takes (AVX2 builds: up to sgemm's gemm_min_m) */
+    int64_t mref = LMC_MAX(1, LMC_MIN(MMAX - 1, small_default));
+#ifdef LMC_CPU_SMALLM
+    /* AVX-512 and AVX2 builds: a bf16 decode step (M = 1) and a verification
+     * of up to 5 drafts take the same kernel, so their rows have the same bits
+     * (greedy speculative output = plain greedy); the loop below checks the bits */
+    for (int64_t M = 1; M <= 6; M++)
+        CHECK_MSG(lmc_cpu_smallm_ok(c, M, 576, LMC_DTYPE_BF16) && lmc_cpu_smallm_ok(c, M, 1536, LMC_DTYPE_F16),
+                  "M=%lld: not routed to the small-M kernel", (long long)M);
+    CHECK(c->mm_small_max < c->gemm_min_m || c->gemm_min_m > MMAX); /* sgemm never takes an M it claims */
+#endif
     /* the last: a 4-row tile too large for blocks of more than LMC_CPU_SMALLM_MR rows */
     static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}, {21, 1601}};
     static const enum lmc_dtype dts[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
@@ -85,7 +97,7 @@ static void test_float(int threads) {
             for (int on = 0; on < 2; on++) {
                 c->mm_small_max = on ? small_default : 0;
                 c->mm_unit_bytes = s % 2 ? 64 : unit_default; /* many units: splitting and stealing */
-                be.matmul(be.ctx, yall, x, MMAX - 1, &w, NULL); /* M = 16: every row's reference bits */
+                be.matmul(be.ctx, yall, x, mref, &w, NULL); /* M = 16 (AVX2: 11): every row's reference bits */
                 for (int64_t M = 1; M <= MMAX; M++) {
                     const float *bp = M % 2 ? bias : NULL;
                     be.matmul(be.ctx, y, x, M, &w, bp);
@@ -103,12 +115,12 @@ static void test_float(int threads) {
                                   lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K, e0, e1);
                         free(y2);
                     }
-                    if (lmc_cpu_smallm_ok(c, M, K, dts[d]) && lmc_cpu_smallm_ok(c, MMAX - 1, K, dts[d])) {
+                    if (lmc_cpu_smallm_ok(c, M, K, dts[d]) && lmc_cpu_smallm_ok(c, mref, K, dts[d])) {
                         bool same = true; /* the bias is one float add after the sum */
-                        for (int64_t i = 0; i < LMC_MIN(M, MMAX - 1) * N; i++)
+                        for (int64_t i = 0; i < LMC_MIN(M, mref) * N; i++)
                             same = same && y[i] == yall[i] + (bp ? bp[i % N] : 0.0f);
-                        CHECK_MSG(same, "matmul %s M=%lld N=%lld K=%lld: rows differ from the M=16 product",
-                                  lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K);
+                        CHECK_MSG(same, "matmul %s M=%lld N=%lld K=%lld: rows differ from the M=%lld product",
+                                  lmc_dtype_name(dts[d]), (long long)M, (long long)N, (long long)K, (long long)mref);
                     }
                 }
             }

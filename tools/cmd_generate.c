@@ -404,6 +404,11 @@ int cmd_generate(int argc, char **argv) {
                 sstats.drafted ? 100.0 * (double)sstats.accepted / (double)sstats.drafted : 0.0,
                 sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0,
                 (long long)sstats.evicted);
+        /* where the decode time went (spec.c's round timers; the rest: emission, detokenizing, the loop) */
+        fprintf(stderr, "lmc: speculative time: draft %.4f s, verify %.4f s, accept %.4f s, other %.4f s "
+                        "(%lld plain rounds)\n",
+                sstats.draft_s, sstats.verify_s, sstats.accept_s,
+                res.decode_s - sstats.draft_s - sstats.verify_s - sstats.accept_s, (long long)sstats.plain_rounds);
         goto report;
     }
     if (lmc_session_init(&s, model, gbe, cm.tok, ctx, 512, &err)) {

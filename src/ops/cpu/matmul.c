@@ -4,8 +4,9 @@
  * matmul_bwd_multi (the backward of several products sharing x, two jobs).
  *
  * Paths:
- *  - M < 4 (decode), and M where lmc_cpu_smallm_ok with AVX-512 (the
- *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers;
+ *  - M < 4 (decode), and M where lmc_cpu_smallm_ok with AVX-512 or AVX2 (the
+ *    small-M kernel of matmul_smallm.c: 4 W rows x up to 6 x rows in registers,
+ *    AVX2 4 W rows x 1-2 or 2 x 3-6;
  *    with AVX-512 every F16/BF16 M=1 too, and F32 M=1 on short rows):
  *    our own dot-product kernels, W streamed from memory once. Other M=1 with AVX-512
  *    (F32 long rows; F16/BF16 where the small-M kernel is off): one W row at a time, 16 lanes, f16 (F16C) /
@@ -376,7 +377,7 @@ static void add_bias(const struct mm_job *j, int64_t r0, int64_t r1) {
 }
 
 /* rows [r0, r1) of W for all M rows of x, bias included (M < 4, or
- * lmc_cpu_smallm_ok with AVX-512: the small-M kernel;
+ * lmc_cpu_smallm_ok with AVX-512 or AVX2: the small-M kernel;
  * M >= 4 only in builds without AVX-512). `start`: a thread's stream
  * starts here (not where its previous call ended). */
 static void small_rows(const struct mm_job *j, int64_t r0, int64_t r1, bool start) {

@@ -8,14 +8,25 @@
  * tile, which then comes from L1. Each (x row, W row) pair has its own
  * accumulator and reduction, so a row's result does not depend on M.
  * matmul.c calls it from its GEMV scheduler (threads claim W byte ranges,
- * boundaries on multiples of 4 rows). Builds without AVX-512 keep
- * matmul.c's AVX2 and scalar kernels. */
+ * boundaries on multiples of 4 rows).
+ * The AVX2 twin (AVX2 + FMA + F16C builds without AVX-512, below): 8-lane
+ * tiles of 4 W rows for blocks of 1-2 x rows and of 2 W rows for 3-6 (at
+ * most 12 accumulators of the 16 registers), so a W vector is widened once
+ * for up to 6 rows (matmul.c's AVX2 2x4 kernel widened it once per 2 rows
+ * and read 4 rows without prefetch: a 5-row verification of a 52M bf16
+ * model cost 2.5x a 1-row step on the 2-core Zen 3); the same software
+ * prefetch ahead of the tile; a K tail through a zero-padded copy. Builds
+ * without AVX2 keep matmul.c's scalar kernels.
+ * Both keep each x vector in a register (an empty asm): GCC otherwise folds
+ * the x load into every FMA, one load per W row (AVX-512 5x4: 20 loads per
+ * 16 columns instead of 5; measured on Zen 4, bench/results/spec-cpu-2026-12-06.md:
+ * 5-token forward -5%, 8-token -9%, same bits). */
 #include "ops/cpu/ops_cpu.h"
 
 #include <stdbool.h>
 #include <string.h>
 
-#ifdef LMC_CPU_SMALLM
+#if defined(LMC_CPU_SMALLM) && !defined(LMC_CPU_SMALLM_AVX2)
 
 #define SM_MR LMC_CPU_SMALLM_MR /* x rows per register block: 4 * 6 accumulators + 4 W vectors */
 #define SM_EACH(m) _Pragma("GCC unroll 6") for (int m = 0; m < MR; m++)
@@ -85,6 +96,7 @@ static inline __m128 sm_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
             SM_R(r) wv[r] = sm_ld_##S(w + r * K + i);                                             \
             SM_EACH(m) {                                                                          \
                 __m512 xv = _mm512_loadu_ps(x + m * K + i);                                       \
+                __asm__("" : "+v"(xv)); /* one load per x vector, not one per W row */            \
                 SM_R(r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);                        \
             }                                                                                     \
         }                                                                                         \
@@ -135,6 +147,115 @@ void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void 
         for (int64_t c = 0, m0 = 0; c < nch; c++) {
             int64_t mr = base + (c < rem);
             fns[four ? 0 : 1][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
+            m0 += mr;
+        }
+        r += four ? 4 : 1;
+    }
+}
+
+#endif
+
+#if defined(LMC_CPU_SMALLM) && defined(LMC_CPU_SMALLM_AVX2)
+
+#define SM_MR LMC_CPU_SMALLM_MR
+#define SM_EACH(m) _Pragma("GCC unroll 6") for (int m = 0; m < MR; m++)
+#define SM_R(r) _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+#ifndef SM_PF_FAR
+#define SM_PF_FAR (8 * 1024)
+#endif
+
+static inline __m256 sm_ld_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 sm_ld_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256 sm_ld_bf16(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+/* MR x rows (stride K) against R (4, 2 or 1) W rows (stride K) into y (row
+ * stride N). Each (x row, W row) pair sums 8-lane products in column order
+ * in one accumulator, then lmc_hsum256: its bits do not depend on MR or R.
+ * The loop prefetches SM_PF_FAR bytes ahead of the tile, the tile's bytes
+ * per step (its rows are contiguous); a K tail of 1-7 columns is copied
+ * into zero-padded vectors. */
+#define SM_TILE(S, T)                                                                             \
+    static inline __attribute__((always_inline)) void sm_tile_##S(const float *x, const T *w,     \
+                                                                  int64_t K, int MR, int R,       \
+                                                                  float *y, int64_t N) {          \
+        __m256 acc[SM_MR][4];                                                                     \
+        SM_EACH(m) SM_R(r) acc[m][r] = _mm256_setzero_ps();                                       \
+        int64_t i = 0;                                                                            \
+        const char *pf = (const char *)w + SM_PF_FAR;                                             \
+        for (; i + 16 <= K; i += 16, pf += 16 * R * (int)sizeof(T)) {                             \
+            for (int l = 0; l < R * (int)sizeof(T) / 4; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0); \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 16; h += 8) {                             \
+                __m256 wv[4];                                                                     \
+                SM_R(r) wv[r] = sm_ld_##S(w + r * K + i + h);                                     \
+                SM_EACH(m) {                                                                      \
+                    __m256 xv = _mm256_loadu_ps(x + m * K + i + h);                               \
+                    __asm__("" : "+x"(xv)); /* one load per x vector, not one per W row */        \
+                    SM_R(r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);                    \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        for (; i < K; i += 8) {                                                                   \
+            int64_t n = LMC_MIN(8, K - i);                                                        \
+            __m256 wv[4];                                                                         \
+            if (n == 8) {                                                                         \
+                SM_R(r) wv[r] = sm_ld_##S(w + r * K + i);                                         \
+            } else {                                                                              \
+                T t[8];                                                                           \
+                SM_R(r) {                                                                         \
+                    memset(t, 0, sizeof t);                                                       \
+                    memcpy(t, w + r * K + i, (size_t)n * sizeof(T));                              \
+                    wv[r] = sm_ld_##S(t);                                                         \
+                }                                                                                 \
+            }                                                                                     \
+            SM_EACH(m) {                                                                          \
+                float xt[8] = {0};                                                                \
+                memcpy(xt, x + m * K + i, (size_t)n * sizeof(float));                             \
+                __m256 xv = _mm256_loadu_ps(xt);                                                  \
+                SM_R(r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);                        \
+            }                                                                                     \
+        }                                                                                         \
+        SM_EACH(m) SM_R(r) y[m * N + r] = lmc_hsum256(acc[m][r]);                                 \
+    }
+SM_TILE(f32, float)
+SM_TILE(f16, uint16_t)
+SM_TILE(bf16, uint16_t)
+
+typedef void (*sm_fn)(const float *x, const void *w, int64_t K, float *y, int64_t N);
+#define SM_ONE(S, T, MR, R)                                                                       \
+    static void sm_##S##_##MR##x##R(const float *x, const void *w, int64_t K, float *y, int64_t N) { \
+        sm_tile_##S(x, (const T *)w, K, MR, R, y, N);                                             \
+    }
+/* [0]: 4 W rows (blocks of 1-2 x rows) or 2 (3-6); [1]: 1 W row (the tail) */
+#define SM_ALL(S, T)                                                                              \
+    SM_ONE(S, T, 1, 4) SM_ONE(S, T, 2, 4) SM_ONE(S, T, 3, 2) SM_ONE(S, T, 4, 2) SM_ONE(S, T, 5, 2) \
+    SM_ONE(S, T, 6, 2) SM_ONE(S, T, 1, 1) SM_ONE(S, T, 2, 1) SM_ONE(S, T, 3, 1) SM_ONE(S, T, 4, 1) \
+    SM_ONE(S, T, 5, 1) SM_ONE(S, T, 6, 1)                                                         \
+    static const sm_fn sm_##S##_fns[2][SM_MR + 1] = {                                             \
+        {NULL, sm_##S##_1x4, sm_##S##_2x4, sm_##S##_3x2, sm_##S##_4x2, sm_##S##_5x2, sm_##S##_6x2}, \
+        {NULL, sm_##S##_1x1, sm_##S##_2x1, sm_##S##_3x1, sm_##S##_4x1, sm_##S##_5x1, sm_##S##_6x1}};
+SM_ALL(f32, float)
+SM_ALL(f16, uint16_t)
+SM_ALL(bf16, uint16_t)
+
+void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
+                                int64_t K, int64_t N, int64_t r0, int64_t r1) {
+    const sm_fn(*fns)[SM_MR + 1] = dt == LMC_DTYPE_F16 ? sm_f16_fns : dt == LMC_DTYPE_BF16 ? sm_bf16_fns : sm_f32_fns;
+    size_t es = (size_t)lmc_dtype_size(dt);
+    int64_t nch = (M + SM_MR - 1) / SM_MR, base = M / nch, rem = M % nch;
+    for (int64_t r = r0; r < r1;) {
+        int four = r + 4 <= r1;
+        const char *wr = (const char *)w + (size_t)(r * K) * es;
+        for (int64_t c = 0, m0 = 0; c < nch; c++) {
+            int64_t mr = base + (c < rem);
+            if (!four) fns[1][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
+            else if (mr <= 2) fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
+            else { /* two tiles of 2 W rows */
+                fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
+                fns[0][mr](x + m0 * K, wr + (size_t)(2 * K) * es, K, y + m0 * N + r + 2, N);
+            }
             m0 += mr;
         }
         r += four ? 4 : 1;

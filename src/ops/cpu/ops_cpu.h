@@ -61,7 +61,8 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 #define LMC_CPU_GEMM_MIN_M 12
 #endif
 
-/* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL).
+/* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL)
+ * and, as a 256-bit twin, with AVX2 + FMA + F16C.
  * Default mm_small_max: M up to which it runs (0 without it: off); above
  * LMC_CPU_SMALLM_MR rows it re-reads each 4-row W tile once per block of
  * rows, so it takes those only where a tile stays in L1 (at most
@@ -71,6 +72,13 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 #define LMC_CPU_SMALLM 1
 #ifndef LMC_CPU_MM_SMALL_MAX
 #define LMC_CPU_MM_SMALL_MAX 32
+#endif
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+/* the AVX2 twin (matmul_smallm.c): 256-bit tiles of 2 or 4 W rows */
+#define LMC_CPU_SMALLM 1
+#define LMC_CPU_SMALLM_AVX2 1
+#ifndef LMC_CPU_MM_SMALL_MAX
+#define LMC_CPU_MM_SMALL_MAX (LMC_CPU_GEMM_MIN_M - 1) /* from there OpenBLAS's sgemm */
 #endif
 #else
 #undef LMC_CPU_MM_SMALL_MAX
