@@ -21,13 +21,16 @@
 #   1c. lmc generate plain / --draft-model against llama-speculative and
 #      llama-speculative-simple on kjv-target and the first distilled draft
 #      (bench/spec_cli_cpu.py; only where LLAMA_BIN has llama-speculative;
-#      SKIP_CLI=1 skips);
+#      SKIP_CLI=1 skips; CLI_DRAFTS names the drafts, CLI_THREADS the
+#      thread counts, default 2);
 #   2. the server against llama.cpp's server with the same pair
 #      (bench/spec_pair_cpu.py; llama.cpp binaries from LLAMA_BIN, e.g.
 #      a copy of ../shared/tools/build-llamacpp-peer.sh's bin/ carried
 #      as .peer/bin).
 # Usage (device): source .devdeps/device-deps.sh unpack && bench/gpu_spec_pair.sh
-# env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), TARGETS / TARGET_STEPS (1500) / TARGET_WD / TARGET_PATIENCE
+# env: OUT (logs), CPUS (0,1), LLAMA_BIN (.peer/bin), LLAMA_SRC (a llama.cpp source .tgz: built here for this
+#      CPU while the target trains, and used instead of LLAMA_BIN), DRAFTS_FROM (a folder of draft folders to use as
+#      they are instead of distilling), TARGETS / TARGET_STEPS (1500) / TARGET_WD / TARGET_PATIENCE
 #      (scripts/train_spec_pair.sh: each shape trains with its validation loss evaluated every 25 steps, the best
 #      checkpoint kept and an early stop; the best shape becomes the target),
 #      W (build-dev/spec-pair: kept on a warm machine; training is
@@ -46,6 +49,17 @@ gpu_devdeps
 S="$OUT/summary.md"
 say "# gpu_spec_pair $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader)," \
     "cpu $(lscpu | sed -n 's/^Model name: *//p'), pinned to $CPUS"
+if [ -n "${LLAMA_SRC:-}" ]; then   # llama.cpp built on this machine for its CPU, beside the GPU work
+  if [ ! -x "$B/llama.cpp/build/bin/llama-speculative" ]; then
+    (rm -rf "$B/llama.cpp" && mkdir -p "$B" && tar -C "$B" -xzf "$LLAMA_SRC" &&
+     cmake -S "$B/llama.cpp" -B "$B/llama.cpp/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+       -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF &&
+     cmake --build "$B/llama.cpp/build" -j"$(($(nproc) - 2))" --target llama-server llama-speculative \
+       llama-speculative-simple llama-bench) >"$OUT/llama-build.log" 2>&1 &
+    LLAMA_PID=$!
+  fi
+  LLAMA_BIN=$B/llama.cpp/build/bin
+fi
 gpu_build $B "$OUT/build.log" lmc_cli lmc_cuda bench_spec ||
   { tail -40 "$OUT/build.log"; exit 1; }
 say "build ok ($(($(date +%s) - T0)) s)"
@@ -55,6 +69,10 @@ if [ ! -d "$W/kjv-target" ]; then
     { tail -30 "$OUT/train.log"; exit 1; }
   say "trained ($(($(date +%s) - T0)) s)"
   grep -E '^(##|\||kjv-target:)' "$OUT/train.log" | tee -a "$S"
+fi
+if [ -n "${DRAFTS_FROM:-}" ]; then   # drafts made earlier (e.g. fetched back from a previous call), used as they are
+  for d in "$DRAFTS_FROM"/*/; do [ -f "$d/config.json" ] && rm -rf "$W/$(basename "$d")" && cp -r "$d" "$W/"; done
+  KD=0
 fi
 if [ "${KD:-1}" = 1 ] && [ ! -d "$W/kd-small" ]; then
   MEASURE=0 SKIP_DRAFT=1 LMC=$B/lmc THREADS=16 EVAL_DEVICE=cuda \
@@ -104,15 +122,22 @@ if [ "${SKIP_COSTS:-0}" = 0 ]; then
   done
   say "costs ($(($(date +%s) - T0)) s)"
 fi
+if [ -n "${LLAMA_PID:-}" ]; then
+  wait "$LLAMA_PID" && say "llama.cpp built ($(($(date +%s) - T0)) s)" || { say "llama.cpp build failed"; tail -20 "$OUT/llama-build.log"; }
+fi
 if [ "${SKIP_CLI:-0}" = 0 ] && [ -x "$LLAMA_BIN/llama-speculative" ]; then
-  for kd in kd-tiny kd-small kd-draft; do [ -d "$W/$kd" ] && break; done
-  if [ -d "$W/$kd" ]; then
-    say "## lmc generate vs llama-speculative(-simple), kjv-target + $kd, 2 threads on CPUs $CPUS"
-    LD_LIBRARY_PATH=$PWD/$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} taskset -c "$CPUS" python3 bench/spec_cli_cpu.py \
-      $B/lmc "$LLAMA_BIN" "$W/kjv-target" "$W/$kd" --prompts 8 --tokens 64 --rounds "${ROUNDS:-2}" --threads 2 \
-      --gguf-dir "$W/gguf" 2>"$OUT/cli.err" | tee -a "$OUT/summary.md"
-    say "cli ($(($(date +%s) - T0)) s)"
-  fi
+  if [ -z "${CLI_DRAFTS:-}" ]; then for kd in kd-tiny kd-small kd-draft; do [ -d "$W/$kd" ] && CLI_DRAFTS=$kd && break; done; fi
+  for kd in ${CLI_DRAFTS:-}; do
+    [ -d "$W/$kd" ] || continue
+    for th in ${CLI_THREADS:-2}; do
+      cpus=$(echo "$CPUS" | cut -d, -f1-"$th")
+      say "## lmc generate vs llama-speculative(-simple), kjv-target + $kd, $th thread(s) on CPUs $cpus"
+      LD_LIBRARY_PATH=$PWD/$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} taskset -c "$cpus" python3 bench/spec_cli_cpu.py \
+        $B/lmc "$LLAMA_BIN" "$W/kjv-target" "$W/$kd" --prompts 8 --tokens 64 --rounds "${ROUNDS:-2}" --threads "$th" \
+        --gguf-dir "$W/gguf" 2>>"$OUT/cli.err" | tee -a "$OUT/summary.md"
+      say "cli ($(($(date +%s) - T0)) s)"
+    done
+  done
 fi
 if [ "${SKIP_SERVER:-0}" = 0 ]; then
   say "## lmc serve vs llama-server, the same pair, 2 threads on CPUs $CPUS"
