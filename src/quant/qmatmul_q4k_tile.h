@@ -10,15 +10,15 @@
 #define KT_C(a, b) KT_C2(a, b)
 #define KT(name) KT_C(name, KT_SUF)
 
-/* A super-block's sc_j (j = 0..7) into sc as 8 dwords sc_j | sc_j << 16,
- * dmin mn_j (8 floats) into mn and d (8 times) into d: the 12 scale bytes
- * as three little-endian words w0 w1 w2 (bytes 0-3: the low 6 bits of
- * sc_0..3, their top 2 bits the high bits of sc_4..7; bytes 4-7 likewise
- * for mn; bytes 8-11: the low 4 bits of sc_4..7, high 4 of mn_4..7),
- * unpacked in one xmm: lanes (w0, w2, w1, w2 >> 4) masked to 6, 4, 6, 4
- * bits, lanes 1 and 3 or'ed with bits 6-7 of w0 and w1 moved to bits 4-5:
- * sc_0..7 then mn_0..7 as bytes. (The 16-byte load stays inside the
- * 144-byte block.) */
+/* A super-block's sc_j (j = 0..7) as bytes 0..7 of sc (in both 128-bit
+ * halves; bytes 8..15 the mins), dmin mn_j (8 floats) into mn and d (8
+ * times) into d: the 12 scale bytes as three little-endian words w0 w1 w2
+ * (bytes 0-3: the low 6 bits of sc_0..3, their top 2 bits the high bits of
+ * sc_4..7; bytes 4-7 likewise for mn; bytes 8-11: the low 4 bits of
+ * sc_4..7, high 4 of mn_4..7), unpacked in one xmm: lanes (w0, w2, w1, w2
+ * >> 4) masked to 6, 4, 6, 4 bits, lanes 1 and 3 or'ed with bits 6-7 of w0
+ * and w1 moved to bits 4-5: sc_0..7 then mn_0..7 as bytes. (The 16-byte
+ * load stays inside the 144-byte block.) */
 IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
     __m128i w = _mm_loadu_si128((const __m128i *)(b + 4));
     __m128i lo = _mm_srlv_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(2, 1, 2, 0)), _mm_set_epi32(4, 0, 0, 0));
@@ -29,18 +29,18 @@ IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
     uint32_t dd;
     memcpy(&dd, b, 4);
     __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
-    __m256i s32 = _mm256_cvtepu8_epi32(v);
-    *sc = _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16));
+    *sc = _mm256_broadcastsi128_si256(v);
     *d = _mm256_broadcastss_ps(dm);
     *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
                         KT_DMIN(dm));
 }
 
-/* Chunk c's scale pair from the decoded register: sc_2c in the low 128-bit half's int16 lanes, sc_2c+1 in
- * the high half's (vpermd by a constant index once the loop is unrolled). */
+/* Chunk c's scale pair from the decoded register: sc_2c zero-extended into the low 128-bit half's int16
+ * lanes, sc_2c+1 into the high half's (vpshufb, in-lane, by a constant control once the loop is unrolled). */
 IK __m256i KT(q4k_pair)(__m256i sc, int c) {
-    return _mm256_permutevar8x32_epi32(sc, _mm256_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c, 2 * c,
-                                                             2 * c, 2 * c));
+    const char z = (char)0x80, a = (char)(2 * c), b = (char)(2 * c + 1);
+    return _mm256_shuffle_epi8(sc, _mm256_setr_epi8(a, z, a, z, a, z, a, z, a, z, a, z, a, z, a, z,
+                                                    b, z, b, z, b, z, b, z, b, z, b, z, b, z, b, z));
 }
 
 /* Chunk c's codes (32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high ones, each in element
