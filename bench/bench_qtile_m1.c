@@ -7,7 +7,9 @@
  * that time per weight row and 256 weights. The minimum filters out the
  * time slices other processes take on a shared machine (the median does
  * not), so two builds compare by their minima even under load.
- * Usage: bench_qtile_m1 TYPE [N 512] [K 768] [REPS 300] */
+ * With M > 1 (a fifth argument) the same for M activation rows (the
+ * prefill tiles), per row, 256 weights and activation row.
+ * Usage: bench_qtile_m1 TYPE [N 512] [K 768] [REPS 300] [M 1] */
 #include "core/core.h"
 #include "quant/qmatmul.h"
 #include "quant/quant.h"
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static double now_s(void) {
@@ -30,23 +33,24 @@ static float rnd(uint64_t *s) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_qtile_m1 q4_0|q4_k|q8_0|gptq [N] [K] [REPS]\n");
+        fprintf(stderr, "usage: bench_qtile_m1 q4_0|q4_k|q8_0|gptq [N] [K] [REPS] [M]\n");
         return 2;
     }
     const char *type = argv[1];
     int64_t n = argc > 2 ? atoll(argv[2]) : 512, k = argc > 3 ? atoll(argv[3]) : 768;
     int reps = argc > 4 ? atoi(argv[4]) : 300;
+    int64_t m = argc > 5 ? atoll(argv[5]) : 1;
     int gt = !strcmp(type, "q4_0") ? LMC_GGML_Q4_0 : !strcmp(type, "q4_k") ? LMC_GGML_Q4_K
              : !strcmp(type, "q8_0") ? LMC_GGML_Q8_0 : -1;
-    if ((gt < 0 && strcmp(type, "gptq")) || n <= 0 || k <= 0 || k % 256 || reps <= 0) {
+    if ((gt < 0 && strcmp(type, "gptq")) || n <= 0 || k <= 0 || k % 256 || reps <= 0 || m <= 0) {
         fprintf(stderr, "bench_qtile_m1: bad arguments (TYPE q4_0|q4_k|q8_0|gptq, K a multiple of 256)\n");
         return 2;
     }
     uint64_t seed = 12345;
-    float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)k * 4), *y = malloc((size_t)n * 4);
+    float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(m * k) * 4), *y = malloc((size_t)(m * n) * 4);
     LMC_ASSERT(wf && x && y);
     for (int64_t i = 0; i < n * k; i++) wf[i] = rnd(&seed);
-    for (int64_t i = 0; i < k; i++) x[i] = rnd(&seed);
+    for (int64_t i = 0; i < m * k; i++) x[i] = rnd(&seed);
     lmc_err err = {0};
     struct lmc_qweight w;
     uint8_t *wq = NULL;
@@ -70,18 +74,23 @@ int main(int argc, char **argv) {
     }
     struct lmc_qctx c;
     enum lmc_qisa isa = lmc_qctx_init(&c, LMC_QISA_AVX512VNNI);
-    void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, 1) + 63) / 64 * 64);
+    void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, m) + 63) / 64 * 64);
     LMC_ASSERT(scratch);
     double best = 1e30;
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
     for (int r = 0; r < reps; r++) {
         double t0 = now_s();
-        for (int i = 0; i < 10; i++) lmc_qmatmul(&c, &w, y, x, 1, scratch, NULL);
+        for (int i = 0; i < 10; i++) lmc_qmatmul(&c, &w, y, x, m, scratch, NULL);
         double t = (now_s() - t0) / 10;
         if (t < best) best = t;
     }
-    printf("%s %lldx%lld [%s]: min %.2f us a call, %.3f ns per row and 256 weights (y[0] %g)\n", type,
-           (long long)n, (long long)k, lmc_qisa_name(isa), best * 1e6, best * 1e9 / ((double)n * (double)k / 256.0),
-           y[0]);
+    getrusage(RUSAGE_SELF, &ru1);
+    double cpu = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + 1e-6 * (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec);
+    double per = (double)n * (double)k / 256.0 * (double)m;
+    printf("%s %lldx%lld M=%lld [%s]: min %.2f us a call, %.3f ns per row and 256 weights%s; user CPU %.3f ns (y[0] %g)\n",
+           type, (long long)n, (long long)k, (long long)m, lmc_qisa_name(isa), best * 1e6, best * 1e9 / per,
+           m > 1 ? " and activation row" : "", cpu / (10.0 * reps) * 1e9 / per, y[0]);
     lmc_qweight_free(&w);
     free(scratch), free(wf), free(x), free(y), free(wq);
     return 0;

@@ -351,6 +351,72 @@ static void test_prefill(const struct lmc_qctx *c, uint64_t *rng, struct lmc_poo
     free(wf);
 }
 
+/* The 4-bit groups' small-M tiles (the zero point as one float term per
+ * group from the fill's per-group activation sums): for M = 1..17 (the
+ * unpacked prefill tile from 5) row i of the M-row product is the same bits
+ * as the 1-row product of row i alone, and every row is within 2e-5 of the
+ * float64 product of the dequantized weight with the kernel's int8
+ * activations. Groups of 128 with K = 13 blocks (3 groups and a group of
+ * one block: an odd last pair), N = 39 (a 1-row tail), zeros 0..15 and one
+ * of 40, in order and act-order (random g_idx: groups of odd block counts,
+ * perhaps empty). */
+static void test_small_m_groups(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    const int64_t n = 39, k = 32 * 13, mmax = 17;
+    lmc_err err = {0};
+    for (int act = 0; act < 2; act++) {
+        struct lmc_qgroups g;
+        CHECK(lmc_qgroups_alloc(&g, n, k, 4, 128, &err) == LMC_OK);
+        for (int64_t i = 0; i < g.n * g.k; i++) g.q[i] = (uint8_t)(test_rng_next(rng) % 16);
+        for (int64_t i = 0; i < g.n * g.n_groups; i++) {
+            g.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(rng) % 100) / 100.0f;
+            g.zero[i] = (int32_t)(test_rng_next(rng) % 16);
+        }
+        g.zero[5 * g.n_groups + 1] = 40;
+        if (act)
+            for (int64_t i = 0; i < g.k; i++) g.g_idx[i] = (int32_t)(test_rng_next(rng) % (uint64_t)g.n_groups);
+        float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(mmax * k) * 4);
+        float *y = malloc((size_t)(mmax * n) * 4), *y1 = malloc((size_t)n * 4);
+        float *xd = malloc((size_t)k * 4);
+        lmc_qgroups_dequantize(&g, wf);
+        struct lmc_qweight w;
+        CHECK(lmc_qweight_init_groups(&w, &g, &err) == LMC_OK);
+        CHECK(w.kernel == LMC_QK_U4G);
+        struct lmc_q8act *xq = malloc((size_t)(w.kp / 32) * sizeof *xq);
+        float *xp = malloc((size_t)w.kp * 4);
+        for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, mmax) + 63) / 64 * 64);
+        double worst = 0;
+        for (int64_t m = 1; m <= mmax; m++) {
+            lmc_qmatmul(c, &w, y, x, m, scratch, m % 2 ? pool : NULL);
+            for (int64_t i = 0; i < m; i++) {
+                lmc_qmatmul(c, &w, y1, x + i * k, 1, scratch, NULL);
+                CHECK_MSG(memcmp(y1, y + i * n, (size_t)n * 4) == 0,
+                          "groups%s [%s]: row %lld of M = %lld differs from M = 1", act ? " act-order" : "",
+                          lmc_qisa_name(c->isa), (long long)i, (long long)m);
+                for (int64_t j = 0; j < w.kp; j++) xp[j] = w.perm && w.perm[j] < 0 ? 0.0f : x[i * k + (w.perm ? w.perm[j] : j)];
+                lmc_q8act_quantize(xp, w.kp, xq);
+                for (int64_t j = 0; j < w.kp; j++) {
+                    int64_t col = w.perm ? w.perm[j] : j;
+                    if (col >= 0) xd[col] = xq[j / 32].d * (float)xq[j / 32].q[j % 32];
+                }
+                double e = 0, mx = 0;
+                for (int64_t o = 0; o < n; o++) {
+                    double sq = 0;
+                    for (int64_t j = 0; j < k; j++) sq += (double)wf[o * k + j] * xd[j];
+                    e = fmax(e, fabs(y[i * n + o] - sq));
+                    mx = fmax(mx, fabs(sq));
+                }
+                worst = fmax(worst, e / mx);
+            }
+        }
+        CHECK_MSG(worst < 2e-5, "groups small-M%s [%s]: error %g against the same int8 activations",
+                  act ? " act-order" : "", lmc_qisa_name(c->isa), worst);
+        free(scratch), free(wf), free(x), free(y), free(y1), free(xd), free(xq), free(xp);
+        lmc_qweight_free(&w);
+        lmc_qgroups_free(&g);
+    }
+}
+
 int main(void) {
     lmc_err err = {0};
     uint64_t qrng = 99;
@@ -370,6 +436,7 @@ int main(void) {
         test_groups(&c, &rng, pool);
         test_nf4_ternary(&c, &rng, pool);
         test_prefill(&c, &rng, pool);
+        test_small_m_groups(&c, &rng, pool);
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);

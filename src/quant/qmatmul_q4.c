@@ -6,9 +6,9 @@
  * AVX-512 VNNI (vpdpbusd on ymm; Zen 4 runs 512-bit integer ops as two
  * halves, so ymm loses nothing and needs no cross-lane unpacking) and AVX2
  * (maddubs + madd: the same integers). Prefill (M above one chunk of rows)
- * unpacks each 4-row weight tile once for all M rows (Q4_0; the groups
- * with their zero in the codes; AVX2 Q8_0's |q| and scales): the same
- * integers, so the same bits as M = 1.
+ * unpacks each 4-row weight tile once for all M rows (Q4_0; the groups'
+ * masked codes; AVX2 Q8_0's |q| and scales): the same operations on the
+ * same values, so the same bits as M = 1.
  *
  * The activations are quantized once per call (lmc_q8act) and laid out per
  * pair of blocks (lmc_q8rows_prepare, "pair layout"): 32 codes xa (elements
@@ -54,8 +54,8 @@ int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
 }
 
 /* One pair of activation blocks (a1 NULL: the zero block) into o; the lane
- * sums times mult (Q4_0: -8, its zero point; groups: 1, times the row's zero
- * in the kernel). */
+ * sums times mult (Q4_0: -8, its zero point; groups: 1, then summed per
+ * group by q4g_fill_zsums). */
 static void q4_pair_c(const struct lmc_q8act *a0, const struct lmc_q8act *a1, int32_t mult, uint8_t *o) {
     int8_t *xa = (int8_t *)o, *xb = (int8_t *)(o + 32);
     float d[8];
@@ -103,6 +103,22 @@ __attribute__((target("avx2"))) static uint8_t *q4_pairs_avx2(const struct lmc_q
 }
 #endif
 
+/* The 4-bit groups' zero share (qmatmul_q4.c's tile): over a group's slots
+ * [s, e) the lane sums (+ 96, int32) times the scales (+ 64), summed in
+ * slot order into the first slot's + 96 as 8 floats. One function for
+ * every M: the same bits whatever tile reads them. */
+static void q4g_fill_zsums(uint8_t *s, const uint8_t *e) {
+    float v[8] = {0};
+    for (const uint8_t *o = s; o < e; o += Q4_PAIR) {
+        float d[8];
+        int32_t z[8];
+        memcpy(d, o + 64, 32);
+        memcpy(z, o + 96, 32);
+        for (int l = 0; l < 8; l++) v[l] += (float)z[l] * d[l];
+    }
+    memcpy(s + 96, v, 32);
+}
+
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
     if (w->kernel == LMC_QK_Q4_K) {
@@ -126,6 +142,7 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
             }
 #endif
             for (; b < e; b += 2, o += Q4_PAIR) q4_pair_c(&x[b], b + 1 < e ? &x[b + 1] : NULL, mult, o);
+            if (w->kernel == LMC_QK_U4G && e > q4_gb0(w, g)) q4g_fill_zsums(o - (e - q4_gb0(w, g) + 1) / 2 * Q4_PAIR, o);
         }
     }
 }
@@ -162,6 +179,15 @@ I4_VNNI __m256i q4_dot_vnni(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m25
 I4_AVX2 __m256i q4_dot_avx2(__m256i s, __m256i lo, __m256i xa, __m256i hi, __m256i xb) {
     __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
     return _mm256_add_epi32(s, _mm256_madd_epi16(t, _mm256_set1_epi16(1)));
+}
+
+/* The groups' pair dot without a start value: lo with xa plus hi with xb. */
+I4_VNNI __m256i q4g_dot_vnni(__m256i lo, __m256i xa, __m256i hi, __m256i xb) {
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xa), hi, xb);
+}
+I4_AVX2 __m256i q4g_dot_avx2(__m256i lo, __m256i xa, __m256i hi, __m256i xb) {
+    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+    return _mm256_madd_epi16(t, _mm256_set1_epi16(1));
 }
 
 /* The sums of 4 vectors' lanes; each one's arithmetic the same whatever
@@ -352,8 +378,18 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
 
 /* lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary: 16 nibble bytes a block, codes
  * 0..15, a float scale and an integer zero per row and group): the same
- * tiles, the pair's nibbles one 32-byte load, lane l's initial value -zero
- * times its activation sum (vpmulld; exact), the scale per group times d_x. */
+ * tiles, the pair's nibbles one 32-byte load; lane l of a pair is the exact
+ * integer sum(c q) of its 8 elements (no zero in the integers), times the
+ * group's scale and d_x. The zero point enters once per group and
+ * activation row as a float: the fill (q4g_fill_zsums) leaves in the slot of
+ * the group's first pair, at + 96, V = sum over the group's pairs of the
+ * lane sums times d_x (row-independent: once per token, not per weight
+ * row), and each (weight row, activation row) accumulator takes
+ * fma(-zero scale, V) after the group's pairs. Per pair and weight row: 2
+ * maddubs, 1 madd (AVX2; VNNI 2 vpdpbusd), no vpmulld. The M = 1 tile
+ * takes the weight rows one at a time (few vectors live: no spills on AVX2)
+ * in the order of the others, so a row's result is the same bits for every
+ * M. */
 #define Q4G_TILE(TGTI, SUF)                                                                                \
     TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
                              int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {       \
@@ -367,26 +403,37 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1); /* as Q4_0's: 64 bytes a block */ \
         const uint8_t *pf = wp + pft * 4 * rb;                                                             \
         const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
+        const uint8_t *us = un;                                                                            \
         for (int64_t g = 0; g < ng; g++) {                                                                 \
-            __m256i zn[4];                                                                                 \
-            __m256 sc[4];                                                                                  \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                          \
-                zn[r] = _mm256_set1_epi32(-w->zero[(row + r) * ng + g]);                                   \
-                sc[r] = _mm256_set1_ps(w->scale[(row + r) * ng + g]);                                      \
-            }                                                                                              \
+            const float *scg = w->scale + row * ng + g;                                                    \
+            const uint8_t *ag = a0; /* the group's first slot: V at + 96 */                                \
+            if (w->gblk[g] == w->gblk[g + 1]) continue; /* no columns (act-order): no slot */              \
             for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
                 const int full = b + 1 < e;                                                                \
                 if (pf_on) {                                                                               \
                     _mm_prefetch((const char *)pf + 64 * b, _MM_HINT_T0);                                  \
                     _mm_prefetch((const char *)pf + 64 * b + 64, _MM_HINT_T0);                             \
                 }                                                                                          \
-                __m256i lo[4], hi[4], co[4];                                                               \
+                if (MR == 1 && !UN) { /* decode: one weight row at a time */                              \
+                    __m256i xa = _mm256_load_si256((const __m256i *)a0);                                   \
+                    __m256i xb = _mm256_load_si256((const __m256i *)(a0 + 32));                            \
+                    __m256 dx = _mm256_load_ps((const float *)(a0 + 64));                                  \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
+                        const uint8_t *c = wp + r * rb + 16 * b;                                           \
+                        __m256i v = full ? _mm256_loadu_si256((const __m256i *)c)                          \
+                                         : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));    \
+                        __m256i s = q4g_dot_##SUF(_mm256_and_si256(v, m15), xa,                            \
+                                                  _mm256_and_si256(_mm256_srli_epi16(v, 4), m15), xb);     \
+                        acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s),                                 \
+                                                    _mm256_mul_ps(_mm256_broadcast_ss(scg + r * ng), dx), acc[r][0]); \
+                    }                                                                                      \
+                    continue;                                                                              \
+                }                                                                                          \
+                __m256i lo[4], hi[4];                                                                      \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
-                    if (UN) { /* unpacked: slot (a0 - x->pairs - i0 stride) / Q4_PAIR */                   \
-                        const uint8_t *u = un + (4 * (a0 - x->pairs - i0 * x->pair_stride) / Q4_PAIR + r) * Q4G_UNPACK; \
-                        lo[r] = _mm256_load_si256((const __m256i *)u);                                     \
-                        hi[r] = _mm256_load_si256((const __m256i *)(u + 32));                              \
-                        co[r] = _mm256_load_si256((const __m256i *)(u + 64));                              \
+                    if (UN) { /* unpacked: slot by slot, 4 rows each */                                    \
+                        lo[r] = _mm256_load_si256((const __m256i *)(us + Q4G_UNPACK * r));                 \
+                        hi[r] = _mm256_load_si256((const __m256i *)(us + Q4G_UNPACK * r + 32));            \
                         continue;                                                                          \
                     }                                                                                      \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
@@ -395,22 +442,24 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                     lo[r] = _mm256_and_si256(v, m15);                                                      \
                     hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                \
                 }                                                                                          \
+                if (UN) us += 4 * Q4G_UNPACK;                                                              \
                 _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                     \
                     const uint8_t *a = a0 + i * x->pair_stride;                                            \
                     __m256i xa = _mm256_load_si256((const __m256i *)a);                                    \
                     __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));                             \
                     __m256 dx = _mm256_load_ps((const float *)(a + 64));                                   \
-                    __m256i sx = _mm256_load_si256((const __m256i *)(a + 96));                             \
-                    if (UN) { /* x + 128 unsigned against the signed codes - zero */                       \
-                        xa = _mm256_xor_si256(xa, _mm256_set1_epi8((char)0x80));                           \
-                        xb = _mm256_xor_si256(xb, _mm256_set1_epi8((char)0x80));                           \
-                    }                                                                                      \
                     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
-                        __m256i s = UN ? q4_dot_##SUF(co[r], xa, lo[r], xb, hi[r])                         \
-                                       : q4_dot_##SUF(_mm256_mullo_epi32(zn[r], sx), lo[r], xa, hi[r], xb); \
-                        acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc[r], dx), acc[r][i]); \
+                        __m256i s = q4g_dot_##SUF(lo[r], xa, hi[r], xb);                                   \
+                        acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s),                                 \
+                                                    _mm256_mul_ps(_mm256_broadcast_ss(scg + r * ng), dx), acc[r][i]); \
                     }                                                                                      \
                 }                                                                                          \
+            }                                                                                              \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) { /* the zero's share of the group */     \
+                __m256 vz = _mm256_load_ps((const float *)(ag + i * x->pair_stride + 96));                 \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                        \
+                    acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(-(float)w->zero[(row + r) * ng + g] * scg[r * ng]), \
+                                                vz, acc[r][i]);                                            \
             }                                                                                              \
         }                                                                                                  \
         const __m256 zero = _mm256_setzero_ps();                                                           \
@@ -428,16 +477,10 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
         q4g_tile_##SUF(w, row, R, x, i0, MR, y, ldy, 0, NULL);                                             \
     }
 /* The 4-row tile against MR rows with its codes unpacked in un
- * (q4g_unpack, Q4G_UNPACK bytes per slot of the pair layout and row): the
- * codes minus the group's zero as signed bytes (lo: elements 0..15 of both
- * blocks, hi: 16..31) and per lane -128 times the sum of its 8 of them; the
- * activations enter as unsigned x + 128 (x xor 0x80), so lane l is
- * sum((x + 128)(c - z)) - 128 sum(c - z) = sum(c x) - z sum(x): the same
- * integer as the packed tile's (vpmulld of the zero), hence the same bits.
- * maddubs: |c - z| <= 32 times x + 128 <= 255, two of them and two of
- * those added: <= 32640, no int16 saturation (zeros outside -16..31 take
- * the packed tile: q4g_zero_ok). */
-#define Q4G_UNPACK 96
+ * (q4g_unpack, Q4G_UNPACK bytes per slot of the pair layout and row: the
+ * masked codes lo, elements 0..15 of both blocks, and hi, 16..31): the
+ * packed tile's operations without the masking, the same bits. */
+#define Q4G_UNPACK 64
 #define Q4G_ONE_UN(SUF, TGT, MR)                                                                           \
     TGT static void q4g_##SUF##_4x##MR##_un(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
                                             int64_t i0, float *y, int64_t ldy, const uint8_t *un) {        \
@@ -447,31 +490,20 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
     TGT static void q4g_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {             \
         const int64_t rb = w->row_bytes, ng = w->n_groups;                                                 \
         const uint8_t *wp = w->data + row * rb;                                                            \
-        const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi8(1);                              \
+        const __m256i m15 = _mm256_set1_epi8(15);                                                          \
         for (int64_t g = 0; g < ng; g++)                                                                   \
             for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, un += 4 * Q4G_UNPACK)          \
                 for (int r = 0; r < 4; r++) {                                                              \
                     const uint8_t *c = wp + r * rb + 16 * b;                                               \
-                    const __m256i z = _mm256_set1_epi8((char)w->zero[(row + r) * ng + g]);                 \
                     __m256i v = b + 1 < e ? _mm256_loadu_si256((const __m256i *)c)                         \
                                           : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)c));   \
-                    __m256i lo = _mm256_sub_epi8(_mm256_and_si256(v, m15), z);                             \
-                    __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), z);       \
-                    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(ones, lo), _mm256_maddubs_epi16(ones, hi)); \
-                    __m256i co = _mm256_slli_epi32(_mm256_madd_epi16(t, _mm256_set1_epi16(-1)), 7);        \
-                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r), lo);                              \
-                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 32), hi);                         \
-                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 64), co);                         \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r), _mm256_and_si256(v, m15));        \
+                    _mm256_store_si256((__m256i *)(un + Q4G_UNPACK * r + 32),                              \
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m15));                    \
                 }                                                                                          \
     }
-/* Room for the unpacked tile (K up to 4096 at groups of 128: 48 KB, L1 and L2) and
- * whether rows row .. row + 3 have every zero within the unpacked tile's range. */
-#define Q4G_UNPACK_MAX (128 * 4 * Q4G_UNPACK)
-static int q4g_zero_ok(const struct lmc_qweight *w, int64_t row) {
-    for (int64_t i = row * w->n_groups; i < (row + 4) * w->n_groups; i++)
-        if (w->zero[i] < -16 || w->zero[i] > 31) return 0;
-    return 1;
-}
+/* Room for the unpacked tile (K up to 12288 at groups of 128: 48 KB, L1 and L2). */
+#define Q4G_UNPACK_MAX (192 * 4 * Q4G_UNPACK)
 #define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
     Q4G_TILE(TGTI, SUF)                                                                                    \
     Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
@@ -491,7 +523,7 @@ static int q4g_zero_ok(const struct lmc_qweight *w, int64_t row) {
         int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;                                                          \
         const int un_ok = x->m > Q4_MR && lmc_q8rows_pairs(w) * 4 * Q4G_UNPACK <= Q4G_UNPACK_MAX;          \
         for (int64_t r = r0; r < r1;) {                                                                    \
-            int four = r + 4 <= r1, unp = four && un_ok && q4g_zero_ok(w, r);                              \
+            int four = r + 4 <= r1, unp = four && un_ok;                                                   \
             if (unp) q4g_unpack_##SUF(w, r, un);                                                           \
             for (int64_t c = 0; c < nch; c++) {                                                            \
                 int64_t i0;                                                                                \

@@ -10,18 +10,21 @@
  * as llama.cpp's q8_K), so a weight element d sc_j q - dmin mn_j (q 0..15,
  * j its sub-block of 32) gives the super-block's product with codes c as
  * d dx sum_j sc_j sum(q c) - dmin dx sum_j mn_j sum(c_j). The first sum is
- * all integers: per sub-block vpmaddubsw of the unsigned codes with the
- * signed activation codes (pairs, |.| <= 3810: no saturation) and vpdpwssd
- * of those with sc_j (int16) into the pair's int32 lanes, exact; it is
- * converted once per super-block and scaled by d dx. The second is one
- * 8-lane FMA per super-block of the row's dmin mn_j with the activation's
- * dx sum(c_j). Each 32-byte chunk of the codes holds two sub-blocks: its
- * low nibbles sub-block 2c, its high nibbles 2c + 1, each in element order,
- * so the activation codes are used as quantized.
+ * all integers, two sub-blocks at a time in the pair layout of Q4_0's
+ * tiles (qmatmul_q4.c): each 32-byte chunk c of the codes holds sub-block
+ * 2c in its low nibbles and 2c + 1 in its high ones; in registers p =
+ * elements 0..15 of 2c then of 2c + 1, q = elements 16..31 of both, against
+ * the activation codes laid out the same way (xa, xb): vpmaddubsw of p with
+ * xa plus that of q with xb (int16 lanes, |.| <= 7620: no saturation), then
+ * vpdpwssd with the scale pair (sc_2c in the low half's int16 lanes, sc_2c+1
+ * in the high half's) into the int32 lanes, exact: 3 multiplies per 64
+ * codes. It is converted once per super-block and scaled by d dx. The
+ * second is one 8-lane FMA per super-block of the row's dmin mn_j with the
+ * activation's dx sum(c_j).
  *
  * Activation layout ("Q4_K slots"): per super-block Q4K_SLOTS slots of 128
- * bytes: the 256 codes (block j at 32 j), 8 floats dx sum(c_j), then dx
- * (the super-block's scale). Each (weight row, activation row) pair has its
+ * bytes: the 256 codes (chunk c at 64 c: xa then xb), 8 floats dx
+ * sum(c_j), then dx (the super-block's scale). Each (weight row, activation row) pair has its
  * own accumulators and operation order, so a row's result is the same bits
  * for every M. */
 #include "quant/qmatmul.h"
@@ -41,9 +44,10 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
         const struct lmc_q8act *x = xq + i * nb;
         for (int64_t s = 0; s < nsb; s++, o += Q4K_SLOTS * 128) {
             float f[8];
-            for (int j = 0; j < 8; j++) {
+            for (int j = 0; j < 8; j++) { /* block j = 2c + h: elements 0..15 at 64c + 16h, 16..31 at 64c + 32 + 16h */
                 const struct lmc_q8act *a = &x[8 * s + j];
-                memcpy(o + 32 * j, a->q, 32);
+                memcpy(o + 64 * (j / 2) + 16 * (j % 2), a->q, 16);
+                memcpy(o + 64 * (j / 2) + 32 + 16 * (j % 2), a->q + 16, 16);
                 f[j] = a->d * (float)(a->s0 + a->s1);
             }
             memcpy(o + 256, f, 32);
@@ -64,7 +68,7 @@ void lmc_q4k_fill(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64
  * 768 lost 17%) */
 #define K_PF_BYTES 4096
 #define K_PRE_MAX 64 /* super-blocks a row's scales are decoded ahead for (K <= 16384) */
-#define K_PRE 96     /* bytes of a row's decoded scales per super-block: sc (8 x 2 int16), dmin mn (8 floats), d (8) */
+#define K_PRE 192    /* bytes of a row's decoded scales per super-block: 4 scale pairs (4 x 16 int16), dmin mn (8 floats), d (8) */
 
 typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
                        const uint8_t *, const uint8_t *);

@@ -10,15 +10,15 @@
 #define KT_C(a, b) KT_C2(a, b)
 #define KT(name) KT_C(name, KT_SUF)
 
-/* A super-block's sc_j (j = 0..7) into sc as 8 dwords sc_j | sc_j << 16,
- * dmin mn_j (8 floats) into mn and d (8 times) into d: the 12 scale bytes
- * as three little-endian words w0 w1 w2 (bytes 0-3: the low 6 bits of
- * sc_0..3, their top 2 bits the high bits of sc_4..7; bytes 4-7 likewise
- * for mn; bytes 8-11: the low 4 bits of sc_4..7, high 4 of mn_4..7),
- * unpacked in one xmm: lanes (w0, w2, w1, w2 >> 4) masked to 6, 4, 6, 4
- * bits, lanes 1 and 3 or'ed with bits 6-7 of w0 and w1 moved to bits 4-5:
- * sc_0..7 then mn_0..7 as bytes. (The 16-byte load stays inside the
- * 144-byte block.) */
+/* A super-block's sc_j (j = 0..7) as bytes 0..7 of sc (in both 128-bit
+ * halves; bytes 8..15 the mins), dmin mn_j (8 floats) into mn and d (8
+ * times) into d: the 12 scale bytes as three little-endian words w0 w1 w2
+ * (bytes 0-3: the low 6 bits of sc_0..3, their top 2 bits the high bits of
+ * sc_4..7; bytes 4-7 likewise for mn; bytes 8-11: the low 4 bits of
+ * sc_4..7, high 4 of mn_4..7), unpacked in one xmm: lanes (w0, w2, w1, w2
+ * >> 4) masked to 6, 4, 6, 4 bits, lanes 1 and 3 or'ed with bits 6-7 of w0
+ * and w1 moved to bits 4-5: sc_0..7 then mn_0..7 as bytes. (The 16-byte
+ * load stays inside the 144-byte block.) */
 IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
     __m128i w = _mm_loadu_si128((const __m128i *)(b + 4));
     __m128i lo = _mm_srlv_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(2, 1, 2, 0)), _mm_set_epi32(4, 0, 0, 0));
@@ -29,44 +29,47 @@ IK void KT(q4k_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
     uint32_t dd;
     memcpy(&dd, b, 4);
     __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
-    __m256i s32 = _mm256_cvtepu8_epi32(v);
-    *sc = _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16));
+    *sc = _mm256_broadcastsi128_si256(v);
     *d = _mm256_broadcastss_ps(dm);
     *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
                         KT_DMIN(dm));
 }
 
-/* sc_j in every int16 lane: dword j of a row's stored scales (sc_j in both halves), broadcast from memory. */
-IK __m256i KT(q4k_bcast)(const int32_t *scw, int j) { return _mm256_set1_epi32(scw[j]); }
+/* Chunk c's scale pair from the decoded register: sc_2c zero-extended into the low 128-bit half's int16
+ * lanes, sc_2c+1 into the high half's (vpshufb, in-lane, by a constant control once the loop is unrolled). */
+IK __m256i KT(q4k_pair)(__m256i sc, int c) {
+    const char z = (char)0x80, a = (char)(2 * c), b = (char)(2 * c + 1);
+    return _mm256_shuffle_epi8(sc, _mm256_setr_epi8(a, z, a, z, a, z, a, z, a, z, a, z, a, z, a, z,
+                                                    b, z, b, z, b, z, b, z, b, z, b, z, b, z, b, z));
+}
 
-/* The same from the decoded register: lo / hi its low / high 128-bit half in both halves (vperm2i128), dword
- * j % 4 of one of them by vpshufd (an immediate per case: j is a constant once the loop is unrolled). */
-IK __m256i KT(q4k_pick)(__m256i lo, __m256i hi, int j) {
-    switch (j) {
-    case 0: return _mm256_shuffle_epi32(lo, 0x00);
-    case 1: return _mm256_shuffle_epi32(lo, 0x55);
-    case 2: return _mm256_shuffle_epi32(lo, 0xaa);
-    case 3: return _mm256_shuffle_epi32(lo, 0xff);
-    case 4: return _mm256_shuffle_epi32(hi, 0x00);
-    case 5: return _mm256_shuffle_epi32(hi, 0x55);
-    case 6: return _mm256_shuffle_epi32(hi, 0xaa);
-    default: return _mm256_shuffle_epi32(hi, 0xff);
-    }
+/* Chunk c's codes (32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high ones, each in element
+ * order) as the pair layout: *p the elements 0..15 of 2c then of 2c + 1, *q elements 16..31 of both. Each
+ * 16-byte half loaded into both halves of a ymm (a load, no shuffle), its high half's dwords shifted right
+ * by 4 (vpsrlvd), masked: no lane crossing. */
+IK void KT(q4k_codes)(const uint8_t *b, __m256i *p, __m256i *q) {
+    const __m256i m15 = _mm256_set1_epi8(15), sh = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
+    __m256i v0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b));
+    __m256i v1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 16)));
+    *p = _mm256_and_si256(_mm256_srlv_epi32(v0, sh), m15);
+    *q = _mm256_and_si256(_mm256_srlv_epi32(v1, sh), m15);
 }
 
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
  * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
- * r's at pre + K_PRE (r nsb + s)) and un their codes unpacked (256 bytes
- * per row and super-block: per chunk c the low-nibble then the high-nibble
- * codes), or both NULL to decode them here (the same values, so the same
- * bits). */
+ * r's at pre + K_PRE (r nsb + s): the 4 chunks' scale pairs, dmin mn, d) and
+ * un their codes in the pair layout (256 bytes per row and super-block: per
+ * chunk c its p then q), or both NULL to decode them here (the same values,
+ * so the same bits). Per chunk, weight row and activation row: two
+ * vpmaddubsw (p with xa, q with xb), their int16 sum (|.| <= 7620) and one
+ * vpmaddwd with the scale pair into the int32 lanes (lanes 0..3 sub-block
+ * 2c, 4..7 sub-block 2c + 1; exact). */
 IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0, int MR,
                  float *y, int64_t ldy, const uint8_t *pre_, const uint8_t *un, const int PRE) {
     const uint8_t *pre = PRE ? pre_ : NULL; /* a constant per instance: no branch in the loops */
     const int64_t nsb = w->k / 256, rb = w->row_bytes;
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
-    const __m256i m15 = _mm256_set1_epi8(15);
     __m256 acc[4][K_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
@@ -78,49 +81,53 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
     for (int64_t s = 0; s < nsb; s++) {
         if (pf_on)
             _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
-        _Alignas(32) int32_t scs[4][8];
-        const int32_t *scw[4];
-        __m256i sclo[4], schi[4];
+        __m256i scr[4];
         __m256 mnv[4], dv[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             if (pre) {
                 const uint8_t *p = pre + K_PRE * (r * nsb + s);
-                sclo[r] = schi[r] = _mm256_setzero_si256(); /* unused: the stored scales are broadcast */
-                scw[r] = (const int32_t *)p;
-                mnv[r] = _mm256_load_ps((const float *)(p + 32));
-                dv[r] = _mm256_load_ps((const float *)(p + 64));
+                scr[r] = _mm256_setzero_si256(); /* unused: the stored pairs are loaded */
+                mnv[r] = _mm256_load_ps((const float *)(p + 128));
+                dv[r] = _mm256_load_ps((const float *)(p + 160));
             } else {
-                __m256i sc;
-                KT(q4k_scales)(wp + r * rb + 144 * s, &sc, &mnv[r], &dv[r]);
-                _mm256_store_si256((__m256i *)scs[r], sc);
-                sclo[r] = _mm256_permute2x128_si256(sc, sc, 0x00);
-                schi[r] = _mm256_permute2x128_si256(sc, sc, 0x11);
-                scw[r] = scs[r];
+                KT(q4k_scales)(wp + r * rb + 144 * s, &scr[r], &mnv[r], &dv[r]);
             }
         }
         const uint8_t *xs = xp + s * Q4K_SLOTS * 128;
         __m256i ia[4][K_MR];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) ia[r][i] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 8") for (int h = 0; h < 8; h++) { /* sub-block h: chunk h / 2, nibbles h % 2 */
-            const int c = h / 2;
-            __m256i q[4], sj[4];
+        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+            if (MR == 1 && !pre) { /* decode: one weight row at a time, few vectors live */
+                __m256i xa = _mm256_load_si256((const __m256i *)(xs + 64 * c));
+                __m256i xb = _mm256_load_si256((const __m256i *)(xs + 64 * c + 32));
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                    __m256i p, q;
+                    KT(q4k_codes)(wp + r * rb + 144 * s + 16 + 32 * c, &p, &q);
+                    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(p, xa), _mm256_maddubs_epi16(q, xb));
+                    ia[r][0] = KT_DPWSSD(ia[r][0], t, KT(q4k_pair)(scr[r], c));
+                }
+                continue;
+            }
+            __m256i pv[4], qv[4], sj[4];
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 if (pre) {
-                    q[r] = _mm256_load_si256((const __m256i *)(un + (r * nsb + s) * 256 + 32 * h));
+                    const uint8_t *u = un + (r * nsb + s) * 256 + 64 * c;
+                    pv[r] = _mm256_load_si256((const __m256i *)u);
+                    qv[r] = _mm256_load_si256((const __m256i *)(u + 32));
+                    sj[r] = _mm256_load_si256((const __m256i *)(pre + K_PRE * (r * nsb + s) + 32 * c));
                 } else {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(wp + r * rb + 144 * s + 16 + 32 * c));
-                    q[r] = h % 2 ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15) : _mm256_and_si256(v, m15);
+                    KT(q4k_codes)(wp + r * rb + 144 * s + 16 + 32 * c, &pv[r], &qv[r]);
+                    sj[r] = KT(q4k_pair)(scr[r], c);
                 }
-                if (pre) sj[r] = KT(q4k_bcast)(scw[r], h);
-                else /* from the decoded register: no reload of the just-stored scales (4-6% of the M = 1
-                      * tile's time on a Zen 3, bench_qtile_m1) */
-                    sj[r] = KT(q4k_pick)(sclo[r], schi[r], h);
             }
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-                __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 32 * h));
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
-                    ia[r][i] = KT_DPWSSD(ia[r][i], _mm256_maddubs_epi16(q[r], xa), sj[r]);
+                __m256i xa = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 64 * c));
+                __m256i xb = _mm256_load_si256((const __m256i *)(xs + i * x->pair_stride + 64 * c + 32));
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(pv[r], xa), _mm256_maddubs_epi16(qv[r], xb));
+                    ia[r][i] = KT_DPWSSD(ia[r][i], t, sj[r]);
+                }
             }
         }
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
@@ -174,16 +181,16 @@ TK static void KT(q4k_rows)(const struct lmc_qweight *w, int64_t r0, int64_t r1,
                     const uint8_t *b = w->data + (r + t) * w->row_bytes + 144 * s;
                     KT(q4k_scales)(b, &sc, &mn, &d);
                     uint8_t *p = pre + K_PRE * (t * nsb + s);
-                    _mm256_store_si256((__m256i *)p, sc);
-                    _mm256_store_ps((float *)(p + 32), mn);
-                    _mm256_store_ps((float *)(p + 64), d);
                     for (int c = 0; c < 4; c++) {
-                        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * c));
+                        _mm256_store_si256((__m256i *)(p + 32 * c), KT(q4k_pair)(sc, c));
+                        __m256i pv, qv;
+                        KT(q4k_codes)(b + 16 + 32 * c, &pv, &qv);
                         uint8_t *u = un + (t * nsb + s) * 256 + 64 * c;
-                        _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, _mm256_set1_epi8(15)));
-                        _mm256_store_si256((__m256i *)(u + 32),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)));
+                        _mm256_store_si256((__m256i *)u, pv);
+                        _mm256_store_si256((__m256i *)(u + 32), qv);
                     }
+                    _mm256_store_ps((float *)(p + 128), mn);
+                    _mm256_store_ps((float *)(p + 160), d);
                 }
         for (int64_t c = 0; c < nch; c++) {
             int64_t base = x->m / nch, rem = x->m % nch, i0 = c * base + LMC_MIN(c, rem);
