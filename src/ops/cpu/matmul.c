@@ -737,6 +737,9 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
  * y = x @ w^T + b with F32 weights, through OpenBLAS sgemm split into fixed
  * slices per task so results do not depend on scheduling: dx by row ranges
  * of M, dw and db by row ranges of N. */
+/* dx tasks per thread: slack for a thread the OS preempts (dw keeps one a
+ * thread: each of its tasks packs all of x) */
+#define MM_BWD_DX_SPLIT 4
 struct mm_bwd_job {
     float *dx, *dw, *db;
     const float *dy, *x, *w;
@@ -777,8 +780,8 @@ void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float 
     if (M <= 0) return;
     struct mm_bwd_job j = {dx, dw, db, dy, x, w->data, M, w->rows, w->cols, 1, accum_dx};
     int64_t work = M * w->rows * w->cols;
-    if (dx) {
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (M + 3) / 4);
+    if (dx) { /* MM_BWD_DX_SPLIT tasks a thread: each packs only its dy rows and w (small) */
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, MM_BWD_DX_SPLIT), (M + 3) / 4);
         lmc_pool_run(c->pool, j.n_tasks, mm_bwd_dx_task, &j);
     }
     if (dw || db) {
@@ -853,7 +856,7 @@ void lmc_cpu_matmul_bwd_multi(void *ctx, int n, float *dx, float *const *dw, flo
     }
     int64_t work = M * j.start[n] * j.K;
     if (dx) {
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (M + 3) / 4);
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, MM_BWD_DX_SPLIT), (M + 3) / 4);
         lmc_pool_run(c->pool, j.n_tasks, mm_bwdm_dx_task, &j);
     }
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (j.start[n] + 3) / 4);
