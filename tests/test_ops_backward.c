@@ -183,7 +183,7 @@ static void test_rope_table(struct lmc_backend *be) {
 struct at { int64_t B, T, H, KV, hd, win; double sc, *q, *k, *v, *r; };
 static double at_loss(void *p) {
     struct at *t = p;
-    double L = 0, s[16];
+    double L = 0, s[128]; /* T <= 128 */
     int64_t qr = t->H * t->hd, kr = t->KV * t->hd;
     for (int64_t b = 0; b < t->B; b++)
         for (int64_t i = 0; i < t->T; i++)
@@ -206,8 +206,11 @@ static double at_loss(void *p) {
             }
     return L;
 }
-static void test_attention(struct lmc_backend *be, int64_t win) {
-    struct at t = {2, 7, 4, 2, 5, win, 1.0 / sqrt(5.0), 0, 0, 0, 0};
+/* T = 7: the per-query kernels; T = 70 (>= LMC_CPU_ATTN_BLOCK_MIN_M): the
+ * forward's query blocks, two of them, the last partial */
+static void test_attention(struct lmc_backend *be, int64_t T, int64_t win) {
+    LMC_ASSERT(T <= 128);
+    struct at t = {2, T, 4, 2, 5, win, 1.0 / sqrt(5.0), 0, 0, 0, 0};
     int64_t nq = t.B * t.T * t.H * t.hd, nk = t.B * t.T * t.KV * t.hd;
     t.q = drand_vec(nq, 1.5);
     t.k = drand_vec(nk, 1.5);
@@ -386,8 +389,10 @@ int main(void) {
     test_norm(&be, 1);
     test_rope(&be);
     test_rope_table(&be);
-    test_attention(&be, 0);
-    test_attention(&be, 3);
+    test_attention(&be, 7, 0);
+    test_attention(&be, 7, 3);
+    test_attention(&be, 70, 0);
+    test_attention(&be, 70, 23);
     test_elementwise(&be);
     test_clamp(&be);
     test_embed(&be);

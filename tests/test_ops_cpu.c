@@ -177,6 +177,49 @@ static void test_matmul(struct lmc_backend *be) {
     ctx->pf_min_m = pf_default;
 }
 
+/* F32 weights from 1024 rows (training's B*T): blocks of x's rows, every
+ * matrix of a matmul_multi in one job (matmul.c's mm_rows): M = 1100 (three
+ * blocks, the last partial), against float64, with and without biases;
+ * matmul_multi's products equal matmul's bit for bit. */
+static void test_matmul_rows(struct lmc_backend *be) {
+    enum { NW = 3 };
+    static const int64_t Ns[NW] = {288, 7, 131};
+    int64_t M = 1100, K = 77;
+    struct lmc_mat w[NW];
+    const struct lmc_mat *wp[NW];
+    double *wr[NW];
+    float *bias[NW], *y[NW], *y1 = malloc((size_t)(M * 288) * sizeof(float));
+    float *x = rand_f(M * K, 1.0f);
+    for (int i = 0; i < NW; i++) {
+        wr[i] = dalloc(Ns[i] * K);
+        w[i] = (struct lmc_mat){LMC_DTYPE_F32, Ns[i], K, make_weights(LMC_DTYPE_F32, Ns[i] * K, wr[i])};
+        wp[i] = &w[i];
+        bias[i] = rand_f(Ns[i], 1.0f);
+        y[i] = rand_f(M * Ns[i], 1.0f);
+    }
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        be->matmul_multi(be->ctx, NW, y, x, M, wp, with_bias ? (const float *const *)bias : NULL);
+        for (int i = 0; i < NW; i++) {
+            double *ref = dalloc(M * Ns[i]);
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < Ns[i]; n++) {
+                    double acc = with_bias ? bias[i][n] : 0;
+                    for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * wr[i][n * K + k];
+                    ref[m * Ns[i] + n] = acc;
+                }
+            double e = test_rel_err_f32_f64(y[i], ref, M * Ns[i]);
+            record(E_MATMUL, e);
+            CHECK_MSG(e <= TOL, "matmul_multi rows [%d] M=%lld N=%lld bias=%d: %g", i, (long long)M,
+                      (long long)Ns[i], with_bias, e);
+            be->matmul(be->ctx, y1, x, M, &w[i], with_bias ? bias[i] : NULL);
+            CHECK_MSG(!memcmp(y1, y[i], (size_t)(M * Ns[i]) * sizeof(float)), "matmul rows [%d] = matmul_multi's", i);
+            free(ref);
+        }
+    }
+    for (int i = 0; i < NW; i++) free(wr[i]), free((void *)w[i].data), free(bias[i]), free(y[i]);
+    free(x), free(y1);
+}
+
 /* matmul_multi: several weights (mixed dtypes, odd N, misaligned) sharing x,
  * biases present, absent or partly absent, groups larger than one job holds,
  * a matrix with no rows; against float64 references. */
@@ -479,6 +522,7 @@ int main(void) {
         if (st != LMC_OK) continue;
         test_matmul(&be);
         test_matmul_multi(&be);
+        test_matmul_rows(&be);
         test_embed(&be);
         test_norms(&be);
         test_rope(&be);

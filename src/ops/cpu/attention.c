@@ -3,7 +3,8 @@
  * of queries through sgemm (attention_prefill.c); fewer: one task per (query, head): scores into the
  * thread's scratch, max-subtracted exp (stable softmax), sum in double,
  * then the weighted sum of V rows; the training forward is the same kernel
- * (keeping lse). The training backward: blocks of queries against their
+ * (keeping lse), or from LMC_CPU_ATTN_BLOCK_MIN_M tokens the prefill's
+ * blocks (keeping lse): bit for bit the inference op's out at M = T. The training backward: blocks of queries against their
  * keys through sgemm (below). Head h reads
  * kv head h / (n_heads / n_kv) (GQA); window > 0 keeps the last `window`
  * positions, the query's own included. */
@@ -65,6 +66,10 @@ void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, 
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0);
     if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
+    if (T >= LMC_CPU_ATTN_BLOCK_MIN_M) { /* what the inference op does at M = T: query blocks */
+        lmc_cpu_attention_prefill_train(c, out, lse, q, k, v, B, T, n_heads, n_kv, hd, scale, window);
+        return;
+    }
     int64_t qd = n_heads * hd, kvd = n_kv * hd;
     lmc_cpu_scratch_reserve(c, (size_t)T);
     for (int64_t b = 0; b < B; b++) {
@@ -76,7 +81,7 @@ void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, 
 }
 
 /* ---- backward, blocked (training: B sequences of T tokens from position 0) ----
- * The training forward above is the inference kernel's (bit-identical to
+ * The training forward above is the inference op's (bit-identical to
  * it, as tests require). The backward works on blocks of ATQ queries
  * against the keys they see through sgemm. */
 #define ATQ 64

@@ -7,7 +7,11 @@
  * O = P V (sgemm) scaled by 1 / sum. f32 throughout: the same products as
  * the per-query kernel in another order. Head h reads kv head
  * h / (n_heads / n_kv) (GQA); window > 0 keeps the last `window`
- * positions, the query's own included. */
+ * positions, the query's own included.
+ * The training forward (lmc_cpu_attention_prefill_train) runs the same
+ * tasks over B sequences of T tokens from position 0 in one pool run and
+ * also writes each row's lse = max + log(sum): its out is, sequence by
+ * sequence, this op's out for M = T, pos0 = 0, bit for bit. */
 #include "ops/cpu/ops_cpu.h"
 
 #include <cblas.h>
@@ -18,21 +22,25 @@
 
 struct atp_job {
     struct lmc_cpu_ctx *c;
-    float *out;
+    float *out, *lse; /* lse: (B * M, n_heads) or NULL */
     const float *q, *k, *v;
     int64_t M, pos0, n_heads, n_kv, hd, window;
     float scale;
+    int64_t nqb; /* query blocks per sequence */
 };
 
 static void atp_task(void *arg, int64_t t, int thread) {
     const struct atp_job *j = arg;
-    int64_t h = t % j->n_heads, i0 = t / j->n_heads * ATP_Q, R = LMC_MIN(ATP_Q, j->M - i0), hd = j->hd;
+    int64_t h = t % j->n_heads, qb = t / j->n_heads, seq = qb / j->nqb, hd = j->hd;
+    int64_t i0 = qb % j->nqb * ATP_Q, R = LMC_MIN(ATP_Q, j->M - i0);
     int64_t kvh = h / (j->n_heads / j->n_kv), qrow = j->n_heads * hd, kvrow = j->n_kv * hd;
+    const float *qs = j->q + seq * j->M * qrow, *ks = j->k + seq * j->M * kvrow, *vs = j->v + seq * j->M * kvrow;
+    float *lse = j->lse ? j->lse + (seq * j->M + i0) * j->n_heads + h : NULL;
     int64_t p0 = j->pos0 + i0; /* the block's first query position */
     int64_t klo = j->window > 0 ? LMC_MAX(0, p0 - j->window + 1) : 0, nk = p0 + R - klo;
     float *S = j->c->scratch[thread], inv[ATP_Q];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nk, (int)hd, j->scale, j->q + i0 * qrow + h * hd,
-                (int)qrow, j->k + klo * kvrow + kvh * hd, (int)kvrow, 0.0f, S, (int)nk);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nk, (int)hd, j->scale, qs + i0 * qrow + h * hd,
+                (int)qrow, ks + klo * kvrow + kvh * hd, (int)kvrow, 0.0f, S, (int)nk);
     for (int64_t r = 0; r < R; r++) {
         int64_t p = p0 + r, lo = j->window > 0 ? LMC_MAX(0, p - j->window + 1) : 0;
         int64_t a = lo - klo, b = p + 1 - klo; /* the row's keys: [a, b) */
@@ -42,10 +50,11 @@ static void atp_task(void *arg, int64_t t, int thread) {
         memset(row, 0, (size_t)a * sizeof(float));
         memset(row + b, 0, (size_t)(nk - b) * sizeof(float));
         inv[r] = (float)(1.0 / sum);
+        if (lse) lse[r * j->n_heads] = (float)((double)mx + log(sum));
     }
-    float *o = j->out + i0 * qrow + h * hd;
+    float *o = j->out + (seq * j->M + i0) * qrow + h * hd;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)hd, (int)nk, 1.0f, S, (int)nk,
-                j->v + klo * kvrow + kvh * hd, (int)kvrow, 0.0f, o, (int)qrow);
+                vs + klo * kvrow + kvh * hd, (int)kvrow, 0.0f, o, (int)qrow);
     for (int64_t r = 0; r < R; r++)
         for (int64_t d = 0; d < hd; d++) o[r * qrow + d] *= inv[r];
 }
@@ -55,9 +64,20 @@ void lmc_cpu_attention_prefill(struct lmc_cpu_ctx *c, float *out, const float *q
                                int64_t window) {
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0 && M > 0 && hd > 0 && n_heads > 0);
     LMC_ASSERT(pos0 + M <= INT32_MAX && n_heads * hd <= INT32_MAX);
-    struct atp_job j = {c, out, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale};
+    struct atp_job j = {c, out, NULL, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale, (M + ATP_Q - 1) / ATP_Q};
     int64_t klo0 = window > 0 ? LMC_MAX(0, pos0 - window + 1) : 0; /* the widest block's key count */
     int64_t nk = window > 0 ? LMC_MIN(pos0 + M - klo0, window + ATP_Q - 1) : pos0 + M;
     lmc_cpu_scratch_reserve(c, (size_t)(ATP_Q * nk));
     lmc_pool_run(c->pool, (M + ATP_Q - 1) / ATP_Q * n_heads, atp_task, &j);
+}
+
+void lmc_cpu_attention_prefill_train(struct lmc_cpu_ctx *c, float *out, float *lse, const float *q, const float *k,
+                                     const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv, int64_t hd,
+                                     float scale, int64_t window) {
+    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && B > 0 && T > 0 && hd > 0 && n_heads > 0 && lse);
+    LMC_ASSERT(T <= INT32_MAX && n_heads * hd <= INT32_MAX);
+    struct atp_job j = {c, out, lse, q, k, v, T, 0, n_heads, n_kv, hd, window, scale, (T + ATP_Q - 1) / ATP_Q};
+    int64_t nk = window > 0 ? LMC_MIN(T, window + ATP_Q - 1) : T; /* the widest block's key count */
+    lmc_cpu_scratch_reserve(c, (size_t)(ATP_Q * nk));
+    lmc_pool_run(c->pool, B * j.nqb * n_heads, atp_task, &j);
 }

@@ -58,6 +58,13 @@ static float xent_row(float *l, int64_t V, int32_t tg, float dscale, bool grad) 
     __m512 mv = _mm512_set1_ps(-INFINITY);
     for (; v + 16 <= V; v += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(l + v));
     mx = _mm512_reduce_max_ps(mv);
+#elif defined(__AVX2__)
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (; v + 8 <= V; v += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(l + v));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    mx = _mm_cvtss_f32(m4);
 #endif
     for (; v < V; v++) mx = l[v] > mx ? l[v] : mx;
     float lt = tg < 0 ? 0.0f : l[tg];
@@ -69,6 +76,9 @@ static float xent_row(float *l, int64_t V, int32_t tg, float dscale, bool grad) 
 #ifdef __AVX512F__
     const __m512 kv = _mm512_set1_ps(k);
     for (; v + 16 <= V; v += 16) _mm512_storeu_ps(l + v, _mm512_mul_ps(_mm512_loadu_ps(l + v), kv));
+#elif defined(__AVX2__)
+    const __m256 kv = _mm256_set1_ps(k);
+    for (; v + 8 <= V; v += 8) _mm256_storeu_ps(l + v, _mm256_mul_ps(_mm256_loadu_ps(l + v), kv));
 #endif
     for (; v < V; v++) l[v] *= k;
     if (tg >= 0) l[tg] -= dscale;

@@ -17,7 +17,9 @@
  *  - F16/BF16 weights from ctx->pf_min_m rows on CPUs with AVX512-BF16:
  *    the bf16 prefill GEMM of matmul_pf.c (x and W rounded to bf16).
  *  - large M (prefill, from ctx->gemm_min_m): OpenBLAS sgemm, single-
- *    threaded per call, on blocks of W rows claimed by our threads. F16/BF16
+ *    threaded per call, on blocks of W rows claimed by our threads; F32
+ *    weights from MM_ROWS_MIN_M rows (training) on blocks of x's rows
+ *    instead, all matrices of a matmul_multi in one job (mm_rows). F16/BF16
  *    blocks are first converted into the thread's f32 scratch (never the
  *    whole matrix).
  * AVX2 kernels serve builds without AVX-512, a scalar path those without AVX2. */
@@ -574,6 +576,9 @@ bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, c
     return true;
 }
 
+static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                    const struct lmc_mat *const *w, const float *const *bias);
+
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
     struct lmc_cpu_ctx *c = ctx;
@@ -605,6 +610,7 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     bool small = true; /* one GEMV-style job: M < 4, or the small-M kernel for every matrix */
     for (int i = 0; i < n; i++) small = small && (M < 4 || lmc_cpu_smallm_ok(c, M, w[i]->cols, w[i]->dtype));
     if (!small || M >= c->gemm_min_m || w[0]->cols == 0) {
+        if (mm_rows(c, n, y, x, M, w, bias)) return; /* F32, large M: one job over x's row blocks */
         for (int i = 0; i < n; i++) lmc_cpu_matmul(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
         return;
     }
@@ -629,6 +635,57 @@ static void gemm_task(void *arg, int64_t t, int thread) {
     add_bias(j, r0, r1);
 }
 
+/* F32 weights from MM_ROWS_MIN_M rows (training's B*T tokens, long
+ * prefills): tasks own blocks of x's rows and run every matrix of the job
+ * on them (one sgemm each), so each row of x is packed once per matrix
+ * instead of once per 128 W rows, x's block stays in cache across the
+ * matrices, and narrow W (N = 288: 3 W blocks) no longer leaves a thread
+ * idle. Each element is the same sgemm dot product over K as gemm_task's
+ * (the same bits). */
+#define MM_ROWS_MIN_M 1024
+#define MM_ROWS_MB 512 /* x rows per task (4096 training rows: 8 tasks) */
+struct mm_rows_job {
+    int n;
+    float *y[MM_MULTI_MAX];
+    const float *w[MM_MULTI_MAX], *bias[MM_MULTI_MAX];
+    int64_t N[MM_MULTI_MAX];
+    const float *x;
+    int64_t M, K, mb;
+};
+
+static void mm_rows_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_rows_job *j = arg;
+    int64_t r0 = t * j->mb, r1 = LMC_MIN(j->M, r0 + j->mb), K = j->K;
+    for (int i = 0; i < j->n; i++) {
+        int64_t N = j->N[i];
+        float *y = j->y[i] + r0 * N;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
+                    j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
+        if (j->bias[i])
+            for (int64_t m = 0; m < r1 - r0; m++)
+                for (int64_t c = 0; c < N; c++) y[m * N + c] += j->bias[i][c];
+    }
+}
+
+/* true if the products went through mm_rows_task: all F32, M from MM_ROWS_MIN_M */
+static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                    const struct lmc_mat *const *w, const float *const *bias) {
+    if (n > MM_MULTI_MAX || M < MM_ROWS_MIN_M || M < c->gemm_min_m || M > INT32_MAX) return false;
+    struct mm_rows_job j = {.n = n, .x = x, .M = M, .K = w[0]->cols};
+    if (j.K == 0 || j.K > INT32_MAX) return false;
+    for (int i = 0; i < n; i++) {
+        if (w[i]->dtype != LMC_DTYPE_F32 || w[i]->cols != j.K || w[i]->rows == 0 || w[i]->rows > INT32_MAX ||
+            lmc_cpu_routed(c, M, w[i]))
+            return false;
+        j.y[i] = y[i], j.w[i] = w[i]->data, j.bias[i] = bias ? bias[i] : NULL, j.N[i] = w[i]->rows;
+    }
+    /* fixed blocks: the same products for any thread count */
+    j.mb = MM_ROWS_MB;
+    lmc_pool_run(c->pool, (M + j.mb - 1) / j.mb, mm_rows_task, &j);
+    return true;
+}
+
 void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
                     const float *bias) {
     struct lmc_cpu_ctx *c = ctx;
@@ -651,6 +708,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         lmc_cpu_matmul_pf(c, 1, &y, x, M, &w, &bias);
         return;
     }
+    if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (j.dt != LMC_DTYPE_F32) lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
         j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
@@ -680,6 +738,9 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
  * y = x @ w^T + b with F32 weights, through OpenBLAS sgemm split into fixed
  * slices per task so results do not depend on scheduling: dx by row ranges
  * of M, dw and db by row ranges of N. */
+/* dx tasks per thread: slack for a thread the OS preempts (dw keeps one a
+ * thread: each of its tasks packs all of x) */
+#define MM_BWD_DX_SPLIT 4
 struct mm_bwd_job {
     float *dx, *dw, *db;
     const float *dy, *x, *w;
@@ -720,8 +781,8 @@ void lmc_cpu_matmul_bwd(void *ctx, float *dx, float *dw, float *db, const float 
     if (M <= 0) return;
     struct mm_bwd_job j = {dx, dw, db, dy, x, w->data, M, w->rows, w->cols, 1, accum_dx};
     int64_t work = M * w->rows * w->cols;
-    if (dx) {
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (M + 3) / 4);
+    if (dx) { /* MM_BWD_DX_SPLIT tasks a thread: each packs only its dy rows and w (small) */
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, MM_BWD_DX_SPLIT), (M + 3) / 4);
         lmc_pool_run(c->pool, j.n_tasks, mm_bwd_dx_task, &j);
     }
     if (dw || db) {
@@ -796,7 +857,7 @@ void lmc_cpu_matmul_bwd_multi(void *ctx, int n, float *dx, float *const *dw, flo
     }
     int64_t work = M * j.start[n] * j.K;
     if (dx) {
-        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (M + 3) / 4);
+        j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, MM_BWD_DX_SPLIT), (M + 3) / 4);
         lmc_pool_run(c->pool, j.n_tasks, mm_bwdm_dx_task, &j);
     }
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, work, 1 << 16, 1), (j.start[n] + 3) / 4);
