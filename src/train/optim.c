@@ -51,7 +51,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->muon_scale = LMC_MUON_SCALE_SHAPE;
     c->muon_ns_bf16 = true;
     c->muon_ns_auto = true;
-    c->muon_ns_gram = false; /* opt-in: its amplification of one-ulp input differences is up to 2.4x the plain iteration's, untested against the multi-process 1e-6 checks */
+    c->muon_ns_gram = true; /* the CPU's fp32 rectangular matrices (0.64x the flops at 124M); --muon-ns-gram 0: plain */
     c->galore_rank = 128;
     c->galore_update_gap = 200;
     c->galore_scale = 0.25;
@@ -355,7 +355,7 @@ static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_backe
 
 /* Whether Muon's tensors go through the backend's batched entry. */
 static bool muon_batched(const struct lmc_optim_cfg *c, const struct lmc_backend *be) {
-    return c->kind == LMC_OPTIM_MUON && muon_ns_bf16_on(c, be) && be->muon_batch;
+    return c->kind == LMC_OPTIM_MUON && be->muon_batch && (muon_ns_bf16_on(c, be) || be->muon_batch_f32);
 }
 
 /* The next batch of Muon slots of one shape among those not yet done: their indices in idx (at most LMC_MUON_BATCH_MAX);
@@ -408,7 +408,8 @@ lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
         o->slots = NULL, o->n_params = 0;
         return st;
     }
-    if (muon_batched(c, be)) { /* the batched step's work replaces the per-matrix one */
+    if (muon_batched(c, be) && muon_ns_bf16_on(c, be)) { /* the bf16 batched step's work replaces the per-matrix
+                                                         * one (the fp32 one works in the threads' scratch) */
         int64_t wb = muon_batch_work(o->slots, n);
         if (wb > wf) {
             o->arena_bytes += al256((size_t)wb * sizeof(float)) - al256((size_t)wf * sizeof(float));
