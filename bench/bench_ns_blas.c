@@ -8,8 +8,9 @@
  * Products: ssyrk X X^T (k^2 w flops: the upper triangle), ssyrk A A^T
  * (k^3), ssymm B X (2 k^2 w), sgemm k x k x k (2 k^3, Gram space's P Q).
  * GFLOP/s from the best wall time of `reps` (each mode interleaved with the
- * others per rep), and the CPU time of that rep (process CPU time / wall:
- * the cores it actually got on a shared machine).
+ * others per rep), and per CPU second (the best process CPU time: on a
+ * shared machine the cores a mode got vary, its CPU time much less; for
+ * "blas N" it includes OpenBLAS's threads' spinning).
  * Usage: bench_ns_blas [reps (default 3)] [threads (default 2)] */
 #include <cblas.h>
 #include <pthread.h>
@@ -65,14 +66,14 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < (size_t)k * 3072; i++) m[t].X[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
         for (size_t i = 0; i < (size_t)k * k; i++) m[t].A[i] = m[t].B[i] = (float)((i * 40503u) % 1000) * 1e-6f;
     }
-    printf("| product | k x w | GFLOP | 1 thr GFLOP/s | blas %d GFLOP/s (CPU/wall) | mat/thr %d GFLOP/s (CPU/wall) |"
-           " blas %d / 1 thr | mat/thr / 1 thr |\n|---|---|---|---|---|---|---|---|\n",
+    printf("| product | k x w | GFLOP | 1 thr GFLOP/s (per CPU s) | blas %d GFLOP/s (per CPU s) | mat/thr %d GFLOP/s"
+           " (per CPU s) | blas %d / 1 thr (wall) | mat/thr / 1 thr (wall) |\n|---|---|---|---|---|---|---|---|\n",
            nt, nt, nt);
     for (int op = 0; op < 4; op++)
         for (int q = 0; q < 3; q++) {
             const int w = ws[q];
             if ((op == 1 || op == 3) && w != 768) continue; /* k x k products: no w */
-            double best[3] = {1e30, 1e30, 1e30}, cpu[3] = {0, 0, 0};
+            double best[3] = {1e30, 1e30, 1e30}, cpu[3] = {1e30, 1e30, 1e30};
             for (int r = 0; r < reps; r++)
                 for (int h = 0; h < 3; h++) {
                     const int mode = (h + r) % 3;
@@ -87,12 +88,14 @@ int main(int argc, char **argv) {
                         for (int t = 1; t < nt; t++) pthread_join(th[t], NULL);
                     }
                     double dt = now(CLOCK_MONOTONIC) - t0, dc = now(CLOCK_PROCESS_CPUTIME_ID) - c0;
-                    if (dt < best[mode]) best[mode] = dt, cpu[mode] = dc / dt;
+                    if (dt < best[mode]) best[mode] = dt;
+                    if (dc < cpu[mode]) cpu[mode] = dc;
                 }
             const double f = flops(op, k, w);
             const double g1 = f / best[0] * 1e-9, gb = f / best[1] * 1e-9, gm = nt * f / best[2] * 1e-9;
-            printf("| %s | %d x %d | %.2f | %.1f | %.1f (%.2f) | %.1f (%.2f) | %.2fx | %.2fx |\n", names[op], k,
-                   op == 1 || op == 3 ? k : w, f * 1e-9, g1, gb, cpu[1], gm, cpu[2], gb / g1, gm / g1);
+            printf("| %s | %d x %d | %.2f | %.1f (%.1f) | %.1f (%.1f) | %.1f (%.1f) | %.2fx | %.2fx |\n", names[op], k,
+                   op == 1 || op == 3 ? k : w, f * 1e-9, g1, f / cpu[0] * 1e-9, gb, f / cpu[1] * 1e-9, gm,
+                   nt * f / cpu[2] * 1e-9, gb / g1, gm / g1);
             fflush(stdout);
         }
     openblas_set_num_threads(1);
