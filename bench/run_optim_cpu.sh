@@ -102,8 +102,8 @@ print(f"forward+backward at {tok} tokens (median step_ms - optim_ms over every k
 print()
 fmt = lambda v, f="%.0f": (f % v) if v is not None else "—"
 print("| optimizer | measured steps | step ms | optimizer ms (wall) | optimizer ms (CPU) | O - O_adamw ms (wall) |"
-      " overhead at " + str(tok) + " tokens (wall) | (CPU) | tokens for 5% (wall) |")
-print("|---|---|---|---|---|---|---|---|---|")
+      " overhead at " + str(tok) + " tokens (wall) | (CPU) | tokens for 5% (wall) | (CPU) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 a = res.get("adamw", {})
 def ovh(r, T, cpu=False):
     O, Oa, f = (r["oc"], a.get("oc"), Fc) if cpu else (r["o"], a.get("o"), F)
@@ -112,9 +112,11 @@ def ovh(r, T, cpu=False):
 for k in kinds:
     r = res[k]
     d = r["o"] - a["o"] if r["o"] is not None and a.get("o") is not None else None
-    t5 = tok * (d / 0.05 - a["o"]) / F if d is not None and F else None
+    dc = r["oc"] - a["oc"] if r["oc"] is not None and a.get("oc") is not None else None
+    t5 = tok * (d / 0.05 - a["o"]) / F if d is not None and F and k != "adamw" else None
+    t5c = tok * (dc / 0.05 - a["oc"]) / Fc if dc is not None and Fc and k != "adamw" else None
     print(f"| {k} | {r['n']} | {fmt(r['st'])} | {fmt(r['o'])} | {fmt(r['oc'])} | {fmt(d)} | "
-          f"{fmt(ovh(r, tok), '%.3f')} | {fmt(ovh(r, tok, True), '%.3f')} | {fmt(t5)} |")
+          f"{fmt(ovh(r, tok), '%.3f')} | {fmt(ovh(r, tok, True), '%.3f')} | {fmt(t5)} | {fmt(t5c)} |")
 print("\nOverhead (O - O_adamw) / (F(T) + O_adamw) at other tokens per optimizer step (F scaled linearly from the"
       f" measured {tok}; wall / CPU):\n")
 print("| optimizer | " + " | ".join(f"{T} tokens{'' if T == tok else ' (scaled)'}" for T in tat) + " |")

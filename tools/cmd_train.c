@@ -48,7 +48,7 @@ static void usage(void) {
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (default adamw; give it\n"
             "             before its settings: --muon-lr X --muon-momentum X --muon-weight-decay X\n"
             "             --muon-ns-steps N --muon-nesterov 0|1 --muon-scale shape|moonlight --muon-ns-dtype auto|bf16|f32\n"
-            "             --muon-ns-gram 0|1 (CPU fp32: rectangular matrices in Gram space, default 0)\n"
+            "             --muon-ns-gram 0|1 (CPU fp32: rectangular matrices in Gram space, default 1)\n"
             "             --galore-rank N --galore-update-gap N --galore-scale X --galore-refresh auto|exact|subspace\n"
             "             --apollo-rank N --apollo-update-gap N --apollo-scale X --apollo-scale-type channel|tensor\n"
             "             --apollo-seed N --adamw8bit-block N --adamw8bit-embed-8bit 0|1); Muon/GaLore/APOLLO\n"
