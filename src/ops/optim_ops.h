@@ -178,9 +178,10 @@ void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows,
  * matrix in lmc_muon_batch_work_floats's layout). */
 void lmc_cpu_muon_batch(void *ctx, const struct lmc_muon_mat *mats, int count, const struct lmc_muon_step *s,
                         float *work);
-/* The fp32 iteration (lmc_muon_apply) of count matrices, one per pool
- * task, each in its thread's scratch; a matrix's bits are lmc_muon_apply's
- * whatever the thread count (OpenBLAS runs single-threaded in each task). */
+/* The fp32 iteration (lmc_muon_apply) of count matrices of any shapes, one
+ * per pool task in the order given, each in its thread's scratch; a
+ * matrix's bits are lmc_muon_apply's whatever the thread count or the
+ * batch (OpenBLAS runs single-threaded in each task). */
 struct lmc_cpu_ctx;
 void lmc_cpu_muon_batch_f32(struct lmc_cpu_ctx *c, const struct lmc_muon_mat *mats, int count,
                             const struct lmc_muon_step *s);

@@ -370,6 +370,24 @@ static int muon_next_batch(const struct lmc_optim_slot *slots, int n, const bool
     return cnt;
 }
 
+/* The fp32 batched entry (backend muon_batch_f32) takes any shapes: the next up to LMC_MUON_BATCH_MAX Muon slots not
+ * yet done, the largest first (the pool hands tasks out in order: longest first balances the threads). */
+static int muon_next_any(const struct lmc_optim_slot *slots, int n, const bool *done, int *idx) {
+    int cnt = 0;
+    while (cnt < LMC_MUON_BATCH_MAX) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (done[i] || slots[i].group != LMC_GROUP_MUON) continue;
+            bool taken = false;
+            for (int q = 0; q < cnt && !taken; q++) taken = idx[q] == i;
+            if (!taken && (best < 0 || slots[i].rows * slots[i].cols > slots[best].rows * slots[best].cols)) best = i;
+        }
+        if (best < 0) break;
+        idx[cnt++] = best;
+    }
+    return cnt;
+}
+
 /* Work floats for the batched Muon step (the largest batch). */
 static int64_t muon_batch_work(const struct lmc_optim_slot *slots, int n) {
     bool *done = calloc((size_t)(n > 0 ? n : 1), sizeof *done);
@@ -504,19 +522,20 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
 }
 
 void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale) {
-    const bool batched = muon_batched(&o->cfg, o->be);
+    const bool batched = muon_batched(&o->cfg, o->be), any_shape = batched && !muon_ns_bf16_on(&o->cfg, o->be);
     lmc_optim_lowrank_refresh_due(o, step); /* GaLore's subspace refreshes, all matrices at once */
     for (int i = 0; i < o->n_params; i++)
         if (!batched || o->slots[i].group != LMC_GROUP_MUON) lmc_optim_step_one(o, i, lr, step, grad_scale);
     if (!batched) return;
-    /* Muon's matrices, a shape at a time (up to LMC_MUON_BATCH_MAX per call) */
+    /* Muon's matrices, a shape at a time (fp32: any shapes, the largest first), up to LMC_MUON_BATCH_MAX per call */
     bool done_small[256], *done = o->n_params <= 256 ? done_small : calloc((size_t)o->n_params, 1);
     LMC_ASSERT(done);
     memset(done, 0, (size_t)o->n_params * sizeof *done);
     int idx[LMC_MUON_BATCH_MAX], cnt;
     struct lmc_muon_mat mats[LMC_MUON_BATCH_MAX];
     struct lmc_muon_step ms;
-    while ((cnt = muon_next_batch(o->slots, o->n_params, done, idx)) > 0) {
+    while ((cnt = any_shape ? muon_next_any(o->slots, o->n_params, done, idx)
+                            : muon_next_batch(o->slots, o->n_params, done, idx)) > 0) {
         for (int q = 0; q < cnt; q++) {
             const struct lmc_optim_slot *s = &o->slots[idx[q]];
             muon_step_make(&o->cfg, o->be, s, lr, grad_scale, &ms);

@@ -110,7 +110,7 @@ void lmc_cpu_muon_batch(void *ctx, const struct lmc_muon_mat *mats, int count, c
                         float *work) {
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(count >= 1 && count <= LMC_MUON_BATCH_MAX);
-    if (!s->ns_bf16) { /* newton_schulz.c */
+    if (!s->ns_bf16) { /* newton_schulz.c: any shapes */
         lmc_cpu_muon_batch_f32(c, mats, count, s);
         return;
     }

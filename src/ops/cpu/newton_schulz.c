@@ -104,8 +104,9 @@ static void mf_task(void *arg, int64_t j, int thread) {
 void lmc_cpu_muon_batch_f32(struct lmc_cpu_ctx *c, const struct lmc_muon_mat *mats, int count,
                             const struct lmc_muon_step *s) {
     LMC_ASSERT(count >= 1 && !s->ns_bf16);
-    for (int j = 1; j < count; j++) LMC_ASSERT(mats[j].rows == mats[0].rows && mats[j].cols == mats[0].cols);
-    lmc_cpu_scratch_reserve(c, (size_t)lmc_muon_work_floats(mats[0].rows, mats[0].cols));
+    int64_t wf = 0;
+    for (int j = 0; j < count; j++) wf = LMC_MAX(wf, lmc_muon_work_floats(mats[j].rows, mats[j].cols));
+    lmc_cpu_scratch_reserve(c, (size_t)wf);
     struct mf_job b = {c, mats, s};
     lmc_pool_run(c->pool, count, mf_task, &b);
 }
