@@ -12,8 +12,9 @@
  * a rectangular matrix's iteration runs in Gram space
  * (newton_schulz_gram.c), restarted from X every LMC_NS_GRAM_RESTART
  * iterations. lmc_cpu_muon_batch_f32 (the backend's muon_batch with
- * !ns_bf16) runs a shape's matrices one per pool thread: OpenBLAS is
- * single-threaded in this process (backend_cpu.c), so the per-matrix
+ * !ns_bf16) runs the Muon matrices (any shapes) one per pool thread, each
+ * in its thread's scratch (lmc_muon_work_floats of the largest): OpenBLAS
+ * is single-threaded in this process (backend_cpu.c), so the per-matrix
  * entry uses one core. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
