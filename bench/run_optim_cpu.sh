@@ -23,6 +23,9 @@
 #
 # Usage (repository root, after `cmake --build build --target lmc_cli`):
 #   bench/run_optim_cpu.sh
+#   (bench/results/muon-f32-cpu-2026-12-06.md, 2 cores: LAYERS=12 STEPS=3 KINDS="adamw muon muon-plain")
+#   16 cores with AVX512-BF16, a 16 k-token step measured directly:
+#   THREADS=16 DTYPE=bf16 ACCUM=16 STEPS=3 ROUNDS=2 KINDS="adamw muon muon-bf16 muon-plain" bench/run_optim_cpu.sh
 # env: BUILD_DIR (build), OUT (/tmp/lmc-optim-cpu: table.md, logs), THREADS (2), DTYPE (fp32 | bf16: the training
 #      dtype), ACCUM (1), BATCH (1), SEQ (1024), LAYERS (12), STEPS (3), SKIP (1: step 1 is the warm-up),
 #      ROUNDS (1), KINDS ("adamw muon muon-plain"; also muon-gram, muon-bf16), TOKENS_AT ("8192 16384 32768 524288"),
