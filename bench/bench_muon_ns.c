@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
                 struct lmc_muon_step st = {.ns_steps = 5, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
                                            .ns_eps = 1e-7f, .ns_gram = g};
                 double t0 = cpu_s();
-                lmc_newton_schulz_apply(x, k, w, &st, work); /* x is copied into work: the same input every time */
+                lmc_newton_schulz_apply(x, k, w, false, &st, work); /* x is copied into work: the same input every time */
                 double t = cpu_s() - t0;
                 best[g] = t < best[g] ? t : best[g];
             }

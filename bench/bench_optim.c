@@ -11,7 +11,11 @@
  * Muon's Newton–Schulz variants run as their own rows: muon (the CPU
  * default: fp32, Gram space for the rectangular matrices), muon-plain
  * (fp32, the plain iteration: --muon-ns-gram 0, the default before
- * newton_schulz_gram.c), muon-bf16 (--muon-ns-dtype bf16: always plain).
+ * newton_schulz_gram.c), muon-bf16 (--muon-ns-dtype bf16: always plain),
+ * muon-1core and muon-plain-1core (the same fp32 steps through
+ * lmc_optim_step_one, a matrix at a time: OpenBLAS is single-threaded in
+ * the CPU backend, so this is one core — the CPU's fp32 Muon before the
+ * batched fp32 entry). Wall and process CPU time per step.
  * Usage: bench_optim [rounds (default 3)] [threads (default 2)] [kinds, e.g.
  * adamw,adamw8bit,muon-bf16 (default all; AdamW is always run as the peer)] */
 #include "core/core.h"
@@ -21,12 +25,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAXP 256
 
-static const char *vname(int k, const char *v0, const char *v1) {
+enum { NV = 4 };
+static const struct { const char *name; bool bf16, gram, one; } var[NV] = {
+    {"muon-plain", false, false, false}, {"muon-bf16", true, false, false}, {"muon-1core", false, true, true},
+    {"muon-plain-1core", false, false, true}};
+
+static const char *vname(int k) {
     if (k < LMC_OPTIM_KIND_COUNT) return lmc_optim_kind_name((enum lmc_optim_kind)k);
-    return k == LMC_OPTIM_KIND_COUNT ? v0 : v1;
+    return var[k - LMC_OPTIM_KIND_COUNT].name;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void step(struct lmc_optim *o, int k, int64_t t) {
+    if (k < LMC_OPTIM_KIND_COUNT || !var[k - LMC_OPTIM_KIND_COUNT].one) {
+        lmc_optim_step(o, 6e-4, t, 1.0f);
+        return;
+    }
+    for (int i = 0; i < o->n_params; i++) lmc_optim_step_one(o, i, 6e-4, t, 1.0f);
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -83,16 +107,14 @@ int main(int argc, char **argv) {
     lmc_err err;
     if (lmc_backend_cpu_init(&be, threads, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
     /* the optimizer kinds, then Muon's variants */
-    enum { NV = 2, K = LMC_OPTIM_KIND_COUNT + NV };
-    static const struct { const char *name; bool bf16, gram; } var[NV] = {{"muon-plain", false, false},
-                                                                          {"muon-bf16", true, false}};
+    enum { K = LMC_OPTIM_KIND_COUNT + NV };
     static struct lmc_optim opt[K];
-    double first[K], t[K][100];
+    double first[K], t[K][100], tc[K][100];
     printf("GPT-2 124M parameter list: %d tensors, %lld parameters; %d threads, %d rounds\n", n, (long long)total,
            threads, rounds);
     bool on[K];
     for (int k = 0; k < K; k++) {
-        const char *nm = vname(k, var[0].name, var[1].name);
+        const char *nm = vname(k);
         size_t l = strlen(nm);
         on[k] = k == 0 || !only;
         for (const char *q = only; q && *q && !on[k]; q += strcspn(q, ",") + (q[strcspn(q, ",")] == ',')) {
@@ -111,32 +133,34 @@ int main(int argc, char **argv) {
         if (lmc_optim_init(&opt[k], &c, &be, ps, n, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
         char d[512];
         lmc_optim_describe(&opt[k], d, sizeof d);
-        printf("  %-15s %s\n", vname(k, var[0].name, var[1].name), d);
+        printf("  %-16s %s\n", vname(k), d);
         double t0 = lmc_time_now();
-        lmc_optim_step(&opt[k], 6e-4, 1, 1.0f); /* warm-up; GaLore/APOLLO's refresh step */
+        step(&opt[k], k, 1); /* warm-up; GaLore/APOLLO's refresh step */
         first[k] = lmc_time_now() - t0;
     }
     for (int r = 0; r < rounds; r++)
         for (int k = 0; k < K; k++) {
             if (!on[k]) continue;
-            double t0 = lmc_time_now();
-            lmc_optim_step(&opt[k], 6e-4, 2 + r, 1.0f);
-            t[k][r] = lmc_time_now() - t0;
+            double t0 = lmc_time_now(), c0 = cpu_s();
+            step(&opt[k], k, 2 + r);
+            t[k][r] = lmc_time_now() - t0, tc[k][r] = cpu_s() - c0;
         }
     printf("\n| optimizer | state bytes | bytes / param | step (median of %d) | vs AdamW | refresh step (step 1) "
-           "| amortised over 200 steps | vs AdamW |\n|---|---|---|---|---|---|---|---|\n", rounds);
+           "| amortised over 200 steps | vs AdamW | CPU s per step (median) |\n|---|---|---|---|---|---|---|---|---|\n",
+           rounds);
     double base = 0;
     for (int k = 0; k < K; k++) {
         if (!on[k]) continue;
         qsort(t[k], (size_t)rounds, sizeof(double), cmp_d);
+        qsort(tc[k], (size_t)rounds, sizeof(double), cmp_d);
         double med = rounds % 2 ? t[k][rounds / 2] : 0.5 * (t[k][rounds / 2 - 1] + t[k][rounds / 2]);
+        double medc = rounds % 2 ? tc[k][rounds / 2] : 0.5 * (tc[k][rounds / 2 - 1] + tc[k][rounds / 2]);
         if (k == 0) base = med;
         const bool refresh = k == LMC_OPTIM_GALORE || k == LMC_OPTIM_APOLLO || k == LMC_OPTIM_APOLLO_MINI;
         double am = refresh ? (first[k] + 199 * med) / 200 : med;
-        printf("| %s | %zu | %.3f | %.3f s | %.2fx | %s%.3f s | %.3f s | %.2fx |\n",
-               vname(k, var[0].name, var[1].name), opt[k].state_bytes,
-               (double)opt[k].state_bytes / (double)total, med, med / base, refresh ? "" : "(warm-up) ", first[k],
-               am, am / base);
+        printf("| %s | %zu | %.3f | %.3f s | %.2fx | %s%.3f s | %.3f s | %.2fx | %.3f s |\n", vname(k),
+               opt[k].state_bytes, (double)opt[k].state_bytes / (double)total, med, med / base,
+               refresh ? "" : "(warm-up) ", first[k], am, am / base, medc);
     }
     for (int k = 0; k < K; k++)
         if (on[k]) lmc_optim_free(&opt[k]);

@@ -308,6 +308,13 @@ static void state_parse_optim(void) {
     const char *mini = "{\"optim\": {\"kind\": \"apollo-mini\"}}";
     CHECK(!lmc_train_state_parse(mini, strlen(mini), "s.json", &st, &err) && st.o.optim.apollo_rank == 1 &&
           st.o.optim.apollo_scale_type == LMC_APOLLO_TENSOR);
+    /* muon_ns_gram: absent = a checkpoint from before Gram space (the plain iteration), whatever the default */
+    const char *mu0 = "{\"optim\": {\"kind\": \"muon\"}}", *mu1 = "{\"optim\": {\"kind\": \"muon\", \"muon_ns_gram\": 1}}";
+    struct lmc_optim_cfg dflt;
+    lmc_optim_cfg_default(&dflt, LMC_OPTIM_MUON);
+    CHECK(dflt.muon_ns_gram);
+    CHECK(!lmc_train_state_parse(mu0, strlen(mu0), "s.json", &st, &err) && !st.o.optim.muon_ns_gram);
+    CHECK(!lmc_train_state_parse(mu1, strlen(mu1), "s.json", &st, &err) && st.o.optim.muon_ns_gram);
     static const char *bad[][2] = {
         {"{\"optim\": 3}", "optim.kind"},
         {"{\"optim\": {\"kind\": \"sgd\"}}", "optim.kind"},

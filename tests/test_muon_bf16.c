@@ -315,12 +315,13 @@ static void test_batch(void) {
     for (size_t q = 0; q < sizeof sh / sizeof *sh; q++) {
         const int64_t rows = sh[q][0], cols = sh[q][1], n = rows * cols;
         enum { CNT = 3 };
-        float *p[3][CNT], *buf[3][CNT], *g[CNT], *p0[CNT];
+        float *p[4][CNT], *buf[4][CNT], *g[CNT], *p0[CNT]; /* 0 batch bf16, 1 per-matrix bf16, 2 per-matrix f32, 3 batch f32 */
         for (int z = 0; z < CNT; z++) {
             g[z] = falloc(n), p0[z] = falloc(n);
-            for (int v = 0; v < 3; v++) p[v][z] = falloc(n), buf[v][z] = falloc(n);
-            for (int64_t i = 0; i < n; i++) p0[z][i] = p[0][z][i] = p[1][z][i] = p[2][z][i] = test_rand(&seed) * 0.1f;
-            for (int v = 0; v < 3; v++) memset(buf[v][z], 0, (size_t)n * 4);
+            for (int v = 0; v < 4; v++) p[v][z] = falloc(n), buf[v][z] = falloc(n);
+            for (int64_t i = 0; i < n; i++)
+                p0[z][i] = p[0][z][i] = p[1][z][i] = p[2][z][i] = p[3][z][i] = test_rand(&seed) * 0.1f;
+            for (int v = 0; v < 4; v++) memset(buf[v][z], 0, (size_t)n * 4);
         }
         float *work = falloc(lmc_muon_batch_work_floats(CNT, rows, cols)), *w1 = falloc(lmc_muon_work_floats(rows, cols));
         double worst_cos = 0, worst_buf = 0;
@@ -333,6 +334,10 @@ static void test_batch(void) {
                 mats[z] = (struct lmc_muon_mat){p[0][z], g[z], buf[0][z], rows, cols, 0.02f * (1 + z)};
             }
             cpu.muon_batch(cpu.ctx, mats, CNT, &s, work);
+            struct lmc_muon_step sf = s; /* the fp32 batched entry (plain at t = 1, Gram space after) */
+            sf.ns_bf16 = 0;
+            for (int z = 0; z < CNT; z++) mats[z].p = p[3][z], mats[z].buf = buf[3][z];
+            cpu.muon_batch(cpu.ctx, mats, CNT, &sf, work);
             for (int z = 0; z < CNT; z++) {
                 struct lmc_muon_step s1 = s;
                 s1.lr_adj = 0.02f * (1 + z);
@@ -342,9 +347,11 @@ static void test_batch(void) {
                 for (int64_t i = 0; i < n; i++) worst_buf = fmax(worst_buf, fabs(buf[2][z][i] - buf[1][z][i]));
             }
         }
-        bool same = true;
-        for (int z = 0; z < CNT; z++)
+        bool same = true, same32 = true;
+        for (int z = 0; z < CNT; z++) {
             same = same && !memcmp(p[0][z], p[1][z], (size_t)n * 4) && !memcmp(buf[0][z], buf[1][z], (size_t)n * 4);
+            same32 = same32 && !memcmp(p[3][z], p[2][z], (size_t)n * 4) && !memcmp(buf[3][z], buf[2][z], (size_t)n * 4);
+        }
         /* bf16 vs fp32 after 3 steps: the updates p - p0 (both runs started from p0) */
         for (int z = 0; z < CNT; z++) {
             double dot = 0, na = 0, nb = 0;
@@ -354,15 +361,15 @@ static void test_batch(void) {
             }
             worst_cos = fmax(worst_cos, 1 - dot / sqrt(na * nb));
         }
-        printf("  muon batch %lldx%lld x%d (2 threads) = per-matrix entry: %s; momentum bf16 vs fp32 max diff %.1e;"
-               " parameters after 3 steps 1 - cos %.1e vs the fp32 step\n", (long long)rows, (long long)cols, CNT,
-               same ? "bit-exact" : "DIFFERS", worst_buf, worst_cos);
-        CHECK(same);
+        printf("  muon batch %lldx%lld x%d (2 threads) = per-matrix entry: bf16 %s, fp32 %s; momentum bf16 vs fp32 max"
+               " diff %.1e; parameters after 3 steps 1 - cos %.1e vs the fp32 step\n", (long long)rows, (long long)cols,
+               CNT, same ? "bit-exact" : "DIFFERS", same32 ? "bit-exact" : "DIFFERS", worst_buf, worst_cos);
+        CHECK(same && same32);
         CHECK(worst_buf == 0);
         CHECK_MSG(worst_cos <= 1e-3, "%.3e", worst_cos);
         for (int z = 0; z < CNT; z++) {
             free(g[z]), free(p0[z]);
-            for (int v = 0; v < 3; v++) free(p[v][z]), free(buf[v][z]);
+            for (int v = 0; v < 4; v++) free(p[v][z]), free(buf[v][z]);
         }
         free(work), free(w1);
     }
@@ -443,14 +450,20 @@ static void test_optim_bf16(void) {
     orun_init(&ra, &ca), orun_init(&rf, &cf);
     orun_steps(&ra, 1, 2, false), orun_steps(&rf, 1, 2, false);
     bool auto_f32 = orun_same(&ra, &rf);
+    struct orun rf1; /* fp32: lmc_optim_step_one per matrix (lmc_cpu_muon) = lmc_optim_step (the fp32 batched entry) */
+    orun_init(&rf1, &cf);
+    orun_steps(&rf1, 1, 2, true);
+    bool f32_one = orun_same(&rf1, &rf);
     struct orun rb;
     orun_init(&rb, &c);
     orun_steps(&rb, 1, 2, false);
     bool bf_differs = !orun_same(&rb, &rf);
     printf("  optimizer muon, bf16 forced: resume after 2 of 5 steps %s; step_one = step %s; CPU auto = f32 %s, "
-           "bf16 differs from f32 %s\n", resumed ? "bit-exact" : "DIFFERS", stepone ? "bit-exact" : "DIFFERS",
-           auto_f32 ? "bit-exact" : "DIFFERS", bf_differs ? "yes" : "NO");
-    CHECK(resumed && stepone && auto_f32 && bf_differs);
+           "bf16 differs from f32 %s; f32 step_one = step %s\n", resumed ? "bit-exact" : "DIFFERS",
+           stepone ? "bit-exact" : "DIFFERS", auto_f32 ? "bit-exact" : "DIFFERS", bf_differs ? "yes" : "NO",
+           f32_one ? "bit-exact" : "DIFFERS");
+    CHECK(resumed && stepone && auto_f32 && bf_differs && f32_one);
+    orun_free(&rf1);
     orun_free(&a), orun_free(&b), orun_free(&b2), orun_free(&one), orun_free(&ra), orun_free(&rf), orun_free(&rb);
     unlink(path);
 }
@@ -473,8 +486,8 @@ static void test_flag(void) {
     i = 1;
     CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && c.muon_ns_auto);
     CHECK(!lmc_optim_parse_arg(&c, 5, argv3, &i, &used, &err) && c.muon_ns_bf16 && !c.muon_ns_auto);
-    /* --muon-ns-gram 0|1 (default 0) */
-    CHECK(!c.muon_ns_gram);
+    /* --muon-ns-gram 0|1 (default 1) */
+    CHECK(c.muon_ns_gram);
     char *argv5[] = {"train", "--muon-ns-gram", "1"};
     i = 1;
     CHECK(!lmc_optim_parse_arg(&c, 3, argv5, &i, &used, &err) && used && i == 3 && c.muon_ns_gram);

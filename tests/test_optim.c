@@ -250,16 +250,29 @@ static void test_newton_schulz(void) {
     static const int shapes[][2] = {{37, 101}, {129, 61}, {33, 257}, {5, 7}, {255, 97}};
     struct lmc_muon_step s = {.ns_steps = 5, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f, .ns_eps = 1e-7f};
     uint64_t seed = 77;
-    for (size_t q = 0; q < sizeof shapes / sizeof *shapes; q++) {
-        int k = shapes[q][0] < shapes[q][1] ? shapes[q][0] : shapes[q][1];
-        int n = shapes[q][0] + shapes[q][1] - k;
+    for (size_t q = 0; q < 2 * sizeof shapes / sizeof *shapes; q++) { /* plain, then Gram space (ns_gram) */
+        s.ns_gram = q >= sizeof shapes / sizeof *shapes;
+        const int *sh = shapes[q % (sizeof shapes / sizeof *shapes)];
+        int k = sh[0] < sh[1] ? sh[0] : sh[1];
+        int n = sh[0] + sh[1] - k;
         float *x = malloc((size_t)k * (size_t)n * 4), *work = malloc((size_t)lmc_muon_work_floats(k, n) * 4);
         for (int64_t i = 0; i < (int64_t)k * n; i++) x[i] = test_rand(&seed) * 3;
         double *sin = malloc((size_t)k * sizeof *sin), *sout = malloc((size_t)k * sizeof *sout), fro = 0;
         for (int64_t i = 0; i < (int64_t)k * n; i++) fro += (double)x[i] * x[i];
         fro = sqrt(fro);
         singular_values(x, k, n, sin);
-        const float *o = lmc_newton_schulz_apply(x, k, n, &s, work);
+        /* the tall layout (x^T as (n, k), no transposes inside) = the transpose of the wide result */
+        float *xt = malloc((size_t)k * (size_t)n * 4), *work_t = malloc((size_t)lmc_muon_work_floats(k, n) * 4);
+        for (int64_t i = 0; i < k; i++)
+            for (int64_t j = 0; j < n; j++) xt[j * k + i] = x[i * n + j];
+        const float *o = lmc_newton_schulz_apply(x, k, n, false, &s, work);
+        const float *ot = lmc_newton_schulz_apply(xt, k, n, true, &s, work_t);
+        double tdiff = 0, omax = 0;
+        for (int64_t i = 0; i < k; i++)
+            for (int64_t j = 0; j < n; j++)
+                tdiff = fmax(tdiff, fabs((double)ot[j * k + i] - o[i * n + j])), omax = fmax(omax, fabs(o[i * n + j]));
+        CHECK_MSG(tdiff <= 1e-5 * omax, "%dx%d gram %d: tall vs wide %.3e of %.3e", k, n, s.ns_gram, tdiff, omax);
+        free(xt), free(work_t);
         singular_values(o, k, n, sout);
         /* the map is not monotone: compare the sorted predictions with the sorted outputs */
         double *pred = malloc((size_t)k * sizeof *pred), worst = 0, lo = 1e9, hi = 0;
@@ -270,8 +283,9 @@ static void test_newton_schulz(void) {
             lo = fmin(lo, sout[i]), hi = fmax(hi, sout[i]);
         }
         free(pred);
-        printf("  newton-schulz %dx%d: singular values in [%.3f, %.3f] (input sigma/||G||_F in [%.3f, %.3f]),"
-               " max |s - quintic^5(sigma)| %.1e\n", k, n, lo, hi, sin[k - 1] / fro, sin[0] / fro, worst);
+        printf("  newton-schulz %dx%d%s: singular values in [%.3f, %.3f] (input sigma/||G||_F in [%.3f, %.3f]),"
+               " max |s - quintic^5(sigma)| %.1e; tall layout vs wide %.1e of the largest element\n", k, n,
+               s.ns_gram && k < n ? " (Gram space)" : "", lo, hi, sin[k - 1] / fro, sin[0] / fro, worst, tdiff / omax);
         CHECK_MSG(worst <= 1e-4, "%dx%d: %.3e", k, n, worst);
         CHECK_MSG(lo >= 0.5 && hi <= 1.5, "%dx%d: [%.3f, %.3f] outside torch's (0.5, 1.5)", k, n, lo, hi);
         free(x), free(work), free(sin), free(sout);

@@ -48,7 +48,7 @@ static void usage(void) {
             "             --optim adamw|adamw8bit|muon|galore|apollo|apollo-mini (default adamw; give it\n"
             "             before its settings: --muon-lr X --muon-momentum X --muon-weight-decay X\n"
             "             --muon-ns-steps N --muon-nesterov 0|1 --muon-scale shape|moonlight --muon-ns-dtype auto|bf16|f32\n"
-            "             --muon-ns-gram 0|1 (CPU fp32: rectangular matrices in Gram space, default 0)\n"
+            "             --muon-ns-gram 0|1 (CPU fp32: rectangular matrices in Gram space, default 1)\n"
             "             --galore-rank N --galore-update-gap N --galore-scale X --galore-refresh auto|exact|subspace\n"
             "             --apollo-rank N --apollo-update-gap N --apollo-scale X --apollo-scale-type channel|tensor\n"
             "             --apollo-seed N --adamw8bit-block N --adamw8bit-embed-8bit 0|1); Muon/GaLore/APOLLO\n"
@@ -663,12 +663,12 @@ int cmd_train(int argc, char **argv) {
     int64_t best_step = 0, stale = 0; /* its step; evaluations since without a lower one */
     while (tr.step < end) {
         struct lmc_train_stats st;
-        double t0 = lmc_time_now();
+        double t0 = lmc_time_now(), c0 = lmc_trainer_cpu_s();
         if (lmc_trainer_step(&tr, &st, &err)) {
             rc = cli_fail("train", &err);
             break;
         }
-        double dt = lmc_time_now() - t0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
+        double dt = lmc_time_now() - t0, dc = lmc_trainer_cpu_s() - c0, tps = (double)st.tokens / dt, tfl = tps * fpt / 1e12;
         double vl = NAN;
         bool last = tr.step == end;
         /* ZeRO: a collective over every rank; tensor parallel: the TP group of DP rank 0 evaluates together */
@@ -699,7 +699,8 @@ int cmd_train(int argc, char **argv) {
         fprintf(mf, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
                     "\"tokens_per_s\": %.1f, \"tflops\": %.4g",
                 (long long)tr.step, st.loss, st.lr, st.grad_norm, tps, tfl);
-        fprintf(mf, ", \"step_ms\": %.3f, \"optim_ms\": %.3f", 1000 * dt, 1000 * st.optim_s);
+        fprintf(mf, ", \"step_ms\": %.3f, \"optim_ms\": %.3f, \"step_cpu_ms\": %.3f, \"optim_cpu_ms\": %.3f", 1000 * dt,
+                1000 * st.optim_s, 1000 * dc, 1000 * st.optim_cpu_s);
         if (peak_tflops > 0) fprintf(mf, ", \"mfu\": %.4g", tfl / peak_tflops);
         if (st.galore) /* projections refreshed this step: by the exact host path, by the subspace step */
             fprintf(mf, ", \"galore_exact_refreshes\": %lld, \"galore_subspace_refreshes\": %lld",

@@ -390,6 +390,10 @@ struct lmc_backend {
      * work: lmc_muon_batch_work_floats(count, rows, cols) floats. */
     void (*muon_batch)(void *ctx, const struct lmc_muon_mat *mats, int count, const struct lmc_muon_step *s,
                        float *work);
+    /* Whether muon_batch also takes the fp32 iteration (!s->ns_bf16; the
+     * CPU's: a matrix per thread, each through OpenBLAS single-threaded),
+     * and then matrices of different shapes in one call. */
+    bool muon_batch_f32;
     /* One 8-bit AdamW step on n parameters: moments as codes qm, qv (n bytes)
      * and per-block absmax_m, absmax_v (ceil(n / block) floats); code_m,
      * code_v (256 floats each) the signed and unsigned dynamic codes; all

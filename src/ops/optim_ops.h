@@ -45,11 +45,13 @@ struct lmc_muon_step {
  * (k*k each), k = min, n = max. */
 int64_t lmc_muon_work_floats(int64_t rows, int64_t cols);
 
-/* Quintic Newton–Schulz on host memory: x (k, n) row-major, k <= n, is
- * replaced by its orthogonalised iterate (after Frobenius normalisation
- * and s->ns_steps iterations). work: 2*k*n + 2*k*k floats (x may be its
- * first k*n floats). Returns the pointer (x or work) holding the result. */
-float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, const struct lmc_muon_step *s,
+/* Quintic Newton–Schulz on host memory: x (k, n) row-major, k <= n (tall:
+ * x (n, k) row-major, its Gram matrix taken on the other side, the same
+ * iterate without a transpose), is replaced by its orthogonalised iterate
+ * (after Frobenius normalisation and s->ns_steps iterations). work:
+ * lmc_muon_work_floats(k, n) floats (x may be its first k*n floats).
+ * Returns the pointer (x or work) holding the result. */
+float *lmc_newton_schulz_apply(float *x, int64_t k, int64_t n, bool tall, const struct lmc_muon_step *s,
                                float *work);
 
 /* Several matrices of one shape for a batched Muon step (the backend's
@@ -176,6 +178,13 @@ void lmc_cpu_muon(void *ctx, float *p, const float *g, float *buf, int64_t rows,
  * matrix in lmc_muon_batch_work_floats's layout). */
 void lmc_cpu_muon_batch(void *ctx, const struct lmc_muon_mat *mats, int count, const struct lmc_muon_step *s,
                         float *work);
+/* The fp32 iteration (lmc_muon_apply) of count matrices of any shapes, one
+ * per pool task in the order given, each in its thread's scratch; a
+ * matrix's bits are lmc_muon_apply's whatever the thread count or the
+ * batch (OpenBLAS runs single-threaded in each task). */
+struct lmc_cpu_ctx;
+void lmc_cpu_muon_batch_f32(struct lmc_cpu_ctx *c, const struct lmc_muon_mat *mats, int count,
+                            const struct lmc_muon_step *s);
 /* One matrix's step with the bf16 iteration: X, Y (rows*cols floats) and
  * A, B (k*k) scratch, ws: lmc_cpu_muon_bf16_ws(rows, cols) floats, 64-byte
  * aligned; lr_adj replaces s->lr_adj. */
@@ -188,7 +197,7 @@ size_t lmc_cpu_muon_bf16_ws(int64_t rows, int64_t cols);
  * bf16 operands: only the row blocks' diagonal and right-hand parts are
  * computed, the strict lower triangle is mirrored. ws as above. */
 /* ops/cpu/newton_schulz_gram.c: s->ns_steps quintic iterations of the
- * normalised X (k, w) (tall: X (w, k), bf16 only) in Gram space, restarted
+ * normalised X (k, w) (tall: X (w, k)) in Gram space, restarted
  * from X every `restart` iterations (0: never); returns the result, X or Y
  * (both overwritten); A, P, Q, T: (k, k) scratch; ws: bf16's
  * lmc_cpu_muon_bf16_ws (NULL for fp32). The bf16 mode is not used by the

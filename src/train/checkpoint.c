@@ -375,7 +375,8 @@ static lmc_status parse_optim(const cJSON *op, const char *src, struct lmc_optim
     }
     if (!s && !(s = get_i64(op, "muon_nesterov", src, 0, &h, &iv, err)) && h) c->muon_nesterov = iv != 0;
     if (!s && !(s = get_i64(op, "muon_ns_bf16", src, 0, &h, &iv, err)) && h) c->muon_ns_bf16 = iv != 0;
-    if (!s && !(s = get_i64(op, "muon_ns_gram", src, 0, &h, &iv, err)) && h) c->muon_ns_gram = iv != 0;
+    /* absent: a checkpoint from before Gram space (plain iteration), whatever today's default */
+    if (!s && !(s = get_i64(op, "muon_ns_gram", src, 0, &h, &iv, err))) c->muon_ns_gram = h && iv != 0;
     if (!s && !(s = get_i64(op, "q8_embed_8bit", src, 0, &h, &iv, err)) && h) c->q8_embed_8bit = iv != 0;
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(op, "muon_scale");
     if (!s && x) {

@@ -51,7 +51,7 @@ static void kind_defaults(struct lmc_optim_cfg *c, enum lmc_optim_kind kind) {
     c->muon_scale = LMC_MUON_SCALE_SHAPE;
     c->muon_ns_bf16 = true;
     c->muon_ns_auto = true;
-    c->muon_ns_gram = false; /* opt-in: its amplification of one-ulp input differences is up to 2.4x the plain iteration's, untested against the multi-process 1e-6 checks */
+    c->muon_ns_gram = true; /* the CPU's fp32 rectangular matrices (0.64x the flops at 124M); --muon-ns-gram 0: plain */
     c->galore_rank = 128;
     c->galore_update_gap = 200;
     c->galore_scale = 0.25;
@@ -355,7 +355,7 @@ static void muon_step_make(const struct lmc_optim_cfg *c, const struct lmc_backe
 
 /* Whether Muon's tensors go through the backend's batched entry. */
 static bool muon_batched(const struct lmc_optim_cfg *c, const struct lmc_backend *be) {
-    return c->kind == LMC_OPTIM_MUON && muon_ns_bf16_on(c, be) && be->muon_batch;
+    return c->kind == LMC_OPTIM_MUON && be->muon_batch && (muon_ns_bf16_on(c, be) || be->muon_batch_f32);
 }
 
 /* The next batch of Muon slots of one shape among those not yet done: their indices in idx (at most LMC_MUON_BATCH_MAX);
@@ -366,6 +366,24 @@ static int muon_next_batch(const struct lmc_optim_slot *slots, int n, const bool
         if (done[i] || slots[i].group != LMC_GROUP_MUON) continue;
         if (first < 0) first = i;
         if (slots[i].rows == slots[first].rows && slots[i].cols == slots[first].cols) idx[cnt++] = i;
+    }
+    return cnt;
+}
+
+/* The fp32 batched entry (backend muon_batch_f32) takes any shapes: the next up to LMC_MUON_BATCH_MAX Muon slots not
+ * yet done, the largest first (the pool hands tasks out in order: longest first balances the threads). */
+static int muon_next_any(const struct lmc_optim_slot *slots, int n, const bool *done, int *idx) {
+    int cnt = 0;
+    while (cnt < LMC_MUON_BATCH_MAX) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (done[i] || slots[i].group != LMC_GROUP_MUON) continue;
+            bool taken = false;
+            for (int q = 0; q < cnt && !taken; q++) taken = idx[q] == i;
+            if (!taken && (best < 0 || slots[i].rows * slots[i].cols > slots[best].rows * slots[best].cols)) best = i;
+        }
+        if (best < 0) break;
+        idx[cnt++] = best;
     }
     return cnt;
 }
@@ -408,7 +426,8 @@ lmc_status lmc_optim_init(struct lmc_optim *o, const struct lmc_optim_cfg *c,
         o->slots = NULL, o->n_params = 0;
         return st;
     }
-    if (muon_batched(c, be)) { /* the batched step's work replaces the per-matrix one */
+    if (muon_batched(c, be) && muon_ns_bf16_on(c, be)) { /* the bf16 batched step's work replaces the per-matrix
+                                                         * one (the fp32 one works in the threads' scratch) */
         int64_t wb = muon_batch_work(o->slots, n);
         if (wb > wf) {
             o->arena_bytes += al256((size_t)wb * sizeof(float)) - al256((size_t)wf * sizeof(float));
@@ -503,19 +522,20 @@ void lmc_optim_step_one(struct lmc_optim *o, int i, double lr, int64_t step, flo
 }
 
 void lmc_optim_step(struct lmc_optim *o, double lr, int64_t step, float grad_scale) {
-    const bool batched = muon_batched(&o->cfg, o->be);
+    const bool batched = muon_batched(&o->cfg, o->be), any_shape = batched && !muon_ns_bf16_on(&o->cfg, o->be);
     lmc_optim_lowrank_refresh_due(o, step); /* GaLore's subspace refreshes, all matrices at once */
     for (int i = 0; i < o->n_params; i++)
         if (!batched || o->slots[i].group != LMC_GROUP_MUON) lmc_optim_step_one(o, i, lr, step, grad_scale);
     if (!batched) return;
-    /* Muon's matrices, a shape at a time (up to LMC_MUON_BATCH_MAX per call) */
+    /* Muon's matrices, a shape at a time (fp32: any shapes, the largest first), up to LMC_MUON_BATCH_MAX per call */
     bool done_small[256], *done = o->n_params <= 256 ? done_small : calloc((size_t)o->n_params, 1);
     LMC_ASSERT(done);
     memset(done, 0, (size_t)o->n_params * sizeof *done);
     int idx[LMC_MUON_BATCH_MAX], cnt;
     struct lmc_muon_mat mats[LMC_MUON_BATCH_MAX];
     struct lmc_muon_step ms;
-    while ((cnt = muon_next_batch(o->slots, o->n_params, done, idx)) > 0) {
+    while ((cnt = any_shape ? muon_next_any(o->slots, o->n_params, done, idx)
+                            : muon_next_batch(o->slots, o->n_params, done, idx)) > 0) {
         for (int q = 0; q < cnt; q++) {
             const struct lmc_optim_slot *s = &o->slots[idx[q]];
             muon_step_make(&o->cfg, o->be, s, lr, grad_scale, &ms);

@@ -113,9 +113,10 @@ struct lmc_optim_cfg {
                                      rounding turns the all-reduce's last-bit differences into 1e-5
                                      loss differences); --muon-ns-dtype bf16|f32 and --muon-ns-bf16
                                      set it false */
-    bool muon_ns_gram;            /* true (--muon-ns-gram 1): on the CPU a rectangular matrix's
-                                     Newton–Schulz runs in Gram space (ops/cpu/newton_schulz_gram.c,
-                                     0.59x the flops at 4:1); false: the plain iteration */
+    bool muon_ns_gram;            /* true (the default, --muon-ns-gram 1): on the CPU a rectangular
+                                     matrix's fp32 Newton–Schulz runs in Gram space
+                                     (ops/cpu/newton_schulz_gram.c, 0.59x the flops at 4:1); false:
+                                     the plain iteration (a checkpoint without the key: false) */
     /* GaLore (paper's LLaMA settings) */
     int galore_rank;              /* 128 */
     int galore_update_gap;        /* 200 */

@@ -85,6 +85,7 @@ struct lmc_train_stats {
     int64_t tokens;
     bool skipped;              /* non-finite gradient: update skipped */
     double optim_s;            /* wall seconds of the optimizer update (synced; 0 if skipped) */
+    double optim_cpu_s;        /* the process's CPU seconds over the same span (lmc_trainer_cpu_s) */
     /* GaLore (galore true): matrices whose projection this step refreshed
      * by the exact host eigensolver (the first refresh; later ones only as
      * the subspace refresh's fallback for a gradient of rank < r) and by
@@ -217,6 +218,8 @@ void lmc_trainer_describe_optim(const struct lmc_trainer *tr, char *buf, size_t 
 
 /* Model FLOPs per trained token (6 N + attention), for throughput / MFU. */
 double lmc_trainer_flops_per_token(const struct lmc_trainer *tr);
+/* The process's CPU time in seconds, all threads (the step timers' CPU twin). */
+double lmc_trainer_cpu_s(void);
 
 /* Saves a checkpoint folder dir (created): model, config (copied from
  * config_src/config.json when given, else written), tokenizer files copied

@@ -9,6 +9,13 @@
 
 #include <math.h>
 #include <string.h>
+#include <time.h>
+
+double lmc_trainer_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 lmc_status lmc_trainer_draw_skip(struct lmc_trainer *tr, int j0, int j1, const char *no_pack, lmc_err *err) {
     const struct lmc_train_opts *o = &tr->o;
@@ -78,7 +85,7 @@ lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_trai
         return LMC_OK;
     }
     lmc_status s = LMC_OK;
-    const double t_opt = lmc_time_now();
+    const double t_opt = lmc_time_now(), c_opt = lmc_trainer_cpu_s();
     const int64_t gx0 = tr->have_opt ? tr->opt.galore_exact_refreshes : 0,
                   gs0 = tr->have_opt ? tr->opt.galore_subspace_refreshes : 0;
     if (tr->have_opt && u && u->optim) {
@@ -106,6 +113,7 @@ lmc_status lmc_trainer_apply_update_with(struct lmc_trainer *tr, struct lmc_trai
     }
     be->sync(be->ctx); /* the step is done when it returns (timing, errors) */
     st->optim_s = lmc_time_now() - t_opt;
+    st->optim_cpu_s = lmc_trainer_cpu_s() - c_opt;
     if (tr->have_opt && tr->opt.cfg.kind == LMC_OPTIM_GALORE) {
         st->galore = true;
         st->galore_exact = tr->opt.galore_exact_refreshes - gx0;

@@ -129,7 +129,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->rmsnorm_gated = lmc_cpu_rmsnorm_gated;
     be->rmsnorm_gated_bwd = lmc_cpu_rmsnorm_gated_bwd;
     be->muon = lmc_cpu_muon;           /* ops/optim_ops.h */
-    be->muon_batch = lmc_cpu_muon_batch; /* bf16 Newton–Schulz, a matrix per thread (muon_bf16.c) */
+    be->muon_batch = lmc_cpu_muon_batch; /* a matrix per thread, bf16 (muon_bf16.c) or fp32 (newton_schulz.c) */
+    be->muon_batch_f32 = true;
     be->adamw8bit = lmc_cpu_adamw8bit;
     be->lowrank = lmc_cpu_lowrank;
     be->galore_ritz = lmc_cpu_galore_ritz;

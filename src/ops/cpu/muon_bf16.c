@@ -110,6 +110,10 @@ void lmc_cpu_muon_batch(void *ctx, const struct lmc_muon_mat *mats, int count, c
                         float *work) {
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(count >= 1 && count <= LMC_MUON_BATCH_MAX);
+    if (!s->ns_bf16) { /* newton_schulz.c: any shapes */
+        lmc_cpu_muon_batch_f32(c, mats, count, s);
+        return;
+    }
     const int64_t rows = mats[0].rows, cols = mats[0].cols;
     for (int j = 1; j < count; j++) LMC_ASSERT(mats[j].rows == rows && mats[j].cols == cols);
     const int64_t k = LMC_MIN(rows, cols), w = LMC_MAX(rows, cols);

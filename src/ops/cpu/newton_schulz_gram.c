@@ -25,7 +25,7 @@
  * inputs): the muon entries run this file in fp32 only.
  *
  * Layout: X is the parameter's own (tall = rows > cols: X (w, k), the Gram
- * matrix A = X^T X and X = X_0 Q); fp32 takes X row-major (k, w) only. */
+ * matrix A = X^T X and X = X_0 Q: no transposes). */
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/ops_cpu.h"
 #include "ops/optim_ops.h"
@@ -60,8 +60,8 @@ static void gram(bool bf16, bool tall, int64_t k, int64_t w, const float *X, flo
         else lmc_cpu_sym_gemm_bf16(k, w, X, 1, k, X, k, 1, A, ws);
         return;
     }
-    LMC_ASSERT(!tall);
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)k, (int)w, 1.0f, X, (int)w, 0.0f, A, (int)k);
+    if (!tall) cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)k, (int)w, 1.0f, X, (int)w, 0.0f, A, (int)k);
+    else cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)k, (int)w, 1.0f, X, (int)k, 0.0f, A, (int)k);
     for (int64_t i = 1; i < k; i++)
         for (int64_t j = 0; j < i; j++) A[i * k + j] = A[j * k + i];
 }
@@ -73,8 +73,9 @@ static void apply_q(bool bf16, bool tall, int64_t k, int64_t w, const float *Q, 
         else lmc_cpu_gemm_bf16(w, k, k, X, k, 1, Q, k, 1, Y, k, false, ws);
         return;
     }
-    LMC_ASSERT(!tall);
-    cblas_ssymm(CblasRowMajor, CblasLeft, CblasUpper, (int)k, (int)w, 1.0f, Q, (int)k, X, (int)w, 0.0f, Y, (int)w);
+    if (!tall)
+        cblas_ssymm(CblasRowMajor, CblasLeft, CblasUpper, (int)k, (int)w, 1.0f, Q, (int)k, X, (int)w, 0.0f, Y, (int)w);
+    else cblas_ssymm(CblasRowMajor, CblasRight, CblasUpper, (int)w, (int)k, 1.0f, Q, (int)k, X, (int)k, 0.0f, Y, (int)k);
 }
 
 float *lmc_ns_gram(float *X, float *Y, int64_t k, int64_t w, bool tall, const struct lmc_muon_step *s, int restart,
