@@ -22,6 +22,9 @@ Checks (each only when given; a missing file fails the run):
   --grad-norm T, --aux T (moe_aux_loss): as --loss; --expert-tokens: equal lists
   --norm T           |w - ref| / |ref| over the F32 tensors of the reference (2-norms)
   --max T            max |w - ref| / max |ref| over those tensors
+  --skip S           leave the tensors whose name contains S out of --norm and --max (a tensor whose exact
+                     gradient is zero, e.g. k_proj.bias — softmax ignores a shift shared by every key's score —
+                     holds AdamW's steps on rounding noise, +-lr each, not an error of the split)
   --adamw-v T        max |v - ref| / max |ref| of the optimizer's adamw.v
   --optim-max T      the same per optimizer tensor (denominator at least 1e-30), the largest
   --optim-same       the optimizer tensors' names, dtypes and byte sizes equal
@@ -44,8 +47,9 @@ def tensors(path):
             for k, v in h.items() if k != "__metadata__"}
 
 
-def f32(t):
-    return {k: struct.unpack(f"<{len(x) // 4}f", x) for k, (dt, x) in t.items() if dt == "F32"}
+def f32(t, skip=()):
+    return {k: struct.unpack(f"<{len(x) // 4}f", x) for k, (dt, x) in t.items()
+            if dt == "F32" and not any(s in k for s in skip)}
 
 
 def rel_rows(r, ref, key):
@@ -73,6 +77,7 @@ def main():
     ap.add_argument("--optim-same", action="store_true")
     ap.add_argument("--ref-key")
     ap.add_argument("--json")
+    ap.add_argument("--skip", action="append", default=[])
     a = ap.parse_args()
 
     def where(name):
@@ -91,7 +96,7 @@ def main():
         if name not in cache:
             m, w = where(name)
             t = tensors(w) if need_w else {}
-            cache[name] = (rows(m) if need_m else [], t, f32(t), tensors(os.path.join(os.path.dirname(w), "optimizer.safetensors"))
+            cache[name] = (rows(m) if need_m else [], t, f32(t, a.skip), tensors(os.path.join(os.path.dirname(w), "optimizer.safetensors"))
                            if need_o else {})
         return cache[name]
 

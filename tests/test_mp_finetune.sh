@@ -36,7 +36,10 @@ ok $? "progress on rank 0 only"
 CMP="--root $TMP --layout finetune --rows 8 --ref-rows 8 --keys --loss 1e-6"
 python3 tests/mp_compare.py $CMP --ref one tp2 dp2tp2 vp2 --norm 1e-6 --max 1e-5
 rc=$?
-python3 tests/mp_compare.py $CMP --ref qone qvp2 qtp2 --norm 1e-5 --max 1e-4 --json "$TMP/q.json" || rc=1
+# k_proj.bias (qwen2's attention biases) left out: its exact gradient is zero (a shift shared by every key's
+# score leaves the softmax unchanged), so its computed gradient is rounding noise that AdamW turns into +-lr
+# steps whatever the split; the other tensors measure the split's error
+python3 tests/mp_compare.py $CMP --ref qone qvp2 qtp2 --norm 1e-5 --max 1e-4 --skip k_proj.bias --json "$TMP/q.json" || rc=1
 # and the vocabulary split adds no error of its own: qvp2 within twice qtp2
 python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["qvp2"]["norm"] > 2 * r["qtp2"]["norm"])' \
   "$TMP/q.json" || { echo "vocabulary parallel adds error: $(cat "$TMP/q.json")"; rc=1; }

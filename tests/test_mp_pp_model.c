@@ -171,6 +171,10 @@ static int run_rank(struct lmc_comm *c, int rank, void *arg) {
             bad = 1, fprintf(stderr, "rank %d: %s grad err %.3g\n", rank, p->name, rel(g, r->grads[i], p->numel, false));
         adam_step(p, w, g);
         double ew = rel_step(w, r->after[i], r->grads[i], p->numel);
+        /* k_proj.bias: its exact gradient is zero (a shift shared by every key's score leaves the softmax
+         * unchanged), so every element is rounding noise and AdamW's first step +-lr on its sign; the
+         * gradient check above covers it */
+        if (strstr(p->name, "k_proj.bias")) ew = 0;
         if ((!tied_half || rank == 0) && !(ew <= 1e-5))
             bad = 1, fprintf(stderr, "rank %d: %s after AdamW err %.3g\n", rank, p->name, ew);
         free(g), free(w);

@@ -206,7 +206,7 @@ static double at_loss(void *p) {
             }
     return L;
 }
-/* T = 7: the per-query kernels; T = 70 (>= LMC_CPU_ATTN_BLOCK_MIN_M): the
+/* T = 7: the per-query kernels; T = 70 (>= LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T): the
  * forward's query blocks, two of them, the last partial */
 static void test_attention(struct lmc_backend *be, int64_t T, int64_t win) {
     LMC_ASSERT(T <= 128);

@@ -3,7 +3,7 @@
  * of queries through sgemm (attention_prefill.c); fewer: one task per (query, head): scores into the
  * thread's scratch, max-subtracted exp (stable softmax), sum in double,
  * then the weighted sum of V rows; the training forward is the same kernel
- * (keeping lse), or from LMC_CPU_ATTN_BLOCK_MIN_M tokens the prefill's
+ * (keeping lse), or from LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T tokens the prefill's
  * blocks (keeping lse): bit for bit the inference op's out at M = T. The training backward: blocks of queries against their
  * keys through sgemm (below). Head h reads
  * kv head h / (n_heads / n_kv) (GQA); window > 0 keeps the last `window`
@@ -66,7 +66,7 @@ void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, 
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0);
     if (B <= 0 || T <= 0 || n_heads <= 0 || hd <= 0) return;
-    if (T >= LMC_CPU_ATTN_BLOCK_MIN_M) { /* what the inference op does at M = T: query blocks */
+    if (T >= LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T) { /* what the inference op does at M = T: query blocks */
         lmc_cpu_attention_prefill_train(c, out, lse, q, k, v, B, T, n_heads, n_kv, hd, scale, window);
         return;
     }

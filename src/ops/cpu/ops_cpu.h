@@ -168,9 +168,15 @@ size_t lmc_cpu_pf_ws_words(int64_t K);
 void lmc_cpu_attention_prefill(struct lmc_cpu_ctx *c, float *out, const float *q, const float *k, const float *v,
                                int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale,
                                int64_t window);
-/* The training forward's blocks (attention_train from LMC_CPU_ATTN_BLOCK_MIN_M
+/* The training forward's blocks (attention_train from LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T
  * tokens): B sequences of T from position 0, out as lmc_cpu_attention_prefill's
- * per sequence, and lse (B * T, n_heads). */
+ * per sequence, and lse (B * T, n_heads). Short sequences keep the per-query
+ * kernel (bit for bit the inference op below LMC_CPU_ATTN_BLOCK_MIN_M, as
+ * before): a context-parallel rank's half of such a sequence takes it too,
+ * so the multi-process runs' sums stay in the one process's order there. */
+#ifndef LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T
+#define LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T 64
+#endif
 void lmc_cpu_attention_prefill_train(struct lmc_cpu_ctx *c, float *out, float *lse, const float *q, const float *k,
                                      const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv, int64_t hd,
                                      float scale, int64_t window);
