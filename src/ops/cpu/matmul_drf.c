@@ -35,7 +35,6 @@
 #define DRF_NB 12  /* columns per panel (multiple of DRF_NR) */
 #define DRF_NC 48  /* columns per task (multiple of DRF_NB) */
 #define DRF_KC 768 /* K per chunk (multiple of DRF_KV) */
-#define DRF_MAX 8  /* matrices per job */
 
 #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9))
 #define DRF_X86 1
@@ -174,32 +173,26 @@ static const drf_tile_fn drf_tiles[2][DRF_MR] = {
 #endif
 
 struct drf_job {
+    struct lmc_cpu_dr_head h; /* the weights, tasks of DRF_NC columns */
     struct lmc_cpu_ctx *c;
-    int n;
     bool avx2;
-    float *y[DRF_MAX];
-    const uint16_t *w[DRF_MAX];
-    bool f16[DRF_MAX];
-    const float *bias[DRF_MAX];
-    int64_t N[DRF_MAX], tstart[DRF_MAX + 1]; /* tasks of W_i: [tstart[i], tstart[i + 1]) */
-    const float *xf;                         /* x zero padded, rows of kp */
+    const float *xf; /* x zero padded, rows of kp */
     int64_t M, K, kp;
 };
 
 /* columns [n0, n1) of W_i, every row */
 static void drf_task(void *arg, int64_t t, int thread) {
     const struct drf_job *j = arg;
-    int i = 0;
-    while (t >= j->tstart[i + 1]) i++;
-    const int64_t N = j->N[i], K = j->K, kp = j->kp, M = j->M;
-    const int64_t n0 = (t - j->tstart[i]) * DRF_NC, n1 = LMC_MIN(N, n0 + DRF_NC);
-    const uint16_t *w = j->w[i];
-    const float *bias = j->bias[i];
-    float *y = j->y[i];
+    int64_t n0;
+    const int i = lmc_cpu_dr_head_task(&j->h, t, DRF_NC, &n0);
+    const int64_t N = j->h.N[i], K = j->K, kp = j->kp, M = j->M, n1 = LMC_MIN(N, n0 + DRF_NC);
+    const uint16_t *w = j->h.w[i];
+    const float *bias = j->h.bias[i];
+    float *y = j->h.y[i];
     if (!j->avx2) {
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = n0; n < n1; n++) {
-                float v = drf_dot_ref(j->xf + m * kp, w + n * K, j->f16[i], K);
+                float v = drf_dot_ref(j->xf + m * kp, w + n * K, j->h.f16[i], K);
                 y[m * N + n] = bias ? v + bias[n] : v;
             }
         return;
@@ -215,7 +208,7 @@ static void drf_task(void *arg, int64_t t, int thread) {
             const int mode = (k0 > 0 ? 1 : 0) | (k1 < K ? 2 : 0);
             for (int64_t r0 = 0; r0 < M; r0 += rb) {
                 const int mr = (int)LMC_MIN(rb, M - r0);
-                const drf_tile_fn tile = drf_tiles[j->f16[i]][mr - 1];
+                const drf_tile_fn tile = drf_tiles[j->h.f16[i]][mr - 1];
                 for (int64_t c0 = nb; c0 < nbe; c0 += DRF_NR) {
                     const int nr = (int)LMC_MIN(DRF_NR, nbe - c0);
                     const uint16_t *wc[DRF_NR];
@@ -253,18 +246,9 @@ void lmc_cpu_matmul_drf(struct lmc_cpu_ctx *c, int n, float *const *y, const flo
     }
     lmc_cpu_scratch_reserve(c, lmc_cpu_drf_ws_words(M, K));
     const bool avx2 = c->drf_avx2;
-    for (int i0 = 0; i0 < n; i0 += DRF_MAX) {
-        struct drf_job j = {.c = c, .n = LMC_MIN(DRF_MAX, n - i0), .avx2 = avx2, .xf = xf, .M = M, .K = K, .kp = kp};
-        for (int i = 0; i < j.n; i++) {
-            const struct lmc_mat *wi = w[i0 + i];
-            LMC_ASSERT(wi->cols == K && (wi->dtype == LMC_DTYPE_F16 || wi->dtype == LMC_DTYPE_BF16));
-            j.y[i] = y[i0 + i];
-            j.w[i] = wi->data;
-            j.f16[i] = wi->dtype == LMC_DTYPE_F16;
-            j.bias[i] = bias ? bias[i0 + i] : NULL;
-            j.N[i] = wi->rows;
-            j.tstart[i + 1] = j.tstart[i] + (wi->rows + DRF_NC - 1) / DRF_NC;
-        }
-        if (j.tstart[j.n] > 0) lmc_pool_run(c->pool, j.tstart[j.n], drf_task, &j);
+    for (int i0 = 0; i0 < n; i0 += LMC_CPU_DR_MAX) {
+        struct drf_job j = {.c = c, .avx2 = avx2, .xf = xf, .M = M, .K = K, .kp = kp};
+        const int64_t nt = lmc_cpu_dr_head_fill(&j.h, n, i0, y, w, bias, K, DRF_NC);
+        if (nt > 0) lmc_pool_run(c->pool, nt, drf_task, &j);
     }
 }
