@@ -1,18 +1,14 @@
 /* attention_paged.c — causal attention of a batch of tokens from many
  * sequences over a paged KV pool (see backend.h, attention_paged). The
  * step's new K/V rows are first stored into their slots (calling thread),
- * then one task per (token, KV head) computes, for each query head of
- * its group (keys outer: a K/V row is read once per token), scores
- * through the sequence's block table into the thread's scratch, a
- * max-subtracted exp with the sum
+ * then one task per (token, head) computes scores through the sequence's
+ * block table into the thread's scratch, a max-subtracted exp with the sum
  * in double, and the weighted sum of V rows — the same arithmetic, in the
  * same order, as attention.c, so a sequence gets the same result whether
  * its cache is contiguous or paged. */
 #include "ops/cpu/ops_cpu.h"
 
 #include <string.h>
-
-#define PATTN_GMAX 16 /* query heads per KV head taken together (wider groups: a task per head) */
 
 struct pattn_job {
     struct lmc_cpu_ctx *c;
@@ -23,50 +19,7 @@ struct pattn_job {
     float scale;
 };
 
-/* token m, KV head g: the n_heads / n_kv query heads that share g's K/V
- * rows, keys outer and heads inner, so each K and V row is read from
- * memory once per token rather than once per query head; each head's
- * scores and output take the per-head sequence (lmc_cpu_dot, the exp sum,
- * lmc_cpu_axpy in key order), so the bits are those of one task per head. */
 static void pattn_task(void *arg, int64_t t, int thread) {
-    const struct pattn_job *j = arg;
-    const int64_t G = j->n_heads / j->n_kv;
-    int64_t m = t / j->n_kv, kvh = t % j->n_kv, hd = j->hd, bs = j->bs;
-    int64_t p = j->pos[m];
-    int64_t lo = j->window > 0 ? LMC_MAX(0, p - j->window + 1) : 0, n = p - lo + 1;
-    int64_t kv_row = j->n_kv * hd;
-    const int32_t *bt = j->bt + (int64_t)j->seq[m] * j->max_blocks;
-    const float *q = j->q + (m * j->n_heads + kvh * G) * hd; /* head kvh * G + g at q + g * hd */
-    float *s = j->c->scratch[thread], *o = j->out + (m * j->n_heads + kvh * G) * hd; /* head g's scores at s + g * n */
-    float mx[PATTN_GMAX];
-    for (int64_t g = 0; g < G; g++) mx[g] = -INFINITY;
-    for (int64_t i = 0; i < n;) { /* one block's run of positions at a time */
-        int64_t ps = lo + i, off = ps % bs, run = LMC_MIN(bs - off, n - i);
-        const float *kb = j->kc + ((int64_t)bt[ps / bs] * bs + off) * kv_row + kvh * hd;
-        for (int64_t r = 0; r < run; r++, i++)
-            for (int64_t g = 0; g < G; g++) {
-                float v = j->scale * lmc_cpu_dot(q + g * hd, kb + r * kv_row, hd);
-                s[g * n + i] = v;
-                if (v > mx[g]) mx[g] = v;
-            }
-    }
-    double sum[PATTN_GMAX];
-    for (int64_t g = 0; g < G; g++) sum[g] = lmc_cpu_exp_sum(s + g * n, n, mx[g]);
-    memset(o, 0, (size_t)(G * hd) * sizeof(float));
-    for (int64_t i = 0; i < n;) {
-        int64_t ps = lo + i, off = ps % bs, run = LMC_MIN(bs - off, n - i);
-        const float *vb = j->vc + ((int64_t)bt[ps / bs] * bs + off) * kv_row + kvh * hd;
-        for (int64_t r = 0; r < run; r++, i++)
-            for (int64_t g = 0; g < G; g++) lmc_cpu_axpy(o + g * hd, s[g * n + i], vb + r * kv_row, hd);
-    }
-    for (int64_t g = 0; g < G; g++) {
-        float inv = (float)(1.0 / sum[g]);
-        for (int64_t d = 0; d < hd; d++) o[g * hd + d] *= inv;
-    }
-}
-
-/* the same, one query head per task (groups wider than PATTN_GMAX) */
-static void pattn_task1(void *arg, int64_t t, int thread) {
     const struct pattn_job *j = arg;
     int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd, bs = j->bs;
     int64_t p = j->pos[m];
@@ -77,7 +30,7 @@ static void pattn_task1(void *arg, int64_t t, int thread) {
     float *s = j->c->scratch[thread], *o = j->out + (m * j->n_heads + h) * hd;
 
     float mx = -INFINITY;
-    for (int64_t i = 0; i < n;) {
+    for (int64_t i = 0; i < n;) { /* one block's run of positions at a time */
         int64_t ps = lo + i, off = ps % bs, run = LMC_MIN(bs - off, n - i);
         const float *kb = j->kc + ((int64_t)bt[ps / bs] * bs + off) * kv_row + kvh * hd;
         for (int64_t r = 0; r < run; r++, i++) {
@@ -116,12 +69,6 @@ void lmc_cpu_attention_paged(void *ctx, float *out, const float *q, const float 
     }
     struct pattn_job j = {c, out, q, kc, vc, seq, pos, bt, max_blocks, block_size,
                           n_heads, n_kv, hd, window, scale};
-    const int64_t G = n_heads / n_kv;
-    if (G <= PATTN_GMAX) {
-        lmc_cpu_scratch_reserve(c, (size_t)(G * (max_pos + 1)));
-        lmc_pool_run(c->pool, T * n_kv, pattn_task, &j);
-    } else {
-        lmc_cpu_scratch_reserve(c, (size_t)(max_pos + 1));
-        lmc_pool_run(c->pool, T * n_heads, pattn_task1, &j);
-    }
+    lmc_cpu_scratch_reserve(c, (size_t)(max_pos + 1));
+    lmc_pool_run(c->pool, T * n_heads, pattn_task, &j);
 }
