@@ -1,7 +1,8 @@
 /* test_attention_paged.c — the paged attention op against the contiguous
  * attention op and a float64 reference (random odd sizes, GQA, sliding
  * window, scrambled block tables, tokens of many sequences interleaved,
- * prefill chunks and decode tokens in one batch; the same bits as the
+ * prefill chunks and decode tokens in one batch, GQA groups of 1 to 17
+ * query heads, the 125M bench model's 12 / 4 / 64; the same bits as the
  * contiguous op's per-query kernel, within 1e-6 of its query blocks), and the batched forward
  * (lmc_model_forward_batch over a paged pool) against lmc_model_forward per
  * sequence on every fixture. */
@@ -226,6 +227,8 @@ int main(void) {
     test_op(&be, 5, 1, 40, 16, 0, 3);
     test_op(&be, 8, 8, 9, 7, 7, 4);
     test_op(&be, 4, 2, 24, 1, 5, 5);
+    test_op(&be, 12, 4, 64, 16, 0, 6); // the 125M bench shape (3 query heads per KV head)
+    test_op(&be, 17, 1, 8, 4, 0, 7);  // a wide GQA group
     lmc_backend_cpu_free(&be);
     test_forward_batch("tests/fixtures/llama-tiny", 1);
     test_forward_batch("tests/fixtures/qwen2-tiny", 2);

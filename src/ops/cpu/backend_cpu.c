@@ -43,7 +43,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     c->gemm_min_m = LMC_CPU_GEMM_MIN_M;
     c->mm_unit_bytes = LMC_CPU_MM_UNIT_BYTES;
     c->mm_small_max = LMC_CPU_MM_SMALL_MAX;
-    c->pf_min_m = lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
+    c->has_bf16 = lmc_cpu_has_bf16();
+    c->pf_min_m = c->has_bf16 ? LMC_CPU_PF_MIN_M : 0;
     c->drf_avx2 = lmc_cpu_drf_avx2();
     c->scratch = calloc((size_t)c->n_threads, sizeof *c->scratch);
     c->scratch_cap = calloc((size_t)c->n_threads, sizeof *c->scratch_cap);
@@ -151,7 +152,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
 void lmc_backend_cpu_set_bf16_prefill(const struct lmc_backend *be, bool on) {
     if (be->matmul != lmc_cpu_matmul) return; /* not the CPU table (or its bf16 training mode) */
     struct lmc_cpu_ctx *c = be->ctx;
-    c->pf_min_m = on && lmc_cpu_has_bf16() ? LMC_CPU_PF_MIN_M : 0;
+    c->pf_min_m = on && c->has_bf16 ? LMC_CPU_PF_MIN_M : 0;
 }
 
 bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be) {
@@ -159,8 +160,9 @@ bool lmc_backend_cpu_bf16_prefill(const struct lmc_backend *be) {
 }
 
 bool lmc_backend_cpu_can_route_rows(const struct lmc_backend *be) {
-    return be->matmul == lmc_cpu_matmul && be->matmul_multi == lmc_cpu_matmul_multi &&
-           (lmc_cpu_has_bf16() || ((const struct lmc_cpu_ctx *)be->ctx)->drf_avx2);
+    if (be->matmul != lmc_cpu_matmul || be->matmul_multi != lmc_cpu_matmul_multi) return false;
+    const struct lmc_cpu_ctx *c = be->ctx;
+    return c->has_bf16 || c->drf_avx2;
 }
 
 void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t pf_rows, const void *head) {
@@ -170,7 +172,7 @@ void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t
     c->route_m = m;
     /* the bf16 prefill GEMM for prompt rows exists with AVX512-BF16 only;
      * elsewhere every routed row takes the decode-row GEMM (f32 family) */
-    c->route_pf = m > 0 && lmc_cpu_has_bf16() ? pf_rows : 0;
+    c->route_pf = m > 0 && c->has_bf16 ? pf_rows : 0;
     c->route_head = m > 0 ? head : NULL;
 }
 

@@ -36,7 +36,6 @@
 #define DR_NR 4   /* columns per tile */
 #define DR_NB 16  /* columns per bf16 panel (multiple of DR_NR) */
 #define DR_NC 64  /* columns per task (multiple of DR_NB) */
-#define DR_MAX 8  /* matrices per call */
 #define DR_PF_NEAR 6144        /* tile bytes up to which W is prefetched 2 tiles ahead */
 #define DR_PF_FAR (24 * 1024) /* longer tiles: this far ahead, T2 */
 
@@ -128,14 +127,9 @@ static const dr_tile_fn dr_tiles[2][DR_MR] = {
 #endif
 
 struct dr_job {
+    struct lmc_cpu_dr_head h; /* the weights, tasks of DR_NC columns */
     struct lmc_cpu_ctx *c;
-    int n;
-    float *y[DR_MAX];
-    const uint16_t *w[DR_MAX];
-    bool f16[DR_MAX];
-    const float *bias[DR_MAX];
-    int64_t N[DR_MAX], tstart[DR_MAX + 1]; /* tasks of W_i: [tstart[i], tstart[i + 1]) */
-    const uint16_t *xb;                    /* x in bf16, rows of kp */
+    const uint16_t *xb; /* x in bf16, rows of kp */
     int64_t M, K, kp;
 };
 
@@ -143,20 +137,19 @@ struct dr_job {
 /* columns [n0, n1) of W_i, every row */
 DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
     const struct dr_job *j = arg;
-    int i = 0;
-    while (t >= j->tstart[i + 1]) i++;
-    const int64_t N = j->N[i], K = j->K, kp = j->kp, M = j->M;
-    const int64_t n0 = (t - j->tstart[i]) * DR_NC, n1 = LMC_MIN(N, n0 + DR_NC);
-    const bool panel = j->f16[i] && M > DR_MR; /* convert once, read per block of rows */
+    int64_t n0;
+    const int i = lmc_cpu_dr_head_task(&j->h, t, DR_NC, &n0);
+    const int64_t N = j->h.N[i], K = j->K, kp = j->kp, M = j->M, n1 = LMC_MIN(N, n0 + DR_NC);
+    const bool panel = j->h.f16[i] && M > DR_MR; /* convert once, read per block of rows */
     uint16_t *bp = (uint16_t *)j->c->scratch[thread];
-    float *y = j->y[i];
+    float *y = j->h.y[i];
     float out[DR_MR * DR_NR];
     const int64_t NB = K > 1024 ? DR_NB / 2 : DR_NB; /* long rows: a panel of 8 keeps tile + x rows in L1 */
     for (int64_t nb = n0; nb < n1; nb += NB) {
         const int64_t nbe = LMC_MIN(n1, nb + NB);
         if (panel)
             for (int64_t n = nb; n < nbe; n++) {
-                const uint16_t *s = j->w[i] + n * K;
+                const uint16_t *s = j->h.w[i] + n * K;
                 uint16_t *d = bp + (n - nb) * kp;
                 for (int64_t k = 0; k < kp; k += DR_KV) {
                     __mmask32 m = K - k >= DR_KV ? (__mmask32)0xffffffffu
@@ -169,13 +162,13 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
         const int64_t nrb = (M + DR_MR - 1) / DR_MR, rb = (M + nrb - 1) / nrb;
         for (int64_t r0 = 0; r0 < M; r0 += rb) {
             const int mr = (int)LMC_MIN(rb, M - r0);
-            const dr_tile_fn tile = dr_tiles[j->f16[i] && !panel][mr - 1];
+            const dr_tile_fn tile = dr_tiles[j->h.f16[i] && !panel][mr - 1];
             for (int64_t c0 = nb; c0 < nbe; c0 += DR_NR) {
                 const int nr = (int)LMC_MIN(DR_NR, nbe - c0);
                 const uint16_t *wc[DR_NR];
                 for (int c = 0; c < DR_NR; c++) {
                     int64_t n = c0 + LMC_MIN(c, nr - 1); /* a short tile repeats its last column */
-                    wc[c] = panel ? bp + (n - nb) * kp : j->w[i] + n * K;
+                    wc[c] = panel ? bp + (n - nb) * kp : j->h.w[i] + n * K;
                 }
                 /* streaming W (no panel): a full tile reads 4 contiguous rows
                  * at once, which the hardware prefetcher follows badly (as
@@ -186,13 +179,13 @@ DR_TARGET static void dr_task(void *arg, int64_t t, int thread) {
                 const char *pf = (const char *)wc[0] + (near ? 8 * K * 2 : DR_PF_FAR);
                 if (panel) { /* the first block of rows fetches the next panel's W as it goes */
                     pfh = r0 == 0 && nbe + NB <= N ? 2 : 0;
-                    pf = (const char *)(j->w[i] + (nb + NB) * K + (c0 - nb) * K);
+                    pf = (const char *)(j->h.w[i] + (nb + NB) * K + (c0 - nb) * K);
                 }
                 tile(j->xb + r0 * kp, kp, wc, K, out, pf, pfh);
                 for (int r = 0; r < mr; r++)
                     for (int c = 0; c < nr; c++) {
                         float v = out[r * DR_NR + c];
-                        if (j->bias[i]) v += j->bias[i][c0 + c];
+                        if (j->h.bias[i]) v += j->h.bias[i][c0 + c];
                         y[(r0 + r) * N + c0 + c] = v;
                     }
             }
@@ -217,7 +210,7 @@ DR_TARGET static void dr_pack_x(uint16_t *xb, const float *x, int64_t M, int64_t
 void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                        const struct lmc_mat *const *w, const float *const *bias) {
     LMC_ASSERT(n >= 1 && M >= 0);
-    if (!lmc_cpu_has_bf16()) { /* the f32 family (AVX2 kernels): other bits, the same invariance */
+    if (!c->has_bf16) { /* the f32 family (AVX2 kernels): other bits, the same invariance */
         lmc_cpu_matmul_drf(c, n, y, x, M, w, bias);
         return;
     }
@@ -229,19 +222,10 @@ void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const floa
     uint16_t *xb = (uint16_t *)c->xbuf;
     dr_pack_x(xb, x, M, K, kp);
     lmc_cpu_scratch_reserve(c, lmc_cpu_dr_ws_words(K));
-    for (int i0 = 0; i0 < n; i0 += DR_MAX) {
-        struct dr_job j = {.c = c, .n = LMC_MIN(DR_MAX, n - i0), .xb = xb, .M = M, .K = K, .kp = kp};
-        for (int i = 0; i < j.n; i++) {
-            const struct lmc_mat *wi = w[i0 + i];
-            LMC_ASSERT(wi->cols == K && (wi->dtype == LMC_DTYPE_F16 || wi->dtype == LMC_DTYPE_BF16));
-            j.y[i] = y[i0 + i];
-            j.w[i] = wi->data;
-            j.f16[i] = wi->dtype == LMC_DTYPE_F16;
-            j.bias[i] = bias ? bias[i0 + i] : NULL;
-            j.N[i] = wi->rows;
-            j.tstart[i + 1] = j.tstart[i] + (wi->rows + DR_NC - 1) / DR_NC;
-        }
-        if (j.tstart[j.n] > 0) lmc_pool_run(c->pool, j.tstart[j.n], dr_task, &j);
+    for (int i0 = 0; i0 < n; i0 += LMC_CPU_DR_MAX) {
+        struct dr_job j = {.c = c, .xb = xb, .M = M, .K = K, .kp = kp};
+        const int64_t nt = lmc_cpu_dr_head_fill(&j.h, n, i0, y, w, bias, K, DR_NC);
+        if (nt > 0) lmc_pool_run(c->pool, nt, dr_task, &j);
     }
 #else
     (void)c, (void)y, (void)x, (void)w, (void)bias;

@@ -36,7 +36,8 @@ struct lmc_cpu_ctx {
      * through the latter (route_m 0: no route). Without AVX512-BF16
      * route_pf is 0: every row takes the decode-row GEMM (matmul_drf.c) */
     int64_t route_m, route_pf;
-    bool drf_avx2;        /* lmc_cpu_drf_avx2(), asked once (CPUID is slow in a VM) */
+    bool has_bf16;        /* lmc_cpu_has_bf16(), asked once (CPUID is slow in a VM) */
+    bool drf_avx2;        /* lmc_cpu_drf_avx2(), likewise */
     const void *route_head;
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
@@ -135,6 +136,44 @@ void lmc_cpu_matmul_dr(struct lmc_cpu_ctx *c, int n, float *const *y, const floa
                        const struct lmc_mat *const *w, const float *const *bias);
 size_t lmc_cpu_dr_xpack_words(int64_t M, int64_t K);
 size_t lmc_cpu_dr_ws_words(int64_t K);
+/* The weights of one decode-row GEMM job (both families): up to
+ * LMC_CPU_DR_MAX matrices sharing x, each split into tasks of nc columns;
+ * W_i's tasks are [tstart[i], tstart[i + 1]). */
+#define LMC_CPU_DR_MAX 8
+struct lmc_cpu_dr_head {
+    int n;
+    float *y[LMC_CPU_DR_MAX];
+    const uint16_t *w[LMC_CPU_DR_MAX];
+    bool f16[LMC_CPU_DR_MAX];
+    const float *bias[LMC_CPU_DR_MAX];
+    int64_t N[LMC_CPU_DR_MAX], tstart[LMC_CPU_DR_MAX + 1];
+};
+/* Fills h with the matrices from i0 (at most LMC_CPU_DR_MAX of the n;
+ * F16/BF16 with K columns, asserted); returns the task count. */
+static inline int64_t lmc_cpu_dr_head_fill(struct lmc_cpu_dr_head *h, int n, int i0, float *const *y,
+                                           const struct lmc_mat *const *w, const float *const *bias, int64_t K,
+                                           int64_t nc) {
+    h->n = LMC_MIN(LMC_CPU_DR_MAX, n - i0);
+    h->tstart[0] = 0;
+    for (int i = 0; i < h->n; i++) {
+        const struct lmc_mat *wi = w[i0 + i];
+        LMC_ASSERT(wi->cols == K && (wi->dtype == LMC_DTYPE_F16 || wi->dtype == LMC_DTYPE_BF16));
+        h->y[i] = y[i0 + i];
+        h->w[i] = wi->data;
+        h->f16[i] = wi->dtype == LMC_DTYPE_F16;
+        h->bias[i] = bias ? bias[i0 + i] : NULL;
+        h->N[i] = wi->rows;
+        h->tstart[i + 1] = h->tstart[i] + (wi->rows + nc - 1) / nc;
+    }
+    return h->tstart[h->n];
+}
+/* The matrix of task t, and the task's first column (*n0). */
+static inline int lmc_cpu_dr_head_task(const struct lmc_cpu_dr_head *h, int64_t t, int64_t nc, int64_t *n0) {
+    int i = 0;
+    while (t >= h->tstart[i + 1]) i++;
+    *n0 = (t - h->tstart[i]) * nc;
+    return i;
+}
 /* Its f32 family (matmul_drf.c): x in f32, W converted exactly, 8-lane FMA
  * sums in K order and a fixed lane tree; AVX2+FMA+F16C kernels, else the
  * portable twin (same bits). Workspace: c->xbuf (lmc_cpu_drf_xpack_words),
