@@ -3,7 +3,7 @@
 # (tools/cmd_train.c; the speculative pair's target recipe,
 # scripts/train_spec_pair.sh, keeps its best checkpoint by them): a tiny
 # llama at a learning rate high enough that its validation loss first
-# falls and then wanders, evaluated every step with every checkpoint kept:
+# falls and then stalls, evaluated every step with every checkpoint kept:
 #  - OUT/best holds the checkpoint of the step with the lowest val_loss in
 #    metrics.jsonl (its model and optimizer equal that step's folder bit
 #    for bit), and exactly the improvements' lines say "val_best";
@@ -41,8 +41,11 @@ print(b, v[-1][0], int(marked == imp), stop or 0, pb or 0)
 PY
 )
 echo "lowest val_loss at step $best of $last; --patience 3 should stop at ${pstop:-?} with the best of step ${pbest:-?}"
-[ "${best:-0}" -gt 1 ] && [ "${best:-0}" -lt "${last:-0}" ] && [ "${marked:-0}" = 1 ] && [ "${pstop:-0}" -gt 0 ]
-ok $? "the validation loss should fall, then rise (an early stop before the end): best ${best:-?} of ${last:-?}, improvements marked ${marked:-?}, stop ${pstop:-?}"
+# the run's lowest loss may come at its last step (this tiny model's validation loss plateaus after step 3 and
+# then falls again; where it ends depends on fp32 rounding): the --patience run below, stopped on the plateau,
+# is where the best checkpoint is not the last one
+[ "${best:-0}" -gt 1 ] && [ "${marked:-0}" = 1 ] && [ "${pstop:-0}" -gt 0 ] && [ "${pbest:-0}" -lt "${pstop:-0}" ]
+ok $? "the validation loss should fall, then stall (an early stop before the end): best ${best:-?} of ${last:-?}, improvements marked ${marked:-?}, stop ${pstop:-?} with the best of ${pbest:-?}"
 ck=$(printf "%s/full/step_%06d" "$TMP" "${best:-0}")
 cmp -s "$TMP/full/best/model.safetensors" "$ck/model.safetensors" &&
   cmp -s "$TMP/full/best/optimizer.safetensors" "$ck/optimizer.safetensors"
