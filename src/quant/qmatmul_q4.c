@@ -376,6 +376,26 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
     }
 
+/* The groups' zero terms of one row, -zero x scale (float), for n groups
+ * (n <= Q4G_ZC) into zs: 8 groups a vector, once per 4-row tile and
+ * chunk of groups, not per group with scalar operations in the tile's
+ * loop; the same floats either way (an exact negation, one rounding). */
+#define Q4G_ZC 64
+#define Q4G_ZS(TGTI, SUF)                                                                                  \
+    TGTI void q4g_zs_##SUF(const int32_t *z, const float *sc, int64_t n, float *zs) {                      \
+        const __m256 neg = _mm256_set1_ps(-0.0f);                                                          \
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                    \
+        int64_t j = 0;                                                                                     \
+        for (; j + 8 <= n; j += 8)                                                                         \
+            _mm256_store_ps(zs + j, _mm256_mul_ps(_mm256_xor_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(     \
+                                                                    (const __m256i *)(z + j))), neg),     \
+                                                  _mm256_loadu_ps(sc + j)));                               \
+        if (j < n) { /* a part-full last vector: masked loads */                                           \
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - j)), lane);                         \
+            __m256 zf = _mm256_cvtepi32_ps(_mm256_maskload_epi32((const int *)(z + j), m));                \
+            _mm256_store_ps(zs + j, _mm256_mul_ps(_mm256_xor_ps(zf, neg), _mm256_maskload_ps(sc + j, m))); \
+        }                                                                                                  \
+    }
 /* lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary: 16 nibble bytes a block, codes
  * 0..15, a float scale and an integer zero per row and group): the same
  * tiles, the pair's nibbles one 32-byte load; lane l of a pair is the exact
@@ -404,7 +424,12 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         const uint8_t *pf = wp + pft * 4 * rb;                                                             \
         const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
         const uint8_t *us = un;                                                                            \
-        for (int64_t g = 0; g < ng; g++) {                                                                 \
+        _Alignas(32) float zsb[4][Q4G_ZC]; /* -zero scale of rows r, groups g0 + j */                    \
+        for (int64_t g0 = 0; g0 < ng; g0 += Q4G_ZC) {                                                      \
+          const int64_t g1 = LMC_MIN(ng, g0 + Q4G_ZC);                                                     \
+          _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                              \
+              q4g_zs_##SUF(w->zero + (row + r) * ng + g0, w->scale + (row + r) * ng + g0, g1 - g0, zsb[r]); \
+          for (int64_t g = g0; g < g1; g++) {                                                              \
             const float *scg = w->scale + row * ng + g;                                                    \
             const uint8_t *ag = a0; /* the group's first slot: V at + 96 */                                \
             if (w->gblk[g] == w->gblk[g + 1]) continue; /* no columns (act-order): no slot */              \
@@ -458,9 +483,9 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) { /* the zero's share of the group */     \
                 __m256 vz = _mm256_load_ps((const float *)(ag + i * x->pair_stride + 96));                 \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                        \
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(-(float)w->zero[(row + r) * ng + g] * scg[r * ng]), \
-                                                vz, acc[r][i]);                                            \
+                    acc[r][i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&zsb[r][g - g0]), vz, acc[r][i]);       \
             }                                                                                              \
+          }                                                                                                \
         }                                                                                                  \
         const __m256 zero = _mm256_setzero_ps();                                                           \
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
@@ -505,6 +530,7 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
 /* Room for the unpacked tile (K up to 12288 at groups of 128: 48 KB, L1 and L2). */
 #define Q4G_UNPACK_MAX (192 * 4 * Q4G_UNPACK)
 #define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
+    Q4G_ZS(TGTI, SUF)                                                                                      \
     Q4G_TILE(TGTI, SUF)                                                                                    \
     Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
     Q4G_ONE(SUF, TGT, 1, 1) Q4G_ONE(SUF, TGT, 1, 2) Q4G_ONE(SUF, TGT, 1, 3) Q4G_ONE(SUF, TGT, 1, 4)        \
