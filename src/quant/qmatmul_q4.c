@@ -433,6 +433,31 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             const float *scg = w->scale + row * ng + g;                                                    \
             const uint8_t *ag = a0; /* the group's first slot: V at + 96 */                                \
             if (w->gblk[g] == w->gblk[g + 1]) continue; /* no columns (act-order): no slot */              \
+            if (MR == 1 && !UN && w->gblk[g + 1] - w->gblk[g] == 4) { /* decode, 4 blocks (g128): */    \
+                const int64_t b = w->gblk[g]; /* both pairs straight, the loop's operations per row */   \
+                if (pf_on)                                                                                 \
+                    _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++)                                    \
+                        _mm_prefetch((const char *)pf + 64 * b + 64 * t, _MM_HINT_T0);                     \
+                __m256i xa0 = _mm256_load_si256((const __m256i *)a0);                                      \
+                __m256i xb0 = _mm256_load_si256((const __m256i *)(a0 + 32));                               \
+                __m256 dx0 = _mm256_load_ps((const float *)(a0 + 64));                                     \
+                __m256i xa1 = _mm256_load_si256((const __m256i *)(a0 + Q4_PAIR));                          \
+                __m256i xb1 = _mm256_load_si256((const __m256i *)(a0 + Q4_PAIR + 32));                     \
+                __m256 dx1 = _mm256_load_ps((const float *)(a0 + Q4_PAIR + 64));                           \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    __m256i v0 = _mm256_loadu_si256((const __m256i *)c);                                   \
+                    __m256i v1 = _mm256_loadu_si256((const __m256i *)(c + 32));                            \
+                    __m256 sg = _mm256_broadcast_ss(scg + r * ng);                                         \
+                    __m256i s0 = q4g_dot_##SUF(_mm256_and_si256(v0, m15), xa0,                             \
+                                               _mm256_and_si256(_mm256_srli_epi16(v0, 4), m15), xb0);      \
+                    __m256i s1 = q4g_dot_##SUF(_mm256_and_si256(v1, m15), xa1,                             \
+                                               _mm256_and_si256(_mm256_srli_epi16(v1, 4), m15), xb1);      \
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(sg, dx0), acc[r][0]); \
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(sg, dx1), acc[r][0]); \
+                }                                                                                          \
+                a0 += 2 * Q4_PAIR;                                                                         \
+            } else                                                                                         \
             for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
                 const int full = b + 1 < e;                                                                \
                 if (pf_on) {                                                                               \
