@@ -106,6 +106,8 @@ static void test_groups(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool
         {4, 19, 256, 128, true},  /* act-order: random g_idx */
         {3, 21, 96, 32, true},    {2, 9, 64, 64, false}, {8, 17, 160, 32, true},
         {4, 11, 75, 75, false},   /* one group per row, K not a multiple of 32 */
+        {4, 7, 64 * 66, 64, false},   /* 66 groups: the zero terms in two chunks of 64 */
+        {4, 9, 128 * 67, 128, false}, /* 67 groups of 4 blocks (M = 1: the straight pairs) */
     };
     for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
         struct lmc_qgroups g;
