@@ -376,9 +376,9 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
     }
 
-/* The groups' zero terms of one row, -zero x scale (float), for n groups
- * (n <= Q4G_ZC) into zs: 8 groups a vector, once per 4-row tile and
- * chunk of groups, not per group with scalar operations in the tile's
+/* The groups' zero terms, -zero x scale (float), of n consecutive (row,
+ * group) entries (n <= 4 Q4G_ZC) into zs: 8 a vector, once per 4-row tile
+ * and chunk of groups, not per group with scalar operations in the tile's
  * loop; the same floats either way (an exact negation, one rounding). */
 #define Q4G_ZC 64
 #define Q4G_ZS(TGTI, SUF)                                                                                  \
@@ -424,11 +424,17 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         const uint8_t *pf = wp + pft * 4 * rb;                                                             \
         const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
         const uint8_t *us = un;                                                                            \
-        _Alignas(32) float zsb[4][Q4G_ZC]; /* -zero scale of rows r, groups g0 + j */                    \
+        /* -zero scale of row r, group g0 + j at zsb[r zst + j]: with one chunk (ng <= Q4G_ZC) the R rows' \
+           groups are contiguous in w->zero and w->scale, one pass over R ng */                            \
+        _Alignas(32) float zsb[4 * Q4G_ZC];                                                                \
+        const int64_t zst = ng <= Q4G_ZC ? ng : Q4G_ZC;                                                    \
         for (int64_t g0 = 0; g0 < ng; g0 += Q4G_ZC) {                                                      \
           const int64_t g1 = LMC_MIN(ng, g0 + Q4G_ZC);                                                     \
-          _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                              \
-              q4g_zs_##SUF(w->zero + (row + r) * ng + g0, w->scale + (row + r) * ng + g0, g1 - g0, zsb[r]); \
+          if (ng <= Q4G_ZC) q4g_zs_##SUF(w->zero + row * ng, w->scale + row * ng, R * ng, zsb);            \
+          else                                                                                             \
+              for (int r = 0; r < R; r++)                                                                  \
+                  q4g_zs_##SUF(w->zero + (row + r) * ng + g0, w->scale + (row + r) * ng + g0, g1 - g0,     \
+                               zsb + r * Q4G_ZC);                                                          \
           for (int64_t g = g0; g < g1; g++) {                                                              \
             const float *scg = w->scale + row * ng + g;                                                    \
             const uint8_t *ag = a0; /* the group's first slot: V at + 96 */                                \
@@ -508,7 +514,7 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) { /* the zero's share of the group */     \
                 __m256 vz = _mm256_load_ps((const float *)(ag + i * x->pair_stride + 96));                 \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                        \
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&zsb[r][g - g0]), vz, acc[r][i]);       \
+                    acc[r][i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&zsb[r * zst + g - g0]), vz, acc[r][i]);       \
             }                                                                                              \
           }                                                                                                \
         }                                                                                                  \
