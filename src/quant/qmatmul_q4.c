@@ -409,7 +409,9 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
  * maddubs, 1 madd (AVX2; VNNI 2 vpdpbusd), no vpmulld. The M = 1 tile
  * takes the weight rows one at a time (few vectors live: no spills on AVX2)
  * in the order of the others, so a row's result is the same bits for every
- * M. */
+ * M; a group of exactly 4 blocks (g128) there runs its two pairs straight,
+ * without the per-row test for a part-full pair. The zero terms -zero x
+ * scale of a tile's rows and groups come from one vector pass (q4g_zs). */
 #define Q4G_TILE(TGTI, SUF)                                                                                \
     TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
                              int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {       \
