@@ -157,8 +157,8 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
 #define Q4_PF_BYTES 4096
 #endif
 
-#define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define T4_AVX2 __attribute__((target("avx2,fma,f16c"), aligned(64))) /* 64: the same op-cache footing in every binary */
+#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"), aligned(64)))
 #define I4_AVX2 __attribute__((always_inline, target("avx2,fma,f16c"))) static inline
 #define I4_VNNI __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))) static inline
 
