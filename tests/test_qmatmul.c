@@ -106,6 +106,8 @@ static void test_groups(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool
         {4, 19, 256, 128, true},  /* act-order: random g_idx */
         {3, 21, 96, 32, true},    {2, 9, 64, 64, false}, {8, 17, 160, 32, true},
         {4, 11, 75, 75, false},   /* one group per row, K not a multiple of 32 */
+        {4, 7, 64 * 66, 64, false},   /* 66 groups: the zero terms in two chunks of 64 */
+        {4, 9, 128 * 67, 128, false}, /* 67 groups of 4 blocks (M = 1: the straight pairs) */
     };
     for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
         struct lmc_qgroups g;
@@ -313,6 +315,24 @@ static void check_prefill(const struct lmc_qctx *c, const struct lmc_qweight *w,
     free(scratch), free(x), free(y), free(y2), free(y1), free(xg), free(xd), free(xq);
 }
 
+/* A random 4-bit weight in groups of 128 (n, k): codes 0..15, scales
+ * 0.01..0.06, zeros 0..15 except row zr's group zg, 40 (beyond the codes'
+ * range); act: a random act-order g_idx (groups of odd block counts,
+ * perhaps empty). The prefill and small-M tests' weight. */
+static void groups4_g128(struct lmc_qgroups *g, int64_t n, int64_t k, int64_t zr, int64_t zg, int act,
+                         uint64_t *rng) {
+    lmc_err err = {0};
+    CHECK(lmc_qgroups_alloc(g, n, k, 4, 128, &err) == LMC_OK);
+    for (int64_t i = 0; i < g->n * g->k; i++) g->q[i] = (uint8_t)(test_rng_next(rng) % 16);
+    for (int64_t i = 0; i < g->n * g->n_groups; i++) {
+        g->scale[i] = 0.01f + 0.05f * (float)(test_rng_next(rng) % 100) / 100.0f;
+        g->zero[i] = (int32_t)(test_rng_next(rng) % 16);
+    }
+    g->zero[zr * g->n_groups + zg] = 40;
+    if (act)
+        for (int64_t i = 0; i < g->k; i++) g->g_idx[i] = (int32_t)(test_rng_next(rng) % (uint64_t)g->n_groups);
+}
+
 static void test_prefill(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
     lmc_err err = {0};
     const int64_t n = 45, k = 32 * 97;
@@ -332,15 +352,7 @@ static void test_prefill(const struct lmc_qctx *c, uint64_t *rng, struct lmc_poo
      * rows 8..11 with a zero beyond the unpacked tile's range (the packed tile) */
     for (int act = 0; act < 2; act++) {
         struct lmc_qgroups g;
-        CHECK(lmc_qgroups_alloc(&g, n, k, 4, 128, &err) == LMC_OK);
-        for (int64_t i = 0; i < g.n * g.k; i++) g.q[i] = (uint8_t)(test_rng_next(rng) % 16);
-        for (int64_t i = 0; i < g.n * g.n_groups; i++) {
-            g.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(rng) % 100) / 100.0f;
-            g.zero[i] = (int32_t)(test_rng_next(rng) % 16);
-        }
-        g.zero[9 * g.n_groups + 3] = 40;
-        if (act)
-            for (int64_t i = 0; i < g.k; i++) g.g_idx[i] = (int32_t)(test_rng_next(rng) % (uint64_t)g.n_groups);
+        groups4_g128(&g, n, k, 9, 3, act, rng);
         lmc_qgroups_dequantize(&g, wf);
         CHECK(lmc_qweight_init_groups(&w, &g, &err) == LMC_OK);
         CHECK(w.kernel == LMC_QK_U4G);
@@ -365,15 +377,7 @@ static void test_small_m_groups(const struct lmc_qctx *c, uint64_t *rng, struct 
     lmc_err err = {0};
     for (int act = 0; act < 2; act++) {
         struct lmc_qgroups g;
-        CHECK(lmc_qgroups_alloc(&g, n, k, 4, 128, &err) == LMC_OK);
-        for (int64_t i = 0; i < g.n * g.k; i++) g.q[i] = (uint8_t)(test_rng_next(rng) % 16);
-        for (int64_t i = 0; i < g.n * g.n_groups; i++) {
-            g.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(rng) % 100) / 100.0f;
-            g.zero[i] = (int32_t)(test_rng_next(rng) % 16);
-        }
-        g.zero[5 * g.n_groups + 1] = 40;
-        if (act)
-            for (int64_t i = 0; i < g.k; i++) g.g_idx[i] = (int32_t)(test_rng_next(rng) % (uint64_t)g.n_groups);
+        groups4_g128(&g, n, k, 5, 1, act, rng);
         float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(mmax * k) * 4);
         float *y = malloc((size_t)(mmax * n) * 4), *y1 = malloc((size_t)n * 4);
         float *xd = malloc((size_t)k * 4);

@@ -157,8 +157,8 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
 #define Q4_PF_BYTES 4096
 #endif
 
-#define T4_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define T4_AVX2 __attribute__((target("avx2,fma,f16c"), aligned(64))) /* 64: the same op-cache footing in every binary */
+#define T4_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"), aligned(64)))
 #define I4_AVX2 __attribute__((always_inline, target("avx2,fma,f16c"))) static inline
 #define I4_VNNI __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))) static inline
 
@@ -376,6 +376,26 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
     }
 
+/* The groups' zero terms, -zero x scale (float), of n consecutive (row,
+ * group) entries (n <= 4 Q4G_ZC) into zs: 8 a vector, once per 4-row tile
+ * and chunk of groups, not per group with scalar operations in the tile's
+ * loop; the same floats either way (an exact negation, one rounding). */
+#define Q4G_ZC 64
+#define Q4G_ZS(TGTI, SUF)                                                                                  \
+    TGTI void q4g_zs_##SUF(const int32_t *z, const float *sc, int64_t n, float *zs) {                      \
+        const __m256 neg = _mm256_set1_ps(-0.0f);                                                          \
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                    \
+        int64_t j = 0;                                                                                     \
+        for (; j + 8 <= n; j += 8)                                                                         \
+            _mm256_store_ps(zs + j, _mm256_mul_ps(_mm256_xor_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(     \
+                                                                    (const __m256i *)(z + j))), neg),     \
+                                                  _mm256_loadu_ps(sc + j)));                               \
+        if (j < n) { /* a part-full last vector: masked loads */                                           \
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - j)), lane);                         \
+            __m256 zf = _mm256_cvtepi32_ps(_mm256_maskload_epi32((const int *)(z + j), m));                \
+            _mm256_store_ps(zs + j, _mm256_mul_ps(_mm256_xor_ps(zf, neg), _mm256_maskload_ps(sc + j, m))); \
+        }                                                                                                  \
+    }
 /* lmc's 4-bit groups (GPTQ/AWQ/rtn/ternary: 16 nibble bytes a block, codes
  * 0..15, a float scale and an integer zero per row and group): the same
  * tiles, the pair's nibbles one 32-byte load; lane l of a pair is the exact
@@ -389,7 +409,9 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
  * maddubs, 1 madd (AVX2; VNNI 2 vpdpbusd), no vpmulld. The M = 1 tile
  * takes the weight rows one at a time (few vectors live: no spills on AVX2)
  * in the order of the others, so a row's result is the same bits for every
- * M. */
+ * M; a group of exactly 4 blocks (g128) there runs its two pairs straight,
+ * without the per-row test for a part-full pair. The zero terms -zero x
+ * scale of a tile's rows and groups come from one vector pass (q4g_zs). */
 #define Q4G_TILE(TGTI, SUF)                                                                                \
     TGTI void q4g_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,  \
                              int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {       \
@@ -404,10 +426,46 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
         const uint8_t *pf = wp + pft * 4 * rb;                                                             \
         const int pf_on = !UN && Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;                 \
         const uint8_t *us = un;                                                                            \
-        for (int64_t g = 0; g < ng; g++) {                                                                 \
+        /* -zero scale of row r, group g0 + j at zsb[r zst + j]: with one chunk (ng <= Q4G_ZC) the R rows' \
+           groups are contiguous in w->zero and w->scale, one pass over R ng */                            \
+        _Alignas(32) float zsb[4 * Q4G_ZC];                                                                \
+        const int64_t zst = ng <= Q4G_ZC ? ng : Q4G_ZC;                                                    \
+        for (int64_t g0 = 0; g0 < ng; g0 += Q4G_ZC) {                                                      \
+          const int64_t g1 = LMC_MIN(ng, g0 + Q4G_ZC);                                                     \
+          if (ng <= Q4G_ZC) q4g_zs_##SUF(w->zero + row * ng, w->scale + row * ng, R * ng, zsb);            \
+          else                                                                                             \
+              for (int r = 0; r < R; r++)                                                                  \
+                  q4g_zs_##SUF(w->zero + (row + r) * ng + g0, w->scale + (row + r) * ng + g0, g1 - g0,     \
+                               zsb + r * Q4G_ZC);                                                          \
+          for (int64_t g = g0; g < g1; g++) {                                                              \
             const float *scg = w->scale + row * ng + g;                                                    \
             const uint8_t *ag = a0; /* the group's first slot: V at + 96 */                                \
             if (w->gblk[g] == w->gblk[g + 1]) continue; /* no columns (act-order): no slot */              \
+            if (MR == 1 && !UN && w->gblk[g + 1] - w->gblk[g] == 4) { /* decode, 4 blocks (g128): */    \
+                const int64_t b = w->gblk[g]; /* both pairs straight, the loop's operations per row */   \
+                if (pf_on)                                                                                 \
+                    _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++)                                    \
+                        _mm_prefetch((const char *)pf + 64 * b + 64 * t, _MM_HINT_T0);                     \
+                __m256i xa0 = _mm256_load_si256((const __m256i *)a0);                                      \
+                __m256i xb0 = _mm256_load_si256((const __m256i *)(a0 + 32));                               \
+                __m256 dx0 = _mm256_load_ps((const float *)(a0 + 64));                                     \
+                __m256i xa1 = _mm256_load_si256((const __m256i *)(a0 + Q4_PAIR));                          \
+                __m256i xb1 = _mm256_load_si256((const __m256i *)(a0 + Q4_PAIR + 32));                     \
+                __m256 dx1 = _mm256_load_ps((const float *)(a0 + Q4_PAIR + 64));                           \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                      \
+                    const uint8_t *c = wp + r * rb + 16 * b;                                               \
+                    __m256i v0 = _mm256_loadu_si256((const __m256i *)c);                                   \
+                    __m256i v1 = _mm256_loadu_si256((const __m256i *)(c + 32));                            \
+                    __m256 sg = _mm256_broadcast_ss(scg + r * ng);                                         \
+                    __m256i s0 = q4g_dot_##SUF(_mm256_and_si256(v0, m15), xa0,                             \
+                                               _mm256_and_si256(_mm256_srli_epi16(v0, 4), m15), xb0);      \
+                    __m256i s1 = q4g_dot_##SUF(_mm256_and_si256(v1, m15), xa1,                             \
+                                               _mm256_and_si256(_mm256_srli_epi16(v1, 4), m15), xb1);      \
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(sg, dx0), acc[r][0]); \
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(sg, dx1), acc[r][0]); \
+                }                                                                                          \
+                a0 += 2 * Q4_PAIR;                                                                         \
+            } else                                                                                         \
             for (int64_t b = w->gblk[g], e = w->gblk[g + 1]; b < e; b += 2, a0 += Q4_PAIR) {               \
                 const int full = b + 1 < e;                                                                \
                 if (pf_on) {                                                                               \
@@ -458,9 +516,9 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) { /* the zero's share of the group */     \
                 __m256 vz = _mm256_load_ps((const float *)(ag + i * x->pair_stride + 96));                 \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                        \
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(-(float)w->zero[(row + r) * ng + g] * scg[r * ng]), \
-                                                vz, acc[r][i]);                                            \
+                    acc[r][i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&zsb[r * zst + g - g0]), vz, acc[r][i]);       \
             }                                                                                              \
+          }                                                                                                \
         }                                                                                                  \
         const __m256 zero = _mm256_setzero_ps();                                                           \
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                             \
@@ -505,6 +563,7 @@ typedef void (*q4g_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
 /* Room for the unpacked tile (K up to 12288 at groups of 128: 48 KB, L1 and L2). */
 #define Q4G_UNPACK_MAX (192 * 4 * Q4G_UNPACK)
 #define Q4G_ALL(SUF, TGT, TGTI)                                                                            \
+    Q4G_ZS(TGTI, SUF)                                                                                      \
     Q4G_TILE(TGTI, SUF)                                                                                    \
     Q4G_ONE(SUF, TGT, 4, 1) Q4G_ONE(SUF, TGT, 4, 2) Q4G_ONE(SUF, TGT, 4, 3) Q4G_ONE(SUF, TGT, 4, 4)        \
     Q4G_ONE(SUF, TGT, 1, 1) Q4G_ONE(SUF, TGT, 1, 2) Q4G_ONE(SUF, TGT, 1, 3) Q4G_ONE(SUF, TGT, 1, 4)        \
