@@ -8,6 +8,7 @@
  *    (K + 4) * 2^-24 * (|alpha| sum|products| + |beta c0|);
  *  - the same bits when the product is computed in pieces (M and N split
  *    at odd offsets, as threads split it), with our AVX2 kernel;
+ *    and with A packed once beforehand (lmc_cpu_gemm_f32_pa);
  *  - K = 0 and alpha = 0 scale C by beta. */
 #include "test.h"
 #include "core/core.h"
@@ -94,6 +95,18 @@ static bool pieces(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int64_t m1
             lmc_cpu_gemm_f32(ta, tb, a1 - a0, b1 - b0, K, 0.75f, Ap, lda, Bp, dt, ldb, 1.0f, C2 + a0 * N + b0, N, ws);
         }
     bool same = memcmp(C1, C2, (size_t)M * N * sizeof *C1) == 0;
+    /* A packed once (lmc_cpu_gemm_f32_pa), N in two calls: the same bits again */
+    float *ap = aligned_alloc(64, (lmc_cpu_gemm_f32_apack_words(M, K) * sizeof(float) + 63) / 64 * 64);
+    lmc_cpu_gemm_f32_apack(ap, ta, M, K, A, lda);
+    for (int64_t i = 0; i < M * N; i++) C2[i] = C1[i];
+    lmc_cpu_gemm_f32(ta, tb, M, N, K, 0.75f, A, lda, B, dt, ldb, 1.0f, C1, N, ws);
+    for (int pn = 0; pn < 2; pn++) {
+        int64_t b0 = pn ? n1 : 0, b1 = pn ? N : n1;
+        const char *Bp = (const char *)B + (tb ? b0 * ldb : b0) * es;
+        lmc_cpu_gemm_f32_pa(tb, M, b1 - b0, K, 0.75f, ap, Bp, dt, ldb, 1.0f, C2 + b0, N, ws);
+    }
+    same = same && memcmp(C1, C2, (size_t)M * N * sizeof *C1) == 0;
+    free(ap);
     free(A), free(bf), free(B), free(C1), free(C2), free(ws);
     return same;
 }

@@ -199,8 +199,11 @@ static inline void ukr(int64_t kc, const float *restrict a, const float *restric
         }
 }
 
-void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
-                      const void *B, enum lmc_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc, float *ws) {
+/* the product; A packed whole beforehand (apk, lmc_cpu_gemm_f32_apack's
+ * layout) or, apk NULL, per block into ws */
+static void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                 const float *apk, const void *B, enum lmc_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc,
+                 float *ws) {
     LMC_ASSERT(M >= 0 && N >= 0 && K >= 0);
     LMC_ASSERT(bdt == LMC_DTYPE_F32 || bdt == LMC_DTYPE_F16 || bdt == LMC_DTYPE_BF16);
     if (M == 0 || N == 0) return;
@@ -209,6 +212,7 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
         return;
     }
     LMC_ASSERT(((uintptr_t)ws & 63) == 0);
+    int64_t mp = rup(M, GF_MR);
     float *ap = ws, *bp = ws + GF_MC * GF_KC + 64;
     float tile[GF_MR * GF_NR];
     for (int64_t jc = 0; jc < N; jc += GF_NC) {
@@ -219,7 +223,13 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
             pack_b(bp, B, bdt, ldb, tb, pc, kc, jc, nc);
             for (int64_t ic = 0; ic < M; ic += GF_MC) {
                 int64_t mc = LMC_MIN(GF_MC, M - ic);
-                pack_a(ap, A, lda, ta, ic, mc, pc, kc);
+                const float *a;
+                if (apk) {
+                    a = apk + pc * mp + ic * kc;
+                } else {
+                    pack_a(ap, A, lda, ta, ic, mc, pc, kc);
+                    a = ap;
+                }
                 for (int64_t jr = 0; jr < nc; jr += GF_NR) {
                     int64_t nr = LMC_MIN(GF_NR, nc - jr);
                     const float *bpp = bp + jr * kc;
@@ -227,10 +237,10 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
                         int64_t mr = LMC_MIN(GF_MR, mc - ir);
                         float *cp = C + (ic + ir) * ldc + jc + jr;
                         if (mr == GF_MR && nr == GF_NR) {
-                            ukr(kc, ap + ir * kc, bpp, cp, ldc, alpha, be);
+                            ukr(kc, a + ir * kc, bpp, cp, ldc, alpha, be);
                             continue;
                         }
-                        ukr(kc, ap + ir * kc, bpp, tile, GF_NR, 1.0f, 0.0f);
+                        ukr(kc, a + ir * kc, bpp, tile, GF_NR, 1.0f, 0.0f);
                         for (int64_t i = 0; i < mr; i++)
                             for (int64_t j = 0; j < nr; j++) {
                                 float v = alpha * tile[i * GF_NR + j], *o = cp + i * ldc + j;
@@ -241,6 +251,23 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
             }
         }
     }
+}
+
+void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                      const void *B, enum lmc_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc, float *ws) {
+    gemm(ta, tb, M, N, K, alpha, A, lda, NULL, B, bdt, ldb, beta, C, ldc, ws);
+}
+
+size_t lmc_cpu_gemm_f32_apack_words(int64_t M, int64_t K) { return (size_t)(rup(M, GF_MR) * K + 64); }
+
+void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda) {
+    int64_t mp = rup(M, GF_MR);
+    for (int64_t pc = 0; pc < K; pc += GF_KC) pack_a(ap + pc * mp, A, lda, ta, 0, M, pc, LMC_MIN(GF_KC, K - pc));
+}
+
+void lmc_cpu_gemm_f32_pa(bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *ap, const void *B,
+                         enum lmc_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc, float *ws) {
+    gemm(false, tb, M, N, K, alpha, NULL, 0, ap, B, bdt, ldb, beta, C, ldc, ws);
 }
 
 #else /* !__AVX2__: OpenBLAS */
@@ -271,6 +298,19 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
             cblas_sgemm(CblasRowMajor, tA, CblasNoTrans, (int)M, (int)nc, (int)kc, alpha, a, (int)lda, ws, (int)nc,
                         pc == 0 ? beta : 1.0f, C + jc, (int)ldc);
         }
+}
+
+size_t lmc_cpu_gemm_f32_apack_words(int64_t M, int64_t K) { return (size_t)(M * K + 64); }
+
+/* the fallback's packed A is A itself, row-major */
+void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++) ap[m * K + k] = ta ? A[k * lda + m] : A[m * lda + k];
+}
+
+void lmc_cpu_gemm_f32_pa(bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *ap, const void *B,
+                         enum lmc_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc, float *ws) {
+    lmc_cpu_gemm_f32(false, tb, M, N, K, alpha, ap, K, B, bdt, ldb, beta, C, ldc, ws);
 }
 
 #endif

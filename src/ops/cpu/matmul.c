@@ -24,6 +24,7 @@
  *    whole matrix).
  * AVX2 kernels serve builds without AVX-512, a scalar path those without AVX2. */
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_f32.h"
 
 #include <cblas.h>
 #include <stdatomic.h>
@@ -55,6 +56,8 @@ struct mm_job {
      * element `peel` of every row is 64-byte aligned like W's (if K % 16 == 0) */
     const float *xs;
     int64_t ldx, peel;
+    /* large M with our own GEMM (gemm_f32.c): x packed once for all tasks */
+    const float *xp;
 };
 
 __attribute__((unused)) static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
@@ -522,7 +525,7 @@ static void multi_small_x(struct lmc_cpu_ctx *c, int n, float *const *y, const f
         struct mm_job *j = &mj.part[mj.n];
         if (w[i]->rows == 0 || M[i] == 0) continue;
         *j = (struct mm_job){c, y[i], x[i], M[i], w[i]->rows, w[i]->cols, w[i]->data, w[i]->dtype,
-                             bias ? bias[i] : NULL, 1, NULL, 0, 0};
+                             bias ? bias[i] : NULL, 1, NULL, 0, 0, NULL};
         mj.row_bytes[mj.n] = j->K * lmc_dtype_size(j->dt);
         mj.start[mj.n + 1] = mj.start[mj.n] + j->N * mj.row_bytes[mj.n];
         mj.n++;
@@ -621,6 +624,13 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
 static void gemm_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
     int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
+    if (j->xp) { /* W rows widened while packed */
+        const char *w = (const char *)j->w + r0 * K * lmc_dtype_size(j->dt);
+        lmc_cpu_gemm_f32_pa(true, j->M, r1 - r0, K, 1.0f, j->xp, w, j->dt, K, 0.0f, j->y + r0, j->N,
+                            j->c->scratch[thread]);
+        add_bias(j, r0, r1);
+        return;
+    }
     const float *b;
     if (j->dt == LMC_DTYPE_F32) {
         b = (const float *)j->w + r0 * K;
@@ -651,17 +661,21 @@ struct mm_rows_job {
     int64_t N[MM_MULTI_MAX];
     const float *x;
     int64_t M, K, mb;
+    float **ws; /* our GEMM's workspace per thread (c->scratch), NULL: OpenBLAS */
 };
 
 static void mm_rows_task(void *arg, int64_t t, int thread) {
-    (void)thread;
     const struct mm_rows_job *j = arg;
     int64_t r0 = t * j->mb, r1 = LMC_MIN(j->M, r0 + j->mb), K = j->K;
     for (int i = 0; i < j->n; i++) {
         int64_t N = j->N[i];
         float *y = j->y[i] + r0 * N;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
-                    j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
+        if (j->ws)
+            lmc_cpu_gemm_f32(false, true, r1 - r0, N, K, 1.0f, j->x + r0 * K, K, j->w[i], LMC_DTYPE_F32, K, 0.0f, y,
+                             N, j->ws[thread]);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
+                        j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
         if (j->bias[i])
             for (int64_t m = 0; m < r1 - r0; m++)
                 for (int64_t c = 0; c < N; c++) y[m * N + c] += j->bias[i][c];
@@ -682,6 +696,12 @@ static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *
     }
     /* fixed blocks: the same products for any thread count */
     j.mb = MM_ROWS_MB;
+    if (lmc_cpu_gemm_f32_native()) {
+        int64_t nmax = 0;
+        for (int i = 0; i < n; i++) nmax = LMC_MAX(nmax, j.N[i]);
+        lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(j.mb, nmax, j.K));
+        j.ws = c->scratch;
+    }
     lmc_pool_run(c->pool, (M + j.mb - 1) / j.mb, mm_rows_task, &j);
     return true;
 }
@@ -691,7 +711,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(mat_ok(w) && M >= 0);
     if (M == 0 || w->rows == 0) return;
-    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0};
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0, NULL};
     if (w->cols == 0) {
         for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
@@ -710,7 +730,14 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     }
     if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
-        if (j.dt != LMC_DTYPE_F32) lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
+        if (lmc_cpu_gemm_f32_native()) {
+            lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_f32_apack_words(M, j.K));
+            lmc_cpu_gemm_f32_apack(c->xbuf, false, M, j.K, x, j.K);
+            j.xp = c->xbuf;
+            lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
+        } else if (j.dt != LMC_DTYPE_F32) {
+            lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
+        }
         j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
