@@ -8,7 +8,7 @@
  * Interleaved repeats, medians; GFLOP/s of wall time and GFLOP per
  * CPU-second (process CPU time: robust to other load on the machine),
  * the latter as % of the FMA peak given (GFLOP/s per core, default 102).
- * Usage: bench_gemm_f32 [reps=5] [peak=102] */
+ * Usage: bench_gemm_f32 [reps=5] [peak=102] [only shapes whose name contains this] */
 #include "core/dtype.h"
 #include "ops/cpu/gemm_f32.h"
 
@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static double now(clockid_t id) {
@@ -81,6 +82,7 @@ int main(int argc, char **argv) {
     printf("| GEMM | M | N | K | t | OpenBLAS GFLOP/s wall | CPU | %%peak | ours GFLOP/s wall | CPU | %%peak | "
            "ours/OpenBLAS CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
+        if (argc > 3 && !strstr(sh[i].name, argv[3])) continue;
         int64_t M = sh[i].M, N = sh[i].N, K = sh[i].K;
         float *A = malloc((size_t)(M * K) * 4), *Bf = malloc((size_t)(K * N) * 4), *C = malloc((size_t)(M * N) * 4);
         uint16_t *Bh = malloc((size_t)(K * N) * 2);

@@ -25,9 +25,15 @@
 
 #define GF_MR 6
 #define GF_NR 16
+#ifndef GF_KC /* (overridable for tuning experiments) */
 #define GF_KC 256
+#endif
+#ifndef GF_MC
 #define GF_MC 144
+#endif
+#ifndef GF_NC
 #define GF_NC 1536
+#endif
 
 #ifdef __AVX2__
 #include <immintrin.h>
