@@ -97,7 +97,10 @@ static bool pieces(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int64_t m1
     bool same = memcmp(C1, C2, (size_t)M * N * sizeof *C1) == 0;
     /* A packed once (lmc_cpu_gemm_f32_pa), N in two calls: the same bits again */
     float *ap = aligned_alloc(64, (lmc_cpu_gemm_f32_apack_words(M, K) * sizeof(float) + 63) / 64 * 64);
-    lmc_cpu_gemm_f32_apack(ap, ta, M, K, A, lda);
+    /* packed in two row ranges, the later first: neither writes outside its rows */
+    int64_t mm = (M / 2) / LMC_GEMM_F32_MR * LMC_GEMM_F32_MR;
+    lmc_cpu_gemm_f32_apack(ap, ta, M, K, A, lda, mm, M);
+    lmc_cpu_gemm_f32_apack(ap, ta, M, K, A, lda, 0, mm);
     for (int64_t i = 0; i < M * N; i++) C2[i] = C1[i];
     lmc_cpu_gemm_f32(ta, tb, M, N, K, 0.75f, A, lda, B, dt, ldb, 1.0f, C1, N, ws);
     for (int pn = 0; pn < 2; pn++) {

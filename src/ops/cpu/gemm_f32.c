@@ -23,7 +23,7 @@
 #include <cblas.h>
 #include <string.h>
 
-#define GF_MR 6
+#define GF_MR LMC_GEMM_F32_MR
 #define GF_NR 16
 #ifndef GF_KC /* (overridable for tuning experiments) */
 #define GF_KC 256
@@ -54,7 +54,7 @@ size_t lmc_cpu_gemm_f32_ws(int64_t M, int64_t N, int64_t K) {
     (void)K;
     int64_t nc = LMC_MIN(GF_NC, rup(N > 0 ? N : 1, GF_NR));
     /* packed A block (+ one panel's overrun slack) and packed B block */
-    return (size_t)(GF_MC * GF_KC + 64 + nc * GF_KC + 64);
+    return (size_t)(GF_MC * GF_KC + 64 + nc * GF_KC);
 }
 
 /* C (M x N, beta, no NaN from C when beta == 0) scaled in place */
@@ -141,14 +141,27 @@ static void pack_b(float *dst, const void *B, enum lmc_dtype dt, int64_t ldb, bo
     }
 }
 
-/* A(m0 + i, k0 + k), i < mc, k < kc, into panels of GF_MR rows at dst; a
- * panel's last 8-wide store may write 2 floats past it (the next panel,
- * packed after it, or the buffer's slack) */
+/* the low 6 floats of v to d */
+static inline void st6(float *d, __m256 v) {
+    _mm_storeu_ps(d, _mm256_castps256_ps128(v));
+    _mm_storel_pi((__m64 *)(d + 4), _mm256_extractf128_ps(v, 1));
+}
+
+/* A(m0 + i, k0 + k), i < mc, k < kc, into panels of GF_MR rows at dst
+ * (nothing written past the last panel) */
 static void pack_a(float *dst, const float *A, int64_t lda, bool ta, int64_t m0, int64_t mc, int64_t k0,
                    int64_t kc) {
     for (int64_t ip = 0; ip < mc; ip += GF_MR, dst += GF_MR * kc) {
         int64_t ni = LMC_MIN(GF_MR, mc - ip);
         if (ta) { /* A(m, k) = A[k*lda + m]: 6 contiguous elements per k */
+            if (ip + 8 <= mc) { /* 8 loaded (all inside the block), 6 kept */
+                for (int64_t k = 0; k < kc; k++) {
+                    __m256 v = _mm256_loadu_ps(A + (k0 + k) * lda + m0 + ip);
+                    if (k + 1 < kc) _mm256_storeu_ps(dst + k * GF_MR, v); /* 2 extra, overwritten next */
+                    else st6(dst + k * GF_MR, v);
+                }
+                continue;
+            }
             for (int64_t k = 0; k < kc; k++) {
                 const float *s = A + (k0 + k) * lda + m0 + ip;
                 float *d = dst + k * GF_MR;
@@ -165,7 +178,10 @@ static void pack_a(float *dst, const float *A, int64_t lda, bool ta, int64_t m0,
                 for (int i = 0; i < GF_MR; i++) r[i] = _mm256_loadu_ps(A + (m0 + ip + i) * lda + k0 + k);
                 r[6] = r[7] = _mm256_setzero_ps();
                 tr8(r);
-                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (k + i) * GF_MR, r[i]);
+                for (int i = 0; i < 8; i++) {
+                    if (k + i + 1 < kc) _mm256_storeu_ps(dst + (k + i) * GF_MR, r[i]); /* 2 extra, overwritten next */
+                    else st6(dst + (k + i) * GF_MR, r[i]);
+                }
             }
         for (; k < kc; k++) {
             float *d = dst + k * GF_MR;
@@ -264,11 +280,16 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
     gemm(ta, tb, M, N, K, alpha, A, lda, NULL, B, bdt, ldb, beta, C, ldc, ws);
 }
 
-size_t lmc_cpu_gemm_f32_apack_words(int64_t M, int64_t K) { return (size_t)(rup(M, GF_MR) * K + 64); }
+size_t lmc_cpu_gemm_f32_apack_words(int64_t M, int64_t K) { return (size_t)(rup(M, GF_MR) * K); }
 
-void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda) {
+void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda, int64_t m0,
+                            int64_t m1) {
+    LMC_ASSERT(m0 % GF_MR == 0 && 0 <= m0 && m0 <= m1 && m1 <= M);
     int64_t mp = rup(M, GF_MR);
-    for (int64_t pc = 0; pc < K; pc += GF_KC) pack_a(ap + pc * mp, A, lda, ta, 0, M, pc, LMC_MIN(GF_KC, K - pc));
+    for (int64_t pc = 0; pc < K && m1 > m0; pc += GF_KC) {
+        int64_t kc = LMC_MIN(GF_KC, K - pc);
+        pack_a(ap + pc * mp + m0 * kc, A, lda, ta, m0, m1 - m0, pc, kc);
+    }
 }
 
 void lmc_cpu_gemm_f32_pa(bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *ap, const void *B,
@@ -309,8 +330,10 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
 size_t lmc_cpu_gemm_f32_apack_words(int64_t M, int64_t K) { return (size_t)(M * K + 64); }
 
 /* the fallback's packed A is A itself, row-major */
-void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda) {
-    for (int64_t m = 0; m < M; m++)
+void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda, int64_t m0,
+                            int64_t m1) {
+    LMC_ASSERT(m0 % 6 == 0 && 0 <= m0 && m0 <= m1 && m1 <= M);
+    for (int64_t m = m0; m < m1; m++)
         for (int64_t k = 0; k < K; k++) ap[m * K + k] = ta ? A[k * lda + m] : A[m * lda + k];
 }
 

@@ -32,10 +32,14 @@ void lmc_cpu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float a
 
 /* A packed once for several calls (threads splitting N share it, e.g.
  * the prefill's x against blocks of W rows): the floats a packed op(A)
- * (M x K) takes, its packing (single-threaded; ap 64-byte aligned), and
+ * (M x K) takes; the packing of its rows [m0, m1) (m0 a multiple of
+ * LMC_GEMM_F32_MR; threads may pack disjoint row ranges at once: nothing
+ * is written outside a range's rows; ap 64-byte aligned); and
  * lmc_cpu_gemm_f32 with such an A (the same sums, so the same bits). */
+#define LMC_GEMM_F32_MR 6
 size_t lmc_cpu_gemm_f32_apack_words(int64_t M, int64_t K);
-void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda);
+void lmc_cpu_gemm_f32_apack(float *ap, bool ta, int64_t M, int64_t K, const float *A, int64_t lda, int64_t m0,
+                            int64_t m1);
 void lmc_cpu_gemm_f32_pa(bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *ap, const void *B,
                          enum lmc_dtype bdt, int64_t ldb, float beta, float *C, int64_t ldc, float *ws);
 

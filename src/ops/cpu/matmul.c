@@ -621,6 +621,21 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
         multi_small(c, LMC_MIN(MM_MULTI_MAX, n - i), y + i, x, M, w + i, bias ? bias + i : NULL);
 }
 
+/* x packed for our GEMM (lmc_cpu_gemm_f32_apack) on the pool, in ranges of rows */
+#define MM_XPACK_ROWS (8 * LMC_GEMM_F32_MR)
+struct mm_xpack_job {
+    float *ap;
+    const float *x;
+    int64_t M, K;
+};
+
+static void mm_xpack_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_xpack_job *j = arg;
+    lmc_cpu_gemm_f32_apack(j->ap, false, j->M, j->K, j->x, j->K, t * MM_XPACK_ROWS,
+                           LMC_MIN(j->M, (t + 1) * MM_XPACK_ROWS));
+}
+
 static void gemm_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
     int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
@@ -732,7 +747,8 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (lmc_cpu_gemm_f32_native()) {
             lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_f32_apack_words(M, j.K));
-            lmc_cpu_gemm_f32_apack(c->xbuf, false, M, j.K, x, j.K);
+            struct mm_xpack_job xj = {c->xbuf, x, M, j.K};
+            lmc_pool_run(c->pool, (M + MM_XPACK_ROWS - 1) / MM_XPACK_ROWS, mm_xpack_task, &xj);
             j.xp = c->xbuf;
             lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
         } else if (j.dt != LMC_DTYPE_F32) {
