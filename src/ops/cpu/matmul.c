@@ -711,7 +711,7 @@ static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *
     }
     /* fixed blocks: the same products for any thread count */
     j.mb = MM_ROWS_MB;
-    if (lmc_cpu_gemm_f32_native()) {
+    if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
         int64_t nmax = 0;
         for (int i = 0; i < n; i++) nmax = LMC_MAX(nmax, j.N[i]);
         lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(j.mb, nmax, j.K));
@@ -745,7 +745,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     }
     if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
-        if (lmc_cpu_gemm_f32_native()) {
+        if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
             lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_f32_apack_words(M, j.K));
             struct mm_xpack_job xj = {c->xbuf, x, M, j.K};
             lmc_pool_run(c->pool, (M + MM_XPACK_ROWS - 1) / MM_XPACK_ROWS, mm_xpack_task, &xj);
