@@ -16,12 +16,18 @@
  *  - small M >= 4: AVX-512 4x4-blocked kernels (x staged to W's alignment).
  *  - F16/BF16 weights from ctx->pf_min_m rows on CPUs with AVX512-BF16:
  *    the bf16 prefill GEMM of matmul_pf.c (x and W rounded to bf16).
- *  - large M (prefill, from ctx->gemm_min_m): OpenBLAS sgemm, single-
- *    threaded per call, on blocks of W rows claimed by our threads; F32
- *    weights from MM_ROWS_MIN_M rows (training) on blocks of x's rows
- *    instead, all matrices of a matmul_multi in one job (mm_rows). F16/BF16
- *    blocks are first converted into the thread's f32 scratch (never the
- *    whole matrix).
+ *  - large M (prefill, from ctx->gemm_min_m): our AVX2+FMA GEMM
+ *    (gemm_f32.c), single-threaded per call, on blocks of W rows claimed by
+ *    our threads: x packed once per matmul on the pool (in ctx->xbuf), each
+ *    task packs its W block, F16/BF16 widened while packed; F32 weights
+ *    from MM_ROWS_MIN_M rows (training) on blocks of x's rows instead, all
+ *    matrices of a matmul_multi in one job (mm_rows). gemm_f32.c sums every
+ *    element in the same order whatever the blocks, so both splits give
+ *    the same bits. Without AVX2 (or with ctx->gemm_blas, for A/B benches)
+ *    OpenBLAS sgemm does these calls, F16/BF16 blocks first converted into
+ *    the thread's f32 scratch (never the whole matrix). The backward
+ *    (matmul_bwd*) keeps OpenBLAS: at its shapes ours measured the same
+ *    (bench_gemm_f32).
  * AVX2 kernels serve builds without AVX-512, a scalar path those without AVX2. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_f32.h"
@@ -662,11 +668,11 @@ static void gemm_task(void *arg, int64_t t, int thread) {
 
 /* F32 weights from MM_ROWS_MIN_M rows (training's B*T tokens, long
  * prefills): tasks own blocks of x's rows and run every matrix of the job
- * on them (one sgemm each), so each row of x is packed once per matrix
+ * on them (one GEMM call each), so each row of x is packed once per matrix
  * instead of once per 128 W rows, x's block stays in cache across the
  * matrices, and narrow W (N = 288: 3 W blocks) no longer leaves a thread
- * idle. Each element is the same sgemm dot product over K as gemm_task's
- * (the same bits). */
+ * idle. Each element is the same dot product over K as gemm_task's (the
+ * same bits, with our GEMM). */
 #define MM_ROWS_MIN_M 1024
 #define MM_ROWS_MB 512 /* x rows per task (4096 training rows: 8 tasks) */
 struct mm_rows_job {
