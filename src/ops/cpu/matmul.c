@@ -587,6 +587,8 @@ bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, c
 
 static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                     const struct lmc_mat *const *w, const float *const *bias);
+static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_mat *const *w, const float *const *bias);
 
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
@@ -620,6 +622,7 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     for (int i = 0; i < n; i++) small = small && (M < 4 || lmc_cpu_smallm_ok(c, M, w[i]->cols, w[i]->dtype));
     if (!small || M >= c->gemm_min_m || w[0]->cols == 0) {
         if (mm_rows(c, n, y, x, M, w, bias)) return; /* F32, large M: one job over x's row blocks */
+        if (mm_gemm_multi(c, n, y, x, M, w, bias)) return; /* large M: x packed once, one job */
         for (int i = 0; i < n; i++) lmc_cpu_matmul(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
         return;
     }
@@ -664,6 +667,55 @@ static void gemm_task(void *arg, int64_t t, int thread) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->M, (int)(r1 - r0), (int)K, 1.0f,
                 j->x, (int)K, b, (int)K, 0.0f, j->y + r0, (int)j->N);
     add_bias(j, r0, r1);
+}
+
+/* matmul_multi's large-M products with our GEMM (not mm_rows): x packed
+ * once, the matrices' 128-row W blocks as the tasks of one pool run (each
+ * task the same call as lmc_cpu_matmul's, so the same bits) */
+struct mm_gmulti_job {
+    int n;
+    struct mm_job part[MM_MULTI_MAX];
+    int64_t start[MM_MULTI_MAX + 1]; /* first task of each part */
+};
+
+static void gemm_multi_task(void *arg, int64_t t, int thread) {
+    struct mm_gmulti_job *j = arg;
+    int i = 0;
+    while (t >= j->start[i + 1]) i++;
+    gemm_task(&j->part[i], t - j->start[i], thread);
+}
+
+/* x packed for our GEMM into ctx->xbuf on the pool */
+static const float *mm_xpack(struct lmc_cpu_ctx *c, const float *x, int64_t M, int64_t K) {
+    lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_f32_apack_words(M, K));
+    struct mm_xpack_job xj = {c->xbuf, x, M, K};
+    lmc_pool_run(c->pool, (M + MM_XPACK_ROWS - 1) / MM_XPACK_ROWS, mm_xpack_task, &xj);
+    return c->xbuf;
+}
+
+/* true if the products went through gemm_multi_task */
+static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_mat *const *w, const float *const *bias) {
+    int64_t K = w[0]->cols;
+    if (!lmc_cpu_gemm_f32_native() || c->gemm_blas || n > MM_MULTI_MAX || M < c->gemm_min_m || K == 0 ||
+        K > INT32_MAX || M > INT32_MAX)
+        return false;
+    for (int i = 0; i < n; i++)
+        if (w[i]->cols != K || w[i]->rows > INT32_MAX || lmc_cpu_routed(c, M, w[i]) ||
+            lmc_cpu_pf_ok(c, M, K, w[i]->dtype))
+            return false;
+    struct mm_gmulti_job j = {.n = 0};
+    const float *xp = mm_xpack(c, x, M, K);
+    for (int i = 0; i < n; i++) {
+        if (w[i]->rows == 0) continue;
+        j.part[j.n] = (struct mm_job){c, y[i], x, M, w[i]->rows, K, w[i]->data, w[i]->dtype, bias ? bias[i] : NULL,
+                                      1, NULL, 0, 0, xp};
+        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_GEMM_NB - 1) / MM_GEMM_NB;
+        j.n++;
+    }
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, K));
+    lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
+    return true;
 }
 
 /* F32 weights from MM_ROWS_MIN_M rows (training's B*T tokens, long
@@ -752,10 +804,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
-            lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_f32_apack_words(M, j.K));
-            struct mm_xpack_job xj = {c->xbuf, x, M, j.K};
-            lmc_pool_run(c->pool, (M + MM_XPACK_ROWS - 1) / MM_XPACK_ROWS, mm_xpack_task, &xj);
-            j.xp = c->xbuf;
+            j.xp = mm_xpack(c, x, M, j.K);
             lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
         } else if (j.dt != LMC_DTYPE_F32) {
             lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
