@@ -9,6 +9,9 @@ that with a 2-token prompt (lmc: `generate -p P -n 1`; llama-bench: `-p 512` / `
 1 thread no pool spins, so CPU time is the work done whatever share of the cores other
 processes take. Rounds alternate the order; medians.
 
+THREADS=N (env) runs both engines at N threads instead (CPU time then includes any spinning at
+barriers, lmc's pool and llama.cpp's).
+
 usage: PEER_BIN=/path/to/llama.cpp/bin python3 bench/prefill_cputime_ab.py NEW OLD ROUNDS MODEL...
 (a MODEL ending in -cpp=FILE.gguf gives llama-bench a different file than lmc: e.g.
  r125m-gptq4-cpp=r125m.Q4_0.gguf)
@@ -16,14 +19,15 @@ usage: PEER_BIN=/path/to/llama.cpp/bin python3 bench/prefill_cputime_ab.py NEW O
 import os, resource, statistics, subprocess, sys
 new, old, R = sys.argv[1], sys.argv[2], int(sys.argv[3])
 CPP = os.environ.get("PEER_BIN")
+TH = os.environ.get("THREADS", "1")
 P512 = "the quick brown fox " * 25 + "abcdefghijkl"  # 512 tokens of bench/run_issue10_quant.sh's byte-level vocabulary
 def cpu(b, f, long):
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if b == "cpp":
-        cmd = [CPP + "/llama-bench", "-m", f, "-p", "512" if long else "2", "-n", "0", "-r", "1", "-t", "1", "--no-warmup"]
+        cmd = [CPP + "/llama-bench", "-m", f, "-p", "512" if long else "2", "-n", "0", "-r", "1", "-t", TH, "--no-warmup"]
     else:
         cmd = [b, "generate", "-m", f, "-p", P512 if long else "ab", "-n", "1", "--temp", "0", "--ignore-eos",
-               "--threads", "1", "--device", "cpu"]
+               "--threads", TH, "--device", "cpu"]
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
                    env=dict(os.environ, LD_LIBRARY_PATH=CPP or ""))
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -287,6 +287,16 @@ static void test_matmul_multi(struct lmc_backend *be) {
                                       n, i, lmc_dtype_name(w[i].dtype), (long long)M, (long long)Ns[i],
                                       (long long)K, (long long)units[ui], bmode, e);
                         }
+                        /* large M (one job over all W blocks with our GEMM): matmul's bits, matrix by matrix */
+                        if (M >= ctx->gemm_min_m && ui == 0 && bmode == 2)
+                            for (int i = 0; i < n; i++) {
+                                float *y1 = rand_f(M * Ns[i], 1.0f);
+                                be->matmul(be->ctx, y1, x, M, wp[i], bp[i]);
+                                CHECK_MSG(!memcmp(y1, y[i], (size_t)(M * Ns[i]) * sizeof(float)),
+                                          "matmul n=%d [%d] M=%lld K=%lld = matmul_multi's", n, i, (long long)M,
+                                          (long long)K);
+                                free(y1);
+                            }
                     }
             free(x);
             for (int i = 0; i < NW; i++) free(y[i]), free(ref0[i]), free(ref[i]);

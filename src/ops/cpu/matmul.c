@@ -16,14 +16,21 @@
  *  - small M >= 4: AVX-512 4x4-blocked kernels (x staged to W's alignment).
  *  - F16/BF16 weights from ctx->pf_min_m rows on CPUs with AVX512-BF16:
  *    the bf16 prefill GEMM of matmul_pf.c (x and W rounded to bf16).
- *  - large M (prefill, from ctx->gemm_min_m): OpenBLAS sgemm, single-
- *    threaded per call, on blocks of W rows claimed by our threads; F32
- *    weights from MM_ROWS_MIN_M rows (training) on blocks of x's rows
- *    instead, all matrices of a matmul_multi in one job (mm_rows). F16/BF16
- *    blocks are first converted into the thread's f32 scratch (never the
- *    whole matrix).
+ *  - large M (prefill, from ctx->gemm_min_m): our AVX2+FMA GEMM
+ *    (gemm_f32.c), single-threaded per call, on blocks of W rows claimed by
+ *    our threads: x packed once per matmul on the pool (in ctx->xbuf), each
+ *    task packs its W block, F16/BF16 widened while packed; F32 weights
+ *    from MM_ROWS_MIN_M rows (training) on blocks of x's rows instead, all
+ *    matrices of a matmul_multi in one job (mm_rows). gemm_f32.c sums every
+ *    element in the same order whatever the blocks, so both splits give
+ *    the same bits. Without AVX2 (or with ctx->gemm_blas, for A/B benches)
+ *    OpenBLAS sgemm does these calls, F16/BF16 blocks first converted into
+ *    the thread's f32 scratch (never the whole matrix). The backward
+ *    (matmul_bwd*) keeps OpenBLAS: at its shapes ours measured the same
+ *    (bench_gemm_f32).
  * AVX2 kernels serve builds without AVX-512, a scalar path those without AVX2. */
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_f32.h"
 
 #include <cblas.h>
 #include <stdatomic.h>
@@ -55,6 +62,8 @@ struct mm_job {
      * element `peel` of every row is 64-byte aligned like W's (if K % 16 == 0) */
     const float *xs;
     int64_t ldx, peel;
+    /* large M with our own GEMM (gemm_f32.c): x packed once for all tasks */
+    const float *xp;
 };
 
 __attribute__((unused)) static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
@@ -522,7 +531,7 @@ static void multi_small_x(struct lmc_cpu_ctx *c, int n, float *const *y, const f
         struct mm_job *j = &mj.part[mj.n];
         if (w[i]->rows == 0 || M[i] == 0) continue;
         *j = (struct mm_job){c, y[i], x[i], M[i], w[i]->rows, w[i]->cols, w[i]->data, w[i]->dtype,
-                             bias ? bias[i] : NULL, 1, NULL, 0, 0};
+                             bias ? bias[i] : NULL, 1, NULL, 0, 0, NULL};
         mj.row_bytes[mj.n] = j->K * lmc_dtype_size(j->dt);
         mj.start[mj.n + 1] = mj.start[mj.n] + j->N * mj.row_bytes[mj.n];
         mj.n++;
@@ -578,6 +587,8 @@ bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, c
 
 static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                     const struct lmc_mat *const *w, const float *const *bias);
+static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_mat *const *w, const float *const *bias);
 
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
@@ -611,6 +622,7 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     for (int i = 0; i < n; i++) small = small && (M < 4 || lmc_cpu_smallm_ok(c, M, w[i]->cols, w[i]->dtype));
     if (!small || M >= c->gemm_min_m || w[0]->cols == 0) {
         if (mm_rows(c, n, y, x, M, w, bias)) return; /* F32, large M: one job over x's row blocks */
+        if (mm_gemm_multi(c, n, y, x, M, w, bias)) return; /* large M: x packed once, one job */
         for (int i = 0; i < n; i++) lmc_cpu_matmul(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
         return;
     }
@@ -618,9 +630,31 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
         multi_small(c, LMC_MIN(MM_MULTI_MAX, n - i), y + i, x, M, w + i, bias ? bias + i : NULL);
 }
 
+/* x packed for our GEMM (lmc_cpu_gemm_f32_apack) on the pool, in ranges of rows */
+#define MM_XPACK_ROWS (8 * LMC_GEMM_F32_MR)
+struct mm_xpack_job {
+    float *ap;
+    const float *x;
+    int64_t M, K;
+};
+
+static void mm_xpack_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct mm_xpack_job *j = arg;
+    lmc_cpu_gemm_f32_apack(j->ap, false, j->M, j->K, j->x, j->K, t * MM_XPACK_ROWS,
+                           LMC_MIN(j->M, (t + 1) * MM_XPACK_ROWS));
+}
+
 static void gemm_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
     int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
+    if (j->xp) { /* W rows widened while packed */
+        const char *w = (const char *)j->w + r0 * K * lmc_dtype_size(j->dt);
+        lmc_cpu_gemm_f32_pa(true, j->M, r1 - r0, K, 1.0f, j->xp, w, j->dt, K, 0.0f, j->y + r0, j->N,
+                            j->c->scratch[thread]);
+        add_bias(j, r0, r1);
+        return;
+    }
     const float *b;
     if (j->dt == LMC_DTYPE_F32) {
         b = (const float *)j->w + r0 * K;
@@ -635,13 +669,62 @@ static void gemm_task(void *arg, int64_t t, int thread) {
     add_bias(j, r0, r1);
 }
 
+/* matmul_multi's large-M products with our GEMM (not mm_rows): x packed
+ * once, the matrices' 128-row W blocks as the tasks of one pool run (each
+ * task the same call as lmc_cpu_matmul's, so the same bits) */
+struct mm_gmulti_job {
+    int n;
+    struct mm_job part[MM_MULTI_MAX];
+    int64_t start[MM_MULTI_MAX + 1]; /* first task of each part */
+};
+
+static void gemm_multi_task(void *arg, int64_t t, int thread) {
+    struct mm_gmulti_job *j = arg;
+    int i = 0;
+    while (t >= j->start[i + 1]) i++;
+    gemm_task(&j->part[i], t - j->start[i], thread);
+}
+
+/* x packed for our GEMM into ctx->xbuf on the pool */
+static const float *mm_xpack(struct lmc_cpu_ctx *c, const float *x, int64_t M, int64_t K) {
+    lmc_cpu_xbuf_reserve(c, lmc_cpu_gemm_f32_apack_words(M, K));
+    struct mm_xpack_job xj = {c->xbuf, x, M, K};
+    lmc_pool_run(c->pool, (M + MM_XPACK_ROWS - 1) / MM_XPACK_ROWS, mm_xpack_task, &xj);
+    return c->xbuf;
+}
+
+/* true if the products went through gemm_multi_task */
+static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                          const struct lmc_mat *const *w, const float *const *bias) {
+    int64_t K = w[0]->cols;
+    if (!lmc_cpu_gemm_f32_native() || c->gemm_blas || n > MM_MULTI_MAX || M < c->gemm_min_m || K == 0 ||
+        K > INT32_MAX || M > INT32_MAX)
+        return false;
+    for (int i = 0; i < n; i++)
+        if (w[i]->cols != K || w[i]->rows > INT32_MAX || lmc_cpu_routed(c, M, w[i]) ||
+            lmc_cpu_pf_ok(c, M, K, w[i]->dtype))
+            return false;
+    struct mm_gmulti_job j = {.n = 0};
+    const float *xp = mm_xpack(c, x, M, K);
+    for (int i = 0; i < n; i++) {
+        if (w[i]->rows == 0) continue;
+        j.part[j.n] = (struct mm_job){c, y[i], x, M, w[i]->rows, K, w[i]->data, w[i]->dtype, bias ? bias[i] : NULL,
+                                      1, NULL, 0, 0, xp};
+        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_GEMM_NB - 1) / MM_GEMM_NB;
+        j.n++;
+    }
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, K));
+    lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
+    return true;
+}
+
 /* F32 weights from MM_ROWS_MIN_M rows (training's B*T tokens, long
  * prefills): tasks own blocks of x's rows and run every matrix of the job
- * on them (one sgemm each), so each row of x is packed once per matrix
+ * on them (one GEMM call each), so each row of x is packed once per matrix
  * instead of once per 128 W rows, x's block stays in cache across the
  * matrices, and narrow W (N = 288: 3 W blocks) no longer leaves a thread
- * idle. Each element is the same sgemm dot product over K as gemm_task's
- * (the same bits). */
+ * idle. Each element is the same dot product over K as gemm_task's (the
+ * same bits, with our GEMM). */
 #define MM_ROWS_MIN_M 1024
 #define MM_ROWS_MB 512 /* x rows per task (4096 training rows: 8 tasks) */
 struct mm_rows_job {
@@ -651,17 +734,21 @@ struct mm_rows_job {
     int64_t N[MM_MULTI_MAX];
     const float *x;
     int64_t M, K, mb;
+    float **ws; /* our GEMM's workspace per thread (c->scratch), NULL: OpenBLAS */
 };
 
 static void mm_rows_task(void *arg, int64_t t, int thread) {
-    (void)thread;
     const struct mm_rows_job *j = arg;
     int64_t r0 = t * j->mb, r1 = LMC_MIN(j->M, r0 + j->mb), K = j->K;
     for (int i = 0; i < j->n; i++) {
         int64_t N = j->N[i];
         float *y = j->y[i] + r0 * N;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
-                    j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
+        if (j->ws)
+            lmc_cpu_gemm_f32(false, true, r1 - r0, N, K, 1.0f, j->x + r0 * K, K, j->w[i], LMC_DTYPE_F32, K, 0.0f, y,
+                             N, j->ws[thread]);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
+                        j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
         if (j->bias[i])
             for (int64_t m = 0; m < r1 - r0; m++)
                 for (int64_t c = 0; c < N; c++) y[m * N + c] += j->bias[i][c];
@@ -682,6 +769,12 @@ static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *
     }
     /* fixed blocks: the same products for any thread count */
     j.mb = MM_ROWS_MB;
+    if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
+        int64_t nmax = 0;
+        for (int i = 0; i < n; i++) nmax = LMC_MAX(nmax, j.N[i]);
+        lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(j.mb, nmax, j.K));
+        j.ws = c->scratch;
+    }
     lmc_pool_run(c->pool, (M + j.mb - 1) / j.mb, mm_rows_task, &j);
     return true;
 }
@@ -691,7 +784,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(mat_ok(w) && M >= 0);
     if (M == 0 || w->rows == 0) return;
-    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0};
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0, NULL};
     if (w->cols == 0) {
         for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
@@ -710,7 +803,12 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     }
     if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
-        if (j.dt != LMC_DTYPE_F32) lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
+        if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
+            j.xp = mm_xpack(c, x, M, j.K);
+            lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
+        } else if (j.dt != LMC_DTYPE_F32) {
+            lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
+        }
         j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;

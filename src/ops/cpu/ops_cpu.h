@@ -24,7 +24,8 @@ struct lmc_cpu_ctx {
     int n_threads;
     float **scratch;      /* [n_threads], 64-byte aligned */
     size_t *scratch_cap;  /* floats */
-    int64_t gemm_min_m;   /* matmul: M from which OpenBLAS sgemm is used */
+    int64_t gemm_min_m;   /* matmul: M from which the large-M GEMM is used (gemm_f32.c with AVX2, else OpenBLAS) */
+    bool gemm_blas;       /* matmul: the large-M path through OpenBLAS sgemm even with AVX2 (A/B benches; off) */
     int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
     int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
     int64_t pf_min_m;     /* matmul: F16/BF16 weights from this M through the bf16 prefill GEMM
