@@ -248,14 +248,20 @@ void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void 
     for (int64_t r = r0; r < r1;) {
         int four = r + 4 <= r1;
         const char *wr = (const char *)w + (size_t)(r * K) * es;
+        if (four && base >= 3) { /* tiles of 2 W rows, each through every block while in L1 */
+            for (int half = 0; half < 2; half++)
+                for (int64_t c = 0, m0 = 0; c < nch; c++) {
+                    int64_t mr = base + (c < rem);
+                    fns[0][mr](x + m0 * K, wr + (size_t)(half * 2 * K) * es, K, y + m0 * N + r + 2 * half, N);
+                    m0 += mr;
+                }
+            r += 4;
+            continue;
+        }
         for (int64_t c = 0, m0 = 0; c < nch; c++) {
             int64_t mr = base + (c < rem);
             if (!four) fns[1][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
-            else if (mr <= 2) fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
-            else { /* two tiles of 2 W rows */
-                fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
-                fns[0][mr](x + m0 * K, wr + (size_t)(2 * K) * es, K, y + m0 * N + r + 2, N);
-            }
+            else fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N); /* 1-2 rows: a tile of 4 W rows */
             m0 += mr;
         }
         r += four ? 4 : 1;
