@@ -69,6 +69,15 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         *ok = cli_parse_i64(v, 0, 1 << 20, &sp->sinks);
     } else if (!strcmp(o, "--kv-window")) {
         *ok = cli_parse_i64(v, 1, 1 << 24, &sp->window);
+    } else if (!strcmp(o, "--draft-costs")) { /* adaptive K's cost model: draft,slope,row (0: the default) */
+        char *e = NULL;
+        sp->draft_cost = strtod(v, &e);
+        *ok = e && *e == ',';
+        if (*ok) sp->verify_slope = strtod(e + 1, &e);
+        *ok = *ok && e && *e == ',';
+        if (*ok) sp->verify_row = strtod(e + 1, &e);
+        *ok = *ok && e && !*e && sp->draft_cost >= 0 && sp->draft_cost <= 100 && sp->verify_slope >= 0 &&
+              sp->verify_slope <= 100 && sp->verify_row >= 0 && sp->verify_row <= 100;
     } else if (!strcmp(o, "--draft-threads")) {
         *ok = cli_parse_i64(v, 0, 1024, &a->draft_threads);
     } else if (!strcmp(o, "--draft-adapt")) {
