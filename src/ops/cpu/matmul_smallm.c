@@ -251,16 +251,6 @@ void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void 
     for (int64_t r = r0; r < r1;) {
         int four = r + 4 <= r1;
         const char *wr = (const char *)w + (size_t)(r * K) * es;
-        if (four && (M == 3 || M == 4) && (size_t)(4 * K) * es <= LMC_CPU_SMALLM_TILE) {
-            /* 3-4 rows over short W rows: the 4-row tile twice (x rows 2 + 1-2), the second
-             * time from L1: 8 accumulators a pass where the 2-row tiles' 6-8 left the FMA
-             * latency exposed (bench_gemv16 -t 1 -c 1, BF16 K = 768, 2-core Zen 3: M = 3
-             * 11.3 -> 13.3 GB/s, M = 4 10.7 -> 12.1; K = 2048 lost, M = 5-6 lost with 3 passes) */
-            for (int64_t m0 = 0; m0 < M; m0 += 2)
-                fns[0][LMC_MIN(2, M - m0)](x + m0 * K, wr, K, y + m0 * N + r, N);
-            r += 4;
-            continue;
-        }
         if (four && base >= 3) { /* tiles of 2 W rows, each through every block while in L1 */
             for (int half = 0; half < 2; half++)
                 for (int64_t c = 0, m0 = 0; c < nch; c++) {
