@@ -23,6 +23,7 @@ speculative texts must equal its plain ones (greedy).
 Usage: bench/spec_cli_cpu.py LMC LLAMA_BIN_DIR TARGET DRAFT [--prompts 8] [--tokens 64]
        [--rounds 2] [--threads 2] [--k 4] [--llama-dtype bf16,f16] [--no-simple] [--no-llama]
        [--lmc-base OTHER_LMC: its plain and --draft-model runs too, an A/B of two builds]
+       [--lmc-variant 'EXTRA ARGS' (repeatable): more lmc --draft-model rows, e.g. '--draft-threads 1']
        [--gguf-dir /tmp/lmc-spec-cli]
 """
 import argparse, os, re, resource, statistics, subprocess, sys
@@ -34,6 +35,8 @@ ap.add_argument("--rounds", type=int, default=2); ap.add_argument("--threads", d
 ap.add_argument("--k", default="4"); ap.add_argument("--llama-dtype", default="bf16,f16")
 ap.add_argument("--no-simple", action="store_true"); ap.add_argument("--lmc-base", default="")
 ap.add_argument("--no-llama", action="store_true"); ap.add_argument("--gguf-dir", default="/tmp/lmc-spec-cli")
+ap.add_argument("--lmc-variant", action="append", default=[],
+                help="more lmc --draft-model rows with these extra arguments (e.g. '--draft-adapt timed')")
 a = ap.parse_args()
 env = dict(os.environ, LD_LIBRARY_PATH=a.llama_bin + ":" + os.environ.get("LD_LIBRARY_PATH", ""))
 
@@ -76,6 +79,9 @@ if a.lmc_base:  # an A/B of two lmc builds, interleaved with the rest
     modes += [("lmc base", "plain", lambda p: lmc(p, [], a.lmc_base)),
               ("lmc base", "--draft-model, adaptive K<=" + a.k,
                lambda p: lmc(p, ["--draft-model", a.draft, "--draft-tokens", a.k], a.lmc_base))]
+for v in a.lmc_variant:
+    modes.append(("lmc", "--draft-model, K<=%s, %s" % (a.k, v),
+                  lambda p, v=v: lmc(p, ["--draft-model", a.draft, "--draft-tokens", a.k, *v.split()])))
 tools = [] if a.no_llama else ["llama-speculative"] + ([] if a.no_simple else ["llama-speculative-simple"])
 for dt in a.llama_dtype.split(","):
     for t in tools:

@@ -84,8 +84,15 @@ static void test_float(int threads) {
                   "M=%lld: not routed to the small-M kernel", (long long)M);
     CHECK(c->mm_small_max < c->gemm_min_m || c->gemm_min_m > MMAX); /* sgemm never takes an M it claims */
 #endif
-    /* the last: a 4-row tile too large for blocks of more than LMC_CPU_SMALLM_MR rows */
-    static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}, {21, 1601}};
+#ifdef LMC_CPU_SMALLM_AVX2
+    /* AVX2: verifications of up to 10 drafts over K = 1536 BF16 rows (the kjv-target's down projection) */
+    for (int64_t M = 7; M <= c->mm_small_max; M++)
+        CHECK_MSG(lmc_cpu_smallm_ok(c, M, 1536, LMC_DTYPE_BF16), "M=%lld: not routed to the small-M kernel",
+                  (long long)M);
+#endif
+    /* the last two: a 2-row tile (BF16, F16) just inside, and one too large for, blocks of more than
+     * LMC_CPU_SMALLM_MR rows on AVX2 */
+    static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}, {11, 1535}, {21, 1601}};
     static const enum lmc_dtype dts[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {

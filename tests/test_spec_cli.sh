@@ -2,7 +2,8 @@
 # test_spec_cli.sh — lmc generate's speculative decoding and --kv-dtype flags end to end:
 # on every fixture, greedy --prompt-lookup / --self-spec / --draft-model give
 # transformers' greedy ids (ref.json) and the same streamed text as the
-# JSON; on models/kjv-llama the same ids as plain greedy (also with q8, q4
+# JSON; on models/kjv-llama the same ids as plain greedy (also timed K with a
+# 1-thread draft backend, explicit --draft-costs, and with q8, q4
 # and kivi2 caches, against plain greedy with that cache); attention sinks:
 # a window that never fills equals plain greedy, a small one generates 600
 # tokens past the 256 positions (plain and speculative); bad values and
@@ -37,7 +38,9 @@ done
 K=models/kjv-llama
 P="And God said, Let there be light: and there was light. And God saw the light, that it was good: and God divided the light from the darkness. And God called the light"
 "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json >"$TMP/plain.json" 2>/dev/null; ok $? "kjv plain"
-for f in "--prompt-lookup 3" "--self-spec 2" "--draft-model $K --draft-tokens 6"; do
+for f in "--prompt-lookup 3" "--self-spec 2" "--draft-model $K --draft-tokens 6" \
+         "--draft-model $K --draft-tokens 8 --draft-adapt timed --draft-threads 1" \
+         "--draft-model $K --draft-costs 0.1,0.065,0.25"; do
   "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json $f >"$TMP/spec.json" 2>/dev/null; ok $? "kjv $f"
   [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv $f equals plain greedy"
 done
@@ -102,7 +105,8 @@ ok $? "eval perplexity per KV format within bounds of f32"
 [ "$(ids "$TMP/a.json")" = "$(ids "$TMP/b.json")" ]; ok $? "seeded speculative sampling reproducible"
 
 # bad values
-for f in "--prompt-lookup 0" "--prompt-lookup 17" "--draft-tokens 0" "--draft-tokens 65" "--draft-adapt maybe" "--self-spec x"; do
+for f in "--prompt-lookup 0" "--prompt-lookup 17" "--draft-tokens 0" "--draft-tokens 65" "--draft-adapt maybe" "--self-spec x" \
+         "--draft-costs 0,0.02" "--draft-costs 0,0.02,x" "--draft-costs -1,0,0" "--draft-threads -1"; do
   "$LMC" generate -m $K -p hi $f >/dev/null 2>"$TMP/err"; rc=$?
   [ $rc = 2 ] && grep -q "invalid value" "$TMP/err"; ok $? "$f refused (rc $rc)"
 done

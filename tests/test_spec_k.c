@@ -20,6 +20,7 @@
 #include "core/rng.h"
 
 #include <math.h>
+#include <string.h>
 
 static double rate_of(double a, int64_t k, double d, double s, double r) {
     double tok = 0;
@@ -40,7 +41,60 @@ static int64_t choose(double a, int64_t kmax, double d, double s, double r) {
     return lmc_spec_choose_k(a, kmax, &c);
 }
 
+/* lmc_spec_choose_k_timed: with every M timed, the argmax of expected
+ * tokens per second (a brute force over synthetic timings: a flat
+ * verification from 3 to 5 rows, as the AVX2 kernel's, then a cliff);
+ * with nothing timed, lmc_spec_choose_k; with only M = 4 timed, the
+ * model's shape scaled to it; every 8th round a neighbour of the choice. */
+static void test_timed(void) {
+    static const double vsec[] = {0, 1.0, 1.02, 1.25, 1.27, 1.28, 1.40, 1.90, 2.10, 2.20};
+    struct lmc_spec_cost c = {0.07, 0.02, 0.25};
+    int64_t checked = 0;
+    for (double a = 0.05; a < 0.99; a += 0.05) {
+        struct lmc_spec_timing t;
+        memset(&t, 0, sizeof t);
+        CHECK(lmc_spec_choose_k_timed(&t, a, 8, &c) == lmc_spec_choose_k(a, 8, &c));
+        t.rounds = 0;
+        for (int rep = 0; rep < 20; rep++)
+            for (int64_t k = 0; k <= 8; k++) lmc_spec_timing_add(&t, k, 0.04 * (double)k, vsec[k + 1]);
+        int64_t best = 0;
+        double tok = 1, ak = 1, best_rate = 1 / vsec[1];
+        for (int64_t k = 1; k <= 8; k++) {
+            ak *= a;
+            tok += ak;
+            double r = tok / (0.04 * (double)k + vsec[k + 1]);
+            if (r > best_rate * (1 + 1e-9)) best_rate = r, best = k;
+        }
+        t.rounds = 0; /* rounds 1..7: no probe */
+        int64_t got = lmc_spec_choose_k_timed(&t, a, 8, &c);
+        CHECK_MSG(got == best, "timed a %.2f: K %lld, brute %lld", a, (long long)got, (long long)best);
+        if (best >= 2 && best <= 7) { /* round 8: a probe next to the choice */
+            t.rounds = 7;
+            int64_t p = lmc_spec_choose_k_timed(&t, a, 8, &c);
+            CHECK_MSG(p == best + 1 || p == best - 1, "probe at a %.2f: %lld next to %lld", a, (long long)p,
+                      (long long)best);
+        }
+        checked++;
+    }
+    /* the flat 3..5 verification takes K = 4 where the model (0.02) takes 3 */
+    struct lmc_spec_timing t;
+    memset(&t, 0, sizeof t);
+    for (int rep = 0; rep < 5; rep++)
+        for (int64_t k = 0; k <= 8; k++) lmc_spec_timing_add(&t, k, 0.04 * (double)k, vsec[k + 1]);
+    t.rounds = 0;
+    CHECK(lmc_spec_choose_k_timed(&t, 0.8, 8, &c) == 4 && lmc_spec_choose_k(0.8, 8, &c) == 3);
+    /* one M timed: the others from the model's shape, so the model's choice */
+    memset(&t, 0, sizeof t);
+    lmc_spec_timing_add(&t, 3, 3 * 0.07 * 0.004, 0.004 * (1 + 0.02 * 3));
+    CHECK(lmc_spec_choose_k_timed(&t, 0.7, 8, &c) == lmc_spec_choose_k(0.7, 8, &c));
+    /* a preempted round (100x) moves the mean by at most 3x */
+    lmc_spec_timing_add(&t, 3, 0, 0.4);
+    CHECK(t.vsum[4] / t.vn[4] < 3.01 * 0.004 * 1.06);
+    printf("  choose_k_timed: %lld acceptance rates against the brute force\n", (long long)checked);
+}
+
 int main(void) {
+    test_timed();
     static const double ds[] = {0.0, 0.01, 0.08, 0.16, 0.3, 1.0};
     static const double ss[] = {0.0, 0.02, 0.06, 0.2};
     static const double rs[] = {0.0, 0.25, 0.35, 0.6};

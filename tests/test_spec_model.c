@@ -2,7 +2,9 @@
  * (infer/spec.c): greedy speculative output equals plain greedy decoding
  * (lmc_session_generate) token for token on every fixture and on
  * models/kjv-llama, for prompt lookup, self-speculation and a draft model,
- * fixed and adaptive K, with rejections (and so cache rollbacks) counted;
+ * fixed and adaptive K (from the cost model, and from the loop's timings
+ * with the draft on its own 2-thread CPU backend), with rejections (and so
+ * cache rollbacks) counted;
  * and the distribution of the first and second sampled tokens of
  * llama-tiny over 20,000 seeded runs matches the target's own (exact
  * marginals from enumerating the first token), under self-speculation
@@ -112,6 +114,15 @@ static void test_greedy_model(const char *dir, const struct lmc_model *m, const 
     o = (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 5, .adaptive = true};
     snprintf(name, sizeof name, "%s draft model", dir);
     check_greedy(name, m, draft, o, prompt, n, max_new, want, draft != m ? REJECT : ACCEPT | ALL);
+    /* the draft on its own 2-thread CPU backend, K from the loop's timings */
+    struct lmc_backend dbe;
+    lmc_err err = {0};
+    CHECK(lmc_backend_cpu_init(&dbe, 2, &err) == LMC_OK);
+    o.draft_be = &dbe;
+    o.measured = true;
+    snprintf(name, sizeof name, "%s draft model, own backend, timed", dir);
+    check_greedy(name, m, draft, o, prompt, n, max_new, want, 0); /* timed K: counts vary */
+    lmc_backend_cpu_free(&dbe);
     free(want);
 }
 

@@ -30,6 +30,7 @@ struct gen_args {
     /* speculative decoding (generate only): mode 0 = off */
     struct lmc_spec_opts spec;
     const char *draft_dir;
+    int64_t draft_threads; /* --draft-threads: the draft model's CPU threads (0: the target's) */
     /* compressed KV cache (issue 17): NONE = the backend's own */
     enum lmc_kvq_fmt kv_fmt;
     int64_t kv_residual;
@@ -68,9 +69,21 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         *ok = cli_parse_i64(v, 0, 1 << 20, &sp->sinks);
     } else if (!strcmp(o, "--kv-window")) {
         *ok = cli_parse_i64(v, 1, 1 << 24, &sp->window);
+    } else if (!strcmp(o, "--draft-costs")) { /* adaptive K's cost model: draft,slope,row (0: the default) */
+        char *e = NULL;
+        sp->draft_cost = strtod(v, &e);
+        *ok = e && *e == ',';
+        if (*ok) sp->verify_slope = strtod(e + 1, &e);
+        *ok = *ok && e && *e == ',';
+        if (*ok) sp->verify_row = strtod(e + 1, &e);
+        *ok = *ok && e && !*e && sp->draft_cost >= 0 && sp->draft_cost <= 100 && sp->verify_slope >= 0 &&
+              sp->verify_slope <= 100 && sp->verify_row >= 0 && sp->verify_row <= 100;
+    } else if (!strcmp(o, "--draft-threads")) {
+        *ok = cli_parse_i64(v, 0, 1024, &a->draft_threads);
     } else if (!strcmp(o, "--draft-adapt")) {
-        *ok = !strcmp(v, "on") || !strcmp(v, "off");
-        sp->adaptive = !strcmp(v, "on");
+        *ok = !strcmp(v, "on") || !strcmp(v, "off") || !strcmp(v, "timed");
+        sp->adaptive = strcmp(v, "off") != 0;
+        sp->measured = !strcmp(v, "timed");
     } else {
         return 0;
     }
@@ -96,12 +109,27 @@ static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
     struct lmc_spec sp;
     a->spec.kv_fmt = a->kv_fmt;
     a->spec.kv_residual = a->kv_residual;
+    /* the draft on its own CPU backend of --draft-threads threads (the
+     * plain CPU backend only: not a compressed cache's or a device's) */
+    struct lmc_backend dbe;
+    bool have_dbe = false;
+    if (have_draft && a->draft_threads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
+        st = lmc_backend_cpu_init(&dbe, (int)a->draft_threads, err);
+        if (st) {
+            lmc_model_free(&draft);
+            return st;
+        }
+        have_dbe = true;
+        a->spec.draft_be = &dbe;
+    }
     st = lmc_spec_init(&sp, &cm->model, gbe, cm->tok, have_draft ? &draft : NULL, &a->spec, ctx, err);
     if (!st) {
         st = lmc_spec_generate(&sp, ids, n, &a->g, a->c.json ? NULL : emit_stdout, NULL, res, stats,
                                err);
         lmc_spec_free(&sp);
     }
+    a->spec.draft_be = NULL;
+    if (have_dbe) lmc_backend_cpu_free(&dbe);
     if (have_draft) lmc_model_free(&draft);
     return st;
 }
@@ -406,9 +434,10 @@ int cmd_generate(int argc, char **argv) {
                 (long long)sstats.evicted);
         /* where the decode time went (spec.c's round timers; the rest: emission, detokenizing, the loop) */
         fprintf(stderr, "lmc: speculative time: draft %.4f s, verify %.4f s, accept %.4f s, other %.4f s "
-                        "(%lld plain rounds)\n",
+                        "(%lld plain rounds); decode CPU %.4f s\n",
                 sstats.draft_s, sstats.verify_s, sstats.accept_s,
-                res.decode_s - sstats.draft_s - sstats.verify_s - sstats.accept_s, (long long)sstats.plain_rounds);
+                res.decode_s - sstats.draft_s - sstats.verify_s - sstats.accept_s, (long long)sstats.plain_rounds,
+                sstats.decode_cpu_s);
         goto report;
     }
     if (lmc_session_init(&s, model, gbe, cm.tok, ctx, 512, &err)) {

@@ -13,6 +13,29 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* The verification's default slope: the small-M kernel of the build
+ * (matmul_smallm.c). AVX-512: 4 W rows x up to 6 x rows, 0.02 per row
+ * (bench_spec, a 91M bf16 target on a 2-core Zen 4). The AVX2 twin's
+ * 2-row tiles run blocks of 3, 4 and 5 x rows in about the same time
+ * (bench_gemv16 -t 1 -c 1, BF16 K = 768: 13.5, 13.4, 13.0 GB/s against
+ * 18.1 at M = 1), so a 4-row verification already costs what a 5-row one
+ * does: bench_spec -t 2 -cpu 1 on the 12x576 kjv-target, 2-core Zen 3,
+ * M = 2..6: 1.00, 1.09, 1.25-1.31, 1.25-1.26, 1.37 1-token forwards;
+ * 1 + 0.065 (M - 1) follows that (0.02 took K = 3 where K = 4 gives
+ * 14% more tokens per round for the same verification). */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LMC_SPEC_DEFAULT_SLOPE 0.02
+#else
+#define LMC_SPEC_DEFAULT_SLOPE 0.065
+#endif
+
+static double cpu_now(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)) return 0;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k, int32_t *out) {
     for (int64_t g = LMC_MIN(ngram, n - 1); g >= 1; g--) {
@@ -70,6 +93,60 @@ int64_t lmc_spec_choose_k_batch(double alpha, int64_t kmax, const struct lmc_spe
 
 int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c) {
     return lmc_spec_choose_k_batch(alpha, kmax, c, 1);
+}
+
+static double clip_add(double *sum, double *n, double x, double w) {
+    if (*n > 0.5 && x * w > 3 * *sum / *n * w) x = 3 * *sum / *n; /* a preempted round */
+    *sum = 0.8 * *sum + x;
+    *n = 0.8 * *n + w;
+    return *sum / *n;
+}
+
+void lmc_spec_timing_add(struct lmc_spec_timing *t, int64_t k, double draft_s, double verify_s) {
+    if (k < 0 || k + 1 >= LMC_SPEC_TIMING_MAX) return;
+    if (k > 0) clip_add(&t->dsum, &t->dn, draft_s / (double)k, 1);
+    clip_add(&t->vsum[k + 1], &t->vn[k + 1], verify_s, 1);
+}
+
+/* seconds of a verification of M rows: timed, or the nearest timed M
+ * scaled by the model's shape; -1 when nothing is timed */
+static double timed_verify(const struct lmc_spec_timing *t, int64_t M, const struct lmc_spec_cost *c) {
+    if (t->vn[M] > 0.5) return t->vsum[M] / t->vn[M];
+    for (int64_t d = 1; d < LMC_SPEC_TIMING_MAX; d++)
+        for (int sg = -1; sg <= 1; sg += 2) {
+            int64_t j = M + sg * d;
+            if (j < 1 || j >= LMC_SPEC_TIMING_MAX || !(t->vn[j] > 0.5)) continue;
+            double s = c->slope >= 0 ? c->slope : 0, r = c->row >= 0 ? c->row : 0;
+            double cm = M == 1 ? 1 : forward_cost(s, r, (double)M), cj = j == 1 ? 1 : forward_cost(s, r, (double)j);
+            return t->vsum[j] / t->vn[j] * cm / cj;
+        }
+    return -1;
+}
+
+int64_t lmc_spec_choose_k_timed(struct lmc_spec_timing *t, double alpha, int64_t kmax,
+                                const struct lmc_spec_cost *c) {
+    kmax = LMC_MIN(kmax, LMC_SPEC_TIMING_MAX - 2);
+    double t1 = timed_verify(t, 1, c);
+    if (t1 <= 0) return lmc_spec_choose_k(alpha, kmax, c);
+    if (!(alpha >= 0)) alpha = 0;
+    if (alpha > 0.99) alpha = 0.99;
+    double dtok = t->dn > 0.5 ? t->dsum / t->dn : (c->draft >= 0 ? c->draft : 0) * t1;
+    int64_t best = 0;
+    double best_rate = 1 / t1, tokens = 1, ak = 1;
+    for (int64_t k = 1; k <= kmax; k++) {
+        ak *= alpha;
+        tokens += ak;
+        double rate = tokens / ((double)k * dtok + timed_verify(t, k + 1, c));
+        if (rate > best_rate * (1 + 1e-9)) {
+            best_rate = rate;
+            best = k;
+        }
+    }
+    if (best > 0 && ++t->rounds % 8 == 0) { /* probe a neighbour */
+        int64_t p = (t->rounds / 8) % 2 ? best + 1 : best - 1;
+        if (p >= 1 && p <= kmax) best = p;
+    }
+    return best;
 }
 
 /* the prior: 0.7 over 2 trials; each round's counts decay by 0.85 */
@@ -155,9 +232,10 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     }
     sp->model = m;
     sp->be = be;
+    sp->dbe = be;
     sp->tok = tok;
     sp->o = *o;
-    if (!(sp->o.verify_slope > 0)) sp->o.verify_slope = 0.02;
+    if (!(sp->o.verify_slope > 0)) sp->o.verify_slope = LMC_SPEC_DEFAULT_SLOPE;
     if (!(sp->o.verify_row > 0)) sp->o.verify_row = 0.25;
     if (!(sp->o.draft_cost > 0)) {
         if (o->mode == LMC_SPEC_DRAFT && m->weight_bytes)
@@ -188,7 +266,14 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
         sp->dkv.n_layers = o->self_layers;
     } else {
         sp->draft = draft;
-        st = lmc_kv_init(&sp->dkv, draft, be, ctx, err);
+        if (o->draft_be) {
+            if (!o->draft_be->host_memory || !be->host_memory || o->draft_be->kv_dtype != be->kv_dtype) {
+                st = lmc_err_set(err, LMC_ERR_ARG, "speculative decoding: the draft's backend must be a host one like the target's");
+                goto fail;
+            }
+            sp->dbe = o->draft_be;
+        }
+        st = lmc_kv_init(&sp->dkv, draft, sp->dbe, ctx, err);
         if (st) goto fail;
         sp->dkv_owned = true;
         if (o->kv_fmt) {
@@ -196,7 +281,7 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
             if (st) goto fail;
         }
     }
-    st = lmc_acts_init(&sp->dacts, sp->draft, be, LMC_MIN(512, ctx), 1, err);
+    st = lmc_acts_init(&sp->dacts, sp->draft, sp->dbe, LMC_MIN(512, ctx), 1, err);
     if (st) goto fail;
     sp->dlogits = malloc((size_t)V * sizeof(float));
     sp->q = malloc((size_t)K * (size_t)V * sizeof(float));
@@ -239,7 +324,7 @@ struct gen {
  * leaves its distribution for position n+k in q. */
 static lmc_status draft_step(struct lmc_spec *sp, struct gen *g, int64_t k, float *q, lmc_err *err) {
     int64_t upto = g->n + k; /* ids all[0..upto) conditioned on */
-    lmc_status st = lmc_model_forward(sp->draft, sp->be, &sp->dacts, &sp->dkv, g->all + g->dc,
+    lmc_status st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g->all + g->dc,
                                       upto - g->dc, g->dc - g->shift, sp->dlogits, false, err);
     if (st) return st;
     g->dc = upto;
@@ -326,7 +411,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
                                false, err);
         if (st) goto out;
         if (sp->o.mode == LMC_SPEC_DRAFT) {
-            st = lmc_model_forward(sp->draft, sp->be, &sp->dacts, &sp->dkv, g.all, n_prompt - 1, 0,
+            st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g.all, n_prompt - 1, 0,
                                    sp->dlogits, false, err);
             if (st) goto out;
         }
@@ -339,6 +424,9 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     int64_t n_gen = 0, K = Kmax, since_probe = 0;
     struct lmc_spec_rate rate;
     lmc_spec_rate_init(&rate);
+    struct lmc_spec_timing timing;
+    memset(&timing, 0, sizeof timing);
+    double cpu0 = cpu_now();
     bool done = false, stopped = false, eos = false;
     while (!done && !eos && n_gen < o->max_new) {
         /* no drafts past what is still wanted (the round adds one more) or
@@ -381,7 +469,12 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             lmc_spec_rate_add(&rate, a, k);
             if (k == 0 && K == 0) stats->plain_rounds++;
             struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
-            K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+            if (sp->o.measured) {
+                lmc_spec_timing_add(&timing, k, ts1 - ts0, ts2 - ts1);
+                K = lmc_spec_choose_k_timed(&timing, lmc_spec_rate_alpha(&rate), Kmax, &cost);
+            } else {
+                K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+            }
             if (K == 0 && ++since_probe >= 8) {
                 K = 1;
                 since_probe = 0;
@@ -428,6 +521,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             emit(user, piece, plen);
     }
     res->decode_s = lmc_time_now() - t1;
+    stats->decode_cpu_s = cpu_now() - cpu0;
     if (!st) {
         int64_t np = n_prompt;
         res->ids = malloc((size_t)LMC_MAX(n_gen, 1) * sizeof *res->ids);

@@ -31,6 +31,14 @@ struct lmc_spec_opts {
     int64_t lookup_ngram;      /* LOOKUP: longest n-gram matched (1..16) */
     int64_t self_layers;       /* SELF: layers of the draft (1..num_layers-1) */
     bool adaptive;             /* K from the running acceptance rate (else fixed) */
+    /* adaptive K's costs from this loop's own timings (struct lmc_spec_timing:
+     * seconds per draft token and per verification of each M rows, the
+     * cost model filling M not yet timed); else the model alone */
+    bool measured;
+    /* DRAFT: the draft model's backend (NULL: the target's); a host-memory
+     * backend like the target's (e.g. the CPU backend with fewer threads:
+     * a small draft's ops are too short to split) */
+    const struct lmc_backend *draft_be;
     /* adaptive K's cost model (struct lmc_spec_cost; 0: the defaults) */
     double draft_cost, verify_slope, verify_row;
     /* compressed KV caches (infer/kvq.h): the backend must be made by
@@ -52,6 +60,7 @@ struct lmc_spec_stats {
     int64_t plain_rounds;      /* rounds adaptive K ran without drafts (k = 0) */
     double draft_s, verify_s;  /* seconds in drafting, in target forwards */
     double accept_s;           /* seconds in target probabilities + acceptance */
+    double decode_cpu_s;       /* the process's CPU seconds in the decode loop (all threads) */
 };
 
 struct lmc_spec {
@@ -66,6 +75,7 @@ struct lmc_spec {
      * the target with num_layers = L writing the target's cache rows of
      * layers 0..L-1, which the verifier overwrites with equal values) */
     const struct lmc_model *draft;
+    const struct lmc_backend *dbe; /* the draft's backend */
     struct lmc_model self_view;
     struct lmc_kv dkv;
     bool dkv_owned;
@@ -128,6 +138,25 @@ double lmc_spec_round_cost_batch(const struct lmc_spec_cost *c, int64_t k, int64
 int64_t lmc_spec_choose_k(double alpha, int64_t kmax, const struct lmc_spec_cost *c);
 /* The same with lmc_spec_round_cost_batch's cost (batch 1: choose_k). */
 int64_t lmc_spec_choose_k_batch(double alpha, int64_t kmax, const struct lmc_spec_cost *c, int64_t batch);
+
+/* Measured costs for adaptive K (lmc_spec_opts.measured): decayed sums of
+ * the seconds of draft tokens and of verification forwards per row count
+ * M = k + 1 (a sample over 3x the running mean is clipped: a preempted
+ * round on a shared machine). An M not timed yet is estimated from the
+ * nearest timed one through the cost model's shape; the draft token from
+ * the model's draft cost until timed. Every 8th round probes K +- 1 of the
+ * choice (alternating), so neighbours stay timed. */
+#define LMC_SPEC_TIMING_MAX 66
+struct lmc_spec_timing {
+    double dsum, dn;                         /* draft seconds, draft tokens */
+    double vsum[LMC_SPEC_TIMING_MAX], vn[LMC_SPEC_TIMING_MAX]; /* by M */
+    int64_t rounds;
+};
+void lmc_spec_timing_add(struct lmc_spec_timing *t, int64_t k, double draft_s, double verify_s);
+/* The K in [0, kmax] with the most expected tokens per measured second
+ * (c: the model that fills the gaps); then the probe rule above. */
+int64_t lmc_spec_choose_k_timed(struct lmc_spec_timing *t, double alpha, int64_t kmax,
+                                const struct lmc_spec_cost *c);
 
 /* Running per-draft acceptance estimate: decayed counts of accepted drafts
  * and of Bernoulli trials (a round that accepts a of k drafts ran a + 1

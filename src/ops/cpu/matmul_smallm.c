@@ -15,8 +15,11 @@
  * for up to 6 rows (matmul.c's AVX2 2x4 kernel widened it once per 2 rows
  * and read 4 rows without prefetch: a 5-row verification of a 52M bf16
  * model cost 2.5x a 1-row step on the 2-core Zen 3); the same software
- * prefetch ahead of the tile; a K tail through a zero-padded copy. Builds
- * without AVX2 keep matmul.c's scalar kernels.
+ * prefetch ahead of the tile; a K tail through a zero-padded copy. More
+ * than 6 x rows (blocks of 3-6) run each 2-row tile through every block
+ * before the next, so the tile comes from L1 (lmc_cpu_smallm_ok takes them
+ * up to 2-row tiles of LMC_CPU_SMALLM_TILE bytes: K <= 1536 BF16/F16).
+ * Builds without AVX2 keep matmul.c's scalar kernels.
  * Both keep each x vector in a register (an empty asm): GCC otherwise folds
  * the x load into every FMA, one load per W row (AVX-512 5x4: 20 loads per
  * 16 columns instead of 5; measured on Zen 4, bench/results/spec-cpu-2026-12-06.md:
@@ -248,14 +251,20 @@ void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void 
     for (int64_t r = r0; r < r1;) {
         int four = r + 4 <= r1;
         const char *wr = (const char *)w + (size_t)(r * K) * es;
+        if (four && base >= 3) { /* tiles of 2 W rows, each through every block while in L1 */
+            for (int half = 0; half < 2; half++)
+                for (int64_t c = 0, m0 = 0; c < nch; c++) {
+                    int64_t mr = base + (c < rem);
+                    fns[0][mr](x + m0 * K, wr + (size_t)(half * 2 * K) * es, K, y + m0 * N + r + 2 * half, N);
+                    m0 += mr;
+                }
+            r += 4;
+            continue;
+        }
         for (int64_t c = 0, m0 = 0; c < nch; c++) {
             int64_t mr = base + (c < rem);
             if (!four) fns[1][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
-            else if (mr <= 2) fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
-            else { /* two tiles of 2 W rows */
-                fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N);
-                fns[0][mr](x + m0 * K, wr + (size_t)(2 * K) * es, K, y + m0 * N + r + 2, N);
-            }
+            else fns[0][mr](x + m0 * K, wr, K, y + m0 * N + r, N); /* 1-2 rows: a tile of 4 W rows */
             m0 += mr;
         }
         r += four ? 4 : 1;

@@ -88,6 +88,17 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 #endif
 #define LMC_CPU_SMALLM_MR 6
 #define LMC_CPU_SMALLM_TILE 6144
+/* W rows of the tile that blocks of more than LMC_CPU_SMALLM_MR x rows
+ * re-read: AVX-512 4; the AVX2 twin 2 (its blocks of 3-6 rows take 2-row
+ * tiles, each one run over every block before the next: a 12-row
+ * verification of K = 1536 BF16 rows re-reads 6 KB from L1 instead of
+ * leaving the kernel: a 7-token verification of the 12x576 kjv-target cost
+ * 2.03 1-token forwards there, 6 tokens 1.37) */
+#ifdef LMC_CPU_SMALLM_AVX2
+#define LMC_CPU_SMALLM_REREAD 2
+#else
+#define LMC_CPU_SMALLM_REREAD 4
+#endif
 /* M = 1 too where rows are this short (4-row tile bytes): the GEMV's
  * one-row kernels suit long rows, the tile's prefetch short ones (kjv-llama
  * decode 1.05-1.37x, CPU time, loaded machine); a row's bits then do not
@@ -102,7 +113,7 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
     int64_t tile = 4 * K * lmc_dtype_size(dt);
     return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE || dt != LMC_DTYPE_F32) &&
-           (M <= LMC_CPU_SMALLM_MR || tile <= LMC_CPU_SMALLM_TILE);
+           (M <= LMC_CPU_SMALLM_MR || tile / 4 * LMC_CPU_SMALLM_REREAD <= LMC_CPU_SMALLM_TILE);
 }
 /* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
  * F32, F16, BF16), tiles of 4 W rows from r0; LMC_CPU_SMALLM builds only. */
