@@ -7,7 +7,11 @@
  * converts each key slice in registers; eight f32 lanes per position,
  * reduced once per four positions), a max-subtracted exp with the sum in
  * double (as attention_paged.c), and the weighted sum of the V slices with
- * the output kept in registers (up to 64 values per pass). CPUs without
+ * the output kept in registers (up to 64 values per pass). Each
+ * position's slot offset is computed once per task (no division per row)
+ * and the keys 16 positions ahead and the values being scored are
+ * prefetched (blocks are scattered, so the hardware prefetchers lose the
+ * stream at every block; the kernel is bound by these reads). CPUs without
  * AVX2/FMA/F16C, and head sizes not a multiple of 8, take the portable
  * twin (same math, scalar). Results differ from the f32 pool by the f16
  * rounding of K and V (relative 2^-11 per value). */
@@ -22,6 +26,7 @@
 #include <immintrin.h>
 #define PH_TARGET __attribute__((target("avx2,fma,f16c")))
 #define PH_INLINE PH_TARGET __attribute__((always_inline)) static inline
+#define PH_PF 16 /* key prefetch distance, positions */
 #endif
 
 size_t lmc_kvq_paged_row_bytes_f16(int64_t row) {
@@ -78,47 +83,57 @@ PH_INLINE __m128 ph_reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
 }
 
 /* o[d0, d0 + 8 * ND) = sum_i s[i] * v_i[d0, ...) (registers across the positions) */
-PH_INLINE void ph_wsum(const struct hpattn_job *j, const int32_t *bt, int64_t lo, int64_t n, int64_t kvh,
-                       const float *s, float *o, int64_t d0, const int ND) {
+PH_INLINE void ph_wsum(const struct hpattn_job *j, const size_t *off, int64_t n, const float *s, float *o,
+                       int64_t d0, const int ND) {
     __m256 acc[8];
 #pragma GCC unroll 8
     for (int u = 0; u < ND; u++) acc[u] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n;) { /* one block's run of positions at a time: consecutive rows */
-        const int64_t ps = lo + i, run = LMC_MIN(j->bs - ps % j->bs, n - i), stride = j->n_kv * j->hd;
-        const uint16_t *v = hp_row(j, j->vc, bt, ps, kvh) + d0;
-        for (int64_t r = 0; r < run; r++, i++, v += stride) {
-            const __m256 sv = _mm256_broadcast_ss(s + i);
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t *v = j->vc + off[i] + d0;
+        const __m256 sv = _mm256_broadcast_ss(s + i);
 #pragma GCC unroll 8
-            for (int u = 0; u < ND; u++) acc[u] = _mm256_fmadd_ps(sv, ph_ld(v + 8 * u), acc[u]);
-        }
+        for (int u = 0; u < ND; u++) acc[u] = _mm256_fmadd_ps(sv, ph_ld(v + 8 * u), acc[u]);
     }
 #pragma GCC unroll 8
     for (int u = 0; u < ND; u++) _mm256_storeu_ps(o + d0 + 8 * u, acc[u]);
 }
 
-PH_TARGET static void ph_wsum8(const struct hpattn_job *j, const int32_t *bt, int64_t lo, int64_t n, int64_t kvh,
-                               const float *s, float *o, int64_t d0) {
-    ph_wsum(j, bt, lo, n, kvh, s, o, d0, 8);
+PH_TARGET static void ph_wsum8(const struct hpattn_job *j, const size_t *off, int64_t n, const float *s, float *o,
+                               int64_t d0) {
+    ph_wsum(j, off, n, s, o, d0, 8);
 }
-PH_TARGET static void ph_wsum4(const struct hpattn_job *j, const int32_t *bt, int64_t lo, int64_t n, int64_t kvh,
-                               const float *s, float *o, int64_t d0) {
-    ph_wsum(j, bt, lo, n, kvh, s, o, d0, 4);
+PH_TARGET static void ph_wsum4(const struct hpattn_job *j, const size_t *off, int64_t n, const float *s, float *o,
+                               int64_t d0) {
+    ph_wsum(j, off, n, s, o, d0, 4);
 }
-PH_TARGET static void ph_wsum1(const struct hpattn_job *j, const int32_t *bt, int64_t lo, int64_t n, int64_t kvh,
-                               const float *s, float *o, int64_t d0) {
-    ph_wsum(j, bt, lo, n, kvh, s, o, d0, 1);
+PH_TARGET static void ph_wsum1(const struct hpattn_job *j, const size_t *off, int64_t n, const float *s, float *o,
+                               int64_t d0) {
+    ph_wsum(j, off, n, s, o, d0, 1);
 }
 
 /* hd % 8 == 0 */
 PH_TARGET static void hp_head_avx2(const struct hpattn_job *j, const float *q, const int32_t *bt, int64_t lo,
                                    int64_t n, int64_t kvh, float *s, float *o) {
-    const int64_t hd = j->hd;
+    const int64_t hd = j->hd, row = j->n_kv * hd;
+    /* each position's element offset in the pools (K and V share slots), after the scores */
+    size_t *off = (size_t *)(void *)(s + ((n + 7) & ~(int64_t)7));
+    for (int64_t i = 0; i < n;) { /* one block's run of positions at a time */
+        const int64_t ps = lo + i, run = LMC_MIN(j->bs - ps % j->bs, n - i);
+        size_t base = ((size_t)bt[ps / j->bs] * (size_t)j->bs + (size_t)(ps % j->bs)) * (size_t)row + (size_t)(kvh * hd);
+        for (int64_t r = 0; r < run; r++, i++, base += (size_t)row) off[i] = base;
+    }
     const __m256 scv = _mm256_set1_ps(j->scale);
     __m128 mxv = _mm_set1_ps(-INFINITY);
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
-        const uint16_t *k0 = hp_row(j, j->kc, bt, lo + i, kvh), *k1 = hp_row(j, j->kc, bt, lo + i + 1, kvh);
-        const uint16_t *k2 = hp_row(j, j->kc, bt, lo + i + 2, kvh), *k3 = hp_row(j, j->kc, bt, lo + i + 3, kvh);
+        const uint16_t *k0 = j->kc + off[i], *k1 = j->kc + off[i + 1], *k2 = j->kc + off[i + 2], *k3 = j->kc + off[i + 3];
+        /* the keys PH_PF positions ahead into L1, these positions' values into L2 (the rows of a block
+         * are consecutive, the blocks scattered: the hardware prefetchers lose the stream at each block) */
+        for (int u = 0; u < 4; u++)
+            for (int64_t e = 0; e < hd; e += 32) {
+                if (i + PH_PF + u < n) _mm_prefetch((const char *)(j->kc + off[i + PH_PF + u] + e), _MM_HINT_T0);
+                _mm_prefetch((const char *)(j->vc + off[i + u] + e), _MM_HINT_T1);
+            }
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t e = 0; e < hd; e += 8) {
             const __m256 qv = _mm256_loadu_ps(q + e);
@@ -138,7 +153,7 @@ PH_TARGET static void hp_head_avx2(const struct hpattn_job *j, const float *q, c
         for (int u = 0; u < 4; u++) mx = t[u] > mx ? t[u] : mx;
     }
     for (; i < n; i++) {
-        const uint16_t *k = hp_row(j, j->kc, bt, lo + i, kvh);
+        const uint16_t *k = j->kc + off[i];
         __m256 a = _mm256_setzero_ps();
         for (int64_t e = 0; e < hd; e += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + e), ph_ld(k + e), a);
         s[i] = j->scale * lmc_hsum256(a);
@@ -146,9 +161,9 @@ PH_TARGET static void hp_head_avx2(const struct hpattn_job *j, const float *q, c
     }
     double sum = lmc_cpu_exp_sum(s, n, mx);
     int64_t d0 = 0;
-    for (; d0 + 64 <= hd; d0 += 64) ph_wsum8(j, bt, lo, n, kvh, s, o, d0);
-    for (; d0 + 32 <= hd; d0 += 32) ph_wsum4(j, bt, lo, n, kvh, s, o, d0);
-    for (; d0 < hd; d0 += 8) ph_wsum1(j, bt, lo, n, kvh, s, o, d0);
+    for (; d0 + 64 <= hd; d0 += 64) ph_wsum8(j, off, n, s, o, d0);
+    for (; d0 + 32 <= hd; d0 += 32) ph_wsum4(j, off, n, s, o, d0);
+    for (; d0 < hd; d0 += 8) ph_wsum1(j, off, n, s, o, d0);
     const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
     for (int64_t e = 0; e < hd; e += 8) _mm256_storeu_ps(o + e, _mm256_mul_ps(_mm256_loadu_ps(o + e), inv));
 }
@@ -211,6 +226,7 @@ void lmc_kvq_attention_paged_f16(void *ctx, float *out, const float *q, const fl
     }
     struct hpattn_job j = {c, out, q, kh, vh, seq, pos, bt, max_blocks, block_size,
                            n_heads, n_kv, hd, window, scale, c->drf_avx2};
-    lmc_cpu_scratch_reserve(c, (size_t)(max_pos + 1 + 8));
+    /* scores, then (AVX2) each position's offset: size_t, 8-aligned after the scores */
+    lmc_cpu_scratch_reserve(c, (size_t)(3 * (max_pos + 1) + 16));
     lmc_pool_run(c->pool, T * n_heads, hpattn_task, &j);
 }
