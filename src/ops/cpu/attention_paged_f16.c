@@ -156,7 +156,7 @@ PH_TARGET static void hp_head_avx2(const struct hpattn_job *j, const float *q, c
         const uint16_t *k = j->kc + off[i];
         __m256 a = _mm256_setzero_ps();
         for (int64_t e = 0; e < hd; e += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + e), ph_ld(k + e), a);
-        s[i] = j->scale * lmc_hsum256(a);
+        s[i] = j->scale * _mm_cvtss_f32(ph_reduce4(a, _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()));
         mx = s[i] > mx ? s[i] : mx;
     }
     double sum = lmc_cpu_exp_sum(s, n, mx);
