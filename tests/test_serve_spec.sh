@@ -131,7 +131,7 @@ def idle_metrics(port):
 prompts = [l for l in open("data/kjv.txt", encoding="utf-8").read().splitlines() if len(l) > 40][:N]
 check(len(prompts) == N, "%d verses in data/kjv.txt" % N)
 
-plain, pport, _ = start("--kv-memory", "32M")
+plain, pport, _ = start("--kv-dtype", "f32", "--kv-memory", "32M")
 spec, sport, slog = start("--spec", "prompt-lookup", "--spec-k", "4", "--spec-max-batch", "0")
 check("speculation: prompt lookup" in slog, "spec server's banner: " + slog)
 try:

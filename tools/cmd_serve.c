@@ -6,6 +6,10 @@
 #include "cli.h"
 #include "core/core.h"
 #include "infer/kvq.h"
+/* 1: lmc serve's paged KV pool is f16 on the CPU backend unless --kv-dtype says otherwise */
+#ifndef LMC_SERVE_KV_F16_DEFAULT
+#define LMC_SERVE_KV_F16_DEFAULT 1
+#endif
 #include "infer/scheduler.h"
 #include "infer/sched_tp.h"
 #include "dist/tp_model.h"
@@ -241,7 +245,7 @@ static void usage(void) {
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache] [--no-bf16-prefill]\n"
             "                 [--trace-sched FILE]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f16|f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N] [--spec-adapt on|off]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
@@ -252,6 +256,7 @@ static void usage(void) {
             "--pp N: under a launcher with N ranks, the layers split into N pipeline stages (CPU); rank 0\n"
             "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
             "--pp-layers a,b,...: each stage's layer count (default: balanced by parameters).\n"
+            "--kv-dtype: f16 by default on the CPU (half f32's bytes; f32 keeps the full-precision pool).\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "--no-bf16-prefill: F16/BF16 rows through the row-count fp32 kernels (by default, with AVX512-BF16\n"
@@ -274,6 +279,7 @@ int cmd_serve(int argc, char **argv) {
     bool tp_vocab = false;
     bool block_size_set = false;
     enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
+    int kv16 = -1; /* --kv-dtype f16 (1) or f32 (0); -1: not given (f16 where the pool allows it) */
     const char *trace_path = NULL; /* --trace-sched: the scheduler's debug trace (scheduler.h) */
     const char *draft_dir = NULL, *pp_layers = NULL; /* --pp-layers: the stages' layers (dist/pp_split.h) */
     struct lmc_model draft;
@@ -340,7 +346,11 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 1, 1 << 24, &so.lim.max_tokens);
         else if (!strcmp(o, "--max-n")) ok = cli_parse_i64(v, 1, 64, &n), so.lim.max_n = (int)n;
         else if (!strcmp(o, "--timeout")) ok = cli_parse_i64(v, 1, 86400, &n), so.request_timeout_s = (int)n;
-        else if (!strcmp(o, "--kv-dtype")) ok = (kv_fmt = lmc_kvq_parse(v)) != LMC_KVQ_NONE || !strcmp(v, "f32");
+        else if (!strcmp(o, "--kv-dtype")) {
+            kv_fmt = lmc_kvq_parse(v);
+            kv16 = v && !strcmp(v, "f16") ? 1 : v && !strcmp(v, "f32") ? 0 : -1;
+            ok = kv_fmt != LMC_KVQ_NONE || kv16 >= 0;
+        }
         else if (!strcmp(o, "--spec")) {
             if (!strcmp(v, "prompt-lookup")) {
                 sc.spec = LMC_SCHED_SPEC_LOOKUP;
@@ -397,6 +407,10 @@ int cmd_serve(int argc, char **argv) {
 
     bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_TP] = tp > 1, [CLI_CAP_PP] = pp != 0};
     if (cli_caps_check("serve", c.device, caps, NULL)) return 2;
+    if (kv16 == 1 && (tp > 1 || ep > 1 || pp)) {
+        fprintf(stderr, "lmc serve: --kv-dtype f16 does not combine with --tp, --ep or --pp yet\n");
+        return 2;
+    }
     if (ep > 1) {
         const char *why = tp > 1 ? "--tp" : pp ? "--pp" : ad.n || c.n_lora ? "--lora adapters" : sc.spec ? "--spec"
                         : kv_fmt ? "a compressed --kv-dtype" : NULL;
@@ -511,6 +525,17 @@ int cmd_serve(int argc, char **argv) {
     }
     struct lmc_sched *sched = NULL;
     struct lmc_backend kq; /* --kv-dtype q8|q4|kivi2: the CPU backend with a compressed paged pool */
+    /* the f16 pool: the default on the CPU backend where nothing else asks for f32 */
+    bool use16 = kv16 == 1 || (kv16 < 0 && !kv_fmt && tp <= 1 && ep <= 1 && !pp && cm.be.name &&
+                               !strcmp(cm.be.name, "cpu") && LMC_SERVE_KV_F16_DEFAULT);
+    if (use16 && lmc_kvq_paged_f16_backend(&kq, &cm.be, &err)) {
+        if (have_draft) lmc_model_free(&draft);
+        close_adapters(&ad, &cm);
+        cli_close(&cm);
+        serve_ep_close(&epx);
+        cli_pp_close(&ppx);
+        return cli_fail("--kv-dtype f16", &err);
+    }
     if (kv_fmt && lmc_kvq_paged_backend(&kq, &cm.be, kv_fmt, &err)) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
@@ -521,7 +546,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (trace_path && !(sc.trace = fopen(trace_path, "w")))
         fprintf(stderr, "lmc serve: --trace-sched %s: %s (no trace)\n", trace_path, strerror(errno));
-    if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
+    if (lmc_sched_init(&sched, model, kv_fmt || use16 ? &kq : &cm.be, cm.tok, &sc, &err)) {
         if (sc.trace) fclose(sc.trace);
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
@@ -559,7 +584,7 @@ int cmd_serve(int argc, char **argv) {
                 "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (%s, %lld bytes per token, "
                 "%.1f MiB; prefix cache up to %lld), max batch %d%s%s\n",
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
-                kv_fmt ? lmc_kvq_name(kv_fmt) : "f32", (long long)st.kv_bytes_per_token,
+                kv_fmt ? lmc_kvq_name(kv_fmt) : use16 ? "f16" : "f32", (long long)st.kv_bytes_per_token,
                 (double)st.kv_pool_bytes / (1024.0 * 1024.0), (long long)st.prefix_cache_blocks_max, sc.max_batch,
                 sc.spec == LMC_SCHED_SPEC_LOOKUP ? ", speculation: prompt lookup"
                 : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",

@@ -96,3 +96,13 @@ lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backe
     out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8 : lmc_kvq_paged_row_bytes_q4;
     return LMC_OK;
 }
+
+lmc_status lmc_kvq_paged_f16_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err) {
+    if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory || !cpu->attention_paged)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the f16 paged KV pool runs on the CPU backend only (not %s)",
+                           cpu->name ? cpu->name : "?");
+    *out = *cpu;
+    out->attention_paged = lmc_kvq_attention_paged_f16;
+    out->kv_row_bytes = lmc_kvq_paged_row_bytes_f16;
+    return LMC_OK;
+}

@@ -37,4 +37,10 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
 lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
                                  enum lmc_kvq_fmt f, lmc_err *err);
 
+/* out = cpu with the paged pool in f16 (attention_paged_f16.c): half the
+ * f32 pool's bytes per token, so twice the blocks in the same budget and
+ * half the bytes attention reads. lmc serve's default on the CPU backend.
+ * Shares cpu's ctx. LMC_ERR_UNSUPPORTED for another backend. */
+lmc_status lmc_kvq_paged_f16_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err);
+
 #endif

@@ -95,6 +95,15 @@ void lmc_kvq_attention_paged_q4(void *ctx, float *out, const float *q, const flo
                                 const int32_t *seq, const int32_t *pos, const int32_t *bt,
                                 int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
                                 int64_t hd, float scale, int64_t window);
+/* The f16 paged pool (attention_paged_f16.c, lmc serve's CPU default):
+ * row f16 values per token's K (or V) row, AVX2/F16C kernel with a
+ * portable twin. Entries of the variant lmc_kvq_paged_f16_backend makes. */
+size_t lmc_kvq_paged_row_bytes_f16(int64_t row);
+void lmc_kvq_attention_paged_f16(void *ctx, float *out, const float *q, const float *k_new,
+                                 const float *v_new, float *kc, float *vc, int64_t T,
+                                 const int32_t *seq, const int32_t *pos, const int32_t *bt,
+                                 int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
+                                 int64_t hd, float scale, int64_t window);
 
 /* KIVI-2 in the paged pool (attention_paged_kivi.c; layout in
  * kvquant_layout.h): kv_row_bytes and attention_paged_ring of the variant

@@ -1,0 +1,185 @@
+/* test_attention_paged_f16.c — the f16 paged KV pool (lmc serve's CPU
+ * default, attention_paged_f16.c):
+ *  - the op: a prefill step then a decode/chunk step of 3 sequences (6
+ *    heads over 2 KV heads, head sizes 20, 24 and 64, blocks of 5 through
+ *    scrambled block tables, with and without a sliding window), AVX2 and
+ *    portable twin, against a float64 attention over the f16 rows read
+ *    back from the pool; every stored value is the f16 rounding of the
+ *    input (lmc_f32_to_f16);
+ *  - the model: llama-tiny's batched forward over the f16 pool against the
+ *    f32 pool: logits within f16 rounding and the same greedy tokens;
+ *  - sizing: 2 * row bytes per token row. */
+#include "test.h"
+#include "core/core.h"
+#include "core/dtype.h"
+#include "infer/kvq.h"
+#include "model/forward_batch.h"
+#include "ops/backend.h"
+#include "ops/cpu/kvquant.h"
+#include "ops/cpu/ops_cpu.h"
+
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NH 6
+#define NKV 2
+#define BS 5
+#define MAXB 8
+#define NSEQ 3
+#define NBLK 24
+
+static double check_step(int64_t hd, const uint16_t *kc, const uint16_t *vc, const float *q, const float *out,
+                         int64_t T, const int32_t *seq, const int32_t *pos, const int32_t *bt, int64_t window) {
+    const int64_t row = NKV * hd;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < T; i++)
+        for (int64_t h = 0; h < NH; h++) {
+            int64_t p = pos[i], lo = window > 0 ? LMC_MAX(0, p - window + 1) : 0, kvh = h / (NH / NKV);
+            double sc[64], mx = -DBL_MAX, sum = 0, o[64] = {0};
+            for (int64_t t = lo; t <= p; t++) {
+                size_t slot = (size_t)bt[seq[i] * MAXB + t / BS] * BS + (size_t)(t % BS);
+                const uint16_t *kr = kc + slot * (size_t)row + (size_t)(kvh * hd);
+                double d = 0;
+                for (int64_t e = 0; e < hd; e++) d += (double)q[(i * NH + h) * hd + e] * lmc_f16_to_f32(kr[e]);
+                sc[t - lo] = d / sqrt((double)hd);
+                mx = LMC_MAX(mx, sc[t - lo]);
+            }
+            for (int64_t t = lo; t <= p; t++) sum += sc[t - lo] = exp(sc[t - lo] - mx);
+            for (int64_t t = lo; t <= p; t++) {
+                size_t slot = (size_t)bt[seq[i] * MAXB + t / BS] * BS + (size_t)(t % BS);
+                const uint16_t *vr = vc + slot * (size_t)row + (size_t)(kvh * hd);
+                for (int64_t e = 0; e < hd; e++) o[e] += sc[t - lo] / sum * lmc_f16_to_f32(vr[e]);
+            }
+            for (int64_t e = 0; e < hd; e++) {
+                num = LMC_MAX(num, fabs(o[e] - out[(i * NH + h) * hd + e]));
+                den = LMC_MAX(den, fabs(o[e]));
+            }
+        }
+    return num / den;
+}
+
+static void test_op(int64_t hd, int64_t window, bool avx2) {
+    lmc_err err = {0};
+    struct lmc_backend be, kq;
+    CHECK(lmc_backend_cpu_init(&be, 2, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_f16_backend(&kq, &be, &err) == LMC_OK);
+    struct lmc_cpu_ctx *cc = be.ctx;
+    if (!avx2) cc->drf_avx2 = false; /* the portable twin */
+    const int64_t row = NKV * hd;
+    CHECK(kq.kv_row_bytes(row) == (size_t)row * 2);
+    uint16_t *kc = calloc((size_t)NBLK * BS * (size_t)row, 2), *vc = calloc((size_t)NBLK * BS * (size_t)row, 2);
+    uint64_t rs = 29 + (uint64_t)hd;
+    int32_t bt[NSEQ * MAXB], perm[NBLK];
+    for (int i = 0; i < NBLK; i++) perm[i] = i;
+    for (int i = NBLK - 1; i > 0; i--) {
+        int j = (int)(test_rng_next(&rs) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    memcpy(bt, perm, sizeof bt);
+    const int64_t len1[NSEQ] = {13, 7, 27}, len2[NSEQ] = {1, 3, 2};
+    double worst = 0;
+    bool stored = true;
+    int64_t done[NSEQ] = {0};
+    for (int stp = 0; stp < 2; stp++) {
+        const int64_t *len = stp ? len2 : len1;
+        int64_t T = 0;
+        int32_t seq[64], pos[64];
+        for (int sq = 0; sq < NSEQ; sq++)
+            for (int64_t j = 0; j < len[sq]; j++, T++) seq[T] = sq, pos[T] = (int32_t)(done[sq] + j);
+        float *q = malloc((size_t)(T * NH * hd) * sizeof *q), *k = malloc((size_t)(T * row) * sizeof *k);
+        float *v = malloc((size_t)(T * row) * sizeof *v), *out = malloc((size_t)(T * NH * hd) * sizeof *out);
+        for (int64_t i = 0; i < T * NH * hd; i++) q[i] = 2 * test_rand(&rs);
+        for (int64_t i = 0; i < T * row; i++) k[i] = 2 * test_rand(&rs), v[i] = test_rand(&rs) + 0.3f;
+        kq.attention_paged(kq.ctx, out, q, k, v, (float *)(void *)kc, (float *)(void *)vc, T, seq, pos, bt, MAXB,
+                           BS, NH, NKV, hd, 1.0f / sqrtf((float)hd), window);
+        for (int64_t i = 0; i < T; i++) {
+            size_t slot = (size_t)bt[seq[i] * MAXB + pos[i] / BS] * BS + (size_t)(pos[i] % BS);
+            for (int64_t e = 0; e < row; e++)
+                stored &= kc[slot * (size_t)row + (size_t)e] == lmc_f32_to_f16(k[i * row + e]) &&
+                          vc[slot * (size_t)row + (size_t)e] == lmc_f32_to_f16(v[i * row + e]);
+        }
+        worst = LMC_MAX(worst, check_step(hd, kc, vc, q, out, T, seq, pos, bt, window));
+        for (int sq = 0; sq < NSEQ; sq++) done[sq] += len[sq];
+        free(q), free(k), free(v), free(out);
+    }
+    CHECK_MSG(worst < 2e-6, "hd %lld window %lld %s: vs float64 %.3g", (long long)hd, (long long)window,
+              avx2 ? "avx2" : "portable", worst);
+    CHECK_MSG(stored, "hd %lld: stored rows are the f16 rounding", (long long)hd);
+    printf("op hd %lld window %lld %s: rel err vs float64 over the f16 rows %.2e\n", (long long)hd,
+           (long long)window, avx2 && lmc_cpu_drf_avx2() && hd % 8 == 0 ? "avx2" : "portable", worst);
+    free(kc), free(vc);
+    lmc_backend_cpu_free(&be);
+}
+
+/* llama-tiny: batched forward over the f16 pool vs the f32 pool */
+static void test_model(const struct lmc_model *m, const struct lmc_backend *cpu) {
+    lmc_err err = {0};
+    struct lmc_backend kp;
+    CHECK(lmc_kvq_paged_f16_backend(&kp, cpu, &err) == LMC_OK);
+    int64_t V = m->cfg.vocab_size, np = 37, nd = 6, n = np + nd;
+    int32_t ids[64];
+    uint64_t rs = 5;
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(test_rng_next(&rs) % (uint64_t)V);
+    float *lg[2];
+    for (int w = 0; w < 2; w++) {
+        const struct lmc_backend *b = w ? &kp : cpu;
+        lg[w] = malloc((size_t)(n * V) * sizeof(float));
+        struct lmc_kv_pool pool;
+        struct lmc_batch_acts ba;
+        CHECK(lmc_kv_pool_init(&pool, m, b, 16, 8, &err) == LMC_OK);
+        CHECK(pool.row_bytes == (size_t)pool.row * (w ? 2 : 4));
+        CHECK(lmc_batch_acts_init(&ba, m, b, 64, 1, 8, 64, &err) == LMC_OK);
+        int32_t bt[8] = {9, 2, 14, 0, 7, 11, 3, 5}, seq[64] = {0}, pos[64], rows[64];
+        for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)i, rows[i] = (int32_t)i;
+        struct lmc_batch bb = {np, ids, seq, pos, 1, bt, 8, rows, np, NULL};
+        CHECK(lmc_model_forward_batch(m, b, &ba, &pool, &bb, lg[w], &err) == LMC_OK);
+        for (int64_t i = np; i < n; i++) {
+            int32_t r0 = 0;
+            struct lmc_batch d = {1, ids + i, seq, pos + i, 1, bt, 8, &r0, 1, NULL};
+            CHECK(lmc_model_forward_batch(m, b, &ba, &pool, &d, lg[w] + i * V, &err) == LMC_OK);
+        }
+        lmc_batch_acts_free(&ba);
+        lmc_kv_pool_free(&pool);
+    }
+    double num = 0, den = 0;
+    int same = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t a0 = 0, a1 = 0;
+        for (int64_t j = 0; j < V; j++) {
+            num = LMC_MAX(num, fabs((double)lg[1][i * V + j] - lg[0][i * V + j]));
+            den = LMC_MAX(den, fabs((double)lg[0][i * V + j]));
+            if (lg[0][i * V + j] > lg[0][i * V + a0]) a0 = j;
+            if (lg[1][i * V + j] > lg[1][i * V + a1]) a1 = j;
+        }
+        same += a0 == a1;
+    }
+    CHECK_MSG(num / den < 5e-3, "f16 vs f32 pool logits %.3g", num / den);
+    CHECK_MSG(same >= n - 1, "greedy tokens: %d of %lld the same", same, (long long)n);
+    printf("model: f16 vs f32 paged pool, logits rel err %.2e, argmax same at %d of %lld positions\n", num / den,
+           same, (long long)n);
+    free(lg[0]), free(lg[1]);
+}
+
+int main(void) {
+    const int64_t hds[3] = {20, 24, 64};
+    for (int a = 0; a < 2; a++)
+        for (int i = 0; i < 3; i++) {
+            test_op(hds[i], 0, a == 0);
+            test_op(hds[i], 4, a == 0);
+        }
+    lmc_err err = {0};
+    struct lmc_model m;
+    struct lmc_backend cpu, bad = {0};
+    struct lmc_backend out;
+    bad.name = "cuda";
+    CHECK(lmc_kvq_paged_f16_backend(&out, &bad, &err) == LMC_ERR_UNSUPPORTED);
+    if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return test_finish("test_attention_paged_f16");
+    }
+    test_model(&m, &cpu);
+    lmc_backend_cpu_free(&cpu);
+    lmc_model_free(&m);
+    return test_finish("test_attention_paged_f16");
+}
