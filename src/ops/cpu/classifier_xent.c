@@ -18,7 +18,6 @@
  * bf16 path (logits, dh and dw GEMMs over f32 blocks of logits): the same
  * bits, and the same for any thread count. */
 #include "ops/cpu/gemm_bf16.h"
-#include "ops/cpu/gemm_f32.h"
 
 #include <cblas.h>
 
@@ -29,7 +28,6 @@
 #endif
 
 struct xent_job {
-    struct lmc_cpu_ctx *c;
     float *loss, *dh, *dw, *lg;
     const float *h, *w;
     const int32_t *tg;
@@ -37,16 +35,16 @@ struct xent_job {
     float dscale;
 };
 
-/* lg[:, v-slice] = h_block @ w[v-slice]^T, through our own GEMM
- * (gemm_f32.c: faster than sgemm on this x @ W^T shape, C written once
- * with no zeroing pass; its sums do not depend on the v-slice) */
+/* lg[:, v-slice] = h_block @ w[v-slice]^T */
 static void xent_logits_task(void *arg, int64_t t, int thread) {
+    (void)thread;
     const struct xent_job *j = arg;
     int64_t lo, hi;
     lmc_cpu_range(j->V, j->n_tasks, t, 16, &lo, &hi);
     if (hi <= lo) return;
-    lmc_cpu_gemm_f32(false, true, j->R, hi - lo, j->C, 1.0f, j->h + j->r0 * j->C, j->C, j->w + lo * j->C,
-                     LMC_DTYPE_F32, j->C, 0.0f, j->lg + lo, j->V, j->c->scratch[thread]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->R, (int)(hi - lo), (int)j->C, 1.0f,
+                j->h + j->r0 * j->C, (int)j->C, j->w + lo * j->C, (int)j->C, 0.0f, j->lg + lo,
+                (int)j->V);
 }
 
 /* One row of logits l (V of them, target tg < 0: ignored): its loss, and
@@ -128,8 +126,7 @@ static void xent_run(struct lmc_cpu_ctx *c, float *loss, float *dh, float *dw, c
     if (M <= 0) return;
     int64_t Rmax = LMC_MAX(1, LMC_MIN(M, XENT_BLOCK_FLOATS / V));
     lmc_cpu_xbuf_reserve(c, (size_t)(Rmax * V));
-    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(Rmax, V, C));
-    struct xent_job j = {c, loss, dh, dw, c->xbuf, h, w->data, targets, 0, 0, V, C, 1, dscale};
+    struct xent_job j = {loss, dh, dw, c->xbuf, h, w->data, targets, 0, 0, V, C, 1, dscale};
     for (int64_t r0 = 0; r0 < M; r0 += Rmax) {
         j.r0 = r0;
         j.R = LMC_MIN(Rmax, M - r0);
