@@ -54,13 +54,16 @@ double lmc_cpu_sumsq(void *ctx, const float *x, int64_t n) {
  * AVX-512 body: fp-contract off for this function (GCC would otherwise
  * fuse the intrinsics' multiplies and adds into FMAs), so the bits are the
  * uncontracted formula's for any split of the elements. */
+#ifdef __clang__
+#define LMC_ADAMW_NOCONTRACT _Pragma("clang fp contract(off)")
+#else
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
-#ifdef __clang__
-#pragma clang fp contract(off)
+#define LMC_ADAMW_NOCONTRACT
 #endif
 static void lmc_adamw_apply_avx2(float *p, const float *g, float *m, float *v, int64_t n,
                                  const struct lmc_adamw_step *s) {
+    LMC_ADAMW_NOCONTRACT
     const __m256 gs = _mm256_set1_ps(s->grad_scale), dm = _mm256_set1_ps(s->decay_mul),
                  b2 = _mm256_set1_ps(s->beta2), o1 = _mm256_set1_ps(s->one_minus_b1),
                  o2 = _mm256_set1_ps(s->one_minus_b2), bc = _mm256_set1_ps(s->bc2_sqrt),
@@ -89,7 +92,10 @@ static void lmc_adamw_apply_avx2(float *p, const float *g, float *m, float *v, i
         p[i] = pi - s->step_size * (mi / denom);
     }
 }
+#ifndef __clang__
 #pragma GCC pop_options
+#endif
+#undef LMC_ADAMW_NOCONTRACT
 #endif
 
 void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
