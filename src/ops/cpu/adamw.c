@@ -49,6 +49,55 @@ double lmc_cpu_sumsq(void *ctx, const float *x, int64_t n) {
     return s;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* 8 lanes and a scalar tail, every operation rounded on its own as the
+ * AVX-512 body: fp-contract off for this function (GCC would otherwise
+ * fuse the intrinsics' multiplies and adds into FMAs), so the bits are the
+ * uncontracted formula's for any split of the elements. */
+#ifdef __clang__
+#define LMC_ADAMW_NOCONTRACT _Pragma("clang fp contract(off)")
+#else
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define LMC_ADAMW_NOCONTRACT
+#endif
+static void lmc_adamw_apply_avx2(float *p, const float *g, float *m, float *v, int64_t n,
+                                 const struct lmc_adamw_step *s) {
+    LMC_ADAMW_NOCONTRACT
+    const __m256 gs = _mm256_set1_ps(s->grad_scale), dm = _mm256_set1_ps(s->decay_mul),
+                 b2 = _mm256_set1_ps(s->beta2), o1 = _mm256_set1_ps(s->one_minus_b1),
+                 o2 = _mm256_set1_ps(s->one_minus_b2), bc = _mm256_set1_ps(s->bc2_sqrt),
+                 ep = _mm256_set1_ps(s->eps), ss = _mm256_set1_ps(s->step_size);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i), pv = _mm256_loadu_ps(p + i), mv = _mm256_loadu_ps(m + i),
+               vv = _mm256_loadu_ps(v + i);
+        __m256 gi = _mm256_mul_ps(gv, gs), pi = _mm256_mul_ps(pv, dm);
+        __m256 mi = _mm256_add_ps(mv, _mm256_mul_ps(o1, _mm256_sub_ps(gi, mv)));
+        __m256 vi = _mm256_add_ps(_mm256_mul_ps(vv, b2), _mm256_mul_ps(_mm256_mul_ps(o2, gi), gi));
+        __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc), ep);
+        __m256 q = _mm256_div_ps(mi, den);
+        _mm256_storeu_ps(m + i, mi);
+        _mm256_storeu_ps(v + i, vi);
+        _mm256_storeu_ps(p + i, _mm256_sub_ps(pi, _mm256_mul_ps(ss, q)));
+    }
+    for (; i < n; i++) {
+        float gi = g[i] * s->grad_scale;
+        float pi = p[i] * s->decay_mul;
+        float mi = m[i] + s->one_minus_b1 * (gi - m[i]);
+        float vi = v[i] * s->beta2 + s->one_minus_b2 * gi * gi;
+        float denom = sqrtf(vi) / s->bc2_sqrt + s->eps;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - s->step_size * (mi / denom);
+    }
+}
+#ifndef __clang__
+#pragma GCC pop_options
+#endif
+#undef LMC_ADAMW_NOCONTRACT
+#endif
+
 void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
                      const struct lmc_adamw_step *s) {
 #ifdef __AVX512F__
@@ -76,6 +125,9 @@ void lmc_adamw_apply(float *p, const float *g, float *m, float *v, int64_t n,
         _mm512_mask_storeu_ps(p + i, k, _mm512_sub_round_ps(pi, _mm512_mul_round_ps(ss, q, RN), RN));
     }
 #undef RN
+    return;
+#elif defined(__AVX2__)
+    lmc_adamw_apply_avx2(p, g, m, v, n, s);
     return;
 #endif
     for (int64_t i = 0; i < n; i++) {

@@ -9,6 +9,7 @@
  * kv head h / (n_heads / n_kv) (GQA); window > 0 keeps the last `window`
  * positions, the query's own included. */
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_f32.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -101,14 +102,47 @@ static inline void row_keys(const struct attn_train_job *j, int64_t i, int64_t l
     *b = i + 1 - lo;
 }
 
-/* S (R, nk) = scale * Q K^T for queries i0.. of head h against keys lo.. */
+/* S (R, nk) = scale * Q K^T for queries i0.. of head h against keys lo..
+ * (our own GEMM, gemm_f32.c: faster than sgemm on these small A B^T
+ * products; ws: its workspace) */
 static void block_scores(const struct attn_train_job *j, float *S, int64_t b, int64_t h, int64_t i0,
-                         int64_t R, int64_t lo, int64_t nk) {
+                         int64_t R, int64_t lo, int64_t nk, float *ws) {
     int64_t hd = j->hd, qrow = j->n_heads * hd, kvrow = j->n_kv * hd;
     int64_t kvh = h / (j->n_heads / j->n_kv);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nk, (int)hd, j->scale,
-                j->q + (b * j->T + i0) * qrow + h * hd, (int)qrow,
-                j->k + (b * j->T + lo) * kvrow + kvh * hd, (int)kvrow, 0.0f, S, (int)nk);
+    lmc_cpu_gemm_f32(false, true, R, nk, hd, j->scale, j->q + (b * j->T + i0) * qrow + h * hd, qrow,
+                     j->k + (b * j->T + lo) * kvrow + kvh * hd, LMC_DTYPE_F32, kvrow, 0.0f, S, nk, ws);
+}
+
+/* sum of p[x] dp[x] in double (the float products are exact in double):
+ * 4 lanes of 4 accumulators where AVX2 is built in, then in order */
+static inline double row_dot(const float *p, const float *dp, int64_t n) {
+    int64_t x = 0;
+    double D = 0;
+#ifdef __AVX2__
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    for (; x + 8 <= n; x += 8) {
+        __m256 pv = _mm256_loadu_ps(p + x), dv = _mm256_loadu_ps(dp + x);
+        a0 = _mm256_add_pd(a0, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pv)),
+                                             _mm256_cvtps_pd(_mm256_castps256_ps128(dv))));
+        a1 = _mm256_add_pd(a1, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pv, 1)),
+                                             _mm256_cvtps_pd(_mm256_extractf128_ps(dv, 1))));
+    }
+    D = lmc_hsum256d(_mm256_add_pd(a0, a1));
+#endif
+    for (; x < n; x++) D += (double)p[x] * dp[x];
+    return D;
+}
+
+/* dp[x] = p[x] (dp[x] - D) scale: the two products rounded on their own */
+static inline void row_ds(const float *p, float *dp, int64_t n, float D, float scale) {
+    int64_t x = 0;
+#ifdef __AVX2__
+    const __m256 dv = _mm256_set1_ps(D), sv = _mm256_set1_ps(scale);
+    for (; x + 8 <= n; x += 8)
+        _mm256_storeu_ps(dp + x, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + x),
+                                                             _mm256_sub_ps(_mm256_loadu_ps(dp + x), dv)), sv));
+#endif
+    for (; x < n; x++) dp[x] = p[x] * (dp[x] - D) * scale;
 }
 
 /* ---- backward (training: B sequences of T tokens from position 0) ----
@@ -117,14 +151,14 @@ static void block_scores(const struct attn_train_job *j, float *S, int64_t b, in
  * so the accumulation order is fixed. Per block (sgemms as the forward):
  * P = exp(scale Q K^T - lse) masked, dP = dout V^T, D_i = sum_j P dP (in
  * double), dS = P (dP - D) scale; dq = dS K, dk += dS^T Q, dv += P^T dout.
- * Scratch: 2 ATQ x T floats per thread. */
+ * Scratch: 2 ATQ x T floats per thread, then gemm_f32's workspace. */
 static void attn_bwd_task(void *arg, int64_t t, int thread) {
     const struct attn_train_job *j = arg;
     int64_t b = t / j->n_kv, g = t % j->n_kv, hd = j->hd, T = j->T;
     int64_t group = j->n_heads / j->n_kv, qrow = j->n_heads * hd, kvrow = j->n_kv * hd;
     float *dkb = j->dk + b * T * kvrow + g * hd, *dvb = j->dv + b * T * kvrow + g * hd;
     const float *vb = j->v + b * T * kvrow + g * hd, *kb = j->k + b * T * kvrow + g * hd;
-    float *P = j->scratch[thread], *dP = P + ATQ * T;
+    float *P = j->scratch[thread], *dP = P + ATQ * T, *ws = dP + ATQ * T; /* 64-byte aligned */
     for (int64_t i = 0; i < T; i++) {
         memset(dkb + i * kvrow, 0, (size_t)hd * sizeof(float));
         memset(dvb + i * kvrow, 0, (size_t)hd * sizeof(float));
@@ -135,9 +169,9 @@ static void attn_bwd_task(void *arg, int64_t t, int thread) {
             int64_t lo = j->window > 0 ? LMC_MAX(0, i0 - j->window + 1) : 0, nk = i0 + R - lo;
             const float *Q = j->q + (b * T + i0) * qrow + h * hd;
             const float *dO = j->dout + (b * T + i0) * qrow + h * hd;
-            block_scores(j, P, b, h, i0, R, lo, nk);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nk, (int)hd, 1.0f, dO,
-                        (int)qrow, vb + lo * kvrow, (int)kvrow, 0.0f, dP, (int)nk);
+            block_scores(j, P, b, h, i0, R, lo, nk, ws);
+            lmc_cpu_gemm_f32(false, true, R, nk, hd, 1.0f, dO, qrow, vb + lo * kvrow, LMC_DTYPE_F32, kvrow, 0.0f, dP,
+                             nk, ws);
             for (int64_t r = 0; r < R; r++) {
                 float *p = P + r * nk, *dp = dP + r * nk;
                 int64_t a, e;
@@ -145,10 +179,8 @@ static void attn_bwd_task(void *arg, int64_t t, int thread) {
                 lmc_cpu_exp_sum(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
                 for (int64_t x = 0; x < a; x++) p[x] = 0;
                 for (int64_t x = e; x < nk; x++) p[x] = 0;
-                double D = 0;
-                for (int64_t x = a; x < e; x++) D += (double)p[x] * dp[x];
-                float Df = (float)D;
-                for (int64_t x = 0; x < nk; x++) dp[x] = p[x] * (dp[x] - Df) * j->scale;
+                float Df = (float)row_dot(p + a, dp + a, e - a);
+                row_ds(p, dp, nk, Df, j->scale);
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)hd, (int)nk, 1.0f, dP,
                         (int)nk, kb + lo * kvrow, (int)kvrow, 0.0f, j->dq + (b * T + i0) * qrow + h * hd,
@@ -174,6 +206,6 @@ void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const flo
                                .v = v, .dout = dout, .scratch = c->scratch, .T = T, .n_heads = n_heads,
                                .n_kv = n_kv, .hd = hd, .window = window, .nqb = (T + ATQ - 1) / ATQ,
                                .scale = scale};
-    lmc_cpu_scratch_reserve(c, (size_t)(2 * ATQ * T));
+    lmc_cpu_scratch_reserve(c, (size_t)(2 * ATQ * T) + lmc_cpu_gemm_f32_ws(ATQ, T, hd));
     lmc_pool_run(c->pool, B * n_kv, attn_bwd_task, &j);
 }
