@@ -42,8 +42,10 @@ def start(lmc, model, world, rank_args=(), args=(), kv=("--kv-blocks", "256"), d
     options (f32; () for the folder's), the kv options, then args): one process (world 1), or world
     ranks each with rank_args appended (rank 0 serves). Returns (procs, port or None, each rank's
     stderr lines, the threads reading them)."""
+    # the KV cache in f32 for every world: the multi-rank modes keep f32 (serve's CPU default is f16),
+    # so the one-process reference must too
     base = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", *kv,
-            "--max-batch", "16", *dtype, *args]
+            "--kv-dtype", "f32", "--max-batch", "16", *dtype, *args]
     for _ in range(3):
         logs = [[] for _ in range(world)]
         if world == 1:

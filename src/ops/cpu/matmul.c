@@ -19,15 +19,15 @@
  *  - large M (prefill, from ctx->gemm_min_m): our AVX2+FMA GEMM
  *    (gemm_f32.c), single-threaded per call, on blocks of W rows claimed by
  *    our threads: x packed once per matmul on the pool (in ctx->xbuf), each
- *    task packs its W block, F16/BF16 widened while packed; F32 weights
- *    from MM_ROWS_MIN_M rows (training) on blocks of x's rows instead, all
- *    matrices of a matmul_multi in one job (mm_rows). gemm_f32.c sums every
- *    element in the same order whatever the blocks, so both splits give
- *    the same bits. Without AVX2 (or with ctx->gemm_blas, for A/B benches)
- *    OpenBLAS sgemm does these calls, F16/BF16 blocks first converted into
- *    the thread's f32 scratch (never the whole matrix). The backward
- *    (matmul_bwd*) keeps OpenBLAS: at its shapes ours measured the same
- *    (bench_gemm_f32).
+ *    task packs its W block, F16/BF16 widened while packed. F32 weights
+ *    (training, fp32 models) stay on OpenBLAS sgemm on every path (ours
+ *    measured no gain there, and one engine keeps a product's bits
+ *    independent of the path its M takes): from MM_ROWS_MIN_M rows
+ *    (training) on blocks of x's rows, all matrices of a matmul_multi in
+ *    one job (mm_rows). Without AVX2 (or with ctx->gemm_blas, for A/B
+ *    benches) OpenBLAS does the F16/BF16 calls too, blocks first converted
+ *    into the thread's f32 scratch (never the whole matrix). The backward
+ *    (matmul_bwd*) keeps OpenBLAS.
  * AVX2 kernels serve builds without AVX-512, a scalar path those without AVX2. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_f32.h"
@@ -645,6 +645,15 @@ static void mm_xpack_task(void *arg, int64_t t, int thread) {
                            LMC_MIN(j->M, (t + 1) * MM_XPACK_ROWS));
 }
 
+/* Large-M products through our GEMM (gemm_f32.c): F16/BF16 weights, widened
+ * while packed. F32 weights (training, fp32 models) stay on OpenBLAS sgemm on
+ * every path (gemm_task, mm_rows, matmul_bwd), so a product's bits do not
+ * depend on which path its M takes: the multi-rank training tests compare a
+ * one-process run (M = 1024 rows: mm_rows) with ranks of fewer rows. */
+static bool mm_ours(const struct lmc_cpu_ctx *c, enum lmc_dtype dt) {
+    return dt != LMC_DTYPE_F32 && lmc_cpu_gemm_f32_native() && !c->gemm_blas;
+}
+
 static void gemm_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
     int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
@@ -697,11 +706,9 @@ static const float *mm_xpack(struct lmc_cpu_ctx *c, const float *x, int64_t M, i
 static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
     int64_t K = w[0]->cols;
-    if (!lmc_cpu_gemm_f32_native() || c->gemm_blas || n > MM_MULTI_MAX || M < c->gemm_min_m || K == 0 ||
-        K > INT32_MAX || M > INT32_MAX)
-        return false;
+    if (n > MM_MULTI_MAX || M < c->gemm_min_m || K == 0 || K > INT32_MAX || M > INT32_MAX) return false;
     for (int i = 0; i < n; i++)
-        if (w[i]->cols != K || w[i]->rows > INT32_MAX || lmc_cpu_routed(c, M, w[i]) ||
+        if (!mm_ours(c, w[i]->dtype) || w[i]->cols != K || w[i]->rows > INT32_MAX || lmc_cpu_routed(c, M, w[i]) ||
             lmc_cpu_pf_ok(c, M, K, w[i]->dtype))
             return false;
     struct mm_gmulti_job j = {.n = 0};
@@ -734,21 +741,17 @@ struct mm_rows_job {
     int64_t N[MM_MULTI_MAX];
     const float *x;
     int64_t M, K, mb;
-    float **ws; /* our GEMM's workspace per thread (c->scratch), NULL: OpenBLAS */
 };
 
 static void mm_rows_task(void *arg, int64_t t, int thread) {
+    (void)thread;
     const struct mm_rows_job *j = arg;
     int64_t r0 = t * j->mb, r1 = LMC_MIN(j->M, r0 + j->mb), K = j->K;
     for (int i = 0; i < j->n; i++) {
         int64_t N = j->N[i];
         float *y = j->y[i] + r0 * N;
-        if (j->ws)
-            lmc_cpu_gemm_f32(false, true, r1 - r0, N, K, 1.0f, j->x + r0 * K, K, j->w[i], LMC_DTYPE_F32, K, 0.0f, y,
-                             N, j->ws[thread]);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
-                        j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)N, (int)K, 1.0f,
+                    j->x + r0 * K, (int)K, j->w[i], (int)K, 0.0f, y, (int)N);
         if (j->bias[i])
             for (int64_t m = 0; m < r1 - r0; m++)
                 for (int64_t c = 0; c < N; c++) y[m * N + c] += j->bias[i][c];
@@ -769,12 +772,6 @@ static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *
     }
     /* fixed blocks: the same products for any thread count */
     j.mb = MM_ROWS_MB;
-    if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
-        int64_t nmax = 0;
-        for (int i = 0; i < n; i++) nmax = LMC_MAX(nmax, j.N[i]);
-        lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(j.mb, nmax, j.K));
-        j.ws = c->scratch;
-    }
     lmc_pool_run(c->pool, (M + j.mb - 1) / j.mb, mm_rows_task, &j);
     return true;
 }
@@ -803,7 +800,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     }
     if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
-        if (lmc_cpu_gemm_f32_native() && !c->gemm_blas) {
+        if (mm_ours(c, j.dt)) {
             j.xp = mm_xpack(c, x, M, j.K);
             lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
         } else if (j.dt != LMC_DTYPE_F32) {
