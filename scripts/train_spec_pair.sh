@@ -22,7 +22,7 @@
 #          each one's best step, validation loss and held-out perplexity
 #          (lmc eval) against the draft's (the default model: 43.2). For a
 #          GPU (--device cuda); on a CPU, tiny TARGETS and few steps check
-#          the logic (README: "The target recipe");
+#          the logic (docs/speculation-and-kv.md: "The target recipe");
 #  distill: with --distill, drafts distilled from OUT/kjv-target (made by
 #          --target in the same run or before): lmc train --distill-from
 #          (KL to the target's distribution, --distill-alpha KD_ALPHA,
