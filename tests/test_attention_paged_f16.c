@@ -63,7 +63,7 @@ static void test_op(int64_t hd, int64_t window, bool avx2) {
     lmc_err err = {0};
     struct lmc_backend be, kq;
     CHECK(lmc_backend_cpu_init(&be, 2, &err) == LMC_OK);
-    CHECK(lmc_kvq_paged_f16_backend(&kq, &be, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_backend(&kq, &be, LMC_KVQ_F16, &err) == LMC_OK);
     struct lmc_cpu_ctx *cc = be.ctx;
     if (!avx2) cc->drf_avx2 = false; /* the portable twin */
     const int64_t row = NKV * hd;
@@ -116,7 +116,7 @@ static void test_op(int64_t hd, int64_t window, bool avx2) {
 static void test_model(const struct lmc_model *m, const struct lmc_backend *cpu) {
     lmc_err err = {0};
     struct lmc_backend kp;
-    CHECK(lmc_kvq_paged_f16_backend(&kp, cpu, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_backend(&kp, cpu, LMC_KVQ_F16, &err) == LMC_OK);
     int64_t V = m->cfg.vocab_size, np = 37, nd = 6, n = np + nd;
     int32_t ids[64];
     uint64_t rs = 5;
@@ -173,7 +173,7 @@ int main(void) {
     struct lmc_backend cpu, bad = {0};
     struct lmc_backend out;
     bad.name = "cuda";
-    CHECK(lmc_kvq_paged_f16_backend(&out, &bad, &err) == LMC_ERR_UNSUPPORTED);
+    CHECK(lmc_kvq_paged_backend(&out, &bad, LMC_KVQ_F16, &err) == LMC_ERR_UNSUPPORTED);
     if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
         CHECK_MSG(0, "%s", err.msg);
         return test_finish("test_attention_paged_f16");
