@@ -11,6 +11,7 @@
 #include "../tests/dist_mlp.h"
 #include "../tests/dist_spawn.h"
 #include "core/core.h"
+#include "bench_util.h"
 
 #include <sys/mman.h>
 
@@ -28,11 +29,6 @@ struct bjob {
     const float *init;
     struct bres *res;
 };
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static long vm_hwm_kib(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -163,7 +159,7 @@ int main(int argc, char **argv) {
     printf("|---|---|---|---|---|---|---|---|\n");
     for (int ci = 0; ci < nc; ci++) {
         int W = worlds[ci / 4], stage = ci % 4;
-        qsort(times[ci], (size_t)rounds, sizeof(double), cmp_d);
+        qsort(times[ci], (size_t)rounds, sizeof(double), bench_cmpd);
         double step = times[ci][rounds / 2];
         struct lmc_zero_mem m;
         lmc_zero_mem_fp32(stage, W, P, &m);

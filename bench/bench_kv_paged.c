@@ -21,6 +21,7 @@
 #include "ops/backend.h"
 #include "ops/backend_cuda.h"
 #include "ops/cpu/kvquant.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -51,11 +52,6 @@ static float key_of(const struct shape *z, int64_t s, int64_t t, int64_t c) {
 }
 static float val_of(const struct shape *z, int64_t s, int64_t t, int64_t c) {
     return gauss(2, (uint64_t)((s * (z->len + 1) + t) * z->kv * z->hd + c));
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 struct run { double ms, err, abs; size_t bytes; };
@@ -134,7 +130,7 @@ static struct run bench_fmt(const struct lmc_backend *be, enum lmc_kvq_fmt f, co
         be->sync(be->ctx);
         t[i] = lmc_time_now() - t0;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    qsort(t, (size_t)reps, sizeof *t, bench_cmpd);
     r.ms = t[reps / 2] * 1e3;
     /* error vs float64 over the true rows, 8 sampled sequences */
     float *out = malloc((size_t)(z->nseq * z->h * z->hd) * sizeof *out);
