@@ -68,6 +68,9 @@ void lmc_kvq_paged_decode(enum lmc_kvq_fmt f, const void *slot, int64_t row, int
     }
 }
 
+/* a task's scratch: the scores (positions 0..max_pos, rounded up to 16), then the decoded slice */
+static int64_t scores_len(int64_t max_pos) { return (max_pos + 1 + 15) / 16 * 16; }
+
 static void qpattn_task(void *arg, int64_t t, int thread) {
     const struct lmc_kvq_paged_job *j = arg;
     int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd, bs = j->bs;
@@ -76,8 +79,7 @@ static void qpattn_task(void *arg, int64_t t, int thread) {
     int64_t kvh = h / (j->n_heads / j->n_kv), row = j->n_kv * hd;
     const int32_t *bt = j->bt + (int64_t)j->seq[m] * j->max_blocks;
     const float *q = j->q + (m * j->n_heads + h) * hd;
-    int64_t scores = (j->max_pos + 1 + 15) / 16 * 16; /* the decoded slice after the scores */
-    float *s = j->c->scratch[thread], *dec = s + scores, *o = j->out + (m * j->n_heads + h) * hd;
+    float *s = j->c->scratch[thread], *dec = s + scores_len(j->max_pos), *o = j->out + (m * j->n_heads + h) * hd;
     float mx = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
         int64_t ps = lo + i;
@@ -130,33 +132,18 @@ static void attention_paged_kvq(void *ctx, enum lmc_kvq_fmt f, float *out, const
         lmc_kvq_paged_attend_f16(&j);
         return;
     }
-    lmc_cpu_scratch_reserve(c, (size_t)((max_pos + 1 + 15) / 16 * 16 + hd));
+    lmc_cpu_scratch_reserve(c, (size_t)(scores_len(max_pos) + hd));
     lmc_pool_run(c->pool, T * n_heads, qpattn_task, &j);
 }
 
-void lmc_kvq_attention_paged_q8(void *ctx, float *out, const float *q, const float *k_new,
-                                const float *v_new, float *kc, float *vc, int64_t T,
-                                const int32_t *seq, const int32_t *pos, const int32_t *bt,
-                                int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
-                                int64_t hd, float scale, int64_t window) {
-    attention_paged_kvq(ctx, LMC_KVQ_Q8, out, q, k_new, v_new, kc, vc, T, seq, pos, bt, max_blocks,
-                        block_size, n_heads, n_kv, hd, scale, window);
-}
-
-void lmc_kvq_attention_paged_q4(void *ctx, float *out, const float *q, const float *k_new,
-                                const float *v_new, float *kc, float *vc, int64_t T,
-                                const int32_t *seq, const int32_t *pos, const int32_t *bt,
-                                int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
-                                int64_t hd, float scale, int64_t window) {
-    attention_paged_kvq(ctx, LMC_KVQ_Q4, out, q, k_new, v_new, kc, vc, T, seq, pos, bt, max_blocks,
-                        block_size, n_heads, n_kv, hd, scale, window);
-}
-
-void lmc_kvq_attention_paged_f16(void *ctx, float *out, const float *q, const float *k_new,
-                                 const float *v_new, float *kc, float *vc, int64_t T,
-                                 const int32_t *seq, const int32_t *pos, const int32_t *bt,
-                                 int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
-                                 int64_t hd, float scale, int64_t window) {
-    attention_paged_kvq(ctx, LMC_KVQ_F16, out, q, k_new, v_new, kc, vc, T, seq, pos, bt, max_blocks,
-                        block_size, n_heads, n_kv, hd, scale, window);
-}
+/* the backend entries lmc_kvq_attention_paged_q8, _q4 and _f16 (backend.h's attention_paged) */
+#define PAGED_ENTRY(name, fmt)                                                                                    \
+    void name(void *ctx, float *out, const float *q, const float *k_new, const float *v_new, float *kc, float *vc, \
+              int64_t T, const int32_t *seq, const int32_t *pos, const int32_t *bt, int64_t max_blocks,         \
+              int64_t block_size, int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window) {     \
+        attention_paged_kvq(ctx, fmt, out, q, k_new, v_new, kc, vc, T, seq, pos, bt, max_blocks, block_size,     \
+                            n_heads, n_kv, hd, scale, window);                                                   \
+    }
+PAGED_ENTRY(lmc_kvq_attention_paged_q8, LMC_KVQ_Q8)
+PAGED_ENTRY(lmc_kvq_attention_paged_q4, LMC_KVQ_Q4)
+PAGED_ENTRY(lmc_kvq_attention_paged_f16, LMC_KVQ_F16)
