@@ -30,16 +30,6 @@ struct bjob {
     struct bres *res;
 };
 
-static long vm_hwm_kib(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long v = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) v = strtol(line + 6, NULL, 10);
-    if (f) fclose(f);
-    return v;
-}
-
 /* One rank: a 2-step warm-up run, then the timed run (all steps, from a
  * barrier; the mean step time, ZeRO set-up included, is reported). */
 static int bench_rank(struct lmc_comm *c, int rank, void *arg) {
@@ -69,7 +59,7 @@ static int bench_rank(struct lmc_comm *c, int rank, void *arg) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 2;
     }
-    j->res->hwm_kib[rank] = vm_hwm_kib();
+    j->res->hwm_kib[rank] = bench_vm_hwm_kib();
     if (rank == 0) {
         j->res->zero_peak = st.bytes_peak;
         j->res->step_s = (t1 - t0) / o.steps;

@@ -1,13 +1,14 @@
 /* bench_util.h — the small helpers every bench program needs (static
  * inline, header only): clocks in seconds (wall, the process's CPU, the
  * calling thread's CPU, any clock id), the double comparison for qsort,
- * and medians (of a copy: the caller's array keeps its order; even counts
+ * medians (of a copy: the caller's array keeps its order; even counts
  * take the mean of the middle two, or the upper one where a bench always
- * reported that). */
+ * reported that), and the process's peak resident memory. */
 #ifndef LMC_BENCH_UTIL_H
 #define LMC_BENCH_UTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,5 +42,16 @@ static inline double bench_median_of(const double *v, int64_t n, int upper) {
 static inline double bench_median(const double *v, int64_t n) { return bench_median_of(v, n, 0); }
 /* the upper median: element n / 2 of v sorted */
 static inline double bench_median_upper(const double *v, int64_t n) { return bench_median_of(v, n, 1); }
+
+/* VmHWM of /proc/self/status in KiB (-1 where it cannot be read) */
+static inline long bench_vm_hwm_kib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) v = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return v;
+}
 
 #endif
