@@ -1,4 +1,4 @@
-/* bench_kv_paged.c — paged attention over compressed KV pools (issue 17)
+/* bench_kv_paged.c — paged attention over compressed and f16 KV pools (issue 17)
  * against the backend's plain pool (bf16 on CUDA, f32 on the CPU), through
  * the backend table only (infer/kvq.h's lmc_kvq_paged_backend): for each
  * format, NSEQ sequences of LEN cached tokens (rows of KV heads x HD,
@@ -202,7 +202,7 @@ int main(int argc, char **argv) {
            "(abs; / max output) |\n");
     printf("|---|---|---|---|---|---|\n");
     struct run plain = {0, 0, 0, 0};
-    for (int f = LMC_KVQ_NONE; f <= LMC_KVQ_KIVI2; f++) {
+    for (int f = LMC_KVQ_NONE; f <= LMC_KVQ_F16; f++) { /* f16 last: CPU only (refused on CUDA) */
         struct lmc_backend be = base;
         if (f && lmc_kvq_paged_backend(&be, &base, (enum lmc_kvq_fmt)f, &err)) {
             printf("| %s | refused: %s |\n", lmc_kvq_name((enum lmc_kvq_fmt)f), err.msg);
