@@ -150,6 +150,36 @@ static double decode_ms(struct lmc_mamba_model *m, struct lmc_mamba_state *st, i
     return bench_median(t, steps);
 }
 
+/* prefill of T tokens (median of up to 3) and batch-1 decode of a whole
+ * model, printed as `name`; frees the model */
+static void whole_model(const char *name, struct lmc_mamba_model *m, int64_t T, int reps) {
+    lmc_err err;
+    double t[64];
+    int32_t *ids = malloc((size_t)T * 4);
+    for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
+    float *lg = malloc((size_t)m->cfg.vocab_size * 4);
+    struct lmc_mamba_state st;
+    LMC_ASSERT(!lmc_mamba_state_init(&st, m, 1, &err));
+    int pr = reps < 3 ? reps : 3;
+    for (int r = -1; r < pr; r++) {
+        lmc_mamba_state_reset(&st, m, 0);
+        double t0 = lmc_time_now();
+        /* all rows through the blocks, the head on the last row only: prefill
+         * T-1 tokens without logits, then the last token */
+        LMC_ASSERT(!lmc_mamba_forward(m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
+        LMC_ASSERT(!lmc_mamba_forward(m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
+        if (r >= 0) t[r] = lmc_time_now() - t0;
+    }
+    printf("%s (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", name, (long long)T,
+           (double)T / bench_median(t, pr));
+    const double dm = decode_ms(m, &st, 16);
+    printf("%s decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", name, dm, 1e3 / dm,
+           lmc_mamba_state_bytes(&m->cfg));
+    lmc_mamba_state_free(&st, m);
+    free(ids), free(lg);
+    unbuild(m);
+}
+
 int main(int argc, char **argv) {
     int threads = 2, reps = 5;
     int64_t T = 512, ctx_long = 16384;
@@ -203,57 +233,12 @@ int main(int argc, char **argv) {
                (double)T / bench_median(t, reps));
         free(xbc), free(dt), free(dtb2), free(Al2), free(D2), free(y2);
     }
-    { /* 2. the whole 130M model */
+    { /* 2. the whole 130M model, then (2b) the whole Mamba-2 130M shape */
         struct lmc_mamba_model m;
         build(&m, &be, 24);
-        int32_t *ids = malloc((size_t)T * 4);
-        for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
-        float *lg = malloc((size_t)m.cfg.vocab_size * 4);
-        struct lmc_mamba_state st;
-        LMC_ASSERT(!lmc_mamba_state_init(&st, &m, 1, &err));
-        int pr = reps < 3 ? reps : 3;
-        for (int r = -1; r < pr; r++) {
-            lmc_mamba_state_reset(&st, &m, 0);
-            double t0 = lmc_time_now();
-            /* all rows through the blocks, the head on the last row only: prefill
-             * T-1 tokens without logits, then the last token */
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
-            if (r >= 0) t[r] = lmc_time_now() - t0;
-        }
-        printf("mamba-130m (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", (long long)T,
-               (double)T / bench_median(t, pr));
-        const double dm = decode_ms(&m, &st, 16);
-        printf("mamba-130m decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", dm,
-               1e3 / dm, lmc_mamba_state_bytes(&m.cfg));
-        lmc_mamba_state_free(&st, &m);
-        free(ids), free(lg);
-        unbuild(&m);
-    }
-    { /* 2b. the whole Mamba-2 130M shape */
-        struct lmc_mamba_model m;
+        whole_model("mamba-130m", &m, T, reps);
         build2(&m, &be);
-        int32_t *ids = malloc((size_t)T * 4);
-        for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
-        float *lg = malloc((size_t)m.cfg.vocab_size * 4);
-        struct lmc_mamba_state st;
-        LMC_ASSERT(!lmc_mamba_state_init(&st, &m, 1, &err));
-        int pr = reps < 3 ? reps : 3;
-        for (int r = -1; r < pr; r++) {
-            lmc_mamba_state_reset(&st, &m, 0);
-            double t0 = lmc_time_now();
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
-            if (r >= 0) t[r] = lmc_time_now() - t0;
-        }
-        printf("mamba2-130m (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", (long long)T,
-               (double)T / bench_median(t, pr));
-        const double dm = decode_ms(&m, &st, 16);
-        printf("mamba2-130m decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", dm,
-               1e3 / dm, lmc_mamba_state_bytes(&m.cfg));
-        lmc_mamba_state_free(&st, &m);
-        free(ids), free(lg);
-        unbuild(&m);
+        whole_model("mamba2-130m", &m, T, reps);
     }
     { /* 3. decode cost vs context: two slots of one state pool, one advanced
        * to 1k tokens and one to the long context (chunked prefill), then
