@@ -10,6 +10,7 @@
 #include "ops/backend_cuda.h"
 #ifdef LMC_HAVE_CUDA
 #include "ops/cuda/ops_cuda.h"
+#include "bench_util.h"
 #endif
 
 #include <math.h>
@@ -18,10 +19,6 @@
 #include <string.h>
 
 #ifdef LMC_HAVE_CUDA
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static void *dev_rand(struct lmc_backend *be, int64_t n, uint64_t seed, int bf16) {
     float *h = malloc((size_t)n * sizeof(float));
@@ -58,7 +55,7 @@ static double time_kind(struct lmc_backend *be, enum lmc_cuda_attn_kind kind, fl
         be->sync(be->ctx);
         t[r] = lmc_time_now() - t0;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    qsort(t, (size_t)reps, sizeof *t, bench_cmpd);
     return t[reps / 2];
 }
 

@@ -13,23 +13,13 @@
 #include "core/core.h"
 #include "infer/grammar.h"
 #include "template/jinja.h"
+#include "bench_util.h"
 
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double cpu_now(void) { /* this thread's CPU seconds */
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static void bench_templates(void) {
     const char *dir = "tests/fixtures/chat_templates";
@@ -68,7 +58,7 @@ static void bench_templates(void) {
                 ts[r] = (lmc_time_now() - t0) * 1e6;
                 free(out);
             }
-            qsort(ts, 200, sizeof *ts, cmp_d);
+            qsort(ts, 200, sizeof *ts, bench_cmpd);
             printf("| %s | %zu | %.1f |\n", e->d_name, strlen(tj->valuestring), ts[100]);
             all[na++] = ts[100];
         }
@@ -77,7 +67,7 @@ static void bench_templates(void) {
         cJSON_Delete(j);
     }
     closedir(d);
-    qsort(all, (size_t)na, sizeof *all, cmp_d);
+    qsort(all, (size_t)na, sizeof *all, bench_cmpd);
     if (na) printf("\n%d templates: median %.1f us, max %.1f us per render\n\n", na, all[na / 2], all[na - 1]);
 }
 
@@ -124,12 +114,12 @@ static void bench_masks(int n_vocab) {
     len[0] = 0; /* token 0 plays end of sequence */
     lmc_err err = {0};
     struct lmc_grammar_vocab *v = NULL;
-    double tb = cpu_now();
+    double tb = bench_thread_cpu();
     if (lmc_grammar_vocab_new((const char *const *)tok, len, n_vocab, &eos, 1, &v, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return;
     }
-    double build_ms = (cpu_now() - tb) * 1e3;
+    double build_ms = (bench_thread_cpu() - tb) * 1e3;
     const char *schema = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":"
                          "\"integer\",\"minimum\":0,\"maximum\":150},\"tags\":{\"type\":\"array\",\"items\":{\"type\":"
                          "\"string\"},\"maxItems\":4},\"ok\":{\"type\":\"boolean\"}},\"required\":[\"name\",\"age\"]}";
@@ -151,9 +141,9 @@ static void bench_masks(int n_vocab) {
                 lmc_grammar_accept(fresh, output, i);
                 use = fresh;
             }
-            double t0 = cpu_now();
+            double t0 = bench_thread_cpu();
             lmc_status st = lmc_grammar_mask(use, v, mask, &err);
-            double dt = (cpu_now() - t0) * 1e6;
+            double dt = (bench_thread_cpu() - t0) * 1e6;
             lmc_grammar_state_free(fresh);
             if (st) {
                 fprintf(stderr, "mask: %s\n", err.msg);
@@ -163,7 +153,7 @@ static void bench_masks(int n_vocab) {
             sum += dt;
             lmc_grammar_accept(s, output + i, 1);
         }
-        qsort(ts, steps, sizeof *ts, cmp_d);
+        qsort(ts, steps, sizeof *ts, bench_cmpd);
         printf("| %d | %s | %zu | %.1f | %.1f | %.1f |\n", n_vocab, cached ? "per-state cache" : "no cache", steps,
                ts[steps / 2], sum / (double)steps, ts[steps - 1]);
         free(ts);

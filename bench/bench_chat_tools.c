@@ -13,27 +13,13 @@
 #include "infer/scheduler.h"
 #include "serve/serve.h"
 #include "tokenizer/chat_template.h"
+#include "bench_util.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double cpu_now(void) { /* the process's CPU seconds, every thread */
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return v[n / 2];
-}
 
 struct waiter {
     pthread_mutex_t mu;
@@ -104,7 +90,7 @@ static double prep_us(const struct lmc_chat_template *ct, const struct lmc_token
         free(text);
         lmc_serve_request_free(&rq);
     }
-    return median(ts, 200);
+    return bench_median_upper(ts, 200);
 }
 
 int main(int argc, char **argv) {
@@ -161,7 +147,7 @@ int main(int argc, char **argv) {
         wait_n(&w, 1);
         ttft[r] = (w.t_first - t0) * 1e6;
     }
-    double ttft_us = median(ttft, 21);
+    double ttft_us = bench_median_upper(ttft, 21);
     printf("## Request preparation vs time to first token\n\n");
     printf("Body: a chat request with 2 tools, tool_choice required (%zu bytes). Prep = lmc_serve_parse (tool grammar "
            "compiled) + render (+ tokenize); median of 200. TTFT: the short-template prompt (%lld tokens) through the "
@@ -211,7 +197,7 @@ int main(int argc, char **argv) {
         for (int round = 0; round < 5; round++)
             for (int with = 0; with < 3; with++) {
                 struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, ""};
-                double t0 = lmc_time_now(), c0 = cpu_now();
+                double t0 = lmc_time_now(), c0 = bench_cpu();
                 for (int k = 0; k < conc[ci]; k++) {
                     struct lmc_request r = base;
                     r.max_tokens = per_req;
@@ -226,11 +212,11 @@ int main(int argc, char **argv) {
                 wait_n(&w, conc[ci]);
                 if (w.err[0]) return fprintf(stderr, "bench_chat_tools: %s\n", w.err), 1;
                 rate[with][round] = (double)w.tokens / (lmc_time_now() - t0);
-                crate[with][round] = (double)w.tokens / (cpu_now() - c0);
+                crate[with][round] = (double)w.tokens / (bench_cpu() - c0);
             }
-        double p = median(rate[0], 5), sch = median(rate[1], 5), row = median(rate[2], 5);
+        double p = bench_median_upper(rate[0], 5), sch = bench_median_upper(rate[1], 5), row = bench_median_upper(rate[2], 5);
         printf("| %d | wall | %.0f | %.0f | %.0f | %.2f | %.2f |\n", conc[ci], p, row, sch, sch / p, sch / row);
-        p = median(crate[0], 5), sch = median(crate[1], 5), row = median(crate[2], 5);
+        p = bench_median_upper(crate[0], 5), sch = bench_median_upper(crate[1], 5), row = bench_median_upper(crate[2], 5);
         printf("| %d | CPU | %.0f | %.0f | %.0f | %.2f | %.2f |\n", conc[ci], p, row, sch, sch / p, sch / row);
     }
     lmc_sched_free(s);

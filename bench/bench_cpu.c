@@ -22,6 +22,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "ops/backend.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -58,15 +59,6 @@ struct opts {
 static void die(const char *what, const lmc_err *e) {
     fprintf(stderr, "bench_cpu: %s: %s\n", what, e ? e->msg : "failed");
     exit(1);
-}
-
-static int cmp_dbl(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* VmRSS of this process in bytes (0 if unreadable). */
@@ -321,7 +313,7 @@ static double sgemm_gflops(int64_t M, int64_t N, int64_t K, int reps) {
                     (int)K, w, (int)K, 0.0f, y, (int)N);
         if (r >= 0) t[r] = lmc_time_now() - t0;
     }
-    double med = median(t, reps);
+    double med = bench_median(t, reps);
     free(x);
     free(w);
     free(y);
@@ -419,7 +411,7 @@ static int child_main(const struct opts *o, const char *dir) {
     }
     double prefill_min = pt[0];
     for (int r = 1; r < o->prefill_reps; r++) prefill_min = fmin(prefill_min, pt[r]);
-    double prefill_med = median(pt, o->prefill_reps);
+    double prefill_med = bench_median(pt, o->prefill_reps);
 
     /* Decode: short prompt, then one token per forward, greedy next id, as
      * generation does. Repetition -1 is a warm-up. Bandwidth around it. */
@@ -453,8 +445,8 @@ static int child_main(const struct opts *o, const char *dir) {
                     nd, tot[r], nd / tot[r]);
         }
     }
-    double tok_med = median(tt, nd * o->decode_reps);
-    double tot_med = median(tot, o->decode_reps);
+    double tok_med = bench_median(tt, nd * o->decode_reps);
+    double tot_med = bench_median(tot, o->decode_reps);
     for (int k = 0; k < 2; k++) {
         settle();
         bw[1][k] = membw(o->threads, k ? ws : BW_BYTES);
@@ -693,7 +685,7 @@ int main(int argc, char **argv) {
                     PREFILL_TPS, DEC_TPS);
     }
     printf("\nsgemm peer, measured just before each model's run "
-           "(OpenBLAS, %d threads, median):\n\n| M×N×K | used for | F16 run GFLOP/s | F32 run GFLOP/s |\n"
+           "(OpenBLAS, %d threads, bench_median):\n\n| M×N×K | used for | F16 run GFLOP/s | F32 run GFLOP/s |\n"
            "|---|---|---:|---:|\n", o.threads);
     for (int s = 0; s < N_SHAPES; s++)
         printf("| %lld×%lld×%lld | %s | %.1f | %.1f |\n", (long long)P, (long long)SHAPES[s].N,

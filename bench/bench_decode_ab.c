@@ -15,12 +15,10 @@
 #include "model/model.h"
 #include "ops/backend.h"
 #include "core/core.h"
+#include "bench_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-static double cpu_now(void) { struct timespec ts; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
-static double wall_now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
-static int cmpd(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_decode_ab FILE.gguf|DIR [threads 1] [rounds 5] [N 32]\n");
@@ -48,13 +46,13 @@ int main(int argc, char **argv) {
             lmc_kv_init(&kv, M[k], B[k], N + 16, &e); lmc_acts_init(&a, M[k], B[k], 16, 16, &e);
             int32_t ids[16]; for (int i = 0; i < 16; i++) ids[i] = (i * 7919 + 13) % (int)V;
             lmc_model_forward(M[k], B[k], &a, &kv, ids, 8, 0, lg, false, &e);
-            double c0 = cpu_now(), w0 = wall_now();
+            double c0 = bench_cpu(), w0 = bench_wall();
             for (int i = 0; i < N; i++) { int32_t id = (int32_t)((i * 104729 + 7) % V); lmc_model_forward(M[k], B[k], &a, &kv, &id, 1, 8 + i, lg, false, &e); }
-            tc[k][r] = (cpu_now() - c0) / N * 1e3; tw[k][r] = (wall_now() - w0) / N * 1e3;
+            tc[k][r] = (bench_cpu() - c0) / N * 1e3; tw[k][r] = (bench_wall() - w0) / N * 1e3;
             lmc_kv_free(&kv); lmc_acts_free(&a);
         }
     for (int k = 0; k < 3; k++) {
-        qsort(tc[k], R, sizeof(double), cmpd); qsort(tw[k], R, sizeof(double), cmpd);
+        qsort(tc[k], R, sizeof(double), bench_cmpd); qsort(tw[k], R, sizeof(double), bench_cmpd);
         printf("%-18s cpu %.2f ms/token (min %.2f)  wall %.2f ms/token (min %.2f)\n", name[k], tc[k][R / 2], tc[k][0], tw[k][R / 2], tw[k][0]);
     }
     printf("(%s, %d threads, %d rounds x %d tokens)\n", f, T, R, N);

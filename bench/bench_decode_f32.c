@@ -30,6 +30,7 @@
 #include "core/threadpool.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "bench_util.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -192,17 +193,6 @@ static void decode(const struct lmc_backend *be, const struct mem *mm, struct bu
     be->matmul(be->ctx, b->logits, b->x, 1, &mm->head, NULL);
 }
 
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-    double t[MAXR];
-    memcpy(t, v, (size_t)n * sizeof *v);
-    qsort(t, (size_t)n, sizeof *t, cmpd);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
-
 int main(int argc, char **argv) {
     int threads = 2, rounds = 15, nv = 0, nk = 0, reps = 3, gaps = 0;
     int var[MAXV];
@@ -291,7 +281,7 @@ int main(int argc, char **argv) {
     printf("%-5s %-8s %12s %12s %16s %16s\n", "mem", "variant", "read GB/s", "decode GB/s",
            "dec/read median", "dec/read range");
     for (int k = 0; k < nk; k++) {
-        printf("%-5s %-8s %12.1f\n", kinds[k], "read", median(rdv[k], rounds));
+        printf("%-5s %-8s %12.1f\n", kinds[k], "read", bench_median(rdv[k], rounds));
         for (int v = 0; v < nv; v++) {
             double ratio[MAXR], lo = 1e9, hi = 0;
             for (int r = 0; r < rounds; r++) {
@@ -300,7 +290,7 @@ int main(int argc, char **argv) {
                 hi = LMC_MAX(hi, ratio[r]);
             }
             printf("%-5s v%-7d %12s %12.1f %15.1f%% %8.0f-%.0f%%\n", kinds[k], var[v], "",
-                   median(dec[k][v], rounds), 100 * median(ratio, rounds), 100 * lo, 100 * hi);
+                   bench_median(dec[k][v], rounds), 100 * bench_median(ratio, rounds), 100 * lo, 100 * hi);
         }
     }
     /* same-round pairwise: each variant against the first one */
@@ -311,13 +301,13 @@ int main(int argc, char **argv) {
             int wins = 0;
             for (int r = 0; r < rounds; r++) wins += ratio[r] > 1;
             printf("%s: v%d / v%d same round: median %.1f%%, faster in %d of %d rounds\n", kinds[k],
-                   var[v], var[0], 100 * median(ratio, rounds), wins, rounds);
+                   var[v], var[0], 100 * bench_median(ratio, rounds), wins, rounds);
         }
     /* cross-kind: each kind's read against the first kind's read, per round */
     for (int k = 1; k < nk; k++) {
         double ratio[MAXR];
         for (int r = 0; r < rounds; r++) ratio[r] = rdv[k][r] / rdv[0][r];
-        printf("read %s / read %s: median %.1f%%\n", kinds[k], kinds[0], 100 * median(ratio, rounds));
+        printf("read %s / read %s: median %.1f%%\n", kinds[k], kinds[0], 100 * bench_median(ratio, rounds));
     }
     float chk = 0;
     for (int i = 0; i < VOCAB; i++) chk += b.logits[i];

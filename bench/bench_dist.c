@@ -11,6 +11,7 @@
 #include "../tests/dist_mlp.h"
 #include "../tests/dist_spawn.h"
 #include "core/core.h"
+#include "bench_util.h"
 
 #include <sys/mman.h>
 
@@ -28,21 +29,6 @@ struct bjob {
     const float *init;
     struct bres *res;
 };
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static long vm_hwm_kib(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long v = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) v = strtol(line + 6, NULL, 10);
-    if (f) fclose(f);
-    return v;
-}
 
 /* One rank: a 2-step warm-up run, then the timed run (all steps, from a
  * barrier; the mean step time, ZeRO set-up included, is reported). */
@@ -73,7 +59,7 @@ static int bench_rank(struct lmc_comm *c, int rank, void *arg) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 2;
     }
-    j->res->hwm_kib[rank] = vm_hwm_kib();
+    j->res->hwm_kib[rank] = bench_vm_hwm_kib();
     if (rank == 0) {
         j->res->zero_peak = st.bytes_peak;
         j->res->step_s = (t1 - t0) / o.steps;
@@ -163,7 +149,7 @@ int main(int argc, char **argv) {
     printf("|---|---|---|---|---|---|---|---|\n");
     for (int ci = 0; ci < nc; ci++) {
         int W = worlds[ci / 4], stage = ci % 4;
-        qsort(times[ci], (size_t)rounds, sizeof(double), cmp_d);
+        qsort(times[ci], (size_t)rounds, sizeof(double), bench_cmpd);
         double step = times[ci][rounds / 2];
         struct lmc_zero_mem m;
         lmc_zero_mem_fp32(stage, W, P, &m);

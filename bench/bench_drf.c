@@ -13,22 +13,12 @@
 #include "core/rng.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 #define L 12
 enum { WQ, WK, WV, WO, WG, WU, WD, NW };
@@ -77,7 +67,7 @@ int main(int argc, char **argv) {
         double wall[1000], cpu[1000];
         for (int r = 0; r < rounds + 1; r++)
             {
-                double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 for (int l = 0; l < L; l++) {
                     const struct lmc_mat *qkv[3] = {&w[l][WQ], &w[l][WK], &w[l][WV]}, *gu[2] = {&w[l][WG], &w[l][WU]};
                     const struct lmc_mat *o = &w[l][WO], *dn = &w[l][WD];
@@ -88,14 +78,14 @@ int main(int argc, char **argv) {
                 }
                 const struct lmc_mat *h = &head;
                 lmc_cpu_matmul_dr(c, 1, y, x, M, &h, NULL);
-                double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 if (r == 0) continue; /* warm-up */
                 wall[r - 1] = w1 - w0;
                 cpu[r - 1] = c1 - c0;
             }
         {
-            qsort(wall, (size_t)rounds, sizeof(double), cmp_d);
-            qsort(cpu, (size_t)rounds, sizeof(double), cmp_d);
+            qsort(wall, (size_t)rounds, sizeof(double), bench_cmpd);
+            qsort(cpu, (size_t)rounds, sizeof(double), bench_cmpd);
             double wm = wall[rounds / 2], cm = cpu[rounds / 2], f = flop_tok * (double)M;
             printf("| %lld | %.2f | %.2f | %.1f | %.1f |\n", (long long)M, 1e3 * wm, 1e3 * cm, f / wm * 1e-9, f / cm * 1e-9);
         }

@@ -4,21 +4,12 @@
  * medians of thread CPU time (robust to a loaded machine) and wall time.
  * Usage: bench_gemm_bf16 [reps=5] */
 #include "ops/cpu/gemm_bf16.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
@@ -44,20 +35,20 @@ int main(int argc, char **argv) {
         double tc[2][100], tw[2][100];
         for (int r = 0; r < reps + 1; r++)
             for (int k = 0; k < 2; k++) {
-                double c0 = now(CLOCK_THREAD_CPUTIME_ID), w0 = now(CLOCK_MONOTONIC);
+                double c0 = bench_clock(CLOCK_THREAD_CPUTIME_ID), w0 = bench_clock(CLOCK_MONOTONIC);
                 if (k == 0)
                     cblas_sgemm(CblasRowMajor, sh[i].ta ? CblasTrans : CblasNoTrans, sh[i].tb ? CblasTrans : CblasNoTrans,
                                 M, N, K, 1.0f, A, sh[i].ta ? M : K, B, sh[i].tb ? K : N, 0.0f, C, N);
                 else
                     lmc_cpu_gemm_bf16(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, N, false, ws);
                 if (r > 0) { /* the first round warms up */
-                    tc[k][r - 1] = now(CLOCK_THREAD_CPUTIME_ID) - c0;
-                    tw[k][r - 1] = now(CLOCK_MONOTONIC) - w0;
+                    tc[k][r - 1] = bench_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
+                    tw[k][r - 1] = bench_clock(CLOCK_MONOTONIC) - w0;
                 }
             }
         for (int k = 0; k < 2; k++) {
-            qsort(tc[k], (size_t)reps, sizeof(double), cmpd);
-            qsort(tw[k], (size_t)reps, sizeof(double), cmpd);
+            qsort(tc[k], (size_t)reps, sizeof(double), bench_cmpd);
+            qsort(tw[k], (size_t)reps, sizeof(double), bench_cmpd);
         }
         double fl = 2.0 * M * N * K * 1e-9;
         printf("| %s | %d | %d | %d | %.1f | %.1f | %.2fx | %.2fx |\n", sh[i].name, M, N, K, fl / tc[0][reps / 2],

@@ -7,18 +7,13 @@
  * bench_gemm_bf16 runs the same shapes with operands reused (in cache).
  * Usage: bench_gemm_bf16_cold [reps=3] */
 #include "ops/cpu/gemm_bf16.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 #define NB 10
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 3;
@@ -57,10 +52,10 @@ int main(int argc, char **argv) {
         int64_t a_sm = sh[i].ta ? 1 : K, a_sk = sh[i].ta ? M : 1, b_sk = sh[i].tb ? 1 : N, b_sn = sh[i].tb ? K : 1;
         double best = 1e30;
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = bench_thread_cpu();
             for (int b = 0; b < NB; b++)
                 lmc_cpu_gemm_bf16(M, N, K, A[b], a_sm, a_sk, B[b], b_sk, b_sn, C[b], N, sh[i].ta != 0, ws);
-            double t = (now() - t0) / NB;
+            double t = (bench_thread_cpu() - t0) / NB;
             best = t < best ? t : best;
         }
         total += best;

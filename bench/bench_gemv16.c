@@ -27,6 +27,7 @@
 #include "core/threadpool.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "bench_util.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -69,17 +70,6 @@ static void die(const char *s) {
     exit(1);
 }
 
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-static double median(const double *v, int n) {
-    double t[MAXR];
-    memcpy(t, v, (size_t)n * sizeof *v);
-    qsort(t, (size_t)n, sizeof *t, cmpd);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
-
 /* values near N(0, 0.05) whose bits are finite, normal numbers as F16 and as BF16 */
 static void fill(uint16_t *w, size_t n) {
     uint32_t st = 12345;
@@ -120,12 +110,7 @@ static char *region(const char *kind, const char *path) {
  * work costs while it runs, not how long others kept it waiting; with more
  * than one thread it includes the pool's spinning) */
 static int cpu_clock;
-static double now(void) {
-    if (!cpu_clock) return lmc_time_now();
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now(void) { return cpu_clock ? bench_cpu() : lmc_time_now(); }
 
 static double pass(const struct lmc_backend *be, const char *base, const struct shape *s, enum lmc_dtype dt,
                    int M, const float *x, float *y, double *bytes) {
@@ -230,18 +215,18 @@ int main(int argc, char **argv) {
             j->ratio[r] = j->gbs[r] / rd2[r];
         }
     }
-    printf("read 1 thread: %.1f GB/s, %d threads: %.1f GB/s (medians; rounds 2t:", median(rd1, rounds), threads,
-           median(rd2, rounds));
+    printf("read 1 thread: %.1f GB/s, %d threads: %.1f GB/s (medians; rounds 2t:", bench_median(rd1, rounds), threads,
+           bench_median(rd2, rounds));
     for (int r = 0; r < rounds; r++) printf(" %.1f", rd2[r]);
-    printf(")\n\n| shape | dtype | M | variant | GB/s (median) | of the 2-thread read (median, min-max) |\n");
+    printf(")\n\n| shape | dtype | M | variant | GB/s (bench_median) | of the 2-thread read (bench_median, min-max) |\n");
     printf("|---|---|---|---|---|---|\n");
     for (int jj = 0; jj < nj; jj++) {
         const struct job *j = &jobs[jj];
         double lo = 1e9, hi = 0;
         for (int r = 0; r < rounds; r++) lo = LMC_MIN(lo, j->ratio[r]), hi = LMC_MAX(hi, j->ratio[r]);
         printf("| %s | %s | %d | %d | %.1f | %.0f%% (%.0f-%.0f%%) |\n", shapes[j->s].name,
-               j->dt == LMC_DTYPE_BF16 ? "bf16" : "f16", j->M, j->var, median(j->gbs, rounds),
-               100 * median(j->ratio, rounds), 100 * lo, 100 * hi);
+               j->dt == LMC_DTYPE_BF16 ? "bf16" : "f16", j->M, j->var, bench_median(j->gbs, rounds),
+               100 * bench_median(j->ratio, rounds), 100 * lo, 100 * hi);
     }
     double chk = 0;
     for (int i = 0; i < 64; i++) chk += y[i];

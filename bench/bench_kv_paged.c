@@ -1,4 +1,4 @@
-/* bench_kv_paged.c — paged attention over compressed KV pools (issue 17)
+/* bench_kv_paged.c — paged attention over compressed and f16 KV pools (issue 17)
  * against the backend's plain pool (bf16 on CUDA, f32 on the CPU), through
  * the backend table only (infer/kvq.h's lmc_kvq_paged_backend): for each
  * format, NSEQ sequences of LEN cached tokens (rows of KV heads x HD,
@@ -21,6 +21,7 @@
 #include "ops/backend.h"
 #include "ops/backend_cuda.h"
 #include "ops/cpu/kvquant.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -51,11 +52,6 @@ static float key_of(const struct shape *z, int64_t s, int64_t t, int64_t c) {
 }
 static float val_of(const struct shape *z, int64_t s, int64_t t, int64_t c) {
     return gauss(2, (uint64_t)((s * (z->len + 1) + t) * z->kv * z->hd + c));
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 struct run { double ms, err, abs; size_t bytes; };
@@ -134,7 +130,7 @@ static struct run bench_fmt(const struct lmc_backend *be, enum lmc_kvq_fmt f, co
         be->sync(be->ctx);
         t[i] = lmc_time_now() - t0;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    qsort(t, (size_t)reps, sizeof *t, bench_cmpd);
     r.ms = t[reps / 2] * 1e3;
     /* error vs float64 over the true rows, 8 sampled sequences */
     float *out = malloc((size_t)(z->nseq * z->h * z->hd) * sizeof *out);
@@ -206,7 +202,7 @@ int main(int argc, char **argv) {
            "(abs; / max output) |\n");
     printf("|---|---|---|---|---|---|\n");
     struct run plain = {0, 0, 0, 0};
-    for (int f = LMC_KVQ_NONE; f <= LMC_KVQ_KIVI2; f++) {
+    for (int f = LMC_KVQ_NONE; f <= LMC_KVQ_F16; f++) { /* f16 last: CPU only (refused on CUDA) */
         struct lmc_backend be = base;
         if (f && lmc_kvq_paged_backend(&be, &base, (enum lmc_kvq_fmt)f, &err)) {
             printf("| %s | refused: %s |\n", lmc_kvq_name((enum lmc_kvq_fmt)f), err.msg);

@@ -18,6 +18,7 @@
 #include "ops/backend_cuda.h"
 #include "train/lora.h"
 #include "train/lora_bank.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,16 +30,6 @@
 static void die(const char *what, const lmc_err *e) {
     fprintf(stderr, "bench_lora_batch: %s%s%s\n", what, e ? ": " : "", e ? e->msg : "");
     exit(1);
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 int main(int argc, char **argv) {
@@ -138,7 +129,7 @@ int main(int argc, char **argv) {
            dir, be.name, B, ctx, R, steps, rounds);
     printf("| mix | median tok/s | median ratio to one adapter (same round) |\n|---|---|---|\n");
     for (int q = 0; q < NMIX; q++)
-        printf("| %s | %.1f | %.3f |\n", names[q], median(tps[q], rounds), median(ratio[q], rounds));
+        printf("| %s | %.1f | %.3f |\n", names[q], bench_median(tps[q], rounds), bench_median(ratio[q], rounds));
     lmc_batch_acts_free(&ba);
     lmc_kv_pool_free(&pool);
     lmc_lora_bank_unbind(&bank, &m);

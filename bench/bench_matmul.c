@@ -13,22 +13,13 @@
 #include "core/threadpool.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void noop_task(void *arg, int64_t t, int thread) { (void)arg, (void)t, (void)thread; }
 
@@ -59,7 +50,7 @@ static double time_ours(struct lmc_backend *be, float *y, const float *x, int64_
         be->matmul(be->ctx, y, x, M, &wc, NULL);
         t[n] = lmc_time_now() - t0;
     }
-    return median(t, n);
+    return bench_median(t, n);
 }
 
 static double time_sgemm(float *y, const float *x, int64_t M, int64_t N, int64_t K,
@@ -75,7 +66,7 @@ static double time_sgemm(float *y, const float *x, int64_t M, int64_t N, int64_t
                     (int)K, w, (int)K, 0.0f, y, (int)N);
         t[n] = lmc_time_now() - t0;
     }
-    return median(t, n);
+    return bench_median(t, n);
 }
 
 int main(int argc, char **argv) {

@@ -26,6 +26,7 @@
 #include "model/arch.h"
 #include "model/model.h"
 #include "ops/backend.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -153,11 +154,6 @@ static double decode(struct run *r, const struct lmc_backend *be, int n) {
     return lmc_time_now() - t0;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv) {
     int threads = 2, n = 64, rounds = 5, write_only = 0;
     const char *root = "/tmp/lmc-bench-moe";
@@ -202,9 +198,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_moe: round %d: moe %.1f tok/s, dense %.1f tok/s\n", k, n / ts[0][k], n / ts[1][k]);
     }
     int64_t act = lmc_arch_active_params(&R[0].m.cfg, R[0].m.n_params);
-    qsort(ts[0], (size_t)rounds, sizeof(double), cmp);
-    qsort(ts[1], (size_t)rounds, sizeof(double), cmp);
-    qsort(ratio, (size_t)rounds, sizeof(double), cmp);
+    qsort(ts[0], (size_t)rounds, sizeof(double), bench_cmpd);
+    qsort(ts[1], (size_t)rounds, sizeof(double), bench_cmpd);
+    qsort(ratio, (size_t)rounds, sizeof(double), bench_cmpd);
     printf("| model | parameters | active / token | decode tok/s (median of %d x %d tokens) |\n", rounds, n);
     printf("|---|---|---|---|\n");
     printf("| mixtral-shape (%s: hidden %lld, %lld layers), %d experts top-%d, width %lld | %.1fM | %.1fM | %.1f |\n",

@@ -32,6 +32,7 @@
 #include "ops/backend_cuda.h"
 #ifdef LMC_HAVE_CUDA
 #include "ops/cuda/ops_cuda.h"
+#include "bench_util.h"
 #endif
 
 #include <math.h>
@@ -44,15 +45,6 @@
 static void die(const char *what, const lmc_err *e) {
     fprintf(stderr, "bench_moe_cuda: %s%s%s\n", what, e ? ": " : "", e ? e->msg : "");
     exit(1);
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static float urand(uint64_t *s) { return (float)((double)(lmc_rng_next(s) >> 11) / 9007199254740992.0 - 0.5); }
@@ -144,7 +136,7 @@ static int bench_gemm(int argc, char **argv) {
                 be.sync(be.ctx);
                 t[p][r] = lmc_time_now() - t0;
             }
-        double tg = median(t[0], 20), tl = median(t[1], 20), tdv = median(t[2], 20);
+        double tg = bench_median(t[0], 20), tl = bench_median(t[1], 20), tdv = bench_median(t[2], 20);
         double fl = 2.0 * (double)R * (double)C * (double)I;
         printf("gemm tokens %lld (rows %lld): grouped %.3f ms (%.1f TFLOP/s), grouped device offsets %.3f ms, "
                "cublas loop %.3f ms (%.1f TFLOP/s), grouped/loop time %.2f, max rel diff %.2e\n",
@@ -213,7 +205,7 @@ static int bench_model(int argc, char **argv) {
     lmc_acts_free(&a);
     lmc_kv_free(&kv);
     for (int q = 0; q < NM; q++) {
-        double t = median(tp[q], rounds);
+        double t = bench_median(tp[q], rounds);
         printf("prefill %d tokens [%s]: %.2f ms, %.0f tok/s\n", P, names[q], t * 1e3, P / t);
     }
     /* batch decode */
@@ -252,7 +244,7 @@ static int bench_model(int argc, char **argv) {
             if (r >= 0) td[q][r] = lmc_time_now() - t0;
         }
     for (int q = 0; q < NM; q++) {
-        double t = median(td[q], rounds);
+        double t = bench_median(td[q], rounds);
         printf("decode batch %d at context %d [%s]: %.3f ms/step, %.0f tok/s\n", B, ctx, names[q], t / steps * 1e3,
                (double)B * steps / t);
     }

@@ -16,6 +16,7 @@
 #include "core/core.h"
 #include "dist/ep_model.h"
 #include "model/model.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -96,11 +97,6 @@ static int rank_main(struct lmc_comm *c, int rank, void *arg) {
     return 0;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv) {
     int threads = 2, n = 32, rounds = 3;
     const char *dir = "/tmp/lmc-bench-moe/mixtral-small";
@@ -148,7 +144,7 @@ int main(int argc, char **argv) {
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpl);
     if (system(cmd)) {}
-    for (int w = 0; w < 2; w++) qsort(dec[w], (size_t)rounds, sizeof(double), cmp), qsort(pre[w], (size_t)rounds, sizeof(double), cmp);
+    for (int w = 0; w < 2; w++) qsort(dec[w], (size_t)rounds, sizeof(double), bench_cmpd), qsort(pre[w], (size_t)rounds, sizeof(double), bench_cmpd);
     printf("| EP | ranks x threads | decode tok/s (median of %d x %d) | prompt tok/s (%d tokens) | weights bound per rank, MiB | RSS per rank, MiB (max over ranks) | peak RSS per rank, MiB |\n",
            rounds, n, PROMPT);
     printf("|---|---|---|---|---|---|---|\n");

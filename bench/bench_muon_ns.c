@@ -9,16 +9,11 @@
  * + 2 × 3072)).
  * Usage: bench_muon_ns [reps (default 3)] */
 #include "ops/optim_ops.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double cpu_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
     const int reps = argc > 1 && atoi(argv[1]) > 0 ? atoi(argv[1]) : 3;
@@ -42,9 +37,9 @@ int main(int argc, char **argv) {
                 const int g = (h + r) % 2; /* the order alternates between reps */
                 struct lmc_muon_step st = {.ns_steps = 5, .ns_a = 3.4445f, .ns_b = -4.7750f, .ns_c = 2.0315f,
                                            .ns_eps = 1e-7f, .ns_gram = g};
-                double t0 = cpu_s();
+                double t0 = bench_cpu();
                 lmc_newton_schulz_apply(x, k, w, false, &st, work); /* x is copied into work: the same input every time */
-                double t = cpu_s() - t0;
+                double t = bench_cpu() - t0;
                 best[g] = t < best[g] ? t : best[g];
             }
         printf("| %d x %d | %.3f | %.3f | %.2fx |\n", k, w, best[0], best[1], best[0] / best[1]);

@@ -17,14 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "bench_util.h"
 
 #define MAXT 64
-
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 struct mat {
     int op, k, w;
@@ -79,7 +74,7 @@ int main(int argc, char **argv) {
                     const int mode = (h + r) % 3;
                     for (int t = 0; t < nt; t++) m[t].op = op, m[t].k = k, m[t].w = w;
                     openblas_set_num_threads(mode == 1 ? nt : 1);
-                    double c0 = now(CLOCK_PROCESS_CPUTIME_ID), t0 = now(CLOCK_MONOTONIC);
+                    double c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID), t0 = bench_clock(CLOCK_MONOTONIC);
                     if (mode < 2) run_op(&m[0]);
                     else {
                         pthread_t th[MAXT];
@@ -87,7 +82,7 @@ int main(int argc, char **argv) {
                         run_op(&m[0]);
                         for (int t = 1; t < nt; t++) pthread_join(th[t], NULL);
                     }
-                    double dt = now(CLOCK_MONOTONIC) - t0, dc = now(CLOCK_PROCESS_CPUTIME_ID) - c0;
+                    double dt = bench_clock(CLOCK_MONOTONIC) - t0, dc = bench_clock(CLOCK_PROCESS_CPUTIME_ID) - c0;
                     if (dt < best[mode]) best[mode] = dt;
                     if (dc < cpu[mode]) cpu[mode] = dc;
                 }

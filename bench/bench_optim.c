@@ -21,6 +21,7 @@
 #include "core/core.h"
 #include "ops/backend.h"
 #include "train/optim.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,23 +40,12 @@ static const char *vname(int k) {
     return var[k - LMC_OPTIM_KIND_COUNT].name;
 }
 
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void step(struct lmc_optim *o, int k, int64_t t) {
     if (k < LMC_OPTIM_KIND_COUNT || !var[k - LMC_OPTIM_KIND_COUNT].one) {
         lmc_optim_step(o, 6e-4, t, 1.0f);
         return;
     }
     for (int i = 0; i < o->n_params; i++) lmc_optim_step_one(o, i, 6e-4, t, 1.0f);
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 static int add(struct lmc_optim_param *ps, int n, char names[][96], const char *name, int64_t rows,
@@ -141,9 +131,9 @@ int main(int argc, char **argv) {
     for (int r = 0; r < rounds; r++)
         for (int k = 0; k < K; k++) {
             if (!on[k]) continue;
-            double t0 = lmc_time_now(), c0 = cpu_s();
+            double t0 = lmc_time_now(), c0 = bench_cpu();
             step(&opt[k], k, 2 + r);
-            t[k][r] = lmc_time_now() - t0, tc[k][r] = cpu_s() - c0;
+            t[k][r] = lmc_time_now() - t0, tc[k][r] = bench_cpu() - c0;
         }
     printf("\n| optimizer | state bytes | bytes / param | step (median of %d) | vs AdamW | refresh step (step 1) "
            "| amortised over 200 steps | vs AdamW | CPU s per step (median) |\n|---|---|---|---|---|---|---|---|---|\n",
@@ -151,8 +141,8 @@ int main(int argc, char **argv) {
     double base = 0;
     for (int k = 0; k < K; k++) {
         if (!on[k]) continue;
-        qsort(t[k], (size_t)rounds, sizeof(double), cmp_d);
-        qsort(tc[k], (size_t)rounds, sizeof(double), cmp_d);
+        qsort(t[k], (size_t)rounds, sizeof(double), bench_cmpd);
+        qsort(tc[k], (size_t)rounds, sizeof(double), bench_cmpd);
         double med = rounds % 2 ? t[k][rounds / 2] : 0.5 * (t[k][rounds / 2 - 1] + t[k][rounds / 2]);
         double medc = rounds % 2 ? tc[k][rounds / 2] : 0.5 * (tc[k][rounds / 2 - 1] + tc[k][rounds / 2]);
         if (k == 0) base = med;

@@ -17,22 +17,12 @@
 #include "core/rng.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     int threads = 2, rounds = 7;
@@ -75,13 +65,13 @@ int main(int argc, char **argv) {
             for (int p = 0; p < 2; p++) {
                 c->pf_min_m = p ? LMC_MIN(pf_default, M) : 0;
                 if (p && !second) continue;
-                double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 int reps = 3;
                 const struct lmc_mat *wp = &wm;
                 for (int k = 0; k < reps; k++)
                     if (p && dr) lmc_cpu_matmul_dr(c, 1, &y, x, M, &wp, NULL);
                     else be.matmul(be.ctx, y, x, M, &wm, NULL);
-                double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 if (r == 0) continue; /* warm-up */
                 wall[p][r - 1] = (w1 - w0) / reps;
                 cpu[p][r - 1] = (c1 - c0) / reps;
@@ -89,8 +79,8 @@ int main(int argc, char **argv) {
         double med[2][2] = {{0}};
         for (int p = 0; p < 2; p++) {
             if (p && !second) continue;
-            qsort(wall[p], (size_t)rounds, sizeof(double), cmp_d);
-            qsort(cpu[p], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(wall[p], (size_t)rounds, sizeof(double), bench_cmpd);
+            qsort(cpu[p], (size_t)rounds, sizeof(double), bench_cmpd);
             med[p][0] = wall[p][rounds / 2];
             med[p][1] = cpu[p][rounds / 2];
         }
@@ -114,21 +104,21 @@ int main(int argc, char **argv) {
         double wall[2][1000], cpu[2][1000], flop = 2.0 * 2.0 * (double)hd * (double)H * (double)M * (double)(M + 1) / 2;
         for (int r = 0; r < rounds + 1; r++)
             for (int p = 0; p < 2; p++) {
-                double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 if (p) be.attention(be.ctx, o, q, k, v, M, 0, H, KV, hd, 0.125f, 0);
                 else
                     for (int64_t i = 0; i < M; i += ch)
                         be.attention(be.ctx, o + i * H * hd, q + i * H * hd, k, v, LMC_MIN(ch, M - i), i, H, KV, hd,
                                      0.125f, 0);
-                double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 if (r == 0) continue;
                 wall[p][r - 1] = w1 - w0;
                 cpu[p][r - 1] = c1 - c0;
             }
         double med[2][2];
         for (int p = 0; p < 2; p++) {
-            qsort(wall[p], (size_t)rounds, sizeof(double), cmp_d);
-            qsort(cpu[p], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(wall[p], (size_t)rounds, sizeof(double), bench_cmpd);
+            qsort(cpu[p], (size_t)rounds, sizeof(double), bench_cmpd);
             med[p][0] = wall[p][rounds / 2];
             med[p][1] = cpu[p][rounds / 2];
         }

@@ -11,6 +11,7 @@
  * Usage: bench_pp [--stages 2,4] [--micro 4,8,16] [--chunks 1,2] [--work N] [--rounds R] */
 #include "../tests/dist_spawn.h"
 #include "dist/pp.h"
+#include "bench_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -90,11 +91,6 @@ static int parse_list(const char *s, int *v, int max) {
     return n;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv) {
     int Ps[8] = {2, 4}, nP = 2, Ms[8] = {4, 8, 16}, nM = 3, Vs[8] = {1, 2}, nV = 2, rounds = 3;
     long work = 2000000;
@@ -134,8 +130,8 @@ int main(int argc, char **argv) {
                 }
                 bub[r] = (wall - busy) / busy, ms[r] = wall * 1e3;
             }
-            qsort(bub, (size_t)rounds, sizeof *bub, cmp);
-            qsort(ms, (size_t)rounds, sizeof *ms, cmp);
+            qsort(bub, (size_t)rounds, sizeof *bub, bench_cmpd);
+            qsort(ms, (size_t)rounds, sizeof *ms, bench_cmpd);
             double sim = lmc_pp_bubble_model_v(P, M, V, 1, 2); /* idle fraction -> bubble / compute */
             printf("| %d | %d | %d | %.3f | %.3f | %.3f | %.3f | %.1f |\n", P, M, V, (double)(P - 1) / M,
                    (double)(P - 1) / ((double)M * V), sim / (1 - sim), bub[rounds / 2], ms[rounds / 2]);

@@ -15,6 +15,7 @@
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
 #include "quant/qmatmul.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,11 +23,6 @@
 
 #define NL 12
 #define NMAT (7 * NL + 1)
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2, reps = argc > 2 ? atoi(argv[2]) : 31;
@@ -91,8 +87,8 @@ int main(int argc, char **argv) {
                 }
                 if (r >= 0) t[f * reps + r] = lmc_time_now() - t0;
             }
-        qsort(t, (size_t)reps, sizeof *t, cmp_d);
-        qsort(t + reps, (size_t)reps, sizeof *t, cmp_d);
+        qsort(t, (size_t)reps, sizeof *t, bench_cmpd);
+        qsort(t + reps, (size_t)reps, sizeof *t, bench_cmpd);
         double qm = t[reps / 2], qn = t[0], fm = t[reps + reps / 2], fn = t[reps];
         printf("| %lld | %.3f | %.3f | %.1f | %.3f | %.3f | %.1f | %.2fx | %.2fx |\n", (long long)m, qm * 1e3, qn * 1e3,
                (double)qbytes / qn / 1e9, fm * 1e3, fn * 1e3, (double)fbytes / fn / 1e9, fm / qm, fn / qn);

@@ -14,6 +14,7 @@
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
 #include "quant/qmatmul.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,11 +30,6 @@ struct fmt {
     struct lmc_qweight qw[64]; /* quantized */
     void *buf[64];
 };
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     int threads = 2;
@@ -124,7 +120,7 @@ int main(int argc, char **argv) {
                 }
             double med[F_COUNT], mn[F_COUNT];
             for (int f = 0; f < F_COUNT; f++) {
-                qsort(t + f * reps, (size_t)reps, sizeof *t, cmp_d);
+                qsort(t + f * reps, (size_t)reps, sizeof *t, bench_cmpd);
                 med[f] = t[f * reps + reps / 2];
                 mn[f] = t[f * reps];
             }

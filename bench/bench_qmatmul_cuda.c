@@ -20,6 +20,7 @@
 #include "quant/quant.h"
 #ifdef LMC_HAVE_CUDA
 #include "ops/cuda/ops_cuda.h"
+#include "bench_util.h"
 #endif
 
 #include <stdbool.h>
@@ -202,10 +203,6 @@ static void header(void) {
 }
 
 #ifdef LMC_HAVE_CUDA
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* median seconds per call of fn(i) over runs of `calls` calls */
 typedef void (*call_fn)(void *u, int i);
@@ -228,7 +225,7 @@ static double time_calls(struct lmc_backend *be, call_fn fn, void *u) {
         be->sync(be->ctx);
         t[r] = (lmc_time_now() - s) / n;
     }
-    qsort(t, 7, sizeof *t, cmp_d);
+    qsort(t, 7, sizeof *t, bench_cmpd);
     return t[3];
 }
 

@@ -13,18 +13,13 @@
 #include "core/core.h"
 #include "quant/qmatmul.h"
 #include "quant/quant.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static float rnd(uint64_t *s) {
     *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -80,9 +75,9 @@ int main(int argc, char **argv) {
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_wall();
         for (int i = 0; i < 10; i++) lmc_qmatmul(&c, &w, y, x, m, scratch, NULL);
-        double t = (now_s() - t0) / 10;
+        double t = (bench_wall() - t0) / 10;
         if (t < best) best = t;
     }
     getrusage(RUSAGE_SELF, &ru1);

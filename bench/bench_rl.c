@@ -15,38 +15,15 @@
 #include "ops/backend.h"
 #include "train/rl.h"
 #include "train/rl_model.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static void on_ev(void *user, const struct lmc_sched_event *ev) {
     if (ev->kind == LMC_EV_TOKEN) (*(int64_t *)user)++;
-}
-
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double median(const double *x, int64_t n) {
-    double s[64];
-    memcpy(s, x, (size_t)n * sizeof(double));
-    qsort(s, (size_t)n, sizeof(double), cmp_d);
-    return s[n / 2];
 }
 
 /* B = P*G requests (seeds as lmc_rl_step's round r) on model m: tokens per
@@ -60,7 +37,7 @@ static int serve(const struct lmc_model *m, const struct lmc_backend *be, const 
     so.ctx = T + 1;
     so.max_batch = (int)LMC_MIN(P * G, 256);
     so.kv_blocks = P * G * (so.ctx / so.block_size + 2) + 16;
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = bench_wall(), c0 = bench_cpu();
     struct lmc_sched *sc;
     if (lmc_sched_init(&sc, m, be, tok, &so, &err)) {
         fprintf(stderr, "%s\n", err.msg);
@@ -82,8 +59,8 @@ static int serve(const struct lmc_model *m, const struct lmc_backend *be, const 
     }
     lmc_sched_wait_idle(sc, 1e9, NULL);
     lmc_sched_free(sc);
-    *wall = (double)toks / (now_s() - t0);
-    *cpu = (double)toks / (cpu_s() - c0);
+    *wall = (double)toks / (bench_wall() - t0);
+    *cpu = (double)toks / (bench_cpu() - c0);
     return 0;
 }
 
@@ -147,10 +124,10 @@ int main(int argc, char **argv) {
     }
     printf("model %s, batch %lld (%lld prompts x %lld), max_new %lld, %lld rounds, %d threads\n", dir,
            (long long)(P * G), (long long)P, (long long)G, (long long)N, (long long)R, th);
-    printf("rl_step rollouts (wall):          median %.0f tok/s\n", median(rs, R));
-    printf("policy arena view (wall / cpu):   median %.0f / %.0f tok/s\n", median(a, R), median(ca, R));
-    printf("loaded model, serving (wall/cpu): median %.0f / %.0f tok/s\n", median(b, R), median(cb, R));
-    printf("ratio view/serving: wall %.3f, cpu %.3f\n", median(a, R) / median(b, R), median(ca, R) / median(cb, R));
+    printf("rl_step rollouts (wall):          median %.0f tok/s\n", bench_median_upper(rs, R));
+    printf("policy arena view (wall / cpu):   median %.0f / %.0f tok/s\n", bench_median_upper(a, R), bench_median_upper(ca, R));
+    printf("loaded model, serving (wall/cpu): median %.0f / %.0f tok/s\n", bench_median_upper(b, R), bench_median_upper(cb, R));
+    printf("ratio view/serving: wall %.3f, cpu %.3f\n", bench_median_upper(a, R) / bench_median_upper(b, R), bench_median_upper(ca, R) / bench_median_upper(cb, R));
     printf("rl step split: generation %.1f%%, training %.1f%% (of gen+train time)\n", 100 * gen / (gen + train),
            100 * train / (gen + train));
     lmc_model_free(&m);

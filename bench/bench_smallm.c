@@ -24,6 +24,7 @@
 #include "ops/cpu/ops_cpu.h"
 #include "quant/qmatmul.h"
 #include "tokenizer/tokenizer.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,22 +38,6 @@ static const int64_t Ms[NM] = {1, 2, 4, 5, 8, 16, 24, 32};
 static const char *prompt =
     "O give thanks unto the LORD; for he is good: for his mercy endureth for ever. O give thanks unto the "
     "God of gods: for his mercy endureth for ever. O give thanks to the Lord of lords:";
-
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int64_t n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* after = true: the small-M kernels on (the defaults); false: off. */
 static void set_kernels(struct lmc_backend *be, bool after) {
@@ -105,18 +90,18 @@ int main(int argc, char **argv) {
             for (int k = 0; k < 2 * NM; k++) {
                 int c = (int)((k + (r < 0 ? 0 : r)) % (2 * NM)), after = c / NM, mi = c % NM;
                 set_kernels(&be, after);
-                double t0 = lmc_time_now(), c0 = cpu_now();
+                double t0 = lmc_time_now(), c0 = bench_cpu();
                 for (int i = 0; i < reps; i++)
                     if (lmc_model_forward(&m, &be, &a, &kv, ids, Ms[mi], 100, lg, true, &err)) return fail(&err);
                 if (r >= 0) {
                     t[0][after][mi][r] = (lmc_time_now() - t0) / reps;
-                    t[1][after][mi][r] = (cpu_now() - c0) / reps;
+                    t[1][after][mi][r] = (bench_cpu() - c0) / reps;
                 }
             }
         for (int clk = 0; clk < 2; clk++) {
             double med[2][NM];
             for (int v = 0; v < 2; v++)
-                for (int i = 0; i < NM; i++) med[v][i] = median(t[clk][v][i], rounds);
+                for (int i = 0; i < NM; i++) med[v][i] = bench_median(t[clk][v][i], rounds);
             printf("Forward of M tokens, all logits, by %s:\n\n", clk ? "CPU time" : "wall time");
             printf("| M | before: ms | before: / 1 token | after: ms | after: / 1 token | before / after |\n");
             printf("|---|---|---|---|---|---|\n");
@@ -155,7 +140,7 @@ int main(int argc, char **argv) {
             int c = (int)((k + (r < 0 ? 0 : r)) % (2 * NC)), after = c / NC, ci = c % NC;
             set_kernels(&be, after);
             struct lmc_gen_result res;
-            double c0 = cpu_now();
+            double c0 = bench_cpu();
             if (ci == 0) {
                 struct lmc_session s;
                 if (lmc_session_init(&s, &m, &be, tok, ctx, 512, &err) ||
@@ -179,7 +164,7 @@ int main(int argc, char **argv) {
             }
             if (r >= 0) {
                 tps[0][after][ci][r] = (double)res.n_ids / res.decode_s;
-                tps[1][after][ci][r] = (double)res.n_ids / (cpu_now() - c0);
+                tps[1][after][ci][r] = (double)res.n_ids / (bench_cpu() - c0);
             }
             lmc_gen_result_free(&res);
         }
@@ -193,7 +178,7 @@ int main(int argc, char **argv) {
         for (int ci = 0; ci < NC; ci++) {
             double md[2];
             for (int v = 0; v < 2; v++) {
-                md[v] = median(tps[clk][v][ci], rounds);
+                md[v] = bench_median(tps[clk][v][ci], rounds);
                 if (ci == 0) base[v] = md[v];
             }
             char per[32] = "1.00";

@@ -30,6 +30,7 @@
 #include "infer/spec_sample.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,16 +53,6 @@ static const char *prompts[] = {
      "God of gods: for his mercy endureth for ever. O give thanks to the Lord of lords:"),
 };
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double med(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return v[n / 2];
-}
-
 static void die(const lmc_err *err) {
     fprintf(stderr, "bench_spec: %s\n", err->msg);
     exit(1);
@@ -69,12 +60,7 @@ static void die(const lmc_err *err) {
 
 /* wall time, or the process's CPU time (with 1 thread: the work, less the
  * time other processes on a loaded machine take) */
-static double clk(bool cpu) {
-    if (!cpu) return lmc_time_now();
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double clk(bool cpu) { return cpu ? bench_cpu() : lmc_time_now(); }
 
 /* cost of each part of a round, in units of a 1-token target forward;
  * fills *cm (the draft token, the verification slope and row; no draft: 1) */
@@ -131,31 +117,31 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
             t[D2][0][r] = clk(cpu) - t0;
         }
     }
-    double one = med(t[ONE][0], reps);
+    double one = bench_median_upper(t[ONE][0], reps);
     printf("## costs (units of a 1-token target forward = %.3f ms of %s; medians of %d, interleaved)\n\n", one * 1e3,
            cpu ? "process CPU time" : "wall time", reps);
     printf("| part of a round | ms | x 1-token forward |\n|---|---|---|\n");
     /* the roofline of lmc_spec_round_cost: slope from 2 rows (memory-bound),
      * row = the cost per row at the largest M (the most compute-bound) */
     for (int64_t j = 0; j < nM; j++) {
-        double v = med(t[ALL][j], reps);
+        double v = bench_median_upper(t[ALL][j], reps);
         printf("| target forward, %lld tokens, all logits | %.3f | %.3f |\n", (long long)Ms[j], v * 1e3, v / one);
         if (Ms[j] == 2) cm->slope = LMC_MAX(0, v / one - 1);
         cm->row = v / one / (double)Ms[j];
     }
-    double v = med(t[LAST][0], reps);
+    double v = bench_median_upper(t[LAST][0], reps);
     printf("| target forward, %lld tokens, last logit only | %.3f | %.3f |\n", (long long)(K + 1), v * 1e3, v / one);
-    v = med(t[ACC][0], reps);
+    v = bench_median_upper(t[ACC][0], reps);
     printf("| greedy probabilities of %lld rows + acceptance | %.3f | %.4f |\n", (long long)(K + 1), v * 1e3, v / one);
     double cd = 1; /* no draft: the target as its own */
     if (dm) {
-        cd = med(t[D1][0], reps) / one;
+        cd = bench_median_upper(t[D1][0], reps) / one;
         printf("| draft forward, 1 token, right after a target forward | %.3f | %.3f |\n", cd * one * 1e3, cd);
-        double w = med(t[D1W][0], reps) / one;
+        double w = bench_median_upper(t[D1W][0], reps) / one;
         printf("| draft forward, 1 token, right after a draft forward | %.3f | %.3f |\n", w * one * 1e3, w);
         /* a round of K drafts: the first after the target's forward, the rest after the draft's */
         cd = (cd + (double)(K - 1) * w) / (double)K;
-        v = med(t[D2][0], reps);
+        v = bench_median_upper(t[D2][0], reps);
         printf("| draft forward, 2 tokens (catch-up) | %.3f | %.3f |\n", v * 1e3, v / one);
         printf("\ndraft cost per token in a round of %lld drafts: %.3f; weight bytes: draft %zu, target %zu: ratio %.3f (the default draft cost)\n",
                (long long)K, cd, dm->weight_bytes, m->weight_bytes, (double)dm->weight_bytes / (double)m->weight_bytes);
@@ -323,7 +309,7 @@ int main(int argc, char **argv) {
         double base = 0;
         for (int c = 0; c < NCONF; c++) {
             if (!on[c]) continue;
-            double md = med(tps[c], (int)rounds);
+            double md = bench_median_upper(tps[c], (int)rounds);
             if (c == 0) base = md;
             char acc[64] = "-", per[32] = "1.00", ms[96] = "-", pr[32] = "-";
             if (c) {

@@ -17,6 +17,7 @@
  * [-r repeats] [-T prefill tokens] [-c long context] */
 #include "core/core.h"
 #include "ssm/mamba.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -40,14 +41,6 @@ static float *cst(int64_t n, float v) {
     LMC_ASSERT(p);
     for (int64_t i = 0; i < n; i++) p[i] = v;
     return p;
-}
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmpd);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 static struct lmc_mat mat(int64_t r, int64_t c, float scale) {
     return (struct lmc_mat){LMC_DTYPE_F32, r, c, rnd(r * c, scale)};
@@ -154,7 +147,37 @@ static double decode_ms(struct lmc_mamba_model *m, struct lmc_mamba_state *st, i
         tok = (int32_t)((tok * 31 + 7) % m->cfg.vocab_size);
     }
     free(lg);
-    return median(t, steps);
+    return bench_median(t, steps);
+}
+
+/* prefill of T tokens (median of up to 3) and batch-1 decode of a whole
+ * model, printed as `name`; frees the model */
+static void whole_model(const char *name, struct lmc_mamba_model *m, int64_t T, int reps) {
+    lmc_err err;
+    double t[64];
+    int32_t *ids = malloc((size_t)T * 4);
+    for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
+    float *lg = malloc((size_t)m->cfg.vocab_size * 4);
+    struct lmc_mamba_state st;
+    LMC_ASSERT(!lmc_mamba_state_init(&st, m, 1, &err));
+    int pr = reps < 3 ? reps : 3;
+    for (int r = -1; r < pr; r++) {
+        lmc_mamba_state_reset(&st, m, 0);
+        double t0 = lmc_time_now();
+        /* all rows through the blocks, the head on the last row only: prefill
+         * T-1 tokens without logits, then the last token */
+        LMC_ASSERT(!lmc_mamba_forward(m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
+        LMC_ASSERT(!lmc_mamba_forward(m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
+        if (r >= 0) t[r] = lmc_time_now() - t0;
+    }
+    printf("%s (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", name, (long long)T,
+           (double)T / bench_median(t, pr));
+    const double dm = decode_ms(m, &st, 16);
+    printf("%s decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", name, dm, 1e3 / dm,
+           lmc_mamba_state_bytes(&m->cfg));
+    lmc_mamba_state_free(&st, m);
+    free(ids), free(lg);
+    unbuild(m);
 }
 
 int main(int argc, char **argv) {
@@ -193,7 +216,7 @@ int main(int argc, char **argv) {
             if (r >= 0) t[r] = lmc_time_now() - t0;
         }
         printf("mamba-130m mixer core (conv1d_causal + ssm_scan, D=1536 N=16), one layer: %.0f tokens/s (%.3f ms for %lld tokens)\n",
-               (double)T / median(t, reps), median(t, reps) * 1e3, (long long)T);
+               (double)T / bench_median(t, reps), bench_median(t, reps) * 1e3, (long long)T);
         free(xz), free(w), free(b), free(u), free(delta), free(Al), free(bc), free(Dk), free(dtb), free(y);
         const int64_t H2 = 24, P = 64, N2 = 128, GN = N2, ldx = H2 * P + 2 * GN;
         float *xbc = rnd(T * ldx, 1), *dt = rnd(T * H2, 1), *dtb2 = cst(H2, -4.0f);
@@ -207,60 +230,15 @@ int main(int argc, char **argv) {
             if (r >= 0) t[r] = lmc_time_now() - t0;
         }
         printf("mamba2-130m ssd_chunk (24 heads x 64, N=128, chunk 256), one layer: %.0f tokens/s\n",
-               (double)T / median(t, reps));
+               (double)T / bench_median(t, reps));
         free(xbc), free(dt), free(dtb2), free(Al2), free(D2), free(y2);
     }
-    { /* 2. the whole 130M model */
+    { /* 2. the whole 130M model, then (2b) the whole Mamba-2 130M shape */
         struct lmc_mamba_model m;
         build(&m, &be, 24);
-        int32_t *ids = malloc((size_t)T * 4);
-        for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
-        float *lg = malloc((size_t)m.cfg.vocab_size * 4);
-        struct lmc_mamba_state st;
-        LMC_ASSERT(!lmc_mamba_state_init(&st, &m, 1, &err));
-        int pr = reps < 3 ? reps : 3;
-        for (int r = -1; r < pr; r++) {
-            lmc_mamba_state_reset(&st, &m, 0);
-            double t0 = lmc_time_now();
-            /* all rows through the blocks, the head on the last row only: prefill
-             * T-1 tokens without logits, then the last token */
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
-            if (r >= 0) t[r] = lmc_time_now() - t0;
-        }
-        printf("mamba-130m (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", (long long)T,
-               (double)T / median(t, pr));
-        const double dm = decode_ms(&m, &st, 16);
-        printf("mamba-130m decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", dm,
-               1e3 / dm, lmc_mamba_state_bytes(&m.cfg));
-        lmc_mamba_state_free(&st, &m);
-        free(ids), free(lg);
-        unbuild(&m);
-    }
-    { /* 2b. the whole Mamba-2 130M shape */
-        struct lmc_mamba_model m;
+        whole_model("mamba-130m", &m, T, reps);
         build2(&m, &be);
-        int32_t *ids = malloc((size_t)T * 4);
-        for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)((i * 7919) % 50280);
-        float *lg = malloc((size_t)m.cfg.vocab_size * 4);
-        struct lmc_mamba_state st;
-        LMC_ASSERT(!lmc_mamba_state_init(&st, &m, 1, &err));
-        int pr = reps < 3 ? reps : 3;
-        for (int r = -1; r < pr; r++) {
-            lmc_mamba_state_reset(&st, &m, 0);
-            double t0 = lmc_time_now();
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids, 1, T - 1 > 0 ? T - 1 : 1, NULL, &err));
-            LMC_ASSERT(!lmc_mamba_forward(&m, &st, NULL, ids + T - 1, 1, 1, lg, &err));
-            if (r >= 0) t[r] = lmc_time_now() - t0;
-        }
-        printf("mamba2-130m (random F32, 24 layers) prefill %lld tokens: %.1f tokens/s\n", (long long)T,
-               (double)T / median(t, pr));
-        const double dm = decode_ms(&m, &st, 16);
-        printf("mamba2-130m decode (batch 1): %.2f ms/token (%.1f tokens/s); state %zu bytes/sequence\n", dm,
-               1e3 / dm, lmc_mamba_state_bytes(&m.cfg));
-        lmc_mamba_state_free(&st, &m);
-        free(ids), free(lg);
-        unbuild(&m);
+        whole_model("mamba2-130m", &m, T, reps);
     }
     { /* 3. decode cost vs context: two slots of one state pool, one advanced
        * to 1k tokens and one to the long context (chunked prefill), then
@@ -286,7 +264,7 @@ int main(int argc, char **argv) {
                 LMC_ASSERT(!lmc_mamba_forward(&m, &st, &k, &tok, 1, 1, lg, &err));
                 if (i >= 0) ms[k][i] = (lmc_time_now() - t0) * 1e3;
             }
-        const double m0 = median(ms[0], steps), m1 = median(ms[1], steps);
+        const double m0 = bench_median(ms[0], steps), m1 = bench_median(ms[1], steps);
         printf("2-layer 130M-width model (head included), decode interleaved: after %lld tokens %.3f ms/token, "
                "after %lld tokens %.3f ms/token (ratio %.3f); state %zu bytes/sequence either way\n",
                (long long)ctxs[0], m0, (long long)ctxs[1], m1, m1 / m0, lmc_mamba_state_bytes(&m.cfg));

@@ -7,21 +7,11 @@
 #include "ops/backend.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "core/rng.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 5, threads = argc > 2 ? atoi(argv[2]) : 2;
@@ -49,13 +39,13 @@ int main(int argc, char **argv) {
     double wall[100], cpu[100];
     be.classifier_xent(be.ctx, loss, dh, dw, h, &W, tg, M, 1.0f / (float)M);
     for (int r = 0; r < rounds; r++) {
-        double t0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+        double t0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
         be.classifier_xent(be.ctx, loss, dh, dw, h, &W, tg, M, 1.0f / (float)M);
-        wall[r] = 1e3 * (now(CLOCK_MONOTONIC) - t0);
-        cpu[r] = 1e3 * (now(CLOCK_PROCESS_CPUTIME_ID) - c0);
+        wall[r] = 1e3 * (bench_clock(CLOCK_MONOTONIC) - t0);
+        cpu[r] = 1e3 * (bench_clock(CLOCK_PROCESS_CPUTIME_ID) - c0);
     }
-    qsort(wall, (size_t)rounds, sizeof *wall, cmp);
-    qsort(cpu, (size_t)rounds, sizeof *cpu, cmp);
+    qsort(wall, (size_t)rounds, sizeof *wall, bench_cmpd);
+    qsort(cpu, (size_t)rounds, sizeof *cpu, bench_cmpd);
     printf("classifier_xent bf16 M %lld V %lld C %lld threads %d: %.1f ms (median of %d), %.1f CPU ms; loss[0] %.6f\n",
            (long long)M, (long long)V, (long long)C, threads, wall[rounds / 2], rounds, cpu[rounds / 2], loss[0]);
     lmc_backend_cpu_free(&be);

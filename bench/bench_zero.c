@@ -18,6 +18,7 @@
 #include "model/arch.h"
 #include "train/data.h"
 #include "train/trainer.h"
+#include "bench_util.h"
 
 #include <string.h>
 #include <sys/mman.h>
@@ -36,16 +37,6 @@ struct bjob {
     int64_t T, global_B;
     struct bres *res;
 };
-
-static long vm_hwm_kib(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long v = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) v = strtol(line + 6, NULL, 10);
-    if (f) fclose(f);
-    return v;
-}
 
 /* Restarts VmHWM at the current resident set (Linux >= 4.0); false where it cannot. */
 static bool hwm_reset(void) {
@@ -82,7 +73,7 @@ static int bench_rank(struct lmc_comm *c, int rank, void *arg) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 2;
     }
-    j->res->setup_kib[rank] = vm_hwm_kib();
+    j->res->setup_kib[rank] = bench_vm_hwm_kib();
     if (!hwm_reset()) j->res->setup_kib[rank] = -1; /* the training figure then includes set-up */
     struct lmc_train_stats st;
     lmc_status s = lmc_trainer_step(&tr, &st, &err); /* warm-up */
@@ -91,7 +82,7 @@ static int bench_rank(struct lmc_comm *c, int rank, void *arg) {
     for (int k = 0; k < j->steps && !s; k++) s = lmc_trainer_step(&tr, &st, &err);
     if (!s) s = c->barrier(c, &err);
     double t1 = lmc_time_now();
-    j->res->train_kib[rank] = vm_hwm_kib();
+    j->res->train_kib[rank] = bench_vm_hwm_kib();
     if (!s && rank == 0) {
         struct lmc_zero_stats zs;
         lmc_zero_get_stats(tr.zero, &zs);

@@ -139,6 +139,10 @@ if [ "${SKIP_SERVE:-0}" != 1 ]; then
         done
     done
     hwm() { sed -n 's/^VmHWM:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null | head -1; }
+    # the KV format each lmc server reports in its startup log ("... KV blocks of B tokens (f16, N bytes per token, ...")
+    kvfmt() { sed -n 's/.*KV blocks of [0-9]* tokens (\([a-z0-9]*\), \([0-9]*\) bytes per token.*/\1 paged pool, \2 bytes per token/p' "$1" 2>/dev/null | head -1; }
+    KV_L=$(kvfmt "$LOGL"); KV_B=""
+    [ -z "$SRV_B" ] || KV_B=$(kvfmt "$LOGB")
     RSS_L=$(hwm $SRV_L); RSS_P=""; RSS_B=""
     [ -z "$SRV_P" ] || RSS_P=$(hwm $SRV_P)
     [ -z "$SRV_B" ] || RSS_B=$(hwm $SRV_B)
@@ -177,7 +181,7 @@ if any(k[1] == "llama" for k in rows): table("lmc", "llama", "lmc", "llama.cpp")
 if any(k[1] == "base" for k in rows): table("lmc", "base", "lmc", "base lmc")
 PY
         echo
-        echo "Peak resident memory (VmHWM) after the run: lmc serve $RSS_L${RSS_B:+, base lmc serve $RSS_B}${RSS_P:+, llama-server $RSS_P} (each with its own KV cache: lmc f32 paged pool, llama.cpp f16 cache of $((CTX * NP)) cells)."
+        echo "Peak resident memory (VmHWM) after the run: lmc serve $RSS_L${RSS_B:+, base lmc serve $RSS_B}${RSS_P:+, llama-server $RSS_P} (each with its own KV cache: lmc ${KV_L:-KV format not in its log}${KV_B:+, base lmc $KV_B}, llama.cpp f16 cache of $((CTX * NP)) cells)."
         echo "Goals: ratio >= 1.2x at concurrency 8 and 64, TTFT lmc / llama.cpp <= 1.00x."
         echo "- load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >>"$OUT"

@@ -7,6 +7,7 @@
  * (lmc_model_forward_batch over a paged pool) against lmc_model_forward per
  * sequence on every fixture. */
 #include "test.h"
+#include "paged_kv_test.h"
 #include "core/core.h"
 #include "model/forward_batch.h"
 #include "model/model.h"
@@ -47,13 +48,8 @@ static void test_op(struct lmc_backend *be, int64_t H, int64_t KV, int64_t hd, i
     }
     int64_t nblocks = NS * maxb + 3;
     /* scrambled block assignment */
-    int32_t *perm = malloc((size_t)nblocks * sizeof *perm), *bt = malloc((size_t)(NS * maxb) * sizeof *bt);
-    for (int64_t i = 0; i < nblocks; i++) perm[i] = (int32_t)i;
-    for (int64_t i = nblocks - 1; i > 0; i--) {
-        int64_t j = (int64_t)(test_rng_next(&seed) % (uint64_t)(i + 1));
-        int32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t;
-    }
-    for (int64_t i = 0; i < NS * maxb; i++) bt[i] = perm[i];
+    int32_t *bt = malloc((size_t)(NS * maxb) * sizeof *bt);
+    test_paged_block_table(bt, NS * maxb, nblocks, &seed);
     float *kc = calloc((size_t)(nblocks * bs * row), sizeof(float)), *vc = calloc((size_t)(nblocks * bs * row), sizeof(float));
     float *k[NS], *v[NS], *q[NS];
     for (int s = 0; s < NS; s++) {
@@ -133,7 +129,7 @@ static void test_op(struct lmc_backend *be, int64_t H, int64_t KV, int64_t hd, i
     CHECK_MSG(worst_b < 1e-6, "paged vs contiguous query blocks %g", worst_b);
     free(o64);
     for (int s = 0; s < NS; s++) free(k[s]), free(v[s]), free(q[s]);
-    free(perm); free(bt); free(kc); free(vc); free(seq); free(pos); free(src);
+    free(bt); free(kc); free(vc); free(seq); free(pos); free(src);
     free(qb); free(kn); free(vn); free(out);
 }
 

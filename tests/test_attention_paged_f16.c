@@ -10,6 +10,7 @@
  *    f32 pool: logits within f16 rounding and the same greedy tokens;
  *  - sizing: 2 * row bytes per token row. */
 #include "test.h"
+#include "paged_kv_test.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "infer/kvq.h"
@@ -29,64 +30,27 @@
 #define NSEQ 3
 #define NBLK 24
 
-static double check_step(int64_t hd, const uint16_t *kc, const uint16_t *vc, const float *q, const float *out,
-                         int64_t T, const int32_t *seq, const int32_t *pos, const int32_t *bt, int64_t window) {
-    const int64_t row = NKV * hd;
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < T; i++)
-        for (int64_t h = 0; h < NH; h++) {
-            int64_t p = pos[i], lo = window > 0 ? LMC_MAX(0, p - window + 1) : 0, kvh = h / (NH / NKV);
-            double sc[64], mx = -DBL_MAX, sum = 0, o[64] = {0};
-            for (int64_t t = lo; t <= p; t++) {
-                size_t slot = (size_t)bt[seq[i] * MAXB + t / BS] * BS + (size_t)(t % BS);
-                const uint16_t *kr = kc + slot * (size_t)row + (size_t)(kvh * hd);
-                double d = 0;
-                for (int64_t e = 0; e < hd; e++) d += (double)q[(i * NH + h) * hd + e] * lmc_f16_to_f32(kr[e]);
-                sc[t - lo] = d / sqrt((double)hd);
-                mx = LMC_MAX(mx, sc[t - lo]);
-            }
-            for (int64_t t = lo; t <= p; t++) sum += sc[t - lo] = exp(sc[t - lo] - mx);
-            for (int64_t t = lo; t <= p; t++) {
-                size_t slot = (size_t)bt[seq[i] * MAXB + t / BS] * BS + (size_t)(t % BS);
-                const uint16_t *vr = vc + slot * (size_t)row + (size_t)(kvh * hd);
-                for (int64_t e = 0; e < hd; e++) o[e] += sc[t - lo] / sum * lmc_f16_to_f32(vr[e]);
-            }
-            for (int64_t e = 0; e < hd; e++) {
-                num = LMC_MAX(num, fabs(o[e] - out[(i * NH + h) * hd + e]));
-                den = LMC_MAX(den, fabs(o[e]));
-            }
-        }
-    return num / den;
-}
-
 static void test_op(int64_t hd, int64_t window, bool avx2) {
     lmc_err err = {0};
     struct lmc_backend be, kq;
     CHECK(lmc_backend_cpu_init(&be, 2, &err) == LMC_OK);
-    CHECK(lmc_kvq_paged_f16_backend(&kq, &be, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_backend(&kq, &be, LMC_KVQ_F16, &err) == LMC_OK);
     struct lmc_cpu_ctx *cc = be.ctx;
     if (!avx2) cc->drf_avx2 = false; /* the portable twin */
     const int64_t row = NKV * hd;
     CHECK(kq.kv_row_bytes(row) == (size_t)row * 2);
     uint16_t *kc = calloc((size_t)NBLK * BS * (size_t)row, 2), *vc = calloc((size_t)NBLK * BS * (size_t)row, 2);
     uint64_t rs = 29 + (uint64_t)hd;
-    int32_t bt[NSEQ * MAXB], perm[NBLK];
-    for (int i = 0; i < NBLK; i++) perm[i] = i;
-    for (int i = NBLK - 1; i > 0; i--) {
-        int j = (int)(test_rng_next(&rs) % (uint64_t)(i + 1)), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    memcpy(bt, perm, sizeof bt);
+    int32_t bt[NSEQ * MAXB];
+    test_paged_block_table(bt, NSEQ * MAXB, NBLK, &rs);
     const int64_t len1[NSEQ] = {13, 7, 27}, len2[NSEQ] = {1, 3, 2};
     double worst = 0;
     bool stored = true;
     int64_t done[NSEQ] = {0};
     for (int stp = 0; stp < 2; stp++) {
         const int64_t *len = stp ? len2 : len1;
-        int64_t T = 0;
         int32_t seq[64], pos[64];
-        for (int sq = 0; sq < NSEQ; sq++)
-            for (int64_t j = 0; j < len[sq]; j++, T++) seq[T] = sq, pos[T] = (int32_t)(done[sq] + j);
+        int64_t T = test_paged_step(NSEQ, len, done, seq, pos);
         float *q = malloc((size_t)(T * NH * hd) * sizeof *q), *k = malloc((size_t)(T * row) * sizeof *k);
         float *v = malloc((size_t)(T * row) * sizeof *v), *out = malloc((size_t)(T * NH * hd) * sizeof *out);
         for (int64_t i = 0; i < T * NH * hd; i++) q[i] = 2 * test_rand(&rs);
@@ -99,7 +63,8 @@ static void test_op(int64_t hd, int64_t window, bool avx2) {
                 stored &= kc[slot * (size_t)row + (size_t)e] == lmc_f32_to_f16(k[i * row + e]) &&
                           vc[slot * (size_t)row + (size_t)e] == lmc_f32_to_f16(v[i * row + e]);
         }
-        worst = LMC_MAX(worst, check_step(hd, kc, vc, q, out, T, seq, pos, bt, window));
+        worst = LMC_MAX(worst, test_paged_ref_err(LMC_KVQ_F16, (const char *)kc, (const char *)vc, (size_t)row * 2, q,
+                                                  out, T, seq, pos, bt, MAXB, BS, NH, NKV, hd, window));
         for (int sq = 0; sq < NSEQ; sq++) done[sq] += len[sq];
         free(q), free(k), free(v), free(out);
     }
@@ -116,7 +81,7 @@ static void test_op(int64_t hd, int64_t window, bool avx2) {
 static void test_model(const struct lmc_model *m, const struct lmc_backend *cpu) {
     lmc_err err = {0};
     struct lmc_backend kp;
-    CHECK(lmc_kvq_paged_f16_backend(&kp, cpu, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_backend(&kp, cpu, LMC_KVQ_F16, &err) == LMC_OK);
     int64_t V = m->cfg.vocab_size, np = 37, nd = 6, n = np + nd;
     int32_t ids[64];
     uint64_t rs = 5;
@@ -173,7 +138,7 @@ int main(void) {
     struct lmc_backend cpu, bad = {0};
     struct lmc_backend out;
     bad.name = "cuda";
-    CHECK(lmc_kvq_paged_f16_backend(&out, &bad, &err) == LMC_ERR_UNSUPPORTED);
+    CHECK(lmc_kvq_paged_backend(&out, &bad, LMC_KVQ_F16, &err) == LMC_ERR_UNSUPPORTED);
     if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
         CHECK_MSG(0, "%s", err.msg);
         return test_finish("test_attention_paged_f16");

@@ -11,6 +11,7 @@
  *  - sizing: bytes per token by format, and a fixed memory budget gives
  *    the scheduler floor(budget / block bytes) blocks, q4 over 4x f32's. */
 #include "test.h"
+#include "paged_kv_test.h"
 #include "core/core.h"
 #include "infer/kvq.h"
 #include "infer/scheduler.h"
@@ -30,39 +31,6 @@
 #define MAXB 6
 #define NSEQ 3
 #define NBLK 20
-
-/* float64 attention of query i over its sequence's rows decoded from the
- * pool, against out; returns the relative error */
-static double check_step(enum lmc_kvq_fmt f, const char *kc, const char *vc, size_t rb, const float *q,
-                         const float *out, int64_t T, const int32_t *seq, const int32_t *pos,
-                         const int32_t *bt, int64_t window) {
-    double num = 0, den = 0;
-    float kr[HD], vr[HD];
-    for (int64_t i = 0; i < T; i++)
-        for (int64_t h = 0; h < NH; h++) {
-            int64_t p = pos[i], lo = window > 0 ? LMC_MAX(0, p - window + 1) : 0, kvh = h / (NH / NKV);
-            double sc[64], mx = -DBL_MAX, sum = 0, o[HD] = {0};
-            for (int64_t t = lo; t <= p; t++) {
-                size_t slot = (size_t)bt[seq[i] * MAXB + t / BS] * BS + (size_t)(t % BS);
-                lmc_kvq_paged_decode(f, kc + slot * rb, ROW, kvh * HD, HD, kr);
-                double d = 0;
-                for (int64_t e = 0; e < HD; e++) d += (double)q[(i * NH + h) * HD + e] * kr[e];
-                sc[t - lo] = d / sqrt((double)HD);
-                mx = LMC_MAX(mx, sc[t - lo]);
-            }
-            for (int64_t t = lo; t <= p; t++) sum += sc[t - lo] = exp(sc[t - lo] - mx);
-            for (int64_t t = lo; t <= p; t++) {
-                size_t slot = (size_t)bt[seq[i] * MAXB + t / BS] * BS + (size_t)(t % BS);
-                lmc_kvq_paged_decode(f, vc + slot * rb, ROW, kvh * HD, HD, vr);
-                for (int64_t e = 0; e < HD; e++) o[e] += sc[t - lo] / sum * vr[e];
-            }
-            for (int64_t e = 0; e < HD; e++) {
-                num = LMC_MAX(num, fabs(o[e] - out[(i * NH + h) * HD + e]));
-                den = LMC_MAX(den, fabs(o[e]));
-            }
-        }
-    return num / den;
-}
 
 /* every decoded value of x's slot within half a step of x (f16 scales) */
 static bool decoded_close(enum lmc_kvq_fmt f, const char *slot, const float *x) {
@@ -92,13 +60,8 @@ static void test_op(enum lmc_kvq_fmt f, int64_t window) {
     CHECK(rb == lmc_kvq_paged_row_bytes(f, ROW) && rb % 8 == 0 && rb < (size_t)ROW * 4);
     char *kc = calloc((size_t)NBLK * BS, rb), *vc = calloc((size_t)NBLK * BS, rb);
     uint64_t rs = 17 + (uint64_t)f;
-    int32_t bt[NSEQ * MAXB], perm[NBLK];
-    for (int i = 0; i < NBLK; i++) perm[i] = i;
-    for (int i = NBLK - 1; i > 0; i--) { /* scrambled block ids */
-        int j = (int)(test_rng_next(&rs) % (uint64_t)(i + 1)), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    memcpy(bt, perm, sizeof bt);
+    int32_t bt[NSEQ * MAXB];
+    test_paged_block_table(bt, NSEQ * MAXB, NBLK, &rs); /* scrambled block ids */
     /* step 1: prefill 13, 7 and 22 tokens; step 2: one, three and one more */
     const int64_t len1[NSEQ] = {13, 7, 22}, len2[NSEQ] = {1, 3, 1};
     double worst = 0;
@@ -106,10 +69,8 @@ static void test_op(enum lmc_kvq_fmt f, int64_t window) {
     int64_t done[NSEQ] = {0};
     for (int stp = 0; stp < 2; stp++) {
         const int64_t *len = stp ? len2 : len1;
-        int64_t T = 0;
         int32_t seq[64], pos[64];
-        for (int sq = 0; sq < NSEQ; sq++)
-            for (int64_t j = 0; j < len[sq]; j++, T++) seq[T] = sq, pos[T] = (int32_t)(done[sq] + j);
+        int64_t T = test_paged_step(NSEQ, len, done, seq, pos);
         float *q = malloc((size_t)T * NH * HD * sizeof *q), *k = malloc((size_t)T * ROW * sizeof *k);
         float *v = malloc((size_t)T * ROW * sizeof *v), *out = malloc((size_t)T * NH * HD * sizeof *out);
         for (int64_t i = 0; i < T * NH * HD; i++) q[i] = test_rand(&rs);
@@ -120,7 +81,7 @@ static void test_op(enum lmc_kvq_fmt f, int64_t window) {
             size_t slot = (size_t)bt[seq[i] * MAXB + pos[i] / BS] * BS + (size_t)(pos[i] % BS);
             close &= decoded_close(f, kc + slot * rb, k + i * ROW) && decoded_close(f, vc + slot * rb, v + i * ROW);
         }
-        worst = LMC_MAX(worst, check_step(f, kc, vc, rb, q, out, T, seq, pos, bt, window));
+        worst = LMC_MAX(worst, test_paged_ref_err(f, kc, vc, rb, q, out, T, seq, pos, bt, MAXB, BS, NH, NKV, HD, window));
         for (int sq = 0; sq < NSEQ; sq++) done[sq] += len[sq];
         free(q), free(k), free(v), free(out);
     }

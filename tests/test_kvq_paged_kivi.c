@@ -27,6 +27,7 @@
  *    scheduler's blocks in a budget with the rings taken out of it.
  */
 #include "test.h"
+#include "paged_kv_test.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "infer/kvq.h"
@@ -124,26 +125,19 @@ static void test_op(int64_t residual, int64_t window, double *err_true) {
     static float Kr[MAXP][ROW], Vr[MAXP][ROW], Kt[MAXP][ROW], Vt[MAXP][ROW];
     memset(&S, 0, sizeof S);
     uint64_t rs = 99 + (uint64_t)residual;
-    int32_t bt[NSEQ * MAXB], perm[NBLK];
-    for (int i = 0; i < NBLK; i++) perm[i] = i;
-    for (int i = NBLK - 1; i > 0; i--) {
-        int j = (int)(test_rng_next(&rs) % (uint64_t)(i + 1)), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    memcpy(bt, perm, sizeof bt);
+    int32_t bt[NSEQ * MAXB];
+    test_paged_block_table(bt, NSEQ * MAXB, NBLK, &rs);
     /* per step: (start offset from len: 0, or -3 = rewrite the last 3), count */
     const int64_t cnt[5][NSEQ] = {{45, 13, 70}, {1, 1, 1}, {9, 1, 25}, {4, 4, 1}, {1, 30, 1}};
     const int64_t back[5][NSEQ] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {-3, 0, -3}, {0, 0, 0}};
     double worst = 0, worst_true = 0;
     bool ring_ok = true, keys_ok = true, vals_ok = true;
     for (int stp = 0; stp < 5; stp++) {
-        int64_t T = 0;
         int32_t seq[160], pos[160], tok_ring[160];
         int64_t run0[NSEQ];
-        for (int s = 0; s < NSEQ; s++) {
-            int64_t from = run0[s] = S.len[s] + back[stp][s];
-            for (int64_t j = 0; j < cnt[stp][s]; j++, T++) seq[T] = s, pos[T] = (int32_t)(from + j), tok_ring[T] = s;
-        }
+        for (int s = 0; s < NSEQ; s++) run0[s] = S.len[s] + back[stp][s];
+        int64_t T = test_paged_step(NSEQ, cnt[stp], run0, seq, pos);
+        for (int64_t i = 0; i < T; i++) tok_ring[i] = seq[i];
         float *q = malloc((size_t)T * NH * HD * sizeof *q), *k = malloc((size_t)T * ROW * sizeof *k);
         float *v = malloc((size_t)T * ROW * sizeof *v), *out = malloc((size_t)T * NH * HD * sizeof *out);
         for (int64_t i = 0; i < T * NH * HD; i++) q[i] = 2 * test_rand(&rs);

@@ -278,8 +278,8 @@ int cmd_serve(int argc, char **argv) {
     int64_t kv_blocks = 0, tp = 1, ep = 1, pp = 0, spec_max_batch = -1;
     bool tp_vocab = false;
     bool block_size_set = false;
-    enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE;
-    int kv16 = -1; /* --kv-dtype f16 (1) or f32 (0); -1: not given (f16 where the pool allows it) */
+    enum lmc_kvq_fmt kv_fmt = LMC_KVQ_NONE; /* --kv-dtype f16|q8|q4|kivi2 (NONE: f32) */
+    bool kv_set = false; /* --kv-dtype given; if not, f16 where the pool allows it */
     const char *trace_path = NULL; /* --trace-sched: the scheduler's debug trace (scheduler.h) */
     const char *draft_dir = NULL, *pp_layers = NULL; /* --pp-layers: the stages' layers (dist/pp_split.h) */
     struct lmc_model draft;
@@ -347,9 +347,9 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--max-n")) ok = cli_parse_i64(v, 1, 64, &n), so.lim.max_n = (int)n;
         else if (!strcmp(o, "--timeout")) ok = cli_parse_i64(v, 1, 86400, &n), so.request_timeout_s = (int)n;
         else if (!strcmp(o, "--kv-dtype")) {
-            kv_fmt = lmc_kvq_parse(v);
-            kv16 = v && !strcmp(v, "f16") ? 1 : v && !strcmp(v, "f32") ? 0 : -1;
-            ok = kv_fmt != LMC_KVQ_NONE || kv16 >= 0;
+            kv_fmt = lmc_kvq_parse_paged(v);
+            ok = kv_fmt != LMC_KVQ_NONE || !strcmp(v, "f32");
+            kv_set = true;
         }
         else if (!strcmp(o, "--spec")) {
             if (!strcmp(v, "prompt-lookup")) {
@@ -407,7 +407,7 @@ int cmd_serve(int argc, char **argv) {
 
     bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_TP] = tp > 1, [CLI_CAP_PP] = pp != 0};
     if (cli_caps_check("serve", c.device, caps, NULL)) return 2;
-    if (kv16 == 1 && (tp > 1 || ep > 1 || pp)) {
+    if (kv_fmt == LMC_KVQ_F16 && (tp > 1 || ep > 1 || pp)) {
         fprintf(stderr, "lmc serve: --kv-dtype f16 does not combine with --tp, --ep or --pp yet\n");
         return 2;
     }
@@ -524,18 +524,11 @@ int cmd_serve(int argc, char **argv) {
         sc.draft = &draft;
     }
     struct lmc_sched *sched = NULL;
-    struct lmc_backend kq; /* --kv-dtype q8|q4|kivi2: the CPU backend with a compressed paged pool */
+    struct lmc_backend kq; /* --kv-dtype f16|q8|q4|kivi2: the backend with that paged pool */
     /* the f16 pool: the default on the CPU backend where nothing else asks for f32 */
-    bool use16 = kv16 == 1 || (kv16 < 0 && !kv_fmt && tp <= 1 && ep <= 1 && !pp && cm.be.name &&
-                               !strcmp(cm.be.name, "cpu") && LMC_SERVE_KV_F16_DEFAULT);
-    if (use16 && lmc_kvq_paged_f16_backend(&kq, &cm.be, &err)) {
-        if (have_draft) lmc_model_free(&draft);
-        close_adapters(&ad, &cm);
-        cli_close(&cm);
-        serve_ep_close(&epx);
-        cli_pp_close(&ppx);
-        return cli_fail("--kv-dtype f16", &err);
-    }
+    if (!kv_set && tp <= 1 && ep <= 1 && !pp && cm.be.name && !strcmp(cm.be.name, "cpu") &&
+        LMC_SERVE_KV_F16_DEFAULT)
+        kv_fmt = LMC_KVQ_F16;
     if (kv_fmt && lmc_kvq_paged_backend(&kq, &cm.be, kv_fmt, &err)) {
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
@@ -546,7 +539,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (trace_path && !(sc.trace = fopen(trace_path, "w")))
         fprintf(stderr, "lmc serve: --trace-sched %s: %s (no trace)\n", trace_path, strerror(errno));
-    if (lmc_sched_init(&sched, model, kv_fmt || use16 ? &kq : &cm.be, cm.tok, &sc, &err)) {
+    if (lmc_sched_init(&sched, model, kv_fmt ? &kq : &cm.be, cm.tok, &sc, &err)) {
         if (sc.trace) fclose(sc.trace);
         if (have_draft) lmc_model_free(&draft);
         close_adapters(&ad, &cm);
@@ -584,7 +577,7 @@ int cmd_serve(int argc, char **argv) {
                 "lmc serve: model %s on %s, ctx %lld, %lld KV blocks of %d tokens (%s, %lld bytes per token, "
                 "%.1f MiB; prefix cache up to %lld), max batch %d%s%s\n",
                 name, cm.be.name, (long long)sc.ctx, (long long)st.kv_blocks_total, sc.block_size,
-                kv_fmt ? lmc_kvq_name(kv_fmt) : use16 ? "f16" : "f32", (long long)st.kv_bytes_per_token,
+                kv_fmt ? lmc_kvq_name(kv_fmt) : "f32", (long long)st.kv_bytes_per_token,
                 (double)st.kv_pool_bytes / (1024.0 * 1024.0), (long long)st.prefix_cache_blocks_max, sc.max_batch,
                 sc.spec == LMC_SCHED_SPEC_LOOKUP ? ", speculation: prompt lookup"
                 : sc.spec == LMC_SCHED_SPEC_DRAFT ? ", speculation: draft model" : "",

@@ -1,6 +1,6 @@
 /* kvq.c — the backend variants for compressed KV caches (see kvq.h): the
  * single-sequence cache (CPU, CUDA) and the paged pool of the scheduler
- * (CPU and CUDA: q8, q4, kivi2). */
+ * (CPU: f16, q8, q4, kivi2; CUDA: q8, q4, kivi2). */
 #include "infer/kvq.h"
 #include "ops/cpu/kvquant_layout.h"
 #include "core/core.h"
@@ -67,10 +67,13 @@ static void kivi_unringed(void *ctx, float *out, const float *q, const float *k_
 
 lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
                                  enum lmc_kvq_fmt f, lmc_err *err) {
-    if (f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4 && f != LMC_KVQ_KIVI2)
+    if (f != LMC_KVQ_F16 && f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4 && f != LMC_KVQ_KIVI2)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
-                           "the paged KV pool (lmc serve) takes --kv-dtype f32, q8, q4 or kivi2, not %s",
+                           "the paged KV pool (lmc serve) takes --kv-dtype f32, f16, q8, q4 or kivi2, not %s",
                            lmc_kvq_name(f) ? lmc_kvq_name(f) : "?");
+    if (f == LMC_KVQ_F16 && !(cpu->name && !strcmp(cpu->name, "cpu")))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the f16 paged KV pool runs on the CPU backend only (not %s)",
+                           cpu->name ? cpu->name : "?");
     if (cpu->name && !strcmp(cpu->name, "cuda")) { /* ops/cuda/attention_paged_kvq.cu */
         *out = *cpu;
         lmc_backend_cuda_set_kvq_paged(out, (int)f);
@@ -92,17 +95,9 @@ lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backe
         out->kv_row_bytes = lmc_kvq_paged_row_bytes_kivi2;
         return LMC_OK;
     }
-    out->attention_paged = f == LMC_KVQ_Q8 ? lmc_kvq_attention_paged_q8 : lmc_kvq_attention_paged_q4;
-    out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8 : lmc_kvq_paged_row_bytes_q4;
-    return LMC_OK;
-}
-
-lmc_status lmc_kvq_paged_f16_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err) {
-    if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory || !cpu->attention_paged)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the f16 paged KV pool runs on the CPU backend only (not %s)",
-                           cpu->name ? cpu->name : "?");
-    *out = *cpu;
-    out->attention_paged = lmc_kvq_attention_paged_f16;
-    out->kv_row_bytes = lmc_kvq_paged_row_bytes_f16;
+    out->attention_paged = f == LMC_KVQ_Q8 ? lmc_kvq_attention_paged_q8
+                           : f == LMC_KVQ_Q4 ? lmc_kvq_attention_paged_q4 : lmc_kvq_attention_paged_f16;
+    out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8
+                        : f == LMC_KVQ_Q4 ? lmc_kvq_paged_row_bytes_q4 : lmc_kvq_paged_row_bytes_f16;
     return LMC_OK;
 }

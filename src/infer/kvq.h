@@ -25,10 +25,12 @@ lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cp
  * start a new sequence from position 0 in another format. */
 lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
 
-/* out = cpu with the paged pool compressed in format f (q8, q4, kivi2):
- * attention_paged stores and reads compressed rows and kv_row_bytes sizes
- * the pool by them, so lmc_kv_pool_init / the scheduler give f32's memory
- * budget ~3.8x (q8), ~6.4x (q4) or ~10x (kivi2) the blocks. kivi2 uses
+/* out = cpu with the paged pool in format f (f16, q8, q4, kivi2):
+ * attention_paged stores and reads rows of that format and kv_row_bytes
+ * sizes the pool by them, so lmc_kv_pool_init / the scheduler give f32's
+ * memory budget 2x (f16), ~3.8x (q8), ~6.4x (q4) or ~10x (kivi2) the
+ * blocks. f16 (attention_paged_f16.c's kernel, half the bytes attention
+ * reads) is lmc serve's default on the CPU backend, and CPU only. kivi2 uses
  * attention_paged_ring instead: its pool needs lmc_kv_pool_ring_init (each
  * running sequence's recent rows in f16) and a block size that is a
  * multiple of 32. Prefix caching and copy-on-write move blocks as bytes.
@@ -36,11 +38,5 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
  * or backend. */
 lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
                                  enum lmc_kvq_fmt f, lmc_err *err);
-
-/* out = cpu with the paged pool in f16 (attention_paged_f16.c): half the
- * f32 pool's bytes per token, so twice the blocks in the same budget and
- * half the bytes attention reads. lmc serve's default on the CPU backend.
- * Shares cpu's ctx. LMC_ERR_UNSUPPORTED for another backend. */
-lmc_status lmc_kvq_paged_f16_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err);
 
 #endif

@@ -113,38 +113,6 @@ static void block_scores(const struct attn_train_job *j, float *S, int64_t b, in
                      j->k + (b * j->T + lo) * kvrow + kvh * hd, LMC_DTYPE_F32, kvrow, 0.0f, S, nk, ws);
 }
 
-/* sum of p[x] dp[x] in double (the float products are exact in double):
- * 4 lanes of 4 accumulators where AVX2 is built in, then in order */
-static inline double row_dot(const float *p, const float *dp, int64_t n) {
-    int64_t x = 0;
-    double D = 0;
-#ifdef __AVX2__
-    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
-    for (; x + 8 <= n; x += 8) {
-        __m256 pv = _mm256_loadu_ps(p + x), dv = _mm256_loadu_ps(dp + x);
-        a0 = _mm256_add_pd(a0, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pv)),
-                                             _mm256_cvtps_pd(_mm256_castps256_ps128(dv))));
-        a1 = _mm256_add_pd(a1, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pv, 1)),
-                                             _mm256_cvtps_pd(_mm256_extractf128_ps(dv, 1))));
-    }
-    D = lmc_hsum256d(_mm256_add_pd(a0, a1));
-#endif
-    for (; x < n; x++) D += (double)p[x] * dp[x];
-    return D;
-}
-
-/* dp[x] = p[x] (dp[x] - D) scale: the two products rounded on their own */
-static inline void row_ds(const float *p, float *dp, int64_t n, float D, float scale) {
-    int64_t x = 0;
-#ifdef __AVX2__
-    const __m256 dv = _mm256_set1_ps(D), sv = _mm256_set1_ps(scale);
-    for (; x + 8 <= n; x += 8)
-        _mm256_storeu_ps(dp + x, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + x),
-                                                             _mm256_sub_ps(_mm256_loadu_ps(dp + x), dv)), sv));
-#endif
-    for (; x < n; x++) dp[x] = p[x] * (dp[x] - D) * scale;
-}
-
 /* ---- backward (training: B sequences of T tokens from position 0) ----
  * One task per (sequence, kv head): it owns the dk, dv rows of its kv head
  * and walks the query heads of its group and their query blocks in order,
@@ -179,8 +147,7 @@ static void attn_bwd_task(void *arg, int64_t t, int thread) {
                 lmc_cpu_exp_sum(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
                 for (int64_t x = 0; x < a; x++) p[x] = 0;
                 for (int64_t x = e; x < nk; x++) p[x] = 0;
-                float Df = (float)row_dot(p + a, dp + a, e - a);
-                row_ds(p, dp, nk, Df, j->scale);
+                lmc_cpu_dsoft(dp, p, nk, a, e, j->scale);
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)hd, (int)nk, 1.0f, dP,
                         (int)nk, kb + lo * kvrow, (int)kvrow, 0.0f, j->dq + (b * T + i0) * qrow + h * hd,

@@ -42,35 +42,6 @@ static float vmax(const float *x, int64_t n) {
     return mx;
 }
 
-/* sum of a[i] b[i] in double (the products exact) */
-static double vdot(const float *a, const float *b, int64_t n) {
-    int64_t i = 0;
-    double s = 0;
-#ifdef __AVX512F__
-    __m512d s0 = _mm512_setzero_pd(), s1 = s0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i)), _mm512_cvtps_pd(_mm256_loadu_ps(b + i)), s0);
-        s1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i + 8)), _mm512_cvtps_pd(_mm256_loadu_ps(b + i + 8)),
-                             s1);
-    }
-    s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-#endif
-    for (; i < n; i++) s += (double)a[i] * b[i];
-    return s;
-}
-
-/* dp = p (dp - D) scale */
-static void vdsoft(float *dp, const float *p, int64_t n, float D, float scale) {
-    int64_t i = 0;
-#ifdef __AVX512F__
-    const __m512 dv = _mm512_set1_ps(D), sv = _mm512_set1_ps(scale);
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dp + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + i),
-                                                             _mm512_sub_ps(_mm512_loadu_ps(dp + i), dv)), sv));
-#endif
-    for (; i < n; i++) dp[i] = p[i] * (dp[i] - D) * scale;
-}
-
 struct atb_job {
     struct lmc_cpu_ctx *c;
     float *out, *lse, *dq, *dk, *dv;
@@ -191,7 +162,7 @@ static void bwd_task(void *arg, int64_t t, int thread) {
                 lmc_cpu_exp_sum16(p + a, e - a, j->lse[(b * T + i0 + r) * j->n_heads + h]);
                 memset(p, 0, (size_t)a * sizeof *p);
                 memset(p + e, 0, (size_t)(nk - e) * sizeof *p);
-                vdsoft(dp, p, nk, (float)vdot(p + a, dp + a, e - a), j->scale);
+                lmc_cpu_dsoft(dp, p, nk, a, e, j->scale);
             }
             lmc_cpu_gemm_bf16(R, hd, nk, dP, nk, 1, kb + lo * kvrow, kvrow, 1, j->dq + (b * T + i0) * qrow + h * hd,
                               qrow, false, ws);

@@ -1,22 +1,23 @@
-/* attention_paged_f16.c — paged attention (backend.h, attention_paged)
- * over an f16 KV pool, the serving default on the CPU: each token's K and
- * V rows are stored as row f16 values (2 * row bytes, half the f32 pool's,
- * as llama.cpp's default cache). The step's new rows are rounded to f16
- * first (calling thread, round to nearest even), then one task per
- * (token, head) computes q·k for four cached positions at a time (F16C
- * converts each key slice in registers; eight f32 lanes per position,
- * reduced once per four positions), a max-subtracted exp with the sum in
- * double (as attention_paged.c), and the weighted sum of the V slices with
- * the output kept in registers (up to 64 values per pass). Each
- * position's slot offset is computed once per task (no division per row)
- * and the keys 16 positions ahead and the values being scored are
- * prefetched (blocks are scattered, so the hardware prefetchers lose the
- * stream at every block; the kernel is bound by these reads). CPUs without
+/* attention_paged_f16.c — the f16 format of the paged KV pool
+ * (kvquant_paged.h; lmc serve's default on the CPU): each token's K and V
+ * rows are stored as row f16 values (2 * row bytes, half the f32 pool's,
+ * as llama.cpp's default cache), by attention_paged_kvq.c's step like
+ * every format (lmc_kvq_paged_store_f16 rounds to nearest even; F16C
+ * where available). Here the attention: one task per (token, head)
+ * computes q·k for four cached positions at a time (F16C converts each
+ * key slice in registers; eight f32 lanes per position, reduced once per
+ * four positions), a max-subtracted exp with the sum in double (as
+ * attention_paged.c), and the weighted sum of the V slices with the
+ * output kept in registers (up to 64 values per pass). Each position's
+ * slot offset is computed once per task (no division per row) and the
+ * keys 16 positions ahead and the values being scored are prefetched
+ * (blocks are scattered, so the hardware prefetchers lose the stream at
+ * every block; the kernel is bound by these reads). CPUs without
  * AVX2/FMA/F16C, and head sizes not a multiple of 8, take the portable
  * twin (same math, scalar). Results differ from the f32 pool by the f16
  * rounding of K and V (relative 2^-11 per value). */
 #include "core/dtype.h"
-#include "ops/cpu/kvquant.h"
+#include "ops/cpu/kvquant_paged.h"
 #include "ops/cpu/ops_cpu.h"
 
 #include <string.h>
@@ -28,11 +29,6 @@
 #define PH_INLINE PH_TARGET __attribute__((always_inline)) static inline
 #define PH_PF 16 /* key prefetch distance, positions */
 #endif
-
-size_t lmc_kvq_paged_row_bytes_f16(int64_t row) {
-    LMC_ASSERT(row > 0);
-    return (size_t)row * sizeof(uint16_t);
-}
 
 struct hpattn_job {
     struct lmc_cpu_ctx *c;
@@ -194,39 +190,23 @@ static void hpattn_task(void *arg, int64_t t, int thread) {
     hp_head_ref(j, q, bt, lo, n, kvh, s, o);
 }
 
-void lmc_kvq_attention_paged_f16(void *ctx, float *out, const float *q, const float *k_new,
-                                 const float *v_new, float *kc, float *vc, int64_t T,
-                                 const int32_t *seq, const int32_t *pos, const int32_t *bt,
-                                 int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
-                                 int64_t hd, float scale, int64_t window) {
-    struct lmc_cpu_ctx *c = ctx;
-    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && block_size > 0);
-    if (T <= 0 || n_heads <= 0 || hd <= 0) return;
-    const int64_t row = n_kv * hd;
-    int64_t max_pos = 0;
-    uint16_t *kh = (uint16_t *)(void *)kc, *vh = (uint16_t *)(void *)vc;
-    for (int64_t i = 0; i < T; i++) {
-        int64_t p = pos[i];
-        LMC_ASSERT(p >= 0 && p / block_size < max_blocks);
-        size_t slot = (size_t)bt[(int64_t)seq[i] * max_blocks + p / block_size] * (size_t)block_size +
-                      (size_t)(p % block_size);
+void lmc_kvq_paged_store_f16(uint16_t *dst, const float *x, int64_t n, bool avx2) {
 #ifdef PH_X86
-        if (c->drf_avx2) {
-            hp_store_avx2(kh + slot * (size_t)row, k_new + i * row, row);
-            hp_store_avx2(vh + slot * (size_t)row, v_new + i * row, row);
-            if (p > max_pos) max_pos = p;
-            continue;
-        }
-#endif
-        for (int64_t e = 0; e < row; e++) {
-            kh[slot * (size_t)row + (size_t)e] = lmc_f32_to_f16(k_new[i * row + e]);
-            vh[slot * (size_t)row + (size_t)e] = lmc_f32_to_f16(v_new[i * row + e]);
-        }
-        if (p > max_pos) max_pos = p;
+    if (avx2) {
+        hp_store_avx2(dst, x, n);
+        return;
     }
-    struct hpattn_job j = {c, out, q, kh, vh, seq, pos, bt, max_blocks, block_size,
-                           n_heads, n_kv, hd, window, scale, c->drf_avx2};
+#endif
+    (void)avx2;
+    for (int64_t e = 0; e < n; e++) dst[e] = lmc_f32_to_f16(x[e]);
+}
+
+void lmc_kvq_paged_attend_f16(const struct lmc_kvq_paged_job *q) {
+    struct lmc_cpu_ctx *c = q->c;
+    struct hpattn_job j = {c, q->out, q->q, (const uint16_t *)(const void *)q->kc,
+                           (const uint16_t *)(const void *)q->vc, q->seq, q->pos, q->bt, q->max_blocks, q->bs,
+                           q->n_heads, q->n_kv, q->hd, q->window, q->scale, c->drf_avx2};
     /* scores, then (AVX2) each position's offset: size_t, 8-aligned after the scores */
-    lmc_cpu_scratch_reserve(c, (size_t)(3 * (max_pos + 1) + 16));
-    lmc_pool_run(c->pool, T * n_heads, hpattn_task, &j);
+    lmc_cpu_scratch_reserve(c, (size_t)(3 * (q->max_pos + 1) + 16));
+    lmc_pool_run(c->pool, q->T * q->n_heads, hpattn_task, &j);
 }

@@ -17,6 +17,7 @@ const char *lmc_kvq_name(enum lmc_kvq_fmt f) {
     case LMC_KVQ_Q8: return "q8";
     case LMC_KVQ_Q4: return "q4";
     case LMC_KVQ_KIVI2: return "kivi2";
+    case LMC_KVQ_F16: return "f16";
     default: return NULL;
     }
 }
@@ -25,6 +26,10 @@ enum lmc_kvq_fmt lmc_kvq_parse(const char *s) {
     for (int f = LMC_KVQ_Q8; f <= LMC_KVQ_KIVI2; f++)
         if (!strcmp(s, lmc_kvq_name((enum lmc_kvq_fmt)f))) return (enum lmc_kvq_fmt)f;
     return LMC_KVQ_NONE;
+}
+
+enum lmc_kvq_fmt lmc_kvq_parse_paged(const char *s) {
+    return !strcmp(s, "f16") ? LMC_KVQ_F16 : lmc_kvq_parse(s);
 }
 
 static int64_t ngroups(int64_t n) { return (n + G - 1) / G; }
@@ -36,7 +41,7 @@ double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row) {
     case LMC_KVQ_Q4: return 2 * ((double)((row * 4 + 7) / 8) + 4 * ng);
     case LMC_KVQ_KIVI2: /* keys: 2 bits + (scale, min) per channel per 32 tokens; values per token */
         return (double)row * 2 / 8 + (double)row * 4 / G + (double)((row * 2 + 7) / 8) + 4 * ng;
-    default: return 4.0 * (double)row;
+    default: return 4.0 * (double)row; /* f16 (and bf16) */
     }
 }
 

@@ -25,15 +25,21 @@
 
 #define LMC_KVQ_GROUP 32 /* values per scale (rows), tokens per key block (KIVI) */
 
-enum lmc_kvq_fmt { LMC_KVQ_NONE = 0, LMC_KVQ_Q8, LMC_KVQ_Q4, LMC_KVQ_KIVI2 };
+/* F16 (after the compressed formats) is a format of the paged pool only:
+ * the single-sequence cache takes Q8..KIVI2. */
+enum lmc_kvq_fmt { LMC_KVQ_NONE = 0, LMC_KVQ_Q8, LMC_KVQ_Q4, LMC_KVQ_KIVI2, LMC_KVQ_F16 };
 
-/* "q8", "q4", "kivi2"; NULL for NONE. Parse returns NONE for unknown. */
+/* "q8", "q4", "kivi2", "f16"; NULL for NONE. lmc_kvq_parse takes the
+ * compressed formats (q8, q4, kivi2), lmc_kvq_parse_paged those and f16
+ * (the paged pool's formats); both return NONE for anything else. */
 const char *lmc_kvq_name(enum lmc_kvq_fmt f);
 enum lmc_kvq_fmt lmc_kvq_parse(const char *s);
+enum lmc_kvq_fmt lmc_kvq_parse_paged(const char *s);
 
 /* Steady-state bytes per token of K and V together for a row of `row`
  * values per token and per layer (codes and scales; the KIVI ring of R+32
- * f16 rows is a constant per sequence, not counted). bf16 is 4 * row. */
+ * f16 rows is a constant per sequence, not counted). bf16 and f16 are
+ * 4 * row. */
 double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row);
 
 /* Group quantizers (n values, groups of LMC_KVQ_GROUP, the last possibly
@@ -72,16 +78,20 @@ void lmc_kvq_attention(void *ctx, float *out, const float *q, const float *k, co
                        int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
                        float scale, int64_t window);
 
-/* The paged pool (forward_batch.h) compressed, q8 and q4: one
- * token's K (or V) row in a slot of lmc_kvq_paged_row_bytes bytes (f16
- * scales, then codes; 8-byte multiple), written by the compressed
- * attention_paged (attention_paged_kvq.c) and read only by it. The _q8 /
+/* The paged pool (forward_batch.h) in f16, q8 or q4: one token's K (or
+ * V) row in a slot of lmc_kvq_paged_row_bytes bytes (f16: row values; q8,
+ * q4: f16 scales, then codes, an 8-byte multiple), written by the
+ * attention_paged of the format (attention_paged_kvq.c's step, f16's
+ * kernel in attention_paged_f16.c) and read only by it. The _f16 / _q8 /
  * _q4 functions are the backend entries kv_row_bytes and attention_paged
- * of the variant infer/kvq.h's lmc_kvq_paged_backend makes. */
+ * of the variant infer/kvq.h's lmc_kvq_paged_backend makes (f16: lmc
+ * serve's default on the CPU; AVX2/F16C kernel with a portable twin). */
 size_t lmc_kvq_paged_row_bytes(enum lmc_kvq_fmt f, int64_t row);
 size_t lmc_kvq_paged_row_bytes_q8(int64_t row);
 size_t lmc_kvq_paged_row_bytes_q4(int64_t row);
-/* Quantizes x (row) into a slot; decodes values [a, a+n) of a slot. */
+size_t lmc_kvq_paged_row_bytes_f16(int64_t row);
+/* Stores x (row) into a slot (quantized, or rounded to f16); decodes
+ * values [a, a+n) of a slot. */
 void lmc_kvq_paged_store(enum lmc_kvq_fmt f, void *slot, const float *x, int64_t row);
 void lmc_kvq_paged_decode(enum lmc_kvq_fmt f, const void *slot, int64_t row, int64_t a, int64_t n,
                           float *out);
@@ -95,10 +105,6 @@ void lmc_kvq_attention_paged_q4(void *ctx, float *out, const float *q, const flo
                                 const int32_t *seq, const int32_t *pos, const int32_t *bt,
                                 int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
                                 int64_t hd, float scale, int64_t window);
-/* The f16 paged pool (attention_paged_f16.c, lmc serve's CPU default):
- * row f16 values per token's K (or V) row, AVX2/F16C kernel with a
- * portable twin. Entries of the variant lmc_kvq_paged_f16_backend makes. */
-size_t lmc_kvq_paged_row_bytes_f16(int64_t row);
 void lmc_kvq_attention_paged_f16(void *ctx, float *out, const float *q, const float *k_new,
                                  const float *v_new, float *kc, float *vc, int64_t T,
                                  const int32_t *seq, const int32_t *pos, const int32_t *bt,

@@ -362,6 +362,13 @@ void lmc_cpu_attention_bwd(void *ctx, float *dq, float *dk, float *dv, const flo
 void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, const float *k,
                              const float *v, int64_t B, int64_t T, int64_t n_heads, int64_t n_kv,
                              int64_t hd, float scale, int64_t window);
+/* The softmax backward of one attention row (attention_dsoft.c, both
+ * training backwards): D = sum of p[x] dp[x] over x in [a, e) (the keys
+ * the query sees; p is 0 elsewhere), in double, rounded to float and
+ * returned; then dp[x] = p[x] (dp[x] - D) scale for x in [0, n).
+ * lmc_cpu_row_dot is that sum (products exact in double, a fixed order). */
+double lmc_cpu_row_dot(const float *p, const float *dp, int64_t n);
+float lmc_cpu_dsoft(float *dp, const float *p, int64_t n, int64_t a, int64_t e, float scale);
 void lmc_cpu_zero(void *ctx, void *p, size_t bytes);
 double lmc_cpu_sumsq(void *ctx, const float *x, int64_t n);
 void lmc_cpu_adamw(void *ctx, float *p, const float *g, float *m, float *v, int64_t n,
