@@ -50,6 +50,12 @@ struct lmc_spec_opts {
      * CPU f32 cache, no draft model, no compressed cache; ctx is then
      * sinks + window) */
     int64_t sinks, window;
+    /* token tree (spec_tree.h): the most verification rows of a round (the
+     * last id, K chain drafts and sibling leaves; 2..64, <= 11 keeps the
+     * AVX2 small-M kernel); 0: a chain. Greedy with a draft model or
+     * self-speculation on a model lmc_model_mask_ok takes; otherwise (a
+     * temperature > 0: the chain's exact rejection rule) the chain. */
+    int64_t tree_rows;
 };
 
 struct lmc_spec_stats {
@@ -61,6 +67,9 @@ struct lmc_spec_stats {
     double draft_s, verify_s;  /* seconds in drafting, in target forwards */
     double accept_s;           /* seconds in target probabilities + acceptance */
     double decode_cpu_s;       /* the process's CPU seconds in the decode loop (all threads) */
+    int64_t tree_rounds;       /* rounds verified as a tree with siblings */
+    int64_t tree_siblings;     /* sibling rows verified */
+    int64_t tree_hits;         /* rounds whose accepted path ended in a sibling */
 };
 
 struct lmc_spec {
