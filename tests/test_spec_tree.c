@@ -5,7 +5,8 @@
  * tree row's logits equal a separate causal forward of its root-to-node
  * path, and after lmc_kv_move_rows puts a sibling's row in place the next
  * causal step equals the path's own; the tree shapes of spec_tree.c
- * (budgets, masks, the choice following the statistics, top-k). */
+ * (the pick following the calibrated confidences within the budget,
+ * masks, top-k and the draft's confidence). */
 #include "test.h"
 #include "core/core.h"
 #include "infer/spec_tree.h"
@@ -162,32 +163,31 @@ static void test_model(const char *dir) {
 static void test_shapes(void) {
     struct lmc_spec_tree_stats s;
     struct lmc_spec_tree t;
-    struct lmc_spec_cost c = {0.1, 0.065, 0.1}; /* row: memory-bound up to 12 rows */
+    struct lmc_spec_cost c = {0.03, 0.065, 0.1}; /* row: memory-bound up to 12 rows */
+    float conf[8] = {0.95f, 0.95f, 0.95f, 0.95f, 0.95f, 0.95f, 0.95f, 0.95f};
     lmc_spec_tree_stats_init(&s);
-    /* a draft always right: a long chain, no siblings worth a row */
-    for (int i = 0; i < 200; i++)
-        for (int64_t d = 1; d <= 8; d++) lmc_spec_tree_stats_add(&s, d, 0);
-    lmc_spec_tree_choose(&s, 0, 8, 12, &c, &t);
-    CHECK_MSG(t.k == 8 && t.n_sib == 0, "k %lld sib %lld", (long long)t.k, (long long)t.n_sib);
-    /* the target's token the draft's 2nd choice at depth 1 half the time:
-     * a rank-1 sibling at depth 1 */
-    lmc_spec_tree_stats_init(&s);
-    for (int i = 0; i < 200; i++) {
-        lmc_spec_tree_stats_add(&s, 1, i % 2 ? 0 : 1);
-        for (int64_t d = 2; d <= 8; d++) lmc_spec_tree_stats_add(&s, d, i % 3 ? 0 : 1);
-    }
-    lmc_spec_tree_choose(&s, 0, 8, 10, &c, &t);
+    /* a draft always right when confident: the whole chain, no siblings */
+    for (int i = 0; i < 400; i++) lmc_spec_tree_stats_add(&s, 0.95, 0);
+    double rate = lmc_spec_tree_pick(&s, conf, 8, 12, &c, &t);
+    CHECK_MSG(t.k == 8 && t.n_sib == 0 && rate > 3, "k %lld sib %lld rate %g", (long long)t.k, (long long)t.n_sib,
+              rate);
+    /* at confidence 0.55 the target's token half the time the draft's 2nd
+     * choice: a rank-1 sibling at that depth, within the budget */
+    for (int i = 0; i < 400; i++) lmc_spec_tree_stats_add(&s, 0.55, i % 2 ? 0 : 1);
+    conf[0] = 0.55f;
+    for (int i = 1; i < 8; i++) conf[i] = 0.15f; /* below it the draft unsure (the prior's 15%) */
+    lmc_spec_tree_pick(&s, conf, 8, 6, &c, &t);
     bool sib1 = false;
     for (int64_t i = 0; i < t.n_sib; i++) sib1 = sib1 || (t.sib_depth[i] == 1 && t.sib_rank[i] == 1);
-    CHECK_MSG(sib1 && 1 + t.k + t.n_sib <= 10, "k %lld sib %lld", (long long)t.k, (long long)t.n_sib);
-    /* a draft never right: plain steps (k 0), unless kmin asks */
+    CHECK_MSG(sib1 && 1 + t.k + t.n_sib <= 6, "k %lld sib %lld", (long long)t.k, (long long)t.n_sib);
+    for (int64_t i = 0; i < t.n_sib; i++) CHECK(t.sib_depth[i] >= 1 && t.sib_depth[i] <= t.k + 1);
+    /* a draft never right: a plain step (rate below 1 with the drafts' cost) */
     lmc_spec_tree_stats_init(&s);
-    for (int i = 0; i < 200; i++)
-        for (int64_t d = 1; d <= 8; d++) lmc_spec_tree_stats_add(&s, d, -1);
-    lmc_spec_tree_choose(&s, 0, 8, 10, &c, &t);
-    CHECK(t.k == 0 && t.n_sib == 0);
-    lmc_spec_tree_choose(&s, 1, 8, 10, &c, &t);
-    CHECK(t.k >= 1);
+    for (int i = 0; i < 400; i++) lmc_spec_tree_stats_add(&s, 0.95, -1);
+    for (int i = 0; i < 8; i++) conf[i] = 0.95f;
+    rate = lmc_spec_tree_pick(&s, conf, 4, 10, &c, &t);
+    CHECK_MSG(t.k == 0 && t.n_sib == 0 && rate < 1, "k %lld sib %lld rate %g", (long long)t.k, (long long)t.n_sib, rate);
+    CHECK(lmc_spec_tree_p(&s, 0.95, 0) < 0.01 && lmc_spec_tree_p(&s, 0.05, 0) > 0.04); /* bins apart */
     /* rows: chain masks causal, a sibling's its parent's plus itself */
     t = (struct lmc_spec_tree){.k = 3, .n_sib = 2, .sib_depth = {1, 3}, .sib_rank = {1, 2}};
     int32_t chain[3] = {10, 11, 12}, alt[6] = {20, 30, 21, 31, 22, 32}, ids[6], depth[6];
@@ -197,8 +197,9 @@ static void test_shapes(void) {
     CHECK(mask[3] == 0xf && mask[4] == 0x11 && mask[5] == 0x27 && depth[4] == 1 && depth[5] == 3);
     float lg[7] = {0.5f, 3, -1, 3, 2, 0.5f, 9};
     int32_t top[3];
-    lmc_spec_tree_topk(lg, 7, top);
-    CHECK(top[0] == 6 && top[1] == 1 && top[2] == 3);
+    double p = lmc_spec_tree_topk(lg, 7, top), z = 0;
+    for (int i = 0; i < 7; i++) z += exp((double)lg[i] - 9);
+    CHECK(top[0] == 6 && top[1] == 1 && top[2] == 3 && fabs(p - 1 / z) < 1e-12);
 }
 
 int main(void) {

@@ -60,7 +60,9 @@ struct lmc_spec_opts {
 
 struct lmc_spec_stats {
     int64_t rounds;            /* target verification forwards */
-    int64_t drafted, accepted; /* draft tokens proposed / accepted */
+    int64_t drafted, accepted; /* draft tokens proposed / accepted (a token tree: drafted counts
+                                * the chain's, tree_siblings the rest; a path through a sibling
+                                * below the chain's end accepts one more than the chain's) */
     int64_t draft_forwards;    /* draft-model forwards (DRAFT, SELF) */
     int64_t evicted;           /* tokens evicted by streaming */
     int64_t plain_rounds;      /* rounds adaptive K ran without drafts (k = 0) */

@@ -4,9 +4,10 @@
  * chain node above them: no extra draft forwards). All rows are verified in
  * one target forward with a row mask (model.h's lmc_model_forward_mask);
  * the walk keeps the child equal to the target's argmax at each node, so
- * the output is plain greedy decoding's. The shape comes from running
- * per-depth statistics: how often the target's token at depth d (reached
- * along the chain) was the draft's rank-r choice. */
+ * the output is plain greedy decoding's. The shape is picked per round
+ * from the draft's confidence at each depth, calibrated by running
+ * statistics of how often the target's token was the draft's rank-r
+ * choice at that confidence. */
 #ifndef LMC_SPEC_TREE_H
 #define LMC_SPEC_TREE_H
 
@@ -18,42 +19,51 @@
 #define LMC_SPEC_TREE_DEPTH 64 /* depths 1..64 */
 #define LMC_SPEC_TREE_ROWS 64  /* verification rows at most (the mask's word) */
 
-/* decayed counts per depth d (index d - 1): trials (the target's token at
- * depth d, the chain reached depth d - 1) and hits of each rank */
+/* Calibration of the draft's confidence (its softmax top-1 probability
+ * at temperature 1, in LMC_SPEC_TREE_BINS bins): decayed counts of trials
+ * (a chain node whose target token the verification gave) and of the
+ * ranks the target's token had among the draft's choices there. */
+#define LMC_SPEC_TREE_BINS 10
 struct lmc_spec_tree_stats {
-    double trial[LMC_SPEC_TREE_DEPTH], hit[LMC_SPEC_TREE_DEPTH][LMC_SPEC_TREE_RANKS];
+    double trial[LMC_SPEC_TREE_BINS], hit[LMC_SPEC_TREE_BINS][LMC_SPEC_TREE_RANKS];
 };
 void lmc_spec_tree_stats_init(struct lmc_spec_tree_stats *s);
-/* one trial at depth d (1..): rank of the target's token among the draft's
- * choices, -1 when none */
-void lmc_spec_tree_stats_add(struct lmc_spec_tree_stats *s, int64_t d, int rank);
-/* estimated P(the target's token at depth d is rank r | chain reached d - 1) */
-double lmc_spec_tree_p(const struct lmc_spec_tree_stats *s, int64_t d, int r);
+/* one trial at a node of draft confidence conf: rank of the target's token
+ * among the draft's choices, -1 when none */
+void lmc_spec_tree_stats_add(struct lmc_spec_tree_stats *s, double conf, int rank);
+/* estimated P(the target's token is the draft's rank-r choice | conf) */
+double lmc_spec_tree_p(const struct lmc_spec_tree_stats *s, double conf, int r);
 
 /* A tree: rows 0 (the last decided id, depth 0), 1..k (the chain, depth =
- * row), then n_sib siblings (depth sib_depth[i] in 1..k, rank sib_rank[i]
+ * row), then n_sib siblings (depth sib_depth[i] in 1..k+1, rank sib_rank[i]
  * in 1..RANKS-1, parent row sib_depth[i] - 1). */
 struct lmc_spec_tree {
     int64_t k, n_sib;
     int32_t sib_depth[LMC_SPEC_TREE_ROWS], sib_rank[LMC_SPEC_TREE_ROWS];
 };
 
-/* The tree with K in [kmin, kmax] and at most rows_max rows (1 + K +
- * siblings) that maximizes expected tokens per round, 1 + the sum over its
- * nodes of the probability that the node is on the accepted path, over
- * the round's cost in 1-token target forwards (K draft tokens at c->draft
- * and a verification of the rows: lmc_spec_round_cost's model). Returns
- * the expected tokens per unit of cost (a plain step: 1). */
-double lmc_spec_tree_choose(const struct lmc_spec_tree_stats *s, int64_t kmin, int64_t kmax, int64_t rows_max,
-                            const struct lmc_spec_cost *c, struct lmc_spec_tree *t);
+/* The tree over kd drafted depths (conf[d - 1]: the draft's confidence at
+ * depth d) of at most rows_max rows that maximizes expected tokens per
+ * round, 1 + the sum over its nodes of the probability that the node is on
+ * the accepted path (a chain node at depth d: the product of the chain's
+ * rank-0 estimates to d; a rank-r sibling: that product to d - 1 times its
+ * rank-r estimate), over the round's cost in 1-token target forwards (kd
+ * draft tokens at c->draft, a verification of the rows as
+ * lmc_spec_round_cost has it). The nodes are taken by value, best first,
+ * so each one's parent is in. Returns the expected tokens per unit of
+ * cost (a plain step: 1). */
+double lmc_spec_tree_pick(const struct lmc_spec_tree_stats *s, const float *conf, int64_t kd, int64_t rows_max,
+                          const struct lmc_spec_cost *c, struct lmc_spec_tree *t);
 
 /* The verification's rows: ids (1 + k + n_sib) from last (the last decided
- * id), chain (k) and alt (k x (RANKS-1): the draft's rank 1.. choices at
- * each depth); depth and mask per row (model.h's forward_mask). Returns the rows. */
+ * id), chain (k) and alt (drafted depths x (RANKS-1): the draft's rank 1..
+ * choices at each depth, k + 1 of them where a sibling hangs from the
+ * chain's end); depth and mask per row (model.h's forward_mask). Returns the rows. */
 int64_t lmc_spec_tree_rows(const struct lmc_spec_tree *t, int32_t last, const int32_t *chain, const int32_t *alt,
                            int32_t *ids, int32_t *depth, uint64_t *mask);
 
-/* The draft's RANKS best ids of logits (V), best first (ties: lower id). */
-void lmc_spec_tree_topk(const float *logits, int64_t V, int32_t *out);
+/* The draft's RANKS best ids of logits (V), best first (ties: lower id);
+ * returns the softmax probability of the best (the draft's confidence). */
+double lmc_spec_tree_topk(const float *logits, int64_t V, int32_t *out);
 
 #endif
