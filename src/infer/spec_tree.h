@@ -63,7 +63,8 @@ int64_t lmc_spec_tree_rows(const struct lmc_spec_tree *t, int32_t last, const in
                            int32_t *ids, int32_t *depth, uint64_t *mask);
 
 /* The draft's RANKS best ids of logits (V), best first (ties: lower id);
- * returns the softmax probability of the best (the draft's confidence). */
+ * returns the softmax probability of the best (the draft's confidence;
+ * logits more than 18 below the best left out of the sum). */
 double lmc_spec_tree_topk(const float *logits, int64_t V, int32_t *out);
 
 #endif
