@@ -8,7 +8,9 @@
  * The output has exactly the target's sampling distribution for every
  * sampler setting; greedy output equals plain greedy decoding up to the
  * rounding differences of a batched versus a one-token forward. K adapts
- * to the running acceptance rate. Uses session.h's options and result.
+ * to the running acceptance rate. Greedy with a model draft may verify a
+ * token tree instead of the chain (spec_tree.h, opts.tree_rows). Uses
+ * session.h's options and result.
  * The same loop runs StreamingLLM eviction (kvq_stream.h) and compressed
  * caches (kvq.h); mode NONE is plain decoding through it. */
 #ifndef LMC_SPEC_H

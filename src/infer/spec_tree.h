@@ -1,13 +1,16 @@
 /* spec_tree.h — the shape of a token tree for speculative decoding (greedy):
  * the draft's chain of K tokens (its top choice at each depth) plus sibling
- * leaves, the draft's 2nd and 3rd choices at depths 1..K (hung from the
- * chain node above them: no extra draft forwards). All rows are verified in
+ * leaves, the draft's 2nd and 3rd choices at the drafted depths (hung from
+ * the chain node above them: no extra draft forwards). All rows are verified in
  * one target forward with a row mask (model.h's lmc_model_forward_mask);
  * the walk keeps the child equal to the target's argmax at each node, so
  * the output is plain greedy decoding's. The shape is picked per round
  * from the draft's confidence at each depth, calibrated by running
  * statistics of how often the target's token was the draft's rank-r
- * choice at that confidence. */
+ * choice at that confidence. Sampling (temperature > 0) keeps the chain
+ * and its exact rejection rule (spec_sample.h): a tree there would need
+ * the multi-candidate rule (recursive rejection over siblings drawn
+ * without replacement), not built — on this pair a sibling rarely pays. */
 #ifndef LMC_SPEC_TREE_H
 #define LMC_SPEC_TREE_H
 
