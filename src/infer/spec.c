@@ -560,46 +560,46 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
                 }
             }
         } else {
-        double ts0 = lmc_time_now();
-        if (kcap > 0) {
-            st = draft(sp, &g, kcap, &k, err);
+            double ts0 = lmc_time_now();
+            if (kcap > 0) {
+                st = draft(sp, &g, kcap, &k, err);
+                if (st) break;
+                if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
+            }
+            double ts1 = lmc_time_now();
+            st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
+                                   g.n - 1 - g.shift, sp->logits, true, err);
             if (st) break;
-            if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
-        }
-        double ts1 = lmc_time_now();
-        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
-                               g.n - 1 - g.shift, sp->logits, true, err);
-        if (st) break;
-        double ts2 = lmc_time_now();
-        g.tc = g.n + k;
-        for (int64_t i = 0; i <= k; i++)
-            lmc_sampler_probs(&g.ts, sp->logits + i * V, g.all, g.n + i, sp->p + i * V);
-        const float *q = sp->o.mode == LMC_SPEC_LOOKUP ? NULL : sp->q;
-        a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
-        stats->draft_s += ts1 - ts0;
-        stats->verify_s += ts2 - ts1;
-        stats->accept_s += lmc_time_now() - ts2;
-        stats->rounds++;
-        stats->drafted += k;
-        stats->accepted += a;
-        if (sp->o.adaptive && sp->o.mode != LMC_SPEC_NONE) {
-            /* K from the cost model; K = 0 runs plain steps, with a 1-draft
-             * probe every 8 of them to follow the acceptance rate (a
-             * lookup that found nothing is not a trial) */
-            lmc_spec_rate_add(&rate, a, k);
-            if (k == 0 && K == 0) stats->plain_rounds++;
-            struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
-            if (sp->o.measured) {
-                lmc_spec_timing_add(&timing, k, ts1 - ts0, ts2 - ts1);
-                K = lmc_spec_choose_k_timed(&timing, lmc_spec_rate_alpha(&rate), Kmax, &cost);
-            } else {
-                K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+            double ts2 = lmc_time_now();
+            g.tc = g.n + k;
+            for (int64_t i = 0; i <= k; i++)
+                lmc_sampler_probs(&g.ts, sp->logits + i * V, g.all, g.n + i, sp->p + i * V);
+            const float *q = sp->o.mode == LMC_SPEC_LOOKUP ? NULL : sp->q;
+            a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
+            stats->draft_s += ts1 - ts0;
+            stats->verify_s += ts2 - ts1;
+            stats->accept_s += lmc_time_now() - ts2;
+            stats->rounds++;
+            stats->drafted += k;
+            stats->accepted += a;
+            if (sp->o.adaptive && sp->o.mode != LMC_SPEC_NONE) {
+                /* K from the cost model; K = 0 runs plain steps, with a 1-draft
+                 * probe every 8 of them to follow the acceptance rate (a
+                 * lookup that found nothing is not a trial) */
+                lmc_spec_rate_add(&rate, a, k);
+                if (k == 0 && K == 0) stats->plain_rounds++;
+                struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
+                if (sp->o.measured) {
+                    lmc_spec_timing_add(&timing, k, ts1 - ts0, ts2 - ts1);
+                    K = lmc_spec_choose_k_timed(&timing, lmc_spec_rate_alpha(&rate), Kmax, &cost);
+                } else {
+                    K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+                }
+                if (K == 0 && ++since_probe >= 8) {
+                    K = 1;
+                    since_probe = 0;
+                }
             }
-            if (K == 0 && ++since_probe >= 8) {
-                K = 1;
-                since_probe = 0;
-            }
-        }
         }
         for (int64_t i = 0; i <= a && !done && n_gen < o->max_new; i++) {
             int32_t id = out[i];
