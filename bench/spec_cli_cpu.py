@@ -54,12 +54,16 @@ def run(cmd):
     if r.returncode: sys.exit("%s failed:\n%s" % (cmd[0], r.stderr[-1500:]))
     return r, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
-def lmc(prompt, extra, exe=None):
+extra = [None]  # the last lmc run's (tokens, target forwards, decode CPU s or None)
+
+def lmc(prompt, extra_args, exe=None):
     r, cpu = run([exe or a.lmc, "generate", "-m", a.target, "-p", prompt, "-n", str(a.tokens), "--temp", "0",
-                  "--ignore-eos", "--device", "cpu", "--threads", a.threads, *extra])
+                  "--ignore-eos", "--device", "cpu", "--threads", a.threads, *extra_args])
     m = re.search(r"generated (\d+) tokens at ([0-9.]+) tok/s", r.stderr)
-    d = re.search(r"(\d+) drafted, (\d+) accepted", r.stderr)
-    return float(m.group(2)), cpu, (int(d.group(1)), int(d.group(2))) if d else (0, 0), r.stdout
+    d = re.search(r"(\d+) rounds, (\d+) drafted, (\d+) accepted", r.stderr)
+    dc = re.search(r"decode CPU ([0-9.]+) s", r.stderr)
+    extra[0] = (int(m.group(1)), int(d.group(1)) if d else int(m.group(1)), float(dc.group(1)) if dc else None)
+    return float(m.group(2)), cpu, (int(d.group(2)), int(d.group(3))) if d else (0, 0), r.stdout
 
 def llama(tool, dt, prompt):
     r, cpu = run([os.path.join(a.llama_bin, tool), "-m", gguf(a.target, dt), "-md", gguf(a.draft, dt),
@@ -89,23 +93,29 @@ for dt in a.llama_dtype.split(","):
             modes.append(("llama.cpp " + dt, t + " K=" + a.k, lambda p, t=t, dt=dt: llama(t, dt, p)))
 rate = {i: [] for i in range(len(modes))}; cpu = {i: [] for i in range(len(modes))}
 dr = {i: [0, 0] for i in range(len(modes))}; texts = {i: [] for i in range(len(modes))}
+tf = {i: [0, 0] for i in range(len(modes))}; dcpu = {i: [] for i in range(len(modes))}  # lmc: tokens, target forwards; decode CPU s
 la = os.getloadavg()[0]
 for r in range(a.rounds):
     for p in prompts:
         for i, (_, _, f) in enumerate(modes):  # interleaved: each prompt through every engine in turn
+            extra[0] = None
             tps, c, (d, acc), out = f(p)
             rate[i].append(tps); cpu[i].append(c); dr[i][0] += d; dr[i][1] += acc
+            if extra[0]:
+                tf[i][0] += extra[0][0]; tf[i][1] += extra[0][1]
+                if extra[0][2] is not None: dcpu[i].append(extra[0][2])
             if r == 0: texts[i].append(out)
 print("target %s, draft %s, %d prompts x %d tokens x %d rounds, %s threads, greedy; load average %.1f -> %.1f"
       % (a.target, a.draft, len(prompts), a.tokens, a.rounds, a.threads, la, os.getloadavg()[0]))
 print()
-print("| engine | mode | decode tok/s (median) | vs lmc plain | lmc spec vs this | CPU s per run (median) | drafted / accepted | texts equal to lmc plain |")
-print("|---|---|---|---|---|---|---|---|")
+print("| engine | mode | decode tok/s (median) | vs lmc plain | lmc spec vs this | CPU s per run (median) | decode CPU s (median, lmc spec) | tokens per target forward | drafted / accepted | texts equal to lmc plain |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 med = {i: statistics.median(v) for i, v in rate.items()}
 for i, (eng, mode, _) in enumerate(modes):
-    print("| %s | %s | %.1f | %.2fx | %s | %.2f | %s | %s |" % (
+    print("| %s | %s | %.1f | %.2fx | %s | %.2f | %s | %s | %s | %s |" % (
         eng, mode, med[i], med[i] / med[0], "%.2fx" % (med[1] / med[i]) if i != 1 else "-",
-        statistics.median(cpu[i]),
+        statistics.median(cpu[i]), "%.3f" % statistics.median(dcpu[i]) if dcpu[i] else "-",
+        "%.2f" % (tf[i][0] / tf[i][1]) if tf[i][1] else "-",
         "%d / %d (%.0f%%)" % (dr[i][0], dr[i][1], 100 * dr[i][1] / max(1, dr[i][0])) if dr[i][0] else "-",
         "%d of %d" % (sum(x == y for x, y in zip(texts[i], texts[0])), len(prompts)) if eng.startswith("lmc") else "-"),
         flush=True)

@@ -2,7 +2,8 @@
 # test_spec_cli.sh — lmc generate's speculative decoding and --kv-dtype flags end to end:
 # on every fixture, greedy --prompt-lookup / --self-spec / --draft-model give
 # transformers' greedy ids (ref.json) and the same streamed text as the
-# JSON; on models/kjv-llama the same ids as plain greedy (also timed K with a
+# JSON (also a token tree, --draft-tree); on models/kjv-llama the same ids as
+# plain greedy (also token trees, timed K with a
 # 1-thread draft backend, explicit --draft-costs, and with q8, q4
 # and kivi2 caches, against plain greedy with that cache); attention sinks:
 # a window that never fills equals plain greedy, a small one generates 600
@@ -19,7 +20,7 @@ for m in llama-tiny qwen2-tiny gpt2-tiny; do
   text=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['text'])")
   want=$(python3 -c "import json;print(json.load(open('$D/ref.json'))['prompts'][0]['greedy_new_ids'])" | tr -d ' ')
   for f in "--prompt-lookup 2" "--self-spec 1 --draft-tokens 3" "--draft-model $D --draft-tokens 5" \
-           "--prompt-lookup 3 --draft-tokens 8 --draft-adapt off"; do
+           "--prompt-lookup 3 --draft-tokens 8 --draft-adapt off" "--self-spec 1 --draft-tokens 4 --draft-tree 8"; do
     "$LMC" generate -m "$D" -p "$text" --no-special --temp 0 -n 24 --ignore-eos --json $f >"$TMP/out.json" 2>"$TMP/err"
     ok $? "$m $f exit"
     got=$(ids "$TMP/out.json")
@@ -40,7 +41,8 @@ P="And God said, Let there be light: and there was light. And God saw the light,
 "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json >"$TMP/plain.json" 2>/dev/null; ok $? "kjv plain"
 for f in "--prompt-lookup 3" "--self-spec 2" "--draft-model $K --draft-tokens 6" \
          "--draft-model $K --draft-tokens 8 --draft-adapt timed --draft-threads 1" \
-         "--draft-model $K --draft-costs 0.1,0.065,0.25"; do
+         "--draft-model $K --draft-costs 0.1,0.065,0.25" "--self-spec 2 --draft-tokens 6 --draft-tree 6" \
+         "--self-spec 1 --draft-tokens 4 --draft-tree 12 --draft-adapt off"; do
   "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json $f >"$TMP/spec.json" 2>/dev/null; ok $? "kjv $f"
   [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv $f equals plain greedy"
 done
@@ -53,6 +55,10 @@ for kvf in "q8" "q4" "kivi2 --kv-residual 32"; do
     [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv --kv-dtype $kvf $f equals plain greedy"
   done
 done
+"$LMC" generate -m $K -p hi --self-spec 1 --draft-tree 1 >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 2 ] && grep -q "draft-tree" "$TMP/err"; ok $? "--draft-tree 1 refused (rc $rc)"
+"$LMC" generate -m $K -p "$P" --temp 0 -n 40 --self-spec 1 --draft-tree 8 >/dev/null 2>"$TMP/err"
+grep -q "token tree: [1-9][0-9]* rounds with siblings" "$TMP/err"; ok $? "--draft-tree prints its tree statistics"
 "$LMC" generate -m $K -p hi --kv-dtype q9 >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 2 ] && grep -q "invalid value 'q9' for --kv-dtype" "$TMP/err"; ok $? "--kv-dtype q9 refused (rc $rc)"
 "$LMC" generate -m $K -p hi -n 2 --kv-dtype kivi2 --kv-residual 4000 >/dev/null 2>"$TMP/err"; rc=$?

@@ -11,7 +11,11 @@
  * (temperature 1, top-k 24) and with gpt2-tiny as the draft model
  * (temperature 0.8, top-p 0.9, repetition/presence/frequency penalties):
  * chi-square p > 0.001 and total variation below 3x the expected sampling
- * TV. Bad options give LMC_ERR_ARG. */
+ * TV. Token trees (spec_tree.h; fixed and adaptive, a draft model and
+ * self-speculation) give plain greedy's ids too, with siblings verified
+ * and paths through them; at a temperature > 0 the chain runs instead (the
+ * self-speculation distribution test has a tree budget set). Bad options
+ * give LMC_ERR_ARG. */
 #include "test.h"
 #include "test_chi2.h"
 #include "core/core.h"
@@ -62,7 +66,7 @@ static int32_t *plain(const struct lmc_model *m, const int32_t *prompt, int64_t 
     return ids;
 }
 
-enum { ACCEPT = 1, REJECT = 2, ALL = 4 };
+enum { ACCEPT = 1, REJECT = 2, ALL = 4, TREE = 8 };
 
 static void check_greedy(const char *name, const struct lmc_model *m, const struct lmc_model *draft,
                          struct lmc_spec_opts o, const int32_t *prompt, int64_t n, int64_t max_new,
@@ -91,8 +95,14 @@ static void check_greedy(const char *name, const struct lmc_model *m, const stru
     if (expect & ALL) /* the target drafting for itself */
         CHECK_MSG(stt.accepted == stt.drafted, "%s: %lld of %lld accepted", name,
                   (long long)stt.accepted, (long long)stt.drafted);
-    printf("  %-34s %3lld tokens in %3lld target forwards, %lld/%lld drafts accepted\n", name,
+    if (expect & TREE) /* siblings verified (and, on these pairs, some path through one) */
+        CHECK_MSG(stt.tree_rounds > 0 && stt.tree_siblings >= stt.tree_rounds, "%s: no tree round", name);
+    printf("  %-34s %3lld tokens in %3lld target forwards, %lld/%lld drafts accepted", name,
            (long long)max_new, (long long)stt.rounds, (long long)stt.accepted, (long long)stt.drafted);
+    if (stt.tree_rounds)
+        printf(", tree: %lld rounds, %lld siblings, %lld paths through one", (long long)stt.tree_rounds,
+               (long long)stt.tree_siblings, (long long)stt.tree_hits);
+    printf("\n");
     lmc_gen_result_free(&r);
     lmc_spec_free(&sp);
 }
@@ -123,6 +133,17 @@ static void test_greedy_model(const char *dir, const struct lmc_model *m, const 
     snprintf(name, sizeof name, "%s draft model, own backend, timed", dir);
     check_greedy(name, m, draft, o, prompt, n, max_new, want, 0); /* timed K: counts vary */
     lmc_backend_cpu_free(&dbe);
+    /* token trees: adaptive (a few rows, K up to 6), fixed K with a wide
+     * budget (siblings at every depth), self-speculation */
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 6, .adaptive = true, .tree_rows = 6};
+    snprintf(name, sizeof name, "%s draft model, tree 6", dir);
+    check_greedy(name, m, draft, o, prompt, n, max_new, want, draft != m ? TREE : ACCEPT);
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 4, .tree_rows = 13};
+    snprintf(name, sizeof name, "%s draft model, K4 tree 13", dir);
+    check_greedy(name, m, draft, o, prompt, n, max_new, want, draft != m ? TREE : ACCEPT);
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 3, .self_layers = 1, .tree_rows = 9};
+    snprintf(name, sizeof name, "%s self-spec L1, K3 tree 9", dir);
+    check_greedy(name, m, NULL, o, prompt, n, max_new, want, TREE);
     free(want);
 }
 
@@ -237,6 +258,26 @@ static void test_bad_opts(const struct lmc_model *m, const struct lmc_model *oth
     CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_ERR_ARG);
     CHECK(lmc_spec_init(&sp, m, &be, NULL, other_vocab, &o, 64, &err) == LMC_ERR_ARG &&
           strstr(err.msg, "vocabulary"));
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 4, .self_layers = 1, .tree_rows = 1};
+    CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_ERR_ARG && strstr(err.msg, "tree"));
+    o.tree_rows = 65;
+    CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_ERR_ARG);
+    /* a temperature > 0: the chain (its exact rejection rule), no tree round */
+    o.tree_rows = 9;
+    if (lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_OK) {
+        struct lmc_gen_opts g;
+        greedy_opts(&g, 20);
+        g.sampling.temperature = 1;
+        const int32_t pr[3] = {5, 6, 7};
+        struct lmc_gen_result r;
+        struct lmc_spec_stats stt;
+        CHECK(lmc_spec_generate(&sp, pr, 3, &g, NULL, NULL, &r, &stt, &err) == LMC_OK);
+        CHECK(r.n_ids == 20 && stt.rounds > 0 && stt.drafted > 0 && stt.tree_rounds == 0);
+        lmc_gen_result_free(&r);
+        lmc_spec_free(&sp);
+    } else {
+        CHECK_MSG(0, "%s", err.msg);
+    }
     /* lookup itself */
     const int32_t ids[10] = {5, 6, 7, 8, 9, 5, 6, 7, 1, 6};
     int32_t out[4];
@@ -295,7 +336,8 @@ int main(void) {
     lmc_sampler_defaults(&sp1);
     sp1.top_k = 24;
     test_distribution("llama-tiny self-spec T=1 top-k 24", &llama, NULL,
-                      (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 2, .self_layers = 1}, &sp1);
+                      (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 2, .self_layers = 1, .tree_rows = 9},
+                      &sp1); /* tree_rows: at T = 1 the chain runs */
     /* a draft model of other weights, penalties over the drafted history, top-p */
     struct lmc_sampler_params sp2;
     lmc_sampler_defaults(&sp2);

@@ -78,6 +78,8 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         if (*ok) sp->verify_row = strtod(e + 1, &e);
         *ok = *ok && e && !*e && sp->draft_cost >= 0 && sp->draft_cost <= 100 && sp->verify_slope >= 0 &&
               sp->verify_slope <= 100 && sp->verify_row >= 0 && sp->verify_row <= 100;
+    } else if (!strcmp(o, "--draft-tree")) { /* token tree: verification rows (0: a chain) */
+        *ok = cli_parse_i64(v, 0, 64, &sp->tree_rows) && sp->tree_rows != 1;
     } else if (!strcmp(o, "--draft-threads")) {
         *ok = cli_parse_i64(v, 0, 1024, &a->draft_threads);
     } else if (!strcmp(o, "--draft-adapt")) {
@@ -438,6 +440,9 @@ int cmd_generate(int argc, char **argv) {
                 sstats.draft_s, sstats.verify_s, sstats.accept_s,
                 res.decode_s - sstats.draft_s - sstats.verify_s - sstats.accept_s, (long long)sstats.plain_rounds,
                 sstats.decode_cpu_s);
+        if (sstats.tree_rounds)
+            fprintf(stderr, "lmc: token tree: %lld rounds with siblings, %lld sibling rows, %lld paths through one\n",
+                    (long long)sstats.tree_rounds, (long long)sstats.tree_siblings, (long long)sstats.tree_hits);
         goto report;
     }
     if (lmc_session_init(&s, model, gbe, cm.tok, ctx, 512, &err)) {

@@ -8,6 +8,7 @@
 #include "infer/kvq_stream.h"
 #include "infer/sampler.h"
 #include "infer/spec_sample.h"
+#include "infer/spec_tree.h"
 #include "core/core.h"
 #include "core/rng.h"
 
@@ -187,6 +188,9 @@ static lmc_status check_opts(const struct lmc_spec_opts *o, const struct lmc_mod
     if (o->draft_tokens < 1 || o->draft_tokens > 64)
         return lmc_err_set(err, LMC_ERR_ARG, "draft tokens %lld out of range (1..64)",
                            (long long)o->draft_tokens);
+    if (o->tree_rows && (o->tree_rows < 2 || o->tree_rows > LMC_SPEC_TREE_ROWS))
+        return lmc_err_set(err, LMC_ERR_ARG, "token tree rows %lld out of range (0: off, 2..%d)",
+                           (long long)o->tree_rows, LMC_SPEC_TREE_ROWS);
     switch (o->mode) {
     case LMC_SPEC_NONE:
         return LMC_OK;
@@ -245,12 +249,12 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
         else
             sp->o.draft_cost = 0.01;
     }
-    int64_t K = o->draft_tokens, V = m->cfg.vocab_size;
+    int64_t K = o->draft_tokens, V = m->cfg.vocab_size, R = LMC_MAX(K + 1, o->tree_rows);
     st = lmc_kv_init(&sp->kv, m, be, ctx, err);
-    if (!st) st = lmc_acts_init(&sp->acts, m, be, LMC_MAX(K + 1, LMC_MIN(512, ctx)), K + 1, err);
+    if (!st) st = lmc_acts_init(&sp->acts, m, be, LMC_MAX(R, LMC_MIN(512, ctx)), R, err);
     if (st) goto fail;
-    sp->logits = malloc((size_t)(K + 1) * (size_t)V * sizeof(float));
-    sp->p = malloc((size_t)(K + 1) * (size_t)V * sizeof(float));
+    sp->logits = malloc((size_t)R * (size_t)V * sizeof(float));
+    sp->p = malloc((size_t)R * (size_t)V * sizeof(float));
     if (!sp->logits || !sp->p) goto oom;
     if (o->kv_fmt) {
         st = lmc_kvq_kv_format(&sp->kv, o->kv_fmt, o->kv_residual, err);
@@ -318,6 +322,13 @@ struct gen {
     bool have_dt;
     char *text;
     size_t tlen, tcap;
+    /* token tree (spec_tree.h): on for this generation; at each drafted
+     * depth the draft's rank 1.. choices and its confidence; the
+     * confidence's calibration */
+    bool tree;
+    int32_t alt[LMC_SPEC_TREE_DEPTH * (LMC_SPEC_TREE_RANKS - 1)];
+    float conf[LMC_SPEC_TREE_DEPTH];
+    struct lmc_spec_tree_stats tst;
 };
 
 /* Runs the draft model over the ids it has not seen up to all[n+k-1] and
@@ -364,6 +375,89 @@ static lmc_status draft(struct lmc_spec *sp, struct gen *g, int64_t K, int64_t *
         g->all[g->n + k] = lmc_spec_draw(q, V, lmc_rng_uniform(&g->ds.rng));
     }
     *k_out = K;
+    return LMC_OK;
+}
+
+/* A greedy token-tree round (spec_tree.h): drafts a chain of up to kcap
+ * (adaptive: until the chain's estimated reach falls below 0.1), picks the
+ * tree from the draft's confidences, verifies it in one masked forward,
+ * walks it by the target's argmax (its processed probabilities at each
+ * node with the path so far as history: exactly plain greedy decoding) and
+ * moves an accepted sibling's cache row into place. out[0..a] are the
+ * round's ids; *k_out the chain drafts verified; *rate the picked tree's
+ * expected tokens per unit of cost. */
+static lmc_status tree_round(struct lmc_spec *sp, struct gen *g, int64_t kcap, int32_t *out, int64_t *a_out,
+                             int64_t *k_out, double *rate, struct lmc_spec_stats *stats, double *ts, lmc_err *err) {
+    int64_t V = sp->model->cfg.vocab_size, kd = 0, A = LMC_SPEC_TREE_RANKS - 1;
+    /* rows past the chain fill cache rows n-1+1+k..: within the context */
+    int64_t rows_max = LMC_MIN(sp->o.tree_rows, sp->kv.ctx - g->n + 1);
+    ts[0] = lmc_time_now();
+    if (sp->o.mode == LMC_SPEC_SELF) g->dc = g->tc; /* the shared cache is the target's */
+    double reach = 1;
+    kcap = LMC_MIN(kcap, LMC_SPEC_TREE_DEPTH - 1);
+    while (kd < kcap && (reach >= 0.1 || !sp->o.adaptive)) {
+        float *q = sp->q + kd * V;
+        lmc_status st = draft_step(sp, g, kd, q, err);
+        if (st) return st;
+        int32_t top[LMC_SPEC_TREE_RANKS];
+        g->conf[kd] = (float)lmc_spec_tree_topk(sp->dlogits, V, top); /* the (penalized) logits' runners-up */
+        for (int r = 1; r < LMC_SPEC_TREE_RANKS; r++) g->alt[kd * A + r - 1] = top[r] >= 0 ? top[r] : top[0];
+        g->all[g->n + kd] = lmc_spec_draw(q, V, lmc_rng_uniform(&g->ds.rng));
+        reach *= lmc_spec_tree_p(&g->tst, g->conf[kd], 0);
+        kd++;
+    }
+    stats->draft_forwards += kd;
+    struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
+    struct lmc_spec_tree t;
+    *rate = lmc_spec_tree_pick(&g->tst, g->conf, kd, rows_max, &cost, &t);
+    int64_t k = t.k;
+    ts[1] = lmc_time_now();
+    int32_t ids[LMC_SPEC_TREE_ROWS], depth[LMC_SPEC_TREE_ROWS], chain[LMC_SPEC_TREE_DEPTH];
+    uint64_t mask[LMC_SPEC_TREE_ROWS];
+    memcpy(chain, g->all + g->n, (size_t)kd * sizeof *chain);
+    int64_t rows = lmc_spec_tree_rows(&t, g->all[g->n - 1], chain, g->alt, ids, depth, mask);
+    int64_t pos0 = g->n - 1;
+    lmc_status st = t.n_sib ? lmc_model_forward_mask(sp->model, sp->be, &sp->acts, &sp->kv, ids, rows, pos0, depth,
+                                                     mask, sp->logits, err)
+                            : lmc_model_forward(sp->model, sp->be, &sp->acts, &sp->kv, ids, rows, pos0, sp->logits,
+                                                true, err);
+    if (st) return st;
+    ts[2] = lmc_time_now();
+    g->tc = g->n + k;
+    /* the walk: row cur at depth d (cur == d: on the chain) */
+    int64_t cur = 0, d = 0;
+    for (;;) {
+        lmc_sampler_probs(&g->ts, sp->logits + cur * V, g->all, g->n + d, sp->p);
+        int32_t id = lmc_argmax(sp->p, V);
+        out[d] = id;
+        if (cur != d) break; /* a sibling: a leaf */
+        int64_t next = -1;
+        if (d < kd) { /* the draft's choices here are known: a calibration trial */
+            int rank = chain[d] == id ? 0 : -1;
+            for (int r = 1; r < LMC_SPEC_TREE_RANKS && rank < 0; r++)
+                if (g->alt[d * A + r - 1] == id) rank = r;
+            lmc_spec_tree_stats_add(&g->tst, g->conf[d], rank);
+            if (rank == 0 && d < k) next = d + 1;
+        }
+        for (int64_t i = 0; i < t.n_sib && next < 0; i++)
+            if (t.sib_depth[i] == d + 1 && ids[1 + k + i] == id) next = 1 + k + i;
+        if (next < 0) break;
+        g->all[g->n + d] = id;
+        d++;
+        cur = next;
+    }
+    if (cur != d) { /* through a sibling: its row to its depth's; the draft's rows from there stale */
+        int64_t src = pos0 + cur, dst = pos0 + d;
+        lmc_kv_move_rows(&sp->kv, &src, &dst, 1);
+        if (g->dc > g->n + d - 1) g->dc = g->n + d - 1;
+        stats->tree_hits++;
+    }
+    if (t.n_sib) {
+        stats->tree_rounds++;
+        stats->tree_siblings += t.n_sib;
+    }
+    *a_out = d;
+    *k_out = k;
     return LMC_OK;
 }
 
@@ -426,6 +520,12 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     lmc_spec_rate_init(&rate);
     struct lmc_spec_timing timing;
     memset(&timing, 0, sizeof timing);
+    /* the token tree: greedy, a model draft or self-speculation, a model and
+     * backend the masked forward runs on, no streaming or compressed cache */
+    g.tree = sp->o.tree_rows > 0 && o->sampling.temperature == 0 &&
+             (sp->o.mode == LMC_SPEC_DRAFT || sp->o.mode == LMC_SPEC_SELF) && !stream && !sp->o.kv_fmt &&
+             lmc_model_mask_ok(m, sp->be);
+    if (g.tree) lmc_spec_tree_stats_init(&g.tst);
     double cpu0 = cpu_now();
     bool done = false, stopped = false, eos = false;
     while (!done && !eos && n_gen < o->max_new) {
@@ -439,45 +539,66 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             st = lmc_err_set(err, LMC_ERR_ARG, "context of %lld tokens is full", (long long)ctx);
             break;
         }
-        double ts0 = lmc_time_now();
-        if (kcap > 0) {
-            st = draft(sp, &g, kcap, &k, err);
-            if (st) break;
-            if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
-        }
-        double ts1 = lmc_time_now();
-        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
-                               g.n - 1 - g.shift, sp->logits, true, err);
-        if (st) break;
-        double ts2 = lmc_time_now();
-        g.tc = g.n + k;
-        for (int64_t i = 0; i <= k; i++)
-            lmc_sampler_probs(&g.ts, sp->logits + i * V, g.all, g.n + i, sp->p + i * V);
         int32_t out[65];
-        const float *q = sp->o.mode == LMC_SPEC_LOOKUP ? NULL : sp->q;
-        int64_t a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
-        stats->draft_s += ts1 - ts0;
-        stats->verify_s += ts2 - ts1;
-        stats->accept_s += lmc_time_now() - ts2;
-        stats->rounds++;
-        stats->drafted += k;
-        stats->accepted += a;
-        if (sp->o.adaptive && sp->o.mode != LMC_SPEC_NONE) {
-            /* K from the cost model; K = 0 runs plain steps, with a 1-draft
-             * probe every 8 of them to follow the acceptance rate (a
-             * lookup that found nothing is not a trial) */
-            lmc_spec_rate_add(&rate, a, k);
-            if (k == 0 && K == 0) stats->plain_rounds++;
-            struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
-            if (sp->o.measured) {
-                lmc_spec_timing_add(&timing, k, ts1 - ts0, ts2 - ts1);
-                K = lmc_spec_choose_k_timed(&timing, lmc_spec_rate_alpha(&rate), Kmax, &cost);
-            } else {
-                K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+        int64_t a;
+        if (g.tree) {
+            double ts[3], rate = 1;
+            st = tree_round(sp, &g, kcap, out, &a, &k, &rate, stats, ts, err);
+            if (st) break;
+            stats->draft_s += ts[1] - ts[0];
+            stats->verify_s += ts[2] - ts[1];
+            stats->accept_s += lmc_time_now() - ts[2];
+            stats->rounds++;
+            stats->drafted += k; /* the chain's; tree_siblings the rest */
+            stats->accepted += a;
+            if (sp->o.adaptive) { /* a plain step next where the tree did not pay; a probe every 8 */
+                if (k == 0 && K == 0) stats->plain_rounds++;
+                K = rate > 1 ? Kmax : 0;
+                if (K == 0 && ++since_probe >= 8) {
+                    K = Kmax;
+                    since_probe = 0;
+                }
             }
-            if (K == 0 && ++since_probe >= 8) {
-                K = 1;
-                since_probe = 0;
+        } else {
+            double ts0 = lmc_time_now();
+            if (kcap > 0) {
+                st = draft(sp, &g, kcap, &k, err);
+                if (st) break;
+                if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
+            }
+            double ts1 = lmc_time_now();
+            st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
+                                   g.n - 1 - g.shift, sp->logits, true, err);
+            if (st) break;
+            double ts2 = lmc_time_now();
+            g.tc = g.n + k;
+            for (int64_t i = 0; i <= k; i++)
+                lmc_sampler_probs(&g.ts, sp->logits + i * V, g.all, g.n + i, sp->p + i * V);
+            const float *q = sp->o.mode == LMC_SPEC_LOOKUP ? NULL : sp->q;
+            a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
+            stats->draft_s += ts1 - ts0;
+            stats->verify_s += ts2 - ts1;
+            stats->accept_s += lmc_time_now() - ts2;
+            stats->rounds++;
+            stats->drafted += k;
+            stats->accepted += a;
+            if (sp->o.adaptive && sp->o.mode != LMC_SPEC_NONE) {
+                /* K from the cost model; K = 0 runs plain steps, with a 1-draft
+                 * probe every 8 of them to follow the acceptance rate (a
+                 * lookup that found nothing is not a trial) */
+                lmc_spec_rate_add(&rate, a, k);
+                if (k == 0 && K == 0) stats->plain_rounds++;
+                struct lmc_spec_cost cost = {sp->o.draft_cost, sp->o.verify_slope, sp->o.verify_row};
+                if (sp->o.measured) {
+                    lmc_spec_timing_add(&timing, k, ts1 - ts0, ts2 - ts1);
+                    K = lmc_spec_choose_k_timed(&timing, lmc_spec_rate_alpha(&rate), Kmax, &cost);
+                } else {
+                    K = lmc_spec_choose_k(lmc_spec_rate_alpha(&rate), Kmax, &cost);
+                }
+                if (K == 0 && ++since_probe >= 8) {
+                    K = 1;
+                    since_probe = 0;
+                }
             }
         }
         for (int64_t i = 0; i <= a && !done && n_gen < o->max_new; i++) {

@@ -8,7 +8,9 @@
  * The output has exactly the target's sampling distribution for every
  * sampler setting; greedy output equals plain greedy decoding up to the
  * rounding differences of a batched versus a one-token forward. K adapts
- * to the running acceptance rate. Uses session.h's options and result.
+ * to the running acceptance rate. Greedy with a model draft may verify a
+ * token tree instead of the chain (spec_tree.h, opts.tree_rows). Uses
+ * session.h's options and result.
  * The same loop runs StreamingLLM eviction (kvq_stream.h) and compressed
  * caches (kvq.h); mode NONE is plain decoding through it. */
 #ifndef LMC_SPEC_H
@@ -50,17 +52,28 @@ struct lmc_spec_opts {
      * CPU f32 cache, no draft model, no compressed cache; ctx is then
      * sinks + window) */
     int64_t sinks, window;
+    /* token tree (spec_tree.h): the most verification rows of a round (the
+     * last id, K chain drafts and sibling leaves; 2..64, <= 11 keeps the
+     * AVX2 small-M kernel); 0: a chain. Greedy with a draft model or
+     * self-speculation on a model lmc_model_mask_ok takes; otherwise (a
+     * temperature > 0: the chain's exact rejection rule) the chain. */
+    int64_t tree_rows;
 };
 
 struct lmc_spec_stats {
     int64_t rounds;            /* target verification forwards */
-    int64_t drafted, accepted; /* draft tokens proposed / accepted */
+    int64_t drafted, accepted; /* draft tokens proposed / accepted (a token tree: drafted counts
+                                * the chain's, tree_siblings the rest; a path through a sibling
+                                * below the chain's end accepts one more than the chain's) */
     int64_t draft_forwards;    /* draft-model forwards (DRAFT, SELF) */
     int64_t evicted;           /* tokens evicted by streaming */
     int64_t plain_rounds;      /* rounds adaptive K ran without drafts (k = 0) */
     double draft_s, verify_s;  /* seconds in drafting, in target forwards */
     double accept_s;           /* seconds in target probabilities + acceptance */
     double decode_cpu_s;       /* the process's CPU seconds in the decode loop (all threads) */
+    int64_t tree_rounds;       /* rounds verified as a tree with siblings */
+    int64_t tree_siblings;     /* sibling rows verified */
+    int64_t tree_hits;         /* rounds whose accepted path ended in a sibling */
 };
 
 struct lmc_spec {

@@ -4,7 +4,8 @@
  * their norms) and v to [-clip_qkv, clip_qkv] (OLMoE), RoPE, causal GQA attention through
  * the run mode's kernel (contiguous cache, paged pool, or the training
  * kernel that keeps the log-sum-exp), the output projection with the
- * residual; and its backward. Its sequence state: K and V rows of
+ * residual; and its backward. A single sequence's step may carry a row
+ * mask (lmc_run.row_mask: a token tree's verification). Its sequence state: K and V rows of
  * n_kv*head_dim floats per token in the paged pool. */
 #include "core/core.h"
 #include "model/arch.h"
@@ -177,8 +178,14 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
             clip_qkv(r, s.q, s.q, kn, kn, vn, vn);
             rope_qk(r, s.q, kn);
         }
-        be->attention(be->ctx, s.att, s.q, (const float *)kc, (const float *)vc, n, r->pos0, H, KV, hd,
-                      scale, c->sliding_window);
+        if (r->row_mask) { /* a token tree (lmc_model_forward_mask) */
+            LMC_ASSERT(!kv16 && be->attention_mask && c->sliding_window == 0);
+            be->attention_mask(be->ctx, s.att, s.q, (const float *)kc, (const float *)vc, n, r->pos0, H, KV,
+                               hd, scale, r->row_mask);
+        } else {
+            be->attention(be->ctx, s.att, s.q, (const float *)kc, (const float *)vc, n, r->pos0, H, KV, hd,
+                          scale, c->sliding_window);
+        }
         break;
     }
     case LMC_RUN_PAGED: {

@@ -124,6 +124,11 @@ struct lmc_run {
     /* SEQ: one sequence's contiguous cache, new tokens at pos0.. */
     struct lmc_kv *kv;
     int64_t pos0;
+    /* SEQ, attention: NULL causal; else (n) host words, row i attends to the
+     * cache before pos0 and to the step's rows j with bit j of row_mask[i]
+     * (a token tree: pos holds each row's depth-based position; the rows
+     * still fill cache rows pos0..pos0+n-1) */
+    const uint64_t *row_mask;
     /* PAGED */
     struct lmc_kv_pool *pool;
     const int32_t *seq, *bt;          /* (n) sequence of each token; block tables */

@@ -145,17 +145,19 @@ void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, s
     }
 }
 
-/* One chunk of n <= a->max_tokens tokens. */
+/* One chunk of n <= a->max_tokens tokens (depth, mask: a token tree,
+ * lmc_model_forward_mask; NULL: causal). */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
-                          int64_t pos0, float *host_logits, bool all_logits) {
+                          int64_t pos0, float *host_logits, bool all_logits, const int32_t *depth,
+                          const uint64_t *mask) {
     const struct lmc_config *c = &m->cfg;
     int64_t C = c->hidden_size;
     struct lmc_run r = {.mode = LMC_RUN_SEQ, .be = be, .cfg = c, .arch = m->arch, .n = n,
                         .rot_dim = m->rot_dim, .pos = a->pos, .inv_freq = a->inv_freq,
                         .attn_scale = 1.0f, .tmp = a->tmp, .kv = kv, .pos0 = pos0,
-                        .state = kv->state};
-    for (int64_t i = 0; i < n; i++) a->pos_host[i] = (int32_t)(pos0 + i);
+                        .state = kv->state, .row_mask = mask};
+    for (int64_t i = 0; i < n; i++) a->pos_host[i] = (int32_t)(pos0 + (depth ? depth[i] : i));
     be->upload(be->ctx, a->pos, a->pos_host, (size_t)n * sizeof(int32_t));
     be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);
     struct lmc_pp_infer *pp = m->w.pipe;
@@ -202,10 +204,62 @@ lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend
         bool last = done + step == n;
         float *out = all_logits ? logits + done * c->vocab_size : logits;
         if (all_logits || last)
-            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, out, all_logits);
+            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, out, all_logits, NULL, NULL);
         else
-            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, NULL, false);
+            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, NULL, false, NULL, NULL);
         done += step;
     }
     return LMC_OK;
+}
+
+bool lmc_model_mask_ok(const struct lmc_model *m, const struct lmc_backend *be) {
+    if (!be->attention_mask || !be->host_memory || be->kv_dtype != LMC_DTYPE_F32 || m->cfg.sliding_window > 0 ||
+        m->w.pipe || m->w.vocab)
+        return false;
+    return m->arch->mixer == &lmc_mixer_attention;
+}
+
+lmc_status lmc_model_forward_mask(const struct lmc_model *m, const struct lmc_backend *be,
+                                  struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
+                                  int64_t pos0, const int32_t *depth, const uint64_t *mask, float *logits,
+                                  lmc_err *err) {
+    const struct lmc_config *c = &m->cfg;
+    if (!lmc_model_mask_ok(m, be))
+        return lmc_err_set(err, LMC_ERR_ARG, "tree forward: needs attention layers without a sliding window, an f32 "
+                                             "host cache and the backend's attention_mask");
+    if (n <= 0 || n > 64 || n > a->max_tokens || n > a->logit_rows)
+        return lmc_err_set(err, LMC_ERR_ARG, "tree forward: %lld rows out of range (1..%lld)", (long long)n,
+                           (long long)LMC_MIN(64, LMC_MIN(a->max_tokens, a->logit_rows)));
+    if (pos0 < 0 || pos0 + n > kv->ctx)
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "context full: %lld tokens at position %lld exceed the context of %lld",
+                           (long long)n, (long long)pos0, (long long)kv->ctx);
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return lmc_err_set(err, LMC_ERR_ARG, "token id %d at index %lld is outside the vocabulary (0..%lld)",
+                               ids[i], (long long)i, (long long)c->vocab_size - 1);
+        if (depth[i] < 0 || depth[i] > i || !((mask[i] >> i) & 1) || (mask[i] >> i) > 1)
+            return lmc_err_set(err, LMC_ERR_ARG, "tree forward: row %lld must see itself and only earlier rows, "
+                                                 "at a depth <= its index", (long long)i);
+    }
+    if (m->w.pos_emb.data && pos0 + n > m->w.pos_emb.rows)
+        return lmc_err_set(err, LMC_ERR_ARG, "%lld positions exceed the model's %lld learned positions",
+                           (long long)(pos0 + n), (long long)m->w.pos_emb.rows);
+    forward_chunk(m, be, a, kv, ids, n, pos0, logits, true, depth, mask);
+    return LMC_OK;
+}
+
+void lmc_kv_move_rows(struct lmc_kv *kv, const int64_t *src, const int64_t *dst, int64_t n) {
+    LMC_ASSERT(kv->be->host_memory);
+    size_t es = kv->be->kv_dtype != LMC_DTYPE_F32 ? 2 : sizeof(float), rb = (size_t)kv->row * es;
+    size_t layer = (size_t)kv->ctx * rb;
+    for (int64_t i = 0; i < n; i++) {
+        LMC_ASSERT(src[i] >= 0 && src[i] < kv->ctx && dst[i] >= 0 && dst[i] < kv->ctx);
+        if (src[i] == dst[i]) continue;
+        for (int64_t l = 0; l < kv->n_layers; l++) {
+            char *k = (char *)kv->k + (size_t)l * layer, *v = (char *)kv->v + (size_t)l * layer;
+            memmove(k + (size_t)dst[i] * rb, k + (size_t)src[i] * rb, rb);
+            memmove(v + (size_t)dst[i] * rb, v + (size_t)src[i] * rb, rb);
+        }
+    }
 }

@@ -160,6 +160,25 @@ lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend
                              struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
                              int64_t pos0, float *logits, bool all_logits, lmc_err *err);
 
+/* A token tree's verification (speculative decoding): ids[0..n) fill
+ * cache rows pos0..pos0+n-1 at rotary/learned positions pos0 + depth[i],
+ * row i attending to the cache before pos0 and to the rows of bit j of
+ * mask[i] (its ancestors and itself: depth and mask host arrays); logits
+ * (host) gets all n rows. n <= 64 and <= a->max_tokens, a->logit_rows.
+ * LMC_ERR_ARG where the model or backend cannot (lmc_model_mask_ok). A
+ * causal mask with depth[i] = i is lmc_model_forward with all_logits. */
+lmc_status lmc_model_forward_mask(const struct lmc_model *m, const struct lmc_backend *be,
+                                  struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
+                                  int64_t pos0, const int32_t *depth, const uint64_t *mask, float *logits,
+                                  lmc_err *err);
+/* Whether lmc_model_forward_mask runs for m on be: attention layers only, no
+ * sliding window, an f32 cache in host memory, the backend's attention_mask;
+ * no tensor/pipeline/vocabulary parallelism. */
+bool lmc_model_mask_ok(const struct lmc_model *m, const struct lmc_backend *be);
+/* Moves the cache rows src[i] to dst[i] (i < n, every layer; in order: a
+ * dst may be a later src) — a token tree's accepted path put in place. */
+void lmc_kv_move_rows(struct lmc_kv *kv, const int64_t *src, const int64_t *dst, int64_t n);
+
 /* Final norm of rows (rows, C) of x into a->h and the head into a->logits. */
 void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_acts *a,
                       const float *x, int64_t rows);

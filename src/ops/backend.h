@@ -104,6 +104,15 @@ struct lmc_backend {
     void (*attention)(void *ctx, float *out, const float *q, const float *k, const float *v,
                       int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
                       float scale, int64_t window);
+    /* Attention with a row mask (a token tree's verification): the M new
+     * rows sit in cache rows pos0..pos0+M-1 (their rotary positions are the
+     * caller's); query m attends to cache rows 0..pos0-1 and to the new row
+     * pos0+j where bit j of mask[m] is set (mask: M words, host memory,
+     * M <= 64; a lower-triangular mask is attention's causal op, bit for
+     * bit). No window. NULL where the backend has none. */
+    void (*attention_mask)(void *ctx, float *out, const float *q, const float *k, const float *v,
+                           int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                           float scale, const uint64_t *mask);
     /* y[i] = silu(gate[i]) * up[i], i < n. y may alias gate. */
     void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
     /* y[i] = gelu(x[i]) (tanh approximation when tanh_approx). y may alias x. */

@@ -7,7 +7,8 @@
  * blocks (keeping lse): bit for bit the inference op's out at M = T. The training backward: blocks of queries against their
  * keys through sgemm (below). Head h reads
  * kv head h / (n_heads / n_kv) (GQA); window > 0 keeps the last `window`
- * positions, the query's own included. */
+ * positions, the query's own included. attention_mask: the decode kernel
+ * over the prefix and the new rows of each query's mask. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_f32.h"
 
@@ -21,11 +22,40 @@ struct attn_job {
     const float *q, *k, *v;
     int64_t M, pos0, n_heads, n_kv, hd, window;
     float scale;
+    const uint64_t *mask;   /* attention_mask: (M) the new rows each query sees; NULL: causal */
 };
+
+/* attention_mask's task: the prefix rows, then the new rows of the query's
+ * mask in order (a causal mask: attn_task's sums in attn_task's order) */
+static void attn_mask_task(const struct attn_job *j, int64_t m, int64_t h, int thread) {
+    int64_t hd = j->hd, kvh = h / (j->n_heads / j->n_kv), kv_row = j->n_kv * hd;
+    const float *q = j->q + (m * j->n_heads + h) * hd;
+    const float *kb = j->k + kvh * hd, *vb = j->v + kvh * hd;
+    float *s = j->c->scratch[thread], *o = j->out + (m * j->n_heads + h) * hd;
+    int32_t *row = (int32_t *)(s + j->pos0 + j->M); /* the rows behind s[] */
+    int64_t n = 0;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < j->pos0 + j->M; i++) {
+        if (i >= j->pos0 && !((j->mask[m] >> (i - j->pos0)) & 1)) continue;
+        row[n] = (int32_t)i;
+        s[n] = j->scale * lmc_cpu_dot(q, kb + i * kv_row, hd);
+        if (s[n] > mx) mx = s[n];
+        n++;
+    }
+    double sum = lmc_cpu_exp_sum(s, n, mx);
+    memset(o, 0, (size_t)hd * sizeof(float));
+    for (int64_t i = 0; i < n; i++) lmc_cpu_axpy(o, s[i], vb + (int64_t)row[i] * kv_row, hd);
+    float inv = (float)(1.0 / sum);
+    for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+}
 
 static void attn_task(void *arg, int64_t t, int thread) {
     const struct attn_job *j = arg;
     int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd;
+    if (j->mask) {
+        attn_mask_task(j, m, h, thread);
+        return;
+    }
     int64_t p = j->pos0 + m;
     int64_t lo = j->window > 0 ? LMC_MAX(0, p - j->window + 1) : 0, n = p - lo + 1;
     int64_t kvh = h / (j->n_heads / j->n_kv), kv_row = j->n_kv * hd;
@@ -56,8 +86,19 @@ void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, co
         lmc_cpu_attention_prefill(c, out, q, k, v, M, pos0, n_heads, n_kv, hd, scale, window);
         return;
     }
-    struct attn_job j = {c, out, NULL, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale};
+    struct attn_job j = {c, out, NULL, q, k, v, M, pos0, n_heads, n_kv, hd, window, scale, NULL};
     lmc_cpu_scratch_reserve(c, (size_t)(pos0 + M));
+    lmc_pool_run(c->pool, M * n_heads, attn_task, &j);
+}
+
+void lmc_cpu_attention_mask(void *ctx, float *out, const float *q, const float *k, const float *v,
+                            int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                            float scale, const uint64_t *mask) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && pos0 >= 0 && M <= 64);
+    if (M <= 0 || n_heads <= 0 || hd <= 0) return;
+    struct attn_job j = {c, out, NULL, q, k, v, M, pos0, n_heads, n_kv, hd, 0, scale, mask};
+    lmc_cpu_scratch_reserve(c, (size_t)(2 * (pos0 + M))); /* scores, then their rows */
     lmc_pool_run(c->pool, M * n_heads, attn_task, &j);
 }
 
@@ -76,7 +117,7 @@ void lmc_cpu_attention_train(void *ctx, float *out, float *lse, const float *q, 
     for (int64_t b = 0; b < B; b++) {
         struct attn_job j = {c,           out + b * T * qd, lse + b * T * n_heads, q + b * T * qd,
                              k + b * T * kvd, v + b * T * kvd, T, 0, n_heads, n_kv, hd, window,
-                             scale};
+                             scale, NULL};
         lmc_pool_run(c->pool, T * n_heads, attn_task, &j);
     }
 }

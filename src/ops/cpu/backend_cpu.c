@@ -96,6 +96,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->layernorm = lmc_cpu_layernorm;
     be->rope = lmc_cpu_rope;
     be->attention = lmc_cpu_attention;
+    be->attention_mask = lmc_cpu_attention_mask;
     be->attention_paged = lmc_cpu_attention_paged;
     be->swiglu = lmc_cpu_swiglu;
     be->gelu = lmc_cpu_gelu;

@@ -310,6 +310,9 @@ void lmc_cpu_layernorm(void *ctx, float *y, const float *x, const float *w, cons
                        int64_t M, int64_t C, float eps);
 void lmc_cpu_rope(void *ctx, float *x, int64_t M, int64_t n_heads, int64_t head_dim,
                   int64_t rot_dim, const int32_t *pos, const double *inv_freq, float attn_scale);
+void lmc_cpu_attention_mask(void *ctx, float *out, const float *q, const float *k, const float *v,
+                            int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
+                            float scale, const uint64_t *mask);
 void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, const float *v,
                        int64_t M, int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd,
                        float scale, int64_t window);
