@@ -424,8 +424,8 @@ static void test_small_m_groups(const struct lmc_qctx *c, uint64_t *rng, struct 
 /* Decode's guided row split (M < 4 on a pool: decreasing chunks of whole
  * 4-row tiles) gives the bits of the one-thread product, for one weight
  * and for qmatmul_multi's weights in one run: N = 1003 (a 3-row tail),
- * 517 and 262 rows of K = 768 (floors of 44 rows: a dozen chunks and
- * more), Q4_0, Q4_K, Q8_0 and 4-bit groups of 128, pools of 2 and 3
+ * 517 and 262 rows of K = 768 (a floor of 172 rows: 2 to 6 chunks a
+ * weight, 517's last one a lone tail row), Q4_0, Q4_K, Q8_0 and 4-bit groups of 128, pools of 2 and 3
  * threads, M = 1..5 (4 and 5: the equal split). */
 static void test_guided_split(const struct lmc_qctx *c, uint64_t *rng) {
     const int64_t ns[3] = {1003, 517, 262}, k = 768, mmax = 5;

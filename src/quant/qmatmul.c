@@ -467,16 +467,19 @@ size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m) {
 /* ---- decode's row split ----
  * At M < QGUIDE_MAX_M (decode, short drafts) a weight's rows go to the
  * pool in decreasing chunks (guided: each a 1 / (2 x threads) share of the
- * rows left, in whole 4-row tiles, down to a floor of ~QGUIDE_MIN_W
- * weights): the big chunks cost few claims, the small last ones let the
- * threads finish together whatever their speeds (a thread sharing its core
- * or its memory channel with another process, a late wake-up) — with 4 x
- * threads equal chunks the lm_head's tasks were ~80 us each at 125M and a
- * thread ahead by less than that idled until the last one ended. Every
- * boundary but the weight's last row is a multiple of 4, so the kernels
- * meet the same 4-row tiles as with any other split: the same bits. */
+ * rows left, in whole 4-row tiles, down to a floor of QGUIDE_MIN_W
+ * weights, ~3-4 us of a 4-bit M = 1 kernel): the big chunks cost few
+ * claims, the small last ones let the threads finish together whatever
+ * their speeds (a thread sharing its core or memory channel with another
+ * process, a late wake-up). With 4 x threads equal chunks the 125M
+ * lm_head's were ~80 us each, and a thread ahead by less than one idled
+ * until the other's last one ended. At 125M and 2 threads a token makes
+ * ~470 claims this way (was ~680: q/k/v's 256-row weights are one or two
+ * chunks, the head's 32000 rows 18). Every boundary but the weight's last
+ * row is a multiple of 4, so the kernels meet the same 4-row tiles as
+ * with any other split: the same bits. */
 #define QGUIDE_MAX_M 4
-#define QGUIDE_MIN_W 32768
+#define QGUIDE_MIN_W 131072
 #define QGUIDE_MAX_TASKS 96
 
 /* Chunk ends e[1..] of rows [0, n) for `threads` threads (e[0] = 0);
