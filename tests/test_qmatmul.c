@@ -421,6 +421,78 @@ static void test_small_m_groups(const struct lmc_qctx *c, uint64_t *rng, struct 
     }
 }
 
+/* Decode's guided row split (M < 4 on a pool: decreasing chunks of whole
+ * 4-row tiles) gives the bits of the one-thread product, for one weight
+ * and for qmatmul_multi's weights in one run: N = 1003 (a 3-row tail),
+ * 517 and 262 rows of K = 768 (a floor of 172 rows: 2 to 6 chunks a
+ * weight, 517's last one a lone tail row), Q4_0, Q4_K, Q8_0 and 4-bit groups of 128, pools of 2 and 3
+ * threads, M = 1..5 (4 and 5: the equal split). */
+static void test_guided_split(const struct lmc_qctx *c, uint64_t *rng) {
+    const int64_t ns[3] = {1003, 517, 262}, k = 768, mmax = 5;
+    const int types[3] = {LMC_GGML_Q4_0, LMC_GGML_Q4_K, LMC_GGML_Q8_0};
+    lmc_err err = {0};
+    struct lmc_pool *pools[2];
+    CHECK(lmc_pool_init(&pools[0], 2, &err) == LMC_OK);
+    CHECK(lmc_pool_init(&pools[1], 3, &err) == LMC_OK);
+    float *x = malloc((size_t)(mmax * k) * 4);
+    for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
+    for (int t = 0; t < 4; t++) {
+        struct lmc_qweight w[3];
+        uint8_t *wq[3] = {NULL, NULL, NULL};
+        struct lmc_qgroups g[3];
+        for (int i = 0; i < 3; i++) {
+            if (t < 3) {
+                int64_t rb;
+                CHECK(lmc_ggml_row_bytes(types[t], k, &rb));
+                float *wf = malloc((size_t)(ns[i] * k) * 4);
+                wq[i] = malloc((size_t)(ns[i] * rb));
+                for (int64_t j = 0; j < ns[i] * k; j++) wf[j] = test_rand(rng) * (1.0f + (float)((j / 16) % 7));
+                for (int64_t o = 0; o < ns[i]; o++) lmc_ggml_quantize_row(types[t], wf + o * k, wq[i] + o * rb, k);
+                CHECK(lmc_qweight_init_ggml(&w[i], types[t], wq[i], ns[i], k, &err) == LMC_OK);
+                free(wf);
+            } else {
+                groups4_g128(&g[i], ns[i], k, 5, 1, 0, rng);
+                CHECK(lmc_qweight_init_groups(&w[i], &g[i], &err) == LMC_OK);
+            }
+        }
+        const char *nm = t < 3 ? lmc_ggml_type_name(types[t]) : "groups 4-bit g128";
+        if (!c->dotm[w[0].kernel]) goto next;
+        size_t sb = 0;
+        for (int i = 0; i < 3; i++) sb = LMC_MAX(sb, lmc_qmatmul_scratch_bytes(&w[i], mmax));
+        void *scratch = aligned_alloc(64, (sb + 63) / 64 * 64);
+        float *ref[3], *got[3];
+        for (int i = 0; i < 3; i++) {
+            ref[i] = malloc((size_t)(mmax * ns[i]) * 4);
+            got[i] = malloc((size_t)(mmax * ns[i]) * 4);
+        }
+        const struct lmc_qweight *wp[3] = {&w[0], &w[1], &w[2]};
+        for (int64_t m = 1; m <= mmax; m++) {
+            for (int i = 0; i < 3; i++) lmc_qmatmul(c, &w[i], ref[i], x, m, scratch, NULL);
+            for (int p = 0; p < 2; p++) {
+                lmc_qmatmul(c, &w[0], got[0], x, m, scratch, pools[p]);
+                CHECK_MSG(memcmp(got[0], ref[0], (size_t)(m * ns[0]) * 4) == 0, "%s [%s] M=%lld, %d threads: differs from one thread",
+                          nm, lmc_qisa_name(c->isa), (long long)m, p + 2);
+                lmc_qmatmul_multi(c, 3, wp, got, x, m, scratch, pools[p]);
+                for (int i = 0; i < 3; i++)
+                    CHECK_MSG(memcmp(got[i], ref[i], (size_t)(m * ns[i]) * 4) == 0,
+                              "%s [%s] multi weight %d M=%lld, %d threads: differs from one thread", nm, lmc_qisa_name(c->isa), i,
+                              (long long)m, p + 2);
+            }
+        }
+        for (int i = 0; i < 3; i++) free(ref[i]), free(got[i]);
+        free(scratch);
+    next:
+        for (int i = 0; i < 3; i++) {
+            lmc_qweight_free(&w[i]);
+            free(wq[i]);
+            if (t == 3) lmc_qgroups_free(&g[i]);
+        }
+    }
+    free(x);
+    lmc_pool_free(pools[0]);
+    lmc_pool_free(pools[1]);
+}
+
 int main(void) {
     lmc_err err = {0};
     uint64_t qrng = 99;
@@ -441,6 +513,7 @@ int main(void) {
         test_nf4_ternary(&c, &rng, pool);
         test_prefill(&c, &rng, pool);
         test_small_m_groups(&c, &rng, pool);
+        test_guided_split(&c, &rng);
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);

@@ -1,17 +1,28 @@
 /* threadpool.c — persistent worker threads for data-parallel loops.
  *
- * A run publishes (fn, arg, n_tasks), resets the task counter and bumps a
- * generation word; workers notice the new generation by spinning for a short
- * while after their last run, otherwise by sleeping on the word with a futex.
- * Tasks are claimed with a compare-and-swap on a 64-bit counter that carries
- * the generation in its high half, so a worker that wakes late can never
- * claim a task of a job it did not read. The caller's thread works alongside
- * the workers and returns as soon as every task is done: it never waits for
- * a worker that was descheduled before claiming anything (the machine may be
+ * A run publishes (fn, arg) next to a generation word, opens the task
+ * counter and bumps the generation; workers notice the new generation by
+ * spinning for a short while after their last run, otherwise by sleeping on
+ * the word with a futex. The task counter is one 64-bit word holding the
+ * run's task count in its high half and the next unclaimed task in its low
+ * half, so a claim is one fetch-and-add (no compare-and-swap loop: one
+ * coherence transfer per claim) and validates itself: an index below the
+ * count in the same word is a task of the run that opened the counter, and
+ * that run's (fn, arg), written before the counter was opened (release),
+ * cannot change while one of its tasks is unfinished (the caller waits for
+ * every task before it publishes another run). A claim at or past the end
+ * only bumps the index (at most once per thread and run it sees; the count
+ * leaves room for that). The caller's thread works alongside the workers
+ * and returns as soon as every task is done: it never waits for a worker
+ * that was descheduled before claiming anything (the machine may be
  * oversubscribed), it just does the work itself.
  *
- * Decode calls this ~100 times per token, so the hot path is: no syscalls
- * while workers are spinning, one FUTEX_WAKE only when someone sleeps. */
+ * Decode calls this ~60 times per token, so the hot path is: no syscalls
+ * while workers are spinning, one FUTEX_WAKE only when someone sleeps; a
+ * worker's hand-off costs three cache-line transfers (the generation line
+ * with the job, the counter, the done count). Spinning backs off to
+ * sched_yield and then to the futex, so more threads than cores (tests,
+ * a loaded machine) still make progress. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -49,17 +60,20 @@ struct lmc_pool {
     int n_threads;
     struct worker *workers; /* n_threads - 1 */
 
-    /* the published job; read by workers only through a validated claim */
-    _Atomic(lmc_pool_fn) fn;
-    _Atomic(void *) arg;
-    _Atomic int64_t n_tasks;
-
+    /* written once per run; the line workers spin on, so one miss brings
+     * the new generation and the job together */
     _Alignas(64) _Atomic uint32_t gen;   /* futex word: bumped per run */
     _Atomic int sleepers;                /* workers inside FUTEX_WAIT */
     _Atomic int stop;
-    _Alignas(64) _Atomic uint64_t ctr;   /* gen << 32 | next unclaimed task */
+    _Atomic(lmc_pool_fn) fn;
+    _Atomic(void *) arg;
+    _Alignas(64) _Atomic uint64_t ctr;   /* n_tasks << 32 | next task index */
     _Alignas(64) _Atomic int64_t done;   /* tasks finished this run */
 };
+
+/* Room above a run's task count for claims past its end (at most two per
+ * thread and run: one per generation a worker reads; at most 1024 threads). */
+#define CTR_SLACK 4096u
 
 static long futex_op(_Atomic uint32_t *addr, int op, uint32_t val) {
     return syscall(SYS_futex, (uint32_t *)addr, op, val, NULL, NULL, 0);
@@ -71,27 +85,16 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Claims and runs tasks of generation g until none is left (or the job is
- * no longer g). The job's fields are read before each claim and trusted
- * only if the claim's CAS succeeds: the caller closes the counter before it
- * rewrites them (release fence there, acquire fence here), so a successful
- * CAS on generation g proves the fields read were g's. */
-static void run_tasks(struct lmc_pool *p, uint32_t g, int thread) {
-    uint64_t c = atomic_load_explicit(&p->ctr, memory_order_acquire);
+/* Claims and runs tasks until the counter's run has none left. */
+static void run_tasks(struct lmc_pool *p, int thread) {
     int64_t ran = 0; /* added to done once, when this thread finds no task left (one write to the shared line, not one per task) */
     for (;;) {
-        if ((uint32_t)(c >> 32) != g) break;
+        uint64_t c = atomic_fetch_add_explicit(&p->ctr, 1, memory_order_acquire);
+        if ((c & 0xffffffffu) >= c >> 32) break;
         lmc_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
         void *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
-        uint64_t n = (uint64_t)atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if ((c & 0xffffffffu) >= n) break;
-        if (!atomic_compare_exchange_weak_explicit(&p->ctr, &c, c + 1, memory_order_acquire,
-                                                   memory_order_acquire))
-            continue;
         fn(arg, (int64_t)(c & 0xffffffffu), thread);
         ran++;
-        c = atomic_load_explicit(&p->ctr, memory_order_acquire);
     }
     if (ran) atomic_fetch_add_explicit(&p->done, ran, memory_order_release);
 }
@@ -128,7 +131,7 @@ static void *worker_main(void *a) {
     for (;;) {
         seen = wait_gen(p, seen);
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) break;
-        run_tasks(p, seen, w->index);
+        run_tasks(p, w->index);
     }
     return NULL;
 }
@@ -153,7 +156,6 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
     atomic_init(&p->done, 0);
     atomic_init(&p->fn, NULL);
     atomic_init(&p->arg, NULL);
-    atomic_init(&p->n_tasks, 0);
     if (n_threads > 1) {
         p->workers = calloc((size_t)n_threads - 1, sizeof *p->workers);
         if (!p->workers) {
@@ -190,26 +192,26 @@ void lmc_pool_free(struct lmc_pool *p) {
 
 int lmc_pool_threads(const struct lmc_pool *p) { return p ? p->n_threads : 1; }
 
+int lmc_pool_sleeping(struct lmc_pool *p) { return p ? atomic_load(&p->sleepers) : 0; }
+
 void lmc_pool_run(struct lmc_pool *p, int64_t n_tasks, lmc_pool_fn fn, void *arg) {
     if (n_tasks <= 0) return;
     if (!p || p->n_threads == 1 || n_tasks == 1) {
         for (int64_t t = 0; t < n_tasks; t++) fn(arg, t, 0);
         return;
     }
-    LMC_ASSERT(n_tasks < ((int64_t)1 << 32) - 1);
+    LMC_ASSERT(n_tasks < ((int64_t)1 << 32) - CTR_SLACK);
     uint32_t g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
-    /* close the counter (no claim of any generation can succeed), then
-     * rewrite the job, then open it for generation g */
-    atomic_store_explicit(&p->ctr, (uint64_t)g << 32 | 0xffffffffu, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
+    /* the previous run is over (every task done), so no claim is valid
+     * now: rewrite the job, then open the counter (release: a claim that
+     * reads an index below the count reads this job) */
     atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
     atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
-    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->ctr, (uint64_t)g << 32, memory_order_release);
-    atomic_store(&p->gen, g); /* seq_cst: publishes the job, pairs with sleepers */
+    atomic_store_explicit(&p->ctr, (uint64_t)n_tasks << 32, memory_order_release);
+    atomic_store(&p->gen, g); /* seq_cst: wakes spinners, pairs with sleepers */
     if (atomic_load(&p->sleepers) > 0) futex_op(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
-    run_tasks(p, g, 0);
+    run_tasks(p, 0);
     for (unsigned i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks; i++) {
         CPU_RELAX();
         /* a worker holding a task may have been descheduled */

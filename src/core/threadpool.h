@@ -17,6 +17,9 @@ typedef void (*lmc_pool_fn)(void *arg, int64_t task, int thread);
 lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err);
 void lmc_pool_free(struct lmc_pool *pool);
 int lmc_pool_threads(const struct lmc_pool *pool);
+/* Workers on (or about to enter) the futex sleep after their spin: for
+ * tests of the wake-up path. */
+int lmc_pool_sleeping(struct lmc_pool *pool);
 /* Runs fn over n_tasks tasks, distributing them over the threads, and
  * returns when all are done. Not reentrant from inside a task. */
 void lmc_pool_run(struct lmc_pool *pool, int64_t n_tasks, lmc_pool_fn fn, void *arg);

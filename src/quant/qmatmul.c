@@ -464,6 +464,41 @@ size_t lmc_qmatmul_scratch_bytes(const struct lmc_qweight *w, int64_t m) {
     return f + q + rows + 64;
 }
 
+/* ---- decode's row split ----
+ * At M < QGUIDE_MAX_M (decode, short drafts) a weight's rows go to the
+ * pool in decreasing chunks (guided: each a 1 / (2 x threads) share of the
+ * rows left, in whole 4-row tiles, down to a floor of QGUIDE_MIN_W
+ * weights, ~3-4 us of a 4-bit M = 1 kernel): the big chunks cost few
+ * claims, the small last ones let the threads finish together whatever
+ * their speeds (a thread sharing its core or memory channel with another
+ * process, a late wake-up). With 4 x threads equal chunks the 125M
+ * lm_head's were ~80 us each, and a thread ahead by less than one idled
+ * until the other's last one ended. At 125M and 2 threads a token makes
+ * ~470 claims this way (was ~680: q/k/v's 256-row weights are one or two
+ * chunks, the head's 32000 rows 18). Every boundary but the weight's last
+ * row is a multiple of 4, so the kernels meet the same 4-row tiles as
+ * with any other split: the same bits. */
+#define QGUIDE_MAX_M 4
+#define QGUIDE_MIN_W 131072
+#define QGUIDE_MAX_TASKS 96
+
+/* Chunk ends e[1..] of rows [0, n) for `threads` threads (e[0] = 0);
+ * returns the chunk count, or 0 if more than cap chunks are needed. */
+static int guided_split(int64_t n, int64_t k, int threads, int64_t *e, int cap) {
+    int64_t floor_rows = LMC_MAX(4, (QGUIDE_MIN_W / LMC_MAX(k, 1) + 3) / 4 * 4);
+    int c = 0;
+    e[0] = 0;
+    while (e[c] < n) {
+        if (c == cap) return 0;
+        int64_t left = n - e[c];
+        int64_t sz = (left / (2 * threads) + 3) / 4 * 4;
+        sz = LMC_MAX(sz, floor_rows);
+        e[c + 1] = LMC_MIN(n, e[c] + sz);
+        c++;
+    }
+    return c;
+}
+
 struct qjob {
     const struct lmc_qctx *c;
     const struct lmc_qweight *w;
@@ -472,6 +507,8 @@ struct qjob {
     const float *xf;
     int64_t m, rows_per_task;
     const struct lmc_q8rows *rows; /* non-NULL: the small-M kernel does all m rows */
+    int n_guided;                  /* > 0: task t does rows [end[t], end[t + 1]) */
+    int64_t end[QGUIDE_MAX_TASKS + 1];
 };
 
 static void qjob_run(void *arg, int64_t task, int thread) {
@@ -481,6 +518,10 @@ static void qjob_run(void *arg, int64_t task, int thread) {
     lmc_qdot4_fn dot4 = j->c->dot4[w->kernel];
     int64_t r0 = task * j->rows_per_task, r1 = LMC_MIN(w->n, r0 + j->rows_per_task);
     int64_t nb = w->kp / 32;
+    if (j->n_guided) {
+        j->c->dotm[w->kernel](w, j->end[task], j->end[task + 1], j->rows, j->y, w->n);
+        return;
+    }
     if (j->rows) {
         j->c->dotm[w->kernel](w, r0, r1, j->rows, j->y, w->n);
         return;
@@ -534,7 +575,7 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
     struct lmc_q8act *xq = (struct lmc_q8act *)sp;
     int64_t nb = w->kp / 32;
     int threads = pool ? lmc_pool_threads(pool) : 1;
-    struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0, NULL};
+    struct qjob j = {c, w, y, xq, w->kernel == LMC_QK_NF4 ? xf : NULL, m, 0, NULL, 0, {0}};
     struct lmc_q8rows rows;
     if (c->dotm[w->kernel] && m <= c->small_max) {
         /* after the q8act blocks (scratch layout: lmc_qmatmul_scratch_bytes) */
@@ -554,6 +595,10 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
     j.rows_per_task = LMC_MAX(1, (w->n + 4 * threads - 1) / (4 * threads));
     if (j.rows) j.rows_per_task = (j.rows_per_task + 3) / 4 * 4; /* whole 4-row tiles */
     int64_t tasks = (w->n + j.rows_per_task - 1) / j.rows_per_task;
+    if (j.rows && m < QGUIDE_MAX_M && pool && threads > 1) {
+        j.n_guided = guided_split(w->n, w->kp, threads, j.end, QGUIDE_MAX_TASKS);
+        if (j.n_guided) tasks = j.n_guided;
+    }
     if (pool && threads > 1) lmc_pool_run(pool, tasks, qjob_run, &j);
     else
         for (int64_t t = 0; t < tasks; t++) qjob_run(&j, t, 0);
@@ -580,6 +625,8 @@ struct qmjob {
     float *const *y;
     const struct lmc_q8rows *rows;
     int64_t rows_per_task[QMULTI_MAX], task0[QMULTI_MAX + 1]; /* weight i's tasks: [task0[i], task0[i + 1]) */
+    int guided;                                /* rows of task t: [end[t], end[t + 1]) of its weight */
+    int64_t end[QGUIDE_MAX_TASKS + QMULTI_MAX]; /* weight i's chunk ends from end[task0[i] + i] */
 };
 
 static void qmjob_run(void *arg, int64_t task, int thread) {
@@ -588,6 +635,11 @@ static void qmjob_run(void *arg, int64_t task, int thread) {
     int i = 0;
     while (task >= j->task0[i + 1]) i++;
     const struct lmc_qweight *w = j->w[i];
+    if (j->guided) {
+        const int64_t *e = j->end + task + i;
+        j->c->dotm[w->kernel](w, e[0], e[1], j->rows, j->y[i], w->n);
+        return;
+    }
     int64_t r0 = (task - j->task0[i]) * j->rows_per_task[i], r1 = LMC_MIN(w->n, r0 + j->rows_per_task[i]);
     j->c->dotm[w->kernel](w, r0, r1, j->rows, j->y[i], w->n);
 }
@@ -619,6 +671,23 @@ void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight
     /* one pool run over every weight's 4-row tiles (4 x threads tasks per weight, as lmc_qmatmul) */
     struct qmjob j = {.c = c, .k = k, .w = w, .y = y, .rows = &rows};
     j.task0[0] = 0;
+    if (m < QGUIDE_MAX_M && pool && threads > 1) {
+        /* each weight's guided chunks, one after another: weight i's ends
+         * from end[task0[i] + i] (its own end[0] = 0 included) */
+        int left = QGUIDE_MAX_TASKS, ok = 1;
+        for (int i = 0; ok && i < k; i++) {
+            int nc = guided_split(w[i]->n, w[i]->kp, threads, j.end + j.task0[i] + i, left);
+            ok = nc > 0;
+            left -= nc;
+            j.task0[i + 1] = j.task0[i] + nc;
+        }
+        if (ok) {
+            j.guided = 1;
+            lmc_pool_run(pool, j.task0[k], qmjob_run, &j);
+            return;
+        }
+        j.task0[0] = 0;
+    }
     for (int i = 0; i < k; i++) {
         int64_t rpt = LMC_MAX(1, (w[i]->n + 4 * threads - 1) / (4 * threads));
         j.rows_per_task[i] = (rpt + 3) / 4 * 4;
