@@ -145,6 +145,8 @@ void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, s
     }
 }
 
+#define FWD_TAIL 16
+
 /* One chunk of n <= a->max_tokens tokens. */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
@@ -168,7 +170,14 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_SEQ, a->save, &s);
     s.h1 = s.h2 = a->h;
-    for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        /* the last layer of a chunk whose last row alone gives logits: its
+         * attention output and feed-forward on the last FWD_TAIL rows only
+         * (more than one so that the matmuls take the prompt's large-M path,
+         * whose rows' sums do not depend on M on the CPU) */
+        if (l == c->num_layers - 1 && host_logits && !all_logits && !pp) r.tail = LMC_MIN(n, FWD_TAIL);
+        lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
+    }
     if (pp && !lmc_pp_infer_last(pp)) lmc_pp_infer_send_x(pp, a->x, n, C);
     if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
     int64_t rows = all_logits ? n : 1;
