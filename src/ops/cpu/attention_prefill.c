@@ -20,7 +20,13 @@
 #include <math.h>
 #include <string.h>
 
-#define ATP_Q 64 /* queries per task */
+/* queries per task: a multiple of the GEMM's 6-row panels (no padded rows);
+ * smaller blocks compute fewer masked scores above the diagonal (the
+ * scores a row does not see add exact zeros, so the block size does not
+ * change any output's value) */
+#ifndef ATP_Q
+#define ATP_Q 48
+#endif
 
 struct atp_job {
     struct lmc_cpu_ctx *c;
@@ -47,6 +53,24 @@ static int64_t atp_ws(int64_t nk, int64_t hd) {
     return ((int64_t)lmc_cpu_gemm_f32_ws(ATP_Q, LMC_MAX(nk, hd), LMC_MAX(nk, hd)) + 15) / 16 * 16;
 }
 
+/* max of s[0..n) (-inf for n = 0; NaNs skipped, as `s[i] > mx ? s[i] : mx`) */
+static float row_max(const float *s, int64_t n) {
+    float mx = -INFINITY;
+    int64_t i = 0;
+#ifdef __AVX2__
+    if (n >= 8) {
+        __m256 m = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(s + i), m); /* NaN lane: keeps m */
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        mx = _mm_cvtss_f32(h);
+    }
+#endif
+    for (; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+    return mx;
+}
+
 static void atp_task(void *arg, int64_t t, int thread) {
     const struct atp_job *j = arg;
     int64_t h = t % j->n_heads, qb = t / j->n_heads, seq = qb / j->nqb, hd = j->hd;
@@ -62,8 +86,7 @@ static void atp_task(void *arg, int64_t t, int thread) {
     for (int64_t r = 0; r < R; r++) {
         int64_t p = p0 + r, lo = j->window > 0 ? LMC_MAX(0, p - j->window + 1) : 0;
         int64_t a = lo - klo, b = p + 1 - klo; /* the row's keys: [a, b) */
-        float *row = S + r * nk, mx = -INFINITY;
-        for (int64_t i = a; i < b; i++) mx = row[i] > mx ? row[i] : mx;
+        float *row = S + r * nk, mx = row_max(row + a, b - a);
         double sum = lmc_cpu_exp_sum(row + a, b - a, mx);
         memset(row, 0, (size_t)a * sizeof(float));
         memset(row + b, 0, (size_t)(nk - b) * sizeof(float));
