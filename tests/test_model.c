@@ -327,6 +327,11 @@ static void test_config_build(void) {
               err.msg);
 }
 
+static void count_rows(void *user, const struct lmc_linear *L, const float *x, int64_t M) {
+    (void)L, (void)x;
+    *(int64_t *)user += M;
+}
+
 /* A prompt longer than the last layer's tail (forward.c's FWD_TAIL rows):
  * the last row's logits equal those of all rows, and the cache the
  * prompt leaves is the same bits (the next token's logits equal). */
@@ -355,6 +360,15 @@ static void test_last_rows(const char *dir, int threads) {
               max_rel(last, full + (n - 1) * V, V));
     CHECK(lmc_model_forward(&m, &be, &a, &kv, ids + n, 1, n, next2, false, &err) == LMC_OK);
     CHECK(memcmp(next1, next2, (size_t)V * sizeof(float)) == 0);
+    /* an observed layer (GPTQ calibration) still sees every row */
+    int64_t rows = 0;
+    struct lmc_linear *down = &m.w.layers[m.cfg.num_layers - 1].lin[LMC_L_DOWN];
+    if (!down->w.data) down = &m.w.layers[m.cfg.num_layers - 1].lin[LMC_L_O];
+    down->observe = count_rows, down->observe_user = &rows;
+    CHECK(lmc_model_forward(&m, &be, &a, &kv, ids, n, 0, last, false, &err) == LMC_OK);
+    CHECK_MSG(rows == n, "observed rows %lld", (long long)rows);
+    down->observe = NULL;
+    CHECK(max_rel(last, full + (n - 1) * V, V) < 1e-5);
     lmc_acts_free(&a);
     lmc_kv_free(&kv);
     free(full);

@@ -147,6 +147,16 @@ void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, s
 
 #define FWD_TAIL 16
 
+/* true if a linear of block W has an input observer (GPTQ calibration: it
+ * must see every row) */
+static bool block_observed(const struct lmc_config *c, const struct lmc_block_w *W) {
+    for (int i = 0; i < LMC_L_N; i++)
+        if (W->lin[i].observe) return true;
+    for (int64_t i = 0; W->experts && i < c->num_experts * LMC_X_N; i++)
+        if (W->experts[i].observe) return true;
+    return false;
+}
+
 /* One chunk of n <= a->max_tokens tokens. */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
@@ -174,8 +184,10 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
         /* the last layer of a chunk whose last row alone gives logits: its
          * attention output and feed-forward on the last FWD_TAIL rows only
          * (more than one so that the matmuls take the prompt's large-M path,
-         * whose rows' sums do not depend on M on the CPU) */
-        if (l == c->num_layers - 1 && host_logits && !all_logits && !pp) r.tail = LMC_MIN(n, FWD_TAIL);
+         * whose rows' sums do not depend on M on the CPU); not while a
+         * calibration observes the layer's inputs */
+        if (l == c->num_layers - 1 && host_logits && !all_logits && !pp && !block_observed(c, &m->w.layers[l]))
+            r.tail = LMC_MIN(n, FWD_TAIL);
         lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
     }
     if (pp && !lmc_pp_infer_last(pp)) lmc_pp_infer_send_x(pp, a->x, n, C);
