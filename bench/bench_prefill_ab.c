@@ -5,7 +5,8 @@
  * threads; robust to other load on a shared machine), as tok/s and tokens
  * per CPU-second. The prompt is random ids; only the last token's logits.
  *
- *   bench_prefill_ab [--dir DIR] [--threads N] [--prompt N] [--reps N]
+ *   bench_prefill_ab [--dir DIR] [--threads N] [--prompt N] [--reps N] [--paths 1|2]
+ *   (--paths 1: our GEMM only, e.g. under perf)
  *   (DIR default /tmp/lmc-bench-125m-f16, written by bench_cpu) */
 #include "core/core.h"
 #include "core/rng.h"
@@ -34,15 +35,16 @@ static void die(const char *what, const lmc_err *e) {
 
 int main(int argc, char **argv) {
     const char *dir = "/tmp/lmc-bench-125m-f16";
-    int threads = 2, prompt = 512, reps = 5;
+    int threads = 2, prompt = 512, reps = 5, paths = 2;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--prompt")) prompt = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
-        else return fprintf(stderr, "usage: bench_prefill_ab [--dir D] [--threads N] [--prompt N] [--reps N]\n"), 1;
+        else if (!strcmp(argv[i], "--paths")) paths = atoi(argv[i + 1]);
+        else return fprintf(stderr, "usage: bench_prefill_ab [--dir D] [--threads N] [--prompt N] [--reps N] [--paths 1|2]\n"), 1;
     }
-    if (threads < 1 || prompt < 2 || reps < 1 || reps > 100) return fprintf(stderr, "bench_prefill_ab: bad option\n"), 1;
+    if (paths < 1 || paths > 2 || threads < 1 || prompt < 2 || reps < 1 || reps > 100) return fprintf(stderr, "bench_prefill_ab: bad option\n"), 1;
     lmc_err e;
     struct lmc_backend be;
     if (lmc_backend_cpu_init(&be, threads, &e) != LMC_OK) die("cpu backend", &e);
@@ -64,6 +66,7 @@ int main(int argc, char **argv) {
     for (int r = -1; r < reps; r++)
         for (int k = 0; k < 2; k++) {
             int p = (r & 1) ? 1 - k : k; /* alternate which path goes first */
+            if (p >= paths) continue;
             c->gemm_blas = p == 1;
             double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
             if (lmc_model_forward(&m, &be, &acts, &kv, ids, prompt, 0, logits, false, &e) != LMC_OK)
@@ -74,13 +77,13 @@ int main(int argc, char **argv) {
     printf("| %s, %d-token prefill, %d threads, %d reps (medians) | tok/s (wall) | tokens per CPU-second |\n"
            "|---|---:|---:|\n", dir, prompt, threads, reps);
     double tc[2];
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < paths; p++) {
         qsort(wall[p], (size_t)reps, sizeof(double), cmpd);
         qsort(cpu[p], (size_t)reps, sizeof(double), cmpd);
         tc[p] = prompt / cpu[p][reps / 2];
         printf("| %s | %.1f | %.1f |\n", p ? "OpenBLAS sgemm (ctx->gemm_blas)" : "our AVX2 GEMM (gemm_f32.c)",
                prompt / wall[p][reps / 2], tc[p]);
     }
-    printf("\nours / OpenBLAS in tokens per CPU-second: %.3fx\n", tc[0] / tc[1]);
+    if (paths == 2) printf("\nours / OpenBLAS in tokens per CPU-second: %.3fx\n", tc[0] / tc[1]);
     return 0;
 }

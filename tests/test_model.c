@@ -327,6 +327,58 @@ static void test_config_build(void) {
               err.msg);
 }
 
+static void count_rows(void *user, const struct lmc_linear *L, const float *x, int64_t M) {
+    (void)L, (void)x;
+    *(int64_t *)user += M;
+}
+
+/* A prompt longer than the last layer's tail (forward.c's FWD_TAIL rows):
+ * the last row's logits equal those of all rows, and the cache the
+ * prompt leaves is the same bits (the next token's logits equal). */
+static void test_last_rows(const char *dir, int threads) {
+    struct lmc_model m;
+    struct lmc_backend be;
+    lmc_err err = {0};
+    if (lmc_model_load(&m, dir, NULL, &err) || lmc_backend_cpu_init(&be, threads, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    int64_t V = m.cfg.vocab_size, n = 45;
+    int32_t ids[46];
+    uint64_t seed = 11;
+    for (int i = 0; i < n + 1; i++) ids[i] = (int32_t)(test_rng_next(&seed) % (uint64_t)V);
+    float *full = malloc((size_t)(n * V) * sizeof(float)), *last = malloc((size_t)V * sizeof(float));
+    float *next1 = malloc((size_t)V * sizeof(float)), *next2 = malloc((size_t)V * sizeof(float));
+    struct lmc_kv kv;
+    struct lmc_acts a;
+    CHECK(lmc_kv_init(&kv, &m, &be, 64, &err) == LMC_OK);
+    CHECK(lmc_acts_init(&a, &m, &be, 64, 64, &err) == LMC_OK);
+    CHECK(lmc_model_forward(&m, &be, &a, &kv, ids, n, 0, full, true, &err) == LMC_OK);
+    CHECK(lmc_model_forward(&m, &be, &a, &kv, ids + n, 1, n, next1, false, &err) == LMC_OK);
+    CHECK(lmc_model_forward(&m, &be, &a, &kv, ids, n, 0, last, false, &err) == LMC_OK);
+    CHECK_MSG(max_rel(last, full + (n - 1) * V, V) < 1e-5, "last row vs all rows %g",
+              max_rel(last, full + (n - 1) * V, V));
+    CHECK(lmc_model_forward(&m, &be, &a, &kv, ids + n, 1, n, next2, false, &err) == LMC_OK);
+    CHECK(memcmp(next1, next2, (size_t)V * sizeof(float)) == 0);
+    /* an observed layer (GPTQ calibration) still sees every row */
+    int64_t rows = 0;
+    struct lmc_linear *down = &m.w.layers[m.cfg.num_layers - 1].lin[LMC_L_DOWN];
+    if (!down->w.data) down = &m.w.layers[m.cfg.num_layers - 1].lin[LMC_L_O];
+    down->observe = count_rows, down->observe_user = &rows;
+    CHECK(lmc_model_forward(&m, &be, &a, &kv, ids, n, 0, last, false, &err) == LMC_OK);
+    CHECK_MSG(rows == n, "observed rows %lld", (long long)rows);
+    down->observe = NULL;
+    CHECK(max_rel(last, full + (n - 1) * V, V) < 1e-5);
+    lmc_acts_free(&a);
+    lmc_kv_free(&kv);
+    free(full);
+    free(last);
+    free(next1);
+    free(next2);
+    lmc_backend_cpu_free(&be);
+    lmc_model_free(&m);
+}
+
 int main(void) {
     test_bad_folders();
     test_config_build();
@@ -338,5 +390,8 @@ int main(void) {
     test_forward_consistency("tests/fixtures/qwen2-tiny", 2);
     test_forward_consistency("tests/fixtures/gpt2-tiny", 3);
     test_forward_consistency("tests/fixtures/qwen3-tiny", 2);
+    test_last_rows("tests/fixtures/llama-tiny", 2);
+    test_last_rows("tests/fixtures/gpt2-tiny", 1);
+    test_last_rows("tests/fixtures/qwen3-tiny", 2);
     return test_finish("test_model");
 }

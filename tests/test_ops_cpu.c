@@ -404,6 +404,23 @@ static void test_rope(struct lmc_backend *be) {
                       (long long)H, (long long)D, (long long)R, e);
             free(x), free(ref), free(inv), free(pos);
         }
+    /* a prompt's rows (positions 0..M-1, no repeats) build the cos/sin table:
+     * the same bits as the per-row formula of a context that never built one */
+    struct lmc_backend b1;
+    lmc_err err;
+    CHECK(lmc_backend_cpu_init(&b1, 1, &err) == LMC_OK);
+    int64_t M = 100, H = 3, D = 16, n = M * H * D;
+    float *x = rand_f(n, 1.0f), *y = malloc((size_t)n * sizeof(float));
+    double inv[8];
+    int32_t pos[100];
+    for (int i = 0; i < 8; i++) inv[i] = pow(10000.0, -2.0 * i / 16.0);
+    for (int i = 0; i < M; i++) pos[i] = i;
+    memcpy(y, x, (size_t)n * sizeof(float));
+    be->rope(be->ctx, x, M, H, D, D, pos, inv, 0.9f);
+    for (int64_t m = 0; m < M; m++) b1.rope(b1.ctx, y + m * H * D, 1, H, D, D, pos + m, inv, 0.9f);
+    CHECK(memcmp(x, y, (size_t)n * sizeof(float)) == 0);
+    free(x), free(y);
+    lmc_backend_cpu_free(&b1);
 }
 
 /* ---- attention ---- */

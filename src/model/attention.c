@@ -178,6 +178,14 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
             clip_qkv(r, s.q, s.q, kn, kn, vn, vn);
             rope_qk(r, s.q, kn);
         }
+        if (r->tail > 0 && r->tail < n) { /* only the last rows' output: their queries alone */
+            int64_t t = r->tail, o = n - t;
+            be->attention(be->ctx, s.att, s.q + o * H * hd, (const float *)kc, (const float *)vc, t, r->pos0 + o,
+                          H, KV, hd, scale, c->sliding_window);
+            lmc_linear_fwd_res(be, &W->lin[LMC_L_O], y + o * c->hidden_size, res + o * c->hidden_size, s.att,
+                               t, r->tmp);
+            return;
+        }
         if (r->row_mask) { /* a token tree (lmc_model_forward_mask) */
             LMC_ASSERT(!kv16 && be->attention_mask && c->sliding_window == 0);
             be->attention_mask(be->ctx, s.att, s.q, (const float *)kc, (const float *)vc, n, r->pos0, H, KV,

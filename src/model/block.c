@@ -205,6 +205,14 @@ void lmc_block_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_w 
     }
     float *xmid = s->xmid ? s->xmid : x_out;
     a->mixer->fwd(r, l, W, s->mix, s->h1, x_in, xmid);
+    if (r->mode == LMC_RUN_SEQ && r->tail > 0 && r->tail < n) { /* only the last rows' output is needed */
+        struct lmc_run rt = *r;
+        rt.n = r->tail;
+        int64_t o = (n - rt.n) * C;
+        a->norm->fwd(r->be, s->h2, xmid + o, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], rt.n, C, eps);
+        a->ffn->fwd(&rt, l, W, s->ffn, s->h2, xmid + o, x_out + o);
+        return;
+    }
     a->norm->fwd(r->be, s->h2, xmid, W->vec[LMC_V_NORM2], W->vec[LMC_V_NORM2_B], n, C, eps);
     a->ffn->fwd(r, l, W, s->ffn, s->h2, xmid, x_out);
 }

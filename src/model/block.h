@@ -161,6 +161,12 @@ struct lmc_run {
      * buffer shared by the layers instead of its save region, and its
      * backward recomputes it there from the region first. NULL: off. */
     float *ffn_act;
+    /* SEQ: when 0 < tail < n, only the last `tail` rows of the block's output
+     * are needed (the last layer of a prompt whose logits are its last
+     * row's): the mixer still fills the cache for all n rows, but attention's
+     * output projection and the feed-forward run on those rows only (the
+     * other rows of x_out are left stale). 0: all rows. */
+    int64_t tail;
 };
 
 /* Sequence parallelism (Megatron-SP) over a tensor-parallel group whose

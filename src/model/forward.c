@@ -145,6 +145,18 @@ void lmc_model_logits(const struct lmc_model *m, const struct lmc_backend *be, s
     }
 }
 
+#define FWD_TAIL 16
+
+/* true if a linear of block W has an input observer (GPTQ calibration: it
+ * must see every row) */
+static bool block_observed(const struct lmc_config *c, const struct lmc_block_w *W) {
+    for (int i = 0; i < LMC_L_N; i++)
+        if (W->lin[i].observe) return true;
+    for (int64_t i = 0; W->experts && i < c->num_experts * LMC_X_N; i++)
+        if (W->experts[i].observe) return true;
+    return false;
+}
+
 /* One chunk of n <= a->max_tokens tokens (depth, mask: a token tree,
  * lmc_model_forward_mask; NULL: causal). */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
@@ -170,7 +182,16 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_SEQ, a->save, &s);
     s.h1 = s.h2 = a->h;
-    for (int64_t l = 0; l < c->num_layers; l++) lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        /* the last layer of a chunk whose last row alone gives logits: its
+         * attention output and feed-forward on the last FWD_TAIL rows only
+         * (more than one so that the matmuls take the prompt's large-M path,
+         * whose rows' sums do not depend on M on the CPU); not while a
+         * calibration observes the layer's inputs */
+        if (l == c->num_layers - 1 && host_logits && !all_logits && !mask && !pp && !block_observed(c, &m->w.layers[l]))
+            r.tail = LMC_MIN(n, FWD_TAIL);
+        lmc_block_fwd(&r, l, &m->w.layers[l], &s, a->x, a->x);
+    }
     if (pp && !lmc_pp_infer_last(pp)) lmc_pp_infer_send_x(pp, a->x, n, C);
     if (!host_logits) return; /* a non-final chunk of a prompt: only the cache matters */
     int64_t rows = all_logits ? n : 1;

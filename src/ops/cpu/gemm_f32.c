@@ -192,8 +192,12 @@ static void pack_a(float *dst, const float *A, int64_t lda, bool ta, int64_t m0,
     }
 }
 
-/* c (6 x 16, row stride ldc) = alpha * a-panel @ b-panel + beta * c */
-static inline void ukr(int64_t kc, const float *restrict a, const float *restrict b, float *c, int64_t ldc,
+/* c (6 x 16, row stride ldc) = alpha * a-panel @ b-panel + beta * c.
+ * Not inlined: inlined into gemm's loops, GCC hoisted alpha and beta's
+ * broadcasts out of them, which left 14 ymm registers for the loop's 15 (12
+ * accumulators, two B vectors, one A broadcast) and spilled a B vector to
+ * the stack (a store and six reloads per k). */
+__attribute__((noinline)) static void ukr(int64_t kc, const float *restrict a, const float *restrict b, float *c, int64_t ldc,
                        float alpha, float beta) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;

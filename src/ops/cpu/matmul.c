@@ -37,7 +37,9 @@
 #include <string.h>
 
 /* W rows per sgemm task. */
+#ifndef MM_GEMM_NB
 #define MM_GEMM_NB 128
+#endif
 /* Minimum W elements per small-M task (below: fewer threads). */
 #define MM_MIN_TASK_ELEMS 32768
 /* Small-M tasks per thread (M >= 4): slack for a thread the OS preempts. */

@@ -9,6 +9,7 @@
 
 #define ROPE_CHUNK 64
 #define ROPE_TAB_MAX_POS 65536 /* positions the table may cover */
+#define ROPE_TAB_MIN_M 64       /* rows from which a call builds the table even without repeats */
 
 /* cos/sin (times attn_scale) of positions [0, npos) for the frequencies
  * freq[0..half) and scale it was built for: row p holds half cos values,
@@ -30,10 +31,13 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c) {
     c->rope_tab = NULL;
 }
 
-/* The table for these rows (NULL: compute per row). Built when the
- * positions are non-negative, bounded and repeat (fewer distinct positions
- * than rows: batches of sequences); kept while the frequencies and scale
- * stay the same (compared by value, so a reused pointer cannot go stale). */
+/* The table for these rows (NULL: compute per row). Used when the
+ * positions are non-negative and the kept table covers them; built when
+ * they are bounded and repeat (fewer distinct positions than rows: batches
+ * of sequences) or the call has ROPE_TAB_MIN_M rows or more and positions
+ * below 4 M (a prompt);
+ * kept while the frequencies and scale stay the same (compared by value,
+ * so a reused pointer cannot go stale). */
 static const float *rope_table(struct lmc_cpu_ctx *c, const int32_t *pos, int64_t M, int64_t half,
                                const double *inv_freq, float scale) {
     int32_t pmax = -1;
@@ -41,11 +45,16 @@ static const float *rope_table(struct lmc_cpu_ctx *c, const int32_t *pos, int64_
         if (pos[m] < 0) return NULL;
         pmax = pos[m] > pmax ? pos[m] : pmax;
     }
-    if (pmax >= ROPE_TAB_MAX_POS || (int64_t)pmax + 1 > M / 2) return NULL;
+    if (pmax >= ROPE_TAB_MAX_POS) return NULL;
     struct lmc_cpu_rope_tab *t = c->rope_tab;
     if (t && t->half == half && t->scale == scale && t->npos > pmax &&
         !memcmp(t->freq, inv_freq, (size_t)half * sizeof *inv_freq))
         return t->cs;
+    /* built when positions repeat (batches), or for a call of many rows
+     * whose positions are not far past them (a prompt: the layers' other q
+     * and k calls reuse it) */
+    bool repeat = (int64_t)pmax + 1 <= M / 2, prompt = M >= ROPE_TAB_MIN_M && (int64_t)pmax + 1 <= 4 * M;
+    if (!repeat && !prompt) return NULL;
     lmc_cpu_rope_tab_free(c);
     int64_t npos = (int64_t)pmax + 1;
     t = calloc(1, sizeof *t);
