@@ -81,7 +81,8 @@ struct lmc_sched_opts {
      * seeded request's tokens do not depend on its batch. No timing input:
      * the choices are deterministic. The cost model's draft cost (0: the
      * draft's weight bytes over the target's, prompt lookup 0.01),
-     * verification slope (0: 0.02) and row cost (0: 0.25), as lmc
+     * verification slope (0: lmc_spec_default_slope(), 0.02 with AVX-512,
+     * 0.065 otherwise) and row cost (0: 0.25), as lmc
      * generate's --draft-model. */
     bool spec_fixed_k;
     double spec_draft_cost, spec_verify_slope, spec_verify_row;
