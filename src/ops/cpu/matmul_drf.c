@@ -112,11 +112,29 @@ DRF_INLINE void drf_tile(const float *xf, int64_t ldx, const uint16_t *const *wc
         for (int c = 0; c < DRF_NR; c++)
             acc[r][c] = mode & 1 ? _mm256_loadu_ps(acc_io + (r * DRF_NR + c) * DRF_KV) : _mm256_setzero_ps();
     int64_t k = k0;
-    for (; k + DRF_KV <= k1; k += DRF_KV) {
-        __m256 wv[DRF_NR];
-        if (pfo && (k & 31) == 0) /* a 64-byte line of each column every 4 steps */
+    /* with a prefetch: a 64-byte line of each column per 4 steps, the
+     * 4 steps unrolled (no branch per step); then single steps */
+    if (pfo)
+        for (; k + 4 * DRF_KV <= k1; k += 4 * DRF_KV) {
 #pragma GCC unroll 3
             for (int c = 0; c < DRF_NR; c++) _mm_prefetch((const char *)(wc[c] + k + pfo), _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                const int64_t ku = k + u * DRF_KV;
+                __m256 wv[DRF_NR];
+#pragma GCC unroll 3
+                for (int c = 0; c < DRF_NR; c++) wv[c] = drf_ld(wc[c] + ku, f16);
+#pragma GCC unroll 4
+                for (int r = 0; r < MR; r++) {
+                    __m256 xv = _mm256_loadu_ps(xf + r * ldx + ku);
+                    __asm__("" : "+x"(xv));
+#pragma GCC unroll 3
+                    for (int c = 0; c < DRF_NR; c++) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+        }
+    for (; k + DRF_KV <= k1; k += DRF_KV) {
+        __m256 wv[DRF_NR];
 #pragma GCC unroll 3
         for (int c = 0; c < DRF_NR; c++) wv[c] = drf_ld(wc[c] + k, f16);
 #pragma GCC unroll 4
