@@ -91,9 +91,10 @@ struct lmc_sched_opts {
      * (0..4096, default 32); the block size must be a multiple of 32 */
     int64_t kv_residual;
     /* Prompt rows through the CPU's bf16 prefill GEMM (AVX512-BF16, F16/BF16
-     * weights; default on): each step sends its prompt rows (first in the
-     * batch) through it and generated rows (decode, drafts, a preempted
-     * request's recomputed output) through the fp32 kernels, so a row's
+     * weights; default on; on AVX2 CPUs our fp32 GEMM, gemm_f32.c): each
+     * step sends its prompt rows (first in the batch) through it and
+     * generated rows (decode, drafts, a preempted request's recomputed
+     * output) through the decode-row GEMM, so a row's
      * bits depend only on the request. Off for recurrent models, LoRA
      * banks, tensor/expert/pipeline parallel serving and other backends.
      * With it on, blocks holding generated positions stay out of the

@@ -11,8 +11,9 @@
  * ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), then + bias. So a
  * row's bits do not depend on M, its place in the batch, the tile or K
  * chunk it lands in, or the thread count: a request decodes the same bits
- * alone or among 63 others, and its prompt rows too (the serving route
- * sends every row here on these CPUs).
+ * alone or among 63 others (the serving route sends generated rows and
+ * the head here on these CPUs; prompt rows go to our AVX2 GEMM,
+ * gemm_f32.c, also batch-invariant; without it, every row here).
  *
  * Speed: tiles of DRF_MR rows x DRF_NR columns (12 ymm accumulators, the
  * 3 converted weight vectors and one x vector: the 16 registers). A task
