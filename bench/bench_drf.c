@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 
 #define L 12
 enum { WQ, WK, WV, WO, WG, WU, WD, NW };
@@ -44,8 +45,13 @@ int main(int argc, char **argv) {
     for (int l = 0; l <= L; l++)
         for (int i = 0; i < (l < L ? NW : 1); i++) {
             int64_t N = l < L ? NK[i][0] : 32000, K = 768;
-            uint16_t *d = malloc((size_t)(N * K) * 2);
+            /* huge pages, as the server's weight arenas (weights_huge.c) */
+            size_t bytes = ((size_t)(N * K) * 2 + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+            uint16_t *d = aligned_alloc(2u << 20, bytes);
             if (!d) return 1;
+#ifdef MADV_HUGEPAGE
+            madvise(d, bytes, MADV_HUGEPAGE);
+#endif
             for (int64_t e = 0; e < N * K; e++)
                 d[e] = lmc_f32_to_f16((float)(lmc_rng_uniform(&rng) * 2 - 1) * 0.05f);
             struct lmc_mat m = {LMC_DTYPE_F16, N, K, d};

@@ -40,12 +40,16 @@
  *    (with probes), never K > spec_k; outputs equal plain greedy's;
  *    seeded sampled requests give the same tokens alone as in the batch
  *    with adaptive K too (priced as if alone), and the rejection storm;
- *  - bad options refused (the cost model's too). */
+ *  - bad options refused (the cost model's too);
+ *  - the server's default verification slope is lmc generate's
+ *    (lmc_spec_default_slope: one constant per build). */
 #include "test.h"
 #include "test_chi2.h"
 #include "core/core.h"
 #include "infer/kvq.h"
 #include "infer/scheduler.h"
+#include "infer/scheduler_int.h"
+#include "infer/spec.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -137,6 +141,23 @@ static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_
     lmc_err err = {0};
     CHECK_MSG(lmc_sched_init(&s, m, be, tok, &o, &err) == LMC_OK, "%s", err.msg);
     return s;
+}
+
+/* Adaptive K's default verification slope: the server's is lmc generate's
+ * (lmc_spec_default_slope: 0.02 with AVX-512, 0.065 on AVX2 builds), one
+ * constant for both. */
+static void default_slope_case(const struct lmc_model *m, const struct lmc_backend *be,
+                               const struct lmc_tokenizer *tok) {
+    struct lmc_sched *s = open_sched(m, be, tok, true, 0);
+    if (!s) return;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    CHECK(lmc_spec_default_slope() == 0.02);
+#else
+    CHECK(lmc_spec_default_slope() == 0.065);
+#endif
+    CHECK_MSG(s->spec_cost.slope == lmc_spec_default_slope(), "server slope %g, lmc generate's %g",
+              s->spec_cost.slope, lmc_spec_default_slope());
+    lmc_sched_free(s);
 }
 
 static void greedy_params(struct lmc_request *r, int i, double penalty) {
@@ -465,6 +486,7 @@ int main(void) {
     }
     static struct prompts p;
     make_prompts(&p, m.cfg.vocab_size, 4242);
+    default_slope_case(&m, &cpu, tok);
     greedy_case("llama-tiny", &m, &cpu, tok, &p, 0, 1.0, false);
     greedy_case("llama-tiny, 40-block pool", &m, &cpu, tok, &p, 40, 1.0, true);
     greedy_case("llama-tiny, q8 pool", &m, &q8, tok, &p, 0, 1.0, false);

@@ -4,7 +4,9 @@
  * and M generated tokens (ignore_eos), then prints throughput and
  * percentiles of time to first token, inter-token latency and request
  * latency. --model A,B,... makes request k name the (k mod count)-th model
- * (mixed-adapter runs). Plain POSIX sockets and HTTP/1.1 (no TLS): no
+ * (mixed-adapter runs). --prompt-set S (0..239, default 0) picks another
+ * family of prompts: no prefix-cache hits on a server that saw set S' != S
+ * (A/B rounds on servers that stay up). Plain POSIX sockets and HTTP/1.1 (no TLS): no
  * dependency. */
 #include "cli.h"
 #include "core/core.h"
@@ -21,7 +23,7 @@
 struct bench {
     char host[256], port[16];
     const char *api_key, *model;
-    int64_t concurrency, requests, prompt_len, max_tokens;
+    int64_t concurrency, requests, prompt_len, max_tokens, prompt_set;
     double timeout_s;
     pthread_mutex_t mu;
     int64_t next, ok, failed, out_tokens;
@@ -94,8 +96,12 @@ static bool one_request(struct bench *b, int64_t k, double *itl, int64_t *n_itl,
     }
     size_t n = (size_t)snprintf(body, cap, "{%s%.*s%s\"prompt\":[", b->model ? "\"model\":\"" : "", mlen,
                                 mname, b->model ? "\"," : "");
-    for (int64_t i = 0; i < b->prompt_len; i++) /* distinct per request: no prefix-cache hits */
-        n += (size_t)snprintf(body + n, cap - n, "%s%lld", i ? "," : "", (long long)(10 + (k * 37 + i * 13) % 240));
+    /* distinct per request: no prefix-cache hits (set S: token i of request k
+     * is 10 + (37 k + (13 + S) i + S) mod 240, so sets share no first block) */
+    const int64_t S = b->prompt_set;
+    for (int64_t i = 0; i < b->prompt_len; i++)
+        n += (size_t)snprintf(body + n, cap - n, "%s%lld", i ? "," : "",
+                              (long long)(10 + (k * 37 + i * (13 + S) + S) % 240));
     n += (size_t)snprintf(body + n, cap - n,
                           "],\"max_tokens\":%lld,\"temperature\":0,\"ignore_eos\":true,\"stream\":true,"
                           "\"stream_options\":{\"include_usage\":true}}",
@@ -235,7 +241,8 @@ int cmd_bench_serve(int argc, char **argv) {
         }
         if (!v) {
             fprintf(stderr, "usage: lmc bench-serve --url http://HOST:PORT [--concurrency C] [--requests N]\n"
-                            "       [--prompt-len P] [--max-tokens M] [--api-key KEY] [--model NAME[,NAME...]] [--json]\n");
+                            "       [--prompt-len P] [--max-tokens M] [--prompt-set S] [--api-key KEY] [--model NAME[,NAME...]]\n"
+                            "       [--json]\n");
             return 2;
         }
         i++;
@@ -245,6 +252,7 @@ int cmd_bench_serve(int argc, char **argv) {
         else if (!strcmp(o, "--requests") || !strcmp(o, "-n")) ok = cli_parse_i64(v, 1, 1000000, &b.requests);
         else if (!strcmp(o, "--prompt-len")) ok = cli_parse_i64(v, 1, 1 << 20, &b.prompt_len);
         else if (!strcmp(o, "--max-tokens")) ok = cli_parse_i64(v, 1, 1 << 20, &b.max_tokens);
+        else if (!strcmp(o, "--prompt-set")) ok = cli_parse_i64(v, 0, 239, &b.prompt_set);
         else if (!strcmp(o, "--timeout")) ok = cli_parse_f64(v, 1, 86400, &b.timeout_s);
         else if (!strcmp(o, "--api-key")) b.api_key = v;
         else if (!strcmp(o, "--model")) b.model = v;

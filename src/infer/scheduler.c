@@ -847,7 +847,7 @@ lmc_status lmc_sched_init(struct lmc_sched **out, const struct lmc_model *m,
     s->spec_cost.draft = op.spec_draft_cost > 0 ? op.spec_draft_cost
                          : op.draft ? LMC_MAX(0.01, (double)op.draft->weight_bytes / (double)LMC_MAX(m->weight_bytes, 1))
                                     : 0.01;
-    s->spec_cost.slope = op.spec_verify_slope > 0 ? op.spec_verify_slope : 0.02;
+    s->spec_cost.slope = op.spec_verify_slope > 0 ? op.spec_verify_slope : lmc_spec_default_slope();
     s->spec_cost.row = op.spec_verify_row > 0 ? op.spec_verify_row : 0.25;
     s->next_id = 1;
     lmc_status st = lmc_paged_kv_init(&s->kv, m, be, op.kv_blocks, kv_bs, op.prefix_cache, err);

@@ -81,7 +81,8 @@ struct lmc_sched_opts {
      * seeded request's tokens do not depend on its batch. No timing input:
      * the choices are deterministic. The cost model's draft cost (0: the
      * draft's weight bytes over the target's, prompt lookup 0.01),
-     * verification slope (0: 0.02) and row cost (0: 0.25), as lmc
+     * verification slope (0: lmc_spec_default_slope(), 0.02 with AVX-512,
+     * 0.065 otherwise) and row cost (0: 0.25), as lmc
      * generate's --draft-model. */
     bool spec_fixed_k;
     double spec_draft_cost, spec_verify_slope, spec_verify_row;
@@ -90,9 +91,10 @@ struct lmc_sched_opts {
      * (0..4096, default 32); the block size must be a multiple of 32 */
     int64_t kv_residual;
     /* Prompt rows through the CPU's bf16 prefill GEMM (AVX512-BF16, F16/BF16
-     * weights; default on): each step sends its prompt rows (first in the
-     * batch) through it and generated rows (decode, drafts, a preempted
-     * request's recomputed output) through the fp32 kernels, so a row's
+     * weights; default on; on AVX2 CPUs our fp32 GEMM, gemm_f32.c): each
+     * step sends its prompt rows (first in the batch) through it and
+     * generated rows (decode, drafts, a preempted request's recomputed
+     * output) through the decode-row GEMM, so a row's
      * bits depend only on the request. Off for recurrent models, LoRA
      * banks, tensor/expert/pipeline parallel serving and other backends.
      * With it on, blocks holding generated positions stay out of the

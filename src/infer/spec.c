@@ -32,6 +32,8 @@
 #define LMC_SPEC_DEFAULT_SLOPE 0.065
 #endif
 
+double lmc_spec_default_slope(void) { return LMC_SPEC_DEFAULT_SLOPE; }
+
 static double cpu_now(void) {
     struct timespec ts;
     if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)) return 0;

@@ -127,13 +127,18 @@ int64_t lmc_spec_next_k(double alpha, int64_t kmax);
  * `draft` each, and a (k+1)-token verification costing
  * max(1 + slope k, row (k+1)) — the weights read once (memory-bound: each
  * row adds only `slope`) until the rows' arithmetic takes longer than the
- * read (compute-bound: `row` per row). Defaults (lmc_spec_init): draft = the
- * draft's weight bytes over the target's (self-spec L / layers, lookup
- * 0.01), slope 0.02, row 0.25 (bench_spec measures all three; a 91M bf16
- * target on a 2-core Zen 4: 0.15, 0.02, 0.35). */
+ * read (compute-bound: `row` per row). Defaults (lmc_spec_init, and the
+ * server's scheduler): draft = the draft's weight bytes over the target's
+ * (self-spec L / layers, lookup 0.01), slope lmc_spec_default_slope(), row
+ * 0.25 (bench_spec measures all three; a 91M bf16 target on a 2-core Zen 4:
+ * 0.15, 0.02, 0.35). */
 struct lmc_spec_cost {
     double draft, slope, row;
 };
+/* The verification's default slope for this build's small-M kernel: 0.02
+ * with AVX-512, 0.065 otherwise (spec.c says why); one constant for
+ * `lmc generate` and `lmc serve`. */
+double lmc_spec_default_slope(void);
 double lmc_spec_round_cost(const struct lmc_spec_cost *c, int64_t k);
 /* The same in a batch of `batch` sequences that each run k drafts (the
  * server's continuous batching), per sequence and in units of a plain step

@@ -11,8 +11,9 @@
  * ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), then + bias. So a
  * row's bits do not depend on M, its place in the batch, the tile or K
  * chunk it lands in, or the thread count: a request decodes the same bits
- * alone or among 63 others, and its prompt rows too (the serving route
- * sends every row here on these CPUs).
+ * alone or among 63 others (the serving route sends generated rows and
+ * the head here on these CPUs; prompt rows go to our AVX2 GEMM,
+ * gemm_f32.c, also batch-invariant; without it, every row here).
  *
  * Speed: tiles of DRF_MR rows x DRF_NR columns (12 ymm accumulators, the
  * 3 converted weight vectors and one x vector: the 16 registers). A task
@@ -112,11 +113,29 @@ DRF_INLINE void drf_tile(const float *xf, int64_t ldx, const uint16_t *const *wc
         for (int c = 0; c < DRF_NR; c++)
             acc[r][c] = mode & 1 ? _mm256_loadu_ps(acc_io + (r * DRF_NR + c) * DRF_KV) : _mm256_setzero_ps();
     int64_t k = k0;
-    for (; k + DRF_KV <= k1; k += DRF_KV) {
-        __m256 wv[DRF_NR];
-        if (pfo && (k & 31) == 0) /* a 64-byte line of each column every 4 steps */
+    /* with a prefetch: a 64-byte line of each column per 4 steps, the
+     * 4 steps unrolled (no branch per step); then single steps */
+    if (pfo)
+        for (; k + 4 * DRF_KV <= k1; k += 4 * DRF_KV) {
 #pragma GCC unroll 3
             for (int c = 0; c < DRF_NR; c++) _mm_prefetch((const char *)(wc[c] + k + pfo), _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                const int64_t ku = k + u * DRF_KV;
+                __m256 wv[DRF_NR];
+#pragma GCC unroll 3
+                for (int c = 0; c < DRF_NR; c++) wv[c] = drf_ld(wc[c] + ku, f16);
+#pragma GCC unroll 4
+                for (int r = 0; r < MR; r++) {
+                    __m256 xv = _mm256_loadu_ps(xf + r * ldx + ku);
+                    __asm__("" : "+x"(xv));
+#pragma GCC unroll 3
+                    for (int c = 0; c < DRF_NR; c++) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+        }
+    for (; k + DRF_KV <= k1; k += DRF_KV) {
+        __m256 wv[DRF_NR];
 #pragma GCC unroll 3
         for (int c = 0; c < DRF_NR; c++) wv[c] = drf_ld(wc[c] + k, f16);
 #pragma GCC unroll 4
