@@ -31,11 +31,10 @@ struct lmc_cpu_ctx {
     int64_t pf_min_m;     /* matmul: F16/BF16 weights from this M through the bf16 prefill GEMM
                            * (matmul_pf.c); 0: off (always off without AVX512-BF16) */
     /* serving (lmc_backend_cpu_route_rows): F16/BF16 calls of route_m rows
-     * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM
-     * (AVX512-BF16; else our AVX2 GEMM, gemm_f32.c) and the rest
-     * (generated) through the batch-invariant decode-row GEMM
+     * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM and
+     * the rest (generated) through the batch-invariant decode-row GEMM
      * (matmul_dr.c); route_head's weight takes every row of any call
-     * through the latter (route_m 0: no route). With neither GEMM
+     * through the latter (route_m 0: no route). Without AVX512-BF16
      * route_pf is 0: every row takes the decode-row GEMM (matmul_drf.c) */
     int64_t route_m, route_pf;
     bool has_bf16;        /* lmc_cpu_has_bf16(), asked once (CPUID is slow in a VM) */
@@ -132,8 +131,7 @@ static inline bool lmc_cpu_pf_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t
 /* Whether an (M, K) product with w is under the serving route
  * (lmc_backend_cpu_route_rows): F16/BF16 with M the step's row count, or
  * the head's weight; then its leading lmc_cpu_route_pf_rows rows go
- * through the bf16 prefill GEMM (or our AVX2 GEMM) and the rest through
- * lmc_cpu_matmul_dr. */
+ * through the bf16 prefill GEMM and the rest through lmc_cpu_matmul_dr. */
 static inline bool lmc_cpu_routed(const struct lmc_cpu_ctx *c, int64_t M, const struct lmc_mat *w) {
     return c->route_m && w->cols > 0 && (w->dtype == LMC_DTYPE_F16 || w->dtype == LMC_DTYPE_BF16) &&
            (M == c->route_m || (w->data == c->route_head && M > 0));
