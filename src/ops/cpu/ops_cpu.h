@@ -49,6 +49,7 @@ struct lmc_cpu_ctx {
     float *qf_buf;        /* qmatmul_f: a dequantized tile and its product, grown to the largest step */
     size_t qf_cap;        /* floats */
     struct lmc_cpu_rope_tab *rope_tab; /* rope: cos/sin per position of the last frequencies (rope.c) */
+    struct lmc_cpu_rope_tab *rope_row; /* rope: the last single row's position (rope.c) */
 };
 
 /* rope.c's table, freed with the context. */
@@ -321,6 +322,11 @@ void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int
 void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
 void lmc_cpu_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);
+/* argmax.c: the first maximum of x[0..n) as a left-to-right scan keeping the
+ * first strict maximum finds it (a NaN at 0 stays; later NaNs never win);
+ * _ref is that scan, the other its AVX2 twin where built */
+int64_t lmc_cpu_argmax_f32(const float *x, int64_t n);
+int64_t lmc_cpu_argmax_f32_ref(const float *x, int64_t n);
 void lmc_cpu_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V,
                          const struct lmc_sample_row *params);
 /* Training backward ops (backend.h documents them). */

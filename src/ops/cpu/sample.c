@@ -18,19 +18,12 @@ static int cmp_desc(const void *a, const void *b, void *ctx) {
     return *(const int32_t *)a - *(const int32_t *)b;
 }
 
-static int64_t argmax_row(const float *x, int64_t n) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
                               int32_t *idx, float *prob) {
     LMC_ASSERT(p->temperature > 0);
     /* unnormalised softmax at temperature T (the top token gets exactly 1).
      * exp in double rounded to float: the GPU gets the same bits. */
-    float mx = logits[argmax_row(logits, V)];
+    float mx = logits[lmc_cpu_argmax_f32(logits, V)];
     if (mx == -INFINITY) return 0; /* nothing can be drawn */
     for (int64_t i = 0; i < V; i++) {
         float z = (float)((logits[i] - mx) / p->temperature);
@@ -68,7 +61,7 @@ int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_s
 
 int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
                               int32_t *idx, float *prob) {
-    if (p->temperature == 0) return (int32_t)argmax_row(logits, V);
+    if (p->temperature == 0) return (int32_t)lmc_cpu_argmax_f32(logits, V);
     int64_t n = lmc_sample_filter_row(logits, V, p, idx, prob);
     if (n == 0) return 0; /* all logits -inf: as argmax (and the GPU) */
     double tot = 0;

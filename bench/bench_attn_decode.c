@@ -1,0 +1,73 @@
+/* bench_attn_decode.c — the CPU backend's decode attention alone (M = 1
+ * query over a contiguous KV cache, the 125M bench model's shape: 12 query
+ * heads, 4 kv heads, head_dim 64) at contexts 64..512: the minimum and the
+ * median wall time of one call over REPS calls, and CPU us per call (both
+ * threads). One layer's K and V rows per context (12 layers of them: each
+ * call reads a different layer's cache, as a token's 12 calls do). Two
+ * builds compare by their minima, interleaved (a loaded machine).
+ * Usage: bench_attn_decode [THREADS 2] [REPS 2000] */
+#include "core/core.h"
+#include "ops/backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double cpu_s(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
+           1e-6 * (double)u.ru_stime.tv_usec;
+}
+
+static int cmpd(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 2, reps = argc > 2 ? atoi(argv[2]) : 2000;
+    const int64_t H = 12, KV = 4, D = 64, L = 12, ctxs[] = {64, 128, 256, 512};
+    struct lmc_backend be;
+    lmc_err err = {0};
+    if (threads < 1 || reps < 1 || lmc_backend_cpu_init(&be, threads, &err)) {
+        fprintf(stderr, "usage: bench_attn_decode [THREADS 2] [REPS 2000] (%s)\n", err.msg);
+        return 2;
+    }
+    int64_t maxT = 513, per = maxT * KV * D;
+    float *k = malloc((size_t)(L * per) * sizeof *k), *v = malloc((size_t)(L * per) * sizeof *v);
+    float *q = malloc((size_t)(H * D) * sizeof *q), *o = malloc((size_t)(H * D) * sizeof *o);
+    double *t = malloc((size_t)reps * sizeof *t);
+    LMC_ASSERT(k && v && q && o && t);
+    uint64_t s = 7;
+    for (int64_t i = 0; i < L * per; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        k[i] = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
+        v[i] = (float)((s >> 24) & 0xffff) / 65536.0f - 0.5f;
+    }
+    for (int64_t i = 0; i < H * D; i++) q[i] = (float)(i % 13) / 13.0f - 0.5f;
+    for (size_t c = 0; c < sizeof ctxs / sizeof *ctxs; c++) {
+        int64_t pos0 = ctxs[c] - 1;
+        double c0 = cpu_s();
+        for (int r = 0; r < reps; r++) {
+            int64_t l = r % L;
+            double t0 = now_s();
+            be.attention(be.ctx, o, q, k + l * per, v + l * per, 1, pos0, H, KV, D, 0.125f, 0);
+            t[r] = now_s() - t0;
+        }
+        double cpu = cpu_s() - c0;
+        qsort(t, (size_t)reps, sizeof *t, cmpd);
+        printf("attn_decode ctx %4lld threads %d: min %.2f us median %.2f us, CPU %.2f us/call (o[5] %.6f)\n",
+               (long long)ctxs[c], threads, 1e6 * t[0], 1e6 * t[reps / 2], 1e6 * cpu / reps, (double)o[5]);
+    }
+    lmc_backend_cpu_free(&be);
+    free(k), free(v), free(q), free(o), free(t);
+    return 0;
+}
