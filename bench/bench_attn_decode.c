@@ -9,28 +9,11 @@
 #include "core/core.h"
 #include "ops/backend.h"
 
+#include "bench_util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static double cpu_s(void) {
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
-           1e-6 * (double)u.ru_stime.tv_usec;
-}
-
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2, reps = argc > 2 ? atoi(argv[2]) : 2000;
@@ -55,15 +38,15 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < H * D; i++) q[i] = (float)(i % 13) / 13.0f - 0.5f;
     for (size_t c = 0; c < sizeof ctxs / sizeof *ctxs; c++) {
         int64_t pos0 = ctxs[c] - 1;
-        double c0 = cpu_s();
+        double c0 = bench_cpu();
         for (int r = 0; r < reps; r++) {
             int64_t l = r % L;
-            double t0 = now_s();
+            double t0 = bench_wall();
             be.attention(be.ctx, o, q, k + l * per, v + l * per, 1, pos0, H, KV, D, 0.125f, 0);
-            t[r] = now_s() - t0;
+            t[r] = bench_wall() - t0;
         }
-        double cpu = cpu_s() - c0;
-        qsort(t, (size_t)reps, sizeof *t, cmpd);
+        double cpu = bench_cpu() - c0;
+        qsort(t, (size_t)reps, sizeof *t, bench_cmpd);
         printf("attn_decode ctx %4lld threads %d: min %.2f us median %.2f us, CPU %.2f us/call (o[5] %.6f)\n",
                (long long)ctxs[c], threads, 1e6 * t[0], 1e6 * t[reps / 2], 1e6 * cpu / reps, (double)o[5]);
     }

@@ -12,22 +12,14 @@
 #include "core/dtype.h"
 #include "ops/cpu/gemm_f32.h"
 
+#include "bench_util.h"
+
 #include <cblas.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 struct call {
     int ours, ta, tb;
@@ -109,18 +101,18 @@ int main(int argc, char **argv) {
                                              sh[i].f16 ? LMC_DTYPE_F16 : LMC_DTYPE_F32, C, ws[t], conv[t],
                                              N * t / nt, N * (t + 1) / nt};
                     }
-                    double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+                    double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                     pthread_t th;
                     if (nt == 2) pthread_create(&th, NULL, run_call, &c[1]);
                     run_call(&c[0]);
                     if (nt == 2) pthread_join(th, NULL);
-                    double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+                    double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                     if (r > 0) wall[o][r - 1] = w1 - w0, cpu[o][r - 1] = c1 - c0; /* first round: warm-up */
                 }
             double gw[2], gc[2];
             for (int o = 0; o < 2; o++) {
-                qsort(wall[o], (size_t)reps, sizeof(double), cmpd);
-                qsort(cpu[o], (size_t)reps, sizeof(double), cmpd);
+                qsort(wall[o], (size_t)reps, sizeof(double), bench_cmpd);
+                qsort(cpu[o], (size_t)reps, sizeof(double), bench_cmpd);
                 gw[o] = flop / wall[o][reps / 2] * 1e-9;
                 gc[o] = flop / cpu[o][reps / 2] * 1e-9;
             }

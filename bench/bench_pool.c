@@ -12,22 +12,16 @@
 #include "core/threadpool.h"
 
 #include <stdint.h>
+#include "bench_util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <time.h>
 
 static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static double cpu_s(void) {
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
-           1e-6 * (double)u.ru_stime.tv_usec;
 }
 
 static uint64_t chain(uint64_t x, int64_t n) {
@@ -69,14 +63,14 @@ int main(int argc, char **argv) {
     j->w = W;
     uint64_t x = 1;
     for (int64_t r = 0; r < R / 10; r++) lmc_pool_run(pool, N, task, j); /* warm up */
-    double c0 = cpu_s();
+    double c0 = bench_cpu();
     for (int64_t r = 0; r < R; r++) {
         x = chain(x, G);
         int64_t a = now_ns();
         lmc_pool_run(pool, N, task, j);
         t[r] = now_ns() - a;
     }
-    double c1 = cpu_s();
+    double c1 = bench_cpu();
     qsort(t, (size_t)R, sizeof *t, cmp);
     printf("bench_pool T %d N %lld W %lld G %lld: run min %.2f us, median %.2f us; CPU %.2f us per run (x %llu)\n", T,
            (long long)N, (long long)W, (long long)G, t[0] / 1e3, t[R / 2] / 1e3, (c1 - c0) / (double)R * 1e6,

@@ -14,20 +14,13 @@
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
 
+#include "bench_util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static double now(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 static void die(const char *what, const lmc_err *e) {
     fprintf(stderr, "bench_prefill_ab: %s: %s\n", what, e ? e->msg : "");
     exit(1);
@@ -68,18 +61,18 @@ int main(int argc, char **argv) {
             int p = (r & 1) ? 1 - k : k; /* alternate which path goes first */
             if (p >= paths) continue;
             c->gemm_blas = p == 1;
-            double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+            double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
             if (lmc_model_forward(&m, &be, &acts, &kv, ids, prompt, 0, logits, false, &e) != LMC_OK)
                 die("forward", &e);
-            double w1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_PROCESS_CPUTIME_ID);
+            double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
             if (r >= 0) wall[p][r] = w1 - w0, cpu[p][r] = c1 - c0; /* r = -1: warm-up */
         }
     printf("| %s, %d-token prefill, %d threads, %d reps (medians) | tok/s (wall) | tokens per CPU-second |\n"
            "|---|---:|---:|\n", dir, prompt, threads, reps);
     double tc[2];
     for (int p = 0; p < paths; p++) {
-        qsort(wall[p], (size_t)reps, sizeof(double), cmpd);
-        qsort(cpu[p], (size_t)reps, sizeof(double), cmpd);
+        qsort(wall[p], (size_t)reps, sizeof(double), bench_cmpd);
+        qsort(cpu[p], (size_t)reps, sizeof(double), bench_cmpd);
         tc[p] = prompt / cpu[p][reps / 2];
         printf("| %s | %.1f | %.1f |\n", p ? "OpenBLAS sgemm (ctx->gemm_blas)" : "our AVX2 GEMM (gemm_f32.c)",
                prompt / wall[p][reps / 2], tc[p]);

@@ -18,33 +18,16 @@
 #include "quant/qmatmul.h"
 #include "quant/quant.h"
 
+#include "bench_util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static double cpu_s(void) {
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
-           1e-6 * (double)u.ru_stime.tv_usec;
-}
 
 static float rnd(uint64_t *s) {
     *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
-}
-
-static int cmpd(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 struct qw {
@@ -108,8 +91,8 @@ int main(int argc, char **argv) {
     double *t = malloc((size_t)reps * sizeof *t);
     double c0 = 0;
     for (int r = -reps / 10 - 1; r < reps; r++) {
-        if (r == 0) c0 = cpu_s();
-        double t0 = now_s();
+        if (r == 0) c0 = bench_cpu();
+        double t0 = bench_wall();
         for (int l = 0; l < layers; l++) {
             const struct lmc_qweight *qkv[3] = {&L[l][0].w, &L[l][1].w, &L[l][2].w};
             lmc_qmatmul_multi(&c, 3, qkv, y, x, 1, scratch, pool);
@@ -119,10 +102,10 @@ int main(int argc, char **argv) {
             lmc_qmatmul(&c, &L[l][6].w, y[0], x, 1, scratch, pool);
         }
         lmc_qmatmul(&c, &head.w, logits, x, 1, scratch, pool);
-        if (r >= 0) t[r] = now_s() - t0;
+        if (r >= 0) t[r] = bench_wall() - t0;
     }
-    double cpu = cpu_s() - c0;
-    qsort(t, (size_t)reps, sizeof *t, cmpd);
+    double cpu = bench_cpu() - c0;
+    qsort(t, (size_t)reps, sizeof *t, bench_cmpd);
     printf("bench_qdecode_step %s [%s] threads %d layers %d: step min %.3f ms, median %.3f ms; CPU %.3f ms a step (logit %g)\n",
            type, lmc_qisa_name(isa), threads, layers, t[0] * 1e3, t[reps / 2] * 1e3, cpu / reps * 1e3, logits[0]);
     lmc_pool_free(pool);
