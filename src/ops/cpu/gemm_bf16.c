@@ -16,6 +16,7 @@
  * Edge tiles go through a local tile. Results depend only on the shapes,
  * never on timing. */
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_amx.h"
 
 #include <string.h>
 
@@ -252,7 +253,7 @@ static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, 
                               int64_t ldc, bool load_c) {
     float acc[GB_MR][GB_NR];
     for (int r = 0; r < GB_MR; r++)
-        for (int j = 0; j < GB_NR; j++) acc[r][j] = load_c ? c[r * ldc + j] : 0.0f;
+        for (int j = 0; j < GB_NR; j++) acc[r][j] = 0.0f;
     for (int64_t p = 0; p < kp; p++, a += GB_MR, b += GB_NR)
         for (int r = 0; r < GB_MR; r++) {
             float alo = lmc_bf16_to_f32((uint16_t)a[r]), ahi = lmc_bf16_to_f32((uint16_t)(a[r] >> 16));
@@ -261,8 +262,10 @@ static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, 
                 acc[r][j] = t + alo * lmc_bf16_to_f32((uint16_t)b[j]);
             }
         }
+    /* C added last, as the AVX512 kernel and the edge tiles do: a row's
+     * bits do not depend on whether its tile is full */
     for (int r = 0; r < GB_MR; r++)
-        for (int j = 0; j < GB_NR; j++) c[r * ldc + j] = acc[r][j];
+        for (int j = 0; j < GB_NR; j++) c[r * ldc + j] = load_c ? c[r * ldc + j] + acc[r][j] : acc[r][j];
 }
 
 #ifdef GB_X86
@@ -363,8 +366,11 @@ static int64_t gb_kp_total(int64_t K) {
 }
 
 /* The kernels for this CPU: AVX512-BF16 where present, else the portable
- * ones (no 16-column microkernel, no two-panel pack). */
-static void gb_pick(gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack, gb_pack2_fn *pack2) {
+ * ones (no 16-column microkernel, no two-panel pack); true when the AMX
+ * block kernel (gemm_amx.c) is to run the products instead (allowed, and
+ * lmc_cpu_has_amx()): the packs stay the same. */
+static bool gb_pick(bool allow_amx, gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack,
+                    gb_pack2_fn *pack2) {
     *micro = gb_micro_portable;
     *micro16 = NULL;
     *pack = gb_pack;
@@ -375,11 +381,14 @@ static void gb_pick(gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack, 
         *micro16 = gb_micro16_avx512;
         *pack = gb_pack_avx512;
         *pack2 = gb_pack2_avx512;
+        return allow_amx && lmc_cpu_has_amx();
     }
 #endif
+    (void)allow_amx;
+    return false;
 }
 
-static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
+static void gb_run(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
                    int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk,
                    int64_t b_sn, const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
@@ -406,6 +415,10 @@ static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_p
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
                 gb_pack_a(pack, pack2, ap, A + ic * a_sm + pc * a_sk, a_sm, a_sk, mc, kc);
+                if (amx) {
+                    lmc_cpu_amx_bf16_panels(kp, ap, GB_MR * kp, mc, bp, nc, C + ic * ldc + jc, ldc, load_c);
+                    continue;
+                }
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
                     for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -420,17 +433,28 @@ static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_p
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, NULL, gb_pack, NULL, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(false, gb_micro_portable, NULL, gb_pack, NULL, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+}
+
+static void gb_gemm(bool allow_amx, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                    const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum, void *ws) {
+    gb_micro_fn micro, micro16;
+    gb_pack_fn pack;
+    gb_pack2_fn pack2;
+    bool amx = gb_pick(allow_amx, &micro, &micro16, &pack, &pack2);
+    gb_run(amx, micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws) {
-    gb_micro_fn micro, micro16;
-    gb_pack_fn pack;
-    gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_gemm(true, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+}
+
+void lmc_cpu_gemm_bf16_noamx(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                             const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
+                             void *ws) {
+    gb_gemm(false, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
 }
 
 /* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
@@ -521,8 +545,8 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
     gb_micro_fn micro, micro16;
     gb_pack_fn pack;
     gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+    bool amx = gb_pick(true, &micro, &micro16, &pack, &pack2);
+    gb_run(amx, micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }
 
 /* ---- an A packed whole by its producer (gemm_bf16.h) ---- */
@@ -597,7 +621,7 @@ void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, con
         pack(ap + (m0 + i) * KP, GB_MR, x + i * ldx, ldx, 1, LMC_MIN(GB_MR, n - i), K);
 }
 
-static void gb_run_pp(gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t N, int64_t K, const uint32_t *ap,
+static void gb_run_pp(bool amx, gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t N, int64_t K, const uint32_t *ap,
                       const uint32_t *bpre, float *C, int64_t ldc, bool accum) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -614,6 +638,11 @@ static void gb_run_pp(gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t
             const uint32_t *bp = bpre + jc * KP + ncp * (pc / 2);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
+                if (amx) {
+                    lmc_cpu_amx_bf16_panels(kp, ap + ic * KP + (pc / 2) * GB_MR, GB_MR * KP, mc, bp, nc,
+                                            C + ic * ldc + jc, ldc, load_c);
+                    continue;
+                }
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
                     for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -630,8 +659,8 @@ void lmc_cpu_gemm_bf16_pp(int64_t M, int64_t N, int64_t K, const uint32_t *ap, c
     gb_micro_fn micro, micro16;
     gb_pack_fn pack;
     gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_run_pp(micro, micro16, M, N, K, ap, bp, C, ldc, accum);
+    bool amx = gb_pick(true, &micro, &micro16, &pack, &pack2);
+    gb_run_pp(amx, micro, micro16, M, N, K, ap, bp, C, ldc, accum);
 }
 
 /* ---- several products over the same M rows, M blocks outermost ---- */
@@ -642,7 +671,7 @@ size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
     return (size_t)((mc * kp + 15) / 16 * 16);
 }
 
-static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
+static void gb_terms(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
                      const struct lmc_gb_term *t, void *ws) {
     uint32_t *ap = ws;
     for (int64_t ic = 0; ic < M; ic += GB_MC) {
@@ -668,6 +697,10 @@ static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb
                 for (int64_t jc = 0; jc < x->N; jc += GB_NC) {
                     int64_t nc = LMC_MIN(GB_NC, x->N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
                     const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
+                    if (amx) {
+                        lmc_cpu_amx_bf16_panels(kp, ap, GB_MR * kp, mc, bp, nc, C + jc, x->ldc, load_c);
+                        continue;
+                    }
                     for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                         int64_t nr = LMC_MIN(GB_NR, nc - jr);
                         for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -685,10 +718,10 @@ void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void
     gb_micro_fn micro, micro16;
     gb_pack_fn pack;
     gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_terms(micro, micro16, pack, pack2, M, n, t, ws);
+    bool amx = gb_pick(true, &micro, &micro16, &pack, &pack2);
+    gb_terms(amx, micro, micro16, pack, pack2, M, n, t, ws);
 }
 
 void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
-    if (M > 0) gb_terms(gb_micro_portable, NULL, gb_pack, NULL, M, n, t, ws);
+    if (M > 0) gb_terms(false, gb_micro_portable, NULL, gb_pack, NULL, M, n, t, ws);
 }
