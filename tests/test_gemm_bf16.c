@@ -18,8 +18,8 @@
  *    dy^T for dw: dw the bits of one GEMM call, dx within bound, 1 and 2
  *    threads the same bits (test_bwd_prepacked);
  *  - off again: the fp32 ops are back;
- *  - where AMX-BF16 runs (lmc_cpu_has_amx; skipped, saying so, elsewhere
- *    or with LMC_CPU_AMX=0): the AMX kernel and the AVX512-BF16 one
+ *  - where AMX-BF16 runs (lmc_cpu_has_amx: AMX present and LMC_CPU_AMX=1;
+ *    skipped, saying so, elsewhere): the AMX kernel and the AVX512-BF16 one
  *    (lmc_cpu_gemm_bf16_noamx) each within the bound of the float64 sum,
  *    odd M/N/K, all transpositions, = and +=; on any kernel: a row's bits
  *    do not depend on the rows around it (a sub-block of rows gives the
@@ -432,7 +432,7 @@ static void test_amx(void) {
     static const int64_t shapes[][3] = {{1, 1, 1},     {5, 17, 3},     {17, 33, 31},  {33, 47, 33},
                                         {101, 803, 37}, {97, 65, 389}, {70, 40, 1001}, {49, 96, 771}};
     int amx = lmc_cpu_has_amx();
-    if (!amx) printf("AMX-BF16 not active here (or LMC_CPU_AMX=0): AMX vs AVX512-BF16 skipped\n");
+    if (!amx) printf("AMX-BF16 not active here (no AMX, or LMC_CPU_AMX not 1): AMX vs AVX512-BF16 skipped\n");
     for (size_t si = 0; amx && si < sizeof shapes / sizeof shapes[0]; si++) {
         int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
         for (int ta = 0; ta < 2; ta++)

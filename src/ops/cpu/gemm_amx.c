@@ -28,8 +28,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
-                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#if defined(LMC_AMX_EMULATE)
+/* tests/test_gemm_amx_emu.c includes this file with the tile instructions
+ * modelled in memory (and scalar twins of the AVX-512 helpers), so the
+ * kernel's addressing is checked on CPUs without AMX */
+#define AMX_X86 1
+#define AMX_EMU 1
+#define AMX_TARGET
+#define AMX_FENCE() ((void)0)
+#elif defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
+                              (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define AMX_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
@@ -41,10 +49,18 @@
 #define AMX_FENCE() __asm__ volatile("" ::: "memory")
 #endif
 
-#ifdef AMX_X86
+/* Whether AMX runs where the CPU has it when LMC_CPU_AMX is unset: off
+ * until bench/amx_device.sh has passed on an AMX machine (this kernel was
+ * written and checked on CPUs without AMX, through the emulation of
+ * tests/test_gemm_amx_emu.c); LMC_CPU_AMX=1 turns it on, 0 off. */
+#ifndef LMC_CPU_AMX_DEFAULT
+#define LMC_CPU_AMX_DEFAULT 0
+#endif
+
+#if defined(AMX_X86) && !defined(AMX_EMU)
 static bool amx_probe(void) {
     const char *e = getenv("LMC_CPU_AMX");
-    if (e && e[0] == '0') return false;
+    if (e ? e[0] != '1' : !LMC_CPU_AMX_DEFAULT) return false;
     if (!lmc_cpu_has_bf16()) return false;
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
@@ -63,7 +79,7 @@ static bool amx_probe(void) {
 #endif
 
 bool lmc_cpu_has_amx(void) {
-#ifdef AMX_X86
+#if defined(AMX_X86) && !defined(AMX_EMU)
     /* the process-wide answer (the OS grant is per process): 0 not asked
      * yet, 1 no, 2 yes; racing first callers ask the same question */
     static int state;
@@ -77,6 +93,62 @@ bool lmc_cpu_has_amx(void) {
     return false;
 #endif
 }
+
+#ifdef AMX_EMU
+/* the tile registers and the instructions used here, as the ISA
+ * reference describes them (TDPBF16PS: per output, per pair k, the even
+ * then the odd product added in f32) */
+struct amx_emu_tile {
+    int rows, colsb;
+    uint8_t d[16][64];
+};
+static struct amx_emu_tile amx_emu_t[8];
+static void amx_emu_cfg(const void *cfg) {
+    const uint8_t *c = cfg;
+    for (int t = 0; t < 8; t++) {
+        amx_emu_t[t].colsb = c[16 + 2 * t] | c[17 + 2 * t] << 8;
+        amx_emu_t[t].rows = c[48 + t];
+        memset(amx_emu_t[t].d, 0, sizeof amx_emu_t[t].d);
+    }
+}
+static void amx_emu_load(int t, const void *base, long stride) {
+    for (int r = 0; r < amx_emu_t[t].rows; r++)
+        memcpy(amx_emu_t[t].d[r], (const uint8_t *)base + r * stride, (size_t)amx_emu_t[t].colsb);
+}
+static void amx_emu_store(int t, void *base, long stride) {
+    for (int r = 0; r < amx_emu_t[t].rows; r++)
+        memcpy((uint8_t *)base + r * stride, amx_emu_t[t].d[r], (size_t)amx_emu_t[t].colsb);
+}
+static void amx_emu_dp(int c, int a, int b) {
+    struct amx_emu_tile *C = &amx_emu_t[c], *A = &amx_emu_t[a], *B = &amx_emu_t[b];
+    LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
+    for (int m = 0; m < C->rows; m++)
+        for (int n = 0; n < C->colsb / 4; n++) {
+            float acc;
+            memcpy(&acc, &C->d[m][4 * n], 4);
+            for (int k = 0; k < A->colsb / 4; k++) {
+                uint16_t a0, a1, b0, b1;
+                memcpy(&a0, &A->d[m][4 * k], 2), memcpy(&a1, &A->d[m][4 * k + 2], 2);
+                memcpy(&b0, &B->d[k][4 * n], 2), memcpy(&b1, &B->d[k][4 * n + 2], 2);
+                acc += lmc_bf16_to_f32(a0) * lmc_bf16_to_f32(b0);
+                acc += lmc_bf16_to_f32(a1) * lmc_bf16_to_f32(b1);
+            }
+            memcpy(&C->d[m][4 * n], &acc, 4);
+        }
+}
+#undef _tile_loadconfig
+#undef _tile_release
+#undef _tile_zero
+#undef _tile_loadd
+#undef _tile_stored
+#undef _tile_dpbf16ps
+#define _tile_loadconfig(cfg) amx_emu_cfg(cfg)
+#define _tile_release() ((void)0)
+#define _tile_zero(t) memset(amx_emu_t[t].d, 0, sizeof amx_emu_t[t].d)
+#define _tile_loadd(t, base, stride) amx_emu_load(t, base, stride)
+#define _tile_stored(t, base, stride) amx_emu_store(t, base, stride)
+#define _tile_dpbf16ps(c, a, b) amx_emu_dp(c, a, b)
+#endif
 
 #ifdef AMX_X86
 struct amx_cfg {
@@ -163,6 +235,12 @@ AMX_TARGET static void amx_group(int64_t kp, const uint32_t *at, int64_t lda, bo
     AMX_FENCE();
 }
 
+#ifdef AMX_EMU
+static void amx_out(const float *ct, int64_t rows, int64_t nr, float *c, int64_t ldc, bool load_c) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < nr; j++) c[r * ldc + j] = load_c ? ct[r * 32 + j] + c[r * ldc + j] : ct[r * 32 + j];
+}
+#else
 /* C rows [0, rows), columns [0, nr) (+)= ct */
 AMX_TARGET static void amx_out(const float *ct, int64_t rows, int64_t nr, float *c, int64_t ldc, bool load_c) {
     __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
@@ -178,6 +256,7 @@ AMX_TARGET static void amx_out(const float *ct, int64_t rows, int64_t nr, float 
         _mm512_mask_storeu_ps(o + 16, m1, v1);
     }
 }
+#endif
 
 /* groups of rows of A (rows at at, stride lda) against every panel */
 AMX_TARGET static void amx_rows(int64_t kp, const uint32_t *at, int64_t lda, int64_t g, int64_t rows,
@@ -195,7 +274,11 @@ AMX_TARGET static void amx_rows(int64_t kp, const uint32_t *at, int64_t lda, int
  * words. */
 AMX_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const uint32_t *a, int64_t ps, int64_t kp,
                                     int64_t rows, int R) {
+#ifdef AMX_EMU
+    const int64_t p8 = 0; /* all through the scalar loop below */
+#else
     const int64_t p8 = kp / 8 * 8;
+#endif
     for (int i = 0; i < R / 8; i++) {
         uint32_t *o = at + (int64_t)i * 8 * kpp;
         if (8 * i >= rows) {
@@ -203,6 +286,7 @@ AMX_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const uint32_t *a
             continue;
         }
         const uint32_t *s = a + i * ps;
+#ifndef AMX_EMU
         for (int64_t p = 0; p < p8; p += 8) {
             __m256i r[8];
             for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_si256((const __m256i *)(s + (p + j) * 8));
@@ -224,6 +308,7 @@ AMX_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const uint32_t *a
             _mm256_storeu_si256((__m256i *)(d + 6 * kpp), _mm256_permute2x128_si256(u2, u6, 0x31));
             _mm256_storeu_si256((__m256i *)(d + 7 * kpp), _mm256_permute2x128_si256(u3, u7, 0x31));
         }
+#endif
         for (int r = 0; r < 8; r++) {
             for (int64_t p = p8; p < kp; p++) o[r * kpp + p] = s[p * 8 + r];
             for (int64_t p = kp; p < kpp; p++) o[r * kpp + p] = 0;
