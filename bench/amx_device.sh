@@ -5,14 +5,16 @@
 # on/off, pinned to cores 0,1. Logs under $O (default $OUT or /tmp/amx).
 # AMX is opt-in (LMC_CPU_AMX=1) until this has passed: every step below
 # sets LMC_CPU_AMX=1 or 0 explicitly.
-# Usage: bench/amx_device.sh [quick] [tests] [bench] [train] (in that order given)
+# Usage: bench/amx_device.sh [quick] [tests] [bench] [train] [final] [trainfinal]
+#   (steps run in the order given; final needs .llsrc carried). Two calls:
+#   `quick tests bench train` (~8 min), then `final trainfinal` (or one each).
 set -u
 O=${OUT:-/tmp/amx}; mkdir -p "$O"
 ROOT=$(pwd); B=${BUILD:-/tmp/bd}
 WHAT=${*:-tests bench}
 source .devdeps/device-deps.sh unpack >/dev/null; export PKG_CONFIG_SYSROOT_DIR=/tmp/devdeps
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DLMC_CUDA=OFF -DLMC_WERROR=ON >/dev/null &&
-  make -C "$B" -j16 test_gemm_bf16 test_gemm_amx_emu test_matmul_pf test_attention_bf16 test_xent_bf16 lmc_cli bench_pf bench_gemm_bf16 2>&1 | tail -n 20
+  make -C "$B" -j16 test_gemm_bf16 test_gemm_amx_emu test_matmul_pf test_attention_bf16 test_xent_bf16 lmc_cli bench_pf bench_cpu bench_gemm_bf16 2>&1 | tail -n 20
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1); flags: $(grep -o 'amx[a-z_0-9]*\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '); load $(cut -d' ' -f1-3 /proc/loadavg)"
 LMC_CPU_AMX=1 "$B/test_gemm_bf16" 2>&1 | head -3
 printf '#!/bin/sh\nLMC_CPU_AMX=0 exec %s/lmc "$@"\n' "$B" >/tmp/lmc-noamx; chmod +x /tmp/lmc-noamx
@@ -31,5 +33,19 @@ bench)
 train)
   echo "== train bf16 amx vs noamx"
   LMC_BINS="amx=/tmp/lmc-amx noamx=/tmp/lmc-noamx" DTYPES="bf16" TORCH_MODES="" ROUNDS=${TROUNDS:-1} WORK=/tmp/tw taskset -c 0,1 bash bench/run_train_cpu.sh 2>&1 | tee "$O/train.log" | tail -n 12;;
+final)
+  # the goals' measurements with AMX on: llama.cpp built here, issue 10's
+  # float prefill/serving against it, then bench_pf AMX on/off
+  mkdir -p /tmp/lb && tar -C /tmp/lb -xzf .llsrc/llama-src.tgz && (cd /tmp/lb/llama.cpp && cmake -S . -B build \
+    -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null &&
+    make -C build -j16 llama-bench llama-server 2>&1 | tail -n 3)
+  LMC_CPU_AMX=1 OUT=$O/issue10-float.md BUILD=$B ROUNDS=2 SROUNDS=1 THREADS=2 LEVELS="8 64" P=128 M=128 \
+    PEER_BIN=/tmp/lb/llama.cpp/build/bin taskset -c 0,1 bash bench/run_issue10_float.sh >"$O/issue10.log" 2>&1
+  tail -n 30 "$O/issue10-float.md"
+  for a in 1 0; do echo "== bench_pf LMC_CPU_AMX=$a"; LMC_CPU_AMX=$a taskset -c 0,1 "$B/bench_pf" --threads 2 2>&1 | tee -a "$O/pf-final$a.log" | tail -n 14; done;;
+trainfinal)
+  # issue 8's measurement: lmc fp32 and bf16 (AMX on) against torch.compile
+  LMC_CPU_AMX=1 LMC_BINS="lmc=$B/lmc" DTYPES="fp32 bf16" TORCH_MODES=compile ROUNDS=2 WORK=/tmp/tw \
+    taskset -c 0,1 bash bench/run_train_cpu.sh 2>&1 | tee "$O/train-final.log" | tail -n 16;;
 esac; done
 echo "load after $(cut -d' ' -f1-3 /proc/loadavg)"

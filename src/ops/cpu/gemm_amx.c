@@ -30,12 +30,18 @@
 
 #if defined(LMC_AMX_EMULATE)
 /* tests/test_gemm_amx_emu.c includes this file with the tile instructions
- * modelled in memory (and scalar twins of the AVX-512 helpers), so the
- * kernel's addressing is checked on CPUs without AMX */
+ * modelled in memory (and scalar twins of the AVX-512 helpers; the AVX2
+ * re-layout as is where the CPU has AVX2), so the kernel's addressing is
+ * checked on CPUs without AMX */
 #define AMX_X86 1
 #define AMX_EMU 1
 #define AMX_TARGET
 #define AMX_FENCE() ((void)0)
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+#include <immintrin.h>
+#define AMX_EMU_AVX2 1 /* the re-layout's AVX2 transposes run too, where the CPU has AVX2 */
+#define AMX_RELAYOUT_TARGET __attribute__((target("avx2")))
+#endif
 #elif defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
                               (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define AMX_X86 1
@@ -272,12 +278,17 @@ AMX_TARGET static void amx_rows(int64_t kp, const uint32_t *at, int64_t lda, int
  * (stride ps) into at[r * kpp + p], kpp = kp rounded up to 16: pairs past
  * kp zero, panels past the live rows (rows) zero. 8 x 8 transposes of
  * words. */
-AMX_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const uint32_t *a, int64_t ps, int64_t kp,
-                                    int64_t rows, int R) {
-#ifdef AMX_EMU
-    const int64_t p8 = 0; /* all through the scalar loop below */
-#else
+#ifndef AMX_RELAYOUT_TARGET
+#define AMX_RELAYOUT_TARGET AMX_TARGET
+#endif
+AMX_RELAYOUT_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const uint32_t *a, int64_t ps, int64_t kp,
+                                             int64_t rows, int R) {
+#if !defined(AMX_EMU)
     const int64_t p8 = kp / 8 * 8;
+#elif defined(AMX_EMU_AVX2)
+    const int64_t p8 = __builtin_cpu_supports("avx2") ? kp / 8 * 8 : 0;
+#else
+    const int64_t p8 = 0; /* all through the scalar loop below */
 #endif
     for (int i = 0; i < R / 8; i++) {
         uint32_t *o = at + (int64_t)i * 8 * kpp;
@@ -286,7 +297,7 @@ AMX_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const uint32_t *a
             continue;
         }
         const uint32_t *s = a + i * ps;
-#ifndef AMX_EMU
+#if !defined(AMX_EMU) || defined(AMX_EMU_AVX2)
         for (int64_t p = 0; p < p8; p += 8) {
             __m256i r[8];
             for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_si256((const __m256i *)(s + (p + j) * 8));
