@@ -14,11 +14,15 @@
  *  - lmc_cpu_amx_bf16_panels driven as gemm_bf16.c's packed-A path drives
  *    it (A and B from lmc_cpu_gemm_bf16_apack / _bpack, the K, N and M
  *    blocks of gb_run_pp), odd M/N/K: within the bound of the float64 sum
- *    of the bf16-rounded operands. */
+ *    of the bf16-rounded operands;
+ *  - lmc_cpu_amx_pack_rows + lmc_cpu_amx_bf16_rows driven as gemm_bf16.c's
+ *    path for A with contiguous K drives them (B from _bpack, the K, N and
+ *    M blocks of gb_run), the same shapes and bound. */
 #define LMC_AMX_EMULATE 1
 #define lmc_cpu_has_amx emu_has_amx
 #define lmc_cpu_amx_bf16_rows emu_amx_bf16_rows
 #define lmc_cpu_amx_bf16_panels emu_amx_bf16_panels
+#define lmc_cpu_amx_pack_rows emu_amx_pack_rows
 #include "ops/cpu/gemm_amx.c"
 
 #include "core/dtype.h"
@@ -124,7 +128,26 @@ static void test_panels(void) {
                 }
             CHECK_MSG(worst <= 1.0, "panels M %lld N %lld K %lld accum %d: err/bound %.3g", (long long)M,
                       (long long)N, (long long)K, acc, worst);
-            free(A), free(B), free(C), free(C0), free(ap), free(bp);
+            /* A's rows converted straight into AMX's layout (gb_run, a_sk == 1): the same sums as the panels */
+            float *C2 = malloc((size_t)(M * N) * 4);
+            memcpy(C2, C0, (size_t)(M * N) * 4);
+            int64_t kpa_max = (kcm / 2 + 15) / 16 * 16;
+            uint32_t *ar = malloc((size_t)(96 * kpa_max) * 4);
+            for (int64_t jc = 0; jc < N; jc += 768) {
+                int64_t nc = LMC_MIN(768, N - jc), ncp = (nc + 31) / 32 * 32;
+                for (int64_t pc = 0; pc < K; pc += kcm) {
+                    int64_t kc = LMC_MIN(kcm, K - pc), kp = (kc + 1) / 2, kpa = (kp + 15) / 16 * 16;
+                    for (int64_t ic = 0; ic < M; ic += 96) {
+                        int64_t mc = LMC_MIN(96, M - ic);
+                        emu_amx_pack_rows(ar, kpa, A + ic * K + pc, K, mc, kc);
+                        emu_amx_bf16_rows(kp, ar, kpa, mc, bp + jc * KP + ncp * (pc / 2), nc, C2 + ic * N + jc, N,
+                                          acc || pc > 0);
+                    }
+                }
+            }
+            CHECK_MSG(!memcmp(C, C2, (size_t)(M * N) * 4), "rows path M %lld N %lld K %lld accum %d: not the panels' bits",
+                      (long long)M, (long long)N, (long long)K, acc);
+            free(A), free(B), free(C), free(C0), free(ap), free(bp), free(C2), free(ar);
         }
 }
 

@@ -24,6 +24,7 @@
 #include "ops/cpu/gemm_amx.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/ops_cpu.h"
+#include "core/dtype.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -367,3 +368,52 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
     LMC_ASSERT(!"lmc_cpu_amx_bf16_panels: no AMX kernels in this build");
 #endif
 }
+
+#ifdef AMX_EMU
+void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc) {
+    int64_t kpp = ((kc + 1) / 2 + 15) / 16 * 16;
+    LMC_ASSERT(lda >= kpp);
+    for (int64_t r = 0; r < (mc + 15) / 16 * 16; r++)
+        for (int64_t p = 0; p < kpp; p++) {
+            uint32_t w = 0;
+            if (r < mc && 2 * p < kc) {
+                w = lmc_f32_to_bf16(a[r * a_sm + 2 * p]);
+                if (2 * p + 1 < kc) w |= (uint32_t)lmc_f32_to_bf16(a[r * a_sm + 2 * p + 1]) << 16;
+            }
+            at[r * lda + p] = w;
+        }
+}
+#elif defined(AMX_X86)
+/* 32 elements per step: two masked loads (past kc: zeros), one
+ * vcvtne2ps2bf16 (elements in order, so word p = elements 2p, 2p + 1) */
+AMX_TARGET static void amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc,
+                                     int64_t kc) {
+    int64_t kpp = ((kc + 1) / 2 + 15) / 16 * 16;
+    for (int64_t r = 0; r < (mc + 15) / 16 * 16; r++) {
+        uint32_t *d = at + r * lda;
+        if (r >= mc) {
+            memset(d, 0, (size_t)kpp * 4);
+            continue;
+        }
+        const float *s = a + r * a_sm;
+        for (int64_t e = 0; e < 2 * kpp; e += 32) {
+            int64_t v0 = kc - e, v1 = kc - e - 16;
+            __mmask16 m0 = v0 >= 16 ? (__mmask16)0xffff : v0 <= 0 ? (__mmask16)0 : (__mmask16)((1u << v0) - 1);
+            __mmask16 m1 = v1 >= 16 ? (__mmask16)0xffff : v1 <= 0 ? (__mmask16)0 : (__mmask16)((1u << v1) - 1);
+            const float *s0 = v0 > 0 ? s + e : s, *s1 = v1 > 0 ? s + e + 16 : s; /* fully masked: any address */
+            __m512i w = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, s1), _mm512_maskz_loadu_ps(m0, s0));
+            _mm512_storeu_si512((void *)(d + e / 2), w);
+        }
+    }
+}
+
+void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc) {
+    LMC_ASSERT(lda >= ((kc + 1) / 2 + 15) / 16 * 16);
+    amx_pack_rows(at, lda, a, a_sm, mc, kc);
+}
+#else
+void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc) {
+    (void)at, (void)lda, (void)a, (void)a_sm, (void)mc, (void)kc;
+    LMC_ASSERT(!"lmc_cpu_amx_pack_rows: no AMX kernels in this build");
+}
+#endif

@@ -48,12 +48,18 @@ static int64_t gb_kc(int64_t K) {
     return (kc + 1) & ~(int64_t)1;
 }
 
+/* Words of one packed A block: 8-row panels, or (AMX, K contiguous) rows
+ * of pairs with rows and pairs rounded up to 16 (gemm_amx.h); the larger. */
+static int64_t gb_a_words(int64_t M, int64_t kp) {
+    int64_t m = LMC_MIN(M, GB_MC);
+    return LMC_MAX((m + GB_MR - 1) / GB_MR * GB_MR * kp, (m + 15) / 16 * 16 * ((kp + 15) / 16 * 16));
+}
+
 size_t lmc_cpu_gemm_bf16_ws(int64_t M, int64_t N, int64_t K) {
     int64_t kp = gb_kc(K > 0 ? K : 1) / 2;
     int64_t nc = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
-    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
     /* each part rounded to 16 words so the B panels start 64-byte aligned */
-    return (size_t)((nc * kp + 15) / 16 * 16 + (mc * kp + 15) / 16 * 16);
+    return (size_t)((nc * kp + 15) / 16 * 16 + (gb_a_words(M, kp) + 15) / 16 * 16);
 }
 
 static inline uint32_t gb_pair(float lo, float hi) {
@@ -414,6 +420,12 @@ static void gb_run(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn 
                          LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
+                if (amx && a_sk == 1) { /* rows of contiguous K: converted straight into AMX's layout */
+                    int64_t kpa = (kp + 15) / 16 * 16;
+                    lmc_cpu_amx_pack_rows(ap, kpa, A + ic * a_sm + pc, a_sm, mc, kc);
+                    lmc_cpu_amx_bf16_rows(kp, ap, kpa, mc, bp, nc, C + ic * ldc + jc, ldc, load_c);
+                    continue;
+                }
                 gb_pack_a(pack, pack2, ap, A + ic * a_sm + pc * a_sk, a_sm, a_sk, mc, kc);
                 if (amx) {
                     lmc_cpu_amx_bf16_panels(kp, ap, GB_MR * kp, mc, bp, nc, C + ic * ldc + jc, ldc, load_c);
@@ -667,8 +679,7 @@ void lmc_cpu_gemm_bf16_pp(int64_t M, int64_t N, int64_t K, const uint32_t *ap, c
 
 size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
     int64_t kp = gb_kc(Kmax > 0 ? Kmax : 1) / 2;
-    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
-    return (size_t)((mc * kp + 15) / 16 * 16);
+    return (size_t)((gb_a_words(M, kp) + 15) / 16 * 16);
 }
 
 static void gb_terms(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
@@ -693,10 +704,21 @@ static void gb_terms(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_f
             for (int64_t pc = 0; pc < x->K; pc += kcm) {
                 int64_t kc = LMC_MIN(kcm, x->K - pc), kp = (kc + 1) / 2;
                 bool load_c = x->accum || pc > 0;
-                if (!same_a) gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
+                bool rows = amx && x->a_sk == 1; /* AMX, contiguous K: A as rows (gb_run's path) */
+                int64_t kpa = (kp + 15) / 16 * 16;
+                if (!same_a) {
+                    if (rows)
+                        lmc_cpu_amx_pack_rows(ap, kpa, x->A + ic * x->a_sm + pc, x->a_sm, mc, kc);
+                    else
+                        gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
+                }
                 for (int64_t jc = 0; jc < x->N; jc += GB_NC) {
                     int64_t nc = LMC_MIN(GB_NC, x->N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
                     const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
+                    if (rows) {
+                        lmc_cpu_amx_bf16_rows(kp, ap, kpa, mc, bp, nc, C + jc, x->ldc, load_c);
+                        continue;
+                    }
                     if (amx) {
                         lmc_cpu_amx_bf16_panels(kp, ap, GB_MR * kp, mc, bp, nc, C + jc, x->ldc, load_c);
                         continue;
