@@ -21,6 +21,9 @@
  * gcc's tile intrinsics are asm statements without a memory clobber:
  * AMX_FENCE orders the plain stores and loads of the local buffers against
  * them. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* syscall() */
+#endif
 #include "ops/cpu/gemm_amx.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/ops_cpu.h"
