@@ -31,6 +31,12 @@
 #include <immintrin.h>
 #define GB_TARGET __attribute__((target("avx512f,avx512bf16")))
 #endif
+#ifdef LMC_GB_AMX_EMULATE
+/* tests/test_gemm_bf16_amx_emu.c: this file with the portable packs and
+ * gemm_amx.c's emulated tiles behind every entry point (the AMX paths'
+ * blocking, workspace and same-bits promises checked on any CPU) */
+#undef GB_X86
+#endif
 
 bool lmc_cpu_has_bf16(void) {
 #ifdef GB_X86
@@ -390,8 +396,12 @@ static bool gb_pick(bool allow_amx, gb_micro_fn *micro, gb_micro_fn *micro16, gb
         return allow_amx && lmc_cpu_has_amx();
     }
 #endif
+#ifdef LMC_GB_AMX_EMULATE
+    return allow_amx;
+#else
     (void)allow_amx;
     return false;
+#endif
 }
 
 static void gb_run(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
@@ -529,6 +539,7 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
         rows = b_sn == 1 && b_sk != 1;
     }
 #endif
+    (void)rows; /* used only where the x86 kernels are built */
     const int64_t kcm = gb_kc(K), KP = gb_kp_total(K);
     int64_t idx = 0; /* panels in (jc, pc, jr) order */
     for (int64_t jc = 0; jc < N; jc += GB_NC) {
