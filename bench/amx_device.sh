@@ -14,7 +14,7 @@ ROOT=$(pwd); B=${BUILD:-/tmp/bd}
 WHAT=${*:-tests bench}
 source .devdeps/device-deps.sh unpack >/dev/null; export PKG_CONFIG_SYSROOT_DIR=/tmp/devdeps
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DLMC_CUDA=OFF -DLMC_WERROR=ON >/dev/null &&
-  make -C "$B" -j16 test_gemm_bf16 test_gemm_amx_emu test_gemm_bf16_amx_emu test_matmul_pf test_attention_bf16 test_xent_bf16 lmc_cli bench_pf bench_cpu bench_gemm_bf16 2>&1 | tail -n 20
+  make -C "$B" -j16 test_gemm_bf16 test_gemm_amx_emu test_gemm_bf16_amx_emu test_matmul_pf test_attention_bf16 test_xent_bf16 test_muon_bf16 lmc_cli bench_pf bench_cpu bench_gemm_bf16 2>&1 | tail -n 20
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1); flags: $(grep -o 'amx[a-z_0-9]*\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '); load $(cut -d' ' -f1-3 /proc/loadavg)"
 LMC_CPU_AMX=1 "$B/test_gemm_bf16" 2>&1 | head -3
 printf '#!/bin/sh\nLMC_CPU_AMX=0 exec %s/lmc "$@"\n' "$B" >/tmp/lmc-noamx; chmod +x /tmp/lmc-noamx
@@ -23,7 +23,7 @@ for w in $WHAT; do case $w in
 tests)
   for a in 1 0; do
     echo "== tests LMC_CPU_AMX=$a"
-    (cd "$B" && LMC_CPU_AMX=$a timeout 300 ctest -R "test_gemm_bf16|test_gemm_amx_emu|test_gemm_bf16_amx_emu|test_matmul_pf|test_attention_bf16|test_xent_bf16|test_train_bf16_cpu" --output-on-failure >"$O/ctest$a.log" 2>&1; tail -n 12 "$O/ctest$a.log")
+    (cd "$B" && LMC_CPU_AMX=$a timeout 300 ctest -R "test_gemm_bf16|test_gemm_amx_emu|test_gemm_bf16_amx_emu|test_matmul_pf|test_attention_bf16|test_xent_bf16|test_muon_bf16|test_train_bf16_cpu" --output-on-failure >"$O/ctest$a.log" 2>&1; tail -n 12 "$O/ctest$a.log")
   done;;
 quick)
   for a in 1 0; do for t in test_gemm_bf16 test_matmul_pf; do echo "== $t LMC_CPU_AMX=$a"; LMC_CPU_AMX=$a "$B/$t" 2>&1 | tail -n 4; done; done;;
