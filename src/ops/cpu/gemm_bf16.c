@@ -14,7 +14,14 @@
  * of the build stays portable; without it a portable microkernel adds the
  * same exact products in the instruction's order (odd element, then even).
  * Edge tiles go through a local tile. Results depend only on the shapes,
- * never on timing. */
+ * never on timing.
+ *
+ * Where lmc_cpu_has_amx() (gemm_amx.h) every entry point runs the
+ * products on AMX-BF16 tiles instead, block by block (gemm_amx.c): the B
+ * panels as they are, A's rows converted straight into AMX's [row][pair]
+ * layout where A's K is contiguous (lmc_cpu_amx_pack_rows), else its 8-row
+ * panels re-laid per 32 rows; the blocking and the workspace layout stay
+ * (the A part sized for either layout). */
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/gemm_amx.h"
 
