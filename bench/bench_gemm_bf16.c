@@ -4,6 +4,7 @@
  * medians of thread CPU time (robust to a loaded machine) and wall time.
  * Usage: bench_gemm_bf16 [reps=5] */
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_amx.h"
 #include "bench_util.h"
 
 #include <cblas.h>
@@ -23,7 +24,8 @@ int main(int argc, char **argv) {
         {"dw cls    g^T@h", 8192, 288, 1024, 1, 0},
     };
     uint64_t s = 1;
-    printf("AVX512-BF16: %s; %d reps, medians, 1 thread\n", lmc_cpu_has_bf16() ? "yes" : "no", reps);
+    printf("AVX512-BF16: %s; AMX-BF16 tiles: %s (LMC_CPU_AMX); %d reps, medians, 1 thread\n",
+           lmc_cpu_has_bf16() ? "yes" : "no", lmc_cpu_has_amx() ? "on" : "off", reps);
     printf("| GEMM | M | N | K | sgemm GFLOP/s (CPU) | bf16 GFLOP/s (CPU) | bf16/sgemm CPU | wall |\n|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
         int M = sh[i].M, N = sh[i].N, K = sh[i].K;

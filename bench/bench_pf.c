@@ -17,6 +17,7 @@
 #include "core/rng.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_amx.h"
 #include "bench_util.h"
 
 #include <stdio.h>
@@ -43,6 +44,8 @@ int main(int argc, char **argv) {
     struct lmc_cpu_ctx *c = be.ctx;
     int64_t pf_default = c->pf_min_m;
     if (!pf_default && !dr) printf("bench_pf: this CPU has no AVX512-BF16: only the fp32 kernels run\n");
+    if (pf_default && !dr) /* the bf16 column's kernel: AMX-BF16 tiles or vdpbf16ps (gemm_amx.h, LMC_CPU_AMX) */
+        printf("bench_pf: bf16 GEMM on %s\n\n", lmc_cpu_has_amx() ? "AMX-BF16 tiles" : "AVX512-BF16 (vdpbf16ps)");
     const bool second = pf_default || dr; /* the decode-row GEMM runs everywhere (its f32 family without AVX512-BF16) */
     static const int64_t NK[][2] = {{768, 768}, {256, 768}, {2048, 768}, {768, 2048}};
     static const char *names[] = {"q_proj, o_proj", "k_proj, v_proj", "gate_proj, up_proj", "down_proj"};

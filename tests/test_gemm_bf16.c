@@ -17,11 +17,19 @@
  *  - the backward with every N_i a multiple of 8, where the dx tasks pack
  *    dy^T for dw: dw the bits of one GEMM call, dx within bound, 1 and 2
  *    threads the same bits (test_bwd_prepacked);
- *  - off again: the fp32 ops are back. */
+ *  - off again: the fp32 ops are back;
+ *  - where AMX-BF16 runs (lmc_cpu_has_amx: AMX present and LMC_CPU_AMX=1;
+ *    skipped, saying so, elsewhere): the AMX kernel and the AVX512-BF16 one
+ *    (lmc_cpu_gemm_bf16_noamx) each within the bound of the float64 sum,
+ *    odd M/N/K, all transpositions, = and +=; on any kernel: a row's bits
+ *    do not depend on the rows around it (a sub-block of rows gives the
+ *    same bits), and an inf in A or a NaN in B reaches only its own row or
+ *    column (no padding or neighbour leaks into other outputs). */
 #include "test.h"
 #include "core/dtype.h"
 #include "ops/backend.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_amx.h"
 #include "model/linear.h"
 
 #include <stdlib.h>
@@ -418,8 +426,61 @@ static void test_bwd_prepacked(void) {
     free(x), free(w1), free(w2), free(dy1), free(dy2), free(r1), free(r2), free(d1), free(d2), free(ws);
 }
 
+/* AMX against AVX512-BF16 (both against the float64 sum), and row /
+ * column isolation on whatever kernel runs */
+static void test_amx(void) {
+    static const int64_t shapes[][3] = {{1, 1, 1},     {5, 17, 3},     {17, 33, 31},  {33, 47, 33},
+                                        {101, 803, 37}, {97, 65, 389}, {70, 40, 1001}, {49, 96, 771}};
+    int amx = lmc_cpu_has_amx();
+    if (!amx) printf("AMX-BF16 not active here (no AMX, or LMC_CPU_AMX not 1): AMX vs AVX512-BF16 skipped\n");
+    for (size_t si = 0; amx && si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int acc = 0; acc < 2; acc++) {
+                    float *A = rand_vec(M * K), *B = rand_vec(K * N);
+                    int64_t ldc = N + 5;
+                    float *C = rand_vec(M * ldc), *C0 = malloc((size_t)(M * ldc) * 4), *C1 = malloc((size_t)(M * ldc) * 4);
+                    memcpy(C0, C, (size_t)(M * ldc) * 4), memcpy(C1, C, (size_t)(M * ldc) * 4);
+                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1, b_sk = tb ? 1 : N, b_sn = tb ? K : 1;
+                    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, N, K) * 4 + 63) / 64 * 64);
+                    lmc_cpu_gemm_bf16(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
+                    lmc_cpu_gemm_bf16_noamx(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C1, ldc, acc, ws);
+                    double e = gemm_check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
+                    double e1 = gemm_check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C1, ldc, acc ? C0 : NULL);
+                    CHECK_MSG(e <= 1.0 && e1 <= 1.0, "amx M %lld N %lld K %lld ta %d tb %d accum %d: err/bound amx %.3g avx512 %.3g",
+                              (long long)M, (long long)N, (long long)K, ta, tb, acc, e, e1);
+                    int same = 1;
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
+                    CHECK_MSG(same, "amx: padding columns of C written");
+                    free(A), free(B), free(C), free(C0), free(C1), free(ws);
+                }
+    }
+    /* isolation and row-split invariance, on the kernel this CPU runs */
+    int64_t M = 101, N = 70, K = 389, m0 = 37, mi = 40, ki = 200, nn = 33, kn = 17;
+    float *A = rand_vec(M * K), *B = rand_vec(K * N), *C = malloc((size_t)(M * N) * 4), *Cs = malloc((size_t)(M * N) * 4);
+    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, N, K) * 4 + 63) / 64 * 64);
+    lmc_cpu_gemm_bf16(M, N, K, A, K, 1, B, N, 1, C, N, false, ws);
+    lmc_cpu_gemm_bf16(M - m0, N, K, A + m0 * K, K, 1, B, N, 1, Cs, N, false, ws);
+    CHECK_MSG(!memcmp(C + m0 * N, Cs, (size_t)((M - m0) * N) * 4), "rows %lld.. alone: other bits", (long long)m0);
+    A[mi * K + ki] = INFINITY;
+    B[kn * N + nn] = NAN;
+    lmc_cpu_gemm_bf16(M, N, K, A, K, 1, B, N, 1, C, N, false, ws);
+    int iso = 1;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++)
+            if (m != mi && n != nn) iso &= isfinite(C[m * N + n]) != 0;
+    iso &= !isfinite(C[mi * N + 0]) && isnan(C[0 * N + nn]);
+    CHECK_MSG(iso, "%s: an inf in A's row %lld / a NaN in B's column %lld reached other outputs (or vanished)",
+              amx ? "amx" : "native", (long long)mi, (long long)nn);
+    free(A), free(B), free(C), free(Cs), free(ws);
+}
+
 int main(void) {
     printf("AVX512-BF16: %s\n", lmc_cpu_has_bf16() ? "yes" : "no");
+    printf("AMX-BF16: %s\n", lmc_cpu_has_amx() ? "yes" : "no");
+    test_amx();
     test_kernel(0);
     test_kernel(1);
     test_terms(0);

@@ -14,8 +14,16 @@
  * of the build stays portable; without it a portable microkernel adds the
  * same exact products in the instruction's order (odd element, then even).
  * Edge tiles go through a local tile. Results depend only on the shapes,
- * never on timing. */
+ * never on timing.
+ *
+ * Where lmc_cpu_has_amx() (gemm_amx.h) every entry point runs the
+ * products on AMX-BF16 tiles instead, block by block (gemm_amx.c): the B
+ * panels as they are, A's rows converted straight into AMX's [row][pair]
+ * layout where A's K is contiguous (lmc_cpu_amx_pack_rows), else its 8-row
+ * panels re-laid per 32 rows; the blocking and the workspace layout stay
+ * (the A part sized for either layout). */
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_amx.h"
 
 #include <string.h>
 
@@ -29,6 +37,12 @@
 #define GB_X86 1
 #include <immintrin.h>
 #define GB_TARGET __attribute__((target("avx512f,avx512bf16")))
+#endif
+#ifdef LMC_GB_AMX_EMULATE
+/* tests/test_gemm_bf16_amx_emu.c: this file with the portable packs and
+ * gemm_amx.c's emulated tiles behind every entry point (the AMX paths'
+ * blocking, workspace and same-bits promises checked on any CPU) */
+#undef GB_X86
 #endif
 
 bool lmc_cpu_has_bf16(void) {
@@ -47,12 +61,18 @@ static int64_t gb_kc(int64_t K) {
     return (kc + 1) & ~(int64_t)1;
 }
 
+/* Words of one packed A block: 8-row panels, or (AMX, K contiguous) rows
+ * of pairs with rows and pairs rounded up to 16 (gemm_amx.h); the larger. */
+static int64_t gb_a_words(int64_t M, int64_t kp) {
+    int64_t m = LMC_MIN(M, GB_MC);
+    return LMC_MAX((m + GB_MR - 1) / GB_MR * GB_MR * kp, (m + 15) / 16 * 16 * ((kp + 15) / 16 * 16));
+}
+
 size_t lmc_cpu_gemm_bf16_ws(int64_t M, int64_t N, int64_t K) {
     int64_t kp = gb_kc(K > 0 ? K : 1) / 2;
     int64_t nc = (LMC_MIN(N, GB_NC) + GB_NR - 1) / GB_NR * GB_NR;
-    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
     /* each part rounded to 16 words so the B panels start 64-byte aligned */
-    return (size_t)((nc * kp + 15) / 16 * 16 + (mc * kp + 15) / 16 * 16);
+    return (size_t)((nc * kp + 15) / 16 * 16 + (gb_a_words(M, kp) + 15) / 16 * 16);
 }
 
 static inline uint32_t gb_pair(float lo, float hi) {
@@ -252,7 +272,7 @@ static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, 
                               int64_t ldc, bool load_c) {
     float acc[GB_MR][GB_NR];
     for (int r = 0; r < GB_MR; r++)
-        for (int j = 0; j < GB_NR; j++) acc[r][j] = load_c ? c[r * ldc + j] : 0.0f;
+        for (int j = 0; j < GB_NR; j++) acc[r][j] = 0.0f;
     for (int64_t p = 0; p < kp; p++, a += GB_MR, b += GB_NR)
         for (int r = 0; r < GB_MR; r++) {
             float alo = lmc_bf16_to_f32((uint16_t)a[r]), ahi = lmc_bf16_to_f32((uint16_t)(a[r] >> 16));
@@ -261,8 +281,10 @@ static void gb_micro_portable(int64_t kp, const uint32_t *a, const uint32_t *b, 
                 acc[r][j] = t + alo * lmc_bf16_to_f32((uint16_t)b[j]);
             }
         }
+    /* C added last, as the AVX512 kernel and the edge tiles do: a row's
+     * bits do not depend on whether its tile is full */
     for (int r = 0; r < GB_MR; r++)
-        for (int j = 0; j < GB_NR; j++) c[r * ldc + j] = acc[r][j];
+        for (int j = 0; j < GB_NR; j++) c[r * ldc + j] = load_c ? c[r * ldc + j] + acc[r][j] : acc[r][j];
 }
 
 #ifdef GB_X86
@@ -363,8 +385,11 @@ static int64_t gb_kp_total(int64_t K) {
 }
 
 /* The kernels for this CPU: AVX512-BF16 where present, else the portable
- * ones (no 16-column microkernel, no two-panel pack). */
-static void gb_pick(gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack, gb_pack2_fn *pack2) {
+ * ones (no 16-column microkernel, no two-panel pack); true when the AMX
+ * block kernel (gemm_amx.c) is to run the products instead (allowed, and
+ * lmc_cpu_has_amx()): the packs stay the same. */
+static bool gb_pick(bool allow_amx, gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack,
+                    gb_pack2_fn *pack2) {
     *micro = gb_micro_portable;
     *micro16 = NULL;
     *pack = gb_pack;
@@ -375,11 +400,18 @@ static void gb_pick(gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack, 
         *micro16 = gb_micro16_avx512;
         *pack = gb_pack_avx512;
         *pack2 = gb_pack2_avx512;
+        return allow_amx && lmc_cpu_has_amx();
     }
+#endif
+#ifdef LMC_GB_AMX_EMULATE
+    return allow_amx;
+#else
+    (void)allow_amx;
+    return false;
 #endif
 }
 
-static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
+static void gb_run(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
                    int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B, int64_t b_sk,
                    int64_t b_sn, const uint32_t *bpre, float *C, int64_t ldc, bool accum, void *ws) {
     if (M <= 0 || N <= 0) return;
@@ -405,7 +437,17 @@ static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_p
                          LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
+                if (amx && a_sk == 1) { /* rows of contiguous K: converted straight into AMX's layout */
+                    int64_t kpa = (kp + 15) / 16 * 16;
+                    lmc_cpu_amx_pack_rows(ap, kpa, A + ic * a_sm + pc, a_sm, mc, kc);
+                    lmc_cpu_amx_bf16_rows(kp, ap, kpa, mc, bp, nc, C + ic * ldc + jc, ldc, load_c);
+                    continue;
+                }
                 gb_pack_a(pack, pack2, ap, A + ic * a_sm + pc * a_sk, a_sm, a_sk, mc, kc);
+                if (amx) {
+                    lmc_cpu_amx_bf16_panels(kp, ap, GB_MR * kp, mc, bp, nc, C + ic * ldc + jc, ldc, load_c);
+                    continue;
+                }
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
                     for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -420,17 +462,28 @@ static void gb_run(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_p
 void lmc_cpu_gemm_bf16_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm,
                                 int64_t a_sk, const float *B, int64_t b_sk, int64_t b_sn, float *C,
                                 int64_t ldc, bool accum, void *ws) {
-    gb_run(gb_micro_portable, NULL, gb_pack, NULL, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_run(false, gb_micro_portable, NULL, gb_pack, NULL, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+}
+
+static void gb_gemm(bool allow_amx, int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                    const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum, void *ws) {
+    gb_micro_fn micro, micro16;
+    gb_pack_fn pack;
+    gb_pack2_fn pack2;
+    bool amx = gb_pick(allow_amx, &micro, &micro16, &pack, &pack2);
+    gb_run(amx, micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
 }
 
 void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws) {
-    gb_micro_fn micro, micro16;
-    gb_pack_fn pack;
-    gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, NULL, C, ldc, accum, ws);
+    gb_gemm(true, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
+}
+
+void lmc_cpu_gemm_bf16_noamx(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                             const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
+                             void *ws) {
+    gb_gemm(false, M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, accum, ws);
 }
 
 /* ---- a B packed once, shared by the calls (threads) that multiply it ---- */
@@ -493,6 +546,7 @@ void lmc_cpu_gemm_bf16_bpack(uint32_t *dst, int64_t N, int64_t K, const float *B
         rows = b_sn == 1 && b_sk != 1;
     }
 #endif
+    (void)rows; /* used only where the x86 kernels are built */
     const int64_t kcm = gb_kc(K), KP = gb_kp_total(K);
     int64_t idx = 0; /* panels in (jc, pc, jr) order */
     for (int64_t jc = 0; jc < N; jc += GB_NC) {
@@ -521,8 +575,8 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
     gb_micro_fn micro, micro16;
     gb_pack_fn pack;
     gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_run(micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
+    bool amx = gb_pick(true, &micro, &micro16, &pack, &pack2);
+    gb_run(amx, micro, micro16, pack, pack2, M, N, K, A, a_sm, a_sk, NULL, 0, 0, bp, C, ldc, accum, ws);
 }
 
 /* ---- an A packed whole by its producer (gemm_bf16.h) ---- */
@@ -597,7 +651,7 @@ void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, con
         pack(ap + (m0 + i) * KP, GB_MR, x + i * ldx, ldx, 1, LMC_MIN(GB_MR, n - i), K);
 }
 
-static void gb_run_pp(gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t N, int64_t K, const uint32_t *ap,
+static void gb_run_pp(bool amx, gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t N, int64_t K, const uint32_t *ap,
                       const uint32_t *bpre, float *C, int64_t ldc, bool accum) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -614,6 +668,11 @@ static void gb_run_pp(gb_micro_fn micro, gb_micro_fn micro16, int64_t M, int64_t
             const uint32_t *bp = bpre + jc * KP + ncp * (pc / 2);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
+                if (amx) {
+                    lmc_cpu_amx_bf16_panels(kp, ap + ic * KP + (pc / 2) * GB_MR, GB_MR * KP, mc, bp, nc,
+                                            C + ic * ldc + jc, ldc, load_c);
+                    continue;
+                }
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                     int64_t nr = LMC_MIN(GB_NR, nc - jr);
                     for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -630,19 +689,18 @@ void lmc_cpu_gemm_bf16_pp(int64_t M, int64_t N, int64_t K, const uint32_t *ap, c
     gb_micro_fn micro, micro16;
     gb_pack_fn pack;
     gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_run_pp(micro, micro16, M, N, K, ap, bp, C, ldc, accum);
+    bool amx = gb_pick(true, &micro, &micro16, &pack, &pack2);
+    gb_run_pp(amx, micro, micro16, M, N, K, ap, bp, C, ldc, accum);
 }
 
 /* ---- several products over the same M rows, M blocks outermost ---- */
 
 size_t lmc_cpu_gemm_bf16_terms_ws(int64_t M, int64_t Kmax) {
     int64_t kp = gb_kc(Kmax > 0 ? Kmax : 1) / 2;
-    int64_t mc = (LMC_MIN(M, GB_MC) + GB_MR - 1) / GB_MR * GB_MR;
-    return (size_t)((mc * kp + 15) / 16 * 16);
+    return (size_t)((gb_a_words(M, kp) + 15) / 16 * 16);
 }
 
-static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
+static void gb_terms(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M, int n,
                      const struct lmc_gb_term *t, void *ws) {
     uint32_t *ap = ws;
     for (int64_t ic = 0; ic < M; ic += GB_MC) {
@@ -664,10 +722,25 @@ static void gb_terms(gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb
             for (int64_t pc = 0; pc < x->K; pc += kcm) {
                 int64_t kc = LMC_MIN(kcm, x->K - pc), kp = (kc + 1) / 2;
                 bool load_c = x->accum || pc > 0;
-                if (!same_a) gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
+                bool rows = amx && x->a_sk == 1; /* AMX, contiguous K: A as rows (gb_run's path) */
+                int64_t kpa = (kp + 15) / 16 * 16;
+                if (!same_a) {
+                    if (rows)
+                        lmc_cpu_amx_pack_rows(ap, kpa, x->A + ic * x->a_sm + pc, x->a_sm, mc, kc);
+                    else
+                        gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
+                }
                 for (int64_t jc = 0; jc < x->N; jc += GB_NC) {
                     int64_t nc = LMC_MIN(GB_NC, x->N - jc), ncp = (nc + GB_NR - 1) / GB_NR * GB_NR;
                     const uint32_t *bp = x->bp + jc * KP + ncp * (pc / 2);
+                    if (rows) {
+                        lmc_cpu_amx_bf16_rows(kp, ap, kpa, mc, bp, nc, C + jc, x->ldc, load_c);
+                        continue;
+                    }
+                    if (amx) {
+                        lmc_cpu_amx_bf16_panels(kp, ap, GB_MR * kp, mc, bp, nc, C + jc, x->ldc, load_c);
+                        continue;
+                    }
                     for (int64_t jr = 0; jr < nc; jr += GB_NR) {
                         int64_t nr = LMC_MIN(GB_NR, nc - jr);
                         for (int64_t ir = 0; ir < mc; ir += GB_MR)
@@ -685,10 +758,10 @@ void lmc_cpu_gemm_bf16_terms(int64_t M, int n, const struct lmc_gb_term *t, void
     gb_micro_fn micro, micro16;
     gb_pack_fn pack;
     gb_pack2_fn pack2;
-    gb_pick(&micro, &micro16, &pack, &pack2);
-    gb_terms(micro, micro16, pack, pack2, M, n, t, ws);
+    bool amx = gb_pick(true, &micro, &micro16, &pack, &pack2);
+    gb_terms(amx, micro, micro16, pack, pack2, M, n, t, ws);
 }
 
 void lmc_cpu_gemm_bf16_terms_portable(int64_t M, int n, const struct lmc_gb_term *t, void *ws) {
-    if (M > 0) gb_terms(gb_micro_portable, NULL, gb_pack, NULL, M, n, t, ws);
+    if (M > 0) gb_terms(false, gb_micro_portable, NULL, gb_pack, NULL, M, n, t, ws);
 }

@@ -27,6 +27,17 @@ void lmc_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
                        const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
                        void *ws);
 
+/* lmc_cpu_gemm_bf16 with the AMX kernel kept off (AVX512-BF16 where the
+ * CPU has it, else portable): the tests compare the two. Every other entry
+ * point here runs the products through AMX-BF16 tiles where
+ * lmc_cpu_has_amx() (gemm_amx.h; LMC_CPU_AMX=0 switches it off): the same
+ * packs, the sums of one block in another f32 order (within the same
+ * bound), and still one kernel per CPU, so the same-bits promises below
+ * hold between the entry points. */
+void lmc_cpu_gemm_bf16_noamx(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
+                             const float *B, int64_t b_sk, int64_t b_sn, float *C, int64_t ldc, bool accum,
+                             void *ws);
+
 /* B packed once for several calls (threads splitting M share it): the
  * words a whole packed B(K, N) takes, its panel count, and the packing of
  * panels [p0, p1) into dst (64-byte aligned; callers split the panels

@@ -18,11 +18,18 @@
  *   PF_MC rows, then weight panels (in L1), then x panels (in L2).
  * - Each output element's sum depends only on K and the K blocking, never
  *   on M, the thread count or the scheduling: same bits for any split.
+ * - Where lmc_cpu_has_amx() (gemm_amx.h) the products run on AMX-BF16
+ *   tiles instead: x is packed as rows ([row][pair], each K block's pairs
+ *   rounded up to 16 with zeros, rows up to a multiple of 16), which is
+ *   AMX's first operand as is, and the weight panels are the second
+ *   (lmc_cpu_amx_bf16_rows); the same per-element invariance (every row
+ *   through the same tile sequence).
  * The kernels are compiled with target attributes and run only where
  * lmc_cpu_has_bf16() (the context sets pf_min_m to 0 elsewhere), so the
  * rest of the build stays portable. */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_amx.h"
 
 #include <string.h>
 
@@ -46,8 +53,19 @@ static int64_t pf_kc(int64_t K) {
     return (kc + 1) & ~(int64_t)1;
 }
 
+/* x packed for AMX: K block b at b * Mp16 * kpp words, row r at r * kpp,
+ * kpp = the longest block's pairs rounded up to 16, Mp16 = M rounded up
+ * to 16 */
+static int64_t pf_amx_kpp(int64_t K) { return (pf_kc(K) / 2 + 15) / 16 * 16; }
+static size_t pf_amx_words(int64_t M, int64_t K) {
+    int64_t kcm = pf_kc(K), nkb = (K + kcm - 1) / kcm;
+    return (size_t)((M + 15) / 16 * 16) * (size_t)(nkb * pf_amx_kpp(K));
+}
+
 size_t lmc_cpu_pf_xpack_words(int64_t M, int64_t K) {
-    return (size_t)((M + PF_MR - 1) / PF_MR * PF_MR) * (size_t)((K + 1) / 2);
+    size_t w = (size_t)((M + PF_MR - 1) / PF_MR * PF_MR) * (size_t)((K + 1) / 2);
+    if (K > 0 && lmc_cpu_has_amx()) w = LMC_MAX(w, pf_amx_words(M, K));
+    return w;
 }
 
 size_t lmc_cpu_pf_ws_words(int64_t K) { return (size_t)(PF_NC * (pf_kc(K) / 2)); }
@@ -189,16 +207,41 @@ struct pf_job {
     const float *bias[PF_MAX];
     int64_t N[PF_MAX], tstart[PF_MAX + 1]; /* tasks of W_i: [tstart[i], tstart[i + 1]) */
     const float *x;
-    uint32_t *ap; /* x packed: block at pc, panel at row ir: ap + (pc / 2) * Mp + ir * kp */
+    uint32_t *ap; /* x packed: block at pc, panel at row ir: ap + (pc / 2) * Mp + ir * kp (amx: pf_amx_words) */
     int64_t M, Mp, K, kcm, n_apanel_tasks;
+    bool amx;
+    int64_t Mp16, kpp; /* amx: rows and pairs per block of the x pack */
 };
 
 #ifdef PF_X86
-/* x panels [lo, hi) (of PF_MR rows), every K block */
+/* x rows [16 lo, 16 hi) for AMX, every K block: bf16 pairs are the
+ * conversion of the contiguous row (element 2p in the low half), the
+ * padding pairs and the rows past M zero (masked loads) */
+PF_TARGET static void pf_xpack_amx(const struct pf_job *j, int64_t lo, int64_t hi) {
+    for (int64_t pc = 0, b = 0; pc < j->K; pc += j->kcm, b++) {
+        int64_t kc = LMC_MIN(j->kcm, j->K - pc);
+        for (int64_t r = 16 * lo; r < 16 * hi; r++) {
+            uint32_t *d = j->ap + (b * j->Mp16 + r) * j->kpp;
+            const float *s = j->x + LMC_MIN(r, j->M - 1) * j->K + pc; /* rows past M: all masked */
+            for (int64_t e = 0; e < 2 * j->kpp; e += 16) {
+                int64_t v = r < j->M ? kc - e : 0;
+                __mmask16 ml = v >= 16 ? (__mmask16)0xffff : v <= 0 ? (__mmask16)0 : (__mmask16)((1u << v) - 1);
+                _mm256_storeu_si256((__m256i *)(d + e / 2), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(ml, s + e)));
+            }
+        }
+    }
+}
+
+/* x panels [lo, hi) (of PF_MR rows; of 16 rows for AMX), every K block */
 PF_TARGET static void pf_xpack_task(void *arg, int64_t t, int thread) {
     (void)thread;
     const struct pf_job *j = arg;
     int64_t lo, hi;
+    if (j->amx) {
+        lmc_cpu_range(j->Mp16 / 16, j->n_apanel_tasks, t, 1, &lo, &hi);
+        pf_xpack_amx(j, lo, hi);
+        return;
+    }
     lmc_cpu_range(j->Mp / PF_MR, j->n_apanel_tasks, t, 1, &lo, &hi);
     for (int64_t pc = 0; pc < j->K; pc += j->kcm) {
         int64_t kc = LMC_MIN(j->kcm, j->K - pc), kp = (kc + 1) / 2;
@@ -224,6 +267,13 @@ PF_TARGET static void pf_gemm_task(void *arg, int64_t t, int thread) {
         for (int64_t jr = n0; jr < n1; jr += PF_NR)
             pf_pack(bp + (jr - n0) * kp, PF_NR, (const char *)j->w[i] + (size_t)(jr * K + pc) * es, j->wt[i], K,
                     LMC_MIN(PF_NR, n1 - jr), kc);
+        if (j->amx) {
+            const uint32_t *ab = j->ap + (pc / j->kcm) * j->Mp16 * j->kpp;
+            for (int64_t ic = 0; ic < j->M; ic += PF_MC)
+                lmc_cpu_amx_bf16_rows(kp, ab + ic * j->kpp, j->kpp, LMC_MIN(PF_MC, j->M - ic), bp, n1 - n0,
+                                      y + ic * N + n0, N, pc > 0);
+            continue;
+        }
         const uint32_t *ab = j->ap + (pc / 2) * j->Mp;
         for (int64_t ic = 0; ic < j->M; ic += PF_MC) {
             int64_t mc = LMC_MIN(PF_MC, j->M - ic);
@@ -262,9 +312,12 @@ void lmc_cpu_matmul_pf(struct lmc_cpu_ctx *c, int n, float *const *y, const floa
         }
         j.kcm = pf_kc(j.K);
         j.Mp = (M + PF_MR - 1) / PF_MR * PF_MR;
+        j.amx = lmc_cpu_has_amx();
+        j.Mp16 = (M + 15) / 16 * 16;
+        j.kpp = pf_amx_kpp(j.K);
         lmc_cpu_xbuf_reserve(c, lmc_cpu_pf_xpack_words(M, j.K));
         j.ap = (uint32_t *)c->xbuf;
-        j.n_apanel_tasks = LMC_MIN((int64_t)c->n_threads, j.Mp / PF_MR);
+        j.n_apanel_tasks = LMC_MIN((int64_t)c->n_threads, j.amx ? j.Mp16 / 16 : j.Mp / PF_MR);
         lmc_pool_run(c->pool, j.n_apanel_tasks, pf_xpack_task, &j);
         lmc_cpu_scratch_reserve(c, lmc_cpu_pf_ws_words(j.K));
         lmc_pool_run(c->pool, j.tstart[j.n], pf_gemm_task, &j);
