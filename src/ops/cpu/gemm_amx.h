@@ -11,8 +11,7 @@
  * grants the tile data (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM,
  * XFEATURE_XTILEDATA), asked here) and the environment allows it:
  * LMC_CPU_AMX=1 on, 0 off (the AVX512-BF16 kernels), unset: the build's
- * LMC_CPU_AMX_DEFAULT (0 until the kernel has passed on an AMX machine;
- * gemm_amx.c). Asked once per process: the grant is per process. */
+ * LMC_CPU_AMX_DEFAULT (1: on; gemm_amx.c). Asked once per process: the grant is per process. */
 bool lmc_cpu_has_amx(void);
 
 /* The most pairs of K one call takes (the K blocks of the callers are
