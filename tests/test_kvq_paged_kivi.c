@@ -26,6 +26,7 @@
  *    288: 2 x 112 bytes per token and layer, 0.19x bf16) and the
  *    scheduler's blocks in a budget with the rings taken out of it.
  */
+#include "model_fixture.h"
 #include "test.h"
 #include "paged_kv_test.h"
 #include "core/core.h"
@@ -343,10 +344,7 @@ int main(void) {
     lmc_err err = {0};
     struct lmc_model m;
     struct lmc_backend cpu;
-    if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return test_finish("test_kvq_paged_kivi");
-    }
+    if (!fixture_open_cpu(&m, &cpu, NULL, "tests/fixtures/llama-tiny", NULL, 2)) return test_finish("test_kvq_paged_kivi");
     int32_t prompt[64];
     uint64_t rs = 5;
     for (int i = 0; i < 64; i++) prompt[i] = (int32_t)(test_rng_next(&rs) % (uint64_t)m.cfg.vocab_size);
