@@ -1,27 +1,30 @@
-/* argmax.c — per-row argmax of logits (greedy sampling without the logits
- * leaving the backend; on the CPU they are host memory anyway). The
+/* argmax.c — the first maximum of a float row (see argmax.h). The
  * semantics are a left-to-right scan keeping the first strict maximum: ties
  * go to the first index, a NaN is never taken over a number, a NaN at
- * index 0 stays (lmc_cpu_argmax_f32_ref). The AVX2 kernel gets the same
+ * index 0 stays (lmc_argmax_f32_scan). The AVX2 kernel gets the same
  * index in two passes: the maximum over the non-NaN values (vmaxps keeps
  * its second operand when the first is a NaN, and the running maxima start
  * at x[0], a number), then the first index equal to it (-0 == +0 as in the
  * scan's ">"; a NaN equals nothing). Both passes read the row from L2 at
  * vocabulary sizes; the scan's compare-and-branch chain is the slow part. */
-#include "ops/cpu/ops_cpu.h"
+#include "core/argmax.h"
+#include "core/core.h"
 
 #include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
-int64_t lmc_cpu_argmax_f32_ref(const float *x, int64_t n) {
+int64_t lmc_argmax_f32_scan(const float *x, int64_t n) {
     int64_t best = 0;
     for (int64_t i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
 }
 
-int64_t lmc_cpu_argmax_f32(const float *x, int64_t n) {
+int64_t lmc_argmax_f32(const float *x, int64_t n) {
 #ifdef __AVX2__
-    if (n < 64 || isnan(x[0])) return lmc_cpu_argmax_f32_ref(x, n); /* NaN at 0: the scan keeps 0 */
+    if (n < 64 || isnan(x[0])) return lmc_argmax_f32_scan(x, n); /* NaN at 0: the scan keeps 0 */
     __m256 m0 = _mm256_set1_ps(x[0]), m1 = m0, m2 = m0, m3 = m0;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -47,12 +50,6 @@ int64_t lmc_cpu_argmax_f32(const float *x, int64_t n) {
     LMC_ASSERT(0 && "argmax: the maximum is an element");
     return 0;
 #else
-    return lmc_cpu_argmax_f32_ref(x, n);
+    return lmc_argmax_f32_scan(x, n);
 #endif
-}
-
-void lmc_cpu_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows,
-                         int64_t V) {
-    (void)ctx;
-    for (int64_t r = 0; r < rows; r++) out_ids[r] = (int32_t)lmc_cpu_argmax_f32(logits + r * V, V);
 }
