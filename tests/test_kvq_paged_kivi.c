@@ -32,6 +32,7 @@
 #include "core/core.h"
 #include "core/dtype.h"
 #include "infer/kvq.h"
+#include "infer/sampler.h"
 #include "infer/scheduler.h"
 #include "tokenizer/tokenizer.h"
 #include "model/forward_batch.h"
@@ -243,8 +244,7 @@ static void run_pool(const struct lmc_model *m, const struct lmc_backend *be, in
     CHECK_MSG(lmc_model_forward_batch(m, be, &ba, &pool, &b, logits, &err) == LMC_OK, "%s", err.msg);
     for (int64_t i = np; i < n; i++) {
         const float *l = logits + (i - 1) * V;
-        int32_t best = 0, r0 = 0;
-        for (int64_t v = 1; v < V; v++) if (l[v] > l[best]) best = (int32_t)v;
+        int32_t best = lmc_argmax(l, V), r0 = 0;
         gen[i - np] = ids[i] = best;
         struct lmc_batch d = {1, ids + i, seq, pos + i, 1, bt, 8, &r0, 1, NULL};
         CHECK(lmc_model_forward_batch(m, be, &ba, &pool, &d, logits + i * V, &err) == LMC_OK);
