@@ -48,16 +48,16 @@ mp_ranks() {
   port_hold
   for r in $(seq $((W - 1)) -1 1); do
     if [ "${MP_SPLIT:-0}" = 1 ]; then
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT "$LMC" "$@" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
     else
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT "$LMC" "$@" >"$TMP/$out.r$r" 2>&1 &
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$TMP/$out.r$r" 2>&1 &
     fi
     pids+=($!)
   done
   if [ "${MP_SPLIT:-0}" = 1 ]; then
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT "$LMC" "$@" >"$f0" 2>"$f0.err" || rc=$?
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$f0" 2>"$f0.err" || rc=$?
   else
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT "$LMC" "$@" >"$f0" 2>&1 || rc=$?
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$f0" 2>&1 || rc=$?
   fi
   for p in "${pids[@]}"; do wait "$p" || { [ $rc != 0 ] || rc=1; }; done
   port_release

@@ -17,8 +17,15 @@ def check(cond, what):
         print("FAIL:", what, file=sys.stderr)
 
 
+_held = []  # the ports free_port gave, still bound here (see tests/port_hold.sh)
+
+
 def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    """a port from the OS for a rendezvous, kept bound (SO_REUSEADDR, not listening) for this process's
+    life, so no other process takes it before rank 0 listens on it (port_hold.sh says why)"""
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 0))
+    _held.append(s)
+    return s.getsockname()[1]
 
 
 def wait_listening(p, lines):

@@ -8,7 +8,7 @@
 # the port bound with SO_REUSEADDR but not listening: rank 0's bind + listen
 # (SO_REUSEADDR too, src/dist/xport_tcp.c) still succeed, while bind(0) and
 # connect() elsewhere never pick a bound port.
-#   port_hold    sets PORT and keeps it reserved (the helper lives until
+#   port_hold    sets HELD_PORT and keeps it reserved (the helper lives until
 #                port_release, or until this shell exits: its stdin is a pipe
 #                from here)
 #   port_release frees it
@@ -20,7 +20,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1], flush=True)
 sys.stdin.read()' 2>/dev/null; }
-  read -r PORT <&"${PORT_HOLDER[0]}"
+  read -r HELD_PORT <&"${PORT_HOLDER[0]}"
 }
 port_release() {
   local w=${PORT_HOLDER[1]:-} pid=${PORT_HOLDER_PID:-}

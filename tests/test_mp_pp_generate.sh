@@ -90,18 +90,16 @@ for EP in ":2" "--chunks:4"; do
   "$LMC" eval -m models/kjv-llama --text-file "$TMP/ev.txt" --ctx 128 --json $E >"$TMP/ev.one" 2>"$TMP/ev.err"
   ok $? "eval one process: $(cat "$TMP/ev.err")"
   {
-    for try in 1 2 3; do
-      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-      pids=(); rc=0
-      for r in $(seq $((P - 1)) -1 1); do
-        RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" eval -m models/kjv-llama \
-          --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.r$r" 2>"$TMP/ev.r$r.err" & pids+=($!)
-      done
-      RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" eval -m models/kjv-llama \
-        --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.pp" 2>"$TMP/ev.pp.err" || rc=1
-      for p in "${pids[@]}"; do wait "$p" || rc=1; done
-      grep -q "cannot listen" "$TMP/ev.pp.err" || break
+    port_hold
+    pids=(); rc=0
+    for r in $(seq $((P - 1)) -1 1); do
+      RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" eval -m models/kjv-llama \
+        --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.r$r" 2>"$TMP/ev.r$r.err" & pids+=($!)
     done
+    RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" eval -m models/kjv-llama \
+      --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.pp" 2>"$TMP/ev.pp.err" || rc=1
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    port_release
     [ $rc = 0 ] && grep -q '"ppl"' "$TMP/ev.one" && cmp -s "$TMP/ev.one" "$TMP/ev.pp" && [ ! -s "$TMP/ev.r1" ]
     ok $? "eval $E --pp $P: $(cat "$TMP/ev.pp") vs one process $(cat "$TMP/ev.one"): $(tail -n 2 "$TMP/ev.pp.err")"
   }

@@ -38,9 +38,9 @@ A="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 -
 # torchrun-style variables (tcp, no MPI): two processes meet at a free port
 # from the OS, held for them until they are done (port_hold.sh)
 port_hold
-RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT LMC_DIST_TIMEOUT=60 \
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT LMC_DIST_TIMEOUT=60 \
   "$LMC" train $A --batch 2 --zero 1 -o "$TMP/tcp" >"$TMP/t1" 2>&1 &
-RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT LMC_DIST_TIMEOUT=60 \
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT LMC_DIST_TIMEOUT=60 \
   "$LMC" train $A --batch 2 --zero 1 -o "$TMP/tcp" >"$TMP/t0" 2>&1
 rc0=$?; wait $!; rc1=$?
 port_release
@@ -86,9 +86,9 @@ ok $? "a killed rank ends the other with a message naming it"
 # stop at step 10, one process (--zero 1, batch 4: the same global batch)
 # resumes the sharded checkpoint; the 20 losses equal the one-process run
 port_hold
-RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT \
   "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t1" 2>&1 &
-RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT \
   "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t0" 2>&1
 rc0=$?; wait $!; rc1=$?
 port_release
