@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_mp_pp_generate.sh — `lmc generate --pp P` (dist/pp_infer.c): P ranks
 # started with torchrun-style variables (a rendezvous port from the OS,
-# tried again if it was taken meanwhile), each loading only its stage's
+# held for them: port_hold.sh), each loading only its stage's
 # layers, give the one-process ids (--json): greedy on llama-tiny,
 # qwen2-tiny (tied head) and gpt2-tiny (learned positions, tied head) at
 # --pp 2, on their 4-layer versions (layers repeated,
