@@ -19,6 +19,7 @@
 #include "core/membw.h"
 #include "core/rng.h"
 #include "core/threadpool.h"
+#include "infer/sampler.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "ops/backend.h"
@@ -339,13 +340,6 @@ static double membw(int threads, size_t bytes) {
 
 /* ------------------------------------------------------ child: one model */
 
-static int32_t argmax(const float *x, int64_t n) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return (int32_t)best;
-}
-
 static void fwd(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_acts *a,
                 struct lmc_kv *kv, const int32_t *ids, int64_t n, int64_t pos0, float *logits) {
     lmc_err e;
@@ -430,14 +424,14 @@ static int child_main(const struct opts *o, const char *dir) {
     double *tot = malloc((size_t)o->decode_reps * sizeof(double));
     for (int r = -1; r < o->decode_reps; r++) {
         fwd(&m, &be, &acts, &kv, ids, np, 0, la);
-        int32_t next = argmax(la, V);
+        int32_t next = lmc_argmax(la, V);
         double start = lmc_time_now();
         for (int i = 0; i < nd; i++) {
             double s = lmc_time_now();
             fwd(&m, &be, &acts, &kv, &next, 1, np + i, la);
             double dt = lmc_time_now() - s;
             if (r >= 0) tt[(size_t)r * nd + i] = dt;
-            next = argmax(la, V);
+            next = lmc_argmax(la, V);
         }
         if (r >= 0) {
             tot[r] = lmc_time_now() - start;

@@ -15,39 +15,7 @@ OUT=${2:-/dev/stdout}
 REPS=${REPS:-3} N=${N:-64} THREADS=${THREADS:-2}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-python3 - "$ROOT/models/kjv-llama" "$TMP/r125m" <<'PY'
-import json, os, shutil, struct, sys
-import numpy as np
-src, dst = sys.argv[1:]
-os.makedirs(dst)
-C, L, H, I, V = 768, 12, 12, 3072, 8192
-cfg = json.load(open(os.path.join(src, "config.json")))
-cfg.update(hidden_size=C, intermediate_size=I, num_hidden_layers=L, num_attention_heads=H,
-           num_key_value_heads=H, head_dim=C // H, vocab_size=V, torch_dtype="float16")
-cfg.pop("rope_parameters", None)
-json.dump(cfg, open(os.path.join(dst, "config.json"), "w"))
-for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-    if os.path.exists(os.path.join(src, f)): shutil.copy(os.path.join(src, f), dst)
-rng = np.random.default_rng(0)
-t = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
-for l in range(L):
-    p = f"model.layers.{l}."
-    for n, s in (("self_attn.q_proj", (C, C)), ("self_attn.k_proj", (C, C)), ("self_attn.v_proj", (C, C)),
-                 ("self_attn.o_proj", (C, C)), ("mlp.gate_proj", (I, C)), ("mlp.up_proj", (I, C)),
-                 ("mlp.down_proj", (C, I))):
-        t[p + n + ".weight"] = s
-    t[p + "input_layernorm.weight"] = (C,)
-    t[p + "post_attention_layernorm.weight"] = (C,)
-hdr, off, blobs = {}, 0, []
-for n, s in t.items():
-    a = (np.ones(s) if len(s) == 1 else rng.normal(0, 0.02, s)).astype(np.float16)
-    b = a.tobytes(); hdr[n] = {"dtype": "F16", "shape": list(s), "data_offsets": [off, off + len(b)]}
-    off += len(b); blobs.append(b)
-h = json.dumps(hdr).encode(); h += b" " * (-len(h) % 8)
-with open(os.path.join(dst, "model.safetensors"), "wb") as f:
-    f.write(struct.pack("<Q", len(h))); f.write(h)
-    for b in blobs: f.write(b)
-PY
+python3 "$ROOT/bench/make_r125m.py" "$ROOT/models/kjv-llama" "$TMP/r125m"
 "$LMC" convert -m "$ROOT/models/kjv-llama" -o "$TMP/kjv" --dtype f16 2>/dev/null
 FORMATS="f16 rtn8 gptq4 nf4"
 for m in kjv r125m; do

@@ -3,10 +3,12 @@
 # folder removed on exit ($TMP), and `cli_tiny_data`, which makes a small
 # corpus (the first 40 kB of ../shared/data/kjv.txt, or generated lines
 # where that is absent), a 300-token llama3-style tokenizer ($TMP/tok) and
-# prepared data with a 10% validation split ($TMP/data).
+# prepared data with a 10% validation split ($TMP/data). Also port_hold.sh
+# (a held port for torchrun-style launches).
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/port_hold.sh"
 
 cli_tiny_data() {  # $1: the lmc binary
   if [ -f ../shared/data/kjv.txt ]; then head -c 40000 ../shared/data/kjv.txt >"$TMP/corpus.txt"

@@ -4,16 +4,10 @@
 #ifndef LMC_TEST_MODEL_GREEDY_H
 #define LMC_TEST_MODEL_GREEDY_H
 
+#include "infer/sampler.h"
 #include "model/model.h"
 
 #include <stdlib.h>
-
-static int32_t greedy_argmax(const float *x, int64_t n) {
-    int32_t b = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = (int32_t)i;
-    return b;
-}
 
 /* logits: (np, V) of the prompt ids (i * 37 + 11) mod V; toks: the ngen
  * greedy tokens that follow (each fed back through the KV cache). */
@@ -34,11 +28,11 @@ static lmc_status model_greedy_run(const struct lmc_model *m, const struct lmc_b
     if (!st && (st = lmc_acts_init(&a, m, be, np, np, err))) lmc_kv_free(&kv);
     if (!st) {
         st = lmc_model_forward(m, be, &a, &kv, ids, np, 0, logits, true, err);
-        int32_t t = st ? 0 : greedy_argmax(logits + (int64_t)(np - 1) * V, V);
+        int32_t t = st ? 0 : lmc_argmax(logits + (int64_t)(np - 1) * V, V);
         for (int g = 0; !st && g < ngen; g++) {
             toks[g] = t;
             st = lmc_model_forward(m, be, &a, &kv, &t, 1, np + g, last, false, err);
-            t = greedy_argmax(last, V);
+            t = lmc_argmax(last, V);
         }
         lmc_acts_free(&a);
         lmc_kv_free(&kv);

@@ -11,9 +11,9 @@
 # turns it off later); MPIRUN, mpirun's command line (loopback tcp, run as
 # root allowed, oversubscribed; HAVE_MPIRUN=1 when it is installed); and
 #   mp_ranks W OUT ARGS...  W ranks of `lmc ARGS...` over tcp (torchrun-style
-#       variables at a port from the OS, all started again, up to 3 times,
-#       when rank 0 could not listen on it because another process took it
-#       meanwhile; $TMP/OUT removed before a retry). Rank r's stdout and
+#       variables at a port from the OS, held for them from the pick until
+#       they are done: port_hold.sh, so no other process takes it before
+#       rank 0 listens). Rank r's stdout and
 #       stderr in $TMP/OUT.r<r>; with MP_SPLIT=1 its stderr in
 #       $TMP/OUT.r<r>.err; rank 0's in $TMP/OUT.$MP_R0 when MP_R0 is set.
 #       Returns rank 0's exit status, else 1 when another rank failed.
@@ -29,6 +29,7 @@
 #       byte-level BPE tokenizer of 300 in $TMP/tok and the corpus's token
 #       shards (a tenth for validation) in $TMP/data; the test ends (FAIL) if not
 LMC="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+. "$(dirname "${BASH_SOURCE[0]}")/port_hold.sh"
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 TMP=${KEEP_TMP:-$(mktemp -d)}; [ -n "${KEEP_TMP:-}" ] || trap 'rm -rf "$TMP"' EXIT
@@ -43,30 +44,23 @@ USE_MPI=0
 
 mp_ranks() {
   local W=$1 out=$2; shift 2
-  local f0="$TMP/$out.${MP_R0:-r0}" e0 try r rc port
-  for try in 1 2 3; do
-    local pids=()
-    rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      if [ "${MP_SPLIT:-0}" = 1 ]; then
-        RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" "$@" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
-      else
-        RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" "$@" >"$TMP/$out.r$r" 2>&1 &
-      fi
-      pids+=($!)
-    done
+  local f0="$TMP/$out.${MP_R0:-r0}" r rc=0 pids=()
+  port_hold
+  for r in $(seq $((W - 1)) -1 1); do
     if [ "${MP_SPLIT:-0}" = 1 ]; then
-      e0="$f0.err"
-      RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" "$@" >"$f0" 2>"$e0" || rc=$?
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$TMP/$out.r$r" 2>"$TMP/$out.r$r.err" &
     else
-      e0="$f0"
-      RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" "$@" >"$f0" 2>&1 || rc=$?
+      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$TMP/$out.r$r" 2>&1 &
     fi
-    for p in "${pids[@]}"; do wait "$p" || { [ $rc != 0 ] || rc=1; }; done
-    grep -q "cannot listen" "$e0" || return $rc
-    rm -rf "${TMP:?}/$out"
+    pids+=($!)
   done
+  if [ "${MP_SPLIT:-0}" = 1 ]; then
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$f0" 2>"$f0.err" || rc=$?
+  else
+    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$f0" 2>&1 || rc=$?
+  fi
+  for p in "${pids[@]}"; do wait "$p" || { [ $rc != 0 ] || rc=1; }; done
+  port_release
   return $rc
 }
 

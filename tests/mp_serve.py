@@ -17,8 +17,15 @@ def check(cond, what):
         print("FAIL:", what, file=sys.stderr)
 
 
+_held = []  # the ports free_port gave, still bound here (see tests/port_hold.sh)
+
+
 def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    """a port from the OS for a rendezvous, kept bound (SO_REUSEADDR, not listening) for this process's
+    life, so no other process takes it before rank 0 listens on it (port_hold.sh says why)"""
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 0))
+    _held.append(s)
+    return s.getsockname()[1]
 
 
 def wait_listening(p, lines):
@@ -46,24 +53,22 @@ def start(lmc, model, world, rank_args=(), args=(), kv=("--kv-blocks", "256"), d
     # so the one-process reference must too
     base = [lmc, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1", *kv,
             "--kv-dtype", "f32", "--max-batch", "16", *dtype, *args]
-    for _ in range(3):
-        logs = [[] for _ in range(world)]
-        if world == 1:
-            procs = [subprocess.Popen(base, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)]
-        else:
-            mp = free_port()
-            procs = []
-            for r in range(world - 1, -1, -1):
-                env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(mp))
-                procs.insert(0, subprocess.Popen(base + list(rank_args), env=env, stderr=subprocess.PIPE,
-                                                 stdout=subprocess.DEVNULL))
-        port = wait_listening(procs[0], logs[0])
-        drains = [drain(procs[r], logs[r]) for r in range(world)]
-        if port is not None: return procs, port, logs, drains
-        for p in procs:
-            p.kill(); p.wait()
-        if not any("cannot listen" in l for l in logs[0]): break
+    logs = [[] for _ in range(world)]
+    if world == 1:
+        procs = [subprocess.Popen(base, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)]
+    else:
+        mp = free_port()
+        procs = []
+        for r in range(world - 1, -1, -1):
+            env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(mp))
+            procs.insert(0, subprocess.Popen(base + list(rank_args), env=env, stderr=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL))
+    port = wait_listening(procs[0], logs[0])
+    drains = [drain(procs[r], logs[r]) for r in range(world)]
+    if port is not None: return procs, port, logs, drains
+    for p in procs:
+        p.kill(); p.wait()
     return procs, None, logs, []
 
 

@@ -1,9 +1,11 @@
-/* test_argmax.c — the CPU backend's argmax_rows against the sampler's
- * greedy choice (lmc_argmax) on odd sizes, ties, NaNs and infinities; the
- * vector kernel (lmc_cpu_argmax_f32) against its scalar scan on every
+/* test_argmax.c — the CPU backend's argmax_rows and the sampler's greedy
+ * choice (lmc_argmax) against the scalar scan on odd sizes, ties, NaNs and
+ * infinities; the vector kernel (core/argmax.h's lmc_argmax_f32) against
+ * that scan (lmc_argmax_f32_scan) on every
  * length 1..300 and vocabulary sizes, with ties, NaNs, infinities, signed
  * zeros and the maximum in the tail; lmc_model_forward_batch_argmax is
  * covered through the scheduler tests. */
+#include "core/argmax.h"
 #include "infer/sampler.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
@@ -35,7 +37,7 @@ static void check_kernel(uint64_t *rng) {
         for (int64_t n = 1; n <= 300 + 8; n++) {
             int64_t len = n <= 300 ? n : big[n - 301];
             fill(x, len, p, rng);
-            int64_t a = lmc_cpu_argmax_f32(x, len), b = lmc_cpu_argmax_f32_ref(x, len);
+            int64_t a = lmc_argmax_f32(x, len), b = lmc_argmax_f32_scan(x, len);
             CHECK_MSG(a == b, "pattern %d n %lld: %lld vs %lld", p, (long long)len, (long long)a,
                       (long long)b);
             if (p == 3) CHECK(a == 0);
@@ -66,9 +68,11 @@ int main(void) {
             if (r % 4 == 3) row[0] = NAN;                                      /* stays 0 */
         }
         be.argmax_rows(be.ctx, ids, x, R, V);
-        for (int64_t r = 0; r < R; r++)
-            CHECK_MSG(ids[r] == lmc_argmax(x + r * V, V), "%lld x %lld row %lld: %d vs %d",
-                      (long long)R, (long long)V, (long long)r, ids[r], lmc_argmax(x + r * V, V));
+        for (int64_t r = 0; r < R; r++) {
+            int64_t want = lmc_argmax_f32_scan(x + r * V, V);
+            CHECK_MSG(ids[r] == want && lmc_argmax(x + r * V, V) == want, "%lld x %lld row %lld: %d, %d vs %lld",
+                      (long long)R, (long long)V, (long long)r, ids[r], lmc_argmax(x + r * V, V), (long long)want);
+        }
         if (V > 2 && R > 1) CHECK(ids[1] == V / 3);
         free(x);
         free(ids);

@@ -6,6 +6,7 @@
  * contiguous op's per-query kernel, within 1e-6 of its query blocks), and the batched forward
  * (lmc_model_forward_batch over a paged pool) against lmc_model_forward per
  * sequence on every fixture. */
+#include "model_fixture.h"
 #include "test.h"
 #include "paged_kv_test.h"
 #include "core/core.h"
@@ -149,10 +150,7 @@ static void test_forward_batch(const char *dir, int threads) {
     struct lmc_model m;
     struct lmc_backend be;
     lmc_err err = {0};
-    if (lmc_model_load(&m, dir, NULL, &err) || lmc_backend_cpu_init(&be, threads, &err)) {
-        CHECK_MSG(0, "%s: %s", dir, err.msg);
-        return;
-    }
+    if (!fixture_open_cpu(&m, &be, NULL, dir, NULL, threads)) return;
     enum { NS = 3, BS = 5, MAXB = 8, MAXLEN = 33 };
     int64_t V = m.cfg.vocab_size, len[NS] = {13, 29, 7}, cut[NS] = {6, 17, 7};
     int32_t ids[NS][MAXLEN];
@@ -207,8 +205,7 @@ static void test_forward_batch(const char *dir, int threads) {
     lmc_batch_acts_free(&ba);
     lmc_kv_free(&kv);
     lmc_acts_free(&acts);
-    lmc_backend_cpu_free(&be);
-    lmc_model_free(&m);
+    fixture_close_cpu(&m, &be, NULL);
 }
 
 int main(void) {

@@ -9,6 +9,7 @@
  *  - the model: llama-tiny's batched forward over the f16 pool against the
  *    f32 pool: logits within f16 rounding and the same greedy tokens;
  *  - sizing: 2 * row bytes per token row. */
+#include "model_fixture.h"
 #include "test.h"
 #include "paged_kv_test.h"
 #include "core/core.h"
@@ -139,12 +140,8 @@ int main(void) {
     struct lmc_backend out;
     bad.name = "cuda";
     CHECK(lmc_kvq_paged_backend(&out, &bad, LMC_KVQ_F16, &err) == LMC_ERR_UNSUPPORTED);
-    if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return test_finish("test_attention_paged_f16");
-    }
+    if (!fixture_open_cpu(&m, &cpu, NULL, "tests/fixtures/llama-tiny", NULL, 2)) return test_finish("test_attention_paged_f16");
     test_model(&m, &cpu);
-    lmc_backend_cpu_free(&cpu);
-    lmc_model_free(&m);
+    fixture_close_cpu(&m, &cpu, NULL);
     return test_finish("test_attention_paged_f16");
 }

@@ -2,8 +2,8 @@
 # test_ep_generate.sh — expert parallelism end to end: `lmc generate --ep N`
 # on mixtral-tiny (4 experts) and qwen3moe-tiny (8 experts) gives the
 # one-process greedy ids (--json, 12 tokens, float32): 2 ranks joined by
-# torchrun-style variables over tcp (a free port from the OS, tried again
-# if it was taken meanwhile), and under mpirun (--oversubscribe, run-as-root
+# torchrun-style variables over tcp (a free port from the OS, held for
+# them: port_hold.sh), and under mpirun (--oversubscribe, run-as-root
 # allowed) 2 and 4 ranks, plus the alltoallv checks of
 # test_comm_alltoallv --mpi on 2 and 3 ranks; rank 0 alone prints. A run
 # whose world is not --ep, more ranks than experts and a dense model are

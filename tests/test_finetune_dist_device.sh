@@ -70,15 +70,13 @@ fi
 # the CPU paths with an explicit --device cpu: two ranks equal one process with the same global batch
 pair() { # OUT EXTRA...
   local o=$1; shift
-  for try in 1 2 3; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 300 "$LMC" finetune $C -o "$o" "$@" \
-      >"$TMP/t1" 2>&1 &
-    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 300 "$LMC" finetune $C -o "$o" "$@" \
-      >"$TMP/t0" 2>&1
-    rc0=$?; wait $!; rc1=$?
-    grep -q "cannot listen" "$TMP/t0" || break
-  done
+  port_hold
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT timeout 300 "$LMC" finetune $C -o "$o" "$@" \
+    >"$TMP/t1" 2>&1 &
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT timeout 300 "$LMC" finetune $C -o "$o" "$@" \
+    >"$TMP/t0" 2>&1
+  rc0=$?; wait $!; rc1=$?
+  port_release
   [ $rc0 = 0 ] && [ $rc1 = 0 ]
 }
 same() { # A B: losses within 1e-6

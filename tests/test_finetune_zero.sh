@@ -16,15 +16,13 @@
 . "$(dirname "$0")/finetune_zero_common.sh"
 finetune_zero_runs lora
 # ranks started with different stages: refused at start-up naming the rank (torchrun-style variables, tcp)
-for try in 1 2 3; do
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C --batch 2 --zero 2 -o "$TMP/mm" \
-    >"$TMP/t1" 2>&1 &
-  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" finetune $C --batch 2 --zero 3 -o "$TMP/mm" \
-    >"$TMP/t0" 2>&1
-  rc0=$?; wait $!; rc1=$?
-  grep -q "cannot listen" "$TMP/t0" || break
-done
+port_hold
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" finetune $C --batch 2 --zero 2 -o "$TMP/mm" \
+  >"$TMP/t1" 2>&1 &
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" finetune $C --batch 2 --zero 3 -o "$TMP/mm" \
+  >"$TMP/t0" 2>&1
+rc0=$?; wait $!; rc1=$?
+port_release
 [ $rc0 != 0 ] && [ $rc1 != 0 ] && grep -q 'ranks disagree on the training configuration: rank 1 has' "$TMP/t0"
 ok $? "different --zero on two ranks refused: $(tail -1 "$TMP/t0")"
 # refusals, by name

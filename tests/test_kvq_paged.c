@@ -10,6 +10,7 @@
  *    format (the same quantized rows), prompt and decode logits;
  *  - sizing: bytes per token by format, and a fixed memory budget gives
  *    the scheduler floor(budget / block bytes) blocks, q4 over 4x f32's. */
+#include "model_fixture.h"
 #include "test.h"
 #include "paged_kv_test.h"
 #include "core/core.h"
@@ -178,17 +179,12 @@ int main(void) {
         test_op((enum lmc_kvq_fmt)f, 0);
         test_op((enum lmc_kvq_fmt)f, 4);
     }
-    lmc_err err = {0};
     struct lmc_model m;
     struct lmc_backend cpu;
-    if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return test_finish("test_kvq_paged");
-    }
+    if (!fixture_open_cpu(&m, &cpu, NULL, "tests/fixtures/llama-tiny", NULL, 2)) return test_finish("test_kvq_paged");
     test_model(&m, &cpu, LMC_KVQ_Q8);
     test_model(&m, &cpu, LMC_KVQ_Q4);
     test_sizing(&m, &cpu);
-    lmc_backend_cpu_free(&cpu);
-    lmc_model_free(&m);
+    fixture_close_cpu(&m, &cpu, NULL);
     return test_finish("test_kvq_paged");
 }

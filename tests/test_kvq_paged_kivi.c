@@ -26,11 +26,13 @@
  *    288: 2 x 112 bytes per token and layer, 0.19x bf16) and the
  *    scheduler's blocks in a budget with the rings taken out of it.
  */
+#include "model_fixture.h"
 #include "test.h"
 #include "paged_kv_test.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "infer/kvq.h"
+#include "infer/sampler.h"
 #include "infer/scheduler.h"
 #include "tokenizer/tokenizer.h"
 #include "model/forward_batch.h"
@@ -242,8 +244,7 @@ static void run_pool(const struct lmc_model *m, const struct lmc_backend *be, in
     CHECK_MSG(lmc_model_forward_batch(m, be, &ba, &pool, &b, logits, &err) == LMC_OK, "%s", err.msg);
     for (int64_t i = np; i < n; i++) {
         const float *l = logits + (i - 1) * V;
-        int32_t best = 0, r0 = 0;
-        for (int64_t v = 1; v < V; v++) if (l[v] > l[best]) best = (int32_t)v;
+        int32_t best = lmc_argmax(l, V), r0 = 0;
         gen[i - np] = ids[i] = best;
         struct lmc_batch d = {1, ids + i, seq, pos + i, 1, bt, 8, &r0, 1, NULL};
         CHECK(lmc_model_forward_batch(m, be, &ba, &pool, &d, logits + i * V, &err) == LMC_OK);
@@ -343,10 +344,7 @@ int main(void) {
     lmc_err err = {0};
     struct lmc_model m;
     struct lmc_backend cpu;
-    if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) || lmc_backend_cpu_init(&cpu, 2, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return test_finish("test_kvq_paged_kivi");
-    }
+    if (!fixture_open_cpu(&m, &cpu, NULL, "tests/fixtures/llama-tiny", NULL, 2)) return test_finish("test_kvq_paged_kivi");
     int32_t prompt[64];
     uint64_t rs = 5;
     for (int i = 0; i < 64; i++) prompt[i] = (int32_t)(test_rng_next(&rs) % (uint64_t)m.cfg.vocab_size);

@@ -14,6 +14,7 @@
  * is printed per format and bounded; through llama-tiny and kjv-llama the
  * prompt logits with a q8 cache stay within 2% of the float cache's, and
  * bad formats/sizes give LMC_ERR_ARG. */
+#include "model_fixture.h"
 #include "test.h"
 #include "core/core.h"
 #include "core/dtype.h"
@@ -322,9 +323,10 @@ static void test_model(const char *dir, double bound) {
     struct lmc_model m;
     struct lmc_backend cpu, kq;
     lmc_err err = {0};
-    if (lmc_model_load(&m, dir, NULL, &err) || lmc_backend_cpu_init(&cpu, 1, &err) ||
-        lmc_kvq_backend(&kq, &cpu, &err)) {
+    if (!fixture_open_cpu(&m, &cpu, NULL, dir, NULL, 1)) return;
+    if (lmc_kvq_backend(&kq, &cpu, &err)) {
         CHECK_MSG(0, "%s", err.msg);
+        fixture_close_cpu(&m, &cpu, NULL);
         return;
     }
     int64_t V = m.cfg.vocab_size, n = 150, ctx = 192;
@@ -373,8 +375,7 @@ static void test_model(const char *dir, double bound) {
     free(ids);
     free(ref);
     free(got);
-    lmc_backend_cpu_free(&cpu);
-    lmc_model_free(&m);
+    fixture_close_cpu(&m, &cpu, NULL);
 }
 
 int main(void) {

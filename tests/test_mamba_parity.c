@@ -22,6 +22,7 @@
 #include "test.h"
 #include "ssm/mamba.h"
 #include "core/core.h"
+#include "infer/sampler.h"
 #include "io/safetensors.h"
 #include "train/adamw.h"
 
@@ -57,13 +58,6 @@ static int load_prompts(const char *dir, struct prompt *p, int max) {
     }
     cJSON_Delete(ref);
     return n;
-}
-
-static int32_t argmax(const float *x, int64_t n) {
-    int64_t b = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return (int32_t)b;
 }
 
 static void test_fixture(struct lmc_backend *be, const char *name) {
@@ -112,13 +106,13 @@ static void test_fixture(struct lmc_backend *be, const char *name) {
     for (int i = 0; i < np; i++) {
         lmc_mamba_state_reset(&st, &m, 0);
         CHECK(!lmc_mamba_forward(&m, &st, NULL, P[i].ids, 1, P[i].n, lg, &err));
-        int32_t tok = argmax(lg + (P[i].n - 1) * V, V), got[NEW_TOKENS];
+        int32_t tok = lmc_argmax(lg + (P[i].n - 1) * V, V), got[NEW_TOKENS];
         int ok = 1;
         for (int k = 0; k < P[i].n_want; k++) {
             got[k] = tok;
             ok &= tok == P[i].want[k];
             CHECK(!lmc_mamba_forward(&m, &st, NULL, &tok, 1, 1, lg, &err));
-            tok = argmax(lg, V);
+            tok = lmc_argmax(lg, V);
         }
         CHECK_MSG(ok, "%s prompt %d greedy differs (first got %d want %d)", name, i, got[0], P[i].want[0]);
         exact += ok;
@@ -131,12 +125,12 @@ static void test_fixture(struct lmc_backend *be, const char *name) {
     for (int i = 0; i < np; i++) {
         lmc_mamba_state_reset(&st, &m, slot_of[i]);
         CHECK(!lmc_mamba_forward(&m, &st, &slot_of[i], P[i].ids, 1, P[i].n, lg, &err));
-        tok[i] = argmax(lg + (P[i].n - 1) * V, V);
+        tok[i] = lmc_argmax(lg + (P[i].n - 1) * V, V);
     }
     for (int k = 0; k < NEW_TOKENS; k++) {
         for (int i = 0; i < np; i++) gen[i][k] = tok[i];
         CHECK(!lmc_mamba_forward(&m, &st, slot_of, tok, np, 1, lg, &err));
-        for (int i = 0; i < np; i++) tok[i] = argmax(lg + i * V, V);
+        for (int i = 0; i < np; i++) tok[i] = lmc_argmax(lg + i * V, V);
     }
     int same = 1;
     for (int i = 0; i < np; i++) same &= !memcmp(gen[i], P[i].want, sizeof gen[i]);

@@ -11,6 +11,7 @@
  *   3. a forked sequence (a copy of the state in a slot of its own) and
  *      its source continue with different tokens as two single runs;
  *   4. a step giving one sequence two runs is refused (LMC_ERR_ARG). */
+#include "model_fixture.h"
 #include "test.h"
 #include "core/core.h"
 #include "infer/paged_kv.h"
@@ -72,9 +73,13 @@ static lmc_status step(struct ctx *c, struct lmc_paged_kv *kv, int ns, const int
 static void run(const char *dir) {
     struct ctx *c = calloc(1, sizeof *c);
     lmc_err err = {0};
-    if (lmc_model_load(&c->m, dir, NULL, &err) || lmc_backend_cpu_init(&c->be, 1, &err) ||
-        lmc_batch_acts_init(&c->ba, &c->m, &c->be, MAXT * NSEQ, NSEQ, 1, NSEQ, &err)) {
+    if (!fixture_open_cpu(&c->m, &c->be, NULL, dir, NULL, 1)) {
+        free(c);
+        return;
+    }
+    if (lmc_batch_acts_init(&c->ba, &c->m, &c->be, MAXT * NSEQ, NSEQ, 1, NSEQ, &err)) {
         CHECK_MSG(0, "%s: %s", dir, err.msg);
+        fixture_close_cpu(&c->m, &c->be, NULL);
         free(c);
         return;
     }
@@ -183,8 +188,7 @@ static void run(const char *dir) {
     free(ref);
     lmc_paged_kv_free(&kv);
     lmc_batch_acts_free(&c->ba);
-    lmc_backend_cpu_free(&c->be);
-    lmc_model_free(&c->m);
+    fixture_close_cpu(&c->m, &c->be, NULL);
     free(c);
 }
 

@@ -7,6 +7,7 @@
  * order, configs built from sizes and overflowing configs; the sequence
  * state the scheduler asks for. */
 #include "test.h"
+#include "model_fixture.h"
 #include "infer/session.h"
 #include "io/safetensors.h"
 #include "model/backward.h"
@@ -145,10 +146,7 @@ static void test_forward_consistency(const char *dir, int threads) {
     struct lmc_model m;
     struct lmc_backend be;
     lmc_err err = {0};
-    if (lmc_model_load(&m, dir, NULL, &err) || lmc_backend_cpu_init(&be, threads, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return;
-    }
+    if (!fixture_open_cpu(&m, &be, NULL, dir, NULL, threads)) return;
     int64_t V = m.cfg.vocab_size, n = 11;
     int32_t ids[11];
     uint64_t seed = 7;
@@ -339,10 +337,7 @@ static void test_last_rows(const char *dir, int threads) {
     struct lmc_model m;
     struct lmc_backend be;
     lmc_err err = {0};
-    if (lmc_model_load(&m, dir, NULL, &err) || lmc_backend_cpu_init(&be, threads, &err)) {
-        CHECK_MSG(0, "%s", err.msg);
-        return;
-    }
+    if (!fixture_open_cpu(&m, &be, NULL, dir, NULL, threads)) return;
     int64_t V = m.cfg.vocab_size, n = 45;
     int32_t ids[46];
     uint64_t seed = 11;

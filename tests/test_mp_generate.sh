@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_mp_generate.sh — `lmc generate --tp 2`: two ranks started with
-# torchrun-style variables (a free port from the OS, tried again with
-# another one if it was taken meanwhile) shard llama-tiny and qwen2-tiny
+# torchrun-style variables (a free port from the OS, held for them:
+# port_hold.sh) shard llama-tiny and qwen2-tiny
 # by heads and give the one-process greedy ids (--json, 12 tokens, float32
 # weights); with --tp-vocab (the embedding and head split by vocabulary
 # rows, the logits all-gathered for the sampler) under mpirun -np 2 and 4

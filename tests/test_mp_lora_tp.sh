@@ -26,17 +26,15 @@ C="--data $TMP/d.jsonl --seq 32 --lr 1e-2 --threads 1 --schedule cosine --warmup
 # ranks(W OUT CMD ARGS...): W ranks of `lmc CMD ARGS...`, rank r's stdout in OUT.o<r>, stderr in OUT.r<r>
 ranks() {
   local W=$1 out=$2; shift 2
-  for try in 1 2 3; do
-    local port pids=() rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    for r in $(seq $((W - 1)) -1 1); do
-      RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" "$@" >"$TMP/$out.o$r" 2>"$TMP/$out.r$r" &
-      pids+=($!)
-    done
-    RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" "$@" >"$TMP/$out.o0" 2>"$TMP/$out.r0" || rc=1
-    for p in "${pids[@]}"; do wait $p || rc=1; done
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
+  local r pids=() rc=0
+  port_hold
+  for r in $(seq $((W - 1)) -1 1); do
+    RANK=$r WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$TMP/$out.o$r" 2>"$TMP/$out.r$r" &
+    pids+=($!)
   done
+  RANK=0 WORLD_SIZE=$W MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" "$@" >"$TMP/$out.o0" 2>"$TMP/$out.r0" || rc=1
+  for p in "${pids[@]}"; do wait $p || rc=1; done
+  port_release
   return $rc
 }
 ft() { local W=$1 out=$2 fix=$3; shift 3; ranks $W $out finetune -m $fix $C "$@" -o "$TMP/$out"; }

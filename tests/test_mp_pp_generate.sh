@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_mp_pp_generate.sh — `lmc generate --pp P` (dist/pp_infer.c): P ranks
 # started with torchrun-style variables (a rendezvous port from the OS,
-# tried again if it was taken meanwhile), each loading only its stage's
+# held for them: port_hold.sh), each loading only its stage's
 # layers, give the one-process ids (--json): greedy on llama-tiny,
 # qwen2-tiny (tied head) and gpt2-tiny (learned positions, tied head) at
 # --pp 2, on their 4-layer versions (layers repeated,
@@ -90,18 +90,16 @@ for EP in ":2" "--chunks:4"; do
   "$LMC" eval -m models/kjv-llama --text-file "$TMP/ev.txt" --ctx 128 --json $E >"$TMP/ev.one" 2>"$TMP/ev.err"
   ok $? "eval one process: $(cat "$TMP/ev.err")"
   {
-    for try in 1 2 3; do
-      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-      pids=(); rc=0
-      for r in $(seq $((P - 1)) -1 1); do
-        RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" eval -m models/kjv-llama \
-          --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.r$r" 2>"$TMP/ev.r$r.err" & pids+=($!)
-      done
-      RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" eval -m models/kjv-llama \
-        --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.pp" 2>"$TMP/ev.pp.err" || rc=1
-      for p in "${pids[@]}"; do wait "$p" || rc=1; done
-      grep -q "cannot listen" "$TMP/ev.pp.err" || break
+    port_hold
+    pids=(); rc=0
+    for r in $(seq $((P - 1)) -1 1); do
+      RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" eval -m models/kjv-llama \
+        --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.r$r" 2>"$TMP/ev.r$r.err" & pids+=($!)
     done
+    RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" eval -m models/kjv-llama \
+      --text-file "$TMP/ev.txt" --ctx 128 --json $E --pp $P >"$TMP/ev.pp" 2>"$TMP/ev.pp.err" || rc=1
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    port_release
     [ $rc = 0 ] && grep -q '"ppl"' "$TMP/ev.one" && cmp -s "$TMP/ev.one" "$TMP/ev.pp" && [ ! -s "$TMP/ev.r1" ]
     ok $? "eval $E --pp $P: $(cat "$TMP/ev.pp") vs one process $(cat "$TMP/ev.one"): $(tail -n 2 "$TMP/ev.pp.err")"
   }

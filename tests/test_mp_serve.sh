@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_mp_serve.sh — `lmc serve --tp 2` (infer/sched_tp.c): two ranks
 # started with torchrun-style variables (a rendezvous port from the OS,
-# tried again if it was taken meanwhile), rank 0 serving HTTP on a port
+# held for them: mp_serve.py's free_port), rank 0 serving HTTP on a port
 # the OS picks, rank 1 following its steps. On llama-tiny (2 KV heads,
 # split) and qwen2-tiny (1 KV head, replicated; q/k/v biases): 12
 # concurrent requests (greedy, n = 2 greedy choices, seeded sampling, a

@@ -40,15 +40,13 @@ mk "$LMC" convert -m $Q -o "$TMP/q-q4_0.gguf" --dtype q4_0
 # tp2 OUT MODEL ARGS...: two ranks of lmc generate --tp 2; rank 0's stdout in OUT.o0, stderr OUT.r0
 tp2() {
   local out=$1 m=$2; shift 2
-  for try in 1 2 3; do
-    local port rc=0
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" generate -m "$m" "$@" --tp 2 >"$TMP/$out.o1" 2>"$TMP/$out.r1" &
-    local pid=$!
-    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LMC" generate -m "$m" "$@" --tp 2 >"$TMP/$out.o0" 2>"$TMP/$out.r0" || rc=1
-    wait $pid || rc=1
-    grep -q "cannot listen" "$TMP/$out.r0" || return $rc
-  done
+  local rc=0
+  port_hold
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" generate -m "$m" "$@" --tp 2 >"$TMP/$out.o1" 2>"$TMP/$out.r1" &
+  local pid=$!
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT "$LMC" generate -m "$m" "$@" --tp 2 >"$TMP/$out.o0" 2>"$TMP/$out.r0" || rc=1
+  wait $pid || rc=1
+  port_release
   return $rc
 }
 for m in b-bf16 b-f16 b-int8 b-int4 b-nf4 b-q8_0.gguf b-q4_0.gguf b-q4_k.gguf q-bf16 q-int4 q-q4_0.gguf; do

@@ -20,7 +20,7 @@ mp_data
 M="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --intermediate 96 --seq 16
    --steps 10 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 5 --eval-every 5 --eval-batches 2"
 A="$M --kv-heads 2"
-# run CMD W OUT ARGS...: W ranks meet at a free port (tried again if taken meanwhile); rank r's stderr in OUT.r<r>
+# run CMD W OUT ARGS...: W ranks meet at a free port (held for them); rank r's stderr in OUT.r<r>
 run() { local cmd=$1 W=$2 out=$3; shift 3; mp_ranks "$W" "$out" $cmd "$@" -o "$TMP/$out"; }
 # compare REF RUN: losses, validation 1e-6; params 1e-6 in norm, 1e-5 of max |p|; adamw.m/v 1e-5 of their max
 compare() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_mp_train.sh — `lmc train --tp T` (train/trainer_tp.c) on ranks
-# started with torchrun-style variables (tcp; a port from the OS, tried
-# again if it was taken meanwhile): 10 steps of a tiny llama (4 heads, 2 KV
+# started with torchrun-style variables (tcp; a port from the OS, held
+# for them: port_hold.sh): 10 steps of a tiny llama (4 heads, 2 KV
 # heads, 2 layers, MLP 96; accumulation 2, clipping, warmup + cosine)
 # at TP 2 (KV heads split) and TP 4 (KV heads replicated), DP 2 x TP 2
 # on 4 ranks (sub-communicators), and TP 2 and DP 2 x TP 2 with the

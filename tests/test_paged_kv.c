@@ -5,6 +5,7 @@
  * within peak use + bound however many sequences pass), and that every
  * block comes back at the end. A whole-prompt hit that writes inside its
  * last cached block writes into a copy (the cached block unchanged). */
+#include "model_fixture.h"
 #include "test.h"
 #include "core/core.h"
 #include "infer/paged_kv.h"
@@ -316,12 +317,7 @@ static void test_whole_hit(void) {
 }
 
 int main(void) {
-    lmc_err err = {0};
-    if (lmc_model_load(&m, "tests/fixtures/llama-tiny", NULL, &err) ||
-        lmc_backend_cpu_init(&be, 1, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return 1;
-    }
+    if (!fixture_open_cpu(&m, &be, NULL, "tests/fixtures/llama-tiny", NULL, 1)) return test_finish("test_paged_kv");
     test_alloc_exhaust();
     test_cow();
     test_prefix();
@@ -329,7 +325,6 @@ int main(void) {
     test_prefix_off();
     test_cache_limit();
     test_outputs_first();
-    lmc_backend_cpu_free(&be);
-    lmc_model_free(&m);
+    fixture_close_cpu(&m, &be, NULL);
     return test_finish("test_paged_kv");
 }

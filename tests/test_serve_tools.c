@@ -11,6 +11,7 @@
 #include "serve/serve.h"
 #include "serve/tools.h"
 #include "infer/session.h"
+#include "model_fixture.h"
 #include "test.h"
 
 #include <cjson/cJSON.h>
@@ -507,10 +508,7 @@ static void test_sched_grammar(const char *dir) {
     struct lmc_tokenizer *tok = NULL;
     struct lmc_backend be;
     lmc_err err = {0};
-    if (lmc_model_load(&m, dir, NULL, &err) || lmc_tokenizer_load(&tok, dir, &err) || lmc_backend_cpu_init(&be, 2, &err)) {
-        CHECK_MSG(0, "%s: %s", dir, err.msg);
-        return;
-    }
+    if (!fixture_open_cpu(&m, &be, &tok, dir, NULL, 2)) return;
     const char *schema = "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":99},"
                          "\"s\":{\"type\":\"string\",\"maxLength\":6},\"b\":{\"enum\":[\"x\",\"yy\",null]}},"
                          "\"required\":[\"n\",\"s\",\"b\"]}";
@@ -579,9 +577,7 @@ static void test_sched_grammar(const char *dir) {
     lmc_session_free(&ss);
     lmc_grammar_vocab_free(gv);
     lmc_grammar_free(g);
-    lmc_backend_cpu_free(&be);
-    lmc_tokenizer_free(tok);
-    lmc_model_free(&m);
+    fixture_close_cpu(&m, &be, tok);
 }
 
 int main(void) {

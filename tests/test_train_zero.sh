@@ -18,6 +18,7 @@
 # Usage: test_train_zero.sh PATH/TO/lmc
 set -u
 LMC="$1"
+. "$(dirname "$0")/port_hold.sh"
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 skip() { echo "test_train_zero: skipped: $1"; exit 0; }
@@ -35,17 +36,14 @@ A="--data $TMP/data --arch llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 -
    --steps 20 --lr 3e-3 --warmup 2 --clip 0.5 --accum 2 --threads 1 --save-every 10 --eval-every 10 --eval-batches 2"
 "$LMC" train $A --batch 4 -o "$TMP/single" 2>"$TMP/err"; ok $? "single: $(cat "$TMP/err")"
 # torchrun-style variables (tcp, no MPI): two processes meet at a free port
-# from the OS (tried again with another if it was taken meanwhile)
-for try in 1 2 3; do
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=60 \
-    "$LMC" train $A --batch 2 --zero 1 -o "$TMP/tcp" >"$TMP/t1" 2>&1 &
-  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=60 \
-    "$LMC" train $A --batch 2 --zero 1 -o "$TMP/tcp" >"$TMP/t0" 2>&1
-  rc0=$?; wait $!; rc1=$?
-  grep -q "cannot listen" "$TMP/t0" || break
-  rm -rf "$TMP/tcp"
-done
+# from the OS, held for them until they are done (port_hold.sh)
+port_hold
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT LMC_DIST_TIMEOUT=60 \
+  "$LMC" train $A --batch 2 --zero 1 -o "$TMP/tcp" >"$TMP/t1" 2>&1 &
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT LMC_DIST_TIMEOUT=60 \
+  "$LMC" train $A --batch 2 --zero 1 -o "$TMP/tcp" >"$TMP/t0" 2>&1
+rc0=$?; wait $!; rc1=$?
+port_release
 [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "torchrun-style train: $(tail -n 3 "$TMP/t0" "$TMP/t1")"
 grep -q "data parallel, 2 ranks, ZeRO-1" "$TMP/t0"; ok $? "tcp start-up line: $(grep parallel "$TMP/t0")"
 # a rank killed mid-run (tcp): the other exits non-zero naming it, well
@@ -54,7 +52,10 @@ grep -q "data parallel, 2 ranks, ZeRO-1" "$TMP/t0"; ok $? "tcp start-up line: $(
 python3 - "$LMC" "$TMP" $A <<'PY'
 import os, select, signal, socket, subprocess, sys, time
 lmc, tmp, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+# the port stays bound here (SO_REUSEADDR, not listening) until the end, so no
+# other process takes it before rank 0 listens on it (port_hold.sh says why)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
 def start(r):
     env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                LMC_DIST_TIMEOUT="60")
@@ -84,16 +85,13 @@ ok $? "a killed rank ends the other with a message naming it"
 # a different world size on resume reshards: 2 tcp ranks (ZeRO-1, batch 2)
 # stop at step 10, one process (--zero 1, batch 4: the same global batch)
 # resumes the sharded checkpoint; the 20 losses equal the one-process run
-for try in 1 2 3; do
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t1" 2>&1 &
-  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t0" 2>&1
-  rc0=$?; wait $!; rc1=$?
-  grep -q "cannot listen" "$TMP/t0" || break
-  rm -rf "$TMP/rs"
-done
+port_hold
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT \
+  "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t1" 2>&1 &
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT \
+  "$LMC" train $A --batch 2 --zero 1 --stop-at 10 -o "$TMP/rs" >"$TMP/t0" 2>&1
+rc0=$?; wait $!; rc1=$?
+port_release
 [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "world 2 stop at 10: $(tail -n 3 "$TMP/t0" "$TMP/t1")"
 "$LMC" train --data "$TMP/data" --threads 1 --batch 4 --zero 1 --resume latest -o "$TMP/rs" 2>"$TMP/err"
 ok $? "world-2 sharded checkpoint resumed by one process: $(tail -n 3 "$TMP/err")"

@@ -10,6 +10,7 @@
 # Usage: test_zero_cli.sh PATH/TO/lmc
 set -u
 LMC="$1"
+. "$(dirname "$0")/port_hold.sh"
 pass=0; fail=0
 ok() { if [ "$1" = 0 ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $2" >&2; fi; }
 P=1200000
@@ -43,17 +44,15 @@ grep -q '"w0":{"dtype":"F32","shape":\[17,13\]' "$TMP/out/model.safetensors"; ok
 "$LMC" convert-checkpoint "$TMP/nothing" -o "$TMP/out2" 2>"$TMP/err"; [ $? = 1 ]; ok $? "missing checkpoint: exit 1"
 grep -q "zero-manifest.json" "$TMP/err"; ok $? "missing manifest not named: $(cat "$TMP/err")"
 # torchrun-style variables: two lmc comm-bench processes meet at
-# MASTER_ADDR:MASTER_PORT over tcp (a free port from the OS; tried again
-# with another one if it was taken meanwhile)
-for try in 1 2 3; do
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=30 \
-    "$LMC" comm-bench --sizes 1001,7 --iters 2 >"$TMP/r1" 2>&1 &
-  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port LMC_DIST_TIMEOUT=30 \
-    "$LMC" comm-bench --sizes 1001,7 --iters 2 >"$TMP/r0" 2>&1
-  rc0=$?; wait $!; rc1=$?
-  grep -q "cannot listen" "$TMP/r0" || break
-done
+# MASTER_ADDR:MASTER_PORT over tcp (a free port from the OS, held for the
+# ranks: port_hold.sh)
+port_hold
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT LMC_DIST_TIMEOUT=30 \
+  "$LMC" comm-bench --sizes 1001,7 --iters 2 >"$TMP/r1" 2>&1 &
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$HELD_PORT LMC_DIST_TIMEOUT=30 \
+  "$LMC" comm-bench --sizes 1001,7 --iters 2 >"$TMP/r0" 2>&1
+rc0=$?; wait $!; rc1=$?
+port_release
 [ $rc0 = 0 ] && [ $rc1 = 0 ]; ok $? "torchrun-style comm-bench: $(cat "$TMP/r0" "$TMP/r1")"
 grep -q "tcp communicator, 2 ranks" "$TMP/r0" && grep -q "comm-bench: ok" "$TMP/r0"; ok $? "tcp comm-bench: $(cat "$TMP/r0")"
 # lmc train under a malformed launcher environment: a usage error naming

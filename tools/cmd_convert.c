@@ -86,16 +86,7 @@ static lmc_status copy_if_present(const char *in_dir, const char *out_dir, const
     char src[4096], dst[4096];
     if (!lmc_path_join(src, sizeof src, in_dir, name) || !lmc_path_join(dst, sizeof dst, out_dir, name))
         return lmc_err_set(err, LMC_ERR_ARG, "%s: path too long", out_dir);
-    if (!lmc_file_exists(src)) return LMC_OK;
-    char *buf = NULL;
-    size_t len = 0;
-    lmc_status s = lmc_file_read(src, (size_t)1 << 30, &buf, &len, err);
-    if (s) return s;
-    FILE *f = fopen(dst, "wb");
-    bool ok = f && fwrite(buf, 1, len, f) == len;
-    if (f) ok = (fclose(f) == 0) && ok;
-    free(buf);
-    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", dst);
+    return lmc_file_exists(src) ? lmc_file_copy(src, dst, err) : LMC_OK;
 }
 
 /* Converts in_dir's weights into out_dir (created; must not be in_dir). */

@@ -15,17 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static bool copy_file(const char *from, const char *to) {
-    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
-    bool ok = a && b;
-    char buf[65536];
-    size_t n;
-    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
-    if (a) fclose(a);
-    if (b && fclose(b)) ok = false;
-    return ok;
-}
-
 /* The files of an HF folder besides the weights. */
 static bool hf_side_file(const char *name) {
     size_t n = strlen(name);
@@ -69,8 +58,9 @@ int cmd_convert_checkpoint(int argc, char **argv) {
     while (d && (e = readdir(d))) {
         if (!hf_side_file(e->d_name)) continue;
         if (!lmc_path_join(from, sizeof from, in, e->d_name) || !lmc_path_join(path, sizeof path, out, e->d_name) ||
-            !copy_file(from, path)) {
-            fprintf(stderr, "lmc convert-checkpoint: cannot copy %s to %s\n", e->d_name, out);
+            lmc_file_copy(from, path, &err)) {
+            fprintf(stderr, "lmc convert-checkpoint: cannot copy %s to %s%s%s\n", e->d_name, out, err.msg[0] ? ": " : "",
+                    err.msg);
             closedir(d);
             return 1;
         }

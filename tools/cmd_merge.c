@@ -19,16 +19,8 @@ static const char *copied[] = {"config.json", "generation_config.json", "tokeniz
                                "chat_template.jinja", "vocab.json", "merges.txt"};
 
 static int copy_file(const char *src, const char *dst) {
-    char *buf;
-    size_t len;
     lmc_err err = {0};
-    if (lmc_file_read(src, (size_t)1 << 30, &buf, &len, &err)) return cli_fail("merge", &err);
-    FILE *f = fopen(dst, "wb");
-    bool ok = f && fwrite(buf, 1, len, f) == len;
-    if (f && fclose(f)) ok = false;
-    free(buf);
-    if (!ok) fprintf(stderr, "lmc: merge: cannot write %s: %s\n", dst, strerror(errno));
-    return ok ? 0 : 1;
+    return lmc_file_copy(src, dst, &err) ? cli_fail("merge", &err) : 0;
 }
 
 static void remove_tmp(const char *tmp) {

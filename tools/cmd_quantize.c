@@ -138,16 +138,8 @@ static lmc_status copy_files(const char *in_dir, const char *out_dir, lmc_err *e
         char src[4096], dst[4096];
         lmc_path_join(src, sizeof src, in_dir, files[i]);
         lmc_path_join(dst, sizeof dst, out_dir, files[i]);
-        if (!lmc_file_exists(src)) continue;
-        char *buf = NULL;
-        size_t len = 0;
-        lmc_status s = lmc_file_read(src, (size_t)1 << 30, &buf, &len, err);
+        lmc_status s = lmc_file_exists(src) ? lmc_file_copy(src, dst, err) : LMC_OK;
         if (s) return s;
-        FILE *f = fopen(dst, "wb");
-        bool ok = f && fwrite(buf, 1, len, f) == len;
-        if (f) ok = (fclose(f) == 0) && ok;
-        free(buf);
-        if (!ok) return lmc_err_set(err, LMC_ERR_IO, "%s: write failed", dst);
     }
     return LMC_OK;
 }

@@ -36,6 +36,9 @@ bool lmc_file_exists(const char *path);
  * renamed over path; on failure the temporary is removed and path keeps
  * what it held (LMC_ERR_IO naming path). */
 lmc_status lmc_file_write_atomic(const char *path, const void *data, size_t n, lmc_err *err);
+/* Copies the file src to dst (created or truncated), in pieces: no size
+ * cap, nothing held whole. LMC_ERR_IO naming the path that failed. */
+lmc_status lmc_file_copy(const char *src, const char *dst, lmc_err *err);
 /* Joins dir and name into buf ("dir/name"); false if it does not fit. */
 bool lmc_path_join(char *buf, size_t cap, const char *dir, const char *name);
 

@@ -1,5 +1,5 @@
 /* file.c — whole-file reading with a size cap, whole-file atomic writing
- * (temporary, fsync, rename), path joining, existence. */
+ * (temporary, fsync, rename), copying, path joining, existence. */
 #include "core/core.h"
 
 #include <errno.h>
@@ -41,6 +41,27 @@ lmc_status lmc_file_read(const char *path, size_t max_bytes, char **out, size_t 
     *out = buf;
     if (len) *len = n;
     return LMC_OK;
+}
+
+lmc_status lmc_file_copy(const char *src, const char *dst, lmc_err *err) {
+    FILE *a = fopen(src, "rb");
+    if (!a) return lmc_err_set(err, LMC_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
+    FILE *b = fopen(dst, "wb");
+    if (!b) {
+        int e = errno;
+        fclose(a);
+        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create: %s", dst, strerror(e));
+    }
+    char buf[65536];
+    size_t n;
+    bool ok = true;
+    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+    bool read_ok = !ferror(a);
+    int e = errno;
+    fclose(a);
+    if (fclose(b) != 0 && ok) ok = false, e = errno;
+    if (!read_ok) return lmc_err_set(err, LMC_ERR_IO, "%s: read failed", src);
+    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", dst, strerror(e));
 }
 
 lmc_status lmc_file_write_atomic(const char *path, const void *data, size_t n, lmc_err *err) {

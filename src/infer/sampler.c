@@ -1,5 +1,6 @@
 /* sampler.c — logits processing and seeded sampling (see sampler.h). */
 #include "infer/sampler.h"
+#include "core/argmax.h"
 #include "core/core.h"
 #include "core/rng.h"
 #include "ops/backend.h"
@@ -60,12 +61,7 @@ void lmc_sampler_free(struct lmc_sampler *s) {
     memset(s, 0, sizeof *s);
 }
 
-int32_t lmc_argmax(const float *x, int64_t n) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return (int32_t)best;
-}
+int32_t lmc_argmax(const float *x, int64_t n) { return (int32_t)lmc_argmax_f32(x, n); }
 
 static void apply_penalties(struct lmc_sampler *s, float *logits, const int32_t *hist, int64_t n) {
     const struct lmc_sampler_params *p = &s->p;

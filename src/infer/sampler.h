@@ -46,7 +46,7 @@ int32_t lmc_sampler_sample(struct lmc_sampler *s, float *logits, const int32_t *
  * Draws nothing from the rng. Speculative decoding's p and q. */
 void lmc_sampler_probs(struct lmc_sampler *s, float *logits, const int32_t *history,
                        int64_t n_history, float *probs);
-/* Index of the largest logit (first on ties). */
+/* Index of the largest logit (first on ties): lmc_argmax_f32 (core/argmax.h). */
 int32_t lmc_argmax(const float *x, int64_t n);
 
 #endif

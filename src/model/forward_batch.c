@@ -7,6 +7,7 @@
  * Every buffer, host staging included, is sized at init. */
 #include "model/forward_batch.h"
 #include "dist/pp_infer.h" /* pipeline stages (lmc_weights.pipe) */
+#include "core/argmax.h"
 #include "core/core.h"
 
 #include <math.h>
@@ -400,14 +401,11 @@ static void rows_argmax(const struct lmc_backend *be, struct lmc_batch_acts *ba,
         be->argmax_rows(be->ctx, ids, ba->a.logits, n, V);
         return;
     }
-    /* no device argmax: download and scan (first strict maximum, as the sampler) */
+    /* no device argmax: download and take the sampler's (first) maximum */
     float *row = ba->row_host;
     for (int64_t r = 0; r < n; r++) {
         be->download(be->ctx, row, ba->a.logits + r * V, (size_t)V * sizeof *row);
-        int64_t best = 0;
-        for (int64_t i = 1; i < V; i++)
-            if (row[i] > row[best]) best = i;
-        ids[r] = (int32_t)best;
+        ids[r] = (int32_t)lmc_argmax_f32(row, V);
     }
 }
 

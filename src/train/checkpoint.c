@@ -33,22 +33,6 @@ static lmc_status write_text(const char *path, const char *text, lmc_err *err) {
     return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", path);
 }
 
-static lmc_status copy_file(const char *src, const char *dst, lmc_err *err) {
-    char *buf = NULL;
-    size_t len = 0;
-    lmc_status s = lmc_file_read(src, (size_t)1 << 30, &buf, &len, err);
-    if (s) return s;
-    FILE *f = fopen(dst, "wb");
-    if (!f) {
-        free(buf);
-        return lmc_err_set(err, LMC_ERR_IO, "%s: cannot create (%s)", dst, strerror(errno));
-    }
-    bool ok = fwrite(buf, 1, len, f) == len;
-    ok = (fclose(f) == 0) && ok;
-    free(buf);
-    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: write failed", dst);
-}
-
 /* The files of a checkpoint, written into dir (the temporary folder). */
 static lmc_status write_files(const struct lmc_trainer *tr, const char *dir, const char *config_src,
                               const char *tok_dir, lmc_err *err);
@@ -191,7 +175,7 @@ state:;
     /* config and tokenizer */
     lmc_path_join(path, sizeof path, dir, "config.json");
     if (config_src && lmc_path_join(src, sizeof src, config_src, "config.json") && lmc_file_exists(src))
-        s = copy_file(src, path, err);
+        s = lmc_file_copy(src, path, err);
     else
         s = lmc_config_write(&tm->cfg, path, err);
     if (s) return s;
@@ -200,7 +184,7 @@ state:;
     for (size_t i = 0; tok_dir && i < sizeof tok_files / sizeof *tok_files; i++) {
         lmc_path_join(src, sizeof src, tok_dir, tok_files[i]);
         lmc_path_join(path, sizeof path, dir, tok_files[i]);
-        if (lmc_file_exists(src) && (s = copy_file(src, path, err))) return s;
+        if (lmc_file_exists(src) && (s = lmc_file_copy(src, path, err))) return s;
     }
     return LMC_OK;
 }

@@ -391,18 +391,11 @@ static void remove_adapter_dir(const char *dir) {
 }
 
 static lmc_status copy_into(const char *src_dir, const char *name, const char *dst_dir, lmc_err *err) {
-    char src[4200], dst[4200], *buf;
-    size_t len;
+    char src[4200], dst[4200];
     snprintf(src, sizeof src, "%s/%s", src_dir, name);
     if (!lmc_file_exists(src)) return LMC_OK;
     snprintf(dst, sizeof dst, "%s/%s", dst_dir, name);
-    lmc_status s = lmc_file_read(src, (size_t)1 << 30, &buf, &len, err);
-    if (s) return s;
-    FILE *f = fopen(dst, "wb");
-    bool ok = f && fwrite(buf, 1, len, f) == len;
-    if (f && fclose(f)) ok = false;
-    free(buf);
-    return ok ? LMC_OK : lmc_err_set(err, LMC_ERR_IO, "%s: cannot write: %s", dst, strerror(errno));
+    return lmc_file_copy(src, dst, err);
 }
 
 lmc_status lmc_lora_save(const struct lmc_lora *lo, const char *dir, const struct lmc_config *mc,
@@ -454,19 +447,23 @@ out:
 
 /* ---------------- binding ---------------- */
 
-static void *bind_buf(struct lmc_lora_binding *b, const void *host, size_t bytes) {
-    if (b->n_bufs == b->cap_bufs) {
-        int cap = b->cap_bufs ? 2 * b->cap_bufs : 64;
-        void **p = realloc(b->bufs, (size_t)cap * sizeof *p);
+void *lmc_lora_buf_new(const struct lmc_backend *be, void ***bufs, int *n, int *cap, const void *host, size_t bytes) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 64;
+        void **p = realloc(*bufs, (size_t)c * sizeof *p);
         if (!p) return NULL;
-        b->bufs = p;
-        b->cap_bufs = cap;
+        *bufs = p;
+        *cap = c;
     }
-    void *d = b->be->alloc(b->be->ctx, bytes);
+    void *d = be->alloc(be->ctx, bytes);
     if (!d) return NULL;
-    b->bufs[b->n_bufs++] = d;
-    if (host) b->be->upload(b->be->ctx, d, host, bytes);
+    (*bufs)[(*n)++] = d;
+    if (host) be->upload(be->ctx, d, host, bytes);
     return d;
+}
+
+static void *bind_buf(struct lmc_lora_binding *b, const void *host, size_t bytes) {
+    return lmc_lora_buf_new(b->be, &b->bufs, &b->n_bufs, &b->cap_bufs, host, bytes);
 }
 
 lmc_status lmc_lora_bind(struct lmc_lora_binding *b, struct lmc_weights *w, const struct lmc_config *mc,

@@ -89,6 +89,11 @@ struct lmc_lora_binding {
     void **bufs;
     int n_bufs, cap_bufs;
 };
+/* A new buffer of bytes on be, recorded in the list (*bufs, *n of *cap,
+ * grown as needed; the owner frees them), holding host's bytes unless host
+ * is NULL; NULL when out of memory. The binding's and the bank's
+ * (lora_bank.h) buffers. */
+void *lmc_lora_buf_new(const struct lmc_backend *be, void ***bufs, int *n, int *cap, const void *host, size_t bytes);
 /* Binds n adapters (scale multipliers mul[i]) into w's layer linears,
  * uploading to be. A linear adapted by several gets them in order. */
 lmc_status lmc_lora_bind(struct lmc_lora_binding *b, struct lmc_weights *w, const struct lmc_config *mc,

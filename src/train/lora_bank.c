@@ -11,18 +11,7 @@
 #define BANK_SCRATCH_ROWS 256
 
 static void *bank_buf(struct lmc_lora_bank *b, const void *host, size_t bytes) {
-    if (b->n_bufs == b->cap_bufs) {
-        int cap = b->cap_bufs ? 2 * b->cap_bufs : 64;
-        void **p = realloc(b->bufs, (size_t)cap * sizeof *p);
-        if (!p) return NULL;
-        b->bufs = p;
-        b->cap_bufs = cap;
-    }
-    void *d = b->be->alloc(b->be->ctx, bytes);
-    if (!d) return NULL;
-    b->bufs[b->n_bufs++] = d;
-    if (host) b->be->upload(b->be->ctx, d, host, bytes);
-    return d;
+    return lmc_lora_buf_new(b->be, &b->bufs, &b->n_bufs, &b->cap_bufs, host, bytes);
 }
 
 /* Whether adapter lo adapts slot sl of layer l; its module then. */

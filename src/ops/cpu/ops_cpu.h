@@ -322,11 +322,6 @@ void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int
 void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
 void lmc_cpu_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);
-/* argmax.c: the first maximum of x[0..n) as a left-to-right scan keeping the
- * first strict maximum finds it (a NaN at 0 stays; later NaNs never win);
- * _ref is that scan, the other its AVX2 twin where built */
-int64_t lmc_cpu_argmax_f32(const float *x, int64_t n);
-int64_t lmc_cpu_argmax_f32_ref(const float *x, int64_t n);
 void lmc_cpu_sample_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V,
                          const struct lmc_sample_row *params);
 /* Training backward ops (backend.h documents them). */

@@ -6,6 +6,7 @@
  * applies it to each row. lmc_sampler_sample (infer/sampler.c) calls the
  * same core after its penalties, and the CUDA kernel (ops/cuda/sample.cu)
  * reproduces it: one definition of the semantics. */
+#include "core/argmax.h"
 #include "ops/cpu/ops_cpu.h"
 
 #include <math.h>
@@ -23,7 +24,7 @@ int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_s
     LMC_ASSERT(p->temperature > 0);
     /* unnormalised softmax at temperature T (the top token gets exactly 1).
      * exp in double rounded to float: the GPU gets the same bits. */
-    float mx = logits[lmc_cpu_argmax_f32(logits, V)];
+    float mx = logits[lmc_argmax_f32(logits, V)];
     if (mx == -INFINITY) return 0; /* nothing can be drawn */
     for (int64_t i = 0; i < V; i++) {
         float z = (float)((logits[i] - mx) / p->temperature);
@@ -61,7 +62,7 @@ int64_t lmc_sample_filter_row(const float *logits, int64_t V, const struct lmc_s
 
 int32_t lmc_sample_logits_row(const float *logits, int64_t V, const struct lmc_sample_row *p,
                               int32_t *idx, float *prob) {
-    if (p->temperature == 0) return (int32_t)lmc_cpu_argmax_f32(logits, V);
+    if (p->temperature == 0) return (int32_t)lmc_argmax_f32(logits, V);
     int64_t n = lmc_sample_filter_row(logits, V, p, idx, prob);
     if (n == 0) return 0; /* all logits -inf: as argmax (and the GPU) */
     double tot = 0;
