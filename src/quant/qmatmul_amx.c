@@ -1,0 +1,324 @@
+/* qmatmul_amx.c — the quantized product on AMX-INT8 tiles at prefill
+ * sizes (M >= LMC_QAMX_MIN_M rows), Q8_0 and Q4_0 weights: the activation
+ * rows are quantized to int8 blocks of 32 (struct lmc_q8act, c's
+ * quantizer: the integers every other kernel uses), then per block of K
+ * one TDPBSSD per 16 x 16 outputs gives the exact integer block products,
+ * which AVX-512 scales by d_x * d_w into f32 accumulators.
+ *
+ * Tasks are panels of 32 weight rows (output columns). A task packs its
+ * panel 32 blocks of K at a time into its stack in AMX's VNNI layout for
+ * the second operand (per block and 16 columns: 8 rows of 16 columns x 4
+ * consecutive K bytes, Q4_0's nibbles unpacked minus 8 so that the signed
+ * product is Q4_0's s - 8 sx exactly; Q8_0's bytes reordered) plus the
+ * blocks' f32 weight scales, then runs every group of 32 activation rows
+ * against it: per block, tiles A 4-5 (16 rows x 32 bytes, read straight
+ * from the lmc_q8act rows with their 40-byte block stride; a partial last
+ * group through a zero-padded local copy), B 6-7 (8 x 64 bytes, the two
+ * halves of the panel), C 0-3 (2 x 2 tiles of 16 x 16 int32, zeroed per
+ * block), 4 TDPBSSD (16 x 16 x 32 each), the C tiles stored and scaled:
+ * acc = fma(d_x * d_w, (float)isum, acc) per output, the blocks in order
+ * from acc = 0 (kept in y between the 32-block chunks of K). Every output
+ * gets the same sequence whatever its place, so the bits depend only on
+ * its row of x, its row of W and K.
+ *
+ * Compiled with target attributes (gcc >= 11, clang >= 12, x86-64) and run
+ * only where lmc_qamx_available(). With LMC_AMX_EMULATE (tests/
+ * test_qmatmul_amx_emu.c includes this file) the tile instructions are
+ * modelled in memory and the AVX-512 scaling has a scalar twin of the same
+ * bits, so the addressing is checked on CPUs without AMX. gcc's tile
+ * intrinsics are asm statements without a memory clobber: QAMX_FENCE
+ * orders the plain stores and loads of the local buffers against them. */
+#include "quant/qmatmul_amx.h"
+#include "core/core.h"
+#include "core/dtype.h"
+#include "core/threadpool.h"
+#include "ops/cpu/gemm_amx.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(LMC_AMX_EMULATE)
+#define QAMX_X86 1
+#define QAMX_EMU 1
+#define QAMX_TARGET
+#define QAMX_FENCE() ((void)0)
+#elif defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
+                              (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define QAMX_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#define QAMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx2,fma")))
+#define QAMX_FENCE() __asm__ volatile("" ::: "memory")
+#endif
+
+/* blocks of K a task packs at a time: 32 KiB of codes on its stack */
+#define QAMX_KB 32
+
+bool lmc_qamx_available(void) {
+#if defined(QAMX_X86) && !defined(QAMX_EMU)
+    /* 0 not asked yet, 1 no, 2 yes (racing first callers ask the same question) */
+    static int state;
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+        bool ok = lmc_cpu_has_amx(); /* LMC_CPU_AMX, AMX-TILE, the OS grant */
+        unsigned a, b, c, d;
+        ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
+        ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+        s = ok ? 2 : 1;
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s == 2;
+#else
+    return false;
+#endif
+}
+
+bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64_t m) {
+    return c->isa == LMC_QISA_AVX512VNNI && (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) &&
+           w->ggml_type >= 0 && !w->perm && m >= LMC_QAMX_MIN_M && lmc_qamx_available();
+}
+
+#ifdef QAMX_EMU
+/* the tile registers and the instructions used here, as the ISA reference
+ * describes them (TDPBSSD: per output, the signed products of 4
+ * consecutive bytes of A's row and B's column word, added in int32); one
+ * set per thread, as the hardware's */
+struct qamx_emu_tile {
+    int rows, colsb;
+    uint8_t d[16][64];
+};
+static _Thread_local struct qamx_emu_tile qamx_emu_t[8];
+static void qamx_emu_cfg(const void *cfg) {
+    const uint8_t *c = cfg;
+    for (int t = 0; t < 8; t++) {
+        qamx_emu_t[t].colsb = c[16 + 2 * t] | c[17 + 2 * t] << 8;
+        qamx_emu_t[t].rows = c[48 + t];
+        LMC_ASSERT(qamx_emu_t[t].rows <= 16 && qamx_emu_t[t].colsb <= 64);
+        memset(qamx_emu_t[t].d, 0xA5, sizeof qamx_emu_t[t].d); /* garbage until loaded or zeroed */
+    }
+}
+static void qamx_emu_load(int t, const void *base, long stride) {
+    for (int r = 0; r < qamx_emu_t[t].rows; r++)
+        memcpy(qamx_emu_t[t].d[r], (const uint8_t *)base + r * stride, (size_t)qamx_emu_t[t].colsb);
+}
+static void qamx_emu_store(int t, void *base, long stride) {
+    for (int r = 0; r < qamx_emu_t[t].rows; r++)
+        memcpy((uint8_t *)base + r * stride, qamx_emu_t[t].d[r], (size_t)qamx_emu_t[t].colsb);
+}
+static void qamx_emu_dp(int c, int a, int b) {
+    struct qamx_emu_tile *C = &qamx_emu_t[c], *A = &qamx_emu_t[a], *B = &qamx_emu_t[b];
+    LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
+    for (int m = 0; m < C->rows; m++)
+        for (int n = 0; n < C->colsb / 4; n++) {
+            int32_t acc;
+            memcpy(&acc, &C->d[m][4 * n], 4);
+            for (int k = 0; k < A->colsb / 4; k++)
+                for (int i = 0; i < 4; i++) acc += (int8_t)A->d[m][4 * k + i] * (int8_t)B->d[k][4 * n + i];
+            memcpy(&C->d[m][4 * n], &acc, 4);
+        }
+}
+#define _tile_loadconfig(cfg) qamx_emu_cfg(cfg)
+#define _tile_release() ((void)0)
+#define _tile_zero(t) memset(qamx_emu_t[t].d, 0, sizeof qamx_emu_t[t].d)
+#define _tile_loadd(t, base, stride) qamx_emu_load(t, base, stride)
+#define _tile_stored(t, base, stride) qamx_emu_store(t, base, stride)
+#define _tile_dpbssd(c, a, b) qamx_emu_dp(c, a, b)
+#endif
+
+#ifdef QAMX_X86
+struct qamx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* C 0-3: 16 x 64 bytes (16 int32 columns); A 4-5: 16 rows x 32 bytes (one
+ * block of K); B 6-7: 8 rows x 64 bytes (32 bytes of K x 16 columns) */
+QAMX_TARGET static void qamx_config(void) {
+    _Alignas(64) struct qamx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = t == 4 || t == 5 ? 32 : 64;
+        cfg.rows[t] = t >= 6 ? 8 : 16;
+    }
+    QAMX_FENCE();
+    _tile_loadconfig(&cfg);
+    QAMX_FENCE();
+}
+
+QAMX_TARGET static void qamx_release(void) {
+    QAMX_FENCE();
+    _tile_release();
+}
+
+/* weight rows [n0, n0 + nc) (nc <= 32), blocks [b0, b0 + kc): block b's
+ * half h (columns 16h..16h+15) at bp + (2b + h) * 512, its row kk (K bytes
+ * 4kk..4kk+3) at + 64 kk, column n's 4 bytes at + 4 (n % 16); the scales
+ * at dw[32 b + n]; columns past nc zero */
+QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64_t nc, int64_t b0, int64_t kc,
+                                  int8_t *bp, float *dw) {
+    const bool q4 = w->kernel == LMC_QK_Q4_0;
+    const int64_t bb = q4 ? 18 : 34;
+    if (nc < 32) {
+        memset(bp, 0, (size_t)kc * 1024);
+        memset(dw, 0, (size_t)kc * 32 * sizeof *dw);
+    }
+    for (int64_t n = 0; n < nc; n++) {
+        const uint8_t *p = w->data + (n0 + n) * w->row_bytes + b0 * bb;
+        for (int64_t b = 0; b < kc; b++, p += bb) {
+            int8_t v[32];
+            if (q4)
+                for (int j = 0; j < 16; j++) {
+                    v[j] = (int8_t)((p[2 + j] & 15) - 8);
+                    v[j + 16] = (int8_t)((p[2 + j] >> 4) - 8);
+                }
+            else memcpy(v, p + 2, 32);
+            int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
+            for (int kk = 0; kk < 8; kk++) memcpy(o + 64 * kk, v + 4 * kk, 4);
+            dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+        }
+    }
+}
+
+/* acc[r][n] = fma(da[r] * dw[n], (float)ct[r][n], acc[r][n]) for rows
+ * [0, R), 32 columns (row stride 32) */
+#ifdef QAMX_EMU
+static void qamx_scale(const int32_t *ct, const float *da, const float *dw, float *acc, int R) {
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < 32; n++) acc[r * 32 + n] = fmaf(da[r] * dw[n], (float)ct[r * 32 + n], acc[r * 32 + n]);
+}
+#else
+QAMX_TARGET static void qamx_scale(const int32_t *ct, const float *da, const float *dw, float *acc, int R) {
+    const __m512 w0 = _mm512_loadu_ps(dw), w1 = _mm512_loadu_ps(dw + 16);
+    for (int r = 0; r < R; r++) {
+        const __m512 d = _mm512_set1_ps(da[r]);
+        float *o = acc + r * 32;
+        __m512 s0 = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ct + r * 32)));
+        __m512 s1 = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ct + r * 32 + 16)));
+        _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_mul_ps(d, w0), s0, _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(_mm512_mul_ps(d, w1), s1, _mm512_load_ps(o + 16)));
+    }
+}
+#endif
+
+/* rows [g, g + rows) of xq (nb blocks a row; rows <= 32) against blocks
+ * [b0, b0 + kc) of the packed panel into acc (32 x 32). ct: 32 x 32 int32,
+ * abuf: 32 x 32 bytes of scratch. */
+QAMX_TARGET static void qamx_group(const struct lmc_q8act *xq, int64_t nb, int64_t g, int64_t rows, int64_t b0,
+                                   int64_t kc, const int8_t *bp, const float *dw, float *acc, int32_t *ct,
+                                   int8_t *abuf) {
+    const bool two = rows > 16;
+    const int R = two ? 32 : 16;
+    const long sa = (long)(nb * (int64_t)sizeof *xq);
+    const struct lmc_q8act *x0 = xq + g * nb;
+    _Alignas(64) float da[32];
+    if (rows < R) memset(abuf, 0, 32 * 32);
+    for (int64_t b = 0; b < kc; b++) {
+        const int64_t kb = b0 + b;
+        const int8_t *a0 = x0[kb].q, *a1 = two && rows >= 32 ? x0[16 * nb + kb].q : abuf + 32 * 16;
+        long s0 = sa, s1 = sa;
+        if (rows < R) { /* the live rows of the last half into the zero-padded copy */
+            int64_t r0 = two ? 16 : 0;
+            for (int64_t r = r0; r < rows; r++) memcpy(abuf + 32 * r, x0[r * nb + kb].q, 32);
+            if (two) a1 = abuf + 32 * 16, s1 = 32;
+            else a0 = abuf, s0 = 32;
+        }
+        for (int r = 0; r < R; r++) da[r] = r < rows ? x0[r * nb + kb].d : 0.0f;
+        const int8_t *bs = bp + b * 1024;
+        QAMX_FENCE();
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_loadd(4, a0, s0);
+        _tile_loadd(6, bs, 64);
+        _tile_loadd(7, bs + 512, 64);
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_stored(0, ct, 128);
+        _tile_stored(1, ct + 16, 128);
+        if (two) {
+            _tile_zero(2);
+            _tile_zero(3);
+            _tile_loadd(5, a1, s1);
+            _tile_dpbssd(2, 5, 6);
+            _tile_dpbssd(3, 5, 7);
+            _tile_stored(2, ct + 16 * 32, 128);
+            _tile_stored(3, ct + 16 * 32 + 16, 128);
+        }
+        QAMX_FENCE();
+        qamx_scale(ct, da, dw + 32 * b, acc, R);
+    }
+}
+
+/* the panel of weight rows [n0, n0 + 32) (fewer at the end) against all m
+ * rows of xq into y (row stride ldy = w->n) */
+QAMX_TARGET static void qamx_panel(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, float *y,
+                                   int64_t n0) {
+    const int64_t nb = w->k / 32, nc = LMC_MIN(32, w->n - n0), ldy = w->n;
+    _Alignas(64) int8_t bp[QAMX_KB * 1024];
+    _Alignas(64) float dw[QAMX_KB * 32];
+    _Alignas(64) int32_t ct[32 * 32];
+    _Alignas(64) float acc[32 * 32];
+    _Alignas(64) int8_t abuf[32 * 32];
+    qamx_config();
+    for (int64_t b0 = 0; b0 < nb; b0 += QAMX_KB) {
+        const int64_t kc = LMC_MIN(QAMX_KB, nb - b0);
+        qamx_pack(w, n0, nc, b0, kc, bp, dw);
+        for (int64_t g = 0; g < m; g += 32) {
+            const int64_t rows = LMC_MIN(32, m - g);
+            float *yg = y + g * ldy + n0;
+            if (b0 == 0) memset(acc, 0, sizeof acc);
+            else
+                for (int64_t r = 0; r < rows; r++) memcpy(acc + 32 * r, yg + r * ldy, (size_t)nc * sizeof *acc);
+            qamx_group(xq, nb, g, rows, b0, kc, bp, dw, acc, ct, abuf);
+            for (int64_t r = 0; r < rows; r++) memcpy(yg + r * ldy, acc + 32 * r, (size_t)nc * sizeof *acc);
+        }
+    }
+    qamx_release();
+}
+
+struct qamx_job {
+    const struct lmc_qweight *w;
+    float *y;
+    const float *x;
+    struct lmc_q8act *xq;
+    lmc_q8quant_fn quant;
+    int64_t m, rows_per_task;
+};
+
+static void qamx_quant_run(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const struct qamx_job *j = arg;
+    const int64_t nb = j->w->k / 32, i0 = task * j->rows_per_task, i1 = LMC_MIN(j->m, i0 + j->rows_per_task);
+    for (int64_t i = i0; i < i1; i++) j->quant(j->x + i * j->w->k, j->w->k, j->xq + i * nb);
+}
+
+static void qamx_panel_run(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const struct qamx_job *j = arg;
+    qamx_panel(j->w, j->xq, j->m, j->y, task * 32);
+}
+#endif
+
+void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
+                     struct lmc_q8act *xq, struct lmc_pool *pool) {
+#ifdef QAMX_X86
+    LMC_ASSERT((w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) && w->k % 32 == 0 && w->kp == w->k);
+    if (m <= 0) return;
+    const int threads = pool ? lmc_pool_threads(pool) : 1;
+    struct qamx_job j = {w, y, x, xq, lmc_qctx_quantizer(c, w), m, 0};
+    j.rows_per_task = (m + 4 * threads - 1) / (4 * threads);
+    const int64_t qtasks = (m + j.rows_per_task - 1) / j.rows_per_task, ptasks = (w->n + 31) / 32;
+    if (pool && threads > 1) {
+        lmc_pool_run(pool, qtasks, qamx_quant_run, &j);
+        lmc_pool_run(pool, ptasks, qamx_panel_run, &j);
+    } else {
+        for (int64_t t = 0; t < qtasks; t++) qamx_quant_run(&j, t, 0);
+        for (int64_t t = 0; t < ptasks; t++) qamx_panel_run(&j, t, 0);
+    }
+#else
+    (void)c, (void)w, (void)y, (void)x, (void)m, (void)xq, (void)pool;
+    LMC_ASSERT(!"lmc_qmatmul_amx: no AMX kernels in this build");
+#endif
+}

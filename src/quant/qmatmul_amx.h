@@ -1,0 +1,38 @@
+/* qmatmul_amx.h — the AMX-INT8 path of the quantized product at prefill
+ * sizes (qmatmul_amx.c): Q8_0 and Q4_0 weights against activation rows
+ * quantized to int8 blocks of 32, the integer block sums through TDPBSSD
+ * on 16 x 16 int32 tiles, scaled per block into f32 with AVX-512. */
+#ifndef LMC_QMATMUL_AMX_H
+#define LMC_QMATMUL_AMX_H
+
+#include "quant/qmatmul.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Rows of input from which lmc_qmatmul takes the AMX path. */
+#define LMC_QAMX_MIN_M 16
+
+/* True when this process may run AMX-INT8: lmc_cpu_has_amx() (the CPU's
+ * AMX tiles, the OS grant and the LMC_CPU_AMX switch: opt-in, default off
+ * until validated on an AMX machine; ops/cpu/gemm_amx.h) and the CPU's
+ * AMX-INT8. Asked once per process. */
+bool lmc_qamx_available(void);
+
+/* Whether lmc_qmatmul gives (c, w, m) to lmc_qmatmul_amx: the AVX-512
+ * VNNI context (tests that cap the instruction set lower never get it),
+ * a Q8_0 or Q4_0 weight, m >= LMC_QAMX_MIN_M, lmc_qamx_available(). */
+bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64_t m);
+
+/* y(m, w->n) = x(m, w->k) @ W^T for a Q8_0 or Q4_0 weight: x quantized
+ * with c's quantizer into xq (m * w->k / 32 blocks of scratch), then, per
+ * output, acc = fma(d_x[b] * d_w[b], (float)isum_b, acc) over the blocks b
+ * in order from acc = 0, isum_b the exact integer block product (Q4_0's
+ * codes minus 8): the bits depend only on the output's row of x, row of W
+ * and k, never on m, n, the pool or its threads. Tasks: panels of 32
+ * weight rows, each packed in the task's stack in AMX's VNNI layout 32
+ * blocks of K at a time. pool may be NULL. */
+void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
+                     struct lmc_q8act *xq, struct lmc_pool *pool);
+
+#endif
