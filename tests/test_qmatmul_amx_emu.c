@@ -19,6 +19,8 @@
  *    and of the existing kernel's result (lmc_qmatmul on this CPU's
  *    best non-AMX instruction set);
  *  - the same bits on one thread and on pools of 2 and 3;
+ *  - lmc_qmatmul_amx_multi (q/k/v-like: 3 weights of 70, 33 and 50 rows
+ *    of one input, M = 37): each output the bits of the one-weight call;
  *  - NaN planted in y beforehand (every output written) and past y (never
  *    touched), garbage in the activation scratch beforehand.
  * Where this process may run real AMX-INT8 (LMC_CPU_AMX=1 on an AMX CPU:
@@ -29,10 +31,12 @@
 #define lmc_qamx_available emu_qamx_available
 #define lmc_qamx_takes emu_qamx_takes
 #define lmc_qmatmul_amx emu_qmatmul_amx
+#define lmc_qmatmul_amx_multi emu_qmatmul_amx_multi
 #include "quant/qmatmul_amx.c"
 #undef lmc_qamx_available
 #undef lmc_qamx_takes
 #undef lmc_qmatmul_amx
+#undef lmc_qmatmul_amx_multi
 
 /* the library's real ones (the header's guard is taken by the include above) */
 bool lmc_qamx_available(void);
@@ -152,6 +156,49 @@ static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx
     free(wf), free(x), free(wq), free(y), free(y2), free(yb), free(xq), free(xr);
 }
 
+static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool, const struct lmc_qctx *cvnni) {
+    lmc_err err = {0};
+    const int64_t ns[3] = {70, 33, 50}, k = 32 * 9, m = 37, nb = k / 32;
+    int64_t rb;
+    CHECK(lmc_ggml_row_bytes(type, k, &rb));
+    float *x = malloc((size_t)(m * k) * 4), *wf = malloc((size_t)(70 * k) * 4);
+    for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng);
+    uint8_t *wq[3];
+    struct lmc_qweight w[3];
+    const struct lmc_qweight *wp[3];
+    float *y[3], *y1 = malloc((size_t)(m * 70) * 4);
+    struct lmc_q8act *xq = malloc((size_t)(m * nb) * sizeof *xq);
+    for (int i = 0; i < 3; i++) {
+        for (int64_t e = 0; e < ns[i] * k; e++) wf[e] = test_rand(&rng);
+        wq[i] = malloc((size_t)(ns[i] * rb));
+        for (int64_t o = 0; o < ns[i]; o++) lmc_ggml_quantize_row(type, wf + o * k, wq[i] + o * rb, k);
+        CHECK(lmc_qweight_init_ggml(&w[i], type, wq[i], ns[i], k, &err) == LMC_OK);
+        wp[i] = &w[i];
+        y[i] = malloc((size_t)(m * ns[i]) * 4);
+        for (int64_t e = 0; e < m * ns[i]; e++) y[i][e] = nanf("");
+    }
+    emu_qmatmul_amx_multi(cbest, 3, wp, y, x, m, xq, pool);
+    for (int i = 0; i < 3; i++) {
+        emu_qmatmul_amx(cbest, &w[i], y1, x, m, xq, NULL);
+        CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0, "%s multi: weight %d differs from its own call",
+                  lmc_ggml_type_name(type), i);
+    }
+    if (cvnni && lmc_qamx_available()) {
+        for (int i = 0; i < 3; i++) memset(y[i], 0xff, (size_t)(m * ns[i]) * 4);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w[0], m) + 63) / 64 * 64);
+        lmc_qmatmul_multi(cvnni, 3, wp, y, x, m, scratch, pool);
+        for (int i = 0; i < 3; i++) {
+            emu_qmatmul_amx(cbest, &w[i], y1, x, m, xq, NULL);
+            CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0,
+                      "%s lmc_qmatmul_multi (real AMX): weight %d differs from the model", lmc_ggml_type_name(type), i);
+        }
+        free(scratch);
+        real_checked++;
+    }
+    for (int i = 0; i < 3; i++) lmc_qweight_free(&w[i]), free(wq[i]), free(y[i]);
+    free(x), free(wf), free(y1), free(xq);
+}
+
 int main(void) {
     static const int64_t sh[][3] = {{1, 5, 1},     {5, 37, 7},   {16, 16, 7},   {17, 37, 7},  {33, 50, 33},
                                     {70, 16, 3},   {70, 100, 65}, {123, 45, 5}, {32, 31, 35}, {48, 96, 1}};
@@ -166,6 +213,7 @@ int main(void) {
     for (int t = 0; t < 2; t++)
         for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
             one(types[t], sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
+    for (int t = 0; t < 2; t++) multi(types[t], &cbest, pools[0], vnni ? &cvnni : NULL);
     if (real_checked) printf("real AMX-INT8: checked against the model on %d shapes\n", real_checked);
     else printf("real AMX-INT8: skipped (needs LMC_CPU_AMX=1 on a CPU with AMX-INT8)\n");
     lmc_pool_free(pools[0]);

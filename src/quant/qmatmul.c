@@ -654,7 +654,10 @@ void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight
     LMC_ASSERT(k >= 1);
     bool shared = k <= QMULTI_MAX && m >= 1 && c->dotm[w[0]->kernel] && m <= c->small_max;
     for (int i = 1; shared && i < k; i++) shared = same_layout(w[0], w[i]);
-    shared = shared && !lmc_qamx_takes(c, w[0], m); /* each on AMX-INT8 tiles */
+    if (shared && lmc_qamx_takes(c, w[0], m)) { /* one quantization, every weight on AMX-INT8 tiles */
+        lmc_qmatmul_amx_multi(c, k, w, y, x, m, scratch, pool);
+        return;
+    }
     if (!shared || w[0]->perm || w[0]->nf4_flat) {
         for (int i = 0; i < k; i++) lmc_qmatmul(c, w[i], y[i], x, m, scratch, pool);
         return;

@@ -278,47 +278,65 @@ QAMX_TARGET static void qamx_panel(const struct lmc_qweight *w, const struct lmc
     qamx_release();
 }
 
+#define QAMX_MULTI_MAX 8
+
 struct qamx_job {
-    const struct lmc_qweight *w;
-    float *y;
+    int nw;
+    const struct lmc_qweight *const *w;
+    float *const *y;
+    int64_t task0[QAMX_MULTI_MAX + 1]; /* weight i's panels: tasks [task0[i], task0[i + 1]) */
     const float *x;
     struct lmc_q8act *xq;
     lmc_q8quant_fn quant;
-    int64_t m, rows_per_task;
+    int64_t k, m, rows_per_task;
 };
 
 static void qamx_quant_run(void *arg, int64_t task, int thread) {
     (void)thread;
     const struct qamx_job *j = arg;
-    const int64_t nb = j->w->k / 32, i0 = task * j->rows_per_task, i1 = LMC_MIN(j->m, i0 + j->rows_per_task);
-    for (int64_t i = i0; i < i1; i++) j->quant(j->x + i * j->w->k, j->w->k, j->xq + i * nb);
+    const int64_t nb = j->k / 32, i0 = task * j->rows_per_task, i1 = LMC_MIN(j->m, i0 + j->rows_per_task);
+    for (int64_t i = i0; i < i1; i++) j->quant(j->x + i * j->k, j->k, j->xq + i * nb);
 }
 
 static void qamx_panel_run(void *arg, int64_t task, int thread) {
     (void)thread;
     const struct qamx_job *j = arg;
-    qamx_panel(j->w, j->xq, j->m, j->y, task * 32);
+    int i = 0;
+    while (task >= j->task0[i + 1]) i++;
+    qamx_panel(j->w[i], j->xq, j->m, j->y[i], (task - j->task0[i]) * 32);
 }
 #endif
 
-void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
-                     struct lmc_q8act *xq, struct lmc_pool *pool) {
+void lmc_qmatmul_amx_multi(const struct lmc_qctx *c, int nw, const struct lmc_qweight *const *w, float *const *y,
+                           const float *x, int64_t m, struct lmc_q8act *xq, struct lmc_pool *pool) {
 #ifdef QAMX_X86
-    LMC_ASSERT((w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) && w->k % 32 == 0 && w->kp == w->k);
+    LMC_ASSERT(nw >= 1 && nw <= QAMX_MULTI_MAX);
     if (m <= 0) return;
+    struct qamx_job j = {.nw = nw, .w = w, .y = y, .x = x, .xq = xq, .k = w[0]->k, .m = m};
+    j.task0[0] = 0;
+    for (int i = 0; i < nw; i++) {
+        LMC_ASSERT((w[i]->kernel == LMC_QK_Q8_0 || w[i]->kernel == LMC_QK_Q4_0) && w[i]->k % 32 == 0 &&
+                   w[i]->kp == w[i]->k && w[i]->k == j.k);
+        j.task0[i + 1] = j.task0[i] + (w[i]->n + 31) / 32;
+    }
+    j.quant = lmc_qctx_quantizer(c, w[0]);
     const int threads = pool ? lmc_pool_threads(pool) : 1;
-    struct qamx_job j = {w, y, x, xq, lmc_qctx_quantizer(c, w), m, 0};
     j.rows_per_task = (m + 4 * threads - 1) / (4 * threads);
-    const int64_t qtasks = (m + j.rows_per_task - 1) / j.rows_per_task, ptasks = (w->n + 31) / 32;
+    const int64_t qtasks = (m + j.rows_per_task - 1) / j.rows_per_task;
     if (pool && threads > 1) {
         lmc_pool_run(pool, qtasks, qamx_quant_run, &j);
-        lmc_pool_run(pool, ptasks, qamx_panel_run, &j);
+        lmc_pool_run(pool, j.task0[nw], qamx_panel_run, &j);
     } else {
         for (int64_t t = 0; t < qtasks; t++) qamx_quant_run(&j, t, 0);
-        for (int64_t t = 0; t < ptasks; t++) qamx_panel_run(&j, t, 0);
+        for (int64_t t = 0; t < j.task0[nw]; t++) qamx_panel_run(&j, t, 0);
     }
 #else
-    (void)c, (void)w, (void)y, (void)x, (void)m, (void)xq, (void)pool;
-    LMC_ASSERT(!"lmc_qmatmul_amx: no AMX kernels in this build");
+    (void)c, (void)nw, (void)w, (void)y, (void)x, (void)m, (void)xq, (void)pool;
+    LMC_ASSERT(!"lmc_qmatmul_amx_multi: no AMX kernels in this build");
 #endif
+}
+
+void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
+                     struct lmc_q8act *xq, struct lmc_pool *pool) {
+    lmc_qmatmul_amx_multi(c, 1, &w, &y, x, m, xq, pool);
 }

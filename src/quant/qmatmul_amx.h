@@ -35,4 +35,10 @@ bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64
 void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
                      struct lmc_q8act *xq, struct lmc_pool *pool);
 
+/* The same for nw <= 8 weights of one input (q/k/v, gate/up; Q8_0 or
+ * Q4_0, the same k): x quantized once, one pool run over every weight's
+ * panels; y[i] the same bits as lmc_qmatmul_amx(w[i]) gives. */
+void lmc_qmatmul_amx_multi(const struct lmc_qctx *c, int nw, const struct lmc_qweight *const *w, float *const *y,
+                           const float *x, int64_t m, struct lmc_q8act *xq, struct lmc_pool *pool);
+
 #endif
