@@ -118,6 +118,13 @@ static void qamx_emu_dp(int c, int a, int b) {
             memcpy(&C->d[m][4 * n], &acc, 4);
         }
 }
+/* (a build for an AMX CPU, -march=native, has these as immintrin.h's macros) */
+#undef _tile_loadconfig
+#undef _tile_release
+#undef _tile_zero
+#undef _tile_loadd
+#undef _tile_stored
+#undef _tile_dpbssd
 #define _tile_loadconfig(cfg) qamx_emu_cfg(cfg)
 #define _tile_release() ((void)0)
 #define _tile_zero(t) memset(qamx_emu_t[t].d, 0, sizeof qamx_emu_t[t].d)
