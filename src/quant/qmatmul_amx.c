@@ -189,18 +189,22 @@ QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64
     }
 }
 
-/* acc[r][n] = fma(da[r] * dw[n], (float)ct[r][n], acc[r][n]) for rows
- * [0, R), 32 columns (row stride 32) */
+/* acc[r][n] = fma(d_x(r) * dw[n], (float)ct[r][n], acc[r][n]) for the
+ * live rows [0, rows), 32 columns (row stride 32); d_x(r) = xb[r * nb].d,
+ * the row's activation block (the rows past `rows` are never stored) */
 #ifdef QAMX_EMU
-static void qamx_scale(const int32_t *ct, const float *da, const float *dw, float *acc, int R) {
-    for (int r = 0; r < R; r++)
-        for (int n = 0; n < 32; n++) acc[r * 32 + n] = fmaf(da[r] * dw[n], (float)ct[r * 32 + n], acc[r * 32 + n]);
+static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const float *dw, float *acc,
+                       int64_t rows) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int n = 0; n < 32; n++)
+            acc[r * 32 + n] = fmaf(xb[r * nb].d * dw[n], (float)ct[r * 32 + n], acc[r * 32 + n]);
 }
 #else
-QAMX_TARGET static void qamx_scale(const int32_t *ct, const float *da, const float *dw, float *acc, int R) {
+QAMX_TARGET static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const float *dw,
+                                   float *acc, int64_t rows) {
     const __m512 w0 = _mm512_loadu_ps(dw), w1 = _mm512_loadu_ps(dw + 16);
-    for (int r = 0; r < R; r++) {
-        const __m512 d = _mm512_set1_ps(da[r]);
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 d = _mm512_set1_ps(xb[r * nb].d);
         float *o = acc + r * 32;
         __m512 s0 = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ct + r * 32)));
         __m512 s1 = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ct + r * 32 + 16)));
@@ -211,7 +215,7 @@ QAMX_TARGET static void qamx_scale(const int32_t *ct, const float *da, const flo
 #endif
 
 /* rows [g, g + rows) of xq (nb blocks a row; rows <= 32) against blocks
- * [b0, b0 + kc) of the packed panel into acc (32 x 32). ct: 32 x 32 int32,
+ * [b0, b0 + kc) of the packed panel into acc (32 x 32). ct: 2 x 32 x 32 int32,
  * abuf: 32 x 32 bytes of scratch. */
 QAMX_TARGET static void qamx_group(const struct lmc_q8act *xq, int64_t nb, int64_t g, int64_t rows, int64_t b0,
                                    int64_t kc, const int8_t *bp, const float *dw, float *acc, int32_t *ct,
@@ -220,7 +224,6 @@ QAMX_TARGET static void qamx_group(const struct lmc_q8act *xq, int64_t nb, int64
     const int R = two ? 32 : 16;
     const long sa = (long)(nb * (int64_t)sizeof *xq);
     const struct lmc_q8act *x0 = xq + g * nb;
-    _Alignas(64) float da[32];
     if (rows < R) memset(abuf, 0, 32 * 32);
     for (int64_t b = 0; b < kc; b++) {
         const int64_t kb = b0 + b;
@@ -232,8 +235,8 @@ QAMX_TARGET static void qamx_group(const struct lmc_q8act *xq, int64_t nb, int64
             if (two) a1 = abuf + 32 * 16, s1 = 32;
             else a0 = abuf, s0 = 32;
         }
-        for (int r = 0; r < R; r++) da[r] = r < rows ? x0[r * nb + kb].d : 0.0f;
         const int8_t *bs = bp + b * 1024;
+        int32_t *cb = ct + (b & 1) * 32 * 32; /* two buffers: block b + 1's stores need not wait for b's scaling */
         QAMX_FENCE();
         _tile_zero(0);
         _tile_zero(1);
@@ -242,19 +245,19 @@ QAMX_TARGET static void qamx_group(const struct lmc_q8act *xq, int64_t nb, int64
         _tile_loadd(7, bs + 512, 64);
         _tile_dpbssd(0, 4, 6);
         _tile_dpbssd(1, 4, 7);
-        _tile_stored(0, ct, 128);
-        _tile_stored(1, ct + 16, 128);
+        _tile_stored(0, cb, 128);
+        _tile_stored(1, cb + 16, 128);
         if (two) {
             _tile_zero(2);
             _tile_zero(3);
             _tile_loadd(5, a1, s1);
             _tile_dpbssd(2, 5, 6);
             _tile_dpbssd(3, 5, 7);
-            _tile_stored(2, ct + 16 * 32, 128);
-            _tile_stored(3, ct + 16 * 32 + 16, 128);
+            _tile_stored(2, cb + 16 * 32, 128);
+            _tile_stored(3, cb + 16 * 32 + 16, 128);
         }
         QAMX_FENCE();
-        qamx_scale(ct, da, dw + 32 * b, acc, R);
+        qamx_scale(cb, x0 + kb, nb, dw + 32 * b, acc, rows);
     }
 }
 
@@ -265,7 +268,7 @@ QAMX_TARGET static void qamx_panel(const struct lmc_qweight *w, const struct lmc
     const int64_t nb = w->k / 32, nc = LMC_MIN(32, w->n - n0), ldy = w->n;
     _Alignas(64) int8_t bp[QAMX_KB * 1024];
     _Alignas(64) float dw[QAMX_KB * 32];
-    _Alignas(64) int32_t ct[32 * 32];
+    _Alignas(64) int32_t ct[2 * 32 * 32];
     _Alignas(64) float acc[32 * 32];
     _Alignas(64) int8_t abuf[32 * 32];
     qamx_config();
