@@ -9,6 +9,8 @@
 #   (steps run in the order given; final needs .llsrc carried). Two calls:
 #   `quick tests bench train` (~8 min), then `final trainfinal` (or one each).
 # AMX-INT8 (the quantized prefill, src/quant/qmatmul_amx.c): `qtests qbench`
+#   (qbench first runs bench_qamx: the kernel alone, AMX vs VNNI in one
+#   process, 125M and 1.1B linear shapes at M = 512, 2 and 1 threads)
 #   (one call, ~5-7 min): qtests runs test_qmatmul_amx_emu (real AMX-INT8
 #   against the tile model's exact bits: its last lines must say "real
 #   AMX-INT8: checked") and test_qmatmul, test_matmul_smallm, test_hf_quant,
@@ -24,7 +26,7 @@ ROOT=$(pwd); B=${BUILD:-/tmp/bd}
 WHAT=${*:-tests bench}
 source .devdeps/device-deps.sh unpack >/dev/null; export PKG_CONFIG_SYSROOT_DIR=/tmp/devdeps
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DLMC_CUDA=OFF -DLMC_WERROR=ON >/dev/null &&
-  make -C "$B" -j16 test_qmatmul_amx_emu test_qmatmul test_matmul_smallm test_hf_quant test_tp_quant test_gemm_bf16 test_gemm_amx_emu test_gemm_bf16_amx_emu test_matmul_pf test_attention_bf16 test_xent_bf16 test_muon_bf16 lmc_cli bench_pf bench_cpu bench_gemm_bf16 2>&1 | tail -n 20
+  make -C "$B" -j16 bench_qamx test_qmatmul_amx_emu test_qmatmul test_matmul_smallm test_hf_quant test_tp_quant test_gemm_bf16 test_gemm_amx_emu test_gemm_bf16_amx_emu test_matmul_pf test_attention_bf16 test_xent_bf16 test_muon_bf16 lmc_cli bench_pf bench_cpu bench_gemm_bf16 2>&1 | tail -n 20
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1); flags: $(grep -o 'amx[a-z_0-9]*\|avx512_bf16\|avx512_vnni' /proc/cpuinfo | sort -u | tr '\n' ' '); load $(cut -d' ' -f1-3 /proc/loadavg)"
 LMC_CPU_AMX=1 "$B/test_gemm_bf16" 2>&1 | head -3
 printf '#!/bin/sh\nLMC_CPU_AMX=0 exec %s/lmc "$@"\n' "$B" >/tmp/lmc-noamx; chmod +x /tmp/lmc-noamx
@@ -61,6 +63,8 @@ qtests)
     (cd "$B" && LMC_CPU_AMX=$a timeout 300 ctest -R "^(test_qmatmul|test_qmatmul_amx_emu|test_matmul_smallm|test_hf_quant|test_tp_quant|test_gguf_model|test_quant_model)$" --output-on-failure >"$O/qctest$a.log" 2>&1; tail -n 14 "$O/qctest$a.log")
   done;;
 qbench)
+  for t in 2 1; do echo "== bench_qamx $t thread(s), LMC_CPU_AMX=1 (AMX and VNNI columns interleaved in one process)"
+    LMC_CPU_AMX=1 taskset -c 0,1 "$B/bench_qamx" $t 5 2>&1 | tee -a "$O/qamx-kernel.log"; done
   QC=/tmp/lmc-qamx; mkdir -p "$QC"; CACHE=$QC; log() { echo "$*"; }
   eval "$(sed -n '/^make_model() {/,/^}/p' bench/run_issue10_quant.sh)"
   P512=$(python3 -c 'print("the quick brown fox "*25 + "abcdefghijkl")')
