@@ -19,6 +19,12 @@
  *    and of the existing kernel's result (lmc_qmatmul on this CPU's
  *    best non-AMX instruction set);
  *  - the same bits on one thread and on pools of 2 and 3;
+ *  - 4-bit groups (GPTQ/AWQ/rtn; zeros in the codes' range and one of
+ *    40): groups of 32, 64, 96 (groups across the 32-block chunks: whole
+ *    groups a chunk), 128 and 1024 blocks, the exact bits of the model (per
+ *    group ga = fmaf(d_x, isum - zero sx, ga), acc = fmaf(scale, ga, acc)),
+ *    2e-5 of float64 and the existing kernel; act-order and groups over
+ *    32 blocks refused (lmc_qamx_supports);
  *  - lmc_qmatmul_amx_multi (q/k/v-like: 3 weights of 70, 33 and 50 rows
  *    of one input, M = 37): each output the bits of the one-weight call;
  *  - NaN planted in y beforehand (every output written) and past y (never
@@ -30,17 +36,20 @@
 #define LMC_AMX_EMULATE 1
 #define lmc_qamx_available emu_qamx_available
 #define lmc_qamx_takes emu_qamx_takes
+#define lmc_qamx_supports emu_qamx_supports
 #define lmc_qmatmul_amx emu_qmatmul_amx
 #define lmc_qmatmul_amx_multi emu_qmatmul_amx_multi
 #include "quant/qmatmul_amx.c"
 #undef lmc_qamx_available
 #undef lmc_qamx_takes
+#undef lmc_qamx_supports
 #undef lmc_qmatmul_amx
 #undef lmc_qmatmul_amx_multi
 
 /* the library's real ones (the header's guard is taken by the include above) */
 bool lmc_qamx_available(void);
 bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64_t m);
+bool lmc_qamx_supports(const struct lmc_qweight *w);
 void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
                      struct lmc_q8act *xq, struct lmc_pool *pool);
 
@@ -156,6 +165,94 @@ static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx
     free(wf), free(x), free(wq), free(y), free(y2), free(yb), free(xq), free(xr);
 }
 
+/* 4-bit groups (GPTQ/AWQ/rtn: codes 0..15, a scale and an integer zero per
+ * row and group; zeros 0..15 and one of 40, beyond the codes) */
+static void groups(int64_t m, int64_t n, int64_t k, int64_t gs, int act, const struct lmc_qctx *cbest,
+                   struct lmc_pool **pools, const struct lmc_qctx *cvnni) {
+    lmc_err err = {0};
+    struct lmc_qgroups g;
+    CHECK(lmc_qgroups_alloc(&g, n, k, 4, gs, &err) == LMC_OK);
+    for (int64_t i = 0; i < g.n * g.k; i++) g.q[i] = (uint8_t)(test_rng_next(&rng) % 16);
+    for (int64_t i = 0; i < g.n * g.n_groups; i++) {
+        g.scale[i] = 0.01f + 0.05f * (float)(test_rng_next(&rng) % 100) / 100.0f;
+        g.zero[i] = (int32_t)(test_rng_next(&rng) % 16);
+    }
+    g.zero[g.n_groups / 2 * g.n + n / 2] = 40;
+    if (act)
+        for (int64_t i = 0; i < g.k; i++) g.g_idx[i] = (int32_t)(test_rng_next(&rng) % (uint64_t)g.n_groups);
+    float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(m * k) * 4);
+    lmc_qgroups_dequantize(&g, wf);
+    for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng) * (1.0f + (float)(i % 13));
+    struct lmc_qweight w;
+    CHECK(lmc_qweight_init_groups(&w, &g, &err) == LMC_OK);
+    const bool fits = !act && gs <= 32 * QAMX_KB && k % gs == 0 && gs % 32 == 0;
+    CHECK_MSG(emu_qamx_supports(&w) == fits, "groups g%lld K=%lld act %d: supports %d", (long long)gs, (long long)k,
+              act, (int)emu_qamx_supports(&w));
+    if (!fits) {
+        lmc_qweight_free(&w), lmc_qgroups_free(&g), free(wf), free(x);
+        return;
+    }
+    const int64_t nb = k / 32, guard = 33;
+    float *y = malloc((size_t)(m * n + guard) * 4), *y2 = malloc((size_t)(m * n) * 4);
+    struct lmc_q8act *xq = malloc((size_t)(m * nb) * sizeof *xq), *xr = malloc((size_t)nb * sizeof *xr);
+    for (int64_t i = 0; i < m * n + guard; i++) y[i] = nanf("");
+    fill_garbage(xq, (size_t)(m * nb) * sizeof *xq);
+    emu_qmatmul_amx(cbest, &w, y, x, m, xq, NULL);
+    int guard_ok = 1;
+    for (int64_t i = m * n; i < m * n + guard; i++) guard_ok &= isnan(y[i]);
+    CHECK(guard_ok);
+    int64_t exact_bad = 0;
+    double eq = 0, mq = 0;
+    for (int64_t i = 0; i < m; i++) {
+        cbest->quantize(x + i * k, k, xr);
+        for (int64_t o = 0; o < n; o++) {
+            const uint8_t *p = w.data + o * w.row_bytes;
+            float acc = 0;
+            double sq = 0;
+            for (int64_t gi = 0; gi < w.n_groups; gi++) {
+                float ga = 0;
+                int32_t z = w.zero[o * w.n_groups + gi];
+                for (int64_t b = w.gblk[gi]; b < w.gblk[gi + 1]; b++) {
+                    int32_t is = 0;
+                    for (int j = 0; j < 32; j++) is += (j < 16 ? p[16 * b + j] & 15 : p[16 * b + j - 16] >> 4) * xr[b].q[j];
+                    ga = fmaf(xr[b].d, (float)(is - z * (xr[b].s0 + xr[b].s1)), ga);
+                    for (int j = 0; j < 32; j++) sq += (double)wf[o * k + 32 * b + j] * xr[b].d * xr[b].q[j];
+                }
+                if (w.gblk[gi + 1] > w.gblk[gi]) acc = fmaf(w.scale[o * w.n_groups + gi], ga, acc);
+            }
+            float got = y[i * n + o];
+            if (memcmp(&got, &acc, 4) != 0) exact_bad++;
+            eq = fmax(eq, fabs(got - sq));
+            mq = fmax(mq, fabs(sq));
+        }
+    }
+    CHECK_MSG(exact_bad == 0, "groups g%lld M=%lld N=%lld K=%lld: %lld outputs differ from the model sum's bits",
+              (long long)gs, (long long)m, (long long)n, (long long)k, (long long)exact_bad);
+    CHECK_MSG(eq <= 2e-5 * mq, "groups g%lld M=%lld N=%lld K=%lld: error %g against float64", (long long)gs,
+              (long long)m, (long long)n, (long long)k, eq / mq);
+    void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w, m) + 63) / 64 * 64);
+    lmc_qmatmul(cbest, &w, y2, x, m, scratch, NULL);
+    double e = 0;
+    for (int64_t i = 0; i < m * n; i++) e = fmax(e, fabs((double)y2[i] - y[i]));
+    CHECK_MSG(e <= 2e-5 * mq, "groups g%lld M=%lld N=%lld K=%lld: error %g against the existing kernel", (long long)gs,
+              (long long)m, (long long)n, (long long)k, e / mq);
+    for (int pi = 0; pi < 2; pi++) {
+        for (int64_t i = 0; i < m * n; i++) y2[i] = nanf("");
+        emu_qmatmul_amx(cbest, &w, y2, x, m, xq, pools[pi]);
+        CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "groups g%lld: pool of %d differs", (long long)gs, pi + 2);
+    }
+    if (cvnni && lmc_qamx_available()) {
+        for (int64_t i = 0; i < m * n; i++) y2[i] = nanf("");
+        lmc_qmatmul(cvnni, &w, y2, x, m, scratch, pools[0]);
+        CHECK_MSG(!lmc_qamx_takes(cvnni, &w, m) || memcmp(y, y2, (size_t)(m * n) * 4) == 0,
+                  "groups g%lld M=%lld: lmc_qmatmul (real AMX) differs from the model", (long long)gs, (long long)m);
+        real_checked++;
+    }
+    free(scratch);
+    lmc_qweight_free(&w), lmc_qgroups_free(&g);
+    free(wf), free(x), free(y), free(y2), free(xq), free(xr);
+}
+
 static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool, const struct lmc_qctx *cvnni) {
     lmc_err err = {0};
     const int64_t ns[3] = {70, 33, 50}, k = 32 * 9, m = 37, nb = k / 32;
@@ -214,6 +311,13 @@ int main(void) {
         for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
             one(types[t], sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
     for (int t = 0; t < 2; t++) multi(types[t], &cbest, pools[0], vnni ? &cvnni : NULL);
+    /* groups of 128 (4 blocks), 32, 96 (11 groups: chunks of 10 + 1), 1024
+     * (one chunk each), 64 with K past a chunk; refused: act-order, 2048 */
+    static const int64_t gsh[][4] = {{37, 45, 32 * 36, 128}, {17, 33, 32 * 5, 32},   {70, 50, 32 * 33, 96},
+                                     {33, 31, 32 * 64, 1024}, {20, 64, 32 * 66, 64}, {16, 16, 32 * 8, 128},
+                                     {17, 16, 32 * 64, 2048}};
+    for (size_t s = 0; s < sizeof gsh / sizeof gsh[0]; s++)
+        groups(gsh[s][0], gsh[s][1], gsh[s][2], gsh[s][3], s == 5, &cbest, pools, vnni ? &cvnni : NULL);
     if (real_checked) printf("real AMX-INT8: checked against the model on %d shapes\n", real_checked);
     else printf("real AMX-INT8: skipped (needs LMC_CPU_AMX=1 on a CPU with AMX-INT8)\n");
     lmc_pool_free(pools[0]);

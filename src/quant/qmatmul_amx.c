@@ -74,9 +74,17 @@ bool lmc_qamx_available(void) {
 #endif
 }
 
+bool lmc_qamx_supports(const struct lmc_qweight *w) {
+    if (w->perm || w->nf4_flat || w->kp != w->k || w->k % 32) return false;
+    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) return w->ggml_type >= 0;
+    if (w->kernel != LMC_QK_U4G) return false;
+    for (int64_t g = 0; g < w->n_groups; g++)
+        if (w->gblk[g + 1] - w->gblk[g] > QAMX_KB) return false;
+    return true;
+}
+
 bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64_t m) {
-    return c->isa == LMC_QISA_AVX512VNNI && (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) &&
-           w->ggml_type >= 0 && !w->perm && m >= LMC_QAMX_MIN_M && lmc_qamx_available();
+    return c->isa == LMC_QISA_AVX512VNNI && m >= LMC_QAMX_MIN_M && lmc_qamx_supports(w) && lmc_qamx_available();
 }
 
 #ifdef QAMX_EMU
@@ -162,42 +170,70 @@ QAMX_TARGET static void qamx_release(void) {
 
 /* weight rows [n0, n0 + nc) (nc <= 32), blocks [b0, b0 + kc): block b's
  * half h (columns 16h..16h+15) at bp + (2b + h) * 512, its row kk (K bytes
- * 4kk..4kk+3) at + 64 kk, column n's 4 bytes at + 4 (n % 16); the scales
- * at dw[32 b + n]; columns past nc zero */
+ * 4kk..4kk+3) at + 64 kk, column n's 4 bytes at + 4 (n % 16); Q8_0/Q4_0:
+ * the block scales at dw[32 b + n]; 4-bit groups: the codes as they are
+ * (0..15), groups [g0, g1)'s zeros and scales at zc / sg[32 (g - g0) + n];
+ * columns past nc zero */
 QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64_t nc, int64_t b0, int64_t kc,
-                                  int8_t *bp, float *dw) {
-    const bool q4 = w->kernel == LMC_QK_Q4_0;
-    const int64_t bb = q4 ? 18 : 34;
+                                  int64_t g0, int64_t g1, int8_t *bp, float *dw, int32_t *zc, float *sg) {
+    const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
+    const int64_t bb = u4 ? 16 : q4 ? 18 : 34, hd = u4 ? 0 : 2;
     if (nc < 32) {
         memset(bp, 0, (size_t)kc * 1024);
         memset(dw, 0, (size_t)kc * 32 * sizeof *dw);
+        memset(zc, 0, (size_t)(g1 - g0) * 32 * sizeof *zc);
+        memset(sg, 0, (size_t)(g1 - g0) * 32 * sizeof *sg);
     }
     for (int64_t n = 0; n < nc; n++) {
         const uint8_t *p = w->data + (n0 + n) * w->row_bytes + b0 * bb;
         for (int64_t b = 0; b < kc; b++, p += bb) {
             int8_t v[32];
-            if (q4)
+            if (q4 || u4)
                 for (int j = 0; j < 16; j++) {
-                    v[j] = (int8_t)((p[2 + j] & 15) - 8);
-                    v[j + 16] = (int8_t)((p[2 + j] >> 4) - 8);
+                    v[j] = (int8_t)((p[hd + j] & 15) - (q4 ? 8 : 0));
+                    v[j + 16] = (int8_t)((p[hd + j] >> 4) - (q4 ? 8 : 0));
                 }
             else memcpy(v, p + 2, 32);
             int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
             for (int kk = 0; kk < 8; kk++) memcpy(o + 64 * kk, v + 4 * kk, 4);
-            dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            if (!u4) dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
         }
+        if (u4)
+            for (int64_t g = g0; g < g1; g++) {
+                zc[32 * (g - g0) + n] = w->zero[(n0 + n) * w->n_groups + g];
+                sg[32 * (g - g0) + n] = w->scale[(n0 + n) * w->n_groups + g];
+            }
     }
 }
 
-/* acc[r][n] = fma(d_x(r) * dw[n], (float)ct[r][n], acc[r][n]) for the
- * live rows [0, rows), 32 columns (row stride 32); d_x(r) = xb[r * nb].d,
- * the row's activation block (the rows past `rows` are never stored) */
+/* For the live rows [0, rows) of 32 columns (row stride 32), d_x(r) =
+ * xb[r * nb].d and sx(r) its block's code sum (the rows past `rows` are
+ * never stored):
+ * qamx_scale: acc[r][n] = fma(d_x(r) * dw[n], (float)ct[r][n], acc[r][n]);
+ * qamx_scale_z: ga[r][n] = fma(d_x(r), (float)(ct[r][n] - zc[n] sx(r)), ga[r][n]);
+ * qamx_group_end: acc[r][n] = fma(sg[n], ga[r][n], acc[r][n]), ga = 0. */
 #ifdef QAMX_EMU
 static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const float *dw, float *acc,
                        int64_t rows) {
     for (int64_t r = 0; r < rows; r++)
         for (int n = 0; n < 32; n++)
             acc[r * 32 + n] = fmaf(xb[r * nb].d * dw[n], (float)ct[r * 32 + n], acc[r * 32 + n]);
+}
+static void qamx_scale_z(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const int32_t *zc, float *ga,
+                         int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t sx = xb[r * nb].s0 + xb[r * nb].s1;
+        for (int n = 0; n < 32; n++)
+            ga[r * 32 + n] = fmaf(xb[r * nb].d, (float)(int32_t)((uint32_t)ct[r * 32 + n] - (uint32_t)zc[n] * (uint32_t)sx),
+                                  ga[r * 32 + n]);
+    }
+}
+static void qamx_group_end(const float *sg, float *ga, float *acc, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int n = 0; n < 32; n++) {
+            acc[r * 32 + n] = fmaf(sg[n], ga[r * 32 + n], acc[r * 32 + n]);
+            ga[r * 32 + n] = 0;
+        }
 }
 #else
 QAMX_TARGET static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const float *dw,
@@ -212,78 +248,142 @@ QAMX_TARGET static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb
         _mm512_store_ps(o + 16, _mm512_fmadd_ps(_mm512_mul_ps(d, w1), s1, _mm512_load_ps(o + 16)));
     }
 }
+QAMX_TARGET static void qamx_scale_z(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const int32_t *zc,
+                                     float *ga, int64_t rows) {
+    const __m512i z0 = _mm512_loadu_si512((const void *)zc), z1 = _mm512_loadu_si512((const void *)(zc + 16));
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 d = _mm512_set1_ps(xb[r * nb].d);
+        const __m512i sx = _mm512_set1_epi32(xb[r * nb].s0 + xb[r * nb].s1);
+        float *o = ga + r * 32;
+        __m512i t0 = _mm512_sub_epi32(_mm512_load_si512((const void *)(ct + r * 32)), _mm512_mullo_epi32(z0, sx));
+        __m512i t1 = _mm512_sub_epi32(_mm512_load_si512((const void *)(ct + r * 32 + 16)), _mm512_mullo_epi32(z1, sx));
+        _mm512_store_ps(o, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(t0), _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(t1), _mm512_load_ps(o + 16)));
+    }
+}
+QAMX_TARGET static void qamx_group_end(const float *sg, float *ga, float *acc, int64_t rows) {
+    const __m512 s0 = _mm512_loadu_ps(sg), s1 = _mm512_loadu_ps(sg + 16), zero = _mm512_setzero_ps();
+    for (int64_t r = 0; r < rows; r++) {
+        float *o = acc + r * 32, *q = ga + r * 32;
+        _mm512_store_ps(o, _mm512_fmadd_ps(s0, _mm512_load_ps(q), _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(s1, _mm512_load_ps(q + 16), _mm512_load_ps(o + 16)));
+        _mm512_store_ps(q, zero);
+        _mm512_store_ps(q + 16, zero);
+    }
+}
 #endif
 
-/* rows [g, g + rows) of xq (nb blocks a row; rows <= 32) against blocks
- * [b0, b0 + kc) of the packed panel into acc (32 x 32). ct: 2 x 32 x 32 int32,
- * abuf: 32 x 32 bytes of scratch. */
-QAMX_TARGET static void qamx_group(const struct lmc_q8act *xq, int64_t nb, int64_t g, int64_t rows, int64_t b0,
-                                   int64_t kc, const int8_t *bp, const float *dw, float *acc, int32_t *ct,
-                                   int8_t *abuf) {
+/* One block of K (kb) for rows [0, rows) of x0 (rows <= 32; two: rows >
+ * 16): C tiles of the packed block bs into cb (32 x 32 int32). abuf: 32 x
+ * 32 bytes, zero in the rows past `rows`. */
+QAMX_TARGET static void qamx_tiles(const struct lmc_q8act *x0, int64_t nb, int64_t kb, int64_t rows, const int8_t *bs,
+                                   int32_t *cb, int8_t *abuf) {
     const bool two = rows > 16;
-    const int R = two ? 32 : 16;
-    const long sa = (long)(nb * (int64_t)sizeof *xq);
+    const int64_t R = two ? 32 : 16;
+    const long sa = (long)(nb * (int64_t)sizeof *x0);
+    const int8_t *a0 = x0[kb].q, *a1 = two && rows >= 32 ? x0[16 * nb + kb].q : abuf + 32 * 16;
+    long s0 = sa, s1 = sa;
+    if (rows < R) { /* the live rows of the last half into the zero-padded copy */
+        int64_t r0 = two ? 16 : 0;
+        for (int64_t r = r0; r < rows; r++) memcpy(abuf + 32 * r, x0[r * nb + kb].q, 32);
+        if (two) a1 = abuf + 32 * 16, s1 = 32;
+        else a0 = abuf, s0 = 32;
+    }
+    QAMX_FENCE();
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_loadd(4, a0, s0);
+    _tile_loadd(6, bs, 64);
+    _tile_loadd(7, bs + 512, 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_stored(0, cb, 128);
+    _tile_stored(1, cb + 16, 128);
+    if (two) {
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_loadd(5, a1, s1);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+        _tile_stored(2, cb + 16 * 32, 128);
+        _tile_stored(3, cb + 16 * 32 + 16, 128);
+    }
+    QAMX_FENCE();
+}
+
+/* the packed chunk of a panel: blocks [b0, b0 + kc); 4-bit groups: groups
+ * [g0, g1) exactly (gblk[g0] = b0, gblk[g1] = b0 + kc) */
+struct qamx_chunk {
+    int64_t b0, kc, g0, g1;
+    const int8_t *bp;
+    const float *dw, *sg;
+    const int32_t *zc;
+};
+
+/* rows [g, g + rows) of xq (nb blocks a row; rows <= 32) against a packed
+ * chunk into acc (32 x 32). ct: 2 x 32 x 32 int32, ga: 32 x 32 zeros (left
+ * zero), abuf: 32 x 32 bytes of scratch. Two C buffers alternate: block b
+ * + 1's stores need not wait for b's scaling. */
+QAMX_TARGET static void qamx_group(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t g, int64_t rows,
+                                   const struct qamx_chunk *ch, float *acc, float *ga, int32_t *ct, int8_t *abuf) {
+    const int64_t nb = w->k / 32;
     const struct lmc_q8act *x0 = xq + g * nb;
-    if (rows < R) memset(abuf, 0, 32 * 32);
-    for (int64_t b = 0; b < kc; b++) {
-        const int64_t kb = b0 + b;
-        const int8_t *a0 = x0[kb].q, *a1 = two && rows >= 32 ? x0[16 * nb + kb].q : abuf + 32 * 16;
-        long s0 = sa, s1 = sa;
-        if (rows < R) { /* the live rows of the last half into the zero-padded copy */
-            int64_t r0 = two ? 16 : 0;
-            for (int64_t r = r0; r < rows; r++) memcpy(abuf + 32 * r, x0[r * nb + kb].q, 32);
-            if (two) a1 = abuf + 32 * 16, s1 = 32;
-            else a0 = abuf, s0 = 32;
+    if (rows < (rows > 16 ? 32 : 16)) memset(abuf, 0, 32 * 32);
+    if (w->kernel != LMC_QK_U4G) {
+        for (int64_t b = 0; b < ch->kc; b++) {
+            int32_t *cb = ct + (b & 1) * 32 * 32;
+            qamx_tiles(x0, nb, ch->b0 + b, rows, ch->bp + b * 1024, cb, abuf);
+            qamx_scale(cb, x0 + ch->b0 + b, nb, ch->dw + 32 * b, acc, rows);
         }
-        const int8_t *bs = bp + b * 1024;
-        int32_t *cb = ct + (b & 1) * 32 * 32; /* two buffers: block b + 1's stores need not wait for b's scaling */
-        QAMX_FENCE();
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_loadd(4, a0, s0);
-        _tile_loadd(6, bs, 64);
-        _tile_loadd(7, bs + 512, 64);
-        _tile_dpbssd(0, 4, 6);
-        _tile_dpbssd(1, 4, 7);
-        _tile_stored(0, cb, 128);
-        _tile_stored(1, cb + 16, 128);
-        if (two) {
-            _tile_zero(2);
-            _tile_zero(3);
-            _tile_loadd(5, a1, s1);
-            _tile_dpbssd(2, 5, 6);
-            _tile_dpbssd(3, 5, 7);
-            _tile_stored(2, cb + 16 * 32, 128);
-            _tile_stored(3, cb + 16 * 32 + 16, 128);
+        return;
+    }
+    for (int64_t gi = ch->g0; gi < ch->g1; gi++) {
+        const int64_t e = w->gblk[gi + 1];
+        if (e == w->gblk[gi]) continue; /* an empty group adds nothing */
+        for (int64_t kb = w->gblk[gi]; kb < e; kb++) {
+            int32_t *cb = ct + (kb & 1) * 32 * 32;
+            qamx_tiles(x0, nb, kb, rows, ch->bp + (kb - ch->b0) * 1024, cb, abuf);
+            qamx_scale_z(cb, x0 + kb, nb, ch->zc + 32 * (gi - ch->g0), ga, rows);
         }
-        QAMX_FENCE();
-        qamx_scale(cb, x0 + kb, nb, dw + 32 * b, acc, rows);
+        qamx_group_end(ch->sg + 32 * (gi - ch->g0), ga, acc, rows);
     }
 }
 
 /* the panel of weight rows [n0, n0 + 32) (fewer at the end) against all m
- * rows of xq into y (row stride ldy = w->n) */
+ * rows of xq into y (row stride ldy = w->n), K in chunks of at most
+ * QAMX_KB blocks (4-bit groups: whole groups, at most QAMX_KB of them) */
 QAMX_TARGET static void qamx_panel(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, float *y,
                                    int64_t n0) {
     const int64_t nb = w->k / 32, nc = LMC_MIN(32, w->n - n0), ldy = w->n;
+    const bool u4 = w->kernel == LMC_QK_U4G;
     _Alignas(64) int8_t bp[QAMX_KB * 1024];
-    _Alignas(64) float dw[QAMX_KB * 32];
+    _Alignas(64) float dw[QAMX_KB * 32], sg[QAMX_KB * 32];
+    _Alignas(64) int32_t zc[QAMX_KB * 32];
     _Alignas(64) int32_t ct[2 * 32 * 32];
-    _Alignas(64) float acc[32 * 32];
+    _Alignas(64) float acc[32 * 32], ga[32 * 32];
     _Alignas(64) int8_t abuf[32 * 32];
+    memset(ga, 0, sizeof ga);
     qamx_config();
-    for (int64_t b0 = 0; b0 < nb; b0 += QAMX_KB) {
-        const int64_t kc = LMC_MIN(QAMX_KB, nb - b0);
-        qamx_pack(w, n0, nc, b0, kc, bp, dw);
+    struct qamx_chunk ch = {0, 0, 0, 0, bp, dw, sg, zc};
+    for (bool first = true; ch.b0 < nb || (u4 && ch.g0 < w->n_groups); first = false) {
+        if (u4) {
+            ch.b0 = w->gblk[ch.g0];
+            ch.g1 = ch.g0 + 1; /* every group fits (lmc_qamx_supports) */
+            while (ch.g1 < w->n_groups && ch.g1 - ch.g0 < QAMX_KB && w->gblk[ch.g1 + 1] - ch.b0 <= QAMX_KB) ch.g1++;
+            ch.kc = w->gblk[ch.g1] - ch.b0;
+        } else ch.kc = LMC_MIN(QAMX_KB, nb - ch.b0);
+        qamx_pack(w, n0, nc, ch.b0, ch.kc, ch.g0, ch.g1, bp, dw, zc, sg);
         for (int64_t g = 0; g < m; g += 32) {
             const int64_t rows = LMC_MIN(32, m - g);
             float *yg = y + g * ldy + n0;
-            if (b0 == 0) memset(acc, 0, sizeof acc);
+            if (first) memset(acc, 0, sizeof acc);
             else
                 for (int64_t r = 0; r < rows; r++) memcpy(acc + 32 * r, yg + r * ldy, (size_t)nc * sizeof *acc);
-            qamx_group(xq, nb, g, rows, b0, kc, bp, dw, acc, ct, abuf);
+            qamx_group(w, xq, g, rows, &ch, acc, ga, ct, abuf);
             for (int64_t r = 0; r < rows; r++) memcpy(yg + r * ldy, acc + 32 * r, (size_t)nc * sizeof *acc);
         }
+        ch.b0 += ch.kc;
+        ch.g0 = ch.g1;
     }
     qamx_release();
 }
@@ -325,8 +425,7 @@ void lmc_qmatmul_amx_multi(const struct lmc_qctx *c, int nw, const struct lmc_qw
     struct qamx_job j = {.nw = nw, .w = w, .y = y, .x = x, .xq = xq, .k = w[0]->k, .m = m};
     j.task0[0] = 0;
     for (int i = 0; i < nw; i++) {
-        LMC_ASSERT((w[i]->kernel == LMC_QK_Q8_0 || w[i]->kernel == LMC_QK_Q4_0) && w[i]->k % 32 == 0 &&
-                   w[i]->kp == w[i]->k && w[i]->k == j.k);
+        LMC_ASSERT(lmc_qamx_supports(w[i]) && w[i]->k == j.k);
         j.task0[i + 1] = j.task0[i] + (w[i]->n + 31) / 32;
     }
     j.quant = lmc_qctx_quantizer(c, w[0]);
