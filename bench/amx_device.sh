@@ -16,7 +16,8 @@
 #   AMX-INT8: checked") and test_qmatmul, test_matmul_smallm, test_hf_quant,
 #   test_tp_quant, test_gguf_model, test_quant_model with AMX on and off; qbench makes the
 #   random 125M Llama of run_issue10_quant.sh (numpy, no network), writes
-#   its Q8_0 and Q4_0 GGUFs with `lmc convert`, then times the 512-token
+#   its Q8_0 and Q4_0 GGUFs with `lmc convert` and its GPTQ-4 g128 folder
+#   with `lmc quantize --method rtn`, then times the 512-token
 #   prefill AMX on/off interleaved: wall tok/s at 2 threads (3 rounds) and
 #   CPU-time tok/s at 1 thread (bench/prefill_cputime_ab.py); the 1.1B
 #   shape too (QMODELS="r125m r1b") if the call has time left.
@@ -74,14 +75,16 @@ qbench)
     for q in q8_0 q4_0; do
       [ -s "$QC/$m.$q.gguf" ] || "$B/lmc" convert -m "$QC/$m" -o "$QC/$m.$q.gguf" --dtype $q >"$O/convert-$m-$q.log" 2>&1 || { echo "convert $m $q failed"; tail -n 3 "$O/convert-$m-$q.log"; }
     done
+    [ -s "$QC/$m-gptq4/config.json" ] || { rm -rf "$QC/$m-gptq4"; "$B/lmc" quantize -m "$QC/$m" -o "$QC/$m-gptq4" --method rtn --bits 4 --group 128 --head --threads 16 >"$O/quantize-$m.log" 2>&1 || { echo "quantize $m failed"; tail -n 3 "$O/quantize-$m.log"; }; }
     echo "== qbench $m: 512-token prefill, 2 threads, wall (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    for r in 1 2 3; do for q in q8_0 q4_0; do for a in 1 0; do
+    for r in 1 2 3; do for q in q8_0 q4_0 gptq4; do for a in 1 0; do
       printf '%s %s AMX=%s round %s: ' "$m" "$q" "$a" "$r"
-      LMC_CPU_AMX=$a taskset -c 0,1 "$B/lmc" generate -m "$QC/$m.$q.gguf" -p "$P512" -n 1 --temp 0 --ignore-eos -t 2 --device cpu 2>&1 >/dev/null | grep -o 'prompt [0-9]* tokens in [0-9.]* s ([0-9.]* tok/s)' | tee -a "$O/qbench-$m.log"
+      f="$QC/$m.$q.gguf"; [ $q = gptq4 ] && f="$QC/$m-gptq4"
+      LMC_CPU_AMX=$a taskset -c 0,1 "$B/lmc" generate -m "$f" -p "$P512" -n 1 --temp 0 --ignore-eos -t 2 --device cpu 2>&1 >/dev/null | grep -o 'prompt [0-9]* tokens in [0-9.]* s ([0-9.]* tok/s)' | tee -a "$O/qbench-$m.log"
     done; done; done
     echo "== qbench $m: prefill CPU time, 1 thread (new = AMX on, old = AMX off)"
     [ "$m" = r1b ] && [ "$SECONDS" -gt 400 ] && { echo "== qbench: r1b CPU time skipped (${SECONDS}s used)"; continue; }
-    taskset -c 0 python3 bench/prefill_cputime_ab.py /tmp/lmc-amx /tmp/lmc-noamx $([ "$m" = r1b ] && echo 1 || echo 3) "$QC/$m.q8_0.gguf" "$QC/$m.q4_0.gguf" 2>&1 | tee -a "$O/qbench-cpu-$m.log" | tail -n 8
+    taskset -c 0 python3 bench/prefill_cputime_ab.py /tmp/lmc-amx /tmp/lmc-noamx $([ "$m" = r1b ] && echo 1 || echo 3) "$QC/$m.q8_0.gguf" "$QC/$m.q4_0.gguf" "$QC/$m-gptq4" 2>&1 | tee -a "$O/qbench-cpu-$m.log" | tail -n 8
   done;;
 trainfinal)
   # issue 8's measurement: lmc fp32 and bf16 (AMX on) against torch.compile

@@ -3,7 +3,8 @@
  * in one process: lmc_qmatmul with the VNNI context (AMX where
  * lmc_qamx_available(): LMC_CPU_AMX=1 on an AMX-INT8 CPU) and with a copy
  * of that context tagged AVX2 (the same VNNI kernels; lmc_qamx_takes
- * refuses it), rounds interleaved. Q8_0 and Q4_0 on the linear shapes of
+ * refuses it), rounds interleaved. Q8_0, Q4_0 and GPTQ-4 g128 (rtn) on
+ * the linear shapes of
  * the 125M and 1.1B Llamas of bench/run_issue10_quant.sh, M = 512 (and 64)
  * rows. Prints per shape the median wall ms and CPU ms (every thread) of
  * each, int8 GOPS per CPU-second and the ratio. Without AMX both columns
@@ -40,21 +41,26 @@ int main(int argc, char **argv) {
            "AMX / VNNI (CPU) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     static const int64_t shapes[][3] = {{512, 768, 768},   {512, 256, 768},   {512, 2048, 768}, {512, 768, 2048},
                                         {512, 2048, 2048}, {512, 5632, 2048}, {512, 2048, 5632}, {64, 2048, 2048}};
-    const int types[2] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0};
-    for (int t = 0; t < 2; t++)
+    const int types[3] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, -1 /* GPTQ-4 g128 (rtn) */};
+    for (int t = 0; t < 3; t++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], rb;
-            lmc_ggml_row_bytes(types[t], k, &rb);
-            float *wf = malloc((size_t)k * 4), *x = malloc((size_t)(m * k) * 4), *y = malloc((size_t)(m * n) * 4);
+            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], rb = k;
+            if (types[t] >= 0) lmc_ggml_row_bytes(types[t], k, &rb);
+            float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(m * k) * 4), *y = malloc((size_t)(m * n) * 4);
             uint8_t *wq = malloc((size_t)(n * rb));
             uint64_t seed = 11;
-            for (int64_t o = 0; o < n; o++) {
-                for (int64_t i = 0; i < k; i++) wf[i] = (float)((lmc_rng_uniform(&seed) * 2 - 1) * 0.05);
-                lmc_ggml_quantize_row(types[t], wf, wq + o * rb, k);
-            }
+            for (int64_t i = 0; i < n * k; i++) wf[i] = (float)((lmc_rng_uniform(&seed) * 2 - 1) * 0.05);
+            for (int64_t o = 0; types[t] >= 0 && o < n; o++) lmc_ggml_quantize_row(types[t], wf + o * k, wq + o * rb, k);
             for (int64_t i = 0; i < m * k; i++) x[i] = (float)(lmc_rng_uniform(&seed) * 2 - 1);
             struct lmc_qweight w;
-            if (lmc_qweight_init_ggml(&w, types[t], wq, n, k, &err)) {
+            struct lmc_qgroups g;
+            lmc_status st = types[t] >= 0 ? lmc_qweight_init_ggml(&w, types[t], wq, n, k, &err)
+                            : lmc_quant_rtn(wf, n, k, 4, 128, true, &g, &err);
+            if (!st && types[t] < 0) {
+                st = lmc_qweight_init_groups(&w, &g, &err);
+                lmc_qgroups_free(&g);
+            }
+            if (st) {
                 fprintf(stderr, "%s\n", err.msg);
                 return 1;
             }
@@ -75,7 +81,7 @@ int main(int argc, char **argv) {
             double mwa = bench_median(wa, R), mca = bench_median(ca, R), mwv = bench_median(wv, R),
                    mcv = bench_median(cvv, R), ops = 2.0 * (double)m * (double)n * (double)k;
             printf("| %s | %lldx%lldx%lld | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f | %.2fx |\n",
-                   lmc_ggml_type_name(types[t]), (long long)m, (long long)n, (long long)k, mwa * 1e3, mca * 1e3,
+                   types[t] >= 0 ? lmc_ggml_type_name(types[t]) : "GPTQ-4 g128", (long long)m, (long long)n, (long long)k, mwa * 1e3, mca * 1e3,
                    mwv * 1e3, mcv * 1e3, ops / mca * 1e-9, ops / mcv * 1e-9, mcv / mca);
             fflush(stdout);
             lmc_qweight_free(&w);
