@@ -1,23 +1,27 @@
 /* qmatmul_amx.c — the quantized product on AMX-INT8 tiles at prefill
- * sizes (M >= LMC_QAMX_MIN_M rows), Q8_0 and Q4_0 weights: the activation
- * rows are quantized to int8 blocks of 32 (struct lmc_q8act, c's
- * quantizer: the integers every other kernel uses), then per block of K
- * one TDPBSSD per 16 x 16 outputs gives the exact integer block products,
- * which AVX-512 scales by d_x * d_w into f32 accumulators.
+ * sizes (M >= LMC_QAMX_MIN_M rows) for Q8_0, Q4_0 and 4-bit group
+ * (GPTQ/AWQ/rtn) weights: the activation rows are quantized to int8 blocks
+ * of 32 (struct lmc_q8act, c's quantizer: the integers every other kernel
+ * uses), then per block of K one TDPBSSD per 16 x 16 outputs gives the
+ * exact integer block products, which AVX-512 scales into f32
+ * accumulators (Q8_0/Q4_0: by d_x * d_w; groups: d_x after subtracting
+ * zero x the block's code sum, then the group's scale per group).
  *
  * Tasks are panels of 32 weight rows (output columns). A task packs its
  * panel 32 blocks of K at a time into its stack in AMX's VNNI layout for
  * the second operand (per block and 16 columns: 8 rows of 16 columns x 4
  * consecutive K bytes, Q4_0's nibbles unpacked minus 8 so that the signed
- * product is Q4_0's s - 8 sx exactly; Q8_0's bytes reordered) plus the
- * blocks' f32 weight scales, then runs every group of 32 activation rows
- * against it: per block, tiles A 4-5 (16 rows x 32 bytes, read straight
+ * product is Q4_0's s - 8 sx exactly; Q8_0's bytes reordered; the groups'
+ * codes as they are, a chunk holding whole groups) plus the blocks' f32
+ * weight scales (the groups' zeros and scales), then runs every group of
+ * 32 activation rows against it: per block, tiles A 4-5 (16 rows x 32 bytes, read straight
  * from the lmc_q8act rows with their 40-byte block stride; a partial last
  * group through a zero-padded local copy), B 6-7 (8 x 64 bytes, the two
  * halves of the panel), C 0-3 (2 x 2 tiles of 16 x 16 int32, zeroed per
- * block), 4 TDPBSSD (16 x 16 x 32 each), the C tiles stored and scaled:
- * acc = fma(d_x * d_w, (float)isum, acc) per output, the blocks in order
- * from acc = 0 (kept in y between the 32-block chunks of K). Every output
+ * block), 4 TDPBSSD (16 x 16 x 32 each), the C tiles stored and scaled
+ * (qamx_scale, qamx_scale_z and qamx_group_end: the formulas there) per
+ * output, the blocks in order from acc = 0 (kept in y between the chunks
+ * of K). Every output
  * gets the same sequence whatever its place, so the bits depend only on
  * its row of x, its row of W and K.
  *

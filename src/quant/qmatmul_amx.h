@@ -11,8 +11,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Rows of input from which lmc_qmatmul takes the AMX path. */
-#define LMC_QAMX_MIN_M 16
+/* Rows of input from which lmc_qmatmul takes the AMX path: a whole 32-row
+ * tile group. Below it the small-M kernels keep every row the bits of the
+ * 1-row product (test_matmul_smallm's rows-vs-M checks run to M = 17; the
+ * server's short chunks and drafts stay batch-invariant); the AMX rows have
+ * their own summation order. */
+#define LMC_QAMX_MIN_M 32
 
 /* True when this process may run AMX-INT8: lmc_cpu_has_amx() (the CPU's
  * AMX tiles, the OS grant and the LMC_CPU_AMX switch: opt-in, default off
