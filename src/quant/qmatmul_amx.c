@@ -46,12 +46,17 @@
 #define QAMX_EMU 1
 #define QAMX_TARGET
 #define QAMX_FENCE() ((void)0)
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+#include <immintrin.h>
+#define QAMX_EMU_AVX2 1 /* the packing's AVX2 transposes run too, where the CPU has AVX2 and F16C */
+#define QAMX_PACK_TARGET __attribute__((target("avx2,f16c")))
+#endif
 #elif defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
                               (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define QAMX_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
-#define QAMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx2,fma")))
+#define QAMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define QAMX_FENCE() __asm__ volatile("" ::: "memory")
 #endif
 
@@ -172,12 +177,63 @@ QAMX_TARGET static void qamx_release(void) {
     _tile_release();
 }
 
+#ifndef QAMX_PACK_TARGET
+#define QAMX_PACK_TARGET QAMX_TARGET
+#endif
+#if !defined(QAMX_EMU) || defined(QAMX_EMU_AVX2)
+/* qamx_pack's layout for the 8 weight rows [n0 + n, n0 + n + 8) (n a
+ * multiple of 8, all live): per block the 8 rows' 32 codes as 8 words
+ * each, an 8 x 8 transpose of words, 8 stores of 32 bytes; the 8 scales
+ * through vcvtph2ps (exact, as lmc_f16_to_f32) */
+QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0, int64_t n, int64_t b0, int64_t kc,
+                                        int8_t *bp, float *dw) {
+    const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
+    const int64_t bb = u4 ? 16 : q4 ? 18 : 34, hd = u4 ? 0 : 2;
+    const uint8_t *p[8];
+    for (int j = 0; j < 8; j++) p[j] = w->data + (n0 + n + j) * w->row_bytes + b0 * bb;
+    const __m256i m4 = _mm256_set1_epi8(15), off = _mm256_set1_epi8(q4 ? 8 : 0);
+    for (int64_t b = 0; b < kc; b++) {
+        __m256i r[8];
+        for (int j = 0; j < 8; j++) {
+            if (q4 || u4) {
+                __m128i q = _mm_loadu_si128((const __m128i *)(p[j] + b * bb + hd));
+                __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q); /* codes 0-15 low, 16-31 high */
+                r[j] = _mm256_sub_epi8(_mm256_and_si256(v, m4), off);
+            } else r[j] = _mm256_loadu_si256((const __m256i *)(p[j] + b * bb + 2));
+        }
+        __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        __m256i u4v = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+        __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+        int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
+        _mm256_storeu_si256((__m256i *)(o + 0 * 64), _mm256_permute2x128_si256(u0, u4v, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 1 * 64), _mm256_permute2x128_si256(u1, u5, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 2 * 64), _mm256_permute2x128_si256(u2, u6, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 3 * 64), _mm256_permute2x128_si256(u3, u7, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 4 * 64), _mm256_permute2x128_si256(u0, u4v, 0x31));
+        _mm256_storeu_si256((__m256i *)(o + 5 * 64), _mm256_permute2x128_si256(u1, u5, 0x31));
+        _mm256_storeu_si256((__m256i *)(o + 6 * 64), _mm256_permute2x128_si256(u2, u6, 0x31));
+        _mm256_storeu_si256((__m256i *)(o + 7 * 64), _mm256_permute2x128_si256(u3, u7, 0x31));
+        if (!u4) {
+            uint16_t h[8];
+            for (int j = 0; j < 8; j++) h[j] = (uint16_t)(p[j][b * bb] | p[j][b * bb + 1] << 8);
+            _mm256_storeu_ps(dw + 32 * b + n, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+        }
+    }
+}
+#endif
+
 /* weight rows [n0, n0 + nc) (nc <= 32), blocks [b0, b0 + kc): block b's
  * half h (columns 16h..16h+15) at bp + (2b + h) * 512, its row kk (K bytes
  * 4kk..4kk+3) at + 64 kk, column n's 4 bytes at + 4 (n % 16); Q8_0/Q4_0:
  * the block scales at dw[32 b + n]; 4-bit groups: the codes as they are
  * (0..15), groups [g0, g1)'s zeros and scales at zc / sg[32 (g - g0) + n];
- * columns past nc zero */
+ * columns past nc zero. Whole 8-row steps through qamx_pack8, the rest
+ * (and CPUs without AVX2 in the emulation) here. */
 QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64_t nc, int64_t b0, int64_t kc,
                                   int64_t g0, int64_t g1, int8_t *bp, float *dw, int32_t *zc, float *sg) {
     const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
@@ -188,7 +244,14 @@ QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64
         memset(zc, 0, (size_t)(g1 - g0) * 32 * sizeof *zc);
         memset(sg, 0, (size_t)(g1 - g0) * 32 * sizeof *sg);
     }
-    for (int64_t n = 0; n < nc; n++) {
+    int64_t n8 = 0;
+#if !defined(QAMX_EMU)
+    for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
+#elif defined(QAMX_EMU_AVX2)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+        for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
+#endif
+    for (int64_t n = n8; n < nc; n++) {
         const uint8_t *p = w->data + (n0 + n) * w->row_bytes + b0 * bb;
         for (int64_t b = 0; b < kc; b++, p += bb) {
             int8_t v[32];
@@ -202,12 +265,13 @@ QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64
             for (int kk = 0; kk < 8; kk++) memcpy(o + 64 * kk, v + 4 * kk, 4);
             if (!u4) dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
         }
-        if (u4)
+    }
+    if (u4)
+        for (int64_t n = 0; n < nc; n++)
             for (int64_t g = g0; g < g1; g++) {
                 zc[32 * (g - g0) + n] = w->zero[(n0 + n) * w->n_groups + g];
                 sg[32 * (g - g0) + n] = w->scale[(n0 + n) * w->n_groups + g];
             }
-    }
 }
 
 /* For the live rows [0, rows) of 32 columns (row stride 32), d_x(r) =
