@@ -8,19 +8,21 @@
 # Usage: bench/amx_device.sh [quick] [tests] [bench] [train] [final] [trainfinal]
 #   (steps run in the order given; final needs .llsrc carried). Two calls:
 #   `quick tests bench train` (~8 min), then `final trainfinal` (or one each).
-# AMX-INT8 (the quantized prefill, src/quant/qmatmul_amx.c): `qtests qbench`
-#   (qbench first runs bench_qamx: the kernel alone, AMX vs VNNI in one
-#   process, 125M and 1.1B linear shapes at M = 512, 2 and 1 threads)
-#   (one call, ~5-7 min): qtests runs test_qmatmul_amx_emu (real AMX-INT8
-#   against the tile model's exact bits: its last lines must say "real
-#   AMX-INT8: checked") and test_qmatmul, test_matmul_smallm, test_hf_quant,
-#   test_tp_quant, test_gguf_model, test_quant_model with AMX on and off; qbench makes the
-#   random 125M Llama of run_issue10_quant.sh (numpy, no network), writes
-#   its Q8_0 and Q4_0 GGUFs with `lmc convert` and its GPTQ-4 g128 folder
-#   with `lmc quantize --method rtn`, then times the 512-token
-#   prefill AMX on/off interleaved: wall tok/s at 2 threads (3 rounds) and
-#   CPU-time tok/s at 1 thread (bench/prefill_cputime_ab.py); the 1.1B
-#   shape too (QMODELS="r125m r1b") if the call has time left.
+# AMX-INT8 (the quantized prefill, src/quant/qmatmul_amx.c), one call of
+#   ~5-8 min: `qtests qbench`. qtests: test_qmatmul_amx_emu with
+#   LMC_CPU_AMX=1 (real AMX-INT8 against the tile model's exact bits; its
+#   last lines must say "real AMX-INT8: checked"), then test_qmatmul,
+#   test_qmatmul_amx_emu, test_matmul_smallm, test_hf_quant, test_tp_quant,
+#   test_gguf_model, test_quant_model with LMC_CPU_AMX=1 and 0. qbench:
+#   bench_qamx (the kernel alone, AMX vs VNNI in one process, 125M and 1.1B
+#   linear shapes at M = 512, 2 and 1 threads), then the random 125M Llama
+#   of run_issue10_quant.sh (numpy, no network) as Q8_0/Q4_0 GGUFs (`lmc
+#   convert`) and a GPTQ-4 g128 folder (`lmc quantize --method rtn`): the
+#   512-token prefill AMX-INT8 on/off interleaved (LMC_CPU_AMX=1 with and
+#   without LMC_CPU_AMX_INT8=0: AMX-BF16 on in both), wall tok/s at 2
+#   threads (3 rounds) and CPU-time tok/s at 1 thread
+#   (bench/prefill_cputime_ab.py); the 1.1B shape too (QMODELS="r125m r1b")
+#   if the call has time left.
 set -u
 O=${OUT:-/tmp/amx}; mkdir -p "$O"
 ROOT=$(pwd); B=${BUILD:-/tmp/bd}
@@ -66,6 +68,9 @@ qtests)
 qbench)
   for t in 2 1; do echo "== bench_qamx $t thread(s), LMC_CPU_AMX=1 (AMX and VNNI columns interleaved in one process)"
     LMC_CPU_AMX=1 taskset -c 0,1 "$B/bench_qamx" $t 5 2>&1 | tee -a "$O/qamx-kernel.log"; done
+  # AMX-INT8 on / off with AMX-BF16 on in both: only the quantized product differs
+  printf '#!/bin/sh\nLMC_CPU_AMX=1 exec %s/lmc "$@"\n' "$B" >/tmp/lmc-q8on; chmod +x /tmp/lmc-q8on
+  printf '#!/bin/sh\nLMC_CPU_AMX=1 LMC_CPU_AMX_INT8=0 exec %s/lmc "$@"\n' "$B" >/tmp/lmc-q8off; chmod +x /tmp/lmc-q8off
   QC=/tmp/lmc-qamx; mkdir -p "$QC"; CACHE=$QC; log() { echo "$*"; }
   eval "$(sed -n '/^make_model() {/,/^}/p' bench/run_issue10_quant.sh)"
   P512=$(python3 -c 'print("the quick brown fox "*25 + "abcdefghijkl")')
@@ -77,14 +82,14 @@ qbench)
     done
     [ -s "$QC/$m-gptq4/config.json" ] || { rm -rf "$QC/$m-gptq4"; "$B/lmc" quantize -m "$QC/$m" -o "$QC/$m-gptq4" --method rtn --bits 4 --group 128 --head --threads 16 >"$O/quantize-$m.log" 2>&1 || { echo "quantize $m failed"; tail -n 3 "$O/quantize-$m.log"; }; }
     echo "== qbench $m: 512-token prefill, 2 threads, wall (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    for r in 1 2 3; do for q in q8_0 q4_0 gptq4; do for a in 1 0; do
-      printf '%s %s AMX=%s round %s: ' "$m" "$q" "$a" "$r"
+    for r in 1 2 3; do for q in q8_0 q4_0 gptq4; do for a in on off; do
+      printf '%s %s AMX-INT8 %s round %s: ' "$m" "$q" "$a" "$r"
       f="$QC/$m.$q.gguf"; [ $q = gptq4 ] && f="$QC/$m-gptq4"
-      LMC_CPU_AMX=$a taskset -c 0,1 "$B/lmc" generate -m "$f" -p "$P512" -n 1 --temp 0 --ignore-eos -t 2 --device cpu 2>&1 >/dev/null | grep -o 'prompt [0-9]* tokens in [0-9.]* s ([0-9.]* tok/s)' | tee -a "$O/qbench-$m.log"
+      taskset -c 0,1 /tmp/lmc-q8$a generate -m "$f" -p "$P512" -n 1 --temp 0 --ignore-eos -t 2 --device cpu 2>&1 >/dev/null | grep -o 'prompt [0-9]* tokens in [0-9.]* s ([0-9.]* tok/s)' | tee -a "$O/qbench-$m.log"
     done; done; done
-    echo "== qbench $m: prefill CPU time, 1 thread (new = AMX on, old = AMX off)"
+    echo "== qbench $m: prefill CPU time, 1 thread (new = AMX-INT8 on, old = off; AMX-BF16 on in both)"
     [ "$m" = r1b ] && [ "$SECONDS" -gt 400 ] && { echo "== qbench: r1b CPU time skipped (${SECONDS}s used)"; continue; }
-    taskset -c 0 python3 bench/prefill_cputime_ab.py /tmp/lmc-amx /tmp/lmc-noamx $([ "$m" = r1b ] && echo 1 || echo 3) "$QC/$m.q8_0.gguf" "$QC/$m.q4_0.gguf" "$QC/$m-gptq4" 2>&1 | tee -a "$O/qbench-cpu-$m.log" | tail -n 8
+    taskset -c 0 python3 bench/prefill_cputime_ab.py /tmp/lmc-q8on /tmp/lmc-q8off $([ "$m" = r1b ] && echo 1 || echo 3) "$QC/$m.q8_0.gguf" "$QC/$m.q4_0.gguf" "$QC/$m-gptq4" 2>&1 | tee -a "$O/qbench-cpu-$m.log" | tail -n 8
   done;;
 trainfinal)
   # issue 8's measurement: lmc fp32 and bf16 (AMX on) against torch.compile

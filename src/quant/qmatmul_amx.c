@@ -39,6 +39,7 @@
 #include "ops/cpu/gemm_amx.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(LMC_AMX_EMULATE)
@@ -63,13 +64,24 @@
 /* blocks of K a task packs at a time: 32 KiB of codes on its stack */
 #define QAMX_KB 32
 
+/* Whether AMX-INT8 runs where the CPU has it when neither LMC_CPU_AMX_INT8
+ * nor LMC_CPU_AMX=1 is set: off until bench/amx_device.sh qtests has
+ * passed on an AMX machine (this kernel was written and checked on CPUs
+ * without AMX, through tests/test_qmatmul_amx_emu.c's tile model). Its
+ * own default, apart from the AMX-BF16 path's (LMC_CPU_AMX_DEFAULT). */
+#ifndef LMC_QAMX_DEFAULT
+#define LMC_QAMX_DEFAULT 0
+#endif
+
 bool lmc_qamx_available(void) {
 #if defined(QAMX_X86) && !defined(QAMX_EMU)
     /* 0 not asked yet, 1 no, 2 yes (racing first callers ask the same question) */
     static int state;
     int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
     if (s == 0) {
-        bool ok = lmc_cpu_has_amx(); /* LMC_CPU_AMX, AMX-TILE, the OS grant */
+        const char *e8 = getenv("LMC_CPU_AMX_INT8"), *e = getenv("LMC_CPU_AMX");
+        bool ok = e8 ? e8[0] == '1' : e ? e[0] == '1' : LMC_QAMX_DEFAULT;
+        ok = ok && lmc_cpu_has_amx(); /* LMC_CPU_AMX=0 off; AMX-TILE, the OS grant */
         unsigned a, b, c, d;
         ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
         ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
