@@ -8,9 +8,11 @@
  * bytes and Q4_0's nibbles minus 8, the 16- and 32-row groups and the
  * zero-padded partial last group, the panels of 32 weight rows with a
  * partial last one, the chunks of 32 blocks of K kept in y between them) is
- * checked where AMX is absent. Q8_0 and Q4_0, odd M (1, 5, 16, 17, 33, 70,
- * 123), N not a multiple of 16 or 32, K = 32 x odd (1, 7, 33, 65 blocks:
- * one, two and three chunks):
+ * checked where AMX is absent (the packing's AVX2 transposes run as they
+ * are where the CPU has AVX2). Q8_0 and Q4_0, M 1, 5, 16, 17, 32, 33, 48,
+ * 70, 123 (the kernel takes any M; lmc_qmatmul gives it M >= 32), N not a
+ * multiple of 16 or 32, K = 32 x 1, 3, 5, 7, 33, 35, 65 blocks (one, two
+ * and three chunks):
  *  - every output the exact bits of the model sum (per block b in order,
  *    acc = fmaf(d_x d_w, (float)isum_b, acc) from 0, isum_b the integer
  *    product of the quantized activations with the codes);
@@ -21,7 +23,7 @@
  *  - the same bits on one thread and on pools of 2 and 3;
  *  - 4-bit groups (GPTQ/AWQ/rtn; zeros in the codes' range and one of
  *    40): groups of 32, 64, 96 (groups across the 32-block chunks: whole
- *    groups a chunk), 128 and 1024 blocks, the exact bits of the model (per
+ *    groups a chunk), 128 and 1024 columns, the exact bits of the model (per
  *    group ga = fmaf(d_x, isum - zero sx, ga), acc = fmaf(scale, ga, acc)),
  *    2e-5 of float64 and the existing kernel; act-order and groups over
  *    32 blocks refused (lmc_qamx_supports);
@@ -30,8 +32,8 @@
  *  - NaN planted in y beforehand (every output written) and past y (never
  *    touched), garbage in the activation scratch beforehand.
  * Where this process may run real AMX-INT8 (LMC_CPU_AMX=1 on an AMX CPU:
- * bench/amx_device.sh qtests) the real lmc_qmatmul_amx and lmc_qmatmul of
- * the VNNI context are also checked for the emulated kernel's exact bits;
+ * bench/amx_device.sh qtests) the real lmc_qmatmul_amx, lmc_qmatmul and
+ * lmc_qmatmul_multi of the VNNI context are also checked for the emulated kernel's exact bits;
  * elsewhere that part reports itself skipped. */
 #define LMC_AMX_EMULATE 1
 #define lmc_qamx_available emu_qamx_available
