@@ -10,6 +10,7 @@
 #include "core/core.h"
 #include "core/threadpool.h"
 #include "quant/qmatmul.h"
+#include "quant/qmatmul_amx.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -299,7 +300,8 @@ static void check_prefill(const struct lmc_qctx *c, const struct lmc_qweight *w,
             mx = fmax(mx, fabs(sq));
         }
         worst = fmax(worst, e / mx);
-        if (i % 7 == 0 || i == m - 1) {
+        /* (AMX-INT8's rows: test_qmatmul_amx_emu checks their exact bits) */
+        if ((i % 7 == 0 || i == m - 1) && !lmc_qamx_takes(c, w, m)) {
             lmc_qmatmul(c, w, y1, xi, 1, scratch, NULL);
             CHECK_MSG(memcmp(y1, y + i * n, (size_t)n * 4) == 0, "%s [%s]: row %lld of M = %lld differs from M = 1",
                       what, lmc_qisa_name(c->isa), (long long)i, (long long)m);

@@ -4,6 +4,7 @@
  * the dispatch table chosen once from the CPU's features, and the C dot
  * products every instruction set falls back to. */
 #include "quant/qmatmul.h"
+#include "quant/qmatmul_amx.h"
 #include "core/core.h"
 #include "core/dtype.h"
 #include "core/threadpool.h"
@@ -563,6 +564,10 @@ void lmc_qmatmul(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y
                  void *scratch, struct lmc_pool *pool) {
     LMC_ASSERT(!w->nf4_flat); /* a training base: float products only */
     if (m <= 0) return;
+    if (lmc_qamx_takes(c, w, m)) { /* prefill on AMX-INT8 tiles (qmatmul_amx.c) */
+        lmc_qmatmul_amx(c, w, y, x, m, scratch, pool);
+        return;
+    }
     uint8_t *sp = scratch;
     const float *xf = x;
     if (needs_floats(w)) {
@@ -649,6 +654,10 @@ void lmc_qmatmul_multi(const struct lmc_qctx *c, int k, const struct lmc_qweight
     LMC_ASSERT(k >= 1);
     bool shared = k <= QMULTI_MAX && m >= 1 && c->dotm[w[0]->kernel] && m <= c->small_max;
     for (int i = 1; shared && i < k; i++) shared = same_layout(w[0], w[i]);
+    if (shared && lmc_qamx_takes(c, w[0], m)) { /* one quantization, every weight on AMX-INT8 tiles */
+        lmc_qmatmul_amx_multi(c, k, w, y, x, m, scratch, pool);
+        return;
+    }
     if (!shared || w[0]->perm || w[0]->nf4_flat) {
         for (int i = 0; i < k; i++) lmc_qmatmul(c, w[i], y[i], x, m, scratch, pool);
         return;

@@ -1,0 +1,531 @@
+/* qmatmul_amx.c — the quantized product on AMX-INT8 tiles at prefill
+ * sizes (M >= LMC_QAMX_MIN_M rows) for Q8_0, Q4_0 and 4-bit group
+ * (GPTQ/AWQ/rtn) weights: the activation rows are quantized to int8 blocks
+ * of 32 (struct lmc_q8act, c's quantizer: the integers every other kernel
+ * uses), then per block of K one TDPBSSD per 16 x 16 outputs gives the
+ * exact integer block products, which AVX-512 scales into f32
+ * accumulators (Q8_0/Q4_0: by d_x * d_w; groups: d_x after subtracting
+ * zero x the block's code sum, then the group's scale per group).
+ *
+ * Tasks are panels of 32 weight rows (output columns). A task packs its
+ * panel 32 blocks of K at a time into its stack in AMX's VNNI layout for
+ * the second operand (per block and 16 columns: 8 rows of 16 columns x 4
+ * consecutive K bytes, Q4_0's nibbles unpacked minus 8 so that the signed
+ * product is Q4_0's s - 8 sx exactly; Q8_0's bytes reordered; the groups'
+ * codes as they are, a chunk holding whole groups) plus the blocks' f32
+ * weight scales (the groups' zeros and scales), then runs every group of
+ * 32 activation rows against it: per block, tiles A 4-5 (16 rows x 32 bytes, read straight
+ * from the lmc_q8act rows with their 40-byte block stride; a partial last
+ * group through a zero-padded local copy), B 6-7 (8 x 64 bytes, the two
+ * halves of the panel), C 0-3 (2 x 2 tiles of 16 x 16 int32, zeroed per
+ * block), 4 TDPBSSD (16 x 16 x 32 each), the C tiles stored and scaled
+ * (qamx_scale, qamx_scale_z and qamx_group_end: the formulas there) per
+ * output, the blocks in order from acc = 0 (kept in y between the chunks
+ * of K). Every output
+ * gets the same sequence whatever its place, so the bits depend only on
+ * its row of x, its row of W and K.
+ *
+ * Compiled with target attributes (gcc >= 11, clang >= 12, x86-64) and run
+ * only where lmc_qamx_available(). With LMC_AMX_EMULATE (tests/
+ * test_qmatmul_amx_emu.c includes this file) the tile instructions are
+ * modelled in memory and the AVX-512 scaling has a scalar twin of the same
+ * bits, so the addressing is checked on CPUs without AMX. gcc's tile
+ * intrinsics are asm statements without a memory clobber: QAMX_FENCE
+ * orders the plain stores and loads of the local buffers against them. */
+#include "quant/qmatmul_amx.h"
+#include "core/core.h"
+#include "core/dtype.h"
+#include "core/threadpool.h"
+#include "ops/cpu/gemm_amx.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(LMC_AMX_EMULATE)
+#define QAMX_X86 1
+#define QAMX_EMU 1
+#define QAMX_TARGET
+#define QAMX_FENCE() ((void)0)
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+#include <immintrin.h>
+#define QAMX_EMU_AVX2 1 /* the packing's AVX2 transposes run too, where the CPU has AVX2 and F16C */
+#define QAMX_PACK_TARGET __attribute__((target("avx2,f16c")))
+#endif
+#elif defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
+                              (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define QAMX_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#define QAMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define QAMX_FENCE() __asm__ volatile("" ::: "memory")
+#endif
+
+/* blocks of K a task packs at a time: 32 KiB of codes on its stack */
+#define QAMX_KB 32
+
+/* Whether AMX-INT8 runs where the CPU has it when neither LMC_CPU_AMX_INT8
+ * nor LMC_CPU_AMX=1 is set: off until bench/amx_device.sh qtests has
+ * passed on an AMX machine (this kernel was written and checked on CPUs
+ * without AMX, through tests/test_qmatmul_amx_emu.c's tile model). Its
+ * own default, apart from the AMX-BF16 path's (LMC_CPU_AMX_DEFAULT). */
+#ifndef LMC_QAMX_DEFAULT
+#define LMC_QAMX_DEFAULT 0
+#endif
+
+bool lmc_qamx_available(void) {
+#if defined(QAMX_X86) && !defined(QAMX_EMU)
+    /* 0 not asked yet, 1 no, 2 yes (racing first callers ask the same question) */
+    static int state;
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+        const char *e8 = getenv("LMC_CPU_AMX_INT8"), *e = getenv("LMC_CPU_AMX");
+        bool ok = e8 ? e8[0] == '1' : e ? e[0] == '1' : LMC_QAMX_DEFAULT;
+        ok = ok && lmc_cpu_has_amx(); /* LMC_CPU_AMX=0 off; AMX-TILE, the OS grant */
+        unsigned a, b, c, d;
+        ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
+        ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+        s = ok ? 2 : 1;
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s == 2;
+#else
+    return false;
+#endif
+}
+
+bool lmc_qamx_supports(const struct lmc_qweight *w) {
+    if (w->perm || w->nf4_flat || w->kp != w->k || w->k % 32) return false;
+    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) return w->ggml_type >= 0;
+    if (w->kernel != LMC_QK_U4G) return false;
+    for (int64_t g = 0; g < w->n_groups; g++)
+        if (w->gblk[g + 1] - w->gblk[g] > QAMX_KB) return false;
+    return true;
+}
+
+bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64_t m) {
+    return c->isa == LMC_QISA_AVX512VNNI && m >= LMC_QAMX_MIN_M && lmc_qamx_supports(w) && lmc_qamx_available();
+}
+
+#ifdef QAMX_EMU
+/* the tile registers and the instructions used here, as the ISA reference
+ * describes them (TDPBSSD: per output, the signed products of 4
+ * consecutive bytes of A's row and B's column word, added in int32); one
+ * set per thread, as the hardware's */
+struct qamx_emu_tile {
+    int rows, colsb;
+    uint8_t d[16][64];
+};
+static _Thread_local struct qamx_emu_tile qamx_emu_t[8];
+static void qamx_emu_cfg(const void *cfg) {
+    const uint8_t *c = cfg;
+    for (int t = 0; t < 8; t++) {
+        qamx_emu_t[t].colsb = c[16 + 2 * t] | c[17 + 2 * t] << 8;
+        qamx_emu_t[t].rows = c[48 + t];
+        LMC_ASSERT(qamx_emu_t[t].rows <= 16 && qamx_emu_t[t].colsb <= 64);
+        memset(qamx_emu_t[t].d, 0xA5, sizeof qamx_emu_t[t].d); /* garbage until loaded or zeroed */
+    }
+}
+static void qamx_emu_load(int t, const void *base, long stride) {
+    for (int r = 0; r < qamx_emu_t[t].rows; r++)
+        memcpy(qamx_emu_t[t].d[r], (const uint8_t *)base + r * stride, (size_t)qamx_emu_t[t].colsb);
+}
+static void qamx_emu_store(int t, void *base, long stride) {
+    for (int r = 0; r < qamx_emu_t[t].rows; r++)
+        memcpy((uint8_t *)base + r * stride, qamx_emu_t[t].d[r], (size_t)qamx_emu_t[t].colsb);
+}
+static void qamx_emu_dp(int c, int a, int b) {
+    struct qamx_emu_tile *C = &qamx_emu_t[c], *A = &qamx_emu_t[a], *B = &qamx_emu_t[b];
+    LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
+    for (int m = 0; m < C->rows; m++)
+        for (int n = 0; n < C->colsb / 4; n++) {
+            int32_t acc;
+            memcpy(&acc, &C->d[m][4 * n], 4);
+            for (int k = 0; k < A->colsb / 4; k++)
+                for (int i = 0; i < 4; i++) acc += (int8_t)A->d[m][4 * k + i] * (int8_t)B->d[k][4 * n + i];
+            memcpy(&C->d[m][4 * n], &acc, 4);
+        }
+}
+/* (a build for an AMX CPU, -march=native, has these as immintrin.h's macros) */
+#undef _tile_loadconfig
+#undef _tile_release
+#undef _tile_zero
+#undef _tile_loadd
+#undef _tile_stored
+#undef _tile_dpbssd
+#define _tile_loadconfig(cfg) qamx_emu_cfg(cfg)
+#define _tile_release() ((void)0)
+#define _tile_zero(t) memset(qamx_emu_t[t].d, 0, sizeof qamx_emu_t[t].d)
+#define _tile_loadd(t, base, stride) qamx_emu_load(t, base, stride)
+#define _tile_stored(t, base, stride) qamx_emu_store(t, base, stride)
+#define _tile_dpbssd(c, a, b) qamx_emu_dp(c, a, b)
+#endif
+
+#ifdef QAMX_X86
+struct qamx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* C 0-3: 16 x 64 bytes (16 int32 columns); A 4-5: 16 rows x 32 bytes (one
+ * block of K); B 6-7: 8 rows x 64 bytes (32 bytes of K x 16 columns) */
+QAMX_TARGET static void qamx_config(void) {
+    _Alignas(64) struct qamx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = t == 4 || t == 5 ? 32 : 64;
+        cfg.rows[t] = t >= 6 ? 8 : 16;
+    }
+    QAMX_FENCE();
+    _tile_loadconfig(&cfg);
+    QAMX_FENCE();
+}
+
+QAMX_TARGET static void qamx_release(void) {
+    QAMX_FENCE();
+    _tile_release();
+}
+
+#ifndef QAMX_PACK_TARGET
+#define QAMX_PACK_TARGET QAMX_TARGET
+#endif
+#if !defined(QAMX_EMU) || defined(QAMX_EMU_AVX2)
+/* qamx_pack's layout for the 8 weight rows [n0 + n, n0 + n + 8) (n a
+ * multiple of 8, all live): per block the 8 rows' 32 codes as 8 words
+ * each, an 8 x 8 transpose of words, 8 stores of 32 bytes; the 8 scales
+ * through vcvtph2ps (exact, as lmc_f16_to_f32) */
+QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0, int64_t n, int64_t b0, int64_t kc,
+                                        int8_t *bp, float *dw) {
+    const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
+    const int64_t bb = u4 ? 16 : q4 ? 18 : 34, hd = u4 ? 0 : 2;
+    const uint8_t *p[8];
+    for (int j = 0; j < 8; j++) p[j] = w->data + (n0 + n + j) * w->row_bytes + b0 * bb;
+    const __m256i m4 = _mm256_set1_epi8(15), off = _mm256_set1_epi8(q4 ? 8 : 0);
+    for (int64_t b = 0; b < kc; b++) {
+        __m256i r[8];
+        for (int j = 0; j < 8; j++) {
+            if (q4 || u4) {
+                __m128i q = _mm_loadu_si128((const __m128i *)(p[j] + b * bb + hd));
+                __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q); /* codes 0-15 low, 16-31 high */
+                r[j] = _mm256_sub_epi8(_mm256_and_si256(v, m4), off);
+            } else r[j] = _mm256_loadu_si256((const __m256i *)(p[j] + b * bb + 2));
+        }
+        __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        __m256i u4v = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+        __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+        int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
+        _mm256_storeu_si256((__m256i *)(o + 0 * 64), _mm256_permute2x128_si256(u0, u4v, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 1 * 64), _mm256_permute2x128_si256(u1, u5, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 2 * 64), _mm256_permute2x128_si256(u2, u6, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 3 * 64), _mm256_permute2x128_si256(u3, u7, 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 4 * 64), _mm256_permute2x128_si256(u0, u4v, 0x31));
+        _mm256_storeu_si256((__m256i *)(o + 5 * 64), _mm256_permute2x128_si256(u1, u5, 0x31));
+        _mm256_storeu_si256((__m256i *)(o + 6 * 64), _mm256_permute2x128_si256(u2, u6, 0x31));
+        _mm256_storeu_si256((__m256i *)(o + 7 * 64), _mm256_permute2x128_si256(u3, u7, 0x31));
+        if (!u4) {
+            uint16_t h[8];
+            for (int j = 0; j < 8; j++) h[j] = (uint16_t)(p[j][b * bb] | p[j][b * bb + 1] << 8);
+            _mm256_storeu_ps(dw + 32 * b + n, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+        }
+    }
+}
+#endif
+
+/* weight rows [n0, n0 + nc) (nc <= 32), blocks [b0, b0 + kc): block b's
+ * half h (columns 16h..16h+15) at bp + (2b + h) * 512, its row kk (K bytes
+ * 4kk..4kk+3) at + 64 kk, column n's 4 bytes at + 4 (n % 16); Q8_0/Q4_0:
+ * the block scales at dw[32 b + n]; 4-bit groups: the codes as they are
+ * (0..15), groups [g0, g1)'s zeros and scales at zc / sg[32 (g - g0) + n];
+ * columns past nc zero. Whole 8-row steps through qamx_pack8, the rest
+ * (and CPUs without AVX2 in the emulation) here. */
+QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64_t nc, int64_t b0, int64_t kc,
+                                  int64_t g0, int64_t g1, int8_t *bp, float *dw, int32_t *zc, float *sg) {
+    const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
+    const int64_t bb = u4 ? 16 : q4 ? 18 : 34, hd = u4 ? 0 : 2;
+    if (nc < 32) {
+        memset(bp, 0, (size_t)kc * 1024);
+        memset(dw, 0, (size_t)kc * 32 * sizeof *dw);
+        memset(zc, 0, (size_t)(g1 - g0) * 32 * sizeof *zc);
+        memset(sg, 0, (size_t)(g1 - g0) * 32 * sizeof *sg);
+    }
+    int64_t n8 = 0;
+#if !defined(QAMX_EMU)
+    for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
+#elif defined(QAMX_EMU_AVX2)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+        for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
+#endif
+    for (int64_t n = n8; n < nc; n++) {
+        const uint8_t *p = w->data + (n0 + n) * w->row_bytes + b0 * bb;
+        for (int64_t b = 0; b < kc; b++, p += bb) {
+            int8_t v[32];
+            if (q4 || u4)
+                for (int j = 0; j < 16; j++) {
+                    v[j] = (int8_t)((p[hd + j] & 15) - (q4 ? 8 : 0));
+                    v[j + 16] = (int8_t)((p[hd + j] >> 4) - (q4 ? 8 : 0));
+                }
+            else memcpy(v, p + 2, 32);
+            int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
+            for (int kk = 0; kk < 8; kk++) memcpy(o + 64 * kk, v + 4 * kk, 4);
+            if (!u4) dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+        }
+    }
+    if (u4)
+        for (int64_t n = 0; n < nc; n++)
+            for (int64_t g = g0; g < g1; g++) {
+                zc[32 * (g - g0) + n] = w->zero[(n0 + n) * w->n_groups + g];
+                sg[32 * (g - g0) + n] = w->scale[(n0 + n) * w->n_groups + g];
+            }
+}
+
+/* For the live rows [0, rows) of 32 columns (row stride 32), d_x(r) =
+ * xb[r * nb].d and sx(r) its block's code sum (the rows past `rows` are
+ * never stored):
+ * qamx_scale: acc[r][n] = fma(d_x(r) * dw[n], (float)ct[r][n], acc[r][n]);
+ * qamx_scale_z: ga[r][n] = fma(d_x(r), (float)(ct[r][n] - zc[n] sx(r)), ga[r][n]);
+ * qamx_group_end: acc[r][n] = fma(sg[n], ga[r][n], acc[r][n]), ga = 0. */
+#ifdef QAMX_EMU
+static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const float *dw, float *acc,
+                       int64_t rows) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int n = 0; n < 32; n++)
+            acc[r * 32 + n] = fmaf(xb[r * nb].d * dw[n], (float)ct[r * 32 + n], acc[r * 32 + n]);
+}
+static void qamx_scale_z(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const int32_t *zc, float *ga,
+                         int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t sx = xb[r * nb].s0 + xb[r * nb].s1;
+        for (int n = 0; n < 32; n++)
+            ga[r * 32 + n] = fmaf(xb[r * nb].d, (float)(int32_t)((uint32_t)ct[r * 32 + n] - (uint32_t)zc[n] * (uint32_t)sx),
+                                  ga[r * 32 + n]);
+    }
+}
+static void qamx_group_end(const float *sg, float *ga, float *acc, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int n = 0; n < 32; n++) {
+            acc[r * 32 + n] = fmaf(sg[n], ga[r * 32 + n], acc[r * 32 + n]);
+            ga[r * 32 + n] = 0;
+        }
+}
+#else
+QAMX_TARGET static void qamx_scale(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const float *dw,
+                                   float *acc, int64_t rows) {
+    const __m512 w0 = _mm512_loadu_ps(dw), w1 = _mm512_loadu_ps(dw + 16);
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 d = _mm512_set1_ps(xb[r * nb].d);
+        float *o = acc + r * 32;
+        __m512 s0 = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ct + r * 32)));
+        __m512 s1 = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ct + r * 32 + 16)));
+        _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_mul_ps(d, w0), s0, _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(_mm512_mul_ps(d, w1), s1, _mm512_load_ps(o + 16)));
+    }
+}
+QAMX_TARGET static void qamx_scale_z(const int32_t *ct, const struct lmc_q8act *xb, int64_t nb, const int32_t *zc,
+                                     float *ga, int64_t rows) {
+    const __m512i z0 = _mm512_loadu_si512((const void *)zc), z1 = _mm512_loadu_si512((const void *)(zc + 16));
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 d = _mm512_set1_ps(xb[r * nb].d);
+        const __m512i sx = _mm512_set1_epi32(xb[r * nb].s0 + xb[r * nb].s1);
+        float *o = ga + r * 32;
+        __m512i t0 = _mm512_sub_epi32(_mm512_load_si512((const void *)(ct + r * 32)), _mm512_mullo_epi32(z0, sx));
+        __m512i t1 = _mm512_sub_epi32(_mm512_load_si512((const void *)(ct + r * 32 + 16)), _mm512_mullo_epi32(z1, sx));
+        _mm512_store_ps(o, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(t0), _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(t1), _mm512_load_ps(o + 16)));
+    }
+}
+QAMX_TARGET static void qamx_group_end(const float *sg, float *ga, float *acc, int64_t rows) {
+    const __m512 s0 = _mm512_loadu_ps(sg), s1 = _mm512_loadu_ps(sg + 16), zero = _mm512_setzero_ps();
+    for (int64_t r = 0; r < rows; r++) {
+        float *o = acc + r * 32, *q = ga + r * 32;
+        _mm512_store_ps(o, _mm512_fmadd_ps(s0, _mm512_load_ps(q), _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(s1, _mm512_load_ps(q + 16), _mm512_load_ps(o + 16)));
+        _mm512_store_ps(q, zero);
+        _mm512_store_ps(q + 16, zero);
+    }
+}
+#endif
+
+/* One block of K (kb) for rows [0, rows) of x0 (rows <= 32; two: rows >
+ * 16): C tiles of the packed block bs into cb (32 x 32 int32). abuf: 32 x
+ * 32 bytes, zero in the rows past `rows`. */
+QAMX_TARGET static void qamx_tiles(const struct lmc_q8act *x0, int64_t nb, int64_t kb, int64_t rows, const int8_t *bs,
+                                   int32_t *cb, int8_t *abuf) {
+    const bool two = rows > 16;
+    const int64_t R = two ? 32 : 16;
+    const long sa = (long)(nb * (int64_t)sizeof *x0);
+    const int8_t *a0 = x0[kb].q, *a1 = two && rows >= 32 ? x0[16 * nb + kb].q : abuf + 32 * 16;
+    long s0 = sa, s1 = sa;
+    if (rows < R) { /* the live rows of the last half into the zero-padded copy */
+        int64_t r0 = two ? 16 : 0;
+        for (int64_t r = r0; r < rows; r++) memcpy(abuf + 32 * r, x0[r * nb + kb].q, 32);
+        if (two) a1 = abuf + 32 * 16, s1 = 32;
+        else a0 = abuf, s0 = 32;
+    }
+    QAMX_FENCE();
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_loadd(4, a0, s0);
+    _tile_loadd(6, bs, 64);
+    _tile_loadd(7, bs + 512, 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_stored(0, cb, 128);
+    _tile_stored(1, cb + 16, 128);
+    if (two) {
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_loadd(5, a1, s1);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+        _tile_stored(2, cb + 16 * 32, 128);
+        _tile_stored(3, cb + 16 * 32 + 16, 128);
+    }
+    QAMX_FENCE();
+}
+
+/* the packed chunk of a panel: blocks [b0, b0 + kc); 4-bit groups: groups
+ * [g0, g1) exactly (gblk[g0] = b0, gblk[g1] = b0 + kc) */
+struct qamx_chunk {
+    int64_t b0, kc, g0, g1;
+    const int8_t *bp;
+    const float *dw, *sg;
+    const int32_t *zc;
+};
+
+/* rows [g, g + rows) of xq (nb blocks a row; rows <= 32) against a packed
+ * chunk into acc (32 x 32). ct: 2 x 32 x 32 int32, ga: 32 x 32 zeros (left
+ * zero), abuf: 32 x 32 bytes of scratch. Two C buffers alternate: block b
+ * + 1's stores need not wait for b's scaling. */
+QAMX_TARGET static void qamx_group(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t g, int64_t rows,
+                                   const struct qamx_chunk *ch, float *acc, float *ga, int32_t *ct, int8_t *abuf) {
+    const int64_t nb = w->k / 32;
+    const struct lmc_q8act *x0 = xq + g * nb;
+    if (rows < (rows > 16 ? 32 : 16)) memset(abuf, 0, 32 * 32);
+    if (w->kernel != LMC_QK_U4G) {
+        for (int64_t b = 0; b < ch->kc; b++) {
+            int32_t *cb = ct + (b & 1) * 32 * 32;
+            qamx_tiles(x0, nb, ch->b0 + b, rows, ch->bp + b * 1024, cb, abuf);
+            qamx_scale(cb, x0 + ch->b0 + b, nb, ch->dw + 32 * b, acc, rows);
+        }
+        return;
+    }
+    for (int64_t gi = ch->g0; gi < ch->g1; gi++) {
+        const int64_t e = w->gblk[gi + 1];
+        if (e == w->gblk[gi]) continue; /* an empty group adds nothing */
+        for (int64_t kb = w->gblk[gi]; kb < e; kb++) {
+            int32_t *cb = ct + (kb & 1) * 32 * 32;
+            qamx_tiles(x0, nb, kb, rows, ch->bp + (kb - ch->b0) * 1024, cb, abuf);
+            qamx_scale_z(cb, x0 + kb, nb, ch->zc + 32 * (gi - ch->g0), ga, rows);
+        }
+        qamx_group_end(ch->sg + 32 * (gi - ch->g0), ga, acc, rows);
+    }
+}
+
+/* the panel of weight rows [n0, n0 + 32) (fewer at the end) against all m
+ * rows of xq into y (row stride ldy = w->n), K in chunks of at most
+ * QAMX_KB blocks (4-bit groups: whole groups, at most QAMX_KB of them) */
+QAMX_TARGET static void qamx_panel(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t m, float *y,
+                                   int64_t n0) {
+    const int64_t nb = w->k / 32, nc = LMC_MIN(32, w->n - n0), ldy = w->n;
+    const bool u4 = w->kernel == LMC_QK_U4G;
+    _Alignas(64) int8_t bp[QAMX_KB * 1024];
+    _Alignas(64) float dw[QAMX_KB * 32], sg[QAMX_KB * 32];
+    _Alignas(64) int32_t zc[QAMX_KB * 32];
+    _Alignas(64) int32_t ct[2 * 32 * 32];
+    _Alignas(64) float acc[32 * 32], ga[32 * 32];
+    _Alignas(64) int8_t abuf[32 * 32];
+    memset(ga, 0, sizeof ga);
+    qamx_config();
+    struct qamx_chunk ch = {0, 0, 0, 0, bp, dw, sg, zc};
+    for (bool first = true; ch.b0 < nb || (u4 && ch.g0 < w->n_groups); first = false) {
+        if (u4) {
+            ch.b0 = w->gblk[ch.g0];
+            ch.g1 = ch.g0 + 1; /* every group fits (lmc_qamx_supports) */
+            while (ch.g1 < w->n_groups && ch.g1 - ch.g0 < QAMX_KB && w->gblk[ch.g1 + 1] - ch.b0 <= QAMX_KB) ch.g1++;
+            ch.kc = w->gblk[ch.g1] - ch.b0;
+        } else ch.kc = LMC_MIN(QAMX_KB, nb - ch.b0);
+        qamx_pack(w, n0, nc, ch.b0, ch.kc, ch.g0, ch.g1, bp, dw, zc, sg);
+        for (int64_t g = 0; g < m; g += 32) {
+            const int64_t rows = LMC_MIN(32, m - g);
+            float *yg = y + g * ldy + n0;
+            if (first) memset(acc, 0, sizeof acc);
+            else
+                for (int64_t r = 0; r < rows; r++) memcpy(acc + 32 * r, yg + r * ldy, (size_t)nc * sizeof *acc);
+            qamx_group(w, xq, g, rows, &ch, acc, ga, ct, abuf);
+            for (int64_t r = 0; r < rows; r++) memcpy(yg + r * ldy, acc + 32 * r, (size_t)nc * sizeof *acc);
+        }
+        ch.b0 += ch.kc;
+        ch.g0 = ch.g1;
+    }
+    qamx_release();
+}
+
+#define QAMX_MULTI_MAX 8
+
+struct qamx_job {
+    int nw;
+    const struct lmc_qweight *const *w;
+    float *const *y;
+    int64_t task0[QAMX_MULTI_MAX + 1]; /* weight i's panels: tasks [task0[i], task0[i + 1]) */
+    const float *x;
+    struct lmc_q8act *xq;
+    lmc_q8quant_fn quant;
+    int64_t k, m, rows_per_task;
+};
+
+static void qamx_quant_run(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const struct qamx_job *j = arg;
+    const int64_t nb = j->k / 32, i0 = task * j->rows_per_task, i1 = LMC_MIN(j->m, i0 + j->rows_per_task);
+    for (int64_t i = i0; i < i1; i++) j->quant(j->x + i * j->k, j->k, j->xq + i * nb);
+}
+
+static void qamx_panel_run(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const struct qamx_job *j = arg;
+    int i = 0;
+    while (task >= j->task0[i + 1]) i++;
+    qamx_panel(j->w[i], j->xq, j->m, j->y[i], (task - j->task0[i]) * 32);
+}
+#endif
+
+void lmc_qmatmul_amx_multi(const struct lmc_qctx *c, int nw, const struct lmc_qweight *const *w, float *const *y,
+                           const float *x, int64_t m, struct lmc_q8act *xq, struct lmc_pool *pool) {
+#ifdef QAMX_X86
+    LMC_ASSERT(nw >= 1 && nw <= QAMX_MULTI_MAX);
+    if (m <= 0) return;
+    struct qamx_job j = {.nw = nw, .w = w, .y = y, .x = x, .xq = xq, .k = w[0]->k, .m = m};
+    j.task0[0] = 0;
+    for (int i = 0; i < nw; i++) {
+        LMC_ASSERT(lmc_qamx_supports(w[i]) && w[i]->k == j.k);
+        j.task0[i + 1] = j.task0[i] + (w[i]->n + 31) / 32;
+    }
+    j.quant = lmc_qctx_quantizer(c, w[0]);
+    const int threads = pool ? lmc_pool_threads(pool) : 1;
+    j.rows_per_task = (m + 4 * threads - 1) / (4 * threads);
+    const int64_t qtasks = (m + j.rows_per_task - 1) / j.rows_per_task;
+    if (pool && threads > 1) {
+        lmc_pool_run(pool, qtasks, qamx_quant_run, &j);
+        lmc_pool_run(pool, j.task0[nw], qamx_panel_run, &j);
+    } else {
+        for (int64_t t = 0; t < qtasks; t++) qamx_quant_run(&j, t, 0);
+        for (int64_t t = 0; t < j.task0[nw]; t++) qamx_panel_run(&j, t, 0);
+    }
+#else
+    (void)c, (void)nw, (void)w, (void)y, (void)x, (void)m, (void)xq, (void)pool;
+    LMC_ASSERT(!"lmc_qmatmul_amx_multi: no AMX kernels in this build");
+#endif
+}
+
+void lmc_qmatmul_amx(const struct lmc_qctx *c, const struct lmc_qweight *w, float *y, const float *x, int64_t m,
+                     struct lmc_q8act *xq, struct lmc_pool *pool) {
+    lmc_qmatmul_amx_multi(c, 1, &w, &y, x, m, xq, pool);
+}
