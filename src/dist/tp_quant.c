@@ -42,8 +42,8 @@ static lmc_status cut_cols(struct lmc_qweight *d, const struct lmc_qweight *w, i
                            "permuted into groups), which do not split by columns", what);
     int64_t be, bb; /* elements and bytes of a block along K */
     int64_t g0 = 0, g1 = 0;
-    if (w->ggml_type >= 0) {
-        if (!lmc_ggml_type_info(w->ggml_type, &be, &bb))
+    if (w->ggml_type >= 0) { /* GGUF blocks (Q4_K repacked at load: its 148-byte super-blocks) */
+        if (!lmc_qweight_ggml_block(w, &be, &bb))
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s: unknown GGUF type %d", what, w->ggml_type);
     } else if (w->kernel == LMC_QK_U4G || w->kernel == LMC_QK_U8G) {
         be = 32, bb = w->kernel == LMC_QK_U4G ? 16 : 32;

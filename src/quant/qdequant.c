@@ -141,6 +141,13 @@ void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t n
         case LMC_QK_U4G:
         case LMC_QK_U8G: groups_row(w, r, d); break;
         case LMC_QK_NF4: w->nf4_flat ? nf4_flat_row(w, r, d) : nf4_row(w, r, d); break;
+        case LMC_QK_Q4_KR: /* each super-block back in the file's bytes: the same floats */
+            for (int64_t s = 0; s < w->k / 256; s++) {
+                uint8_t g[144];
+                lmc_q4kr_unpack_block(w->data + r * w->row_bytes + LMC_Q4KR_BYTES * s, g);
+                lmc_ggml_dequantize_row(LMC_GGML_Q4_K, g, d + 256 * s, 256);
+            }
+            break;
         default: lmc_ggml_dequantize_row(w->ggml_type, w->data + r * w->row_bytes, d, w->k); break;
         }
     }

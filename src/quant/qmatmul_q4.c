@@ -47,7 +47,7 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
     if (w->kernel == LMC_QK_Q8_0) return (w->kp / 32 + 1) / 2; /* the pair layout, lane sums times -128 */
-    if (w->kernel == LMC_QK_Q4_K) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
+    if (w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
     return np;
@@ -121,7 +121,7 @@ static void q4g_fill_zsums(uint8_t *s, const uint8_t *e) {
 
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
-    if (w->kernel == LMC_QK_Q4_K) {
+    if (w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR) {
         lmc_q4k_fill(w, xq, i0, i1, buf);
         return;
     }

@@ -94,8 +94,14 @@ typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
 #define KT_DMIN(dm) _mm256_broadcastss_ps(_mm_movehdup_ps(dm))
 #include "quant/qmatmul_q4k_tile.h"
 
-void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_K] = q4k_rows_vnni; }
-void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_K] = q4k_rows_avx2; }
+void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_K] = q4k_rows_vnni;
+    dotm[LMC_QK_Q4_KR] = q4kr_rows_vnni;
+}
+void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_K] = q4k_rows_avx2;
+    dotm[LMC_QK_Q4_KR] = q4kr_rows_avx2;
+}
 #else
 void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
 void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) { (void)dotm; }
