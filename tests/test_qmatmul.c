@@ -264,6 +264,53 @@ static void test_q4kr(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *
     }
 }
 
+/* Q4_0 repacked at load (Q4_0R: pairs of blocks) on instruction set c: as
+ * test_q4kr, K of 3, 7 (an odd last block), 24 and 25 blocks, odd N. */
+static void test_q40r(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    static const int64_t ks[4] = {32 * 3, 32 * 7, 32 * 24, 32 * 25}, ns[4] = {29, 37, 41, 9};
+    for (int t = 0; t < 4; t++) {
+        const int64_t n = ns[t], k = ks[t], mmax = 17, rb = k / 32 * 18;
+        float *wf = malloc((size_t)(n * k) * 4), *wd = malloc((size_t)(n * k) * 4), *wd2 = malloc((size_t)(n * k) * 4);
+        float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4), *y2 = malloc((size_t)(mmax * n) * 4);
+        uint8_t *wq = malloc((size_t)(n * rb)), *wr = malloc((size_t)(n * rb)), *back = malloc((size_t)rb);
+        for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 32) % 9));
+        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(LMC_GGML_Q4_0, wf + o * k, wq + o * rb, k));
+        for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
+        lmc_q40r_pack_rows(wq, wr, n, k);
+        lmc_err err = {0};
+        struct lmc_qweight wg, wk;
+        CHECK(lmc_qweight_init_ggml(&wg, LMC_GGML_Q4_0, wq, n, k, &err) == LMC_OK);
+        CHECK(lmc_qweight_init_q40r(&wk, wr, n, k, &err) == LMC_OK);
+        CHECK(wk.kernel == LMC_QK_Q4_0R && wk.ggml_type == LMC_GGML_Q4_0 && wk.row_bytes == rb);
+        int same_rows = 1;
+        for (int64_t o = 0; o < n; o++) {
+            lmc_q40r_row_to_ggml(&wk, o, back);
+            same_rows &= memcmp(back, wq + o * rb, (size_t)rb) == 0;
+        }
+        CHECK_MSG(same_rows, "Q4_0R K=%lld: the file's bytes do not come back", (long long)k);
+        lmc_qweight_dequant_rows(&wg, 0, n, wd);
+        lmc_qweight_dequant_rows(&wk, 0, n, wd2);
+        CHECK_MSG(memcmp(wd, wd2, (size_t)(n * k) * 4) == 0, "Q4_0R K=%lld: dequantized floats differ", (long long)k);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&wk, mmax) + 63) / 64 * 64);
+        for (int64_t m = 1; m <= mmax; m += (m < 9 ? 1 : 8)) {
+            lmc_qmatmul(c, &wg, y, x, m, scratch, m % 2 ? pool : NULL);
+            lmc_qmatmul(c, &wk, y2, x, m, scratch, m % 2 ? pool : NULL);
+            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "Q4_0R [%s] N=%lld K=%lld M=%lld: not the bits of Q4_0",
+                      lmc_qisa_name(c->isa), (long long)n, (long long)k, (long long)m);
+        }
+        free(scratch);
+        struct ref r = {n, k, wd};
+        char what[64];
+        snprintf(what, sizeof what, "Q4_0R N=%lld K=%lld", (long long)n, (long long)k);
+        check(c, &wk, &r, what, rng, pool);
+        struct lmc_qctx c0 = *c;
+        c0.small_max = 0;
+        snprintf(what, sizeof what, "Q4_0R N=%lld K=%lld single-row", (long long)n, (long long)k);
+        check(&c0, &wk, &r, what, rng, pool);
+        free(wf), free(wd), free(wd2), free(x), free(y), free(y2), free(wq), free(wr), free(back);
+    }
+}
+
 /* The small-M kernels of Q4_K (VNNI; AVX2 with vpmaddwd + vpaddd in place
  * of vpdpwssd), Q4_0 (whose M = 1 tile takes the weight rows one at a
  * time) and Q8_0 (VNNI; AVX2 in the single-row kernel's order) on every
@@ -573,6 +620,7 @@ int main(void) {
         test_small_m_groups(&c, &rng, pool);
         test_guided_split(&c, &rng);
         test_q4kr(&c, &rng, pool);
+        test_q40r(&c, &rng, pool);
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);

@@ -1,6 +1,6 @@
 /* test_tp_quant.c — quantized weights cut for tensor-parallel ranks
  * (dist/tp_quant.h) without dequantizing: GGUF Q8_0, Q4_0, Q4_K, integer
- * groups (rtn 4-bit g64, 8-bit g32), Q4_K repacked (Q4_KR) and NF4 (per row, and over the
+ * groups (rtn 4-bit g64, 8-bit g32), Q4_K and Q4_0 repacked (Q4_KR, Q4_0R) and NF4 (per row, and over the
  * flattened weight as QLoRA quantizes it) on a (37, 512) weight. A row
  * cut dequantizes to the full weight's rows bit for bit, and each column
  * cut of T = 2 and 4 ranks to its columns bit for bit (Q4_K at T = 4, 128
@@ -91,9 +91,9 @@ int main(void) {
     float *w = malloc(sizeof(float) * N * K);
     for (int i = 0; i < N * K; i++) w[i] = test_rand(&rng) * (1.0f + (float)(i % 7));
     /* the fourth: Q4_K repacked as the CPU loader repacks it (Q4_KR, 148-byte super-blocks) */
-    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_K, LMC_GGML_Q4_K};
-    static const char *names[] = {"Q8_0", "Q4_0", "Q4_K", "Q4_KR"};
-    for (int t = 0; t < 4; t++) {
+    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_K, LMC_GGML_Q4_K, LMC_GGML_Q4_0};
+    static const char *names[] = {"Q8_0", "Q4_0", "Q4_K", "Q4_KR", "Q4_0R"};
+    for (int t = 0; t < 5; t++) {
         int64_t rb;
         CHECK(lmc_ggml_row_bytes(types[t], K, &rb));
         uint8_t *data = malloc((size_t)(rb * N));
@@ -105,10 +105,16 @@ int main(void) {
             free(data);
             data = rp;
             CHECK(lmc_qweight_init_q4kr(&q, data, N, K, &err) == LMC_OK);
+        } else if (t == 4) { /* Q4_0R: the same bytes, blocks in pairs (column cuts by whole pairs) */
+            uint8_t *rp = malloc((size_t)(rb * N));
+            lmc_q40r_pack_rows(data, rp, N, K);
+            free(data);
+            data = rp;
+            CHECK(lmc_qweight_init_q40r(&q, data, N, K, &err) == LMC_OK);
         } else {
             CHECK(lmc_qweight_init_ggml(&q, types[t], data, N, K, &err) == LMC_OK);
         }
-        check_cuts(&c, &q, names[t], types[t] == LMC_GGML_Q4_K ? 256 : 32, &rng);
+        check_cuts(&c, &q, names[t], types[t] == LMC_GGML_Q4_K ? 256 : t == 4 ? 64 : 32, &rng);
         lmc_qweight_free(&q);
         free(data);
     }

@@ -117,9 +117,9 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
     /* a quantized linear on a host backend: copied into huge pages (lmc_model_own_huge), its file pages released */
     bool huge = is_quant && m->qheap_on && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD) && r->ndim == 2;
-    /* Q4_K there is repacked as it is copied (quant/q4k_repack.c: the CPU kernels' layout, the file's bytes
-     * come back exactly; 148 bytes a super-block where the file has 144) */
-    bool q4kr = huge && t->type == LMC_GGML_Q4_K;
+    /* Q4_K and Q4_0 there are repacked as they are copied (quant/q4k_repack.c: the CPU kernels' layouts, the
+     * file's bytes come back exactly; Q4_K 148 bytes a super-block where the file has 144, Q4_0 the same bytes) */
+    bool q4kr = huge && t->type == LMC_GGML_Q4_K, q40r = huge && t->type == LMC_GGML_Q4_0, rep = q4kr || q40r;
     int64_t hb = q4kr ? cols / 256 * LMC_Q4KR_BYTES : rb; /* bytes of a row in the huge-page copy */
     int64_t heads = lmc_gguf_rope_heads(r, &m->cfg, G->v);
     if (heads > 0) { /* llama.cpp's rotary row order back to Hugging Face's */
@@ -127,14 +127,14 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
             return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': %lld rows do not split into %lld heads of even size",
                                G->path, name, (long long)rows, (long long)heads);
         void *p = huge ? lmc_model_own_huge(m, (size_t)(rows * hb)) : lmc_model_own(m, (size_t)(rows * rb));
-        void *tmp = q4kr ? malloc((size_t)(rows * rb)) : p; /* permuted, then repacked into p */
+        void *tmp = rep ? malloc((size_t)(rows * rb)) : p; /* permuted, then repacked into p */
         if (!p || !tmp) {
             if (tmp != p) free(tmp);
             return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
         }
         lmc_gguf_permute_qk(base, tmp, rows, (size_t)rb, heads, true);
-        if (q4kr) {
-            lmc_q4kr_pack_rows(tmp, p, rows, cols);
+        if (rep) {
+            (q4kr ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(tmp, p, rows, cols);
             free(tmp);
         }
         data = p;
@@ -145,12 +145,12 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         /* in slices ending on 4 MB boundaries of the mapping, each slice's file pages released after its copy:
          * the tensor is never resident twice (a 1.1B model's Q8_0 head is 70 MB) */
         size_t n = (size_t)(rows * rb), off = 0, sl = (size_t)4 << 20;
-        if (q4kr) { /* whole rows: slices of about 4 MB, the file pages below each slice's end released */
+        if (rep) { /* whole rows: slices of about 4 MB, the file pages below each slice's end released */
             long ps = sysconf(_SC_PAGESIZE);
             int64_t step = LMC_MAX((int64_t)1, (int64_t)sl / rb);
             for (int64_t r0 = 0; r0 < rows; r0 += step) {
                 int64_t nr = LMC_MIN(step, rows - r0);
-                lmc_q4kr_pack_rows(base + r0 * rb, p + r0 * hb, nr, cols);
+                (q4kr ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(base + r0 * rb, p + r0 * hb, nr, cols);
                 size_t e = (size_t)((r0 + nr) * rb);
                 if (m->gguf->map_kind == 1 && ps > 0) {
                     drop_pages(base + off, e - off);
@@ -159,7 +159,7 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
                 }
             }
         }
-        while (!q4kr && off < n) {
+        while (!rep && off < n) {
             size_t e = LMC_MIN(n, (((uintptr_t)base + off) / sl + 1) * sl - (uintptr_t)base);
             memcpy(p + off, base + off, e - off);
             if (m->gguf->map_kind == 1) drop_pages(base + off, e - off);
@@ -170,8 +170,9 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     if (is_quant && matrix) {
         struct lmc_qweight *w = calloc(1, sizeof *w);
         if (!w) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        lmc_status s = q4kr ? lmc_qweight_init_q4kr(w, data, rows, cols, err)
-                            : lmc_qweight_init_ggml(w, t->type, data, rows, cols, err);
+        lmc_status s = q4kr   ? lmc_qweight_init_q4kr(w, data, rows, cols, err)
+                       : q40r ? lmc_qweight_init_q40r(w, data, rows, cols, err)
+                              : lmc_qweight_init_ggml(w, t->type, data, rows, cols, err);
         if (s) {
             free(w);
             lmc_err_prefix(err, "%s: tensor '%s': ", G->path, name);

@@ -1,6 +1,6 @@
-/* q4k_repack.c — GGUF Q4_K super-blocks repacked once at load into the
- * layout the CPU kernels read ("Q4_KR", qmatmul.h's LMC_Q4KR_BYTES
- * comment) and back, bit for bit.
+/* q4k_repack.c — GGUF Q4_K super-blocks (and Q4_0 blocks, below)
+ * repacked once at load into the layout the CPU kernels read ("Q4_KR",
+ * qmatmul.h's LMC_Q4KR_BYTES comment; "Q4_0R") and back, bit for bit.
  *
  * Why: the 4-bit M = 1 kernels are issue-bound, and per super-block and
  * weight row the file's layout costs the Q4_K tile ~8 vector operations to
@@ -80,7 +80,57 @@ void lmc_q4kr_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst) {
     for (int64_t s = 0; s < w->k / 256; s++) lmc_q4kr_unpack_block(p + LMC_Q4KR_BYTES * s, (uint8_t *)dst + 144 * s);
 }
 
+/* ---- Q4_0 in pairs of blocks ----
+ * Why: the Q4_0 tile reads a pair of blocks per step; in the file's layout
+ * (scale, 16 code bytes; scale, 16 code bytes) that is two 16-byte loads
+ * and an insert for the codes and two 2-byte loads, two broadcasts and an
+ * unpack for the scales; paired, one 32-byte load and one 4-byte load and a
+ * shuffle. The same bytes, so no memory grows. */
+
+/* One row of nb blocks: the file's blocks into pairs, and back. */
+static void q40r_pack_row(const uint8_t *g, uint8_t *r, int64_t nb) {
+    for (int64_t b = 0; b < nb; b += 2, g += 36, r += 36) {
+        if (b + 1 < nb) { /* a pair: codes 0, codes 1, d0, d1 */
+            memcpy(r, g + 2, 16), memcpy(r + 16, g + 20, 16), memcpy(r + 32, g, 2), memcpy(r + 34, g + 18, 2);
+        } else { /* an odd last block: codes, d */
+            memcpy(r, g + 2, 16), memcpy(r + 16, g, 2);
+        }
+    }
+}
+static void q40r_unpack_row(const uint8_t *r, uint8_t *g, int64_t nb) {
+    for (int64_t b = 0; b < nb; b += 2, g += 36, r += 36) {
+        if (b + 1 < nb) {
+            memcpy(g + 2, r, 16), memcpy(g + 20, r + 16, 16), memcpy(g, r + 32, 2), memcpy(g + 18, r + 34, 2);
+        } else {
+            memcpy(g + 2, r, 16), memcpy(g, r + 16, 2);
+        }
+    }
+}
+
+void lmc_q40r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k) {
+    LMC_ASSERT(k > 0 && k % 32 == 0 && nrows >= 0);
+    for (int64_t i = 0; i < nrows; i++)
+        q40r_pack_row((const uint8_t *)ggml + i * (k / 32) * 18, (uint8_t *)dst + i * (k / 32) * 18, k / 32);
+}
+
+void lmc_q40r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst) {
+    LMC_ASSERT(w->kernel == LMC_QK_Q4_0R && r >= 0 && r < w->n);
+    q40r_unpack_row(w->data + r * w->row_bytes, dst, w->k / 32);
+}
+
+lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err) {
+    lmc_status s = lmc_qweight_init_ggml(w, LMC_GGML_Q4_0, data, n, k, err);
+    if (s) return s;
+    w->kernel = LMC_QK_Q4_0R;
+    return LMC_OK;
+}
+
 bool lmc_qweight_ggml_block(const struct lmc_qweight *w, int64_t *elems, int64_t *bytes) {
+    if (w->kernel == LMC_QK_Q4_0R) {
+        *elems = 64;
+        *bytes = 36;
+        return true;
+    }
     if (w->kernel == LMC_QK_Q4_KR) {
         *elems = 256;
         *bytes = LMC_Q4KR_BYTES;

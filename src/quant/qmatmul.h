@@ -31,6 +31,7 @@ enum lmc_qkernel {
     LMC_QK_U8G,  /* 5..8-bit codes in bytes, likewise */
     LMC_QK_NF4,  /* NF4 codes with a float absmax per 64 (float math through the 16-value table) */
     LMC_QK_Q4_KR, /* GGUF Q4_K repacked at load for the CPU kernels (lmc_qweight_init_q4kr; ggml_type Q4_K) */
+    LMC_QK_Q4_0R, /* GGUF Q4_0 repacked at load for the CPU kernels (lmc_qweight_init_q40r; ggml_type Q4_0) */
     LMC_QK_COUNT
 };
 
@@ -157,8 +158,17 @@ void lmc_q4kr_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
 lmc_status lmc_qweight_init_q4kr(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
 /* Row r of a Q4_KR weight back as the file's Q4_K bytes (k / 256 * 144). */
 void lmc_q4kr_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
+/* GGUF Q4_0 repacked for the CPU kernels ("Q4_0R", q4k_repack.c): the
+ * same bytes per row (18 a block), blocks in pairs: per pair the 16 code
+ * bytes of its first block, those of its second (one 32-byte load), then
+ * the two fp16 scales; an odd last block as codes then scale. */
+void lmc_q40r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
+/* Row r of a Q4_0R weight back as the file's Q4_0 bytes (k / 32 * 18). */
+void lmc_q40r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
+lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
 /* Elements and bytes of one block along a row of w (a GGUF kind's block,
- * Q4_KR's super-block): false for the other kinds. */
+ * Q4_KR's super-block, Q4_0R's pair of blocks: a cut of its columns must
+ * take whole pairs): false for the other kinds. */
 bool lmc_qweight_ggml_block(const struct lmc_qweight *w, int64_t *elems, int64_t *bytes);
 /* Integer groups (rtn, GPTQ with any g_idx, AWQ): codes repacked. */
 lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgroups *g, lmc_err *err);
