@@ -232,8 +232,6 @@ static void test_q4kr(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *
         CHECK(lmc_qweight_init_ggml(&wg, LMC_GGML_Q4_K, wq, n, k, &err) == LMC_OK);
         CHECK(lmc_qweight_init_q4kr(&wk, wr, n, k, &err) == LMC_OK);
         CHECK(wk.kernel == LMC_QK_Q4_KR && wk.ggml_type == LMC_GGML_Q4_K && wk.row_bytes == k / 256 * LMC_Q4KR_BYTES);
-        int64_t be, bb;
-        CHECK(lmc_qweight_ggml_block(&wk, &be, &bb) && be == 256 && bb == LMC_Q4KR_BYTES);
         int same_rows = 1;
         for (int64_t o = 0; o < n; o++) {
             lmc_q4kr_row_to_ggml(&wk, o, back);

@@ -105,7 +105,7 @@ int main(void) {
             free(data);
             data = rp;
             CHECK(lmc_qweight_init_q4kr(&q, data, N, K, &err) == LMC_OK);
-        } else if (t == 4) { /* Q4_0R: the same bytes, blocks in pairs (column cuts by whole pairs) */
+        } else if (t == 4) { /* Q4_0R: the same bytes, blocks in pairs (a cut of an odd number of blocks: T 4) */
             uint8_t *rp = malloc((size_t)(rb * N));
             lmc_q40r_pack_rows(data, rp, N, K);
             free(data);
@@ -114,7 +114,20 @@ int main(void) {
         } else {
             CHECK(lmc_qweight_init_ggml(&q, types[t], data, N, K, &err) == LMC_OK);
         }
-        check_cuts(&c, &q, names[t], types[t] == LMC_GGML_Q4_K ? 256 : t == 4 ? 64 : 32, &rng);
+        check_cuts(&c, &q, names[t], types[t] == LMC_GGML_Q4_K ? 256 : 32, &rng);
+        if (t == 4) { /* columns [32, 96): a cut that starts inside a pair, taken in the file's layout */
+            struct lmc_qweight d;
+            float *full = malloc(sizeof(float) * N * K), *part = malloc(sizeof(float) * N * 64);
+            lmc_qweight_dequant_rows(&q, 0, N, full);
+            CHECK(lmc_tp_qweight_cut(&d, &q, true, 32, 64, "Q4_0R", &err) == LMC_OK);
+            CHECK(d.kernel == LMC_QK_Q4_0R && d.k == 64);
+            lmc_qweight_dequant_rows(&d, 0, N, part);
+            bool eq = true;
+            for (int i = 0; i < N; i++) eq &= !memcmp(part + i * 64, full + i * K + 32, sizeof(float) * 64);
+            CHECK_MSG(eq, "Q4_0R: the cut of columns [32, 96) dequantizes to other values");
+            lmc_qweight_free(&d);
+            free(full), free(part);
+        }
         lmc_qweight_free(&q);
         free(data);
     }

@@ -37,13 +37,22 @@ static lmc_status cut_rows(struct lmc_qweight *d, const struct lmc_qweight *w, i
 
 static lmc_status cut_cols(struct lmc_qweight *d, const struct lmc_qweight *w, int64_t a0, int64_t n, const char *what,
                            lmc_err *err) {
+    if (w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R) { /* repacked at load: cut in the file's layout */
+        struct lmc_qweight g;
+        lmc_status s = lmc_qweight_file_layout(w, &g, err);
+        if (s) return s;
+        d->kernel = g.kernel;
+        s = cut_cols(d, &g, a0, n, what, err);
+        lmc_qweight_free(&g);
+        return s ? s : lmc_qweight_repack(d, err); /* the cut's rows repacked again */
+    }
     if (w->perm)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s is quantized in act-order (its input columns "
                            "permuted into groups), which do not split by columns", what);
     int64_t be, bb; /* elements and bytes of a block along K */
     int64_t g0 = 0, g1 = 0;
-    if (w->ggml_type >= 0) { /* GGUF blocks (Q4_K repacked at load: its 148-byte super-blocks) */
-        if (!lmc_qweight_ggml_block(w, &be, &bb))
+    if (w->ggml_type >= 0) {
+        if (!lmc_ggml_type_info(w->ggml_type, &be, &bb))
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s: unknown GGUF type %d", what, w->ggml_type);
     } else if (w->kernel == LMC_QK_U4G || w->kernel == LMC_QK_U8G) {
         be = 32, bb = w->kernel == LMC_QK_U4G ? 16 : 32;

@@ -17,6 +17,7 @@
 #include "quant/qmatmul.h"
 #include "core/core.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void lmc_q4kr_pack_block(const uint8_t *g, uint8_t *r) {
@@ -125,16 +126,33 @@ lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_
     return LMC_OK;
 }
 
-bool lmc_qweight_ggml_block(const struct lmc_qweight *w, int64_t *elems, int64_t *bytes) {
-    if (w->kernel == LMC_QK_Q4_0R) {
-        *elems = 64;
-        *bytes = 36;
-        return true;
+lmc_status lmc_qweight_file_layout(const struct lmc_qweight *w, struct lmc_qweight *g, lmc_err *err) {
+    LMC_ASSERT(w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R);
+    bool k4 = w->kernel == LMC_QK_Q4_KR;
+    int64_t rb = k4 ? w->k / 256 * 144 : w->k / 32 * 18;
+    uint8_t *p = malloc((size_t)(w->n * rb) + 1);
+    if (!p) return lmc_err_set(err, LMC_ERR_OOM, "quantized weight: out of memory");
+    for (int64_t r = 0; r < w->n; r++) (k4 ? lmc_q4kr_row_to_ggml : lmc_q40r_row_to_ggml)(w, r, p + r * rb);
+    lmc_status s = lmc_qweight_init_ggml(g, k4 ? LMC_GGML_Q4_K : LMC_GGML_Q4_0, p, w->n, w->k, err);
+    if (s) {
+        free(p);
+        return s;
     }
-    if (w->kernel == LMC_QK_Q4_KR) {
-        *elems = 256;
-        *bytes = LMC_Q4KR_BYTES;
-        return true;
-    }
-    return w->ggml_type >= 0 && lmc_ggml_type_info(w->ggml_type, elems, bytes);
+    g->owned = p;
+    return LMC_OK;
+}
+
+lmc_status lmc_qweight_repack(struct lmc_qweight *w, lmc_err *err) {
+    LMC_ASSERT((w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_0) && w->owned == w->data);
+    bool k4 = w->kernel == LMC_QK_Q4_K;
+    int64_t rb = k4 ? w->k / 256 * LMC_Q4KR_BYTES : w->row_bytes;
+    uint8_t *p = malloc((size_t)(w->n * rb) + 1);
+    if (!p) return lmc_err_set(err, LMC_ERR_OOM, "quantized weight: out of memory");
+    (k4 ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(w->data, p, w->n, w->k);
+    free(w->owned);
+    w->owned = p;
+    w->data = p;
+    w->row_bytes = rb;
+    w->kernel = k4 ? LMC_QK_Q4_KR : LMC_QK_Q4_0R;
+    return LMC_OK;
 }

@@ -166,10 +166,12 @@ void lmc_q40r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
 /* Row r of a Q4_0R weight back as the file's Q4_0 bytes (k / 32 * 18). */
 void lmc_q40r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
 lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
-/* Elements and bytes of one block along a row of w (a GGUF kind's block,
- * Q4_KR's super-block, Q4_0R's pair of blocks: a cut of its columns must
- * take whole pairs): false for the other kinds. */
-bool lmc_qweight_ggml_block(const struct lmc_qweight *w, int64_t *elems, int64_t *bytes);
+/* A Q4_KR / Q4_0R weight's rows back in the file's layout: g (kernel
+ * Q4_K / Q4_0, its own copy of the codes, freed by lmc_qweight_free). */
+lmc_status lmc_qweight_file_layout(const struct lmc_qweight *w, struct lmc_qweight *g, lmc_err *err);
+/* A GGUF Q4_K / Q4_0 weight whose codes it owns (w->owned == w->data)
+ * repacked into Q4_KR / Q4_0R (a new owned buffer, the old one freed). */
+lmc_status lmc_qweight_repack(struct lmc_qweight *w, lmc_err *err);
 /* Integer groups (rtn, GPTQ with any g_idx, AWQ): codes repacked. */
 lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgroups *g, lmc_err *err);
 /* bitsandbytes NF4 of a (n, k) weight, k a multiple of 64. */
