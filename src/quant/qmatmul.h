@@ -93,7 +93,8 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa);
 const char *lmc_qisa_name(enum lmc_qisa isa);
 
 /* A weight prepared for the kernels. GGUF blocks are used in place
- * (borrowed); the other formats are repacked at load into lmc's kernel
+ * (borrowed; on a CPU backend the model loader repacks Q4_K and Q4_0 into
+ * Q4_KR / Q4_0R, below); the other formats are repacked at load into lmc's kernel
  * layout: per row, blocks of 32 codes, the input dimension permuted so that
  * each group's columns (GPTQ g_idx, act-order) are contiguous and padded to
  * whole blocks. */

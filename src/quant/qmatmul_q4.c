@@ -1,5 +1,6 @@
 /* qmatmul_q4.c — the small-M quantized products (any number of
- * activation rows, decode's M = 1 first) for GGUF Q4_0, lmc's 4-bit groups
+ * activation rows, decode's M = 1 first) for GGUF Q4_0 (in the file's
+ * layout or repacked in pairs at load, Q4_0R: q4k_repack.c), lmc's 4-bit groups
  * (GPTQ/AWQ/rtn/ternary; the same scheme, pairs within a group, further
  * below) and GGUF Q8_0 (at the end; AVX2 in the single-row kernel's order),
  * on 256-bit vectors:

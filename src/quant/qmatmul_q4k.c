@@ -4,7 +4,10 @@
  * VNNI on 256-bit vectors or AVX2 (vpdpwssd as vpmaddwd + vpaddd: the same
  * integers, so the same bits), in the 4 weight rows x up to 4 activation
  * rows tiles of qmatmul_q4.c. The tile's body is qmatmul_q4k_tile.h,
- * included once per instruction set.
+ * included once per instruction set. It reads the file's layout or the
+ * one the CPU loader repacks into (Q4_KR, q4k_repack.c: the same integers
+ * in the same lanes, fewer operations to get them there), a constant per
+ * instance.
  *
  * The activations share one scale dx per super-block (lmc_q8act_quantize_k,
  * as llama.cpp's q8_K), so a weight element d sc_j q - dmin mn_j (q 0..15,
