@@ -4,8 +4,10 @@
  * gate/up (2 x 2048 x 768) in one qmatmul_multi, down (768 x 2048); then
  * the lm_head (32000 x 768); 12 layers: 85 products in 49 pool runs (a
  * token adds 12 attention runs). Random weights
- * quantized as TYPE (q4_0, q4_k: GGUF rows; gptq: lmc's 4-bit groups of
- * 128, asymmetric rtn), ~56 MB, so they stream from memory as in decode.
+ * quantized as TYPE (q4_0, q4_k: GGUF rows, Q4_K and Q4_0 repacked as
+ * the model loader repacks them on the CPU (quant/q4k_repack.c);
+ * q4_k_file / q4_0_file: in the file's layout; gptq: lmc's 4-bit groups
+ * of 128, asymmetric rtn), ~56 MB, so they stream from memory as in decode.
  * Prints the minimum and the median wall time of a step over REPS steps
  * and CPU ms per step; the minimum filters out the time slices other
  * processes take on a shared machine, so two builds (or two pool / split
@@ -35,7 +37,7 @@ struct qw {
     uint8_t *wq;
 };
 
-static void make(struct qw *q, int gt, int64_t n, int64_t k, uint64_t *seed) {
+static void make(struct qw *q, int gt, bool repack, int64_t n, int64_t k, uint64_t *seed) {
     float *wf = malloc((size_t)(n * k) * 4);
     LMC_ASSERT(wf);
     for (int64_t i = 0; i < n * k; i++) wf[i] = rnd(seed);
@@ -52,20 +54,33 @@ static void make(struct qw *q, int gt, int64_t n, int64_t k, uint64_t *seed) {
         q->wq = malloc((size_t)(n * rb));
         LMC_ASSERT(q->wq);
         for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(gt, wf + o * k, q->wq + o * rb, k);
-        LMC_ASSERT(lmc_qweight_init_ggml(&q->w, gt, q->wq, n, k, &err) == LMC_OK);
+        if (repack) { /* the repacked rows replace the file's */
+            uint8_t *r = malloc((size_t)(n * (k / 256) * LMC_Q4KR_BYTES));
+            LMC_ASSERT(r);
+            (gt == LMC_GGML_Q4_K ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(q->wq, r, n, k);
+            free(q->wq);
+            q->wq = r;
+            LMC_ASSERT((gt == LMC_GGML_Q4_K ? lmc_qweight_init_q4kr : lmc_qweight_init_q40r)(&q->w, q->wq, n, k, &err) ==
+                       LMC_OK);
+        } else {
+            LMC_ASSERT(lmc_qweight_init_ggml(&q->w, gt, q->wq, n, k, &err) == LMC_OK);
+        }
     }
     free(wf);
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_qdecode_step q4_0|q4_k|gptq [THREADS 2] [REPS 200] [LAYERS 12]\n");
+        fprintf(stderr, "usage: bench_qdecode_step q4_0|q4_0_file|q4_k|q4_k_file|gptq [THREADS 2] [REPS 200] [LAYERS 12]\n");
         return 2;
     }
     const char *type = argv[1];
     int threads = argc > 2 ? atoi(argv[2]) : 2, reps = argc > 3 ? atoi(argv[3]) : 200;
     int layers = argc > 4 ? atoi(argv[4]) : 12;
-    int gt = !strcmp(type, "q4_0") ? LMC_GGML_Q4_0 : !strcmp(type, "q4_k") ? LMC_GGML_Q4_K : -1;
+    bool repack = !strcmp(type, "q4_k") || !strcmp(type, "q4_0");
+    int gt = !strcmp(type, "q4_0") || !strcmp(type, "q4_0_file")   ? LMC_GGML_Q4_0
+             : !strcmp(type, "q4_k") || !strcmp(type, "q4_k_file") ? LMC_GGML_Q4_K
+                                                                    : -1;
     if ((gt < 0 && strcmp(type, "gptq")) || threads < 1 || reps < 1 || layers < 1 || layers > 64) {
         fprintf(stderr, "bench_qdecode_step: bad arguments\n");
         return 2;
@@ -75,8 +90,8 @@ int main(int argc, char **argv) {
     struct qw(*L)[7] = calloc((size_t)layers, sizeof *L), head;
     const int64_t shp[7][2] = {{H, H}, {KV, H}, {KV, H}, {H, H}, {F, H}, {F, H}, {H, F}};
     for (int l = 0; l < layers; l++)
-        for (int i = 0; i < 7; i++) make(&L[l][i], gt, shp[i][0], shp[i][1], &seed);
-    make(&head, gt, V, H, &seed);
+        for (int i = 0; i < 7; i++) make(&L[l][i], gt, repack, shp[i][0], shp[i][1], &seed);
+    make(&head, gt, repack, V, H, &seed);
     struct lmc_qctx c;
     enum lmc_qisa isa = lmc_qctx_init(&c, LMC_QISA_AVX512VNNI);
     size_t sb = lmc_qmatmul_scratch_bytes(&head.w, 1);

@@ -1,7 +1,8 @@
 /* bench_qtile_m1.c — the decode (M = 1) quantized kernels' compute cost on
  * one core, without the memory system: one weight of N x K (random,
- * quantized as TYPE: q4_0, q4_k, q8_0 — GGUF rows — or gptq: lmc's 4-bit
- * groups of 128, asymmetric rtn) small enough to stay in L2 (512x768 Q4_0
+ * quantized as TYPE: q4_0, q4_k, q8_0 — GGUF rows, Q4_K and Q4_0 repacked as the
+ * CPU model loader repacks them (quant/q4k_repack.c); q4_k_file / q4_0_file:
+ * in the file's layout — or gptq: lmc's 4-bit groups of 128, asymmetric rtn) small enough to stay in L2 (512x768 Q4_0
  * is 216 KB), run through lmc_qmatmul with M = 1 and no pool, 10 calls per
  * repetition; prints the minimum over REPS of the time a call takes and
  * that time per weight row and 256 weights. The minimum filters out the
@@ -28,14 +29,16 @@ static float rnd(uint64_t *s) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_qtile_m1 q4_0|q4_k|q8_0|gptq [N] [K] [REPS] [M]\n");
+        fprintf(stderr, "usage: bench_qtile_m1 q4_0|q4_0_file|q4_k|q4_k_file|q8_0|gptq [N] [K] [REPS] [M]\n");
         return 2;
     }
     const char *type = argv[1];
     int64_t n = argc > 2 ? atoll(argv[2]) : 512, k = argc > 3 ? atoll(argv[3]) : 768;
     int reps = argc > 4 ? atoi(argv[4]) : 300;
     int64_t m = argc > 5 ? atoll(argv[5]) : 1;
-    int gt = !strcmp(type, "q4_0") ? LMC_GGML_Q4_0 : !strcmp(type, "q4_k") ? LMC_GGML_Q4_K
+    bool repack = !strcmp(type, "q4_k") || !strcmp(type, "q4_0");
+    int gt = !strcmp(type, "q4_0") || !strcmp(type, "q4_0_file")   ? LMC_GGML_Q4_0
+             : !strcmp(type, "q4_k") || !strcmp(type, "q4_k_file") ? LMC_GGML_Q4_K
              : !strcmp(type, "q8_0") ? LMC_GGML_Q8_0 : -1;
     if ((gt < 0 && strcmp(type, "gptq")) || n <= 0 || k <= 0 || k % 256 || reps <= 0 || m <= 0) {
         fprintf(stderr, "bench_qtile_m1: bad arguments (TYPE q4_0|q4_k|q8_0|gptq, K a multiple of 256)\n");
@@ -62,7 +65,15 @@ int main(int argc, char **argv) {
         wq = malloc((size_t)(n * rb));
         LMC_ASSERT(wq);
         for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(gt, wf + o * k, wq + o * rb, k);
-        if (lmc_qweight_init_ggml(&w, gt, wq, n, k, &err)) {
+        if (repack) { /* the repacked rows replace the file's */
+            uint8_t *r = malloc((size_t)(n * (k / 256) * LMC_Q4KR_BYTES));
+            LMC_ASSERT(r);
+            (gt == LMC_GGML_Q4_K ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(wq, r, n, k);
+            free(wq);
+            wq = r;
+        }
+        if (repack ? (gt == LMC_GGML_Q4_K ? lmc_qweight_init_q4kr : lmc_qweight_init_q40r)(&w, wq, n, k, &err)
+                   : lmc_qweight_init_ggml(&w, gt, wq, n, k, &err)) {
             fprintf(stderr, "bench_qtile_m1: %s\n", err.msg);
             return 1;
         }

@@ -43,7 +43,7 @@ static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const s
                     int64_t col = w->perm ? w->perm[j] : j;
                     xg[j] = col >= 0 ? xi[col] : 0.0f;
                 }
-                (w->kernel == LMC_QK_Q4_K ? lmc_q8act_quantize_k : lmc_q8act_quantize)(xg, w->kp, xq);
+                (w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR ? lmc_q8act_quantize_k : lmc_q8act_quantize)(xg, w->kp, xq);
                 for (int64_t j = 0; j < w->kp; j++) {
                     int64_t col = w->perm ? w->perm[j] : j;
                     if (col >= 0) xd[col] = xq[j / 32].d * (float)xq[j / 32].q[j % 32];
@@ -205,6 +205,109 @@ static void test_quantizers(uint64_t *rng, enum lmc_qisa isa) {
     c.quantize(x, n, b);
     CHECK(memcmp(a, b, (size_t)(n / 32) * sizeof *a) == 0);
     free(x), free(a), free(b);
+}
+
+/* Q4_K repacked at load (Q4_KR, quant/q4k_repack.c) on instruction set c:
+ * the file's bytes come back exactly (every row), dequantization gives the
+ * same floats, and lmc_qmatmul gives the same bits as on the file's layout
+ * (the same integers in the same lanes and the same float operations) for
+ * M = 1..9 and 17, odd N (the 1-row tail tiles), K of 1, 3 and 5
+ * super-blocks, one thread and two; then against the float64 references
+ * with the small-M kernels and without them (small_max 0: the single-row
+ * kernels, Q4_KR's portable one). */
+static void test_q4kr(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    static const int64_t ks[3] = {256, 768, 1280}, ns[3] = {5, 37, 41};
+    for (int t = 0; t < 3; t++) {
+        const int64_t n = ns[t], k = ks[t], mmax = 17;
+        int64_t rb;
+        CHECK(lmc_ggml_row_bytes(LMC_GGML_Q4_K, k, &rb));
+        float *wf = malloc((size_t)(n * k) * 4), *wd = malloc((size_t)(n * k) * 4), *wd2 = malloc((size_t)(n * k) * 4);
+        float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4), *y2 = malloc((size_t)(mmax * n) * 4);
+        uint8_t *wq = malloc((size_t)(n * rb)), *wr = malloc((size_t)(n * (k / 256) * LMC_Q4KR_BYTES)), *back = malloc((size_t)rb);
+        for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 32) % 9));
+        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(LMC_GGML_Q4_K, wf + o * k, wq + o * rb, k));
+        for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
+        lmc_q4kr_pack_rows(wq, wr, n, k);
+        lmc_err err = {0};
+        struct lmc_qweight wg, wk;
+        CHECK(lmc_qweight_init_ggml(&wg, LMC_GGML_Q4_K, wq, n, k, &err) == LMC_OK);
+        CHECK(lmc_qweight_init_q4kr(&wk, wr, n, k, &err) == LMC_OK);
+        CHECK(wk.kernel == LMC_QK_Q4_KR && wk.ggml_type == LMC_GGML_Q4_K && wk.row_bytes == k / 256 * LMC_Q4KR_BYTES);
+        int same_rows = 1;
+        for (int64_t o = 0; o < n; o++) {
+            lmc_q4kr_row_to_ggml(&wk, o, back);
+            same_rows &= memcmp(back, wq + o * rb, (size_t)rb) == 0;
+        }
+        CHECK_MSG(same_rows, "Q4_KR K=%lld: the file's bytes do not come back", (long long)k);
+        lmc_qweight_dequant_rows(&wg, 0, n, wd);
+        lmc_qweight_dequant_rows(&wk, 0, n, wd2);
+        CHECK_MSG(memcmp(wd, wd2, (size_t)(n * k) * 4) == 0, "Q4_KR K=%lld: dequantized floats differ", (long long)k);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&wk, mmax) + 63) / 64 * 64);
+        CHECK(lmc_qmatmul_scratch_bytes(&wk, mmax) == lmc_qmatmul_scratch_bytes(&wg, mmax));
+        for (int64_t m = 1; m <= mmax; m += (m < 9 ? 1 : 8)) {
+            lmc_qmatmul(c, &wg, y, x, m, scratch, m % 2 ? pool : NULL);
+            lmc_qmatmul(c, &wk, y2, x, m, scratch, m % 2 ? pool : NULL);
+            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "Q4_KR [%s] N=%lld K=%lld M=%lld: not the bits of Q4_K",
+                      lmc_qisa_name(c->isa), (long long)n, (long long)k, (long long)m);
+        }
+        free(scratch);
+        struct ref r = {n, k, wd};
+        char what[64];
+        snprintf(what, sizeof what, "Q4_KR N=%lld K=%lld", (long long)n, (long long)k);
+        check(c, &wk, &r, what, rng, pool);
+        struct lmc_qctx c0 = *c;
+        c0.small_max = 0;
+        snprintf(what, sizeof what, "Q4_KR N=%lld K=%lld single-row", (long long)n, (long long)k);
+        check(&c0, &wk, &r, what, rng, pool);
+        free(wf), free(wd), free(wd2), free(x), free(y), free(y2), free(wq), free(wr), free(back);
+    }
+}
+
+/* Q4_0 repacked at load (Q4_0R: pairs of blocks) on instruction set c: as
+ * test_q4kr, K of 3, 7 (an odd last block), 24 and 25 blocks, odd N. */
+static void test_q40r(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
+    static const int64_t ks[4] = {32 * 3, 32 * 7, 32 * 24, 32 * 25}, ns[4] = {29, 37, 41, 9};
+    for (int t = 0; t < 4; t++) {
+        const int64_t n = ns[t], k = ks[t], mmax = 17, rb = k / 32 * 18;
+        float *wf = malloc((size_t)(n * k) * 4), *wd = malloc((size_t)(n * k) * 4), *wd2 = malloc((size_t)(n * k) * 4);
+        float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4), *y2 = malloc((size_t)(mmax * n) * 4);
+        uint8_t *wq = malloc((size_t)(n * rb)), *wr = malloc((size_t)(n * rb)), *back = malloc((size_t)rb);
+        for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 32) % 9));
+        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(LMC_GGML_Q4_0, wf + o * k, wq + o * rb, k));
+        for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
+        lmc_q40r_pack_rows(wq, wr, n, k);
+        lmc_err err = {0};
+        struct lmc_qweight wg, wk;
+        CHECK(lmc_qweight_init_ggml(&wg, LMC_GGML_Q4_0, wq, n, k, &err) == LMC_OK);
+        CHECK(lmc_qweight_init_q40r(&wk, wr, n, k, &err) == LMC_OK);
+        CHECK(wk.kernel == LMC_QK_Q4_0R && wk.ggml_type == LMC_GGML_Q4_0 && wk.row_bytes == rb);
+        int same_rows = 1;
+        for (int64_t o = 0; o < n; o++) {
+            lmc_q40r_row_to_ggml(&wk, o, back);
+            same_rows &= memcmp(back, wq + o * rb, (size_t)rb) == 0;
+        }
+        CHECK_MSG(same_rows, "Q4_0R K=%lld: the file's bytes do not come back", (long long)k);
+        lmc_qweight_dequant_rows(&wg, 0, n, wd);
+        lmc_qweight_dequant_rows(&wk, 0, n, wd2);
+        CHECK_MSG(memcmp(wd, wd2, (size_t)(n * k) * 4) == 0, "Q4_0R K=%lld: dequantized floats differ", (long long)k);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&wk, mmax) + 63) / 64 * 64);
+        for (int64_t m = 1; m <= mmax; m += (m < 9 ? 1 : 8)) {
+            lmc_qmatmul(c, &wg, y, x, m, scratch, m % 2 ? pool : NULL);
+            lmc_qmatmul(c, &wk, y2, x, m, scratch, m % 2 ? pool : NULL);
+            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "Q4_0R [%s] N=%lld K=%lld M=%lld: not the bits of Q4_0",
+                      lmc_qisa_name(c->isa), (long long)n, (long long)k, (long long)m);
+        }
+        free(scratch);
+        struct ref r = {n, k, wd};
+        char what[64];
+        snprintf(what, sizeof what, "Q4_0R N=%lld K=%lld", (long long)n, (long long)k);
+        check(c, &wk, &r, what, rng, pool);
+        struct lmc_qctx c0 = *c;
+        c0.small_max = 0;
+        snprintf(what, sizeof what, "Q4_0R N=%lld K=%lld single-row", (long long)n, (long long)k);
+        check(&c0, &wk, &r, what, rng, pool);
+        free(wf), free(wd), free(wd2), free(x), free(y), free(y2), free(wq), free(wr), free(back);
+    }
 }
 
 /* The small-M kernels of Q4_K (VNNI; AVX2 with vpmaddwd + vpaddd in place
@@ -516,6 +619,8 @@ int main(void) {
         test_prefill(&c, &rng, pool);
         test_small_m_groups(&c, &rng, pool);
         test_guided_split(&c, &rng);
+        test_q4kr(&c, &rng, pool);
+        test_q40r(&c, &rng, pool);
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);

@@ -1,6 +1,6 @@
 /* test_tp_quant.c — quantized weights cut for tensor-parallel ranks
  * (dist/tp_quant.h) without dequantizing: GGUF Q8_0, Q4_0, Q4_K, integer
- * groups (rtn 4-bit g64, 8-bit g32) and NF4 (per row, and over the
+ * groups (rtn 4-bit g64, 8-bit g32), Q4_K and Q4_0 repacked (Q4_KR, Q4_0R) and NF4 (per row, and over the
  * flattened weight as QLoRA quantizes it) on a (37, 512) weight. A row
  * cut dequantizes to the full weight's rows bit for bit, and each column
  * cut of T = 2 and 4 ranks to its columns bit for bit (Q4_K at T = 4, 128
@@ -90,16 +90,44 @@ int main(void) {
     lmc_qctx_init(&c, LMC_QISA_AVX512VNNI);
     float *w = malloc(sizeof(float) * N * K);
     for (int i = 0; i < N * K; i++) w[i] = test_rand(&rng) * (1.0f + (float)(i % 7));
-    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_K};
-    static const char *names[] = {"Q8_0", "Q4_0", "Q4_K"};
-    for (int t = 0; t < 3; t++) {
+    /* the fourth: Q4_K repacked as the CPU loader repacks it (Q4_KR, 148-byte super-blocks) */
+    static const int types[] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_K, LMC_GGML_Q4_K, LMC_GGML_Q4_0};
+    static const char *names[] = {"Q8_0", "Q4_0", "Q4_K", "Q4_KR", "Q4_0R"};
+    for (int t = 0; t < 5; t++) {
         int64_t rb;
         CHECK(lmc_ggml_row_bytes(types[t], K, &rb));
         uint8_t *data = malloc((size_t)(rb * N));
         for (int r = 0; r < N; r++) CHECK(lmc_ggml_quantize_row(types[t], w + r * K, data + r * rb, K));
         struct lmc_qweight q;
-        CHECK(lmc_qweight_init_ggml(&q, types[t], data, N, K, &err) == LMC_OK);
+        if (t == 3) {
+            uint8_t *rp = malloc((size_t)(N * (K / 256) * LMC_Q4KR_BYTES));
+            lmc_q4kr_pack_rows(data, rp, N, K);
+            free(data);
+            data = rp;
+            CHECK(lmc_qweight_init_q4kr(&q, data, N, K, &err) == LMC_OK);
+        } else if (t == 4) { /* Q4_0R: the same bytes, blocks in pairs (a cut of an odd number of blocks: T 4) */
+            uint8_t *rp = malloc((size_t)(rb * N));
+            lmc_q40r_pack_rows(data, rp, N, K);
+            free(data);
+            data = rp;
+            CHECK(lmc_qweight_init_q40r(&q, data, N, K, &err) == LMC_OK);
+        } else {
+            CHECK(lmc_qweight_init_ggml(&q, types[t], data, N, K, &err) == LMC_OK);
+        }
         check_cuts(&c, &q, names[t], types[t] == LMC_GGML_Q4_K ? 256 : 32, &rng);
+        if (t == 4) { /* columns [32, 96): a cut that starts inside a pair, taken in the file's layout */
+            struct lmc_qweight d;
+            float *full = malloc(sizeof(float) * N * K), *part = malloc(sizeof(float) * N * 64);
+            lmc_qweight_dequant_rows(&q, 0, N, full);
+            CHECK(lmc_tp_qweight_cut(&d, &q, true, 32, 64, "Q4_0R", &err) == LMC_OK);
+            CHECK(d.kernel == LMC_QK_Q4_0R && d.k == 64);
+            lmc_qweight_dequant_rows(&d, 0, N, part);
+            bool eq = true;
+            for (int i = 0; i < N; i++) eq &= !memcmp(part + i * 64, full + i * K + 32, sizeof(float) * 64);
+            CHECK_MSG(eq, "Q4_0R: the cut of columns [32, 96) dequantizes to other values");
+            lmc_qweight_free(&d);
+            free(full), free(part);
+        }
         lmc_qweight_free(&q);
         free(data);
     }

@@ -37,6 +37,15 @@ static lmc_status cut_rows(struct lmc_qweight *d, const struct lmc_qweight *w, i
 
 static lmc_status cut_cols(struct lmc_qweight *d, const struct lmc_qweight *w, int64_t a0, int64_t n, const char *what,
                            lmc_err *err) {
+    if (w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R) { /* repacked at load: cut in the file's layout */
+        struct lmc_qweight g;
+        lmc_status s = lmc_qweight_file_layout(w, &g, err);
+        if (s) return s;
+        d->kernel = g.kernel;
+        s = cut_cols(d, &g, a0, n, what, err);
+        lmc_qweight_free(&g);
+        return s ? s : lmc_qweight_repack(d, err); /* the cut's rows repacked again */
+    }
     if (w->perm)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "tensor parallel: %s is quantized in act-order (its input columns "
                            "permuted into groups), which do not split by columns", what);

@@ -117,23 +117,49 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     bool matrix = r->ndim == 2 && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD || kind == LMC_TK_EXPERT_W);
     /* a quantized linear on a host backend: copied into huge pages (lmc_model_own_huge), its file pages released */
     bool huge = is_quant && m->qheap_on && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD) && r->ndim == 2;
+    /* Q4_K and Q4_0 there are repacked as they are copied (quant/q4k_repack.c: the CPU kernels' layouts, the
+     * file's bytes come back exactly; Q4_K 148 bytes a super-block where the file has 144, Q4_0 the same bytes) */
+    bool q4kr = huge && t->type == LMC_GGML_Q4_K, q40r = huge && t->type == LMC_GGML_Q4_0, rep = q4kr || q40r;
+    int64_t hb = q4kr ? cols / 256 * LMC_Q4KR_BYTES : rb; /* bytes of a row in the huge-page copy */
     int64_t heads = lmc_gguf_rope_heads(r, &m->cfg, G->v);
     if (heads > 0) { /* llama.cpp's rotary row order back to Hugging Face's */
         if (rows % (2 * heads))
             return lmc_err_set(err, LMC_ERR_FORMAT, "%s: tensor '%s': %lld rows do not split into %lld heads of even size",
                                G->path, name, (long long)rows, (long long)heads);
-        void *p = huge ? lmc_model_own_huge(m, (size_t)(rows * rb)) : lmc_model_own(m, (size_t)(rows * rb));
-        if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        lmc_gguf_permute_qk(base, p, rows, (size_t)rb, heads, true);
+        void *p = huge ? lmc_model_own_huge(m, (size_t)(rows * hb)) : lmc_model_own(m, (size_t)(rows * rb));
+        void *tmp = rep ? malloc((size_t)(rows * rb)) : p; /* permuted, then repacked into p */
+        if (!p || !tmp) {
+            if (tmp != p) free(tmp);
+            return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
+        }
+        lmc_gguf_permute_qk(base, tmp, rows, (size_t)rb, heads, true);
+        if (rep) {
+            (q4kr ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(tmp, p, rows, cols);
+            free(tmp);
+        }
         data = p;
         if (m->gguf->map_kind == 1) drop_pages(base, (size_t)(rows * rb)); /* read once: not resident twice */
     } else if (huge) {
-        uint8_t *p = lmc_model_own_huge(m, (size_t)(rows * rb));
+        uint8_t *p = lmc_model_own_huge(m, (size_t)(rows * hb));
         if (!p) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
         /* in slices ending on 4 MB boundaries of the mapping, each slice's file pages released after its copy:
          * the tensor is never resident twice (a 1.1B model's Q8_0 head is 70 MB) */
         size_t n = (size_t)(rows * rb), off = 0, sl = (size_t)4 << 20;
-        while (off < n) {
+        if (rep) { /* whole rows: slices of about 4 MB, the file pages below each slice's end released */
+            long ps = sysconf(_SC_PAGESIZE);
+            int64_t step = LMC_MAX((int64_t)1, (int64_t)sl / rb);
+            for (int64_t r0 = 0; r0 < rows; r0 += step) {
+                int64_t nr = LMC_MIN(step, rows - r0);
+                (q4kr ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(base + r0 * rb, p + r0 * hb, nr, cols);
+                size_t e = (size_t)((r0 + nr) * rb);
+                if (m->gguf->map_kind == 1 && ps > 0) {
+                    drop_pages(base + off, e - off);
+                    size_t fl = (size_t)(((uintptr_t)base + e) / (uintptr_t)ps * (uintptr_t)ps - (uintptr_t)base);
+                    if (fl > off) off = fl; /* the next slice starts on a page boundary (or its first page) */
+                }
+            }
+        }
+        while (!rep && off < n) {
             size_t e = LMC_MIN(n, (((uintptr_t)base + off) / sl + 1) * sl - (uintptr_t)base);
             memcpy(p + off, base + off, e - off);
             if (m->gguf->map_kind == 1) drop_pages(base + off, e - off);
@@ -144,7 +170,9 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     if (is_quant && matrix) {
         struct lmc_qweight *w = calloc(1, sizeof *w);
         if (!w) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
-        lmc_status s = lmc_qweight_init_ggml(w, t->type, data, rows, cols, err);
+        lmc_status s = q4kr   ? lmc_qweight_init_q4kr(w, data, rows, cols, err)
+                       : q40r ? lmc_qweight_init_q40r(w, data, rows, cols, err)
+                              : lmc_qweight_init_ggml(w, t->type, data, rows, cols, err);
         if (s) {
             free(w);
             lmc_err_prefix(err, "%s: tensor '%s': ", G->path, name);
@@ -229,7 +257,8 @@ lmc_status lmc_model_bind_gguf(struct lmc_model *m, const char *label, lmc_err *
     struct gload G = {m, NULL, NULL, label};
     lmc_status s = lmc_gguf_config(m->gguf, label, &m->cfg, &G.v, err);
     if (s) return s;
-    if (m->qheap_on) lmc_model_qheap_reserve(m, m->gguf->size + 64 * (size_t)m->gguf->n_tensors);
+    if (m->qheap_on) /* the file's bytes, Q4_K's repacking (148 / 144) and each tensor's alignment */
+        lmc_model_qheap_reserve(m, m->gguf->size + m->gguf->size / 36 + 64 * (size_t)m->gguf->n_tensors);
     m->arch = lmc_arch_of(&m->cfg);
     if ((s = lmc_config_check_sizes(&m->cfg, err)) || (s = m->arch->check(&m->cfg, err))) return s;
     if (m->cfg.num_layers > m->gguf->n_tensors) /* every block has tensors: bounds the layer table by the file */

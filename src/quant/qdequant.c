@@ -141,6 +141,25 @@ void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t n
         case LMC_QK_U4G:
         case LMC_QK_U8G: groups_row(w, r, d); break;
         case LMC_QK_NF4: w->nf4_flat ? nf4_flat_row(w, r, d) : nf4_row(w, r, d); break;
+        case LMC_QK_Q4_0R: /* each pair back in the file's bytes (q4k_repack.c's layout): the same floats */
+            for (int64_t b = 0, nb = w->k / 32; b < nb; b += 2) {
+                const uint8_t *p = w->data + r * w->row_bytes + 18 * b;
+                uint8_t g[36];
+                if (b + 1 < nb) {
+                    memcpy(g, p + 32, 2), memcpy(g + 2, p, 16), memcpy(g + 18, p + 34, 2), memcpy(g + 20, p + 16, 16);
+                } else {
+                    memcpy(g, p + 16, 2), memcpy(g + 2, p, 16);
+                }
+                lmc_ggml_dequantize_row(LMC_GGML_Q4_0, g, d + 32 * b, b + 1 < nb ? 64 : 32);
+            }
+            break;
+        case LMC_QK_Q4_KR: /* each super-block back in the file's bytes: the same floats */
+            for (int64_t s = 0; s < w->k / 256; s++) {
+                uint8_t g[144];
+                lmc_q4kr_unpack_block(w->data + r * w->row_bytes + LMC_Q4KR_BYTES * s, g);
+                lmc_ggml_dequantize_row(LMC_GGML_Q4_K, g, d + 256 * s, 256);
+            }
+            break;
         default: lmc_ggml_dequantize_row(w->ggml_type, w->data + r * w->row_bytes, d, w->k); break;
         }
     }

@@ -60,7 +60,7 @@ void lmc_q8act_quantize_k(const float *x, int64_t n, struct lmc_q8act *out) {
 }
 
 lmc_q8quant_fn lmc_qctx_quantizer(const struct lmc_qctx *c, const struct lmc_qweight *w) {
-    return w->kernel == LMC_QK_Q4_K ? c->quantize_k : c->quantize;
+    return w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR ? c->quantize_k : c->quantize;
 }
 
 /* ---- portable dot products: row `row` of w with the activation blocks ---- */
@@ -85,16 +85,35 @@ LMC_NO_VECTORIZE static float dot_q8_0(const struct lmc_qweight *w, int64_t row,
     return acc;
 }
 
+/* One Q4_0/Q4_1 block (scale d, min m for Q4_1, 16 code bytes qs) against x, added into acc. Not inlined:
+ * the file's rows (dot_q4_01) and Q4_0R's pairs (dot_q4_0r) run the same instructions, so the same bits
+ * (inlined, the compiler may fuse the multiply-adds differently at each site). */
+__attribute__((noinline)) static float q4_01_blk(const uint8_t *d, const uint8_t *m, const uint8_t *qs,
+                                                  const struct lmc_q8act *x, float acc) {
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) s += (qs[j] & 15) * x->q[j] + (qs[j] >> 4) * x->q[j + 16];
+    int32_t sx = x->s0 + x->s1;
+    if (m) acc += f16at(d) * x->d * (float)s + f16at(m) * x->d * (float)sx;
+    else acc += f16at(d) * x->d * (float)(s - 8 * sx);
+    return acc;
+}
 static float dot_q4_01(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, bool one) {
     int bb = one ? 20 : 18, o = one ? 4 : 2;
     const uint8_t *p = w->data + row * w->row_bytes;
     float acc = 0;
-    for (int64_t b = 0; b < w->k / 32; b++, p += bb) {
-        int32_t s = 0;
-        for (int j = 0; j < 16; j++) s += (p[o + j] & 15) * x[b].q[j] + (p[o + j] >> 4) * x[b].q[j + 16];
-        int32_t sx = x[b].s0 + x[b].s1;
-        if (one) acc += f16at(p) * x[b].d * (float)s + f16at(p + 2) * x[b].d * (float)sx;
-        else acc += f16at(p) * x[b].d * (float)(s - 8 * sx);
+    for (int64_t b = 0; b < w->k / 32; b++, p += bb) acc = q4_01_blk(p, one ? p + 2 : NULL, p + o, &x[b], acc);
+    return acc;
+}
+/* Q4_0R (pairs of blocks: codes, codes, d, d; an odd last block codes, d): the same bits as dot_q4_0. */
+static float dot_q4_0r(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    (void)xf;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    const int64_t nb = w->k / 32;
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pair = p + 36 * (b / 2);
+        const uint8_t *d = b + 1 < nb || b % 2 ? pair + 32 + 2 * (b % 2) : pair + 16;
+        acc = q4_01_blk(d, NULL, pair + 16 * (b % 2), &x[b], acc);
     }
     return acc;
 }
@@ -130,31 +149,50 @@ static float dot_q5_1(const struct lmc_qweight *w, int64_t row, const struct lmc
     return dot_q5_01(w, row, x, true);
 }
 
+/* One Q4_K/Q5_K super-block p against its 8 activation blocks, added into *acc (the order of dot_qk45). Not
+ * inlined: the file's rows and Q4_KR's run the same instructions (q4_01_blk). */
+__attribute__((noinline)) static void qk45_sb(const uint8_t *p, const struct lmc_q8act *x, bool five, float *acc_) {
+    float acc = *acc_;
+    int16_t sc[8], mn[8];
+    lmc_ggml_kscales_unpack(p + 4, sc, mn);
+    float d = f16at(p), dmin = f16at(p + 2);
+    const uint8_t *qh = p + 16, *qs = p + (five ? 48 : 16);
+    for (int c = 0; c < 4; c++) {
+        int32_t s_lo = 0, s_hi = 0;
+        for (int l = 0; l < 32; l++) {
+            int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
+            if (five) {
+                lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+            }
+            s_lo += lo * x[2 * c].q[l];
+            s_hi += hi * x[2 * c + 1].q[l];
+        }
+        const struct lmc_q8act *a = &x[2 * c], *b = &x[2 * c + 1];
+        acc += d * (float)sc[2 * c] * a->d * (float)s_lo - dmin * (float)mn[2 * c] * a->d * (float)(a->s0 + a->s1);
+        acc += d * (float)sc[2 * c + 1] * b->d * (float)s_hi -
+               dmin * (float)mn[2 * c + 1] * b->d * (float)(b->s0 + b->s1);
+    }
+    *acc_ = acc;
+}
+
 static float dot_qk45(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, bool five) {
     int bb = five ? 176 : 144;
     const uint8_t *p = w->data + row * w->row_bytes;
     float acc = 0;
-    for (int64_t sb = 0; sb < w->k / 256; sb++, p += bb, x += 8) {
-        int16_t sc[8], mn[8];
-        lmc_ggml_kscales_unpack(p + 4, sc, mn);
-        float d = f16at(p), dmin = f16at(p + 2);
-        const uint8_t *qh = p + 16, *qs = p + (five ? 48 : 16);
-        for (int c = 0; c < 4; c++) {
-            int32_t s_lo = 0, s_hi = 0;
-            for (int l = 0; l < 32; l++) {
-                int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
-                if (five) {
-                    lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-                    hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-                }
-                s_lo += lo * x[2 * c].q[l];
-                s_hi += hi * x[2 * c + 1].q[l];
-            }
-            const struct lmc_q8act *a = &x[2 * c], *b = &x[2 * c + 1];
-            acc += d * (float)sc[2 * c] * a->d * (float)s_lo - dmin * (float)mn[2 * c] * a->d * (float)(a->s0 + a->s1);
-            acc += d * (float)sc[2 * c + 1] * b->d * (float)s_hi -
-                   dmin * (float)mn[2 * c + 1] * b->d * (float)(b->s0 + b->s1);
-        }
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += bb, x += 8) qk45_sb(p, x, five, &acc);
+    return acc;
+}
+/* Q4_KR (the repacked Q4_K rows): each super-block back in the file's bytes, then Q4_K's arithmetic (the
+ * same bits as dot_q4_k on the file's rows). */
+static float dot_q4_kr(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x, const float *xf) {
+    (void)xf;
+    const uint8_t *p = w->data + row * w->row_bytes;
+    float acc = 0;
+    uint8_t g[144];
+    for (int64_t sb = 0; sb < w->k / 256; sb++, p += LMC_Q4KR_BYTES, x += 8) {
+        lmc_q4kr_unpack_block(p, g);
+        qk45_sb(g, x, false, &acc);
     }
     return acc;
 }
@@ -251,6 +289,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     static const lmc_qdot_fn portable[LMC_QK_COUNT] = {
         [LMC_QK_Q8_0] = dot_q8_0, [LMC_QK_Q4_0] = dot_q4_0, [LMC_QK_Q4_1] = dot_q4_1, [LMC_QK_Q5_0] = dot_q5_0,
         [LMC_QK_Q5_1] = dot_q5_1, [LMC_QK_Q4_K] = dot_q4_k, [LMC_QK_Q5_K] = dot_q5_k, [LMC_QK_Q6_K] = dot_q6_k,
+        [LMC_QK_Q4_KR] = dot_q4_kr, [LMC_QK_Q4_0R] = dot_q4_0r,
         [LMC_QK_U4G] = dot_u4g,   [LMC_QK_U8G] = dot_u8g,   [LMC_QK_NF4] = dot_nf4,
     };
     memcpy(c->dot, portable, sizeof c->dot);

@@ -30,6 +30,8 @@ enum lmc_qkernel {
     LMC_QK_U4G,  /* 2..4-bit codes in nibbles, scale and integer zero per group (GPTQ, AWQ, rtn, ternary) */
     LMC_QK_U8G,  /* 5..8-bit codes in bytes, likewise */
     LMC_QK_NF4,  /* NF4 codes with a float absmax per 64 (float math through the 16-value table) */
+    LMC_QK_Q4_KR, /* GGUF Q4_K repacked at load for the CPU kernels (lmc_qweight_init_q4kr; ggml_type Q4_K) */
+    LMC_QK_Q4_0R, /* GGUF Q4_0 repacked at load for the CPU kernels (lmc_qweight_init_q40r; ggml_type Q4_0) */
     LMC_QK_COUNT
 };
 
@@ -91,7 +93,8 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa);
 const char *lmc_qisa_name(enum lmc_qisa isa);
 
 /* A weight prepared for the kernels. GGUF blocks are used in place
- * (borrowed); the other formats are repacked at load into lmc's kernel
+ * (borrowed; on a CPU backend the model loader repacks Q4_K and Q4_0 into
+ * Q4_KR / Q4_0R, below); the other formats are repacked at load into lmc's kernel
  * layout: per row, blocks of 32 codes, the input dimension permuted so that
  * each group's columns (GPTQ g_idx, act-order) are contiguous and padded to
  * whole blocks. */
@@ -135,6 +138,41 @@ struct lmc_qweight {
  * 32 or 256), data borrowed: n rows of k elements, k a multiple of the block. */
 lmc_status lmc_qweight_init_ggml(struct lmc_qweight *w, int type, const void *data, int64_t n, int64_t k,
                                  lmc_err *err);
+/* GGUF Q4_K repacked for the CPU kernels ("Q4_KR", q4k_repack.c): per row
+ * the same super-blocks of 256 in the same order, each LMC_Q4KR_BYTES
+ * bytes: the 128 code bytes first, chunk c (sub-blocks 2c, 2c + 1) at 32 c
+ * with byte i < 16 holding element i of sub-block 2c in its low nibble and
+ * element 16 + i in its high one, byte 16 + i the same for sub-block 2c + 1
+ * (one 32-byte load, a mask and a shift give the kernels' pair layout);
+ * then d and dmin (fp16 bits, as in the file), the eight 6-bit scales and
+ * the eight 6-bit mins one per byte (no unpacking in the kernels). The
+ * file's bytes come back exactly (lmc_q4kr_unpack_block); 148 / 144 bytes
+ * = 2.8% more than the file. */
+#define LMC_Q4KR_BYTES 148
+void lmc_q4kr_pack_block(const uint8_t *ggml, uint8_t *r);
+void lmc_q4kr_unpack_block(const uint8_t *r, uint8_t *ggml);
+/* nrows rows of k (a multiple of 256) elements, GGUF Q4_K rows (k / 256 *
+ * 144 bytes each) into repacked rows (k / 256 * LMC_Q4KR_BYTES). */
+void lmc_q4kr_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
+/* A weight of repacked Q4_K rows (data borrowed; kernel LMC_QK_Q4_KR,
+ * ggml_type LMC_GGML_Q4_K). */
+lmc_status lmc_qweight_init_q4kr(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
+/* Row r of a Q4_KR weight back as the file's Q4_K bytes (k / 256 * 144). */
+void lmc_q4kr_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
+/* GGUF Q4_0 repacked for the CPU kernels ("Q4_0R", q4k_repack.c): the
+ * same bytes per row (18 a block), blocks in pairs: per pair the 16 code
+ * bytes of its first block, those of its second (one 32-byte load), then
+ * the two fp16 scales; an odd last block as codes then scale. */
+void lmc_q40r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
+/* Row r of a Q4_0R weight back as the file's Q4_0 bytes (k / 32 * 18). */
+void lmc_q40r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
+lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
+/* A Q4_KR / Q4_0R weight's rows back in the file's layout: g (kernel
+ * Q4_K / Q4_0, its own copy of the codes, freed by lmc_qweight_free). */
+lmc_status lmc_qweight_file_layout(const struct lmc_qweight *w, struct lmc_qweight *g, lmc_err *err);
+/* A GGUF Q4_K / Q4_0 weight whose codes it owns (w->owned == w->data)
+ * repacked into Q4_KR / Q4_0R (a new owned buffer, the old one freed). */
+lmc_status lmc_qweight_repack(struct lmc_qweight *w, lmc_err *err);
 /* Integer groups (rtn, GPTQ with any g_idx, AWQ): codes repacked. */
 lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgroups *g, lmc_err *err);
 /* bitsandbytes NF4 of a (n, k) weight, k a multiple of 64. */

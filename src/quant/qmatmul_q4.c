@@ -1,5 +1,6 @@
 /* qmatmul_q4.c — the small-M quantized products (any number of
- * activation rows, decode's M = 1 first) for GGUF Q4_0, lmc's 4-bit groups
+ * activation rows, decode's M = 1 first) for GGUF Q4_0 (in the file's
+ * layout or repacked in pairs at load, Q4_0R: q4k_repack.c), lmc's 4-bit groups
  * (GPTQ/AWQ/rtn/ternary; the same scheme, pairs within a group, further
  * below) and GGUF Q8_0 (at the end; AVX2 in the single-row kernel's order),
  * on 256-bit vectors:
@@ -47,7 +48,7 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
     if (w->kernel == LMC_QK_Q8_0) return (w->kp / 32 + 1) / 2; /* the pair layout, lane sums times -128 */
-    if (w->kernel == LMC_QK_Q4_K) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
+    if (w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
     return np;
@@ -121,12 +122,12 @@ static void q4g_fill_zsums(uint8_t *s, const uint8_t *e) {
 
 void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *xq, int64_t i0, int64_t i1,
                            void *buf) {
-    if (w->kernel == LMC_QK_Q4_K) {
+    if (w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR) {
         lmc_q4k_fill(w, xq, i0, i1, buf);
         return;
     }
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
-    int32_t mult = w->kernel == LMC_QK_Q4_0 ? -8 : w->kernel == LMC_QK_Q8_0 ? -128 : 1;
+    int32_t mult = w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q4_0R ? -8 : w->kernel == LMC_QK_Q8_0 ? -128 : 1;
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2");
 #endif
@@ -216,18 +217,35 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
     return _mm256_cvtph_ps(_mm_unpacklo_epi64(h0, h1));
 }
 
+/* Q4_0R's pair (q4k_repack.c): the scales d0 d1 (fp16, adjacent; full 0: d0 alone) as [d0 x 4, d1 x 4]
+ * (d1 0 when not full): one 4-byte load and a byte shuffle, the values of q4_scales_*. */
+I4_AVX2 __m256 q4r_scales(const uint8_t *b, int full) {
+    uint32_t dd = 0;
+    memcpy(&dd, b, full ? 4 : 2);
+    const __m128i ctl = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
+    return _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_cvtsi32_si128((int)dd), ctl));
+}
+
 /* The tile: weight rows row .. row + R - 1 (R 4 or 1) against activation
  * rows i0 .. i0 + MR - 1, y[i * ldy + r]. */
 #define Q4_WEIGHT(SUF, FULL, r)                                                                            \
     do {                                                                                                   \
         const uint8_t *b = wp + (r) * rb + 36 * p;                                                         \
-        __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                            \
-        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                                    \
-                                            FULL ? _mm_loadu_si128((const __m128i *)(b + 20))              \
-                                                 : _mm_setzero_si128(), 1);                                \
+        __m256i v;                                                                                         \
+        if (RP) { /* Q4_0R: the pair's codes at 0 (one load), its scales after them */                     \
+            v = FULL ? _mm256_loadu_si256((const __m256i *)b)                                              \
+                     : _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)b)), \
+                                               _mm_setzero_si128(), 1);                                    \
+            dw[r] = q4r_scales(b + (FULL ? 32 : 16), FULL);                                                \
+        } else {                                                                                           \
+            __m128i n0 = _mm_loadu_si128((const __m128i *)(b + 2));                                        \
+            v = _mm256_inserti128_si256(_mm256_castsi128_si256(n0),                                        \
+                                        FULL ? _mm_loadu_si128((const __m128i *)(b + 20))                  \
+                                             : _mm_setzero_si128(), 1);                                    \
+            dw[r] = q4_scales_##SUF(b, FULL);                                                              \
+        }                                                                                                  \
         lo[r] = _mm256_and_si256(v, m15);                                                                  \
         hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);                                            \
-        dw[r] = q4_scales_##SUF(b, FULL);                                                                  \
     } while (0)
 /* UN: the weight tile's codes and scales come unpacked from un (Q4_UNPACK
  * bytes a row and pair, q4_unpack), the same values. */
@@ -273,7 +291,8 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
     } while (0)
 #define Q4_TILE(TGTI, SUF)                                                                                 \
     TGTI void q4_tile_##SUF(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x,   \
-                            int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un) {        \
+                            int64_t i0, int MR, float *y, int64_t ldy, int UN, const uint8_t *un,          \
+                            const int RP) { /* RP: Q4_0R's pairs (a constant per instance) */              \
         const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
         const uint8_t *wp = w->data + row * rb;                                                            \
         const uint8_t *xp = x->pairs + i0 * x->pair_stride;                                                \
@@ -309,6 +328,7 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
 #define Q4_UNPACKER(TGT, SUF)                                                                              \
     TGT static void q4_unpack_##SUF(const struct lmc_qweight *w, int64_t row, uint8_t *un) {              \
         const int64_t nb = w->k / 32, rb = w->row_bytes;                                                   \
+        const int RP = w->kernel == LMC_QK_Q4_0R;                                                          \
         const uint8_t *wp = w->data + row * rb;                                                            \
         const __m256i m15 = _mm256_set1_epi8(15);                                                          \
         __m256i lo[4], hi[4];                                                                              \
@@ -332,27 +352,33 @@ I4_AVX2 __m256 q4_scales_avx2(const uint8_t *b, int full) {
  * registers) and the driver over rows [r0, r1) and all m activation rows. */
 typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8rows *, int64_t, float *, int64_t,
                       const uint8_t *);
-#define Q4_ONE(SUF, TGT, R, MR, UN)                                                                        \
-    TGT static void q4_##SUF##_##R##x##MR##_##UN(const struct lmc_qweight *w, int64_t row,                 \
-                                                 const struct lmc_q8rows *x, int64_t i0, float *y,         \
-                                                 int64_t ldy, const uint8_t *un) {                         \
-        q4_tile_##SUF(w, row, R, x, i0, MR, y, ldy, UN, un);                                               \
+#define Q4_ONE(SUF, TGT, R, MR, UN, RP)                                                                    \
+    TGT static void q4_##SUF##_##R##x##MR##_##UN##_##RP(const struct lmc_qweight *w, int64_t row,          \
+                                                        const struct lmc_q8rows *x, int64_t i0, float *y,  \
+                                                        int64_t ldy, const uint8_t *un) {                  \
+        q4_tile_##SUF(w, row, R, x, i0, MR, y, ldy, UN, un, RP);                                           \
     }
+#define Q4_SET(SUF, TGT, RP)                                                                               \
+    Q4_ONE(SUF, TGT, 4, 1, 0, RP) Q4_ONE(SUF, TGT, 4, 2, 0, RP) Q4_ONE(SUF, TGT, 4, 3, 0, RP)              \
+    Q4_ONE(SUF, TGT, 4, 4, 0, RP) Q4_ONE(SUF, TGT, 1, 1, 0, RP) Q4_ONE(SUF, TGT, 1, 2, 0, RP)              \
+    Q4_ONE(SUF, TGT, 1, 3, 0, RP) Q4_ONE(SUF, TGT, 1, 4, 0, RP) Q4_ONE(SUF, TGT, 4, 1, 1, RP)              \
+    Q4_ONE(SUF, TGT, 4, 2, 1, RP) Q4_ONE(SUF, TGT, 4, 3, 1, RP) Q4_ONE(SUF, TGT, 4, 4, 1, RP)
+#define Q4_TAB(SUF, RP)                                                                                    \
+    {{NULL, q4_##SUF##_4x1_0_##RP, q4_##SUF##_4x2_0_##RP, q4_##SUF##_4x3_0_##RP, q4_##SUF##_4x4_0_##RP},   \
+     {NULL, q4_##SUF##_1x1_0_##RP, q4_##SUF##_1x2_0_##RP, q4_##SUF##_1x3_0_##RP, q4_##SUF##_1x4_0_##RP},   \
+     {NULL, q4_##SUF##_4x1_1_##RP, q4_##SUF##_4x2_1_##RP, q4_##SUF##_4x3_1_##RP, q4_##SUF##_4x4_1_##RP}}
 #define Q4_ALL(SUF, TGT, TGTI)                                                                             \
     Q4_SUM4(TGTI, SUF)                                                                                     \
     Q4_TILE(TGTI, SUF)                                                                                     \
     Q4_UNPACKER(TGT, SUF)                                                                                  \
-    Q4_ONE(SUF, TGT, 4, 1, 0) Q4_ONE(SUF, TGT, 4, 2, 0) Q4_ONE(SUF, TGT, 4, 3, 0) Q4_ONE(SUF, TGT, 4, 4, 0) \
-    Q4_ONE(SUF, TGT, 1, 1, 0) Q4_ONE(SUF, TGT, 1, 2, 0) Q4_ONE(SUF, TGT, 1, 3, 0) Q4_ONE(SUF, TGT, 1, 4, 0) \
-    Q4_ONE(SUF, TGT, 4, 1, 1) Q4_ONE(SUF, TGT, 4, 2, 1) Q4_ONE(SUF, TGT, 4, 3, 1) Q4_ONE(SUF, TGT, 4, 4, 1) \
-    static const q4_fn q4_##SUF##_fns[3][Q4_MR + 1] = {                                                    \
-        {NULL, q4_##SUF##_4x1_0, q4_##SUF##_4x2_0, q4_##SUF##_4x3_0, q4_##SUF##_4x4_0},                    \
-        {NULL, q4_##SUF##_1x1_0, q4_##SUF##_1x2_0, q4_##SUF##_1x3_0, q4_##SUF##_1x4_0},                    \
-        {NULL, q4_##SUF##_4x1_1, q4_##SUF##_4x2_1, q4_##SUF##_4x3_1, q4_##SUF##_4x4_1}};                   \
+    Q4_SET(SUF, TGT, 0) Q4_SET(SUF, TGT, 1)                                                                \
+    /* [Q4_0R][unpacked / R == 1 / R == 4][MR] */                                                          \
+    static const q4_fn q4_##SUF##_fns[2][3][Q4_MR + 1] = {Q4_TAB(SUF, 0), Q4_TAB(SUF, 1)};                 \
     static void q4_many_##SUF(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, \
                               float *y, int64_t ldy) {                                                     \
         _Alignas(64) uint8_t un[Q4_UNPACK_MAX];                                                            \
         int64_t nch = (x->m + Q4_MR - 1) / Q4_MR, np = (w->k / 32 + 1) / 2;                                \
+        const int rp = w->kernel == LMC_QK_Q4_0R;                                                          \
         for (int64_t r = r0; r < r1;) {                                                                    \
             int four = r + 4 <= r1, unp = four && np * 4 * Q4_UNPACK <= Q4_UNPACK_MAX;                     \
             if (unp) q4_unpack_##SUF(w, r, un);                                                            \
@@ -360,7 +386,7 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
                 int64_t i0;                                                                                \
                 int mr;                                                                                    \
                 q4_chunk(x->m, c, &i0, &mr);                                                               \
-                q4_##SUF##_fns[unp ? 2 : four ? 0 : 1][mr](w, r, x, i0, y, ldy, un);                       \
+                q4_##SUF##_fns[rp][unp ? 2 : four ? 0 : 1][mr](w, r, x, i0, y, ldy, un);                   \
             }                                                                                              \
             r += four ? 4 : 1;                                                                             \
         }                                                                                                  \
@@ -371,9 +397,10 @@ typedef void (*q4_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8ro
             q4_many_##SUF(w, r0, r1, x, y, ldy);                                                           \
             return;                                                                                        \
         }                                                                                                  \
+        const int rp = w->kernel == LMC_QK_Q4_0R;                                                          \
         int64_t r = r0;                                                                                    \
-        for (; r + 4 <= r1; r += 4) q4_##SUF##_fns[0][x->m](w, r, x, 0, y, ldy, NULL);                     \
-        for (; r < r1; r++) q4_##SUF##_fns[1][x->m](w, r, x, 0, y, ldy, NULL);                             \
+        for (; r + 4 <= r1; r += 4) q4_##SUF##_fns[rp][0][x->m](w, r, x, 0, y, ldy, NULL);                 \
+        for (; r < r1; r++) q4_##SUF##_fns[rp][1][x->m](w, r, x, 0, y, ldy, NULL);                         \
     }
 
 /* The groups' zero terms, -zero x scale (float), of n consecutive (row,
@@ -845,11 +872,13 @@ static void q8_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, co
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_Q8_0] = q8_rows_vnni;
     dotm[LMC_QK_Q4_0] = q4_rows_vnni;
+    dotm[LMC_QK_Q4_0R] = q4_rows_vnni;
     dotm[LMC_QK_U4G] = q4g_rows_vnni;
 }
 void lmc_qdotm_table_q4_avx2(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_Q8_0] = q8_rows_avx2;
     dotm[LMC_QK_Q4_0] = q4_rows_avx2;
+    dotm[LMC_QK_Q4_0R] = q4_rows_avx2;
     dotm[LMC_QK_U4G] = q4g_rows_avx2;
 }
 #else

@@ -4,7 +4,10 @@
  * VNNI on 256-bit vectors or AVX2 (vpdpwssd as vpmaddwd + vpaddd: the same
  * integers, so the same bits), in the 4 weight rows x up to 4 activation
  * rows tiles of qmatmul_q4.c. The tile's body is qmatmul_q4k_tile.h,
- * included once per instruction set.
+ * included once per instruction set. It reads the file's layout or the
+ * one the CPU loader repacks into (Q4_KR, q4k_repack.c: the same integers
+ * in the same lanes, fewer operations to get them there), a constant per
+ * instance.
  *
  * The activations share one scale dx per super-block (lmc_q8act_quantize_k,
  * as llama.cpp's q8_K), so a weight element d sc_j q - dmin mn_j (q 0..15,
@@ -94,8 +97,14 @@ typedef void (*q4k_fn)(const struct lmc_qweight *, int64_t, const struct lmc_q8r
 #define KT_DMIN(dm) _mm256_broadcastss_ps(_mm_movehdup_ps(dm))
 #include "quant/qmatmul_q4k_tile.h"
 
-void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_K] = q4k_rows_vnni; }
-void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) { dotm[LMC_QK_Q4_K] = q4k_rows_avx2; }
+void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_K] = q4k_rows_vnni;
+    dotm[LMC_QK_Q4_KR] = q4kr_rows_vnni;
+}
+void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) {
+    dotm[LMC_QK_Q4_K] = q4k_rows_avx2;
+    dotm[LMC_QK_Q4_KR] = q4kr_rows_avx2;
+}
 #else
 void lmc_qdotm_table_q4k_vnni(lmc_qdotm_fn *dotm) { (void)dotm; }
 void lmc_qdotm_table_q4k_avx2(lmc_qdotm_fn *dotm) { (void)dotm; }

@@ -55,6 +55,37 @@ IK void KT(q4k_codes)(const uint8_t *b, __m256i *p, __m256i *q) {
     *q = _mm256_and_si256(_mm256_srlv_epi32(v1, sh), m15);
 }
 
+/* The repacked layout (Q4_KR, q4k_repack.c): the super-block's scales and mins, one byte each at 132 and
+ * 140, as q4k_scales gives them (a 16-byte broadcast, no unpacking), d and dmin at 128. */
+IK void KT(q4kr_scales)(const uint8_t *b, __m256i *sc, __m256 *mn, __m256 *d) {
+    uint32_t dd;
+    memcpy(&dd, b + 128, 4);
+    __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* d, dmin */
+    *sc = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 132)));
+    *d = _mm256_broadcastss_ps(dm);
+    *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 140)))),
+                        KT_DMIN(dm));
+}
+
+/* Chunk c's codes in the repacked layout (32 bytes at 32 c): the pair layout by one load, the low nibbles
+ * (*p) and the high ones (*q). */
+IK void KT(q4kr_codes)(const uint8_t *b, __m256i *p, __m256i *q) {
+    const __m256i m15 = _mm256_set1_epi8(15);
+    __m256i v = _mm256_loadu_si256((const __m256i *)b);
+    *p = _mm256_and_si256(v, m15);
+    *q = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+}
+
+/* A super-block's scales and chunk c's codes in either layout (RP: repacked; a constant per instance). */
+IK void KT(q4k_scales_any)(const uint8_t *sb, int RP, __m256i *sc, __m256 *mn, __m256 *d) {
+    if (RP) KT(q4kr_scales)(sb, sc, mn, d);
+    else KT(q4k_scales)(sb, sc, mn, d);
+}
+IK void KT(q4k_codes_any)(const uint8_t *sb, int RP, int c, __m256i *p, __m256i *q) {
+    if (RP) KT(q4kr_codes)(sb + 32 * c, p, q);
+    else KT(q4k_codes)(sb + 16 + 32 * c, p, q);
+}
+
 /* Weight rows row .. row + R - 1 against activation rows i0 .. i0 + MR - 1.
  * pre: the rows' decoded scales (K_PRE bytes per row and super-block, row
  * r's at pre + K_PRE (r nsb + s): the 4 chunks' scale pairs, dmin mn, d) and
@@ -65,22 +96,24 @@ IK void KT(q4k_codes)(const uint8_t *b, __m256i *p, __m256i *q) {
  * vpmaddwd with the scale pair into the int32 lanes (lanes 0..3 sub-block
  * 2c, 4..7 sub-block 2c + 1; exact). */
 IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0, int MR,
-                 float *y, int64_t ldy, const uint8_t *pre_, const uint8_t *un, const int PRE) {
+                 float *y, int64_t ldy, const uint8_t *pre_, const uint8_t *un, const int PRE, const int RP) {
     const uint8_t *pre = PRE ? pre_ : NULL; /* a constant per instance: no branch in the loops */
-    const int64_t nsb = w->k / 256, rb = w->row_bytes;
+    const int64_t nsb = w->k / 256, rb = w->row_bytes, BB = RP ? LMC_Q4KR_BYTES : 144; /* bytes a super-block */
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
     __m256 acc[4][K_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
     /* software prefetch, as Q4_0's tiles: the 4 rows' bytes (contiguous) pft tiles ahead, swept at
-     * the rate this tile reads its own (576 bytes a super-block) */
+     * the rate this tile reads its own (4 BB bytes a super-block: 9 or 10 lines) */
     const int64_t pft = (4 * rb < K_PF_BYTES ? 2 : 1); /* tiles ahead */
     const uint8_t *pf = wp + pft * 4 * rb;
     const int pf_on = !pre && R == 4 && row + (pft + 1) * 4 <= w->n;
     for (int64_t s = 0; s < nsb; s++) {
-        if (pf_on)
-            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 576 * s + 64 * t, _MM_HINT_T0);
+        if (pf_on) {
+            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) _mm_prefetch((const char *)pf + 4 * BB * s + 64 * t, _MM_HINT_T0);
+            if (RP) _mm_prefetch((const char *)pf + 4 * BB * s + 576, _MM_HINT_T0);
+        }
         __m256i scr[4];
         __m256 mnv[4], dv[4];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
@@ -90,7 +123,7 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
                 mnv[r] = _mm256_load_ps((const float *)(p + 128));
                 dv[r] = _mm256_load_ps((const float *)(p + 160));
             } else {
-                KT(q4k_scales)(wp + r * rb + 144 * s, &scr[r], &mnv[r], &dv[r]);
+                KT(q4k_scales_any)(wp + r * rb + BB * s, RP, &scr[r], &mnv[r], &dv[r]);
             }
         }
         const uint8_t *xs = xp + s * Q4K_SLOTS * 128;
@@ -103,7 +136,7 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
                 __m256i xb = _mm256_load_si256((const __m256i *)(xs + 64 * c + 32));
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                     __m256i p, q;
-                    KT(q4k_codes)(wp + r * rb + 144 * s + 16 + 32 * c, &p, &q);
+                    KT(q4k_codes_any)(wp + r * rb + BB * s, RP, c, &p, &q);
                     __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(p, xa), _mm256_maddubs_epi16(q, xb));
                     ia[r][0] = KT_DPWSSD(ia[r][0], t, KT(q4k_pair)(scr[r], c));
                 }
@@ -117,7 +150,7 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
                     qv[r] = _mm256_load_si256((const __m256i *)(u + 32));
                     sj[r] = _mm256_load_si256((const __m256i *)(pre + K_PRE * (r * nsb + s) + 32 * c));
                 } else {
-                    KT(q4k_codes)(wp + r * rb + 144 * s + 16 + 32 * c, &pv[r], &qv[r]);
+                    KT(q4k_codes_any)(wp + r * rb + BB * s, RP, c, &pv[r], &qv[r]);
                     sj[r] = KT(q4k_pair)(scr[r], c);
                 }
             }
@@ -150,22 +183,28 @@ IK void KT(q4k_tile)(const struct lmc_qweight *w, int64_t row, int R, const stru
     }
 }
 
-#define KT_ONE(R, MR, P)                                                                                         \
-    TK static void KT(q4k_##R##x##MR##_##P)(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x,   \
-                                        int64_t i0, float *y, int64_t ldy, const uint8_t *pre,                \
-                                        const uint8_t *un) {                                                  \
-        KT(q4k_tile)(w, row, R, x, i0, MR, y, ldy, pre, un, P);                                                   \
+#define KT_ONE(R, MR, P, RP)                                                                                     \
+    TK static void KT(q4k_##R##x##MR##_##P##_##RP)(const struct lmc_qweight *w, int64_t row,                      \
+                                                  const struct lmc_q8rows *x, int64_t i0, float *y, int64_t ldy,  \
+                                                  const uint8_t *pre, const uint8_t *un) {                        \
+        KT(q4k_tile)(w, row, R, x, i0, MR, y, ldy, pre, un, P, RP);                                              \
     }
-KT_ONE(4, 1, 0) KT_ONE(4, 2, 0) KT_ONE(4, 3, 0) KT_ONE(4, 4, 0) KT_ONE(1, 1, 0) KT_ONE(1, 2, 0) KT_ONE(1, 3, 0) KT_ONE(1, 4, 0)
-KT_ONE(4, 1, 1) KT_ONE(4, 2, 1) KT_ONE(4, 3, 1) KT_ONE(4, 4, 1) KT_ONE(1, 1, 1) KT_ONE(1, 2, 1) KT_ONE(1, 3, 1) KT_ONE(1, 4, 1)
-/* [pre][R == 1][MR] */
-static const q4k_fn KT(q4k_fns)[2][2][K_MR + 1] = {
-    {{NULL, KT(q4k_4x1_0), KT(q4k_4x2_0), KT(q4k_4x3_0), KT(q4k_4x4_0)}, {NULL, KT(q4k_1x1_0), KT(q4k_1x2_0), KT(q4k_1x3_0), KT(q4k_1x4_0)}},
-    {{NULL, KT(q4k_4x1_1), KT(q4k_4x2_1), KT(q4k_4x3_1), KT(q4k_4x4_1)}, {NULL, KT(q4k_1x1_1), KT(q4k_1x2_1), KT(q4k_1x3_1), KT(q4k_1x4_1)}}};
+#define KT_SET(RP)                                                                                               \
+    KT_ONE(4, 1, 0, RP) KT_ONE(4, 2, 0, RP) KT_ONE(4, 3, 0, RP) KT_ONE(4, 4, 0, RP) KT_ONE(1, 1, 0, RP)          \
+    KT_ONE(1, 2, 0, RP) KT_ONE(1, 3, 0, RP) KT_ONE(1, 4, 0, RP) KT_ONE(4, 1, 1, RP) KT_ONE(4, 2, 1, RP)          \
+    KT_ONE(4, 3, 1, RP) KT_ONE(4, 4, 1, RP) KT_ONE(1, 1, 1, RP) KT_ONE(1, 2, 1, RP) KT_ONE(1, 3, 1, RP)          \
+    KT_ONE(1, 4, 1, RP)
+KT_SET(0)
+KT_SET(1)
+#define KT_TAB(P, RP)                                                                                            \
+    {{NULL, KT(q4k_4x1_##P##_##RP), KT(q4k_4x2_##P##_##RP), KT(q4k_4x3_##P##_##RP), KT(q4k_4x4_##P##_##RP)},       \
+     {NULL, KT(q4k_1x1_##P##_##RP), KT(q4k_1x2_##P##_##RP), KT(q4k_1x3_##P##_##RP), KT(q4k_1x4_##P##_##RP)}}
+/* [repacked][pre][R == 1][MR] */
+static const q4k_fn KT(q4k_fns)[2][2][2][K_MR + 1] = {{KT_TAB(0, 0), KT_TAB(1, 0)}, {KT_TAB(0, 1), KT_TAB(1, 1)}};
 
-TK static void KT(q4k_rows)(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
-                          int64_t ldy) {
-    int64_t nch = (x->m + K_MR - 1) / K_MR, nsb = w->k / 256;
+IK void KT(q4k_rows_any)(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                         int64_t ldy, const int RP) {
+    int64_t nch = (x->m + K_MR - 1) / K_MR, nsb = w->k / 256, BB = RP ? LMC_Q4KR_BYTES : 144;
     /* More than one chunk of activation rows: each 4-row tile's scales decoded and codes unpacked once for
      * all of them. */
     _Alignas(64) uint8_t pre[4 * K_PRE * K_PRE_MAX];
@@ -178,13 +217,13 @@ TK static void KT(q4k_rows)(const struct lmc_qweight *w, int64_t r0, int64_t r1,
                 for (int64_t s = 0; s < nsb; s++) {
                     __m256i sc;
                     __m256 mn, d;
-                    const uint8_t *b = w->data + (r + t) * w->row_bytes + 144 * s;
-                    KT(q4k_scales)(b, &sc, &mn, &d);
+                    const uint8_t *b = w->data + (r + t) * w->row_bytes + BB * s;
+                    KT(q4k_scales_any)(b, RP, &sc, &mn, &d);
                     uint8_t *p = pre + K_PRE * (t * nsb + s);
                     for (int c = 0; c < 4; c++) {
                         _mm256_store_si256((__m256i *)(p + 32 * c), KT(q4k_pair)(sc, c));
                         __m256i pv, qv;
-                        KT(q4k_codes)(b + 16 + 32 * c, &pv, &qv);
+                        KT(q4k_codes_any)(b, RP, c, &pv, &qv);
                         uint8_t *u = un + (t * nsb + s) * 256 + 64 * c;
                         _mm256_store_si256((__m256i *)u, pv);
                         _mm256_store_si256((__m256i *)(u + 32), qv);
@@ -195,13 +234,23 @@ TK static void KT(q4k_rows)(const struct lmc_qweight *w, int64_t r0, int64_t r1,
         for (int64_t c = 0; c < nch; c++) {
             int64_t base = x->m / nch, rem = x->m % nch, i0 = c * base + LMC_MIN(c, rem);
             int mr = (int)(base + (c < rem));
-            KT(q4k_fns)[use_pre][four ? 0 : 1][mr](w, r, x, i0, y, ldy, pre, un);
+            KT(q4k_fns)[RP][use_pre][four ? 0 : 1][mr](w, r, x, i0, y, ldy, pre, un);
         }
         r += R;
     }
 }
 
+TK static void KT(q4k_rows)(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                          int64_t ldy) {
+    KT(q4k_rows_any)(w, r0, r1, x, y, ldy, 0);
+}
+TK static void KT(q4kr_rows)(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
+                           int64_t ldy) {
+    KT(q4k_rows_any)(w, r0, r1, x, y, ldy, 1);
+}
 
+#undef KT_SET
+#undef KT_TAB
 #undef KT_ONE
 #undef KT
 #undef KT_C
