@@ -60,49 +60,6 @@ int64_t lmc_spec_lookup(const int32_t *ids, int64_t n, int64_t ngram, int64_t k,
     return 0;
 }
 
-lmc_status lmc_spec_vocab_parse(const char *text, size_t len, int64_t V, int64_t n, int32_t *ids,
-                                int64_t *n_out, lmc_err *err) {
-    *n_out = 0;
-    if (V <= 0 || n < 0) return lmc_err_set(err, LMC_ERR_ARG, "draft vocabulary: bad size");
-    uint8_t *seen = calloc((size_t)V, 1);
-    if (!seen) return lmc_err_set(err, LMC_ERR_OOM, "draft vocabulary: out of memory");
-    int64_t got = 0, line = 0;
-    size_t i = 0;
-    lmc_status st = LMC_OK;
-    while (i < len && got < n) {
-        size_t e = i;
-        while (e < len && text[e] != '\n') e++;
-        line++;
-        size_t j = i;
-        while (j < e && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r')) j++;
-        if (j < e && text[j] != '#') {
-            int64_t v = 0;
-            size_t d = j;
-            while (d < e && text[d] >= '0' && text[d] <= '9' && v < V) v = v * 10 + (text[d++] - '0');
-            if (d == j || v >= V || (d < e && text[d] >= '0' && text[d] <= '9')) {
-                st = lmc_err_set(err, LMC_ERR_FORMAT, "draft vocabulary line %lld: not a token id in 0..%lld",
-                                 (long long)line, (long long)V - 1);
-                break;
-            }
-            if (d < e && text[d] != ' ' && text[d] != '\t' && text[d] != '\r' && text[d] != ',') {
-                st = lmc_err_set(err, LMC_ERR_FORMAT, "draft vocabulary line %lld: not a token id", (long long)line);
-                break;
-            }
-            if (seen[v]) {
-                st = lmc_err_set(err, LMC_ERR_FORMAT, "draft vocabulary line %lld: token id %lld repeated",
-                                 (long long)line, (long long)v);
-                break;
-            }
-            seen[v] = 1;
-            ids[got++] = (int32_t)v;
-        }
-        i = e + 1;
-    }
-    free(seen);
-    if (!st) *n_out = got;
-    return st;
-}
-
 int64_t lmc_spec_next_k(double alpha, int64_t kmax) {
     if (!(alpha >= 0)) alpha = 0;
     if (alpha > 0.98) alpha = 0.98;
@@ -383,6 +340,11 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     if (o->draft_vocab_n > 0) {
         st = prune_head(sp, o, err);
         if (st) goto fail;
+        /* the default draft cost: the bytes a pruned draft step reads */
+        const struct lmc_mat *H = &sp->draft->w.head.w;
+        size_t skip = (size_t)(H->rows - sp->dn) * (size_t)H->cols * (H->dtype == LMC_DTYPE_F32 ? 4 : 2);
+        if (!(o->draft_cost > 0) && o->mode == LMC_SPEC_DRAFT && m->weight_bytes && draft->weight_bytes > skip)
+            sp->o.draft_cost = LMC_MAX(0.01, (double)(draft->weight_bytes - skip) / (double)m->weight_bytes);
     }
     sp->dlogits = malloc((size_t)V * sizeof(float));
     sp->q = malloc((size_t)K * (size_t)V * sizeof(float));
