@@ -52,7 +52,7 @@ print("%d prompts x %d tokens, %s threads; load average %.1f; plain step %.1f us
 for name, _ in variants[1:]:
     t = tot[name]; r = t["rounds"]
     print("\n%s: %.1f tok/s (%.2fx plain), %.2f tokens per round, %d/%d accepted (%.0f%%), decode CPU %.2f s"
-          % (name, t["tokens"] / t["decode_s"], step * t["tokens"] / t["decode_s"] ** 1 * 1 / step * step / step if False else (t["tokens"] / t["decode_s"]) * step,
+          % (name, t["tokens"] / t["decode_s"], step * t["tokens"] / t["decode_s"],
              t["tokens"] / r, t["accepted"], t["drafted"], 100 * t["accepted"] / max(1, t["drafted"]), t["cpu"]))
     print("| part | per round (us) | plain steps per round | share |\n|---|---|---|---|")
     rs = t["decode_s"] / r
