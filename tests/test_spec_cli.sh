@@ -4,7 +4,8 @@
 # transformers' greedy ids (ref.json) and the same streamed text as the
 # JSON (also a token tree, --draft-tree); on models/kjv-llama the same ids as
 # plain greedy (also token trees, timed K with a
-# 1-thread draft backend, explicit --draft-costs, and with q8, q4
+# 1-thread draft backend, explicit --draft-costs, a pruned draft vocabulary
+# from --draft-vocab-corpus's ranking, and with q8, q4
 # and kivi2 caches, against plain greedy with that cache); attention sinks:
 # a window that never fills equals plain greedy, a small one generates 600
 # tokens past the 256 positions (plain and speculative); bad values and
@@ -46,6 +47,32 @@ for f in "--prompt-lookup 3" "--self-spec 2" "--draft-model $K --draft-tokens 6"
   "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json $f >"$TMP/spec.json" 2>/dev/null; ok $? "kjv $f"
   [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv $f equals plain greedy"
 done
+# draft vocabulary pruning (FR-Spec): a ranking from a KJV passage, then
+# pruned drafts (a draft model, a tree, self-speculation) equal plain greedy
+head -c 200000 data/kjv.txt >"$TMP/corpus.txt"
+"$LMC" generate -m $K -p hi -n 1 --self-spec 1 --draft-vocab-corpus "$TMP/corpus.txt" \
+  --draft-vocab-file "$TMP/freq.txt" >/dev/null 2>"$TMP/err"; ok $? "--draft-vocab-corpus writes a ranking"
+python3 - "$TMP/freq.txt" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if not l.startswith('#')]
+c = [int(r[1]) for r in rows]; ids = [int(r[0]) for r in rows]
+assert len(rows) > 1000 and c == sorted(c, reverse=True) and len(set(ids)) == len(ids) and max(ids) < 8192, len(rows)
+PY
+ok $? "ranking: distinct ids, counts descending"
+for f in "--draft-model $K --draft-vocab 512" "--draft-model $K --draft-vocab 2048 --draft-threads 1" \
+         "--draft-model $K --draft-vocab 1024 --draft-tree 8" "--self-spec 2 --draft-vocab 300"; do
+  "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json $f --draft-vocab-file "$TMP/freq.txt" >"$TMP/spec.json" 2>/dev/null
+  ok $? "kjv $f"
+  [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "kjv $f equals plain greedy"
+done
+mkdir "$TMP/kd" && ln -s "$PWD/$K"/* "$TMP/kd/" && cp "$TMP/freq.txt" "$TMP/kd/token_freq.txt"
+"$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json --draft-model "$TMP/kd" --draft-vocab 1500 >"$TMP/spec.json" 2>/dev/null
+[ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/spec.json")" ]; ok $? "the draft's token_freq.txt by default"
+printf '5\n5\n' >"$TMP/badfreq.txt"
+"$LMC" generate -m $K -p hi --self-spec 1 --draft-vocab 10 --draft-vocab-file "$TMP/badfreq.txt" >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "line 2: token id 5 repeated" "$TMP/err"; ok $? "bad ranking refused (rc $rc)"
+"$LMC" generate -m $K -p hi --self-spec 1 --draft-vocab 10 --draft-vocab-file "$TMP/none.txt" >/dev/null 2>"$TMP/err"; rc=$?
+[ $rc = 1 ] && grep -q "none.txt" "$TMP/err"; ok $? "missing ranking named (rc $rc)"
 # compressed KV caches: speculative greedy equals plain greedy with the same format
 for kvf in "q8" "q4" "kivi2 --kv-residual 32"; do
   "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json --kv-dtype $kvf >"$TMP/plain.json" 2>/dev/null; ok $? "kjv --kv-dtype $kvf"
@@ -112,7 +139,8 @@ ok $? "eval perplexity per KV format within bounds of f32"
 
 # bad values
 for f in "--prompt-lookup 0" "--prompt-lookup 17" "--draft-tokens 0" "--draft-tokens 65" "--draft-adapt maybe" "--self-spec x" \
-         "--draft-costs 0,0.02" "--draft-costs 0,0.02,x" "--draft-costs -1,0,0" "--draft-threads -1"; do
+         "--draft-costs 0,0.02" "--draft-costs 0,0.02,x" "--draft-costs -1,0,0" "--draft-threads -1" \
+         "--draft-vocab -1" "--draft-vocab x"; do
   "$LMC" generate -m $K -p hi $f >/dev/null 2>"$TMP/err"; rc=$?
   [ $rc = 2 ] && grep -q "invalid value" "$TMP/err"; ok $? "$f refused (rc $rc)"
 done

@@ -15,7 +15,10 @@
  * self-speculation) give plain greedy's ids too, with siblings verified
  * and paths through them; at a temperature > 0 the chain runs instead (the
  * self-speculation distribution test has a tree budget set). Bad options
- * give LMC_ERR_ARG. */
+ * give LMC_ERR_ARG. Draft vocabulary pruning (FR-Spec, opts.draft_vocab):
+ * greedy output still plain greedy's (a draft model, a tree, self-spec),
+ * the distribution test again with the gpt2 draft pruned to 2/3 of the
+ * vocabulary; bad subsets and ranking files rejected. */
 #include "test.h"
 #include "test_chi2.h"
 #include "core/core.h"
@@ -133,6 +136,25 @@ static void test_greedy_model(const char *dir, const struct lmc_model *m, const 
     snprintf(name, sizeof name, "%s draft model, own backend, timed", dir);
     check_greedy(name, m, draft, o, prompt, n, max_new, want, 0); /* timed K: counts vary */
     lmc_backend_cpu_free(&dbe);
+    /* draft vocabulary pruning (FR-Spec): the draft proposes from a subset
+     * (every third id left out, the rest in reverse order: the ranking's
+     * order must not matter), a chain and a tree; self-speculation too */
+    int64_t V = m->cfg.vocab_size, nv = 0;
+    int32_t *sub = malloc((size_t)V * sizeof *sub);
+    for (int64_t i = V - 1; i >= 0; i--)
+        if (i % 3) sub[nv++] = (int32_t)i;
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 4, .adaptive = true, .draft_vocab = sub,
+                               .draft_vocab_n = nv};
+    snprintf(name, sizeof name, "%s draft model, vocab %lld", dir, (long long)nv);
+    check_greedy(name, m, draft, o, prompt, n, max_new, want, draft != m ? REJECT : 0);
+    o.tree_rows = 8;
+    snprintf(name, sizeof name, "%s draft model, vocab %lld, tree 8", dir, (long long)nv);
+    check_greedy(name, m, draft, o, prompt, n, max_new, want, 0);
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 3, .self_layers = 1, .draft_vocab = sub,
+                               .draft_vocab_n = nv / 4};
+    snprintf(name, sizeof name, "%s self-spec L1, vocab %lld", dir, (long long)nv / 4);
+    check_greedy(name, m, NULL, o, prompt, n, max_new, want, 0);
+    free(sub);
     /* token trees: adaptive (a few rows, K up to 6), fixed K with a wide
      * budget (siblings at every depth), self-speculation */
     o = (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 6, .adaptive = true, .tree_rows = 6};
@@ -278,6 +300,25 @@ static void test_bad_opts(const struct lmc_model *m, const struct lmc_model *oth
     } else {
         CHECK_MSG(0, "%s", err.msg);
     }
+    /* draft vocabulary: bad subsets; the ranking file's parser */
+    int32_t dv[8] = {3, 5, 3, 1};
+    o = (struct lmc_spec_opts){.mode = LMC_SPEC_SELF, .draft_tokens = 2, .self_layers = 1, .draft_vocab = dv,
+                               .draft_vocab_n = 4};
+    CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_ERR_ARG && strstr(err.msg, "repeated"));
+    dv[2] = (int32_t)m->cfg.vocab_size;
+    CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_ERR_ARG);
+    o.draft_vocab_n = m->cfg.vocab_size + 1;
+    CHECK(lmc_spec_init(&sp, m, &be, NULL, NULL, &o, 64, &err) == LMC_ERR_ARG);
+    int64_t got = -1;
+    const char *rk = "# ranking\n 44 65928\n32 10\r\n\n258\n7,3\n9\n";
+    CHECK(lmc_spec_vocab_parse(rk, strlen(rk), 300, 10, dv, &got, &err) == LMC_OK && got == 5 && dv[0] == 44 &&
+          dv[1] == 32 && dv[2] == 258 && dv[3] == 7 && dv[4] == 9);
+    CHECK(lmc_spec_vocab_parse(rk, strlen(rk), 300, 2, dv, &got, &err) == LMC_OK && got == 2);
+    CHECK(lmc_spec_vocab_parse(rk, strlen(rk), 258, 4, dv, &got, &err) == LMC_ERR_FORMAT && strstr(err.msg, "line 5"));
+    const char *bad[] = {"5\n5\n", "x\n", "-1\n", "12a\n", "99999999999999999999999\n", "4 5\n 6\n7x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK_MSG(lmc_spec_vocab_parse(bad[i], strlen(bad[i]), 300, 4, dv, &got, &err) == LMC_ERR_FORMAT, "%s", bad[i]);
+    CHECK(lmc_spec_vocab_parse("", 0, 300, 4, dv, &got, &err) == LMC_OK && got == 0);
     /* lookup itself */
     const int32_t ids[10] = {5, 6, 7, 8, 9, 5, 6, 7, 1, 6};
     int32_t out[4];
@@ -348,6 +389,17 @@ int main(void) {
     sp2.frequency_penalty = 0.2;
     test_distribution("llama-tiny gpt2 draft, penalties", &llama, &gpt2,
                       (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 2}, &sp2);
+    /* the same with the draft pruned to a subset (FR-Spec): q renormalised
+     * over it; tokens outside it come from the residual alone */
+    int64_t V = llama.cfg.vocab_size, nv = 0;
+    int32_t *sub = malloc((size_t)V * sizeof *sub);
+    for (int64_t i = 0; i < V; i++)
+        if (i % 3 != 1) sub[nv++] = (int32_t)i;
+    test_distribution("llama-tiny gpt2 draft pruned, penalties", &llama, &gpt2,
+                      (struct lmc_spec_opts){.mode = LMC_SPEC_DRAFT, .draft_tokens = 2, .draft_vocab = sub,
+                                             .draft_vocab_n = nv},
+                      &sp2);
+    free(sub);
     lmc_model_free(&llama);
     lmc_model_free(&gpt2);
     lmc_model_free(&qwen);

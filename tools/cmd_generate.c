@@ -30,7 +30,13 @@ struct gen_args {
     /* speculative decoding (generate only): mode 0 = off */
     struct lmc_spec_opts spec;
     const char *draft_dir;
-    int64_t draft_threads; /* --draft-threads: the draft model's CPU threads (0: the target's) */
+    int64_t draft_threads; /* --draft-threads: the draft model's CPU threads (0: the target's;
+                            * default -1: 1 for a draft of <= 16 MiB of weights, else the target's) */
+    /* draft vocabulary pruning (FR-Spec): --draft-vocab N (0: off), the
+     * ranking file (--draft-vocab-file; default DRAFT/token_freq.txt) and
+     * --draft-vocab-corpus TEXT (writes that ranking from TEXT first) */
+    int64_t draft_vocab_n;
+    const char *draft_vocab_file, *draft_vocab_corpus;
     /* compressed KV cache (issue 17): NONE = the backend's own */
     enum lmc_kvq_fmt kv_fmt;
     int64_t kv_residual;
@@ -82,6 +88,12 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         *ok = cli_parse_i64(v, 0, 64, &sp->tree_rows) && sp->tree_rows != 1;
     } else if (!strcmp(o, "--draft-threads")) {
         *ok = cli_parse_i64(v, 0, 1024, &a->draft_threads);
+    } else if (!strcmp(o, "--draft-vocab")) {
+        *ok = cli_parse_i64(v, 0, 1 << 24, &a->draft_vocab_n);
+    } else if (!strcmp(o, "--draft-vocab-file")) {
+        a->draft_vocab_file = v;
+    } else if (!strcmp(o, "--draft-vocab-corpus")) {
+        a->draft_vocab_corpus = v;
     } else if (!strcmp(o, "--draft-adapt")) {
         *ok = !strcmp(v, "on") || !strcmp(v, "off") || !strcmp(v, "timed");
         sp->adaptive = strcmp(v, "off") != 0;
@@ -90,6 +102,94 @@ static int parse_spec_arg(struct gen_args *a, const char *o, const char *v, bool
         return 0;
     }
     return 1;
+}
+
+struct vcount {
+    int64_t n;
+    int32_t id;
+};
+static int vcount_cmp(const void *x, const void *y) { /* count descending, then id */
+    const struct vcount *a = x, *b = y;
+    if (a->n != b->n) return a->n > b->n ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+/* Draft vocabulary pruning (FR-Spec): with --draft-vocab-corpus TEXT,
+ * tokenizes TEXT (the target's tokenizer, a line at a time, no special
+ * tokens) and writes the ranking file: "id count" lines, most frequent
+ * first (ties by id), tokens never seen left out; then reads the first
+ * --draft-vocab ids of the ranking into *ids and a->spec. */
+static lmc_status draft_vocab_load(struct gen_args *a, struct cli_model *cm, int32_t **ids, lmc_err *err) {
+    char def[4096];
+    const char *file = a->draft_vocab_file;
+    if (!file) {
+        const char *dir = a->draft_dir ? a->draft_dir : a->c.model_dir;
+        if (snprintf(def, sizeof def, "%s/token_freq.txt", dir) >= (int)sizeof def)
+            return lmc_err_set(err, LMC_ERR_ARG, "draft vocabulary: path too long");
+        file = def;
+    }
+    int64_t V = cm->model.cfg.vocab_size;
+    lmc_status st = LMC_OK;
+    if (a->draft_vocab_corpus) {
+        size_t len = 0;
+        char *text = NULL;
+        st = lmc_file_read(a->draft_vocab_corpus, (size_t)1 << 32, &text, &len, err);
+        if (st) return st;
+        int64_t *cnt = calloc((size_t)V, sizeof *cnt);
+        struct vcount *order = malloc((size_t)V * sizeof *order);
+        if (!cnt || !order) st = lmc_err_set(err, LMC_ERR_OOM, "draft vocabulary: out of memory");
+        for (size_t i = 0; !st && i < len;) {
+            size_t e = i;
+            while (e < len && text[e] != '\n') e++;
+            if (e < len) e++; /* the newline is part of the line's text */
+            int32_t *t = NULL;
+            int64_t nt = 0;
+            st = lmc_tokenizer_encode(cm->tok, text + i, e - i, false, &t, &nt, err);
+            for (int64_t j = 0; !st && j < nt; j++)
+                if (t[j] >= 0 && t[j] < V) cnt[t[j]]++;
+            free(t);
+            i = e;
+        }
+        free(text);
+        FILE *f = NULL;
+        if (!st && !(f = fopen(file, "w")))
+            st = lmc_err_set(err, LMC_ERR_IO, "draft vocabulary: cannot write %s", file);
+        if (!st) {
+            for (int64_t i = 0; i < V; i++) order[i] = (struct vcount){cnt[i], (int32_t)i};
+            qsort(order, (size_t)V, sizeof *order, vcount_cmp);
+            fprintf(f, "# token frequencies of %s (lmc generate --draft-vocab-corpus): id count, most frequent first\n",
+                    a->draft_vocab_corpus);
+            for (int64_t i = 0; i < V && order[i].n > 0; i++)
+                fprintf(f, "%d %lld\n", order[i].id, (long long)order[i].n);
+            if (fclose(f)) st = lmc_err_set(err, LMC_ERR_IO, "draft vocabulary: cannot write %s", file);
+            else fprintf(stderr, "lmc: draft vocabulary ranking written to %s\n", file);
+        }
+        free(cnt);
+        free(order);
+        if (st) return st;
+    }
+    if (a->draft_vocab_n <= 0) return LMC_OK;
+    size_t len = 0;
+    char *text = NULL;
+    st = lmc_file_read(file, (size_t)1 << 28, &text, &len, err);
+    if (st) return st;
+    *ids = malloc((size_t)LMC_MIN(a->draft_vocab_n, V) * sizeof **ids);
+    int64_t got = 0;
+    if (!*ids) st = lmc_err_set(err, LMC_ERR_OOM, "draft vocabulary: out of memory");
+    if (!st) st = lmc_spec_vocab_parse(text, len, V, LMC_MIN(a->draft_vocab_n, V), *ids, &got, err);
+    free(text);
+    if (!st && got < a->draft_vocab_n && a->draft_vocab_n < V)
+        fprintf(stderr, "lmc: draft vocabulary: %s ranks %lld tokens (asked for %lld)\n", file, (long long)got,
+                (long long)a->draft_vocab_n);
+    if (!st && got == 0) st = lmc_err_set(err, LMC_ERR_ARG, "draft vocabulary: %s ranks no tokens", file);
+    if (st) {
+        free(*ids);
+        *ids = NULL;
+        return st;
+    }
+    a->spec.draft_vocab = *ids;
+    a->spec.draft_vocab_n = got;
+    return LMC_OK;
 }
 
 /* Generates with speculative decoding (a->spec.mode set): loads the draft
@@ -108,6 +208,14 @@ static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
         if (st) return st;
         have_draft = true;
     }
+    int32_t *dv = NULL;
+    if (a->draft_vocab_n > 0 || a->draft_vocab_corpus) {
+        st = draft_vocab_load(a, cm, &dv, err);
+        if (st) {
+            if (have_draft) lmc_model_free(&draft);
+            return st;
+        }
+    }
     struct lmc_spec sp;
     a->spec.kv_fmt = a->kv_fmt;
     a->spec.kv_residual = a->kv_residual;
@@ -115,9 +223,14 @@ static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
      * plain CPU backend only: not a compressed cache's or a device's) */
     struct lmc_backend dbe;
     bool have_dbe = false;
-    if (have_draft && a->draft_threads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
-        st = lmc_backend_cpu_init(&dbe, (int)a->draft_threads, err);
+    /* default: a small draft (<= 16 MiB: 1-token ops of microseconds, too
+     * short to split over threads) on 1 thread; docs/speculation-and-kv.md */
+    int64_t dthreads = a->draft_threads;
+    if (dthreads < 0) dthreads = have_draft && draft.weight_bytes <= ((size_t)16 << 20) && a->c.threads != 1 ? 1 : 0;
+    if (have_draft && dthreads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
+        st = lmc_backend_cpu_init(&dbe, (int)dthreads, err);
         if (st) {
+            free(dv);
             lmc_model_free(&draft);
             return st;
         }
@@ -131,6 +244,8 @@ static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
         lmc_spec_free(&sp);
     }
     a->spec.draft_be = NULL;
+    a->spec.draft_vocab = NULL;
+    free(dv);
     if (have_dbe) lmc_backend_cpu_free(&dbe);
     if (have_draft) lmc_model_free(&draft);
     return st;
@@ -235,6 +350,7 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
     a->g.stop = a->stops;
     a->spec.draft_tokens = 4;
     a->spec.adaptive = true;
+    a->draft_threads = -1;
     a->kv_residual = 128;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&a->c, argc, argv, &i);
@@ -440,6 +556,19 @@ int cmd_generate(int argc, char **argv) {
                 sstats.draft_s, sstats.verify_s, sstats.accept_s,
                 res.decode_s - sstats.draft_s - sstats.verify_s - sstats.accept_s, (long long)sstats.plain_rounds,
                 sstats.decode_cpu_s);
+        if (getenv("LMC_SPEC_PROFILE")) { /* the round profile (docs/speculation-and-kv.md) */
+            fprintf(stderr, "lmc: spec profile: draft forwards %lld in %.4f s (%.1f us each, %.1f us main-thread CPU), "
+                            "draft probs+draws %.4f s",
+                    (long long)sstats.draft_forwards, sstats.draft_fwd_s,
+                    sstats.draft_forwards ? 1e6 * sstats.draft_fwd_s / (double)sstats.draft_forwards : 0.0,
+                    sstats.draft_forwards ? 1e6 * sstats.draft_fwd_tcpu_s / (double)sstats.draft_forwards : 0.0,
+                    sstats.draft_probs_s);
+            for (int i = 1; i < LMC_SPEC_PROF_ROWS; i++)
+                if (sstats.verify_rows_n[i])
+                    fprintf(stderr, "; verify M=%d x%lld %.1f us", i, (long long)sstats.verify_rows_n[i],
+                            1e6 * sstats.verify_rows_s[i] / (double)sstats.verify_rows_n[i]);
+            fprintf(stderr, "\n");
+        }
         if (sstats.tree_rounds)
             fprintf(stderr, "lmc: token tree: %lld rounds with siblings, %lld sibling rows, %lld paths through one\n",
                     (long long)sstats.tree_rounds, (long long)sstats.tree_siblings, (long long)sstats.tree_hits);

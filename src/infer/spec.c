@@ -12,6 +12,7 @@
 #include "core/core.h"
 #include "core/rng.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,6 +34,12 @@
 #endif
 
 double lmc_spec_default_slope(void) { return LMC_SPEC_DEFAULT_SLOPE; }
+
+static double thread_cpu_now(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) return 0;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static double cpu_now(void) {
     struct timespec ts;
@@ -217,6 +224,47 @@ static lmc_status check_opts(const struct lmc_spec_opts *o, const struct lmc_mod
     return lmc_err_set(err, LMC_ERR_ARG, "speculative decoding: unknown mode %d", (int)o->mode);
 }
 
+/* Draft vocabulary pruning: a view of the draft whose head holds only the
+ * subset's rows (gathered once into dhead), so its last matmul reads N of
+ * the V rows. */
+static lmc_status prune_head(struct lmc_spec *sp, const struct lmc_spec_opts *o, lmc_err *err) {
+    const struct lmc_model *d = sp->draft;
+    const struct lmc_linear *H = &d->w.head;
+    int64_t V = d->cfg.vocab_size, N = o->draft_vocab_n, C = H->w.cols;
+    if (!o->draft_vocab || N > V)
+        return lmc_err_set(err, LMC_ERR_ARG, "draft vocabulary of %lld tokens: more than the %lld of the model",
+                           (long long)N, (long long)V);
+    if (H->format != LMC_WFMT_DENSE || !sp->dbe->host_memory || d->w.vocab || d->w.pipe || H->w.rows != V ||
+        H->n_adapters || H->n_slots || H->split != LMC_SPLIT_NONE)
+        return lmc_err_set(err, LMC_ERR_ARG, "draft vocabulary pruning needs a dense float head in host memory");
+    size_t es = H->w.dtype == LMC_DTYPE_F32 ? 4 : 2, rb = (size_t)C * es;
+    sp->dhead = aligned_alloc(64, ((size_t)N * rb + 63) / 64 * 64);
+    sp->dmap = malloc((size_t)N * sizeof *sp->dmap);
+    sp->dsub = malloc((size_t)N * sizeof *sp->dsub);
+    if (H->bias) sp->dhead_bias = malloc((size_t)N * sizeof *sp->dhead_bias);
+    if (!sp->dhead || !sp->dmap || !sp->dsub || (H->bias && !sp->dhead_bias))
+        return lmc_err_set(err, LMC_ERR_OOM, "draft vocabulary: out of memory");
+    uint8_t *seen = calloc((size_t)V, 1);
+    if (!seen) return lmc_err_set(err, LMC_ERR_OOM, "draft vocabulary: out of memory");
+    for (int64_t i = 0; i < N; i++) {
+        int32_t id = o->draft_vocab[i];
+        if (id < 0 || id >= V || seen[id]) {
+            free(seen);
+            return lmc_err_set(err, LMC_ERR_ARG, "draft vocabulary: token id %d out of range or repeated", id);
+        }
+        seen[id] = 1;
+        sp->dmap[i] = id;
+        memcpy((char *)sp->dhead + (size_t)i * rb, (const char *)H->w.data + (size_t)id * rb, rb);
+        if (H->bias) sp->dhead_bias[i] = H->bias[id];
+    }
+    free(seen);
+    sp->dview = *d;
+    sp->dview.w.head.w = (struct lmc_mat){H->w.dtype, N, C, sp->dhead};
+    sp->dview.w.head.bias = sp->dhead_bias;
+    sp->dn = N;
+    return LMC_OK;
+}
+
 lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const struct lmc_backend *be,
                          const struct lmc_tokenizer *tok, const struct lmc_model *draft,
                          const struct lmc_spec_opts *o, int64_t ctx, lmc_err *err) {
@@ -289,6 +337,15 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     }
     st = lmc_acts_init(&sp->dacts, sp->draft, sp->dbe, LMC_MIN(512, ctx), 1, err);
     if (st) goto fail;
+    if (o->draft_vocab_n > 0) {
+        st = prune_head(sp, o, err);
+        if (st) goto fail;
+        /* the default draft cost: the bytes a pruned draft step reads */
+        const struct lmc_mat *H = &sp->draft->w.head.w;
+        size_t skip = (size_t)(H->rows - sp->dn) * (size_t)H->cols * (H->dtype == LMC_DTYPE_F32 ? 4 : 2);
+        if (!(o->draft_cost > 0) && o->mode == LMC_SPEC_DRAFT && m->weight_bytes && draft->weight_bytes > skip)
+            sp->o.draft_cost = LMC_MAX(0.01, (double)(draft->weight_bytes - skip) / (double)m->weight_bytes);
+    }
     sp->dlogits = malloc((size_t)V * sizeof(float));
     sp->q = malloc((size_t)K * (size_t)V * sizeof(float));
     if (!sp->dlogits || !sp->q) goto oom;
@@ -310,6 +367,10 @@ void lmc_spec_free(struct lmc_spec *sp) {
     free(sp->dlogits);
     free(sp->q);
     free(sp->inv_freq);
+    free(sp->dhead);
+    free(sp->dhead_bias);
+    free(sp->dmap);
+    free(sp->dsub);
     memset(sp, 0, sizeof *sp);
 }
 
@@ -331,17 +392,47 @@ struct gen {
     int32_t alt[LMC_SPEC_TREE_DEPTH * (LMC_SPEC_TREE_RANKS - 1)];
     float conf[LMC_SPEC_TREE_DEPTH];
     struct lmc_spec_tree_stats tst;
+    struct lmc_spec_stats *stats;
 };
 
 /* Runs the draft model over the ids it has not seen up to all[n+k-1] and
  * leaves its distribution for position n+k in q. */
 static lmc_status draft_step(struct lmc_spec *sp, struct gen *g, int64_t k, float *q, lmc_err *err) {
     int64_t upto = g->n + k; /* ids all[0..upto) conditioned on */
-    lmc_status st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g->all + g->dc,
-                                      upto - g->dc, g->dc - g->shift, sp->dlogits, false, err);
+    double t0 = lmc_time_now(), c0 = thread_cpu_now();
+    int64_t n = upto - g->dc;
+    lmc_status st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g->all + g->dc, n,
+                                      g->dc - g->shift, sp->dn ? NULL : sp->dlogits, false, err);
     if (st) return st;
+    /* Pruned (FR-Spec): the subset's logits, the rest -inf, so q is the
+     * draft's distribution renormalised over the subset (after the same
+     * penalties and filters) and drafts come from the subset only. The
+     * output stays exactly the target's for any q: a draft x ~ q is kept
+     * with probability min(1, p(x)/q(x)), so P(x drafted and kept) =
+     * q(x) min(1, p(x)/q(x)) = min(p(x), q(x)) (0 where q(x) = 0: never
+     * drawn); a rejection happens with probability 1 - sum min(p, q) =
+     * sum max(0, p - q) = Z and then draws from max(0, p - q) / Z, so
+     * P(x) = min(p(x), q(x)) + max(0, p(x) - q(x)) = p(x) for every x,
+     * those outside the subset (q = 0) through the residual alone. Each
+     * position is that argument conditioned on the accepted prefix (q and
+     * p both computed after it); Z = 0 means p = q and no rejection.
+     * Greedy: q is one-hot at the subset's argmax, p at the target's; the
+     * target's argmax is what comes out either way. test_spec_model's
+     * chi-square tests cover a pruned draft. */
+    if (sp->dn) {
+        int64_t C = sp->draft->cfg.hidden_size, V = sp->draft->cfg.vocab_size;
+        int64_t last = (n - 1) % sp->dacts.max_tokens; /* the last chunk's last row */
+        lmc_model_logits(&sp->dview, sp->dbe, &sp->dacts, sp->dacts.x + last * C, 1);
+        sp->dbe->download(sp->dbe->ctx, sp->dsub, sp->dacts.logits, (size_t)sp->dn * sizeof(float));
+        for (int64_t i = 0; i < V; i++) sp->dlogits[i] = -INFINITY;
+        for (int64_t i = 0; i < sp->dn; i++) sp->dlogits[sp->dmap[i]] = sp->dsub[i];
+    }
+    double t1 = lmc_time_now();
+    g->stats->draft_fwd_tcpu_s += thread_cpu_now() - c0;
     g->dc = upto;
     lmc_sampler_probs(&g->ds, sp->dlogits, g->all, upto, q);
+    g->stats->draft_fwd_s += t1 - t0;
+    g->stats->draft_probs_s += lmc_time_now() - t1;
     return LMC_OK;
 }
 
@@ -374,7 +465,9 @@ static lmc_status draft(struct lmc_spec *sp, struct gen *g, int64_t K, int64_t *
         float *q = sp->q + k * V;
         lmc_status st = draft_step(sp, g, k, q, err);
         if (st) return st;
+        double t0 = lmc_time_now();
         g->all[g->n + k] = lmc_spec_draw(q, V, lmc_rng_uniform(&g->ds.rng));
+        g->stats->draft_probs_s += lmc_time_now() - t0;
     }
     *k_out = K;
     return LMC_OK;
@@ -481,6 +574,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
                            stream ? " (attention sinks + KV window)" : "");
     struct gen g;
     memset(&g, 0, sizeof g);
+    g.stats = stats;
     lmc_status st = lmc_sampler_init(&g.ts, &o->sampling, V, err);
     if (st) return st;
     struct lmc_sampler_params dp = o->sampling;
@@ -580,6 +674,8 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             a = lmc_spec_accept(sp->p, q, V, g.all + g.n, k, &g.ts.rng, out);
             stats->draft_s += ts1 - ts0;
             stats->verify_s += ts2 - ts1;
+            stats->verify_rows_s[LMC_MIN(k + 1, LMC_SPEC_PROF_ROWS - 1)] += ts2 - ts1;
+            stats->verify_rows_n[LMC_MIN(k + 1, LMC_SPEC_PROF_ROWS - 1)]++;
             stats->accept_s += lmc_time_now() - ts2;
             stats->rounds++;
             stats->drafted += k;

@@ -58,7 +58,17 @@ struct lmc_spec_opts {
      * self-speculation on a model lmc_model_mask_ok takes; otherwise (a
      * temperature > 0: the chain's exact rejection rule) the chain. */
     int64_t tree_rows;
+    /* draft vocabulary pruning (FR-Spec, Zhao et al. 2025): DRAFT or SELF
+     * with draft_vocab_n > 0: the draft's head computes only the logits of
+     * draft_vocab[0..n) (distinct ids < V: the most frequent tokens of a
+     * corpus, lmc_spec_vocab_parse) and proposes only from them (q: its
+     * distribution renormalised over the subset); the target verifies as
+     * always. A dense head on a host backend. Copied at init. */
+    const int32_t *draft_vocab;
+    int64_t draft_vocab_n;
 };
+
+#define LMC_SPEC_PROF_ROWS 12
 
 struct lmc_spec_stats {
     int64_t rounds;            /* target verification forwards */
@@ -74,6 +84,14 @@ struct lmc_spec_stats {
     int64_t tree_rounds;       /* rounds verified as a tree with siblings */
     int64_t tree_siblings;     /* sibling rows verified */
     int64_t tree_hits;         /* rounds whose accepted path ended in a sibling */
+    /* the profile (docs/speculation-and-kv.md): draft_s split into the
+     * draft model's forwards (head included) and its probabilities and
+     * draws; verify_s by verification rows M = k + 1 (index
+     * min(M, LMC_SPEC_PROF_ROWS - 1)) */
+    double draft_fwd_s, draft_probs_s;
+    double draft_fwd_tcpu_s;   /* the calling thread's CPU seconds in the draft's forwards */
+    double verify_rows_s[LMC_SPEC_PROF_ROWS];
+    int64_t verify_rows_n[LMC_SPEC_PROF_ROWS];
 };
 
 struct lmc_spec {
@@ -95,6 +113,15 @@ struct lmc_spec {
     struct lmc_acts dacts;
     float *dlogits, *q;        /* (V) draft logits, (K, V) draft probabilities */
     double *inv_freq;          /* (rot_dim/2) streaming: the keys' re-rotation */
+    /* draft vocabulary pruning (opts.draft_vocab): a view of the draft
+     * whose head holds the subset's rows (dhead, owned), the subset's ids
+     * and the draft's logits over them */
+    struct lmc_model dview;
+    void *dhead;
+    float *dhead_bias;
+    int32_t *dmap;
+    float *dsub;
+    int64_t dn;
 };
 
 /* draft: the draft model for LMC_SPEC_DRAFT (same vocabulary size: checked,
@@ -111,6 +138,15 @@ void lmc_spec_free(struct lmc_spec *sp);
 lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t n_prompt,
                              const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                              struct lmc_gen_result *res, struct lmc_spec_stats *stats, lmc_err *err);
+
+/* Reads a draft vocabulary ranking (FR-Spec): text, one token id per line
+ * (the first integer of the line; anything after it, e.g. a count, is
+ * ignored; blank lines and lines starting with '#' skipped), most frequent
+ * first. Writes the first min(n, ids in the file) to ids and their number
+ * to *n_out. Ids outside 0..V-1, duplicates and lines not starting with an
+ * id are LMC_ERR_FORMAT (line number in the message). */
+lmc_status lmc_spec_vocab_parse(const char *text, size_t len, int64_t V, int64_t n, int32_t *ids,
+                                int64_t *n_out, lmc_err *err);
 
 /* Prompt lookup: the longest n-gram (ngram down to 1) ending ids[n-1] that
  * also occurs earlier (the latest such occurrence) proposes the tokens that
