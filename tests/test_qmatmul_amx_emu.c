@@ -9,7 +9,8 @@
  * zero-padded partial last group, the panels of 32 weight rows with a
  * partial last one, the chunks of 32 blocks of K kept in y between them) is
  * checked where AMX is absent (the packing's AVX2 transposes run as they
- * are where the CPU has AVX2). Q8_0 and Q4_0, M 1, 5, 16, 17, 32, 33, 48,
+ * are where the CPU has AVX2). Q8_0, Q4_0 and Q4_0R (the CPU loader's
+ * repack of Q4_0, blocks in pairs, an odd last block alone), M 1, 5, 16, 17, 32, 33, 48,
  * 70, 123 (the kernel takes any M; lmc_qmatmul gives it M >= 32), N not a
  * multiple of 16 or 32, K = 32 x 1, 3, 5, 7, 33, 35, 65 blocks (one, two
  * and three chunks):
@@ -65,10 +66,10 @@ static int real_checked;
 
 static void fill_garbage(void *p, size_t bytes) { memset(p, 0xA5, bytes); }
 
-static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx *cbest, struct lmc_pool **pools,
-                const struct lmc_qctx *cvnni) {
+static void one(int type, int repack, int64_t m, int64_t n, int64_t k, const struct lmc_qctx *cbest,
+                struct lmc_pool **pools, const struct lmc_qctx *cvnni) {
     lmc_err err = {0};
-    const char *nm = lmc_ggml_type_name(type);
+    const char *nm = repack ? "Q4_0R" : lmc_ggml_type_name(type);
     int64_t rb, nb = k / 32;
     CHECK(lmc_ggml_row_bytes(type, k, &rb));
     float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(m * k) * 4);
@@ -78,7 +79,14 @@ static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx
     for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(type, wq + o * rb, wf + o * k, k);
     for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng) * (1.0f + (float)(i % 13));
     struct lmc_qweight w;
-    CHECK(lmc_qweight_init_ggml(&w, type, wq, n, k, &err) == LMC_OK);
+    uint8_t *wr = NULL; /* Q4_0R: the CPU loader's repacked rows (q4k_repack.c); the model reads wq */
+    if (repack) {
+        wr = malloc((size_t)(n * rb));
+        lmc_q40r_pack_rows(wq, wr, n, k);
+        CHECK(lmc_qweight_init_q40r(&w, wr, n, k, &err) == LMC_OK);
+        CHECK(w.kernel == LMC_QK_Q4_0R);
+    } else CHECK(lmc_qweight_init_ggml(&w, type, wq, n, k, &err) == LMC_OK);
+    CHECK(emu_qamx_supports(&w));
 
     const int64_t guard = 67;
     float *y = malloc((size_t)(m * n + guard) * 4), *y2 = malloc((size_t)(m * n + guard) * 4);
@@ -164,7 +172,7 @@ static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx
         real_checked++;
     }
     lmc_qweight_free(&w);
-    free(wf), free(x), free(wq), free(y), free(y2), free(yb), free(xq), free(xr);
+    free(wf), free(x), free(wq), free(wr), free(y), free(y2), free(yb), free(xq), free(xr);
 }
 
 /* 4-bit groups (GPTQ/AWQ/rtn: codes 0..15, a scale and an integer zero per
@@ -255,14 +263,16 @@ static void groups(int64_t m, int64_t n, int64_t k, int64_t gs, int act, const s
     free(wf), free(x), free(y), free(y2), free(xq), free(xr);
 }
 
-static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool, const struct lmc_qctx *cvnni) {
+static void multi(int type, int repack, const struct lmc_qctx *cbest, struct lmc_pool *pool,
+                  const struct lmc_qctx *cvnni) {
+    const char *nm = repack ? "Q4_0R" : lmc_ggml_type_name(type);
     lmc_err err = {0};
     const int64_t ns[3] = {70, 33, 50}, k = 32 * 9, m = 37, nb = k / 32;
     int64_t rb;
     CHECK(lmc_ggml_row_bytes(type, k, &rb));
     float *x = malloc((size_t)(m * k) * 4), *wf = malloc((size_t)(70 * k) * 4);
     for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng);
-    uint8_t *wq[3];
+    uint8_t *wq[3], *wr[3] = {NULL, NULL, NULL};
     struct lmc_qweight w[3];
     const struct lmc_qweight *wp[3];
     float *y[3], *y1 = malloc((size_t)(m * 70) * 4);
@@ -271,7 +281,11 @@ static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool,
         for (int64_t e = 0; e < ns[i] * k; e++) wf[e] = test_rand(&rng);
         wq[i] = malloc((size_t)(ns[i] * rb));
         for (int64_t o = 0; o < ns[i]; o++) lmc_ggml_quantize_row(type, wf + o * k, wq[i] + o * rb, k);
-        CHECK(lmc_qweight_init_ggml(&w[i], type, wq[i], ns[i], k, &err) == LMC_OK);
+        if (repack) {
+            wr[i] = malloc((size_t)(ns[i] * rb));
+            lmc_q40r_pack_rows(wq[i], wr[i], ns[i], k);
+            CHECK(lmc_qweight_init_q40r(&w[i], wr[i], ns[i], k, &err) == LMC_OK);
+        } else CHECK(lmc_qweight_init_ggml(&w[i], type, wq[i], ns[i], k, &err) == LMC_OK);
         wp[i] = &w[i];
         y[i] = malloc((size_t)(m * ns[i]) * 4);
         for (int64_t e = 0; e < m * ns[i]; e++) y[i][e] = nanf("");
@@ -279,8 +293,7 @@ static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool,
     emu_qmatmul_amx_multi(cbest, 3, wp, y, x, m, xq, pool);
     for (int i = 0; i < 3; i++) {
         emu_qmatmul_amx(cbest, &w[i], y1, x, m, xq, NULL);
-        CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0, "%s multi: weight %d differs from its own call",
-                  lmc_ggml_type_name(type), i);
+        CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0, "%s multi: weight %d differs from its own call", nm, i);
     }
     if (cvnni && lmc_qamx_available()) {
         for (int i = 0; i < 3; i++) memset(y[i], 0xff, (size_t)(m * ns[i]) * 4);
@@ -289,12 +302,12 @@ static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool,
         for (int i = 0; i < 3; i++) {
             emu_qmatmul_amx(cbest, &w[i], y1, x, m, xq, NULL);
             CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0,
-                      "%s lmc_qmatmul_multi (real AMX): weight %d differs from the model", lmc_ggml_type_name(type), i);
+                      "%s lmc_qmatmul_multi (real AMX): weight %d differs from the model", nm, i);
         }
         free(scratch);
         real_checked++;
     }
-    for (int i = 0; i < 3; i++) lmc_qweight_free(&w[i]), free(wq[i]), free(y[i]);
+    for (int i = 0; i < 3; i++) lmc_qweight_free(&w[i]), free(wq[i]), free(wr[i]), free(y[i]);
     free(x), free(wf), free(y1), free(xq);
 }
 
@@ -308,11 +321,12 @@ int main(void) {
     struct lmc_qctx cbest, cvnni;
     lmc_qctx_init(&cbest, LMC_QISA_AVX2); /* AVX2 or C: the quantizer's integers are the same on every set */
     bool vnni = lmc_qctx_init(&cvnni, LMC_QISA_AVX512VNNI) == LMC_QISA_AVX512VNNI;
-    const int types[2] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0};
-    for (int t = 0; t < 2; t++)
+    /* Q8_0, Q4_0 (the file's layout) and Q4_0R (the CPU loader's repack of it) */
+    const int types[3] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_0};
+    for (int t = 0; t < 3; t++)
         for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
-            one(types[t], sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
-    for (int t = 0; t < 2; t++) multi(types[t], &cbest, pools[0], vnni ? &cvnni : NULL);
+            one(types[t], t == 2, sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
+    for (int t = 0; t < 3; t++) multi(types[t], t == 2, &cbest, pools[0], vnni ? &cvnni : NULL);
     /* groups of 128 (4 blocks), 32, 96 (11 groups: chunks of 10 + 1), 1024
      * (one chunk each), 64 with K past a chunk; refused: act-order, 2048 */
     static const int64_t gsh[][4] = {{37, 45, 32 * 36, 128}, {17, 33, 32 * 5, 32},   {70, 50, 32 * 33, 96},

@@ -1,6 +1,8 @@
 /* qmatmul_amx.c — the quantized product on AMX-INT8 tiles at prefill
  * sizes (M >= LMC_QAMX_MIN_M rows) for Q8_0, Q4_0 and 4-bit group
- * (GPTQ/AWQ/rtn) weights: the activation rows are quantized to int8 blocks
+ * (GPTQ/AWQ/rtn) weights (Q4_0 in the file's layout or as Q4_0R, the CPU
+ * loader's pairs of blocks, read where they lie: qamx_code_off /
+ * qamx_scale_off): the activation rows are quantized to int8 blocks
  * of 32 (struct lmc_q8act, c's quantizer: the integers every other kernel
  * uses), then per block of K one TDPBSSD per 16 x 16 outputs gives the
  * exact integer block products, which AVX-512 scales into f32
@@ -97,7 +99,7 @@ bool lmc_qamx_available(void) {
 
 bool lmc_qamx_supports(const struct lmc_qweight *w) {
     if (w->perm || w->nf4_flat || w->kp != w->k || w->k % 32) return false;
-    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0) return w->ggml_type >= 0;
+    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q4_0R) return w->ggml_type >= 0;
     if (w->kernel != LMC_QK_U4G) return false;
     for (int64_t g = 0; g < w->n_groups; g++)
         if (w->gblk[g + 1] - w->gblk[g] > QAMX_KB) return false;
@@ -192,6 +194,28 @@ QAMX_TARGET static void qamx_release(void) {
 #ifndef QAMX_PACK_TARGET
 #define QAMX_PACK_TARGET QAMX_TARGET
 #endif
+
+/* Where block b (of nb a row) keeps its 32 codes (Q8_0: bytes; Q4_0, Q4_0R,
+ * groups: 16 bytes of nibbles, element j low, 16 + j high) and its fp16
+ * scale, from the row's start. Q4_0R (q4k_repack.c, qmatmul.h): blocks in
+ * pairs of 36 bytes, codes of 2p at 36p, of 2p + 1 at 36p + 16, their
+ * scales at 36p + 32 and + 34; an odd last block codes at 36p, scale at
+ * 36p + 16. */
+static inline int64_t qamx_code_off(int kernel, int64_t b) {
+    switch (kernel) {
+    case LMC_QK_Q8_0: return 34 * b + 2;
+    case LMC_QK_Q4_0: return 18 * b + 2;
+    case LMC_QK_Q4_0R: return 36 * (b >> 1) + 16 * (b & 1);
+    default: return 16 * b; /* groups */
+    }
+}
+static inline int64_t qamx_scale_off(int kernel, int64_t b, int64_t nb) {
+    switch (kernel) {
+    case LMC_QK_Q8_0: return 34 * b;
+    case LMC_QK_Q4_0: return 18 * b;
+    default: return 36 * (b >> 1) + ((b & 1) ? 34 : b + 1 < nb ? 32 : 16); /* Q4_0R */
+    }
+}
 #if !defined(QAMX_EMU) || defined(QAMX_EMU_AVX2)
 /* qamx_pack's layout for the 8 weight rows [n0 + n, n0 + n + 8) (n a
  * multiple of 8, all live): per block the 8 rows' 32 codes as 8 words
@@ -199,19 +223,21 @@ QAMX_TARGET static void qamx_release(void) {
  * through vcvtph2ps (exact, as lmc_f16_to_f32) */
 QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0, int64_t n, int64_t b0, int64_t kc,
                                         int8_t *bp, float *dw) {
-    const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
-    const int64_t bb = u4 ? 16 : q4 ? 18 : 34, hd = u4 ? 0 : 2;
+    const int kind = w->kernel;
+    const bool q4 = kind == LMC_QK_Q4_0 || kind == LMC_QK_Q4_0R, u4 = kind == LMC_QK_U4G;
+    const int64_t nb = w->k / 32;
     const uint8_t *p[8];
-    for (int j = 0; j < 8; j++) p[j] = w->data + (n0 + n + j) * w->row_bytes + b0 * bb;
+    for (int j = 0; j < 8; j++) p[j] = w->data + (n0 + n + j) * w->row_bytes;
     const __m256i m4 = _mm256_set1_epi8(15), off = _mm256_set1_epi8(q4 ? 8 : 0);
     for (int64_t b = 0; b < kc; b++) {
         __m256i r[8];
+        const int64_t co = qamx_code_off(kind, b0 + b);
         for (int j = 0; j < 8; j++) {
             if (q4 || u4) {
-                __m128i q = _mm_loadu_si128((const __m128i *)(p[j] + b * bb + hd));
+                __m128i q = _mm_loadu_si128((const __m128i *)(p[j] + co));
                 __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q); /* codes 0-15 low, 16-31 high */
                 r[j] = _mm256_sub_epi8(_mm256_and_si256(v, m4), off);
-            } else r[j] = _mm256_loadu_si256((const __m256i *)(p[j] + b * bb + 2));
+            } else r[j] = _mm256_loadu_si256((const __m256i *)(p[j] + co));
         }
         __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
         __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
@@ -232,7 +258,8 @@ QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0,
         _mm256_storeu_si256((__m256i *)(o + 7 * 64), _mm256_permute2x128_si256(u3, u7, 0x31));
         if (!u4) {
             uint16_t h[8];
-            for (int j = 0; j < 8; j++) h[j] = (uint16_t)(p[j][b * bb] | p[j][b * bb + 1] << 8);
+            const int64_t so = qamx_scale_off(kind, b0 + b, nb);
+            for (int j = 0; j < 8; j++) h[j] = (uint16_t)(p[j][so] | p[j][so + 1] << 8);
             _mm256_storeu_ps(dw + 32 * b + n, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
         }
     }
@@ -248,8 +275,9 @@ QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0,
  * (and CPUs without AVX2 in the emulation) here. */
 QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64_t nc, int64_t b0, int64_t kc,
                                   int64_t g0, int64_t g1, int8_t *bp, float *dw, int32_t *zc, float *sg) {
-    const bool q4 = w->kernel == LMC_QK_Q4_0, u4 = w->kernel == LMC_QK_U4G;
-    const int64_t bb = u4 ? 16 : q4 ? 18 : 34, hd = u4 ? 0 : 2;
+    const int kind = w->kernel;
+    const bool q4 = kind == LMC_QK_Q4_0 || kind == LMC_QK_Q4_0R, u4 = kind == LMC_QK_U4G;
+    const int64_t nb = w->k / 32;
     if (nc < 32) {
         memset(bp, 0, (size_t)kc * 1024);
         memset(dw, 0, (size_t)kc * 32 * sizeof *dw);
@@ -264,18 +292,22 @@ QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64
         for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
 #endif
     for (int64_t n = n8; n < nc; n++) {
-        const uint8_t *p = w->data + (n0 + n) * w->row_bytes + b0 * bb;
-        for (int64_t b = 0; b < kc; b++, p += bb) {
+        const uint8_t *row = w->data + (n0 + n) * w->row_bytes;
+        for (int64_t b = 0; b < kc; b++) {
+            const uint8_t *p = row + qamx_code_off(kind, b0 + b);
             int8_t v[32];
             if (q4 || u4)
                 for (int j = 0; j < 16; j++) {
-                    v[j] = (int8_t)((p[hd + j] & 15) - (q4 ? 8 : 0));
-                    v[j + 16] = (int8_t)((p[hd + j] >> 4) - (q4 ? 8 : 0));
+                    v[j] = (int8_t)((p[j] & 15) - (q4 ? 8 : 0));
+                    v[j + 16] = (int8_t)((p[j] >> 4) - (q4 ? 8 : 0));
                 }
-            else memcpy(v, p + 2, 32);
+            else memcpy(v, p, 32);
             int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
             for (int kk = 0; kk < 8; kk++) memcpy(o + 64 * kk, v + 4 * kk, 4);
-            if (!u4) dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            if (!u4) {
+                const uint8_t *h = row + qamx_scale_off(kind, b0 + b, nb);
+                dw[32 * b + n] = lmc_f16_to_f32((uint16_t)(h[0] | h[1] << 8));
+            }
         }
     }
     if (u4)

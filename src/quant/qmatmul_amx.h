@@ -1,5 +1,5 @@
 /* qmatmul_amx.h — the AMX-INT8 path of the quantized product at prefill
- * sizes (qmatmul_amx.c): Q8_0, Q4_0 and 4-bit group (GPTQ/AWQ/rtn) weights
+ * sizes (qmatmul_amx.c): Q8_0, Q4_0 (the file's layout or Q4_0R) and 4-bit group (GPTQ/AWQ/rtn) weights
  * against activation rows
  * quantized to int8 blocks of 32, the integer block sums through TDPBSSD
  * on 16 x 16 int32 tiles, scaled per block into f32 with AVX-512. */
@@ -27,7 +27,8 @@
  * only the bf16 one. */
 bool lmc_qamx_available(void);
 
-/* Whether the kernel takes w: Q8_0, Q4_0, or 4-bit groups (U4G) without a
+/* Whether the kernel takes w: Q8_0, Q4_0, Q4_0R (the CPU loader's repack of
+ * GGUF Q4_0, read as it is), or 4-bit groups (U4G) without a
  * column permutation whose groups are each at most 32 blocks (1024
  * columns; a per-channel scale over a longer row is refused). */
 bool lmc_qamx_supports(const struct lmc_qweight *w);
@@ -39,7 +40,7 @@ bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64
 
 /* y(m, w->n) = x(m, w->k) @ W^T for a weight lmc_qamx_supports: x
  * quantized with c's quantizer into xq (m * w->k / 32 blocks of scratch),
- * then, per output, Q8_0/Q4_0: acc = fma(d_x[b] * d_w[b], (float)isum_b,
+ * then, per output, Q8_0/Q4_0/Q4_0R: acc = fma(d_x[b] * d_w[b], (float)isum_b,
  * acc) over the blocks b in order from acc = 0, isum_b the exact integer
  * block product (Q4_0's codes minus 8); 4-bit groups: per group in order
  * ga = fma(d_x[b], (float)(isum_b - zero * sx_b), ga) over its blocks from
