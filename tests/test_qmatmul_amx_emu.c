@@ -28,6 +28,13 @@
  *    group ga = fmaf(d_x, isum - zero sx, ga), acc = fmaf(scale, ga, acc)),
  *    2e-5 of float64 and the existing kernel; act-order and groups over
  *    32 blocks refused (lmc_qamx_supports);
+ *  - Q4_KR (the loader's repack of Q4_K; activations by quantize_k): M 5,
+ *    17, 33, 37, 45, 71, N not a multiple of 16, K = 256 x 1, 3, 5, 9 (one
+ *    to three chunks), the exact bits of a model read from the file's Q4_K
+ *    bytes (sk = sum sc_j isum_j, mk = sum mn_j sx_j per super-block,
+ *    acc = fmaf(d dx, sk, acc), acc = fmaf(-(dmin dx), mk, acc)), 2e-5 of
+ *    float64 and of the existing Q4_KR kernel, pools, and 3 weights of
+ *    one input through the multi form;
  *  - lmc_qmatmul_amx_multi (q/k/v-like: 3 weights of 70, 33 and 50 rows
  *    of one input, M = 37): each output the bits of the one-weight call;
  *  - NaN planted in y beforehand (every output written) and past y (never

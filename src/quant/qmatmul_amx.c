@@ -1,13 +1,16 @@
 /* qmatmul_amx.c — the quantized product on AMX-INT8 tiles at prefill
- * sizes (M >= LMC_QAMX_MIN_M rows) for Q8_0, Q4_0 and 4-bit group
+ * sizes (M >= LMC_QAMX_MIN_M rows) for Q8_0, Q4_0, Q4_KR and 4-bit group
  * (GPTQ/AWQ/rtn) weights (Q4_0 in the file's layout or as Q4_0R, the CPU
- * loader's pairs of blocks, read where they lie: qamx_code_off /
- * qamx_scale_off): the activation rows are quantized to int8 blocks
- * of 32 (struct lmc_q8act, c's quantizer: the integers every other kernel
- * uses), then per block of K one TDPBSSD per 16 x 16 outputs gives the
- * exact integer block products, which AVX-512 scales into f32
- * accumulators (Q8_0/Q4_0: by d_x * d_w; groups: d_x after subtracting
- * zero x the block's code sum, then the group's scale per group).
+ * loader's pairs of blocks, and Q4_KR, its repack of Q4_K, read where they
+ * lie: qamx_code_off / qamx_scale_off): the activation rows are quantized
+ * to int8 blocks of 32 (struct lmc_q8act, c's quantizer, quantize_k for
+ * Q4_KR: the integers every other kernel uses), then per block of K one
+ * TDPBSSD per 16 x 16 outputs gives the exact integer block products,
+ * which AVX-512 scales into f32 accumulators (Q8_0/Q4_0: by d_x * d_w;
+ * groups: d_x after subtracting zero x the block's code sum, then the
+ * group's scale per group; Q4_KR: int32 sums of the sub-blocks' products
+ * times their scales and of their code sums times their mins, then per
+ * super-block two FMAs: qamx_scale_k, qamx_sb_end).
  *
  * Tasks are panels of 32 weight rows (output columns). A task packs its
  * panel 32 blocks of K at a time into its stack in AMX's VNNI layout for
