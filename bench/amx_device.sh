@@ -15,9 +15,10 @@
 #   test_qmatmul_amx_emu, test_matmul_smallm, test_hf_quant, test_tp_quant,
 #   test_gguf_model, test_quant_model with LMC_CPU_AMX=1 and 0. qbench:
 #   bench_qamx (the kernel alone, AMX vs VNNI in one process, 125M and 1.1B
-#   linear shapes at M = 512, 2 and 1 threads), then the random 125M Llama
-#   of run_issue10_quant.sh (numpy, no network) as Q8_0/Q4_0 GGUFs (`lmc
-#   convert`) and a GPTQ-4 g128 folder (`lmc quantize --method rtn`): the
+#   linear shapes at M = 512, 2 and 1 threads; Q8_0, Q4_0, Q4_0R, Q4_KR,
+#   GPTQ-4), then the random 125M Llama
+#   of run_issue10_quant.sh (numpy, no network) as Q8_0/Q4_0/Q4_K GGUFs
+#   (`lmc convert`; the CPU loader runs Q4_0 and Q4_K as Q4_0R / Q4_KR) and a GPTQ-4 g128 folder (`lmc quantize --method rtn`): the
 #   512-token prefill AMX-INT8 on/off interleaved (LMC_CPU_AMX=1 with and
 #   without LMC_CPU_AMX_INT8=0: AMX-BF16 on in both), wall tok/s at 2
 #   threads (3 rounds) and CPU-time tok/s at 1 thread
@@ -77,19 +78,19 @@ qbench)
   for m in ${QMODELS:-r125m r1b}; do
     [ "$m" = r1b ] && [ "$SECONDS" -gt 240 ] && { echo "== qbench: r1b skipped (${SECONDS}s used)"; continue; }
     case $m in r125m) make_model r125m 768 12 12 4 2048;; r1b) make_model r1b 2048 22 32 4 5632;; esac || { echo "making $m failed"; continue; }
-    for q in q8_0 q4_0; do
+    for q in q8_0 q4_0 q4_k; do
       [ -s "$QC/$m.$q.gguf" ] || "$B/lmc" convert -m "$QC/$m" -o "$QC/$m.$q.gguf" --dtype $q >"$O/convert-$m-$q.log" 2>&1 || { echo "convert $m $q failed"; tail -n 3 "$O/convert-$m-$q.log"; }
     done
     [ -s "$QC/$m-gptq4/config.json" ] || { rm -rf "$QC/$m-gptq4"; "$B/lmc" quantize -m "$QC/$m" -o "$QC/$m-gptq4" --method rtn --bits 4 --group 128 --head --threads 16 >"$O/quantize-$m.log" 2>&1 || { echo "quantize $m failed"; tail -n 3 "$O/quantize-$m.log"; }; }
     echo "== qbench $m: 512-token prefill, 2 threads, wall (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    for r in 1 2 3; do for q in q8_0 q4_0 gptq4; do for a in on off; do
+    for r in 1 2 3; do for q in q8_0 q4_0 q4_k gptq4; do for a in on off; do
       printf '%s %s AMX-INT8 %s round %s: ' "$m" "$q" "$a" "$r"
       f="$QC/$m.$q.gguf"; [ $q = gptq4 ] && f="$QC/$m-gptq4"
       taskset -c 0,1 /tmp/lmc-q8$a generate -m "$f" -p "$P512" -n 1 --temp 0 --ignore-eos -t 2 --device cpu 2>&1 >/dev/null | grep -o 'prompt [0-9]* tokens in [0-9.]* s ([0-9.]* tok/s)' | tee -a "$O/qbench-$m.log"
     done; done; done
     echo "== qbench $m: prefill CPU time, 1 thread (new = AMX-INT8 on, old = off; AMX-BF16 on in both)"
     [ "$m" = r1b ] && [ "$SECONDS" -gt 400 ] && { echo "== qbench: r1b CPU time skipped (${SECONDS}s used)"; continue; }
-    taskset -c 0 python3 bench/prefill_cputime_ab.py /tmp/lmc-q8on /tmp/lmc-q8off $([ "$m" = r1b ] && echo 1 || echo 3) "$QC/$m.q8_0.gguf" "$QC/$m.q4_0.gguf" "$QC/$m-gptq4" 2>&1 | tee -a "$O/qbench-cpu-$m.log" | tail -n 8
+    taskset -c 0 python3 bench/prefill_cputime_ab.py /tmp/lmc-q8on /tmp/lmc-q8off $([ "$m" = r1b ] && echo 1 || echo 3) "$QC/$m.q8_0.gguf" "$QC/$m.q4_0.gguf" "$QC/$m.q4_k.gguf" "$QC/$m-gptq4" 2>&1 | tee -a "$O/qbench-cpu-$m.log" | tail -n 8
   done;;
 trainfinal)
   # issue 8's measurement: lmc fp32 and bf16 (AMX on) against torch.compile

@@ -3,7 +3,9 @@
  * in one process: lmc_qmatmul with the VNNI context (AMX where
  * lmc_qamx_available(): LMC_CPU_AMX=1 on an AMX-INT8 CPU) and with a copy
  * of that context tagged AVX2 (the same VNNI kernels; lmc_qamx_takes
- * refuses it), rounds interleaved. Q8_0, Q4_0 and GPTQ-4 g128 (rtn) on
+ * refuses it), rounds interleaved. Q8_0, Q4_0 (the file's layout), Q4_0R
+ * and Q4_KR (GGUF Q4_0 / Q4_K as the CPU loader repacks them: what runs for
+ * GGUF files) and GPTQ-4 g128 (rtn) on
  * the linear shapes of
  * the 125M and 1.1B Llamas of bench/run_issue10_quant.sh, M = 512 (and 64)
  * rows. Prints per shape the median wall ms and CPU ms (every thread) of
@@ -41,8 +43,9 @@ int main(int argc, char **argv) {
            "AMX / VNNI (CPU) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     static const int64_t shapes[][3] = {{512, 768, 768},   {512, 256, 768},   {512, 2048, 768}, {512, 768, 2048},
                                         {512, 2048, 2048}, {512, 5632, 2048}, {512, 2048, 5632}, {64, 2048, 2048}};
-    const int types[3] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, -1 /* GPTQ-4 g128 (rtn) */};
-    for (int t = 0; t < 3; t++)
+    const int types[5] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_0, LMC_GGML_Q4_K, -1 /* GPTQ-4 g128 (rtn) */};
+    const char *names[5] = {"Q8_0", "Q4_0", "Q4_0R", "Q4_KR", "GPTQ-4 g128"};
+    for (int t = 0; t < 5; t++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], rb = k;
             if (types[t] >= 0) lmc_ggml_row_bytes(types[t], k, &rb);
@@ -54,8 +57,15 @@ int main(int argc, char **argv) {
             for (int64_t i = 0; i < m * k; i++) x[i] = (float)(lmc_rng_uniform(&seed) * 2 - 1);
             struct lmc_qweight w;
             struct lmc_qgroups g;
-            lmc_status st = types[t] >= 0 ? lmc_qweight_init_ggml(&w, types[t], wq, n, k, &err)
-                            : lmc_quant_rtn(wf, n, k, 4, 128, true, &g, &err);
+            uint8_t *wr = NULL; /* Q4_0R / Q4_KR: the rows as the CPU loader repacks them */
+            lmc_status st;
+            if (t == 2 || t == 3) {
+                wr = malloc((size_t)(n * (t == 2 ? rb : k / 256 * LMC_Q4KR_BYTES)));
+                if (t == 2) lmc_q40r_pack_rows(wq, wr, n, k);
+                else lmc_q4kr_pack_rows(wq, wr, n, k);
+                st = t == 2 ? lmc_qweight_init_q40r(&w, wr, n, k, &err) : lmc_qweight_init_q4kr(&w, wr, n, k, &err);
+            } else st = types[t] >= 0 ? lmc_qweight_init_ggml(&w, types[t], wq, n, k, &err)
+                                      : lmc_quant_rtn(wf, n, k, 4, 128, true, &g, &err);
             if (!st && types[t] < 0) {
                 st = lmc_qweight_init_groups(&w, &g, &err);
                 lmc_qgroups_free(&g);
@@ -81,11 +91,11 @@ int main(int argc, char **argv) {
             double mwa = bench_median(wa, R), mca = bench_median(ca, R), mwv = bench_median(wv, R),
                    mcv = bench_median(cvv, R), ops = 2.0 * (double)m * (double)n * (double)k;
             printf("| %s | %lldx%lldx%lld | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f | %.2fx |\n",
-                   types[t] >= 0 ? lmc_ggml_type_name(types[t]) : "GPTQ-4 g128", (long long)m, (long long)n, (long long)k, mwa * 1e3, mca * 1e3,
+                   names[t], (long long)m, (long long)n, (long long)k, mwa * 1e3, mca * 1e3,
                    mwv * 1e3, mcv * 1e3, ops / mca * 1e-9, ops / mcv * 1e-9, mcv / mca);
             fflush(stdout);
             lmc_qweight_free(&w);
-            free(scratch), free(wf), free(x), free(y), free(wq);
+            free(scratch), free(wf), free(x), free(y), free(wq), free(wr);
         }
     if (pool) lmc_pool_free(pool);
     return 0;

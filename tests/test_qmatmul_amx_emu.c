@@ -9,7 +9,8 @@
  * zero-padded partial last group, the panels of 32 weight rows with a
  * partial last one, the chunks of 32 blocks of K kept in y between them) is
  * checked where AMX is absent (the packing's AVX2 transposes run as they
- * are where the CPU has AVX2). Q8_0 and Q4_0, M 1, 5, 16, 17, 32, 33, 48,
+ * are where the CPU has AVX2). Q8_0, Q4_0 and Q4_0R (the CPU loader's
+ * repack of Q4_0, blocks in pairs, an odd last block alone), M 1, 5, 16, 17, 32, 33, 48,
  * 70, 123 (the kernel takes any M; lmc_qmatmul gives it M >= 32), N not a
  * multiple of 16 or 32, K = 32 x 1, 3, 5, 7, 33, 35, 65 blocks (one, two
  * and three chunks):
@@ -27,6 +28,13 @@
  *    group ga = fmaf(d_x, isum - zero sx, ga), acc = fmaf(scale, ga, acc)),
  *    2e-5 of float64 and the existing kernel; act-order and groups over
  *    32 blocks refused (lmc_qamx_supports);
+ *  - Q4_KR (the loader's repack of Q4_K; activations by quantize_k): M 5,
+ *    17, 33, 37, 45, 71, N not a multiple of 16, K = 256 x 1, 3, 5, 9 (one
+ *    to three chunks), the exact bits of a model read from the file's Q4_K
+ *    bytes (sk = sum sc_j isum_j, mk = sum mn_j sx_j per super-block,
+ *    acc = fmaf(d dx, sk, acc), acc = fmaf(-(dmin dx), mk, acc)), 2e-5 of
+ *    float64 and of the existing Q4_KR kernel, pools, and 3 weights of
+ *    one input through the multi form;
  *  - lmc_qmatmul_amx_multi (q/k/v-like: 3 weights of 70, 33 and 50 rows
  *    of one input, M = 37): each output the bits of the one-weight call;
  *  - NaN planted in y beforehand (every output written) and past y (never
@@ -65,10 +73,10 @@ static int real_checked;
 
 static void fill_garbage(void *p, size_t bytes) { memset(p, 0xA5, bytes); }
 
-static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx *cbest, struct lmc_pool **pools,
-                const struct lmc_qctx *cvnni) {
+static void one(int type, int repack, int64_t m, int64_t n, int64_t k, const struct lmc_qctx *cbest,
+                struct lmc_pool **pools, const struct lmc_qctx *cvnni) {
     lmc_err err = {0};
-    const char *nm = lmc_ggml_type_name(type);
+    const char *nm = repack ? "Q4_0R" : lmc_ggml_type_name(type);
     int64_t rb, nb = k / 32;
     CHECK(lmc_ggml_row_bytes(type, k, &rb));
     float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(m * k) * 4);
@@ -78,7 +86,14 @@ static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx
     for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(type, wq + o * rb, wf + o * k, k);
     for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng) * (1.0f + (float)(i % 13));
     struct lmc_qweight w;
-    CHECK(lmc_qweight_init_ggml(&w, type, wq, n, k, &err) == LMC_OK);
+    uint8_t *wr = NULL; /* Q4_0R: the CPU loader's repacked rows (q4k_repack.c); the model reads wq */
+    if (repack) {
+        wr = malloc((size_t)(n * rb));
+        lmc_q40r_pack_rows(wq, wr, n, k);
+        CHECK(lmc_qweight_init_q40r(&w, wr, n, k, &err) == LMC_OK);
+        CHECK(w.kernel == LMC_QK_Q4_0R);
+    } else CHECK(lmc_qweight_init_ggml(&w, type, wq, n, k, &err) == LMC_OK);
+    CHECK(emu_qamx_supports(&w));
 
     const int64_t guard = 67;
     float *y = malloc((size_t)(m * n + guard) * 4), *y2 = malloc((size_t)(m * n + guard) * 4);
@@ -164,7 +179,7 @@ static void one(int type, int64_t m, int64_t n, int64_t k, const struct lmc_qctx
         real_checked++;
     }
     lmc_qweight_free(&w);
-    free(wf), free(x), free(wq), free(y), free(y2), free(yb), free(xq), free(xr);
+    free(wf), free(x), free(wq), free(wr), free(y), free(y2), free(yb), free(xq), free(xr);
 }
 
 /* 4-bit groups (GPTQ/AWQ/rtn: codes 0..15, a scale and an integer zero per
@@ -255,14 +270,140 @@ static void groups(int64_t m, int64_t n, int64_t k, int64_t gs, int act, const s
     free(wf), free(x), free(y), free(y2), free(xq), free(xr);
 }
 
-static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool, const struct lmc_qctx *cvnni) {
+/* Q4_KR (the CPU loader's repack of GGUF Q4_K) against the model read from
+ * the file's bytes: per super-block s, sk = sum_j sc_j isum_j and mk =
+ * sum_j mn_j sx_j (integers), acc = fmaf(d dx, sk, acc), acc = fmaf(-(dmin
+ * dx), mk, acc), dx the super-block's activation scale (quantize_k). nw
+ * weights of one input (n[i] rows each) through lmc_qmatmul_amx_multi when
+ * nw > 1, each the bits of its one-weight call. */
+static void kquant(int64_t m, int nw, const int64_t *ns, int64_t k, const struct lmc_qctx *cbest,
+                   struct lmc_pool **pools, const struct lmc_qctx *cvnni) {
+    lmc_err err = {0};
+    const int64_t nb = k / 32, rb = k / 256 * 144, guard = 41;
+    float *x = malloc((size_t)(m * k) * 4);
+    for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng) * (1.0f + (float)(i % 13));
+    struct lmc_q8act *xq = malloc((size_t)(m * nb) * sizeof *xq), *xr = malloc((size_t)nb * sizeof *xr);
+    struct lmc_qweight w[3];
+    const struct lmc_qweight *wp[3];
+    float *ys[3];
+    uint8_t *wq[3], *wr[3];
+    for (int wi = 0; wi < nw; wi++) {
+        const int64_t n = ns[wi];
+        float *wf = malloc((size_t)(n * k) * 4);
+        for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(&rng) * (1.0f + (float)((i / 16) % 7));
+        wq[wi] = malloc((size_t)(n * rb));
+        wr[wi] = malloc((size_t)(n * k / 256 * LMC_Q4KR_BYTES));
+        for (int64_t o = 0; o < n; o++) lmc_ggml_quantize_row(LMC_GGML_Q4_K, wf + o * k, wq[wi] + o * rb, k);
+        for (int64_t o = 0; o < n; o++) lmc_ggml_dequantize_row(LMC_GGML_Q4_K, wq[wi] + o * rb, wf + o * k, k);
+        lmc_q4kr_pack_rows(wq[wi], wr[wi], n, k);
+        CHECK(lmc_qweight_init_q4kr(&w[wi], wr[wi], n, k, &err) == LMC_OK);
+        CHECK(emu_qamx_supports(&w[wi]));
+        wp[wi] = &w[wi];
+        float *y = ys[wi] = malloc((size_t)(m * n + guard) * 4), *y2 = malloc((size_t)(m * n) * 4);
+        for (int64_t i = 0; i < m * n + guard; i++) y[i] = nanf("");
+        fill_garbage(xq, (size_t)(m * nb) * sizeof *xq);
+        emu_qmatmul_amx(cbest, &w[wi], y, x, m, xq, NULL);
+        int guard_ok = 1;
+        for (int64_t i = m * n; i < m * n + guard; i++) guard_ok &= isnan(y[i]);
+        CHECK_MSG(guard_ok, "Q4_KR M=%lld N=%lld K=%lld: wrote past y", (long long)m, (long long)n, (long long)k);
+        int64_t exact_bad = 0;
+        double eq = 0, mq = 0;
+        for (int64_t i = 0; i < m; i++) {
+            cbest->quantize_k(x + i * k, k, xr);
+            CHECK(memcmp(xr, xq + i * nb, (size_t)nb * sizeof *xr) == 0);
+            for (int64_t o = 0; o < n; o++) {
+                float acc = 0;
+                double sq = 0;
+                for (int64_t sb = 0; sb < k / 256; sb++) {
+                    const uint8_t *p = wq[wi] + o * rb + 144 * sb, *qs = p + 16;
+                    int16_t sc[8], mn[8];
+                    lmc_ggml_kscales_unpack(p + 4, sc, mn);
+                    int32_t sk = 0, mk = 0;
+                    for (int j = 0; j < 8; j++) {
+                        const struct lmc_q8act *a = &xr[8 * sb + j];
+                        int32_t is = 0;
+                        for (int l = 0; l < 32; l++) is += ((qs[32 * (j / 2) + l] >> (4 * (j & 1))) & 15) * a->q[l];
+                        sk += sc[j] * is;
+                        mk += mn[j] * (a->s0 + a->s1);
+                        for (int l = 0; l < 32; l++) sq += (double)wf[o * k + 256 * sb + 32 * j + l] * a->d * a->q[l];
+                    }
+                    const float dx = xr[8 * sb].d, d = lmc_f16_to_f32((uint16_t)(p[0] | p[1] << 8)),
+                                dmin = lmc_f16_to_f32((uint16_t)(p[2] | p[3] << 8));
+                    acc = fmaf(d * dx, (float)sk, acc);
+                    acc = fmaf(-(dmin * dx), (float)mk, acc);
+                }
+                float got = y[i * n + o];
+                if (memcmp(&got, &acc, 4) != 0) exact_bad++;
+                eq = fmax(eq, fabs(got - sq));
+                mq = fmax(mq, fabs(sq));
+            }
+        }
+        CHECK_MSG(exact_bad == 0, "Q4_KR M=%lld N=%lld K=%lld: %lld outputs differ from the model sum's bits",
+                  (long long)m, (long long)n, (long long)k, (long long)exact_bad);
+        CHECK_MSG(eq <= 2e-5 * mq, "Q4_KR M=%lld N=%lld K=%lld: error %g against float64", (long long)m,
+                  (long long)n, (long long)k, eq / mq);
+        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w[wi], m) + 63) / 64 * 64);
+        lmc_qmatmul(cbest, &w[wi], y2, x, m, scratch, NULL); /* the AVX2 (or C) Q4_KR kernel */
+        double e = 0;
+        for (int64_t i = 0; i < m * n; i++) e = fmax(e, fabs((double)y2[i] - y[i]));
+        CHECK_MSG(e <= 2e-5 * mq, "Q4_KR M=%lld N=%lld K=%lld [%s]: error %g against the existing kernel",
+                  (long long)m, (long long)n, (long long)k, lmc_qisa_name(cbest->isa), e / mq);
+        for (int pi = 0; pi < 2; pi++) {
+            for (int64_t i = 0; i < m * n; i++) y2[i] = nanf("");
+            emu_qmatmul_amx(cbest, &w[wi], y2, x, m, xq, pools[pi]);
+            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "Q4_KR M=%lld: pool of %d differs", (long long)m, pi + 2);
+        }
+        if (cvnni && lmc_qamx_available()) {
+            for (int pi = -1; pi < 2; pi++) {
+                for (int64_t i = 0; i < m * n; i++) y2[i] = nanf("");
+                lmc_qmatmul_amx(cvnni, &w[wi], y2, x, m, xq, pi < 0 ? NULL : pools[pi]);
+                CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0,
+                          "Q4_KR M=%lld N=%lld K=%lld: real AMX (pool %d) differs from the model", (long long)m,
+                          (long long)n, (long long)k, pi + 2);
+            }
+            for (int64_t i = 0; i < m * n; i++) y2[i] = nanf("");
+            lmc_qmatmul(cvnni, &w[wi], y2, x, m, scratch, pools[0]);
+            CHECK_MSG(!lmc_qamx_takes(cvnni, &w[wi], m) || memcmp(y, y2, (size_t)(m * n) * 4) == 0,
+                      "Q4_KR M=%lld: lmc_qmatmul (real AMX) differs from the model", (long long)m);
+            real_checked++;
+        }
+        free(scratch), free(y2), free(wf);
+    }
+    if (nw > 1) {
+        float *ym[3];
+        for (int wi = 0; wi < nw; wi++) {
+            ym[wi] = malloc((size_t)(m * ns[wi]) * 4);
+            for (int64_t i = 0; i < m * ns[wi]; i++) ym[wi][i] = nanf("");
+        }
+        emu_qmatmul_amx_multi(cbest, nw, wp, ym, x, m, xq, pools[0]);
+        for (int wi = 0; wi < nw; wi++)
+            CHECK_MSG(memcmp(ym[wi], ys[wi], (size_t)(m * ns[wi]) * 4) == 0,
+                      "Q4_KR multi: weight %d differs from its own call", wi);
+        if (cvnni && lmc_qamx_available()) {
+            void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&w[0], m) + 63) / 64 * 64);
+            lmc_qmatmul_multi(cvnni, nw, wp, ym, x, m, scratch, pools[0]);
+            for (int wi = 0; wi < nw; wi++)
+                CHECK_MSG(memcmp(ym[wi], ys[wi], (size_t)(m * ns[wi]) * 4) == 0,
+                          "Q4_KR lmc_qmatmul_multi (real AMX): weight %d differs from the model", wi);
+            free(scratch);
+            real_checked++;
+        }
+        for (int wi = 0; wi < nw; wi++) free(ym[wi]);
+    }
+    for (int wi = 0; wi < nw; wi++) lmc_qweight_free(&w[wi]), free(wq[wi]), free(wr[wi]), free(ys[wi]);
+    free(x), free(xq), free(xr);
+}
+
+static void multi(int type, int repack, const struct lmc_qctx *cbest, struct lmc_pool *pool,
+                  const struct lmc_qctx *cvnni) {
+    const char *nm = repack ? "Q4_0R" : lmc_ggml_type_name(type);
     lmc_err err = {0};
     const int64_t ns[3] = {70, 33, 50}, k = 32 * 9, m = 37, nb = k / 32;
     int64_t rb;
     CHECK(lmc_ggml_row_bytes(type, k, &rb));
     float *x = malloc((size_t)(m * k) * 4), *wf = malloc((size_t)(70 * k) * 4);
     for (int64_t i = 0; i < m * k; i++) x[i] = test_rand(&rng);
-    uint8_t *wq[3];
+    uint8_t *wq[3], *wr[3] = {NULL, NULL, NULL};
     struct lmc_qweight w[3];
     const struct lmc_qweight *wp[3];
     float *y[3], *y1 = malloc((size_t)(m * 70) * 4);
@@ -271,7 +412,11 @@ static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool,
         for (int64_t e = 0; e < ns[i] * k; e++) wf[e] = test_rand(&rng);
         wq[i] = malloc((size_t)(ns[i] * rb));
         for (int64_t o = 0; o < ns[i]; o++) lmc_ggml_quantize_row(type, wf + o * k, wq[i] + o * rb, k);
-        CHECK(lmc_qweight_init_ggml(&w[i], type, wq[i], ns[i], k, &err) == LMC_OK);
+        if (repack) {
+            wr[i] = malloc((size_t)(ns[i] * rb));
+            lmc_q40r_pack_rows(wq[i], wr[i], ns[i], k);
+            CHECK(lmc_qweight_init_q40r(&w[i], wr[i], ns[i], k, &err) == LMC_OK);
+        } else CHECK(lmc_qweight_init_ggml(&w[i], type, wq[i], ns[i], k, &err) == LMC_OK);
         wp[i] = &w[i];
         y[i] = malloc((size_t)(m * ns[i]) * 4);
         for (int64_t e = 0; e < m * ns[i]; e++) y[i][e] = nanf("");
@@ -279,8 +424,7 @@ static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool,
     emu_qmatmul_amx_multi(cbest, 3, wp, y, x, m, xq, pool);
     for (int i = 0; i < 3; i++) {
         emu_qmatmul_amx(cbest, &w[i], y1, x, m, xq, NULL);
-        CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0, "%s multi: weight %d differs from its own call",
-                  lmc_ggml_type_name(type), i);
+        CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0, "%s multi: weight %d differs from its own call", nm, i);
     }
     if (cvnni && lmc_qamx_available()) {
         for (int i = 0; i < 3; i++) memset(y[i], 0xff, (size_t)(m * ns[i]) * 4);
@@ -289,12 +433,12 @@ static void multi(int type, const struct lmc_qctx *cbest, struct lmc_pool *pool,
         for (int i = 0; i < 3; i++) {
             emu_qmatmul_amx(cbest, &w[i], y1, x, m, xq, NULL);
             CHECK_MSG(memcmp(y1, y[i], (size_t)(m * ns[i]) * 4) == 0,
-                      "%s lmc_qmatmul_multi (real AMX): weight %d differs from the model", lmc_ggml_type_name(type), i);
+                      "%s lmc_qmatmul_multi (real AMX): weight %d differs from the model", nm, i);
         }
         free(scratch);
         real_checked++;
     }
-    for (int i = 0; i < 3; i++) lmc_qweight_free(&w[i]), free(wq[i]), free(y[i]);
+    for (int i = 0; i < 3; i++) lmc_qweight_free(&w[i]), free(wq[i]), free(wr[i]), free(y[i]);
     free(x), free(wf), free(y1), free(xq);
 }
 
@@ -308,11 +452,19 @@ int main(void) {
     struct lmc_qctx cbest, cvnni;
     lmc_qctx_init(&cbest, LMC_QISA_AVX2); /* AVX2 or C: the quantizer's integers are the same on every set */
     bool vnni = lmc_qctx_init(&cvnni, LMC_QISA_AVX512VNNI) == LMC_QISA_AVX512VNNI;
-    const int types[2] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0};
-    for (int t = 0; t < 2; t++)
+    /* Q8_0, Q4_0 (the file's layout) and Q4_0R (the CPU loader's repack of it) */
+    const int types[3] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_0};
+    for (int t = 0; t < 3; t++)
         for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
-            one(types[t], sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
-    for (int t = 0; t < 2; t++) multi(types[t], &cbest, pools[0], vnni ? &cvnni : NULL);
+            one(types[t], t == 2, sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
+    for (int t = 0; t < 3; t++) multi(types[t], t == 2, &cbest, pools[0], vnni ? &cvnni : NULL);
+    /* Q4_KR: K = 256 x 1, 3, 5 (two chunks: 32 + 8 blocks), 9 (32 + 32 + 8); odd M (and 5, 17 below
+     * lmc_qmatmul's AMX rows); N not a multiple of 16; then 3 weights of one input (multi) */
+    static const int64_t ksh[][3] = {{33, 45, 1}, {37, 50, 3}, {71, 31, 5}, {5, 37, 3}, {17, 16, 9}, {45, 100, 9}};
+    for (size_t s = 0; s < sizeof ksh / sizeof ksh[0]; s++)
+        kquant(ksh[s][0], 1, &ksh[s][1], 256 * ksh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
+    static const int64_t kns[3] = {70, 33, 50};
+    kquant(39, 3, kns, 256 * 3, &cbest, pools, vnni ? &cvnni : NULL);
     /* groups of 128 (4 blocks), 32, 96 (11 groups: chunks of 10 + 1), 1024
      * (one chunk each), 64 with K past a chunk; refused: act-order, 2048 */
     static const int64_t gsh[][4] = {{37, 45, 32 * 36, 128}, {17, 33, 32 * 5, 32},   {70, 50, 32 * 33, 96},

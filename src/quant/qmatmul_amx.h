@@ -1,5 +1,5 @@
 /* qmatmul_amx.h — the AMX-INT8 path of the quantized product at prefill
- * sizes (qmatmul_amx.c): Q8_0, Q4_0 and 4-bit group (GPTQ/AWQ/rtn) weights
+ * sizes (qmatmul_amx.c): Q8_0, Q4_0 (the file's layout or Q4_0R), Q4_KR and 4-bit group (GPTQ/AWQ/rtn) weights
  * against activation rows
  * quantized to int8 blocks of 32, the integer block sums through TDPBSSD
  * on 16 x 16 int32 tiles, scaled per block into f32 with AVX-512. */
@@ -27,7 +27,8 @@
  * only the bf16 one. */
 bool lmc_qamx_available(void);
 
-/* Whether the kernel takes w: Q8_0, Q4_0, or 4-bit groups (U4G) without a
+/* Whether the kernel takes w: Q8_0, Q4_0, Q4_0R and Q4_KR (the CPU loader's
+ * repacks of GGUF Q4_0 and Q4_K, read as they are), or 4-bit groups (U4G) without a
  * column permutation whose groups are each at most 32 blocks (1024
  * columns; a per-channel scale over a longer row is refused). */
 bool lmc_qamx_supports(const struct lmc_qweight *w);
@@ -39,11 +40,15 @@ bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64
 
 /* y(m, w->n) = x(m, w->k) @ W^T for a weight lmc_qamx_supports: x
  * quantized with c's quantizer into xq (m * w->k / 32 blocks of scratch),
- * then, per output, Q8_0/Q4_0: acc = fma(d_x[b] * d_w[b], (float)isum_b,
+ * then, per output, Q8_0/Q4_0/Q4_0R: acc = fma(d_x[b] * d_w[b], (float)isum_b,
  * acc) over the blocks b in order from acc = 0, isum_b the exact integer
  * block product (Q4_0's codes minus 8); 4-bit groups: per group in order
  * ga = fma(d_x[b], (float)(isum_b - zero * sx_b), ga) over its blocks from
- * 0, then acc = fma(scale, ga, acc) (empty groups skipped): the bits
+ * 0, then acc = fma(scale, ga, acc) (empty groups skipped); Q4_KR (x
+ * through c's quantize_k: one d_x per super-block): per super-block in
+ * order, in int32, sk = sum_j sc_j isum_j (codes 0..15) and mk = sum_j
+ * mn_j sx_j over its 8 sub-blocks, then acc = fma(d * d_x, (float)sk,
+ * acc), acc = fma(-(dmin * d_x), (float)mk, acc): the bits
  * depend only on the output's row of x, row of W and k, never on m, n, the
  * pool or its threads. Tasks: panels of 32
  * weight rows, each packed in the task's stack in AMX's VNNI layout 32
