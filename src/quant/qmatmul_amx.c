@@ -53,6 +53,7 @@
 #define QAMX_TARGET
 #define QAMX_FENCE() ((void)0)
 #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+#include <cpuid.h>
 #include <immintrin.h>
 #define QAMX_EMU_AVX2 1 /* the packing's AVX2 transposes run too, where the CPU has AVX2 and F16C */
 #define QAMX_PACK_TARGET __attribute__((target("avx2,f16c")))
@@ -304,7 +305,8 @@ QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64
 #if !defined(QAMX_EMU)
     for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
 #elif defined(QAMX_EMU_AVX2)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+    unsigned ca, cb, cc, cd; /* F16C: CPUID.1:ECX bit 29 (clang 14 has no "f16c" for __builtin_cpu_supports) */
+    if (__builtin_cpu_supports("avx2") && __get_cpuid(1, &ca, &cb, &cc, &cd) && (cc >> 29 & 1))
         for (; n8 + 8 <= nc; n8 += 8) qamx_pack8(w, n0, n8, b0, kc, bp, dw);
 #endif
     for (int64_t n = n8; n < nc; n++) {
