@@ -143,7 +143,7 @@ if [ "${SKIP_SERVE:-0}" != 1 ]; then
     WHO="lmc"; [ -n "$SRV_B" ] && WHO="$WHO base"; [ -n "$SRV_P" ] && WHO="$WHO llama"
     REV=$(echo $WHO | tr ' ' '\n' | tac | tr '\n' ' ')
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-    NLEV=$(echo $LEVELS | wc -w)
+    NLEV=$(wc -w <<<"$LEVELS")
     for ((r = 1; r <= SROUNDS; r++)); do
         li=0
         for C in $LEVELS; do
