@@ -359,6 +359,21 @@ except Exception:
 check(r.returncode == 0 and bj.get("ok") == 12 and bj.get("output_tokens") == 96 and bj.get("requests_per_s", 0) > 0,
       "bench-serve (%r %r)" % (r.stdout[:300], r.stderr[:300]))
 print("bench-serve:", r.stdout.decode().strip())
+check(bj.get("cached_reported") == 12, "bench-serve: every request reported its cached prompt tokens (%r)" % bj)
+# the same prompts again hit the prefix cache; another --prompt-set does not
+def bench_set(s):
+    r = subprocess.run([LMC, "bench-serve", "--url", "http://127.0.0.1:%d" % PORT, "--concurrency", "4", "--requests",
+                        "12", "--prompt-len", "16", "--max-tokens", "8", "--prompt-set", str(s), "--json"],
+                       capture_output=True, timeout=120)
+    try:
+        return json.loads(r.stdout)
+    except Exception:
+        return {}
+again, other = bench_set(0), bench_set(7)
+check(again.get("ok") == 12 and again.get("cached_prompt_tokens", 0) >= 12 * 8,
+      "bench-serve: repeated prompts hit the prefix cache (%r)" % again)
+check(other.get("ok") == 12 and other.get("cached_reported") == 12 and other.get("cached_prompt_tokens") == 0,
+      "bench-serve: a fresh --prompt-set has no prefix-cache hits (%r)" % other)
 ok, m = settle(); check(ok, "settled after bench")
 print("serve checks: %d failed" % len(fails))
 sys.exit(1 if fails else 0)

@@ -6,8 +6,11 @@
  * latency. --model A,B,... makes request k name the (k mod count)-th model
  * (mixed-adapter runs). --prompt-set S (0..239, default 0) picks another
  * family of prompts: no prefix-cache hits on a server that saw set S' != S
- * (A/B rounds on servers that stay up). Plain POSIX sockets and HTTP/1.1 (no TLS): no
- * dependency. */
+ * (A/B rounds on servers that stay up). The prompt tokens each server says it
+ * took from its cache (usage.prompt_tokens_details.cached_tokens, or
+ * llama-server's timings.cache_n) are summed into cached_prompt_tokens, so
+ * a run shows whether it measured prefill or cache hits. Plain POSIX sockets
+ * and HTTP/1.1 (no TLS): no dependency. */
 #include "cli.h"
 #include "core/core.h"
 
@@ -26,7 +29,7 @@ struct bench {
     int64_t concurrency, requests, prompt_len, max_tokens, prompt_set;
     double timeout_s;
     pthread_mutex_t mu;
-    int64_t next, ok, failed, out_tokens;
+    int64_t next, ok, failed, out_tokens, cached_tokens, cached_reported;
     double *ttft, *e2e, *itl;       /* (requests), (requests), (requests * max_tokens) */
     int64_t n_ttft, n_e2e, n_itl;
     char first_error[256];
@@ -75,7 +78,7 @@ static bool send_all(int fd, const char *p, size_t n) {
 /* One streamed request; records its timings. Returns false on failure
  * (with a message in err). */
 static bool one_request(struct bench *b, int64_t k, double *itl, int64_t *n_itl, double *ttft, double *e2e,
-                        int64_t *tokens, char *err, size_t errcap) {
+                        int64_t *tokens, int64_t *cached, char *err, size_t errcap) {
     size_t cap = 256 + (size_t)b->prompt_len * 8;
     char *body = malloc(cap), *req = malloc(cap + 1024);
     char *buf = malloc(1 << 16);
@@ -126,6 +129,7 @@ static bool one_request(struct bench *b, int64_t k, double *itl, int64_t *n_itl,
     bool status_ok = false, got_status = false, done = false;
     double t_last = 0;
     *tokens = 0;
+    *cached = -1;
     *ttft = -1;
     for (;;) {
         if (have + 1 >= (1 << 16)) { /* drop what was scanned */
@@ -168,6 +172,9 @@ static bool one_request(struct bench *b, int64_t k, double *itl, int64_t *n_itl,
             } else if (strstr(d, "\"usage\":{")) {
                 char *u = strstr(d, "\"completion_tokens\":");
                 if (u) *tokens = strtoll(u + 20, NULL, 10);
+                char *ct = strstr(d, "\"cached_tokens\":"), *cn = strstr(d, "\"cache_n\":"); /* (llama-server's timings) */
+                if (ct) *cached = strtoll(ct + 16, NULL, 10);
+                else if (cn) *cached = strtoll(cn + 10, NULL, 10);
             } else if (strstr(d, "\"text\":\"") && !strstr(d, "\"text\":\"\"")) {
                 if (*ttft < 0) *ttft = now - t0;
                 else if (*n_itl < b->max_tokens) itl[(*n_itl)++] = now - t_last;
@@ -201,14 +208,15 @@ static void *worker(void *arg) {
         int64_t k = b->next < b->requests ? b->next++ : -1;
         pthread_mutex_unlock(&b->mu);
         if (k < 0) break;
-        int64_t n_itl = 0, toks = 0;
+        int64_t n_itl = 0, toks = 0, cached = -1;
         double ttft = 0, e2e = 0;
         char err[256];
-        bool ok = one_request(b, k, itl, &n_itl, &ttft, &e2e, &toks, err, sizeof err);
+        bool ok = one_request(b, k, itl, &n_itl, &ttft, &e2e, &toks, &cached, err, sizeof err);
         pthread_mutex_lock(&b->mu);
         if (ok) {
             b->ok++;
             b->out_tokens += toks;
+            if (cached >= 0) b->cached_tokens += cached, b->cached_reported++;
             b->ttft[b->n_ttft++] = ttft;
             b->e2e[b->n_e2e++] = e2e;
             memcpy(b->itl + b->n_itl, itl, (size_t)n_itl * sizeof *itl);
@@ -309,12 +317,14 @@ int cmd_bench_serve(int argc, char **argv) {
         printf("{\"requests\":%lld,\"ok\":%lld,\"failed\":%lld,\"concurrency\":%lld,\"prompt_len\":%lld,"
                "\"max_tokens\":%lld,\"wall_s\":%.4f,\"requests_per_s\":%.4f,\"output_tokens\":%lld,"
                "\"output_tokens_per_s\":%.3f,\"total_tokens_per_s\":%.3f,"
+               "\"cached_prompt_tokens\":%lld,\"cached_reported\":%lld,"
                "\"ttft_s\":{\"p50\":%.6f,\"p90\":%.6f,\"p99\":%.6f},"
                "\"itl_s\":{\"p50\":%.6f,\"p90\":%.6f,\"p99\":%.6f},"
                "\"e2e_s\":{\"p50\":%.6f,\"p90\":%.6f,\"p99\":%.6f}}\n",
                (long long)b.requests, (long long)b.ok, (long long)b.failed, (long long)b.concurrency,
                (long long)b.prompt_len, (long long)b.max_tokens, wall, (double)b.ok / wall, (long long)b.out_tokens,
-               (double)b.out_tokens / wall, ((double)b.out_tokens + in_tok) / wall, pct(b.ttft, b.n_ttft, 50),
+               (double)b.out_tokens / wall, ((double)b.out_tokens + in_tok) / wall, (long long)b.cached_tokens,
+               (long long)b.cached_reported, pct(b.ttft, b.n_ttft, 50),
                pct(b.ttft, b.n_ttft, 90), pct(b.ttft, b.n_ttft, 99), pct(b.itl, b.n_itl, 50), pct(b.itl, b.n_itl, 90),
                pct(b.itl, b.n_itl, 99), pct(b.e2e, b.n_e2e, 50), pct(b.e2e, b.n_e2e, 90), pct(b.e2e, b.n_e2e, 99));
     } else {
@@ -323,6 +333,8 @@ int cmd_bench_serve(int argc, char **argv) {
         printf("  ok %lld, failed %lld, wall %.3f s\n", (long long)b.ok, (long long)b.failed, wall);
         printf("  throughput: %.2f req/s, %.1f output tok/s, %.1f total tok/s\n", (double)b.ok / wall,
                (double)b.out_tokens / wall, ((double)b.out_tokens + in_tok) / wall);
+        printf("  prompt tokens the server took from its cache: %lld of %lld (reported by %lld requests)\n",
+               (long long)b.cached_tokens, (long long)in_tok, (long long)b.cached_reported);
         printf("  %-22s %10s %10s %10s\n", "latency (ms)", "p50", "p90", "p99");
         printf("  %-22s %10.2f %10.2f %10.2f\n", "time to first token", 1e3 * pct(b.ttft, b.n_ttft, 50),
                1e3 * pct(b.ttft, b.n_ttft, 90), 1e3 * pct(b.ttft, b.n_ttft, 99));
