@@ -30,8 +30,7 @@ struct gen_args {
     /* speculative decoding (generate only): mode 0 = off */
     struct lmc_spec_opts spec;
     const char *draft_dir;
-    int64_t draft_threads; /* --draft-threads: the draft model's CPU threads (0: the target's;
-                            * default -1: 1 for a draft of <= 16 MiB of weights, else the target's) */
+    int64_t draft_threads; /* --draft-threads: the draft model's CPU threads (0, the default: the target's) */
     /* draft vocabulary pruning (FR-Spec): --draft-vocab N (0: off), the
      * ranking file (--draft-vocab-file; default DRAFT/token_freq.txt) and
      * --draft-vocab-corpus TEXT (writes that ranking from TEXT first) */
@@ -223,12 +222,10 @@ static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
      * plain CPU backend only: not a compressed cache's or a device's) */
     struct lmc_backend dbe;
     bool have_dbe = false;
-    /* default: the target's backend (a 1-thread backend for small drafts
+    /* default 0: the target's backend (a 1-thread backend for small drafts
      * measured 0.95x / 0.98x quiet; docs/speculation-and-kv.md) */
-    int64_t dthreads = a->draft_threads;
-    if (dthreads < 0) dthreads = 0;
-    if (have_draft && dthreads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
-        st = lmc_backend_cpu_init(&dbe, (int)dthreads, err);
+    if (have_draft && a->draft_threads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
+        st = lmc_backend_cpu_init(&dbe, (int)a->draft_threads, err);
         if (st) {
             free(dv);
             lmc_model_free(&draft);
@@ -350,7 +347,6 @@ static int parse_gen_args(struct gen_args *a, int argc, char **argv) {
     a->g.stop = a->stops;
     a->spec.draft_tokens = 4;
     a->spec.adaptive = true;
-    a->draft_threads = -1;
     a->kv_residual = 128;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&a->c, argc, argv, &i);
