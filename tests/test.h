@@ -27,27 +27,21 @@ static int test_passed, test_failed;
            fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } \
 } while (0)
 
-/* Relative error max|a-b| / max(max|b|, tiny). */
-static inline double test_rel_err_f32_f64(const float *a, const double *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > num || d != d) num = d;
-        if (fabs(b[i]) > den) den = fabs(b[i]);
+/* Relative error max|a-b| / max(max|b|, tiny) of n floats a against n
+ * values b: test_rel_err_f32_f64 (b double), test_rel_err_f32 (b float). */
+#define TEST_REL_ERR(name, tb)                                                                                     \
+    static inline double name(const float *a, const tb *b, int64_t n) {                                           \
+        double num = 0, den = 0;                                                                                   \
+        for (int64_t i = 0; i < n; i++) {                                                                          \
+            double d = fabs((double)a[i] - b[i]);                                                                  \
+            if (d > num || d != d) num = d;                                                                        \
+            if (fabs(b[i]) > den) den = fabs(b[i]);                                                                \
+        }                                                                                                          \
+        return num / (den > 1e-30 ? den : 1e-30);                                                                  \
     }
-    return num / (den > 1e-30 ? den : 1e-30);
-}
-
-/* Relative error max|a-b| / max(max|b|, tiny) of two float arrays. */
-static inline double test_rel_err_f32(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > num || d != d) num = d;
-        if (fabs(b[i]) > den) den = fabs(b[i]);
-    }
-    return num / (den > 1e-30 ? den : 1e-30);
-}
+TEST_REL_ERR(test_rel_err_f32_f64, double)
+TEST_REL_ERR(test_rel_err_f32, float)
+#undef TEST_REL_ERR
 
 static inline uint64_t test_rng_next(uint64_t *s) { return lmc_rng_next(s); }
 /* Uniform in [-1, 1), never exactly 0. */

@@ -22,6 +22,7 @@
 #include "core/core.h"
 #include "core/dtype.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -50,36 +51,28 @@ static inline void lmc_amx_emu_store(int t, void *base, long stride) {
 }
 
 /* C's row m, column word n (4 bytes) += A's row m . B's column n over the
- * k words of A's row (B's rows): TDPBF16PS per pair k, the even then the
- * odd bf16 product added in f32; TDPBSSD the 4 signed byte products added
- * in int32 */
-static inline void lmc_amx_emu_dp_bf16(int c, int a, int b) {
+ * k words of A's row (B's rows): TDPBF16PS (bf16) per pair k, the even then
+ * the odd bf16 product added in f32; TDPBSSD the 4 signed byte products
+ * added in int32 */
+static inline void lmc_amx_emu_dp(int c, int a, int b, bool bf16) {
     struct lmc_amx_emu_tile *C = &lmc_amx_emu_t[c], *A = &lmc_amx_emu_t[a], *B = &lmc_amx_emu_t[b];
     LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
     for (int m = 0; m < C->rows; m++)
         for (int n = 0; n < C->colsb / 4; n++) {
-            float acc;
-            memcpy(&acc, &C->d[m][4 * n], 4);
+            float f = 0;
+            int32_t i = 0;
+            memcpy(bf16 ? (void *)&f : (void *)&i, &C->d[m][4 * n], 4);
             for (int k = 0; k < A->colsb / 4; k++) {
-                uint16_t a0, a1, b0, b1;
-                memcpy(&a0, &A->d[m][4 * k], 2), memcpy(&a1, &A->d[m][4 * k + 2], 2);
-                memcpy(&b0, &B->d[k][4 * n], 2), memcpy(&b1, &B->d[k][4 * n + 2], 2);
-                acc += lmc_bf16_to_f32(a0) * lmc_bf16_to_f32(b0);
-                acc += lmc_bf16_to_f32(a1) * lmc_bf16_to_f32(b1);
+                const uint8_t *x = &A->d[m][4 * k], *y = &B->d[k][4 * n];
+                if (bf16) {
+                    uint16_t a0, a1, b0, b1;
+                    memcpy(&a0, x, 2), memcpy(&a1, x + 2, 2), memcpy(&b0, y, 2), memcpy(&b1, y + 2, 2);
+                    f += lmc_bf16_to_f32(a0) * lmc_bf16_to_f32(b0);
+                    f += lmc_bf16_to_f32(a1) * lmc_bf16_to_f32(b1);
+                } else
+                    for (int j = 0; j < 4; j++) i += (int8_t)x[j] * (int8_t)y[j];
             }
-            memcpy(&C->d[m][4 * n], &acc, 4);
-        }
-}
-static inline void lmc_amx_emu_dp_int8(int c, int a, int b) {
-    struct lmc_amx_emu_tile *C = &lmc_amx_emu_t[c], *A = &lmc_amx_emu_t[a], *B = &lmc_amx_emu_t[b];
-    LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
-    for (int m = 0; m < C->rows; m++)
-        for (int n = 0; n < C->colsb / 4; n++) {
-            int32_t acc;
-            memcpy(&acc, &C->d[m][4 * n], 4);
-            for (int k = 0; k < A->colsb / 4; k++)
-                for (int i = 0; i < 4; i++) acc += (int8_t)A->d[m][4 * k + i] * (int8_t)B->d[k][4 * n + i];
-            memcpy(&C->d[m][4 * n], &acc, 4);
+            memcpy(&C->d[m][4 * n], bf16 ? (void *)&f : (void *)&i, 4);
         }
 }
 
@@ -95,7 +88,7 @@ static inline void lmc_amx_emu_dp_int8(int c, int a, int b) {
 #define _tile_zero(t) memset(lmc_amx_emu_t[t].d, 0, sizeof lmc_amx_emu_t[t].d)
 #define _tile_loadd(t, base, stride) lmc_amx_emu_load(t, base, stride)
 #define _tile_stored(t, base, stride) lmc_amx_emu_store(t, base, stride)
-#define _tile_dpbf16ps(c, a, b) lmc_amx_emu_dp_bf16(c, a, b)
-#define _tile_dpbssd(c, a, b) lmc_amx_emu_dp_int8(c, a, b)
+#define _tile_dpbf16ps(c, a, b) lmc_amx_emu_dp(c, a, b, true)
+#define _tile_dpbssd(c, a, b) lmc_amx_emu_dp(c, a, b, false)
 
 #endif
