@@ -40,6 +40,7 @@
 #include "quant/qmatmul_amx.h"
 #include "core/core.h"
 #include "core/dtype.h"
+#include "core/once.h"
 #include "core/threadpool.h"
 #include "ops/cpu/gemm_amx.h"
 #include "ops/cpu/x86_transpose.h"
@@ -80,23 +81,22 @@
 #define LMC_QAMX_DEFAULT 0
 #endif
 
+#if defined(QAMX_X86) && !defined(QAMX_EMU)
+static bool qamx_probe(void) {
+    const char *e8 = getenv("LMC_CPU_AMX_INT8"), *e = getenv("LMC_CPU_AMX");
+    bool ok = e8 ? e8[0] == '1' : e ? e[0] == '1' : LMC_QAMX_DEFAULT;
+    ok = ok && lmc_cpu_has_amx(); /* LMC_CPU_AMX=0 off; AMX-TILE, the OS grant */
+    unsigned a, b, c, d;
+    ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
+    return ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
+#endif
+
 bool lmc_qamx_available(void) {
 #if defined(QAMX_X86) && !defined(QAMX_EMU)
-    /* 0 not asked yet, 1 no, 2 yes (racing first callers ask the same question) */
-    static int state;
-    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (s == 0) {
-        const char *e8 = getenv("LMC_CPU_AMX_INT8"), *e = getenv("LMC_CPU_AMX");
-        bool ok = e8 ? e8[0] == '1' : e ? e[0] == '1' : LMC_QAMX_DEFAULT;
-        ok = ok && lmc_cpu_has_amx(); /* LMC_CPU_AMX=0 off; AMX-TILE, the OS grant */
-        unsigned a, b, c, d;
-        ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
-        ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
-        s = ok ? 2 : 1;
-        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
-    }
-    return s == 2;
+    static int state; /* asked once per process */
+    return lmc_once_bool(&state, qamx_probe);
 #else
     return false;
 #endif

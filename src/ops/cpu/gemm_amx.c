@@ -29,6 +29,7 @@
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/x86_transpose.h"
 #include "core/dtype.h"
+#include "core/once.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -91,15 +92,8 @@ static bool amx_probe(void) {
 
 bool lmc_cpu_has_amx(void) {
 #if defined(AMX_X86) && !defined(AMX_EMU)
-    /* the process-wide answer (the OS grant is per process): 0 not asked
-     * yet, 1 no, 2 yes; racing first callers ask the same question */
-    static int state;
-    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (s == 0) {
-        s = amx_probe() ? 2 : 1;
-        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
-    }
-    return s == 2;
+    static int state; /* the process-wide answer: the OS grant is per process */
+    return lmc_once_bool(&state, amx_probe);
 #else
     return false;
 #endif
