@@ -45,39 +45,30 @@ static void test_kernel(int portable) {
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int acc = 0; acc < 2; acc++) {
-                    float *A = test_rand_vec(&rng, M * K, 1.0f), *B = test_rand_vec(&rng, K * N, 1.0f);
-                    int64_t ldc = N + 3;
-                    float *C = test_rand_vec(&rng, M * ldc, 1.0f), *C0 = malloc((size_t)(M * ldc) * sizeof *C0);
-                    memcpy(C0, C, (size_t)(M * ldc) * sizeof *C0);
-                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1; /* ta: A stored (K, M) */
-                    int64_t b_sk = tb ? 1 : N, b_sn = tb ? K : 1; /* tb: B stored (N, K) */
+                    struct test_gemm_case g = test_gemm_case_new(&rng, M, N, K, ta, tb, N + 3);
                     void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(M, N, K));
-                    (portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16)(
-                        M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
-                    double e = test_bf16_gemm_err(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
+                    (portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16)(M, N, K, g.A, g.a_sm, g.a_sk, g.B,
+                                                                                g.b_sk, g.b_sn, g.C, g.ldc, acc, ws);
+                    double e = test_gemm_case_err(&g, g.C, acc);
                     CHECK_MSG(e <= 1.0, "%s M %lld N %lld K %lld ta %d tb %d accum %d: err/bound %.3g",
                               portable ? "portable" : "native", (long long)M, (long long)N, (long long)K,
                               ta, tb, acc, e);
-                    /* the padding columns of C are untouched */
-                    int same = 1;
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
-                    CHECK(same);
+                    CHECK(test_gemm_case_pad_same(&g, g.C)); /* the padding columns of C untouched */
                     if (!portable) { /* B packed once (in two panel ranges): the same bits */
                         size_t bw = lmc_cpu_gemm_bf16_bpack_words(N, K);
                         int64_t np = lmc_cpu_gemm_bf16_bpack_panels(N, K);
                         uint32_t *bp = test_alloc64_words(bw);
-                        float *C2 = malloc((size_t)(M * ldc) * sizeof *C2);
-                        memcpy(C2, C0, (size_t)(M * ldc) * sizeof *C2);
-                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, np / 2);
-                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, np / 2, np);
-                        lmc_cpu_gemm_bf16_pb(M, N, K, A, a_sm, a_sk, bp, C2, ldc, acc, ws);
-                        CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * sizeof *C2),
-                                  "pre-packed B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
+                        float *C2 = malloc((size_t)(M * g.ldc) * sizeof *C2);
+                        memcpy(C2, g.C0, (size_t)(M * g.ldc) * sizeof *C2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, 0, np / 2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, np / 2, np);
+                        lmc_cpu_gemm_bf16_pb(M, N, K, g.A, g.a_sm, g.a_sk, bp, C2, g.ldc, acc, ws);
+                        CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * sizeof *C2),
+                                  "pre-packed g.B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
                                   (long long)K, ta, tb);
                         free(bp), free(C2);
                     }
-                    free(A), free(B), free(C), free(C0), free(ws);
+                    test_gemm_case_free(&g), free(ws);
                 }
     }
 }
@@ -417,24 +408,17 @@ static void test_amx(void) {
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int acc = 0; acc < 2; acc++) {
-                    float *A = test_rand_vec(&rng, M * K, 1.0f), *B = test_rand_vec(&rng, K * N, 1.0f);
-                    int64_t ldc = N + 5;
-                    float *C = test_rand_vec(&rng, M * ldc, 1.0f), *C0 = malloc((size_t)(M * ldc) * 4),
-                          *C1 = malloc((size_t)(M * ldc) * 4);
-                    memcpy(C0, C, (size_t)(M * ldc) * 4), memcpy(C1, C, (size_t)(M * ldc) * 4);
-                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1, b_sk = tb ? 1 : N, b_sn = tb ? K : 1;
+                    struct test_gemm_case g = test_gemm_case_new(&rng, M, N, K, ta, tb, N + 5);
+                    float *C1 = malloc((size_t)(M * g.ldc) * 4);
+                    memcpy(C1, g.C, (size_t)(M * g.ldc) * 4);
                     void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(M, N, K));
-                    lmc_cpu_gemm_bf16(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
-                    lmc_cpu_gemm_bf16_noamx(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C1, ldc, acc, ws);
-                    double e = test_bf16_gemm_err(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
-                    double e1 = test_bf16_gemm_err(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C1, ldc, acc ? C0 : NULL);
+                    lmc_cpu_gemm_bf16(M, N, K, g.A, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn, g.C, g.ldc, acc, ws);
+                    lmc_cpu_gemm_bf16_noamx(M, N, K, g.A, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn, C1, g.ldc, acc, ws);
+                    double e = test_gemm_case_err(&g, g.C, acc), e1 = test_gemm_case_err(&g, C1, acc);
                     CHECK_MSG(e <= 1.0 && e1 <= 1.0, "amx M %lld N %lld K %lld ta %d tb %d accum %d: err/bound amx %.3g avx512 %.3g",
                               (long long)M, (long long)N, (long long)K, ta, tb, acc, e, e1);
-                    int same = 1;
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
-                    CHECK_MSG(same, "amx: padding columns of C written");
-                    free(A), free(B), free(C), free(C0), free(C1), free(ws);
+                    CHECK_MSG(test_gemm_case_pad_same(&g, g.C), "amx: padding columns of C written");
+                    test_gemm_case_free(&g), free(C1), free(ws);
                 }
     }
     /* isolation and row-split invariance, on the kernel this CPU runs */

@@ -55,38 +55,33 @@ static void test_entry_points(void) {
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int acc = 0; acc < 2; acc++) {
-                    float *A = test_rand_vec(&rng, M * K, 1.0f), *B = test_rand_vec(&rng, K * N, 1.0f);
-                    int64_t ldc = N + 3;
-                    float *C = test_rand_vec(&rng, M * ldc, 1.0f), *C0 = malloc((size_t)(M * ldc) * 4),
-                          *C2 = malloc((size_t)(M * ldc) * 4);
-                    memcpy(C0, C, (size_t)(M * ldc) * 4), memcpy(C2, C, (size_t)(M * ldc) * 4);
-                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1, b_sk = tb ? 1 : N, b_sn = tb ? K : 1;
+                    struct test_gemm_case g = test_gemm_case_new(&rng, M, N, K, ta, tb, N + 3);
+                    float *C2 = malloc((size_t)(M * g.ldc) * 4);
+                    memcpy(C2, g.C, (size_t)(M * g.ldc) * 4);
                     void *ws = test_alloc64_words(emu_gemm_bf16_ws(M, N, K));
-                    emu_gemm_bf16(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
-                    double e = test_bf16_gemm_err(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
+                    emu_gemm_bf16(M, N, K, g.A, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn, g.C, g.ldc, acc, ws);
+                    double e = test_gemm_case_err(&g, g.C, acc);
                     CHECK_MSG(e <= 1.0, "M %lld N %lld K %lld ta %d tb %d accum %d: err/bound %.3g", (long long)M,
                               (long long)N, (long long)K, ta, tb, acc, e);
-                    int same = 1;
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
-                    CHECK(same);
+                    CHECK(test_gemm_case_pad_same(&g, g.C));
                     /* B packed once, in two panel ranges: the same bits */
                     int64_t np = emu_gemm_bf16_bpack_panels(N, K);
                     uint32_t *bp = test_alloc64_words(emu_gemm_bf16_bpack_words(N, K));
-                    emu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, np / 2);
-                    emu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, np / 2, np);
-                    emu_gemm_bf16_pb(M, N, K, A, a_sm, a_sk, bp, C2, ldc, acc, ws);
-                    CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * 4), "pb M %lld N %lld K %lld ta %d tb %d: other bits",
-                              (long long)M, (long long)N, (long long)K, ta, tb);
+                    emu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, 0, np / 2);
+                    emu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, np / 2, np);
+                    emu_gemm_bf16_pb(M, N, K, g.A, g.a_sm, g.a_sk, bp, C2, g.ldc, acc, ws);
+                    CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * 4),
+                              "pb M %lld N %lld K %lld ta %d tb %d: other bits", (long long)M, (long long)N,
+                              (long long)K, ta, tb);
                     /* rows from m0 alone: the same bits */
                     int64_t m0 = M / 3;
                     if (m0 > 0) {
-                        float *C3 = malloc((size_t)(M * ldc) * 4);
-                        memcpy(C3, C0, (size_t)(M * ldc) * 4);
+                        float *C3 = malloc((size_t)(M * g.ldc) * 4);
+                        memcpy(C3, g.C0, (size_t)(M * g.ldc) * 4);
                         void *ws3 = test_alloc64_words(emu_gemm_bf16_ws(M - m0, N, K));
-                        emu_gemm_bf16(M - m0, N, K, A + m0 * a_sm, a_sm, a_sk, B, b_sk, b_sn, C3 + m0 * ldc, ldc, acc,
-                                      ws3);
-                        CHECK_MSG(!memcmp(C + m0 * ldc, C3 + m0 * ldc, (size_t)((M - m0) * ldc) * 4),
+                        emu_gemm_bf16(M - m0, N, K, g.A + m0 * g.a_sm, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn,
+                                      C3 + m0 * g.ldc, g.ldc, acc, ws3);
+                        CHECK_MSG(!memcmp(g.C + m0 * g.ldc, C3 + m0 * g.ldc, (size_t)((M - m0) * g.ldc) * 4),
                                   "rows %lld.. alone: other bits (M %lld N %lld K %lld ta %d)", (long long)m0,
                                   (long long)M, (long long)N, (long long)K, ta);
                         free(C3), free(ws3);
@@ -94,14 +89,15 @@ static void test_entry_points(void) {
                     /* A packed whole by a producer (rows, or its transpose): pp gives pb's bits */
                     uint32_t *ap = test_alloc64_words(emu_gemm_bf16_apack_words(M, K));
                     if (ta)
-                        emu_gemm_bf16_apack_t(ap, M, K, 0, A, M, K);
+                        emu_gemm_bf16_apack_t(ap, M, K, 0, g.A, M, K);
                     else
-                        emu_gemm_bf16_apack(ap, M, K, 0, A, K, M);
-                    memcpy(C2, C0, (size_t)(M * ldc) * 4);
-                    emu_gemm_bf16_pp(M, N, K, ap, bp, C2, ldc, acc);
-                    CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * 4), "pp M %lld N %lld K %lld ta %d tb %d: other bits",
-                              (long long)M, (long long)N, (long long)K, ta, tb);
-                    free(A), free(B), free(C), free(C0), free(C2), free(ws), free(bp), free(ap);
+                        emu_gemm_bf16_apack(ap, M, K, 0, g.A, K, M);
+                    memcpy(C2, g.C0, (size_t)(M * g.ldc) * 4);
+                    emu_gemm_bf16_pp(M, N, K, ap, bp, C2, g.ldc, acc);
+                    CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * 4),
+                              "pp M %lld N %lld K %lld ta %d tb %d: other bits", (long long)M, (long long)N,
+                              (long long)K, ta, tb);
+                    test_gemm_case_free(&g), free(C2), free(ws), free(bp), free(ap);
                 }
     }
 }
