@@ -64,7 +64,7 @@ static void test_kernel(int portable) {
                         lmc_cpu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, np / 2, np);
                         lmc_cpu_gemm_bf16_pb(M, N, K, g.A, g.a_sm, g.a_sk, bp, C2, g.ldc, acc, ws);
                         CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * sizeof *C2),
-                                  "pre-packed g.B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
+                                  "pre-packed B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
                                   (long long)K, ta, tb);
                         free(bp), free(C2);
                     }
