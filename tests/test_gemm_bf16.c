@@ -25,7 +25,7 @@
  *    do not depend on the rows around it (a sub-block of rows gives the
  *    same bits), and an inf in A or a NaN in B reaches only its own row or
  *    column (no padding or neighbour leaks into other outputs). */
-#include "test.h"
+#include "test_bf16.h"
 #include "core/dtype.h"
 #include "ops/backend.h"
 #include "ops/cpu/gemm_bf16.h"
@@ -36,33 +36,6 @@
 
 static uint64_t rng = 777;
 
-static float *rand_vec(int64_t n) {
-    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = test_rand(&rng);
-    return v;
-}
-static double bfr(float f) { return (double)lmc_bf16_to_f32(lmc_f32_to_bf16(f)); }
-
-/* max over C of |c - ref| / bound, bound = (K+2) * 2^-24 * (sum|products| + |c0|) + 1e-30 */
-static double gemm_check(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk,
-                         const float *B, int64_t b_sk, int64_t b_sn, const float *C, int64_t ldc,
-                         const float *C0) {
-    double worst = 0;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) {
-            double s = C0 ? C0[m * ldc + n] : 0, mag = C0 ? fabs(C0[m * ldc + n]) : 0;
-            for (int64_t k = 0; k < K; k++) {
-                double p = bfr(A[m * a_sm + k * a_sk]) * bfr(B[k * b_sk + n * b_sn]);
-                s += p;
-                mag += fabs(p);
-            }
-            double bound = (double)(K + 2) * ldexp(1.0, -24) * mag + 1e-30;
-            double e = fabs((double)C[m * ldc + n] - s) / bound;
-            if (e > worst || e != e) worst = e;
-        }
-    return worst;
-}
-
 static void test_kernel(int portable) {
     static const int64_t shapes[][3] = {{1, 1, 1},    {7, 33, 5},    {9, 31, 2},     {13, 45, 771},
                                         {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {3, 1, 4097},
@@ -72,46 +45,37 @@ static void test_kernel(int portable) {
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int acc = 0; acc < 2; acc++) {
-                    float *A = rand_vec(M * K), *B = rand_vec(K * N);
-                    int64_t ldc = N + 3;
-                    float *C = rand_vec(M * ldc), *C0 = malloc((size_t)(M * ldc) * sizeof *C0);
-                    memcpy(C0, C, (size_t)(M * ldc) * sizeof *C0);
-                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1; /* ta: A stored (K, M) */
-                    int64_t b_sk = tb ? 1 : N, b_sn = tb ? K : 1; /* tb: B stored (N, K) */
-                    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, N, K) * 4 + 63) / 64 * 64);
-                    (portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16)(
-                        M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
-                    double e = gemm_check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
+                    struct test_gemm_case g = test_gemm_case_new(&rng, M, N, K, ta, tb, N + 3);
+                    void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(M, N, K));
+                    (portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16)(M, N, K, g.A, g.a_sm, g.a_sk, g.B,
+                                                                                g.b_sk, g.b_sn, g.C, g.ldc, acc, ws);
+                    double e = test_gemm_case_err(&g, g.C, acc);
                     CHECK_MSG(e <= 1.0, "%s M %lld N %lld K %lld ta %d tb %d accum %d: err/bound %.3g",
                               portable ? "portable" : "native", (long long)M, (long long)N, (long long)K,
                               ta, tb, acc, e);
-                    /* the padding columns of C are untouched */
-                    int same = 1;
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
-                    CHECK(same);
+                    CHECK(test_gemm_case_pad_same(&g, g.C)); /* the padding columns of C untouched */
                     if (!portable) { /* B packed once (in two panel ranges): the same bits */
                         size_t bw = lmc_cpu_gemm_bf16_bpack_words(N, K);
                         int64_t np = lmc_cpu_gemm_bf16_bpack_panels(N, K);
-                        uint32_t *bp = aligned_alloc(64, (bw * 4 + 63) / 64 * 64);
-                        float *C2 = malloc((size_t)(M * ldc) * sizeof *C2);
-                        memcpy(C2, C0, (size_t)(M * ldc) * sizeof *C2);
-                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, np / 2);
-                        lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, np / 2, np);
-                        lmc_cpu_gemm_bf16_pb(M, N, K, A, a_sm, a_sk, bp, C2, ldc, acc, ws);
-                        CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * sizeof *C2),
+                        uint32_t *bp = test_alloc64_words(bw);
+                        float *C2 = malloc((size_t)(M * g.ldc) * sizeof *C2);
+                        memcpy(C2, g.C0, (size_t)(M * g.ldc) * sizeof *C2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, 0, np / 2);
+                        lmc_cpu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, np / 2, np);
+                        lmc_cpu_gemm_bf16_pb(M, N, K, g.A, g.a_sm, g.a_sk, bp, C2, g.ldc, acc, ws);
+                        CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * sizeof *C2),
                                   "pre-packed B: M %lld N %lld K %lld ta %d tb %d", (long long)M, (long long)N,
                                   (long long)K, ta, tb);
                         free(bp), free(C2);
                     }
-                    free(A), free(B), free(C), free(C0), free(ws);
+                    test_gemm_case_free(&g), free(ws);
                 }
     }
 }
 
 /* B (K, N) stored with strides (b_sk, b_sn), packed whole */
 static uint32_t *packed(const float *B, int64_t N, int64_t K, int64_t b_sk, int64_t b_sn) {
-    uint32_t *bp = aligned_alloc(64, (lmc_cpu_gemm_bf16_bpack_words(N, K) * 4 + 63) / 64 * 64);
+    uint32_t *bp = test_alloc64_words(lmc_cpu_gemm_bf16_bpack_words(N, K));
     lmc_cpu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, lmc_cpu_gemm_bf16_bpack_panels(N, K));
     return bp;
 }
@@ -126,11 +90,14 @@ static void test_terms(int portable) {
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
         for (int acc = 0; acc < 2; acc++) {
             int64_t M = Ms[mi], K = 37, N0 = 803, N1 = 45, Ka = 389, Kb = 771, Nc = 65;
-            float *A = rand_vec(M * K), *B0 = rand_vec(K * N0), *B1 = rand_vec(K * N1), *A2 = rand_vec(M * K);
-            float *C2 = rand_vec(M * N1), *R2 = malloc((size_t)(M * N1) * 4);
+            float *A = test_rand_vec(&rng, M * K, 1.0f), *B0 = test_rand_vec(&rng, K * N0, 1.0f),
+                  *B1 = test_rand_vec(&rng, K * N1, 1.0f), *A2 = test_rand_vec(&rng, M * K, 1.0f);
+            float *C2 = test_rand_vec(&rng, M * N1, 1.0f), *R2 = malloc((size_t)(M * N1) * 4);
             memcpy(R2, C2, (size_t)(M * N1) * 4);
-            float *A0 = rand_vec(M * Ka), *A1 = rand_vec(Kb * M), *D0 = rand_vec(Ka * Nc), *D1 = rand_vec(Kb * Nc);
-            float *C0 = rand_vec(M * N0), *C1 = rand_vec(M * N1), *Cc = rand_vec(M * Nc);
+            float *A0 = test_rand_vec(&rng, M * Ka, 1.0f), *A1 = test_rand_vec(&rng, Kb * M, 1.0f),
+                  *D0 = test_rand_vec(&rng, Ka * Nc, 1.0f), *D1 = test_rand_vec(&rng, Kb * Nc, 1.0f);
+            float *C0 = test_rand_vec(&rng, M * N0, 1.0f), *C1 = test_rand_vec(&rng, M * N1, 1.0f),
+                  *Cc = test_rand_vec(&rng, M * Nc, 1.0f);
             float *R0 = malloc((size_t)(M * N0) * 4), *R1 = malloc((size_t)(M * N1) * 4), *Rc = malloc((size_t)(M * Nc) * 4);
             float *Cc0 = malloc((size_t)(M * Nc) * 4), *C00 = malloc((size_t)(M * N0) * 4), *Mid = malloc((size_t)(M * Nc) * 4);
             memcpy(R0, C0, (size_t)(M * N0) * 4), memcpy(R1, C1, (size_t)(M * N1) * 4);
@@ -140,7 +107,7 @@ static void test_terms(int portable) {
             uint32_t *p0 = packed(B0, N0, K, 1, K), *p1 = packed(B1, N1, K, N1, 1);
             uint32_t *pd0 = packed(D0, Nc, Ka, Nc, 1), *pd1 = packed(D1, Nc, Kb, Nc, 1);
             size_t wsw = LMC_MAX(lmc_cpu_gemm_bf16_terms_ws(M, Kb), lmc_cpu_gemm_bf16_ws(M, N0, Kb));
-            void *ws = aligned_alloc(64, (wsw * 4 + 63) / 64 * 64);
+            void *ws = test_alloc64_words(wsw);
             void (*g)(int64_t, int64_t, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int64_t,
                       float *, int64_t, bool, void *) = portable ? lmc_cpu_gemm_bf16_portable : lmc_cpu_gemm_bf16;
             g(M, N0, K, A, K, 1, B0, 1, K, R0, N0, acc, ws);
@@ -159,9 +126,9 @@ static void test_terms(int portable) {
                           !memcmp(Cc, Rc, (size_t)(M * Nc) * 4),
                       "%s terms M %lld accum %d: not the separate calls' bits", portable ? "portable" : "native",
                       (long long)M, acc);
-            double e0 = gemm_check(M, N0, K, A, K, 1, B0, 1, K, C0, N0, acc ? C00 : NULL);
-            double e1 = gemm_check(M, Nc, Ka, A0, Ka, 1, D0, Nc, 1, Mid, Nc, acc ? Cc0 : NULL);
-            double e2 = gemm_check(M, Nc, Kb, A1, 1, M, D1, Nc, 1, Cc, Nc, Mid);
+            double e0 = test_bf16_gemm_err(M, N0, K, A, K, 1, B0, 1, K, C0, N0, acc ? C00 : NULL);
+            double e1 = test_bf16_gemm_err(M, Nc, Ka, A0, Ka, 1, D0, Nc, 1, Mid, Nc, acc ? Cc0 : NULL);
+            double e2 = test_bf16_gemm_err(M, Nc, Kb, A1, 1, M, D1, Nc, 1, Cc, Nc, Mid);
             CHECK_MSG(e0 <= 1.0 && e1 <= 1.0 && e2 <= 1.0, "terms M %lld accum %d: err/bound %.3g %.3g %.3g",
                       (long long)M, acc, e0, e1, e2);
             free(A), free(B0), free(B1), free(A0), free(A1), free(D0), free(D1), free(C0), free(C1), free(Cc);
@@ -174,7 +141,7 @@ static void test_terms(int portable) {
  * result equals the rounded reference, not the f32 one. */
 static void test_rounds(void) {
     float a[2] = {1.0f + 0x1p-12f, 3.0f}, b[2] = {1.0f, 0.0f}, c = 0;
-    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(1, 1, 2) * 4 + 63) / 64 * 64);
+    void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(1, 1, 2));
     lmc_cpu_gemm_bf16(1, 1, 2, a, 2, 1, b, 1, 1, &c, 1, false, ws);
     CHECK_MSG(c == 1.0f, "bf16(1 + 2^-12) * 1 = %.9g, expected 1", (double)c);
     free(ws);
@@ -229,8 +196,10 @@ static int same_bits(const float *a, const float *b, int64_t n) { return !memcmp
 
 static void test_backend(void) {
     const int64_t M = 37, N = 45, K = 29, N2 = 19, V = 67;
-    float *x = rand_vec(M * K), *w = rand_vec(N * K), *w2 = rand_vec(N2 * K), *bias = rand_vec(N);
-    float *dy = rand_vec(M * N), *dy2 = rand_vec(M * N2), *wc = rand_vec(V * K);
+    float *x = test_rand_vec(&rng, M * K, 1.0f), *w = test_rand_vec(&rng, N * K, 1.0f),
+          *w2 = test_rand_vec(&rng, N2 * K, 1.0f), *bias = test_rand_vec(&rng, N, 1.0f);
+    float *dy = test_rand_vec(&rng, M * N, 1.0f), *dy2 = test_rand_vec(&rng, M * N2, 1.0f),
+          *wc = test_rand_vec(&rng, V * K, 1.0f);
     int32_t tg[37];
     for (int64_t i = 0; i < M; i++) tg[i] = i == 5 ? -1 : (int32_t)(test_rng_next(&rng) % (uint64_t)V);
     lmc_err err = {0};
@@ -255,13 +224,13 @@ static void test_backend(void) {
     /* y = x @ w^T + bias: the kernel's check on (x, w^T), then the bias */
     float *yb = malloc((size_t)(M * N) * 4);
     for (int64_t i = 0; i < M * N; i++) yb[i] = o1.y[i] - bias[i % N];
-    CHECK_MSG(gemm_check(M, N, K, x, K, 1, w, 1, K, yb, N, NULL) <= 1.0 + 1e-3, "matmul bf16");
+    CHECK_MSG(test_bf16_gemm_err(M, N, K, x, K, 1, w, 1, K, yb, N, NULL) <= 1.0 + 1e-3, "matmul bf16");
     for (int64_t i = 0; i < M * N; i++) yb[i] = o1.y2[i] - bias[i % N];
-    CHECK_MSG(gemm_check(M, N, K, x, K, 1, w, 1, K, yb, N, NULL) <= 1.0 + 1e-3, "matmul_multi[0] bf16");
-    CHECK_MSG(gemm_check(M, N2, K, x, K, 1, w2, 1, K, o1.y2 + M * N, N2, NULL) <= 1.0, "matmul_multi[1] bf16");
+    CHECK_MSG(test_bf16_gemm_err(M, N, K, x, K, 1, w, 1, K, yb, N, NULL) <= 1.0 + 1e-3, "matmul_multi[0] bf16");
+    CHECK_MSG(test_bf16_gemm_err(M, N2, K, x, K, 1, w2, 1, K, o1.y2 + M * N, N2, NULL) <= 1.0, "matmul_multi[1] bf16");
     /* dx = dy @ w, dw = dy^T @ x, db = column sums of dy (f32) */
-    CHECK_MSG(gemm_check(M, K, N, dy, N, 1, w, K, 1, o1.dx, K, NULL) <= 1.0, "matmul_bwd dx bf16");
-    CHECK_MSG(gemm_check(N, K, M, dy, 1, N, x, K, 1, o1.dw, K, NULL) <= 1.0, "matmul_bwd dw bf16");
+    CHECK_MSG(test_bf16_gemm_err(M, K, N, dy, N, 1, w, K, 1, o1.dx, K, NULL) <= 1.0, "matmul_bwd dx bf16");
+    CHECK_MSG(test_bf16_gemm_err(N, K, M, dy, 1, N, x, K, 1, o1.dw, K, NULL) <= 1.0, "matmul_bwd dw bf16");
     double dbe = 0;
     for (int64_t n = 0; n < N; n++) {
         double s = 0;
@@ -272,7 +241,7 @@ static void test_backend(void) {
     /* multi: dx = 0.25 + dy @ w + dy2 @ w2 (two sums: bound of each term) */
     {
         float *d1 = malloc((size_t)(M * K) * 4), *d2 = malloc((size_t)(M * K) * 4);
-        void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, K, N) * 4 + 63) / 64 * 64);
+        void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(M, K, N));
         lmc_cpu_gemm_bf16(M, K, N, dy, N, 1, w, K, 1, d1, K, false, ws);
         lmc_cpu_gemm_bf16(M, K, N2, dy2, N2, 1, w2, K, 1, d2, K, false, ws);
         double e = 0, mag = 0;
@@ -283,8 +252,8 @@ static void test_backend(void) {
         CHECK_MSG(e <= 4 * ldexp(1.0, -24) * (mag + 1), "matmul_bwd_multi dx: %.3g", e);
         free(d1), free(d2), free(ws);
     }
-    CHECK_MSG(gemm_check(N, K, M, dy, 1, N, x, K, 1, o1.dwq, K, NULL) <= 1.0, "bwd_multi dw[0] bf16");
-    CHECK_MSG(gemm_check(N2, K, M, dy2, 1, N2, x, K, 1, o1.dwk, K, NULL) <= 1.0, "bwd_multi dw[1] bf16");
+    CHECK_MSG(test_bf16_gemm_err(N, K, M, dy, 1, N, x, K, 1, o1.dwq, K, NULL) <= 1.0, "bwd_multi dw[0] bf16");
+    CHECK_MSG(test_bf16_gemm_err(N2, K, M, dy2, 1, N2, x, K, 1, o1.dwk, K, NULL) <= 1.0, "bwd_multi dw[1] bf16");
     /* classifier: exact float64 reference, bf16 tolerance */
     {
         double *lg = malloc((size_t)V * sizeof *lg), *g = malloc((size_t)(M * V) * sizeof *g);
@@ -385,8 +354,9 @@ static void test_backend(void) {
 static void test_bwd_prepacked(void) {
     if (!lmc_cpu_has_bf16()) return;
     const int64_t M = 301, K = 29, N1 = 48, N2 = 24;
-    float *x = rand_vec(M * K), *w1 = rand_vec(N1 * K), *w2 = rand_vec(N2 * K);
-    float *dy1 = rand_vec(M * N1), *dy2 = rand_vec(M * N2);
+    float *x = test_rand_vec(&rng, M * K, 1.0f), *w1 = test_rand_vec(&rng, N1 * K, 1.0f),
+          *w2 = test_rand_vec(&rng, N2 * K, 1.0f);
+    float *dy1 = test_rand_vec(&rng, M * N1, 1.0f), *dy2 = test_rand_vec(&rng, M * N2, 1.0f);
     lmc_err err = {0};
     float *dx[2], *dw1[2], *dw2[2];
     for (int t = 0; t < 2; t++) {
@@ -408,7 +378,7 @@ static void test_bwd_prepacked(void) {
     for (int64_t i = 0; i < N1 * K; i++) r1[i] = 0.25f;
     for (int64_t i = 0; i < N2 * K; i++) r2[i] = -0.5f;
     size_t wsw = lmc_cpu_gemm_bf16_ws(M, K, N1) + lmc_cpu_gemm_bf16_ws(N1, K, M); /* the larger of the two */
-    void *ws = aligned_alloc(64, (wsw * 4 + 63) / 64 * 64);
+    void *ws = test_alloc64_words(wsw);
     lmc_cpu_gemm_bf16(N1, K, M, dy1, 1, N1, x, K, 1, r1, K, true, ws);
     lmc_cpu_gemm_bf16(N2, K, M, dy2, 1, N2, x, K, 1, r2, K, true, ws);
     CHECK_MSG(same_bits(dw1[0], r1, N1 * K) && same_bits(dw2[0], r2, N2 * K), "prepacked dw: gemm_bf16's bits");
@@ -438,29 +408,24 @@ static void test_amx(void) {
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int acc = 0; acc < 2; acc++) {
-                    float *A = rand_vec(M * K), *B = rand_vec(K * N);
-                    int64_t ldc = N + 5;
-                    float *C = rand_vec(M * ldc), *C0 = malloc((size_t)(M * ldc) * 4), *C1 = malloc((size_t)(M * ldc) * 4);
-                    memcpy(C0, C, (size_t)(M * ldc) * 4), memcpy(C1, C, (size_t)(M * ldc) * 4);
-                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1, b_sk = tb ? 1 : N, b_sn = tb ? K : 1;
-                    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, N, K) * 4 + 63) / 64 * 64);
-                    lmc_cpu_gemm_bf16(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
-                    lmc_cpu_gemm_bf16_noamx(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C1, ldc, acc, ws);
-                    double e = gemm_check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
-                    double e1 = gemm_check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C1, ldc, acc ? C0 : NULL);
+                    struct test_gemm_case g = test_gemm_case_new(&rng, M, N, K, ta, tb, N + 5);
+                    float *C1 = malloc((size_t)(M * g.ldc) * 4);
+                    memcpy(C1, g.C, (size_t)(M * g.ldc) * 4);
+                    void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(M, N, K));
+                    lmc_cpu_gemm_bf16(M, N, K, g.A, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn, g.C, g.ldc, acc, ws);
+                    lmc_cpu_gemm_bf16_noamx(M, N, K, g.A, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn, C1, g.ldc, acc, ws);
+                    double e = test_gemm_case_err(&g, g.C, acc), e1 = test_gemm_case_err(&g, C1, acc);
                     CHECK_MSG(e <= 1.0 && e1 <= 1.0, "amx M %lld N %lld K %lld ta %d tb %d accum %d: err/bound amx %.3g avx512 %.3g",
                               (long long)M, (long long)N, (long long)K, ta, tb, acc, e, e1);
-                    int same = 1;
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
-                    CHECK_MSG(same, "amx: padding columns of C written");
-                    free(A), free(B), free(C), free(C0), free(C1), free(ws);
+                    CHECK_MSG(test_gemm_case_pad_same(&g, g.C), "amx: padding columns of C written");
+                    test_gemm_case_free(&g), free(C1), free(ws);
                 }
     }
     /* isolation and row-split invariance, on the kernel this CPU runs */
     int64_t M = 101, N = 70, K = 389, m0 = 37, mi = 40, ki = 200, nn = 33, kn = 17;
-    float *A = rand_vec(M * K), *B = rand_vec(K * N), *C = malloc((size_t)(M * N) * 4), *Cs = malloc((size_t)(M * N) * 4);
-    void *ws = aligned_alloc(64, (lmc_cpu_gemm_bf16_ws(M, N, K) * 4 + 63) / 64 * 64);
+    float *A = test_rand_vec(&rng, M * K, 1.0f), *B = test_rand_vec(&rng, K * N, 1.0f),
+          *C = malloc((size_t)(M * N) * 4), *Cs = malloc((size_t)(M * N) * 4);
+    void *ws = test_alloc64_words(lmc_cpu_gemm_bf16_ws(M, N, K));
     lmc_cpu_gemm_bf16(M, N, K, A, K, 1, B, N, 1, C, N, false, ws);
     lmc_cpu_gemm_bf16(M - m0, N, K, A + m0 * K, K, 1, B, N, 1, Cs, N, false, ws);
     CHECK_MSG(!memcmp(C + m0 * N, Cs, (size_t)((M - m0) * N) * 4), "rows %lld.. alone: other bits", (long long)m0);

@@ -41,37 +41,11 @@
 #include "ops/cpu/gemm_amx.c"
 #include "ops/cpu/gemm_bf16.c"
 
-#include "test.h"
+#include "test_bf16.h"
 
 #include <stdlib.h>
 
 static uint64_t rng = 9191;
-
-static float *rand_vec(int64_t n) {
-    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = test_rand(&rng);
-    return v;
-}
-static double bfr(float f) { return (double)lmc_bf16_to_f32(lmc_f32_to_bf16(f)); }
-static void *ws_alloc(size_t words) { return aligned_alloc(64, (words * 4 + 63) / 64 * 64); }
-
-/* max over C of |c - ref| / ((K+2) 2^-24 (sum|products| + |c0|)) */
-static double check(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_sm, int64_t a_sk, const float *B,
-                    int64_t b_sk, int64_t b_sn, const float *C, int64_t ldc, const float *C0) {
-    double worst = 0;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) {
-            double s = C0 ? C0[m * ldc + n] : 0, mag = fabs(s);
-            for (int64_t k = 0; k < K; k++) {
-                double p = bfr(A[m * a_sm + k * a_sk]) * bfr(B[k * b_sk + n * b_sn]);
-                s += p;
-                mag += fabs(p);
-            }
-            double e = fabs((double)C[m * ldc + n] - s) / ((double)(K + 2) * ldexp(1.0, -24) * mag + 1e-30);
-            if (e > worst || e != e) worst = e;
-        }
-    return worst;
-}
 
 static void test_entry_points(void) {
     static const int64_t shapes[][3] = {{1, 1, 1},      {7, 33, 5},     {9, 31, 2},   {13, 45, 771},
@@ -81,58 +55,55 @@ static void test_entry_points(void) {
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int acc = 0; acc < 2; acc++) {
-                    float *A = rand_vec(M * K), *B = rand_vec(K * N);
-                    int64_t ldc = N + 3;
-                    float *C = rand_vec(M * ldc), *C0 = malloc((size_t)(M * ldc) * 4), *C2 = malloc((size_t)(M * ldc) * 4);
-                    memcpy(C0, C, (size_t)(M * ldc) * 4), memcpy(C2, C, (size_t)(M * ldc) * 4);
-                    int64_t a_sm = ta ? 1 : K, a_sk = ta ? M : 1, b_sk = tb ? 1 : N, b_sn = tb ? K : 1;
-                    void *ws = ws_alloc(emu_gemm_bf16_ws(M, N, K));
-                    emu_gemm_bf16(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc, ws);
-                    double e = check(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, ldc, acc ? C0 : NULL);
+                    struct test_gemm_case g = test_gemm_case_new(&rng, M, N, K, ta, tb, N + 3);
+                    float *C2 = malloc((size_t)(M * g.ldc) * 4);
+                    memcpy(C2, g.C, (size_t)(M * g.ldc) * 4);
+                    void *ws = test_alloc64_words(emu_gemm_bf16_ws(M, N, K));
+                    emu_gemm_bf16(M, N, K, g.A, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn, g.C, g.ldc, acc, ws);
+                    double e = test_gemm_case_err(&g, g.C, acc);
                     CHECK_MSG(e <= 1.0, "M %lld N %lld K %lld ta %d tb %d accum %d: err/bound %.3g", (long long)M,
                               (long long)N, (long long)K, ta, tb, acc, e);
-                    int same = 1;
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = N; n < ldc; n++) same &= C[m * ldc + n] == C0[m * ldc + n];
-                    CHECK(same);
+                    CHECK(test_gemm_case_pad_same(&g, g.C));
                     /* B packed once, in two panel ranges: the same bits */
                     int64_t np = emu_gemm_bf16_bpack_panels(N, K);
-                    uint32_t *bp = ws_alloc(emu_gemm_bf16_bpack_words(N, K));
-                    emu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, np / 2);
-                    emu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, np / 2, np);
-                    emu_gemm_bf16_pb(M, N, K, A, a_sm, a_sk, bp, C2, ldc, acc, ws);
-                    CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * 4), "pb M %lld N %lld K %lld ta %d tb %d: other bits",
-                              (long long)M, (long long)N, (long long)K, ta, tb);
+                    uint32_t *bp = test_alloc64_words(emu_gemm_bf16_bpack_words(N, K));
+                    emu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, 0, np / 2);
+                    emu_gemm_bf16_bpack(bp, N, K, g.B, g.b_sk, g.b_sn, np / 2, np);
+                    emu_gemm_bf16_pb(M, N, K, g.A, g.a_sm, g.a_sk, bp, C2, g.ldc, acc, ws);
+                    CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * 4),
+                              "pb M %lld N %lld K %lld ta %d tb %d: other bits", (long long)M, (long long)N,
+                              (long long)K, ta, tb);
                     /* rows from m0 alone: the same bits */
                     int64_t m0 = M / 3;
                     if (m0 > 0) {
-                        float *C3 = malloc((size_t)(M * ldc) * 4);
-                        memcpy(C3, C0, (size_t)(M * ldc) * 4);
-                        void *ws3 = ws_alloc(emu_gemm_bf16_ws(M - m0, N, K));
-                        emu_gemm_bf16(M - m0, N, K, A + m0 * a_sm, a_sm, a_sk, B, b_sk, b_sn, C3 + m0 * ldc, ldc, acc,
-                                      ws3);
-                        CHECK_MSG(!memcmp(C + m0 * ldc, C3 + m0 * ldc, (size_t)((M - m0) * ldc) * 4),
+                        float *C3 = malloc((size_t)(M * g.ldc) * 4);
+                        memcpy(C3, g.C0, (size_t)(M * g.ldc) * 4);
+                        void *ws3 = test_alloc64_words(emu_gemm_bf16_ws(M - m0, N, K));
+                        emu_gemm_bf16(M - m0, N, K, g.A + m0 * g.a_sm, g.a_sm, g.a_sk, g.B, g.b_sk, g.b_sn,
+                                      C3 + m0 * g.ldc, g.ldc, acc, ws3);
+                        CHECK_MSG(!memcmp(g.C + m0 * g.ldc, C3 + m0 * g.ldc, (size_t)((M - m0) * g.ldc) * 4),
                                   "rows %lld.. alone: other bits (M %lld N %lld K %lld ta %d)", (long long)m0,
                                   (long long)M, (long long)N, (long long)K, ta);
                         free(C3), free(ws3);
                     }
                     /* A packed whole by a producer (rows, or its transpose): pp gives pb's bits */
-                    uint32_t *ap = ws_alloc(emu_gemm_bf16_apack_words(M, K));
+                    uint32_t *ap = test_alloc64_words(emu_gemm_bf16_apack_words(M, K));
                     if (ta)
-                        emu_gemm_bf16_apack_t(ap, M, K, 0, A, M, K);
+                        emu_gemm_bf16_apack_t(ap, M, K, 0, g.A, M, K);
                     else
-                        emu_gemm_bf16_apack(ap, M, K, 0, A, K, M);
-                    memcpy(C2, C0, (size_t)(M * ldc) * 4);
-                    emu_gemm_bf16_pp(M, N, K, ap, bp, C2, ldc, acc);
-                    CHECK_MSG(!memcmp(C, C2, (size_t)(M * ldc) * 4), "pp M %lld N %lld K %lld ta %d tb %d: other bits",
-                              (long long)M, (long long)N, (long long)K, ta, tb);
-                    free(A), free(B), free(C), free(C0), free(C2), free(ws), free(bp), free(ap);
+                        emu_gemm_bf16_apack(ap, M, K, 0, g.A, K, M);
+                    memcpy(C2, g.C0, (size_t)(M * g.ldc) * 4);
+                    emu_gemm_bf16_pp(M, N, K, ap, bp, C2, g.ldc, acc);
+                    CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * 4),
+                              "pp M %lld N %lld K %lld ta %d tb %d: other bits", (long long)M, (long long)N,
+                              (long long)K, ta, tb);
+                    test_gemm_case_free(&g), free(C2), free(ws), free(bp), free(ap);
                 }
     }
 }
 
 static uint32_t *packed(const float *B, int64_t N, int64_t K, int64_t b_sk, int64_t b_sn) {
-    uint32_t *bp = ws_alloc(emu_gemm_bf16_bpack_words(N, K));
+    uint32_t *bp = test_alloc64_words(emu_gemm_bf16_bpack_words(N, K));
     emu_gemm_bf16_bpack(bp, N, K, B, b_sk, b_sn, 0, emu_gemm_bf16_bpack_panels(N, K));
     return bp;
 }
@@ -143,14 +114,18 @@ static void test_terms(void) {
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
         for (int acc = 0; acc < 2; acc++) {
             int64_t M = Ms[mi], K = 37, N0 = 803, N1 = 45, Ka = 389, Kb = 771, Nc = 65;
-            float *A = rand_vec(M * K), *B0 = rand_vec(K * N0), *B1 = rand_vec(K * N1);
-            float *A0 = rand_vec(M * Ka), *A1 = rand_vec(Kb * M), *D0 = rand_vec(Ka * Nc), *D1 = rand_vec(Kb * Nc);
-            float *C0 = rand_vec(M * N0), *C1 = rand_vec(M * N1), *Cc = rand_vec(M * Nc);
+            float *A = test_rand_vec(&rng, M * K, 1.0f), *B0 = test_rand_vec(&rng, K * N0, 1.0f),
+                  *B1 = test_rand_vec(&rng, K * N1, 1.0f);
+            float *A0 = test_rand_vec(&rng, M * Ka, 1.0f), *A1 = test_rand_vec(&rng, Kb * M, 1.0f),
+                  *D0 = test_rand_vec(&rng, Ka * Nc, 1.0f), *D1 = test_rand_vec(&rng, Kb * Nc, 1.0f);
+            float *C0 = test_rand_vec(&rng, M * N0, 1.0f), *C1 = test_rand_vec(&rng, M * N1, 1.0f),
+                  *Cc = test_rand_vec(&rng, M * Nc, 1.0f);
             float *R0 = malloc((size_t)(M * N0) * 4), *R1 = malloc((size_t)(M * N1) * 4), *Rc = malloc((size_t)(M * Nc) * 4);
             memcpy(R0, C0, (size_t)(M * N0) * 4), memcpy(R1, C1, (size_t)(M * N1) * 4), memcpy(Rc, Cc, (size_t)(M * Nc) * 4);
             uint32_t *p0 = packed(B0, N0, K, 1, K), *p1 = packed(B1, N1, K, N1, 1);
             uint32_t *pd0 = packed(D0, Nc, Ka, Nc, 1), *pd1 = packed(D1, Nc, Kb, Nc, 1);
-            void *ws = ws_alloc(emu_gemm_bf16_ws(M, N0, Kb)), *wt = ws_alloc(emu_gemm_bf16_terms_ws(M, Kb));
+            void *ws = test_alloc64_words(emu_gemm_bf16_ws(M, N0, Kb)),
+                 *wt = test_alloc64_words(emu_gemm_bf16_terms_ws(M, Kb));
             emu_gemm_bf16(M, N0, K, A, K, 1, B0, 1, K, R0, N0, acc, ws);
             emu_gemm_bf16(M, N1, K, A, K, 1, B1, N1, 1, R1, N1, acc, ws);
             emu_gemm_bf16(M, Nc, Ka, A0, Ka, 1, D0, Nc, 1, Rc, Nc, acc, ws);

@@ -18,19 +18,11 @@
 #include "ops/backend.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/ops_cpu.h"
-#include "test.h"
+#include "test_bf16.h"
 
 #include <stdlib.h>
 
 static uint64_t rng = 1717;
-
-static float *rand_f(int64_t n) {
-    float *p = malloc((size_t)n * sizeof *p);
-    for (int64_t i = 0; i < n; i++) p[i] = test_rand(&rng);
-    return p;
-}
-
-static double bf(float f) { return (double)lmc_bf16_to_f32(lmc_f32_to_bf16(f)); }
 
 /* A random (N, K) weight in dt; wq: its values as bf16 (what the kernel
  * multiplies), wf: its values as stored (f32). */
@@ -51,7 +43,7 @@ static struct lmc_mat make_w(enum lmc_dtype dt, int64_t N, int64_t K, double *wq
             memcpy(b + i * 4, &f, 4);
         }
         wf[i] = v;
-        wq[i] = bf(v);
+        wq[i] = test_bf16r(v);
     }
     return (struct lmc_mat){dt, N, K, b};
 }
@@ -66,7 +58,7 @@ static void check_y(const float *y, const float *x, const double *wq, const doub
         for (int64_t n = 0; n < N; n++) {
             double s = bias ? bias[n] : 0, a = bias ? fabs(bias[n]) : 0, sf = s;
             for (int64_t k = 0; k < K; k++) {
-                double p = bf(x[m * K + k]) * wq[n * K + k];
+                double p = test_bf16r(x[m * K + k]) * wq[n * K + k];
                 s += p;
                 a += fabs(p);
                 sf += (double)x[m * K + k] * wf[n * K + k];
@@ -100,7 +92,8 @@ static void test_direct(struct lmc_cpu_ctx *c) {
             int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
             double *wq = malloc((size_t)(N * K) * sizeof *wq), *wf = malloc((size_t)(N * K) * sizeof *wf);
             struct lmc_mat w = make_w(dts[d], N, K, wq, wf);
-            float *x = rand_f(M * K), *bias = s % 2 ? rand_f(N) : NULL, *y = malloc((size_t)(M * N) * sizeof *y);
+            float *x = test_rand_vec(&rng, M * K, 1.0f), *bias = s % 2 ? test_rand_vec(&rng, N, 1.0f) : NULL,
+                  *y = malloc((size_t)(M * N) * sizeof *y);
             for (int64_t i = 0; i < M * N; i++) y[i] = NAN; /* every element must be written */
             const struct lmc_mat *wp = &w;
             const float *bp = bias;
@@ -125,7 +118,7 @@ static void test_backend(int threads, float *out, int64_t M) {
     const enum lmc_dtype dts[3] = {LMC_DTYPE_F16, LMC_DTYPE_BF16, LMC_DTYPE_F16};
     uint64_t keep = rng;
     rng = 99; /* the same operands for every thread count */
-    float *x = rand_f(M * K);
+    float *x = test_rand_vec(&rng, M * K, 1.0f);
     struct lmc_mat w[3];
     const struct lmc_mat *wp[3];
     double *wq[3], *wf[3];
@@ -136,7 +129,7 @@ static void test_backend(int threads, float *out, int64_t M) {
         wf[i] = malloc((size_t)(Ns[i] * K) * sizeof(double));
         w[i] = make_w(dts[i], Ns[i], K, wq[i], wf[i]);
         wp[i] = &w[i];
-        bias[i] = i == 1 ? NULL : rand_f(Ns[i]);
+        bias[i] = i == 1 ? NULL : test_rand_vec(&rng, Ns[i], 1.0f);
         y[i] = out + off;
         off += M * Ns[i];
     }

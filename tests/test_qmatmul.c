@@ -2,7 +2,8 @@
  * every instruction set this CPU has (portable C, AVX2, AVX-512 VNNI) and
  * every weight kind: GGUF Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K, integer
  * groups of 2/3/4/8 bits (GPTQ with random act-order g_idx, K not a
- * multiple of the group or of 32), NF4 and ternary; M = 1..17 rows, odd N.
+ * multiple of the group or of 32), NF4 and ternary, Q4_K and Q4_0 repacked
+ * at load (Q4_KR, Q4_0R); M = 1..17 rows, odd N.
  * Two references in float64 from the dequantized weight: with the
  * activations quantized as the kernel quantizes them (the integer dot
  * products make this exact up to float summation: 2e-5), and with the
@@ -20,16 +21,20 @@ struct ref {
     float *wd; /* (n, k) dequantized weight */
 };
 
-/* Checks lmc_qmatmul(w) against the references for M = 1..17. */
-static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const struct ref *r, const char *what,
-                  uint64_t *rng, struct lmc_pool *pool) {
+/* Checks lmc_qmatmul(w) against the references for M = 1..17: every M
+ * (every_m) or M = 1, 2, 3, 4, 10, 16. Errors are relative to a row's
+ * largest |output|, floored at its outputs' largest L2 norm of the
+ * products w_j x_j (the typical size of a sum of random terms: with N = 1
+ * a lone output near zero by cancellation would otherwise divide by ~0). */
+static void check_ms(const struct lmc_qctx *c, const struct lmc_qweight *w, const struct ref *r, const char *what,
+                     uint64_t *rng, struct lmc_pool *pool, bool every_m) {
     int64_t n = r->n, k = r->k, mmax = 17;
     float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4);
     float *xg = malloc((size_t)w->kp * 4), *xd = malloc((size_t)k * 4);
     struct lmc_q8act *xq = malloc((size_t)(w->kp / 32) * sizeof *xq);
     for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 13));
     double worst_q = 0, worst_f = 0;
-    for (int64_t m = 1; m <= mmax; m += (m < 4 ? 1 : 6)) {
+    for (int64_t m = 1; m <= mmax; m += (every_m || m < 4 ? 1 : 6)) {
         void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(w, m) + 63) / 64 * 64);
         lmc_qmatmul(c, w, y, x, m, scratch, m % 2 ? pool : NULL);
         free(scratch);
@@ -51,16 +56,17 @@ static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const s
             }
             double mq = 0, mf = 0, eq = 0, ef = 0;
             for (int64_t o = 0; o < n; o++) {
-                double sq = 0, sf = 0;
+                double sq = 0, sf = 0, q2 = 0, f2 = 0;
                 for (int64_t j = 0; j < k; j++) {
-                    sq += (double)r->wd[o * k + j] * xd[j];
-                    sf += (double)r->wd[o * k + j] * xi[j];
+                    double pq = (double)r->wd[o * k + j] * xd[j], pf = (double)r->wd[o * k + j] * xi[j];
+                    sq += pq, sf += pf;
+                    q2 += pq * pq, f2 += pf * pf;
                 }
                 double got = y[i * n + o];
                 eq = fmax(eq, fabs(got - sq));
                 ef = fmax(ef, fabs(got - sf));
-                mq = fmax(mq, fabs(sq));
-                mf = fmax(mf, fabs(sf));
+                mq = fmax(mq, fmax(fabs(sq), sqrt(q2)));
+                mf = fmax(mf, fmax(fabs(sf), sqrt(f2)));
             }
             worst_q = fmax(worst_q, eq / mq);
             worst_f = fmax(worst_f, ef / mf);
@@ -74,6 +80,10 @@ static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const s
     free(xg);
     free(xd);
     free(xq);
+}
+static void check(const struct lmc_qctx *c, const struct lmc_qweight *w, const struct ref *r, const char *what,
+                  uint64_t *rng, struct lmc_pool *pool) {
+    check_ms(c, w, r, what, rng, pool, false);
 }
 
 static void test_ggml(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
@@ -207,105 +217,73 @@ static void test_quantizers(uint64_t *rng, enum lmc_qisa isa) {
     free(x), free(a), free(b);
 }
 
-/* Q4_K repacked at load (Q4_KR, quant/q4k_repack.c) on instruction set c:
- * the file's bytes come back exactly (every row), dequantization gives the
- * same floats, and lmc_qmatmul gives the same bits as on the file's layout
- * (the same integers in the same lanes and the same float operations) for
- * M = 1..9 and 17, odd N (the 1-row tail tiles), K of 1, 3 and 5
- * super-blocks, one thread and two; then against the float64 references
- * with the small-M kernels and without them (small_max 0: the single-row
- * kernels, Q4_KR's portable one). */
-static void test_q4kr(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
-    static const int64_t ks[3] = {256, 768, 1280}, ns[3] = {5, 37, 41};
-    for (int t = 0; t < 3; t++) {
-        const int64_t n = ns[t], k = ks[t], mmax = 17;
+/* GGUF Q4_K and Q4_0 repacked at load (Q4_KR, Q4_0R: quant/q4k_repack.c;
+ * type: the file's type) on instruction set c: the file's bytes come back
+ * exactly (every row), dequantization gives the same floats, and
+ * lmc_qmatmul gives the same bits as on the file's layout (the same
+ * integers in the same lanes and the same float operations) for every M =
+ * 1..17, one thread (even M) and two (odd M); then against the float64
+ * references of the dequantized weight (check_ms, every M = 1..17) with
+ * the small-M kernels and without them (small_max 0: the single-row
+ * kernels, Q4_KR's portable one). Odd N, 1 included (the 1-row tail
+ * tiles). K: Q4_KR 1, 2, 3, 5 super-blocks (the format has only multiples
+ * of 256: K = 288 refused); Q4_0R 1, 3, 7, 25 and 33 blocks (an odd last
+ * block, alone when K = 32) and 24 (K = 48 refused). */
+static void test_repacked(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool, int type) {
+    static const int64_t q4k_sh[][2] = {{5, 256}, {37, 768}, {41, 1280}, {1, 512}, {19, 256}};
+    static const int64_t q40_sh[][2] = {{29, 32 * 3}, {37, 32 * 7}, {41, 32 * 24}, {9, 32 * 25}, {1, 32}, {23, 32 * 33}};
+    const bool kq = type == LMC_GGML_Q4_K;
+    const char *nm = kq ? "Q4_KR" : "Q4_0R", *fnm = lmc_ggml_type_name(type);
+    void (*pack)(const void *, void *, int64_t, int64_t) = kq ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows;
+    void (*to_ggml)(const struct lmc_qweight *, int64_t, void *) = kq ? lmc_q4kr_row_to_ggml : lmc_q40r_row_to_ggml;
+    lmc_status (*init)(struct lmc_qweight *, const void *, int64_t, int64_t, lmc_err *) =
+        kq ? lmc_qweight_init_q4kr : lmc_qweight_init_q40r;
+    const int64_t nsh = kq ? 5 : 6;
+    lmc_err err = {0};
+    struct lmc_qweight wbad;
+    CHECK_MSG(init(&wbad, NULL, 3, kq ? 288 : 48, &err) == LMC_ERR_FORMAT, "%s: K %d not refused", nm, kq ? 288 : 48);
+    for (int64_t t = 0; t < nsh; t++) {
+        const int64_t n = kq ? q4k_sh[t][0] : q40_sh[t][0], k = kq ? q4k_sh[t][1] : q40_sh[t][1], mmax = 17;
         int64_t rb;
-        CHECK(lmc_ggml_row_bytes(LMC_GGML_Q4_K, k, &rb));
+        CHECK(lmc_ggml_row_bytes(type, k, &rb));
+        const int64_t rbr = kq ? k / 256 * LMC_Q4KR_BYTES : rb;
         float *wf = malloc((size_t)(n * k) * 4), *wd = malloc((size_t)(n * k) * 4), *wd2 = malloc((size_t)(n * k) * 4);
         float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4), *y2 = malloc((size_t)(mmax * n) * 4);
-        uint8_t *wq = malloc((size_t)(n * rb)), *wr = malloc((size_t)(n * (k / 256) * LMC_Q4KR_BYTES)), *back = malloc((size_t)rb);
+        uint8_t *wq = malloc((size_t)(n * rb)), *wr = malloc((size_t)(n * rbr)), *back = malloc((size_t)rb);
         for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 32) % 9));
-        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(LMC_GGML_Q4_K, wf + o * k, wq + o * rb, k));
+        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(type, wf + o * k, wq + o * rb, k));
         for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
-        lmc_q4kr_pack_rows(wq, wr, n, k);
-        lmc_err err = {0};
+        pack(wq, wr, n, k);
         struct lmc_qweight wg, wk;
-        CHECK(lmc_qweight_init_ggml(&wg, LMC_GGML_Q4_K, wq, n, k, &err) == LMC_OK);
-        CHECK(lmc_qweight_init_q4kr(&wk, wr, n, k, &err) == LMC_OK);
-        CHECK(wk.kernel == LMC_QK_Q4_KR && wk.ggml_type == LMC_GGML_Q4_K && wk.row_bytes == k / 256 * LMC_Q4KR_BYTES);
+        CHECK(lmc_qweight_init_ggml(&wg, type, wq, n, k, &err) == LMC_OK);
+        CHECK(init(&wk, wr, n, k, &err) == LMC_OK);
+        CHECK(wk.kernel == (kq ? LMC_QK_Q4_KR : LMC_QK_Q4_0R) && wk.ggml_type == type && wk.row_bytes == rbr);
         int same_rows = 1;
         for (int64_t o = 0; o < n; o++) {
-            lmc_q4kr_row_to_ggml(&wk, o, back);
+            to_ggml(&wk, o, back);
             same_rows &= memcmp(back, wq + o * rb, (size_t)rb) == 0;
         }
-        CHECK_MSG(same_rows, "Q4_KR K=%lld: the file's bytes do not come back", (long long)k);
+        CHECK_MSG(same_rows, "%s K=%lld: the file's bytes do not come back", nm, (long long)k);
         lmc_qweight_dequant_rows(&wg, 0, n, wd);
         lmc_qweight_dequant_rows(&wk, 0, n, wd2);
-        CHECK_MSG(memcmp(wd, wd2, (size_t)(n * k) * 4) == 0, "Q4_KR K=%lld: dequantized floats differ", (long long)k);
+        CHECK_MSG(memcmp(wd, wd2, (size_t)(n * k) * 4) == 0, "%s K=%lld: dequantized floats differ", nm, (long long)k);
         void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&wk, mmax) + 63) / 64 * 64);
         CHECK(lmc_qmatmul_scratch_bytes(&wk, mmax) == lmc_qmatmul_scratch_bytes(&wg, mmax));
-        for (int64_t m = 1; m <= mmax; m += (m < 9 ? 1 : 8)) {
+        for (int64_t m = 1; m <= mmax; m++) {
             lmc_qmatmul(c, &wg, y, x, m, scratch, m % 2 ? pool : NULL);
             lmc_qmatmul(c, &wk, y2, x, m, scratch, m % 2 ? pool : NULL);
-            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "Q4_KR [%s] N=%lld K=%lld M=%lld: not the bits of Q4_K",
-                      lmc_qisa_name(c->isa), (long long)n, (long long)k, (long long)m);
+            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "%s [%s] N=%lld K=%lld M=%lld: not the bits of %s", nm,
+                      lmc_qisa_name(c->isa), (long long)n, (long long)k, (long long)m, fnm);
         }
         free(scratch);
         struct ref r = {n, k, wd};
         char what[64];
-        snprintf(what, sizeof what, "Q4_KR N=%lld K=%lld", (long long)n, (long long)k);
-        check(c, &wk, &r, what, rng, pool);
+        snprintf(what, sizeof what, "%s N=%lld K=%lld", nm, (long long)n, (long long)k);
+        check_ms(c, &wk, &r, what, rng, pool, true);
         struct lmc_qctx c0 = *c;
         c0.small_max = 0;
-        snprintf(what, sizeof what, "Q4_KR N=%lld K=%lld single-row", (long long)n, (long long)k);
-        check(&c0, &wk, &r, what, rng, pool);
-        free(wf), free(wd), free(wd2), free(x), free(y), free(y2), free(wq), free(wr), free(back);
-    }
-}
-
-/* Q4_0 repacked at load (Q4_0R: pairs of blocks) on instruction set c: as
- * test_q4kr, K of 3, 7 (an odd last block), 24 and 25 blocks, odd N. */
-static void test_q40r(const struct lmc_qctx *c, uint64_t *rng, struct lmc_pool *pool) {
-    static const int64_t ks[4] = {32 * 3, 32 * 7, 32 * 24, 32 * 25}, ns[4] = {29, 37, 41, 9};
-    for (int t = 0; t < 4; t++) {
-        const int64_t n = ns[t], k = ks[t], mmax = 17, rb = k / 32 * 18;
-        float *wf = malloc((size_t)(n * k) * 4), *wd = malloc((size_t)(n * k) * 4), *wd2 = malloc((size_t)(n * k) * 4);
-        float *x = malloc((size_t)(mmax * k) * 4), *y = malloc((size_t)(mmax * n) * 4), *y2 = malloc((size_t)(mmax * n) * 4);
-        uint8_t *wq = malloc((size_t)(n * rb)), *wr = malloc((size_t)(n * rb)), *back = malloc((size_t)rb);
-        for (int64_t i = 0; i < n * k; i++) wf[i] = test_rand(rng) * (1.0f + (float)((i / 32) % 9));
-        for (int64_t o = 0; o < n; o++) CHECK(lmc_ggml_quantize_row(LMC_GGML_Q4_0, wf + o * k, wq + o * rb, k));
-        for (int64_t i = 0; i < mmax * k; i++) x[i] = test_rand(rng) * (1.0f + (float)(i % 11));
-        lmc_q40r_pack_rows(wq, wr, n, k);
-        lmc_err err = {0};
-        struct lmc_qweight wg, wk;
-        CHECK(lmc_qweight_init_ggml(&wg, LMC_GGML_Q4_0, wq, n, k, &err) == LMC_OK);
-        CHECK(lmc_qweight_init_q40r(&wk, wr, n, k, &err) == LMC_OK);
-        CHECK(wk.kernel == LMC_QK_Q4_0R && wk.ggml_type == LMC_GGML_Q4_0 && wk.row_bytes == rb);
-        int same_rows = 1;
-        for (int64_t o = 0; o < n; o++) {
-            lmc_q40r_row_to_ggml(&wk, o, back);
-            same_rows &= memcmp(back, wq + o * rb, (size_t)rb) == 0;
-        }
-        CHECK_MSG(same_rows, "Q4_0R K=%lld: the file's bytes do not come back", (long long)k);
-        lmc_qweight_dequant_rows(&wg, 0, n, wd);
-        lmc_qweight_dequant_rows(&wk, 0, n, wd2);
-        CHECK_MSG(memcmp(wd, wd2, (size_t)(n * k) * 4) == 0, "Q4_0R K=%lld: dequantized floats differ", (long long)k);
-        void *scratch = aligned_alloc(64, (lmc_qmatmul_scratch_bytes(&wk, mmax) + 63) / 64 * 64);
-        for (int64_t m = 1; m <= mmax; m += (m < 9 ? 1 : 8)) {
-            lmc_qmatmul(c, &wg, y, x, m, scratch, m % 2 ? pool : NULL);
-            lmc_qmatmul(c, &wk, y2, x, m, scratch, m % 2 ? pool : NULL);
-            CHECK_MSG(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "Q4_0R [%s] N=%lld K=%lld M=%lld: not the bits of Q4_0",
-                      lmc_qisa_name(c->isa), (long long)n, (long long)k, (long long)m);
-        }
-        free(scratch);
-        struct ref r = {n, k, wd};
-        char what[64];
-        snprintf(what, sizeof what, "Q4_0R N=%lld K=%lld", (long long)n, (long long)k);
-        check(c, &wk, &r, what, rng, pool);
-        struct lmc_qctx c0 = *c;
-        c0.small_max = 0;
-        snprintf(what, sizeof what, "Q4_0R N=%lld K=%lld single-row", (long long)n, (long long)k);
-        check(&c0, &wk, &r, what, rng, pool);
+        snprintf(what, sizeof what, "%s N=%lld K=%lld single-row", nm, (long long)n, (long long)k);
+        check_ms(&c0, &wk, &r, what, rng, pool, true);
         free(wf), free(wd), free(wd2), free(x), free(y), free(y2), free(wq), free(wr), free(back);
     }
 }
@@ -619,8 +597,8 @@ int main(void) {
         test_prefill(&c, &rng, pool);
         test_small_m_groups(&c, &rng, pool);
         test_guided_split(&c, &rng);
-        test_q4kr(&c, &rng, pool);
-        test_q40r(&c, &rng, pool);
+        test_repacked(&c, &rng, pool, LMC_GGML_Q4_K);
+        test_repacked(&c, &rng, pool, LMC_GGML_Q4_0);
     }
     uint64_t krng = 77;
     test_small_m(LMC_GGML_Q4_K, &krng, pool);

@@ -25,16 +25,6 @@
 #define TEST_CUDA_SEED 0x51c0dau
 #include "test_cuda.h"
 
-static double rel_f(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > num || d != d) num = d;
-        if (fabs(b[i]) > den) den = fabs(b[i]);
-    }
-    return num / (den > 1e-30 ? den : 1e-30);
-}
-
 static double worst_gemv, worst_mma, worst_twin;
 
 static void run_case(const char *name, const struct lmc_qweight *hw, const float *W, bool big) {
@@ -65,7 +55,8 @@ static void run_case(const char *name, const struct lmc_qweight *hw, const float
             float *y = down(yd, M * N);
             bool mma = path == LMC_CUDA_Q_MMA || (path == LMC_CUDA_Q_AUTO && M > LMC_CUDA_Q_GEMV_MAX_M);
             bool dense = !strcmp(lmc_cuda_qweight_layout(dw), "dense-bf16");
-            double e = rel_f(y, ref, M * N), et = rel_f(y, twin, M * N), tol = dense || mma ? 1e-2 : 3e-3;
+            double e = test_rel_err_f32(y, ref, M * N), et = test_rel_err_f32(y, twin, M * N),
+                   tol = dense || mma ? 1e-2 : 3e-3;
             CHECK_MSG(e <= tol, "%s M %lld path %d: %.3g vs the float reference (tol %.0e)", name, (long long)M,
                       path, e, tol);
             CHECK_MSG(et <= 3e-2, "%s M %lld path %d: %.3g vs the CPU twin", name, (long long)M, path, et);

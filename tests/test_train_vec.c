@@ -20,12 +20,6 @@
 
 static uint64_t rng = 4242;
 
-static float *rand_vec(int64_t n, float scale) {
-    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = scale * test_rand(&rng);
-    return v;
-}
-
 static double rel(double a, double b) { return fabs(a - b) / (fabs(b) + 1e-30); }
 
 static void test_exp(void) {
@@ -60,7 +54,7 @@ static void test_exp(void) {
     static const int64_t lens[] = {1, 15, 16, 17, 33, 1003, 8191};
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         int64_t len = lens[li];
-        float *s = rand_vec(len, 6.0f), *s0 = malloc((size_t)len * sizeof *s0);
+        float *s = test_rand_vec(&rng, len, 6.0f), *s0 = malloc((size_t)len * sizeof *s0);
         memcpy(s0, s, (size_t)len * sizeof *s0);
         float mx = -INFINITY;
         for (int64_t i = 0; i < len; i++) mx = fmaxf(mx, s[i]);
@@ -80,7 +74,7 @@ static void test_swiglu(struct lmc_backend *b1, struct lmc_backend *b2) {
     static const int64_t ns[] = {1, 17, 1003, 40001};
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
         int64_t n = ns[ni];
-        float *g = rand_vec(n, 8.0f), *u = rand_vec(n, 2.0f), *dy = rand_vec(n, 1.0f);
+        float *g = test_rand_vec(&rng, n, 8.0f), *u = test_rand_vec(&rng, n, 2.0f), *dy = test_rand_vec(&rng, n, 1.0f);
         float *y1 = malloc((size_t)n * 4), *y2 = malloc((size_t)n * 4), *dg1 = malloc((size_t)n * 4),
               *du1 = malloc((size_t)n * 4), *dg2 = malloc((size_t)n * 4), *du2 = malloc((size_t)n * 4);
         b1->swiglu(b1->ctx, y1, g, u, n);
@@ -111,8 +105,9 @@ static void test_rmsnorm_bwd(struct lmc_backend *b1, struct lmc_backend *b2) {
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int64_t M = shapes[si][0], C = shapes[si][1];
         float eps = 1e-5f;
-        float *x = rand_vec(M * C, 2.0f), *w = rand_vec(C, 1.0f), *dy = rand_vec(M * C, 1.0f);
-        float *dx0 = rand_vec(M * C, 0.5f), *dw0 = rand_vec(C, 0.5f);
+        float *x = test_rand_vec(&rng, M * C, 2.0f), *w = test_rand_vec(&rng, C, 1.0f),
+              *dy = test_rand_vec(&rng, M * C, 1.0f);
+        float *dx0 = test_rand_vec(&rng, M * C, 0.5f), *dw0 = test_rand_vec(&rng, C, 0.5f);
         float *dx1 = malloc((size_t)(M * C) * 4), *dx2 = malloc((size_t)(M * C) * 4), *dw1 = malloc((size_t)C * 4),
               *dw2 = malloc((size_t)C * 4);
         memcpy(dx1, dx0, (size_t)(M * C) * 4), memcpy(dx2, dx0, (size_t)(M * C) * 4);

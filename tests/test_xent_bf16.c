@@ -27,18 +27,13 @@
 
 static uint64_t rng = 4242;
 
-static float *rand_vec(int64_t n, float scale) {
-    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = scale * test_rand(&rng);
-    return v;
-}
-
 static void *ws_alloc(size_t words) { return aligned_alloc(64, (words * 4 + 64) / 64 * 64); }
 
 /* pp on an A written by apack_t against lmc_cpu_gemm_bf16 on the f32 A(M, K) = x^T (x: K lines of ldx) */
 static void test_pp(int64_t M, int64_t N, int64_t K, int64_t piece, bool accum) {
     int64_t ldx = M + 3;
-    float *x = rand_vec(K * ldx, 1.0f), *B = rand_vec(K * N, 1.0f), *c0 = rand_vec(M * N, 1.0f);
+    float *x = test_rand_vec(&rng, K * ldx, 1.0f), *B = test_rand_vec(&rng, K * N, 1.0f),
+          *c0 = test_rand_vec(&rng, M * N, 1.0f);
     float *c1 = malloc((size_t)(M * N) * 4), *c2 = malloc((size_t)(M * N) * 4);
     memcpy(c1, c0, (size_t)(M * N) * 4), memcpy(c2, c0, (size_t)(M * N) * 4);
     uint32_t *ap = ws_alloc(lmc_cpu_gemm_bf16_apack_words(M, K));
@@ -66,7 +61,7 @@ static void test_pp(int64_t M, int64_t N, int64_t K, int64_t piece, bool accum) 
 /* pp on an A written by apack (row-major lines, pieces of `piece` rows) against lmc_cpu_gemm_bf16 */
 static void test_pp_rows(int64_t M, int64_t N, int64_t K, int64_t piece) {
     int64_t ldx = K + 5;
-    float *x = rand_vec(M * ldx, 1.0f), *B = rand_vec(K * N, 1.0f);
+    float *x = test_rand_vec(&rng, M * ldx, 1.0f), *B = test_rand_vec(&rng, K * N, 1.0f);
     float *c1 = malloc((size_t)(M * N) * 4), *c2 = malloc((size_t)(M * N) * 4);
     size_t aw = lmc_cpu_gemm_bf16_apack_words(M, K);
     uint32_t *ap = ws_alloc(aw), *bp = ws_alloc(lmc_cpu_gemm_bf16_bpack_words(N, K));
@@ -122,7 +117,7 @@ static double row_loss(const float *h, const float *w, int64_t m, int64_t V, int
 
 static void test_op(int64_t M, int64_t V, int64_t C) {
     printf("classifier_xent bf16: M %lld V %lld C %lld\n", (long long)M, (long long)V, (long long)C);
-    float *h = rand_vec(M * C, 1.0f), *w = rand_vec(V * C, 0.5f);
+    float *h = test_rand_vec(&rng, M * C, 1.0f), *w = test_rand_vec(&rng, V * C, 0.5f);
     int32_t *tg = malloc((size_t)M * sizeof *tg);
     for (int64_t i = 0; i < M; i++) tg[i] = i % 7 == 3 ? -1 : (int32_t)(test_rng_next(&rng) % (uint64_t)V);
     float dscale = 1.0f / (float)M;

@@ -40,8 +40,10 @@
 #include "quant/qmatmul_amx.h"
 #include "core/core.h"
 #include "core/dtype.h"
+#include "core/once.h"
 #include "core/threadpool.h"
 #include "ops/cpu/gemm_amx.h"
+#include "ops/cpu/x86_transpose.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -79,23 +81,22 @@
 #define LMC_QAMX_DEFAULT 0
 #endif
 
+#if defined(QAMX_X86) && !defined(QAMX_EMU)
+static bool qamx_probe(void) {
+    const char *e8 = getenv("LMC_CPU_AMX_INT8"), *e = getenv("LMC_CPU_AMX");
+    bool ok = e8 ? e8[0] == '1' : e ? e[0] == '1' : LMC_QAMX_DEFAULT;
+    ok = ok && lmc_cpu_has_amx(); /* LMC_CPU_AMX=0 off; AMX-TILE, the OS grant */
+    unsigned a, b, c, d;
+    ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
+    return ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
+#endif
+
 bool lmc_qamx_available(void) {
 #if defined(QAMX_X86) && !defined(QAMX_EMU)
-    /* 0 not asked yet, 1 no, 2 yes (racing first callers ask the same question) */
-    static int state;
-    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (s == 0) {
-        const char *e8 = getenv("LMC_CPU_AMX_INT8"), *e = getenv("LMC_CPU_AMX");
-        bool ok = e8 ? e8[0] == '1' : e ? e[0] == '1' : LMC_QAMX_DEFAULT;
-        ok = ok && lmc_cpu_has_amx(); /* LMC_CPU_AMX=0 off; AMX-TILE, the OS grant */
-        unsigned a, b, c, d;
-        ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25)) && (d & (1u << 24)); /* AMX-INT8 */
-        ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
-        s = ok ? 2 : 1;
-        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
-    }
-    return s == 2;
+    static int state; /* asked once per process */
+    return lmc_once_bool(&state, qamx_probe);
 #else
     return false;
 #endif
@@ -116,57 +117,7 @@ bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64
 }
 
 #ifdef QAMX_EMU
-/* the tile registers and the instructions used here, as the ISA reference
- * describes them (TDPBSSD: per output, the signed products of 4
- * consecutive bytes of A's row and B's column word, added in int32); one
- * set per thread, as the hardware's */
-struct qamx_emu_tile {
-    int rows, colsb;
-    uint8_t d[16][64];
-};
-static _Thread_local struct qamx_emu_tile qamx_emu_t[8];
-static void qamx_emu_cfg(const void *cfg) {
-    const uint8_t *c = cfg;
-    for (int t = 0; t < 8; t++) {
-        qamx_emu_t[t].colsb = c[16 + 2 * t] | c[17 + 2 * t] << 8;
-        qamx_emu_t[t].rows = c[48 + t];
-        LMC_ASSERT(qamx_emu_t[t].rows <= 16 && qamx_emu_t[t].colsb <= 64);
-        memset(qamx_emu_t[t].d, 0xA5, sizeof qamx_emu_t[t].d); /* garbage until loaded or zeroed */
-    }
-}
-static void qamx_emu_load(int t, const void *base, long stride) {
-    for (int r = 0; r < qamx_emu_t[t].rows; r++)
-        memcpy(qamx_emu_t[t].d[r], (const uint8_t *)base + r * stride, (size_t)qamx_emu_t[t].colsb);
-}
-static void qamx_emu_store(int t, void *base, long stride) {
-    for (int r = 0; r < qamx_emu_t[t].rows; r++)
-        memcpy((uint8_t *)base + r * stride, qamx_emu_t[t].d[r], (size_t)qamx_emu_t[t].colsb);
-}
-static void qamx_emu_dp(int c, int a, int b) {
-    struct qamx_emu_tile *C = &qamx_emu_t[c], *A = &qamx_emu_t[a], *B = &qamx_emu_t[b];
-    LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
-    for (int m = 0; m < C->rows; m++)
-        for (int n = 0; n < C->colsb / 4; n++) {
-            int32_t acc;
-            memcpy(&acc, &C->d[m][4 * n], 4);
-            for (int k = 0; k < A->colsb / 4; k++)
-                for (int i = 0; i < 4; i++) acc += (int8_t)A->d[m][4 * k + i] * (int8_t)B->d[k][4 * n + i];
-            memcpy(&C->d[m][4 * n], &acc, 4);
-        }
-}
-/* (a build for an AMX CPU, -march=native, has these as immintrin.h's macros) */
-#undef _tile_loadconfig
-#undef _tile_release
-#undef _tile_zero
-#undef _tile_loadd
-#undef _tile_stored
-#undef _tile_dpbssd
-#define _tile_loadconfig(cfg) qamx_emu_cfg(cfg)
-#define _tile_release() ((void)0)
-#define _tile_zero(t) memset(qamx_emu_t[t].d, 0, sizeof qamx_emu_t[t].d)
-#define _tile_loadd(t, base, stride) qamx_emu_load(t, base, stride)
-#define _tile_stored(t, base, stride) qamx_emu_store(t, base, stride)
-#define _tile_dpbssd(c, a, b) qamx_emu_dp(c, a, b)
+#include "ops/cpu/amx_emu.h" /* the tiles and TDPBSSD modelled in memory, one set per thread */
 #endif
 
 #ifdef QAMX_X86
@@ -226,8 +177,8 @@ static inline int64_t qamx_scale_off(int kernel, int64_t b, int64_t nb) {
 #if !defined(QAMX_EMU) || defined(QAMX_EMU_AVX2)
 /* qamx_pack's layout for the 8 weight rows [n0 + n, n0 + n + 8) (n a
  * multiple of 8, all live): per block the 8 rows' 32 codes as 8 words
- * each, an 8 x 8 transpose of words, 8 stores of 32 bytes; the 8 scales
- * through vcvtph2ps (exact, as lmc_f16_to_f32) */
+ * each, an 8 x 8 transpose of words (ops/cpu/x86_transpose.h), 8 stores
+ * of 32 bytes; the 8 scales through vcvtph2ps (exact, as lmc_f16_to_f32) */
 QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0, int64_t n, int64_t b0, int64_t kc,
                                         int8_t *bp, float *dw) {
     const int kind = w->kernel;
@@ -246,23 +197,7 @@ QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0,
                 r[j] = _mm256_sub_epi8(_mm256_and_si256(v, m4), off);
             } else r[j] = _mm256_loadu_si256((const __m256i *)(p[j] + co));
         }
-        __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-        __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-        __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-        __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-        __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-        __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-        __m256i u4v = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-        __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-        int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
-        _mm256_storeu_si256((__m256i *)(o + 0 * 64), _mm256_permute2x128_si256(u0, u4v, 0x20));
-        _mm256_storeu_si256((__m256i *)(o + 1 * 64), _mm256_permute2x128_si256(u1, u5, 0x20));
-        _mm256_storeu_si256((__m256i *)(o + 2 * 64), _mm256_permute2x128_si256(u2, u6, 0x20));
-        _mm256_storeu_si256((__m256i *)(o + 3 * 64), _mm256_permute2x128_si256(u3, u7, 0x20));
-        _mm256_storeu_si256((__m256i *)(o + 4 * 64), _mm256_permute2x128_si256(u0, u4v, 0x31));
-        _mm256_storeu_si256((__m256i *)(o + 5 * 64), _mm256_permute2x128_si256(u1, u5, 0x31));
-        _mm256_storeu_si256((__m256i *)(o + 6 * 64), _mm256_permute2x128_si256(u2, u6, 0x31));
-        _mm256_storeu_si256((__m256i *)(o + 7 * 64), _mm256_permute2x128_si256(u3, u7, 0x31));
+        lmc_x86_tr8x8_epi32_store(r, bp + (2 * b + n / 16) * 512 + (n % 16) * 4, 64);
         if (!u4) {
             uint16_t h[8];
             const int64_t so = qamx_scale_off(kind, b0 + b, nb);

@@ -27,16 +27,18 @@
 #include "ops/cpu/gemm_amx.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/x86_transpose.h"
 #include "core/dtype.h"
+#include "core/once.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #if defined(LMC_AMX_EMULATE)
 /* tests/test_gemm_amx_emu.c includes this file with the tile instructions
- * modelled in memory (and scalar twins of the AVX-512 helpers; the AVX2
- * re-layout as is where the CPU has AVX2), so the kernel's addressing is
- * checked on CPUs without AMX */
+ * modelled in memory (amx_emu.h; and scalar twins of the AVX-512 helpers;
+ * the AVX2 re-layout as is where the CPU has AVX2), so the kernel's
+ * addressing is checked on CPUs without AMX */
 #define AMX_X86 1
 #define AMX_EMU 1
 #define AMX_TARGET
@@ -90,74 +92,15 @@ static bool amx_probe(void) {
 
 bool lmc_cpu_has_amx(void) {
 #if defined(AMX_X86) && !defined(AMX_EMU)
-    /* the process-wide answer (the OS grant is per process): 0 not asked
-     * yet, 1 no, 2 yes; racing first callers ask the same question */
-    static int state;
-    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (s == 0) {
-        s = amx_probe() ? 2 : 1;
-        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
-    }
-    return s == 2;
+    static int state; /* the process-wide answer: the OS grant is per process */
+    return lmc_once_bool(&state, amx_probe);
 #else
     return false;
 #endif
 }
 
 #ifdef AMX_EMU
-/* the tile registers and the instructions used here, as the ISA
- * reference describes them (TDPBF16PS: per output, per pair k, the even
- * then the odd product added in f32) */
-struct amx_emu_tile {
-    int rows, colsb;
-    uint8_t d[16][64];
-};
-static struct amx_emu_tile amx_emu_t[8];
-static void amx_emu_cfg(const void *cfg) {
-    const uint8_t *c = cfg;
-    for (int t = 0; t < 8; t++) {
-        amx_emu_t[t].colsb = c[16 + 2 * t] | c[17 + 2 * t] << 8;
-        amx_emu_t[t].rows = c[48 + t];
-        memset(amx_emu_t[t].d, 0, sizeof amx_emu_t[t].d);
-    }
-}
-static void amx_emu_load(int t, const void *base, long stride) {
-    for (int r = 0; r < amx_emu_t[t].rows; r++)
-        memcpy(amx_emu_t[t].d[r], (const uint8_t *)base + r * stride, (size_t)amx_emu_t[t].colsb);
-}
-static void amx_emu_store(int t, void *base, long stride) {
-    for (int r = 0; r < amx_emu_t[t].rows; r++)
-        memcpy((uint8_t *)base + r * stride, amx_emu_t[t].d[r], (size_t)amx_emu_t[t].colsb);
-}
-static void amx_emu_dp(int c, int a, int b) {
-    struct amx_emu_tile *C = &amx_emu_t[c], *A = &amx_emu_t[a], *B = &amx_emu_t[b];
-    LMC_ASSERT(A->rows == C->rows && B->rows * 4 == A->colsb && B->colsb == C->colsb);
-    for (int m = 0; m < C->rows; m++)
-        for (int n = 0; n < C->colsb / 4; n++) {
-            float acc;
-            memcpy(&acc, &C->d[m][4 * n], 4);
-            for (int k = 0; k < A->colsb / 4; k++) {
-                uint16_t a0, a1, b0, b1;
-                memcpy(&a0, &A->d[m][4 * k], 2), memcpy(&a1, &A->d[m][4 * k + 2], 2);
-                memcpy(&b0, &B->d[k][4 * n], 2), memcpy(&b1, &B->d[k][4 * n + 2], 2);
-                acc += lmc_bf16_to_f32(a0) * lmc_bf16_to_f32(b0);
-                acc += lmc_bf16_to_f32(a1) * lmc_bf16_to_f32(b1);
-            }
-            memcpy(&C->d[m][4 * n], &acc, 4);
-        }
-}
-#undef _tile_loadconfig
-#undef _tile_release
-#undef _tile_zero
-#undef _tile_loadd
-#undef _tile_stored
-#undef _tile_dpbf16ps
-#define _tile_loadconfig(cfg) amx_emu_cfg(cfg)
-#define _tile_release() ((void)0)
-#define _tile_zero(t) memset(amx_emu_t[t].d, 0, sizeof amx_emu_t[t].d)
-#define _tile_loadd(t, base, stride) amx_emu_load(t, base, stride)
-#define _tile_stored(t, base, stride) amx_emu_store(t, base, stride)
-#define _tile_dpbf16ps(c, a, b) amx_emu_dp(c, a, b)
+#include "ops/cpu/amx_emu.h" /* the tiles and TDPBF16PS modelled in memory */
 #endif
 
 #ifdef AMX_X86
@@ -186,6 +129,26 @@ AMX_TARGET static void amx_config(void) {
     AMX_FENCE();
 }
 
+/* One step of 16 pairs of K: A's rows at as (byte stride sa; rows 16-31
+ * at as + 16 lda words when two), B's 16 pairs x 32 columns at bs (128
+ * bytes a pair): C tiles 0-1 (and 2-3) += the products. The full steps
+ * read B from the panel, a last partial step from the zero-padded copy;
+ * two is a constant at each call of the loops, so each loop keeps its own
+ * straight instruction sequence. */
+AMX_TARGET __attribute__((always_inline)) static inline void amx_step(const uint32_t *as, long sa, int64_t lda,
+                                                                      const uint32_t *bs, const bool two) {
+    _tile_loadd(4, as, sa);
+    _tile_loadd(6, bs, 128);
+    _tile_loadd(7, bs + 16, 128);
+    if (two) _tile_loadd(5, as + 16 * lda, sa);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if (two) {
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+}
+
 /* One 16- or 32-row group against one B panel: ct (32 x 32, row stride 32
  * floats) = A @ B over kp pairs; A rows at at (stride lda words), B panel
  * at b; bt: 16 x 32 words of scratch for the last partial step. */
@@ -198,42 +161,15 @@ AMX_TARGET static void amx_group(int64_t kp, const uint32_t *at, int64_t lda, bo
     if (two) {
         _tile_zero(2);
         _tile_zero(3);
-        for (int64_t s = 0; s < full; s++) {
-            const uint32_t *as = at + s * 16, *bs = b + s * 16 * 32;
-            _tile_loadd(4, as, sa);
-            _tile_loadd(6, bs, 128);
-            _tile_loadd(7, bs + 16, 128);
-            _tile_loadd(5, as + 16 * lda, sa);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
+        for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, true);
     } else {
-        for (int64_t s = 0; s < full; s++) {
-            const uint32_t *as = at + s * 16, *bs = b + s * 16 * 32;
-            _tile_loadd(4, as, sa);
-            _tile_loadd(6, bs, 128);
-            _tile_loadd(7, bs + 16, 128);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-        }
+        for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, false);
     }
     if (tail) {
         memcpy(bt, b + full * 16 * 32, (size_t)tail * 32 * 4);
         memset(bt + tail * 32, 0, (size_t)(16 - tail) * 32 * 4);
         AMX_FENCE();
-        const uint32_t *as = at + full * 16;
-        _tile_loadd(4, as, sa);
-        _tile_loadd(6, bt, 128);
-        _tile_loadd(7, bt + 16, 128);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        if (two) {
-            _tile_loadd(5, as + 16 * lda, sa);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
+        amx_step(at + full * 16, sa, lda, bt, two);
     }
     AMX_FENCE();
     _tile_stored(0, ct, 128);
@@ -281,7 +217,7 @@ AMX_TARGET static void amx_rows(int64_t kp, const uint32_t *at, int64_t lda, int
 /* rows [0, R) of a group (R = 16 or 32) from the 8-row panels at a
  * (stride ps) into at[r * kpp + p], kpp = kp rounded up to 16: pairs past
  * kp zero, panels past the live rows (rows) zero. 8 x 8 transposes of
- * words. */
+ * words (x86_transpose.h). */
 #ifndef AMX_RELAYOUT_TARGET
 #define AMX_RELAYOUT_TARGET AMX_TARGET
 #endif
@@ -305,23 +241,7 @@ AMX_RELAYOUT_TARGET static void amx_relayout(uint32_t *at, int64_t kpp, const ui
         for (int64_t p = 0; p < p8; p += 8) {
             __m256i r[8];
             for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_si256((const __m256i *)(s + (p + j) * 8));
-            __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-            __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-            __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-            __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-            __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-            __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-            __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-            __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-            uint32_t *d = o + p;
-            _mm256_storeu_si256((__m256i *)(d + 0 * kpp), _mm256_permute2x128_si256(u0, u4, 0x20));
-            _mm256_storeu_si256((__m256i *)(d + 1 * kpp), _mm256_permute2x128_si256(u1, u5, 0x20));
-            _mm256_storeu_si256((__m256i *)(d + 2 * kpp), _mm256_permute2x128_si256(u2, u6, 0x20));
-            _mm256_storeu_si256((__m256i *)(d + 3 * kpp), _mm256_permute2x128_si256(u3, u7, 0x20));
-            _mm256_storeu_si256((__m256i *)(d + 4 * kpp), _mm256_permute2x128_si256(u0, u4, 0x31));
-            _mm256_storeu_si256((__m256i *)(d + 5 * kpp), _mm256_permute2x128_si256(u1, u5, 0x31));
-            _mm256_storeu_si256((__m256i *)(d + 6 * kpp), _mm256_permute2x128_si256(u2, u6, 0x31));
-            _mm256_storeu_si256((__m256i *)(d + 7 * kpp), _mm256_permute2x128_si256(u3, u7, 0x31));
+            lmc_x86_tr8x8_epi32_store(r, o + p, kpp * 4);
         }
 #endif
         for (int r = 0; r < 8; r++) {

@@ -30,6 +30,7 @@
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/gemm_amx.h"
+#include "ops/cpu/x86_transpose.h"
 
 #include <string.h>
 
@@ -94,7 +95,7 @@ PF_TARGET static inline __m256i pf_ld8(const void *s, enum pf_src t) {
 /* Packs R (a multiple of 8) lines of kc elements into d[p * R + i] =
  * pair(k = 2p, 2p + 1); line i at src + i * ld elements of type t; lines
  * i >= n and k >= kc as zeros. Groups of 8 lines x 8 pairs go through an
- * 8 x 8 transpose of words. */
+ * 8 x 8 transpose of words (x86_transpose.h). */
 PF_TARGET static void pf_pack(uint32_t *d, int R, const void *src, enum pf_src t, int64_t ld, int64_t n,
                               int64_t kc) {
     const size_t es = t == PF_F32 ? 4 : 2;
@@ -106,23 +107,7 @@ PF_TARGET static void pf_pack(uint32_t *d, int R, const void *src, enum pf_src t
             __m256i r[8];
             for (int i = 0; i < 8; i++)
                 r[i] = i < nv ? pf_ld8(s + (size_t)(i * ld + 2 * p) * es, t) : _mm256_setzero_si256();
-            __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-            __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-            __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-            __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-            __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-            __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-            __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-            __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-            uint32_t *o = d + p * R + g;
-            _mm256_storeu_si256((__m256i *)(o + 0 * R), _mm256_permute2x128_si256(u0, u4, 0x20));
-            _mm256_storeu_si256((__m256i *)(o + 1 * R), _mm256_permute2x128_si256(u1, u5, 0x20));
-            _mm256_storeu_si256((__m256i *)(o + 2 * R), _mm256_permute2x128_si256(u2, u6, 0x20));
-            _mm256_storeu_si256((__m256i *)(o + 3 * R), _mm256_permute2x128_si256(u3, u7, 0x20));
-            _mm256_storeu_si256((__m256i *)(o + 4 * R), _mm256_permute2x128_si256(u0, u4, 0x31));
-            _mm256_storeu_si256((__m256i *)(o + 5 * R), _mm256_permute2x128_si256(u1, u5, 0x31));
-            _mm256_storeu_si256((__m256i *)(o + 6 * R), _mm256_permute2x128_si256(u2, u6, 0x31));
-            _mm256_storeu_si256((__m256i *)(o + 7 * R), _mm256_permute2x128_si256(u3, u7, 0x31));
+            lmc_x86_tr8x8_epi32_store(r, d + p * R + g, R * 4);
         }
         for (int i = 0; i < 8; i++) {
             const void *line = s + (size_t)(i * ld) * es;
