@@ -18,6 +18,13 @@
 #include <string.h>
 #include <time.h>
 
+static int parse_list(char *s, int64_t *out, int max) {
+    int n = 0;
+    for (char *t = strtok(s, ","); t && n < max; t = strtok(NULL, ",")) out[n++] = atoll(t);
+    return n;
+}
+
+#ifdef LMC_CPU_SMALLM
 static double thread_cpu(void) {
     struct timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
@@ -33,13 +40,6 @@ static void *alloc64(size_t bytes) {
     return p;
 }
 
-static int parse_list(char *s, int64_t *out, int max) {
-    int n = 0;
-    for (char *t = strtok(s, ","); t && n < max; t = strtok(NULL, ",")) out[n++] = atoll(t);
-    return n;
-}
-
-#ifdef LMC_CPU_SMALLM
 /* 10 chains of dependent FMAs in registers (latency 4-5 cycles, 2 pipes: enough to fill them) */
 static double fma_peak(void) {
     __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(0.9999999f);
@@ -77,7 +77,7 @@ int main(int argc, char **argv) {
         }
     }
 #ifndef LMC_CPU_SMALLM
-    (void)rounds, (void)fmas, (void)nK, (void)nM;
+    (void)rounds, (void)fmas, (void)nK, (void)nM, (void)N;
     printf("spec_tile_cpu: this build has no small-M kernel (AVX2 + FMA + F16C or AVX-512 needed)\n");
     return 0;
 #else
