@@ -19,6 +19,11 @@
  * than 6 x rows (blocks of 3-6) run each 2-row tile through every block
  * before the next, so the tile comes from L1 (lmc_cpu_smallm_ok takes them
  * up to 2-row tiles of LMC_CPU_SMALLM_TILE bytes: K <= 1536 BF16/F16).
+ * One block of 3-6 rows runs all its 2-row tiles in one call (the tile
+ * inlined in a loop) and sums a tile's accumulators 4 at a time in
+ * lmc_hsum256's order: the per-tile call and sums cost ~9% of a K = 576
+ * tile, now ~6.5%; 5 rows then run at ~85% of a 10-chain FMA peak on the
+ * 2-core Zen 3 (bench/spec_tile_cpu.c, bench/results/spec-kernel-2026-12-07.md).
  * Builds without AVX2 keep matmul.c's scalar kernels.
  * Both keep each x vector in a register (an empty asm): GCC otherwise folds
  * the x load into every FMA, one load per W row (AVX-512 5x4: 20 loads per
