@@ -270,9 +270,9 @@ SM_ALL(f16, uint16_t)
 SM_ALL(bf16, uint16_t)
 
 /* One block of 3-6 x rows (M <= SM_MR): n 2-row tiles from w in one loop,
- * the tile inlined (a call per tile, its prologue and the x row pointers
- * cost ~9% of a K = 576 tile at 5 rows: bench_smallm_tiles in the notes);
- * the same arithmetic per tile as the table's, so the same bits. */
+ * the tile inlined (with the per-tile call, its prologue and scalar sums a
+ * K = 576 tile at 5 rows lost ~9% to them: bench/spec_tile_cpu.c); the same
+ * arithmetic per tile as the table's, so the same bits. */
 typedef void (*sm_run_fn)(const float *x, const void *w, int64_t K, float *y, int64_t N, int64_t n);
 #define SM_RUN(S, T, MR)                                                                          \
     static void sm_##S##_run##MR(const float *x, const void *w, int64_t K, float *y, int64_t N, int64_t n) { \
