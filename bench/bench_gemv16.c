@@ -14,7 +14,7 @@
  * safetensors model is, or anonymous memory (-m anon).
  *
  * usage: bench_gemv16 [-t threads 2] [-r rounds 5] [-n reps 3] [-M 1,2,4,8]
- *                     [-d f16,bf16] [-s shapes: all | moe | 125m | 1b]
+ *                     [-d f16,bf16] [-s shapes: all | moe | 125m | 1b | kjv]
  *                     [-m file|anon] [-f path] [-v variants e.g. 0,1]
  *                     [-R region MB, 256; e.g. 1 for weights the L2 holds]
  *                     [-c 1: process CPU time, not wall time, for the reads too]
@@ -55,6 +55,8 @@ static const struct shape shapes[] = {
     {"moe", "q/o 1024x1024", 1024, 1024},     {"moe", "kv 256x1024", 256, 1024},
     {"moe", "expert 2816x1024", 2816, 1024},  {"moe", "expert down 1024x2816", 1024, 2816},
     {"moe", "head 32000x1024", 32000, 1024},
+    {"kjv", "q/o 576x576", 576, 576},         {"kjv", "gate 1536x576", 1536, 576},
+    {"kjv", "down 576x1536", 576, 1536},      {"kjv", "head 8192x576", 8192, 576},
     {"l2", "256x1024", 256, 1024},            {"l2", "128x2816", 128, 2816},
 };
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))

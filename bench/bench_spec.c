@@ -11,8 +11,10 @@
  * First the cost of each part of a round, interleaved, medians (all in
  * units of a 1-token target forward): an M-token verification forward
  * of M = 2..max(K+1, 8) tokens (all logits; K+1 with the last logit only:
- * the head's share), a draft forward of 1 token (after a target forward and
- * after a draft forward) and of 2 (the catch-up after a full acceptance),
+ * the head's share; with a draft also each M right after M - 1 draft
+ * forwards, as in a round: the pool's worker idle meanwhile), a draft
+ * forward of 1 token (after a target forward and after a draft forward)
+ * and of 2 (the catch-up after a full acceptance),
  * the target probabilities of K+1 rows and the acceptance; then the cost
  * model (spec.h's lmc_spec_round_cost with the measured draft, slope and
  * row) over acceptance rates: the best K, lmc_spec_choose_k's with the
@@ -20,6 +22,7 @@
  *
  * usage: bench_spec MODEL_DIR [-n tokens 128] [-r rounds 5] [-k draft_tokens 4] [-t threads 1]
  *        [-d DRAFT_DIR] [-p prompts 3] [-m cost reps 21] [-s configs PLSHODF] [-cpu 1: costs in CPU time]
+ *        [-u bytes: the CPU matmul scheduler's claim unit (mm_unit_bytes), default LMC_CPU_MM_UNIT_BYTES]
  * configs: P plain, L lookup, S/H self-spec L/4, L/2, O target as its own
  * draft (fixed K), D draft model (adaptive), F draft model (fixed K); -s C
  * measures only the costs. */
@@ -29,6 +32,7 @@
 #include "infer/spec.h"
 #include "infer/spec_sample.h"
 #include "model/model.h"
+#include "ops/cpu/ops_cpu.h"
 #include "tokenizer/tokenizer.h"
 #include "bench_util.h"
 
@@ -83,7 +87,7 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
     lmc_sampler_defaults(&sp);
     sp.temperature = 0;
     if (lmc_sampler_init(&smp, &sp, V, &err)) die(&err);
-    enum { ONE, ALL, LAST, D1, D1W, D2, ACC, NT };
+    enum { ONE, ALL, LAST, D1, D1W, D2, ACC, AFT, NT };
     int64_t Ms[64], nM = 0; /* M = 2..max(K+1, 8) */
     for (int64_t M = 2; M <= M8 && nM < 64; M++) Ms[nM++] = M;
     static double t[NT][64][64];
@@ -95,6 +99,13 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
             t0 = clk(cpu);
             lmc_model_forward(m, be, &a, &kv, tk, Ms[j], 100, lg, true, &err);
             t[ALL][j][r] = clk(cpu) - t0;
+        }
+        /* as in a round: M - 1 draft forwards first (the pool's worker idle, the draft's weights in cache) */
+        for (int64_t j = 0; dm && j < nM; j++) {
+            for (int64_t d = 0; d < Ms[j] - 1; d++) lmc_model_forward(dm, be, &da, &dkv, tk + d, 1, 100 + d, lg, false, &err);
+            t0 = clk(cpu);
+            lmc_model_forward(m, be, &a, &kv, tk, Ms[j], 100, lg, true, &err);
+            t[AFT][j][r] = clk(cpu) - t0;
         }
         t0 = clk(cpu);
         lmc_model_forward(m, be, &a, &kv, tk, K + 1, 100, lg, false, &err);
@@ -128,6 +139,11 @@ static void costs(const struct lmc_model *m, const struct lmc_model *dm, const s
         printf("| target forward, %lld tokens, all logits | %.3f | %.3f |\n", (long long)Ms[j], v * 1e3, v / one);
         if (Ms[j] == 2) cm->slope = LMC_MAX(0, v / one - 1);
         cm->row = v / one / (double)Ms[j];
+    }
+    for (int64_t j = 0; dm && j < nM; j++) {
+        double v = bench_median_upper(t[AFT][j], reps);
+        printf("| target forward, %lld tokens, all logits, after %lld draft forwards | %.3f | %.3f |\n", (long long)Ms[j],
+               (long long)(Ms[j] - 1), v * 1e3, v / one);
     }
     double v = bench_median_upper(t[LAST][0], reps);
     printf("| target forward, %lld tokens, last logit only | %.3f | %.3f |\n", (long long)(K + 1), v * 1e3, v / one);
@@ -192,10 +208,10 @@ static void model_table(int64_t K, const struct lmc_spec_cost *cm, const struct 
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_spec MODEL_DIR [-n tokens] [-r rounds] [-k K] [-t threads] [-d DRAFT] "
-                        "[-p prompts] [-m reps] [-s PLSHODF|C] [-cpu 0|1]\n");
+                        "[-p prompts] [-m reps] [-s PLSHODF|C] [-cpu 0|1] [-u unit bytes]\n");
         return 2;
     }
-    int64_t ntok = 128, rounds = 5, K = 4, threads = 1, nprompt = 3, reps = 21, cpu = 0;
+    int64_t ntok = 128, rounds = 5, K = 4, threads = 1, nprompt = 3, reps = 21, cpu = 0, unit = 0;
     const char *draft_dir = NULL, *sel = "PLSHODF";
     for (int i = 2; i + 1 < argc; i += 2) {
         int64_t v = atoll(argv[i + 1]);
@@ -208,6 +224,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-m")) reps = LMC_MAX(1, LMC_MIN(v, 64));
         else if (!strcmp(argv[i], "-s")) sel = argv[i + 1];
         else if (!strcmp(argv[i], "-cpu")) cpu = v;
+        else if (!strcmp(argv[i], "-u")) unit = v;
     }
     lmc_err err = {0};
     struct lmc_model m, dm;
@@ -217,6 +234,7 @@ int main(int argc, char **argv) {
         lmc_backend_cpu_init(&be, (int)threads, &err))
         die(&err);
     if (draft_dir && lmc_model_load(&dm, draft_dir, NULL, &err)) die(&err);
+    if (unit > 0) ((struct lmc_cpu_ctx *)be.ctx)->mm_unit_bytes = unit; /* the matmul scheduler's claim grain */
     int64_t L = m.cfg.num_layers, ctx = 1024;
     struct lmc_spec_opts conf[NCONF] = {
         {0},

@@ -19,6 +19,11 @@
  * than 6 x rows (blocks of 3-6) run each 2-row tile through every block
  * before the next, so the tile comes from L1 (lmc_cpu_smallm_ok takes them
  * up to 2-row tiles of LMC_CPU_SMALLM_TILE bytes: K <= 1536 BF16/F16).
+ * One block of 3-6 rows runs all its 2-row tiles in one call (the tile
+ * inlined in a loop) and sums a tile's accumulators 4 at a time in
+ * lmc_hsum256's order: the per-tile call and sums cost ~9% of a K = 576
+ * tile, now ~6.5%; 5 rows then run at ~85% of a 10-chain FMA peak on the
+ * 2-core Zen 3 (bench/spec_tile_cpu.c, bench/results/spec-kernel-2026-12-07.md).
  * Builds without AVX2 keep matmul.c's scalar kernels.
  * Both keep each x vector in a register (an empty asm): GCC otherwise folds
  * the x load into every FMA, one load per W row (AVX-512 5x4: 20 loads per
@@ -174,6 +179,17 @@ static inline __m256 sm_ld_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
+/* lmc_hsum256 of a, b, c and d (the same adds in the same order, 4 lanes
+ * at once): lane i = (v0 + v2) + (v1 + v3) of v = lo + hi of the i-th. */
+static inline __m128 sm_hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+#define SM_HALVES(v) _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))
+    __m128 sa = SM_HALVES(a), sb = SM_HALVES(b), sc = SM_HALVES(c), sd = SM_HALVES(d);
+#undef SM_HALVES
+    __m128 u = _mm_add_ps(_mm_unpacklo_ps(sa, sb), _mm_unpackhi_ps(sa, sb)); /* a0+a2 b0+b2 a1+a3 b1+b3 */
+    __m128 v = _mm_add_ps(_mm_unpacklo_ps(sc, sd), _mm_unpackhi_ps(sc, sd));
+    return _mm_add_ps(_mm_movelh_ps(u, v), _mm_movehl_ps(v, u));
+}
+
 /* MR x rows (stride K) against R (4, 2 or 1) W rows (stride K) into y (row
  * stride N). Each (x row, W row) pair sums 8-lane products in column order
  * in one accumulator, then lmc_hsum256: its bits do not depend on MR or R.
@@ -220,7 +236,17 @@ static inline __m256 sm_ld_bf16(const uint16_t *p) {
                 SM_R(r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);                        \
             }                                                                                     \
         }                                                                                         \
-        SM_EACH(m) SM_R(r) y[m * N + r] = lmc_hsum256(acc[m][r]);                                 \
+        if (R == 2) { /* two x rows' pairs at a time: lmc_hsum256's sums, transposed */           \
+            _Pragma("GCC unroll 3") for (int m = 0; m < MR; m += 2) {                             \
+                __m256 z = _mm256_setzero_ps();                                                   \
+                __m128 s = sm_hsum4(acc[m][0], acc[m][1], m + 1 < MR ? acc[m + 1][0] : z,         \
+                                    m + 1 < MR ? acc[m + 1][1] : z);                              \
+                _mm_storel_pi((__m64 *)(y + m * N), s);                                           \
+                if (m + 1 < MR) _mm_storeh_pi((__m64 *)(y + (m + 1) * N), s);                     \
+            }                                                                                     \
+        } else {                                                                                  \
+            SM_EACH(m) SM_R(r) y[m * N + r] = lmc_hsum256(acc[m][r]);                             \
+        }                                                                                         \
     }
 SM_TILE(f32, float)
 SM_TILE(f16, uint16_t)
@@ -243,11 +269,34 @@ SM_ALL(f32, float)
 SM_ALL(f16, uint16_t)
 SM_ALL(bf16, uint16_t)
 
+/* One block of 3-6 x rows (M <= SM_MR): n 2-row tiles from w in one loop,
+ * the tile inlined (with the per-tile call, its prologue and scalar sums a
+ * K = 576 tile at 5 rows lost ~9% to them: bench/spec_tile_cpu.c); the same
+ * arithmetic per tile as the table's, so the same bits. */
+typedef void (*sm_run_fn)(const float *x, const void *w, int64_t K, float *y, int64_t N, int64_t n);
+#define SM_RUN(S, T, MR)                                                                          \
+    static void sm_##S##_run##MR(const float *x, const void *w, int64_t K, float *y, int64_t N, int64_t n) { \
+        for (int64_t t = 0; t < n; t++) sm_tile_##S(x, (const T *)w + 2 * t * K, K, MR, 2, y + 2 * t, N); \
+    }
+#define SM_RUNS(S, T)                                                                             \
+    SM_RUN(S, T, 3) SM_RUN(S, T, 4) SM_RUN(S, T, 5) SM_RUN(S, T, 6)                               \
+    static const sm_run_fn sm_##S##_runs[SM_MR + 1] = {NULL, NULL, NULL, sm_##S##_run3, sm_##S##_run4, \
+                                                       sm_##S##_run5, sm_##S##_run6};
+SM_RUNS(f32, float)
+SM_RUNS(f16, uint16_t)
+SM_RUNS(bf16, uint16_t)
+
 void lmc_cpu_matmul_smallm_rows(float *y, const float *x, int64_t M, const void *w, enum lmc_dtype dt,
                                 int64_t K, int64_t N, int64_t r0, int64_t r1) {
     const sm_fn(*fns)[SM_MR + 1] = dt == LMC_DTYPE_F16 ? sm_f16_fns : dt == LMC_DTYPE_BF16 ? sm_bf16_fns : sm_f32_fns;
     size_t es = (size_t)lmc_dtype_size(dt);
     int64_t nch = (M + SM_MR - 1) / SM_MR, base = M / nch, rem = M % nch;
+    if (nch == 1 && M >= 3 && r1 - r0 >= 4) { /* one block: its 2-row tiles in one loop */
+        int64_t n4 = (r1 - r0) / 4;
+        const sm_run_fn *runs = dt == LMC_DTYPE_F16 ? sm_f16_runs : dt == LMC_DTYPE_BF16 ? sm_bf16_runs : sm_f32_runs;
+        runs[M](x, (const char *)w + (size_t)(r0 * K) * es, K, y + r0, N, 2 * n4);
+        r0 += 4 * n4;
+    }
     for (int64_t r = r0; r < r1;) {
         int four = r + 4 <= r1;
         const char *wr = (const char *)w + (size_t)(r * K) * es;
