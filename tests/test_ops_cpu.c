@@ -503,6 +503,35 @@ static void test_attention(struct lmc_backend *be) {
         }
 }
 
+/* Prefill blocks stack the query heads of one kv head into one product
+ * (attention_prefill.c): the bits must be those of one head per product,
+ * i.e. of the same K/V repeated for every query head (KV = H). Largest
+ * blocks run first; neither may change a bit. */
+static void test_attention_gqa_bits(struct lmc_backend *be) {
+    static const int64_t cfg[][6] = {/* M, pos0, window, H, KV, D */
+                                     {150, 41, 0, 6, 2, 24}, {97, 0, 0, 8, 2, 19}, {77, 30, 33, 12, 4, 64},
+                                     {49, 0, 0, 3, 1, 8}};
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+        int64_t M = cfg[c][0], pos0 = cfg[c][1], win = cfg[c][2], H = cfg[c][3], KV = cfg[c][4], D = cfg[c][5];
+        int64_t T = pos0 + M, g = H / KV;
+        float scale = 1.0f / sqrtf((float)D);
+        float *q = rand_f(M * H * D, 2.0f), *k = rand_f(T * KV * D, 2.0f), *v = rand_f(T * KV * D, 1.0f);
+        float *kx = rand_f(T * H * D, 1.0f), *vx = rand_f(T * H * D, 1.0f);
+        float *o1 = rand_f(M * H * D, 1.0f), *o2 = rand_f(M * H * D, 1.0f);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                memcpy(kx + (t * H + h) * D, k + (t * KV + h / g) * D, (size_t)D * sizeof(float));
+                memcpy(vx + (t * H + h) * D, v + (t * KV + h / g) * D, (size_t)D * sizeof(float));
+            }
+        be->attention(be->ctx, o1, q, k, v, M, pos0, H, KV, D, scale, win);
+        be->attention(be->ctx, o2, q, kx, vx, M, pos0, H, H, D, scale, win);
+        CHECK_MSG(memcmp(o1, o2, (size_t)(M * H * D) * sizeof(float)) == 0,
+                  "attention M=%lld H=%lld KV=%lld: stacked heads change bits", (long long)M, (long long)H,
+                  (long long)KV);
+        free(q), free(k), free(v), free(kx), free(vx), free(o1), free(o2);
+    }
+}
+
 /* ---- elementwise ---- */
 
 static void test_elementwise(struct lmc_backend *be) {
@@ -579,6 +608,7 @@ int main(void) {
         test_rope(&be);
         test_rope_row_cache(&be);
         test_attention(&be);
+        test_attention_gqa_bits(&be);
         test_elementwise(&be);
         test_extremes(&be);
         lmc_backend_cpu_free(&be);
