@@ -879,8 +879,9 @@ void lmc_cpu_matmul_add(void *ctx, float *y, const float *x, int64_t M, const st
     lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
 }
 
-/* gate's columns [r0, r1) into y, up's into the thread's scratch after the
- * GEMM's workspace, then y = silu(y) * up there, row by row */
+/* gate's and up's columns [r0, r1) into the thread's scratch after the
+ * GEMM's workspace (rows of 64: y's rows, N apart, would fall into a few L2
+ * sets at N = 2048 and leave the cache), then y = silu(gate) * up, row by row */
 struct mm_glu_job {
     struct lmc_cpu_ctx *c;
     float *y;
@@ -892,14 +893,15 @@ struct mm_glu_job {
 static void glu_task(void *arg, int64_t t, int thread) {
     const struct mm_glu_job *j = arg;
     int64_t r0 = t * MM_GEMM_NB, nb = LMC_MIN(j->N, r0 + MM_GEMM_NB) - r0, K = j->K;
-    float *ws = j->c->scratch[thread], *up = ws + j->ws;
+    float *ws = j->c->scratch[thread], *gt = ws + j->ws, *up = gt + j->M * MM_GEMM_NB;
     const char *wg = (const char *)j->g->data + r0 * K * lmc_dtype_size(j->g->dtype);
     const char *wu = (const char *)j->u->data + r0 * K * lmc_dtype_size(j->u->dtype);
-    lmc_cpu_gemm_f32_pa(true, j->M, nb, K, 1.0f, j->xp, wg, j->g->dtype, K, 0.0f, j->y + r0, j->N, ws);
+    lmc_cpu_gemm_f32_pa(true, j->M, nb, K, 1.0f, j->xp, wg, j->g->dtype, K, 0.0f, gt, nb, ws);
     lmc_cpu_gemm_f32_pa(true, j->M, nb, K, 1.0f, j->xp, wu, j->u->dtype, K, 0.0f, up, nb, ws);
     for (int64_t m = 0; m < j->M; m++) {
-        float *yr = j->y + m * j->N + r0;
-        lmc_cpu_swiglu_span(yr, yr, up + m * nb, nb);
+        if (m + 8 < j->M) /* y's rows are N apart: fetch the lines to be written a few rows ahead */
+            for (int64_t b = 0; b < nb; b += 16) __builtin_prefetch(j->y + (m + 8) * j->N + r0 + b, 1, 3);
+        lmc_cpu_swiglu_span(j->y + m * j->N + r0, gt + m * nb, up + m * nb, nb);
     }
 }
 
@@ -919,7 +921,7 @@ void lmc_cpu_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M, const
     struct mm_glu_job j = {c, y, NULL, M, w_gate->rows, w_gate->cols, 0, w_gate, w_up};
     j.xp = mm_xpack(c, x, M, j.K);
     j.ws = ((int64_t)lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K) + 15) / 16 * 16;
-    lmc_cpu_scratch_reserve(c, (size_t)(j.ws + M * MM_GEMM_NB));
+    lmc_cpu_scratch_reserve(c, (size_t)(j.ws + 2 * M * MM_GEMM_NB));
     lmc_pool_run(c->pool, (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB, glu_task, &j);
 }
 
