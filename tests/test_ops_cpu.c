@@ -7,6 +7,7 @@
 #include "core/threadpool.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_f32.h"
 #include "test.h"
 
 #include <stdatomic.h>
@@ -577,8 +578,10 @@ static void test_attention(struct lmc_backend *be) {
 /* Prefill blocks stack the query heads of one kv head into one product
  * (attention_prefill.c): the bits must be those of one head per product,
  * i.e. of the same K/V repeated for every query head (KV = H). Largest
- * blocks run first; neither may change a bit. */
+ * blocks run first; neither may change a bit. (Our GEMM's sums do not
+ * depend on M; OpenBLAS, used without AVX2, makes no such promise.) */
 static void test_attention_gqa_bits(struct lmc_backend *be) {
+    if (!lmc_cpu_gemm_f32_native()) return;
     static const int64_t cfg[][6] = {/* M, pos0, window, H, KV, D */
                                      {150, 41, 0, 6, 2, 24}, {97, 0, 0, 8, 2, 19}, {77, 30, 33, 12, 4, 64},
                                      {49, 0, 0, 3, 1, 8}};

@@ -34,6 +34,7 @@
 
 #include <cblas.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* W rows per sgemm task (64: the o and down projections of a 768-wide model
