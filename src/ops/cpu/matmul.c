@@ -37,13 +37,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* W rows per sgemm task (64: the o and down projections of a 768-wide model
- * split into 12 tasks, not 6, so two threads running at different speeds
- * end a run closer together; x's packed block is then re-read from L3 per
- * 64 columns, 32 FLOP per byte, which cost nothing measurable). */
+/* W rows per sgemm task (OpenBLAS: F32 weights, or without AVX2; its bits
+ * depend on the split, and fixture tests hold training steps to them). */
 #ifndef MM_GEMM_NB
-#define MM_GEMM_NB 64
+#define MM_GEMM_NB 128
 #endif
+/* W rows per task with our GEMM (xp): 64, so the o and down projections of a
+ * 768-wide model split into 12 tasks, not 6, and two threads running at
+ * different speeds end a run closer together; x's packed block is then
+ * re-read from L3 per 64 columns, 32 FLOP per byte, which cost nothing
+ * measurable. Our GEMM's sums do not depend on the split. */
+#define MM_OURS_NB 64
 /* Minimum W elements per small-M task (below: fewer threads). */
 #define MM_MIN_TASK_ELEMS 32768
 /* Small-M tasks per thread (M >= 4): slack for a thread the OS preempts. */
@@ -663,7 +667,7 @@ static bool mm_ours(const struct lmc_cpu_ctx *c, enum lmc_dtype dt) {
 
 static void gemm_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
-    int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
+    int64_t nb = j->xp ? MM_OURS_NB : MM_GEMM_NB, r0 = t * nb, r1 = LMC_MIN(j->N, r0 + nb), K = j->K;
     if (j->xp) { /* W rows widened while packed */
         const char *w = (const char *)j->w + r0 * K * lmc_dtype_size(j->dt);
         lmc_cpu_gemm_f32_pa(true, j->M, r1 - r0, K, 1.0f, j->xp, w, j->dt, K, j->acc ? 1.0f : 0.0f, j->y + r0,
@@ -724,10 +728,10 @@ static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const f
         if (w[i]->rows == 0) continue;
         j.part[j.n] = (struct mm_job){c, y[i], x, M, w[i]->rows, K, w[i]->data, w[i]->dtype, bias ? bias[i] : NULL,
                                       1, NULL, 0, 0, xp, false};
-        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_GEMM_NB - 1) / MM_GEMM_NB;
+        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_OURS_NB - 1) / MM_OURS_NB;
         j.n++;
     }
-    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, K));
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, K));
     lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
     return true;
 }
@@ -809,11 +813,12 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (mm_ours(c, j.dt)) {
             j.xp = mm_xpack(c, x, M, j.K);
-            lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
+            lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K));
         } else if (j.dt != LMC_DTYPE_F32) {
             lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
         }
-        j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
+        int64_t nb = j.xp ? MM_OURS_NB : MM_GEMM_NB;
+        j.n_tasks = (j.N + nb - 1) / nb;
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
     }
@@ -875,8 +880,8 @@ void lmc_cpu_matmul_add(void *ctx, float *y, const float *x, int64_t M, const st
     }
     struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 0, NULL, 0, 0, NULL, true};
     j.xp = mm_xpack(c, x, M, j.K);
-    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
-    j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K));
+    j.n_tasks = (j.N + MM_OURS_NB - 1) / MM_OURS_NB;
     lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
 }
 
@@ -893,8 +898,8 @@ struct mm_glu_job {
 
 static void glu_task(void *arg, int64_t t, int thread) {
     const struct mm_glu_job *j = arg;
-    int64_t r0 = t * MM_GEMM_NB, nb = LMC_MIN(j->N, r0 + MM_GEMM_NB) - r0, K = j->K;
-    float *ws = j->c->scratch[thread], *gt = ws + j->ws, *up = gt + j->M * MM_GEMM_NB;
+    int64_t r0 = t * MM_OURS_NB, nb = LMC_MIN(j->N, r0 + MM_OURS_NB) - r0, K = j->K;
+    float *ws = j->c->scratch[thread], *gt = ws + j->ws, *up = gt + j->M * MM_OURS_NB;
     const char *wg = (const char *)j->g->data + r0 * K * lmc_dtype_size(j->g->dtype);
     const char *wu = (const char *)j->u->data + r0 * K * lmc_dtype_size(j->u->dtype);
     lmc_cpu_gemm_f32_pa(true, j->M, nb, K, 1.0f, j->xp, wg, j->g->dtype, K, 0.0f, gt, nb, ws);
@@ -921,9 +926,9 @@ void lmc_cpu_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M, const
     }
     struct mm_glu_job j = {c, y, NULL, M, w_gate->rows, w_gate->cols, 0, w_gate, w_up};
     j.xp = mm_xpack(c, x, M, j.K);
-    j.ws = ((int64_t)lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K) + 15) / 16 * 16;
-    lmc_cpu_scratch_reserve(c, (size_t)(j.ws + 2 * M * MM_GEMM_NB));
-    lmc_pool_run(c->pool, (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB, glu_task, &j);
+    j.ws = ((int64_t)lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K) + 15) / 16 * 16;
+    lmc_cpu_scratch_reserve(c, (size_t)(j.ws + 2 * M * MM_OURS_NB));
+    lmc_pool_run(c->pool, (j.N + MM_OURS_NB - 1) / MM_OURS_NB, glu_task, &j);
 }
 
 /* ---- backward (training) ----
