@@ -200,17 +200,22 @@ static void pack_a(float *dst, const float *A, int64_t lda, bool ta, int64_t m0,
             continue;
         }
         int64_t k = 0;
-        if (ni == GF_MR)
+        if (ni == GF_MR) { /* the 6 rows' pointers hoisted and the stores unrolled (the
+                            * compiler kept r[] on the stack and looped over them) */
+            const float *a0 = A + (m0 + ip) * lda + k0;
             for (; k + 8 <= kc; k += 8) {
                 __m256 r[8];
-                for (int i = 0; i < GF_MR; i++) r[i] = _mm256_loadu_ps(A + (m0 + ip + i) * lda + k0 + k);
+#pragma GCC unroll 6
+                for (int i = 0; i < GF_MR; i++) r[i] = _mm256_loadu_ps(a0 + i * lda + k);
                 r[6] = r[7] = _mm256_setzero_ps();
                 tr8(r);
-                for (int i = 0; i < 8; i++) {
-                    if (k + i + 1 < kc) _mm256_storeu_ps(dst + (k + i) * GF_MR, r[i]); /* 2 extra, overwritten next */
-                    else st6(dst + (k + i) * GF_MR, r[i]);
-                }
+                float *d = dst + k * GF_MR;
+#pragma GCC unroll 7
+                for (int i = 0; i < 7; i++) _mm256_storeu_ps(d + i * GF_MR, r[i]); /* 2 extra, overwritten next */
+                if (k + 8 < kc) _mm256_storeu_ps(d + 7 * GF_MR, r[7]);
+                else st6(d + 7 * GF_MR, r[7]);
             }
+        }
         for (; k < kc; k++) {
             float *d = dst + k * GF_MR;
             int64_t i = 0;
