@@ -1,7 +1,8 @@
 /* attention_prefill.c — inference attention (backend.h's `attention`) for
  * many queries at once (prefill chunks, from LMC_CPU_ATTN_BLOCK_MIN_M queries; fewer go
  * to attention.c's per-query kernel). One task per (block of ATP_Q
- * queries, head): S = scale Q K^T over the keys the block sees (our fp32
+ * queries, group of query heads sharing a kv head, stacked: atp_task; the
+ * widest blocks first): S = scale Q K^T over the keys the block sees (our fp32
  * GEMM, gemm_f32.c, single-threaded per task; OpenBLAS sgemm with
  * ctx->gemm_blas or without AVX2), each row masked to its own causal
  * window, softmax as attention.c does it (max, exp, sum in double), then
@@ -109,7 +110,7 @@ static void atp_task(void *arg, int64_t t, int thread) {
     int64_t klo = j->window > 0 ? LMC_MAX(0, p0 - j->window + 1) : 0, nk = p0 + R - klo;
     int64_t st = (gs * ATP_Q * hd + 15) / 16 * 16;
     float *ws = j->c->scratch[thread], *Qs = ws + j->ws - 2 * st, *Os = Qs + st, *S = ws + j->ws;
-    float inv[ATP_ROWS];
+    float inv[ATP_ROWS > ATP_Q ? ATP_ROWS : ATP_Q];
     const float *A = qs + i0 * qrow + h0 * hd;
     int64_t lda = qrow;
     if (gs > 1) { /* rows hh * R + r: query r of head h0 + hh */
