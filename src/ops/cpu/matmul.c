@@ -690,7 +690,7 @@ static void gemm_task(void *arg, int64_t t, int thread) {
 }
 
 /* matmul_multi's large-M products with our GEMM (not mm_rows): x packed
- * once, the matrices' 128-row W blocks as the tasks of one pool run (each
+ * once, the matrices' 64-row W blocks (MM_OURS_NB) as the tasks of one pool run (each
  * task the same call as lmc_cpu_matmul's, so the same bits) */
 struct mm_gmulti_job {
     int n;
