@@ -5,8 +5,10 @@
  * threads; robust to other load on a shared machine), as tok/s and tokens
  * per CPU-second. The prompt is random ids; only the last token's logits.
  *
- *   bench_prefill_ab [--dir DIR] [--threads N] [--prompt N] [--reps N] [--paths 1|2]
+ *   bench_prefill_ab [--dir DIR] [--threads N] [--prompt N] [--reps N] [--paths 1|2] [--verbose 0|1]
  *   (--paths 1: our GEMM only, e.g. under perf)
+ *   (--verbose 1: every repetition's wall and CPU time and the page faults
+ *   and involuntary switches it took, to stderr: do repetitions speed up, and why)
  *   (DIR default /tmp/lmc-bench-125m-f16, written by bench_cpu) */
 #include "core/core.h"
 #include "core/rng.h"
@@ -19,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static void die(const char *what, const lmc_err *e) {
@@ -28,14 +31,15 @@ static void die(const char *what, const lmc_err *e) {
 
 int main(int argc, char **argv) {
     const char *dir = "/tmp/lmc-bench-125m-f16";
-    int threads = 2, prompt = 512, reps = 5, paths = 2;
+    int threads = 2, prompt = 512, reps = 5, paths = 2, verbose = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--prompt")) prompt = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--paths")) paths = atoi(argv[i + 1]);
-        else return fprintf(stderr, "usage: bench_prefill_ab [--dir D] [--threads N] [--prompt N] [--reps N] [--paths 1|2]\n"), 1;
+        else if (!strcmp(argv[i], "--verbose")) verbose = atoi(argv[i + 1]);
+        else return fprintf(stderr, "usage: bench_prefill_ab [--dir D] [--threads N] [--prompt N] [--reps N] [--paths 1|2] [--verbose 0|1]\n"), 1;
     }
     if (paths < 1 || paths > 2 || threads < 1 || prompt < 2 || reps < 1 || reps > 100) return fprintf(stderr, "bench_prefill_ab: bad option\n"), 1;
     lmc_err e;
@@ -61,11 +65,18 @@ int main(int argc, char **argv) {
             int p = (r & 1) ? 1 - k : k; /* alternate which path goes first */
             if (p >= paths) continue;
             c->gemm_blas = p == 1;
+            struct rusage u0, u1;
+            getrusage(RUSAGE_SELF, &u0);
             double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
             if (lmc_model_forward(&m, &be, &acts, &kv, ids, prompt, 0, logits, false, &e) != LMC_OK)
                 die("forward", &e);
             double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
+            getrusage(RUSAGE_SELF, &u1);
             if (r >= 0) wall[p][r] = w1 - w0, cpu[p][r] = c1 - c0; /* r = -1: warm-up */
+            if (verbose)
+                fprintf(stderr, "bench_prefill_ab: path %d rep %d: %.1f tok/s wall, %.1f per CPU-second, %ld minor / %ld major faults, %ld involuntary switches\n",
+                    p, r, prompt / (w1 - w0), prompt / (c1 - c0), u1.ru_minflt - u0.ru_minflt, u1.ru_majflt - u0.ru_majflt,
+                    u1.ru_nivcsw - u0.ru_nivcsw);
         }
     printf("| %s, %d-token prefill, %d threads, %d reps (medians) | tok/s (wall) | tokens per CPU-second |\n"
            "|---|---:|---:|\n", dir, prompt, threads, reps);

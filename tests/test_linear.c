@@ -149,9 +149,9 @@ static void run(const struct lmc_backend *be, const char *label) {
     free(pure);
 }
 
-/* The CPU table has no matmul_add / matmul_swiglu (CUDA has): stand-ins
- * built from the CPU matmul check that lmc_linear routes to them (counted)
- * and what it passes. */
+/* Stand-ins for matmul_add / matmul_swiglu built from the CPU matmul (the
+ * CPU table's own fused entries are tested in test_ops_cpu) check that
+ * lmc_linear routes to them (counted) and what it passes. */
 static const struct lmc_backend *cpu;
 static int n_add, n_swiglu;
 static void add_standin(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,

@@ -7,6 +7,7 @@
 #include "core/threadpool.h"
 #include "ops/backend.h"
 #include "ops/cpu/ops_cpu.h"
+#include "ops/cpu/gemm_f32.h"
 #include "test.h"
 
 #include <stdatomic.h>
@@ -447,6 +448,77 @@ static void test_rope_row_cache(struct lmc_backend *be) {
     free(inv);
 }
 
+/* The fused matmul_add (y += x W^T + b) and matmul_swiglu (silu(x Wg^T) *
+ * (x Wu^T)) against float64 on odd sizes, for every weight type and on both
+ * of their routes (M below the GEMM's 12 rows: the ops composed; from 12
+ * with F16/BF16: our GEMM accumulating into y, silu per 64-column task).
+ * Bits: 1 and 2 threads agree, and on our GEMM's route a block of rows
+ * computed alone equals the same rows of a larger call. */
+static void test_matmul_fused(struct lmc_backend *be) {
+    static const int64_t Ms[] = {1, 5, 13, 150};
+    int64_t N = 131, K = 97;
+    struct lmc_backend b1, b2;
+    lmc_err err;
+    CHECK(lmc_backend_cpu_init(&b1, 1, &err) == LMC_OK);
+    CHECK(lmc_backend_cpu_init(&b2, 2, &err) == LMC_OK);
+    CHECK(be->matmul_add != NULL && be->matmul_swiglu != NULL);
+    for (size_t d = 0; d < 3; d++)
+        for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+            int64_t M = Ms[mi];
+            double *wg = dalloc(N * K), *wu = dalloc(N * K);
+            struct lmc_mat g = {dtypes[d], N, K, make_weights(dtypes[d], N * K, wg)};
+            struct lmc_mat u = {dtypes[d], N, K, make_weights(dtypes[d], N * K, wu)};
+            float *x = rand_f(M * K, 1.0f), *bias = rand_f(N, 1.0f), *y0 = rand_f(M * N, 1.0f);
+            float *y = malloc((size_t)(M * N) * sizeof(float)), *y2 = malloc((size_t)(M * N) * sizeof(float));
+            double *ref = dalloc(M * N);
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t n = 0; n < N; n++) {
+                        double acc = (double)y0[m * N + n] + (with_bias ? bias[n] : 0);
+                        for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * wg[n * K + k];
+                        ref[m * N + n] = acc;
+                    }
+                memcpy(y, y0, (size_t)(M * N) * sizeof(float));
+                be->matmul_add(be->ctx, y, x, M, &g, with_bias ? bias : NULL);
+                double e = test_rel_err_f32_f64(y, ref, M * N);
+                record(E_MATMUL, e);
+                CHECK_MSG(e <= TOL, "matmul_add dt=%zu M=%lld bias=%d: %g", d, (long long)M, with_bias, e);
+            }
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < N; n++) {
+                    double a = 0, b = 0;
+                    for (int64_t k = 0; k < K; k++) {
+                        a += (double)x[m * K + k] * wg[n * K + k];
+                        b += (double)x[m * K + k] * wu[n * K + k];
+                    }
+                    ref[m * N + n] = a / (1 + exp(-a)) * b;
+                }
+            be->matmul_swiglu(be->ctx, y, x, M, &g, &u);
+            double e = test_rel_err_f32_f64(y, ref, M * N);
+            record(E_MATMUL, e);
+            CHECK_MSG(e <= TOL, "matmul_swiglu dt=%zu M=%lld: %g", d, (long long)M, e);
+            /* the same bits with 1 and 2 threads, and (our GEMM: F16/BF16) for the first 13 rows alone */
+            b1.matmul_swiglu(b1.ctx, y, x, M, &g, &u);
+            b2.matmul_swiglu(b2.ctx, y2, x, M, &g, &u);
+            CHECK_MSG(!memcmp(y, y2, (size_t)(M * N) * sizeof(float)), "matmul_swiglu dt=%zu M=%lld: 1 vs 2 threads", d,
+                      (long long)M);
+            if (M > 13 && dtypes[d] != LMC_DTYPE_F32) {
+                b2.matmul_swiglu(b2.ctx, y2, x, 13, &g, &u);
+                CHECK_MSG(!memcmp(y, y2, (size_t)(13 * N) * sizeof(float)), "matmul_swiglu dt=%zu: 13 rows alone", d);
+            }
+            memcpy(y, y0, (size_t)(M * N) * sizeof(float));
+            memcpy(y2, y0, (size_t)(M * N) * sizeof(float));
+            b1.matmul_add(b1.ctx, y, x, M, &g, bias);
+            b2.matmul_add(b2.ctx, y2, x, M, &g, bias);
+            CHECK_MSG(!memcmp(y, y2, (size_t)(M * N) * sizeof(float)), "matmul_add dt=%zu M=%lld: 1 vs 2 threads", d,
+                      (long long)M);
+            free(wg), free(wu), free((void *)g.data), free((void *)u.data), free(x), free(bias), free(y0), free(y);
+            free(y2), free(ref);
+        }
+    lmc_backend_cpu_free(&b1);
+    lmc_backend_cpu_free(&b2);
+}
+
 /* ---- attention ---- */
 
 static void attn_ref(double *out, const float *q, const float *k, const float *v, int64_t M,
@@ -501,6 +573,37 @@ static void test_attention(struct lmc_backend *be) {
                       (long long)KV, (long long)D, e);
             free(q), free(k), free(v), free(out), free(ref);
         }
+}
+
+/* Prefill blocks stack the query heads of one kv head into one product
+ * (attention_prefill.c): the bits must be those of one head per product,
+ * i.e. of the same K/V repeated for every query head (KV = H). Largest
+ * blocks run first; neither may change a bit. (Our GEMM's sums do not
+ * depend on M; OpenBLAS, used without AVX2, makes no such promise.) */
+static void test_attention_gqa_bits(struct lmc_backend *be) {
+    if (!lmc_cpu_gemm_f32_native()) return;
+    static const int64_t cfg[][6] = {/* M, pos0, window, H, KV, D */
+                                     {150, 41, 0, 6, 2, 24}, {97, 0, 0, 8, 2, 19}, {77, 30, 33, 12, 4, 64},
+                                     {49, 0, 0, 3, 1, 8}};
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+        int64_t M = cfg[c][0], pos0 = cfg[c][1], win = cfg[c][2], H = cfg[c][3], KV = cfg[c][4], D = cfg[c][5];
+        int64_t T = pos0 + M, g = H / KV;
+        float scale = 1.0f / sqrtf((float)D);
+        float *q = rand_f(M * H * D, 2.0f), *k = rand_f(T * KV * D, 2.0f), *v = rand_f(T * KV * D, 1.0f);
+        float *kx = rand_f(T * H * D, 1.0f), *vx = rand_f(T * H * D, 1.0f);
+        float *o1 = rand_f(M * H * D, 1.0f), *o2 = rand_f(M * H * D, 1.0f);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                memcpy(kx + (t * H + h) * D, k + (t * KV + h / g) * D, (size_t)D * sizeof(float));
+                memcpy(vx + (t * H + h) * D, v + (t * KV + h / g) * D, (size_t)D * sizeof(float));
+            }
+        be->attention(be->ctx, o1, q, k, v, M, pos0, H, KV, D, scale, win);
+        be->attention(be->ctx, o2, q, kx, vx, M, pos0, H, H, D, scale, win);
+        CHECK_MSG(memcmp(o1, o2, (size_t)(M * H * D) * sizeof(float)) == 0,
+                  "attention M=%lld H=%lld KV=%lld: stacked heads change bits", (long long)M, (long long)H,
+                  (long long)KV);
+        free(q), free(k), free(v), free(kx), free(vx), free(o1), free(o2);
+    }
 }
 
 /* ---- elementwise ---- */
@@ -578,7 +681,9 @@ int main(void) {
         test_norms(&be);
         test_rope(&be);
         test_rope_row_cache(&be);
+        test_matmul_fused(&be);
         test_attention(&be);
+        test_attention_gqa_bits(&be);
         test_elementwise(&be);
         test_extremes(&be);
         lmc_backend_cpu_free(&be);

@@ -91,6 +91,8 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     be->attn_block_bwd = lmc_cpu_attn_block_bwd;
     be->matmul = lmc_cpu_matmul;
     be->matmul_multi = lmc_cpu_matmul_multi;
+    be->matmul_add = lmc_cpu_matmul_add;
+    be->matmul_swiglu = lmc_cpu_matmul_swiglu;
     be->embed = lmc_cpu_embed;
     be->rmsnorm = lmc_cpu_rmsnorm;
     be->layernorm = lmc_cpu_layernorm;
@@ -183,6 +185,8 @@ lmc_status lmc_backend_cpu_set_train_bf16(struct lmc_backend *be, bool on, lmc_e
                            "cpu backend: bf16 training needs AVX512-BF16, which this CPU lacks (use fp32)");
     be->matmul = on ? lmc_cpu_matmul_bf16 : lmc_cpu_matmul;
     be->matmul_multi = on ? lmc_cpu_matmul_multi_bf16 : lmc_cpu_matmul_multi;
+    be->matmul_add = on ? NULL : lmc_cpu_matmul_add; /* the fused ones are f32: bf16 mode composes its own */
+    be->matmul_swiglu = on ? NULL : lmc_cpu_matmul_swiglu;
     be->matmul_bwd = on ? lmc_cpu_matmul_bwd_bf16 : lmc_cpu_matmul_bwd;
     be->matmul_bwd_multi = on ? lmc_cpu_matmul_bwd_multi_bf16 : lmc_cpu_matmul_bwd_multi;
     be->classifier_xent = on ? lmc_cpu_classifier_xent_bf16 : lmc_cpu_classifier_xent;
@@ -202,6 +206,7 @@ void lmc_backend_cpu_free(struct lmc_backend *be) {
     free(c->scratch_cap);
     free(c->mm_claim);
     free(c->xbuf);
+    free(c->ybuf);
     free(c->qctx);
     free(c->qscratch);
     free(c->qf_buf);

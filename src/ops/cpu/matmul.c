@@ -34,12 +34,20 @@
 
 #include <cblas.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* W rows per sgemm task. */
+/* W rows per sgemm task (OpenBLAS: F32 weights, or without AVX2; its bits
+ * depend on the split, and fixture tests hold training steps to them). */
 #ifndef MM_GEMM_NB
 #define MM_GEMM_NB 128
 #endif
+/* W rows per task with our GEMM (xp): 64, so the o and down projections of a
+ * 768-wide model split into 12 tasks, not 6, and two threads running at
+ * different speeds end a run closer together; x's packed block is then
+ * re-read from L3 per 64 columns, 32 FLOP per byte, which cost nothing
+ * measurable. Our GEMM's sums do not depend on the split. */
+#define MM_OURS_NB 64
 /* Minimum W elements per small-M task (below: fewer threads). */
 #define MM_MIN_TASK_ELEMS 32768
 /* Small-M tasks per thread (M >= 4): slack for a thread the OS preempts. */
@@ -66,6 +74,7 @@ struct mm_job {
     int64_t ldx, peel;
     /* large M with our own GEMM (gemm_f32.c): x packed once for all tasks */
     const float *xp;
+    bool acc; /* with xp: y += the product (lmc_cpu_matmul_add) */
 };
 
 __attribute__((unused)) static inline float w_at(const void *w, enum lmc_dtype dt, int64_t i) {
@@ -533,7 +542,7 @@ static void multi_small_x(struct lmc_cpu_ctx *c, int n, float *const *y, const f
         struct mm_job *j = &mj.part[mj.n];
         if (w[i]->rows == 0 || M[i] == 0) continue;
         *j = (struct mm_job){c, y[i], x[i], M[i], w[i]->rows, w[i]->cols, w[i]->data, w[i]->dtype,
-                             bias ? bias[i] : NULL, 1, NULL, 0, 0, NULL};
+                             bias ? bias[i] : NULL, 1, NULL, 0, 0, NULL, false};
         mj.row_bytes[mj.n] = j->K * lmc_dtype_size(j->dt);
         mj.start[mj.n + 1] = mj.start[mj.n] + j->N * mj.row_bytes[mj.n];
         mj.n++;
@@ -658,11 +667,11 @@ static bool mm_ours(const struct lmc_cpu_ctx *c, enum lmc_dtype dt) {
 
 static void gemm_task(void *arg, int64_t t, int thread) {
     const struct mm_job *j = arg;
-    int64_t r0 = t * MM_GEMM_NB, r1 = LMC_MIN(j->N, r0 + MM_GEMM_NB), K = j->K;
+    int64_t nb = j->xp ? MM_OURS_NB : MM_GEMM_NB, r0 = t * nb, r1 = LMC_MIN(j->N, r0 + nb), K = j->K;
     if (j->xp) { /* W rows widened while packed */
         const char *w = (const char *)j->w + r0 * K * lmc_dtype_size(j->dt);
-        lmc_cpu_gemm_f32_pa(true, j->M, r1 - r0, K, 1.0f, j->xp, w, j->dt, K, 0.0f, j->y + r0, j->N,
-                            j->c->scratch[thread]);
+        lmc_cpu_gemm_f32_pa(true, j->M, r1 - r0, K, 1.0f, j->xp, w, j->dt, K, j->acc ? 1.0f : 0.0f, j->y + r0,
+                            j->N, j->c->scratch[thread]);
         add_bias(j, r0, r1);
         return;
     }
@@ -681,7 +690,7 @@ static void gemm_task(void *arg, int64_t t, int thread) {
 }
 
 /* matmul_multi's large-M products with our GEMM (not mm_rows): x packed
- * once, the matrices' 128-row W blocks as the tasks of one pool run (each
+ * once, the matrices' 64-row W blocks (MM_OURS_NB) as the tasks of one pool run (each
  * task the same call as lmc_cpu_matmul's, so the same bits) */
 struct mm_gmulti_job {
     int n;
@@ -718,11 +727,11 @@ static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const f
     for (int i = 0; i < n; i++) {
         if (w[i]->rows == 0) continue;
         j.part[j.n] = (struct mm_job){c, y[i], x, M, w[i]->rows, K, w[i]->data, w[i]->dtype, bias ? bias[i] : NULL,
-                                      1, NULL, 0, 0, xp};
-        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_GEMM_NB - 1) / MM_GEMM_NB;
+                                      1, NULL, 0, 0, xp, false};
+        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_OURS_NB - 1) / MM_OURS_NB;
         j.n++;
     }
-    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, K));
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, K));
     lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
     return true;
 }
@@ -783,7 +792,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     struct lmc_cpu_ctx *c = ctx;
     LMC_ASSERT(mat_ok(w) && M >= 0);
     if (M == 0 || w->rows == 0) return;
-    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0, NULL};
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 1, NULL, 0, 0, NULL, false};
     if (w->cols == 0) {
         for (int64_t i = 0; i < M * j.N; i++) y[i] = 0;
         for (int64_t m = 0; bias && m < M; m++) memcpy(y + m * j.N, bias, j.N * sizeof(float));
@@ -804,11 +813,12 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (mm_ours(c, j.dt)) {
             j.xp = mm_xpack(c, x, M, j.K);
-            lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_GEMM_NB, j.K));
+            lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K));
         } else if (j.dt != LMC_DTYPE_F32) {
             lmc_cpu_scratch_reserve(c, (size_t)(MM_GEMM_NB * j.K));
         }
-        j.n_tasks = (j.N + MM_GEMM_NB - 1) / MM_GEMM_NB;
+        int64_t nb = j.xp ? MM_OURS_NB : MM_GEMM_NB;
+        j.n_tasks = (j.N + nb - 1) / nb;
         lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
         return;
     }
@@ -829,6 +839,96 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     }
 #endif
     lmc_pool_run(c->pool, j.n_tasks, small_task, &j);
+}
+
+/* ---- fused matmul_add / matmul_swiglu (ops_cpu.h) ---- */
+
+/* true if x (M rows) times every one of w goes through our GEMM on the
+ * route lmc_cpu_matmul / matmul_multi would take for it (large M, F16/BF16
+ * weights, the rows not routed by kind, no bf16 prefill GEMM) */
+static bool mm_ours_route(const struct lmc_cpu_ctx *c, int n, int64_t M, const struct lmc_mat *const *w) {
+    int64_t K = w[0]->cols;
+    if (M < c->gemm_min_m || K == 0 || K > INT32_MAX || M > INT32_MAX) return false;
+    for (int i = 0; i < n; i++)
+        if (!mm_ours(c, w[i]->dtype) || w[i]->cols != K || w[i]->rows == 0 || w[i]->rows > INT32_MAX ||
+            lmc_cpu_routed(c, M, w[i]) || lmc_cpu_pf_ok(c, M, K, w[i]->dtype))
+            return false;
+    return true;
+}
+
+static float *ybuf(struct lmc_cpu_ctx *c, size_t n) {
+    n = (n + 15) & ~(size_t)15;
+    if (c->ybuf_cap < n) {
+        free(c->ybuf);
+        c->ybuf = aligned_alloc(64, n * sizeof(float));
+        LMC_ASSERT(c->ybuf != NULL);
+        c->ybuf_cap = n;
+    }
+    return c->ybuf;
+}
+
+void lmc_cpu_matmul_add(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                        const float *bias) {
+    struct lmc_cpu_ctx *c = ctx;
+    LMC_ASSERT(mat_ok(w) && M >= 0);
+    if (M == 0 || w->rows == 0) return;
+    if (!mm_ours_route(c, 1, M, &w)) { /* the product, then the add: as the ops composed */
+        float *t = ybuf(c, (size_t)(M * w->rows));
+        lmc_cpu_matmul(c, t, x, M, w, bias);
+        lmc_cpu_add(c, y, y, t, M * w->rows);
+        return;
+    }
+    struct mm_job j = {c, y, x, M, w->rows, w->cols, w->data, w->dtype, bias, 0, NULL, 0, 0, NULL, true};
+    j.xp = mm_xpack(c, x, M, j.K);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K));
+    j.n_tasks = (j.N + MM_OURS_NB - 1) / MM_OURS_NB;
+    lmc_pool_run(c->pool, j.n_tasks, gemm_task, &j);
+}
+
+/* gate's and up's columns [r0, r1) into the thread's scratch after the
+ * GEMM's workspace (rows of 64: y's rows, N apart, would fall into a few L2
+ * sets at N = 2048 and leave the cache), then y = silu(gate) * up, row by row */
+struct mm_glu_job {
+    struct lmc_cpu_ctx *c;
+    float *y;
+    const float *xp;
+    int64_t M, N, K, ws;
+    const struct lmc_mat *g, *u;
+};
+
+static void glu_task(void *arg, int64_t t, int thread) {
+    const struct mm_glu_job *j = arg;
+    int64_t r0 = t * MM_OURS_NB, nb = LMC_MIN(j->N, r0 + MM_OURS_NB) - r0, K = j->K;
+    float *ws = j->c->scratch[thread], *gt = ws + j->ws, *up = gt + j->M * MM_OURS_NB;
+    const char *wg = (const char *)j->g->data + r0 * K * lmc_dtype_size(j->g->dtype);
+    const char *wu = (const char *)j->u->data + r0 * K * lmc_dtype_size(j->u->dtype);
+    lmc_cpu_gemm_f32_pa(true, j->M, nb, K, 1.0f, j->xp, wg, j->g->dtype, K, 0.0f, gt, nb, ws);
+    lmc_cpu_gemm_f32_pa(true, j->M, nb, K, 1.0f, j->xp, wu, j->u->dtype, K, 0.0f, up, nb, ws);
+    for (int64_t m = 0; m < j->M; m++) {
+        if (m + 8 < j->M) /* y's rows are N apart: fetch the lines to be written a few rows ahead */
+            for (int64_t b = 0; b < nb; b += 16) __builtin_prefetch(j->y + (m + 8) * j->N + r0 + b, 1, 3);
+        lmc_cpu_swiglu_span(j->y + m * j->N + r0, gt + m * nb, up + m * nb, nb);
+    }
+}
+
+void lmc_cpu_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w_gate,
+                           const struct lmc_mat *w_up) {
+    struct lmc_cpu_ctx *c = ctx;
+    const struct lmc_mat *w[2] = {w_gate, w_up};
+    LMC_ASSERT(mat_ok(w_gate) && mat_ok(w_up) && M >= 0);
+    LMC_ASSERT(w_gate->rows == w_up->rows && w_gate->cols == w_up->cols);
+    if (M == 0 || w_gate->rows == 0) return;
+    if (!mm_ours_route(c, 2, M, w)) { /* both products in one job, then the pass: as the ops composed */
+        float *t = ybuf(c, (size_t)(M * w_up->rows)), *ys[2] = {y, t};
+        lmc_cpu_matmul_multi(c, 2, ys, x, M, w, NULL);
+        lmc_cpu_swiglu(c, y, y, t, M * w_up->rows);
+        return;
+    }
+    struct mm_glu_job j = {c, y, NULL, M, w_gate->rows, w_gate->cols, 0, w_gate, w_up};
+    j.xp = mm_xpack(c, x, M, j.K);
+    j.ws = ((int64_t)lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K) + 15) / 16 * 16;
+    lmc_cpu_scratch_reserve(c, (size_t)(j.ws + 2 * M * MM_OURS_NB));
+    lmc_pool_run(c->pool, (j.N + MM_OURS_NB - 1) / MM_OURS_NB, glu_task, &j);
 }
 
 /* ---- backward (training) ----

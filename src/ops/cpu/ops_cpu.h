@@ -43,6 +43,8 @@ struct lmc_cpu_ctx {
     _Atomic uint64_t *mm_claim; /* matmul M < 4: a claim word per thread, LMC_CPU_CLAIM_STRIDE apart */
     float *xbuf;          /* shared staging of an op's input, written by the caller */
     size_t xbuf_cap;      /* floats */
+    float *ybuf;          /* the fused matmuls' second product on their composed route */
+    size_t ybuf_cap;      /* floats */
     struct lmc_qctx *qctx; /* quantized matmul: instruction-set table (quant/qmatmul.h) */
     void *qscratch;       /* its activation scratch, 64-byte aligned, grown to the largest step */
     size_t qscratch_cap;  /* bytes */
@@ -303,6 +305,15 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
                     const float *bias);
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias);
+/* backend.h's fused matmul_add and matmul_swiglu: with our GEMM (F16/BF16
+ * weights, large M) the residual is accumulated into y by the GEMM (beta 1)
+ * and silu(gate) * up is taken per 64-column task while both are in cache,
+ * with no separate pass or pool run; every other route is the plain ops
+ * composed through c->ybuf, with the bits they gave before */
+void lmc_cpu_matmul_add(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w,
+                        const float *bias);
+void lmc_cpu_matmul_swiglu(void *ctx, float *y, const float *x, int64_t M, const struct lmc_mat *w_gate,
+                           const struct lmc_mat *w_up);
 void lmc_cpu_embed(void *ctx, float *y, const struct lmc_mat *table, const int32_t *ids,
                    int64_t n);
 void lmc_cpu_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t M, int64_t C,
@@ -319,6 +330,9 @@ void lmc_cpu_attention(void *ctx, float *out, const float *q, const float *k, co
                        float scale, int64_t window);
 void lmc_cpu_attention_paged(void *ctx, float *out, const float *q, const float *k_new, const float *v_new, float *kc, float *vc, int64_t T, const int32_t *seq, const int32_t *pos, const int32_t *bt, int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window);
 void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+/* y[i] = silu(g[i]) * u[i] over n elements on the calling thread: the
+ * values lmc_cpu_swiglu gives an element at the same offset of its range */
+void lmc_cpu_swiglu_span(float *y, const float *g, const float *u, int64_t n);
 void lmc_cpu_gelu(void *ctx, float *y, const float *x, int64_t n, int tanh_approx);
 void lmc_cpu_add(void *ctx, float *y, const float *a, const float *b, int64_t n);
 void lmc_cpu_argmax_rows(void *ctx, int32_t *out_ids, const float *logits, int64_t rows, int64_t V);

@@ -8,33 +8,41 @@ struct swiglu_job {
     int64_t n, n_tasks;
 };
 
-static void swiglu_task(void *arg, int64_t t, int thread) {
-    const struct swiglu_job *j = arg;
-    int64_t lo, hi;
-    lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
-    int64_t i = lo;
+/* y[i] = silu(g[i]) * u[i], i < n: 8 lanes at a time from i = 0 (16 with
+ * AVX-512: the same values), the scalar tail after. swiglu_task runs it over
+ * its range, the fused gate/up GEMM (matmul.c) over each row's columns. */
+void lmc_cpu_swiglu_span(float *y, const float *g_, const float *u_, int64_t n) {
+    int64_t i = 0;
 #ifdef __AVX512F__
     { /* the 8-lane loop's operations on 16 lanes: the same values */
         const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-        for (; i + 16 <= hi; i += 16) {
-            __m512 g = _mm512_loadu_ps(j->g + i), u = _mm512_loadu_ps(j->u + i);
+        for (; i + 16 <= n; i += 16) {
+            __m512 g = _mm512_loadu_ps(g_ + i), u = _mm512_loadu_ps(u_ + i);
             __m512 d = _mm512_add_ps(one, lmc_exp512(_mm512_sub_ps(zero, g)));
-            _mm512_storeu_ps(j->y + i, _mm512_mul_ps(_mm512_div_ps(g, d), u));
+            _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_div_ps(g, d), u));
         }
     }
 #endif
 #ifdef __AVX2__
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    for (; i + 8 <= hi; i += 8) {
-        __m256 g = _mm256_loadu_ps(j->g + i), u = _mm256_loadu_ps(j->u + i);
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(g_ + i), u = _mm256_loadu_ps(u_ + i);
         __m256 d = _mm256_add_ps(one, lmc_exp256(_mm256_sub_ps(zero, g)));
-        _mm256_storeu_ps(j->y + i, _mm256_mul_ps(_mm256_div_ps(g, d), u));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(g, d), u));
     }
 #endif
-    for (; i < hi; i++) {
-        float g = j->g[i];
-        j->y[i] = g / (1.0f + expf(-g)) * j->u[i];
+    for (; i < n; i++) {
+        float g = g_[i];
+        y[i] = g / (1.0f + expf(-g)) * u_[i];
     }
+}
+
+static void swiglu_task(void *arg, int64_t t, int thread) {
+    (void)thread;
+    const struct swiglu_job *j = arg;
+    int64_t lo, hi;
+    lmc_cpu_range(j->n, j->n_tasks, t, 16, &lo, &hi);
+    lmc_cpu_swiglu_span(j->y + lo, j->g + lo, j->u + lo, hi - lo);
 }
 
 void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
