@@ -447,6 +447,43 @@ static void test_rope_row_cache(struct lmc_backend *be) {
     free(inv);
 }
 
+/* rope at 2..16 rows within 16 positions (a speculative verification:
+ * the backend keeps their cos/sin rows in the row slot) bit for bit the
+ * per-row formula (2-row calls 1000 positions apart), between M = 1
+ * calls that reuse the slot, odd sizes, positions in any order, past the
+ * table's 65536 and back. */
+static void test_rope_small_m(struct lmc_backend *be) {
+    const int64_t H = 3, D = 26, R = 22, n = H * D;
+    static const int32_t starts[] = {0, 5, 5, 6, 70000, 3, 40};
+    double *inv = dalloc(R / 2);
+    for (int64_t i = 0; i < R / 2; i++) inv[i] = pow(10000.0, -2.0 * (double)i / (double)R);
+    for (size_t w = 0; w < sizeof starts / sizeof *starts; w++) {
+        int64_t M = 2 + (int64_t)(w * 5) % 15;
+        int32_t pos[16], one = starts[w] + 1;
+        for (int64_t m = 0; m < M; m++) pos[m] = starts[w] + (int32_t)((m * 7) % M); /* a permutation */
+        float *x = rand_f(M * n, 1.0f), *y = malloc((size_t)(2 * n) * sizeof *y), *z = rand_f(n, 1.0f);
+        float *zr = malloc((size_t)(2 * n) * sizeof *zr);
+        memcpy(zr, z, (size_t)n * sizeof *zr);
+        memcpy(zr + n, z, (size_t)n * sizeof *zr);
+        float *ref = malloc((size_t)(M * n) * sizeof *ref);
+        for (int64_t m = 0; m < M; m++) {
+            memcpy(y, x + m * n, (size_t)n * sizeof *y);
+            memcpy(y + n, x + m * n, (size_t)n * sizeof *y);
+            int32_t p2[2] = {pos[m], pos[m] + 1000};
+            be->rope(be->ctx, y, 2, H, D, R, p2, inv, 0.75f);
+            memcpy(ref + m * n, y, (size_t)n * sizeof *y);
+        }
+        be->rope(be->ctx, x, M, H, D, R, pos, inv, 0.75f);
+        CHECK_MSG(!memcmp(x, ref, (size_t)(M * n) * sizeof *x), "rope small M=%lld from %d", (long long)M, starts[w]);
+        be->rope(be->ctx, z, 1, H, D, R, &one, inv, 0.75f); /* the slot's row for one position */
+        int32_t p2[2] = {one, one + 1000};
+        be->rope(be->ctx, zr, 2, H, D, R, p2, inv, 0.75f);
+        CHECK_MSG(!memcmp(z, zr, (size_t)n * sizeof *z), "rope M=1 after small M, pos %d", one);
+        free(x), free(y), free(z), free(zr), free(ref);
+    }
+    free(inv);
+}
+
 /* ---- attention ---- */
 
 static void attn_ref(double *out, const float *q, const float *k, const float *v, int64_t M,
@@ -578,6 +615,7 @@ int main(void) {
         test_norms(&be);
         test_rope(&be);
         test_rope_row_cache(&be);
+        test_rope_small_m(&be);
         test_attention(&be);
         test_elementwise(&be);
         test_extremes(&be);
