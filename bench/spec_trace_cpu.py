@@ -48,23 +48,26 @@ def read_trace(path):
         if l.startswith("#"): continue
         off, obj, *nums = l.split()
         n_tasks, t0, t_own, t_end, wns, wfirst = map(int, nums)
-        name = syms(obj).get(int(off, 16), off)
+        name = "note" if obj == "note" else syms(obj).get(int(off, 16), off)
         recs.append((name, n_tasks, t0, t_own, t_end, wns, wfirst))
     return recs
 
 def forwards(recs):
-    """lists of records, one per forward (from one embedding run to the next)"""
-    fw, cur = [], []
+    """(rows, records) per forward: from the embedding's note (its rows) to the next"""
+    fw, cur, rows = [], [], 0
     for r in recs:
-        if r[0].startswith("embed") and cur: fw.append(cur); cur = []
+        if r[0] == "note":
+            if cur: fw.append((rows, cur))
+            cur, rows = [], r[1]
+            continue
         cur.append(r)
-    if cur: fw.append(cur)
+    if cur: fw.append((rows, cur))
     return fw
 
-def classify(f):
-    att = [r for r in f if r[0] == "attn_task"]
+def classify(rows, f):
+    att = [r for r in f if r[0].startswith("attn")]
     if not att: return None
-    return len(att), att[0][1]  # layers, M * heads
+    return len(att), rows  # layers, M
 
 def run(p, extra, acc):
     with tempfile.NamedTemporaryFile(suffix=".trace", delete=False) as tf: path = tf.name
@@ -76,8 +79,8 @@ def run(p, extra, acc):
     recs = read_trace(path); os.unlink(path)
     fw = forwards(recs)
     prev = None
-    for f in fw:
-        c = classify(f)
+    for rows, f in fw:
+        c = classify(rows, f)
         if c is None: prev = None; continue
         key = c
         t0, t1 = f[0][2], f[-1][4]
@@ -102,8 +105,8 @@ for p in prompts:
     for name, extra in variants: run(p, extra, acc[name])
 
 pl = acc["plain"]
-tl = max((k for k in pl), key=lambda k: pl[k]["n"])  # the plain target step: (layers, heads)
-layers, heads = tl
+tl = max((k for k in pl), key=lambda k: pl[k]["n"])  # the plain target step: (layers, 1)
+layers = tl[0]
 step = pl[tl]["wall"] / pl[tl]["n"]
 print("%d prompts x %d tokens, %s threads, load %.1f; plain target forward (pool runs only) %.1f us"
       % (len(prompts), a.tokens, a.threads, os.getloadavg()[0], step / 1e3))
@@ -114,8 +117,7 @@ for name, _ in variants:
     for key in sorted(acc[name], key=lambda k: (-k[0], k[1])):
         s = acc[name][key]; n = s["n"]
         kind = "target" if key[0] == layers else "draft"
-        M = key[1] // heads if kind == "target" else key[1]
-        label = "%s M=%d" % (kind, M) if kind == "target" else "draft (%d tasks)" % key[1]
+        label = "%s M=%d" % (kind, key[1])
         print("  %-14s %5d %8.1f %7.2f %7.1f %7.1f %7.1f %7.1f %6.1f %8.1f" % (
             label, n, s["wall"] / n / 1e3, s["wall"] / n / step, s["own"] / n / 1e3, s["wait"] / n / 1e3,
             s["serial"] / n / 1e3, s["worker"] / n / 1e3, s["runs"] / n, s["late"] / max(1, s["late_n"]) / 1e3))

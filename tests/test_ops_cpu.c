@@ -517,6 +517,7 @@ static void test_attention(struct lmc_backend *be) {
     static const int64_t cfg[][3] = {/* M, pos0, window */
                                      {1, 0, 0}, {1, 37, 0}, {1, 37, 5}, {5, 0, 0},
                                      {17, 9, 0}, {17, 9, 6}, {130, 0, 0}, {3, 60, 64},
+                                     {2, 11, 0}, {4, 5, 3}, {7, 23, 0}, {31, 3, 0}, {11, 40, 4},
                                      /* blocks of queries (prefill): partial blocks, windows
                                       * across blocks, a cached prefix */
                                      {32, 0, 0}, {77, 0, 9}, {150, 41, 70}, {65, 200, 0}};
@@ -536,6 +537,16 @@ static void test_attention(struct lmc_backend *be) {
             CHECK_MSG(e <= TOL, "attention M=%lld pos0=%lld win=%lld H=%lld KV=%lld D=%lld: %g",
                       (long long)M, (long long)pos0, (long long)win, (long long)H,
                       (long long)KV, (long long)D, e);
+            if (M > 1 && M < 32) { /* decode rows (grouped per head): bit for bit one-row calls */
+                float *o1 = malloc((size_t)(H * D) * sizeof *o1);
+                for (int64_t m = 0; m < M; m++) {
+                    be->attention(be->ctx, o1, q + m * H * D, k, v, 1, pos0 + m, H, KV, D, scale, win);
+                    CHECK_MSG(!memcmp(o1, out + m * H * D, (size_t)(H * D) * sizeof *o1),
+                              "attention M=%lld row %lld != its one-row call (pos0=%lld win=%lld H=%lld KV=%lld)",
+                              (long long)M, (long long)m, (long long)pos0, (long long)win, (long long)H, (long long)KV);
+                }
+                free(o1);
+            }
             free(q), free(k), free(v), free(out), free(ref);
         }
 }

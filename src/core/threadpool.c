@@ -28,7 +28,8 @@
  * included, is recorded (its function, task count, the times it was
  * published, the caller's own tasks ended, the last task ended, and the
  * workers' busy nanoseconds) and written to FILE when the pool is freed
- * (bench/spec_trace_cpu.py reads it). Off, it costs one branch per run. */
+ * (bench/spec_trace_cpu.py reads it), with lmc_pool_note's values between
+ * them. Off, it costs one branch per run. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -229,7 +230,8 @@ static void trace_dump(struct lmc_pool *p) {
         memcpy(&fp, &r->fn, sizeof fp);
         long off = 0;
         const char *obj = "?";
-        if (dladdr(fp, &d) && d.dli_fbase) {
+        if (!fp) obj = "note";
+        else if (dladdr(fp, &d) && d.dli_fbase) {
             off = (long)((const char *)fp - (const char *)d.dli_fbase);
             obj = d.dli_fname ? d.dli_fname : "?";
         }
@@ -258,6 +260,12 @@ void lmc_pool_free(struct lmc_pool *p) {
 int lmc_pool_threads(const struct lmc_pool *p) { return p ? p->n_threads : 1; }
 
 int lmc_pool_sleeping(struct lmc_pool *p) { return p ? atomic_load(&p->sleepers) : 0; }
+
+void lmc_pool_note(struct lmc_pool *p, int64_t value) {
+    if (!p || !p->trace || p->n_trace >= TRACE_MAX) return;
+    int64_t t = now_ns();
+    p->trace[p->n_trace++] = (struct trace_rec){.fn = NULL, .n_tasks = value, .t0 = t, .t_own = t, .t_end = t};
+}
 
 void lmc_pool_run(struct lmc_pool *p, int64_t n_tasks, lmc_pool_fn fn, void *arg) {
     if (n_tasks <= 0) return;
