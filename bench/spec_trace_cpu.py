@@ -43,9 +43,13 @@ def syms(obj):
     return symcache[obj]
 
 def read_trace(path):
-    recs = []
+    """the records of the pool with the most runs (the file has a block per pool)"""
+    blocks = []
     for l in open(path):
-        if l.startswith("#"): continue
+        if l.startswith("#"): blocks.append([]); continue
+        blocks[-1].append(l)
+    recs = []
+    for l in max(blocks, key=len):
         off, obj, *nums = l.split()
         n_tasks, t0, t_own, t_end, wns, wfirst = map(int, nums)
         name = "note" if obj == "note" else syms(obj).get(int(off, 16), off)

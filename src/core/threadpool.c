@@ -27,9 +27,10 @@
  * LMC_TRACE_POOL=FILE (read once per pool): every run, one-task runs
  * included, is recorded (its function, task count, the times it was
  * published, the caller's own tasks ended, the last task ended, and the
- * workers' busy nanoseconds) and written to FILE when the pool is freed
- * (bench/spec_trace_cpu.py reads it), with lmc_pool_note's values between
- * them. Off, it costs one branch per run. */
+ * workers' busy nanoseconds) and appended to FILE when the pool is freed
+ * (a header line, then one line per run, lmc_pool_note's values between
+ * them; bench/spec_trace_cpu.py reads it). Off, it costs one branch per
+ * run. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -192,6 +193,15 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
             return lmc_err_set(err, LMC_ERR_OOM, "thread pool: out of memory");
         }
     }
+    const char *tp = getenv("LMC_TRACE_POOL");
+    if (tp && *tp) {
+        p->trace = malloc(TRACE_MAX * sizeof *p->trace);
+        p->trace_path = p->trace ? strdup(tp) : NULL;
+        if (!p->trace_path) {
+            free(p->trace);
+            p->trace = NULL;
+        }
+    }
     for (int i = 0; i < n_threads - 1; i++) {
         p->workers[i].pool = p;
         p->workers[i].index = i + 1;
@@ -203,15 +213,6 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
                                i + 1, n_threads, strerror(rc));
         }
     }
-    const char *tp = getenv("LMC_TRACE_POOL");
-    if (tp && *tp) {
-        p->trace = malloc(TRACE_MAX * sizeof *p->trace);
-        p->trace_path = p->trace ? strdup(tp) : NULL;
-        if (!p->trace_path) {
-            free(p->trace);
-            p->trace = NULL;
-        }
-    }
     *pool = p;
     return LMC_OK;
 }
@@ -219,7 +220,7 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
 /* Writes the recorded runs: a header line, then one line per run (the
  * function as an offset into its object file, for nm). */
 static void trace_dump(struct lmc_pool *p) {
-    FILE *f = fopen(p->trace_path, "w");
+    FILE *f = fopen(p->trace_path, "a"); /* one block per pool of the process */
     if (!f) return;
     fprintf(f, "# lmc pool trace: threads %d; fn_offset object n_tasks t0 t_own t_end worker_ns worker_first (ns)\n",
             p->n_threads);
