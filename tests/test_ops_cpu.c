@@ -423,30 +423,6 @@ static void test_rope(struct lmc_backend *be) {
     lmc_backend_cpu_free(&b1);
 }
 
-/* rope at M = 1 (decode: the backend keeps the last position's cos/sin
- * row) bit for bit what the per-row formula gives (a 2-row call at
- * distinct positions), over a walk of positions that repeats, goes back,
- * and changes the frequencies in place (same pointer) and the scale. */
-static void test_rope_row_cache(struct lmc_backend *be) {
-    const int64_t H = 3, D = 24, R = 20, n = H * D;
-    static const int32_t walk[] = {0, 0, 1, 1, 7, 7, 7, 3, 3, 70000, 70000, 8, 9, 9};
-    double *inv = dalloc(R / 2);
-    for (size_t w = 0; w < sizeof walk / sizeof *walk; w++) {
-        double base = (w / 5) % 2 ? 500000.0 : 10000.0; /* the contents change, the pointer stays */
-        for (int64_t i = 0; i < R / 2; i++) inv[i] = pow(base, -2.0 * (double)i / (double)R);
-        float scale = w % 7 == 6 ? 0.5f : 1.0f;
-        float *x = rand_f(n, 1.0f), *y = malloc((size_t)(2 * n) * sizeof *y);
-        memcpy(y, x, (size_t)n * sizeof *y);
-        memcpy(y + n, x, (size_t)n * sizeof *y);
-        int32_t p1 = walk[w], p2[2] = {walk[w], walk[w] + 1000};
-        be->rope(be->ctx, x, 1, H, D, R, &p1, inv, scale);
-        be->rope(be->ctx, y, 2, H, D, R, p2, inv, scale);
-        CHECK_MSG(!memcmp(x, y, (size_t)n * sizeof *x), "rope M=1 row cache, step %zu pos %d", w, p1);
-        free(x), free(y);
-    }
-    free(inv);
-}
-
 /* rope at 2..16 rows within 16 positions (a speculative verification:
  * the backend keeps their cos/sin rows in the row slot) bit for bit the
  * per-row formula (2-row calls 1000 positions apart), between M = 1
@@ -480,6 +456,30 @@ static void test_rope_small_m(struct lmc_backend *be) {
         be->rope(be->ctx, zr, 2, H, D, R, p2, inv, 0.75f);
         CHECK_MSG(!memcmp(z, zr, (size_t)n * sizeof *z), "rope M=1 after small M, pos %d", one);
         free(x), free(y), free(z), free(zr), free(ref);
+    }
+    free(inv);
+}
+
+/* rope at M = 1 (decode: the backend keeps the last position's cos/sin
+ * row) bit for bit what the per-row formula gives (a 2-row call at
+ * distinct positions), over a walk of positions that repeats, goes back,
+ * and changes the frequencies in place (same pointer) and the scale. */
+static void test_rope_row_cache(struct lmc_backend *be) {
+    const int64_t H = 3, D = 24, R = 20, n = H * D;
+    static const int32_t walk[] = {0, 0, 1, 1, 7, 7, 7, 3, 3, 70000, 70000, 8, 9, 9};
+    double *inv = dalloc(R / 2);
+    for (size_t w = 0; w < sizeof walk / sizeof *walk; w++) {
+        double base = (w / 5) % 2 ? 500000.0 : 10000.0; /* the contents change, the pointer stays */
+        for (int64_t i = 0; i < R / 2; i++) inv[i] = pow(base, -2.0 * (double)i / (double)R);
+        float scale = w % 7 == 6 ? 0.5f : 1.0f;
+        float *x = rand_f(n, 1.0f), *y = malloc((size_t)(2 * n) * sizeof *y);
+        memcpy(y, x, (size_t)n * sizeof *y);
+        memcpy(y + n, x, (size_t)n * sizeof *y);
+        int32_t p1 = walk[w], p2[2] = {walk[w], walk[w] + 1000};
+        be->rope(be->ctx, x, 1, H, D, R, &p1, inv, scale);
+        be->rope(be->ctx, y, 2, H, D, R, p2, inv, scale);
+        CHECK_MSG(!memcmp(x, y, (size_t)n * sizeof *x), "rope M=1 row cache, step %zu pos %d", w, p1);
+        free(x), free(y);
     }
     free(inv);
 }
@@ -625,8 +625,8 @@ int main(void) {
         test_embed(&be);
         test_norms(&be);
         test_rope(&be);
-        test_rope_row_cache(&be);
         test_rope_small_m(&be);
+        test_rope_row_cache(&be);
         test_attention(&be);
         test_elementwise(&be);
         test_extremes(&be);
