@@ -95,6 +95,10 @@ def run(p, extra, acc):
         s = acc[key]
         s["n"] += 1; s["wall"] += wall; s["own"] += own; s["wait"] += wait; s["serial"] += wall - own - wait
         s["worker"] += worker; s["runs"] += len(f); s["late"] += sum(late); s["late_n"] += len(late)
+        mm = [r for r in f if r[0] == "multi_task"]
+        if len(mm) == 4 * key[0] + 1:  # per layer: qkv, o, gate+up, down; then the head
+            for i, r in enumerate(mm):
+                s["mm:" + ("head" if i == len(mm) - 1 else ("qkv", "o", "gate+up", "down")[i % 4])] += r[4] - r[2]
         for r in f:
             s["op:" + r[0]] += r[4] - r[2]; s["opw:" + r[0]] += r[4] - r[3]; s["opk:" + r[0]] += r[5]
             s["opn:" + r[0]] += 1; s["op1:" + r[0]] += r[5] == 0
@@ -129,3 +133,5 @@ for name, _ in variants:
         print("      " + ", ".join("%s %.0f (wait %.0f, worker %.0f, %.1f runs, %.1f without a worker)" % (
             o, v / n / 1e3, s["opw:" + o] / n / 1e3, s["opk:" + o] / n / 1e3, s["opn:" + o] / n, s["op1:" + o] / n)
             for o, v in ops))
+        mm = [(k[3:], v) for k, v in s.items() if k.startswith("mm:")]
+        if mm: print("      matmuls: " + ", ".join("%s %.0f" % (k, v / n / 1e3) for k, v in mm))
