@@ -424,6 +424,43 @@ static void test_rope(struct lmc_backend *be) {
     lmc_backend_cpu_free(&b1);
 }
 
+/* rope at 2..16 rows within 16 positions (a speculative verification:
+ * the backend keeps their cos/sin rows in the row slot) bit for bit the
+ * per-row formula (2-row calls 1000 positions apart), between M = 1
+ * calls that reuse the slot, odd sizes, positions in any order, past the
+ * table's 65536 and back. */
+static void test_rope_small_m(struct lmc_backend *be) {
+    const int64_t H = 3, D = 26, R = 22, n = H * D;
+    static const int32_t starts[] = {0, 5, 5, 6, 70000, 3, 40};
+    double *inv = dalloc(R / 2);
+    for (int64_t i = 0; i < R / 2; i++) inv[i] = pow(10000.0, -2.0 * (double)i / (double)R);
+    for (size_t w = 0; w < sizeof starts / sizeof *starts; w++) {
+        int64_t M = 2 + (int64_t)(w * 5) % 15;
+        int32_t pos[16], one = starts[w] + 1;
+        for (int64_t m = 0; m < M; m++) pos[m] = starts[w] + (int32_t)((m * 7) % M); /* a permutation */
+        float *x = rand_f(M * n, 1.0f), *y = malloc((size_t)(2 * n) * sizeof *y), *z = rand_f(n, 1.0f);
+        float *zr = malloc((size_t)(2 * n) * sizeof *zr);
+        memcpy(zr, z, (size_t)n * sizeof *zr);
+        memcpy(zr + n, z, (size_t)n * sizeof *zr);
+        float *ref = malloc((size_t)(M * n) * sizeof *ref);
+        for (int64_t m = 0; m < M; m++) {
+            memcpy(y, x + m * n, (size_t)n * sizeof *y);
+            memcpy(y + n, x + m * n, (size_t)n * sizeof *y);
+            int32_t p2[2] = {pos[m], pos[m] + 1000};
+            be->rope(be->ctx, y, 2, H, D, R, p2, inv, 0.75f);
+            memcpy(ref + m * n, y, (size_t)n * sizeof *y);
+        }
+        be->rope(be->ctx, x, M, H, D, R, pos, inv, 0.75f);
+        CHECK_MSG(!memcmp(x, ref, (size_t)(M * n) * sizeof *x), "rope small M=%lld from %d", (long long)M, starts[w]);
+        be->rope(be->ctx, z, 1, H, D, R, &one, inv, 0.75f); /* the slot's row for one position */
+        int32_t p2[2] = {one, one + 1000};
+        be->rope(be->ctx, zr, 2, H, D, R, p2, inv, 0.75f);
+        CHECK_MSG(!memcmp(z, zr, (size_t)n * sizeof *z), "rope M=1 after small M, pos %d", one);
+        free(x), free(y), free(z), free(zr), free(ref);
+    }
+    free(inv);
+}
+
 /* rope at M = 1 (decode: the backend keeps the last position's cos/sin
  * row) bit for bit what the per-row formula gives (a 2-row call at
  * distinct positions), over a walk of positions that repeats, goes back,
@@ -552,6 +589,7 @@ static void test_attention(struct lmc_backend *be) {
     static const int64_t cfg[][3] = {/* M, pos0, window */
                                      {1, 0, 0}, {1, 37, 0}, {1, 37, 5}, {5, 0, 0},
                                      {17, 9, 0}, {17, 9, 6}, {130, 0, 0}, {3, 60, 64},
+                                     {2, 11, 0}, {4, 5, 3}, {7, 23, 0}, {31, 3, 0}, {11, 40, 4},
                                      /* blocks of queries (prefill): partial blocks, windows
                                       * across blocks, a cached prefix */
                                      {32, 0, 0}, {77, 0, 9}, {150, 41, 70}, {65, 200, 0}};
@@ -571,6 +609,16 @@ static void test_attention(struct lmc_backend *be) {
             CHECK_MSG(e <= TOL, "attention M=%lld pos0=%lld win=%lld H=%lld KV=%lld D=%lld: %g",
                       (long long)M, (long long)pos0, (long long)win, (long long)H,
                       (long long)KV, (long long)D, e);
+            if (M > 1 && M < 32) { /* decode rows (grouped per head): bit for bit one-row calls */
+                float *o1 = malloc((size_t)(H * D) * sizeof *o1);
+                for (int64_t m = 0; m < M; m++) {
+                    be->attention(be->ctx, o1, q + m * H * D, k, v, 1, pos0 + m, H, KV, D, scale, win);
+                    CHECK_MSG(!memcmp(o1, out + m * H * D, (size_t)(H * D) * sizeof *o1),
+                              "attention M=%lld row %lld != its one-row call (pos0=%lld win=%lld H=%lld KV=%lld)",
+                              (long long)M, (long long)m, (long long)pos0, (long long)win, (long long)H, (long long)KV);
+                }
+                free(o1);
+            }
             free(q), free(k), free(v), free(out), free(ref);
         }
 }
@@ -680,6 +728,7 @@ int main(void) {
         test_embed(&be);
         test_norms(&be);
         test_rope(&be);
+        test_rope_small_m(&be);
         test_rope_row_cache(&be);
         test_matmul_fused(&be);
         test_attention(&be);

@@ -22,7 +22,15 @@
  * worker's hand-off costs three cache-line transfers (the generation line
  * with the job, the counter, the done count). Spinning backs off to
  * sched_yield and then to the futex, so more threads than cores (tests,
- * a loaded machine) still make progress. */
+ * a loaded machine) still make progress.
+ *
+ * LMC_TRACE_POOL=FILE (read once per pool): every run, one-task runs
+ * included, is recorded (its function, task count, the times it was
+ * published, the caller's own tasks ended, the last task ended, and the
+ * workers' busy nanoseconds) and appended to FILE when the pool is freed
+ * (a header line, then one line per run, lmc_pool_note's values between
+ * them; bench/spec_trace_cpu.py reads it). Off, it costs one branch per
+ * run. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -38,6 +46,8 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <dlfcn.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -56,8 +66,20 @@ struct worker {
     pthread_t tid;
 };
 
+/* one recorded run (LMC_TRACE_POOL) */
+struct trace_rec {
+    lmc_pool_fn fn;
+    int64_t n_tasks, t0, t_own, t_end, worker_ns, worker_first;
+};
+#define TRACE_MAX (1 << 20)
+
 struct lmc_pool {
     int n_threads;
+    char *trace_path;             /* NULL: no trace */
+    struct trace_rec *trace;
+    int64_t n_trace;
+    _Atomic int64_t tr_worker_ns; /* this run's workers' busy time */
+    _Atomic int64_t tr_first;     /* this run's first worker claim (ns) */
     struct worker *workers; /* n_threads - 1 */
 
     /* written once per run; the line workers spin on, so one miss brings
@@ -87,6 +109,7 @@ static int64_t now_ns(void) {
 
 /* Claims and runs tasks until the counter's run has none left. */
 static void run_tasks(struct lmc_pool *p, int thread) {
+    int64_t t_in = p->trace && thread ? now_ns() : 0;
     int64_t ran = 0; /* added to done once, when this thread finds no task left (one write to the shared line, not one per task) */
     for (;;) {
         uint64_t c = atomic_fetch_add_explicit(&p->ctr, 1, memory_order_acquire);
@@ -95,6 +118,13 @@ static void run_tasks(struct lmc_pool *p, int thread) {
         void *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
         fn(arg, (int64_t)(c & 0xffffffffu), thread);
         ran++;
+    }
+    if (ran && t_in) { /* before `done`: the caller reads these once every task is done */
+        atomic_fetch_add_explicit(&p->tr_worker_ns, now_ns() - t_in, memory_order_relaxed);
+        int64_t f = atomic_load_explicit(&p->tr_first, memory_order_relaxed);
+        while ((f == 0 || t_in < f) &&
+               !atomic_compare_exchange_weak_explicit(&p->tr_first, &f, t_in, memory_order_relaxed,
+                                                      memory_order_relaxed)) {}
     }
     if (ran) atomic_fetch_add_explicit(&p->done, ran, memory_order_release);
 }
@@ -163,6 +193,15 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
             return lmc_err_set(err, LMC_ERR_OOM, "thread pool: out of memory");
         }
     }
+    const char *tp = getenv("LMC_TRACE_POOL");
+    if (tp && *tp) {
+        p->trace = malloc(TRACE_MAX * sizeof *p->trace);
+        p->trace_path = p->trace ? strdup(tp) : NULL;
+        if (!p->trace_path) {
+            free(p->trace);
+            p->trace = NULL;
+        }
+    }
     for (int i = 0; i < n_threads - 1; i++) {
         p->workers[i].pool = p;
         p->workers[i].index = i + 1;
@@ -178,6 +217,32 @@ lmc_status lmc_pool_init(struct lmc_pool **pool, int n_threads, lmc_err *err) {
     return LMC_OK;
 }
 
+/* Writes the recorded runs: a header line, then one line per run (the
+ * function as an offset into its object file, for nm). */
+static void trace_dump(struct lmc_pool *p) {
+    FILE *f = fopen(p->trace_path, "a"); /* one block per pool of the process */
+    if (!f) return;
+    fprintf(f, "# lmc pool trace: threads %d; fn_offset object n_tasks t0 t_own t_end worker_ns worker_first (ns)\n",
+            p->n_threads);
+    for (int64_t i = 0; i < p->n_trace; i++) {
+        const struct trace_rec *r = &p->trace[i];
+        Dl_info d;
+        void *fp;
+        memcpy(&fp, &r->fn, sizeof fp);
+        long off = 0;
+        const char *obj = "?";
+        if (!fp) obj = "note";
+        else if (dladdr(fp, &d) && d.dli_fbase) {
+            off = (long)((const char *)fp - (const char *)d.dli_fbase);
+            obj = d.dli_fname ? d.dli_fname : "?";
+        }
+        fprintf(f, "%lx %s %lld %lld %lld %lld %lld %lld\n", off, obj, (long long)r->n_tasks,
+                (long long)r->t0, (long long)r->t_own, (long long)r->t_end, (long long)r->worker_ns,
+                (long long)r->worker_first);
+    }
+    fclose(f);
+}
+
 void lmc_pool_free(struct lmc_pool *p) {
     if (!p) return;
     if (p->n_threads > 1) {
@@ -186,6 +251,9 @@ void lmc_pool_free(struct lmc_pool *p) {
         futex_op(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
         for (int i = 0; i < p->n_threads - 1; i++) pthread_join(p->workers[i].tid, NULL);
     }
+    if (p->trace) trace_dump(p);
+    free(p->trace);
+    free(p->trace_path);
     free(p->workers);
     free(p);
 }
@@ -194,11 +262,24 @@ int lmc_pool_threads(const struct lmc_pool *p) { return p ? p->n_threads : 1; }
 
 int lmc_pool_sleeping(struct lmc_pool *p) { return p ? atomic_load(&p->sleepers) : 0; }
 
+void lmc_pool_note(struct lmc_pool *p, int64_t value) {
+    if (!p || !p->trace || p->n_trace >= TRACE_MAX) return;
+    int64_t t = now_ns();
+    p->trace[p->n_trace++] = (struct trace_rec){.fn = NULL, .n_tasks = value, .t0 = t, .t_own = t, .t_end = t};
+}
+
 void lmc_pool_run(struct lmc_pool *p, int64_t n_tasks, lmc_pool_fn fn, void *arg) {
     if (n_tasks <= 0) return;
+    struct trace_rec *tr = p && p->trace && p->n_trace < TRACE_MAX ? &p->trace[p->n_trace++] : NULL;
+    if (tr) *tr = (struct trace_rec){.fn = fn, .n_tasks = n_tasks, .t0 = now_ns()};
     if (!p || p->n_threads == 1 || n_tasks == 1) {
         for (int64_t t = 0; t < n_tasks; t++) fn(arg, t, 0);
+        if (tr) tr->t_own = tr->t_end = now_ns();
         return;
+    }
+    if (tr) {
+        atomic_store_explicit(&p->tr_worker_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->tr_first, 0, memory_order_relaxed);
     }
     LMC_ASSERT(n_tasks < ((int64_t)1 << 32) - CTR_SLACK);
     uint32_t g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
@@ -212,9 +293,15 @@ void lmc_pool_run(struct lmc_pool *p, int64_t n_tasks, lmc_pool_fn fn, void *arg
     atomic_store(&p->gen, g); /* seq_cst: wakes spinners, pairs with sleepers */
     if (atomic_load(&p->sleepers) > 0) futex_op(&p->gen, FUTEX_WAKE_PRIVATE, INT32_MAX);
     run_tasks(p, 0);
+    if (tr) tr->t_own = now_ns();
     for (unsigned i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks; i++) {
         CPU_RELAX();
         /* a worker holding a task may have been descheduled */
         if ((i & 1023) == 1023) sched_yield();
+    }
+    if (tr) {
+        tr->t_end = now_ns();
+        tr->worker_ns = atomic_load_explicit(&p->tr_worker_ns, memory_order_relaxed);
+        tr->worker_first = atomic_load_explicit(&p->tr_first, memory_order_relaxed);
     }
 }

@@ -23,5 +23,8 @@ int lmc_pool_sleeping(struct lmc_pool *pool);
 /* Runs fn over n_tasks tasks, distributing them over the threads, and
  * returns when all are done. Not reentrant from inside a task. */
 void lmc_pool_run(struct lmc_pool *pool, int64_t n_tasks, lmc_pool_fn fn, void *arg);
+/* With LMC_TRACE_POOL set: records `value` (e.g. the rows of the forward
+ * an op starts) between the runs; otherwise nothing. */
+void lmc_pool_note(struct lmc_pool *pool, int64_t value);
 
 #endif

@@ -1,6 +1,6 @@
 /* attention.c — causal multi-head attention (see backend.h for shapes).
  * Inference over a KV cache: from LMC_CPU_ATTN_BLOCK_MIN_M queries blocks
- * of queries through sgemm (attention_prefill.c); fewer: one task per (query, head): scores into the
+ * of queries through sgemm (attention_prefill.c); fewer: one task per (query, head), head-major: scores into the
  * thread's scratch, max-subtracted exp (stable softmax), sum in double,
  * then the weighted sum of V rows; the training forward is the same kernel
  * (keeping lse), or from LMC_CPU_ATTN_TRAIN_BLOCK_MIN_T tokens the prefill's
@@ -84,7 +84,9 @@ static void attn_mask_task(const struct attn_job *j, int64_t m, int64_t h, int t
 
 static void attn_task(void *arg, int64_t t, int thread) {
     const struct attn_job *j = arg;
-    int64_t m = t / j->n_heads, h = t % j->n_heads, hd = j->hd;
+    /* head-major: consecutive tasks are the same head's rows, which read the
+     * same K and V rows (still in the claiming thread's L2 for the next) */
+    int64_t h = t / j->M, m = t % j->M, hd = j->hd;
     if (j->mask) {
         attn_mask_task(j, m, h, thread);
         return;

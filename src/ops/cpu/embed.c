@@ -61,6 +61,7 @@ void lmc_cpu_embed(void *ctx, float *y, const struct lmc_mat *table, const int32
     if (n <= 0 || table->cols == 0) return;
     struct embed_job j = {y, table, ids, n, 1};
     j.n_tasks = LMC_MIN(lmc_cpu_ntasks(c, n * table->cols, 65536, 1), n);
+    lmc_pool_note(c->pool, n); /* a forward's rows, for LMC_TRACE_POOL */
     lmc_pool_run(c->pool, j.n_tasks, embed_task, &j);
 }
 

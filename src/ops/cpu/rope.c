@@ -10,6 +10,7 @@
 #define ROPE_CHUNK 64
 #define ROPE_TAB_MAX_POS 65536 /* positions the table may cover */
 #define ROPE_TAB_MIN_M 64       /* rows from which a call builds the table even without repeats */
+#define ROPE_ROW_MAX_M 16       /* up to this many rows within as many positions: rope_row covers them */
 
 /* cos/sin (times attn_scale) of positions [p0, p0 + npos) for the
  * frequencies freq[0..half) and scale it was built for: row p - p0 holds
@@ -18,7 +19,9 @@
  * times per layer; the table turns each call's M x half cos/sin pairs into
  * lookups. Decode (M = 1) calls it twice a layer at one position: the
  * second slot (rope_row) keeps that position's row, so a token computes
- * its half cos/sin pairs once instead of 2 x layers times. */
+ * its half cos/sin pairs once instead of 2 x layers times; a speculative
+ * verification's few rows (at most ROPE_ROW_MAX_M, within as many
+ * positions) likewise keep their rows there. */
 struct lmc_cpu_rope_tab {
     double *freq;
     float *cs;
@@ -84,10 +87,15 @@ static const float *rope_table(struct lmc_cpu_ctx *c, const int32_t *pos, int64_
         *p0 = pos[0];
         return tab_get(&c->rope_row, pos[0], pos[0], half, inv_freq, scale);
     }
-    int32_t pmax = -1;
+    int32_t pmax = -1, pmin = INT32_MAX;
     for (int64_t m = 0; m < M; m++) {
         if (pos[m] < 0) return NULL;
         pmax = pos[m] > pmax ? pos[m] : pmax;
+        pmin = pos[m] < pmin ? pos[m] : pmin;
+    }
+    if (M <= ROPE_ROW_MAX_M && pmax - pmin < ROPE_ROW_MAX_M) { /* a verification's few rows */
+        *p0 = pmin;
+        return tab_get(&c->rope_row, pmin, pmax, half, inv_freq, scale);
     }
     if (pmax >= ROPE_TAB_MAX_POS) return NULL;
     const struct lmc_cpu_rope_tab *t = c->rope_tab;
