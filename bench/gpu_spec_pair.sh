@@ -37,7 +37,7 @@
 #      skipped when W/kjv-target exists, distillation when W/kd-small does), SKIP_SERVER (0), SKIP_COSTS (0),
 #      KD (1), KD_STEPS (300), KD_BATCH (32), KD_ALPHA (1), KD_TEMP (1), KD_LR, KD_SMALL, KD_TINY, KD_DRAFTS (train_spec_pair.sh)
 #      ONPOLICY (0; 1: after the first measurement, bench/spec_onpolicy_data.py has the target write its greedy
-#      continuations of OP_PROMPTS (1500) training-book openings, and each distilled draft is distilled again on
+#      continuations (OP_TOKENS, 64, tokens each) of OP_PROMPTS (1500) training-book openings, and each distilled draft is distilled again on
 #      that text for OP_STEPS (300) steps from its own weights, then measured again; OP_CONC (64) concurrent
 #      requests, OP_SECONDS (0: no limit) stops sending prompts after that long), SKIP_MEASURE (0; 1: no lmc
 #      generate timings on this machine, e.g. when the pair is fetched back and timed elsewhere)
@@ -91,7 +91,7 @@ fi
 if [ "${ONPOLICY:-0}" = 1 ]; then   # second stage: the drafts distilled again on the target's own greedy text
   say "## on-policy distillation: the target's greedy continuations of ${OP_PROMPTS:-1500} training-book openings"
   python3 bench/spec_onpolicy_data.py $B/lmc "$W/kjv-target" "$W/onpolicy.txt" --n "${OP_PROMPTS:-1500}" \
-    --tokens 64 --device cuda --concurrency "${OP_CONC:-64}" --max-seconds "${OP_SECONDS:-0}" 2>"$OUT/onpolicy.err" | tee -a "$S" || { tail -20 "$OUT/onpolicy.err"; exit 1; }
+    --tokens "${OP_TOKENS:-64}" --device cuda --concurrency "${OP_CONC:-64}" --max-seconds "${OP_SECONDS:-0}" 2>"$OUT/onpolicy.err" | tee -a "$S" || { tail -20 "$OUT/onpolicy.err"; exit 1; }
   n=$(wc -l <"$W/onpolicy.txt"); cat "$W/onpolicy.txt" "$W/kjv-val.txt" >"$W/onpolicy-val.txt"
   rm -rf "$W/op-data" "$W/kd-stage1"; mkdir -p "$W/kd-stage1"
   $B/lmc prepare-data -m models/kjv-llama --text-file "$W/onpolicy-val.txt" --val-from-line $((n + 1)) \
