@@ -27,6 +27,7 @@ Usage: bench/spec_cli_cpu.py LMC LLAMA_BIN_DIR TARGET DRAFT [--prompts 8] [--tok
        [--gguf-dir /tmp/lmc-spec-cli]
 """
 import argparse, os, re, resource, statistics, subprocess, sys
+from kjv_prompts import kjv_prompts
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lmc"); ap.add_argument("llama_bin"); ap.add_argument("target"); ap.add_argument("draft")
@@ -36,8 +37,7 @@ ap.add_argument("--k", default="4"); ap.add_argument("--llama-dtype", default="b
 ap.add_argument("--no-simple", action="store_true"); ap.add_argument("--lmc-base", default="")
 ap.add_argument("--no-llama", action="store_true"); ap.add_argument("--gguf-dir", default="/tmp/lmc-spec-cli")
 ap.add_argument("--held-out", action="store_true",
-                help="prompts from the validation books (data/kjv.txt from line 71726: James..Revelation),\n"
-                     "which no model of the pair trained on")
+                help="prompts from the validation books (James..Revelation: kjv_prompts.py), which no model of the pair trained on")
 ap.add_argument("--lmc-variant", action="append", default=[],
                 help="more lmc --draft-model rows with these extra arguments (e.g. '--draft-adapt timed')")
 a = ap.parse_args()
@@ -78,11 +78,7 @@ def llama(tool, dt, prompt):
     dr, ac = re.search(r"n_drafted\s*=\s*(\d+)", log), re.search(r"n_accept\s*=\s*(\d+)", log)
     return int(m.group(1)) / float(m.group(2)), cpu, (int(dr.group(1)), int(ac.group(1))), ""
 
-lines = open("data/kjv.txt", encoding="utf-8").read().split("\n")
-if a.held_out: lines = lines[71725:]  # the validation books (spec_onpolicy_data.py --split-line)
-verses = [l.strip() for l in lines if len(l.strip()) > 40]
-stride = max(1, (len(verses) - 100) // a.prompts) if a.held_out else 997
-prompts = [" ".join(v.split()[:8]) for v in verses[100::stride]][:a.prompts]
+prompts = kjv_prompts(a.prompts, a.held_out)
 modes = [("lmc", "plain", lambda p: lmc(p, [])),
          ("lmc", "--draft-model, adaptive K<=" + a.k, lambda p: lmc(p, ["--draft-model", a.draft, "--draft-tokens", a.k]))]
 if a.lmc_base:  # an A/B of two lmc builds, interleaved with the rest

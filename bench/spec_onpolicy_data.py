@@ -14,19 +14,19 @@ Usage: bench/spec_onpolicy_data.py LMC TARGET OUT.txt [--n 1500] [--tokens 64]
        [--device cuda] [--concurrency 64] [--split-line 71726] [--max-seconds S]
 """
 import argparse, http.client, json, re, subprocess, sys, threading, time
+from kjv_prompts import kjv_prompts, kjv_verses, VAL_LINE
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lmc"); ap.add_argument("target"); ap.add_argument("out")
 ap.add_argument("--n", type=int, default=1500); ap.add_argument("--tokens", type=int, default=64)
 ap.add_argument("--device", default="cuda"); ap.add_argument("--concurrency", type=int, default=64)
-ap.add_argument("--split-line", type=int, default=71726)
+ap.add_argument("--split-line", type=int, default=VAL_LINE)
 ap.add_argument("--max-seconds", type=float, default=0, help="stop sending new prompts after this long (0: no limit)")
 a = ap.parse_args()
 
 lines = open("data/kjv.txt", encoding="utf-8").read().split("\n")
-verses = [l.strip() for l in lines if len(l.strip()) > 40]           # the measurement's list
-measured = {" ".join(v.split()[:8]) for v in verses[100::997]}
-train = [l.strip() for l in lines[:a.split_line - 1] if len(l.strip()) > 40]
+measured = set(kjv_prompts())  # the measurement's list
+train = kjv_verses(lines[:a.split_line - 1])
 step = max(1, len(train) // a.n)
 prompts = [p for p in (" ".join(v.split()[:8]) for v in train[::step]) if p not in measured][:a.n]
 

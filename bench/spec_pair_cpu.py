@@ -22,6 +22,7 @@ Usage: bench/spec_pair_cpu.py LMC LLAMA_BIN_DIR TARGET DRAFT [--levels 1,4]
        [--gguf-dir /tmp/lmc-spec-pair]  (where the f16 GGUF files are written)
 """
 import argparse, http.client, json, os, re, socket, statistics, subprocess, sys, threading, time
+from kjv_prompts import kjv_prompts
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lmc"); ap.add_argument("llama_bin"); ap.add_argument("target"); ap.add_argument("draft")
@@ -112,8 +113,7 @@ def metrics(port):
     c.request("GET", "/metrics"); body = c.getresponse().read().decode(); c.close()
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lmc_[a-z_]+) ([0-9.e+-]+)$", body, re.M)}
 
-verses = [l.strip() for l in open("data/kjv.txt", encoding="utf-8") if len(l.strip()) > 40]
-prompts = [" ".join(v.split()[:8]) for v in verses[100::997]][:a.prompts]
+prompts = kjv_prompts(a.prompts)
 servers = {}
 try:
     servers["lmc plain"] = start_lmc()

@@ -11,6 +11,7 @@ Usage: bench/spec_profile_cpu.py LMC TARGET DRAFT [--prompts 8] [--tokens 64] [-
        [--variant 'EXTRA ARGS' (repeatable)]
 """
 import argparse, re, subprocess, os, collections
+from kjv_prompts import kjv_prompts
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lmc"); ap.add_argument("target"); ap.add_argument("draft")
@@ -18,15 +19,10 @@ ap.add_argument("--prompts", type=int, default=8); ap.add_argument("--tokens", t
 ap.add_argument("--threads", default="2"); ap.add_argument("--k", default="4")
 ap.add_argument("--variant", action="append", default=[])
 ap.add_argument("--held-out", action="store_true",
-                help="prompts from the validation books (data/kjv.txt from line 71726: James..Revelation),\n"
-                     "which no model of the pair trained on")
+                help="prompts from the validation books (James..Revelation: kjv_prompts.py), which no model of the pair trained on")
 a = ap.parse_args()
 env = dict(os.environ, LMC_SPEC_PROFILE="1")
-lines = open("data/kjv.txt", encoding="utf-8").read().split("\n")
-if a.held_out: lines = lines[71725:]  # the validation books (spec_onpolicy_data.py --split-line)
-verses = [l.strip() for l in lines if len(l.strip()) > 40]
-stride = max(1, (len(verses) - 100) // a.prompts) if a.held_out else 997
-prompts = [" ".join(v.split()[:8]) for v in verses[100::stride]][:a.prompts]
+prompts = kjv_prompts(a.prompts, a.held_out)
 
 def run(p, extra):
     cmd = [a.lmc, "generate", "-m", a.target, "-p", p, "-n", str(a.tokens), "--temp", "0", "--ignore-eos",

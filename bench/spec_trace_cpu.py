@@ -18,6 +18,7 @@ and the ops (pool functions) with the most wall time, in microseconds.
 Usage: bench/spec_trace_cpu.py LMC TARGET DRAFT [--prompts 4] [--tokens 128] [--threads 2] [--variant ARGS]
 """
 import argparse, collections, os, re, subprocess, tempfile
+from kjv_prompts import kjv_prompts
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lmc"); ap.add_argument("target"); ap.add_argument("draft")
@@ -27,9 +28,7 @@ ap.add_argument("--variant", action="append", default=[])
 ap.add_argument("--top", type=int, default=8)
 a = ap.parse_args()
 
-lines = open("data/kjv.txt", encoding="utf-8").read().split("\n")
-verses = [l.strip() for l in lines if len(l.strip()) > 40]
-prompts = [" ".join(v.split()[:8]) for v in verses[100::997]][:a.prompts]
+prompts = kjv_prompts(a.prompts)
 symcache = {}
 
 def syms(obj):
