@@ -121,16 +121,10 @@ bool lmc_qamx_takes(const struct lmc_qctx *c, const struct lmc_qweight *w, int64
 #endif
 
 #ifdef QAMX_X86
-struct qamx_cfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-
 /* C 0-3: 16 x 64 bytes (16 int32 columns); A 4-5: 16 rows x 32 bytes (one
  * block of K); B 6-7: 8 rows x 64 bytes (32 bytes of K x 16 columns) */
 QAMX_TARGET static void qamx_config(void) {
-    _Alignas(64) struct qamx_cfg cfg;
+    _Alignas(64) struct lmc_amx_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) {

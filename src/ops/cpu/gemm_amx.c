@@ -104,12 +104,6 @@ bool lmc_cpu_has_amx(void) {
 #endif
 
 #ifdef AMX_X86
-struct amx_cfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-
 AMX_TARGET static void amx_release(void) {
     AMX_FENCE();
     _tile_release();
@@ -117,7 +111,7 @@ AMX_TARGET static void amx_release(void) {
 
 /* every tile used (0-7) 16 rows of 64 bytes */
 AMX_TARGET static void amx_config(void) {
-    _Alignas(64) struct amx_cfg cfg;
+    _Alignas(64) struct lmc_amx_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) {

@@ -14,6 +14,15 @@
  * LMC_CPU_AMX_DEFAULT (1: on; gemm_amx.c). Asked once per process: the grant is per process. */
 bool lmc_cpu_has_amx(void);
 
+/* The 64-byte tile configuration _tile_loadconfig reads (palette 1: for
+ * each tile t < 8 its bytes per row colsb[t] and rows[t]); gemm_amx.c and
+ * the quantized kernels of qmatmul_amx.c fill it with their tile shapes. */
+struct lmc_amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
 /* The most pairs of K one call takes (the K blocks of the callers are
  * shorter: 384 elements). */
 #define LMC_AMX_KP_MAX 256
