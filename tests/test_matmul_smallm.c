@@ -92,7 +92,9 @@ static void test_float(int threads) {
 #endif
     /* the last two: a 2-row tile (BF16, F16) just inside, and one too large for, blocks of more than
      * LMC_CPU_SMALLM_MR rows on AVX2 */
-    static const int64_t NK[][2] = {{37, 29}, {3, 5}, {131, 77}, {9, 301}, {65, 16}, {11, 1535}, {21, 1601}};
+    /* {45, 1229}, {19, 1031}: odd K where 5-6 rows of x (24.0-24.6 KB) no longer fit L1 beside W */
+    static const int64_t NK[][2] = {{37, 29},    {3, 5},      {131, 77},  {9, 301}, {65, 16},
+                                    {11, 1535},  {21, 1601},  {45, 1229}, {19, 1031}};
     static const enum lmc_dtype dts[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof NK / sizeof *NK; s++) {
@@ -393,7 +395,49 @@ static void test_multi(int threads) {
     lmc_backend_cpu_free(&be);
 }
 
+/* The float small-M kernel called directly on rows [r0, N) for M = 1..6
+ * over long odd K, past where 5-6 rows of x fit L1 (N - r0 = 36 + 1 rows:
+ * 18 2-row tiles and a 1-row tail): every row the bits of its own M = 1
+ * product, and near the float64 reference. (spec23 tried K in chunks for
+ * such blocks, same bits; this checked it.) */
+static void test_rows_long_k(void) {
+#ifdef LMC_CPU_SMALLM
+    static const int64_t Ks[] = {1229, 1536, 1601, 2003, 3001, 4099};
+    static const enum lmc_dtype dts[3] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
+    const int64_t N = 39, r0 = 2;
+    for (int d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof Ks / sizeof *Ks; s++) {
+            int64_t K = Ks[s];
+            double *wr = malloc((size_t)(N * K) * sizeof *wr);
+            void *base;
+            const void *w = make_w(dts[d], N * K, s % 3, wr, &base);
+            float *x = rand_f(6 * K), *y = rand_f(6 * N), *y1 = rand_f(6 * N);
+            for (int64_t m = 0; m < 6; m++) lmc_cpu_matmul_smallm_rows(y1 + m * N, x + m * K, 1, w, dts[d], K, N, r0, N);
+            for (int64_t M = 1; M <= 6; M++) {
+                for (int64_t i = 0; i < 6 * N; i++) y[i] = y1[i] + 1.0f; /* every output written */
+                lmc_cpu_matmul_smallm_rows(y, x, M, w, dts[d], K, N, r0, N);
+                bool same = true;
+                double num = 0, den = 1e-30;
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t n = r0; n < N; n++) {
+                        double ref = 0;
+                        for (int64_t k = 0; k < K; k++) ref += (double)x[m * K + k] * wr[n * K + k];
+                        num = fmax(num, fabs(y[m * N + n] - ref));
+                        den = fmax(den, fabs(ref));
+                        same = same && y[m * N + n] == y1[m * N + n];
+                    }
+                CHECK_MSG(num / den < 2e-6, "smallm rows %s M=%lld K=%lld: error %g", lmc_dtype_name(dts[d]),
+                          (long long)M, (long long)K, num / den);
+                CHECK_MSG(same, "smallm rows %s M=%lld K=%lld: rows differ from the M=1 product",
+                          lmc_dtype_name(dts[d]), (long long)M, (long long)K);
+            }
+            free(wr), free(base), free(x), free(y), free(y1);
+        }
+#endif
+}
+
 int main(void) {
+    test_rows_long_k();
     test_multi(1);
     test_multi(2);
     test_float(1);

@@ -623,6 +623,48 @@ static void test_attention(struct lmc_backend *be) {
         }
 }
 
+/* Decode attention (fewer rows than a prefill block) bit for bit the
+ * per-key formula the paged and KV-quantized kernels share: s = scale *
+ * lmc_cpu_dot per key, lmc_cpu_exp_sum, o = sum of lmc_cpu_axpy per key
+ * times (float)(1 / sum) (attention.c's weighted_sum holds 32 columns in
+ * registers over all keys): key counts not a multiple of 4, head sizes not
+ * a multiple of 8, 16, 32 or 64, windows. A guard for kernel changes that
+ * must keep the bits (spec23 tried 4-key scores and 64-column sums). */
+static void test_attention_formula_bits(struct lmc_backend *be) {
+    static const int64_t cfg[][3] = {/* M, pos0, window */
+                                     {1, 0, 0}, {1, 6, 0}, {5, 38, 0}, {6, 200, 0}, {3, 17, 5}, {2, 9, 4}};
+    static const int64_t Ds[] = {64, 8, 24, 40, 72, 13, 128, 100};
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
+        for (size_t di = 0; di < sizeof Ds / sizeof *Ds; di++) {
+            int64_t M = cfg[c][0], pos0 = cfg[c][1], win = cfg[c][2], H = 3, KV = 3, D = Ds[di], T = pos0 + M;
+            float scale = 1.0f / sqrtf((float)D);
+            float *q = rand_f(M * H * D, 2.0f), *k = rand_f(T * KV * D, 2.0f), *v = rand_f(T * KV * D, 1.0f);
+            float *out = rand_f(M * H * D, 1.0f), *o = malloc((size_t)D * sizeof *o);
+            float *s = malloc((size_t)T * sizeof *s);
+            be->attention(be->ctx, out, q, k, v, M, pos0, H, KV, D, scale, win);
+            bool same = true;
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t h = 0; h < H; h++) {
+                    int64_t p = pos0 + m, lo = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0, n = p - lo + 1;
+                    const float *qh = q + (m * H + h) * D;
+                    float mx = -INFINITY;
+                    for (int64_t i = 0; i < n; i++) {
+                        s[i] = scale * lmc_cpu_dot(qh, k + ((lo + i) * KV + h) * D, D);
+                        if (s[i] > mx) mx = s[i];
+                    }
+                    double sum = lmc_cpu_exp_sum(s, n, mx);
+                    memset(o, 0, (size_t)D * sizeof *o);
+                    for (int64_t i = 0; i < n; i++) lmc_cpu_axpy(o, s[i], v + ((lo + i) * KV + h) * D, D);
+                    float inv = (float)(1.0 / sum);
+                    for (int64_t d = 0; d < D; d++) o[d] *= inv;
+                    same = same && !memcmp(o, out + (m * H + h) * D, (size_t)D * sizeof *o);
+                }
+            CHECK_MSG(same, "attention M=%lld pos0=%lld win=%lld D=%lld: not the per-key formula's bits", (long long)M,
+                      (long long)pos0, (long long)win, (long long)D);
+            free(q), free(k), free(v), free(out), free(o), free(s);
+        }
+}
+
 /* Prefill blocks stack the query heads of one kv head into one product
  * (attention_prefill.c): the bits must be those of one head per product,
  * i.e. of the same K/V repeated for every query head (KV = H). Largest
@@ -733,6 +775,7 @@ int main(void) {
         test_matmul_fused(&be);
         test_attention(&be);
         test_attention_gqa_bits(&be);
+        test_attention_formula_bits(&be);
         test_elementwise(&be);
         test_extremes(&be);
         lmc_backend_cpu_free(&be);
