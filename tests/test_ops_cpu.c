@@ -698,6 +698,22 @@ static void test_attention_gqa_bits(struct lmc_backend *be) {
 
 /* ---- elementwise ---- */
 
+/* swiglu split into tasks (from 2048 elements, boundaries on multiples of
+ * 16: spec23's 3-6 verification rows of a 1536-wide MLP) bit for bit one
+ * span over all n (lmc_cpu_swiglu_span: the 8/16-lane groups from 0, the
+ * scalar tail at the end). */
+static void test_swiglu_split_bits(struct lmc_backend *be) {
+    static const int64_t sizes[] = {1536, 2047, 2061, 4613, 7680, 7693, 9216 + 5};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        int64_t n = sizes[s];
+        float *g = rand_f(n, 12.0f), *u = rand_f(n, 3.0f), *y = rand_f(n, 1.0f), *y1 = rand_f(n, 1.0f);
+        be->swiglu(be->ctx, y, g, u, n);
+        lmc_cpu_swiglu_span(y1, g, u, n);
+        CHECK_MSG(!memcmp(y, y1, (size_t)n * sizeof *y), "swiglu n=%lld: tasks change bits", (long long)n);
+        free(g), free(u), free(y), free(y1);
+    }
+}
+
 static void test_elementwise(struct lmc_backend *be) {
     static const int64_t sizes[] = {1, 13, 100003};
     for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
@@ -777,6 +793,7 @@ int main(void) {
         test_attention_gqa_bits(&be);
         test_attention_formula_bits(&be);
         test_elementwise(&be);
+        test_swiglu_split_bits(&be);
         test_extremes(&be);
         lmc_backend_cpu_free(&be);
     }

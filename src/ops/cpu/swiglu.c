@@ -49,7 +49,10 @@ void lmc_cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int
     struct lmc_cpu_ctx *c = ctx;
     if (n <= 0) return;
     struct swiglu_job j = {y, gate, up, n, 1};
-    j.n_tasks = lmc_cpu_ntasks(c, n, 16384, 1);
+    /* 2048: 3+ rows of a 1536-wide MLP split (a 5-row verification's swiglu
+     * ran as one task, ~7 us, the other thread idle: spec23); one decode
+     * row stays one task. Boundaries on multiples of 16: the same bits. */
+    j.n_tasks = lmc_cpu_ntasks(c, n, 2048, 1);
     lmc_pool_run(c->pool, j.n_tasks, swiglu_task, &j);
 }
 
