@@ -27,14 +27,28 @@ struct attn_job {
 
 /* o = inv * sum_i s[i] v_i (v_i = vb + i * kv_row): per output element the
  * products added in key order from 0 by fma, then times inv: what zeroing o,
- * lmc_cpu_axpy per key and scaling give, bit for bit, but with 32 columns
- * at a time held in registers over all keys instead of o reloaded and
- * stored once per key. */
+ * lmc_cpu_axpy per key and scaling give, bit for bit, but with 64 (then 32)
+ * columns at a time held in registers over all keys instead of o reloaded
+ * and stored once per key (64: 8 FMA chains, one pass over V for hd = 64;
+ * spec23). The loops over registers carry unroll pragmas: at -O2 GCC left
+ * such arrays in memory (slower than the old code). */
 static void weighted_sum(float *o, const float *s, const float *vb, int64_t kv_row, int64_t n,
                          int64_t hd, float inv) {
     int64_t d = 0;
 #ifdef __AVX2__
     const __m256 iv = _mm256_set1_ps(inv);
+    for (; d + 64 <= hd; d += 64) { /* 8 independent chains: the FMA latency hidden (hd = 64 in one pass) */
+        __m256 a[8];
+        _Pragma("GCC unroll 8") for (int e = 0; e < 8; e++) a[e] = _mm256_setzero_ps();
+        const float *v = vb + d;
+        for (int64_t i = 0; i < n; i++, v += kv_row) {
+            __m256 w = _mm256_set1_ps(s[i]);
+            _Pragma("GCC unroll 8") for (int e = 0; e < 8; e++)
+                a[e] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * e), a[e]);
+        }
+        _Pragma("GCC unroll 8") for (int e = 0; e < 8; e++)
+            _mm256_storeu_ps(o + d + 8 * e, _mm256_mul_ps(a[e], iv));
+    }
     for (; d + 32 <= hd; d += 32) {
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         const float *v = vb + d;
@@ -82,6 +96,50 @@ static void attn_mask_task(const struct attn_job *j, int64_t m, int64_t h, int t
     for (int64_t d = 0; d < hd; d++) o[d] *= inv;
 }
 
+/* s[i] = scale * lmc_cpu_dot(q, k_i, hd) for keys k_i = kb + i * kv_row,
+ * i < n; returns their max (compared in key order). With AVX2 and hd a
+ * multiple of 8, 4 keys at a time: each key's two accumulators as
+ * lmc_cpu_dot's, their 4 horizontal sums in one lmc_hsum256x4 (the same
+ * adds), q loaded once for 4 keys: the same bits, fewer operations per key
+ * (spec23: with the 64-column weighted sum, decode attention at 5 rows
+ * -19%, 1 row -15%, 1-thread CPU time). */
+static float scores(float *s, const float *q, const float *kb, int64_t kv_row, int64_t n, int64_t hd,
+                    float scale) {
+    float mx = -INFINITY;
+    int64_t i = 0;
+#ifdef __AVX2__
+    if (hd % 8 == 0)
+        for (; i + 4 <= n; i += 4) {
+            __m256 a0[4], a1[4];
+            const float *k = kb + i * kv_row;
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+            int64_t d = 0;
+            for (; d + 16 <= hd; d += 16) {
+                __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
+                _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+                    a0[r] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k + r * kv_row + d), a0[r]);
+                    a1[r] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k + r * kv_row + d + 8), a1[r]);
+                }
+            }
+            if (d + 8 <= hd)
+                _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
+                    a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + r * kv_row + d), a0[r]);
+            float t[4];
+            _mm_storeu_ps(t, lmc_hsum256x4(_mm256_add_ps(a0[0], a1[0]), _mm256_add_ps(a0[1], a1[1]),
+                                           _mm256_add_ps(a0[2], a1[2]), _mm256_add_ps(a0[3], a1[3])));
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+                s[i + r] = scale * t[r];
+                if (s[i + r] > mx) mx = s[i + r];
+            }
+        }
+#endif
+    for (; i < n; i++) {
+        s[i] = scale * lmc_cpu_dot(q, kb + i * kv_row, hd);
+        if (s[i] > mx) mx = s[i];
+    }
+    return mx;
+}
+
 static void attn_task(void *arg, int64_t t, int thread) {
     const struct attn_job *j = arg;
     /* head-major: consecutive tasks are the same head's rows, which read the
@@ -98,11 +156,7 @@ static void attn_task(void *arg, int64_t t, int thread) {
     const float *kb = j->k + lo * kv_row + kvh * hd, *vb = j->v + lo * kv_row + kvh * hd;
     float *s = j->c->scratch[thread], *o = j->out + (m * j->n_heads + h) * hd;
 
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        s[i] = j->scale * lmc_cpu_dot(q, kb + i * kv_row, hd);
-        if (s[i] > mx) mx = s[i];
-    }
+    float mx = scores(s, q, kb, kv_row, n, hd, j->scale);
     double sum = lmc_cpu_exp_sum(s, n, mx);
     if (j->lse) j->lse[m * j->n_heads + h] = (float)((double)mx + log(sum));
     weighted_sum(o, s, vb, kv_row, n, hd, (float)(1.0 / sum));

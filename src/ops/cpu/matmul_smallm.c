@@ -179,16 +179,8 @@ static inline __m256 sm_ld_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-/* lmc_hsum256 of a, b, c and d (the same adds in the same order, 4 lanes
- * at once): lane i = (v0 + v2) + (v1 + v3) of v = lo + hi of the i-th. */
-static inline __m128 sm_hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-#define SM_HALVES(v) _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))
-    __m128 sa = SM_HALVES(a), sb = SM_HALVES(b), sc = SM_HALVES(c), sd = SM_HALVES(d);
-#undef SM_HALVES
-    __m128 u = _mm_add_ps(_mm_unpacklo_ps(sa, sb), _mm_unpackhi_ps(sa, sb)); /* a0+a2 b0+b2 a1+a3 b1+b3 */
-    __m128 v = _mm_add_ps(_mm_unpacklo_ps(sc, sd), _mm_unpackhi_ps(sc, sd));
-    return _mm_add_ps(_mm_movelh_ps(u, v), _mm_movehl_ps(v, u));
-}
+/* lmc_hsum256 of 4 vectors at once, the same adds (ops_cpu.h) */
+#define sm_hsum4 lmc_hsum256x4
 
 /* MR x rows (stride K) against R (4, 2 or 1) W rows (stride K) into y (row
  * stride N). Each (x row, W row) pair sums 8-lane products in column order

@@ -422,6 +422,17 @@ static inline float lmc_hsum256(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+/* lmc_hsum256 of a, b, c and d in lanes 0-3 (the same adds in the same
+ * order, 4 lanes at once): lane i = (v0 + v2) + (v1 + v3) of v = lo + hi
+ * of the i-th. */
+static inline __m128 lmc_hsum256x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+#define LMC_HALVES(v) _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))
+    __m128 sa = LMC_HALVES(a), sb = LMC_HALVES(b), sc = LMC_HALVES(c), sd = LMC_HALVES(d);
+#undef LMC_HALVES
+    __m128 u = _mm_add_ps(_mm_unpacklo_ps(sa, sb), _mm_unpackhi_ps(sa, sb)); /* a0+a2 b0+b2 a1+a3 b1+b3 */
+    __m128 v = _mm_add_ps(_mm_unpacklo_ps(sc, sd), _mm_unpackhi_ps(sc, sd));
+    return _mm_add_ps(_mm_movelh_ps(u, v), _mm_movehl_ps(v, u));
+}
 static inline double lmc_hsum256d(__m256d v) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
