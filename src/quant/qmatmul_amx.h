@@ -19,8 +19,8 @@
 #define LMC_QAMX_MIN_M 32
 
 /* True when this process may run AMX-INT8: the switch — LMC_CPU_AMX_INT8=1
- * on, any other value off; unset: on with LMC_CPU_AMX=1, else
- * LMC_QAMX_DEFAULT (0, off, until validated on an AMX machine) — and
+ * on, any other value off; unset: LMC_CPU_AMX=1 on, another value off,
+ * unset LMC_QAMX_DEFAULT (1: on; qmatmul_amx.c) — and
  * lmc_cpu_has_amx() (the CPU's AMX tiles, the OS grant, LMC_CPU_AMX not 0;
  * ops/cpu/gemm_amx.h) and the CPU's AMX-INT8. Asked once per process. So
  * LMC_CPU_AMX=1 turns on both AMX paths, LMC_CPU_AMX=1 LMC_CPU_AMX_INT8=0
