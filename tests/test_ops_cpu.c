@@ -626,7 +626,7 @@ static void test_attention(struct lmc_backend *be) {
 /* Decode attention (fewer rows than a prefill block) bit for bit the
  * per-key formula the paged and KV-quantized kernels share: s = scale *
  * lmc_cpu_dot per key, lmc_cpu_exp_sum, o = sum of lmc_cpu_axpy per key
- * times (float)(1 / sum) (attention.c's weighted_sum holds 32 columns in
+ * times (float)(1 / sum) (attention.c's weighted_sum holds 64, then 32 columns in
  * registers over all keys): key counts not a multiple of 4, head sizes not
  * a multiple of 8, 16, 32 or 64, windows. A guard for kernel changes that
  * must keep the bits (spec23 tried 4-key scores and 64-column sums). */
