@@ -9,8 +9,8 @@
  * zero-padded partial last group, the panels of 32 weight rows with a
  * partial last one, the chunks of 32 blocks of K kept in y between them) is
  * checked where AMX is absent (the packing's AVX2 transposes run as they
- * are where the CPU has AVX2). Q8_0, Q4_0, Q4_0R and Q8_0R (the CPU loader's
- * repacks of Q4_0 and Q8_0, blocks in pairs, an odd last block alone), M 1, 5, 16, 17, 32, 33, 48,
+ * are where the CPU has AVX2). Q8_0, Q4_0 and Q4_0R (the CPU loader's
+ * repack of Q4_0, blocks in pairs, an odd last block alone), M 1, 5, 16, 17, 32, 33, 48,
  * 70, 123 (the kernel takes any M; lmc_qmatmul gives it M >= 32), N not a
  * multiple of 16 or 32, K = 32 x 1, 3, 5, 7, 33, 35, 65 blocks (one, two
  * and three chunks):
@@ -73,19 +73,10 @@ static int real_checked;
 
 static void fill_garbage(void *p, size_t bytes) { memset(p, 0xA5, bytes); }
 
-/* The CPU loader's repack of n rows of Q4_0 / Q8_0 (q4k_repack.c) into wr, w over them */
-static void repack_rows(int type, const uint8_t *wq, uint8_t *wr, int64_t n, int64_t k, struct lmc_qweight *w) {
-    lmc_err err = {0};
-    bool q8 = type == LMC_GGML_Q8_0;
-    (q8 ? lmc_q80r_pack_rows : lmc_q40r_pack_rows)(wq, wr, n, k);
-    CHECK((q8 ? lmc_qweight_init_q80r : lmc_qweight_init_q40r)(w, wr, n, k, &err) == LMC_OK);
-    CHECK(w->kernel == (q8 ? LMC_QK_Q8_0R : LMC_QK_Q4_0R));
-}
-
 static void one(int type, int repack, int64_t m, int64_t n, int64_t k, const struct lmc_qctx *cbest,
                 struct lmc_pool **pools, const struct lmc_qctx *cvnni) {
     lmc_err err = {0};
-    const char *nm = repack ? (type == LMC_GGML_Q8_0 ? "Q8_0R" : "Q4_0R") : lmc_ggml_type_name(type);
+    const char *nm = repack ? "Q4_0R" : lmc_ggml_type_name(type);
     int64_t rb, nb = k / 32;
     CHECK(lmc_ggml_row_bytes(type, k, &rb));
     float *wf = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(m * k) * 4);
@@ -98,7 +89,9 @@ static void one(int type, int repack, int64_t m, int64_t n, int64_t k, const str
     uint8_t *wr = NULL; /* Q4_0R: the CPU loader's repacked rows (q4k_repack.c); the model reads wq */
     if (repack) {
         wr = malloc((size_t)(n * rb));
-        repack_rows(type, wq, wr, n, k, &w);
+        lmc_q40r_pack_rows(wq, wr, n, k);
+        CHECK(lmc_qweight_init_q40r(&w, wr, n, k, &err) == LMC_OK);
+        CHECK(w.kernel == LMC_QK_Q4_0R);
     } else CHECK(lmc_qweight_init_ggml(&w, type, wq, n, k, &err) == LMC_OK);
     CHECK(emu_qamx_supports(&w));
 
@@ -403,7 +396,7 @@ static void kquant(int64_t m, int nw, const int64_t *ns, int64_t k, const struct
 
 static void multi(int type, int repack, const struct lmc_qctx *cbest, struct lmc_pool *pool,
                   const struct lmc_qctx *cvnni) {
-    const char *nm = repack ? (type == LMC_GGML_Q8_0 ? "Q8_0R" : "Q4_0R") : lmc_ggml_type_name(type);
+    const char *nm = repack ? "Q4_0R" : lmc_ggml_type_name(type);
     lmc_err err = {0};
     const int64_t ns[3] = {70, 33, 50}, k = 32 * 9, m = 37, nb = k / 32;
     int64_t rb;
@@ -421,7 +414,8 @@ static void multi(int type, int repack, const struct lmc_qctx *cbest, struct lmc
         for (int64_t o = 0; o < ns[i]; o++) lmc_ggml_quantize_row(type, wf + o * k, wq[i] + o * rb, k);
         if (repack) {
             wr[i] = malloc((size_t)(ns[i] * rb));
-            repack_rows(type, wq[i], wr[i], ns[i], k, &w[i]);
+            lmc_q40r_pack_rows(wq[i], wr[i], ns[i], k);
+            CHECK(lmc_qweight_init_q40r(&w[i], wr[i], ns[i], k, &err) == LMC_OK);
         } else CHECK(lmc_qweight_init_ggml(&w[i], type, wq[i], ns[i], k, &err) == LMC_OK);
         wp[i] = &w[i];
         y[i] = malloc((size_t)(m * ns[i]) * 4);
@@ -458,12 +452,12 @@ int main(void) {
     struct lmc_qctx cbest, cvnni;
     lmc_qctx_init(&cbest, LMC_QISA_AVX2); /* AVX2 or C: the quantizer's integers are the same on every set */
     bool vnni = lmc_qctx_init(&cvnni, LMC_QISA_AVX512VNNI) == LMC_QISA_AVX512VNNI;
-    /* Q8_0, Q4_0 (the file's layout), Q4_0R and Q8_0R (the CPU loader's repacks) */
-    const int types[4] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_0, LMC_GGML_Q8_0};
-    for (int t = 0; t < 4; t++)
+    /* Q8_0, Q4_0 (the file's layout) and Q4_0R (the CPU loader's repack of it) */
+    const int types[3] = {LMC_GGML_Q8_0, LMC_GGML_Q4_0, LMC_GGML_Q4_0};
+    for (int t = 0; t < 3; t++)
         for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
-            one(types[t], t >= 2, sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
-    for (int t = 0; t < 4; t++) multi(types[t], t >= 2, &cbest, pools[0], vnni ? &cvnni : NULL);
+            one(types[t], t == 2, sh[s][0], sh[s][1], 32 * sh[s][2], &cbest, pools, vnni ? &cvnni : NULL);
+    for (int t = 0; t < 3; t++) multi(types[t], t == 2, &cbest, pools[0], vnni ? &cvnni : NULL);
     /* Q4_KR: K = 256 x 1, 3, 5 (two chunks: 32 + 8 blocks), 9 (32 + 32 + 8); odd M (and 5, 17 below
      * lmc_qmatmul's AMX rows); N not a multiple of 16; then 3 weights of one input (multi) */
     static const int64_t ksh[][3] = {{33, 45, 1}, {37, 50, 3}, {71, 31, 5}, {5, 37, 3}, {17, 16, 9}, {45, 100, 9}};

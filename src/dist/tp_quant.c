@@ -37,8 +37,7 @@ static lmc_status cut_rows(struct lmc_qweight *d, const struct lmc_qweight *w, i
 
 static lmc_status cut_cols(struct lmc_qweight *d, const struct lmc_qweight *w, int64_t a0, int64_t n, const char *what,
                            lmc_err *err) {
-    if (w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R || w->kernel == LMC_QK_Q8_0R) {
-        /* repacked at load: cut in the file's layout */
+    if (w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R) { /* repacked at load: cut in the file's layout */
         struct lmc_qweight g;
         lmc_status s = lmc_qweight_file_layout(w, &g, err);
         if (s) return s;

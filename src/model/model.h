@@ -37,7 +37,6 @@ struct lmc_model {
     /* quantized linears' bytes on a host backend (lmc_model_own_huge):
      * the current 2 MB-aligned chunk, madvised for transparent huge pages */
     bool qheap_on;
-    bool repack_q8_0;       /* GGUF Q8_0 linears into Q8_0R at load (the backend's repack_q8_0) */
     uint8_t *qheap;
     size_t qheap_left;
     /* quantized linears (issue 10): the method of config.json's

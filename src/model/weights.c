@@ -521,7 +521,6 @@ static lmc_status load_range(struct lmc_model *m, const char *dir, const struct 
     m->wdtype = opts ? opts->wdtype : LMC_WDTYPE_AUTO;
     m->on_device = opts && opts->be && !opts->be->host_memory;
     m->qheap_on = opts && opts->be && opts->be->host_memory;
-    m->repack_q8_0 = m->qheap_on && opts->be->repack_q8_0;
     if (le && lmc_gguf_is_file(dir))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "%s: a layer range (pipeline stage) loads safetensors folders, "
                            "not GGUF files", dir);

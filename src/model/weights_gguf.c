@@ -118,10 +118,8 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
     /* a quantized linear on a host backend: copied into huge pages (lmc_model_own_huge), its file pages released */
     bool huge = is_quant && m->qheap_on && (kind == LMC_TK_LIN_W || kind == LMC_TK_HEAD) && r->ndim == 2;
     /* Q4_K and Q4_0 there are repacked as they are copied (quant/q4k_repack.c: the CPU kernels' layouts, the
-     * file's bytes come back exactly; Q4_K 148 bytes a super-block where the file has 144, Q4_0 the same bytes),
-     * Q8_0 where the backend asks (its VNNI kernel; the same bytes) */
-    bool q4kr = huge && t->type == LMC_GGML_Q4_K, q40r = huge && t->type == LMC_GGML_Q4_0;
-    bool q80r = huge && t->type == LMC_GGML_Q8_0 && m->repack_q8_0, rep = q4kr || q40r || q80r;
+     * file's bytes come back exactly; Q4_K 148 bytes a super-block where the file has 144, Q4_0 the same bytes) */
+    bool q4kr = huge && t->type == LMC_GGML_Q4_K, q40r = huge && t->type == LMC_GGML_Q4_0, rep = q4kr || q40r;
     int64_t hb = q4kr ? cols / 256 * LMC_Q4KR_BYTES : rb; /* bytes of a row in the huge-page copy */
     int64_t heads = lmc_gguf_rope_heads(r, &m->cfg, G->v);
     if (heads > 0) { /* llama.cpp's rotary row order back to Hugging Face's */
@@ -136,7 +134,7 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         }
         lmc_gguf_permute_qk(base, tmp, rows, (size_t)rb, heads, true);
         if (rep) {
-            (q4kr ? lmc_q4kr_pack_rows : q80r ? lmc_q80r_pack_rows : lmc_q40r_pack_rows)(tmp, p, rows, cols);
+            (q4kr ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(tmp, p, rows, cols);
             free(tmp);
         }
         data = p;
@@ -152,7 +150,7 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
             int64_t step = LMC_MAX((int64_t)1, (int64_t)sl / rb);
             for (int64_t r0 = 0; r0 < rows; r0 += step) {
                 int64_t nr = LMC_MIN(step, rows - r0);
-                (q4kr ? lmc_q4kr_pack_rows : q80r ? lmc_q80r_pack_rows : lmc_q40r_pack_rows)(base + r0 * rb, p + r0 * hb, nr, cols);
+                (q4kr ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(base + r0 * rb, p + r0 * hb, nr, cols);
                 size_t e = (size_t)((r0 + nr) * rb);
                 if (m->gguf->map_kind == 1 && ps > 0) {
                     drop_pages(base + off, e - off);
@@ -174,7 +172,6 @@ static lmc_status load_one(void *user, const struct lmc_tensor_ref *r, lmc_err *
         if (!w) return lmc_err_set(err, LMC_ERR_OOM, "%s: out of memory", name);
         lmc_status s = q4kr   ? lmc_qweight_init_q4kr(w, data, rows, cols, err)
                        : q40r ? lmc_qweight_init_q40r(w, data, rows, cols, err)
-                       : q80r ? lmc_qweight_init_q80r(w, data, rows, cols, err)
                               : lmc_qweight_init_ggml(w, t->type, data, rows, cols, err);
         if (s) {
             free(w);

@@ -70,9 +70,6 @@ struct lmc_backend {
      * (the CPU) can use host pointers, such as memory-mapped weights, as
      * they are; others get weights uploaded once at load. */
     bool host_memory;
-    /* host_memory backends: GGUF Q8_0 linears repacked at load into Q8_0R
-     * (quant/q4k_repack.c; the CPU with VNNI, whose kernel reads it faster) */
-    bool repack_q8_0;
     void *(*alloc)(void *ctx, size_t bytes);        /* NULL when out of memory */
     void (*free)(void *ctx, void *p);
     void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);   /* host -> backend */

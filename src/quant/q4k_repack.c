@@ -1,7 +1,6 @@
 /* q4k_repack.c — GGUF Q4_K super-blocks (and Q4_0 blocks, below)
  * repacked once at load into the layout the CPU kernels read ("Q4_KR",
- * qmatmul.h's LMC_Q4KR_BYTES comment; "Q4_0R"; Q8_0 for the VNNI
- * kernels, "Q8_0R") and back, bit for bit.
+ * qmatmul.h's LMC_Q4KR_BYTES comment; "Q4_0R") and back, bit for bit.
  *
  * Why: the 4-bit M = 1 kernels are issue-bound, and per super-block and
  * weight row the file's layout costs the Q4_K tile ~8 vector operations to
@@ -127,63 +126,14 @@ lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_
     return LMC_OK;
 }
 
-/* ---- Q8_0 in pairs of blocks ----
- * Why: the VNNI Q8_0 tile reads a pair of blocks per step with elements
- * 0..15 of both blocks in one vector and 16..31 in another (the
- * activations' pair layout); in the file's layout that is four 16-byte
- * loads and two inserts for the codes and two 2-byte loads, two broadcasts
- * and a blend for the scales, paired two 32-byte loads, one 4-byte load and
- * a shuffle: 13 vector operations a pair and weight row become 10 (the
- * M = 1 kernel is issue-bound on the Xeon: 15 GB/s a core against Q4_0R's
- * 26). The same bytes. */
-static void q80r_pack_row(const uint8_t *g, uint8_t *r, int64_t nb) {
-    for (int64_t b = 0; b < nb; b += 2, g += 68, r += 68) {
-        if (b + 1 < nb) {
-            memcpy(r, g + 2, 16), memcpy(r + 16, g + 36, 16), memcpy(r + 32, g + 18, 16), memcpy(r + 48, g + 52, 16);
-            memcpy(r + 64, g, 2), memcpy(r + 66, g + 34, 2);
-        } else { /* an odd last block: codes, d */
-            memcpy(r, g + 2, 32), memcpy(r + 32, g, 2);
-        }
-    }
-}
-static void q80r_unpack_row(const uint8_t *r, uint8_t *g, int64_t nb) {
-    for (int64_t b = 0; b < nb; b += 2, g += 68, r += 68) {
-        if (b + 1 < nb) {
-            memcpy(g + 2, r, 16), memcpy(g + 36, r + 16, 16), memcpy(g + 18, r + 32, 16), memcpy(g + 52, r + 48, 16);
-            memcpy(g, r + 64, 2), memcpy(g + 34, r + 66, 2);
-        } else {
-            memcpy(g + 2, r, 32), memcpy(g, r + 32, 2);
-        }
-    }
-}
-
-void lmc_q80r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k) {
-    LMC_ASSERT(k > 0 && k % 32 == 0 && nrows >= 0);
-    for (int64_t i = 0; i < nrows; i++)
-        q80r_pack_row((const uint8_t *)ggml + i * (k / 32) * 34, (uint8_t *)dst + i * (k / 32) * 34, k / 32);
-}
-
-void lmc_q80r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst) {
-    LMC_ASSERT(w->kernel == LMC_QK_Q8_0R && r >= 0 && r < w->n);
-    q80r_unpack_row(w->data + r * w->row_bytes, dst, w->k / 32);
-}
-
-lmc_status lmc_qweight_init_q80r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err) {
-    lmc_status s = lmc_qweight_init_ggml(w, LMC_GGML_Q8_0, data, n, k, err);
-    if (s) return s;
-    w->kernel = LMC_QK_Q8_0R;
-    return LMC_OK;
-}
-
 lmc_status lmc_qweight_file_layout(const struct lmc_qweight *w, struct lmc_qweight *g, lmc_err *err) {
-    LMC_ASSERT(w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R || w->kernel == LMC_QK_Q8_0R);
-    bool k4 = w->kernel == LMC_QK_Q4_KR, q8 = w->kernel == LMC_QK_Q8_0R;
-    int64_t rb = k4 ? w->k / 256 * 144 : w->k / 32 * (q8 ? 34 : 18);
+    LMC_ASSERT(w->kernel == LMC_QK_Q4_KR || w->kernel == LMC_QK_Q4_0R);
+    bool k4 = w->kernel == LMC_QK_Q4_KR;
+    int64_t rb = k4 ? w->k / 256 * 144 : w->k / 32 * 18;
     uint8_t *p = malloc((size_t)(w->n * rb) + 1);
     if (!p) return lmc_err_set(err, LMC_ERR_OOM, "quantized weight: out of memory");
-    for (int64_t r = 0; r < w->n; r++)
-        (k4 ? lmc_q4kr_row_to_ggml : q8 ? lmc_q80r_row_to_ggml : lmc_q40r_row_to_ggml)(w, r, p + r * rb);
-    lmc_status s = lmc_qweight_init_ggml(g, k4 ? LMC_GGML_Q4_K : q8 ? LMC_GGML_Q8_0 : LMC_GGML_Q4_0, p, w->n, w->k, err);
+    for (int64_t r = 0; r < w->n; r++) (k4 ? lmc_q4kr_row_to_ggml : lmc_q40r_row_to_ggml)(w, r, p + r * rb);
+    lmc_status s = lmc_qweight_init_ggml(g, k4 ? LMC_GGML_Q4_K : LMC_GGML_Q4_0, p, w->n, w->k, err);
     if (s) {
         free(p);
         return s;
@@ -193,17 +143,16 @@ lmc_status lmc_qweight_file_layout(const struct lmc_qweight *w, struct lmc_qweig
 }
 
 lmc_status lmc_qweight_repack(struct lmc_qweight *w, lmc_err *err) {
-    LMC_ASSERT((w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q8_0) &&
-               w->owned == w->data);
-    bool k4 = w->kernel == LMC_QK_Q4_K, q8 = w->kernel == LMC_QK_Q8_0;
+    LMC_ASSERT((w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_0) && w->owned == w->data);
+    bool k4 = w->kernel == LMC_QK_Q4_K;
     int64_t rb = k4 ? w->k / 256 * LMC_Q4KR_BYTES : w->row_bytes;
     uint8_t *p = malloc((size_t)(w->n * rb) + 1);
     if (!p) return lmc_err_set(err, LMC_ERR_OOM, "quantized weight: out of memory");
-    (k4 ? lmc_q4kr_pack_rows : q8 ? lmc_q80r_pack_rows : lmc_q40r_pack_rows)(w->data, p, w->n, w->k);
+    (k4 ? lmc_q4kr_pack_rows : lmc_q40r_pack_rows)(w->data, p, w->n, w->k);
     free(w->owned);
     w->owned = p;
     w->data = p;
     w->row_bytes = rb;
-    w->kernel = k4 ? LMC_QK_Q4_KR : q8 ? LMC_QK_Q8_0R : LMC_QK_Q4_0R;
+    w->kernel = k4 ? LMC_QK_Q4_KR : LMC_QK_Q4_0R;
     return LMC_OK;
 }

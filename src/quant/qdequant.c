@@ -153,18 +153,6 @@ void lmc_qweight_dequant_rows(const struct lmc_qweight *w, int64_t r0, int64_t n
                 lmc_ggml_dequantize_row(LMC_GGML_Q4_0, g, d + 32 * b, b + 1 < nb ? 64 : 32);
             }
             break;
-        case LMC_QK_Q8_0R: { /* the row back in the file's bytes (q4k_repack.c's layout): the same floats */
-            uint8_t g[68];
-            for (int64_t b = 0, nb = w->k / 32; b < nb; b += 2) {
-                struct lmc_qweight one = *w; /* the pair (or odd last block) as a row of its own */
-                one.data = w->data + r * w->row_bytes + 34 * b;
-                one.k = one.kp = b + 1 < nb ? 64 : 32;
-                one.n = 1;
-                lmc_q80r_row_to_ggml(&one, 0, g);
-                lmc_ggml_dequantize_row(LMC_GGML_Q8_0, g, d + 32 * b, one.k);
-            }
-            break;
-        }
         case LMC_QK_Q4_KR: /* each super-block back in the file's bytes: the same floats */
             for (int64_t s = 0; s < w->k / 256; s++) {
                 uint8_t g[144];

@@ -85,25 +85,6 @@ LMC_NO_VECTORIZE static float dot_q8_0(const struct lmc_qweight *w, int64_t row,
     return acc;
 }
 
-/* Q8_0R (pairs of blocks: codes 0..15 of both, 16..31 of both, d, d; an odd last block codes, d): each block's
- * integer sum and product as dot_q8_0's, in block order: the same bits. */
-LMC_NO_VECTORIZE static float dot_q8_0r(const struct lmc_qweight *w, int64_t row, const struct lmc_q8act *x,
-                                        const float *xf) {
-    (void)xf;
-    const uint8_t *p = w->data + row * w->row_bytes;
-    const int64_t nb = w->k / 32;
-    float acc = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *pair = p + 68 * (b / 2);
-        const bool full = b + 1 < nb || b % 2;
-        const uint8_t *lo = pair + (full ? 16 * (b % 2) : 0), *hi = full ? lo + 32 : pair + 16;
-        int32_t s = 0;
-        for (int j = 0; j < 16; j++) s += (int8_t)lo[j] * x[b].q[j] + (int8_t)hi[j] * x[b].q[16 + j];
-        acc += f16at(full ? pair + 64 + 2 * (b % 2) : pair + 32) * x[b].d * (float)s;
-    }
-    return acc;
-}
-
 /* One Q4_0/Q4_1 block (scale d, min m for Q4_1, 16 code bytes qs) against x, added into acc. Not inlined:
  * the file's rows (dot_q4_01) and Q4_0R's pairs (dot_q4_0r) run the same instructions, so the same bits
  * (inlined, the compiler may fuse the multiply-adds differently at each site). */
@@ -308,7 +289,7 @@ enum lmc_qisa lmc_qctx_init(struct lmc_qctx *c, enum lmc_qisa max_isa) {
     static const lmc_qdot_fn portable[LMC_QK_COUNT] = {
         [LMC_QK_Q8_0] = dot_q8_0, [LMC_QK_Q4_0] = dot_q4_0, [LMC_QK_Q4_1] = dot_q4_1, [LMC_QK_Q5_0] = dot_q5_0,
         [LMC_QK_Q5_1] = dot_q5_1, [LMC_QK_Q4_K] = dot_q4_k, [LMC_QK_Q5_K] = dot_q5_k, [LMC_QK_Q6_K] = dot_q6_k,
-        [LMC_QK_Q4_KR] = dot_q4_kr, [LMC_QK_Q4_0R] = dot_q4_0r, [LMC_QK_Q8_0R] = dot_q8_0r,
+        [LMC_QK_Q4_KR] = dot_q4_kr, [LMC_QK_Q4_0R] = dot_q4_0r,
         [LMC_QK_U4G] = dot_u4g,   [LMC_QK_U8G] = dot_u8g,   [LMC_QK_NF4] = dot_nf4,
     };
     memcpy(c->dot, portable, sizeof c->dot);

@@ -32,7 +32,6 @@ enum lmc_qkernel {
     LMC_QK_NF4,  /* NF4 codes with a float absmax per 64 (float math through the 16-value table) */
     LMC_QK_Q4_KR, /* GGUF Q4_K repacked at load for the CPU kernels (lmc_qweight_init_q4kr; ggml_type Q4_K) */
     LMC_QK_Q4_0R, /* GGUF Q4_0 repacked at load for the CPU kernels (lmc_qweight_init_q40r; ggml_type Q4_0) */
-    LMC_QK_Q8_0R, /* GGUF Q8_0 repacked at load for the VNNI kernels (lmc_qweight_init_q80r; ggml_type Q8_0) */
     LMC_QK_COUNT
 };
 
@@ -168,21 +167,11 @@ void lmc_q40r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
 /* Row r of a Q4_0R weight back as the file's Q4_0 bytes (k / 32 * 18). */
 void lmc_q40r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
 lmc_status lmc_qweight_init_q40r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
-/* GGUF Q8_0 repacked for the VNNI kernels ("Q8_0R", q4k_repack.c): the
- * same bytes per row (34 a block), blocks in pairs of 68 bytes: codes
- * 0..15 of the first block, 0..15 of the second, 16..31 of the first,
- * 16..31 of the second (two 32-byte loads give the activations' pair
- * layout), then the two fp16 scales; an odd last block as its 32 codes
- * then its scale. */
-void lmc_q80r_pack_rows(const void *ggml, void *dst, int64_t nrows, int64_t k);
-/* Row r of a Q8_0R weight back as the file's Q8_0 bytes (k / 32 * 34). */
-void lmc_q80r_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst);
-lmc_status lmc_qweight_init_q80r(struct lmc_qweight *w, const void *data, int64_t n, int64_t k, lmc_err *err);
-/* A Q4_KR / Q4_0R / Q8_0R weight's rows back in the file's layout: g (kernel
- * Q4_K / Q4_0 / Q8_0, its own copy of the codes, freed by lmc_qweight_free). */
+/* A Q4_KR / Q4_0R weight's rows back in the file's layout: g (kernel
+ * Q4_K / Q4_0, its own copy of the codes, freed by lmc_qweight_free). */
 lmc_status lmc_qweight_file_layout(const struct lmc_qweight *w, struct lmc_qweight *g, lmc_err *err);
-/* A GGUF Q4_K / Q4_0 / Q8_0 weight whose codes it owns (w->owned == w->data)
- * repacked into Q4_KR / Q4_0R / Q8_0R (a new owned buffer, the old one freed). */
+/* A GGUF Q4_K / Q4_0 weight whose codes it owns (w->owned == w->data)
+ * repacked into Q4_KR / Q4_0R (a new owned buffer, the old one freed). */
 lmc_status lmc_qweight_repack(struct lmc_qweight *w, lmc_err *err);
 /* Integer groups (rtn, GPTQ with any g_idx, AWQ): codes repacked. */
 lmc_status lmc_qweight_init_groups(struct lmc_qweight *w, const struct lmc_qgroups *g, lmc_err *err);

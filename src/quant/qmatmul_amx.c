@@ -106,8 +106,7 @@ bool lmc_qamx_available(void) {
 
 bool lmc_qamx_supports(const struct lmc_qweight *w) {
     if (w->perm || w->nf4_flat || w->kp != w->k || w->k % 32) return false;
-    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q8_0R || w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q4_0R)
-        return w->ggml_type >= 0;
+    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q4_0R) return w->ggml_type >= 0;
     if (w->kernel == LMC_QK_Q4_KR) return w->ggml_type >= 0 && w->k % 256 == 0;
     if (w->kernel != LMC_QK_U4G) return false;
     for (int64_t g = 0; g < w->n_groups; g++)
@@ -167,18 +166,9 @@ static inline int64_t qamx_code_off(int kernel, int64_t b) {
 static inline int64_t qamx_scale_off(int kernel, int64_t b, int64_t nb) {
     switch (kernel) {
     case LMC_QK_Q8_0: return 34 * b;
-    case LMC_QK_Q8_0R: return 68 * (b >> 1) + ((b & 1) ? 66 : b + 1 < nb ? 64 : 32);
     case LMC_QK_Q4_0: return 18 * b;
     default: return 36 * (b >> 1) + ((b & 1) ? 34 : b + 1 < nb ? 32 : 16); /* Q4_0R */
     }
-}
-/* Q8_0R (q4k_repack.c, qmatmul.h): block b's codes 0..15 at *lo and
- * 16..31 at *hi from the row's start (pairs of 68 bytes; an odd last block's
- * 32 codes together). */
-static inline void qamx_q80r_halves(int64_t b, int64_t nb, int64_t *lo, int64_t *hi) {
-    bool full = (b & 1) || b + 1 < nb;
-    *lo = 68 * (b >> 1) + (full ? 16 * (b & 1) : 0);
-    *hi = *lo + (full ? 32 : 16);
 }
 #if !defined(QAMX_EMU) || defined(QAMX_EMU_AVX2)
 /* qamx_pack's layout for the 8 weight rows [n0 + n, n0 + n + 8) (n a
@@ -201,11 +191,6 @@ QAMX_PACK_TARGET static void qamx_pack8(const struct lmc_qweight *w, int64_t n0,
                 __m128i q = _mm_loadu_si128((const __m128i *)(p[j] + co));
                 __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q); /* codes 0-15 low, 16-31 high */
                 r[j] = _mm256_sub_epi8(_mm256_and_si256(v, m4), off);
-            } else if (kind == LMC_QK_Q8_0R) {
-                int64_t lo, hi;
-                qamx_q80r_halves(b0 + b, nb, &lo, &hi);
-                r[j] = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(p[j] + hi)),
-                                        _mm_loadu_si128((const __m128i *)(p[j] + lo)));
             } else r[j] = _mm256_loadu_si256((const __m256i *)(p[j] + co));
         }
         lmc_x86_tr8x8_epi32_store(r, bp + (2 * b + n / 16) * 512 + (n % 16) * 4, 64);
@@ -265,11 +250,7 @@ QAMX_TARGET static void qamx_pack(const struct lmc_qweight *w, int64_t n0, int64
                     v[j] = (int8_t)((p[j] & 15) - (q4 ? 8 : 0));
                     v[j + 16] = (int8_t)((p[j] >> 4) - (q4 ? 8 : 0));
                 }
-            else if (kind == LMC_QK_Q8_0R) {
-                int64_t lo, hi;
-                qamx_q80r_halves(b0 + b, nb, &lo, &hi);
-                memcpy(v, row + lo, 16), memcpy(v + 16, row + hi, 16);
-            } else memcpy(v, p, 32);
+            else memcpy(v, p, 32);
             int8_t *o = bp + (2 * b + n / 16) * 512 + (n % 16) * 4;
             for (int kk = 0; kk < 8; kk++) memcpy(o + 64 * kk, v + 4 * kk, 4);
             if (!u4) {

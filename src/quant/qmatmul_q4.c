@@ -47,7 +47,7 @@ static int64_t q4_gb1(const struct lmc_qweight *w, int64_t g) {
 }
 
 int64_t lmc_q8rows_pairs(const struct lmc_qweight *w) {
-    if (w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q8_0R) return (w->kp / 32 + 1) / 2; /* the pair layout, lane sums times -128 */
+    if (w->kernel == LMC_QK_Q8_0) return (w->kp / 32 + 1) / 2; /* the pair layout, lane sums times -128 */
     if (w->kernel == LMC_QK_Q4_K || w->kernel == LMC_QK_Q4_KR) return lmc_q4k_slots(w); /* qmatmul_q4k.c */
     int64_t np = 0;
     for (int64_t g = 0; g < q4_groups(w); g++) np += (q4_gb1(w, g) - q4_gb0(w, g) + 1) / 2;
@@ -127,9 +127,7 @@ void lmc_q8rows_fill_pairs(const struct lmc_qweight *w, const struct lmc_q8act *
         return;
     }
     int64_t nb = w->kp / 32, np = lmc_q8rows_pairs(w);
-    int32_t mult = w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q4_0R            ? -8
-                   : w->kernel == LMC_QK_Q8_0 || w->kernel == LMC_QK_Q8_0R ? -128
-                                                                            : 1;
+    int32_t mult = w->kernel == LMC_QK_Q4_0 || w->kernel == LMC_QK_Q4_0R ? -8 : w->kernel == LMC_QK_Q8_0 ? -128 : 1;
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2");
 #endif
@@ -639,8 +637,7 @@ Q4G_ALL(avx2, T4_AVX2, I4_AVX2)
 /* One pair of blocks p of q8_tile (full: both blocks; else an odd last
  * block with a zero one), a constant in each call. */
 I4_VNNI void q8_pair(const uint8_t *wp, int64_t rb, const uint8_t *xp, int64_t pair_stride, int64_t p, const int R,
-                     const int MR, const int RP, const int full, __m256 acc[4][Q4_MR], const uint8_t *pf,
-                     const int pf_on) {
+                     const int MR, const int full, __m256 acc[4][Q4_MR], const uint8_t *pf, const int pf_on) {
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     if (pf_on)
         _Pragma("GCC unroll 5") for (int t = 0; t < 5; t++) _mm_prefetch((const char *)pf + 272 * p + 64 * t, _MM_HINT_T0);
@@ -648,17 +645,6 @@ I4_VNNI void q8_pair(const uint8_t *wp, int64_t rb, const uint8_t *xp, int64_t p
     __m256 dw[4];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
         const uint8_t *c = wp + r * rb + 68 * p;
-        if (RP) { /* Q8_0R: both vectors one load each, the scales one 4-byte load (q4k_repack.c) */
-            wa[r] = _mm256_xor_si256(full ? _mm256_loadu_si256((const __m256i *)c)
-                                          : _mm256_set_m128i(_mm_set1_epi8((char)0x80), _mm_loadu_si128((const __m128i *)c)),
-                                     flip);
-            wb[r] = _mm256_xor_si256(full ? _mm256_loadu_si256((const __m256i *)(c + 32))
-                                          : _mm256_set_m128i(_mm_set1_epi8((char)0x80),
-                                                             _mm_loadu_si128((const __m128i *)(c + 16))),
-                                     flip);
-            dw[r] = q4r_scales(c + (full ? 64 : 32), full);
-            continue;
-        }
         __m128i a1 = full ? _mm_loadu_si128((const __m128i *)(c + 36)) : _mm_set1_epi8((char)0x80);
         __m128i b1 = full ? _mm_loadu_si128((const __m128i *)(c + 52)) : _mm_set1_epi8((char)0x80);
         wa[r] = _mm256_xor_si256(_mm256_set_m128i(a1, _mm_loadu_si128((const __m128i *)(c + 2))), flip);
@@ -680,9 +666,13 @@ I4_VNNI void q8_pair(const uint8_t *wp, int64_t rb, const uint8_t *xp, int64_t p
     }
 }
 
+/* Inlined into each (R, MR) instance below: with R and MR constants the
+ * tile's arrays stay in registers and its loops unroll (a function of
+ * them, as this was, kept acc in memory: Q8_0 decode on the Xeon ran
+ * 1.5x slower, 277 against 402-435 tokens/s). */
 T4_VNNI static inline __attribute__((always_inline)) void q8_tile(const struct lmc_qweight *w, int64_t row, int R,
                                                                   const struct lmc_q8rows *x, int64_t i0, int MR,
-                                                                  float *y, int64_t ldy, const int RP) {
+                                                                  float *y, int64_t ldy) {
     const int64_t nb = w->k / 32, rb = w->row_bytes;
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
@@ -693,8 +683,8 @@ T4_VNNI static inline __attribute__((always_inline)) void q8_tile(const struct l
     const uint8_t *pf = wp + pft * 4 * rb;
     const int pf_on = Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;
     int64_t p = 0;
-    for (; 2 * p + 1 < nb; p++) q8_pair(wp, rb, xp, x->pair_stride, p, R, MR, RP, 1, acc, pf, pf_on);
-    if (2 * p < nb) q8_pair(wp, rb, xp, x->pair_stride, p, R, MR, RP, 0, acc, pf, pf_on);
+    for (; 2 * p + 1 < nb; p++) q8_pair(wp, rb, xp, x->pair_stride, p, R, MR, 1, acc, pf, pf_on);
+    if (2 * p < nb) q8_pair(wp, rb, xp, x->pair_stride, p, R, MR, 0, acc, pf, pf_on);
     const __m256 zero = _mm256_setzero_ps();
     _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
         __m128 s = q4_sum4_vnni(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,
@@ -703,21 +693,16 @@ T4_VNNI static inline __attribute__((always_inline)) void q8_tile(const struct l
         else y[(i0 + i) * ldy + row] = _mm_cvtss_f32(s);
     }
 }
-#define Q8_ONE(R, MR, RP)                                                                                  \
-    T4_VNNI static void q8_##R##x##MR##_##RP(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
-                                             int64_t i0, float *y, int64_t ldy) {                          \
-        q8_tile(w, row, R, x, i0, MR, y, ldy, RP);                                                         \
+#define Q8_ONE(R, MR)                                                                                      \
+    T4_VNNI static void q8_##R##x##MR(const struct lmc_qweight *w, int64_t row, const struct lmc_q8rows *x, \
+                                      int64_t i0, float *y, int64_t ldy) {                                 \
+        q8_tile(w, row, R, x, i0, MR, y, ldy);                                                             \
     }
-Q8_ONE(4, 1, 0) Q8_ONE(4, 2, 0) Q8_ONE(4, 3, 0) Q8_ONE(4, 4, 0) Q8_ONE(1, 1, 0) Q8_ONE(1, 2, 0) Q8_ONE(1, 3, 0)
-Q8_ONE(1, 4, 0) Q8_ONE(4, 1, 1) Q8_ONE(4, 2, 1) Q8_ONE(4, 3, 1) Q8_ONE(4, 4, 1) Q8_ONE(1, 1, 1) Q8_ONE(1, 2, 1)
-Q8_ONE(1, 3, 1) Q8_ONE(1, 4, 1)
-/* [Q8_0R][one weight row][activation rows] */
-static const q4g_fn q8_fns[2][2][Q4_MR + 1] = {
-    {{NULL, q8_4x1_0, q8_4x2_0, q8_4x3_0, q8_4x4_0}, {NULL, q8_1x1_0, q8_1x2_0, q8_1x3_0, q8_1x4_0}},
-    {{NULL, q8_4x1_1, q8_4x2_1, q8_4x3_1, q8_4x4_1}, {NULL, q8_1x1_1, q8_1x2_1, q8_1x3_1, q8_1x4_1}}};
+Q8_ONE(4, 1) Q8_ONE(4, 2) Q8_ONE(4, 3) Q8_ONE(4, 4) Q8_ONE(1, 1) Q8_ONE(1, 2) Q8_ONE(1, 3) Q8_ONE(1, 4)
+static const q4g_fn q8_fns[2][Q4_MR + 1] = {{NULL, q8_4x1, q8_4x2, q8_4x3, q8_4x4},
+                                             {NULL, q8_1x1, q8_1x2, q8_1x3, q8_1x4}};
 static void q8_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, const struct lmc_q8rows *x, float *y,
                          int64_t ldy) {
-    const int rp = w->kernel == LMC_QK_Q8_0R;
     int64_t nch = (x->m + Q4_MR - 1) / Q4_MR;
     for (int64_t r = r0; r < r1;) {
         int four = r + 4 <= r1;
@@ -725,7 +710,7 @@ static void q8_rows_vnni(const struct lmc_qweight *w, int64_t r0, int64_t r1, co
             int64_t i0;
             int mr;
             q4_chunk(x->m, c, &i0, &mr);
-            q8_fns[rp][four ? 0 : 1][mr](w, r, x, i0, y, ldy);
+            q8_fns[four ? 0 : 1][mr](w, r, x, i0, y, ldy);
         }
         r += four ? 4 : 1;
     }
@@ -897,7 +882,6 @@ static void q8_rows_avx2(const struct lmc_qweight *w, int64_t r0, int64_t r1, co
 
 void lmc_qdotm_table_q4_vnni(lmc_qdotm_fn *dotm) {
     dotm[LMC_QK_Q8_0] = q8_rows_vnni;
-    dotm[LMC_QK_Q8_0R] = q8_rows_vnni;
     dotm[LMC_QK_Q4_0] = q4_rows_vnni;
     dotm[LMC_QK_Q4_0R] = q4_rows_vnni;
     dotm[LMC_QK_U4G] = q4g_rows_vnni;

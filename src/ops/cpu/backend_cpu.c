@@ -63,15 +63,11 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
      * share, so OpenBLAS must not start threads of its own. This setting is
      * process-wide (OpenBLAS has no per-call thread count). */
     openblas_set_num_threads(1);
-    bool vnni = lmc_qctx_init(c->qctx, LMC_QISA_AVX512VNNI) == LMC_QISA_AVX512VNNI;
+    lmc_qctx_init(c->qctx, LMC_QISA_AVX512VNNI);
 
     be->name = "cpu";
     be->ctx = c;
     be->host_memory = true;
-    /* Q8_0R where VNNI runs it; AVX2's Q8_0 kernel reads the file's blocks (qmatmul_q4.c), Q8_0R runs the
-     * portable kernel there. LMC_CPU_Q8_0R=0 keeps the file's layout, 1 repacks on any CPU (tests) */
-    const char *q8r = getenv("LMC_CPU_Q8_0R");
-    be->repack_q8_0 = q8r && q8r[0] ? q8r[0] == '1' : vnni;
     be->alloc = lmc_cpu_alloc;
     be->free = lmc_cpu_free;
     be->upload = lmc_cpu_copy;
