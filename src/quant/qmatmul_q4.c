@@ -634,57 +634,46 @@ Q4G_ALL(avx2, T4_AVX2, I4_AVX2)
  * the -128 x lane sums the dot's start, so lane l is the exact sum(w q) of
  * its 8 elements; one conversion, scale product and FMA per pair of blocks
  * (an odd last block pairs with a zero block). The same 4 x MR tiles. */
-/* One pair of blocks p of q8_tile (full: both blocks; else an odd last
- * block with a zero one), a constant in each call. */
-I4_VNNI void q8_pair(const uint8_t *wp, int64_t rb, const uint8_t *xp, int64_t pair_stride, int64_t p, const int R,
-                     const int MR, const int full, __m256 acc[4][Q4_MR], const uint8_t *pf, const int pf_on) {
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-    if (pf_on)
-        _Pragma("GCC unroll 5") for (int t = 0; t < 5; t++) _mm_prefetch((const char *)pf + 272 * p + 64 * t, _MM_HINT_T0);
-    __m256i wa[4], wb[4];
-    __m256 dw[4];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-        const uint8_t *c = wp + r * rb + 68 * p;
-        __m128i a1 = full ? _mm_loadu_si128((const __m128i *)(c + 36)) : _mm_set1_epi8((char)0x80);
-        __m128i b1 = full ? _mm_loadu_si128((const __m128i *)(c + 52)) : _mm_set1_epi8((char)0x80);
-        wa[r] = _mm256_xor_si256(_mm256_set_m128i(a1, _mm_loadu_si128((const __m128i *)(c + 2))), flip);
-        wb[r] = _mm256_xor_si256(_mm256_set_m128i(b1, _mm_loadu_si128((const __m128i *)(c + 18))), flip);
-        __m128i h = _mm_set1_epi16(q4_f16bits(c));
-        h = full ? _mm_mask_set1_epi16(h, 0xf0, q4_f16bits(c + 34)) : _mm_maskz_mov_epi16(0x0f, h);
-        dw[r] = _mm256_cvtph_ps(h);
-    }
-    _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
-        const uint8_t *a = xp + i * pair_stride + Q4_PAIR * p;
-        __m256i xa = _mm256_load_si256((const __m256i *)a);
-        __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));
-        __m256 dx = _mm256_load_ps((const float *)(a + 64));
-        __m256i z = _mm256_load_si256((const __m256i *)(a + 96));
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            __m256i s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(z, wa[r], xa), wb[r], xb);
-            acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);
-        }
-    }
-}
-
-/* Inlined into each (R, MR) instance below: with R and MR constants the
- * tile's arrays stay in registers and its loops unroll (a function of
- * them, as this was, kept acc in memory: Q8_0 decode on the Xeon ran
- * 1.5x slower, 277 against 402-435 tokens/s). */
-T4_VNNI static inline __attribute__((always_inline)) void q8_tile(const struct lmc_qweight *w, int64_t row, int R,
-                                                                  const struct lmc_q8rows *x, int64_t i0, int MR,
-                                                                  float *y, int64_t ldy) {
+T4_VNNI static void q8_tile(const struct lmc_qweight *w, int64_t row, int R, const struct lmc_q8rows *x, int64_t i0,
+                            int MR, float *y, int64_t ldy) {
     const int64_t nb = w->k / 32, rb = w->row_bytes;
     const uint8_t *wp = w->data + row * rb;
     const uint8_t *xp = x->pairs + i0 * x->pair_stride;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
     __m256 acc[4][Q4_MR];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) acc[r][i] = _mm256_setzero_ps();
     const int64_t pft = (4 * rb < Q4_PF_BYTES ? 2 : 1); /* as Q4_0's: 272 bytes a pair */
     const uint8_t *pf = wp + pft * 4 * rb;
     const int pf_on = Q4_PF_BYTES > 0 && R == 4 && row + (pft + 1) * 4 <= w->n;
-    int64_t p = 0;
-    for (; 2 * p + 1 < nb; p++) q8_pair(wp, rb, xp, x->pair_stride, p, R, MR, 1, acc, pf, pf_on);
-    if (2 * p < nb) q8_pair(wp, rb, xp, x->pair_stride, p, R, MR, 0, acc, pf, pf_on);
+    for (int64_t p = 0; 2 * p < nb; p++) {
+        const int full = 2 * p + 1 < nb;
+        if (pf_on)
+            _Pragma("GCC unroll 5") for (int t = 0; t < 5; t++) _mm_prefetch((const char *)pf + 272 * p + 64 * t, _MM_HINT_T0);
+        __m256i wa[4], wb[4];
+        __m256 dw[4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            const uint8_t *c = wp + r * rb + 68 * p;
+            __m128i a1 = full ? _mm_loadu_si128((const __m128i *)(c + 36)) : _mm_set1_epi8((char)0x80);
+            __m128i b1 = full ? _mm_loadu_si128((const __m128i *)(c + 52)) : _mm_set1_epi8((char)0x80);
+            wa[r] = _mm256_xor_si256(_mm256_set_m128i(a1, _mm_loadu_si128((const __m128i *)(c + 2))), flip);
+            wb[r] = _mm256_xor_si256(_mm256_set_m128i(b1, _mm_loadu_si128((const __m128i *)(c + 18))), flip);
+            __m128i h = _mm_set1_epi16(q4_f16bits(c));
+            h = full ? _mm_mask_set1_epi16(h, 0xf0, q4_f16bits(c + 34)) : _mm_maskz_mov_epi16(0x0f, h);
+            dw[r] = _mm256_cvtph_ps(h);
+        }
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
+            const uint8_t *a = xp + i * x->pair_stride + Q4_PAIR * p;
+            __m256i xa = _mm256_load_si256((const __m256i *)a);
+            __m256i xb = _mm256_load_si256((const __m256i *)(a + 32));
+            __m256 dx = _mm256_load_ps((const float *)(a + 64));
+            __m256i z = _mm256_load_si256((const __m256i *)(a + 96));
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                __m256i s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(z, wa[r], xa), wb[r], xb);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][i]);
+            }
+        }
+    }
     const __m256 zero = _mm256_setzero_ps();
     _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
         __m128 s = q4_sum4_vnni(acc[0][i], R > 1 ? acc[1][i] : zero, R > 2 ? acc[2][i] : zero,
