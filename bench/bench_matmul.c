@@ -141,10 +141,10 @@ int main(int argc, char **argv) {
             double t1c = time_ours(&be, y, x, 1, &m, 1, wbytes, budget * 0.5);
             double tp = decode_only ? 1 : time_ours(&be, y, x, MP, &m, 1, wbytes, budget * 2);
             struct lmc_cpu_ctx *cc = be.ctx;
-            int64_t gm = cc->gemm_min_m;
-            cc->gemm_min_m = 1;
+            int64_t gm = cc->gemm_min_m, gm16 = cc->gemm_min_m16;
+            cc->gemm_min_m = cc->gemm_min_m16 = 1;
             double tg = decode_only ? 1 : time_ours(&be, y, x, MP, &m, 1, wbytes, budget * 2);
-            cc->gemm_min_m = gm;
+            cc->gemm_min_m = gm, cc->gemm_min_m16 = gm16;
             char shape[32];
             snprintf(shape, sizeof shape, "%lldx%lld", (long long)N, (long long)K);
             printf("%-12s %-5s | %9.1f %8.2f %8.2f %6.1f%% |", shape, lmc_dtype_name(dts[d]),

@@ -73,7 +73,7 @@ static void test_float(int threads) {
     CHECK(lmc_backend_cpu_init(&be, threads, &err) == LMC_OK);
     struct lmc_cpu_ctx *c = be.ctx;
     int64_t small_default = c->mm_small_max, unit_default = c->mm_unit_bytes;
-    /* the reference M: the largest the small-M kernel takes (AVX2 builds: up to sgemm's gemm_min_m) */
+    /* the reference M: the largest the small-M kernel takes (F32 on AVX2: below gemm_min_m, bits compared there only) */
     int64_t mref = LMC_MAX(1, LMC_MIN(MMAX - 1, small_default));
 #ifdef LMC_CPU_SMALLM
     /* AVX-512 and AVX2 builds: a bf16 decode step (M = 1) and a verification
@@ -82,7 +82,9 @@ static void test_float(int threads) {
     for (int64_t M = 1; M <= 6; M++)
         CHECK_MSG(lmc_cpu_smallm_ok(c, M, 576, LMC_DTYPE_BF16) && lmc_cpu_smallm_ok(c, M, 1536, LMC_DTYPE_F16),
                   "M=%lld: not routed to the small-M kernel", (long long)M);
-    CHECK(c->mm_small_max < c->gemm_min_m || c->gemm_min_m > MMAX); /* sgemm never takes an M it claims */
+    /* neither GEMM takes an M the small-M kernel claims: F16/BF16 up to mm_small_max, F32 below gemm_min_m */
+    CHECK(c->mm_small_max < lmc_cpu_gemm_from(c, LMC_DTYPE_F16) || lmc_cpu_gemm_from(c, LMC_DTYPE_F16) > MMAX);
+    CHECK(c->gemm_min_m > MMAX || !lmc_cpu_smallm_ok(c, c->gemm_min_m, 64, LMC_DTYPE_F32));
 #endif
 #ifdef LMC_CPU_SMALLM_AVX2
     /* AVX2: verifications of up to 10 drafts over K = 1536 BF16 rows (the kjv-target's down projection) */
@@ -106,7 +108,7 @@ static void test_float(int threads) {
             for (int on = 0; on < 2; on++) {
                 c->mm_small_max = on ? small_default : 0;
                 c->mm_unit_bytes = s % 2 ? 64 : unit_default; /* many units: splitting and stealing */
-                be.matmul(be.ctx, yall, x, mref, &w, NULL); /* M = 16 (AVX2: 11): every row's reference bits */
+                be.matmul(be.ctx, yall, x, mref, &w, NULL); /* M = 16: every row's reference bits */
                 for (int64_t M = 1; M <= MMAX; M++) {
                     const float *bp = M % 2 ? bias : NULL;
                     be.matmul(be.ctx, y, x, M, &w, bp);

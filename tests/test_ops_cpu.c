@@ -162,18 +162,20 @@ static void matmul_cases(struct lmc_backend *be, int path) {
 
 static void test_matmul(struct lmc_backend *be) {
     struct lmc_cpu_ctx *ctx = be->ctx;
-    int64_t gemm_default = ctx->gemm_min_m, unit_default = ctx->mm_unit_bytes, pf_default = ctx->pf_min_m;
+    int64_t gemm_default = ctx->gemm_min_m, gemm16_default = ctx->gemm_min_m16, unit_default = ctx->mm_unit_bytes;
+    int64_t pf_default = ctx->pf_min_m;
     /* the fp32 kernels, held to fp32 error: the bf16 prefill GEMM (from
      * pf_min_m rows, F16/BF16 weights) has its own test, test_matmul_pf */
     ctx->pf_min_m = 0;
-    /* both paths at every M: our kernels only, and OpenBLAS sgemm from M = 12;
+    /* both paths at every M: our kernels only, and the GEMMs (OpenBLAS sgemm, ours for F16/BF16) from M = 12;
      * M < 4 also with tiny claim units (many units per thread, much stealing) */
     for (int path = 0; path < 3; path++) {
-        ctx->gemm_min_m = path == 1 ? 12 : INT64_MAX;
+        ctx->gemm_min_m = ctx->gemm_min_m16 = path == 1 ? 12 : INT64_MAX;
         ctx->mm_unit_bytes = path == 2 ? 64 : unit_default;
         matmul_cases(be, path);
     }
     ctx->gemm_min_m = gemm_default;
+    ctx->gemm_min_m16 = gemm16_default;
     ctx->mm_unit_bytes = unit_default;
     ctx->pf_min_m = pf_default;
 }
@@ -487,12 +489,14 @@ static void test_rope_row_cache(struct lmc_backend *be) {
 
 /* The fused matmul_add (y += x W^T + b) and matmul_swiglu (silu(x Wg^T) *
  * (x Wu^T)) against float64 on odd sizes, for every weight type and on both
- * of their routes (M below the GEMM's 12 rows: the ops composed; from 12
- * with F16/BF16: our GEMM accumulating into y, silu per 64-column task).
- * Bits: 1 and 2 threads agree, and on our GEMM's route a block of rows
- * computed alone equals the same rows of a larger call. */
+ * of their routes (M below the GEMM's rows, LMC_CPU_GEMM_MIN_M16: the ops
+ * composed; from there with F16/BF16: our GEMM accumulating into y, silu per
+ * 64-column task). Bits: 1 and 2 threads agree, and on our GEMM's route a
+ * block of rows computed alone equals the same rows of a larger call (37
+ * rows where the F16/BF16 GEMM starts at 33, AVX2; 13 elsewhere, as before). */
 static void test_matmul_fused(struct lmc_backend *be) {
-    static const int64_t Ms[] = {1, 5, 13, 150};
+    static const int64_t Ms[] = {1, 5, 13, 37, 150};
+    const int64_t alone = LMC_CPU_GEMM_MIN_M16 <= 37 ? 37 : 13;
     int64_t N = 131, K = 97;
     struct lmc_backend b1, b2;
     lmc_err err;
@@ -534,14 +538,15 @@ static void test_matmul_fused(struct lmc_backend *be) {
             double e = test_rel_err_f32_f64(y, ref, M * N);
             record(E_MATMUL, e);
             CHECK_MSG(e <= TOL, "matmul_swiglu dt=%zu M=%lld: %g", d, (long long)M, e);
-            /* the same bits with 1 and 2 threads, and (our GEMM: F16/BF16) for the first 13 rows alone */
+            /* the same bits with 1 and 2 threads, and (our GEMM: F16/BF16) for the first `alone` rows alone */
             b1.matmul_swiglu(b1.ctx, y, x, M, &g, &u);
             b2.matmul_swiglu(b2.ctx, y2, x, M, &g, &u);
             CHECK_MSG(!memcmp(y, y2, (size_t)(M * N) * sizeof(float)), "matmul_swiglu dt=%zu M=%lld: 1 vs 2 threads", d,
                       (long long)M);
-            if (M > 13 && dtypes[d] != LMC_DTYPE_F32) {
-                b2.matmul_swiglu(b2.ctx, y2, x, 13, &g, &u);
-                CHECK_MSG(!memcmp(y, y2, (size_t)(13 * N) * sizeof(float)), "matmul_swiglu dt=%zu: 13 rows alone", d);
+            if (M > alone && dtypes[d] != LMC_DTYPE_F32) {
+                b2.matmul_swiglu(b2.ctx, y2, x, alone, &g, &u);
+                CHECK_MSG(!memcmp(y, y2, (size_t)(alone * N) * sizeof(float)), "matmul_swiglu dt=%zu: %lld rows alone", d,
+                          (long long)alone);
             }
             memcpy(y, y0, (size_t)(M * N) * sizeof(float));
             memcpy(y2, y0, (size_t)(M * N) * sizeof(float));

@@ -41,6 +41,7 @@ lmc_status lmc_backend_cpu_init(struct lmc_backend *be, int n_threads, lmc_err *
     }
     c->n_threads = lmc_pool_threads(c->pool);
     c->gemm_min_m = LMC_CPU_GEMM_MIN_M;
+    c->gemm_min_m16 = LMC_CPU_GEMM_MIN_M16;
     c->mm_unit_bytes = LMC_CPU_MM_UNIT_BYTES;
     c->mm_small_max = LMC_CPU_MM_SMALL_MAX;
     c->has_bf16 = lmc_cpu_has_bf16();

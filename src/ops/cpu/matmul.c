@@ -16,7 +16,8 @@
  *  - small M >= 4: AVX-512 4x4-blocked kernels (x staged to W's alignment).
  *  - F16/BF16 weights from ctx->pf_min_m rows on CPUs with AVX512-BF16:
  *    the bf16 prefill GEMM of matmul_pf.c (x and W rounded to bf16).
- *  - large M (prefill, from ctx->gemm_min_m): our AVX2+FMA GEMM
+ *  - large M (prefill, from lmc_cpu_gemm_from: ctx->gemm_min_m, F16/BF16
+ *    from ctx->gemm_min_m16 where that is higher): our AVX2+FMA GEMM
  *    (gemm_f32.c), single-threaded per call, on blocks of W rows claimed by
  *    our threads: x packed once per matmul on the pool (in ctx->xbuf), each
  *    task packs its W block, F16/BF16 widened while packed. F32 weights
@@ -587,7 +588,8 @@ bool lmc_cpu_matmul_small_group(struct lmc_cpu_ctx *c, int n, float *const *y, c
         const struct lmc_mat *m = w[i];
         LMC_ASSERT(M[i] >= 0);
         /* the products lmc_cpu_matmul itself sends to multi_small */
-        if (!mat_ok(m) || m->cols == 0 || lmc_cpu_pf_ok(c, M[i], m->cols, m->dtype) || M[i] >= c->gemm_min_m ||
+        if (!mat_ok(m) || m->cols == 0 || lmc_cpu_pf_ok(c, M[i], m->cols, m->dtype) ||
+            M[i] >= lmc_cpu_gemm_from(c, m->dtype) ||
             !(M[i] < 4 || lmc_cpu_smallm_ok(c, M[i], m->cols, m->dtype)))
             return false;
     }
@@ -631,7 +633,7 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     }
     bool small = true; /* one GEMV-style job: M < 4, or the small-M kernel for every matrix */
     for (int i = 0; i < n; i++) small = small && (M < 4 || lmc_cpu_smallm_ok(c, M, w[i]->cols, w[i]->dtype));
-    if (!small || M >= c->gemm_min_m || w[0]->cols == 0) {
+    if (!small || M >= lmc_cpu_gemm_from(c, w[0]->dtype) || w[0]->cols == 0) {
         if (mm_rows(c, n, y, x, M, w, bias)) return; /* F32, large M: one job over x's row blocks */
         if (mm_gemm_multi(c, n, y, x, M, w, bias)) return; /* large M: x packed once, one job */
         for (int i = 0; i < n; i++) lmc_cpu_matmul(ctx, y[i], x, M, w[i], bias ? bias[i] : NULL);
@@ -717,7 +719,8 @@ static const float *mm_xpack(struct lmc_cpu_ctx *c, const float *x, int64_t M, i
 static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
     int64_t K = w[0]->cols;
-    if (n > MM_MULTI_MAX || M < c->gemm_min_m || K == 0 || K > INT32_MAX || M > INT32_MAX) return false;
+    if (n > MM_MULTI_MAX || M < lmc_cpu_gemm_from(c, w[0]->dtype) || K == 0 || K > INT32_MAX || M > INT32_MAX)
+        return false;
     for (int i = 0; i < n; i++)
         if (!mm_ours(c, w[i]->dtype) || w[i]->cols != K || w[i]->rows > INT32_MAX || lmc_cpu_routed(c, M, w[i]) ||
             lmc_cpu_pf_ok(c, M, K, w[i]->dtype))
@@ -810,7 +813,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
         return;
     }
     if (j.dt == LMC_DTYPE_F32 && mm_rows(c, 1, &y, x, M, &w, &bias)) return;
-    if (M >= c->gemm_min_m && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
+    if (M >= lmc_cpu_gemm_from(c, j.dt) && j.K <= INT32_MAX && j.N <= INT32_MAX && M <= INT32_MAX) {
         if (mm_ours(c, j.dt)) {
             j.xp = mm_xpack(c, x, M, j.K);
             lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, j.K));
@@ -848,7 +851,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
  * weights, the rows not routed by kind, no bf16 prefill GEMM) */
 static bool mm_ours_route(const struct lmc_cpu_ctx *c, int n, int64_t M, const struct lmc_mat *const *w) {
     int64_t K = w[0]->cols;
-    if (M < c->gemm_min_m || K == 0 || K > INT32_MAX || M > INT32_MAX) return false;
+    if (M < lmc_cpu_gemm_from(c, w[0]->dtype) || K == 0 || K > INT32_MAX || M > INT32_MAX) return false;
     for (int i = 0; i < n; i++)
         if (!mm_ours(c, w[i]->dtype) || w[i]->cols != K || w[i]->rows == 0 || w[i]->rows > INT32_MAX ||
             lmc_cpu_routed(c, M, w[i]) || lmc_cpu_pf_ok(c, M, K, w[i]->dtype))

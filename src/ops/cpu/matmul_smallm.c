@@ -18,7 +18,7 @@
  * prefetch ahead of the tile; a K tail through a zero-padded copy. More
  * than 6 x rows (blocks of 3-6) run each 2-row tile through every block
  * before the next, so the tile comes from L1 (lmc_cpu_smallm_ok takes them
- * up to 2-row tiles of LMC_CPU_SMALLM_TILE bytes: K <= 1536 BF16/F16).
+ * up to 2-row tiles of LMC_CPU_SMALLM_TILE bytes: K <= 4096 BF16/F16).
  * One block of 3-6 rows runs all its 2-row tiles in one call (the tile
  * inlined in a loop) and sums a tile's accumulators 4 at a time in
  * lmc_hsum256's order: the per-tile call and sums cost ~9% of a K = 576

@@ -25,6 +25,7 @@ struct lmc_cpu_ctx {
     float **scratch;      /* [n_threads], 64-byte aligned */
     size_t *scratch_cap;  /* floats */
     int64_t gemm_min_m;   /* matmul: M from which the large-M GEMM is used (gemm_f32.c with AVX2, else OpenBLAS) */
+    int64_t gemm_min_m16; /* the same for F16/BF16 weights where it is above gemm_min_m (lmc_cpu_gemm_from) */
     bool gemm_blas;       /* matmul: the large-M path through OpenBLAS sgemm even with AVX2 (A/B benches; off) */
     int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
     int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
@@ -57,14 +58,28 @@ struct lmc_cpu_ctx {
 /* rope.c's table, freed with the context. */
 void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 
-/* Default gemm_min_m. With AVX-512 (+BW, VL) our own 4x4-blocked kernels
- * outrun the sgemm of the Debian OpenBLAS at every M measured (its Zen
- * builds use AVX2 kernels), so sgemm is then never used by default. */
+/* Default gemm_min_m (F32 weights: OpenBLAS sgemm from there) and
+ * gemm_min_m16 (F16/BF16 weights: our GEMM from there). With AVX-512 (+BW,
+ * VL) our own 4x4-blocked kernels outrun the sgemm of the Debian OpenBLAS
+ * at every M measured (its Zen builds use AVX2 kernels), so neither GEMM is
+ * used by default. With AVX2 the small-M kernel takes F16/BF16 products up
+ * to 32 rows (below) and our GEMM the rest: on the 2-core Zen 3, 125M F16
+ * forwards of 16 / 24 / 32 tokens ran 1.5-1.6 / 1.1-1.3 / 1.1 times faster
+ * than with the GEMM from 12 rows (bench_smallm, interleaved,
+ * bench/results/smallm-avx2-2026-12-07.md); F32 products keep sgemm from 12
+ * (training and fp32 models: measured there, and their bits unchanged). */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define LMC_CPU_GEMM_MIN_M INT64_MAX
+#define LMC_CPU_GEMM_MIN_M16 INT64_MAX
 #else
 #define LMC_CPU_GEMM_MIN_M 12
+#define LMC_CPU_GEMM_MIN_M16 33
 #endif
+
+/* M from which a product with W in dt takes the large-M GEMM. */
+static inline int64_t lmc_cpu_gemm_from(const struct lmc_cpu_ctx *c, enum lmc_dtype dt) {
+    return dt == LMC_DTYPE_F32 ? c->gemm_min_m : LMC_MAX(c->gemm_min_m, c->gemm_min_m16);
+}
 
 /* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL)
  * and, as a 256-bit twin, with AVX2 + FMA + F16C.
@@ -83,14 +98,20 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 #define LMC_CPU_SMALLM 1
 #define LMC_CPU_SMALLM_AVX2 1
 #ifndef LMC_CPU_MM_SMALL_MAX
-#define LMC_CPU_MM_SMALL_MAX (LMC_CPU_GEMM_MIN_M - 1) /* from there OpenBLAS's sgemm */
+#define LMC_CPU_MM_SMALL_MAX (LMC_CPU_GEMM_MIN_M16 - 1) /* F32: below gemm_min_m (lmc_cpu_smallm_ok) */
 #endif
 #else
 #undef LMC_CPU_MM_SMALL_MAX
 #define LMC_CPU_MM_SMALL_MAX 0
 #endif
 #define LMC_CPU_SMALLM_MR 6
+/* AVX2: 2-row tiles of K <= 4096 F16/BF16 (the 125M MLP's down projection,
+ * K = 2048, included: 8 KB of L1 re-read per block of x rows) */
+#ifdef LMC_CPU_SMALLM_AVX2
+#define LMC_CPU_SMALLM_TILE 16384
+#else
 #define LMC_CPU_SMALLM_TILE 6144
+#endif
 /* W rows of the tile that blocks of more than LMC_CPU_SMALLM_MR x rows
  * re-read: AVX-512 4; the AVX2 twin 2 (its blocks of 3-6 rows take 2-row
  * tiles, each one run over every block before the next: a 12-row
@@ -116,6 +137,7 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
     int64_t tile = 4 * K * lmc_dtype_size(dt);
     return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE || dt != LMC_DTYPE_F32) &&
+           (dt != LMC_DTYPE_F32 || M < c->gemm_min_m) &&
            (M <= LMC_CPU_SMALLM_MR || tile / 4 * LMC_CPU_SMALLM_REREAD <= LMC_CPU_SMALLM_TILE);
 }
 /* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
