@@ -17,7 +17,7 @@
  *  - F16/BF16 weights from ctx->pf_min_m rows on CPUs with AVX512-BF16:
  *    the bf16 prefill GEMM of matmul_pf.c (x and W rounded to bf16).
  *  - large M (prefill, from lmc_cpu_gemm_from: ctx->gemm_min_m, F16/BF16
- *    from ctx->gemm_min_m16 where that is higher): our AVX2+FMA GEMM
+ *    weights ctx->gemm_min_m16): our AVX2+FMA GEMM
  *    (gemm_f32.c), single-threaded per call, on blocks of W rows claimed by
  *    our threads: x packed once per matmul on the pool (in ctx->xbuf), each
  *    task packs its W block, F16/BF16 widened while packed. F32 weights

@@ -25,7 +25,7 @@ struct lmc_cpu_ctx {
     float **scratch;      /* [n_threads], 64-byte aligned */
     size_t *scratch_cap;  /* floats */
     int64_t gemm_min_m;   /* matmul: M from which the large-M GEMM is used (gemm_f32.c with AVX2, else OpenBLAS) */
-    int64_t gemm_min_m16; /* the same for F16/BF16 weights where it is above gemm_min_m (lmc_cpu_gemm_from) */
+    int64_t gemm_min_m16; /* the same for F16/BF16 weights (lmc_cpu_gemm_from) */
     bool gemm_blas;       /* matmul: the large-M path through OpenBLAS sgemm even with AVX2 (A/B benches; off) */
     int64_t mm_unit_bytes; /* matmul M < 4: weight bytes per claimed unit (tests lower it) */
     int64_t mm_small_max; /* matmul: M = 2..mm_small_max through the small-M kernel (matmul_smallm.c) */
@@ -78,7 +78,7 @@ void lmc_cpu_rope_tab_free(struct lmc_cpu_ctx *c);
 
 /* M from which a product with W in dt takes the large-M GEMM. */
 static inline int64_t lmc_cpu_gemm_from(const struct lmc_cpu_ctx *c, enum lmc_dtype dt) {
-    return dt == LMC_DTYPE_F32 ? c->gemm_min_m : LMC_MAX(c->gemm_min_m, c->gemm_min_m16);
+    return dt == LMC_DTYPE_F32 ? c->gemm_min_m : c->gemm_min_m16;
 }
 
 /* The small-M float kernel (matmul_smallm.c) exists with AVX-512 (+BW, VL)
@@ -98,7 +98,7 @@ static inline int64_t lmc_cpu_gemm_from(const struct lmc_cpu_ctx *c, enum lmc_dt
 #define LMC_CPU_SMALLM 1
 #define LMC_CPU_SMALLM_AVX2 1
 #ifndef LMC_CPU_MM_SMALL_MAX
-#define LMC_CPU_MM_SMALL_MAX (LMC_CPU_GEMM_MIN_M16 - 1) /* F32: below gemm_min_m (lmc_cpu_smallm_ok) */
+#define LMC_CPU_MM_SMALL_MAX (LMC_CPU_GEMM_MIN_M16 - 1) /* F32: below its GEMM (lmc_cpu_smallm_ok) */
 #endif
 #else
 #undef LMC_CPU_MM_SMALL_MAX
@@ -137,7 +137,7 @@ static inline int64_t lmc_cpu_gemm_from(const struct lmc_cpu_ctx *c, enum lmc_dt
 static inline bool lmc_cpu_smallm_ok(const struct lmc_cpu_ctx *c, int64_t M, int64_t K, enum lmc_dtype dt) {
     int64_t tile = 4 * K * lmc_dtype_size(dt);
     return M >= 1 && M <= c->mm_small_max && (M >= 2 || tile <= LMC_CPU_SMALLM_M1_TILE || dt != LMC_DTYPE_F32) &&
-           (dt != LMC_DTYPE_F32 || M < c->gemm_min_m) &&
+           M < lmc_cpu_gemm_from(c, dt) && /* never an M the weight type's GEMM takes */
            (M <= LMC_CPU_SMALLM_MR || tile / 4 * LMC_CPU_SMALLM_REREAD <= LMC_CPU_SMALLM_TILE);
 }
 /* y[m * N + r] = x(M, K) row m . W row r for r in [r0, r1) (W (N, K) in dt:
