@@ -8,9 +8,12 @@
  *
  * --kernel dr times the serving route's decode-row GEMM (matmul_dr.c) in
  * the bf16 column instead of the prefill GEMM (on CPUs without AVX512-BF16
- * its f32 family, matmul_drf.c).
+ * its f32 family, matmul_drf.c). --kernel route times the decode-row GEMM
+ * in the fp32 column and, in the bf16 column, the route's prompt rows (all
+ * M rows routed as prompt rows: the prefill GEMM with AVX512-BF16, else
+ * our AVX2 GEMM, gemm_f32.c).
  *
- *   bench_pf [--threads N] [--rounds R] [--m M] [--dtype f16|bf16] [--kernel pf|dr]
+ *   bench_pf [--threads N] [--rounds R] [--m M] [--dtype f16|bf16] [--kernel pf|dr|route]
  */
 #include "core/core.h"
 #include "core/dtype.h"
@@ -28,13 +31,14 @@
 int main(int argc, char **argv) {
     int threads = 2, rounds = 7;
     bool dr = false; /* --kernel dr: the decode-row GEMM (matmul_dr.c) in the bf16 column */
+    bool route = false; /* --kernel route: the decode-row GEMM, then the route's prompt rows */
     int64_t M = 512;
     enum lmc_dtype dt = LMC_DTYPE_F16;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--m")) M = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--kernel")) dr = !strcmp(argv[i + 1], "dr");
+        else if (!strcmp(argv[i], "--kernel")) dr = !strcmp(argv[i + 1], "dr"), route = !strcmp(argv[i + 1], "route");
         else if (!strcmp(argv[i], "--dtype")) dt = !strcmp(argv[i + 1], "bf16") ? LMC_DTYPE_BF16 : LMC_DTYPE_F16;
     }
     if (rounds < 1 || rounds > 1000 || M < 1 || M > 65536) return 2;
@@ -46,7 +50,8 @@ int main(int argc, char **argv) {
     if (!pf_default && !dr) printf("bench_pf: this CPU has no AVX512-BF16: only the fp32 kernels run\n");
     if (pf_default && !dr) /* the bf16 column's kernel: AMX-BF16 tiles or vdpbf16ps (gemm_amx.h, LMC_CPU_AMX) */
         printf("bench_pf: bf16 GEMM on %s\n\n", lmc_cpu_has_amx() ? "AMX-BF16 tiles" : "AVX512-BF16 (vdpbf16ps)");
-    const bool second = pf_default || dr; /* the decode-row GEMM runs everywhere (its f32 family without AVX512-BF16) */
+    if (route) printf("bench_pf: --kernel route: fp32 column = the decode-row GEMM, bf16 column = routed prompt rows\n\n");
+    const bool second = pf_default || dr || route; /* the decode-row GEMM runs everywhere (its f32 family without AVX512-BF16) */
     static const int64_t NK[][2] = {{768, 768}, {256, 768}, {2048, 768}, {768, 2048}};
     static const char *names[] = {"q_proj, o_proj", "k_proj, v_proj", "gate_proj, up_proj", "down_proj"};
     uint64_t rng = 7;
@@ -71,9 +76,11 @@ int main(int argc, char **argv) {
                 double w0 = bench_clock(CLOCK_MONOTONIC), c0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 int reps = 3;
                 const struct lmc_mat *wp = &wm;
+                if (route && p) lmc_backend_cpu_route_rows(&be, M, M, NULL);
                 for (int k = 0; k < reps; k++)
-                    if (p && dr) lmc_cpu_matmul_dr(c, 1, &y, x, M, &wp, NULL);
+                    if ((p && dr) || (route && !p)) lmc_cpu_matmul_dr(c, 1, &y, x, M, &wp, NULL);
                     else be.matmul(be.ctx, y, x, M, &wm, NULL);
+                if (route && p) lmc_backend_cpu_route_rows(&be, 0, 0, NULL);
                 double w1 = bench_clock(CLOCK_MONOTONIC), c1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
                 if (r == 0) continue; /* warm-up */
                 wall[p][r - 1] = (w1 - w0) / reps;

@@ -9,6 +9,8 @@
  *  - the same bits when the product is computed in pieces (M and N split
  *    at odd offsets, as threads split it), with our AVX2 kernel;
  *    and with A packed once beforehand (lmc_cpu_gemm_f32_pa);
+ *  - the same bits for rows computed in chunks of 1..13 (B packed a panel at
+ *    a time, tiles of fewer than 6 rows) as in one blocked product;
  *  - K = 0 and alpha = 0 scale C by beta. */
 #include "test.h"
 #include "core/core.h"
@@ -114,6 +116,37 @@ static bool pieces(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int64_t m1
     return same;
 }
 
+/* The full product (M rows: B packed in blocks) == the same rows in chunks
+ * of 1, 2, ..., 13 rows (each under the panel mode's row count: B packed a
+ * panel at a time, tiles of fewer than 6 rows), bitwise, for beta 0 and 1
+ * with alpha 1 (the matmul ops' calls), by lmc_cpu_gemm_f32 and with each
+ * chunk's A packed beforehand (lmc_cpu_gemm_f32_pa, as the serving route
+ * runs prompt rows). */
+static bool chunks(int64_t M, int64_t N, int64_t K, bool ta, bool tb, enum lmc_dtype dt, float beta) {
+    int64_t lda = ta ? M : K, ldb = tb ? K : N;
+    float *A = malloc((size_t)M * K * sizeof *A), *bf = malloc((size_t)N * K * sizeof *bf);
+    float *C1 = malloc((size_t)M * N * sizeof *C1), *C2 = malloc((size_t)M * N * sizeof *C2);
+    float *C3 = malloc((size_t)M * N * sizeof *C3), *Ac = malloc((size_t)13 * K * sizeof *Ac);
+    for (int64_t i = 0; i < M * K; i++) A[i] = test_rand(&rng);
+    void *B = make_b(N * K, dt, bf);
+    for (int64_t i = 0; i < M * N; i++) C1[i] = C2[i] = C3[i] = test_rand(&rng);
+    float *ws = ws_for(M, N, K);
+    float *ap = aligned_alloc(64, (lmc_cpu_gemm_f32_apack_words(13, K) * sizeof(float) + 63) / 64 * 64);
+    lmc_cpu_gemm_f32(ta, tb, M, N, K, 1.0f, A, lda, B, dt, ldb, beta, C1, N, ws);
+    for (int64_t m0 = 0, r = 1; m0 < M; m0 += r, r = r % 13 + 1) {
+        int64_t r1 = LMC_MIN(r, M - m0);
+        const float *Ap = ta ? A + m0 : A + m0 * lda;
+        lmc_cpu_gemm_f32(ta, tb, r1, N, K, 1.0f, Ap, lda, B, dt, ldb, beta, C2 + m0 * N, N, ws);
+        for (int64_t i = 0; i < r1; i++) /* the chunk's rows as a row-major x (the route's operand) */
+            for (int64_t k = 0; k < K; k++) Ac[i * K + k] = ta ? A[k * lda + m0 + i] : A[(m0 + i) * lda + k];
+        lmc_cpu_gemm_f32_apack(ap, false, r1, K, Ac, K, 0, r1);
+        lmc_cpu_gemm_f32_pa(tb, r1, N, K, 1.0f, ap, B, dt, ldb, beta, C3 + m0 * N, N, ws);
+    }
+    bool same = !memcmp(C1, C2, (size_t)M * N * sizeof *C1) && !memcmp(C1, C3, (size_t)M * N * sizeof *C1);
+    free(A), free(bf), free(B), free(C1), free(C2), free(C3), free(Ac), free(ap), free(ws);
+    return same;
+}
+
 int main(void) {
     static const int64_t sz[] = {1, 5, 6, 7, 15, 16, 17};
     static const enum lmc_dtype dts[] = {LMC_DTYPE_F32, LMC_DTYPE_F16, LMC_DTYPE_BF16};
@@ -144,5 +177,11 @@ int main(void) {
     /* pieces give the same bits (our kernel; OpenBLAS, the fallback, promises no such thing) */
     for (int t = 0; t < 4 && lmc_cpu_gemm_f32_native(); t++)
         for (int d = 0; d < 3; d++) CHECK(pieces(157, 75, 301, t & 1, t >> 1, 67, 37, dts[d]));
+    /* rows in chunks of 1..13 (panel mode) give the blocked product's bits: K over two blocks */
+    for (int t = 0; t < 4 && lmc_cpu_gemm_f32_native(); t++)
+        for (int d = 0; d < 3; d++)
+            for (int b = 0; b < 2; b++)
+                CHECK_MSG(chunks(97, 83, 301, t & 1, t >> 1, dts[d], b ? 1.0f : 0.0f), "chunks: ta=%d tb=%d dt=%d beta=%d",
+                          t & 1, t >> 1, d, b);
     return test_finish("test_gemm_f32");
 }

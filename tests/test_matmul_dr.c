@@ -16,7 +16,11 @@
  *  - the backend's route (lmc_backend_cpu_route_rows): a step of m rows
  *    through matmul and matmul_multi gives its leading prompt rows the
  *    prefill GEMM's bits and the rest the decode-row GEMM's (row by row,
- *    alone; without AVX512-BF16 every row the decode-row GEMM's); the
+ *    alone); without AVX512-BF16 the prompt rows take our AVX2 GEMM
+ *    (gemm_f32.c): each has the bits of the same row run alone as a
+ *    one-row prompt step and of a 3-row prompt step at another place, and
+ *    the float64 sum within the f32 bound (no AVX2: the decode-row GEMM's
+ *    bits, as every other row); the
  *    head's weight takes the decode-row GEMM at any M; other sizes, and the
  *    route cleared, keep the fp32 kernels.
  * Skips the route (passes, saying so) on CPUs with neither AVX512-BF16 nor
@@ -25,6 +29,7 @@
 #include "core/dtype.h"
 #include "ops/backend.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_f32.h"
 #include "ops/cpu/ops_cpu.h"
 #include "test.h"
 
@@ -174,8 +179,9 @@ static void test_route(void) {
     struct lmc_mat w[3], head = make_w(LMC_DTYPE_F16, NH, K, NULL, NULL);
     const struct lmc_mat *wp[3];
     float *y[3], *bias[3], *x = rand_f(T * K), *yr = malloc((size_t)(T * 161) * sizeof *yr);
+    double *wq = malloc((size_t)(Ns[0] * K) * sizeof *wq), *wf = malloc((size_t)(Ns[0] * K) * sizeof *wf);
     for (int i = 0; i < 3; i++) {
-        w[i] = make_w(dts[i], Ns[i], K, NULL, NULL);
+        w[i] = make_w(dts[i], Ns[i], K, i == 0 ? wq : NULL, i == 0 ? wf : NULL);
         wp[i] = &w[i];
         bias[i] = i == 1 ? NULL : rand_f(Ns[i]);
         y[i] = malloc((size_t)(T * Ns[i]) * sizeof(float));
@@ -186,9 +192,25 @@ static void test_route(void) {
     for (int i = 0; i < 3; i++) {
         const struct lmc_mat *wi = &w[i];
         const float *bi = bias[i];
-        const int64_t P0 = bf16fam ? P : 0; /* without AVX512-BF16 prompt rows take the decode-row GEMM too */
-        if (P0) lmc_cpu_matmul_pf(c, 1, &yr, x, P0, &wi, bi ? &bi : NULL); /* prompt rows: the prefill GEMM's bits */
-        bad += P0 && memcmp(yr, y[i], (size_t)(P0 * Ns[i]) * sizeof *yr) != 0;
+        /* without AVX512-BF16 prompt rows take our AVX2 GEMM (else the decode-row GEMM too) */
+        const bool ours = !bf16fam && lmc_cpu_gemm_f32_native();
+        const int64_t P0 = bf16fam || ours ? P : 0;
+        if (bf16fam) lmc_cpu_matmul_pf(c, 1, &yr, x, P0, &wi, bi ? &bi : NULL); /* prompt rows: the prefill GEMM's bits */
+        bad += bf16fam && memcmp(yr, y[i], (size_t)(P0 * Ns[i]) * sizeof *yr) != 0;
+        if (ours) {
+            for (int64_t m = 0; m < P; m++) { /* each prompt row alone: a one-row prompt step */
+                lmc_backend_cpu_route_rows(&be, 1, 1, head.data);
+                be.matmul(be.ctx, yr, x + m * K, 1, &w[i], bias[i]);
+                bad += memcmp(yr, y[i] + m * Ns[i], (size_t)Ns[i] * sizeof *yr) != 0;
+            }
+            lmc_backend_cpu_route_rows(&be, 4, 3, head.data); /* rows 2..4 as a 3-row prompt chunk */
+            float *y4 = malloc((size_t)(4 * Ns[i]) * sizeof *y4);
+            be.matmul(be.ctx, y4, x + 2 * K, 4, &w[i], bias[i]);
+            bad += memcmp(y4, y[i] + 2 * Ns[i], (size_t)(3 * Ns[i]) * sizeof *y4) != 0;
+            free(y4);
+            lmc_backend_cpu_route_rows(&be, T, P, head.data);
+            if (i == 0) check_y(y[0], x, wq, wf, bias[0], P, Ns[0], K, "route: prompt rows, our GEMM");
+        }
         for (int64_t m = P0; m < T; m++) { /* generated rows: each alone through the decode-row GEMM */
             dr(c, yr, x + m * K, 1, &w[i], bias[i]);
             bad += memcmp(yr, y[i] + m * Ns[i], (size_t)Ns[i] * sizeof *yr) != 0;
@@ -229,7 +251,7 @@ static void test_route(void) {
     CHECK_MSG(!memcmp(yh, y0, (size_t)(3 * NH) * sizeof *yh), "route cleared: the head not on the fp32 kernels");
     lmc_backend_cpu_free(&b0);
     for (int i = 0; i < 3; i++) free((void *)w[i].data), free(bias[i]), free(y[i]);
-    free((void *)head.data), free(x), free(yr), free(yh), free(yh1), free(y0);
+    free((void *)head.data), free(x), free(yr), free(yh), free(yh1), free(y0), free(wq), free(wf);
     lmc_backend_cpu_free(&be);
 }
 

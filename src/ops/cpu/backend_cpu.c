@@ -2,6 +2,7 @@
  * and the op entry points (each op lives in its own file). */
 #include "ops/cpu/ops_cpu.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_f32.h"
 #include "ops/cpu/ssm_cpu.h"
 #include "ops/optim_ops.h"
 #include "quant/qmatmul.h"
@@ -174,9 +175,10 @@ void lmc_backend_cpu_route_rows(const struct lmc_backend *be, int64_t m, int64_t
     LMC_ASSERT(m >= 0 && pf_rows >= 0 && pf_rows <= m);
     struct lmc_cpu_ctx *c = be->ctx;
     c->route_m = m;
-    /* the bf16 prefill GEMM for prompt rows exists with AVX512-BF16 only;
-     * elsewhere every routed row takes the decode-row GEMM (f32 family) */
-    c->route_pf = m > 0 && c->has_bf16 ? pf_rows : 0;
+    /* prompt rows: the bf16 prefill GEMM with AVX512-BF16, else our AVX2
+     * GEMM (gemm_f32.c: batch-invariant too); without either (or with the
+     * large-M path on OpenBLAS for A/B) they take the decode-row GEMM */
+    c->route_pf = m > 0 && (c->has_bf16 || (lmc_cpu_gemm_f32_native() && !c->gemm_blas)) ? pf_rows : 0;
     c->route_head = m > 0 ? head : NULL;
 }
 

@@ -13,7 +13,10 @@
  * beta, later blocks add to C. Edge tiles (M % 6, N % 16) go through a
  * local tile. Zero padding adds exact zeros, so every element of C is the
  * same sum whatever M, N and where a caller's block sits (threads may
- * split M or N freely); K blocks always start at k = 0.
+ * split M or N freely); K blocks always start at k = 0. Up to GF_PANEL_M
+ * rows (the server's short prompt chunks) B is packed a panel at a time
+ * into L1 and tiles of fewer than 6 rows run their own row count's kernel:
+ * the same sums.
  * Without AVX2 the call forwards to OpenBLAS (F16/BF16 B converted per
  * block into the workspace). */
 #include "ops/cpu/gemm_f32.h"
@@ -266,6 +269,50 @@ __attribute__((noinline)) static void ukr(int64_t kc, const float *restrict a, c
         }
 }
 
+/* The same tile for mr < 6 rows of the A panel (the panel's stride stays
+ * 6): each row's accumulators take the same FMAs in the same order as in
+ * ukr, so its bits are ukr's; without the zero rows' FMAs a product of a
+ * few rows costs a few rows' work. */
+#define GF_UKR_ROWS(MRR)                                                                                            \
+    __attribute__((noinline)) static void ukr##MRR(int64_t kc, const float *restrict a, const float *restrict b,    \
+                                                   float *c, int64_t ldc, float alpha, float beta) {                \
+        __m256 acc[2 * MRR];                                                                                        \
+        _Pragma("GCC unroll 10") for (int i = 0; i < 2 * MRR; i++) acc[i] = _mm256_setzero_ps();                    \
+        _Pragma("GCC unroll 4") for (int64_t k = 0; k < kc; k++) {                                                  \
+            __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);                                              \
+            _Pragma("GCC unroll 5") for (int i = 0; i < MRR; i++) {                                                 \
+                __m256 av = _mm256_broadcast_ss(a + i);                                                             \
+                acc[2 * i] = _mm256_fmadd_ps(av, b0, acc[2 * i]);                                                   \
+                acc[2 * i + 1] = _mm256_fmadd_ps(av, b1, acc[2 * i + 1]);                                           \
+            }                                                                                                       \
+            a += GF_MR, b += GF_NR;                                                                                 \
+        }                                                                                                           \
+        __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);                                               \
+        _Pragma("GCC unroll 5") for (int i = 0; i < MRR; i++)                                                       \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                                                   \
+                float *p = c + i * ldc + 8 * h;                                                                     \
+                __m256 v = acc[2 * i + h];                                                                          \
+                if (alpha != 1.0f) v = _mm256_mul_ps(va, v);                                                        \
+                if (beta == 1.0f) v = _mm256_add_ps(_mm256_loadu_ps(p), v);                                         \
+                else if (beta != 0.0f) v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(p), v);                              \
+                _mm256_storeu_ps(p, v);                                                                             \
+            }                                                                                                       \
+    }
+GF_UKR_ROWS(1)
+GF_UKR_ROWS(2)
+GF_UKR_ROWS(3)
+GF_UKR_ROWS(4)
+GF_UKR_ROWS(5)
+typedef void (*gf_ukr_fn)(int64_t, const float *restrict, const float *restrict, float *, int64_t, float, float);
+static const gf_ukr_fn gf_ukrs[GF_MR + 1] = {NULL, ukr1, ukr2, ukr3, ukr4, ukr5, ukr};
+
+/* Up to GF_PANEL_M rows of A, B is packed one panel of GF_NR columns at a
+ * time, just before the tiles use it (in L1), rather than a block of GF_NC
+ * columns (to L3) first: a product of a few rows (a serving step's short
+ * prompt chunk) then costs little more than reading W once. The sums do
+ * not change (they depend on the K blocks alone). */
+#define GF_PANEL_M 24
+
 /* the product; A packed whole beforehand (apk, lmc_cpu_gemm_f32_apack's
  * layout) or, apk NULL, per block into ws */
 static void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
@@ -282,12 +329,13 @@ static void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
     int64_t mp = rup(M, GF_MR);
     float *ap = ws, *bp = ws + GF_MC * GF_KC + 64;
     float tile[GF_MR * GF_NR];
+    const bool panel = M <= GF_PANEL_M; /* then one M block (GF_PANEL_M <= GF_MC) */
     for (int64_t jc = 0; jc < N; jc += GF_NC) {
         int64_t nc = LMC_MIN(GF_NC, N - jc);
         for (int64_t pc = 0; pc < K; pc += GF_KC) {
             int64_t kc = LMC_MIN(GF_KC, K - pc);
             float be = pc == 0 ? beta : 1.0f;
-            pack_b(bp, B, bdt, ldb, tb, pc, kc, jc, nc);
+            if (!panel) pack_b(bp, B, bdt, ldb, tb, pc, kc, jc, nc);
             for (int64_t ic = 0; ic < M; ic += GF_MC) {
                 int64_t mc = LMC_MIN(GF_MC, M - ic);
                 const float *a;
@@ -300,14 +348,18 @@ static void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                 for (int64_t jr = 0; jr < nc; jr += GF_NR) {
                     int64_t nr = LMC_MIN(GF_NR, nc - jr);
                     const float *bpp = bp + jr * kc;
+                    if (panel) {
+                        pack_b(bp, B, bdt, ldb, tb, pc, kc, jc + jr, nr);
+                        bpp = bp;
+                    }
                     for (int64_t ir = 0; ir < mc; ir += GF_MR) {
                         int64_t mr = LMC_MIN(GF_MR, mc - ir);
                         float *cp = C + (ic + ir) * ldc + jc + jr;
-                        if (mr == GF_MR && nr == GF_NR) {
-                            ukr(kc, a + ir * kc, bpp, cp, ldc, alpha, be);
+                        if (nr == GF_NR) {
+                            gf_ukrs[mr](kc, a + ir * kc, bpp, cp, ldc, alpha, be);
                             continue;
                         }
-                        ukr(kc, a + ir * kc, bpp, tile, GF_NR, 1.0f, 0.0f);
+                        gf_ukrs[mr](kc, a + ir * kc, bpp, tile, GF_NR, 1.0f, 0.0f);
                         for (int64_t i = 0; i < mr; i++)
                             for (int64_t j = 0; j < nr; j++) {
                                 float v = alpha * tile[i * GF_NR + j], *o = cp + i * ldc + j;

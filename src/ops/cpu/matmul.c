@@ -602,6 +602,8 @@ static bool mm_rows(struct lmc_cpu_ctx *c, int n, float *const *y, const float *
                     const struct lmc_mat *const *w, const float *const *bias);
 static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias);
+static void mm_route_prompt(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t P,
+                            const struct lmc_mat *const *w, const float *const *bias);
 
 void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
@@ -614,7 +616,7 @@ void lmc_cpu_matmul_multi(void *ctx, int n, float *const *y, const float *x, int
     if (routed) {
         int64_t P = lmc_cpu_route_pf_rows(c, w[0]);
         for (int i = 1; i < n; i++) LMC_ASSERT(lmc_cpu_route_pf_rows(c, w[i]) == P);
-        if (P) lmc_cpu_matmul_pf(c, n, y, x, P, w, bias);
+        if (P) mm_route_prompt(c, n, y, x, P, w, bias);
         if (P < M) {
             float *yr[MM_MULTI_MAX];
             for (int i0 = 0; i0 < n; i0 += MM_MULTI_MAX) {
@@ -739,6 +741,37 @@ static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const f
     return true;
 }
 
+/* The serving route's prompt rows (lmc_backend_cpu_route_rows): the bf16
+ * prefill GEMM with AVX512-BF16, else our GEMM (AVX2) for any P >= 1: each
+ * element is the same sum whatever P and wherever the row sits
+ * (gemm_f32.c; a few rows take its panel mode, so a short chunk costs about
+ * one read of W), so a prompt's rows keep their bits however the scheduler
+ * chunks and batches them; x packed once, one pool run per MM_MULTI_MAX
+ * matrices (gemm_multi_task's tasks). */
+static void mm_route_prompt(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t P,
+                            const struct lmc_mat *const *w, const float *const *bias) {
+    if (c->has_bf16) {
+        lmc_cpu_matmul_pf(c, n, y, x, P, w, bias);
+        return;
+    }
+    const int64_t K = w[0]->cols;
+    LMC_ASSERT(K > 0 && K <= INT32_MAX && P <= INT32_MAX);
+    const float *xp = mm_xpack(c, x, P, K);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(P, MM_OURS_NB, K));
+    for (int i0 = 0; i0 < n; i0 += MM_MULTI_MAX) {
+        struct mm_gmulti_job j = {.n = 0};
+        for (int i = i0; i < n && i < i0 + MM_MULTI_MAX; i++) {
+            LMC_ASSERT(mm_ours(c, w[i]->dtype) && w[i]->cols == K && w[i]->rows <= INT32_MAX);
+            if (w[i]->rows == 0) continue;
+            j.part[j.n] = (struct mm_job){c, y[i], x, P, w[i]->rows, K, w[i]->data, w[i]->dtype,
+                                          bias ? bias[i] : NULL, 1, NULL, 0, 0, xp, false};
+            j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_OURS_NB - 1) / MM_OURS_NB;
+            j.n++;
+        }
+        if (j.n) lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
+    }
+}
+
 /* F32 weights from MM_ROWS_MIN_M rows (training's B*T tokens, long
  * prefills): tasks own blocks of x's rows and run every matrix of the job
  * on them (one GEMM call each), so each row of x is packed once per matrix
@@ -803,7 +836,7 @@ void lmc_cpu_matmul(void *ctx, float *y, const float *x, int64_t M, const struct
     }
     if (lmc_cpu_routed(c, M, w)) { /* the server's rows by kind: the leading P prompt rows, then generated ones */
         int64_t P = lmc_cpu_route_pf_rows(c, w);
-        if (P) lmc_cpu_matmul_pf(c, 1, &y, x, P, &w, &bias);
+        if (P) mm_route_prompt(c, 1, &y, x, P, &w, &bias);
         float *yr = y + P * j.N;
         if (P < M) lmc_cpu_matmul_dr(c, 1, &yr, x + P * j.K, M - P, &w, &bias);
         return;

@@ -32,11 +32,12 @@ struct lmc_cpu_ctx {
     int64_t pf_min_m;     /* matmul: F16/BF16 weights from this M through the bf16 prefill GEMM
                            * (matmul_pf.c); 0: off (always off without AVX512-BF16) */
     /* serving (lmc_backend_cpu_route_rows): F16/BF16 calls of route_m rows
-     * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM and
-     * the rest (generated) through the batch-invariant decode-row GEMM
-     * (matmul_dr.c); route_head's weight takes every row of any call
-     * through the latter (route_m 0: no route). Without AVX512-BF16
-     * route_pf is 0: every row takes the decode-row GEMM (matmul_drf.c) */
+     * send rows [0, route_pf) (prompt) through the bf16 prefill GEMM (our
+     * AVX2 GEMM, gemm_f32.c, without AVX512-BF16) and the rest (generated)
+     * through the batch-invariant decode-row GEMM (matmul_dr.c); route_head's
+     * weight takes every row of any call through the latter (route_m 0: no
+     * route). With neither, route_pf is 0: every row takes the decode-row
+     * GEMM (matmul_drf.c's portable twin) */
     int64_t route_m, route_pf;
     bool has_bf16;        /* lmc_cpu_has_bf16(), asked once (CPUID is slow in a VM) */
     bool drf_avx2;        /* lmc_cpu_drf_avx2(), likewise */
