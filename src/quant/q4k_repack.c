@@ -85,8 +85,9 @@ void lmc_q4kr_row_to_ggml(const struct lmc_qweight *w, int64_t r, void *dst) {
  * Why: the Q4_0 tile reads a pair of blocks per step; in the file's layout
  * (scale, 16 code bytes; scale, 16 code bytes) that is two 16-byte loads
  * and an insert for the codes and two 2-byte loads, two broadcasts and an
- * unpack for the scales; paired, one 32-byte load and one 4-byte load and a
- * shuffle. The same bytes, so no memory grows. */
+ * unpack for the scales; paired, one 32-byte load, and one conversion from
+ * memory of the 8 bytes that end with the two scales and a permute. The same
+ * bytes, so no memory grows. */
 
 /* One row of nb blocks: the file's blocks into pairs, and back. */
 static void q40r_pack_row(const uint8_t *g, uint8_t *r, int64_t nb) {
