@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# quant_quality_peer.sh — issue 10's quality table in one run: perplexity and
+# KL of each weight format of the default model (models/kjv-llama) on its
+# validation text (data/kjv.txt from line 71726, James .. Revelation, never
+# trained on), lmc's formats next to llama.cpp's on the same weights.
+#   - lmc writes the F16 GGUF (the base) and Q8_0 (`lmc convert`), and
+#     quantizes the HF folder with rtn (4-bit g128), gptq (4-bit g128,
+#     act-order, CALIB_TOKENS of Genesis..Jude's opening as calibration) and
+#     nf4 (`lmc quantize`);
+#   - llama-quantize makes Q4_0 and Q4_K_M from lmc's F32 GGUF;
+#   - every file and folder is scored by `lmc eval --chunks` (256-token
+#     chunks, second halves: llama-perplexity's scoring) with `--kl-base` the
+#     F16 GGUF (mean and p99 KL, top-1 agreement), the quantized weights run
+#     as they are (GGUF types and lmc's groups are quantized linears); the
+#     GGUF files also by llama-perplexity (same chunks) as the peer.
+# Goals (issue 10): GPTQ 4-bit g128's perplexity increase <= llama.cpp
+# Q4_K_M's; lmc RTN 4-bit <= llama.cpp Q4_0's; 8-bit within 0.1% of F16.
+# Usage (repository root, build/lmc built): PEER_BIN=DIR bench/quant_quality_peer.sh [TMPDIR]
+set -euo pipefail
+B=${PEER_BIN:?PEER_BIN: llama.cpp bin folder (llama-quantize, llama-perplexity)}
+T=${1:-$(mktemp -d)}
+LMC=./build/lmc
+M=models/kjv-llama
+CT=${CALIB_TOKENS:-8192}
+mkdir -p "$T"
+sed -n '71726,$p' data/kjv.txt >"$T/val.txt"
+head -c 200000 data/kjv.txt >"$T/calib.txt"
+for q in f32 f16 q8_0; do "$LMC" convert -m $M -o "$T/kjv-$q.gguf" --dtype $q >/dev/null 2>&1; done
+for q in Q4_0 Q4_K_M; do
+  "$B/llama-quantize" "$T/kjv-f32.gguf" "$T/kjv-$(echo $q | tr A-Z a-z).gguf" $q 2 >"$T/quantize-$q.log" 2>&1
+done
+"$LMC" quantize -m $M -o "$T/rtn4" --method rtn --bits 4 --group 128 >/dev/null 2>&1
+"$LMC" quantize -m $M -o "$T/gptq4" --method gptq --bits 4 --group 128 --act-order --calib "$T/calib.txt" \
+  --calib-tokens "$CT" >/dev/null 2>&1
+"$LMC" quantize -m $M -o "$T/nf4" --method nf4 >/dev/null 2>&1
+echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg); calibration $CT tokens"
+echo
+echo "| format | made by | lmc perplexity | vs F16 | KL mean | KL p99 | top-1 | llama-perplexity | vs F16 (llama.cpp) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+ev() { # $1 name $2 maker $3 path $4 gguf (1: also llama-perplexity)
+  local kl="" a kl1 kl2 top b="-" bd="-"
+  [ "$1" = F16 ] || kl="--kl-base $T/kjv-f16.gguf"
+  # shellcheck disable=SC2086
+  "$LMC" eval -m "$3" --text-file "$T/val.txt" --ctx 256 --chunks -t 2 $kl >"$T/lmc-$1.log" 2>&1
+  a=$(sed -n 's/.*perplexity \([0-9.]*\).*/\1/p' "$T/lmc-$1.log")
+  kl1=$(sed -n 's/.*KL mean \([0-9.e-]*\).*/\1/p' "$T/lmc-$1.log"); kl2=$(sed -n 's/.*KL p99 \([0-9.e-]*\).*/\1/p' "$T/lmc-$1.log")
+  top=$(sed -n 's/.*top-1 agreement \([0-9.]*%\).*/\1/p' "$T/lmc-$1.log")
+  [ "$1" = F16 ] && A0=$a && kl1=0 && kl2=0 && top=100%
+  if [ "$4" = 1 ]; then
+    "$B/llama-perplexity" -m "$3" -f "$T/val.txt" -c 256 -b 256 -t 2 >"$T/llama-$1.log" 2>&1
+    b=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$T/llama-$1.log")
+    [ "$1" = F16 ] && B0=$b
+    bd=$(awk -v a="$b" -v b="$B0" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }')
+  fi
+  echo "| $1 | $2 | $a | $(awk -v a="$a" -v b="$A0" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }') | $kl1 | $kl2 | $top | $b | $bd |"
+}
+ev F16 "lmc convert" "$T/kjv-f16.gguf" 1
+ev Q8_0 "lmc convert" "$T/kjv-q8_0.gguf" 1
+ev "RTN 4-bit g128" "lmc quantize" "$T/rtn4" 0
+ev "GPTQ 4-bit g128 act-order" "lmc quantize" "$T/gptq4" 0
+ev NF4 "lmc quantize" "$T/nf4" 0
+ev Q4_0 "llama-quantize" "$T/kjv-q4_0.gguf" 1
+ev Q4_K_M "llama-quantize" "$T/kjv-q4_k_m.gguf" 1
