@@ -23,7 +23,7 @@ for m in gpt2-tiny qwen2-tiny; do
   SRC=tests/fixtures/$m
   i=0
   for args in "--method rtn --bits 4 --group 32 --sym" "--method rtn --bits 8 --group -1 --asym --v2" \
-              "--method nf4" "--method ternary"; do
+              "--method nf4" "--method ternary" "--method rtn --bits 4 --group 32 --sym --clip-search"; do
     i=$((i+1)); Q="$TMP/$m-q$i"; D="$TMP/$m-d$i"
     "$LMC" quantize -m "$SRC" -o "$Q" $args 2>"$TMP/err"; ok $? "$m quantize $args: $(cat "$TMP/err")"
     grep -q '"quantization_config"' "$Q/config.json"; ok $? "$m $args: quantization_config written"

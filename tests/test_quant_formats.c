@@ -228,6 +228,31 @@ static void test_rtn(void) {
                     }
                 CHECK_MSG(worst <= 0.5 + 1e-4, "rtn sym=%d bits=%d g=%d: error %g steps", sym, bits, gs, worst);
                 CHECK(g.n_groups == (gs >= k ? 1 : 4));
+                /* the clip search: codes in range, each (row, group) no worse than the plain rule's
+                 * squared error, and some strictly better (a few outliers clipped for a finer step) */
+                struct lmc_qgroups h;
+                CHECK(lmc_quant_rtn_search(w, n, k, bits, gs, sym, &h, &err) == LMC_OK);
+                CHECK(h.n_groups == g.n_groups);
+                float *yh = malloc((size_t)(n * k) * 4);
+                lmc_qgroups_dequantize(&h, yh);
+                int worse = 0, better = 0, range = 0;
+                for (int64_t r = 0; r < n; r++)
+                    for (int64_t gi = 0; gi < g.n_groups; gi++) {
+                        double e0 = 0, e1 = 0;
+                        for (int64_t i = 0; i < k; i++) {
+                            if (g.g_idx[i] != gi) continue;
+                            e0 += (double)(y[r * k + i] - w[r * k + i]) * (y[r * k + i] - w[r * k + i]);
+                            e1 += (double)(yh[r * k + i] - w[r * k + i]) * (yh[r * k + i] - w[r * k + i]);
+                            range += h.q[r * k + i] > (1 << bits) - 1;
+                        }
+                        worse += e1 > e0 * (1 + 1e-6);
+                        better += e1 < e0 * (1 - 1e-3);
+                    }
+                CHECK_MSG(!worse && !range, "rtn search sym=%d bits=%d g=%d: %d groups worse, %d codes out of range",
+                          sym, bits, gs, worse, range);
+                if (bits == 4) CHECK_MSG(better > 0, "rtn search sym=%d g=%d: no group improved", sym, gs);
+                free(yh);
+                lmc_qgroups_free(&h);
                 lmc_qgroups_free(&g);
             }
     free(w);

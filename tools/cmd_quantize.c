@@ -31,6 +31,7 @@ struct qopts {
     int bits;
     int64_t group;
     bool sym, act_order, v2;
+    bool clip_search;       /* --clip-search: rtn's ranges searched for the smallest squared error */
     bool head;              /* --head: lm_head too (round to nearest, groups as the blocks') */
     const char *skip;       /* comma-separated name fragments */
     const char *calib;
@@ -41,7 +42,7 @@ struct qopts {
 static void usage(void) {
     fprintf(stderr,
             "usage: lmc quantize -m DIR -o OUT --method rtn|gptq|nf4|ternary [--bits 2|3|4|8] [--group 32|64|128|-1]\n"
-            "                    [--sym|--asym] [--act-order] [--v2] [--skip lm_head,embed] [--head]\n"
+            "                    [--sym|--asym] [--act-order] [--v2] [--skip lm_head,embed] [--head] [--clip-search]\n"
             "                    [--calib FILE --calib-tokens N (2048)] [--threads N]   (gptq: calibration text)\n");
 }
 
@@ -252,7 +253,7 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
             struct lmc_qgroups g;
             int64_t gs = o->group == -1 ? k : o->group;
             if (!strcmp(o->method, "rtn") || is_head(t->name, t)) { /* gptq calibrates the blocks only */
-                s = lmc_quant_rtn(w, n, k, o->bits, gs, o->sym, &g, err);
+                s = (o->clip_search ? lmc_quant_rtn_search : lmc_quant_rtn)(w, n, k, o->bits, gs, o->sym, &g, err);
             } else {
                 int j = 0;
                 while (j < n_jobs && strcmp(jobs[j].name, t->name)) j++;
@@ -418,7 +419,7 @@ static void remove_tmp(const char *dir) {
 }
 
 int cmd_quantize(int argc, char **argv) {
-    struct qopts o = {NULL, 4, 128, true, false, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
+    struct qopts o = {NULL, 4, 128, true, false, false, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
     const char *in = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -428,6 +429,7 @@ int cmd_quantize(int argc, char **argv) {
         }
         if (!strcmp(a, "--sym")) { o.sym = true; continue; }
         if (!strcmp(a, "--asym")) { o.sym = false; continue; }
+        if (!strcmp(a, "--clip-search")) { o.clip_search = true; continue; }
         if (!strcmp(a, "--act-order")) { o.act_order = true; continue; }
         if (!strcmp(a, "--v2")) { o.v2 = true; continue; }
         if (!strcmp(a, "--head")) { o.head = true; continue; }
