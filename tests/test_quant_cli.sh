@@ -113,6 +113,8 @@ for args in "--method rtn --bits 8 --group -1" "--method rtn --bits 4 --group 32
   awk -v a="$ph" -v b="$pn" 'BEGIN { exit !(a > 0 && b > 0 && a != b) }'
   ok $? "$args --head: perplexity $ph differs from the float-head folder's $pn (the quantized head runs)"
 done
+"$LMC" quantize -m tests/fixtures/llama-tiny -o "$TMP/x" --method nf4 --clip-search 2>"$TMP/err"
+[ $? = 2 ] && grep -q -- "--clip-search" "$TMP/err"; ok $? "--clip-search with nf4 refused: $(cat "$TMP/err")"
 "$LMC" quantize -m tests/fixtures/llama-tiny -o "$TMP/x" --method nf4 --head 2>"$TMP/err"
 [ $? = 2 ] && grep -q -- "--head" "$TMP/err"; ok $? "--head with nf4 refused: $(cat "$TMP/err")"
 

@@ -468,6 +468,10 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "lmc quantize: --head is for --method rtn or gptq (the GPTQ layout's lm_head)\n");
         return 2;
     }
+    if (o.clip_search && strcmp(o.method, "rtn") && !(o.head && !strcmp(o.method, "gptq"))) {
+        fprintf(stderr, "lmc quantize: --clip-search is for --method rtn (or gptq's --head, rounded to nearest)\n");
+        return 2;
+    }
     if (groups && o.bits != 2 && o.bits != 3 && o.bits != 4 && o.bits != 8) {
         fprintf(stderr, "lmc quantize: --bits %d: expected 2, 3, 4 or 8\n", o.bits);
         return 2;
