@@ -717,6 +717,28 @@ static const float *mm_xpack(struct lmc_cpu_ctx *c, const float *x, int64_t M, i
     return c->xbuf;
 }
 
+/* The products of n matrices (F16/BF16, K columns each) with our GEMM: x
+ * packed once, each MM_MULTI_MAX matrices' 64-row W blocks (MM_OURS_NB) the
+ * tasks of one pool run (each task the same call as lmc_cpu_matmul's, so
+ * the same bits). */
+static void mm_gemm_run(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
+                        const struct lmc_mat *const *w, const float *const *bias) {
+    const int64_t K = w[0]->cols;
+    const float *xp = mm_xpack(c, x, M, K);
+    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, K));
+    for (int i0 = 0; i0 < n; i0 += MM_MULTI_MAX) {
+        struct mm_gmulti_job j = {.n = 0};
+        for (int i = i0; i < n && i < i0 + MM_MULTI_MAX; i++) {
+            if (w[i]->rows == 0) continue;
+            j.part[j.n] = (struct mm_job){c, y[i], x, M, w[i]->rows, K, w[i]->data, w[i]->dtype,
+                                          bias ? bias[i] : NULL, 1, NULL, 0, 0, xp, false};
+            j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_OURS_NB - 1) / MM_OURS_NB;
+            j.n++;
+        }
+        if (j.n) lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
+    }
+}
+
 /* true if the products went through gemm_multi_task */
 static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t M,
                           const struct lmc_mat *const *w, const float *const *bias) {
@@ -727,17 +749,7 @@ static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const f
         if (!mm_ours(c, w[i]->dtype) || w[i]->cols != K || w[i]->rows > INT32_MAX || lmc_cpu_routed(c, M, w[i]) ||
             lmc_cpu_pf_ok(c, M, K, w[i]->dtype))
             return false;
-    struct mm_gmulti_job j = {.n = 0};
-    const float *xp = mm_xpack(c, x, M, K);
-    for (int i = 0; i < n; i++) {
-        if (w[i]->rows == 0) continue;
-        j.part[j.n] = (struct mm_job){c, y[i], x, M, w[i]->rows, K, w[i]->data, w[i]->dtype, bias ? bias[i] : NULL,
-                                      1, NULL, 0, 0, xp, false};
-        j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_OURS_NB - 1) / MM_OURS_NB;
-        j.n++;
-    }
-    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(M, MM_OURS_NB, K));
-    lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
+    mm_gemm_run(c, n, y, x, M, w, bias);
     return true;
 }
 
@@ -746,8 +758,7 @@ static bool mm_gemm_multi(struct lmc_cpu_ctx *c, int n, float *const *y, const f
  * element is the same sum whatever P and wherever the row sits
  * (gemm_f32.c; a few rows take its panel mode, so a short chunk costs about
  * one read of W), so a prompt's rows keep their bits however the scheduler
- * chunks and batches them; x packed once, one pool run per MM_MULTI_MAX
- * matrices (gemm_multi_task's tasks). */
+ * chunks and batches them (mm_gemm_run). */
 static void mm_route_prompt(struct lmc_cpu_ctx *c, int n, float *const *y, const float *x, int64_t P,
                             const struct lmc_mat *const *w, const float *const *bias) {
     if (c->has_bf16) {
@@ -756,20 +767,8 @@ static void mm_route_prompt(struct lmc_cpu_ctx *c, int n, float *const *y, const
     }
     const int64_t K = w[0]->cols;
     LMC_ASSERT(K > 0 && K <= INT32_MAX && P <= INT32_MAX);
-    const float *xp = mm_xpack(c, x, P, K);
-    lmc_cpu_scratch_reserve(c, lmc_cpu_gemm_f32_ws(P, MM_OURS_NB, K));
-    for (int i0 = 0; i0 < n; i0 += MM_MULTI_MAX) {
-        struct mm_gmulti_job j = {.n = 0};
-        for (int i = i0; i < n && i < i0 + MM_MULTI_MAX; i++) {
-            LMC_ASSERT(mm_ours(c, w[i]->dtype) && w[i]->cols == K && w[i]->rows <= INT32_MAX);
-            if (w[i]->rows == 0) continue;
-            j.part[j.n] = (struct mm_job){c, y[i], x, P, w[i]->rows, K, w[i]->data, w[i]->dtype,
-                                          bias ? bias[i] : NULL, 1, NULL, 0, 0, xp, false};
-            j.start[j.n + 1] = j.start[j.n] + (w[i]->rows + MM_OURS_NB - 1) / MM_OURS_NB;
-            j.n++;
-        }
-        if (j.n) lmc_pool_run(c->pool, j.start[j.n], gemm_multi_task, &j);
-    }
+    for (int i = 0; i < n; i++) LMC_ASSERT(mm_ours(c, w[i]->dtype) && w[i]->cols == K && w[i]->rows <= INT32_MAX);
+    mm_gemm_run(c, n, y, x, P, w, bias);
 }
 
 /* F32 weights from MM_ROWS_MIN_M rows (training's B*T tokens, long
