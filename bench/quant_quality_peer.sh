@@ -17,11 +17,17 @@
 # Goals (issue 10): GPTQ 4-bit g128's perplexity increase <= llama.cpp
 # Q4_K_M's; lmc RTN 4-bit <= llama.cpp Q4_0's; 8-bit within 0.1% of F16.
 # Usage (repository root, build/lmc built): PEER_BIN=DIR bench/quant_quality_peer.sh [TMPDIR]
+# env: M (the HF folder, default models/kjv-llama; e.g. the ~52M KJV target
+#      of scripts/train_spec_pair.sh --target, trained on the same books and
+#      tokenizer, for the issue's "second model that you train bigger"),
+#      THREADS (2: both engines' threads; the figures do not depend on it),
+#      CALIB_TOKENS (8192)
 set -euo pipefail
 B=${PEER_BIN:?PEER_BIN: llama.cpp bin folder (llama-quantize, llama-perplexity)}
 T=${1:-$(mktemp -d)}
 LMC=./build/lmc
-M=models/kjv-llama
+M=${M:-models/kjv-llama}
+TH=${THREADS:-2}
 CT=${CALIB_TOKENS:-8192}
 mkdir -p "$T"
 sed -n '71726,$p' data/kjv.txt >"$T/val.txt"
@@ -35,7 +41,7 @@ done
   --calib-tokens "$CT" >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/nf4" --method nf4 >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/rtn4s32" --method rtn --bits 4 --group 32 --clip-search >/dev/null 2>&1
-echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg); calibration $CT tokens"
+echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) model $M ($("$LMC" info -m "$M" 2>/dev/null | sed -n 's/^parameters *//p') parameters) threads $TH cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg); calibration $CT tokens"
 echo
 echo "| format | made by | lmc perplexity | vs F16 | KL mean | KL p99 | top-1 | llama-perplexity | vs F16 (llama.cpp) |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -43,13 +49,13 @@ ev() { # $1 name $2 maker $3 path $4 gguf (1: also llama-perplexity)
   local kl="" a kl1 kl2 top b="-" bd="-"
   [ "$1" = F16 ] || kl="--kl-base $T/kjv-f16.gguf"
   # shellcheck disable=SC2086
-  "$LMC" eval -m "$3" --text-file "$T/val.txt" --ctx 256 --chunks -t 2 $kl >"$T/lmc-$1.log" 2>&1
+  "$LMC" eval -m "$3" --text-file "$T/val.txt" --ctx 256 --chunks -t "$TH" $kl >"$T/lmc-$1.log" 2>&1
   a=$(sed -n 's/.*perplexity \([0-9.]*\).*/\1/p' "$T/lmc-$1.log")
   kl1=$(sed -n 's/.*KL mean \([0-9.e-]*\).*/\1/p' "$T/lmc-$1.log"); kl2=$(sed -n 's/.*KL p99 \([0-9.e-]*\).*/\1/p' "$T/lmc-$1.log")
   top=$(sed -n 's/.*top-1 agreement \([0-9.]*%\).*/\1/p' "$T/lmc-$1.log")
   [ "$1" = F16 ] && A0=$a && kl1=0 && kl2=0 && top=100%
   if [ "$4" = 1 ]; then
-    "$B/llama-perplexity" -m "$3" -f "$T/val.txt" -c 256 -b 256 -t 2 >"$T/llama-$1.log" 2>&1
+    "$B/llama-perplexity" -m "$3" -f "$T/val.txt" -c 256 -b 256 -t "$TH" >"$T/llama-$1.log" 2>&1
     b=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$T/llama-$1.log")
     [ "$1" = F16 ] && B0=$b
     bd=$(awk -v a="$b" -v b="$B0" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }')
