@@ -6,7 +6,9 @@
  * integers, zeros, scales and g_idx equal tests/quant/gptq_ref.py's float64
  * re-implementation of the published algorithm exactly (4-bit g32 sym, 3-bit
  * per-channel asym, act-order with static groups, act-order with g_idx,
- * 8-bit g128 asym). */
+ * 8-bit g128 asym; and with the mse range search: 4-bit g32 sym and asym,
+ * act-order with static groups). The search lowers GPTQ's own loss against
+ * the min/max rule's on the same layer in each of those. */
 #include "core/core.h"
 #include "quant/gptq_algo.h"
 #include "test.h"
@@ -38,14 +40,17 @@ int main(void) {
         x[t * k + 5] = 0; /* a dead input */
     }
     lmc_gptq_hessian_add(H, k, x, rows);
-    const struct { int bits; int64_t gs; bool sym, act, stat; } cases[] = {
-        {4, 32, true, false, false}, {3, -1, false, false, false}, {4, 32, true, true, true},
-        {4, 64, false, true, false}, {8, 128, false, false, false},
+    const struct { int bits; int64_t gs; bool sym, act, stat, mse; } cases[] = {
+        {4, 32, true, false, false, false}, {3, -1, false, false, false, false}, {4, 32, true, true, true, false},
+        {4, 64, false, true, false, false}, {8, 128, false, false, false, false}, {4, 32, true, false, false, true},
+        {4, 32, false, false, false, true},  {4, 32, true, true, true, true},
     };
+    double loss_minmax[3] = {0}; /* cases 0 and 2: the min/max rule's loss, for the mse cases 5 and 7 */
     lmc_err err = {0};
     int have_np = system("python3 -c 'import numpy' 2>/dev/null") == 0;
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        struct lmc_gptq_opts o = {cases[c].bits, cases[c].gs, cases[c].sym, cases[c].act, cases[c].stat, 0.01, 128};
+        struct lmc_gptq_opts o = {cases[c].bits, cases[c].gs, cases[c].sym, cases[c].act, cases[c].stat, 0.01, 128,
+                                  cases[c].mse};
         struct lmc_qgroups g, r;
         double loss;
         CHECK_MSG(lmc_gptq_quantize(w, n, k, H, &o, &g, &loss, &err) == LMC_OK, "%s", err.msg);
@@ -57,15 +62,27 @@ int main(void) {
         CHECK(lmc_quant_rtn(w, n, k, o.bits, o.group_size > 0 ? o.group_size : k, o.sym, &r, &err) == LMC_OK);
         lmc_qgroups_dequantize(&r, wq);
         double e_rtn = out_err(w, wq, x, n, k, rows);
-        printf("gptq %d-bit g%lld sym=%d act=%d static=%d: output error %.4g (rtn %.4g), loss %.4g\n", o.bits,
-               (long long)o.group_size, o.sym, o.act_order, o.static_groups, e_gptq, e_rtn, loss);
+        printf("gptq %d-bit g%lld sym=%d act=%d static=%d mse=%d: output error %.4g (rtn %.4g), loss %.4g\n",
+               o.bits, (long long)o.group_size, o.sym, o.act_order, o.static_groups, o.mse, e_gptq, e_rtn, loss);
+        if (c == 0 || c == 2) loss_minmax[c] = loss;
+        if (o.mse) { /* against the min/max rule on the same settings */
+            double base = c == 5 ? loss_minmax[0] : c == 7 ? loss_minmax[2] : 0;
+            if (c == 6) {
+                struct lmc_gptq_opts a = o;
+                struct lmc_qgroups ga;
+                a.mse = false;
+                CHECK(lmc_gptq_quantize(w, n, k, H, &a, &ga, &base, &err) == LMC_OK);
+                lmc_qgroups_free(&ga);
+            }
+            CHECK_MSG(loss < base, "case %zu: the mse search's loss %g is not below min/max's %g", c, loss, base);
+        }
         CHECK_MSG(e_gptq < 0.9 * e_rtn, "case %zu: gptq %g vs rtn %g", c, e_gptq, e_rtn);
         if (have_np) {
             char path[128], cmd[256];
             snprintf(path, sizeof path, "/tmp/lmc_test_gptq_%d_%zu.bin", (int)getpid(), c);
             FILE *f = fopen(path, "wb");
-            int64_t hdr[8] = {n, k, rows, o.bits, o.group_size, o.sym, o.act_order, o.static_groups};
-            fwrite(hdr, 8, 8, f);
+            int64_t hdr[9] = {n, k, rows, o.bits, o.group_size, o.sym, o.act_order, o.static_groups, o.mse};
+            fwrite(hdr, 8, 9, f);
             fwrite(w, 4, (size_t)(n * k), f);
             fwrite(x, 4, (size_t)(rows * k), f);
             fwrite(g.q, 1, (size_t)(n * k), f);
@@ -84,7 +101,7 @@ int main(void) {
     /* a Hessian that cannot be factored is a clear error */
     double *Z = calloc((size_t)(k * k), sizeof *Z);
     for (int64_t i = 0; i < k; i++) Z[i * k + i] = -1;
-    struct lmc_gptq_opts o = {4, 32, true, false, false, 0.01, 128};
+    struct lmc_gptq_opts o = {4, 32, true, false, false, 0.01, 128, false};
     struct lmc_qgroups g;
     CHECK(lmc_gptq_quantize(w, n, k, Z, &o, &g, NULL, &err) == LMC_ERR_ARG && strstr(err.msg, "positive definite"));
     free(Z);

@@ -41,12 +41,13 @@ for m in gpt2-tiny qwen2-tiny; do
   done
 done
 
-# GPTQ calibrated through the model (4-bit g32 act-order; 3-bit per-channel asym v2)
+# GPTQ calibrated through the model (4-bit g32 act-order; 3-bit per-channel asym v2; 4-bit g32 with the
+# mse range search)
 head -c 12000 /work/shared/data/kjv.txt 2>/dev/null >"$TMP/calib.txt" || true
 [ -s "$TMP/calib.txt" ] || yes "In the beginning God created the heaven and the earth." | head -200 >"$TMP/calib.txt"
 for m in gpt2-tiny llama-tiny; do
   i=0
-  for args in "--bits 4 --group 32 --act-order" "--bits 3 --group -1 --asym --v2"; do
+  for args in "--bits 4 --group 32 --act-order" "--bits 3 --group -1 --asym --v2" "--bits 4 --group 32 --clip-search"; do
     i=$((i+1)); Q="$TMP/$m-gptq$i"
     [ $m = llama-tiny ] && [ $i = 2 ] && continue # 176 inputs x 3 bits are not whole words
     "$LMC" quantize -m tests/fixtures/$m -o "$Q" --method gptq $args --calib "$TMP/calib.txt" --calib-tokens 600 2>"$TMP/err"

@@ -31,7 +31,7 @@ struct qopts {
     int bits;
     int64_t group;
     bool sym, act_order, v2;
-    bool clip_search;       /* --clip-search: rtn's ranges searched for the smallest squared error */
+    bool clip_search;       /* --clip-search: group ranges searched for the smallest squared error (rtn, gptq) */
     bool head;              /* --head: lm_head too (round to nearest, groups as the blocks') */
     const char *skip;       /* comma-separated name fragments */
     const char *calib;
@@ -216,7 +216,7 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
                                                  conv1d ? t->shape[0] : t->shape[1]};
             n_jobs++;
         }
-        struct lmc_gptq_opts go = {o->bits, o->group, o->sym, o->act_order, true, 0.01, 128};
+        struct lmc_gptq_opts go = {o->bits, o->group, o->sym, o->act_order, true, 0.01, 128, o->clip_search};
         if (!s) s = lmc_gptq_calibrate(in, o->calib, o->calib_tokens, o->threads, &go, jobs, n_jobs, gq, err);
     }
     for (int64_t i = 0; i < st.n_tensors && !s; i++) {
@@ -468,8 +468,8 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "lmc quantize: --head is for --method rtn or gptq (the GPTQ layout's lm_head)\n");
         return 2;
     }
-    if (o.clip_search && strcmp(o.method, "rtn") && !(o.head && !strcmp(o.method, "gptq"))) {
-        fprintf(stderr, "lmc quantize: --clip-search is for --method rtn (or gptq's --head, rounded to nearest)\n");
+    if (o.clip_search && !groups) {
+        fprintf(stderr, "lmc quantize: --clip-search is for --method rtn or gptq (their groups' ranges)\n");
         return 2;
     }
     if (groups && o.bits != 2 && o.bits != 3 && o.bits != 4 && o.bits != 8) {

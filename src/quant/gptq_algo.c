@@ -39,12 +39,20 @@ void lmc_gptq_hessian_add(double *H, int64_t k, const float *x, int64_t n_rows) 
     free(xd);
 }
 
-/* GPTQ's find_params on one row's values (double). */
-static void params(const double *x, int64_t cnt, int64_t stride, int bits, bool sym, double *scale, double *zero) {
+static double qcode(double x, double scale, double zero, int bits) {
+    double q = nearbyint(x / scale) + zero, maxq = (double)((1 << bits) - 1);
+    return q < 0 ? 0 : q > maxq ? maxq : q;
+}
+
+/* GPTQ's find_params on one row's values (double); with mse, the range
+ * [lo, hi] shrunk by p = 1 - t / 100, t < 20, for the smallest sum of
+ * squared dequantization errors (the first such p; p = 1 is the min/max
+ * rule). */
+static void params(const double *x, int64_t cnt, int bits, bool sym, bool mse, double *scale, double *zero) {
     double lo = 0, hi = 0, maxq = (double)((1 << bits) - 1);
     for (int64_t i = 0; i < cnt; i++) {
-        lo = fmin(lo, x[i * stride]);
-        hi = fmax(hi, x[i * stride]);
+        lo = fmin(lo, x[i]);
+        hi = fmax(hi, x[i]);
     }
     if (sym) {
         hi = fmax(fabs(lo), hi);
@@ -54,13 +62,16 @@ static void params(const double *x, int64_t cnt, int64_t stride, int bits, bool 
         lo = -1;
         hi = 1;
     }
-    *scale = (hi - lo) / maxq;
-    *zero = sym ? (maxq + 1) / 2 : nearbyint(-lo / *scale);
-}
-
-static double qcode(double x, double scale, double zero, int bits) {
-    double q = nearbyint(x / scale) + zero, maxq = (double)((1 << bits) - 1);
-    return q < 0 ? 0 : q > maxq ? maxq : q;
+    double best = INFINITY;
+    for (int t = 0; t < (mse ? 20 : 1); t++) {
+        double p = 1.0 - 0.01 * t, s = (p * hi - p * lo) / maxq, z = sym ? (maxq + 1) / 2 : nearbyint(-(p * lo) / s);
+        double e = 0;
+        for (int64_t i = 0; mse && i < cnt; i++) {
+            double d = s * (qcode(x[i], s, z, bits) - z) - x[i];
+            e += d * d;
+        }
+        if (e < best) best = e, *scale = s, *zero = z;
+    }
 }
 
 /* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major, lower part
@@ -113,7 +124,8 @@ lmc_status lmc_gptq_quantize(const float *w_in, int64_t n, int64_t k, const doub
     if (stat)
         for (int64_t gi = 0; gi < g->n_groups; gi++)
             for (int64_t r = 0; r < n; r++)
-                params(W + r * k + gi * gs, LMC_MIN(gs, k - gi * gs), 1, o->bits, o->sym, &sg[gi * n + r], &zg[gi * n + r]);
+                params(W + r * k + gi * gs, LMC_MIN(gs, k - gi * gs), o->bits, o->sym, o->mse, &sg[gi * n + r],
+                       &zg[gi * n + r]);
     for (int64_t i = 0; i < k; i++) perm[i] = i;
     if (o->act_order) { /* columns by decreasing Hessian diagonal (stable) */
         for (int64_t i = 1; i < k; i++) {
@@ -152,7 +164,7 @@ lmc_status lmc_gptq_quantize(const float *w_in, int64_t n, int64_t k, const doub
                 for (int64_t r = 0; r < n; r++) {
                     int64_t m = LMC_MIN(gs, k - c);
                     for (int64_t j = 0; j < m; j++) tmp[j] = c + j < i2 ? B[r * block + c + j - i1] : W[r * k + c + j];
-                    params(tmp, m, 1, o->bits, o->sym, &sc[r], &zc[r]);
+                    params(tmp, m, o->bits, o->sym, o->mse, &sc[r], &zc[r]);
                 }
             double d = U[c * k + c];
             for (int64_t r = 0; r < n; r++) {

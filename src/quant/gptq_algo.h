@@ -22,6 +22,9 @@ struct lmc_gptq_opts {
     bool static_groups;     /* with act_order: groups fixed on the original column order (g_idx = i / group) */
     double damp;            /* fraction of the mean Hessian diagonal added to it (0.01) */
     int64_t block;          /* lazy batch width (128) */
+    bool mse;               /* each group's range shrunk by the factor in 1.00, 0.99 .. 0.81 whose codes give the
+                             * smallest squared error of the group's weights as GPTQ reads them (the reference
+                             * quantizer's `mse` search; `lmc quantize --clip-search`); false: min/max */
 };
 
 /* H (k, k) += x^T x over n_rows rows of x (n_rows, k). */

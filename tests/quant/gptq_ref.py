@@ -2,7 +2,8 @@
 algorithm (Frantar et al. 2022, Algorithm 1, and its reference code's
 fasterquant: dead inputs, static groups, act-order, 1% dampening, upper
 Cholesky factor of H^-1, lazy batches of 128 columns, group parameters
-read from W as of the block's start) to check lmc's quantized integers.
+read from W as of the block's start; optionally the reference quantizer's
+mse range search, norm 2, 20 shrink steps) to check lmc's quantized integers.
 usage: gptq_ref.py CASE.bin   (written by tests/test_gptq.c)
 Exit 0 when every code, zero, g_idx and scale equals lmc's."""
 import struct
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 
 
-def find_params(x, bits, sym):
+def find_params(x, bits, sym, mse=False):
     maxq = 2 ** bits - 1
     lo = np.minimum(x.min(1), 0)
     hi = np.maximum(x.max(1), 0)
@@ -20,8 +21,21 @@ def find_params(x, bits, sym):
         lo = np.where(lo < 0, -hi, lo)
     both = (lo == 0) & (hi == 0)
     lo, hi = np.where(both, -1.0, lo), np.where(both, 1.0, hi)
-    scale = (hi - lo) / maxq
-    zero = np.full_like(scale, (maxq + 1) / 2) if sym else np.round(-lo / scale)
+    # mse: the range shrunk by p = 1 - t / 100, t < 20, for the smallest sum
+    # of squared errors per row (the first such p), summed column by column
+    best = np.full(lo.shape, np.inf)
+    scale, zero = np.zeros_like(lo), np.zeros_like(lo)
+    for t in range(20 if mse else 1):
+        p = 1.0 - 0.01 * t
+        s = (p * hi - p * lo) / maxq
+        z = np.full_like(s, (maxq + 1) / 2) if sym else np.round(-(p * lo) / s)
+        e = np.zeros_like(s)
+        if mse:
+            d = s[:, None] * (quant(x, s[:, None], z[:, None], bits) - z[:, None]) - x
+            for j in range(x.shape[1]):
+                e += d[:, j] * d[:, j]
+        take = e < best
+        best, scale, zero = np.where(take, e, best), np.where(take, s, scale), np.where(take, z, zero)
     return scale, zero
 
 
@@ -29,7 +43,7 @@ def quant(x, scale, zero, bits):
     return np.clip(np.round(x / scale) + zero, 0, 2 ** bits - 1)
 
 
-def gptq(W, H, bits, gs, sym, actorder, static, percdamp=0.01, blocksize=128):
+def gptq(W, H, bits, gs, sym, actorder, static, mse=False, percdamp=0.01, blocksize=128):
     W, H = W.astype(np.float64).copy(), H.copy()
     n, k = W.shape
     gs = k if gs <= 0 or gs >= k else gs
@@ -38,7 +52,7 @@ def gptq(W, H, bits, gs, sym, actorder, static, percdamp=0.01, blocksize=128):
     W[:, dead] = 0
     groups = []
     if actorder and static:
-        groups = [find_params(W[:, i:i + gs], bits, sym) for i in range(0, k, gs)]
+        groups = [find_params(W[:, i:i + gs], bits, sym, mse) for i in range(0, k, gs)]
     perm = np.arange(k)
     if actorder:
         perm = np.argsort(-np.diag(H), kind="stable")
@@ -59,7 +73,7 @@ def gptq(W, H, bits, gs, sym, actorder, static, percdamp=0.01, blocksize=128):
             if actorder and static:
                 scale, zero = groups[perm[i1 + i] // gs]
             elif (i1 + i) % gs == 0:
-                scale, zero = find_params(W[:, i1 + i:i1 + i + gs], bits, sym)
+                scale, zero = find_params(W[:, i1 + i:i1 + i + gs], bits, sym, mse)
                 S[:, (i1 + i) // gs], Z[:, (i1 + i) // gs] = scale, zero
             q = quant(w, scale, zero, bits)
             Q[:, i1 + i] = q
@@ -80,8 +94,8 @@ def gptq(W, H, bits, gs, sym, actorder, static, percdamp=0.01, blocksize=128):
 
 def main(path):
     raw = open(path, "rb").read()
-    n, k, rows, bits, gs, sym, act, static = struct.unpack("<8q", raw[:64])
-    off = 64
+    n, k, rows, bits, gs, sym, act, static, mse = struct.unpack("<9q", raw[:72])
+    off = 72
 
     def take(dt, cnt):
         nonlocal off
@@ -97,11 +111,11 @@ def main(path):
     scale = take(np.float32, ng * n).reshape(ng, n)
     zero = take(np.int32, ng * n).reshape(ng, n)
     H = X.T @ X
-    Q, G, S, Z = gptq(W, H, bits, gs, bool(sym), bool(act), bool(static))
+    Q, G, S, Z = gptq(W, H, bits, gs, bool(sym), bool(act), bool(static), bool(mse))
     bad = int((Q != q).sum())
     ok = bad == 0 and np.array_equal(G, g_idx) and np.array_equal(Z.T.astype(np.int64), zero.astype(np.int64)) \
         and np.array_equal(S.T.astype(np.float32), scale)
-    print(f"{path}: {n}x{k} {bits}-bit g{gs} sym={sym} act={act} static={static}: "
+    print(f"{path}: {n}x{k} {bits}-bit g{gs} sym={sym} act={act} static={static} mse={mse}: "
           f"{bad} of {n * k} codes differ, g_idx {'same' if np.array_equal(G, g_idx) else 'differs'}, "
           f"zeros {'same' if np.array_equal(Z.T, zero) else 'differ'}, scales "
           f"{'same' if np.array_equal(S.T.astype(np.float32), scale) else 'differ'}")
