@@ -46,8 +46,8 @@ done
 "$LMC" quantize -m $M -o "$T/rtn4s32" --method rtn --bits 4 --group 32 --clip-search >/dev/null 2>&1
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) model $M ($("$LMC" info -m "$M" 2>/dev/null | sed -n 's/^parameters *//p') parameters) threads $TH cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg); calibration $CT tokens"
 echo
-echo "| format | made by | lmc perplexity | vs F16 | KL mean | KL p99 | top-1 | llama-perplexity | vs F16 (llama.cpp) |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| format | made by | MB on disk | lmc perplexity | vs F16 | KL mean | KL p99 | top-1 | llama-perplexity | vs F16 (llama.cpp) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 ev() { # $1 name $2 maker $3 path $4 gguf (1: also llama-perplexity)
   local kl="" a kl1 kl2 top b="-" bd="-"
   [ "$1" = F16 ] || kl="--kl-base $T/kjv-f16.gguf"
@@ -63,7 +63,7 @@ ev() { # $1 name $2 maker $3 path $4 gguf (1: also llama-perplexity)
     [ "$1" = F16 ] && B0=$b
     bd=$(awk -v a="$b" -v b="$B0" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }')
   fi
-  echo "| $1 | $2 | $a | $(awk -v a="$a" -v b="$A0" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }') | $kl1 | $kl2 | $top | $b | $bd |"
+  echo "| $1 | $2 | $(du -sb "$3" | awk '{ printf "%.1f", $1 / 1e6 }') | $a | $(awk -v a="$a" -v b="$A0" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }') | $kl1 | $kl2 | $top | $b | $bd |"
 }
 ev F16 "lmc convert" "$T/kjv-f16.gguf" 1
 ev Q8_0 "lmc convert" "$T/kjv-q8_0.gguf" 1
@@ -74,3 +74,9 @@ ev "RTN 4-bit g32 --clip-search (Q4_0's bits)" "lmc quantize" "$T/rtn4s32" 0
 ev NF4 "lmc quantize" "$T/nf4" 0
 ev Q4_0 "llama-quantize" "$T/kjv-q4_0.gguf" 1
 ev Q4_K_M "llama-quantize" "$T/kjv-q4_k_m.gguf" 1
+# K-quants need rows of whole 256-blocks: llama-quantize falls back (e.g. Q4_K -> Q5_0, Q6_K -> Q8_0) elsewhere
+n=$(grep -c "falling back" "$T/quantize-Q4_K_M.log" || true)
+echo
+echo "llama-quantize Q4_K_M: $n tensors fell back to another type (rows not whole 256-blocks)$( [ "$n" -gt 0 ] &&
+  grep "falling back" "$T/quantize-Q4_K_M.log" | sed -n 's/.*required for type *\([A-Za-z0-9_]*\)) -> falling back to *\([A-Za-z0-9_]*\).*/\1 -> \2/p' |
+  sort | uniq -c | awk '{ printf "%s %s %s %s (%d)", (NR > 1 ? "," : ":"), $2, $3, $4, $1 }')"
