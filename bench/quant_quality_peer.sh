@@ -21,7 +21,7 @@
 # env: M (the HF folder, default models/kjv-llama; e.g. the ~52M KJV target
 #      of scripts/train_spec_pair.sh --target, trained on the same books and
 #      tokenizer, for the issue's "second model that you train bigger"),
-#      THREADS (2: both engines' threads; the figures do not depend on it),
+#      THREADS (2: both engines' threads and GPTQ's calibration forward),
 #      CALIB_TOKENS (8192)
 set -euo pipefail
 B=${PEER_BIN:?PEER_BIN: llama.cpp bin folder (llama-quantize, llama-perplexity)}
@@ -38,9 +38,9 @@ for q in Q4_0 Q4_K_M; do
   "$B/llama-quantize" "$T/kjv-f32.gguf" "$T/kjv-$(echo $q | tr A-Z a-z).gguf" $q 2 >"$T/quantize-$q.log" 2>&1
 done
 "$LMC" quantize -m $M -o "$T/rtn4" --method rtn --bits 4 --group 128 >/dev/null 2>&1
-"$LMC" quantize -m $M -o "$T/gptq4" --method gptq --bits 4 --group 128 --act-order --calib "$T/calib.txt" \
+"$LMC" quantize -m $M -o "$T/gptq4" --method gptq --bits 4 --group 128 --act-order --threads "$TH" --calib "$T/calib.txt" \
   --calib-tokens "$CT" >/dev/null 2>&1
-"$LMC" quantize -m $M -o "$T/gptq4s" --method gptq --bits 4 --group 128 --act-order --clip-search --calib "$T/calib.txt" \
+"$LMC" quantize -m $M -o "$T/gptq4s" --method gptq --bits 4 --group 128 --act-order --clip-search --threads "$TH" --calib "$T/calib.txt" \
   --calib-tokens "$CT" >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/nf4" --method nf4 >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/rtn4s32" --method rtn --bits 4 --group 32 --clip-search >/dev/null 2>&1
@@ -67,13 +67,13 @@ ev() { # $1 name $2 maker $3 path $4 gguf (1: also llama-perplexity)
 }
 ev F16 "lmc convert" "$T/kjv-f16.gguf" 1
 ev Q8_0 "lmc convert" "$T/kjv-q8_0.gguf" 1
-ev "RTN 4-bit g128" "lmc quantize" "$T/rtn4" 0
 ev "GPTQ 4-bit g128 act-order" "lmc quantize" "$T/gptq4" 0
 ev "GPTQ 4-bit g128 act-order --clip-search" "lmc quantize" "$T/gptq4s" 0
+ev Q4_K_M "llama-quantize" "$T/kjv-q4_k_m.gguf" 1
+ev Q4_0 "llama-quantize" "$T/kjv-q4_0.gguf" 1
+ev "RTN 4-bit g128" "lmc quantize" "$T/rtn4" 0
 ev "RTN 4-bit g32 --clip-search (Q4_0's bits)" "lmc quantize" "$T/rtn4s32" 0
 ev NF4 "lmc quantize" "$T/nf4" 0
-ev Q4_0 "llama-quantize" "$T/kjv-q4_0.gguf" 1
-ev Q4_K_M "llama-quantize" "$T/kjv-q4_k_m.gguf" 1
 # K-quants need rows of whole 256-blocks: llama-quantize falls back (e.g. Q4_K -> Q5_0, Q6_K -> Q8_0) elsewhere
 n=$(grep -c "falling back" "$T/quantize-Q4_K_M.log" || true)
 echo
