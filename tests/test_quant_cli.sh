@@ -70,6 +70,37 @@ done
 ok $? "gptq on a bf16 model: $(cat "$TMP/err")"
 "$LMC" quantize -m tests/fixtures/gpt2-tiny -o "$TMP/x" --method gptq 2>"$TMP/err"
 [ $? = 2 ] && grep -q "calib" "$TMP/err"; ok $? "gptq without --calib: $(cat "$TMP/err")"
+# --true-sequential: each stage of a layer calibrated on the layer with the earlier stages quantized. Layer 0's
+# q/k/v see the embeddings either way (the same integers as per layer); its o and down see quantized q/k/v and
+# gate/up (other integers)
+for v in "" "--true-sequential"; do
+  "$LMC" quantize -m tests/fixtures/llama-tiny -o "$TMP/gseq$v" --method gptq --bits 4 --group 32 $v --calib "$TMP/calib.txt" \
+    --calib-tokens 600 2>"$TMP/err"; ok $? "gptq $v: $(cat "$TMP/err")"
+done
+grep -q '"true_sequential":[[:space:]]*true' "$TMP/gseq--true-sequential/config.json"; ok $? "--true-sequential in quantization_config"
+grep -q '"true_sequential":[[:space:]]*false' "$TMP/gseq/config.json"; ok $? "per layer by default"
+python3 - "$TMP/gseq--true-sequential" "$TMP/gseq" <<'PY'
+import json, struct, sys
+def tensors(d):
+    b = open(d + "/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+p = "model.layers.0."
+same = all(a[p + f"self_attn.{x}_proj.qweight"] == b[p + f"self_attn.{x}_proj.qweight"] for x in "qkv")
+o = a[p + "self_attn.o_proj.qweight"] != b[p + "self_attn.o_proj.qweight"]
+d = a[p + "mlp.down_proj.qweight"] != b[p + "mlp.down_proj.qweight"]
+print(f"layer 0 q/k/v same: {same}, o differs: {o}, down differs: {d}")
+sys.exit(0 if same and o and d else 1)
+PY
+ok $? "--true-sequential: layer 0's q/k/v as per layer, its o and down from the quantized stages before them"
+"$LMC" convert -m "$TMP/gseq--true-sequential" -o "$TMP/gsd" --dtype f32 2>/dev/null
+p0=$(ppl tests/fixtures/llama-tiny); p=$(ppl "$TMP/gsd")
+awk -v a="$p" -v b="$p0" 'BEGIN { d = a / b - 1; if (d < 0) d = -d; exit !(a > 0 && d < 0.05) }'
+ok $? "gptq --true-sequential perplexity $p vs float $p0"
+"$LMC" quantize -m tests/fixtures/llama-tiny -o "$TMP/x" --method rtn --true-sequential 2>"$TMP/err"
+[ $? = 2 ] && grep -q -- "true-sequential" "$TMP/err"; ok $? "--true-sequential with rtn refused: $(cat "$TMP/err")"
 
 if [ $have_np = 1 ]; then
   for meth in gptq4-act gptq3-v2 gptq8 gptq2 awq nf4 bitnet; do

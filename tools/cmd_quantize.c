@@ -33,6 +33,7 @@ struct qopts {
     bool sym, act_order, v2;
     bool clip_search;       /* --clip-search: group ranges searched for the smallest squared error (rtn, gptq) */
     bool head;              /* --head: lm_head too (round to nearest, groups as the blocks') */
+    bool true_seq;          /* --true-sequential (gptq): calibration per stage of a layer (q/k/v, o, gate/up, down) */
     const char *skip;       /* comma-separated name fragments */
     const char *calib;
     int64_t calib_tokens;
@@ -43,7 +44,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: lmc quantize -m DIR -o OUT --method rtn|gptq|nf4|ternary [--bits 2|3|4|8] [--group 32|64|128|-1]\n"
             "                    [--sym|--asym] [--act-order] [--v2] [--skip lm_head,embed] [--head] [--clip-search]\n"
-            "                    [--calib FILE --calib-tokens N (2048)] [--threads N]   (gptq: calibration text)\n");
+            "                    [--calib FILE --calib-tokens N (2048)] [--threads N]   (gptq: calibration text)\n"
+            "                    [--true-sequential]   (gptq: calibrate per stage of a layer: q/k/v, o, gate/up, down)\n");
 }
 
 /* Whether tensor `name` is a block linear's weight to quantize; *conv1d
@@ -170,7 +172,7 @@ static cJSON *quant_config(const struct qopts *o) {
         cJSON_AddBoolToObject(q, "desc_act", o->act_order);
         cJSON_AddBoolToObject(q, "sym", o->sym);
         cJSON_AddBoolToObject(q, "static_groups", o->act_order);
-        cJSON_AddBoolToObject(q, "true_sequential", 0); /* sequential per layer, not per sub-module */
+        cJSON_AddBoolToObject(q, "true_sequential", o->true_seq && !strcmp(o->method, "gptq"));
         cJSON_AddNumberToObject(q, "damp_percent", 0.01);
         cJSON_AddStringToObject(q, "checkpoint_format", o->v2 ? "gptq_v2" : "gptq");
         cJSON_AddBoolToObject(q, "lm_head", o->head); /* GPTQModel's key: lm_head quantized too */
@@ -217,7 +219,7 @@ static lmc_status quantize(const char *in, const char *out, const struct qopts *
             n_jobs++;
         }
         struct lmc_gptq_opts go = {o->bits, o->group, o->sym, o->act_order, true, 0.01, 128, o->clip_search};
-        if (!s) s = lmc_gptq_calibrate(in, o->calib, o->calib_tokens, o->threads, &go, jobs, n_jobs, gq, err);
+        if (!s) s = lmc_gptq_calibrate(in, o->calib, o->calib_tokens, o->threads, o->true_seq, &go, jobs, n_jobs, gq, err);
     }
     for (int64_t i = 0; i < st.n_tensors && !s; i++) {
         const struct lmc_st_tensor *t = &st.tensors[i];
@@ -419,7 +421,9 @@ static void remove_tmp(const char *dir) {
 }
 
 int cmd_quantize(int argc, char **argv) {
-    struct qopts o = {NULL, 4, 128, true, false, false, false, false, "lm_head,embed,wte,wpe", NULL, 2048, 2};
+    struct qopts o = {.bits = 4, .group = 128, .sym = true, .skip = "lm_head,embed,wte,wpe",
+                      .calib_tokens = 2048, .threads = 2};
+    bool seq_flag = false; /* --true-sequential / --no-true-sequential given */
     const char *in = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -433,6 +437,8 @@ int cmd_quantize(int argc, char **argv) {
         if (!strcmp(a, "--act-order")) { o.act_order = true; continue; }
         if (!strcmp(a, "--v2")) { o.v2 = true; continue; }
         if (!strcmp(a, "--head")) { o.head = true; continue; }
+        if (!strcmp(a, "--true-sequential")) { o.true_seq = seq_flag = true; continue; }
+        if (!strcmp(a, "--no-true-sequential")) { o.true_seq = false, seq_flag = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc quantize: unknown option or missing value: %s\n", a);
             usage();
@@ -466,6 +472,10 @@ int cmd_quantize(int argc, char **argv) {
     }
     if (o.head && !groups) {
         fprintf(stderr, "lmc quantize: --head is for --method rtn or gptq (the GPTQ layout's lm_head)\n");
+        return 2;
+    }
+    if (seq_flag && strcmp(o.method, "gptq")) {
+        fprintf(stderr, "lmc quantize: --[no-]true-sequential is for --method gptq (its calibration)\n");
         return 2;
     }
     if (o.clip_search && !groups) {

@@ -4,7 +4,10 @@
  * (x^T x) as the forward calls matmul, the layer is quantized with GPTQ,
  * and its weights in the running model are replaced by the dequantized
  * ones, so each later layer is calibrated on the outputs of the already
- * quantized earlier layers (GPTQ's sequential scheme, per layer).
+ * quantized earlier layers (GPTQ's sequential scheme, per layer). With
+ * true_seq (AutoGPTQ's true_sequential) the text runs once per stage of
+ * the layer instead: q/k/v, then o on the attention of quantized q/k/v,
+ * then gate/up, then down on the quantized MLP's activations.
  *
  * The inputs are observed through the observer hook of the block's
  * lmc_linear slots (linear.h): the q, o, up and down linears of the layer
@@ -122,7 +125,61 @@ static int slot_of(const struct lmc_model *m, const char *name, int *layer, stru
     return -1;
 }
 
-lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n_tokens, int threads,
+/* The stage of cap i of layer l under true-sequential calibration: 0 q
+ * (q/k/v), 1 o, 2 the MLP's (and each expert's) up (gate/up), 3 their
+ * down: each stage's linears see inputs from the layer with the earlier
+ * stages already quantized. */
+static int cap_stage(const struct lmc_model *m, int l, int i) {
+    int base = has_mlp(m, l) ? 4 : 2;
+    return i < base ? i : 2 + (i - base) % 2;
+}
+
+/* Quantizes job j on its cap's Hessian into *out, and points the running
+ * model's matrices (mats, nm row slices) at the dequantized weights (*deq,
+ * in the dtype the matrices have: bf16 files stay bf16), so what runs
+ * later sees this linear quantized. */
+static lmc_status job_quantize(const struct lmc_gptq_job *job, const struct cap *cap, struct lmc_mat **mats, int nm,
+                               const struct lmc_gptq_opts *o, struct lmc_qgroups *out, void **deq, lmc_err *err) {
+    if (cap->K != job->k)
+        return lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: %s has %lld inputs, its layer input %lld", job->name,
+                           (long long)job->k, (long long)cap->K);
+    lmc_status s = lmc_gptq_quantize(job->w, job->n, job->k, cap->H, o, out, NULL, err);
+    if (s) {
+        lmc_err_prefix(err, "%s: ", job->name);
+        return s;
+    }
+    enum lmc_dtype dt = mats[0]->dtype;
+    int64_t rows = 0;
+    for (int t = 0; t < nm; t++) {
+        rows += mats[t]->rows;
+        if (mats[t]->dtype != dt || mats[t]->cols != job->k ||
+            (dt != LMC_DTYPE_F32 && dt != LMC_DTYPE_BF16 && dt != LMC_DTYPE_F16))
+            return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: %s: the model holds it as %s (%lld x %lld)", job->name,
+                               lmc_dtype_name(mats[t]->dtype), (long long)mats[t]->rows, (long long)mats[t]->cols);
+    }
+    if (rows != job->n)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: %s: %lld rows in the model, %lld in the file", job->name,
+                           (long long)rows, (long long)job->n);
+    float *f = malloc((size_t)(job->n * job->k) * sizeof(float));
+    if (!f || !(*deq = malloc((size_t)(job->n * job->k) * (size_t)lmc_dtype_size(dt)))) {
+        free(f);
+        return lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
+    }
+    lmc_qgroups_dequantize(out, f);
+    for (int64_t e = 0; e < job->n * job->k; e++) {
+        if (dt == LMC_DTYPE_F32) ((float *)*deq)[e] = f[e];
+        else ((uint16_t *)*deq)[e] = dt == LMC_DTYPE_BF16 ? lmc_f32_to_bf16(f[e]) : lmc_f32_to_f16(f[e]);
+    }
+    free(f);
+    int64_t row0 = 0;
+    for (int t = 0; t < nm; t++) {
+        mats[t]->data = (const char *)*deq + (size_t)(row0 * job->k) * (size_t)lmc_dtype_size(dt);
+        row0 += mats[t]->rows;
+    }
+    return LMC_OK;
+}
+
+lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n_tokens, int threads, bool true_seq,
                               const struct lmc_gptq_opts *o, const struct lmc_gptq_job *jobs, int n_jobs,
                               struct lmc_qgroups *out, lmc_err *err) {
     struct lmc_model m;
@@ -166,6 +223,7 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
     }
     float *logits = malloc((size_t)m.cfg.vocab_size * sizeof *logits);
     if (!logits) s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
+    const int n_stages = true_seq ? 4 : 1;
     for (int l = 0; l < m.cfg.num_layers && !s; l++) {
         int nc = layer_caps(&m, l, lc);
         for (int i = 0; i < nc && !s; i++) { /* each Hessian buffer grows to the widest input it has held */
@@ -181,71 +239,41 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
             cap[i].K = lc[i].K;
             cap[i].lin = lc[i].lin;
             memset(cap[i].H, 0, (size_t)(cap[i].K * cap[i].K) * sizeof(double));
-            cap[i].lin->observe = cap_observe;
-            cap[i].lin->observe_user = &cap[i];
         }
-        for (int64_t p = 0; p < n_ids && !s; p += chunk) /* the text in windows of `chunk` tokens */
-            s = lmc_model_forward(&m, &be, &acts, &kv, ids + p, LMC_MIN(chunk, n_ids - p), 0, logits, false, err);
-        for (int i = 0; i < nc; i++) lc[i].lin->observe = NULL;
-        for (int i = 0; i < nc && !s; i++) {
-            double tr = 0;
-            for (int64_t d = 0; d < cap[i].K; d++) tr += cap[i].H[d * cap[i].K + d];
-            bool expert = i >= (has_mlp(&m, l) ? 4 : 2);
-            if (!s && !(tr > 0) && expert) { /* an expert no calibration token reached: plain rounding (H = I) */
-                for (int64_t d = 0; d < cap[i].K; d++) cap[i].H[d * cap[i].K + d] = 1;
-                if ((i - (has_mlp(&m, l) ? 4 : 2)) % 2 == 0) /* once per expert (its up, then its down) */
-                    lmc_log(1, "gptq: layer %d: expert %d received no calibration token (rounded without a Hessian)",
-                            l, (i - (has_mlp(&m, l) ? 4 : 2)) / 2);
-            } else if (!s && !(tr > 0)) {
-                s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: layer %d: no inputs of linear %d observed", l, i);
+        for (int st = 0; st < n_stages && !s; st++) {
+            int live = 0; /* the caps this stage observes */
+            for (int i = 0; i < nc; i++)
+                if (!true_seq || cap_stage(&m, l, i) == st) {
+                    cap[i].lin->observe = cap_observe;
+                    cap[i].lin->observe_user = &cap[i];
+                    live++;
+                }
+            if (!live) continue;
+            struct lmc_model upto = m; /* layers past l do not change l's inputs: the forward stops after l */
+            upto.cfg.num_layers = l + 1;
+            for (int64_t p = 0; p < n_ids && !s; p += chunk) /* the text in windows of `chunk` tokens */
+                s = lmc_model_forward(&upto, &be, &acts, &kv, ids + p, LMC_MIN(chunk, n_ids - p), 0, logits, false, err);
+            for (int i = 0; i < nc; i++) lc[i].lin->observe = NULL;
+            for (int i = 0; i < nc && !s; i++) {
+                if (true_seq && cap_stage(&m, l, i) != st) continue;
+                double tr = 0;
+                for (int64_t d = 0; d < cap[i].K; d++) tr += cap[i].H[d * cap[i].K + d];
+                bool expert = i >= (has_mlp(&m, l) ? 4 : 2);
+                if (!(tr > 0) && expert) { /* an expert no calibration token reached: plain rounding (H = I) */
+                    for (int64_t d = 0; d < cap[i].K; d++) cap[i].H[d * cap[i].K + d] = 1;
+                    if ((i - (has_mlp(&m, l) ? 4 : 2)) % 2 == 0) /* once per expert (its up, then its down) */
+                        lmc_log(1, "gptq: layer %d: expert %d received no calibration token (rounded without a Hessian)",
+                                l, (i - (has_mlp(&m, l) ? 4 : 2)) / 2);
+                } else if (!(tr > 0)) {
+                    s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: layer %d: no inputs of linear %d observed", l, i);
+                }
             }
-        }
-        for (int j = 0; j < n_jobs && !s; j++) {
-            int layer = -1, nm;
-            struct lmc_mat *mats[3];
-            int slot = slot_of(&m, jobs[j].name, &layer, mats, &nm);
-            if (slot < 0 || layer != l) continue;
-            if (cap[slot].K != jobs[j].k) {
-                s = lmc_err_set(err, LMC_ERR_INTERNAL, "gptq: %s has %lld inputs, its layer input %lld", jobs[j].name,
-                                (long long)jobs[j].k, (long long)cap[slot].K);
-                break;
-            }
-            if ((s = lmc_gptq_quantize(jobs[j].w, jobs[j].n, jobs[j].k, cap[slot].H, o, &out[j], NULL, err))) {
-                lmc_err_prefix(err, "%s: ", jobs[j].name);
-                break;
-            }
-            /* the running model continues with this layer quantized, in
-             * the dtype its matrices have (bf16 files stay bf16) */
-            enum lmc_dtype dt = mats[0]->dtype;
-            int64_t rows = 0;
-            for (int t = 0; t < nm; t++) {
-                rows += mats[t]->rows;
-                if (mats[t]->dtype != dt || mats[t]->cols != jobs[j].k ||
-                    (dt != LMC_DTYPE_F32 && dt != LMC_DTYPE_BF16 && dt != LMC_DTYPE_F16))
-                    s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: %s: the model holds it as %s (%lld x %lld)",
-                                    jobs[j].name, lmc_dtype_name(mats[t]->dtype), (long long)mats[t]->rows,
-                                    (long long)mats[t]->cols);
-            }
-            if (!s && rows != jobs[j].n)
-                s = lmc_err_set(err, LMC_ERR_UNSUPPORTED, "gptq: %s: %lld rows in the model, %lld in the file",
-                                jobs[j].name, (long long)rows, (long long)jobs[j].n);
-            float *f = s ? NULL : malloc((size_t)(jobs[j].n * jobs[j].k) * sizeof(float));
-            if (!s && (!f || !(deq[j] = malloc((size_t)(jobs[j].n * jobs[j].k) * (size_t)lmc_dtype_size(dt)))))
-                s = lmc_err_set(err, LMC_ERR_OOM, "gptq: out of memory");
-            if (s) {
-                free(f);
-                break;
-            }
-            lmc_qgroups_dequantize(&out[j], f);
-            for (int64_t e = 0; e < jobs[j].n * jobs[j].k; e++) {
-                if (dt == LMC_DTYPE_F32) ((float *)deq[j])[e] = f[e];
-                else ((uint16_t *)deq[j])[e] = dt == LMC_DTYPE_BF16 ? lmc_f32_to_bf16(f[e]) : lmc_f32_to_f16(f[e]);
-            }
-            free(f);
-            int64_t row0 = 0;
-            for (int t = 0; t < nm; t++) {
-                mats[t]->data = (const char *)deq[j] + (size_t)(row0 * jobs[j].k) * (size_t)lmc_dtype_size(dt);
-                row0 += mats[t]->rows;
+            for (int j = 0; j < n_jobs && !s; j++) {
+                int layer = -1, nm;
+                struct lmc_mat *mats[3];
+                int slot = slot_of(&m, jobs[j].name, &layer, mats, &nm);
+                if (slot < 0 || layer != l || (true_seq && cap_stage(&m, l, slot) != st)) continue;
+                s = job_quantize(&jobs[j], &cap[slot], mats, nm, o, &out[j], &deq[j], err);
             }
         }
         lmc_log(1, "gptq: layer %d of %lld quantized on %lld calibration tokens", l + 1,
