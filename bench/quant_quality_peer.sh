@@ -7,7 +7,9 @@
 #     quantizes the HF folder with rtn (4-bit g128; 4-bit g32 with
 #     --clip-search, Q4_0's bits per weight), gptq (4-bit g128,
 #     act-order, CALIB_TOKENS of Genesis..Jude's opening as calibration;
-#     again with --clip-search, each group's range from the mse search) and
+#     again with --clip-search, each group's range from the mse search, and
+#     with --true-sequential too, each stage of a layer calibrated on the
+#     stages before it quantized) and
 #     nf4 (`lmc quantize`);
 #   - llama-quantize makes Q4_0 and Q4_K_M from lmc's F32 GGUF;
 #   - every file and folder is scored by `lmc eval --chunks` (256-token
@@ -42,6 +44,8 @@ done
   --calib-tokens "$CT" >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/gptq4s" --method gptq --bits 4 --group 128 --act-order --clip-search --threads "$TH" --calib "$T/calib.txt" \
   --calib-tokens "$CT" >/dev/null 2>&1
+"$LMC" quantize -m $M -o "$T/gptq4st" --method gptq --bits 4 --group 128 --act-order --clip-search --true-sequential \
+  --threads "$TH" --calib "$T/calib.txt" --calib-tokens "$CT" >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/nf4" --method nf4 >/dev/null 2>&1
 "$LMC" quantize -m $M -o "$T/rtn4s32" --method rtn --bits 4 --group 32 --clip-search >/dev/null 2>&1
 echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) model $M ($("$LMC" info -m "$M" 2>/dev/null | sed -n 's/^parameters *//p') parameters) threads $TH cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), load $(cut -d' ' -f1-3 /proc/loadavg); calibration $CT tokens"
@@ -70,6 +74,7 @@ ev Q8_0 "lmc convert" "$T/kjv-q8_0.gguf" 1
 ev "GPTQ 4-bit g128 act-order" "lmc quantize" "$T/gptq4" 0
 ev "GPTQ 4-bit g128 act-order --clip-search" "lmc quantize" "$T/gptq4s" 0
 ev Q4_K_M "llama-quantize" "$T/kjv-q4_k_m.gguf" 1
+ev "GPTQ 4-bit g128 act-order --clip-search --true-sequential" "lmc quantize" "$T/gptq4st" 0
 ev Q4_0 "llama-quantize" "$T/kjv-q4_0.gguf" 1
 ev "RTN 4-bit g128" "lmc quantize" "$T/rtn4" 0
 ev "RTN 4-bit g32 --clip-search (Q4_0's bits)" "lmc quantize" "$T/rtn4s32" 0
