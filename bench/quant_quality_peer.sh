@@ -56,7 +56,7 @@ ev() { # $1 name $2 maker $3 path $4 gguf (1: also llama-perplexity)
   local kl="" a kl1 kl2 top b="-" bd="-"
   [ "$1" = F16 ] || kl="--kl-base $T/kjv-f16.gguf"
   # shellcheck disable=SC2086
-  "$LMC" eval -m "$3" --text-file "$T/val.txt" --ctx 256 --chunks -t "$TH" $kl >"$T/lmc-$1.log" 2>&1
+  "$LMC" eval -m "$3" --device cpu --text-file "$T/val.txt" --ctx 256 --chunks -t "$TH" $kl >"$T/lmc-$1.log" 2>&1
   a=$(sed -n 's/.*perplexity \([0-9.]*\).*/\1/p' "$T/lmc-$1.log")
   kl1=$(sed -n 's/.*KL mean \([0-9.e-]*\).*/\1/p' "$T/lmc-$1.log"); kl2=$(sed -n 's/.*KL p99 \([0-9.e-]*\).*/\1/p' "$T/lmc-$1.log")
   top=$(sed -n 's/.*top-1 agreement \([0-9.]*%\).*/\1/p' "$T/lmc-$1.log")

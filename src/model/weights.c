@@ -446,9 +446,13 @@ static lmc_status place_weights(struct lmc_model *m, const struct lmc_backend *b
         lmc_qweight_dequant_rows(q, 0, q->n, f);
         w->tok_emb.data = f;
     }
+    if (w->head.format == LMC_WFMT_QUANT) { /* a quantized head (lm_head in the groups, a GGUF output) */
+        lmc_status qs = place_quant(m, be, &w->head, err);
+        if (qs) return qs;
+    }
     bool ok = place(m, be, &w->tok_emb.data, mat_bytes(&w->tok_emb)) &&
               place(m, be, &w->pos_emb.data, mat_bytes(&w->pos_emb)) &&
-              place(m, be, &w->head.w.data, mat_bytes(&w->head.w)) &&
+              (w->head.format == LMC_WFMT_QUANT || place(m, be, &w->head.w.data, mat_bytes(&w->head.w))) &&
               place(m, be, (const void **)&w->norm_f, (size_t)C * 4) &&
               place(m, be, (const void **)&w->norm_f_b, (size_t)C * 4);
     for (int64_t l = 0; ok && l < L; l++) {

@@ -157,10 +157,13 @@ static void test_qmm() {
  * dequantized by `lmc convert --dtype f32`: a 12-token prompt (GEMV path),
  * a 20-token one (tensor-core tiles) and one decode step each. gpt2-tiny
  * checks fused c_attn views, llama-tiny's NF4 a linear (K = 176) left
- * dequantized beside quantized ones. */
+ * dequantized beside quantized ones, `--head` a quantized lm_head (placed
+ * through qweight_upload like the blocks' linears; it was copied as if
+ * dense, and the head's product then aborted on the host handle). */
 static void test_qmm_e2e() {
     qfolder_cases("qmm e2e",
                   {{"llama-tiny", "--method rtn --bits 4 --group 32"},
+                   {"llama-tiny", "--method rtn --bits 8 --group 32 --head"},
                    {"llama-tiny", "--method nf4"},
                    {"gpt2-tiny", "--method rtn --bits 4 --group 32 --sym"},
                    {"qwen2-tiny", "--method rtn --bits 8 --group -1 --asym"}},
