@@ -20,9 +20,10 @@
 # Goals (issue 10): GPTQ 4-bit g128's perplexity increase <= llama.cpp
 # Q4_K_M's; lmc RTN 4-bit <= llama.cpp Q4_0's; 8-bit within 0.1% of F16.
 # Usage (repository root, build/lmc built): PEER_BIN=DIR bench/quant_quality_peer.sh [TMPDIR]
-# env: M (the HF folder, default models/kjv-llama; e.g. the ~52M KJV target
+# env: M (the HF folder, default models/kjv-llama; e.g. the ~91M KJV target
 #      of scripts/train_spec_pair.sh --target, trained on the same books and
-#      tokenizer, for the issue's "second model that you train bigger"),
+#      tokenizer, for the issue's "second model that you train bigger":
+#      bench/gpu_quant_quality.sh),
 #      THREADS (2: both engines' threads and GPTQ's calibration forward),
 #      CALIB_TOKENS (8192)
 set -euo pipefail

@@ -172,7 +172,7 @@ static cJSON *quant_config(const struct qopts *o) {
         cJSON_AddBoolToObject(q, "desc_act", o->act_order);
         cJSON_AddBoolToObject(q, "sym", o->sym);
         cJSON_AddBoolToObject(q, "static_groups", o->act_order);
-        cJSON_AddBoolToObject(q, "true_sequential", o->true_seq && !strcmp(o->method, "gptq"));
+        cJSON_AddBoolToObject(q, "true_sequential", o->true_seq);
         cJSON_AddNumberToObject(q, "damp_percent", 0.01);
         cJSON_AddStringToObject(q, "checkpoint_format", o->v2 ? "gptq_v2" : "gptq");
         cJSON_AddBoolToObject(q, "lm_head", o->head); /* GPTQModel's key: lm_head quantized too */
@@ -423,7 +423,6 @@ static void remove_tmp(const char *dir) {
 int cmd_quantize(int argc, char **argv) {
     struct qopts o = {.bits = 4, .group = 128, .sym = true, .skip = "lm_head,embed,wte,wpe",
                       .calib_tokens = 2048, .threads = 2};
-    bool seq_flag = false; /* --true-sequential / --no-true-sequential given */
     const char *in = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -437,8 +436,7 @@ int cmd_quantize(int argc, char **argv) {
         if (!strcmp(a, "--act-order")) { o.act_order = true; continue; }
         if (!strcmp(a, "--v2")) { o.v2 = true; continue; }
         if (!strcmp(a, "--head")) { o.head = true; continue; }
-        if (!strcmp(a, "--true-sequential")) { o.true_seq = seq_flag = true; continue; }
-        if (!strcmp(a, "--no-true-sequential")) { o.true_seq = false, seq_flag = true; continue; }
+        if (!strcmp(a, "--true-sequential")) { o.true_seq = true; continue; }
         if (!v) {
             fprintf(stderr, "lmc quantize: unknown option or missing value: %s\n", a);
             usage();
@@ -474,8 +472,8 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "lmc quantize: --head is for --method rtn or gptq (the GPTQ layout's lm_head)\n");
         return 2;
     }
-    if (seq_flag && strcmp(o.method, "gptq")) {
-        fprintf(stderr, "lmc quantize: --[no-]true-sequential is for --method gptq (its calibration)\n");
+    if (o.true_seq && strcmp(o.method, "gptq")) {
+        fprintf(stderr, "lmc quantize: --true-sequential is for --method gptq (its calibration)\n");
         return 2;
     }
     if (o.clip_search && !groups) {

@@ -125,11 +125,12 @@ static int slot_of(const struct lmc_model *m, const char *name, int *layer, stru
     return -1;
 }
 
-/* The stage of cap i of layer l under true-sequential calibration: 0 q
- * (q/k/v), 1 o, 2 the MLP's (and each expert's) up (gate/up), 3 their
- * down: each stage's linears see inputs from the layer with the earlier
- * stages already quantized. */
-static int cap_stage(const struct lmc_model *m, int l, int i) {
+/* The calibration pass of layer l that observes cap i: 0 for every cap
+ * without true_seq; with it 0 q (q/k/v), 1 o, 2 the MLP's (and each
+ * expert's) up (gate/up), 3 their down, each pass's linears seeing inputs
+ * from the layer with the earlier passes' linears already quantized. */
+static int cap_stage(const struct lmc_model *m, int l, int i, bool true_seq) {
+    if (!true_seq) return 0;
     int base = has_mlp(m, l) ? 4 : 2;
     return i < base ? i : 2 + (i - base) % 2;
 }
@@ -243,7 +244,7 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
         for (int st = 0; st < n_stages && !s; st++) {
             int live = 0; /* the caps this stage observes */
             for (int i = 0; i < nc; i++)
-                if (!true_seq || cap_stage(&m, l, i) == st) {
+                if (cap_stage(&m, l, i, true_seq) == st) {
                     cap[i].lin->observe = cap_observe;
                     cap[i].lin->observe_user = &cap[i];
                     live++;
@@ -255,7 +256,7 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
                 s = lmc_model_forward(&upto, &be, &acts, &kv, ids + p, LMC_MIN(chunk, n_ids - p), 0, logits, false, err);
             for (int i = 0; i < nc; i++) lc[i].lin->observe = NULL;
             for (int i = 0; i < nc && !s; i++) {
-                if (true_seq && cap_stage(&m, l, i) != st) continue;
+                if (cap_stage(&m, l, i, true_seq) != st) continue;
                 double tr = 0;
                 for (int64_t d = 0; d < cap[i].K; d++) tr += cap[i].H[d * cap[i].K + d];
                 bool expert = i >= (has_mlp(&m, l) ? 4 : 2);
@@ -272,7 +273,7 @@ lmc_status lmc_gptq_calibrate(const char *dir, const char *calib_file, int64_t n
                 int layer = -1, nm;
                 struct lmc_mat *mats[3];
                 int slot = slot_of(&m, jobs[j].name, &layer, mats, &nm);
-                if (slot < 0 || layer != l || (true_seq && cap_stage(&m, l, slot) != st)) continue;
+                if (slot < 0 || layer != l || cap_stage(&m, l, slot, true_seq) != st) continue;
                 s = job_quantize(&jobs[j], &cap[slot], mats, nm, o, &out[j], &deq[j], err);
             }
         }

@@ -45,9 +45,9 @@ static double qcode(double x, double scale, double zero, int bits) {
 }
 
 /* GPTQ's find_params on one row's values (double); with mse, the range
- * [lo, hi] shrunk by p = 1 - t / 100, t < 20, for the smallest sum of
- * squared dequantization errors (the first such p; p = 1 is the min/max
- * rule). */
+ * [lo, hi] shrunk by p = 1 - t / 100, t < LMC_QUANT_CLIP_GRID, for the
+ * smallest sum of squared dequantization errors (the first such p; p = 1
+ * is the min/max rule). */
 static void params(const double *x, int64_t cnt, int bits, bool sym, bool mse, double *scale, double *zero) {
     double lo = 0, hi = 0, maxq = (double)((1 << bits) - 1);
     for (int64_t i = 0; i < cnt; i++) {
@@ -63,7 +63,7 @@ static void params(const double *x, int64_t cnt, int bits, bool sym, bool mse, d
         hi = 1;
     }
     double best = INFINITY;
-    for (int t = 0; t < (mse ? 20 : 1); t++) {
+    for (int t = 0; t < (mse ? LMC_QUANT_CLIP_GRID : 1); t++) {
         double p = 1.0 - 0.01 * t, s = (p * hi - p * lo) / maxq, z = sym ? (maxq + 1) / 2 : nearbyint(-(p * lo) / s);
         double e = 0;
         for (int64_t i = 0; mse && i < cnt; i++) {

@@ -116,7 +116,7 @@ lmc_status lmc_quant_rtn(const float *w, int64_t n, int64_t k, int bits, int64_t
 
 lmc_status lmc_quant_rtn_search(const float *w, int64_t n, int64_t k, int bits, int64_t group_size, bool sym,
                                 struct lmc_qgroups *g, lmc_err *err) {
-    return rtn_groups(w, n, k, bits, group_size, sym, 20, g, err);
+    return rtn_groups(w, n, k, bits, group_size, sym, LMC_QUANT_CLIP_GRID, g, err);
 }
 
 /* Bit streams: value j of `bits` bits at bit j*bits of an int32 array. */

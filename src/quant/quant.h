@@ -96,8 +96,11 @@ void lmc_qgroups_dequantize(const struct lmc_qgroups *g, float *w);
  * zero (lmc_quant_minmax_params). Fills g (allocated here). */
 lmc_status lmc_quant_rtn(const float *w, int64_t n, int64_t k, int bits, int64_t group_size, bool sym,
                          struct lmc_qgroups *g, lmc_err *err);
-/* lmc_quant_rtn with a search per group over shrunk ranges (factors 1.00
- * down to 0.81) for the smallest squared error (`lmc quantize --clip-search`). */
+/* The range search of `lmc quantize --clip-search` (rtn and gptq): a
+ * group's range [lo, hi] shrunk by 1 - t / 100 for t < LMC_QUANT_CLIP_GRID
+ * (1.00 down to 0.81), the factor with the smallest squared error kept. */
+#define LMC_QUANT_CLIP_GRID 20
+/* lmc_quant_rtn with that search per group. */
 lmc_status lmc_quant_rtn_search(const float *w, int64_t n, int64_t k, int bits, int64_t group_size, bool sym,
                                 struct lmc_qgroups *g, lmc_err *err);
 /* Scale and zero of one group from its range [lo, hi], GPTQ's find_params
