@@ -31,10 +31,10 @@ struct lmc_amx_cfg {
  * pairs of K (kp <= LMC_AMX_KP_MAX), B given as nc / 32 (rounded up)
  * panels of 32 columns, panel j at b + j * 32 * kp words ordered [pair][32
  * columns] (bf16 pairs: element 2p in the low half; columns past nc zero).
- * Each element's block sum starts from zero and runs through TDPBF16PS in
- * steps of 16 pairs from pair 0, then C is added (when load_c): the bits
- * depend only on the element's row of A, column of B and kp, never on mc,
- * nc or the element's place in its tile.
+ * Each element's sum starts from C (when load_c; else from zero) and runs
+ * through TDPBF16PS in steps of 16 pairs from pair 0: the bits depend
+ * only on C, the element's row of A, column of B and kp, never on mc, nc
+ * or the element's place in its tile.
  * _rows: A as rows, row r's pair p at at[r * lda + p]; the rows up to mc
  * rounded up to 16 readable, pairs [kp, kp rounded up to 16) zero.
  * _panels: A as gemm_bf16.c packs it, panels of 8 rows, panel i at a + i *
