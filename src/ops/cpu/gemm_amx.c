@@ -292,10 +292,10 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
 void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc) {
     int64_t kpp = ((kc + 1) / 2 + 15) / 16 * 16;
     LMC_ASSERT(lda >= kpp);
-    for (int64_t r = 0; r < (mc + 15) / 16 * 16; r++)
+    for (int64_t r = 0; r < mc; r++)
         for (int64_t p = 0; p < kpp; p++) {
             uint32_t w = 0;
-            if (r < mc && 2 * p < kc) {
+            if (2 * p < kc) {
                 w = lmc_f32_to_bf16(a[r * a_sm + 2 * p]);
                 if (2 * p + 1 < kc) w |= (uint32_t)lmc_f32_to_bf16(a[r * a_sm + 2 * p + 1]) << 16;
             }
@@ -308,12 +308,8 @@ void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_
 AMX_TARGET static void amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc,
                                      int64_t kc) {
     int64_t kpp = ((kc + 1) / 2 + 15) / 16 * 16;
-    for (int64_t r = 0; r < (mc + 15) / 16 * 16; r++) {
+    for (int64_t r = 0; r < mc; r++) {
         uint32_t *d = at + r * lda;
-        if (r >= mc) {
-            memset(d, 0, (size_t)kpp * 4);
-            continue;
-        }
         const float *s = a + r * a_sm;
         for (int64_t e = 0; e < 2 * kpp; e += 32) {
             int64_t v0 = kc - e, v1 = kc - e - 16;

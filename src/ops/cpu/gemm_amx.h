@@ -49,7 +49,9 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
  * a_sm + k], k < kc) as the rows _rows reads: at[r * lda + p] = the bf16
  * pair of elements 2p, 2p + 1 (rounded to nearest even, as the packs of
  * gemm_bf16.c; lda >= kc / 2 rounded up to 16), pairs past the data up to
- * that rounding zero, rows from mc up to mc rounded up to 16 zero. */
+ * that rounding zero. Only rows [0, mc) are written: _rows reads the rows
+ * up to mc rounded up to 16 but never uses those past mc, so they need only
+ * be readable. */
 void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc);
 
 #endif
