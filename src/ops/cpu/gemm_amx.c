@@ -10,8 +10,10 @@
  * the two halves of a panel). Rows are taken 32 at a time (16 for a last
  * group of at most 16 rows); per 16 pairs of K: 2 A loads, 2 B loads, 4
  * TDPBF16PS (16 x 16 x 32 products each). A last step of fewer than 16
- * pairs reads B from a zero-padded local copy (A's padding pairs are
- * zero). The C tiles start from C (load_c) or from zero and are stored
+ * pairs reads B from a zero-padded local copy made once per panel (A's
+ * padding pairs are zero). _rows runs the panels outermost (each B panel
+ * read once per call, the rows of A staying in cache); _panels re-lays 32
+ * rows at a time and runs them against every panel. The C tiles start from C (load_c) or from zero and are stored
  * back to C: in place for a whole 16 x 32 or 32 x 32 block, through a
  * local 32 x 32 block (the live rows and columns copied in and out) at the
  * edges. Every element gets the same sequence whatever its place, so the
@@ -144,15 +146,26 @@ AMX_TARGET __attribute__((always_inline)) static inline void amx_step(const uint
     }
 }
 
+/* B panel b's last partial step (kp % 16 pairs, when any) as 16 pairs
+ * into bt (16 x 32 words), zeros past kp: the tail step's second operand
+ * for every group of rows against this panel */
+static void amx_tail(int64_t kp, const uint32_t *b, uint32_t *bt) {
+    const int64_t full = kp / 16, tail = kp % 16;
+    if (!tail) return;
+    memcpy(bt, b + full * 16 * 32, (size_t)tail * 32 * 4);
+    memset(bt + tail * 32, 0, (size_t)(16 - tail) * 32 * 4);
+}
+
 /* One 16- or 32-row group against one B panel: the C tiles start from
  * the block at cb (row stride sc bytes: C itself, or the local 32 x 32
  * block for the edges) when load_c, else from zero; then A @ B over kp
- * pairs (A rows at at, stride lda words; B panel at b; bt: 16 x 32 words
- * of scratch for the last partial step) and the tiles go back to cb. */
+ * pairs (A rows at at, stride lda words; B panel at b, its last partial
+ * step from bt, amx_tail's) and the tiles go back to cb. */
 AMX_TARGET static void amx_group(int64_t kp, const uint32_t *at, int64_t lda, bool two, const uint32_t *b,
-                                 uint32_t *bt, float *cb, long sc, bool load_c) {
+                                 const uint32_t *bt, float *cb, long sc, bool load_c) {
     const int64_t full = kp / 16, tail = kp % 16;
     const long sa = (long)(lda * 4), r16 = sc / 4 * 16; /* floats to the C block's row 16 */
+    AMX_FENCE();
     if (load_c) {
         _tile_loadd(0, cb, sc);
         _tile_loadd(1, cb + 16, sc);
@@ -172,12 +185,7 @@ AMX_TARGET static void amx_group(int64_t kp, const uint32_t *at, int64_t lda, bo
         for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, true);
     else
         for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, false);
-    if (tail) {
-        memcpy(bt, b + full * 16 * 32, (size_t)tail * 32 * 4);
-        memset(bt + tail * 32, 0, (size_t)(16 - tail) * 32 * 4);
-        AMX_FENCE();
-        amx_step(at + full * 16, sa, lda, bt, two);
-    }
+    if (tail) amx_step(at + full * 16, sa, lda, bt, two);
     _tile_stored(0, cb, sc);
     _tile_stored(1, cb + 16, sc);
     if (two) {
@@ -187,27 +195,22 @@ AMX_TARGET static void amx_group(int64_t kp, const uint32_t *at, int64_t lda, bo
     AMX_FENCE();
 }
 
-/* groups of rows of A (rows at at, stride lda) against every panel: a
- * whole 16 x 32 or 32 x 32 block of C goes through the tiles in place;
- * an edge block (fewer rows or columns) through the local block ct, its
- * live part copied in (load_c) and out */
-AMX_TARGET static void amx_rows(int64_t kp, const uint32_t *at, int64_t lda, int64_t g, int64_t rows,
-                                const uint32_t *b, int64_t nc, float *c, int64_t ldc, bool load_c, uint32_t *bt,
-                                float *ct) {
+/* The block of C at rows [g, g + rows) (rows <= 32) and the nr <= 32
+ * columns of one B panel (bp, its tail in bt): a whole 16 x 32 or 32 x 32
+ * block goes through the tiles in place, an edge block (fewer rows or
+ * columns) through the local block ct, its live part copied in (load_c)
+ * and out */
+AMX_TARGET static void amx_block(int64_t kp, const uint32_t *at, int64_t lda, int64_t rows, const uint32_t *bp,
+                                 const uint32_t *bt, float *cb, int64_t ldc, int64_t nr, bool load_c, float *ct) {
     const bool two = rows > 16;
-    for (int64_t j = 0; j < nc; j += 32) {
-        const int64_t nr = LMC_MIN(32, nc - j);
-        float *cb = c + g * ldc + j;
-        if (nr == 32 && (rows == 16 || rows == 32)) {
-            amx_group(kp, at, lda, two, b + j * kp, bt, cb, (long)(ldc * 4), load_c);
-            continue;
-        }
-        if (load_c)
-            for (int64_t r = 0; r < rows; r++) memcpy(ct + r * 32, cb + r * ldc, (size_t)nr * 4);
-        AMX_FENCE();
-        amx_group(kp, at, lda, two, b + j * kp, bt, ct, 128, load_c);
-        for (int64_t r = 0; r < rows; r++) memcpy(cb + r * ldc, ct + r * 32, (size_t)nr * 4);
+    if (nr == 32 && (rows == 16 || rows == 32)) {
+        amx_group(kp, at, lda, two, bp, bt, cb, (long)(ldc * 4), load_c);
+        return;
     }
+    if (load_c)
+        for (int64_t r = 0; r < rows; r++) memcpy(ct + r * 32, cb + r * ldc, (size_t)nr * 4);
+    amx_group(kp, at, lda, two, bp, bt, ct, 128, load_c);
+    for (int64_t r = 0; r < rows; r++) memcpy(cb + r * ldc, ct + r * 32, (size_t)nr * 4);
 }
 
 /* rows [0, R) of a group (R = 16 or 32) from the 8-row panels at a
@@ -256,8 +259,14 @@ void lmc_cpu_amx_bf16_rows(int64_t kp, const uint32_t *at, int64_t lda, int64_t 
     _Alignas(64) uint32_t bt[16 * 32];
     _Alignas(64) float ct[32 * 32];
     amx_config();
-    for (int64_t g = 0; g < mc; g += 32)
-        amx_rows(kp, at + g * lda, lda, g, LMC_MIN(32, mc - g), b, nc, c, ldc, load_c, bt, ct);
+    /* panels outermost: each B panel (and its tail) is read from memory
+     * once per call, against every group of rows, which stay in cache */
+    for (int64_t j = 0; j < nc; j += 32) {
+        amx_tail(kp, b + j * kp, bt);
+        for (int64_t g = 0; g < mc; g += 32)
+            amx_block(kp, at + g * lda, lda, LMC_MIN(32, mc - g), b + j * kp, bt, c + g * ldc + j, ldc,
+                      LMC_MIN(32, nc - j), load_c, ct);
+    }
     amx_release();
 #else
     (void)kp, (void)at, (void)lda, (void)mc, (void)b, (void)nc, (void)c, (void)ldc, (void)load_c;
@@ -278,8 +287,10 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
     for (int64_t g = 0; g < mc; g += 32) {
         int64_t rows = LMC_MIN(32, mc - g);
         amx_relayout(at, kpp, a + (g / 8) * ps, ps, kp, rows, rows > 16 ? 32 : 16);
-        AMX_FENCE();
-        amx_rows(kp, at, kpp, g, rows, b, nc, c, ldc, load_c, bt, ct);
+        for (int64_t j = 0; j < nc; j += 32) {
+            amx_tail(kp, b + j * kp, bt);
+            amx_block(kp, at, kpp, rows, b + j * kp, bt, c + g * ldc + j, ldc, LMC_MIN(32, nc - j), load_c, ct);
+        }
     }
     amx_release();
 #else
