@@ -43,6 +43,14 @@ TEST_REL_ERR(test_rel_err_f32_f64, double)
 TEST_REL_ERR(test_rel_err_f32, float)
 #undef TEST_REL_ERR
 
+/* LMC_TEST_QUICK set and not "0" (CI's sanitizer stage): the slowest
+ * end-to-end tests run a reduced mode (each test's header says what it
+ * drops); the release stage runs them in full. */
+static inline int test_quick(void) {
+    const char *q = getenv("LMC_TEST_QUICK");
+    return q && *q && strcmp(q, "0") != 0;
+}
+
 static inline uint64_t test_rng_next(uint64_t *s) { return lmc_rng_next(s); }
 /* Uniform in [-1, 1), never exactly 0. */
 static inline float test_rand(uint64_t *s) {
