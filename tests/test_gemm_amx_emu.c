@@ -12,7 +12,7 @@
  *    past the padding, columns past nc, words past the last panel), C
  *    outside the block untouched;
  *  - lmc_cpu_amx_bf16_panels driven as gemm_bf16.c's packed-A path drives
- *    it (A as 8-row panels, B from lmc_cpu_gemm_bf16_bpack, the K, N and M
+ *    it (A and B from lmc_cpu_gemm_bf16_apack / _bpack, the K, N and M
  *    blocks of gb_run_pp), odd M/N/K: within the bound of the float64 sum
  *    of the bf16-rounded operands;
  *  - lmc_cpu_amx_pack_rows + lmc_cpu_amx_bf16_rows driven as gemm_bf16.c's
@@ -88,24 +88,6 @@ static int64_t kc_of(int64_t K) {
     return (kc + 1) & ~(int64_t)1;
 }
 
-/* A (M, K) as gemm_bf16.c's 8-row panels of all of K (its apack layout
- * where AMX does not run): row m's pair p at ap[(m / 8) * 8 * KP + p * 8 +
- * m % 8], rows past M zero */
-static uint32_t *pack_panels(const float *A, int64_t M, int64_t K) {
-    int64_t KP = (K + 1) / 2, Mp = (M + 7) / 8 * 8;
-    uint32_t *ap = malloc((size_t)(Mp * KP) * 4);
-    for (int64_t m = 0; m < Mp; m++)
-        for (int64_t p = 0; p < KP; p++) {
-            uint32_t w = 0;
-            if (m < M) {
-                w = lmc_f32_to_bf16(A[m * K + 2 * p]);
-                if (2 * p + 1 < K) w |= (uint32_t)lmc_f32_to_bf16(A[m * K + 2 * p + 1]) << 16;
-            }
-            ap[(m / 8) * 8 * KP + p * 8 + m % 8] = w;
-        }
-    return ap;
-}
-
 static void test_panels(void) {
     static const int64_t sh[][3] = {{1, 1, 1},       {7, 33, 5},     {9, 31, 2},    {13, 45, 771},
                                     {101, 803, 37}, {97, 65, 389}, {200, 40, 1001}, {40, 48, 48}};
@@ -117,8 +99,9 @@ static void test_panels(void) {
             for (int64_t i = 0; i < M * K; i++) A[i] = test_rand(&rng);
             for (int64_t i = 0; i < K * N; i++) B[i] = test_rand(&rng);
             for (int64_t i = 0; i < M * N; i++) C[i] = C0[i] = test_rand(&rng);
-            uint32_t *ap = pack_panels(A, M, K);
+            uint32_t *ap = malloc(lmc_cpu_gemm_bf16_apack_words(M, K) * 4);
             uint32_t *bp = malloc(lmc_cpu_gemm_bf16_bpack_words(N, K) * 4);
+            lmc_cpu_gemm_bf16_apack(ap, M, K, 0, A, K, M);
             lmc_cpu_gemm_bf16_bpack(bp, N, K, B, N, 1, 0, lmc_cpu_gemm_bf16_bpack_panels(N, K));
             const int64_t kcm = kc_of(K), KP = (K + 1) / 2;
             for (int64_t jc = 0; jc < N; jc += 768) { /* gb_run_pp's loops */

@@ -11,8 +11,7 @@
  *  - _pb with B packed in two panel ranges: the same bits;
  *  - a sub-block of rows: the same bits (no dependence on M's split);
  *  - _pp with A from _apack (row-major lines) and from _apack_t (its
- *    transpose), whole or in pieces over garbage, and over a range of rows
- *    from 8 (_apack_row): the bits of _pb on the f32 A;
+ *    transpose): the bits of _pb on the f32 A;
  *  - _terms (shared A, several N blocks, terms summing into one C,
  *    transposed A): the bits of separate lmc_cpu_gemm_bf16 calls.
  * The workspace is exactly the size the _ws functions give, so an AMX
@@ -28,7 +27,6 @@
 #define lmc_cpu_gemm_bf16_apack emu_gemm_bf16_apack
 #define lmc_cpu_gemm_bf16_apack_t emu_gemm_bf16_apack_t
 #define lmc_cpu_gemm_bf16_apack_words emu_gemm_bf16_apack_words
-#define lmc_cpu_gemm_bf16_apack_row emu_gemm_bf16_apack_row
 #define lmc_cpu_gemm_bf16_bpack emu_gemm_bf16_bpack
 #define lmc_cpu_gemm_bf16_bpack_panels emu_gemm_bf16_bpack_panels
 #define lmc_cpu_gemm_bf16_bpack_words emu_gemm_bf16_bpack_words
@@ -99,28 +97,6 @@ static void test_entry_points(void) {
                     CHECK_MSG(!memcmp(g.C, C2, (size_t)(M * g.ldc) * 4),
                               "pp M %lld N %lld K %lld ta %d tb %d: other bits", (long long)M, (long long)N,
                               (long long)K, ta, tb);
-                    /* the same A packed in pieces, as the dx and classifier tasks write it,
-                     * over words of garbage (bf16 NaN pairs: the words the layout leaves
-                     * unwritten must never be used), and pp over the rows from 8 alone
-                     * (apack_row): the same bits */
-                    if (M > 8) {
-                        size_t aw = emu_gemm_bf16_apack_words(M, K);
-                        uint32_t *aq = test_alloc64_words(aw);
-                        memset(aq, 0xff, aw * 4);
-                        if (ta)
-                            for (int64_t k = 0; k < K; k += 10)
-                                emu_gemm_bf16_apack_t(aq, M, K, k / 2, g.A + k * M, M, LMC_MIN(10, K - k));
-                        else
-                            for (int64_t m = 0; m < M; m += 8)
-                                emu_gemm_bf16_apack(aq, M, K, m, g.A + m * K, K, LMC_MIN(8, M - m));
-                        memcpy(C2, g.C0, (size_t)(M * g.ldc) * 4);
-                        emu_gemm_bf16_pp(M - 8, N, K, aq + emu_gemm_bf16_apack_row(K, 8), bp, C2 + 8 * g.ldc, g.ldc,
-                                         acc);
-                        CHECK_MSG(!memcmp(g.C + 8 * g.ldc, C2 + 8 * g.ldc, (size_t)((M - 8) * g.ldc) * 4),
-                                  "pp from pieces, rows 8.. (M %lld N %lld K %lld ta %d tb %d): other bits",
-                                  (long long)M, (long long)N, (long long)K, ta, tb);
-                        free(aq);
-                    }
                     test_gemm_case_free(&g), free(C2), free(ws), free(bp), free(ap);
                 }
     }

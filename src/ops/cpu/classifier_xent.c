@@ -185,13 +185,13 @@ static void xent16_grad_task(void *arg, int64_t t, int thread) {
     if (t < j->n_dh) {
         lmc_cpu_range(j->R, j->n_dh, t, 8, &lo, &hi);
         if (hi > lo)
-            lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->V, j->gd + lmc_cpu_gemm_bf16_apack_row(j->V, lo), j->wd,
+            lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->V, j->gd + lo * ((j->V + 1) / 2), j->wd,
                                  j->dh + (j->r0 + lo) * j->C, j->C, false);
         return;
     }
     lmc_cpu_range(j->V, j->n_dw, t - j->n_dh, 8, &lo, &hi);
     if (hi > lo)
-        lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->R, j->gw + lmc_cpu_gemm_bf16_apack_row(j->R, lo), j->hp, j->dw + lo * j->C, j->C, true);
+        lmc_cpu_gemm_bf16_pp(hi - lo, j->C, j->R, j->gw + lo * ((j->R + 1) / 2), j->hp, j->dw + lo * j->C, j->C, true);
 }
 
 /* panels of one B to pack (which = 0 wl, 1 wd, 2 hp) */

@@ -10,14 +10,11 @@
  * the two halves of a panel). Rows are taken 32 at a time (16 for a last
  * group of at most 16 rows); per 16 pairs of K: 2 A loads, 2 B loads, 4
  * TDPBF16PS (16 x 16 x 32 products each). A last step of fewer than 16
- * pairs reads B from a zero-padded local copy made once per panel (A's
- * padding pairs are zero). _rows runs the panels outermost (each B panel
- * read once per call, the rows of A staying in cache); _panels re-lays 32
- * rows at a time and runs them against every panel. The C tiles start from C (load_c) or from zero and are stored
- * back to C: in place for a whole 16 x 32 or 32 x 32 block, through a
- * local 32 x 32 block (the live rows and columns copied in and out) at the
- * edges. Every element gets the same sequence whatever its place, so the
- * bits never depend on how callers split M or N.
+ * pairs reads B from a zero-padded local copy (A's padding pairs are
+ * zero). The C tiles start at zero and go through a local 32 x 32 block,
+ * added to C (load_c) or stored, only the live rows and columns: every
+ * element gets the same sequence whatever its place, so the bits never
+ * depend on how callers split M or N.
  *
  * Compiled with target attributes (gcc >= 11, clang >= 12, x86-64) and run
  * only where lmc_cpu_has_amx(), so the rest of the build stays portable.
@@ -146,71 +143,69 @@ AMX_TARGET __attribute__((always_inline)) static inline void amx_step(const uint
     }
 }
 
-/* B panel b's last partial step (kp % 16 pairs, when any) as 16 pairs
- * into bt (16 x 32 words), zeros past kp: the tail step's second operand
- * for every group of rows against this panel */
-static void amx_tail(int64_t kp, const uint32_t *b, uint32_t *bt) {
-    const int64_t full = kp / 16, tail = kp % 16;
-    if (!tail) return;
-    memcpy(bt, b + full * 16 * 32, (size_t)tail * 32 * 4);
-    memset(bt + tail * 32, 0, (size_t)(16 - tail) * 32 * 4);
-}
-
-/* One 16- or 32-row group against one B panel: the C tiles start from
- * the block at cb (row stride sc bytes: C itself, or the local 32 x 32
- * block for the edges) when load_c, else from zero; then A @ B over kp
- * pairs (A rows at at, stride lda words; B panel at b, its last partial
- * step from bt, amx_tail's) and the tiles go back to cb. */
+/* One 16- or 32-row group against one B panel: ct (32 x 32, row stride 32
+ * floats) = A @ B over kp pairs; A rows at at (stride lda words), B panel
+ * at b; bt: 16 x 32 words of scratch for the last partial step. */
 AMX_TARGET static void amx_group(int64_t kp, const uint32_t *at, int64_t lda, bool two, const uint32_t *b,
-                                 const uint32_t *bt, float *cb, long sc, bool load_c) {
+                                 uint32_t *bt, float *ct) {
     const int64_t full = kp / 16, tail = kp % 16;
-    const long sa = (long)(lda * 4), r16 = sc / 4 * 16; /* floats to the C block's row 16 */
-    AMX_FENCE();
-    if (load_c) {
-        _tile_loadd(0, cb, sc);
-        _tile_loadd(1, cb + 16, sc);
-        if (two) {
-            _tile_loadd(2, cb + r16, sc);
-            _tile_loadd(3, cb + r16 + 16, sc);
-        }
-    } else {
-        _tile_zero(0);
-        _tile_zero(1);
-        if (two) {
-            _tile_zero(2);
-            _tile_zero(3);
-        }
-    }
-    if (two)
-        for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, true);
-    else
-        for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, false);
-    if (tail) amx_step(at + full * 16, sa, lda, bt, two);
-    _tile_stored(0, cb, sc);
-    _tile_stored(1, cb + 16, sc);
+    const long sa = (long)(lda * 4);
+    _tile_zero(0);
+    _tile_zero(1);
     if (two) {
-        _tile_stored(2, cb + r16, sc);
-        _tile_stored(3, cb + r16 + 16, sc);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, true);
+    } else {
+        for (int64_t s = 0; s < full; s++) amx_step(at + s * 16, sa, lda, b + s * 16 * 32, false);
+    }
+    if (tail) {
+        memcpy(bt, b + full * 16 * 32, (size_t)tail * 32 * 4);
+        memset(bt + tail * 32, 0, (size_t)(16 - tail) * 32 * 4);
+        AMX_FENCE();
+        amx_step(at + full * 16, sa, lda, bt, two);
+    }
+    AMX_FENCE();
+    _tile_stored(0, ct, 128);
+    _tile_stored(1, ct + 16, 128);
+    if (two) {
+        _tile_stored(2, ct + 16 * 32, 128);
+        _tile_stored(3, ct + 16 * 32 + 16, 128);
     }
     AMX_FENCE();
 }
 
-/* The block of C at rows [g, g + rows) (rows <= 32) and the nr <= 32
- * columns of one B panel (bp, its tail in bt): a whole 16 x 32 or 32 x 32
- * block goes through the tiles in place, an edge block (fewer rows or
- * columns) through the local block ct, its live part copied in (load_c)
- * and out */
-AMX_TARGET static void amx_block(int64_t kp, const uint32_t *at, int64_t lda, int64_t rows, const uint32_t *bp,
-                                 const uint32_t *bt, float *cb, int64_t ldc, int64_t nr, bool load_c, float *ct) {
-    const bool two = rows > 16;
-    if (nr == 32 && (rows == 16 || rows == 32)) {
-        amx_group(kp, at, lda, two, bp, bt, cb, (long)(ldc * 4), load_c);
-        return;
+#ifdef AMX_EMU
+static void amx_out(const float *ct, int64_t rows, int64_t nr, float *c, int64_t ldc, bool load_c) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < nr; j++) c[r * ldc + j] = load_c ? ct[r * 32 + j] + c[r * ldc + j] : ct[r * 32 + j];
+}
+#else
+/* C rows [0, rows), columns [0, nr) (+)= ct */
+AMX_TARGET static void amx_out(const float *ct, int64_t rows, int64_t nr, float *c, int64_t ldc, bool load_c) {
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (int64_t r = 0; r < rows; r++) {
+        float *o = c + r * ldc;
+        __m512 v0 = _mm512_load_ps(ct + r * 32), v1 = _mm512_load_ps(ct + r * 32 + 16);
+        if (load_c) {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, o));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, o + 16));
+        }
+        _mm512_mask_storeu_ps(o, m0, v0);
+        _mm512_mask_storeu_ps(o + 16, m1, v1);
     }
-    if (load_c)
-        for (int64_t r = 0; r < rows; r++) memcpy(ct + r * 32, cb + r * ldc, (size_t)nr * 4);
-    amx_group(kp, at, lda, two, bp, bt, ct, 128, load_c);
-    for (int64_t r = 0; r < rows; r++) memcpy(cb + r * ldc, ct + r * 32, (size_t)nr * 4);
+}
+#endif
+
+/* groups of rows of A (rows at at, stride lda) against every panel */
+AMX_TARGET static void amx_rows(int64_t kp, const uint32_t *at, int64_t lda, int64_t g, int64_t rows,
+                                const uint32_t *b, int64_t nc, float *c, int64_t ldc, bool load_c, uint32_t *bt,
+                                float *ct) {
+    for (int64_t j = 0; j < nc; j += 32) {
+        amx_group(kp, at, lda, rows > 16, b + j * kp, bt, ct);
+        amx_out(ct, rows, LMC_MIN(32, nc - j), c + g * ldc + j, ldc, load_c);
+    }
 }
 
 /* rows [0, R) of a group (R = 16 or 32) from the 8-row panels at a
@@ -259,14 +254,8 @@ void lmc_cpu_amx_bf16_rows(int64_t kp, const uint32_t *at, int64_t lda, int64_t 
     _Alignas(64) uint32_t bt[16 * 32];
     _Alignas(64) float ct[32 * 32];
     amx_config();
-    /* panels outermost: each B panel (and its tail) is read from memory
-     * once per call, against every group of rows, which stay in cache */
-    for (int64_t j = 0; j < nc; j += 32) {
-        amx_tail(kp, b + j * kp, bt);
-        for (int64_t g = 0; g < mc; g += 32)
-            amx_block(kp, at + g * lda, lda, LMC_MIN(32, mc - g), b + j * kp, bt, c + g * ldc + j, ldc,
-                      LMC_MIN(32, nc - j), load_c, ct);
-    }
+    for (int64_t g = 0; g < mc; g += 32)
+        amx_rows(kp, at + g * lda, lda, g, LMC_MIN(32, mc - g), b, nc, c, ldc, load_c, bt, ct);
     amx_release();
 #else
     (void)kp, (void)at, (void)lda, (void)mc, (void)b, (void)nc, (void)c, (void)ldc, (void)load_c;
@@ -287,10 +276,8 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
     for (int64_t g = 0; g < mc; g += 32) {
         int64_t rows = LMC_MIN(32, mc - g);
         amx_relayout(at, kpp, a + (g / 8) * ps, ps, kp, rows, rows > 16 ? 32 : 16);
-        for (int64_t j = 0; j < nc; j += 32) {
-            amx_tail(kp, b + j * kp, bt);
-            amx_block(kp, at, kpp, rows, b + j * kp, bt, c + g * ldc + j, ldc, LMC_MIN(32, nc - j), load_c, ct);
-        }
+        AMX_FENCE();
+        amx_rows(kp, at, kpp, g, rows, b, nc, c, ldc, load_c, bt, ct);
     }
     amx_release();
 #else
@@ -303,10 +290,10 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
 void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc) {
     int64_t kpp = ((kc + 1) / 2 + 15) / 16 * 16;
     LMC_ASSERT(lda >= kpp);
-    for (int64_t r = 0; r < mc; r++)
+    for (int64_t r = 0; r < (mc + 15) / 16 * 16; r++)
         for (int64_t p = 0; p < kpp; p++) {
             uint32_t w = 0;
-            if (2 * p < kc) {
+            if (r < mc && 2 * p < kc) {
                 w = lmc_f32_to_bf16(a[r * a_sm + 2 * p]);
                 if (2 * p + 1 < kc) w |= (uint32_t)lmc_f32_to_bf16(a[r * a_sm + 2 * p + 1]) << 16;
             }
@@ -319,8 +306,12 @@ void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_
 AMX_TARGET static void amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc,
                                      int64_t kc) {
     int64_t kpp = ((kc + 1) / 2 + 15) / 16 * 16;
-    for (int64_t r = 0; r < mc; r++) {
+    for (int64_t r = 0; r < (mc + 15) / 16 * 16; r++) {
         uint32_t *d = at + r * lda;
+        if (r >= mc) {
+            memset(d, 0, (size_t)kpp * 4);
+            continue;
+        }
         const float *s = a + r * a_sm;
         for (int64_t e = 0; e < 2 * kpp; e += 32) {
             int64_t v0 = kc - e, v1 = kc - e - 16;

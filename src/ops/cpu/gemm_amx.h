@@ -31,10 +31,10 @@ struct lmc_amx_cfg {
  * pairs of K (kp <= LMC_AMX_KP_MAX), B given as nc / 32 (rounded up)
  * panels of 32 columns, panel j at b + j * 32 * kp words ordered [pair][32
  * columns] (bf16 pairs: element 2p in the low half; columns past nc zero).
- * Each element's sum starts from C (when load_c; else from zero) and runs
- * through TDPBF16PS in steps of 16 pairs from pair 0: the bits depend
- * only on C, the element's row of A, column of B and kp, never on mc, nc
- * or the element's place in its tile.
+ * Each element's block sum starts from zero and runs through TDPBF16PS in
+ * steps of 16 pairs from pair 0, then C is added (when load_c): the bits
+ * depend only on the element's row of A, column of B and kp, never on mc,
+ * nc or the element's place in its tile.
  * _rows: A as rows, row r's pair p at at[r * lda + p]; the rows up to mc
  * rounded up to 16 readable, pairs [kp, kp rounded up to 16) zero.
  * _panels: A as gemm_bf16.c packs it, panels of 8 rows, panel i at a + i *
@@ -49,9 +49,7 @@ void lmc_cpu_amx_bf16_panels(int64_t kp, const uint32_t *a, int64_t ps, int64_t 
  * a_sm + k], k < kc) as the rows _rows reads: at[r * lda + p] = the bf16
  * pair of elements 2p, 2p + 1 (rounded to nearest even, as the packs of
  * gemm_bf16.c; lda >= kc / 2 rounded up to 16), pairs past the data up to
- * that rounding zero. Only rows [0, mc) are written: _rows reads the rows
- * up to mc rounded up to 16 but never uses those past mc, so they need only
- * be readable. */
+ * that rounding zero, rows from mc up to mc rounded up to 16 zero. */
 void lmc_cpu_amx_pack_rows(uint32_t *at, int64_t lda, const float *a, int64_t a_sm, int64_t mc, int64_t kc);
 
 #endif

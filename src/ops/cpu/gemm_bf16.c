@@ -24,7 +24,6 @@
  * (the A part sized for either layout). */
 #include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/gemm_amx.h"
-#include "ops/cpu/x86_transpose.h"
 
 #include <string.h>
 
@@ -245,109 +244,6 @@ gb_pack2_avx512(uint32_t *d0, uint32_t *d1, const float *src, int64_t sk, int64_
 }
 #endif
 
-/* AMX's rows for an A of several K blocks (an A packed whole by its
- * producer, where gb_amx(): apack, apack_t; the products read it as it is,
- * no re-layout of panels), or of one (gb_run's A given as its transpose): row m's pair i of K block b at ap[m * lda + b
- * * kpa + i], each block's pairs followed by zeros up to a multiple of 16
- * (kpa: a full block's kpm pairs so rounded), rows readable up to M
- * rounded up to 16, plus 16: a range of rows from a multiple of 8 reads
- * up to 15 rows past its end, which the kernel never uses, so rows past M
- * need never be written (the AVX-512 apack_t writes zeros there, up to a
- * multiple of 16). */
-struct gb_arows {
-    int64_t kpm, kpa, lda, rows;
-};
-
-static struct gb_arows gb_arows_of(int64_t M, int64_t K) {
-    int64_t kcm = gb_kc(K);
-    struct gb_arows g = {kcm / 2, (kcm / 2 + 15) / 16 * 16, 0, (M + 15) / 16 * 16 + 16};
-    g.lda = (K + kcm - 1) / kcm * g.kpa;
-    return g;
-}
-
-/* the word of pair p in a row */
-static inline int64_t gb_arows_slot(const struct gb_arows *g, int64_t p) { return p / g->kpm * g->kpa + p % g->kpm; }
-
-/* pair p of rows [0, M) into AMX's rows from lines x0, x1 (x1 NULL: the
- * odd last line, paired with 0 as gb_pack does) */
-static void gb_rows_t_portable(uint32_t *ap, const struct gb_arows *g, int64_t M, int64_t p, const float *x0,
-                                     const float *x1) {
-    int64_t s = gb_arows_slot(g, p);
-    for (int64_t m = 0; m < M; m++) ap[m * g->lda + s] = gb_pair(x0[m], x1 ? x1[m] : 0.0f);
-}
-
-#ifdef GB_X86
-/* Full pairs [p0, p0 + np) (lines 2i, 2i + 1 of x) into AMX's rows with
- * the packs' conversion: for 16 rows, the words of 8 pairs of one K
- * block (16 words of one pair per conversion) transposed into 8 pairs of
- * each row (x86_transpose.h), a block's last pairs (fewer than 8) one
- * word per row. Rows from M to M rounded up to 16 are written (zeros):
- * they are readable padding of this layout. */
-GB_TARGET __attribute__((target("avx512bw,avx512vl,avx2"))) static void
-gb_rows_t_avx512(uint32_t *ap, const struct gb_arows *g, int64_t M, int64_t p0, const float *x, int64_t ldx,
-                       int64_t np) {
-    static const uint16_t ilv[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    const __m512i il = _mm512_loadu_si512((const void *)ilv);
-    const ptrdiff_t st = (ptrdiff_t)(g->lda * 4);
-    for (int64_t m = 0; m < M; m += 16) {
-        int64_t v = M - m;
-        __mmask16 ml = v >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << v) - 1);
-        for (int64_t i = 0; i < np;) {
-            int64_t p = p0 + i, e = i + LMC_MIN(np - i, g->kpm - p % g->kpm); /* this block's pairs */
-            uint32_t *d = ap + m * g->lda + gb_arows_slot(g, p);
-            for (; i < e; d += 8) {
-                int n8 = (int)LMC_MIN(8, e - i);
-                __m256i lo[8], hi[8];
-                for (int t = 0; t < n8; t++) {
-                    const float *s0 = x + 2 * (i + t) * ldx + m, *s1 = s0 + ldx;
-                    __m512i w = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(ml, s1),
-                                                             _mm512_maskz_loadu_ps(ml, s0));
-                    w = _mm512_permutexvar_epi16(il, w);
-                    lo[t] = _mm512_castsi512_si256(w);
-                    hi[t] = _mm512_extracti64x4_epi64(w, 1);
-                }
-                if (n8 == 8) {
-                    lmc_x86_tr8x8_epi32_store(lo, d, st);
-                    if (v > 8) lmc_x86_tr8x8_epi32_store(hi, d + 8 * g->lda, st);
-                } else {
-                    for (int t = 0; t < n8; t++) {
-                        _Alignas(32) uint32_t w16[16];
-                        _mm256_store_si256((__m256i *)w16, lo[t]);
-                        _mm256_store_si256((__m256i *)(w16 + 8), hi[t]);
-                        for (int r = 0; r < 16; r++) d[r * g->lda + t] = w16[r];
-                    }
-                }
-                i += n8;
-            }
-        }
-    }
-}
-#endif
-
-/* Pairs [p0, p0 + (n + 1) / 2) of an A given as its transpose (A(m, 2 p0
- * + i) = x[i * ldx + m], i < n, m < M; an odd n pairs its last line with
- * 0) into AMX's rows as g lays them out (KP: A's pairs in all), and the
- * zeros after each K block whose last pair is among them. */
-static void gb_rows_t(uint32_t *ap, const struct gb_arows *g, int64_t KP, int64_t M, int64_t p0, const float *x,
-                      int64_t ldx, int64_t n) {
-    int64_t i = 0, nf = n / 2;
-#ifdef GB_X86
-    if (lmc_cpu_has_bf16()) {
-        gb_rows_t_avx512(ap, g, M, p0, x, ldx, nf);
-        i = nf;
-    }
-#endif
-    for (; i < nf; i++) gb_rows_t_portable(ap, g, M, p0 + i, x + 2 * i * ldx, x + (2 * i + 1) * ldx);
-    if (n % 2) gb_rows_t_portable(ap, g, M, p0 + nf, x + 2 * nf * ldx, NULL);
-    for (int64_t p = p0; p < p0 + (n + 1) / 2; p++) {
-        int64_t kp = LMC_MIN(g->kpm, KP - p / g->kpm * g->kpm); /* the block's pairs */
-        if (p % g->kpm != kp - 1) continue;
-        int64_t s = gb_arows_slot(g, p) + 1, pad = (kp + 15) / 16 * 16 - kp;
-        for (int64_t m = 0; pad && m < M; m++) memset(ap + m * g->lda + s, 0, (size_t)pad * 4);
-    }
-}
-
 /* c (GB_MR x GB_NR, row stride ldc) = (load_c ? c : 0) + a-panel @ b-panel over kp pairs */
 typedef void (*gb_micro_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
                             bool load_c);
@@ -488,22 +384,10 @@ static int64_t gb_kp_total(int64_t K) {
     return t;
 }
 
-/* Whether the AMX block kernel (gemm_amx.c) runs the products: the CPU has
- * AVX512-BF16 and lmc_cpu_has_amx() (always in the emulation build).
- * gb_pick: the kernels for this CPU, AVX512-BF16 where present, else the
- * portable ones (no 16-column microkernel, no two-panel pack); true when
- * the AMX kernel is to run the products instead (allowed, and gb_amx()):
- * the packs stay the same. */
-static bool gb_amx(void) {
-#if defined(LMC_GB_AMX_EMULATE)
-    return true;
-#elif defined(GB_X86)
-    return lmc_cpu_has_bf16() && lmc_cpu_has_amx();
-#else
-    return false;
-#endif
-}
-
+/* The kernels for this CPU: AVX512-BF16 where present, else the portable
+ * ones (no 16-column microkernel, no two-panel pack); true when the AMX
+ * block kernel (gemm_amx.c) is to run the products instead (allowed, and
+ * lmc_cpu_has_amx()): the packs stay the same. */
 static bool gb_pick(bool allow_amx, gb_micro_fn *micro, gb_micro_fn *micro16, gb_pack_fn *pack,
                     gb_pack2_fn *pack2) {
     *micro = gb_micro_portable;
@@ -516,23 +400,15 @@ static bool gb_pick(bool allow_amx, gb_micro_fn *micro, gb_micro_fn *micro16, gb
         *micro16 = gb_micro16_avx512;
         *pack = gb_pack_avx512;
         *pack2 = gb_pack2_avx512;
+        return allow_amx && lmc_cpu_has_amx();
     }
 #endif
-    return allow_amx && gb_amx();
-}
-
-/* One block of A (mc rows, kc elements of K, element (m, k) at a[m * a_sm
- * + k * a_sk]) as AMX's rows (stride kpa words) when its K or its M is
- * contiguous: rows converted as they are (lmc_cpu_amx_pack_rows), or
- * lines of K transposed in (gb_rows_t, one K block) */
-static void gb_amx_a(uint32_t *ap, int64_t kpa, const float *a, int64_t a_sm, int64_t a_sk, int64_t mc, int64_t kc) {
-    if (a_sk == 1) {
-        lmc_cpu_amx_pack_rows(ap, kpa, a, a_sm, mc, kc);
-        return;
-    }
-    int64_t kp = (kc + 1) / 2;
-    struct gb_arows g = {kp, kpa, kpa, 0};
-    gb_rows_t(ap, &g, kp, mc, 0, a, a_sk, kc);
+#ifdef LMC_GB_AMX_EMULATE
+    return allow_amx;
+#else
+    (void)allow_amx;
+    return false;
+#endif
 }
 
 static void gb_run(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn pack, gb_pack2_fn pack2, int64_t M,
@@ -561,9 +437,9 @@ static void gb_run(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_fn 
                          LMC_MIN(GB_NR, nc - jr), kc);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
-                if (amx && (a_sk == 1 || a_sm == 1)) { /* converted straight into AMX's rows */
+                if (amx && a_sk == 1) { /* rows of contiguous K: converted straight into AMX's layout */
                     int64_t kpa = (kp + 15) / 16 * 16;
-                    gb_amx_a(ap, kpa, A + ic * a_sm + pc * a_sk, a_sm, a_sk, mc, kc);
+                    lmc_cpu_amx_pack_rows(ap, kpa, A + ic * a_sm + pc, a_sm, mc, kc);
                     lmc_cpu_amx_bf16_rows(kp, ap, kpa, mc, bp, nc, C + ic * ldc + jc, ldc, load_c);
                     continue;
                 }
@@ -707,17 +583,7 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
 
 size_t lmc_cpu_gemm_bf16_apack_words(int64_t M, int64_t K) {
     if (M <= 0 || K <= 0) return 0;
-    if (gb_amx()) {
-        struct gb_arows g = gb_arows_of(M, K);
-        return (size_t)(g.rows * g.lda);
-    }
     return (size_t)((M + GB_MR - 1) / GB_MR * GB_MR * ((K + 1) / 2));
-}
-
-size_t lmc_cpu_gemm_bf16_apack_row(int64_t K, int64_t m) {
-    LMC_ASSERT(m >= 0 && m % GB_MR == 0);
-    if (K <= 0) return 0;
-    return (size_t)(m * (gb_amx() ? gb_arows_of(1, K).lda : (K + 1) / 2));
 }
 
 /* pair p of rows [m0, m0 + 16) (of Mp padded rows) from lines x0, x1 (x1
@@ -754,7 +620,6 @@ gb_apack_t_avx512(uint32_t *ap, int64_t M, int64_t KP, int64_t p0, const float *
         }
     }
 }
-
 #endif
 
 void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, const float *x, int64_t ldx,
@@ -763,11 +628,6 @@ void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, c
     int64_t KP = (K + 1) / 2, nf = n / 2; /* full pairs */
     LMC_ASSERT(p0 >= 0 && p0 + (n + 1) / 2 <= KP);
     int64_t i = 0;
-    if (gb_amx()) {
-        struct gb_arows g = gb_arows_of(M, K);
-        gb_rows_t(ap, &g, KP, M, p0, x, ldx, n);
-        return;
-    }
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) {
         gb_apack_t_avx512(ap, M, KP, p0, x, ldx, nf);
@@ -782,13 +642,6 @@ void lmc_cpu_gemm_bf16_apack(uint32_t *ap, int64_t M, int64_t K, int64_t m0, con
                              int64_t n) {
     if (M <= 0 || K <= 0 || n <= 0) return;
     LMC_ASSERT(m0 >= 0 && m0 % GB_MR == 0 && m0 + n <= M && (n % GB_MR == 0 || m0 + n == M));
-    if (gb_amx()) { /* each K block's rows, as gb_run converts an A of contiguous K */
-        struct gb_arows g = gb_arows_of(M, K);
-        int64_t kcm = gb_kc(K);
-        for (int64_t pc = 0; pc < K; pc += kcm)
-            lmc_cpu_amx_pack_rows(ap + m0 * g.lda + pc / kcm * g.kpa, g.lda, x + pc, ldx, n, LMC_MIN(kcm, K - pc));
-        return;
-    }
     gb_pack_fn pack = gb_pack;
 #ifdef GB_X86
     if (lmc_cpu_has_bf16()) pack = gb_pack_avx512;
@@ -815,10 +668,9 @@ static void gb_run_pp(bool amx, gb_micro_fn micro, gb_micro_fn micro16, int64_t 
             const uint32_t *bp = bpre + jc * KP + ncp * (pc / 2);
             for (int64_t ic = 0; ic < M; ic += GB_MC) {
                 int64_t mc = LMC_MIN(GB_MC, M - ic);
-                if (amx) { /* A in AMX's rows (lmc_cpu_gemm_bf16_apack_row) */
-                    struct gb_arows g = gb_arows_of(M, K);
-                    lmc_cpu_amx_bf16_rows(kp, ap + ic * g.lda + pc / kcm * g.kpa, g.lda, mc, bp, nc,
-                                          C + ic * ldc + jc, ldc, load_c);
+                if (amx) {
+                    lmc_cpu_amx_bf16_panels(kp, ap + ic * KP + (pc / 2) * GB_MR, GB_MR * KP, mc, bp, nc,
+                                            C + ic * ldc + jc, ldc, load_c);
                     continue;
                 }
                 for (int64_t jr = 0; jr < nc; jr += GB_NR) {
@@ -870,11 +722,11 @@ static void gb_terms(bool amx, gb_micro_fn micro, gb_micro_fn micro16, gb_pack_f
             for (int64_t pc = 0; pc < x->K; pc += kcm) {
                 int64_t kc = LMC_MIN(kcm, x->K - pc), kp = (kc + 1) / 2;
                 bool load_c = x->accum || pc > 0;
-                bool rows = amx && (x->a_sk == 1 || x->a_sm == 1); /* AMX: A as rows (gb_run's path) */
+                bool rows = amx && x->a_sk == 1; /* AMX, contiguous K: A as rows (gb_run's path) */
                 int64_t kpa = (kp + 15) / 16 * 16;
                 if (!same_a) {
                     if (rows)
-                        gb_amx_a(ap, kpa, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
+                        lmc_cpu_amx_pack_rows(ap, kpa, x->A + ic * x->a_sm + pc, x->a_sm, mc, kc);
                     else
                         gb_pack_a(pack, pack2, ap, x->A + ic * x->a_sm + pc * x->a_sk, x->a_sm, x->a_sk, mc, kc);
                 }

@@ -60,13 +60,8 @@ void lmc_cpu_gemm_bf16_pb(int64_t M, int64_t N, int64_t K, const float *A, int64
  * lines i < n (an odd n pairs its last line with 0), every m < M, zeros in
  * the rows past M; the rounding is the packs' (so lmc_cpu_gemm_bf16_pp
  * gives the bits lmc_cpu_gemm_bf16_pb gives on the f32 A). pp: C(M, N)
- * (+)= A @ B, A packed whole this way and B by bpack; no workspace.
- * Where the AMX kernel runs (gemm_amx.h) the words are laid out as AMX's
- * rows instead (each K block's pairs of a row together, padded to 16), so
- * pp reads them as they are; callers address rows only through apack_row:
- * the words before row m (m a multiple of 8) of an A of K columns. */
+ * (+)= A @ B, A packed whole this way and B by bpack; no workspace. */
 size_t lmc_cpu_gemm_bf16_apack_words(int64_t M, int64_t K);
-size_t lmc_cpu_gemm_bf16_apack_row(int64_t K, int64_t m);
 void lmc_cpu_gemm_bf16_apack_t(uint32_t *ap, int64_t M, int64_t K, int64_t p0, const float *x, int64_t ldx,
                                int64_t n);
 /* Rows [m0, m0 + n) of such an A from its row-major lines: A(m0 + i, k) =

@@ -197,7 +197,7 @@ static void mmb_dw_task(void *arg, int64_t t, int thread) {
         if (b <= a) continue;
         int64_t N = j->N[i];
         if (j->dw[i] && j->dyp[i])
-            lmc_cpu_gemm_bf16_pp(b - a, j->K, j->M, j->dyp[i] + lmc_cpu_gemm_bf16_apack_row(j->M, a), j->xp, j->dw[i] + a * j->K,
+            lmc_cpu_gemm_bf16_pp(b - a, j->K, j->M, j->dyp[i] + a * ((j->M + 1) / 2), j->xp, j->dw[i] + a * j->K,
                                  j->K, true);
         else if (j->dw[i])
             lmc_cpu_gemm_bf16_pb(b - a, j->K, j->M, j->dy[i] + a, 1, N, j->xp, j->dw[i] + a * j->K, j->K, true,
