@@ -38,8 +38,27 @@ struct res {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* run()'s gate: while it submits a set of requests, the scheduler thread
+ * waits in its first event, so every request of the set is queued before a
+ * second step runs, however the threads are timed (the tight pool's
+ * preemption needs them together; the callback runs without the
+ * scheduler's lock, so submit never waits on it) */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static bool gate_open = true;
+
+static void gate_set(bool open) {
+    pthread_mutex_lock(&gate_mu);
+    gate_open = open;
+    if (open) pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
 static void on_event(void *user, const struct lmc_sched_event *ev) {
     struct res *r = user;
+    pthread_mutex_lock(&gate_mu);
+    while (!gate_open) pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
     pthread_mutex_lock(&mu);
     if (ev->kind == LMC_EV_TOKEN && r->n < MAXGEN) {
         r->ids[r->n] = ev->token;
@@ -76,9 +95,11 @@ static struct lmc_sched *open_sched(const struct lmc_model *m, const struct lmc_
     return s;
 }
 
-/* Submits requests idx[0..n) in that order and waits until all are done. */
+/* Submits requests idx[0..n) in that order (all queued before a second
+ * step: the gate above) and waits until all are done. */
 static void run(struct lmc_sched *s, const int *idx, int n, struct res *out, struct lmc_sched_stats *st) {
     lmc_err err = {0};
+    gate_set(false);
     for (int k = 0; k < n; k++) {
         int i = idx[k];
         memset(&out[i], 0, sizeof out[i]);
@@ -86,6 +107,7 @@ static void run(struct lmc_sched *s, const int *idx, int n, struct res *out, str
         CHECK_MSG(lmc_sched_submit(s, prompts[i], plen[i], &reqs[i], on_event, &out[i], &id, &err) == LMC_OK, "%s",
                   err.msg);
     }
+    gate_set(true);
     CHECK(lmc_sched_wait_idle(s, 600, st));
     pthread_mutex_lock(&mu);
     for (int k = 0; k < n; k++) {
