@@ -2,7 +2,8 @@
  * test_attention_paged_f16, test_kvq_paged, test_kvq_paged_kivi) share:
  * a scrambled block table, the (seq, pos) lists of a step, and the
  * float64 attention over rows decoded from a paged pool of any
- * kvquant.h format with a plain slot (f16, q8, q4). */
+ * kvquant.h format with a plain slot (f16, bf16, q8, q4); logits against
+ * a reference (test_kv16 too). */
 #ifndef LMC_TEST_PAGED_KV_H
 #define LMC_TEST_PAGED_KV_H
 
@@ -71,6 +72,24 @@ static inline double test_paged_ref_err(enum lmc_kvq_fmt f, const char *kc, cons
                 den = LMC_MAX(den, fabs(o[e]));
             }
         }
+    return num / den;
+}
+
+/* max |b - a| / max |a| over n rows of V logits; *same = the rows whose
+ * argmax (first maximum) agrees */
+static inline double test_logits_rel(const float *a, const float *b, int64_t n, int64_t V, int *same) {
+    double num = 0, den = 0;
+    *same = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t a0 = 0, a1 = 0;
+        for (int64_t j = 0; j < V; j++) {
+            num = LMC_MAX(num, fabs((double)b[i * V + j] - a[i * V + j]));
+            den = LMC_MAX(den, fabs((double)a[i * V + j]));
+            if (a[i * V + j] > a[i * V + a0]) a0 = j;
+            if (b[i * V + j] > b[i * V + a1]) a1 = j;
+        }
+        *same += a0 == a1;
+    }
     return num / den;
 }
 

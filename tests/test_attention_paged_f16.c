@@ -1,14 +1,15 @@
-/* test_attention_paged_f16.c — the f16 paged KV pool (lmc serve's CPU
- * default, attention_paged_f16.c):
+/* test_attention_paged_f16.c — the f16 and bf16 paged KV pools (f16 is
+ * lmc serve's CPU default; attention_paged_f16.c), each format:
  *  - the op: a prefill step then a decode/chunk step of 3 sequences (6
  *    heads over 2 KV heads, head sizes 20, 24 and 64, blocks of 5 through
  *    scrambled block tables, with and without a sliding window), AVX2 and
- *    portable twin, against a float64 attention over the f16 rows read
- *    back from the pool; every stored value is the f16 rounding of the
- *    input (lmc_f32_to_f16);
- *  - the model: llama-tiny's batched forward over the f16 pool against the
- *    f32 pool: logits within f16 rounding and the same greedy tokens;
- *  - sizing: 2 * row bytes per token row. */
+ *    portable twin, against a float64 attention over the f16 / bf16 rows
+ *    read back from the pool; every stored value is the input's rounding
+ *    (lmc_f32_to_f16 / lmc_f32_to_bf16);
+ *  - the model: llama-tiny's batched forward over the f16 / bf16 pool against
+ *    the f32 pool: logits within the format's rounding and the same greedy
+ *    tokens;
+ *  - sizing: 2 * row bytes per token row (both formats). */
 #include "model_fixture.h"
 #include "test.h"
 #include "paged_kv_test.h"
@@ -31,11 +32,15 @@
 #define NSEQ 3
 #define NBLK 24
 
-static void test_op(int64_t hd, int64_t window, bool avx2) {
+static uint16_t round_to(enum lmc_kvq_fmt f, float x) {
+    return f == LMC_KVQ_BF16 ? lmc_f32_to_bf16(x) : lmc_f32_to_f16(x);
+}
+
+static void test_op(enum lmc_kvq_fmt f, int64_t hd, int64_t window, bool avx2) {
     lmc_err err = {0};
     struct lmc_backend be, kq;
     CHECK(lmc_backend_cpu_init(&be, 2, &err) == LMC_OK);
-    CHECK(lmc_kvq_paged_backend(&kq, &be, LMC_KVQ_F16, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_backend(&kq, &be, f, &err) == LMC_OK);
     struct lmc_cpu_ctx *cc = be.ctx;
     if (!avx2) cc->drf_avx2 = false; /* the portable twin */
     const int64_t row = NKV * hd;
@@ -61,28 +66,28 @@ static void test_op(int64_t hd, int64_t window, bool avx2) {
         for (int64_t i = 0; i < T; i++) {
             size_t slot = (size_t)bt[seq[i] * MAXB + pos[i] / BS] * BS + (size_t)(pos[i] % BS);
             for (int64_t e = 0; e < row; e++)
-                stored &= kc[slot * (size_t)row + (size_t)e] == lmc_f32_to_f16(k[i * row + e]) &&
-                          vc[slot * (size_t)row + (size_t)e] == lmc_f32_to_f16(v[i * row + e]);
+                stored &= kc[slot * (size_t)row + (size_t)e] == round_to(f, k[i * row + e]) &&
+                          vc[slot * (size_t)row + (size_t)e] == round_to(f, v[i * row + e]);
         }
-        worst = LMC_MAX(worst, test_paged_ref_err(LMC_KVQ_F16, (const char *)kc, (const char *)vc, (size_t)row * 2, q,
+        worst = LMC_MAX(worst, test_paged_ref_err(f, (const char *)kc, (const char *)vc, (size_t)row * 2, q,
                                                   out, T, seq, pos, bt, MAXB, BS, NH, NKV, hd, window));
         for (int sq = 0; sq < NSEQ; sq++) done[sq] += len[sq];
         free(q), free(k), free(v), free(out);
     }
-    CHECK_MSG(worst < 2e-6, "hd %lld window %lld %s: vs float64 %.3g", (long long)hd, (long long)window,
-              avx2 ? "avx2" : "portable", worst);
-    CHECK_MSG(stored, "hd %lld: stored rows are the f16 rounding", (long long)hd);
-    printf("op hd %lld window %lld %s: rel err vs float64 over the f16 rows %.2e\n", (long long)hd,
-           (long long)window, avx2 && lmc_cpu_drf_avx2() && hd % 8 == 0 ? "avx2" : "portable", worst);
+    CHECK_MSG(worst < 2e-6, "%s hd %lld window %lld %s: vs float64 %.3g", lmc_kvq_name(f), (long long)hd,
+              (long long)window, avx2 ? "avx2" : "portable", worst);
+    CHECK_MSG(stored, "%s hd %lld: stored rows are the input's rounding", lmc_kvq_name(f), (long long)hd);
+    printf("%s op hd %lld window %lld %s: rel err vs float64 over the stored rows %.2e\n", lmc_kvq_name(f),
+           (long long)hd, (long long)window, avx2 && lmc_cpu_drf_avx2() && hd % 8 == 0 ? "avx2" : "portable", worst);
     free(kc), free(vc);
     lmc_backend_cpu_free(&be);
 }
 
-/* llama-tiny: batched forward over the f16 pool vs the f32 pool */
-static void test_model(const struct lmc_model *m, const struct lmc_backend *cpu) {
+/* llama-tiny: batched forward over the f16 / bf16 pool vs the f32 pool */
+static void test_model(enum lmc_kvq_fmt f, const struct lmc_model *m, const struct lmc_backend *cpu) {
     lmc_err err = {0};
     struct lmc_backend kp;
-    CHECK(lmc_kvq_paged_backend(&kp, cpu, LMC_KVQ_F16, &err) == LMC_OK);
+    CHECK(lmc_kvq_paged_backend(&kp, cpu, f, &err) == LMC_OK);
     int64_t V = m->cfg.vocab_size, np = 37, nd = 6, n = np + nd;
     int32_t ids[64];
     uint64_t rs = 5;
@@ -108,40 +113,35 @@ static void test_model(const struct lmc_model *m, const struct lmc_backend *cpu)
         lmc_batch_acts_free(&ba);
         lmc_kv_pool_free(&pool);
     }
-    double num = 0, den = 0;
     int same = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t a0 = 0, a1 = 0;
-        for (int64_t j = 0; j < V; j++) {
-            num = LMC_MAX(num, fabs((double)lg[1][i * V + j] - lg[0][i * V + j]));
-            den = LMC_MAX(den, fabs((double)lg[0][i * V + j]));
-            if (lg[0][i * V + j] > lg[0][i * V + a0]) a0 = j;
-            if (lg[1][i * V + j] > lg[1][i * V + a1]) a1 = j;
-        }
-        same += a0 == a1;
-    }
-    CHECK_MSG(num / den < 5e-3, "f16 vs f32 pool logits %.3g", num / den);
-    CHECK_MSG(same >= n - 1, "greedy tokens: %d of %lld the same", same, (long long)n);
-    printf("model: f16 vs f32 paged pool, logits rel err %.2e, argmax same at %d of %lld positions\n", num / den,
-           same, (long long)n);
+    double rel = test_logits_rel(lg[0], lg[1], n, V, &same);
+    /* f16 keeps 11 significant bits, bf16 8 */
+    CHECK_MSG(rel < (f == LMC_KVQ_BF16 ? 1e-2 : 5e-3), "%s vs f32 pool logits %.3g", lmc_kvq_name(f), rel);
+    CHECK_MSG(same >= n - 1, "%s greedy tokens: %d of %lld the same", lmc_kvq_name(f), same, (long long)n);
+    printf("model: %s vs f32 paged pool, logits rel err %.2e, argmax same at %d of %lld positions\n", lmc_kvq_name(f),
+           rel, same, (long long)n);
     free(lg[0]), free(lg[1]);
 }
 
 int main(void) {
     const int64_t hds[3] = {20, 24, 64};
-    for (int a = 0; a < 2; a++)
-        for (int i = 0; i < 3; i++) {
-            test_op(hds[i], 0, a == 0);
-            test_op(hds[i], 4, a == 0);
-        }
+    const enum lmc_kvq_fmt fmts[2] = {LMC_KVQ_F16, LMC_KVQ_BF16};
+    for (int fi = 0; fi < 2; fi++)
+        for (int a = 0; a < 2; a++)
+            for (int i = 0; i < 3; i++) {
+                test_op(fmts[fi], hds[i], 0, a == 0);
+                test_op(fmts[fi], hds[i], 4, a == 0);
+            }
     lmc_err err = {0};
     struct lmc_model m;
     struct lmc_backend cpu, bad = {0};
     struct lmc_backend out;
     bad.name = "cuda";
     CHECK(lmc_kvq_paged_backend(&out, &bad, LMC_KVQ_F16, &err) == LMC_ERR_UNSUPPORTED);
+    CHECK(lmc_kvq_paged_backend(&out, &bad, LMC_KVQ_BF16, &err) == LMC_ERR_UNSUPPORTED && strstr(err.msg, "bf16"));
     if (!fixture_open_cpu(&m, &cpu, NULL, "tests/fixtures/llama-tiny", NULL, 2)) return test_finish("test_attention_paged_f16");
-    test_model(&m, &cpu);
+    test_model(LMC_KVQ_F16, &m, &cpu);
+    test_model(LMC_KVQ_BF16, &m, &cpu);
     fixture_close_cpu(&m, &cpu, NULL);
     return test_finish("test_attention_paged_f16");
 }

@@ -15,6 +15,9 @@
 #    requests, reports lmc_kv_bytes_per_token 2 x 8 layers x 184 bytes
 #    (f32: 18,432) and over 6x the f32 server's blocks within the same
 #    lmc_kv_pool_bytes budget, and frees every block;
+#  - `--kv-dtype bf16 --kv-memory 32M` (with speculation): 9,216 bytes per
+#    token (half f32's), about 2x the f32 server's blocks, every request
+#    answered, blocks freed;
 #  - `--spec draft:models/kjv-llama --spec-adapt off` (the model as its
 #    own draft, K fixed at 3: every step drafts): the same 64 streams
 #    equal, drafts mostly accepted, every K chosen is 3, blocks freed;
@@ -185,6 +188,20 @@ try:
           (mq["lmc_kv_bytes_per_token"], mq["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"], same, N))
 finally:
     stop(q4, "q4")
+bf, bport, _ = start("--kv-dtype", "bf16", "--kv-memory", "32M", "--spec", "prompt-lookup", "--spec-max-batch", "0")
+try:
+    c = run_all(bport, prompts)
+    check(all(r["status"] == 200 and r["finish"] in ("stop", "length") for r in c), "bf16 server answers")
+    mb = idle_metrics(bport)
+    check(mb.get("lmc_kv_bytes_per_token") == 9216, "bf16 bytes per token %s" % mb.get("lmc_kv_bytes_per_token"))
+    check(mb["lmc_kv_blocks_total"] >= 1.9 * mp["lmc_kv_blocks_total"] and mb["lmc_kv_pool_bytes"] <= 32 * 2**20,
+          "bf16 blocks %s vs f32 %s" % (mb["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"]))
+    check(mb.get("lmc_kv_blocks_used") == 0 and mb.get("lmc_spec_draft_tokens_total", 0) > 0, "bf16 blocks in use after, drafts")
+    same = sum(a[i]["text"] == c[i]["text"] for i in range(N))
+    print("bf16 pool: %d bytes per token, %d blocks in 32 MiB (f32 %d); %d of %d greedy texts equal the f32 cache's" %
+          (mb["lmc_kv_bytes_per_token"], mb["lmc_kv_blocks_total"], mp["lmc_kv_blocks_total"], same, N))
+finally:
+    stop(bf, "bf16")
 kv, kport, klog = start("--kv-dtype", "kivi2", "--kv-memory", "64M")
 ks, ksport, _ = start("--kv-dtype", "kivi2", "--kv-memory", "64M", "--spec", "prompt-lookup", "--spec-max-batch", "0")
 try:

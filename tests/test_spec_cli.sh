@@ -5,7 +5,7 @@
 # JSON (also a token tree, --draft-tree); on models/kjv-llama the same ids as
 # plain greedy (also token trees, timed K with a
 # 1-thread draft backend, explicit --draft-costs, a pruned draft vocabulary
-# from --draft-vocab-corpus's ranking, and with q8, q4
+# from --draft-vocab-corpus's ranking, and with f16, bf16, q8, q4
 # and kivi2 caches, against plain greedy with that cache); attention sinks:
 # a window that never fills equals plain greedy, a small one generates 600
 # tokens past the 256 positions (plain and speculative); bad values and
@@ -76,8 +76,8 @@ printf '5\n5\n' >"$TMP/badfreq.txt"
 [ $rc = 1 ] && grep -q "line 2: token id 5 repeated" "$TMP/err"; ok $? "bad ranking refused (rc $rc)"
 "$LMC" generate -m $K -p hi --self-spec 1 --draft-vocab 10 --draft-vocab-file "$TMP/none.txt" >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "none.txt" "$TMP/err"; ok $? "missing ranking named (rc $rc)"
-# compressed KV caches: speculative greedy equals plain greedy with the same format
-for kvf in "q8" "q4" "kivi2 --kv-residual 32"; do
+# compressed and 2-byte KV caches: speculative greedy equals plain greedy with the same format
+for kvf in "f16" "bf16" "q8" "q4" "kivi2 --kv-residual 32"; do
   "$LMC" generate -m $K -p "$P" --temp 0 -n 80 --json --kv-dtype $kvf >"$TMP/plain.json" 2>/dev/null; ok $? "kjv --kv-dtype $kvf"
   [ "$(python3 -c "import json;print(len(json.load(open('$TMP/plain.json'))['ids']))")" = 80 ]; ok $? "kjv --kv-dtype $kvf: 80 tokens"
   for f in "--prompt-lookup 3" "--self-spec 3"; do
@@ -117,20 +117,22 @@ done
 
 # lmc info: KV bytes per token per format (8 layers x 288 per row)
 "$LMC" info -m $K >"$TMP/info.txt" 2>/dev/null
-grep -q "^KV bytes/token  f32 18432, bf16 9216, q8 4896, q4 2880, kivi2 1728$" "$TMP/info.txt"; ok $? "lmc info KV bytes per token"
+grep -q "^KV bytes/token  f32 18432, f16 9216, bf16 9216, q8 4896, q4 2880, kivi2 1728$" "$TMP/info.txt"; ok $? "lmc info KV bytes per token"
 
 # lmc eval --kv-dtype: perplexity with a compressed cache (a KJV passage)
 head -c 6000 data/kjv.txt | tail -c 4000 >"$TMP/val.txt"
-for f in f32 q8 q4 "kivi2 --kv-residual 32"; do
+for f in f32 q8 q4 "kivi2 --kv-residual 32" f16 bf16; do
   "$LMC" eval -m $K --text-file "$TMP/val.txt" --kv-dtype $f --json >>"$TMP/ppl.txt" 2>/dev/null; ok $? "eval --kv-dtype $f"
 done
 python3 - "$TMP/ppl.txt" <<'PY'
 import json, sys
 p = [json.loads(l)["ppl"] for l in open(sys.argv[1])]
-assert len(p) == 4 and all(x > 1 for x in p), p
+assert len(p) == 6 and all(x > 1 for x in p), p
 assert abs(p[1] / p[0] - 1) < 0.005, p   # q8 within 0.5%
 assert abs(p[2] / p[0] - 1) < 0.02, p    # q4 within 2%
 assert abs(p[3] / p[0] - 1) < 0.08, p    # kivi2 within 8% (default model of 2026-12-05: +5.0% on this training passage, ppl 10.5; the earlier one: +2.6% at ppl 24.7)
+assert abs(p[4] / p[0] - 1) < 0.001, p   # f16 within 0.1%
+assert abs(p[5] / p[0] - 1) < 0.002, p   # bf16 within 0.2%
 PY
 ok $? "eval perplexity per KV format within bounds of f32"
 "$LMC" eval -m $K --text-file "$TMP/val.txt" --kv-dtype q3 >/dev/null 2>"$TMP/err"; rc=$?

@@ -91,7 +91,7 @@ int cmd_eval(int argc, char **argv) {
             const char *v = argv[++i];
             kv_fmt = lmc_kvq_parse(v);
             if (!kv_fmt && strcmp(v, "f32")) {
-                fprintf(stderr, "lmc eval: --kv-dtype expects f32, q8, q4 or kivi2\n");
+                fprintf(stderr, "lmc eval: --kv-dtype expects f32, f16, bf16, q8, q4 or kivi2\n");
                 return 2;
             }
         } else if (!strcmp(argv[i], "--kv-residual") && i + 1 < argc) {
@@ -209,8 +209,8 @@ int cmd_eval(int argc, char **argv) {
     int64_t V = cm.model.cfg.vocab_size;
     struct lmc_backend kqbe;
     const struct lmc_backend *be = &cm.be;
-    if (kv_fmt) { /* a compressed cache: every window restarts it at position 0 */
-        if (lmc_kvq_backend(&kqbe, &cm.be, &err)) {
+    if (kv_fmt) { /* a compressed or 2-byte cache: every window restarts it at position 0 */
+        if (lmc_kvq_backend_fmt(&kqbe, &cm.be, kv_fmt, &err)) {
             rc = cli_fail("eval", &err);
             goto done;
         }
@@ -909,8 +909,8 @@ int cmd_info(int argc, char **argv) {
                (double)total / 1048576.0);
         /* KV bytes per token by format (lmc generate --kv-dtype; issue 17) */
         int64_t row = k->num_kv_heads * k->head_dim, nl = k->num_layers;
-        printf("KV bytes/token  f32 %lld, bf16 %lld, q8 %.0f, q4 %.0f, kivi2 %.0f\n",
-               (long long)(8 * row * nl), (long long)(4 * row * nl),
+        printf("KV bytes/token  f32 %lld, f16 %lld, bf16 %lld, q8 %.0f, q4 %.0f, kivi2 %.0f\n",
+               (long long)(8 * row * nl), (long long)(4 * row * nl), (long long)(4 * row * nl),
                (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_Q8, row),
                (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_Q4, row),
                (double)nl * lmc_kvq_bytes_per_token(LMC_KVQ_KIVI2, row));

@@ -254,7 +254,7 @@ static lmc_status gen_backend(const struct gen_args *a, const struct cli_model *
                               struct lmc_backend *kq, const struct lmc_backend **out, lmc_err *err) {
     *out = &cm->be;
     if (!a->kv_fmt) return LMC_OK;
-    lmc_status st = lmc_kvq_backend(kq, &cm->be, err);
+    lmc_status st = lmc_kvq_backend_fmt(kq, &cm->be, a->kv_fmt, err);
     if (!st) *out = kq;
     return st;
 }

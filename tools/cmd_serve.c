@@ -245,7 +245,7 @@ static void usage(void) {
             "                 [--block-size N] [--max-step-tokens N] [--no-prefix-cache] [--no-bf16-prefill]\n"
             "                 [--trace-sched FILE]\n"
             "                 [--prefix-cache-blocks N] [--lora DIR[:SCALE]] [--lora NAME=DIR[:SCALE] ...]\n"
-            "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f16|f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
+            "                 [--tp N [--tp-vocab]] [--ep N | --pp N] [--kv-dtype f16|bf16|f32|q8|q4|kivi2 [--kv-residual R]] [--spec prompt-lookup|draft:DIR [--spec-k K]\n"
             "                 [--spec-ngram N] [--spec-max-batch N] [--spec-adapt on|off]]\n"
             "--lora NAME=DIR: a request whose \"model\" is NAME runs with that adapter (many may share a batch).\n"
             "--tp N: under a launcher with N ranks (torchrun/Slurm variables or mpirun), the model sharded\n"
@@ -256,7 +256,8 @@ static void usage(void) {
             "--pp N: under a launcher with N ranks, the layers split into N pipeline stages (CPU); rank 0\n"
             "serves HTTP and runs the scheduler, each step's micro-batches flow through the stages.\n"
             "--pp-layers a,b,...: each stage's layer count (default: balanced by parameters).\n"
-            "--kv-dtype: f16 by default on the CPU (half f32's bytes; f32 keeps the full-precision pool).\n"
+            "--kv-dtype: f16 by default on the CPU (half f32's bytes; bf16 the same bytes with f32's range;\n"
+            "f32 keeps the full-precision pool).\n"
             "--kv-dtype kivi2: 2-bit keys per channel, values per token, each running sequence's last R\n"
             "positions (default 32) in f16; block size 32 unless given (a multiple of 32).\n"
             "--no-bf16-prefill: F16/BF16 rows through the row-count fp32 kernels (by default, with AVX512-BF16\n"
@@ -347,7 +348,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(o, "--max-n")) ok = cli_parse_i64(v, 1, 64, &n), so.lim.max_n = (int)n;
         else if (!strcmp(o, "--timeout")) ok = cli_parse_i64(v, 1, 86400, &n), so.request_timeout_s = (int)n;
         else if (!strcmp(o, "--kv-dtype")) {
-            kv_fmt = lmc_kvq_parse_paged(v);
+            kv_fmt = lmc_kvq_parse(v);
             ok = kv_fmt != LMC_KVQ_NONE || !strcmp(v, "f32");
             kv_set = true;
         }
@@ -407,8 +408,8 @@ int cmd_serve(int argc, char **argv) {
 
     bool caps[CLI_CAP_N] = {[CLI_CAP_EP] = ep > 1, [CLI_CAP_TP] = tp > 1, [CLI_CAP_PP] = pp != 0};
     if (cli_caps_check("serve", c.device, caps, NULL)) return 2;
-    if (kv_fmt == LMC_KVQ_F16 && (tp > 1 || ep > 1 || pp)) {
-        fprintf(stderr, "lmc serve: --kv-dtype f16 does not combine with --tp, --ep or --pp yet\n");
+    if (lmc_kvq_is_half(kv_fmt) && (tp > 1 || ep > 1 || pp)) {
+        fprintf(stderr, "lmc serve: --kv-dtype %s does not combine with --tp, --ep or --pp yet\n", lmc_kvq_name(kv_fmt));
         return 2;
     }
     if (ep > 1) {
@@ -524,7 +525,7 @@ int cmd_serve(int argc, char **argv) {
         sc.draft = &draft;
     }
     struct lmc_sched *sched = NULL;
-    struct lmc_backend kq; /* --kv-dtype f16|q8|q4|kivi2: the backend with that paged pool */
+    struct lmc_backend kq; /* --kv-dtype f16|bf16|q8|q4|kivi2: the backend with that paged pool */
     /* the f16 pool: the default on the CPU backend where nothing else asks for f32 */
     if (!kv_set && tp <= 1 && ep <= 1 && !pp && cm.be.name && !strcmp(cm.be.name, "cpu") &&
         LMC_SERVE_KV_F16_DEFAULT)

@@ -1,6 +1,7 @@
-/* kvq.c — the backend variants for compressed KV caches (see kvq.h): the
- * single-sequence cache (CPU, CUDA) and the paged pool of the scheduler
- * (CPU: f16, q8, q4, kivi2; CUDA: q8, q4, kivi2). */
+/* kvq.c — the backend variants for compressed and 2-byte KV caches (see
+ * kvq.h): the single-sequence cache (CPU: f16, bf16, q8, q4, kivi2; CUDA:
+ * its own bf16, q8, q4, kivi2) and the paged pool of the scheduler (CPU:
+ * f16, bf16, q8, q4, kivi2; CUDA: q8, q4, kivi2). */
 #include "infer/kvq.h"
 #include "ops/cpu/kvquant_layout.h"
 #include "core/core.h"
@@ -28,8 +29,41 @@ lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cp
     return LMC_OK;
 }
 
+static bool is_cpu(const struct lmc_backend *be) { return be->name && !strcmp(be->name, "cpu") && be->host_memory; }
+
+lmc_status lmc_kvq_backend_fmt(struct lmc_backend *out, const struct lmc_backend *cpu, enum lmc_kvq_fmt f,
+                               lmc_err *err) {
+    if (!lmc_kvq_is_half(f)) {
+        if (f < LMC_KVQ_Q8 || f > LMC_KVQ_KIVI2) return lmc_err_set(err, LMC_ERR_ARG, "KV cache format %d unknown", (int)f);
+        return lmc_kvq_backend(out, cpu, err);
+    }
+    if (cpu->name && !strcmp(cpu->name, "cuda")) { /* the CUDA cache is bf16 already (its fp32 check mode: f32) */
+        if (f == LMC_KVQ_BF16 && cpu->kv_dtype == LMC_DTYPE_BF16) {
+            *out = *cpu;
+            return LMC_OK;
+        }
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the CUDA backend's KV cache is %s; --kv-dtype %s runs on the CPU",
+                           cpu->kv_dtype == LMC_DTYPE_BF16 ? "bf16" : "f32", lmc_kvq_name(f));
+    }
+    if (!is_cpu(cpu))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the %s KV cache runs on the CPU and CUDA backends only (not %s)",
+                           lmc_kvq_name(f), cpu->name ? cpu->name : "?");
+    *out = *cpu;
+    bool bf = f == LMC_KVQ_BF16;
+    out->kv_dtype = bf ? LMC_DTYPE_BF16 : LMC_DTYPE_F16;
+    out->rope_kv_store = bf ? lmc_kvq_rope_kv_store_bf16 : lmc_kvq_rope_kv_store_f16;
+    out->attention = bf ? lmc_kvq_attention_bf16 : lmc_kvq_attention_f16;
+    out->attention_mask = NULL;   /* token trees need the f32 cache (lmc_model_mask_ok) */
+    out->attention_paged = NULL;  /* the paged pool's formats: lmc_kvq_paged_backend */
+    return LMC_OK;
+}
+
 lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err) {
     const struct lmc_backend *be = kv->be;
+    if (lmc_kvq_is_half(f)) { /* plain 2-byte rows: nothing to prepare */
+        if (be && be->kv_dtype == (f == LMC_KVQ_BF16 ? LMC_DTYPE_BF16 : LMC_DTYPE_F16)) return LMC_OK;
+        return lmc_err_set(err, LMC_ERR_ARG, "KV cache was not made with the %s cache's backend", lmc_kvq_name(f));
+    }
     if (!be || be->kv_dtype != LMC_DTYPE_I16 || !be->rope_kv_store)
         return lmc_err_set(err, LMC_ERR_ARG, "KV cache was not made with the compressed-cache backend");
     size_t layer = (size_t)kv->ctx * (size_t)kv->row * 2;
@@ -67,13 +101,13 @@ static void kivi_unringed(void *ctx, float *out, const float *q, const float *k_
 
 lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backend *cpu,
                                  enum lmc_kvq_fmt f, lmc_err *err) {
-    if (f != LMC_KVQ_F16 && f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4 && f != LMC_KVQ_KIVI2)
+    if (!lmc_kvq_is_half(f) && f != LMC_KVQ_Q8 && f != LMC_KVQ_Q4 && f != LMC_KVQ_KIVI2)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
-                           "the paged KV pool (lmc serve) takes --kv-dtype f32, f16, q8, q4 or kivi2, not %s",
+                           "the paged KV pool (lmc serve) takes --kv-dtype f32, f16, bf16, q8, q4 or kivi2, not %s",
                            lmc_kvq_name(f) ? lmc_kvq_name(f) : "?");
-    if (f == LMC_KVQ_F16 && !(cpu->name && !strcmp(cpu->name, "cpu")))
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the f16 paged KV pool runs on the CPU backend only (not %s)",
-                           cpu->name ? cpu->name : "?");
+    if (lmc_kvq_is_half(f) && !(cpu->name && !strcmp(cpu->name, "cpu")))
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the %s paged KV pool runs on the CPU backend only (not %s)",
+                           lmc_kvq_name(f), cpu->name ? cpu->name : "?");
     if (cpu->name && !strcmp(cpu->name, "cuda")) { /* ops/cuda/attention_paged_kvq.cu */
         *out = *cpu;
         lmc_backend_cuda_set_kvq_paged(out, (int)f);
@@ -96,8 +130,10 @@ lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backe
         return LMC_OK;
     }
     out->attention_paged = f == LMC_KVQ_Q8 ? lmc_kvq_attention_paged_q8
-                           : f == LMC_KVQ_Q4 ? lmc_kvq_attention_paged_q4 : lmc_kvq_attention_paged_f16;
+                           : f == LMC_KVQ_Q4 ? lmc_kvq_attention_paged_q4
+                           : f == LMC_KVQ_BF16 ? lmc_kvq_attention_paged_bf16 : lmc_kvq_attention_paged_f16;
     out->kv_row_bytes = f == LMC_KVQ_Q8 ? lmc_kvq_paged_row_bytes_q8
-                        : f == LMC_KVQ_Q4 ? lmc_kvq_paged_row_bytes_q4 : lmc_kvq_paged_row_bytes_f16;
+                        : f == LMC_KVQ_Q4 ? lmc_kvq_paged_row_bytes_q4
+                        : f == LMC_KVQ_BF16 ? lmc_kvq_paged_row_bytes_bf16 : lmc_kvq_paged_row_bytes_f16;
     return LMC_OK;
 }

@@ -20,17 +20,31 @@
  * backend. */
 lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err);
 
+/* The backend a single-sequence cache of format f runs on: for q8, q4
+ * and kivi2 lmc_kvq_backend's variant (then lmc_kvq_kv_format on each
+ * cache); for f16 and bf16 on the CPU a variant whose cache holds 2-byte
+ * rows (kv_dtype F16 / BF16: rope_kv_store rounds the rows to nearest
+ * even, attention reads them directly, attention_paged_f16.c's kernel);
+ * on CUDA bf16 is the backend's own cache (*out = *cpu) and f16 is
+ * refused. Shares cpu's ctx (free only cpu). LMC_ERR_UNSUPPORTED for a
+ * backend without that format. */
+lmc_status lmc_kvq_backend_fmt(struct lmc_backend *out, const struct lmc_backend *cpu, enum lmc_kvq_fmt f,
+                               lmc_err *err);
+
 /* Prepares every layer of kv (from lmc_kv_init with such a backend) for
  * format f; KIVI keeps the last `residual` tokens in f16. Call again to
- * start a new sequence from position 0 in another format. */
+ * start a new sequence from position 0 in another format. f16 / bf16 need
+ * nothing prepared: LMC_OK when kv's backend keeps that element type
+ * (lmc_kvq_backend_fmt), else LMC_ERR_ARG. */
 lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
 
-/* out = cpu with the paged pool in format f (f16, q8, q4, kivi2):
+/* out = cpu with the paged pool in format f (f16, bf16, q8, q4, kivi2):
  * attention_paged stores and reads rows of that format and kv_row_bytes
  * sizes the pool by them, so lmc_kv_pool_init / the scheduler give f32's
- * memory budget 2x (f16), ~3.8x (q8), ~6.4x (q4) or ~10x (kivi2) the
+ * memory budget 2x (f16, bf16), ~3.8x (q8), ~6.4x (q4) or ~10x (kivi2) the
  * blocks. f16 (attention_paged_f16.c's kernel, half the bytes attention
- * reads) is lmc serve's default on the CPU backend, and CPU only. kivi2 uses
+ * reads) is lmc serve's default on the CPU backend; f16 and bf16 are CPU
+ * only. kivi2 uses
  * attention_paged_ring instead: its pool needs lmc_kv_pool_ring_init (each
  * running sequence's recent rows in f16) and a block size that is a
  * multiple of 32. Prefix caching and copy-on-write move blocks as bytes.

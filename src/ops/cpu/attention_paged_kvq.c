@@ -1,6 +1,6 @@
 /* attention_paged_kvq.c — paged attention (backend.h, attention_paged)
  * over a compressed or f16 KV pool: each token's K and V rows are stored
- * in a slot of lmc_kvq_paged_row_bytes bytes, f16 (row values), q8 (int8
+ * in a slot of lmc_kvq_paged_row_bytes bytes, f16 or bf16 (row values), q8 (int8
  * codes, one f16 scale per 32 values) or q4 (4-bit codes, f16 scale and
  * minimum per 32 values), the same group quantizers as the
  * single-sequence cache (kvquant.c). A quantized slot is [scales][codes],
@@ -8,7 +8,7 @@
  * (copy-on-write and the prefix cache move bytes). One step, every
  * format: the new rows are stored first (calling thread), then the
  * format's kernel (kvquant_paged.h) runs one task per (token, head). f16's
- * is attention_paged_f16.c's; the quantized formats' (here) decodes its
+ * and bf16's is attention_paged_f16.c's; the quantized formats' (here) decodes its
  * head's slice of each cached key once, scores it, takes a max-subtracted
  * exp with the sum in double (as attention_paged.c), and accumulates the
  * decoded value slices. */
@@ -27,19 +27,24 @@ static size_t scale_bytes(enum lmc_kvq_fmt f, int64_t row) {
 }
 
 size_t lmc_kvq_paged_row_bytes(enum lmc_kvq_fmt f, int64_t row) {
-    LMC_ASSERT((f == LMC_KVQ_Q8 || f == LMC_KVQ_Q4 || f == LMC_KVQ_F16) && row > 0);
-    if (f == LMC_KVQ_F16) return (size_t)row * sizeof(uint16_t);
+    LMC_ASSERT((f == LMC_KVQ_Q8 || f == LMC_KVQ_Q4 || lmc_kvq_is_half(f)) && row > 0);
+    if (lmc_kvq_is_half(f)) return (size_t)row * sizeof(uint16_t);
     size_t codes = f == LMC_KVQ_Q8 ? (size_t)row : (size_t)(row * 4 + 7) / 8;
     return (scale_bytes(f, row) + codes + 7) & ~(size_t)7;
 }
 size_t lmc_kvq_paged_row_bytes_q8(int64_t row) { return lmc_kvq_paged_row_bytes(LMC_KVQ_Q8, row); }
 size_t lmc_kvq_paged_row_bytes_q4(int64_t row) { return lmc_kvq_paged_row_bytes(LMC_KVQ_Q4, row); }
 size_t lmc_kvq_paged_row_bytes_f16(int64_t row) { return lmc_kvq_paged_row_bytes(LMC_KVQ_F16, row); }
+size_t lmc_kvq_paged_row_bytes_bf16(int64_t row) { return lmc_kvq_paged_row_bytes(LMC_KVQ_BF16, row); }
 
 void lmc_kvq_paged_store(enum lmc_kvq_fmt f, void *slot, const float *x, int64_t row) {
     char *s = slot;
     if (f == LMC_KVQ_F16) {
         lmc_kvq_paged_store_f16(slot, x, row, false);
+        return;
+    }
+    if (f == LMC_KVQ_BF16) {
+        lmc_kvq_paged_store_bf16(slot, x, row);
         return;
     }
     size_t sb = scale_bytes(f, row);
@@ -51,8 +56,8 @@ void lmc_kvq_paged_decode(enum lmc_kvq_fmt f, const void *slot, int64_t row, int
                           float *out) {
     const char *s = slot;
     const uint16_t *sc = (const uint16_t *)s;
-    if (f == LMC_KVQ_F16) {
-        for (int64_t i = 0; i < n; i++) out[i] = lmc_f16_to_f32(sc[a + i]);
+    if (lmc_kvq_is_half(f)) {
+        for (int64_t i = 0; i < n; i++) out[i] = f == LMC_KVQ_BF16 ? lmc_bf16_to_f32(sc[a + i]) : lmc_f16_to_f32(sc[a + i]);
         return;
     }
     const char *codes = s + scale_bytes(f, row);
@@ -120,6 +125,9 @@ static void attention_paged_kvq(void *ctx, enum lmc_kvq_fmt f, float *out, const
         if (f == LMC_KVQ_F16) {
             lmc_kvq_paged_store_f16((uint16_t *)(void *)ks, k_new + i * row, row, c->drf_avx2);
             lmc_kvq_paged_store_f16((uint16_t *)(void *)vs, v_new + i * row, row, c->drf_avx2);
+        } else if (f == LMC_KVQ_BF16) {
+            lmc_kvq_paged_store_bf16((uint16_t *)(void *)ks, k_new + i * row, row);
+            lmc_kvq_paged_store_bf16((uint16_t *)(void *)vs, v_new + i * row, row);
         } else {
             lmc_kvq_paged_store(f, ks, k_new + i * row, row);
             lmc_kvq_paged_store(f, vs, v_new + i * row, row);
@@ -127,16 +135,16 @@ static void attention_paged_kvq(void *ctx, enum lmc_kvq_fmt f, float *out, const
         if (p > max_pos) max_pos = p;
     }
     struct lmc_kvq_paged_job j = {c, f, out, q, kc, vc, seq, pos, bt, T, max_blocks, block_size,
-                                  n_heads, n_kv, hd, window, max_pos, rb, scale};
-    if (f == LMC_KVQ_F16) {
-        lmc_kvq_paged_attend_f16(&j);
+                                  n_heads, n_kv, hd, window, max_pos, rb, scale, 0};
+    if (lmc_kvq_is_half(f)) {
+        lmc_kvq_paged_attend_h16(&j);
         return;
     }
     lmc_cpu_scratch_reserve(c, (size_t)(scores_len(max_pos) + hd));
     lmc_pool_run(c->pool, T * n_heads, qpattn_task, &j);
 }
 
-/* the backend entries lmc_kvq_attention_paged_q8, _q4 and _f16 (backend.h's attention_paged) */
+/* the backend entries lmc_kvq_attention_paged_q8, _q4, _f16 and _bf16 (backend.h's attention_paged) */
 #define PAGED_ENTRY(name, fmt)                                                                                    \
     void name(void *ctx, float *out, const float *q, const float *k_new, const float *v_new, float *kc, float *vc, \
               int64_t T, const int32_t *seq, const int32_t *pos, const int32_t *bt, int64_t max_blocks,         \
@@ -147,3 +155,4 @@ static void attention_paged_kvq(void *ctx, enum lmc_kvq_fmt f, float *out, const
 PAGED_ENTRY(lmc_kvq_attention_paged_q8, LMC_KVQ_Q8)
 PAGED_ENTRY(lmc_kvq_attention_paged_q4, LMC_KVQ_Q4)
 PAGED_ENTRY(lmc_kvq_attention_paged_f16, LMC_KVQ_F16)
+PAGED_ENTRY(lmc_kvq_attention_paged_bf16, LMC_KVQ_BF16)

@@ -18,18 +18,15 @@ const char *lmc_kvq_name(enum lmc_kvq_fmt f) {
     case LMC_KVQ_Q4: return "q4";
     case LMC_KVQ_KIVI2: return "kivi2";
     case LMC_KVQ_F16: return "f16";
+    case LMC_KVQ_BF16: return "bf16";
     default: return NULL;
     }
 }
 
 enum lmc_kvq_fmt lmc_kvq_parse(const char *s) {
-    for (int f = LMC_KVQ_Q8; f <= LMC_KVQ_KIVI2; f++)
+    for (int f = LMC_KVQ_Q8; f <= LMC_KVQ_BF16; f++)
         if (!strcmp(s, lmc_kvq_name((enum lmc_kvq_fmt)f))) return (enum lmc_kvq_fmt)f;
     return LMC_KVQ_NONE;
-}
-
-enum lmc_kvq_fmt lmc_kvq_parse_paged(const char *s) {
-    return !strcmp(s, "f16") ? LMC_KVQ_F16 : lmc_kvq_parse(s);
 }
 
 static int64_t ngroups(int64_t n) { return (n + G - 1) / G; }

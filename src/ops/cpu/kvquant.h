@@ -25,16 +25,19 @@
 
 #define LMC_KVQ_GROUP 32 /* values per scale (rows), tokens per key block (KIVI) */
 
-/* F16 (after the compressed formats) is a format of the paged pool only:
- * the single-sequence cache takes Q8..KIVI2. */
-enum lmc_kvq_fmt { LMC_KVQ_NONE = 0, LMC_KVQ_Q8, LMC_KVQ_Q4, LMC_KVQ_KIVI2, LMC_KVQ_F16 };
+/* The compressed formats Q8..KIVI2 (a header and codes inside a layer's
+ * region, below), then F16 and BF16: plain 2-byte rows (the paged pool's
+ * f16 / bf16 slots; the single-sequence cache of infer/kvq.h's
+ * lmc_kvq_backend_fmt, kv_dtype F16 / BF16, no header). */
+enum lmc_kvq_fmt { LMC_KVQ_NONE = 0, LMC_KVQ_Q8, LMC_KVQ_Q4, LMC_KVQ_KIVI2, LMC_KVQ_F16, LMC_KVQ_BF16 };
 
-/* "q8", "q4", "kivi2", "f16"; NULL for NONE. lmc_kvq_parse takes the
- * compressed formats (q8, q4, kivi2), lmc_kvq_parse_paged those and f16
- * (the paged pool's formats); both return NONE for anything else. */
+/* "q8", "q4", "kivi2", "f16", "bf16"; NULL for NONE. lmc_kvq_parse
+ * returns the format of such a name, NONE for anything else ("f32"
+ * included: the float cache). */
 const char *lmc_kvq_name(enum lmc_kvq_fmt f);
 enum lmc_kvq_fmt lmc_kvq_parse(const char *s);
-enum lmc_kvq_fmt lmc_kvq_parse_paged(const char *s);
+/* F16 or BF16 (2-byte float rows) */
+static inline bool lmc_kvq_is_half(enum lmc_kvq_fmt f) { return f == LMC_KVQ_F16 || f == LMC_KVQ_BF16; }
 
 /* Steady-state bytes per token of K and V together for a row of `row`
  * values per token and per layer (codes and scales; the KIVI ring of R+32
@@ -90,6 +93,7 @@ size_t lmc_kvq_paged_row_bytes(enum lmc_kvq_fmt f, int64_t row);
 size_t lmc_kvq_paged_row_bytes_q8(int64_t row);
 size_t lmc_kvq_paged_row_bytes_q4(int64_t row);
 size_t lmc_kvq_paged_row_bytes_f16(int64_t row);
+size_t lmc_kvq_paged_row_bytes_bf16(int64_t row);
 /* Stores x (row) into a slot (quantized, or rounded to f16); decodes
  * values [a, a+n) of a slot. */
 void lmc_kvq_paged_store(enum lmc_kvq_fmt f, void *slot, const float *x, int64_t row);
@@ -110,6 +114,27 @@ void lmc_kvq_attention_paged_f16(void *ctx, float *out, const float *q, const fl
                                  const int32_t *seq, const int32_t *pos, const int32_t *bt,
                                  int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
                                  int64_t hd, float scale, int64_t window);
+void lmc_kvq_attention_paged_bf16(void *ctx, float *out, const float *q, const float *k_new,
+                                  const float *v_new, float *kc, float *vc, int64_t T,
+                                  const int32_t *seq, const int32_t *pos, const int32_t *bt,
+                                  int64_t max_blocks, int64_t block_size, int64_t n_heads, int64_t n_kv,
+                                  int64_t hd, float scale, int64_t window);
+
+/* The single-sequence 2-byte cache (attention_kv16.c; infer/kvq.h's
+ * lmc_kvq_backend_fmt): rope_kv_store (rotary on q and k, then the k and v
+ * rows rounded to f16 / bf16 into rows pos[m] of kc, vc) and causal
+ * attention over those rows (attention_paged_f16.c's kernel over one
+ * block), the backend entries of kv_dtype F16 / BF16. */
+void lmc_kvq_rope_kv_store_f16(void *ctx, float *q, float *k, const float *v, void *kc, void *vc, int64_t M,
+                               int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim, const int32_t *pos,
+                               const double *inv_freq, float attn_scale);
+void lmc_kvq_rope_kv_store_bf16(void *ctx, float *q, float *k, const float *v, void *kc, void *vc, int64_t M,
+                                int64_t n_heads, int64_t n_kv, int64_t hd, int64_t rot_dim, const int32_t *pos,
+                                const double *inv_freq, float attn_scale);
+void lmc_kvq_attention_f16(void *ctx, float *out, const float *q, const float *k, const float *v, int64_t M,
+                           int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window);
+void lmc_kvq_attention_bf16(void *ctx, float *out, const float *q, const float *k, const float *v, int64_t M,
+                            int64_t pos0, int64_t n_heads, int64_t n_kv, int64_t hd, float scale, int64_t window);
 
 /* KIVI-2 in the paged pool (attention_paged_kivi.c; layout in
  * kvquant_layout.h): kv_row_bytes and attention_paged_ring of the variant
