@@ -137,7 +137,7 @@ static void test_layer(enum lmc_kvq_fmt f, int64_t R) {
     make_rows(V, CTX, 12);
     make_rows(K2, CTX, 13);
     make_rows(V2, CTX, 14);
-    CHECK(lmc_kvq_layer_init(b.k, b.v, f, CTX, ROW, R, &err) == LMC_OK);
+    CHECK(lmc_kvq_layer_init(b.k, b.v, f, CTX, ROW, R, (size_t)CTX * ROW * 2, &err) == LMC_OK);
     /* in uneven pieces */
     int64_t at = 0, pieces[] = {1, 37, 5, 64, 1, 1, 40};
     for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++) {
@@ -269,7 +269,7 @@ static void test_random_ops(enum lmc_kvq_fmt f, int64_t R, uint64_t seed) {
     struct layer_buf b = {malloc(bytes), malloc(bytes)};
     static float truth_k[C * ROW], truth_v[C * ROW], nk[C * ROW], nv[C * ROW];
     lmc_err err = {0};
-    CHECK(lmc_kvq_layer_init(b.k, b.v, f, C, ROW, R, &err) == LMC_OK);
+    CHECK(lmc_kvq_layer_init(b.k, b.v, f, C, ROW, R, (size_t)C * ROW * 2, &err) == LMC_OK);
     int64_t len = 0, ops = 0, bad = 0, fresh = 0; /* rows >= fresh stored since the last rollback */
     float k[ROW], v[ROW];
     while (ops < 60) {
@@ -359,9 +359,27 @@ static void test_model(const char *dir, double bound) {
         printf("  %-26s %-5s logits max error / max|logit|: %.4f\n", dir, lmc_kvq_name((enum lmc_kvq_fmt)f), e / mx);
         if (f == LMC_KVQ_Q8) CHECK_MSG(e / mx < bound, "%s q8 logits error %.4f", dir, e / mx);
         else CHECK(e / mx < 0.5); /* finite and near: the per-format numbers are printed */
+        size_t bf16_layer = kv.layer_bytes;
+        lmc_kv_free(&kv);
+        /* the cache sized by its format (lmc_kvq_kv_init): the same logits bit for bit, fewer bytes */
+        float *got2 = malloc((size_t)(n * V) * sizeof *got2);
+        CHECK(lmc_kvq_kv_init(&kv, &m, &kq, ctx, (enum lmc_kvq_fmt)f, 32, &err) == LMC_OK);
+        CHECK(lmc_model_forward(&m, &kq, &a, &kv, ids, 100, 0, got2, true, &err) == LMC_OK);
+        for (int64_t i = 100; i < n; i++)
+            CHECK(lmc_model_forward(&m, &kq, &a, &kv, ids + i, 1, i, got2 + i * V, true, &err) == LMC_OK);
+        double ratio = (double)kv.layer_bytes / (double)bf16_layer;
+        CHECK_MSG(memcmp(got, got2, (size_t)(n * V) * sizeof *got) == 0, "%s %s: sized cache's logits differ", dir,
+                  lmc_kvq_name((enum lmc_kvq_fmt)f));
+        CHECK_MSG(f == LMC_KVQ_Q8 ? ratio < 0.56 : f == LMC_KVQ_Q4 ? ratio < 0.34 : ratio < 1, "%s %s: %.3f of bf16's bytes",
+                  dir, lmc_kvq_name((enum lmc_kvq_fmt)f), ratio);
+        printf("  %-26s %-5s sized by format: %zu bytes a layer, %.3f of a bf16 cache's\n", dir,
+               lmc_kvq_name((enum lmc_kvq_fmt)f), kv.layer_bytes, ratio);
+        free(got2);
         lmc_kv_free(&kv);
         lmc_acts_free(&a);
     }
+    CHECK(lmc_kvq_kv_init(&kv, &m, &kq, ctx, LMC_KVQ_KIVI2, 5000, &err) == LMC_ERR_ARG && !kv.k);
+    CHECK(lmc_kvq_kv_init(&kv, &m, &kq, ctx, LMC_KVQ_F16, 0, &err) == LMC_ERR_ARG && !kv.k); /* not this backend's type */
     /* errors */
     CHECK(lmc_kv_init(&kv, &m, &cpu, ctx, &err) == LMC_OK);
     CHECK(lmc_kvq_kv_format(&kv, LMC_KVQ_Q8, 0, &err) == LMC_ERR_ARG);

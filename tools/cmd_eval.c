@@ -216,9 +216,9 @@ int cmd_eval(int argc, char **argv) {
         }
         be = &kqbe;
     }
-    if (lmc_kv_init(&kv, model, be, ctx, &err) ||
+    if ((kv_fmt ? lmc_kvq_kv_init(&kv, model, be, ctx, kv_fmt, kv_residual, &err)
+                : lmc_kv_init(&kv, model, be, ctx, &err)) ||
         lmc_acts_init(&acts, model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
-        (kv_fmt && lmc_kvq_kv_format(&kv, kv_fmt, kv_residual, &err)) ||
         (have_base && (lmc_kv_init(&kvb, &cb.model, &cb.be, ctx, &err) ||
                        lmc_acts_init(&actsb, &cb.model, &cb.be, EVAL_CHUNK, EVAL_CHUNK, &err)))) {
         rc = cli_fail("eval", &err);

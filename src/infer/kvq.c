@@ -66,23 +66,38 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
     }
     if (!be || be->kv_dtype != LMC_DTYPE_I16 || !be->rope_kv_store)
         return lmc_err_set(err, LMC_ERR_ARG, "KV cache was not made with the compressed-cache backend");
-    size_t layer = (size_t)kv->ctx * (size_t)kv->row * 2;
+    size_t layer = kv->layer_bytes;
     /* the header is all a fresh layer needs: made on the host, uploaded
      * where the cache is device memory */
     _Alignas(8) unsigned char hdr[LMC_KVQ_HDR];
     for (int64_t l = 0; l < kv->n_layers; l++) {
         char *kr = (char *)kv->k + (size_t)l * layer, *vr = (char *)kv->v + (size_t)l * layer;
         if (be->host_memory) {
-            lmc_status st = lmc_kvq_layer_init(kr, vr, f, kv->ctx, kv->row, residual, err);
+            lmc_status st = lmc_kvq_layer_init(kr, vr, f, kv->ctx, kv->row, residual, layer, err);
             if (st) return st;
             continue;
         }
         if (layer < sizeof hdr) return lmc_err_set(err, LMC_ERR_ARG, "KV cache layer too small");
-        lmc_status st = lmc_kvq_layer_init(hdr, NULL, f, kv->ctx, kv->row, residual, err);
+        lmc_status st = lmc_kvq_layer_init(hdr, NULL, f, kv->ctx, kv->row, residual, layer, err);
         if (st) return st;
         be->upload(be->ctx, kr, hdr, sizeof hdr);
     }
     return LMC_OK;
+}
+
+lmc_status lmc_kvq_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be, int64_t ctx,
+                           enum lmc_kvq_fmt f, int64_t residual, lmc_err *err) {
+    size_t bytes = 0;
+    if (!lmc_kvq_is_half(f)) {
+        if (f == LMC_KVQ_KIVI2 && (residual < 0 || residual > 4096))
+            return lmc_err_set(err, LMC_ERR_ARG, "KIVI residual length %lld out of range (0..4096)", (long long)residual);
+        bytes = lmc_kvq_layer_bytes(f, ctx, m->arch->mixer->kv_row(&m->cfg), residual);
+        if (!bytes) return lmc_err_set(err, LMC_ERR_ARG, "KV cache format %d unknown", (int)f);
+    }
+    lmc_status st = lmc_kv_init_bytes(kv, m, be, ctx, bytes, err);
+    if (!st) st = lmc_kvq_kv_format(kv, f, residual, err);
+    if (st) lmc_kv_free(kv);
+    return st;
 }
 
 /* attention_paged of the KIVI-2 variant: its pool is read only through

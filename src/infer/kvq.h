@@ -1,13 +1,13 @@
 /* kvq.h — compressed KV caches (q8, q4, kivi2: ops/cpu/kvquant.h) for a
  * single-sequence model forward on the CPU, without changes to the model
  * code: a CPU backend variant whose KV element type is an opaque 2-byte
- * slot (so lmc_kv_init allocates ctx * row * 2 bytes per layer and the
- * forward writes the cache only through rope_kv_store and reads it only
- * through attention), with those two entries replaced by the compressed
- * store and the attention that reads compressed rows. The cache then
- * holds the compressed rows only (no f32 copy); its allocation is still
- * sized as a 2-byte cache until the model's per-layer sequence state can
- * size it by format (pending the model-layer redesign). */
+ * slot (the forward writes the cache only through rope_kv_store and
+ * reads it only through attention, at layer offsets of kv->layer_bytes),
+ * with those two entries replaced by the compressed store and the
+ * attention that reads compressed rows. The cache holds the compressed
+ * rows only (no f32 copy); lmc_kvq_kv_init sizes its layers by the
+ * format. Also the f16 / bf16 caches (2-byte rows) and the paged pool's
+ * formats. */
 #ifndef LMC_KVQ_H
 #define LMC_KVQ_H
 
@@ -37,6 +37,14 @@ lmc_status lmc_kvq_backend_fmt(struct lmc_backend *out, const struct lmc_backend
  * nothing prepared: LMC_OK when kv's backend keeps that element type
  * (lmc_kvq_backend_fmt), else LMC_ERR_ARG. */
 lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
+
+/* lmc_kv_init for a cache of format f on be (lmc_kvq_backend_fmt's
+ * backend for f) and lmc_kvq_kv_format: the layers sized by the format
+ * (q8 ~0.53x, q4 ~0.31x, kivi2 ~0.19x a bf16 cache's bytes, plus KIVI's
+ * ring of residual + 32 f16 rows; f16 / bf16 2 bytes a value), so the
+ * compressed formats save memory in a single-sequence cache too. */
+lmc_status lmc_kvq_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be, int64_t ctx,
+                           enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
 
 /* out = cpu with the paged pool in format f (f16, bf16, q8, q4, kivi2):
  * attention_paged stores and reads rows of that format and kv_row_bytes

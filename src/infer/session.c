@@ -3,6 +3,7 @@
  * held back). */
 #include "infer/session.h"
 #include "infer/detok.h"
+#include "infer/kvq.h"
 #include "core/core.h"
 
 #include <math.h>
@@ -29,6 +30,13 @@ lmc_status lmc_session_init(struct lmc_session *s, const struct lmc_model *m,
         return lmc_err_set(err, LMC_ERR_OOM, "session: out of memory");
     }
     return LMC_OK;
+}
+
+lmc_status lmc_session_kv_format(struct lmc_session *s, int f, int64_t residual, lmc_err *err) {
+    int64_t ctx = s->kv.ctx;
+    lmc_kv_free(&s->kv);
+    s->n_cached = 0;
+    return lmc_kvq_kv_init(&s->kv, s->model, s->be, ctx, (enum lmc_kvq_fmt)f, residual, err);
 }
 
 void lmc_session_free(struct lmc_session *s) {

@@ -29,6 +29,11 @@ lmc_status lmc_session_init(struct lmc_session *s, const struct lmc_model *m,
                             const struct lmc_backend *be, const struct lmc_tokenizer *tok,
                             int64_t ctx, int64_t max_batch, lmc_err *err);
 void lmc_session_free(struct lmc_session *s);
+/* Replaces the session's cache with one of format f (infer/kvq.h's
+ * lmc_kvq_kv_init: sized by the format; the session's backend must be
+ * lmc_kvq_backend_fmt's for f) and forgets what was cached. On error the
+ * session has no cache and is only fit for lmc_session_free. */
+lmc_status lmc_session_kv_format(struct lmc_session *s, int f, int64_t residual, lmc_err *err);
 
 /* Brings the cache to exactly ids[0..n) (reusing the common prefix with
  * what is cached) and leaves the next-token logits of the last id in

@@ -160,7 +160,7 @@ static void attn_fwd(const struct lmc_run *r, int64_t l, const struct lmc_block_
     case LMC_RUN_SEQ: {
         struct lmc_kv *kv = r->kv;
         bool kv16 = be->kv_dtype != LMC_DTYPE_F32;
-        size_t es = kv16 ? 2 : sizeof(float), stride = (size_t)kv->ctx * (size_t)kvd * es;
+        size_t stride = kv->layer_bytes;
         char *kc = (char *)kv->k + (size_t)l * stride, *vc = (char *)kv->v + (size_t)l * stride;
         if (kv16) { /* f32 K/V in scratch, stored as kv_dtype by rope_kv_store */
             LMC_ASSERT(be->rope_kv_store);

@@ -22,6 +22,11 @@ size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx) {
 
 lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
                        int64_t ctx, lmc_err *err) {
+    return lmc_kv_init_bytes(kv, m, be, ctx, 0, err);
+}
+
+lmc_status lmc_kv_init_bytes(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
+                             int64_t ctx, size_t layer_bytes, lmc_err *err) {
     memset(kv, 0, sizeof *kv);
     if (ctx <= 0 || ctx > (1 << 24))
         return lmc_err_set(err, LMC_ERR_ARG, "context length %lld out of range (1..16777216)",
@@ -35,6 +40,13 @@ lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struc
     kv->row = m->arch->mixer->kv_row(c);
     size_t half = lmc_kv_bytes(m, ctx) / 2; /* f32 elements; 16-bit caches take half */
     if (be->kv_dtype != LMC_DTYPE_F32) half /= 2;
+    kv->layer_bytes = kv->n_layers ? half / (size_t)kv->n_layers : 0;
+    if (half && layer_bytes) {
+        if (layer_bytes > SIZE_MAX / 2 / (size_t)kv->n_layers)
+            return lmc_err_set(err, LMC_ERR_ARG, "KV cache of %zu bytes per layer: size out of range", layer_bytes);
+        kv->layer_bytes = layer_bytes;
+        half = layer_bytes * (size_t)kv->n_layers;
+    }
     if (half) { /* recurrent models keep no K/V */
         kv->k = be->alloc(be->ctx, half);
         kv->v = be->alloc(be->ctx, half);
@@ -273,7 +285,7 @@ lmc_status lmc_model_forward_mask(const struct lmc_model *m, const struct lmc_ba
 void lmc_kv_move_rows(struct lmc_kv *kv, const int64_t *src, const int64_t *dst, int64_t n) {
     LMC_ASSERT(kv->be->host_memory);
     size_t es = kv->be->kv_dtype != LMC_DTYPE_F32 ? 2 : sizeof(float), rb = (size_t)kv->row * es;
-    size_t layer = (size_t)kv->ctx * rb;
+    size_t layer = kv->layer_bytes;
     for (int64_t i = 0; i < n; i++) {
         LMC_ASSERT(src[i] >= 0 && src[i] < kv->ctx && dst[i] >= 0 && dst[i] < kv->ctx);
         if (src[i] == dst[i]) continue;

@@ -118,18 +118,24 @@ void lmc_model_free(struct lmc_model *m);
 lmc_status lmc_model_load_layers(struct lmc_model *m, const char *dir, const struct lmc_model_opts *opts,
                                  int64_t layer_begin, int64_t layer_end, lmc_err *err);
 
-/* KV cache for one sequence: per layer K and V rows (ctx, n_kv*hd) f32,
- * in backend memory. */
+/* KV cache for one sequence: per layer K and V rows (ctx, n_kv*hd) of the
+ * backend's kv_dtype, in backend memory; layer l's K region starts
+ * layer_bytes * l bytes into k (the same for V). */
 struct lmc_kv {
     const struct lmc_backend *be;
     int64_t ctx;                         /* capacity in positions */
     int64_t n_layers, row;               /* row = n_kv*hd */
     float *k, *v;                        /* (L, ctx, row) */
+    size_t layer_bytes;                  /* ctx * row * sizeof kv_dtype, or a compressed layer's (infer/kvq.h) */
     void *state;                         /* fixed per-sequence slots of recurrent layers */
     size_t state_bytes;                  /* (lmc_model_seq_slot_bytes; 0 and NULL today) */
 };
 lmc_status lmc_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
                        int64_t ctx, lmc_err *err);
+/* As lmc_kv_init with layer regions of layer_bytes bytes each (a
+ * compressed cache's layout, lmc_kvq_kv_init); 0: the default. */
+lmc_status lmc_kv_init_bytes(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be,
+                             int64_t ctx, size_t layer_bytes, lmc_err *err);
 void lmc_kv_free(struct lmc_kv *kv);
 size_t lmc_kv_bytes(const struct lmc_model *m, int64_t ctx);
 

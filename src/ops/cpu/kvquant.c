@@ -65,8 +65,14 @@ void lmc_kvq_asym_dequant(const uint8_t *codes, const uint16_t *sm, int64_t n, i
     }
 }
 
+size_t lmc_kvq_layer_bytes(enum lmc_kvq_fmt f, int64_t ctx, int64_t row, int64_t residual) {
+    if (f < LMC_KVQ_Q8 || f > LMC_KVQ_KIVI2 || ctx <= 0 || row <= 0 || residual < 0 || residual > 4096) return 0;
+    struct lmc_kvq_layout L = lmc_kvq_layout_of(f, ctx, row, residual);
+    return (LMC_MAX(L.kend, L.vend) + 63) & ~(size_t)63;
+}
+
 lmc_status lmc_kvq_layer_init(void *kregion, void *vregion, enum lmc_kvq_fmt f, int64_t ctx,
-                              int64_t row, int64_t residual, lmc_err *err) {
+                              int64_t row, int64_t residual, size_t have, lmc_err *err) {
     (void)vregion;
     if (f < LMC_KVQ_Q8 || f > LMC_KVQ_KIVI2)
         return lmc_err_set(err, LMC_ERR_ARG, "KV cache format %d unknown", (int)f);
@@ -75,7 +81,6 @@ lmc_status lmc_kvq_layer_init(void *kregion, void *vregion, enum lmc_kvq_fmt f, 
         return lmc_err_set(err, LMC_ERR_ARG, "KIVI residual length %lld out of range (0..4096)",
                            (long long)residual);
     struct lmc_kvq_layout L = lmc_kvq_layout_of(f, ctx, row, residual);
-    size_t have = (size_t)ctx * (size_t)row * 2;
     if (L.kend > have || L.vend > have)
         return lmc_err_set(err, LMC_ERR_ARG,
                            "KV cache format %s needs %zu bytes per layer, the %lld-position cache "

@@ -55,12 +55,16 @@ void lmc_kvq_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, 
 void lmc_kvq_asym_quant(const float *x, int64_t n, int bits, uint8_t *codes, uint16_t *sm);
 void lmc_kvq_asym_dequant(const uint8_t *codes, const uint16_t *sm, int64_t n, int bits, float *x);
 
-/* Prepares the layer caches of a KV buffer: region l of K is k + l * ctx *
- * row * 2 bytes (the same for V). LMC_ERR_ARG when the format's data does
- * not fit in ctx * row * 2 bytes (KIVI with a context shorter than about
- * its ring) or residual is out of range (KIVI: 0..4096). */
+/* Bytes one layer's K (or V) region needs in format f (Q8..KIVI2) for ctx
+ * positions of row values (the larger of the two, a multiple of 64); 0
+ * for a residual out of range (KIVI: 0..4096) or another format. */
+size_t lmc_kvq_layer_bytes(enum lmc_kvq_fmt f, int64_t ctx, int64_t row, int64_t residual);
+/* Prepares one layer's cache in its regions of `have` bytes each.
+ * LMC_ERR_ARG when the format's data does not fit in them (KIVI with a
+ * context shorter than about its ring, in a bf16-sized region) or
+ * residual is out of range (KIVI: 0..4096). */
 lmc_status lmc_kvq_layer_init(void *kregion, void *vregion, enum lmc_kvq_fmt f, int64_t ctx,
-                              int64_t row, int64_t residual, lmc_err *err);
+                              int64_t row, int64_t residual, size_t have, lmc_err *err);
 /* Positions stored in a layer cache (0 after init). */
 int64_t lmc_kvq_layer_len(const void *kregion);
 /* Appends n rows k, v (n, row) at positions len..len+n-1 after dropping
