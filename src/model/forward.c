@@ -170,11 +170,13 @@ static bool block_observed(const struct lmc_config *c, const struct lmc_block_w 
 }
 
 /* One chunk of n <= a->max_tokens tokens (depth, mask: a token tree,
- * lmc_model_forward_mask; NULL: causal). */
+ * lmc_model_forward_mask; NULL: causal). x_host (n rows of C, host): the
+ * residual stream entering layer `from` instead of the ids' embedding
+ * (lmc_model_forward_from; else from = 0). */
 static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *be,
                           struct lmc_acts *a, struct lmc_kv *kv, const int32_t *host_ids, int64_t n,
                           int64_t pos0, float *host_logits, bool all_logits, const int32_t *depth,
-                          const uint64_t *mask) {
+                          const uint64_t *mask, const float *x_host, int64_t from) {
     const struct lmc_config *c = &m->cfg;
     int64_t C = c->hidden_size;
     struct lmc_run r = {.mode = LMC_RUN_SEQ, .be = be, .cfg = c, .arch = m->arch, .n = n,
@@ -183,10 +185,14 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
                         .state = kv->state, .row_mask = mask};
     for (int64_t i = 0; i < n; i++) a->pos_host[i] = (int32_t)(pos0 + (depth ? depth[i] : i));
     be->upload(be->ctx, a->pos, a->pos_host, (size_t)n * sizeof(int32_t));
-    be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);
     struct lmc_pp_infer *pp = m->w.pipe;
-    if (pp && !lmc_pp_infer_first(pp)) lmc_pp_infer_recv_x(pp, a->x, n, C); /* the stage before's output */
-    else lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
+    if (x_host) {
+        be->upload(be->ctx, a->x, x_host, (size_t)(n * C) * sizeof(float));
+    } else {
+        be->upload(be->ctx, a->ids, host_ids, (size_t)n * sizeof *host_ids);
+        if (pp && !lmc_pp_infer_first(pp)) lmc_pp_infer_recv_x(pp, a->x, n, C); /* the stage before's output */
+        else lmc_weights_embed(be, &m->w, a->x, a->ids, a->pos, n, a->h);
+    }
     if (m->rot_dim) {
         lmc_rope_freqs(c, m->rot_dim, pos0 + n, a->freq_host, &r.attn_scale);
         be->upload(be->ctx, a->inv_freq, a->freq_host, (size_t)(m->rot_dim / 2) * sizeof(double));
@@ -194,7 +200,7 @@ static void forward_chunk(const struct lmc_model *m, const struct lmc_backend *b
     struct lmc_block_save s;
     lmc_block_save_carve(m->arch, c, n, LMC_RUN_SEQ, a->save, &s);
     s.h1 = s.h2 = a->h;
-    for (int64_t l = 0; l < c->num_layers; l++) {
+    for (int64_t l = from; l < c->num_layers; l++) {
         /* the last layer of a chunk whose last row alone gives logits: its
          * attention output and feed-forward on the last FWD_TAIL rows only
          * (more than one so that the matmuls take the prompt's large-M path,
@@ -237,9 +243,9 @@ lmc_status lmc_model_forward(const struct lmc_model *m, const struct lmc_backend
         bool last = done + step == n;
         float *out = all_logits ? logits + done * c->vocab_size : logits;
         if (all_logits || last)
-            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, out, all_logits, NULL, NULL);
+            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, out, all_logits, NULL, NULL, NULL, 0);
         else
-            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, NULL, false, NULL, NULL);
+            forward_chunk(m, be, a, kv, ids + done, step, pos0 + done, NULL, false, NULL, NULL, NULL, 0);
         done += step;
     }
     return LMC_OK;
@@ -278,7 +284,25 @@ lmc_status lmc_model_forward_mask(const struct lmc_model *m, const struct lmc_ba
     if (m->w.pos_emb.data && pos0 + n > m->w.pos_emb.rows)
         return lmc_err_set(err, LMC_ERR_ARG, "%lld positions exceed the model's %lld learned positions",
                            (long long)(pos0 + n), (long long)m->w.pos_emb.rows);
-    forward_chunk(m, be, a, kv, ids, n, pos0, logits, true, depth, mask);
+    forward_chunk(m, be, a, kv, ids, n, pos0, logits, true, depth, mask, NULL, 0);
+    return LMC_OK;
+}
+
+lmc_status lmc_model_forward_from(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_acts *a,
+                                  struct lmc_kv *kv, const float *x, int64_t n, int64_t pos0, int64_t from,
+                                  float *logits, lmc_err *err) {
+    const struct lmc_config *c = &m->cfg;
+    if (from < 0 || from >= c->num_layers || m->w.pipe || m->w.vocab)
+        return lmc_err_set(err, LMC_ERR_ARG, "forward from layer %lld: out of range (0..%lld) or a sharded model",
+                           (long long)from, (long long)c->num_layers - 1);
+    if (n <= 0 || n > a->max_tokens || n > a->logit_rows)
+        return lmc_err_set(err, LMC_ERR_ARG, "forward from layer %lld: %lld rows out of range (1..%lld)",
+                           (long long)from, (long long)n, (long long)LMC_MIN(a->max_tokens, a->logit_rows));
+    if (pos0 < 0 || pos0 + n > kv->ctx)
+        return lmc_err_set(err, LMC_ERR_ARG,
+                           "context full: %lld tokens at position %lld exceed the context of %lld",
+                           (long long)n, (long long)pos0, (long long)kv->ctx);
+    forward_chunk(m, be, a, kv, NULL, n, pos0, logits, true, NULL, NULL, x, from);
     return LMC_OK;
 }
 

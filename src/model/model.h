@@ -177,6 +177,17 @@ lmc_status lmc_model_forward_mask(const struct lmc_model *m, const struct lmc_ba
                                   struct lmc_acts *a, struct lmc_kv *kv, const int32_t *ids, int64_t n,
                                   int64_t pos0, const int32_t *depth, const uint64_t *mask, float *logits,
                                   lmc_err *err);
+/* Layers from..L-1 of rows whose residual stream entering layer `from` is
+ * x (host, n rows of hidden_size): appends their K/V for those layers at
+ * positions pos0..pos0+n-1 (the layers before hold theirs already) and
+ * fills logits (host) with all n rows. Self-speculation's verification
+ * (LayerSkip): the draft, the first `from` layers, ran the rows; the
+ * verifier goes on from its hidden states. n <= a->max_tokens and
+ * a->logit_rows; no pipeline stages or vocabulary-parallel head
+ * (LMC_ERR_ARG). */
+lmc_status lmc_model_forward_from(const struct lmc_model *m, const struct lmc_backend *be, struct lmc_acts *a,
+                                  struct lmc_kv *kv, const float *x, int64_t n, int64_t pos0, int64_t from,
+                                  float *logits, lmc_err *err);
 /* Whether lmc_model_forward_mask runs for m on be: attention layers only, no
  * sliding window, an f32 cache in host memory, the backend's attention_mask;
  * no tensor/pipeline/vocabulary parallelism. */
