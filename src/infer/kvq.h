@@ -46,6 +46,17 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
 lmc_status lmc_kvq_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be, int64_t ctx,
                            enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
 
+/* StreamingLLM eviction (kvq_stream.h) over every layer of a host cache
+ * holding `used` positions, in whatever it holds: rows sinks+e..used-1
+ * move to sinks.., their keys rotated back by e positions. f32 rows move
+ * in place; f16 / bf16 and compressed rows are decoded into scratch (2 *
+ * (used - sinks) * row floats), moved there and stored again, so each
+ * eviction rounds or quantizes the moved rows once more (callers evict in
+ * chunks: a row is moved a few times in its life, not once per token).
+ * kvq_evict.c. */
+void lmc_kvq_evict(struct lmc_kv *kv, int64_t used, int64_t n_kv, int64_t hd, int64_t rot_dim,
+                   const double *inv_freq, int64_t sinks, int64_t e, float *scratch);
+
 /* out = cpu with the paged pool in format f (f16, bf16, q8, q4, kivi2):
  * attention_paged stores and reads rows of that format and kv_row_bytes
  * sizes the pool by them, so lmc_kv_pool_init / the scheduler give f32's
