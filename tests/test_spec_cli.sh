@@ -8,8 +8,9 @@
 # from --draft-vocab-corpus's ranking, and with f16, bf16, q8, q4
 # and kivi2 caches, against plain greedy with that cache); attention sinks:
 # a window that never fills equals plain greedy, a small one generates 600
-# tokens past the 256 positions (plain and speculative); bad values and
-# combinations exit 2 with a message; chat refuses them.
+# tokens past the 256 positions (plain and speculative), a prompt longer
+# than sinks + window is fed in steps, evicting; bad values and
+# combinations exit 2 with a message (chat: test_chat_spec.sh).
 # LMC_TEST_QUICK=1 (CI's sanitizer stage): the small-window sink runs
 # generate 300 tokens instead of 600 (still past the 256 positions, so
 # still evicting); the release stage runs them in full. Usage: PATH/TO/lmc
@@ -112,8 +113,12 @@ done
 [ $rc = 1 ] && grep -q "KV window 4 must exceed the draft tokens 4" "$TMP/err"; ok $? "window <= K refused (rc $rc)"
 "$LMC" generate -m $FIX/gpt2-tiny -p hi --kv-window 40 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "rotary positions" "$TMP/err"; ok $? "sinks on learned positions refused (rc $rc)"
-"$LMC" generate -m $K -p "$P2" --kv-window 10 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
-[ $rc = 1 ] && grep -q "exceeds the context of 10 (attention sinks + KV window)" "$TMP/err"; ok $? "prompt longer than the window refused (rc $rc)"
+for f in "" "--self-spec 2 --draft-tokens 3"; do
+  "$LMC" generate -m $K -p "$P2" --attention-sinks 2 --kv-window 10 -n 20 --ignore-eos --json $f >"$TMP/s.json" 2>"$TMP/err"
+  ok $? "prompt longer than sinks + window $f"
+  [ "$(python3 -c "import json;print(len(json.load(open('$TMP/s.json'))['ids']))")" = 20 ] && grep -qE " [1-9][0-9]* evicted" "$TMP/err"
+  ok $? "prompt longer than sinks + window $f: fed evicting, 20 tokens"
+done
 "$LMC" generate -m $K -p "$P2" --kv-window 100 --kv-dtype q8 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "do not combine" "$TMP/err"; ok $? "sinks with a compressed cache refused (rc $rc)"
 
@@ -158,8 +163,6 @@ done
 [ $rc = 1 ] && grep -q "draft model vocabulary of 512 tokens differs from the target's 8192" "$TMP/err"; ok $? "draft of another vocabulary refused (rc $rc)"
 "$LMC" generate -m $K -p hi --draft-model "$TMP/none" >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "none" "$TMP/err"; ok $? "missing draft folder named (rc $rc)"
-echo hi | "$LMC" chat -m $FIX/llama-tiny --prompt-lookup 2 >/dev/null 2>"$TMP/err"; rc=$?
-[ $rc = 2 ] && grep -q "generate. only" "$TMP/err"; ok $? "chat refuses speculative flags (rc $rc)"
 
 echo "test_spec_cli: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -191,61 +191,77 @@ static lmc_status draft_vocab_load(struct gen_args *a, struct cli_model *cm, int
     return LMC_OK;
 }
 
-/* Generates with speculative decoding (a->spec.mode set): loads the draft
- * model when one is named (same options as the target), prints the
- * acceptance statistics on stderr. */
+/* The speculative loop of a generation or of a whole chat (a->spec.mode
+ * or streaming set): the draft model when one is named (same options as
+ * the target), its vocabulary subset and its own backend, loaded once,
+ * and the lmc_spec, whose caches a chat's turns reuse. Stays in place
+ * while open (the spec points at dbe). */
+struct gen_spec {
+    struct lmc_spec sp;
+    struct lmc_model draft;
+    struct lmc_backend dbe;
+    int32_t *dv;
+    bool have_draft, have_dbe, have_sp;
+};
+
+static void gen_spec_close(struct gen_spec *s) {
+    if (s->have_sp) lmc_spec_free(&s->sp);
+    free(s->dv);
+    if (s->have_dbe) lmc_backend_cpu_free(&s->dbe);
+    if (s->have_draft) lmc_model_free(&s->draft);
+    memset(s, 0, sizeof *s);
+}
+
+static lmc_status gen_spec_open(struct gen_spec *s, struct gen_args *a, struct cli_model *cm,
+                                const struct lmc_backend *gbe, int64_t ctx, lmc_err *err) {
+    memset(s, 0, sizeof *s);
+    lmc_status st = LMC_OK;
+    if (a->spec.mode == LMC_SPEC_DRAFT) {
+        struct lmc_model_opts mo = {.wdtype = a->c.wdtype, .be = &cm->be};
+        st = lmc_model_load(&s->draft, a->draft_dir, &mo, err);
+        if (st) return st;
+        s->have_draft = true;
+    }
+    if (a->draft_vocab_n > 0 || a->draft_vocab_corpus) st = draft_vocab_load(a, cm, &s->dv, err);
+    a->spec.kv_fmt = a->kv_fmt;
+    a->spec.kv_residual = a->kv_residual;
+    /* the draft on its own CPU backend of --draft-threads threads (the
+     * plain CPU backend only: not a compressed cache's or a device's);
+     * default 0: the target's backend (a 1-thread backend for small drafts
+     * measured 0.95x / 0.98x quiet; docs/speculation-and-kv.md) */
+    if (!st && s->have_draft && a->draft_threads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
+        st = lmc_backend_cpu_init(&s->dbe, (int)a->draft_threads, err);
+        s->have_dbe = !st;
+        if (!st) a->spec.draft_be = &s->dbe;
+    }
+    if (!st) st = lmc_spec_init(&s->sp, &cm->model, gbe, cm->tok, s->have_draft ? &s->draft : NULL, &a->spec, ctx, err);
+    s->have_sp = !st;
+    a->spec.draft_be = NULL; /* copied by lmc_spec_init */
+    a->spec.draft_vocab = NULL;
+    if (st) gen_spec_close(s);
+    return st;
+}
+
+/* Generates with speculative decoding (a->spec.mode set) or streaming. */
 static lmc_status generate_spec(struct gen_args *a, struct cli_model *cm,
                                 const struct lmc_backend *gbe, const int32_t *ids, int64_t n,
                                 int64_t ctx, struct lmc_gen_result *res,
                                 struct lmc_spec_stats *stats, lmc_err *err) {
-    struct lmc_model draft;
-    bool have_draft = false;
-    lmc_status st = LMC_OK;
-    if (a->spec.mode == LMC_SPEC_DRAFT) {
-        struct lmc_model_opts mo = {.wdtype = a->c.wdtype, .be = &cm->be};
-        st = lmc_model_load(&draft, a->draft_dir, &mo, err);
-        if (st) return st;
-        have_draft = true;
-    }
-    int32_t *dv = NULL;
-    if (a->draft_vocab_n > 0 || a->draft_vocab_corpus) {
-        st = draft_vocab_load(a, cm, &dv, err);
-        if (st) {
-            if (have_draft) lmc_model_free(&draft);
-            return st;
-        }
-    }
-    struct lmc_spec sp;
-    a->spec.kv_fmt = a->kv_fmt;
-    a->spec.kv_residual = a->kv_residual;
-    /* the draft on its own CPU backend of --draft-threads threads (the
-     * plain CPU backend only: not a compressed cache's or a device's) */
-    struct lmc_backend dbe;
-    bool have_dbe = false;
-    /* default 0: the target's backend (a 1-thread backend for small drafts
-     * measured 0.95x / 0.98x quiet; docs/speculation-and-kv.md) */
-    if (have_draft && a->draft_threads > 0 && gbe == &cm->be && !strcmp(gbe->name, "cpu")) {
-        st = lmc_backend_cpu_init(&dbe, (int)a->draft_threads, err);
-        if (st) {
-            free(dv);
-            lmc_model_free(&draft);
-            return st;
-        }
-        have_dbe = true;
-        a->spec.draft_be = &dbe;
-    }
-    st = lmc_spec_init(&sp, &cm->model, gbe, cm->tok, have_draft ? &draft : NULL, &a->spec, ctx, err);
-    if (!st) {
-        st = lmc_spec_generate(&sp, ids, n, &a->g, a->c.json ? NULL : emit_stdout, NULL, res, stats,
-                               err);
-        lmc_spec_free(&sp);
-    }
-    a->spec.draft_be = NULL;
-    a->spec.draft_vocab = NULL;
-    free(dv);
-    if (have_dbe) lmc_backend_cpu_free(&dbe);
-    if (have_draft) lmc_model_free(&draft);
+    struct gen_spec s;
+    lmc_status st = gen_spec_open(&s, a, cm, gbe, ctx, err);
+    if (st) return st;
+    st = lmc_spec_generate(&s.sp, ids, n, &a->g, a->c.json ? NULL : emit_stdout, NULL, res, stats, err);
+    gen_spec_close(&s);
     return st;
+}
+
+/* The acceptance statistics of a speculative generation, on stderr. */
+static void print_spec_stats(const struct lmc_spec_stats *s, const struct lmc_gen_result *res) {
+    fprintf(stderr, "lmc: speculative: %lld rounds, %lld drafted, %lld accepted (%.1f%%), "
+                    "%.2f tokens per target forward, %lld evicted\n",
+            (long long)s->rounds, (long long)s->drafted, (long long)s->accepted,
+            s->drafted ? 100.0 * (double)s->accepted / (double)s->drafted : 0.0,
+            s->rounds ? (double)res->n_ids / (double)s->rounds : 0.0, (long long)s->evicted);
 }
 
 /* The backend generation runs on: cm's, or its compressed-KV variant
@@ -540,12 +556,7 @@ int cmd_generate(int argc, char **argv) {
             rc = cli_fail("generate", &err);
             goto done;
         }
-        fprintf(stderr, "lmc: speculative: %lld rounds, %lld drafted, %lld accepted (%.1f%%), "
-                        "%.2f tokens per target forward, %lld evicted\n",
-                (long long)sstats.rounds, (long long)sstats.drafted, (long long)sstats.accepted,
-                sstats.drafted ? 100.0 * (double)sstats.accepted / (double)sstats.drafted : 0.0,
-                sstats.rounds ? (double)res.n_ids / (double)sstats.rounds : 0.0,
-                (long long)sstats.evicted);
+        print_spec_stats(&sstats, &res);
         /* where the decode time went (spec.c's round timers; the rest: emission, detokenizing, the loop) */
         fprintf(stderr, "lmc: speculative time: draft %.4f s, verify %.4f s, accept %.4f s, other %.4f s "
                         "(%lld plain rounds); decode CPU %.4f s\n",
@@ -633,10 +644,6 @@ static bool emit_collect(void *user, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     struct gen_args a;
     if (parse_gen_args(&a, argc, argv)) return 2;
-    if (a.spec.mode || a.kv_fmt || a.spec.window) {
-        fprintf(stderr, "lmc chat: speculative decoding, --kv-dtype and attention sinks are available in `lmc generate` only\n");
-        return 2;
-    }
     if (a.pp || a.tp > 1 || a.ep > 1) {
         fprintf(stderr, "lmc chat: --pp/--tp/--ep run in `lmc generate` and `lmc serve` (chat reads one terminal)\n");
         return 2;
@@ -654,11 +661,26 @@ int cmd_chat(int argc, char **argv) {
         return cli_fail("chat template", &err);
     }
     a.g.n_stop += lmc_chat_template_turn_stops(ct, a.stops + a.g.n_stop);
+    /* speculative decoding or attention sinks: one speculative loop for the
+     * conversation (its caches keep the turns' common prefix); else a
+     * session (the same reuse), on the --kv-dtype backend if given */
+    bool spec = a.spec.mode || a.spec.window;
+    int64_t ctx = a.spec.window ? a.spec.sinks + a.spec.window : cli_ctx(&a.c, &cm.model);
+    struct lmc_backend kqbe;
+    const struct lmc_backend *gbe;
     struct lmc_session s;
-    if (lmc_session_init(&s, &cm.model, &cm.be, cm.tok, cli_ctx(&a.c, &cm.model), 512, &err)) {
+    struct gen_spec gs;
+    lmc_status st = gen_backend(&a, &cm, &kqbe, &gbe, &err);
+    if (!st && spec) {
+        st = gen_spec_open(&gs, &a, &cm, gbe, ctx, &err);
+    } else if (!st) {
+        st = lmc_session_init(&s, &cm.model, gbe, cm.tok, ctx, 512, &err);
+        if (!st && a.kv_fmt && (st = lmc_session_kv_format(&s, a.kv_fmt, a.kv_residual, &err))) lmc_session_free(&s);
+    }
+    if (st) {
         lmc_chat_template_free(ct);
         cli_close(&cm);
-        return cli_fail("session", &err);
+        return cli_fail("chat", &err);
     }
     struct lmc_chat_msg *msgs = NULL;
     int n_msgs = 0, cap = 0;
@@ -702,9 +724,12 @@ int cmd_chat(int argc, char **argv) {
             free(prompt);
             continue;
         }
-        a.g.max_new = LMC_MIN(max_new, s.kv.ctx - n);
+        /* streaming: unbounded (the cache evicts) */
+        a.g.max_new = a.spec.window ? max_new : LMC_MIN(max_new, ctx - n);
+        struct lmc_spec_stats sstats;
         if (a.g.max_new <= 0 ||
-            lmc_session_generate(&s, ids, n, &a.g, emit_collect, NULL, &res, &err)) {
+            (spec ? lmc_spec_generate(&gs.sp, ids, n, &a.g, emit_collect, NULL, &res, &sstats, &err)
+                  : lmc_session_generate(&s, ids, n, &a.g, emit_collect, NULL, &res, &err))) {
             if (a.g.max_new <= 0) lmc_err_set(&err, LMC_ERR_ARG, "conversation fills the context; /reset");
             cli_fail("chat", &err);
             free(owned[--n_msgs]);
@@ -712,6 +737,7 @@ int cmd_chat(int argc, char **argv) {
             printf("\n");
             fprintf(stderr, "[%lld tokens, %.1f tok/s]\n", (long long)res.n_ids,
                     res.decode_s > 0 ? (double)res.n_ids / res.decode_s : 0.0);
+            if (spec) print_spec_stats(&sstats, &res);
             owned[n_msgs] = strdup(res.text);
             msgs[n_msgs] = (struct lmc_chat_msg){"assistant", owned[n_msgs]};
             n_msgs++;
@@ -723,7 +749,8 @@ int cmd_chat(int argc, char **argv) {
     for (int i = 0; i < n_msgs; i++) free(owned[i]);
     free(owned);
     free(msgs);
-    lmc_session_free(&s);
+    if (spec) gen_spec_close(&gs);
+    else lmc_session_free(&s);
     lmc_chat_template_free(ct);
     cli_close(&cm);
     return rc;

@@ -371,6 +371,7 @@ void lmc_spec_free(struct lmc_spec *sp) {
     free(sp->dhead_bias);
     free(sp->dmap);
     free(sp->dsub);
+    free(sp->hist);
     memset(sp, 0, sizeof *sp);
 }
 
@@ -451,6 +452,50 @@ static void stream_make_room(struct lmc_spec *sp, struct gen *g, int64_t m,
                               c->head_dim, sp->model->rot_dim, sp->inv_freq, p.sinks, e);
     g->shift += e;
     stats->evicted += e;
+}
+
+/* Streaming: feeds all[tc..upto) to the target: at once where it fits the
+ * sinks + window rows, else in steps of a quarter window (each token sees
+ * at least 3/4 of the window), each after evicting what it needs. */
+static lmc_status stream_prefill(struct lmc_spec *sp, struct gen *g, int64_t upto, lmc_err *err) {
+    int64_t cap = sp->o.sinks + sp->o.window, step = LMC_MAX(1, sp->o.window / 4);
+    while (g->tc < upto) {
+        int64_t rem = upto - g->tc, room = cap - (g->tc - g->shift);
+        int64_t c = rem <= room ? rem : LMC_MAX(room, LMC_MIN(rem, step));
+        if (c > room) stream_make_room(sp, g, c, g->stats);
+        lmc_status st = lmc_model_forward(sp->model, sp->be, &sp->acts, &sp->kv, g->all + g->tc, c,
+                                          g->tc - g->shift, sp->logits, false, err);
+        if (st) return st;
+        g->tc += c;
+    }
+    return LMC_OK;
+}
+
+/* The prompt ids whose cached rows the call reuses: the common prefix of
+ * prompt and the kept ids, all but the last prompt id; streaming: none
+ * (the caches start over) unless every evicted id is in that prefix. */
+static int64_t reuse_prefix(const struct lmc_spec *sp, const int32_t *prompt, int64_t n_prompt) {
+    int64_t keep = 0;
+    if (sp->kv.state_bytes) return 0; /* a recurrent state cannot rewind */
+    while (keep < sp->n_tc && keep < n_prompt - 1 && sp->hist[keep] == prompt[keep]) keep++;
+    if (sp->shift > 0 && keep < sp->o.sinks + sp->shift) keep = 0;
+    return keep;
+}
+
+/* Keeps what the caches hold after a successful call (struct lmc_spec's
+ * hist); where the ids do not fit in memory the next call starts over. */
+static void keep_state(struct lmc_spec *sp, const struct gen *g) {
+    if (g->tc > sp->hist_cap) {
+        int64_t cap = LMC_MAX(g->tc, 2 * sp->hist_cap);
+        int32_t *h = realloc(sp->hist, (size_t)cap * sizeof *h);
+        if (!h) return;
+        sp->hist = h;
+        sp->hist_cap = cap;
+    }
+    memcpy(sp->hist, g->all, (size_t)g->tc * sizeof *g->all);
+    sp->n_tc = g->tc;
+    sp->n_dc = sp->o.mode == LMC_SPEC_DRAFT ? LMC_MIN(g->dc, g->tc) : 0;
+    sp->shift = g->shift;
 }
 
 /* Drafts up to K tokens into all[n..n+k); returns k. */
@@ -568,10 +613,9 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     if (o->max_new < 0) return lmc_err_set(err, LMC_ERR_ARG, "max new tokens must be >= 0");
     if (n_prompt <= 0) return lmc_err_set(err, LMC_ERR_ARG, "empty prompt: nothing to condition on");
     bool stream = sp->o.window > 0;
-    if (n_prompt > ctx)
-        return lmc_err_set(err, LMC_ERR_ARG, "prompt of %lld tokens exceeds the context of %lld%s",
-                           (long long)n_prompt, (long long)ctx,
-                           stream ? " (attention sinks + KV window)" : "");
+    if (n_prompt > ctx && !stream) /* streaming: any length, evicting */
+        return lmc_err_set(err, LMC_ERR_ARG, "prompt of %lld tokens exceeds the context of %lld",
+                           (long long)n_prompt, (long long)ctx);
     struct gen g;
     memset(&g, 0, sizeof g);
     g.stats = stats;
@@ -594,20 +638,24 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
     memcpy(g.all, prompt, (size_t)n_prompt * sizeof *g.all);
     g.n = n_prompt;
     double t0 = lmc_time_now();
-    /* prefill all but the last prompt id: each round feeds the last decided
-     * id and the drafts together */
-    if (n_prompt > 1) {
-        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all, n_prompt - 1, 0, sp->logits,
-                               false, err);
+    /* prefill all but the last prompt id past the rows kept from the last
+     * call: each round feeds the last decided id and the drafts together */
+    int64_t keep = reuse_prefix(sp, prompt, n_prompt), dkeep = LMC_MIN(keep, sp->n_dc);
+    g.shift = keep ? sp->shift : 0;
+    g.tc = keep;
+    sp->n_tc = sp->n_dc = sp->shift = 0; /* the caches change: kept again once the call succeeds */
+    if (stream) st = stream_prefill(sp, &g, n_prompt - 1, err);
+    else if (n_prompt - 1 > keep)
+        st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + keep, n_prompt - 1 - keep, keep,
+                               sp->logits, false, err);
+    if (st) goto out;
+    if (sp->o.mode == LMC_SPEC_DRAFT && n_prompt - 1 > dkeep) {
+        st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g.all + dkeep, n_prompt - 1 - dkeep,
+                               dkeep, sp->dlogits, false, err);
         if (st) goto out;
-        if (sp->o.mode == LMC_SPEC_DRAFT) {
-            st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g.all, n_prompt - 1, 0,
-                                   sp->dlogits, false, err);
-            if (st) goto out;
-        }
     }
     g.tc = g.dc = n_prompt - 1;
-    res->n_prompt_new = n_prompt;
+    res->n_prompt_new = n_prompt - keep;
     double t1 = lmc_time_now();
     res->prefill_s = t1 - t0;
     res->finish_reason = "length";
@@ -752,6 +800,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
             res->text = g.text ? g.text : calloc(1, 1);
             res->text_len = g.text ? g.tlen : 0;
             g.text = NULL;
+            keep_state(sp, &g);
         }
     }
 out:

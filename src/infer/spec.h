@@ -122,6 +122,13 @@ struct lmc_spec {
     int32_t *dmap;
     float *dsub;
     int64_t dn;
+    /* what the caches hold after a call, for the next call's prefix reuse:
+     * hist[0..n_tc) the ids whose rows are valid in the target cache, the
+     * first n_dc of them in the draft model's (DRAFT; SELF shares the
+     * target's); streaming: every id fed since the last start, evicted
+     * ones included, shift of them evicted (id i >= sinks at slot i - shift) */
+    int32_t *hist;
+    int64_t hist_cap, n_tc, n_dc, shift;
 };
 
 /* draft: the draft model for LMC_SPEC_DRAFT (same vocabulary size: checked,
@@ -133,8 +140,17 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
 void lmc_spec_free(struct lmc_spec *sp);
 
 /* Generates like lmc_session_generate (same options, stop strings, EOS,
- * streaming and result; the cache starts empty each call). stats may be
- * NULL. */
+ * streaming and result). stats may be NULL. The caches keep what a call
+ * leaves: the next call prefills only the prompt past its common prefix
+ * with the ids kept (at least the last prompt id is fed by the first
+ * round; res->n_prompt_new: the prompt ids not reused), as a session does,
+ * the compressed caches and the draft's included. Streaming (o.window > 0):
+ * a prompt of any length runs (what does not fit the sinks + window rows
+ * is fed in steps, evicting as the rounds do); the kept state is continued
+ * when the prompt starts with every id evicted so far and diverges from
+ * the kept ids, if at all, within the rows still cached (a conversation
+ * that only grows), else the caches start over. After an error the next
+ * call starts over. */
 lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t n_prompt,
                              const struct lmc_gen_opts *o, lmc_emit_fn emit, void *user,
                              struct lmc_gen_result *res, struct lmc_spec_stats *stats, lmc_err *err);
