@@ -19,6 +19,7 @@
 #include "model/forward_batch.h"
 #include "ops/backend.h"
 #include "ops/cpu/kvquant.h"
+#include "ops/cpu/kvquant_layout.h"
 
 #include <float.h>
 #include <stdlib.h>
@@ -37,8 +38,9 @@
 static bool decoded_close(enum lmc_kvq_fmt f, const char *slot, const float *x) {
     float d[ROW];
     lmc_kvq_paged_decode(f, slot, ROW, 0, ROW, d);
-    for (int64_t g = 0; g < ROW; g += 32) {
-        int64_t n = LMC_MIN(32, ROW - g);
+    const int64_t gs = lmc_kvq_group_of(f); /* values per scale: q8 64, q4 32 */
+    for (int64_t g = 0; g < ROW; g += gs) {
+        int64_t n = LMC_MIN(gs, ROW - g);
         float lo = x[g], hi = x[g], amax = 0;
         for (int64_t e = g; e < g + n; e++) {
             lo = LMC_MIN(lo, x[e]), hi = LMC_MAX(hi, x[e]);

@@ -586,7 +586,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     have_s = true;
-    if (a.kv_fmt && lmc_kvq_kv_format(&s.kv, a.kv_fmt, a.kv_residual, &err)) {
+    if (a.kv_fmt && lmc_session_kv_format(&s, a.kv_fmt, a.kv_residual, &err)) {
         rc = cli_fail("--kv-dtype", &err);
         goto done;
     }

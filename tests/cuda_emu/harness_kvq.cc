@@ -25,13 +25,12 @@ static bool kvq_forward(const struct lmc_backend *base, const char *dir, int fmt
     const int64_t n = (int64_t)ids.size(), V = m.cfg.vocab_size;
     struct lmc_kv kv;
     struct lmc_acts a;
-    bool ok = !lmc_kv_init(&kv, &m, &be, 96, &err);
+    bool ok = !lmc_kvq_kv_init(&kv, &m, &be, 96, (enum lmc_kvq_fmt)fmt, R, &err); /* sized by the format */
     if (ok && lmc_acts_init(&a, &m, &be, 32, 32, &err)) lmc_kv_free(&kv), ok = false;
     if (ok) {
         all.assign((size_t)(n * V), NAN), next.assign((size_t)V, NAN);
         int32_t nid = (int32_t)((ids[n - 1] * 7 + 3) % V);
-        if (lmc_kvq_kv_format(&kv, (enum lmc_kvq_fmt)fmt, R, &err) ||
-            lmc_model_forward(&m, &be, &a, &kv, ids.data(), n, 0, all.data(), true, &err) ||
+        if (lmc_model_forward(&m, &be, &a, &kv, ids.data(), n, 0, all.data(), true, &err) ||
             lmc_model_forward(&m, &be, &a, &kv, &nid, 1, n, next.data(), false, &err))
             ok = false;
         lmc_acts_free(&a);
@@ -53,9 +52,11 @@ static void test_kvq() {
     };
     for (auto &c : cs) {
         const int64_t row = c.KV * c.D, len = c.ctx - 9, pos0 = len - c.M;
-        std::vector<uint8_t> kr((size_t)(c.ctx * row * 2)), vr((size_t)(c.ctx * row * 2));
+        /* layers sized by the format (lmc_kvq_kv_init's) */
+        const size_t bytes = lmc_kvq_layer_bytes((enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R);
+        std::vector<uint8_t> kr(bytes), vr(bytes);
         lmc_err err;
-        if (lmc_kvq_layer_init(kr.data(), vr.data(), (enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R, &err)) {
+        if (lmc_kvq_layer_init(kr.data(), vr.data(), (enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R, bytes, &err)) {
             check("kvq layer init", 1, 0, "%s", err.msg);
             continue;
         }
@@ -69,9 +70,8 @@ static void test_kvq() {
         /* the CUDA store, same sequence, in device memory: the same bytes
          * decode the same */
         {
-            const size_t bytes = (size_t)(c.ctx * row * 2);
             std::vector<uint8_t> gk(bytes), gv(bytes);
-            lmc_kvq_layer_init(gk.data(), gv.data(), (enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R, &err);
+            lmc_kvq_layer_init(gk.data(), gv.data(), (enum lmc_kvq_fmt)c.fmt, c.ctx, row, c.R, bytes, &err);
             void *dk = gpu.alloc(gpu.ctx, bytes), *dv = gpu.alloc(gpu.ctx, bytes);
             void *dkn = gpu.alloc(gpu.ctx, (size_t)len * row * 4), *dvn = gpu.alloc(gpu.ctx, (size_t)len * row * 4);
             void *dpos = gpu.alloc(gpu.ctx, (size_t)len * 4);

@@ -1,7 +1,7 @@
 /* attention_paged_kvq.c — paged attention (backend.h, attention_paged)
  * over a compressed or f16 KV pool: each token's K and V rows are stored
  * in a slot of lmc_kvq_paged_row_bytes bytes, f16 or bf16 (row values), q8 (int8
- * codes, one f16 scale per 32 values) or q4 (4-bit codes, f16 scale and
+ * codes, one f16 scale per 64 values) or q4 (4-bit codes, f16 scale and
  * minimum per 32 values), the same group quantizers as the
  * single-sequence cache (kvquant.c). A quantized slot is [scales][codes],
  * padded to 8 bytes, so every block of the pool is a plain byte range
@@ -21,10 +21,7 @@
 
 #define G LMC_KVQ_GROUP
 
-static size_t scale_bytes(enum lmc_kvq_fmt f, int64_t row) {
-    size_t ng = (size_t)((row + G - 1) / G);
-    return f == LMC_KVQ_Q8 ? 2 * ng : 4 * ng;
-}
+static size_t scale_bytes(enum lmc_kvq_fmt f, int64_t row) { return lmc_kvq_paged_scale_bytes(f, row); }
 
 size_t lmc_kvq_paged_row_bytes(enum lmc_kvq_fmt f, int64_t row) {
     LMC_ASSERT((f == LMC_KVQ_Q8 || f == LMC_KVQ_Q4 || lmc_kvq_is_half(f)) && row > 0);
@@ -62,7 +59,7 @@ void lmc_kvq_paged_decode(enum lmc_kvq_fmt f, const void *slot, int64_t row, int
     }
     const char *codes = s + scale_bytes(f, row);
     for (int64_t i = a; i < a + n;) { /* one group's run at a time */
-        int64_t g = i / G, end = LMC_MIN(a + n, (g + 1) * G);
+        int64_t gs = lmc_kvq_group_of(f), g = i / gs, end = LMC_MIN(a + n, (g + 1) * gs);
         if (f == LMC_KVQ_Q8) {
             float d = lmc_f16_to_f32(sc[g]);
             for (; i < end; i++) out[i - a] = (float)((const int8_t *)codes)[i] * d;

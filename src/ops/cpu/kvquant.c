@@ -34,7 +34,7 @@ static int64_t ngroups(int64_t n) { return (n + G - 1) / G; }
 double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row) {
     double ng = (double)ngroups(row);
     switch (f) {
-    case LMC_KVQ_Q8: return 2 * ((double)row + 2 * ng);
+    case LMC_KVQ_Q8: return 2 * ((double)row + 2 * (double)((row + LMC_KVQ_Q8_G - 1) / LMC_KVQ_Q8_G));
     case LMC_KVQ_Q4: return 2 * ((double)((row * 4 + 7) / 8) + 4 * ng);
     case LMC_KVQ_KIVI2: /* keys: 2 bits + (scale, min) per channel per 32 tokens; values per token */
         return (double)row * 2 / 8 + (double)row * 4 / G + (double)((row * 2 + 7) / 8) + 4 * ng;
@@ -43,12 +43,12 @@ double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row) {
 }
 
 void lmc_kvq_q8_quant(const float *x, int64_t n, int8_t *codes, uint16_t *scales) {
-    for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, gi++)
-        lmc_kvq_q8_group(x + g0, 1, LMC_MIN(G, n - g0), codes + g0, scales + gi);
+    for (int64_t g0 = 0, gi = 0; g0 < n; g0 += LMC_KVQ_Q8_G, gi++)
+        lmc_kvq_q8_group(x + g0, 1, LMC_MIN(LMC_KVQ_Q8_G, n - g0), codes + g0, scales + gi);
 }
 
 void lmc_kvq_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, float *x) {
-    for (int64_t i = 0; i < n; i++) x[i] = (float)codes[i] * lmc_f16_to_f32(scales[i / G]);
+    for (int64_t i = 0; i < n; i++) x[i] = (float)codes[i] * lmc_f16_to_f32(scales[i / LMC_KVQ_Q8_G]);
 }
 
 

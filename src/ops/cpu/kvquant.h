@@ -1,5 +1,5 @@
 /* kvquant.h — compressed KV-cache rows on the CPU: int8 (symmetric, one
- * f16 scale per 32 values of a token's row), int4 (asymmetric, f16 scale
+ * f16 scale per 64 values of a token's row), int4 (asymmetric, f16 scale
  * and minimum per 32 values of a row) and KIVI-2 (Liu et al. 2024: keys
  * quantized per channel over blocks of 32 tokens, values per token in
  * groups of 32 channels, both 2-bit asymmetric, the most recent R tokens
@@ -45,8 +45,9 @@ static inline bool lmc_kvq_is_half(enum lmc_kvq_fmt f) { return f == LMC_KVQ_F16
  * 4 * row. */
 double lmc_kvq_bytes_per_token(enum lmc_kvq_fmt f, int64_t row);
 
-/* Group quantizers (n values, groups of LMC_KVQ_GROUP, the last possibly
- * partial). q8: codes (n) int8, scales (ceil(n/32)) f16 with
+/* Group quantizers (n values, groups of LMC_KVQ_Q8_G = 64 (q8) or
+ * LMC_KVQ_GROUP = 32 (asym), the last possibly partial). q8: codes (n)
+ * int8, scales (ceil(n/64)) f16 with
  * |x - code * scale| <= scale / 2. asym (bits 2 or 4): codes packed
  * little-end first (ceil(n*bits/8) bytes), sm (2 per group) f16 scale then
  * minimum, |x - (min + code * scale)| <= scale / 2. */

@@ -15,7 +15,11 @@
 #define LMC_KVQ_HD static inline
 #endif
 
-#define LMC_KVQ_G 32 /* = LMC_KVQ_GROUP */
+#define LMC_KVQ_G 32 /* = LMC_KVQ_GROUP: q4 and KIVI-2 groups, KIVI's key blocks */
+#define LMC_KVQ_Q8_G 64 /* q8: values per f16 scale (2 + 64 bytes per 64 values: 0.516x bf16) */
+
+/* values per scale of a quantized format (fmt: 1 q8, else 32) */
+LMC_KVQ_HD int64_t lmc_kvq_group_of(int64_t fmt) { return fmt == 1 ? LMC_KVQ_Q8_G : LMC_KVQ_G; }
 #define LMC_KVQ_MAGIC 0x6b7671636163686full
 #define LMC_KVQ_HDR 64
 
@@ -39,7 +43,7 @@ LMC_KVQ_HD struct lmc_kvq_layout lmc_kvq_layout_of(int64_t fmt, int64_t ctx, int
                                                    int64_t residual) {
     struct lmc_kvq_layout L;
     size_t C = (size_t)ctx, r = (size_t)row;
-    L.ng = (row + LMC_KVQ_G - 1) / LMC_KVQ_G;
+    L.ng = (row + lmc_kvq_group_of(fmt) - 1) / lmc_kvq_group_of(fmt);
     size_t ng = (size_t)L.ng;
     L.kcodes = LMC_KVQ_HDR;
     L.vcodes = 0;
@@ -135,7 +139,7 @@ LMC_KVQ_HD uint16_t lmc_kvq_f16_down(float x) {
     return lmc_kvq_f16(h) > x ? lmc_kvq_f16_step(h, 0) : h;
 }
 
-/* One group of n <= 32 values x[i * xs]: int8 symmetric codes and the f16
+/* One group of n <= 64 values x[i * xs]: int8 symmetric codes and the f16
  * scale (|x - code * scale| <= scale / 2). */
 LMC_KVQ_HD void lmc_kvq_q8_group(const float *x, int64_t xs, int64_t n, int8_t *codes,
                                  uint16_t *scale) {
@@ -184,7 +188,7 @@ LMC_KVQ_HD float lmc_kvq_elem(const struct lmc_kvq_hdr *h, const struct lmc_kvq_
     if (h->fmt == 1) {
         const int8_t *cd = (const int8_t *)(base + codes) + (size_t)t * (size_t)L->rowbytes;
         const uint16_t *sc = (const uint16_t *)(base + scales) + (size_t)t * (size_t)L->ng;
-        return (float)cd[c] * lmc_kvq_f16(sc[c / LMC_KVQ_G]);
+        return (float)cd[c] * lmc_kvq_f16(sc[c / LMC_KVQ_Q8_G]);
     }
     if (h->fmt == 2 || (kv && t < h->n_quant)) {
         int bits = h->fmt == 2 ? 4 : 2;
@@ -205,17 +209,17 @@ LMC_KVQ_HD float lmc_kvq_elem(const struct lmc_kvq_hdr *h, const struct lmc_kvq_
 }
 
 /* ---- q8 / q4 in the paged pool (attention_paged_kvq.c): a token's K or
- * V row in one slot, f16 scales (q8: one per 32 values; q4: scale and
+ * V row in one slot, f16 scales (q8: one per 64 values; q4: scale and
  * minimum per 32) then the codes (q8 int8, q4 4-bit), padded to 8 bytes. */
 LMC_KVQ_HD size_t lmc_kvq_paged_scale_bytes(int64_t fmt, int64_t row) {
-    size_t ng = (size_t)((row + LMC_KVQ_G - 1) / LMC_KVQ_G);
+    size_t ng = (size_t)((row + lmc_kvq_group_of(fmt) - 1) / lmc_kvq_group_of(fmt));
     return fmt == 1 ? 2 * ng : 4 * ng;
 }
 /* value c of a q8 (fmt 1) or q4 (fmt 2) slot */
 LMC_KVQ_HD float lmc_kvq_paged_elem(int64_t fmt, const uint8_t *slot, int64_t row, int64_t c) {
     const uint16_t *sc = (const uint16_t *)slot;
     const uint8_t *codes = slot + lmc_kvq_paged_scale_bytes(fmt, row);
-    int64_t g = c / LMC_KVQ_G;
+    int64_t g = c / lmc_kvq_group_of(fmt);
     if (fmt == 1) return (float)((const int8_t *)codes)[c] * lmc_kvq_f16(sc[g]);
     return lmc_kvq_f16(sc[2 * g + 1]) + (float)lmc_kvq_code(codes, c, 4) * lmc_kvq_f16(sc[2 * g]);
 }

@@ -74,16 +74,16 @@ __global__ void kvq_store_rows_fwd_kernel(uint8_t *kr, uint8_t *vr, const float 
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < n;
          idx += (int64_t)gridDim.x * blockDim.x) {
         const int kv = (int)(idx % 2);
-        const int64_t g = idx / 2 % L.ng, m = idx / 2 / L.ng, t = t0 + m;
-        const int64_t cnt = row - g * LMC_KVQ_G < LMC_KVQ_G ? row - g * LMC_KVQ_G : LMC_KVQ_G;
-        const float *x = (kv ? v : k) + m * row + g * LMC_KVQ_G;
+        const int64_t g = idx / 2 % L.ng, m = idx / 2 / L.ng, t = t0 + m, G = lmc_kvq_group_of(fmt);
+        const int64_t cnt = row - g * G < G ? row - g * G : G;
+        const float *x = (kv ? v : k) + m * row + g * G;
         uint8_t *base = kv ? vr : kr;
         uint8_t *codes = base + (kv ? L.vcodes : L.kcodes) + (size_t)t * (size_t)L.rowbytes;
         uint16_t *sc = (uint16_t *)(base + (kv ? L.vscales : L.kscales));
         if (fmt == 1)
-            lmc_kvq_q8_group(x, 1, cnt, (int8_t *)codes + g * LMC_KVQ_G, sc + t * L.ng + g);
+            lmc_kvq_q8_group(x, 1, cnt, (int8_t *)codes + g * G, sc + t * L.ng + g);
         else
-            lmc_kvq_asym_group(x, 1, cnt, 4, codes + g * LMC_KVQ_G / 2, sc + (t * L.ng + g) * 2);
+            lmc_kvq_asym_group(x, 1, cnt, 4, codes + g * G / 2, sc + (t * L.ng + g) * 2);
     }
 }
 

@@ -79,18 +79,18 @@ __global__ void attention_paged_kvq_store_kernel(uint8_t *kc, uint8_t *vc, const
                                                  const float *v_new, const int32_t *seq, const int32_t *pos,
                                                  const int32_t *bt, int64_t T, int64_t row, int64_t max_blocks,
                                                  int64_t bs, size_t rb) {
-    const int64_t ng = (row + PKV_G - 1) / PKV_G, n = T * ng * 2;
+    const int64_t G = lmc_kvq_group_of(FMT), ng = (row + G - 1) / G, n = T * ng * 2;
     const size_t sb = lmc_kvq_paged_scale_bytes(FMT, row);
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < n;
          idx += (int64_t)gridDim.x * blockDim.x) {
         int64_t kv = idx % 2, g = (idx / 2) % ng, i = idx / (2 * ng);
         uint8_t *sl = (kv ? vc : kc) + (size_t)pkv_slot(bt, max_blocks, bs, seq[i], pos[i]) * rb;
-        const float *x = (kv ? v_new : k_new) + i * row + g * PKV_G;
-        int64_t cnt = row - g * PKV_G < PKV_G ? row - g * PKV_G : PKV_G;
+        const float *x = (kv ? v_new : k_new) + i * row + g * G;
+        int64_t cnt = row - g * G < G ? row - g * G : G;
         if (FMT == 1)
-            lmc_kvq_q8_group(x, 1, cnt, (int8_t *)(sl + sb) + g * PKV_G, (uint16_t *)sl + g);
+            lmc_kvq_q8_group(x, 1, cnt, (int8_t *)(sl + sb) + g * G, (uint16_t *)sl + g);
         else
-            lmc_kvq_asym_group(x, 1, cnt, 4, sl + sb + g * (PKV_G / 2), (uint16_t *)sl + 2 * g);
+            lmc_kvq_asym_group(x, 1, cnt, 4, sl + sb + g * (G / 2), (uint16_t *)sl + 2 * g);
     }
 }
 
@@ -166,7 +166,7 @@ static void paged_q(void *ctx, float *out, const float *q, const float *k_new, c
     LMC_ASSERT(n_kv > 0 && n_heads % n_kv == 0 && block_size > 0 && max_blocks > 0);
     if (T <= 0 || n_heads <= 0 || hd <= 0) return;
     LMC_ASSERT(hd <= 32 * PA_MAXJ && T <= 0x7fffffff);
-    int64_t row = n_kv * hd, ng = (row + PKV_G - 1) / PKV_G;
+    int64_t row = n_kv * hd, ng = (row + lmc_kvq_group_of(FMT) - 1) / lmc_kvq_group_of(FMT);
     struct pattn_args a;
     memset(&a, 0, sizeof a);
     a.kv_row = row;
