@@ -12,7 +12,7 @@
 #   plain chat fills the context at the third (tokens evicted, never "fills
 #   the context"), its first reply plain chat's and its reply after /reset
 #   its first one;
-# - --tp/--ep/--pp still refused, sinks with a compressed cache refused.
+# - --tp/--ep/--pp still refused; sinks with a q8 cache and a draft model answer.
 # Usage: test_chat_spec.sh PATH/TO/lmc
 set -u
 LMC="$1"
@@ -62,8 +62,9 @@ for f in "--tp 2" "--ep 2" "--pp 2"; do
   echo hi | "$LMC" chat -m $M $f >/dev/null 2>"$TMP/err"; rc=$?
   [ $rc = 2 ] && grep -q "pp/--tp/--ep run in" "$TMP/err"; ok $? "chat $f refused (rc $rc)"
 done
-echo hi | "$LMC" chat -m $M --attention-sinks 4 --kv-window 64 --kv-dtype q8 >/dev/null 2>"$TMP/err"; rc=$?
-[ $rc = 1 ] && grep -q "do not combine" "$TMP/err"; ok $? "chat: sinks with a compressed cache refused (rc $rc)"
+printf 'hi\nAnd God said\n' | "$LMC" chat -m $M --temp 0 -n 24 --attention-sinks 4 --kv-window 64 --kv-dtype q8 \
+  --draft-model $M >"$TMP/out.txt" 2>"$TMP/err"; rc=$?
+[ $rc = 0 ] && [ "$(grep -c . "$TMP/out.txt")" -ge 1 ] && grep -q "lmc: speculative:" "$TMP/err"; ok $? "chat: sinks with a q8 cache and a draft model (rc $rc)"
 
 echo "test_chat_spec: $pass passed, $fail failed"
 [ $fail = 0 ]

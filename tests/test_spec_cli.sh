@@ -102,7 +102,12 @@ grep -q "token tree: [1-9][0-9]* rounds with siblings" "$TMP/err"; ok $? "--draf
 P2="And God said, Let there be light: and there was light. And God saw the light"
 NSINK=600; [ "${LMC_TEST_QUICK:-0}" != 0 ] && NSINK=300
 "$LMC" generate -m $K -p "$P2" --temp 0 -n 150 --json >"$TMP/plain.json" 2>/dev/null
-for f in "" "--prompt-lookup 3" "--self-spec 4"; do
+# (with a draft model and with compressed / 2-byte caches too: lmc_kvq_evict, the
+# draft's cache evicted alongside; big windows against plain greedy with that cache)
+for f in "" "--prompt-lookup 3" "--self-spec 4" "--draft-model $K" "--kv-dtype q8 --self-spec 4" \
+         "--kv-dtype bf16 --draft-model $K" "--kv-dtype kivi2 --kv-residual 32 --prompt-lookup 3"; do
+  kvf=$(echo "$f" | grep -oE -- "--kv-dtype [a-z0-9]+( --kv-residual [0-9]+)?")
+  "$LMC" generate -m $K -p "$P2" --temp 0 -n 150 --json $kvf >"$TMP/plain.json" 2>/dev/null
   "$LMC" generate -m $K -p "$P2" --temp 0 -n 150 --json --attention-sinks 4 --kv-window 2000 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks, big window $f"
   [ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/s.json")" ] && grep -q " 0 evicted" "$TMP/err"; ok $? "sinks, big window $f equals plain greedy"
   "$LMC" generate -m $K -p "$P2" --temp 0.8 --seed 5 -n $NSINK --ignore-eos --json --attention-sinks 4 --kv-window 100 $f >"$TMP/s.json" 2>"$TMP/err"; ok $? "sinks 4 window 100 $f: $NSINK tokens"
@@ -113,14 +118,17 @@ done
 [ $rc = 1 ] && grep -q "KV window 4 must exceed the draft tokens 4" "$TMP/err"; ok $? "window <= K refused (rc $rc)"
 "$LMC" generate -m $FIX/gpt2-tiny -p hi --kv-window 40 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
 [ $rc = 1 ] && grep -q "rotary positions" "$TMP/err"; ok $? "sinks on learned positions refused (rc $rc)"
-for f in "" "--self-spec 2 --draft-tokens 3"; do
+for f in "" "--self-spec 2 --draft-tokens 3" "--draft-model $K --kv-dtype q4"; do
   "$LMC" generate -m $K -p "$P2" --attention-sinks 2 --kv-window 10 -n 20 --ignore-eos --json $f >"$TMP/s.json" 2>"$TMP/err"
   ok $? "prompt longer than sinks + window $f"
   [ "$(python3 -c "import json;print(len(json.load(open('$TMP/s.json'))['ids']))")" = 20 ] && grep -qE " [1-9][0-9]* evicted" "$TMP/err"
   ok $? "prompt longer than sinks + window $f: fed evicting, 20 tokens"
 done
-"$LMC" generate -m $K -p "$P2" --kv-window 100 --kv-dtype q8 -n 3 >/dev/null 2>"$TMP/err"; rc=$?
-[ $rc = 1 ] && grep -q "do not combine" "$TMP/err"; ok $? "sinks with a compressed cache refused (rc $rc)"
+# self-speculation's verification goes on from the draft's layer (LayerSkip): same ids, and it says so
+"$LMC" generate -m $K -p "$P" --temp 0 -n 60 --json >"$TMP/plain.json" 2>/dev/null
+"$LMC" generate -m $K -p "$P" --temp 0 -n 60 --json --self-spec 3 --draft-adapt off >"$TMP/s.json" 2>"$TMP/err"
+[ "$(ids "$TMP/plain.json")" = "$(ids "$TMP/s.json")" ] && grep -qE "self-speculation: [1-9][0-9]* verifications went on from layer 3" "$TMP/err"
+ok $? "LayerSkip verification: plain greedy's ids"
 
 # lmc info: KV bytes per token per format (8 layers x 288 per row)
 "$LMC" info -m $K >"$TMP/info.txt" 2>/dev/null

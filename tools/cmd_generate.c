@@ -579,6 +579,10 @@ int cmd_generate(int argc, char **argv) {
         if (sstats.tree_rounds)
             fprintf(stderr, "lmc: token tree: %lld rounds with siblings, %lld sibling rows, %lld paths through one\n",
                     (long long)sstats.tree_rounds, (long long)sstats.tree_siblings, (long long)sstats.tree_hits);
+        if (sstats.layerskip_rounds)
+            fprintf(stderr, "lmc: self-speculation: %lld verifications went on from layer %lld (the draft's hidden "
+                            "states and K/V reused)\n",
+                    (long long)sstats.layerskip_rounds, (long long)a.spec.self_layers);
         goto report;
     }
     if (lmc_session_init(&s, model, gbe, cm.tok, ctx, 512, &err)) {

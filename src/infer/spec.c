@@ -182,10 +182,8 @@ static lmc_status check_stream(const struct lmc_spec_opts *o, const struct lmc_m
     if (st) return st;
     if (!m->rot_dim)
         return lmc_err_set(err, LMC_ERR_ARG, "attention sinks need rotary positions (this model has learned ones)");
-    if (o->mode == LMC_SPEC_DRAFT || o->kv_fmt)
-        return lmc_err_set(err, LMC_ERR_ARG, "attention sinks do not combine with a draft model or a compressed cache yet");
-    if (be->kv_dtype != LMC_DTYPE_F32 || !be->host_memory)
-        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "attention sinks need the CPU backend's f32 cache");
+    if (!be->host_memory)
+        return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "attention sinks need a host (CPU) cache");
     if (o->window <= o->draft_tokens)
         return lmc_err_set(err, LMC_ERR_ARG, "KV window %lld must exceed the draft tokens %lld",
                            (long long)o->window, (long long)o->draft_tokens);
@@ -273,14 +271,23 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     if (!st && o->window > 0) st = check_stream(o, m, be, err);
     if (st) return st;
     if (o->window > 0) {
-        float scale = 1;
+        float scale = 1, dscale = 1;
+        bool dr = o->mode == LMC_SPEC_DRAFT; /* the draft's own rotary table */
+        if (dr && !draft->rot_dim)
+            return lmc_err_set(err, LMC_ERR_ARG, "attention sinks need rotary positions (the draft model has learned ones)");
         sp->inv_freq = malloc((size_t)(m->rot_dim / 2 + 1) * sizeof *sp->inv_freq);
-        if (!sp->inv_freq) return lmc_err_set(err, LMC_ERR_OOM, "speculative decoding: out of memory");
+        sp->dinv_freq = malloc((size_t)((dr ? draft->rot_dim : m->rot_dim) / 2 + 1) * sizeof *sp->dinv_freq);
+        if (!sp->inv_freq || !sp->dinv_freq) {
+            free(sp->inv_freq), free(sp->dinv_freq);
+            sp->inv_freq = sp->dinv_freq = NULL;
+            return lmc_err_set(err, LMC_ERR_OOM, "speculative decoding: out of memory");
+        }
         ctx = o->sinks + o->window;
         lmc_rope_freqs(&m->cfg, m->rot_dim, ctx, sp->inv_freq, &scale);
-        if (scale != 1.0f) {
-            free(sp->inv_freq);
-            sp->inv_freq = NULL;
+        if (dr) lmc_rope_freqs(&draft->cfg, draft->rot_dim, ctx, sp->dinv_freq, &dscale);
+        if (scale != 1.0f || dscale != 1.0f) {
+            free(sp->inv_freq), free(sp->dinv_freq);
+            sp->inv_freq = sp->dinv_freq = NULL;
             return lmc_err_set(err, LMC_ERR_ARG, "attention sinks: rotary scaling with an attention factor is not supported");
         }
     }
@@ -300,15 +307,22 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
             sp->o.draft_cost = 0.01;
     }
     int64_t K = o->draft_tokens, V = m->cfg.vocab_size, R = LMC_MAX(K + 1, o->tree_rows);
-    st = lmc_kv_init(&sp->kv, m, be, ctx, err);
+    /* a compressed or 2-byte cache sized by its format (be is its backend) */
+    st = o->kv_fmt ? lmc_kvq_kv_init(&sp->kv, m, be, ctx, o->kv_fmt, o->kv_residual, err)
+                   : lmc_kv_init(&sp->kv, m, be, ctx, err);
     if (!st) st = lmc_acts_init(&sp->acts, m, be, LMC_MAX(R, LMC_MIN(512, ctx)), R, err);
     if (st) goto fail;
     sp->logits = malloc((size_t)R * (size_t)V * sizeof(float));
     sp->p = malloc((size_t)R * (size_t)V * sizeof(float));
     if (!sp->logits || !sp->p) goto oom;
-    if (o->kv_fmt) {
-        st = lmc_kvq_kv_format(&sp->kv, o->kv_fmt, o->kv_residual, err);
-        if (st) goto fail;
+    if (o->window > 0 && o->kv_fmt) { /* eviction decodes the rows from the sinks on (lmc_kvq_evict) */
+        int64_t row = LMC_MAX(sp->kv.row, draft && o->mode == LMC_SPEC_DRAFT ? draft->arch->mixer->kv_row(&draft->cfg) : 0);
+        sp->evict_buf = malloc((size_t)(2 * ctx * row) * sizeof(float));
+        if (!sp->evict_buf) goto oom;
+    }
+    if (o->mode == LMC_SPEC_SELF && !o->tree_rows) { /* LayerSkip: the draft's hidden states for the verifier */
+        sp->xs = malloc((size_t)((K + 1) * m->cfg.hidden_size) * sizeof(float));
+        if (!sp->xs) goto oom;
     }
     if (o->mode == LMC_SPEC_LOOKUP || o->mode == LMC_SPEC_NONE) return LMC_OK;
     if (o->mode == LMC_SPEC_SELF) {
@@ -327,13 +341,10 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
             }
             sp->dbe = o->draft_be;
         }
-        st = lmc_kv_init(&sp->dkv, draft, sp->dbe, ctx, err);
+        st = o->kv_fmt ? lmc_kvq_kv_init(&sp->dkv, draft, sp->dbe, ctx, o->kv_fmt, o->kv_residual, err)
+                       : lmc_kv_init(&sp->dkv, draft, sp->dbe, ctx, err);
         if (st) goto fail;
         sp->dkv_owned = true;
-        if (o->kv_fmt) {
-            st = lmc_kvq_kv_format(&sp->dkv, o->kv_fmt, o->kv_residual, err);
-            if (st) goto fail;
-        }
     }
     st = lmc_acts_init(&sp->dacts, sp->draft, sp->dbe, LMC_MIN(512, ctx), 1, err);
     if (st) goto fail;
@@ -367,11 +378,14 @@ void lmc_spec_free(struct lmc_spec *sp) {
     free(sp->dlogits);
     free(sp->q);
     free(sp->inv_freq);
+    free(sp->dinv_freq);
     free(sp->dhead);
     free(sp->dhead_bias);
     free(sp->dmap);
     free(sp->dsub);
     free(sp->hist);
+    free(sp->evict_buf);
+    free(sp->xs);
     memset(sp, 0, sizeof *sp);
 }
 
@@ -390,6 +404,7 @@ struct gen {
      * depth the draft's rank 1.. choices and its confidence; the
      * confidence's calibration */
     bool tree;
+    bool xs_bad; /* SELF chain: a draft step of this round ran more than one row (no LayerSkip verify) */
     int32_t alt[LMC_SPEC_TREE_DEPTH * (LMC_SPEC_TREE_RANKS - 1)];
     float conf[LMC_SPEC_TREE_DEPTH];
     struct lmc_spec_tree_stats tst;
@@ -428,6 +443,11 @@ static lmc_status draft_step(struct lmc_spec *sp, struct gen *g, int64_t k, floa
         for (int64_t i = 0; i < V; i++) sp->dlogits[i] = -INFINITY;
         for (int64_t i = 0; i < sp->dn; i++) sp->dlogits[sp->dmap[i]] = sp->dsub[i];
     }
+    if (sp->xs && !g->tree) { /* LayerSkip: the row's hidden state after the draft's layers, for the verifier */
+        int64_t C = sp->draft->cfg.hidden_size;
+        if (n == 1 && k <= sp->o.draft_tokens) sp->dbe->download(sp->dbe->ctx, sp->xs + k * C, sp->dacts.x, (size_t)C * sizeof(float));
+        else g->xs_bad = true;
+    }
     double t1 = lmc_time_now();
     g->stats->draft_fwd_tcpu_s += thread_cpu_now() - c0;
     g->dc = upto;
@@ -438,18 +458,28 @@ static lmc_status draft_step(struct lmc_spec *sp, struct gen *g, int64_t k, floa
 }
 
 /* Streaming: makes room in the target cache for m more rows (sinks kept,
- * the oldest window rows evicted, the rest moved down and re-rotated). */
+ * the oldest window rows evicted, the rest moved down and re-rotated), and
+ * evicts the same ids from a draft model's cache (which may hold fewer of
+ * the newest rows: where it holds too few, it keeps only its sinks and
+ * the next draft step feeds the kept window again). A compressed or 2-byte
+ * cache evicts a quarter window at a time: each eviction rounds or
+ * quantizes the moved rows again (lmc_kvq_evict). */
 static void stream_make_room(struct lmc_spec *sp, struct gen *g, int64_t m,
                              struct lmc_spec_stats *stats) {
-    struct lmc_stream_policy p = {sp->o.sinks, sp->o.window, 1};
+    struct lmc_stream_policy p = {sp->o.sinks, sp->o.window, sp->o.kv_fmt ? LMC_MAX(1, sp->o.window / 4) : 1};
     int64_t used = g->tc - g->shift;
     int64_t e = lmc_stream_evict_count(&p, used, m);
     if (!e) return;
     const struct lmc_config *c = &sp->model->cfg;
-    size_t layer = (size_t)sp->kv.ctx * (size_t)sp->kv.row;
-    for (int64_t l = 0; l < sp->kv.n_layers; l++)
-        lmc_stream_evict_rows(sp->kv.k + l * layer, sp->kv.v + l * layer, used, c->num_kv_heads,
-                              c->head_dim, sp->model->rot_dim, sp->inv_freq, p.sinks, e);
+    lmc_kvq_evict(&sp->kv, used, c->num_kv_heads, c->head_dim, sp->model->rot_dim, sp->inv_freq, p.sinks, e,
+                  sp->evict_buf);
+    if (sp->o.mode == LMC_SPEC_DRAFT) {
+        const struct lmc_config *dc = &sp->draft->cfg;
+        int64_t dused = g->dc - g->shift, de = LMC_MIN(e, LMC_MAX(0, dused - p.sinks));
+        lmc_kvq_evict(&sp->dkv, dused, dc->num_kv_heads, dc->head_dim, sp->draft->rot_dim, sp->dinv_freq, p.sinks,
+                      de, sp->evict_buf);
+        if (de < e) g->dc = g->shift + e + p.sinks; /* its rows are the sinks only: the window is fed again */
+    }
     g->shift += e;
     stats->evicted += e;
 }
@@ -494,7 +524,8 @@ static void keep_state(struct lmc_spec *sp, const struct gen *g) {
     }
     memcpy(sp->hist, g->all, (size_t)g->tc * sizeof *g->all);
     sp->n_tc = g->tc;
-    sp->n_dc = sp->o.mode == LMC_SPEC_DRAFT ? LMC_MIN(g->dc, g->tc) : 0;
+    /* streaming: the draft's rows are fed again from the kept layout each call */
+    sp->n_dc = sp->o.mode == LMC_SPEC_DRAFT && !sp->o.window ? LMC_MIN(g->dc, g->tc) : 0;
     sp->shift = g->shift;
 }
 
@@ -506,6 +537,7 @@ static lmc_status draft(struct lmc_spec *sp, struct gen *g, int64_t K, int64_t *
         return LMC_OK;
     }
     if (sp->o.mode == LMC_SPEC_SELF) g->dc = g->tc; /* the shared cache is the target's */
+    g->xs_bad = false;
     for (int64_t k = 0; k < K; k++) {
         float *q = sp->q + k * V;
         lmc_status st = draft_step(sp, g, k, q, err);
@@ -516,6 +548,28 @@ static lmc_status draft(struct lmc_spec *sp, struct gen *g, int64_t K, int64_t *
     }
     *k_out = K;
     return LMC_OK;
+}
+
+/* The chain's verification: the target over all[n-1..n-1+k] (k + 1 rows,
+ * all logits). Self-speculation reuses the draft's work (LayerSkip): the
+ * first L layers of rows 0..k-1 ran in the draft steps (their K/V are in
+ * the shared cache, their hidden states in sp->xs), row k runs them here
+ * (no head), and the target goes on from layer L for the k + 1 rows
+ * (lmc_model_forward_from; on the CPU the same bits as the whole
+ * forward: test_forward_from). */
+static lmc_status verify(struct lmc_spec *sp, struct gen *g, int64_t k, lmc_err *err) {
+    const struct lmc_model *m = sp->model;
+    int64_t p0 = g->n - 1 - g->shift;
+    if (!(sp->xs && sp->o.mode == LMC_SPEC_SELF && k > 0 && !g->xs_bad))
+        return lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g->all + g->n - 1, k + 1, p0, sp->logits, true, err);
+    int64_t C = m->cfg.hidden_size;
+    lmc_status st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g->all + g->n - 1 + k, 1, p0 + k,
+                                      NULL, false, err);
+    if (st) return st;
+    sp->dbe->download(sp->dbe->ctx, sp->xs + k * C, sp->dacts.x, (size_t)C * sizeof(float));
+    g->stats->layerskip_rounds++;
+    return lmc_model_forward_from(m, sp->be, &sp->acts, &sp->kv, sp->xs, k + 1, p0, sp->o.self_layers, sp->logits,
+                                  err);
 }
 
 /* A greedy token-tree round (spec_tree.h): drafts a chain of up to kcap
@@ -649,7 +703,16 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
         st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + keep, n_prompt - 1 - keep, keep,
                                sp->logits, false, err);
     if (st) goto out;
-    if (sp->o.mode == LMC_SPEC_DRAFT && n_prompt - 1 > dkeep) {
+    if (sp->o.mode == LMC_SPEC_DRAFT && stream) {
+        /* the draft's cache in the target's layout: the sinks' ids, then the window's (those not evicted) */
+        int64_t ns = LMC_MIN(sp->o.sinks, n_prompt - 1), w0 = LMC_MAX(ns, g.shift + sp->o.sinks);
+        if (ns > 0)
+            st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g.all, ns, 0, sp->dlogits, false, err);
+        if (!st && n_prompt - 1 > w0)
+            st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g.all + w0, n_prompt - 1 - w0,
+                                   w0 - g.shift, sp->dlogits, false, err);
+        if (st) goto out;
+    } else if (sp->o.mode == LMC_SPEC_DRAFT && n_prompt - 1 > dkeep) {
         st = lmc_model_forward(sp->draft, sp->dbe, &sp->dacts, &sp->dkv, g.all + dkeep, n_prompt - 1 - dkeep,
                                dkeep, sp->dlogits, false, err);
         if (st) goto out;
@@ -711,8 +774,7 @@ lmc_status lmc_spec_generate(struct lmc_spec *sp, const int32_t *prompt, int64_t
                 if (sp->o.mode != LMC_SPEC_LOOKUP) stats->draft_forwards += k;
             }
             double ts1 = lmc_time_now();
-            st = lmc_model_forward(m, sp->be, &sp->acts, &sp->kv, g.all + g.n - 1, k + 1,
-                                   g.n - 1 - g.shift, sp->logits, true, err);
+            st = verify(sp, &g, k, err);
             if (st) break;
             double ts2 = lmc_time_now();
             g.tc = g.n + k;

@@ -84,6 +84,7 @@ struct lmc_spec_stats {
     int64_t tree_rounds;       /* rounds verified as a tree with siblings */
     int64_t tree_siblings;     /* sibling rows verified */
     int64_t tree_hits;         /* rounds whose accepted path ended in a sibling */
+    int64_t layerskip_rounds;  /* SELF: verifications that went on from the draft's layer L (LayerSkip) */
     /* the profile (docs/speculation-and-kv.md): draft_s split into the
      * draft model's forwards (head included) and its probabilities and
      * draws; verify_s by verification rows M = k + 1 (index
@@ -113,6 +114,9 @@ struct lmc_spec {
     struct lmc_acts dacts;
     float *dlogits, *q;        /* (V) draft logits, (K, V) draft probabilities */
     double *inv_freq;          /* (rot_dim/2) streaming: the keys' re-rotation */
+    double *dinv_freq;         /* the draft model's (DRAFT) */
+    float *evict_buf;          /* streaming with a compressed or 2-byte cache: lmc_kvq_evict's rows */
+    float *xs;                 /* SELF chain: the draft's hidden states of a round's K + 1 rows (LayerSkip) */
     /* draft vocabulary pruning (opts.draft_vocab): a view of the draft
      * whose head holds the subset's rows (dhead, owned), the subset's ids
      * and the draft's logits over them */
