@@ -216,8 +216,7 @@ int cmd_eval(int argc, char **argv) {
         }
         be = &kqbe;
     }
-    if ((kv_fmt ? lmc_kvq_kv_init(&kv, model, be, ctx, kv_fmt, kv_residual, &err)
-                : lmc_kv_init(&kv, model, be, ctx, &err)) ||
+    if (lmc_kvq_kv_init(&kv, model, be, ctx, kv_fmt, kv_residual, &err) ||
         lmc_acts_init(&acts, model, be, EVAL_CHUNK, EVAL_CHUNK, &err) ||
         (have_base && (lmc_kv_init(&kvb, &cb.model, &cb.be, ctx, &err) ||
                        lmc_acts_init(&actsb, &cb.model, &cb.be, EVAL_CHUNK, EVAL_CHUNK, &err)))) {

@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+static bool is_cpu(const struct lmc_backend *be) { return be->name && !strcmp(be->name, "cpu") && be->host_memory; }
+
 lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cpu, lmc_err *err) {
     if (cpu->name && !strcmp(cpu->name, "cuda")) {
         *out = *cpu;
@@ -17,7 +19,7 @@ lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cp
             return lmc_err_set(err, LMC_ERR_UNSUPPORTED, "the CUDA module has no compressed KV cache");
         return LMC_OK;
     }
-    if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory)
+    if (!is_cpu(cpu))
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
                            "compressed KV caches run on the CPU and CUDA backends only (not %s)",
                            cpu->name ? cpu->name : "?");
@@ -28,8 +30,6 @@ lmc_status lmc_kvq_backend(struct lmc_backend *out, const struct lmc_backend *cp
     out->attention_paged = NULL; /* the paged pool is not compressed (pending) */
     return LMC_OK;
 }
-
-static bool is_cpu(const struct lmc_backend *be) { return be->name && !strcmp(be->name, "cpu") && be->host_memory; }
 
 lmc_status lmc_kvq_backend_fmt(struct lmc_backend *out, const struct lmc_backend *cpu, enum lmc_kvq_fmt f,
                                lmc_err *err) {
@@ -87,6 +87,7 @@ lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t resi
 
 lmc_status lmc_kvq_kv_init(struct lmc_kv *kv, const struct lmc_model *m, const struct lmc_backend *be, int64_t ctx,
                            enum lmc_kvq_fmt f, int64_t residual, lmc_err *err) {
+    if (f == LMC_KVQ_NONE) return lmc_kv_init(kv, m, be, ctx, err); /* the backend's own cache */
     size_t bytes = 0;
     if (!lmc_kvq_is_half(f)) {
         if (f == LMC_KVQ_KIVI2 && (residual < 0 || residual > 4096))
@@ -133,7 +134,7 @@ lmc_status lmc_kvq_paged_backend(struct lmc_backend *out, const struct lmc_backe
                             : f == LMC_KVQ_Q4 ? lmc_kvq_paged_row_bytes_q4 : lmc_kvq_paged_row_bytes_kivi2;
         return LMC_OK;
     }
-    if (!cpu->name || strcmp(cpu->name, "cpu") || !cpu->host_memory || !cpu->attention_paged)
+    if (!is_cpu(cpu) || !cpu->attention_paged)
         return lmc_err_set(err, LMC_ERR_UNSUPPORTED,
                            "a compressed paged KV pool runs on the CPU and CUDA backends only (not %s)",
                            cpu->name ? cpu->name : "?");

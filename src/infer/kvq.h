@@ -39,7 +39,8 @@ lmc_status lmc_kvq_backend_fmt(struct lmc_backend *out, const struct lmc_backend
 lmc_status lmc_kvq_kv_format(struct lmc_kv *kv, enum lmc_kvq_fmt f, int64_t residual, lmc_err *err);
 
 /* lmc_kv_init for a cache of format f on be (lmc_kvq_backend_fmt's
- * backend for f) and lmc_kvq_kv_format: the layers sized by the format
+ * backend for f; NONE: lmc_kv_init, the backend's own cache) and
+ * lmc_kvq_kv_format: the layers sized by the format
  * (q8 ~0.53x, q4 ~0.31x, kivi2 ~0.19x a bf16 cache's bytes, plus KIVI's
  * ring of residual + 32 f16 rows; f16 / bf16 2 bytes a value), so the
  * compressed formats save memory in a single-sequence cache too. */

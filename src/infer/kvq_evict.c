@@ -6,17 +6,6 @@
 #include "infer/kvq.h"
 #include "infer/kvq_stream.h"
 #include "core/core.h"
-#include "core/dtype.h"
-
-#include <string.h>
-
-static void half_decode(const uint16_t *src, int64_t n, bool bf, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = bf ? lmc_bf16_to_f32(src[i]) : lmc_f16_to_f32(src[i]);
-}
-
-static void half_encode(const float *src, int64_t n, bool bf, uint16_t *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = bf ? lmc_f32_to_bf16(src[i]) : lmc_f32_to_f16(src[i]);
-}
 
 void lmc_kvq_evict(struct lmc_kv *kv, int64_t used, int64_t n_kv, int64_t hd, int64_t rot_dim,
                    const double *inv_freq, int64_t sinks, int64_t e, float *scratch) {
@@ -33,12 +22,14 @@ void lmc_kvq_evict(struct lmc_kv *kv, int64_t used, int64_t n_kv, int64_t hd, in
         /* the rows from the sinks on, decoded: k then v (used - sinks rows each) */
         float *k = scratch, *v = scratch + (used - sinks) * row;
         if (be->kv_dtype == LMC_DTYPE_F16 || be->kv_dtype == LMC_DTYPE_BF16) {
-            bool bf = be->kv_dtype == LMC_DTYPE_BF16;
-            half_decode((const uint16_t *)(void *)kr + sinks * row, (used - sinks) * row, bf, k);
-            half_decode((const uint16_t *)(void *)vr + sinks * row, (used - sinks) * row, bf, v);
+            /* the rows as one run of 2-byte values, through the paged pool's converters */
+            enum lmc_kvq_fmt f = be->kv_dtype == LMC_DTYPE_BF16 ? LMC_KVQ_BF16 : LMC_KVQ_F16;
+            const int64_t nd = (used - sinks) * row, ne = moved * row;
+            lmc_kvq_paged_decode(f, (const uint16_t *)(void *)kr + sinks * row, nd, 0, nd, k);
+            lmc_kvq_paged_decode(f, (const uint16_t *)(void *)vr + sinks * row, nd, 0, nd, v);
             lmc_stream_evict_rows(k, v, used - sinks, n_kv, hd, rot_dim, inv_freq, 0, e);
-            half_encode(k, moved * row, bf, (uint16_t *)(void *)kr + sinks * row);
-            half_encode(v, moved * row, bf, (uint16_t *)(void *)vr + sinks * row);
+            lmc_kvq_paged_store(f, (uint16_t *)(void *)kr + sinks * row, k, ne);
+            lmc_kvq_paged_store(f, (uint16_t *)(void *)vr + sinks * row, v, ne);
             continue;
         }
         LMC_ASSERT(lmc_kvq_layer_len(kr) >= used);

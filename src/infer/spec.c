@@ -276,8 +276,8 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
         if (dr && !draft->rot_dim)
             return lmc_err_set(err, LMC_ERR_ARG, "attention sinks need rotary positions (the draft model has learned ones)");
         sp->inv_freq = malloc((size_t)(m->rot_dim / 2 + 1) * sizeof *sp->inv_freq);
-        sp->dinv_freq = malloc((size_t)((dr ? draft->rot_dim : m->rot_dim) / 2 + 1) * sizeof *sp->dinv_freq);
-        if (!sp->inv_freq || !sp->dinv_freq) {
+        sp->dinv_freq = dr ? malloc((size_t)(draft->rot_dim / 2 + 1) * sizeof *sp->dinv_freq) : NULL;
+        if (!sp->inv_freq || (dr && !sp->dinv_freq)) {
             free(sp->inv_freq), free(sp->dinv_freq);
             sp->inv_freq = sp->dinv_freq = NULL;
             return lmc_err_set(err, LMC_ERR_OOM, "speculative decoding: out of memory");
@@ -308,8 +308,7 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
     }
     int64_t K = o->draft_tokens, V = m->cfg.vocab_size, R = LMC_MAX(K + 1, o->tree_rows);
     /* a compressed or 2-byte cache sized by its format (be is its backend) */
-    st = o->kv_fmt ? lmc_kvq_kv_init(&sp->kv, m, be, ctx, o->kv_fmt, o->kv_residual, err)
-                   : lmc_kv_init(&sp->kv, m, be, ctx, err);
+    st = lmc_kvq_kv_init(&sp->kv, m, be, ctx, o->kv_fmt, o->kv_residual, err);
     if (!st) st = lmc_acts_init(&sp->acts, m, be, LMC_MAX(R, LMC_MIN(512, ctx)), R, err);
     if (st) goto fail;
     sp->logits = malloc((size_t)R * (size_t)V * sizeof(float));
@@ -341,8 +340,7 @@ lmc_status lmc_spec_init(struct lmc_spec *sp, const struct lmc_model *m, const s
             }
             sp->dbe = o->draft_be;
         }
-        st = o->kv_fmt ? lmc_kvq_kv_init(&sp->dkv, draft, sp->dbe, ctx, o->kv_fmt, o->kv_residual, err)
-                       : lmc_kv_init(&sp->dkv, draft, sp->dbe, ctx, err);
+        st = lmc_kvq_kv_init(&sp->dkv, draft, sp->dbe, ctx, o->kv_fmt, o->kv_residual, err);
         if (st) goto fail;
         sp->dkv_owned = true;
     }
